@@ -1,0 +1,1 @@
+"""fedge coordinator: sampling, rounds, validation, aggregation strategies."""

@@ -1,0 +1,60 @@
+"""Why the coordinator refuses an update. Every rejection is named, logged and counted;
+none stops the service.
+
+    UpdateRejected                 (base; .reason is the metric label)
+    ├── Oversize                   payload over the configured limit
+    ├── BadFrame                   truncated, corrupted, wrong version, not a message
+    ├── StaleRound                 not the open round, or the task is not this device's
+    ├── DuplicateUpdate            same (device, round, update id) already counted
+    ├── ConflictingUpdate          same key as a counted update, different payload
+    ├── WrongModel                 model id or base version differs from the task
+    ├── BadShape                   names, shapes, dtypes or indices do not fit the model
+    ├── NonFinite                  NaN or Inf in the update
+    └── NormBound                  update norm above the configured bound
+"""
+
+from __future__ import annotations
+
+
+class UpdateRejected(Exception):
+    reason = "rejected"
+
+
+class Oversize(UpdateRejected):
+    reason = "oversize"
+
+
+class BadFrame(UpdateRejected):
+    reason = "malformed"
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class StaleRound(UpdateRejected):
+    reason = "stale_round"
+
+
+class DuplicateUpdate(UpdateRejected):
+    reason = "duplicate"
+
+
+class ConflictingUpdate(UpdateRejected):
+    reason = "conflicting_duplicate"
+
+
+class WrongModel(UpdateRejected):
+    reason = "wrong_model"
+
+
+class BadShape(UpdateRejected):
+    reason = "bad_shape"
+
+
+class NonFinite(UpdateRejected):
+    reason = "non_finite"
+
+
+class NormBound(UpdateRejected):
+    reason = "norm_bound"

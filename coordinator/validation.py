@@ -1,0 +1,94 @@
+"""Checks an update must pass before it is aggregated, in this order:
+size, frame (header, schema version, checksum), current (round, task), key not seen,
+model, dtype/shape/index ranges, finite values, norm bound."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime.codec import decode_message
+from edge_runtime.compress import decompress_update
+from edge_runtime.errors import CodecError, PayloadTooLarge
+from edge_runtime.protocol import Decline, Update
+from edge_runtime.update_codec import decode_tensors
+
+from .errors import BadFrame, BadShape, ConflictingUpdate, DuplicateUpdate, NonFinite, NormBound, Oversize, StaleRound, WrongModel
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    round_id: int
+    model_id: str
+    model_version: int
+    tasks: dict[str, str]  # device_id -> task_id of the open round
+    shapes: dict[str, tuple[int, ...]]  # shared param -> shape
+    norm_bound: float  # 0 = no bound
+
+
+def decode_report(payload: bytes, max_bytes: int) -> Update | Decline | object:
+    """Size, then header/version/checksum/schema. Raises Oversize or BadFrame."""
+    if len(payload) > max_bytes:
+        raise Oversize(f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        return decode_message(payload, max_bytes=max_bytes)
+    except PayloadTooLarge as exc:
+        raise Oversize(str(exc)) from None
+    except CodecError as exc:
+        raise BadFrame(str(exc), reason=exc.reason) from None
+
+
+def update_key(update: Update) -> tuple[str, int, str]:
+    return (update.device_id, update.round_id, update.update_id)
+
+
+def payload_digest(update: Update) -> str:
+    return hashlib.sha256(update.payload).hexdigest()
+
+
+def check_current(update: Update | Decline, ctx: RoundContext, sender: str | None) -> None:
+    if sender is not None and update.device_id != sender:
+        raise StaleRound(f"update for device {update.device_id} arrived on device {sender}'s topic")
+    if update.round_id != ctx.round_id:
+        raise StaleRound(f"round {update.round_id} is not the open round {ctx.round_id}")
+    if ctx.tasks.get(update.device_id) != update.task_id:
+        raise StaleRound(f"task {update.task_id} is not a task of round {ctx.round_id} for {update.device_id}")
+
+
+def check_not_seen(update: Update, seen: dict[tuple[str, int, str], str]) -> None:
+    digest = seen.get(update_key(update))
+    if digest is None:
+        return
+    if digest == payload_digest(update):
+        raise DuplicateUpdate(f"update {update.update_id} from {update.device_id} already counted")
+    raise ConflictingUpdate(f"update {update.update_id} from {update.device_id} reuses a counted key with a different payload")
+
+
+def check_contents(update: Update, ctx: RoundContext) -> dict[str, np.ndarray]:
+    """Model, shapes, indices, finiteness and norm; returns the dense delta."""
+    if update.model_id != ctx.model_id or update.base_version != ctx.model_version:
+        raise WrongModel(f"update for model {update.model_id} v{update.base_version}, round uses {ctx.model_id} v{ctx.model_version}")
+    if update.num_examples <= 0:
+        raise BadShape(f"num_examples must be > 0, got {update.num_examples}")
+    try:
+        tensors = decode_tensors(update.payload)
+    except CodecError as exc:
+        reason = "non_finite" if "finite" in str(exc) else "bad_shape"
+        raise (NonFinite if reason == "non_finite" else BadShape)(f"update payload: {exc}") from None
+    names = {t.name for t in tensors}
+    if names != set(ctx.shapes):
+        raise BadShape(f"update tensors {sorted(names)} do not match the model's shared params {sorted(ctx.shapes)}")
+    for t in tensors:
+        if tuple(t.shape) != ctx.shapes[t.name]:
+            raise BadShape(f"{t.name}: shape {tuple(t.shape)}, model has {ctx.shapes[t.name]}")
+    delta = decompress_update(tensors)
+    norm_sq = 0.0
+    for name, value in delta.items():
+        if not np.all(np.isfinite(value)):
+            raise NonFinite(f"{name} holds NaN or Inf")
+        norm_sq += float(np.sum(np.square(value, dtype=np.float64)))
+    if ctx.norm_bound > 0 and np.sqrt(norm_sq) > ctx.norm_bound:
+        raise NormBound(f"update norm {np.sqrt(norm_sq):.4g} > bound {ctx.norm_bound:.4g}")
+    return delta

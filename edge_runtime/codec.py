@@ -1,0 +1,235 @@
+"""Protocol message <-> bytes: one framed, checksummed msgpack map per message.
+
+Frame (little-endian)::
+
+    offset  size  field
+    0       4     magic b"FDGM"
+    4       2     u16 schema version (protocol.SCHEMA_VERSION)
+    6       1     u8 message type code (protocol.MESSAGE_TYPES)
+    7       4     u32 body length n, in bytes
+    11      n     body: msgpack map {field name: value}
+    11+n    4     u32 zlib.crc32 of bytes [0, 11+n)
+
+Body values: nested dataclasses are maps, tuples are arrays, bytes are msgpack bin,
+dict[str, float] is a map. Decoding is strict and checks every field against its
+annotation: an unknown field, a missing required field or a wrong type is
+MalformedPayload naming the message type and field (e.g. ``TrainTask.hyper.lr``).
+A field that has a default may be absent. Ints travel as ints; an int in a float field
+is accepted and cast. bool is never accepted as int or float, nor int as bool.
+
+Non-finite floats (nan, inf) pass in float fields on purpose: the codec checks types,
+not values. Deciding whether a NaN loss or an infinite metric is acceptable is the
+coordinator's job.
+
+decode_message raises only CodecError subclasses, whatever the bytes; encode_message
+raises TypeError for an object that is not a protocol message and MalformedPayload for
+a field whose value does not fit its annotation, so what encodes always decodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+import struct
+import typing
+import zlib
+from typing import Any
+
+import msgpack
+
+from .errors import (
+    ChecksumMismatch,
+    MalformedPayload,
+    PayloadTooLarge,
+    TruncatedPayload,
+    UnsupportedVersion,
+)
+from .protocol import MESSAGE_TYPES, SCHEMA_VERSION
+
+MAGIC = b"FDGM"
+_HEADER = struct.Struct("<4sHBI")  # magic, schema version, type code, body length
+_TRAILER = struct.Struct("<I")  # crc32
+HEADER_SIZE = _HEADER.size  # 11 bytes
+TRAILER_SIZE = _TRAILER.size  # 4 bytes
+_MAX_BODY = 0xFFFFFFFF
+_INT_RANGE = (-(2**63), 2**64 - 1)  # what msgpack can carry
+_SCALARS = (bool, int, float, str, bytes)
+_CODES: dict[type, int] = {cls: code for code, cls in MESSAGE_TYPES.items()}
+
+
+def encode_message(msg: Any) -> bytes:
+    """Frame one protocol message (an instance of a class in protocol.MESSAGE_TYPES)."""
+    code = _CODES.get(type(msg))
+    if code is None:
+        names = ", ".join(c.__name__ for c in _CODES)
+        raise TypeError(f"not a protocol message: {type(msg).__name__}; expected one of {names}")
+    name = type(msg).__name__
+    try:
+        body = msgpack.packb(_dump(msg, name), use_bin_type=True)
+    except Exception as exc:  # e.g. a str with lone surrogates, a bin over 4 GiB
+        raise MalformedPayload(f"{name}: cannot encode: {exc}") from None
+    if len(body) > _MAX_BODY:
+        raise PayloadTooLarge(f"{name}: body of {len(body)} bytes does not fit a u32 length")
+    head = _HEADER.pack(MAGIC, SCHEMA_VERSION, code, len(body))
+    crc = zlib.crc32(body, zlib.crc32(head))
+    return b"".join((head, body, _TRAILER.pack(crc)))
+
+
+def decode_message(data: bytes, max_bytes: int | None = None) -> Any:
+    """Parse and validate one frame; raises only CodecError subclasses for bad bytes.
+
+    max_bytes: refuse (PayloadTooLarge) a frame longer than this before parsing it.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        data = memoryview(data).tobytes()  # TypeError for objects that are not bytes-like
+    n = len(data)
+    if max_bytes is not None and n > max_bytes:
+        raise PayloadTooLarge(f"frame of {n} bytes is over the {max_bytes}-byte limit")
+    if n < HEADER_SIZE:
+        raise TruncatedPayload(f"{n} bytes is shorter than the {HEADER_SIZE}-byte frame header")
+    magic, version, code, body_len = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise MalformedPayload(f"bad magic {magic!r}, expected {MAGIC!r}: not a fedge message")
+    if version != SCHEMA_VERSION:
+        raise UnsupportedVersion(
+            f"frame has schema version {version}, this build speaks {SCHEMA_VERSION}; "
+            "upgrade the older side"
+        )
+    expected = HEADER_SIZE + body_len + TRAILER_SIZE
+    if n < expected:
+        raise TruncatedPayload(f"frame is {n} bytes, header promises {expected}")
+    if n > expected:
+        raise MalformedPayload(f"{n - expected} trailing bytes after a {expected}-byte frame")
+    view = memoryview(data)
+    (crc,) = _TRAILER.unpack_from(data, n - TRAILER_SIZE)
+    if zlib.crc32(view[: n - TRAILER_SIZE]) != crc:
+        raise ChecksumMismatch("frame checksum mismatch: bytes corrupted in flight or on disk")
+    cls = MESSAGE_TYPES.get(code)
+    if cls is None:
+        raise MalformedPayload(f"unknown message type code {code}")
+    try:
+        body = msgpack.unpackb(
+            view[HEADER_SIZE : n - TRAILER_SIZE], raw=False, strict_map_key=True, use_list=True
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise MalformedPayload(f"{cls.__name__}: body is not valid msgpack: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedPayload(f"{cls.__name__}: body must be a map, got {type(body).__name__}")
+    return _build(cls, body, cls.__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    hint: Any
+    required: bool
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, _Field]:
+    """Init fields of a dataclass with resolved annotations; rejects unsupported ones."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        _check_hint(hints[f.name], f"{cls.__name__}.{f.name}")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out[f.name] = _Field(hints[f.name], required)
+    return out
+
+
+def _check_hint(hint: Any, where: str) -> None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        _fields(hint)
+    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        _check_hint(args[0], where)
+    elif origin is dict and len(args) == 2 and args[0] is str:
+        _check_hint(args[1], where)
+    elif hint not in _SCALARS:
+        raise TypeError(f"{where}: the codec does not support annotation {hint!r}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    fields = _fields(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise MalformedPayload(f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}")
+    missing = [name for name, f in fields.items() if f.required and name not in data]
+    if missing:
+        raise MalformedPayload(f"{where}: missing required field(s) {', '.join(missing)}")
+    kwargs = {k: _value(fields[k].hint, v, f"{where}.{k}", decode=True) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # a __post_init__ check
+        raise MalformedPayload(f"{where}: {exc}") from None
+
+
+def _dump(obj: Any, where: str) -> dict[str, Any]:
+    return {
+        name: _value(f.hint, getattr(obj, name), f"{where}.{name}", decode=False)
+        for name, f in _fields(type(obj)).items()
+    }
+
+
+def _value(hint: Any, value: Any, where: str, decode: bool) -> Any:
+    """Check `value` against `hint`; decode builds dataclasses, encode dumps them to maps."""
+    if dataclasses.is_dataclass(hint):
+        if decode and isinstance(value, dict):
+            return _build(hint, value, where)
+        if not decode and type(value) is hint:
+            return _dump(value, where)
+        raise _wrong(where, "map" if decode else hint.__name__, value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _wrong(where, "array", value)
+        return tuple(_value(args[0], v, f"{where}[{i}]", decode) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _wrong(where, "map", value)
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise MalformedPayload(f"{where}: key {k!r} is not a string")
+            out[k] = _value(args[1], v, f"{where}[{k!r}]", decode)
+        return out
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: type, value: Any, where: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, bool):
+        pass  # bool is an int subclass; never accept it as a number
+    elif hint is int:
+        if isinstance(value, numbers.Integral):  # numpy ints too, on encode
+            value = int(value)
+            if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+                raise MalformedPayload(f"{where}: {value} does not fit in 64 bits")
+            return value
+    elif hint is float:
+        if isinstance(value, numbers.Real):
+            try:
+                return float(value)
+            except OverflowError:
+                raise MalformedPayload(f"{where}: {value} does not fit a float") from None
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is bytes:
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, (bytearray, memoryview)):
+            return bytes(value)
+    raise _wrong(where, hint.__name__, value)
+
+
+def _wrong(where: str, expected: str, value: Any) -> MalformedPayload:
+    return MalformedPayload(f"{where}: expected {expected}, got {type(value).__name__}")
+
+
+for _cls in MESSAGE_TYPES.values():  # fail at import, not on the first message, if unsupported
+    _fields(_cls)

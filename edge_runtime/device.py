@@ -1,0 +1,178 @@
+"""What a device does with a task, without I/O: check eligibility, train locally, compress,
+persist local state, and answer with an Update or a Decline."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .compress import compress_update
+from .errors import ArtifactError, CodecError, FedgeError, TaskAborted
+from .local_training import train_locally
+from .manifest import check_params
+from .model_runtime import ModelRuntime
+from .protocol import CheckIn, Decline, TrainTask, Update
+from .store import DeviceStore
+from .trainer import available_backends, make_backend
+from .update_codec import decode_dense, dense_fp32_bytes, encode_tensors
+
+log = logging.getLogger("fedge.device")
+
+EligibilityCheck = Callable[[], "str | None"]  # returns a decline reason, or None when eligible
+
+
+@dataclass(frozen=True)
+class LocalData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class DeviceEval:
+    num_test: int
+    accuracy_personal: float | None
+    accuracy_global: float | None
+
+
+class DeviceRuntime:
+    def __init__(
+        self,
+        device_id: str,
+        data: LocalData,
+        models: dict[str, str | Path],  # model_id -> artifact directory
+        state_root: str | Path,
+        backend: str = "auto",
+        eligibility: EligibilityCheck | None = None,
+        seed: int = 0,
+    ):
+        self.device_id = device_id
+        self.data = data
+        self.model_dirs = dict(models)
+        self.state_root = Path(state_root)
+        self.backend_name = backend
+        self.eligibility = eligibility or (lambda: None)
+        self.seed = seed
+        self._models: dict[str, ModelRuntime] = {}
+        self._backends: dict[tuple[str, str], object] = {}
+
+    def check_in(self) -> CheckIn:
+        reason = self.eligibility()
+        return CheckIn(
+            device_id=self.device_id,
+            backends=available_backends(),
+            model_ids=tuple(self.model_dirs),
+            eligible=reason is None,
+            reason=reason or "",
+            num_examples=len(self.data.y_train),
+        )
+
+    def model(self, model_id: str) -> ModelRuntime:
+        if model_id not in self._models:
+            if model_id not in self.model_dirs:
+                raise ArtifactError(f"device {self.device_id} has no artifacts for model {model_id}")
+            self._models[model_id] = ModelRuntime(self.model_dirs[model_id], expected_model_id=model_id)
+        return self._models[model_id]
+
+    def _backend(self, model: ModelRuntime, optimizer: str):
+        key = (model.model_id, optimizer)
+        if key not in self._backends:
+            self._backends[key] = make_backend(self.backend_name, model.dir, model.manifest, optimizer)
+        return self._backends[key]
+
+    def handle_task(self, task: TrainTask) -> Update | Decline:
+        """Train for `task`; every failure becomes a Decline that says why."""
+        reason = self.eligibility()
+        if reason:
+            return self._decline(task, reason, "not eligible", "before")
+        try:
+            return self._train(task)
+        except TaskAborted as exc:
+            return self._decline(task, f"aborted:{exc.cause}", exc.detail, "during")
+        except (ArtifactError, CodecError) as exc:
+            return self._decline(task, exc.reason, str(exc), "before")
+        except FedgeError as exc:
+            log.warning("device %s task %s failed: %s", self.device_id, task.task_id, exc)
+            return self._decline(task, exc.reason, str(exc), "during")
+
+    def _train(self, task: TrainTask) -> Update:
+        model = self.model(task.model_id)
+        manifest = model.manifest
+        shared = decode_dense(task.params)
+        check_params(manifest, shared, "shared")
+        correction = decode_dense(task.correction) if task.correction else None
+        if correction is not None:
+            check_params(manifest, correction, "shared")
+        store = DeviceStore(self.state_root / self.device_id, model.model_id)
+        personal = store.load_personal() or model.initial("personal")
+        check_params(manifest, personal, "personal")
+        opt_state = store.load_opt_state()
+        if opt_state is not None and not _state_fits(opt_state, task.hyper.optimizer):
+            opt_state = None  # the optimizer changed between rounds: start its state fresh
+        z = model.embed(self.data.x_train, cache_key=0)
+        rng = np.random.default_rng([_stable_int(self.device_id), task.seed, task.round_id, self.seed])
+        result = train_locally(
+            self._backend(model, task.hyper.optimizer),
+            manifest,
+            shared,
+            personal,
+            opt_state,
+            z,
+            self.data.y_train,
+            task.hyper,
+            rng,
+            correction=correction,
+            should_abort=self.eligibility,
+        )
+        tensors, residual, _ = compress_update(result.shared_delta, store.load_residual(), task.compression, rng)
+        payload = encode_tensors(tensors)
+        store.save_personal(result.personal)
+        store.save_opt_state(result.opt_state)
+        store.save_residual(residual)
+        store.save_meta({"last_round": task.round_id, "last_task": task.task_id})
+        return Update(
+            device_id=self.device_id,
+            round_id=task.round_id,
+            task_id=task.task_id,
+            update_id=uuid.uuid4().hex,
+            model_id=task.model_id,
+            base_version=task.model_version,
+            num_examples=result.num_examples,
+            payload=payload,
+            dense_bytes=dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")}),
+            metrics={"loss": result.mean_loss, "steps": float(result.steps)},
+        )
+
+    def _decline(self, task: TrainTask, reason: str, detail: str, stage: str) -> Decline:
+        log.info("device %s declines task %s: %s (%s)", self.device_id, task.task_id, reason, detail)
+        return Decline(self.device_id, task.round_id, task.task_id, reason, detail, stage)
+
+    def evaluate(self, model_id: str, shared: dict[str, np.ndarray]) -> DeviceEval:
+        """Accuracy on the device's own held-out split: global head and personal head."""
+        model = self.model(model_id)
+        store = DeviceStore(self.state_root / self.device_id, model_id)
+        personal = store.load_personal() or model.initial("personal")
+        z = model.embed(self.data.x_test, cache_key=1)
+        logits = self._backend(model, "sgd").predict({**shared, **personal}, z)
+        y = self.data.y_test
+
+        def acc(head: str) -> float | None:
+            return float(np.mean(np.argmax(logits[head], axis=1) == y)) if head in logits and len(y) else None
+
+        return DeviceEval(len(y), acc("personal"), acc("global"))
+
+
+def _state_fits(state: dict, optimizer: str) -> bool:
+    suffix = ".momentum_buffer" if optimizer == "sgd" else ".exp_avg"
+    return any(k.endswith(suffix) for k in state)
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

@@ -1,0 +1,94 @@
+"""Errors raised by the device runtime (and shared with the coordinator).
+
+    FedgeError
+    ├── ConfigError                 bad or unknown config key, wrong type, out-of-range value
+    ├── CodecError                  bytes that cannot become a message or an update
+    │   ├── TruncatedPayload        fewer bytes than the header promises
+    │   ├── ChecksumMismatch        bytes were corrupted in flight or on disk
+    │   ├── UnsupportedVersion      schema/format version this build does not speak
+    │   ├── PayloadTooLarge         over the configured size limit
+    │   └── MalformedPayload        well-framed but the content is wrong (types, shapes, ranges)
+    ├── ArtifactError               model artifacts on disk cannot be used
+    │   ├── ArtifactIntegrityError  a file's hash does not match the manifest
+    │   └── ManifestMismatch        task / params / manifest disagree (model_id, names, shapes)
+    ├── DatasetError                local data has the wrong shape, dtype or labels
+    ├── BackendUnavailable          the requested trainer backend is not installed here
+    ├── TrainingError               training produced NaN/Inf or the backend failed
+    │   └── TaskAborted             the device stopped a task (eligibility changed, deadline)
+    └── TransportError              the link to the broker failed
+
+Every error carries a message that says what is wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class FedgeError(Exception):
+    """Base of every fedge error."""
+
+    reason = "error"
+
+
+class ConfigError(FedgeError):
+    reason = "bad_config"
+
+
+class CodecError(FedgeError):
+    reason = "malformed"
+
+
+class TruncatedPayload(CodecError):
+    reason = "truncated"
+
+
+class ChecksumMismatch(CodecError):
+    reason = "checksum"
+
+
+class UnsupportedVersion(CodecError):
+    reason = "wrong_version"
+
+
+class PayloadTooLarge(CodecError):
+    reason = "oversize"
+
+
+class MalformedPayload(CodecError):
+    reason = "malformed"
+
+
+class ArtifactError(FedgeError):
+    reason = "artifact"
+
+
+class ArtifactIntegrityError(ArtifactError):
+    reason = "artifact_hash"
+
+
+class ManifestMismatch(ArtifactError):
+    reason = "manifest_mismatch"
+
+
+class DatasetError(FedgeError):
+    reason = "bad_dataset"
+
+
+class BackendUnavailable(FedgeError):
+    reason = "backend_unavailable"
+
+
+class TrainingError(FedgeError):
+    reason = "training_failed"
+
+
+class TaskAborted(TrainingError):
+    reason = "aborted"
+
+    def __init__(self, cause: str, detail: str = ""):
+        super().__init__(f"task aborted: {cause}" + (f" ({detail})" if detail else ""))
+        self.cause = cause
+        self.detail = detail
+
+
+class TransportError(FedgeError):
+    reason = "transport"

@@ -1,0 +1,162 @@
+"""The artifact manifest: what a model directory holds and the role of every parameter.
+
+Written by `models.build` and read by devices and the coordinator. `model_id` is a content
+hash over the spec, every parameter's name/shape/role and the initial values, so two builds
+of the same spec give the same id, and any change to the model gives a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError, ArtifactIntegrityError, ManifestMismatch
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+ROLES = ("frozen", "shared", "personal")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"param {self.name}: role {self.role!r} not in {ROLES}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_id: str
+    name: str
+    spec: dict
+    params: tuple[ParamInfo, ...]
+    input_shape: tuple[int, ...]  # per example, as the backbone expects it
+    embedding_shape: tuple[int, ...]  # per example, as the train/eval graphs expect it
+    heads: tuple[str, ...]  # subset of ("global", "personal")
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    format: int = MANIFEST_FORMAT
+
+    def by_role(self, role: str) -> tuple[ParamInfo, ...]:
+        return tuple(p for p in self.params if p.role == role)
+
+    @property
+    def trainable(self) -> tuple[ParamInfo, ...]:
+        return tuple(p for p in self.params if p.role != "frozen")
+
+    def to_json(self) -> str:
+        d = {
+            "format": self.format,
+            "model_id": self.model_id,
+            "name": self.name,
+            "spec": self.spec,
+            "params": [{"name": p.name, "shape": list(p.shape), "role": p.role, "dtype": p.dtype} for p in self.params],
+            "input_shape": list(self.input_shape),
+            "embedding_shape": list(self.embedding_shape),
+            "heads": list(self.heads),
+            "files": dict(sorted(self.files.items())),
+        }
+        return json.dumps(d, indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MANIFEST_FILE) -> "Manifest":
+        try:
+            d = json.loads(text)
+            if d.get("format") != MANIFEST_FORMAT:
+                raise ArtifactError(
+                    f"{where}: manifest format {d.get('format')!r} is not {MANIFEST_FORMAT}; rebuild with `fedge build-artifacts`"
+                )
+            return cls(
+                model_id=str(d["model_id"]),
+                name=str(d["name"]),
+                spec=dict(d["spec"]),
+                params=tuple(ParamInfo(p["name"], tuple(int(s) for s in p["shape"]), p["role"], p["dtype"]) for p in d["params"]),
+                input_shape=tuple(int(s) for s in d["input_shape"]),
+                embedding_shape=tuple(int(s) for s in d["embedding_shape"]),
+                heads=tuple(d["heads"]),
+                files={str(k): str(v) for k, v in d["files"].items()},
+            )
+        except ArtifactError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{where}: not a valid fedge manifest ({exc}); rebuild with `fedge build-artifacts`") from None
+
+
+def compute_model_id(spec: dict, params: tuple[ParamInfo, ...], values: dict[str, np.ndarray]) -> str:
+    """Content hash of a model: spec, parameter layout and initial values."""
+    h = hashlib.sha256()
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    for p in params:
+        h.update(f"{p.name}|{p.shape}|{p.role}|{p.dtype}".encode())
+        h.update(np.ascontiguousarray(values[p.name], dtype="<f4").tobytes())
+    return h.hexdigest()[:24]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
+    """Read `manifest.json` from an artifact directory; with verify, check every file's hash."""
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not path.exists():
+        raise ArtifactError(f"{directory}: no {MANIFEST_FILE}; build artifacts with `fedge build-artifacts SPEC {directory}`")
+    manifest = Manifest.from_json(path.read_text(), where=str(path))
+    if verify:
+        verify_files(directory, manifest)
+    return manifest
+
+
+def verify_files(directory: Path, manifest: Manifest, only: tuple[str, ...] | None = None) -> None:
+    for rel, expected in manifest.files.items():
+        if only is not None and rel not in only:
+            continue
+        target = directory / rel
+        if not target.exists():
+            raise ArtifactIntegrityError(f"{target}: listed in the manifest but missing; rebuild the artifacts")
+        actual = sha256_file(target)
+        if actual != expected:
+            raise ArtifactIntegrityError(
+                f"{target}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); "
+                "the file is corrupted or was edited: rebuild with `fedge build-artifacts` or fetch it again"
+            )
+
+
+def check_params(manifest: Manifest, params: dict[str, np.ndarray], role: str) -> None:
+    """Raise ManifestMismatch unless `params` has exactly the manifest's `role` params with their shapes."""
+    expected = {p.name: p.shape for p in manifest.by_role(role)}
+    if set(params) != set(expected):
+        missing = sorted(set(expected) - set(params))
+        extra = sorted(set(params) - set(expected))
+        raise ManifestMismatch(
+            f"{role} params do not match manifest of model {manifest.model_id}: missing {missing}, unexpected {extra}"
+        )
+    for name, shape in expected.items():
+        if tuple(params[name].shape) != shape:
+            raise ManifestMismatch(f"param {name}: shape {tuple(params[name].shape)} but the manifest says {shape}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file + fsync + rename so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

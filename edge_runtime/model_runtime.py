@@ -1,0 +1,66 @@
+"""One model's artifacts loaded on a device: manifest (hash-verified), backbone session,
+initial params, and a per-dataset embedding cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError, ManifestMismatch
+from .manifest import Manifest, load_manifest
+
+EMBED_CHUNK = 512  # examples per backbone call: bounds peak memory on small boards
+
+
+class ModelRuntime:
+    def __init__(self, artifact_dir: str | Path, expected_model_id: str | None = None):
+        self.dir = Path(artifact_dir)
+        self.manifest: Manifest = load_manifest(self.dir, verify=True)
+        if expected_model_id is not None and self.manifest.model_id != expected_model_id:
+            raise ManifestMismatch(
+                f"{self.dir}: artifacts are model {self.manifest.model_id}, expected {expected_model_id}; "
+                "point the device at the right artifact directory or rebuild"
+            )
+        with np.load(self.dir / "params_init.npz", allow_pickle=False) as data:
+            self.init_values = {k: data[k] for k in data.files}
+        self._backbone = None
+        self._cache: dict[int, np.ndarray] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    def initial(self, role: str) -> dict[str, np.ndarray]:
+        return {p.name: self.init_values[p.name].copy() for p in self.manifest.by_role(role)}
+
+    def check_input(self, x: np.ndarray, where: str = "data") -> np.ndarray:
+        """Reshape flat examples to the model's input shape, or say why they don't fit."""
+        want = self.manifest.input_shape
+        size = int(np.prod(want))
+        if x.ndim < 2 or int(np.prod(x.shape[1:])) != size:
+            raise DatasetError(
+                f"{where}: examples of shape {tuple(x.shape[1:])} do not fit model {self.manifest.name} "
+                f"input {want} ({size} values); rebuild the model for this data or fix the data"
+            )
+        if not np.all(np.isfinite(x)):
+            raise DatasetError(f"{where}: contains NaN or Inf; clean the data")
+        return np.ascontiguousarray(x.reshape((len(x), *want)), dtype=np.float32)
+
+    def embed(self, x: np.ndarray, cache_key: int | None = None) -> np.ndarray:
+        """Backbone output for x, computed once per cache_key (the frozen part never changes)."""
+        if cache_key is not None and cache_key in self._cache:
+            return self._cache[cache_key]
+        x = self.check_input(x)
+        if not (self.dir / "backbone.onnx").exists():
+            z = x.reshape(len(x), -1)
+        else:
+            if self._backbone is None:
+                from .trainer.portable import make_session
+
+                self._backbone = make_session(self.dir / "backbone.onnx")
+            parts = [self._backbone.run(["z"], {"x": x[i : i + EMBED_CHUNK]})[0] for i in range(0, len(x), EMBED_CHUNK)]
+            z = np.concatenate(parts) if parts else np.zeros((0, *self.manifest.embedding_shape), np.float32)
+        if cache_key is not None:
+            self._cache[cache_key] = z
+        return z

@@ -1,0 +1,142 @@
+"""The wire schema shared by device and coordinator.
+
+Every message is a frozen dataclass. `codec.encode_message` / `codec.decode_message` turn
+them into framed bytes; tensors travel inside `bytes` fields encoded by `update_codec`
+(raw little-endian buffers, never pickles). The schema version is in every frame; a
+peer that speaks another version is refused with `UnsupportedVersion`.
+
+Topic scheme (version 1; `{d}` is a device id):
+    fedge/v1/devices/{d}/checkin   device -> coordinator   CheckIn
+    fedge/v1/devices/{d}/task      coordinator -> device   TrainTask
+    fedge/v1/devices/{d}/update    device -> coordinator   Update | Decline
+    fedge/v1/devices/{d}/ack       coordinator -> device   Ack
+    fedge/v1/devices/{d}/status    device -> coordinator   Status (also the MQTT Last Will)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "fedge/v1"
+
+
+def device_topic(device_id: str, kind: str) -> str:
+    """Topic for one device's channel `kind` (checkin, task, update, ack, status)."""
+    if kind not in DEVICE_CHANNELS:
+        raise ValueError(f"unknown device channel {kind!r}; expected one of {DEVICE_CHANNELS}")
+    if not device_id or any(c in device_id for c in "/+#\0"):
+        raise ValueError(f"invalid device id {device_id!r}: must be non-empty, without / + # or NUL")
+    return f"{TOPIC_ROOT}/devices/{device_id}/{kind}"
+
+
+def all_devices_topic(kind: str) -> str:
+    """Wildcard filter the coordinator subscribes to for one channel of every device."""
+    return f"{TOPIC_ROOT}/devices/+/{kind}"
+
+
+DEVICE_CHANNELS = ("checkin", "task", "update", "ack", "status")
+
+
+@dataclass(frozen=True)
+class TaskHyper:
+    """Local-training hyperparameters for one task."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"  # "sgd" (torch semantics, with momentum) or "adamw" (torch semantics)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    mu: float = 0.0  # FedProx proximal weight; 0 = plain FedAvg local training
+    max_steps: int = 0  # 0 = no cap beyond epochs
+
+
+@dataclass(frozen=True)
+class CompressionSpec:
+    """How the device compresses its shared-parameter delta."""
+
+    clip_norm: float = 0.0  # L2 bound on the whole delta; 0 disables clipping
+    quant_bits: int = 8  # 32 = fp32, 8 = int8, 4 = 4-bit
+    topk_fraction: float = 1.0  # fraction of entries kept per tensor; 1.0 = dense
+    error_feedback: bool = True  # keep what was not sent and add it to the next delta
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    device_id: str
+    backends: tuple[str, ...] = ()
+    model_ids: tuple[str, ...] = ()
+    eligible: bool = True
+    reason: str = ""
+    num_examples: int = 0
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    round_id: int
+    task_id: str
+    device_id: str
+    model_id: str
+    model_version: int
+    params: bytes  # shared params, update_codec dense fp32
+    hyper: TaskHyper = field(default_factory=TaskHyper)
+    compression: CompressionSpec = field(default_factory=CompressionSpec)
+    deadline_s: float = 600.0  # seconds after receipt
+    seed: int = 0
+    correction: bytes = b""  # SCAFFOLD control-variate correction, update_codec dense; empty = none
+
+
+@dataclass(frozen=True)
+class Update:
+    device_id: str
+    round_id: int
+    task_id: str
+    update_id: str
+    model_id: str
+    base_version: int
+    num_examples: int
+    payload: bytes  # compressed delta of shared params, update_codec
+    dense_bytes: int = 0  # what the same delta would cost as dense fp32 (for reports)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decline:
+    device_id: str
+    round_id: int
+    task_id: str
+    reason: str  # machine-readable: "battery_low", "metered_link", "aborted:<cause>", ...
+    detail: str = ""
+    stage: str = "before"  # "before" training started, or "during" (an abort)
+
+
+@dataclass(frozen=True)
+class Ack:
+    device_id: str
+    round_id: int
+    task_id: str
+    update_id: str
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    device_id: str
+    online: bool
+    detail: str = ""
+
+
+# Stable one-byte type codes; never reuse a retired code.
+MESSAGE_TYPES: dict[int, type] = {
+    1: CheckIn,
+    2: TrainTask,
+    3: Update,
+    4: Decline,
+    5: Ack,
+    6: Status,
+}

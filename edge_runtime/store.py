@@ -1,0 +1,69 @@
+"""The device's durable local state, one directory per (device, model).
+
+    personal.npz    personal params (never leave the device)
+    opt_state.npz   optimizer state between rounds
+    residual.npz    error-feedback residual of the compressor
+    meta.json       last round trained, counters
+
+Every write is atomic (temp file, fsync, rename): a power cut leaves the old or the new
+version, never a torn one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import atomic_write_bytes
+
+Arrays = dict[str, np.ndarray]
+
+
+class DeviceStore:
+    def __init__(self, root: str | Path, model_id: str):
+        self.dir = Path(root) / model_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _load(self, name: str) -> Arrays | None:
+        path = self.dir / f"{name}.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    def _save(self, name: str, arrays: Arrays | None) -> None:
+        path = self.dir / f"{name}.npz"
+        if arrays is None:
+            path.unlink(missing_ok=True)
+            return
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load_personal(self) -> Arrays | None:
+        return self._load("personal")
+
+    def save_personal(self, arrays: Arrays) -> None:
+        self._save("personal", arrays)
+
+    def load_opt_state(self) -> Arrays | None:
+        return self._load("opt_state")
+
+    def save_opt_state(self, arrays: Arrays | None) -> None:
+        self._save("opt_state", arrays)
+
+    def load_residual(self) -> Arrays | None:
+        return self._load("residual")
+
+    def save_residual(self, arrays: Arrays | None) -> None:
+        self._save("residual", arrays)
+
+    def load_meta(self) -> dict:
+        path = self.dir / "meta.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def save_meta(self, meta: dict) -> None:
+        atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, sort_keys=True).encode())

@@ -1,0 +1,78 @@
+"""The trainer interface every backend implements.
+
+A backend owns one model's compiled graphs and runs optimizer steps on batches of
+embeddings (the output of the frozen backbone). It is stateful for the length of one local
+training run: `start` loads params and optimizer state, `step` advances them, `current`
+returns them. Params and optimizer state are plain dicts of float32 arrays, so every
+backend persists and exchanges them the same way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..manifest import Manifest
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class StepHyper:
+    """Per-step hyperparameters (see models/graphs.py for the exact update rules)."""
+
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    mu: float = 0.0
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+class TrainerBackend(ABC):
+    """One model, one optimizer ("sgd" or "adamw"), one backend."""
+
+    name: str = "abstract"
+
+    def __init__(self, artifact_dir, manifest: Manifest, optimizer: str):
+        self.artifact_dir = artifact_dir
+        self.manifest = manifest
+        self.optimizer = optimizer
+
+    @abstractmethod
+    def start(self, params: Params, opt_state: Params | None, anchor: Params, correction: Params | None) -> None:
+        """Load trainable params (shared + personal) and optimizer state (None = fresh).
+
+        anchor: the round's global shared params (FedProx); correction: SCAFFOLD's c - c_i
+        per shared param, or None for zeros."""
+
+    @abstractmethod
+    def step(self, z: np.ndarray, y: np.ndarray, hyper: StepHyper) -> float:
+        """One optimizer step on a batch; returns the batch loss (before the step)."""
+
+    @abstractmethod
+    def current(self) -> tuple[Params, Params]:
+        """(trainable params, optimizer state) after the steps so far."""
+
+    @abstractmethod
+    def predict(self, params: Params, z: np.ndarray) -> dict[str, np.ndarray]:
+        """Logits per head ("global", "personal") for embeddings z."""
+
+
+def fresh_optimizer_state(manifest: Manifest, optimizer: str) -> Params:
+    """Zero state for every trainable param (plus AdamW's step counter)."""
+    state: Params = {}
+    for p in manifest.trainable:
+        if optimizer == "sgd":
+            state[f"{p.name}.momentum_buffer"] = np.zeros(p.shape, np.float32)
+        elif optimizer == "adamw":
+            state[f"{p.name}.exp_avg"] = np.zeros(p.shape, np.float32)
+            state[f"{p.name}.exp_avg_sq"] = np.zeros(p.shape, np.float32)
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adamw'")
+    if optimizer == "adamw":
+        state["step"] = np.zeros((), np.float32)
+    return state

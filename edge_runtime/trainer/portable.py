@@ -1,0 +1,90 @@
+"""Backend `portable`: the train-step graph (standard ONNX ops) on a stock onnxruntime
+InferenceSession. Runs on any architecture onnxruntime has a wheel for (x86_64, aarch64)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable
+from ..manifest import Manifest
+from .base import Params, StepHyper, TrainerBackend, fresh_optimizer_state
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable(
+            "onnxruntime is not installed: `pip install 'fedge[device]'` (stock onnxruntime) "
+            "or `pip install 'fedge[ort-training]'` (x86_64 training build)"
+        ) from None
+    return onnxruntime
+
+
+def make_session(path: Path, threads: int = 1):
+    """A CPU session. One intra-op thread by default: edge boards run one task at a time,
+    and small graphs are slower with a thread pool."""
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+_HYPER_FIELDS = {
+    "sgd": ("lr", "weight_decay", "mu", "momentum"),
+    "adamw": ("lr", "weight_decay", "mu", "beta1", "beta2", "eps"),
+}
+
+
+class PortableBackend(TrainerBackend):
+    name = "portable"
+
+    def __init__(self, artifact_dir, manifest: Manifest, optimizer: str, threads: int = 1):
+        super().__init__(artifact_dir, manifest, optimizer)
+        if optimizer not in _HYPER_FIELDS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adamw'")
+        self.session = make_session(Path(artifact_dir) / f"train_step_{optimizer}.onnx", threads)
+        self.eval_session = make_session(Path(artifact_dir) / "eval.onnx", threads)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.shared = [p.name for p in manifest.by_role("shared")]
+
+    def start(self, params, opt_state, anchor, correction):
+        state = opt_state if opt_state is not None else fresh_optimizer_state(self.manifest, self.optimizer)
+        feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in {**params, **state}.items()}
+        for name in self.shared:
+            feeds[f"{name}.global"] = np.ascontiguousarray(anchor[name], np.float32)
+            c = correction.get(name) if correction else None
+            feeds[f"{name}.correction"] = np.ascontiguousarray(c, np.float32) if c is not None else np.zeros_like(feeds[name])
+        self.feeds = feeds
+        self.param_names = list(params)
+        self.state_names = list(state)
+
+    def step(self, z, y, hyper: StepHyper) -> float:
+        feeds = self.feeds
+        feeds["z"] = np.ascontiguousarray(z, np.float32)
+        feeds["y"] = np.ascontiguousarray(y, np.int64)
+        for field in _HYPER_FIELDS[self.optimizer]:
+            feeds[field] = np.asarray(getattr(hyper, field), np.float32)
+        if self.optimizer == "adamw":
+            feeds["step"] = np.asarray(feeds["step"] + 1, np.float32)
+        outputs = self.session.run(self.output_names, feeds)
+        loss = 0.0
+        for name, value in zip(self.output_names, outputs):
+            if name == "loss":
+                loss = float(value)
+            else:
+                feeds[name[: -len(".new")]] = value
+        return loss
+
+    def current(self):
+        return ({k: self.feeds[k].copy() for k in self.param_names}, {k: np.asarray(self.feeds[k]).copy() for k in self.state_names})
+
+    def predict(self, params, z):
+        feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
+        feeds["z"] = np.ascontiguousarray(z, np.float32)
+        names = [o.name for o in self.eval_session.get_outputs()]
+        return {n[len("logits_") :]: v for n, v in zip(names, self.eval_session.run(names, feeds))}

@@ -1,0 +1,254 @@
+"""Versioned binary encoding of tensor lists; the device and the coordinator both use it.
+
+Frame (all little-endian, never pickled):
+
+    b"FDGU"  u8 format version (=1)  u16 tensor count
+    per tensor:
+        u16 name length, utf-8 name
+        u8 bits (32 | 8 | 4)   u8 ndim (<= 8)   ndim x u32 dims
+        u8 sparse flag (0 | 1)   f32 scale   u32 count of stored values
+        [count x u32 flat indices, strictly increasing]   if sparse
+        payload: count x f32 | count x int8 | ceil(count/2) bytes of 4-bit codes
+                 (nibble = code + 8, low nibble first, a trailing pad nibble is 0)
+    u32 CRC32 (zlib.crc32) of everything before it
+
+Decoding checks, in order: size limit (PayloadTooLarge), enough bytes for a header
+(TruncatedPayload), magic (MalformedPayload), version (UnsupportedVersion), the frame holds
+every field its headers declare (TruncatedPayload), CRC (ChecksumMismatch), then content
+(MalformedPayload). Truncation is judged from the (not yet verified) field lengths, so a cut
+frame reads as TruncatedPayload rather than as a bad checksum; the price is that a corrupted
+length field that now points past the end also reads as TruncatedPayload.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compress import BITS, CompressedTensor
+from .errors import (ChecksumMismatch, MalformedPayload, PayloadTooLarge, TruncatedPayload,
+                     UnsupportedVersion)
+
+MAGIC = b"FDGU"
+FORMAT_VERSION = 1
+MAX_NDIM = 8
+_HEADER = struct.Struct("<4sBH")  # magic, version, tensor count
+_NAME_LEN = struct.Struct("<H")
+_KIND = struct.Struct("<BB")  # bits, ndim
+_TAIL = struct.Struct("<BfI")  # sparse flag, scale, count
+_CRC = struct.Struct("<I")
+_U32_MAX = 2**32 - 1
+
+
+def _payload_bytes(bits: int, count: int) -> int:
+    return {32: 4 * count, 8: count, 4: (count + 1) // 2}[bits]
+
+
+def encode_tensors(tensors: list[CompressedTensor]) -> bytes:
+    """Frame a list of tensors (order kept). Raises ValueError for what the format cannot hold."""
+    if len(tensors) > 0xFFFF:
+        raise ValueError(f"{len(tensors)} tensors; a frame holds at most 65535")
+    parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, len(tensors))]
+    seen: set[str] = set()
+    for t in tensors:
+        if t.name in seen:
+            raise ValueError(f"tensor {t.name!r} appears twice")
+        seen.add(t.name)
+        name = t.name.encode("utf-8")
+        if len(name) > 0xFFFF:
+            raise ValueError(f"tensor name of {len(name)} bytes; the format holds at most 65535")
+        if len(t.shape) > MAX_NDIM or any(d > _U32_MAX for d in t.shape):
+            raise ValueError(f"tensor {t.name!r}: shape {t.shape} needs ndim <= {MAX_NDIM} and dims < 2**32")
+        count = t.values.size
+        parts += [_NAME_LEN.pack(len(name)), name, _KIND.pack(t.bits, len(t.shape)),
+                  struct.pack(f"<{len(t.shape)}I", *t.shape),
+                  _TAIL.pack(t.indices is not None, t.scale, count)]
+        if t.indices is not None:
+            parts.append(t.indices.astype("<u4").tobytes())
+        if t.bits == 32:
+            parts.append(t.values.astype("<f4").tobytes())
+        elif t.bits == 8:
+            parts.append(t.values.tobytes())
+        else:
+            parts.append(_pack_nibbles(t.values))
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def encode_dense(params: dict[str, np.ndarray]) -> bytes:
+    """Dense float32 frame of named arrays (sorted by name), e.g. global params sent down."""
+    return encode_tensors([
+        CompressedTensor(n, tuple(int(d) for d in np.shape(params[n])), 32, 0.0, None,
+                         np.asarray(params[n], dtype=np.float32).ravel())
+        for n in sorted(params)
+    ])
+
+
+def dense_fp32_bytes(shapes: Mapping[str, Sequence[int]]) -> int:
+    """Exact length of encode_dense for arrays of these names and shapes (headers included)."""
+    total = _HEADER.size + _CRC.size
+    for name, shape in shapes.items():
+        total += (_NAME_LEN.size + len(name.encode("utf-8")) + _KIND.size + 4 * len(shape)
+                  + _TAIL.size + 4 * math.prod(shape))
+    return total
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """One tensor's fields as found in the frame, before any content check."""
+
+    name: bytes
+    bits: int
+    shape: tuple[int, ...]
+    sparse: int
+    scale: float
+    count: int
+    index_at: int  # byte offset of the indices (sparse only)
+    payload_at: int
+
+
+class _Reader:
+    """Bounds-checked cursor over data[:end]; running past end means the frame was cut."""
+
+    def __init__(self, data: memoryview, end: int) -> None:
+        self.data, self.end, self.pos = data, end, 0
+
+    def skip(self, n: int, what: str) -> int:
+        if n > self.end - self.pos:
+            raise TruncatedPayload(
+                f"frame ends inside {what}: needs {n} bytes at offset {self.pos}, only "
+                f"{self.end - self.pos} left before the CRC; the payload was cut short")
+        self.pos += n
+        return self.pos - n
+
+    def unpack(self, fmt: struct.Struct | str, what: str) -> tuple:
+        fmt = fmt if isinstance(fmt, struct.Struct) else struct.Struct(fmt)
+        return fmt.unpack_from(self.data, self.skip(fmt.size, what))
+
+
+def decode_tensors(data: bytes, max_bytes: int | None = None,
+                   max_elements: int = 50_000_000) -> list[CompressedTensor]:
+    """Parse and validate a frame. Raises a CodecError subclass (see module docstring).
+
+    max_elements bounds the total dense size declared by all tensors together, so a small
+    sparse frame cannot make the receiver allocate a huge dense array.
+    """
+    view = memoryview(data).cast("B")
+    n = len(view)
+    if max_bytes is not None and n > max_bytes:
+        raise PayloadTooLarge(f"update frame of {n} bytes exceeds the limit of {max_bytes} bytes")
+    if n < _HEADER.size + _CRC.size:
+        raise TruncatedPayload(
+            f"frame of {n} bytes is shorter than the {_HEADER.size + _CRC.size}-byte minimum")
+    magic, version, n_tensors = _HEADER.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise MalformedPayload(f"not an update frame: magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(f"update format version {version}; this build speaks only "
+                                 f"{FORMAT_VERSION}; upgrade the older side")
+    raws, problem, end = _scan(view, n - _CRC.size, n_tensors)
+    (stored,) = _CRC.unpack_from(view, n - _CRC.size)
+    actual = zlib.crc32(view[: n - _CRC.size])
+    if stored != actual:
+        raise ChecksumMismatch(f"CRC32 {actual:#010x} does not match the trailer {stored:#010x}; "
+                               "the frame was corrupted in transit or storage")
+    if problem:
+        raise MalformedPayload(problem)
+    if end != n - _CRC.size:
+        raise MalformedPayload(f"{n - _CRC.size - end} trailing bytes after the last tensor")
+    return _build(view, raws, max_elements)
+
+
+def decode_dense(data: bytes, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Decode a frame made by encode_dense into {name: float32 array}."""
+    out: dict[str, np.ndarray] = {}
+    for t in decode_tensors(data, max_bytes=max_bytes):
+        if t.bits != 32 or t.indices is not None:
+            raise MalformedPayload(f"tensor {t.name!r} is {'sparse ' if t.indices is not None else ''}"
+                                   f"{t.bits}-bit; a dense frame must hold dense fp32 tensors only")
+        out[t.name] = t.values.reshape(t.shape)
+    return out
+
+
+def _scan(view: memoryview, end: int, n_tensors: int) -> tuple[list[_Raw], str, int]:
+    """Walk the declared structure; return (tensors, problem that stopped the walk, end offset)."""
+    r = _Reader(view, end)
+    r.skip(_HEADER.size, "header")
+    raws: list[_Raw] = []
+    for i in range(n_tensors):
+        (name_len,) = r.unpack(_NAME_LEN, f"tensor {i} name length")
+        name = bytes(view[r.skip(name_len, f"tensor {i} name"): r.pos])
+        bits, ndim = r.unpack(_KIND, f"tensor {i} kind")
+        shape = r.unpack(f"<{ndim}I", f"tensor {i} dims")
+        sparse, scale, count = r.unpack(_TAIL, f"tensor {i} header")
+        if bits not in BITS:  # the payload size is unknown, so the walk cannot go on
+            return raws, f"tensor {i}: bits {bits} not in {BITS}", r.pos
+        index_at = r.skip(4 * count, f"tensor {i} indices") if sparse else -1
+        payload_at = r.skip(_payload_bytes(bits, count), f"tensor {i} payload")
+        raws.append(_Raw(name, bits, shape, sparse, scale, count, index_at, payload_at))
+    return raws, "", r.pos
+
+
+def _build(view: memoryview, raws: list[_Raw], max_elements: int) -> list[CompressedTensor]:
+    """Content checks on a frame whose CRC is good, then the tensors themselves."""
+    out: list[CompressedTensor] = []
+    names: set[str] = set()
+    elements = 0
+    for i, raw in enumerate(raws):
+        try:
+            name = raw.name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedPayload(f"tensor {i}: name is not valid utf-8") from None
+        where = f"tensor {i} ({name!r})"
+        if name in names:
+            raise MalformedPayload(f"{where}: duplicate name")
+        names.add(name)
+        if len(raw.shape) > MAX_NDIM:
+            raise MalformedPayload(f"{where}: ndim {len(raw.shape)} > {MAX_NDIM}")
+        size = math.prod(raw.shape)
+        elements += size
+        if elements > max_elements:
+            raise MalformedPayload(f"{where}: frame declares over {max_elements} elements in total")
+        if raw.sparse not in (0, 1):
+            raise MalformedPayload(f"{where}: sparse flag {raw.sparse} is not 0 or 1")
+        if raw.sparse and raw.count > size:
+            raise MalformedPayload(f"{where}: {raw.count} stored values for {size} elements")
+        if not raw.sparse and raw.count != size:
+            raise MalformedPayload(f"{where}: dense tensor of shape {raw.shape} stores {raw.count} values")
+        indices = None
+        if raw.sparse:
+            indices = np.frombuffer(view, "<u4", raw.count, raw.index_at).astype(np.uint32)
+        if raw.bits == 32:
+            values = np.frombuffer(view, "<f4", raw.count, raw.payload_at).astype(np.float32)
+        elif raw.bits == 8:
+            values = np.frombuffer(view, np.int8, raw.count, raw.payload_at).copy()
+        else:
+            values = _unpack_nibbles(view, raw.payload_at, raw.count, where)
+        try:
+            out.append(CompressedTensor(name, raw.shape, raw.bits, raw.scale, indices, values))
+        except ValueError as exc:
+            raise MalformedPayload(f"{where}: {exc}") from None
+    return out
+
+
+def _pack_nibbles(codes: np.ndarray) -> bytes:
+    nib = (codes.astype(np.int16) + 8).astype(np.uint8)  # [-7, 7] -> [1, 15]; 0 stays invalid
+    if nib.size % 2:
+        nib = np.append(nib, np.uint8(0))  # pad nibble
+    return (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def _unpack_nibbles(view: memoryview, at: int, count: int, where: str) -> np.ndarray:
+    packed = np.frombuffer(view, np.uint8, (count + 1) // 2, at)
+    nib = np.empty(2 * packed.size, dtype=np.uint8)
+    nib[0::2], nib[1::2] = packed & 0x0F, packed >> 4
+    if count % 2 and nib[-1] != 0:
+        raise MalformedPayload(f"{where}: 4-bit pad nibble is {int(nib[-1])}, expected 0")
+    if count and not np.all(nib[:count]):
+        raise MalformedPayload(f"{where}: 4-bit nibble 0 (code -8) is outside [-7, 7]")
+    return (nib[:count].astype(np.int8) - 8).astype(np.int8)

@@ -1,0 +1,1 @@
+"""Model specs, parameter manifests and ONNX artifact building."""

@@ -1,0 +1,72 @@
+"""`fedge build-artifacts SPEC OUTDIR`: every file a device needs for one model spec."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.manifest import MANIFEST_FILE, Manifest, atomic_write_bytes, compute_model_id, sha256_file
+
+from .graphs import OPTIMIZERS, build_backbone, build_eval, build_train_step, heads_of
+from .params import init_params, param_infos
+from .spec import ModelSpec
+
+log = logging.getLogger("fedge.models.build")
+
+
+def ort_training_available() -> bool:
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return (Path(spec.submodule_search_locations[0]) / "training" / "artifacts.py").exists()
+
+
+def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | None = None) -> Manifest:
+    """Write the portable graphs (always), ORT training artifacts (when the training build of
+    onnxruntime is installed, or required with ort_training=True), the initial params, and
+    the manifest last, so a directory with a manifest is complete."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    values = init_params(spec)
+    infos = param_infos(spec)
+    files: list[str] = []
+
+    def write_model(rel: str, model) -> None:
+        atomic_write_bytes(outdir / rel, model.SerializeToString())
+        files.append(rel)
+
+    backbone = build_backbone(spec, values)
+    if backbone is not None:
+        write_model("backbone.onnx", backbone)
+    write_model("eval.onnx", build_eval(spec, values))
+    for optimizer in OPTIMIZERS:
+        write_model(f"train_step_{optimizer}.onnx", build_train_step(spec, values, optimizer))
+    buf = io.BytesIO()
+    np.savez(buf, **values)
+    atomic_write_bytes(outdir / "params_init.npz", buf.getvalue())
+    files.append("params_init.npz")
+
+    want_ort = ort_training_available() if ort_training is None else ort_training
+    if want_ort:
+        from .ort_artifacts import generate_ort_artifacts
+
+        files.extend(generate_ort_artifacts(spec, values, outdir))
+    else:
+        log.info("onnxruntime-training not installed: skipped ORT training artifacts (portable graphs built)")
+
+    manifest = Manifest(
+        model_id=compute_model_id(spec.to_dict(), infos, values),
+        name=spec.name,
+        spec=spec.to_dict(),
+        params=infos,
+        input_shape=tuple(spec.input_shape),
+        embedding_shape=spec.embedding_shape(),
+        heads=heads_of(spec),
+        files={rel: sha256_file(outdir / rel) for rel in files},
+    )
+    atomic_write_bytes(outdir / MANIFEST_FILE, manifest.to_json().encode())
+    return manifest

@@ -1,0 +1,208 @@
+"""Model specs as data.
+
+A spec is a stack of layers followed by a head. Each layer has a mode that decides the
+role of its parameters in the manifest:
+
+    frozen    weight, bias                          -> frozen (never trained)
+    lora      weight, bias frozen; lora_a, lora_b   -> shared (uploaded, aggregated)
+    shared    weight, bias                          -> shared
+    personal  weight, bias                          -> personal (never leaves the device)
+
+The head decides how a device predicts:
+
+    dual      head_global (shared) + head_personal (personal); both are trained on the
+              sum of their losses. The global model uses head_global, the device's
+              personalized model head_personal. (default)
+    global    head_global only: plain federated model, no personalization
+    personal  head_personal only: nothing global to evaluate
+
+The frozen prefix of the stack (every layer before the first trainable one) is the
+"backbone": devices run it once per local dataset and cache the embeddings. Conv layers
+must sit in that prefix: trainable layers are dense.
+
+Dense weights have shape (in, out) and compute y = x @ W + b. LoRA adds
+(alpha / rank) * (x @ A) @ B with A (in, rank) and B (rank, out); B starts at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from edge_runtime.configfile import from_dict, load_toml
+from edge_runtime.errors import ConfigError
+
+LAYER_KINDS = ("dense", "conv", "pool", "gap", "flatten")
+LAYER_MODES = ("frozen", "lora", "shared", "personal")
+HEAD_MODES = ("dual", "global", "personal")
+ACTIVATIONS = ("relu", "none")
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    kind: str = "dense"
+    units: int = 0  # dense: output features; conv: output channels
+    kernel: int = 3  # conv only; stride 1, "same" padding. pool: 2x2 average, stride 2
+    activation: str = "relu"
+    mode: str = "frozen"
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ConfigError(f"layer name {self.name!r} must be alphanumeric/underscore")
+        if self.name.startswith("head"):
+            raise ConfigError(f"layer name {self.name!r}: names starting with 'head' are reserved")
+        if self.kind not in LAYER_KINDS:
+            raise ConfigError(f"layer {self.name}: kind {self.kind!r} not in {LAYER_KINDS}")
+        if self.mode not in LAYER_MODES:
+            raise ConfigError(f"layer {self.name}: mode {self.mode!r} not in {LAYER_MODES}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"layer {self.name}: activation {self.activation!r} not in {ACTIVATIONS}")
+        if self.kind in ("dense", "conv") and self.units <= 0:
+            raise ConfigError(f"layer {self.name}: units must be > 0")
+        if self.kind == "conv" and (self.kernel < 1 or self.kernel % 2 == 0):
+            raise ConfigError(f"layer {self.name}: kernel must be odd and >= 1 (same padding)")
+        if self.kind in ("conv", "pool", "gap", "flatten") and self.mode != "frozen":
+            raise ConfigError(
+                f"layer {self.name}: {self.kind} layers must be frozen (trainable layers are dense); "
+                "put trainable dense layers after the conv stack"
+            )
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    input_shape: tuple[int, ...]  # per example: (features,) or (channels, height, width)
+    num_classes: int
+    layers: tuple[LayerSpec, ...] = ()
+    head: str = "dual"
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.input_shape or any(d <= 0 for d in self.input_shape):
+            raise ConfigError(f"model {self.name}: input_shape {self.input_shape} must be positive")
+        if self.num_classes < 2:
+            raise ConfigError(f"model {self.name}: num_classes must be >= 2")
+        if self.head not in HEAD_MODES:
+            raise ConfigError(f"model {self.name}: head {self.head!r} not in {HEAD_MODES}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"model {self.name}: lora_rank must be >= 1")
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model {self.name}: duplicate layer names {names}")
+        seen_trainable = False
+        for layer in self.layers:
+            if layer.mode != "frozen":
+                seen_trainable = True
+            elif seen_trainable and layer.kind != "dense":
+                raise ConfigError(f"model {self.name}: layer {layer.name} ({layer.kind}) after a trainable layer")
+        self.feature_shapes()  # validates shapes
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank
+
+    def feature_shapes(self) -> list[tuple[int, ...]]:
+        """Per-example output shape of each layer (index i = after layer i)."""
+        shape = tuple(self.input_shape)
+        out = []
+        for layer in self.layers:
+            if layer.kind == "conv":
+                if len(shape) != 3:
+                    raise ConfigError(f"layer {layer.name}: conv needs (C, H, W) input, got {shape}")
+                shape = (layer.units, shape[1], shape[2])
+            elif layer.kind == "pool":  # 2x2 average pool, stride 2
+                if len(shape) != 3 or shape[1] < 2 or shape[2] < 2:
+                    raise ConfigError(f"layer {layer.name}: pool needs (C, H>=2, W>=2) input, got {shape}")
+                shape = (shape[0], shape[1] // 2, shape[2] // 2)
+            elif layer.kind == "gap":
+                if len(shape) != 3:
+                    raise ConfigError(f"layer {layer.name}: gap needs (C, H, W) input, got {shape}")
+                shape = (shape[0],)
+            elif layer.kind == "flatten":
+                shape = (int(math.prod(shape)),)
+            else:
+                if len(shape) != 1:
+                    raise ConfigError(
+                        f"layer {layer.name}: dense needs flat input, got {shape}; add a flatten or gap layer"
+                    )
+                shape = (layer.units,)
+            out.append(shape)
+        if (out[-1] if out else shape).__len__() != 1:
+            raise ConfigError(f"model {self.name}: the head needs flat features; end with gap/flatten/dense")
+        return out
+
+    @property
+    def backbone_depth(self) -> int:
+        """Number of leading frozen layers (the cached backbone)."""
+        depth = 0
+        for layer in self.layers:
+            if layer.mode != "frozen":
+                break
+            depth += 1
+        return depth
+
+    def embedding_shape(self) -> tuple[int, ...]:
+        """Per-example shape of the backbone's output (the train graph's input)."""
+        depth = self.backbone_depth
+        return tuple(self.input_shape) if depth == 0 else self.feature_shapes()[depth - 1]
+
+    def head_input_features(self) -> int:
+        shapes = self.feature_shapes()
+        return (shapes[-1] if shapes else self.input_shape)[0]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["layers"] = [asdict(layer) for layer in self.layers]
+        return d
+
+    def with_input(self, input_shape: tuple[int, ...], num_classes: int) -> "ModelSpec":
+        return replace(self, input_shape=tuple(input_shape), num_classes=num_classes)
+
+def spec_from_dict(data: dict, where: str = "spec") -> ModelSpec:
+    return from_dict(ModelSpec, data, where=where)
+
+def load_spec(path_or_name: str | Path) -> ModelSpec:
+    """Load a spec from a TOML file, or by name from the specs shipped with fedge."""
+    path = Path(path_or_name)
+    if not path.exists():
+        builtin = Path(__file__).parent / "specs" / f"{path_or_name}.toml"
+        if not builtin.exists():
+            known = sorted(p.stem for p in (Path(__file__).parent / "specs").glob("*.toml"))
+            raise ConfigError(f"no spec file {path_or_name!r} and no built-in spec by that name; built-ins: {known}")
+        path = builtin
+    data = load_toml(path)
+    model = data.get("model")
+    if model is None or set(data) - {"model"}:
+        raise ConfigError(f"{path}: expected exactly one [model] table (with [[model.layers]]), got {sorted(data)}")
+    return spec_from_dict(model, where=f"{path.name}[model]")
+
+def mlp_spec(
+    input_features: int,
+    num_classes: int,
+    hidden: tuple[int, ...] = (200, 200),
+    modes: tuple[str, ...] | None = None,
+    head: str = "dual",
+    lora_rank: int = 4,
+    lora_alpha: float = 8.0,
+    name: str = "mlp",
+    init_seed: int = 0,
+) -> ModelSpec:
+    """An MLP for flat features of any width."""
+    modes = modes or tuple("lora" for _ in hidden)
+    if len(modes) != len(hidden):
+        raise ConfigError(f"mlp_spec: {len(hidden)} hidden layers but {len(modes)} modes")
+    layers = tuple(LayerSpec(name=f"fc{i + 1}", kind="dense", units=u, mode=m) for i, (u, m) in enumerate(zip(hidden, modes)))
+    return ModelSpec(
+        name=name,
+        input_shape=(input_features,),
+        num_classes=num_classes,
+        layers=layers,
+        head=head,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        init_seed=init_seed,
+    )
+

@@ -1,0 +1,267 @@
+"""Codec: round trips, every rejection path, and a fuzz loop that only sees CodecError."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+import zlib
+
+import msgpack
+import numpy as np
+import pytest
+
+from edge_runtime import protocol as p
+from edge_runtime.codec import HEADER_SIZE, MAGIC, decode_message, encode_message
+from edge_runtime.errors import (
+    ChecksumMismatch,
+    CodecError,
+    MalformedPayload,
+    PayloadTooLarge,
+    TruncatedPayload,
+    UnsupportedVersion,
+)
+
+HYPER = p.TaskHyper(
+    epochs=3, batch_size=16, lr=0.0125, optimizer="adamw", momentum=0.9, weight_decay=1e-4,
+    beta1=0.8, beta2=0.99, eps=1e-6, mu=0.01, max_steps=250,
+)
+COMP = p.CompressionSpec(clip_norm=1.5, quant_bits=4, topk_fraction=0.1, error_feedback=False)
+
+SAMPLES = {
+    p.CheckIn: p.CheckIn(
+        device_id="pi-07", backends=("ort-training", "numpy"), model_ids=("mlp", "lora-tiny"),
+        eligible=False, reason="battery_low", num_examples=512,
+    ),
+    p.TrainTask: p.TrainTask(
+        round_id=12, task_id="t-12-3", device_id="pi-07", model_id="mlp", model_version=11,
+        params=bytes(range(256)) * 3, hyper=HYPER, compression=COMP, deadline_s=90.5,
+        seed=2**40 + 3, correction=b"\x00\xff" * 10,
+    ),
+    p.Update: p.Update(
+        device_id="pi-07", round_id=12, task_id="t-12-3", update_id="u-1", model_id="mlp",
+        base_version=11, num_examples=480, payload=b"\x01\x02\x03", dense_bytes=4096,
+        metrics={"loss": 0.25, "accuracy": 0.875, "seconds": 12.0},
+    ),
+    p.Decline: p.Decline(
+        device_id="jetson-1", round_id=4, task_id="t-4-1", reason="aborted:thermal",
+        detail="soc 92 C", stage="during",
+    ),
+    p.Ack: p.Ack(
+        device_id="pi-07", round_id=12, task_id="t-12-3", update_id="u-1", accepted=False,
+        reason="stale",
+    ),
+    p.Status: p.Status(device_id="pi-07", online=False, detail="last will ünïcode"),
+}
+
+
+def test_samples_cover_every_message_type():
+    assert set(SAMPLES) == set(p.MESSAGE_TYPES.values())
+
+
+def _frame(code: int, body: bytes, version: int = p.SCHEMA_VERSION) -> bytes:
+    """A frame with a valid length and CRC around arbitrary body bytes."""
+    head = struct.pack("<4sHBI", MAGIC, version, code, len(body)) + body
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def _map_frame(cls: type, fields: object) -> bytes:
+    code = {c: k for k, c in p.MESSAGE_TYPES.items()}[cls]
+    return _frame(code, msgpack.packb(fields, use_bin_type=True))
+
+
+def _fields(msg: object) -> dict:
+    return msgpack.unpackb(encode_message(msg)[HEADER_SIZE:-4], raw=False)
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_round_trip_exact(cls):
+    msg = SAMPLES[cls]
+    out = decode_message(encode_message(msg))
+    assert type(out) is cls
+    assert out == msg
+    if cls is p.TrainTask:
+        assert type(out.hyper) is p.TaskHyper and type(out.compression) is p.CompressionSpec
+        assert type(out.params) is bytes
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_round_trip_defaults(cls):
+    required = {k: v for k, v in vars(SAMPLES[cls]).items() if k in _required(cls)}
+    msg = cls(**required)
+    assert decode_message(encode_message(msg)) == msg
+
+
+def _required(cls: type) -> set[str]:
+    return {
+        f.name for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+
+
+def test_frame_layout():
+    data = encode_message(SAMPLES[p.Status])
+    magic, version, code, n = struct.unpack_from("<4sHBI", data)
+    assert (magic, version, code) == (b"FDGM", p.SCHEMA_VERSION, 6)
+    assert len(data) == 11 + n + 4
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+
+
+def test_non_finite_floats_pass_through():
+    msg = p.Update(
+        device_id="d", round_id=1, task_id="t", update_id="u", model_id="m", base_version=0,
+        num_examples=1, payload=b"", metrics={"loss": math.nan, "gnorm": math.inf},
+    )
+    out = decode_message(encode_message(msg))
+    assert math.isnan(out.metrics["loss"]) and out.metrics["gnorm"] == math.inf
+
+
+def test_int_in_float_field_is_cast_and_missing_defaults_filled():
+    fields = {**_fields(SAMPLES[p.TrainTask]), "deadline_s": 30, "hyper": {"lr": 1}}
+    out = decode_message(_map_frame(p.TrainTask, fields))
+    assert out.deadline_s == 30.0 and type(out.deadline_s) is float
+    assert out.hyper == p.TaskHyper(lr=1.0) and type(out.hyper.lr) is float
+
+
+def test_bytes_like_and_buffers_accepted():
+    data = encode_message(SAMPLES[p.Ack])
+    assert decode_message(bytearray(data)) == SAMPLES[p.Ack]
+    assert decode_message(memoryview(data)) == SAMPLES[p.Ack]
+    task = p.TrainTask(
+        round_id=1, task_id="t", device_id="d", model_id="m", model_version=0,
+        params=bytearray(b"abc"), seed=np.int64(5),
+    )
+    out = decode_message(encode_message(task))
+    assert out.params == b"abc" and out.seed == 5
+
+
+def test_encode_rejects_non_messages_and_bad_fields():
+    with pytest.raises(TypeError):
+        encode_message(p.TaskHyper())
+    with pytest.raises(TypeError):
+        encode_message({"device_id": "x"})
+    with pytest.raises(MalformedPayload, match="Status.online"):
+        encode_message(p.Status(device_id="d", online=1))
+    with pytest.raises(MalformedPayload, match=r"TrainTask.hyper"):
+        encode_message(p.TrainTask(1, "t", "d", "m", 0, b"", hyper={"lr": 0.1}))
+    with pytest.raises(MalformedPayload, match="64 bits"):
+        encode_message(p.CheckIn(device_id="d", num_examples=2**70))
+    with pytest.raises(MalformedPayload, match="Status"):
+        encode_message(p.Status(device_id="\ud800", online=True))
+
+
+def test_every_truncation_is_rejected():
+    data = encode_message(SAMPLES[p.TrainTask])
+    for n in range(len(data)):
+        with pytest.raises(TruncatedPayload):
+            decode_message(data[:n])
+
+
+def test_flipped_body_byte_is_checksum_mismatch():
+    data = bytearray(encode_message(SAMPLES[p.Update]))
+    for i in range(HEADER_SIZE, len(data)):  # body and trailer
+        bad = bytearray(data)
+        bad[i] ^= 0x40
+        with pytest.raises(ChecksumMismatch):
+            decode_message(bytes(bad))
+
+
+def test_wrong_version_is_unsupported():
+    data = encode_message(SAMPLES[p.Ack])
+    bad = data[:4] + struct.pack("<H", p.SCHEMA_VERSION + 1) + data[6:]
+    with pytest.raises(UnsupportedVersion, match="schema version"):
+        decode_message(bad)
+    # refused before length or CRC are looked at
+    with pytest.raises(UnsupportedVersion):
+        decode_message(_frame(5, b"", version=0)[:HEADER_SIZE])
+
+
+def test_oversize_is_refused_before_parsing():
+    data = encode_message(SAMPLES[p.TrainTask])
+    assert decode_message(data, max_bytes=len(data)) == SAMPLES[p.TrainTask]
+    with pytest.raises(PayloadTooLarge):
+        decode_message(data, max_bytes=len(data) - 1)
+    with pytest.raises(PayloadTooLarge):
+        decode_message(b"garbage" * 10, max_bytes=8)
+
+
+def test_bad_magic_and_trailing_bytes():
+    data = encode_message(SAMPLES[p.Ack])
+    with pytest.raises(MalformedPayload, match="magic"):
+        decode_message(b"XDGM" + data[4:])
+    with pytest.raises(MalformedPayload, match="trailing"):
+        decode_message(data + b"\x00")
+
+
+UPD = _fields(SAMPLES[p.Update])
+TASK = _fields(SAMPLES[p.TrainTask])
+VALID_ACK = {"device_id": "d", "round_id": 1, "task_id": "t", "update_id": "u", "accepted": True}
+
+
+@pytest.mark.parametrize(
+    "cls, fields, match",
+    [
+        (p.Ack, {**VALID_ACK, "round_id": "1"}, r"Ack\.round_id: expected int"),
+        (p.Ack, {**VALID_ACK, "round_id": 1.0}, r"Ack\.round_id"),
+        (p.Ack, {**VALID_ACK, "round_id": True}, r"Ack\.round_id"),
+        (p.Ack, {**VALID_ACK, "accepted": 1}, r"Ack\.accepted: expected bool"),
+        (p.Ack, {**VALID_ACK, "device_id": b"d"}, r"Ack\.device_id: expected str"),
+        (p.Ack, {**VALID_ACK, "reason": None}, r"Ack\.reason"),
+        (p.Ack, {**VALID_ACK, "extra": 1}, r"Ack: unknown field.*extra"),
+        (p.Ack, {**VALID_ACK, b"bin-key": 1}, r"Ack: unknown field"),
+        (p.Ack, {k: v for k, v in VALID_ACK.items() if k != "accepted"}, r"Ack: missing.*accepted"),
+        (p.CheckIn, {"device_id": "d", "backends": "ort"}, r"CheckIn\.backends: expected array"),
+        (p.CheckIn, {"device_id": "d", "backends": ["ort", 3]}, r"CheckIn\.backends\[1\]"),
+        (p.Update, {**UPD, "metrics": {"loss": "low"}},
+         r"Update\.metrics\['loss'\]: expected float"),
+        (p.Update, {**UPD, "metrics": {b"loss": 1.0}}, r"Update\.metrics"),
+        (p.Update, {**UPD, "metrics": [1.0]}, r"Update\.metrics: expected map"),
+        (p.Update, {**UPD, "payload": "text"}, r"Update\.payload: expected bytes"),
+        (p.TrainTask, {**TASK, "hyper": [1]}, r"TrainTask\.hyper: expected map"),
+        (p.TrainTask, {**TASK, "hyper": {"lr": "x"}},
+         r"TrainTask\.hyper\.lr: expected float"),
+        (p.TrainTask, {**TASK, "compression": {"bits": 8}},
+         r"TrainTask\.compression: unknown field.*bits"),
+        (p.Status, [1, 2], r"Status: body must be a map"),
+        (p.Status, "status", r"Status: body must be a map"),
+        (p.Status, {"device_id": "d", "online": True, "detail": msgpack.ExtType(5, b"x")},
+         r"Status\.detail"),
+    ],
+)
+def test_hand_built_bad_fields_are_malformed(cls, fields, match):
+    with pytest.raises(MalformedPayload, match=match):
+        decode_message(_map_frame(cls, fields))
+
+
+def test_unknown_type_code_and_garbage_msgpack():
+    body = msgpack.packb(VALID_ACK)
+    with pytest.raises(MalformedPayload, match="type code 200"):
+        decode_message(_frame(200, body))
+    with pytest.raises(MalformedPayload, match="type code 0"):
+        decode_message(_frame(0, body))
+    for garbage in (b"", b"\xc1", b"\x85", body + b"\x00", b"\xa3ab\xff", b"\x81\x01\x02"):
+        with pytest.raises(MalformedPayload):
+            decode_message(_frame(5, garbage))
+
+
+def test_fuzz_only_codec_errors():
+    rng = np.random.default_rng(1234)
+    valid = [encode_message(m) for m in SAMPLES.values()]
+    for i in range(2000):
+        kind = i % 4
+        if kind == 0:  # random bytes
+            data = rng.bytes(int(rng.integers(0, 64)))
+        elif kind == 1:  # random body behind a good header and CRC
+            data = _frame(int(rng.integers(0, 8)), rng.bytes(int(rng.integers(0, 48))))
+        else:  # mutations of valid frames
+            data = bytearray(valid[int(rng.integers(len(valid)))])
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(len(data)))] = int(rng.integers(256))
+            if kind == 3:  # re-seal the CRC so the mutation reaches msgpack and validation
+                data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+            data = bytes(data)
+        try:
+            out = decode_message(data, max_bytes=4096)
+        except CodecError:
+            continue
+        assert type(out) in p.MESSAGE_TYPES.values()

@@ -1,0 +1,256 @@
+"""Tests for edge_runtime.update_codec: round trips, exact sizes, and every way a frame is refused.
+
+Bad frames are built by hand here (an independent writer of the documented layout), so the
+decoder is checked against the spec rather than against its own encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from edge_runtime.compress import CompressedTensor, compress_update, decompress_update
+from edge_runtime.errors import (ChecksumMismatch, CodecError, MalformedPayload, PayloadTooLarge,
+                                 TruncatedPayload, UnsupportedVersion)
+from edge_runtime.protocol import CompressionSpec
+from edge_runtime.update_codec import (decode_dense, decode_tensors, dense_fp32_bytes, encode_dense,
+                                       encode_tensors)
+
+
+def _ct(name, shape, bits, values, indices=None, scale=None):
+    dtype = np.float32 if bits == 32 else np.int8
+    idx = None if indices is None else np.asarray(indices, np.uint32)
+    return CompressedTensor(name, shape, bits, (0.0 if bits == 32 else 0.25) if scale is None else scale,
+                            idx, np.asarray(values, dtype))
+
+
+SAMPLES = [
+    _ct("dense32", (3, 4), 32, np.linspace(-2, 2, 12)),
+    _ct("int8", (2, 3), 8, [-127, -1, 0, 1, 64, 127], scale=0.0123),
+    _ct("q4_odd", (5,), 4, [-7, -3, 0, 5, 7]),
+    _ct("q4_sparse_odd", (4, 4), 4, [7, -7, 1], indices=[0, 9, 15]),
+    _ct("sparse32", (100,), 32, [1.5, -2.5], indices=[3, 99]),
+    _ct("scalar32", (), 32, [3.25]),
+    _ct("scalar8", (), 8, [-5], scale=2.0),
+    _ct("empty", (0, 7), 32, []),
+    _ct("ünïcode", (1,), 8, [0], scale=0.0),
+]
+
+
+def _expected_len(tensors) -> int:
+    """Frame length from the documented layout."""
+    n = 4 + 1 + 2 + 4
+    for t in tensors:
+        count = t.values.size
+        payload = {32: 4 * count, 8: count, 4: (count + 1) // 2}[t.bits]
+        n += 2 + len(t.name.encode()) + 1 + 1 + 4 * len(t.shape) + 1 + 4 + 4 + payload
+        n += 0 if t.indices is None else 4 * count
+    return n
+
+
+def _assert_same(a: CompressedTensor, b: CompressedTensor) -> None:
+    assert (a.name, a.shape, a.bits, a.scale) == (b.name, b.shape, b.bits, b.scale)
+    assert a.values.dtype == b.values.dtype
+    np.testing.assert_array_equal(a.values, b.values)
+    if a.indices is None:
+        assert b.indices is None
+    else:
+        assert b.indices.dtype == np.uint32
+        np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("tensors", [SAMPLES, [], *([t] for t in SAMPLES)],
+                         ids=lambda ts: "+".join(t.name for t in ts) or "none")
+def test_round_trip_and_exact_length(tensors):
+    frame = encode_tensors(tensors)
+    assert len(frame) == _expected_len(tensors)
+    decoded = decode_tensors(frame)
+    assert len(decoded) == len(tensors)
+    for a, b in zip(tensors, decoded):
+        _assert_same(a, b)
+
+
+def test_dense_round_trip_and_size_oracle():
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((4, 3)), "b": rng.standard_normal(3).astype(np.float32),
+              "s": np.float32(1.5), "none": np.zeros((2, 0)), "ëmbed": rng.standard_normal((2, 2, 2))}
+    frame = encode_dense(params)
+    assert len(frame) == dense_fp32_bytes({n: np.shape(p) for n, p in params.items()})
+    assert dense_fp32_bytes({}) == len(encode_dense({})) == 11
+    out = decode_dense(frame)
+    assert set(out) == set(params)
+    for n, p in params.items():
+        assert out[n].dtype == np.float32 and out[n].shape == np.shape(p)
+        np.testing.assert_array_equal(out[n], np.asarray(p, np.float32))
+
+
+def test_decode_dense_refuses_compressed_frames():
+    with pytest.raises(MalformedPayload, match="dense"):
+        decode_dense(encode_tensors([SAMPLES[1]]))
+
+
+def test_receiver_sees_exactly_what_the_sender_accounted_for():
+    rng = np.random.default_rng(1)
+    delta = {"a": rng.standard_normal((6, 7)).astype(np.float32),
+             "b": rng.standard_normal(9).astype(np.float32)}
+    spec = CompressionSpec(quant_bits=4, topk_fraction=0.3)
+    sent, residual, _ = compress_update(delta, None, spec, rng)
+    received = decompress_update(decode_tensors(encode_tensors(sent)))
+    for n in delta:  # bit-exact: scale is f32 on both ends, so residual + received == delta
+        np.testing.assert_array_equal(received[n], decompress_update(sent)[n])
+        np.testing.assert_allclose(received[n] + residual[n], delta[n], rtol=1e-6, atol=1e-6)
+
+
+def test_encoder_refuses_what_the_format_cannot_hold():
+    with pytest.raises(ValueError, match="twice"):
+        encode_tensors([SAMPLES[0], SAMPLES[0]])
+    with pytest.raises(ValueError, match="ndim"):
+        encode_tensors([_ct("deep", (1,) * 9, 32, [1.0])])
+
+
+# --- rejection ----------------------------------------------------------------------------------
+
+def _recrc(frame: bytes) -> bytes:
+    """Replace the trailer with a correct CRC, so only the content check can object."""
+    return frame[:-4] + struct.pack("<I", zlib.crc32(frame[:-4]))
+
+
+def _tensor(name=b"w", bits=8, shape=(4,), sparse=0, scale=0.5, count=None, indices=(),
+            payload=None) -> bytes:
+    """One tensor record written straight from the documented layout."""
+    count = (len(indices) if sparse else math.prod(shape)) if count is None else count
+    payload = bytes(count) if payload is None else payload
+    return (struct.pack("<H", len(name)) + name + struct.pack("<BB", bits, len(shape))
+            + struct.pack(f"<{len(shape)}I", *shape) + struct.pack("<BfI", sparse, scale, count)
+            + struct.pack(f"<{len(indices)}I", *indices) + payload)
+
+
+def _frame(*tensors: bytes, version: int = 1, magic: bytes = b"FDGU", trailing: bytes = b"") -> bytes:
+    return _recrc(magic + struct.pack("<BH", version, len(tensors)) + b"".join(tensors) + trailing + bytes(4))
+
+
+F32 = lambda *v: struct.pack(f"<{len(v)}f", *v)  # noqa: E731
+
+
+def test_hand_built_good_frames_decode():
+    """The writer above is right, so the rejections below are about the one field changed."""
+    (t,) = decode_tensors(_frame(_tensor(bits=4, shape=(3,), payload=bytes([0x9F, 0x01]))))
+    np.testing.assert_array_equal(t.values, [7, 1, -7])
+    (t,) = decode_tensors(_frame(_tensor(sparse=1, indices=(0, 3), payload=bytes([1, 0xFF]))))
+    np.testing.assert_array_equal(t.values, [1, -1])
+    (t,) = decode_tensors(_frame(_tensor(bits=32, shape=(2,), scale=0.0, payload=F32(1.0, -2.0))))
+    np.testing.assert_array_equal(t.values, [1.0, -2.0])
+
+
+BAD_FRAMES = {
+    "bits": _frame(_tensor(bits=16)),
+    "ndim": _frame(_tensor(shape=(1,) * 9)),
+    "sparse_flag": _frame(_tensor(sparse=2, indices=(1,), payload=b"\x01")),
+    "count_over_size": _frame(_tensor(shape=(2,), sparse=1, indices=(0, 1, 1), payload=b"\x01\x01\x01")),
+    "index_not_increasing": _frame(_tensor(sparse=1, indices=(2, 1), payload=b"\x01\x01")),
+    "index_repeated": _frame(_tensor(sparse=1, indices=(1, 1), payload=b"\x01\x01")),
+    "index_out_of_range": _frame(_tensor(sparse=1, indices=(0, 4), payload=b"\x01\x01")),
+    "dense_count": _frame(_tensor(shape=(4,), count=3)),
+    "nibble_zero": _frame(_tensor(bits=4, shape=(2,), payload=bytes([0x80]))),
+    "pad_nibble": _frame(_tensor(bits=4, shape=(1,), payload=bytes([0x38]))),
+    "int8_minus_128": _frame(_tensor(shape=(2,), payload=bytes([0x80, 0]))),
+    "scale_nan": _frame(_tensor(scale=float("nan"))),
+    "scale_negative": _frame(_tensor(scale=-1.0)),
+    "scale_on_fp32": _frame(_tensor(bits=32, shape=(1,), scale=1.0, payload=F32(1.0))),
+    "value_nan": _frame(_tensor(bits=32, shape=(2,), scale=0.0, payload=F32(1.0, float("nan")))),
+    "value_inf": _frame(_tensor(bits=32, shape=(1,), scale=0.0, payload=F32(float("-inf")))),
+    "duplicate_name": _frame(_tensor(), _tensor()),
+    "bad_utf8": _frame(_tensor(name=b"\xff\xfe")),
+    "trailing": _frame(_tensor(), trailing=b"\x00"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
+def test_valid_crc_bad_content_is_malformed(case):
+    with pytest.raises(MalformedPayload):
+        decode_tensors(BAD_FRAMES[case])
+
+
+def test_element_limit():
+    frame = _frame(_tensor(shape=(1000, 1000), sparse=1, indices=(5,), payload=b"\x01"))
+    assert decode_tensors(frame)[0].shape == (1000, 1000)
+    with pytest.raises(MalformedPayload, match="elements"):
+        decode_tensors(frame, max_elements=999_999)
+
+
+def test_every_truncation_is_truncated_payload():
+    frame = encode_tensors(SAMPLES[2:6])
+    for cut in range(len(frame)):
+        with pytest.raises(TruncatedPayload):
+            decode_tensors(frame[:cut])
+
+
+def test_every_flipped_byte_is_refused():
+    t = _ct("w", (5,), 4, [7, -7, 1], indices=[0, 2, 4])
+    frame = encode_tensors([t])
+    # Layout: magic 0-3, version 4, count 5-6, name len 7-8, name 9, bits 10, ndim 11, dim 12-15,
+    # sparse 16, scale 17-20, value count 21-24, indices 25-36, packed codes 37-38, CRC 39-42.
+    assert len(frame) == 43
+    # A corrupted length can point past the end and then reads as a cut frame.
+    length_fields = {5, 6, 7, 8, 11, 16, 21, 22, 23, 24}
+    for pos in range(len(frame)):
+        for mask in (0xFF, 0x01):
+            bad = bytearray(frame)
+            bad[pos] ^= mask
+            with pytest.raises(CodecError) as info:
+                decode_tensors(bytes(bad))
+            if pos < 4:
+                assert info.type is MalformedPayload
+            elif pos == 4:
+                assert info.type is UnsupportedVersion
+            elif pos in length_fields:
+                assert info.type in (ChecksumMismatch, TruncatedPayload)
+            else:
+                assert info.type is ChecksumMismatch, f"byte {pos} ^ {mask:#x}"
+
+
+def test_version_is_checked_before_crc():
+    frame = bytearray(encode_tensors(SAMPLES[:2]))
+    frame[4] = 2
+    with pytest.raises(UnsupportedVersion, match="version 2"):
+        decode_tensors(bytes(frame))  # CRC now wrong too, but the version speaks first
+    with pytest.raises(UnsupportedVersion):
+        decode_tensors(_recrc(bytes(frame)))
+
+
+def test_bad_magic_is_malformed():
+    with pytest.raises(MalformedPayload, match="magic"):
+        decode_tensors(_frame(_tensor(), magic=b"PK\x03\x04"))
+
+
+def test_oversize_is_checked_first():
+    frame = encode_tensors(SAMPLES)
+    assert decode_tensors(frame, max_bytes=len(frame))
+    with pytest.raises(PayloadTooLarge):
+        decode_tensors(frame, max_bytes=len(frame) - 1)
+    with pytest.raises(PayloadTooLarge):
+        decode_tensors(b"garbage" * 10, max_bytes=8)
+    with pytest.raises(PayloadTooLarge):
+        decode_dense(encode_dense({"w": np.zeros(100)}), max_bytes=100)
+
+
+def test_random_corruption_only_ever_raises_codec_errors():
+    """Whatever the bytes, the decoder answers with a tensor list or a CodecError, never a crash."""
+    rng = np.random.default_rng(7)
+    frame = encode_tensors(SAMPLES)
+    for _ in range(2000):
+        bad = bytearray(frame)
+        for pos in rng.integers(0, len(bad), size=rng.integers(1, 4)):
+            bad[pos] = rng.integers(0, 256)
+        if rng.random() < 0.3:
+            bad = bad[: rng.integers(0, len(bad) + 1)]
+        if rng.random() < 0.7 and len(bad) >= 4:
+            bad = bytearray(_recrc(bytes(bad)))  # reach the content checks, not just the CRC
+        try:
+            decode_tensors(bytes(bad), max_elements=10_000)
+        except CodecError:
+            pass

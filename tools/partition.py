@@ -1,0 +1,193 @@
+"""Split a dataset's indices over simulated clients (pure; the RNG is passed in).
+
+Every function returns one int64 index array per client. The arrays are disjoint and
+together cover every index exactly once; each array is sorted ascending.
+
+    iid                    uniform random split, sizes differ by at most one
+    dirichlet_label_skew   per-class Dirichlet(alpha) shares (Hsu et al. 2019); small alpha -> few labels
+    shards                 McMahan et al. 2017: label-sorted shards, classes_per_client shards per client
+    quantity_skew          IID labels, lognormal client sizes
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCHEMES = ("iid", "dirichlet", "shards", "quantity")
+_MAX_TRIES = 1000  # Dirichlet resamples before giving up
+
+
+def _check(n: int, num_clients: int) -> None:
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+    if num_clients > n:
+        raise ValueError(f"num_clients ({num_clients}) exceeds the number of examples ({n})")
+
+
+def _finish(parts: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
+    """Non-negative integers proportional to weights that sum exactly to total."""
+    # Rounding the cumulative share (not each share) keeps the sum exact and every count >= 0.
+    bounds = np.round(np.cumsum(weights) / np.sum(weights) * total).astype(np.int64)
+    bounds[-1] = total
+    return np.diff(bounds, prepend=0)
+
+
+def _auto_min_size(min_size: int, n: int, num_clients: int) -> int:
+    # Asking every client for min_size examples is hopeless when that is close to the
+    # average share: cap it at a tenth of the average, but not below 2 (one train and one
+    # test example) unless the caller asked for less.
+    return min(min_size, max(2, n // (10 * num_clients)))
+
+
+def iid(n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle 0..n-1 and cut into num_clients near-equal parts."""
+    _check(n, num_clients)
+    return _finish(np.array_split(rng.permutation(n), num_clients))
+
+
+def dirichlet_label_skew(
+    y: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator, min_size: int = 10
+) -> list[np.ndarray]:
+    """Give each class's examples to clients in Dirichlet(alpha) proportions.
+
+    As in Hsu et al. 2019 / FedLab / Flower's DirichletPartitioner: per class, draw
+    p ~ Dir(alpha * 1), zero the share of clients already above the average size (keeps
+    sizes from exploding), and cut the shuffled class at the cumulative shares. The whole
+    draw is repeated until every client holds >= min_size examples; min_size is lowered
+    to n // (10 * num_clients) (but not below 2) when that is smaller. Small alpha with
+    many clients can make every draw fail (e.g. alpha=0.1, 10 classes, 100 clients on
+    5,000 examples): that raises ValueError rather than silently changing the scheme.
+    """
+    y = np.asarray(y)
+    n = len(y)
+    _check(n, num_clients)
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    need = _auto_min_size(min_size, n, num_clients)
+    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    for _ in range(_MAX_TRIES):
+        buckets: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        sizes = np.zeros(num_clients, dtype=np.int64)
+        for members in by_class:
+            idx = rng.permutation(members)
+            p = rng.dirichlet(np.full(num_clients, alpha)) * (sizes < n / num_clients)
+            if p.sum() <= 0:  # every open client drew ~0 (tiny alpha): share evenly among them
+                p = (sizes < n / num_clients).astype(float)
+            cuts = (np.cumsum(p / p.sum()) * len(idx)).astype(np.int64)[:-1]
+            for k, part in enumerate(np.split(idx, cuts)):
+                buckets[k].append(part)
+                sizes[k] += len(part)
+        if sizes.min() >= need:
+            return _finish([np.concatenate(b) for b in buckets])
+    raise ValueError(
+        f"dirichlet partition: no draw in {_MAX_TRIES} tries gave every one of {num_clients} "
+        f"clients >= {need} examples (alpha={alpha}, n={n}); use a larger alpha, fewer "
+        f"clients, or a smaller min_size"
+    )
+
+
+def shards(
+    y: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """McMahan-style pathological split: each client gets classes_per_client label shards.
+
+    Unlike a plain cut of the label-sorted array, shards never straddle two classes:
+    each class is cut into a number of shards proportional to its size (at least one),
+    and shards are dealt so a client's shards come from distinct classes. Every client
+    gets exactly classes_per_client labels when classes_per_client <= num_classes and no
+    class holds (much) more than 1/classes_per_client of the data; otherwise some clients
+    get repeated labels. With fewer shards than classes it falls back to the
+    plain sorted cut (shards then mix labels).
+    """
+    y = np.asarray(y)
+    n = len(y)
+    _check(n, num_clients)
+    if classes_per_client < 1:
+        raise ValueError(f"classes_per_client must be >= 1, got {classes_per_client}")
+    total = num_clients * classes_per_client
+    if total > n:
+        raise ValueError(
+            f"shards: {num_clients} clients x {classes_per_client} shards = {total} shards "
+            f"but only {n} examples; use fewer clients or classes_per_client"
+        )
+    # Shuffle first so the stable sort leaves a random order inside each class.
+    order = rng.permutation(n)
+    order = order[np.argsort(y[order], kind="stable")]
+    labels, sizes = np.unique(y, return_counts=True)
+    if total < len(labels):
+        pieces = np.array_split(order, total)
+        owner = rng.permutation(np.arange(total) % num_clients)
+        return _finish([np.concatenate([pieces[s] for s in np.flatnonzero(owner == k)])
+                        for k in range(num_clients)])
+    counts = 1 + _apportion(total - len(labels), sizes.astype(float))
+    pieces, shard_class = [], []
+    for c, (members, cnt) in enumerate(zip(np.split(order, np.cumsum(sizes)[:-1]), counts)):
+        pieces.extend(np.array_split(members, cnt))
+        shard_class.extend([c] * cnt)  # class position 0..C-1, not the label value
+    slots = _deal(np.asarray(shard_class), num_clients, classes_per_client, rng)  # (clients, cpc)
+    return _finish([np.concatenate([pieces[s] for s in row]) for row in slots])
+
+
+def _deal(shard_class: np.ndarray, num_clients: int, per: int, rng: np.random.Generator) -> np.ndarray:
+    """Shard -> client table (clients, per) with, where class sizes allow, distinct classes per row."""
+    slots = rng.permutation(len(shard_class)).reshape(num_clients, per)
+    for _ in range(4 * slots.size):
+        cls = shard_class[slots]
+        dup = np.argwhere((cls[:, :, None] == cls[:, None, :]).sum(axis=2) > 1)  # (row, slot) pairs
+        if len(dup) == 0:
+            return slots
+        a, j = dup[rng.integers(len(dup))]
+        c = cls[a, j]
+        # Swap with a shard (b, l) whose class is new to row a, into a row b without class c.
+        ok = (cls != c) & ~np.isin(cls, np.delete(cls[a], j)) & ~(cls == c).any(axis=1)[:, None]
+        cand = np.argwhere(ok)
+        if len(cand) == 0:
+            break
+        b, l = cand[rng.integers(len(cand))]
+        slots[a, j], slots[b, l] = slots[b, l], slots[a, j]
+    # Repair got stuck (e.g. per == num_classes). Deal round-robin instead: with shards
+    # grouped by class, client k takes positions k, k + K, k + 2K, ..., which are distinct
+    # classes whenever no class has more than K shards. Less random pairings, same guarantee.
+    rank = rng.permutation(int(shard_class.max()) + 1)
+    grouped = np.argsort(rank[shard_class], kind="stable")
+    return grouped.reshape(per, num_clients).T[rng.permutation(num_clients)]
+
+
+def quantity_skew(
+    n: int, num_clients: int, rng: np.random.Generator, sigma: float = 1.0, min_size: int = 10
+) -> list[np.ndarray]:
+    """IID examples, but client sizes drawn as min_size + lognormal(0, sigma) shares of the rest.
+
+    min_size is lowered to n // num_clients when that is smaller, so it always fits.
+    """
+    _check(n, num_clients)
+    floor = min(min_size, n // num_clients)
+    sizes = floor + _apportion(n - floor * num_clients, rng.lognormal(0.0, sigma, num_clients))
+    return _finish(np.split(rng.permutation(n), np.cumsum(sizes)[:-1]))
+
+
+def partition(
+    scheme: str,
+    y: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    *,
+    alpha: float = 0.1,
+    classes_per_client: int = 2,
+) -> list[np.ndarray]:
+    """Dispatch on scheme name; y is only used for its length by "iid" and "quantity"."""
+    y = np.asarray(y)
+    _check(len(y), num_clients)
+    if scheme == "iid":
+        return iid(len(y), num_clients, rng)
+    if scheme == "dirichlet":
+        return dirichlet_label_skew(y, num_clients, alpha, rng)
+    if scheme == "shards":
+        return shards(y, num_clients, classes_per_client, rng)
+    if scheme == "quantity":
+        return quantity_skew(len(y), num_clients, rng)
+    raise ValueError(f"unknown partition scheme {scheme!r}; valid: {', '.join(SCHEMES)}")

@@ -1,0 +1,92 @@
+"""`fedge simulate` options and entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import DATASETS, PARTITIONS, SimConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = SimConfig()
+    p.add_argument("--devices", type=int, default=d.devices, help="simulated devices (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for data split, sampling and training")
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset shipped in a pip wheel")
+    p.add_argument("--data", dest="data_dir", metavar="DIR", help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
+    p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (smaller = more skew)")
+    p.add_argument("--classes-per-client", type=int, default=d.classes_per_client, help="labels per device for shards")
+    p.add_argument("--model", help="model spec: a TOML file or a built-in name (default: chosen for the data)")
+    p.add_argument("--backend", default=d.backend, choices=("auto", "portable", "ort-training", "numpy"))
+    p.add_argument("--clients-per-round", type=int, default=d.clients_per_round, help="reports aggregated per round")
+    p.add_argument("--over-selection", type=float, default=d.over_selection, help="ask this many times more devices")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="local epochs per task")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
+    p.add_argument("--quant-bits", type=int, choices=(32, 8, 4), default=d.quant_bits, help="update quantization")
+    p.add_argument("--topk", dest="topk_fraction", type=float, default=d.topk_fraction, help="fraction of entries sent")
+    p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false")
+    p.add_argument("--baselines", default="", help="comma list: local (each device alone), central (pooled data)")
+    p.add_argument("--out", dest="out_dir", default=None, help="output folder (default: beside --json, or runs/sim)")
+    p.add_argument("--json", dest="json_path", help="write the run as JSON here (schema in tools/simulate/report.py)")
+    p.add_argument("--plot", dest="plot_path", help="PNG path (default: beside the JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .fleet import run_simulation
+    from .report import HEADER, format_row, format_summary, summarize, write_json, write_plot
+
+    out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
+    cfg = SimConfig(
+        devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
+        partition=args.partition, alpha=args.alpha, classes_per_client=args.classes_per_client, model=args.model,
+        backend=args.backend, clients_per_round=args.clients_per_round, over_selection=args.over_selection,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        quant_bits=args.quant_bits, topk_fraction=args.topk_fraction, error_feedback=args.error_feedback,
+        baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,
+    )
+    bar = _progress(cfg.rounds, args.quiet)
+    if not args.quiet:
+        source = cfg.data_dir or f"{cfg.dataset}, {cfg.partition}" + (f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else "")
+        _say(bar, f"fedge simulate: {cfg.devices if not cfg.data_dir else 'per-file'} devices, {cfg.rounds} rounds, {source}")
+        _say(bar, HEADER)
+
+    def on_round(row: dict) -> None:
+        if not args.quiet:
+            _say(bar, format_row(row))
+        if bar is not None:
+            bar.update(1)
+
+    result = run_simulation(cfg, on_round=on_round)
+    if bar is not None:
+        bar.close()
+    result.summary["final"] = summarize(result)
+    if not args.quiet:
+        print(format_summary(result))
+    if args.json_path:
+        write_json(result, args.json_path)
+        plot = write_plot(result, args.plot_path or Path(args.json_path).with_suffix(".png"))
+        print(f"wrote {args.json_path}" + (f" and {plot}" if plot else " (no plot: matplotlib not installed)"))
+    return 0
+
+
+def _progress(total: int, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="round", leave=False, file=sys.stderr)
+
+
+def _say(bar, line: str) -> None:
+    if bar is not None:
+        bar.write(line)
+    else:
+        print(line, flush=True)

@@ -1,0 +1,50 @@
+"""Simulation settings: defaults are the demo (MNIST-5k, 20 devices, Dirichlet 0.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_runtime.errors import ConfigError
+
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+DATASETS = ("mnist5k", "digits")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    devices: int = 20
+    rounds: int = 20
+    seed: int = 0
+    dataset: str = "mnist5k"
+    data_dir: str | None = None  # a folder of per-client .npz files replaces `dataset`
+    partition: str = "dirichlet"
+    alpha: float = 0.1
+    classes_per_client: int = 2
+    test_fraction: float = 0.2
+    model: str | None = None  # spec file or built-in name; None = a default for the data
+    backend: str = "auto"
+    clients_per_round: int = 10
+    over_selection: float = 1.3
+    epochs: int = 2
+    batch_size: int = 20
+    lr: float = 0.02
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    quant_bits: int = 8
+    topk_fraction: float = 1.0
+    error_feedback: bool = True
+    baselines: tuple[str, ...] = ()
+    out_dir: str = "runs/sim"
+
+    def __post_init__(self) -> None:
+        if self.devices < 1 or self.rounds < 1:
+            raise ConfigError("--devices and --rounds must be >= 1")
+        if self.data_dir is None and self.dataset not in DATASETS:
+            raise ConfigError(f"--dataset {self.dataset!r}: choose one of {DATASETS}, or pass --data DIR")
+        if self.partition not in PARTITIONS:
+            raise ConfigError(f"--partition {self.partition!r}: choose one of {PARTITIONS}")
+        unknown = set(self.baselines) - {"local", "central"}
+        if unknown:
+            raise ConfigError(f"--baselines: unknown {sorted(unknown)}; use local, central or local,central")
+        if self.clients_per_round < 1:
+            raise ConfigError("--clients-per-round must be >= 1")

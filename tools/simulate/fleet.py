@@ -1,0 +1,179 @@
+"""Run a simulated fleet: real DeviceRuntime/DeviceAgent and Coordinator over the in-memory
+broker, real onnxruntime training, evaluation after every round."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from coordinator.config import CoordinatorConfig
+from coordinator.server import Coordinator
+from coordinator.strategies import make_strategy
+from edge_runtime.agent import DeviceAgent
+from edge_runtime.device import DeviceRuntime, LocalData
+from edge_runtime.model_runtime import ModelRuntime
+from edge_runtime.protocol import CompressionSpec, TaskHyper
+from edge_runtime.trainer import available_backends, make_backend
+from edge_runtime.transport.memory import InMemoryBroker
+from models.build import build_artifacts
+from models.spec import ModelSpec, load_spec, mlp_spec
+from tools.datasets import FederatedDataset, build_federated, load_npz_dir
+
+from . import baselines as baseline_runs
+from .config import SimConfig
+
+log = logging.getLogger("fedge.simulate")
+
+
+class SimClock:
+    """Real monotonic time plus a skip offset, so a stalled round can jump to its deadline."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() + self.offset
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.offset += max(0.0, seconds)
+
+
+@dataclass
+class SimResult:
+    config: dict
+    model: dict
+    rounds: list[dict] = field(default_factory=list)
+    baselines: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+def load_data(cfg: SimConfig) -> FederatedDataset:
+    if cfg.data_dir:
+        return load_npz_dir(cfg.data_dir)
+    return build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
+                           classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction)
+
+
+def choose_spec(cfg: SimConfig, data: FederatedDataset) -> ModelSpec:
+    """The user's spec, or: frozen random projection (cached) + LoRA layer + dual head."""
+    if cfg.model:
+        return load_spec(cfg.model)
+    if data.name == "mnist5k":
+        return load_spec("mnist-mlp-lora")
+    return mlp_spec(data.input_shape[0], data.num_classes, hidden=(200, 200), modes=("frozen", "lora"),
+                    lora_rank=8, lora_alpha=16.0, name=f"{data.name}-mlp-lora")
+
+
+def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = None) -> SimResult:
+    out = Path(cfg.out_dir)
+    data = load_data(cfg)
+    spec = choose_spec(cfg, data)
+    art_dir = out / "artifacts"
+    want_ort = cfg.backend == "ort-training"
+    manifest = build_artifacts(spec, art_dir, ort_training=want_ort)
+    model = ModelRuntime(art_dir, expected_model_id=manifest.model_id)
+    backend = available_backends()[0] if cfg.backend == "auto" else cfg.backend
+
+    hyper = TaskHyper(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+                      momentum=cfg.momentum if cfg.optimizer == "sgd" else 0.0)
+    compression = CompressionSpec(quant_bits=cfg.quant_bits, topk_fraction=cfg.topk_fraction,
+                                  error_feedback=cfg.error_feedback)
+    ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
+                             over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression)
+    broker = InMemoryBroker()
+    clock = SimClock()
+    coordinator = Coordinator(broker.connect("coordinator"), make_strategy("fedavg", hyper), manifest,
+                              model.initial("shared"), ccfg, clock=clock)
+    coordinator.start()
+    agents = []
+    for client in data.clients:
+        runtime = DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
+                                {manifest.model_id: art_dir}, out / "devices", backend=backend, seed=cfg.seed)
+        agents.append(DeviceAgent(runtime, broker.connect(client.client_id), clock=clock))
+    for agent in agents:
+        agent.start()
+    _drain(coordinator, agents, np.random.default_rng(cfg.seed))
+
+    result = SimResult(config={**asdict(cfg), "backend": backend}, model={"name": spec.name, "model_id": manifest.model_id,
+                       "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
+                       "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
+    xt, yt = data.union_test()
+    zt = model.embed(xt)
+    evaluator = make_backend(backend, art_dir, manifest, "sgd")
+    order_rng = np.random.default_rng([cfg.seed, 1])
+    for _ in range(cfg.rounds):
+        started = time.perf_counter()
+        if not coordinator.begin_round():
+            raise RuntimeError("no eligible devices checked in")
+        record = None
+        while record is None:
+            progressed = _drain(coordinator, agents, order_rng)
+            record = coordinator.tick()
+            if record is None and not progressed:
+                clock.sleep(ccfg.round_deadline_s)  # nobody is left to answer: jump to the deadline
+        row = _evaluate(record, coordinator, agents, evaluator, zt, yt, manifest.model_id)
+        row["seconds"] = time.perf_counter() - started
+        result.rounds.append(row)
+        if on_round:
+            on_round(row)
+
+    if cfg.baselines:
+        total_epochs = cfg.rounds * cfg.epochs
+        if "local" in cfg.baselines:
+            result.baselines["local_only"] = baseline_runs.local_only(model, data, hyper, total_epochs, backend, cfg.seed)
+        if "central" in cfg.baselines:
+            central_epochs = max(1, total_epochs * ccfg.clients_per_round // max(1, len(data.clients)))
+            result.baselines["central"] = baseline_runs.central(model, data, hyper, central_epochs, backend, cfg.seed)
+    result.summary = {"rejections": dict(coordinator.rejections), "declines": dict(coordinator.declines)}
+    return result
+
+
+def _drain(coordinator: Coordinator, agents: list[DeviceAgent], rng: np.random.Generator) -> bool:
+    """Deliver messages until every queue is empty; devices are served in a random order so
+    that which over-selected devices report first is not fixed by their ids."""
+    progressed = False
+    while True:
+        moved = False
+        while coordinator.pump(0.0):
+            moved = True
+        for i in rng.permutation(len(agents)):
+            while agents[i].poll(0.0):
+                moved = True
+                while coordinator.pump(0.0):
+                    pass
+        if not moved:
+            return progressed
+        progressed = True
+
+
+def _evaluate(record, coordinator: Coordinator, agents, evaluator, zt, yt, model_id) -> dict:
+    shared = coordinator.state.params
+    logits = evaluator.predict({**shared, **_any_personal(agents, model_id)}, zt)
+    global_acc = float(np.mean(np.argmax(logits["global"], axis=1) == yt)) if "global" in logits else None
+    evals = [a.runtime.evaluate(model_id, shared) for a in agents]
+    personal = [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global for e in evals if e.num_test]
+    return {
+        "round": record.round_id,
+        "committed": record.committed,
+        "participants": record.reports,
+        "selected": record.selected,
+        "global_accuracy": global_acc,
+        "personalized_accuracy_mean": float(np.mean(personal)),
+        "personalized_accuracy_min": float(np.min(personal)),
+        "bytes_up": record.bytes_up,
+        "bytes_up_dense": record.bytes_up_dense,
+        "bytes_down": record.bytes_down,
+    }
+
+
+def _any_personal(agents, model_id) -> dict:
+    """The eval graph takes every trainable input; the global head ignores the personal one."""
+    return agents[0].runtime.model(model_id).initial("personal")

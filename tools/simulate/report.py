@@ -1,0 +1,131 @@
+"""Terminal table, run.json and a PNG of the curves.
+
+run.json schema (version 1):
+    schema: 1
+    config: the SimConfig fields, plus the backend actually used
+    model: {name, model_id, shared_params, personal_params}
+    rounds: list of
+        round                        int, the coordinator's round id
+        committed                    bool
+        participants, selected       int: reports aggregated / devices asked
+        global_accuracy              fraction in [0, 1] (global head, union of held-out splits), or null
+        personalized_accuracy_mean   fraction: mean over devices, own head on own held-out split
+        personalized_accuracy_min    fraction: the worst device
+        bytes_up                     int: update messages received this round, as sent on the wire
+        bytes_up_dense               int: the same messages with dense fp32 deltas
+        bytes_down                   int: task and ack messages sent this round
+        seconds                      float: wall time of the round, evaluation included
+    baselines (when requested):
+        local_only: {accuracy_mean, accuracy_min, epochs}
+        central:    {accuracy, epochs}
+    summary: {rejections: {reason: count}, declines: {reason: count}, final: {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+HEADER = f"{'round':>5} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} {'dense KiB':>9} {'down KiB':>8} {'sec':>6}"
+
+
+def _pct(v) -> str:
+    return "   -   " if v is None else f"{v:7.3f}"
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"{row['round']:>5} {_pct(row['global_accuracy'])} {row['personalized_accuracy_mean']:9.3f} "
+        f"{row['personalized_accuracy_min']:8.3f} {row['bytes_up'] / 1024:8.1f} {row['bytes_up_dense'] / 1024:9.1f} "
+        f"{row['bytes_down'] / 1024:8.1f} {row['seconds']:6.2f}" + ("" if row["committed"] else "  (abandoned)")
+    )
+
+
+def summarize(result) -> dict:
+    last = result.rounds[-1]
+    up = sum(r["bytes_up"] for r in result.rounds)
+    dense = sum(r["bytes_up_dense"] for r in result.rounds)
+    return {
+        "final_global_accuracy": last["global_accuracy"],
+        "final_personalized_accuracy_mean": last["personalized_accuracy_mean"],
+        "final_personalized_accuracy_min": last["personalized_accuracy_min"],
+        "total_bytes_up": up,
+        "total_bytes_up_dense": dense,
+        "uplink_compression": dense / up if up else None,
+        "total_seconds": sum(r["seconds"] for r in result.rounds),
+    }
+
+
+def format_summary(result) -> str:
+    s = result.summary["final"]
+    lines = [
+        f"final: global {_pct(s['final_global_accuracy']).strip()}, personalized mean {s['final_personalized_accuracy_mean']:.3f} "
+        f"(worst device {s['final_personalized_accuracy_min']:.3f})",
+        f"uplink: {s['total_bytes_up'] / 1024:.1f} KiB on the wire vs {s['total_bytes_up_dense'] / 1024:.1f} KiB dense fp32 "
+        f"({s['uplink_compression']:.2f}x)" if s["uplink_compression"] else "uplink: nothing sent",
+    ]
+    b = result.baselines
+    if "local_only" in b:
+        lines.append(f"baseline local-only: mean {b['local_only']['accuracy_mean']:.3f}, worst {b['local_only']['accuracy_min']:.3f}")
+    if "central" in b:
+        lines.append(f"baseline centralized: {b['central']['accuracy']:.3f}")
+    if result.summary.get("rejections"):
+        lines.append(f"rejected updates: {result.summary['rejections']}")
+    return "\n".join(lines)
+
+
+def write_json(result, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": 1, **asdict(result)}
+    path.write_text(json.dumps(doc, indent=2, default=_jsonable))
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+def write_plot(result, path: str | Path) -> Path | None:
+    """Accuracy per round (with baselines) and cumulative uplink bytes; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rounds = [r["round"] for r in result.rounds]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if result.rounds[0]["global_accuracy"] is not None:
+        ax1.plot(rounds, [r["global_accuracy"] for r in result.rounds], label="global model", marker=".")
+    ax1.plot(rounds, [r["personalized_accuracy_mean"] for r in result.rounds], label="personalized (mean)", marker=".")
+    ax1.plot(rounds, [r["personalized_accuracy_min"] for r in result.rounds], label="personalized (worst)", ls=":")
+    b = result.baselines
+    if "local_only" in b:
+        ax1.axhline(b["local_only"]["accuracy_mean"], color="grey", ls="--", label="local-only (mean)")
+    if "central" in b:
+        ax1.axhline(b["central"]["accuracy"], color="black", ls="--", label="centralized")
+    ax1.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title=f"{result.model['name']}")
+    ax1.legend(loc="lower right", fontsize=8)
+    ax1.grid(alpha=0.3)
+    up, dense, acc_u, acc_d = 0, 0, [], []
+    for r in result.rounds:
+        up += r["bytes_up"]
+        dense += r["bytes_up_dense"]
+        acc_u.append(up / 1024)
+        acc_d.append(dense / 1024)
+    ax2.plot(rounds, acc_u, label="uplink, on the wire")
+    ax2.plot(rounds, acc_d, label="uplink, dense fp32", ls="--")
+    ax2.set(xlabel="round", ylabel="KiB (cumulative)", title="communication")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
