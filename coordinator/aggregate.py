@@ -19,7 +19,8 @@ class WeightedMean:
         for name, value in tensors.items():
             acc = self.sums.get(name)
             if acc is None:
-                self.sums[name] = np.asarray(value, np.float64) * weight
+                # asarray: a 0-d product is a numpy scalar, and `+=` on it would not update the dict.
+                self.sums[name] = np.asarray(np.asarray(value, np.float64) * weight)
             else:
                 acc += np.asarray(value, np.float64) * weight
         self.total_weight += weight

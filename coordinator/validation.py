@@ -75,7 +75,7 @@ def check_contents(update: Update, ctx: RoundContext) -> dict[str, np.ndarray]:
     try:
         tensors = decode_tensors(update.payload)
     except CodecError as exc:
-        reason = "non_finite" if "finite" in str(exc) else "bad_shape"
+        reason = "non_finite" if "finite" in str(exc) or "NaN" in str(exc) else "bad_shape"
         raise (NonFinite if reason == "non_finite" else BadShape)(f"update payload: {exc}") from None
     names = {t.name for t in tensors}
     if names != set(ctx.shapes):

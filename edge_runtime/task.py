@@ -1,4 +1,4 @@
-"""A device task's life as a transition table, free of I/O.
+r"""A device task's life as a transition table, free of I/O.
 
     idle --task--> training --trained--> uploading --ack--> acknowledged
       |                |                      \--rejected--> rejected

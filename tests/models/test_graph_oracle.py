@@ -33,7 +33,7 @@ def built(request, tmp_path_factory):
 
 def _batch(d, manifest, rng, n=7):
     spec = manifest.spec
-    x = rng.normal(size=(n, *manifest.input_shape)).astype(np.float32)
+    x = rng.uniform(size=(n, *manifest.input_shape)).astype(np.float32)  # pixel-like inputs in [0, 1)
     if (d / "backbone.onnx").exists():
         z = make_session(d / "backbone.onnx").run(["z"], {"x": x})[0]
     else:
@@ -50,8 +50,12 @@ def assert_close(actual, expected, name, tol=1e-5):
 
 def _params(d, manifest, rng):
     with np.load(d / "params_init.npz") as init:
-        # Perturb so LoRA B is nonzero and every gradient path is exercised.
-        return {p.name: (init[p.name] + 0.3 * rng.normal(size=p.shape)).astype(np.float32) for p in manifest.trainable}
+        # Perturb so LoRA B is nonzero and every gradient path is exercised; the noise has
+        # the init's scale (1/sqrt(fan_in)) so losses stay in a realistic range.
+        return {
+            p.name: (init[p.name] + rng.normal(size=p.shape) / np.sqrt(p.shape[0])).astype(np.float32)
+            for p in manifest.trainable
+        }
 
 
 def test_numpy_reference_gradients_match_finite_differences(built):
@@ -84,7 +88,7 @@ def test_portable_gradients_match_reference(built):
     loss = portable.step(z, y, StepHyper(lr=1.0))
     new, _ = portable.current()
     ref_loss, grads = NumpyModel(manifest.spec, load_frozen(d, manifest)).loss_and_grads(params, z, y)
-    assert loss == pytest.approx(ref_loss, abs=1e-5)
+    assert loss == pytest.approx(ref_loss, rel=1e-5, abs=1e-5)
     assert set(grads) == set(params)
     for name in params:
         assert_close(params[name].astype(np.float64) - new[name], grads[name], name)
@@ -104,12 +108,15 @@ def test_portable_optimizer_steps_match_reference(built, optimizer):
         backend.start(params, None, anchor, correction)
     for _ in range(3):
         z, y = _batch(d, manifest, rng)
-        assert a.step(z, y, hyper) == pytest.approx(b.step(z, y, hyper), abs=1e-5)
+        assert a.step(z, y, hyper) == pytest.approx(b.step(z, y, hyper), rel=1e-5, abs=1e-5)
     (pa, sa), (pb, sb) = a.current(), b.current()
     for name in pa:
         assert_close(pa[name], pb[name], name)
     for name in sa:
-        assert_close(sa[name], sb[name], name)
+        if name.endswith("exp_avg_sq"):  # enters the update as sqrt(v): compare on that scale
+            assert_close(np.sqrt(sa[name]), np.sqrt(sb[name]), name)
+        else:
+            assert_close(sa[name], sb[name], name)
 
 
 def test_prox_and_correction_enter_the_gradient_exactly(built):
