@@ -151,7 +151,9 @@ class Coordinator:
 
     def _reject(self, exc: UpdateRejected, sender: str | None, report) -> None:
         self.rejections[exc.reason] += 1
-        log.warning("rejected message from %s: %s (%s)", sender or "?", exc.reason, exc)
+        # Late reports from over-selected devices are expected after a round closes early.
+        level = logging.INFO if exc.reason == "stale_round" else logging.WARNING
+        log.log(level, "rejected message from %s: %s (%s)", sender or "?", exc.reason, exc)
         if isinstance(report, Update) and sender == report.device_id:
             # A duplicate was counted before: ack it as accepted so the device stops resending.
             self._ack(report, exc.reason == "duplicate", exc.reason)

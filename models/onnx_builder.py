@@ -41,7 +41,8 @@ class GraphBuilder:
         self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
 
     def initializer(self, name: str, value: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        # ascontiguousarray promotes 0-d to (1,); keep scalars scalar.
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value).reshape(np.shape(value)), name))
         return name
 
     def const(self, value, dtype=np.float32) -> str:

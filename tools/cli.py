@@ -11,6 +11,11 @@ from edge_runtime.errors import FedgeError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "train-step"]:  # the benchmark owns its options
+        from tools.bench.train_step import main as bench_main
+
+        return bench_main(argv[2:]) or 0
     parser = argparse.ArgumentParser(prog="fedge", description="Federated training at the edge.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="bench", required=True)
-    b = bench.add_parser("train-step", help="time one training step per backend", add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.add_parser("train-step", help="time one training step per backend (see: fedge bench train-step -h)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
@@ -54,10 +58,6 @@ def _dispatch(args) -> int:
                                    ort_training={"auto": None, "yes": True, "no": False}[args.ort_training])
         print(f"built {manifest.name} (model_id {manifest.model_id}) in {args.outdir}: {', '.join(sorted(manifest.files))}")
         return 0
-    if args.command == "bench" and args.bench == "train-step":
-        from tools.bench.train_step import main as bench_main
-
-        return bench_main(args.rest) or 0
     raise AssertionError(args)
 
 

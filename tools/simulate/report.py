@@ -110,6 +110,10 @@ def write_plot(result, path: str | Path) -> Path | None:
         ax1.axhline(b["local_only"]["accuracy_mean"], color="grey", ls="--", label="local-only (mean)")
     if "central" in b:
         ax1.axhline(b["central"]["accuracy"], color="black", ls="--", label="centralized")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title=f"{result.model['name']}")
     ax1.legend(loc="lower right", fontsize=8)
     ax1.grid(alpha=0.3)

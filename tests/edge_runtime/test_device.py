@@ -1,0 +1,316 @@
+"""DeviceRuntime and DeviceAgent: declines, aborts, durable local state, pending updates,
+and the task state machine."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+
+import numpy as np
+import pytest
+
+from edge_runtime.agent import DeviceAgent
+from edge_runtime.codec import decode_message, encode_message
+from edge_runtime.compress import decompress_update
+from edge_runtime.device import DeviceRuntime, LocalData
+from edge_runtime.errors import ArtifactError, ManifestMismatch
+from edge_runtime.model_runtime import ModelRuntime
+from edge_runtime.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
+from edge_runtime.store import DeviceStore
+from edge_runtime.task import TERMINAL, TRANSITIONS, InvalidTransition, TaskState, advance
+from edge_runtime.transport.memory import InMemoryBroker
+from edge_runtime.update_codec import decode_tensors, encode_dense
+from models.build import build_artifacts
+from models.spec import mlp_spec
+
+FEATURES, CLASSES = 12, 3
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    art = tmp_path_factory.mktemp("artifacts")
+    manifest = build_artifacts(mlp_spec(FEATURES, CLASSES, hidden=(8,), modes=("lora",), lora_rank=2), art,
+                               ort_training=False)
+    return art, manifest, ModelRuntime(art, expected_model_id=manifest.model_id)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(46, FEATURES)).astype(np.float32)
+    y = rng.integers(0, CLASSES, size=46)
+    return LocalData(x[:40], y[:40], x[40:], y[40:])
+
+
+def _runtime(model, data, root, eligibility=None, device_id="devA") -> DeviceRuntime:
+    art, manifest, _ = model
+    return DeviceRuntime(device_id, data, {manifest.model_id: art}, root, eligibility=eligibility, seed=3)
+
+
+def _task(model, round_id=1, shared=None, model_id=None, device_id="devA", **changes) -> TrainTask:
+    _, manifest, runtime = model
+    fields = dict(
+        round_id=round_id,
+        task_id=f"task-{round_id}",
+        device_id=device_id,
+        model_id=model_id or manifest.model_id,
+        model_version=round_id - 1,
+        params=encode_dense(runtime.initial("shared") if shared is None else shared),
+        hyper=TaskHyper(epochs=2, batch_size=8, lr=0.1, optimizer="sgd", momentum=0.9),
+        compression=CompressionSpec(quant_bits=8),  # lossy: leaves an error-feedback residual
+        seed=100 + round_id,
+    )
+    return TrainTask(**{**fields, **changes})
+
+
+def _store(model, root, device_id="devA") -> DeviceStore:
+    return DeviceStore(root / device_id, model[1].model_id)
+
+
+def _flips_after(calls: int, cause: str):
+    """An eligibility check that says yes `calls` times, then `cause`; counts its calls."""
+    counter = itertools.count(1)
+    seen = []
+
+    def check():
+        n = next(counter)
+        seen.append(n)
+        return None if n <= calls else cause
+
+    return check, seen
+
+
+# ---------------------------------------------------------------- declines and aborts
+
+
+def test_ineligible_device_declines_before_training(model, data, tmp_path):
+    rt = _runtime(model, data, tmp_path, eligibility=lambda: "metered_link")
+    reply = rt.handle_task(_task(model))
+    assert reply == Decline("devA", 1, "task-1", "metered_link", "not eligible", "before")
+    assert _store(model, tmp_path).load_personal() is None
+    assert not rt.check_in().eligible and rt.check_in().reason == "metered_link"
+
+
+def test_eligibility_flip_mid_training_aborts_and_saves_nothing(model, data, tmp_path):
+    # 40 examples, batch 8, 2 epochs = 10 steps. One check before the task, one before every step:
+    # yes 4 times = the task starts and 3 steps run, then the 5th check aborts.
+    check, seen = _flips_after(4, "thermal")
+    reply = _runtime(model, data, tmp_path, eligibility=check).handle_task(_task(model))
+    assert isinstance(reply, Decline)
+    assert (reply.reason, reply.stage) == ("aborted:thermal", "during")
+    assert "3 steps" in reply.detail
+    assert seen == [1, 2, 3, 4, 5]  # stopped at the first refusal
+    store = _store(model, tmp_path)
+    assert store.load_personal() is None and store.load_opt_state() is None and store.load_residual() is None
+
+
+def test_same_task_without_the_flip_trains_all_steps(model, data, tmp_path):
+    """Control for the abort test: the flip really lands mid-training."""
+    check, seen = _flips_after(10**6, "thermal")
+    reply = _runtime(model, data, tmp_path, eligibility=check).handle_task(_task(model))
+    assert isinstance(reply, Update)
+    assert reply.metrics["steps"] == 10.0 and len(seen) == 11
+
+
+def test_unknown_model_declines_with_the_artifact_reason(model, data, tmp_path):
+    reply = _runtime(model, data, tmp_path).handle_task(_task(model, model_id="no-such-model"))
+    assert isinstance(reply, Decline)
+    assert reply.reason == ArtifactError.reason and reply.stage == "before"
+    assert "no-such-model" in reply.detail
+
+
+@pytest.mark.parametrize("how", ["wrong_shape", "missing", "extra"])
+def test_global_params_that_do_not_fit_the_manifest_are_declined(model, data, tmp_path, how):
+    shared = model[2].initial("shared")
+    if how == "wrong_shape":
+        shared["head_global.weight"] = shared["head_global.weight"].T.copy()
+    elif how == "missing":
+        del shared["fc1.lora_a"]
+    else:
+        shared["head_personal.bias"] = np.zeros(CLASSES, np.float32)  # a personal param sent as shared
+    reply = _runtime(model, data, tmp_path).handle_task(_task(model, shared=shared))
+    assert isinstance(reply, Decline)
+    assert reply.reason == ManifestMismatch.reason == "manifest_mismatch"
+    assert _store(model, tmp_path).load_personal() is None
+
+
+# ---------------------------------------------------------------- durable local state
+
+
+def _nonzero(arrays) -> bool:
+    return any(np.abs(v).max() > 0 for v in arrays.values())
+
+
+def _differ(a, b) -> bool:
+    return set(a) != set(b) or any(not np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_local_state_persists_and_a_restarted_runtime_picks_it_up(model, data, tmp_path):
+    _, manifest, runtime = model
+    init_personal = runtime.initial("personal")
+    shared_names = {p.name for p in manifest.by_role("shared")}
+    root = tmp_path / "state"
+
+    u1 = _runtime(model, data, root).handle_task(_task(model, round_id=1))
+    assert isinstance(u1, Update)
+    store = _store(model, root)
+    p1, opt1, res1 = store.load_personal(), store.load_opt_state(), store.load_residual()
+    assert set(p1) == set(init_personal) and _differ(p1, init_personal)
+    assert opt1 and all(k.endswith(".momentum_buffer") for k in opt1) and _nonzero(opt1)
+    assert set(res1) == shared_names and _nonzero(res1)  # 8-bit quantization left a residual
+    assert store.load_meta() == {"last_round": 1, "last_task": "task-1"}
+
+    # Snapshots of the state after task 1: complete, and each with one piece missing.
+    snapshots = {}
+    for missing in ("none", "personal", "opt_state", "residual"):
+        dst = tmp_path / f"snap-{missing}"
+        shutil.copytree(root, dst)
+        if missing != "none":
+            (dst / "devA" / manifest.model_id / f"{missing}.npz").unlink()
+        snapshots[missing] = dst
+
+    shared2 = {k: v + decompress_update(decode_tensors(u1.payload))[k] for k, v in runtime.initial("shared").items()}
+    task2 = _task(model, round_id=2, shared=shared2)
+    u2 = _runtime(model, data, root).handle_task(task2)  # a new runtime: the device restarted
+    assert isinstance(u2, Update)
+    p2 = _store(model, root).load_personal()
+    assert _differ(p2, init_personal) and _differ(p2, p1)
+
+    def replay(missing):
+        reply = _runtime(model, data, snapshots[missing]).handle_task(task2)
+        return reply, _store(model, snapshots[missing]).load_personal()
+
+    # Oracle: the restart is a pure function of what was saved after task 1.
+    same, same_p = replay("none")
+    assert same.payload == u2.payload
+    for k in p2:
+        np.testing.assert_array_equal(same_p[k], p2[k])
+    # Each saved piece is used: without it task 2 comes out differently.
+    _, no_personal = replay("personal")
+    assert _differ(no_personal, p2)
+    _, no_momentum = replay("opt_state")
+    assert _differ(no_momentum, p2)
+    no_residual, _ = replay("residual")
+    assert no_residual.payload != u2.payload
+
+
+# ---------------------------------------------------------------- the agent
+
+
+def _agent(model, data, root, eligibility=None):
+    broker = InMemoryBroker()
+    coord = broker.connect("coordinator")
+    coord.subscribe(device_topic("devA", "update"))
+    agent = DeviceAgent(_runtime(model, data, root, eligibility=eligibility), broker.connect("devA"))
+    agent.start()
+    return agent, coord
+
+
+def _received(transport) -> list[bytes]:
+    out = []
+    while (msg := transport.receive(0.0)) is not None:
+        out.append(msg.payload)
+    return out
+
+
+def _ack(update: Update, accepted=True, **changes) -> bytes:
+    ack = Ack(update.device_id, update.round_id, update.task_id, update.update_id, accepted)
+    return encode_message(Ack(**{**ack.__dict__, **changes}))
+
+
+def test_update_stays_pending_until_acked_and_is_republished(model, data, tmp_path):
+    agent, coord = _agent(model, data, tmp_path)
+    task = _task(model)
+    coord.publish(device_topic("devA", "task"), encode_message(task))
+    while agent.poll(0.0):
+        pass
+    (sent,) = _received(coord)
+    update = decode_message(sent)
+    assert isinstance(update, Update)
+    assert agent.pending == {update.update_id: sent}
+    assert agent.tasks[task.task_id] == TaskState.UPLOADING
+
+    assert agent.republish_pending() == 1
+    assert _received(coord) == [sent]  # byte-identical: same update_id, so the coordinator can dedup
+
+    # The same task again (a QoS 1 redelivery) is not trained twice.
+    coord.publish(device_topic("devA", "task"), encode_message(task))
+    agent.poll(0.0)
+    assert _received(coord) == []
+
+    # Acks for another update or another device do not clear it.
+    coord.publish(device_topic("devA", "ack"), _ack(update, update_id="someone-else"))
+    coord.publish(device_topic("devA", "ack"), _ack(update, device_id="devB"))
+    while agent.poll(0.0):
+        pass
+    assert list(agent.pending) == [update.update_id]
+    assert agent.republish_pending() == 1 and _received(coord) == [sent]
+
+    coord.publish(device_topic("devA", "ack"), _ack(update))
+    agent.poll(0.0)
+    assert agent.pending == {}
+    assert agent.tasks[task.task_id] == TaskState.ACKNOWLEDGED
+    assert agent.republish_pending() == 0 and _received(coord) == []
+
+
+def test_rejected_update_is_dropped_not_resent(model, data, tmp_path):
+    agent, coord = _agent(model, data, tmp_path)
+    task = _task(model)
+    coord.publish(device_topic("devA", "task"), encode_message(task))
+    agent.poll(0.0)
+    update = decode_message(_received(coord)[0])
+    coord.publish(device_topic("devA", "ack"), _ack(update, accepted=False, reason="bad_shape"))
+    agent.poll(0.0)
+    assert agent.pending == {}
+    assert agent.tasks[task.task_id] == TaskState.REJECTED
+
+
+def test_decline_is_published_and_not_kept_pending(model, data, tmp_path):
+    agent, coord = _agent(model, data, tmp_path, eligibility=lambda: "battery_low")
+    task = _task(model)
+    coord.publish(device_topic("devA", "task"), encode_message(task))
+    agent.poll(0.0)
+    (reply,) = [decode_message(p) for p in _received(coord)]
+    assert isinstance(reply, Decline) and reply.reason == "battery_low"
+    assert agent.pending == {} and agent.republish_pending() == 0
+    assert agent.tasks[task.task_id] == TaskState.DECLINED
+
+
+# ---------------------------------------------------------------- task state machine
+
+S = TaskState
+# Written out from the diagram in edge_runtime/task.py, independently of TRANSITIONS.
+EXPECTED = {
+    (S.IDLE, "task"): S.TRAINING,
+    (S.IDLE, "decline"): S.DECLINED,
+    (S.TRAINING, "decline"): S.DECLINED,
+    (S.TRAINING, "abort"): S.ABORTED,
+    (S.TRAINING, "trained"): S.UPLOADING,
+    (S.UPLOADING, "ack"): S.ACKNOWLEDGED,
+    (S.UPLOADING, "rejected"): S.REJECTED,
+}
+EVENTS = ("task", "decline", "abort", "trained", "ack", "rejected", "bogus")
+
+
+@pytest.mark.parametrize("state, event", list(itertools.product(TaskState, EVENTS)))
+def test_every_transition(state, event):
+    if (state, event) in EXPECTED:
+        assert advance(state, event) == EXPECTED[(state, event)]
+    else:
+        with pytest.raises(InvalidTransition) as info:
+            advance(state, event)
+        assert isinstance(info.value, ValueError)
+        assert state.value in str(info.value) and event in str(info.value)
+
+
+def test_table_matches_the_diagram_and_terminal_states_are_final():
+    assert TRANSITIONS == EXPECTED
+    assert TERMINAL == {S.ACKNOWLEDGED, S.REJECTED, S.DECLINED, S.ABORTED}
+    assert not any(state in TERMINAL for state, _ in TRANSITIONS)
+
+
+def test_happy_path():
+    state = S.IDLE
+    for event in ("task", "trained", "ack"):
+        state = advance(state, event)
+    assert state == S.ACKNOWLEDGED
