@@ -51,37 +51,49 @@ class PortableBackend(TrainerBackend):
         self.eval_session = make_session(Path(artifact_dir) / "eval.onnx", threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.shared = [p.name for p in manifest.by_role("shared")]
+        self._ort = import_onnxruntime()
 
     def start(self, params, opt_state, anchor, correction):
         state = opt_state if opt_state is not None else fresh_optimizer_state(self.manifest, self.optimizer)
-        feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in {**params, **state}.items()}
+        arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in {**params, **state}.items()}
         for name in self.shared:
-            feeds[f"{name}.global"] = np.ascontiguousarray(anchor[name], np.float32)
+            arrays[f"{name}.global"] = np.ascontiguousarray(anchor[name], np.float32)
             c = correction.get(name) if correction else None
-            feeds[f"{name}.correction"] = np.ascontiguousarray(c, np.float32) if c is not None else np.zeros_like(feeds[name])
-        self.feeds = feeds
+            arrays[f"{name}.correction"] = np.ascontiguousarray(c, np.float32) if c is not None else np.zeros_like(arrays[name])
+        # Params and state stay OrtValues between steps: no numpy round trip per step.
+        self.feeds = {k: self._ortvalue(v) for k, v in arrays.items()}
         self.param_names = list(params)
         self.state_names = list(state)
+        self._hyper_key = None
+
+    def _ortvalue(self, array: np.ndarray):
+        return self._ort.OrtValue.ortvalue_from_numpy(array)
 
     def step(self, z, y, hyper: StepHyper) -> float:
         feeds = self.feeds
-        feeds["z"] = np.ascontiguousarray(z, np.float32)
-        feeds["y"] = np.ascontiguousarray(y, np.int64)
-        for field in _HYPER_FIELDS[self.optimizer]:
-            feeds[field] = np.asarray(getattr(hyper, field), np.float32)
+        feeds["z"] = self._ortvalue(np.ascontiguousarray(z, np.float32))
+        feeds["y"] = self._ortvalue(np.ascontiguousarray(y, np.int64))
+        key = tuple(getattr(hyper, f) for f in _HYPER_FIELDS[self.optimizer])
+        if key != self._hyper_key:
+            for field, value in zip(_HYPER_FIELDS[self.optimizer], key):
+                feeds[field] = self._ortvalue(np.asarray(value, np.float32))
+            self._hyper_key = key
         if self.optimizer == "adamw":
-            feeds["step"] = np.asarray(feeds["step"] + 1, np.float32)
-        outputs = self.session.run(self.output_names, feeds)
+            feeds["step"] = self._ortvalue(np.asarray(feeds["step"].numpy() + 1, np.float32))
+        outputs = self.session.run_with_ort_values(self.output_names, feeds)
         loss = 0.0
         for name, value in zip(self.output_names, outputs):
             if name == "loss":
-                loss = float(value)
+                loss = float(value.numpy())
             else:
                 feeds[name[: -len(".new")]] = value
         return loss
 
     def current(self):
-        return ({k: self.feeds[k].copy() for k in self.param_names}, {k: np.asarray(self.feeds[k]).copy() for k in self.state_names})
+        return (
+            {k: self.feeds[k].numpy().copy() for k in self.param_names},
+            {k: np.asarray(self.feeds[k].numpy()).copy() for k in self.state_names},
+        )
 
     def predict(self, params, z):
         feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
