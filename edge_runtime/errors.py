@@ -13,6 +13,7 @@
     │   └── ManifestMismatch        task / params / manifest disagree (model_id, names, shapes)
     ├── DatasetError                local data has the wrong shape, dtype or labels
     ├── BackendUnavailable          the requested trainer backend is not installed here
+    │   └── UnsupportedByBackend    the backend cannot do what the task asks (e.g. ORT SGD momentum)
     ├── TrainingError               training produced NaN/Inf or the backend failed
     │   └── TaskAborted             the device stopped a task (eligibility changed, deadline)
     └── TransportError              the link to the broker failed
@@ -75,6 +76,10 @@ class DatasetError(FedgeError):
 
 class BackendUnavailable(FedgeError):
     reason = "backend_unavailable"
+
+
+class UnsupportedByBackend(BackendUnavailable, ValueError):
+    reason = "unsupported_by_backend"
 
 
 class TrainingError(FedgeError):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UnsupportedByBackend
 from ..manifest import Manifest
 from .base import Params, StepHyper, TrainerBackend
 from .ort_loader import load_ort_training
@@ -44,7 +45,7 @@ def set_adamw_attributes(model, beta1: float, beta2: float, eps: float, weight_d
     floats = {"alpha": beta1, "beta": beta2, "epsilon": eps, "weight_decay": weight_decay}
     nodes = [n for n in model.graph.node if n.op_type == "AdamWOptimizer"]
     if len(nodes) != 1:
-        raise ValueError(f"expected one AdamWOptimizer node in the optimizer graph, found {len(nodes)}")
+        raise UnsupportedByBackend(f"expected one AdamWOptimizer node in the optimizer graph, found {len(nodes)}")
     for attr in nodes[0].attribute:
         if attr.name in floats:
             attr.f = float(floats[attr.name])
@@ -58,7 +59,7 @@ class OrtTrainingBackend(TrainerBackend):
     def __init__(self, artifact_dir, manifest: Manifest, optimizer: str, threads: int = 1):
         super().__init__(artifact_dir, manifest, optimizer)
         if optimizer not in OPTIMIZER_FILES:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adamw'")
+            raise UnsupportedByBackend(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adamw'")
         self.api = load_ort_training("api")
         self.ort_dir = Path(artifact_dir) / ORT_DIR
         self.threads = threads
@@ -111,7 +112,7 @@ class OrtTrainingBackend(TrainerBackend):
     def _ensure_optimizer(self, hyper: StepHyper) -> None:
         if self.optimizer == "sgd":
             if hyper.momentum != 0.0 or hyper.weight_decay != 0.0:
-                raise ValueError(
+                raise UnsupportedByBackend(
                     "ort-training's SGD is plain SGD (no momentum, no weight decay): got "
                     f"momentum={hyper.momentum}, weight_decay={hyper.weight_decay}; set both to 0 "
                     "or use the portable backend"
@@ -121,7 +122,7 @@ class OrtTrainingBackend(TrainerBackend):
             wanted = (hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay)
         if self.optim is not None:
             if wanted != self.optim_hyper:
-                raise ValueError(
+                raise UnsupportedByBackend(
                     f"ort-training fixes AdamW's (beta1, beta2, eps, weight_decay) for a run: started with "
                     f"{self.optim_hyper}, now {wanted}; call start() again to change them"
                 )

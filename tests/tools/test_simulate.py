@@ -78,3 +78,16 @@ def test_demo_default_personalization_beats_global(tmp_path):
     last = result.rounds[-1]
     assert last["personalized_accuracy_mean"] >= 0.90
     assert last["personalized_accuracy_mean"] >= last["global_accuracy"] + 0.03
+
+
+@pytest.mark.ort_training
+def test_ort_training_backend_runs_a_fleet(tmp_path):
+    from edge_runtime.trainer import available_backends
+
+    if "ort-training" not in available_backends():
+        pytest.skip("onnxruntime-training not installed")
+    result = run_simulation(SimConfig(dataset="digits", devices=4, rounds=2, clients_per_round=4, lr=0.1,
+                                      backend="ort-training", out_dir=str(tmp_path)))
+    assert result.config["backend"] == "ort-training"
+    assert all(r["committed"] for r in result.rounds)  # momentum defaulted to 0: no declines
+    assert result.summary["declines"] == {}

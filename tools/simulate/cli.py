@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9; 0 on ort-training)")
     p.add_argument("--quant-bits", type=int, choices=(32, 8, 4), default=d.quant_bits, help="update quantization")
     p.add_argument("--topk", dest="topk_fraction", type=float, default=d.topk_fraction, help="fraction of entries sent")
     p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
         partition=args.partition, alpha=args.alpha, classes_per_client=args.classes_per_client, model=args.model,
         backend=args.backend, clients_per_round=args.clients_per_round, over_selection=args.over_selection,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
         quant_bits=args.quant_bits, topk_fraction=args.topk_fraction, error_feedback=args.error_feedback,
         baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,
     )

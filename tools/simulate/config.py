@@ -28,7 +28,7 @@ class SimConfig:
     epochs: int = 2
     batch_size: int = 20
     lr: float = 0.02
-    momentum: float = 0.9
+    momentum: float | None = None  # None: 0.9, or 0 on ort-training (its SGD has no momentum)
     optimizer: str = "sgd"
     quant_bits: int = 8
     topk_fraction: float = 1.0

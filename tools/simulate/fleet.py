@@ -83,7 +83,7 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
     backend = available_backends()[0] if cfg.backend == "auto" else cfg.backend
 
     hyper = TaskHyper(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
-                      momentum=cfg.momentum if cfg.optimizer == "sgd" else 0.0)
+                      momentum=_momentum(cfg, backend))
     compression = CompressionSpec(quant_bits=cfg.quant_bits, topk_fraction=cfg.topk_fraction,
                                   error_feedback=cfg.error_feedback)
     ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
@@ -134,6 +134,14 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
             result.baselines["central"] = baseline_runs.central(model, data, hyper, central_epochs, backend, cfg.seed)
     result.summary = {"rejections": dict(coordinator.rejections), "declines": dict(coordinator.declines)}
     return result
+
+
+def _momentum(cfg: SimConfig, backend: str) -> float:
+    if cfg.optimizer != "sgd":
+        return 0.0
+    if cfg.momentum is not None:
+        return cfg.momentum
+    return 0.0 if backend == "ort-training" else 0.9
 
 
 def _drain(coordinator: Coordinator, agents: list[DeviceAgent], rng: np.random.Generator) -> bool:
