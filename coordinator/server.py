@@ -22,7 +22,7 @@ from edge_runtime.update_codec import encode_dense
 
 from .aggregate import WeightedMean
 from .config import CoordinatorConfig
-from .errors import UpdateRejected
+from .errors import StaleRound, UpdateRejected
 from .rounds import Phase, RoundMachine
 from .sampling import sample_devices, selection_size
 from .strategies import ServerState, Strategy
@@ -245,6 +245,4 @@ class Coordinator:
 
 
 def _stale(report) -> UpdateRejected:
-    from .errors import StaleRound
-
     return StaleRound(f"round {report.round_id} from {report.device_id} is not open")

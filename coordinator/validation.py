@@ -11,7 +11,7 @@ import numpy as np
 
 from edge_runtime.codec import decode_message
 from edge_runtime.compress import decompress_update
-from edge_runtime.errors import CodecError, PayloadTooLarge
+from edge_runtime.errors import CodecError, NonFiniteValues, PayloadTooLarge
 from edge_runtime.protocol import Decline, Update
 from edge_runtime.update_codec import decode_tensors
 
@@ -74,9 +74,10 @@ def check_contents(update: Update, ctx: RoundContext) -> dict[str, np.ndarray]:
         raise BadShape(f"num_examples must be > 0, got {update.num_examples}")
     try:
         tensors = decode_tensors(update.payload)
+    except NonFiniteValues as exc:
+        raise NonFinite(f"update payload: {exc}") from None
     except CodecError as exc:
-        reason = "non_finite" if "finite" in str(exc) or "NaN" in str(exc) else "bad_shape"
-        raise (NonFinite if reason == "non_finite" else BadShape)(f"update payload: {exc}") from None
+        raise BadShape(f"update payload: {exc}") from None
     names = {t.name for t in tensors}
     if names != set(ctx.shapes):
         raise BadShape(f"update tensors {sorted(names)} do not match the model's shared params {sorted(ctx.shapes)}")

@@ -28,8 +28,6 @@ class DeviceAgent:
         self.max_message_bytes = max_message_bytes
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self.pending: dict[str, bytes] = {}  # update_id -> encoded Update, until acked
-        self.bytes_down = 0
-        self.bytes_up = 0
 
     @property
     def device_id(self) -> str:
@@ -45,7 +43,6 @@ class DeviceAgent:
         msg = self.transport.receive(timeout)
         if msg is None:
             return False
-        self.bytes_down += len(msg.payload)
         try:
             message = decode_message(msg.payload, max_bytes=self.max_message_bytes)
         except CodecError as exc:
@@ -86,5 +83,4 @@ class DeviceAgent:
         return len(self.pending)
 
     def _publish(self, channel: str, payload: bytes) -> None:
-        self.bytes_up += len(payload)
         self.transport.publish(device_topic(self.device_id, channel), payload, qos=1)

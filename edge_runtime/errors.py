@@ -8,6 +8,7 @@
     │   ├── UnsupportedVersion      schema/format version this build does not speak
     │   ├── PayloadTooLarge         over the configured size limit
     │   └── MalformedPayload        well-framed but the content is wrong (types, shapes, ranges)
+    │       └── NonFiniteValues     NaN or Inf where numbers must be finite
     ├── ArtifactError               model artifacts on disk cannot be used
     │   ├── ArtifactIntegrityError  a file's hash does not match the manifest
     │   └── ManifestMismatch        task / params / manifest disagree (model_id, names, shapes)
@@ -56,6 +57,10 @@ class PayloadTooLarge(CodecError):
 
 class MalformedPayload(CodecError):
     reason = "malformed"
+
+
+class NonFiniteValues(MalformedPayload):
+    reason = "non_finite"
 
 
 class ArtifactError(FedgeError):

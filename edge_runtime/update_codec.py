@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compress import BITS, CompressedTensor
-from .errors import (ChecksumMismatch, MalformedPayload, PayloadTooLarge, TruncatedPayload,
+from .errors import (ChecksumMismatch, MalformedPayload, NonFiniteValues, PayloadTooLarge, TruncatedPayload,
                      UnsupportedVersion)
 
 MAGIC = b"FDGU"
@@ -229,6 +229,8 @@ def _build(view: memoryview, raws: list[_Raw], max_elements: int) -> list[Compre
             values = np.frombuffer(view, np.int8, raw.count, raw.payload_at).copy()
         else:
             values = _unpack_nibbles(view, raw.payload_at, raw.count, where)
+        if not math.isfinite(raw.scale) or (raw.bits == 32 and not np.all(np.isfinite(values))):
+            raise NonFiniteValues(f"{where}: NaN/Inf in the {'scale' if not math.isfinite(raw.scale) else 'values'}")
         try:
             out.append(CompressedTensor(name, raw.shape, raw.bits, raw.scale, indices, values))
         except ValueError as exc:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.trainer import available_backends
 from edge_runtime.manifest import MANIFEST_FILE, Manifest, atomic_write_bytes, compute_model_id, sha256_file
 
 from .graphs import OPTIMIZERS, build_backbone, build_eval, build_train_step, heads_of
@@ -16,13 +16,6 @@ from .params import init_params, param_infos
 from .spec import ModelSpec
 
 log = logging.getLogger("fedge.models.build")
-
-
-def ort_training_available() -> bool:
-    spec = importlib.util.find_spec("onnxruntime")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    return (Path(spec.submodule_search_locations[0]) / "training" / "artifacts.py").exists()
 
 
 def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | None = None) -> Manifest:
@@ -50,7 +43,7 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     atomic_write_bytes(outdir / "params_init.npz", buf.getvalue())
     files.append("params_init.npz")
 
-    want_ort = ort_training_available() if ort_training is None else ort_training
+    want_ort = "ort-training" in available_backends() if ort_training is None else ort_training
     if want_ort:
         from .ort_artifacts import generate_ort_artifacts
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable
 from ..manifest import Manifest
-from .base import Params, StepHyper, TrainerBackend, fresh_optimizer_state
+from .base import StepHyper, TrainerBackend, fresh_optimizer_state
 
 
 def import_onnxruntime():

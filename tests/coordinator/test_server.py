@@ -24,25 +24,19 @@ from edge_runtime.clock import ManualClock
 from edge_runtime.codec import HEADER_SIZE, TRAILER_SIZE, decode_message, encode_message
 from edge_runtime.compress import CompressedTensor, decompress_update
 from edge_runtime.device import DeviceRuntime, LocalData
-from edge_runtime.model_runtime import ModelRuntime
 from edge_runtime.protocol import (Ack, CheckIn, CompressionSpec, TaskHyper, TrainTask, Update,
                                    all_devices_topic, device_topic)
 from edge_runtime.transport.memory import InMemoryBroker
 from edge_runtime.update_codec import decode_tensors, encode_dense, encode_tensors
-from models.build import build_artifacts
-from models.spec import mlp_spec
 
-FEATURES, CLASSES = 12, 3
+from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 HYPER = TaskHyper(epochs=2, batch_size=8, lr=0.1)
 EXACT = CompressionSpec(quant_bits=32)  # fp32, dense: the wire carries the delta exactly
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    art = tmp_path_factory.mktemp("artifacts")
-    manifest = build_artifacts(mlp_spec(FEATURES, CLASSES, hidden=(8,), modes=("lora",), lora_rank=2), art,
-                               ort_training=False)
-    return art, manifest, ModelRuntime(art, expected_model_id=manifest.model_id)
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
 
 
 @dataclass

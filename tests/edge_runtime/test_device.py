@@ -14,24 +14,18 @@ from edge_runtime.codec import decode_message, encode_message
 from edge_runtime.compress import decompress_update
 from edge_runtime.device import DeviceRuntime, LocalData
 from edge_runtime.errors import ArtifactError, ManifestMismatch
-from edge_runtime.model_runtime import ModelRuntime
 from edge_runtime.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
 from edge_runtime.store import DeviceStore
 from edge_runtime.task import TERMINAL, TRANSITIONS, InvalidTransition, TaskState, advance
 from edge_runtime.transport.memory import InMemoryBroker
 from edge_runtime.update_codec import decode_tensors, encode_dense
-from models.build import build_artifacts
-from models.spec import mlp_spec
 
-FEATURES, CLASSES = 12, 3
+from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    art = tmp_path_factory.mktemp("artifacts")
-    manifest = build_artifacts(mlp_spec(FEATURES, CLASSES, hidden=(8,), modes=("lora",), lora_rank=2), art,
-                               ort_training=False)
-    return art, manifest, ModelRuntime(art, expected_model_id=manifest.model_id)
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture(scope="module")

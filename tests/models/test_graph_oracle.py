@@ -27,7 +27,7 @@ SPECS = {
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def built(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
-    manifest = build_artifacts(SPECS[request.param], d, ort_training=False)
+    build_artifacts(SPECS[request.param], d, ort_training=False)
     return d, load_manifest(d)
 
 

@@ -69,14 +69,15 @@ def _build(model: str, outdir: str, want_ort: bool) -> dict | None:
     """Build the artifacts. When ORT training artifacts were wanted but not built, returns
     {"skipped": why} (not installed) or {"error": why} (generation failed); else None.
     The portable graphs are always built, so a broken ORT generator costs one entry."""
-    from models.build import build_artifacts, ort_training_available
+    from edge_runtime.trainer import available_backends
+    from models.build import build_artifacts
     from models.spec import load_spec
 
     spec = load_spec(model)
     if not want_ort:
         build_artifacts(spec, outdir, ort_training=False)
         return None
-    if not ort_training_available():
+    if "ort-training" not in available_backends():
         build_artifacts(spec, outdir, ort_training=False)
         return {"skipped": "onnxruntime-training is not installed in this Python (stock onnxruntime cannot run it)"}
     try:

@@ -3,6 +3,8 @@ data pooled on one machine."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from edge_runtime.local_training import train_locally
@@ -26,7 +28,7 @@ def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, ep
         z = model.embed(client.x_train)
         shared, personal = model.initial("shared"), model.initial("personal")
         res = train_locally(be, model.manifest, shared, personal, None, z, client.y_train,
-                            _with_epochs(hyper, epochs), np.random.default_rng([seed, i]))
+                            replace(hyper, epochs=epochs), np.random.default_rng([seed, i]))
         params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
         if len(client.y_test):
             accs.append(_accuracy(be.predict(params, model.embed(client.x_test))[head], client.y_test))
@@ -40,13 +42,8 @@ def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epoch
     xt, yt = data.union_test()
     shared, personal = model.initial("shared"), model.initial("personal")
     res = train_locally(be, model.manifest, shared, personal, None, model.embed(x), y,
-                        _with_epochs(hyper, epochs), np.random.default_rng([seed, 10**6]))
+                        replace(hyper, epochs=epochs), np.random.default_rng([seed, 10**6]))
     params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
     logits = be.predict(params, model.embed(xt))
     return {"accuracy": _accuracy(logits["global" if "global" in logits else "personal"], yt), "epochs": epochs}
 
-
-def _with_epochs(hyper: TaskHyper, epochs: int) -> TaskHyper:
-    from dataclasses import replace
-
-    return replace(hyper, epochs=epochs)

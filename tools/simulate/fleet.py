@@ -108,6 +108,8 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
     xt, yt = data.union_test()
     zt = model.embed(xt)
     evaluator = make_backend(backend, art_dir, manifest, "sgd")
+    # The eval graph takes every trainable input; the global head ignores the personal ones.
+    placeholder_personal = model.initial("personal")
     order_rng = np.random.default_rng([cfg.seed, 1])
     for _ in range(cfg.rounds):
         started = time.perf_counter()
@@ -119,7 +121,7 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
             record = coordinator.tick()
             if record is None and not progressed:
                 clock.sleep(ccfg.round_deadline_s)  # nobody is left to answer: jump to the deadline
-        row = _evaluate(record, coordinator, agents, evaluator, zt, yt, manifest.model_id)
+        row = _evaluate(record, coordinator, agents, evaluator, zt, yt, manifest.model_id, placeholder_personal)
         row["seconds"] = time.perf_counter() - started
         result.rounds.append(row)
         if on_round:
@@ -162,9 +164,9 @@ def _drain(coordinator: Coordinator, agents: list[DeviceAgent], rng: np.random.G
         progressed = True
 
 
-def _evaluate(record, coordinator: Coordinator, agents, evaluator, zt, yt, model_id) -> dict:
+def _evaluate(record, coordinator: Coordinator, agents, evaluator, zt, yt, model_id, placeholder_personal) -> dict:
     shared = coordinator.state.params
-    logits = evaluator.predict({**shared, **_any_personal(agents, model_id)}, zt)
+    logits = evaluator.predict({**shared, **placeholder_personal}, zt)
     global_acc = float(np.mean(np.argmax(logits["global"], axis=1) == yt)) if "global" in logits else None
     evals = [a.runtime.evaluate(model_id, shared) for a in agents]
     personal = [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global for e in evals if e.num_test]
@@ -181,7 +183,3 @@ def _evaluate(record, coordinator: Coordinator, agents, evaluator, zt, yt, model
         "bytes_down": record.bytes_down,
     }
 
-
-def _any_personal(agents, model_id) -> dict:
-    """The eval graph takes every trainable input; the global head ignores the personal one."""
-    return agents[0].runtime.model(model_id).initial("personal")
