@@ -52,13 +52,18 @@ class DeviceRuntime:
         backend: str = "auto",
         eligibility: EligibilityCheck | None = None,
         seed: int = 0,
+        abort_check: EligibilityCheck | None = None,
     ):
+        """eligibility is asked before a task; abort_check between training steps (default:
+        the same check). They differ on real devices: training itself uses the CPU, so
+        "CPU idle" can only be a precondition, never an abort cause."""
         self.device_id = device_id
         self.data = data
         self.model_dirs = dict(models)
         self.state_root = Path(state_root)
         self.backend_name = backend
         self.eligibility = eligibility or (lambda: None)
+        self.abort_check = abort_check or self.eligibility
         self.seed = seed
         self._models: dict[str, ModelRuntime] = {}
         self._backends: dict[tuple[str, str], object] = {}
@@ -129,7 +134,7 @@ class DeviceRuntime:
             task.hyper,
             rng,
             correction=correction,
-            should_abort=self.eligibility,
+            should_abort=self.abort_check,
         )
         tensors, residual, _ = compress_update(result.shared_delta, store.load_residual(), task.compression, rng)
         payload = encode_tensors(tensors)

@@ -11,6 +11,15 @@ Topic scheme (version 1; `{d}` is a device id):
     fedge/v1/devices/{d}/update    device -> coordinator   Update | Decline
     fedge/v1/devices/{d}/ack       coordinator -> device   Ack
     fedge/v1/devices/{d}/status    device -> coordinator   Status (also the MQTT Last Will)
+    fedge/v1/devices/{d}/fetch     device -> coordinator   FetchRequest (missing artifacts)
+    fedge/v1/devices/{d}/artifact  coordinator -> device   ArtifactFile (one per file)
+    fedge/v1/announce              coordinator -> all      Announcement (retained)
+
+The task channel also carries Pace (when to check in again). A device may publish only on
+its own checkin/update/status/fetch topics and read only its own task/ack/artifact topics
+and the announcement; the shipped Mosquitto ACL (deploy/mosquitto/) enforces exactly that.
+Messages larger than the broker's maximum packet size travel as chunks (transport/chunks.py)
+on the same topic and are reassembled before decoding.
 """
 
 from __future__ import annotations
@@ -35,7 +44,16 @@ def all_devices_topic(kind: str) -> str:
     return f"{TOPIC_ROOT}/devices/+/{kind}"
 
 
-DEVICE_CHANNELS = ("checkin", "task", "update", "ack", "status")
+DEVICE_CHANNELS = ("checkin", "task", "update", "ack", "status", "fetch", "artifact")
+ANNOUNCE_TOPIC = f"{TOPIC_ROOT}/announce"
+
+
+def device_of(topic: str) -> tuple[str, str] | None:
+    """(device id, channel) of a per-device topic, or None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) == 5 and "/".join(parts[:3]) == f"{TOPIC_ROOT}/devices" and parts[4] in DEVICE_CHANNELS and parts[3]:
+        return parts[3], parts[4]
+    return None
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,7 @@ class TrainTask:
     deadline_s: float = 600.0  # seconds after receipt
     seed: int = 0
     correction: bytes = b""  # SCAFFOLD control-variate correction, update_codec dense; empty = none
+    manifest_sha256: str = ""  # sha256 of the model's manifest.json, to verify fetched artifacts
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,48 @@ class Status:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Pace:
+    """Coordinator -> device: check in again after `retry_after_s` seconds (pace steering)."""
+
+    device_id: str
+    retry_after_s: float
+    reason: str = ""  # "not_selected", "declined", "round_full", ...
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """Device -> coordinator: send me these artifact files of `model_id` (empty = all)."""
+
+    device_id: str
+    model_id: str
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """Coordinator -> device: one artifact file. `path` is relative to the model directory;
+    "manifest.json" is sent first and is checked against the task's manifest_sha256."""
+
+    model_id: str
+    path: str
+    sha256: str
+    data: bytes
+    index: int = 0  # position in this transfer
+    count: int = 1  # files in this transfer
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Retained on ANNOUNCE_TOPIC: the coordinator's current model and round."""
+
+    model_id: str
+    model_version: int
+    manifest_sha256: str
+    round_id: int = 0  # 0 = no round open
+    state: str = "idle"  # "training" while a round is open, else "idle"
+
+
 # Stable one-byte type codes; never reuse a retired code.
 MESSAGE_TYPES: dict[int, type] = {
     1: CheckIn,
@@ -139,4 +200,8 @@ MESSAGE_TYPES: dict[int, type] = {
     4: Decline,
     5: Ack,
     6: Status,
+    7: Pace,
+    8: FetchRequest,
+    9: ArtifactFile,
+    10: Announcement,
 }
