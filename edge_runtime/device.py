@@ -79,6 +79,11 @@ class DeviceRuntime:
             num_examples=len(self.data.y_train),
         )
 
+    def add_model(self, model_id: str, directory: str | Path) -> None:
+        """Make a verified artifact directory (e.g. one just fetched) available for tasks."""
+        ModelRuntime(directory, expected_model_id=model_id)  # verifies every file against the manifest
+        self.model_dirs[model_id] = directory
+
     def model(self, model_id: str) -> ModelRuntime:
         if model_id not in self._models:
             if model_id not in self.model_dirs:

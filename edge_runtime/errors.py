@@ -18,6 +18,9 @@
     ├── TrainingError               training produced NaN/Inf or the backend failed
     │   └── TaskAborted             the device stopped a task (eligibility changed, deadline)
     └── TransportError              the link to the broker failed
+        ├── ConnectionLost          the link dropped (raised once; MQTT reconnects by itself)
+        ├── NotConnected            no live link for this operation
+        └── BrokerRefused           bad credentials, or the ACL refused a subscription
 
 Every error carries a message that says what is wrong and what to do about it.
 """
@@ -102,3 +105,21 @@ class TaskAborted(TrainingError):
 
 class TransportError(FedgeError):
     reason = "transport"
+
+
+class ConnectionLost(TransportError):
+    """The link to the broker dropped; an MQTT transport reconnects by itself afterwards."""
+
+    reason = "connection_lost"
+
+
+class NotConnected(TransportError):
+    """An operation needs a live link and there is none (yet, or any more)."""
+
+    reason = "not_connected"
+
+
+class BrokerRefused(TransportError):
+    """The broker refused the connection or an operation (bad credentials, ACL)."""
+
+    reason = "broker_refused"

@@ -207,6 +207,10 @@ def _received(transport) -> list[bytes]:
     return out
 
 
+def _pending(agent) -> dict[str, bytes]:
+    return {p.update_id: p.payload for p in agent.pending.items()}
+
+
 def _ack(update: Update, accepted=True, **changes) -> bytes:
     ack = Ack(update.device_id, update.round_id, update.task_id, update.update_id, accepted)
     return encode_message(Ack(**{**ack.__dict__, **changes}))
@@ -221,7 +225,7 @@ def test_update_stays_pending_until_acked_and_is_republished(model, data, tmp_pa
     (sent,) = _received(coord)
     update = decode_message(sent)
     assert isinstance(update, Update)
-    assert agent.pending == {update.update_id: sent}
+    assert _pending(agent) == {update.update_id: sent}
     assert agent.tasks[task.task_id] == TaskState.UPLOADING
 
     assert agent.republish_pending() == 1
@@ -237,12 +241,12 @@ def test_update_stays_pending_until_acked_and_is_republished(model, data, tmp_pa
     coord.publish(device_topic("devA", "ack"), _ack(update, device_id="devB"))
     while agent.poll(0.0):
         pass
-    assert list(agent.pending) == [update.update_id]
+    assert list(_pending(agent)) == [update.update_id]
     assert agent.republish_pending() == 1 and _received(coord) == [sent]
 
     coord.publish(device_topic("devA", "ack"), _ack(update))
     agent.poll(0.0)
-    assert agent.pending == {}
+    assert _pending(agent) == {}
     assert agent.tasks[task.task_id] == TaskState.ACKNOWLEDGED
     assert agent.republish_pending() == 0 and _received(coord) == []
 
@@ -255,7 +259,7 @@ def test_rejected_update_is_dropped_not_resent(model, data, tmp_path):
     update = decode_message(_received(coord)[0])
     coord.publish(device_topic("devA", "ack"), _ack(update, accepted=False, reason="bad_shape"))
     agent.poll(0.0)
-    assert agent.pending == {}
+    assert _pending(agent) == {}
     assert agent.tasks[task.task_id] == TaskState.REJECTED
 
 
@@ -266,7 +270,7 @@ def test_decline_is_published_and_not_kept_pending(model, data, tmp_path):
     agent.poll(0.0)
     (reply,) = [decode_message(p) for p in _received(coord)]
     assert isinstance(reply, Decline) and reply.reason == "battery_low"
-    assert agent.pending == {} and agent.republish_pending() == 0
+    assert _pending(agent) == {} and agent.republish_pending() == 0
     assert agent.tasks[task.task_id] == TaskState.DECLINED
 
 
@@ -308,3 +312,15 @@ def test_happy_path():
     for event in ("task", "trained", "ack"):
         state = advance(state, event)
     assert state == S.ACKNOWLEDGED
+
+
+def test_pending_update_survives_a_device_restart(model, data, tmp_path):
+    agent, coord = _agent(model, data, tmp_path)
+    coord.publish(device_topic("devA", "task"), encode_message(_task(model)))
+    agent.poll(0.0)
+    (sent,) = _received(coord)
+    agent.transport.close()  # the device loses power before the Ack arrives
+
+    again, coord2 = _agent(model, data, tmp_path)  # same state directory
+    assert _pending(again) == {decode_message(sent).update_id: sent}
+    assert sent in _received(coord2)  # resent on start, byte-identical

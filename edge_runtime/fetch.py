@@ -1,0 +1,80 @@
+"""Receiving a model's artifacts over the wire, verified before anything is used.
+
+The task names the model (model_id) and the sha256 of its manifest.json. The manifest
+arrives first and must hash to that value; it lists every other file with its sha256, and
+each file must match before it is written. Files go to a staging directory that is renamed
+into place only when the whole set is present and verified, so a device never trains on a
+partial or tampered model, and a crash mid-download leaves nothing half-installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path, PurePosixPath
+
+from .errors import ArtifactError, ArtifactIntegrityError
+from .manifest import MANIFEST_FILE, Manifest, atomic_write_bytes, load_manifest
+from .protocol import ArtifactFile
+
+
+class ArtifactDownload:
+    def __init__(self, model_id: str, manifest_sha256: str, dest: str | Path):
+        if not manifest_sha256:
+            raise ArtifactError(f"model {model_id}: the task carries no manifest hash, so fetched files cannot be verified")
+        self.model_id = model_id
+        self.manifest_sha256 = manifest_sha256
+        self.dest = Path(dest)
+        self.staging = self.dest.with_name(f".{self.dest.name}.partial")
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.manifest: Manifest | None = None
+        self.received: set[str] = set()
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None and self.received >= set(self.manifest.files)
+
+    def accept(self, item: ArtifactFile) -> bool:
+        """Verify and stage one file; True once the whole model is installed at `dest`.
+
+        Raises ArtifactIntegrityError for a file whose hash does not match, ArtifactError for
+        one that does not belong to this model.
+        """
+        if item.model_id != self.model_id:
+            raise ArtifactError(f"file {item.path!r} belongs to model {item.model_id}, not {self.model_id}")
+        digest = hashlib.sha256(item.data).hexdigest()
+        if item.path == MANIFEST_FILE:
+            if digest != self.manifest_sha256:
+                raise ArtifactIntegrityError(f"model {self.model_id}: manifest sha256 {digest[:12]}... is not the task's {self.manifest_sha256[:12]}...")
+            manifest = Manifest.from_json(item.data.decode("utf-8", "replace"))
+            if manifest.model_id != self.model_id:
+                raise ArtifactIntegrityError(f"manifest names model {manifest.model_id}, task wants {self.model_id}")
+            self.manifest = manifest
+            atomic_write_bytes(self.staging / MANIFEST_FILE, item.data)
+        else:
+            if self.manifest is None:
+                raise ArtifactError(f"file {item.path!r} arrived before the manifest")
+            expected = self.manifest.files.get(item.path)
+            if expected is None or not _safe(item.path):
+                raise ArtifactError(f"file {item.path!r} is not listed in model {self.model_id}'s manifest")
+            if digest != expected:
+                raise ArtifactIntegrityError(f"{item.path}: sha256 {digest[:12]}... does not match the manifest")
+            atomic_write_bytes(self.staging / item.path, item.data)
+            self.received.add(item.path)
+        if not self.complete:
+            return False
+        load_manifest(self.staging, verify=True)  # re-read from disk: what we will run is what was checked
+        if self.dest.exists():
+            shutil.rmtree(self.dest)
+        self.staging.rename(self.dest)
+        return True
+
+    def missing(self) -> tuple[str, ...]:
+        if self.manifest is None:
+            return ()
+        return tuple(sorted(set(self.manifest.files) - self.received))
+
+
+def _safe(rel: str) -> bool:
+    path = PurePosixPath(rel)
+    return not path.is_absolute() and ".." not in path.parts and "\\" not in rel

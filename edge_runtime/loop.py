@@ -1,0 +1,60 @@
+"""The device loop: the one place on a device that waits, sleeps and survives link loss.
+
+It drives a DeviceAgent: handle messages as they come, let the agent do its time-driven
+work, and when the transport reconnects (connection_count went up) tell the agent, which
+resends every unacknowledged update and checks in again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .agent import DeviceAgent
+from .clock import SystemClock
+from .errors import ConnectionLost, NotConnected, TransportError
+
+log = logging.getLogger("fedge.device.loop")
+
+
+class AgentLoop:
+    def __init__(self, agent: DeviceAgent, clock=None, poll_s: float = 0.2):
+        self.agent = agent
+        self.clock = clock or SystemClock()
+        self.poll_s = poll_s  # longest wait for a message before doing timed work (seconds)
+        self.stop_event = threading.Event()
+        self.started = threading.Event()
+
+    def run(self) -> None:
+        """Run until `stop()`; returns when the transport is closed for good."""
+        transport = self.agent.transport
+        while not self._start():
+            if self.stop_event.wait(self.poll_s):
+                return
+        self.started.set()
+        seen = getattr(transport, "connection_count", 1)
+        while not self.stop_event.is_set():
+            try:
+                self.agent.poll(self.poll_s)
+                count = getattr(transport, "connection_count", 1)
+                if count != seen:
+                    seen = count
+                    self.agent.on_reconnect()
+                self.agent.tick()
+            except (ConnectionLost, NotConnected) as exc:
+                log.info("device %s: %s; waiting for the link", self.agent.device_id, exc)
+                self.stop_event.wait(self.poll_s)
+            except TransportError as exc:
+                if not self.stop_event.is_set():
+                    log.warning("device %s: transport closed: %s", self.agent.device_id, exc)
+                return
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _start(self) -> bool:
+        try:
+            self.agent.start()
+            return True
+        except NotConnected:
+            return False

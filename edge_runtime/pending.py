@@ -1,0 +1,57 @@
+"""Updates waiting for the coordinator's acknowledgement, kept on disk.
+
+The broker is not a durable store (a broker killed with -9 loses QoS 1 messages it already
+acknowledged), so the device keeps every encoded Update until the coordinator's Ack for its
+update id arrives, across restarts of the device too. One file per update:
+`r<round>-<update_id>.msg`, written atomically.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .manifest import atomic_write_bytes
+
+_NAME = re.compile(r"^r(\d+)-([0-9A-Za-z_-]+)\.msg$")
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    round_id: int
+    update_id: str
+    payload: bytes  # the encoded Update message, exactly as first sent
+
+
+class PendingUploads:
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._items: dict[str, PendingUpload] = {}
+        for path in sorted(self.dir.iterdir()):
+            match = _NAME.match(path.name)
+            if match:
+                self._items[match.group(2)] = PendingUpload(int(match.group(1)), match.group(2), path.read_bytes())
+
+    def add(self, round_id: int, update_id: str, payload: bytes) -> None:
+        if not re.fullmatch(r"[0-9A-Za-z_-]+", update_id):
+            raise ValueError(f"update id {update_id!r} is not a safe file name")
+        atomic_write_bytes(self.dir / f"r{round_id}-{update_id}.msg", payload)
+        self._items[update_id] = PendingUpload(round_id, update_id, payload)
+
+    def remove(self, update_id: str) -> bool:
+        item = self._items.pop(update_id, None)
+        if item is None:
+            return False
+        (self.dir / f"r{item.round_id}-{update_id}.msg").unlink(missing_ok=True)
+        return True
+
+    def __contains__(self, update_id: str) -> bool:
+        return update_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> list[PendingUpload]:
+        return list(self._items.values())

@@ -1,0 +1,145 @@
+"""Split a message that is larger than the broker's packet limit into chunks, and put it back
+together on the other side. Pure: no I/O; the caller passes the time in.
+
+Chunk frame (little-endian)::
+
+    offset  size  field
+    0       4     magic b"FDGC"
+    4       2     u16 chunk format version (1)
+    6       16    message id (random; one per chunked message)
+    22      4     u32 index of this chunk
+    26      4     u32 count of chunks
+    30      4     u32 total length of the whole message, in bytes
+    34      32    sha256 of the whole message
+    66      n     this chunk's bytes
+
+A whole message never starts with b"FDGC" (codec frames start with b"FDGM"), so a receiver
+tells chunks from plain messages by the magic alone. Reassembly is keyed by (topic, message
+id); the topic names the sender, and the broker's ACL allows only that sender to publish on
+it, so one device cannot inject chunks into another's message. Chunks may repeat (QoS 1
+redelivery) and may arrive in any order. A set that is not complete within `expiry_s` is
+dropped, and pending sets are bounded in bytes, so a sender that never finishes cannot make
+the receiver hold memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import MalformedPayload, PayloadTooLarge
+
+CHUNK_MAGIC = b"FDGC"
+CHUNK_VERSION = 1
+_HEADER = struct.Struct("<4sH16sIII32s")
+CHUNK_HEADER_SIZE = _HEADER.size  # 66 bytes
+
+
+class MalformedChunk(MalformedPayload):
+    """A chunk frame that is truncated, inconsistent with its set, or fails the digest."""
+
+    reason = "malformed_chunk"
+
+
+def is_chunk(payload: bytes) -> bool:
+    return payload[:4] == CHUNK_MAGIC
+
+
+def split_message(payload: bytes, max_frame: int, message_id: bytes | None = None) -> list[bytes]:
+    """Chunk frames of at most `max_frame` bytes each that together carry `payload`."""
+    room = max_frame - CHUNK_HEADER_SIZE
+    if room < 1:
+        raise ValueError(f"max_frame {max_frame} leaves no room after the {CHUNK_HEADER_SIZE}-byte chunk header")
+    message_id = message_id or os.urandom(16)
+    if len(message_id) != 16:
+        raise ValueError("message_id must be 16 bytes")
+    digest = hashlib.sha256(payload).digest()
+    count = max(1, -(-len(payload) // room))
+    view = memoryview(payload)
+    return [
+        _HEADER.pack(CHUNK_MAGIC, CHUNK_VERSION, message_id, i, count, len(payload), digest)
+        + bytes(view[i * room:(i + 1) * room])
+        for i in range(count)
+    ]
+
+
+@dataclass
+class _PendingSet:
+    count: int
+    total: int
+    digest: bytes
+    first_seen: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+
+class Reassembler:
+    """Collects chunk frames per (topic, message id) and returns whole messages.
+
+    max_message_bytes: a set that declares a larger total is refused (PayloadTooLarge).
+    max_pending_bytes: bound on the declared totals of all incomplete sets; a new set that
+        would exceed it is refused (PayloadTooLarge) rather than evicting honest senders.
+    expiry_s: an incomplete set older than this is dropped by `expire`.
+    """
+
+    def __init__(self, max_message_bytes: int = 64 << 20, max_pending_bytes: int = 256 << 20, expiry_s: float = 120.0):
+        self.max_message_bytes = max_message_bytes
+        self.max_pending_bytes = max_pending_bytes
+        self.expiry_s = expiry_s
+        self._sets: dict[tuple[str, bytes], _PendingSet] = {}
+        self._pending_bytes = 0
+        self.expired = 0  # sets dropped incomplete, since creation
+
+    @property
+    def pending_sets(self) -> int:
+        return len(self._sets)
+
+    def feed(self, topic: str, frame: bytes, now: float) -> bytes | None:
+        """Add one chunk frame; the whole message when this chunk completes it, else None.
+
+        Raises MalformedChunk or PayloadTooLarge for a frame that cannot be accepted; the
+        set it belongs to (if any) is dropped, since it can no longer complete correctly.
+        """
+        if len(frame) < CHUNK_HEADER_SIZE:
+            raise MalformedChunk(f"chunk on {topic!r} is {len(frame)} bytes, shorter than its header")
+        magic, version, message_id, index, count, total, digest = _HEADER.unpack_from(frame)
+        if magic != CHUNK_MAGIC:
+            raise MalformedChunk(f"not a chunk frame on {topic!r}")
+        if version != CHUNK_VERSION:
+            raise MalformedChunk(f"chunk format version {version} on {topic!r}; this build reads {CHUNK_VERSION}")
+        if count < 1 or index >= count or total < count - 1 or count > total + 1:
+            raise MalformedChunk(f"chunk {index}/{count} of a {total}-byte message on {topic!r} is inconsistent")
+        key = (topic, message_id)
+        pending = self._sets.get(key)
+        if pending is None:
+            if total > self.max_message_bytes:
+                raise PayloadTooLarge(f"chunked message of {total} bytes on {topic!r} is over the {self.max_message_bytes}-byte limit")
+            if self._pending_bytes + total > self.max_pending_bytes:
+                raise PayloadTooLarge(f"{self._pending_bytes} bytes already pending reassembly; refusing {total} more on {topic!r}")
+            pending = self._sets[key] = _PendingSet(count, total, digest, now)
+            self._pending_bytes += total
+        elif (pending.count, pending.total, pending.digest) != (count, total, digest):
+            self._drop(key)
+            raise MalformedChunk(f"chunk {index} on {topic!r} disagrees with its set's count, size or digest")
+        pending.parts.setdefault(index, frame[CHUNK_HEADER_SIZE:])  # a redelivered chunk is ignored
+        if len(pending.parts) < pending.count:
+            return None
+        self._drop(key)
+        whole = b"".join(pending.parts[i] for i in range(pending.count))
+        if len(whole) != pending.total or hashlib.sha256(whole).digest() != pending.digest:
+            raise MalformedChunk(f"reassembled message on {topic!r} fails its length or sha256 check")
+        return whole
+
+    def expire(self, now: float) -> int:
+        """Drop incomplete sets older than expiry_s; returns how many were dropped."""
+        old = [k for k, s in self._sets.items() if now - s.first_seen > self.expiry_s]
+        for key in old:
+            self._drop(key)
+        self.expired += len(old)
+        return len(old)
+
+    def _drop(self, key: tuple[str, bytes]) -> None:
+        pending = self._sets.pop(key, None)
+        if pending is not None:
+            self._pending_bytes -= pending.total

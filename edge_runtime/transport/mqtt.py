@@ -1,0 +1,410 @@
+"""The MQTT transport: paho-mqtt 2.x (callback API v2, MQTT 5) behind the `Transport` interface.
+
+paho is the engine, not the interface: its callbacks only fill a queue that `receive` pulls
+from, its return codes become exceptions, and a dropped link is reported, never swallowed:
+the next `receive` raises ConnectionLost once, `publish` raises NotConnected until the link
+is back, and `connection_count` goes up on every successful (re)connect so the owner can
+resend what the broker may have lost.
+
+Sessions are persistent (clean_start false, session expiry), so QoS 1 messages addressed to
+a device while it is offline wait in the broker. Reconnects are automatic, with full-jitter
+exponential backoff (backoff.py). A message larger than the negotiated maximum packet size
+is split into chunks (chunks.py) on the same topic and reassembled on receipt; what fails
+reassembly is logged and counted in `dropped`, and never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ..errors import BrokerRefused, CodecError, ConfigError, ConnectionLost, NotConnected, PayloadTooLarge, TransportError
+from .backoff import Backoff
+from .base import Message, Transport, validate_filter, validate_qos, validate_topic
+from .chunks import Reassembler, is_chunk, split_message
+
+log = logging.getLogger("fedge.mqtt")
+
+_PUBLISH_OVERHEAD = 64  # bytes kept free in a packet for fixed header, topic length, packet id, properties
+_DEFAULT_PACKET = 256 << 20  # MQTT's own limit when the broker announces none
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach the broker. Loaded from a `[broker]` TOML table by device and coordinator.
+
+    url: mqtt://host:port (plain) or mqtts://host:port (TLS). With TLS, ca_file verifies the
+    broker; cert_file + key_file add a client certificate (mutual TLS).
+    """
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive_s: int = 30
+    session_expiry_s: int = 24 * 3600  # how long the broker keeps our session and queued QoS 1 messages
+    clean_start: bool = False
+    connect_timeout_s: float = 10.0
+    op_timeout_s: float = 10.0  # subscribe/flush wait for the broker's answer this long
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    max_packet_size: int = 0  # 0 = what the broker announces; else also cap at this (bytes)
+    max_message_bytes: int = 64 << 20  # largest reassembled message accepted
+    chunk_expiry_s: float = 120.0  # an incomplete chunk set is dropped after this
+
+    def __post_init__(self) -> None:
+        host, port, tls = self.endpoint()
+        if not host or not 0 < port < 65536:
+            raise ConfigError(f"broker url {self.url!r}: need mqtt://host:port or mqtts://host:port")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("broker: cert_file and key_file go together (mutual TLS)")
+        if (self.cert_file or self.ca_file) and not tls:
+            raise ConfigError(f"broker: TLS files given but url {self.url!r} is not mqtts://")
+        if self.max_packet_size and self.max_packet_size < 1024:
+            raise ConfigError("broker.max_packet_size must be 0 (broker's value) or >= 1024 bytes")
+        Backoff(self.reconnect_min_s, self.reconnect_max_s)
+
+    def endpoint(self) -> tuple[str, int, bool]:
+        """(host, port, tls) from the url."""
+        raw = self.url if "://" in self.url else f"mqtt://{self.url}"
+        parts = urlsplit(raw)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ConfigError(f"broker url {self.url!r}: scheme must be mqtt:// or mqtts://")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ConfigError(f"broker url {self.url!r}: bad port") from None
+        return parts.hostname or "", port, tls
+
+
+class MqttTransport(Transport):
+    """One MQTT client connection. Construct, then `connect()`; `close()` when done."""
+
+    def __init__(
+        self,
+        client_id: str,
+        settings: MqttSettings,
+        *,
+        will: Message | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not client_id:
+            raise ValueError("client_id must be non-empty")
+        self._client_id = client_id
+        self.settings = settings
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._rng = rng or random.Random()
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._closed = False
+        self._attempt = 0
+        self._refusal: str | None = None  # last CONNACK failure, for connect()'s error
+        self._filters: dict[str, int] = {}  # filter -> qos, replayed on every reconnect
+        self._inflight: dict[int, str] = {}  # mid -> topic, until the broker's PUBACK
+        self._suback: dict[int, tuple[threading.Event, list]] = {}
+        self._broker_max_packet = _DEFAULT_PACKET
+        self._reassembler = Reassembler(settings.max_message_bytes, 4 * settings.max_message_bytes, settings.chunk_expiry_s)
+        self._last_expiry = time.monotonic()
+        self._chunk_lock = threading.Lock()  # the reassembler is fed by paho's thread, expired by ours
+        self.connection_count = 0  # successful CONNACKs so far
+        self.dropped: Counter[str] = Counter()  # inbound frames dropped, by reason
+        self.refused_publishes = 0  # PUBACKs with a failure reason (e.g. ACL)
+
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
+                             reconnect_on_failure=True)
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password or None)
+        host, port, tls = settings.endpoint()
+        if tls:
+            client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                           keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if will is not None:
+            client.will_set(validate_topic(will.topic), will.payload, qos=1, retain=will.retain)
+        client.max_queued_messages_set(0)  # unbounded: the owner bounds what it publishes
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(settings.session_expiry_s)
+        client.connect_async(host, port, keepalive=settings.keepalive_s, clean_start=settings.clean_start, properties=props)
+        self._client = client
+        self._set_next_delay()
+        self._endpoint = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def connect(self, timeout: float | None = None) -> MqttTransport:
+        """Start the network thread and wait for the first CONNACK.
+
+        Raises BrokerRefused when the broker refuses us (credentials, client id), and
+        TransportError when no connection is up within `timeout` (default from settings).
+        The network thread keeps retrying in the background either way until `close()`.
+        """
+        self._client.loop_start()
+        limit = self.settings.connect_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while not self._connected.wait(0.05):
+            if self._refusal is not None and self.connection_count == 0:
+                refusal = self._refusal
+                self.close()
+                raise BrokerRefused(f"{self._endpoint} refused client {self._client_id!r}: {refusal}")
+            if time.monotonic() >= deadline:
+                self.close()
+                raise TransportError(f"no connection to {self._endpoint} within {limit:g} s; is the broker running?")
+        return self
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def max_payload(self) -> int:
+        """Largest payload one PUBLISH can carry to this broker; larger ones are chunked."""
+        limit = self._broker_max_packet
+        if self.settings.max_packet_size:
+            limit = min(limit, self.settings.max_packet_size)
+        return limit - _PUBLISH_OVERHEAD
+
+    def close(self) -> None:
+        """Disconnect cleanly (the broker does not publish our Last Will). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._connected.clear()
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._queue.put(_Closed("the transport was closed"))
+
+    def abort(self) -> None:
+        """Cut the link without a DISCONNECT, as a power loss would: the broker publishes our
+        Last Will. For fault tests and simulated dropouts."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._connected.clear()
+        sock = self._client.socket()
+        self._client.loop_stop()  # returns once paho's thread has noticed the terminate flag
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self._queue.put(_Closed("the link was cut (abort)"))
+
+    # ------------------------------------------------------------------ operations
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        validate_topic(topic)
+        validate_qos(qos)
+        data = bytes(payload)
+        self._require_link()
+        if len(data) > self.settings.max_message_bytes:
+            raise PayloadTooLarge(f"{len(data)} bytes to {topic!r}: over the {self.settings.max_message_bytes}-byte message limit")
+        limit = self.max_payload - len(topic.encode())
+        if len(data) <= limit:
+            frames = [data]
+        elif retain:
+            raise PayloadTooLarge(f"retained message of {len(data)} bytes to {topic!r} does not fit one {limit}-byte packet")
+        else:
+            frames = split_message(data, limit)
+        for frame in frames:
+            info = self._client.publish(topic, frame, qos=qos, retain=retain)
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                raise NotConnected(f"link to {self._endpoint} dropped while publishing to {topic!r}")
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise TransportError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+            if qos > 0:
+                with self._lock:
+                    self._inflight[info.mid] = topic
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe and wait for the broker's SUBACK; BrokerRefused if it says no."""
+        validate_filter(topic_filter)
+        validate_qos(qos)
+        self._require_link()
+        granted = self._subscribe_now(topic_filter, qos)
+        if granted.is_failure:
+            raise BrokerRefused(f"broker refused subscription {topic_filter!r}: {granted}")
+        with self._lock:
+            self._filters[topic_filter] = qos
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        validate_filter(topic_filter)
+        self._require_link()
+        with self._lock:
+            self._filters.pop(topic_filter, None)
+        self._client.unsubscribe(topic_filter)
+
+    def receive(self, timeout: float | None = 0.0) -> Message | None:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        self._expire_chunks()
+        try:
+            item = self._queue.get(timeout != 0, timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, _Closed):
+            self._queue.put(item)  # keep raising for every later call
+            raise TransportError(f"client {self._client_id!r}: {item.reason}")
+        if isinstance(item, _LinkLost):
+            raise ConnectionLost(f"client {self._client_id!r} lost its link to {self._endpoint}: {item.reason}")
+        return cast(Message, item)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the broker acknowledged every QoS 1 publish; False on timeout."""
+        deadline = time.monotonic() + (self.settings.op_timeout_s if timeout is None else timeout)
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._inflight:
+                    return True
+            time.sleep(0.005)
+        return False
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refusal = str(reason_code)
+            log.warning("%s: broker %s refused the connection: %s", self._client_id, self._endpoint, reason_code)
+            self._set_next_delay()
+            return
+        if properties is not None and getattr(properties, "MaximumPacketSize", None):
+            self._broker_max_packet = int(properties.MaximumPacketSize)
+        with self._lock:
+            filters = list(self._filters.items())
+            self._inflight.clear()  # paho resends unacknowledged QoS 1 packets itself
+        # Resubscribe always: after a broker restart without persistence the session is gone.
+        for topic_filter, qos in filters:
+            client.subscribe(topic_filter, options=SubscribeOptions(qos=qos))
+        self._attempt = 0
+        self._set_next_delay()
+        self.connection_count += 1
+        self._connected.set()
+        if self.connection_count > 1:
+            log.info("%s: reconnected to %s (session present: %s)", self._client_id, self._endpoint, flags.session_present)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._set_next_delay()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_up = self._connected.is_set()
+        self._connected.clear()
+        with self._lock:
+            closing = self._closed
+        if not closing and was_up:
+            log.warning("%s: lost link to %s: %s", self._client_id, self._endpoint, reason_code)
+            self._queue.put(_LinkLost(str(reason_code)))
+        self._set_next_delay()
+
+    def _on_message(self, client, userdata, message) -> None:
+        payload = message.payload
+        if is_chunk(payload):
+            try:
+                with self._chunk_lock:
+                    whole = self._reassembler.feed(message.topic, payload, time.monotonic())
+            except CodecError as exc:
+                self.dropped[exc.reason] += 1
+                log.warning("%s: dropped a chunk on %s: %s (%s)", self._client_id, message.topic, exc.reason, exc)
+                return
+            if whole is None:
+                return
+            payload = whole
+        self._queue.put(Message(message.topic, payload, bool(message.retain)))
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            topic = self._inflight.pop(mid, None)
+        if reason_code.is_failure:
+            self.refused_publishes += 1
+            log.warning("%s: broker refused publish to %s: %s", self._client_id, topic, reason_code)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._lock:
+            waiter = self._suback.pop(mid, None)
+        if waiter is not None:
+            waiter[1].extend(reason_codes)
+            waiter[0].set()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _subscribe_now(self, topic_filter: str, qos: int):
+        done = threading.Event()
+        codes: list = []
+        with self._lock:  # registered before paho can deliver the SUBACK
+            rc, mid = self._client.subscribe(topic_filter, options=SubscribeOptions(qos=qos))
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                self._suback[mid] = (done, codes)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"subscribe {topic_filter!r} failed: {paho.error_string(rc)}")
+        if not done.wait(self.settings.op_timeout_s) or not codes:
+            raise TransportError(f"no SUBACK for {topic_filter!r} within {self.settings.op_timeout_s:g} s")
+        return codes[0]
+
+    def _require_link(self) -> None:
+        if self._closed:
+            raise TransportError(f"client {self._client_id!r} is closed")
+        if not self._connected.is_set():
+            raise NotConnected(f"client {self._client_id!r} has no link to {self._endpoint} right now")
+
+    def _set_next_delay(self) -> None:
+        # paho waits between reconnects; we choose the wait, with jitter, before each retry.
+        delay = self._backoff.delay(self._attempt, self._rng)
+        self._attempt += 1
+        if hasattr(self, "_client"):
+            self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)
+
+    def _expire_chunks(self) -> None:
+        now = time.monotonic()
+        if now - self._last_expiry < 1.0:
+            return
+        self._last_expiry = now
+        with self._chunk_lock:
+            expired = self._reassembler.expire(now)
+        if expired:
+            self.dropped["chunks_expired"] += expired
+            log.warning("%s: dropped %d incomplete chunked message(s) after %g s", self._client_id, expired,
+                        self.settings.chunk_expiry_s)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("connected" if self.connected else "disconnected")
+        return f"MqttTransport({self._client_id!r}, {self._endpoint}, {state})"
+
+
+@dataclass(frozen=True)
+class _LinkLost:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Closed:
+    reason: str
