@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,9 @@ class DeviceRuntime:
         self.abort_check = abort_check or self.eligibility
         self.seed = seed
         self._models: dict[str, ModelRuntime] = {}
+        # One task or evaluation at a time: a simulator may evaluate from another thread
+        # while a late task still trains, and backends keep state between steps.
+        self._busy = threading.Lock()
         self._backends: dict[tuple[str, str], object] = {}
 
     def check_in(self) -> CheckIn:
@@ -103,7 +107,8 @@ class DeviceRuntime:
         if reason:
             return self._decline(task, reason, "not eligible", "before")
         try:
-            return self._train(task)
+            with self._busy:
+                return self._train(task)
         except TaskAborted as exc:
             return self._decline(task, f"aborted:{exc.cause}", exc.detail, "during")
         except (ArtifactError, CodecError) as exc:
@@ -166,6 +171,10 @@ class DeviceRuntime:
 
     def evaluate(self, model_id: str, shared: dict[str, np.ndarray]) -> DeviceEval:
         """Accuracy on the device's own held-out split: global head and personal head."""
+        with self._busy:
+            return self._evaluate(model_id, shared)
+
+    def _evaluate(self, model_id: str, shared: dict[str, np.ndarray]) -> DeviceEval:
         model = self.model(model_id)
         store = DeviceStore(self.state_root / self.device_id, model_id)
         personal = store.load_personal() or model.initial("personal")

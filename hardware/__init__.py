@@ -1,1 +1,1 @@
-
+"""Hardware support files shipped as package data: device profiles for simulated fleets (profiles/*.toml)."""

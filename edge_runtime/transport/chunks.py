@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..errors import MalformedPayload, PayloadTooLarge
@@ -89,6 +90,7 @@ class Reassembler:
         self.expiry_s = expiry_s
         self._sets: dict[tuple[str, bytes], _PendingSet] = {}
         self._pending_bytes = 0
+        self._recent: OrderedDict[tuple[str, bytes], None] = OrderedDict()  # completed sets, to ignore late repeats
         self.expired = 0  # sets dropped incomplete, since creation
 
     @property
@@ -111,6 +113,8 @@ class Reassembler:
         if count < 1 or index >= count or total < count - 1 or count > total + 1:
             raise MalformedChunk(f"chunk {index}/{count} of a {total}-byte message on {topic!r} is inconsistent")
         key = (topic, message_id)
+        if key in self._recent:
+            return None  # a redelivered chunk of a message already handed over
         pending = self._sets.get(key)
         if pending is None:
             if total > self.max_message_bytes:
@@ -126,6 +130,9 @@ class Reassembler:
         if len(pending.parts) < pending.count:
             return None
         self._drop(key)
+        self._recent[key] = None
+        if len(self._recent) > 4096:
+            self._recent.popitem(last=False)
         whole = b"".join(pending.parts[i] for i in range(pending.count))
         if len(whole) != pending.total or hashlib.sha256(whole).digest() != pending.digest:
             raise MalformedChunk(f"reassembled message on {topic!r} fails its length or sha256 check")

@@ -115,6 +115,7 @@ class MqttTransport(Transport):
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._closed = False
+        self._started = False
         self._attempt = 0
         self._refusal: str | None = None  # last CONNACK failure, for connect()'s error
         self._filters: dict[str, int] = {}  # filter -> qos, replayed on every reconnect
@@ -156,13 +157,19 @@ class MqttTransport(Transport):
     # ------------------------------------------------------------------ lifecycle
 
     def connect(self, timeout: float | None = None) -> MqttTransport:
-        """Start the network thread and wait for the first CONNACK.
+        """Start the network thread and wait for the first CONNACK (timeout 0: do not wait).
 
-        Raises BrokerRefused when the broker refuses us (credentials, client id), and
-        TransportError when no connection is up within `timeout` (default from settings).
-        The network thread keeps retrying in the background either way until `close()`.
+        Raises BrokerRefused (and closes) when the broker refuses us (credentials, client
+        id). Raises TransportError when no connection is up within `timeout` (default from
+        settings); the network thread keeps retrying in the background, so calling again
+        waits more, and operations work as soon as the link is up.
         """
-        self._client.loop_start()
+        with self._lock:
+            if not self._started:
+                self._started = True
+                self._client.loop_start()
+        if timeout == 0:
+            return self
         limit = self.settings.connect_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
         while not self._connected.wait(0.05):
@@ -171,7 +178,6 @@ class MqttTransport(Transport):
                 self.close()
                 raise BrokerRefused(f"{self._endpoint} refused client {self._client_id!r}: {refusal}")
             if time.monotonic() >= deadline:
-                self.close()
                 raise TransportError(f"no connection to {self._endpoint} within {limit:g} s; is the broker running?")
         return self
 

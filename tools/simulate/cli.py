@@ -31,6 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant-bits", type=int, choices=(32, 8, 4), default=d.quant_bits, help="update quantization")
     p.add_argument("--topk", dest="topk_fraction", type=float, default=d.topk_fraction, help="fraction of entries sent")
     p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false")
+    p.add_argument("--transport", choices=("memory", "mqtt"), default=d.transport,
+                   help="memory: one process, simulated time; mqtt: device threads and the coordinator through a broker")
+    p.add_argument("--broker", dest="broker_url", metavar="URL",
+                   help="with --transport mqtt: use this broker (mqtt://host:port); default: start a local Mosquitto")
+    p.add_argument("--round-deadline", dest="round_deadline_s", type=float, default=None,
+                   help="seconds a round waits for reports (default 600 simulated; 30 real with mqtt)")
+    p.add_argument("--profiles", default="", help="with mqtt: device profiles, comma list, assigned round-robin "
+                   "(shipped: pi4-ups, jetson-nano, phone-like, flaky-cellular, or TOML paths)")
     p.add_argument("--baselines", default="", help="comma list: local (each device alone), central (pooled data)")
     p.add_argument("--out", dest="out_dir", default=None, help="output folder (default: beside --json, or runs/sim)")
     p.add_argument("--json", dest="json_path", help="write the run as JSON here (schema in tools/simulate/report.py)")
@@ -50,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
         quant_bits=args.quant_bits, topk_fraction=args.topk_fraction, error_feedback=args.error_feedback,
         baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,
+        transport=args.transport, broker_url=args.broker_url,
+        round_deadline_s=args.round_deadline_s or (30.0 if args.transport == "mqtt" else 600.0),
+        profiles=tuple(x for x in args.profiles.split(",") if x),
     )
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:

@@ -35,6 +35,10 @@ class SimConfig:
     error_feedback: bool = True
     baselines: tuple[str, ...] = ()
     out_dir: str = "runs/sim"
+    transport: str = "memory"  # "memory" (one process, simulated time) or "mqtt" (a real broker)
+    broker_url: str | None = None  # mqtt: this broker; None = start a local Mosquitto
+    round_deadline_s: float = 600.0  # memory: simulated seconds; mqtt: real seconds
+    profiles: tuple[str, ...] = ()  # mqtt: device profiles assigned round-robin (hardware/profiles)
 
     def __post_init__(self) -> None:
         if self.devices < 1 or self.rounds < 1:
@@ -46,5 +50,9 @@ class SimConfig:
         unknown = set(self.baselines) - {"local", "central"}
         if unknown:
             raise ConfigError(f"--baselines: unknown {sorted(unknown)}; use local, central or local,central")
+        if self.transport not in ("memory", "mqtt"):
+            raise ConfigError(f"--transport {self.transport!r}: use memory or mqtt")
+        if self.profiles and self.transport != "mqtt":
+            raise ConfigError("--profiles needs --transport mqtt (traces run on real time)")
         if self.clients_per_round < 1:
             raise ConfigError("--clients-per-round must be >= 1")

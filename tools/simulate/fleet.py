@@ -72,37 +72,83 @@ def choose_spec(cfg: SimConfig, data: FederatedDataset) -> ModelSpec:
                     lora_rank=8, lora_alpha=16.0, name=f"{data.name}-mlp-lora")
 
 
-def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = None) -> SimResult:
+@dataclass
+class FleetSetup:
+    """Everything both fleet drivers (in-memory and MQTT) build the same way."""
+
+    cfg: SimConfig
+    data: FederatedDataset
+    spec: ModelSpec
+    manifest: object
+    model: ModelRuntime
+    art_dir: Path
+    backend: str
+    hyper: TaskHyper
+    ccfg: CoordinatorConfig
+
+    def runtime(self, client, **kwargs) -> DeviceRuntime:
+        return DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
+                             {self.manifest.model_id: self.art_dir}, Path(self.cfg.out_dir) / "devices",
+                             backend=self.backend, seed=self.cfg.seed, **kwargs)
+
+    def coordinator(self, transport, clock) -> Coordinator:
+        return Coordinator(transport, make_strategy("fedavg", self.hyper), self.manifest, self.model.initial("shared"),
+                           self.ccfg, clock=clock)
+
+
+def prepare(cfg: SimConfig) -> FleetSetup:
     out = Path(cfg.out_dir)
     data = load_data(cfg)
     spec = choose_spec(cfg, data)
     art_dir = out / "artifacts"
-    want_ort = cfg.backend == "ort-training"
-    manifest = build_artifacts(spec, art_dir, ort_training=want_ort)
+    manifest = build_artifacts(spec, art_dir, ort_training=cfg.backend == "ort-training")
     model = ModelRuntime(art_dir, expected_model_id=manifest.model_id)
     backend = available_backends()[0] if cfg.backend == "auto" else cfg.backend
-
     hyper = TaskHyper(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                       momentum=_momentum(cfg, backend))
     compression = CompressionSpec(quant_bits=cfg.quant_bits, topk_fraction=cfg.topk_fraction,
                                   error_feedback=cfg.error_feedback)
     ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
-                             over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression)
-    broker = InMemoryBroker()
-    clock = SimClock()
-    coordinator = Coordinator(broker.connect("coordinator"), make_strategy("fedavg", hyper), manifest,
-                              model.initial("shared"), ccfg, clock=clock)
-    coordinator.start()
-    agents = []
-    for client in data.clients:
-        runtime = DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
-                                {manifest.model_id: art_dir}, out / "devices", backend=backend, seed=cfg.seed)
-        agents.append(DeviceAgent(runtime, broker.connect(client.client_id), clock=clock))
-    for agent in agents:
-        agent.start()
-    _drain(coordinator, agents, np.random.default_rng(cfg.seed))
+                             over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
+                             round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir))
+    return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg)
 
-    result = SimResult(config={**asdict(cfg), "backend": backend}, model={"name": spec.name, "model_id": manifest.model_id,
+
+class InMemoryFleet:
+    """Devices and coordinator in one thread over the in-memory broker; a stalled round jumps
+    its clock to the deadline, so simulated time never waits."""
+
+    def __init__(self, setup: FleetSetup):
+        self.broker = InMemoryBroker()
+        self.clock = SimClock()
+        self.coordinator = setup.coordinator(self.broker.connect("coordinator"), self.clock)
+        self.coordinator.start()
+        self.runtimes = [setup.runtime(client) for client in setup.data.clients]
+        self.agents = [DeviceAgent(rt, self.broker.connect(rt.device_id), clock=self.clock) for rt in self.runtimes]
+        for agent in self.agents:
+            agent.start()
+        self.order_rng = np.random.default_rng([setup.cfg.seed, 1])
+        _drain(self.coordinator, self.agents, np.random.default_rng(setup.cfg.seed))
+
+    def run_round(self):
+        if not self.coordinator.begin_round():
+            raise RuntimeError("no eligible devices checked in")
+        record = None
+        while record is None:
+            progressed = _drain(self.coordinator, self.agents, self.order_rng)
+            record = self.coordinator.tick()
+            if record is None and not progressed:
+                self.clock.sleep(self.coordinator.config.round_deadline_s)  # nobody is left to answer
+        return record
+
+    def close(self) -> None:
+        pass
+
+
+def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = None) -> SimResult:
+    setup = prepare(cfg)
+    data, manifest, model, backend, art_dir = setup.data, setup.manifest, setup.model, setup.backend, setup.art_dir
+    result = SimResult(config={**asdict(cfg), "backend": backend}, model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
     xt, yt = data.union_test()
@@ -110,31 +156,33 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
     evaluator = make_backend(backend, art_dir, manifest, "sgd")
     # The eval graph takes every trainable input; the global head ignores the personal ones.
     placeholder_personal = model.initial("personal")
-    order_rng = np.random.default_rng([cfg.seed, 1])
-    for _ in range(cfg.rounds):
-        started = time.perf_counter()
-        if not coordinator.begin_round():
-            raise RuntimeError("no eligible devices checked in")
-        record = None
-        while record is None:
-            progressed = _drain(coordinator, agents, order_rng)
-            record = coordinator.tick()
-            if record is None and not progressed:
-                clock.sleep(ccfg.round_deadline_s)  # nobody is left to answer: jump to the deadline
-        row = _evaluate(record, coordinator, agents, evaluator, zt, yt, manifest.model_id, placeholder_personal)
-        row["seconds"] = time.perf_counter() - started
-        result.rounds.append(row)
-        if on_round:
-            on_round(row)
+    if cfg.transport == "mqtt":
+        from .mqtt_fleet import MqttFleet
+
+        fleet = MqttFleet(setup)
+    else:
+        fleet = InMemoryFleet(setup)
+    try:
+        for _ in range(cfg.rounds):
+            started = time.perf_counter()
+            record = fleet.run_round()
+            row = _evaluate(record, fleet.coordinator, fleet.runtimes, evaluator, zt, yt, manifest.model_id,
+                            placeholder_personal)
+            row["seconds"] = time.perf_counter() - started
+            result.rounds.append(row)
+            if on_round:
+                on_round(row)
+        result.summary = {"rejections": dict(fleet.coordinator.rejections), "declines": dict(fleet.coordinator.declines)}
+    finally:
+        fleet.close()
 
     if cfg.baselines:
         total_epochs = cfg.rounds * cfg.epochs
         if "local" in cfg.baselines:
-            result.baselines["local_only"] = baseline_runs.local_only(model, data, hyper, total_epochs, backend, cfg.seed)
+            result.baselines["local_only"] = baseline_runs.local_only(model, data, setup.hyper, total_epochs, backend, cfg.seed)
         if "central" in cfg.baselines:
-            central_epochs = max(1, total_epochs * ccfg.clients_per_round // max(1, len(data.clients)))
-            result.baselines["central"] = baseline_runs.central(model, data, hyper, central_epochs, backend, cfg.seed)
-    result.summary = {"rejections": dict(coordinator.rejections), "declines": dict(coordinator.declines)}
+            central_epochs = max(1, total_epochs * setup.ccfg.clients_per_round // max(1, len(data.clients)))
+            result.baselines["central"] = baseline_runs.central(model, data, setup.hyper, central_epochs, backend, cfg.seed)
     return result
 
 
@@ -164,11 +212,11 @@ def _drain(coordinator: Coordinator, agents: list[DeviceAgent], rng: np.random.G
         progressed = True
 
 
-def _evaluate(record, coordinator: Coordinator, agents, evaluator, zt, yt, model_id, placeholder_personal) -> dict:
+def _evaluate(record, coordinator: Coordinator, runtimes, evaluator, zt, yt, model_id, placeholder_personal) -> dict:
     shared = coordinator.state.params
     logits = evaluator.predict({**shared, **placeholder_personal}, zt)
     global_acc = float(np.mean(np.argmax(logits["global"], axis=1) == yt)) if "global" in logits else None
-    evals = [a.runtime.evaluate(model_id, shared) for a in agents]
+    evals = [rt.evaluate(model_id, shared) for rt in runtimes]
     personal = [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global for e in evals if e.num_test]
     return {
         "round": record.round_id,

@@ -1,0 +1,95 @@
+"""The coordinator loop: the one place on the coordinator side that waits and sleeps.
+
+It drives a Coordinator: begin a round when enough eligible devices are known, handle
+messages as they come, let the round machine close rounds on time, and survive broker
+outages (the MQTT transport reconnects by itself; the loop tells the coordinator, which
+re-publishes what the broker may have lost). `fedge coordinator serve` and the MQTT
+simulator both run this loop; they differ only in the callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from edge_runtime.clock import SystemClock
+from edge_runtime.errors import ConnectionLost, NotConnected, TransportError
+
+from .server import Coordinator, RoundRecord
+
+log = logging.getLogger("fedge.coordinator.loop")
+
+
+class CoordinatorLoop:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        clock=None,
+        *,
+        min_devices: int = 1,  # eligible devices needed before a round begins
+        round_pause_s: float = 0.0,  # wait between a round closing and the next beginning (seconds)
+        poll_s: float = 0.05,  # longest wait for a message before timed work (seconds)
+        on_round: Callable[[RoundRecord], None] | None = None,
+        should_stop: Callable[[RoundRecord], bool] | None = None,  # asked after every closed round
+    ):
+        self.coordinator = coordinator
+        self.clock = clock or SystemClock()
+        self.min_devices = min_devices
+        self.round_pause_s = round_pause_s
+        self.poll_s = poll_s
+        self.on_round = on_round
+        self.should_stop = should_stop
+        self.stop_event = threading.Event()
+        self.next_begin = 0.0
+
+    def run(self) -> None:
+        """Run until `stop()` or `should_stop` says so."""
+        c = self.coordinator
+        while not self._start():
+            if self.stop_event.wait(self.poll_s):
+                return
+        seen = getattr(c.transport, "connection_count", 1)
+        while not self.stop_event.is_set():
+            try:
+                self._maybe_begin()
+                handled = 0
+                while handled < 500 and c.pump(self.poll_s if handled == 0 else 0.0):
+                    handled += 1
+                count = getattr(c.transport, "connection_count", 1)
+                if count != seen:
+                    seen = count
+                    getattr(c, "on_reconnect", lambda: None)()  # resend what the broker may have lost
+                record = c.tick()
+            except (ConnectionLost, NotConnected) as exc:
+                log.warning("coordinator: %s; waiting for the broker", exc)
+                self.stop_event.wait(self.poll_s)
+                continue
+            except TransportError as exc:
+                if not self.stop_event.is_set():
+                    log.error("coordinator: transport closed: %s", exc)
+                return
+            if record is not None:
+                self.next_begin = self.clock.now() + self.round_pause_s
+                if self.on_round:
+                    self.on_round(record)
+                if self.should_stop and self.should_stop(record):
+                    return
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _start(self) -> bool:
+        try:
+            self.coordinator.start()
+            return True
+        except NotConnected:
+            return False
+
+    def _maybe_begin(self) -> None:
+        c = self.coordinator
+        now = self.clock.now()
+        if c.round is not None or now < self.next_begin:
+            return
+        if len(c.eligible_devices()) < self.min_devices or not c.begin_round():
+            self.next_begin = now + max(self.poll_s, 0.5)  # ask again soon; check-ins may be on their way

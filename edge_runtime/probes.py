@@ -1,0 +1,249 @@
+"""Where device facts come from: the real machine, a test's hand, or a simulated trace.
+
+    FactSource     anything with read() -> DeviceFacts
+    ├── SystemProbe   sysfs/procfs under a root, psutil, NetworkManager (nmcli)
+    ├── FakeProbe     facts a test or simulation sets by hand
+    └── TraceProbe    facts as a function of elapsed clock time (fact_trace.FactTrace)
+
+describe() reports each fact with the source it came from, for `fedge device probe`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import psutil
+
+from .clock import SystemClock
+from .eligibility import DeviceFacts, EligibilityPolicy, evaluate, failing
+from .fact_trace import FactTrace, facts_at
+from .sysfs_facts import IGNORED_THERMAL_TYPES, read_link, read_power, read_temperature
+
+Runner = Callable[[Sequence[str]], "str | None"]  # argv -> stdout; None if missing or failed
+
+
+class FactSource(Protocol):
+    def read(self) -> DeviceFacts:
+        """A fresh snapshot. May cost a few file reads or a subprocess: callers rate-limit."""
+        ...
+
+
+def run_command(argv: Sequence[str], timeout_s: float = 2.0) -> str | None:
+    """Run a command and return its stdout; None when it is not installed, fails or hangs."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+class SystemProbe:
+    """The real facts of this machine.
+
+    root: where sysfs and procfs are read ("/" on a device; a fixture tree in tests).
+    run: runs `nmcli` to ask NetworkManager whether the link is metered.
+    metered_ttl_s: the metered flag rarely changes, so nmcli runs at most this often per
+        interface (a subprocess costs tens of milliseconds of CPU on a Pi).
+    Battery falls back to psutil only when root is "/" and there is no sysfs power_supply
+    class (macOS, Windows, BSD); on Linux psutil reads the same files knowing less.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "/",
+        run: Runner = run_command,
+        clock=None,
+        metered_ttl_s: float = 30.0,
+        ignored_thermal_types: tuple[str, ...] = IGNORED_THERMAL_TYPES,
+    ):
+        self.root = Path(root)
+        self.run = run
+        self.clock = clock or SystemClock()
+        self.metered_ttl_s = metered_ttl_s
+        self.ignored_thermal_types = ignored_thermal_types
+        self._is_real_root = self.root.resolve() == Path("/")
+        self._metered_cache: dict[str, tuple[float, bool | None]] = {}  # interface -> (read at, flag)
+        self._cpu = _CpuIdle()
+
+    def read(self) -> DeviceFacts:
+        return self.read_with_sources()[0]
+
+    def read_with_sources(self) -> tuple[DeviceFacts, dict[str, str]]:
+        sources: dict[str, str] = {}
+        battery, charging = self._power(sources)
+        link = read_link(self.root)
+        sources["link"] = link.source
+        metered = self._metered(link.interface, sources) if link.link not in ("none", "unknown") else None
+        temperature, sources["temperature_c"] = read_temperature(self.root, self.ignored_thermal_types)
+        cpu_idle = self._cpu.read()
+        sources["cpu_idle_percent"] = "psutil.cpu_times" if cpu_idle is not None else "psutil.cpu_times (first reading)"
+        free_mb = psutil.virtual_memory().available / 2**20
+        sources["free_memory_mb"] = "psutil.virtual_memory().available"
+        local = time.localtime(self.clock.wall())
+        sources["local_time_minutes"] = "clock.wall() in the local time zone"
+        facts = DeviceFacts(
+            battery_percent=battery,
+            charging=charging,
+            link=link.link,
+            metered=metered,
+            temperature_c=temperature,
+            cpu_idle_percent=cpu_idle,
+            free_memory_mb=free_mb,
+            local_time_minutes=local.tm_hour * 60 + local.tm_min,
+        )
+        return facts, sources
+
+    def _power(self, sources: dict[str, str]) -> tuple[float | None, bool | None]:
+        power = read_power(self.root)
+        if power is None and self._is_real_root:
+            sensors = getattr(psutil, "sensors_battery", None)
+            battery = sensors() if sensors else None
+            source = "psutil.sensors_battery()" if battery else "psutil.sensors_battery() (none: mains)"
+            sources["battery_percent"] = sources["charging"] = source
+            return (float(battery.percent), battery.power_plugged) if battery else (None, None)
+        if power is None:
+            sources["battery_percent"] = sources["charging"] = "no power_supply class (taken as mains)"
+            return None, None
+        sources["battery_percent"] = sources["charging"] = power.source
+        return power.battery_percent, power.charging
+
+    def _metered(self, interface: str | None, sources: dict[str, str]) -> bool | None:
+        if interface is None:
+            sources["metered"] = "no interface to ask about"
+            return None
+        now = self.clock.now()
+        cached = self._metered_cache.get(interface)
+        if cached is None or now - cached[0] >= self.metered_ttl_s:
+            out = self.run(["nmcli", "-t", "-f", "GENERAL.METERED", "dev", "show", interface])
+            cached = (now, parse_nmcli_metered(out))
+            self._metered_cache[interface] = cached
+        sources["metered"] = f"nmcli GENERAL.METERED of {interface}" if cached[1] is not None else "nmcli unavailable or unsure"
+        return cached[1]
+
+
+def parse_nmcli_metered(output: str | None) -> bool | None:
+    """`nmcli -t -f GENERAL.METERED dev show IF` prints "GENERAL.METERED:yes (guessed)",
+    "...:no", or "...:unknown"; guessed values count (NM guesses cellular as metered)."""
+    for line in (output or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "GENERAL.METERED":
+            value = value.strip().lower()
+            if value.startswith("yes"):
+                return True
+            if value.startswith("no"):
+                return False
+    return None
+
+
+class _CpuIdle:
+    """Idle CPU percent since the previous reading, without sleeping.
+
+    psutil.cpu_percent(interval=None) does the same but keeps one baseline for the whole
+    process, so any other caller would shorten our interval; this keeps its own.
+    """
+
+    MIN_SPAN_S = 0.1  # CPU-seconds (summed over cores); /proc/stat ticks are 10 ms
+
+    def __init__(self) -> None:
+        self._last = psutil.cpu_times()
+        self._value: float | None = None
+
+    def read(self) -> float | None:
+        now = psutil.cpu_times()
+        total = _busy_and_idle(now) - _busy_and_idle(self._last)
+        if total < self.MIN_SPAN_S:
+            return self._value  # too short a span to mean anything: the previous reading
+        idle = _idle(now) - _idle(self._last)
+        self._last = now
+        self._value = min(100.0, max(0.0, 100.0 * idle / total))
+        return self._value
+
+
+def _idle(t) -> float:
+    return t.idle + getattr(t, "iowait", 0.0)  # waiting on I/O leaves the CPU free, as psutil counts it
+
+
+def _busy_and_idle(t) -> float:
+    # Linux counts guest time inside user time already (psutil does the same subtraction).
+    return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
+HEALTHY = DeviceFacts(
+    battery_percent=None,
+    charging=None,
+    link="ethernet",
+    metered=False,
+    temperature_c=45.0,
+    cpu_idle_percent=90.0,
+    free_memory_mb=1024.0,
+    local_time_minutes=None,
+)
+
+
+class FakeProbe:
+    """Facts set by hand; `set` may be called from another thread while a device trains."""
+
+    def __init__(self, facts: DeviceFacts = HEALTHY, **changes: Any):
+        self.facts = dataclasses.replace(facts, **changes)
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def set(self, **changes: Any) -> None:
+        with self._lock:
+            self.facts = dataclasses.replace(self.facts, **changes)
+
+    def read(self) -> DeviceFacts:
+        with self._lock:
+            self.reads += 1
+            return self.facts
+
+
+class TraceProbe:
+    """Facts from a FactTrace at (clock.now() - start) seconds; start defaults to now."""
+
+    def __init__(self, trace: FactTrace, clock, start: float | None = None):
+        self.trace = trace
+        self.clock = clock
+        self.start = clock.now() if start is None else start
+
+    def elapsed(self) -> float:
+        return self.clock.now() - self.start
+
+    def read(self) -> DeviceFacts:
+        return facts_at(self.trace, self.elapsed())
+
+
+def describe(probe: FactSource | None = None, policy: EligibilityPolicy | None = None,
+             settle_s: float = 0.25) -> dict[str, Any]:
+    """Facts and where each came from; with a policy, the verdicts too. Plain JSON types.
+
+    {"facts": {name: {"value": v, "source": s}}, "verdict": {"before": r, "during": r, "failing": [...]}}
+
+    Without a probe, a SystemProbe is made and given settle_s seconds so that CPU idle has
+    a span to measure (a one-off command, unlike the monitor's reads, may wait that long).
+    """
+    if probe is None:
+        probe = SystemProbe()
+        time.sleep(settle_s)
+    reader = getattr(probe, "read_with_sources", None)
+    if reader is not None:
+        facts, sources = reader()
+    else:
+        facts, sources = probe.read(), {}
+    kind = type(probe).__name__
+    out: dict[str, Any] = {
+        "facts": {f.name: {"value": getattr(facts, f.name), "source": sources.get(f.name, kind)}
+                  for f in dataclasses.fields(facts)},
+    }
+    if policy is not None:
+        out["verdict"] = {
+            "before": evaluate(policy, facts, "before"),
+            "during": evaluate(policy, facts, "during"),
+            "failing": list(failing(policy, facts, "before")),
+        }
+    return out

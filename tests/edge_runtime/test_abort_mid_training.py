@@ -1,0 +1,148 @@
+"""A device whose battery drops below policy mid-training aborts within 2 seconds and the
+coordinator records the reason.
+
+The real stack over the in-memory broker and real time: Coordinator in this thread, a
+DeviceAgent training the tiny model in another, eligibility from an EligibilityMonitor on
+the SystemClock. Training is made far longer than the test (only the abort can end it), the
+battery drops while it runs, and the clock runs from the drop to the coordinator handling
+the Decline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from coordinator.config import CoordinatorConfig
+from coordinator.server import Coordinator
+from coordinator.strategies import make_strategy
+from edge_runtime.agent import DeviceAgent
+from edge_runtime.clock import SystemClock
+from edge_runtime.codec import decode_message
+from edge_runtime.device import DeviceRuntime, LocalData
+from edge_runtime.eligibility import EligibilityPolicy
+from edge_runtime.eligibility_monitor import EligibilityMonitor
+from edge_runtime.fact_trace import FactTrace
+from edge_runtime.probes import FakeProbe, TraceProbe
+from edge_runtime.protocol import CompressionSpec, Decline, TaskHyper, all_devices_topic
+from edge_runtime.transport.memory import InMemoryBroker
+
+from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
+
+LIMIT_S = 2.0
+# Thousands of epochs of 250 steps: minutes of training, so the task is still running
+# whenever the battery drops. Only an abort (or the test's own teardown) ends it.
+HYPER = TaskHyper(epochs=10_000, batch_size=8, lr=0.01)
+POLICY = EligibilityPolicy(min_battery_percent=50.0)
+TRACE_DROP_S = 2.0  # the trace below crosses 50% two seconds after it starts
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def _data(n: int = 2000) -> LocalData:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(n + 20, FEATURES)).astype(np.float32)
+    y = rng.integers(0, CLASSES, size=n + 20)
+    return LocalData(x[:n], y[:n], x[n:], y[n:])
+
+
+def _fake_source(clock):
+    """Battery at 90%, dropped to 20% by hand 0.3 s into training."""
+    probe = FakeProbe(battery_percent=90.0, charging=False, link="wifi", metered=False)
+
+    def drop(training_started: float) -> float:
+        time.sleep(max(0.0, training_started + 0.3 - clock.now()))
+        probe.set(battery_percent=20.0)
+        return clock.now()
+
+    return probe, drop
+
+
+def _trace_source(clock):
+    """A battery at 51% draining at 30%/min on the real clock: below 50% after 2 s."""
+    probe = TraceProbe(FactTrace(battery_start_percent=51.0, drain_percent_per_min=30.0, link="wifi"), clock)
+
+    def drop(training_started: float) -> float:
+        assert training_started < probe.start + TRACE_DROP_S, "training started after the battery dropped"
+        return probe.start + TRACE_DROP_S
+
+    return probe, drop
+
+
+@pytest.mark.parametrize("source", [_fake_source, _trace_source], ids=["fake_probe", "trace_probe"])
+def test_battery_drop_mid_training_aborts_within_2s_and_the_coordinator_records_why(model, tmp_path, source):
+    art, manifest, runtime = model
+    clock = SystemClock()
+    cfg = CoordinatorConfig(clients_per_round=1, over_selection=1.0, hyper=HYPER,
+                            compression=CompressionSpec(quant_bits=32))
+    broker = InMemoryBroker()
+    coordinator = Coordinator(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
+                              runtime.initial("shared"), cfg, clock=clock)
+    coordinator.start()
+    spy = broker.connect("spy")
+    spy.subscribe(all_devices_topic("update"))
+
+    probe, drop = source(clock)
+    monitor = EligibilityMonitor(probe, POLICY, clock, check_interval_s=0.5, name="dev0")
+    training = threading.Event()
+    teardown = threading.Event()
+    steps_checked = [0]
+
+    def abort_check() -> str | None:
+        training.set()
+        steps_checked[0] += 1
+        return "test_teardown" if teardown.is_set() else monitor.during()
+
+    device = DeviceRuntime("dev0", _data(), {manifest.model_id: art}, tmp_path / "devices",
+                           eligibility=monitor.before, abort_check=abort_check)
+    agent = DeviceAgent(device, broker.connect("dev0"), clock=clock)
+    agent.start()  # checks in, eligible at 90% (or 51%)
+
+    def device_loop() -> None:
+        while not teardown.is_set():
+            agent.poll(0.05)
+
+    thread = threading.Thread(target=device_loop, name="dev0", daemon=True)
+    thread.start()
+    try:
+        while coordinator.pump(0.0):
+            pass
+        assert coordinator.eligible_devices() == ["dev0"]
+        assert coordinator.begin_round()
+        assert training.wait(10.0), "the device never started training"
+        dropped_at = drop(clock.now())
+
+        while not coordinator.declines and clock.now() - dropped_at < 10 * LIMIT_S:
+            coordinator.pump(0.01)
+        received_at = clock.now()
+    finally:
+        teardown.set()
+        thread.join(10.0)
+
+    latency = received_at - dropped_at
+    print(f"abort latency {latency:.3f} s (check interval {monitor.check_interval_s} s)")
+    assert coordinator.declines == Counter({"aborted:battery_low": 1}), coordinator.declines
+    assert latency < LIMIT_S, f"abort took {latency:.2f} s after the battery dropped"
+
+    # The abort came mid-training, from a task that would otherwise have run for minutes.
+    decline = [m for m in (decode_message(msg.payload) for msg in iter(lambda: spy.receive(0.0), None))
+               if isinstance(m, Decline)]
+    assert len(decline) == 1 and decline[0].stage == "during" and decline[0].reason == "aborted:battery_low"
+    steps = int(decline[0].detail.split()[1])  # "after N steps"
+    assert 0 < steps < HYPER.epochs * 250 and steps_checked[0] > steps
+    assert monitor.facts.battery_percent < POLICY.min_battery_percent
+
+    # The round's machine has the reason; with nobody left the round is abandoned and recorded.
+    assert coordinator.round.machine.declined == {"dev0": "aborted:battery_low"}
+    record = coordinator.tick()
+    assert record is not None and not record.committed
+    assert record.declines == {"dev0": "aborted:battery_low"}
+    assert coordinator.history[-1] is record and coordinator.state.version == 0
+    assert not thread.is_alive()

@@ -1,0 +1,80 @@
+"""Chunking: split/reassemble round trips in any order, with repeats, and every refusal path."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from edge_runtime.errors import PayloadTooLarge
+from edge_runtime.transport.backoff import Backoff
+from edge_runtime.transport.chunks import CHUNK_HEADER_SIZE, MalformedChunk, Reassembler, is_chunk, split_message
+
+
+@pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 5000])
+def test_round_trip_in_any_order_with_redeliveries(size):
+    rng = random.Random(size)
+    payload = rng.randbytes(size)
+    frames = split_message(payload, CHUNK_HEADER_SIZE + 100)
+    assert len(frames) == max(1, -(-size // 100))
+    assert all(is_chunk(f) and len(f) <= CHUNK_HEADER_SIZE + 100 for f in frames)
+    shuffled = frames + frames[: len(frames) // 2]  # QoS 1 may deliver a chunk twice
+    rng.shuffle(shuffled)
+    r = Reassembler()
+    out = [r.feed("t", f, 0.0) for f in shuffled]
+    done = [o for o in out if o is not None]
+    assert done == [payload]
+    assert r.pending_sets == 0  # late repeats of a finished message open nothing
+
+
+def test_interleaved_messages_on_two_topics_stay_apart():
+    a, b = b"a" * 1000, b"b" * 1000
+    fa, fb = split_message(a, 166), split_message(b, 166)
+    r = Reassembler()
+    got = []
+    for x, y in zip(fa, fb):
+        got += [r.feed("devices/A", x, 0), r.feed("devices/B", y, 0)]
+    assert [g for g in got if g] == [a, b]
+
+
+def test_corrupted_chunk_fails_the_digest():
+    frames = split_message(b"x" * 500, 166)
+    bad = frames[1][:-1] + bytes([frames[1][-1] ^ 1])
+    r = Reassembler()
+    for f in [frames[0], bad] + frames[2:-1]:
+        assert r.feed("t", f, 0) is None
+    with pytest.raises(MalformedChunk, match="sha256"):
+        r.feed("t", frames[-1], 0)
+    assert r.pending_sets == 0
+
+
+def test_inconsistent_and_truncated_frames_are_refused():
+    r = Reassembler()
+    with pytest.raises(MalformedChunk, match="shorter"):
+        r.feed("t", b"FDGC" + b"\0" * 10, 0)
+    frames = split_message(b"y" * 500, 166, message_id=b"k" * 16)
+    other = split_message(b"z" * 900, 166, message_id=b"k" * 16)  # same id, different set
+    r.feed("t", frames[0], 0)
+    with pytest.raises(MalformedChunk, match="disagrees"):
+        r.feed("t", other[1], 0)
+    assert r.pending_sets == 0
+
+
+def test_size_limits_and_expiry_bound_memory():
+    r = Reassembler(max_message_bytes=1000, max_pending_bytes=1500, expiry_s=10)
+    with pytest.raises(PayloadTooLarge):
+        r.feed("t", split_message(b"q" * 1001, 166)[0], 0)
+    r.feed("t", split_message(b"q" * 900, 166)[0], 0)
+    with pytest.raises(PayloadTooLarge, match="pending"):
+        r.feed("u", split_message(b"q" * 900, 166)[0], 1)
+    assert r.expire(5) == 0 and r.expire(11) == 1 and r.pending_sets == 0
+    assert r.feed("u", split_message(b"q" * 10, 166)[0], 12) == b"q" * 10
+
+
+def test_backoff_is_jittered_and_bounded():
+    b = Backoff(0.5, 8.0)
+    rng = random.Random(1)
+    delays = [[b.delay(a, rng) for _ in range(200)] for a in range(8)]
+    assert all(0.5 <= d <= 8.0 for row in delays for d in row)
+    assert all(d == 0.5 for d in delays[0])  # the cap for the first retry is min_s
+    assert max(delays[7]) > 4.0 and len({round(d, 6) for d in delays[7]}) > 150  # spread, not lockstep

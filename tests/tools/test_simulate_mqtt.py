@@ -1,0 +1,73 @@
+"""The simulator over a real Mosquitto: same results as in-memory, and rounds that survive
+devices vanishing mid-round (or are abandoned cleanly when too few are left)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.mqtt_broker import open_broker  # noqa: F401  (fixture)
+from tools.simulate.config import SimConfig
+from tools.simulate.fleet import run_simulation
+from tools.simulate.mqtt_fleet import SimDeviceAgent
+
+pytestmark = pytest.mark.mosquitto
+
+SMALL = dict(devices=20, rounds=4, clients_per_round=10, epochs=1, seed=3)
+
+
+def test_mqtt_fleet_matches_the_in_memory_fleet(open_broker, tmp_path):
+    # Over-selection 1.0: every selected device reports, so which devices a round aggregates
+    # does not depend on thread timing, and both transports must compute the same model.
+    common = dict(SMALL, over_selection=1.0)
+    memory = run_simulation(SimConfig(**common, out_dir=str(tmp_path / "memory")))
+    mqtt = run_simulation(SimConfig(**common, out_dir=str(tmp_path / "mqtt"), transport="mqtt",
+                                    broker_url=open_broker.url, round_deadline_s=60))
+    assert [r["participants"] for r in mqtt.rounds] == [10] * 4
+    for key in ("global_accuracy", "personalized_accuracy_mean"):
+        assert abs(mqtt.rounds[-1][key] - memory.rounds[-1][key]) <= 0.01, key
+    assert mqtt.rounds[-1]["personalized_accuracy_mean"] > mqtt.rounds[0]["personalized_accuracy_mean"]
+    assert mqtt.summary["rejections"] == {}
+
+
+def _profile(tmp_path, dropout: float) -> str:
+    path = tmp_path / f"vanish-{dropout}.toml"
+    path.write_text(f'name = "vanishing"\ndropout_probability = {dropout}\n[trace]\nlink = "ethernet"\n')
+    return str(path)
+
+
+def test_rounds_commit_when_30_percent_of_selected_devices_vanish(open_broker, tmp_path, monkeypatch):
+    # The first 4 of the 13 selected devices to get their task each round vanish with it (the
+    # link is cut without a DISCONNECT, as on power loss): 30% of the selection.
+    killed: dict[int, int] = {}
+    lock = threading.Lock()
+    run_task = SimDeviceAgent._run_task
+
+    def maybe_vanish(agent, task):
+        with lock:
+            doomed = killed.get(task.round_id, 0) < 4
+            killed[task.round_id] = killed.get(task.round_id, 0) + doomed
+        if doomed:
+            agent.on_vanish()
+        else:
+            run_task(agent, task)
+
+    monkeypatch.setattr(SimDeviceAgent, "_run_task", maybe_vanish)
+    cfg = SimConfig(**dict(SMALL, rounds=3), over_selection=1.3, transport="mqtt", broker_url=open_broker.url,
+                    round_deadline_s=4.0, profiles=(_profile(tmp_path, 0.0),), out_dir=str(tmp_path / "run"))
+    rounds = run_simulation(cfg).rounds
+    assert all(killed[r["round"]] == 4 for r in rounds)
+    assert all(r["committed"] for r in rounds), rounds
+    assert all(r["selected"] == 13 for r in rounds)
+    # Each round lost devices mid-round and still committed at its deadline with a quorum.
+    assert all(5 <= r["participants"] < 10 for r in rounds), [r["participants"] for r in rounds]
+
+
+def test_round_without_quorum_is_abandoned_and_retried_under_a_new_id(open_broker, tmp_path):
+    cfg = SimConfig(**dict(SMALL, rounds=2), over_selection=1.3, transport="mqtt", broker_url=open_broker.url,
+                    round_deadline_s=2.0, profiles=(_profile(tmp_path, 0.95),), out_dir=str(tmp_path / "run"))
+    result = run_simulation(cfg)
+    assert [r["round"] for r in result.rounds] == [1, 2]
+    assert not any(r["committed"] for r in result.rounds)
+    assert all(r["participants"] < 5 for r in result.rounds)

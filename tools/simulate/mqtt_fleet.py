@@ -1,0 +1,176 @@
+"""A simulated fleet over a real MQTT broker: one thread per device agent, the coordinator
+loop in the caller's thread, all on real time.
+
+Each device is a real DeviceAgent with its own paho connection, its own Last Will and its
+own durable state, driven by the same AgentLoop a board runs. Device profiles add what real
+fleets do: eligibility traces (battery, charging, link, temperature) fed to the real
+eligibility policy, slower compute, and devices that vanish mid-task (the link is cut
+without a DISCONNECT, so the broker publishes their will) and come back later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+
+from coordinator.loop import CoordinatorLoop
+from edge_runtime.agent import DeviceAgent
+from edge_runtime.clock import SystemClock
+from edge_runtime.eligibility import EligibilityPolicy
+from edge_runtime.eligibility_monitor import EligibilityMonitor
+from edge_runtime.errors import ConfigError
+from edge_runtime.loop import AgentLoop
+from edge_runtime.profiles import DeviceProfile, load_profile
+from edge_runtime.protocol import TrainTask
+from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+
+log = logging.getLogger("fedge.simulate.mqtt")
+
+
+class SimDeviceAgent(DeviceAgent):
+    """A DeviceAgent whose profile can make it slow, or make it vanish when a task arrives."""
+
+    def __init__(self, *args, profile: DeviceProfile, on_vanish, rng: random.Random, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.profile = profile
+        self.on_vanish = on_vanish
+        self.rng = rng
+
+    def _run_task(self, task: TrainTask) -> None:
+        if self.rng.random() < self.profile.dropout_probability:
+            log.info("device %s vanishes with task %s (profile %s)", self.device_id, task.task_id, self.profile.name)
+            self.on_vanish()
+            return
+        if self.profile.compute_speed > 1.0:
+            started = time.perf_counter()
+            reply_publish, self._publish = self._publish, _Hold()  # hold the reply while "computing"
+            try:
+                super()._run_task(task)
+            finally:
+                held, self._publish = self._publish, reply_publish
+            time.sleep((self.profile.compute_speed - 1.0) * (time.perf_counter() - started))
+            held.release(self._publish)
+            return
+        super()._run_task(task)
+
+
+class _Hold:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, channel, payload):
+        self.calls.append((channel, payload))
+
+    def release(self, publish):
+        for channel, payload in self.calls:
+            publish(channel, payload)
+
+
+class SimDevice:
+    """One device thread: connect, run the agent loop, and after vanishing, come back later."""
+
+    def __init__(self, setup, client, settings: MqttSettings, profile: DeviceProfile, rejoin_s: float):
+        self.setup = setup
+        self.settings = settings
+        self.profile = profile
+        self.rejoin_s = rejoin_s
+        self.clock = SystemClock()
+        policy = EligibilityPolicy()
+        self.monitor = EligibilityMonitor(profile.trace_probe(self.clock), policy, self.clock) if profile.name != "reference" else None
+        kwargs = {"eligibility": self.monitor.before, "abort_check": self.monitor.during} if self.monitor else {}
+        self.runtime = setup.runtime(client, **kwargs)
+        self.rng = random.Random(int.from_bytes(hashlib.sha256(f"{setup.cfg.seed}/{client.client_id}".encode()).digest()[:8], "little"))
+        self.loop: AgentLoop | None = None
+        self.stopping = threading.Event()
+        self.vanished = 0
+        self.thread = threading.Thread(target=self._main, name=f"device-{client.client_id}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _main(self) -> None:
+        while not self.stopping.is_set():
+            transport = MqttTransport(self.runtime.device_id, self.settings, will=DeviceAgent.last_will(self.runtime.device_id))
+            vanished = threading.Event()
+
+            def vanish():
+                vanished.set()
+                transport.abort()
+
+            agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish, rng=self.rng,
+                                   checkin_s=30.0, republish_s=5.0)
+            self.loop = AgentLoop(agent, self.clock)
+            try:
+                transport.connect(timeout=0)
+                self.loop.run()
+            finally:
+                transport.close()
+            if not vanished.is_set() or self.stopping.wait(self.rejoin_s):
+                return
+            self.vanished += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.loop is not None:
+            self.loop.stop()
+
+
+class MqttFleet:
+    def __init__(self, setup, connect_timeout_s: float = 60.0):
+        cfg = setup.cfg
+        self.broker = None
+        url = cfg.broker_url
+        if url is None:
+            from tools.broker import BrokerConfig, MosquittoProcess, find_mosquitto
+
+            if find_mosquitto() is None:
+                raise ConfigError("--transport mqtt needs a broker: install Mosquitto (Debian/Ubuntu: "
+                                  "apt-get install mosquitto) or pass --broker mqtt://host:port")
+            self.broker = MosquittoProcess(BrokerConfig(persistence=False)).start()
+            url = self.broker.url
+        settings = MqttSettings(url=url, session_expiry_s=600)
+        try:
+            self.coordinator = setup.coordinator(MqttTransport("coordinator", settings).connect(), SystemClock())
+            profiles = [load_profile(name) for name in cfg.profiles] or [DeviceProfile()]
+            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * cfg.round_deadline_s)
+                            for i, client in enumerate(setup.data.clients)]
+            self.runtimes = [d.runtime for d in self.devices]
+            for device in self.devices:
+                device.start()
+            self.records: list = []
+            self.loop = CoordinatorLoop(self.coordinator, min_devices=1, on_round=self.records.append,
+                                        should_stop=lambda record: True)
+            self._wait_for_check_ins(len(self.devices), connect_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_for_check_ins(self, expected: int, timeout_s: float) -> None:
+        self.coordinator.start()
+        deadline = time.monotonic() + timeout_s
+        while len(self.coordinator.registry) < expected and time.monotonic() < deadline:
+            self.coordinator.pump(0.1)
+        if len(self.coordinator.registry) < expected:
+            log.warning("only %d of %d devices checked in within %g s", len(self.coordinator.registry), expected, timeout_s)
+
+    def run_round(self):
+        """Run the coordinator loop until one round closes (committed or abandoned)."""
+        before = len(self.records)
+        self.loop.run()
+        if len(self.records) == before:
+            raise RuntimeError("the coordinator loop stopped without closing a round")
+        return self.records[-1]
+
+    def close(self) -> None:
+        for device in getattr(self, "devices", []):
+            device.stop()
+        for device in getattr(self, "devices", []):
+            device.thread.join(timeout=10)
+        coordinator = getattr(self, "coordinator", None)
+        if coordinator is not None:
+            coordinator.transport.close()
+        if self.broker is not None:
+            self.broker.close()
