@@ -22,6 +22,21 @@ class CoordinatorConfig:
     norm_bound: float = 0.0  # reject updates with a larger L2 norm; 0 = off
     hyper: TaskHyper = field(default_factory=TaskHyper)
     compression: CompressionSpec = field(default_factory=CompressionSpec)
+    # Persistence: SQLite file holding the model, strategy state and the open round; "" = memory only.
+    state_db: str = ""
+    keep_versions: int = 3  # committed model versions kept in state_db (older ones are pruned)
+    # Model directory (with manifest.json) served to devices that ask for missing files; "" = none.
+    artifacts_dir: str = ""
+    fetch_interval_s: float = 60.0  # at most one artifact transfer per device per this many seconds
+    # Pace steering: when a device that has nothing to do should check in again (seconds).
+    pace_idle_s: float = 60.0  # no round open
+    pace_declined_s: float = 600.0  # the device declined or is not eligible
+    pace_jitter_s: float = 10.0  # spread devices over [0, jitter) on top, so they do not return at once
+    pace_max_s: float = 3600.0
+    task_resend_s: float = 30.0  # a selected device that checks in again gets its task again, this often at most
+    # Prometheus endpoint for `fedge coordinator serve`; port 0 = off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -40,6 +55,15 @@ class CoordinatorConfig:
             raise ConfigError("compression.quant_bits must be 32, 8 or 4")
         if not 0 < self.compression.topk_fraction <= 1:
             raise ConfigError("compression.topk_fraction must be in (0, 1]")
+        if self.keep_versions < 1:
+            raise ConfigError("keep_versions must be >= 1 (the current model is always kept)")
+        for name in ("fetch_interval_s", "pace_idle_s", "pace_declined_s", "pace_jitter_s", "task_resend_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0 seconds")
+        if not self.pace_max_s > 0:
+            raise ConfigError("pace_max_s must be > 0 seconds")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics_port must be in [0, 65535]; 0 turns the endpoint off")
 
     @property
     def quorum(self) -> int:

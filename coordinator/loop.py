@@ -42,6 +42,7 @@ class CoordinatorLoop:
         self.should_stop = should_stop
         self.stop_event = threading.Event()
         self.next_begin = 0.0
+        self._started = False
 
     def run(self) -> None:
         """Run until `stop()` or `should_stop` says so."""
@@ -80,11 +81,14 @@ class CoordinatorLoop:
         self.stop_event.set()
 
     def _start(self) -> bool:
+        if self._started:
+            return True
         try:
             self.coordinator.start()
-            return True
         except NotConnected:
             return False
+        self._started = True
+        return True
 
     def _maybe_begin(self) -> None:
         c = self.coordinator

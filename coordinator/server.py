@@ -2,71 +2,62 @@
 
 This is the one place on the coordinator side that touches the transport and the clock.
 The same class runs over the in-memory broker in simulation and over MQTT in deployment.
+Everything else it uses is a value or a pure function (rounds, validation, pace, strategies)
+or one concern behind a small object (store: SQLite; metrics: Prometheus; artifacts: files).
+
+With a RoundStore, every step is written before the message that depends on it leaves:
+the round before its tasks, an update before its Ack, the new model before the round
+counts as committed. store.py argues why a `kill -9` between any two steps is safe.
+Without one (store=None, the simulator) the same code runs wholly in memory.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import asdict
 
 import numpy as np
 
 from edge_runtime.clock import SystemClock
 from edge_runtime.codec import encode_message
+from edge_runtime.errors import ConfigError
 from edge_runtime.manifest import Manifest
-from edge_runtime.protocol import Ack, CheckIn, Decline, TrainTask, Update, all_devices_topic, device_topic
+from edge_runtime.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace, Status,
+                                   TrainTask, Update, all_devices_topic, device_of, device_topic)
 from edge_runtime.transport.base import Transport
 from edge_runtime.update_codec import encode_dense
 
+from . import pace
 from .aggregate import WeightedMean
+from .artifacts import ArtifactUnavailable, FetchRefused, open_artifacts
 from .config import CoordinatorConfig
 from .errors import StaleRound, UpdateRejected
+from .metrics import CoordinatorMetrics
+from .records import DeviceRecord, OpenRound, RoundRecord, count_update, resume
 from .rounds import Phase, RoundMachine
 from .sampling import sample_devices, selection_size
+from .store import RoundStore, StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState, Strategy
 from .validation import RoundContext, check_contents, check_current, check_not_seen, decode_report, payload_digest, update_key
 
 log = logging.getLogger("fedge.coordinator")
 
-
-@dataclass
-class DeviceRecord:
-    device_id: str
-    last_seen: float
-    eligible: bool = True
-    reason: str = ""
-    num_examples: int = 0
-
-
-@dataclass
-class RoundRecord:
-    round_id: int
-    committed: bool
-    why: str
-    selected: int
-    reports: int
-    declines: dict[str, str]
-    bytes_up: int
-    bytes_up_dense: int
-    bytes_down: int
-    seconds: float
-
-
-@dataclass
-class OpenRound:
-    machine: RoundMachine
-    ctx: RoundContext
-    accumulator: WeightedMean
-    started: float
-    bytes_up: int = 0
-    bytes_up_dense: int = 0
-    bytes_down: int = 0
-    seen: dict = field(default_factory=dict)  # (device, round, update_id) -> payload sha256
+_RECENT_ROUNDS = 8  # closed rounds whose update keys stay in memory when there is no store
+_QUIET = ("stale_round", "duplicate")  # expected after early closes and re-publishes: INFO, not WARNING
 
 
 class Coordinator:
+    """One coordinator: `start()` once, then loop `pump()` (one inbound message each) and
+    `tick()` (closes the round at its deadline or when it is done), and call `begin_round()`
+    whenever no round is open. Every method returns quickly; the caller owns sleeping.
+
+    Public state for simulators and reports: `state` (ServerState), `round` (OpenRound or
+    None), `history` (RoundRecords of this process), `rejections` and `declines` (Counters
+    by reason, the same numbers the metrics export), `registry` (device_id -> DeviceRecord).
+    """
+
     def __init__(
         self,
         transport: Transport,
@@ -75,12 +66,21 @@ class Coordinator:
         initial_shared: dict[str, np.ndarray],
         config: CoordinatorConfig,
         clock=None,
+        store: RoundStore | None = None,
+        metrics: CoordinatorMetrics | None = None,
     ):
+        """With a store, state (model, strategy state, open round, registry) is loaded from it
+        and an interrupted round resumes; `initial_shared` only seeds a fresh store."""
         self.transport = transport
         self.strategy = strategy
         self.manifest = manifest
         self.config = config
         self.clock = clock or SystemClock()
+        self.store = store
+        self.metrics = metrics or CoordinatorMetrics()
+        self.artifacts = open_artifacts(config, manifest.model_id)
+        self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
+        self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.state: ServerState = strategy.init(initial_shared)
         self.registry: dict[str, DeviceRecord] = {}
         self.round: OpenRound | None = None
@@ -88,11 +88,36 @@ class Coordinator:
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()
         self.declines: Counter[str] = Counter()
-        self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
+        self._recent: deque[dict] = deque(maxlen=_RECENT_ROUNDS)  # `seen` of closed rounds, without a store
+        self._logged: Counter[str] = Counter()
+        if store is not None:
+            self._load(store)
+        self._eligible = sum(d.eligible for d in self.registry.values())  # kept up to date by _register
+        self.metrics.model_version.set(self.state.version)
+        self.metrics.devices(len(self.registry), self._eligible)
 
     def start(self) -> None:
-        for channel in ("checkin", "update", "status"):
+        for channel in ("checkin", "update", "status", "fetch"):
             self.transport.subscribe(all_devices_topic(channel))
+        if self.round is not None:  # resumed: tasks may have been lost with the old process or broker
+            self._resend_tasks()
+            self.metrics.round_begun(self.round.ctx.round_id)
+        self._announce()
+
+    def on_reconnect(self) -> None:
+        """After the link to the broker came back: a broker killed with -9 loses PUBACKed
+        QoS 1 messages, so resend the open round's tasks to devices that have not answered
+        (they ignore task ids they already hold) and the retained announcement."""
+        if self.round is not None:
+            self.round.task_sent.clear()
+            self._resend_tasks()
+        self._announce()
+
+    def _resend_tasks(self) -> None:
+        now = self.clock.now()
+        for device_id in self.round.machine.selected:
+            if self.round.machine.expects(device_id):
+                self._send_task(device_id, now)
 
     # ------------------------------------------------------------------ inbound
 
@@ -101,24 +126,43 @@ class Coordinator:
         msg = self.transport.receive(timeout)
         if msg is None:
             return False
-        parts = msg.topic.split("/")
-        sender = parts[3] if len(parts) == 5 else None
-        channel = parts[-1]
+        self.metrics.bytes_up.inc(len(msg.payload))
+        sender, channel = device_of(msg.topic) or (None, "")
         try:
             report = decode_report(msg.payload, self.config.max_update_bytes)
         except UpdateRejected as exc:
             self._reject(exc, sender, None)
             return True
-        if isinstance(report, CheckIn) and channel == "checkin" and report.device_id == sender:
+        mine = getattr(report, "device_id", None) == sender
+        if isinstance(report, CheckIn) and channel == "checkin" and mine:
             self._check_in(report)
         elif isinstance(report, (Update, Decline)) and channel == "update":
             self._report(report, sender, len(msg.payload))
+        elif isinstance(report, FetchRequest) and channel == "fetch" and mine:
+            self._fetch(report)
+        elif isinstance(report, Status) and channel == "status" and mine:
+            if not report.online and report.device_id in self.registry:
+                self._register(report.device_id, False, "offline", self.registry[report.device_id].num_examples)
         else:
-            log.warning("ignored %s on %s", type(report).__name__, msg.topic)
+            self._log(logging.WARNING, "ignored", "ignored %s on %s", type(report).__name__, msg.topic)
         return True
 
     def _check_in(self, msg: CheckIn) -> None:
-        self.registry[msg.device_id] = DeviceRecord(msg.device_id, self.clock.now(), msg.eligible, msg.reason, msg.num_examples)
+        self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples)
+        reason = pace.reason_for(self.round.machine if self.round else None, msg.device_id, msg.eligible)
+        if reason is None:  # selected but silent: its task was probably lost; it declines if it cannot train
+            self._send_task(msg.device_id, self.clock.now())
+        else:
+            self._pace(msg.device_id, reason)
+
+    def _register(self, device_id: str, eligible: bool, reason: str, num_examples: int) -> None:
+        old = self.registry.get(device_id)
+        self.registry[device_id] = DeviceRecord(device_id, self.clock.now(), eligible, reason, num_examples)
+        changed = old is None or (old.eligible, old.reason, old.num_examples) != (eligible, reason, num_examples)
+        if changed and self.store is not None:  # last_seen alone is not worth a disk write per check-in
+            self.store.save_device(StoredDevice(device_id, self.clock.wall(), eligible, reason, num_examples))
+        self._eligible += int(eligible) - int(old is not None and old.eligible)
+        self.metrics.devices(len(self.registry), self._eligible)
 
     def _report(self, report: Update | Decline, sender: str | None, size: int) -> None:
         rnd = self.round
@@ -129,31 +173,88 @@ class Coordinator:
             rnd.bytes_up += size
             rnd.bytes_up_dense += size - len(report.payload) + report.dense_bytes
         try:
-            if rnd is None:
-                raise _stale(report)
-            check_current(report, rnd.ctx, sender)
             if isinstance(report, Decline):
-                self.declines[report.reason] += 1
-                log.info("round %d: %s declined: %s", rnd.ctx.round_id, report.device_id, report.reason)
-                rnd.machine.on_decline(report.device_id, report.reason)
+                self._decline(report, sender)
                 return
-            check_not_seen(report, rnd.seen)
-            if not rnd.machine.expects(report.device_id):
-                raise _stale(report)
-            delta = check_contents(report, rnd.ctx)
+            delta = self._admit(report, sender)
         except UpdateRejected as exc:
             self._reject(exc, sender, report)
             return
-        rnd.accumulator.add(delta, float(report.num_examples))
-        rnd.seen[update_key(report)] = payload_digest(report)
-        rnd.machine.on_report(report.device_id)
-        self._ack(report, True, "")
+        self._accept(report, delta)
 
-    def _reject(self, exc: UpdateRejected, sender: str | None, report) -> None:
+    def _admit(self, update: Update, sender: str | None) -> dict[str, np.ndarray]:
+        """The validation chain (validation.py's order); returns the dense delta."""
+        rnd = self.round
+        try:
+            if rnd is None:
+                raise _stale(update)
+            check_current(update, rnd.ctx, sender)
+        except StaleRound:
+            if sender == update.device_id:  # counted in a closed round, its Ack lost: a duplicate
+                check_not_seen(update, self._counted_before(update))
+            raise
+        check_not_seen(update, rnd.seen)
+        if not rnd.machine.expects(update.device_id):
+            raise _stale(update)
+        return check_contents(update, rnd.ctx)
+
+    def _accept(self, update: Update, delta: dict[str, np.ndarray]) -> None:
+        rnd = self.round
+        digest = payload_digest(update)
+        if self.store is not None:  # durable before the Ack: see store.py
+            self.store.add_update(rnd.ctx.round_id, StoredUpdate(rnd.events, update.device_id, update.update_id,
+                                                                 digest, update.num_examples, update.payload))
+        rnd.events += 1
+        count_update(rnd, update.device_id, update.update_id, digest, delta, update.num_examples)
+        self.metrics.accepted.inc()
+        self._ack(update, True, "")
+
+    def _decline(self, decline: Decline, sender: str | None) -> None:
+        rnd = self.round
+        if rnd is None:
+            raise _stale(decline)
+        check_current(decline, rnd.ctx, sender)
+        if decline.device_id in rnd.decline_from:
+            return  # counted once per device and round, so a device cannot inflate the label set
+        rnd.decline_from.add(decline.device_id)
+        self.declines[decline.reason] += 1
+        self.metrics.declined(decline.reason)
+        log.info("round %d: %s declined: %s", rnd.ctx.round_id, decline.device_id, decline.reason)
+        if rnd.machine.expects(decline.device_id):
+            if self.store is not None:
+                self.store.add_decline(rnd.ctx.round_id, StoredDecline(rnd.events, decline.device_id, decline.reason))
+            rnd.events += 1
+            rnd.machine.on_decline(decline.device_id, decline.reason)
+        self._pace(decline.device_id, pace.DECLINED)
+
+    def _counted_before(self, update: Update) -> dict:
+        key = update_key(update)
+        if self.store is not None:
+            digest = self.store.counted_digest(*key)
+        else:
+            digest = next((seen[key] for seen in self._recent if key in seen), None)
+        return {key: digest} if digest is not None else {}
+
+    def _fetch(self, request: FetchRequest) -> None:
+        try:
+            if self.artifacts is None:
+                raise ArtifactUnavailable("this coordinator serves no artifacts (artifacts_dir is unset)")
+            for item in self.artifacts.transfer(request, self.clock.now()):
+                self._send(device_topic(request.device_id, "artifact"), encode_message(item))
+                self.metrics.artifact_bytes.inc(len(item.data))
+        except FetchRefused as exc:
+            self._reject(exc, request.device_id, None)
+            return
+        self.metrics.transfers.inc()
+        log.info("sent the files of %s to %s", self.artifacts.model_id, request.device_id)
+
+    # ------------------------------------------------------------------ outbound
+
+    def _reject(self, exc: UpdateRejected | FetchRefused, sender: str | None, report) -> None:
         self.rejections[exc.reason] += 1
-        # Late reports from over-selected devices are expected after a round closes early.
-        level = logging.INFO if exc.reason == "stale_round" else logging.WARNING
-        log.log(level, "rejected message from %s: %s (%s)", sender or "?", exc.reason, exc)
+        self.metrics.rejected(exc.reason)
+        level = logging.INFO if exc.reason in _QUIET else logging.WARNING
+        self._log(level, exc.reason, "rejected message from %s: %s (%s)", sender or "?", exc.reason, exc)
         if isinstance(report, Update) and sender == report.device_id:
             # A duplicate was counted before: ack it as accepted so the device stops resending.
             self._ack(report, exc.reason == "duplicate", exc.reason)
@@ -162,7 +263,49 @@ class Coordinator:
         ack = encode_message(Ack(update.device_id, update.round_id, update.task_id, update.update_id, accepted, reason))
         if self.round is not None:
             self.round.bytes_down += len(ack)
-        self.transport.publish(device_topic(update.device_id, "ack"), ack, qos=1)
+        self._send(device_topic(update.device_id, "ack"), ack)
+
+    def _send_task(self, device_id: str, now: float) -> None:
+        rnd = self.round
+        last = rnd.task_sent.get(device_id)
+        remaining = rnd.machine.deadline - now
+        if remaining <= 0 or (last is not None and now - last < self.config.task_resend_s):
+            return
+        rnd.task_sent[device_id] = now
+        ctx = rnd.ctx
+        task = TrainTask(round_id=ctx.round_id, task_id=ctx.tasks[device_id], device_id=device_id,
+                         model_id=ctx.model_id, model_version=ctx.model_version, params=rnd.params_bytes,
+                         hyper=rnd.hyper, compression=self.config.compression, deadline_s=remaining,
+                         seed=self.config.seed * 1_000_003 + ctx.round_id, manifest_sha256=self.manifest_sha256)
+        payload = encode_message(task)
+        rnd.bytes_down += len(payload)
+        self._send(device_topic(device_id, "task"), payload)
+
+    def _pace(self, device_id: str, reason: str) -> None:
+        rnd, cfg = self.round, self.config
+        remaining = rnd.machine.deadline - self.clock.now() if rnd is not None else 0.0
+        round_id = rnd.ctx.round_id if rnd is not None else self.next_round_id
+        delay = pace.retry_after(reason, remaining, idle_s=cfg.pace_idle_s, declined_s=cfg.pace_declined_s,
+                                 jitter_s=cfg.pace_jitter_s, max_s=cfg.pace_max_s,
+                                 jitter=pace.jitter_fraction(cfg.seed, device_id, round_id))
+        self._send(device_topic(device_id, "task"), encode_message(Pace(device_id, delay, reason)))
+        self.metrics.pace.labels(reason).inc()
+
+    def _announce(self) -> None:
+        rnd = self.round
+        note = Announcement(self.manifest.model_id, self.state.version, self.manifest_sha256,
+                            rnd.ctx.round_id if rnd else 0, "training" if rnd else "idle")
+        self._send(ANNOUNCE_TOPIC, encode_message(note), retain=True)
+
+    def _send(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.transport.publish(topic, payload, qos=1, retain=retain)
+        self.metrics.bytes_down.inc(len(payload))
+
+    def _log(self, level: int, key: str, fmt: str, *args) -> None:
+        """Log the first ten of a kind, then every power of two: a flood must not flood the log."""
+        n = self._logged[key] = self._logged[key] + 1
+        if n <= 10 or n & (n - 1) == 0:
+            log.log(level, fmt + ("" if n <= 10 else f" [{n} of this kind so far]"), *args)
 
     # ------------------------------------------------------------------ rounds
 
@@ -171,6 +314,8 @@ class Coordinator:
 
     def begin_round(self) -> bool:
         """Sample devices and send tasks; False when too few eligible devices are known."""
+        if self.round is not None:
+            raise RuntimeError(f"round {self.round.ctx.round_id} is still open; tick() until it closes")
         cfg = self.config
         candidates = self.eligible_devices()
         wanted = min(cfg.clients_per_round, len(candidates))
@@ -179,29 +324,17 @@ class Coordinator:
             return False
         round_id = self.next_round_id
         selected = sample_devices(candidates, selection_size(wanted, cfg.over_selection, len(candidates)), cfg.seed, round_id)
-        now = self.clock.now()
+        now, wall = self.clock.now(), self.clock.wall()
         machine = RoundMachine(round_id, tuple(selected), wanted, quorum, now + cfg.round_deadline_s)
         tasks = {d: uuid.uuid4().hex for d in selected}
-        ctx = RoundContext(round_id, self.manifest.model_id, self.state.version, tasks, self.shapes, cfg.norm_bound)
-        self.round = OpenRound(machine, ctx, WeightedMean(), now)
-        params_bytes = encode_dense(self.state.params)
-        hyper = self.strategy.configure(self.state)
+        if self.store is not None:  # before any task leaves: see store.py
+            self.store.open_round(StoredRound(round_id, self.state.version, tuple(selected), tasks, wanted, quorum,
+                                              wall, wall + cfg.round_deadline_s))
+        self.round = self._new_round(machine, tasks, now)
         for device_id in selected:
-            task = TrainTask(
-                round_id=round_id,
-                task_id=tasks[device_id],
-                device_id=device_id,
-                model_id=self.manifest.model_id,
-                model_version=self.state.version,
-                params=params_bytes,
-                hyper=hyper,
-                compression=cfg.compression,
-                deadline_s=cfg.round_deadline_s,
-                seed=cfg.seed * 1_000_003 + round_id,
-            )
-            payload = encode_message(task)
-            self.round.bytes_down += len(payload)
-            self.transport.publish(device_topic(device_id, "task"), payload, qos=1)
+            self._send_task(device_id, now)
+        self.metrics.round_begun(round_id)
+        self._announce()
         log.info("round %d: %d tasks sent (want %d, quorum %d)", round_id, len(selected), wanted, quorum)
         return True
 
@@ -212,36 +345,73 @@ class Coordinator:
             return None
         phase = rnd.machine.on_tick(self.clock.now())
         if phase == Phase.AGGREGATING:
-            self.state = self.strategy.apply(self.state, rnd.accumulator.mean())
+            state = self.strategy.apply(self.state, rnd.accumulator.mean())
+            record = self._record(rnd, True)
+            if self.store is not None:  # the commit point: before it the round is open, after it done
+                self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())
             rnd.machine.committed()
-            return self._close(True)
+            self.state = state
+            return self._close(record)
         if phase == Phase.ABANDONED:
-            return self._close(False)
+            record = self._record(rnd, False)
+            if self.store is not None:
+                self.store.abandon_round(record.round_id, asdict(record), self.clock.wall())
+            return self._close(record)
         return None
 
-    def _close(self, committed: bool) -> RoundRecord:
-        rnd = self.round
-        assert rnd is not None
+    def _record(self, rnd: OpenRound, committed: bool) -> RoundRecord:
         m = rnd.machine
-        record = RoundRecord(
-            round_id=m.round_id,
-            committed=committed,
-            why=m.why,
-            selected=len(m.selected),
-            reports=len(m.reported),
-            declines=dict(m.declined),
-            bytes_up=rnd.bytes_up,
-            bytes_up_dense=rnd.bytes_up_dense,
-            bytes_down=rnd.bytes_down,
-            seconds=self.clock.now() - rnd.started,
-        )
+        return RoundRecord(round_id=m.round_id, committed=committed, why=m.why, selected=len(m.selected),
+                           reports=len(m.reported), declines=dict(m.declined), bytes_up=rnd.bytes_up,
+                           bytes_up_dense=rnd.bytes_up_dense, bytes_down=rnd.bytes_down,
+                           seconds=self.clock.now() - rnd.started)
+
+    def _close(self, record: RoundRecord) -> RoundRecord:
         self.history.append(record)
+        if self.store is None:
+            self._recent.append(self.round.seen)
         self.round = None
         # Round ids never repeat: an abandoned round is retried under the next id, and
         # nothing from it was applied.
-        self.next_round_id += 1
-        log.info("round %d %s: %s", m.round_id, "committed" if committed else "abandoned", m.why)
+        self.next_round_id = record.round_id + 1
+        self.metrics.round_closed(record.committed, record.reports, record.seconds, self.state.version)
+        self._announce()
+        log.info("round %d %s: %s", record.round_id, "committed" if record.committed else "abandoned", record.why)
         return record
+
+    def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float) -> OpenRound:
+        ctx = RoundContext(machine.round_id, self.manifest.model_id, self.state.version, tasks, self.shapes,
+                           self.config.norm_bound)
+        return OpenRound(machine, ctx, WeightedMean(), started, encode_dense(self.state.params),
+                         self.strategy.configure(self.state))
+
+    # ------------------------------------------------------------------ restart
+
+    def _load(self, store: RoundStore) -> None:
+        store.bind(self.manifest.model_id, self.strategy.name)
+        loaded = store.load_state()
+        if loaded is None:
+            store.save_initial_state(self.state)
+        else:
+            got = {k: tuple(v.shape) for k, v in loaded.params.items()}
+            if got != self.shapes:
+                raise ConfigError(f"{store.path}: stored params {got} do not fit the model's shared params "
+                                  f"{self.shapes}")
+            self.state = loaded
+        self.next_round_id = store.next_round_id()
+        now, wall = self.clock.now(), self.clock.wall()
+        for d in store.load_devices():
+            self.registry[d.device_id] = DeviceRecord(d.device_id, now - max(0.0, wall - d.last_seen_wall), d.eligible,
+                                                      d.reason, d.num_examples)
+        stored = store.load_open_round()
+        if stored is not None:
+            if stored.model_version != self.state.version:
+                raise ConfigError(f"{store.path}: open round {stored.round_id} was based on version "
+                                  f"{stored.model_version}, the stored model is {self.state.version}")
+            self.round = resume(stored, now, wall, self._new_round)
+            m = self.round.machine
+            log.info("round %d resumed: %d reports, %d declines, %.0f s left", stored.round_id, len(m.reported),
+                     len(m.declined), m.deadline - now)
 
 
 def _stale(report) -> UpdateRejected:

@@ -16,8 +16,13 @@ def main(argv: list[str] | None = None) -> int:
         from tools.bench.train_step import main as bench_main
 
         return bench_main(argv[2:]) or 0
+    if argv[:2] == ["bench", "mqtt"]:
+        from tools.bench.mqtt import main as bench_mqtt
+
+        return bench_mqtt(argv[2:]) or 0
     parser = argparse.ArgumentParser(prog="fedge", description="Federated training at the edge.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="run a simulated fleet in one process")
@@ -31,13 +36,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ort-training", choices=("auto", "yes", "no"), default="auto",
                    help="also generate onnxruntime-training artifacts (needs the training build)")
 
+    p = sub.add_parser("device", help="run a device agent on a board, or show what its probes read")
+    dev = p.add_subparsers(dest="device_command", required=True)
+    d = dev.add_parser("run", help="connect to the broker and train when asked (runs until SIGTERM)")
+    d.add_argument("--config", required=True, help="device TOML (see edge_runtime/device_config.py)")
+    d = dev.add_parser("probe", help="print battery, link, temperature, CPU and memory facts and the verdict")
+    d.add_argument("--config", help="device TOML: use its [eligibility] policy and [probe] root")
+    d.add_argument("--root", default=None, help="read sysfs/procfs under this root (default /)")
+
+    p = sub.add_parser("coordinator", help="the coordinator service")
+    co = p.add_subparsers(dest="coordinator_command", required=True)
+    c = co.add_parser("serve", help="run rounds over MQTT (runs until SIGTERM, or [service] rounds)")
+    c.add_argument("--config", required=True, help="coordinator TOML (see coordinator/service.py)")
+
+    p = sub.add_parser("provision", help="create device/coordinator credentials, certificates and broker files")
+    try:
+        from tools.provision import add_arguments as add_provision
+    except ImportError:  # pragma: no cover - the ops extra is not installed
+        add_provision = None
+    if add_provision is not None:
+        add_provision(p)
+
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="bench", required=True)
     bench.add_parser("train-step", help="time one training step per backend (see: fedge bench train-step -h)")
+    bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edge_runtime.logs import setup_logging
+
+    setup_logging(args.verbose, args.log_format)
     try:
         return _dispatch(args)
     except FedgeError as exc:
@@ -58,7 +86,39 @@ def _dispatch(args) -> int:
                                    ort_training={"auto": None, "yes": True, "no": False}[args.ort_training])
         print(f"built {manifest.name} (model_id {manifest.model_id}) in {args.outdir}: {', '.join(sorted(manifest.files))}")
         return 0
+    if args.command == "device":
+        return _device(args)
+    if args.command == "coordinator":
+        from coordinator.service import load_service_config, run_service
+
+        return run_service(load_service_config(args.config))
+    if args.command == "provision":
+        from tools.provision import run as run_provision
+
+        return run_provision(args) or 0
     raise AssertionError(args)
+
+
+def _device(args) -> int:
+    if args.device_command == "run":
+        from edge_runtime.device_config import load_device_config
+        from edge_runtime.run import run_device
+
+        return run_device(load_device_config(args.config))
+    import json
+
+    from edge_runtime.eligibility import EligibilityPolicy
+    from edge_runtime.probes import SystemProbe, describe
+
+    policy, root = EligibilityPolicy(), "/"
+    if args.config:
+        from edge_runtime.configfile import load_toml
+        from edge_runtime.eligibility import load_policy
+
+        policy = load_policy(args.config)
+        root = load_toml(args.config).get("probe", {}).get("root", "/")
+    print(json.dumps(describe(SystemProbe(root=args.root or root), policy), indent=2))
+    return 0
 
 
 if __name__ == "__main__":

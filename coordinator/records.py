@@ -1,0 +1,88 @@
+"""The coordinator's bookkeeping values: known devices, the open round, closed-round records.
+
+The live path and the restart replay (`resume`) both add updates through `count_update`,
+so a round rebuilt from the store holds a bit-identical accumulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from edge_runtime.compress import decompress_update
+from edge_runtime.protocol import TaskHyper
+from edge_runtime.update_codec import decode_tensors
+
+from .aggregate import WeightedMean
+from .rounds import RoundMachine
+from .store import StoredRound, StoredUpdate
+from .validation import RoundContext
+
+
+@dataclass
+class DeviceRecord:
+    device_id: str
+    last_seen: float  # clock seconds
+    eligible: bool = True
+    reason: str = ""
+    num_examples: int = 0
+
+
+@dataclass
+class RoundRecord:
+    round_id: int
+    committed: bool
+    why: str
+    selected: int
+    reports: int
+    declines: dict[str, str]
+    bytes_up: int
+    bytes_up_dense: int
+    bytes_down: int
+    seconds: float
+
+
+@dataclass
+class OpenRound:
+    machine: RoundMachine
+    ctx: RoundContext
+    accumulator: WeightedMean
+    started: float  # clock seconds
+    params_bytes: bytes  # the round's global params, encoded once for every task
+    hyper: TaskHyper
+    bytes_up: int = 0
+    bytes_up_dense: int = 0
+    bytes_down: int = 0
+    seen: dict = field(default_factory=dict)  # (device, round, update_id) -> payload sha256
+    events: int = 0  # accepted updates + declines so far; the next one's seq in the store
+    task_sent: dict = field(default_factory=dict)  # device -> clock seconds its task last left
+    decline_from: set = field(default_factory=set)  # devices whose decline was counted
+
+
+def count_update(rnd: OpenRound, device_id: str, update_id: str, digest: str, delta: dict[str, np.ndarray],
+                 num_examples: int) -> None:
+    """Add one accepted update to the round."""
+    rnd.accumulator.add(delta, float(num_examples))
+    rnd.seen[(device_id, rnd.ctx.round_id, update_id)] = digest
+    rnd.machine.on_report(device_id)
+
+
+def resume(stored: StoredRound, now: float, wall: float,
+           make_round: Callable[[RoundMachine, dict[str, str], float], OpenRound]) -> OpenRound:
+    """Rebuild an open round from the store: its machine with the deadline carried over in wall
+    time, then every stored event replayed in acceptance order, so the accumulator is
+    bit-identical to the one the stopped process held."""
+    machine = RoundMachine(stored.round_id, stored.selected, stored.target, stored.quorum,
+                           now + (stored.deadline_wall - wall))
+    rnd = make_round(machine, stored.tasks, now - (wall - stored.started_wall))
+    for event in stored.events:
+        if isinstance(event, StoredUpdate):
+            delta = decompress_update(decode_tensors(event.payload))  # what check_contents returned
+            count_update(rnd, event.device_id, event.update_id, event.digest, delta, event.num_examples)
+        else:
+            rnd.decline_from.add(event.device_id)
+            rnd.machine.on_decline(event.device_id, event.reason)
+        rnd.events = event.seq + 1
+    return rnd

@@ -1,0 +1,109 @@
+"""`fedge coordinator serve --config coordinator.toml`: the coordinator as an ops service.
+
+    [broker]                       # edge_runtime.transport.mqtt.MqttSettings
+    url = "mqtt://127.0.0.1:1883"
+    username = "coordinator"
+    password = "..."
+
+    [service]
+    min_devices = 2                # eligible devices needed before a round begins
+    rounds = 0                     # stop after this many committed rounds; 0 = serve forever
+    round_pause_s = 0.0
+
+    [coordinator]                  # coordinator.config.CoordinatorConfig
+    artifacts_dir = "artifacts/mnist"   # from `fedge build-artifacts`; served to devices that lack it
+    state_db = "coordinator.db"         # SQLite; a restart resumes from it
+    metrics_port = 9108
+    clients_per_round = 10
+    round_deadline_s = 120
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.configfile import load_config
+from edge_runtime.errors import ConfigError
+from edge_runtime.manifest import load_manifest
+from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+
+from .config import CoordinatorConfig
+from .loop import CoordinatorLoop
+from .metrics import CoordinatorMetrics, serve_metrics
+from .server import Coordinator
+from .store import RoundStore
+from .strategies import make_strategy
+
+log = logging.getLogger("fedge.coordinator")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    min_devices: int = 1
+    rounds: int = 0  # committed rounds to run before exiting; 0 = forever
+    round_pause_s: float = 0.0
+    client_id: str = "coordinator"
+
+    def __post_init__(self) -> None:
+        if self.min_devices < 1 or self.rounds < 0 or self.round_pause_s < 0:
+            raise ConfigError("service: min_devices >= 1, rounds >= 0 and round_pause_s >= 0")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    broker: MqttSettings = field(default_factory=MqttSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+
+    def __post_init__(self) -> None:
+        if not self.coordinator.artifacts_dir:
+            raise ConfigError("[coordinator] artifacts_dir is required: build one with `fedge build-artifacts SPEC DIR`")
+
+
+def load_service_config(path: str | Path) -> ServiceConfig:
+    return load_config(ServiceConfig, path)
+
+
+def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
+    art = Path(cfg.coordinator.artifacts_dir)
+    manifest = load_manifest(art, verify=True)
+    with np.load(art / "params_init.npz", allow_pickle=False) as data:
+        initial = {p.name: data[p.name] for p in manifest.by_role("shared")}
+    store = RoundStore(cfg.coordinator.state_db) if cfg.coordinator.state_db else None
+    metrics = CoordinatorMetrics()
+    transport = MqttTransport(cfg.service.client_id, cfg.broker)
+    coordinator = Coordinator(transport, make_strategy(cfg.coordinator.strategy, cfg.coordinator.hyper), manifest,
+                              initial, cfg.coordinator, store=store, metrics=metrics)
+    committed = []
+    target = cfg.service.rounds
+
+    def should_stop(record) -> bool:
+        if record.committed:
+            committed.append(record.round_id)
+        return bool(target) and len(committed) >= target
+
+    loop = CoordinatorLoop(coordinator, min_devices=cfg.service.min_devices, round_pause_s=cfg.service.round_pause_s,
+                           should_stop=should_stop)
+    return loop, coordinator
+
+
+def run_service(cfg: ServiceConfig) -> int:
+    loop, coordinator = build_service(cfg)
+    if cfg.coordinator.metrics_port:
+        serve_metrics(coordinator.metrics.registry, cfg.coordinator.metrics_host, cfg.coordinator.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", cfg.coordinator.metrics_host, cfg.coordinator.metrics_port)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop())
+    log.info("coordinator: model %s v%d, connecting to %s", coordinator.manifest.model_id, coordinator.state.version,
+             cfg.broker.url)
+    coordinator.transport.connect(timeout=0)
+    try:
+        loop.run()
+    finally:
+        coordinator.transport.close()
+    return 0

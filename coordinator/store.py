@@ -1,0 +1,322 @@
+"""Durable coordinator state in one SQLite file (WAL): model, strategy state, rounds, updates.
+
+Schema (version 1)::
+
+    meta      key TEXT PK, value TEXT              schema, model_id, strategy
+    models    version INT PK, round_id, created_wall, extra_groups (JSON list)
+    tensors   (version, kind, grp, name) PK, dtype, shape (JSON), data BLOB
+              kind 'params' (grp '') or 'extra' (grp = ServerState.extra key); raw array
+              bytes with their dtype string, so a load is bit-exact
+    rounds    round_id INT PK, status open|committed|abandoned, model_version, selected,
+              tasks (JSON), target, quorum, started_wall, deadline_wall, closed_wall,
+              record (JSON of the RoundRecord); at most one row is open (partial index)
+    updates   (device_id, round_id, update_id) PK, digest, seq, num_examples, payload BLOB
+              payload is the Update's compressed payload while its round is open, NULL after
+    declines  (round_id, device_id) PK, seq, reason       rows of the open round only
+    devices   device_id PK, last_seen_wall, eligible, reason, num_examples
+
+Every method that writes is one transaction (BEGIN IMMEDIATE ... COMMIT), so a crash
+leaves each step either wholly done or not done at all. Walking the coordinator's steps
+with a `kill -9` between any two of them:
+
+* begin_round: the round row is committed *before* any TrainTask is published. Killed
+  before the commit: no device holds a task of it, and the round id is not used yet.
+  Killed after: the restart finds the round open with the same task ids and re-sends the
+  tasks to devices that have not answered (devices ignore task ids they already have).
+* an accepted update: its row (key, digest, payload) is committed *before* the Ack is
+  published. Killed before: no Ack left, the device keeps the update and re-publishes it,
+  and it is accepted as new. Killed after: the restart replays it into the accumulator,
+  and the device's re-publish finds the key, so it is acked as a duplicate, not re-added.
+* a decline: one row; killed before it, the device just counts as silent until the deadline.
+* commit: the new model version with its params and strategy state, the round's record,
+  the deletion of its payloads and declines, and pruning are one transaction. Killed
+  before it: the round is still open with all its updates stored; the restart replays
+  them in acceptance order (`seq`), so the accumulator and the committed params come out
+  bit-identical. Killed after: the new version is loaded and the next round id follows it;
+  a late re-publish of an update of that round is found by its kept key and acked as a
+  duplicate. Nothing is ever half-committed, and a round cannot commit twice
+  (commit_round refuses a round that is not open, and a version that does not follow).
+* abandon: status, record and payload deletion in one transaction; the next round takes
+  the next id, and nothing of the abandoned one was applied.
+
+`durable=True` (synchronous=FULL) also makes each commit survive a power cut, which is what
+an Ack promises; NORMAL survives a killed process but may lose the last commits on power loss.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import ConfigError
+
+from .strategies import ServerState
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    version INTEGER PRIMARY KEY, round_id INTEGER, created_wall REAL NOT NULL, extra_groups TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tensors (
+    version INTEGER NOT NULL, kind TEXT NOT NULL, grp TEXT NOT NULL, name TEXT NOT NULL,
+    dtype TEXT NOT NULL, shape TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (version, kind, grp, name));
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('open', 'committed', 'abandoned')),
+    model_version INTEGER NOT NULL, selected TEXT NOT NULL, tasks TEXT NOT NULL,
+    target INTEGER NOT NULL, quorum INTEGER NOT NULL,
+    started_wall REAL NOT NULL, deadline_wall REAL NOT NULL, closed_wall REAL, record TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS one_open_round ON rounds (status) WHERE status = 'open';
+CREATE TABLE IF NOT EXISTS updates (
+    device_id TEXT NOT NULL, round_id INTEGER NOT NULL, update_id TEXT NOT NULL,
+    digest TEXT NOT NULL, seq INTEGER NOT NULL, num_examples INTEGER NOT NULL, payload BLOB,
+    PRIMARY KEY (device_id, round_id, update_id));
+CREATE INDEX IF NOT EXISTS updates_by_round ON updates (round_id, seq);
+CREATE TABLE IF NOT EXISTS declines (
+    round_id INTEGER NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (round_id, device_id));
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY, last_seen_wall REAL NOT NULL, eligible INTEGER NOT NULL,
+    reason TEXT NOT NULL, num_examples INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StoredUpdate:
+    seq: int  # acceptance order within the round (shared with declines)
+    device_id: str
+    update_id: str
+    digest: str  # sha256 of the payload
+    num_examples: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredDecline:
+    seq: int
+    device_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StoredRound:
+    """An open round as begin_round wrote it, plus what it has received since, in order."""
+
+    round_id: int
+    model_version: int
+    selected: tuple[str, ...]
+    tasks: dict[str, str]  # device -> task id
+    target: int
+    quorum: int
+    started_wall: float  # seconds since the epoch
+    deadline_wall: float
+    events: tuple[StoredUpdate | StoredDecline, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoredDevice:
+    device_id: str
+    last_seen_wall: float
+    eligible: bool
+    reason: str
+    num_examples: int
+
+
+def open_store(config) -> "RoundStore | None":
+    """The store a CoordinatorConfig asks for (state_db, keep_versions); None when state_db is unset."""
+    return RoundStore(config.state_db, keep_versions=config.keep_versions) if config.state_db else None
+
+
+class RoundStore:
+    def __init__(self, path: str | Path, *, durable: bool = True, keep_versions: int = 3, keep_key_rounds: int = 100):
+        """keep_versions: committed model versions kept; keep_key_rounds: rounds whose update
+        keys are kept to recognise late re-publishes as duplicates."""
+        if keep_versions < 1 or keep_key_rounds < 1:
+            raise ValueError("keep_versions and keep_key_rounds must be >= 1")
+        self.path = Path(path)
+        self.keep_versions = keep_versions
+        self.keep_key_rounds = keep_key_rounds
+        # isolation_level=None: no implicit transactions; each write method opens its own.
+        # check_same_thread=False: the loop may run on another thread than the one that built
+        # the store; it is still used by one thread at a time.
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._tx() as db:
+            for statement in _SCHEMA.split(";"):  # not executescript: it would commit mid-transaction
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise ConfigError(f"{self.path}: state db schema {row[0]}, this build reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ model
+
+    def bind(self, model_id: str, strategy: str) -> None:
+        """Claim the file for one model and strategy; ConfigError if it holds another's state."""
+        with self._tx() as db:
+            for key, value in (("model_id", model_id), ("strategy", strategy)):
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    db.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
+                elif row[0] != value:
+                    raise ConfigError(f"{self.path} holds state for {key} {row[0]!r}, not {value!r}; "
+                                      "point state_db at another file to start afresh")
+
+    def load_state(self) -> ServerState | None:
+        """The latest committed ServerState, bit-exact; None for a fresh file."""
+        row = self._db.execute("SELECT version, extra_groups FROM models ORDER BY version DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        version, groups = row
+        params: dict[str, np.ndarray] = {}
+        extra: dict[str, dict[str, np.ndarray]] = {g: {} for g in json.loads(groups)}
+        for kind, grp, name, dtype, shape, data in self._db.execute(
+                "SELECT kind, grp, name, dtype, shape, data FROM tensors WHERE version = ? ORDER BY rowid", (version,)):
+            # tuple: reshape([]) would give shape (1,), not the 0-d shape ()
+            array = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(tuple(json.loads(shape))).copy()
+            (params if kind == "params" else extra[grp])[name] = array
+        return ServerState(version=version, params=params, extra=extra)
+
+    def save_initial_state(self, state: ServerState) -> None:
+        """Store the starting model (version 0 or wherever it starts) in a fresh file."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM models LIMIT 1").fetchone() is None:
+                self._insert_state(db, state, None, 0.0)
+
+    def next_round_id(self) -> int:
+        """The open round's id if one is open, else one past the last round."""
+        (last,) = self._db.execute("SELECT COALESCE(MAX(round_id), 0) FROM rounds").fetchone()
+        is_open = self._db.execute("SELECT 1 FROM rounds WHERE round_id = ? AND status = 'open'", (last,)).fetchone()
+        return last if is_open else last + 1
+
+    # ------------------------------------------------------------------ rounds
+
+    def open_round(self, rnd: StoredRound) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO rounds (round_id, status, model_version, selected, tasks, target, quorum, "
+                       "started_wall, deadline_wall) VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?)",
+                       (rnd.round_id, rnd.model_version, json.dumps(list(rnd.selected)), json.dumps(rnd.tasks),
+                        rnd.target, rnd.quorum, rnd.started_wall, rnd.deadline_wall))
+
+    def load_open_round(self) -> StoredRound | None:
+        row = self._db.execute("SELECT round_id, model_version, selected, tasks, target, quorum, started_wall, "
+                               "deadline_wall FROM rounds WHERE status = 'open'").fetchone()
+        if row is None:
+            return None
+        round_id = row[0]
+        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p)) for seq, d, u, digest, n, p in self._db.execute(
+            "SELECT seq, device_id, update_id, digest, num_examples, payload FROM updates WHERE round_id = ?",
+            (round_id,))]
+        declines = [StoredDecline(seq, d, reason) for seq, d, reason in self._db.execute(
+            "SELECT seq, device_id, reason FROM declines WHERE round_id = ?", (round_id,))]
+        events = tuple(sorted(updates + declines, key=lambda e: e.seq))
+        return StoredRound(round_id, row[1], tuple(json.loads(row[2])), json.loads(row[3]), row[4], row[5],
+                           row[6], row[7], events)
+
+    def add_update(self, round_id: int, update: StoredUpdate) -> None:
+        """Durably record an accepted update; call before its Ack is sent."""
+        with self._tx() as db:
+            self._require_open(db, round_id)
+            db.execute("INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (update.device_id, round_id, update.update_id, update.digest, update.seq,
+                        update.num_examples, update.payload))
+
+    def add_decline(self, round_id: int, decline: StoredDecline) -> None:
+        with self._tx() as db:
+            self._require_open(db, round_id)
+            db.execute("INSERT OR IGNORE INTO declines VALUES (?, ?, ?, ?)",
+                       (round_id, decline.device_id, decline.seq, decline.reason))
+
+    def counted_digest(self, device_id: str, round_id: int, update_id: str) -> str | None:
+        """Digest of an update counted under this key (in any kept round), or None."""
+        row = self._db.execute("SELECT digest FROM updates WHERE device_id = ? AND round_id = ? AND update_id = ?",
+                               (device_id, round_id, update_id)).fetchone()
+        return row[0] if row else None
+
+    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float) -> None:
+        """The new model version, strategy state and round record, in one transaction."""
+        with self._tx() as db:
+            self._close(db, round_id, "committed", record, closed_wall)
+            (latest,) = db.execute("SELECT MAX(version) FROM models").fetchone()
+            if latest is not None and state.version != latest + 1:
+                raise ValueError(f"round {round_id} commits version {state.version}, but the store holds {latest}")
+            self._insert_state(db, state, round_id, closed_wall)
+            db.execute("DELETE FROM tensors WHERE version <= ?", (state.version - self.keep_versions,))
+            db.execute("DELETE FROM models WHERE version <= ?", (state.version - self.keep_versions,))
+
+    def abandon_round(self, round_id: int, record: dict, closed_wall: float) -> None:
+        with self._tx() as db:
+            self._close(db, round_id, "abandoned", record, closed_wall)
+
+    def round_records(self) -> list[dict]:
+        """Records of closed rounds, oldest first."""
+        return [json.loads(r) for (r,) in self._db.execute(
+            "SELECT record FROM rounds WHERE status != 'open' ORDER BY round_id")]
+
+    # ------------------------------------------------------------------ devices
+
+    def save_device(self, device: StoredDevice) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
+                       (device.device_id, device.last_seen_wall, int(device.eligible), device.reason,
+                        device.num_examples))
+
+    def load_devices(self) -> list[StoredDevice]:
+        return [StoredDevice(d, t, bool(e), r, n) for d, t, e, r, n in self._db.execute(
+            "SELECT device_id, last_seen_wall, eligible, reason, num_examples FROM devices ORDER BY device_id")]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require_open(self, db: sqlite3.Connection, round_id: int) -> None:
+        if db.execute("SELECT 1 FROM rounds WHERE round_id = ? AND status = 'open'", (round_id,)).fetchone() is None:
+            raise ValueError(f"round {round_id} is not open in {self.path}")
+
+    def _close(self, db: sqlite3.Connection, round_id: int, status: str, record: dict, closed_wall: float) -> None:
+        cur = db.execute("UPDATE rounds SET status = ?, closed_wall = ?, record = ? "
+                         "WHERE round_id = ? AND status = 'open'",
+                         (status, closed_wall, json.dumps(record), round_id))
+        if cur.rowcount != 1:
+            raise ValueError(f"round {round_id} is not open in {self.path}; it cannot be closed twice")
+        # Payloads and declines served the replay only; the keys stay for late duplicates.
+        db.execute("UPDATE updates SET payload = NULL WHERE round_id = ?", (round_id,))
+        db.execute("DELETE FROM declines WHERE round_id = ?", (round_id,))
+        db.execute("DELETE FROM updates WHERE round_id <= ?", (round_id - self.keep_key_rounds,))
+
+    @staticmethod
+    def _insert_state(db: sqlite3.Connection, state: ServerState, round_id: int | None, wall: float) -> None:
+        db.execute("INSERT INTO models VALUES (?, ?, ?, ?)",
+                   (state.version, round_id, wall, json.dumps(list(state.extra))))
+        rows = [(state.version, "params", "", name, value) for name, value in state.params.items()]
+        rows += [(state.version, "extra", grp, name, value) for grp, arrays in state.extra.items()
+                 for name, value in arrays.items()]
+        for version, kind, grp, name, value in rows:
+            array = np.asarray(value)  # not ascontiguousarray: it turns 0-d arrays into shape (1,)
+            if array.dtype.hasobject:
+                raise ValueError(f"{kind} {grp}/{name}: object arrays cannot be stored")
+            db.execute("INSERT INTO tensors VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (version, kind, grp, name, array.dtype.str, json.dumps(list(array.shape)),
+                        array.tobytes(order="C")))

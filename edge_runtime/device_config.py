@@ -1,0 +1,97 @@
+"""Device configuration (`fedge device run --config device.toml`).
+
+    device_id = "pi-007"               # must match the broker username (the ACL keys on it)
+    state_dir = "/var/lib/fedge"        # personal head, optimizer state, residual, pending uploads, models
+    backend = "auto"
+
+    [broker]                            # edge_runtime.transport.mqtt.MqttSettings
+    url = "mqtts://coordinator.lan:8883"
+    ca_file = "/etc/fedge/ca.pem"
+    cert_file = "/etc/fedge/pi-007.pem"
+    key_file = "/etc/fedge/pi-007.key"
+
+    [data]
+    npz = "/var/lib/fedge/data.npz"     # arrays x_train, y_train, x_test, y_test
+
+    [eligibility]                       # edge_runtime.eligibility.EligibilityPolicy
+    min_battery_percent = 40
+
+    [probe]
+    root = "/"                          # where sysfs/procfs are read
+
+    [agent]
+    checkin_s = 60
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .configfile import load_config
+from .device import LocalData
+from .eligibility import EligibilityPolicy
+from .errors import ConfigError, DatasetError
+from .transport.mqtt import MqttSettings
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    npz: str = ""  # one file with x_train, y_train, x_test, y_test
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    root: str = "/"
+    check_interval_s: float = 0.5  # during training, facts are re-read at most this often (seconds)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    checkin_s: float = 60.0  # check in this often unless the coordinator paces us (seconds)
+    republish_s: float = 10.0  # resend unacknowledged updates this often (seconds)
+    fetch_timeout_s: float = 300.0  # give up a model download after this (seconds)
+    poll_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    device_id: str
+    state_dir: str = "fedge-state"
+    backend: str = "auto"
+    seed: int = 0
+    broker: MqttSettings = field(default_factory=MqttSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+    def __post_init__(self) -> None:
+        if not self.device_id or any(c in self.device_id for c in "/+#\0") or self.device_id == "coordinator":
+            raise ConfigError(f"device_id {self.device_id!r}: non-empty, no / + # NUL, and not 'coordinator'")
+        if self.broker.username and self.broker.username != self.device_id:
+            raise ConfigError(f"broker.username {self.broker.username!r} must equal device_id {self.device_id!r}: "
+                              "the broker uses the username as client id and the ACL keys topics on it")
+        if not self.data.npz:
+            raise ConfigError("[data] npz = PATH is required: the device's own examples (x_train, y_train, x_test, y_test)")
+
+
+def load_device_config(path: str | Path) -> DeviceConfig:
+    return load_config(DeviceConfig, path)
+
+
+def load_local_data(path: str | Path) -> LocalData:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            arrays = {k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such data file") from None
+    except KeyError as exc:
+        raise DatasetError(f"{path}: missing array {exc}; need x_train, y_train, x_test, y_test") from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
+    return LocalData(arrays["x_train"].astype(np.float32), arrays["y_train"].astype(np.int64),
+                     arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64))

@@ -1,0 +1,46 @@
+"""`fedge device run`: build a device from its config and run its loop until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+from .agent import DeviceAgent
+from .clock import SystemClock
+from .device import DeviceRuntime
+from .device_config import DeviceConfig, load_local_data
+from .eligibility_monitor import EligibilityMonitor
+from .loop import AgentLoop
+from .probes import SystemProbe
+from .transport.mqtt import MqttTransport
+
+log = logging.getLogger("fedge.device")
+
+
+def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, MqttTransport]:
+    clock = clock or SystemClock()
+    monitor = EligibilityMonitor(probe or SystemProbe(root=cfg.probe.root), cfg.eligibility, clock,
+                                 check_interval_s=cfg.probe.check_interval_s, name=cfg.device_id)
+    state = Path(cfg.state_dir)
+    artifacts = state / cfg.device_id / "artifacts"
+    models = {d.name: d for d in artifacts.iterdir() if (d / "manifest.json").exists()} if artifacts.exists() else {}
+    runtime = DeviceRuntime(cfg.device_id, load_local_data(cfg.data.npz), models, state, backend=cfg.backend,
+                            eligibility=monitor.before, abort_check=monitor.during, seed=cfg.seed)
+    transport = MqttTransport(cfg.device_id, cfg.broker, will=DeviceAgent.last_will(cfg.device_id))
+    agent = DeviceAgent(runtime, transport, clock, artifacts_dir=artifacts, republish_s=cfg.agent.republish_s,
+                        checkin_s=cfg.agent.checkin_s, fetch_timeout_s=cfg.agent.fetch_timeout_s)
+    return AgentLoop(agent, clock, poll_s=cfg.agent.poll_s), transport
+
+
+def run_device(cfg: DeviceConfig) -> int:
+    loop, transport = build_device(cfg)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop())
+    log.info("device %s: connecting to %s", cfg.device_id, cfg.broker.url)
+    transport.connect(timeout=0)  # the loop waits for the link; paho keeps retrying with backoff
+    try:
+        loop.run()
+    finally:
+        transport.close()
+    return 0

@@ -1,0 +1,236 @@
+"""Test fleets for the coordinator: a Coordinator, real device agents and hand-driven devices
+over one in-memory broker and one manual clock, plus helpers that craft bad payloads."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from coordinator.config import CoordinatorConfig
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.server import Coordinator
+from coordinator.store import RoundStore
+from coordinator.strategies import make_strategy
+from edge_runtime.agent import DeviceAgent
+from edge_runtime.clock import ManualClock
+from edge_runtime.codec import HEADER_SIZE, TRAILER_SIZE, decode_message, encode_message
+from edge_runtime.compress import CompressedTensor, decompress_update
+from edge_runtime.device import DeviceRuntime, LocalData
+from edge_runtime.protocol import (Ack, CheckIn, CompressionSpec, Pace, TaskHyper, TrainTask, Update,
+                                   all_devices_topic, device_topic)
+from edge_runtime.transport.memory import InMemoryBroker
+from edge_runtime.update_codec import decode_tensors, encode_dense, encode_tensors
+
+from tests.tiny_model import CLASSES, FEATURES
+
+HYPER = TaskHyper(epochs=2, batch_size=8, lr=0.1)
+EXACT = CompressionSpec(quant_bits=32)  # fp32, dense: the wire carries the delta exactly
+
+
+@dataclass
+class Fleet:
+    broker: InMemoryBroker
+    coordinator: Coordinator
+    clock: ManualClock
+    agents: list[DeviceAgent]
+    spy: object  # a client that sees every update and task on the wire
+    model: tuple  # (artifact dir, manifest, runtime)
+    wire: list = field(default_factory=list)  # decoded messages the spy saw
+
+    def drain(self) -> None:
+        """Deliver messages until every queue is empty."""
+        moved = True
+        while moved:
+            moved = False
+            while self.coordinator.pump(0.0):
+                moved = True
+            for agent in self.agents:
+                while agent.poll(0.0):
+                    moved = True
+        while (msg := self.spy.receive(0.0)) is not None:
+            try:
+                self.wire.append(decode_message(msg.payload))
+            except Exception:
+                pass  # crafted garbage
+
+    def updates(self) -> list[Update]:
+        return [m for m in self.wire if isinstance(m, Update)]
+
+    def tasks(self) -> list[TrainTask]:
+        return [m for m in self.wire if isinstance(m, TrainTask)]
+
+    def restart(self, store: RoundStore | None = None, config: CoordinatorConfig | None = None) -> Coordinator:
+        """A new Coordinator on the same broker and clock, as a restarted process would be.
+
+        The old object is dropped without any cleanup (its client id is taken over), like a
+        process killed between two statements."""
+        _, manifest, runtime = self.model
+        cfg = config or self.coordinator.config
+        self.coordinator = Coordinator(self.broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
+                                       runtime.initial("shared"), cfg, clock=self.clock, store=store)
+        self.coordinator.start()
+        return self.coordinator
+
+
+def local_data(rng: np.random.Generator, n: int) -> LocalData:
+    x = rng.normal(size=(n + 6, FEATURES)).astype(np.float32)
+    y = rng.integers(0, CLASSES, size=n + 6)
+    return LocalData(x[:n], y[:n], x[n:], y[n:])
+
+
+def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | None = None,
+               metrics: CoordinatorMetrics | None = None, **config) -> Fleet:
+    art, manifest, runtime = model
+    cfg = CoordinatorConfig(**{"clients_per_round": max(1, len(sizes)), "over_selection": 1.0, "hyper": HYPER,
+                               "compression": EXACT, **config})
+    broker = InMemoryBroker()
+    clock = ManualClock()
+    coordinator = Coordinator(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
+                              runtime.initial("shared"), cfg, clock=clock, store=store, metrics=metrics)
+    coordinator.start()
+    spy = broker.connect("spy")
+    spy.subscribe(all_devices_topic("update"))
+    spy.subscribe(all_devices_topic("task"))
+    rng = np.random.default_rng(0)
+    agents = []
+    for i, n in enumerate(sizes):
+        device = DeviceRuntime(f"dev{i}", local_data(rng, n), {manifest.model_id: art}, tmp_path / "devices",
+                               eligibility=eligibility, seed=i)
+        agents.append(DeviceAgent(device, broker.connect(f"dev{i}"), clock=clock))
+    for agent in agents:
+        agent.start()
+    fleet = Fleet(broker, coordinator, clock, agents, spy, model)
+    fleet.drain()
+    return fleet
+
+
+class ManualDevice:
+    """A device driven by the test: it checks in, reads its task and sends whatever bytes we craft."""
+
+    def __init__(self, fleet: Fleet, device_id: str, num_examples: int, eligible: bool = True):
+        self.id = device_id
+        self.n = num_examples
+        self.t = fleet.broker.connect(device_id)
+        self.t.subscribe(device_topic(device_id, "task"))
+        self.t.subscribe(device_topic(device_id, "ack"))
+        self.inbox: list = []
+        self.check_in(eligible)
+
+    def check_in(self, eligible: bool = True) -> None:
+        self.t.publish(device_topic(self.id, "checkin"),
+                       encode_message(CheckIn(self.id, eligible=eligible, num_examples=self.n)))
+
+    def receive(self) -> None:
+        while (msg := self.t.receive(0.0)) is not None:
+            self.inbox.append(decode_message(msg.payload))
+
+    def discard(self) -> int:
+        """Drop what arrived without decoding it (floods); returns how many messages."""
+        n = 0
+        while self.t.receive(0.0) is not None:
+            n += 1
+        return n
+
+    def task(self) -> TrainTask:
+        self.receive()
+        return [m for m in self.inbox if isinstance(m, TrainTask)][-1]
+
+    def acks(self) -> list[tuple[bool, str]]:
+        self.receive()
+        return [(m.accepted, m.reason) for m in self.inbox if isinstance(m, Ack)]
+
+    def paces(self) -> list[Pace]:
+        self.receive()
+        return [m for m in self.inbox if isinstance(m, Pace)]
+
+    def update(self, delta, update_id="u1", **changes) -> Update:
+        task = self.task()
+        fields = dict(device_id=self.id, round_id=task.round_id, task_id=task.task_id, update_id=update_id,
+                      model_id=task.model_id, base_version=task.model_version, num_examples=self.n,
+                      payload=encode_dense(delta))
+        return Update(**{**fields, **changes})
+
+    def send(self, payload: bytes, on: str | None = None, channel: str = "update") -> None:
+        self.t.publish(device_topic(on or self.id, channel), payload)
+
+
+def copy_params(params):
+    return {k: np.array(v, copy=True) for k, v in params.items()}
+
+
+def fedavg_oracle(old, updates: list[Update]) -> dict[str, np.ndarray]:
+    """old + sum_i n_i * delta_i / sum_i n_i, in float64, from the bytes that crossed the wire."""
+    total = sum(u.num_examples for u in updates)
+    out = {}
+    for name, value in old.items():
+        acc = np.zeros(value.shape, np.float64)
+        for u in updates:
+            acc += u.num_examples * decompress_update(decode_tensors(u.payload))[name].astype(np.float64)
+        out[name] = value.astype(np.float64) + acc / total
+    return out
+
+
+def assert_params(got, want):
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def random_delta(shapes, rng, scale=0.01):
+    return {k: (scale * rng.normal(size=s)).astype(np.float32) for k, s in shapes.items()}
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def reframe(frame: bytes, version: int) -> bytes:
+    """The same message frame with another schema version and a valid checksum."""
+    head = frame[:4] + struct.pack("<H", version) + frame[6:HEADER_SIZE]
+    return with_crc(head + frame[HEADER_SIZE:-TRAILER_SIZE])
+
+
+def nan_payload(delta, value: float = float("nan")) -> bytes:
+    """A dense fp32 update frame with one NaN (or Inf), built by patching bytes (CompressedTensor refuses them)."""
+    marked = copy_params(delta)
+    name = sorted(marked)[0]
+    marked[name].flat[0] = 12345.5
+    frame = encode_dense(marked)
+    at = frame.index(struct.pack("<f", 12345.5))
+    body = frame[:at] + struct.pack("<f", value) + frame[at + 4 : -4]
+    return with_crc(body)
+
+
+def bad_shape_payload(delta) -> bytes:
+    name = sorted(delta)[0]
+    tensors = []
+    for n in sorted(delta):
+        flat = delta[n].ravel().astype(np.float32)
+        shape = (flat.size,) if n == name else delta[n].shape  # right size, wrong shape
+        tensors.append(CompressedTensor(n, tuple(int(d) for d in shape), 32, 0.0, None, flat))
+    assert tuple(tensors[0].shape) != delta[name].shape
+    return encode_tensors(tensors)
+
+
+def out_of_range_index_payload(delta) -> bytes:
+    """A top-k sparse frame whose last index points past its tensor (CompressedTensor refuses
+    that, so the index is patched into valid bytes with a fresh CRC)."""
+    tensors = []
+    for n in sorted(delta):
+        flat = delta[n].ravel().astype(np.float32)
+        keep = np.arange(0, flat.size, 2, dtype=np.uint32)
+        tensors.append(CompressedTensor(n, tuple(int(d) for d in delta[n].shape), 32, 0.0, keep, flat[keep]))
+    frame = encode_tensors(tensors)
+    first = tensors[0]
+    last = struct.pack("<I", int(first.indices[-1]))
+    at = frame.index(struct.pack(f"<{first.indices.size}I", *first.indices.tolist())) + 4 * (first.indices.size - 1)
+    assert frame[at:at + 4] == last
+    body = frame[:at] + struct.pack("<I", 10 ** 6) + frame[at + 4 : -4]
+    return with_crc(body)
+
+
+def decoded(update: Update):
+    return decompress_update(decode_tensors(update.payload))

@@ -1,0 +1,111 @@
+"""Prometheus series after real rounds, read from the text exposition a scraper would see."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from coordinator.metrics import CoordinatorMetrics, serve_metrics
+from edge_runtime.codec import encode_message
+from edge_runtime.protocol import FetchRequest
+
+from tests.coordinator.fleet import ManualDevice, make_fleet
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def _samples(registry) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} parsed back from the exposition text."""
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_series_after_a_committed_and_an_abandoned_round(model, tmp_path):
+    why = {"now": None}
+    fleet = make_fleet(model, tmp_path, sizes=(10, 20, 35), eligibility=lambda: why["now"])
+    c = fleet.coordinator
+    assert c.begin_round()
+    fleet.drain()
+    fleet.clock.advance(12.0)
+    assert c.tick().committed
+    why["now"] = "battery_low"
+    assert c.begin_round()
+    fleet.drain()
+    assert not c.tick().committed
+    garbage = ManualDevice(fleet, "noise", 1)
+    garbage.send(b"\x00" * 40)
+    fleet.drain()
+
+    s = _samples(c.metrics.registry)
+    assert s[("fedge_rounds_total", (("outcome", "committed"),))] == 1
+    assert s[("fedge_rounds_total", (("outcome", "abandoned"),))] == 1
+    assert s[("fedge_round_participants", ())] == 0  # the last round, the abandoned one
+    assert s[("fedge_participants_total", ())] == 3
+    assert s[("fedge_updates_accepted_total", ())] == 3
+    assert s[("fedge_declines_total", (("reason", "battery_low"),))] == 3
+    assert s[("fedge_rejections_total", (("reason", "malformed"),))] == 1
+    assert s[("fedge_round_id", ())] == 2 and s[("fedge_round_open", ())] == 0
+    assert s[("fedge_model_version", ())] == 1
+    assert s[("fedge_devices_registered", ())] == 4 and s[("fedge_devices_eligible", ())] == 4
+    assert s[("fedge_round_duration_seconds_count", ())] == 2
+    assert s[("fedge_round_duration_seconds_sum", ())] == pytest.approx(12.0)
+    assert s[("fedge_round_duration_seconds_bucket", (("le", "15.0"),))] == 2
+    assert s[("fedge_round_duration_seconds_bucket", (("le", "5.0"),))] == 1
+    assert s[("fedge_pace_total", (("reason", "no_round"),))] == 4
+    assert s[("fedge_pace_total", (("reason", "declined"),))] == 3
+    # Bytes: every payload the coordinator's client sent or got, as the broker counted them.
+    stats = fleet.broker.stats("coordinator")
+    assert s[("fedge_bytes_down_total", ())] == stats.bytes_published
+    assert s[("fedge_bytes_up_total", ())] == stats.bytes_received
+    round_bytes = sum(r.bytes_down for r in c.history)
+    assert 0 < round_bytes < stats.bytes_published
+
+
+def test_each_coordinator_has_its_own_registry(model, tmp_path):
+    first = make_fleet(model, tmp_path / "a", sizes=(5,))
+    second = make_fleet(model, tmp_path / "b", sizes=(5, 6))
+    assert first.coordinator.metrics.registry is not second.coordinator.metrics.registry
+    assert _samples(first.coordinator.metrics.registry)[("fedge_devices_registered", ())] == 1
+    assert _samples(second.coordinator.metrics.registry)[("fedge_devices_registered", ())] == 2
+
+
+def test_device_chosen_decline_reasons_cannot_grow_the_label_set_without_bound():
+    m = CoordinatorMetrics()
+    for i in range(500):
+        m.declined(f"reason-{i} with spaces/and{{braces}}")
+    m.declined("battery_low")
+    labels = {s.labels["reason"] for f in text_string_to_metric_families(generate_latest(m.registry).decode())
+              if f.name == "fedge_declines" for s in f.samples if s.name.endswith("_total")}
+    assert len(labels) == 65 and "other" in labels and "battery_low" not in labels
+    assert all(len(label) <= 48 and " " not in label and "{" not in label for label in labels)
+
+
+def test_serve_metrics_exposes_the_registry_over_http(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=(5,))
+    server, thread = serve_metrics(fleet.coordinator.metrics.registry, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert "fedge_devices_registered 1.0" in body
+        assert "python_gc_objects_collected_total" not in body  # not the process-global registry
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_fetch_without_artifacts_is_a_counted_rejection(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=())  # artifacts_dir unset
+    dev = ManualDevice(fleet, "pi", 1)
+    dev.send(encode_message(FetchRequest("pi", fleet.coordinator.manifest.model_id)), channel="fetch")
+    fleet.drain()
+    s = _samples(fleet.coordinator.metrics.registry)
+    assert s[("fedge_rejections_total", (("reason", "artifact_unavailable"),))] == 1

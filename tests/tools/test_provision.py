@@ -1,0 +1,220 @@
+"""tools.provision and the password/certificate helpers behind it."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.protocol import device_topic
+from tests.mqtt_fixtures import RawClient
+from tools import provision
+from tools.broker.config import BrokerConfig
+from tools.broker.passwd import (
+    hash_password,
+    read_password_file,
+    remove_user,
+    upsert_password,
+    verify_password,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    provision.add_arguments(parser)
+    return provision.run(parser.parse_args(list(argv)))
+
+
+# -- password hashes ---------------------------------------------------------------------------
+
+def test_hash_has_mosquitto_2_shape():
+    _, seven, iterations, salt, key = hash_password("secret").split("$")
+    assert (seven, iterations) == ("7", "101")
+    assert len(base64.b64decode(salt)) == 12 and len(base64.b64decode(key)) == 64
+    assert hash_password("secret") != hash_password("secret")  # fresh salt each time
+
+
+def test_hash_is_deterministic_for_a_given_salt():
+    encoded = hash_password("pw", salt=b"\x00" * 12, iterations=5)
+    assert encoded == hash_password("pw", salt=b"\x00" * 12, iterations=5)
+    assert verify_password("pw", encoded) and not verify_password("pW", encoded)
+    assert not verify_password("pw", "$7$garbage") and not verify_password("pw", "plain")
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd (apt-get install mosquitto)")
+def test_hash_matches_mosquitto_passwd(tmp_path):
+    """Oracle: the real tool's line, checked with our PBKDF2; and our format, field by field."""
+    pw = tmp_path / "pw"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "alice", "s3cret"], check=True)
+    theirs = read_password_file(pw)["alice"]
+    assert verify_password("s3cret", theirs) and not verify_password("other", theirs)
+    ours = hash_password("s3cret")
+    assert [len(p) for p in ours.split("$")] == [len(p) for p in theirs.split("$")]
+    assert ours.split("$")[:3] == theirs.split("$")[:3]
+
+
+def test_upsert_adds_replaces_and_keeps_others(tmp_path):
+    pw = tmp_path / "sub" / "passwd"
+    upsert_password(pw, "a", "1")
+    upsert_password(pw, "b", "2")
+    upsert_password(pw, "a", "3")
+    users = read_password_file(pw)
+    assert list(users) == ["a", "b"]
+    assert verify_password("3", users["a"]) and verify_password("2", users["b"])
+    assert _mode(pw) == 0o600
+    assert [p.name for p in pw.parent.iterdir()] == ["passwd"]  # no temp file left behind
+    assert remove_user(pw, "a") and not remove_user(pw, "a")
+    assert list(read_password_file(pw)) == ["b"]
+    with pytest.raises(ConfigError):
+        upsert_password(pw, "x:y", "1")
+
+
+@pytest.mark.mosquitto
+def test_broker_accepts_python_hashes(mosquitto_factory, tmp_path):
+    pw = tmp_path / "passwd"
+    upsert_password(pw, "pi-a", "default-iterations")
+    upsert_password(pw, "pi-b", "more-iterations", iterations=1000)
+    broker = mosquitto_factory(BrokerConfig(password_file=str(pw)))
+    for user, password in (("pi-a", "default-iterations"), ("pi-b", "more-iterations")):
+        c = RawClient(broker.host, broker.port, username=user, password=password)
+        assert c.connect(), user
+        c.close()
+    c = RawClient(broker.host, broker.port, username="pi-a", password="more-iterations")
+    assert not c.connect()
+
+
+# -- device ids --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["", "a/b", "a+", "#", "a\0b", "coordinator", "a:b", "a b", "x" * 65, "t\tab"])
+def test_invalid_device_ids(bad):
+    with pytest.raises(ConfigError):
+        provision.validate_device_id(bad)
+
+
+def test_valid_device_id():
+    assert provision.validate_device_id("pi-007") == "pi-007"
+
+
+# -- certificates ------------------------------------------------------------------------------
+
+def test_certificates(tmp_path):
+    x509 = pytest.importorskip("cryptography.x509")
+    from tools.broker.certs import common_name
+
+    ca = provision.create_ca(tmp_path / "ca")
+    server = provision.issue_server_cert(ca, ["broker.lan", "10.0.0.5"], tmp_path / "srv")
+    device = provision.issue_device_cert(ca, "pi-007", tmp_path / "dev")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    for files in (server, device):
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        cert.verify_directly_issued_by(ca_cert)
+        assert _mode(files.key) == 0o600
+    assert _mode(ca.key) == 0o600
+    assert common_name(device.cert) == "pi-007"
+    san = x509.load_pem_x509_certificate(server.cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["broker.lan"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    with pytest.raises(ConfigError, match="refusing"):
+        provision.issue_device_cert(ca, "pi-007", tmp_path / "dev")
+    with pytest.raises(ConfigError):
+        provision.issue_device_cert(ca, "coordinator", tmp_path / "dev")
+    with pytest.raises(ConfigError):
+        provision.create_ca(tmp_path / "ca")
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+def test_cli_password_identities(tmp_path):
+    pw, out = tmp_path / "etc" / "passwd", tmp_path / "creds"
+    assert _cli("device", "--id", "pi-007", "--passwd-file", str(pw), "--out", str(out)) == 0
+    assert _cli("coordinator", "--passwd-file", str(pw), "--out", str(out), "--url", "mqtt://h:1") == 0
+    users = read_password_file(pw)
+    for user in ("pi-007", "coordinator"):
+        creds = tomllib.loads((out / f"{user}.toml").read_text())["broker"]
+        assert creds["username"] == user
+        assert verify_password(creds["password"], users[user])
+        assert _mode(out / f"{user}.toml") == 0o600
+    assert tomllib.loads((out / "coordinator.toml").read_text())["broker"]["url"] == "mqtt://h:1"
+    with pytest.raises(ConfigError, match="--force"):
+        _cli("device", "--id", "pi-007", "--passwd-file", str(pw), "--out", str(out))
+    old = read_password_file(pw)["pi-007"]
+    assert _cli("device", "--id", "pi-007", "--passwd-file", str(pw), "--out", str(out), "--force") == 0
+    assert read_password_file(pw)["pi-007"] != old  # rotated
+    with pytest.raises(ConfigError):
+        _cli("device", "--id", "bad/id", "--passwd-file", str(pw), "--out", str(out))
+    with pytest.raises(ConfigError):
+        _cli("device", "--id", "pi-008", "--out", str(out))  # neither a password file nor --cert
+
+
+def test_cli_certificate_identity(tmp_path):
+    pytest.importorskip("cryptography")
+    assert _cli("ca", "--out", str(tmp_path / "ca")) == 0
+    out = tmp_path / "bundle"
+    assert _cli("device", "--id", "pi-007", "--cert", "--ca-dir", str(tmp_path / "ca"), "--out", str(out),
+                "--install-dir", "/etc/fedge") == 0
+    creds = tomllib.loads((out / "pi-007.toml").read_text())["broker"]
+    assert creds == {"url": "mqtts://localhost:8883", "ca_file": "/etc/fedge/ca.crt",
+                     "cert_file": "/etc/fedge/pi-007.crt", "key_file": "/etc/fedge/pi-007.key"}
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "pi-007.crt", "pi-007.key", "pi-007.toml"]
+    with pytest.raises(ConfigError):
+        _cli("device", "--id", "pi-008", "--cert", "--out", str(out))  # no CA
+
+
+def test_cli_broker_files(tmp_path):
+    pytest.importorskip("cryptography")
+    _cli("ca", "--out", str(tmp_path / "ca"))
+    out = tmp_path / "etc"
+    assert _cli("broker", "--out", str(out), "--ca-dir", str(tmp_path / "ca"), "--host", "127.0.0.1") == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["ca.crt", "fedge.acl", "mosquitto-dev.conf", "mosquitto-prod.conf", "server.crt", "server.key"]
+    prod = (out / "mosquitto-prod.conf").read_text()
+    assert f"certfile {out.resolve()}/server.crt" in prod and "/etc/mosquitto/fedge/" not in prod
+
+
+@pytest.mark.mosquitto
+def test_provisioned_credentials_work_against_the_broker(mosquitto_factory, tmp_path):
+    pw, out = tmp_path / "passwd", tmp_path / "creds"
+    _cli("device", "--id", "pi-007", "--passwd-file", str(pw), "--out", str(out))
+    broker = mosquitto_factory(BrokerConfig(password_file=str(pw)))
+    creds = tomllib.loads((out / "pi-007.toml").read_text())["broker"]
+    c = RawClient(broker.host, broker.port, username=creds["username"], password=creds["password"])
+    assert c.connect()
+    assert c.publish(device_topic("pi-007", "update"), b"x") == 0x10  # allowed; nobody subscribed
+    c.close()
+
+
+@pytest.mark.mosquitto
+def test_reload_admits_a_newly_provisioned_device(mosquitto_factory, tmp_path):
+    pw, out = tmp_path / "passwd", tmp_path / "creds"
+    upsert_password(pw, "coordinator", "x")
+    broker = mosquitto_factory(BrokerConfig(password_file=str(pw)))
+    _cli("device", "--id", "pi-new", "--passwd-file", str(pw), "--out", str(out))
+    creds = tomllib.loads((out / "pi-new.toml").read_text())["broker"]
+    before = RawClient(broker.host, broker.port, username="pi-new", password=creds["password"])
+    assert not before.connect()  # the broker read its password file at start
+    before.close()
+    broker.reload()  # SIGHUP; no restart, no dropped sessions
+    for _ in range(50):  # the signal is handled asynchronously
+        c = RawClient(broker.host, broker.port, username="pi-new", password=creds["password"])
+        if c.connect():
+            c.close()
+            break
+        c.close()
+    else:
+        pytest.fail("pi-new still refused after SIGHUP")

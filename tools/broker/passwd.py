@@ -1,0 +1,118 @@
+"""Mosquitto password files, written in Python (no mosquitto_passwd needed on the ops machine).
+
+A line is `username:$7$<iterations>$<base64 salt>$<base64 key>`: Mosquitto 2.0's format,
+PBKDF2-HMAC-SHA512 with a 12-byte salt, a 64-byte key and 101 iterations by default, as
+mosquitto_passwd 2.0 writes it (tests check both against the real broker and tool).
+
+Mosquitto 2.0 reads this file after dropping root to the `mosquitto` user, so on a server the
+file must be owned by (or group-readable to) that user; `upsert_password` keeps the owner and
+group of the file it replaces, and always writes mode 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+from edge_runtime.errors import ConfigError
+
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default
+SALT_BYTES = 12
+KEY_BYTES = 64  # a SHA-512 digest
+
+
+def hash_password(password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """The `$7$...` hash Mosquitto 2.0 accepts for `password`."""
+    if iterations < 1:
+        raise ConfigError(f"iterations must be >= 1, got {iterations}")
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    key = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations, KEY_BYTES)
+    return f"$7${iterations}${_b64(salt)}${_b64(key)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """True if `password` matches a `$7$` (2.0) or `$6$` (1.x, salted SHA-512) hash."""
+    parts = encoded.split("$")
+    try:
+        if len(parts) == 5 and parts[1] == "7":
+            salt, key = base64.b64decode(parts[3]), base64.b64decode(parts[4])
+            got = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, int(parts[2]), len(key))
+            return hmac.compare_digest(got, key)
+        if len(parts) == 4 and parts[1] == "6":
+            salt, key = base64.b64decode(parts[2]), base64.b64decode(parts[3])
+            return hmac.compare_digest(hashlib.sha512(password.encode("utf-8") + salt).digest(), key)
+    except ValueError:  # bad base64 or iteration count
+        return False
+    return False
+
+
+def generate_password(nbytes: int = 24) -> str:
+    """A random password, URL-safe (no quoting needed in TOML or shells)."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def read_password_file(path: str | Path) -> dict[str, str]:
+    """username -> hash, in file order; a missing file is empty."""
+    users: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return users
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, encoded = line.partition(":")
+            users[name] = encoded
+    return users
+
+
+def upsert_password(path: str | Path, username: str, password: str, *,
+                    iterations: int = PBKDF2_ITERATIONS) -> None:
+    """Add `username` to the password file, or replace its hash; atomic, mode 0600."""
+    _check_username(username)
+    users = read_password_file(path)
+    users[username] = hash_password(password, iterations=iterations)
+    write_private_file(path, "".join(f"{u}:{h}\n" for u, h in users.items()))
+
+
+def remove_user(path: str | Path, username: str) -> bool:
+    """Drop `username` from the password file; False if it was not there."""
+    users = read_password_file(path)
+    if users.pop(username, None) is None:
+        return False
+    write_private_file(path, "".join(f"{u}:{h}\n" for u, h in users.items()))
+    return True
+
+
+def _check_username(username: str) -> None:
+    if not username or any(c in username for c in ":\n\r\0"):
+        raise ConfigError(f"invalid broker username {username!r}: must be non-empty, without ':' or line breaks")
+
+
+def write_private_file(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically, mode 0600, keeping the owner of a file it replaces
+    (a reader, e.g. a reloading broker, sees the old file or the new one, never half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.stat() if path.exists() else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        if old is not None and os.geteuid() == 0:
+            os.chown(tmp, old.st_uid, old.st_gid)  # keep it readable by the mosquitto user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

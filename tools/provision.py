@@ -1,0 +1,221 @@
+"""`fedge provision`: identities and broker credentials for devices and the coordinator.
+
+    fedge provision ca --out ca/
+    fedge provision broker --out etc/ [--ca-dir ca/ --host broker.lan --host 10.0.0.5]
+    fedge provision device --id pi-007 --passwd-file etc/passwd --out creds/ [--url mqtts://broker.lan:8884 --ca-dir ca/]
+    fedge provision device --id pi-007 --cert --ca-dir ca/ --out creds/ [--url mqtts://broker.lan:8883]
+    fedge provision coordinator --passwd-file etc/passwd --out creds/
+
+A device's broker username is its id: the ACL (tools/broker/files/fedge.acl) lets user `d`
+use only the topics fedge/v1/devices/d/..., and with a certificate the CN is that username.
+Each identity gets `<id>.toml`, a [broker] table for the device or coordinator config:
+    url, username, password            (password identities)
+    url, ca_file, cert_file, key_file  (certificate identities; the CN is the username)
+    ca_file                            (also for a password identity on an mqtts:// url)
+Private files (keys, credentials, the password file) are written mode 0600.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.protocol import device_topic
+from tools.broker.config import COORDINATOR_USER, SHIPPED, shipped_text
+from tools.broker.passwd import generate_password, upsert_password, write_private_file
+
+MAX_ID_LEN = 64  # an X.509 Common Name holds at most 64 characters
+DEV_URL = "mqtt://127.0.0.1:1883"  # mosquitto-dev.conf
+PROD_PASSWORD_URL = "mqtts://localhost:8884"  # mosquitto-prod.conf, password listener
+PROD_CERT_URL = "mqtts://localhost:8883"  # mosquitto-prod.conf, client-certificate listener
+
+
+def validate_device_id(device_id: str) -> str:
+    """`device_id` if it can be a topic level, a broker username and a certificate CN."""
+    try:
+        device_topic(device_id, "update")  # the protocol's rule: non-empty, no / + # NUL
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if device_id == COORDINATOR_USER:
+        raise ConfigError(f"{COORDINATOR_USER!r} is the coordinator's broker user; pick another device id")
+    if len(device_id) > MAX_ID_LEN or any(c == ":" or c.isspace() or not c.isprintable() for c in device_id):
+        raise ConfigError(f"invalid device id {device_id!r}: at most {MAX_ID_LEN} printable characters, "
+                          "no spaces and no ':'")
+    return device_id
+
+
+# -- certificates (cryptography is imported only when one is asked for) ---------------------
+
+def create_ca(directory: str | Path, *, name: str = "fedge CA", overwrite: bool = False):
+    """A new CA in `directory` (ca.crt, ca.key); returns its CertFiles."""
+    from tools.broker.certs import create_ca as _create_ca
+
+    return _create_ca(directory, name=name, overwrite=overwrite)
+
+
+def load_ca(directory: str | Path):
+    from tools.broker.certs import CertFiles
+
+    ca = CertFiles(Path(directory) / "ca.crt", Path(directory) / "ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        raise ConfigError(f"no CA in {directory} (expected ca.crt and ca.key; make one with `fedge provision ca`)")
+    return ca
+
+
+def issue_server_cert(ca, hosts, directory: str | Path, *, overwrite: bool = False):
+    """The broker's certificate (server.crt, server.key) for `hosts` (names and IPs)."""
+    from tools.broker.certs import issue_server_cert as _issue
+
+    return _issue(ca, list(hosts), directory, overwrite=overwrite)
+
+
+def issue_device_cert(ca, device_id: str, directory: str | Path, *, overwrite: bool = False):
+    """A client certificate with CN = `device_id`, which Mosquitto then uses as the username."""
+    from tools.broker.certs import issue_client_cert
+
+    return issue_client_cert(ca, validate_device_id(device_id), directory, overwrite=overwrite)
+
+
+def issue_coordinator_cert(ca, directory: str | Path, *, overwrite: bool = False):
+    from tools.broker.certs import issue_client_cert
+
+    return issue_client_cert(ca, COORDINATOR_USER, directory, overwrite=overwrite)
+
+
+# -- identities ----------------------------------------------------------------------------
+
+def provision_password(username: str, passwd_file: str | Path, out_dir: str | Path, *, url: str = DEV_URL,
+                       ca_file: str | None = None, password: str | None = None, overwrite: bool = False) -> Path:
+    """Give `username` a random password in `passwd_file`; write `<username>.toml` to `out_dir`."""
+    creds = _creds_path(out_dir, username, overwrite)
+    password = password or generate_password()
+    upsert_password(passwd_file, username, password)
+    table = {"url": url, "username": username, "password": password}
+    if ca_file:
+        table["ca_file"] = ca_file
+    write_private_file(creds, credentials_toml(username, table))
+    return creds
+
+
+def provision_cert(username: str, ca_dir: str | Path, out_dir: str | Path, *, url: str = PROD_CERT_URL,
+                   install_dir: str | None = None, overwrite: bool = False) -> Path:
+    """Issue `username`'s certificate into `out_dir` with a copy of the CA certificate and
+    `<username>.toml`; paths in it point at `install_dir` (where the bundle will live)."""
+    out = Path(out_dir)
+    creds = _creds_path(out, username, overwrite)
+    ca = load_ca(ca_dir)
+    if username == COORDINATOR_USER:
+        files = issue_coordinator_cert(ca, out, overwrite=overwrite)
+    else:
+        files = issue_device_cert(ca, username, out, overwrite=overwrite)
+    if ca.cert.resolve() != (out / "ca.crt").resolve():
+        shutil.copyfile(ca.cert, out / "ca.crt")
+    where = Path(install_dir) if install_dir else out.resolve()
+    table = {"url": url, "ca_file": str(where / "ca.crt"), "cert_file": str(where / files.cert.name),
+             "key_file": str(where / files.key.name)}
+    write_private_file(creds, credentials_toml(username, table))
+    return creds
+
+
+def credentials_toml(username: str, table: dict[str, str]) -> str:
+    # json.dumps of a str is a valid TOML basic string
+    body = "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+    return (f"# Broker credentials for {username!r}, written by `fedge provision`. Secret: keep mode 0600.\n"
+            f"[broker]\n{body}")
+
+
+def write_broker_files(out_dir: str | Path, *, conf_dir: str | None = None, data_dir: str | None = None) -> list[Path]:
+    """The shipped configs and ACL, with their paths rewritten for `conf_dir` and `data_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conf_dir = conf_dir or str(out.resolve())
+    data_dir = data_dir or str(Path(conf_dir) / "data")
+    written = []
+    for name in SHIPPED:
+        (out / name).write_text(shipped_text(name, conf_dir, data_dir), encoding="utf-8")
+        written.append(out / name)
+    return written
+
+
+def _creds_path(out_dir: str | Path, username: str, overwrite: bool) -> Path:
+    path = Path(out_dir) / f"{username}.toml"
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} exists; pass --force to issue new credentials (the old ones stop working)")
+    return path
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="provision", required=True)
+
+    p = sub.add_parser("ca", help="create the certificate authority for mutual TLS")
+    p.add_argument("--out", required=True, help="directory for ca.crt and ca.key")
+    p.add_argument("--name", default="fedge CA", help="the CA's common name")
+    p.add_argument("--force", action="store_true", help="replace an existing CA (every issued cert stops working)")
+
+    p = sub.add_parser("broker", help="write the Mosquitto configs and ACL (and, with --ca-dir, the server cert)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--conf-dir", help="where the files will be installed (default: --out)")
+    p.add_argument("--data-dir", help="persistence directory (default: CONF_DIR/data)")
+    p.add_argument("--ca-dir", help="issue server.crt/server.key from this CA and copy ca.crt")
+    p.add_argument("--host", action="append", default=[], help="broker DNS name or IP for the server cert (repeat)")
+    p.add_argument("--force", action="store_true", help="replace an existing server key")
+
+    for name, what in (("device", "a device"), ("coordinator", "the coordinator")):
+        p = sub.add_parser(name, help=f"credentials for {what}: a password entry, or a client certificate")
+        if name == "device":
+            p.add_argument("--id", required=True, dest="device_id", help="device id (= broker username, cert CN)")
+        p.add_argument("--out", required=True, help="directory for <id>.toml (and the cert, key, ca.crt)")
+        p.add_argument("--passwd-file", help="Mosquitto password file to add the user to (created if missing)")
+        p.add_argument("--cert", action="store_true", help="issue a client certificate instead of a password")
+        p.add_argument("--ca-dir", help="the CA (for --cert; with a password, adds ca_file for mqtts://)")
+        p.add_argument("--url", help=f"broker url for the credentials (default {DEV_URL}, or {PROD_CERT_URL} "
+                                     "with --cert)")
+        p.add_argument("--install-dir", help="where the cert bundle will live on the target (paths in the .toml)")
+        p.add_argument("--force", action="store_true", help="replace existing credentials")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.provision == "ca":
+        ca = create_ca(args.out, name=args.name, overwrite=args.force)
+        print(f"CA written: {ca.cert} (share) and {ca.key} (keep offline)")
+        return 0
+    if args.provision == "broker":
+        for path in write_broker_files(args.out, conf_dir=args.conf_dir, data_dir=args.data_dir):
+            print(f"wrote {path}")
+        if args.ca_dir:
+            if not args.host:
+                raise ConfigError("--ca-dir needs at least one --host for the server certificate")
+            ca = load_ca(args.ca_dir)
+            files = issue_server_cert(ca, args.host, args.out, overwrite=args.force)
+            shutil.copyfile(ca.cert, Path(args.out) / "ca.crt")
+            print(f"wrote {files.cert}, {files.key} and {Path(args.out) / 'ca.crt'}")
+        return 0
+    username = validate_device_id(args.device_id) if args.provision == "device" else COORDINATOR_USER
+    if args.cert:
+        if not args.ca_dir:
+            raise ConfigError("--cert needs --ca-dir (make a CA with `fedge provision ca`)")
+        if args.passwd_file:
+            raise ConfigError("choose --cert or --passwd-file: the certificate listener ignores passwords")
+        creds = provision_cert(username, args.ca_dir, args.out, url=args.url or PROD_CERT_URL,
+                               install_dir=args.install_dir, overwrite=args.force)
+    else:
+        if not args.passwd_file:
+            raise ConfigError("give --passwd-file (password identity) or --cert --ca-dir (certificate identity)")
+        ca_file = None
+        if args.ca_dir:  # only the CA's certificate is needed, to verify the broker
+            ca_cert = Path(args.ca_dir) / "ca.crt"
+            if not ca_cert.exists():
+                raise ConfigError(f"no {ca_cert}; make a CA with `fedge provision ca`")
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ca_cert, Path(args.out) / "ca.crt")
+            ca_file = str(Path(args.install_dir or Path(args.out).resolve()) / "ca.crt")
+        creds = provision_password(username, args.passwd_file, args.out, url=args.url or DEV_URL,
+                                   ca_file=ca_file, overwrite=args.force)
+        print(f"{username}: added to {args.passwd_file} (reload the broker: kill -HUP its pid)")
+    print(f"{username}: credentials in {creds} (secret)")
+    return 0
