@@ -7,7 +7,7 @@
 
     [service]
     min_devices = 2                # eligible devices needed before a round begins
-    rounds = 0                     # stop after this many committed rounds; 0 = serve forever
+    rounds = 0                     # exit once the model has this many committed rounds (version); 0 = forever
     round_pause_s = 0.0
 
     [coordinator]                  # coordinator.config.CoordinatorConfig
@@ -36,7 +36,7 @@ from .config import CoordinatorConfig
 from .loop import CoordinatorLoop
 from .metrics import CoordinatorMetrics, serve_metrics
 from .server import Coordinator
-from .store import RoundStore
+from .store import open_store
 from .strategies import make_strategy
 
 log = logging.getLogger("fedge.coordinator")
@@ -45,7 +45,7 @@ log = logging.getLogger("fedge.coordinator")
 @dataclass(frozen=True)
 class ServiceSettings:
     min_devices: int = 1
-    rounds: int = 0  # committed rounds to run before exiting; 0 = forever
+    rounds: int = 0  # exit once the global model's version (committed rounds, across restarts) reaches this; 0 = never
     round_pause_s: float = 0.0
     client_id: str = "coordinator"
 
@@ -74,18 +74,15 @@ def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
     manifest = load_manifest(art, verify=True)
     with np.load(art / "params_init.npz", allow_pickle=False) as data:
         initial = {p.name: data[p.name] for p in manifest.by_role("shared")}
-    store = RoundStore(cfg.coordinator.state_db) if cfg.coordinator.state_db else None
+    store = open_store(cfg.coordinator)
     metrics = CoordinatorMetrics()
     transport = MqttTransport(cfg.service.client_id, cfg.broker)
     coordinator = Coordinator(transport, make_strategy(cfg.coordinator.strategy, cfg.coordinator.hyper), manifest,
                               initial, cfg.coordinator, store=store, metrics=metrics)
-    committed = []
     target = cfg.service.rounds
 
     def should_stop(record) -> bool:
-        if record.committed:
-            committed.append(record.round_id)
-        return bool(target) and len(committed) >= target
+        return bool(target) and coordinator.state.version >= target
 
     loop = CoordinatorLoop(coordinator, min_devices=cfg.service.min_devices, round_pause_s=cfg.service.round_pause_s,
                            should_stop=should_stop)
@@ -101,6 +98,10 @@ def run_service(cfg: ServiceConfig) -> int:
         signal.signal(sig, lambda *_: loop.stop())
     log.info("coordinator: model %s v%d, connecting to %s", coordinator.manifest.model_id, coordinator.state.version,
              cfg.broker.url)
+    if cfg.service.rounds and coordinator.state.version >= cfg.service.rounds:
+        log.info("coordinator: model already at version %d >= [service] rounds = %d; nothing to do",
+                 coordinator.state.version, cfg.service.rounds)
+        return 0
     coordinator.transport.connect(timeout=0)
     try:
         loop.run()

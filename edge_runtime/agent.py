@@ -55,6 +55,7 @@ class DeviceAgent:
         self.next_checkin = float("inf")
         self.next_republish = float("inf")
         self.last_pace: Pace | None = None
+        self.started = False
 
     @property
     def device_id(self) -> str:
@@ -73,6 +74,7 @@ class DeviceAgent:
                                qos=1, retain=True)
         self.check_in()
         self.republish_pending()  # left over from before a restart
+        self.started = True
 
     def on_reconnect(self) -> None:
         """The link came back: the broker may have lost anything in flight, so resend."""

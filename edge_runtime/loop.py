@@ -53,8 +53,16 @@ class AgentLoop:
         self.stop_event.set()
 
     def _start(self) -> bool:
+        if self.agent.started:
+            return True
         try:
             self.agent.start()
             return True
-        except NotConnected:
+        except (NotConnected, ConnectionLost) as exc:
+            log.info("device %s: not started yet: %s", self.agent.device_id, exc)
+            return False
+        except TransportError as exc:  # e.g. no SUBACK in time from an overloaded broker
+            if getattr(self.agent.transport, "closed", False):
+                raise
+            log.warning("device %s: start failed, retrying: %s", self.agent.device_id, exc)
             return False

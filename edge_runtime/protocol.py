@@ -17,7 +17,7 @@ Topic scheme (version 1; `{d}` is a device id):
 
 The task channel also carries Pace (when to check in again). A device may publish only on
 its own checkin/update/status/fetch topics and read only its own task/ack/artifact topics
-and the announcement; the shipped Mosquitto ACL (deploy/mosquitto/) enforces exactly that.
+and the announcement; the shipped Mosquitto ACL (tools/broker/files/fedge.acl) enforces exactly that.
 Messages larger than the broker's maximum packet size travel as chunks (transport/chunks.py)
 on the same topic and are reassembled before decoding.
 """

@@ -186,6 +186,10 @@ class MqttTransport(Transport):
         return self._client_id
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 

@@ -1,0 +1,284 @@
+"""`fedge bench mqtt`: one fedge round of N devices over loopback Mosquitto, next to raw paho
+publishing the same update bytes, in the same run.
+
+What is measured:
+  raw_paho_seconds    N paho clients each publish one update-sized message (QoS 1) to its
+                      update topic; one subscriber receives them all. First publish to last
+                      receipt.
+  fedge_round_seconds the coordinator begins a round for all N devices (over-selection 1.0):
+                      N tasks down (each carries the shared params, same size as an update),
+                      N real DeviceAgents answer with an Update of the given size, the
+                      coordinator validates, aggregates and acks each, and commits. begin_round
+                      to the commit.
+  ratio               fedge_round_seconds / raw_paho_seconds (target <= 2: a round moves the
+                      bytes twice, tasks down and updates up, plus validation and acks).
+
+Devices here do not train: each answers its task with a precomputed fp32 update of
+`update_kb` KiB (the training step is benchmarked by `fedge bench train-step`). Everything
+else is the production path: DeviceAgent, codec, MqttTransport, Coordinator validation and
+aggregation, acks, pending-upload files on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from coordinator.config import CoordinatorConfig
+from coordinator.server import Coordinator
+from coordinator.strategies import make_strategy
+from edge_runtime.agent import DeviceAgent
+from edge_runtime.codec import encode_message
+from edge_runtime.loop import AgentLoop
+from edge_runtime.manifest import Manifest, ParamInfo, atomic_write_bytes
+from edge_runtime.protocol import CheckIn, CompressionSpec, TrainTask, Update, device_topic
+from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+from edge_runtime.update_codec import dense_fp32_bytes, encode_tensors
+from edge_runtime.compress import compress_update
+
+log = logging.getLogger("fedge.bench.mqtt")
+
+
+class ReplayRuntime:
+    """Stands in for DeviceRuntime's training only: answers every task with a fixed update."""
+
+    def __init__(self, device_id: str, state_root: Path, payload: bytes, dense_bytes: int, model_id: str):
+        self.device_id = device_id
+        self.state_root = state_root
+        self.payload = payload
+        self.dense_bytes = dense_bytes
+        self.model_dirs = {model_id: state_root}
+
+    def check_in(self) -> CheckIn:
+        return CheckIn(self.device_id, ("replay",), tuple(self.model_dirs), True, "", 100)
+
+    def handle_task(self, task: TrainTask) -> Update:
+        return Update(self.device_id, task.round_id, task.task_id, uuid.uuid4().hex, task.model_id, task.model_version,
+                      100, self.payload, self.dense_bytes)
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, soft)), hard))
+
+
+def _model(update_kb: int) -> tuple[Manifest, dict[str, np.ndarray]]:
+    n = max(1, update_kb * 1024 // 4)
+    params = (ParamInfo("w", (n,), "shared"),)
+    manifest = Manifest("bench" + "0" * 19, "bench", {}, params, (1,), (1,), ("global",))
+    return manifest, {"w": np.zeros(n, np.float32)}
+
+
+PER_PROCESS = 250  # paho's loop uses select(), which cannot watch fd numbers >= 1024 (3 fds per client)
+
+
+def _device_worker(mode: str, url: str, ids: list[str], payload: bytes, dense: int, model_id: str, workdir: str,
+                   ready, go, stop) -> None:
+    """One process hosting up to PER_PROCESS devices: fedge agents, or raw paho publishers."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port, _ = MqttSettings(url=url).endpoint()
+    if mode == "raw":
+        clients = []
+        for device_id in ids:
+            connected = threading.Event()
+            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{device_id}", protocol=MQTTProtocolVersion.MQTTv5)
+            c.on_connect = lambda *a, ev=connected: ev.set()
+            c.connect(host, port)
+            c.loop_start()
+            connected.wait(60)  # one at a time: a connect storm overflows the broker's listen backlog
+            clients.append(c)
+        ready.put(len(clients))
+        go.wait()
+        for device_id, c in zip(ids, clients):
+            c.publish(f"raw/devices/{device_id}/update", payload, qos=1)
+        stop.wait()
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+        return
+    settings = MqttSettings(url=url, session_expiry_s=300, connect_timeout_s=60)
+    loops, transports = [], []
+    for device_id in ids:
+        transport = MqttTransport(device_id, settings, will=DeviceAgent.last_will(device_id))
+        transport.connect(timeout=60)  # one at a time, as above
+        transports.append(transport)
+        agent = DeviceAgent(ReplayRuntime(device_id, Path(workdir), payload, dense, model_id), transport,
+                            checkin_s=3600, republish_s=120)
+        agent.start()
+        loop = AgentLoop(agent, poll_s=0.5)
+        threading.Thread(target=loop.run, daemon=True, name=device_id).start()
+        loops.append(loop)
+    ready.put(len(loops))
+    stop.wait()
+    for loop in loops:
+        loop.stop()
+    for transport in transports:
+        transport.close()
+
+
+class _Workers:
+    """Device processes for one phase; started before anything in this process opens a socket."""
+
+    def __init__(self, mode, url, devices, payload, dense, model_id, workdir, timeout_s):
+        ctx = mp.get_context("spawn")
+        self.ready, self.go, self.stop = ctx.Queue(), ctx.Event(), ctx.Event()
+        ids = [f"dev-{i:05d}" for i in range(devices)]
+        self.procs = [ctx.Process(target=_device_worker, args=(mode, url, ids[i:i + PER_PROCESS], payload, dense, model_id,
+                                                               workdir, self.ready, self.go, self.stop), daemon=True)
+                      for i in range(0, devices, PER_PROCESS)]
+        for proc in self.procs:
+            proc.start()
+        self.timeout_s = timeout_s
+
+    def wait_ready(self) -> int:
+        return sum(self.ready.get(timeout=self.timeout_s) for _ in self.procs)
+
+    def close(self) -> None:
+        self.stop.set()
+        for proc in self.procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+
+
+def raw_paho(url: str, devices: int, payload: bytes, workdir: str, timeout_s: float) -> float:
+    host, port, _ = MqttSettings(url=url).endpoint()
+    got = threading.Event()
+    count = [0]
+    lock = threading.Lock()
+
+    def on_message(client, userdata, message):
+        with lock:
+            count[0] += 1
+            if count[0] >= devices:
+                got.set()
+
+    workers = _Workers("raw", url, devices, payload, 0, "", workdir, timeout_s)
+    try:
+        sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-sub", protocol=MQTTProtocolVersion.MQTTv5)
+        sub.on_message = on_message
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.connect(host, port)
+        sub.loop_start()
+        sub.subscribe("raw/devices/+/update", qos=1)
+        subscribed.wait(30)
+        workers.wait_ready()
+        started = time.perf_counter()
+        workers.go.set()
+        if not got.wait(timeout_s):
+            raise RuntimeError(f"raw paho: only {count[0]} of {devices} messages arrived in {timeout_s} s")
+        elapsed = time.perf_counter() - started
+        sub.disconnect()
+        sub.loop_stop()
+    finally:
+        workers.close()
+    return elapsed
+
+
+def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workdir: Path, timeout_s: float) -> tuple[float, dict]:
+    settings = MqttSettings(url=url, session_expiry_s=300, connect_timeout_s=60)
+    rng = np.random.default_rng(0)
+    delta = {"w": rng.normal(0, 0.01, initial["w"].shape).astype(np.float32)}
+    tensors, _, _ = compress_update(delta, None, CompressionSpec(quant_bits=32), rng)
+    payload = encode_tensors(tensors)
+    dense = dense_fp32_bytes({"w": initial["w"].shape})
+    ccfg = CoordinatorConfig(clients_per_round=devices, over_selection=1.0, min_reports=devices,
+                             round_deadline_s=timeout_s, compression=CompressionSpec(quant_bits=32),
+                             max_update_bytes=4 * len(payload) + (1 << 20))
+    # Subscribed before any device exists: check-ins are not retained.
+    coordinator = Coordinator(MqttTransport("coordinator", settings).connect(), make_strategy("fedavg", ccfg.hyper),
+                              manifest, initial, ccfg)
+    coordinator.start()
+    workers = _Workers("fedge", url, devices, payload, dense, manifest.model_id, str(workdir), timeout_s)
+    try:
+        workers.wait_ready()  # meanwhile paho's thread queues the check-ins
+        deadline = time.monotonic() + timeout_s
+        while len(coordinator.registry) < devices:
+            coordinator.pump(0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(coordinator.registry)} of {devices} devices checked in")
+        while coordinator.pump(0.2):
+            pass  # status messages and the like, before timing
+        started = time.perf_counter()
+        coordinator.begin_round()
+        record = None
+        while record is None:
+            coordinator.pump(0.05)
+            while coordinator.pump(0.0):
+                pass
+            record = coordinator.tick()
+        elapsed = time.perf_counter() - started
+        coordinator.transport.close()
+    finally:
+        workers.close()
+    update_bytes = len(encode_message(Update("dev-00000", 1, "t" * 32, "u" * 32, manifest.model_id, 0, 100, payload, dense)))
+    return elapsed, {"committed": record.committed, "reports": record.reports, "bytes_up": record.bytes_up,
+                     "bytes_down": record.bytes_down, "update_bytes": update_bytes, "payload_sample": payload}
+
+
+def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | None = None, timeout_s: float = 600) -> dict:
+    _raise_fd_limit(8 * devices + 256)
+    manifest, initial = _model(update_kb)
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-mqtt-") as tmp:
+        if broker_url is None:
+            from tools.broker import BrokerConfig, MosquittoProcess
+
+            broker = MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp).start()
+            broker_url = broker.url
+        try:
+            fedge_s, detail = fedge_round(broker_url, devices, manifest, initial, Path(tmp), timeout_s)
+            sample = detail.pop("payload_sample")
+            raw_message = encode_message(Update("raw", 1, "t" * 32, "u" * 32, manifest.model_id, 0, 100, sample, 0))
+            raw_s = raw_paho(broker_url, devices, raw_message, tmp, timeout_s)
+        finally:
+            if broker is not None:
+                broker.close()
+    result = {
+        "devices": devices,
+        "update_kb": update_kb,
+        "fedge_round_seconds": round(fedge_s, 4),
+        "raw_paho_seconds": round(raw_s, 4),
+        "ratio": round(fedge_s / raw_s, 3),
+        "target_ratio": 2.0,
+        **detail,
+        "device_processes": -(-devices // PER_PROCESS),
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "paho_version": paho.__version__ if hasattr(paho, "__version__") else None,
+    }
+    if json_path:
+        atomic_write_bytes(Path(json_path), json.dumps(result, indent=2).encode())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fedge bench mqtt", description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--update-kb", type=int, default=100, help="size of each update (KiB)")
+    p.add_argument("--broker", help="mqtt://host:port (default: start a local Mosquitto)")
+    p.add_argument("--json", dest="json_path", help="write the result here")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up a phase after this many seconds")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run(args.devices, args.update_kb, args.json_path, args.broker, args.timeout)
+    print(json.dumps(result, indent=2))
+    return 0
