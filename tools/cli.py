@@ -36,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ort-training", choices=("auto", "yes", "no"), default="auto",
                    help="also generate onnxruntime-training artifacts (needs the training build)")
 
+    p = sub.add_parser("data", help="write per-device .npz files from a dataset shipped in a wheel")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("split", help="split a dataset over N devices: DIR/<device>.npz (x_train, y_train, x_test, y_test)")
+    d.add_argument("--dataset", choices=("mnist5k", "digits"), default="mnist5k")
+    d.add_argument("--devices", type=int, default=2)
+    d.add_argument("--partition", choices=("iid", "dirichlet", "shards", "quantity"), default="dirichlet")
+    d.add_argument("--alpha", type=float, default=0.1)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", required=True)
+
     p = sub.add_parser("device", help="run a device agent on a board, or show what its probes read")
     dev = p.add_subparsers(dest="device_command", required=True)
     d = dev.add_parser("run", help="connect to the broker and train when asked (runs until SIGTERM)")
@@ -88,6 +98,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "device":
         return _device(args)
+    if args.command == "data":
+        return _data_split(args)
     if args.command == "coordinator":
         from coordinator.service import load_service_config, run_service
 
@@ -97,6 +109,25 @@ def _dispatch(args) -> int:
 
         return run_provision(args) or 0
     raise AssertionError(args)
+
+
+def _data_split(args) -> int:
+    import io
+    from pathlib import Path
+
+    import numpy as np
+
+    from edge_runtime.manifest import atomic_write_bytes
+    from tools.datasets import build_federated
+
+    data = build_federated(args.dataset, args.devices, args.partition, args.seed, alpha=args.alpha)
+    out = Path(args.out)
+    for client in data.clients:
+        buf = io.BytesIO()
+        np.savez(buf, x_train=client.x_train, y_train=client.y_train, x_test=client.x_test, y_test=client.y_test)
+        atomic_write_bytes(out / f"{client.client_id}.npz", buf.getvalue())
+    print(f"wrote {len(data.clients)} files to {out} ({data.name}, {args.partition}; ids {data.clients[0].client_id}...)")
+    return 0
 
 
 def _device(args) -> int:
