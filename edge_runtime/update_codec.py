@@ -132,11 +132,15 @@ class _Reader:
 
 
 def decode_tensors(data: bytes, max_bytes: int | None = None,
-                   max_elements: int = 50_000_000) -> list[CompressedTensor]:
+                   max_elements: int = 50_000_000,
+                   expected: dict[str, tuple[int, ...]] | None = None) -> list[CompressedTensor]:
     """Parse and validate a frame. Raises a CodecError subclass (see module docstring).
 
     max_elements bounds the total dense size declared by all tensors together, so a small
     sparse frame cannot make the receiver allocate a huge dense array.
+    expected: tensor name -> shape the receiver's model has; checked with the other
+    structural checks, so every structural fault (names, shapes, dtypes, indices) is
+    reported before a finiteness fault (NonFiniteValues), whatever order tensors come in.
     """
     view = memoryview(data).cast("B")
     n = len(view)
@@ -161,7 +165,7 @@ def decode_tensors(data: bytes, max_bytes: int | None = None,
         raise MalformedPayload(problem)
     if end != n - _CRC.size:
         raise MalformedPayload(f"{n - _CRC.size - end} trailing bytes after the last tensor")
-    return _build(view, raws, max_elements)
+    return _build(view, raws, max_elements, expected)
 
 
 def decode_dense(data: bytes, max_bytes: int | None = None) -> dict[str, np.ndarray]:
@@ -194,11 +198,14 @@ def _scan(view: memoryview, end: int, n_tensors: int) -> tuple[list[_Raw], str, 
     return raws, "", r.pos
 
 
-def _build(view: memoryview, raws: list[_Raw], max_elements: int) -> list[CompressedTensor]:
-    """Content checks on a frame whose CRC is good, then the tensors themselves."""
+def _build(view: memoryview, raws: list[_Raw], max_elements: int,
+           expected: dict[str, tuple[int, ...]] | None = None) -> list[CompressedTensor]:
+    """Content checks on a frame whose CRC is good, then the tensors themselves. Structural
+    faults raise as found; a NaN/Inf is raised only after every tensor passed them."""
     out: list[CompressedTensor] = []
     names: set[str] = set()
     elements = 0
+    non_finite = ""
     for i, raw in enumerate(raws):
         try:
             name = raw.name.decode("utf-8")
@@ -208,6 +215,10 @@ def _build(view: memoryview, raws: list[_Raw], max_elements: int) -> list[Compre
         if name in names:
             raise MalformedPayload(f"{where}: duplicate name")
         names.add(name)
+        if expected is not None and tuple(expected.get(name, ())) != tuple(raw.shape):
+            if name not in expected:
+                raise MalformedPayload(f"{where}: the model has no tensor of that name")
+            raise MalformedPayload(f"{where}: shape {tuple(raw.shape)}, the model has {tuple(expected[name])}")
         if len(raw.shape) > MAX_NDIM:
             raise MalformedPayload(f"{where}: ndim {len(raw.shape)} > {MAX_NDIM}")
         size = math.prod(raw.shape)
@@ -229,12 +240,20 @@ def _build(view: memoryview, raws: list[_Raw], max_elements: int) -> list[Compre
             values = np.frombuffer(view, np.int8, raw.count, raw.payload_at).copy()
         else:
             values = _unpack_nibbles(view, raw.payload_at, raw.count, where)
-        if not math.isfinite(raw.scale) or (raw.bits == 32 and not np.all(np.isfinite(values))):
-            raise NonFiniteValues(f"{where}: NaN/Inf in the {'scale' if not math.isfinite(raw.scale) else 'values'}")
+        scale = raw.scale
+        if not math.isfinite(scale) or (raw.bits == 32 and not np.all(np.isfinite(values))):
+            non_finite = non_finite or f"{where}: NaN/Inf in the {'scale' if not math.isfinite(scale) else 'values'}"
+            # Finite stand-ins, so the index checks below still run on this tensor.
+            scale = 0.0 if raw.bits == 32 else 1.0
+            values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0) if raw.bits == 32 else values
         try:
-            out.append(CompressedTensor(name, raw.shape, raw.bits, raw.scale, indices, values))
+            out.append(CompressedTensor(name, raw.shape, raw.bits, scale, indices, values))
         except ValueError as exc:
             raise MalformedPayload(f"{where}: {exc}") from None
+    if expected is not None and names != set(expected):
+        raise MalformedPayload(f"frame holds tensors {sorted(names)}, the model has {sorted(expected)}")
+    if non_finite:
+        raise NonFiniteValues(non_finite)
     return out
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from edge_runtime.compress import CompressedTensor, compress_update, decompress_update
 from edge_runtime.errors import (ChecksumMismatch, CodecError, MalformedPayload, PayloadTooLarge,
-                                 TruncatedPayload, UnsupportedVersion)
+                                 NonFiniteValues, TruncatedPayload, UnsupportedVersion)
 from edge_runtime.protocol import CompressionSpec
 from edge_runtime.update_codec import (decode_dense, decode_tensors, dense_fp32_bytes, encode_dense,
                                        encode_tensors)
@@ -254,3 +254,20 @@ def test_random_corruption_only_ever_raises_codec_errors():
             decode_tensors(bytes(bad), max_elements=10_000)
         except CodecError:
             pass
+
+
+def test_structural_faults_are_reported_before_non_finite_values():
+    """Validation order: names, shapes and indices before finite values, whatever the tensor order."""
+    ones = np.ones(4, np.float32)
+    frame = bytearray(encode_tensors([CompressedTensor("a", (4,), 32, 0.0, None, ones),
+                                      CompressedTensor("b", (3,), 32, 0.0, None, np.ones(3, np.float32))]))
+    at = bytes(frame).index(ones.tobytes())
+    frame[at:at + 4] = np.float32(np.nan).tobytes()  # a NaN in the first tensor
+    struct.pack_into("<I", frame, len(frame) - 4, zlib.crc32(bytes(frame[:-4])))
+    with pytest.raises(NonFiniteValues):
+        decode_tensors(bytes(frame))
+    with pytest.raises(MalformedPayload, match="shape") as info:  # the second tensor's shape is wrong
+        decode_tensors(bytes(frame), expected={"a": (4,), "b": (5,)})
+    assert not isinstance(info.value, NonFiniteValues)
+    with pytest.raises(NonFiniteValues):
+        decode_tensors(bytes(frame), expected={"a": (4,), "b": (3,)})
