@@ -22,7 +22,6 @@ from edge_runtime.agent import DeviceAgent
 from edge_runtime.device import DeviceRuntime, LocalData
 from edge_runtime.loop import AgentLoop
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
-from tests.mqtt_broker import require_broker_binary
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 from tools.broker import BrokerConfig, MosquittoProcess
 
@@ -145,8 +144,7 @@ def _wait(what, predicate, timeout_s: float, proc: subprocess.Popen | None = Non
 
 
 @pytest.fixture
-def drill(tmp_path):
-    require_broker_binary()
+def drill(tmp_path, mosquitto_binary):
     art_dir, manifest, _ = build_tiny_model(tmp_path / "artifacts")
     broker = MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp_path / "broker").start()
     yield tmp_path, broker, art_dir, manifest

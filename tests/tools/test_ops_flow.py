@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mqtt_broker import require_broker_binary
-from tools.broker import find_mosquitto, free_port
+from tools.broker import free_port
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -36,8 +35,7 @@ def spawn(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def test_readme_ops_walkthrough(tmp_path):
-    require_broker_binary()
+def test_readme_ops_walkthrough(tmp_path, mosquitto_binary):
     ops = tmp_path
     port = free_port()
     metrics_port = free_port()
@@ -83,7 +81,7 @@ min_cpu_idle_percent = 0   # the test machine is busy; a real device keeps the d
 
     procs = []
     try:
-        broker = spawn([find_mosquitto(), "-c", "broker/mosquitto-dev.conf"], ops, ops / "mosquitto.log")
+        broker = spawn([mosquitto_binary, "-c", "broker/mosquitto-dev.conf"], ops, ops / "mosquitto.log")
         procs.append(broker)
         coord = spawn([sys.executable, "-m", "tools.cli", "-v", "coordinator", "serve", "--config", "coordinator.toml"],
                       ops, ops / "coordinator.log")

@@ -7,12 +7,20 @@ import threading
 
 import pytest
 
-from tests.mqtt_broker import open_broker  # noqa: F401  (fixture)
+from tools.broker import BrokerConfig, MosquittoProcess
 from tools.simulate.config import SimConfig
 from tools.simulate.fleet import run_simulation
 from tools.simulate.mqtt_fleet import SimDeviceAgent
 
 pytestmark = pytest.mark.mosquitto
+
+@pytest.fixture(scope="module")
+def open_broker(mosquitto_binary, tmp_path_factory):
+    """One open loopback broker for the module (the fleets use distinct client ids per test)."""
+    with MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp_path_factory.mktemp("mosquitto"),
+                          binary=mosquitto_binary) as broker:
+        yield broker
+
 
 SMALL = dict(devices=20, rounds=4, clients_per_round=10, epochs=1, seed=3)
 

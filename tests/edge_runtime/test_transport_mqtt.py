@@ -1,0 +1,119 @@
+"""MqttTransport against a real Mosquitto: the Transport contract, chunking over the broker's
+packet limit, Last Will on a cut link, reconnect after a broker kill -9, refused credentials,
+and mutual TLS with a device certificate."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from edge_runtime.errors import BrokerRefused, ConnectionLost, NotConnected, TransportError
+from edge_runtime.transport.base import Message
+from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+from tools.broker import BrokerConfig
+
+FAST = dict(reconnect_min_s=0.1, reconnect_max_s=0.5, connect_timeout_s=5)
+
+
+def _settings(broker, **kw) -> MqttSettings:
+    return MqttSettings(url=broker.url, **{**FAST, **kw})
+
+
+def _next(transport, timeout=5.0) -> Message:
+    msg = transport.receive(timeout)
+    assert msg is not None, "nothing arrived"
+    return msg
+
+
+def test_publish_subscribe_retain_and_clean_close(mosquitto):
+    a = MqttTransport("a", _settings(mosquitto)).connect()
+    b = MqttTransport("b", _settings(mosquitto)).connect()
+    b.publish("fedge/v1/announce", b"retained", retain=True)
+    assert b.flush(5)
+    a.subscribe("fedge/v1/#")
+    assert _next(a) == Message("fedge/v1/announce", b"retained", retain=True)
+    b.publish("fedge/v1/devices/b/update", b"live")
+    assert _next(a) == Message("fedge/v1/devices/b/update", b"live", retain=False)
+    a.close()
+    a.close()  # idempotent
+    with pytest.raises(TransportError):
+        a.receive(0)
+    with pytest.raises(TransportError):
+        a.publish("x", b"")
+    b.close()
+
+
+def test_messages_over_the_packet_limit_are_chunked_and_reassembled(mosquitto_factory):
+    broker = mosquitto_factory(BrokerConfig(max_packet_size=4096, persistence=False))
+    a = MqttTransport("a", _settings(broker)).connect()
+    b = MqttTransport("b", _settings(broker)).connect()
+    assert b.max_payload < 4096  # learned from the broker's CONNACK
+    a.subscribe("big/#")
+    payload = os.urandom(50_000)
+    b.publish("big/one", payload)
+    b.publish("big/two", b"small")
+    assert _next(a).payload == payload
+    assert _next(a).payload == b"small"
+    with pytest.raises(Exception, match="does not fit"):
+        b.publish("big/retained", payload, retain=True)
+    a.close(), b.close()
+
+
+def test_cut_link_publishes_the_last_will(mosquitto):
+    watcher = MqttTransport("w", _settings(mosquitto)).connect()
+    watcher.subscribe("fedge/v1/devices/+/status")
+    dev = MqttTransport("dev", _settings(mosquitto), will=Message("fedge/v1/devices/dev/status", b"gone")).connect()
+    dev.abort()
+    assert _next(watcher).payload == b"gone"
+    watcher.close()
+
+
+def test_reconnects_after_broker_kill9_and_resubscribes(mosquitto_factory):
+    broker = mosquitto_factory(BrokerConfig(persistence=False))
+    a = MqttTransport("a", _settings(broker)).connect()
+    a.subscribe("t/#")
+    broker.kill9()
+    with pytest.raises(ConnectionLost):  # reported once, never silent
+        a.receive(5)
+    with pytest.raises(NotConnected):
+        a.publish("t/x", b"while down")
+    broker.restart()
+    deadline = time.monotonic() + 15
+    while a.connection_count < 2 and time.monotonic() < deadline:
+        assert a.receive(0.1) is None
+    assert a.connection_count == 2 and a.connected
+    b = MqttTransport("b", _settings(broker)).connect()
+    b.publish("t/after", b"back")
+    assert _next(a).payload == b"back"  # the subscription was restored on reconnect
+    a.close(), b.close()
+
+
+def test_wrong_password_is_refused_with_a_named_error(mosquitto_secured):
+    broker = mosquitto_secured.process
+    with pytest.raises(BrokerRefused):
+        MqttTransport("pi-a", _settings(broker, username="pi-a", password="wrong")).connect()
+    ok = MqttTransport("pi-a", _settings(broker, username="pi-a", password=mosquitto_secured.passwords["pi-a"])).connect()
+    ok.subscribe("fedge/v1/devices/pi-a/task")
+    ok.close()
+
+
+def test_mutual_tls_with_a_device_certificate(mosquitto_mtls):
+    cert, key = mosquitto_mtls.certs["pi-a"]
+    settings = MqttSettings(url=mosquitto_mtls.process.url, ca_file=str(mosquitto_mtls.ca), cert_file=str(cert),
+                            key_file=str(key), **FAST)
+    assert settings.endpoint()[2]  # mqtts
+    dev = MqttTransport("pi-a", settings).connect()
+    dev.subscribe("fedge/v1/devices/pi-a/task")
+    coord_cert, coord_key = mosquitto_mtls.certs["coordinator"]
+    coord = MqttTransport("coordinator", MqttSettings(url=mosquitto_mtls.process.url, ca_file=str(mosquitto_mtls.ca),
+                                                      cert_file=str(coord_cert), key_file=str(coord_key), **FAST)).connect()
+    coord.publish("fedge/v1/devices/pi-a/task", b"task")
+    assert _next(dev).payload == b"task"
+    dev.close(), coord.close()
+    # Without a client certificate the broker refuses the TLS handshake.
+    bare = MqttTransport("pi-b", MqttSettings(url=mosquitto_mtls.process.url, ca_file=str(mosquitto_mtls.ca), **FAST))
+    with pytest.raises(TransportError):
+        bare.connect(timeout=2)
+    bare.close()
