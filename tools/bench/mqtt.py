@@ -263,11 +263,20 @@ def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | N
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "paho_version": paho.__version__ if hasattr(paho, "__version__") else None,
+        "paho_version": _paho_version(),
     }
     if json_path:
         atomic_write_bytes(Path(json_path), json.dumps(result, indent=2).encode())
     return result
+
+
+def _paho_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("paho-mqtt")
+    except PackageNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
