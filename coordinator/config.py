@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from edge_runtime.configfile import load_config
 from edge_runtime.errors import ConfigError
 from edge_runtime.protocol import CompressionSpec, TaskHyper
+
+from .strategies import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -15,8 +18,17 @@ class CoordinatorConfig:
     over_selection: float = 1.3  # ask this many times more devices than reports wanted
     min_reports: int = 0  # quorum at the deadline; 0 = ceil(clients_per_round / 2)
     round_deadline_s: float = 600.0
+    # Aggregation (coordinator/strategies): fedavg, fedprox, scaffold, fedavgm, fedadagrad, fedadam, fedyogi.
     strategy: str = "fedavg"
-    server_lr: float = 1.0
+    # η on the aggregated delta; 0 = the strategy's default: 1.0, fedavgm 1 - server_momentum,
+    # fedadagrad 0.1, fedadam and fedyogi 0.03 (coordinator/strategies/server_opt.py says why).
+    server_lr: float = 0.0
+    server_momentum: float = 0.9  # fedavgm: β of the server momentum
+    server_beta1: float = 0.9  # fedadagrad/fedadam/fedyogi: first-moment decay
+    server_beta2: float = 0.99  # fedadam/fedyogi: second-moment decay
+    server_tau: float = 1e-3  # fedadagrad/fedadam/fedyogi: adaptivity floor τ (v starts at τ²)
+    prox_mu: float = 0.01  # fedprox: the proximal weight sent as the tasks' mu (other strategies send hyper.mu)
+    control_norm_bound: float = 0.0  # scaffold: reject a Δc_i with a larger L2 norm; 0 = off
     seed: int = 0
     max_update_bytes: int = 16 << 20
     norm_bound: float = 0.0  # reject updates with a larger L2 norm; 0 = off
@@ -47,6 +59,7 @@ class CoordinatorConfig:
             raise ConfigError("min_reports must be between 0 and clients_per_round")
         if self.round_deadline_s <= 0:
             raise ConfigError("round_deadline_s must be > 0")
+        self._check_strategy()
         if self.hyper.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"hyper.optimizer {self.hyper.optimizer!r}: use 'sgd' or 'adamw'")
         if self.hyper.epochs < 1 or self.hyper.batch_size < 1 or not self.hyper.lr > 0:
@@ -64,6 +77,24 @@ class CoordinatorConfig:
             raise ConfigError("pace_max_s must be > 0 seconds")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port must be in [0, 65535]; 0 turns the endpoint off")
+
+    def _check_strategy(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy {self.strategy!r}: choose one of {sorted(STRATEGIES)}")
+        if not (self.server_lr >= 0 and math.isfinite(self.server_lr)):
+            raise ConfigError("server_lr must be >= 0 (0 = the strategy's default)")
+        for name in ("server_momentum", "server_beta1", "server_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1)")
+        if not (self.server_tau > 0 and math.isfinite(self.server_tau)):
+            raise ConfigError("server_tau must be > 0")
+        if not (self.prox_mu >= 0 and math.isfinite(self.prox_mu)):
+            raise ConfigError("prox_mu must be >= 0 (0 = FedAvg's local objective)")
+        if not self.control_norm_bound >= 0:
+            raise ConfigError("control_norm_bound must be >= 0 (0 = off)")
+        if self.strategy == "scaffold" and self.hyper.optimizer != "sgd":
+            # Option II estimates c_i from (x - y_i) / (K lr), which is a mean gradient only for SGD.
+            raise ConfigError("strategy 'scaffold' needs hyper.optimizer = 'sgd' (see edge_runtime/local_training.py)")
 
     @property
     def quorum(self) -> int:

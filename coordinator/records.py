@@ -1,7 +1,8 @@
 """The coordinator's bookkeeping values: known devices, the open round, closed-round records.
 
 The live path and the restart replay (`resume`) both add updates through `count_update`,
-so a round rebuilt from the store holds a bit-identical accumulator.
+so a round rebuilt from the store holds bit-identical accumulators (the deltas and, in a
+SCAFFOLD round, the control-variate deltas).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class OpenRound:
     started: float  # clock seconds
     params_bytes: bytes  # the round's global params, encoded once for every task
     hyper: TaskHyper
+    correction_bytes: bytes = b""  # the round's TrainTask.correction (SCAFFOLD's c), encoded once
+    control: WeightedMean = field(default_factory=WeightedMean)  # Δc_i, each with weight 1 (SCAFFOLD)
     bytes_up: int = 0
     bytes_up_dense: int = 0
     bytes_down: int = 0
@@ -62,9 +65,11 @@ class OpenRound:
 
 
 def count_update(rnd: OpenRound, device_id: str, update_id: str, digest: str, delta: dict[str, np.ndarray],
-                 num_examples: int) -> None:
-    """Add one accepted update to the round."""
+                 num_examples: int, control: dict[str, np.ndarray] | None = None) -> None:
+    """Add one accepted update (and its control-variate delta, if any) to the round."""
     rnd.accumulator.add(delta, float(num_examples))
+    if control is not None:
+        rnd.control.add(control, 1.0)  # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one
     rnd.seen[(device_id, rnd.ctx.round_id, update_id)] = digest
     rnd.machine.on_report(device_id)
 
@@ -80,7 +85,8 @@ def resume(stored: StoredRound, now: float, wall: float,
     for event in stored.events:
         if isinstance(event, StoredUpdate):
             delta = decompress_update(decode_tensors(event.payload))  # what check_contents returned
-            count_update(rnd, event.device_id, event.update_id, event.digest, delta, event.num_examples)
+            control = decompress_update(decode_tensors(event.control)) if event.control else None  # check_control's
+            count_update(rnd, event.device_id, event.update_id, event.digest, delta, event.num_examples, control)
         else:
             rnd.decline_from.add(event.device_id)
             rnd.machine.on_decline(event.device_id, event.reason)

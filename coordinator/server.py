@@ -39,8 +39,9 @@ from .records import DeviceRecord, OpenRound, RoundRecord, count_update, resume
 from .rounds import Phase, RoundMachine
 from .sampling import sample_devices, selection_size
 from .store import RoundStore, StoredDecline, StoredDevice, StoredRound, StoredUpdate
-from .strategies import ServerState, Strategy
-from .validation import RoundContext, check_contents, check_current, check_not_seen, decode_report, payload_digest, update_key
+from .strategies import AggregateInput, ServerState, Strategy
+from .validation import (RoundContext, check_contents, check_control, check_current, check_not_seen, decode_report,
+                         payload_digest, update_key)
 
 log = logging.getLogger("fedge.coordinator")
 
@@ -171,19 +172,19 @@ class Coordinator:
         if rnd is not None and isinstance(report, Update):
             # Everything that crossed the uplink counts, accepted or not.
             rnd.bytes_up += size
-            rnd.bytes_up_dense += size - len(report.payload) + report.dense_bytes
+            rnd.bytes_up_dense += size - len(report.payload) - len(report.control) + report.dense_bytes
         try:
             if isinstance(report, Decline):
                 self._decline(report, sender)
                 return
-            delta = self._admit(report, sender)
+            delta, control = self._admit(report, sender)
         except UpdateRejected as exc:
             self._reject(exc, sender, report)
             return
-        self._accept(report, delta)
+        self._accept(report, delta, control)
 
-    def _admit(self, update: Update, sender: str | None) -> dict[str, np.ndarray]:
-        """The validation chain (validation.py's order); returns the dense delta."""
+    def _admit(self, update: Update, sender: str | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """The validation chain (validation.py's order); returns the dense delta and Δc_i (or None)."""
         rnd = self.round
         try:
             if rnd is None:
@@ -196,16 +197,17 @@ class Coordinator:
         check_not_seen(update, rnd.seen)
         if not rnd.machine.expects(update.device_id):
             raise _stale(update)
-        return check_contents(update, rnd.ctx)
+        return check_contents(update, rnd.ctx), check_control(update, rnd.ctx)
 
-    def _accept(self, update: Update, delta: dict[str, np.ndarray]) -> None:
+    def _accept(self, update: Update, delta: dict[str, np.ndarray], control: dict[str, np.ndarray] | None) -> None:
         rnd = self.round
         digest = payload_digest(update)
         if self.store is not None:  # durable before the Ack: see store.py
             self.store.add_update(rnd.ctx.round_id, StoredUpdate(rnd.events, update.device_id, update.update_id,
-                                                                 digest, update.num_examples, update.payload))
+                                                                 digest, update.num_examples, update.payload,
+                                                                 update.control))
         rnd.events += 1
-        count_update(rnd, update.device_id, update.update_id, digest, delta, update.num_examples)
+        count_update(rnd, update.device_id, update.update_id, digest, delta, update.num_examples, control)
         self.metrics.accepted.inc()
         self._ack(update, True, "")
 
@@ -276,7 +278,8 @@ class Coordinator:
         task = TrainTask(round_id=ctx.round_id, task_id=ctx.tasks[device_id], device_id=device_id,
                          model_id=ctx.model_id, model_version=ctx.model_version, params=rnd.params_bytes,
                          hyper=rnd.hyper, compression=self.config.compression, deadline_s=remaining,
-                         seed=self.config.seed * 1_000_003 + ctx.round_id, manifest_sha256=self.manifest_sha256)
+                         seed=self.config.seed * 1_000_003 + ctx.round_id, correction=rnd.correction_bytes,
+                         manifest_sha256=self.manifest_sha256)
         payload = encode_message(task)
         rnd.bytes_down += len(payload)
         self._send(device_topic(device_id, "task"), payload)
@@ -345,7 +348,7 @@ class Coordinator:
             return None
         phase = rnd.machine.on_tick(self.clock.now())
         if phase == Phase.AGGREGATING:
-            state = self.strategy.apply(self.state, rnd.accumulator.mean())
+            state = self.strategy.apply(self.state, self._aggregate(rnd))
             record = self._record(rnd, True)
             if self.store is not None:  # the commit point: before it the round is open, after it done
                 self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())
@@ -358,6 +361,12 @@ class Coordinator:
                 self.store.abandon_round(record.round_id, asdict(record), self.clock.wall())
             return self._close(record)
         return None
+
+    def _aggregate(self, rnd: OpenRound) -> AggregateInput:
+        # N = every device the registry knows (restored from the store after a restart), so a
+        # resumed round scales SCAFFOLD's control step exactly as the uninterrupted one would.
+        return AggregateInput(rnd.accumulator.mean(), rnd.accumulator.count, len(self.registry),
+                              rnd.control.mean() if rnd.control.count else None)
 
     def _record(self, rnd: OpenRound, committed: bool) -> RoundRecord:
         m = rnd.machine
@@ -381,9 +390,11 @@ class Coordinator:
 
     def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float) -> OpenRound:
         ctx = RoundContext(machine.round_id, self.manifest.model_id, self.state.version, tasks, self.shapes,
-                           self.config.norm_bound)
-        return OpenRound(machine, ctx, WeightedMean(), started, encode_dense(self.state.params),
-                         self.strategy.configure(self.state))
+                           self.config.norm_bound, self.strategy.uses_control, self.config.control_norm_bound)
+        plan = self.strategy.configure(self.state)
+        correction = encode_dense(plan.correction) if plan.correction is not None else b""
+        return OpenRound(machine, ctx, WeightedMean(), started, encode_dense(self.state.params), plan.hyper,
+                         correction)
 
     # ------------------------------------------------------------------ restart
 

@@ -1,6 +1,6 @@
 """Durable coordinator state in one SQLite file (WAL): model, strategy state, rounds, updates.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta      key TEXT PK, value TEXT              schema, model_id, strategy
     models    version INT PK, round_id, created_wall, extra_groups (JSON list)
@@ -10,10 +10,14 @@ Schema (version 1)::
     rounds    round_id INT PK, status open|committed|abandoned, model_version, selected,
               tasks (JSON), target, quorum, started_wall, deadline_wall, closed_wall,
               record (JSON of the RoundRecord); at most one row is open (partial index)
-    updates   (device_id, round_id, update_id) PK, digest, seq, num_examples, payload BLOB
-              payload is the Update's compressed payload while its round is open, NULL after
+    updates   (device_id, round_id, update_id) PK, digest, seq, num_examples, payload BLOB,
+              control BLOB: the Update's compressed payload and control-variate delta
+              (SCAFFOLD; NULL for none) while its round is open, NULL after
     declines  (round_id, device_id) PK, seq, reason       rows of the open round only
     devices   device_id PK, last_seen_wall, eligible, reason, num_examples
+
+Version 2 added updates.control; a version 1 file is upgraded in place (the column is added,
+NULL for every stored update, which is what a version 1 update was).
 
 Every method that writes is one transaction (BEGIN IMMEDIATE ... COMMIT), so a crash
 leaves each step either wholly done or not done at all. Walking the coordinator's steps
@@ -57,7 +61,7 @@ from edge_runtime.errors import ConfigError
 
 from .strategies import ServerState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,7 +80,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_round ON rounds (status) WHERE status = 'open';
 CREATE TABLE IF NOT EXISTS updates (
     device_id TEXT NOT NULL, round_id INTEGER NOT NULL, update_id TEXT NOT NULL,
-    digest TEXT NOT NULL, seq INTEGER NOT NULL, num_examples INTEGER NOT NULL, payload BLOB,
+    digest TEXT NOT NULL, seq INTEGER NOT NULL, num_examples INTEGER NOT NULL, payload BLOB, control BLOB,
     PRIMARY KEY (device_id, round_id, update_id));
 CREATE INDEX IF NOT EXISTS updates_by_round ON updates (round_id, seq);
 CREATE TABLE IF NOT EXISTS declines (
@@ -93,9 +97,10 @@ class StoredUpdate:
     seq: int  # acceptance order within the round (shared with declines)
     device_id: str
     update_id: str
-    digest: str  # sha256 of the payload
+    digest: str  # validation.payload_digest: sha256 of the payload (and control)
     num_examples: int
     payload: bytes
+    control: bytes = b""  # Update.control (SCAFFOLD's Δc_i); empty = none
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,9 @@ class RoundStore:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] == "1":
+                db.execute("ALTER TABLE updates ADD COLUMN control BLOB")
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
             elif row[0] != str(SCHEMA_VERSION):
                 raise ConfigError(f"{self.path}: state db schema {row[0]}, this build reads {SCHEMA_VERSION}")
 
@@ -228,9 +236,9 @@ class RoundStore:
         if row is None:
             return None
         round_id = row[0]
-        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p)) for seq, d, u, digest, n, p in self._db.execute(
-            "SELECT seq, device_id, update_id, digest, num_examples, payload FROM updates WHERE round_id = ?",
-            (round_id,))]
+        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b"")) for seq, d, u, digest, n, p, c in
+                   self._db.execute("SELECT seq, device_id, update_id, digest, num_examples, payload, control "
+                                    "FROM updates WHERE round_id = ?", (round_id,))]
         declines = [StoredDecline(seq, d, reason) for seq, d, reason in self._db.execute(
             "SELECT seq, device_id, reason FROM declines WHERE round_id = ?", (round_id,))]
         events = tuple(sorted(updates + declines, key=lambda e: e.seq))
@@ -241,9 +249,10 @@ class RoundStore:
         """Durably record an accepted update; call before its Ack is sent."""
         with self._tx() as db:
             self._require_open(db, round_id)
-            db.execute("INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO updates (device_id, round_id, update_id, digest, seq, num_examples, payload, "
+                       "control) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (update.device_id, round_id, update.update_id, update.digest, update.seq,
-                        update.num_examples, update.payload))
+                        update.num_examples, update.payload, update.control or None))
 
     def add_decline(self, round_id: int, decline: StoredDecline) -> None:
         with self._tx() as db:
@@ -302,7 +311,7 @@ class RoundStore:
         if cur.rowcount != 1:
             raise ValueError(f"round {round_id} is not open in {self.path}; it cannot be closed twice")
         # Payloads and declines served the replay only; the keys stay for late duplicates.
-        db.execute("UPDATE updates SET payload = NULL WHERE round_id = ?", (round_id,))
+        db.execute("UPDATE updates SET payload = NULL, control = NULL WHERE round_id = ?", (round_id,))
         db.execute("DELETE FROM declines WHERE round_id = ?", (round_id,))
         db.execute("DELETE FROM updates WHERE round_id <= ?", (round_id - self.keep_key_rounds,))
 

@@ -1,6 +1,8 @@
 """Checks an update must pass before it is aggregated, in this order:
 size, frame (header, schema version, checksum), current (round, task), key not seen,
-model, dtype/shape/index ranges, finite values, norm bound."""
+model, dtype/shape/index ranges, finite values, norm bound; then, in a SCAFFOLD round, the
+same checks on the control-variate delta (Update.control), which must be there (and must
+not be in any other round)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ class RoundContext:
     tasks: dict[str, str]  # device_id -> task_id of the open round
     shapes: dict[str, tuple[int, ...]]  # shared param -> shape
     norm_bound: float  # 0 = no bound
+    control: bool = False  # updates must carry Update.control (SCAFFOLD)
+    control_norm_bound: float = 0.0  # L2 bound on Δc_i; 0 = no bound
 
 
 def decode_report(payload: bytes, max_bytes: int) -> Update | Decline | object:
@@ -45,7 +49,15 @@ def update_key(update: Update) -> tuple[str, int, str]:
 
 
 def payload_digest(update: Update) -> str:
-    return hashlib.sha256(update.payload).hexdigest()
+    """sha256 of what gets aggregated: the payload, and the control delta when there is one
+    (length-prefixed, so no split of the same bytes collides; without control it is the
+    payload's plain sha256)."""
+    if not update.control:
+        return hashlib.sha256(update.payload).hexdigest()
+    h = hashlib.sha256(len(update.payload).to_bytes(8, "little"))
+    h.update(update.payload)
+    h.update(update.control)
+    return h.hexdigest()
 
 
 def check_current(update: Update | Decline, ctx: RoundContext, sender: str | None) -> None:
@@ -72,24 +84,40 @@ def check_contents(update: Update, ctx: RoundContext) -> dict[str, np.ndarray]:
         raise WrongModel(f"update for model {update.model_id} v{update.base_version}, round uses {ctx.model_id} v{ctx.model_version}")
     if update.num_examples <= 0:
         raise BadShape(f"num_examples must be > 0, got {update.num_examples}")
+    return _dense(update.payload, ctx.shapes, ctx.norm_bound, "update")
+
+
+def check_control(update: Update, ctx: RoundContext) -> dict[str, np.ndarray] | None:
+    """The control-variate delta, checked like the delta (shapes, finite, its own norm bound):
+    the dense Δc_i in a SCAFFOLD round, None in any other."""
+    if not ctx.control:
+        if update.control:
+            raise BadShape("update carries a control-variate delta, but this round's strategy uses none")
+        return None
+    if not update.control:
+        raise BadShape("this SCAFFOLD round needs the control-variate delta (Update.control)")
+    return _dense(update.control, ctx.shapes, ctx.control_norm_bound, "control")
+
+
+def _dense(frame: bytes, shapes: dict[str, tuple[int, ...]], norm_bound: float, what: str) -> dict[str, np.ndarray]:
     try:
-        tensors = decode_tensors(update.payload)
+        tensors = decode_tensors(frame)
     except NonFiniteValues as exc:
-        raise NonFinite(f"update payload: {exc}") from None
+        raise NonFinite(f"{what} payload: {exc}") from None
     except CodecError as exc:
-        raise BadShape(f"update payload: {exc}") from None
+        raise BadShape(f"{what} payload: {exc}") from None
     names = {t.name for t in tensors}
-    if names != set(ctx.shapes):
-        raise BadShape(f"update tensors {sorted(names)} do not match the model's shared params {sorted(ctx.shapes)}")
+    if names != set(shapes):
+        raise BadShape(f"{what} tensors {sorted(names)} do not match the model's shared params {sorted(shapes)}")
     for t in tensors:
-        if tuple(t.shape) != ctx.shapes[t.name]:
-            raise BadShape(f"{t.name}: shape {tuple(t.shape)}, model has {ctx.shapes[t.name]}")
-    delta = decompress_update(tensors)
+        if tuple(t.shape) != shapes[t.name]:
+            raise BadShape(f"{what} {t.name}: shape {tuple(t.shape)}, model has {shapes[t.name]}")
+    dense = decompress_update(tensors)
     norm_sq = 0.0
-    for name, value in delta.items():
+    for name, value in dense.items():
         if not np.all(np.isfinite(value)):
-            raise NonFinite(f"{name} holds NaN or Inf")
+            raise NonFinite(f"{what} {name} holds NaN or Inf")
         norm_sq += float(np.sum(np.square(value, dtype=np.float64)))
-    if ctx.norm_bound > 0 and np.sqrt(norm_sq) > ctx.norm_bound:
-        raise NormBound(f"update norm {np.sqrt(norm_sq):.4g} > bound {ctx.norm_bound:.4g}")
-    return delta
+    if norm_bound > 0 and np.sqrt(norm_sq) > norm_bound:
+        raise NormBound(f"{what} norm {np.sqrt(norm_sq):.4g} > bound {norm_bound:.4g}")
+    return dense

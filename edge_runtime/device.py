@@ -1,8 +1,21 @@
 """What a device does with a task, without I/O: check eligibility, train locally, compress,
-persist local state, and answer with an Update or a Decline."""
+persist local state, and answer with an Update or a Decline.
+
+SCAFFOLD (a task with a non-empty `correction`, which is the server control variate c): the
+device trains with the correction c - c_i, its own c_i read from the store (zeros at first),
+computes Δc_i by option II (local_training.scaffold_control_delta), and uploads it compressed
+like the delta (same bits and top-k, no clipping: Δc_i is in gradient units, the clip bound
+in delta units) with its own error-feedback residual. c_i then moves by what was *sent*, the
+rest waits in the residual: so the coordinator's c stays the mean of the c_i that the devices
+hold, however lossy the compression. c_i is saved as soon as the update is built (like the
+delta's residual); if the coordinator then rejects the upload (typically stale: the round
+closed before it arrived), `on_ack` puts c_i and its residual back, so c and the c_i stay
+consistent. An upload that is lost for good, with no Ack ever, leaves c_i ahead of c.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -13,12 +26,12 @@ from typing import Callable
 
 import numpy as np
 
-from .compress import compress_update
-from .errors import ArtifactError, CodecError, FedgeError, TaskAborted
-from .local_training import train_locally
+from .compress import compress_update, decompress_update
+from .errors import ArtifactError, CodecError, ConfigError, FedgeError, TaskAborted
+from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .manifest import check_params
 from .model_runtime import ModelRuntime
-from .protocol import CheckIn, Decline, TrainTask, Update
+from .protocol import Ack, CheckIn, Decline, TrainTask, Update
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
 from .update_codec import decode_dense, dense_fp32_bytes, encode_tensors
@@ -111,7 +124,7 @@ class DeviceRuntime:
                 return self._train(task)
         except TaskAborted as exc:
             return self._decline(task, f"aborted:{exc.cause}", exc.detail, "during")
-        except (ArtifactError, CodecError) as exc:
+        except (ArtifactError, CodecError, ConfigError) as exc:
             return self._decline(task, exc.reason, str(exc), "before")
         except FedgeError as exc:
             log.warning("device %s task %s failed: %s", self.device_id, task.task_id, exc)
@@ -122,10 +135,14 @@ class DeviceRuntime:
         manifest = model.manifest
         shared = decode_dense(task.params)
         check_params(manifest, shared, "shared")
-        correction = decode_dense(task.correction) if task.correction else None
-        if correction is not None:
-            check_params(manifest, correction, "shared")
         store = DeviceStore(self.state_root / self.device_id, model.model_id)
+        server_control = client_control = correction = None
+        if task.correction:  # a SCAFFOLD round: the task carries c
+            check_scaffold_hyper(task.hyper)
+            server_control = decode_dense(task.correction)
+            check_params(manifest, server_control, "shared")
+            client_control = _fitting(store.load_control(), shared) or {k: np.zeros_like(v) for k, v in shared.items()}
+            correction = {k: server_control[k] - client_control[k] for k in shared}
         personal = store.load_personal() or model.initial("personal")
         check_params(manifest, personal, "personal")
         opt_state = store.load_opt_state()
@@ -146,8 +163,22 @@ class DeviceRuntime:
             correction=correction,
             should_abort=self.abort_check,
         )
+        update_id = uuid.uuid4().hex
         tensors, residual, _ = compress_update(result.shared_delta, store.load_residual(), task.compression, rng)
         payload = encode_tensors(tensors)
+        control = b""
+        dense_bytes = dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")})
+        if server_control is not None:
+            delta_c = scaffold_control_delta(server_control, result.shared_delta, result.steps, task.hyper)
+            old_residual = _fitting(store.load_control_residual(), shared)
+            spec = dataclasses.replace(task.compression, clip_norm=0.0)
+            sent, control_residual, _ = compress_update(delta_c, old_residual, spec, rng)
+            control = encode_tensors(sent)
+            dense_bytes *= 2
+            decoded = decompress_update(sent)  # what the coordinator will add to c
+            store.save_control_undo(update_id, client_control, old_residual)
+            store.save_control({k: client_control[k] + decoded[k] for k in client_control})
+            store.save_control_residual(control_residual)
         store.save_personal(result.personal)
         store.save_opt_state(result.opt_state)
         store.save_residual(residual)
@@ -156,14 +187,34 @@ class DeviceRuntime:
             device_id=self.device_id,
             round_id=task.round_id,
             task_id=task.task_id,
-            update_id=uuid.uuid4().hex,
+            update_id=update_id,
             model_id=task.model_id,
             base_version=task.model_version,
             num_examples=result.num_examples,
             payload=payload,
-            dense_bytes=dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")}),
+            dense_bytes=dense_bytes,
             metrics={"loss": result.mean_loss, "steps": float(result.steps)},
+            control=control,
         )
+
+    def on_ack(self, ack: Ack) -> None:
+        """The coordinator's verdict on an upload. A rejected SCAFFOLD upload was not added to
+        c, so c_i and its residual go back to what they were before it; an accepted one makes
+        the move final. Only the latest SCAFFOLD upload of a model can be undone."""
+        with self._busy:
+            for model_id in self.model_dirs:
+                if not (self.state_root / self.device_id / model_id).is_dir():
+                    continue
+                store = DeviceStore(self.state_root / self.device_id, model_id)
+                undo = store.load_control_undo()
+                if undo is None or undo[0] != ack.update_id:
+                    continue
+                if not ack.accepted:
+                    store.save_control(undo[1])
+                    store.save_control_residual(undo[2])
+                    log.info("device %s: SCAFFOLD upload %s rejected (%s): c_i put back", self.device_id,
+                             ack.update_id, ack.reason)
+                store.clear_control_undo()
 
     def _decline(self, task: TrainTask, reason: str, detail: str, stage: str) -> Decline:
         log.info("device %s declines task %s: %s (%s)", self.device_id, task.task_id, reason, detail)
@@ -186,6 +237,13 @@ class DeviceRuntime:
             return float(np.mean(np.argmax(logits[head], axis=1) == y)) if head in logits and len(y) else None
 
         return DeviceEval(len(y), acc("personal"), acc("global"))
+
+
+def _fitting(arrays: dict | None, like: dict) -> dict | None:
+    """`arrays` if it has exactly the names and shapes of `like`, else None (start afresh)."""
+    if arrays is None or set(arrays) != set(like):
+        return None
+    return arrays if all(np.shape(arrays[k]) == np.shape(v) for k, v in like.items()) else None
 
 
 def _state_fits(state: dict, optimizer: str) -> bool:

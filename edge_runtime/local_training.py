@@ -1,5 +1,10 @@
 """One task's local training: epochs of minibatch steps on a backend, as a pure-ish function
-(no clock, no I/O; the abort check is injected)."""
+(no clock, no I/O; the abort check is injected), and SCAFFOLD's client control-variate update.
+
+FedProx and SCAFFOLD need nothing else here: the backend's step adds mu * (P - P.global) and
+the correction c - c_i to every shared param's gradient (models/graphs.py), on every backend
+(portable graph, numpy reference, and ort-training, whose loss graph carries the same terms).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import TaskAborted, TrainingError
+from .errors import ConfigError, TaskAborted, TrainingError
 from .manifest import Manifest
 from .protocol import TaskHyper
 from .trainer.base import Params, StepHyper, TrainerBackend
@@ -83,3 +88,41 @@ def train_locally(
     delta = {k: params[k] - shared[k] for k in shared_names}
     new_personal = {k: params[k] for k in personal}
     return LocalResult(delta, new_personal, state, n, steps, float(np.mean(losses)))
+
+
+SCAFFOLD_OPTIMIZERS = ("sgd",)
+
+
+def check_scaffold_hyper(hyper: TaskHyper) -> None:
+    """ConfigError unless option II's estimate below is a gradient for this optimizer."""
+    if hyper.optimizer not in SCAFFOLD_OPTIMIZERS:
+        raise ConfigError(f"SCAFFOLD needs optimizer 'sgd', not {hyper.optimizer!r}: with AdamW, (x - y_i) / (K lr) "
+                          "is a mean preconditioned step, not a gradient, so it cannot estimate c_i")
+    if not 0 <= hyper.momentum < 1:
+        raise ConfigError(f"SCAFFOLD needs momentum in [0, 1), got {hyper.momentum}")
+
+
+def scaffold_control_delta(server_control: Params, shared_delta: Params, steps: int, hyper: TaskHyper) -> Params:
+    """Δc_i = c_i+ - c_i by SCAFFOLD's option II (Karimireddy et al. 2020, eq. 4):
+
+        c_i+ = c_i - c + (x - y_i) / (K lr)   =>   Δc_i = -c - (y_i - x) / (K lr)
+
+    with y_i - x = `shared_delta` (uncompressed) and K = `steps`. For plain SGD,
+    x - y_i = lr * sum_k (g_k + c - c_i), so c_i+ is exactly the mean of the K local gradients
+    g_k (data loss, weight decay and the prox term; not the correction): the estimate of
+    client i's gradient that c_i stands for.
+
+    SGD with momentum β (torch semantics, dampening 0) moves by lr * buf with buf -> g / (1 - β),
+    so K lr is replaced by the effective K lr / (1 - β). That is exact for a constant gradient
+    once the buffer has warmed up; the buffer persists across rounds (opt_state.npz), so only
+    a device's first round underestimates. AdamW is refused (check_scaffold_hyper): its step
+    lr * m / sqrt(v) is no gradient, and c - c_i built from it would be added to raw gradients
+    in other units.
+    """
+    check_scaffold_hyper(hyper)
+    if steps < 1:
+        raise TrainingError("SCAFFOLD's control update needs at least one local step")
+    effective_lr = hyper.lr / (1.0 - hyper.momentum)
+    scale = 1.0 / (steps * effective_lr)
+    return {k: (-np.asarray(c, np.float64) - scale * np.asarray(shared_delta[k], np.float64)).astype(np.float32)
+            for k, c in server_control.items()}

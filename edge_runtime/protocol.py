@@ -105,7 +105,9 @@ class TrainTask:
     compression: CompressionSpec = field(default_factory=CompressionSpec)
     deadline_s: float = 600.0  # seconds after receipt
     seed: int = 0
-    correction: bytes = b""  # SCAFFOLD control-variate correction, update_codec dense; empty = none
+    # SCAFFOLD: the server control variate c, update_codec dense fp32 (the device subtracts its own
+    # c_i and uploads Update.control); empty = not a SCAFFOLD round.
+    correction: bytes = b""
     manifest_sha256: str = ""  # sha256 of the model's manifest.json, to verify fetched artifacts
 
 
@@ -119,8 +121,11 @@ class Update:
     base_version: int
     num_examples: int
     payload: bytes  # compressed delta of shared params, update_codec
-    dense_bytes: int = 0  # what the same delta would cost as dense fp32 (for reports)
+    dense_bytes: int = 0  # what payload and control would cost as dense fp32 (for reports)
     metrics: dict[str, float] = field(default_factory=dict)
+    # SCAFFOLD: Δc_i = c_i+ - c_i per shared param, update_codec, compressed like the payload
+    # (same bits and top-k, no clipping, its own error-feedback residual); empty = none.
+    control: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
     personal.npz    personal params (never leave the device)
     opt_state.npz   optimizer state between rounds
     residual.npz    error-feedback residual of the compressor
+    control.npz     SCAFFOLD client control variate c_i (shared params' shapes; absent = zeros)
+    control_residual.npz   error-feedback residual of the compressed Δc_i uploads
+    control_undo.npz       c_i and its residual from before the latest SCAFFOLD upload, with
+                           that update's id: put back if the coordinator rejects the upload
     meta.json       last round trained, counters
 
 Every write is atomic (temp file, fsync, rename): a power cut leaves the old or the new
@@ -60,6 +64,38 @@ class DeviceStore:
 
     def save_residual(self, arrays: Arrays | None) -> None:
         self._save("residual", arrays)
+
+    def load_control(self) -> Arrays | None:
+        return self._load("control")
+
+    def save_control(self, arrays: Arrays | None) -> None:
+        self._save("control", arrays)
+
+    def load_control_residual(self) -> Arrays | None:
+        return self._load("control_residual")
+
+    def save_control_residual(self, arrays: Arrays | None) -> None:
+        self._save("control_residual", arrays)
+
+    def save_control_undo(self, update_id: str, control: Arrays, residual: Arrays | None) -> None:
+        arrays = {f"control/{k}": v for k, v in control.items()}
+        arrays.update({f"residual/{k}": v for k, v in (residual or {}).items()})
+        self._save("control_undo", {**arrays, "update_id": np.array(update_id)})
+
+    def load_control_undo(self) -> tuple[str, Arrays, Arrays | None] | None:
+        """(update id, c_i before it, residual before it or None), or None."""
+        arrays = self._load("control_undo")
+        if arrays is None:
+            return None
+        parts: dict[str, Arrays] = {"control": {}, "residual": {}}
+        for key, value in arrays.items():
+            if "/" in key:
+                kind, name = key.split("/", 1)
+                parts[kind][name] = value
+        return str(arrays["update_id"]), parts["control"], parts["residual"] or None
+
+    def clear_control_undo(self) -> None:
+        self._save("control_undo", None)
 
     def load_meta(self) -> dict:
         path = self.dir / "meta.json"

@@ -1,22 +1,39 @@
-"""FedAvg (McMahan et al. 2017): the new global params are the example-weighted mean of
-the clients' params, i.e. params + server_lr * mean(delta) with server_lr = 1."""
+"""FedAvg (McMahan et al. 2017) and FedProx (Li et al. 2020).
+
+FedAvg: the new global params are the example-weighted mean of the clients' params, i.e.
+x + server_lr * mean(delta) with server_lr = 1.
+
+FedProx changes only local training: each client minimises f_i(w) + mu/2 ||w - x||^2. The
+task carries mu (TaskHyper.mu) and the device adds mu * (w - x) to every shared param's
+gradient (models/graphs.py); aggregation is FedAvg's.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from edge_runtime.protocol import TaskHyper
 
-from .base import Params, ServerState, Strategy
+from .base import AggregateInput, RoundPlan, ServerState, Strategy, add_scaled
 
 
 class FedAvg(Strategy):
     name = "fedavg"
 
-    def __init__(self, hyper: TaskHyper, server_lr: float = 1.0):
-        super().__init__(hyper)
-        if server_lr <= 0:
-            raise ValueError(f"server_lr must be > 0, got {server_lr}")
-        self.server_lr = server_lr
-
-    def apply(self, state: ServerState, mean_delta: Params) -> ServerState:
-        params = {k: v + self.server_lr * mean_delta[k] for k, v in state.params.items()}
+    def apply(self, state: ServerState, agg: AggregateInput) -> ServerState:
+        params = add_scaled(state.params, agg.mean_delta, self.server_lr)
         return ServerState(version=state.version + 1, params=params, extra=state.extra)
+
+
+class FedProx(FedAvg):
+    name = "fedprox"
+
+    def __init__(self, hyper: TaskHyper, server_lr: float | None = None, mu: float = 0.01):
+        super().__init__(hyper, server_lr)
+        if not (mu >= 0 and math.isfinite(mu)):
+            raise ValueError(f"FedProx mu must be a finite number >= 0, got {mu}")
+        self.mu = float(mu)
+
+    def configure(self, state: ServerState) -> RoundPlan:
+        return RoundPlan(dataclasses.replace(self.hyper, mu=self.mu))

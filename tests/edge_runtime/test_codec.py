@@ -41,7 +41,7 @@ SAMPLES = {
     p.Update: p.Update(
         device_id="pi-07", round_id=12, task_id="t-12-3", update_id="u-1", model_id="mlp",
         base_version=11, num_examples=480, payload=b"\x01\x02\x03", dense_bytes=4096,
-        metrics={"loss": 0.25, "accuracy": 0.875, "seconds": 12.0},
+        metrics={"loss": 0.25, "accuracy": 0.875, "seconds": 12.0}, control=b"\x04\x05" * 6,
     ),
     p.Decline: p.Decline(
         device_id="jetson-1", round_id=4, task_id="t-4-1", reason="aborted:thermal",

@@ -1,0 +1,301 @@
+"""FedProx and SCAFFOLD on the device, against independent references.
+
+* FedProx: the gradient every backend steps along is that of
+  F(w) = CE(w) + mu/2 ||w_shared - x||^2 + <c - c_i, w_shared>, checked against central finite
+  differences of F in float64 (SGD reads the gradient off one lr=1 step; AdamW's first step
+  against its closed form on the finite-difference gradient).
+* SCAFFOLD's client side: a device handed c trains with c - c_i and uploads
+  Δc_i = c_i+ - c_i, where the oracle for option II's c_i+ = c_i - c + (x - y_i) / (K lr) is
+  the plain mean of the K raw minibatch gradients, computed by a hand-written SGD loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.config import CoordinatorConfig
+from coordinator.strategies import strategy_from_config
+from edge_runtime.compress import decompress_update
+from edge_runtime.device import DeviceRuntime, LocalData, _stable_int
+from edge_runtime.errors import ConfigError
+from edge_runtime.local_training import scaffold_control_delta
+from edge_runtime.model_runtime import ModelRuntime
+from edge_runtime.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update
+from edge_runtime.store import DeviceStore
+from edge_runtime.trainer import available_backends, make_backend
+from edge_runtime.trainer.base import StepHyper
+from edge_runtime.trainer.numpy_ref import NumpyModel, load_frozen
+from edge_runtime.update_codec import decode_tensors, encode_dense
+from models.build import build_artifacts
+from models.spec import mlp_spec
+
+from tests.tiny_model import CLASSES, FEATURES
+
+BACKENDS = [b for b in ("numpy", "portable", "ort-training") if b in available_backends()]
+EXACT = CompressionSpec(quant_bits=32, error_feedback=False)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """The tiny MLP of tests/tiny_model.py, with ORT training artifacts where they can be built."""
+    directory = tmp_path_factory.mktemp("artifacts")
+    spec = mlp_spec(FEATURES, CLASSES, hidden=(8,), modes=("lora",), lora_rank=2)
+    manifest = build_artifacts(spec, directory, ort_training="ort-training" in BACKENDS)
+    return directory, manifest, ModelRuntime(directory, expected_model_id=manifest.model_id)
+
+
+def _point(model, seed):
+    """Params away from init (LoRA's B is zero there), an anchor, a correction, a batch."""
+    _, manifest, _ = model
+    rng = np.random.default_rng(seed)
+    params = {p.name: (0.5 * rng.normal(size=p.shape)).astype(np.float32) for p in manifest.trainable}
+    shared = [p.name for p in manifest.by_role("shared")]
+    anchor = {k: (params[k] + 0.3 * rng.normal(size=params[k].shape)).astype(np.float32) for k in shared}
+    correction = {k: (0.2 * rng.normal(size=params[k].shape)).astype(np.float32) for k in shared}
+    z = rng.normal(size=(16, FEATURES)).astype(np.float32)
+    y = rng.integers(0, CLASSES, 16)
+    return params, anchor, correction, z, y
+
+
+def _fd_gradient(model, params, anchor, correction, mu, z, y):
+    """Central differences of F(w) = CE + mu/2 sum ||w - anchor||^2 + sum <correction, w>, float64."""
+    d, manifest, _ = model
+    net = NumpyModel(manifest.spec, load_frozen(d, manifest), dtype=np.float64)
+    w = {k: v.astype(np.float64) for k, v in params.items()}
+
+    def objective(w):
+        value = net.loss_and_grads(w, z.astype(np.float64), y)[0]
+        for k in anchor:
+            value += 0.5 * mu * np.sum((w[k] - anchor[k]) ** 2) + np.sum(correction[k] * w[k])
+        return value
+
+    h, grads = 1e-6, {}
+    for name, value in w.items():
+        g = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            keep = value[idx]
+            value[idx] = keep + h
+            up = objective(w)
+            value[idx] = keep - h
+            down = objective(w)
+            value[idx] = keep
+            g[idx] = (up - down) / (2 * h)
+        grads[name] = g
+    return grads
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fedprox_sgd_gradient_matches_finite_differences(model, backend):
+    d, manifest, _ = model
+    params, anchor, correction, z, y = _point(model, 1)
+    mu = 0.7
+    want = _fd_gradient(model, params, anchor, correction, mu, z, y)
+    trainer = make_backend(backend, d, manifest, "sgd")
+    trainer.start(params, None, anchor, correction)
+    trainer.step(z, y, StepHyper(lr=1.0, mu=mu))  # w' = w - grad F(w)
+    new, _ = trainer.current()
+    for name, value in params.items():
+        got = value.astype(np.float64) - new[name]
+        np.testing.assert_allclose(got, want[name], atol=2e-5, rtol=1e-4, err_msg=f"{backend} {name}")
+    # The prox term really is there: without it the shared params would have moved differently.
+    prox = {k: mu * (params[k].astype(np.float64) - anchor[k]) for k in anchor}
+    assert max(np.abs(p).max() for p in prox.values()) > 0.1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fedprox_adamw_first_step_follows_the_closed_form(model, backend):
+    """Step 1 of torch AdamW from zero moments: w' = w (1 - lr wd) - lr g / (|g| + eps)."""
+    d, manifest, _ = model
+    params, anchor, correction, z, y = _point(model, 2)
+    mu, hyper = 0.4, StepHyper(lr=0.01, weight_decay=0.1, mu=0.4, eps=0.05)  # a large eps keeps |g| in the step
+    g = _fd_gradient(model, params, anchor, correction, mu, z, y)
+    trainer = make_backend(backend, d, manifest, "adamw")
+    trainer.start(params, None, anchor, correction)
+    trainer.step(z, y, hyper)
+    new, _ = trainer.current()
+    for name, value in params.items():
+        want = value.astype(np.float64) * (1 - hyper.lr * hyper.weight_decay) - hyper.lr * g[name] / (
+            np.abs(g[name]) + hyper.eps)
+        np.testing.assert_allclose(new[name], want, atol=2e-6, rtol=1e-5, err_msg=f"{backend} {name}")
+
+
+def test_fedprox_mu_comes_from_the_config_into_the_task():
+    fedprox = strategy_from_config(CoordinatorConfig(strategy="fedprox", prox_mu=0.3))
+    plan = fedprox.configure(fedprox.init({"w": np.zeros(3)}))
+    assert plan.hyper.mu == 0.3 and plan.correction is None
+    fedavg = strategy_from_config(CoordinatorConfig(hyper=TaskHyper(mu=0.05)))
+    plain = fedavg.configure(fedavg.init({"w": np.zeros(3)}))
+    assert plain.hyper.mu == 0.05  # fedavg sends hyper.mu as configured
+
+
+# ------------------------------------------------------------------------------ SCAFFOLD
+
+
+def _data(seed=5, n=20):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + 4, FEATURES)).astype(np.float32)
+    y = rng.integers(0, CLASSES, n + 4)
+    return LocalData(x[:n], y[:n], x[n:], y[n:])
+
+
+def _task(model, shared, hyper, round_id=1, correction=None, compression=EXACT):
+    _, manifest, _ = model
+    return TrainTask(round_id=round_id, task_id=f"t{round_id}", device_id="dev", model_id=manifest.model_id,
+                     model_version=round_id - 1, params=encode_dense(shared), hyper=hyper, compression=compression,
+                     seed=40 + round_id, correction=b"" if correction is None else encode_dense(correction))
+
+
+def _hand_sgd(model, device, task, shared, personal, correction, mu):
+    """The device's local run written out: same batches, plain SGD, grad = dCE + mu (w - x) + correction.
+    Returns (final params, mean of the K raw gradients of the shared params, K)."""
+    d, manifest, runtime = model
+    net = NumpyModel(manifest.spec, load_frozen(d, manifest), dtype=np.float64)
+    hyper = task.hyper
+    rng = np.random.default_rng([_stable_int(device.device_id), task.seed, task.round_id, device.seed])
+    z, y = runtime.embed(device.data.x_train), device.data.y_train
+    w = {k: v.astype(np.float64) for k, v in {**shared, **personal}.items()}
+    raw_sum = {k: np.zeros_like(w[k]) for k in shared}
+    steps = 0
+    for _ in range(hyper.epochs):
+        order = rng.permutation(len(y))
+        for b in range(-(-len(y) // hyper.batch_size)):
+            idx = order[b * hyper.batch_size:(b + 1) * hyper.batch_size]
+            _, g = net.loss_and_grads(w, z[idx], y[idx])
+            for k in shared:
+                g[k] = g[k] + mu * (w[k] - shared[k])
+                raw_sum[k] += g[k]
+                g[k] = g[k] + correction[k]
+            for k in w:
+                w[k] = w[k] - hyper.lr * g[k]
+            steps += 1
+    return w, {k: v / steps for k, v in raw_sum.items()}, steps
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scaffold_device_trains_with_c_minus_ci_and_uploads_option_two(model, tmp_path, backend):
+    d, manifest, runtime = model
+    device = DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path, backend=backend, seed=2)
+    rng = np.random.default_rng(9)
+    shared = {k: (v + 0.1 * rng.normal(size=v.shape)).astype(np.float32) for k, v in runtime.initial("shared").items()}
+    c = {k: (0.05 * rng.normal(size=v.shape)).astype(np.float32) for k, v in shared.items()}
+    c_i = {k: (0.05 * rng.normal(size=v.shape)).astype(np.float32) for k, v in shared.items()}
+    store = DeviceStore(tmp_path / "dev", manifest.model_id)
+    store.save_control(c_i)  # as a previous round left it
+    hyper = TaskHyper(epochs=2, batch_size=8, lr=0.1, mu=0.2)
+    task = _task(model, shared, hyper, correction=c)
+
+    update = device.handle_task(task)
+    assert isinstance(update, Update) and update.control
+    delta = decompress_update(decode_tensors(update.payload))
+    delta_c = decompress_update(decode_tensors(update.control))
+
+    w, mean_grad, steps = _hand_sgd(model, device, task, shared, runtime.initial("personal"),
+                                    {k: c[k].astype(np.float64) - c_i[k] for k in c}, hyper.mu)
+    assert steps == 6 and update.metrics["steps"] == 6.0
+    for k in shared:
+        # Local training used the correction c - c_i (and the prox term).
+        np.testing.assert_allclose(delta[k], w[k] - shared[k], atol=2e-6, err_msg=k)
+        # Option II, literally: c_i+ = c_i - c + (x - y_i) / (K lr).
+        option_two = c_i[k] - c[k] + (shared[k].astype(np.float64) - w[k]) / (steps * hyper.lr)
+        np.testing.assert_allclose(c_i[k] + delta_c[k], option_two, atol=2e-5, err_msg=k)
+        # ...which for SGD is the mean raw gradient of the local steps (the oracle).
+        np.testing.assert_allclose(c_i[k] + delta_c[k], mean_grad[k], atol=2e-5, err_msg=k)
+        # The device keeps c_i+ for the next round.
+        np.testing.assert_array_equal(store.load_control()[k], c_i[k] + delta_c[k])
+    assert update.dense_bytes == 2 * len(encode_dense(shared))  # delta and control, both dense fp32
+
+
+def test_first_scaffold_round_starts_from_zero_ci_and_plain_tasks_leave_no_control(model, tmp_path):
+    d, manifest, runtime = model
+    device = DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path, backend="numpy")
+    shared = runtime.initial("shared")
+    zero_c = {k: np.zeros_like(v) for k, v in shared.items()}
+    hyper = TaskHyper(epochs=1, batch_size=10, lr=0.1)
+    plain = device.handle_task(_task(model, shared, hyper, round_id=1))
+    assert isinstance(plain, Update) and plain.control == b""
+    store = DeviceStore(tmp_path / "dev", manifest.model_id)
+    assert store.load_control() is None
+    update = device.handle_task(_task(model, shared, hyper, round_id=2, correction=zero_c))
+    delta = decompress_update(decode_tensors(update.payload))
+    delta_c = decompress_update(decode_tensors(update.control))
+    for k in shared:  # c = c_i = 0: Δc_i = -(y_i - x) / (K lr), the mean gradient
+        np.testing.assert_allclose(delta_c[k], -delta[k] / (2 * 0.1), rtol=1e-5, atol=1e-7)
+
+
+def test_option_two_by_hand_with_momentum():
+    """Δc_i = -c - Δy / (K lr / (1 - β)), numbers worked out on paper."""
+    c = {"w": np.array([1.0, 2.0], np.float32)}
+    delta = {"w": np.array([-0.3, 0.6], np.float32)}
+    got = scaffold_control_delta(c, delta, steps=3, hyper=TaskHyper(lr=0.1, momentum=0.5))
+    np.testing.assert_allclose(got["w"], [-0.5, -3.0], rtol=1e-6)  # K lr / (1 - β) = 0.6
+    plain = scaffold_control_delta(c, delta, steps=3, hyper=TaskHyper(lr=0.1))
+    np.testing.assert_allclose(plain["w"], [0.0, -4.0], atol=1e-6)  # K lr = 0.3
+    with pytest.raises(ConfigError):
+        scaffold_control_delta(c, delta, steps=3, hyper=TaskHyper(optimizer="adamw"))
+
+
+def test_compressed_control_moves_ci_by_exactly_what_was_sent(model, tmp_path):
+    """Lossy Δc_i: c_i moves by the decoded upload (what the coordinator adds to c), and the
+    unsent rest waits in the residual: c_i + residual tracks the exact option-II sum."""
+    d, manifest, runtime = model
+    device = DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path, backend="numpy")
+    store = DeviceStore(tmp_path / "dev", manifest.model_id)
+    shared = runtime.initial("shared")
+    rng = np.random.default_rng(3)
+    c = {k: (0.02 * rng.normal(size=v.shape)).astype(np.float32) for k, v in shared.items()}
+    lossy = CompressionSpec(quant_bits=4, topk_fraction=0.3, clip_norm=1e-6)  # the clip must not touch Δc_i
+    hyper = TaskHyper(epochs=1, batch_size=10, lr=0.1)
+    exact_sum = {k: np.zeros(v.shape, np.float64) for k, v in shared.items()}
+    for r in (1, 2, 3):
+        before = store.load_control() or {k: np.zeros_like(v) for k, v in shared.items()}
+        personal = store.load_personal() or runtime.initial("personal")
+        task = _task(model, shared, hyper, round_id=r, correction=c, compression=lossy)
+        update = device.handle_task(task)
+        sent = decompress_update(decode_tensors(update.control))
+        after = store.load_control()
+        for k in shared:
+            np.testing.assert_array_equal(after[k], before[k] + sent[k])
+        correction = {k: c[k].astype(np.float64) - before[k] for k in c}
+        w, _, steps = _hand_sgd(model, device, task, shared, personal, correction, 0.0)
+        for k in shared:
+            exact_sum[k] += -c[k] - (w[k] - shared[k]) / (steps * hyper.lr)
+    residual = store.load_control_residual()
+    for k in shared:
+        np.testing.assert_allclose(store.load_control()[k] + residual[k], exact_sum[k], atol=1e-4, err_msg=k)
+
+
+def test_scaffold_with_adamw_is_declined_before_training(model, tmp_path):
+    d, manifest, runtime = model
+    device = DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path, backend="numpy")
+    shared = runtime.initial("shared")
+    zero_c = {k: np.zeros_like(v) for k, v in shared.items()}
+    reply = device.handle_task(_task(model, shared, TaskHyper(optimizer="adamw", lr=0.01), correction=zero_c))
+    assert isinstance(reply, Decline) and reply.reason == "bad_config" and reply.stage == "before"
+    assert DeviceStore(tmp_path / "dev", manifest.model_id).load_personal() is None
+    with pytest.raises(ConfigError, match="scaffold"):
+        CoordinatorConfig(strategy="scaffold", hyper=TaskHyper(optimizer="adamw"))
+
+
+def test_a_rejected_upload_puts_ci_back_and_an_accepted_one_keeps_it(model, tmp_path):
+    d, manifest, runtime = model
+    device = DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path, backend="numpy")
+    store = DeviceStore(tmp_path / "dev", manifest.model_id)
+    shared = runtime.initial("shared")
+    c = {k: np.full(v.shape, 0.01, np.float32) for k, v in shared.items()}
+    hyper = TaskHyper(epochs=1, batch_size=10, lr=0.1)
+    lossy = CompressionSpec(quant_bits=8, topk_fraction=0.5)
+    first = device.handle_task(_task(model, shared, hyper, round_id=1, correction=c, compression=lossy))
+    device.on_ack(Ack("dev", 1, "t1", first.update_id, True))
+    kept, kept_residual = store.load_control(), store.load_control_residual()
+    assert store.load_control_undo() is None
+
+    second = device.handle_task(_task(model, shared, hyper, round_id=2, correction=c, compression=lossy))
+    assert any(not np.array_equal(store.load_control()[k], kept[k]) for k in kept)
+    device.on_ack(Ack("dev", 2, "t2", "some-other-update", False))  # not the latest: ignored
+    assert store.load_control_undo() is not None
+    device.on_ack(Ack("dev", 2, "t2", second.update_id, False, "stale_round"))
+    for k in kept:
+        np.testing.assert_array_equal(store.load_control()[k], kept[k])
+        np.testing.assert_array_equal(store.load_control_residual()[k], kept_residual[k])
+    assert store.load_control_undo() is None
