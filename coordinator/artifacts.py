@@ -71,9 +71,10 @@ class ArtifactServer:
         return self.manifest.model_id
 
     def plan(self, request: FetchRequest, now: float) -> list[str]:
-        """Names to send, manifest.json first; records the transfer for the rate limit.
+        """Names to send, manifest.json first. The rate limit is recorded by `transfer` once
+        the last file is handed over, so a transfer cut short can be asked for again at once.
 
-        Raises UnknownModel, UnknownArtifact or FetchRateLimited; nothing is recorded then.
+        Raises UnknownModel, UnknownArtifact or FetchRateLimited.
         """
         if request.model_id != self.model_id:
             raise UnknownModel(f"{request.device_id} asked for model {request.model_id!r}; serving {self.model_id}")
@@ -87,14 +88,20 @@ class ArtifactServer:
         if last is not None and now - last < self.min_interval_s:
             raise FetchRateLimited(f"{request.device_id} fetched {now - last:.1f} s ago; limit is one transfer "
                                    f"per {self.min_interval_s:g} s")
-        self._remember(request.device_id, now)
         return [MANIFEST_FILE, *names]
 
     def transfer(self, request: FetchRequest, now: float) -> Iterator[ArtifactFile]:
-        """plan() at once (so a refusal raises before anything is sent), then read() lazily:
-        one file in memory at a time."""
+        """plan() at once (so a refusal raises before anything is sent), then read() lazily.
+        Each file is read when asked for, but a publisher may still queue all of them until
+        the broker acknowledges; the rate limit bounds how often a device can cause that."""
         names = self.plan(request, now)
-        return (self.read(name, i, len(names)) for i, name in enumerate(names))
+
+        def files() -> Iterator[ArtifactFile]:
+            for i, name in enumerate(names):
+                yield self.read(name, i, len(names))
+            self._remember(request.device_id, now)
+
+        return files()
 
     def read(self, name: str, index: int, count: int) -> ArtifactFile:
         """One file of a planned transfer, checked against the manifest's hash."""

@@ -85,7 +85,13 @@ class CoordinatorLoop:
             return True
         try:
             self.coordinator.start()
-        except NotConnected:
+        except (NotConnected, ConnectionLost) as exc:
+            log.info("coordinator: not started yet: %s", exc)
+            return False
+        except TransportError as exc:  # e.g. no SUBACK in time from an overloaded broker
+            if getattr(self.coordinator.transport, "closed", False):
+                raise
+            log.warning("coordinator: start failed, retrying: %s", exc)
             return False
         self._started = True
         return True

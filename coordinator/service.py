@@ -37,7 +37,7 @@ from .loop import CoordinatorLoop
 from .metrics import CoordinatorMetrics, serve_metrics
 from .server import Coordinator
 from .store import open_store
-from .strategies import make_strategy
+from .strategies import strategy_from_config
 
 log = logging.getLogger("fedge.coordinator")
 
@@ -77,7 +77,7 @@ def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
     store = open_store(cfg.coordinator)
     metrics = CoordinatorMetrics()
     transport = MqttTransport(cfg.service.client_id, cfg.broker)
-    coordinator = Coordinator(transport, make_strategy(cfg.coordinator.strategy, cfg.coordinator.hyper), manifest,
+    coordinator = Coordinator(transport, strategy_from_config(cfg.coordinator), manifest,
                               initial, cfg.coordinator, store=store, metrics=metrics)
     target = cfg.service.rounds
 

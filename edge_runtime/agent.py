@@ -9,7 +9,10 @@ reads time from the injected clock and never sleeps: the loop that owns sleeping
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 from pathlib import Path
 
 from .clock import SystemClock
@@ -17,6 +20,7 @@ from .codec import decode_message, encode_message
 from .device import DeviceRuntime
 from .errors import ArtifactError, CodecError
 from .fetch import ArtifactDownload
+from .manifest import MANIFEST_FILE, atomic_write_bytes
 from .pending import PendingUploads
 from .protocol import (ANNOUNCE_TOPIC, Ack, Announcement, ArtifactFile, Decline, FetchRequest, Pace, Status, TrainTask,
                        Update, device_topic)
@@ -24,6 +28,10 @@ from .task import TaskState, advance
 from .transport.base import Message, Transport
 
 log = logging.getLogger("fedge.agent")
+
+_SAFE_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z_.-]{0,127}")
+_SEEN_TASKS_KEPT = 256  # task ids remembered across restarts, so a redelivered task is not trained twice
+_MAX_BACKOFF_STEPS = 5  # resend interval grows to republish_s * 2**5 while no Ack comes
 
 
 class DeviceAgent:
@@ -35,27 +43,34 @@ class DeviceAgent:
         max_message_bytes: int = 64 << 20,
         *,
         artifacts_dir: str | Path | None = None,  # where fetched models go; default under the state dir
-        republish_s: float = 10.0,  # resend unacknowledged updates this often (seconds)
+        republish_s: float = 10.0,  # resend unacknowledged updates after this, doubling while none is acked
         checkin_s: float = 60.0,  # check in again this often unless paced otherwise (seconds)
         fetch_timeout_s: float = 120.0,  # give up on a model download after this (seconds)
+        pending_max_age_s: float = 7 * 24 * 3600.0,  # drop an update nobody acknowledged after this
     ):
         self.runtime = runtime
         self.transport = transport
         self.clock = clock or SystemClock()
         self.max_message_bytes = max_message_bytes
-        home = Path(runtime.state_root) / runtime.device_id
-        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else home / "artifacts"
-        self.pending = PendingUploads(home / "pending")
+        self.home = Path(runtime.state_root) / runtime.device_id
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else self.home / "artifacts"
+        self.pending = PendingUploads(self.home / "pending")
         self.republish_s = republish_s
         self.checkin_s = checkin_s
         self.fetch_timeout_s = fetch_timeout_s
+        self.pending_max_age_s = pending_max_age_s
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
-        self.waiting: dict[str, tuple[TrainTask, ArtifactDownload, float]] = {}  # model_id -> (task, download, started)
+        self.declines: dict[str, bytes] = {}  # task_id -> the Decline sent, re-sent if the task comes again
+        self.waiting: dict[str, tuple[list[TrainTask], ArtifactDownload, float]] = {}  # model_id -> downloads
         self.announcement: Announcement | None = None
         self.next_checkin = float("inf")
         self.next_republish = float("inf")
+        self._unacked_resends = 0
         self.last_pace: Pace | None = None
         self.started = False
+        self._seen_file = self.home / "seen_tasks.json"
+        self._seen = self._load_seen()
+        self._manifest_hashes: dict[str, str] = {}  # model dir -> sha256 of its manifest.json
 
     @property
     def device_id(self) -> str:
@@ -70,15 +85,18 @@ class DeviceAgent:
         for channel in ("task", "ack", "artifact"):
             self.transport.subscribe(device_topic(self.device_id, channel))
         self.transport.subscribe(ANNOUNCE_TOPIC)
-        self.transport.publish(device_topic(self.device_id, "status"), encode_message(Status(self.device_id, True)),
-                               qos=1, retain=True)
+        self._announce_online()
+        self.republish_pending()  # left over from before a restart, ahead of new work
         self.check_in()
-        self.republish_pending()  # left over from before a restart
         self.started = True
 
     def on_reconnect(self) -> None:
         """The link came back: the broker may have lost anything in flight, so resend."""
+        self._announce_online()  # the Last Will left "offline" retained
+        self._unacked_resends = 0
         self.republish_pending()
+        for tasks, download, _ in self.waiting.values():
+            self._request_files(tasks[0], download)
         self.check_in()
 
     def check_in(self) -> None:
@@ -91,11 +109,17 @@ class DeviceAgent:
         if now >= self.next_checkin:
             self.check_in()
         if len(self.pending) and now >= self.next_republish:
+            for stale in self.pending.older_than(self.pending_max_age_s):
+                log.warning("device %s: dropping update %s of round %d: no Ack in %g s", self.device_id,
+                            stale.update_id, stale.round_id, self.pending_max_age_s)
+                self.pending.remove(stale.update_id)
+            self._unacked_resends = min(self._unacked_resends + 1, _MAX_BACKOFF_STEPS)
             self.republish_pending()
-        for model_id, (task, download, started) in list(self.waiting.items()):
+        for model_id, (tasks, download, started) in list(self.waiting.items()):
             if now - started > self.fetch_timeout_s:
                 del self.waiting[model_id]
-                self._decline(task, "artifact_fetch_timeout", f"model {model_id}: still missing {download.missing() or 'manifest'}")
+                for task in tasks:
+                    self._decline(task, "artifact_fetch_timeout", f"model {model_id}: still missing {download.missing() or 'manifest'}")
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Handle at most one incoming message; True if one was handled."""
@@ -129,78 +153,167 @@ class DeviceAgent:
         items = self.pending.items()
         for item in items:
             self._publish("update", item.payload)
-        self.next_republish = self.clock.now() + self.republish_s
+        self.next_republish = self.clock.now() + self.republish_s * 2 ** self._unacked_resends
         return len(items)
 
     # ------------------------------------------------------------------ handlers
 
     def _on_task(self, task: TrainTask) -> None:
-        if task.task_id in self.tasks:
-            log.info("device %s: task %s already seen, ignored", self.device_id, task.task_id)
+        if task.task_id in self.tasks or task.task_id in self._seen:
+            self._answer_again(task)
             return
         self.tasks[task.task_id] = TaskState.IDLE
-        if task.model_id not in self.runtime.model_dirs and not self._start_fetch(task):
+        self._remember_task(task.task_id)
+        if not _SAFE_ID.fullmatch(task.model_id):
+            self._decline(task, "bad_model_id", f"model id {task.model_id!r} is not a safe name")
+            return
+        if not self._model_ready(task):
             return
         self._run_task(task)
+
+    def _answer_again(self, task: TrainTask) -> None:
+        """A task seen before came again (QoS 1 redelivery, or the coordinator resending after a
+        loss): repeat the answer, never the training."""
+        if task.task_id in self.declines:
+            self._publish("update", self.declines[task.task_id])
+        elif task.model_id in self.waiting:
+            tasks, download, _ = self.waiting[task.model_id]
+            self._request_files(tasks[0], download)
+        else:
+            self.republish_pending()
+        log.info("device %s: task %s already seen; answered again", self.device_id, task.task_id)
 
     def _run_task(self, task: TrainTask) -> None:
         self.tasks[task.task_id] = advance(TaskState.IDLE, "task")
         reply = self.runtime.handle_task(task)
         if isinstance(reply, Decline):
             self.tasks[task.task_id] = advance(TaskState.TRAINING, "abort" if reply.stage == "during" else "decline")
-            self._publish("update", encode_message(reply))
+            self._send_decline(reply)
             return
         assert isinstance(reply, Update)
-        self.tasks[task.task_id] = advance(TaskState.TRAINING, "trained")
         payload = encode_message(reply)
+        if len(payload) > self.max_message_bytes:  # never store what can never be sent
+            self.tasks[task.task_id] = advance(TaskState.TRAINING, "decline")
+            self._send_decline(Decline(self.device_id, task.round_id, task.task_id, "oversize",
+                                       f"update of {len(payload)} bytes > {self.max_message_bytes}", "during"))
+            return
+        self.tasks[task.task_id] = advance(TaskState.TRAINING, "trained")
         self.pending.add(reply.round_id, reply.update_id, payload)  # on disk before it leaves
         self._publish("update", payload)
         self.next_republish = self.clock.now() + self.republish_s
 
     def _on_ack(self, ack: Ack) -> None:
         self.pending.remove(ack.update_id)
+        self._unacked_resends = 0
+        on_ack = getattr(self.runtime, "on_ack", None)
+        if on_ack is not None:
+            on_ack(ack)  # e.g. SCAFFOLD puts its control variate back when an upload was refused
         if self.tasks.get(ack.task_id) == TaskState.UPLOADING:
             self.tasks[ack.task_id] = advance(TaskState.UPLOADING, "ack" if ack.accepted else "rejected")
         if not ack.accepted:
             log.info("device %s: update %s rejected: %s", self.device_id, ack.update_id, ack.reason)
 
-    def _start_fetch(self, task: TrainTask) -> bool:
-        """Ask the coordinator for the task's model; True if it is already installed here."""
-        dest = self.artifacts_dir / task.model_id
+    # ------------------------------------------------------------------ artifacts
+
+    def _model_ready(self, task: TrainTask) -> bool:
+        """True if the task's model is installed and matches the task's manifest hash; else a
+        download starts (or joins one under way) and the task waits for it."""
+        installed = self.runtime.model_dirs.get(task.model_id)
+        fetched = self.artifacts_dir / task.model_id
+        for directory in (installed, fetched):
+            if directory is None or not (Path(directory) / MANIFEST_FILE).exists():
+                continue
+            if task.manifest_sha256 and self._manifest_sha256(directory) != task.manifest_sha256:
+                log.warning("device %s: model %s in %s does not match the task's manifest hash; fetching it",
+                            self.device_id, task.model_id, directory)
+                continue
+            try:
+                if directory != installed:
+                    self.runtime.add_model(task.model_id, directory)
+            except ArtifactError as exc:
+                log.warning("device %s: installed model %s is unusable: %s", self.device_id, task.model_id, exc)
+                continue
+            return True
+        if task.model_id in self.waiting:
+            self.waiting[task.model_id][0].append(task)
+            return False
         try:
-            if (dest / "manifest.json").exists():
-                self.runtime.add_model(task.model_id, dest)
-                return True
-            download = ArtifactDownload(task.model_id, task.manifest_sha256, dest)
+            download = ArtifactDownload(task.model_id, task.manifest_sha256, fetched)
         except ArtifactError as exc:
             self._decline(task, exc.reason, str(exc))
             return False
-        self.waiting[task.model_id] = (task, download, self.clock.now())
-        self._publish("fetch", encode_message(FetchRequest(self.device_id, task.model_id)))
+        self.waiting[task.model_id] = ([task], download, self.clock.now())
+        self._request_files(task, download)
         log.info("device %s: fetching model %s for task %s", self.device_id, task.model_id, task.task_id)
         return False
+
+    def _request_files(self, task: TrainTask, download: ArtifactDownload) -> None:
+        files = download.missing() if download.manifest is not None else ()
+        self._publish("fetch", encode_message(FetchRequest(self.device_id, task.model_id, files)))
 
     def _on_artifact(self, item: ArtifactFile) -> None:
         entry = self.waiting.get(item.model_id)
         if entry is None:
             return  # a late or repeated file for a model we already have
-        task, download, _ = entry
+        tasks, download, _ = entry
+        if item.path != MANIFEST_FILE and download.manifest is None:
+            return  # a straggler from an earlier transfer; the manifest comes first in every transfer
+        if item.path in download.received:
+            return
         try:
             done = download.accept(item)
         except ArtifactError as exc:
             del self.waiting[item.model_id]
             log.warning("device %s: artifact %s of model %s refused: %s", self.device_id, item.path, item.model_id, exc)
-            self._decline(task, exc.reason, str(exc))
+            for task in tasks:
+                self._decline(task, exc.reason, str(exc))
             return
-        if done:
-            del self.waiting[item.model_id]
+        if not done:
+            return
+        del self.waiting[item.model_id]
+        try:
             self.runtime.add_model(item.model_id, download.dest)
-            log.info("device %s: model %s installed and verified", self.device_id, item.model_id)
+        except ArtifactError as exc:
+            for task in tasks:
+                self._decline(task, exc.reason, str(exc))
+            return
+        log.info("device %s: model %s installed and verified", self.device_id, item.model_id)
+        for task in tasks:
             self._run_task(task)
+
+    def _manifest_sha256(self, directory) -> str:
+        key = str(directory)
+        if key not in self._manifest_hashes:
+            self._manifest_hashes[key] = hashlib.sha256((Path(directory) / MANIFEST_FILE).read_bytes()).hexdigest()
+        return self._manifest_hashes[key]
+
+    # ------------------------------------------------------------------ helpers
 
     def _decline(self, task: TrainTask, reason: str, detail: str) -> None:
         self.tasks[task.task_id] = TaskState.DECLINED
-        self._publish("update", encode_message(Decline(self.device_id, task.round_id, task.task_id, reason, detail, "before")))
+        self._send_decline(Decline(self.device_id, task.round_id, task.task_id, reason, detail, "before"))
+
+    def _send_decline(self, decline: Decline) -> None:
+        payload = encode_message(decline)
+        self.declines[decline.task_id] = payload
+        if len(self.declines) > _SEEN_TASKS_KEPT:
+            self.declines.pop(next(iter(self.declines)))
+        self._publish("update", payload)
+
+    def _announce_online(self) -> None:
+        self.transport.publish(device_topic(self.device_id, "status"), encode_message(Status(self.device_id, True)),
+                               qos=1, retain=True)
+
+    def _load_seen(self) -> list[str]:
+        try:
+            seen = json.loads(self._seen_file.read_text())
+            return [str(t) for t in seen][-_SEEN_TASKS_KEPT:]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _remember_task(self, task_id: str) -> None:
+        self._seen = (self._seen + [task_id])[-_SEEN_TASKS_KEPT:]
+        atomic_write_bytes(self._seen_file, json.dumps(self._seen).encode())
 
     def _publish(self, channel: str, payload: bytes) -> None:
         self.transport.publish(device_topic(self.device_id, channel), payload, qos=1)

@@ -12,7 +12,7 @@ import threading
 
 from .agent import DeviceAgent
 from .clock import SystemClock
-from .errors import ConnectionLost, NotConnected, TransportError
+from .errors import ConnectionLost, FedgeError, NotConnected, TransportError
 
 log = logging.getLogger("fedge.device.loop")
 
@@ -48,6 +48,10 @@ class AgentLoop:
                 if not self.stop_event.is_set():
                     log.warning("device %s: transport closed: %s", self.agent.device_id, exc)
                 return
+            except (FedgeError, OSError) as exc:
+                # One bad message or a full disk must not kill the device: log, back off, go on.
+                log.error("device %s: %s: %s", self.agent.device_id, type(exc).__name__, exc)
+                self.stop_event.wait(self.poll_s)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -9,6 +9,7 @@ update id arrives, across restarts of the device too. One file per update:
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +56,16 @@ class PendingUploads:
 
     def items(self) -> list[PendingUpload]:
         return list(self._items.values())
+
+    def older_than(self, seconds: float, now: float | None = None) -> list[PendingUpload]:
+        """Uploads written more than `seconds` ago (file mtime, wall clock), oldest first."""
+        now = time.time() if now is None else now
+        old = []
+        for item in self._items.values():
+            try:
+                written = (self.dir / f"r{item.round_id}-{item.update_id}.msg").stat().st_mtime
+            except OSError:
+                continue
+            if now - written > seconds:
+                old.append((written, item))
+        return [item for _, item in sorted(old, key=lambda pair: pair[0])]

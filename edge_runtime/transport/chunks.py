@@ -73,21 +73,27 @@ class _PendingSet:
     digest: bytes
     first_seen: float
     parts: dict[int, bytes] = field(default_factory=dict)
+    stored: int = 0  # bytes held in parts
 
 
 class Reassembler:
     """Collects chunk frames per (topic, message id) and returns whole messages.
 
-    max_message_bytes: a set that declares a larger total is refused (PayloadTooLarge).
-    max_pending_bytes: bound on the declared totals of all incomplete sets; a new set that
-        would exceed it is refused (PayloadTooLarge) rather than evicting honest senders.
+    max_message_bytes: a set that declares a larger total is refused (PayloadTooLarge); it is
+        also what one topic (one sender) may hold in incomplete sets: a sender that starts a
+        new set over that loses its own oldest sets, never another sender's.
+    max_pending_bytes: bound on what all senders together hold; a new set over it is refused.
     expiry_s: an incomplete set older than this is dropped by `expire`.
+
+    Memory is counted in bytes actually stored, and a set's chunks together may not exceed
+    the total it declared, so a set cannot declare little and send much.
     """
 
     def __init__(self, max_message_bytes: int = 64 << 20, max_pending_bytes: int = 256 << 20, expiry_s: float = 120.0):
         self.max_message_bytes = max_message_bytes
         self.max_pending_bytes = max_pending_bytes
         self.expiry_s = expiry_s
+        self._per_topic: dict[str, int] = {}  # topic -> bytes stored in its incomplete sets
         self._sets: dict[tuple[str, bytes], _PendingSet] = {}
         self._pending_bytes = 0
         self._recent: OrderedDict[tuple[str, bytes], None] = OrderedDict()  # completed sets, to ignore late repeats
@@ -119,14 +125,21 @@ class Reassembler:
         if pending is None:
             if total > self.max_message_bytes:
                 raise PayloadTooLarge(f"chunked message of {total} bytes on {topic!r} is over the {self.max_message_bytes}-byte limit")
-            if self._pending_bytes + total > self.max_pending_bytes:
-                raise PayloadTooLarge(f"{self._pending_bytes} bytes already pending reassembly; refusing {total} more on {topic!r}")
             pending = self._sets[key] = _PendingSet(count, total, digest, now)
-            self._pending_bytes += total
         elif (pending.count, pending.total, pending.digest) != (count, total, digest):
             self._drop(key)
             raise MalformedChunk(f"chunk {index} on {topic!r} disagrees with its set's count, size or digest")
-        pending.parts.setdefault(index, frame[CHUNK_HEADER_SIZE:])  # a redelivered chunk is ignored
+        if index in pending.parts:
+            return None  # a redelivered chunk
+        data = frame[CHUNK_HEADER_SIZE:]
+        if pending.stored + len(data) > pending.total:
+            self._drop(key)
+            raise MalformedChunk(f"chunk {index} on {topic!r} carries {len(data)} bytes, more than its set declared")
+        self._make_room(topic, key, len(data))
+        pending.parts[index] = data
+        pending.stored += len(data)
+        self._pending_bytes += len(data)
+        self._per_topic[topic] = self._per_topic.get(topic, 0) + len(data)
         if len(pending.parts) < pending.count:
             return None
         self._drop(key)
@@ -146,7 +159,26 @@ class Reassembler:
         self.expired += len(old)
         return len(old)
 
+    def _make_room(self, topic: str, key: tuple[str, bytes], size: int) -> None:
+        """Evict this sender's own oldest other sets while it is over its share; refuse when
+        all senders together are over the global bound."""
+        while self._per_topic.get(topic, 0) + size > self.max_message_bytes:
+            own = [k for k in self._sets if k[0] == topic and k != key]
+            if not own:
+                break
+            self._drop(min(own, key=lambda k: self._sets[k].first_seen))
+            self.expired += 1
+        if self._pending_bytes + size > self.max_pending_bytes:
+            self._drop(key)
+            raise PayloadTooLarge(f"{self._pending_bytes} bytes pending reassembly from all senders; "
+                                  f"refusing {size} more on {topic!r}")
+
     def _drop(self, key: tuple[str, bytes]) -> None:
         pending = self._sets.pop(key, None)
         if pending is not None:
-            self._pending_bytes -= pending.total
+            self._pending_bytes -= pending.stored
+            left = self._per_topic.get(key[0], 0) - pending.stored
+            if left > 0:
+                self._per_topic[key[0]] = left
+            else:
+                self._per_topic.pop(key[0], None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import socket
 import ssl
 import threading
 import time
@@ -39,6 +40,7 @@ from .chunks import Reassembler, is_chunk, split_message
 
 log = logging.getLogger("fedge.mqtt")
 
+_FATAL_CONNACK = {133, 134, 135, 138, 140}  # bad client id, bad credentials, not authorized, banned, bad auth method
 _PUBLISH_OVERHEAD = 64  # bytes kept free in a packet for fixed header, topic length, packet id, properties
 _DEFAULT_PACKET = 256 << 20  # MQTT's own limit when the broker announces none
 
@@ -118,8 +120,11 @@ class MqttTransport(Transport):
         self._started = False
         self._attempt = 0
         self._refusal: str | None = None  # last CONNACK failure, for connect()'s error
+        self._refusal_fatal = False  # credentials or authorization: retrying will not help
         self._filters: dict[str, int] = {}  # filter -> qos, replayed on every reconnect
         self._inflight: dict[int, str] = {}  # mid -> topic, until the broker's PUBACK
+        self._early_acks: set[int] = set()  # PUBACKs that beat publish() returning its mid
+        self._connect_failures = 0
         self._suback: dict[int, tuple[threading.Event, list]] = {}
         self._broker_max_packet = _DEFAULT_PACKET
         self._reassembler = Reassembler(settings.max_message_bytes, 4 * settings.max_message_bytes, settings.chunk_expiry_s)
@@ -141,6 +146,7 @@ class MqttTransport(Transport):
         if will is not None:
             client.will_set(validate_topic(will.topic), will.payload, qos=1, retain=will.retain)
         client.max_queued_messages_set(0)  # unbounded: the owner bounds what it publishes
+        client.enable_logger(logging.getLogger("fedge.mqtt.paho"))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -173,7 +179,7 @@ class MqttTransport(Transport):
         limit = self.settings.connect_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
         while not self._connected.wait(0.05):
-            if self._refusal is not None and self.connection_count == 0:
+            if self._refusal is not None and self.connection_count == 0 and self._refusal_fatal:
                 refusal = self._refusal
                 self.close()
                 raise BrokerRefused(f"{self._endpoint} refused client {self._client_id!r}: {refusal}")
@@ -223,7 +229,12 @@ class MqttTransport(Transport):
             self._closed = True
         self._connected.clear()
         sock = self._client.socket()
-        self._client.loop_stop()  # returns once paho's thread has noticed the terminate flag
+        if sock is not None:
+            try:  # first, so paho cannot flush queued messages on its way out
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._client.loop_stop()
         if sock is not None:
             try:
                 sock.close()
@@ -255,7 +266,10 @@ class MqttTransport(Transport):
                 raise TransportError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
             if qos > 0:
                 with self._lock:
-                    self._inflight[info.mid] = topic
+                    if info.mid in self._early_acks:
+                        self._early_acks.discard(info.mid)
+                    else:
+                        self._inflight[info.mid] = topic
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe and wait for the broker's SUBACK; BrokerRefused if it says no."""
@@ -305,14 +319,16 @@ class MqttTransport(Transport):
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refusal = str(reason_code)
+            self._refusal_fatal = getattr(reason_code, "value", 0) in _FATAL_CONNACK
             log.warning("%s: broker %s refused the connection: %s", self._client_id, self._endpoint, reason_code)
             self._set_next_delay()
             return
+        self._refusal = None
+        self._connect_failures = 0
         if properties is not None and getattr(properties, "MaximumPacketSize", None):
             self._broker_max_packet = int(properties.MaximumPacketSize)
         with self._lock:
-            filters = list(self._filters.items())
-            self._inflight.clear()  # paho resends unacknowledged QoS 1 packets itself
+            filters = list(self._filters.items())  # paho resends unacknowledged QoS 1 packets itself
         # Resubscribe always: after a broker restart without persistence the session is gone.
         for topic_filter, qos in filters:
             client.subscribe(topic_filter, options=SubscribeOptions(qos=qos))
@@ -324,6 +340,10 @@ class MqttTransport(Transport):
             log.info("%s: reconnected to %s (session present: %s)", self._client_id, self._endpoint, flags.session_present)
 
     def _on_connect_fail(self, client, userdata) -> None:
+        self._connect_failures += 1
+        if self._connect_failures in (1, 3) or self._connect_failures % 20 == 0:
+            log.warning("%s: cannot reach %s (attempt %d; TCP/TLS failed, see fedge.mqtt.paho for the cause); retrying",
+                        self._client_id, self._endpoint, self._connect_failures)
         self._set_next_delay()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -354,6 +374,8 @@ class MqttTransport(Transport):
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
             topic = self._inflight.pop(mid, None)
+            if topic is None:
+                self._early_acks.add(mid)
         if reason_code.is_failure:
             self.refused_publishes += 1
             log.warning("%s: broker refused publish to %s: %s", self._client_id, topic, reason_code)

@@ -250,7 +250,9 @@ def test_real_agents_republish_after_a_restart_and_the_round_commits(model, tmp_
     record = new.tick()
     assert record.committed and record.reports == 3
     assert all(not a.pending for a in fleet.agents)
-    assert new.rejections == {"duplicate": 1}  # the one stored before the kill
+    # The update stored before the kill comes back as a duplicate (acked, not re-added); so do the
+    # others' answers to the tasks the resumed round sends again.
+    assert set(new.rejections) == {"duplicate"} and new.rejections["duplicate"] >= 1
     unique = {(u.device_id, u.update_id): u for u in fleet.updates()}
     assert len(unique) == 3
     assert_params(new.state.params, fedavg_oracle(old, list(unique.values())))

@@ -109,20 +109,25 @@ def _serve(config: Path, log: Path) -> subprocess.Popen:
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
-def _rounds(db: Path) -> list[tuple[int, str, dict]]:
+def _query(db: Path, sql: str) -> list:
+    """Rows, or [] while the service has not created its schema yet."""
     if not db.exists():
         return []
-    with sqlite3.connect(db, timeout=5) as conn:
-        rows = conn.execute("SELECT round_id, status, record FROM rounds ORDER BY round_id").fetchall()
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def _rounds(db: Path) -> list[tuple[int, str, dict]]:
+    rows = _query(db, "SELECT round_id, status, record FROM rounds ORDER BY round_id")
     return [(r, s, json.loads(rec) if rec else {}) for r, s, rec in rows]
 
 
 def _open_round_updates(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db, timeout=5) as conn:
-        row = conn.execute("SELECT COUNT(*) FROM updates u JOIN rounds r USING (round_id) WHERE r.status = 'open'").fetchone()
-    return int(row[0])
+    rows = _query(db, "SELECT COUNT(*) FROM updates u JOIN rounds r USING (round_id) WHERE r.status = 'open'")
+    return int(rows[0][0]) if rows else 0
 
 
 def _keys(db: Path) -> list[tuple[str, int, str]]:
@@ -184,7 +189,7 @@ def test_coordinator_kill9_mid_round_loses_nothing_and_training_continues(drill)
         assert len(open_rounds) == 1
 
         proc = _serve(config, log)
-        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -212,7 +217,7 @@ def test_broker_kill9_mid_round_loses_no_update(drill):
         broker.kill9()  # the two slow devices finish while the broker is down
         time.sleep(2.5)
         broker.restart()
-        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -64,10 +64,20 @@ def test_size_limits_and_expiry_bound_memory():
     r = Reassembler(max_message_bytes=1000, max_pending_bytes=1500, expiry_s=10)
     with pytest.raises(PayloadTooLarge):
         r.feed("t", split_message(b"q" * 1001, 166)[0], 0)
-    r.feed("t", split_message(b"q" * 900, 166)[0], 0)
-    with pytest.raises(PayloadTooLarge, match="pending"):
-        r.feed("u", split_message(b"q" * 900, 166)[0], 1)
-    assert r.expire(5) == 0 and r.expire(11) == 1 and r.pending_sets == 0
+    # Memory counts stored bytes: a set that declares 10 bytes cannot carry 100.
+    liar = bytearray(split_message(b"q" * 10, 166)[0])
+    with pytest.raises(MalformedChunk, match="more than its set declared"):
+        r.feed("t", bytes(liar) + b"x" * 90, 0)
+    # One sender opening many sets evicts its own oldest, never another sender's.
+    r.feed("u", split_message(b"u" * 900, 166)[0], 0)  # 100 bytes held for u
+    for i in range(12):
+        r.feed("t", split_message(bytes([i]) * 900, 166)[0], i * 0.1)
+    assert r.pending_sets <= 11 and ("u" in {k[0] for k in r._sets})
+    # All senders together are bounded too.
+    with pytest.raises(PayloadTooLarge, match="all senders"):
+        for i in range(20):
+            r.feed(f"v{i}", split_message(b"v" * 900, 166)[0], 1)
+    assert r.expire(5) == 0 and r.expire(12) > 0 and r.pending_sets == 0
     assert r.feed("u", split_message(b"q" * 10, 166)[0], 12) == b"q" * 10
 
 

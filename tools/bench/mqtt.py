@@ -41,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
-from coordinator.strategies import make_strategy
+from coordinator.strategies import strategy_from_config
 from edge_runtime.agent import DeviceAgent
 from edge_runtime.codec import encode_message
 from edge_runtime.loop import AgentLoop
@@ -203,7 +203,7 @@ def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workd
                              round_deadline_s=timeout_s, compression=CompressionSpec(quant_bits=32),
                              max_update_bytes=4 * len(payload) + (1 << 20))
     # Subscribed before any device exists: check-ins are not retained.
-    coordinator = Coordinator(MqttTransport("coordinator", settings).connect(), make_strategy("fedavg", ccfg.hyper),
+    coordinator = Coordinator(MqttTransport("coordinator", settings).connect(), strategy_from_config(ccfg),
                               manifest, initial, ccfg)
     coordinator.start()
     workers = _Workers("fedge", url, devices, payload, dense, manifest.model_id, str(workdir), timeout_s)
