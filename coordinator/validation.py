@@ -101,7 +101,9 @@ def check_control(update: Update, ctx: RoundContext) -> dict[str, np.ndarray] | 
 
 def _dense(frame: bytes, shapes: dict[str, tuple[int, ...]], norm_bound: float, what: str) -> dict[str, np.ndarray]:
     try:
-        tensors = decode_tensors(frame)
+        # The model's shapes are checked inside the decoder, with the other structural checks,
+        # so a frame with both a wrong shape and a NaN is a bad_shape (validation order).
+        tensors = decode_tensors(frame, expected=shapes)
     except NonFiniteValues as exc:
         raise NonFinite(f"{what} payload: {exc}") from None
     except CodecError as exc:

@@ -191,3 +191,27 @@ def test_checks_run_in_the_specified_order(model, tmp_path):
         assert fleet.coordinator.rejections[reason] == 1, reason
     assert sum(fleet.coordinator.rejections.values()) == len(cases)
     assert fleet.coordinator.round.machine.reported == ["a"]
+
+
+def test_a_wrong_shape_with_a_nan_is_a_bad_shape():
+    """Validation order: dtype/shape/index ranges come before finite values."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    from coordinator.errors import BadShape
+    from coordinator.validation import RoundContext, check_contents
+    from edge_runtime.compress import CompressedTensor
+    from edge_runtime.protocol import Update
+    from edge_runtime.update_codec import encode_tensors
+
+    # encode_tensors refuses NaN, so build a finite frame and put the NaN in afterwards.
+    frame = bytearray(encode_tensors([CompressedTensor("a", (2,), 32, 0.0, None, np.array([7.0, 1.0], np.float32)),
+                                      CompressedTensor("b", (3,), 32, 0.0, None, np.ones(3, np.float32))]))
+    at = bytes(frame).index(np.float32(7.0).tobytes())
+    frame[at:at + 4] = np.float32(np.nan).tobytes()
+    struct.pack_into("<I", frame, len(frame) - 4, zlib.crc32(bytes(frame[:-4])))
+    ctx = RoundContext(1, "m", 0, {"d": "t"}, {"a": (2,), "b": (4,)}, 0.0)  # b has the wrong shape
+    with pytest.raises(BadShape):
+        check_contents(Update("d", 1, "t", "u", "m", 0, 5, bytes(frame)), ctx)
