@@ -206,3 +206,15 @@ def mlp_spec(
         init_seed=init_seed,
     )
 
+
+def remode(spec: ModelSpec, modes: dict[str, str] | None = None, head: str | None = None,
+           name: str | None = None) -> ModelSpec:
+    """A copy of `spec` with layer modes mapped (old mode -> new mode, e.g. {"lora": "shared"}),
+    optionally another head and name. Shapes stay the same; roles, and so what is uploaded, change."""
+    modes = modes or {}
+    for new in modes.values():
+        if new not in LAYER_MODES:
+            raise ConfigError(f"remode: mode {new!r} not in {LAYER_MODES}")
+    layers = tuple(replace(layer, mode=modes.get(layer.mode, layer.mode)) if layer.kind == "dense" else layer
+                   for layer in spec.layers)
+    return replace(spec, layers=layers, head=head or spec.head, name=name or spec.name)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from edge_runtime.errors import DatasetError
+from tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
 from tools.partition import partition as _partition
 
 # name -> (import name, file inside the package, pip name, pixel max, rows, image shape)
@@ -52,6 +53,11 @@ class FederatedDataset:
     num_classes: int
     input_shape: tuple[int, ...]  # flat per-example features, e.g. (784,)
     image_shape: tuple[int, int, int] | None  # (channels, height, width) when x is an image
+    transforms: tuple[FeatureTransform, ...] = ()  # per client, for the "feature" partition
+
+    def subset(self, start: int, stop: int | None = None) -> "FederatedDataset":
+        """The same dataset restricted to clients[start:stop] (e.g. to hold some devices out)."""
+        return replace(self, clients=self.clients[start:stop], transforms=self.transforms[start:stop])
 
     def union_test(self) -> tuple[np.ndarray, np.ndarray]:
         """Every client's held-out examples, concatenated (a global test set)."""
@@ -113,20 +119,27 @@ def build_federated(
     alpha: float = 0.1,
     classes_per_client: int = 2,
     test_fraction: float = 0.2,
+    feature_skew: FeatureSkew = FeatureSkew(),
 ) -> FederatedDataset:
     """Partition a shipped dataset over clients, then hold out part of each client's data.
 
     Each client keeps round(test_fraction * n) (at least 1, at most n - 1) of its own
     examples as a local test set, chosen by a random permutation. Same arguments, same
-    dataset: the partition and the splits draw from independent streams of `seed`.
+    dataset: the partition, the splits and the feature transforms draw from independent
+    streams of `seed` (so "feature" holds the same examples as "iid", transformed).
     """
     if name not in _SHIPPED:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(_SHIPPED)}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     x, y = _load_shipped(name)
-    part_rng, split_rng = np.random.default_rng(seed).spawn(2)
+    # spawn(3) starts with the same two children as spawn(2): adding the third stream kept
+    # every earlier partition and split unchanged.
+    part_rng, split_rng, skew_rng = np.random.default_rng(seed).spawn(3)
     parts = _partition(partition, y, num_clients, part_rng, alpha=alpha, classes_per_client=classes_per_client)
+    _, _, _, _, _, image = _SHIPPED[name]
+    transforms = draw_transforms(num_clients, skew_rng, image=True, skew=feature_skew) if partition == "feature" else []
+    noise_rngs = skew_rng.spawn(num_clients) if transforms else []
     clients = []
     for k, idx in enumerate(parts):
         cid = f"dev-{k:03d}"
@@ -138,9 +151,12 @@ def build_federated(
         idx = split_rng.permutation(idx)
         n_test = min(max(int(round(test_fraction * len(idx))), 1), len(idx) - 1)
         test, train = idx[:n_test], idx[n_test:]
-        clients.append(ClientData(cid, x[train], y[train], x[test], y[test]))
-    _, _, _, _, _, image = _SHIPPED[name]
-    return FederatedDataset(name, tuple(clients), int(y.max()) + 1, (x.shape[1],), image)
+        x_train, x_test = x[train], x[test]
+        if transforms:
+            x_train = transforms[k].apply(x_train, image, noise_rngs[k])
+            x_test = transforms[k].apply(x_test, image, noise_rngs[k])
+        clients.append(ClientData(cid, x_train, y[train], x_test, y[test]))
+    return FederatedDataset(name, tuple(clients), int(y.max()) + 1, (x.shape[1],), image, tuple(transforms))
 
 
 

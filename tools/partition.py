@@ -7,13 +7,15 @@ together cover every index exactly once; each array is sorted ascending.
     dirichlet_label_skew   per-class Dirichlet(alpha) shares (Hsu et al. 2019); small alpha -> few labels
     shards                 McMahan et al. 2017: label-sorted shards, classes_per_client shards per client
     quantity_skew          IID labels, lognormal client sizes
+    feature                IID indices (as iid); the skew is in the inputs: tools/datasets.py gives
+                           every client its own fixed transform (tools/feature_skew.py)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-SCHEMES = ("iid", "dirichlet", "shards", "quantity")
+SCHEMES = ("iid", "dirichlet", "shards", "quantity", "feature")
 _MAX_TRIES = 1000  # Dirichlet resamples before giving up
 
 
@@ -179,10 +181,10 @@ def partition(
     alpha: float = 0.1,
     classes_per_client: int = 2,
 ) -> list[np.ndarray]:
-    """Dispatch on scheme name; y is only used for its length by "iid" and "quantity"."""
+    """Dispatch on scheme name; y is only used for its length by "iid", "quantity" and "feature"."""
     y = np.asarray(y)
     _check(len(y), num_clients)
-    if scheme == "iid":
+    if scheme in ("iid", "feature"):
         return iid(len(y), num_clients, rng)
     if scheme == "dirichlet":
         return dirichlet_label_skew(y, num_clients, alpha, rng)

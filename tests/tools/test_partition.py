@@ -108,3 +108,61 @@ def test_dispatch_errors() -> None:
         partition("iid", Y[:5], 6, np.random.default_rng(0))
     with pytest.raises(ValueError, match="num_clients"):
         partition("iid", Y, 0, np.random.default_rng(0))
+
+
+# Feature skew: IID indices, a fixed input transform per client (tools/feature_skew.py).
+
+def test_feature_scheme_splits_like_iid() -> None:
+    a = partition("feature", Y, 10, np.random.default_rng(3))
+    b = partition("iid", Y, 10, np.random.default_rng(3))
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def test_rotate_matches_rot90_and_inverts() -> None:
+    from tools.feature_skew import rotate
+
+    x = np.random.default_rng(0).random((4, 2, 7, 7)).astype(np.float32)
+    np.testing.assert_allclose(rotate(x, 0.0), x, atol=1e-6)
+    for quarter in (1, 2, 3):  # oracle: numpy's exact quarter turns (counter-clockwise)
+        np.testing.assert_allclose(rotate(x, 90.0 * quarter), np.rot90(x, quarter, axes=(2, 3)), atol=1e-5)
+    # A small turn moves mass but keeps a centred blob's total roughly (bilinear, zero fill).
+    blob = np.zeros((1, 1, 9, 9), np.float32)
+    blob[0, 0, 3:6, 3:6] = 1.0
+    turned = rotate(blob, 30.0)
+    assert not np.allclose(turned, blob) and abs(turned.sum() - blob.sum()) < 0.5
+
+
+def test_transforms_are_deterministic_and_differ_per_device() -> None:
+    from tools.feature_skew import FeatureSkew, draw_transforms
+
+    a = draw_transforms(8, np.random.default_rng(5), image=True)
+    assert a == draw_transforms(8, np.random.default_rng(5), image=True)
+    assert len(set(a)) == 8
+    skew = FeatureSkew()
+    for t in a:
+        assert abs(t.angle) <= skew.max_angle and skew.min_contrast <= t.contrast <= skew.max_contrast
+        assert 0 <= t.noise <= skew.max_noise
+    assert all(t.angle == 0.0 for t in draw_transforms(4, np.random.default_rng(5), image=False))
+
+
+def test_feature_skewed_dataset_keeps_labels_and_changes_inputs_per_device() -> None:
+    from tools.datasets import build_federated
+
+    skewed = build_federated("digits", 6, "feature", seed=4)
+    plain = build_federated("digits", 6, "iid", seed=4)
+    again = build_federated("digits", 6, "feature", seed=4)
+    assert len(skewed.transforms) == 6 and len(set(skewed.transforms)) == 6
+    for s, p, a, t in zip(skewed.clients, plain.clients, again.clients, skewed.transforms):
+        np.testing.assert_array_equal(s.y_train, p.y_train)  # same examples, same labels
+        np.testing.assert_array_equal(s.y_test, p.y_test)
+        np.testing.assert_array_equal(s.x_train, a.x_train)  # deterministic from the seed
+        assert s.x_train.shape == p.x_train.shape and s.x_train.dtype == np.float32
+        assert 0.0 <= s.x_train.min() and s.x_train.max() <= 1.0
+        # Each device's inputs are its own transform of the plain ones (noise aside).
+        expected = type(t)(t.angle, t.contrast, 0.0).apply(p.x_test, skewed.image_shape, np.random.default_rng(0))
+        assert np.abs(s.x_test - expected).mean() <= t.noise + 1e-6  # E|N(0, s)| = 0.8 s; clipping only shrinks it
+    # Different devices see different transforms: the same image would look different.
+    img = plain.clients[0].x_test[:1]
+    looks = [t.apply(img, skewed.image_shape, np.random.default_rng(0)) for t in skewed.transforms]
+    assert all(not np.allclose(looks[0], other) for other in looks[1:])
+    assert skewed.subset(0, 4).transforms == skewed.transforms[:4]

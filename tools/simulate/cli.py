@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import DATASETS, PARTITIONS, SimConfig
+from .config import DATASETS, PARTITIONS, PERSONALIZATION, SimConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", default="", help="with mqtt: device profiles, comma list, assigned round-robin "
                    "(shipped: pi4-ups, jetson-nano, phone-like, flaky-cellular, or TOML paths)")
     p.add_argument("--baselines", default="", help="comma list: local (each device alone), central (pooled data)")
+    p.add_argument("--local-epochs", type=int, default=None, help="local-only baseline epochs (default rounds x epochs)")
+    p.add_argument("--central-epochs", type=int, default=None,
+                   help="centralized baseline epochs (default: the fleet's total compute)")
+    p.add_argument("--personalization", choices=PERSONALIZATION, default=d.personalization,
+                   help="adapters: LoRA shared + private head; head: body frozen, private head (global head "
+                        "shared); finetune: full-model FedAvg, head fine-tuned locally before evaluation; full: "
+                        "whole layers shared + private head; none: the global model only")
+    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="finetune: head-only local steps")
+    p.add_argument("--new-devices", type=int, default=d.new_devices,
+                   help="hold the last K devices out of training; score them on the final global model")
+    p.add_argument("--new-device-steps", type=int, default=d.new_device_steps,
+                   help="head-only local steps a new device takes before it is scored again (0 = none)")
+    p.add_argument("--strategy", default=d.strategy,
+                   help="aggregation: fedavg, fedprox, scaffold, fedavgm, fedadagrad, fedadam, fedyogi")
+    for name, what in (("prox-mu", "fedprox proximal weight"), ("server-lr", "server learning rate"),
+                       ("server-momentum", "fedavgm momentum"), ("server-beta1", "adaptive: first-moment decay"),
+                       ("server-beta2", "adaptive: second-moment decay"), ("server-tau", "adaptive: tau")):
+        p.add_argument(f"--{name}", type=float, default=None, help=f"{what} (default: the coordinator's)")
     p.add_argument("--out", dest="out_dir", default=None, help="output folder (default: beside --json, or runs/sim)")
     p.add_argument("--json", dest="json_path", help="write the run as JSON here (schema in tools/simulate/report.py)")
     p.add_argument("--plot", dest="plot_path", help="PNG path (default: beside the JSON)")
@@ -61,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
         transport=args.transport, broker_url=args.broker_url,
         round_deadline_s=args.round_deadline_s or (30.0 if args.transport == "mqtt" else 600.0),
         profiles=tuple(x for x in args.profiles.split(",") if x),
+        personalization=args.personalization, finetune_steps=args.finetune_steps, new_devices=args.new_devices,
+        new_device_steps=args.new_device_steps, strategy=args.strategy, prox_mu=args.prox_mu,
+        server_lr=args.server_lr, server_momentum=args.server_momentum, server_beta1=args.server_beta1,
+        server_beta2=args.server_beta2, server_tau=args.server_tau, local_epochs=args.local_epochs,
+        central_epochs=args.central_epochs,
     )
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from edge_runtime.errors import ConfigError
 
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature")
 DATASETS = ("mnist5k", "digits")
+# What a device keeps to itself (tools/simulate/personalization.py has the details).
+PERSONALIZATION = ("adapters", "head", "finetune", "full", "none")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,20 @@ class SimConfig:
     broker_url: str | None = None  # mqtt: this broker; None = start a local Mosquitto
     round_deadline_s: float = 600.0  # memory: simulated seconds; mqtt: real seconds
     profiles: tuple[str, ...] = ()  # mqtt: device profiles assigned round-robin (hardware/profiles)
+    personalization: str = "adapters"
+    finetune_steps: int = 20  # finetune: head-only local steps before each evaluation
+    new_devices: int = 0  # the last K devices never train; scored on the final global model
+    new_device_steps: int = 20  # then fine-tune a copy of the global head this many steps (0 = none)
+    # Aggregation (coordinator/strategies); None = the coordinator's default for the option.
+    strategy: str = "fedavg"
+    prox_mu: float | None = None
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    server_beta1: float | None = None
+    server_beta2: float | None = None
+    server_tau: float | None = None
+    local_epochs: int | None = None  # local-only baseline epochs; None = rounds * epochs
+    central_epochs: int | None = None  # centralized baseline epochs; None = the fleet's total compute
 
     def __post_init__(self) -> None:
         if self.devices < 1 or self.rounds < 1:
@@ -56,3 +72,18 @@ class SimConfig:
             raise ConfigError("--profiles needs --transport mqtt (traces run on real time)")
         if self.clients_per_round < 1:
             raise ConfigError("--clients-per-round must be >= 1")
+        if self.personalization not in PERSONALIZATION:
+            raise ConfigError(f"--personalization {self.personalization!r}: choose one of {PERSONALIZATION}")
+        if self.finetune_steps < 0 or self.new_device_steps < 0:
+            raise ConfigError("--finetune-steps and --new-device-steps must be >= 0")
+        if self.new_devices < 0 or (self.data_dir is None and self.new_devices >= self.devices):
+            raise ConfigError(f"--new-devices must be in [0, --devices) = [0, {self.devices})")
+        for name in ("local_epochs", "central_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+
+    @property
+    def strategy_options(self) -> dict:
+        """The aggregation options set here, by CoordinatorConfig field name."""
+        names = ("prox_mu", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}

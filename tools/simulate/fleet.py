@@ -1,31 +1,41 @@
 """Run a simulated fleet: real DeviceRuntime/DeviceAgent and Coordinator over the in-memory
-broker, real onnxruntime training, evaluation after every round."""
+broker, real onnxruntime training, evaluation after every round.
+
+The fleet trains the spec that --personalization derives from the base spec
+(personalization.py). With --new-devices K the last K clients never join; after the last
+round they are scored on the global model, as received and after head-only local steps
+(finetune.py)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from coordinator import strategies
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
-from coordinator.strategies import make_strategy
+from coordinator.strategies import Strategy
 from edge_runtime.agent import DeviceAgent
 from edge_runtime.device import DeviceRuntime, LocalData
+from edge_runtime.errors import ConfigError
 from edge_runtime.model_runtime import ModelRuntime
 from edge_runtime.protocol import CompressionSpec, TaskHyper
 from edge_runtime.trainer import available_backends, make_backend
 from edge_runtime.transport.memory import InMemoryBroker
 from models.build import build_artifacts
 from models.spec import ModelSpec, load_spec, mlp_spec
-from tools.datasets import FederatedDataset, build_federated, load_npz_dir
+from tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
 
 from . import baselines as baseline_runs
 from .config import SimConfig
+from .finetune import HeadTuner
+from .personalization import personalized_spec
 
 log = logging.getLogger("fedge.simulate")
 
@@ -52,6 +62,7 @@ class SimResult:
     model: dict
     rounds: list[dict] = field(default_factory=list)
     baselines: dict = field(default_factory=dict)
+    new_devices: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
 
 
@@ -85,6 +96,7 @@ class FleetSetup:
     backend: str
     hyper: TaskHyper
     ccfg: CoordinatorConfig
+    new_clients: tuple[ClientData, ...] = ()  # held out: never train, scored on the final model
 
     def runtime(self, client, **kwargs) -> DeviceRuntime:
         return DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
@@ -92,14 +104,35 @@ class FleetSetup:
                              backend=self.backend, seed=self.cfg.seed, **kwargs)
 
     def coordinator(self, transport, clock) -> Coordinator:
-        return Coordinator(transport, make_strategy("fedavg", self.hyper), self.manifest, self.model.initial("shared"),
+        return Coordinator(transport, make_server_strategy(self.ccfg), self.manifest, self.model.initial("shared"),
                            self.ccfg, clock=clock)
 
 
-def prepare(cfg: SimConfig) -> FleetSetup:
+def make_server_strategy(ccfg: CoordinatorConfig) -> Strategy:
+    """The strategy the config names; before coordinator/strategies had strategy_from_config,
+    only FedAvg existed."""
+    factory = getattr(strategies, "strategy_from_config", None)
+    if factory is not None:
+        return factory(ccfg)
+    if ccfg.strategy != "fedavg":
+        raise ConfigError(f"strategy {ccfg.strategy!r} is not available in this coordinator (only fedavg)")
+    return strategies.make_strategy("fedavg", ccfg.hyper)
+
+
+def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
+    """Data (built from cfg unless given), the personalized spec, artifacts and configs."""
     out = Path(cfg.out_dir)
-    data = load_data(cfg)
-    spec = choose_spec(cfg, data)
+    data = data if data is not None else load_data(cfg)
+    spec = personalized_spec(choose_spec(cfg, data), cfg.personalization)
+    held = cfg.new_devices
+    if held and held >= len(data.clients):
+        raise ConfigError(f"--new-devices {held}: the data has only {len(data.clients)} clients; some must train")
+    data, new_clients = data.subset(0, len(data.clients) - held), data.clients[len(data.clients) - held:]
+    if (held or cfg.personalization == "finetune") and spec.head == "personal":
+        raise ConfigError(f"model {spec.name} has no global head: --new-devices and finetune need one")
+    # Devices keep state (private heads, residuals, control variates) under out/devices: a new
+    # simulation must not resume from the last one written to the same folder.
+    shutil.rmtree(out / "devices", ignore_errors=True)
     art_dir = out / "artifacts"
     manifest = build_artifacts(spec, art_dir, ort_training=cfg.backend == "ort-training")
     model = ModelRuntime(art_dir, expected_model_id=manifest.model_id)
@@ -108,10 +141,15 @@ def prepare(cfg: SimConfig) -> FleetSetup:
                       momentum=_momentum(cfg, backend))
     compression = CompressionSpec(quant_bits=cfg.quant_bits, topk_fraction=cfg.topk_fraction,
                                   error_feedback=cfg.error_feedback)
+    options = cfg.strategy_options
+    unknown = sorted(set(options) - {f.name for f in fields(CoordinatorConfig)})
+    if unknown:
+        raise ConfigError(f"this coordinator has no options {unknown}")
     ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
                              over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
-                             round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir))
-    return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg)
+                             round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
+                             strategy=cfg.strategy, **options)
+    return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, tuple(new_clients))
 
 
 class InMemoryFleet:
@@ -145,17 +183,16 @@ class InMemoryFleet:
         pass
 
 
-def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = None) -> SimResult:
-    setup = prepare(cfg)
+def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = None,
+                   data: FederatedDataset | None = None) -> SimResult:
+    """Run cfg.rounds rounds and score every one; `data` replaces the data cfg describes."""
+    setup = prepare(cfg, data)
     data, manifest, model, backend, art_dir = setup.data, setup.manifest, setup.model, setup.backend, setup.art_dir
     result = SimResult(config={**asdict(cfg), "backend": backend}, model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
     xt, yt = data.union_test()
-    zt = model.embed(xt)
-    evaluator = make_backend(backend, art_dir, manifest, "sgd")
-    # The eval graph takes every trainable input; the global head ignores the personal ones.
-    placeholder_personal = model.initial("personal")
+    scorer = _Scorer(setup, model.embed(xt), yt)
     if cfg.transport == "mqtt":
         from .mqtt_fleet import MqttFleet
 
@@ -166,23 +203,27 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
         for _ in range(cfg.rounds):
             started = time.perf_counter()
             record = fleet.run_round()
-            row = _evaluate(record, fleet.coordinator, fleet.runtimes, evaluator, zt, yt, manifest.model_id,
-                            placeholder_personal)
+            row = scorer.round_row(record, fleet.coordinator.state.params, fleet.runtimes)
             row["seconds"] = time.perf_counter() - started
             result.rounds.append(row)
             if on_round:
                 on_round(row)
         result.summary = {"rejections": dict(fleet.coordinator.rejections), "declines": dict(fleet.coordinator.declines)}
+        final = fleet.coordinator.state.params
     finally:
         fleet.close()
 
+    if setup.new_clients:
+        result.new_devices = scorer.new_devices(final)
     if cfg.baselines:
         total_epochs = cfg.rounds * cfg.epochs
         if "local" in cfg.baselines:
-            result.baselines["local_only"] = baseline_runs.local_only(model, data, setup.hyper, total_epochs, backend, cfg.seed)
+            result.baselines["local_only"] = baseline_runs.local_only(model, data, setup.hyper, cfg.local_epochs or total_epochs,
+                                                                      backend, cfg.seed)
         if "central" in cfg.baselines:
             central_epochs = max(1, total_epochs * setup.ccfg.clients_per_round // max(1, len(data.clients)))
-            result.baselines["central"] = baseline_runs.central(model, data, setup.hyper, central_epochs, backend, cfg.seed)
+            result.baselines["central"] = baseline_runs.central(model, data, setup.hyper, cfg.central_epochs or central_epochs,
+                                                                backend, cfg.seed)
     return result
 
 
@@ -212,22 +253,64 @@ def _drain(coordinator: Coordinator, agents: list[DeviceAgent], rng: np.random.G
         progressed = True
 
 
-def _evaluate(record, coordinator: Coordinator, runtimes, evaluator, zt, yt, model_id, placeholder_personal) -> dict:
-    shared = coordinator.state.params
-    logits = evaluator.predict({**shared, **placeholder_personal}, zt)
-    global_acc = float(np.mean(np.argmax(logits["global"], axis=1) == yt)) if "global" in logits else None
-    evals = [rt.evaluate(model_id, shared) for rt in runtimes]
-    personal = [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global for e in evals if e.num_test]
-    return {
-        "round": record.round_id,
-        "committed": record.committed,
-        "participants": record.reports,
-        "selected": record.selected,
-        "global_accuracy": global_acc,
-        "personalized_accuracy_mean": float(np.mean(personal)),
-        "personalized_accuracy_min": float(np.min(personal)),
-        "bytes_up": record.bytes_up,
-        "bytes_up_dense": record.bytes_up_dense,
-        "bytes_down": record.bytes_down,
-    }
+class _Scorer:
+    """Scores the global model after each round: global head on the union of the held-out
+    splits, each device's personalized model on its own split, and at the end the new devices."""
 
+    def __init__(self, setup: FleetSetup, zt: np.ndarray, yt: np.ndarray):
+        self.setup, self.zt, self.yt = setup, zt, yt
+        self.evaluator = make_backend(setup.backend, setup.art_dir, setup.manifest, "sgd")
+        # The eval graph takes every trainable input; the global head ignores the personal ones.
+        self.placeholder_personal = setup.model.initial("personal")
+        needs_tuner = setup.cfg.personalization == "finetune" or setup.new_clients
+        self.tuner = HeadTuner(setup.model, setup.backend, Path(setup.cfg.out_dir) / "head-artifacts",
+                               setup.hyper) if needs_tuner else None
+        self.evaluations = 0
+
+    def round_row(self, record, shared: dict[str, np.ndarray], runtimes) -> dict:
+        self.evaluations += 1
+        logits = self.evaluator.predict({**shared, **self.placeholder_personal}, self.zt)
+        global_acc = float(np.mean(np.argmax(logits["global"], axis=1) == self.yt)) if "global" in logits else None
+        return {
+            "round": record.round_id,
+            "committed": record.committed,
+            "participants": record.reports,
+            "selected": record.selected,
+            "global_accuracy": global_acc,
+            **_spread(self._personalized(shared, runtimes)),
+            "bytes_up": record.bytes_up,
+            "bytes_up_dense": record.bytes_up_dense,
+            "bytes_down": record.bytes_down,
+        }
+
+    def _personalized(self, shared, runtimes) -> list[float]:
+        cfg = self.setup.cfg
+        if cfg.personalization == "finetune":  # a fresh head copy per evaluation, tuned from the global head
+            accs = []
+            for i, client in enumerate(self.setup.data.clients):
+                if len(client.y_test):
+                    rng = np.random.default_rng([cfg.seed, self.evaluations, i])
+                    before, after = self.tuner.score(client, shared, cfg.finetune_steps, rng)
+                    accs.append(before if after is None else after)
+            return accs
+        evals = [rt.evaluate(self.setup.manifest.model_id, shared) for rt in runtimes]
+        return [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global for e in evals if e.num_test]
+
+    def new_devices(self, shared: dict[str, np.ndarray]) -> dict:
+        """Devices that never trained: the global head as is, then after head-only fine-tuning."""
+        cfg = self.setup.cfg
+        scores = [self.tuner.score(c, shared, cfg.new_device_steps, np.random.default_rng([cfg.seed, 2**20, i]))
+                  for i, c in enumerate(self.setup.new_clients) if len(c.y_test)]
+        tuned = [after for _, after in scores if after is not None]
+        return {
+            "count": len(self.setup.new_clients),
+            "steps": cfg.new_device_steps,
+            "global_accuracy_mean": float(np.mean([b for b, _ in scores])),
+            "global_accuracy_min": float(np.min([b for b, _ in scores])),
+            "tuned_accuracy_mean": float(np.mean(tuned)) if tuned else None,
+            "tuned_accuracy_min": float(np.min(tuned)) if tuned else None,
+        }
+
+
+def _spread(accuracies: list[float]) -> dict:
+    return {"personalized_accuracy_mean": float(np.mean(accuracies)), "personalized_accuracy_min": float(np.min(accuracies))}

@@ -3,13 +3,16 @@
 run.json schema (version 1):
     schema: 1
     config: the SimConfig fields, plus the backend actually used
-    model: {name, model_id, shared_params, personal_params}
+    model: {name, model_id, shared_params, personal_params}: the spec after --personalization
     rounds: list of
         round                        int, the coordinator's round id
         committed                    bool
         participants, selected       int: reports aggregated / devices asked
         global_accuracy              fraction in [0, 1] (global head, union of held-out splits), or null
-        personalized_accuracy_mean   fraction: mean over devices, own head on own held-out split
+        personalized_accuracy_mean   fraction: mean over devices of each device's personalized model on
+                                     its own held-out split: its private head (adapters, head, full),
+                                     the global head fine-tuned on its data (finetune), or the global
+                                     model (none, or a spec without a personal head)
         personalized_accuracy_min    fraction: the worst device
         bytes_up                     int: update messages received this round, as sent on the wire
         bytes_up_dense               int: the same messages with dense fp32 deltas
@@ -18,6 +21,10 @@ run.json schema (version 1):
     baselines (when requested):
         local_only: {accuracy_mean, accuracy_min, epochs}
         central:    {accuracy, epochs}
+    new_devices (with --new-devices K; {} otherwise): devices that never trained, on the final model
+        count, steps                               int: K, and the head-only steps each then takes
+        global_accuracy_mean, global_accuracy_min  fraction: the global model as received
+        tuned_accuracy_mean, tuned_accuracy_min    fraction after `steps` steps, or null when steps = 0
     summary: {rejections: {reason: count}, declines: {reason: count}, final: {...}}
 """
 
@@ -70,6 +77,12 @@ def format_summary(result) -> str:
         lines.append(f"baseline local-only: mean {b['local_only']['accuracy_mean']:.3f}, worst {b['local_only']['accuracy_min']:.3f}")
     if "central" in b:
         lines.append(f"baseline centralized: {b['central']['accuracy']:.3f}")
+    n = result.new_devices
+    if n:
+        tuned = (f"; after {n['steps']} local head steps mean {n['tuned_accuracy_mean']:.3f}, worst "
+                 f"{n['tuned_accuracy_min']:.3f}" if n["tuned_accuracy_mean"] is not None else "")
+        lines.append(f"new devices ({n['count']}, never trained): global model mean {n['global_accuracy_mean']:.3f}, "
+                     f"worst {n['global_accuracy_min']:.3f}{tuned}")
     if result.summary.get("rejections"):
         lines.append(f"rejected updates: {result.summary['rejections']}")
     return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""The heterogeneity benchmark: derived numbers on synthetic curves, and a tiny grid end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tools.bench import hetero_metrics as m
+from tools.bench.hetero_grid import HeteroGrid, build_jobs
+from tools.bench.heterogeneity import main, run
+
+
+def test_rounds_to_target_on_synthetic_curves():
+    assert m.rounds_to_target([0.1, 0.5, 0.84, 0.86, 0.80], 0.85) == 4  # first crossing, not the last
+    assert m.rounds_to_target([0.85], 0.85) == 1  # reaching it counts; rounds are 1-based
+    assert m.rounds_to_target([0.2, 0.3], 0.85) is None
+    assert m.rounds_to_target([None, 0.9], 0.85) == 2  # unscored rounds are skipped
+    assert m.rounds_to_target([], 0.5) is None
+
+
+def test_final_accuracy_and_bytes_to_reach():
+    assert m.final_accuracy([0.1, 0.5, 0.6, 0.7], window=3) == pytest.approx(0.6)
+    assert m.final_accuracy([0.4], window=3) == pytest.approx(0.4)
+    assert m.bytes_to_reach([0.1, 0.6, 0.9], [100, 100, 100], 0.6) == 200
+    assert m.bytes_to_reach([0.1, 0.2], [100, 100], 0.6) is None
+
+
+def _cell(partition, algorithm, rounds, personalization=False, **kw):
+    return {"dataset": "d", "partition": partition, "algorithm": algorithm, "personalization": personalization,
+            "rounds_to_target": rounds, **kw}
+
+
+def test_multipliers_against_a_naive_loop():
+    cells = [_cell("iid", "fedavg", 10), _cell("shards-2", "fedavg", 35), _cell("dirichlet-0.1", "fedavg", None),
+             _cell("iid", "fedadam", None), _cell("shards-2", "fedadam", 40), _cell("iid", "fedavg", 4, True),
+             _cell("shards-2", "fedavg", 6, True), _cell("shards-2", "scaffold", 20)]  # scaffold: no IID cell
+    rows = {(r["algorithm"], r["personalization"], r["partition"]): r["multiplier"] for r in m.multipliers(cells)}
+    assert rows == {("fedavg", False, "shards-2"): 3.5, ("fedavg", False, "dirichlet-0.1"): None,
+                    ("fedadam", False, "shards-2"): None, ("fedavg", True, "shards-2"): 1.5}
+
+
+def test_shards_target_picks_the_fastest_algorithm_and_shows_fedavg():
+    mults = m.multipliers([_cell("iid", "fedavg", 10), _cell("shards-2", "fedavg", 35),
+                           _cell("iid", "scaffold", 12), _cell("shards-2", "scaffold", 20)])
+    t = m.target_shards(mults, "d")
+    assert t["met"] is True and t["best"] == "scaffold" and t["best_multiplier"] == pytest.approx(20 / 12)
+    assert t["fedavg_multiplier"] == 3.5 and "3.50x" in t["detail"]
+    slow = m.target_shards(m.multipliers([_cell("iid", "fedavg", 10), _cell("shards-2", "fedavg", 35)]), "d")
+    assert slow["met"] is False
+    assert m.target_shards([], "d")["met"] is None
+
+
+def test_personalization_compression_and_adapter_targets():
+    cells = [_cell("dirichlet-0.1", "fedavg", None, True, personalized_accuracy_mean=0.93, personalized_accuracy_min=0.86,
+                   final_global_accuracy=0.6),
+             _cell("dirichlet-0.1", "fedavg", None, False, personalized_accuracy_mean=0.6, personalized_accuracy_min=0.1,
+                   final_global_accuracy=0.8)]
+    base = {"dirichlet-0.1": {"local_only": {"accuracy_mean": 0.90}}}
+    t = m.target_personalized(cells, base, "d")
+    assert t["met"] is True and t["checks"] == {"vs_local": True, "vs_global": True, "worst": True}
+    base["dirichlet-0.1"]["local_only"]["accuracy_mean"] = 0.92  # +1 point is not +2
+    assert m.target_personalized(cells, base, "d")["checks"]["vs_local"] is False
+
+    rows = [{"setting": "dense-fp32", "error_feedback": True, "ratio_vs_dense": 1.0, "accuracy_delta_vs_dense": 0.0,
+             "final_accuracy": 0.8},
+            {"setting": "int8-top1%", "error_feedback": True, "ratio_vs_dense": 120.0, "accuracy_delta_vs_dense": -0.005,
+             "final_accuracy": 0.795},
+            {"setting": "int8-top1%", "error_feedback": False, "ratio_vs_dense": 120.0, "accuracy_delta_vs_dense": -0.05,
+             "final_accuracy": 0.75}]
+    t = m.target_compression(rows)
+    assert t["met"] is True and "without EF" in t["detail"]
+    rows[1]["accuracy_delta_vs_dense"] = -0.02
+    assert m.target_compression(rows)["met"] is False
+
+    curve = {"personalized_accuracy_curve": [0.5, 0.8, 0.9, 0.9, 0.9], "model": {"shared_params": 10}}
+    adapters = {**curve, "bytes_up_curve": [100] * 5, "bytes_up_per_round": 100.0}
+    full = {**curve, "personalized_accuracy_curve": [0.85, 0.9, 0.95, 0.95, 0.95], "bytes_up_curve": [800] * 5,
+            "bytes_up_per_round": 800.0, "model": {"shared_params": 80}}
+    c = m.upload_comparison(adapters, full)
+    assert c["equal_accuracy_level"] == pytest.approx(0.9) and c["ratio_per_round"] == 8.0
+    assert c["ratio_at_equal_accuracy"] == pytest.approx((2 * 800) / (3 * 100))  # full gets there a round sooner
+    assert m.target_adapters(c)["met"] is False and m.target_adapters(None)["met"] is None
+
+
+TINY = HeteroGrid(datasets=("digits",), partitions=("iid", "shards-2"), algorithms=("fedavg",), devices=6,
+                  clients_per_round=3, rounds=2, epochs=1, local_epochs=2, central_epochs=2,
+                  compression=("dense-fp32", "int8-top1%"), compression_partition="iid", modes=("adapters", "full"),
+                  modes_partition="shards-2", new_devices=1, finetune_steps=2, workers=1)
+
+
+def test_jobs_cover_the_grid():
+    kinds = [j.kind for j in build_jobs(TINY)]
+    assert kinds.count("cell") == 2 * 1 * 2 and kinds.count("baselines") == 2
+    assert kinds.count("compression") == 2 * 2 and kinds.count("mode") == 2
+    assert build_jobs(TINY, data_dir="x")[-1].labels == {"dataset": "x", "partition": "given"}
+
+
+def _write_blob_clients(folder, width=12, clients=4):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, width))
+    folder.mkdir()
+    for c in range(clients):
+        y_train, y_test = rng.integers(0, 3, 30), rng.integers(0, 3, 10)
+        np.savez(folder / f"site-{c}.npz", y_train=y_train, y_test=y_test,
+                 x_train=(centers[y_train] + 0.3 * rng.normal(size=(30, width))).astype(np.float32),
+                 x_test=(centers[y_test] + 0.3 * rng.normal(size=(10, width))).astype(np.float32))
+
+
+def test_tiny_grid_writes_typed_json_report_and_plots(tmp_path):
+    data = tmp_path / "sites"
+    _write_blob_clients(data)
+    doc = run(TINY, tmp_path / "out.json", tmp_path / "report", data_dir=str(data), log=lambda line: None)
+    assert doc["errors"] == []
+    assert json.loads((tmp_path / "out.json").read_text())["cells"] == doc["cells"]
+    assert len(doc["cells"]) == 2 * 2 + 2  # digits x 2 partitions x on/off, and the folder's own split
+    for c in doc["cells"]:
+        assert isinstance(c["dataset"], str) and isinstance(c["partition"], str) and isinstance(c["algorithm"], str)
+        assert isinstance(c["personalization"], bool)
+        assert c["rounds_to_target"] is None or isinstance(c["rounds_to_target"], int)
+        for key in ("final_global_accuracy", "personalized_accuracy_mean", "personalized_accuracy_min"):
+            assert 0.0 <= c[key] <= 1.0
+        assert c["personalized_accuracy_min"] <= c["personalized_accuracy_mean"]
+        assert c["bytes_up_per_round"] > 0 and c["wall_seconds"] > 0
+    assert {c["dataset"] for c in doc["cells"]} == {"digits", "sites"}
+    assert set(doc["baselines"]) == {"iid", "shards-2", "given"}
+    for b in doc["baselines"].values():
+        assert 0 <= b["central"]["accuracy"] <= 1 and 0 <= b["local_only"]["accuracy_mean"] <= 1
+        assert b["target_accuracy"] == pytest.approx(0.95 * b["central"]["accuracy"])
+    settings = {(r["setting"], r["error_feedback"]) for r in doc["compression"]}
+    assert settings == {("dense-fp32", True), ("dense-fp32", False), ("int8-top1%", True), ("int8-top1%", False)}
+    for r in doc["compression"]:
+        assert 0 <= r["final_accuracy"] <= 1 and r["bytes_up_per_round"] > 0
+        if r["setting"] == "int8-top1%":
+            assert r["ratio_vs_dense"] > 5  # 5 bytes per kept value instead of 400 per 100 values
+    assert doc["upload_comparison"]["ratio_per_round"] > 5
+    assert [t["id"] for t in doc["targets"]] == [1, 2, 3, 4]
+    assert all(t["met"] in (True, False, None) for t in doc["targets"])
+    modes = {r["mode"]: r for r in doc["personalization_modes"]}
+    assert modes["adapters"]["new_devices"]["count"] == 1
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Issue targets" in report and "| shards-2 |" in report
+    for png in ("accuracy_vs_round.png", "personalized_vs_round.png", "accuracy_vs_uplink.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_quick_grid_from_the_command_line(tmp_path):
+    """What CI runs: the reduced grid, in worker processes (about a minute on 2 cores; not asserted)."""
+    assert main(["--quick", "--json", str(tmp_path / "q.json"), "--report", str(tmp_path / "r")]) == 0
+    doc = json.loads((tmp_path / "q.json").read_text())
+    assert doc["quick"] is True and doc["errors"] == []
+    assert {"cells", "baselines", "compression", "multipliers", "targets"} <= set(doc)
+    assert (tmp_path / "r" / "report.md").exists()

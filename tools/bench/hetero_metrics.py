@@ -1,0 +1,161 @@
+"""The heterogeneity benchmark's derived numbers (pure: curves and rows in, numbers out).
+
+    rounds_to_target     first round whose global accuracy reaches the target, or None
+    final_accuracy       mean of the last `window` rounds (skewed partitions oscillate)
+    multipliers          rounds on a partition / rounds on IID, per algorithm
+    bytes_to_reach       cumulative uplink bytes until a curve first reaches a level
+    evaluate_targets     issue 4's four targets, each met / not met / not measured, with why
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+IID = "iid"
+
+
+def rounds_to_target(curve: Sequence[float | None], target: float) -> int | None:
+    """1-based round at which `curve` first reaches `target`; None if it never does."""
+    for i, acc in enumerate(curve):
+        if acc is not None and acc >= target:
+            return i + 1
+    return None
+
+
+def final_accuracy(curve: Sequence[float | None], window: int = 3) -> float | None:
+    values = [v for v in curve[-window:] if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def bytes_to_reach(curve: Sequence[float], bytes_per_round: Sequence[int], level: float) -> int | None:
+    """Uplink bytes sent up to and including the first round at which `curve` >= level."""
+    sent = 0
+    for acc, up in zip(curve, bytes_per_round):
+        sent += up
+        if acc >= level:
+            return sent
+    return None
+
+
+def multiplier(rounds: int | None, iid_rounds: int | None) -> float | None:
+    if rounds is None or iid_rounds is None:
+        return None
+    return rounds / iid_rounds
+
+
+def multipliers(cells: Sequence[dict]) -> list[dict]:
+    """For every non-IID cell whose (dataset, algorithm, personalization) also ran on IID."""
+    iid = {(c["dataset"], c["algorithm"], c["personalization"]): c["rounds_to_target"]
+           for c in cells if c["partition"] == IID}
+    out = []
+    for c in cells:
+        key = (c["dataset"], c["algorithm"], c["personalization"])
+        if c["partition"] == IID or key not in iid:
+            continue
+        out.append({"dataset": c["dataset"], "algorithm": c["algorithm"], "personalization": c["personalization"],
+                    "partition": c["partition"], "rounds_to_target": c["rounds_to_target"],
+                    "iid_rounds_to_target": iid[key], "multiplier": multiplier(c["rounds_to_target"], iid[key])})
+    return out
+
+
+def _target(tid: int, name: str, met: bool | None, detail: str, **numbers) -> dict:
+    return {"id": tid, "name": name, "met": met, "detail": detail, **numbers}
+
+
+def target_shards(mults: Sequence[dict], dataset: str, partition: str = "shards-2", limit: float = 2.0) -> dict:
+    """(1) The best algorithm on 2-class shards reaches the target in <= limit x its IID rounds."""
+    name = f"{partition}: best algorithm reaches 0.95x central in <= {limit:g}x its IID rounds"
+    rows = [m for m in mults if m["dataset"] == dataset and m["partition"] == partition and not m["personalization"]]
+    if not rows:
+        return _target(1, name, None, "not measured (no shards cells with an IID counterpart)")
+    fedavg = next((m for m in rows if m["algorithm"] == "fedavg"), None)
+    fedavg_text = f"FedAvg's multiplier: {_fmt_mult(fedavg)}" if fedavg else "FedAvg not in the grid"
+    reached = [m for m in rows if m["rounds_to_target"] is not None]
+    if not reached:
+        return _target(1, name, False, f"no algorithm reached the target on {partition}; {fedavg_text}",
+                       best=None, fedavg_multiplier=fedavg and fedavg["multiplier"])
+    best = min(reached, key=lambda m: (m["rounds_to_target"], m["multiplier"] if m["multiplier"] is not None else math.inf))
+    met = best["multiplier"] is not None and best["multiplier"] <= limit
+    detail = (f"best: {best['algorithm']} in {best['rounds_to_target']} rounds vs {best['iid_rounds_to_target']} on IID "
+              f"({_fmt_mult(best)}); {fedavg_text}")
+    return _target(1, name, met, detail, best=best["algorithm"], best_multiplier=best["multiplier"],
+                   fedavg_multiplier=fedavg and fedavg["multiplier"])
+
+
+def _fmt_mult(row: dict) -> str:
+    if row["multiplier"] is not None:
+        return f"{row['multiplier']:.2f}x"
+    if row["iid_rounds_to_target"] is None:
+        return "n/a (IID never reached the target)"
+    return "n/a (never reached the target)"
+
+
+def target_personalized(cells: Sequence[dict], baselines: dict, dataset: str, partition: str = "dirichlet-0.1") -> dict:
+    """(2) Mean personalized >= local-only + 2 points and >= global + 10 points; worst client >= 85%."""
+    name = f"{partition}: personalized mean >= local-only + 2 pts and >= global + 10 pts; worst client >= 85%"
+    on = [c for c in cells if c["dataset"] == dataset and c["partition"] == partition and c["personalization"]]
+    off = [c for c in cells if c["dataset"] == dataset and c["partition"] == partition and not c["personalization"]]
+    base = baselines.get(partition)
+    if not on or not off or not base:
+        return _target(2, name, None, "not measured (needs personalization on and off cells and baselines)")
+    best = max(on, key=lambda c: c["personalized_accuracy_mean"])
+    best_global = max(off, key=lambda c: c["final_global_accuracy"])
+    local = base["local_only"]["accuracy_mean"]
+    pm, pmin, g = best["personalized_accuracy_mean"], best["personalized_accuracy_min"], best_global["final_global_accuracy"]
+    checks = {"vs_local": pm >= local + 0.02, "vs_global": pm >= g + 0.10, "worst": pmin >= 0.85}
+    own = next((c["final_global_accuracy"] for c in off if c["algorithm"] == best["algorithm"]), None)
+    detail = (f"best personalized: {best['algorithm']} mean {pm:.3f}, worst client {pmin:.3f}; local-only {local:.3f} "
+              f"({pm - local:+.3f}); best global model of any algorithm ({best_global['algorithm']}) {g:.3f} "
+              f"({pm - g:+.3f})" + (f"; {best['algorithm']}'s own global model {own:.3f} ({pm - own:+.3f})"
+                                    if own is not None else ""))
+    return _target(2, name, all(checks.values()), detail, checks=checks, algorithm=best["algorithm"])
+
+
+def target_compression(rows: Sequence[dict], min_ratio: float = 100.0, max_drop: float = 0.01) -> dict:
+    """(3) >= min_ratio x fewer uplink bytes than dense fp32 (on the wire, headers included),
+    final accuracy within max_drop of dense, with error feedback."""
+    name = f">= {min_ratio:g}x uplink compression vs dense fp32 on the wire, accuracy within {max_drop * 100:g} pt, with EF"
+    if not rows or not any(r["setting"] == "dense-fp32" for r in rows):
+        return _target(3, name, None, "not measured (needs the dense fp32 run)")
+    ef = sorted((r for r in rows if r["error_feedback"] and r["setting"] != "dense-fp32"), key=lambda r: -r["ratio_vs_dense"])
+    if not ef:
+        return _target(3, name, None, "not measured (no compressed run with error feedback)")
+    good = [r for r in ef if r["ratio_vs_dense"] >= min_ratio and r["accuracy_delta_vs_dense"] >= -max_drop]
+    top = (good or ef)[0]
+    without = next((r for r in rows if r["setting"] == top["setting"] and not r["error_feedback"]), None)
+    detail = (f"{top['setting']} with EF: {top['ratio_vs_dense']:.1f}x smaller, accuracy {top['final_accuracy']:.3f} "
+              f"({top['accuracy_delta_vs_dense'] * 100:+.1f} pt vs dense)")
+    if without:
+        detail += f"; without EF {without['final_accuracy']:.3f} ({without['accuracy_delta_vs_dense'] * 100:+.1f} pt)"
+    return _target(3, name, bool(good), detail, setting=top["setting"])
+
+
+def target_adapters(comparison: dict | None, min_ratio: float = 7.0) -> dict:
+    """(4) Adapter-only uploads >= min_ratio x smaller than full-model at equal personalized accuracy."""
+    name = f"adapter uploads >= {min_ratio:g}x smaller than full-model at equal personalized accuracy"
+    if not comparison:
+        return _target(4, name, None, "not measured (needs the adapters and full mode runs)")
+    ratio = comparison["ratio_at_equal_accuracy"]
+    detail = (f"per round {comparison['ratio_per_round']:.1f}x; to reach personalized mean "
+              f"{comparison['equal_accuracy_level']:.3f}: " + (f"{ratio:.1f}x fewer bytes" if ratio is not None else "n/a"))
+    return _target(4, name, ratio is not None and ratio >= min_ratio, detail)
+
+
+def upload_comparison(adapters: dict, full: dict, window: int = 3) -> dict:
+    """Bytes per round, and cumulative bytes to first reach the lower of the two final
+    personalized accuracies (so both runs reach it)."""
+    fa = final_accuracy(adapters["personalized_accuracy_curve"], window)
+    ff = final_accuracy(full["personalized_accuracy_curve"], window)
+    level = min(fa, ff)
+    ba = bytes_to_reach(adapters["personalized_accuracy_curve"], adapters["bytes_up_curve"], level)
+    bf = bytes_to_reach(full["personalized_accuracy_curve"], full["bytes_up_curve"], level)
+    return {
+        "adapters": {"bytes_up_per_round": adapters["bytes_up_per_round"], "personalized_accuracy_mean": fa,
+                     "shared_params": adapters["model"]["shared_params"], "bytes_to_level": ba},
+        "full": {"bytes_up_per_round": full["bytes_up_per_round"], "personalized_accuracy_mean": ff,
+                 "shared_params": full["model"]["shared_params"], "bytes_to_level": bf},
+        "ratio_per_round": full["bytes_up_per_round"] / adapters["bytes_up_per_round"],
+        "equal_accuracy_level": level,
+        "ratio_at_equal_accuracy": bf / ba if ba and bf else None,
+    }

@@ -1,0 +1,196 @@
+"""report.md and PNG plots from the heterogeneity benchmark's JSON document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_runtime.manifest import atomic_write_bytes
+
+PLOTS = ("accuracy_vs_round.png", "personalized_vs_round.png", "accuracy_vs_uplink.png")
+
+
+def write_report(doc: dict, report_dir) -> list[Path]:
+    """Write report.md and (with matplotlib) the plots; returns the paths written."""
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "report.md", markdown(doc).encode())
+    return [out / "report.md", *write_plots(doc, out)]
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _kib(v) -> str:
+    return "–" if v is None else f"{v / 1024:.1f}"
+
+
+def _met(v) -> str:
+    return {True: "**met**", False: "not met", None: "not measured"}[v]
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), ""]
+
+
+def markdown(doc: dict) -> str:
+    g = doc["grid"]
+    env = doc["environment"]
+    lines = [
+        "# Heterogeneity benchmark" + (" (quick grid)" if doc["quick"] else ""), "",
+        f"{g['devices']} devices, {g['clients_per_round']} sampled per round, {g['rounds']} rounds of {g['epochs']} local "
+        f"epochs (SGD lr {g['lr']}, momentum 0.9, batch {g['batch_size']}), seed {g['seed']}; real device runtimes and "
+        f"coordinator over the in-memory broker. Wall time {doc['wall_seconds']:.0f} s with {g['workers']} worker "
+        f"process(es) on {env.get('cpus')} CPUs (Python {env.get('python')}, onnxruntime {env.get('onnxruntime', '?')}).",
+        "",
+        f"Accuracies are percentages. *Final* = mean of the last {g['final_window']} rounds. *Rounds to target* = first "
+        f"round whose global accuracy reaches {g['target_fraction']:g}x the centralized baseline of the same partition. "
+        "Personalization *on* = LoRA adapters + global head shared, private head per device (scored); *off* = the same "
+        "LoRA layer with the global head only (its per-device accuracy is the global model's). Uplink bytes are whole "
+        "update messages as received, headers included.", "",
+        "## Issue targets", "",
+        *_table(["#", "target", "result", "measured"],
+                [[t["id"], t["name"], _met(t["met"]), t["detail"]] for t in doc["targets"]]),
+    ]
+    lines += ["## Baselines", ""] + _table(
+        ["partition", "centralized", "target", "local-only mean", "local-only worst"],
+        [[p, _pct(b["central"]["accuracy"]), _pct(b["target_accuracy"]), _pct(b["local_only"]["accuracy_mean"]),
+          _pct(b["local_only"]["accuracy_min"])] for p, b in doc["baselines"].items()])
+    lines += ["## Cells", ""] + _table(
+        ["dataset", "partition", "algorithm", "pers.", "rounds to target", "final global", "pers. mean", "pers. worst",
+         "KiB up/round", "wall s"],
+        [[c["dataset"], c["partition"], c["algorithm"], "on" if c["personalization"] else "off",
+          c["rounds_to_target"] if c["rounds_to_target"] is not None else "–", _pct(c["final_global_accuracy"]),
+          _pct(c["personalized_accuracy_mean"]), _pct(c["personalized_accuracy_min"]), _kib(c["bytes_up_per_round"]),
+          f"{c['wall_seconds']:.1f}"] for c in doc["cells"]])
+    failed = [f"{c['partition']} {c['algorithm']} personalization {'on' if c['personalization'] else 'off'}: "
+              f"{c['declines']}" for c in doc["cells"] if c.get("declines")]
+    if failed:
+        lines += ["Tasks declined by devices (a diverging run shows up here as training_failed):", "",
+                  *(f"- {f}" for f in failed), ""]
+    lines += _multiplier_section(doc)
+    if doc["compression"]:
+        lines += ["## Communication", "",
+                  f"FedAvg, personalization off, {g['compression_partition']}. Ratio = dense fp32 bytes per round / "
+                  "this setting's, both on the wire.", ""] + _table(
+            ["setting", "error feedback", "final accuracy", "KiB up/round", "ratio vs dense", "Δ vs dense (pt)"],
+            [[r["setting"], "yes" if r["error_feedback"] else "no", _pct(r["final_accuracy"]), _kib(r["bytes_up_per_round"]),
+              f"{r['ratio_vs_dense']:.1f}x" if r["ratio_vs_dense"] else "–",
+              f"{100 * r['accuracy_delta_vs_dense']:+.1f}" if r["accuracy_delta_vs_dense"] is not None else "–"]
+             for r in doc["compression"]])
+    lines += _modes_section(doc)
+    if doc["errors"]:
+        lines += ["## Failed jobs", ""] + [f"- {e['kind']} {e.get('partition', '')} {e.get('algorithm', '')}: {e['error']}"
+                                           for e in doc["errors"]] + [""]
+    return "\n".join(lines)
+
+
+def _multiplier_section(doc: dict) -> list[str]:
+    rows = [r for r in doc["multipliers"] if not r["personalization"]]
+    if not rows:
+        return []
+    partitions = list(dict.fromkeys(r["partition"] for r in rows))
+    table = {}
+    for r in rows:
+        cell = "–" if r["multiplier"] is None else f"{r['multiplier']:.2f}x"
+        if r["rounds_to_target"] is None:
+            cell = "never"
+        elif r["iid_rounds_to_target"] is None:
+            cell = f"({r['rounds_to_target']}, IID never)"
+        table.setdefault((r["dataset"], r["algorithm"]), {})[r["partition"]] = cell
+    return ["## Non-IID / IID round multiplier", "",
+            "Rounds to target on the partition / rounds on IID, personalization off; *never* = not within the rounds run.",
+            ""] + _table(["dataset", "algorithm", *partitions],
+                         [[d, a, *(v.get(p, "–") for p in partitions)] for (d, a), v in table.items()])
+
+
+def _modes_section(doc: dict) -> list[str]:
+    g = doc["grid"]
+    lines = []
+    if doc["personalization_modes"]:
+        lines += ["## Personalization modes", "",
+                  f"FedAvg on {g['modes_partition']}; {g['new_devices']} devices held out of training (new devices) are "
+                  f"scored with the final global model as received, then after {g['finetune_steps']} head-only local steps.",
+                  ""]
+        rows = []
+        for r in doc["personalization_modes"]:
+            n = r["new_devices"] or {}
+            rows.append([r["mode"], r["shared_params"], _kib(r["bytes_up_per_round"]), _pct(r["final_global_accuracy"]),
+                         _pct(r["personalized_accuracy_mean"]), _pct(r["personalized_accuracy_min"]),
+                         _pct(n.get("global_accuracy_mean")), _pct(n.get("tuned_accuracy_mean"))])
+        lines += _table(["mode", "shared params", "KiB up/round", "final global", "pers. mean", "pers. worst",
+                         "new devices: global", "new devices: tuned"], rows)
+    c = doc["upload_comparison"]
+    if c:
+        lines += ["## Adapter vs full-model uploads", "",
+                  f"adapters: {c['adapters']['shared_params']} shared parameters, {_kib(c['adapters']['bytes_up_per_round'])} "
+                  f"KiB/round, personalized {_pct(c['adapters']['personalized_accuracy_mean'])}; full: "
+                  f"{c['full']['shared_params']} shared parameters, {_kib(c['full']['bytes_up_per_round'])} KiB/round, "
+                  f"personalized {_pct(c['full']['personalized_accuracy_mean'])}. Per round the full model sends "
+                  f"{c['ratio_per_round']:.1f}x more; to first reach a personalized mean of {_pct(c['equal_accuracy_level'])} "
+                  "(the lower final of the two) it sends " +
+                  (f"{c['ratio_at_equal_accuracy']:.1f}x more in total." if c["ratio_at_equal_accuracy"] else "–."), ""]
+    return lines
+
+
+def write_plots(doc: dict, out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for name, key, personal in (("accuracy_vs_round.png", "global_accuracy_curve", False),
+                                ("personalized_vs_round.png", "personalized_accuracy_curve", True)):
+        cells = [c for c in doc["cells"] if c["personalization"] == personal]
+        panels = list(dict.fromkeys((c["dataset"], c["partition"]) for c in cells))
+        if not panels:
+            continue
+        cols = min(3, len(panels))
+        rows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+        for ax, (dataset, partition) in zip(axes.flat, panels):
+            for c in (c for c in cells if (c["dataset"], c["partition"]) == (dataset, partition)):
+                ax.plot(range(1, len(c[key]) + 1), c[key], label=c["algorithm"], lw=1.2)
+            base = doc["baselines"].get(partition)
+            if base:
+                if personal:
+                    ax.axhline(base["local_only"]["accuracy_mean"], color="grey", ls="--", lw=1, label="local-only")
+                else:
+                    ax.axhline(base["central"]["accuracy"], color="black", ls="--", lw=1, label="centralized")
+                    ax.axhline(base["target_accuracy"], color="black", ls=":", lw=1, label="target")
+            ax.set(title=f"{dataset} {partition}", xlabel="round", ylim=(0, 1))
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        axes.flat[0].set_ylabel("personalized accuracy (mean)" if personal else "global accuracy")
+        axes.flat[0].legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(out / name)
+    if doc["compression"]:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for r in doc["compression"]:
+            sent, xs = 0, []
+            for b in r["bytes_up_curve"]:
+                sent += b
+                xs.append(sent / 1024)
+            label = f"{r['setting']}{'' if r['error_feedback'] else ' no EF'}"
+            ax1.plot(xs, r["global_accuracy_curve"], label=label, ls="-" if r["error_feedback"] else ":")
+            ax2.scatter(r["bytes_up_per_round"] / 1024, r["final_accuracy"], marker="o" if r["error_feedback"] else "x")
+            ax2.annotate(label, (r["bytes_up_per_round"] / 1024, r["final_accuracy"]), fontsize=7)
+        ax1.set(xscale="log", xlabel="cumulative uplink KiB (on the wire)", ylabel="global accuracy", ylim=(0, 1),
+                title="accuracy vs uplink bytes")
+        ax2.set(xscale="log", xlabel="uplink KiB per round", ylabel="final accuracy", title="final accuracy vs bytes/round")
+        ax1.legend(fontsize=7)
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_vs_uplink.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "accuracy_vs_uplink.png")
+    return written

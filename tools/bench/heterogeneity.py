@@ -1,0 +1,208 @@
+"""`fedge bench heterogeneity`: FedAvg, FedProx, SCAFFOLD, FedAvgM, FedAdam and FedYogi,
+with personalization on and off, over six partitions of MNIST-5k (and a --data DIR), plus a
+communication sweep, the personalization modes and new devices. Writes one JSON document, a
+Markdown report with issue 4's targets (met or not) and PNG plots.
+
+    fedge bench heterogeneity --json out.json --report DIR [--quick] [--data DIR] [--workers 2]
+
+Output JSON (schema 1):
+    schema, benchmark ("heterogeneity"), quick, grid (the HeteroGrid), environment, wall_seconds
+    cells: list, one per (dataset, partition, algorithm, personalization):
+        dataset, partition, algorithm        str
+        personalization                      bool: on = adapters (LoRA + private head), off = global head only
+        rounds_to_target                     int (1-based) or null: first round with global accuracy
+                                             >= target_accuracy (grid.target_fraction x centralized)
+        target_accuracy                      fraction
+        final_global_accuracy                fraction: global model on the union of held-out splits,
+                                             mean of the last grid.final_window rounds
+        personalized_accuracy_mean, _min     fraction, same window: each device's personalized model on
+                                             its own split (off: the global model); mean and worst device
+        bytes_up_per_round                   float: uplink bytes per round on the wire (messages with headers,
+                                             every update received, stale ones included)
+        bytes_up_dense_per_round             float: the same messages with dense fp32 deltas
+        wall_seconds                         float: the whole simulation, evaluation included
+        declines                             {reason: count}: tasks devices declined (e.g. training_failed)
+        rounds, shared_params, global_accuracy_curve, personalized_accuracy_curve
+    baselines: {partition: {dataset, local_only: {accuracy_mean, accuracy_min, epochs},
+                            central: {accuracy, epochs}, target_accuracy}}
+    multipliers: list of {dataset, algorithm, personalization, partition, rounds_to_target,
+                          iid_rounds_to_target, multiplier (null when either is null)}
+    compression: list of {setting, quant_bits, topk_fraction, error_feedback, final_accuracy,
+                          bytes_up_per_round, ratio_vs_dense, accuracy_delta_vs_dense, curves}
+    personalization_modes: list of {mode, shared_params, personal_params, bytes_up_per_round,
+                          final_global_accuracy, personalized_accuracy_mean, _min, new_devices}
+    upload_comparison: adapters vs full (tools/bench/hetero_metrics.upload_comparison), or null
+    targets: list of {id, name, met (true, false, or null = not measured), detail, ...}
+    errors: jobs that failed, with the error
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from edge_runtime.manifest import atomic_write_bytes
+
+from . import hetero_metrics as m
+from .hetero_grid import COMPRESSION, QUICK, HeteroGrid, Job, build_jobs, run_job
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fedge bench heterogeneity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", dest="json_path", required=True, help="write the results here")
+    p.add_argument("--report", dest="report_dir", help="folder for report.md and the PNGs (default: beside --json)")
+    p.add_argument("--quick", action="store_true", help="a reduced grid (about a minute on 2 cores)")
+    p.add_argument("--data", dest="data_dir", metavar="DIR", help="also run on one .npz per client in DIR")
+    p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
+    p.add_argument("--rounds", type=int, default=None, help="override the grid's rounds")
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args(argv)
+    grid = QUICK if args.quick else HeteroGrid()
+    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed)) if v is not None}
+    grid = replace(grid, **overrides)
+    report_dir = args.report_dir or str(Path(args.json_path).parent)
+    doc = run(grid, args.json_path, report_dir, data_dir=args.data_dir, quick=args.quick)
+    met = {t["id"]: t["met"] for t in doc["targets"]}
+    print(f"wrote {args.json_path} and {report_dir}/report.md in {doc['wall_seconds']:.0f} s; targets met: {met}")
+    return 0
+
+
+def run(grid: HeteroGrid, json_path, report_dir, data_dir: str | None = None, quick: bool = False,
+        log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
+    """Run every job of the grid, write the JSON and the report, return the document."""
+    from .hetero_report import write_report
+
+    started = time.perf_counter()
+    results = _run_all(build_jobs(grid, data_dir), grid.workers, log)
+    doc = assemble(grid, results, time.perf_counter() - started, quick)
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+    write_report(doc, report_dir)
+    return doc
+
+
+def _run_all(jobs: list[Job], workers: int, log) -> list[dict]:
+    results = []
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            results.append(_safe_run(job))
+            log(_progress(i + 1, len(jobs), results[-1]))
+        return results
+    # spawn: workers start clean (no onnxruntime state copied from a parent mid-session).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_safe_run, job) for job in jobs]
+        for i, future in enumerate(as_completed(futures)):
+            results.append(future.result())
+            log(_progress(i + 1, len(jobs), results[-1]))
+    return results
+
+
+def _safe_run(job: Job) -> dict:
+    """A failed job becomes a row with its error, so one bad cell does not lose the grid."""
+    try:
+        return run_job(job)
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON's errors
+        return {"kind": job.kind, **job.labels, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _progress(i: int, n: int, row: dict) -> str:
+    labels = " ".join(str(row[k]) for k in ("dataset", "partition", "algorithm", "setting", "mode") if k in row)
+    if "personalization" in row:
+        labels += f" personalization {'on' if row['personalization'] else 'off'}"
+    if "error_feedback" in row:
+        labels += f" EF {'on' if row['error_feedback'] else 'off'}"
+    extra = f"error {row['error']}" if "error" in row else f"{row.get('wall_seconds', 0):.1f} s"
+    return f"[{i}/{n}] {row['kind']} {labels}: {extra}"
+
+
+def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: bool = False) -> dict:
+    """The JSON document from the jobs' rows (pure)."""
+    ok = [r for r in results if "error" not in r]
+    window = grid.final_window
+    baselines = {}
+    order = list(grid.partitions)
+    for r in sorted((r for r in ok if r["kind"] == "baselines"),
+                    key=lambda r: order.index(r["partition"]) if r["partition"] in order else len(order)):
+        baselines[r["partition"]] = {"dataset": r["dataset"], "local_only": r["local_only"], "central": r["central"],
+                                     "target_accuracy": grid.target_fraction * r["central"]["accuracy"]}
+    cells = []
+    for r in (r for r in ok if r["kind"] == "cell"):
+        base = baselines.get(r["partition"])
+        target = base["target_accuracy"] if base else None
+        cells.append({
+            "dataset": r["dataset"], "partition": r["partition"], "algorithm": r["algorithm"],
+            "personalization": r["personalization"],
+            "rounds_to_target": m.rounds_to_target(r["global_accuracy_curve"], target) if target is not None else None,
+            "target_accuracy": target,
+            **_finals(r, window),
+            "bytes_up_per_round": r["bytes_up_per_round"], "bytes_up_dense_per_round": r["bytes_up_dense_per_round"],
+            "wall_seconds": r["wall_seconds"], "rounds": r["rounds"], "shared_params": r["model"]["shared_params"],
+            "declines": r["declines"],
+            "global_accuracy_curve": r["global_accuracy_curve"], "personalized_accuracy_curve": r["personalized_accuracy_curve"],
+        })
+    cells.sort(key=lambda c: (c["dataset"], list(grid.partitions).index(c["partition"]) if c["partition"] in grid.partitions
+                              else 99, c["algorithm"], c["personalization"]))
+    compression = _compression([r for r in ok if r["kind"] == "compression"], window)
+    modes = {r["mode"]: r for r in ok if r["kind"] == "mode"}
+    mode_rows = [{"mode": k, "shared_params": r["model"]["shared_params"], "personal_params": r["model"]["personal_params"],
+                  "bytes_up_per_round": r["bytes_up_per_round"], **_finals(r, window), "new_devices": r["new_devices"],
+                  "wall_seconds": r["wall_seconds"]} for k, r in sorted(modes.items(), key=lambda kv: grid.modes.index(kv[0]))]
+    comparison = m.upload_comparison(modes["adapters"], modes["full"], window) if {"adapters", "full"} <= set(modes) else None
+    mults = m.multipliers(cells)
+    primary = grid.datasets[0] if grid.datasets else None
+    targets = [m.target_shards(mults, primary), m.target_personalized(cells, baselines, primary),
+               m.target_compression(compression), m.target_adapters(comparison)]
+    return {
+        "schema": 1, "benchmark": "heterogeneity", "quick": quick, "grid": asdict(grid), "environment": _environment(),
+        "wall_seconds": round(wall_seconds, 1), "cells": cells, "baselines": baselines, "multipliers": mults,
+        "compression": compression, "personalization_modes": mode_rows, "upload_comparison": comparison,
+        "targets": targets, "errors": [r for r in results if "error" in r],
+    }
+
+
+def _finals(r: dict, window: int) -> dict:
+    return {"final_global_accuracy": m.final_accuracy(r["global_accuracy_curve"], window),
+            "personalized_accuracy_mean": m.final_accuracy(r["personalized_accuracy_curve"], window),
+            "personalized_accuracy_min": m.final_accuracy(r["personalized_accuracy_min_curve"], window)}
+
+
+def _compression(rows: list[dict], window: int) -> list[dict]:
+    dense = next((r for r in rows if r["setting"] == "dense-fp32" and r["error_feedback"]), None)
+    dense = dense or next((r for r in rows if r["setting"] == "dense-fp32"), None)
+    dense_acc = m.final_accuracy(dense["global_accuracy_curve"], window) if dense else None
+    out = []
+    for r in sorted(rows, key=lambda r: (list(COMPRESSION).index(r["setting"]), not r["error_feedback"])):
+        acc = m.final_accuracy(r["global_accuracy_curve"], window)
+        bits, topk = COMPRESSION[r["setting"]]
+        out.append({"setting": r["setting"], "quant_bits": bits, "topk_fraction": topk, "error_feedback": r["error_feedback"],
+                    "final_accuracy": acc, "bytes_up_per_round": r["bytes_up_per_round"],
+                    "ratio_vs_dense": dense["bytes_up_per_round"] / r["bytes_up_per_round"] if dense else None,
+                    "accuracy_delta_vs_dense": acc - dense_acc if dense else None,
+                    "global_accuracy_curve": r["global_accuracy_curve"], "bytes_up_curve": r["bytes_up_curve"],
+                    "wall_seconds": r["wall_seconds"]})
+    return out
+
+
+def _environment() -> dict:
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        import numpy
+        import onnxruntime
+
+        env.update(numpy=numpy.__version__, onnxruntime=onnxruntime.__version__)
+    except ImportError:
+        pass
+    return env
+
+
+if __name__ == "__main__":
+    sys.exit(main())
