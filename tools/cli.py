@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from tools.bench.train_step import main as bench_main
 
         return bench_main(argv[2:]) or 0
+    if argv[:2] == ["bench", "heterogeneity"]:
+        from tools.bench.heterogeneity import main as bench_hetero
+
+        return bench_hetero(argv[2:]) or 0
     if argv[:2] == ["bench", "mqtt"]:
         from tools.bench.mqtt import main as bench_mqtt
 
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="bench", required=True)
     bench.add_parser("train-step", help="time one training step per backend (see: fedge bench train-step -h)")
+    bench.add_parser("heterogeneity", help="algorithms x partitions x personalization (see: fedge bench heterogeneity -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
 
     args = parser.parse_args(argv)
