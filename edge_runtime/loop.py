@@ -52,6 +52,9 @@ class AgentLoop:
                 # One bad message or a full disk must not kill the device: log, back off, go on.
                 log.error("device %s: %s: %s", self.agent.device_id, type(exc).__name__, exc)
                 self.stop_event.wait(self.poll_s)
+            except Exception:  # a bug must not silence the device either; it is logged in full
+                log.exception("device %s: unexpected error; the loop goes on", self.agent.device_id)
+                self.stop_event.wait(self.poll_s)
 
     def stop(self) -> None:
         self.stop_event.set()

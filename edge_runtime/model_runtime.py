@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import DatasetError, ManifestMismatch
 from .manifest import Manifest, load_manifest
+from .store import load_npz
 
 EMBED_CHUNK = 512  # examples per backbone call: bounds peak memory on small boards
 
@@ -22,8 +23,7 @@ class ModelRuntime:
                 f"{self.dir}: artifacts are model {self.manifest.model_id}, expected {expected_model_id}; "
                 "point the device at the right artifact directory or rebuild"
             )
-        with np.load(self.dir / "params_init.npz", allow_pickle=False) as data:
-            self.init_values = {k: data[k] for k in data.files}
+        self.init_values = load_npz(self.dir / "params_init.npz")
         self._backbone = None
         self._cache: dict[int, np.ndarray] = {}
 

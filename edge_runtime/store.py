@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,17 @@ import numpy as np
 from .manifest import atomic_write_bytes
 
 Arrays = dict[str, np.ndarray]
+
+# np.load parses .npy headers with ast.literal_eval, which on CPython 3.11 can fail with
+# "SystemError: AST constructor recursion depth mismatch" when threads call it at once (a
+# simulated fleet runs one device per thread). Loads are small; one lock per process is cheap.
+_NPY_LOCK = threading.Lock()
+
+
+def load_npz(path) -> Arrays:
+    """Every array of an .npz file, loaded under the process-wide lock (see above)."""
+    with _NPY_LOCK, np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
 
 
 class DeviceStore:
@@ -35,8 +47,7 @@ class DeviceStore:
         path = self.dir / f"{name}.npz"
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        return load_npz(path)
 
     def _save(self, name: str, arrays: Arrays | None) -> None:
         path = self.dir / f"{name}.npz"

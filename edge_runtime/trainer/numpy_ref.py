@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..manifest import Manifest
+from ..store import load_npz
 from .base import Params, StepHyper, TrainerBackend, fresh_optimizer_state
 
 
 def load_frozen(artifact_dir, manifest: Manifest) -> Params:
-    with np.load(f"{artifact_dir}/params_init.npz", allow_pickle=False) as data:
-        return {p.name: data[p.name] for p in manifest.by_role("frozen")}
+    values = load_npz(f"{artifact_dir}/params_init.npz")
+    return {p.name: values[p.name] for p in manifest.by_role("frozen")}
 
 
 class NumpyModel:
