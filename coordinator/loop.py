@@ -13,7 +13,6 @@ import logging
 import threading
 from typing import Callable
 
-from edge_runtime.clock import SystemClock
 from edge_runtime.errors import ConnectionLost, NotConnected, TransportError
 
 from .server import Coordinator, RoundRecord
@@ -25,7 +24,6 @@ class CoordinatorLoop:
     def __init__(
         self,
         coordinator: Coordinator,
-        clock=None,
         *,
         min_devices: int = 1,  # eligible devices needed before a round begins
         round_pause_s: float = 0.0,  # wait between a round closing and the next beginning (seconds)
@@ -34,7 +32,7 @@ class CoordinatorLoop:
         should_stop: Callable[[RoundRecord], bool] | None = None,  # asked after every closed round
     ):
         self.coordinator = coordinator
-        self.clock = clock or SystemClock()
+        self.clock = coordinator.clock  # one clock per side: the coordinator's
         self.min_devices = min_devices
         self.round_pause_s = round_pause_s
         self.poll_s = poll_s
@@ -60,7 +58,7 @@ class CoordinatorLoop:
                 count = getattr(c.transport, "connection_count", 1)
                 if count != seen:
                     seen = count
-                    getattr(c, "on_reconnect", lambda: None)()  # resend what the broker may have lost
+                    c.on_reconnect()  # resend what the broker may have lost
                 record = c.tick()
             except (ConnectionLost, NotConnected) as exc:
                 log.warning("coordinator: %s; waiting for the broker", exc)

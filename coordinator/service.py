@@ -25,11 +25,11 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from edge_runtime.configfile import load_config
 from edge_runtime.errors import ConfigError
 from edge_runtime.manifest import load_manifest
+from edge_runtime.store import load_npz
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
 
 from .config import CoordinatorConfig
@@ -72,8 +72,8 @@ def load_service_config(path: str | Path) -> ServiceConfig:
 def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
     art = Path(cfg.coordinator.artifacts_dir)
     manifest = load_manifest(art, verify=True)
-    with np.load(art / "params_init.npz", allow_pickle=False) as data:
-        initial = {p.name: data[p.name] for p in manifest.by_role("shared")}
+    values = load_npz(art / "params_init.npz")
+    initial = {p.name: values[p.name] for p in manifest.by_role("shared")}
     store = open_store(cfg.coordinator)
     metrics = CoordinatorMetrics()
     transport = MqttTransport(cfg.service.client_id, cfg.broker)

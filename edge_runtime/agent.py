@@ -9,7 +9,6 @@ reads time from the injected clock and never sleeps: the loop that owns sleeping
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -20,7 +19,7 @@ from .codec import decode_message, encode_message
 from .device import DeviceRuntime
 from .errors import ArtifactError, CodecError
 from .fetch import ArtifactDownload
-from .manifest import MANIFEST_FILE, atomic_write_bytes
+from .manifest import MANIFEST_FILE, atomic_write_bytes, sha256_file
 from .pending import PendingUploads
 from .protocol import (ANNOUNCE_TOPIC, Ack, Announcement, ArtifactFile, Decline, FetchRequest, Pace, Status, TrainTask,
                        Update, device_topic)
@@ -66,11 +65,9 @@ class DeviceAgent:
         self.next_checkin = float("inf")
         self.next_republish = float("inf")
         self._unacked_resends = 0
-        self.last_pace: Pace | None = None
         self.started = False
         self._seen_file = self.home / "seen_tasks.json"
         self._seen = self._load_seen()
-        self._manifest_hashes: dict[str, str] = {}  # model dir -> sha256 of its manifest.json
 
     @property
     def device_id(self) -> str:
@@ -140,7 +137,6 @@ class DeviceAgent:
         elif isinstance(message, Ack):
             self._on_ack(message)
         elif isinstance(message, Pace):
-            self.last_pace = message
             self.next_checkin = self.clock.now() + max(0.0, message.retry_after_s)
         elif isinstance(message, ArtifactFile) and msg.topic == device_topic(self.device_id, "artifact"):
             self._on_artifact(message)
@@ -223,7 +219,7 @@ class DeviceAgent:
         for directory in (installed, fetched):
             if directory is None or not (Path(directory) / MANIFEST_FILE).exists():
                 continue
-            if task.manifest_sha256 and self._manifest_sha256(directory) != task.manifest_sha256:
+            if task.manifest_sha256 and sha256_file(Path(directory) / MANIFEST_FILE) != task.manifest_sha256:
                 log.warning("device %s: model %s in %s does not match the task's manifest hash; fetching it",
                             self.device_id, task.model_id, directory)
                 continue
@@ -280,12 +276,6 @@ class DeviceAgent:
         log.info("device %s: model %s installed and verified", self.device_id, item.model_id)
         for task in tasks:
             self._run_task(task)
-
-    def _manifest_sha256(self, directory) -> str:
-        key = str(directory)
-        if key not in self._manifest_hashes:
-            self._manifest_hashes[key] = hashlib.sha256((Path(directory) / MANIFEST_FILE).read_bytes()).hexdigest()
-        return self._manifest_hashes[key]
 
     # ------------------------------------------------------------------ helpers
 

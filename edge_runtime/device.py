@@ -98,7 +98,10 @@ class DeviceRuntime:
 
     def add_model(self, model_id: str, directory: str | Path) -> None:
         """Make a verified artifact directory (e.g. one just fetched) available for tasks."""
-        ModelRuntime(directory, expected_model_id=model_id)  # verifies every file against the manifest
+        runtime = ModelRuntime(directory, expected_model_id=model_id)  # verifies every file against the manifest
+        self._models[model_id] = runtime  # replaces any older copy of this model, e.g. after a re-fetch
+        for key in [k for k in self._backends if k[0] == model_id]:
+            del self._backends[key]
         self.model_dirs[model_id] = directory
 
     def model(self, model_id: str) -> ModelRuntime:

@@ -34,6 +34,7 @@ from .configfile import load_config
 from .device import LocalData
 from .eligibility import EligibilityPolicy
 from .errors import ConfigError, DatasetError
+from .store import load_npz
 from .transport.mqtt import MqttSettings
 
 
@@ -85,8 +86,8 @@ def load_device_config(path: str | Path) -> DeviceConfig:
 def load_local_data(path: str | Path) -> LocalData:
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as d:
-            arrays = {k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        data = load_npz(path)
+        arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such data file") from None
     except KeyError as exc:

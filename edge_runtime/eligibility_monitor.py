@@ -35,6 +35,7 @@ class EligibilityMonitor:
         self.facts: DeviceFacts | None = None  # the latest reading
         self.read_at: float | None = None  # clock seconds of that reading
         self._verdicts: dict[str, str | None] = {}  # phase -> last verdict, for logging changes
+        self._judged: dict[str, DeviceFacts] = {}  # phase -> the facts its last verdict was made on
         self._lock = threading.Lock()  # check-in and training may ask from different threads
 
     def before(self) -> str | None:
@@ -48,6 +49,8 @@ class EligibilityMonitor:
         with self._lock:
             if self.read_at is None or self.clock.now() - self.read_at >= self.check_interval_s:
                 self._read()
+            if self._judged.get("during") is self.facts:
+                return self._verdicts["during"]  # same reading as the last step: same verdict
             return self._judge("during")
 
     def _read(self) -> None:
@@ -62,6 +65,7 @@ class EligibilityMonitor:
             log.log(level, "%s eligibility (%s): %s -> %s; %s", self.name, phase,
                     _word(self._verdicts.get(phase, "?")), _word(verdict), _summary(self.facts))
             self._verdicts[phase] = verdict
+        self._judged[phase] = self.facts
         return verdict
 
 

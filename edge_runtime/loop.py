@@ -11,19 +11,16 @@ import logging
 import threading
 
 from .agent import DeviceAgent
-from .clock import SystemClock
 from .errors import ConnectionLost, FedgeError, NotConnected, TransportError
 
 log = logging.getLogger("fedge.device.loop")
 
 
 class AgentLoop:
-    def __init__(self, agent: DeviceAgent, clock=None, poll_s: float = 0.2):
+    def __init__(self, agent: DeviceAgent, poll_s: float = 0.2):
         self.agent = agent
-        self.clock = clock or SystemClock()
-        self.poll_s = poll_s  # longest wait for a message before doing timed work (seconds)
+        self.poll_s = poll_s  # longest wait for a message before doing timed work (seconds); the agent reads its own clock
         self.stop_event = threading.Event()
-        self.started = threading.Event()
 
     def run(self) -> None:
         """Run until `stop()`; returns when the transport is closed for good."""
@@ -31,7 +28,6 @@ class AgentLoop:
         while not self._start():
             if self.stop_event.wait(self.poll_s):
                 return
-        self.started.set()
         seen = getattr(transport, "connection_count", 1)
         while not self.stop_event.is_set():
             try:

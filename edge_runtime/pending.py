@@ -38,15 +38,18 @@ class PendingUploads:
     def add(self, round_id: int, update_id: str, payload: bytes) -> None:
         if not re.fullmatch(r"[0-9A-Za-z_-]+", update_id):
             raise ValueError(f"update id {update_id!r} is not a safe file name")
-        atomic_write_bytes(self.dir / f"r{round_id}-{update_id}.msg", payload)
+        atomic_write_bytes(self._path(round_id, update_id), payload)
         self._items[update_id] = PendingUpload(round_id, update_id, payload)
 
     def remove(self, update_id: str) -> bool:
         item = self._items.pop(update_id, None)
         if item is None:
             return False
-        (self.dir / f"r{item.round_id}-{update_id}.msg").unlink(missing_ok=True)
+        self._path(item.round_id, update_id).unlink(missing_ok=True)
         return True
+
+    def _path(self, round_id: int, update_id: str) -> Path:
+        return self.dir / f"r{round_id}-{update_id}.msg"
 
     def __contains__(self, update_id: str) -> bool:
         return update_id in self._items
@@ -57,13 +60,13 @@ class PendingUploads:
     def items(self) -> list[PendingUpload]:
         return list(self._items.values())
 
-    def older_than(self, seconds: float, now: float | None = None) -> list[PendingUpload]:
+    def older_than(self, seconds: float) -> list[PendingUpload]:
         """Uploads written more than `seconds` ago (file mtime, wall clock), oldest first."""
-        now = time.time() if now is None else now
+        now = time.time()
         old = []
         for item in self._items.values():
             try:
-                written = (self.dir / f"r{item.round_id}-{item.update_id}.msg").stat().st_mtime
+                written = self._path(item.round_id, item.update_id).stat().st_mtime
             except OSError:
                 continue
             if now - written > seconds:

@@ -12,6 +12,7 @@ from .device import DeviceRuntime
 from .device_config import DeviceConfig, load_local_data
 from .eligibility_monitor import EligibilityMonitor
 from .loop import AgentLoop
+from .manifest import MANIFEST_FILE
 from .probes import SystemProbe
 from .transport.mqtt import MqttTransport
 
@@ -24,13 +25,13 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
                                  check_interval_s=cfg.probe.check_interval_s, name=cfg.device_id)
     state = Path(cfg.state_dir)
     artifacts = state / cfg.device_id / "artifacts"
-    models = {d.name: d for d in artifacts.iterdir() if (d / "manifest.json").exists()} if artifacts.exists() else {}
+    models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
     runtime = DeviceRuntime(cfg.device_id, load_local_data(cfg.data.npz), models, state, backend=cfg.backend,
                             eligibility=monitor.before, abort_check=monitor.during, seed=cfg.seed)
     transport = MqttTransport(cfg.device_id, cfg.broker, will=DeviceAgent.last_will(cfg.device_id))
     agent = DeviceAgent(runtime, transport, clock, artifacts_dir=artifacts, republish_s=cfg.agent.republish_s,
                         checkin_s=cfg.agent.checkin_s, fetch_timeout_s=cfg.agent.fetch_timeout_s)
-    return AgentLoop(agent, clock, poll_s=cfg.agent.poll_s), transport
+    return AgentLoop(agent, poll_s=cfg.agent.poll_s), transport
 
 
 def run_device(cfg: DeviceConfig) -> int:

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("simulate", help="run a simulated fleet in one process")
     from tools.simulate.cli import add_arguments
+    from tools.simulate.config import DATASETS, PARTITIONS
 
     add_arguments(p)
 
@@ -43,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("data", help="write per-device .npz files from a dataset shipped in a wheel")
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("split", help="split a dataset over N devices: DIR/<device>.npz (x_train, y_train, x_test, y_test)")
-    d.add_argument("--dataset", choices=("mnist5k", "digits"), default="mnist5k")
+    d.add_argument("--dataset", choices=DATASETS, default="mnist5k")
     d.add_argument("--devices", type=int, default=2)
-    d.add_argument("--partition", choices=("iid", "dirichlet", "shards", "quantity"), default="dirichlet")
+    d.add_argument("--partition", choices=PARTITIONS, default="dirichlet")
     d.add_argument("--alpha", type=float, default=0.1)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True)
@@ -148,11 +149,11 @@ def _device(args) -> int:
 
     policy, root = EligibilityPolicy(), "/"
     if args.config:
-        from edge_runtime.configfile import load_toml
-        from edge_runtime.eligibility import load_policy
+        from edge_runtime.configfile import from_dict, load_toml
 
-        policy = load_policy(args.config)
-        root = load_toml(args.config).get("probe", {}).get("root", "/")
+        raw = load_toml(args.config)  # read once: only its [eligibility] and [probe] tables matter here
+        policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), "eligibility")
+        root = raw.get("probe", {}).get("root", "/")
     print(json.dumps(describe(SystemProbe(root=args.root or root), policy), indent=2))
     return 0
 

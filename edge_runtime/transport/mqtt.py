@@ -40,6 +40,18 @@ from .chunks import Reassembler, is_chunk, split_message
 
 log = logging.getLogger("fedge.mqtt")
 
+
+class _NoIdleLoopErrors(logging.Filter):
+    """paho logs an ERROR each time its loop runs without a socket, which is every pass while a
+    link is down or being closed; the transport reports those states itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger("fedge.mqtt.paho")  # paho's own lines: TLS and socket errors
+_paho_log.addFilter(_NoIdleLoopErrors())
+
 _FATAL_CONNACK = {133, 134, 135, 138, 140}  # bad client id, bad credentials, not authorized, banned, bad auth method
 _PUBLISH_OVERHEAD = 64  # bytes kept free in a packet for fixed header, topic length, packet id, properties
 _DEFAULT_PACKET = 256 << 20  # MQTT's own limit when the broker announces none
@@ -146,7 +158,7 @@ class MqttTransport(Transport):
         if will is not None:
             client.will_set(validate_topic(will.topic), will.payload, qos=1, retain=will.retain)
         client.max_queued_messages_set(0)  # unbounded: the owner bounds what it publishes
-        client.enable_logger(logging.getLogger("fedge.mqtt.paho"))
+        client.enable_logger(_paho_log)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -213,9 +225,11 @@ class MqttTransport(Transport):
             if self._closed:
                 return
             self._closed = True
+        was_up = self._connected.is_set()
         self._connected.clear()
         try:
-            self._client.disconnect()
+            if was_up:  # paho logs an error for a DISCONNECT without a link
+                self._client.disconnect()
         finally:
             self._client.loop_stop()
             self._queue.put(_Closed("the transport was closed"))

@@ -18,11 +18,8 @@ from edge_runtime.codec import encode_message
 from edge_runtime.protocol import TrainTask
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
 from tests.coordinator.fleet import EXACT, HYPER, ManualDevice, assert_params, copy_params, fedavg_oracle, random_delta
-from tests.coordinator.test_malformed_flood import KINDS, MAX_BYTES, Flood, _rss
+from tests.coordinator.test_malformed_flood import KINDS, MAX_BYTES, PER_KIND, WARM_UP_PER_KIND, Flood, _rss
 from tests.tiny_model import build_tiny_model
-
-PER_KIND = 1000
-WARM_UP_PER_KIND = 50
 
 
 class Connector:

@@ -28,7 +28,7 @@ def test_every_shipped_profile_loads_and_replays(name):
     assert profile.compute_speed > 0 and 0 <= profile.dropout_probability < 1
     clock = ManualClock()
     probe = profile.trace_probe(clock)
-    for _ in range(48):  # two days in half-hour steps: every fact stays in range
+    for _ in range(48):  # two days in one-hour steps: every fact stays in range
         facts = probe.read()
         assert facts.battery_percent is None or 0 <= facts.battery_percent <= 100
         evaluate(EligibilityPolicy(), facts, "before")

@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from coordinator import strategies
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
-from coordinator.strategies import Strategy
+from coordinator.strategies import strategy_from_config
 from edge_runtime.agent import DeviceAgent
 from edge_runtime.device import DeviceRuntime, LocalData
 from edge_runtime.errors import ConfigError
@@ -104,19 +103,8 @@ class FleetSetup:
                              backend=self.backend, seed=self.cfg.seed, **kwargs)
 
     def coordinator(self, transport, clock) -> Coordinator:
-        return Coordinator(transport, make_server_strategy(self.ccfg), self.manifest, self.model.initial("shared"),
+        return Coordinator(transport, strategy_from_config(self.ccfg), self.manifest, self.model.initial("shared"),
                            self.ccfg, clock=clock)
-
-
-def make_server_strategy(ccfg: CoordinatorConfig) -> Strategy:
-    """The strategy the config names; before coordinator/strategies had strategy_from_config,
-    only FedAvg existed."""
-    factory = getattr(strategies, "strategy_from_config", None)
-    if factory is not None:
-        return factory(ccfg)
-    if ccfg.strategy != "fedavg":
-        raise ConfigError(f"strategy {ccfg.strategy!r} is not available in this coordinator (only fedavg)")
-    return strategies.make_strategy("fedavg", ccfg.hyper)
 
 
 def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
@@ -142,9 +130,6 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     compression = CompressionSpec(quant_bits=cfg.quant_bits, topk_fraction=cfg.topk_fraction,
                                   error_feedback=cfg.error_feedback)
     options = cfg.strategy_options
-    unknown = sorted(set(options) - {f.name for f in fields(CoordinatorConfig)})
-    if unknown:
-        raise ConfigError(f"this coordinator has no options {unknown}")
     ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
                              over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
                              round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),

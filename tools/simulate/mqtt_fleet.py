@@ -85,7 +85,6 @@ class SimDevice:
         self.rng = random.Random(int.from_bytes(hashlib.sha256(f"{setup.cfg.seed}/{client.client_id}".encode()).digest()[:8], "little"))
         self.loop: AgentLoop | None = None
         self.stopping = threading.Event()
-        self.vanished = 0
         self.thread = threading.Thread(target=self._main, name=f"device-{client.client_id}", daemon=True)
 
     def start(self) -> None:
@@ -102,7 +101,7 @@ class SimDevice:
 
             agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish, rng=self.rng,
                                    checkin_s=30.0, republish_s=5.0)
-            self.loop = AgentLoop(agent, self.clock)
+            self.loop = AgentLoop(agent)
             try:
                 transport.connect(timeout=0)
                 self.loop.run()
@@ -110,7 +109,6 @@ class SimDevice:
                 transport.close()
             if not vanished.is_set() or self.stopping.wait(self.rejoin_s):
                 return
-            self.vanished += 1
 
     def stop(self) -> None:
         self.stopping.set()
