@@ -9,6 +9,7 @@
     min_devices = 2                # eligible devices needed before a round begins
     rounds = 0                     # exit once the model has this many committed rounds (version); 0 = forever
     round_pause_s = 0.0
+    metrics_linger_s = 0.0         # after reaching `rounds`, keep /metrics up this long for the final scrape
 
     [coordinator]                  # coordinator.config.CoordinatorConfig
     artifacts_dir = "artifacts/mnist"   # from `fedge build-artifacts`; served to devices that lack it
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,11 +49,14 @@ class ServiceSettings:
     min_devices: int = 1
     rounds: int = 0  # exit once the global model's version (committed rounds, across restarts) reaches this; 0 = never
     round_pause_s: float = 0.0
+    # A service that exits right after its last commit takes that commit's metrics with it:
+    # Prometheus scrapes every 15-60 s and would never see the final round.
+    metrics_linger_s: float = 0.0
     client_id: str = "coordinator"
 
     def __post_init__(self) -> None:
-        if self.min_devices < 1 or self.rounds < 0 or self.round_pause_s < 0:
-            raise ConfigError("service: min_devices >= 1, rounds >= 0 and round_pause_s >= 0")
+        if self.min_devices < 1 or self.rounds < 0 or self.round_pause_s < 0 or self.metrics_linger_s < 0:
+            raise ConfigError("service: min_devices >= 1, rounds >= 0, round_pause_s >= 0 and metrics_linger_s >= 0")
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,14 @@ def run_service(cfg: ServiceConfig) -> int:
     if cfg.coordinator.metrics_port:
         serve_metrics(coordinator.metrics.registry, cfg.coordinator.metrics_host, cfg.coordinator.metrics_port)
         log.info("metrics on http://%s:%d/metrics", cfg.coordinator.metrics_host, cfg.coordinator.metrics_port)
+    stopping = threading.Event()
+
+    def on_signal(*_) -> None:
+        stopping.set()
+        loop.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: loop.stop())
+        signal.signal(sig, on_signal)
     log.info("coordinator: model %s v%d, connecting to %s", coordinator.manifest.model_id, coordinator.state.version,
              cfg.broker.url)
     if cfg.service.rounds and coordinator.state.version >= cfg.service.rounds:
@@ -107,4 +118,8 @@ def run_service(cfg: ServiceConfig) -> int:
         loop.run()
     finally:
         coordinator.transport.close()
+    if cfg.coordinator.metrics_port and cfg.service.metrics_linger_s and not stopping.is_set():
+        log.info("coordinator: done at version %d; metrics stay up %.0f s", coordinator.state.version,
+                 cfg.service.metrics_linger_s)
+        stopping.wait(cfg.service.metrics_linger_s)
     return 0

@@ -56,6 +56,7 @@ def test_readme_ops_walkthrough(tmp_path, mosquitto_binary):
 [service]
 min_devices = 2
 rounds = 2
+metrics_linger_s = 120   # the service exits right after its last commit; keep /metrics up until scraped
 
 [coordinator]
 artifacts_dir = "artifacts"
@@ -96,6 +97,10 @@ min_cpu_idle_percent = 0   # the test machine is busy; a real device keeps the d
                 metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
             except OSError:
                 pass
+            if 'fedge_rounds_total{outcome="committed"} 2.0' in metrics:
+                coord.terminate()  # SIGTERM ends the linger; the service exits cleanly
+                coord.wait(timeout=30)
+                break
             time.sleep(0.5)
         logs = "\n".join(f"== {p.name}\n{p.read_text()[-2500:]}" for p in sorted(ops.glob("*.log")))
         assert coord.returncode == 0, logs
@@ -114,5 +119,6 @@ min_cpu_idle_percent = 0   # the test machine is busy; a real device keeps the d
     for device in ("dev-000", "dev-001"):
         fetched = list((ops / "state" / device / "artifacts").glob("*/manifest.json"))
         assert fetched, logs
-    assert 'fedge_rounds_total{outcome="committed"}' in metrics, metrics[:2000]
+    assert 'fedge_rounds_total{outcome="committed"} 2.0' in metrics, metrics[:2000]
+    assert "fedge_round_participants 2.0" in metrics, metrics[:2000]
     assert "Not authorized" not in (ops / "mosquitto.log").read_text()
