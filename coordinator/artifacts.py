@@ -11,7 +11,8 @@ publish a whole model again and again.
     ├── UnknownModel             model id is not the one this coordinator serves
     ├── UnknownArtifact          a requested name is not in the manifest
     ├── FetchRateLimited         the device had a transfer less than min_interval_s ago
-    └── ArtifactUnavailable      a listed file is missing or no longer matches its hash
+    ├── ArtifactUnavailable      a listed file is missing or no longer matches its hash
+    └── UnknownTask              an inline-task request names no task the open round waits on
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class FetchRateLimited(FetchRefused):
 
 class ArtifactUnavailable(FetchRefused):
     reason = "artifact_unavailable"
+
+
+class UnknownTask(FetchRefused):
+    reason = "unknown_task"
 
 
 class ArtifactServer:

@@ -46,6 +46,11 @@ class CoordinatorConfig:
     pace_jitter_s: float = 10.0  # spread devices over [0, jitter) on top, so they do not return at once
     pace_max_s: float = 3600.0
     task_resend_s: float = 30.0  # a selected device that checks in again gets its task again, this often at most
+    # Publish each round's params (and SCAFFOLD's c) once, as retained parts of at most this many
+    # bytes, instead of inside every task; 0 = inline in every task. Keep it below the broker's
+    # max_packet_size (1 MiB in the shipped configs): a chunked part cannot be retained, and
+    # devices would then fall back to asking for their task inline.
+    model_part_bytes: int = 256 << 10
     # Prometheus endpoint for `fedge coordinator serve`; port 0 = off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
@@ -73,6 +78,8 @@ class CoordinatorConfig:
         for name in ("fetch_interval_s", "pace_idle_s", "pace_declined_s", "pace_jitter_s", "task_resend_s"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds")
+        if self.model_part_bytes < 0 or 0 < self.model_part_bytes < 256:
+            raise ConfigError("model_part_bytes must be 0 (params inline in every task) or >= 256")
         if not self.pace_max_s > 0:
             raise ConfigError("pace_max_s must be > 0 seconds")
         if not 0 <= self.metrics_port <= 65535:

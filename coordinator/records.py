@@ -54,6 +54,8 @@ class OpenRound:
     params_bytes: bytes  # the round's global params, encoded once for every task
     hyper: TaskHyper
     correction_bytes: bytes = b""  # the round's TrainTask.correction (SCAFFOLD's c), encoded once
+    round_model_sha256: str = ""  # tasks name the published RoundModel by this; "" = params inline
+    model_parts: tuple = ()  # encoded ModelParts of the round's RoundModel, published retained
     control: WeightedMean = field(default_factory=WeightedMean)  # Δc_i, each with weight 1 (SCAFFOLD)
     bytes_up: int = 0
     bytes_up_dense: int = 0
@@ -61,6 +63,7 @@ class OpenRound:
     seen: dict = field(default_factory=dict)  # (device, round, update_id) -> payload sha256
     events: int = 0  # accepted updates + declines so far; the next one's seq in the store
     task_sent: dict = field(default_factory=dict)  # device -> clock seconds its task last left
+    inline_sent: dict = field(default_factory=dict)  # device -> clock seconds an inline copy last left
     decline_from: set = field(default_factory=set)  # devices whose decline was counted
 
 

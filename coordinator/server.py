@@ -24,14 +24,16 @@ from edge_runtime.clock import SystemClock
 from edge_runtime.codec import encode_message
 from edge_runtime.errors import ConfigError
 from edge_runtime.manifest import Manifest
-from edge_runtime.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace, Status,
-                                   TrainTask, Update, all_devices_topic, device_of, device_topic)
+from edge_runtime.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace, RoundModel,
+                                   Status, TrainTask, Update, all_devices_topic, device_of, device_topic,
+                                   model_part_topic)
+from edge_runtime.round_model import split_round_model
 from edge_runtime.transport.base import Transport
 from edge_runtime.update_codec import encode_dense
 
 from . import pace
 from .aggregate import WeightedMean
-from .artifacts import ArtifactUnavailable, FetchRefused, open_artifacts
+from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_artifacts
 from .config import CoordinatorConfig
 from .errors import StaleRound, UpdateRejected
 from .metrics import CoordinatorMetrics
@@ -91,6 +93,7 @@ class Coordinator:
         self.declines: Counter[str] = Counter()
         self._recent: deque[dict] = deque(maxlen=_RECENT_ROUNDS)  # `seen` of closed rounds, without a store
         self._logged: Counter[str] = Counter()
+        self._parts_retained = 0  # model-part topics this process left a retained message on
         if store is not None:
             self._load(store)
         self._eligible = sum(d.eligible for d in self.registry.values())  # kept up to date by _register
@@ -101,6 +104,7 @@ class Coordinator:
         for channel in ("checkin", "update", "status", "fetch"):
             self.transport.subscribe(all_devices_topic(channel))
         if self.round is not None:  # resumed: tasks may have been lost with the old process or broker
+            self._publish_model()
             self._resend_tasks()
             self.metrics.round_begun(self.round.ctx.round_id)
         self._announce()
@@ -111,6 +115,7 @@ class Coordinator:
         (they ignore task ids they already hold) and the retained announcement."""
         if self.round is not None:
             self.round.task_sent.clear()
+            self._publish_model()  # a broker without persistence forgot the retained parts
             self._resend_tasks()
         self._announce()
 
@@ -238,6 +243,9 @@ class Coordinator:
         return {key: digest} if digest is not None else {}
 
     def _fetch(self, request: FetchRequest) -> None:
+        if request.task_id:
+            self._send_inline(request)
+            return
         try:
             if self.artifacts is None:
                 raise ArtifactUnavailable("this coordinator serves no artifacts (artifacts_dir is unset)")
@@ -267,22 +275,47 @@ class Coordinator:
             self.round.bytes_down += len(ack)
         self._send(device_topic(update.device_id, "ack"), ack)
 
-    def _send_task(self, device_id: str, now: float) -> None:
+    def _send_task(self, device_id: str, now: float, inline: bool = False) -> None:
         rnd = self.round
-        last = rnd.task_sent.get(device_id)
+        sent = rnd.inline_sent if inline else rnd.task_sent
+        last = sent.get(device_id)
         remaining = rnd.machine.deadline - now
         if remaining <= 0 or (last is not None and now - last < self.config.task_resend_s):
             return
-        rnd.task_sent[device_id] = now
+        sent[device_id] = now
         ctx = rnd.ctx
+        by_ref = bool(rnd.round_model_sha256) and not inline
         task = TrainTask(round_id=ctx.round_id, task_id=ctx.tasks[device_id], device_id=device_id,
-                         model_id=ctx.model_id, model_version=ctx.model_version, params=rnd.params_bytes,
-                         hyper=rnd.hyper, compression=self.config.compression, deadline_s=remaining,
-                         seed=self.config.seed * 1_000_003 + ctx.round_id, correction=rnd.correction_bytes,
-                         manifest_sha256=self.manifest_sha256)
+                         model_id=ctx.model_id, model_version=ctx.model_version,
+                         params=b"" if by_ref else rnd.params_bytes, hyper=rnd.hyper,
+                         compression=self.config.compression, deadline_s=remaining,
+                         seed=self.config.seed * 1_000_003 + ctx.round_id,
+                         correction=b"" if by_ref else rnd.correction_bytes, manifest_sha256=self.manifest_sha256,
+                         round_model_sha256=rnd.round_model_sha256 if by_ref else "")
         payload = encode_message(task)
         rnd.bytes_down += len(payload)
         self._send(device_topic(device_id, "task"), payload)
+
+    def _send_inline(self, request: FetchRequest) -> None:
+        """A device could not assemble the round's model from its parts: its task again, params inline."""
+        rnd = self.round
+        device_id = request.device_id
+        if rnd is None or rnd.ctx.tasks.get(device_id) != request.task_id or not rnd.machine.expects(device_id):
+            self._reject(UnknownTask(f"task {request.task_id} is not open for {device_id}"), device_id, None)
+            return
+        log.info("round %d: task for %s sent again with its params inline", rnd.ctx.round_id, device_id)
+        self._send_task(device_id, self.clock.now(), inline=True)
+
+    def _publish_model(self) -> None:
+        """The round's model, once, as retained parts; tasks name it by hash. Parts left over
+        from a larger model of an earlier round are deleted (an empty retained publish)."""
+        rnd = self.round
+        for index, part in enumerate(rnd.model_parts):
+            self._send(model_part_topic(index), part, retain=True)
+            rnd.bytes_down += len(part)
+        for index in range(len(rnd.model_parts), self._parts_retained):
+            self._send(model_part_topic(index), b"", retain=True)
+        self._parts_retained = len(rnd.model_parts)
 
     def _pace(self, device_id: str, reason: str) -> None:
         rnd, cfg = self.round, self.config
@@ -334,6 +367,7 @@ class Coordinator:
             self.store.open_round(StoredRound(round_id, self.state.version, tuple(selected), tasks, wanted, quorum,
                                               wall, wall + cfg.round_deadline_s))
         self.round = self._new_round(machine, tasks, now)
+        self._publish_model()  # before the tasks that name it
         for device_id in selected:
             self._send_task(device_id, now)
         self.metrics.round_begun(round_id)
@@ -393,8 +427,14 @@ class Coordinator:
                            self.config.norm_bound, self.strategy.uses_control, self.config.control_norm_bound)
         plan = self.strategy.configure(self.state)
         correction = encode_dense(plan.correction) if plan.correction is not None else b""
-        return OpenRound(machine, ctx, WeightedMean(), started, encode_dense(self.state.params), plan.hyper,
-                         correction)
+        params = encode_dense(self.state.params)
+        sha, parts = "", ()
+        if self.config.model_part_bytes:
+            model = RoundModel(ctx.model_id, ctx.model_version, ctx.round_id, params, correction)
+            sha, split = split_round_model(model, self.config.model_part_bytes)
+            parts = tuple(encode_message(p) for p in split)
+        return OpenRound(machine, ctx, WeightedMean(), started, params, plan.hyper, correction,
+                         round_model_sha256=sha, model_parts=parts)
 
     # ------------------------------------------------------------------ restart
 

@@ -17,14 +17,15 @@ from pathlib import Path
 from .clock import SystemClock
 from .codec import decode_message, encode_message
 from .device import DeviceRuntime
-from .errors import ArtifactError, CodecError
+from .errors import ArtifactError, CodecError, RoundModelError, TransportError
 from .fetch import ArtifactDownload
 from .manifest import MANIFEST_FILE, atomic_write_bytes, sha256_file
 from .pending import PendingUploads
-from .protocol import (ANNOUNCE_TOPIC, Ack, Announcement, ArtifactFile, Decline, FetchRequest, Pace, Status, TrainTask,
-                       Update, device_topic)
+from .protocol import (ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, Ack, Announcement, ArtifactFile, Decline, FetchRequest,
+                       ModelPart, Pace, Status, TrainTask, Update, device_topic)
+from .round_model import ModelWaits
 from .task import TaskState, advance
-from .transport.base import Message, Transport
+from .transport.base import Message, Transport, topic_matches
 
 log = logging.getLogger("fedge.agent")
 
@@ -45,6 +46,7 @@ class DeviceAgent:
         republish_s: float = 10.0,  # resend unacknowledged updates after this, doubling while none is acked
         checkin_s: float = 60.0,  # check in again this often unless paced otherwise (seconds)
         fetch_timeout_s: float = 120.0,  # give up on a model download after this (seconds)
+        model_wait_s: float = 15.0,  # wait this long for a round's model parts, then ask for the task inline
         pending_max_age_s: float = 7 * 24 * 3600.0,  # drop an update nobody acknowledged after this
     ):
         self.runtime = runtime
@@ -57,6 +59,9 @@ class DeviceAgent:
         self.republish_s = republish_s
         self.checkin_s = checkin_s
         self.fetch_timeout_s = fetch_timeout_s
+        self.model_wait_s = model_wait_s
+        self.model_waits = ModelWaits(max_message_bytes)
+        self._parts_subscribed = False
         self.pending_max_age_s = pending_max_age_s
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self.declines: dict[str, bytes] = {}  # task_id -> the Decline sent, re-sent if the task comes again
@@ -94,6 +99,8 @@ class DeviceAgent:
         self.republish_pending()
         for tasks, download, _ in self.waiting.values():
             self._request_files(tasks[0], download)
+        for task in self.model_waits.asked_inline():
+            self._request_inline(task)
         self.check_in()
 
     def check_in(self) -> None:
@@ -117,6 +124,13 @@ class DeviceAgent:
                 del self.waiting[model_id]
                 for task in tasks:
                     self._decline(task, "artifact_fetch_timeout", f"model {model_id}: still missing {download.missing() or 'manifest'}")
+        for task in self.model_waits.overdue(now, self.model_wait_s):
+            log.info("device %s: round model for task %s not complete after %g s; asking for it inline",
+                     self.device_id, task.task_id, self.model_wait_s)
+            self._request_inline(task)
+        for task in self.model_waits.expired(now, self.model_wait_s + self.fetch_timeout_s):
+            self._decline(task, "round_model_timeout", "neither the round's model parts nor an inline task came")
+        self._sync_parts_subscription()
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Handle at most one incoming message; True if one was handled."""
@@ -130,6 +144,8 @@ class DeviceAgent:
             return True
         if isinstance(message, Announcement) and msg.topic == ANNOUNCE_TOPIC:
             self.announcement = message
+        elif isinstance(message, ModelPart) and topic_matches(MODEL_PARTS_FILTER, msg.topic):
+            self._on_model_part(message)
         elif getattr(message, "device_id", None) != self.device_id and not isinstance(message, ArtifactFile):
             log.warning("device %s ignored %s addressed to someone else on %s", self.device_id, type(message).__name__, msg.topic)
         elif isinstance(message, TrainTask):
@@ -170,6 +186,11 @@ class DeviceAgent:
     def _answer_again(self, task: TrainTask) -> None:
         """A task seen before came again (QoS 1 redelivery, or the coordinator resending after a
         loss): repeat the answer, never the training."""
+        if self.model_waits.waiting(task.task_id):
+            if not task.round_model_sha256 and self.model_waits.take(task.task_id):
+                self._sync_parts_subscription()
+                self._train(task)  # the inline copy we asked for
+            return
         if task.task_id in self.declines:
             self._publish("update", self.declines[task.task_id])
         elif task.model_id in self.waiting:
@@ -180,6 +201,18 @@ class DeviceAgent:
         log.info("device %s: task %s already seen; answered again", self.device_id, task.task_id)
 
     def _run_task(self, task: TrainTask) -> None:
+        """Train once the task's params are at hand: inline, or from the round's model parts."""
+        try:
+            filled = self.model_waits.resolve(task, self.clock.now())
+        except RoundModelError as exc:
+            self._decline(task, exc.reason, str(exc))
+            return
+        if filled is None:
+            self._sync_parts_subscription()
+            return
+        self._train(filled)
+
+    def _train(self, task: TrainTask) -> None:
         self.tasks[task.task_id] = advance(TaskState.IDLE, "task")
         reply = self.runtime.handle_task(task)
         if isinstance(reply, Decline):
@@ -208,6 +241,36 @@ class DeviceAgent:
             self.tasks[ack.task_id] = advance(TaskState.UPLOADING, "ack" if ack.accepted else "rejected")
         if not ack.accepted:
             log.info("device %s: update %s rejected: %s", self.device_id, ack.update_id, ack.reason)
+
+    # ------------------------------------------------------------------ round model
+
+    def _on_model_part(self, part: ModelPart) -> None:
+        ready, inline, why = self.model_waits.on_part(part)
+        for task in inline:
+            log.warning("device %s: round model for task %s refused (%s); asking for it inline", self.device_id,
+                        task.task_id, why)
+            self._request_inline(task)
+        self._sync_parts_subscription()
+        for task in ready:
+            self._train(task)
+
+    def _request_inline(self, task: TrainTask) -> None:
+        self._publish("fetch", encode_message(FetchRequest(self.device_id, task.model_id, task_id=task.task_id)))
+
+    def _sync_parts_subscription(self) -> None:
+        """Subscribed to the model parts only while a task waits for them: the broker then sends
+        the retained parts once per round to the devices that train, not to the whole fleet."""
+        want = self.model_waits.listening
+        if want == self._parts_subscribed:
+            return
+        try:
+            if want:
+                self.transport.subscribe(MODEL_PARTS_FILTER)
+            else:
+                self.transport.unsubscribe(MODEL_PARTS_FILTER)
+        except TransportError:
+            return  # the link is down: tick() tries again
+        self._parts_subscribed = want
 
     # ------------------------------------------------------------------ artifacts
 

@@ -78,6 +78,12 @@ class ManifestMismatch(ArtifactError):
     reason = "manifest_mismatch"
 
 
+class RoundModelError(FedgeError):
+    """The round's model, as assembled from its ModelParts, is not the one the task names."""
+
+    reason = "round_model"
+
+
 class DatasetError(FedgeError):
     reason = "bad_dataset"
 

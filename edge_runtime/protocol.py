@@ -14,6 +14,14 @@ Topic scheme (version 1; `{d}` is a device id):
     fedge/v1/devices/{d}/fetch     device -> coordinator   FetchRequest (missing artifacts)
     fedge/v1/devices/{d}/artifact  coordinator -> device   ArtifactFile (one per file)
     fedge/v1/announce              coordinator -> all      Announcement (retained)
+    fedge/v1/model/{k}             coordinator -> all      ModelPart k of the round's model (retained)
+
+A round's shared parameters (and SCAFFOLD's c) are published once, as retained ModelParts,
+instead of inside each of N tasks: the coordinator sends the model's bytes once per round,
+not once per device, and the broker fans them out. A task then carries only the hash of that
+RoundModel; a device subscribes to the parts while it needs them. A device that cannot get
+them (a broker that lost its retained messages, parts over the packet limit) asks with a
+FetchRequest(task_id=...) and gets its task again with the parameters inline.
 
 The task channel also carries Pace (when to check in again). A device may publish only on
 its own checkin/update/status/fetch topics and read only its own task/ack/artifact topics
@@ -46,6 +54,12 @@ def all_devices_topic(kind: str) -> str:
 
 DEVICE_CHANNELS = ("checkin", "task", "update", "ack", "status", "fetch", "artifact")
 ANNOUNCE_TOPIC = f"{TOPIC_ROOT}/announce"
+MODEL_PARTS_FILTER = f"{TOPIC_ROOT}/model/+"
+
+
+def model_part_topic(index: int) -> str:
+    """Retained topic of part `index` of the current round's model."""
+    return f"{TOPIC_ROOT}/model/{index}"
 
 
 def device_of(topic: str) -> tuple[str, str] | None:
@@ -100,7 +114,7 @@ class TrainTask:
     device_id: str
     model_id: str
     model_version: int
-    params: bytes  # shared params, update_codec dense fp32
+    params: bytes  # shared params, update_codec dense fp32; empty when round_model_sha256 is set
     hyper: TaskHyper = field(default_factory=TaskHyper)
     compression: CompressionSpec = field(default_factory=CompressionSpec)
     deadline_s: float = 600.0  # seconds after receipt
@@ -109,6 +123,9 @@ class TrainTask:
     # c_i and uploads Update.control); empty = not a SCAFFOLD round.
     correction: bytes = b""
     manifest_sha256: str = ""  # sha256 of the model's manifest.json, to verify fetched artifacts
+    # sha256 of the encoded RoundModel published as ModelParts; params and correction are then
+    # empty here and come from that RoundModel. "" = everything is inline in this task.
+    round_model_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,9 @@ class FetchRequest:
     device_id: str
     model_id: str
     files: tuple[str, ...] = ()
+    # Set instead of files: send this task again with its parameters inline (the device could
+    # not assemble the round's model from its ModelParts).
+    task_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -197,6 +217,29 @@ class Announcement:
     state: str = "idle"  # "training" while a round is open, else "idle"
 
 
+@dataclass(frozen=True)
+class RoundModel:
+    """What every task of one round shares: the global shared params and SCAFFOLD's c.
+    Encoded, split into ModelParts and published once per round."""
+
+    model_id: str
+    model_version: int
+    round_id: int
+    params: bytes  # update_codec dense fp32
+    correction: bytes = b""
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    """Retained on model_part_topic(index): one slice of an encoded RoundModel whose sha256 is
+    `sha256`. A device joins `count` slices in index order and checks the hash."""
+
+    sha256: str
+    index: int
+    count: int
+    data: bytes
+
+
 # Stable one-byte type codes; never reuse a retired code.
 MESSAGE_TYPES: dict[int, type] = {
     1: CheckIn,
@@ -209,4 +252,6 @@ MESSAGE_TYPES: dict[int, type] = {
     8: FetchRequest,
     9: ArtifactFile,
     10: Announcement,
+    11: RoundModel,
+    12: ModelPart,
 }

@@ -19,8 +19,9 @@ from edge_runtime.clock import ManualClock
 from edge_runtime.codec import HEADER_SIZE, TRAILER_SIZE, decode_message, encode_message
 from edge_runtime.compress import CompressedTensor, decompress_update
 from edge_runtime.device import DeviceRuntime, LocalData
-from edge_runtime.protocol import (Ack, CheckIn, CompressionSpec, Pace, TaskHyper, TrainTask, Update,
-                                   all_devices_topic, device_topic)
+from edge_runtime.protocol import (MODEL_PARTS_FILTER, Ack, CheckIn, CompressionSpec, ModelPart, Pace, RoundModel,
+                                   TaskHyper, TrainTask, Update, all_devices_topic, device_topic)
+from edge_runtime.round_model import ModelAssembly
 from edge_runtime.transport.memory import InMemoryBroker
 from edge_runtime.update_codec import decode_tensors, encode_dense, encode_tensors
 
@@ -62,6 +63,15 @@ class Fleet:
     def tasks(self) -> list[TrainTask]:
         return [m for m in self.wire if isinstance(m, TrainTask)]
 
+    def round_models(self) -> dict[str, RoundModel]:
+        """sha256 -> RoundModel, joined from the ModelParts the spy saw."""
+        assemblies, models = {}, {}
+        for part in (m for m in self.wire if isinstance(m, ModelPart)):
+            joined = assemblies.setdefault(part.sha256, ModelAssembly(part.sha256, 1 << 30)).accept(part)
+            if joined is not None:
+                models[part.sha256] = joined
+        return models
+
     def restart(self, store: RoundStore | None = None, config: CoordinatorConfig | None = None) -> Coordinator:
         """A new Coordinator on the same broker and clock, as a restarted process would be.
 
@@ -94,6 +104,7 @@ def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | 
     spy = broker.connect("spy")
     spy.subscribe(all_devices_topic("update"))
     spy.subscribe(all_devices_topic("task"))
+    spy.subscribe(MODEL_PARTS_FILTER)
     rng = np.random.default_rng(0)
     agents = []
     for i, n in enumerate(sizes):

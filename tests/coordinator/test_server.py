@@ -87,8 +87,11 @@ def test_personal_params_never_leave_the_device(model, tmp_path):
         names = {t.name for t in decode_tensors(update.payload)}
         assert names == shared
         assert not names & personal
+    models = fleet.round_models()
+    assert len(models) == 2  # one per round, published once for all of its tasks
     for task in fleet.tasks():
-        assert {t.name for t in decode_tensors(task.params)} == shared
+        assert not task.params and not task.correction  # the params travel in the round's model
+        assert {t.name for t in decode_tensors(models[task.round_model_sha256].params)} == shared
     assert not set(fleet.coordinator.state.params) & personal
 
 

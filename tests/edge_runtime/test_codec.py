@@ -36,7 +36,7 @@ SAMPLES = {
     p.TrainTask: p.TrainTask(
         round_id=12, task_id="t-12-3", device_id="pi-07", model_id="mlp", model_version=11,
         params=bytes(range(256)) * 3, hyper=HYPER, compression=COMP, deadline_s=90.5,
-        seed=2**40 + 3, correction=b"\x00\xff" * 10, manifest_sha256="ab" * 32,
+        seed=2**40 + 3, correction=b"\x00\xff" * 10, manifest_sha256="ab" * 32, round_model_sha256="cd" * 32,
     ),
     p.Update: p.Update(
         device_id="pi-07", round_id=12, task_id="t-12-3", update_id="u-1", model_id="mlp",
@@ -53,9 +53,11 @@ SAMPLES = {
     ),
     p.Status: p.Status(device_id="pi-07", online=False, detail="last will ünïcode"),
     p.Pace: p.Pace(device_id="pi-07", retry_after_s=42.5, reason="not_selected"),
-    p.FetchRequest: p.FetchRequest(device_id="pi-07", model_id="mlp", files=("manifest.json", "eval.onnx")),
+    p.FetchRequest: p.FetchRequest(device_id="pi-07", model_id="mlp", files=("manifest.json", "eval.onnx"), task_id="t-12-3"),
     p.ArtifactFile: p.ArtifactFile(model_id="mlp", path="eval.onnx", sha256="cd" * 32, data=b"\x08\x01" * 9, index=2, count=7),
     p.Announcement: p.Announcement(model_id="mlp", model_version=11, manifest_sha256="ab" * 32, round_id=12, state="training"),
+    p.RoundModel: p.RoundModel(model_id="mlp", model_version=11, round_id=12, params=bytes(range(256)), correction=b"\x01" * 8),
+    p.ModelPart: p.ModelPart(sha256="ef" * 32, index=1, count=3, data=b"\x09" * 17),
 }
 
 

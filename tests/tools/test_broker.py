@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import ANNOUNCE_TOPIC, DEVICE_CHANNELS, device_topic
+from edge_runtime.protocol import ANNOUNCE_TOPIC, DEVICE_CHANNELS, MODEL_PARTS_FILTER, device_topic
 from tests.mqtt_fixtures import RawClient
 from tools.broker import config as broker_config
 from tools.broker import process as broker_process
@@ -43,7 +43,8 @@ def test_acl_grants_each_device_channel_one_way_and_the_coordinator_everything()
     assert not set(DEVICE_WRITES) & set(DEVICE_READS)
     expected = ([("pattern", "write", f"fedge/v1/devices/%u/{k}") for k in DEVICE_WRITES]
                 + [("pattern", "read", f"fedge/v1/devices/%u/{k}") for k in DEVICE_READS]
-                + [("pattern", "read", ANNOUNCE_TOPIC), ("user", "coordinator"), ("topic", "readwrite", "fedge/v1/#")])
+                + [("pattern", "read", ANNOUNCE_TOPIC), ("pattern", "read", MODEL_PARTS_FILTER),
+                   ("user", "coordinator"), ("topic", "readwrite", "fedge/v1/#")])
     assert _acl_rules(acl_text()) == expected
     assert device_topic("x", "update").replace("x", "%u") == expected[1][2]
 

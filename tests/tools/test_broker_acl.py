@@ -12,7 +12,7 @@ import queue
 
 import pytest
 
-from edge_runtime.protocol import ANNOUNCE_TOPIC, all_devices_topic, device_topic
+from edge_runtime.protocol import ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, all_devices_topic, device_topic, model_part_topic
 
 pytestmark = pytest.mark.mosquitto
 
@@ -53,6 +53,7 @@ def test_device_may_publish_only_its_own_device_to_coordinator_channels(mosquitt
     for kind in ("task", "ack", "artifact"):  # coordinator -> device, even its own
         assert b.publish(device_topic(B, kind), b"x") == NOT_AUTHORIZED, kind
     assert b.publish(ANNOUNCE_TOPIC, b"x", retain=True) == NOT_AUTHORIZED
+    assert b.publish(model_part_topic(0), b"x", retain=True) == NOT_AUTHORIZED  # nobody can poison the model
 
 
 def test_device_cannot_take_over_another_devices_client_id(mosquitto_secured):
@@ -132,9 +133,12 @@ def test_a_device_in_a_shared_group_drops_messages_but_never_reads_them(mosquitt
 def test_devices_read_their_own_task_and_ack_and_the_retained_announcement(mosquitto_secured):
     coordinator = mosquitto_secured.client("coordinator")
     assert coordinator.publish(ANNOUNCE_TOPIC, b"announcement", retain=True) in ACCEPTED
+    assert coordinator.publish(model_part_topic(0), b"part", retain=True) in ACCEPTED
     b = mosquitto_secured.client(B)
     b.subscribe(ANNOUNCE_TOPIC)
     assert b.expect() == (ANNOUNCE_TOPIC, b"announcement", True)
+    b.subscribe(MODEL_PARTS_FILTER)
+    assert b.expect() == (model_part_topic(0), b"part", True)
     for kind in ("task", "ack", "artifact"):
         b.subscribe(device_topic(B, kind))
         coordinator.publish(device_topic(B, kind), kind.encode())

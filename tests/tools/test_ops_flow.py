@@ -122,3 +122,6 @@ min_cpu_idle_percent = 0   # the test machine is busy; a real device keeps the d
     assert 'fedge_rounds_total{outcome="committed"} 2.0' in metrics, metrics[:2000]
     assert "fedge_round_participants 2.0" in metrics, metrics[:2000]
     assert "Not authorized" not in (ops / "mosquitto.log").read_text()
+    # The round's model reached both devices as retained parts, not through the inline fallback.
+    for log in ops.glob("*.log"):
+        assert "asking for it inline" not in log.read_text() and "unknown_task" not in log.read_text(), logs

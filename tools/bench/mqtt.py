@@ -6,12 +6,15 @@ What is measured:
                       update topic; one subscriber receives them all. First publish to last
                       receipt.
   fedge_round_seconds the coordinator begins a round for all N devices (over-selection 1.0):
-                      N tasks down (each carries the shared params, same size as an update),
+                      the round's model once (retained ModelParts, the size of an update) and N
+                      small tasks that name it by hash,
                       N real DeviceAgents answer with an Update of the given size, the
                       coordinator validates, aggregates and acks each, and commits. begin_round
                       to the commit.
-  ratio               fedge_round_seconds / raw_paho_seconds (target <= 2: a round moves the
-                      bytes twice, tasks down and updates up, plus validation and acks).
+  ratio               fedge_round_seconds / raw_paho_seconds (target <= 2: on top of the same
+                      uplink bytes, a round fans the model out, validates, aggregates and acks).
+
+The run fails, and reports nothing, unless the round commits with all N updates.
 
 Devices here do not train: each answers its task with a precomputed fp32 update of
 `update_kb` KiB (the training step is benchmarked by `fedge bench train-step`). Everything
@@ -45,7 +48,7 @@ from coordinator.strategies import strategy_from_config
 from edge_runtime.agent import DeviceAgent
 from edge_runtime.codec import encode_message
 from edge_runtime.loop import AgentLoop
-from edge_runtime.manifest import Manifest, ParamInfo, atomic_write_bytes
+from edge_runtime.manifest import MANIFEST_FILE, Manifest, ParamInfo, atomic_write_bytes
 from edge_runtime.protocol import CheckIn, CompressionSpec, TrainTask, Update, device_topic
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
 from edge_runtime.update_codec import dense_fp32_bytes, encode_tensors
@@ -192,7 +195,8 @@ def raw_paho(url: str, devices: int, payload: bytes, workdir: str, timeout_s: fl
     return elapsed
 
 
-def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workdir: Path, timeout_s: float) -> tuple[float, dict]:
+def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workdir: Path, timeout_s: float,
+                model_part_bytes: int) -> tuple[float, dict]:
     settings = MqttSettings(url=url, session_expiry_s=300, connect_timeout_s=60)
     rng = np.random.default_rng(0)
     delta = {"w": rng.normal(0, 0.01, initial["w"].shape).astype(np.float32)}
@@ -201,7 +205,10 @@ def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workd
     dense = dense_fp32_bytes({"w": initial["w"].shape})
     ccfg = CoordinatorConfig(clients_per_round=devices, over_selection=1.0, min_reports=devices,
                              round_deadline_s=timeout_s, compression=CompressionSpec(quant_bits=32),
-                             max_update_bytes=4 * len(payload) + (1 << 20))
+                             max_update_bytes=4 * len(payload) + (1 << 20), model_part_bytes=model_part_bytes)
+    # The devices' model directory: without a manifest there, a device would try to fetch the
+    # model and decline (this coordinator serves no artifacts).
+    atomic_write_bytes(workdir / MANIFEST_FILE, manifest.to_json().encode())
     # Subscribed before any device exists: check-ins are not retained.
     coordinator = Coordinator(MqttTransport("coordinator", settings).connect(), strategy_from_config(ccfg),
                               manifest, initial, ccfg)
@@ -228,12 +235,17 @@ def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workd
         coordinator.transport.close()
     finally:
         workers.close()
+    if not record.committed or record.reports != devices:
+        # A round that did not happen is not a measurement: refuse to report a ratio for it.
+        raise RuntimeError(f"the benchmark round did not commit with all {devices} reports: {record.why}; "
+                           f"declines {dict(coordinator.declines)}, rejections {dict(coordinator.rejections)}")
     update_bytes = len(encode_message(Update("dev-00000", 1, "t" * 32, "u" * 32, manifest.model_id, 0, 100, payload, dense)))
     return elapsed, {"committed": record.committed, "reports": record.reports, "bytes_up": record.bytes_up,
                      "bytes_down": record.bytes_down, "update_bytes": update_bytes, "payload_sample": payload}
 
 
-def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | None = None, timeout_s: float = 600) -> dict:
+def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | None = None, timeout_s: float = 600,
+        model_part_bytes: int = CoordinatorConfig.model_part_bytes) -> dict:
     _raise_fd_limit(8 * devices + 256)
     manifest, initial = _model(update_kb)
     broker = None
@@ -244,7 +256,7 @@ def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | N
             broker = MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp).start()
             broker_url = broker.url
         try:
-            fedge_s, detail = fedge_round(broker_url, devices, manifest, initial, Path(tmp), timeout_s)
+            fedge_s, detail = fedge_round(broker_url, devices, manifest, initial, Path(tmp), timeout_s, model_part_bytes)
             sample = detail.pop("payload_sample")
             raw_message = encode_message(Update("raw", 1, "t" * 32, "u" * 32, manifest.model_id, 0, 100, sample, 0))
             raw_s = raw_paho(broker_url, devices, raw_message, tmp, timeout_s)
@@ -258,6 +270,7 @@ def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | N
         "raw_paho_seconds": round(raw_s, 4),
         "ratio": round(fedge_s / raw_s, 3),
         "target_ratio": 2.0,
+        "model_part_bytes": model_part_bytes,
         **detail,
         "device_processes": -(-devices // PER_PROCESS),
         "python": sys.version.split()[0],
@@ -286,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", help="mqtt://host:port (default: start a local Mosquitto)")
     p.add_argument("--json", dest="json_path", help="write the result here")
     p.add_argument("--timeout", type=float, default=600.0, help="give up a phase after this many seconds")
+    p.add_argument("--model-part-bytes", type=int, default=CoordinatorConfig.model_part_bytes,
+                   help="the coordinator's model_part_bytes; 0 = params inline in every task (for comparison)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run(args.devices, args.update_kb, args.json_path, args.broker, args.timeout)
+    result = run(args.devices, args.update_kb, args.json_path, args.broker, args.timeout, args.model_part_bytes)
     print(json.dumps(result, indent=2))
     return 0

@@ -1,0 +1,37 @@
+"""`fedge bench mqtt` measures a round that really happened: every device's update accepted
+and committed, with the params published once or inline. A round that does not commit makes
+the benchmark fail instead of reporting a ratio (it once timed rounds that all devices declined)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tools.bench import mqtt as bench
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("model_part_bytes", [0, 4096])
+def test_the_measured_round_commits_every_update(mosquitto, tmp_path, model_part_bytes):
+    out = tmp_path / "out.json"
+    result = bench.run(6, 8, str(out), broker_url=mosquitto.url, timeout_s=60, model_part_bytes=model_part_bytes)
+    assert json.loads(out.read_text()) == result
+    assert (result["committed"], result["reports"], result["devices"]) == (True, 6, 6)
+    assert result["bytes_up"] >= 6 * 8 * 1024
+    assert result["fedge_round_seconds"] > 0 and result["raw_paho_seconds"] > 0
+    params_once = 8 * 1024
+    if model_part_bytes:  # the model went out once, in three parts, beside six small tasks
+        assert params_once < result["bytes_down"] < 2 * params_once
+    else:
+        assert result["bytes_down"] > 6 * params_once
+
+
+def test_a_round_that_does_not_commit_is_not_reported(mosquitto, tmp_path, monkeypatch):
+    # The parent writes the devices' manifest under another name: the devices (spawned
+    # processes) lack the model, try to fetch it from a coordinator that serves none, and decline.
+    monkeypatch.setattr(bench, "MANIFEST_FILE", "elsewhere.json")
+    with pytest.raises(RuntimeError, match="did not commit"):
+        bench.run(3, 4, str(tmp_path / "out.json"), broker_url=mosquitto.url, timeout_s=60)
+    assert not (tmp_path / "out.json").exists()
