@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_runtime.clock import SystemClock
 from edge_runtime.codec import encode_message
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, PayloadTooLarge
 from edge_runtime.manifest import Manifest
 from edge_runtime.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace, RoundModel,
                                    Status, TrainTask, Update, all_devices_topic, device_of, device_topic,
@@ -310,9 +310,14 @@ class Coordinator:
         """The round's model, once, as retained parts; tasks name it by hash. Parts left over
         from a larger model of an earlier round are deleted (an empty retained publish)."""
         rnd = self.round
-        for index, part in enumerate(rnd.model_parts):
-            self._send(model_part_topic(index), part, retain=True)
-            rnd.bytes_down += len(part)
+        try:
+            for index, part in enumerate(rnd.model_parts):
+                self._send(model_part_topic(index), part, retain=True)
+                rnd.bytes_down += len(part)
+        except PayloadTooLarge as exc:  # a retained part cannot be chunked
+            log.error("round %d: model part over the broker's packet limit (%s); lower [coordinator] "
+                      "model_part_bytes. This round's tasks carry the params inline.", rnd.ctx.round_id, exc)
+            rnd.round_model_sha256, rnd.model_parts = "", ()
         for index in range(len(rnd.model_parts), self._parts_retained):
             self._send(model_part_topic(index), b"", retain=True)
         self._parts_retained = len(rnd.model_parts)

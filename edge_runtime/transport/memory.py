@@ -46,6 +46,10 @@ class InMemoryBroker:
         self._clients: dict[str, InMemoryTransport] = {}
         self._retained: dict[str, bytes] = {}  # topic -> payload
         self._counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        # Routing index, so one publish costs O(its subscribers), not O(clients x filters):
+        # a simulated fleet of thousands of devices each with exact-topic filters.
+        self._exact: defaultdict[str, set[InMemoryTransport]] = defaultdict(set)  # topic -> subscribers
+        self._wildcard: set[InMemoryTransport] = set()  # clients with at least one + or # filter
 
     def connect(self, client_id: str, *, will: Message | None = None) -> InMemoryTransport:
         """Connect a client. An existing connection with the same id is taken over: it is
@@ -113,15 +117,22 @@ class InMemoryBroker:
         with self._lock:
             _require_live(client)
             client._filters[topic_filter] = qos
-            for topic, payload in self._retained.items():
-                if _matches(topic_filter, topic):
-                    self._deliver(client, Message(topic, payload, retain=True))
+            self._index(client, topic_filter, add=True)
+            if "+" not in topic_filter and "#" not in topic_filter:
+                retained = [(topic_filter, self._retained[topic_filter])] if topic_filter in self._retained else []
+            else:
+                literal = topic_filter[:min(i for i in (topic_filter.find("+"), topic_filter.find("#")) if i >= 0)]
+                retained = [(t, p) for t, p in self._retained.items()
+                            if t.startswith(literal) and _matches(topic_filter, t)]
+            for topic, payload in retained:
+                self._deliver(client, Message(topic, payload, retain=True))
 
     def _unsubscribe(self, client: InMemoryTransport, topic_filter: str) -> None:
         validate_filter(topic_filter)
         with self._lock:
             _require_live(client)
-            client._filters.pop(topic_filter, None)
+            if client._filters.pop(topic_filter, None) is not None:
+                self._index(client, topic_filter, add=False)
 
     def _close(self, client: InMemoryTransport) -> None:
         with self._lock:
@@ -136,9 +147,21 @@ class InMemoryBroker:
             else:  # MQTT: an empty retained publish deletes the retained message
                 self._retained.pop(topic, None)
         message = Message(topic, payload)  # live deliveries carry retain=False
-        for client in self._clients.values():
-            if any(_matches(f, topic) for f in client._filters):  # once per client
-                self._deliver(client, message)
+        targets = set(self._exact.get(topic, ()))
+        targets.update(c for c in self._wildcard if any(_matches(f, topic) for f in c._filters))
+        for client in targets:  # once per client
+            self._deliver(client, message)
+
+    def _index(self, client: InMemoryTransport, topic_filter: str, add: bool) -> None:
+        if "+" not in topic_filter and "#" not in topic_filter:
+            subscribers = self._exact[topic_filter]
+            subscribers.add(client) if add else subscribers.discard(client)
+            if not subscribers:
+                del self._exact[topic_filter]
+        elif add:
+            self._wildcard.add(client)
+        elif not any("+" in f or "#" in f for f in client._filters):
+            self._wildcard.discard(client)
 
     def _deliver(self, client: InMemoryTransport, message: Message) -> None:
         counts = self._counts[client.client_id]
@@ -152,7 +175,9 @@ class InMemoryBroker:
         if self._clients.get(client.client_id) is client:
             del self._clients[client.client_id]
         client._closed_reason = reason
-        client._filters.clear()
+        for topic_filter in list(client._filters):
+            del client._filters[topic_filter]
+            self._index(client, topic_filter, add=False)
         client._queue.put(_CLOSED)
         will = client._will
         if publish_will and will is not None:

@@ -14,7 +14,7 @@ import pytest
 
 from coordinator.config import CoordinatorConfig
 from edge_runtime.codec import encode_message
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, PayloadTooLarge
 from edge_runtime.protocol import FetchRequest, ModelPart, TrainTask, model_part_topic
 
 from tests.coordinator.fleet import ManualDevice, make_fleet
@@ -146,3 +146,23 @@ def test_an_inline_request_for_a_task_that_is_not_open_is_refused(model, tmp_pat
 def test_a_part_size_below_256_bytes_is_a_config_error(bad):
     with pytest.raises(ConfigError, match="model_part_bytes"):
         CoordinatorConfig(model_part_bytes=bad)
+
+
+def test_parts_over_the_packet_limit_fall_back_to_inline_tasks(model, tmp_path, caplog, monkeypatch):
+    """MqttTransport refuses a retained message larger than one packet (it cannot be chunked);
+    the coordinator logs the config problem and sends this round's params inline."""
+    fleet = make_fleet(model, tmp_path, sizes=SIZES, model_part_bytes=PART)
+    publish = fleet.coordinator.transport.publish
+
+    def one_packet_only(topic, payload, *, qos=1, retain=False):
+        if retain and topic.startswith("fedge/v1/model/") and len(payload) > 200:
+            raise PayloadTooLarge(f"retained message of {len(payload)} bytes to {topic!r} does not fit one packet")
+        publish(topic, payload, qos=qos, retain=retain)
+
+    monkeypatch.setattr(fleet.coordinator.transport, "publish", one_packet_only)
+    with caplog.at_level(logging.ERROR, logger="fedge.coordinator"):
+        _round(fleet)
+    assert "model_part_bytes" in caplog.text
+    record = fleet.coordinator.tick()
+    assert record.committed and record.reports == len(SIZES), record
+    assert all(t.params and not t.round_model_sha256 for t in fleet.tasks())

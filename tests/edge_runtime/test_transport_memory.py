@@ -307,3 +307,40 @@ def test_closed_transport_raises():
     ):
         with pytest.raises(TransportError, match="closed"):
             call()
+
+
+def test_routing_index_agrees_with_matching_every_filter_through_random_churn():
+    """The broker routes through an index (exact topics, wildcard clients); an oracle checks
+    each delivery against topic_matches over the filters each client holds at that moment."""
+    import random
+
+    rng = random.Random(7)
+    topics = ["a/b", "a/c", "a/b/c", "x", "a", "b/b"]
+    filters = topics + ["a/+", "+/b", "a/#", "#", "+", "a/+/c"]
+    broker = InMemoryBroker()
+    clients = {f"c{i}": broker.connect(f"c{i}") for i in range(6)}
+    held: dict[str, set[str]] = {cid: set() for cid in clients}
+    for step in range(600):
+        cid = rng.choice(sorted(clients))
+        action = rng.random()
+        if action < 0.35:
+            f = rng.choice(filters)
+            clients[cid].subscribe(f)
+            held[cid].add(f)
+        elif action < 0.55 and held[cid]:
+            f = rng.choice(sorted(held[cid]))
+            clients[cid].unsubscribe(f)
+            held[cid].discard(f)
+        elif action < 0.6:
+            clients[cid] = broker.connect(cid)  # takeover: the new connection holds no filters
+            held[cid] = set()
+        else:
+            topic = rng.choice(topics)
+            broker.connect("pub").publish(topic, f"{step}".encode())
+            for other, transport in clients.items():
+                got = []
+                while (msg := transport.receive(0.0)) is not None:
+                    if not msg.retain:
+                        got.append((msg.topic, msg.payload))
+                want = [(topic, f"{step}".encode())] if any(topic_matches(f, topic) for f in held[other]) else []
+                assert got == want, (step, other, sorted(held[other]), topic)
