@@ -47,10 +47,12 @@ class CoordinatorConfig:
     pace_max_s: float = 3600.0
     task_resend_s: float = 30.0  # a selected device that checks in again gets its task again, this often at most
     # Publish each round's params (and SCAFFOLD's c) once, as retained parts of at most this many
-    # bytes, instead of inside every task; 0 = inline in every task. Keep it below the broker's
-    # max_packet_size (1 MiB in the shipped configs): a chunked part cannot be retained, and
-    # devices would then fall back to asking for their task inline.
-    model_part_bytes: int = 256 << 10
+    # bytes, instead of inside every task; 0 = inline in every task (the default). Parts cut the
+    # coordinator's publishing from N copies of the params to one, which matters when it reaches
+    # the broker over a WAN; next to the broker, inline was faster (bench mqtt: a part costs each
+    # device a SUBSCRIBE round trip). 262144 is a good value; keep it below the broker's
+    # max_packet_size (1 MiB in the shipped configs): a part cannot be chunked.
+    model_part_bytes: int = 0
     # Prometheus endpoint for `fedge coordinator serve`; port 0 = off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0

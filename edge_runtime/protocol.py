@@ -16,12 +16,13 @@ Topic scheme (version 1; `{d}` is a device id):
     fedge/v1/announce              coordinator -> all      Announcement (retained)
     fedge/v1/model/{k}             coordinator -> all      ModelPart k of the round's model (retained)
 
-A round's shared parameters (and SCAFFOLD's c) are published once, as retained ModelParts,
-instead of inside each of N tasks: the coordinator sends the model's bytes once per round,
-not once per device, and the broker fans them out. A task then carries only the hash of that
-RoundModel; a device subscribes to the parts while it needs them. A device that cannot get
-them (a broker that lost its retained messages, parts over the packet limit) asks with a
-FetchRequest(task_id=...) and gets its task again with the parameters inline.
+With the coordinator's `model_part_bytes` set, a round's shared parameters (and SCAFFOLD's
+c) are published once, as retained ModelParts, instead of inside each of N tasks: the
+coordinator sends the model's bytes once per round, not once per device, and the broker fans
+them out. A task then carries only the hash of that RoundModel; a device subscribes to the
+parts while it needs them. A device that cannot get them (a broker that lost its retained
+messages, parts over the packet limit) asks with a FetchRequest(task_id=...) and gets its
+task again with the parameters inline.
 
 The task channel also carries Pace (when to check in again). A device may publish only on
 its own checkin/update/status/fetch topics and read only its own task/ack/artifact topics

@@ -65,6 +65,7 @@ metrics_port = {metrics_port}
 clients_per_round = 2
 over_selection = 1.0
 round_deadline_s = 120
+model_part_bytes = 262144   # the round's model as retained parts: the ACL must let devices read them
 
 """ + (ops / "creds/coordinator.toml").read_text())
     for device in ("dev-000", "dev-001"):
