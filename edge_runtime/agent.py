@@ -64,6 +64,7 @@ class DeviceAgent:
         self._parts_subscribed = False
         self.pending_max_age_s = pending_max_age_s
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
+        self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
         self.declines: dict[str, bytes] = {}  # task_id -> the Decline sent, re-sent if the task comes again
         self.waiting: dict[str, tuple[list[TrainTask], ArtifactDownload, float]] = {}  # model_id -> downloads
         self.announcement: Announcement | None = None
@@ -175,6 +176,7 @@ class DeviceAgent:
             self._answer_again(task)
             return
         self.tasks[task.task_id] = TaskState.IDLE
+        self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
         self._remember_task(task.task_id)
         if not _SAFE_ID.fullmatch(task.model_id):
             self._decline(task, "bad_model_id", f"model id {task.model_id!r} is not a safe name")
@@ -189,6 +191,7 @@ class DeviceAgent:
         if self.model_waits.waiting(task.task_id):
             if not task.round_model_sha256 and self.model_waits.take(task.task_id):
                 self._sync_parts_subscription()
+                self._received[task.task_id] = self.clock.now()  # its deadline_s counts from now
                 self._train(task)  # the inline copy we asked for
             return
         if task.task_id in self.declines:
@@ -213,8 +216,19 @@ class DeviceAgent:
         self._train(filled)
 
     def _train(self, task: TrainTask) -> None:
+        now = self.clock.now()
+        received = self._received.pop(task.task_id, now)
+        deadline_at = received + task.deadline_s
+        if now >= deadline_at:  # it waited for its model (artifacts or parts) past its deadline
+            self._decline(task, "deadline_passed", f"the model came {now - received:.1f} s after the task; "
+                                                   f"it allowed {task.deadline_s:g} s")
+            return
         self.tasks[task.task_id] = advance(TaskState.IDLE, "task")
-        reply = self.runtime.handle_task(task)
+
+        def past_deadline() -> str | None:  # between training steps: a straggler stops, not just arrives late
+            return "deadline" if self.clock.now() >= deadline_at else None
+
+        reply = self.runtime.handle_task(task, deadline_check=past_deadline)
         if isinstance(reply, Decline):
             self.tasks[task.task_id] = advance(TaskState.TRAINING, "abort" if reply.stage == "during" else "decline")
             self._send_decline(reply)
@@ -343,6 +357,7 @@ class DeviceAgent:
     # ------------------------------------------------------------------ helpers
 
     def _decline(self, task: TrainTask, reason: str, detail: str) -> None:
+        self._received.pop(task.task_id, None)
         self.tasks[task.task_id] = TaskState.DECLINED
         self._send_decline(Decline(self.device_id, task.round_id, task.task_id, reason, detail, "before"))
 

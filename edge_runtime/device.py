@@ -117,14 +117,20 @@ class DeviceRuntime:
             self._backends[key] = make_backend(self.backend_name, model.dir, model.manifest, optimizer)
         return self._backends[key]
 
-    def handle_task(self, task: TrainTask) -> Update | Decline:
-        """Train for `task`; every failure becomes a Decline that says why."""
+    def handle_task(self, task: TrainTask, deadline_check: Callable[[], str | None] | None = None) -> Update | Decline:
+        """Train for `task`; every failure becomes a Decline that says why. deadline_check is
+        asked between steps next to abort_check: the agent's clock says when the task's time is up."""
         reason = self.eligibility()
         if reason:
             return self._decline(task, reason, "not eligible", "before")
+        if deadline_check is None:
+            should_abort = self.abort_check
+        else:
+            def should_abort() -> str | None:
+                return self.abort_check() or deadline_check()
         try:
             with self._busy:
-                return self._train(task)
+                return self._train(task, should_abort)
         except TaskAborted as exc:
             return self._decline(task, f"aborted:{exc.cause}", exc.detail, "during")
         except (ArtifactError, CodecError, ConfigError) as exc:
@@ -133,7 +139,7 @@ class DeviceRuntime:
             log.warning("device %s task %s failed: %s", self.device_id, task.task_id, exc)
             return self._decline(task, exc.reason, str(exc), "during")
 
-    def _train(self, task: TrainTask) -> Update:
+    def _train(self, task: TrainTask, should_abort: Callable[[], str | None]) -> Update:
         model = self.model(task.model_id)
         manifest = model.manifest
         shared = decode_dense(task.params)
@@ -164,7 +170,7 @@ class DeviceRuntime:
             task.hyper,
             rng,
             correction=correction,
-            should_abort=self.abort_check,
+            should_abort=should_abort,
         )
         update_id = uuid.uuid4().hex
         tensors, residual, _ = compress_update(result.shared_delta, store.load_residual(), task.compression, rng)

@@ -166,3 +166,4 @@ def test_parts_over_the_packet_limit_fall_back_to_inline_tasks(model, tmp_path, 
     record = fleet.coordinator.tick()
     assert record.committed and record.reports == len(SIZES), record
     assert all(t.params and not t.round_model_sha256 for t in fleet.tasks())
+

@@ -35,8 +35,8 @@ class SlowRuntime(DeviceRuntime):
 
     delay_s = 0.0
 
-    def handle_task(self, task):
-        reply = super().handle_task(task)
+    def handle_task(self, task, deadline_check=None):
+        reply = super().handle_task(task, deadline_check)
         time.sleep(self.delay_s)
         return reply
 

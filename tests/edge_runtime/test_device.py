@@ -325,3 +325,23 @@ def test_pending_update_survives_a_device_restart(model, data, tmp_path):
     again, coord2 = _agent(model, data, tmp_path)  # same state directory
     assert _pending(again) == {decode_message(sent).update_id: sent}
     assert sent in _received(coord2)  # resent on start, byte-identical
+
+
+def test_a_task_past_its_deadline_stops_between_steps_and_saves_nothing(model, data, tmp_path):
+    """The agent's deadline check is asked between steps, after the eligibility check."""
+    calls = itertools.count(1)
+    reply = _runtime(model, data, tmp_path).handle_task(
+        _task(model), deadline_check=lambda: "deadline" if next(calls) > 6 else None)
+    assert isinstance(reply, Decline)
+    assert (reply.reason, reply.stage) == ("aborted:deadline", "during")
+    assert "6 steps" in reply.detail
+    assert _store(model, tmp_path).load_personal() is None
+
+
+def test_the_abort_reason_is_the_first_check_that_fires(model, data, tmp_path):
+    check, _ = _flips_after(3, "battery_low")
+    reply = _runtime(model, data, tmp_path, eligibility=check).handle_task(_task(model), deadline_check=lambda: "deadline")
+    assert reply.reason == "aborted:deadline"  # the battery is still fine at the first step
+    check, _ = _flips_after(1, "battery_low")
+    reply = _runtime(model, data, tmp_path / "b", eligibility=check).handle_task(_task(model), deadline_check=lambda: "deadline")
+    assert reply.reason == "aborted:battery_low"

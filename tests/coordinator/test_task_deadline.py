@@ -1,0 +1,52 @@
+"""Task deadlines on the device: a task whose model arrives after its deadline is declined
+untrained, and a straggler stops training at its deadline instead of sending an update the
+coordinator would refuse as stale. The agent's clock decides (a ManualClock here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_runtime.protocol import model_part_topic
+from edge_runtime.task import TaskState
+
+from tests.coordinator.fleet import make_fleet
+from tests.coordinator.test_round_model_delivery import PART, SIZES, _retained_parts, _round
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def test_a_task_whose_model_comes_after_its_deadline_is_declined_untrained(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=SIZES, model_part_bytes=PART, round_deadline_s=15.0)
+    assert fleet.coordinator.begin_round()
+    parts = fleet.coordinator.round.model_parts
+    for topic in _retained_parts(fleet):
+        fleet.spy.publish(topic, b"", retain=True)
+    fleet.drain()  # the devices hold their tasks and wait for the parts
+    fleet.clock.advance(20.0)
+    for index, part in enumerate(parts):  # the parts come back, too late
+        fleet.spy.publish(model_part_topic(index), part, retain=True)
+    fleet.drain()
+    assert fleet.coordinator.declines["deadline_passed"] == len(SIZES)
+    assert not fleet.updates()
+    assert all(set(a.tasks.values()) == {TaskState.DECLINED} and not a.pending for a in fleet.agents)
+
+
+def test_a_straggler_stops_training_at_its_deadline(model, tmp_path):
+    """The agent's clock runs on while a device trains (each step takes 4 s here): past the
+    task's deadline the device aborts and says so, instead of sending an update nobody takes."""
+    clock_box = {}
+
+    def slow_step():
+        if "clock" in clock_box:  # armed once the round begins; check-ins are instant
+            clock_box["clock"].advance(4.0)
+        return None
+
+    fleet = make_fleet(model, tmp_path, sizes=(40,), eligibility=slow_step, round_deadline_s=10.0, min_reports=1)
+    clock_box["clock"] = fleet.clock
+    _round(fleet)  # 40 examples, batch 8: 10 steps, 40 s of training for a 10 s deadline
+    assert fleet.coordinator.declines["aborted:deadline"] == 1
+    assert not fleet.updates()
