@@ -157,6 +157,8 @@ class DeviceRuntime:
         opt_state = store.load_opt_state()
         if opt_state is not None and not _state_fits(opt_state, task.hyper.optimizer):
             opt_state = None  # the optimizer changed between rounds: start its state fresh
+        if server_control is not None:
+            opt_state = None  # SCAFFOLD's c_i estimate assumes an empty momentum buffer (scaffold_control_delta)
         z = model.embed(self.data.x_train, cache_key=0)
         rng = np.random.default_rng([_stable_int(self.device_id), task.seed, task.round_id, self.seed])
         result = train_locally(

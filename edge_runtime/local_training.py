@@ -102,6 +102,13 @@ def check_scaffold_hyper(hyper: TaskHyper) -> None:
         raise ConfigError(f"SCAFFOLD needs momentum in [0, 1), got {hyper.momentum}")
 
 
+def momentum_steps(steps: int, momentum: float) -> float:
+    """How many plain-SGD steps K momentum-SGD steps from an empty buffer move a constant gradient."""
+    if momentum == 0:
+        return float(steps)
+    return (steps - momentum * (1 - momentum ** steps) / (1 - momentum)) / (1 - momentum)
+
+
 def scaffold_control_delta(server_control: Params, shared_delta: Params, steps: int, hyper: TaskHyper) -> Params:
     """Δc_i = c_i+ - c_i by SCAFFOLD's option II (Karimireddy et al. 2020, eq. 4):
 
@@ -112,17 +119,21 @@ def scaffold_control_delta(server_control: Params, shared_delta: Params, steps: 
     g_k (data loss, weight decay and the prox term; not the correction): the estimate of
     client i's gradient that c_i stands for.
 
-    SGD with momentum β (torch semantics, dampening 0) moves by lr * buf with buf -> g / (1 - β),
-    so K lr is replaced by the effective K lr / (1 - β). That is exact for a constant gradient
-    once the buffer has warmed up; the buffer persists across rounds (opt_state.npz), so only
-    a device's first round underestimates. AdamW is refused (check_scaffold_hyper): its step
-    lr * m / sqrt(v) is no gradient, and c - c_i built from it would be added to raw gradients
-    in other units.
+    SGD with momentum β (torch semantics, dampening 0) moves by lr * buf_k at step k. SCAFFOLD
+    tasks start from an empty buffer (DeviceRuntime drops the optimizer state), so for a
+    constant gradient g, buf_k = g (1 - β^k) / (1 - β), and K steps move by lr * g * S with
+
+        S = sum_{k=1..K} (1 - β^k) / (1 - β) = (K - β (1 - β^K) / (1 - β)) / (1 - β),
+
+    which replaces K (S = K for β = 0). An earlier version divided by K / (1 - β), the warmed-up
+    limit, with the buffer kept across rounds: devices with one or two steps per round then got
+    c_i from a stale buffer, a tenth of the right size, and SCAFFOLD diverged on quantity skew.
+    AdamW is refused (check_scaffold_hyper): its step lr * m / sqrt(v) is no gradient, and
+    c - c_i built from it would be added to raw gradients in other units.
     """
     check_scaffold_hyper(hyper)
     if steps < 1:
         raise TrainingError("SCAFFOLD's control update needs at least one local step")
-    effective_lr = hyper.lr / (1.0 - hyper.momentum)
-    scale = 1.0 / (steps * effective_lr)
+    scale = 1.0 / (hyper.lr * momentum_steps(steps, hyper.momentum))
     return {k: (-np.asarray(c, np.float64) - scale * np.asarray(shared_delta[k], np.float64)).astype(np.float32)
             for k, c in server_control.items()}

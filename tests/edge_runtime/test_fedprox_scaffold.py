@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -224,11 +226,12 @@ def test_first_scaffold_round_starts_from_zero_ci_and_plain_tasks_leave_no_contr
 
 
 def test_option_two_by_hand_with_momentum():
-    """Δc_i = -c - Δy / (K lr / (1 - β)), numbers worked out on paper."""
+    """Δc_i = -c - Δy / (S lr), numbers worked out on paper: K = 3, β = 0.5 from an empty
+    buffer moves 1 + 1.5 + 1.75 = 4.25 plain steps, so S lr = 0.425."""
     c = {"w": np.array([1.0, 2.0], np.float32)}
     delta = {"w": np.array([-0.3, 0.6], np.float32)}
     got = scaffold_control_delta(c, delta, steps=3, hyper=TaskHyper(lr=0.1, momentum=0.5))
-    np.testing.assert_allclose(got["w"], [-0.5, -3.0], rtol=1e-6)  # K lr / (1 - β) = 0.6
+    np.testing.assert_allclose(got["w"], [-1 + 0.3 / 0.425, -2 - 0.6 / 0.425], rtol=1e-6)
     plain = scaffold_control_delta(c, delta, steps=3, hyper=TaskHyper(lr=0.1))
     np.testing.assert_allclose(plain["w"], [0.0, -4.0], atol=1e-6)  # K lr = 0.3
     with pytest.raises(ConfigError):
@@ -299,3 +302,42 @@ def test_a_rejected_upload_puts_ci_back_and_an_accepted_one_keeps_it(model, tmp_
         np.testing.assert_array_equal(store.load_control()[k], kept[k])
         np.testing.assert_array_equal(store.load_control_residual()[k], kept_residual[k])
     assert store.load_control_undo() is None
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("steps", [1, 2, 7, 40])
+def test_option_two_recovers_a_constant_gradient_under_momentum(momentum, steps):
+    """Oracle: momentum SGD (torch semantics) from an empty buffer on a constant gradient g,
+    with the correction c - c_i added to every step. c_i+ = c_i + Δc_i must be g exactly,
+    however few the steps (a device with one batch) and whatever β."""
+    rng = np.random.default_rng(steps)
+    g, c, c_i = (rng.normal(size=5) for _ in range(3))
+    lr, buf, moved = 0.05, np.zeros(5), np.zeros(5)
+    for _ in range(steps):
+        buf = momentum * buf + (g + c - c_i)
+        moved -= lr * buf
+    delta_c = scaffold_control_delta({"w": c}, {"w": moved}, steps, TaskHyper(lr=lr, momentum=momentum))
+    np.testing.assert_allclose(c_i + delta_c["w"], g, rtol=1e-5, atol=1e-5)
+
+
+def test_a_scaffold_task_starts_from_an_empty_momentum_buffer(model, tmp_path):
+    """Round 2 trains the same whatever momentum buffer round 1 left: a device with a huge
+    stale buffer and one with none send identical updates."""
+    d, manifest, runtime = model
+    shared = runtime.initial("shared")
+    zero_c = {k: np.zeros_like(v) for k, v in shared.items()}
+    hyper = TaskHyper(epochs=1, batch_size=10, lr=0.1, momentum=0.9)
+    DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path / "a", backend="numpy").handle_task(
+        _task(model, shared, hyper, round_id=1, correction=zero_c))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    stale = DeviceStore(tmp_path / "a" / "dev", manifest.model_id)
+    state = stale.load_opt_state()
+    assert state  # round 1 left a buffer behind
+    stale.save_opt_state({k: np.full_like(v, 50.0) for k, v in state.items()})
+    none = DeviceStore(tmp_path / "b" / "dev", manifest.model_id)
+    none.save_opt_state(None)
+    updates = [DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path / w, backend="numpy").handle_task(
+        _task(model, shared, hyper, round_id=2, correction=zero_c)) for w in ("a", "b")]
+    got = [decompress_update(decode_tensors(u.payload)) for u in updates]
+    for k in shared:
+        np.testing.assert_array_equal(got[0][k], got[1][k], err_msg=k)
