@@ -94,6 +94,7 @@ class Coordinator:
         self._recent: deque[dict] = deque(maxlen=_RECENT_ROUNDS)  # `seen` of closed rounds, without a store
         self._logged: Counter[str] = Counter()
         self._parts_retained = 0  # model-part topics this process left a retained message on
+        self.session = uuid.uuid4().hex  # in every Announcement: devices check in again when it changes
         if store is not None:
             self._load(store)
         self._eligible = sum(d.eligible for d in self.registry.values())  # kept up to date by _register
@@ -310,17 +311,20 @@ class Coordinator:
         """The round's model, once, as retained parts; tasks name it by hash. Parts left over
         from a larger model of an earlier round are deleted (an empty retained publish)."""
         rnd = self.round
+        sent = 0
         try:
-            for index, part in enumerate(rnd.model_parts):
-                self._send(model_part_topic(index), part, retain=True)
+            for part in rnd.model_parts:
+                self._send(model_part_topic(sent), part, retain=True)
                 rnd.bytes_down += len(part)
+                sent += 1
         except PayloadTooLarge as exc:  # a retained part cannot be chunked
             log.error("round %d: model part over the broker's packet limit (%s); lower [coordinator] "
                       "model_part_bytes. This round's tasks carry the params inline.", rnd.ctx.round_id, exc)
             rnd.round_model_sha256, rnd.model_parts = "", ()
-        for index in range(len(rnd.model_parts), self._parts_retained):
+        retained = len(rnd.model_parts)
+        for index in range(retained, max(sent, self._parts_retained)):  # stale, or sent before the refusal
             self._send(model_part_topic(index), b"", retain=True)
-        self._parts_retained = len(rnd.model_parts)
+        self._parts_retained = retained
 
     def _pace(self, device_id: str, reason: str) -> None:
         rnd, cfg = self.round, self.config
@@ -335,7 +339,7 @@ class Coordinator:
     def _announce(self) -> None:
         rnd = self.round
         note = Announcement(self.manifest.model_id, self.state.version, self.manifest_sha256,
-                            rnd.ctx.round_id if rnd else 0, "training" if rnd else "idle")
+                            rnd.ctx.round_id if rnd else 0, "training" if rnd else "idle", self.session)
         self._send(ANNOUNCE_TOPIC, encode_message(note), retain=True)
 
     def _send(self, topic: str, payload: bytes, retain: bool = False) -> None:

@@ -117,6 +117,10 @@ def run_service(cfg: ServiceConfig) -> int:
     try:
         loop.run()
     finally:
+        # The last round's Acks must reach the broker, or every device of that round resends
+        # its update to a coordinator that is gone.
+        if coordinator.transport.connected and not coordinator.transport.flush(timeout=10):
+            log.warning("coordinator: some publishes were not acknowledged by the broker before exit")
         coordinator.transport.close()
     if cfg.coordinator.metrics_port and cfg.service.metrics_linger_s and not stopping.is_set():
         log.info("coordinator: done at version %d; metrics stay up %.0f s", coordinator.state.version,

@@ -144,7 +144,10 @@ class DeviceAgent:
             log.warning("device %s dropped a bad message on %s: %s (%s)", self.device_id, msg.topic, exc.reason, exc)
             return True
         if isinstance(message, Announcement) and msg.topic == ANNOUNCE_TOPIC:
+            before = self.announcement.session if self.announcement else None
             self.announcement = message
+            if not msg.retain and message.session != before:
+                self.check_in()  # a coordinator (re)started: it may have missed our last check-in
         elif isinstance(message, ModelPart) and topic_matches(MODEL_PARTS_FILTER, msg.topic):
             self._on_model_part(message)
         elif getattr(message, "device_id", None) != self.device_id and not isinstance(message, ArtifactFile):

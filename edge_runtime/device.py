@@ -123,11 +123,11 @@ class DeviceRuntime:
         reason = self.eligibility()
         if reason:
             return self._decline(task, reason, "not eligible", "before")
-        if deadline_check is None:
-            should_abort = self.abort_check
-        else:
-            def should_abort() -> str | None:
-                return self.abort_check() or deadline_check()
+        deadline_check = deadline_check or (lambda: None)
+
+        def should_abort() -> str | None:
+            return self.abort_check() or deadline_check()
+
         try:
             with self._busy:
                 return self._train(task, should_abort)

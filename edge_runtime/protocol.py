@@ -216,6 +216,9 @@ class Announcement:
     manifest_sha256: str
     round_id: int = 0  # 0 = no round open
     state: str = "idle"  # "training" while a round is open, else "idle"
+    # Random per coordinator process. Check-ins are not retained, so one sent while no
+    # coordinator listened is lost; a device that hears a new session live checks in again.
+    session: str = ""
 
 
 @dataclass(frozen=True)

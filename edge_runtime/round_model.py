@@ -115,13 +115,16 @@ class ModelWaits:
             return [], [], ""
         del self._waits[part.sha256]
         self.latest = (part.sha256, model)
-        ready = []
+        ready, refused, why = [], [], ""
         for task in wait.tasks:
             try:
                 ready.append(fill_task(task, model))
-            except RoundModelError:
-                wait.inline = True  # cannot happen for a model named by the task's own hash
-        return ready, [], ""
+            except RoundModelError as exc:  # the hash matched, the ids did not: a coordinator bug
+                refused.append(task)
+                why = str(exc)
+        if refused:  # still waiting, now for the inline copies
+            self._waits[part.sha256] = dataclasses.replace(wait, tasks=refused, inline=True)
+        return ready, refused, why
 
     def overdue(self, now: float, wait_s: float) -> list[TrainTask]:
         """Tasks whose parts did not all come within wait_s: ask for them inline (once)."""

@@ -155,7 +155,10 @@ class InMemoryBroker:
     def _index(self, client: InMemoryTransport, topic_filter: str, add: bool) -> None:
         if "+" not in topic_filter and "#" not in topic_filter:
             subscribers = self._exact[topic_filter]
-            subscribers.add(client) if add else subscribers.discard(client)
+            if add:
+                subscribers.add(client)
+            else:
+                subscribers.discard(client)
             if not subscribers:
                 del self._exact[topic_filter]
         elif add:

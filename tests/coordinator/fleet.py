@@ -63,6 +63,10 @@ class Fleet:
     def tasks(self) -> list[TrainTask]:
         return [m for m in self.wire if isinstance(m, TrainTask)]
 
+    def retained_topics(self, prefix: str) -> list[str]:
+        """Topics under `prefix` on which the broker holds a retained message now."""
+        return sorted(t for t in self.broker._retained if t.startswith(prefix))
+
     def round_models(self) -> dict[str, RoundModel]:
         """sha256 -> RoundModel, joined from the ModelParts the spy saw."""
         assemblies, models = {}, {}

@@ -160,14 +160,14 @@ def test_tasks_carry_the_manifest_digest_and_the_announcement_follows_the_rounds
         assert msg.retain
         return decode_message(msg.payload)
 
-    assert announced() == Announcement(manifest.model_id, 0, digest, 0, "idle")
+    assert announced() == Announcement(manifest.model_id, 0, digest, 0, "idle", fleet.coordinator.session)
     assert fleet.coordinator.begin_round()
     fleet.drain()
     assert dev.task().manifest_sha256 == digest
-    assert announced() == Announcement(manifest.model_id, 0, digest, 1, "training")
+    assert announced() == Announcement(manifest.model_id, 0, digest, 1, "training", fleet.coordinator.session)
     fleet.clock.advance(fleet.coordinator.config.round_deadline_s)
     assert not fleet.coordinator.tick().committed
-    assert announced() == Announcement(manifest.model_id, 0, digest, 0, "idle")
+    assert announced() == Announcement(manifest.model_id, 0, digest, 0, "idle", fleet.coordinator.session)
 
 
 def test_a_device_without_the_model_fetches_it_trains_and_the_round_commits(model, tmp_path):

@@ -13,7 +13,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edge_runtime.codec import encode_message
+from edge_runtime.codec import decode_message, encode_message
+from edge_runtime.protocol import CheckIn, all_devices_topic
 from edge_runtime.compress import decompress_update
 from edge_runtime.update_codec import decode_tensors
 
@@ -251,3 +252,31 @@ def test_round_where_everyone_declines_is_abandoned_and_nothing_is_applied(model
     assert record.committed and record.round_id == 2
     assert {t.round_id for t in fleet.tasks()} == {2}
     assert_params(fleet.coordinator.state.params, fedavg_oracle(old, fleet.updates()))
+
+
+def test_a_restarted_coordinator_hears_from_every_device_without_waiting_for_their_check_in_timer(model, tmp_path):
+    """Check-ins are not retained: a coordinator that was down (here: restarted without a store)
+    missed them. Its first live Announcement carries a new session, and every device checks in
+    at once; announcements of the same session cause no check-ins."""
+    fleet = make_fleet(model, tmp_path, sizes=(10, 20, 35))
+    watcher = fleet.broker.connect("watcher")
+    watcher.subscribe(all_devices_topic("checkin"))
+
+    def check_ins() -> int:
+        n = 0
+        while (msg := watcher.receive(0.0)) is not None:
+            n += isinstance(decode_message(msg.payload), CheckIn)
+        return n
+
+    fleet.coordinator.begin_round()  # announces "training" in the same session
+    fleet.drain()
+    assert fleet.coordinator.tick().committed
+    fleet.drain()
+    assert check_ins() == 0
+    old_session = fleet.coordinator.session
+    fleet.restart()  # no store: the new process knows no device
+    assert fleet.coordinator.session != old_session and not fleet.coordinator.registry
+    fleet.drain()
+    assert check_ins() == 3
+    assert sorted(fleet.coordinator.registry) == ["dev0", "dev1", "dev2"]
+    assert fleet.coordinator.begin_round()

@@ -235,17 +235,7 @@ def separable_data(rng, label_mix, n=40, n_test=20):
     return LocalData(x[:n], y[:n], x[n:], y[n:])
 
 
-class AckingAgent(DeviceAgent):
-    """An agent that tells its runtime about every Ack (DeviceRuntime.on_ack: SCAFFOLD undoes a
-    rejected upload's c_i move)."""
-
-    def _on_ack(self, ack):
-        super()._on_ack(ack)
-        self.runtime.on_ack(ack)
-
-
-def toy_fleet(model, tmp_path, cfg: CoordinatorConfig, devices=8, decline_p=0.0, seed=0, store=None,
-              agent_cls=DeviceAgent) -> Fleet:
+def toy_fleet(model, tmp_path, cfg: CoordinatorConfig, devices=8, decline_p=0.0, seed=0, store=None) -> Fleet:
     """A Coordinator with `strategy_from_config(cfg)` and `devices` real agents on non-IID
     separable data (each device mostly sees two of the three classes)."""
     art, manifest, runtime = model
@@ -265,7 +255,7 @@ def toy_fleet(model, tmp_path, cfg: CoordinatorConfig, devices=8, decline_p=0.0,
         eligibility = (lambda c=coin: "battery_low" if c.random() < decline_p else None) if decline_p else None
         device = DeviceRuntime(f"dev{i}", separable_data(rng, mix / mix.sum()), {manifest.model_id: art},
                                tmp_path / "devices", eligibility=eligibility, abort_check=lambda: None, seed=i)
-        agents.append(agent_cls(device, broker.connect(f"dev{i}"), clock=clock))
+        agents.append(DeviceAgent(device, broker.connect(f"dev{i}"), clock=clock))
     for agent in agents:
         agent.start()
     fleet = Fleet(broker, coordinator, clock, agents, spy, model)
@@ -335,8 +325,8 @@ def test_every_strategy_learns_with_partial_participation_declines_and_compressi
 def test_scaffold_keeps_c_the_mean_of_the_devices_ci(model, tmp_path):
     """c = (1/N) sum_i c_i, with N every known device, through over-selection (late uploads are
     rejected as stale and undone on the device), declines, and lossy compression."""
-    fleet = toy_fleet(model, tmp_path, CoordinatorConfig(strategy="scaffold", **E2E), decline_p=0.15,
-                      agent_cls=AckingAgent)
+    # DeviceAgent passes every Ack to DeviceRuntime.on_ack, which undoes a rejected upload's c_i move.
+    fleet = toy_fleet(model, tmp_path, CoordinatorConfig(strategy="scaffold", **E2E), decline_p=0.15)
     records = run_rounds(fleet, 8)
     assert fleet.coordinator.rejections.get("stale_round", 0) > 0  # some uploads did come late
     assert sum(r.committed for r in records) >= 6

@@ -10,8 +10,11 @@ from edge_runtime.protocol import model_part_topic
 from edge_runtime.task import TaskState
 
 from tests.coordinator.fleet import make_fleet
-from tests.coordinator.test_round_model_delivery import PART, SIZES, _retained_parts, _round
 from tests.tiny_model import build_tiny_model
+
+
+SIZES = (10, 20, 35)
+PART = 256  # bytes: the tiny model's round model spans several parts
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def test_a_task_whose_model_comes_after_its_deadline_is_declined_untrained(model
     fleet = make_fleet(model, tmp_path, sizes=SIZES, model_part_bytes=PART, round_deadline_s=15.0)
     assert fleet.coordinator.begin_round()
     parts = fleet.coordinator.round.model_parts
-    for topic in _retained_parts(fleet):
+    for topic in fleet.retained_topics("fedge/v1/model/"):
         fleet.spy.publish(topic, b"", retain=True)
     fleet.drain()  # the devices hold their tasks and wait for the parts
     fleet.clock.advance(20.0)
@@ -47,6 +50,7 @@ def test_a_straggler_stops_training_at_its_deadline(model, tmp_path):
 
     fleet = make_fleet(model, tmp_path, sizes=(40,), eligibility=slow_step, round_deadline_s=10.0, min_reports=1)
     clock_box["clock"] = fleet.clock
-    _round(fleet)  # 40 examples, batch 8: 10 steps, 40 s of training for a 10 s deadline
+    assert fleet.coordinator.begin_round()
+    fleet.drain()  # 40 examples, batch 8: 10 steps, 40 s of training for a 10 s deadline
     assert fleet.coordinator.declines["aborted:deadline"] == 1
     assert not fleet.updates()

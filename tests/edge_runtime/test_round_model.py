@@ -115,3 +115,17 @@ def test_a_bad_part_sends_the_waiting_tasks_inline_and_take_removes_them():
     ready, refused, why = waits.on_part(dataclasses.replace(parts[1], count=99))
     assert not ready and [t.task_id for t in refused] == ["a"] and "contradicts" in why
     assert waits.take("a") and not waits.take("a") and not waits.waiting("a")
+
+
+def test_a_task_the_hashed_model_does_not_fit_is_asked_for_inline_not_dropped():
+    sha, parts = split_round_model(MODEL, 2000)
+    waits = ModelWaits(1 << 20)
+    waits.resolve(_task("good", sha), 0.0)
+    waits.resolve(_task("other-round", sha, round_id=11), 0.0)  # a coordinator bug: wrong hash in the task
+    ready, refused, why = [], [], ""
+    for part in parts:
+        ready, refused, why = waits.on_part(part)
+    assert [t.task_id for t in ready] == ["good"]
+    assert [t.task_id for t in refused] == ["other-round"] and "does not belong" in why
+    assert [t.task_id for t in waits.asked_inline()] == ["other-round"] and waits.waiting("other-round")
+    assert not waits.listening
