@@ -123,8 +123,8 @@ def build_federated(
 ) -> FederatedDataset:
     """Partition a shipped dataset over clients, then hold out part of each client's data.
 
-    Each client keeps round(test_fraction * n) (at least 1, at most n - 1) of its own
-    examples as a local test set, chosen by a random permutation. Same arguments, same
+    Each client keeps about test_fraction of its own examples as a local test set, stratified
+    by label (stratified_holdout), so a device is scored on the labels it trains on. Same arguments, same
     dataset: the partition, the splits and the feature transforms draw from independent
     streams of `seed` (so "feature" holds the same examples as "iid", transformed).
     """
@@ -148,9 +148,8 @@ def build_federated(
                 f"{name}: client {cid} got {len(idx)} example(s), needs >= 2 for a train/test split; "
                 f"use fewer clients than {num_clients}"
             )
-        idx = split_rng.permutation(idx)
-        n_test = min(max(int(round(test_fraction * len(idx))), 1), len(idx) - 1)
-        test, train = idx[:n_test], idx[n_test:]
+        test, train = stratified_holdout(y[idx], test_fraction, split_rng)
+        test, train = idx[test], idx[train]
         x_train, x_test = x[train], x[test]
         if transforms:
             x_train = transforms[k].apply(x_train, image, noise_rngs[k])
@@ -158,6 +157,38 @@ def build_federated(
         clients.append(ClientData(cid, x_train, y[train], x_test, y[test]))
     return FederatedDataset(name, tuple(clients), int(y.max()) + 1, (x.shape[1],), image, tuple(transforms))
 
+
+
+def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(test, train) positions into y: about test_fraction of each label held out.
+
+    round(test_fraction * n) examples in all (at least 1, at most n - 1), shared out over the
+    labels by largest remainder. A label held out keeps at least one training example, and a
+    label seen once stays in training, so every test label is also a training label: a
+    device's private head is never scored on a class it could not have learned. (A plain
+    random holdout did that to 15 of 50 devices under Dirichlet 0.1, and capped their
+    personalized accuracy.) Within a label the held-out examples are a random choice.
+    """
+    n = len(y)
+    labels, counts = np.unique(y, return_counts=True)
+    room = np.maximum(counts - 1, 0)  # each label keeps one example for training
+    total = min(max(int(round(test_fraction * n)), 1), n - 1, int(room.sum()))
+    share = test_fraction * counts
+    take = np.minimum(np.floor(share).astype(np.int64), room)
+    order = np.lexsort((rng.random(len(labels)), -(share - np.floor(share))))  # largest remainder, random ties
+    while take.sum() < total:
+        for i in order:
+            if take.sum() < total and take[i] < room[i]:
+                take[i] += 1
+    while take.sum() > total:  # only when floor(share) over-asked, i.e. total was capped
+        take[int(np.argmax(take))] -= 1
+    test = []
+    for label, k in zip(labels, take):
+        members = np.flatnonzero(y == label)
+        test.append(rng.choice(members, size=int(k), replace=False))
+    test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
+    train = np.setdiff1d(np.arange(n), test)
+    return rng.permutation(test), rng.permutation(train)
 
 
 def load_npz_dir(path: str | Path) -> FederatedDataset:

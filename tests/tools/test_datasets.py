@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.errors import DatasetError
-from tools.datasets import FederatedDataset, build_federated, load_digits, load_mnist5k, load_npz_dir
+from tools.datasets import FederatedDataset, build_federated, load_digits, load_mnist5k, load_npz_dir, stratified_holdout
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,38 @@ def test_build_federated_mnist5k_covers_every_example(mnist: tuple[np.ndarray, n
     # Same multiset of labels as the source: nothing lost or duplicated.
     y_all = np.concatenate([fd.pooled_train()[1], fd.union_test()[1]])
     np.testing.assert_array_equal(np.bincount(y_all), np.bincount(mnist[1]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_stratified_holdout_keeps_every_test_label_in_training(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    y = rng.choice(10, size=n, p=rng.dirichlet(np.full(10, 0.3)))  # skewed, often with singletons
+    test, train = stratified_holdout(y, 0.2, np.random.default_rng(seed))
+    assert sorted(np.concatenate([test, train]).tolist()) == list(range(n))  # a partition of 0..n-1
+    assert set(y[test]) <= set(y[train])
+    assert len(train) >= 1
+    counts = np.bincount(y, minlength=10)
+    room = int(np.sum(np.maximum(counts - 1, 0)))
+    assert len(test) == min(max(round(0.2 * n), 1), n - 1, room)
+    for label in set(y[test]):  # per label, within one example of the fraction (largest remainder)
+        assert abs(np.sum(y[test] == label) - 0.2 * counts[label]) < 1 + 1e-9
+
+
+def test_stratified_holdout_edge_cases() -> None:
+    test, train = stratified_holdout(np.array([3, 5, 7]), 0.5, np.random.default_rng(0))
+    assert len(test) == 0 and sorted(train.tolist()) == [0, 1, 2]  # every label seen once: all train
+    y = np.array([1] * 10)
+    test, _ = stratified_holdout(y, 0.2, np.random.default_rng(0))
+    assert len(test) == 2
+
+
+def test_dirichlet_clients_are_scored_on_labels_they_train_on() -> None:
+    # Under Dirichlet 0.1 a plain random holdout left 15 of 50 clients with test labels they
+    # had never seen, capping their personalized accuracy below what any model could reach.
+    fd = build_federated("mnist5k", 50, "dirichlet", seed=0, alpha=0.1)
+    assert all(set(c.y_test) <= set(c.y_train) for c in fd.clients)
+    assert fd.num_examples == 5000
 
 
 def test_build_federated_rejects_unknown_names() -> None:
