@@ -2,15 +2,25 @@
 
 Frame (all little-endian, never pickled):
 
-    b"FDGU"  u8 format version (=1)  u16 tensor count
+    b"FDGU"  u8 format version (=2)  u16 tensor count
     per tensor:
         u16 name length, utf-8 name
         u8 bits (32 | 8 | 4)   u8 ndim (<= 8)   ndim x u32 dims
-        u8 sparse flag (0 | 1)   f32 scale   u32 count of stored values
-        [count x u32 flat indices, strictly increasing]   if sparse
+        u8 index coding   f32 scale   u32 count of stored values
+            0  dense: no indices, count == number of elements
+            1  sparse: count x u32 flat indices, strictly increasing
+            2  sparse: u32 byte length L, then L bytes holding count LEB128 varints, the gaps
+               g_0 = i_0, g_j = i_j - i_{j-1} - 1 between the strictly increasing flat indices
+               (canonical: no varint ends in a 0x00 continuation byte; each fits in 5 bytes)
         payload: count x f32 | count x int8 | ceil(count/2) bytes of 4-bit codes
                  (nibble = code + 8, low nibble first, a trailing pad nibble is 0)
     u32 CRC32 (zlib.crc32) of everything before it
+
+The encoder writes version 2 with coding 2 for every sparse tensor: top-k indices are close
+together, so a gap takes about 1.2 bytes instead of 4 (top-1% of a 40,200-entry layer: gaps
+of about 100, one byte each below 128). Version 1 (codings 0 and 1 only) still decodes:
+a device keeps its unacknowledged updates on disk as bytes, and those written before an
+upgrade must not be lost.
 
 Decoding checks, in order: size limit (PayloadTooLarge), enough bytes for a header
 (TruncatedPayload), magic (MalformedPayload), version (UnsupportedVersion), the frame holds
@@ -35,12 +45,15 @@ from .errors import (ChecksumMismatch, MalformedPayload, NonFiniteValues, Payloa
                      UnsupportedVersion)
 
 MAGIC = b"FDGU"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before gap-coded indices (see the module docstring)
+DENSE, U32_INDICES, GAP_INDICES = 0, 1, 2  # index codings
 MAX_NDIM = 8
 _HEADER = struct.Struct("<4sBH")  # magic, version, tensor count
 _NAME_LEN = struct.Struct("<H")
 _KIND = struct.Struct("<BB")  # bits, ndim
-_TAIL = struct.Struct("<BfI")  # sparse flag, scale, count
+_TAIL = struct.Struct("<BfI")  # index coding, scale, count
+_GAP_LEN = struct.Struct("<I")  # byte length of the gap varints
 _CRC = struct.Struct("<I")
 _U32_MAX = 2**32 - 1
 
@@ -67,9 +80,10 @@ def encode_tensors(tensors: list[CompressedTensor]) -> bytes:
         count = t.values.size
         parts += [_NAME_LEN.pack(len(name)), name, _KIND.pack(t.bits, len(t.shape)),
                   struct.pack(f"<{len(t.shape)}I", *t.shape),
-                  _TAIL.pack(t.indices is not None, t.scale, count)]
+                  _TAIL.pack(DENSE if t.indices is None else GAP_INDICES, t.scale, count)]
         if t.indices is not None:
-            parts.append(t.indices.astype("<u4").tobytes())
+            gaps = encode_gaps(t.indices)
+            parts += [_GAP_LEN.pack(len(gaps)), gaps]
         if t.bits == 32:
             parts.append(t.values.astype("<f4").tobytes())
         elif t.bits == 8:
@@ -98,6 +112,48 @@ def dense_fp32_bytes(shapes: Mapping[str, Sequence[int]]) -> int:
     return total
 
 
+def encode_gaps(indices: np.ndarray) -> bytes:
+    """Strictly increasing flat indices as LEB128 varints of their gaps (coding 2)."""
+    gaps = np.diff(indices.astype(np.int64), prepend=-1) - 1  # >= 0
+    if gaps.size == 0:
+        return b""
+    lengths = np.ones(gaps.size, np.int64)
+    for k in range(1, 5):  # bytes needed: 7 bits each, u32 gaps take at most 5
+        lengths += gaps >= (1 << (7 * k))
+    ends = np.cumsum(lengths)
+    out = np.empty(int(ends[-1]), np.uint8)
+    starts = ends - lengths
+    for k in range(5):
+        has = lengths > k
+        more = (lengths > k + 1)[has]
+        out[starts[has] + k] = ((gaps[has] >> (7 * k)) & 0x7F) | (more.astype(np.int64) << 7)
+    return out.tobytes()
+
+
+def decode_gaps(data: np.ndarray, count: int, where: str) -> np.ndarray:
+    """Inverse of encode_gaps: uint32 indices, or MalformedPayload for a bad varint stream."""
+    if count == 0:
+        if data.size:
+            raise MalformedPayload(f"{where}: {data.size} index bytes for no stored values")
+        return np.zeros(0, np.uint32)
+    ends = np.flatnonzero(data < 0x80)
+    if ends.size != count or ends[-1] != data.size - 1:
+        raise MalformedPayload(f"{where}: the index bytes hold {ends.size} complete varints, "
+                               f"{count} expected, and must end with the last one")
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if int(lengths.max()) > 5:
+        raise MalformedPayload(f"{where}: an index varint of {int(lengths.max())} bytes (at most 5)")
+    if np.any((data[ends] == 0) & (lengths > 1)):
+        raise MalformedPayload(f"{where}: non-canonical index varint (ends in a zero byte)")
+    shifts = 7 * (np.arange(data.size) - np.repeat(starts, lengths))
+    gaps = np.add.reduceat((data & 0x7F).astype(np.int64) << shifts, starts)
+    indices = np.cumsum(gaps + 1) - 1
+    if int(indices[-1]) > _U32_MAX:
+        raise MalformedPayload(f"{where}: index {int(indices[-1])} does not fit u32")
+    return indices.astype(np.uint32)
+
+
 @dataclass(frozen=True)
 class _Raw:
     """One tensor's fields as found in the frame, before any content check."""
@@ -105,10 +161,11 @@ class _Raw:
     name: bytes
     bits: int
     shape: tuple[int, ...]
-    sparse: int
+    coding: int  # DENSE, U32_INDICES or GAP_INDICES
     scale: float
     count: int
     index_at: int  # byte offset of the indices (sparse only)
+    index_bytes: int
     payload_at: int
 
 
@@ -152,10 +209,10 @@ def decode_tensors(data: bytes, max_bytes: int | None = None,
     magic, version, n_tensors = _HEADER.unpack_from(view, 0)
     if magic != MAGIC:
         raise MalformedPayload(f"not an update frame: magic {bytes(magic)!r}, expected {MAGIC!r}")
-    if version != FORMAT_VERSION:
-        raise UnsupportedVersion(f"update format version {version}; this build speaks only "
-                                 f"{FORMAT_VERSION}; upgrade the older side")
-    raws, problem, end = _scan(view, n - _CRC.size, n_tensors)
+    if version not in READABLE_VERSIONS:
+        raise UnsupportedVersion(f"update format version {version}; this build reads "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}; upgrade the older side")
+    raws, problem, end = _scan(view, n - _CRC.size, n_tensors, version)
     (stored,) = _CRC.unpack_from(view, n - _CRC.size)
     actual = zlib.crc32(view[: n - _CRC.size])
     if stored != actual:
@@ -179,8 +236,9 @@ def decode_dense(data: bytes, max_bytes: int | None = None) -> dict[str, np.ndar
     return out
 
 
-def _scan(view: memoryview, end: int, n_tensors: int) -> tuple[list[_Raw], str, int]:
+def _scan(view: memoryview, end: int, n_tensors: int, version: int) -> tuple[list[_Raw], str, int]:
     """Walk the declared structure; return (tensors, problem that stopped the walk, end offset)."""
+    codings = (DENSE, U32_INDICES) if version == 1 else (DENSE, U32_INDICES, GAP_INDICES)
     r = _Reader(view, end)
     r.skip(_HEADER.size, "header")
     raws: list[_Raw] = []
@@ -189,12 +247,20 @@ def _scan(view: memoryview, end: int, n_tensors: int) -> tuple[list[_Raw], str, 
         name = bytes(view[r.skip(name_len, f"tensor {i} name"): r.pos])
         bits, ndim = r.unpack(_KIND, f"tensor {i} kind")
         shape = r.unpack(f"<{ndim}I", f"tensor {i} dims")
-        sparse, scale, count = r.unpack(_TAIL, f"tensor {i} header")
+        coding, scale, count = r.unpack(_TAIL, f"tensor {i} header")
         if bits not in BITS:  # the payload size is unknown, so the walk cannot go on
             return raws, f"tensor {i}: bits {bits} not in {BITS}", r.pos
-        index_at = r.skip(4 * count, f"tensor {i} indices") if sparse else -1
+        if coding not in codings:  # nor is the size of the indices
+            return raws, f"tensor {i}: index coding {coding} not in {codings} (format version {version})", r.pos
+        index_at, index_bytes = -1, 0
+        if coding == U32_INDICES:
+            index_bytes = 4 * count
+        elif coding == GAP_INDICES:
+            (index_bytes,) = r.unpack(_GAP_LEN, f"tensor {i} index length")
+        if coding != DENSE:
+            index_at = r.skip(index_bytes, f"tensor {i} indices")
         payload_at = r.skip(_payload_bytes(bits, count), f"tensor {i} payload")
-        raws.append(_Raw(name, bits, shape, sparse, scale, count, index_at, payload_at))
+        raws.append(_Raw(name, bits, shape, coding, scale, count, index_at, index_bytes, payload_at))
     return raws, "", r.pos
 
 
@@ -225,15 +291,15 @@ def _build(view: memoryview, raws: list[_Raw], max_elements: int,
         elements += size
         if elements > max_elements:
             raise MalformedPayload(f"{where}: frame declares over {max_elements} elements in total")
-        if raw.sparse not in (0, 1):
-            raise MalformedPayload(f"{where}: sparse flag {raw.sparse} is not 0 or 1")
-        if raw.sparse and raw.count > size:
+        if raw.coding != DENSE and raw.count > size:
             raise MalformedPayload(f"{where}: {raw.count} stored values for {size} elements")
-        if not raw.sparse and raw.count != size:
+        if raw.coding == DENSE and raw.count != size:
             raise MalformedPayload(f"{where}: dense tensor of shape {raw.shape} stores {raw.count} values")
         indices = None
-        if raw.sparse:
+        if raw.coding == U32_INDICES:
             indices = np.frombuffer(view, "<u4", raw.count, raw.index_at).astype(np.uint32)
+        elif raw.coding == GAP_INDICES:
+            indices = decode_gaps(np.frombuffer(view, np.uint8, raw.index_bytes, raw.index_at), raw.count, where)
         if raw.bits == 32:
             values = np.frombuffer(view, "<f4", raw.count, raw.payload_at).astype(np.float32)
         elif raw.bits == 8:

@@ -239,11 +239,11 @@ def out_of_range_index_payload(delta) -> bytes:
         keep = np.arange(0, flat.size, 2, dtype=np.uint32)
         tensors.append(CompressedTensor(n, tuple(int(d) for d in delta[n].shape), 32, 0.0, keep, flat[keep]))
     frame = encode_tensors(tensors)
-    first = tensors[0]
-    last = struct.pack("<I", int(first.indices[-1]))
-    at = frame.index(struct.pack(f"<{first.indices.size}I", *first.indices.tolist())) + 4 * (first.indices.size - 1)
-    assert frame[at:at + 4] == last
-    body = frame[:at] + struct.pack("<I", 10 ** 6) + frame[at + 4 : -4]
+    # Indices 0, 2, 4, ... travel as gap varints 0, 1, 1, ...: the last gap becomes 127, which
+    # puts the last index about 126 past the end of the tensor.
+    gaps = b"\x00" + b"\x01" * (tensors[0].indices.size - 1)
+    at = frame.index(gaps) + len(gaps) - 1
+    body = frame[:at] + b"\x7f" + frame[at + 1 : -4]
     return with_crc(body)
 
 

@@ -41,6 +41,27 @@ SAMPLES = [
 ]
 
 
+def _leb128(values) -> bytes:
+    """Unsigned LEB128, written out byte by byte (an independent writer of the gap coding)."""
+    out = bytearray()
+    for v in values:
+        v = int(v)
+        while True:
+            byte, v = v & 0x7F, v >> 7
+            out.append(byte | (0x80 if v else 0))
+            if not v:
+                break
+    return bytes(out)
+
+
+def _gaps(indices) -> bytes:
+    previous, gaps = -1, []
+    for i in indices:
+        gaps.append(int(i) - previous - 1)
+        previous = int(i)
+    return _leb128(gaps)
+
+
 def _expected_len(tensors) -> int:
     """Frame length from the documented layout."""
     n = 4 + 1 + 2 + 4
@@ -48,7 +69,7 @@ def _expected_len(tensors) -> int:
         count = t.values.size
         payload = {32: 4 * count, 8: count, 4: (count + 1) // 2}[t.bits]
         n += 2 + len(t.name.encode()) + 1 + 1 + 4 * len(t.shape) + 1 + 4 + 4 + payload
-        n += 0 if t.indices is None else 4 * count
+        n += 0 if t.indices is None else 4 + len(_gaps(t.indices))
     return n
 
 
@@ -120,16 +141,23 @@ def _recrc(frame: bytes) -> bytes:
 
 
 def _tensor(name=b"w", bits=8, shape=(4,), sparse=0, scale=0.5, count=None, indices=(),
-            payload=None) -> bytes:
-    """One tensor record written straight from the documented layout."""
+            payload=None, gap_bytes=None) -> bytes:
+    """One tensor record written straight from the documented layout. sparse: the index coding
+    (1: u32 indices; 2: LEB128 gaps of `indices`, or `gap_bytes` as given)."""
     count = (len(indices) if sparse else math.prod(shape)) if count is None else count
     payload = bytes(count) if payload is None else payload
+    if sparse == 2 and gap_bytes is not None:
+        index_part = struct.pack("<I", len(gap_bytes)) + gap_bytes
+    elif sparse == 2:
+        index_part = struct.pack("<I", len(_gaps(indices))) + _gaps(indices)
+    else:
+        index_part = struct.pack(f"<{len(indices)}I", *indices)
     return (struct.pack("<H", len(name)) + name + struct.pack("<BB", bits, len(shape))
             + struct.pack(f"<{len(shape)}I", *shape) + struct.pack("<BfI", sparse, scale, count)
-            + struct.pack(f"<{len(indices)}I", *indices) + payload)
+            + index_part + payload)
 
 
-def _frame(*tensors: bytes, version: int = 1, magic: bytes = b"FDGU", trailing: bytes = b"") -> bytes:
+def _frame(*tensors: bytes, version: int = 2, magic: bytes = b"FDGU", trailing: bytes = b"") -> bytes:
     return _recrc(magic + struct.pack("<BH", version, len(tensors)) + b"".join(tensors) + trailing + bytes(4))
 
 
@@ -144,12 +172,53 @@ def test_hand_built_good_frames_decode():
     np.testing.assert_array_equal(t.values, [1, -1])
     (t,) = decode_tensors(_frame(_tensor(bits=32, shape=(2,), scale=0.0, payload=F32(1.0, -2.0))))
     np.testing.assert_array_equal(t.values, [1.0, -2.0])
+    (t,) = decode_tensors(_frame(_tensor(shape=(400,), sparse=2, indices=(0, 130, 399), payload=bytes([1, 2, 3]))))
+    np.testing.assert_array_equal(t.indices, [0, 130, 399])
+
+
+def test_version_1_frames_still_decode():
+    """Updates a device wrote to disk before an upgrade (u32 indices) are read, not lost."""
+    (t,) = decode_tensors(_frame(_tensor(sparse=1, indices=(0, 3), payload=bytes([1, 0xFF])), version=1))
+    np.testing.assert_array_equal(t.indices, [0, 3])
+    np.testing.assert_array_equal(t.values, [1, -1])
+    with pytest.raises(MalformedPayload, match="index coding 2"):  # gap coding came with version 2
+        decode_tensors(_frame(_tensor(sparse=2, indices=(1,), payload=b"\x01"), version=1))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_gap_coded_indices_round_trip_at_every_spacing(seed):
+    rng = np.random.default_rng(seed)
+    size = int(rng.choice([10, 1000, 2**20, 2**32 - 1]))
+    k = int(rng.integers(1, min(size, 3000) + 1))
+    idx = np.unique(rng.integers(0, size, k, dtype=np.int64))
+    if seed == 0:
+        idx = np.array([0, 127, 128, 128 + 16384, 2**28, 2**32 - 2], np.int64)  # each varint length
+    tensor = _ct("w", (size,), 8, rng.integers(-127, 128, idx.size), indices=idx)
+    frame = encode_tensors([tensor])
+    assert len(frame) == _expected_len([tensor])
+    _assert_same(decode_tensors(frame, max_elements=2**32)[0], tensor)
+
+
+def test_gap_coding_is_much_smaller_than_u32_indices_for_top_k():
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(40_200, 402, replace=False))  # top-1% of a 200x201 layer
+    assert len(_gaps(idx)) < 1.3 * idx.size  # vs 4 bytes each as u32
 
 
 BAD_FRAMES = {
     "bits": _frame(_tensor(bits=16)),
     "ndim": _frame(_tensor(shape=(1,) * 9)),
-    "sparse_flag": _frame(_tensor(sparse=2, indices=(1,), payload=b"\x01")),
+    "sparse_flag": _frame(_tensor(sparse=3, indices=(1,), payload=b"\x01")),
+    "gap_noncanonical": _frame(_tensor(sparse=2, indices=(1,), gap_bytes=b"\x81\x00", payload=b"\x01")),
+    "gap_six_bytes": _frame(_tensor(shape=(8,), sparse=2, indices=(1,), gap_bytes=b"\x81\x80\x80\x80\x80\x00",
+                                    payload=b"\x01")),
+    "gap_count_short": _frame(_tensor(sparse=2, indices=(1, 2), gap_bytes=b"\x01", payload=b"\x01\x01")),
+    "gap_unterminated": _frame(_tensor(sparse=2, indices=(1,), gap_bytes=b"\x01\x81", payload=b"\x01")),
+    "gap_extra_bytes": _frame(_tensor(sparse=2, indices=(1,), gap_bytes=b"\x01\x01", payload=b"\x01")),
+    "gap_out_of_range": _frame(_tensor(sparse=2, indices=(0, 4), payload=b"\x01\x01")),
+    "gap_over_u32": _frame(_tensor(shape=(2**32 - 1,), sparse=2, indices=(0,),
+                                   gap_bytes=_leb128([2**32 - 1]) + _leb128([5]), count=2, payload=b"\x01\x01")),
+    "gap_bytes_for_nothing": _frame(_tensor(sparse=2, indices=(), gap_bytes=b"\x01", payload=b"")),
     "count_over_size": _frame(_tensor(shape=(2,), sparse=1, indices=(0, 1, 1), payload=b"\x01\x01\x01")),
     "index_not_increasing": _frame(_tensor(sparse=1, indices=(2, 1), payload=b"\x01\x01")),
     "index_repeated": _frame(_tensor(sparse=1, indices=(1, 1), payload=b"\x01\x01")),
@@ -193,10 +262,11 @@ def test_every_flipped_byte_is_refused():
     t = _ct("w", (5,), 4, [7, -7, 1], indices=[0, 2, 4])
     frame = encode_tensors([t])
     # Layout: magic 0-3, version 4, count 5-6, name len 7-8, name 9, bits 10, ndim 11, dim 12-15,
-    # sparse 16, scale 17-20, value count 21-24, indices 25-36, packed codes 37-38, CRC 39-42.
-    assert len(frame) == 43
+    # index coding 16, scale 17-20, value count 21-24, index bytes 25-28, gaps 0,1,1 29-31,
+    # packed codes 32-33, CRC 34-37.
+    assert len(frame) == 38
     # A corrupted length can point past the end and then reads as a cut frame.
-    length_fields = {5, 6, 7, 8, 11, 16, 21, 22, 23, 24}
+    length_fields = {5, 6, 7, 8, 11, 16, 21, 22, 23, 24, 25, 26, 27, 28}
     for pos in range(len(frame)):
         for mask in (0xFF, 0x01):
             bad = bytearray(frame)
@@ -215,8 +285,8 @@ def test_every_flipped_byte_is_refused():
 
 def test_version_is_checked_before_crc():
     frame = bytearray(encode_tensors(SAMPLES[:2]))
-    frame[4] = 2
-    with pytest.raises(UnsupportedVersion, match="version 2"):
+    frame[4] = 3
+    with pytest.raises(UnsupportedVersion, match="version 3"):
         decode_tensors(bytes(frame))  # CRC now wrong too, but the version speaks first
     with pytest.raises(UnsupportedVersion):
         decode_tensors(_recrc(bytes(frame)))
@@ -271,3 +341,13 @@ def test_structural_faults_are_reported_before_non_finite_values():
     assert not isinstance(info.value, NonFiniteValues)
     with pytest.raises(NonFiniteValues):
         decode_tensors(bytes(frame), expected={"a": (4,), "b": (3,)})
+
+
+@pytest.mark.parametrize("case, message", [
+    ("gap_noncanonical", "non-canonical"), ("gap_six_bytes", "6 bytes"), ("gap_count_short", "complete varints"),
+    ("gap_unterminated", "complete varints"), ("gap_extra_bytes", "complete varints"),
+    ("gap_out_of_range", "out of range"), ("gap_over_u32", "fit u32"), ("gap_bytes_for_nothing", "no stored values"),
+])
+def test_bad_gap_coding_is_named(case, message):
+    with pytest.raises(MalformedPayload, match=message):
+        decode_tensors(BAD_FRAMES[case], max_elements=2**32)
