@@ -220,7 +220,8 @@ def _emit_backward(gb, spec, z, y, feats, traces, logits, trainable):
             scale = gb.const(spec.lora_scale)
             grads[f"{name}.lora_b"] = gb.mul(gb.matmul(gb.transpose(t.lora_u), dpre), scale)
             du = gb.mul(gb.matmul(dpre, gb.transpose(t.lora_b)), scale)  # (N, r)
-            grads[f"{name}.lora_a"] = gb.matmul(gb.transpose(t.x), du)
+            if f"{name}.lora_a" in trainable:  # frozen when spec.lora_train_a is false
+                grads[f"{name}.lora_a"] = gb.matmul(gb.transpose(t.x), du)
         if i == 0:
             break  # nothing trainable below the first trainable-part layer
         dh = gb.matmul(dpre, gb.transpose(t.weight))

@@ -23,7 +23,8 @@ def param_infos(spec: ModelSpec) -> tuple[ParamInfo, ...]:
             infos.append(ParamInfo(f"{layer.name}.weight", (fan_in, layer.units), base_role))
             infos.append(ParamInfo(f"{layer.name}.bias", (layer.units,), base_role))
             if layer.mode == "lora":
-                infos.append(ParamInfo(f"{layer.name}.lora_a", (fan_in, spec.lora_rank), "shared"))
+                a_role = "shared" if spec.lora_train_a else "frozen"
+                infos.append(ParamInfo(f"{layer.name}.lora_a", (fan_in, spec.lora_rank), a_role))
                 infos.append(ParamInfo(f"{layer.name}.lora_b", (spec.lora_rank, layer.units), "shared"))
         shape = out_shape
     features = spec.head_input_features()

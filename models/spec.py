@@ -4,7 +4,8 @@ A spec is a stack of layers followed by a head. Each layer has a mode that decid
 role of its parameters in the manifest:
 
     frozen    weight, bias                          -> frozen (never trained)
-    lora      weight, bias frozen; lora_a, lora_b   -> shared (uploaded, aggregated)
+    lora      weight, bias frozen; lora_a, lora_b   -> shared (uploaded, aggregated);
+              lora_a frozen instead when lora_train_a = false (FFA-LoRA)
     shared    weight, bias                          -> shared
     personal  weight, bias                          -> personal (never leaves the device)
 
@@ -77,6 +78,10 @@ class ModelSpec:
     head: str = "dual"
     lora_rank: int = 4
     lora_alpha: float = 8.0
+    # False: A stays at its random init (frozen) and only B trains and travels (FFA-LoRA, Sun
+    # et al. 2024): half the adapter upload for a dense layer, and FedAvg of B alone is the
+    # exact average of the adapters' products B·A, which averaging A and B separately is not.
+    lora_train_a: bool = True
     init_seed: int = 0
 
     def __post_init__(self) -> None:

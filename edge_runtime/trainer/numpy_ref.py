@@ -47,7 +47,7 @@ class NumpyModel:
             pre = h @ w + self._get(params, f"{n}.bias")
             u = None
             if layer["mode"] == "lora":
-                u = h @ params[f"{n}.lora_a"]
+                u = h @ self._get(params, f"{n}.lora_a")
                 pre = pre + self.scale * (u @ params[f"{n}.lora_b"])
             traces.append((layer, h, pre, u))
             h = np.maximum(pre, 0) if layer["activation"] == "relu" else pre
@@ -82,10 +82,11 @@ class NumpyModel:
             if layer["mode"] == "lora":
                 grads[f"{n_}.lora_b"] = self.scale * (u.T @ dpre)
                 du = self.scale * (dpre @ params[f"{n_}.lora_b"].T)
-                grads[f"{n_}.lora_a"] = x.T @ du
+                if f"{n_}.lora_a" in params:  # frozen when the spec says lora_train_a = false
+                    grads[f"{n_}.lora_a"] = x.T @ du
             dh = dpre @ self._get(params, f"{n_}.weight").T
             if du is not None:
-                dh = dh + du @ params[f"{n_}.lora_a"].T
+                dh = dh + du @ self._get(params, f"{n_}.lora_a").T
         return loss, grads
 
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -44,11 +46,17 @@ STEPS, BATCH = 20, 8
 TOL = {"sgd": 1e-5, "adamw": 1e-4}
 
 
-@pytest.fixture(scope="module", params=["mlp-784-lora", "cnn-8-lora"])
+def _spec(name: str):
+    if name == "mlp-784-lora-frozen-a":  # FFA-LoRA: lora_a is a frozen param of the ORT graphs
+        return replace(load_spec("mlp-784-lora"), lora_train_a=False, name=name)
+    return load_spec(name)
+
+
+@pytest.fixture(scope="module", params=["mlp-784-lora", "cnn-8-lora", "mlp-784-lora-frozen-a"])
 def setup(request, tmp_path_factory):
     """(artifact dir, manifest, batches, init params, anchor, correction) for one spec."""
     outdir = tmp_path_factory.mktemp(request.param)
-    build_artifacts(load_spec(request.param), outdir, ort_training=True)
+    build_artifacts(_spec(request.param), outdir, ort_training=True)
     manifest = load_manifest(outdir)
     rng = np.random.default_rng(7)
     n = 4 * BATCH

@@ -7,6 +7,8 @@ reference to 1e-5. Optimizer rules are also checked against hand-derived closed 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,8 @@ SPECS = {
     "mlp-lora-shared-personal": mlp_spec(13, 4, hidden=(9, 7), modes=("lora", "shared"), lora_rank=3, lora_alpha=5.0),
     "mlp-frozen-personal": mlp_spec(11, 3, hidden=(6, 5), modes=("frozen", "personal"), head="global"),
     "cnn-8-lora": load_spec("cnn-8-lora"),
+    # FFA-LoRA: A frozen at its init, only B (and the head) trained and shared
+    "mlp-lora-frozen-a": replace(mlp_spec(10, 3, hidden=(8, 6), modes=("frozen", "lora"), lora_rank=2), lora_train_a=False),
 }
 
 

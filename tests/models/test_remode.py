@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edge_runtime.errors import ConfigError
@@ -35,3 +37,17 @@ def test_everything_frozen_caches_the_whole_body() -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ConfigError, match="mode"):
         remode(load_spec("mnist-mlp-lora"), {"lora": "adapter"})
+
+
+def test_lora_train_a_false_freezes_a_and_shares_only_b(tmp_path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "models/specs/mnist-mlp-lora.toml").read_text()
+    spec_file = tmp_path / "ffa.toml"
+    spec_file.write_text(text.replace("lora_alpha = 16.0", "lora_alpha = 16.0\nlora_train_a = false"))
+    ffa = load_spec(spec_file)
+    roles, base = _roles(ffa), _roles(load_spec("mnist-mlp-lora"))
+    assert roles["fc2.lora_a"] == "frozen" and roles["fc2.lora_b"] == "shared"
+    assert base["fc2.lora_a"] == "shared"
+    assert {n for n, r in roles.items() if r == "shared"} == {n for n, r in base.items() if r == "shared"} - {"fc2.lora_a"}
+    spec_file.write_text(text.replace("lora_alpha = 16.0", "lora_alpha = 16.0\nlora_train_a = \"no\""))
+    with pytest.raises(ConfigError, match="lora_train_a"):
+        load_spec(spec_file)
