@@ -31,7 +31,8 @@ from .errors import ArtifactError, CodecError, ConfigError, FedgeError, TaskAbor
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .manifest import check_params
 from .model_runtime import ModelRuntime
-from .protocol import Ack, CheckIn, Decline, TrainTask, Update
+from .personalize import head_params, tune_head
+from .protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
 from .update_codec import decode_dense, dense_fp32_bytes, encode_tensors
@@ -248,6 +249,40 @@ class DeviceRuntime:
             return float(np.mean(np.argmax(logits[head], axis=1) == y)) if head in logits and len(y) else None
 
         return DeviceEval(len(y), acc("personal"), acc("global"))
+
+    def personalize(self, model_id: str, shared: dict[str, np.ndarray], steps: int, hyper: TaskHyper,
+                    from_global: bool = False, seed: int = 0) -> DeviceEval:
+        """Fit this device's personalized head to `shared` (a global model it received) with
+        `steps` head-only steps on its own data, keep it, and score it on the held-out split.
+
+        A model with a personal head tunes that head, starting from the device's own (or from
+        the global head's values when `from_global`, or when the device never trained). A
+        global-only model tunes a copy of head_global, kept as the device's tuned head; the
+        shared params themselves never change. accuracy_personal is the tuned model's."""
+        with self._busy:
+            model = self.model(model_id)
+            check_params(model.manifest, shared, "shared")
+            store = DeviceStore(self.state_root / self.device_id, model_id)
+            head = "personal" if "personal" in model.manifest.heads else "global"
+            own = None if from_global else store.load_personal()
+            personal = own if own is not None else model.initial("personal")
+            start = {**shared, **personal}
+            if head == "personal" and own is None and "global" in model.manifest.heads:  # begin from what the fleet learned
+                start.update(zip(head_params("personal"), (shared[n] for n in head_params("global"))))
+            z = model.embed(self.data.x_train, cache_key=0)
+            rng = np.random.default_rng([_stable_int(self.device_id), seed, self.seed, 7])
+            tuned = tune_head(self._backend(model, hyper.optimizer), start, head, z, self.data.y_train, hyper, steps, rng)
+            if head == "personal":
+                store.save_personal({**personal, **tuned})
+            else:
+                store.save_tuned_head(tuned)
+            z_test = model.embed(self.data.x_test, cache_key=1)
+            logits = self._backend(model, "sgd").predict({**start, **tuned}, z_test)[head]
+            y = self.data.y_test
+            acc = float(np.mean(np.argmax(logits, axis=1) == y)) if len(y) else None
+            global_logits = self._backend(model, "sgd").predict({**shared, **personal}, z_test).get("global")
+            acc_global = float(np.mean(np.argmax(global_logits, axis=1) == y)) if global_logits is not None and len(y) else None
+            return DeviceEval(len(y), acc, acc_global)
 
 
 def _fitting(arrays: dict | None, like: dict) -> dict | None:

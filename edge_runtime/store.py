@@ -1,6 +1,7 @@
 """The device's durable local state, one directory per (device, model).
 
     personal.npz    personal params (never leave the device)
+    tuned_head.npz  a global-only model's head_global, tuned on local data (personalize)
     opt_state.npz   optimizer state between rounds
     residual.npz    error-feedback residual of the compressor
     control.npz     SCAFFOLD client control variate c_i (shared params' shapes; absent = zeros)
@@ -63,6 +64,12 @@ class DeviceStore:
 
     def save_personal(self, arrays: Arrays) -> None:
         self._save("personal", arrays)
+
+    def load_tuned_head(self) -> Arrays | None:
+        return self._load("tuned_head")
+
+    def save_tuned_head(self, arrays: Arrays) -> None:
+        self._save("tuned_head", arrays)
 
     def load_opt_state(self) -> Arrays | None:
         return self._load("opt_state")

@@ -4,7 +4,7 @@ broker, real onnxruntime training, evaluation after every round.
 The fleet trains the spec that --personalization derives from the base spec
 (personalization.py). With --new-devices K the last K clients never join; after the last
 round they are scored on the global model, as received and after head-only local steps
-(finetune.py)."""
+(DeviceRuntime.personalize)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from tools.datasets import ClientData, FederatedDataset, build_federated, load_n
 
 from . import baselines as baseline_runs
 from .config import SimConfig
-from .finetune import HeadTuner
 from .personalization import personalized_spec
 
 log = logging.getLogger("fedge.simulate")
@@ -247,9 +246,6 @@ class _Scorer:
         self.evaluator = make_backend(setup.backend, setup.art_dir, setup.manifest, "sgd")
         # The eval graph takes every trainable input; the global head ignores the personal ones.
         self.placeholder_personal = setup.model.initial("personal")
-        needs_tuner = setup.cfg.personalization == "finetune" or setup.new_clients
-        self.tuner = HeadTuner(setup.model, setup.backend, Path(setup.cfg.out_dir) / "head-artifacts",
-                               setup.hyper) if needs_tuner else None
         self.evaluations = 0
 
     def round_row(self, record, shared: dict[str, np.ndarray], runtimes) -> dict:
@@ -269,29 +265,27 @@ class _Scorer:
         }
 
     def _personalized(self, shared, runtimes) -> list[float]:
-        cfg = self.setup.cfg
-        if cfg.personalization == "finetune":  # a fresh head copy per evaluation, tuned from the global head
-            accs = []
-            for i, client in enumerate(self.setup.data.clients):
-                if len(client.y_test):
-                    rng = np.random.default_rng([cfg.seed, self.evaluations, i])
-                    before, after = self.tuner.score(client, shared, cfg.finetune_steps, rng)
-                    accs.append(before if after is None else after)
-            return accs
-        evals = [rt.evaluate(self.setup.manifest.model_id, shared) for rt in runtimes]
+        cfg, model_id = self.setup.cfg, self.setup.manifest.model_id
+        if cfg.personalization == "finetune":  # each device tunes a copy of the new global head
+            evals = [rt.personalize(model_id, shared, cfg.finetune_steps, self.setup.hyper, from_global=True,
+                                    seed=self.evaluations) for rt in runtimes]
+        else:
+            evals = [rt.evaluate(model_id, shared) for rt in runtimes]
         return [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global for e in evals if e.num_test]
 
     def new_devices(self, shared: dict[str, np.ndarray]) -> dict:
-        """Devices that never trained: the global head as is, then after head-only fine-tuning."""
-        cfg = self.setup.cfg
-        scores = [self.tuner.score(c, shared, cfg.new_device_steps, np.random.default_rng([cfg.seed, 2**20, i]))
-                  for i, c in enumerate(self.setup.new_clients) if len(c.y_test)]
-        tuned = [after for _, after in scores if after is not None]
+        """Devices that never trained: the global head as is, then after head-only fine-tuning
+        on the device (DeviceRuntime.personalize, from the global head)."""
+        cfg, model_id = self.setup.cfg, self.setup.manifest.model_id
+        runtimes = [self.setup.runtime(c) for c in self.setup.new_clients if len(c.y_test)]
+        before = [rt.evaluate(model_id, shared).accuracy_global for rt in runtimes]
+        tuned = [rt.personalize(model_id, shared, cfg.new_device_steps, self.setup.hyper, from_global=True).accuracy_personal
+                 for rt in runtimes] if cfg.new_device_steps else []
         return {
             "count": len(self.setup.new_clients),
             "steps": cfg.new_device_steps,
-            "global_accuracy_mean": float(np.mean([b for b, _ in scores])),
-            "global_accuracy_min": float(np.min([b for b, _ in scores])),
+            "global_accuracy_mean": float(np.mean(before)),
+            "global_accuracy_min": float(np.min(before)),
             "tuned_accuracy_mean": float(np.mean(tuned)) if tuned else None,
             "tuned_accuracy_min": float(np.min(tuned)) if tuned else None,
         }

@@ -1,0 +1,84 @@
+"""Head-only fine-tuning on the device: fit one head to the device's data while the rest of
+the model stays exactly as received. Pure-ish like local_training (no clock, no I/O).
+
+It runs on the same trainer backend and train-step graph as a task. The graph updates every
+trainable param, so the other params are pinned: each step starts from the received values
+and only the head's new values and optimizer state are carried to the next step. That costs
+a full backward per step, which is small next to a task (a head needs tens of steps, a task
+hundreds), and needs no second set of artifacts on the device.
+
+Used for:
+  * a personalized model from a global one: a copy of head_global tuned on local data
+    (full-model FedAvg followed by head fine-tuning, or a device that joined after training);
+  * refreshing a private head (head_personal) against the newest shared body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from .errors import TrainingError
+from .local_training import step_hyper
+from .protocol import TaskHyper
+from .trainer.base import Params, TrainerBackend, fresh_optimizer_state
+
+HEADS = ("global", "personal")
+
+
+def head_params(head: str) -> tuple[str, str]:
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    return f"head_{head}.weight", f"head_{head}.bias"
+
+
+def tune_head(
+    backend: TrainerBackend,
+    params: Params,
+    head: str,
+    z: np.ndarray,
+    y: np.ndarray,
+    hyper: TaskHyper,
+    steps: int,
+    rng: np.random.Generator,
+) -> Params:
+    """`steps` minibatch steps on head `head` only; returns its new params (weight, bias).
+
+    params: every trainable param of the model (shared and personal), the starting point;
+    the head's entries are where tuning starts. Batches are drawn epoch by epoch from a
+    fresh permutation, as in a task; the optimizer state starts empty.
+    """
+    names = head_params(head)
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise TrainingError(f"the model has no {head} head to tune (missing {missing})")
+    if len(y) == 0:
+        raise TrainingError("no local training examples")
+    if steps <= 0:
+        return {n: np.array(params[n], np.float32) for n in names}
+    pinned = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    current = {n: pinned[n] for n in names}
+    fresh = fresh_optimizer_state(backend.manifest, hyper.optimizer)
+    state = dict(fresh)
+    carried = [k for k in fresh if k == "step" or any(k.startswith(f"{n}.") for n in names)]
+    sh = step_hyper(dataclasses.replace(hyper, mu=0.0))  # no prox: the head is not pulled back
+    shared = {p.name: pinned[p.name] for p in backend.manifest.by_role("shared")}
+    batch = max(1, min(hyper.batch_size, len(y)))
+    done = 0
+    while done < steps:
+        order = rng.permutation(len(y))
+        for b in range(math.ceil(len(y) / batch)):
+            idx = order[b * batch : (b + 1) * batch]
+            backend.start({**pinned, **current}, state, anchor=shared, correction=None)
+            loss = backend.step(z[idx], y[idx], sh)
+            if not math.isfinite(loss):
+                raise TrainingError(f"head tuning loss became {loss}; lower the learning rate (lr={hyper.lr})")
+            new_params, new_state = backend.current()
+            current = {n: new_params[n] for n in names}
+            state = {**fresh, **{k: new_state[k] for k in carried}}
+            done += 1
+            if done >= steps:
+                break
+    return current

@@ -1,0 +1,145 @@
+"""Head-only fine-tuning on the device (edge_runtime/personalize.py, DeviceRuntime.personalize).
+
+Oracle: the same steps written out by hand in numpy (softmax regression on the body's
+features, torch-semantics SGD with momentum), on the same batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_runtime.device import DeviceRuntime, LocalData
+from edge_runtime.errors import TrainingError
+from edge_runtime.model_runtime import ModelRuntime
+from edge_runtime.personalize import tune_head
+from edge_runtime.protocol import TaskHyper
+from edge_runtime.store import DeviceStore
+from edge_runtime.trainer import make_backend
+from edge_runtime.trainer.numpy_ref import NumpyModel, load_frozen
+from models.build import build_artifacts
+from models.spec import mlp_spec
+
+FEATURES, CLASSES = 12, 3
+HYPER = TaskHyper(epochs=1, batch_size=8, lr=0.2, optimizer="sgd", momentum=0.9)
+
+
+def _build(directory, head: str):
+    spec = mlp_spec(FEATURES, CLASSES, hidden=(8,), modes=("lora",), lora_rank=2, head=head, name=f"tiny-{head}")
+    manifest = build_artifacts(spec, directory, ort_training=False)
+    return directory, manifest, ModelRuntime(directory, expected_model_id=manifest.model_id)
+
+
+@pytest.fixture(scope="module")
+def dual(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("dual"), "dual")
+
+
+@pytest.fixture(scope="module")
+def global_only(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("global"), "global")
+
+
+def _separable(n, seed):
+    """Three well-separated clusters: a head alone can fit them."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    means = np.eye(CLASSES, FEATURES) * 4.0
+    return (means[y] + rng.normal(scale=0.5, size=(n, FEATURES))).astype(np.float32), y
+
+
+def _perturbed(runtime, rng):
+    return {k: (v + rng.normal(scale=0.3, size=v.shape)).astype(np.float32)
+            for k, v in {**runtime.initial("shared"), **runtime.initial("personal")}.items()}
+
+
+def _oracle(feats, y, w, b, steps, batch, lr, momentum, rng):
+    """Softmax-regression SGD (torch semantics) on fixed features, float64."""
+    w, b = w.astype(np.float64), b.astype(np.float64)
+    bw, bb = np.zeros_like(w), np.zeros_like(b)
+    done = 0
+    while done < steps:
+        order = rng.permutation(len(y))
+        for start in range(0, len(y), batch):
+            idx = order[start:start + batch]
+            logits = feats[idx] @ w + b
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(idx)), y[idx]] -= 1.0
+            p /= len(idx)
+            bw, bb = momentum * bw + feats[idx].T @ p, momentum * bb + p.sum(axis=0)
+            w, b = w - lr * bw, b - lr * bb
+            done += 1
+            if done >= steps:
+                break
+    return w, b
+
+
+@pytest.mark.parametrize("head", ["personal", "global"])
+def test_tuned_head_matches_a_hand_written_head_only_sgd(dual, head):
+    art, manifest, runtime = dual
+    params = _perturbed(runtime, np.random.default_rng(0))
+    x, y = _separable(29, 1)  # 29: the last batch of each epoch is short
+    z = runtime.embed(x)
+    backend = make_backend("portable", art, manifest, "sgd")
+    steps = 11  # crosses an epoch boundary (4 batches per epoch)
+    tuned = tune_head(backend, params, head, z, y, HYPER, steps, np.random.default_rng(5))
+
+    feats = NumpyModel(manifest.spec, load_frozen(art, manifest), np.float64).forward(
+        {k: v.astype(np.float64) for k, v in params.items()}, z.astype(np.float64))[0]
+    w, b = _oracle(feats, y, params[f"head_{head}.weight"], params[f"head_{head}.bias"], steps, HYPER.batch_size,
+                   HYPER.lr, HYPER.momentum, np.random.default_rng(5))
+    assert set(tuned) == {f"head_{head}.weight", f"head_{head}.bias"}
+    np.testing.assert_allclose(tuned[f"head_{head}.weight"], w, atol=2e-5)
+    np.testing.assert_allclose(tuned[f"head_{head}.bias"], b, atol=2e-5)
+    assert not np.allclose(tuned[f"head_{head}.weight"], params[f"head_{head}.weight"])
+
+
+def test_tuning_a_head_the_model_lacks_is_a_training_error(global_only):
+    art, manifest, runtime = global_only
+    backend = make_backend("portable", art, manifest, "sgd")
+    x, y = _separable(8, 0)
+    with pytest.raises(TrainingError, match="no personal head"):
+        tune_head(backend, runtime.initial("shared"), "personal", runtime.embed(x), y, HYPER, 3, np.random.default_rng(0))
+
+
+def _device(model, root, seed=0):
+    art, manifest, _ = model
+    x, y = _separable(60, seed)
+    return DeviceRuntime("dev-a", LocalData(x[:45], y[:45], x[45:], y[45:]), {manifest.model_id: art}, root)
+
+
+def test_a_global_only_model_gets_a_tuned_copy_of_its_head_and_the_shared_params_stay(global_only, tmp_path):
+    _, manifest, runtime = global_only
+    shared = runtime.initial("shared")
+    shared["head_global.weight"][:] = 0.0  # a global head that knows nothing: chance level
+    before = {k: v.copy() for k, v in shared.items()}
+    device = _device(global_only, tmp_path)
+    untuned = device.personalize(manifest.model_id, shared, 0, HYPER)
+    tuned = device.personalize(manifest.model_id, shared, 40, HYPER)
+    assert untuned.accuracy_personal == untuned.accuracy_global  # 0 steps: the global head as is
+    assert tuned.accuracy_personal >= 0.9 > untuned.accuracy_personal
+    for name, value in before.items():
+        np.testing.assert_array_equal(shared[name], value)
+    kept = DeviceStore(tmp_path / "dev-a", manifest.model_id).load_tuned_head()
+    assert set(kept) == {"head_global.weight", "head_global.bias"}
+    assert not np.array_equal(kept["head_global.weight"], shared["head_global.weight"])
+
+
+def test_a_private_head_starts_from_the_global_head_when_the_device_never_trained(dual, tmp_path):
+    _, manifest, runtime = dual
+    shared = runtime.initial("shared")
+    shared["head_global.weight"] = np.random.default_rng(3).normal(size=shared["head_global.weight"].shape).astype(np.float32)
+    device = _device(dual, tmp_path)
+    result = device.personalize(manifest.model_id, shared, 0, HYPER)
+    store = DeviceStore(tmp_path / "dev-a", manifest.model_id)
+    np.testing.assert_array_equal(store.load_personal()["head_personal.weight"], shared["head_global.weight"])
+    assert result.accuracy_personal == result.accuracy_global
+
+    # With its own head kept, tuning starts from that head; from_global starts over.
+    own = store.load_personal()
+    own["head_personal.weight"] = np.zeros_like(own["head_personal.weight"])
+    store.save_personal(own)
+    device.personalize(manifest.model_id, shared, 1, HYPER)
+    assert np.abs(store.load_personal()["head_personal.weight"]).max() < 0.5  # one small step from zero
+    device.personalize(manifest.model_id, shared, 0, HYPER, from_global=True)
+    np.testing.assert_array_equal(store.load_personal()["head_personal.weight"], shared["head_global.weight"])
