@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,12 +45,23 @@ def test_multipliers_against_a_naive_loop():
 def test_shards_target_picks_the_fastest_algorithm_and_shows_fedavg():
     mults = m.multipliers([_cell("iid", "fedavg", 10), _cell("shards-2", "fedavg", 35),
                            _cell("iid", "scaffold", 12), _cell("shards-2", "scaffold", 20)])
-    t = m.target_shards(mults, "d")
+    t = m.target_shards(mults, "d", 50)
     assert t["met"] is True and t["best"] == "scaffold" and t["best_multiplier"] == pytest.approx(20 / 12)
     assert t["fedavg_multiplier"] == 3.5 and "3.50x" in t["detail"]
-    slow = m.target_shards(m.multipliers([_cell("iid", "fedavg", 10), _cell("shards-2", "fedavg", 35)]), "d")
+    slow = m.target_shards(m.multipliers([_cell("iid", "fedavg", 10), _cell("shards-2", "fedavg", 35)]), "d", 50)
     assert slow["met"] is False
-    assert m.target_shards([], "d")["met"] is None
+    assert m.target_shards([], "d", 50)["met"] is None
+
+
+def test_shards_target_counts_personalization_on_against_its_own_iid_run():
+    mults = m.multipliers([_cell("iid", "scaffold", 13), _cell("shards-2", "scaffold", 28),  # 2.15x
+                           _cell("iid", "scaffold", 13, True), _cell("shards-2", "scaffold", 26, True),  # 2.00x
+                           _cell("iid", "fedavg", 12), _cell("shards-2", "fedavg", None)])
+    t = m.target_shards(mults, "d", 50)
+    assert t["met"] is True and t["best_personalization"] is True and t["best_multiplier"] == pytest.approx(2.0)
+    assert "2.15x" in t["detail"]  # the best with personalization off is shown too
+    assert "never in 50 rounds > 4.17x (IID: 12)" in t["detail"]  # FedAvg's lower bound
+    assert t["fedavg_multiplier"] is None
 
 
 def test_personalization_compression_and_adapter_targets():
@@ -58,10 +70,20 @@ def test_personalization_compression_and_adapter_targets():
              _cell("dirichlet-0.1", "fedavg", None, False, personalized_accuracy_mean=0.6, personalized_accuracy_min=0.1,
                    final_global_accuracy=0.8)]
     base = {"dirichlet-0.1": {"local_only": {"accuracy_mean": 0.90}}}
-    t = m.target_personalized(cells, base, "d")
+    t = m.target_personalized(cells, [], base, "d")
     assert t["met"] is True and t["checks"] == {"vs_local": True, "vs_global": True, "worst": True}
     base["dirichlet-0.1"]["local_only"]["accuracy_mean"] = 0.92  # +1 point is not +2
-    assert m.target_personalized(cells, base, "d")["checks"]["vs_local"] is False
+    assert m.target_personalized(cells, [], base, "d")["checks"]["vs_local"] is False
+    # A mode run on fewer devices is compared with local-only on exactly those devices.
+    base["dirichlet-0.1"]["local_only"]["accuracy_per_device"] = {"a": 0.80, "b": 0.84, "c": 1.0}
+    mode = {"mode": "finetune", "personalized_accuracy_mean": 0.86, "personalized_accuracy_min": 0.85,
+            "final_global_accuracy": 0.7, "devices": ["a", "b"]}
+    t = m.target_personalized(cells, [mode], base, "d", modes_partition="dirichlet-0.1")
+    assert t["met"] is False  # 0.86 < the best global 0.8 + 0.10
+    mode["personalized_accuracy_mean"] = 0.95
+    t = m.target_personalized(cells, [mode], base, "d", modes_partition="dirichlet-0.1")
+    assert t["met"] is True and t["candidate"] == "fedavg, finetune mode" and "0.820" in t["detail"]
+    assert m.target_personalized(cells, [mode], base, "d", modes_partition="iid")["candidate"] == "fedavg, adapters"
 
     rows = [{"setting": "dense-fp32", "error_feedback": True, "ratio_vs_dense": 1.0, "accuracy_delta_vs_dense": 0.0,
              "final_accuracy": 0.8},
@@ -73,6 +95,11 @@ def test_personalization_compression_and_adapter_targets():
     assert t["met"] is True and "without EF" in t["detail"]
     rows[1]["accuracy_delta_vs_dense"] = -0.02
     assert m.target_compression(rows)["met"] is False
+    # Per model: a second model that meets it is enough, and each model is judged against its own dense run.
+    rows += [dict(r, model="full") for r in rows]
+    rows[-2]["accuracy_delta_vs_dense"] = -0.004
+    t = m.target_compression(rows)
+    assert t["met"] is True and "adapters model" in t["detail"] and "full model" in t["detail"]
 
     curve = {"personalized_accuracy_curve": [0.5, 0.8, 0.9, 0.9, 0.9], "model": {"shared_params": 10}}
     adapters = {**curve, "bytes_up_curve": [100] * 5, "bytes_up_per_round": 100.0}
@@ -86,7 +113,8 @@ def test_personalization_compression_and_adapter_targets():
 
 TINY = HeteroGrid(datasets=("digits",), partitions=("iid", "shards-2"), algorithms=("fedavg",), devices=6,
                   clients_per_round=3, rounds=2, epochs=1, local_epochs=2, central_epochs=2,
-                  compression=("dense-fp32", "int8-top1%"), compression_partition="iid", modes=("adapters", "full"),
+                  compression=("dense-fp32", "int8-top1%"), compression_partition="iid", compression_models=("adapters",),
+                  compression_rounds=2, modes=("adapters", "full"),
                   modes_partition="shards-2", new_devices=1, finetune_steps=2, workers=1)
 
 
@@ -94,6 +122,12 @@ def test_jobs_cover_the_grid():
     kinds = [j.kind for j in build_jobs(TINY)]
     assert kinds.count("cell") == 2 * 1 * 2 and kinds.count("baselines") == 2
     assert kinds.count("compression") == 2 * 2 and kinds.count("mode") == 2
+    both = build_jobs(replace(TINY, compression_models=("adapters", "full"), compression_rounds=7))
+    sweep = [j for j in both if j.kind == "compression"]
+    assert len(sweep) == 2 * 2 * 2 and {j.cfg.rounds for j in sweep} == {7}
+    assert {(j.labels["compression_model"], j.cfg.personalization, j.cfg.finetune_steps) for j in sweep} == {
+        ("adapters", "none", 0), ("full", "finetune", 0)}
+    assert both[0].kind == "compression"  # the longest jobs go first
     assert build_jobs(TINY, data_dir="x")[-1].labels == {"dataset": "x", "partition": "given"}
 
 

@@ -71,11 +71,18 @@ def markdown(doc: dict) -> str:
                   *(f"- {f}" for f in failed), ""]
     lines += _multiplier_section(doc)
     if doc["compression"]:
+        rounds = g.get("compression_rounds", g["rounds"])
+        about = {"adapters": "*adapters* (LoRA + global head, what the fleet uploads by default)",
+                 "full": "*full* (the whole layer + global head: full-model FedAvg)"}
+        models = [about.get(k, k) for k in dict.fromkeys(r.get("model", "adapters") for r in doc["compression"])]
         lines += ["## Communication", "",
-                  f"FedAvg, personalization off, {g['compression_partition']}. Ratio = dense fp32 bytes per round / "
-                  "this setting's, both on the wire.", ""] + _table(
-            ["setting", "error feedback", "final accuracy", "KiB up/round", "ratio vs dense", "Δ vs dense (pt)"],
-            [[r["setting"], "yes" if r["error_feedback"] else "no", _pct(r["final_accuracy"]), _kib(r["bytes_up_per_round"]),
+                  f"FedAvg, personalization off, {g['compression_partition']}, {rounds} rounds; model: "
+                  f"{' and '.join(models)}. Ratio = the same model's dense fp32 bytes per round / this setting's, both as "
+                  "whole messages on the wire. Sparse indices travel as gap varints (about 1.2 B each).", ""] + _table(
+            ["model", "shared params", "setting", "error feedback", "final accuracy", "KiB up/round", "ratio vs dense",
+             "Δ vs dense (pt)"],
+            [[r.get("model", "adapters"), r.get("shared_params", "–"), r["setting"], "yes" if r["error_feedback"] else "no",
+              _pct(r["final_accuracy"]), _kib(r["bytes_up_per_round"]),
               f"{r['ratio_vs_dense']:.1f}x" if r["ratio_vs_dense"] else "–",
               f"{100 * r['accuracy_delta_vs_dense']:+.1f}" if r["accuracy_delta_vs_dense"] is not None else "–"]
              for r in doc["compression"]])
@@ -87,22 +94,28 @@ def markdown(doc: dict) -> str:
 
 
 def _multiplier_section(doc: dict) -> list[str]:
-    rows = [r for r in doc["multipliers"] if not r["personalization"]]
+    rows = doc["multipliers"]
     if not rows:
         return []
+    rounds = doc["grid"]["rounds"]
     partitions = list(dict.fromkeys(r["partition"] for r in rows))
     table = {}
     for r in rows:
         cell = "–" if r["multiplier"] is None else f"{r['multiplier']:.2f}x"
-        if r["rounds_to_target"] is None:
+        if r["rounds_to_target"] is None and r["iid_rounds_to_target"]:
+            cell = f"never (> {rounds / r['iid_rounds_to_target']:.2f}x)"
+        elif r["rounds_to_target"] is None:
             cell = "never"
         elif r["iid_rounds_to_target"] is None:
             cell = f"({r['rounds_to_target']}, IID never)"
-        table.setdefault((r["dataset"], r["algorithm"]), {})[r["partition"]] = cell
+        key = (r["dataset"], r["algorithm"], "on" if r["personalization"] else "off")
+        table.setdefault(key, {})[r["partition"]] = cell
+    ordered = sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))
     return ["## Non-IID / IID round multiplier", "",
-            "Rounds to target on the partition / rounds on IID, personalization off; *never* = not within the rounds run.",
-            ""] + _table(["dataset", "algorithm", *partitions],
-                         [[d, a, *(v.get(p, "–") for p in partitions)] for (d, a), v in table.items()])
+            "Rounds to target on the partition / rounds on IID with the same algorithm and personalization; *never* = "
+            f"not within the {rounds} rounds run (the bound is {rounds} / the IID rounds).", ""] + _table(
+        ["dataset", "algorithm", "pers.", *partitions], [[d, a, p, *(v.get(x, "–") for x in partitions)]
+                                                          for (d, a, p), v in ordered])
 
 
 def _modes_section(doc: dict) -> list[str]:
@@ -179,7 +192,7 @@ def write_plots(doc: dict, out: Path) -> list[Path]:
             for b in r["bytes_up_curve"]:
                 sent += b
                 xs.append(sent / 1024)
-            label = f"{r['setting']}{'' if r['error_feedback'] else ' no EF'}"
+            label = f"{r.get('model', 'adapters')} {r['setting']}{'' if r['error_feedback'] else ' no EF'}"
             ax1.plot(xs, r["global_accuracy_curve"], label=label, ls="-" if r["error_feedback"] else ":")
             ax2.scatter(r["bytes_up_per_round"] / 1024, r["final_accuracy"], marker="o" if r["error_feedback"] else "x")
             ax2.annotate(label, (r["bytes_up_per_round"] / 1024, r["final_accuracy"]), fontsize=7)

@@ -23,14 +23,16 @@ Output JSON (schema 1):
         wall_seconds                         float: the whole simulation, evaluation included
         declines                             {reason: count}: tasks devices declined (e.g. training_failed)
         rounds, shared_params, global_accuracy_curve, personalized_accuracy_curve
-    baselines: {partition: {dataset, local_only: {accuracy_mean, accuracy_min, epochs},
+    baselines: {partition: {dataset, local_only: {accuracy_mean, accuracy_min, epochs, accuracy_per_device},
                             central: {accuracy, epochs}, target_accuracy}}
     multipliers: list of {dataset, algorithm, personalization, partition, rounds_to_target,
                           iid_rounds_to_target, multiplier (null when either is null)}
-    compression: list of {setting, quant_bits, topk_fraction, error_feedback, final_accuracy,
-                          bytes_up_per_round, ratio_vs_dense, accuracy_delta_vs_dense, curves}
+    compression: list of {model ("adapters" | "full"), shared_params, rounds, setting, quant_bits,
+                          topk_fraction, error_feedback, final_accuracy, bytes_up_per_round, ratio_vs_dense, accuracy_delta_vs_dense, curves};
+                          ratios and deltas are against the same model's dense fp32 run
     personalization_modes: list of {mode, shared_params, personal_params, bytes_up_per_round,
-                          final_global_accuracy, personalized_accuracy_mean, _min, new_devices}
+                          final_global_accuracy, personalized_accuracy_mean, _min, new_devices,
+                          devices (the ids that trained)}
     upload_comparison: adapters vs full (tools/bench/hetero_metrics.upload_comparison), or null
     targets: list of {id, name, met (true, false, or null = not measured), detail, ...}
     errors: jobs that failed, with the error
@@ -115,7 +117,8 @@ def _safe_run(job: Job) -> dict:
 
 
 def _progress(i: int, n: int, row: dict) -> str:
-    labels = " ".join(str(row[k]) for k in ("dataset", "partition", "algorithm", "setting", "mode") if k in row)
+    keys = ("dataset", "partition", "algorithm", "compression_model", "setting", "mode")
+    labels = " ".join(str(row[k]) for k in keys if k in row)
     if "personalization" in row:
         labels += f" personalization {'on' if row['personalization'] else 'off'}"
     if "error_feedback" in row:
@@ -155,11 +158,13 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
     modes = {r["mode"]: r for r in ok if r["kind"] == "mode"}
     mode_rows = [{"mode": k, "shared_params": r["model"]["shared_params"], "personal_params": r["model"]["personal_params"],
                   "bytes_up_per_round": r["bytes_up_per_round"], **_finals(r, window), "new_devices": r["new_devices"],
-                  "wall_seconds": r["wall_seconds"]} for k, r in sorted(modes.items(), key=lambda kv: grid.modes.index(kv[0]))]
+                  "devices": r.get("devices"), "wall_seconds": r["wall_seconds"]}
+                 for k, r in sorted(modes.items(), key=lambda kv: grid.modes.index(kv[0]))]
     comparison = m.upload_comparison(modes["adapters"], modes["full"], window) if {"adapters", "full"} <= set(modes) else None
     mults = m.multipliers(cells)
     primary = grid.datasets[0] if grid.datasets else None
-    targets = [m.target_shards(mults, primary), m.target_personalized(cells, baselines, primary),
+    targets = [m.target_shards(mults, primary, grid.rounds),
+               m.target_personalized(cells, mode_rows, baselines, primary, modes_partition=grid.modes_partition),
                m.target_compression(compression), m.target_adapters(comparison)]
     return {
         "schema": 1, "benchmark": "heterogeneity", "quick": quick, "grid": asdict(grid), "environment": _environment(),
@@ -176,19 +181,25 @@ def _finals(r: dict, window: int) -> dict:
 
 
 def _compression(rows: list[dict], window: int) -> list[dict]:
-    dense = next((r for r in rows if r["setting"] == "dense-fp32" and r["error_feedback"]), None)
-    dense = dense or next((r for r in rows if r["setting"] == "dense-fp32"), None)
-    dense_acc = m.final_accuracy(dense["global_accuracy_curve"], window) if dense else None
+    """One row per (model, setting, error feedback); ratios and deltas against the same model's dense fp32."""
     out = []
-    for r in sorted(rows, key=lambda r: (list(COMPRESSION).index(r["setting"]), not r["error_feedback"])):
-        acc = m.final_accuracy(r["global_accuracy_curve"], window)
-        bits, topk = COMPRESSION[r["setting"]]
-        out.append({"setting": r["setting"], "quant_bits": bits, "topk_fraction": topk, "error_feedback": r["error_feedback"],
-                    "final_accuracy": acc, "bytes_up_per_round": r["bytes_up_per_round"],
-                    "ratio_vs_dense": dense["bytes_up_per_round"] / r["bytes_up_per_round"] if dense else None,
-                    "accuracy_delta_vs_dense": acc - dense_acc if dense else None,
-                    "global_accuracy_curve": r["global_accuracy_curve"], "bytes_up_curve": r["bytes_up_curve"],
-                    "wall_seconds": r["wall_seconds"]})
+    models = list(dict.fromkeys(r.get("compression_model", "adapters") for r in rows))
+    for model in models:
+        mine = [r for r in rows if r.get("compression_model", "adapters") == model]
+        dense = next((r for r in mine if r["setting"] == "dense-fp32" and r["error_feedback"]), None)
+        dense = dense or next((r for r in mine if r["setting"] == "dense-fp32"), None)
+        dense_acc = m.final_accuracy(dense["global_accuracy_curve"], window) if dense else None
+        for r in sorted(mine, key=lambda r: (list(COMPRESSION).index(r["setting"]), not r["error_feedback"])):
+            acc = m.final_accuracy(r["global_accuracy_curve"], window)
+            bits, topk = COMPRESSION[r["setting"]]
+            out.append({"model": model, "shared_params": r["model"]["shared_params"], "rounds": r["rounds"],
+                        "setting": r["setting"], "quant_bits": bits, "topk_fraction": topk,
+                        "error_feedback": r["error_feedback"], "final_accuracy": acc,
+                        "bytes_up_per_round": r["bytes_up_per_round"],
+                        "ratio_vs_dense": dense["bytes_up_per_round"] / r["bytes_up_per_round"] if dense else None,
+                        "accuracy_delta_vs_dense": acc - dense_acc if dense else None,
+                        "global_accuracy_curve": r["global_accuracy_curve"], "bytes_up_curve": r["bytes_up_curve"],
+                        "wall_seconds": r["wall_seconds"]})
     return out
 
 

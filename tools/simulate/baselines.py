@@ -23,7 +23,7 @@ def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, ep
     is scored on its own held-out split (personal head when there is one)."""
     be = make_backend(backend, model.dir, model.manifest, hyper.optimizer)
     head = "personal" if "personal" in model.manifest.heads else "global"
-    accs = []
+    accs, per_device = [], {}
     for i, client in enumerate(data.clients):
         z = model.embed(client.x_train)
         shared, personal = model.initial("shared"), model.initial("personal")
@@ -32,7 +32,9 @@ def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, ep
         params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
         if len(client.y_test):
             accs.append(_accuracy(be.predict(params, model.embed(client.x_test))[head], client.y_test))
-    return {"accuracy_mean": float(np.mean(accs)), "accuracy_min": float(np.min(accs)), "epochs": epochs}
+            per_device[client.client_id] = accs[-1]
+    return {"accuracy_mean": float(np.mean(accs)), "accuracy_min": float(np.min(accs)), "epochs": epochs,
+            "accuracy_per_device": per_device}
 
 
 def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str, seed: int) -> dict:

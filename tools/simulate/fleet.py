@@ -266,7 +266,7 @@ class _Scorer:
 
     def _personalized(self, shared, runtimes) -> list[float]:
         cfg, model_id = self.setup.cfg, self.setup.manifest.model_id
-        if cfg.personalization == "finetune":  # each device tunes a copy of the new global head
+        if cfg.personalization == "finetune" and cfg.finetune_steps:  # each device tunes a copy of the new global head
             evals = [rt.personalize(model_id, shared, cfg.finetune_steps, self.setup.hyper, from_global=True,
                                     seed=self.evaluations) for rt in runtimes]
         else:
