@@ -186,21 +186,27 @@ def write_plots(doc: dict, out: Path) -> list[Path]:
         plt.close(fig)
         written.append(out / name)
     if doc["compression"]:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        for r in doc["compression"]:
-            sent, xs = 0, []
-            for b in r["bytes_up_curve"]:
-                sent += b
-                xs.append(sent / 1024)
-            label = f"{r.get('model', 'adapters')} {r['setting']}{'' if r['error_feedback'] else ' no EF'}"
-            ax1.plot(xs, r["global_accuracy_curve"], label=label, ls="-" if r["error_feedback"] else ":")
-            ax2.scatter(r["bytes_up_per_round"] / 1024, r["final_accuracy"], marker="o" if r["error_feedback"] else "x")
-            ax2.annotate(label, (r["bytes_up_per_round"] / 1024, r["final_accuracy"]), fontsize=7)
-        ax1.set(xscale="log", xlabel="cumulative uplink KiB (on the wire)", ylabel="global accuracy", ylim=(0, 1),
-                title="accuracy vs uplink bytes")
-        ax2.set(xscale="log", xlabel="uplink KiB per round", ylabel="final accuracy", title="final accuracy vs bytes/round")
-        ax1.legend(fontsize=7)
-        for ax in (ax1, ax2):
+        models = list(dict.fromkeys(r.get("model", "adapters") for r in doc["compression"]))
+        fig, axes = plt.subplots(1, len(models) + 1, figsize=(5.2 * (len(models) + 1), 4.2), squeeze=False)
+        scatter = axes[0, -1]
+        for ax, model in zip(axes[0], models):
+            for r in (r for r in doc["compression"] if r.get("model", "adapters") == model):
+                sent, xs = 0, []
+                for b in r["bytes_up_curve"]:
+                    sent += b
+                    xs.append(sent / 1024)
+                label = f"{r['setting']}{'' if r['error_feedback'] else ' no EF'}"
+                line, = ax.plot(xs, r["global_accuracy_curve"], label=label, lw=1.1,
+                                ls="-" if r["error_feedback"] else ":")
+                marker = ("o" if model == models[0] else "s") if r["error_feedback"] else "x"
+                scatter.scatter(r["bytes_up_per_round"] / 1024, r["final_accuracy"], marker=marker, color=line.get_color())
+                scatter.annotate(f"{model} {label}", (r["bytes_up_per_round"] / 1024, r["final_accuracy"]), fontsize=6)
+            ax.set(xscale="log", xlabel="cumulative uplink KiB (on the wire)", ylabel="global accuracy", ylim=(0.5, 1),
+                   title=f"{model} model: accuracy vs uplink bytes")
+            ax.legend(fontsize=6, loc="lower right")
+        scatter.set(xscale="log", xlabel="uplink KiB per round", ylabel="final accuracy",
+                    title="final accuracy vs bytes/round (x: no EF)")
+        for ax in axes[0]:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "accuracy_vs_uplink.png", dpi=100)
