@@ -7,7 +7,7 @@ is back, and `connection_count` goes up on every successful (re)connect so the o
 resend what the broker may have lost.
 
 Sessions are persistent (clean_start false, session expiry), so QoS 1 messages addressed to
-a device while it is offline wait in the broker. Reconnects are automatic, with full-jitter
+a device while it is offline wait in the broker. Reconnects are automatic, with jittered
 exponential backoff (backoff.py). A message larger than the negotiated maximum packet size
 is split into chunks (chunks.py) on the same topic and reassembled on receipt; what fails
 reassembly is logged and counted in `dropped`, and never reaches the caller.
@@ -76,7 +76,7 @@ class MqttSettings:
     clean_start: bool = False
     connect_timeout_s: float = 10.0
     op_timeout_s: float = 10.0  # subscribe/flush wait for the broker's answer this long
-    reconnect_min_s: float = 0.5
+    reconnect_min_s: float = 0.5  # the first retry waits between half this and this (seconds), jittered
     reconnect_max_s: float = 30.0
     max_packet_size: int = 0  # 0 = what the broker announces; else also cap at this (bytes)
     max_message_bytes: int = 64 << 20  # largest reassembled message accepted

@@ -85,6 +85,28 @@ def test_backoff_is_jittered_and_bounded():
     b = Backoff(0.5, 8.0)
     rng = random.Random(1)
     delays = [[b.delay(a, rng) for _ in range(200)] for a in range(8)]
-    assert all(0.5 <= d <= 8.0 for row in delays for d in row)
-    assert all(d == 0.5 for d in delays[0])  # the cap for the first retry is min_s
+    assert all(0.25 <= d <= 8.0 for row in delays for d in row)
+    assert all(0.25 <= d <= 0.5 for d in delays[0])  # the first retry: between min_s/2 and min_s
     assert max(delays[7]) > 4.0 and len({round(d, 6) for d in delays[7]}) > 150  # spread, not lockstep
+
+
+def test_first_retry_is_jittered_so_a_fleet_does_not_reconnect_in_lockstep():
+    # After a broker restart every device is at attempt 0: the first delay must differ per device.
+    b = Backoff(0.5, 30.0)
+    firsts = [b.delay(0, random.Random(seed)) for seed in range(100)]
+    assert all(0.25 <= d <= 0.5 for d in firsts)
+    assert len({round(d, 6) for d in firsts}) > 90
+    assert max(firsts) - min(firsts) > 0.2  # spread over most of the window
+
+
+def test_transport_jitters_the_delay_it_gives_paho_after_a_reset():
+    from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+
+    delays = set()
+    for seed in range(5):
+        t = MqttTransport(f"c{seed}", MqttSettings(), rng=random.Random(seed))  # connect_async: no I/O yet
+        t._attempt = 0
+        t._set_next_delay()  # what _on_connect does after a successful (re)connect
+        delays.add(t._client._reconnect_min_delay)
+        assert 0.25 <= t._client._reconnect_min_delay <= 0.5
+    assert len(delays) == 5
