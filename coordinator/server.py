@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_runtime.clock import SystemClock
 from edge_runtime.codec import encode_message
-from edge_runtime.errors import ConfigError, PayloadTooLarge
+from edge_runtime.errors import ConfigError, ConnectionLost, NotConnected, PayloadTooLarge
 from edge_runtime.manifest import Manifest
 from edge_runtime.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace, RoundModel,
                                    Status, TrainTask, Update, all_devices_topic, device_of, device_topic,
@@ -94,6 +94,7 @@ class Coordinator:
         self._recent: deque[dict] = deque(maxlen=_RECENT_ROUNDS)  # `seen` of closed rounds, without a store
         self._logged: Counter[str] = Counter()
         self._parts_retained = 0  # model-part topics this process left a retained message on
+        self._announce_due = False  # the last announcement could not be published; tick() retries
         self.session = uuid.uuid4().hex  # in every Announcement: devices check in again when it changes
         if store is not None:
             self._load(store)
@@ -341,6 +342,16 @@ class Coordinator:
         note = Announcement(self.manifest.model_id, self.state.version, self.manifest_sha256,
                             rnd.ctx.round_id if rnd else 0, "training" if rnd else "idle", self.session)
         self._send(ANNOUNCE_TOPIC, encode_message(note), retain=True)
+        self._announce_due = False
+
+    def _announce_or_defer(self) -> None:
+        """Announce now, or, without a link, leave it to tick() or on_reconnect()."""
+        try:
+            self._announce()
+        except (NotConnected, ConnectionLost) as exc:
+            if not self._announce_due:
+                log.warning("coordinator: announcement deferred until the link is back: %s", exc)
+            self._announce_due = True
 
     def _send(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.transport.publish(topic, payload, qos=1, retain=retain)
@@ -386,6 +397,8 @@ class Coordinator:
 
     def tick(self) -> RoundRecord | None:
         """Advance the open round with the clock; commit or abandon it when it is done."""
+        if self._announce_due:
+            self._announce_or_defer()
         rnd = self.round
         if rnd is None:
             return None
@@ -427,7 +440,9 @@ class Coordinator:
         # nothing from it was applied.
         self.next_round_id = record.round_id + 1
         self.metrics.round_closed(record.committed, record.reports, record.seconds, self.state.version)
-        self._announce()
+        # The round is closed (and committed, with a store) whatever the link does now: the
+        # caller must get this record, so a dropped link only defers the announcement.
+        self._announce_or_defer()
         log.info("round %d %s: %s", record.round_id, "committed" if record.committed else "abandoned", record.why)
         return record
 
