@@ -79,7 +79,12 @@ class MqttSettings:
     reconnect_min_s: float = 0.5  # the first retry waits between half this and this (seconds), jittered
     reconnect_max_s: float = 30.0
     max_packet_size: int = 0  # 0 = what the broker announces; else also cap at this (bytes)
-    max_message_bytes: int = 64 << 20  # largest reassembled message accepted
+    max_message_bytes: int = 64 << 20  # largest message published (chunked if need be), and by default received
+    # Receiving: the largest reassembled message accepted, which is also what one sender may
+    # hold in incomplete chunk sets; 0 = max_message_bytes. A receiver that knows its largest
+    # legitimate message sets this (the coordinator: its max_update_bytes).
+    max_inbound_bytes: int = 0
+    max_pending_bytes: int = 0  # all senders' incomplete chunk sets together; 0 = 4 x the inbound limit
     chunk_expiry_s: float = 120.0  # an incomplete chunk set is dropped after this
 
     def __post_init__(self) -> None:
@@ -93,6 +98,18 @@ class MqttSettings:
         if self.max_packet_size and self.max_packet_size < 1024:
             raise ConfigError("broker.max_packet_size must be 0 (broker's value) or >= 1024 bytes")
         Backoff(self.reconnect_min_s, self.reconnect_max_s)
+        if min(self.max_message_bytes, self.max_inbound_bytes + 1, self.max_pending_bytes + 1) < 1:
+            raise ConfigError("broker: max_message_bytes must be >= 1; max_inbound_bytes and max_pending_bytes >= 0")
+
+    @property
+    def inbound_limit(self) -> int:
+        """Largest reassembled message accepted, and one sender's share of reassembly memory (bytes)."""
+        return self.max_inbound_bytes or self.max_message_bytes
+
+    @property
+    def pending_limit(self) -> int:
+        """What all senders' incomplete chunk sets may hold together (bytes)."""
+        return self.max_pending_bytes or 4 * self.inbound_limit
 
     def endpoint(self) -> tuple[str, int, bool]:
         """(host, port, tls) from the url."""
@@ -139,11 +156,11 @@ class MqttTransport(Transport):
         self._connect_failures = 0
         self._suback: dict[int, tuple[threading.Event, list]] = {}
         self._broker_max_packet = _DEFAULT_PACKET
-        self._reassembler = Reassembler(settings.max_message_bytes, 4 * settings.max_message_bytes, settings.chunk_expiry_s)
+        self._reassembler = Reassembler(settings.inbound_limit, settings.pending_limit, settings.chunk_expiry_s)
         self._last_expiry = time.monotonic()
         self._chunk_lock = threading.Lock()  # the reassembler is fed by paho's thread, expired by ours
         self.connection_count = 0  # successful CONNACKs so far
-        self.dropped: Counter[str] = Counter()  # inbound frames dropped, by reason
+        self._dropped: Counter[str] = Counter()  # chunk frames refused, by reason (under _chunk_lock)
         self.refused_publishes = 0  # PUBACKs with a failure reason (e.g. ACL)
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
@@ -210,6 +227,19 @@ class MqttTransport(Transport):
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """Inbound chunk frames refused (oversize, malformed_chunk, chunk_memory_full) and
+        incomplete sets thrown away (chunks_expired, chunks_evicted), by reason; a snapshot."""
+        with self._chunk_lock:
+            return self._dropped + self._reassembler.dropped
+
+    @property
+    def pending_chunk_bytes(self) -> int:
+        """Bytes held now in incomplete chunk sets, all senders together."""
+        with self._chunk_lock:
+            return self._reassembler.pending_bytes
 
     @property
     def max_payload(self) -> int:
@@ -377,8 +407,12 @@ class MqttTransport(Transport):
                 with self._chunk_lock:
                     whole = self._reassembler.feed(message.topic, payload, time.monotonic())
             except CodecError as exc:
-                self.dropped[exc.reason] += 1
-                log.warning("%s: dropped a chunk on %s: %s (%s)", self._client_id, message.topic, exc.reason, exc)
+                with self._chunk_lock:
+                    self._dropped[exc.reason] += 1
+                    n = self._dropped[exc.reason]
+                if n <= 10 or n & (n - 1) == 0:  # a chunk flood must not flood the log
+                    log.warning("%s: dropped a chunk on %s: %s (%s)%s", self._client_id, message.topic, exc.reason,
+                                exc, f" [{n} of this kind so far]" if n > 10 else "")
                 return
             if whole is None:
                 return
@@ -437,7 +471,6 @@ class MqttTransport(Transport):
         with self._chunk_lock:
             expired = self._reassembler.expire(now)
         if expired:
-            self.dropped["chunks_expired"] += expired
             log.warning("%s: dropped %d incomplete chunked message(s) after %g s", self._client_id, expired,
                         self.settings.chunk_expiry_s)
 

@@ -17,6 +17,7 @@ import threading
 import time
 
 from coordinator.loop import CoordinatorLoop
+from coordinator.service import coordinator_link
 from edge_runtime.agent import DeviceAgent
 from edge_runtime.clock import SystemClock
 from edge_runtime.eligibility import EligibilityPolicy
@@ -131,7 +132,8 @@ class MqttFleet:
             url = self.broker.url
         settings = MqttSettings(url=url, session_expiry_s=600)
         try:
-            self.coordinator = setup.coordinator(MqttTransport("coordinator", settings).connect(), SystemClock())
+            link = coordinator_link(settings, setup.ccfg)
+            self.coordinator = setup.coordinator(MqttTransport("coordinator", link).connect(), SystemClock())
             profiles = [load_profile(name) for name in cfg.profiles] or [DeviceProfile()]
             self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * cfg.round_deadline_s)
                             for i, client in enumerate(setup.data.clients)]
