@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Callable
 
-from edge_runtime.errors import ConnectionLost, NotConnected, TransportError
+from edge_runtime.errors import ConnectionLost, NotConnected, PublishRefused, TransportError
 
 from .server import Coordinator, RoundRecord
 
@@ -63,6 +63,9 @@ class CoordinatorLoop:
             except (ConnectionLost, NotConnected) as exc:
                 log.warning("coordinator: %s; waiting for the broker", exc)
                 self.stop_event.wait(self.poll_s)
+                continue
+            except PublishRefused as exc:  # the ACL refused one of our publishes: say so and go on
+                log.error("coordinator: PublishRefused: %s", exc)
                 continue
             except TransportError as exc:
                 if not self.stop_event.is_set():

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_runtime.clock import SystemClock
 from edge_runtime.codec import encode_message
-from edge_runtime.errors import ConfigError, ConnectionLost, NotConnected, PayloadTooLarge
+from edge_runtime.errors import ConfigError, ConnectionLost, NotConnected, PayloadTooLarge, PublishRefused
 from edge_runtime.manifest import Manifest
 from edge_runtime.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace, RoundModel,
                                    Status, TrainTask, Update, all_devices_topic, device_of, device_topic,
@@ -81,6 +81,7 @@ class Coordinator:
         self.clock = clock or SystemClock()
         self.store = store
         self.metrics = metrics or CoordinatorMetrics()
+        self.metrics.watch_transport(transport)
         self.artifacts = open_artifacts(config, manifest.model_id)
         self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
@@ -348,7 +349,7 @@ class Coordinator:
         """Announce now, or, without a link, leave it to tick() or on_reconnect()."""
         try:
             self._announce()
-        except (NotConnected, ConnectionLost) as exc:
+        except (NotConnected, ConnectionLost, PublishRefused) as exc:  # not sent: try again later
             if not self._announce_due:
                 log.warning("coordinator: announcement deferred until the link is back: %s", exc)
             self._announce_due = True

@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 from edge_runtime.configfile import load_config
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, PublishRefused
 from edge_runtime.manifest import load_manifest
 from edge_runtime.store import load_npz
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
@@ -139,8 +139,11 @@ def run_service(cfg: ServiceConfig) -> int:
     finally:
         # The last round's Acks must reach the broker, or every device of that round resends
         # its update to a coordinator that is gone.
-        if coordinator.transport.connected and not coordinator.transport.flush(timeout=10):
-            log.warning("coordinator: some publishes were not acknowledged by the broker before exit")
+        try:
+            if coordinator.transport.connected and not coordinator.transport.flush(timeout=10):
+                log.warning("coordinator: some publishes were not acknowledged by the broker before exit")
+        except PublishRefused as exc:
+            log.error("coordinator: PublishRefused before exit: %s", exc)
         coordinator.transport.close()
     if cfg.coordinator.metrics_port and cfg.service.metrics_linger_s and not stopping.is_set():
         log.info("coordinator: done at version %d; metrics stay up %.0f s", coordinator.state.version,

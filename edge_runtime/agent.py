@@ -167,9 +167,10 @@ class DeviceAgent:
     def republish_pending(self) -> int:
         """Send every unacknowledged update again (the broker is not a durable store)."""
         items = self.pending.items()
+        # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
+        self.next_republish = self.clock.now() + self.republish_s * 2 ** self._unacked_resends
         for item in items:
             self._publish("update", item.payload)
-        self.next_republish = self.clock.now() + self.republish_s * 2 ** self._unacked_resends
         return len(items)
 
     # ------------------------------------------------------------------ handlers
@@ -245,8 +246,8 @@ class DeviceAgent:
             return
         self.tasks[task.task_id] = advance(TaskState.TRAINING, "trained")
         self.pending.add(reply.round_id, reply.update_id, payload)  # on disk before it leaves
+        self.next_republish = self.clock.now() + self.republish_s  # first: a failed publish is retried by tick()
         self._publish("update", payload)
-        self.next_republish = self.clock.now() + self.republish_s
 
     def _on_ack(self, ack: Ack) -> None:
         self.pending.remove(ack.update_id)

@@ -10,7 +10,9 @@ Sessions are persistent (clean_start false, session expiry), so QoS 1 messages a
 a device while it is offline wait in the broker. Reconnects are automatic, with jittered
 exponential backoff (backoff.py). A message larger than the negotiated maximum packet size
 is split into chunks (chunks.py) on the same topic and reassembled on receipt; what fails
-reassembly is logged and counted in `dropped`, and never reaches the caller.
+reassembly is logged and counted in `dropped`, and never reaches the caller. A publish the
+broker refuses (a PUBACK with a failure reason, e.g. the ACL) is logged at ERROR, counted in
+`refused_publishes`, and raised as PublishRefused by the next `publish` or `flush`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..errors import BrokerRefused, CodecError, ConfigError, ConnectionLost, NotConnected, PayloadTooLarge, TransportError
+from ..errors import (BrokerRefused, CodecError, ConfigError, ConnectionLost, NotConnected, PayloadTooLarge,
+                      PublishRefused, TransportError)
 from .backoff import Backoff
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
 from .chunks import Reassembler, is_chunk, split_message
@@ -55,6 +58,7 @@ _paho_log.addFilter(_NoIdleLoopErrors())
 _FATAL_CONNACK = {133, 134, 135, 138, 140}  # bad client id, bad credentials, not authorized, banned, bad auth method
 _PUBLISH_OVERHEAD = 64  # bytes kept free in a packet for fixed header, topic length, packet id, properties
 _DEFAULT_PACKET = 256 << 20  # MQTT's own limit when the broker announces none
+_REFUSALS_KEPT = 8  # refused publishes named in the next PublishRefused; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,9 @@ class MqttTransport(Transport):
         self._chunk_lock = threading.Lock()  # the reassembler is fed by paho's thread, expired by ours
         self.connection_count = 0  # successful CONNACKs so far
         self._dropped: Counter[str] = Counter()  # chunk frames refused, by reason (under _chunk_lock)
-        self.refused_publishes = 0  # PUBACKs with a failure reason (e.g. ACL)
+        self.refused_publishes = 0  # PUBACKs with a failure reason (e.g. ACL), since creation
+        self._refusals: list[list] = []  # [mid, topic, reason] not yet raised (under _lock)
+        self._unreported_refusals = 0  # how many those stand for (the list keeps the first few)
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
                              reconnect_on_failure=True)
@@ -293,6 +299,7 @@ class MqttTransport(Transport):
         validate_qos(qos)
         data = bytes(payload)
         self._require_link()
+        self._raise_refusals()
         if len(data) > self.settings.max_message_bytes:
             raise PayloadTooLarge(f"{len(data)} bytes to {topic!r}: over the {self.settings.max_message_bytes}-byte message limit")
         limit = self.max_payload - len(topic.encode())
@@ -312,6 +319,9 @@ class MqttTransport(Transport):
                 with self._lock:
                     if info.mid in self._early_acks:
                         self._early_acks.discard(info.mid)
+                        for refusal in self._refusals:  # its PUBACK came before we knew the mid
+                            if refusal[0] == info.mid and refusal[1] is None:
+                                refusal[1] = topic
                     else:
                         self._inflight[info.mid] = topic
 
@@ -349,14 +359,16 @@ class MqttTransport(Transport):
         return cast(Message, item)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the broker acknowledged every QoS 1 publish; False on timeout."""
+        """Wait until the broker acknowledged every QoS 1 publish; False on timeout.
+        Raises PublishRefused if the broker refused any publish not yet reported."""
         deadline = time.monotonic() + (self.settings.op_timeout_s if timeout is None else timeout)
-        while time.monotonic() < deadline:
+        while True:
             with self._lock:
-                if not self._inflight:
-                    return True
+                done = not self._inflight
+            if done or time.monotonic() >= deadline:
+                self._raise_refusals()
+                return done
             time.sleep(0.005)
-        return False
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
 
@@ -420,13 +432,21 @@ class MqttTransport(Transport):
         self._queue.put(Message(message.topic, payload, bool(message.retain)))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._lock:
+        refused = reason_code.is_failure
+        with self._lock:  # one block: publish() fills in the topic of an early refusal under it
             topic = self._inflight.pop(mid, None)
             if topic is None:
                 self._early_acks.add(mid)
-        if reason_code.is_failure:
-            self.refused_publishes += 1
-            log.warning("%s: broker refused publish to %s: %s", self._client_id, topic, reason_code)
+            if refused:
+                self.refused_publishes += 1
+                n = self.refused_publishes
+                self._unreported_refusals += 1
+                if len(self._refusals) < _REFUSALS_KEPT:
+                    self._refusals.append([mid, topic, str(reason_code)])
+        if refused and (n <= 10 or n & (n - 1) == 0):  # a misconfigured ACL must not flood the log
+            log.error("%s: broker %s refused a publish to %s: %s (is the ACL right for this client?)%s",
+                      self._client_id, self._endpoint, topic or "a topic", reason_code,
+                      f" [{n} refused so far]" if n > 10 else "")
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._lock:
@@ -449,6 +469,16 @@ class MqttTransport(Transport):
         if not done.wait(self.settings.op_timeout_s) or not codes:
             raise TransportError(f"no SUBACK for {topic_filter!r} within {self.settings.op_timeout_s:g} s")
         return codes[0]
+
+    def _raise_refusals(self) -> None:
+        with self._lock:
+            refusals, count = self._refusals, self._unreported_refusals
+            self._refusals, self._unreported_refusals = [], 0
+        if count:
+            named = "; ".join(f"{topic or 'a topic'}: {reason}" for _, topic, reason in refusals)
+            more = f" and {count - len(refusals)} more" if count > len(refusals) else ""
+            raise PublishRefused(f"broker {self._endpoint} refused {count} publish(es) from {self._client_id!r} "
+                                 f"({named}{more}); check the ACL grants this client those topics")
 
     def _require_link(self) -> None:
         if self._closed:

@@ -12,6 +12,8 @@ from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
@@ -193,6 +195,10 @@ def test_a_chunk_flood_is_dropped_by_name_and_pins_no_more_than_an_update_per_se
         assert 0 < peak_sender <= MAX_BYTES
         assert 0 < peak_total <= link.pending_limit == 4 * MAX_BYTES
         assert coordinator.rejections == Counter()  # nothing of it reached the coordinator
+        exported = {s.labels.get("reason"): s.value for f in text_string_to_metric_families(
+            generate_latest(coordinator.metrics.registry).decode()) if f.name == "fedge_transport_dropped"
+            for s in f.samples}
+        assert exported["oversize"] == CHUNK_FLOOD_OVERSIZE and exported["chunks_evicted"] > 0
 
         # Genuine updates still get in, b's chunked (its transport splits at a small packet size).
         good = {d.id: d.update(random_delta(shapes, rng), update_id=f"good-{d.id}") for d in (a, b)}
