@@ -11,6 +11,7 @@ from tools.broker import BrokerConfig, MosquittoProcess
 from tools.simulate.config import SimConfig
 from tools.simulate.fleet import run_simulation
 from tools.simulate.mqtt_fleet import SimDeviceAgent
+from tools.simulate.stragglers import choose_stragglers
 
 pytestmark = pytest.mark.mosquitto
 
@@ -25,18 +26,34 @@ def open_broker(mosquitto_binary, tmp_path_factory):
 SMALL = dict(devices=20, rounds=4, clients_per_round=10, epochs=1, seed=3)
 
 
+@pytest.mark.slow
 def test_mqtt_fleet_matches_the_in_memory_fleet(open_broker, tmp_path):
-    # Over-selection 1.0: every selected device reports, so which devices a round aggregates
-    # does not depend on thread timing, and both transports must compute the same model.
-    common = dict(SMALL, over_selection=1.0)
+    # The default over-selection (13 asked, the first 10 reports close a round): over MQTT,
+    # thread timing would decide which 10, so the simulator decides instead (stragglers.py),
+    # and both transports aggregate the same devices. 20 rounds: the global model is past 60%.
+    common = dict(SMALL, rounds=20)
     memory = run_simulation(SimConfig(**common, out_dir=str(tmp_path / "memory")))
     mqtt = run_simulation(SimConfig(**common, out_dir=str(tmp_path / "mqtt"), transport="mqtt",
                                     broker_url=open_broker.url, round_deadline_s=60))
-    assert [r["participants"] for r in mqtt.rounds] == [10] * 4
+    assert mqtt.config["over_selection"] == memory.config["over_selection"] == 1.3
+    for run in (memory, mqtt):
+        assert [(r["selected"], r["participants"]) for r in run.rounds] == [(13, 10)] * 20
+    assert memory.rounds[-1]["global_accuracy"] >= 0.6
     for key in ("global_accuracy", "personalized_accuracy_mean"):
         assert abs(mqtt.rounds[-1][key] - memory.rounds[-1][key]) <= 0.01, key
     assert mqtt.rounds[-1]["personalized_accuracy_mean"] > mqtt.rounds[0]["personalized_accuracy_mean"]
-    assert mqtt.summary["rejections"] == {}
+    # The stragglers' answers came after their rounds closed, and nothing else was refused.
+    assert set(mqtt.summary["rejections"]) <= {"stale_round"}
+    assert memory.summary["rejections"] == {"stale_round": 3 * 20}
+
+
+def test_the_same_seed_picks_the_same_stragglers_from_the_selected_devices():
+    selected = tuple(f"dev-{i:03d}" for i in range(13))
+    late = choose_stragglers(selected, 10, seed=3, round_id=5)
+    assert len(late) == 3 and late <= set(selected)
+    assert choose_stragglers(tuple(reversed(selected)), 10, seed=3, round_id=5) == late  # not the order
+    assert len({choose_stragglers(selected, 10, 3, r) for r in range(1, 30)}) > 10  # varies by round
+    assert choose_stragglers(selected, 13, 3, 5) == frozenset()
 
 
 def _profile(tmp_path, dropout: float) -> str:

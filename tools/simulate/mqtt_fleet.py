@@ -28,37 +28,60 @@ from edge_runtime.profiles import DeviceProfile, load_profile
 from edge_runtime.protocol import TrainTask
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
 
+from .stragglers import StragglerPlan
+
 log = logging.getLogger("fedge.simulate.mqtt")
 
 
 class SimDeviceAgent(DeviceAgent):
-    """A DeviceAgent whose profile can make it slow, or make it vanish when a task arrives."""
+    """A DeviceAgent whose profile can make it slow, or make it vanish when a task arrives, and
+    that answers late when the straggler plan says so (stragglers.py)."""
 
-    def __init__(self, *args, profile: DeviceProfile, on_vanish, rng: random.Random, **kwargs):
+    def __init__(self, *args, profile: DeviceProfile, on_vanish, rng: random.Random, plan: StragglerPlan,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.profile = profile
         self.on_vanish = on_vanish
         self.rng = rng
+        self.plan = plan
+        self._late: list[tuple[int, _Hold]] = []  # (round id, held answer) until that round closes
 
     def _run_task(self, task: TrainTask) -> None:
         if self.rng.random() < self.profile.dropout_probability:
             log.info("device %s vanishes with task %s (profile %s)", self.device_id, task.task_id, self.profile.name)
             self.on_vanish()
             return
-        if self.profile.compute_speed > 1.0:
-            started = time.perf_counter()
-            reply_publish, self._publish = self._publish, _Hold()  # hold the reply while "computing"
-            try:
-                super()._run_task(task)
-            finally:
-                held, self._publish = self._publish, reply_publish
-            time.sleep((self.profile.compute_speed - 1.0) * (time.perf_counter() - started))
-            held.release(self._publish)
-            return
         super()._run_task(task)
+
+    def _train(self, task: TrainTask) -> None:
+        started = time.perf_counter()
+        reply_publish, self._publish = self._publish, _Hold()  # hold the answer while "computing"
+        try:
+            super()._train(task)
+        finally:
+            held, self._publish = self._publish, reply_publish
+        if self.profile.compute_speed > 1.0:
+            time.sleep((self.profile.compute_speed - 1.0) * (time.perf_counter() - started))
+        if self.plan.is_late(task.round_id, self.device_id):
+            self._late.append((task.round_id, held))
+        else:
+            held.release(self._publish)
+
+    def tick(self) -> None:
+        while self._late and self.plan.is_closed(self._late[0][0]):
+            _, held = self._late.pop(0)
+            held.release(self._publish)
+        super().tick()
+
+    def republish_pending(self) -> int:
+        if self._late:
+            return 0  # a held answer is pending too: no resend may send it before its round closed
+        return super().republish_pending()
 
 
 class _Hold:
+    """Stands in for DeviceAgent._publish and keeps what would have been published."""
+
     def __init__(self):
         self.calls = []
 
@@ -73,8 +96,10 @@ class _Hold:
 class SimDevice:
     """One device thread: connect, run the agent loop, and after vanishing, come back later."""
 
-    def __init__(self, setup, client, settings: MqttSettings, profile: DeviceProfile, rejoin_s: float):
+    def __init__(self, setup, client, settings: MqttSettings, profile: DeviceProfile, rejoin_s: float,
+                 plan: StragglerPlan):
         self.setup = setup
+        self.plan = plan
         self.settings = settings
         self.profile = profile
         self.rejoin_s = rejoin_s
@@ -101,7 +126,7 @@ class SimDevice:
                 transport.abort()
 
             agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish, rng=self.rng,
-                                   checkin_s=30.0, republish_s=5.0)
+                                   plan=self.plan, checkin_s=30.0, republish_s=5.0)
             self.loop = AgentLoop(agent)
             try:
                 transport.connect(timeout=0)
@@ -135,14 +160,17 @@ class MqttFleet:
             link = coordinator_link(settings, setup.ccfg)
             self.coordinator = setup.coordinator(MqttTransport("coordinator", link).connect(), SystemClock())
             profiles = [load_profile(name) for name in cfg.profiles] or [DeviceProfile()]
-            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * cfg.round_deadline_s)
+            self.plan = StragglerPlan(cfg.seed)
+            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * cfg.round_deadline_s,
+                                      plan=self.plan)
                             for i, client in enumerate(setup.data.clients)]
             self.runtimes = [d.runtime for d in self.devices]
             for device in self.devices:
                 device.start()
             self.records: list = []
-            self.loop = CoordinatorLoop(self.coordinator, min_devices=1, on_round=self.records.append,
-                                        should_stop=lambda record: True)
+            self.loop = CoordinatorLoop(self.coordinator, min_devices=1, on_round=self._closed,
+                                        should_stop=lambda record: True,
+                                        on_begin=lambda m: self.plan.begin(m.round_id, m.selected, m.target))
             self._wait_for_check_ins(len(self.devices), connect_timeout_s)
         except BaseException:
             self.close()
@@ -155,6 +183,10 @@ class MqttFleet:
             self.coordinator.pump(0.1)
         if len(self.coordinator.registry) < expected:
             log.warning("only %d of %d devices checked in within %g s", len(self.coordinator.registry), expected, timeout_s)
+
+    def _closed(self, record) -> None:
+        self.plan.closed(record.round_id)
+        self.records.append(record)
 
     def run_round(self):
         """Run the coordinator loop until one round closes (committed or abandoned)."""
