@@ -17,7 +17,7 @@ from pathlib import Path
 from .clock import SystemClock
 from .codec import decode_message, encode_message
 from .device import DeviceRuntime
-from .errors import ArtifactError, CodecError, RoundModelError, TransportError
+from .errors import ArtifactError, CodecError, PayloadTooLarge, RoundModelError, TransportError
 from .fetch import ArtifactDownload
 from .manifest import MANIFEST_FILE, atomic_write_bytes, sha256_file
 from .pending import PendingUploads
@@ -73,7 +73,11 @@ class DeviceAgent:
         self._unacked_resends = 0
         self.started = False
         self._seen_file = self.home / "seen_tasks.json"
-        self._seen = self._load_seen()
+        self._seen = self._load_seen()  # task_id -> [round_id, answered]; persisted
+        # A crash between staging a task's state and keeping its update: finish or undo it.
+        recover = getattr(runtime, "recover", None)
+        if recover is not None:
+            recover(lambda update_id: update_id in self.pending)
 
     @property
     def device_id(self) -> str:
@@ -90,6 +94,7 @@ class DeviceAgent:
         self.transport.subscribe(ANNOUNCE_TOPIC)
         self._announce_online()
         self.republish_pending()  # left over from before a restart, ahead of new work
+        self._decline_interrupted()
         self.check_in()
         self.started = True
 
@@ -181,7 +186,7 @@ class DeviceAgent:
             return
         self.tasks[task.task_id] = TaskState.IDLE
         self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
-        self._remember_task(task.task_id)
+        self._remember_task(task)
         if not _SAFE_ID.fullmatch(task.model_id):
             self._decline(task, "bad_model_id", f"model id {task.model_id!r} is not a safe name")
             return
@@ -232,24 +237,34 @@ class DeviceAgent:
         def past_deadline() -> str | None:  # between training steps: a straggler stops, not just arrives late
             return "deadline" if self.clock.now() >= deadline_at else None
 
-        reply = self.runtime.handle_task(task, deadline_check=past_deadline)
+        kept: dict[str, bytes] = {}  # update_id -> the encoded Update as kept
+
+        def persist(update: Update) -> None:  # on disk before the device's state moves, and before it leaves
+            payload = encode_message(update)
+            if len(payload) > self.max_message_bytes:  # never store what can never be sent
+                raise PayloadTooLarge(f"update of {len(payload)} bytes > {self.max_message_bytes}")
+            self.pending.add(update.round_id, update.update_id, payload)  # the commit point: see store.py
+            kept[update.update_id] = payload
+
+        reply = self.runtime.handle_task(task, deadline_check=past_deadline, persist=persist)
         if isinstance(reply, Decline):
             self.tasks[task.task_id] = advance(TaskState.TRAINING, "abort" if reply.stage == "during" else "decline")
             self._send_decline(reply)
             return
         assert isinstance(reply, Update)
-        payload = encode_message(reply)
-        if len(payload) > self.max_message_bytes:  # never store what can never be sent
-            self.tasks[task.task_id] = advance(TaskState.TRAINING, "decline")
-            self._send_decline(Decline(self.device_id, task.round_id, task.task_id, "oversize",
-                                       f"update of {len(payload)} bytes > {self.max_message_bytes}", "during"))
-            return
+        if reply.update_id not in kept:  # a runtime that does not call persist
+            try:
+                persist(reply)
+            except PayloadTooLarge as exc:
+                self.tasks[task.task_id] = advance(TaskState.TRAINING, "decline")
+                self._send_decline(Decline(self.device_id, task.round_id, task.task_id, exc.reason, str(exc), "during"))
+                return
         self.tasks[task.task_id] = advance(TaskState.TRAINING, "trained")
-        self.pending.add(reply.round_id, reply.update_id, payload)  # on disk before it leaves
         self.next_republish = self.clock.now() + self.republish_s  # first: a failed publish is retried by tick()
-        self._publish("update", payload)
+        self._publish("update", kept[reply.update_id])
 
     def _on_ack(self, ack: Ack) -> None:
+        self._mark_answered(ack.task_id)  # before the update goes: a pending update says "answered" until then
         self.pending.remove(ack.update_id)
         self._unacked_resends = 0
         on_ack = getattr(self.runtime, "on_ack", None)
@@ -371,21 +386,56 @@ class DeviceAgent:
         if len(self.declines) > _SEEN_TASKS_KEPT:
             self.declines.pop(next(iter(self.declines)))
         self._publish("update", payload)
+        self._mark_answered(decline.task_id)  # after it left: a crash before says "interrupted" on restart
+
+    def _decline_interrupted(self) -> None:
+        """Tasks a previous run of this device received but never answered (it stopped while
+        training, or while waiting for the model): decline them, so their rounds need not wait
+        for the deadline."""
+        kept = set()
+        for item in self.pending.items():
+            try:
+                kept.add(decode_message(item.payload).task_id)
+            except CodecError:
+                pass
+        for task_id, (round_id, answered) in list(self._seen.items()):
+            if answered or round_id is None or task_id in self.tasks:
+                continue
+            if task_id in kept:  # its update is pending: answered (marked when the Ack comes)
+                continue
+            log.warning("device %s: task %s of round %d was interrupted before it was answered; declining it",
+                        self.device_id, task_id, round_id)
+            self._send_decline(Decline(self.device_id, round_id, task_id, "interrupted",
+                                       "the device stopped before it answered this task", "during"))
 
     def _announce_online(self) -> None:
         self.transport.publish(device_topic(self.device_id, "status"), encode_message(Status(self.device_id, True)),
                                qos=1, retain=True)
 
-    def _load_seen(self) -> list[str]:
+    def _load_seen(self) -> dict[str, list]:
+        """task_id -> [round_id, answered]. An older file lists ids only: those count as answered."""
         try:
             seen = json.loads(self._seen_file.read_text())
-            return [str(t) for t in seen][-_SEEN_TASKS_KEPT:]
-        except (OSError, ValueError, TypeError):
-            return []
+            entries = [[str(e), None, True] if isinstance(e, str) else [str(e[0]), e[1], bool(e[2])] for e in seen]
+        except (OSError, ValueError, TypeError, IndexError):
+            return {}
+        return {task_id: [round_id, answered] for task_id, round_id, answered in entries[-_SEEN_TASKS_KEPT:]}
 
-    def _remember_task(self, task_id: str) -> None:
-        self._seen = (self._seen + [task_id])[-_SEEN_TASKS_KEPT:]
-        atomic_write_bytes(self._seen_file, json.dumps(self._seen).encode())
+    def _remember_task(self, task: TrainTask) -> None:
+        self._seen[task.task_id] = [task.round_id, False]
+        while len(self._seen) > _SEEN_TASKS_KEPT:
+            self._seen.pop(next(iter(self._seen)))
+        self._save_seen()
+
+    def _mark_answered(self, task_id: str) -> None:
+        entry = self._seen.get(task_id)
+        if entry is not None and not entry[1]:
+            entry[1] = True
+            self._save_seen()
+
+    def _save_seen(self) -> None:
+        rows = [[task_id, round_id, answered] for task_id, (round_id, answered) in self._seen.items()]
+        atomic_write_bytes(self._seen_file, json.dumps(rows).encode())
 
     def _publish(self, channel: str, payload: bytes) -> None:
         self.transport.publish(device_topic(self.device_id, channel), payload, qos=1)

@@ -32,16 +32,17 @@ DEVICES = 6
 
 class SlowRuntime(DeviceRuntime):
     """A device that takes `delay_s` longer per task, so a round stays open long enough to be hit;
-    with a `gate`, it holds its answer to tasks of round 2 and later until the gate opens."""
+    with a `gate`, it starts tasks of round `gate_from_round` and later only once the gate opens."""
 
     delay_s = 0.0
     gate: threading.Event | None = None
+    gate_from_round = 2
 
-    def handle_task(self, task, deadline_check=None):
-        reply = super().handle_task(task, deadline_check)
-        time.sleep(self.delay_s)
-        if self.gate is not None and task.round_id >= 2:
+    def handle_task(self, task, deadline_check=None, persist=None):
+        if self.gate is not None and task.round_id >= self.gate_from_round:
             self.gate.wait(60)
+        reply = super().handle_task(task, deadline_check, persist)
+        time.sleep(self.delay_s)
         return reply
 
 
@@ -321,7 +322,7 @@ def test_an_update_the_broker_acked_and_lost_is_resent_by_the_device_and_counted
     x, y = rng.normal(size=(46, FEATURES)).astype(np.float32), rng.integers(0, CLASSES, size=46)
     runtime = SlowRuntime("dev-0", LocalData(x[:40], y[:40], x[40:], y[40:]), {manifest.model_id: art_dir},
                           tmp / "devices")
-    runtime.gate = may_train
+    runtime.gate, runtime.gate_from_round = may_train, 1
     device_t = PublishLog("dev-0", settings, will=DeviceAgent.last_will("dev-0")).connect()
     agent = CountingAgent(runtime, device_t, republish_s=1.0, checkin_s=2.0)
     loop = AgentLoop(agent, poll_s=0.05)
@@ -342,6 +343,7 @@ def test_an_update_the_broker_acked_and_lost_is_resent_by_the_device_and_counted
         (pending,) = agent.pending.items()
         assert device_t.flush(30), "no PUBACK: the broker must hold the update for the offline coordinator"
         assert agent.resent == 0  # so far, published once
+        assert first.round.machine.reported == []  # the coordinator never saw it
 
         broker.kill9()  # the queued update dies with the broker (no persistence)
         killed = time.monotonic()
