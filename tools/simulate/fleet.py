@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from coordinator.config import CoordinatorConfig
+from coordinator.rounds import Phase
 from coordinator.server import Coordinator
 from coordinator.strategies import strategy_from_config
 from edge_runtime.agent import DeviceAgent
@@ -164,6 +165,9 @@ class InMemoryFleet:
         record = None
         while record is None:
             progressed = _drain(self.coordinator, on_time, self.order_rng)
+            rnd = self.coordinator.round
+            if rnd is not None and rnd.machine.phase == Phase.TRAINING:  # the on-time devices cannot close it
+                progressed = _drain(self.coordinator, self.agents, self.order_rng) or progressed
             record = self.coordinator.tick()
             if record is None and not progressed:
                 self.clock.sleep(self.coordinator.config.round_deadline_s)  # nobody is left to answer

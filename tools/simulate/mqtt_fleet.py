@@ -26,8 +26,10 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.loop import AgentLoop
 from edge_runtime.profiles import DeviceProfile, load_profile
 from edge_runtime.protocol import TrainTask
+from edge_runtime.task import TaskState
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
 
+from .errors import FleetNotReady
 from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate.mqtt")
@@ -66,9 +68,10 @@ class SimDeviceAgent(DeviceAgent):
             self._late.append((task.round_id, held))
         else:
             held.release(self._publish)
+            self.plan.answered(task.round_id, self.device_id, self.tasks.get(task.task_id) == TaskState.UPLOADING)
 
     def tick(self) -> None:
-        while self._late and self.plan.is_closed(self._late[0][0]):
+        while self._late and self.plan.may_answer(self._late[0][0]):
             _, held = self._late.pop(0)
             held.release(self._publish)
         super().tick()
@@ -123,11 +126,13 @@ class SimDevice:
 
             def vanish():
                 vanished.set()
-                transport.abort()
+                transport.abort()  # first: the broker publishes the Last Will before a straggler fills in
+                self.plan.gone(self.runtime.device_id)
 
             agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish, rng=self.rng,
                                    plan=self.plan, checkin_s=30.0, republish_s=5.0)
             self.loop = AgentLoop(agent)
+            self.plan.back(self.runtime.device_id)
             try:
                 transport.connect(timeout=0)
                 self.loop.run()
@@ -182,7 +187,10 @@ class MqttFleet:
         while len(self.coordinator.registry) < expected and time.monotonic() < deadline:
             self.coordinator.pump(0.1)
         if len(self.coordinator.registry) < expected:
-            log.warning("only %d of %d devices checked in within %g s", len(self.coordinator.registry), expected, timeout_s)
+            missing = sorted({d.runtime.device_id for d in self.devices} - set(self.coordinator.registry))
+            raise FleetNotReady(f"only {len(self.coordinator.registry)} of {expected} devices checked in within "
+                                f"{timeout_s:g} s (missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); "
+                                "the broker or this machine may be overloaded: try fewer --devices")
 
     def _closed(self, record) -> None:
         self.plan.closed(record.round_id)
@@ -200,7 +208,8 @@ class MqttFleet:
         for device in getattr(self, "devices", []):
             device.stop()
         for device in getattr(self, "devices", []):
-            device.thread.join(timeout=10)
+            if device.thread.ident is not None:  # started
+                device.thread.join(timeout=10)
         coordinator = getattr(self, "coordinator", None)
         if coordinator is not None:
             coordinator.transport.close()
