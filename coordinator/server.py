@@ -35,7 +35,7 @@ from . import pace
 from .aggregate import WeightedMean
 from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_artifacts
 from .config import CoordinatorConfig
-from .errors import StaleRound, UpdateRejected
+from .errors import StaleRound, UnexpectedMessage, UpdateRejected
 from .metrics import CoordinatorMetrics
 from .records import DeviceRecord, OpenRound, RoundRecord, count_update, resume
 from .rounds import Phase, RoundMachine
@@ -152,8 +152,8 @@ class Coordinator:
         elif isinstance(report, Status) and channel == "status" and mine:
             if not report.online and report.device_id in self.registry:
                 self._register(report.device_id, False, "offline", self.registry[report.device_id].num_examples)
-        else:
-            self._log(logging.WARNING, "ignored", "ignored %s on %s", type(report).__name__, msg.topic)
+        else:  # counted like any refusal, so a device talking on the wrong channel shows in the metrics
+            self._reject(UnexpectedMessage(f"{type(report).__name__} on {msg.topic}"), sender, None)
         return True
 
     def _check_in(self, msg: CheckIn) -> None:
