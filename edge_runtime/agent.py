@@ -9,7 +9,6 @@ reads time from the injected clock and never sleeps: the loop that owns sleeping
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -19,11 +18,12 @@ from .codec import decode_message, encode_message
 from .device import DeviceRuntime
 from .errors import ArtifactError, CodecError, PayloadTooLarge, RoundModelError, TransportError
 from .fetch import ArtifactDownload
-from .manifest import MANIFEST_FILE, atomic_write_bytes, sha256_file
+from .manifest import MANIFEST_FILE, sha256_file
 from .pending import PendingUploads
 from .protocol import (ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, Ack, Announcement, ArtifactFile, Decline, FetchRequest,
                        ModelPart, Pace, Status, TrainTask, Update, device_topic)
 from .round_model import ModelWaits
+from .seen_tasks import SeenTasks
 from .task import TaskState, advance
 from .transport.base import Message, Transport, topic_matches
 
@@ -72,8 +72,7 @@ class DeviceAgent:
         self.next_republish = float("inf")
         self._unacked_resends = 0
         self.started = False
-        self._seen_file = self.home / "seen_tasks.json"
-        self._seen = self._load_seen()  # task_id -> [round_id, answered]; persisted
+        self.seen = SeenTasks(self.home / "seen_tasks.json", _SEEN_TASKS_KEPT)
         # A crash between staging a task's state and keeping its update: finish or undo it.
         recover = getattr(runtime, "recover", None)
         if recover is not None:
@@ -181,12 +180,12 @@ class DeviceAgent:
     # ------------------------------------------------------------------ handlers
 
     def _on_task(self, task: TrainTask) -> None:
-        if task.task_id in self.tasks or task.task_id in self._seen:
+        if task.task_id in self.tasks or task.task_id in self.seen:
             self._answer_again(task)
             return
         self.tasks[task.task_id] = TaskState.IDLE
         self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
-        self._remember_task(task)
+        self.seen.add(task.task_id, task.round_id)
         if not _SAFE_ID.fullmatch(task.model_id):
             self._decline(task, "bad_model_id", f"model id {task.model_id!r} is not a safe name")
             return
@@ -264,7 +263,7 @@ class DeviceAgent:
         self._publish("update", kept[reply.update_id])
 
     def _on_ack(self, ack: Ack) -> None:
-        self._mark_answered(ack.task_id)  # before the update goes: a pending update says "answered" until then
+        self.seen.answered(ack.task_id)  # before the update goes: a pending update says "answered" until then
         self.pending.remove(ack.update_id)
         self._unacked_resends = 0
         on_ack = getattr(self.runtime, "on_ack", None)
@@ -386,7 +385,7 @@ class DeviceAgent:
         if len(self.declines) > _SEEN_TASKS_KEPT:
             self.declines.pop(next(iter(self.declines)))
         self._publish("update", payload)
-        self._mark_answered(decline.task_id)  # after it left: a crash before says "interrupted" on restart
+        self.seen.answered(decline.task_id)  # after it left: a crash before says "interrupted" on restart
 
     def _decline_interrupted(self) -> None:
         """Tasks a previous run of this device received but never answered (it stopped while
@@ -398,10 +397,8 @@ class DeviceAgent:
                 kept.add(decode_message(item.payload).task_id)
             except CodecError:
                 pass
-        for task_id, (round_id, answered) in list(self._seen.items()):
-            if answered or round_id is None or task_id in self.tasks:
-                continue
-            if task_id in kept:  # its update is pending: answered (marked when the Ack comes)
+        for task_id, round_id in self.seen.unanswered():
+            if task_id in self.tasks or task_id in kept:  # this run's, or its update is pending (an answer)
                 continue
             log.warning("device %s: task %s of round %d was interrupted before it was answered; declining it",
                         self.device_id, task_id, round_id)
@@ -411,31 +408,6 @@ class DeviceAgent:
     def _announce_online(self) -> None:
         self.transport.publish(device_topic(self.device_id, "status"), encode_message(Status(self.device_id, True)),
                                qos=1, retain=True)
-
-    def _load_seen(self) -> dict[str, list]:
-        """task_id -> [round_id, answered]. An older file lists ids only: those count as answered."""
-        try:
-            seen = json.loads(self._seen_file.read_text())
-            entries = [[str(e), None, True] if isinstance(e, str) else [str(e[0]), e[1], bool(e[2])] for e in seen]
-        except (OSError, ValueError, TypeError, IndexError):
-            return {}
-        return {task_id: [round_id, answered] for task_id, round_id, answered in entries[-_SEEN_TASKS_KEPT:]}
-
-    def _remember_task(self, task: TrainTask) -> None:
-        self._seen[task.task_id] = [task.round_id, False]
-        while len(self._seen) > _SEEN_TASKS_KEPT:
-            self._seen.pop(next(iter(self._seen)))
-        self._save_seen()
-
-    def _mark_answered(self, task_id: str) -> None:
-        entry = self._seen.get(task_id)
-        if entry is not None and not entry[1]:
-            entry[1] = True
-            self._save_seen()
-
-    def _save_seen(self) -> None:
-        rows = [[task_id, round_id, answered] for task_id, (round_id, answered) in self._seen.items()]
-        atomic_write_bytes(self._seen_file, json.dumps(rows).encode())
 
     def _publish(self, channel: str, payload: bytes) -> None:
         self.transport.publish(device_topic(self.device_id, channel), payload, qos=1)

@@ -47,6 +47,13 @@ def _has_task(device: ManualDevice) -> bool:
     return any(isinstance(m, TrainTask) for m in device.inbox)
 
 
+def _await_tasks(devices, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(_has_task(d) for d in devices):
+        assert time.monotonic() < deadline, "tasks did not arrive"
+        time.sleep(0.02)
+
+
 def _pump_until(coordinator, done, timeout_s=60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not done():
@@ -94,10 +101,7 @@ def test_ten_thousand_malformed_payloads_through_mosquitto(mosquitto, tmp_path):
         shapes = {k: v.shape for k, v in old.items()}
         rng = np.random.default_rng(7)
         assert coordinator.begin_round()
-        deadline = time.monotonic() + 10
-        while not all(_has_task(d) for d in (a, b, c)):
-            assert time.monotonic() < deadline, "tasks did not arrive"
-            time.sleep(0.02)
+        _await_tasks((a, b, c))
         good = {d.id: d.update(random_delta(shapes, rng), update_id=f"good-{d.id}") for d in (a, b, c)}
         a.send(encode_message(good["a"]))
         _pump_until(coordinator, lambda: coordinator.round.machine.reported == ["a"])
@@ -161,10 +165,7 @@ def test_a_chunk_flood_is_dropped_by_name_and_pins_no_more_than_an_update_per_se
         shapes = {k: v.shape for k, v in old.items()}
         rng = np.random.default_rng(3)
         assert coordinator.begin_round()
-        deadline = time.monotonic() + 30
-        while not all(_has_task(d) for d in (a, b)):
-            assert time.monotonic() < deadline, "tasks did not arrive"
-            time.sleep(0.02)
+        _await_tasks((a, b))
 
         channels = ("update", "checkin", "fetch", "status")
         senders = [a, *flooders]

@@ -76,6 +76,16 @@ def _trace_source(clock):
     return probe, drop
 
 
+def _abort_latency(coordinator, training: threading.Event, drop, clock) -> float:
+    """Once training runs, drop the battery and pump until the coordinator has the Decline:
+    the seconds from the drop to then (10 x the limit at most)."""
+    assert training.wait(30.0), "the device never started training"
+    dropped_at = drop(clock.now())
+    while not coordinator.declines and clock.now() - dropped_at < 10 * LIMIT_S:
+        coordinator.pump(0.01)
+    return clock.now() - dropped_at
+
+
 @pytest.mark.parametrize("source", [_fake_source, _trace_source], ids=["fake_probe", "trace_probe"])
 def test_battery_drop_mid_training_aborts_within_2s_and_the_coordinator_records_why(model, tmp_path, source):
     art, manifest, runtime = model
@@ -116,17 +126,11 @@ def test_battery_drop_mid_training_aborts_within_2s_and_the_coordinator_records_
             pass
         assert coordinator.eligible_devices() == ["dev0"]
         assert coordinator.begin_round()
-        assert training.wait(10.0), "the device never started training"
-        dropped_at = drop(clock.now())
-
-        while not coordinator.declines and clock.now() - dropped_at < 10 * LIMIT_S:
-            coordinator.pump(0.01)
-        received_at = clock.now()
+        latency = _abort_latency(coordinator, training, drop, clock)
     finally:
         teardown.set()
         thread.join(10.0)
 
-    latency = received_at - dropped_at
     print(f"abort latency {latency:.3f} s (check interval {monitor.check_interval_s} s)")
     assert coordinator.declines == Counter({"aborted:battery_low": 1}), coordinator.declines
     assert latency < LIMIT_S, f"abort took {latency:.2f} s after the battery dropped"
@@ -189,14 +193,8 @@ def test_over_mosquitto_a_battery_drop_aborts_within_2s_and_the_coordinator_reco
             assert clock.now() < deadline, "the device did not check in"
             coordinator.pump(0.05)
         assert coordinator.begin_round()
-        assert training.wait(30.0), "the device never started training"
-        dropped_at = drop(clock.now())
-
-        while not coordinator.declines and clock.now() - dropped_at < 10 * LIMIT_S:
-            coordinator.pump(0.01)
-        received_at = clock.now()
+        latency = _abort_latency(coordinator, training, drop, clock)
         assert coordinator.declines == Counter({"aborted:battery_low": 1}), coordinator.declines
-        latency = received_at - dropped_at
         print(f"abort latency over MQTT {latency:.3f} s")
         assert latency < LIMIT_S, f"abort took {latency:.2f} s after the battery dropped"
 

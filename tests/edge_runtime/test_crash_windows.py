@@ -20,6 +20,7 @@ from edge_runtime.codec import decode_message
 from edge_runtime.device import DeviceRuntime
 from edge_runtime.pending import PendingUploads
 from edge_runtime.protocol import CompressionSpec, Decline, TrainTask, Update
+from edge_runtime.seen_tasks import SeenTasks
 from edge_runtime.store import DeviceStore
 
 from tests.coordinator.fleet import local_data, make_fleet
@@ -184,3 +185,16 @@ def test_a_staged_state_applies_deletions_and_empty_sets_and_is_idempotent(tmp_p
     assert store.load_opt_state() is None and store.load_residual() == {}
     assert store.load_control_undo()[0] == "u1" and store.load_meta() == {"last_round": 7}
     assert store.staged() == []
+
+
+def test_seen_tasks_survive_a_restart_and_read_the_older_file(tmp_path):
+    path = tmp_path / "seen_tasks.json"
+    path.write_text('["old-1", "old-2"]')  # before rounds were kept: taken as answered
+    seen = SeenTasks(path, kept=3)
+    assert "old-1" in seen and seen.unanswered() == []
+    seen.add("t3", 3)
+    seen.add("t4", 4)
+    seen.answered("t3")
+    again = SeenTasks(path, kept=3)  # a restart
+    assert "old-1" not in again and "old-2" in again  # only the newest 3 are kept
+    assert again.unanswered() == [("t4", 4)]
