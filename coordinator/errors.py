@@ -4,6 +4,7 @@ none stops the service.
     UpdateRejected                 (base; .reason is the metric label)
     ├── Oversize                   payload over the configured limit
     ├── BadFrame                   truncated, corrupted, wrong version, not a message
+    ├── UnexpectedMessage          a message on a channel not for its kind, or for another device
     ├── StaleRound                 not the open round, or the task is not this device's
     ├── DuplicateUpdate            same (device, round, update id) already counted
     ├── ConflictingUpdate          same key as a counted update, different payload
@@ -30,6 +31,10 @@ class BadFrame(UpdateRejected):
     def __init__(self, message: str, reason: str = "malformed"):
         super().__init__(message)
         self.reason = reason
+
+
+class UnexpectedMessage(UpdateRejected):
+    reason = "unexpected_message"
 
 
 class StaleRound(UpdateRejected):

@@ -13,8 +13,9 @@ import logging
 import threading
 from typing import Callable
 
-from edge_runtime.errors import ConnectionLost, NotConnected, TransportError
+from edge_runtime.errors import ConnectionLost, NotConnected, PublishRefused, TransportError
 
+from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord
 
 log = logging.getLogger("fedge.coordinator.loop")
@@ -30,6 +31,7 @@ class CoordinatorLoop:
         poll_s: float = 0.05,  # longest wait for a message before timed work (seconds)
         on_round: Callable[[RoundRecord], None] | None = None,
         should_stop: Callable[[RoundRecord], bool] | None = None,  # asked after every closed round
+        on_begin: Callable[[RoundMachine], None] | None = None,  # told of every round begun
     ):
         self.coordinator = coordinator
         self.clock = coordinator.clock  # one clock per side: the coordinator's
@@ -38,6 +40,7 @@ class CoordinatorLoop:
         self.poll_s = poll_s
         self.on_round = on_round
         self.should_stop = should_stop
+        self.on_begin = on_begin
         self.stop_event = threading.Event()
         self.next_begin = 0.0
         self._started = False
@@ -63,6 +66,9 @@ class CoordinatorLoop:
             except (ConnectionLost, NotConnected) as exc:
                 log.warning("coordinator: %s; waiting for the broker", exc)
                 self.stop_event.wait(self.poll_s)
+                continue
+            except PublishRefused as exc:  # the ACL refused one of our publishes: say so and go on
+                log.error("coordinator: PublishRefused: %s", exc)
                 continue
             except TransportError as exc:
                 if not self.stop_event.is_set():
@@ -101,3 +107,5 @@ class CoordinatorLoop:
             return
         if len(c.eligible_devices()) < self.min_devices or not c.begin_round():
             self.next_begin = now + max(self.poll_s, 0.5)  # ask again soon; check-ins may be on their way
+        elif self.on_begin:
+            self.on_begin(c.round.machine)

@@ -18,6 +18,10 @@ Series (all prefixed fedge_):
     devices_registered / devices_eligible
     pace_total{reason}               Pace replies sent
     artifact_transfers_total / artifact_bytes_total
+    transport_dropped_total{reason}  inbound chunk frames and incomplete chunk sets the transport
+                                     dropped before reassembly (oversize, malformed_chunk,
+                                     chunk_memory_full, chunks_evicted, chunks_expired)
+    publishes_refused_total          publishes the broker refused (a PUBACK failure: the ACL)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))  # seconds
 _MAX_DECLINE_LABELS = 64  # devices choose decline reasons: cap the label set they can grow
@@ -55,6 +60,12 @@ class CoordinatorMetrics:
         self.transfers = Counter("fedge_artifact_transfers", "Artifact transfers served", registry=r)
         self.artifact_bytes = Counter("fedge_artifact_bytes", "Artifact file bytes served", registry=r)
         self._decline_labels: set[str] = set()
+        self._transport = _TransportCounters()
+        r.register(self._transport)
+
+    def watch_transport(self, transport) -> None:
+        """Export `transport`'s own counters (kept on its network thread), read at scrape time."""
+        self._transport.transport = transport
 
     # Small verbs, so the loop reads as what happened rather than as metric plumbing.
 
@@ -89,6 +100,25 @@ class CoordinatorMetrics:
             return "other"
         self._decline_labels.add(label)
         return label
+
+
+class _TransportCounters:
+    """A collector over the transport's `dropped` and `refused_publishes`; a transport without
+    them (the in-memory one) exports zeros."""
+
+    def __init__(self) -> None:
+        self.transport = None
+
+    def collect(self):
+        dropped = CounterMetricFamily("fedge_transport_dropped", "Inbound chunk frames and incomplete chunk sets "
+                                      "dropped by the transport, by reason", labels=["reason"])
+        for reason, count in sorted(dict(getattr(self.transport, "dropped", None) or {}).items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        refused = CounterMetricFamily("fedge_publishes_refused", "Publishes the broker refused (PUBACK failure, "
+                                      "e.g. the ACL)")
+        refused.add_metric([], getattr(self.transport, "refused_publishes", 0))
+        yield refused
 
 
 def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9108):

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_runtime.clock import SystemClock
 from edge_runtime.codec import encode_message
-from edge_runtime.errors import ConfigError, PayloadTooLarge
+from edge_runtime.errors import ConfigError, ConnectionLost, NotConnected, PayloadTooLarge, PublishRefused
 from edge_runtime.manifest import Manifest
 from edge_runtime.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace, RoundModel,
                                    Status, TrainTask, Update, all_devices_topic, device_of, device_topic,
@@ -35,7 +35,7 @@ from . import pace
 from .aggregate import WeightedMean
 from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_artifacts
 from .config import CoordinatorConfig
-from .errors import StaleRound, UpdateRejected
+from .errors import StaleRound, UnexpectedMessage, UpdateRejected
 from .metrics import CoordinatorMetrics
 from .records import DeviceRecord, OpenRound, RoundRecord, count_update, resume
 from .rounds import Phase, RoundMachine
@@ -81,6 +81,7 @@ class Coordinator:
         self.clock = clock or SystemClock()
         self.store = store
         self.metrics = metrics or CoordinatorMetrics()
+        self.metrics.watch_transport(transport)
         self.artifacts = open_artifacts(config, manifest.model_id)
         self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
@@ -94,6 +95,7 @@ class Coordinator:
         self._recent: deque[dict] = deque(maxlen=_RECENT_ROUNDS)  # `seen` of closed rounds, without a store
         self._logged: Counter[str] = Counter()
         self._parts_retained = 0  # model-part topics this process left a retained message on
+        self._announce_due = False  # the last announcement could not be published; tick() retries
         self.session = uuid.uuid4().hex  # in every Announcement: devices check in again when it changes
         if store is not None:
             self._load(store)
@@ -150,8 +152,8 @@ class Coordinator:
         elif isinstance(report, Status) and channel == "status" and mine:
             if not report.online and report.device_id in self.registry:
                 self._register(report.device_id, False, "offline", self.registry[report.device_id].num_examples)
-        else:
-            self._log(logging.WARNING, "ignored", "ignored %s on %s", type(report).__name__, msg.topic)
+        else:  # counted like any refusal, so a device talking on the wrong channel shows in the metrics
+            self._reject(UnexpectedMessage(f"{type(report).__name__} on {msg.topic}"), sender, None)
         return True
 
     def _check_in(self, msg: CheckIn) -> None:
@@ -341,6 +343,16 @@ class Coordinator:
         note = Announcement(self.manifest.model_id, self.state.version, self.manifest_sha256,
                             rnd.ctx.round_id if rnd else 0, "training" if rnd else "idle", self.session)
         self._send(ANNOUNCE_TOPIC, encode_message(note), retain=True)
+        self._announce_due = False
+
+    def _announce_or_defer(self) -> None:
+        """Announce now, or, without a link, leave it to tick() or on_reconnect()."""
+        try:
+            self._announce()
+        except (NotConnected, ConnectionLost, PublishRefused) as exc:  # not sent: try again later
+            if not self._announce_due:
+                log.warning("coordinator: announcement deferred until the link is back: %s", exc)
+            self._announce_due = True
 
     def _send(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.transport.publish(topic, payload, qos=1, retain=retain)
@@ -386,6 +398,8 @@ class Coordinator:
 
     def tick(self) -> RoundRecord | None:
         """Advance the open round with the clock; commit or abandon it when it is done."""
+        if self._announce_due:
+            self._announce_or_defer()
         rnd = self.round
         if rnd is None:
             return None
@@ -427,7 +441,9 @@ class Coordinator:
         # nothing from it was applied.
         self.next_round_id = record.round_id + 1
         self.metrics.round_closed(record.committed, record.reports, record.seconds, self.state.version)
-        self._announce()
+        # The round is closed (and committed, with a store) whatever the link does now: the
+        # caller must get this record, so a dropped link only defers the announcement.
+        self._announce_or_defer()
         log.info("round %d %s: %s", record.round_id, "committed" if record.committed else "abandoned", record.why)
         return record
 

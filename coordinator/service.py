@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
 from edge_runtime.configfile import load_config
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, PublishRefused
 from edge_runtime.manifest import load_manifest
 from edge_runtime.store import load_npz
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
@@ -37,6 +37,7 @@ from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
 from .config import CoordinatorConfig
 from .loop import CoordinatorLoop
 from .metrics import CoordinatorMetrics, serve_metrics
+from .sampling import selection_size
 from .server import Coordinator
 from .store import open_store
 from .strategies import strategy_from_config
@@ -74,6 +75,25 @@ def load_service_config(path: str | Path) -> ServiceConfig:
     return load_config(ServiceConfig, path)
 
 
+def coordinator_link(broker: MqttSettings, cfg: CoordinatorConfig) -> MqttSettings:
+    """The coordinator's broker settings, with chunk reassembly bounded by what it accepts.
+
+    Every inbound message over max_update_bytes is refused (validation.decode_report), updates
+    being the largest legitimate ones (a FetchRequest or CheckIn is a few hundred bytes), so
+    no sender may hold more than that in incomplete chunk sets, and all senders together no
+    more than one update from each device a round selects. What the coordinator publishes
+    (tasks with inline params, artifact files) keeps broker.max_message_bytes.
+    """
+    per_sender = cfg.max_update_bytes
+    if broker.max_inbound_bytes:
+        per_sender = min(per_sender, broker.max_inbound_bytes)
+    selected = selection_size(cfg.clients_per_round, cfg.over_selection, cfg.clients_per_round * 100)
+    total = max(4, selected) * per_sender
+    if broker.max_pending_bytes:
+        total = min(total, broker.max_pending_bytes)
+    return replace(broker, max_inbound_bytes=per_sender, max_pending_bytes=total)
+
+
 def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
     art = Path(cfg.coordinator.artifacts_dir)
     manifest = load_manifest(art, verify=True)
@@ -81,7 +101,7 @@ def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
     initial = {p.name: values[p.name] for p in manifest.by_role("shared")}
     store = open_store(cfg.coordinator)
     metrics = CoordinatorMetrics()
-    transport = MqttTransport(cfg.service.client_id, cfg.broker)
+    transport = MqttTransport(cfg.service.client_id, coordinator_link(cfg.broker, cfg.coordinator))
     coordinator = Coordinator(transport, strategy_from_config(cfg.coordinator), manifest,
                               initial, cfg.coordinator, store=store, metrics=metrics)
     target = cfg.service.rounds
@@ -119,8 +139,11 @@ def run_service(cfg: ServiceConfig) -> int:
     finally:
         # The last round's Acks must reach the broker, or every device of that round resends
         # its update to a coordinator that is gone.
-        if coordinator.transport.connected and not coordinator.transport.flush(timeout=10):
-            log.warning("coordinator: some publishes were not acknowledged by the broker before exit")
+        try:
+            if coordinator.transport.connected and not coordinator.transport.flush(timeout=10):
+                log.warning("coordinator: some publishes were not acknowledged by the broker before exit")
+        except PublishRefused as exc:
+            log.error("coordinator: PublishRefused before exit: %s", exc)
         coordinator.transport.close()
     if cfg.coordinator.metrics_port and cfg.service.metrics_linger_s and not stopping.is_set():
         log.info("coordinator: done at version %d; metrics stay up %.0f s", coordinator.state.version,

@@ -9,7 +9,6 @@ reads time from the injected clock and never sleeps: the loop that owns sleeping
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -17,13 +16,14 @@ from pathlib import Path
 from .clock import SystemClock
 from .codec import decode_message, encode_message
 from .device import DeviceRuntime
-from .errors import ArtifactError, CodecError, RoundModelError, TransportError
+from .errors import ArtifactError, CodecError, PayloadTooLarge, RoundModelError, TransportError
 from .fetch import ArtifactDownload
-from .manifest import MANIFEST_FILE, atomic_write_bytes, sha256_file
+from .manifest import MANIFEST_FILE, sha256_file
 from .pending import PendingUploads
 from .protocol import (ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, Ack, Announcement, ArtifactFile, Decline, FetchRequest,
                        ModelPart, Pace, Status, TrainTask, Update, device_topic)
 from .round_model import ModelWaits
+from .seen_tasks import SeenTasks
 from .task import TaskState, advance
 from .transport.base import Message, Transport, topic_matches
 
@@ -72,8 +72,11 @@ class DeviceAgent:
         self.next_republish = float("inf")
         self._unacked_resends = 0
         self.started = False
-        self._seen_file = self.home / "seen_tasks.json"
-        self._seen = self._load_seen()
+        self.seen = SeenTasks(self.home / "seen_tasks.json", _SEEN_TASKS_KEPT)
+        # A crash between staging a task's state and keeping its update: finish or undo it.
+        recover = getattr(runtime, "recover", None)
+        if recover is not None:
+            recover(lambda update_id: update_id in self.pending)
 
     @property
     def device_id(self) -> str:
@@ -90,6 +93,7 @@ class DeviceAgent:
         self.transport.subscribe(ANNOUNCE_TOPIC)
         self._announce_online()
         self.republish_pending()  # left over from before a restart, ahead of new work
+        self._decline_interrupted()
         self.check_in()
         self.started = True
 
@@ -167,20 +171,21 @@ class DeviceAgent:
     def republish_pending(self) -> int:
         """Send every unacknowledged update again (the broker is not a durable store)."""
         items = self.pending.items()
+        # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
+        self.next_republish = self.clock.now() + self.republish_s * 2 ** self._unacked_resends
         for item in items:
             self._publish("update", item.payload)
-        self.next_republish = self.clock.now() + self.republish_s * 2 ** self._unacked_resends
         return len(items)
 
     # ------------------------------------------------------------------ handlers
 
     def _on_task(self, task: TrainTask) -> None:
-        if task.task_id in self.tasks or task.task_id in self._seen:
+        if task.task_id in self.tasks or task.task_id in self.seen:
             self._answer_again(task)
             return
         self.tasks[task.task_id] = TaskState.IDLE
         self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
-        self._remember_task(task.task_id)
+        self.seen.add(task.task_id, task.round_id)
         if not _SAFE_ID.fullmatch(task.model_id):
             self._decline(task, "bad_model_id", f"model id {task.model_id!r} is not a safe name")
             return
@@ -231,24 +236,34 @@ class DeviceAgent:
         def past_deadline() -> str | None:  # between training steps: a straggler stops, not just arrives late
             return "deadline" if self.clock.now() >= deadline_at else None
 
-        reply = self.runtime.handle_task(task, deadline_check=past_deadline)
+        kept: dict[str, bytes] = {}  # update_id -> the encoded Update as kept
+
+        def persist(update: Update) -> None:  # on disk before the device's state moves, and before it leaves
+            payload = encode_message(update)
+            if len(payload) > self.max_message_bytes:  # never store what can never be sent
+                raise PayloadTooLarge(f"update of {len(payload)} bytes > {self.max_message_bytes}")
+            self.pending.add(update.round_id, update.update_id, payload)  # the commit point: see store.py
+            kept[update.update_id] = payload
+
+        reply = self.runtime.handle_task(task, deadline_check=past_deadline, persist=persist)
         if isinstance(reply, Decline):
             self.tasks[task.task_id] = advance(TaskState.TRAINING, "abort" if reply.stage == "during" else "decline")
             self._send_decline(reply)
             return
         assert isinstance(reply, Update)
-        payload = encode_message(reply)
-        if len(payload) > self.max_message_bytes:  # never store what can never be sent
-            self.tasks[task.task_id] = advance(TaskState.TRAINING, "decline")
-            self._send_decline(Decline(self.device_id, task.round_id, task.task_id, "oversize",
-                                       f"update of {len(payload)} bytes > {self.max_message_bytes}", "during"))
-            return
+        if reply.update_id not in kept:  # a runtime that does not call persist
+            try:
+                persist(reply)
+            except PayloadTooLarge as exc:
+                self.tasks[task.task_id] = advance(TaskState.TRAINING, "decline")
+                self._send_decline(Decline(self.device_id, task.round_id, task.task_id, exc.reason, str(exc), "during"))
+                return
         self.tasks[task.task_id] = advance(TaskState.TRAINING, "trained")
-        self.pending.add(reply.round_id, reply.update_id, payload)  # on disk before it leaves
-        self._publish("update", payload)
-        self.next_republish = self.clock.now() + self.republish_s
+        self.next_republish = self.clock.now() + self.republish_s  # first: a failed publish is retried by tick()
+        self._publish("update", kept[reply.update_id])
 
     def _on_ack(self, ack: Ack) -> None:
+        self.seen.answered(ack.task_id)  # before the update goes: a pending update says "answered" until then
         self.pending.remove(ack.update_id)
         self._unacked_resends = 0
         on_ack = getattr(self.runtime, "on_ack", None)
@@ -370,21 +385,29 @@ class DeviceAgent:
         if len(self.declines) > _SEEN_TASKS_KEPT:
             self.declines.pop(next(iter(self.declines)))
         self._publish("update", payload)
+        self.seen.answered(decline.task_id)  # after it left: a crash before says "interrupted" on restart
+
+    def _decline_interrupted(self) -> None:
+        """Tasks a previous run of this device received but never answered (it stopped while
+        training, or while waiting for the model): decline them, so their rounds need not wait
+        for the deadline."""
+        kept = set()
+        for item in self.pending.items():
+            try:
+                kept.add(decode_message(item.payload).task_id)
+            except CodecError:
+                pass
+        for task_id, round_id in self.seen.unanswered():
+            if task_id in self.tasks or task_id in kept:  # this run's, or its update is pending (an answer)
+                continue
+            log.warning("device %s: task %s of round %d was interrupted before it was answered; declining it",
+                        self.device_id, task_id, round_id)
+            self._send_decline(Decline(self.device_id, round_id, task_id, "interrupted",
+                                       "the device stopped before it answered this task", "during"))
 
     def _announce_online(self) -> None:
         self.transport.publish(device_topic(self.device_id, "status"), encode_message(Status(self.device_id, True)),
                                qos=1, retain=True)
-
-    def _load_seen(self) -> list[str]:
-        try:
-            seen = json.loads(self._seen_file.read_text())
-            return [str(t) for t in seen][-_SEEN_TASKS_KEPT:]
-        except (OSError, ValueError, TypeError):
-            return []
-
-    def _remember_task(self, task_id: str) -> None:
-        self._seen = (self._seen + [task_id])[-_SEEN_TASKS_KEPT:]
-        atomic_write_bytes(self._seen_file, json.dumps(self._seen).encode())
 
     def _publish(self, channel: str, payload: bytes) -> None:
         self.transport.publish(device_topic(self.device_id, channel), payload, qos=1)

@@ -7,8 +7,8 @@ computes Δc_i by option II (local_training.scaffold_control_delta), and uploads
 like the delta (same bits and top-k, no clipping: Δc_i is in gradient units, the clip bound
 in delta units) with its own error-feedback residual. c_i then moves by what was *sent*, the
 rest waits in the residual: so the coordinator's c stays the mean of the c_i that the devices
-hold, however lossy the compression. c_i is saved as soon as the update is built (like the
-delta's residual); if the coordinator then rejects the upload (typically stale: the round
+hold, however lossy the compression. c_i is saved with the update (like the delta's residual:
+staged, the update kept for upload, then applied; see store.py); if the coordinator then rejects the upload (typically stale: the round
 closed before it arrived), `on_ack` puts c_i and its residual back, so c and the c_i stay
 consistent. An upload that is lost for good, with no Ack ever, leaves c_i ahead of c.
 """
@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .compress import compress_update, decompress_update
-from .errors import ArtifactError, CodecError, ConfigError, FedgeError, TaskAborted
+from .errors import ArtifactError, CodecError, ConfigError, FedgeError, PayloadTooLarge, TaskAborted
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .manifest import check_params
 from .model_runtime import ModelRuntime
@@ -118,9 +118,15 @@ class DeviceRuntime:
             self._backends[key] = make_backend(self.backend_name, model.dir, model.manifest, optimizer)
         return self._backends[key]
 
-    def handle_task(self, task: TrainTask, deadline_check: Callable[[], str | None] | None = None) -> Update | Decline:
+    def handle_task(self, task: TrainTask, deadline_check: Callable[[], str | None] | None = None,
+                    persist: Callable[[Update], None] | None = None) -> Update | Decline:
         """Train for `task`; every failure becomes a Decline that says why. deadline_check is
-        asked between steps next to abort_check: the agent's clock says when the task's time is up."""
+        asked between steps next to abort_check: the agent's clock says when the task's time is up.
+
+        persist(update) makes the update durable (the agent's pending uploads). It is called
+        after the task's new local state is staged and before that state is applied (see
+        store.py), so a crash never leaves the state moved on without its update kept; if it
+        raises PayloadTooLarge, the state stays as it was and the task is declined."""
         reason = self.eligibility()
         if reason:
             return self._decline(task, reason, "not eligible", "before")
@@ -131,16 +137,32 @@ class DeviceRuntime:
 
         try:
             with self._busy:
-                return self._train(task, should_abort)
+                return self._train(task, should_abort, persist or (lambda update: None))
         except TaskAborted as exc:
             return self._decline(task, f"aborted:{exc.cause}", exc.detail, "during")
+        except PayloadTooLarge as exc:  # the update can never be sent: nothing of it was kept
+            return self._decline(task, exc.reason, str(exc), "during")
         except (ArtifactError, CodecError, ConfigError) as exc:
             return self._decline(task, exc.reason, str(exc), "before")
         except FedgeError as exc:
             log.warning("device %s task %s failed: %s", self.device_id, task.task_id, exc)
             return self._decline(task, exc.reason, str(exc), "during")
 
-    def _train(self, task: TrainTask, should_abort: Callable[[], str | None]) -> Update:
+    def recover(self, persisted: Callable[[str], bool]) -> None:
+        """After a restart: apply the staged state of every update that was made durable, and
+        drop the staged state of those that were not (their task was never answered)."""
+        for path in sorted((self.state_root / self.device_id).glob("*/staged-*.npz")):
+            store = DeviceStore(self.state_root / self.device_id, path.parent.name)
+            for update_id in store.staged():
+                if persisted(update_id):
+                    store.commit_staged(update_id)
+                else:
+                    log.warning("device %s: dropping the state of update %s: it was never kept for upload",
+                                self.device_id, update_id)
+                    store.discard_staged(update_id)
+
+    def _train(self, task: TrainTask, should_abort: Callable[[], str | None],
+               persist: Callable[[Update], None]) -> Update:
         model = self.model(task.model_id)
         manifest = model.manifest
         shared = decode_dense(task.params)
@@ -180,6 +202,7 @@ class DeviceRuntime:
         payload = encode_tensors(tensors)
         control = b""
         dense_bytes = dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")})
+        saves = {"personal": result.personal, "opt_state": result.opt_state, "residual": residual}
         if server_control is not None:
             delta_c = scaffold_control_delta(server_control, result.shared_delta, result.steps, task.hyper)
             old_residual = _fitting(store.load_control_residual(), shared)
@@ -188,14 +211,10 @@ class DeviceRuntime:
             control = encode_tensors(sent)
             dense_bytes *= 2
             decoded = decompress_update(sent)  # what the coordinator will add to c
-            store.save_control_undo(update_id, client_control, old_residual)
-            store.save_control({k: client_control[k] + decoded[k] for k in client_control})
-            store.save_control_residual(control_residual)
-        store.save_personal(result.personal)
-        store.save_opt_state(result.opt_state)
-        store.save_residual(residual)
-        store.save_meta({"last_round": task.round_id, "last_task": task.task_id})
-        return Update(
+            saves["control_undo"] = store.undo_arrays(update_id, client_control, old_residual)
+            saves["control"] = {k: client_control[k] + decoded[k] for k in client_control}
+            saves["control_residual"] = control_residual
+        update = Update(
             device_id=self.device_id,
             round_id=task.round_id,
             task_id=task.task_id,
@@ -208,6 +227,15 @@ class DeviceRuntime:
             metrics={"loss": result.mean_loss, "steps": float(result.steps)},
             control=control,
         )
+        # Staged, kept, applied: see store.py for why this order survives a crash at any step.
+        store.stage(update_id, saves, {"last_round": task.round_id, "last_task": task.task_id})
+        try:
+            persist(update)
+        except Exception:  # refused or failed, so not kept. (A dying process runs no handler: recover() decides.)
+            store.discard_staged(update_id)
+            raise
+        store.commit_staged(update_id)
+        return update
 
     def on_ack(self, ack: Ack) -> None:
         """The coordinator's verdict on an upload. A rejected SCAFFOLD upload was not added to

@@ -21,6 +21,8 @@
         ├── ConnectionLost          the link dropped (raised once; MQTT reconnects by itself)
         ├── NotConnected            no live link for this operation
         └── BrokerRefused           bad credentials, or the ACL refused a subscription
+            └── PublishRefused      the broker's PUBACK refused a publish (ACL); raised by the
+                                    next publish or flush, since QoS 1 answers come later
 
 Every error carries a message that says what is wrong and what to do about it.
 """
@@ -129,3 +131,11 @@ class BrokerRefused(TransportError):
     """The broker refused the connection or an operation (bad credentials, ACL)."""
 
     reason = "broker_refused"
+
+
+class PublishRefused(BrokerRefused):
+    """The broker acknowledged a QoS 1 publish with a failure reason (typically: the ACL does
+    not let this client publish on that topic). The answer arrives after `publish` returned,
+    so the refusal is raised by the next `publish` (before it sends anything) or `flush`."""
+
+    reason = "publish_refused"

@@ -11,7 +11,7 @@ import logging
 import threading
 
 from .agent import DeviceAgent
-from .errors import ConnectionLost, FedgeError, NotConnected, TransportError
+from .errors import ConnectionLost, FedgeError, NotConnected, PublishRefused, TransportError
 
 log = logging.getLogger("fedge.device.loop")
 
@@ -40,6 +40,11 @@ class AgentLoop:
             except (ConnectionLost, NotConnected) as exc:
                 log.info("device %s: %s; waiting for the link", self.agent.device_id, exc)
                 self.stop_event.wait(self.poll_s)
+            except PublishRefused as exc:
+                # The ACL refused something we sent. Unacknowledged updates stay on disk and are
+                # resent with backoff, so they get through once the broker lets them.
+                log.error("device %s: PublishRefused: %s", self.agent.device_id, exc)
+                self.stop_event.wait(self.poll_s)
             except TransportError as exc:
                 if not self.stop_event.is_set():
                     log.warning("device %s: transport closed: %s", self.agent.device_id, exc)
@@ -63,6 +68,10 @@ class AgentLoop:
             return True
         except (NotConnected, ConnectionLost) as exc:
             log.info("device %s: not started yet: %s", self.agent.device_id, exc)
+            return False
+        except PublishRefused as exc:  # subscribed, but the broker refuses what we publish
+            log.error("device %s: PublishRefused while starting: %s", self.agent.device_id, exc)
+            self.stop_event.wait(max(self.poll_s, 5.0))  # start publishes again: not in a tight loop
             return False
         except TransportError as exc:  # e.g. no SUBACK in time from an overloaded broker
             if getattr(self.agent.transport, "closed", False):

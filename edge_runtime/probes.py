@@ -49,6 +49,11 @@ class SystemProbe:
     run: runs `nmcli` to ask NetworkManager whether the link is metered.
     metered_ttl_s: the metered flag rarely changes, so nmcli runs at most this often per
         interface (a subprocess costs tens of milliseconds of CPU on a Pi).
+    metered_wait_s: nmcli runs in a background thread, and a reading uses the last answer
+        (stale by at most about metered_ttl_s): a check between training steps must never
+        wait for a subprocess with a 2 s timeout, or an abort could come later than 2 s. Only
+        when there is no answer yet for the interface does a reading wait, this long at most;
+        after that it says "unknown" (None) until nmcli answers.
     Battery falls back to psutil only when root is "/" and there is no sysfs power_supply
     class (macOS, Windows, BSD); on Linux psutil reads the same files knowing less.
     """
@@ -60,6 +65,7 @@ class SystemProbe:
         clock=None,
         metered_ttl_s: float = 30.0,
         ignored_thermal_types: tuple[str, ...] = IGNORED_THERMAL_TYPES,
+        metered_wait_s: float = 0.2,
     ):
         self.root = Path(root)
         self.run = run
@@ -67,7 +73,10 @@ class SystemProbe:
         self.metered_ttl_s = metered_ttl_s
         self.ignored_thermal_types = ignored_thermal_types
         self._is_real_root = self.root.resolve() == Path("/")
-        self._metered_cache: dict[str, tuple[float, bool | None]] = {}  # interface -> (read at, flag)
+        self.metered_wait_s = metered_wait_s
+        self._metered_cache: dict[str, tuple[float, bool | None]] = {}  # interface -> (asked at, flag)
+        self._asking: dict[str, threading.Thread] = {}  # interface -> its nmcli run in flight
+        self._metered_lock = threading.Lock()
         self._cpu = _CpuIdle()
 
     def read(self) -> DeviceFacts:
@@ -117,13 +126,39 @@ class SystemProbe:
             sources["metered"] = "no interface to ask about"
             return None
         now = self.clock.now()
-        cached = self._metered_cache.get(interface)
-        if cached is None or now - cached[0] >= self.metered_ttl_s:
-            out = self.run(["nmcli", "-t", "-f", "GENERAL.METERED", "dev", "show", interface])
-            cached = (now, parse_nmcli_metered(out))
-            self._metered_cache[interface] = cached
+        with self._metered_lock:
+            cached = self._metered_cache.get(interface)
+            asking = self._asking.get(interface)
+            if asking is None and (cached is None or now - cached[0] >= self.metered_ttl_s):
+                asking = threading.Thread(target=self._ask_nmcli, args=(interface, now), daemon=True,
+                                          name=f"nmcli-{interface}")
+                self._asking[interface] = asking
+                asking.start()
+        if cached is None and asking is not None:
+            asking.join(self.metered_wait_s)  # nothing known yet: a short wait, never nmcli's whole timeout
+            with self._metered_lock:
+                cached = self._metered_cache.get(interface)
+        if cached is None:
+            sources["metered"] = f"nmcli still running for {interface} (unknown until it answers)"
+            return None
         sources["metered"] = f"nmcli GENERAL.METERED of {interface}" if cached[1] is not None else "nmcli unavailable or unsure"
         return cached[1]
+
+    def _ask_nmcli(self, interface: str, asked_at: float) -> None:
+        try:
+            flag = parse_nmcli_metered(self.run(["nmcli", "-t", "-f", "GENERAL.METERED", "dev", "show", interface]))
+        except Exception:  # a runner that fails is an nmcli that does not answer
+            flag = None
+        with self._metered_lock:
+            self._metered_cache[interface] = (asked_at, flag)
+            self._asking.pop(interface, None)
+
+    def settle(self, timeout_s: float = 5.0) -> None:
+        """Wait for nmcli runs in flight (for `fedge device probe` and tests)."""
+        with self._metered_lock:
+            running = list(self._asking.values())
+        for thread in running:
+            thread.join(timeout_s)
 
 
 def parse_nmcli_metered(output: str | None) -> bool | None:
@@ -228,7 +263,7 @@ def describe(probe: FactSource | None = None, policy: EligibilityPolicy | None =
     a span to measure (a one-off command, unlike the monitor's reads, may wait that long).
     """
     if probe is None:
-        probe = SystemProbe()
+        probe = SystemProbe(metered_wait_s=3.0)  # one-off: wait for nmcli's answer (its timeout is 2 s)
         time.sleep(settle_s)
     reader = getattr(probe, "read_with_sources", None)
     if reader is not None:

@@ -9,9 +9,15 @@
     control_undo.npz       c_i and its residual from before the latest SCAFFOLD upload, with
                            that update's id: put back if the coordinator rejects the upload
     meta.json       last round trained, counters
+    staged-<update id>.npz  the state one task moves to, written before the task's update is
+                    kept for upload and applied after (stage / commit_staged)
 
 Every write is atomic (temp file, fsync, rename): a power cut leaves the old or the new
-version, never a torn one.
+version, never a torn one. A task changes several files; they move together through a
+staged file: stage it, make the update durable (the agent's pending store), then apply it.
+After a crash, a staged file whose update is durable is applied again (every write is
+idempotent), and one whose update is not is discarded, so the state never runs ahead of
+what the device will send (the residual and c_i assume their update reaches the coordinator).
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ def load_npz(path) -> Arrays:
     """Every array of an .npz file, loaded under the process-wide lock (see above)."""
     with _NPY_LOCK, np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+_STAGEABLE = ("personal", "opt_state", "residual", "control", "control_residual", "control_undo")
+
+
+def _staged(update_id: str) -> str:
+    return f"staged-{update_id}"
 
 
 class DeviceStore:
@@ -96,9 +109,14 @@ class DeviceStore:
         self._save("control_residual", arrays)
 
     def save_control_undo(self, update_id: str, control: Arrays, residual: Arrays | None) -> None:
+        self._save("control_undo", self.undo_arrays(update_id, control, residual))
+
+    @staticmethod
+    def undo_arrays(update_id: str, control: Arrays, residual: Arrays | None) -> Arrays:
+        """What save_control_undo writes, for staging it with the rest of a task's state."""
         arrays = {f"control/{k}": v for k, v in control.items()}
         arrays.update({f"residual/{k}": v for k, v in (residual or {}).items()})
-        self._save("control_undo", {**arrays, "update_id": np.array(update_id)})
+        return {**arrays, "update_id": np.array(update_id)}
 
     def load_control_undo(self) -> tuple[str, Arrays, Arrays | None] | None:
         """(update id, c_i before it, residual before it or None), or None."""
@@ -114,6 +132,40 @@ class DeviceStore:
 
     def clear_control_undo(self) -> None:
         self._save("control_undo", None)
+
+    def stage(self, update_id: str, saves: dict[str, Arrays | None], meta: dict) -> None:
+        """Write, as one file, the state a task moves to (None deletes that file); nothing is applied."""
+        arrays: Arrays = {"//meta": np.array(json.dumps(meta, sort_keys=True))}
+        for name, value in saves.items():
+            if name not in _STAGEABLE:
+                raise ValueError(f"cannot stage {name!r}; one of {_STAGEABLE}")
+            arrays[f"{name}//kind"] = np.array("none" if value is None else "arrays")
+            arrays.update({f"{name}/{k}": v for k, v in (value or {}).items()})
+        self._save(_staged(update_id), arrays)
+
+    def staged(self) -> list[str]:
+        """Update ids with a staged state not yet applied."""
+        return sorted(p.name[len("staged-"):-len(".npz")] for p in self.dir.glob("staged-*.npz"))
+
+    def commit_staged(self, update_id: str) -> None:
+        """Apply a staged state, then forget it. Safe to repeat after a crash part-way."""
+        arrays = self._load(_staged(update_id))
+        if arrays is None:
+            return
+        saves: dict[str, Arrays | None] = {}
+        for key, value in arrays.items():
+            name, _, rest = key.partition("/")
+            if rest == "/kind":
+                saves.setdefault(name, {} if str(value) == "arrays" else None)
+            elif name and rest:
+                saves.setdefault(name, {})[rest] = value
+        for name, value in saves.items():
+            self._save(name, value)
+        self.save_meta(json.loads(str(arrays["//meta"])))
+        self._save(_staged(update_id), None)
+
+    def discard_staged(self, update_id: str) -> None:
+        self._save(_staged(update_id), None)
 
     def load_meta(self) -> dict:
         path = self.dir / "meta.json"

@@ -154,7 +154,7 @@ def _device(args) -> int:
         raw = load_toml(args.config)  # read once: only its [eligibility] and [probe] tables matter here
         policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), "eligibility")
         root = raw.get("probe", {}).get("root", "/")
-    print(json.dumps(describe(SystemProbe(root=args.root or root), policy), indent=2))
+    print(json.dumps(describe(SystemProbe(root=args.root or root, metered_wait_s=3.0), policy), indent=2))
     return 0
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import shutil
 from pathlib import Path
 
@@ -128,16 +130,48 @@ def credentials_toml(username: str, table: dict[str, str]) -> str:
 
 
 def write_broker_files(out_dir: str | Path, *, conf_dir: str | None = None, data_dir: str | None = None) -> list[Path]:
-    """The shipped configs and ACL, with their paths rewritten for `conf_dir` and `data_dir`."""
+    """The shipped configs and ACL, with their paths rewritten for `conf_dir` and `data_dir`.
+
+    When the files are used where they are written (no conf_dir, or conf_dir is out_dir), the
+    persistence directory they name is created too (make_data_dir). Staged for another place
+    (conf_dir elsewhere), they name a directory there, which the installer creates."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    in_place = installed_in_place(out, conf_dir)
     conf_dir = conf_dir or str(out.resolve())
     data_dir = data_dir or str(Path(conf_dir) / "data")
     written = []
     for name in SHIPPED:
         (out / name).write_text(shipped_text(name, conf_dir, data_dir), encoding="utf-8")
         written.append(out / name)
+    if in_place:
+        make_data_dir(data_dir)
     return written
+
+
+def installed_in_place(out_dir: str | Path, conf_dir: str | None) -> bool:
+    """Whether broker files written to out_dir are used there (conf_dir unset or the same)."""
+    return conf_dir is None or Path(conf_dir).resolve() == Path(out_dir).resolve()
+
+
+def make_data_dir(path: str | Path) -> Path:
+    """Create Mosquitto's persistence directory, mode 0700 (it holds retained messages and
+    queued ones). Mosquitto does not create it, and without it logs "Error saving in-memory
+    database" at every autosave and loses its sessions on restart. As root, it is given to the
+    `mosquitto` user, which Mosquitto 2.0 drops to before it writes there."""
+    path = Path(path)
+    existed = path.is_dir()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not existed:
+        path.chmod(0o700)  # mkdir's mode is masked by the umask
+        if os.geteuid() == 0:
+            try:
+                user = pwd.getpwnam("mosquitto")
+            except KeyError:
+                pass  # no such user: mosquitto keeps running as root (or as `user` in its config)
+            else:
+                os.chown(path, user.pw_uid, user.pw_gid)
+    return path
 
 
 def _creds_path(out_dir: str | Path, username: str, overwrite: bool) -> Path:
@@ -187,6 +221,11 @@ def run(args: argparse.Namespace) -> int:
     if args.provision == "broker":
         for path in write_broker_files(args.out, conf_dir=args.conf_dir, data_dir=args.data_dir):
             print(f"wrote {path}")
+        data_dir = args.data_dir or str(Path(args.conf_dir or Path(args.out).resolve()) / "data")
+        if installed_in_place(args.out, args.conf_dir):
+            print(f"created the persistence directory {data_dir} (mode 0700)")
+        else:
+            print(f"on the broker host, create the persistence directory: install -d -m 0700 -o mosquitto {data_dir}")
         if args.ca_dir:
             if not args.host:
                 raise ConfigError("--ca-dir needs at least one --host for the server certificate")

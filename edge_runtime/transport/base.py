@@ -49,6 +49,8 @@ class Transport(abc.ABC):
     - Failure: a dropped link or a closed transport raises TransportError from every
       method; it is never silent. Messages queued before the drop are still returned by
       `receive`, then it raises.
+      A publish the broker refuses (an MQTT 5 PUBACK failure, e.g. the ACL) is reported
+      after the fact: the next `publish` raises PublishRefused before it sends anything.
     """
 
     @property

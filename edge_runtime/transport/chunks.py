@@ -16,7 +16,9 @@ Chunk frame (little-endian)::
 A whole message never starts with b"FDGC" (codec frames start with b"FDGM"), so a receiver
 tells chunks from plain messages by the magic alone. Reassembly is keyed by (topic, message
 id); the topic names the sender, and the broker's ACL allows only that sender to publish on
-it, so one device cannot inject chunks into another's message. Chunks may repeat (QoS 1
+it, so one device cannot inject chunks into another's message. Memory is shared out by the
+topic's parent (`fedge/v1/devices/<id>` for all of one device's channels), so a sender
+cannot multiply its share by spreading sets over its channels. Chunks may repeat (QoS 1
 redelivery) and may arrive in any order. A set that is not complete within `expiry_s` is
 dropped, and pending sets are bounded in bytes, so a sender that never finishes cannot make
 the receiver hold memory.
@@ -27,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from ..errors import MalformedPayload, PayloadTooLarge
@@ -42,6 +44,17 @@ class MalformedChunk(MalformedPayload):
     """A chunk frame that is truncated, inconsistent with its set, or fails the digest."""
 
     reason = "malformed_chunk"
+
+
+class ChunkMemoryFull(PayloadTooLarge):
+    """Incomplete chunk sets of all senders together already hold the receiver's bound."""
+
+    reason = "chunk_memory_full"
+
+
+def sender_of(topic: str) -> str:
+    """Whose share of reassembly memory a topic's sets count against: the topic's parent."""
+    return topic.rsplit("/", 1)[0] if "/" in topic else topic
 
 
 def is_chunk(payload: bytes) -> bool:
@@ -80,10 +93,14 @@ class Reassembler:
     """Collects chunk frames per (topic, message id) and returns whole messages.
 
     max_message_bytes: a set that declares a larger total is refused (PayloadTooLarge); it is
-        also what one topic (one sender) may hold in incomplete sets: a sender that starts a
-        new set over that loses its own oldest sets, never another sender's.
-    max_pending_bytes: bound on what all senders together hold; a new set over it is refused.
+        also what one sender (`sender_of(topic)`) may hold in incomplete sets: a sender that
+        starts a new set over that loses its own oldest sets, never another sender's.
+    max_pending_bytes: bound on what all senders together hold; a chunk over it is refused
+        (ChunkMemoryFull) and its set dropped.
     expiry_s: an incomplete set older than this is dropped by `expire`.
+
+    `dropped` counts incomplete sets thrown away without an error to the caller, by reason:
+    chunks_expired (by `expire`) and chunks_evicted (to make room in a sender's share).
 
     Memory is counted in bytes actually stored, and a set's chunks together may not exceed
     the total it declared, so a set cannot declare little and send much.
@@ -93,15 +110,24 @@ class Reassembler:
         self.max_message_bytes = max_message_bytes
         self.max_pending_bytes = max_pending_bytes
         self.expiry_s = expiry_s
-        self._per_topic: dict[str, int] = {}  # topic -> bytes stored in its incomplete sets
+        self._per_sender: dict[str, int] = {}  # sender_of(topic) -> bytes stored in its incomplete sets
         self._sets: dict[tuple[str, bytes], _PendingSet] = {}
         self._pending_bytes = 0
         self._recent: OrderedDict[tuple[str, bytes], None] = OrderedDict()  # completed sets, to ignore late repeats
-        self.expired = 0  # sets dropped incomplete, since creation
+        self.dropped: Counter[str] = Counter()
 
     @property
     def pending_sets(self) -> int:
         return len(self._sets)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held in incomplete sets, all senders together."""
+        return self._pending_bytes
+
+    def sender_bytes(self, topic: str) -> int:
+        """Bytes held in incomplete sets of the sender of `topic`."""
+        return self._per_sender.get(sender_of(topic), 0)
 
     def feed(self, topic: str, frame: bytes, now: float) -> bytes | None:
         """Add one chunk frame; the whole message when this chunk completes it, else None.
@@ -139,7 +165,8 @@ class Reassembler:
         pending.parts[index] = data
         pending.stored += len(data)
         self._pending_bytes += len(data)
-        self._per_topic[topic] = self._per_topic.get(topic, 0) + len(data)
+        sender = sender_of(topic)
+        self._per_sender[sender] = self._per_sender.get(sender, 0) + len(data)
         if len(pending.parts) < pending.count:
             return None
         self._drop(key)
@@ -156,29 +183,41 @@ class Reassembler:
         old = [k for k, s in self._sets.items() if now - s.first_seen > self.expiry_s]
         for key in old:
             self._drop(key)
-        self.expired += len(old)
+        self.dropped["chunks_expired"] += len(old)
         return len(old)
 
     def _make_room(self, topic: str, key: tuple[str, bytes], size: int) -> None:
-        """Evict this sender's own oldest other sets while it is over its share; refuse when
-        all senders together are over the global bound."""
-        while self._per_topic.get(topic, 0) + size > self.max_message_bytes:
-            own = [k for k in self._sets if k[0] == topic and k != key]
-            if not own:
+        """Evict this sender's own oldest other sets while it is over its share. When all
+        senders together are at the global bound, take room from the sender holding the most,
+        if that is more than this one would hold: a few flooding senders cannot starve the
+        others. Refuse when no sender holds more."""
+        sender = sender_of(topic)
+        while self._per_sender.get(sender, 0) + size > self.max_message_bytes:
+            if not self._evict_oldest(sender, key):
                 break
-            self._drop(min(own, key=lambda k: self._sets[k].first_seen))
-            self.expired += 1
-        if self._pending_bytes + size > self.max_pending_bytes:
-            self._drop(key)
-            raise PayloadTooLarge(f"{self._pending_bytes} bytes pending reassembly from all senders; "
-                                  f"refusing {size} more on {topic!r}")
+        mine = self._per_sender.get(sender, 0) + size
+        while self._pending_bytes + size > self.max_pending_bytes:
+            top = max(self._per_sender, key=self._per_sender.__getitem__, default=None)
+            if top is None or self._per_sender[top] <= mine or not self._evict_oldest(top, key):
+                self._drop(key)
+                raise ChunkMemoryFull(f"{self._pending_bytes} bytes pending reassembly from all senders; "
+                                      f"refusing {size} more on {topic!r}")
+
+    def _evict_oldest(self, sender: str, keep: tuple[str, bytes]) -> bool:
+        own = [k for k in self._sets if sender_of(k[0]) == sender and k != keep]
+        if not own:
+            return False
+        self._drop(min(own, key=lambda k: self._sets[k].first_seen))
+        self.dropped["chunks_evicted"] += 1
+        return True
 
     def _drop(self, key: tuple[str, bytes]) -> None:
         pending = self._sets.pop(key, None)
         if pending is not None:
             self._pending_bytes -= pending.stored
-            left = self._per_topic.get(key[0], 0) - pending.stored
+            sender = sender_of(key[0])
+            left = self._per_sender.get(sender, 0) - pending.stored
             if left > 0:
-                self._per_topic[key[0]] = left
+                self._per_sender[sender] = left
             else:
-                self._per_topic.pop(key[0], None)
+                self._per_sender.pop(sender, None)

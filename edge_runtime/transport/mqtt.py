@@ -7,10 +7,12 @@ is back, and `connection_count` goes up on every successful (re)connect so the o
 resend what the broker may have lost.
 
 Sessions are persistent (clean_start false, session expiry), so QoS 1 messages addressed to
-a device while it is offline wait in the broker. Reconnects are automatic, with full-jitter
+a device while it is offline wait in the broker. Reconnects are automatic, with jittered
 exponential backoff (backoff.py). A message larger than the negotiated maximum packet size
 is split into chunks (chunks.py) on the same topic and reassembled on receipt; what fails
-reassembly is logged and counted in `dropped`, and never reaches the caller.
+reassembly is logged and counted in `dropped`, and never reaches the caller. A publish the
+broker refuses (a PUBACK with a failure reason, e.g. the ACL) is logged at ERROR, counted in
+`refused_publishes`, and raised as PublishRefused by the next `publish` or `flush`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..errors import BrokerRefused, CodecError, ConfigError, ConnectionLost, NotConnected, PayloadTooLarge, TransportError
+from ..errors import (BrokerRefused, CodecError, ConfigError, ConnectionLost, NotConnected, PayloadTooLarge,
+                      PublishRefused, TransportError)
 from .backoff import Backoff
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
 from .chunks import Reassembler, is_chunk, split_message
@@ -55,6 +58,7 @@ _paho_log.addFilter(_NoIdleLoopErrors())
 _FATAL_CONNACK = {133, 134, 135, 138, 140}  # bad client id, bad credentials, not authorized, banned, bad auth method
 _PUBLISH_OVERHEAD = 64  # bytes kept free in a packet for fixed header, topic length, packet id, properties
 _DEFAULT_PACKET = 256 << 20  # MQTT's own limit when the broker announces none
+_REFUSALS_KEPT = 8  # refused publishes named in the next PublishRefused; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,15 @@ class MqttSettings:
     clean_start: bool = False
     connect_timeout_s: float = 10.0
     op_timeout_s: float = 10.0  # subscribe/flush wait for the broker's answer this long
-    reconnect_min_s: float = 0.5
+    reconnect_min_s: float = 0.5  # the first retry waits between half this and this (seconds), jittered
     reconnect_max_s: float = 30.0
     max_packet_size: int = 0  # 0 = what the broker announces; else also cap at this (bytes)
-    max_message_bytes: int = 64 << 20  # largest reassembled message accepted
+    max_message_bytes: int = 64 << 20  # largest message published (chunked if need be), and by default received
+    # Receiving: the largest reassembled message accepted, which is also what one sender may
+    # hold in incomplete chunk sets; 0 = max_message_bytes. A receiver that knows its largest
+    # legitimate message sets this (the coordinator: its max_update_bytes).
+    max_inbound_bytes: int = 0
+    max_pending_bytes: int = 0  # all senders' incomplete chunk sets together; 0 = 4 x the inbound limit
     chunk_expiry_s: float = 120.0  # an incomplete chunk set is dropped after this
 
     def __post_init__(self) -> None:
@@ -93,6 +102,18 @@ class MqttSettings:
         if self.max_packet_size and self.max_packet_size < 1024:
             raise ConfigError("broker.max_packet_size must be 0 (broker's value) or >= 1024 bytes")
         Backoff(self.reconnect_min_s, self.reconnect_max_s)
+        if min(self.max_message_bytes, self.max_inbound_bytes + 1, self.max_pending_bytes + 1) < 1:
+            raise ConfigError("broker: max_message_bytes must be >= 1; max_inbound_bytes and max_pending_bytes >= 0")
+
+    @property
+    def inbound_limit(self) -> int:
+        """Largest reassembled message accepted, and one sender's share of reassembly memory (bytes)."""
+        return self.max_inbound_bytes or self.max_message_bytes
+
+    @property
+    def pending_limit(self) -> int:
+        """What all senders' incomplete chunk sets may hold together (bytes)."""
+        return self.max_pending_bytes or 4 * self.inbound_limit
 
     def endpoint(self) -> tuple[str, int, bool]:
         """(host, port, tls) from the url."""
@@ -139,12 +160,14 @@ class MqttTransport(Transport):
         self._connect_failures = 0
         self._suback: dict[int, tuple[threading.Event, list]] = {}
         self._broker_max_packet = _DEFAULT_PACKET
-        self._reassembler = Reassembler(settings.max_message_bytes, 4 * settings.max_message_bytes, settings.chunk_expiry_s)
+        self._reassembler = Reassembler(settings.inbound_limit, settings.pending_limit, settings.chunk_expiry_s)
         self._last_expiry = time.monotonic()
         self._chunk_lock = threading.Lock()  # the reassembler is fed by paho's thread, expired by ours
         self.connection_count = 0  # successful CONNACKs so far
-        self.dropped: Counter[str] = Counter()  # inbound frames dropped, by reason
-        self.refused_publishes = 0  # PUBACKs with a failure reason (e.g. ACL)
+        self._dropped: Counter[str] = Counter()  # chunk frames refused, by reason (under _chunk_lock)
+        self.refused_publishes = 0  # PUBACKs with a failure reason (e.g. ACL), since creation
+        self._refusals: list[list] = []  # [mid, topic, reason] not yet raised (under _lock)
+        self._unreported_refusals = 0  # how many those stand for (the list keeps the first few)
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
                              reconnect_on_failure=True)
@@ -212,6 +235,19 @@ class MqttTransport(Transport):
         return self._connected.is_set()
 
     @property
+    def dropped(self) -> Counter[str]:
+        """Inbound chunk frames refused (oversize, malformed_chunk, chunk_memory_full) and
+        incomplete sets thrown away (chunks_expired, chunks_evicted), by reason; a snapshot."""
+        with self._chunk_lock:
+            return self._dropped + self._reassembler.dropped
+
+    @property
+    def pending_chunk_bytes(self) -> int:
+        """Bytes held now in incomplete chunk sets, all senders together."""
+        with self._chunk_lock:
+            return self._reassembler.pending_bytes
+
+    @property
     def max_payload(self) -> int:
         """Largest payload one PUBLISH can carry to this broker; larger ones are chunked."""
         limit = self._broker_max_packet
@@ -263,6 +299,7 @@ class MqttTransport(Transport):
         validate_qos(qos)
         data = bytes(payload)
         self._require_link()
+        self._raise_refusals()
         if len(data) > self.settings.max_message_bytes:
             raise PayloadTooLarge(f"{len(data)} bytes to {topic!r}: over the {self.settings.max_message_bytes}-byte message limit")
         limit = self.max_payload - len(topic.encode())
@@ -282,6 +319,9 @@ class MqttTransport(Transport):
                 with self._lock:
                     if info.mid in self._early_acks:
                         self._early_acks.discard(info.mid)
+                        for refusal in self._refusals:  # its PUBACK came before we knew the mid
+                            if refusal[0] == info.mid and refusal[1] is None:
+                                refusal[1] = topic
                     else:
                         self._inflight[info.mid] = topic
 
@@ -319,14 +359,16 @@ class MqttTransport(Transport):
         return cast(Message, item)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the broker acknowledged every QoS 1 publish; False on timeout."""
+        """Wait until the broker acknowledged every QoS 1 publish; False on timeout.
+        Raises PublishRefused if the broker refused any publish not yet reported."""
         deadline = time.monotonic() + (self.settings.op_timeout_s if timeout is None else timeout)
-        while time.monotonic() < deadline:
+        while True:
             with self._lock:
-                if not self._inflight:
-                    return True
+                done = not self._inflight
+            if done or time.monotonic() >= deadline:
+                self._raise_refusals()
+                return done
             time.sleep(0.005)
-        return False
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
 
@@ -377,8 +419,12 @@ class MqttTransport(Transport):
                 with self._chunk_lock:
                     whole = self._reassembler.feed(message.topic, payload, time.monotonic())
             except CodecError as exc:
-                self.dropped[exc.reason] += 1
-                log.warning("%s: dropped a chunk on %s: %s (%s)", self._client_id, message.topic, exc.reason, exc)
+                with self._chunk_lock:
+                    self._dropped[exc.reason] += 1
+                    n = self._dropped[exc.reason]
+                if n <= 10 or n & (n - 1) == 0:  # a chunk flood must not flood the log
+                    log.warning("%s: dropped a chunk on %s: %s (%s)%s", self._client_id, message.topic, exc.reason,
+                                exc, f" [{n} of this kind so far]" if n > 10 else "")
                 return
             if whole is None:
                 return
@@ -386,13 +432,21 @@ class MqttTransport(Transport):
         self._queue.put(Message(message.topic, payload, bool(message.retain)))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._lock:
+        refused = reason_code.is_failure
+        with self._lock:  # one block: publish() fills in the topic of an early refusal under it
             topic = self._inflight.pop(mid, None)
             if topic is None:
                 self._early_acks.add(mid)
-        if reason_code.is_failure:
-            self.refused_publishes += 1
-            log.warning("%s: broker refused publish to %s: %s", self._client_id, topic, reason_code)
+            if refused:
+                self.refused_publishes += 1
+                n = self.refused_publishes
+                self._unreported_refusals += 1
+                if len(self._refusals) < _REFUSALS_KEPT:
+                    self._refusals.append([mid, topic, str(reason_code)])
+        if refused and (n <= 10 or n & (n - 1) == 0):  # a misconfigured ACL must not flood the log
+            log.error("%s: broker %s refused a publish to %s: %s (is the ACL right for this client?)%s",
+                      self._client_id, self._endpoint, topic or "a topic", reason_code,
+                      f" [{n} refused so far]" if n > 10 else "")
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._lock:
@@ -416,6 +470,16 @@ class MqttTransport(Transport):
             raise TransportError(f"no SUBACK for {topic_filter!r} within {self.settings.op_timeout_s:g} s")
         return codes[0]
 
+    def _raise_refusals(self) -> None:
+        with self._lock:
+            refusals, count = self._refusals, self._unreported_refusals
+            self._refusals, self._unreported_refusals = [], 0
+        if count:
+            named = "; ".join(f"{topic or 'a topic'}: {reason}" for _, topic, reason in refusals)
+            more = f" and {count - len(refusals)} more" if count > len(refusals) else ""
+            raise PublishRefused(f"broker {self._endpoint} refused {count} publish(es) from {self._client_id!r} "
+                                 f"({named}{more}); check the ACL grants this client those topics")
+
     def _require_link(self) -> None:
         if self._closed:
             raise TransportError(f"client {self._client_id!r} is closed")
@@ -437,7 +501,6 @@ class MqttTransport(Transport):
         with self._chunk_lock:
             expired = self._reassembler.expire(now)
         if expired:
-            self.dropped["chunks_expired"] += expired
             log.warning("%s: dropped %d incomplete chunked message(s) after %g s", self._client_id, expired,
                         self.settings.chunk_expiry_s)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+from collections import Counter
 
 import pytest
 from prometheus_client import generate_latest
@@ -10,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.metrics import CoordinatorMetrics, serve_metrics
 from edge_runtime.codec import encode_message
-from edge_runtime.protocol import FetchRequest
+from edge_runtime.protocol import CheckIn, FetchRequest
 
 from tests.coordinator.fleet import ManualDevice, make_fleet
 from tests.tiny_model import build_tiny_model
@@ -109,3 +110,36 @@ def test_a_fetch_without_artifacts_is_a_counted_rejection(model, tmp_path):
     fleet.drain()
     s = _samples(fleet.coordinator.metrics.registry)
     assert s[("fedge_rejections_total", (("reason", "artifact_unavailable"),))] == 1
+
+
+def test_the_transports_drops_and_refused_publishes_are_exported():
+    class Link:  # what MqttTransport exposes; its counters move on paho's thread
+        dropped = Counter({"oversize": 3, "chunks_evicted": 7})
+        refused_publishes = 2
+
+    m = CoordinatorMetrics()
+    s = _samples(m.registry)  # before any transport: the series exist, at zero
+    assert s[("fedge_publishes_refused_total", ())] == 0
+    link = Link()
+    m.watch_transport(link)
+    s = _samples(m.registry)
+    assert s[("fedge_transport_dropped_total", (("reason", "oversize"),))] == 3
+    assert s[("fedge_transport_dropped_total", (("reason", "chunks_evicted"),))] == 7
+    assert s[("fedge_publishes_refused_total", ())] == 2
+    link.refused_publishes = 5  # read at scrape time
+    assert _samples(m.registry)[("fedge_publishes_refused_total", ())] == 5
+
+
+def test_messages_on_unexpected_channels_are_counted_by_name(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=())
+    dev = ManualDevice(fleet, "pi", 1)
+    fleet.drain()
+    checkin = encode_message(CheckIn("pi", eligible=True, num_examples=1))
+    dev.send(checkin, channel="update")  # a CheckIn where updates go
+    dev.send(checkin, channel="fetch")
+    dev.send(encode_message(CheckIn("someone-else", eligible=True)), channel="checkin")  # not its own id
+    fleet.drain()
+    assert fleet.coordinator.rejections == {"unexpected_message": 3}
+    assert "someone-else" not in fleet.coordinator.registry
+    s = _samples(fleet.coordinator.metrics.registry)
+    assert s[("fedge_rejections_total", (("reason", "unexpected_message"),))] == 3

@@ -1,7 +1,7 @@
 """Fault drills against the real service: `fedge coordinator serve` in its own process, device
 agents on real MQTT connections, a real Mosquitto. Kill -9 the coordinator mid-round, or the
 broker, and check from the coordinator's SQLite file that nothing committed was lost and no
-update was counted twice."""
+update was counted twice. Then one drill step by step: an update the broker PUBACKed and lost."""
 
 from __future__ import annotations
 
@@ -31,18 +31,41 @@ DEVICES = 6
 
 
 class SlowRuntime(DeviceRuntime):
-    """A device that takes `delay_s` longer per task, so a round stays open long enough to be hit."""
+    """A device that takes `delay_s` longer per task, so a round stays open long enough to be hit;
+    with a `gate`, it starts tasks of round `gate_from_round` and later only once the gate opens."""
 
     delay_s = 0.0
+    gate: threading.Event | None = None
+    gate_from_round = 2
 
-    def handle_task(self, task, deadline_check=None):
-        reply = super().handle_task(task, deadline_check)
+    def handle_task(self, task, deadline_check=None, persist=None):
+        if self.gate is not None and task.round_id >= self.gate_from_round:
+            self.gate.wait(60)
+        reply = super().handle_task(task, deadline_check, persist)
         time.sleep(self.delay_s)
         return reply
 
 
+class CountingAgent(DeviceAgent):
+    """Counts updates published again (resent), and those resent after `since` is set."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resent = 0
+        self.since = threading.Event()
+        self.resent_since = 0
+
+    def republish_pending(self) -> int:
+        n = len(self.pending)  # counted before publishing: a failed publish is a resend attempt too
+        self.resent += n
+        if self.since.is_set():
+            self.resent_since += n
+        return super().republish_pending()
+
+
 class Fleet:
-    def __init__(self, url: str, art_dir: Path, model_id: str, root: Path, slow: dict[str, float]):
+    def __init__(self, url: str, art_dir: Path, model_id: str, root: Path, slow: dict[str, float],
+                 gate: threading.Event | None = None):
         rng = np.random.default_rng(0)
         settings = MqttSettings(url=url, session_expiry_s=600, reconnect_min_s=0.2, reconnect_max_s=1.0)
         self.loops, self.agents, self.threads = [], [], []
@@ -52,9 +75,10 @@ class Fleet:
             y = rng.integers(0, CLASSES, size=46)
             runtime = SlowRuntime(device_id, LocalData(x[:40], y[:40], x[40:], y[40:]), {model_id: art_dir}, root)
             runtime.delay_s = slow.get(device_id, 0.0)
+            runtime.gate = gate if device_id in slow else None
             transport = MqttTransport(device_id, settings, will=DeviceAgent.last_will(device_id))
             transport.connect(timeout=0)
-            agent = DeviceAgent(runtime, transport, republish_s=1.0, checkin_s=2.0)
+            agent = CountingAgent(runtime, transport, republish_s=1.0, checkin_s=2.0)
             loop = AgentLoop(agent, poll_s=0.05)
             thread = threading.Thread(target=loop.run, daemon=True)
             thread.start()
@@ -208,14 +232,23 @@ def test_broker_kill9_mid_round_loses_no_update(drill):
     tmp, broker, art_dir, manifest = drill
     db, log = tmp / "coordinator.db", tmp / "coordinator.log"
     config = _config(tmp, broker.url, art_dir, rounds=3)
-    fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-4": 2.0, "dev-5": 2.0})
+    # Two devices hold their round-2 answers until the broker is dead, so they are certain to
+    # finish during the outage and have to resend once the broker is back.
+    gate = threading.Event()
+    fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-4": 0.0, "dev-5": 0.0},
+                  gate=gate)
+    slow = [a for a in fleet.agents if a.device_id in ("dev-4", "dev-5")]
     proc = _serve(config, log)
     try:
         _wait("round 1 to commit and round 2 to hold updates",
               lambda: len(_committed(_rounds(db))) >= 1 and _open_round_updates(db) >= 1, 90, proc, log)
         hit = [r for r in _rounds(db) if r[1] == "open"][0][0]
-        broker.kill9()  # the two slow devices finish while the broker is down
-        time.sleep(2.5)
+        assert hit == 2
+        broker.kill9()
+        for agent in fleet.agents:
+            agent.since.set()
+        gate.set()  # the two slow devices finish while the broker is down
+        _wait("the slow devices' updates to be pending", lambda: all(len(a.pending) for a in slow), 60)
         broker.restart()
         assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
         # The device threads may still be handling the last Acks when the service exits.
@@ -232,3 +265,107 @@ def test_broker_kill9_mid_round_loses_no_update(drill):
     assert hit_round[1] == "committed" and hit_round[2]["reports"] == DEVICES
     _assert_no_double_counting(db, rows)
     assert all(len(a.pending) == 0 for a in fleet.agents)  # every update was acknowledged
+    assert all(a.resent_since >= 1 for a in slow), [a.resent_since for a in slow]  # they resent after the outage
+
+
+class PublishLog(MqttTransport):
+    """An MqttTransport that remembers when it published what (monotonic time, topic, payload)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log: list[tuple[float, str, bytes]] = []
+
+    def publish(self, topic, payload, *, qos=1, retain=False):
+        super().publish(topic, payload, qos=qos, retain=retain)
+        self.log.append((time.monotonic(), topic, bytes(payload)))
+
+
+def test_an_update_the_broker_acked_and_lost_is_resent_by_the_device_and_counted_once(drill):
+    """Step by step, nothing left to timing: the coordinator is offline (its persistent session
+    keeps its subscriptions), the device publishes its update and the broker PUBACKs it, queued
+    for the coordinator; the broker is killed with -9 (no persistence: the queue is gone) and
+    restarted; the coordinator comes back. Only the device's own resend (no Ack yet) can bring
+    the update in, and it is counted exactly once."""
+    from coordinator.config import CoordinatorConfig
+    from coordinator.server import Coordinator
+    from coordinator.store import RoundStore
+    from coordinator.strategies import make_strategy
+    from edge_runtime.codec import decode_message
+    from edge_runtime.protocol import TaskHyper, Update, device_topic
+
+    tmp, broker, art_dir, manifest = drill
+    db = tmp / "coordinator.db"
+    cfg = CoordinatorConfig(clients_per_round=1, over_selection=1.0, round_deadline_s=300,
+                            hyper=TaskHyper(epochs=1, batch_size=8, lr=0.1))
+    settings = MqttSettings(url=broker.url, session_expiry_s=600, reconnect_min_s=0.2, reconnect_max_s=1.0)
+    _, _, model = build_tiny_model(tmp / "coordinator-artifacts")
+
+    started: list[Coordinator] = []
+
+    def coordinator() -> Coordinator:
+        transport = MqttTransport("coordinator", settings).connect()
+        started.append(Coordinator(transport, make_strategy("fedavg", cfg.hyper), manifest, model.initial("shared"),
+                                   cfg, store=RoundStore(db)))
+        started[-1].start()
+        return started[-1]
+
+    def serve(c: Coordinator, until, what: str, timeout_s: float = 60.0):
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            while c.pump(0.05):
+                pass
+            c.tick()
+
+    may_train = threading.Event()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(46, FEATURES)).astype(np.float32), rng.integers(0, CLASSES, size=46)
+    runtime = SlowRuntime("dev-0", LocalData(x[:40], y[:40], x[40:], y[40:]), {manifest.model_id: art_dir},
+                          tmp / "devices")
+    runtime.gate, runtime.gate_from_round = may_train, 1
+    device_t = PublishLog("dev-0", settings, will=DeviceAgent.last_will("dev-0")).connect()
+    agent = CountingAgent(runtime, device_t, republish_s=1.0, checkin_s=2.0)
+    loop = AgentLoop(agent, poll_s=0.05)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    first = coordinator()
+    try:
+        thread.start()
+        serve(first, lambda: first.eligible_devices() == ["dev-0"], "the check-in")
+        first.begin_round()  # round 1: the device holds its answer until the gate opens
+        first.transport.flush(30)
+        tasks_sent = time.monotonic()
+        _wait("the device to take the task", lambda: agent.tasks, 30)
+        first.transport.close()  # offline; its session (and subscriptions) stay in the broker
+
+        may_train.set()
+        _wait("the update to be written and published", lambda: len(agent.pending) == 1 and any(
+            t == device_topic("dev-0", "update") for _, t, _ in device_t.log), 60)
+        (pending,) = agent.pending.items()
+        assert device_t.flush(30), "no PUBACK: the broker must hold the update for the offline coordinator"
+        assert agent.resent == 0  # so far, published once
+        assert first.round.machine.reported == []  # the coordinator never saw it
+
+        broker.kill9()  # the queued update dies with the broker (no persistence)
+        killed = time.monotonic()
+        agent.since.set()
+        broker.restart()
+        second = coordinator()  # the same store: round 1 resumes, its task is sent again
+        back = time.monotonic()
+        serve(second, lambda: second.history, "the round to commit")
+        _wait("the Ack", lambda: len(agent.pending) == 0, 30)
+    finally:
+        loop.stop()
+        thread.join(timeout=10)
+        device_t.close()
+        for c in started:
+            c.transport.close()
+
+    record = second.history[-1]
+    assert record.committed and record.reports == 1
+    assert _keys(db) == [("dev-0", 1, pending.update_id)]  # counted once: the update trained before the kill
+    sends = [when for when, topic, payload in device_t.log
+             if topic == device_topic("dev-0", "update") and decode_message(payload).update_id == pending.update_id]
+    assert isinstance(decode_message(pending.payload), Update)
+    assert sends[0] > tasks_sent and sends[0] < killed  # first published (and PUBACKed) before the kill
+    assert any(when > back for when in sends[1:]), "the update that came in must be a resend after the restart"
+    assert agent.resent_since >= 1

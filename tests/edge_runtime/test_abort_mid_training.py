@@ -76,6 +76,16 @@ def _trace_source(clock):
     return probe, drop
 
 
+def _abort_latency(coordinator, training: threading.Event, drop, clock) -> float:
+    """Once training runs, drop the battery and pump until the coordinator has the Decline:
+    the seconds from the drop to then (10 x the limit at most)."""
+    assert training.wait(30.0), "the device never started training"
+    dropped_at = drop(clock.now())
+    while not coordinator.declines and clock.now() - dropped_at < 10 * LIMIT_S:
+        coordinator.pump(0.01)
+    return clock.now() - dropped_at
+
+
 @pytest.mark.parametrize("source", [_fake_source, _trace_source], ids=["fake_probe", "trace_probe"])
 def test_battery_drop_mid_training_aborts_within_2s_and_the_coordinator_records_why(model, tmp_path, source):
     art, manifest, runtime = model
@@ -116,17 +126,11 @@ def test_battery_drop_mid_training_aborts_within_2s_and_the_coordinator_records_
             pass
         assert coordinator.eligible_devices() == ["dev0"]
         assert coordinator.begin_round()
-        assert training.wait(10.0), "the device never started training"
-        dropped_at = drop(clock.now())
-
-        while not coordinator.declines and clock.now() - dropped_at < 10 * LIMIT_S:
-            coordinator.pump(0.01)
-        received_at = clock.now()
+        latency = _abort_latency(coordinator, training, drop, clock)
     finally:
         teardown.set()
         thread.join(10.0)
 
-    latency = received_at - dropped_at
     print(f"abort latency {latency:.3f} s (check interval {monitor.check_interval_s} s)")
     assert coordinator.declines == Counter({"aborted:battery_low": 1}), coordinator.declines
     assert latency < LIMIT_S, f"abort took {latency:.2f} s after the battery dropped"
@@ -145,4 +149,70 @@ def test_battery_drop_mid_training_aborts_within_2s_and_the_coordinator_records_
     assert record is not None and not record.committed
     assert record.declines == {"dev0": "aborted:battery_low"}
     assert coordinator.history[-1] is record and coordinator.state.version == 0
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("source", [_fake_source, _trace_source], ids=["fake_probe", "trace_probe"])
+def test_over_mosquitto_a_battery_drop_aborts_within_2s_and_the_coordinator_records_why(model, tmp_path, source,
+                                                                                          mosquitto):
+    """The same scenario on a real broker: MqttTransport on both sides, the device driven by the
+    AgentLoop a board runs, the coordinator pumping its own MQTT connection."""
+    from edge_runtime.loop import AgentLoop
+    from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+
+    art, manifest, runtime = model
+    clock = SystemClock()
+    cfg = CoordinatorConfig(clients_per_round=1, over_selection=1.0, hyper=HYPER,
+                            compression=CompressionSpec(quant_bits=32))
+    settings = MqttSettings(url=mosquitto.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
+    links = [MqttTransport("coordinator", settings).connect(), MqttTransport("spy", settings).connect()]
+    coordinator = Coordinator(links[0], make_strategy("fedavg", cfg.hyper), manifest, runtime.initial("shared"), cfg,
+                              clock=clock)
+    spy = links[1]
+    spy.subscribe(all_devices_topic("update"))
+
+    probe, drop = source(clock)
+    monitor = EligibilityMonitor(probe, POLICY, clock, check_interval_s=0.5, name="dev0")
+    training = threading.Event()
+    teardown = threading.Event()
+
+    def abort_check() -> str | None:
+        training.set()
+        return "test_teardown" if teardown.is_set() else monitor.during()
+
+    device = DeviceRuntime("dev0", _data(), {manifest.model_id: art}, tmp_path / "devices",
+                           eligibility=monitor.before, abort_check=abort_check)
+    links.append(MqttTransport("dev0", settings, will=DeviceAgent.last_will("dev0")).connect())
+    loop = AgentLoop(DeviceAgent(device, links[-1], clock=clock), poll_s=0.05)
+    thread = threading.Thread(target=loop.run, name="dev0", daemon=True)
+    try:
+        coordinator.start()
+        thread.start()  # the agent checks in, eligible at 90% (or 51%)
+        deadline = clock.now() + 30
+        while coordinator.eligible_devices() != ["dev0"]:
+            assert clock.now() < deadline, "the device did not check in"
+            coordinator.pump(0.05)
+        assert coordinator.begin_round()
+        latency = _abort_latency(coordinator, training, drop, clock)
+        assert coordinator.declines == Counter({"aborted:battery_low": 1}), coordinator.declines
+        print(f"abort latency over MQTT {latency:.3f} s")
+        assert latency < LIMIT_S, f"abort took {latency:.2f} s after the battery dropped"
+
+        # The Decline on the wire says it stopped mid-training, for the battery.
+        declines = []
+        end = clock.now() + 10
+        while not declines and clock.now() < end:
+            msg = spy.receive(0.1)
+            if msg is not None and isinstance(m := decode_message(msg.payload), Decline):
+                declines.append(m)
+        assert [(d.stage, d.reason) for d in declines] == [("during", "aborted:battery_low")]
+        assert coordinator.round.machine.declined == {"dev0": "aborted:battery_low"}
+        record = coordinator.tick()
+        assert record is not None and not record.committed and record.declines == {"dev0": "aborted:battery_low"}
+    finally:
+        teardown.set()
+        loop.stop()
+        thread.join(10.0)
+        for link in links:
+            link.close()
     assert not thread.is_alive()

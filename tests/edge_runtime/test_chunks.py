@@ -8,7 +8,8 @@ import pytest
 
 from edge_runtime.errors import PayloadTooLarge
 from edge_runtime.transport.backoff import Backoff
-from edge_runtime.transport.chunks import CHUNK_HEADER_SIZE, MalformedChunk, Reassembler, is_chunk, split_message
+from edge_runtime.transport.chunks import (CHUNK_HEADER_SIZE, ChunkMemoryFull, MalformedChunk, Reassembler, is_chunk,
+                                           split_message)
 
 
 @pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 5000])
@@ -74,17 +75,70 @@ def test_size_limits_and_expiry_bound_memory():
         r.feed("t", split_message(bytes([i]) * 900, 166)[0], i * 0.1)
     assert r.pending_sets <= 11 and ("u" in {k[0] for k in r._sets})
     # All senders together are bounded too.
-    with pytest.raises(PayloadTooLarge, match="all senders"):
+    with pytest.raises(ChunkMemoryFull, match="all senders"):
         for i in range(20):
             r.feed(f"v{i}", split_message(b"v" * 900, 166)[0], 1)
     assert r.expire(5) == 0 and r.expire(12) > 0 and r.pending_sets == 0
     assert r.feed("u", split_message(b"q" * 10, 166)[0], 12) == b"q" * 10
 
 
+def test_one_sender_has_one_share_across_its_channels():
+    # A device cannot multiply its share by opening sets on its checkin, fetch and status topics.
+    r = Reassembler(max_message_bytes=1000, max_pending_bytes=100_000)
+    dev = "fedge/v1/devices/x"
+    for i in range(40):
+        r.feed(f"{dev}/{('update', 'checkin', 'fetch', 'status')[i % 4]}", split_message(bytes([i]) * 900, 166)[0], i)
+        assert r.sender_bytes(f"{dev}/update") <= 1000
+    assert r.pending_bytes <= 1000 and r.dropped["chunks_evicted"] == 40 - r.pending_sets
+    whole = b"w" * 900
+    frames = split_message(whole, 166)
+    assert [r.feed(f"{dev}/update", f, 50) for f in frames][-1] == whole  # its own sets give way to a new one
+
+
+def test_flooding_senders_cannot_starve_another_when_memory_is_full():
+    r = Reassembler(max_message_bytes=1000, max_pending_bytes=3000)
+    for i in range(60):  # three flooders fill the global bound, each to its share
+        r.feed(f"dev/{'abd'[i % 3]}/update", split_message(bytes([i]) * 900, 166)[0], i)
+    assert r.pending_bytes == 3000
+    whole = b"c" * 600  # below the fair share (3000 / 4 senders)
+    got = [r.feed("dev/c/update", f, 40) for f in split_message(whole, 166)]
+    assert got[-1] == whole  # room was taken from the biggest holders, never refused
+    assert r.pending_bytes <= 3000 and r.dropped["chunks_evicted"] > 0
+    # Once nobody holds more than the newcomer would, a new set is refused by name.
+    small = Reassembler(max_message_bytes=1000, max_pending_bytes=300)
+    for i in range(3):
+        small.feed(f"dev/{i}/update", split_message(b"s" * 900, 166)[0], 0)
+    with pytest.raises(ChunkMemoryFull) as info:
+        small.feed("dev/9/update", split_message(b"s" * 900, 166)[0], 0)
+    assert info.value.reason == "chunk_memory_full" and small.pending_bytes == 300
+
+
 def test_backoff_is_jittered_and_bounded():
     b = Backoff(0.5, 8.0)
     rng = random.Random(1)
     delays = [[b.delay(a, rng) for _ in range(200)] for a in range(8)]
-    assert all(0.5 <= d <= 8.0 for row in delays for d in row)
-    assert all(d == 0.5 for d in delays[0])  # the cap for the first retry is min_s
+    assert all(0.25 <= d <= 8.0 for row in delays for d in row)
+    assert all(0.25 <= d <= 0.5 for d in delays[0])  # the first retry: between min_s/2 and min_s
     assert max(delays[7]) > 4.0 and len({round(d, 6) for d in delays[7]}) > 150  # spread, not lockstep
+
+
+def test_first_retry_is_jittered_so_a_fleet_does_not_reconnect_in_lockstep():
+    # After a broker restart every device is at attempt 0: the first delay must differ per device.
+    b = Backoff(0.5, 30.0)
+    firsts = [b.delay(0, random.Random(seed)) for seed in range(100)]
+    assert all(0.25 <= d <= 0.5 for d in firsts)
+    assert len({round(d, 6) for d in firsts}) > 90
+    assert max(firsts) - min(firsts) > 0.2  # spread over most of the window
+
+
+def test_transport_jitters_the_delay_it_gives_paho_after_a_reset():
+    from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+
+    delays = set()
+    for seed in range(5):
+        t = MqttTransport(f"c{seed}", MqttSettings(), rng=random.Random(seed))  # connect_async: no I/O yet
+        t._attempt = 0
+        t._set_next_delay()  # what _on_connect does after a successful (re)connect
+        delays.add(t._client._reconnect_min_delay)
+        assert 0.25 <= t._client._reconnect_min_delay <= 0.5
+    assert len(delays) == 5

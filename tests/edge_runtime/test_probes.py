@@ -4,6 +4,7 @@ runner, the fake, the trace probe, and describe(). One test runs on the real mac
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -187,21 +188,70 @@ class FakeRunner:
 def test_nmcli_metered_flag(tmp_path, out, metered):
     root = _write(tmp_path, _iface("wlan0", wireless=True))
     runner = FakeRunner(out)
-    assert SystemProbe(root, run=runner).read().metered is metered
+    assert SystemProbe(root, run=runner, metered_wait_s=30).read().metered is metered  # the first answer is waited for
     assert runner.calls == [["nmcli", "-t", "-f", "GENERAL.METERED", "dev", "show", "wlan0"]]
 
 
 def test_nmcli_is_asked_at_most_once_per_ttl(tmp_path):
     root = _write(tmp_path, _iface("wlan0", wireless=True))
     runner, clock = FakeRunner("GENERAL.METERED:no\n"), ManualClock()
-    probe = SystemProbe(root, run=runner, clock=clock, metered_ttl_s=30.0)
+    probe = SystemProbe(root, run=runner, clock=clock, metered_ttl_s=30.0, metered_wait_s=30)
     for _ in range(5):
         probe.read()
+        probe.settle()
         clock.advance(5.0)
     assert len(runner.calls) == 1
     clock.advance(10.0)
     probe.read()
+    probe.settle()
     assert len(runner.calls) == 2
+
+
+class BlockingRunner:
+    """nmcli that hangs until the test lets it answer."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.calls = 0
+
+    def __call__(self, argv):
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(30), "the test never let nmcli answer"
+        return self.out
+
+
+def test_a_reading_never_waits_for_a_slow_nmcli_once_it_has_an_answer(tmp_path):
+    root = _write(tmp_path, _iface("wlan0", wireless=True))
+    runner, clock = BlockingRunner("GENERAL.METERED:no\n"), ManualClock()
+    runner.release.set()
+    probe = SystemProbe(root, run=runner, clock=clock, metered_ttl_s=30.0, metered_wait_s=30)
+    assert probe.read().metered is False
+    runner.release.clear()
+    runner.started.clear()
+    runner.out = "GENERAL.METERED:yes\n"  # the user turned the hotspot into a metered link
+    clock.advance(31.0)
+    facts = probe.read()  # returns while nmcli still hangs: the last answer
+    assert runner.started.wait(30) and not runner.release.is_set()
+    assert facts.metered is False and runner.calls == 2
+    assert probe.read().metered is False and runner.calls == 2  # one run in flight at a time
+    runner.release.set()
+    probe.settle()
+    assert probe.read().metered is True
+
+
+def test_without_an_answer_yet_a_reading_waits_only_briefly(tmp_path):
+    root = _write(tmp_path, _iface("wlan0", wireless=True))
+    runner = BlockingRunner("GENERAL.METERED:yes\n")
+    probe = SystemProbe(root, run=runner, metered_wait_s=0.01)
+    facts, sources = probe.read_with_sources()
+    assert not runner.release.is_set()  # nmcli still hangs, yet the reading came back
+    assert facts.metered is None and "still running" in sources["metered"]
+    runner.release.set()
+    probe.settle()
+    assert probe.read().metered is True
 
 
 def test_nmcli_not_asked_without_a_link(tmp_path):

@@ -191,11 +191,13 @@ def test_start_failure_reports_the_log_tail(mosquitto_binary, tmp_path):
 def test_shipped_dev_config_runs(mosquitto_binary, tmp_path):
     from tools.broker.passwd import upsert_password
 
-    upsert_password(tmp_path / "passwd", "pi-a", "pw")
-    shutil.copy(Path(broker_config.__file__).parent / "files" / "fedge.acl", tmp_path)
+    from tools.provision import write_broker_files
+
+    conf = tmp_path / "etc"
+    write_broker_files(conf)  # the configs, the ACL and the persistence directory they name
+    upsert_password(conf / "passwd", "pi-a", "pw")
     port = free_port()
-    text = _local(shipped_text("mosquitto-dev.conf", str(tmp_path), str(tmp_path / "data")), {1883: port})
-    (tmp_path / "data").mkdir()
+    text = _local((conf / "mosquitto-dev.conf").read_text(), {1883: port})
     with MosquittoProcess.from_text(text, port, workdir=tmp_path / "run", binary=mosquitto_binary) as broker:
         ok = RawClient(broker.host, port, username="pi-a", password="pw")
         assert ok.connect()
@@ -203,6 +205,7 @@ def test_shipped_dev_config_runs(mosquitto_binary, tmp_path):
         ok.close()
         anon = RawClient(broker.host, port)
         assert not anon.connect()
+    _assert_saved(broker, conf / "data")
 
 
 @pytest.mark.mosquitto
@@ -224,7 +227,6 @@ def test_shipped_prod_config_runs(mosquitto_binary, tmp_path):
     device = issue_device_cert(ca, "pi-a", tmp_path / "dev")
     provision_password("pi-b", conf / "passwd", tmp_path / "creds")
     password = (tmp_path / "creds" / "pi-b.toml").read_text().split('password = "')[1].split('"')[0]
-    (conf / "data").mkdir()
     mtls = free_port()
     pw = next(p for p in iter(free_port, None) if p != mtls)
     text = _local((conf / "mosquitto-prod.conf").read_text(), {8883: mtls, 8884: pw})
@@ -239,6 +241,14 @@ def test_shipped_prod_config_runs(mosquitto_binary, tmp_path):
         a.close(), b.close()
         no_cert = RawClient(broker.host, mtls, tls=(ca.cert, None, None))
         assert not no_cert.connect()
+    _assert_saved(broker, conf / "data")
+
+
+def _assert_saved(broker: MosquittoProcess, data: Path) -> None:
+    """The stopped broker saved its database where the config says (SIGTERM makes it save)."""
+    assert "Error saving in-memory database" not in broker.log_text()
+    assert (data / "mosquitto.db").is_file(), broker.log_text()[-2000:]
+    assert data.stat().st_mode & 0o777 == 0o700
 
 
 def _local(text: str, ports: dict[int, int]) -> str:

@@ -182,9 +182,21 @@ def test_cli_broker_files(tmp_path):
     out = tmp_path / "etc"
     assert _cli("broker", "--out", str(out), "--ca-dir", str(tmp_path / "ca"), "--host", "127.0.0.1") == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["ca.crt", "fedge.acl", "mosquitto-dev.conf", "mosquitto-prod.conf", "server.crt", "server.key"]
+    assert names == ["ca.crt", "data", "fedge.acl", "mosquitto-dev.conf", "mosquitto-prod.conf", "server.crt",
+                     "server.key"]
     prod = (out / "mosquitto-prod.conf").read_text()
     assert f"certfile {out.resolve()}/server.crt" in prod and "/etc/mosquitto/fedge/" not in prod
+    # The persistence directory the configs name exists, private (Mosquitto does not create it).
+    assert f"persistence_location {out.resolve()}/data/" in prod
+    assert (out / "data").is_dir() and (out / "data").stat().st_mode & 0o777 == 0o700
+
+
+def test_cli_broker_files_staged_for_another_host_name_the_directory_to_create(tmp_path, capsys):
+    out, data = tmp_path / "stage", tmp_path / "target" / "mosquitto-data"
+    assert _cli("broker", "--out", str(out), "--conf-dir", str(tmp_path / "target"), "--data-dir", str(data)) == 0
+    assert not data.exists() and not (tmp_path / "target").exists()  # that host's paths are not made here
+    assert f"install -d -m 0700 -o mosquitto {data}" in capsys.readouterr().out
+    assert f"persistence_location {data}/" in (out / "mosquitto-dev.conf").read_text()
 
 
 @pytest.mark.mosquitto

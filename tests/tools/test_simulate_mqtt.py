@@ -3,6 +3,7 @@ devices vanishing mid-round (or are abandoned cleanly when too few are left)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -11,6 +12,7 @@ from tools.broker import BrokerConfig, MosquittoProcess
 from tools.simulate.config import SimConfig
 from tools.simulate.fleet import run_simulation
 from tools.simulate.mqtt_fleet import SimDeviceAgent
+from tools.simulate.stragglers import choose_stragglers
 
 pytestmark = pytest.mark.mosquitto
 
@@ -25,18 +27,34 @@ def open_broker(mosquitto_binary, tmp_path_factory):
 SMALL = dict(devices=20, rounds=4, clients_per_round=10, epochs=1, seed=3)
 
 
+@pytest.mark.slow
 def test_mqtt_fleet_matches_the_in_memory_fleet(open_broker, tmp_path):
-    # Over-selection 1.0: every selected device reports, so which devices a round aggregates
-    # does not depend on thread timing, and both transports must compute the same model.
-    common = dict(SMALL, over_selection=1.0)
+    # The default over-selection (13 asked, the first 10 reports close a round): over MQTT,
+    # thread timing would decide which 10, so the simulator decides instead (stragglers.py),
+    # and both transports aggregate the same devices. 20 rounds: the global model is past 60%.
+    common = dict(SMALL, rounds=20)
     memory = run_simulation(SimConfig(**common, out_dir=str(tmp_path / "memory")))
     mqtt = run_simulation(SimConfig(**common, out_dir=str(tmp_path / "mqtt"), transport="mqtt",
                                     broker_url=open_broker.url, round_deadline_s=60))
-    assert [r["participants"] for r in mqtt.rounds] == [10] * 4
+    assert mqtt.config["over_selection"] == memory.config["over_selection"] == 1.3
+    for run in (memory, mqtt):
+        assert [(r["selected"], r["participants"]) for r in run.rounds] == [(13, 10)] * 20
+    assert memory.rounds[-1]["global_accuracy"] >= 0.6
     for key in ("global_accuracy", "personalized_accuracy_mean"):
         assert abs(mqtt.rounds[-1][key] - memory.rounds[-1][key]) <= 0.01, key
     assert mqtt.rounds[-1]["personalized_accuracy_mean"] > mqtt.rounds[0]["personalized_accuracy_mean"]
-    assert mqtt.summary["rejections"] == {}
+    # The stragglers' answers came after their rounds closed, and nothing else was refused.
+    assert set(mqtt.summary["rejections"]) <= {"stale_round"}
+    assert memory.summary["rejections"] == {"stale_round": 3 * 20}
+
+
+def test_the_same_seed_picks_the_same_stragglers_from_the_selected_devices():
+    selected = tuple(f"dev-{i:03d}" for i in range(13))
+    late = choose_stragglers(selected, 10, seed=3, round_id=5)
+    assert len(late) == 3 and late <= set(selected)
+    assert choose_stragglers(tuple(reversed(selected)), 10, seed=3, round_id=5) == late  # not the order
+    assert len({choose_stragglers(selected, 10, 3, r) for r in range(1, 30)}) > 10  # varies by round
+    assert choose_stragglers(selected, 13, 3, 5) == frozenset()
 
 
 def _profile(tmp_path, dropout: float) -> str:
@@ -45,32 +63,67 @@ def _profile(tmp_path, dropout: float) -> str:
     return str(path)
 
 
-def test_rounds_commit_when_30_percent_of_selected_devices_vanish(open_broker, tmp_path, monkeypatch):
-    # The first 4 of the 13 selected devices to get their task each round vanish with it (the
-    # link is cut without a DISCONNECT, as on power loss): 30% of the selection.
-    killed: dict[int, int] = {}
+class Died(Exception):
+    """Raised in the training loop of a device that just lost power."""
+
+
+def test_rounds_commit_when_30_percent_of_selected_devices_die_mid_training(open_broker, tmp_path, monkeypatch):
+    # 7 reports wanted, 10 selected (over-selection 1.3); the first 3 devices to start training
+    # each round die a few steps in (the link is cut without a DISCONNECT, as on power loss):
+    # 30% of the selection. The 7 that are left are just enough, so a round closes on its
+    # reports; the 20 s deadline is only a bound for a loaded machine.
+    dead: dict[int, list[str]] = {}
     lock = threading.Lock()
-    run_task = SimDeviceAgent._run_task
+    train = SimDeviceAgent._train
 
-    def maybe_vanish(agent, task):
+    def maybe_die(agent, task):
         with lock:
-            doomed = killed.get(task.round_id, 0) < 4
-            killed[task.round_id] = killed.get(task.round_id, 0) + doomed
-        if doomed:
-            agent.on_vanish()
-        else:
-            run_task(agent, task)
+            doomed = len(dead.setdefault(task.round_id, [])) < 3
+            if doomed:
+                dead[task.round_id].append(agent.device_id)
+        if not doomed:
+            return train(agent, task)
+        check, steps = agent.runtime.abort_check, itertools.count(1)
 
-    monkeypatch.setattr(SimDeviceAgent, "_run_task", maybe_vanish)
-    cfg = SimConfig(**dict(SMALL, rounds=3), over_selection=1.3, transport="mqtt", broker_url=open_broker.url,
-                    round_deadline_s=4.0, profiles=(_profile(tmp_path, 0.0),), out_dir=str(tmp_path / "run"))
+        def power_cut():
+            if next(steps) == 3:  # training has started: three steps in
+                agent.on_vanish()
+                raise Died(agent.device_id)
+            return check()
+
+        agent.runtime.abort_check = power_cut
+        try:
+            train(agent, task)
+        except Died:
+            pass
+        finally:
+            agent.runtime.abort_check = check
+
+    monkeypatch.setattr(SimDeviceAgent, "_train", maybe_die)
+    cfg = SimConfig(**dict(SMALL, rounds=3, clients_per_round=7), over_selection=1.3, transport="mqtt",
+                    broker_url=open_broker.url, round_deadline_s=20.0, profiles=(_profile(tmp_path, 0.0),),
+                    out_dir=str(tmp_path / "run"))
     rounds = run_simulation(cfg).rounds
-    assert all(killed[r["round"]] == 4 for r in rounds)
+    assert all(len(dead[r["round"]]) == 3 for r in rounds)
     assert all(r["committed"] for r in rounds), rounds
-    # 13 of 20 at first; vanished devices are ineligible (their Last Will) until they return.
-    assert all(12 <= r["selected"] <= 13 for r in rounds), rounds
-    # Each round lost 4 devices mid-round and still committed at its deadline with a quorum.
-    assert all(5 <= r["participants"] <= r["selected"] - 4 for r in rounds), rounds
+    # 10 of 20 are selected; the dead are ineligible (their Last Will) until they return, and
+    # each round commits with the 7 that are left, on their reports, not at the deadline.
+    assert all(r["selected"] == 10 and r["participants"] == 7 for r in rounds), rounds
+    every_death = [d for r in rounds for d in dead[r["round"]]]
+    assert len(set(every_death)) == len(every_death)  # a dead device is not given a task again
+
+
+def test_the_simulator_fails_when_devices_do_not_check_in(open_broker, tmp_path, monkeypatch):
+    from tools.simulate.errors import FleetNotReady
+    from tools.simulate.fleet import prepare
+    from tools.simulate.mqtt_fleet import MqttFleet, SimDevice
+
+    start = SimDevice.start
+    monkeypatch.setattr(SimDevice, "start", lambda d: None if d.runtime.device_id.endswith("7") else start(d))
+    cfg = SimConfig(**dict(SMALL, rounds=1), transport="mqtt", broker_url=open_broker.url,
+                    out_dir=str(tmp_path / "run"))
+    with pytest.raises(FleetNotReady, match=r"only 18 of 20 devices checked in .*missing: dev-007, dev-017"):
+        MqttFleet(prepare(cfg), connect_timeout_s=5)
 
 
 def test_round_without_quorum_is_abandoned_and_retried_under_a_new_id(open_broker, tmp_path):

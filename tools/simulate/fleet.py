@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from coordinator.config import CoordinatorConfig
+from coordinator.rounds import Phase
 from coordinator.server import Coordinator
 from coordinator.strategies import strategy_from_config
 from edge_runtime.agent import DeviceAgent
@@ -34,6 +35,7 @@ from tools.datasets import ClientData, FederatedDataset, build_federated, load_n
 from . import baselines as baseline_runs
 from .config import SimConfig
 from .personalization import personalized_spec
+from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate")
 
@@ -150,17 +152,26 @@ class InMemoryFleet:
         for agent in self.agents:
             agent.start()
         self.order_rng = np.random.default_rng([setup.cfg.seed, 1])
+        self.plan = StragglerPlan(setup.cfg.seed)
         _drain(self.coordinator, self.agents, np.random.default_rng(setup.cfg.seed))
 
     def run_round(self):
         if not self.coordinator.begin_round():
             raise RuntimeError("no eligible devices checked in")
+        m = self.coordinator.round.machine
+        late = self.plan.begin(m.round_id, m.selected, m.target)
+        on_time = [a for a in self.agents if a.device_id not in late]
         record = None
         while record is None:
-            progressed = _drain(self.coordinator, self.agents, self.order_rng)
+            progressed = _drain(self.coordinator, on_time, self.order_rng)
+            rnd = self.coordinator.round
+            if rnd is not None and rnd.machine.phase == Phase.TRAINING:  # the on-time devices cannot close it
+                progressed = _drain(self.coordinator, self.agents, self.order_rng) or progressed
             record = self.coordinator.tick()
             if record is None and not progressed:
                 self.clock.sleep(self.coordinator.config.round_deadline_s)  # nobody is left to answer
+        self.plan.closed(record.round_id)
+        _drain(self.coordinator, self.agents, self.order_rng)  # the stragglers train and answer, too late
         return record
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 
 from coordinator.loop import CoordinatorLoop
+from coordinator.service import coordinator_link
 from edge_runtime.agent import DeviceAgent
 from edge_runtime.clock import SystemClock
 from edge_runtime.eligibility import EligibilityPolicy
@@ -25,39 +26,65 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.loop import AgentLoop
 from edge_runtime.profiles import DeviceProfile, load_profile
 from edge_runtime.protocol import TrainTask
+from edge_runtime.task import TaskState
 from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+
+from .errors import FleetNotReady
+from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate.mqtt")
 
 
 class SimDeviceAgent(DeviceAgent):
-    """A DeviceAgent whose profile can make it slow, or make it vanish when a task arrives."""
+    """A DeviceAgent whose profile can make it slow, or make it vanish when a task arrives, and
+    that answers late when the straggler plan says so (stragglers.py)."""
 
-    def __init__(self, *args, profile: DeviceProfile, on_vanish, rng: random.Random, **kwargs):
+    def __init__(self, *args, profile: DeviceProfile, on_vanish, rng: random.Random, plan: StragglerPlan,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.profile = profile
         self.on_vanish = on_vanish
         self.rng = rng
+        self.plan = plan
+        self._late: list[tuple[int, _Hold]] = []  # (round id, held answer) until that round closes
 
     def _run_task(self, task: TrainTask) -> None:
         if self.rng.random() < self.profile.dropout_probability:
             log.info("device %s vanishes with task %s (profile %s)", self.device_id, task.task_id, self.profile.name)
             self.on_vanish()
             return
-        if self.profile.compute_speed > 1.0:
-            started = time.perf_counter()
-            reply_publish, self._publish = self._publish, _Hold()  # hold the reply while "computing"
-            try:
-                super()._run_task(task)
-            finally:
-                held, self._publish = self._publish, reply_publish
-            time.sleep((self.profile.compute_speed - 1.0) * (time.perf_counter() - started))
-            held.release(self._publish)
-            return
         super()._run_task(task)
+
+    def _train(self, task: TrainTask) -> None:
+        started = time.perf_counter()
+        reply_publish, self._publish = self._publish, _Hold()  # hold the answer while "computing"
+        try:
+            super()._train(task)
+        finally:
+            held, self._publish = self._publish, reply_publish
+        if self.profile.compute_speed > 1.0:
+            time.sleep((self.profile.compute_speed - 1.0) * (time.perf_counter() - started))
+        if self.plan.is_late(task.round_id, self.device_id):
+            self._late.append((task.round_id, held))
+        else:
+            held.release(self._publish)
+            self.plan.answered(task.round_id, self.device_id, self.tasks.get(task.task_id) == TaskState.UPLOADING)
+
+    def tick(self) -> None:
+        while self._late and self.plan.may_answer(self._late[0][0]):
+            _, held = self._late.pop(0)
+            held.release(self._publish)
+        super().tick()
+
+    def republish_pending(self) -> int:
+        if self._late:
+            return 0  # a held answer is pending too: no resend may send it before its round closed
+        return super().republish_pending()
 
 
 class _Hold:
+    """Stands in for DeviceAgent._publish and keeps what would have been published."""
+
     def __init__(self):
         self.calls = []
 
@@ -72,8 +99,10 @@ class _Hold:
 class SimDevice:
     """One device thread: connect, run the agent loop, and after vanishing, come back later."""
 
-    def __init__(self, setup, client, settings: MqttSettings, profile: DeviceProfile, rejoin_s: float):
+    def __init__(self, setup, client, settings: MqttSettings, profile: DeviceProfile, rejoin_s: float,
+                 plan: StragglerPlan):
         self.setup = setup
+        self.plan = plan
         self.settings = settings
         self.profile = profile
         self.rejoin_s = rejoin_s
@@ -97,11 +126,13 @@ class SimDevice:
 
             def vanish():
                 vanished.set()
-                transport.abort()
+                transport.abort()  # first: the broker publishes the Last Will before a straggler fills in
+                self.plan.gone(self.runtime.device_id)
 
             agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish, rng=self.rng,
-                                   checkin_s=30.0, republish_s=5.0)
+                                   plan=self.plan, checkin_s=30.0, republish_s=5.0)
             self.loop = AgentLoop(agent)
+            self.plan.back(self.runtime.device_id)
             try:
                 transport.connect(timeout=0)
                 self.loop.run()
@@ -131,16 +162,20 @@ class MqttFleet:
             url = self.broker.url
         settings = MqttSettings(url=url, session_expiry_s=600)
         try:
-            self.coordinator = setup.coordinator(MqttTransport("coordinator", settings).connect(), SystemClock())
+            link = coordinator_link(settings, setup.ccfg)
+            self.coordinator = setup.coordinator(MqttTransport("coordinator", link).connect(), SystemClock())
             profiles = [load_profile(name) for name in cfg.profiles] or [DeviceProfile()]
-            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * cfg.round_deadline_s)
+            self.plan = StragglerPlan(cfg.seed)
+            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * cfg.round_deadline_s,
+                                      plan=self.plan)
                             for i, client in enumerate(setup.data.clients)]
             self.runtimes = [d.runtime for d in self.devices]
             for device in self.devices:
                 device.start()
             self.records: list = []
-            self.loop = CoordinatorLoop(self.coordinator, min_devices=1, on_round=self.records.append,
-                                        should_stop=lambda record: True)
+            self.loop = CoordinatorLoop(self.coordinator, min_devices=1, on_round=self._closed,
+                                        should_stop=lambda record: True,
+                                        on_begin=lambda m: self.plan.begin(m.round_id, m.selected, m.target))
             self._wait_for_check_ins(len(self.devices), connect_timeout_s)
         except BaseException:
             self.close()
@@ -152,7 +187,14 @@ class MqttFleet:
         while len(self.coordinator.registry) < expected and time.monotonic() < deadline:
             self.coordinator.pump(0.1)
         if len(self.coordinator.registry) < expected:
-            log.warning("only %d of %d devices checked in within %g s", len(self.coordinator.registry), expected, timeout_s)
+            missing = sorted({d.runtime.device_id for d in self.devices} - set(self.coordinator.registry))
+            raise FleetNotReady(f"only {len(self.coordinator.registry)} of {expected} devices checked in within "
+                                f"{timeout_s:g} s (missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); "
+                                "the broker or this machine may be overloaded: try fewer --devices")
+
+    def _closed(self, record) -> None:
+        self.plan.closed(record.round_id)
+        self.records.append(record)
 
     def run_round(self):
         """Run the coordinator loop until one round closes (committed or abandoned)."""
@@ -166,7 +208,8 @@ class MqttFleet:
         for device in getattr(self, "devices", []):
             device.stop()
         for device in getattr(self, "devices", []):
-            device.thread.join(timeout=10)
+            if device.thread.ident is not None:  # started
+                device.thread.join(timeout=10)
         coordinator = getattr(self, "coordinator", None)
         if coordinator is not None:
             coordinator.transport.close()

@@ -1,0 +1,56 @@
+"""The tasks a device has received, kept on disk across restarts.
+
+A task redelivered after a restart (QoS 1, or the coordinator resending) is answered again,
+never trained twice; and a task a previous run received but never answered (it was killed
+while training, or while waiting for its model) is declined as `interrupted` at the next
+start, so its round need not wait for the deadline. One JSON file of
+[task_id, round_id, answered] rows, the newest last, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .manifest import atomic_write_bytes
+
+
+class SeenTasks:
+    def __init__(self, path: str | Path, kept: int = 256):
+        self.path = Path(path)
+        self.kept = kept  # the newest this many are remembered
+        self._rows: dict[str, list] = self._load()  # task_id -> [round_id, answered]
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._rows
+
+    def add(self, task_id: str, round_id: int) -> None:
+        """Received, not yet answered."""
+        self._rows[task_id] = [round_id, False]
+        while len(self._rows) > self.kept:
+            self._rows.pop(next(iter(self._rows)))
+        self._save()
+
+    def answered(self, task_id: str) -> None:
+        row = self._rows.get(task_id)
+        if row is not None and not row[1]:
+            row[1] = True
+            self._save()
+
+    def unanswered(self) -> list[tuple[str, int]]:
+        """(task_id, round_id) of the tasks received and never answered, oldest first."""
+        return [(task_id, round_id) for task_id, (round_id, answered) in self._rows.items()
+                if not answered and round_id is not None]
+
+    def _load(self) -> dict[str, list]:
+        """An older file lists task ids only: those count as answered."""
+        try:
+            rows = json.loads(self.path.read_text())
+            entries = [[str(r), None, True] if isinstance(r, str) else [str(r[0]), r[1], bool(r[2])] for r in rows]
+        except (OSError, ValueError, TypeError, IndexError):
+            return {}
+        return {task_id: [round_id, answered] for task_id, round_id, answered in entries[-self.kept:]}
+
+    def _save(self) -> None:
+        rows = [[task_id, round_id, answered] for task_id, (round_id, answered) in self._rows.items()]
+        atomic_write_bytes(self.path, json.dumps(rows).encode())

@@ -1,0 +1,13 @@
+"""Why a simulation cannot run. (Errors of the code it runs come from edge_runtime.errors.)
+
+    FedgeError
+    └── FleetNotReady      not every simulated device checked in before the first round
+"""
+
+from __future__ import annotations
+
+from edge_runtime.errors import FedgeError
+
+
+class FleetNotReady(FedgeError):
+    reason = "fleet_not_ready"
