@@ -39,6 +39,8 @@ class RoundRecord:
     selected: int
     reports: int
     declines: dict[str, str]
+    # Uplink bytes as received while the round was open, plus those that arrived after the
+    # previous round closed (late answers to it): every byte on the uplink lands in one record.
     bytes_up: int
     bytes_up_dense: int
     bytes_down: int

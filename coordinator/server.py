@@ -88,6 +88,7 @@ class Coordinator:
         self.state: ServerState = strategy.init(initial_shared)
         self.registry: dict[str, DeviceRecord] = {}
         self.round: OpenRound | None = None
+        self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open
         self.next_round_id = 1
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()
@@ -177,10 +178,14 @@ class Coordinator:
         rnd = self.round
         if sender in self.registry:
             self.registry[sender].last_seen = self.clock.now()
-        if rnd is not None and isinstance(report, Update):
-            # Everything that crossed the uplink counts, accepted or not.
-            rnd.bytes_up += size
-            rnd.bytes_up_dense += size - len(report.payload) - len(report.control) + report.dense_bytes
+        if isinstance(report, Update):
+            # Everything that crossed the uplink counts, accepted or not; between rounds, toward the next.
+            dense = size - len(report.payload) - len(report.control) + report.dense_bytes
+            if rnd is not None:
+                rnd.bytes_up += size
+                rnd.bytes_up_dense += dense
+            else:
+                self._late_up = (self._late_up[0] + size, self._late_up[1] + dense)
         try:
             if isinstance(report, Decline):
                 self._decline(report, sender)
@@ -388,6 +393,7 @@ class Coordinator:
             self.store.open_round(StoredRound(round_id, self.state.version, tuple(selected), tasks, wanted, quorum,
                                               wall, wall + cfg.round_deadline_s))
         self.round = self._new_round(machine, tasks, now)
+        (self.round.bytes_up, self.round.bytes_up_dense), self._late_up = self._late_up, (0, 0)
         self._publish_model()  # before the tasks that name it
         for device_id in selected:
             self._send_task(device_id, now)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.codec import decode_message, encode_message
-from edge_runtime.protocol import CheckIn, all_devices_topic
+from edge_runtime.protocol import CheckIn, TrainTask, all_devices_topic
 from edge_runtime.compress import decompress_update
 from edge_runtime.update_codec import decode_tensors
 
@@ -215,6 +215,47 @@ def test_oversize_counts_the_limit_that_the_config_sets(model, tmp_path):
     fleet.drain()
     assert fleet.coordinator.rejections == Counter({"oversize": 1})
     assert fleet.coordinator.tick() is None  # nothing was counted
+
+
+def _tasked(devices, round_id: int) -> ManualDevice:
+    """The device that got a task for round_id."""
+    for d in devices:
+        d.receive()
+        if any(isinstance(m, TrainTask) and m.round_id == round_id for m in d.inbox):
+            return d
+    raise AssertionError(f"no device got a task for round {round_id}")
+
+
+def test_every_uplink_byte_lands_in_one_round_record(model, tmp_path):
+    """A late answer that arrives after its round closed (no round open) counts toward the next
+    round's bytes_up: stragglers' uploads cost bandwidth too."""
+    fleet = make_fleet(model, tmp_path, clients_per_round=1)
+    m0, m1 = ManualDevice(fleet, "m0", 5), ManualDevice(fleet, "m1", 8)
+    fleet.drain()
+    shapes = {k: v.shape for k, v in fleet.coordinator.state.params.items()}
+    rng = np.random.default_rng(3)
+    assert fleet.coordinator.begin_round()
+    fleet.drain()
+    first = _tasked((m0, m1), 1)
+    on_time = encode_message(first.update(random_delta(shapes, rng)))
+    first.send(on_time)
+    fleet.drain()
+    r1 = fleet.coordinator.tick()
+    assert r1.committed and r1.bytes_up == len(on_time)
+
+    late = encode_message(dataclasses.replace(first.update(random_delta(shapes, rng)), update_id="late"))
+    first.send(late)  # no round is open: refused as stale, but the bytes crossed the uplink
+    fleet.drain()
+    assert fleet.coordinator.rejections == Counter({"stale_round": 1})
+    assert fleet.coordinator.begin_round()
+    fleet.drain()
+    device = _tasked((m0, m1), 2)
+    answer = encode_message(device.update(random_delta(shapes, rng), update_id="r2"))
+    device.send(answer)
+    fleet.drain()
+    r2 = fleet.coordinator.tick()
+    assert r2.committed and r2.bytes_up == len(late) + len(answer)
+    assert r2.bytes_up_dense > r2.bytes_up - len(late) - len(answer)
 
 
 # ---------------------------------------------------------------- (d): everyone declines
