@@ -177,7 +177,7 @@ class DeviceRuntime:
             correction = {k: server_control[k] - client_control[k] for k in shared}
         personal = store.load_personal() or model.initial("personal")
         check_params(manifest, personal, "personal")
-        opt_state = store.load_opt_state()
+        opt_state = store.load_opt_state() if task.hyper.keep_optimizer_state else None
         if opt_state is not None and not _state_fits(opt_state, task.hyper.optimizer):
             opt_state = None  # the optimizer changed between rounds: start its state fresh
         if server_control is not None:
@@ -202,7 +202,8 @@ class DeviceRuntime:
         payload = encode_tensors(tensors)
         control = b""
         dense_bytes = dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")})
-        saves = {"personal": result.personal, "opt_state": result.opt_state, "residual": residual}
+        kept_state = result.opt_state if task.hyper.keep_optimizer_state else None  # None: no stale file lingers
+        saves = {"personal": result.personal, "opt_state": kept_state, "residual": residual}
         if server_control is not None:
             delta_c = scaffold_control_delta(server_control, result.shared_delta, result.steps, task.hyper)
             old_residual = _fitting(store.load_control_residual(), shared)

@@ -86,6 +86,11 @@ class TaskHyper:
     eps: float = 1e-8
     mu: float = 0.0  # FedProx proximal weight; 0 = plain FedAvg local training
     max_steps: int = 0  # 0 = no cap beyond epochs
+    # Carry the local optimizer's state (momentum, Adam moments) over from the device's last
+    # task. Off: every task starts fresh, as in FedAvg. Momentum built on an older global model
+    # then pushes the new one off course; under quantity skew it made small devices diverge and
+    # collapsed FedAvgM's global model for good (heterogeneity benchmark, round 42).
+    keep_optimizer_state: bool = False
 
 
 @dataclass(frozen=True)

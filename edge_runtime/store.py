@@ -2,7 +2,7 @@
 
     personal.npz    personal params (never leave the device)
     tuned_head.npz  a global-only model's head_global, tuned on local data (personalize)
-    opt_state.npz   optimizer state between rounds
+    opt_state.npz   optimizer state between tasks (only with TaskHyper.keep_optimizer_state)
     residual.npz    error-feedback residual of the compressor
     control.npz     SCAFFOLD client control variate c_i (shared params' shapes; absent = zeros)
     control_residual.npz   error-feedback residual of the compressed Δc_i uploads

@@ -3,6 +3,7 @@ and the task state machine."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 
@@ -145,7 +146,8 @@ def test_local_state_persists_and_a_restarted_runtime_picks_it_up(model, data, t
     shared_names = {p.name for p in manifest.by_role("shared")}
     root = tmp_path / "state"
 
-    u1 = _runtime(model, data, root).handle_task(_task(model, round_id=1))
+    keep = dataclasses.replace(_task(model).hyper, keep_optimizer_state=True)
+    u1 = _runtime(model, data, root).handle_task(_task(model, round_id=1, hyper=keep))
     assert isinstance(u1, Update)
     store = _store(model, root)
     p1, opt1, res1 = store.load_personal(), store.load_opt_state(), store.load_residual()
@@ -164,7 +166,7 @@ def test_local_state_persists_and_a_restarted_runtime_picks_it_up(model, data, t
         snapshots[missing] = dst
 
     shared2 = {k: v + decompress_update(decode_tensors(u1.payload))[k] for k, v in runtime.initial("shared").items()}
-    task2 = _task(model, round_id=2, shared=shared2)
+    task2 = _task(model, round_id=2, shared=shared2, hyper=keep)
     u2 = _runtime(model, data, root).handle_task(task2)  # a new runtime: the device restarted
     assert isinstance(u2, Update)
     p2 = _store(model, root).load_personal()
@@ -186,6 +188,29 @@ def test_local_state_persists_and_a_restarted_runtime_picks_it_up(model, data, t
     assert _differ(no_momentum, p2)
     no_residual, _ = replay("residual")
     assert no_residual.payload != u2.payload
+
+
+def test_by_default_every_task_starts_from_a_fresh_optimizer_state(model, data, tmp_path):
+    """Stale momentum on disk changes nothing unless the task asks to keep it, and none is kept."""
+    root = tmp_path / "state"
+    assert not _task(model).hyper.keep_optimizer_state
+    _runtime(model, data, root).handle_task(_task(model, round_id=1))
+    store = _store(model, root)
+    assert store.load_opt_state() is None
+    clean = tmp_path / "clean"
+    shutil.copytree(root, clean)
+    shapes = {p.name: p.shape for p in model[1].trainable}
+    stale_state = {f"{k}.momentum_buffer": np.full(s, 0.5, np.float32) for k, s in shapes.items()}
+    store.save_opt_state(stale_state)
+    fresh = _runtime(model, data, clean).handle_task(_task(model, round_id=2))
+    stale = _runtime(model, data, root).handle_task(_task(model, round_id=2))
+    assert fresh.payload == stale.payload
+    assert store.load_opt_state() is None  # and the stale file is gone
+    store.save_opt_state(stale_state)
+    keep = dataclasses.replace(_task(model).hyper, keep_optimizer_state=True)
+    carried = _runtime(model, data, root).handle_task(_task(model, round_id=3, hyper=keep))
+    again = _runtime(model, data, clean).handle_task(_task(model, round_id=3, hyper=keep))
+    assert carried.payload != again.payload  # with keep, the stale buffer is used
 
 
 # ---------------------------------------------------------------- the agent

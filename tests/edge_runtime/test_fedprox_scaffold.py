@@ -322,11 +322,12 @@ def test_option_two_recovers_a_constant_gradient_under_momentum(momentum, steps)
 
 def test_a_scaffold_task_starts_from_an_empty_momentum_buffer(model, tmp_path):
     """Round 2 trains the same whatever momentum buffer round 1 left: a device with a huge
-    stale buffer and one with none send identical updates."""
+    stale buffer and one with none send identical updates, even when the task asks to keep
+    the optimizer state (SCAFFOLD overrides it)."""
     d, manifest, runtime = model
     shared = runtime.initial("shared")
     zero_c = {k: np.zeros_like(v) for k, v in shared.items()}
-    hyper = TaskHyper(epochs=1, batch_size=10, lr=0.1, momentum=0.9)
+    hyper = TaskHyper(epochs=1, batch_size=10, lr=0.1, momentum=0.9, keep_optimizer_state=True)
     DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path / "a", backend="numpy").handle_task(
         _task(model, shared, hyper, round_id=1, correction=zero_c))
     shutil.copytree(tmp_path / "a", tmp_path / "b")
