@@ -7,10 +7,10 @@ computes Δc_i by option II (local_training.scaffold_control_delta), and uploads
 like the delta (same bits and top-k, no clipping: Δc_i is in gradient units, the clip bound
 in delta units) with its own error-feedback residual. c_i then moves by what was *sent*, the
 rest waits in the residual: so the coordinator's c stays the mean of the c_i that the devices
-hold, however lossy the compression. c_i is saved with the update (like the delta's residual:
-staged, the update kept for upload, then applied; see store.py); if the coordinator then rejects the upload (typically stale: the round
-closed before it arrived), `on_ack` puts c_i and its residual back, so c and the c_i stay
-consistent. An upload that is lost for good, with no Ack ever, leaves c_i ahead of c.
+hold, however lossy the compression. c_i is saved with the update, like the delta's residual
+(staged, the update kept for upload, then applied; see store.py); if the coordinator then
+rejects the upload (typically stale: the round closed before it arrived), `on_ack` puts c_i
+and its residual back, so c and the c_i stay consistent. An upload that is lost for good, with no Ack ever, leaves c_i ahead of c.
 """
 
 from __future__ import annotations
@@ -273,11 +273,7 @@ class DeviceRuntime:
         z = model.embed(self.data.x_test, cache_key=1)
         logits = self._backend(model, "sgd").predict({**shared, **personal}, z)
         y = self.data.y_test
-
-        def acc(head: str) -> float | None:
-            return float(np.mean(np.argmax(logits[head], axis=1) == y)) if head in logits and len(y) else None
-
-        return DeviceEval(len(y), acc("personal"), acc("global"))
+        return DeviceEval(len(y), _accuracy(logits.get("personal"), y), _accuracy(logits.get("global"), y))
 
     def personalize(self, model_id: str, shared: dict[str, np.ndarray], steps: int, hyper: TaskHyper,
                     from_global: bool = False, seed: int = 0) -> DeviceEval:
@@ -296,22 +292,26 @@ class DeviceRuntime:
             own = None if from_global else store.load_personal()
             personal = own if own is not None else model.initial("personal")
             start = {**shared, **personal}
-            if head == "personal" and own is None and "global" in model.manifest.heads:  # begin from what the fleet learned
-                start.update(zip(head_params("personal"), (shared[n] for n in head_params("global"))))
+            if head == "personal" and own is None and "global" in model.manifest.heads:
+                for mine, fleets in zip(head_params("personal"), head_params("global")):
+                    start[mine] = shared[fleets]  # a device that never trained begins from what the fleet learned
             z = model.embed(self.data.x_train, cache_key=0)
             rng = np.random.default_rng([_stable_int(self.device_id), seed, self.seed, 7])
-            tuned = tune_head(self._backend(model, hyper.optimizer), start, head, z, self.data.y_train, hyper, steps, rng)
+            backend = self._backend(model, hyper.optimizer)
+            tuned = tune_head(backend, start, head, z, self.data.y_train, hyper, steps, rng)
             if head == "personal":
                 store.save_personal({**personal, **tuned})
             else:
                 store.save_tuned_head(tuned)
-            z_test = model.embed(self.data.x_test, cache_key=1)
-            logits = self._backend(model, "sgd").predict({**start, **tuned}, z_test)[head]
-            y = self.data.y_test
-            acc = float(np.mean(np.argmax(logits, axis=1) == y)) if len(y) else None
-            global_logits = self._backend(model, "sgd").predict({**shared, **personal}, z_test).get("global")
-            acc_global = float(np.mean(np.argmax(global_logits, axis=1) == y)) if global_logits is not None and len(y) else None
-            return DeviceEval(len(y), acc, acc_global)
+            z_test, y = model.embed(self.data.x_test, cache_key=1), self.data.y_test
+            evaluator = self._backend(model, "sgd")
+            as_received = evaluator.predict({**shared, **personal}, z_test).get("global")
+            return DeviceEval(len(y), _accuracy(evaluator.predict({**start, **tuned}, z_test)[head], y),
+                              _accuracy(as_received, y))
+
+
+def _accuracy(logits: np.ndarray | None, y: np.ndarray) -> float | None:
+    return float(np.mean(np.argmax(logits, axis=1) == y)) if logits is not None and len(y) else None
 
 
 def _fitting(arrays: dict | None, like: dict) -> dict | None:

@@ -136,7 +136,8 @@ def target_personalized(cells: Sequence[dict], modes: Sequence[dict], baselines:
     best_global = max(globals_)
     judged = []
     for c in candidates:
-        pm, pmin, local = c["personalized_accuracy_mean"], c["personalized_accuracy_min"], _local_mean(base["local_only"], c["devices"])
+        pm, pmin = c["personalized_accuracy_mean"], c["personalized_accuracy_min"]
+        local = _local_mean(base["local_only"], c["devices"])
         checks = {"vs_local": pm >= local + 0.02, "vs_global": pm >= best_global + 0.10, "worst": pmin >= 0.85}
         judged.append((sum(checks.values()), pm, c, checks, local))
     _, pm, best, checks, local = max(judged, key=lambda j: (j[0], j[1]))
