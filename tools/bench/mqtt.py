@@ -5,6 +5,12 @@ What is measured:
   raw_paho_seconds    N paho clients each publish one update-sized message (QoS 1) to its
                       update topic; one subscriber receives them all. First publish to last
                       receipt.
+  raw_paho_round_trip_seconds
+                      the round's traffic pattern without fedge: one paho client publishes to
+                      each of N device clients a message the size of what fedge sent each device
+                      (bytes_down / N: its task, ack and the like), and each device client
+                      answers from its message callback with one update-sized message. First
+                      publish to last answer. The same bytes both ways as the fedge round.
   fedge_round_seconds the coordinator begins a round for all N devices (over-selection 1.0):
                       N tasks carrying the shared params (the size of an update), or with
                       --model-part-bytes the params once as retained ModelParts and N small
@@ -14,6 +20,9 @@ What is measured:
                       to the commit.
   ratio               fedge_round_seconds / raw_paho_seconds (target <= 2: on top of the same
                       uplink bytes, a round fans the model out, validates, aggregates and acks).
+  ratio_round_trip    fedge_round_seconds / raw_paho_round_trip_seconds: what fedge's own work
+                      (codec, validation, aggregation, pending files, acks, its threads) adds to
+                      moving the same bytes both ways.
 
 The run fails, and reports nothing, unless the round commits with all N updates.
 
@@ -96,21 +105,38 @@ def _model(update_kb: int) -> tuple[Manifest, dict[str, np.ndarray]]:
 PER_PROCESS = 100
 
 
+def _raw_client(host: str, port: int, device_id: str, answer: bytes | None) -> paho.Client:
+    """A connected paho client; with `answer`, it replies to its task topic with that payload."""
+    ready = threading.Event()
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{device_id}", protocol=MQTTProtocolVersion.MQTTv5)
+    if answer is None:
+        c.on_connect = lambda *a: ready.set()
+    else:
+        c.on_connect = lambda client, *a: client.subscribe(f"raw/devices/{device_id}/task", qos=1)
+        c.on_subscribe = lambda *a: ready.set()
+        c.on_message = lambda client, userdata, message: client.publish(f"raw/devices/{device_id}/update", answer, qos=1)
+    c.connect(host, port)
+    c.loop_start()
+    ready.wait(60)  # one at a time: a connect storm overflows the broker's listen backlog
+    return c
+
+
 def _device_worker(mode: str, url: str, ids: list[str], payload: bytes, dense: int, model_id: str, workdir: str,
                    ready, go, stop) -> None:
-    """One process hosting up to PER_PROCESS devices: fedge agents, or raw paho publishers."""
+    """One process hosting up to PER_PROCESS devices: fedge agents, raw paho publishers ("raw"),
+    or raw paho clients that answer a message with the payload ("raw-answer")."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port, _ = MqttSettings(url=url).endpoint()
+    if mode == "raw-answer":
+        clients = [_raw_client(host, port, device_id, payload) for device_id in ids]
+        ready.put(len(clients))
+        stop.wait()
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+        return
     if mode == "raw":
-        clients = []
-        for device_id in ids:
-            connected = threading.Event()
-            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{device_id}", protocol=MQTTProtocolVersion.MQTTv5)
-            c.on_connect = lambda *a, ev=connected: ev.set()
-            c.connect(host, port)
-            c.loop_start()
-            connected.wait(60)  # one at a time: a connect storm overflows the broker's listen backlog
-            clients.append(c)
+        clients = [_raw_client(host, port, device_id, None) for device_id in ids]
         ready.put(len(clients))
         go.wait()
         for device_id, c in zip(ids, clients):
@@ -165,7 +191,9 @@ class _Workers:
                 proc.kill()
 
 
-def raw_paho(url: str, devices: int, payload: bytes, workdir: str, timeout_s: float) -> float:
+def raw_paho(url: str, devices: int, payload: bytes, workdir: str, timeout_s: float, down: bytes = b"") -> float:
+    """Seconds for `devices` raw paho clients to deliver `payload` each to one subscriber. With
+    `down`, the subscriber first sends `down` to each client, which answers with `payload`."""
     host, port, _ = MqttSettings(url=url).endpoint()
     got = threading.Event()
     count = [0]
@@ -177,7 +205,7 @@ def raw_paho(url: str, devices: int, payload: bytes, workdir: str, timeout_s: fl
             if count[0] >= devices:
                 got.set()
 
-    workers = _Workers("raw", url, devices, payload, 0, "", workdir, timeout_s)
+    workers = _Workers("raw-answer" if down else "raw", url, devices, payload, 0, "", workdir, timeout_s)
     try:
         sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-sub", protocol=MQTTProtocolVersion.MQTTv5)
         sub.on_message = on_message
@@ -189,7 +217,11 @@ def raw_paho(url: str, devices: int, payload: bytes, workdir: str, timeout_s: fl
         subscribed.wait(30)
         workers.wait_ready()
         started = time.perf_counter()
-        workers.go.set()
+        if down:
+            for i in range(devices):
+                sub.publish(f"raw/devices/dev-{i:05d}/task", down, qos=1)
+        else:
+            workers.go.set()
         if not got.wait(timeout_s):
             raise RuntimeError(f"raw paho: only {count[0]} of {devices} messages arrived in {timeout_s} s")
         elapsed = time.perf_counter() - started
@@ -265,6 +297,8 @@ def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | N
             sample = detail.pop("payload_sample")
             raw_message = encode_message(Update("raw", 1, "t" * 32, "u" * 32, manifest.model_id, 0, 100, sample, 0))
             raw_s = raw_paho(broker_url, devices, raw_message, tmp, timeout_s)
+            down = bytes(max(1, detail["bytes_down"] // devices))  # what fedge sent each device, on average
+            raw_rt_s = raw_paho(broker_url, devices, raw_message, tmp, timeout_s, down=down)
         finally:
             if broker is not None:
                 broker.close()
@@ -275,6 +309,8 @@ def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | N
         "raw_paho_seconds": round(raw_s, 4),
         "ratio": round(fedge_s / raw_s, 3),
         "target_ratio": 2.0,
+        "raw_paho_round_trip_seconds": round(raw_rt_s, 4),
+        "ratio_round_trip": round(fedge_s / raw_rt_s, 3),
         "model_part_bytes": model_part_bytes,
         **detail,
         "device_processes": -(-devices // PER_PROCESS),
