@@ -31,7 +31,7 @@ from .errors import ArtifactError, CodecError, ConfigError, FedgeError, PayloadT
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .manifest import check_params
 from .model_runtime import ModelRuntime
-from .personalize import head_params, tune_head
+from .personalize import PINNABLE, head_params, tune_head
 from .protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
@@ -116,6 +116,17 @@ class DeviceRuntime:
         key = (model.model_id, optimizer)
         if key not in self._backends:
             self._backends[key] = make_backend(self.backend_name, model.dir, model.manifest, optimizer)
+        return self._backends[key]
+
+    def _tuning_backend(self, model: ModelRuntime, optimizer: str):
+        """Head tuning pins the body by restarting the backend each step, which the ORT
+        training API cannot do with its optimizer state; the training build runs the portable
+        graph as well, so tuning uses that there."""
+        if self._backend(model, optimizer).name in PINNABLE:
+            return self._backend(model, optimizer)
+        key = (model.model_id, optimizer, "tuning")
+        if key not in self._backends:
+            self._backends[key] = make_backend("portable", model.dir, model.manifest, optimizer)
         return self._backends[key]
 
     def handle_task(self, task: TrainTask, deadline_check: Callable[[], str | None] | None = None,
@@ -289,16 +300,16 @@ class DeviceRuntime:
             check_params(model.manifest, shared, "shared")
             store = DeviceStore(self.state_root / self.device_id, model_id)
             head = "personal" if "personal" in model.manifest.heads else "global"
-            own = None if from_global else store.load_personal()
+            own = store.load_personal()
             personal = own if own is not None else model.initial("personal")
             start = {**shared, **personal}
-            if head == "personal" and own is None and "global" in model.manifest.heads:
+            if head == "personal" and (from_global or own is None) and "global" in model.manifest.heads:
                 for mine, fleets in zip(head_params("personal"), head_params("global")):
-                    start[mine] = shared[fleets]  # a device that never trained begins from what the fleet learned
+                    start[mine] = shared[fleets]  # begin from what the fleet learned; other personal layers stay
             z = model.embed(self.data.x_train, cache_key=0)
             rng = np.random.default_rng([_stable_int(self.device_id), seed, self.seed, 7])
-            backend = self._backend(model, hyper.optimizer)
-            tuned = tune_head(backend, start, head, z, self.data.y_train, hyper, steps, rng)
+            tuned = tune_head(self._tuning_backend(model, hyper.optimizer), start, head, z, self.data.y_train, hyper,
+                              steps, rng)
             if head == "personal":
                 store.save_personal({**personal, **tuned})
             else:

@@ -20,12 +20,13 @@ import math
 
 import numpy as np
 
-from .errors import TrainingError
+from .errors import TrainingError, UnsupportedByBackend
 from .local_training import step_hyper
 from .protocol import TaskHyper
 from .trainer.base import Params, TrainerBackend, fresh_optimizer_state
 
 HEADS = ("global", "personal")
+PINNABLE = ("portable", "numpy")  # backends whose start() takes optimizer state and current() returns it
 
 
 def head_params(head: str) -> tuple[str, str]:
@@ -48,19 +49,25 @@ def tune_head(
 
     params: every trainable param of the model (shared and personal), the starting point;
     the head's entries are where tuning starts. Batches are drawn epoch by epoch from a
-    fresh permutation, as in a task; the optimizer state starts empty.
+    fresh permutation, as in a task; the optimizer state starts empty. The backend must take
+    optimizer state in `start` and give it back from `current` (portable, numpy): pinning
+    restarts it every step. ort-training cannot (UnsupportedByBackend); its build runs the
+    portable graph too, which is what DeviceRuntime.personalize uses there.
     """
     names = head_params(head)
     missing = [n for n in names if n not in params]
     if missing:
         raise TrainingError(f"the model has no {head} head to tune (missing {missing})")
-    if len(y) == 0:
-        raise TrainingError("no local training examples")
     if steps <= 0:
         return {n: np.array(params[n], np.float32) for n in names}
+    if len(y) == 0:
+        raise TrainingError("no local training examples")
+    if backend.name not in PINNABLE:
+        raise UnsupportedByBackend(f"head tuning restarts the backend every step, keeping its optimizer state; "
+                                   f"{backend.name!r} cannot (use one of {PINNABLE})")
     pinned = {k: np.asarray(v, np.float32) for k, v in params.items()}
     current = {n: pinned[n] for n in names}
-    fresh = fresh_optimizer_state(backend.manifest, hyper.optimizer)
+    fresh = fresh_optimizer_state(backend.manifest, backend.optimizer)
     state = dict(fresh)
     carried = [k for k in fresh if k == "step" or any(k.startswith(f"{n}.") for n in names)]
     sh = step_hyper(dataclasses.replace(hyper, mu=0.0))  # no prox: the head is not pulled back

@@ -160,14 +160,16 @@ def build_federated(
 
 
 def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(test, train) positions into y: about test_fraction of each label held out.
+    """(test, train) positions into y, holding out a share of each label.
 
-    round(test_fraction * n) examples in all (at least 1, at most n - 1), shared out over the
-    labels by largest remainder. A label held out keeps at least one training example, and a
-    label seen once stays in training, so every test label is also a training label: a
-    device's private head is never scored on a class it could not have learned. (A plain
-    random holdout did that to 15 of 50 devices under Dirichlet 0.1, and capped their
-    personalized accuracy.) Within a label the held-out examples are a random choice.
+    round(test_fraction * n) examples in all (at least 1 and at most n - 1, and no more than
+    the labels can spare), shared out over the labels by largest remainder: each label gives
+    at least floor(test_fraction * its count) but always keeps one training example, and a
+    label seen once stays in training, whose share goes to the others. So every test label
+    is also a training label: a device's private head is never scored on a class it could
+    not have learned. (A plain random holdout did that to 15 of 50 devices under Dirichlet
+    0.1, and capped their personalized accuracy.) A client whose labels are all singletons
+    gets an empty test set. Within a label the held-out examples are a random choice.
     """
     n = len(y)
     labels, counts = np.unique(y, return_counts=True)
@@ -180,8 +182,6 @@ def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Gener
         for i in order:
             if take.sum() < total and take[i] < room[i]:
                 take[i] += 1
-    while take.sum() > total:  # only when floor(share) over-asked, i.e. total was capped
-        take[int(np.argmax(take))] -= 1
     test = []
     for label, k in zip(labels, take):
         members = np.flatnonzero(y == label)

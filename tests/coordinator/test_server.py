@@ -226,7 +226,7 @@ def _tasked(devices, round_id: int) -> ManualDevice:
     raise AssertionError(f"no device got a task for round {round_id}")
 
 
-def test_every_uplink_byte_lands_in_one_round_record(model, tmp_path):
+def test_late_uplink_bytes_count_toward_the_next_round(model, tmp_path):
     """A late answer that arrives after its round closed (no round open) counts toward the next
     round's bytes_up: stragglers' uploads cost bandwidth too."""
     fleet = make_fleet(model, tmp_path, clients_per_round=1)

@@ -5,6 +5,8 @@ features, torch-semantics SGD with momentum), on the same batches."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -143,3 +145,83 @@ def test_a_private_head_starts_from_the_global_head_when_the_device_never_traine
     assert np.abs(store.load_personal()["head_personal.weight"]).max() < 0.5  # one small step from zero
     device.personalize(manifest.model_id, shared, 0, HYPER, from_global=True)
     np.testing.assert_array_equal(store.load_personal()["head_personal.weight"], shared["head_global.weight"])
+
+
+def _adamw_oracle(feats, y, w, b, steps, batch, h, rng):
+    """Softmax regression with torch-semantics AdamW on fixed features, float64."""
+    p = [w.astype(np.float64), b.astype(np.float64)]
+    m, v = [np.zeros_like(t) for t in p], [np.zeros_like(t) for t in p]
+    t = 0
+    while t < steps:
+        order = rng.permutation(len(y))
+        for start in range(0, len(y), batch):
+            idx = order[start:start + batch]
+            logits = feats[idx] @ p[0] + p[1]
+            d = np.exp(logits - logits.max(axis=1, keepdims=True))
+            d /= d.sum(axis=1, keepdims=True)
+            d[np.arange(len(idx)), y[idx]] -= 1.0
+            d /= len(idx)
+            t += 1
+            for i, g in enumerate((feats[idx].T @ d, d.sum(axis=0))):
+                p[i] = p[i] * (1 - h.lr * h.weight_decay)
+                m[i] = h.beta1 * m[i] + (1 - h.beta1) * g
+                v[i] = h.beta2 * v[i] + (1 - h.beta2) * g * g
+                p[i] = p[i] - h.lr / (1 - h.beta1 ** t) * m[i] / (np.sqrt(v[i]) / np.sqrt(1 - h.beta2 ** t) + h.eps)
+            if t >= steps:
+                break
+    return p
+
+
+@pytest.mark.parametrize("backend", ["portable", "numpy"])
+def test_adamw_head_tuning_carries_moments_and_step_count(dual, backend):
+    art, manifest, runtime = dual
+    params = _perturbed(runtime, np.random.default_rng(2))
+    x, y = _separable(29, 4)
+    z = runtime.embed(x)
+    hyper = TaskHyper(epochs=1, batch_size=8, lr=0.05, optimizer="adamw", weight_decay=0.01)
+    tuned = tune_head(make_backend(backend, art, manifest, "adamw"), params, "personal", z, y, hyper, 9,
+                      np.random.default_rng(1))
+    feats = NumpyModel(manifest.spec, load_frozen(art, manifest), np.float64).forward(
+        {k: v.astype(np.float64) for k, v in params.items()}, z.astype(np.float64))[0]
+    w, b = _adamw_oracle(feats, y, params["head_personal.weight"], params["head_personal.bias"], 9, 8, hyper,
+                         np.random.default_rng(1))
+    np.testing.assert_allclose(tuned["head_personal.weight"], w, atol=2e-5)
+    np.testing.assert_allclose(tuned["head_personal.bias"], b, atol=2e-5)
+
+
+def test_from_global_restarts_only_the_head_and_keeps_personal_layers(tmp_path):
+    spec = mlp_spec(FEATURES, CLASSES, hidden=(8, 6), modes=("lora", "personal"), lora_rank=2, head="dual",
+                    name="tiny-personal-layer")
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    model = (tmp_path / "art", manifest, ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id))
+    shared = model[2].initial("shared")
+    device = _device(model, tmp_path / "state")
+    store = DeviceStore(tmp_path / "state" / "dev-a", manifest.model_id)
+    own = {k: np.full_like(v, 0.25) for k, v in model[2].initial("personal").items()}
+    store.save_personal(own)
+    device.personalize(manifest.model_id, shared, 0, HYPER, from_global=True)
+    kept = store.load_personal()
+    np.testing.assert_array_equal(kept["fc2.weight"], own["fc2.weight"])  # the device's own layer stays
+    np.testing.assert_array_equal(kept["head_personal.weight"], shared["head_global.weight"])
+
+
+@pytest.mark.ort_training
+def test_on_the_training_build_head_tuning_runs_the_portable_graph(tmp_path):
+    from edge_runtime.errors import UnsupportedByBackend
+    from edge_runtime.trainer import available_backends
+
+    if "ort-training" not in available_backends():
+        pytest.skip("needs onnxruntime-training")
+    spec = mlp_spec(FEATURES, CLASSES, hidden=(8,), modes=("lora",), lora_rank=2, head="global", name="tiny-ort")
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=True)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    x, y = _separable(60, 0)
+    sgd = dataclasses.replace(HYPER, momentum=0.0)  # ORT's SGD has no momentum
+    with pytest.raises(UnsupportedByBackend):
+        tune_head(make_backend("ort-training", tmp_path / "art", manifest, "sgd"), runtime.initial("shared"), "global",
+                  runtime.embed(x), y, sgd, 3, np.random.default_rng(0))
+    device = DeviceRuntime("dev-a", LocalData(x[:45], y[:45], x[45:], y[45:]), {manifest.model_id: tmp_path / "art"},
+                           tmp_path / "state", backend="ort-training")
+    shared = runtime.initial("shared")
+    shared["head_global.weight"][:] = 0.0
+    assert device.personalize(manifest.model_id, shared, 40, sgd).accuracy_personal >= 0.9

@@ -133,6 +133,8 @@ def target_personalized(cells: Sequence[dict], modes: Sequence[dict], baselines:
         return _target(2, name, None, "not measured (needs personalization runs and baselines)")
     globals_ = [c["final_global_accuracy"] for c in [*mine, *(r for r in modes if modes_partition == partition)]
                 if c.get("final_global_accuracy") is not None]
+    if not globals_:
+        return _target(2, name, None, "not measured (no run scored a global model)")
     best_global = max(globals_)
     judged = []
     for c in candidates:
@@ -157,7 +159,8 @@ def target_compression(rows: Sequence[dict], min_ratio: float = 100.0, max_drop:
     parts, met = [], False
     for model in dict.fromkeys(r.get("model", "adapters") for r in rows):
         ef = sorted((r for r in rows if r.get("model", "adapters") == model and r["error_feedback"]
-                     and r["setting"] != "dense-fp32"), key=lambda r: -r["ratio_vs_dense"])
+                     and r["setting"] != "dense-fp32" and r["ratio_vs_dense"] is not None),
+                    key=lambda r: -r["ratio_vs_dense"])  # a model whose dense run failed has no ratios
         if not ef:
             continue
         good = [r for r in ef if r["ratio_vs_dense"] >= min_ratio and r["accuracy_delta_vs_dense"] >= -max_drop]

@@ -117,7 +117,8 @@ def _raw_client(host: str, port: int, device_id: str, answer: bytes | None) -> p
         c.on_message = lambda client, userdata, message: client.publish(f"raw/devices/{device_id}/update", answer, qos=1)
     c.connect(host, port)
     c.loop_start()
-    ready.wait(60)  # one at a time: a connect storm overflows the broker's listen backlog
+    if not ready.wait(60):  # one at a time: a connect storm overflows the broker's listen backlog
+        raise RuntimeError(f"raw paho client {device_id}: not connected and subscribed within 60 s")
     return c
 
 
