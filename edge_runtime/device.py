@@ -10,7 +10,8 @@ rest waits in the residual: so the coordinator's c stays the mean of the c_i tha
 hold, however lossy the compression. c_i is saved with the update, like the delta's residual
 (staged, the update kept for upload, then applied; see store.py); if the coordinator then
 rejects the upload (typically stale: the round closed before it arrived), `on_ack` puts c_i
-and its residual back, so c and the c_i stay consistent. An upload that is lost for good, with no Ack ever, leaves c_i ahead of c.
+and its residual back, so c and the c_i stay consistent. An upload that is lost for good,
+with no Ack ever, leaves c_i ahead of c.
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ class DeviceRuntime:
         """Head tuning pins the body by restarting the backend each step, which the ORT
         training API cannot do with its optimizer state; the training build runs the portable
         graph as well, so tuning uses that there."""
-        if self._backend(model, optimizer).name in PINNABLE:
-            return self._backend(model, optimizer)
+        backend = self._backend(model, optimizer)
+        if backend.name in PINNABLE:
+            return backend
         key = (model.model_id, optimizer, "tuning")
         if key not in self._backends:
             self._backends[key] = make_backend("portable", model.dir, model.manifest, optimizer)
