@@ -8,7 +8,7 @@ TEST_VENV := .venv-test
 ORT_EXTRA := $(shell [ "$$(uname -m)" = x86_64 ] && echo ort-training || echo device)
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test clean
+.PHONY: demo test wheel clean
 
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/fedge simulate --baselines local,central --json runs/demo/run.json
@@ -16,15 +16,20 @@ demo: $(DEMO_VENV)/.installed
 test: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m pytest -q
 
-$(DEMO_VENV)/.installed: pyproject.toml
+# The wheel a device installs: copy dist/fedge-*.whl to the board, then
+#   pip install "$$(ls fedge-*.whl)[device]"
+wheel: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/pip wheel $(PIP_FLAGS) --no-deps --no-build-isolation -w dist .
+
+$(DEMO_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(DEMO_VENV)
 	$(DEMO_VENV)/bin/pip install $(PIP_FLAGS) -e '.[device,sim]'
 	touch $@
 
-$(TEST_VENV)/.installed: pyproject.toml
+$(TEST_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/pip install $(PIP_FLAGS) -e '.[$(ORT_EXTRA),sim,test]'
 	touch $@
 
 clean:
-	rm -rf $(DEMO_VENV) $(TEST_VENV) runs build *.egg-info
+	rm -rf $(DEMO_VENV) $(TEST_VENV) runs build dist *.egg-info

@@ -22,14 +22,14 @@ from pathlib import Path, PurePosixPath
 
 from collections.abc import Iterator
 
-from edge_runtime.errors import ArtifactError, ConfigError
-from edge_runtime.manifest import MANIFEST_FILE, Manifest
-from edge_runtime.protocol import ArtifactFile, FetchRequest
+from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError, FedgeError
+from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest
+from fedge.edge_runtime.kernel.protocol import ArtifactFile, FetchRequest
 
 _PRUNE_AT = 10_000  # remembered devices before old rate-limit entries are dropped
 
 
-class FetchRefused(Exception):
+class FetchRefused(FedgeError):
     reason = "fetch_refused"
 
 

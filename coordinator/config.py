@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from edge_runtime.configfile import load_config
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import CompressionSpec, TaskHyper
+from fedge.edge_runtime.kernel.configfile import load_config
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 
 from .strategies import STRATEGIES
 

@@ -1,23 +1,26 @@
 """Why the coordinator refuses an update. Every rejection is named, logged and counted;
 none stops the service.
 
-    UpdateRejected                 (base; .reason is the metric label)
-    ├── Oversize                   payload over the configured limit
-    ├── BadFrame                   truncated, corrupted, wrong version, not a message
-    ├── UnexpectedMessage          a message on a channel not for its kind, or for another device
-    ├── StaleRound                 not the open round, or the task is not this device's
-    ├── DuplicateUpdate            same (device, round, update id) already counted
-    ├── ConflictingUpdate          same key as a counted update, different payload
-    ├── WrongModel                 model id or base version differs from the task
-    ├── BadShape                   names, shapes, dtypes or indices do not fit the model
-    ├── NonFinite                  NaN or Inf in the update
-    └── NormBound                  update norm above the configured bound
+    FedgeError                         (fedge.edge_runtime.kernel.errors: the one root)
+    └── UpdateRejected                 (base; .reason is the metric label)
+        ├── Oversize                   payload over the configured limit
+        ├── BadFrame                   truncated, corrupted, wrong version, not a message
+        ├── UnexpectedMessage          a message on a channel not for its kind, or for another device
+        ├── StaleRound                 not the open round, or the task is not this device's
+        ├── DuplicateUpdate            same (device, round, update id) already counted
+        ├── ConflictingUpdate          same key as a counted update, different payload
+        ├── WrongModel                 model id or base version differs from the task
+        ├── BadShape                   names, shapes, dtypes or indices do not fit the model
+        ├── NonFinite                  NaN or Inf in the update
+        └── NormBound                  update norm above the configured bound
 """
 
 from __future__ import annotations
 
+from fedge.edge_runtime.kernel.errors import FedgeError
 
-class UpdateRejected(Exception):
+
+class UpdateRejected(FedgeError):
     reason = "rejected"
 
 

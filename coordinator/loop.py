@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Callable
 
-from edge_runtime.errors import ConnectionLost, NotConnected, PublishRefused, TransportError
+from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PublishRefused, TransportError
 
 from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord

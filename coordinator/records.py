@@ -12,9 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from edge_runtime.compress import decompress_update
-from edge_runtime.protocol import TaskHyper
-from edge_runtime.update_codec import decode_tensors
+from fedge.edge_runtime.kernel.compress import decompress_update
+from fedge.edge_runtime.kernel.protocol import TaskHyper
+from fedge.edge_runtime.kernel.update_codec import decode_tensors
 
 from .aggregate import WeightedMean
 from .rounds import RoundMachine

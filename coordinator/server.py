@@ -20,16 +20,16 @@ from dataclasses import asdict
 
 import numpy as np
 
-from edge_runtime.clock import SystemClock
-from edge_runtime.codec import encode_message
-from edge_runtime.errors import ConfigError, ConnectionLost, NotConnected, PayloadTooLarge, PublishRefused
-from edge_runtime.manifest import Manifest
-from edge_runtime.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace, RoundModel,
-                                   Status, TrainTask, Update, all_devices_topic, device_of, device_topic,
-                                   model_part_topic)
-from edge_runtime.round_model import split_round_model
-from edge_runtime.transport.base import Transport
-from edge_runtime.update_codec import encode_dense
+from fedge.edge_runtime.kernel.clock import SystemClock
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError, ConnectionLost, NotConnected, PayloadTooLarge, PublishRefused
+from fedge.edge_runtime.kernel.manifest import Manifest
+from fedge.edge_runtime.kernel.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, Decline, FetchRequest, Pace,
+                                                RoundModel, Status, TrainTask, Update, all_devices_topic, device_of,
+                                                device_topic, model_part_topic)
+from fedge.edge_runtime.kernel.round_model import split_round_model
+from fedge.edge_runtime.kernel.transport.base import Transport
+from fedge.edge_runtime.kernel.update_codec import encode_dense
 
 from . import pace
 from .aggregate import WeightedMean

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-from edge_runtime.configfile import load_config
-from edge_runtime.errors import ConfigError, PublishRefused
-from edge_runtime.manifest import load_manifest
-from edge_runtime.store import load_npz
-from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+from fedge.edge_runtime.kernel.configfile import load_config
+from fedge.edge_runtime.kernel.errors import ConfigError, PublishRefused
+from fedge.edge_runtime.kernel.manifest import load_manifest
+from fedge.edge_runtime.kernel.files import load_npz
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 
 from .config import CoordinatorConfig
 from .loop import CoordinatorLoop

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .strategies import ServerState
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.codec import decode_message
-from edge_runtime.compress import decompress_update
-from edge_runtime.errors import CodecError, NonFiniteValues, PayloadTooLarge
-from edge_runtime.protocol import Decline, Update
-from edge_runtime.update_codec import decode_tensors
+from fedge.edge_runtime.kernel.codec import decode_message
+from fedge.edge_runtime.kernel.compress import decompress_update
+from fedge.edge_runtime.kernel.errors import CodecError, NonFiniteValues, PayloadTooLarge
+from fedge.edge_runtime.kernel.protocol import Decline, Update
+from fedge.edge_runtime.kernel.update_codec import decode_tensors
 
-from .errors import BadFrame, BadShape, ConflictingUpdate, DuplicateUpdate, NonFinite, NormBound, Oversize, StaleRound, WrongModel
+from .errors import (BadFrame, BadShape, ConflictingUpdate, DuplicateUpdate, NonFinite, NormBound, Oversize, StaleRound,
+                     WrongModel)
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,19 @@ import logging
 import re
 from pathlib import Path
 
-from .clock import SystemClock
-from .codec import decode_message, encode_message
+from .kernel.clock import SystemClock
+from .kernel.codec import decode_message, encode_message
 from .device import DeviceRuntime
-from .errors import ArtifactError, CodecError, PayloadTooLarge, RoundModelError, TransportError
+from .kernel.errors import ArtifactError, CodecError, PayloadTooLarge, RoundModelError, TransportError
 from .fetch import ArtifactDownload
-from .manifest import MANIFEST_FILE, sha256_file
+from .kernel.manifest import MANIFEST_FILE, sha256_file
 from .pending import PendingUploads
-from .protocol import (ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, Ack, Announcement, ArtifactFile, Decline, FetchRequest,
-                       ModelPart, Pace, Status, TrainTask, Update, device_topic)
-from .round_model import ModelWaits
+from .kernel.protocol import (ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, Ack, Announcement, ArtifactFile, Decline,
+                              FetchRequest, ModelPart, Pace, Status, TrainTask, Update, device_topic)
+from .kernel.round_model import ModelWaits
 from .seen_tasks import SeenTasks
 from .task import TaskState, advance
-from .transport.base import Message, Transport, topic_matches
+from .kernel.transport.base import Message, Transport, topic_matches
 
 log = logging.getLogger("fedge.agent")
 

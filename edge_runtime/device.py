@@ -27,16 +27,16 @@ from typing import Callable
 
 import numpy as np
 
-from .compress import compress_update, decompress_update
-from .errors import ArtifactError, CodecError, ConfigError, FedgeError, PayloadTooLarge, TaskAborted
+from .kernel.compress import compress_update, decompress_update
+from .kernel.errors import ArtifactError, CodecError, ConfigError, FedgeError, PayloadTooLarge, TaskAborted
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
-from .manifest import check_params
+from .kernel.manifest import check_params
 from .model_runtime import ModelRuntime
 from .personalize import PINNABLE, head_params, tune_head
-from .protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
+from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
-from .update_codec import decode_dense, dense_fp32_bytes, encode_tensors
+from .kernel.update_codec import decode_dense, dense_fp32_bytes, encode_tensors
 
 log = logging.getLogger("fedge.device")
 

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .configfile import load_config
+from .kernel.configfile import load_config
 from .device import LocalData
 from .eligibility import EligibilityPolicy
-from .errors import ConfigError, DatasetError
-from .store import load_npz
-from .transport.mqtt import MqttSettings
+from .kernel.errors import ConfigError, DatasetError
+from .kernel.files import load_npz
+from .kernel.transport.settings import MqttSettings
 
 
 @dataclass(frozen=True)

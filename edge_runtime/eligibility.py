@@ -29,8 +29,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .configfile import load_config
-from .errors import ConfigError
+from .kernel.configfile import load_config
+from .kernel.errors import ConfigError
 
 LINKS = ("wifi", "ethernet", "cellular", "none", "unknown")
 USABLE_LINKS = ("wifi", "ethernet", "cellular")  # what allowed_links may name

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .clock import SystemClock
+from .kernel.clock import SystemClock
 from .eligibility import DeviceFacts, EligibilityPolicy, evaluate
 from .probes import FactSource
 

@@ -13,9 +13,10 @@ import hashlib
 import shutil
 from pathlib import Path, PurePosixPath
 
-from .errors import ArtifactError, ArtifactIntegrityError
-from .manifest import MANIFEST_FILE, Manifest, atomic_write_bytes, load_manifest
-from .protocol import ArtifactFile
+from .kernel.errors import ArtifactError, ArtifactIntegrityError
+from .kernel.manifest import MANIFEST_FILE, Manifest, load_manifest
+from .kernel.files import atomic_write_bytes
+from .kernel.protocol import ArtifactFile
 
 
 class ArtifactDownload:

@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ConfigError, TaskAborted, TrainingError
-from .manifest import Manifest
-from .protocol import TaskHyper
+from .kernel.errors import ConfigError, TaskAborted, TrainingError
+from .kernel.manifest import Manifest
+from .kernel.protocol import TaskHyper
 from .trainer.base import Params, StepHyper, TrainerBackend
 
 

@@ -11,7 +11,7 @@ import logging
 import threading
 
 from .agent import DeviceAgent
-from .errors import ConnectionLost, FedgeError, NotConnected, PublishRefused, TransportError
+from .kernel.errors import ConnectionLost, FedgeError, NotConnected, PublishRefused, TransportError
 
 log = logging.getLogger("fedge.device.loop")
 

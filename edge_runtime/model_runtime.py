@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError, ManifestMismatch
-from .manifest import Manifest, load_manifest
-from .store import load_npz
+from .kernel.errors import DatasetError, ManifestMismatch
+from .kernel.manifest import Manifest, load_manifest
+from .kernel.files import load_npz
 
 EMBED_CHUNK = 512  # examples per backbone call: bounds peak memory on small boards
 

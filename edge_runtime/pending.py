@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import atomic_write_bytes
+from .kernel.files import atomic_write_bytes
 
 _NAME = re.compile(r"^r(\d+)-([0-9A-Za-z_-]+)\.msg$")
 

@@ -20,9 +20,9 @@ import math
 
 import numpy as np
 
-from .errors import TrainingError, UnsupportedByBackend
+from .kernel.errors import TrainingError, UnsupportedByBackend
 from .local_training import step_hyper
-from .protocol import TaskHyper
+from .kernel.protocol import TaskHyper
 from .trainer.base import Params, TrainerBackend, fresh_optimizer_state
 
 HEADS = ("global", "personal")

@@ -2,8 +2,8 @@
 
     FactSource     anything with read() -> DeviceFacts
     ├── SystemProbe   sysfs/procfs under a root, psutil, NetworkManager (nmcli)
-    ├── FakeProbe     facts a test or simulation sets by hand
-    └── TraceProbe    facts as a function of elapsed clock time (fact_trace.FactTrace)
+    └── FakeProbe     facts a test or simulation sets by hand
+    (TraceProbe, which replays a device profile's trace, lives with the simulator: tools/simulate/trace_probe.py)
 
 describe() reports each fact with the source it came from, for `fedge device probe`.
 """
@@ -19,9 +19,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import psutil
 
-from .clock import SystemClock
+from .kernel.clock import SystemClock
 from .eligibility import DeviceFacts, EligibilityPolicy, evaluate, failing
-from .fact_trace import FactTrace, facts_at
 from .sysfs_facts import IGNORED_THERMAL_TYPES, read_link, read_power, read_temperature
 
 Runner = Callable[[Sequence[str]], "str | None"]  # argv -> stdout; None if missing or failed
@@ -236,21 +235,6 @@ class FakeProbe:
         with self._lock:
             self.reads += 1
             return self.facts
-
-
-class TraceProbe:
-    """Facts from a FactTrace at (clock.now() - start) seconds; start defaults to now."""
-
-    def __init__(self, trace: FactTrace, clock, start: float | None = None):
-        self.trace = trace
-        self.clock = clock
-        self.start = clock.now() if start is None else start
-
-    def elapsed(self) -> float:
-        return self.clock.now() - self.start
-
-    def read(self) -> DeviceFacts:
-        return facts_at(self.trace, self.elapsed())
 
 
 def describe(probe: FactSource | None = None, policy: EligibilityPolicy | None = None,

@@ -7,14 +7,14 @@ import signal
 from pathlib import Path
 
 from .agent import DeviceAgent
-from .clock import SystemClock
+from .kernel.clock import SystemClock
 from .device import DeviceRuntime
 from .device_config import DeviceConfig, load_local_data
 from .eligibility_monitor import EligibilityMonitor
 from .loop import AgentLoop
-from .manifest import MANIFEST_FILE
+from .kernel.manifest import MANIFEST_FILE
 from .probes import SystemProbe
-from .transport.mqtt import MqttTransport
+from .kernel.transport.mqtt import MqttTransport
 
 log = logging.getLogger("fedge.device")
 

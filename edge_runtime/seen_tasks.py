@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .manifest import atomic_write_bytes
+from .kernel.files import atomic_write_bytes
 
 
 class SeenTasks:

@@ -29,20 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import atomic_write_bytes
-
-Arrays = dict[str, np.ndarray]
-
-# np.load parses .npy headers with ast.literal_eval, which on CPython 3.11 can fail with
-# "SystemError: AST constructor recursion depth mismatch" when threads call it at once (a
-# simulated fleet runs one device per thread). Loads are small; one lock per process is cheap.
-_NPY_LOCK = threading.Lock()
-
-
-def load_npz(path) -> Arrays:
-    """Every array of an .npz file, loaded under the process-wide lock (see above)."""
-    with _NPY_LOCK, np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+from .kernel.files import Arrays, atomic_write_bytes, load_npz
 
 
 _STAGEABLE = ("personal", "opt_state", "residual", "control", "control_residual", "control_undo")

@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from edge_runtime.trainer.ort_loader import load_ort_training
-from edge_runtime.trainer.ort_training import BAKED_ADAMW, OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
+from fedge.edge_runtime.kernel.ort_loader import load_ort_training
+from fedge.edge_runtime.kernel.artifact_layout import BAKED_ADAMW, OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
 
 from .graphs import emit_cross_entropy, emit_forward
 from .onnx_builder import GraphBuilder

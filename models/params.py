@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.manifest import ParamInfo
+from fedge.edge_runtime.kernel.manifest import ParamInfo
 
 from .spec import ModelSpec
 

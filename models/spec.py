@@ -31,8 +31,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from edge_runtime.configfile import from_dict, load_toml
-from edge_runtime.errors import ConfigError
+from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 LAYER_KINDS = ("dense", "conv", "pool", "gap", "flatten")
 LAYER_MODES = ("frozen", "lora", "shared", "personal")

@@ -24,14 +24,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tools.broker.config import COORDINATOR_USER, BrokerConfig, TlsFiles
-from tools.broker.passwd import generate_password, upsert_password
-from tools.broker.process import (
-    INSTALL_HINT,
-    SBIN_MOSQUITTO,
-    MosquittoProcess,
-    find_mosquitto,
-)
+from fedge.tools.broker.config import COORDINATOR_USER, BrokerConfig, TlsFiles
+from fedge.tools.broker.passwd import generate_password, upsert_password
+from fedge.tools.broker.process import INSTALL_HINT, SBIN_MOSQUITTO, MosquittoProcess, find_mosquitto
 
 MOSQUITTO_FIXTURES = ("mosquitto", "mosquitto_secured", "mosquitto_mtls", "mosquitto_factory", "mosquitto_binary")
 DEVICES = ("pi-a", "pi-b")
@@ -232,7 +227,7 @@ def mtls_material(tmp_path_factory):
     """A CA, a server cert for 127.0.0.1, client certs for coordinator, pi-a, pi-b, and a
     pi-a cert from a second CA the broker does not trust."""
     pytest.importorskip("cryptography")
-    from tools.broker.certs import create_ca, issue_client_cert, issue_server_cert
+    from fedge.tools.broker.certs import create_ca, issue_client_cert, issue_server_cert
 
     root = tmp_path_factory.mktemp("pki")
     ca = create_ca(root / "ca")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edge_runtime.model_runtime import ModelRuntime
-from models.build import build_artifacts
-from models.spec import mlp_spec
+from fedge.edge_runtime.model_runtime import ModelRuntime
+from fedge.models.build import build_artifacts
+from fedge.models.spec import mlp_spec
 
 FEATURES, CLASSES = 12, 3
 

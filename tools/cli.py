@@ -7,21 +7,21 @@ import argparse
 import logging
 import sys
 
-from edge_runtime.errors import FedgeError
+from fedge.edge_runtime.kernel.errors import FedgeError
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["bench", "train-step"]:  # the benchmark owns its options
-        from tools.bench.train_step import main as bench_main
+        from fedge.tools.bench.train_step import main as bench_main
 
         return bench_main(argv[2:]) or 0
     if argv[:2] == ["bench", "heterogeneity"]:
-        from tools.bench.heterogeneity import main as bench_hetero
+        from fedge.tools.bench.heterogeneity import main as bench_hetero
 
         return bench_hetero(argv[2:]) or 0
     if argv[:2] == ["bench", "mqtt"]:
-        from tools.bench.mqtt import main as bench_mqtt
+        from fedge.tools.bench.mqtt import main as bench_mqtt
 
         return bench_mqtt(argv[2:]) or 0
     parser = argparse.ArgumentParser(prog="fedge", description="Federated training at the edge.")
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="run a simulated fleet in one process")
-    from tools.simulate.cli import add_arguments
-    from tools.simulate.config import DATASETS, PARTITIONS
+    from fedge.tools.simulate.cli import add_arguments
+    from fedge.tools.simulate.config import DATASETS, PARTITIONS
 
     add_arguments(p)
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("provision", help="create device/coordinator credentials, certificates and broker files")
     try:
-        from tools.provision import add_arguments as add_provision
+        from fedge.tools.provision import add_arguments as add_provision
     except ImportError:  # pragma: no cover - the ops extra is not installed
         add_provision = None
     if add_provision is not None:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
 
     args = parser.parse_args(argv)
-    from edge_runtime.logs import setup_logging
+    from fedge.edge_runtime.logs import setup_logging
 
     setup_logging(args.verbose, args.log_format)
     try:
@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "simulate":
-        from tools.simulate.cli import run
+        from fedge.tools.simulate.cli import run
 
         return run(args)
     if args.command == "build-artifacts":
-        from models.build import build_artifacts
-        from models.spec import load_spec
+        from fedge.models.build import build_artifacts
+        from fedge.models.spec import load_spec
 
         manifest = build_artifacts(load_spec(args.spec), args.outdir,
                                    ort_training={"auto": None, "yes": True, "no": False}[args.ort_training])
@@ -107,11 +107,11 @@ def _dispatch(args) -> int:
     if args.command == "data":
         return _data_split(args)
     if args.command == "coordinator":
-        from coordinator.service import load_service_config, run_service
+        from fedge.coordinator.service import load_service_config, run_service
 
         return run_service(load_service_config(args.config))
     if args.command == "provision":
-        from tools.provision import run as run_provision
+        from fedge.tools.provision import run as run_provision
 
         return run_provision(args) or 0
     raise AssertionError(args)
@@ -123,8 +123,8 @@ def _data_split(args) -> int:
 
     import numpy as np
 
-    from edge_runtime.manifest import atomic_write_bytes
-    from tools.datasets import build_federated
+    from fedge.edge_runtime.kernel.files import atomic_write_bytes
+    from fedge.tools.datasets import build_federated
 
     data = build_federated(args.dataset, args.devices, args.partition, args.seed, alpha=args.alpha)
     out = Path(args.out)
@@ -138,18 +138,18 @@ def _data_split(args) -> int:
 
 def _device(args) -> int:
     if args.device_command == "run":
-        from edge_runtime.device_config import load_device_config
-        from edge_runtime.run import run_device
+        from fedge.edge_runtime.device_config import load_device_config
+        from fedge.edge_runtime.run import run_device
 
         return run_device(load_device_config(args.config))
     import json
 
-    from edge_runtime.eligibility import EligibilityPolicy
-    from edge_runtime.probes import SystemProbe, describe
+    from fedge.edge_runtime.eligibility import EligibilityPolicy
+    from fedge.edge_runtime.probes import SystemProbe, describe
 
     policy, root = EligibilityPolicy(), "/"
     if args.config:
-        from edge_runtime.configfile import from_dict, load_toml
+        from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 
         raw = load_toml(args.config)  # read once: only its [eligibility] and [probe] tables matter here
         policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), "eligibility")

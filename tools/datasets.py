@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import DatasetError
-from tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
-from tools.partition import partition as _partition
+from fedge.edge_runtime.kernel.errors import DatasetError
+from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
+from fedge.tools.partition import partition as _partition
 
 # name -> (import name, file inside the package, pip name, pixel max, rows, image shape)
 _SHIPPED = {

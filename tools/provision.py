@@ -24,10 +24,10 @@ import pwd
 import shutil
 from pathlib import Path
 
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import device_topic
-from tools.broker.config import COORDINATOR_USER, SHIPPED, shipped_text
-from tools.broker.passwd import generate_password, upsert_password, write_private_file
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import device_topic
+from fedge.tools.broker.config import COORDINATOR_USER, SHIPPED, shipped_text
+from fedge.tools.broker.passwd import generate_password, upsert_password, write_private_file
 
 MAX_ID_LEN = 64  # an X.509 Common Name holds at most 64 characters
 DEV_URL = "mqtt://127.0.0.1:1883"  # mosquitto-dev.conf
@@ -53,13 +53,13 @@ def validate_device_id(device_id: str) -> str:
 
 def create_ca(directory: str | Path, *, name: str = "fedge CA", overwrite: bool = False):
     """A new CA in `directory` (ca.crt, ca.key); returns its CertFiles."""
-    from tools.broker.certs import create_ca as _create_ca
+    from fedge.tools.broker.certs import create_ca as _create_ca
 
     return _create_ca(directory, name=name, overwrite=overwrite)
 
 
 def load_ca(directory: str | Path):
-    from tools.broker.certs import CertFiles
+    from fedge.tools.broker.certs import CertFiles
 
     ca = CertFiles(Path(directory) / "ca.crt", Path(directory) / "ca.key")
     if not (ca.cert.exists() and ca.key.exists()):
@@ -69,20 +69,20 @@ def load_ca(directory: str | Path):
 
 def issue_server_cert(ca, hosts, directory: str | Path, *, overwrite: bool = False):
     """The broker's certificate (server.crt, server.key) for `hosts` (names and IPs)."""
-    from tools.broker.certs import issue_server_cert as _issue
+    from fedge.tools.broker.certs import issue_server_cert as _issue
 
     return _issue(ca, list(hosts), directory, overwrite=overwrite)
 
 
 def issue_device_cert(ca, device_id: str, directory: str | Path, *, overwrite: bool = False):
     """A client certificate with CN = `device_id`, which Mosquitto then uses as the username."""
-    from tools.broker.certs import issue_client_cert
+    from fedge.tools.broker.certs import issue_client_cert
 
     return issue_client_cert(ca, validate_device_id(device_id), directory, overwrite=overwrite)
 
 
 def issue_coordinator_cert(ca, directory: str | Path, *, overwrite: bool = False):
-    from tools.broker.certs import issue_client_cert
+    from fedge.tools.broker.certs import issue_client_cert
 
     return issue_client_cert(ca, COORDINATOR_USER, directory, overwrite=overwrite)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import TaskHyper
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 
 from .base import AggregateInput, RoundPlan, ServerState, Strategy
 from .fedavg import FedAvg, FedProx

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.protocol import TaskHyper
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 
 Params = dict[str, np.ndarray]
 

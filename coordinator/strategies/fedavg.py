@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from edge_runtime.protocol import TaskHyper
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 
 from .base import AggregateInput, RoundPlan, ServerState, Strategy, add_scaled
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.protocol import TaskHyper
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 
 from .base import AggregateInput, Params, ServerState, Strategy, zeros_like
 

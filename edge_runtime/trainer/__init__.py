@@ -9,26 +9,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-from ..errors import BackendUnavailable
-from ..manifest import Manifest
+from ..kernel.errors import BackendUnavailable
+from ..kernel.manifest import Manifest
+from ..kernel.backends import BACKENDS, available_backends
 from .base import Params, StepHyper, TrainerBackend, fresh_optimizer_state
-
-BACKENDS = ("portable", "ort-training", "numpy")
-
-
-def available_backends() -> tuple[str, ...]:
-    found = []
-    spec = importlib.util.find_spec("onnxruntime")
-    if spec is not None:
-        found.append("portable")
-        if spec.submodule_search_locations and (Path(spec.submodule_search_locations[0]) / "training" / "api").is_dir():
-            found.append("ort-training")
-    found.append("numpy")
-    return tuple(found)
-
 
 def make_backend(name: str, artifact_dir, manifest: Manifest, optimizer: str) -> TrainerBackend:
     if name == "auto":

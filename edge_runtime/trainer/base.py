@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..manifest import Manifest
+from ..kernel.manifest import Manifest
 
 Params = dict[str, np.ndarray]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..manifest import Manifest
-from ..store import load_npz
+from ..kernel.manifest import Manifest
+from ..kernel.files import load_npz
 from .base import Params, StepHyper, TrainerBackend, fresh_optimizer_state
 
 

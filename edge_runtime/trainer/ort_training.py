@@ -29,29 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnsupportedByBackend
-from ..manifest import Manifest
+from ..kernel.errors import UnsupportedByBackend
+from ..kernel.manifest import Manifest
 from .base import Params, StepHyper, TrainerBackend
-from .ort_loader import load_ort_training
+from ..kernel.artifact_layout import BAKED_ADAMW, OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
+from ..kernel.ort_loader import load_ort_training
 from .portable import import_onnxruntime, make_session
-
-ORT_DIR = "ort"
-OPTIMIZER_FILES = {"sgd": "optimizer_sgd.onnx", "adamw": "optimizer_adamw.onnx"}  # under ORT_DIR
-BAKED_ADAMW = (0.9, 0.999, 1e-8, 0.0)  # (beta1, beta2, eps, weight_decay) in optimizer_adamw.onnx
-
-
-def set_adamw_attributes(model, beta1: float, beta2: float, eps: float, weight_decay: float, adam_mode: int = 0) -> None:
-    """Rewrite the AdamWOptimizer node of an ORT optimizer graph in place (0 = torch mode)."""
-    floats = {"alpha": beta1, "beta": beta2, "epsilon": eps, "weight_decay": weight_decay}
-    nodes = [n for n in model.graph.node if n.op_type == "AdamWOptimizer"]
-    if len(nodes) != 1:
-        raise UnsupportedByBackend(f"expected one AdamWOptimizer node in the optimizer graph, found {len(nodes)}")
-    for attr in nodes[0].attribute:
-        if attr.name in floats:
-            attr.f = float(floats[attr.name])
-        elif attr.name == "adam_mode":
-            attr.i = adam_mode
-
 
 class OrtTrainingBackend(TrainerBackend):
     name = "ort-training"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailable
-from ..manifest import Manifest
+from ..kernel.errors import BackendUnavailable
+from ..kernel.manifest import Manifest
 from .base import StepHyper, TrainerBackend, fresh_optimizer_state
 
 

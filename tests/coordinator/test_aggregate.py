@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.aggregate import WeightedMean, weighted_mean_naive
+from fedge.coordinator.aggregate import WeightedMean, weighted_mean_naive
 
 SHAPES = {"a.weight": (7, 5), "a.bias": (5,), "scalar": ()}
 

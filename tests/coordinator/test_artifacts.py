@@ -10,13 +10,13 @@ import shutil
 import numpy as np
 import pytest
 
-from coordinator.artifacts import ArtifactServer
-from edge_runtime.agent import DeviceAgent
-from edge_runtime.codec import decode_message, encode_message
-from edge_runtime.device import DeviceRuntime
-from edge_runtime.errors import ArtifactError, ConfigError
-from edge_runtime.manifest import MANIFEST_FILE
-from edge_runtime.protocol import ANNOUNCE_TOPIC, Announcement, ArtifactFile, FetchRequest, device_topic
+from fedge.coordinator.artifacts import ArtifactServer
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.kernel.codec import decode_message, encode_message
+from fedge.edge_runtime.device import DeviceRuntime
+from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError
+from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE
+from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, Announcement, ArtifactFile, FetchRequest, device_topic
 
 from tests.coordinator.fleet import ManualDevice, local_data, make_fleet
 from tests.tiny_model import build_tiny_model

@@ -13,11 +13,11 @@ import threading
 
 import pytest
 
-from coordinator.loop import CoordinatorLoop
-from edge_runtime.codec import decode_message
-from edge_runtime.errors import NotConnected
-from edge_runtime.protocol import ANNOUNCE_TOPIC, Announcement
-from edge_runtime.transport.base import Transport
+from fedge.coordinator.loop import CoordinatorLoop
+from fedge.edge_runtime.kernel.codec import decode_message
+from fedge.edge_runtime.kernel.errors import NotConnected
+from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, Announcement
+from fedge.edge_runtime.kernel.transport.base import Transport
 
 from tests.coordinator.fleet import make_fleet
 from tests.tiny_model import build_tiny_model

@@ -17,10 +17,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.store import RoundStore
-from edge_runtime.codec import decode_message, encode_message
-from edge_runtime.protocol import Ack, Update, all_devices_topic
-from edge_runtime.update_codec import encode_dense
+from fedge.coordinator.store import RoundStore
+from fedge.edge_runtime.kernel.codec import decode_message, encode_message
+from fedge.edge_runtime.kernel.protocol import Ack, Update, all_devices_topic
+from fedge.edge_runtime.kernel.update_codec import encode_dense
 
 from tests.coordinator.fleet import (ManualDevice, assert_params, bad_shape_payload, copy_params, decoded,
                                      fedavg_oracle, make_fleet, nan_payload, out_of_range_index_payload,
@@ -200,11 +200,11 @@ def test_a_wrong_shape_with_a_nan_is_a_bad_shape():
 
     import numpy as np
 
-    from coordinator.errors import BadShape
-    from coordinator.validation import RoundContext, check_contents
-    from edge_runtime.compress import CompressedTensor
-    from edge_runtime.protocol import Update
-    from edge_runtime.update_codec import encode_tensors
+    from fedge.coordinator.errors import BadShape
+    from fedge.coordinator.validation import RoundContext, check_contents
+    from fedge.edge_runtime.kernel.compress import CompressedTensor
+    from fedge.edge_runtime.kernel.protocol import Update
+    from fedge.edge_runtime.kernel.update_codec import encode_tensors
 
     # encode_tensors refuses NaN, so build a finite frame and put the NaN in afterwards.
     frame = bytearray(encode_tensors([CompressedTensor("a", (2,), 32, 0.0, None, np.array([7.0, 1.0], np.float32)),

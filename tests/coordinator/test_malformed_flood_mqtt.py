@@ -15,15 +15,16 @@ import numpy as np
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
-from coordinator.service import coordinator_link
-from coordinator.store import RoundStore
-from coordinator.strategies import strategy_from_config
-from edge_runtime.codec import encode_message
-from edge_runtime.protocol import TrainTask, device_topic
-from edge_runtime.transport.chunks import split_message
-from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.server import Coordinator
+from fedge.coordinator.service import coordinator_link
+from fedge.coordinator.store import RoundStore
+from fedge.coordinator.strategies import strategy_from_config
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.protocol import TrainTask, device_topic
+from fedge.edge_runtime.kernel.transport.chunks import split_message
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from tests.coordinator.fleet import EXACT, HYPER, ManualDevice, assert_params, copy_params, fedavg_oracle, random_delta
 from tests.coordinator.test_malformed_flood import KINDS, MAX_BYTES, PER_KIND, WARM_UP_PER_KIND, Flood, _rss
 from tests.tiny_model import build_tiny_model

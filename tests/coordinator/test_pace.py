@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator import pace
-from coordinator.rounds import RoundMachine
-from edge_runtime.codec import encode_message
-from edge_runtime.protocol import Decline, Pace, Status, TrainTask
+from fedge.coordinator import pace
+from fedge.coordinator.rounds import RoundMachine
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.protocol import Decline, Pace, Status, TrainTask
 
 from tests.coordinator.fleet import ManualDevice, make_fleet, random_delta
 from tests.tiny_model import build_tiny_model

@@ -18,10 +18,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from coordinator.config import CoordinatorConfig
-from coordinator.store import RoundStore, open_store
-from edge_runtime.codec import encode_message
-from edge_runtime.protocol import ANNOUNCE_TOPIC, Decline, TrainTask
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.store import RoundStore, open_store
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, Decline, TrainTask
 
 from tests.coordinator.fleet import ManualDevice, copy_params, fedavg_oracle, assert_params, make_fleet, random_delta
 from tests.tiny_model import build_tiny_model

@@ -12,10 +12,10 @@ import logging
 import numpy as np
 import pytest
 
-from coordinator.config import CoordinatorConfig
-from edge_runtime.codec import encode_message
-from edge_runtime.errors import ConfigError, PayloadTooLarge
-from edge_runtime.protocol import FetchRequest, ModelPart, TrainTask, model_part_topic
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError, PayloadTooLarge
+from fedge.edge_runtime.kernel.protocol import FetchRequest, ModelPart, TrainTask, model_part_topic
 
 from tests.coordinator.fleet import ManualDevice, make_fleet
 from tests.tiny_model import build_tiny_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.rounds import Phase, RoundMachine
+from fedge.coordinator.rounds import Phase, RoundMachine
 
 DEVICES = ("d0", "d1", "d2", "d3", "d4")
 

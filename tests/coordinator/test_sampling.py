@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.sampling import sample_devices, selection_size
+from fedge.coordinator.sampling import sample_devices, selection_size
 
 FLEET = [f"dev-{i:03d}" for i in range(100)]
 

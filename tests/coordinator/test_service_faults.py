@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.agent import DeviceAgent
-from edge_runtime.device import DeviceRuntime, LocalData
-from edge_runtime.loop import AgentLoop
-from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.loop import AgentLoop
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
-from tools.broker import BrokerConfig, MosquittoProcess
+from fedge.tools.broker import BrokerConfig, MosquittoProcess
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +130,7 @@ quant_bits = 8
 
 def _serve(config: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "tools.cli", "-v", "coordinator", "serve", "--config", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "fedge.tools.cli", "-v", "coordinator", "serve", "--config", str(config)],
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
@@ -286,12 +287,12 @@ def test_an_update_the_broker_acked_and_lost_is_resent_by_the_device_and_counted
     for the coordinator; the broker is killed with -9 (no persistence: the queue is gone) and
     restarted; the coordinator comes back. Only the device's own resend (no Ack yet) can bring
     the update in, and it is counted exactly once."""
-    from coordinator.config import CoordinatorConfig
-    from coordinator.server import Coordinator
-    from coordinator.store import RoundStore
-    from coordinator.strategies import make_strategy
-    from edge_runtime.codec import decode_message
-    from edge_runtime.protocol import TaskHyper, Update, device_topic
+    from fedge.coordinator.config import CoordinatorConfig
+    from fedge.coordinator.server import Coordinator
+    from fedge.coordinator.store import RoundStore
+    from fedge.coordinator.strategies import make_strategy
+    from fedge.edge_runtime.kernel.codec import decode_message
+    from fedge.edge_runtime.kernel.protocol import TaskHyper, Update, device_topic
 
     tmp, broker, art_dir, manifest = drill
     db = tmp / "coordinator.db"

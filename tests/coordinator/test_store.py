@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.store import RoundStore, StoredDecline, StoredDevice, StoredRound, StoredUpdate
-from coordinator.strategies import ServerState
-from edge_runtime.errors import ConfigError
+from fedge.coordinator.store import RoundStore, StoredDecline, StoredDevice, StoredRound, StoredUpdate
+from fedge.coordinator.strategies import ServerState
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

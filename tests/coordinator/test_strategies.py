@@ -18,20 +18,20 @@ import math
 import numpy as np
 import pytest
 
-from coordinator.config import CoordinatorConfig
-from coordinator.errors import BadShape, NonFinite, NormBound
-from coordinator.server import Coordinator
-from coordinator.strategies import STRATEGIES, AggregateInput, make_strategy, strategy_from_config
-from coordinator.validation import RoundContext, check_control, payload_digest
-from edge_runtime.agent import DeviceAgent
-from edge_runtime.clock import ManualClock
-from edge_runtime.compress import compress_update
-from edge_runtime.device import DeviceRuntime, LocalData
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import CompressionSpec, TaskHyper, Update, all_devices_topic
-from edge_runtime.store import DeviceStore
-from edge_runtime.transport.memory import InMemoryBroker
-from edge_runtime.update_codec import encode_dense, encode_tensors
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.errors import BadShape, NonFinite, NormBound
+from fedge.coordinator.server import Coordinator
+from fedge.coordinator.strategies import STRATEGIES, AggregateInput, make_strategy, strategy_from_config
+from fedge.coordinator.validation import RoundContext, check_control, payload_digest
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.kernel.compress import compress_update
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper, Update, all_devices_topic
+from fedge.edge_runtime.store import DeviceStore
+from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+from fedge.edge_runtime.kernel.update_codec import encode_dense, encode_tensors
 
 from tests.coordinator.fleet import Fleet, nan_payload
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model

@@ -14,11 +14,11 @@ import sqlite3
 
 import pytest
 
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
-from coordinator.store import RoundStore, StoredRound, StoredUpdate
-from coordinator.strategies import strategy_from_config
-from edge_runtime.protocol import CompressionSpec, TaskHyper
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.server import Coordinator
+from fedge.coordinator.store import RoundStore, StoredRound, StoredUpdate
+from fedge.coordinator.strategies import strategy_from_config
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 
 from tests.coordinator.test_strategies import NAMES, toy_fleet
 from tests.tiny_model import build_tiny_model

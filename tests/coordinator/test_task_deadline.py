@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_runtime.protocol import model_part_topic
-from edge_runtime.task import TaskState
+from fedge.edge_runtime.kernel.protocol import model_part_topic
+from fedge.edge_runtime.task import TaskState
 
 from tests.coordinator.fleet import make_fleet
 from tests.tiny_model import build_tiny_model

@@ -11,16 +11,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_runtime import protocol as p
-from edge_runtime.codec import HEADER_SIZE, MAGIC, decode_message, encode_message
-from edge_runtime.errors import (
-    ChecksumMismatch,
-    CodecError,
-    MalformedPayload,
-    PayloadTooLarge,
-    TruncatedPayload,
-    UnsupportedVersion,
-)
+from fedge.edge_runtime.kernel import protocol as p
+from fedge.edge_runtime.kernel.codec import HEADER_SIZE, MAGIC, decode_message, encode_message
+from fedge.edge_runtime.kernel.errors import (ChecksumMismatch, CodecError, MalformedPayload, PayloadTooLarge,
+                                              TruncatedPayload, UnsupportedVersion)
 
 HYPER = p.TaskHyper(
     epochs=3, batch_size=16, lr=0.0125, optimizer="adamw", momentum=0.9, weight_decay=1e-4,

@@ -15,13 +15,13 @@ import shutil
 import numpy as np
 import pytest
 
-from edge_runtime.agent import DeviceAgent
-from edge_runtime.codec import decode_message
-from edge_runtime.device import DeviceRuntime
-from edge_runtime.pending import PendingUploads
-from edge_runtime.protocol import CompressionSpec, Decline, TrainTask, Update
-from edge_runtime.seen_tasks import SeenTasks
-from edge_runtime.store import DeviceStore
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.kernel.codec import decode_message
+from fedge.edge_runtime.device import DeviceRuntime
+from fedge.edge_runtime.pending import PendingUploads
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TrainTask, Update
+from fedge.edge_runtime.seen_tasks import SeenTasks
+from fedge.edge_runtime.store import DeviceStore
 
 from tests.coordinator.fleet import local_data, make_fleet
 from tests.tiny_model import build_tiny_model

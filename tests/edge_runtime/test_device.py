@@ -10,16 +10,16 @@ import shutil
 import numpy as np
 import pytest
 
-from edge_runtime.agent import DeviceAgent
-from edge_runtime.codec import decode_message, encode_message
-from edge_runtime.compress import decompress_update
-from edge_runtime.device import DeviceRuntime, LocalData
-from edge_runtime.errors import ArtifactError, ManifestMismatch
-from edge_runtime.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
-from edge_runtime.store import DeviceStore
-from edge_runtime.task import TERMINAL, TRANSITIONS, InvalidTransition, TaskState, advance
-from edge_runtime.transport.memory import InMemoryBroker
-from edge_runtime.update_codec import decode_tensors, encode_dense
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.kernel.codec import decode_message, encode_message
+from fedge.edge_runtime.kernel.compress import decompress_update
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.kernel.errors import ArtifactError, ManifestMismatch
+from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
+from fedge.edge_runtime.store import DeviceStore
+from fedge.edge_runtime.task import TERMINAL, TRANSITIONS, InvalidTransition, TaskState, advance
+from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense
 
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 

@@ -11,12 +11,12 @@ import logging
 
 import pytest
 
-from edge_runtime.clock import ManualClock
-from edge_runtime.eligibility import (REASONS, DeviceFacts, EligibilityPolicy, evaluate, failing, in_window,
-                                      load_policy, parse_window)
-from edge_runtime.eligibility_monitor import EligibilityMonitor
-from edge_runtime.errors import ConfigError
-from edge_runtime.probes import HEALTHY, FakeProbe
+from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.eligibility import (REASONS, DeviceFacts, EligibilityPolicy, evaluate, failing, in_window,
+                                            load_policy, parse_window)
+from fedge.edge_runtime.eligibility_monitor import EligibilityMonitor
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.probes import HEALTHY, FakeProbe
 
 POLICY = EligibilityPolicy()
 GOOD = DeviceFacts(battery_percent=80.0, charging=False, link="wifi", metered=False, temperature_c=45.0,

@@ -16,8 +16,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edge_runtime.errors import ArtifactIntegrityError, BackendUnavailable
-from edge_runtime.trainer.ort_loader import load_ort_training
+from fedge.edge_runtime.kernel.errors import ArtifactIntegrityError, BackendUnavailable
+from fedge.edge_runtime.kernel.ort_loader import load_ort_training
 
 pytestmark = pytest.mark.ort_training
 pytest.importorskip("onnx")
@@ -26,14 +26,15 @@ try:
 except BackendUnavailable as exc:
     pytest.skip(f"onnxruntime training build not installed: {exc}", allow_module_level=True)
 
-from edge_runtime.manifest import load_manifest  # noqa: E402
-from edge_runtime.trainer import make_backend  # noqa: E402
-from edge_runtime.trainer.base import StepHyper  # noqa: E402
-from edge_runtime.trainer.numpy_ref import NumpyBackend  # noqa: E402
-from edge_runtime.trainer.ort_training import OPTIMIZER_FILES, ORT_DIR, OrtTrainingBackend, set_adamw_attributes  # noqa: E402
-from edge_runtime.trainer.portable import PortableBackend, make_session  # noqa: E402
-from models.build import build_artifacts  # noqa: E402
-from models.spec import load_spec  # noqa: E402
+from fedge.edge_runtime.kernel.manifest import load_manifest
+from fedge.edge_runtime.trainer import make_backend
+from fedge.edge_runtime.trainer.base import StepHyper
+from fedge.edge_runtime.trainer.numpy_ref import NumpyBackend
+from fedge.edge_runtime.kernel.artifact_layout import OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
+from fedge.edge_runtime.trainer.ort_training import OrtTrainingBackend
+from fedge.edge_runtime.trainer.portable import PortableBackend, make_session
+from fedge.models.build import build_artifacts
+from fedge.models.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, BATCH = 20, 8
@@ -175,7 +176,7 @@ def test_manifest_lists_and_verifies_ort_files(setup):
 def test_loader_imports_training_api_without_torch():
     code = (
         "import sys\n"
-        "from edge_runtime.trainer.ort_loader import load_ort_training\n"
+        "from fedge.edge_runtime.kernel.ort_loader import load_ort_training\n"
         "api = load_ort_training('api'); load_ort_training('artifacts')\n"
         "assert load_ort_training('api') is api\n"  # idempotent
         "import onnxruntime.training.api as direct\n"

@@ -10,16 +10,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from edge_runtime.device import DeviceRuntime, LocalData
-from edge_runtime.errors import TrainingError
-from edge_runtime.model_runtime import ModelRuntime
-from edge_runtime.personalize import tune_head
-from edge_runtime.protocol import TaskHyper
-from edge_runtime.store import DeviceStore
-from edge_runtime.trainer import make_backend
-from edge_runtime.trainer.numpy_ref import NumpyModel, load_frozen
-from models.build import build_artifacts
-from models.spec import mlp_spec
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.kernel.errors import TrainingError
+from fedge.edge_runtime.model_runtime import ModelRuntime
+from fedge.edge_runtime.personalize import tune_head
+from fedge.edge_runtime.kernel.protocol import TaskHyper
+from fedge.edge_runtime.store import DeviceStore
+from fedge.edge_runtime.trainer import make_backend
+from fedge.edge_runtime.trainer.numpy_ref import NumpyModel, load_frozen
+from fedge.models.build import build_artifacts
+from fedge.models.spec import mlp_spec
 
 FEATURES, CLASSES = 12, 3
 HYPER = TaskHyper(epochs=1, batch_size=8, lr=0.2, optimizer="sgd", momentum=0.9)
@@ -207,8 +207,8 @@ def test_from_global_restarts_only_the_head_and_keeps_personal_layers(tmp_path):
 
 @pytest.mark.ort_training
 def test_on_the_training_build_head_tuning_runs_the_portable_graph(tmp_path):
-    from edge_runtime.errors import UnsupportedByBackend
-    from edge_runtime.trainer import available_backends
+    from fedge.edge_runtime.kernel.errors import UnsupportedByBackend
+    from fedge.edge_runtime.trainer import available_backends
 
     if "ort-training" not in available_backends():
         pytest.skip("needs onnxruntime-training")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.clock import ManualClock
-from edge_runtime.eligibility import DeviceFacts, EligibilityPolicy
-from edge_runtime.fact_trace import FactTrace
-from edge_runtime.probes import FakeProbe, SystemProbe, TraceProbe, describe, parse_nmcli_metered, run_command
-from edge_runtime.sysfs_facts import classify_interface, read_link, read_power, read_temperature
+from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.eligibility import DeviceFacts, EligibilityPolicy
+from fedge.tools.simulate.fact_trace import FactTrace
+from fedge.edge_runtime.probes import FakeProbe, SystemProbe, describe, parse_nmcli_metered, run_command
+from fedge.tools.simulate.trace_probe import TraceProbe
+from fedge.edge_runtime.sysfs_facts import classify_interface, read_link, read_power, read_temperature
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from edge_runtime.clock import ManualClock
-from edge_runtime.eligibility import EligibilityPolicy, evaluate
-from edge_runtime.errors import ConfigError
-from edge_runtime.fact_trace import FactTrace, battery_at, facts_at
-from edge_runtime.profiles import DeviceProfile, available_profiles, load_profile
+from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.eligibility import EligibilityPolicy, evaluate
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.tools.simulate.fact_trace import FactTrace, battery_at, facts_at
+from fedge.tools.simulate.profiles import DeviceProfile, available_profiles, load_profile
 
 SHIPPED = ("flaky-cellular", "jetson-nano", "phone-like", "pi4-ups")
 

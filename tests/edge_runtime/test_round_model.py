@@ -8,10 +8,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from edge_runtime.codec import encode_message
-from edge_runtime.errors import RoundModelError
-from edge_runtime.protocol import ModelPart, RoundModel, TrainTask
-from edge_runtime.round_model import ModelAssembly, ModelWaits, fill_task, split_round_model
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import RoundModelError
+from fedge.edge_runtime.kernel.protocol import ModelPart, RoundModel, TrainTask
+from fedge.edge_runtime.kernel.round_model import ModelAssembly, ModelWaits, fill_task, split_round_model
 
 MODEL = RoundModel("mlp", 7, 12, params=np.random.default_rng(0).bytes(5000), correction=b"\x01" * 40)
 

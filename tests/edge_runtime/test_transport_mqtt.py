@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from edge_runtime.errors import BrokerRefused, ConnectionLost, NotConnected, TransportError
-from edge_runtime.transport.base import Message
-from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
-from tools.broker import BrokerConfig
+from fedge.edge_runtime.kernel.errors import BrokerRefused, ConnectionLost, NotConnected, TransportError
+from fedge.edge_runtime.kernel.transport.base import Message
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+from fedge.tools.broker import BrokerConfig
 
 FAST = dict(reconnect_min_s=0.1, reconnect_max_s=0.5, connect_timeout_s=5)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.config import load_coordinator_config
-from edge_runtime.errors import ArtifactIntegrityError, ConfigError, DatasetError, ManifestMismatch
-from edge_runtime.manifest import check_params, load_manifest
-from edge_runtime.model_runtime import ModelRuntime
-from models.build import build_artifacts
-from models.spec import load_spec, mlp_spec
-from tools.cli import main
+from fedge.coordinator.config import load_coordinator_config
+from fedge.edge_runtime.kernel.errors import ArtifactIntegrityError, ConfigError, DatasetError, ManifestMismatch
+from fedge.edge_runtime.kernel.manifest import check_params, load_manifest
+from fedge.edge_runtime.model_runtime import ModelRuntime
+from fedge.models.build import build_artifacts
+from fedge.models.spec import load_spec, mlp_spec
+from fedge.tools.cli import main
 
 
 @pytest.fixture()

@@ -12,12 +12,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edge_runtime.manifest import load_manifest
-from edge_runtime.trainer.base import StepHyper, fresh_optimizer_state
-from edge_runtime.trainer.numpy_ref import NumpyBackend, NumpyModel, apply_optimizer, load_frozen
-from edge_runtime.trainer.portable import PortableBackend, make_session
-from models.build import build_artifacts
-from models.spec import load_spec, mlp_spec
+from fedge.edge_runtime.kernel.manifest import load_manifest
+from fedge.edge_runtime.trainer.base import StepHyper, fresh_optimizer_state
+from fedge.edge_runtime.trainer.numpy_ref import NumpyBackend, NumpyModel, apply_optimizer, load_frozen
+from fedge.edge_runtime.trainer.portable import PortableBackend, make_session
+from fedge.models.build import build_artifacts
+from fedge.models.spec import load_spec, mlp_spec
 
 SPECS = {
     "mlp-lora-shared-personal": mlp_spec(13, 4, hidden=(9, 7), modes=("lora", "shared"), lora_rank=3, lora_alpha=5.0),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.errors import ConfigError
-from models.params import param_infos
-from models.spec import load_spec, remode
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.models.params import param_infos
+from fedge.models.spec import load_spec, remode
 
 
 def _roles(spec) -> dict[str, str]:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tools.bench import mqtt as bench
+from fedge.tools.bench import mqtt as bench
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from tools.bench.train_step import add_torch_ratios, run  # noqa: E402
+from fedge.tools.bench.train_step import add_torch_ratios, run
 
 REQUIRED = {"model", "backend", "ms_per_step", "peak_rss_mb", "p90_ms", "batch_size", "steps", "threads", "python"}
 

@@ -9,23 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import ANNOUNCE_TOPIC, DEVICE_CHANNELS, MODEL_PARTS_FILTER, device_topic
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, DEVICE_CHANNELS, MODEL_PARTS_FILTER, device_topic
 from tests.mqtt_fixtures import RawClient
-from tools.broker import config as broker_config
-from tools.broker import process as broker_process
-from tools.broker.config import (
-    DEVICE_READS,
-    DEVICE_WRITES,
-    MAX_PACKET_SIZE,
-    BrokerConfig,
-    TlsFiles,
-    acl_text,
-    render_config,
-    shipped_text,
-)
-from tools.broker.errors import BrokerStartFailed, BrokerUnavailable
-from tools.broker.process import MosquittoProcess, free_port
+from fedge.tools.broker import config as broker_config
+from fedge.tools.broker import process as broker_process
+from fedge.tools.broker.config import (DEVICE_READS, DEVICE_WRITES, MAX_PACKET_SIZE, BrokerConfig, TlsFiles, acl_text,
+                                       render_config, shipped_text)
+from fedge.tools.broker.errors import BrokerStartFailed, BrokerUnavailable
+from fedge.tools.broker.process import MosquittoProcess, free_port
 
 
 def _acl_rules(text: str) -> list[tuple[str, ...]]:
@@ -189,9 +181,9 @@ def test_start_failure_reports_the_log_tail(mosquitto_binary, tmp_path):
 
 @pytest.mark.mosquitto
 def test_shipped_dev_config_runs(mosquitto_binary, tmp_path):
-    from tools.broker.passwd import upsert_password
+    from fedge.tools.broker.passwd import upsert_password
 
-    from tools.provision import write_broker_files
+    from fedge.tools.provision import write_broker_files
 
     conf = tmp_path / "etc"
     write_broker_files(conf)  # the configs, the ACL and the persistence directory they name
@@ -211,13 +203,8 @@ def test_shipped_dev_config_runs(mosquitto_binary, tmp_path):
 @pytest.mark.mosquitto
 def test_shipped_prod_config_runs(mosquitto_binary, tmp_path):
     pytest.importorskip("cryptography")
-    from tools.provision import (
-        create_ca,
-        issue_device_cert,
-        issue_server_cert,
-        provision_password,
-        write_broker_files,
-    )
+    from fedge.tools.provision import (create_ca, issue_device_cert, issue_server_cert, provision_password,
+                                       write_broker_files)
 
     conf = tmp_path / "etc"
     write_broker_files(conf)

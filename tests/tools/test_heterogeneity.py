@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tools.bench import hetero_metrics as m
-from tools.bench.hetero_grid import HeteroGrid, build_jobs
-from tools.bench.heterogeneity import main, run
+from fedge.tools.bench import hetero_metrics as m
+from fedge.tools.bench.hetero_grid import HeteroGrid, build_jobs
+from fedge.tools.bench.heterogeneity import main, run
 
 
 def test_rounds_to_target_on_synthetic_curves():

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tools.broker import free_port
+from fedge.tools.broker import free_port
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def fedge(*args: str, cwd: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=cwd, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "fedge.tools.cli", *args], cwd=cwd, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -85,11 +85,11 @@ min_cpu_idle_percent = 0   # the test machine is busy; a real device keeps the d
     try:
         broker = spawn([mosquitto_binary, "-c", "broker/mosquitto-dev.conf"], ops, ops / "mosquitto.log")
         procs.append(broker)
-        coord = spawn([sys.executable, "-m", "tools.cli", "-v", "coordinator", "serve", "--config", "coordinator.toml"],
+        coord = spawn([sys.executable, "-m", "fedge.tools.cli", "-v", "coordinator", "serve", "--config", "coordinator.toml"],
                       ops, ops / "coordinator.log")
         procs.append(coord)
         for device in ("dev-000", "dev-001"):
-            procs.append(spawn([sys.executable, "-m", "tools.cli", "-v", "device", "run", "--config", f"{device}.toml"],
+            procs.append(spawn([sys.executable, "-m", "fedge.tools.cli", "-v", "device", "run", "--config", f"{device}.toml"],
                                ops, ops / f"{device}.log"))
         metrics = ""
         deadline = time.monotonic() + 240

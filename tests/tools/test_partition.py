@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.partition import SCHEMES, dirichlet_label_skew, iid, partition, quantity_skew, shards
+from fedge.tools.partition import SCHEMES, dirichlet_label_skew, iid, partition, quantity_skew, shards
 
 # 10 balanced classes in shuffled order, like a benchmark's label vector.
 Y = np.random.default_rng(123).permutation(np.repeat(np.arange(10), 200))
@@ -119,7 +119,7 @@ def test_feature_scheme_splits_like_iid() -> None:
 
 
 def test_rotate_matches_rot90_and_inverts() -> None:
-    from tools.feature_skew import rotate
+    from fedge.tools.feature_skew import rotate
 
     x = np.random.default_rng(0).random((4, 2, 7, 7)).astype(np.float32)
     np.testing.assert_allclose(rotate(x, 0.0), x, atol=1e-6)
@@ -133,7 +133,7 @@ def test_rotate_matches_rot90_and_inverts() -> None:
 
 
 def test_transforms_are_deterministic_and_differ_per_device() -> None:
-    from tools.feature_skew import FeatureSkew, draw_transforms
+    from fedge.tools.feature_skew import FeatureSkew, draw_transforms
 
     a = draw_transforms(8, np.random.default_rng(5), image=True)
     assert a == draw_transforms(8, np.random.default_rng(5), image=True)
@@ -146,7 +146,7 @@ def test_transforms_are_deterministic_and_differ_per_device() -> None:
 
 
 def test_feature_skewed_dataset_keeps_labels_and_changes_inputs_per_device() -> None:
-    from tools.datasets import build_federated
+    from fedge.tools.datasets import build_federated
 
     skewed = build_federated("digits", 6, "feature", seed=4)
     plain = build_federated("digits", 6, "iid", seed=4)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.errors import ConfigError
-from models.spec import load_spec
-from tools.simulate.config import PERSONALIZATION, SimConfig
-from tools.simulate.fleet import run_simulation
-from tools.simulate.personalization import personalized_spec
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.models.spec import load_spec
+from fedge.tools.simulate.config import PERSONALIZATION, SimConfig
+from fedge.tools.simulate.fleet import run_simulation
+from fedge.tools.simulate.personalization import personalized_spec
 
 
 def _tiny(tmp_path, **kw) -> SimConfig:

@@ -11,18 +11,12 @@ import sys
 
 import pytest
 
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import device_topic
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import device_topic
 from tests.mqtt_fixtures import RawClient
-from tools import provision
-from tools.broker.config import BrokerConfig
-from tools.broker.passwd import (
-    hash_password,
-    read_password_file,
-    remove_user,
-    upsert_password,
-    verify_password,
-)
+from fedge.tools import provision
+from fedge.tools.broker.config import BrokerConfig
+from fedge.tools.broker.passwd import hash_password, read_password_file, remove_user, upsert_password, verify_password
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,7 +108,7 @@ def test_valid_device_id():
 
 def test_certificates(tmp_path):
     x509 = pytest.importorskip("cryptography.x509")
-    from tools.broker.certs import common_name
+    from fedge.tools.broker.certs import common_name
 
     ca = provision.create_ca(tmp_path / "ca")
     server = provision.issue_server_cert(ca, ["broker.lan", "10.0.0.5"], tmp_path / "srv")

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from tools.cli import main
-from tools.simulate.config import SimConfig
-from tools.simulate.fleet import run_simulation
+from fedge.tools.cli import main
+from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.fleet import run_simulation
 
 ROUND_KEYS = {"round", "global_accuracy", "personalized_accuracy_mean", "personalized_accuracy_min",
               "bytes_up", "bytes_up_dense", "bytes_down", "seconds"}
@@ -82,7 +82,7 @@ def test_demo_default_personalization_beats_global(tmp_path):
 
 @pytest.mark.ort_training
 def test_ort_training_backend_runs_a_fleet(tmp_path):
-    from edge_runtime.trainer import available_backends
+    from fedge.edge_runtime.trainer import available_backends
 
     if "ort-training" not in available_backends():
         pytest.skip("onnxruntime-training not installed")

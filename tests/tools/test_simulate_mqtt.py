@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from tools.broker import BrokerConfig, MosquittoProcess
-from tools.simulate.config import SimConfig
-from tools.simulate.fleet import run_simulation
-from tools.simulate.mqtt_fleet import SimDeviceAgent
-from tools.simulate.stragglers import choose_stragglers
+from fedge.tools.broker import BrokerConfig, MosquittoProcess
+from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.fleet import run_simulation
+from fedge.tools.simulate.mqtt_fleet import SimDeviceAgent
+from fedge.tools.simulate.stragglers import choose_stragglers
 
 pytestmark = pytest.mark.mosquitto
 
@@ -114,9 +114,9 @@ def test_rounds_commit_when_30_percent_of_selected_devices_die_mid_training(open
 
 
 def test_the_simulator_fails_when_devices_do_not_check_in(open_broker, tmp_path, monkeypatch):
-    from tools.simulate.errors import FleetNotReady
-    from tools.simulate.fleet import prepare
-    from tools.simulate.mqtt_fleet import MqttFleet, SimDevice
+    from fedge.tools.simulate.errors import FleetNotReady
+    from fedge.tools.simulate.fleet import prepare
+    from fedge.tools.simulate.mqtt_fleet import MqttFleet, SimDevice
 
     start = SimDevice.start
     monkeypatch.setattr(SimDevice, "start", lambda d: None if d.runtime.device_id.endswith("7") else start(d))

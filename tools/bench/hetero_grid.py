@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.datasets import FederatedDataset
-from tools.simulate import baselines as baseline_runs
-from tools.simulate.config import SimConfig
-from tools.simulate.fleet import load_data, prepare, run_simulation
+from fedge.tools.datasets import FederatedDataset
+from fedge.tools.simulate import baselines as baseline_runs
+from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.fleet import load_data, prepare, run_simulation
 
 # label -> SimConfig fields; the labels are what the JSON and the report call partitions.
 PARTITIONS = {

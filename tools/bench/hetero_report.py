@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_runtime.manifest import atomic_write_bytes
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
 PLOTS = ("accuracy_vs_round.png", "personalized_vs_round.png", "accuracy_vs_uplink.png")
 

@@ -51,7 +51,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from edge_runtime.manifest import atomic_write_bytes
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
 from . import hetero_metrics as m
 from .hetero_grid import COMPRESSION, QUICK, HeteroGrid, Job, build_jobs, run_job

@@ -52,17 +52,19 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
-from coordinator.strategies import strategy_from_config
-from edge_runtime.agent import DeviceAgent
-from edge_runtime.codec import encode_message
-from edge_runtime.loop import AgentLoop
-from edge_runtime.manifest import MANIFEST_FILE, Manifest, ParamInfo, atomic_write_bytes
-from edge_runtime.protocol import CheckIn, CompressionSpec, TrainTask, Update, device_topic
-from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
-from edge_runtime.update_codec import dense_fp32_bytes, encode_tensors
-from edge_runtime.compress import compress_update
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.server import Coordinator
+from fedge.coordinator.strategies import strategy_from_config
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.loop import AgentLoop
+from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, ParamInfo
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.edge_runtime.kernel.protocol import CheckIn, CompressionSpec, TrainTask, Update, device_topic
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+from fedge.edge_runtime.kernel.update_codec import dense_fp32_bytes, encode_tensors
+from fedge.edge_runtime.kernel.compress import compress_update
 
 log = logging.getLogger("fedge.bench.mqtt")
 
@@ -289,7 +291,7 @@ def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | N
     broker = None
     with tempfile.TemporaryDirectory(prefix="fedge-bench-mqtt-") as tmp:
         if broker_url is None:
-            from tools.broker import BrokerConfig, MosquittoProcess
+            from fedge.tools.broker import BrokerConfig, MosquittoProcess
 
             broker = MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp).start()
             broker_url = broker.url

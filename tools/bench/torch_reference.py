@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_runtime.manifest import Manifest
+from fedge.edge_runtime.kernel.manifest import Manifest
 
 
 class TorchReference(nn.Module):

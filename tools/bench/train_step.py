@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_runtime.manifest import atomic_write_bytes
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
 MODELS = ("mlp-784-lora", "cnn-28-lora")
 BACKENDS = ("portable", "ort-training", "numpy", "torch")
@@ -69,9 +69,9 @@ def _build(model: str, outdir: str, want_ort: bool) -> dict | None:
     """Build the artifacts. When ORT training artifacts were wanted but not built, returns
     {"skipped": why} (not installed) or {"error": why} (generation failed); else None.
     The portable graphs are always built, so a broken ORT generator costs one entry."""
-    from edge_runtime.trainer import available_backends
-    from models.build import build_artifacts
-    from models.spec import load_spec
+    from fedge.edge_runtime.trainer import available_backends
+    from fedge.models.build import build_artifacts
+    from fedge.models.spec import load_spec
 
     spec = load_spec(model)
     if not want_ort:
@@ -93,7 +93,7 @@ def _build(model: str, outdir: str, want_ort: bool) -> dict | None:
 
 def _run_worker(base: dict, artifacts: str, warmup: int) -> dict:
     cmd = [
-        sys.executable, "-m", "tools.bench.train_step_worker",
+        sys.executable, "-m", "fedge.tools.bench.train_step_worker",
         "--model", base["model"], "--backend", base["backend"], "--artifacts", artifacts,
         "--steps", str(base["steps"]), "--warmup", str(warmup),
         "--batch-size", str(base["batch_size"]), "--threads", str(base["threads"]),

@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from edge_runtime.errors import BackendUnavailable
-from edge_runtime.manifest import Manifest, load_manifest
+from fedge.edge_runtime.kernel.errors import BackendUnavailable
+from fedge.edge_runtime.kernel.manifest import Manifest, load_manifest
 
 # Plain SGD: the one optimizer every backend runs (ort-training's SGD has no momentum). Small
 # enough that 200+ steps on 8 random batches stay finite: timing NaN arithmetic is no benchmark.
@@ -54,13 +54,13 @@ def make_stepper(backend: str, artifacts: str, manifest: Manifest, threads: int)
             import torch
         except ImportError as exc:
             raise BackendUnavailable(f"torch is not installed in this Python ({exc})") from None
-        from tools.bench.torch_reference import TorchStep
+        from fedge.tools.bench.torch_reference import TorchStep
 
         stepper = TorchStep(artifacts, manifest, threads)
         stepper.start(lr=LR, momentum=MOMENTUM)
         return stepper.step, {"torch_version": torch.__version__}
 
-    from edge_runtime.trainer import StepHyper
+    from fedge.edge_runtime.trainer import StepHyper
 
     trainer = _onnx_or_numpy_backend(backend, artifacts, manifest, threads)
     with np.load(f"{artifacts}/params_init.npz", allow_pickle=False) as data:
@@ -75,16 +75,16 @@ def make_stepper(backend: str, artifacts: str, manifest: Manifest, threads: int)
 
 
 def _onnx_or_numpy_backend(backend, artifacts, manifest, threads):
-    from edge_runtime.trainer import make_backend
+    from fedge.edge_runtime.trainer import make_backend
 
     if threads == 1 or backend == "numpy":
         return make_backend(backend, artifacts, manifest, "sgd")
     # make_backend has no thread knob; the onnxruntime backends take intra-op threads.
     # Built directly, not rebuilt after make_backend, so two sessions never add to the peak RSS.
     if backend == "portable":
-        from edge_runtime.trainer.portable import PortableBackend as cls
+        from fedge.edge_runtime.trainer.portable import PortableBackend as cls
     else:
-        from edge_runtime.trainer.ort_training import OrtTrainingBackend as cls
+        from fedge.edge_runtime.trainer.ort_training import OrtTrainingBackend as cls
     return cls(artifacts, manifest, "sgd", threads=threads)
 
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_runtime.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest leaf lifetime common TLS clients still accept

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from edge_runtime.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 MAX_PACKET_SIZE = 1 << 20  # bytes, the whole MQTT packet; larger fedge messages travel as chunks
 # Which way each per-device channel flows; a test checks these against protocol.DEVICE_CHANNELS
@@ -96,7 +96,7 @@ def shipped_text(name: str, conf_dir: str | None = None, data_dir: str | None = 
     rewritten to `conf_dir` and `data_dir` when given."""
     if name not in SHIPPED:
         raise ConfigError(f"no shipped broker file {name!r}; expected one of {SHIPPED}")
-    text = resources.files("tools.broker").joinpath("files", name).read_text(encoding="utf-8")
+    text = resources.files("fedge.tools.broker").joinpath("files", name).read_text(encoding="utf-8")
     if conf_dir is not None:
         text = text.replace(SHIPPED_CONF_DIR, _dir(conf_dir))
     if data_dir is not None:

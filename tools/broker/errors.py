@@ -1,18 +1,18 @@
 """Errors raised while running or provisioning a Mosquitto broker.
 
-    FedgeError                    (edge_runtime.errors)
+    FedgeError                    (fedge.edge_runtime.kernel.errors)
     └── BrokerError               a local Mosquitto could not be used
         ├── BrokerUnavailable     no mosquitto binary on this machine (apt-get install mosquitto)
         └── BrokerStartFailed     it exited or did not accept connections in time; the
                                   message carries the tail of the broker's log
 
 Bad provisioning input (an invalid device id, a key that would be overwritten) is a
-ConfigError from edge_runtime.errors: it is the operator's input that is wrong.
+ConfigError from fedge.edge_runtime.kernel.errors: it is the operator's input that is wrong.
 """
 
 from __future__ import annotations
 
-from edge_runtime.errors import FedgeError
+from fedge.edge_runtime.kernel.errors import FedgeError
 
 
 class BrokerError(FedgeError):

@@ -19,7 +19,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from edge_runtime.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default
 SALT_BYTES = 12

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from edge_runtime.local_training import train_locally
-from edge_runtime.model_runtime import ModelRuntime
-from edge_runtime.protocol import TaskHyper
-from edge_runtime.trainer import make_backend
-from tools.datasets import FederatedDataset
+from fedge.edge_runtime.local_training import train_locally
+from fedge.edge_runtime.model_runtime import ModelRuntime
+from fedge.edge_runtime.kernel.protocol import TaskHyper
+from fedge.edge_runtime.trainer import make_backend
+from fedge.tools.datasets import FederatedDataset
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_runtime.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature")
 DATASETS = ("mnist5k", "digits")

@@ -1,4 +1,4 @@
-"""Why a simulation cannot run. (Errors of the code it runs come from edge_runtime.errors.)
+"""Why a simulation cannot run. (Errors of the code it runs come from fedge.edge_runtime.kernel.errors.)
 
     FedgeError
     └── FleetNotReady      not every simulated device checked in before the first round
@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from edge_runtime.errors import FedgeError
+from fedge.edge_runtime.kernel.errors import FedgeError
 
 
 class FleetNotReady(FedgeError):

@@ -17,20 +17,20 @@ from typing import Callable
 
 import numpy as np
 
-from coordinator.config import CoordinatorConfig
-from coordinator.rounds import Phase
-from coordinator.server import Coordinator
-from coordinator.strategies import strategy_from_config
-from edge_runtime.agent import DeviceAgent
-from edge_runtime.device import DeviceRuntime, LocalData
-from edge_runtime.errors import ConfigError
-from edge_runtime.model_runtime import ModelRuntime
-from edge_runtime.protocol import CompressionSpec, TaskHyper
-from edge_runtime.trainer import available_backends, make_backend
-from edge_runtime.transport.memory import InMemoryBroker
-from models.build import build_artifacts
-from models.spec import ModelSpec, load_spec, mlp_spec
-from tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.rounds import Phase
+from fedge.coordinator.server import Coordinator
+from fedge.coordinator.strategies import strategy_from_config
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.model_runtime import ModelRuntime
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
+from fedge.edge_runtime.trainer import available_backends, make_backend
+from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+from fedge.models.build import build_artifacts
+from fedge.models.spec import ModelSpec, load_spec, mlp_spec
+from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
 
 from . import baselines as baseline_runs
 from .config import SimConfig

@@ -16,18 +16,19 @@ import random
 import threading
 import time
 
-from coordinator.loop import CoordinatorLoop
-from coordinator.service import coordinator_link
-from edge_runtime.agent import DeviceAgent
-from edge_runtime.clock import SystemClock
-from edge_runtime.eligibility import EligibilityPolicy
-from edge_runtime.eligibility_monitor import EligibilityMonitor
-from edge_runtime.errors import ConfigError
-from edge_runtime.loop import AgentLoop
-from edge_runtime.profiles import DeviceProfile, load_profile
-from edge_runtime.protocol import TrainTask
-from edge_runtime.task import TaskState
-from edge_runtime.transport.mqtt import MqttSettings, MqttTransport
+from fedge.coordinator.loop import CoordinatorLoop
+from fedge.coordinator.service import coordinator_link
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.kernel.clock import SystemClock
+from fedge.edge_runtime.eligibility import EligibilityPolicy
+from fedge.edge_runtime.eligibility_monitor import EligibilityMonitor
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.loop import AgentLoop
+from fedge.tools.simulate.profiles import DeviceProfile, load_profile
+from fedge.edge_runtime.kernel.protocol import TrainTask
+from fedge.edge_runtime.task import TaskState
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 
 from .errors import FleetNotReady
 from .stragglers import StragglerPlan
@@ -153,7 +154,7 @@ class MqttFleet:
         self.broker = None
         url = cfg.broker_url
         if url is None:
-            from tools.broker import BrokerConfig, MosquittoProcess, find_mosquitto
+            from fedge.tools.broker import BrokerConfig, MosquittoProcess, find_mosquitto
 
             if find_mosquitto() is None:
                 raise ConfigError("--transport mqtt needs a broker: install Mosquitto (Debian/Ubuntu: "

@@ -22,7 +22,7 @@ personalization off (the heterogeneity benchmark's "personalization off").
 
 from __future__ import annotations
 
-from models.spec import ModelSpec, remode
+from fedge.models.spec import ModelSpec, remode
 
 from .config import PERSONALIZATION
 

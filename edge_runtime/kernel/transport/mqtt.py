@@ -38,6 +38,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ..errors import (BrokerRefused, CodecError, ConfigError, ConnectionLost, NotConnected, PayloadTooLarge,
                       PublishRefused, TransportError)
 from .backoff import Backoff
+from .settings import MqttSettings
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
 from .chunks import Reassembler, is_chunk, split_message
 
@@ -59,74 +60,6 @@ _FATAL_CONNACK = {133, 134, 135, 138, 140}  # bad client id, bad credentials, no
 _PUBLISH_OVERHEAD = 64  # bytes kept free in a packet for fixed header, topic length, packet id, properties
 _DEFAULT_PACKET = 256 << 20  # MQTT's own limit when the broker announces none
 _REFUSALS_KEPT = 8  # refused publishes named in the next PublishRefused; the rest are counted
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    """How to reach the broker. Loaded from a `[broker]` TOML table by device and coordinator.
-
-    url: mqtt://host:port (plain) or mqtts://host:port (TLS). With TLS, ca_file verifies the
-    broker; cert_file + key_file add a client certificate (mutual TLS).
-    """
-
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str = ""
-    password: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    keepalive_s: int = 30
-    session_expiry_s: int = 24 * 3600  # how long the broker keeps our session and queued QoS 1 messages
-    clean_start: bool = False
-    connect_timeout_s: float = 10.0
-    op_timeout_s: float = 10.0  # subscribe/flush wait for the broker's answer this long
-    reconnect_min_s: float = 0.5  # the first retry waits between half this and this (seconds), jittered
-    reconnect_max_s: float = 30.0
-    max_packet_size: int = 0  # 0 = what the broker announces; else also cap at this (bytes)
-    max_message_bytes: int = 64 << 20  # largest message published (chunked if need be), and by default received
-    # Receiving: the largest reassembled message accepted, which is also what one sender may
-    # hold in incomplete chunk sets; 0 = max_message_bytes. A receiver that knows its largest
-    # legitimate message sets this (the coordinator: its max_update_bytes).
-    max_inbound_bytes: int = 0
-    max_pending_bytes: int = 0  # all senders' incomplete chunk sets together; 0 = 4 x the inbound limit
-    chunk_expiry_s: float = 120.0  # an incomplete chunk set is dropped after this
-
-    def __post_init__(self) -> None:
-        host, port, tls = self.endpoint()
-        if not host or not 0 < port < 65536:
-            raise ConfigError(f"broker url {self.url!r}: need mqtt://host:port or mqtts://host:port")
-        if bool(self.cert_file) != bool(self.key_file):
-            raise ConfigError("broker: cert_file and key_file go together (mutual TLS)")
-        if (self.cert_file or self.ca_file) and not tls:
-            raise ConfigError(f"broker: TLS files given but url {self.url!r} is not mqtts://")
-        if self.max_packet_size and self.max_packet_size < 1024:
-            raise ConfigError("broker.max_packet_size must be 0 (broker's value) or >= 1024 bytes")
-        Backoff(self.reconnect_min_s, self.reconnect_max_s)
-        if min(self.max_message_bytes, self.max_inbound_bytes + 1, self.max_pending_bytes + 1) < 1:
-            raise ConfigError("broker: max_message_bytes must be >= 1; max_inbound_bytes and max_pending_bytes >= 0")
-
-    @property
-    def inbound_limit(self) -> int:
-        """Largest reassembled message accepted, and one sender's share of reassembly memory (bytes)."""
-        return self.max_inbound_bytes or self.max_message_bytes
-
-    @property
-    def pending_limit(self) -> int:
-        """What all senders' incomplete chunk sets may hold together (bytes)."""
-        return self.max_pending_bytes or 4 * self.inbound_limit
-
-    def endpoint(self) -> tuple[str, int, bool]:
-        """(host, port, tls) from the url."""
-        raw = self.url if "://" in self.url else f"mqtt://{self.url}"
-        parts = urlsplit(raw)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError(f"broker url {self.url!r}: scheme must be mqtt:// or mqtts://")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise ConfigError(f"broker url {self.url!r}: bad port") from None
-        return parts.hostname or "", port, tls
 
 
 class MqttTransport(Transport):

@@ -148,15 +148,3 @@ def check_params(manifest: Manifest, params: dict[str, np.ndarray], role: str) -
     for name, shape in expected.items():
         if tuple(params[name].shape) != shape:
             raise ManifestMismatch(f"param {name}: shape {tuple(params[name].shape)} but the manifest says {shape}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file + fsync + rename so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

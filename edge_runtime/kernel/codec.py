@@ -38,13 +38,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import (
-    ChecksumMismatch,
-    MalformedPayload,
-    PayloadTooLarge,
-    TruncatedPayload,
-    UnsupportedVersion,
-)
+from .errors import ChecksumMismatch, MalformedPayload, PayloadTooLarge, TruncatedPayload, UnsupportedVersion
 from .protocol import MESSAGE_TYPES, SCHEMA_VERSION
 
 MAGIC = b"FDGM"

@@ -18,7 +18,7 @@ import sys
 import types
 from pathlib import Path
 
-from ..errors import BackendUnavailable
+from .errors import BackendUnavailable
 
 _PACKAGE = "onnxruntime.training"
 _INSTALL_HINT = (

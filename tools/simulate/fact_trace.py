@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .eligibility import LINKS, DeviceFacts, MINUTES_PER_DAY, parse_hhmm
-from .errors import ConfigError
+from fedge.edge_runtime.eligibility import LINKS, MINUTES_PER_DAY, DeviceFacts, parse_hhmm
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 Windows = tuple[tuple[float, float], ...]  # [start, end) seconds
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .configfile import from_dict, load_toml
-from .errors import ConfigError
+from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
+from fedge.edge_runtime.kernel.errors import ConfigError
+
 from .fact_trace import FactTrace
-from .probes import TraceProbe
+from .trace_probe import TraceProbe
 
 
 @dataclass(frozen=True)
@@ -67,4 +68,4 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
 
 def _profile_dir():
     # hardware/ is package data ("hardware/**/*" in pyproject), so this works installed too.
-    return resources.files("hardware").joinpath("profiles")
+    return resources.files("fedge.hardware").joinpath("profiles")
