@@ -1,19 +1,80 @@
-"""Streaming weighted mean: memory stays O(model) however many clients report."""
+"""How one round's accepted updates combine: the Aggregator seam, its registry, and two
+implementations (the streaming weighted mean, and a keep-all base for robust statistics).
+
+An aggregator sits between admission and the server optimizer:
+
+    admit(update) -> Accepted --add(delta, meta)--> Aggregator --result()--> AggregateInput
+                                                                             -> Strategy.apply
+
+    class Aggregator(Protocol):
+        def add(self, delta: Params, meta: UpdateMeta) -> None   # one accepted update
+        def result(self) -> Params                              # the round's combined delta
+        count: int                                              # updates added
+
+Restart: an aggregator's state must be a function of the sequence of `add` calls alone (no
+clock, no RNG it does not own, no hidden input). The store keeps every accepted update of
+the open round until it commits, and a restarted coordinator replays them in acceptance
+order into a fresh aggregator, so the rebuilt state is bit-identical to the lost one.
+
+The interface admits, without touching the coordinator:
+
+* the streaming mean (MeanAggregator over WeightedMean, "mean"): O(model) memory;
+* a keep-all aggregator (KeepAll): every accepted delta of the round, O(k x model) memory,
+  for robust statistics that need them all at once (coordinate-wise median, trimmed mean,
+  Krum); register one with `register_aggregator("median", lambda: KeepAll(median_fn))`;
+* a modular integer sum for secure aggregation: `add` takes the masked vector (integers in
+  Z_{2^b}, carried as an integer-dtype Params) and adds it mod 2^b into an O(model) sum;
+  `result` subtracts the unmasked seeds' contribution (given to it by the unmask stage) and
+  maps the field back to floats. It never sees one device's plaintext;
+* a staleness-weighted buffer (FedBuff-style async): `meta.staleness` (model versions the
+  update's base is behind) scales the weight, e.g. w * (1 + s)^-a, into a streaming sum; the
+  coordinator calls `result` when the buffer holds K updates instead of at a round deadline.
+
+Pick one with `[coordinator] aggregator = "mean"`; `make_aggregator(name)` builds a fresh one
+per round. The server optimizer (FedAvg, FedAdam, ...) stays in coordinator/strategies: it
+consumes the aggregate and knows nothing of how it was formed.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
 import numpy as np
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """What an aggregator may know about an update besides its delta."""
+
+    device_id: str
+    weight: float  # the FedAvg weight: the device's num_examples
+    staleness: int = 0  # model versions between the update's base and the model it moves (0 = sync)
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    count: int  # updates added so far
+
+    def add(self, delta: Params, meta: UpdateMeta) -> None: ...
+
+    def result(self) -> Params: ...
 
 
 class WeightedMean:
-    """Running sum of weight * tensor in float64; `mean()` divides by the total weight."""
+    """Streaming weighted mean: a running sum of weight * tensor in float64, so memory stays
+    O(model) however many clients report; `mean()` divides by the total weight."""
 
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, tensors: dict[str, np.ndarray], weight: float) -> None:
+    def add(self, tensors: Params, weight: float) -> None:
         if not weight > 0:
             raise ValueError(f"weight must be > 0, got {weight}")
         for name, value in tensors.items():
@@ -26,13 +87,81 @@ class WeightedMean:
         self.total_weight += weight
         self.count += 1
 
-    def mean(self) -> dict[str, np.ndarray]:
+    def mean(self) -> Params:
         if self.count == 0:
             raise ValueError("no contributions to average")
         return {k: (v / self.total_weight).astype(np.float32) for k, v in self.sums.items()}
 
 
-def weighted_mean_naive(updates: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+class MeanAggregator:
+    """The Aggregator "mean": FedAvg's example-weighted mean, streamed (WeightedMean)."""
+
+    def __init__(self) -> None:
+        self.mean = WeightedMean()
+
+    @property
+    def count(self) -> int:
+        return self.mean.count
+
+    def add(self, delta: Params, meta: UpdateMeta) -> None:
+        self.mean.add(delta, float(meta.weight))
+
+    def result(self) -> Params:
+        return self.mean.mean()
+
+
+class KeepAll:
+    """Keeps every accepted delta of the round, then reduces them with `combine`.
+
+    Memory is O(k x model) for k accepted updates: the price of statistics that need every
+    update at once (median, trimmed mean, Krum). `combine(stack, weights)` gets, per tensor,
+    the deltas stacked as float64 (k, *shape) in acceptance order and the weights (k,), and
+    returns one array of the tensor's shape; the result is cast to float32 like the mean's.
+    """
+
+    def __init__(self, combine: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+        self.combine = combine
+        self.deltas: list[Params] = []
+        self.metas: list[UpdateMeta] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.deltas)
+
+    def add(self, delta: Params, meta: UpdateMeta) -> None:
+        if not meta.weight > 0:
+            raise ValueError(f"weight must be > 0, got {meta.weight}")
+        self.deltas.append({k: np.array(v, np.float64) for k, v in delta.items()})
+        self.metas.append(meta)
+
+    def result(self) -> Params:
+        if not self.deltas:
+            raise ValueError("no contributions to combine")
+        weights = np.array([m.weight for m in self.metas], np.float64)
+        return {name: np.asarray(self.combine(np.stack([d[name] for d in self.deltas]), weights), np.float32)
+                for name in self.deltas[0]}
+
+
+AGGREGATORS: dict[str, Callable[[], Aggregator]] = {"mean": MeanAggregator}
+
+
+def register_aggregator(name: str, factory: Callable[[], Aggregator]) -> None:
+    """Make `aggregator = name` available in the coordinator config. A module that registers
+    must be imported before the config is loaded (its package __init__ is a good place)."""
+    if name in AGGREGATORS and AGGREGATORS[name] is not factory:
+        raise ValueError(f"aggregator {name!r} is already registered")
+    AGGREGATORS[name] = factory
+
+
+def make_aggregator(name: str) -> Aggregator:
+    """A fresh aggregator for one round."""
+    factory = AGGREGATORS.get(name)
+    if factory is None:
+        raise ConfigError(f"aggregator {name!r}: choose one of {sorted(AGGREGATORS)}")
+    return factory()
+
+
+def weighted_mean_naive(updates: list[Params], weights: list[float]) -> Params:
     """The textbook formula, for tests: sum_i w_i x_i / sum_i w_i."""
     total = float(sum(weights))
     return {k: sum(w * u[k].astype(np.float64) for u, w in zip(updates, weights)) / total for k in updates[0]}

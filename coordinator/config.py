@@ -9,6 +9,7 @@ from fedge.edge_runtime.kernel.configfile import load_config
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 
+from .aggregate import AGGREGATORS
 from .strategies import STRATEGIES
 
 
@@ -29,6 +30,7 @@ class CoordinatorConfig:
     server_tau: float = 1e-3  # fedadagrad/fedadam/fedyogi: adaptivity floor τ (v starts at τ²)
     prox_mu: float = 0.01  # fedprox: the proximal weight sent as the tasks' mu (other strategies send hyper.mu)
     control_norm_bound: float = 0.0  # scaffold: reject a Δc_i with a larger L2 norm; 0 = off
+    aggregator: str = "mean"  # how accepted deltas combine (coordinator/aggregate.py registry)
     seed: int = 0
     max_update_bytes: int = 16 << 20
     norm_bound: float = 0.0  # reject updates with a larger L2 norm; 0 = off
@@ -67,6 +69,8 @@ class CoordinatorConfig:
         if self.round_deadline_s <= 0:
             raise ConfigError("round_deadline_s must be > 0")
         self._check_strategy()
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError(f"aggregator {self.aggregator!r}: choose one of {sorted(AGGREGATORS)}")
         if self.hyper.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"hyper.optimizer {self.hyper.optimizer!r}: use 'sgd' or 'adamw'")
         if self.hyper.epochs < 1 or self.hyper.batch_size < 1 or not self.hyper.lr > 0:

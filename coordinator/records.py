@@ -1,24 +1,24 @@
 """The coordinator's bookkeeping values: known devices, the open round, closed-round records.
 
-The live path and the restart replay (`resume`) both add updates through `count_update`,
-so a round rebuilt from the store holds bit-identical accumulators (the deltas and, in a
-SCAFFOLD round, the control-variate deltas).
+The live path and the restart replay (restart.py) both add updates through `OpenRound.add`,
+so a round rebuilt from the store holds a bit-identical aggregator (the deltas) and
+control mean (SCAFFOLD's control-variate deltas).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
-import numpy as np
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.protocol import RoundModel, TaskHyper
+from fedge.edge_runtime.kernel.round_model import split_round_model
+from fedge.edge_runtime.kernel.update_codec import encode_dense
 
-from fedge.edge_runtime.kernel.compress import decompress_update
-from fedge.edge_runtime.kernel.protocol import TaskHyper
-from fedge.edge_runtime.kernel.update_codec import decode_tensors
-
-from .aggregate import WeightedMean
-from .rounds import RoundMachine
-from .store import StoredRound, StoredUpdate
+from .admission import Accepted
+from .aggregate import Aggregator, UpdateMeta, WeightedMean, make_aggregator
+from .config import CoordinatorConfig
+from .rounds import Replied, RoundMachine, on_event
+from .strategies import AggregateInput, ServerState, Strategy
 from .validation import RoundContext
 
 
@@ -50,16 +50,17 @@ class RoundRecord:
 
 @dataclass
 class OpenRound:
-    machine: RoundMachine
+    machine: RoundMachine  # replaced by rounds.on_event at every event
     ctx: RoundContext
-    accumulator: WeightedMean
+    aggregator: Aggregator  # the deltas ([coordinator] aggregator)
     started: float  # clock seconds
     params_bytes: bytes  # the round's global params, encoded once for every task
     hyper: TaskHyper
     correction_bytes: bytes = b""  # the round's TrainTask.correction (SCAFFOLD's c), encoded once
     round_model_sha256: str = ""  # tasks name the published RoundModel by this; "" = params inline
     model_parts: tuple = ()  # encoded ModelParts of the round's RoundModel, published retained
-    control: WeightedMean = field(default_factory=WeightedMean)  # Δc_i, each with weight 1 (SCAFFOLD)
+    # Δc_i, each with weight 1: SCAFFOLD's c moves by their plain mean whatever combines the deltas.
+    control: WeightedMean = field(default_factory=WeightedMean)
     bytes_up: int = 0
     bytes_up_dense: int = 0
     bytes_down: int = 0
@@ -70,31 +71,42 @@ class OpenRound:
     decline_from: set = field(default_factory=set)  # devices whose decline was counted
 
 
-def count_update(rnd: OpenRound, device_id: str, update_id: str, digest: str, delta: dict[str, np.ndarray],
-                 num_examples: int, control: dict[str, np.ndarray] | None = None) -> None:
-    """Add one accepted update (and its control-variate delta, if any) to the round."""
-    rnd.accumulator.add(delta, float(num_examples))
-    if control is not None:
-        rnd.control.add(control, 1.0)  # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one
-    rnd.seen[(device_id, rnd.ctx.round_id, update_id)] = digest
-    rnd.machine.on_report(device_id)
+
+    def add(self, update: Accepted) -> None:
+        """Count one accepted update: aggregator, control mean, seen keys, the machine."""
+        self.aggregator.add(update.delta, UpdateMeta(update.device_id, float(update.num_examples)))
+        if update.control is not None:
+            self.control.add(update.control, 1.0)
+        self.seen[(update.device_id, self.ctx.round_id, update.update_id)] = update.digest
+        self.machine, _ = on_event(self.machine, Replied(update.device_id))
+
+    def aggregate_input(self, population: int) -> AggregateInput:
+        """What Strategy.apply consumes; population = N, the devices the coordinator knows."""
+        return AggregateInput(self.aggregator.result(), self.aggregator.count, population,
+                              self.control.mean() if self.control.count else None)
+
+    def record(self, committed: bool, now: float) -> RoundRecord:
+        m = self.machine
+        return RoundRecord(round_id=m.round_id, committed=committed, why=m.why, selected=len(m.selected),
+                           reports=len(m.reported), declines=dict(m.declined), bytes_up=self.bytes_up,
+                           bytes_up_dense=self.bytes_up_dense, bytes_down=self.bytes_down,
+                           seconds=now - self.started)
 
 
-def resume(stored: StoredRound, now: float, wall: float,
-           make_round: Callable[[RoundMachine, dict[str, str], float], OpenRound]) -> OpenRound:
-    """Rebuild an open round from the store: its machine with the deadline carried over in wall
-    time, then every stored event replayed in acceptance order, so the accumulator is
-    bit-identical to the one the stopped process held."""
-    machine = RoundMachine(stored.round_id, stored.selected, stored.target, stored.quorum,
-                           now + (stored.deadline_wall - wall))
-    rnd = make_round(machine, stored.tasks, now - (wall - stored.started_wall))
-    for event in stored.events:
-        if isinstance(event, StoredUpdate):
-            delta = decompress_update(decode_tensors(event.payload))  # what check_contents returned
-            control = decompress_update(decode_tensors(event.control)) if event.control else None  # check_control's
-            count_update(rnd, event.device_id, event.update_id, event.digest, delta, event.num_examples, control)
-        else:
-            rnd.decline_from.add(event.device_id)
-            rnd.machine.on_decline(event.device_id, event.reason)
-        rnd.events = event.seq + 1
-    return rnd
+def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, state: ServerState,
+               strategy: Strategy, model_id: str, shapes: dict[str, tuple[int, ...]],
+               config: CoordinatorConfig) -> OpenRound:
+    """The bookkeeping of a round about to begin (or resume): its validation context, the
+    params and SCAFFOLD correction encoded once, the model split into parts, a fresh aggregator."""
+    ctx = RoundContext(machine.round_id, model_id, state.version, tasks, shapes, config.norm_bound,
+                       strategy.uses_control, config.control_norm_bound)
+    plan = strategy.configure(state)
+    correction = encode_dense(plan.correction) if plan.correction is not None else b""
+    params = encode_dense(state.params)
+    sha, parts = "", ()
+    if config.model_part_bytes:
+        model = RoundModel(ctx.model_id, ctx.model_version, ctx.round_id, params, correction)
+        sha, split = split_round_model(model, config.model_part_bytes)
+        parts = tuple(encode_message(p) for p in split)
+    return OpenRound(machine, ctx, make_aggregator(config.aggregator), started, params, plan.hyper, correction,
+                     round_model_sha256=sha, model_parts=parts)

@@ -100,7 +100,9 @@ def check_control(update: Update, ctx: RoundContext) -> dict[str, np.ndarray] | 
     return _dense(update.control, ctx.shapes, ctx.control_norm_bound, "control")
 
 
-def _dense(frame: bytes, shapes: dict[str, tuple[int, ...]], norm_bound: float, what: str) -> dict[str, np.ndarray]:
+def decode_delta(frame: bytes, shapes: dict[str, tuple[int, ...]], what: str = "update") -> dict[str, np.ndarray]:
+    """The one decoder of an update frame (payload or control) into dense float arrays, for
+    admission and for the restart replay alike; raises BadShape or NonFinite."""
     try:
         # The model's shapes are checked inside the decoder, with the other structural checks,
         # so a frame with both a wrong shape and a NaN is a bad_shape (validation order).
@@ -109,7 +111,11 @@ def _dense(frame: bytes, shapes: dict[str, tuple[int, ...]], norm_bound: float, 
         raise NonFinite(f"{what} payload: {exc}") from None
     except CodecError as exc:
         raise BadShape(f"{what} payload: {exc}") from None
-    dense = decompress_update(tensors)
+    return decompress_update(tensors)
+
+
+def _dense(frame: bytes, shapes: dict[str, tuple[int, ...]], norm_bound: float, what: str) -> dict[str, np.ndarray]:
+    dense = decode_delta(frame, shapes, what)
     norm_sq = 0.0
     for name, value in dense.items():
         if not np.all(np.isfinite(value)):

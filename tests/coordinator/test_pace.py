@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedge.coordinator import pace
-from fedge.coordinator.rounds import RoundMachine
+from fedge.coordinator.rounds import Declined, Replied, Tick, on_event, sync_round
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import Decline, Pace, Status, TrainTask
 
@@ -122,17 +122,17 @@ def test_a_device_that_reported_is_told_to_wait_for_the_next_round(model, tmp_pa
 
 
 def test_reason_for_follows_the_round_machine():
-    m = RoundMachine(3, ("a", "b", "c"), target=2, quorum=1, deadline=100.0)
+    m = sync_round(3, ("a", "b", "c"), target=2, quorum=1, deadline=100.0)
     assert pace.reason_for(None, "a", True) == pace.NO_ROUND
     assert pace.reason_for(None, "a", False) == pace.INELIGIBLE
     assert pace.reason_for(m, "a", True) is None  # selected and owes an answer: resend its task
     assert pace.reason_for(m, "a", False) is None  # ...even if ineligible now: it will decline
     assert pace.reason_for(m, "z", True) == pace.NOT_SELECTED
-    m.on_report("a")
-    m.on_decline("b", "battery_low")
+    m, _ = on_event(m, Replied("a"))
+    m, _ = on_event(m, Declined("b", "battery_low"))
     assert pace.reason_for(m, "a", True) == pace.REPORTED
     assert pace.reason_for(m, "b", True) == pace.DECLINED
-    m.on_tick(100.0)  # closed at the deadline, not yet ticked by the coordinator
+    m, _ = on_event(m, Tick(100.0))  # closed at the deadline, not yet ticked by the coordinator
     assert pace.reason_for(m, "z", True) == pace.NO_ROUND
 
 

@@ -151,15 +151,15 @@ def test_resumed_round_has_the_same_tasks_and_an_identical_accumulator(model, tm
         m.send(encode_message(u))
     fleet.drain()
     old = fleet.coordinator.round
-    old_sums = {k: v.copy() for k, v in old.accumulator.sums.items()}
+    old_sums = {k: v.copy() for k, v in old.aggregator.mean.sums.items()}
 
     new = fleet.restart(store=RoundStore(path))  # the old object is dropped mid-round, never closed
     rnd = new.round
     assert rnd.ctx.round_id == old.ctx.round_id and rnd.ctx.tasks == old.ctx.tasks
     assert rnd.machine.reported == ["m0", "m1"] and rnd.seen == old.seen
-    assert rnd.accumulator.count == 2 and rnd.accumulator.total_weight == old.accumulator.total_weight
+    assert rnd.aggregator.count == 2 and rnd.aggregator.mean.total_weight == old.aggregator.mean.total_weight
     for name, value in old_sums.items():
-        assert rnd.accumulator.sums[name].tobytes() == value.tobytes(), name
+        assert rnd.aggregator.mean.sums[name].tobytes() == value.tobytes(), name
     # The silent device gets its task again, with the same task id; the others do not.
     fleet.drain()
     tasks = [m.task() for m in devices]
@@ -170,7 +170,7 @@ def test_resumed_round_has_the_same_tasks_and_an_identical_accumulator(model, tm
     # A re-publish after the restart is a duplicate: acked as accepted, not added twice.
     devices[0].send(encode_message(updates[0]))
     fleet.drain()
-    assert devices[0].acks()[-1] == (True, "duplicate") and rnd.accumulator.count == 2
+    assert devices[0].acks()[-1] == (True, "duplicate") and rnd.aggregator.count == 2
     old_params = copy_params(new.state.params)
     devices[2].send(encode_message(updates[2]))
     fleet.drain()

@@ -1,0 +1,99 @@
+"""Admission: one decision per inbound report, `admit(update, sender, view) -> Accepted | Rejected`.
+
+The checks themselves are validation.py's, in its order; this module owns the order in
+which they meet the coordinator's state (the AdmissionView), so the server asks once and
+executes the answer. The restart replay builds its Accepted values with the same decoder
+(`replayed`), so an update is decoded by one function whether it arrives or is replayed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from fedge.edge_runtime.kernel.protocol import Decline, Update
+
+from .errors import StaleRound, UpdateRejected
+from .store import StoredUpdate
+from .validation import (RoundContext, check_contents, check_control, check_current, check_not_seen, decode_delta,
+                         payload_digest, update_key)
+
+Key = tuple[str, int, str]  # (device, round, update_id)
+
+
+@dataclass(frozen=True)
+class AdmissionView:
+    """What admission may know of the coordinator: the open round (None between rounds),
+    the keys it has counted, whom its machine still expects, and keys counted in closed
+    rounds (the store's `counted_digest`)."""
+
+    ctx: RoundContext | None
+    seen: Mapping[Key, str]
+    expects: Callable[[str], bool]
+    counted_before: Callable[[str, int, str], str | None]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    device_id: str
+    update_id: str
+    num_examples: int
+    digest: str  # payload_digest: what the store and the duplicate check compare
+    delta: dict[str, np.ndarray]  # dense
+    control: dict[str, np.ndarray] | None  # dense Δc_i in a SCAFFOLD round, else None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    error: UpdateRejected
+
+    @property
+    def reason(self) -> str:
+        return self.error.reason
+
+
+def admit(update: Update, sender: str | None, view: AdmissionView) -> Accepted | Rejected:
+    """Current round and task, key not seen (here or in a closed round), expected by the
+    round machine, then the contents (validation.py)."""
+    try:
+        ctx = view.ctx
+        try:
+            if ctx is None:
+                raise stale(update)
+            check_current(update, ctx, sender)
+        except StaleRound:
+            if sender == update.device_id:  # counted in a closed round, its Ack lost: a duplicate
+                digest = view.counted_before(*update_key(update))
+                check_not_seen(update, {update_key(update): digest} if digest is not None else {})
+            raise
+        check_not_seen(update, view.seen)
+        if not view.expects(update.device_id):
+            raise stale(update)
+        delta, control = check_contents(update, ctx), check_control(update, ctx)
+    except UpdateRejected as exc:
+        return Rejected(exc)
+    return Accepted(update.device_id, update.update_id, update.num_examples, payload_digest(update), delta, control)
+
+
+def check_decline(decline: Decline, sender: str | None, view: AdmissionView) -> Rejected | None:
+    """A decline counts only for the open round's task of its own device."""
+    try:
+        if view.ctx is None:
+            raise stale(decline)
+        check_current(decline, view.ctx, sender)
+    except UpdateRejected as exc:
+        return Rejected(exc)
+    return None
+
+
+def replayed(stored: StoredUpdate, ctx: RoundContext) -> Accepted:
+    """An update the store holds for the open round, as admit() accepted it."""
+    delta = decode_delta(stored.payload, ctx.shapes)
+    control = decode_delta(stored.control, ctx.shapes, "control") if stored.control else None
+    return Accepted(stored.device_id, stored.update_id, stored.num_examples, stored.digest, delta, control)
+
+
+def stale(report) -> UpdateRejected:
+    return StaleRound(f"round {report.round_id} from {report.device_id} is not open")

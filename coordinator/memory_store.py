@@ -1,0 +1,105 @@
+"""The Store in memory: a coordinator without state_db, and the simulator.
+
+It keeps the same contract as the SQLite RoundStore (store.py), minus surviving the process:
+a Coordinator built again on the same MemoryStore resumes the open round by replaying its
+updates, as one built on the same SQLite file would. Payloads are held by reference (the
+Update's own bytes) and dropped when their round closes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
+
+from .store import StoredDecline, StoredDevice, StoredRound, StoredUpdate
+from .strategies import ServerState
+
+_KEEP_KEY_ROUNDS = 8  # closed rounds whose update keys are kept to spot late duplicates
+
+
+class MemoryStore:
+    path = ":memory:"
+
+    def __init__(self, keep_key_rounds: int = _KEEP_KEY_ROUNDS):
+        if keep_key_rounds < 1:
+            raise ValueError("keep_key_rounds must be >= 1")
+        self.bound: dict[str, str] = {}
+        self.state: ServerState | None = None
+        self.open: StoredRound | None = None
+        self.events: list[StoredUpdate | StoredDecline] = []  # of the open round, in seq order
+        self.records: dict[int, dict] = {}  # closed round id -> record
+        # Keys of closed rounds only: a key of the open round is found in the round itself.
+        self.closed_keys: deque[dict[tuple[str, int, str], str]] = deque(maxlen=keep_key_rounds)
+        self.devices: dict[str, StoredDevice] = {}
+
+    def bind(self, model_id: str, strategy: str) -> None:
+        self.bound = {"model_id": model_id, "strategy": strategy}
+
+    def load_state(self) -> ServerState | None:
+        return self.state
+
+    def save_initial_state(self, state: ServerState) -> None:
+        if self.state is None:
+            self.state = state
+
+    def next_round_id(self) -> int:
+        if self.open is not None:
+            return self.open.round_id
+        return max(self.records, default=0) + 1
+
+    def open_round(self, rnd: StoredRound) -> None:
+        if self.open is not None:
+            raise ValueError(f"round {self.open.round_id} is still open")
+        self.open, self.events = rnd, []
+
+    def load_open_round(self) -> StoredRound | None:
+        if self.open is None:
+            return None
+        return replace(self.open, events=tuple(sorted(self.events, key=lambda e: e.seq)))
+
+    def add_update(self, round_id: int, update: StoredUpdate) -> None:
+        self._require_open(round_id)
+        self.events.append(update)
+
+    def add_decline(self, round_id: int, decline: StoredDecline) -> None:
+        self._require_open(round_id)
+        if not any(isinstance(e, StoredDecline) and e.device_id == decline.device_id for e in self.events):
+            self.events.append(decline)
+
+    def counted_digest(self, device_id: str, round_id: int, update_id: str) -> str | None:
+        key = (device_id, round_id, update_id)
+        return next((keys[key] for keys in self.closed_keys if key in keys), None)
+
+    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float) -> None:
+        self._require_open(round_id)
+        if self.state is not None and state.version != self.state.version + 1:
+            raise ValueError(f"round {round_id} commits version {state.version}, but the store holds "
+                             f"{self.state.version}")
+        self.state = state
+        self._close(round_id, record)
+
+    def abandon_round(self, round_id: int, record: dict, closed_wall: float) -> None:
+        self._require_open(round_id)
+        self._close(round_id, record)
+
+    def round_records(self) -> list[dict]:
+        return [self.records[r] for r in sorted(self.records)]
+
+    def save_device(self, device: StoredDevice) -> None:
+        self.devices[device.device_id] = device
+
+    def load_devices(self) -> list[StoredDevice]:
+        return [self.devices[d] for d in sorted(self.devices)]
+
+    def close(self) -> None:
+        pass
+
+    def _require_open(self, round_id: int) -> None:
+        if self.open is None or self.open.round_id != round_id:
+            raise ValueError(f"round {round_id} is not open in memory")
+
+    def _close(self, round_id: int, record: dict) -> None:
+        self.closed_keys.append({(e.device_id, round_id, e.update_id): e.digest for e in self.events
+                                 if isinstance(e, StoredUpdate)})
+        self.records[round_id] = record
+        self.open, self.events = None, []

@@ -1,0 +1,106 @@
+"""Everything the coordinator publishes: tasks, the round's model parts, acks, paces and the
+retained announcement. Byte counts go to the open round and the metrics here, in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PayloadTooLarge, PublishRefused
+from fedge.edge_runtime.kernel.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, Pace, TrainTask, Update,
+                                                device_topic, model_part_topic)
+from fedge.edge_runtime.kernel.transport.base import Transport
+
+from . import pace
+from .config import CoordinatorConfig
+from .metrics import CoordinatorMetrics
+from .records import OpenRound
+
+log = logging.getLogger("fedge.coordinator")
+
+
+class Outbound:
+    def __init__(self, transport: Transport, metrics: CoordinatorMetrics, config: CoordinatorConfig,
+                 model_id: str, manifest_sha256: str, session: str):
+        self.transport = transport
+        self.metrics = metrics
+        self.config = config
+        self.model_id = model_id
+        self.manifest_sha256 = manifest_sha256
+        self.session = session  # in every Announcement: devices check in again when it changes
+        self.parts_retained = 0  # model-part topics this process left a retained message on
+        self.announce_due = False  # the last announcement could not be published; tick() retries
+
+    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.transport.publish(topic, payload, qos=1, retain=retain)
+        self.metrics.bytes_down.inc(len(payload))
+
+    def ack(self, rnd: OpenRound | None, update: Update, accepted: bool, reason: str) -> None:
+        ack = encode_message(Ack(update.device_id, update.round_id, update.task_id, update.update_id, accepted, reason))
+        if rnd is not None:
+            rnd.bytes_down += len(ack)
+        self.send(device_topic(update.device_id, "ack"), ack)
+
+    def task(self, rnd: OpenRound, device_id: str, now: float, inline: bool = False) -> None:
+        """The device's TrainTask, unless its deadline passed or it left less than task_resend_s ago."""
+        sent = rnd.inline_sent if inline else rnd.task_sent
+        last = sent.get(device_id)
+        remaining = rnd.machine.deadline - now
+        if remaining <= 0 or (last is not None and now - last < self.config.task_resend_s):
+            return
+        sent[device_id] = now
+        ctx = rnd.ctx
+        by_ref = bool(rnd.round_model_sha256) and not inline
+        task = TrainTask(round_id=ctx.round_id, task_id=ctx.tasks[device_id], device_id=device_id,
+                         model_id=ctx.model_id, model_version=ctx.model_version,
+                         params=b"" if by_ref else rnd.params_bytes, hyper=rnd.hyper,
+                         compression=self.config.compression, deadline_s=remaining,
+                         seed=self.config.seed * 1_000_003 + ctx.round_id,
+                         correction=b"" if by_ref else rnd.correction_bytes, manifest_sha256=self.manifest_sha256,
+                         round_model_sha256=rnd.round_model_sha256 if by_ref else "")
+        payload = encode_message(task)
+        rnd.bytes_down += len(payload)
+        self.send(device_topic(device_id, "task"), payload)
+
+    def model(self, rnd: OpenRound) -> None:
+        """The round's model, once, as retained parts; tasks name it by hash. Parts left over
+        from a larger model of an earlier round are deleted (an empty retained publish)."""
+        sent = 0
+        try:
+            for part in rnd.model_parts:
+                self.send(model_part_topic(sent), part, retain=True)
+                rnd.bytes_down += len(part)
+                sent += 1
+        except PayloadTooLarge as exc:  # a retained part cannot be chunked
+            log.error("round %d: model part over the broker's packet limit (%s); lower [coordinator] "
+                      "model_part_bytes. This round's tasks carry the params inline.", rnd.ctx.round_id, exc)
+            rnd.round_model_sha256, rnd.model_parts = "", ()
+        retained = len(rnd.model_parts)
+        for index in range(retained, max(sent, self.parts_retained)):  # stale, or sent before the refusal
+            self.send(model_part_topic(index), b"", retain=True)
+        self.parts_retained = retained
+
+    def pace(self, rnd: OpenRound | None, device_id: str, reason: str, round_id: int, now: float) -> None:
+        """Tell a device with nothing to do when to check in again (pace.py says how long)."""
+        cfg = self.config
+        remaining = rnd.machine.deadline - now if rnd is not None else 0.0
+        delay = pace.retry_after(reason, remaining, idle_s=cfg.pace_idle_s, declined_s=cfg.pace_declined_s,
+                                 jitter_s=cfg.pace_jitter_s, max_s=cfg.pace_max_s,
+                                 jitter=pace.jitter_fraction(cfg.seed, device_id, round_id))
+        self.send(device_topic(device_id, "task"), encode_message(Pace(device_id, delay, reason)))
+        self.metrics.pace.labels(reason).inc()
+
+    def announce(self, version: int, rnd: OpenRound | None) -> None:
+        note = Announcement(self.model_id, version, self.manifest_sha256, rnd.ctx.round_id if rnd else 0,
+                            "training" if rnd else "idle", self.session)
+        self.send(ANNOUNCE_TOPIC, encode_message(note), retain=True)
+        self.announce_due = False
+
+    def announce_or_defer(self, version: int, rnd: OpenRound | None) -> None:
+        """Announce now, or, without a link, leave it to tick() or on_reconnect()."""
+        try:
+            self.announce(version, rnd)
+        except (NotConnected, ConnectionLost, PublishRefused) as exc:  # not sent: try again later
+            if not self.announce_due:
+                log.warning("coordinator: announcement deferred until the link is back: %s", exc)
+            self.announce_due = True

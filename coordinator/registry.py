@@ -1,0 +1,50 @@
+"""The devices the coordinator knows: a read-only mapping device_id -> DeviceRecord, changed
+only through `register`, `seen` and `restore`, so the eligible count and the store follow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from .records import DeviceRecord
+from .store import Store, StoredDevice
+
+
+class Registry(Mapping[str, DeviceRecord]):
+    def __init__(self, store: Store):
+        self.store = store
+        self._devices: dict[str, DeviceRecord] = {}
+        self.eligible = 0  # devices whose last check-in said eligible
+
+    def __getitem__(self, device_id: str) -> DeviceRecord:
+        return self._devices[device_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def eligible_devices(self) -> list[str]:
+        return [d.device_id for d in self._devices.values() if d.eligible]
+
+    def register(self, device_id: str, eligible: bool, reason: str, num_examples: int, now: float,
+                 wall: float) -> None:
+        """A check-in (or a last will): the record is replaced; the store is written when
+        something other than last_seen changed (last_seen alone is not worth a disk write)."""
+        old = self._devices.get(device_id)
+        self._devices[device_id] = DeviceRecord(device_id, now, eligible, reason, num_examples)
+        if old is None or (old.eligible, old.reason, old.num_examples) != (eligible, reason, num_examples):
+            self.store.save_device(StoredDevice(device_id, wall, eligible, reason, num_examples))
+        self.eligible += int(eligible) - int(old is not None and old.eligible)
+
+    def seen(self, device_id: str | None, now: float) -> None:
+        """A known device sent something: it is alive."""
+        if device_id in self._devices:
+            self._devices[device_id].last_seen = now
+
+    def restore(self, now: float, wall: float) -> None:
+        """Load the stored devices; last_seen moves into this process's clock by its wall age."""
+        for d in self.store.load_devices():
+            self._devices[d.device_id] = DeviceRecord(d.device_id, now - max(0.0, wall - d.last_seen_wall),
+                                                      d.eligible, d.reason, d.num_examples)
+        self.eligible = sum(d.eligible for d in self._devices.values())
