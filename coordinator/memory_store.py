@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import replace
 
+from fedge.edge_runtime.kernel.errors import ConfigError
+
 from .store import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState
 
@@ -33,7 +35,9 @@ class MemoryStore:
         self.devices: dict[str, StoredDevice] = {}
 
     def bind(self, model_id: str, strategy: str) -> None:
-        self.bound = {"model_id": model_id, "strategy": strategy}
+        for key, value in (("model_id", model_id), ("strategy", strategy)):
+            if self.bound.setdefault(key, value) != value:
+                raise ConfigError(f"this memory store holds state for {key} {self.bound[key]!r}, not {value!r}")
 
     def load_state(self) -> ServerState | None:
         return self.state

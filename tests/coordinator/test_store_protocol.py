@@ -1,0 +1,88 @@
+"""The Store contract, run against both implementations: SQLite (RoundStore) and MemoryStore.
+The same steps must leave the same observable state, so the coordinator cannot tell them apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.memory_store import MemoryStore
+from fedge.coordinator.store import RoundStore, Store, StoredDecline, StoredDevice, StoredRound, StoredUpdate
+from fedge.coordinator.strategies import ServerState
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request, tmp_path) -> Store:
+    s = RoundStore(tmp_path / "state.db", keep_key_rounds=8) if request.param == "sqlite" else MemoryStore(8)
+    yield s
+    s.close()
+
+
+def _state(version: int) -> ServerState:
+    return ServerState(version, {"w": np.full((2, 3), float(version), np.float32)})
+
+
+def _round(round_id: int) -> StoredRound:
+    return StoredRound(round_id, round_id - 1, ("a", "b", "c"), {"a": "ta", "b": "tb", "c": "tc"}, 2, 1,
+                       100.0, 160.0)
+
+
+def test_a_round_open_then_committed(store):
+    store.bind("m", "fedavg")
+    assert store.load_state() is None and store.next_round_id() == 1 and store.load_open_round() is None
+    store.save_initial_state(_state(0))
+    store.save_initial_state(_state(5))  # only a fresh store is seeded
+    assert store.load_state().version == 0
+    store.open_round(_round(1))
+    assert store.next_round_id() == 1
+    store.add_update(1, StoredUpdate(1, "b", "u1", "digest-b", 8, b"payload-b", b"ctl"))
+    store.add_decline(1, StoredDecline(0, "c", "battery_low"))
+    store.add_update(1, StoredUpdate(2, "a", "u1", "digest-a", 5, b"payload-a"))
+    got = store.load_open_round()
+    assert got == StoredRound(**{**_round(1).__dict__, "events": (
+        StoredDecline(0, "c", "battery_low"), StoredUpdate(1, "b", "u1", "digest-b", 8, b"payload-b", b"ctl"),
+        StoredUpdate(2, "a", "u1", "digest-a", 5, b"payload-a"))})
+    with pytest.raises(ValueError):
+        store.commit_round(1, _state(2), {"round_id": 1}, 170.0)  # a version that does not follow
+    store.commit_round(1, _state(1), {"round_id": 1}, 170.0)
+    loaded = store.load_state()
+    assert loaded.version == 1 and loaded.params["w"].tobytes() == _state(1).params["w"].tobytes()
+    assert store.load_open_round() is None and store.next_round_id() == 2
+    assert store.round_records() == [{"round_id": 1}]
+    # A late re-publish of a counted update is recognised after its round closed.
+    assert store.counted_digest("b", 1, "u1") == "digest-b" and store.counted_digest("b", 1, "u2") is None
+    with pytest.raises(ValueError):
+        store.commit_round(1, _state(2), {}, 180.0)  # a round closes once
+    with pytest.raises(ValueError):
+        store.add_update(1, StoredUpdate(3, "c", "u9", "d", 1, b"p"))  # not open
+
+
+def test_abandoned_rounds_apply_nothing_and_keys_age_out(store):
+    store.bind("m", "fedavg")
+    store.save_initial_state(_state(0))
+    for round_id in range(1, 11):
+        store.open_round(_round(round_id))
+        store.add_update(round_id, StoredUpdate(0, "a", "u", f"d{round_id}", 1, b"p"))
+        store.abandon_round(round_id, {"round_id": round_id}, 0.0)
+    assert store.load_state().version == 0 and store.next_round_id() == 11
+    assert [r["round_id"] for r in store.round_records()] == list(range(1, 11))
+    assert store.counted_digest("a", 10, "u") == "d10" and store.counted_digest("a", 3, "u") == "d3"
+    assert store.counted_digest("a", 2, "u") is None  # older than the kept 8 rounds
+
+
+def test_devices(store):
+    store.save_device(StoredDevice("b", 5.0, True, "", 3))
+    store.save_device(StoredDevice("a", 6.0, False, "battery_low", 4))
+    store.save_device(StoredDevice("b", 7.0, False, "offline", 3))
+    assert store.load_devices() == [StoredDevice("a", 6.0, False, "battery_low", 4),
+                                    StoredDevice("b", 7.0, False, "offline", 3)]
+
+
+def test_a_store_holds_one_model_and_strategy(store):
+    store.bind("m", "fedavg")
+    store.bind("m", "fedavg")
+    with pytest.raises(ConfigError):
+        store.bind("m", "scaffold")
+    with pytest.raises(ConfigError):
+        store.bind("other", "fedavg")
