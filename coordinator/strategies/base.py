@@ -8,8 +8,10 @@ A strategy is pure: numpy in, numpy out, no I/O, no clock, no RNG. Everything it
 resume after a restart lives in `ServerState.extra` (server momentum, Adam moments, SCAFFOLD's
 control variate), which the coordinator's RoundStore commits bit-exactly with the params.
 
-`AggregateInput.mean_delta` is the example-weighted mean of the shared-param deltas that
-passed validation (delta = client params - global params, so it points downhill).
+`AggregateInput.mean_delta` is what the round's Aggregator (coordinator/aggregate.py) made of
+the shared-param deltas that passed validation: their example-weighted mean with the default
+"mean", a robust statistic with others (delta = client params - global params, so it points
+downhill).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class RoundPlan:
 class AggregateInput:
     """One round's accepted updates, reduced."""
 
-    mean_delta: Params  # example-weighted mean of the accepted deltas
+    mean_delta: Params  # the accepted deltas combined: their example-weighted mean with aggregator "mean"
     participants: int  # accepted updates, |S|
     population: int  # devices the coordinator knows, N (SCAFFOLD scales c's step by |S|/N)
     mean_control: Params | None = None  # unweighted mean of the accepted Δc_i (SCAFFOLD only)
