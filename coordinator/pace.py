@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 
-from .rounds import Phase, RoundMachine
+from .rounds import DECLINED, Phase, RoundMachine
 
 NO_ROUND = "no_round"  # nothing open; come back when the next round is likely
 NOT_SELECTED = "not_selected"  # a round is open without you
 REPORTED = "reported"  # your update for the open round is in
-DECLINED = "declined"  # you declined this round
+# DECLINED ("declined"): you declined this round; the round table emits it, so it lives in rounds.py
 INELIGIBLE = "ineligible"  # your check-in said you cannot train now
 REASONS = (NO_ROUND, NOT_SELECTED, REPORTED, DECLINED, INELIGIBLE)
 

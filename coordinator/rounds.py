@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Union
 
-DECLINED = "declined"  # pace.DECLINED (pace imports this module, not the other way round)
+DECLINED = "declined"  # the pace reason after a decline (pace.py imports it from here)
 
 
 class Phase(str, Enum):

@@ -333,7 +333,9 @@ class Coordinator:
     def _run(self, actions: list[Action], now: float) -> RoundRecord | None:
         rnd, state = self.round, None
         for action in actions:
-            if isinstance(action, Send):  # SYNC's one stage: the training task
+            if isinstance(action, Send):
+                if action.stage != SYNC[0].name:  # this shell runs SYNC rounds; secagg brings its sends
+                    raise ValueError(f"no sender for stage {action.stage!r}")
                 for device_id in action.devices:
                     self.outbound.task(rnd, device_id, now)
             elif isinstance(action, Pace):

@@ -29,13 +29,13 @@ with a `kill -9` between any two of them:
   tasks to devices that have not answered (devices ignore task ids they already have).
 * an accepted update: its row (key, digest, payload) is committed *before* the Ack is
   published. Killed before: no Ack left, the device keeps the update and re-publishes it,
-  and it is accepted as new. Killed after: the restart replays it into the accumulator,
+  and it is accepted as new. Killed after: the restart replays it into the aggregator,
   and the device's re-publish finds the key, so it is acked as a duplicate, not re-added.
 * a decline: one row; killed before it, the device just counts as silent until the deadline.
 * commit: the new model version with its params and strategy state, the round's record,
   the deletion of its payloads and declines, and pruning are one transaction. Killed
   before it: the round is still open with all its updates stored; the restart replays
-  them in acceptance order (`seq`), so the accumulator and the committed params come out
+  them in acceptance order (`seq`), so the aggregator and the committed params come out
   bit-identical. Killed after: the new version is loaded and the next round id follows it;
   a late re-publish of an update of that round is found by its kept key and acked as a
   duplicate. Nothing is ever half-committed, and a round cannot commit twice
