@@ -17,6 +17,7 @@ with no Ack ever, leaves c_i ahead of c.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -211,7 +212,8 @@ class DeviceRuntime:
         if server_control is not None:
             delta_c = scaffold_control_delta(server_control, result.shared_delta, result.steps, task.hyper)
             old_residual = _fitting(store.load_control_residual(), shared)
-            ctx = TaskContext(task.compression, old_residual, self.device_id, task.round_id)
+            unclipped = dataclasses.replace(task.compression, clip_norm=0.0)
+            ctx = TaskContext(unclipped, old_residual, self.device_id, task.round_id)
             out = postprocess(CONTROL_STEPS)(Delta(delta_c), ctx, rng)
             control, control_residual = encode(out), out.residual
             dense_bytes *= 2

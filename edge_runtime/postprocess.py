@@ -1,7 +1,7 @@
 """What the device does to its trained delta before it leaves: a chain of pure steps.
 
     Step = (Delta, TaskContext, rng) -> Delta
-    postprocess([clip, compress])      # today; later clip -> noise -> [attack] -> compress -> [mask]
+    postprocess([error_feedback, clip, compress])   # later: ... clip -> noise -> [attack] -> compress -> [mask]
 
 Each step takes and returns a `Delta` (numpy arrays, no I/O, no clock, the RNG passed in), so
 DP noise, an attack in simulation or a secure-aggregation mask is one more list entry. The
@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .kernel.compress import CompressedTensor, clip_by_global_norm, compress_update
+from .kernel.compress import CompressedTensor, add_residual, clip_by_global_norm, compress_tensors
 from .kernel.protocol import CompressionSpec
 from .kernel.update_codec import encode_tensors
 
@@ -55,6 +55,12 @@ def postprocess(steps: Sequence[Step]) -> Step:
     return chain
 
 
+def error_feedback(delta: Delta, ctx: TaskContext, rng: np.random.Generator) -> Delta:
+    """Add the residual kept from the last task (when error feedback is on), before clipping,
+    so the clip bound holds for what is sent."""
+    return dataclasses.replace(delta, tensors=add_residual(delta.tensors, ctx.residual, ctx.compression))
+
+
 def clip(delta: Delta, ctx: TaskContext, rng: np.random.Generator) -> Delta:
     """Scale the delta to global L2 norm <= compression.clip_norm (0: no clipping)."""
     as_f32 = {n: np.asarray(t, dtype=np.float32) for n, t in delta.tensors.items()}
@@ -63,10 +69,9 @@ def clip(delta: Delta, ctx: TaskContext, rng: np.random.Generator) -> Delta:
 
 
 def compress(delta: Delta, ctx: TaskContext, rng: np.random.Generator) -> Delta:
-    """Error feedback with the kept residual, top-k, quantize (kernel/compress.py); clipping is
-    the clip step's, so it is off here."""
-    spec = dataclasses.replace(ctx.compression, clip_norm=0.0)
-    sent, residual, _ = compress_update(delta.tensors, ctx.residual, spec, rng)
+    """Top-k and quantize (kernel/compress.py), what is sent kept within clip_norm; the new
+    residual is this step's input minus what is sent."""
+    sent, residual = compress_tensors(delta.tensors, ctx.compression, rng)
     return dataclasses.replace(delta, sent=tuple(sent), residual=residual)
 
 
@@ -77,5 +82,6 @@ def encode(delta: Delta) -> bytes:
     return encode_tensors(list(delta.sent))
 
 
-UPDATE_STEPS: tuple[Step, ...] = (clip, compress)  # the model delta
-CONTROL_STEPS: tuple[Step, ...] = (compress,)  # SCAFFOLD's Δc_i: gradient units, so never clipped by the delta's bound
+UPDATE_STEPS: tuple[Step, ...] = (error_feedback, clip, compress)  # the model delta; compress_update's order
+# SCAFFOLD's Δc_i is in gradient units, not the delta's: its context carries clip_norm 0 (see DeviceRuntime).
+CONTROL_STEPS: tuple[Step, ...] = (error_feedback, compress)

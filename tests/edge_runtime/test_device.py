@@ -213,6 +213,24 @@ def test_by_default_every_task_starts_from_a_fresh_optimizer_state(model, data, 
     assert carried.payload != again.payload  # with keep, the stale buffer is used
 
 
+def test_what_the_device_sends_stays_within_the_clip_bound_with_a_residual(model, data, tmp_path):
+    """The residual is added before clipping, so a sparse round's leftover cannot push the
+    next update past the bound (it did when the device clipped first, then added it)."""
+    _, _, runtime = model
+    clip = 0.05
+    lossy = CompressionSpec(quant_bits=4, topk_fraction=0.2, clip_norm=clip)
+    shared = runtime.initial("shared")
+    device = _runtime(model, data, tmp_path)
+    for round_id in (1, 2, 3):
+        update = device.handle_task(_task(model, round_id=round_id, shared=shared, compression=lossy))
+        sent = decompress_update(decode_tensors(update.payload))
+        norm = float(np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in sent.values())))
+        assert norm <= clip
+        shared = {k: v + sent[k] for k, v in shared.items()}
+    residual = _store(model, tmp_path).load_residual()
+    assert _nonzero(residual)  # a residual was carried, so the order mattered
+
+
 # ---------------------------------------------------------------- the agent
 
 

@@ -39,8 +39,8 @@ def test_steps_run_in_list_order_with_the_same_context_and_rng():
 @pytest.mark.parametrize("spec", [CompressionSpec(quant_bits=8, topk_fraction=0.3, clip_norm=1.0),
                                   CompressionSpec(quant_bits=4, clip_norm=0.0),
                                   CompressionSpec(quant_bits=32, topk_fraction=0.5, clip_norm=2.0, error_feedback=False)])
-def test_clip_then_compress_sends_what_compress_update_sends(seed, spec):
-    """Oracle: compress_update, which clips inside, on the same inputs and RNG state."""
+def test_the_update_chain_sends_what_compress_update_sends(seed, spec):
+    """Oracle: compress_update, the same steps in one call, on the same inputs and RNG state."""
     rng = np.random.default_rng(seed)
     delta, residual = _delta(rng, 3.0), _delta(rng, 0.1)
     out = postprocess(UPDATE_STEPS)(Delta(delta), TaskContext(spec, residual), np.random.default_rng([seed, 1]))
@@ -53,11 +53,14 @@ def test_clip_then_compress_sends_what_compress_update_sends(seed, spec):
     assert set(decoded) == set(delta)
 
 
-def test_the_control_chain_never_clips():
+def test_the_control_chain_has_no_clip_step():
+    """SCAFFOLD's Δc_i: DeviceRuntime gives it a context with clip_norm 0 (test_fedprox_scaffold
+    checks that end to end); the chain itself only adds the residual and compresses."""
+    assert clip not in CONTROL_STEPS and compress in CONTROL_STEPS
     rng = np.random.default_rng(3)
     delta = _delta(rng, 100.0)
     spec = CompressionSpec(quant_bits=32, clip_norm=0.5)
-    out = postprocess(CONTROL_STEPS)(Delta(delta), TaskContext(spec), rng)
+    out = postprocess(CONTROL_STEPS)(Delta(delta), TaskContext(dataclasses.replace(spec, clip_norm=0.0)), rng)
     for name, value in decompress_update(list(out.sent)).items():
         np.testing.assert_array_equal(value, delta[name])
     clipped = clip(Delta(delta), TaskContext(spec), rng)
