@@ -1,37 +1,34 @@
 """The device's message handling: tasks, acks, pace, artifacts, over any Transport.
 
 It subscribes to its own task, ack and artifact topics and the announcement, announces
-itself with a CheckIn, runs each task through DeviceRuntime, publishes the Update or
-Decline, and keeps every update on disk until the coordinator's Ack for it arrives. It
-reads time from the injected clock and never sleeps: the loop that owns sleeping is
-`edge_runtime.loop` on a board, and the simulator's driver in a simulated fleet.
+itself with a CheckIn, and drives each task through the transition table in task.py: every
+message or timeout becomes a task event, and the agent executes the actions the table
+returns (get the task's inputs, train through DeviceRuntime, send the Update or Decline).
+Model delivery (delivery.py) fetches artifacts and round params; the uplink (uplink.py)
+resends every update until the coordinator's Ack; the journal (journal.py) is what survives
+a crash. It reads time from the injected clock and never sleeps: the loop that owns sleeping
+is `edge_runtime.loop` on a board, and the simulator's driver in a simulated fleet.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
+from .delivery import ModelDelivery
+from .device import DeviceRuntime
+from .journal import DeviceJournal
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
-from .device import DeviceRuntime
-from .kernel.errors import ArtifactError, CodecError, PayloadTooLarge, RoundModelError, TransportError
-from .fetch import ArtifactDownload
-from .kernel.manifest import MANIFEST_FILE, sha256_file
-from .pending import PendingUploads
+from .kernel.errors import CodecError, PayloadTooLarge
 from .kernel.protocol import (ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, Ack, Announcement, ArtifactFile, Decline,
-                              FetchRequest, ModelPart, Pace, Status, TrainTask, Update, device_topic)
-from .kernel.round_model import ModelWaits
-from .seen_tasks import SeenTasks
-from .task import TaskState, advance
+                              ModelPart, Pace, Status, TrainTask, Update, device_topic)
 from .kernel.transport.base import Message, Transport, topic_matches
+from .task import (Acked, Failed, FetchInputs, InputsReady, InvalidTransition, Received, Refused, SendDecline,
+                   SendUpdate, TaskState, Train, Trained, on_event)
+from .uplink import Uplink
 
 log = logging.getLogger("fedge.agent")
-
-_SAFE_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z_.-]{0,127}")
-_SEEN_TASKS_KEPT = 256  # task ids remembered across restarts, so a redelivered task is not trained twice
-_MAX_BACKOFF_STEPS = 5  # resend interval grows to republish_s * 2**5 while no Ack comes
 
 
 class DeviceAgent:
@@ -54,33 +51,29 @@ class DeviceAgent:
         self.clock = clock or SystemClock()
         self.max_message_bytes = max_message_bytes
         self.home = Path(runtime.state_root) / runtime.device_id
-        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else self.home / "artifacts"
-        self.pending = PendingUploads(self.home / "pending")
-        self.republish_s = republish_s
         self.checkin_s = checkin_s
-        self.fetch_timeout_s = fetch_timeout_s
-        self.model_wait_s = model_wait_s
-        self.model_waits = ModelWaits(max_message_bytes)
-        self._parts_subscribed = False
-        self.pending_max_age_s = pending_max_age_s
+        self.journal = DeviceJournal(self.home, max_message_bytes, self.clock)
+        # Both publish through self._publish at call time: the simulator holds answers by swapping it.
+        self.uplink = Uplink(self.device_id, self.journal, lambda ch, p: self._publish(ch, p), republish_s,
+                             pending_max_age_s)
+        self.delivery = ModelDelivery(runtime, transport, lambda ch, p: self._publish(ch, p),
+                                      Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
+                                      max_message_bytes, fetch_timeout_s, model_wait_s)
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
-        self.declines: dict[str, bytes] = {}  # task_id -> the Decline sent, re-sent if the task comes again
-        self.waiting: dict[str, tuple[list[TrainTask], ArtifactDownload, float]] = {}  # model_id -> downloads
         self.announcement: Announcement | None = None
         self.next_checkin = float("inf")
-        self.next_republish = float("inf")
-        self._unacked_resends = 0
         self.started = False
-        self.seen = SeenTasks(self.home / "seen_tasks.json", _SEEN_TASKS_KEPT)
-        # A crash between staging a task's state and keeping its update: finish or undo it.
-        recover = getattr(runtime, "recover", None)
-        if recover is not None:
-            recover(lambda update_id: update_id in self.pending)
+        self.journal.recover()  # a crash between staging a task's state and keeping its update: finish or undo it
 
     @property
     def device_id(self) -> str:
         return self.runtime.device_id
+
+    @property
+    def pending(self):
+        """Updates kept until acknowledged (PendingUploads)."""
+        return self.journal.pending
 
     @staticmethod
     def last_will(device_id: str) -> Message:
@@ -100,12 +93,9 @@ class DeviceAgent:
     def on_reconnect(self) -> None:
         """The link came back: the broker may have lost anything in flight, so resend."""
         self._announce_online()  # the Last Will left "offline" retained
-        self._unacked_resends = 0
+        self.uplink.reconnected()
         self.republish_pending()
-        for tasks, download, _ in self.waiting.values():
-            self._request_files(tasks[0], download)
-        for task in self.model_waits.asked_inline():
-            self._request_inline(task)
+        self.delivery.on_reconnect()
         self.check_in()
 
     def check_in(self) -> None:
@@ -117,25 +107,10 @@ class DeviceAgent:
         now = self.clock.now()
         if now >= self.next_checkin:
             self.check_in()
-        if len(self.pending) and now >= self.next_republish:
-            for stale in self.pending.older_than(self.pending_max_age_s):
-                log.warning("device %s: dropping update %s of round %d: no Ack in %g s", self.device_id,
-                            stale.update_id, stale.round_id, self.pending_max_age_s)
-                self.pending.remove(stale.update_id)
-            self._unacked_resends = min(self._unacked_resends + 1, _MAX_BACKOFF_STEPS)
+        if self.uplink.resend_due(now):
             self.republish_pending()
-        for model_id, (tasks, download, started) in list(self.waiting.items()):
-            if now - started > self.fetch_timeout_s:
-                del self.waiting[model_id]
-                for task in tasks:
-                    self._decline(task, "artifact_fetch_timeout", f"model {model_id}: still missing {download.missing() or 'manifest'}")
-        for task in self.model_waits.overdue(now, self.model_wait_s):
-            log.info("device %s: round model for task %s not complete after %g s; asking for it inline",
-                     self.device_id, task.task_id, self.model_wait_s)
-            self._request_inline(task)
-        for task in self.model_waits.expired(now, self.model_wait_s + self.fetch_timeout_s):
-            self._decline(task, "round_model_timeout", "neither the round's model parts nor an inline task came")
-        self._sync_parts_subscription()
+        for task, refused in self.delivery.timeouts(now):
+            self._step(task, refused)
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Handle at most one incoming message; True if one was handled."""
@@ -153,7 +128,8 @@ class DeviceAgent:
             if not msg.retain and message.session != before:
                 self.check_in()  # a coordinator (re)started: it may have missed our last check-in
         elif isinstance(message, ModelPart) and topic_matches(MODEL_PARTS_FILTER, msg.topic):
-            self._on_model_part(message)
+            for task in self.delivery.on_part(message):
+                self._train(task)
         elif getattr(message, "device_id", None) != self.device_id and not isinstance(message, ArtifactFile):
             log.warning("device %s ignored %s addressed to someone else on %s", self.device_id, type(message).__name__, msg.topic)
         elif isinstance(message, TrainTask):
@@ -163,247 +139,124 @@ class DeviceAgent:
         elif isinstance(message, Pace):
             self.next_checkin = self.clock.now() + max(0.0, message.retry_after_s)
         elif isinstance(message, ArtifactFile) and msg.topic == device_topic(self.device_id, "artifact"):
-            self._on_artifact(message)
+            ready, refused = self.delivery.on_artifact(message)
+            for task, why in refused:
+                self._step(task, why)
+            for task in ready:
+                self._run_task(task)
         else:
             log.warning("device %s ignored unexpected %s on %s", self.device_id, type(message).__name__, msg.topic)
         return True
 
     def republish_pending(self) -> int:
         """Send every unacknowledged update again (the broker is not a durable store)."""
-        items = self.pending.items()
-        # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
-        self.next_republish = self.clock.now() + self.republish_s * 2 ** self._unacked_resends
-        for item in items:
-            self._publish("update", item.payload)
-        return len(items)
+        return self.uplink.resend_all(self.clock.now())
 
-    # ------------------------------------------------------------------ handlers
+    # ------------------------------------------------------------------ the task table's shell
+
+    def _step(self, task: TrainTask, event) -> None:
+        """Feed one event to the task's table and run the actions it returns."""
+        state = self.tasks.get(task.task_id, TaskState.IDLE)
+        try:
+            state, actions = on_event(state, event)
+        except InvalidTransition as exc:  # e.g. a second copy of a task's inputs: it trains once
+            log.warning("device %s: task %s: %s; ignored", self.device_id, task.task_id, exc)
+            return
+        self.tasks[task.task_id] = state
+        for action in actions:
+            if isinstance(action, FetchInputs):
+                ready = self.delivery.model_ready(task, self.clock.now())
+                if isinstance(ready, Refused):
+                    self._step(task, ready)
+                elif ready:
+                    self._run_task(task)
+            elif isinstance(action, Train):
+                self._train_now(task, action.deadline_at)
+            elif isinstance(action, SendDecline):
+                self._received.pop(task.task_id, None)
+                self.uplink.send_decline(Decline(self.device_id, task.round_id, task.task_id, action.reason,
+                                                 action.detail, action.stage))
+            elif isinstance(action, SendUpdate):
+                self.uplink.send_update(self.journal.kept(action.update_id), self.clock.now())
+            else:
+                raise TypeError(f"unknown task action {action!r}")
 
     def _on_task(self, task: TrainTask) -> None:
-        if task.task_id in self.tasks or task.task_id in self.seen:
+        if task.task_id in self.tasks or task.task_id in self.journal:
             self._answer_again(task)
             return
         self.tasks[task.task_id] = TaskState.IDLE
         self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
-        self.seen.add(task.task_id, task.round_id)
-        if not _SAFE_ID.fullmatch(task.model_id):
-            self._decline(task, "bad_model_id", f"model id {task.model_id!r} is not a safe name")
-            return
-        if not self._model_ready(task):
-            return
-        self._run_task(task)
+        self.journal.received(task.task_id, task.round_id)
+        self._step(task, Received(task.model_id))
 
     def _answer_again(self, task: TrainTask) -> None:
         """A task seen before came again (QoS 1 redelivery, or the coordinator resending after a
         loss): repeat the answer, never the training."""
-        if self.model_waits.waiting(task.task_id):
-            if not task.round_model_sha256 and self.model_waits.take(task.task_id):
-                self._sync_parts_subscription()
+        if self.delivery.waits_for_parts(task.task_id):
+            if self.delivery.take_inline(task):
                 self._received[task.task_id] = self.clock.now()  # its deadline_s counts from now
                 self._train(task)  # the inline copy we asked for
             return
-        if task.task_id in self.declines:
-            self._publish("update", self.declines[task.task_id])
-        elif task.model_id in self.waiting:
-            tasks, download, _ = self.waiting[task.model_id]
-            self._request_files(tasks[0], download)
-        else:
+        if not self.uplink.repeat_decline(task.task_id) and not self.delivery.request_again(task):
             self.republish_pending()
         log.info("device %s: task %s already seen; answered again", self.device_id, task.task_id)
 
     def _run_task(self, task: TrainTask) -> None:
         """Train once the task's params are at hand: inline, or from the round's model parts."""
-        try:
-            filled = self.model_waits.resolve(task, self.clock.now())
-        except RoundModelError as exc:
-            self._decline(task, exc.reason, str(exc))
-            return
-        if filled is None:
-            self._sync_parts_subscription()
-            return
-        self._train(filled)
+        filled = self.delivery.resolve_params(task, self.clock.now())
+        if isinstance(filled, Refused):
+            self._step(task, filled)
+        elif filled is not None:
+            self._train(filled)
 
     def _train(self, task: TrainTask) -> None:
+        """The task's inputs are at hand: the table trains it, or declines it past its deadline."""
         now = self.clock.now()
-        received = self._received.pop(task.task_id, now)
-        deadline_at = received + task.deadline_s
-        if now >= deadline_at:  # it waited for its model (artifacts or parts) past its deadline
-            self._decline(task, "deadline_passed", f"the model came {now - received:.1f} s after the task; "
-                                                   f"it allowed {task.deadline_s:g} s")
-            return
-        self.tasks[task.task_id] = advance(TaskState.IDLE, "task")
+        self._step(task, InputsReady(now, self._received.pop(task.task_id, now), task.deadline_s))
 
+    def _train_now(self, task: TrainTask, deadline_at: float) -> None:
         def past_deadline() -> str | None:  # between training steps: a straggler stops, not just arrives late
             return "deadline" if self.clock.now() >= deadline_at else None
 
-        kept: dict[str, bytes] = {}  # update_id -> the encoded Update as kept
-
-        def persist(update: Update) -> None:  # on disk before the device's state moves, and before it leaves
-            payload = encode_message(update)
-            if len(payload) > self.max_message_bytes:  # never store what can never be sent
-                raise PayloadTooLarge(f"update of {len(payload)} bytes > {self.max_message_bytes}")
-            self.pending.add(update.round_id, update.update_id, payload)  # the commit point: see store.py
-            kept[update.update_id] = payload
-
-        reply = self.runtime.handle_task(task, deadline_check=past_deadline, persist=persist)
+        # The runtime keeps the update in the journal before its state moves (journal.record).
+        reply = self.runtime.handle_task(task, past_deadline, self.journal)
         if isinstance(reply, Decline):
-            self.tasks[task.task_id] = advance(TaskState.TRAINING, "abort" if reply.stage == "during" else "decline")
-            self._send_decline(reply)
+            self._step(task, Failed(reply.reason, reply.detail, reply.stage, aborted=reply.stage == "during"))
             return
         assert isinstance(reply, Update)
-        if reply.update_id not in kept:  # a runtime that does not call persist
+        if self.journal.kept(reply.update_id) is None:  # a runtime that keeps nothing itself
             try:
-                persist(reply)
+                self.journal.keep(reply)
             except PayloadTooLarge as exc:
-                self.tasks[task.task_id] = advance(TaskState.TRAINING, "decline")
-                self._send_decline(Decline(self.device_id, task.round_id, task.task_id, exc.reason, str(exc), "during"))
+                self._step(task, Failed(exc.reason, str(exc), "during", aborted=False))
                 return
-        self.tasks[task.task_id] = advance(TaskState.TRAINING, "trained")
-        self.next_republish = self.clock.now() + self.republish_s  # first: a failed publish is retried by tick()
-        self._publish("update", kept[reply.update_id])
+        self._step(task, Trained(reply.update_id))
 
     def _on_ack(self, ack: Ack) -> None:
-        self.seen.answered(ack.task_id)  # before the update goes: a pending update says "answered" until then
-        self.pending.remove(ack.update_id)
-        self._unacked_resends = 0
+        self.journal.acknowledged(ack.task_id, ack.update_id)
+        self.uplink.acked()
         on_ack = getattr(self.runtime, "on_ack", None)
         if on_ack is not None:
             on_ack(ack)  # e.g. SCAFFOLD puts its control variate back when an upload was refused
         if self.tasks.get(ack.task_id) == TaskState.UPLOADING:
-            self.tasks[ack.task_id] = advance(TaskState.UPLOADING, "ack" if ack.accepted else "rejected")
+            self.tasks[ack.task_id], _ = on_event(TaskState.UPLOADING, Acked(ack.accepted))
         if not ack.accepted:
             log.info("device %s: update %s rejected: %s", self.device_id, ack.update_id, ack.reason)
-
-    # ------------------------------------------------------------------ round model
-
-    def _on_model_part(self, part: ModelPart) -> None:
-        ready, inline, why = self.model_waits.on_part(part)
-        for task in inline:
-            log.warning("device %s: round model for task %s refused (%s); asking for it inline", self.device_id,
-                        task.task_id, why)
-            self._request_inline(task)
-        self._sync_parts_subscription()
-        for task in ready:
-            self._train(task)
-
-    def _request_inline(self, task: TrainTask) -> None:
-        self._publish("fetch", encode_message(FetchRequest(self.device_id, task.model_id, task_id=task.task_id)))
-
-    def _sync_parts_subscription(self) -> None:
-        """Subscribed to the model parts only while a task waits for them: the broker then sends
-        the retained parts once per round to the devices that train, not to the whole fleet."""
-        want = self.model_waits.listening
-        if want == self._parts_subscribed:
-            return
-        try:
-            if want:
-                self.transport.subscribe(MODEL_PARTS_FILTER)
-            else:
-                self.transport.unsubscribe(MODEL_PARTS_FILTER)
-        except TransportError:
-            return  # the link is down: tick() tries again
-        self._parts_subscribed = want
-
-    # ------------------------------------------------------------------ artifacts
-
-    def _model_ready(self, task: TrainTask) -> bool:
-        """True if the task's model is installed and matches the task's manifest hash; else a
-        download starts (or joins one under way) and the task waits for it."""
-        installed = self.runtime.model_dirs.get(task.model_id)
-        fetched = self.artifacts_dir / task.model_id
-        for directory in (installed, fetched):
-            if directory is None or not (Path(directory) / MANIFEST_FILE).exists():
-                continue
-            if task.manifest_sha256 and sha256_file(Path(directory) / MANIFEST_FILE) != task.manifest_sha256:
-                log.warning("device %s: model %s in %s does not match the task's manifest hash; fetching it",
-                            self.device_id, task.model_id, directory)
-                continue
-            try:
-                if directory != installed:
-                    self.runtime.add_model(task.model_id, directory)
-            except ArtifactError as exc:
-                log.warning("device %s: installed model %s is unusable: %s", self.device_id, task.model_id, exc)
-                continue
-            return True
-        if task.model_id in self.waiting:
-            self.waiting[task.model_id][0].append(task)
-            return False
-        try:
-            download = ArtifactDownload(task.model_id, task.manifest_sha256, fetched)
-        except ArtifactError as exc:
-            self._decline(task, exc.reason, str(exc))
-            return False
-        self.waiting[task.model_id] = ([task], download, self.clock.now())
-        self._request_files(task, download)
-        log.info("device %s: fetching model %s for task %s", self.device_id, task.model_id, task.task_id)
-        return False
-
-    def _request_files(self, task: TrainTask, download: ArtifactDownload) -> None:
-        files = download.missing() if download.manifest is not None else ()
-        self._publish("fetch", encode_message(FetchRequest(self.device_id, task.model_id, files)))
-
-    def _on_artifact(self, item: ArtifactFile) -> None:
-        entry = self.waiting.get(item.model_id)
-        if entry is None:
-            return  # a late or repeated file for a model we already have
-        tasks, download, _ = entry
-        if item.path != MANIFEST_FILE and download.manifest is None:
-            return  # a straggler from an earlier transfer; the manifest comes first in every transfer
-        if item.path in download.received:
-            return
-        try:
-            done = download.accept(item)
-        except ArtifactError as exc:
-            del self.waiting[item.model_id]
-            log.warning("device %s: artifact %s of model %s refused: %s", self.device_id, item.path, item.model_id, exc)
-            for task in tasks:
-                self._decline(task, exc.reason, str(exc))
-            return
-        if not done:
-            return
-        del self.waiting[item.model_id]
-        try:
-            self.runtime.add_model(item.model_id, download.dest)
-        except ArtifactError as exc:
-            for task in tasks:
-                self._decline(task, exc.reason, str(exc))
-            return
-        log.info("device %s: model %s installed and verified", self.device_id, item.model_id)
-        for task in tasks:
-            self._run_task(task)
-
-    # ------------------------------------------------------------------ helpers
-
-    def _decline(self, task: TrainTask, reason: str, detail: str) -> None:
-        self._received.pop(task.task_id, None)
-        self.tasks[task.task_id] = TaskState.DECLINED
-        self._send_decline(Decline(self.device_id, task.round_id, task.task_id, reason, detail, "before"))
-
-    def _send_decline(self, decline: Decline) -> None:
-        payload = encode_message(decline)
-        self.declines[decline.task_id] = payload
-        if len(self.declines) > _SEEN_TASKS_KEPT:
-            self.declines.pop(next(iter(self.declines)))
-        self._publish("update", payload)
-        self.seen.answered(decline.task_id)  # after it left: a crash before says "interrupted" on restart
 
     def _decline_interrupted(self) -> None:
         """Tasks a previous run of this device received but never answered (it stopped while
         training, or while waiting for the model): decline them, so their rounds need not wait
         for the deadline."""
-        kept = set()
-        for item in self.pending.items():
-            try:
-                kept.add(decode_message(item.payload).task_id)
-            except CodecError:
-                pass
-        for task_id, round_id in self.seen.unanswered():
-            if task_id in self.tasks or task_id in kept:  # this run's, or its update is pending (an answer)
+        for task_id, round_id in self.journal.interrupted():
+            if task_id in self.tasks:  # this run's
                 continue
             log.warning("device %s: task %s of round %d was interrupted before it was answered; declining it",
                         self.device_id, task_id, round_id)
-            self._send_decline(Decline(self.device_id, round_id, task_id, "interrupted",
-                                       "the device stopped before it answered this task", "during"))
+            self.uplink.send_decline(Decline(self.device_id, round_id, task_id, "interrupted",
+                                             "the device stopped before it answered this task", "during"))
+
+    # ------------------------------------------------------------------ link
 
     def _announce_online(self) -> None:
         self.transport.publish(device_topic(self.device_id, "status"), encode_message(Status(self.device_id, True)),

@@ -1,5 +1,6 @@
-"""What a device does with a task, without I/O: check eligibility, train locally, compress,
-persist local state, and answer with an Update or a Decline.
+"""What a device does with a task, without I/O: check eligibility, train locally, run the
+delta through the post-processing chain (postprocess.py: clip, compress), record the new local
+state with the update in the journal, and answer with an Update or a Decline.
 
 SCAFFOLD (a task with a non-empty `correction`, which is the server control variate c): the
 device trains with the correction c - c_i, its own c_i read from the store (zeros at first),
@@ -8,7 +9,7 @@ like the delta (same bits and top-k, no clipping: Δc_i is in gradient units, th
 in delta units) with its own error-feedback residual. c_i then moves by what was *sent*, the
 rest waits in the residual: so the coordinator's c stays the mean of the c_i that the devices
 hold, however lossy the compression. c_i is saved with the update, like the delta's residual
-(staged, the update kept for upload, then applied; see store.py); if the coordinator then
+(staged, the update kept for upload, then applied; see journal.py); if the coordinator then
 rejects the upload (typically stale: the round closed before it arrived), `on_ack` puts c_i
 and its residual back, so c and the c_i stay consistent. An upload that is lost for good,
 with no Ack ever, leaves c_i ahead of c.
@@ -27,16 +28,18 @@ from typing import Callable
 
 import numpy as np
 
-from .kernel.compress import compress_update, decompress_update
+from .kernel.compress import decompress_update
 from .kernel.errors import ArtifactError, CodecError, ConfigError, FedgeError, PayloadTooLarge, TaskAborted
+from .journal import DeviceJournal, commit_task_state
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .kernel.manifest import check_params
 from .model_runtime import ModelRuntime
 from .personalize import PINNABLE, head_params, tune_head
+from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
 from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
-from .kernel.update_codec import decode_dense, dense_fp32_bytes, encode_tensors
+from .kernel.update_codec import decode_dense, dense_fp32_bytes
 
 log = logging.getLogger("fedge.device")
 
@@ -132,14 +135,15 @@ class DeviceRuntime:
         return self._backends[key]
 
     def handle_task(self, task: TrainTask, deadline_check: Callable[[], str | None] | None = None,
-                    persist: Callable[[Update], None] | None = None) -> Update | Decline:
+                    journal: DeviceJournal | None = None) -> Update | Decline:
         """Train for `task`; every failure becomes a Decline that says why. deadline_check is
         asked between steps next to abort_check: the agent's clock says when the task's time is up.
 
-        persist(update) makes the update durable (the agent's pending uploads). It is called
-        after the task's new local state is staged and before that state is applied (see
-        store.py), so a crash never leaves the state moved on without its update kept; if it
-        raises PayloadTooLarge, the state stays as it was and the task is declined."""
+        journal: where the update is kept until acknowledged (the agent's). The task's new local
+        state and its update go through journal.record (stage, keep, apply), so a crash never
+        leaves the state moved on without its update kept; if keeping raises PayloadTooLarge,
+        the state stays as it was and the task is declined. Without a journal the state is
+        applied and the update kept nowhere."""
         reason = self.eligibility()
         if reason:
             return self._decline(task, reason, "not eligible", "before")
@@ -150,7 +154,7 @@ class DeviceRuntime:
 
         try:
             with self._busy:
-                return self._train(task, should_abort, persist or (lambda update: None))
+                return self._train(task, should_abort, journal)
         except TaskAborted as exc:
             return self._decline(task, f"aborted:{exc.cause}", exc.detail, "during")
         except PayloadTooLarge as exc:  # the update can never be sent: nothing of it was kept
@@ -161,21 +165,8 @@ class DeviceRuntime:
             log.warning("device %s task %s failed: %s", self.device_id, task.task_id, exc)
             return self._decline(task, exc.reason, str(exc), "during")
 
-    def recover(self, persisted: Callable[[str], bool]) -> None:
-        """After a restart: apply the staged state of every update that was made durable, and
-        drop the staged state of those that were not (their task was never answered)."""
-        for path in sorted((self.state_root / self.device_id).glob("*/staged-*.npz")):
-            store = DeviceStore(self.state_root / self.device_id, path.parent.name)
-            for update_id in store.staged():
-                if persisted(update_id):
-                    store.commit_staged(update_id)
-                else:
-                    log.warning("device %s: dropping the state of update %s: it was never kept for upload",
-                                self.device_id, update_id)
-                    store.discard_staged(update_id)
-
     def _train(self, task: TrainTask, should_abort: Callable[[], str | None],
-               persist: Callable[[Update], None]) -> Update:
+               journal: DeviceJournal | None) -> Update:
         model = self.model(task.model_id)
         manifest = model.manifest
         shared = decode_dense(task.params)
@@ -211,8 +202,9 @@ class DeviceRuntime:
             should_abort=should_abort,
         )
         update_id = uuid.uuid4().hex
-        tensors, residual, _ = compress_update(result.shared_delta, store.load_residual(), task.compression, rng)
-        payload = encode_tensors(tensors)
+        ctx = TaskContext(task.compression, store.load_residual(), self.device_id, task.round_id)
+        out = postprocess(UPDATE_STEPS)(Delta(result.shared_delta), ctx, rng)
+        payload, residual = encode(out), out.residual
         control = b""
         dense_bytes = dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")})
         kept_state = result.opt_state if task.hyper.keep_optimizer_state else None  # None: no stale file lingers
@@ -220,11 +212,12 @@ class DeviceRuntime:
         if server_control is not None:
             delta_c = scaffold_control_delta(server_control, result.shared_delta, result.steps, task.hyper)
             old_residual = _fitting(store.load_control_residual(), shared)
-            spec = dataclasses.replace(task.compression, clip_norm=0.0)
-            sent, control_residual, _ = compress_update(delta_c, old_residual, spec, rng)
-            control = encode_tensors(sent)
+            unclipped = dataclasses.replace(task.compression, clip_norm=0.0)
+            ctx = TaskContext(unclipped, old_residual, self.device_id, task.round_id)
+            out = postprocess(CONTROL_STEPS)(Delta(delta_c), ctx, rng)
+            control, control_residual = encode(out), out.residual
             dense_bytes *= 2
-            decoded = decompress_update(sent)  # what the coordinator will add to c
+            decoded = decompress_update(list(out.sent))  # what the coordinator will add to c
             saves["control_undo"] = store.undo_arrays(update_id, client_control, old_residual)
             saves["control"] = {k: client_control[k] + decoded[k] for k in client_control}
             saves["control_residual"] = control_residual
@@ -241,14 +234,12 @@ class DeviceRuntime:
             metrics={"loss": result.mean_loss, "steps": float(result.steps)},
             control=control,
         )
-        # Staged, kept, applied: see store.py for why this order survives a crash at any step.
-        store.stage(update_id, saves, {"last_round": task.round_id, "last_task": task.task_id})
-        try:
-            persist(update)
-        except Exception:  # refused or failed, so not kept. (A dying process runs no handler: recover() decides.)
-            store.discard_staged(update_id)
-            raise
-        store.commit_staged(update_id)
+        # Staged, kept, applied: see journal.py for why this order survives a crash at any step.
+        meta = {"last_round": task.round_id, "last_task": task.task_id}
+        if journal is not None:
+            journal.record(store, update, saves, meta)
+        else:
+            commit_task_state(store, update_id, saves, meta, keep=lambda: None)
         return update
 
     def on_ack(self, ack: Ack) -> None:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .kernel.errors import ConfigError, TaskAborted, TrainingError
+from .kernel.errors import ConfigError, Diverged, TaskAborted, TrainingError
 from .kernel.manifest import Manifest
 from .kernel.protocol import TaskHyper
 from .trainer.base import Params, StepHyper, TrainerBackend
@@ -39,7 +39,29 @@ def step_hyper(hyper: TaskHyper) -> StepHyper:
         beta1=hyper.beta1,
         beta2=hyper.beta2,
         eps=hyper.eps,
+        max_grad_norm=hyper.max_grad_norm,
     )
+
+
+LOSS_FLOOR = 1.0  # nats: a near-zero first loss must not make ordinary batch noise look like divergence
+
+
+def check_guard_hyper(hyper: TaskHyper) -> None:
+    """ConfigError unless the training guards are usable numbers (a task is network input)."""
+    if not (math.isfinite(hyper.max_grad_norm) and hyper.max_grad_norm >= 0):
+        raise ConfigError(f"max_grad_norm must be finite and >= 0 (0 = off), got {hyper.max_grad_norm}")
+    if not (math.isfinite(hyper.divergence_factor) and (hyper.divergence_factor == 0 or hyper.divergence_factor > 1)):
+        raise ConfigError(f"divergence_factor must be 0 (off) or a finite number > 1, got {hyper.divergence_factor}")
+
+
+def check_loss(loss: float, first: float | None, steps: int, hyper: TaskHyper) -> None:
+    """Diverged if the batch loss is non-finite, or past divergence_factor times the first
+    loss (or LOSS_FLOOR, whichever is larger)."""
+    if not math.isfinite(loss):
+        raise Diverged(f"loss became {loss} at step {steps}; lower the learning rate (lr={hyper.lr})")
+    if first is not None and hyper.divergence_factor and loss > hyper.divergence_factor * max(first, LOSS_FLOOR):
+        raise Diverged(f"loss {loss:.4g} at step {steps} is over {hyper.divergence_factor:g}x the first "
+                       f"{first:.4g}; lower the learning rate (lr={hyper.lr})")
 
 
 def train_locally(
@@ -56,10 +78,16 @@ def train_locally(
     should_abort: Callable[[], str | None] = lambda: None,
 ) -> LocalResult:
     """Run hyper.epochs over (z, y) in shuffled minibatches; checks `should_abort` before
-    every step and raises TaskAborted with its reason."""
+    every step and raises TaskAborted with its reason.
+
+    Guards: the backend clips each step's gradient to hyper.max_grad_norm, and a batch loss
+    that is non-finite or blows up (check_loss) raises Diverged, so a task never sends the
+    delta of a run that went off. A step's loss is measured before the step, so the last
+    step itself is bounded by the clipping, not by the loss check."""
     n = len(y)
     if n == 0:
         raise TrainingError("no local training examples")
+    check_guard_hyper(hyper)
     backend.start({**shared, **personal}, opt_state, anchor=shared, correction=correction)
     sh = step_hyper(hyper)
     steps, losses = 0, []
@@ -72,8 +100,7 @@ def train_locally(
                 raise TaskAborted(cause, f"after {steps} steps")
             idx = order[b * hyper.batch_size : (b + 1) * hyper.batch_size]
             loss = backend.step(z[idx], y[idx], sh)
-            if not math.isfinite(loss):
-                raise TrainingError(f"loss became {loss} at step {steps}; lower the learning rate (lr={hyper.lr})")
+            check_loss(loss, losses[0] if losses else None, steps, hyper)
             losses.append(loss)
             steps += 1
             if hyper.max_steps and steps >= hyper.max_steps:
@@ -83,7 +110,7 @@ def train_locally(
     params, state = backend.current()
     for name, value in params.items():
         if not np.all(np.isfinite(value)):
-            raise TrainingError(f"param {name} became non-finite; lower the learning rate (lr={hyper.lr})")
+            raise Diverged(f"param {name} became non-finite; lower the learning rate (lr={hyper.lr})")
     shared_names = [p.name for p in manifest.by_role("shared")]
     delta = {k: params[k] - shared[k] for k in shared_names}
     new_personal = {k: params[k] for k in personal}

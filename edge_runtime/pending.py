@@ -3,16 +3,18 @@
 The broker is not a durable store (a broker killed with -9 loses QoS 1 messages it already
 acknowledged), so the device keeps every encoded Update until the coordinator's Ack for its
 update id arrives, across restarts of the device too. One file per update:
-`r<round>-<update_id>.msg`, written atomically.
+`r<round>-<update_id>.msg`, written atomically; its mtime is the injected clock's wall time
+when it was kept, so the age of an update is measured on the same clock that asks for it.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .kernel.clock import SystemClock
 from .kernel.files import atomic_write_bytes
 
 _NAME = re.compile(r"^r(\d+)-([0-9A-Za-z_-]+)\.msg$")
@@ -26,8 +28,9 @@ class PendingUpload:
 
 
 class PendingUploads:
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, clock=None):
         self.dir = Path(directory)
+        self.clock = clock or SystemClock()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._items: dict[str, PendingUpload] = {}
         for path in sorted(self.dir.iterdir()):
@@ -38,7 +41,10 @@ class PendingUploads:
     def add(self, round_id: int, update_id: str, payload: bytes) -> None:
         if not re.fullmatch(r"[0-9A-Za-z_-]+", update_id):
             raise ValueError(f"update id {update_id!r} is not a safe file name")
-        atomic_write_bytes(self._path(round_id, update_id), payload)
+        path = self._path(round_id, update_id)
+        atomic_write_bytes(path, payload)
+        written = self.clock.wall()
+        os.utime(path, (written, written))
         self._items[update_id] = PendingUpload(round_id, update_id, payload)
 
     def remove(self, update_id: str) -> bool:
@@ -57,12 +63,15 @@ class PendingUploads:
     def __len__(self) -> int:
         return len(self._items)
 
+    def get(self, update_id: str) -> PendingUpload | None:
+        return self._items.get(update_id)
+
     def items(self) -> list[PendingUpload]:
         return list(self._items.values())
 
     def older_than(self, seconds: float) -> list[PendingUpload]:
-        """Uploads written more than `seconds` ago (file mtime, wall clock), oldest first."""
-        now = time.time()
+        """Uploads kept more than `seconds` ago by the clock's wall time (file mtime), oldest first."""
+        now = self.clock.wall()
         old = []
         for item in self._items.values():
             try:

@@ -70,7 +70,9 @@ def tune_head(
     fresh = fresh_optimizer_state(backend.manifest, backend.optimizer)
     state = dict(fresh)
     carried = [k for k in fresh if k == "step" or any(k.startswith(f"{n}.") for n in names)]
-    sh = step_hyper(dataclasses.replace(hyper, mu=0.0))  # no prox: the head is not pulled back
+    # No prox: the head is not pulled back. No step bound: the body is pinned (restarted every
+    # step), so a bound on the whole step would be set by moves that are thrown away.
+    sh = step_hyper(dataclasses.replace(hyper, mu=0.0, max_grad_norm=0.0))
     shared = {p.name: pinned[p.name] for p in backend.manifest.by_role("shared")}
     batch = max(1, min(hyper.batch_size, len(y)))
     done = 0

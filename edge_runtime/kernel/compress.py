@@ -1,12 +1,23 @@
-"""Update compression: clip, sparsify (top-k), quantize, error feedback. Pure numpy, no I/O.
+"""Update compression: error feedback, clip, sparsify (top-k), quantize. Pure numpy, no I/O.
 
 The device turns its parameter delta into a list of `CompressedTensor`s with
-`compress_update`; `update_codec` turns that list into bytes, and the coordinator gets the
+`compress_update` (or the same steps one by one: `add_residual`, `clip_by_global_norm`,
+`compress_tensors`); `update_codec` turns that list into bytes, and the coordinator gets the
 delta back with `decompress_update`. The RNG (for stochastic rounding) is always passed in.
 
 Error feedback: whatever a round does not send (entries below the top-k cut and the
-quantization error) is carried in a residual and added to the next round's delta, so over
-rounds  sum(decompressed sent) + final residual == sum(clipped deltas)  up to float rounding.
+quantization error) is carried in a residual and added to the next round's delta *before*
+clipping, so the clip bound holds for what is sent:
+
+    acc_t  = delta_t + r_{t-1}
+    c_t    = clip(acc_t, clip_norm)
+    sent_t = quantize(top-k(c_t)), scaled down if stochastic rounding took it past clip_norm
+    r_t    = c_t - sent_t
+
+Invariants (tested over many seeds): ||sent_t|| <= clip_norm; sent_t + r_t == c_t; and where
+the clip never binds, sum(sent) + final residual == sum(delta), up to float rounding. What a
+binding clip cuts off is dropped, not carried. (An earlier order, clip(delta) + r, let the
+residual push what was sent past the bound.)
 """
 
 from __future__ import annotations
@@ -149,10 +160,71 @@ class CompressedTensor:
 
 @dataclass(frozen=True)
 class CompressionStats:
-    original_norm: float  # global L2 norm of the raw delta, before clipping
+    original_norm: float  # global L2 norm of delta + residual, before clipping
     clipped: bool
     kept_entries: int  # entries sent, over all tensors
     total_entries: int
+
+
+def _check_spec(spec: CompressionSpec) -> None:
+    if spec.quant_bits not in BITS:
+        raise ValueError(f"quant_bits must be one of {BITS}, got {spec.quant_bits}")
+    if not (spec.topk_fraction > 0 and math.isfinite(spec.topk_fraction)):
+        raise ValueError(f"topk_fraction must be > 0, got {spec.topk_fraction}")
+
+
+def add_residual(
+    delta: dict[str, np.ndarray], residual: dict[str, np.ndarray] | None, spec: CompressionSpec
+) -> dict[str, np.ndarray]:
+    """acc = delta + residual as float32 (error feedback). A residual is ignored when error
+    feedback is off; one whose names or shapes differ from the delta's is a ValueError."""
+    as_f32 = {n: np.asarray(t, dtype=np.float32) for n, t in delta.items()}
+    if not (spec.error_feedback and residual is not None):
+        return as_f32
+    if set(residual) != set(delta):
+        raise ValueError(f"residual tensors {sorted(residual)} do not match delta tensors {sorted(delta)}")
+    acc = {}
+    for name in sorted(as_f32):
+        if residual[name].shape != as_f32[name].shape:
+            raise ValueError(f"residual {name!r} has shape {residual[name].shape}, delta has {as_f32[name].shape}")
+        acc[name] = as_f32[name] + residual[name].astype(np.float32, copy=False)
+    return acc
+
+
+def compress_tensors(
+    acc: dict[str, np.ndarray], spec: CompressionSpec, rng: np.random.Generator
+) -> tuple[list[CompressedTensor], dict[str, np.ndarray] | None]:
+    """Top-k and quantize each tensor of `acc` (float32, already clipped); return (sent, new
+    residual = acc - what the receiver will decode, or None without error feedback).
+
+    Stochastic rounding may round every kept entry up, so with spec.clip_norm > 0 what is
+    sent is scaled (fp32 values, or the quantization scales) to a hair under clip_norm when it
+    came out over; the residual keeps the difference. Tensors go in sorted name order, so the
+    result is a function of (inputs, rng state)."""
+    _check_spec(spec)
+    sent = [_compress_one(name, acc[name], spec, rng) for name in sorted(acc)]
+    if spec.clip_norm > 0:
+        sent = _bound(sent, spec.clip_norm)
+    if not spec.error_feedback:
+        return sent, None
+    decoded = decompress_update(sent)
+    return sent, {t.name: acc[t.name] - decoded[t.name] for t in sent}
+
+
+def _bound(sent: list[CompressedTensor], bound: float) -> list[CompressedTensor]:
+    """`sent` scaled so its decoded global L2 norm is <= bound."""
+    norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in decompress_update(sent).values()))
+    if norm <= bound:
+        return sent
+    factor = bound / norm * (1 - 2.0**-20)  # the margin: float32 rounding of the product cannot cross the bound
+    out = []
+    for t in sent:
+        if t.bits == 32:
+            t = CompressedTensor(t.name, t.shape, 32, 0.0, t.indices, (t.values * np.float32(factor)).astype(np.float32))
+        else:
+            t = CompressedTensor(t.name, t.shape, t.bits, t.scale * factor, t.indices, t.values)
+        out.append(t)
+    return out
 
 
 def compress_update(
@@ -161,52 +233,30 @@ def compress_update(
     spec: CompressionSpec,
     rng: np.random.Generator,
 ) -> tuple[list[CompressedTensor], dict[str, np.ndarray] | None, CompressionStats]:
-    """Clip, add the residual, keep top-k per tensor, quantize; return (sent, new residual, stats).
+    """Add the residual, clip, keep top-k per tensor, quantize; return (sent, new residual, stats).
 
-    Steps: clip the raw delta by global norm (spec.clip_norm > 0); acc = clipped + residual
-    (error feedback only); keep the k = max(1, ceil(topk_fraction * size)) largest |acc| per
-    tensor (dense when topk_fraction >= 1); quantize the kept values (8/4 bits) or keep fp32;
-    new residual = acc - what the receiver will decode (None without error feedback). A given
-    residual is ignored when error feedback is off. Tensors are processed in sorted name
-    order, so the result is a function of (inputs, rng state).
+    Steps (module docstring): acc = delta + residual (error feedback only; a given residual is
+    ignored when it is off); clip acc by global norm (spec.clip_norm > 0); keep the
+    k = max(1, ceil(topk_fraction * size)) largest |entries| per tensor (dense when
+    topk_fraction >= 1); quantize the kept values (8/4 bits) or keep fp32; bound what is sent by
+    clip_norm; new residual = clipped acc - what the receiver will decode (None without error
+    feedback).
     """
-    if spec.quant_bits not in BITS:
-        raise ValueError(f"quant_bits must be one of {BITS}, got {spec.quant_bits}")
-    if not (spec.topk_fraction > 0 and math.isfinite(spec.topk_fraction)):
-        raise ValueError(f"topk_fraction must be > 0, got {spec.topk_fraction}")
-    use_residual = spec.error_feedback and residual is not None
-    if use_residual and set(residual) != set(delta):
-        raise ValueError(f"residual tensors {sorted(residual)} do not match delta tensors {sorted(delta)}")
-
-    as_f32 = {n: np.asarray(t, dtype=np.float32) for n, t in delta.items()}
-    clipped, norm = clip_by_global_norm(as_f32, spec.clip_norm)
-    sent: list[CompressedTensor] = []
-    new_residual: dict[str, np.ndarray] = {}
-    kept_total = 0
-    for name in sorted(clipped):
-        acc = clipped[name]
-        if use_residual:
-            if residual[name].shape != acc.shape:
-                raise ValueError(f"residual {name!r} has shape {residual[name].shape}, delta has {acc.shape}")
-            acc = acc + residual[name].astype(np.float32, copy=False)
-        tensor, decoded = _compress_one(name, acc, spec, rng)
-        sent.append(tensor)
-        kept_total += tensor.values.size
-        if spec.error_feedback:
-            new_residual[name] = acc - decoded
+    _check_spec(spec)
+    acc = add_residual(delta, residual, spec)
+    clipped, norm = clip_by_global_norm(acc, spec.clip_norm)
+    sent, new_residual = compress_tensors(clipped, spec, rng)
     stats = CompressionStats(
         original_norm=norm,
         clipped=spec.clip_norm > 0 and norm > spec.clip_norm,
-        kept_entries=kept_total,
+        kept_entries=sum(t.values.size for t in sent),
         total_entries=sum(t.size for t in clipped.values()),
     )
-    return sent, (new_residual if spec.error_feedback else None), stats
+    return sent, new_residual, stats
 
 
-def _compress_one(
-    name: str, acc: np.ndarray, spec: CompressionSpec, rng: np.random.Generator
-) -> tuple[CompressedTensor, np.ndarray]:
-    """Compress one float32 tensor; also return its dense decoded form (for the residual)."""
+def _compress_one(name: str, acc: np.ndarray, spec: CompressionSpec, rng: np.random.Generator) -> CompressedTensor:
+    """Compress one float32 tensor."""
     flat = acc.ravel()
     size = flat.size
     if size >= 2**32:
@@ -221,17 +271,9 @@ def _compress_one(
         kept = flat[indices]
     if spec.quant_bits == 32:
         values, scale = kept.astype(np.float32), 0.0
-        sent_vals = values
     else:
         values, scale = quantize_stochastic(kept, spec.quant_bits, rng)
-        sent_vals = dequantize(values, scale)
-    tensor = CompressedTensor(name, tuple(int(d) for d in acc.shape), spec.quant_bits, scale, indices, values)
-    decoded = np.zeros(size, dtype=np.float32)
-    if indices is None:
-        decoded[:] = sent_vals
-    else:
-        decoded[indices] = sent_vals
-    return tensor, decoded.reshape(acc.shape)
+    return CompressedTensor(name, tuple(int(d) for d in acc.shape), spec.quant_bits, scale, indices, values)
 
 
 def decompress_update(tensors: list[CompressedTensor]) -> dict[str, np.ndarray]:

@@ -16,7 +16,8 @@
     ├── BackendUnavailable          the requested trainer backend is not installed here
     │   └── UnsupportedByBackend    the backend cannot do what the task asks (e.g. ORT SGD momentum)
     ├── TrainingError               training produced NaN/Inf or the backend failed
-    │   └── TaskAborted             the device stopped a task (eligibility changed, deadline)
+    │   ├── TaskAborted             the device stopped a task (eligibility changed, deadline)
+    │   └── Diverged                the loss became non-finite or blew up past its first value
     └── TransportError              the link to the broker failed
         ├── ConnectionLost          the link dropped (raised once; MQTT reconnects by itself)
         ├── NotConnected            no live link for this operation
@@ -100,6 +101,12 @@ class UnsupportedByBackend(BackendUnavailable, ValueError):
 
 class TrainingError(FedgeError):
     reason = "training_failed"
+
+
+class Diverged(TrainingError):
+    """Local training blew up; the task is declined instead of sending its delta."""
+
+    reason = "diverged"
 
 
 class TaskAborted(TrainingError):

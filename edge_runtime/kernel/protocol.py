@@ -91,6 +91,13 @@ class TaskHyper:
     # then pushes the new one off course; under quantity skew it made small devices diverge and
     # collapsed FedAvgM's global model for good (heterogeneity benchmark, round 42).
     keep_optimizer_state: bool = False
+    # Local-training guards (0 turns each off). max_grad_norm: each step's gradient is scaled to
+    # this global L2 norm at most, so one bad batch or a too-high lr moves the params a bounded
+    # step (trainer backends say how they apply it). divergence_factor: a task whose batch loss
+    # turns non-finite or exceeds this multiple of its first loss (at least 1 nat) is declined as
+    # `diverged` instead of sending a huge delta.
+    max_grad_norm: float = 10.0
+    divergence_factor: float = 10.0
 
 
 @dataclass(frozen=True)

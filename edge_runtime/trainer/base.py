@@ -9,6 +9,7 @@ backend persists and exchanges them the same way.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ class StepHyper:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    max_grad_norm: float = 0.0  # clip each step to this gradient norm (step_bound); 0 = off
 
 
 class TrainerBackend(ABC):
@@ -76,3 +78,35 @@ def fresh_optimizer_state(manifest: Manifest, optimizer: str) -> Params:
     if optimizer == "adamw":
         state["step"] = np.zeros((), np.float32)
     return state
+
+
+def global_norm(arrays: Params) -> float:
+    """The joint L2 norm of all arrays (float64 sums)."""
+    return math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays.values()))
+
+
+def step_bound(optimizer: str, hyper: StepHyper) -> float:
+    """The most one step may move the params (global L2 norm) under hyper.max_grad_norm; 0 = no bound.
+
+    The train-step graphs keep the gradient inside, so every backend clips the same way, in
+    numpy, on the step: SGD moves by at most lr * max_grad_norm / (1 - momentum), the largest
+    step clipped gradients can make through the momentum buffer (the buffer itself is not
+    clipped). With momentum 0 that is exactly clipping the whole gradient the step applies
+    (data, prox, correction, and weight decay, which torch's clip_grad_norm_ would leave out
+    since torch adds it inside the optimizer). AdamW is not
+    bounded: its step is normalized per coordinate, so a huge gradient does not make a huge
+    step, and the divergence check in local_training covers what is left."""
+    if optimizer != "sgd" or hyper.max_grad_norm <= 0 or not 0 <= hyper.momentum < 1:
+        return 0.0
+    return hyper.lr * hyper.max_grad_norm / (1 - hyper.momentum)
+
+
+def clip_step(before: Params, after: Params, max_norm: float) -> Params | None:
+    """`after` moved back towards `before` so the step after - before has global L2 norm <=
+    max_norm, or None when it already has (or max_norm <= 0, or the step is non-finite)."""
+    step = {k: after[k].astype(np.float64) - before[k] for k in after}
+    norm = global_norm(step)
+    if max_norm <= 0 or not math.isfinite(norm) or norm <= max_norm:
+        return None
+    factor = max_norm / norm
+    return {k: (before[k] + step[k] * factor).astype(after[k].dtype) for k in after}

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..kernel.manifest import Manifest
 from ..kernel.files import load_npz
-from .base import Params, StepHyper, TrainerBackend, fresh_optimizer_state
+from .base import Params, StepHyper, TrainerBackend, clip_step, fresh_optimizer_state, step_bound
 
 
 def load_frozen(artifact_dir, manifest: Manifest) -> Params:
@@ -133,7 +133,11 @@ class NumpyBackend(TrainerBackend):
             grads[name] = grads[name] + hyper.mu * (self.params[name] - self.anchor[name])
             if name in self.correction:
                 grads[name] = grads[name] + self.correction[name]
+        bound = step_bound(self.optimizer, hyper)  # the same rule as the graph backends
+        before = {k: v.copy() for k, v in self.params.items()} if bound else None
         apply_optimizer(self.optimizer, self.params, grads, self.state, hyper)
+        if before is not None:
+            self.params.update(clip_step(before, self.params, bound) or {})
         return loss
 
     def current(self):

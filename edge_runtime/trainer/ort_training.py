@@ -16,6 +16,10 @@ optimizers are ORT's own kernels:
            node attributes: fixed for a run (from the first step after `start`); changing them
            mid-run raises ValueError.
 
+Gradient clipping (StepHyper.max_grad_norm): each step is bounded in numpy as base.step_bound
+says. ORT's SGD step is lr * g with g the loss graph's whole gradient (data, prox, correction),
+so that is exactly clipping g; AdamW is not bounded.
+
 Optimizer state: ORT keeps AdamW's moments and step count inside its CheckpointState, and the
 Python API neither reads nor writes them (only whole-checkpoint files). So `start` always begins
 with a fresh optimizer (a given `opt_state` is ignored) and `current` returns an empty state
@@ -31,7 +35,7 @@ import numpy as np
 
 from ..kernel.errors import UnsupportedByBackend
 from ..kernel.manifest import Manifest
-from .base import Params, StepHyper, TrainerBackend
+from .base import Params, StepHyper, TrainerBackend, clip_step, step_bound
 from ..kernel.artifact_layout import BAKED_ADAMW, OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
 from ..kernel.ort_loader import load_ort_training
 from .portable import import_onnxruntime, make_session
@@ -86,11 +90,19 @@ class OrtTrainingBackend(TrainerBackend):
         feeds["z"] = np.ascontiguousarray(z, np.float32)
         feeds["y"] = np.ascontiguousarray(y, np.int64)
         feeds["mu"] = np.asarray(hyper.mu, np.float32)
+        bound = step_bound(self.optimizer, hyper)
+        before = self._params() if bound else None
         _, data_loss = self.module(*[feeds[n] for n in self.input_names])  # forward + backward
         self.optim.set_learning_rate(float(hyper.lr))
         self.optim.step()
         self.module.lazy_reset_grad()
+        if before is not None:
+            for name, value in (clip_step(before, self._params(), bound) or {}).items():
+                self.state.parameters[name] = np.ascontiguousarray(value, np.float32)
         return float(np.asarray(data_loss).reshape(()))
+
+    def _params(self) -> Params:
+        return {name: np.array(self.state.parameters[name].data, dtype=np.float32, copy=True) for name in self.trainable}
 
     def _ensure_optimizer(self, hyper: StepHyper) -> None:
         if self.optimizer == "sgd":
@@ -131,8 +143,7 @@ class OrtTrainingBackend(TrainerBackend):
     def current(self) -> tuple[Params, Params]:
         if self.module is None:
             raise RuntimeError("call start() before current()")
-        params = {name: np.array(self.state.parameters[name].data, dtype=np.float32, copy=True) for name in self.trainable}
-        return params, {}  # ORT's optimizer state cannot be read out (see module doc)
+        return self._params(), {}  # ORT's optimizer state cannot be read out (see module doc)
 
     def predict(self, params: Params, z: np.ndarray) -> dict[str, np.ndarray]:
         feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}

@@ -1,5 +1,8 @@
 """Backend `portable`: the train-step graph (standard ONNX ops) on a stock onnxruntime
-InferenceSession. Runs on any architecture onnxruntime has a wheel for (x86_64, aarch64)."""
+InferenceSession. Runs on any architecture onnxruntime has a wheel for (x86_64, aarch64).
+
+Gradient clipping (StepHyper.max_grad_norm) is not in the graph (artifacts already on devices
+have no such input): each step is bounded in numpy, as base.step_bound says."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import numpy as np
 
 from ..kernel.errors import BackendUnavailable
 from ..kernel.manifest import Manifest
-from .base import StepHyper, TrainerBackend, fresh_optimizer_state
+from .base import StepHyper, TrainerBackend, clip_step, fresh_optimizer_state, step_bound
 
 
 def import_onnxruntime():
@@ -80,6 +83,9 @@ class PortableBackend(TrainerBackend):
             self._hyper_key = key
         if self.optimizer == "adamw":
             feeds["step"] = self._ortvalue(np.asarray(feeds["step"].numpy() + 1, np.float32))
+        bound = step_bound(self.optimizer, hyper)
+        # Copies: the OrtValues they come from are dropped below, and numpy() may be a view of them.
+        before = {k: feeds[k].numpy().copy() for k in self.param_names} if bound else None
         outputs = self.session.run_with_ort_values(self.output_names, feeds)
         loss = 0.0
         for name, value in zip(self.output_names, outputs):
@@ -87,6 +93,10 @@ class PortableBackend(TrainerBackend):
                 loss = float(value.numpy())
             else:
                 feeds[name[: -len(".new")]] = value
+        if before is not None:
+            clipped = clip_step(before, {k: feeds[k].numpy() for k in self.param_names}, bound)
+            for k, v in (clipped or {}).items():
+                feeds[k] = self._ortvalue(np.ascontiguousarray(v, np.float32))
         return loss
 
     def current(self):

@@ -69,7 +69,7 @@ def test_devices_hear_the_parts_only_while_a_task_waits_for_them(model, tmp_path
     fleet = make_fleet(model, tmp_path, sizes=SIZES, model_part_bytes=PART)
     _round(fleet)
     assert fleet.coordinator.tick().committed
-    assert all(not a._parts_subscribed and not a.model_waits.listening for a in fleet.agents)
+    assert all(not a.delivery.parts_subscribed and not a.delivery.model_waits.listening for a in fleet.agents)
     before = [fleet.broker.stats(a.device_id).messages_received for a in fleet.agents]
     fleet.spy.publish(model_part_topic(0), encode_message(ModelPart("ab" * 32, 0, 1, b"x")), retain=True)
     assert [fleet.broker.stats(a.device_id).messages_received for a in fleet.agents] == before
@@ -82,7 +82,7 @@ def _lose_parts_then_run(fleet, clock_step: float) -> None:
     for topic in _retained_parts(fleet):
         fleet.spy.publish(topic, b"", retain=True)  # what a broker restart without persistence does
     fleet.drain()
-    assert all(a.model_waits.listening for a in fleet.agents)
+    assert all(a.delivery.model_waits.listening for a in fleet.agents)
     fleet.clock.advance(clock_step)
     for agent in fleet.agents:
         agent.tick()
@@ -99,7 +99,7 @@ def test_a_device_that_cannot_get_the_parts_gets_its_task_inline(model, tmp_path
     assert not fleet.coordinator.rejections
     inline = [t for t in fleet.tasks() if t.params]
     assert sorted(t.device_id for t in inline) == ["dev0", "dev1", "dev2"]
-    assert all(not a._parts_subscribed for a in fleet.agents)
+    assert all(not a.delivery.parts_subscribed for a in fleet.agents)
 
 
 def test_a_corrupt_part_sends_the_device_to_the_inline_path(model, tmp_path, caplog):

@@ -39,10 +39,10 @@ class SlowRuntime(DeviceRuntime):
     gate: threading.Event | None = None
     gate_from_round = 2
 
-    def handle_task(self, task, deadline_check=None, persist=None):
+    def handle_task(self, task, deadline_check=None, journal=None):
         if self.gate is not None and task.round_id >= self.gate_from_round:
             self.gate.wait(60)
-        reply = super().handle_task(task, deadline_check, persist)
+        reply = super().handle_task(task, deadline_check, journal)
         time.sleep(self.delay_s)
         return reply
 

@@ -117,9 +117,11 @@ def test_error_feedback_loses_nothing_over_rounds(bits, frac, clip):
     residual = None
     for _ in range(30):
         delta = _delta(data_rng)
+        carried = {n: np.zeros(s) if residual is None else residual[n].astype(np.float64) for n, s in SHAPES.items()}
+        acc = {n: delta[n].astype(np.float64) + carried[n] for n in SHAPES}
         sent, residual, stats = compress_update(delta, residual, spec, rng)
-        for n, t in _naive_clip(delta, clip).items():
-            want[n] += t
+        for n, t in _naive_clip(acc, clip).items():  # the residual is added before clipping;
+            want[n] += t - carried[n]  # what this round adds beyond what was carried in (= delta if no clip binds)
         for n, t in decompress_update(sent).items():
             got[n] += t
         assert [t.name for t in sent] == sorted(SHAPES)
@@ -129,6 +131,45 @@ def test_error_feedback_loses_nothing_over_rounds(bits, frac, clip):
     for n in SHAPES:
         assert residual[n].shape == SHAPES[n]
         np.testing.assert_allclose(got[n] + residual[n], want[n], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [32, 8, 4])
+@pytest.mark.parametrize("frac", [1.0, 0.3, 0.05])
+def test_what_is_sent_never_exceeds_the_clip_bound_with_error_feedback(bits, frac):
+    """Over many seeds and rounds of large deltas (so the clip binds and a residual builds up):
+    ||sent|| <= clip_norm, and sent + new residual == clip(delta + old residual)."""
+    clip = 1.5
+    spec = CompressionSpec(clip_norm=clip, quant_bits=bits, topk_fraction=frac, error_feedback=True)
+    worst, binding = 0.0, 0
+    for seed in range(40):
+        data_rng, rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+        residual = None
+        for _ in range(6):
+            delta = _delta(data_rng, scale=float(data_rng.choice([0.05, 1.0, 10.0])))
+            acc = {n: delta[n].astype(np.float64) + (0 if residual is None else residual[n]) for n in SHAPES}
+            sent, residual, stats = compress_update(delta, residual, spec, rng)
+            decoded = decompress_update(sent)
+            worst, binding = max(worst, _naive_norm(decoded)), binding + stats.clipped
+            assert _naive_norm(decoded) <= clip
+            for n, t in _naive_clip(acc, clip).items():
+                np.testing.assert_allclose(decoded[n] + residual[n], t, rtol=1e-5, atol=1e-6)
+    assert binding > 100  # the clip bound bit, so the test could have failed
+    if frac == 1.0:
+        assert worst > 0.99 * clip  # dense: what is sent reaches the bound
+
+
+def test_the_old_order_would_have_sent_past_the_bound():
+    """Oracle for the test above: clip(delta) + residual, the order before, exceeds the bound
+    on the same inputs, so the bound is the new order's doing."""
+    delta = {"w": np.full(4, 10.0, np.float32)}
+    residual = {"w": np.full(4, 3.0, np.float32)}  # e.g. left by a sparse round before
+    spec = CompressionSpec(clip_norm=1.0, quant_bits=32, error_feedback=True)
+    old, _ = clip_by_global_norm(delta, 1.0)
+    assert _naive_norm({"w": old["w"] + residual["w"]}) > 6
+    sent, new_residual, stats = compress_update(delta, residual, spec, np.random.default_rng(0))
+    assert _naive_norm(decompress_update(sent)) <= 1.0 and stats.clipped
+    assert stats.original_norm == pytest.approx(26.0)  # of delta + residual
+    np.testing.assert_allclose(new_residual["w"], 0.0, atol=1e-6)  # dense fp32: all of the clipped acc went
 
 
 def test_without_error_feedback_mass_is_lost():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.codec import decode_message
 from fedge.edge_runtime.device import DeviceRuntime
 from fedge.edge_runtime.pending import PendingUploads
@@ -198,3 +199,19 @@ def test_seen_tasks_survive_a_restart_and_read_the_older_file(tmp_path):
     again = SeenTasks(path, kept=3)  # a restart
     assert "old-1" not in again and "old-2" in again  # only the newest 3 are kept
     assert again.unanswered() == [("t4", 4)]
+
+
+def test_pending_age_is_measured_on_the_injected_clock_across_a_restart(tmp_path):
+    clock = ManualClock()
+    pending = PendingUploads(tmp_path, clock)
+    pending.add(1, "old", b"a")
+    clock.advance(50.0)
+    pending.add(2, "new", b"b")
+    clock.advance(30.0)  # "old" was kept 80 s ago, "new" 30 s ago
+    assert [p.update_id for p in pending.older_than(60.0)] == ["old"]
+    assert [p.update_id for p in pending.older_than(20.0)] == ["old", "new"]  # oldest first
+    assert pending.older_than(80.0) == []  # strictly older
+    again = PendingUploads(tmp_path, clock)  # a restart reads the ages back from the files
+    clock.advance(1000.0)
+    assert [p.update_id for p in again.older_than(1000.0)] == ["old", "new"]
+    assert [p.update_id for p in again.older_than(1050.0)] == ["old"]

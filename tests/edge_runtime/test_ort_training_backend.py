@@ -6,6 +6,8 @@ backward) is the reference. Skipped where onnxruntime's training build is not in
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import subprocess
 import sys
@@ -106,6 +108,23 @@ def test_matches_portable(setup, optimizer, hyper, prox):
     assert max_diff(params, setup[3]) > 100 * TOL[optimizer]  # it did train
     exact, _ = run(NumpyBackend(outdir, manifest, optimizer, dtype=np.float64), setup, hyper, prox)
     assert max_diff(params, exact) < TOL[optimizer]  # as close to a float64 oracle as portable is
+
+
+@pytest.mark.parametrize("prox", [False, True], ids=["plain", "prox"])
+def test_sgd_gradient_clipping_matches_the_numpy_oracle_on_every_backend(setup, prox):
+    """max_grad_norm small enough to bind: ORT's SGD and the portable graph, each step bounded
+    in numpy (trainer/base.step_bound), equal the float64 numpy backend; with momentum 0 that is
+    clipping the whole gradient (data + prox + correction; test_training_guards.py checks it
+    against a plain loop of torch's clip_grad_norm_)."""
+    outdir, manifest = setup[:2]
+    hyper = StepHyper(lr=0.05, mu=0.5 if prox else 0.0, max_grad_norm=0.05)
+    exact, _ = run(NumpyBackend(outdir, manifest, "sgd", dtype=np.float64), setup, hyper, prox)
+    unclipped, _ = run(NumpyBackend(outdir, manifest, "sgd", dtype=np.float64), setup,
+                       dataclasses.replace(hyper, max_grad_norm=0.0), prox)
+    assert max_diff(exact, unclipped) > 100 * TOL["sgd"]  # the clip bound
+    for backend in (OrtTrainingBackend(outdir, manifest, "sgd"), PortableBackend(outdir, manifest, "sgd")):
+        params, _ = run(backend, setup, hyper, prox)
+        assert max_diff(params, exact) < TOL["sgd"], backend.name
 
 
 def test_huggingface_adamw_mode_differs(setup, tmp_path):

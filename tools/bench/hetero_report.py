@@ -67,7 +67,7 @@ def markdown(doc: dict) -> str:
     failed = [f"{c['partition']} {c['algorithm']} personalization {'on' if c['personalization'] else 'off'}: "
               f"{c['declines']}" for c in doc["cells"] if c.get("declines")]
     if failed:
-        lines += ["Tasks declined by devices (a diverging run shows up here as training_failed):", "",
+        lines += ["Tasks declined by devices (a diverging run shows up here as diverged):", "",
                   *(f"- {f}" for f in failed), ""]
     lines += _multiplier_section(doc)
     if doc["compression"]:

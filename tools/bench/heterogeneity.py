@@ -21,7 +21,7 @@ Output JSON (schema 1):
                                              every update received, stale ones included)
         bytes_up_dense_per_round             float: the same messages with dense fp32 deltas
         wall_seconds                         float: the whole simulation, evaluation included
-        declines                             {reason: count}: tasks devices declined (e.g. training_failed)
+        declines                             {reason: count}: tasks devices declined (e.g. diverged)
         rounds, shared_params, global_accuracy_curve, personalized_accuracy_curve
     baselines: {partition: {dataset, local_only: {accuracy_mean, accuracy_min, epochs, accuracy_per_device},
                             central: {accuracy, epochs}, target_accuracy}}

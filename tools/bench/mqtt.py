@@ -82,7 +82,7 @@ class ReplayRuntime:
     def check_in(self) -> CheckIn:
         return CheckIn(self.device_id, ("replay",), tuple(self.model_dirs), True, "", 100)
 
-    def handle_task(self, task: TrainTask, deadline_check=None, persist=None) -> Update:
+    def handle_task(self, task: TrainTask, deadline_check=None, journal=None) -> Update:
         return Update(self.device_id, task.round_id, task.task_id, uuid.uuid4().hex, task.model_id, task.model_version,
                       100, self.payload, self.dense_bytes)
 

@@ -1,0 +1,119 @@
+"""The device journal: everything a device must remember about its tasks across a crash.
+
+    seen_tasks.json   tasks received, and whether each was answered (seen_tasks.py)
+    pending/          updates kept until the coordinator acknowledges them (pending.py)
+    <model>/staged-*  a task's new local state, between staging and applying it (store.py)
+
+One task moves all three, in an order that survives a crash at any step (`record`):
+
+    1. stage the task's new state        (store.stage; nothing applied yet)
+    2. keep its update                   (pending.add: the commit point)
+    3. apply the staged state            (store.commit_staged)
+
+and `recover` finishes or undoes what a crash interrupted: a staged state whose update was
+kept is applied (every write is idempotent), one whose update was not is dropped, so the
+state never runs ahead of what the device will send. A task received but never answered is
+`interrupted`, and the agent declines it at the next start. The runtime writes a task's
+state through `record`; the agent reads and clears the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from .kernel.clock import SystemClock
+from .kernel.codec import decode_message, encode_message
+from .kernel.errors import CodecError, PayloadTooLarge
+from .kernel.files import Arrays
+from .kernel.protocol import Update
+from .pending import PendingUploads
+from .seen_tasks import SeenTasks
+from .store import DeviceStore
+
+log = logging.getLogger("fedge.journal")
+
+SEEN_TASKS_KEPT = 256  # task ids remembered across restarts, so a redelivered task is not trained twice
+
+
+def commit_task_state(store: DeviceStore, update_id: str, saves: dict[str, Arrays | None], meta: dict,
+                      keep: Callable[[], object]) -> None:
+    """Stage, keep, apply (see the module docstring). If `keep` raises, nothing was kept and
+    the staged state goes; a dying process runs no handler, and `recover` decides then."""
+    store.stage(update_id, saves, meta)
+    try:
+        keep()
+    except Exception:
+        store.discard_staged(update_id)
+        raise
+    store.commit_staged(update_id)
+
+
+class DeviceJournal:
+    def __init__(self, home: str | Path, max_message_bytes: int = 64 << 20, clock=None,
+                 kept_tasks: int = SEEN_TASKS_KEPT):
+        self.home = Path(home)
+        self.max_message_bytes = max_message_bytes
+        self.pending = PendingUploads(self.home / "pending", clock or SystemClock())
+        self.seen = SeenTasks(self.home / "seen_tasks.json", kept_tasks)
+
+    # ---------------------------------------------------------------- updates
+
+    def keep(self, update: Update) -> bytes:
+        """Keep the encoded update until its Ack; PayloadTooLarge if it could never be sent."""
+        payload = encode_message(update)
+        if len(payload) > self.max_message_bytes:  # never store what can never be sent
+            raise PayloadTooLarge(f"update of {len(payload)} bytes > {self.max_message_bytes}")
+        self.pending.add(update.round_id, update.update_id, payload)
+        return payload
+
+    def record(self, store: DeviceStore, update: Update, saves: dict[str, Arrays | None], meta: dict) -> None:
+        """A task's new local state and its update, crash-safe: stage, keep, apply."""
+        commit_task_state(store, update.update_id, saves, meta, lambda: self.keep(update))
+
+    def kept(self, update_id: str) -> bytes | None:
+        """The kept payload of an update, or None."""
+        item = self.pending.get(update_id)
+        return item.payload if item is not None else None
+
+    def recover(self) -> None:
+        """After a restart: apply the staged state of every update that was kept, and drop the
+        staged state of those that were not (their task was never answered)."""
+        for path in sorted(self.home.glob("*/staged-*.npz")):
+            store = DeviceStore(self.home, path.parent.name)
+            for update_id in store.staged():
+                if update_id in self.pending:
+                    store.commit_staged(update_id)
+                else:
+                    log.warning("device %s: dropping the state of update %s: it was never kept for upload",
+                                self.home.name, update_id)
+                    store.discard_staged(update_id)
+
+    # ---------------------------------------------------------------- tasks
+
+    def received(self, task_id: str, round_id: int) -> None:
+        self.seen.add(task_id, round_id)
+
+    def __contains__(self, task_id: str) -> bool:
+        """True if this task was received before, by this run or an earlier one."""
+        return task_id in self.seen
+
+    def answered(self, task_id: str) -> None:
+        self.seen.answered(task_id)
+
+    def acknowledged(self, task_id: str, update_id: str) -> None:
+        """The coordinator has the update: forget it."""
+        self.seen.answered(task_id)  # before the update goes: a pending update says "answered" until then
+        self.pending.remove(update_id)
+
+    def interrupted(self) -> list[tuple[str, int]]:
+        """(task_id, round_id) of tasks received and never answered, without a kept update:
+        a previous run stopped while training them, or while waiting for their model."""
+        kept = set()
+        for item in self.pending.items():
+            try:
+                kept.add(decode_message(item.payload).task_id)
+            except CodecError:
+                pass
+        return [(task_id, round_id) for task_id, round_id in self.seen.unanswered() if task_id not in kept]

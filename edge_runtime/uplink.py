@@ -1,0 +1,84 @@
+"""Reliable answers upward: every update is resent until the coordinator acknowledges it.
+
+QoS 1 is not enough: a broker may lose what it already acknowledged (killed with -9, or a
+session that expired), so the device keeps each update in its journal and resends all of
+them every `republish_s`, doubling the interval up to 2**5 times while no Ack comes, and
+drops one nobody acknowledged for `pending_max_age_s`. A Decline is not kept on disk; the
+last few are remembered and repeated when their task comes again. Reads time from the
+injected clock passed in by the agent; never sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from .journal import SEEN_TASKS_KEPT, DeviceJournal
+from .kernel.codec import encode_message
+from .kernel.protocol import Decline
+
+log = logging.getLogger("fedge.agent")
+
+MAX_BACKOFF_STEPS = 5  # resend interval grows to republish_s * 2**5 while no Ack comes
+
+Publish = Callable[[str, bytes], None]  # (channel, payload)
+
+
+class Uplink:
+    def __init__(self, device_id: str, journal: DeviceJournal, publish: Publish, republish_s: float,
+                 pending_max_age_s: float):
+        self.device_id = device_id
+        self.journal = journal
+        self.publish = publish
+        self.republish_s = republish_s  # seconds
+        self.pending_max_age_s = pending_max_age_s  # seconds
+        self.next_republish = float("inf")  # clock seconds
+        self.unacked_resends = 0
+        self.declines: dict[str, bytes] = {}  # task_id -> the Decline sent, re-sent if the task comes again
+
+    def send_update(self, payload: bytes, now: float) -> None:
+        self.next_republish = now + self.republish_s  # first: a failed publish is retried by the next resend
+        self.publish("update", payload)
+
+    def send_decline(self, decline: Decline) -> None:
+        payload = encode_message(decline)
+        self.declines[decline.task_id] = payload
+        if len(self.declines) > SEEN_TASKS_KEPT:
+            self.declines.pop(next(iter(self.declines)))
+        self.publish("update", payload)
+        self.journal.answered(decline.task_id)  # after it left: a crash before says "interrupted" on restart
+
+    def repeat_decline(self, task_id: str) -> bool:
+        """Send again the Decline this task got; False if it got none."""
+        payload = self.declines.get(task_id)
+        if payload is None:
+            return False
+        self.publish("update", payload)
+        return True
+
+    def resend_all(self, now: float) -> int:
+        """Send every unacknowledged update again (the broker is not a durable store)."""
+        items = self.journal.pending.items()
+        # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
+        self.next_republish = now + self.republish_s * 2 ** self.unacked_resends
+        for item in items:
+            self.publish("update", item.payload)
+        return len(items)
+
+    def resend_due(self, now: float) -> bool:
+        """True when unacknowledged updates wait and their resend time has come; drops the
+        ones too old to matter and lengthens the next interval (the caller resends)."""
+        pending = self.journal.pending
+        if not len(pending) or now < self.next_republish:
+            return False
+        for stale in pending.older_than(self.pending_max_age_s):
+            log.warning("device %s: dropping update %s of round %d: no Ack in %g s", self.device_id,
+                        stale.update_id, stale.round_id, self.pending_max_age_s)
+            pending.remove(stale.update_id)
+        self.unacked_resends = min(self.unacked_resends + 1, MAX_BACKOFF_STEPS)
+        return True
+
+    def acked(self) -> None:
+        self.unacked_resends = 0
+
+    reconnected = acked  # the link came back: resend at the base interval again
