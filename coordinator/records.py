@@ -20,6 +20,7 @@ from .aggregate import WeightedMean
 from .rounds import RoundMachine
 from .store import StoredRound, StoredUpdate
 from .validation import RoundContext
+from .weights import update_weight
 
 
 @dataclass
@@ -29,6 +30,8 @@ class DeviceRecord:
     eligible: bool = True
     reason: str = ""
     num_examples: int = 0
+    parked: str = ""  # a permanent decline reason (backoff.py): not selected until it checks in anew
+    checkin: object = None  # its last CheckIn, to tell whether a new one says something new
 
 
 @dataclass
@@ -73,7 +76,7 @@ class OpenRound:
 def count_update(rnd: OpenRound, device_id: str, update_id: str, digest: str, delta: dict[str, np.ndarray],
                  num_examples: int, control: dict[str, np.ndarray] | None = None) -> None:
     """Add one accepted update (and its control-variate delta, if any) to the round."""
-    rnd.accumulator.add(delta, float(num_examples))
+    rnd.accumulator.add(delta, update_weight(num_examples, rnd.ctx.max_examples, rnd.ctx.equal_weights))
     if control is not None:
         rnd.control.add(control, 1.0)  # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one
     rnd.seen[(device_id, rnd.ctx.round_id, update_id)] = digest

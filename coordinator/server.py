@@ -31,11 +31,12 @@ from fedge.edge_runtime.kernel.round_model import split_round_model
 from fedge.edge_runtime.kernel.transport.base import Transport
 from fedge.edge_runtime.kernel.update_codec import encode_dense
 
-from . import pace
+from . import backoff, pace
 from .aggregate import WeightedMean
 from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_artifacts
 from .config import CoordinatorConfig
 from .errors import StaleRound, UnexpectedMessage, UpdateRejected
+from .guard import model_fault
 from .metrics import CoordinatorMetrics
 from .records import DeviceRecord, OpenRound, RoundRecord, count_update, resume
 from .rounds import Phase, RoundMachine
@@ -158,8 +159,13 @@ class Coordinator:
         return True
 
     def _check_in(self, msg: CheckIn) -> None:
+        old = self.registry.get(msg.device_id)
         self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples)
-        reason = pace.reason_for(self.round.machine if self.round else None, msg.device_id, msg.eligible)
+        record = self.registry[msg.device_id]
+        record.parked = backoff.parked_after(old.parked if old else "", old.checkin if old else None, msg)
+        record.checkin = msg
+        eligible = msg.eligible and not record.parked  # a parked device is paced like an ineligible one
+        reason = pace.reason_for(self.round.machine if self.round else None, msg.device_id, eligible)
         if reason is None:  # selected but silent: its task was probably lost; it declines if it cannot train
             self._send_task(msg.device_id, self.clock.now())
         else:
@@ -233,6 +239,8 @@ class Coordinator:
             return  # counted once per device and round, so a device cannot inflate the label set
         rnd.decline_from.add(decline.device_id)
         self.declines[decline.reason] += 1
+        if backoff.is_permanent(decline.reason) and decline.device_id in self.registry:
+            self.registry[decline.device_id].parked = decline.reason
         self.metrics.declined(decline.reason)
         log.info("round %d: %s declined: %s", rnd.ctx.round_id, decline.device_id, decline.reason)
         if rnd.machine.expects(decline.device_id):
@@ -372,7 +380,7 @@ class Coordinator:
     # ------------------------------------------------------------------ rounds
 
     def eligible_devices(self) -> list[str]:
-        return [d.device_id for d in self.registry.values() if d.eligible]
+        return [d.device_id for d in self.registry.values() if d.eligible and not d.parked]
 
     def begin_round(self) -> bool:
         """Sample devices and send tasks; False when too few eligible devices are known."""
@@ -412,12 +420,17 @@ class Coordinator:
         phase = rnd.machine.on_tick(self.clock.now())
         if phase == Phase.AGGREGATING:
             state = self.strategy.apply(self.state, self._aggregate(rnd))
-            record = self._record(rnd, True)
-            if self.store is not None:  # the commit point: before it the round is open, after it done
-                self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())
-            rnd.machine.committed()
-            self.state = state
-            return self._close(record)
+            fault = model_fault(state.params, state.extra)
+            if fault is None:
+                record = self._record(rnd, True)
+                if self.store is not None:  # the commit point: before it the round is open, after it done
+                    self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())
+                rnd.machine.committed()
+                self.state = state
+                return self._close(record)
+            log.error("round %d: the new model is refused, the round abandoned: %s", rnd.ctx.round_id, fault)
+            rnd.machine.abandon(fault)  # the model stays as it was
+            phase = Phase.ABANDONED
         if phase == Phase.ABANDONED:
             record = self._record(rnd, False)
             if self.store is not None:
@@ -455,7 +468,8 @@ class Coordinator:
 
     def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float) -> OpenRound:
         ctx = RoundContext(machine.round_id, self.manifest.model_id, self.state.version, tasks, self.shapes,
-                           self.config.norm_bound, self.strategy.uses_control, self.config.control_norm_bound)
+                           self.config.norm_bound, self.strategy.uses_control, self.config.control_norm_bound,
+                           self.config.max_examples, self.config.weighting == "equal")
         plan = self.strategy.configure(self.state)
         correction = encode_dense(plan.correction) if plan.correction is not None else b""
         params = encode_dense(self.state.params)

@@ -31,6 +31,8 @@ class RoundContext:
     norm_bound: float  # 0 = no bound
     control: bool = False  # updates must carry Update.control (SCAFFOLD)
     control_norm_bound: float = 0.0  # L2 bound on Δc_i; 0 = no bound
+    max_examples: int = 0  # an update weighs min(num_examples, this); 0 = no cap (weights.py)
+    equal_weights: bool = False  # every update weighs 1
 
 
 def decode_report(payload: bytes, max_bytes: int) -> Update | Decline | object:
