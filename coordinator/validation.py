@@ -111,7 +111,8 @@ def _dense(frame: bytes, shapes: dict[str, tuple[int, ...]], norm_bound: float, 
         raise NonFinite(f"{what} payload: {exc}") from None
     except CodecError as exc:
         raise BadShape(f"{what} payload: {exc}") from None
-    dense = decompress_update(tensors)
+    with np.errstate(over="ignore"):  # a huge scale times a code overflows to inf: refused just below
+        dense = decompress_update(tensors)
     norm_sq = 0.0
     for name, value in dense.items():
         if not np.all(np.isfinite(value)):
