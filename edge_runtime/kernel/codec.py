@@ -19,7 +19,8 @@ is accepted and cast. bool is never accepted as int or float, nor int as bool.
 
 Values are range-checked too, on decode and on encode: an int must lie in its field's
 range (protocol.bounded) or else fit a signed 64-bit integer (what SQLite stores); a float
-(a dict's values included) must be finite and in its field's range. A value out of range
+(a dict's values included) must be finite and in its field's range; a str is at most
+protocol.MAX_TEXT characters, or its field's range bounds its length. A value out of range
 is MalformedPayload naming the field, so no handler ever sees 2**63 examples, a NaN learning
 rate or an infinite pace. (Tensors inside bytes fields are update_codec's and the
 coordinator's to check.)
@@ -43,7 +44,7 @@ from typing import Any
 import msgpack
 
 from .errors import ChecksumMismatch, MalformedPayload, PayloadTooLarge, TruncatedPayload, UnsupportedVersion
-from .protocol import I64, MESSAGE_TYPES, SCHEMA_VERSION
+from .protocol import I64, MAX_TEXT, MESSAGE_TYPES, SCHEMA_VERSION
 
 MAGIC = b"FDGM"
 _HEADER = struct.Struct("<4sHBI")  # magic, schema version, type code, body length
@@ -198,6 +199,11 @@ def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None
 
 
 def _check_range(value: Any, bounds: tuple | None, where: str) -> Any:
+    if isinstance(value, str):
+        limit = bounds[1] if bounds else MAX_TEXT
+        if len(value) > limit:
+            raise MalformedPayload(f"{where}: {len(value)} characters, at most {limit}")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     if isinstance(value, float) and not math.isfinite(value):

@@ -46,6 +46,11 @@ I64 = (-(2**63), 2**63 - 1)
 # One device's dataset, at most: far above any edge device (4e9 examples), far below where
 # a float64 sum of a round's weights loses integer precision.
 MAX_EXAMPLES = 2**32 - 1
+# A str field holds at most this many characters unless its range says otherwise (its [lo, hi]
+# then bounds the length): ids, reasons and hashes are short, and a reason becomes a key of the
+# coordinator's decline counts and a row of its store, so a 16 MB reason must not get that far.
+MAX_TEXT = 256
+_FREE_TEXT = (0, 1 << 20)  # human-readable details: logged, never kept
 _NON_NEGATIVE = (0, I64[1])
 _SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
 
@@ -175,7 +180,7 @@ class Decline:
     round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
     reason: str  # machine-readable: "battery_low", "metered_link", "aborted:<cause>", ...
-    detail: str = ""
+    detail: str = bounded(*_FREE_TEXT, "")
     stage: str = "before"  # "before" training started, or "during" (an abort)
 
 
@@ -193,7 +198,7 @@ class Ack:
 class Status:
     device_id: str
     online: bool
-    detail: str = ""
+    detail: str = bounded(*_FREE_TEXT, "")
 
 
 @dataclass(frozen=True)

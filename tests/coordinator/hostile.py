@@ -100,6 +100,8 @@ def surely_invalid(path: tuple, old, new) -> bool:
         return any(bad_float(v) for v in new.values())
     if bad_float(new):
         return True
+    if isinstance(new, str) and len(new) > 256 and path[-1] != "detail":
+        return True  # ids and reasons are short; only free-text details may be long
     if isinstance(old, int) and not isinstance(old, bool) and isinstance(new, int) and not isinstance(new, bool):
         if new >= 2**63:
             return True  # what SQLite cannot store

@@ -143,6 +143,9 @@ RANGE_CASES = [
     (p.ModelPart, ("index",), (-1,), 0),
     (p.Announcement, ("model_version",), (-1,), 0),
     (p.RoundModel, ("round_id",), (-1,), 0),
+    (p.Decline, ("reason",), ("x" * 257,), "x" * 256),  # a str: at most 256 characters by default
+    (p.CheckIn, ("device_id",), ("d" * 10_000,), "d" * 200),
+    (p.Status, ("detail",), ("x" * (2**20 + 1),), "x" * 5000),  # free text: up to 1 Mi characters
 ]
 
 
