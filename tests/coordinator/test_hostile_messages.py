@@ -10,23 +10,20 @@ itself: an exception from handling one message costs that message, not the servi
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 from collections import Counter
 
 import numpy as np
-import psutil
 import pytest
 
 from fedge.coordinator.loop import CoordinatorLoop
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import (MESSAGE_TYPES, Ack, Announcement, ArtifactFile, CheckIn, Decline,
-                                                FetchRequest, ModelPart, Pace, RoundModel, Status, TrainTask,
-                                                all_devices_topic, device_topic)
+                                                FetchRequest, ModelPart, Pace, RoundModel, Status, all_devices_topic)
 
 from tests.coordinator.fleet import ManualDevice, assert_params, copy_params, fedavg_oracle, make_fleet, random_delta
 from tests.coordinator.hostile import CODES, as_map, mutate, named_reasons, raw_frame
+from tests.coordinator.test_malformed_flood import _rss
 from tests.tiny_model import build_tiny_model
 
 CHANNEL = {CheckIn: "checkin", Status: "status", FetchRequest: "fetch"}  # the rest: "update"
@@ -36,11 +33,6 @@ PER_TYPE = 900  # x 12 types = 10,800 messages
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
-
-
-def _rss() -> int:
-    gc.collect()
-    return psutil.Process().memory_info().rss
 
 
 def _open_round(model, tmp_path, names=("a", "b")):
