@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass, field
 
 from fedge.edge_runtime.kernel.configfile import load_config
-from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, TaskHyper
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
+from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
 
 from .strategies import STRATEGIES
 from .weights import WEIGHTINGS
@@ -102,6 +103,18 @@ class CoordinatorConfig:
             raise ConfigError(f"max_examples must be in [1, {MAX_EXAMPLES}]")
         if not (0 <= self.abandon_backoff_s <= self.abandon_backoff_max_s and math.isfinite(self.abandon_backoff_max_s)):
             raise ConfigError("need 0 <= abandon_backoff_s <= abandon_backoff_max_s (seconds, finite)")
+        self._check_wire()
+
+    def _check_wire(self) -> None:
+        """What the coordinator will send must pass the codec's range checks: refuse it here,
+        at start, not as an encode error in the middle of a round."""
+        task = TrainTask(0, "", "", "", 0, b"", hyper=self.hyper, compression=self.compression,
+                         deadline_s=self.round_deadline_s, seed=self.seed * 1_000_003)
+        for msg in (task, Pace("", self.pace_max_s)):
+            try:
+                encode_message(msg)
+            except MalformedPayload as exc:
+                raise ConfigError(f"a value the coordinator would send is out of range: {exc}") from None
 
     def _check_strategy(self) -> None:
         if self.strategy not in STRATEGIES:

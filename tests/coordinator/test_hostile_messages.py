@@ -15,11 +15,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.loop import CoordinatorLoop
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import (MESSAGE_TYPES, Ack, Announcement, ArtifactFile, CheckIn, Decline,
-                                                FetchRequest, ModelPart, Pace, RoundModel, Status, all_devices_topic)
+                                                FetchRequest, ModelPart, Pace, RoundModel, Status, TaskHyper,
+                                                all_devices_topic)
 
 from tests.coordinator.fleet import ManualDevice, assert_params, copy_params, fedavg_oracle, make_fleet, random_delta
 from tests.coordinator.hostile import CODES, as_map, mutate, named_reasons, raw_frame
@@ -164,3 +167,14 @@ def test_an_exception_from_handling_one_message_costs_that_message_not_the_loop(
     assert {d.device_id: d.num_examples for d in store.load_devices()} == {"a": 7, "b": 6}
     text = c.metrics.registry.get_sample_value("fedge_rejections_total", {"reason": "internal:OverflowError"})
     assert text == 1.0
+
+
+@pytest.mark.parametrize("bad", [dict(seed=-1), dict(pace_max_s=1e12), dict(round_deadline_s=1e10),
+                                 dict(hyper=TaskHyper(momentum=1.5)), dict(max_examples=0),
+                                 dict(weighting="loudest"), dict(abandon_backoff_s=10.0, abandon_backoff_max_s=1.0)])
+def test_a_config_the_coordinator_could_not_send_or_weigh_is_refused_at_start(bad):
+    """The codec's ranges hold for what the coordinator sends too: a value that would fail to
+    encode in the middle of a round is a ConfigError when the config loads."""
+    with pytest.raises(ConfigError):
+        CoordinatorConfig(**bad)
+    CoordinatorConfig()  # the defaults pass
