@@ -67,6 +67,11 @@ class CoordinatorConfig:
     # is not asked again at once.
     abandon_backoff_s: float = 1.0
     abandon_backoff_max_s: float = 300.0
+    # Model guard (coordinator/guard.py, holdout.py): with guard_set (an .npz of x and y for the
+    # model's input) a round is abandoned when its new model's loss on that set exceeds
+    # guard_max_loss_ratio times the current model's. "" = off (non-finite models are refused always).
+    guard_set: str = ""
+    guard_max_loss_ratio: float = 1.5
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -103,6 +108,8 @@ class CoordinatorConfig:
             raise ConfigError(f"max_examples must be in [1, {MAX_EXAMPLES}]")
         if not (0 <= self.abandon_backoff_s <= self.abandon_backoff_max_s and math.isfinite(self.abandon_backoff_max_s)):
             raise ConfigError("need 0 <= abandon_backoff_s <= abandon_backoff_max_s (seconds, finite)")
+        if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
+            raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")
         self._check_wire()
 
     def _check_wire(self) -> None:

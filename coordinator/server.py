@@ -37,6 +37,7 @@ from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_arti
 from .config import CoordinatorConfig
 from .errors import StaleRound, UnexpectedMessage, UpdateRejected
 from .guard import model_fault
+from .holdout import open_holdout
 from .metrics import CoordinatorMetrics
 from .records import DeviceRecord, OpenRound, RoundRecord, count_update, resume
 from .rounds import Phase, RoundMachine
@@ -84,6 +85,7 @@ class Coordinator:
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.watch_transport(transport)
         self.artifacts = open_artifacts(config, manifest.model_id)
+        self.holdout = open_holdout(config, manifest)  # the model guard's guard-set check, or None
         self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.state: ServerState = strategy.init(initial_shared)
@@ -421,6 +423,8 @@ class Coordinator:
         if phase == Phase.AGGREGATING:
             state = self.strategy.apply(self.state, self._aggregate(rnd))
             fault = model_fault(state.params, state.extra)
+            if fault is None and self.holdout is not None:
+                fault = self.holdout.fault(self.state.version, self.state.params, state.params)
             if fault is None:
                 record = self._record(rnd, True)
                 if self.store is not None:  # the commit point: before it the round is open, after it done

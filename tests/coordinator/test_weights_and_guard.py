@@ -140,3 +140,55 @@ def test_an_aggregate_that_overflows_is_not_committed(model, tmp_path):
     assert c.state.version == 0 and all(np.all(v == 3e38) for v in c.state.params.values())
     assert store.load_state().version == 0
     assert c.round is None and c.begin_round()  # the next round goes on from the model it had
+
+
+def test_guard_set_refuses_a_finite_model_that_does_much_worse(model, tmp_path):
+    """With a guard set, a round whose new model's loss on it is over guard_max_loss_ratio x the
+    current one's is abandoned as holdout_regressed; a sane round commits. Losses are checked
+    against the device's own predict path and a plain cross-entropy."""
+    from fedge.coordinator.guard import HOLDOUT_REGRESSED
+    from fedge.edge_runtime.trainer.portable import PortableBackend
+    from tests.tiny_model import CLASSES, FEATURES
+
+    art, manifest, runtime = model
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(60, FEATURES)).astype(np.float32), rng.integers(0, CLASSES, size=60)
+    np.savez(tmp_path / "guard.npz", x=x, y=y)
+    fleet, (a, b) = _round(model, tmp_path, (5, 6), artifacts_dir=str(art), guard_set=str(tmp_path / "guard.npz"),
+                           guard_max_loss_ratio=1.5)
+    c = fleet.coordinator
+    reference = PortableBackend(art, manifest, "sgd")
+
+    def loss(shared):  # independent of coordinator/holdout.py: the device's predict, a plain loop
+        logits = reference.predict({**shared, **runtime.initial("personal")}, x)["global"].astype(np.float64)
+        return float(np.mean([np.logaddexp.reduce(row) - row[label] for row, label in zip(logits, y)]))
+
+    shapes = {k: v.shape for k, v in c.state.params.items()}
+    for d in (a, b):
+        d.send(encode_message(d.update(random_delta(shapes, rng, scale=0.01))))
+    fleet.drain()
+    first = c.tick()
+    assert first.committed and c.state.version == 1
+    assert c.holdout.loss(c.state.params) == pytest.approx(loss(c.state.params), rel=1e-5)
+
+    kept = copy_params(c.state.params)
+    assert c.begin_round()
+    fleet.drain()
+    wreck = {k: np.full(s, 50.0, np.float32) * np.sign(rng.normal(size=s)).astype(np.float32) for k, s in shapes.items()}
+    for d in (a, b):
+        d.send(encode_message(d.update(wreck)))
+    fleet.drain()
+    candidate = {k: kept[k] + wreck[k] for k in kept}
+    assert loss(candidate) > 1.5 * loss(kept)  # the premise: this model is much worse, and finite
+    second = c.tick()
+    assert not second.committed and second.why.startswith(HOLDOUT_REGRESSED), second.why
+    assert c.state.version == 1
+    assert_params(c.state.params, kept)
+
+
+def test_guard_config_is_checked():
+    from fedge.coordinator.config import CoordinatorConfig
+    from fedge.edge_runtime.kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        CoordinatorConfig(guard_max_loss_ratio=0.9)
