@@ -13,6 +13,8 @@ rules end that:
 
 from __future__ import annotations
 
+import hashlib
+
 # Decline reasons (edge_runtime.kernel.errors .reason values) that retrying cannot cure: the
 # device's data or its installed backends must change first. (Artifact faults are not here: a
 # fetch or a coordinator with other artifacts cures them without the device changing.)
@@ -31,7 +33,13 @@ def abandoned_delay(consecutive: int, base_s: float, max_s: float) -> float:
     return min(max_s, base_s * 2.0 ** min(consecutive - 1, 60))  # min(): no float overflow
 
 
-def parked_after(parked: str, last: object, checkin: object) -> str:
-    """A parked device's reason after a check-in: kept when the check-in repeats the last one
-    word for word (nothing changed on the device), cleared when it says anything new."""
+def fingerprint(checkin: object) -> str:
+    """A short digest of a check-in's every field: what the registry keeps to compare the next
+    one with (a check-in may be megabytes; its digest is 32 characters)."""
+    return hashlib.blake2b(repr(checkin).encode(), digest_size=16).hexdigest()
+
+
+def parked_after(parked: str, last: str | None, checkin: str) -> str:
+    """A parked device's reason after a check-in: kept when the check-in's fingerprint repeats
+    the last one (nothing changed on the device), cleared when it says anything new."""
     return parked if parked and last == checkin else ""

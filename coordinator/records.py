@@ -31,7 +31,7 @@ class DeviceRecord:
     reason: str = ""
     num_examples: int = 0
     parked: str = ""  # a permanent decline reason (backoff.py): not selected until it checks in anew
-    checkin: object = None  # its last CheckIn, to tell whether a new one says something new
+    checkin: str | None = None  # backoff.fingerprint of its last CheckIn: does a new one say something new?
 
 
 @dataclass

@@ -164,8 +164,8 @@ class Coordinator:
         old = self.registry.get(msg.device_id)
         self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples)
         record = self.registry[msg.device_id]
-        record.parked = backoff.parked_after(old.parked if old else "", old.checkin if old else None, msg)
-        record.checkin = msg
+        record.checkin = backoff.fingerprint(msg)
+        record.parked = backoff.parked_after(old.parked if old else "", old.checkin if old else None, record.checkin)
         eligible = msg.eligible and not record.parked  # a parked device is paced like an ineligible one
         reason = pace.reason_for(self.round.machine if self.round else None, msg.device_id, eligible)
         if reason is None:  # selected but silent: its task was probably lost; it declines if it cannot train

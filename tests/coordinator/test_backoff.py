@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedge.coordinator.backoff import abandoned_delay, is_permanent, parked_after
+from fedge.coordinator.backoff import abandoned_delay, fingerprint, is_permanent, parked_after
 from fedge.coordinator.loop import CoordinatorLoop
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
@@ -34,11 +34,12 @@ def test_abandoned_delay_doubles_up_to_the_cap():
 
 
 def test_parking_rules():
-    first = CheckIn("d", num_examples=5)
+    first = fingerprint(CheckIn("d", num_examples=5))
     assert is_permanent("bad_dataset") and is_permanent("backend_unavailable") and not is_permanent("battery_low")
-    assert parked_after("bad_dataset", first, CheckIn("d", num_examples=5)) == "bad_dataset"  # nothing new
-    assert parked_after("bad_dataset", first, CheckIn("d", num_examples=6)) == ""  # new data
-    assert parked_after("bad_dataset", first, CheckIn("d", backends=("numpy",), num_examples=5)) == ""
+    assert parked_after("bad_dataset", first, fingerprint(CheckIn("d", num_examples=5))) == "bad_dataset"  # same
+    assert parked_after("bad_dataset", first, fingerprint(CheckIn("d", num_examples=6))) == ""  # new data
+    assert parked_after("bad_dataset", first, fingerprint(CheckIn("d", backends=("numpy",), num_examples=5))) == ""
+    assert parked_after("bad_dataset", None, first) == ""  # never seen before (or forgotten)
     assert parked_after("", first, first) == ""
 
 
