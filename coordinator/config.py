@@ -6,11 +6,13 @@ import math
 from dataclasses import dataclass, field
 
 from fedge.edge_runtime.kernel.configfile import load_config
-from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
+from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
 
 from .aggregate import AGGREGATORS
 from .strategies import STRATEGIES
+from .weights import WEIGHTINGS
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,20 @@ class CoordinatorConfig:
     # Prometheus endpoint for `fedge coordinator serve`; port 0 = off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+    # An update's aggregation weight (coordinator/weights.py says why these defaults): "examples" =
+    # its claimed num_examples capped at max_examples; "equal" = the same for every update.
+    weighting: str = "examples"
+    max_examples: int = 100_000
+    # After n abandoned rounds in a row the next begins abandon_backoff_s * 2**(n-1) seconds later,
+    # at most abandon_backoff_max_s (coordinator/backoff.py): a fleet that cannot finish a round
+    # is not asked again at once.
+    abandon_backoff_s: float = 1.0
+    abandon_backoff_max_s: float = 300.0
+    # Model guard (coordinator/guard.py, holdout.py): with guard_set (an .npz of x and y for the
+    # model's input) a round is abandoned when its new model's loss on that set exceeds
+    # guard_max_loss_ratio times the current model's. "" = off (non-finite models are refused always).
+    guard_set: str = ""
+    guard_max_loss_ratio: float = 1.5
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -90,6 +106,26 @@ class CoordinatorConfig:
             raise ConfigError("pace_max_s must be > 0 seconds")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port must be in [0, 65535]; 0 turns the endpoint off")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"weighting {self.weighting!r}: choose one of {WEIGHTINGS}")
+        if not 1 <= self.max_examples <= MAX_EXAMPLES:
+            raise ConfigError(f"max_examples must be in [1, {MAX_EXAMPLES}]")
+        if not (0 <= self.abandon_backoff_s <= self.abandon_backoff_max_s and math.isfinite(self.abandon_backoff_max_s)):
+            raise ConfigError("need 0 <= abandon_backoff_s <= abandon_backoff_max_s (seconds, finite)")
+        if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
+            raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")
+        self._check_wire()
+
+    def _check_wire(self) -> None:
+        """What the coordinator will send must pass the codec's range checks: refuse it here,
+        at start, not as an encode error in the middle of a round."""
+        task = TrainTask(0, "", "", "", 0, b"", hyper=self.hyper, compression=self.compression,
+                         deadline_s=self.round_deadline_s, seed=self.seed * 1_000_003)
+        for msg in (task, Pace("", self.pace_max_s)):
+            try:
+                encode_message(msg)
+            except MalformedPayload as exc:
+                raise ConfigError(f"a value the coordinator would send is out of range: {exc}") from None
 
     def _check_strategy(self) -> None:
         if self.strategy not in STRATEGIES:

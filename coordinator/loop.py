@@ -5,6 +5,10 @@ messages as they come, let the round machine close rounds on time, and survive b
 outages (the MQTT transport reconnects by itself; the loop tells the coordinator, which
 re-publishes what the broker may have lost). `fedge coordinator serve` and the MQTT
 simulator both run this loop; they differ only in the callbacks.
+
+No one message can stop it: an exception from handling a message (a bug, a store that
+refuses a value) is logged, counted as a rejection named `internal:<ExceptionType>`, and
+that message is dropped. Abandoned rounds in a row space out the next (backoff.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Callable
 
 from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PublishRefused, TransportError
 
+from .backoff import abandoned_delay
 from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord
 
@@ -43,6 +48,7 @@ class CoordinatorLoop:
         self.on_begin = on_begin
         self.stop_event = threading.Event()
         self.next_begin = 0.0
+        self.abandoned_in_a_row = 0
         self._started = False
 
     def run(self) -> None:
@@ -56,7 +62,7 @@ class CoordinatorLoop:
             try:
                 self._maybe_begin()
                 handled = 0
-                while handled < 500 and c.pump(self.poll_s if handled == 0 else 0.0):
+                while handled < 500 and self._pump(self.poll_s if handled == 0 else 0.0):
                     handled += 1
                 count = getattr(c.transport, "connection_count", 1)
                 if count != seen:
@@ -75,11 +81,31 @@ class CoordinatorLoop:
                     log.error("coordinator: transport closed: %s", exc)
                 return
             if record is not None:
-                self.next_begin = self.clock.now() + self.round_pause_s
+                self.abandoned_in_a_row = 0 if record.committed else self.abandoned_in_a_row + 1
+                cfg = c.config
+                wait = abandoned_delay(self.abandoned_in_a_row, cfg.abandon_backoff_s, cfg.abandon_backoff_max_s)
+                self.next_begin = self.clock.now() + max(self.round_pause_s, wait)
                 if self.on_round:
                     self.on_round(record)
                 if self.should_stop and self.should_stop(record):
                     return
+
+    def _pump(self, timeout: float) -> bool:
+        """Handle one message; an exception from handling it costs that message, not the service."""
+        c = self.coordinator
+        try:
+            return c.pump(timeout)
+        except TransportError:
+            raise  # the link's troubles: run() handles them
+        except Exception as exc:  # noqa: BLE001 - the point: whatever one message does, serve the next
+            reason = f"internal:{type(exc).__name__}"
+            c.rejections[reason] += 1
+            c.metrics.rejected(reason)
+            n = c.rejections[reason]
+            if n <= 10 or n & (n - 1) == 0:  # a flood of one fault must not flood the log
+                log.error("coordinator: dropped a message whose handling failed (%s, %d so far)", reason, n,
+                          exc_info=True)
+            return True
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -20,6 +20,7 @@ from .config import CoordinatorConfig
 from .rounds import Replied, RoundMachine, on_event
 from .strategies import AggregateInput, ServerState, Strategy
 from .validation import RoundContext
+from .weights import update_weight
 
 
 @dataclass
@@ -29,6 +30,8 @@ class DeviceRecord:
     eligible: bool = True
     reason: str = ""
     num_examples: int = 0
+    parked: str = ""  # a permanent decline reason (backoff.py): not selected until it checks in anew
+    checkin: str | None = None  # backoff.fingerprint of its last CheckIn: does a new one say something new?
 
 
 @dataclass
@@ -74,9 +77,10 @@ class OpenRound:
 
     def add(self, update: Accepted) -> None:
         """Count one accepted update: aggregator, control mean, seen keys, the machine."""
-        self.aggregator.add(update.delta, UpdateMeta(update.device_id, float(update.num_examples)))
+        weight = update_weight(update.num_examples, self.ctx.max_examples, self.ctx.equal_weights)
+        self.aggregator.add(update.delta, UpdateMeta(update.device_id, weight))
         if update.control is not None:
-            self.control.add(update.control, 1.0)
+            self.control.add(update.control, 1.0)  # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one
         self.seen[(update.device_id, self.ctx.round_id, update.update_id)] = update.digest
         self.machine, _ = on_event(self.machine, Replied(update.device_id))
 
@@ -99,7 +103,8 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
     """The bookkeeping of a round about to begin (or resume): its validation context, the
     params and SCAFFOLD correction encoded once, the model split into parts, a fresh aggregator."""
     ctx = RoundContext(machine.round_id, model_id, state.version, tasks, shapes, config.norm_bound,
-                       strategy.uses_control, config.control_norm_bound)
+                       strategy.uses_control, config.control_norm_bound, config.max_examples,
+                       config.weighting == "equal")
     plan = strategy.configure(state)
     correction = encode_dense(plan.correction) if plan.correction is not None else b""
     params = encode_dense(state.params)

@@ -1,10 +1,12 @@
 """The devices the coordinator knows: a read-only mapping device_id -> DeviceRecord, changed
-only through `register`, `seen` and `restore`, so the eligible count and the store follow."""
+only through `register`, `seen`, `park` and `restore`, so the eligible count and the store follow.
+A parked device (backoff.py) stays out of `eligible_devices` until it checks in with something new."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from . import backoff
 from .records import DeviceRecord
 from .store import Store, StoredDevice
 
@@ -25,14 +27,21 @@ class Registry(Mapping[str, DeviceRecord]):
         return len(self._devices)
 
     def eligible_devices(self) -> list[str]:
-        return [d.device_id for d in self._devices.values() if d.eligible]
+        return [d.device_id for d in self._devices.values() if d.eligible and not d.parked]
 
     def register(self, device_id: str, eligible: bool, reason: str, num_examples: int, now: float,
-                 wall: float) -> None:
-        """A check-in (or a last will): the record is replaced; the store is written when
-        something other than last_seen changed (last_seen alone is not worth a disk write)."""
+                 wall: float, checkin: str | None = None) -> None:
+        """A check-in (`checkin` = its backoff.fingerprint) or a last will (None): the record is
+        replaced, a parked device stays parked unless the check-in says something new; the store
+        is written when something other than last_seen changed (last_seen alone is not worth a
+        disk write)."""
         old = self._devices.get(device_id)
-        self._devices[device_id] = DeviceRecord(device_id, now, eligible, reason, num_examples)
+        parked = old.parked if old else ""
+        if checkin is not None:
+            parked = backoff.parked_after(parked, old.checkin if old else None, checkin)
+        else:
+            checkin = old.checkin if old else None
+        self._devices[device_id] = DeviceRecord(device_id, now, eligible, reason, num_examples, parked, checkin)
         if old is None or (old.eligible, old.reason, old.num_examples) != (eligible, reason, num_examples):
             self.store.save_device(StoredDevice(device_id, wall, eligible, reason, num_examples))
         self.eligible += int(eligible) - int(old is not None and old.eligible)
@@ -41,6 +50,11 @@ class Registry(Mapping[str, DeviceRecord]):
         """A known device sent something: it is alive."""
         if device_id in self._devices:
             self._devices[device_id].last_seen = now
+
+    def park(self, device_id: str, reason: str) -> None:
+        """A permanent decline (backoff.is_permanent): not selected until it checks in anew."""
+        if device_id in self._devices:
+            self._devices[device_id].parked = reason
 
     def restore(self, now: float, wall: float) -> None:
         """Load the stored devices; last_seen moves into this process's clock by its wall age."""

@@ -29,18 +29,20 @@ from fedge.edge_runtime.kernel.protocol import (CheckIn, Decline, FetchRequest, 
                                                 device_of, device_topic)
 from fedge.edge_runtime.kernel.transport.base import Transport
 
-from . import pace
+from . import backoff, pace
 from .admission import Accepted, AdmissionView, admit, check_decline
 from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_artifacts
 from .config import CoordinatorConfig
 from .errors import UnexpectedMessage, UpdateRejected
+from .guard import model_fault
+from .holdout import open_holdout
 from .memory_store import MemoryStore
 from .metrics import CoordinatorMetrics
 from .outbound import Outbound
 from .records import OpenRound, RoundRecord, open_round
 from .registry import Registry
 from .restart import restore_state, resume
-from .rounds import (SYNC, Abandon, Action, Aggregate, Commit, Committed, Declined, Event, Limits, Pace,
+from .rounds import (SYNC, Abandon, Action, Aggregate, Commit, Committed, Declined, Event, Limits, Pace, Stopped,
                      RoundMachine, Send, Tick, on_event, start)
 from .sampling import sample_devices, selection_size
 from .store import Store, StoredDecline, StoredRound, StoredUpdate
@@ -84,6 +86,7 @@ class Coordinator:
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.watch_transport(transport)
         self.artifacts = open_artifacts(config, manifest.model_id)
+        self.holdout = open_holdout(config, manifest)  # the model guard's guard-set check, or None
         self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
         self.outbound = Outbound(transport, self.metrics, config, manifest.model_id, self.manifest_sha256,
                                  uuid.uuid4().hex)
@@ -176,15 +179,18 @@ class Coordinator:
         return True
 
     def _check_in(self, msg: CheckIn) -> None:
-        self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples)
-        reason = pace.reason_for(self.round.machine if self.round else None, msg.device_id, msg.eligible)
+        self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples, backoff.fingerprint(msg))
+        eligible = msg.eligible and not self.registry[msg.device_id].parked  # a parked device is paced like an ineligible one
+        reason = pace.reason_for(self.round.machine if self.round else None, msg.device_id, eligible)
         if reason is None:  # selected but silent: its task was probably lost; it declines if it cannot train
             self.outbound.task(self.round, msg.device_id, self.clock.now())
         else:
             self._pace(msg.device_id, reason)
 
-    def _register(self, device_id: str, eligible: bool, reason: str, num_examples: int) -> None:
-        self.registry.register(device_id, eligible, reason, num_examples, self.clock.now(), self.clock.wall())
+    def _register(self, device_id: str, eligible: bool, reason: str, num_examples: int,
+                  checkin: str | None = None) -> None:
+        self.registry.register(device_id, eligible, reason, num_examples, self.clock.now(), self.clock.wall(),
+                               checkin)
         self.metrics.devices(len(self.registry), self.registry.eligible)
 
     def _report(self, report: Update | Decline, sender: str | None, size: int) -> None:
@@ -230,6 +236,8 @@ class Coordinator:
             return  # counted once per device and round, so a device cannot inflate the label set
         rnd.decline_from.add(decline.device_id)
         self.declines[decline.reason] += 1
+        if backoff.is_permanent(decline.reason):
+            self.registry.park(decline.device_id, decline.reason)
         self.metrics.declined(decline.reason)
         log.info("round %d: %s declined: %s", rnd.ctx.round_id, decline.device_id, decline.reason)
         if rnd.machine.expects(decline.device_id):
@@ -345,6 +353,12 @@ class Coordinator:
                 # resumed round scales SCAFFOLD's control step exactly as the uninterrupted one would.
                 state = self.strategy.apply(self.state, rnd.aggregate_input(len(self.registry)))
             elif isinstance(action, Commit):
+                fault = model_fault(state.params, state.extra)
+                if fault is None and self.holdout is not None:
+                    fault = self.holdout.fault(self.state.version, self.state.params, state.params)
+                if fault is not None:  # the model stays as it was; the Abandon that follows closes the round
+                    log.error("round %d: the new model is refused, the round abandoned: %s", rnd.ctx.round_id, fault)
+                    return self._execute(Stopped(fault), now)
                 record = rnd.record(True, self.clock.now())
                 # the commit point: before it the round is open, after it done
                 self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())

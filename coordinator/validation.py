@@ -31,6 +31,8 @@ class RoundContext:
     norm_bound: float  # 0 = no bound
     control: bool = False  # updates must carry Update.control (SCAFFOLD)
     control_norm_bound: float = 0.0  # L2 bound on Δc_i; 0 = no bound
+    max_examples: int = 0  # an update weighs min(num_examples, this); 0 = no cap (weights.py)
+    equal_weights: bool = False  # every update weighs 1
 
 
 def decode_report(payload: bytes, max_bytes: int) -> Update | Decline | object:
@@ -111,7 +113,8 @@ def decode_delta(frame: bytes, shapes: dict[str, tuple[int, ...]], what: str = "
         raise NonFinite(f"{what} payload: {exc}") from None
     except CodecError as exc:
         raise BadShape(f"{what} payload: {exc}") from None
-    return decompress_update(tensors)
+    with np.errstate(over="ignore"):  # a huge scale times a code overflows to inf: refused in _dense
+        return decompress_update(tensors)
 
 
 def _dense(frame: bytes, shapes: dict[str, tuple[int, ...]], norm_bound: float, what: str) -> dict[str, np.ndarray]:

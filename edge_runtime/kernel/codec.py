@@ -17,9 +17,13 @@ MalformedPayload naming the message type and field (e.g. ``TrainTask.hyper.lr``)
 A field that has a default may be absent. Ints travel as ints; an int in a float field
 is accepted and cast. bool is never accepted as int or float, nor int as bool.
 
-Non-finite floats (nan, inf) pass in float fields on purpose: the codec checks types,
-not values. Deciding whether a NaN loss or an infinite metric is acceptable is the
-coordinator's job.
+Values are range-checked too, on decode and on encode: an int must lie in its field's
+range (protocol.bounded) or else fit a signed 64-bit integer (what SQLite stores); a float
+(a dict's values included) must be finite and in its field's range; a str is at most
+protocol.MAX_TEXT characters, or its field's range bounds its length. A value out of range
+is MalformedPayload naming the field, so no handler ever sees 2**63 examples, a NaN learning
+rate or an infinite pace. (Tensors inside bytes fields are update_codec's and the
+coordinator's to check.)
 
 decode_message raises only CodecError subclasses, whatever the bytes; encode_message
 raises TypeError for an object that is not a protocol message and MalformedPayload for
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import struct
 import typing
@@ -39,7 +44,7 @@ from typing import Any
 import msgpack
 
 from .errors import ChecksumMismatch, MalformedPayload, PayloadTooLarge, TruncatedPayload, UnsupportedVersion
-from .protocol import MESSAGE_TYPES, SCHEMA_VERSION
+from .protocol import I64, MAX_TEXT, MESSAGE_TYPES, SCHEMA_VERSION
 
 MAGIC = b"FDGM"
 _HEADER = struct.Struct("<4sHBI")  # magic, schema version, type code, body length
@@ -117,6 +122,7 @@ def decode_message(data: bytes, max_bytes: int | None = None) -> Any:
 class _Field:
     hint: Any
     required: bool
+    bounds: tuple | None = None  # protocol.bounded's (lo, hi), else the hint's default range
 
 
 @functools.cache
@@ -129,7 +135,7 @@ def _fields(cls: type) -> dict[str, _Field]:
             continue
         _check_hint(hints[f.name], f"{cls.__name__}.{f.name}")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        out[f.name] = _Field(hints[f.name], required)
+        out[f.name] = _Field(hints[f.name], required, f.metadata.get("range"))
     return out
 
 
@@ -153,7 +159,7 @@ def _build(cls: type, data: dict, where: str) -> Any:
     missing = [name for name, f in fields.items() if f.required and name not in data]
     if missing:
         raise MalformedPayload(f"{where}: missing required field(s) {', '.join(missing)}")
-    kwargs = {k: _value(fields[k].hint, v, f"{where}.{k}", decode=True) for k, v in data.items()}
+    kwargs = {k: _value(fields[k].hint, v, f"{where}.{k}", True, fields[k].bounds) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a __post_init__ check
@@ -162,12 +168,12 @@ def _build(cls: type, data: dict, where: str) -> Any:
 
 def _dump(obj: Any, where: str) -> dict[str, Any]:
     return {
-        name: _value(f.hint, getattr(obj, name), f"{where}.{name}", decode=False)
+        name: _value(f.hint, getattr(obj, name), f"{where}.{name}", False, f.bounds)
         for name, f in _fields(type(obj)).items()
     }
 
 
-def _value(hint: Any, value: Any, where: str, decode: bool) -> Any:
+def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None = None) -> Any:
     """Check `value` against `hint`; decode builds dataclasses, encode dumps them to maps."""
     if dataclasses.is_dataclass(hint):
         if decode and isinstance(value, dict):
@@ -179,7 +185,7 @@ def _value(hint: Any, value: Any, where: str, decode: bool) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise _wrong(where, "array", value)
-        return tuple(_value(args[0], v, f"{where}[{i}]", decode) for i, v in enumerate(value))
+        return tuple(_value(args[0], v, f"{where}[{i}]", decode, bounds) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise _wrong(where, "map", value)
@@ -187,9 +193,25 @@ def _value(hint: Any, value: Any, where: str, decode: bool) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise MalformedPayload(f"{where}: key {k!r} is not a string")
-            out[k] = _value(args[1], v, f"{where}[{k!r}]", decode)
+            out[k] = _value(args[1], v, f"{where}[{k!r}]", decode, bounds)
         return out
-    return _scalar(hint, value, where)
+    return _check_range(_scalar(hint, value, where), bounds, where)
+
+
+def _check_range(value: Any, bounds: tuple | None, where: str) -> Any:
+    if isinstance(value, str):
+        limit = bounds[1] if bounds else MAX_TEXT
+        if len(value) > limit:
+            raise MalformedPayload(f"{where}: {len(value)} characters, at most {limit}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MalformedPayload(f"{where}: {value} is not a finite number")
+    lo, hi = bounds or (I64 if isinstance(value, int) else (-math.inf, math.inf))
+    if not lo <= value <= hi:
+        raise MalformedPayload(f"{where}: {value} is outside [{lo}, {hi}]")
+    return value
 
 
 def _scalar(hint: type, value: Any, where: str) -> Any:

@@ -38,6 +38,29 @@ from dataclasses import dataclass, field
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "fedge/v1"
 
+# Value ranges, checked by the codec on decode and encode (codec._check_range). An int field
+# without its own range must fit a signed 64-bit integer, the widest a SQLite INTEGER column
+# holds; a float field without one must be finite. A message that claimed 2**63 examples once
+# killed the coordinator inside SQLite; now it is MalformedPayload before any handler sees it.
+I64 = (-(2**63), 2**63 - 1)
+# One device's dataset, at most: far above any edge device (4e9 examples), far below where
+# a float64 sum of a round's weights loses integer precision.
+MAX_EXAMPLES = 2**32 - 1
+# A str field holds at most this many characters unless its range says otherwise (its [lo, hi]
+# then bounds the length): ids, reasons and hashes are short, and a reason becomes a key of the
+# coordinator's decline counts and a row of its store, so a 16 MB reason must not get that far.
+MAX_TEXT = 256
+_FREE_TEXT = (0, 1 << 20)  # human-readable details: logged, never kept
+_NON_NEGATIVE = (0, I64[1])
+_SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
+
+
+def bounded(lo: float, hi: float, default=None, **kw):
+    """A dataclass field whose value must lie in [lo, hi] (the codec checks it)."""
+    if default is not None:
+        kw["default"] = default
+    return field(metadata={"range": (lo, hi)}, **kw)
+
 
 def device_topic(device_id: str, kind: str) -> str:
     """Topic for one device's channel `kind` (checkin, task, update, ack, status)."""
@@ -75,17 +98,17 @@ def device_of(topic: str) -> tuple[str, str] | None:
 class TaskHyper:
     """Local-training hyperparameters for one task."""
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
+    epochs: int = bounded(1, 1_000_000, 1)
+    batch_size: int = bounded(1, 2**31 - 1, 32)
+    lr: float = bounded(0.0, 1e6, 0.05)
     optimizer: str = "sgd"  # "sgd" (torch semantics, with momentum) or "adamw" (torch semantics)
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    mu: float = 0.0  # FedProx proximal weight; 0 = plain FedAvg local training
-    max_steps: int = 0  # 0 = no cap beyond epochs
+    momentum: float = bounded(0.0, 1.0, 0.0)
+    weight_decay: float = bounded(0.0, 1e6, 0.0)
+    beta1: float = bounded(0.0, 1.0, 0.9)
+    beta2: float = bounded(0.0, 1.0, 0.999)
+    eps: float = bounded(0.0, 1.0, 1e-8)
+    mu: float = bounded(0.0, 1e6, 0.0)  # FedProx proximal weight; 0 = plain FedAvg local training
+    max_steps: int = bounded(0, 2**31 - 1, 0)  # 0 = no cap beyond epochs
     # Carry the local optimizer's state (momentum, Adam moments) over from the device's last
     # task. Off: every task starts fresh, as in FedAvg. Momentum built on an older global model
     # then pushes the new one off course; under quantity skew it made small devices diverge and
@@ -96,17 +119,17 @@ class TaskHyper:
     # step (trainer backends say how they apply it). divergence_factor: a task whose batch loss
     # turns non-finite or exceeds this multiple of its first loss (at least 1 nat) is declined as
     # `diverged` instead of sending a huge delta.
-    max_grad_norm: float = 10.0
-    divergence_factor: float = 10.0
+    max_grad_norm: float = bounded(0.0, 1e30, 10.0)
+    divergence_factor: float = bounded(0.0, 1e30, 10.0)
 
 
 @dataclass(frozen=True)
 class CompressionSpec:
     """How the device compresses its shared-parameter delta."""
 
-    clip_norm: float = 0.0  # L2 bound on the whole delta; 0 disables clipping
-    quant_bits: int = 8  # 32 = fp32, 8 = int8, 4 = 4-bit
-    topk_fraction: float = 1.0  # fraction of entries kept per tensor; 1.0 = dense
+    clip_norm: float = bounded(0.0, 1e30, 0.0)  # L2 bound on the whole delta; 0 disables clipping
+    quant_bits: int = bounded(1, 32, 8)  # 32 = fp32, 8 = int8, 4 = 4-bit
+    topk_fraction: float = bounded(0.0, 1.0, 1.0)  # fraction of entries kept per tensor; 1.0 = dense
     error_feedback: bool = True  # keep what was not sent and add it to the next delta
 
 
@@ -117,21 +140,21 @@ class CheckIn:
     model_ids: tuple[str, ...] = ()
     eligible: bool = True
     reason: str = ""
-    num_examples: int = 0
+    num_examples: int = bounded(0, MAX_EXAMPLES, 0)
 
 
 @dataclass(frozen=True)
 class TrainTask:
-    round_id: int
+    round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
     device_id: str
     model_id: str
-    model_version: int
+    model_version: int = bounded(*_NON_NEGATIVE)
     params: bytes  # shared params, update_codec dense fp32; empty when round_model_sha256 is set
     hyper: TaskHyper = field(default_factory=TaskHyper)
     compression: CompressionSpec = field(default_factory=CompressionSpec)
-    deadline_s: float = 600.0  # seconds after receipt
-    seed: int = 0
+    deadline_s: float = bounded(*_SECONDS, 600.0)  # seconds after receipt
+    seed: int = bounded(*_NON_NEGATIVE, 0)  # numpy refuses negative seeds
     # SCAFFOLD: the server control variate c, update_codec dense fp32 (the device subtracts its own
     # c_i and uploads Update.control); empty = not a SCAFFOLD round.
     correction: bytes = b""
@@ -144,14 +167,14 @@ class TrainTask:
 @dataclass(frozen=True)
 class Update:
     device_id: str
-    round_id: int
+    round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
     update_id: str
     model_id: str
-    base_version: int
-    num_examples: int
+    base_version: int = bounded(*_NON_NEGATIVE)
+    num_examples: int = bounded(0, MAX_EXAMPLES)
     payload: bytes  # compressed delta of shared params, update_codec
-    dense_bytes: int = 0  # what payload and control would cost as dense fp32 (for reports)
+    dense_bytes: int = bounded(*_NON_NEGATIVE, 0)  # what payload and control would cost as dense fp32 (for reports)
     metrics: dict[str, float] = field(default_factory=dict)
     # SCAFFOLD: Δc_i = c_i+ - c_i per shared param, update_codec, compressed like the payload
     # (same bits and top-k, no clipping, its own error-feedback residual); empty = none.
@@ -161,17 +184,17 @@ class Update:
 @dataclass(frozen=True)
 class Decline:
     device_id: str
-    round_id: int
+    round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
     reason: str  # machine-readable: "battery_low", "metered_link", "aborted:<cause>", ...
-    detail: str = ""
+    detail: str = bounded(*_FREE_TEXT, "")
     stage: str = "before"  # "before" training started, or "during" (an abort)
 
 
 @dataclass(frozen=True)
 class Ack:
     device_id: str
-    round_id: int
+    round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
     update_id: str
     accepted: bool
@@ -182,7 +205,7 @@ class Ack:
 class Status:
     device_id: str
     online: bool
-    detail: str = ""
+    detail: str = bounded(*_FREE_TEXT, "")
 
 
 @dataclass(frozen=True)
@@ -190,7 +213,7 @@ class Pace:
     """Coordinator -> device: check in again after `retry_after_s` seconds (pace steering)."""
 
     device_id: str
-    retry_after_s: float
+    retry_after_s: float = bounded(*_SECONDS)
     reason: str = ""  # "not_selected", "declined", "round_full", ...
 
 
@@ -215,8 +238,8 @@ class ArtifactFile:
     path: str
     sha256: str
     data: bytes
-    index: int = 0  # position in this transfer
-    count: int = 1  # files in this transfer
+    index: int = bounded(*_NON_NEGATIVE, 0)  # position in this transfer
+    count: int = bounded(1, I64[1], 1)  # files in this transfer
 
 
 @dataclass(frozen=True)
@@ -224,9 +247,9 @@ class Announcement:
     """Retained on ANNOUNCE_TOPIC: the coordinator's current model and round."""
 
     model_id: str
-    model_version: int
+    model_version: int = bounded(*_NON_NEGATIVE)
     manifest_sha256: str
-    round_id: int = 0  # 0 = no round open
+    round_id: int = bounded(*_NON_NEGATIVE, 0)  # 0 = no round open
     state: str = "idle"  # "training" while a round is open, else "idle"
     # Random per coordinator process. Check-ins are not retained, so one sent while no
     # coordinator listened is lost; a device that hears a new session live checks in again.
@@ -239,8 +262,8 @@ class RoundModel:
     Encoded, split into ModelParts and published once per round."""
 
     model_id: str
-    model_version: int
-    round_id: int
+    model_version: int = bounded(*_NON_NEGATIVE)
+    round_id: int = bounded(*_NON_NEGATIVE)
     params: bytes  # update_codec dense fp32
     correction: bytes = b""
 
@@ -251,8 +274,8 @@ class ModelPart:
     `sha256`. A device joins `count` slices in index order and checks the hash."""
 
     sha256: str
-    index: int
-    count: int
+    index: int = bounded(*_NON_NEGATIVE)
+    count: int = bounded(1, I64[1])
     data: bytes
 
 

@@ -235,9 +235,15 @@ def separable_data(rng, label_mix, n=40, n_test=20):
     return LocalData(x[:n], y[:n], x[n:], y[n:])
 
 
+def toy_sizes(devices: int) -> list[int]:
+    """Local examples per device: unequal (16 to 72), so a formula that weighs by example count
+    where the paper takes a plain mean, or the reverse, changes the numbers the tests check."""
+    return [16 + 8 * ((3 * i) % 8) for i in range(devices)]
+
+
 def toy_fleet(model, tmp_path, cfg: CoordinatorConfig, devices=8, decline_p=0.0, seed=0, store=None) -> Fleet:
     """A Coordinator with `strategy_from_config(cfg)` and `devices` real agents on non-IID
-    separable data (each device mostly sees two of the three classes)."""
+    separable data (each device mostly sees two of the three classes) of unequal sizes."""
     art, manifest, runtime = model
     broker, clock = InMemoryBroker(), ManualClock()
     coordinator = Coordinator(broker.connect("coordinator"), strategy_from_config(cfg), manifest,
@@ -253,7 +259,8 @@ def toy_fleet(model, tmp_path, cfg: CoordinatorConfig, devices=8, decline_p=0.0,
         mix[(i + 1) % CLASSES] += 0.3
         coin = np.random.default_rng([seed, i])
         eligibility = (lambda c=coin: "battery_low" if c.random() < decline_p else None) if decline_p else None
-        device = DeviceRuntime(f"dev{i}", separable_data(rng, mix / mix.sum()), {manifest.model_id: art},
+        data = separable_data(rng, mix / mix.sum(), n=toy_sizes(devices)[i])
+        device = DeviceRuntime(f"dev{i}", data, {manifest.model_id: art},
                                tmp_path / "devices", eligibility=eligibility, abort_check=lambda: None, seed=i)
         agents.append(DeviceAgent(device, broker.connect(f"dev{i}"), clock=clock))
     for agent in agents:
@@ -340,3 +347,23 @@ def test_scaffold_keeps_c_the_mean_of_the_devices_ci(model, tmp_path):
     assert np.any(c["head_global.weight"] != 0)
     for k in c:
         np.testing.assert_allclose(c[k], total[k] / len(fleet.agents), atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox"])
+def test_fedavg_weighs_each_update_by_its_examples_on_an_unequal_fleet(model, tmp_path, name):
+    """One round of real devices holding 16 to 72 examples: the new model is the old one plus
+    sum_i n_i delta_i / sum_i n_i over the accepted updates (McMahan et al.), from the wire bytes."""
+    from tests.coordinator.fleet import assert_params, copy_params, fedavg_oracle
+
+    fleet = toy_fleet(model, tmp_path, CoordinatorConfig(strategy=name, **E2E))
+    c = fleet.coordinator
+    old = copy_params(c.state.params)
+    assert c.begin_round()
+    fleet.drain()
+    reported = list(c.round.machine.reported)
+    record = c.tick()
+    assert record is not None and record.committed and record.reports == len(reported) >= 2
+    accepted = [u for u in fleet.updates() if u.round_id == record.round_id and u.device_id in reported]
+    assert len(accepted) == len(reported)
+    assert len({u.num_examples for u in accepted}) > 1  # unequal, or the weights would not matter
+    assert_params(c.state.params, fedavg_oracle(old, accepted))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import struct
 import zlib
 
@@ -107,13 +108,69 @@ def test_frame_layout():
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
 
 
-def test_non_finite_floats_pass_through():
+def test_non_finite_floats_are_refused_both_ways():
     msg = p.Update(
         device_id="d", round_id=1, task_id="t", update_id="u", model_id="m", base_version=0,
-        num_examples=1, payload=b"", metrics={"loss": math.nan, "gnorm": math.inf},
+        num_examples=1, payload=b"", metrics={"loss": math.nan, "gnorm": 1.0},
     )
-    out = decode_message(encode_message(msg))
-    assert math.isnan(out.metrics["loss"]) and out.metrics["gnorm"] == math.inf
+    with pytest.raises(MalformedPayload, match=r"Update\.metrics\['loss'\]: nan is not a finite"):
+        encode_message(msg)
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(MalformedPayload, match=r"Update\.metrics\['gnorm'\]"):
+            decode_message(_map_frame(p.Update, {**UPD, "metrics": {"gnorm": bad}}))
+
+
+# (message, field path, values out of range, a value in range) for every bounded field kind.
+_I64_OUT = (2**63, 2**64 - 1)  # msgpack itself cannot carry below -2**63
+RANGE_CASES = [
+    (p.CheckIn, ("num_examples",), (2**63, 2**32, -1), 2**32 - 1),
+    (p.Update, ("num_examples",), (2**63, 2**32, -1), 7),
+    (p.Update, ("round_id",), (*_I64_OUT, -1), 2**63 - 1),
+    (p.Update, ("base_version",), (-1, 2**63), 0),
+    (p.Update, ("dense_bytes",), (-5,), 0),
+    (p.Decline, ("round_id",), (-1, 2**63), 3),
+    (p.Ack, ("round_id",), (-1,), 3),
+    (p.TrainTask, ("seed",), (-1, 2**63), 2**63 - 1),
+    (p.TrainTask, ("deadline_s",), (math.nan, math.inf, -1.0, 1e10), 0.0),
+    (p.TrainTask, ("hyper", "lr"), (math.nan, -0.1, math.inf), 1e-3),
+    (p.TrainTask, ("hyper", "epochs"), (0, 2**63), 5),
+    (p.TrainTask, ("hyper", "batch_size"), (0, 2**31), 1),
+    (p.TrainTask, ("hyper", "momentum"), (1.5, -0.1), 0.99),
+    (p.TrainTask, ("compression", "topk_fraction"), (1.01, -1.0, math.nan), 0.5),
+    (p.TrainTask, ("compression", "quant_bits"), (0, 33), 4),
+    (p.Pace, ("retry_after_s",), (math.inf, -1.0, math.nan), 1e9),
+    (p.ArtifactFile, ("count",), (0,), 1),
+    (p.ModelPart, ("index",), (-1,), 0),
+    (p.Announcement, ("model_version",), (-1,), 0),
+    (p.RoundModel, ("round_id",), (-1,), 0),
+    (p.Decline, ("reason",), ("x" * 257,), "x" * 256),  # a str: at most 256 characters by default
+    (p.CheckIn, ("device_id",), ("d" * 10_000,), "d" * 200),
+    (p.Status, ("detail",), ("x" * (2**20 + 1),), "x" * 5000),  # free text: up to 1 Mi characters
+]
+
+
+def _with(fields: dict, path: tuple, value) -> dict:
+    out = dict(fields)
+    if len(path) == 1:
+        out[path[0]] = value
+    else:
+        out[path[0]] = _with(out.get(path[0]) or {}, path[1:], value)
+    return out
+
+
+@pytest.mark.parametrize("cls, path, bad, good", RANGE_CASES, ids=lambda v: getattr(v, "__name__", None))
+def test_out_of_range_values_are_malformed_naming_the_field(cls, path, bad, good):
+    base = _fields(SAMPLES[cls])
+    where = re.escape(".".join((cls.__name__, *path)))
+    for value in bad:
+        with pytest.raises(MalformedPayload, match=where):
+            decode_message(_map_frame(cls, _with(base, path, value)))
+    msg = decode_message(_map_frame(cls, _with(base, path, good)))
+    got = msg
+    for name in path:
+        got = getattr(got, name)
+    assert got == good
+    assert decode_message(encode_message(msg)) == msg  # what decodes encodes, and back
 
 
 def test_int_in_float_field_is_cast_and_missing_defaults_filled():

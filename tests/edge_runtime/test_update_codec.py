@@ -311,9 +311,19 @@ def test_oversize_is_checked_first():
 
 
 def test_random_corruption_only_ever_raises_codec_errors():
-    """Whatever the bytes, the decoder answers with a tensor list or a CodecError, never a crash."""
+    """Whatever the bytes, the decoder answers with a tensor list or a CodecError, never a crash;
+    and a corrupted frame that does decode (its CRC re-sealed) is refused downstream by the
+    coordinator's checks with a named reason, or else is a well-formed update of the expected
+    tensors (a changed value in range: what no format check can tell from a genuine one)."""
+    from fedge.coordinator.errors import UpdateRejected
+    from fedge.coordinator.validation import RoundContext, check_contents
+    from fedge.edge_runtime.kernel.protocol import Update
+
     rng = np.random.default_rng(7)
     frame = encode_tensors(SAMPLES)
+    shapes = {t.name: tuple(t.shape) for t in SAMPLES}
+    ctx = RoundContext(1, "m", 0, {"d": "t"}, shapes, 0.0)
+    outcomes: dict[str, int] = {}
     for _ in range(2000):
         bad = bytearray(frame)
         for pos in rng.integers(0, len(bad), size=rng.integers(1, 4)):
@@ -324,8 +334,22 @@ def test_random_corruption_only_ever_raises_codec_errors():
             bad = bytearray(_recrc(bytes(bad)))  # reach the content checks, not just the CRC
         try:
             decode_tensors(bytes(bad), max_elements=10_000)
-        except CodecError:
-            pass
+        except CodecError as exc:
+            outcomes[exc.reason] = outcomes.get(exc.reason, 0) + 1
+            continue
+        try:
+            dense = check_contents(Update("d", 1, "t", "u", "m", 0, 5, bytes(bad)), ctx)
+        except UpdateRejected as exc:
+            outcomes["downstream:" + exc.reason] = outcomes.get("downstream:" + exc.reason, 0) + 1
+            continue
+        assert {k: v.shape for k, v in dense.items()} == shapes
+        assert all(np.all(np.isfinite(v)) for v in dense.values())
+        outcomes["well_formed"] = outcomes.get("well_formed", 0) + 1
+    # Every path was taken: refused by the codec (several reasons), refused downstream, and decoded.
+    assert sum(outcomes.values()) == 2000
+    assert {"checksum", "truncated", "malformed"} <= set(outcomes), outcomes
+    assert any(k.startswith("downstream:") for k in outcomes), outcomes
+    assert outcomes.get("well_formed", 0) > 0, outcomes
 
 
 def test_structural_faults_are_reported_before_non_finite_values():

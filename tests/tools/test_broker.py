@@ -102,12 +102,39 @@ def test_config_validation():
 
 # -- the process -------------------------------------------------------------------------------
 
-def test_free_port_is_bindable():
+def test_free_port_is_bindable_and_below_the_ephemeral_range():
     import socket
 
-    port = free_port()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+    low = broker_process._ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) > 1  # drawn at random: 20 draws from thousands of ports
+    for port in ports:
+        if low > broker_process._PRIVATE_LOW + 100:  # else the kernel picked (port 0)
+            assert broker_process._PRIVATE_LOW <= port < low, (port, low)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            assert s.getsockname()[1] == port
+
+
+def test_free_port_skips_a_port_in_use(monkeypatch):
+    import socket
+
+    class Picks:
+        def __init__(self, ports):
+            self.ports = iter(ports)
+
+        def randrange(self, lo, hi):
+            return next(self.ports)
+
+    with socket.socket() as busy, socket.socket() as probe:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        probe.bind(("127.0.0.1", 0))
+        taken, free = busy.getsockname()[1], probe.getsockname()[1]
+        probe.close()
+        monkeypatch.setattr(broker_process, "_ephemeral_low", lambda: 65535)
+        monkeypatch.setattr(broker_process.random, "SystemRandom", lambda: Picks([taken, free]))
+        assert free_port() == free
 
 
 def test_missing_binary_names_the_package(monkeypatch):

@@ -1,0 +1,65 @@
+"""The model guard's optional second check: the candidate model's loss on a small labelled
+set of the coordinator's own (`[coordinator] guard_set`, an .npz with `x` and `y`).
+
+A round whose aggregate is finite can still wreck the model (a poisoned update inside the
+norm bound, a server optimizer stepping too far). With a guard set the coordinator scores the
+current and the candidate global model with the model's own eval graph (the global head,
+personal layers at their initial values, as a device that has not personalized would run it)
+and abandons the round when the candidate's mean cross-entropy is over guard_max_loss_ratio
+times the current one's. Needs onnxruntime on the coordinator (`pip install 'fedge[device]'`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.files import load_npz
+from fedge.edge_runtime.kernel.manifest import Manifest
+
+from .guard import holdout_fault, mean_cross_entropy
+
+
+class HoldoutCheck:
+    def __init__(self, artifacts_dir: str | Path, manifest: Manifest, set_path: str | Path, max_ratio: float):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("guard_set needs onnxruntime on the coordinator: pip install 'fedge[device]'") from None
+        art = Path(artifacts_dir)
+        data = load_npz(Path(set_path))
+        if "x" not in data or "y" not in data or len(data["x"]) != len(data["y"]) or not len(data["y"]):
+            raise ConfigError(f"guard_set {set_path}: needs arrays x and y of the same, non-zero length")
+        init = load_npz(art / "params_init.npz")
+        self.personal = {p.name: np.asarray(init[p.name], np.float32) for p in manifest.by_role("personal")}
+        self.eval = ort.InferenceSession(str(art / "eval.onnx"), providers=["CPUExecutionProvider"])
+        x = np.asarray(data["x"], np.float32)
+        if (art / "backbone.onnx").exists():  # a frozen backbone: embed once, the set never changes
+            backbone = ort.InferenceSession(str(art / "backbone.onnx"), providers=["CPUExecutionProvider"])
+            x = backbone.run(["z"], {"x": x})[0]
+        self.z = x.reshape(len(x), -1)
+        self.y = np.asarray(data["y"], np.int64)
+        self.max_ratio = max_ratio
+        self._scored: tuple[int, float] | None = None  # (model version, loss): the current model's
+
+    def loss(self, shared: dict[str, np.ndarray]) -> float:
+        feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in {**shared, **self.personal}.items()}
+        feeds["z"] = self.z
+        (logits,) = self.eval.run(["logits_global"], feeds)
+        return mean_cross_entropy(logits, self.y)
+
+    def fault(self, version: int, current: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> str | None:
+        """None when `candidate` may replace `current` (the model at `version`), else why not."""
+        if self._scored is None or self._scored[0] != version:
+            self._scored = (version, self.loss(current))
+        return holdout_fault(self._scored[1], self.loss(candidate), self.max_ratio)
+
+
+def open_holdout(config, manifest: Manifest) -> HoldoutCheck | None:
+    if not config.guard_set:
+        return None
+    if not config.artifacts_dir:
+        raise ConfigError("guard_set needs artifacts_dir (the model's eval graph)")
+    return HoldoutCheck(config.artifacts_dir, manifest, config.guard_set, config.guard_max_loss_ratio)

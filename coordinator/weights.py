@@ -1,0 +1,29 @@
+"""How much one accepted update counts in the round's weighted mean. Pure.
+
+FedAvg weights a device by the examples it trained on, and the device says how many: a
+claim the coordinator cannot check. Uncapped, one device claiming 2**32 examples becomes the
+whole round. So the weight is the claim capped at `max_examples` (CoordinatorConfig), or 1
+for every device with `weighting = "equal"`.
+
+Why a fixed cap by default and not one drawn from the fleet's median claim: the weight of
+an update must depend on the update alone, so that a restarted coordinator replaying the
+stored round (records.resume) rebuilds bit-identical sums, and so that devices which only
+check in (cheap, and unchecked) cannot move the cap by moving the median. The default,
+100,000, is above any one edge device's local set in our fleets and benchmarks (so it
+changes no honest round), and bounds a liar to 100,000 / (100,000 + the honest examples)
+of a round instead of all of it; an operator who knows the fleet sets it near the largest
+honest device's count, or chooses equal weights where claims cannot be trusted at all.
+"""
+
+from __future__ import annotations
+
+WEIGHTINGS = ("examples", "equal")
+
+
+def update_weight(num_examples: int, max_examples: int, equal: bool = False) -> float:
+    """The weight of an update that claims `num_examples` (> 0): min(claim, cap), or 1.0."""
+    if num_examples <= 0:
+        raise ValueError(f"num_examples must be > 0, got {num_examples}")
+    if equal:
+        return 1.0
+    return float(min(num_examples, max_examples) if max_examples > 0 else num_examples)
