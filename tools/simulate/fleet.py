@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -96,12 +98,17 @@ class FleetSetup:
     backend: str
     hyper: TaskHyper
     ccfg: CoordinatorConfig
+    scratch: Path  # fedge's own temporary folder: artifacts and device state; removed by close()
     new_clients: tuple[ClientData, ...] = ()  # held out: never train, scored on the final model
 
     def runtime(self, client, **kwargs) -> DeviceRuntime:
         return DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
-                             {self.manifest.model_id: self.art_dir}, Path(self.cfg.out_dir) / "devices",
+                             {self.manifest.model_id: self.art_dir}, self.scratch / "devices",
                              backend=self.backend, seed=self.cfg.seed, **kwargs)
+
+    def close(self) -> None:
+        """Remove the scratch folder (it was made by prepare(), never a user's path)."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def coordinator(self, transport, clock) -> Coordinator:
         return Coordinator(transport, strategy_from_config(self.ccfg), self.manifest, self.model.initial("shared"),
@@ -110,7 +117,6 @@ class FleetSetup:
 
 def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     """Data (built from cfg unless given), the personalized spec, artifacts and configs."""
-    out = Path(cfg.out_dir)
     data = data if data is not None else load_data(cfg)
     spec = personalized_spec(choose_spec(cfg, data), cfg.personalization)
     held = cfg.new_devices
@@ -119,12 +125,17 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     data, new_clients = data.subset(0, len(data.clients) - held), data.clients[len(data.clients) - held:]
     if (held or cfg.personalization == "finetune") and spec.head == "personal":
         raise ConfigError(f"model {spec.name} has no global head: --new-devices and finetune need one")
-    # Devices keep state (private heads, residuals, control variates) under out/devices: a new
-    # simulation must not resume from the last one written to the same folder.
-    shutil.rmtree(out / "devices", ignore_errors=True)
-    art_dir = out / "artifacts"
-    manifest = build_artifacts(spec, art_dir, ort_training=cfg.backend == "ort-training")
-    model = ModelRuntime(art_dir, expected_model_id=manifest.model_id)
+    # Devices keep state (private heads, residuals, control variates) and the artifacts in a fresh
+    # temporary folder: a new simulation never resumes from an old one, and nothing lands in (or
+    # is deleted from) the user's output folder. Only paths fedge created itself are removed.
+    scratch = Path(tempfile.mkdtemp(prefix="fedge-sim-"))
+    art_dir = scratch / "artifacts"
+    try:
+        manifest = build_artifacts(spec, art_dir, ort_training=cfg.backend == "ort-training")
+        model = ModelRuntime(art_dir, expected_model_id=manifest.model_id)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     backend = available_backends()[0] if cfg.backend == "auto" else cfg.backend
     hyper = TaskHyper(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                       momentum=_momentum(cfg, backend))
@@ -135,7 +146,9 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
                              over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
                              round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
                              strategy=cfg.strategy, **options)
-    return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, tuple(new_clients))
+    setup = FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, scratch, tuple(new_clients))
+    weakref.finalize(setup, shutil.rmtree, scratch, True)  # a caller that forgets close() leaves no litter
+    return setup
 
 
 class InMemoryFleet:
@@ -182,6 +195,14 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
                    data: FederatedDataset | None = None) -> SimResult:
     """Run cfg.rounds rounds and score every one; `data` replaces the data cfg describes."""
     setup = prepare(cfg, data)
+    try:
+        return _run(setup, on_round)
+    finally:
+        setup.close()
+
+
+def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResult:
+    cfg = setup.cfg
     data, manifest, model, backend, art_dir = setup.data, setup.manifest, setup.model, setup.backend, setup.art_dir
     result = SimResult(config={**asdict(cfg), "backend": backend}, model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
