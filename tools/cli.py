@@ -4,29 +4,78 @@ loads the simulator, and `fedge --help` stays fast."""
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import sys
 
 from fedge.edge_runtime.kernel.errors import FedgeError
 
 
+# Which extra a command needs, and which extra brings each module the commands import lazily:
+# a missing module is named with its fix, not a traceback.
+COMMAND_EXTRAS = {"simulate": "sim", "data": "sim", "bench": "sim", "build-artifacts": "models",
+                  "provision": "coordinator", "coordinator": "coordinator", "device": "device"}
+EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim", "tqdm": "sim",
+          "prometheus_client": "coordinator", "cryptography": "coordinator", "onnxruntime": "device",
+          "paho": "device", "psutil": "device", "msgpack": "device"}
+BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
+           "mqtt": "fedge.tools.bench.mqtt"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["bench", "train-step"]:  # the benchmark owns its options
-        from fedge.tools.bench.train_step import main as bench_main
+    parser = _parser()
+    head, rest = _split_globals(argv)
+    if rest[:1] == ["bench"] and rest[1:2] and rest[1] in BENCHES:  # the benchmark owns its options
+        opts = parser.parse_args(head + ["bench", rest[1]])
+        return _guarded(opts, lambda: importlib.import_module(BENCHES[rest[1]]).main(rest[2:]) or 0)
+    args = parser.parse_args(argv)
+    return _guarded(args, lambda: _dispatch(args))
 
-        return bench_main(argv[2:]) or 0
-    if argv[:2] == ["bench", "heterogeneity"]:
-        from fedge.tools.bench.heterogeneity import main as bench_hetero
 
-        return bench_hetero(argv[2:]) or 0
-    if argv[:2] == ["bench", "mqtt"]:
-        from fedge.tools.bench.mqtt import main as bench_mqtt
+def _guarded(args, call) -> int:
+    """Logging from the global flags, then the command; known failures become one line."""
+    from fedge.edge_runtime.logs import setup_logging
 
-        return bench_mqtt(argv[2:]) or 0
+    setup_logging(args.verbose, args.log_format)
+    try:
+        return call()
+    except FedgeError as exc:
+        print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        extra = COMMAND_EXTRAS.get(args.command, EXTRAS[top])
+        print(f"fedge: error: `fedge {args.command}` needs the {top!r} module from the [{extra}] extra: "
+              f"pip install \"<fedge checkout or fedge-*.whl>[{extra}]\" (e.g. pip install -e '.[{extra}]')",
+              file=sys.stderr)
+        return 2
+
+
+def _split_globals(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The global options before the subcommand, and the rest."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--log-format" else 1
+    return argv[:i], argv[i:]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedge")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedge", description="Federated training at the edge.")
+    parser.add_argument("--version", action="version", version=f"fedge {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
+    parser.add_argument("--log-format", choices=("text", "json", "journald"), default="text",
+                        help="json: one object per line; journald: no timestamp, syslog level prefix")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="run a simulated fleet in one process")
@@ -78,15 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_parser("heterogeneity", help="algorithms x partitions x personalization (see: fedge bench heterogeneity -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
 
-    args = parser.parse_args(argv)
-    from fedge.edge_runtime.logs import setup_logging
-
-    setup_logging(args.verbose, args.log_format)
-    try:
-        return _dispatch(args)
-    except FedgeError as exc:
-        print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _dispatch(args) -> int:

@@ -133,10 +133,14 @@ def build_federated(
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     x, y = _load_shipped(name)
+    _check_split_args(name, len(y), num_clients, partition, alpha, classes_per_client)
     # spawn(3) starts with the same two children as spawn(2): adding the third stream kept
     # every earlier partition and split unchanged.
     part_rng, split_rng, skew_rng = np.random.default_rng(seed).spawn(3)
-    parts = _partition(partition, y, num_clients, part_rng, alpha=alpha, classes_per_client=classes_per_client)
+    try:
+        parts = _partition(partition, y, num_clients, part_rng, alpha=alpha, classes_per_client=classes_per_client)
+    except ValueError as exc:  # the partitioner's own limits (e.g. a Dirichlet draw that never fits)
+        raise DatasetError(f"{name} over {num_clients} devices ({partition}): {exc}") from None
     _, _, _, _, _, image = _SHIPPED[name]
     transforms = draw_transforms(num_clients, skew_rng, image=True, skew=feature_skew) if partition == "feature" else []
     noise_rngs = skew_rng.spawn(num_clients) if transforms else []
@@ -157,6 +161,21 @@ def build_federated(
         clients.append(ClientData(cid, x_train, y[train], x_test, y[test]))
     return FederatedDataset(name, tuple(clients), int(y.max()) + 1, (x.shape[1],), image, tuple(transforms))
 
+
+
+def _check_split_args(name: str, n: int, devices: int, partition: str, alpha: float, classes_per_client: int) -> None:
+    """Arguments a user types (`--devices`, `--alpha`, `--classes-per-client`), checked with the
+    flag's name and a value that works, before any partitioner sees them."""
+    if devices < 1:
+        raise DatasetError(f"--devices {devices}: need at least 1 device")
+    if devices > n // 2:
+        raise DatasetError(f"--devices {devices}: {name} has {n} examples, so at most {n // 2} devices "
+                           f"(each needs >= 2 for its train/test split)")
+    if partition == "dirichlet" and not alpha > 0:
+        raise DatasetError(f"--alpha {alpha}: the Dirichlet concentration must be > 0 "
+                           f"(0.1 = strong label skew, 100 = close to iid)")
+    if partition == "shards" and classes_per_client < 1:
+        raise DatasetError(f"--classes-per-client {classes_per_client}: each device needs at least 1 label (e.g. 2)")
 
 
 def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
