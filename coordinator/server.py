@@ -240,7 +240,7 @@ class Coordinator:
                 self.store.add_decline(rnd.ctx.round_id, StoredDecline(rnd.events, decline.device_id, decline.reason))
             rnd.events += 1
             rnd.machine.on_decline(decline.device_id, decline.reason)
-        self._pace(decline.device_id, pace.DECLINED)
+        self._pace(decline.device_id, pace.DECLINED, decline.reason)
 
     def _counted_before(self, update: Update) -> dict:
         key = update_key(update)
@@ -333,13 +333,14 @@ class Coordinator:
             self._send(model_part_topic(index), b"", retain=True)
         self._parts_retained = retained
 
-    def _pace(self, device_id: str, reason: str) -> None:
+    def _pace(self, device_id: str, reason: str, device_reason: str | None = None) -> None:
         rnd, cfg = self.round, self.config
         remaining = rnd.machine.deadline - self.clock.now() if rnd is not None else 0.0
         round_id = rnd.ctx.round_id if rnd is not None else self.next_round_id
         delay = pace.retry_after(reason, remaining, idle_s=cfg.pace_idle_s, declined_s=cfg.pace_declined_s,
                                  jitter_s=cfg.pace_jitter_s, max_s=cfg.pace_max_s,
-                                 jitter=pace.jitter_fraction(cfg.seed, device_id, round_id))
+                                 jitter=pace.jitter_fraction(cfg.seed, device_id, round_id),
+                                 device_reason=device_reason or getattr(self.registry.get(device_id), "reason", "") or "")
         self._send(device_topic(device_id, "task"), encode_message(Pace(device_id, delay, reason)))
         self.metrics.pace.labels(reason).inc()
 

@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     d = dev.add_parser("probe", help="print battery, link, temperature, CPU and memory facts and the verdict")
     d.add_argument("--config", help="device TOML: use its [eligibility] policy and [probe] root")
     d.add_argument("--root", default=None, help="read sysfs/procfs under this root (default /)")
+    d.add_argument("--json", action="store_true", help="facts, sources and verdict as JSON")
 
     p = sub.add_parser("coordinator", help="the coordinator service")
     co = p.add_subparsers(dest="coordinator_command", required=True)
@@ -186,7 +187,7 @@ def _device(args) -> int:
     import json
 
     from fedge.edge_runtime.eligibility import EligibilityPolicy
-    from fedge.edge_runtime.probes import SystemProbe, describe
+    from fedge.edge_runtime.probes import SystemProbe, describe, render
 
     policy, root = EligibilityPolicy(), "/"
     if args.config:
@@ -195,7 +196,9 @@ def _device(args) -> int:
         raw = load_toml(args.config)  # read once: only its [eligibility] and [probe] tables matter here
         policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), "eligibility")
         root = raw.get("probe", {}).get("root", "/")
-    print(json.dumps(describe(SystemProbe(root=args.root or root, metered_wait_s=3.0), policy), indent=2))
+    # One second of CPU accounting: long enough that fedge's own start-up does not dominate it.
+    report = describe(SystemProbe(root=args.root or root, metered_wait_s=3.0), policy, settle_s=1.0)
+    print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
 
