@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     dev = p.add_subparsers(dest="device_command", required=True)
     d = dev.add_parser("run", help="connect to the broker and train when asked (runs until SIGTERM)")
     d.add_argument("--config", required=True, help="device TOML (see edge_runtime/device_config.py)")
+    d = dev.add_parser("init", help="write a commented device.toml to edit")
+    d.add_argument("--out", default="device.toml", help="where to write it (kept if it exists; default %(default)s)")
+    d.add_argument("--id", dest="device_id", default="pi-001", help="device id = broker username")
+    d.add_argument("--broker", default="mqtt://localhost:1883", help="broker url")
+    d.add_argument("--data", default="/var/lib/fedge/data.npz", help="the device's .npz data file")
+    d.add_argument("--state-dir", default="/var/lib/fedge", help="where the device keeps its state")
+    d.add_argument("--force", action="store_true", help="replace an existing file")
     d = dev.add_parser("probe", help="print battery, link, temperature, CPU and memory facts and the verdict")
     d.add_argument("--config", help="device TOML: use its [eligibility] policy and [probe] root")
     d.add_argument("--root", default=None, help="read sysfs/procfs under this root (default /)")
@@ -184,6 +191,13 @@ def _device(args) -> int:
         from fedge.edge_runtime.run import run_device
 
         return run_device(load_device_config(args.config))
+    if args.device_command == "init":
+        from fedge.edge_runtime.device_init import write_device_toml
+
+        path = write_device_toml(args.out, device_id=args.device_id, broker_url=args.broker, data_npz=args.data,
+                                 state_dir=args.state_dir, force=args.force)
+        print(f"wrote {path}: edit device_id, [broker] and [data], then: fedge device run --config {path}")
+        return 0
     import json
 
     from fedge.edge_runtime.eligibility import EligibilityPolicy
