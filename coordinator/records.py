@@ -7,6 +7,7 @@ SCAFFOLD round, the control-variate deltas).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -46,6 +47,10 @@ class RoundRecord:
     bytes_up_dense: int
     bytes_down: int
     seconds: float
+    # Example-weighted mean of the devices' reported training loss (Update.metrics["loss"]) over
+    # the round's accepted updates; None when none reported one. A round resumed after a
+    # restart counts only the updates accepted since (the store keeps no metrics).
+    train_loss: float | None = None
 
 
 @dataclass
@@ -58,6 +63,12 @@ class OpenRound:
     hyper: TaskHyper
     correction_bytes: bytes = b""  # the round's TrainTask.correction (SCAFFOLD's c), encoded once
     round_model_sha256: str = ""  # tasks name the published RoundModel by this; "" = params inline
+    loss_sum: float = 0.0  # sum of num_examples * reported loss
+    loss_weight: float = 0.0  # sum of num_examples over updates that reported a finite loss
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.loss_sum / self.loss_weight if self.loss_weight > 0 else None
     model_parts: tuple = ()  # encoded ModelParts of the round's RoundModel, published retained
     control: WeightedMean = field(default_factory=WeightedMean)  # Δc_i, each with weight 1 (SCAFFOLD)
     bytes_up: int = 0
@@ -71,9 +82,14 @@ class OpenRound:
 
 
 def count_update(rnd: OpenRound, device_id: str, update_id: str, digest: str, delta: dict[str, np.ndarray],
-                 num_examples: int, control: dict[str, np.ndarray] | None = None) -> None:
+                 num_examples: int, control: dict[str, np.ndarray] | None = None, loss: float | None = None) -> None:
     """Add one accepted update (and its control-variate delta, if any) to the round."""
     rnd.accumulator.add(delta, float(num_examples))
+    # The loss is the device's word, not checked against anything: a non-finite or absurd
+    # value is left out rather than allowed to turn the round's mean into NaN or 1e300.
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss) and abs(loss) < 1e12:
+        rnd.loss_sum += float(num_examples) * float(loss)
+        rnd.loss_weight += float(num_examples)
     if control is not None:
         rnd.control.add(control, 1.0)  # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one
     rnd.seen[(device_id, rnd.ctx.round_id, update_id)] = digest

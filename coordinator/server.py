@@ -220,7 +220,8 @@ class Coordinator:
                                                                  digest, update.num_examples, update.payload,
                                                                  update.control))
         rnd.events += 1
-        count_update(rnd, update.device_id, update.update_id, digest, delta, update.num_examples, control)
+        count_update(rnd, update.device_id, update.update_id, digest, delta, update.num_examples, control,
+                     loss=update.metrics.get("loss"))
         self.metrics.accepted.inc()
         self._ack(update, True, "")
 
@@ -437,7 +438,7 @@ class Coordinator:
         return RoundRecord(round_id=m.round_id, committed=committed, why=m.why, selected=len(m.selected),
                            reports=len(m.reported), declines=dict(m.declined), bytes_up=rnd.bytes_up,
                            bytes_up_dense=rnd.bytes_up_dense, bytes_down=rnd.bytes_down,
-                           seconds=self.clock.now() - rnd.started)
+                           seconds=self.clock.now() - rnd.started, train_loss=rnd.train_loss)
 
     def _close(self, record: RoundRecord) -> RoundRecord:
         self.history.append(record)
@@ -447,11 +448,14 @@ class Coordinator:
         # Round ids never repeat: an abandoned round is retried under the next id, and
         # nothing from it was applied.
         self.next_round_id = record.round_id + 1
-        self.metrics.round_closed(record.committed, record.reports, record.seconds, self.state.version)
+        self.metrics.round_closed(record.committed, record.reports, record.seconds, self.state.version,
+                                  record.train_loss)
         # The round is closed (and committed, with a store) whatever the link does now: the
         # caller must get this record, so a dropped link only defers the announcement.
         self._announce_or_defer()
-        log.info("round %d %s: %s", record.round_id, "committed" if record.committed else "abandoned", record.why)
+        log.info("round %d %s: %s; %d reports, mean train loss %s", record.round_id,
+                 "committed" if record.committed else "abandoned", record.why, record.reports,
+                 "n/a" if record.train_loss is None else f"{record.train_loss:.4g}")
         return record
 
     def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float) -> OpenRound:

@@ -259,6 +259,9 @@ class DeviceAgent:
                 self._send_decline(Decline(self.device_id, task.round_id, task.task_id, exc.reason, str(exc), "during"))
                 return
         self.tasks[task.task_id] = advance(TaskState.TRAINING, "trained")
+        log.info("device %s: round %d task %s: %d steps, loss %.4g, %d bytes up", self.device_id, task.round_id,
+                 task.task_id, reply.metrics.get("steps", 0), reply.metrics.get("loss", float("nan")),
+                 len(kept[reply.update_id]))
         self.next_republish = self.clock.now() + self.republish_s  # first: a failed publish is retried by tick()
         self._publish("update", kept[reply.update_id])
 
@@ -380,6 +383,8 @@ class DeviceAgent:
         self._send_decline(Decline(self.device_id, task.round_id, task.task_id, reason, detail, "before"))
 
     def _send_decline(self, decline: Decline) -> None:
+        log.info("device %s: round %d task %s declined: %s%s", self.device_id, decline.round_id, decline.task_id,
+                 decline.reason, f" ({decline.detail})" if decline.detail else "")
         payload = encode_message(decline)
         self.declines[decline.task_id] = payload
         if len(self.declines) > _SEEN_TASKS_KEPT:

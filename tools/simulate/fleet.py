@@ -290,6 +290,7 @@ class _Scorer:
             "participants": record.reports,
             "selected": record.selected,
             "global_accuracy": global_acc,
+            "train_loss": record.train_loss,
             **_spread(self._personalized(shared, runtimes)),
             "bytes_up": record.bytes_up,
             "bytes_up_dense": record.bytes_up_dense,

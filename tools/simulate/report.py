@@ -14,6 +14,8 @@ run.json schema (version 1):
                                      the global head fine-tuned on its data (finetune), or the global
                                      model (none, or a spec without a personal head)
         personalized_accuracy_min    fraction: the worst device
+        train_loss                   float: example-weighted mean of the training loss the round's
+                                     accepted updates reported (their local steps), or null
         bytes_up                     int: update messages received this round, as sent on the wire
         bytes_up_dense               int: the same messages with dense fp32 deltas
         bytes_down                   int: task and ack messages sent this round
@@ -34,16 +36,20 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-HEADER = f"{'round':>5} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} {'dense KiB':>9} {'down KiB':>8} {'sec':>6}"
+HEADER = f"{'round':>5} {'loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} {'dense KiB':>9} {'down KiB':>8} {'sec':>6}"
 
 
 def _pct(v) -> str:
     return "   -   " if v is None else f"{v:7.3f}"
 
 
+def _loss(v) -> str:
+    return "   -   " if v is None else f"{v:7.4f}" if v < 100 else f"{v:7.1e}"
+
+
 def format_row(row: dict) -> str:
     return (
-        f"{row['round']:>5} {_pct(row['global_accuracy'])} {row['personalized_accuracy_mean']:9.3f} "
+        f"{row['round']:>5} {_loss(row.get('train_loss'))} {_pct(row['global_accuracy'])} {row['personalized_accuracy_mean']:9.3f} "
         f"{row['personalized_accuracy_min']:8.3f} {row['bytes_up'] / 1024:8.1f} {row['bytes_up_dense'] / 1024:9.1f} "
         f"{row['bytes_down'] / 1024:8.1f} {row['seconds']:6.2f}" + ("" if row["committed"] else "  (abandoned)")
     )
