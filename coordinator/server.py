@@ -93,6 +93,7 @@ class Coordinator:
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()
         self.declines: Counter[str] = Counter()
+        self.decline_details: dict[str, str] = {}  # reason -> the latest detail a device gave (bounded)
         self._recent: deque[dict] = deque(maxlen=_RECENT_ROUNDS)  # `seen` of closed rounds, without a store
         self._logged: Counter[str] = Counter()
         self._parts_retained = 0  # model-part topics this process left a retained message on
@@ -234,6 +235,8 @@ class Coordinator:
             return  # counted once per device and round, so a device cannot inflate the label set
         rnd.decline_from.add(decline.device_id)
         self.declines[decline.reason] += 1
+        if decline.reason in self.decline_details or len(self.decline_details) < 64:  # devices pick reasons
+            self.decline_details[decline.reason] = decline.detail[:300]
         self.metrics.declined(decline.reason)
         log.info("round %d: %s declined: %s", rnd.ctx.round_id, decline.device_id, decline.reason)
         if rnd.machine.expects(decline.device_id):

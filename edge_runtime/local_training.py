@@ -73,7 +73,8 @@ def train_locally(
             idx = order[b * hyper.batch_size : (b + 1) * hyper.batch_size]
             loss = backend.step(z[idx], y[idx], sh)
             if not math.isfinite(loss):
-                raise TrainingError(f"loss became {loss} at step {steps}; lower the learning rate (lr={hyper.lr})")
+                raise TrainingError(f"loss became {loss} at step {steps}; lower the learning rate (lr={hyper.lr})"
+                                    + _scale_hint(z))
             losses.append(loss)
             steps += 1
             if hyper.max_steps and steps >= hyper.max_steps:
@@ -83,7 +84,8 @@ def train_locally(
     params, state = backend.current()
     for name, value in params.items():
         if not np.all(np.isfinite(value)):
-            raise TrainingError(f"param {name} became non-finite; lower the learning rate (lr={hyper.lr})")
+            raise TrainingError(f"param {name} became non-finite; lower the learning rate (lr={hyper.lr})"
+                                + _scale_hint(z))
     shared_names = [p.name for p in manifest.by_role("shared")]
     delta = {k: params[k] - shared[k] for k in shared_names}
     new_personal = {k: params[k] for k in personal}
@@ -100,6 +102,12 @@ def check_scaffold_hyper(hyper: TaskHyper) -> None:
                           "is a mean preconditioned step, not a gradient, so it cannot estimate c_i")
     if not 0 <= hyper.momentum < 1:
         raise ConfigError(f"SCAFFOLD needs momentum in [0, 1), got {hyper.momentum}")
+
+
+def _scale_hint(z: np.ndarray) -> str:
+    """Divergence on features far from unit scale is the data's fault more often than the rate's."""
+    top = float(np.max(np.abs(z))) if z.size else 0.0
+    return f" or standardize the features (largest |value| {top:.3g})" if top > 10 else ""
 
 
 def momentum_steps(steps: int, momentum: float) -> float:

@@ -107,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
         write_json(result, args.json_path)
         plot = write_plot(result, args.plot_path or Path(args.json_path).with_suffix(".png"))
         print(f"wrote {args.json_path}" + (f" and {plot}" if plot else " (no plot: matplotlib not installed)"))
+    from .report import failure_cause
+
+    cause = failure_cause(result)
+    if cause:
+        print(f"fedge: error: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +32,7 @@ from fedge.edge_runtime.trainer import available_backends, make_backend
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec, load_spec, mlp_spec
-from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
+from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, data_findings, load_npz_dir
 
 from . import baselines as baseline_runs
 from .config import SimConfig
@@ -68,8 +68,16 @@ class SimResult:
     summary: dict = field(default_factory=dict)
 
 
+# Flags that describe how a shipped dataset is split; a --data folder is already split.
+SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "classes_per_client")
+
+
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
+        given = [f"--{n.replace('_', '-')}" for n in SPLIT_FLAGS if getattr(cfg, n) != getattr(SimConfig, n)]
+        if given:
+            raise ConfigError(f"{', '.join(given)} do not apply with --data: each .npz file in {cfg.data_dir} is "
+                              f"one device, split as you saved it; drop {'them' if len(given) > 1 else 'it'}")
         return load_npz_dir(cfg.data_dir)
     return build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
                            classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction)
@@ -204,7 +212,7 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
 def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResult:
     cfg = setup.cfg
     data, manifest, model, backend, art_dir = setup.data, setup.manifest, setup.model, setup.backend, setup.art_dir
-    result = SimResult(config={**asdict(cfg), "backend": backend}, model={"name": setup.spec.name, "model_id": manifest.model_id,
+    result = SimResult(config={**asdict(cfg), **_what_ran(setup)}, model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
     xt, yt = data.union_test()
@@ -224,7 +232,11 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
             result.rounds.append(row)
             if on_round:
                 on_round(row)
-        result.summary = {"rejections": dict(fleet.coordinator.rejections), "declines": dict(fleet.coordinator.declines)}
+        co = fleet.coordinator
+        abandoned = [r.why for r in co.history if not r.committed]
+        result.summary = {"rejections": dict(co.rejections), "declines": dict(co.declines),
+                          "decline_details": dict(co.decline_details),
+                          "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)}}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()
@@ -241,6 +253,21 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
             result.baselines["central"] = baseline_runs.central(model, data, setup.hyper, cfg.central_epochs or central_epochs,
                                                                 backend, cfg.seed)
     return result
+
+
+def _what_ran(setup: FleetSetup) -> dict:
+    """run.json's config where it differs from the flags: a --data folder decides the devices
+    and the split, and a round cannot ask for more devices than exist."""
+    data = setup.data
+    everyone = data.clients + setup.new_clients
+    out = {"backend": setup.backend, "clients_per_round": setup.ccfg.clients_per_round,
+           "data": {"devices": len(everyone), "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+                    "train_examples": sum(len(c.y_train) for c in everyone),
+                    "test_examples": sum(len(c.y_test) for c in everyone),
+                    "findings": data_findings(replace(data, clients=everyone))}}
+    if setup.cfg.data_dir:
+        out.update(devices=len(everyone), dataset=data.name, partition="files", alpha=None, classes_per_client=None)
+    return out
 
 
 def _momentum(cfg: SimConfig, backend: str) -> float:

@@ -55,6 +55,23 @@ def format_row(row: dict) -> str:
     )
 
 
+def failure_cause(result) -> str | None:
+    """Why no round committed, in one line; None when one did."""
+    if any(r["committed"] for r in result.rounds):
+        return None
+    s = result.summary
+    parts = [f"no round committed in {len(result.rounds)}"]
+    if s.get("abandoned"):
+        parts.append("abandoned: " + "; ".join(f"{why} (x{n})" for why, n in s["abandoned"].items()))
+    if s.get("declines"):
+        details = s.get("decline_details", {})
+        parts.append("declines: " + "; ".join(f"{reason} x{n}" + (f" ({details[reason]})" if details.get(reason) else "")
+                                             for reason, n in sorted(s["declines"].items(), key=lambda kv: -kv[1])))
+    if s.get("rejections"):
+        parts.append("rejected updates: " + ", ".join(f"{r} x{n}" for r, n in s["rejections"].items()))
+    return "; ".join(parts[:1]) + " rounds: " + "; ".join(parts[1:]) if len(parts) > 1 else parts[0] + " rounds"
+
+
 def summarize(result) -> dict:
     last = result.rounds[-1]
     up = sum(r["bytes_up"] for r in result.rounds)
