@@ -21,7 +21,8 @@ sys.meta_path.insert(0, Block())
 from fedge.tools.cli import main
 sys.exit(main(sys.argv[2:]))
 """
-SIM = "onnx,mlxtend,sklearn,matplotlib,tqdm,prometheus_client"
+# Everything beyond the device install (numpy, msgpack, paho-mqtt, psutil, onnxruntime).
+DEVICE_ONLY = "onnx,mlxtend,sklearn,matplotlib,tqdm,prometheus_client,cryptography,scipy,torch"
 
 
 def _run_without(blocked: str, *argv: str) -> subprocess.CompletedProcess:
@@ -30,8 +31,9 @@ def _run_without(blocked: str, *argv: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("blocked, argv, extra", [
-    (SIM, ["simulate", "--dataset", "digits", "--rounds", "1", "--quiet"], "[sim]"),
-    ("onnx", ["build-artifacts", "mnist-mlp-lora", "{tmp}/art"], "[models]"),
+    (DEVICE_ONLY, ["simulate", "--dataset", "digits", "--rounds", "1", "--quiet"], "[sim]"),
+    (DEVICE_ONLY, ["build-artifacts", "mnist-mlp-lora", "{tmp}/art"], "[models]"),
+    (DEVICE_ONLY, ["provision", "ca", "--out", "{tmp}/ca"], "[coordinator]"),
     ("cryptography", ["provision", "ca", "--out", "{tmp}/ca"], "[coordinator]"),
 ])
 def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
@@ -92,3 +94,10 @@ def test_verbose_bench_train_step_runs(tmp_path):
     assert main(["-v", "bench", "train-step", "--json", str(out), "--models", "mnist-mlp-lora",
                  "--backends", "numpy", "--steps", "2", "--warmup", "0"]) == 0
     assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv", [["device", "probe", "--json"], ["device", "init", "--out", "{tmp}/device.toml"],
+                                  ["--version"]])
+def test_device_commands_need_only_the_device_install(argv, tmp_path):
+    done = _run_without(DEVICE_ONLY, *[a.format(tmp=tmp_path) for a in argv])
+    assert done.returncode == 0, done.stderr
