@@ -72,12 +72,16 @@ class SimResult:
 SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "classes_per_client")
 
 
+def check_split_flags(cfg: SimConfig) -> None:
+    """A user's --data run must not carry split settings it would silently ignore."""
+    given = [f"--{n.replace('_', '-')}" for n in SPLIT_FLAGS if getattr(cfg, n) != getattr(SimConfig, n)]
+    if cfg.data_dir and given:
+        raise ConfigError(f"{', '.join(given)} do not apply with --data: each .npz file in {cfg.data_dir} is "
+                          f"one device, split as you saved it; drop {'them' if len(given) > 1 else 'it'}")
+
+
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
-        given = [f"--{n.replace('_', '-')}" for n in SPLIT_FLAGS if getattr(cfg, n) != getattr(SimConfig, n)]
-        if given:
-            raise ConfigError(f"{', '.join(given)} do not apply with --data: each .npz file in {cfg.data_dir} is "
-                              f"one device, split as you saved it; drop {'them' if len(given) > 1 else 'it'}")
         return load_npz_dir(cfg.data_dir)
     return build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
                            classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction)
