@@ -43,6 +43,7 @@ class Accepted:
     digest: str  # payload_digest: what the store and the duplicate check compare
     delta: dict[str, np.ndarray]  # dense
     control: dict[str, np.ndarray] | None  # dense Δc_i in a SCAFFOLD round, else None
+    loss: float | None = None  # the device's reported training loss (Update.metrics); the store keeps none
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def admit(update: Update, sender: str | None, view: AdmissionView) -> Accepted |
         delta, control = check_contents(update, ctx), check_control(update, ctx)
     except UpdateRejected as exc:
         return Rejected(exc)
-    return Accepted(update.device_id, update.update_id, update.num_examples, payload_digest(update), delta, control)
+    return Accepted(update.device_id, update.update_id, update.num_examples, payload_digest(update), delta, control,
+                    update.metrics.get("loss"))
 
 
 def check_decline(decline: Decline, sender: str | None, view: AdmissionView) -> Rejected | None:

@@ -13,6 +13,8 @@ Series (all prefixed fedge_):
     rejections_total{reason}         refused messages, by the coordinator's named reason
     bytes_up_total / bytes_down_total  payload bytes received / published
     round_duration_seconds           histogram of round open -> close
+    round_train_loss                 example-weighted mean training loss the devices reported in
+                                     the last closed round (NaN until a round reports one)
     round_id / round_open            the latest round begun, and 1 while it is open
     model_version                    committed global model version
     devices_registered / devices_eligible
@@ -51,6 +53,9 @@ class CoordinatorMetrics:
         self.bytes_down = Counter("fedge_bytes_down", "Payload bytes published to devices", registry=r)
         self.duration = Histogram("fedge_round_duration_seconds", "Seconds from round open to close",
                                   buckets=DURATION_BUCKETS, registry=r)
+        self.train_loss = Gauge("fedge_round_train_loss", "Example-weighted mean device training loss, last "
+                                "closed round", registry=r)
+        self.train_loss.set(float("nan"))
         self.round_id = Gauge("fedge_round_id", "Id of the latest round begun", registry=r)
         self.round_open = Gauge("fedge_round_open", "1 while a round is open", registry=r)
         self.model_version = Gauge("fedge_model_version", "Committed global model version", registry=r)
@@ -79,7 +84,10 @@ class CoordinatorMetrics:
         self.round_id.set(round_id)
         self.round_open.set(1)
 
-    def round_closed(self, committed: bool, participants: int, seconds: float, version: int) -> None:
+    def round_closed(self, committed: bool, participants: int, seconds: float, version: int,
+                     train_loss: float | None = None) -> None:
+        if train_loss is not None:
+            self.train_loss.set(train_loss)
         self.rounds.labels("committed" if committed else "abandoned").inc()
         self.participants_last.set(participants)
         self.participants.inc(participants)

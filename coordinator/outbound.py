@@ -80,13 +80,15 @@ class Outbound:
             self.send(model_part_topic(index), b"", retain=True)
         self.parts_retained = retained
 
-    def pace(self, rnd: OpenRound | None, device_id: str, reason: str, round_id: int, now: float) -> None:
-        """Tell a device with nothing to do when to check in again (pace.py says how long)."""
+    def pace(self, rnd: OpenRound | None, device_id: str, reason: str, round_id: int, now: float,
+             cause: str = "") -> None:
+        """Tell a device with nothing to do when to check in again (pace.py says how long; cause,
+        the device's own reason, shortens a decline's backoff)."""
         cfg = self.config
         remaining = rnd.machine.deadline - now if rnd is not None else 0.0
         delay = pace.retry_after(reason, remaining, idle_s=cfg.pace_idle_s, declined_s=cfg.pace_declined_s,
                                  jitter_s=cfg.pace_jitter_s, max_s=cfg.pace_max_s,
-                                 jitter=pace.jitter_fraction(cfg.seed, device_id, round_id))
+                                 jitter=pace.jitter_fraction(cfg.seed, device_id, round_id), device_reason=cause)
         self.send(device_topic(device_id, "task"), encode_message(Pace(device_id, delay, reason)))
         self.metrics.pace.labels(reason).inc()
 

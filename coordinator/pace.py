@@ -21,6 +21,12 @@ REPORTED = "reported"  # your update for the open round is in
 INELIGIBLE = "ineligible"  # your check-in said you cannot train now
 REASONS = (NO_ROUND, NOT_SELECTED, REPORTED, DECLINED, INELIGIBLE)
 
+# How soon a device that cannot train may have changed its mind, by its own reason (seconds;
+# capped by declined_s). CPU load and memory come and go within a minute; a hot board cools
+# in minutes; a battery charges in tens of minutes. Reasons not listed wait declined_s.
+RECHECK_S = {"cpu_busy": 30.0, "low_memory": 60.0, "too_hot": 120.0, "not_charging": 120.0,
+             "metered_link": 300.0, "link_not_allowed": 300.0, "battery_low": 600.0}
+
 
 def reason_for(machine: RoundMachine | None, device_id: str, eligible: bool) -> str | None:
     """Why a device that checks in gets no task now; None when it is selected and still owes
@@ -53,12 +59,15 @@ def retry_after(
     jitter_s: float,
     max_s: float,
     jitter: float,
+    device_reason: str = "",
 ) -> float:
     """Seconds until the device should check in again.
 
     remaining_s: time left in the open round (ignored for NO_ROUND); idle_s: the wait when
     no round is open; declined_s: the backoff after a decline or an ineligible check-in;
-    jitter: jitter_fraction(...) in [0, 1), scaled by jitter_s. The result is in (0, max_s].
+    jitter: jitter_fraction(...) in [0, 1), scaled by jitter_s. device_reason: the device's
+    own ("cpu_busy", "aborted:too_hot", ...): it shortens the backoff to RECHECK_S's time.
+    The result is in (0, max_s].
     """
     if reason not in REASONS:
         raise ValueError(f"unknown pace reason {reason!r}; expected one of {REASONS}")
@@ -66,7 +75,8 @@ def retry_after(
     if reason == NO_ROUND:
         base = idle_s
     elif reason in (DECLINED, INELIGIBLE):
-        base = max(declined_s, remaining)
+        cause = device_reason.removeprefix("aborted:")
+        base = max(min(declined_s, RECHECK_S.get(cause, declined_s)), remaining)
     else:
         base = remaining
     # A floor of one second: "come back in 0 s" invites a tight check-in loop.

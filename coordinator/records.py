@@ -7,6 +7,7 @@ control mean (SCAFFOLD's control-variate deltas).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from fedge.edge_runtime.kernel.codec import encode_message
@@ -49,6 +50,10 @@ class RoundRecord:
     bytes_up_dense: int
     bytes_down: int
     seconds: float
+    # Example-weighted mean of the devices' reported training loss (Update.metrics["loss"]) over
+    # the round's accepted updates; None when none reported one. A round resumed after a
+    # restart counts only the updates accepted since (the store keeps no metrics).
+    train_loss: float | None = None
 
 
 @dataclass
@@ -61,6 +66,12 @@ class OpenRound:
     hyper: TaskHyper
     correction_bytes: bytes = b""  # the round's TrainTask.correction (SCAFFOLD's c), encoded once
     round_model_sha256: str = ""  # tasks name the published RoundModel by this; "" = params inline
+    loss_sum: float = 0.0  # sum of num_examples * reported loss
+    loss_weight: float = 0.0  # sum of num_examples over updates that reported a finite loss
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.loss_sum / self.loss_weight if self.loss_weight > 0 else None
     model_parts: tuple = ()  # encoded ModelParts of the round's RoundModel, published retained
     # Δc_i, each with weight 1: SCAFFOLD's c moves by their plain mean whatever combines the deltas.
     control: WeightedMean = field(default_factory=WeightedMean)
@@ -79,6 +90,12 @@ class OpenRound:
         """Count one accepted update: aggregator, control mean, seen keys, the machine."""
         weight = update_weight(update.num_examples, self.ctx.max_examples, self.ctx.equal_weights)
         self.aggregator.add(update.delta, UpdateMeta(update.device_id, weight))
+        loss = update.loss
+        # The loss is the device's word, not checked against anything: a non-finite or absurd
+        # value is left out rather than allowed to turn the round's mean into NaN or 1e300.
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss) and abs(loss) < 1e12:
+            self.loss_sum += weight * float(loss)
+            self.loss_weight += weight
         if update.control is not None:
             self.control.add(update.control, 1.0)  # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one
         self.seen[(update.device_id, self.ctx.round_id, update.update_id)] = update.digest
@@ -94,7 +111,7 @@ class OpenRound:
         return RoundRecord(round_id=m.round_id, committed=committed, why=m.why, selected=len(m.selected),
                            reports=len(m.reported), declines=dict(m.declined), bytes_up=self.bytes_up,
                            bytes_up_dense=self.bytes_up_dense, bytes_down=self.bytes_down,
-                           seconds=now - self.started)
+                           seconds=now - self.started, train_loss=self.train_loss)
 
 
 def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, state: ServerState,

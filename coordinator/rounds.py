@@ -126,6 +126,7 @@ class Abandon:
 class Pace:
     device_id: str
     reason: str
+    cause: str = ""  # the device's own reason (a decline's), which sets how soon it may retry (pace.py)
 
 
 Action = Union[Send, Aggregate, Commit, Abandon, Pace]
@@ -218,7 +219,7 @@ def on_event(m: RoundMachine, event: Event) -> tuple[RoundMachine, list[Action]]
     if isinstance(event, Declined):
         if m.expects(event.device_id):
             m = _check_reachable(replace(m, declines=m.declines + ((event.device_id, event.reason),)))
-        return m, [Pace(event.device_id, DECLINED)]
+        return m, [Pace(event.device_id, DECLINED, event.reason)]
     if isinstance(event, Tick):
         return _on_tick(m, event.now)
     if isinstance(event, Stopped):

@@ -96,6 +96,7 @@ class Coordinator:
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()
         self.declines: Counter[str] = Counter()
+        self.decline_details: dict[str, str] = {}  # reason -> the latest detail a device gave (bounded)
         self._logged: Counter[str] = Counter()
         self.state: ServerState = restore_state(self.store, manifest.model_id, strategy.name,
                                                 strategy.init(initial_shared), self.shapes)
@@ -238,6 +239,8 @@ class Coordinator:
         self.declines[decline.reason] += 1
         if backoff.is_permanent(decline.reason):
             self.registry.park(decline.device_id, decline.reason)
+        if decline.reason in self.decline_details or len(self.decline_details) < 64:  # devices pick reasons
+            self.decline_details[decline.reason] = decline.detail[:300]
         self.metrics.declined(decline.reason)
         log.info("round %d: %s declined: %s", rnd.ctx.round_id, decline.device_id, decline.reason)
         if rnd.machine.expects(decline.device_id):
@@ -280,10 +283,12 @@ class Coordinator:
             # A duplicate was counted before: ack it as accepted so the device stops resending.
             self.outbound.ack(self.round, report, exc.reason == "duplicate", exc.reason)
 
-    def _pace(self, device_id: str, reason: str) -> None:
+    def _pace(self, device_id: str, reason: str, cause: str = "") -> None:
+        """cause: the device's own reason (a decline's), else the one its last check-in gave."""
+        record = self.registry.get(device_id)
         rnd = self.round
         self.outbound.pace(rnd, device_id, reason, rnd.ctx.round_id if rnd is not None else self.next_round_id,
-                           self.clock.now())
+                           self.clock.now(), cause or (record.reason if record is not None else ""))
 
     def _log(self, level: int, key: str, fmt: str, *args) -> None:
         """Log the first ten of a kind, then every power of two: a flood must not flood the log."""
@@ -347,7 +352,7 @@ class Coordinator:
                 for device_id in action.devices:
                     self.outbound.task(rnd, device_id, now)
             elif isinstance(action, Pace):
-                self._pace(action.device_id, action.reason)
+                self._pace(action.device_id, action.reason, action.cause)
             elif isinstance(action, Aggregate):
                 # N = every device the registry knows (restored from the store after a restart), so a
                 # resumed round scales SCAFFOLD's control step exactly as the uninterrupted one would.
@@ -377,11 +382,14 @@ class Coordinator:
         # Round ids never repeat: an abandoned round is retried under the next id, and
         # nothing from it was applied.
         self.next_round_id = record.round_id + 1
-        self.metrics.round_closed(record.committed, record.reports, record.seconds, self.state.version)
+        self.metrics.round_closed(record.committed, record.reports, record.seconds, self.state.version,
+                                  record.train_loss)
         # The round is closed (and committed) whatever the link does now: the caller must get
         # this record, so a dropped link only defers the announcement.
         self.outbound.announce_or_defer(self.state.version, self.round)
-        log.info("round %d %s: %s", record.round_id, "committed" if record.committed else "abandoned", record.why)
+        log.info("round %d %s: %s; %d reports, mean train loss %s", record.round_id,
+                 "committed" if record.committed else "abandoned", record.why, record.reports,
+                 "n/a" if record.train_loss is None else f"{record.train_loss:.4g}")
         return record
 
     def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float) -> OpenRound:

@@ -231,6 +231,9 @@ class DeviceAgent:
             except PayloadTooLarge as exc:
                 self._step(task, Failed(exc.reason, str(exc), "during", aborted=False))
                 return
+        log.info("device %s: round %d task %s: %d steps, loss %.4g, %d bytes up", self.device_id, task.round_id,
+                 task.task_id, reply.metrics.get("steps", 0), reply.metrics.get("loss", float("nan")),
+                 len(self.journal.kept(reply.update_id) or b""))
         self._step(task, Trained(reply.update_id))
 
     def _on_ack(self, ack: Ack) -> None:

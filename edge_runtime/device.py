@@ -101,6 +101,14 @@ class DeviceRuntime:
             num_examples=len(self.data.y_train),
         )
 
+    def replace_data(self, data: LocalData) -> None:
+        """Swap in new local data between tasks (never during one), and drop the embeddings
+        computed from the old data."""
+        with self._busy:
+            self.data = data
+            for model in self._models.values():
+                model.forget_embeddings()
+
     def add_model(self, model_id: str, directory: str | Path) -> None:
         """Make a verified artifact directory (e.g. one just fetched) available for tasks."""
         runtime = ModelRuntime(directory, expected_model_id=model_id)  # verifies every file against the manifest

@@ -54,14 +54,15 @@ def check_guard_hyper(hyper: TaskHyper) -> None:
         raise ConfigError(f"divergence_factor must be 0 (off) or a finite number > 1, got {hyper.divergence_factor}")
 
 
-def check_loss(loss: float, first: float | None, steps: int, hyper: TaskHyper) -> None:
+def check_loss(loss: float, first: float | None, steps: int, hyper: TaskHyper, z: np.ndarray | None = None) -> None:
     """Diverged if the batch loss is non-finite, or past divergence_factor times the first
-    loss (or LOSS_FLOOR, whichever is larger)."""
+    loss (or LOSS_FLOOR, whichever is larger). z, the features, only sharpens the message."""
+    hint = lambda: _scale_hint(z) if z is not None else ""  # noqa: E731  (only on the failure path)
     if not math.isfinite(loss):
-        raise Diverged(f"loss became {loss} at step {steps}; lower the learning rate (lr={hyper.lr})")
+        raise Diverged(f"loss became {loss} at step {steps}; lower the learning rate (lr={hyper.lr})" + hint())
     if first is not None and hyper.divergence_factor and loss > hyper.divergence_factor * max(first, LOSS_FLOOR):
         raise Diverged(f"loss {loss:.4g} at step {steps} is over {hyper.divergence_factor:g}x the first "
-                       f"{first:.4g}; lower the learning rate (lr={hyper.lr})")
+                       f"{first:.4g}; lower the learning rate (lr={hyper.lr})" + hint())
 
 
 def train_locally(
@@ -100,7 +101,7 @@ def train_locally(
                 raise TaskAborted(cause, f"after {steps} steps")
             idx = order[b * hyper.batch_size : (b + 1) * hyper.batch_size]
             loss = backend.step(z[idx], y[idx], sh)
-            check_loss(loss, losses[0] if losses else None, steps, hyper)
+            check_loss(loss, losses[0] if losses else None, steps, hyper, z)
             losses.append(loss)
             steps += 1
             if hyper.max_steps and steps >= hyper.max_steps:
@@ -110,7 +111,8 @@ def train_locally(
     params, state = backend.current()
     for name, value in params.items():
         if not np.all(np.isfinite(value)):
-            raise Diverged(f"param {name} became non-finite; lower the learning rate (lr={hyper.lr})")
+            raise Diverged(f"param {name} became non-finite; lower the learning rate (lr={hyper.lr})"
+                           + _scale_hint(z))
     shared_names = [p.name for p in manifest.by_role("shared")]
     delta = {k: params[k] - shared[k] for k in shared_names}
     new_personal = {k: params[k] for k in personal}
@@ -127,6 +129,12 @@ def check_scaffold_hyper(hyper: TaskHyper) -> None:
                           "is a mean preconditioned step, not a gradient, so it cannot estimate c_i")
     if not 0 <= hyper.momentum < 1:
         raise ConfigError(f"SCAFFOLD needs momentum in [0, 1), got {hyper.momentum}")
+
+
+def _scale_hint(z: np.ndarray) -> str:
+    """Divergence on features far from unit scale is the data's fault more often than the rate's."""
+    top = float(np.max(np.abs(z))) if z.size else 0.0
+    return f" or standardize the features (largest |value| {top:.3g})" if top > 10 else ""
 
 
 def momentum_steps(steps: int, momentum: float) -> float:

@@ -47,6 +47,10 @@ class ModelRuntime:
             raise DatasetError(f"{where}: contains NaN or Inf; clean the data")
         return np.ascontiguousarray(x.reshape((len(x), *want)), dtype=np.float32)
 
+    def forget_embeddings(self) -> None:
+        """Drop cached backbone outputs: the data they were computed from was replaced."""
+        self._cache.clear()
+
     def embed(self, x: np.ndarray, cache_key: int | None = None) -> np.ndarray:
         """Backbone output for x, computed once per cache_key (the frozen part never changes)."""
         if cache_key is not None and cache_key in self._cache:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 import psutil
 
 from .kernel.clock import SystemClock
-from .eligibility import DeviceFacts, EligibilityPolicy, evaluate, failing
+from .eligibility import DeviceFacts, EligibilityPolicy, evaluate, explain, failing
 from .sysfs_facts import IGNORED_THERMAL_TYPES, read_link, read_power, read_temperature
 
 Runner = Callable[[Sequence[str]], "str | None"]  # argv -> stdout; None if missing or failed
@@ -241,17 +241,20 @@ def describe(probe: FactSource | None = None, policy: EligibilityPolicy | None =
              settle_s: float = 0.25) -> dict[str, Any]:
     """Facts and where each came from; with a policy, the verdicts too. Plain JSON types.
 
-    {"facts": {name: {"value": v, "source": s}}, "verdict": {"before": r, "during": r, "failing": [...]}}
+    {"facts": {name: {"value": v, "source": s}},
+     "verdict": {"eligible": bool, "before": r, "during": r, "failing": [...], "why": ["cpu_busy (idle 2% < 20%)"]}}
 
-    Without a probe, a SystemProbe is made and given settle_s seconds so that CPU idle has
-    a span to measure (a one-off command, unlike the monitor's reads, may wait that long).
+    CPU idle is a rate: a fresh probe has no span to measure yet, so a reading without one is
+    retaken after settle_s seconds (a one-off command, unlike the monitor's reads, may wait).
     """
     if probe is None:
         probe = SystemProbe(metered_wait_s=3.0)  # one-off: wait for nmcli's answer (its timeout is 2 s)
-        time.sleep(settle_s)
     reader = getattr(probe, "read_with_sources", None)
     if reader is not None:
         facts, sources = reader()
+        if facts.cpu_idle_percent is None and settle_s > 0:
+            time.sleep(settle_s)
+            facts, sources = reader()
     else:
         facts, sources = probe.read(), {}
     kind = type(probe).__name__
@@ -260,9 +263,28 @@ def describe(probe: FactSource | None = None, policy: EligibilityPolicy | None =
                   for f in dataclasses.fields(facts)},
     }
     if policy is not None:
+        reasons = failing(policy, facts, "before")
         out["verdict"] = {
+            "eligible": not reasons,
             "before": evaluate(policy, facts, "before"),
             "during": evaluate(policy, facts, "during"),
-            "failing": list(failing(policy, facts, "before")),
+            "failing": list(reasons),
+            "why": [explain(policy, facts, r) for r in reasons],
         }
     return out
+
+
+def render(description: dict[str, Any]) -> str:
+    """describe()'s dict for people: the verdict first, then one fact per line."""
+    lines = []
+    verdict = description.get("verdict")
+    if verdict is not None:
+        lines.append("eligible: yes" if verdict["eligible"] else f"eligible: no: {'; '.join(verdict['why'])}")
+        if verdict["eligible"] != (verdict["during"] is None):
+            lines.append(f"during training: {'ok' if verdict['during'] is None else 'would abort: ' + verdict['during']}")
+    width = max(len(name) for name in description["facts"])
+    for name, fact in description["facts"].items():
+        value = fact["value"]
+        shown = "unknown" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {name:<{width}}  {shown:<10}  {fact['source']}")
+    return "\n".join(lines)

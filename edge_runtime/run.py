@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from pathlib import Path
 
 from .agent import DeviceAgent
@@ -38,6 +39,7 @@ def run_device(cfg: DeviceConfig) -> int:
     loop, transport = build_device(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
+    install_reload(loop.agent.runtime, cfg.data.npz)
     log.info("device %s: connecting to %s", cfg.device_id, cfg.broker.url)
     transport.connect(timeout=0)  # the loop waits for the link; paho keeps retrying with backoff
     try:
@@ -45,3 +47,20 @@ def run_device(cfg: DeviceConfig) -> int:
     finally:
         transport.close()
     return 0
+
+
+def install_reload(runtime, npz: str) -> None:
+    """SIGHUP (`systemctl reload fedge-device`) re-reads the data file. The reload runs on its
+    own thread: the handler may interrupt a training step, and replace_data waits for it."""
+
+    def reload() -> None:
+        try:
+            data = load_local_data(npz)
+        except Exception as exc:  # a half-copied file must not stop the device: keep the old data
+            log.error("device %s: SIGHUP: kept the old data: %s", runtime.device_id, exc)
+            return
+        runtime.replace_data(data)
+        log.info("device %s: SIGHUP: reloaded %s (%d training, %d test examples)", runtime.device_id, npz,
+                 len(data.y_train), len(data.y_test))
+
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, name="fedge-reload", daemon=True).start())

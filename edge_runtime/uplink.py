@@ -41,6 +41,8 @@ class Uplink:
         self.publish("update", payload)
 
     def send_decline(self, decline: Decline) -> None:
+        log.info("device %s: round %d task %s declined: %s%s", self.device_id, decline.round_id, decline.task_id,
+                 decline.reason, f" ({decline.detail})" if decline.detail else "")
         payload = encode_message(decline)
         self.declines[decline.task_id] = payload
         if len(self.declines) > SEEN_TASKS_KEPT:

@@ -40,6 +40,20 @@ from .params import param_infos
 from .spec import ModelSpec
 
 
+# Every name generate_ort_artifacts leaves in ORT_DIR: an older build may be replaced, a folder
+# holding anything else is the user's and is never deleted.
+ORT_FILES = frozenset({"training_model.onnx", "checkpoint", *OPTIMIZER_FILES.values()})
+
+
+def _check_replaceable(target: Path) -> None:
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in ORT_FILES) if target.is_dir() else [target.name]
+    if foreign:
+        from fedge.edge_runtime.kernel.errors import ConfigError
+
+        raise ConfigError(f"{target} holds files fedge did not write ({', '.join(foreign[:3])}); "
+                          f"move them, or build into another folder")
+
+
 def build_loss_model(spec: ModelSpec, values: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The forward + regularized loss graph ORT differentiates; params are initializers."""
     infos = param_infos(spec)
@@ -138,6 +152,7 @@ def generate_ort_artifacts(spec: ModelSpec, values: dict[str, np.ndarray], outdi
         onnx.save(sgd, Path(tmp, OPTIMIZER_FILES["sgd"]))
         onnx.save(adamw, Path(tmp, OPTIMIZER_FILES["adamw"]))
         if target.exists():
+            _check_replaceable(target)
             shutil.rmtree(target)
         Path(tmp).rename(target)
     return sorted(p.relative_to(outdir).as_posix() for p in target.rglob("*") if p.is_file())

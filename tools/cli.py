@@ -4,29 +4,78 @@ loads the simulator, and `fedge --help` stays fast."""
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import sys
 
 from fedge.edge_runtime.kernel.errors import FedgeError
 
 
+# Which extra a command needs, and which extra brings each module the commands import lazily:
+# a missing module is named with its fix, not a traceback.
+COMMAND_EXTRAS = {"simulate": "sim", "data": "sim", "bench": "sim", "build-artifacts": "models",
+                  "provision": "coordinator", "coordinator": "coordinator", "device": "device"}
+EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim", "tqdm": "sim",
+          "prometheus_client": "coordinator", "cryptography": "coordinator", "onnxruntime": "device",
+          "paho": "device", "psutil": "device", "msgpack": "device"}
+BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
+           "mqtt": "fedge.tools.bench.mqtt"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["bench", "train-step"]:  # the benchmark owns its options
-        from fedge.tools.bench.train_step import main as bench_main
+    parser = _parser()
+    head, rest = _split_globals(argv)
+    if rest[:1] == ["bench"] and rest[1:2] and rest[1] in BENCHES:  # the benchmark owns its options
+        opts = parser.parse_args(head + ["bench", rest[1]])
+        return _guarded(opts, lambda: importlib.import_module(BENCHES[rest[1]]).main(rest[2:]) or 0)
+    args = parser.parse_args(argv)
+    return _guarded(args, lambda: _dispatch(args))
 
-        return bench_main(argv[2:]) or 0
-    if argv[:2] == ["bench", "heterogeneity"]:
-        from fedge.tools.bench.heterogeneity import main as bench_hetero
 
-        return bench_hetero(argv[2:]) or 0
-    if argv[:2] == ["bench", "mqtt"]:
-        from fedge.tools.bench.mqtt import main as bench_mqtt
+def _guarded(args, call) -> int:
+    """Logging from the global flags, then the command; known failures become one line."""
+    from fedge.edge_runtime.logs import setup_logging
 
-        return bench_mqtt(argv[2:]) or 0
+    setup_logging(args.verbose, args.log_format)
+    try:
+        return call()
+    except FedgeError as exc:
+        print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        extra = COMMAND_EXTRAS.get(args.command, EXTRAS[top])
+        print(f"fedge: error: `fedge {args.command}` needs the {top!r} module from the [{extra}] extra: "
+              f"pip install \"<fedge checkout or fedge-*.whl>[{extra}]\" (e.g. pip install -e '.[{extra}]')",
+              file=sys.stderr)
+        return 2
+
+
+def _split_globals(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The global options before the subcommand, and the rest."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--log-format" else 1
+    return argv[:i], argv[i:]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedge")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedge", description="Federated training at the edge.")
+    parser.add_argument("--version", action="version", version=f"fedge {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
+    parser.add_argument("--log-format", choices=("text", "json", "journald"), default="text",
+                        help="json: one object per line; journald: no timestamp, syslog level prefix")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="run a simulated fleet in one process")
@@ -55,9 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     dev = p.add_subparsers(dest="device_command", required=True)
     d = dev.add_parser("run", help="connect to the broker and train when asked (runs until SIGTERM)")
     d.add_argument("--config", required=True, help="device TOML (see edge_runtime/device_config.py)")
+    d = dev.add_parser("init", help="write a commented device.toml to edit")
+    d.add_argument("--out", default="device.toml", help="where to write it (kept if it exists; default %(default)s)")
+    d.add_argument("--id", dest="device_id", default="pi-001", help="device id = broker username")
+    d.add_argument("--broker", default="mqtt://localhost:1883", help="broker url")
+    d.add_argument("--data", default="/var/lib/fedge/data.npz", help="the device's .npz data file")
+    d.add_argument("--state-dir", default="/var/lib/fedge", help="where the device keeps its state")
+    d.add_argument("--force", action="store_true", help="replace an existing file")
     d = dev.add_parser("probe", help="print battery, link, temperature, CPU and memory facts and the verdict")
     d.add_argument("--config", help="device TOML: use its [eligibility] policy and [probe] root")
     d.add_argument("--root", default=None, help="read sysfs/procfs under this root (default /)")
+    d.add_argument("--json", action="store_true", help="facts, sources and verdict as JSON")
 
     p = sub.add_parser("coordinator", help="the coordinator service")
     co = p.add_subparsers(dest="coordinator_command", required=True)
@@ -78,15 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_parser("heterogeneity", help="algorithms x partitions x personalization (see: fedge bench heterogeneity -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
 
-    args = parser.parse_args(argv)
-    from fedge.edge_runtime.logs import setup_logging
-
-    setup_logging(args.verbose, args.log_format)
-    try:
-        return _dispatch(args)
-    except FedgeError as exc:
-        print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _dispatch(args) -> int:
@@ -142,10 +191,17 @@ def _device(args) -> int:
         from fedge.edge_runtime.run import run_device
 
         return run_device(load_device_config(args.config))
+    if args.device_command == "init":
+        from fedge.edge_runtime.device_init import write_device_toml
+
+        path = write_device_toml(args.out, device_id=args.device_id, broker_url=args.broker, data_npz=args.data,
+                                 state_dir=args.state_dir, force=args.force)
+        print(f"wrote {path}: edit device_id, [broker] and [data], then: fedge device run --config {path}")
+        return 0
     import json
 
     from fedge.edge_runtime.eligibility import EligibilityPolicy
-    from fedge.edge_runtime.probes import SystemProbe, describe
+    from fedge.edge_runtime.probes import SystemProbe, describe, render
 
     policy, root = EligibilityPolicy(), "/"
     if args.config:
@@ -154,7 +210,9 @@ def _device(args) -> int:
         raw = load_toml(args.config)  # read once: only its [eligibility] and [probe] tables matter here
         policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), "eligibility")
         root = raw.get("probe", {}).get("root", "/")
-    print(json.dumps(describe(SystemProbe(root=args.root or root, metered_wait_s=3.0), policy), indent=2))
+    # One second of CPU accounting: long enough that fedge's own start-up does not dominate it.
+    report = describe(SystemProbe(root=args.root or root, metered_wait_s=3.0), policy, settle_s=1.0)
+    print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,11 @@ import numpy as np
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
 from fedge.tools.partition import partition as _partition
+
+log = logging.getLogger("fedge.datasets")
+# Features beyond this scale (a per-feature mean or std, in the data's units) are "far from
+# standardized": with the default learning rate such data diverged in every round.
+FAR_FROM_UNIT = 10.0
 
 # name -> (import name, file inside the package, pip name, pixel max, rows, image shape)
 _SHIPPED = {
@@ -133,10 +139,14 @@ def build_federated(
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     x, y = _load_shipped(name)
+    _check_split_args(name, len(y), num_clients, partition, alpha, classes_per_client)
     # spawn(3) starts with the same two children as spawn(2): adding the third stream kept
     # every earlier partition and split unchanged.
     part_rng, split_rng, skew_rng = np.random.default_rng(seed).spawn(3)
-    parts = _partition(partition, y, num_clients, part_rng, alpha=alpha, classes_per_client=classes_per_client)
+    try:
+        parts = _partition(partition, y, num_clients, part_rng, alpha=alpha, classes_per_client=classes_per_client)
+    except ValueError as exc:  # the partitioner's own limits (e.g. a Dirichlet draw that never fits)
+        raise DatasetError(f"{name} over {num_clients} devices ({partition}): {exc}") from None
     _, _, _, _, _, image = _SHIPPED[name]
     transforms = draw_transforms(num_clients, skew_rng, image=True, skew=feature_skew) if partition == "feature" else []
     noise_rngs = skew_rng.spawn(num_clients) if transforms else []
@@ -157,6 +167,21 @@ def build_federated(
         clients.append(ClientData(cid, x_train, y[train], x_test, y[test]))
     return FederatedDataset(name, tuple(clients), int(y.max()) + 1, (x.shape[1],), image, tuple(transforms))
 
+
+
+def _check_split_args(name: str, n: int, devices: int, partition: str, alpha: float, classes_per_client: int) -> None:
+    """Arguments a user types (`--devices`, `--alpha`, `--classes-per-client`), checked with the
+    flag's name and a value that works, before any partitioner sees them."""
+    if devices < 1:
+        raise DatasetError(f"--devices {devices}: need at least 1 device")
+    if devices > n // 2:
+        raise DatasetError(f"--devices {devices}: {name} has {n} examples, so at most {n // 2} devices "
+                           f"(each needs >= 2 for its train/test split)")
+    if partition == "dirichlet" and not alpha > 0:
+        raise DatasetError(f"--alpha {alpha}: the Dirichlet concentration must be > 0 "
+                           f"(0.1 = strong label skew, 100 = close to iid)")
+    if partition == "shards" and classes_per_client < 1:
+        raise DatasetError(f"--classes-per-client {classes_per_client}: each device needs at least 1 label (e.g. 2)")
 
 
 def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +251,29 @@ def load_npz_dir(path: str | Path) -> FederatedDataset:
             )
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
-    return FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
+    data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
+    for finding in data_findings(data):
+        log.warning("%s: %s", root, finding)
+    return data
+
+
+def data_findings(data: FederatedDataset) -> list[str]:
+    """What about user-supplied data will likely go wrong, in words (empty when nothing):
+    features far from standardized, and labels that no device trains on."""
+    out = []
+    x = np.concatenate([c.x_train for c in data.clients]).astype(np.float64)
+    mean, std = np.abs(x.mean(axis=0)).max(), x.std(axis=0).max()
+    if max(mean, std) > FAR_FROM_UNIT:
+        out.append(f"features are far from standardized (per-feature |mean| up to {mean:.3g}, std up to {std:.3g}, "
+                   f"largest |value| {np.abs(x).max():.3g}); training will likely diverge. Standardize each "
+                   f"feature: x = (x - mean) / std, with the training split's mean and std")
+    unseen = sorted(set(range(data.num_classes)) - set(np.concatenate([c.y_train for c in data.clients]).tolist()))
+    if unseen:
+        shown = ", ".join(map(str, unseen[:10])) + (", ..." if len(unseen) > 10 else "")
+        hint = " (1-based labels? subtract 1 so they run 0..K-1)" if unseen[0] == 0 else ""
+        out.append(f"label(s) {shown} never appear in any y_train: the model has {data.num_classes} classes and "
+                   f"never learns {len(unseen)} of them{hint}")
+    return out
 
 
 def _read_npz(file: Path) -> dict[str, np.ndarray]:

@@ -135,9 +135,9 @@ class ManualDevice:
         self.inbox: list = []
         self.check_in(eligible)
 
-    def check_in(self, eligible: bool = True) -> None:
+    def check_in(self, eligible: bool = True, reason: str = "") -> None:
         self.t.publish(device_topic(self.id, "checkin"),
-                       encode_message(CheckIn(self.id, eligible=eligible, num_examples=self.n)))
+                       encode_message(CheckIn(self.id, eligible=eligible, reason=reason, num_examples=self.n)))
 
     def receive(self) -> None:
         while (msg := self.t.receive(0.0)) is not None:

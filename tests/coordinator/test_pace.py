@@ -148,3 +148,29 @@ def test_a_device_whose_last_will_says_offline_is_not_selected(model, tmp_path):
     b.check_in()  # back online
     fleet.drain()
     assert sorted(fleet.coordinator.eligible_devices()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("reason,device_reason,remaining,want", [
+    (pace.INELIGIBLE, "cpu_busy", 0.0, 30.0),  # load comes and goes: re-check soon, not in 600 s
+    (pace.INELIGIBLE, "too_hot", 0.0, 120.0),
+    (pace.DECLINED, "aborted:low_memory", 0.0, 60.0),  # an abort paces by its cause
+    (pace.INELIGIBLE, "cpu_busy", 250.0, 250.0),  # an open round cannot take it: after the round
+    (pace.INELIGIBLE, "battery_low", 0.0, 600.0),
+    (pace.INELIGIBLE, "", 0.0, 600.0),  # no reason given: the configured backoff
+    (pace.DECLINED, "aborted:deadline", 0.0, 600.0),
+])
+def test_ineligible_devices_are_paced_by_their_reason(reason, device_reason, remaining, want):
+    assert pace.retry_after(reason, remaining, jitter=0.0, device_reason=device_reason, **KNOBS) == pytest.approx(want)
+    short = dict(KNOBS, declined_s=5.0)  # declined_s caps every re-check
+    assert pace.retry_after(reason, remaining, jitter=0.0, device_reason=device_reason, **short) == pytest.approx(
+        max(5.0, remaining) if remaining else 5.0)
+
+
+def test_a_busy_device_checking_in_is_asked_back_soon(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, clients_per_round=1)
+    busy = ManualDevice(fleet, "busy", 5)
+    fleet.drain()
+    busy.check_in(eligible=False, reason="cpu_busy")
+    fleet.drain()
+    got = busy.paces()[-1]
+    assert got.reason == pace.INELIGIBLE and 30.0 <= got.retry_after_s < 30.0 + KNOBS["jitter_s"]

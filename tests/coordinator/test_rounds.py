@@ -22,7 +22,7 @@ def _report(m: RoundMachine, device: str) -> RoundMachine:
 
 def _decline(m: RoundMachine, device: str, reason: str) -> RoundMachine:
     m, actions = on_event(m, Declined(device, reason))
-    assert actions == [Pace(device, "declined")]
+    assert actions == [Pace(device, "declined", reason)]
     return m
 
 

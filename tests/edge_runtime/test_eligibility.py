@@ -47,7 +47,7 @@ def test_healthy_device_is_eligible_in_both_phases():
         (EligibilityPolicy(allow_metered=True), _with(link="cellular", metered=True), "metered_link"),  # not allowed
         (EligibilityPolicy(allowed_links=("ethernet",)), _with(link="wifi"), "link_not_allowed"),
         (POLICY, _with(temperature_c=70.5), "too_hot"),
-        (POLICY, _with(cpu_idle_percent=20.0), "cpu_busy"),
+        (POLICY, _with(cpu_idle_percent=19.0), "cpu_busy"),
         (POLICY, _with(free_memory_mb=150.0), "low_memory"),
         (EligibilityPolicy(window="01:00-06:00"), _with(local_time_minutes=7 * 60), "outside_window"),
         (EligibilityPolicy(window="01:00-06:00"), _with(local_time_minutes=None), "outside_window"),  # opt-in
@@ -70,7 +70,7 @@ def test_every_documented_reason_is_reachable():
 
 
 def test_boundaries_are_inclusive_for_the_device():
-    edge = _with(battery_percent=50.0, temperature_c=70.0, cpu_idle_percent=50.0, free_memory_mb=200.0)
+    edge = _with(battery_percent=50.0, temperature_c=70.0, cpu_idle_percent=20.0, free_memory_mb=200.0)
     assert evaluate(POLICY, edge, "before") is None
 
 

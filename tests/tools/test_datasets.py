@@ -110,7 +110,7 @@ def test_dirichlet_clients_are_scored_on_labels_they_train_on() -> None:
 def test_build_federated_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="mnist5k"):
         build_federated("cifar10", 10, "iid", seed=0)
-    with pytest.raises(ValueError, match="quantity"):
+    with pytest.raises(DatasetError, match="quantity"):  # the partitioner's refusal, as a user error
         build_federated("digits", 10, "bogus", seed=0)
 
 

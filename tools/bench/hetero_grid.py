@@ -218,11 +218,14 @@ def _baselines(cfg: SimConfig, data: FederatedDataset) -> dict:
     """Local-only with the adapters spec (its private head scored), central with the global spec."""
     out = {}
     for mode, key in (("adapters", "local_only"), ("none", "central")):
-        setup = prepare(replace(cfg, personalization=mode, out_dir=str(Path(cfg.out_dir) / mode)), data)
-        if key == "local_only":
-            out[key] = baseline_runs.local_only(setup.model, setup.data, setup.hyper, cfg.local_epochs, setup.backend,
-                                                cfg.seed)
-        else:
-            out[key] = baseline_runs.central(setup.model, setup.data, setup.hyper, cfg.central_epochs, setup.backend,
-                                             cfg.seed)
+        setup = prepare(replace(cfg, personalization=mode), data)
+        try:
+            if key == "local_only":
+                out[key] = baseline_runs.local_only(setup.model, setup.data, setup.hyper, cfg.local_epochs,
+                                                    setup.backend, cfg.seed)
+            else:
+                out[key] = baseline_runs.central(setup.model, setup.data, setup.hyper, cfg.central_epochs,
+                                                 setup.backend, cfg.seed)
+        finally:
+            setup.close()
     return out

@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .fleet import run_simulation
+    from .fleet import check_split_flags, run_simulation
     from .report import HEADER, format_row, format_summary, summarize, write_json, write_plot
 
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         server_beta2=args.server_beta2, server_tau=args.server_tau, local_epochs=args.local_epochs,
         central_epochs=args.central_epochs,
     )
+    check_split_flags(cfg)
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:
         source = cfg.data_dir or f"{cfg.dataset}, {cfg.partition}" + (f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else "")
@@ -107,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
         write_json(result, args.json_path)
         plot = write_plot(result, args.plot_path or Path(args.json_path).with_suffix(".png"))
         print(f"wrote {args.json_path}" + (f" and {plot}" if plot else " (no plot: matplotlib not installed)"))
+    from .report import failure_cause
+
+    cause = failure_cause(result)
+    if cause:
+        print(f"fedge: error: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+import weakref
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +32,7 @@ from fedge.edge_runtime.trainer import available_backends, make_backend
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec, load_spec, mlp_spec
-from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
+from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, data_findings, load_npz_dir
 
 from . import baselines as baseline_runs
 from .config import SimConfig
@@ -66,6 +68,18 @@ class SimResult:
     summary: dict = field(default_factory=dict)
 
 
+# Flags that describe how a shipped dataset is split; a --data folder is already split.
+SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "classes_per_client")
+
+
+def check_split_flags(cfg: SimConfig) -> None:
+    """A user's --data run must not carry split settings it would silently ignore."""
+    given = [f"--{n.replace('_', '-')}" for n in SPLIT_FLAGS if getattr(cfg, n) != getattr(SimConfig, n)]
+    if cfg.data_dir and given:
+        raise ConfigError(f"{', '.join(given)} do not apply with --data: each .npz file in {cfg.data_dir} is "
+                          f"one device, split as you saved it; drop {'them' if len(given) > 1 else 'it'}")
+
+
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
         return load_npz_dir(cfg.data_dir)
@@ -96,12 +110,17 @@ class FleetSetup:
     backend: str
     hyper: TaskHyper
     ccfg: CoordinatorConfig
+    scratch: Path  # fedge's own temporary folder: artifacts and device state; removed by close()
     new_clients: tuple[ClientData, ...] = ()  # held out: never train, scored on the final model
 
     def runtime(self, client, **kwargs) -> DeviceRuntime:
         return DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
-                             {self.manifest.model_id: self.art_dir}, Path(self.cfg.out_dir) / "devices",
+                             {self.manifest.model_id: self.art_dir}, self.scratch / "devices",
                              backend=self.backend, seed=self.cfg.seed, **kwargs)
+
+    def close(self) -> None:
+        """Remove the scratch folder (it was made by prepare(), never a user's path)."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def coordinator(self, transport, clock) -> Coordinator:
         return Coordinator(transport, strategy_from_config(self.ccfg), self.manifest, self.model.initial("shared"),
@@ -110,7 +129,6 @@ class FleetSetup:
 
 def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     """Data (built from cfg unless given), the personalized spec, artifacts and configs."""
-    out = Path(cfg.out_dir)
     data = data if data is not None else load_data(cfg)
     spec = personalized_spec(choose_spec(cfg, data), cfg.personalization)
     held = cfg.new_devices
@@ -119,12 +137,17 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     data, new_clients = data.subset(0, len(data.clients) - held), data.clients[len(data.clients) - held:]
     if (held or cfg.personalization == "finetune") and spec.head == "personal":
         raise ConfigError(f"model {spec.name} has no global head: --new-devices and finetune need one")
-    # Devices keep state (private heads, residuals, control variates) under out/devices: a new
-    # simulation must not resume from the last one written to the same folder.
-    shutil.rmtree(out / "devices", ignore_errors=True)
-    art_dir = out / "artifacts"
-    manifest = build_artifacts(spec, art_dir, ort_training=cfg.backend == "ort-training")
-    model = ModelRuntime(art_dir, expected_model_id=manifest.model_id)
+    # Devices keep state (private heads, residuals, control variates) and the artifacts in a fresh
+    # temporary folder: a new simulation never resumes from an old one, and nothing lands in (or
+    # is deleted from) the user's output folder. Only paths fedge created itself are removed.
+    scratch = Path(tempfile.mkdtemp(prefix="fedge-sim-"))
+    art_dir = scratch / "artifacts"
+    try:
+        manifest = build_artifacts(spec, art_dir, ort_training=cfg.backend == "ort-training")
+        model = ModelRuntime(art_dir, expected_model_id=manifest.model_id)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     backend = available_backends()[0] if cfg.backend == "auto" else cfg.backend
     hyper = TaskHyper(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                       momentum=_momentum(cfg, backend))
@@ -135,7 +158,9 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
                              over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
                              round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
                              strategy=cfg.strategy, **options)
-    return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, tuple(new_clients))
+    setup = FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, scratch, tuple(new_clients))
+    weakref.finalize(setup, shutil.rmtree, scratch, True)  # a caller that forgets close() leaves no litter
+    return setup
 
 
 class InMemoryFleet:
@@ -182,8 +207,16 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
                    data: FederatedDataset | None = None) -> SimResult:
     """Run cfg.rounds rounds and score every one; `data` replaces the data cfg describes."""
     setup = prepare(cfg, data)
+    try:
+        return _run(setup, on_round)
+    finally:
+        setup.close()
+
+
+def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResult:
+    cfg = setup.cfg
     data, manifest, model, backend, art_dir = setup.data, setup.manifest, setup.model, setup.backend, setup.art_dir
-    result = SimResult(config={**asdict(cfg), "backend": backend}, model={"name": setup.spec.name, "model_id": manifest.model_id,
+    result = SimResult(config={**asdict(cfg), **_what_ran(setup)}, model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
     xt, yt = data.union_test()
@@ -203,7 +236,11 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
             result.rounds.append(row)
             if on_round:
                 on_round(row)
-        result.summary = {"rejections": dict(fleet.coordinator.rejections), "declines": dict(fleet.coordinator.declines)}
+        co = fleet.coordinator
+        abandoned = [r.why for r in co.history if not r.committed]
+        result.summary = {"rejections": dict(co.rejections), "declines": dict(co.declines),
+                          "decline_details": dict(co.decline_details),
+                          "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)}}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()
@@ -220,6 +257,21 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
             result.baselines["central"] = baseline_runs.central(model, data, setup.hyper, cfg.central_epochs or central_epochs,
                                                                 backend, cfg.seed)
     return result
+
+
+def _what_ran(setup: FleetSetup) -> dict:
+    """run.json's config where it differs from the flags: a --data folder decides the devices
+    and the split, and a round cannot ask for more devices than exist."""
+    data = setup.data
+    everyone = data.clients + setup.new_clients
+    out = {"backend": setup.backend, "clients_per_round": setup.ccfg.clients_per_round,
+           "data": {"devices": len(everyone), "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+                    "train_examples": sum(len(c.y_train) for c in everyone),
+                    "test_examples": sum(len(c.y_test) for c in everyone),
+                    "findings": data_findings(replace(data, clients=everyone))}}
+    if setup.cfg.data_dir:
+        out.update(devices=len(everyone), dataset=data.name, partition="files", alpha=None, classes_per_client=None)
+    return out
 
 
 def _momentum(cfg: SimConfig, backend: str) -> float:
@@ -269,6 +321,7 @@ class _Scorer:
             "participants": record.reports,
             "selected": record.selected,
             "global_accuracy": global_acc,
+            "train_loss": record.train_loss,
             **_spread(self._personalized(shared, runtimes)),
             "bytes_up": record.bytes_up,
             "bytes_up_dense": record.bytes_up_dense,

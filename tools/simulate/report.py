@@ -14,6 +14,8 @@ run.json schema (version 1):
                                      the global head fine-tuned on its data (finetune), or the global
                                      model (none, or a spec without a personal head)
         personalized_accuracy_min    fraction: the worst device
+        train_loss                   float: example-weighted mean of the training loss the round's
+                                     accepted updates reported (their local steps), or null
         bytes_up                     int: update messages received this round, as sent on the wire
         bytes_up_dense               int: the same messages with dense fp32 deltas
         bytes_down                   int: task and ack messages sent this round
@@ -34,19 +36,40 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-HEADER = f"{'round':>5} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} {'dense KiB':>9} {'down KiB':>8} {'sec':>6}"
+HEADER = f"{'round':>5} {'loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} {'dense KiB':>9} {'down KiB':>8} {'sec':>6}"
 
 
 def _pct(v) -> str:
     return "   -   " if v is None else f"{v:7.3f}"
 
 
+def _loss(v) -> str:
+    return "   -   " if v is None else f"{v:7.4f}" if v < 100 else f"{v:7.1e}"
+
+
 def format_row(row: dict) -> str:
     return (
-        f"{row['round']:>5} {_pct(row['global_accuracy'])} {row['personalized_accuracy_mean']:9.3f} "
+        f"{row['round']:>5} {_loss(row.get('train_loss'))} {_pct(row['global_accuracy'])} {row['personalized_accuracy_mean']:9.3f} "
         f"{row['personalized_accuracy_min']:8.3f} {row['bytes_up'] / 1024:8.1f} {row['bytes_up_dense'] / 1024:9.1f} "
         f"{row['bytes_down'] / 1024:8.1f} {row['seconds']:6.2f}" + ("" if row["committed"] else "  (abandoned)")
     )
+
+
+def failure_cause(result) -> str | None:
+    """Why no round committed, in one line; None when one did."""
+    if any(r["committed"] for r in result.rounds):
+        return None
+    s = result.summary
+    parts = [f"no round committed in {len(result.rounds)}"]
+    if s.get("abandoned"):
+        parts.append("abandoned: " + "; ".join(f"{why} (x{n})" for why, n in s["abandoned"].items()))
+    if s.get("declines"):
+        details = s.get("decline_details", {})
+        parts.append("declines: " + "; ".join(f"{reason} x{n}" + (f" ({details[reason]})" if details.get(reason) else "")
+                                             for reason, n in sorted(s["declines"].items(), key=lambda kv: -kv[1])))
+    if s.get("rejections"):
+        parts.append("rejected updates: " + ", ".join(f"{r} x{n}" for r, n in s["rejections"].items()))
+    return "; ".join(parts[:1]) + " rounds: " + "; ".join(parts[1:]) if len(parts) > 1 else parts[0] + " rounds"
 
 
 def summarize(result) -> dict:

@@ -1,0 +1,68 @@
+"""`fedge device init`: a commented device.toml that loads as written.
+
+Every default shown comes from the dataclasses it documents (EligibilityPolicy, AgentConfig,
+ProbeConfig), so the file and the code cannot drift apart; a test loads the output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .device_config import AgentConfig, ProbeConfig
+from .eligibility import EligibilityPolicy
+from .kernel.errors import ConfigError
+from .kernel.files import atomic_write_bytes
+
+
+def device_toml(device_id: str, broker_url: str, data_npz: str, state_dir: str) -> str:
+    p, a, pr = EligibilityPolicy(), AgentConfig(), ProbeConfig()
+    links = ", ".join(f'"{link}"' for link in p.allowed_links)
+    return f'''# fedge device configuration: `fedge device run --config THIS_FILE`.
+# Unknown keys are errors, so a typo is caught at start-up. Written by `fedge device init`.
+
+device_id = "{device_id}"        # must equal the broker username: the broker's ACL keys topics on it
+state_dir = "{state_dir}"        # personal head, optimizer state, pending uploads, fetched models
+backend = "auto"                 # auto | portable | ort-training | numpy
+
+[broker]
+url = "{broker_url}"             # mqtt://host:1883 (a password) or mqtts://host:8883 (TLS)
+# `fedge provision device --id {device_id} ...` writes these for you:
+# username = "{device_id}"
+# password = "..."
+# ca_file = "/etc/fedge/ca.crt"     # TLS: the broker's CA
+# cert_file = "/etc/fedge/{device_id}.crt"  # mutual TLS: this device's certificate
+# key_file = "/etc/fedge/{device_id}.key"
+
+[data]
+npz = "{data_npz}"               # x_train, y_train, x_test, y_test (`fedge data split` makes some);
+                                 # after replacing it: systemctl reload fedge-device (SIGHUP)
+
+[eligibility]                    # when this device may train; defaults shown
+min_battery_percent = {p.min_battery_percent:g}       # a battery below this blocks, even while charging
+require_charging = {str(p.require_charging).lower()}        # true: train only on external power
+allow_metered = {str(p.allow_metered).lower()}           # false: never on a metered (or cellular) link
+allowed_links = [{links}]
+max_temperature_c = {p.max_temperature_c:g}         # hottest thermal zone
+min_cpu_idle_percent = {p.min_cpu_idle_percent:g}      # before a task only; low so a device that also does other
+                                 # work still trains; raise it if that work must never share the CPU
+min_free_memory_mb = {p.min_free_memory_mb:g}
+# window = "01:00-06:00"         # local time; may wrap midnight
+
+[probe]
+root = "{pr.root}"                       # where sysfs/procfs are read
+check_interval_s = {pr.check_interval_s:g}           # during training, facts are re-read at most this often
+
+[agent]
+checkin_s = {a.checkin_s:g}                   # check in this often unless the coordinator paces the device
+republish_s = {a.republish_s:g}                 # resend unacknowledged updates this often
+fetch_timeout_s = {a.fetch_timeout_s:g}
+'''
+
+
+def write_device_toml(path: str | Path, *, device_id: str, broker_url: str, data_npz: str, state_dir: str,
+                      force: bool = False) -> Path:
+    """Write the template; an existing file is the user's and is kept unless force."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; edit it, or pass --force to replace it")
+    atomic_write_bytes(path, device_toml(device_id, broker_url, data_npz, state_dir).encode())
+    return path

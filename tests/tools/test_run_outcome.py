@@ -1,0 +1,86 @@
+"""What a simulation says about itself: the training loss per round (table and run.json),
+a run that commits nothing fails loudly, and run.json records what actually ran."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fedge.tools.cli import main
+
+
+def test_train_loss_in_the_table_and_run_json(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert main(["simulate", "--dataset", "digits", "--devices", "4", "--rounds", "2", "--clients-per-round", "3",
+                 "--json", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = next(line for line in table if line.split()[:2] == ["round", "loss"])
+    rows = json.loads(out.read_text())["rounds"]
+    for row in rows:
+        assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
+        line = table[table.index(header) + row["round"]]
+        assert line.split()[:2] == [str(row["round"]), f"{row['train_loss']:.4f}"]
+    assert rows[1]["train_loss"] < rows[0]["train_loss"] * 1.5  # a sane value, not a sum over steps
+
+
+def _blobs(folder, clients=4, scale=1.0, label_offset=0, seed=0):
+    """Per-client npz files of separable Gaussian blobs, features times `scale`."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(3, 12))
+    folder.mkdir()
+    for c in range(clients):
+        def draw(n):
+            y = rng.integers(0, 3, size=n)
+            return (scale * (centers[y] + 0.3 * rng.normal(size=(n, 12)))).astype(np.float32), y + label_offset
+        (x_train, y_train), (x_test, y_test) = draw(40), draw(10)
+        np.savez(folder / f"site-{c}.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return folder
+
+
+def test_unstandardized_data_warns_on_load_and_a_run_without_commits_fails(tmp_path, capsys):
+    data = _blobs(tmp_path / "raw", scale=4000.0)
+    out = tmp_path / "run.json"
+    assert main(["simulate", "--data", str(data), "--rounds", "2", "--lr", "0.5", "--json", str(out), "--quiet"]) == 1
+    text = capsys.readouterr().err  # main sets up logging on stderr, as a user sees it
+    assert "far from standardized" in text and "(x - mean) / std" in text
+    err = text.strip().splitlines()
+    assert err[-1].startswith("fedge: error: no round committed in 2 rounds"), err
+    assert "diverged" in err[-1] and "standardize the features" in err[-1]
+    doc = json.loads(out.read_text())  # the record of the failed run is still written
+    assert not any(r["committed"] for r in doc["rounds"])
+    assert any("far from standardized" in f for f in doc["config"]["data"]["findings"])
+
+
+def test_standardized_data_does_not_warn(tmp_path, caplog):
+    from fedge.tools.datasets import load_npz_dir
+
+    load_npz_dir(_blobs(tmp_path / "ok"))
+    assert "standardized" not in caplog.text and "never appear" not in caplog.text
+    load_npz_dir(_blobs(tmp_path / "pixels", scale=255.0))  # the check has teeth: 0..255-like scale warns
+    assert "far from standardized" in caplog.text
+
+
+@pytest.mark.parametrize("flags", [["--devices", "7"], ["--partition", "iid"], ["--alpha", "0.5"],
+                                   ["--dataset", "digits", "--classes-per-client", "3"]])
+def test_split_flags_are_refused_with_data(flags, tmp_path, capsys):
+    data = _blobs(tmp_path / "d")
+    assert main(["simulate", "--data", str(data), "--rounds", "1", "--quiet", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "do not apply with --data" in err and all(f in err for f in flags if f.startswith("--"))
+
+
+def test_run_json_records_what_ran_and_labels_never_trained(tmp_path, capsys):
+    data = _blobs(tmp_path / "clinic", clients=5, label_offset=1)  # 1-based labels: class 0 is never seen
+    out = tmp_path / "run.json"
+    assert main(["simulate", "--data", str(data), "--rounds", "1", "--json", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "label(s) 0 never appear in any y_train" in err and "1-based" in err
+    config = json.loads(out.read_text())["config"]
+    assert (config["devices"], config["dataset"], config["partition"]) == (5, "clinic", "files")
+    assert config["alpha"] is None and config["classes_per_client"] is None
+    assert config["data"]["num_classes"] == 4 and config["data"]["devices"] == 5
+    assert config["data"]["train_examples"] == 5 * 40
+    assert any("never appear" in f for f in config["data"]["findings"])
