@@ -1,0 +1,26 @@
+"""Why a robust aggregation rule cannot run.
+
+    FedgeError                  (fedge.edge_runtime.kernel.errors: the one root)
+    └── RobustError             bad inputs to a rule: not a (k, d) matrix, NaN, k = 0
+        ├── BadRobustParameter  a parameter out of its range (beta, tau, bucket size, ...)
+        └── TooManyByzantine    the rule cannot tolerate f (or beta * k) faulty inputs out of k
+
+TooManyByzantine is raised at aggregation time, not only at config time: a round that closes
+at its quorum can have fewer reports than the f the rule was configured for.
+"""
+
+from __future__ import annotations
+
+from fedge.edge_runtime.kernel.errors import FedgeError
+
+
+class RobustError(FedgeError):
+    reason = "robust_input"
+
+
+class BadRobustParameter(RobustError):
+    reason = "robust_parameter"
+
+
+class TooManyByzantine(RobustError):
+    reason = "too_many_byzantine"
