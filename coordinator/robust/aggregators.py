@@ -1,0 +1,164 @@
+"""The robust rules as round aggregators, chosen by name.
+
+    agg = make_aggregator(name, cfg, state, rng)    one per round
+    agg.add(delta, weight)                          as each accepted update arrives
+    agg.mean()                                      at close: the params dict to apply (float32)
+    state = advance(state, agg, cfg)                after the round commits
+
+`state` (RobustState) carries what a rule learns across rounds: the running history of update
+norms (the norm bound's median; centered clipping's default radius) and the last aggregate
+(centered clipping's starting center). It is a frozen value, like the strategies' state.
+
+    name               keeps        rule
+    mean               O(model)     weighted mean, nothing clipped (FedAvg)
+    norm_bound         O(model)     clip to multiplier x running median norm, then weighted mean
+    median             O(k model)   coordinate-wise median
+    trimmed_mean       O(k model)   coordinate-wise trimmed mean, beta = byzantine_fraction
+    krum               O(k model)   multi-Krum, f = floor(byzantine_fraction * inputs), m = inputs - f
+    centered_clipping  O(k model)   from the last aggregate, radius tau (0: the running median norm)
+
+bucket_size > 1 puts any keep-all rule behind bucketing (its inputs become the buckets).
+The keep-all rules ignore claimed weights, as their papers do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .bucketing import bucketing
+from .clipping import centered_clipping
+from .coordinate import coordinate_median, trimmed_mean
+from .errors import BadRobustParameter, RobustError
+from .flat import Params, flatten, unflatten
+from .krum import multi_krum
+from .norm_bound import ClippedMean, NormBoundConfig, NormHistory
+
+KEEP_ALL = ("median", "trimmed_mean", "krum", "centered_clipping")
+AGGREGATORS = ("mean", "norm_bound", *KEEP_ALL)
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    byzantine_fraction: float = 0.2  # trimmed mean's beta; Krum's f = floor(this * inputs)
+    cc_tau: float = 0.0  # centered clipping radius; 0 = the running median update norm
+    cc_iterations: int = 3
+    bucket_size: int = 0  # > 1: bucket the updates before a keep-all rule; 0 or 1 = off
+    norm: NormBoundConfig = field(default_factory=NormBoundConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.byzantine_fraction < 0.5:
+            raise BadRobustParameter("byzantine_fraction must be in [0, 0.5)")
+        if not (self.cc_tau >= 0 and math.isfinite(self.cc_tau)) or self.cc_iterations < 1:
+            raise BadRobustParameter("cc_tau must be >= 0 (0 = running median norm) and cc_iterations >= 1")
+        if self.bucket_size < 0:
+            raise BadRobustParameter("bucket_size must be >= 0 (0 = no bucketing)")
+
+
+@dataclass(frozen=True)
+class RobustState:
+    history: NormHistory = NormHistory()
+    center: np.ndarray | None = None  # (d,) float64: the last committed aggregate
+
+
+class _Base:
+    """Both kinds share add/mean/count; subclasses say what `_reduce` keeps."""
+
+    def __init__(self) -> None:
+        self.like: Params | None = None
+        self.count = 0
+        self.total_weight = 0.0
+        self.norms: list[float] = []
+        self.result_vec: np.ndarray | None = None
+
+    def add(self, tensors: Params, weight: float) -> None:
+        if not (weight > 0 and math.isfinite(weight)):
+            raise RobustError(f"weight must be finite and > 0, got {weight}")
+        if self.like is None:
+            self.like = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+        self._add(flatten(tensors), float(weight))
+        self.count += 1
+        self.total_weight += float(weight)
+
+    def mean(self) -> Params:
+        if self.like is None:
+            raise RobustError("no contributions to aggregate")
+        self.result_vec = self._reduce()
+        return unflatten(self.result_vec, self.like)
+
+    def _add(self, vec: np.ndarray, weight: float) -> None: ...
+    def _reduce(self) -> np.ndarray: ...
+
+
+class StreamingAggregator(_Base):
+    """mean and norm_bound: O(model)."""
+
+    def __init__(self, bound: float = math.inf) -> None:
+        super().__init__()
+        self.acc = ClippedMean(bound)
+
+    def _add(self, vec: np.ndarray, weight: float) -> None:
+        self.norms.append(self.acc.add(vec, weight))
+
+    def _reduce(self) -> np.ndarray:
+        return self.acc.result()
+
+
+class KeepAllAggregator(_Base):
+    """A keep-all rule over the round's rows: O(k x model)."""
+
+    def __init__(self, rule: Callable[[np.ndarray], np.ndarray], bucket_size: int, rng: np.random.Generator):
+        super().__init__()
+        self.rule, self.bucket_size, self.rng = rule, bucket_size, rng
+        self.rows: list[np.ndarray] = []
+
+    def _add(self, vec: np.ndarray, weight: float) -> None:
+        self.rows.append(vec)
+        self.norms.append(float(np.linalg.norm(vec)))
+
+    def _reduce(self) -> np.ndarray:
+        x = np.stack(self.rows)
+        if self.bucket_size > 1:
+            return bucketing(x, self.bucket_size, self.rule, self.rng)
+        return self.rule(x)
+
+
+def _krum(beta: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: multi_krum(x, math.floor(beta * x.shape[0]))
+
+
+def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator) -> _Base:
+    """A fresh aggregator for one round."""
+    if name == "mean":
+        return StreamingAggregator()
+    if name == "norm_bound":
+        return StreamingAggregator(state.history.bound(cfg.norm))
+    beta = cfg.byzantine_fraction
+    if name == "median":
+        rule = coordinate_median
+    elif name == "trimmed_mean":
+        rule = lambda x: trimmed_mean(x, beta)  # noqa: E731
+    elif name == "krum":
+        rule = _krum(beta)
+    elif name == "centered_clipping":
+        tau = cfg.cc_tau or state.history.bound(NormBoundConfig(multiplier=1.0, window=cfg.norm.window,
+                                                                min_history=cfg.norm.min_history))
+        center = state.center
+        if math.isinf(tau):  # no history yet: one mean step is what an unbounded radius gives
+            tau = 1e300
+        rule = lambda x: centered_clipping(x, tau, cfg.cc_iterations, _fit(center, x.shape[1]))  # noqa: E731
+    else:
+        raise BadRobustParameter(f"aggregator {name!r}: choose one of {', '.join(AGGREGATORS)}")
+    return KeepAllAggregator(rule, cfg.bucket_size, rng)
+
+
+def advance(state: RobustState, agg: _Base, cfg: RobustConfig) -> RobustState:
+    """The cross-round state after `agg`'s round committed."""
+    return RobustState(state.history.record(agg.norms, cfg.norm), agg.result_vec)
+
+
+def _fit(center: np.ndarray | None, d: int) -> np.ndarray | None:
+    return center if center is not None and center.shape == (d,) else None
