@@ -41,7 +41,7 @@ class AttackSpec:
     perturbation: str = "std"  # min_max / min_sum: unit, std or sign
     target: int = 0  # backdoor: the class stamped inputs should become
     poison_fraction: float = 0.5  # backdoor: share of the attacker's samples stamped
-    trigger_size: int = 4  # backdoor: side of the square stamped in the image's corner
+    trigger_size: int = 0  # backdoor: side of the square stamped in the corner; 0 = max(2, height // 7)
     weight_factor: float = 1e6  # huge_weight: claimed examples = true examples x this
 
     def __post_init__(self) -> None:
@@ -66,8 +66,8 @@ def choose_attackers(device_ids, fraction: float, seed: int) -> frozenset[str]:
 
 
 def trigger_for(data: FederatedDataset, spec: AttackSpec) -> attacks.Trigger:
-    shape = data.image_shape[-2:] if data.image_shape else data.input_shape
-    return attacks.corner_trigger(tuple(shape), spec.target, spec.trigger_size)
+    shape = tuple(data.image_shape[-2:] if data.image_shape else data.input_shape)
+    return attacks.corner_trigger(shape, spec.target, spec.trigger_size or max(2, shape[0] // 7))
 
 
 def poison_client(client: ClientData, spec: AttackSpec, data: FederatedDataset, rng: np.random.Generator) -> ClientData:

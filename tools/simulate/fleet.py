@@ -32,9 +32,11 @@ from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec, load_spec, mlp_spec
 from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
 
+from . import adversary
 from . import baselines as baseline_runs
 from .config import SimConfig
 from .personalization import personalized_spec
+from .attacks import backdoor_success
 from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate")
@@ -97,8 +99,11 @@ class FleetSetup:
     hyper: TaskHyper
     ccfg: CoordinatorConfig
     new_clients: tuple[ClientData, ...] = ()  # held out: never train, scored on the final model
+    attackers: frozenset[str] = frozenset()  # device ids that attack (cfg.attack_spec)
+    poisoned: dict[str, ClientData] = field(default_factory=dict)  # attackers' training data after a data-level attack
 
     def runtime(self, client, **kwargs) -> DeviceRuntime:
+        client = self.poisoned.get(client.client_id, client)
         return DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
                              {self.manifest.model_id: self.art_dir}, Path(self.cfg.out_dir) / "devices",
                              backend=self.backend, seed=self.cfg.seed, **kwargs)
@@ -135,7 +140,13 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
                              over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
                              round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
                              strategy=cfg.strategy, **options)
-    return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, tuple(new_clients))
+    attack = cfg.attack_spec
+    attackers = adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed) if attack else frozenset()
+    rng = np.random.default_rng([cfg.seed, 0xBAD])
+    poisoned = {c.client_id: adversary.poison_client(c, attack, data, rng) for c in data.clients
+                if c.client_id in attackers and attack.name in adversary.DATA_ATTACKS}
+    return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, tuple(new_clients),
+                      attackers, poisoned)
 
 
 class InMemoryFleet:
@@ -188,6 +199,9 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
     xt, yt = data.union_test()
     scorer = _Scorer(setup, model.embed(xt), yt)
+    if cfg.attack == "backdoor":  # the same test inputs with the trigger stamped on
+        trigger = adversary.trigger_for(data, cfg.attack_spec)
+        scorer.backdoor = (model.embed(trigger.stamp(xt)), trigger.target)
     if cfg.transport == "mqtt":
         from .mqtt_fleet import MqttFleet
 
@@ -203,7 +217,8 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
             result.rounds.append(row)
             if on_round:
                 on_round(row)
-        result.summary = {"rejections": dict(fleet.coordinator.rejections), "declines": dict(fleet.coordinator.declines)}
+        result.summary = {"rejections": dict(fleet.coordinator.rejections), "declines": dict(fleet.coordinator.declines),
+                          "attackers": sorted(setup.attackers)}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()
@@ -258,11 +273,16 @@ class _Scorer:
         # The eval graph takes every trainable input; the global head ignores the personal ones.
         self.placeholder_personal = setup.model.initial("personal")
         self.evaluations = 0
+        self.backdoor: tuple[np.ndarray, int] | None = None  # (embedded stamped test inputs, target class)
 
     def round_row(self, record, shared: dict[str, np.ndarray], runtimes) -> dict:
         self.evaluations += 1
         logits = self.evaluator.predict({**shared, **self.placeholder_personal}, self.zt)
         global_acc = float(np.mean(np.argmax(logits["global"], axis=1) == self.yt)) if "global" in logits else None
+        extra = {}
+        if self.backdoor is not None and "global" in logits:
+            stamped = self.evaluator.predict({**shared, **self.placeholder_personal}, self.backdoor[0])["global"]
+            extra["backdoor_success"] = backdoor_success(np.argmax(stamped, axis=1), self.yt, self.backdoor[1])
         return {
             "round": record.round_id,
             "committed": record.committed,
@@ -273,6 +293,7 @@ class _Scorer:
             "bytes_up": record.bytes_up,
             "bytes_up_dense": record.bytes_up_dense,
             "bytes_down": record.bytes_down,
+            **extra,
         }
 
     def _personalized(self, shared, runtimes) -> list[float]:
