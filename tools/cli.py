@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         from fedge.tools.bench.heterogeneity import main as bench_hetero
 
         return bench_hetero(argv[2:]) or 0
+    if argv[:2] == ["bench", "robustness"]:
+        from fedge.tools.bench.robustness import main as bench_robust
+
+        return bench_robust(argv[2:]) or 0
     if argv[:2] == ["bench", "mqtt"]:
         from fedge.tools.bench.mqtt import main as bench_mqtt
 
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = p.add_subparsers(dest="bench", required=True)
     bench.add_parser("train-step", help="time one training step per backend (see: fedge bench train-step -h)")
     bench.add_parser("heterogeneity", help="algorithms x partitions x personalization (see: fedge bench heterogeneity -h)")
+    bench.add_parser("robustness", help="attacks x defences (see: fedge bench robustness -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
 
     args = parser.parse_args(argv)
