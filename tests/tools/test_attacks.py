@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm as scipy_norm
 
+from fedge.edge_runtime.kernel.errors import NonFiniteValues
+from fedge.edge_runtime.kernel.update_codec import decode_tensors
+
 from fedge.tools.simulate.attacks import (
     AttackError,
     Collusion,
@@ -24,6 +27,7 @@ from fedge.tools.simulate.attacks import (
     label_flip,
     min_max,
     min_sum,
+    nan_frame,
     nan_update,
     perturbation,
     scale_replace,
@@ -195,3 +199,11 @@ def test_backdoor_success_counts_only_non_target_samples():
     pred = np.array([7, 7, 2, 7, 1])
     assert backdoor_success(pred, y, 7) == pytest.approx(2 / 3)
     assert backdoor_success(pred, np.full(5, 7), 7) == 0.0
+
+
+def test_nan_frame_is_well_formed_and_all_nan():
+    shapes = {"w": (3, 4), "b": (4,)}
+    frame = nan_frame(shapes)
+    assert frame.count(np.float32(np.nan).tobytes()) == 16  # every value, nothing else
+    with pytest.raises(NonFiniteValues):  # framing and CRC pass; only finiteness fails
+        decode_tensors(frame, expected=shapes)

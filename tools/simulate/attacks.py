@@ -10,7 +10,8 @@ matrix of the honest deltas the colluders know):
     ipm             -epsilon * mean                     inner product manipulation (Xie et al. 2019)
     min_max/min_sum mean + gamma * p, p in {unit, std, sign}, gamma by search
                                                         (Shejwalkar & Houmansadr, NDSS 2021)
-    nan_update      all NaN
+    nan_update      all NaN; nan_frame: the same as a well-formed wire frame (the honest encoder
+                    refuses NaN, so a NaN attacker writes its own bytes)
     huge_weight     the claimed example count times a factor
 
 Data-level (the attacker's local training set before it trains):
@@ -27,10 +28,14 @@ deltas too only when built omniscient.
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
+
+from fedge.edge_runtime.kernel.update_codec import encode_dense
 
 from .errors import AttackError
 
@@ -62,6 +67,17 @@ def gaussian(delta, sigma: float, rng: np.random.Generator) -> np.ndarray:
 
 def nan_update(delta) -> np.ndarray:
     return np.full(np.shape(delta), np.nan)
+
+
+_SENTINEL = np.float32(-1.2345678e-33)  # a bit pattern no header field of a frame holds
+
+
+def nan_frame(shapes: dict[str, tuple[int, ...]]) -> bytes:
+    """A dense fp32 update frame, CRC valid, every value NaN: it passes framing and reaches the
+    receiver's finiteness check."""
+    frame = encode_dense({n: np.full(s, _SENTINEL, np.float32) for n, s in shapes.items()})
+    body = frame[:-4].replace(_SENTINEL.tobytes(), np.float32(np.nan).tobytes())
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def huge_weight(weight: float, factor: float = 1e6) -> float:
