@@ -146,9 +146,7 @@ def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.ra
     elif name == "centered_clipping":
         tau = cfg.cc_tau or state.history.bound(NormBoundConfig(multiplier=1.0, window=cfg.norm.window,
                                                                 min_history=cfg.norm.min_history))
-        center = state.center
-        if math.isinf(tau):  # no history yet: one mean step is what an unbounded radius gives
-            tau = 1e300
+        center = state.center  # tau is inf until there is a history: the first rounds get the mean
         rule = lambda x: centered_clipping(x, tau, cfg.cc_iterations, _fit(center, x.shape[1]))  # noqa: E731
     else:
         raise BadRobustParameter(f"aggregator {name!r}: choose one of {', '.join(AGGREGATORS)}")

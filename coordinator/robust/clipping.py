@@ -32,7 +32,7 @@ def clip_scale(norms: np.ndarray, tau: float) -> np.ndarray:
 def centered_clipping(updates, tau: float, iterations: int = 1, center=None) -> np.ndarray:
     """The center after `iterations` clipping steps -> (d,) float64. center=None starts at 0."""
     x = as_matrix(updates)
-    if not (tau > 0 and np.isfinite(tau)):
+    if not tau > 0:  # inf is allowed: nothing is clipped, one step lands on the mean
         raise BadRobustParameter(f"centered clipping: tau must be > 0, got {tau}")
     if iterations < 1:
         raise BadRobustParameter(f"centered clipping: iterations must be >= 1, got {iterations}")

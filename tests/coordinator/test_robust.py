@@ -187,6 +187,7 @@ def test_centered_clipping_matches_loop(k, tau, iters):
 def test_centered_clipping_large_tau_is_the_mean_and_bounds_a_single_outlier():
     x = rows(3, 6, 4)
     np.testing.assert_allclose(centered_clipping(x, 1e9, 1), x.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(centered_clipping(x, np.inf, 2, center=x[0]), x.mean(axis=0), atol=1e-12)
     honest = np.zeros((9, 4))
     bad = np.vstack([honest, np.full((1, 4), 1e6)])
     moved = np.linalg.norm(centered_clipping(bad, 0.5, 3))
@@ -196,8 +197,9 @@ def test_centered_clipping_large_tau_is_the_mean_and_bounds_a_single_outlier():
 def test_centered_clipping_all_at_center_and_bad_params():
     x = np.tile([2.0, -1.0], (4, 1))
     np.testing.assert_array_equal(centered_clipping(x, 0.1, 2, center=x[0]), x[0])  # norm 0: no step
-    with pytest.raises(BadRobustParameter):
-        centered_clipping(x, 0.0)
+    for tau in (0.0, -1.0, np.nan):
+        with pytest.raises(BadRobustParameter):
+            centered_clipping(x, tau)
     with pytest.raises(BadRobustParameter):
         centered_clipping(x, 1.0, iterations=0)
     with pytest.raises(RobustError):
