@@ -14,7 +14,8 @@ norms (the norm bound's median; centered clipping's default radius) and the last
     norm_bound         O(model)     clip to multiplier x running median norm, then weighted mean
     median             O(k model)   coordinate-wise median
     trimmed_mean       O(k model)   coordinate-wise trimmed mean, beta = byzantine_fraction
-    krum               O(k model)   multi-Krum, f = floor(byzantine_fraction * inputs), m = inputs - f
+    krum               O(k model)   multi-Krum, f = floor(byzantine_fraction * inputs) (at most
+                                    (inputs - 3) // 2; median below 3 inputs), m = inputs - f
     centered_clipping  O(k model)   from the last aggregate, radius tau (0: the running median norm)
 
 bucket_size > 1 puts any keep-all rule behind bucketing (its inputs become the buckets).
@@ -127,7 +128,17 @@ class KeepAllAggregator(_Base):
 
 
 def _krum(beta: float) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x: multi_krum(x, math.floor(beta * x.shape[0]))
+    """Multi-Krum with f = floor(beta * k), lowered to what k inputs allow (2f + 2 < k), and the
+    coordinate median below 3 inputs: a round that closes at a small quorum still aggregates,
+    tolerating fewer Byzantine inputs, instead of failing at close."""
+
+    def rule(x: np.ndarray) -> np.ndarray:
+        k = x.shape[0]
+        if k < 3:
+            return coordinate_median(x)
+        return multi_krum(x, min(math.floor(beta * k), (k - 3) // 2))
+
+    return rule
 
 
 def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator) -> _Base:

@@ -94,6 +94,19 @@ def test_names_and_errors():
     for bad in (dict(byzantine_fraction=0.5), dict(cc_iterations=0), dict(bucket_size=-1), dict(cc_tau=-1.0)):
         with pytest.raises(BadRobustParameter):
             RobustConfig(**bad)
-    us, ws = updates(5, k=2)
-    with pytest.raises(TooManyByzantine):  # Krum needs 2f + 2 < n, even for f = 0
-        run("krum", RobustConfig(), RobustState(), us, ws)
+
+
+def test_krum_lowers_f_to_what_a_small_round_allows():
+    cfg = RobustConfig(byzantine_fraction=0.4)
+    for k, f in ((3, 0), (4, 0), (5, 1), (6, 1), (10, 3)):  # floor(0.4 k) capped at (k - 3) // 2
+        us, ws = updates(6, k=k)
+        _, out = run("krum", cfg, RobustState(), us, ws)
+        expect = multi_krum(np.stack([flat(u) for u in us]), f)
+        np.testing.assert_allclose(np.concatenate([out["b"].ravel(), out["w"].ravel()]), expect, rtol=1e-6)
+        if f < math.floor(0.4 * k):
+            with pytest.raises(TooManyByzantine):  # the plain rule would refuse this round
+                multi_krum(np.stack([flat(u) for u in us]), math.floor(0.4 * k))
+    us, ws = updates(7, k=2)
+    _, out = run("krum", cfg, RobustState(), us, ws)  # below 3 inputs: the coordinate median
+    np.testing.assert_allclose(np.concatenate([out["b"].ravel(), out["w"].ravel()]),
+                               coordinate_median(np.stack([flat(u) for u in us])), rtol=1e-6)
