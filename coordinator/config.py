@@ -9,6 +9,7 @@ from fedge.edge_runtime.kernel.configfile import load_config
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 
+from .robust.aggregators import AGGREGATORS, RobustConfig
 from .strategies import STRATEGIES
 
 
@@ -29,6 +30,10 @@ class CoordinatorConfig:
     server_tau: float = 1e-3  # fedadagrad/fedadam/fedyogi: adaptivity floor τ (v starts at τ²)
     prox_mu: float = 0.01  # fedprox: the proximal weight sent as the tasks' mu (other strategies send hyper.mu)
     control_norm_bound: float = 0.0  # scaffold: reject a Δc_i with a larger L2 norm; 0 = off
+    # How a round's accepted deltas combine (coordinator/robust/aggregators.py): mean, norm_bound,
+    # median, trimmed_mean, krum, centered_clipping; [robust] holds their parameters.
+    aggregator: str = "mean"
+    robust: RobustConfig = field(default_factory=RobustConfig)
     seed: int = 0
     max_update_bytes: int = 16 << 20
     norm_bound: float = 0.0  # reject updates with a larger L2 norm; 0 = off
@@ -67,6 +72,8 @@ class CoordinatorConfig:
         if self.round_deadline_s <= 0:
             raise ConfigError("round_deadline_s must be > 0")
         self._check_strategy()
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError(f"aggregator {self.aggregator!r}: choose one of {', '.join(AGGREGATORS)}")
         if self.hyper.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"hyper.optimizer {self.hyper.optimizer!r}: use 'sgd' or 'adamw'")
         if self.hyper.epochs < 1 or self.hyper.batch_size < 1 or not self.hyper.lr > 0:

@@ -32,7 +32,7 @@ from fedge.edge_runtime.kernel.transport.base import Transport
 from fedge.edge_runtime.kernel.update_codec import encode_dense
 
 from . import pace
-from .aggregate import WeightedMean
+from .robust.aggregators import RobustState, advance, make_aggregator
 from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_artifacts
 from .config import CoordinatorConfig
 from .errors import StaleRound, UnexpectedMessage, UpdateRejected
@@ -86,6 +86,9 @@ class Coordinator:
         self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.state: ServerState = strategy.init(initial_shared)
+        # What robust aggregators learn across rounds (norm history, last aggregate). In memory
+        # only: after a restart it starts empty again.
+        self.robust = RobustState()
         self.registry: dict[str, DeviceRecord] = {}
         self.round: OpenRound | None = None
         self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open
@@ -417,6 +420,7 @@ class Coordinator:
                 self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())
             rnd.machine.committed()
             self.state = state
+            self.robust = advance(self.robust, rnd.accumulator, self.config.robust)
             return self._close(record)
         if phase == Phase.ABANDONED:
             record = self._record(rnd, False)
@@ -464,7 +468,10 @@ class Coordinator:
             model = RoundModel(ctx.model_id, ctx.model_version, ctx.round_id, params, correction)
             sha, split = split_round_model(model, self.config.model_part_bytes)
             parts = tuple(encode_message(p) for p in split)
-        return OpenRound(machine, ctx, WeightedMean(), started, params, plan.hyper, correction,
+        # Bucketing draws from (seed, round): a resumed round replays into the same buckets.
+        rng = np.random.default_rng([self.config.seed, machine.round_id])
+        aggregator = make_aggregator(self.config.aggregator, self.config.robust, self.robust, rng)
+        return OpenRound(machine, ctx, aggregator, started, params, plan.hyper, correction,
                          round_model_sha256=sha, model_parts=parts)
 
     # ------------------------------------------------------------------ restart

@@ -10,7 +10,7 @@ norms (the norm bound's median; centered clipping's default radius) and the last
 (centered clipping's starting center). It is a frozen value, like the strategies' state.
 
     name               keeps        rule
-    mean               O(model)     weighted mean, nothing clipped (FedAvg)
+    mean               O(model)     weighted mean, nothing clipped (FedAvg: aggregate.WeightedMean)
     norm_bound         O(model)     clip to multiplier x running median norm, then weighted mean
     median             O(k model)   coordinate-wise median
     trimmed_mean       O(k model)   coordinate-wise trimmed mean, beta = byzantine_fraction
@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..aggregate import WeightedMean
 from .bucketing import bucketing
 from .clipping import centered_clipping
 from .coordinate import coordinate_median, trimmed_mean
@@ -141,10 +142,10 @@ def _krum(beta: float) -> Callable[[np.ndarray], np.ndarray]:
     return rule
 
 
-def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator) -> _Base:
-    """A fresh aggregator for one round."""
+def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator):
+    """A fresh aggregator for one round: add(tensors, weight), mean(), count."""
     if name == "mean":
-        return StreamingAggregator()
+        return WeightedMean()
     if name == "norm_bound":
         return StreamingAggregator(state.history.bound(cfg.norm))
     beta = cfg.byzantine_fraction
@@ -164,8 +165,10 @@ def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.ra
     return KeepAllAggregator(rule, cfg.bucket_size, rng)
 
 
-def advance(state: RobustState, agg: _Base, cfg: RobustConfig) -> RobustState:
-    """The cross-round state after `agg`'s round committed."""
+def advance(state: RobustState, agg, cfg: RobustConfig) -> RobustState:
+    """The cross-round state after `agg`'s round committed (plain means learn nothing)."""
+    if not isinstance(agg, _Base):
+        return state
     return RobustState(state.history.record(agg.norms, cfg.norm), agg.result_vec)
 
 

@@ -80,39 +80,45 @@ def poison_client(client: ClientData, spec: AttackSpec, data: FederatedDataset, 
     return client
 
 
-def attack_step(spec: AttackSpec, collusion: attacks.Collusion, n: int, eta: float):
-    """The malicious chain step (Delta, TaskContext, rng) -> Delta for spec's update-level attack.
+def malicious_delta(spec: AttackSpec, collusion: attacks.Collusion, n: int, eta: float, x: np.ndarray,
+                    round_id: int, device_id: str, rng: np.random.Generator) -> np.ndarray:
+    """The flat delta an attacker sends instead of its honest x.
 
-    Colluders deposit their honest delta and build the attack from what the collusion holds at
-    that moment: the round's earlier colluders (and, omniscient, earlier honest reports) plus
-    their own. In the one-thread simulator devices train one after another, so the first
-    colluder of a round knows only itself (ALIE then sends its own delta: std = 0)."""
+    Colluders deposit x and build the attack from what the collusion holds at that moment: the
+    round's earlier colluders (and, omniscient, earlier honest reports) plus their own. In the
+    one-thread simulator devices train one after another, so the first colluder of a round
+    knows only itself (ALIE then sends its own delta: std = 0)."""
+    if spec.name in COLLUDING:
+        collusion.deposit(round_id, device_id, x, attacker=True)
+        known = collusion.known(round_id)
+    if spec.name == "sign_flip":
+        return attacks.sign_flip(x, spec.scale or 1.0)
+    if spec.name in ("scale", "backdoor"):
+        return x * spec.scale if spec.scale else attacks.scale_replace(x, n, eta)
+    if spec.name == "gaussian":
+        return attacks.gaussian(x, spec.sigma, rng)
+    if spec.name == "alie":
+        return attacks.alie(known, n, spec.colluders_per_round(n))
+    if spec.name == "ipm":
+        return attacks.ipm(known, spec.epsilon)
+    if spec.name == "min_max":
+        return attacks.min_max(known, spec.perturbation)[0]
+    if spec.name == "min_sum":
+        return attacks.min_sum(known, spec.perturbation)[0]
+    if spec.name == "nan":
+        return attacks.nan_update(x)
+    return x  # data-level attacks and huge_weight send what they trained
+
+
+def attack_step(spec: AttackSpec, collusion: attacks.Collusion, n: int, eta: float):
+    """The malicious chain step (Delta, TaskContext, rng) -> Delta for spec's update-level attack."""
     if spec.name not in UPDATE_ATTACKS:
         raise AttackError(f"{spec.name} is not an update-level attack")
     if n < 1 or not eta > 0:
         raise AttackError(f"attack step needs n >= 1 reports and a server lr eta > 0, got n={n}, eta={eta}")
 
     def step(delta, ctx, rng: np.random.Generator):
-        x = flatten(delta.tensors)
-        if spec.name in COLLUDING:
-            collusion.deposit(ctx.round_id, ctx.device_id, x, attacker=True)
-            known = collusion.known(ctx.round_id)
-        if spec.name == "sign_flip":
-            mal = attacks.sign_flip(x, spec.scale or 1.0)
-        elif spec.name in ("scale", "backdoor"):
-            mal = x * spec.scale if spec.scale else attacks.scale_replace(x, n, eta)
-        elif spec.name == "gaussian":
-            mal = attacks.gaussian(x, spec.sigma, rng)
-        elif spec.name == "alie":
-            mal = attacks.alie(known, n, spec.colluders_per_round(n))
-        elif spec.name == "ipm":
-            mal = attacks.ipm(known, spec.epsilon)
-        elif spec.name == "min_max":
-            mal, _ = attacks.min_max(known, spec.perturbation)
-        elif spec.name == "min_sum":
-            mal, _ = attacks.min_sum(known, spec.perturbation)
-        else:  # nan
-            mal = attacks.nan_update(x)
+        mal = malicious_delta(spec, collusion, n, eta, flatten(delta.tensors), ctx.round_id, ctx.device_id, rng)
         return dataclasses.replace(delta, tensors=unflatten(mal, delta.tensors))
 
     return step

@@ -36,7 +36,8 @@ from . import adversary
 from . import baselines as baseline_runs
 from .config import SimConfig
 from .personalization import personalized_spec
-from .attacks import backdoor_success
+from .attacks import Collusion, backdoor_success
+from .malicious import MaliciousRuntime, WitnessRuntime
 from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate")
@@ -102,9 +103,20 @@ class FleetSetup:
     attackers: frozenset[str] = frozenset()  # device ids that attack (cfg.attack_spec)
     poisoned: dict[str, ClientData] = field(default_factory=dict)  # attackers' training data after a data-level attack
 
+    collusion: Collusion = field(default_factory=Collusion)  # what colluding attackers share (simulation only)
+
     def runtime(self, client, **kwargs) -> DeviceRuntime:
+        attack = self.cfg.attack_spec
+        cls = DeviceRuntime
+        if client.client_id in self.attackers:
+            cls = MaliciousRuntime
+            kwargs.update(attack=attack, collusion=self.collusion, n=self.ccfg.clients_per_round,
+                          eta=strategy_from_config(self.ccfg).server_lr)
+        elif attack is not None and attack.omniscient:
+            cls = WitnessRuntime
+            kwargs.update(collusion=self.collusion)
         client = self.poisoned.get(client.client_id, client)
-        return DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
+        return cls(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
                              {self.manifest.model_id: self.art_dir}, Path(self.cfg.out_dir) / "devices",
                              backend=self.backend, seed=self.cfg.seed, **kwargs)
 
@@ -139,14 +151,14 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
                              over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
                              round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
-                             strategy=cfg.strategy, **options)
+                             strategy=cfg.strategy, aggregator=cfg.aggregator, **options)
     attack = cfg.attack_spec
     attackers = adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed) if attack else frozenset()
     rng = np.random.default_rng([cfg.seed, 0xBAD])
     poisoned = {c.client_id: adversary.poison_client(c, attack, data, rng) for c in data.clients
                 if c.client_id in attackers and attack.name in adversary.DATA_ATTACKS}
     return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, tuple(new_clients),
-                      attackers, poisoned)
+                      attackers, poisoned, Collusion(omniscient=bool(attack and attack.omniscient)))
 
 
 class InMemoryFleet:
