@@ -110,3 +110,20 @@ def test_krum_lowers_f_to_what_a_small_round_allows():
     _, out = run("krum", cfg, RobustState(), us, ws)  # below 3 inputs: the coordinate median
     np.testing.assert_allclose(np.concatenate([out["b"].ravel(), out["w"].ravel()]),
                                coordinate_median(np.stack([flat(u) for u in us])), rtol=1e-6)
+
+
+def test_coordinator_config_chooses_an_aggregator_by_name(tmp_path):
+    from fedge.coordinator.config import CoordinatorConfig, load_coordinator_config
+    from fedge.edge_runtime.kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="aggregator 'bulyan'"):
+        CoordinatorConfig(aggregator="bulyan")
+    path = tmp_path / "coordinator.toml"
+    path.write_text('aggregator = "krum"\n[robust]\nbyzantine_fraction = 0.3\nbucket_size = 2\n'
+                    '[robust.norm]\nmultiplier = 4.0\n')
+    cfg = load_coordinator_config(path)
+    assert cfg.aggregator == "krum" and cfg.robust.byzantine_fraction == 0.3 and cfg.robust.bucket_size == 2
+    assert cfg.robust.norm.multiplier == 4.0 and cfg.robust.cc_iterations == 3
+    path.write_text("[robust]\nbyzantine_fraction = 0.7\n")
+    with pytest.raises(ConfigError, match="byzantine_fraction"):
+        load_coordinator_config(path)
