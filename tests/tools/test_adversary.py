@@ -16,7 +16,6 @@ from fedge.tools.simulate.adversary import (
     attack_step,
     choose_attackers,
     claimed_examples,
-    honest_witness,
     poison_client,
     trigger_for,
 )
@@ -112,10 +111,10 @@ def test_colluders_build_alie_from_what_they_know_so_far():
     known = np.array([[1, 2, 3, 4], [3, 2, 1, 0]], float)
     np.testing.assert_allclose(flat(second), known.mean(0) - z * known.std(0), rtol=1e-6)
     # Honest deltas are seen only in omniscient cells.
-    honest_witness(col)(delta([9, 9, 9, 9]), FakeCtx(5, "h"), rng)
+    col.deposit(5, "h", np.full(4, 9.0), attacker=False)
     assert col.known(5).shape == (2, 4)
     seer = Collusion(omniscient=True)
-    honest_witness(seer)(delta([9, 9, 9, 9]), FakeCtx(5, "h"), rng)
+    seer.deposit(5, "h", np.full(4, 9.0), attacker=False)
     out = attack_step(AttackSpec("ipm", epsilon=0.5), seer, 10, 1.0)(delta([1, 1, 1, 1]), FakeCtx(5, "a"), rng)
     np.testing.assert_allclose(flat(out), -0.5 * np.array([5.0, 5, 5, 5]))
 

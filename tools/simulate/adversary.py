@@ -124,16 +124,6 @@ def attack_step(spec: AttackSpec, collusion: attacks.Collusion, n: int, eta: flo
     return step
 
 
-def honest_witness(collusion: attacks.Collusion):
-    """The step an honest device runs in an omniscient cell: it only lets the colluders see its delta."""
-
-    def step(delta, ctx, rng):
-        collusion.deposit(ctx.round_id, ctx.device_id, flatten(delta.tensors), attacker=False)
-        return delta
-
-    return step
-
-
 def claimed_examples(spec: AttackSpec, true_examples: int) -> int:
     """What the attacker says it trained on (huge_weight lies; the rest tell the truth)."""
     if spec.name != "huge_weight":

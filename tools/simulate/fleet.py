@@ -37,7 +37,8 @@ from . import baselines as baseline_runs
 from .config import SimConfig
 from .personalization import personalized_spec
 from .attacks import Collusion, backdoor_success
-from .malicious import MaliciousRuntime, WitnessRuntime
+from .conspiracy import Conspiracy
+from .malicious import MaliciousRuntime
 from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate")
@@ -103,18 +104,15 @@ class FleetSetup:
     attackers: frozenset[str] = frozenset()  # device ids that attack (cfg.attack_spec)
     poisoned: dict[str, ClientData] = field(default_factory=dict)  # attackers' training data after a data-level attack
 
-    collusion: Collusion = field(default_factory=Collusion)  # what colluding attackers share (simulation only)
+    conspiracy: Conspiracy | None = None  # colluding attacks: holds the round's updates (conspiracy.py)
 
     def runtime(self, client, **kwargs) -> DeviceRuntime:
         attack = self.cfg.attack_spec
         cls = DeviceRuntime
-        if client.client_id in self.attackers:
-            cls = MaliciousRuntime
-            kwargs.update(attack=attack, collusion=self.collusion, n=self.ccfg.clients_per_round,
+        if client.client_id in self.attackers and attack.name not in (*adversary.COLLUDING, "label_flip"):
+            cls = MaliciousRuntime  # the rest rewrite their own upload; colluders are rewritten on release
+            kwargs.update(attack=attack, collusion=Collusion(), n=self.ccfg.clients_per_round,
                           eta=strategy_from_config(self.ccfg).server_lr)
-        elif attack is not None and attack.omniscient:
-            cls = WitnessRuntime
-            kwargs.update(collusion=self.collusion)
         client = self.poisoned.get(client.client_id, client)
         return cls(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
                              {self.manifest.model_id: self.art_dir}, Path(self.cfg.out_dir) / "devices",
@@ -157,8 +155,14 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     rng = np.random.default_rng([cfg.seed, 0xBAD])
     poisoned = {c.client_id: adversary.poison_client(c, attack, data, rng) for c in data.clients
                 if c.client_id in attackers and attack.name in adversary.DATA_ATTACKS}
+    conspiracy = None
+    if attack is not None and attack.name in adversary.COLLUDING:
+        if cfg.transport != "memory":
+            raise ConfigError(f"--attack {attack.name}: colluding attacks run on the in-memory transport only")
+        conspiracy = Conspiracy(attack, attackers, compression, ccfg.clients_per_round,
+                                strategy_from_config(ccfg).server_lr)
     return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, tuple(new_clients),
-                      attackers, poisoned, Collusion(omniscient=bool(attack and attack.omniscient)))
+                      attackers, poisoned, conspiracy)
 
 
 class InMemoryFleet:
@@ -171,7 +175,8 @@ class InMemoryFleet:
         self.coordinator = setup.coordinator(self.broker.connect("coordinator"), self.clock)
         self.coordinator.start()
         self.runtimes = [setup.runtime(client) for client in setup.data.clients]
-        self.agents = [DeviceAgent(rt, self.broker.connect(rt.device_id), clock=self.clock) for rt in self.runtimes]
+        self.conspiracy = setup.conspiracy
+        self.agents = [DeviceAgent(rt, self._link(rt.device_id), clock=self.clock) for rt in self.runtimes]
         for agent in self.agents:
             agent.start()
         self.order_rng = np.random.default_rng([setup.cfg.seed, 1])
@@ -186,16 +191,27 @@ class InMemoryFleet:
         on_time = [a for a in self.agents if a.device_id not in late]
         record = None
         while record is None:
-            progressed = _drain(self.coordinator, on_time, self.order_rng)
+            progressed = self._settle(on_time)
             rnd = self.coordinator.round
             if rnd is not None and rnd.machine.phase == Phase.TRAINING:  # the on-time devices cannot close it
-                progressed = _drain(self.coordinator, self.agents, self.order_rng) or progressed
+                progressed = self._settle(self.agents) or progressed
             record = self.coordinator.tick()
             if record is None and not progressed:
                 self.clock.sleep(self.coordinator.config.round_deadline_s)  # nobody is left to answer
         self.plan.closed(record.round_id)
-        _drain(self.coordinator, self.agents, self.order_rng)  # the stragglers train and answer, too late
+        self._settle(self.agents)  # the stragglers train and answer, too late
         return record
+
+    def _link(self, device_id: str):
+        link = self.broker.connect(device_id)
+        return self.conspiracy.uplink(link, device_id) if self.conspiracy else link
+
+    def _settle(self, agents) -> bool:
+        """Drain; with colluders, then deliver the held updates and drain again until quiet."""
+        progressed = _drain(self.coordinator, agents, self.order_rng)
+        while self.conspiracy is not None and self.conspiracy.release():
+            progressed = _drain(self.coordinator, agents, self.order_rng) or True
+        return progressed
 
     def close(self) -> None:
         pass

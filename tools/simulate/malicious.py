@@ -5,8 +5,8 @@ then the update it keeps for upload is rewritten: its delta, decoded as the coor
 decode it, goes through the attack (adversary.malicious_delta) and is compressed again with the
 task's settings; huge_weight changes the claimed example count, nan writes an all-NaN frame
 (the honest encoder refuses NaN). The device's own state (residuals, optimizer) stays the
-honest one. In omniscient cells honest devices are WitnessRuntimes: they only show their
-decoded delta to the colluders.
+honest one. Colluding attacks (ALIE, IPM, min-max/min-sum) are rewritten later, when the
+round's colluders have all trained: conspiracy.py.
 
 The rewrite happens where the device hands the update over to be kept (the `persist` callback
 of DeviceRuntime.handle_task), so the agent publishes and re-publishes the rewritten one.
@@ -22,7 +22,7 @@ import numpy as np
 from fedge.coordinator.robust.flat import flatten, unflatten
 from fedge.edge_runtime.device import DeviceRuntime
 from fedge.edge_runtime.kernel.compress import compress_update, decompress_update
-from fedge.edge_runtime.kernel.protocol import TrainTask, Update
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, TrainTask, Update
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_tensors
 
 from . import attacks
@@ -52,17 +52,17 @@ class _Rewriting(DeviceRuntime):
         raise NotImplementedError
 
 
-def rewrite_update(update: Update, task: TrainTask, spec: AttackSpec, collusion: attacks.Collusion, n: int,
-                   eta: float) -> Update:
-    """The update an attacker sends instead of its honest `update` for `task`."""
-    rng = np.random.default_rng([task.round_id, zlib.crc32(update.device_id.encode())])
+def rewrite_update(update: Update, compression: CompressionSpec, spec: AttackSpec, collusion: attacks.Collusion,
+                   n: int, eta: float) -> Update:
+    """The update an attacker sends instead of its honest `update`, compressed like the task asked."""
+    rng = np.random.default_rng([update.round_id, zlib.crc32(update.device_id.encode())])
     payload = update.payload
     if spec.name == "nan":
         payload = attacks.nan_frame({k: v.shape for k, v in _decoded(update).items()})
     elif spec.name in UPDATE_ATTACKS:
         honest = _decoded(update)
-        mal = malicious_delta(spec, collusion, n, eta, flatten(honest), task.round_id, update.device_id, rng)
-        spec_out = dataclasses.replace(task.compression, clip_norm=0.0, error_feedback=False)
+        mal = malicious_delta(spec, collusion, n, eta, flatten(honest), update.round_id, update.device_id, rng)
+        spec_out = dataclasses.replace(compression, clip_norm=0.0, error_feedback=False)
         sent, _, _ = compress_update(unflatten(mal, honest), None, spec_out, rng)
         payload = encode_tensors(sent)
     return dataclasses.replace(update, payload=payload, num_examples=claimed_examples(spec, update.num_examples))
@@ -74,16 +74,4 @@ class MaliciousRuntime(_Rewriting):
         self.attack, self.collusion, self.n, self.eta = attack, collusion, n, eta
 
     def _rewrite(self, update: Update, task: TrainTask) -> Update:
-        return rewrite_update(update, task, self.attack, self.collusion, self.n, self.eta)
-
-
-class WitnessRuntime(_Rewriting):
-    """An honest device in an omniscient cell: the colluders see its delta; it sends it unchanged."""
-
-    def __init__(self, *args, collusion: attacks.Collusion, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.collusion = collusion
-
-    def _rewrite(self, update: Update, task: TrainTask) -> Update:
-        self.collusion.deposit(task.round_id, self.device_id, flatten(_decoded(update)), attacker=False)
-        return update
+        return rewrite_update(update, task.compression, self.attack, self.collusion, self.n, self.eta)
