@@ -15,7 +15,7 @@ def test_build_cells_runs_the_clean_reference_once_per_defence_and_partition():
     assert cells == [Cell("none", "mean", "iid", 0.0), Cell("alie", "mean", "iid", 0.1), Cell("alie", "mean", "iid", 0.2),
                      Cell("none", "median", "iid", 0.0), Cell("alie", "median", "iid", 0.1),
                      Cell("alie", "median", "iid", 0.2)]
-    assert len(build_cells(QUICK)) == 5 * (1 + 4)
+    assert len(build_cells(QUICK)) == 6 * (1 + 4)
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ Output JSON (schema 1):
     schema, benchmark ("robustness"), quick, grid (the RobustGrid), wall_seconds
     cells: list, one per (attack, defense, partition, attackers_fraction):
         attack             str: tools/simulate/attacks.py's name, "none" for the clean reference
-        defense            str: the coordinator's aggregator (coordinator/robust/aggregators.py)
+        defense            str: the coordinator's aggregator (coordinator/robust/aggregators.py),
+                           "+bucketing" = behind buckets of grid.bucket_size
         default            bool: defense is the default defence (norm_bound)
         partition          str
         attackers_fraction float: share of the population that attacks (0 for "none")
@@ -44,7 +45,9 @@ DEFAULT_DEFENSE = "norm_bound"
 class RobustGrid:
     attacks: tuple[str, ...] = ("none", "sign_flip", "scale", "gaussian", "label_flip", "backdoor", "alie", "ipm",
                                 "min_max", "min_sum", "huge_weight", "nan")
-    defenses: tuple[str, ...] = ("mean", "norm_bound", "median", "trimmed_mean", "krum", "centered_clipping")
+    defenses: tuple[str, ...] = ("mean", "norm_bound", "median", "trimmed_mean", "krum", "centered_clipping",
+                                 "median+bucketing", "krum+bucketing")
+    bucket_size: int = 2
     partitions: tuple[str, ...] = ("iid", "dirichlet")
     fractions: tuple[float, ...] = (0.1, 0.2)
     omniscient: bool = False
@@ -58,7 +61,7 @@ class RobustGrid:
 
 
 QUICK = RobustGrid(attacks=("none", "sign_flip", "backdoor", "alie", "ipm"),
-                   defenses=("mean", "norm_bound", "median", "krum", "centered_clipping"),
+                   defenses=("mean", "norm_bound", "median", "krum", "centered_clipping", "median+bucketing"),
                    partitions=("dirichlet",), fractions=(0.2,), dataset="digits", devices=10,
                    clients_per_round=5, rounds=8)
 
@@ -91,7 +94,8 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
         cfg = SimConfig(dataset=grid.dataset, devices=grid.devices, clients_per_round=grid.clients_per_round,
                         rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
                         attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
-                        omniscient=grid.omniscient, aggregator=cell.defense)
+                        omniscient=grid.omniscient, aggregator=cell.defense.split("+")[0],
+                        bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
         result = run_simulation(cfg)
     curve = [r["global_accuracy"] for r in result.rounds]
     tail = result.rounds[-grid.final_window:]
@@ -152,7 +156,7 @@ def _progress(i: int, n: int, row: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench robustness", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", dest="json_path", required=True, help="write the results here")
-    p.add_argument("--quick", action="store_true", help="a reduced grid on digits (25 cells of 8 rounds)")
+    p.add_argument("--quick", action="store_true", help="a reduced grid on digits (30 cells of 8 rounds)")
     p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)

@@ -59,6 +59,7 @@ class SimConfig:
     attackers: float = 0.2
     omniscient: bool = False
     aggregator: str = "mean"
+    bucket_size: int = 0  # > 1: bucketing in front of a keep-all aggregator
     local_epochs: int | None = None  # local-only baseline epochs; None = rounds * epochs
     central_epochs: int | None = None  # centralized baseline epochs; None = the fleet's total compute
 

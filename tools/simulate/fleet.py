@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.robust.aggregators import RobustConfig
 from fedge.coordinator.rounds import Phase
 from fedge.coordinator.server import Coordinator
 from fedge.coordinator.strategies import strategy_from_config
@@ -149,7 +150,8 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
                              over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
                              round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
-                             strategy=cfg.strategy, aggregator=cfg.aggregator, **options)
+                             strategy=cfg.strategy, aggregator=cfg.aggregator,
+                             robust=RobustConfig(bucket_size=cfg.bucket_size), **options)
     attack = cfg.attack_spec
     attackers = adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed) if attack else frozenset()
     rng = np.random.default_rng([cfg.seed, 0xBAD])
