@@ -26,7 +26,7 @@ def test_bench_writes_cells(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "robustness" and doc["errors"] == []
     assert [(c["attack"], c["defense"], c["default"], c["attackers_fraction"]) for c in doc["cells"]] == [
-        ("none", "norm_bound", True, 0.0), ("backdoor", "norm_bound", True, 0.2)]
+        ("none", "norm_bound", True, 0.0), ("backdoor", "norm_bound", True, 0.3)]
     clean, attacked = doc["cells"]
     assert clean["backdoor_success"] is None and 0 <= attacked["backdoor_success"] <= 1
     assert all(0 <= c["final_accuracy"] <= 1 and len(c["accuracy_curve"]) == 2 for c in doc["cells"])

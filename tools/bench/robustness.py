@@ -62,7 +62,7 @@ class RobustGrid:
 
 QUICK = RobustGrid(attacks=("none", "sign_flip", "backdoor", "alie", "ipm"),
                    defenses=("mean", "norm_bound", "median", "krum", "centered_clipping", "median+bucketing"),
-                   partitions=("dirichlet",), fractions=(0.2,), dataset="digits", devices=10,
+                   partitions=("dirichlet",), fractions=(0.3,), dataset="digits", devices=10,
                    clients_per_round=5, rounds=8)
 
 

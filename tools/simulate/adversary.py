@@ -52,10 +52,6 @@ class AttackSpec:
         if self.perturbation not in ("unit", "std", "sign"):
             raise AttackError(f"perturbation {self.perturbation!r}: use unit, std or sign")
 
-    def colluders_per_round(self, n: int) -> int:
-        """m in ALIE's formula: the attackers expected among n reports."""
-        return max(1, round(self.fraction * n))
-
 
 def choose_attackers(device_ids, fraction: float, seed: int) -> frozenset[str]:
     """round(fraction x N) devices, fixed for the run; at least one."""
@@ -98,7 +94,7 @@ def malicious_delta(spec: AttackSpec, collusion: attacks.Collusion, n: int, eta:
     if spec.name == "gaussian":
         return attacks.gaussian(x, spec.sigma, rng)
     if spec.name == "alie":
-        return attacks.alie(known, n, spec.colluders_per_round(n))
+        return attacks.alie(known, n, collusion.attackers(round_id))  # m: the colluders of this round
     if spec.name == "ipm":
         return attacks.ipm(known, spec.epsilon)
     if spec.name == "min_max":
