@@ -129,3 +129,14 @@ def test_min_max_step_stays_within_the_known_spread():
     spread = max(np.linalg.norm(a - b) for a in known for b in known)
     assert max(np.linalg.norm(out - k) for k in known) <= spread * (1 + 1e-5)
     assert not np.allclose(out, known.mean(0))
+
+
+def test_alie_with_a_majority_of_colluders_uses_the_largest_minority():
+    col = Collusion()
+    step = attack_step(AttackSpec("alie"), col, 5, 1.0)
+    rng = np.random.default_rng(0)
+    rows = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
+    for i, r in enumerate(rows):
+        out = flat(step(delta(r), FakeCtx(2, f"a{i}"), rng))
+    z = scipy_norm.ppf((5 - (math.floor(5 / 2 + 1) - 2)) / 5)  # m = 2, not 3: s would be 0
+    np.testing.assert_allclose(out, rows.mean(0) - z * rows.std(0), rtol=1e-6)

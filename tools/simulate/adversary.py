@@ -94,7 +94,9 @@ def malicious_delta(spec: AttackSpec, collusion: attacks.Collusion, n: int, eta:
     if spec.name == "gaussian":
         return attacks.gaussian(x, spec.sigma, rng)
     if spec.name == "alie":
-        return attacks.alie(known, n, collusion.attackers(round_id))  # m: the colluders of this round
+        # m: the colluders of this round, at most a minority of n (the formula's premise: with a
+        # majority no supporters are needed and s <= 0); z is then the largest minority's.
+        return attacks.alie(known, n, max(1, min(collusion.attackers(round_id), (n - 1) // 2)))
     if spec.name == "ipm":
         return attacks.ipm(known, spec.epsilon)
     if spec.name == "min_max":
