@@ -163,14 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--omniscient", action="store_true", help="colluders also see honest deltas")
     p.add_argument("--attacks", default=None, help="comma list (default: the grid's)")
     p.add_argument("--defenses", default=None, help="comma list (default: the grid's)")
+    p.add_argument("--partitions", default=None, help="comma list (default: the grid's)")
+    p.add_argument("--fractions", default=None, help="comma list of attacker shares (default: the grid's)")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else RobustGrid()
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed)) if v is not None}
     if args.omniscient:
         overrides["omniscient"] = True
-    for name in ("attacks", "defenses"):
+    for name in ("attacks", "defenses", "partitions"):
         if getattr(args, name):
             overrides[name] = tuple(getattr(args, name).split(","))
+    if args.fractions:
+        overrides["fractions"] = tuple(float(f) for f in args.fractions.split(","))
     grid = replace(grid, **overrides)
     doc = run(grid, args.json_path, quick=args.quick)
     print(f"wrote {args.json_path}: {len(doc['cells'])} cells, {len(doc['errors'])} errors, {doc['wall_seconds']:.0f} s")
