@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, deque
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from fedge.edge_runtime.kernel.transport.base import Transport
 from fedge.edge_runtime.kernel.update_codec import encode_dense
 
 from . import pace
-from .robust.aggregators import RobustState, advance, make_aggregator
+from .robust.aggregators import EXTRA_KEY, RobustState, advance, make_aggregator
 from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_artifacts
 from .config import CoordinatorConfig
 from .errors import StaleRound, UnexpectedMessage, UpdateRejected
@@ -86,9 +86,6 @@ class Coordinator:
         self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.state: ServerState = strategy.init(initial_shared)
-        # What robust aggregators learn across rounds (norm history, last aggregate). In memory
-        # only: after a restart it starts empty again.
-        self.robust = RobustState()
         self.registry: dict[str, DeviceRecord] = {}
         self.round: OpenRound | None = None
         self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open
@@ -103,6 +100,9 @@ class Coordinator:
         self.session = uuid.uuid4().hex  # in every Announcement: devices check in again when it changes
         if store is not None:
             self._load(store)
+        # What robust aggregators learn across rounds (norm history, last aggregate): committed
+        # with the model in ServerState.extra, so a restart resumes it.
+        self.robust = RobustState.from_extra(self.state.extra.get(EXTRA_KEY))
         self._eligible = sum(d.eligible for d in self.registry.values())  # kept up to date by _register
         self.metrics.model_version.set(self.state.version)
         self.metrics.devices(len(self.registry), self._eligible)
@@ -415,12 +415,14 @@ class Coordinator:
         phase = rnd.machine.on_tick(self.clock.now())
         if phase == Phase.AGGREGATING:
             state = self.strategy.apply(self.state, self._aggregate(rnd))
+            robust = advance(self.robust, rnd.accumulator, self.config.robust)
+            if robust is not self.robust:
+                state = replace(state, extra={**state.extra, EXTRA_KEY: robust.to_extra()})
             record = self._record(rnd, True)
             if self.store is not None:  # the commit point: before it the round is open, after it done
                 self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())
             rnd.machine.committed()
-            self.state = state
-            self.robust = advance(self.robust, rnd.accumulator, self.config.robust)
+            self.state, self.robust = state, robust
             return self._close(record)
         if phase == Phase.ABANDONED:
             record = self._record(rnd, False)

@@ -7,7 +7,9 @@
 
 `state` (RobustState) carries what a rule learns across rounds: the running history of update
 norms (the norm bound's median; centered clipping's default radius) and the last aggregate
-(centered clipping's starting center). It is a frozen value, like the strategies' state.
+(centered clipping's starting center). It is a frozen value, like the strategies' state, and
+travels in ServerState.extra[EXTRA_KEY], so the store commits it with the model and a restart
+(which replays the open round into a fresh aggregator) rebuilds the same bound and center.
 
     name               keeps        rule
     mean               O(model)     weighted mean, nothing clipped (FedAvg: aggregate.WeightedMean)
@@ -60,10 +62,28 @@ class RobustConfig:
             raise BadRobustParameter("bucket_size must be >= 0 (0 = no bucketing)")
 
 
+EXTRA_KEY = "robust"  # the ServerState.extra group that carries RobustState through commits and restarts
+
+
 @dataclass(frozen=True)
 class RobustState:
     history: NormHistory = NormHistory()
     center: np.ndarray | None = None  # (d,) float64: the last committed aggregate
+
+    def to_extra(self) -> dict[str, np.ndarray]:
+        """As a ServerState.extra group (float64 arrays: the store keeps them bit for bit)."""
+        out = {"norms": np.array(self.history.norms, np.float64)}
+        if self.center is not None:
+            out["center"] = np.asarray(self.center, np.float64)
+        return out
+
+    @classmethod
+    def from_extra(cls, group: dict[str, np.ndarray] | None) -> "RobustState":
+        if not group:
+            return cls()
+        center = group.get("center")
+        return cls(NormHistory(tuple(float(n) for n in group.get("norms", ()))),
+                   None if center is None else np.asarray(center, np.float64))
 
 
 class _Base:

@@ -127,3 +127,33 @@ def test_coordinator_config_chooses_an_aggregator_by_name(tmp_path):
     path.write_text("[robust]\nbyzantine_fraction = 0.7\n")
     with pytest.raises(ConfigError, match="byzantine_fraction"):
         load_coordinator_config(path)
+
+
+def test_robust_state_round_trips_through_server_state_extra():
+    cfg = RobustConfig()
+    state = RobustState()
+    assert RobustState.from_extra(None) == state and RobustState.from_extra(state.to_extra()).center is None
+    us, ws = updates(8)
+    agg, _ = run("centered_clipping", cfg, state, us, ws)
+    state = advance(state, agg, cfg)
+    back = RobustState.from_extra({k: v.copy() for k, v in state.to_extra().items()})
+    assert back.history == state.history
+    np.testing.assert_array_equal(back.center, state.center)
+    assert back.center.dtype == np.float64 and state.to_extra()["norms"].dtype == np.float64
+
+
+def test_a_simulated_coordinator_commits_its_robust_state(tmp_path):
+    from fedge.tools.simulate.config import SimConfig
+    from fedge.tools.simulate.fleet import InMemoryFleet, prepare
+
+    for aggregator in ("norm_bound", "mean"):
+        setup = prepare(SimConfig(dataset="digits", devices=4, rounds=2, clients_per_round=3,
+                                  out_dir=str(tmp_path / aggregator), aggregator=aggregator))
+        fleet = InMemoryFleet(setup)
+        reports = sum(fleet.run_round().reports for _ in range(2))
+        extra = fleet.coordinator.state.extra
+        if aggregator == "mean":
+            assert "robust" not in extra  # the plain mean learns nothing and stores nothing
+        else:
+            assert len(extra["robust"]["norms"]) == reports
+            assert fleet.coordinator.robust.history.norms == tuple(extra["robust"]["norms"])
