@@ -98,11 +98,11 @@ class Coordinator:
         self._parts_retained = 0  # model-part topics this process left a retained message on
         self._announce_due = False  # the last announcement could not be published; tick() retries
         self.session = uuid.uuid4().hex  # in every Announcement: devices check in again when it changes
+        # What robust aggregators learn across rounds (norm history, last aggregate): committed
+        # with the model in ServerState.extra, so a restart resumes it (_load).
+        self.robust = RobustState()
         if store is not None:
             self._load(store)
-        # What robust aggregators learn across rounds (norm history, last aggregate): committed
-        # with the model in ServerState.extra, so a restart resumes it.
-        self.robust = RobustState.from_extra(self.state.extra.get(EXTRA_KEY))
         self._eligible = sum(d.eligible for d in self.registry.values())  # kept up to date by _register
         self.metrics.model_version.set(self.state.version)
         self.metrics.devices(len(self.registry), self._eligible)
@@ -489,6 +489,7 @@ class Coordinator:
                 raise ConfigError(f"{store.path}: stored params {got} do not fit the model's shared params "
                                   f"{self.shapes}")
             self.state = loaded
+            self.robust = RobustState.from_extra(loaded.extra.get(EXTRA_KEY))
         self.next_round_id = store.next_round_id()
         now, wall = self.clock.now(), self.clock.wall()
         for d in store.load_devices():
