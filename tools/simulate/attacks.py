@@ -155,8 +155,8 @@ def min_max(honest, kind: str = "std", gamma_init: float = 10.0, tol: float = 1e
 def min_sum(honest, kind: str = "std", gamma_init: float = 10.0, tol: float = 1e-5) -> tuple[np.ndarray, float]:
     """mean + gamma p with sum_i ||mal - x_i||^2 <= max_i sum_j ||x_i - x_j||^2; returns (mal, gamma).
 
-    The paper's bound is the max over benign i; the authors' released code uses the min,
-    which is more conservative. We follow the paper."""
+    The bound is the max over benign i, as the paper states the objective; copies of the
+    authors' released code compare against the min over i instead (a smaller gamma)."""
     x = _honest(honest)
     mu, p = x.mean(axis=0), perturbation(x, kind)
     limit = _pairwise_sq(x).sum(axis=1).max()
