@@ -9,7 +9,7 @@ from fedge.edge_runtime.kernel.configfile import load_config
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 
-from .robust.aggregators import AGGREGATORS, RobustConfig
+from .robust.aggregators import AGGREGATORS, KEEP_ALL, RobustConfig
 from .strategies import STRATEGIES
 
 
@@ -74,6 +74,8 @@ class CoordinatorConfig:
         self._check_strategy()
         if self.aggregator not in AGGREGATORS:
             raise ConfigError(f"aggregator {self.aggregator!r}: choose one of {', '.join(AGGREGATORS)}")
+        if self.robust.bucket_size > 1 and self.aggregator not in KEEP_ALL:
+            raise ConfigError(f"robust.bucket_size works in front of {', '.join(KEEP_ALL)}, not {self.aggregator!r}")
         if self.hyper.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"hyper.optimizer {self.hyper.optimizer!r}: use 'sgd' or 'adamw'")
         if self.hyper.epochs < 1 or self.hyper.batch_size < 1 or not self.hyper.lr > 0:

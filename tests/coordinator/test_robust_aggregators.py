@@ -118,6 +118,8 @@ def test_coordinator_config_chooses_an_aggregator_by_name(tmp_path):
 
     with pytest.raises(ConfigError, match="aggregator 'bulyan'"):
         CoordinatorConfig(aggregator="bulyan")
+    with pytest.raises(ConfigError, match="bucket_size"):
+        CoordinatorConfig(aggregator="norm_bound", robust=RobustConfig(bucket_size=2))
     path = tmp_path / "coordinator.toml"
     path.write_text('aggregator = "krum"\n[robust]\nbyzantine_fraction = 0.3\nbucket_size = 2\n'
                     '[robust.norm]\nmultiplier = 4.0\n')
