@@ -1,8 +1,9 @@
 """The robust rules as round aggregators, chosen by name.
 
     agg = make_aggregator(name, cfg, state, rng)    one per round
-    agg.add(delta, weight)                          as each accepted update arrives
-    agg.mean()                                      at close: the params dict to apply (float32)
+    agg.add(delta, weight_or_meta)                  as each accepted update arrives (a float
+                                                    weight, or anything with a .weight)
+    agg.mean() / agg.result()                       at close: the params dict to apply (float32)
     state = advance(state, agg, cfg)                after the round commits
 
 `state` (RobustState) carries what a rule learns across rounds: the running history of update
@@ -96,7 +97,8 @@ class _Base:
         self.norms: list[float] = []
         self.result_vec: np.ndarray | None = None
 
-    def add(self, tensors: Params, weight: float) -> None:
+    def add(self, tensors: Params, meta) -> None:
+        weight = float(getattr(meta, "weight", meta))  # UpdateMeta (aggregate.Aggregator) or a number
         if not (weight > 0 and math.isfinite(weight)):
             raise RobustError(f"weight must be finite and > 0, got {weight}")
         if self.like is None:
@@ -110,6 +112,8 @@ class _Base:
             raise RobustError("no contributions to aggregate")
         self.result_vec = self._reduce()
         return unflatten(self.result_vec, self.like)
+
+    result = mean
 
     def _add(self, vec: np.ndarray, weight: float) -> None: ...
     def _reduce(self) -> np.ndarray: ...
