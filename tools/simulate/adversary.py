@@ -1,13 +1,17 @@
 """Who attacks in a simulation, and how: attackers are a fixed share of the population, chosen
 once from the seed and sampled for rounds like any device; each runs the real device code with
-poisoned data (label_flip, backdoor) and/or one malicious post-processing step (the rest).
+poisoned data (label_flip, backdoor) and/or a malicious rewrite of its delta (the rest).
 
     spec = AttackSpec("alie", fraction=0.2)
     attackers = choose_attackers(device_ids, spec.fraction, seed)
-    client = poison_client(client, spec, data, rng)          data-level attacks
-    step = attack_step(spec, collusion, n, eta, attacker)    update-level attacks, a chain Step
+    client = poison_client(client, spec, data, rng)                 data-level attacks
+    mal = malicious_delta(spec, collusion, n, eta, x, round, dev, rng)  update-level attacks
+    step = attack_step(spec, collusion, n, eta)                     the same as a post-processing
+                                                                    chain step (Delta, ctx, rng) -> Delta
 
-The formulas are in attacks.py; this module only wires them to devices. Simulation only.
+Today's simulator applies malicious_delta to the update the device keeps for upload
+(malicious.py; colluders on release, conspiracy.py); attack_step is the same rewrite in the
+shape of the device's post-processing chain. The formulas are in attacks.py. Simulation only.
 """
 
 from __future__ import annotations
