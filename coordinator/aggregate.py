@@ -21,7 +21,8 @@ The interface admits, without touching the coordinator:
 * the streaming mean (MeanAggregator over WeightedMean, "mean"): O(model) memory;
 * a keep-all aggregator (KeepAll): every accepted delta of the round, O(k x model) memory,
   for robust statistics that need them all at once (coordinate-wise median, trimmed mean,
-  Krum); register one with `register_aggregator("median", lambda: KeepAll(median_fn))`;
+  Krum); register one with `register_aggregator("median", lambda ctx: KeepAll(median_fn))`
+  (coordinator/robust registers median, trimmed_mean, krum, centered_clipping, norm_bound);
 * a modular integer sum for secure aggregation: `add` takes the masked vector (integers in
   Z_{2^b}, carried as an integer-dtype Params) and adds it mod 2^b into an O(model) sum;
   `result` subtracts the unmasked seeds' contribution (given to it by the unmask stage) and
@@ -30,14 +31,19 @@ The interface admits, without touching the coordinator:
   update's base is behind) scales the weight, e.g. w * (1 + s)^-a, into a streaming sum; the
   coordinator calls `result` when the buffer holds K updates instead of at a round deadline.
 
-Pick one with `[coordinator] aggregator = "mean"`; `make_aggregator(name)` builds a fresh one
-per round. The server optimizer (FedAvg, FedAdam, ...) stays in coordinator/strategies: it
+Pick one with `[coordinator] aggregator = "mean"`; `make_aggregator(name, context)` builds a
+fresh one per round. The factory gets an AggregatorContext: the round id and seed (for an RNG
+it owns, so a replay after a restart draws the same numbers), the coordinator's `[robust]`
+settings, and the committed model's ServerState.extra, where an aggregator that learns across
+rounds (a running norm history, the last aggregate) finds what it left there. It leaves it
+through an optional `carry() -> dict[group, dict[str, ndarray]]`, which the coordinator merges
+into the new ServerState.extra before the commit, so the store commits it with the model. The server optimizer (FedAvg, FedAdam, ...) stays in coordinator/strategies: it
 consumes the aggregate and knows nothing of how it was formed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -54,6 +60,20 @@ class UpdateMeta:
     device_id: str
     weight: float  # the FedAvg weight: the device's num_examples
     staleness: int = 0  # model versions between the update's base and the model it moves (0 = sync)
+
+
+@dataclass(frozen=True)
+class AggregatorContext:
+    """What a factory may use to build one round's aggregator (module docstring)."""
+
+    round_id: int = 0
+    seed: int = 0
+    settings: object = None  # CoordinatorConfig.robust (a RobustConfig); opaque to this module
+    extra: dict = field(default_factory=dict)  # the committed ServerState.extra
+
+    def rng(self) -> np.random.Generator:
+        """Drawn from (seed, round): a resumed round replays into the same draws."""
+        return np.random.default_rng([self.seed, self.round_id])
 
 
 @runtime_checkable
@@ -142,10 +162,10 @@ class KeepAll:
                 for name in self.deltas[0]}
 
 
-AGGREGATORS: dict[str, Callable[[], Aggregator]] = {"mean": MeanAggregator}
+AGGREGATORS: dict[str, Callable[[AggregatorContext], Aggregator]] = {"mean": lambda _ctx: MeanAggregator()}
 
 
-def register_aggregator(name: str, factory: Callable[[], Aggregator]) -> None:
+def register_aggregator(name: str, factory: Callable[[AggregatorContext], Aggregator]) -> None:
     """Make `aggregator = name` available in the coordinator config. A module that registers
     must be imported before the config is loaded (its package __init__ is a good place)."""
     if name in AGGREGATORS and AGGREGATORS[name] is not factory:
@@ -153,12 +173,12 @@ def register_aggregator(name: str, factory: Callable[[], Aggregator]) -> None:
     AGGREGATORS[name] = factory
 
 
-def make_aggregator(name: str) -> Aggregator:
+def make_aggregator(name: str, context: AggregatorContext | None = None) -> Aggregator:
     """A fresh aggregator for one round."""
     factory = AGGREGATORS.get(name)
     if factory is None:
         raise ConfigError(f"aggregator {name!r}: choose one of {sorted(AGGREGATORS)}")
-    return factory()
+    return factory(context if context is not None else AggregatorContext())
 
 
 def weighted_mean_naive(updates: list[Params], weights: list[float]) -> Params:

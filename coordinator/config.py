@@ -11,6 +11,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
 
 from .aggregate import AGGREGATORS
+from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
 from .strategies import STRATEGIES
 from .weights import WEIGHTINGS
 
@@ -32,7 +33,10 @@ class CoordinatorConfig:
     server_tau: float = 1e-3  # fedadagrad/fedadam/fedyogi: adaptivity floor τ (v starts at τ²)
     prox_mu: float = 0.01  # fedprox: the proximal weight sent as the tasks' mu (other strategies send hyper.mu)
     control_norm_bound: float = 0.0  # scaffold: reject a Δc_i with a larger L2 norm; 0 = off
-    aggregator: str = "mean"  # how accepted deltas combine (coordinator/aggregate.py registry)
+    # How a round's accepted deltas combine (coordinator/robust/aggregators.py): mean, norm_bound,
+    # median, trimmed_mean, krum, centered_clipping; [robust] holds their parameters.
+    aggregator: str = "mean"
+    robust: RobustConfig = field(default_factory=RobustConfig)
     seed: int = 0
     max_update_bytes: int = 16 << 20
     norm_bound: float = 0.0  # reject updates with a larger L2 norm; 0 = off
@@ -87,6 +91,8 @@ class CoordinatorConfig:
         self._check_strategy()
         if self.aggregator not in AGGREGATORS:
             raise ConfigError(f"aggregator {self.aggregator!r}: choose one of {sorted(AGGREGATORS)}")
+        if self.robust.bucket_size > 1 and self.aggregator not in KEEP_ALL:
+            raise ConfigError(f"robust.bucket_size works in front of {', '.join(KEEP_ALL)}, not {self.aggregator!r}")
         if self.hyper.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"hyper.optimizer {self.hyper.optimizer!r}: use 'sgd' or 'adamw'")
         if self.hyper.epochs < 1 or self.hyper.batch_size < 1 or not self.hyper.lr > 0:

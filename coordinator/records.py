@@ -16,7 +16,7 @@ from fedge.edge_runtime.kernel.round_model import split_round_model
 from fedge.edge_runtime.kernel.update_codec import encode_dense
 
 from .admission import Accepted
-from .aggregate import Aggregator, UpdateMeta, WeightedMean, make_aggregator
+from .aggregate import Aggregator, AggregatorContext, UpdateMeta, WeightedMean, make_aggregator
 from .config import CoordinatorConfig
 from .rounds import Replied, RoundMachine, on_event
 from .strategies import AggregateInput, ServerState, Strategy
@@ -130,5 +130,7 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
         model = RoundModel(ctx.model_id, ctx.model_version, ctx.round_id, params, correction)
         sha, split = split_round_model(model, config.model_part_bytes)
         parts = tuple(encode_message(p) for p in split)
-    return OpenRound(machine, ctx, make_aggregator(config.aggregator), started, params, plan.hyper, correction,
+    aggregator = make_aggregator(config.aggregator, AggregatorContext(machine.round_id, config.seed, config.robust,
+                                                                      state.extra))
+    return OpenRound(machine, ctx, aggregator, started, params, plan.hyper, correction,
                      round_model_sha256=sha, model_parts=parts)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -357,6 +357,9 @@ class Coordinator:
                 # N = every device the registry knows (restored from the store after a restart), so a
                 # resumed round scales SCAFFOLD's control step exactly as the uninterrupted one would.
                 state = self.strategy.apply(self.state, rnd.aggregate_input(len(self.registry)))
+                carry = getattr(rnd.aggregator, "carry", None)  # what it learned, committed with the model
+                if carry is not None:
+                    state = replace(state, extra={**state.extra, **carry()})
             elif isinstance(action, Commit):
                 fault = model_fault(state.params, state.extra)
                 if fault is None and self.holdout is not None:

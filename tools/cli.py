@@ -18,7 +18,7 @@ EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim"
           "prometheus_client": "coordinator", "cryptography": "coordinator", "onnxruntime": "device",
           "paho": "device", "psutil": "device", "msgpack": "device"}
 BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
-           "mqtt": "fedge.tools.bench.mqtt"}
+           "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = p.add_subparsers(dest="bench", required=True)
     bench.add_parser("train-step", help="time one training step per backend (see: fedge bench train-step -h)")
     bench.add_parser("heterogeneity", help="algorithms x partitions x personalization (see: fedge bench heterogeneity -h)")
+    bench.add_parser("robustness", help="attacks x defences (see: fedge bench robustness -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
 
     return parser

@@ -32,7 +32,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture
 def median():
-    factory = lambda: KeepAll(_median)  # noqa: E731
+    factory = lambda _ctx: KeepAll(_median)  # noqa: E731
     register_aggregator("test-median", factory)
     yield "test-median"
     del AGGREGATORS["test-median"]
@@ -117,7 +117,7 @@ def test_aggregators_are_chosen_by_name_and_follow_the_protocol(median):
     with pytest.raises(ConfigError):
         make_aggregator("krum-not-registered")
     with pytest.raises(ValueError):
-        register_aggregator("mean", lambda: KeepAll(_median))  # a name cannot be taken over
+        register_aggregator("mean", lambda _ctx: KeepAll(_median))  # a name cannot be taken over
 
 
 def test_mean_aggregator_is_the_weighted_mean_and_keep_all_sees_every_delta_in_order():

@@ -36,7 +36,7 @@ def test_round_reports_the_weighted_mean_train_loss(model, tmp_path, caplog):
     assert record.train_loss != pytest.approx(np.mean([u.metrics["loss"] for u in updates]), rel=1e-9)  # weighted
     gauge = fleet.coordinator.metrics.registry.get_sample_value("fedge_round_train_loss")
     assert gauge == pytest.approx(want)
-    assert f"round 1 committed" in caplog.text and f"mean train loss {want:.4g}" in caplog.text
+    assert "round 1 committed" in caplog.text and f"mean train loss {want:.4g}" in caplog.text
     # One INFO line per task on each device: steps, loss and the bytes it sent.
     lines = [r.getMessage() for r in caplog.records if r.name == "fedge.agent" and "steps, loss" in r.getMessage()]
     assert len(lines) == 3

@@ -7,7 +7,6 @@ commits its rounds. Metrics are scraped from the Prometheus endpoint."""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys

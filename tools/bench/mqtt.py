@@ -60,7 +60,7 @@ from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.loop import AgentLoop
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, ParamInfo
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.edge_runtime.kernel.protocol import CheckIn, CompressionSpec, TrainTask, Update, device_topic
+from fedge.edge_runtime.kernel.protocol import CheckIn, CompressionSpec, TrainTask, Update
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.update_codec import dense_fp32_bytes, encode_tensors

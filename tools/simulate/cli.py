@@ -58,6 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        ("server-momentum", "fedavgm momentum"), ("server-beta1", "adaptive: first-moment decay"),
                        ("server-beta2", "adaptive: second-moment decay"), ("server-tau", "adaptive: tau")):
         p.add_argument(f"--{name}", type=float, default=None, help=f"{what} (default: the coordinator's)")
+    p.add_argument("--attack", default=None, help="simulate attackers: label_flip, backdoor, sign_flip, scale, gaussian, "
+                   "alie, ipm, min_max, min_sum, huge_weight, nan (tools/simulate/attacks.py)")
+    p.add_argument("--attackers", type=float, default=d.attackers, help="share of the devices that attack (default %(default)s)")
+    p.add_argument("--omniscient", action="store_true", help="colluding attackers also see honest devices' deltas")
+    p.add_argument("--aggregator", default=d.aggregator,
+                   help="how the coordinator combines a round: mean, norm_bound, median, trimmed_mean, krum, centered_clipping")
+    p.add_argument("--bucket-size", type=int, default=d.bucket_size,
+                   help="bucketing: average random groups of this many updates before a keep-all aggregator (0 = off)")
     p.add_argument("--out", dest="out_dir", default=None, help="output folder (default: beside --json, or runs/sim)")
     p.add_argument("--json", dest="json_path", help="write the run as JSON here (schema in tools/simulate/report.py)")
     p.add_argument("--plot", dest="plot_path", help="PNG path (default: beside the JSON)")
@@ -83,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         new_device_steps=args.new_device_steps, strategy=args.strategy, prox_mu=args.prox_mu,
         server_lr=args.server_lr, server_momentum=args.server_momentum, server_beta1=args.server_beta1,
         server_beta2=args.server_beta2, server_tau=args.server_tau, local_epochs=args.local_epochs,
-        central_epochs=args.central_epochs,
+        central_epochs=args.central_epochs, attack=args.attack, attackers=args.attackers, omniscient=args.omniscient,
+        aggregator=args.aggregator, bucket_size=args.bucket_size,
     )
     check_split_flags(cfg)
     bar = _progress(cfg.rounds, args.quiet)

@@ -53,6 +53,13 @@ class SimConfig:
     server_beta1: float | None = None
     server_beta2: float | None = None
     server_tau: float | None = None
+    # Robustness (tools/simulate/adversary.py): attack name or None, the attacking share of
+    # the population, whether colluders see honest deltas, and the coordinator's aggregator.
+    attack: str | None = None
+    attackers: float = 0.2
+    omniscient: bool = False
+    aggregator: str = "mean"
+    bucket_size: int = 0  # > 1: bucketing in front of a keep-all aggregator
     local_epochs: int | None = None  # local-only baseline epochs; None = rounds * epochs
     central_epochs: int | None = None  # centralized baseline epochs; None = the fleet's total compute
 
@@ -78,9 +85,24 @@ class SimConfig:
             raise ConfigError("--finetune-steps and --new-device-steps must be >= 0")
         if self.new_devices < 0 or (self.data_dir is None and self.new_devices >= self.devices):
             raise ConfigError(f"--new-devices must be in [0, --devices) = [0, {self.devices})")
+        if self.attack is not None:
+            self.attack_spec  # validates the name and the fraction
         for name in ("local_epochs", "central_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+
+    @property
+    def attack_spec(self):
+        """The AttackSpec for --attack, or None."""
+        if self.attack is None:
+            return None
+        from .adversary import AttackSpec
+        from .errors import AttackError
+
+        try:
+            return AttackSpec(self.attack, fraction=self.attackers, omniscient=self.omniscient)
+        except AttackError as exc:
+            raise ConfigError(f"--attack: {exc}") from None
 
     @property
     def strategy_options(self) -> dict:

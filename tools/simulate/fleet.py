@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.robust.aggregators import RobustConfig
 from fedge.coordinator.rounds import Phase
 from fedge.coordinator.server import Coordinator
 from fedge.coordinator.strategies import strategy_from_config
@@ -34,9 +35,13 @@ from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec, load_spec, mlp_spec
 from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, data_findings, load_npz_dir
 
+from . import adversary
 from . import baselines as baseline_runs
 from .config import SimConfig
 from .personalization import personalized_spec
+from .attacks import Collusion, backdoor_success
+from .conspiracy import Conspiracy
+from .malicious import MaliciousRuntime
 from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate")
@@ -112,9 +117,20 @@ class FleetSetup:
     ccfg: CoordinatorConfig
     scratch: Path  # fedge's own temporary folder: artifacts and device state; removed by close()
     new_clients: tuple[ClientData, ...] = ()  # held out: never train, scored on the final model
+    attackers: frozenset[str] = frozenset()  # device ids that attack (cfg.attack_spec)
+    poisoned: dict[str, ClientData] = field(default_factory=dict)  # attackers' training data after a data-level attack
+
+    conspiracy: Conspiracy | None = None  # colluding attacks: holds the round's updates (conspiracy.py)
 
     def runtime(self, client, **kwargs) -> DeviceRuntime:
-        return DeviceRuntime(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
+        attack = self.cfg.attack_spec
+        cls = DeviceRuntime
+        if client.client_id in self.attackers and attack.name not in (*adversary.COLLUDING, "label_flip"):
+            cls = MaliciousRuntime  # the rest rewrite their own upload; colluders are rewritten on release
+            kwargs.update(attack=attack, collusion=Collusion(), n=self.ccfg.clients_per_round,
+                          eta=strategy_from_config(self.ccfg).server_lr)
+        client = self.poisoned.get(client.client_id, client)
+        return cls(client.client_id, LocalData(client.x_train, client.y_train, client.x_test, client.y_test),
                              {self.manifest.model_id: self.art_dir}, self.scratch / "devices",
                              backend=self.backend, seed=self.cfg.seed, **kwargs)
 
@@ -157,8 +173,21 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
                              over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
                              round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
-                             strategy=cfg.strategy, **options)
-    setup = FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, scratch, tuple(new_clients))
+                             strategy=cfg.strategy, aggregator=cfg.aggregator,
+                             robust=RobustConfig(bucket_size=cfg.bucket_size), **options)
+    attack = cfg.attack_spec
+    attackers = adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed) if attack else frozenset()
+    rng = np.random.default_rng([cfg.seed, 0xBAD])
+    poisoned = {c.client_id: adversary.poison_client(c, attack, data, rng) for c in data.clients
+                if c.client_id in attackers and attack.name in adversary.DATA_ATTACKS}
+    conspiracy = None
+    if attack is not None and attack.name in adversary.COLLUDING:
+        if cfg.transport != "memory":
+            raise ConfigError(f"--attack {attack.name}: colluding attacks run on the in-memory transport only")
+        conspiracy = Conspiracy(attack, attackers, compression, ccfg.clients_per_round,
+                                strategy_from_config(ccfg).server_lr)
+    setup = FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, scratch, tuple(new_clients),
+                       attackers, poisoned, conspiracy)
     weakref.finalize(setup, shutil.rmtree, scratch, True)  # a caller that forgets close() leaves no litter
     return setup
 
@@ -173,7 +202,8 @@ class InMemoryFleet:
         self.coordinator = setup.coordinator(self.broker.connect("coordinator"), self.clock)
         self.coordinator.start()
         self.runtimes = [setup.runtime(client) for client in setup.data.clients]
-        self.agents = [DeviceAgent(rt, self.broker.connect(rt.device_id), clock=self.clock) for rt in self.runtimes]
+        self.conspiracy = setup.conspiracy
+        self.agents = [DeviceAgent(rt, self._link(rt.device_id), clock=self.clock) for rt in self.runtimes]
         for agent in self.agents:
             agent.start()
         self.order_rng = np.random.default_rng([setup.cfg.seed, 1])
@@ -188,16 +218,27 @@ class InMemoryFleet:
         on_time = [a for a in self.agents if a.device_id not in late]
         record = None
         while record is None:
-            progressed = _drain(self.coordinator, on_time, self.order_rng)
+            progressed = self._settle(on_time)
             rnd = self.coordinator.round
             if rnd is not None and rnd.machine.phase == Phase.TRAINING:  # the on-time devices cannot close it
-                progressed = _drain(self.coordinator, self.agents, self.order_rng) or progressed
+                progressed = self._settle(self.agents) or progressed
             record = self.coordinator.tick()
             if record is None and not progressed:
                 self.clock.sleep(self.coordinator.config.round_deadline_s)  # nobody is left to answer
         self.plan.closed(record.round_id)
-        _drain(self.coordinator, self.agents, self.order_rng)  # the stragglers train and answer, too late
+        self._settle(self.agents)  # the stragglers train and answer, too late
         return record
+
+    def _link(self, device_id: str):
+        link = self.broker.connect(device_id)
+        return self.conspiracy.uplink(link, device_id) if self.conspiracy else link
+
+    def _settle(self, agents) -> bool:
+        """Drain; with colluders, then deliver the held updates and drain again until quiet."""
+        progressed = _drain(self.coordinator, agents, self.order_rng)
+        while self.conspiracy is not None and self.conspiracy.release():
+            progressed = _drain(self.coordinator, agents, self.order_rng) or True
+        return progressed
 
     def close(self) -> None:
         pass
@@ -215,12 +256,15 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
 
 def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResult:
     cfg = setup.cfg
-    data, manifest, model, backend, art_dir = setup.data, setup.manifest, setup.model, setup.backend, setup.art_dir
+    data, manifest, model, backend = setup.data, setup.manifest, setup.model, setup.backend
     result = SimResult(config={**asdict(cfg), **_what_ran(setup)}, model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
     xt, yt = data.union_test()
     scorer = _Scorer(setup, model.embed(xt), yt)
+    if cfg.attack == "backdoor":  # the same test inputs with the trigger stamped on
+        trigger = adversary.trigger_for(data, cfg.attack_spec)
+        scorer.backdoor = (model.embed(trigger.stamp(xt)), trigger.target)
     if cfg.transport == "mqtt":
         from .mqtt_fleet import MqttFleet
 
@@ -240,7 +284,8 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
         abandoned = [r.why for r in co.history if not r.committed]
         result.summary = {"rejections": dict(co.rejections), "declines": dict(co.declines),
                           "decline_details": dict(co.decline_details),
-                          "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)}}
+                          "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)},
+                          "attackers": sorted(setup.attackers)}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()
@@ -310,11 +355,16 @@ class _Scorer:
         # The eval graph takes every trainable input; the global head ignores the personal ones.
         self.placeholder_personal = setup.model.initial("personal")
         self.evaluations = 0
+        self.backdoor: tuple[np.ndarray, int] | None = None  # (embedded stamped test inputs, target class)
 
     def round_row(self, record, shared: dict[str, np.ndarray], runtimes) -> dict:
         self.evaluations += 1
         logits = self.evaluator.predict({**shared, **self.placeholder_personal}, self.zt)
         global_acc = float(np.mean(np.argmax(logits["global"], axis=1) == self.yt)) if "global" in logits else None
+        extra = {}
+        if self.backdoor is not None and "global" in logits:
+            stamped = self.evaluator.predict({**shared, **self.placeholder_personal}, self.backdoor[0])["global"]
+            extra["backdoor_success"] = backdoor_success(np.argmax(stamped, axis=1), self.yt, self.backdoor[1])
         return {
             "round": record.round_id,
             "committed": record.committed,
@@ -326,6 +376,7 @@ class _Scorer:
             "bytes_up": record.bytes_up,
             "bytes_up_dense": record.bytes_up_dense,
             "bytes_down": record.bytes_down,
+            **extra,
         }
 
     def _personalized(self, shared, runtimes) -> list[float]:

@@ -20,6 +20,8 @@ run.json schema (version 1):
         bytes_up_dense               int: the same messages with dense fp32 deltas
         bytes_down                   int: task and ack messages sent this round
         seconds                      float: wall time of the round, evaluation included
+        backdoor_success             fraction, only with --attack backdoor: non-target held-out inputs,
+                                     trigger stamped, that the global model calls the target class
     baselines (when requested):
         local_only: {accuracy_mean, accuracy_min, epochs}
         central:    {accuracy, epochs}
@@ -27,7 +29,8 @@ run.json schema (version 1):
         count, steps                               int: K, and the head-only steps each then takes
         global_accuracy_mean, global_accuracy_min  fraction: the global model as received
         tuned_accuracy_mean, tuned_accuracy_min    fraction after `steps` steps, or null when steps = 0
-    summary: {rejections: {reason: count}, declines: {reason: count}, final: {...}}
+    summary: {rejections: {reason: count}, declines: {reason: count}, attackers: [device ids] ([] without
+              --attack), final: {...}}
 """
 
 from __future__ import annotations

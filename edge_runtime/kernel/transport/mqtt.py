@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -35,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..errors import (BrokerRefused, CodecError, ConfigError, ConnectionLost, NotConnected, PayloadTooLarge,
+from ..errors import (BrokerRefused, CodecError, ConnectionLost, NotConnected, PayloadTooLarge,
                       PublishRefused, TransportError)
 from .backoff import Backoff
 from .settings import MqttSettings

@@ -1,0 +1,226 @@
+"""The robust rules as round aggregators, chosen by name.
+
+    agg = make_aggregator(name, cfg, state, rng)    one per round (or by name through the
+                                                    coordinator's registry: aggregate.make_aggregator)
+    agg.add(delta, weight_or_meta)                  as each accepted update arrives (a float
+                                                    weight, or anything with a .weight)
+    agg.mean() / agg.result()                       at close: the params dict to apply (float32)
+    state = advance(state, agg, cfg)                after the round commits
+    agg.carry()                                     the same, as the ServerState.extra group
+
+`state` (RobustState) carries what a rule learns across rounds: the running history of update
+norms (the norm bound's median; centered clipping's default radius) and the last aggregate
+(centered clipping's starting center). It is a frozen value, like the strategies' state, and
+travels in ServerState.extra[EXTRA_KEY], so the store commits it with the model and a restart
+(which replays the open round into a fresh aggregator) rebuilds the same bound and center.
+
+    name               keeps        rule
+    mean               O(model)     weighted mean, nothing clipped (FedAvg: aggregate.WeightedMean)
+    norm_bound         O(model)     clip to multiplier x running median norm, then weighted mean
+    median             O(k model)   coordinate-wise median
+    trimmed_mean       O(k model)   coordinate-wise trimmed mean, beta = byzantine_fraction
+    krum               O(k model)   multi-Krum, f = floor(byzantine_fraction * inputs) (at most
+                                    (inputs - 3) // 2; median below 3 inputs), m = inputs - f
+    centered_clipping  O(k model)   from the last aggregate, radius tau (0: the running median norm)
+
+bucket_size > 1 puts any keep-all rule behind bucketing (its inputs become the buckets).
+The keep-all rules ignore claimed weights, as their papers do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..aggregate import AggregatorContext, WeightedMean, register_aggregator
+from .bucketing import bucketing
+from .clipping import centered_clipping
+from .coordinate import coordinate_median, trimmed_mean
+from .errors import BadRobustParameter, RobustError
+from .flat import Params, flatten, unflatten
+from .krum import multi_krum
+from .norm_bound import ClippedMean, NormBoundConfig, NormHistory
+
+KEEP_ALL = ("median", "trimmed_mean", "krum", "centered_clipping")
+AGGREGATORS = ("mean", "norm_bound", *KEEP_ALL)
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    byzantine_fraction: float = 0.2  # trimmed mean's beta; Krum's f = floor(this * inputs)
+    cc_tau: float = 0.0  # centered clipping radius; 0 = the running median update norm
+    cc_iterations: int = 3
+    bucket_size: int = 0  # > 1: bucket the updates before a keep-all rule; 0 or 1 = off
+    norm: NormBoundConfig = field(default_factory=NormBoundConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.byzantine_fraction < 0.5:
+            raise BadRobustParameter("byzantine_fraction must be in [0, 0.5)")
+        if not (self.cc_tau >= 0 and math.isfinite(self.cc_tau)) or self.cc_iterations < 1:
+            raise BadRobustParameter("cc_tau must be >= 0 (0 = running median norm) and cc_iterations >= 1")
+        if self.bucket_size < 0:
+            raise BadRobustParameter("bucket_size must be >= 0 (0 = no bucketing)")
+
+
+EXTRA_KEY = "robust"  # the ServerState.extra group that carries RobustState through commits and restarts
+
+
+@dataclass(frozen=True)
+class RobustState:
+    history: NormHistory = NormHistory()
+    center: np.ndarray | None = None  # (d,) float64: the last committed aggregate
+
+    def to_extra(self) -> dict[str, np.ndarray]:
+        """As a ServerState.extra group (float64 arrays: the store keeps them bit for bit)."""
+        out = {"norms": np.array(self.history.norms, np.float64)}
+        if self.center is not None:
+            out["center"] = np.asarray(self.center, np.float64)
+        return out
+
+    @classmethod
+    def from_extra(cls, group: dict[str, np.ndarray] | None) -> "RobustState":
+        if not group:
+            return cls()
+        center = group.get("center")
+        return cls(NormHistory(tuple(float(n) for n in group.get("norms", ()))),
+                   None if center is None else np.asarray(center, np.float64))
+
+
+class _Base:
+    """Both kinds share add/mean/count; subclasses say what `_reduce` keeps."""
+
+    def __init__(self) -> None:
+        self.cfg: RobustConfig | None = None  # set by make_aggregator: what carry() needs
+        self.prior = RobustState()
+        self.like: Params | None = None
+        self.count = 0
+        self.total_weight = 0.0
+        self.norms: list[float] = []
+        self.result_vec: np.ndarray | None = None
+
+    def add(self, tensors: Params, meta) -> None:
+        weight = float(getattr(meta, "weight", meta))  # UpdateMeta (aggregate.Aggregator) or a number
+        if not (weight > 0 and math.isfinite(weight)):
+            raise RobustError(f"weight must be finite and > 0, got {weight}")
+        if self.like is None:
+            self.like = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+        self._add(flatten(tensors), float(weight))
+        self.count += 1
+        self.total_weight += float(weight)
+
+    def mean(self) -> Params:
+        if self.like is None:
+            raise RobustError("no contributions to aggregate")
+        self.result_vec = self._reduce()
+        return unflatten(self.result_vec, self.like)
+
+    result = mean
+
+    def carry(self) -> dict[str, dict[str, np.ndarray]]:
+        """The cross-round state after this round, as ServerState.extra groups (aggregate.py)."""
+        return {EXTRA_KEY: advance(self.prior, self, self.cfg or RobustConfig()).to_extra()}
+
+    def _add(self, vec: np.ndarray, weight: float) -> None: ...
+    def _reduce(self) -> np.ndarray: ...
+
+
+class StreamingAggregator(_Base):
+    """mean and norm_bound: O(model)."""
+
+    def __init__(self, bound: float = math.inf) -> None:
+        super().__init__()
+        self.acc = ClippedMean(bound)
+
+    def _add(self, vec: np.ndarray, weight: float) -> None:
+        self.norms.append(self.acc.add(vec, weight))
+
+    def _reduce(self) -> np.ndarray:
+        return self.acc.result()
+
+
+class KeepAllAggregator(_Base):
+    """A keep-all rule over the round's rows: O(k x model)."""
+
+    def __init__(self, rule: Callable[[np.ndarray], np.ndarray], bucket_size: int, rng: np.random.Generator):
+        super().__init__()
+        self.rule, self.bucket_size, self.rng = rule, bucket_size, rng
+        self.rows: list[np.ndarray] = []
+
+    def _add(self, vec: np.ndarray, weight: float) -> None:
+        self.rows.append(vec)
+        self.norms.append(float(np.linalg.norm(vec)))
+
+    def _reduce(self) -> np.ndarray:
+        x = np.stack(self.rows)
+        if self.bucket_size > 1:
+            return bucketing(x, self.bucket_size, self.rule, self.rng)
+        return self.rule(x)
+
+
+def _krum(beta: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Multi-Krum with f = floor(beta * k), lowered to what k inputs allow (2f + 2 < k), and the
+    coordinate median below 3 inputs: a round that closes at a small quorum still aggregates,
+    tolerating fewer Byzantine inputs, instead of failing at close."""
+
+    def rule(x: np.ndarray) -> np.ndarray:
+        k = x.shape[0]
+        if k < 3:
+            return coordinate_median(x)
+        return multi_krum(x, min(math.floor(beta * k), (k - 3) // 2))
+
+    return rule
+
+
+def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator):
+    """A fresh aggregator for one round: add(tensors, weight), mean(), count."""
+    if name == "mean":
+        return WeightedMean()
+    agg = _make(name, cfg, state, rng)
+    agg.cfg, agg.prior = cfg, state
+    return agg
+
+
+def _make(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator) -> _Base:
+    if name == "norm_bound":
+        return StreamingAggregator(state.history.bound(cfg.norm))
+    beta = cfg.byzantine_fraction
+    if name == "median":
+        rule = coordinate_median
+    elif name == "trimmed_mean":
+        rule = lambda x: trimmed_mean(x, beta)  # noqa: E731
+    elif name == "krum":
+        rule = _krum(beta)
+    elif name == "centered_clipping":
+        tau = cfg.cc_tau or state.history.bound(NormBoundConfig(multiplier=1.0, window=cfg.norm.window,
+                                                                min_history=cfg.norm.min_history))
+        center = state.center  # tau is inf until there is a history: the first rounds get the mean
+        rule = lambda x: centered_clipping(x, tau, cfg.cc_iterations, _fit(center, x.shape[1]))  # noqa: E731
+    else:
+        raise BadRobustParameter(f"aggregator {name!r}: choose one of {', '.join(AGGREGATORS)}")
+    return KeepAllAggregator(rule, cfg.bucket_size, rng)
+
+
+def advance(state: RobustState, agg, cfg: RobustConfig) -> RobustState:
+    """The cross-round state after `agg`'s round committed (plain means learn nothing)."""
+    if not isinstance(agg, _Base):
+        return state
+    return RobustState(state.history.record(agg.norms, cfg.norm), agg.result_vec)
+
+
+def _fit(center: np.ndarray | None, d: int) -> np.ndarray | None:
+    return center if center is not None and center.shape == (d,) else None
+
+
+def _from_context(name: str) -> Callable[[AggregatorContext], _Base]:
+    def factory(ctx: AggregatorContext) -> _Base:
+        cfg = ctx.settings if isinstance(ctx.settings, RobustConfig) else RobustConfig()
+        return make_aggregator(name, cfg, RobustState.from_extra(ctx.extra.get(EXTRA_KEY)), ctx.rng())
+
+    return factory
+
+
+for _name in AGGREGATORS[1:]:  # "mean" is the registry's own streaming mean
+    register_aggregator(_name, _from_context(_name))

@@ -1,0 +1,96 @@
+"""The default defence: clip each update to a multiple of the median norm of earlier rounds.
+
+    bound_t = multiplier * median(last `window` update norms of rounds < t)
+    x_i    <- x_i * min(1, bound_t / ||x_i||)          (clip, not reject)
+
+then the usual weighted mean. (How much a claimed weight may count is coordinator/weights.py's
+concern, not this one's.) The bound comes only from earlier rounds, so an update is clipped
+the moment it arrives and the round keeps a running sum: memory O(model) plus O(window)
+scalars, whatever k is. An attacker who is a minority of the recent reports cannot move the
+median much (it is their order statistic, not their magnitude, that counts), so one huge update
+is cut to bound_t. Until `min_history` norms have
+been seen, `initial_bound` applies (0 = no bound in the first rounds; set it when the first
+rounds must be protected too).
+
+Pure: the history is a frozen value; the caller records each committed round's norms into it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .clipping import clip_scale
+from .errors import BadRobustParameter, RobustError
+
+
+@dataclass(frozen=True)
+class NormBoundConfig:
+    multiplier: float = 3.0  # clip to this many times the running median norm
+    window: int = 200  # the median runs over this many most recent update norms
+    min_history: int = 5  # fewer earlier norms than this: initial_bound applies
+    initial_bound: float = 0.0  # L2 bound before the history is long enough; 0 = none
+
+    def __post_init__(self) -> None:
+        if not (self.multiplier > 0 and math.isfinite(self.multiplier)):
+            raise BadRobustParameter(f"norm bound: multiplier must be > 0, got {self.multiplier}")
+        if self.window < 1 or not 1 <= self.min_history <= self.window:
+            raise BadRobustParameter("norm bound: need window >= 1 and 1 <= min_history <= window")
+        if not (self.initial_bound >= 0 and math.isfinite(self.initial_bound)):
+            raise BadRobustParameter("norm bound: initial_bound must be >= 0 (0 = none)")
+
+
+@dataclass(frozen=True)
+class NormHistory:
+    """Update norms of committed rounds, oldest first, at most `window` of them."""
+
+    norms: tuple[float, ...] = ()
+
+    def bound(self, cfg: NormBoundConfig) -> float:
+        """The L2 bound for the next round; inf = none."""
+        if len(self.norms) < cfg.min_history:
+            return cfg.initial_bound or math.inf
+        return cfg.multiplier * float(np.median(self.norms))
+
+    def record(self, norms, cfg: NormBoundConfig) -> "NormHistory":
+        """The history after a committed round with these (pre-clip) norms."""
+        norms = tuple(float(n) for n in norms if math.isfinite(n))
+        return NormHistory((self.norms + norms)[-cfg.window :])
+
+
+class ClippedMean:
+    """Streaming weighted mean of clipped updates: O(model) memory however many arrive."""
+
+    def __init__(self, bound: float = math.inf) -> None:
+        if not bound > 0:
+            raise BadRobustParameter(f"the norm bound must be > 0 (inf = none), got {bound}")
+        self.bound = bound
+        self.total: np.ndarray | None = None  # (d,) float64: sum of w_i * clipped x_i
+        self.total_weight = 0.0
+        self.norms: list[float] = []  # pre-clip norms, for NormHistory.record
+        self.clipped = 0  # updates whose norm was over the bound
+
+    def add(self, update, weight: float = 1.0) -> float:
+        """Clip and add one flattened update; returns its pre-clip norm."""
+        x = np.asarray(update, np.float64)
+        if x.ndim != 1 or not np.all(np.isfinite(x)):
+            raise RobustError("ClippedMean.add takes one finite flattened update")
+        if not (weight > 0 and math.isfinite(weight)):
+            raise RobustError(f"weight must be finite and > 0, got {weight}")
+        if self.total is not None and x.shape != self.total.shape:
+            raise RobustError(f"update has {x.size} values, earlier ones {self.total.size}")
+        norm = float(np.linalg.norm(x))
+        scale = float(clip_scale(norm, self.bound))
+        self.clipped += scale < 1.0
+        contrib = x * (scale * float(weight))
+        self.total = contrib if self.total is None else self.total + contrib
+        self.total_weight += float(weight)
+        self.norms.append(norm)
+        return norm
+
+    def result(self) -> np.ndarray:
+        if self.total is None:
+            raise RobustError("no updates to aggregate (k = 0)")
+        return self.total / self.total_weight

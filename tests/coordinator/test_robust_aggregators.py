@@ -1,0 +1,162 @@
+"""The rules as round aggregators: the same numbers as the pure functions, across rounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.aggregate import weighted_mean_naive
+from fedge.coordinator.robust import TooManyByzantine, centered_clipping, coordinate_median, multi_krum, trimmed_mean
+from fedge.coordinator.robust.aggregators import (
+    AGGREGATORS,
+    RobustConfig,
+    RobustState,
+    advance,
+    make_aggregator,
+)
+from fedge.coordinator.robust.bucketing import bucket_means
+from fedge.coordinator.robust.errors import BadRobustParameter
+from fedge.coordinator.robust.norm_bound import NormBoundConfig
+
+
+def updates(seed, k=7):
+    rng = np.random.default_rng(seed)
+    return [{"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}
+            for _ in range(k)], list(rng.uniform(1, 20, size=k))
+
+
+def flat(u):
+    return np.concatenate([u["b"].astype(np.float64).ravel(), u["w"].astype(np.float64).ravel()])
+
+
+def run(name, cfg, state, us, ws, seed=0):
+    agg = make_aggregator(name, cfg, state, np.random.default_rng(seed))
+    for u, w in zip(us, ws):
+        agg.add(u, w)
+    return agg, agg.mean()
+
+
+def test_mean_is_the_weighted_mean():
+    us, ws = updates(0)
+    _, out = run("mean", RobustConfig(), RobustState(), us, ws)
+    expect = weighted_mean_naive(us, ws)
+    for k in expect:
+        assert out[k].dtype == np.float32 and out[k].shape == us[0][k].shape
+        np.testing.assert_allclose(out[k], expect[k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,rule", [
+    ("median", coordinate_median),
+    ("trimmed_mean", lambda x: trimmed_mean(x, 0.2)),
+    ("krum", lambda x: multi_krum(x, math.floor(0.2 * len(x)))),
+])
+def test_keep_all_rules_match_the_functions(name, rule):
+    us, ws = updates(1)
+    _, out = run(name, RobustConfig(), RobustState(), us, ws)
+    got = np.concatenate([out["b"].ravel(), out["w"].ravel()])
+    np.testing.assert_allclose(got, rule(np.stack([flat(u) for u in us])).astype(np.float32), rtol=1e-6)
+
+
+def test_bucketing_wraps_the_rule_with_the_rounds_rng():
+    us, ws = updates(2, k=9)
+    _, out = run("median", RobustConfig(bucket_size=3), RobustState(), us, ws, seed=4)
+    x = np.stack([flat(u) for u in us])
+    expect = coordinate_median(bucket_means(x, 3, np.random.default_rng(4)))
+    np.testing.assert_allclose(np.concatenate([out["b"].ravel(), out["w"].ravel()]), expect, rtol=1e-6)
+
+
+def test_norm_bound_and_centered_clipping_learn_across_rounds():
+    cfg = RobustConfig(norm=NormBoundConfig(multiplier=2.0, min_history=3))
+    state = RobustState()
+    us, ws = updates(3)
+    agg, _ = run("norm_bound", cfg, state, us, ws)
+    assert agg.acc.bound == math.inf  # no history in round 1
+    state = advance(state, agg, cfg)
+    norms = [np.linalg.norm(flat(u)) for u in us]
+    assert state.history.bound(cfg.norm) == pytest.approx(2.0 * np.median(norms))
+    huge = [{k: v * 1000 for k, v in us[0].items()}]
+    agg, out = run("norm_bound", cfg, state, us + huge, ws + [1.0])
+    assert agg.acc.clipped >= 1
+    assert np.linalg.norm(np.concatenate([out["b"].ravel(), out["w"].ravel()])) <= 2.0 * np.median(norms) + 1e-5
+    # centered clipping starts from the last aggregate with the running median norm as radius
+    agg, out = run("centered_clipping", cfg, state, us, ws)
+    x = np.stack([flat(u) for u in us])
+    expect = centered_clipping(x, float(np.median(norms)), 3, state.center)
+    np.testing.assert_allclose(np.concatenate([out["b"].ravel(), out["w"].ravel()]), expect, rtol=1e-5, atol=1e-7)
+
+
+def test_names_and_errors():
+    assert set(AGGREGATORS) == {"mean", "norm_bound", "median", "trimmed_mean", "krum", "centered_clipping"}
+    with pytest.raises(BadRobustParameter):
+        make_aggregator("bulyan", RobustConfig(), RobustState(), np.random.default_rng(0))
+    for bad in (dict(byzantine_fraction=0.5), dict(cc_iterations=0), dict(bucket_size=-1), dict(cc_tau=-1.0)):
+        with pytest.raises(BadRobustParameter):
+            RobustConfig(**bad)
+
+
+def test_krum_lowers_f_to_what_a_small_round_allows():
+    cfg = RobustConfig(byzantine_fraction=0.4)
+    for k, f in ((3, 0), (4, 0), (5, 1), (6, 1), (10, 3)):  # floor(0.4 k) capped at (k - 3) // 2
+        us, ws = updates(6, k=k)
+        _, out = run("krum", cfg, RobustState(), us, ws)
+        expect = multi_krum(np.stack([flat(u) for u in us]), f)
+        np.testing.assert_allclose(np.concatenate([out["b"].ravel(), out["w"].ravel()]), expect, rtol=1e-6)
+        if f < math.floor(0.4 * k):
+            with pytest.raises(TooManyByzantine):  # the plain rule would refuse this round
+                multi_krum(np.stack([flat(u) for u in us]), math.floor(0.4 * k))
+    us, ws = updates(7, k=2)
+    _, out = run("krum", cfg, RobustState(), us, ws)  # below 3 inputs: the coordinate median
+    np.testing.assert_allclose(np.concatenate([out["b"].ravel(), out["w"].ravel()]),
+                               coordinate_median(np.stack([flat(u) for u in us])), rtol=1e-6)
+
+
+def test_coordinator_config_chooses_an_aggregator_by_name(tmp_path):
+    from fedge.coordinator.config import CoordinatorConfig, load_coordinator_config
+    from fedge.edge_runtime.kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="aggregator 'bulyan'"):
+        CoordinatorConfig(aggregator="bulyan")
+    with pytest.raises(ConfigError, match="bucket_size"):
+        CoordinatorConfig(aggregator="norm_bound", robust=RobustConfig(bucket_size=2))
+    path = tmp_path / "coordinator.toml"
+    path.write_text('aggregator = "krum"\n[robust]\nbyzantine_fraction = 0.3\nbucket_size = 2\n'
+                    '[robust.norm]\nmultiplier = 4.0\n')
+    cfg = load_coordinator_config(path)
+    assert cfg.aggregator == "krum" and cfg.robust.byzantine_fraction == 0.3 and cfg.robust.bucket_size == 2
+    assert cfg.robust.norm.multiplier == 4.0 and cfg.robust.cc_iterations == 3
+    path.write_text("[robust]\nbyzantine_fraction = 0.7\n")
+    with pytest.raises(ConfigError, match="byzantine_fraction"):
+        load_coordinator_config(path)
+
+
+def test_robust_state_round_trips_through_server_state_extra():
+    cfg = RobustConfig()
+    state = RobustState()
+    assert RobustState.from_extra(None) == state and RobustState.from_extra(state.to_extra()).center is None
+    us, ws = updates(8)
+    agg, _ = run("centered_clipping", cfg, state, us, ws)
+    state = advance(state, agg, cfg)
+    back = RobustState.from_extra({k: v.copy() for k, v in state.to_extra().items()})
+    assert back.history == state.history
+    np.testing.assert_array_equal(back.center, state.center)
+    assert back.center.dtype == np.float64 and state.to_extra()["norms"].dtype == np.float64
+
+
+def test_a_simulated_coordinator_commits_its_robust_state(tmp_path):
+    from fedge.tools.simulate.config import SimConfig
+    from fedge.tools.simulate.fleet import InMemoryFleet, prepare
+
+    for aggregator in ("norm_bound", "mean"):
+        setup = prepare(SimConfig(dataset="digits", devices=4, rounds=2, clients_per_round=3,
+                                  out_dir=str(tmp_path / aggregator), aggregator=aggregator))
+        fleet = InMemoryFleet(setup)
+        reports = sum(fleet.run_round().reports for _ in range(2))
+        extra = fleet.coordinator.state.extra
+        if aggregator == "mean":
+            assert "robust" not in extra  # the plain mean learns nothing and stores nothing
+        else:
+            assert len(extra["robust"]["norms"]) == reports
+            assert fleet.coordinator.begin_round()  # the next round's aggregator starts from what was committed
+            assert fleet.coordinator.round.aggregator.prior.history.norms == tuple(extra["robust"]["norms"])

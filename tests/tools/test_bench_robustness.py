@@ -1,0 +1,32 @@
+"""fedge bench robustness on a tiny grid: one JSON document with a cell per attack x defence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedge.tools.bench.robustness import QUICK, Cell, RobustGrid, build_cells, main
+
+
+def test_build_cells_runs_the_clean_reference_once_per_defence_and_partition():
+    grid = RobustGrid(attacks=("none", "alie"), defenses=("mean", "median"), partitions=("iid",), fractions=(0.1, 0.2))
+    cells = build_cells(grid)
+    assert cells == [Cell("none", "mean", "iid", 0.0), Cell("alie", "mean", "iid", 0.1), Cell("alie", "mean", "iid", 0.2),
+                     Cell("none", "median", "iid", 0.0), Cell("alie", "median", "iid", 0.1),
+                     Cell("alie", "median", "iid", 0.2)]
+    assert len(build_cells(QUICK)) == 6 * (1 + 4)
+
+
+@pytest.mark.slow
+def test_bench_writes_cells(tmp_path):
+    out = tmp_path / "robust.json"
+    assert main(["--json", str(out), "--quick", "--workers", "1", "--rounds", "2",
+                 "--attacks", "none,backdoor", "--defenses", "norm_bound"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "robustness" and doc["errors"] == []
+    assert [(c["attack"], c["defense"], c["default"], c["attackers_fraction"]) for c in doc["cells"]] == [
+        ("none", "norm_bound", True, 0.0), ("backdoor", "norm_bound", True, 0.3)]
+    clean, attacked = doc["cells"]
+    assert clean["backdoor_success"] is None and 0 <= attacked["backdoor_success"] <= 1
+    assert all(0 <= c["final_accuracy"] <= 1 and len(c["accuracy_curve"]) == 2 for c in doc["cells"])

@@ -1,0 +1,181 @@
+"""`fedge bench robustness`: attacks x defences x partitions x attacker shares, each a full
+simulated run (real device code, real coordinator, real onnxruntime) with the attackers a
+fixed share of the population. Writes one JSON document.
+
+    fedge bench robustness --json out.json [--quick] [--workers 2] [--rounds N] [--seed S]
+
+Output JSON (schema 1):
+    schema, benchmark ("robustness"), quick, grid (the RobustGrid), wall_seconds
+    cells: list, one per (attack, defense, partition, attackers_fraction):
+        attack             str: tools/simulate/attacks.py's name, "none" for the clean reference
+        defense            str: the coordinator's aggregator (coordinator/robust/aggregators.py),
+                           "+bucketing" = behind buckets of grid.bucket_size
+        default            bool: defense is the default defence (norm_bound)
+        partition          str
+        attackers_fraction float: share of the population that attacks (0 for "none")
+        omniscient         bool: colluders also saw honest devices' deltas
+        final_accuracy     fraction: global model on the union of held-out splits, mean of the
+                           last grid.final_window rounds
+        backdoor_success   fraction or null: share of non-target test inputs, trigger stamped,
+                           the final global model calls the target class (backdoor attack only)
+        accuracy_curve     per round; rejections, declines: {reason: count}; wall_seconds
+    errors: cells that failed, with the error
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
+
+DEFAULT_DEFENSE = "norm_bound"
+
+
+@dataclass(frozen=True)
+class RobustGrid:
+    attacks: tuple[str, ...] = ("none", "sign_flip", "scale", "gaussian", "label_flip", "backdoor", "alie", "ipm",
+                                "min_max", "min_sum", "huge_weight", "nan")
+    defenses: tuple[str, ...] = ("mean", "norm_bound", "median", "trimmed_mean", "krum", "centered_clipping",
+                                 "median+bucketing", "krum+bucketing")
+    bucket_size: int = 2
+    partitions: tuple[str, ...] = ("iid", "dirichlet")
+    fractions: tuple[float, ...] = (0.1, 0.2)
+    omniscient: bool = False
+    dataset: str = "mnist5k"
+    devices: int = 20
+    clients_per_round: int = 10
+    rounds: int = 20
+    final_window: int = 3
+    seed: int = 0
+    workers: int = 2
+
+
+QUICK = RobustGrid(attacks=("none", "sign_flip", "backdoor", "alie", "ipm"),
+                   defenses=("mean", "norm_bound", "median", "krum", "centered_clipping", "median+bucketing"),
+                   partitions=("dirichlet",), fractions=(0.3,), dataset="digits", devices=10,
+                   clients_per_round=5, rounds=8)
+
+
+@dataclass(frozen=True)
+class Cell:
+    attack: str
+    defense: str
+    partition: str
+    fraction: float
+
+
+def build_cells(grid: RobustGrid) -> list[Cell]:
+    """Every attack x defence x partition x share; "none" once per defence and partition."""
+    cells = []
+    for partition in grid.partitions:
+        for defense in grid.defenses:
+            for attack in grid.attacks:
+                for fraction in ((0.0,) if attack == "none" else grid.fractions):
+                    cells.append(Cell(attack, defense, partition, fraction))
+    return cells
+
+
+def run_cell(grid: RobustGrid, cell: Cell) -> dict:
+    from fedge.tools.simulate.config import SimConfig
+    from fedge.tools.simulate.fleet import run_simulation
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedge-robust-") as out:
+        cfg = SimConfig(dataset=grid.dataset, devices=grid.devices, clients_per_round=grid.clients_per_round,
+                        rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
+                        attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
+                        omniscient=grid.omniscient, aggregator=cell.defense.split("+")[0],
+                        bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
+        result = run_simulation(cfg)
+    curve = [r["global_accuracy"] for r in result.rounds]
+    tail = result.rounds[-grid.final_window:]
+    backdoor = [r["backdoor_success"] for r in tail if r.get("backdoor_success") is not None]
+    return {
+        "attack": cell.attack, "defense": cell.defense, "default": cell.defense == DEFAULT_DEFENSE,
+        "partition": cell.partition, "attackers_fraction": cell.fraction, "omniscient": grid.omniscient,
+        "final_accuracy": float(np.mean(curve[-grid.final_window:])),
+        "backdoor_success": float(np.mean(backdoor)) if backdoor else None,
+        "accuracy_curve": curve, "rejections": result.summary.get("rejections", {}),
+        "declines": result.summary.get("declines", {}), "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def _safe(grid: RobustGrid, cell: Cell) -> dict:
+    try:
+        return run_cell(grid, cell)
+    except Exception as exc:  # noqa: BLE001 - one failed cell must not lose the grid; reported in errors
+        return {"attack": cell.attack, "defense": cell.defense, "partition": cell.partition,
+            "attackers_fraction": cell.fraction, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def run(grid: RobustGrid, json_path, quick: bool = False, log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
+    started = time.perf_counter()
+    cells = build_cells(grid)
+    rows: list[dict | None] = [None] * len(cells)  # in grid order, whatever order they finish in
+    done = 0
+    if grid.workers <= 1:
+        for i, cell in enumerate(cells):
+            rows[i] = _safe(grid, cell)
+            done += 1
+            log(_progress(done, len(cells), rows[i]))
+    else:
+        with ProcessPoolExecutor(grid.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_safe, grid, cell): i for i, cell in enumerate(cells)}
+            for future in as_completed(futures):
+                rows[futures[future]] = future.result()
+                done += 1
+                log(_progress(done, len(cells), rows[futures[future]]))
+    doc = {"schema": 1, "benchmark": "robustness", "quick": quick, "grid": asdict(grid),
+           "wall_seconds": time.perf_counter() - started,
+           "cells": [r for r in rows if "error" not in r],
+           "errors": [r for r in rows if "error" in r]}
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+    return doc
+
+
+def _progress(i: int, n: int, row: dict) -> str:
+    what = f"{row['attack']} vs {row['defense']} {row['partition']} {row['attackers_fraction']}"
+    if "error" in row:
+        return f"[{i}/{n}] {what}: error {row['error']}"
+    bd = "" if row["backdoor_success"] is None else f" backdoor {row['backdoor_success']:.2f}"
+    return f"[{i}/{n}] {what}: accuracy {row['final_accuracy']:.3f}{bd} ({row['wall_seconds']:.0f} s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fedge bench robustness", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", dest="json_path", required=True, help="write the results here")
+    p.add_argument("--quick", action="store_true", help="a reduced grid on digits (30 cells of 8 rounds)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--omniscient", action="store_true", help="colluders also see honest deltas")
+    p.add_argument("--attacks", default=None, help="comma list (default: the grid's)")
+    p.add_argument("--defenses", default=None, help="comma list (default: the grid's)")
+    p.add_argument("--partitions", default=None, help="comma list (default: the grid's)")
+    p.add_argument("--fractions", default=None, help="comma list of attacker shares (default: the grid's)")
+    args = p.parse_args(argv)
+    grid = QUICK if args.quick else RobustGrid()
+    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed)) if v is not None}
+    if args.omniscient:
+        overrides["omniscient"] = True
+    for name in ("attacks", "defenses", "partitions"):
+        if getattr(args, name):
+            overrides[name] = tuple(getattr(args, name).split(","))
+    if args.fractions:
+        overrides["fractions"] = tuple(float(f) for f in args.fractions.split(","))
+    grid = replace(grid, **overrides)
+    doc = run(grid, args.json_path, quick=args.quick)
+    print(f"wrote {args.json_path}: {len(doc['cells'])} cells, {len(doc['errors'])} errors, {doc['wall_seconds']:.0f} s")
+    return 0
