@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
 
     p = sub.add_parser("build-artifacts", help="build a model's ONNX graphs, ORT artifacts and manifest")
-    p.add_argument("spec", help="spec TOML file or built-in name (e.g. mnist-mlp-lora)")
+    p.add_argument("spec", nargs="?", help="spec TOML file or built-in name (e.g. mnist-mlp-lora)")
     p.add_argument("outdir")
+    from fedge.models.import_cli import add_import_arguments
+
+    add_import_arguments(p)
     p.add_argument("--ort-training", choices=("auto", "yes", "no"), default="auto",
                    help="also generate onnxruntime-training artifacts (needs the training build)")
 
@@ -96,9 +99,9 @@ def _dispatch(args) -> int:
         return run(args)
     if args.command == "build-artifacts":
         from fedge.models.build import build_artifacts
-        from fedge.models.spec import load_spec
+        from fedge.models.import_cli import spec_from_args
 
-        manifest = build_artifacts(load_spec(args.spec), args.outdir,
+        manifest = build_artifacts(spec_from_args(args), args.outdir,
                                    ort_training={"auto": None, "yes": True, "no": False}[args.ort_training])
         print(f"built {manifest.name} (model_id {manifest.model_id}) in {args.outdir}: {', '.join(sorted(manifest.files))}")
         return 0
