@@ -29,6 +29,9 @@ $(DEMO_VENV)/.installed: pyproject.toml setup.py
 $(TEST_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/pip install $(PIP_FLAGS) -e '.[$(ORT_EXTRA),sim,test]'
+	# A real pretrained model for the import tests; --no-deps: its onnxruntime requirement
+	# would replace the training build, and the test only reads its model file.
+	$(TEST_VENV)/bin/pip install $(PIP_FLAGS) --no-deps rapidocr-onnxruntime==1.4.4
 	touch $@
 
 clean:
