@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     d = dev.add_parser("probe", help="print battery, link, temperature, CPU and memory facts and the verdict")
     d.add_argument("--config", help="device TOML: use its [eligibility] policy and [probe] root")
     d.add_argument("--root", default=None, help="read sysfs/procfs under this root (default /)")
+    d = dev.add_parser("export", help="write the device's personalized model as one standalone ONNX file")
+    from fedge.tools.device_export import add_arguments as add_export
+
+    add_export(d)
 
     p = sub.add_parser("coordinator", help="the coordinator service")
     co = p.add_subparsers(dest="coordinator_command", required=True)
@@ -140,6 +144,10 @@ def _data_split(args) -> int:
 
 
 def _device(args) -> int:
+    if args.device_command == "export":
+        from fedge.tools.device_export import run as run_export
+
+        return run_export(args)
     if args.device_command == "run":
         from fedge.edge_runtime.device_config import load_device_config
         from fedge.edge_runtime.run import run_device
