@@ -87,11 +87,11 @@ def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], person
         start = "z"
     else:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *manifest.input_shape])
-        flat = helper.make_node("Flatten", ["x"], ["z"], name="flatten", axis=1)
+        flat = helper.make_node("Flatten", ["x"], ["features"], name="flatten", axis=1)
         graph = helper.make_graph([flat], f"{manifest.name}-export", [x], [])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fedge")
         model.ir_version = IR_VERSION
-        start = "z"
+        start = "features"
     append_dense(model, start, dense_tail(spec, values, head), "logits", prefix="fedge_export_")
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", spec.num_classes]))

@@ -310,14 +310,15 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     model.graph.value_info.append(helper.make_tensor_value_info(spec.onnx_cut, TensorProto.FLOAT, None))
     prefix = onnx.utils.Extractor(model).extract_model([source_input], [spec.onnx_cut])
     graph = prefix.graph
-    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {t.name for t in graph.initializer}
-    for name in ("x", "z"):
-        if name in taken and name != source_input:
-            raise OnnxImportError(f"{spec.onnx}: the backbone already has a tensor named {name!r}; rename it in the source")
+    # x and z are the backbone's interface: a source tensor of either name moves aside.
+    rename = {"x": "x__source", "z": "z__source", source_input: "x"}
     for node in graph.node:
-        node.input[:] = ["x" if n == source_input else n for n in node.input]
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for init in graph.initializer:
+        init.name = rename.get(init.name, init.name)
     graph.input[0].name = "x"
-    cut = "x" if spec.onnx_cut == source_input else spec.onnx_cut
+    cut = rename.get(spec.onnx_cut, spec.onnx_cut)
     graph.node.append(helper.make_node("Flatten", [cut], ["z"], name="fedge_cut", axis=1))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.onnx_features]))

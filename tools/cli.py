@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ort-training", choices=("auto", "yes", "no"), default="auto",
                    help="also generate onnxruntime-training artifacts (needs the training build)")
 
+    p = sub.add_parser("pretrain", help="train a model centrally on a proxy split no device holds; write it as ONNX")
+    from fedge.tools.pretrain import add_arguments as add_pretrain
+
+    add_pretrain(p)
+
     p = sub.add_parser("data", help="write per-device .npz files from a dataset shipped in a wheel")
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("split", help="split a dataset over N devices: DIR/<device>.npz (x_train, y_train, x_test, y_test)")
@@ -111,6 +116,10 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "device":
         return _device(args)
+    if args.command == "pretrain":
+        from fedge.tools.pretrain import run as run_pretrain
+
+        return run_pretrain(args)
     if args.command == "data":
         return _data_split(args)
     if args.command == "coordinator":
