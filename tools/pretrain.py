@@ -158,5 +158,5 @@ def run(args) -> int:
     print(f"pretrained {cfg.spec} on {result.proxy_examples} proxy examples ({cfg.proxy_fraction:.0%} of {cfg.dataset}, "
           f"held by no device): accuracy {result.accuracy:.4f} on the devices' test data before round 1")
     print(f"wrote {result.onnx}, {result.spec_file} (import it: --model {result.spec_file}) and "
-          f"{result.clients_dir}/ ({cfg.devices} devices, {cfg.partition}; use --data-dir {result.clients_dir})")
+          f"{result.clients_dir}/ ({cfg.devices} devices, {cfg.partition}; use --data {result.clients_dir})")
     return 0
