@@ -180,6 +180,7 @@ class DeviceRuntime:
         shared = decode_dense(task.params)
         check_params(manifest, shared, "shared")
         store = DeviceStore(self.state_root / self.device_id, model.model_id)
+        store.save_global(shared)  # the latest global model received, for `fedge device export`
         server_control = client_control = correction = None
         if task.correction:  # a SCAFFOLD round: the task carries c
             check_scaffold_hyper(task.hyper)

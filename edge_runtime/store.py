@@ -1,6 +1,8 @@
 """The device's durable local state, one directory per (device, model).
 
     personal.npz    personal params (never leave the device)
+    global.npz      the shared params of the last task trained: the global model this device
+                    holds, which `fedge device export` joins with its personal params
     tuned_head.npz  a global-only model's head_global, tuned on local data (personalize)
     opt_state.npz   optimizer state between tasks (only with TaskHyper.keep_optimizer_state)
     residual.npz    error-feedback residual of the compressor
@@ -63,6 +65,12 @@ class DeviceStore:
 
     def save_personal(self, arrays: Arrays) -> None:
         self._save("personal", arrays)
+
+    def load_global(self) -> Arrays | None:
+        return self._load("global")
+
+    def save_global(self, arrays: Arrays) -> None:
+        self._save("global", arrays)
 
     def load_tuned_head(self) -> Arrays | None:
         return self._load("tuned_head")

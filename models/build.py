@@ -26,6 +26,10 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     values = init_params(spec)
+    if spec.onnx:  # an imported model: its pretrained tail (and classifier) replace the random values
+        from .onnx_import import pretrained_values
+
+        values.update(pretrained_values(spec))
     infos = param_infos(spec)
     files: list[str] = []
 
@@ -53,7 +57,8 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
         log.info("onnxruntime-training not installed: skipped ORT training artifacts (portable graphs built)")
 
     manifest = Manifest(
-        model_id=compute_model_id(spec.to_dict(), infos, values),
+        # The source's path is provenance, not identity: the sha256 next to it is.
+        model_id=compute_model_id({k: v for k, v in spec.to_dict().items() if k != "onnx"}, infos, values),
         name=spec.name,
         spec=spec.to_dict(),
         params=infos,

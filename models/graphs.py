@@ -56,6 +56,20 @@ def hyper_names(optimizer: str) -> tuple[str, ...]:
 def build_backbone(spec: ModelSpec, values: dict[str, np.ndarray]) -> onnx.ModelProto | None:
     """The frozen prefix as its own graph, or None when the first layer is trainable."""
     depth = spec.backbone_depth
+    if spec.onnx:
+        from .onnx_import import extract_prefix
+
+        prefix = extract_prefix(spec)
+        if prefix is not None:  # the source's graph up to the cut, then any frozen tail layers
+            if depth:
+                from .export import append_dense, dense_tail, rename_output
+
+                rename_output(prefix, "z", "fedge_cut")
+                frozen = dense_tail(spec, values, head=None, which=slice(0, depth))
+                append_dense(prefix, "fedge_cut", frozen, "z", prefix="fedge_frozen_")
+                prefix.graph.output[0].name = "z"
+                prefix.graph.output[0].type.tensor_type.shape.dim[1].dim_value = spec.embedding_shape()[0]
+            return prefix
     if depth == 0:
         return None
     gb = GraphBuilder(f"{spec.name}-backbone")

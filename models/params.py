@@ -12,7 +12,7 @@ from .spec import ModelSpec
 def param_infos(spec: ModelSpec) -> tuple[ParamInfo, ...]:
     """Every parameter of the model, in a stable order, with its role."""
     infos: list[ParamInfo] = []
-    shape = tuple(spec.input_shape)
+    shape = spec.tail_input_shape
     for layer, out_shape in zip(spec.layers, spec.feature_shapes()):
         if layer.kind == "conv":
             infos.append(ParamInfo(f"{layer.name}.weight", (layer.units, shape[0], layer.kernel, layer.kernel), "frozen"))

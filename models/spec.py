@@ -23,6 +23,11 @@ must sit in that prefix: trainable layers are dense.
 
 Dense weights have shape (in, out) and compute y = x @ W + b. LoRA adds
 (alpha / rank) * (x @ A) @ B with A (in, rank) and B (rank, out); B starts at zero.
+
+An imported spec (`onnx` set; see models/onnx_import.py) describes only the dense tail of a
+user's ONNX model: the graph up to the tensor `onnx_cut` is the backbone, `input_shape` is the
+source model's input, the layers start from `onnx_features` values per example, and the
+pretrained weights come from the file whose sha256 is `onnx_sha256`.
 """
 
 from __future__ import annotations
@@ -83,8 +88,19 @@ class ModelSpec:
     # exact average of the adapters' products B·A, which averaging A and B separately is not.
     lora_train_a: bool = True
     init_seed: int = 0
+    onnx: str = ""  # source model of an imported spec ("" for a spec written by hand)
+    onnx_sha256: str = ""
+    onnx_cut: str = ""  # tensor name: the backbone ends here and the dense tail begins
+    onnx_features: int = 0  # features per example at the cut
+    onnx_keep_head: bool = False  # heads start from the source's classifier, not at random
 
     def __post_init__(self) -> None:
+        if self.onnx:
+            if self.onnx_features <= 0 or not self.onnx_cut or len(self.onnx_sha256) != 64:
+                raise ConfigError(f"model {self.name}: an imported spec needs onnx_cut, onnx_features and onnx_sha256; "
+                                  "write `onnx = PATH` in the spec and let fedge read the file")
+            if any(layer.kind != "dense" for layer in self.layers):
+                raise ConfigError(f"model {self.name}: an imported spec's layers are its dense tail only")
         if not self.input_shape or any(d <= 0 for d in self.input_shape):
             raise ConfigError(f"model {self.name}: input_shape {self.input_shape} must be positive")
         if self.num_classes < 2:
@@ -110,7 +126,7 @@ class ModelSpec:
 
     def feature_shapes(self) -> list[tuple[int, ...]]:
         """Per-example output shape of each layer (index i = after layer i)."""
-        shape = tuple(self.input_shape)
+        shape = self.tail_input_shape
         out = []
         for layer in self.layers:
             if layer.kind == "conv":
@@ -139,6 +155,11 @@ class ModelSpec:
         return out
 
     @property
+    def tail_input_shape(self) -> tuple[int, ...]:
+        """Per-example shape the layers start from: the cut's for an imported spec."""
+        return (self.onnx_features,) if self.onnx else tuple(self.input_shape)
+
+    @property
     def backbone_depth(self) -> int:
         """Number of leading frozen layers (the cached backbone)."""
         depth = 0
@@ -151,14 +172,17 @@ class ModelSpec:
     def embedding_shape(self) -> tuple[int, ...]:
         """Per-example shape of the backbone's output (the train graph's input)."""
         depth = self.backbone_depth
-        return tuple(self.input_shape) if depth == 0 else self.feature_shapes()[depth - 1]
+        return self.tail_input_shape if depth == 0 else self.feature_shapes()[depth - 1]
 
     def head_input_features(self) -> int:
         shapes = self.feature_shapes()
-        return (shapes[-1] if shapes else self.input_shape)[0]
+        return (shapes[-1] if shapes else self.tail_input_shape)[0]
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not self.onnx:  # hand-written specs keep the dict (and so the model_id) they always had
+            for key in [k for k in d if k.startswith("onnx")]:
+                del d[key]
         d["input_shape"] = list(self.input_shape)
         d["layers"] = [asdict(layer) for layer in self.layers]
         return d
@@ -182,6 +206,10 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
     model = data.get("model")
     if model is None or set(data) - {"model"}:
         raise ConfigError(f"{path}: expected exactly one [model] table (with [[model.layers]]), got {sorted(data)}")
+    if "onnx" in model and "onnx_sha256" not in model:  # `onnx = PATH`: import the file (onnx_import.py)
+        from .onnx_import import import_spec_from_table
+
+        return import_spec_from_table(model, base=path.parent, where=f"{path.name}[model]")
     return spec_from_dict(model, where=f"{path.name}[model]")
 
 def mlp_spec(

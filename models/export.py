@@ -1,0 +1,101 @@
+"""The way back out: a device's personalized model as one standalone ONNX inference graph.
+
+    x (N, *input_shape) -> backbone.onnx as built -> trainable dense layers -> head -> logits (N, C)
+
+LoRA layers are merged: W' = W + (alpha / rank) * A @ B, so the graph is plain MatMul, Add and
+Relu after the backbone, in whatever opset the backbone has (an imported one keeps its source's).
+Stock onnxruntime runs it; the inference side needs nothing of fedge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.files import load_npz
+from fedge.edge_runtime.kernel.manifest import check_params, load_manifest
+
+from .onnx_builder import IR_VERSION, OPSET
+from .spec import ModelSpec, spec_from_dict
+
+Dense = tuple[np.ndarray, np.ndarray, str]  # weight (in, out), bias (out,), activation
+
+
+def append_dense(model: onnx.ModelProto, start: str, layers: list[Dense], out: str, prefix: str) -> None:
+    """Add MatMul + Add (+ Relu) per layer from tensor `start` to a new tensor `out`, in place."""
+    graph = model.graph
+    h = start
+    for i, (w, b, activation) in enumerate(layers):
+        name = f"{prefix}{i}"
+        graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(w, np.float32), f"{name}.weight"),
+                                  numpy_helper.from_array(np.ascontiguousarray(b, np.float32), f"{name}.bias")])
+        last = i == len(layers) - 1
+        pre = out if last and activation == "none" else f"{name}.pre"
+        graph.node.extend([helper.make_node("MatMul", [h, f"{name}.weight"], [f"{name}.mm"], name=f"{name}.matmul"),
+                           helper.make_node("Add", [f"{name}.mm", f"{name}.bias"], [pre], name=f"{name}.add")])
+        h = pre
+        if activation == "relu":
+            h = out if last else f"{name}.relu"
+            graph.node.append(helper.make_node("Relu", [pre], [h], name=f"{name}.relu"))
+
+
+def rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
+    for node in model.graph.node:
+        node.output[:] = [new if n == old else n for n in node.output]
+        node.input[:] = [new if n == old else n for n in node.input]
+    for value in model.graph.output:
+        if value.name == old:
+            value.name = new
+
+
+def dense_tail(spec: ModelSpec, values: dict[str, np.ndarray], head: str | None,
+               which: slice | None = None) -> list[Dense]:
+    """The layers after the backbone (or `which` of them) with LoRA merged, then `head` (None: no head)."""
+    layers = []
+    for layer in spec.layers[which or slice(spec.backbone_depth, None)]:
+        w = values[f"{layer.name}.weight"].astype(np.float64)
+        if layer.mode == "lora":
+            w = w + spec.lora_scale * (values[f"{layer.name}.lora_a"].astype(np.float64) @ values[f"{layer.name}.lora_b"])
+        layers.append((w.astype(np.float32), values[f"{layer.name}.bias"], layer.activation))
+    if head is not None:
+        layers.append((values[f"head_{head}.weight"], values[f"head_{head}.bias"], "none"))
+    return layers
+
+
+def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], personal: dict[str, np.ndarray],
+                 head: str | None = None) -> onnx.ModelProto:
+    """backbone + shared and personal params -> x (N, *input_shape) -> logits (N, C).
+
+    head: "personal" (default where the model has one) or "global"."""
+    artifact_dir = Path(artifact_dir)
+    manifest = load_manifest(artifact_dir, verify=True)
+    check_params(manifest, shared, "shared")
+    check_params(manifest, personal, "personal")
+    spec = spec_from_dict(manifest.spec, where=f"{artifact_dir}/manifest.json")
+    head = head or ("personal" if "personal" in manifest.heads else "global")
+    if head not in manifest.heads:
+        raise ConfigError(f"model {manifest.name} has no {head} head (heads: {list(manifest.heads)})")
+    values = {**load_npz(artifact_dir / "params_init.npz"), **shared, **personal}
+    if (artifact_dir / "backbone.onnx").exists():
+        model = onnx.load(artifact_dir / "backbone.onnx")
+        if any("logits" in node.output for node in model.graph.node):
+            raise ConfigError(f"{artifact_dir}/backbone.onnx already has a tensor named 'logits'")
+        start = "z"
+    else:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *manifest.input_shape])
+        flat = helper.make_node("Flatten", ["x"], ["features"], name="flatten", axis=1)
+        graph = helper.make_graph([flat], f"{manifest.name}-export", [x], [])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fedge")
+        model.ir_version = IR_VERSION
+        start = "features"
+    append_dense(model, start, dense_tail(spec, values, head), "logits", prefix="fedge_export_")
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", spec.num_classes]))
+    model.graph.name = f"{manifest.name}-personalized"
+    model.doc_string = f"fedge export of model {manifest.model_id} ({head} head)"
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,51 @@
+"""`fedge build-artifacts --from-onnx MODEL OUTDIR`: the options of an import (see onnx_import.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("import a pretrained ONNX model (instead of SPEC)")
+    g.add_argument("--from-onnx", metavar="MODEL", help="ONNX model: its prefix is the frozen backbone, its dense tail trains")
+    g.add_argument("--cut", default="auto", help="tensor where the backbone ends (default: where the dense tail begins)")
+    g.add_argument("--role", action="append", default=[], metavar="LAYER=MODE",
+                   help="mode of a tail layer: fc1=frozen|lora|shared|personal (repeatable)")
+    g.add_argument("--default-role", default="lora", help="mode of the tail layers not named by --role")
+    g.add_argument("--classes", type=int, default=0, help="replace the classifier by a new head with this many classes")
+    g.add_argument("--head", default="dual", choices=("dual", "global", "personal"))
+    g.add_argument("--input-shape", default="", help="per-example input shape where the model leaves it free, e.g. 3,48,192")
+    g.add_argument("--lora-rank", type=int, default=4)
+    g.add_argument("--lora-alpha", type=float, default=8.0)
+    g.add_argument("--name", default="")
+
+
+def spec_from_args(args):
+    """The spec a build-artifacts command line names: a spec file, or an import."""
+    from .spec import load_spec
+
+    if bool(args.spec) == bool(args.from_onnx):
+        raise ConfigError("build-artifacts: give either SPEC or --from-onnx MODEL (one of them)")
+    if args.spec:
+        return load_spec(args.spec)
+    from .onnx_import import ImportOptions, import_spec
+
+    roles = {}
+    for item in args.role:
+        layer, sep, mode = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--role {item!r}: expected LAYER=MODE, e.g. fc1=lora")
+        roles[layer.strip()] = mode.strip()
+    try:
+        shape = tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else ()
+    except ValueError:
+        raise ConfigError(f"--input-shape {args.input_shape!r}: expected integers separated by commas") from None
+    spec = import_spec(ImportOptions(args.from_onnx, cut=args.cut, roles=roles, default_role=args.default_role,
+                                     num_classes=args.classes, head=args.head, input_shape=shape, name=args.name,
+                                     lora_rank=args.lora_rank, lora_alpha=args.lora_alpha))
+    print(f"imported {args.from_onnx}: cut at {spec.onnx_cut!r} ({spec.onnx_features} features); tail "
+          + ", ".join(f"{layer.name}={layer.mode}" for layer in spec.layers) + f"; head {spec.head}"
+          + (" (pretrained classifier)" if spec.onnx_keep_head else f" (new, {spec.num_classes} classes)"))
+    return spec

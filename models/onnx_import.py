@@ -1,0 +1,328 @@
+"""Import a pretrained ONNX model: a frozen backbone plus a trainable dense tail.
+
+    source graph:   x -> [anything ONNX Runtime runs] -> cut -> dense -> relu -> ... -> dense -> [softmax ...]
+                                backbone.onnx                 spec layers fc1..fcK          classifier
+                                (frozen, cached)              (pretrained initial values)   (head: kept or new)
+
+The cut is a tensor of shape (N, features). Given by name, or found automatically: the input of
+the first dense layer (Gemm, or MatMul with an optional Add) from which the rest of the graph is
+a chain of dense layers with Relu between them, up to prediction post-processing (Softmax,
+ArgMax, ZipMap, ...), which is dropped. Weights follow the spec convention y = x @ W + b with W
+(in, out): Gemm's transB and alpha/beta are folded in.
+
+The backbone is cut out with onnx.utils.Extractor (which runs shape inference), its input is
+renamed x and given a free batch dimension, and its output is the cut flattened to z (N, d).
+It keeps the source's opset and ops: Conv, BatchNormalization, attention, whatever ONNX Runtime
+runs, since devices only ever run it forward.
+
+Anything the importer cannot express raises OnnxImportError naming the node and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
+
+DENSE_OPS = ("Gemm", "MatMul")
+PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
+POST_PROCESSING = ("Softmax", "LogSoftmax", "ArgMax", "ZipMap", "Cast", "Identity", "ArrayFeatureExtractor",
+                   "Reshape", "Flatten", "Squeeze")
+
+
+class OnnxImportError(ConfigError):
+    """The source graph has something the importer cannot turn into a backbone and dense tail."""
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    node: str  # name (or op and output) of the ONNX node that holds the weight
+    output: str  # tensor after the layer (and its activation)
+    weight: np.ndarray  # (in, out)
+    bias: np.ndarray  # (out,)
+    activation: str  # "relu" or "none"
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What to make of the source model. roles: layer name (fc1, fc2, ...) -> mode."""
+
+    onnx: str
+    cut: str = "auto"  # tensor name, or "auto"
+    roles: dict = field(default_factory=dict)
+    default_role: str = "lora"  # hidden tail layers not named in roles
+    num_classes: int = 0  # 0: keep the source's classifier; > 0: a new head with this many classes
+    head: str = "dual"
+    input_shape: tuple[int, ...] = ()  # per example; needed where the file leaves dims symbolic
+    name: str = ""
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    lora_train_a: bool = True
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for layer, mode in {**self.roles, "(default_role)": self.default_role}.items():
+            if mode not in LAYER_MODES:
+                raise ConfigError(f"import {self.onnx}: role {mode!r} of {layer} not in {LAYER_MODES}")
+        if self.head not in HEAD_MODES:
+            raise ConfigError(f"import {self.onnx}: head {self.head!r} not in {HEAD_MODES}")
+        if self.num_classes == 1 or self.num_classes < 0:
+            raise ConfigError(f"import {self.onnx}: num_classes must be 0 (keep the classifier) or >= 2")
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelProto, str]:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the ONNX model ({exc.strerror})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if expect_sha256 and digest != expect_sha256:
+        raise OnnxImportError(f"{path}: sha256 {digest[:12]}... is not the imported file's "
+                              f"({expect_sha256[:12]}...); re-import it")
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError, or others on truncated files
+        raise OnnxImportError(f"{path}: not an ONNX model ({exc})") from None
+    return model, digest
+
+
+class _Graph:
+    """Lookups over a source graph: constants, consumers, the one float input."""
+
+    def __init__(self, model: onnx.ModelProto, where: str):
+        self.model, self.where = model, where
+        g = model.graph
+        self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        for node in g.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in g.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {o.name for o in g.output}
+        inputs = [i for i in g.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise OnnxImportError(f"{where}: the model has {len(inputs)} inputs {[i.name for i in inputs]}; "
+                                  "fedge imports models with one input tensor (extra state or config inputs are not supported)")
+        self.input = inputs[0]
+        if self.input.type.tensor_type.elem_type != TensorProto.FLOAT:
+            raise OnnxImportError(f"{where}: input {self.input.name!r} is not float32")
+        shapes = onnx.shape_inference.infer_shapes(model).graph
+        self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*shapes.value_info, *shapes.input, *shapes.output)
+                      if v.type.tensor_type.HasField("shape")}
+
+    def follow(self, tensor: str) -> tuple[str, list[onnx.NodeProto]]:
+        """Skip inference no-ops; return the tensor reached and its consumers."""
+        while True:
+            users = self.consumers.get(tensor, [])
+            if len(users) == 1 and users[0].op_type in PASS_THROUGH:
+                tensor = users[0].output[0]
+                continue
+            return tensor, users
+
+    def const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
+        if name not in self.consts:
+            raise OnnxImportError(f"{self.where}: {_node_label(node)}: its {what} {name!r} is computed, not a "
+                                  "constant; only dense layers with stored weights can be trained")
+        return np.asarray(self.consts[name], np.float32)
+
+
+def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
+    """The dense layer that starts at `node` (which consumes x), with its bias and activation."""
+    label = _node_label(node)
+    if node.input[0] != x:
+        raise OnnxImportError(f"{g.where}: {label}: {x!r} is its weight operand, not its input")
+    w = g.const(node.input[1], node, "weight")
+    if w.ndim != 2:
+        raise OnnxImportError(f"{g.where}: {label}: weight has shape {w.shape}; dense layers need a matrix")
+    out = node.output[0]
+    if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0):
+            raise OnnxImportError(f"{g.where}: {label}: transA=1 (a transposed input) is not supported")
+        w = (w.T if attrs.get("transB", 0) else w) * np.float32(attrs.get("alpha", 1.0))
+        c = g.const(node.input[2], node, "bias") if len(node.input) > 2 and node.input[2] else np.zeros(1, np.float32)
+        b = np.broadcast_to(c * np.float32(attrs.get("beta", 1.0)), (1, w.shape[1])).reshape(-1)
+    else:
+        b = np.zeros(w.shape[1], np.float32)
+        out, users = g.follow(out)
+        if len(users) == 1 and users[0].op_type == "Add":
+            add = users[0]
+            other = [n for n in add.input if n != out]
+            if len(other) == 1 and other[0] in g.consts:
+                bias = g.consts[other[0]].astype(np.float32)
+                if bias.size != w.shape[1]:
+                    raise OnnxImportError(f"{g.where}: {_node_label(add)}: bias of {bias.size} values for {w.shape[1]} outputs")
+                b, out = bias.reshape(-1), add.output[0]
+    out, users = g.follow(out)
+    activation = "none"
+    if len(users) == 1 and users[0].op_type == "Relu":
+        activation, (out, _) = "relu", g.follow(users[0].output[0])
+    return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(), activation)
+
+
+def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
+    """The chain of dense layers from `cut` to the model's output; the last one is the classifier."""
+    if g.ranks.get(cut, 2) != 2:
+        raise OnnxImportError(f"{g.where}: cut tensor {cut!r} has rank {g.ranks[cut]}; the dense tail needs "
+                              "(N, features): cut after the Flatten or global pooling")
+    layers: list[DenseLayer] = []
+    tensor, users = g.follow(cut)
+    while True:
+        if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users):
+            break  # the classifier's logits: what follows is prediction post-processing
+        if len(users) != 1:
+            names = [_node_label(u) for u in users] or ["nothing"]
+            raise OnnxImportError(f"{g.where}: tensor {tensor!r} feeds {', '.join(names)}; the trainable tail must "
+                                  "be a chain of dense layers (Gemm, or MatMul + Add, with Relu) ending at the output")
+        node = users[0]
+        if node.op_type not in DENSE_OPS:
+            raise OnnxImportError(f"{g.where}: {_node_label(node)} after {tensor!r}: the trainable tail takes dense "
+                                  "layers (Gemm, or MatMul + Add) with Relu only; cut later, or after this node")
+        layer = _dense(g, node, tensor)
+        if layers and layers[-1].weight.shape[1] != layer.weight.shape[0]:
+            raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {layer.weight.shape[0]} features, "
+                                  f"the layer before gives {layers[-1].weight.shape[1]}")
+        layers.append(layer)
+        tensor, users = g.follow(layer.output)
+    if not layers:
+        raise OnnxImportError(f"{g.where}: no dense layer after the cut {cut!r}: nothing to train")
+    if layers[-1].activation != "none":
+        raise OnnxImportError(f"{g.where}: classifier {layers[-1].node!r} ends in {layers[-1].activation}; "
+                              "fedge heads give logits")
+    return layers
+
+
+def find_cut(g: _Graph) -> str:
+    """The earliest tensor from which the rest of the graph is a dense tail."""
+    last_error = None
+    for node in g.model.graph.node:
+        if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in g.consts:
+            try:
+                parse_tail(g, node.input[0])
+                return node.input[0]
+            except OnnxImportError as exc:
+                last_error = exc
+    raise OnnxImportError(f"{g.where}: found no dense tail to train (no Gemm/MatMul with stored weights "
+                          f"leads to the output){': ' + str(last_error) if last_error else ''}")
+
+
+def _source_input_shape(g: _Graph, override: tuple[int, ...]) -> tuple[int, ...]:
+    dims = g.input.type.tensor_type.shape.dim
+    per_example = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:])
+    if override:
+        if len(override) != len(per_example) or any(d is not None and d != o for d, o in zip(per_example, override)):
+            raise OnnxImportError(f"{g.where}: input_shape {override} does not fit the input {g.input.name!r} {per_example}")
+        return tuple(override)
+    if not per_example or None in per_example:
+        raise OnnxImportError(f"{g.where}: input {g.input.name!r} has per-example shape {per_example} with free "
+                              "dimensions; give input_shape (e.g. --input-shape 3,48,192)")
+    return per_example
+
+
+def import_spec(options: ImportOptions) -> ModelSpec:
+    """Read the source model and describe its dense tail as a ModelSpec (see spec.py)."""
+    model, digest = load_source(options.onnx)
+    g = _Graph(model, options.onnx)
+    cut = find_cut(g) if options.cut == "auto" else options.cut
+    if cut != g.input.name and not any(cut in n.output for n in model.graph.node):
+        raise OnnxImportError(f"{options.onnx}: no tensor named {cut!r} in the graph")
+    tail = parse_tail(g, cut)
+    hidden, classifier = tail[:-1], tail[-1]
+    names = [f"fc{i + 1}" for i in range(len(hidden))]
+    unknown = sorted(set(options.roles) - set(names))
+    if unknown:
+        raise ConfigError(f"import {options.onnx}: roles for {unknown}, but the tail's hidden layers are {names} "
+                          f"(ONNX nodes {[layer.node for layer in hidden]})")
+    layers = tuple(LayerSpec(name=n, units=layer.weight.shape[1], activation=layer.activation,
+                             mode=options.roles.get(n, options.default_role)) for n, layer in zip(names, hidden))
+    keep = options.num_classes == 0
+    return ModelSpec(
+        name=options.name or Path(options.onnx).stem.replace("-", "_").replace(".", "_"),
+        input_shape=_source_input_shape(g, tuple(options.input_shape)),
+        num_classes=classifier.weight.shape[1] if keep else options.num_classes,
+        layers=layers, head=options.head, lora_rank=options.lora_rank, lora_alpha=options.lora_alpha,
+        lora_train_a=options.lora_train_a, init_seed=options.init_seed,
+        onnx=str(options.onnx), onnx_sha256=digest, onnx_cut=cut, onnx_features=tail[0].weight.shape[0],
+        onnx_keep_head=keep,
+    )
+
+
+def import_spec_from_table(table: dict, base: Path, where: str) -> ModelSpec:
+    """A spec file's [model] table with `onnx = PATH` (relative to the spec file)."""
+    from fedge.edge_runtime.kernel.configfile import from_dict
+
+    data = dict(table)
+    path = Path(data["onnx"])
+    data["onnx"] = str(path if path.is_absolute() else base / path)
+    return import_spec(from_dict(ImportOptions, data, where=where))
+
+
+def _checked_source(spec: ModelSpec) -> tuple[onnx.ModelProto, _Graph]:
+    model, _ = load_source(spec.onnx, spec.onnx_sha256)
+    return model, _Graph(model, spec.onnx)
+
+
+def pretrained_values(spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The tail's pretrained weights under the spec's names (and the heads', when kept)."""
+    _, g = _checked_source(spec)
+    tail = parse_tail(g, spec.onnx_cut)
+    values = {}
+    for layer, dense in zip(spec.layers, tail[:-1]):
+        values[f"{layer.name}.weight"], values[f"{layer.name}.bias"] = dense.weight, dense.bias
+    if spec.onnx_keep_head:
+        for head in {"dual": ("global", "personal"), "global": ("global",), "personal": ("personal",)}[spec.head]:
+            values[f"head_{head}.weight"], values[f"head_{head}.bias"] = tail[-1].weight, tail[-1].bias
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in values.items()}
+
+
+def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
+    """The source graph up to the cut, as x (N, *input_shape) -> z (N, features); None when
+    the cut is the model's input (no prefix)."""
+    model, g = _checked_source(spec)
+    source_input = g.input.name
+    if spec.onnx_cut == source_input:
+        return None
+    for inp in model.graph.input:  # a free batch dim, and the per-example dims the spec fixed
+        if inp.name == source_input:
+            dims = inp.type.tensor_type.shape.dim
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+            for d, size in zip(dims[1:], spec.input_shape):
+                d.Clear()
+                d.dim_value = size
+    del model.graph.value_info[:]  # inferred for the source's fixed batch; Extractor infers again
+    # Extractor needs the cut's type; shape inference cannot always follow a computed Reshape.
+    model.graph.value_info.append(helper.make_tensor_value_info(spec.onnx_cut, TensorProto.FLOAT, None))
+    prefix = onnx.utils.Extractor(model).extract_model([source_input], [spec.onnx_cut])
+    graph = prefix.graph
+    # x and z are the backbone's interface: a source tensor of either name moves aside.
+    rename = {"x": "x__source", "z": "z__source", source_input: "x"}
+    for node in graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for init in graph.initializer:
+        init.name = rename.get(init.name, init.name)
+    graph.input[0].name = "x"
+    cut = rename.get(spec.onnx_cut, spec.onnx_cut)
+    graph.node.append(helper.make_node("Flatten", [cut], ["z"], name="fedge_cut", axis=1))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.onnx_features]))
+    del graph.value_info[:]
+    prefix.doc_string = f"fedge backbone: {Path(spec.onnx).name} up to {spec.onnx_cut!r}"
+    onnx.checker.check_model(prefix)
+    return prefix

@@ -1,0 +1,99 @@
+"""`fedge device export`: after a real training task, the device's personalized model (backbone,
+LoRA merged, personal head) as one ONNX file that plain onnxruntime runs, in a Python that
+cannot import fedge, with the runtime's own evaluation as the oracle (to 1e-5)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from fedge.edge_runtime.device import DeviceRuntime, LocalData  # noqa: E402
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper, TrainTask  # noqa: E402
+from fedge.edge_runtime.kernel.update_codec import encode_dense  # noqa: E402
+from fedge.edge_runtime.store import DeviceStore  # noqa: E402
+from fedge.models.build import build_artifacts  # noqa: E402
+from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from fedge.models.spec import mlp_spec  # noqa: E402
+from fedge.tools.cli import main  # noqa: E402
+
+from tests.models.test_onnx_import import _cnn  # noqa: E402
+
+# Runs in `python -I` with every fedge import refused: only onnxruntime and numpy.
+STANDALONE = textwrap.dedent("""
+    import sys, importlib.abc
+    class NoFedge(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "fedge":
+                raise ImportError("fedge must not be needed to run an exported model")
+    sys.meta_path.insert(0, NoFedge())
+    import numpy as np, onnxruntime as ort
+    model, data, out = sys.argv[1:4]
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    logits = sess.run(["logits"], {"x": np.load(data)})[0]
+    assert not any(m.split(".")[0] == "fedge" for m in sys.modules)
+    np.save(out, logits)
+""")
+
+
+def _spec(kind, tmp_path):
+    if kind == "imported-cnn":
+        onnx.save(_cnn(), tmp_path / "cnn.onnx")
+        return import_spec(ImportOptions(str(tmp_path / "cnn.onnx"), roles={"fc1": "lora"}, num_classes=3, lora_rank=2)), (2, 6, 6)
+    if kind == "frozen-then-lora":  # a backbone fedge built, then a LoRA layer
+        return mlp_spec(10, 3, hidden=(16, 8), modes=("frozen", "lora"), lora_rank=2), (10,)
+    return mlp_spec(10, 3, hidden=(8,), modes=("personal",)), (10,)  # no backbone at all
+
+
+@pytest.mark.parametrize("kind", ["imported-cnn", "frozen-then-lora", "personal-layer"])
+def test_exported_model_matches_the_runtime(kind, tmp_path):
+    spec, shape = _spec(kind, tmp_path)
+    state = tmp_path / "state"
+    probe = build_artifacts(spec, tmp_path / "probe", ort_training=False)
+    art = state / "devA" / "artifacts" / probe.model_id
+    manifest = build_artifacts(spec, art, ort_training=False)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, *shape)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    device = DeviceRuntime("devA", LocalData(x[:48], y[:48], x[48:], y[48:]), {manifest.model_id: art}, state, seed=1)
+    shared = {k: v + 0.05 * rng.normal(size=v.shape).astype(np.float32) for k, v in device.model(manifest.model_id).initial("shared").items()}
+    task = TrainTask(round_id=1, task_id="t1", device_id="devA", model_id=manifest.model_id, model_version=0,
+                     params=encode_dense(shared), hyper=TaskHyper(epochs=3, batch_size=8, lr=0.1, optimizer="sgd"),
+                     compression=CompressionSpec(), seed=9)
+    device.handle_task(task)
+    store = DeviceStore(state / "devA", manifest.model_id)
+    personal = store.load_personal()
+    assert set(store.load_global()) == set(shared)
+    if kind != "personal-layer":
+        assert any("lora_b" in k for k in shared) and np.abs(shared[next(k for k in shared if "lora_b" in k)]).max() > 0
+
+    (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{state}"\n[data]\nnpz = "unused.npz"\n')
+    out = tmp_path / "personalized.onnx"
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+
+    np.save(tmp_path / "x.npy", x[48:])
+    subprocess.run([sys.executable, "-I", "-c", STANDALONE, str(out), str(tmp_path / "x.npy"), str(tmp_path / "logits.npy")],
+                   check=True, cwd=tmp_path, timeout=120)
+    got = np.load(tmp_path / "logits.npy")
+
+    model = device.model(manifest.model_id)
+    z = model.embed(x[48:])
+    want = device._backend(model, "sgd").predict({**shared, **personal}, z)["personal"]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    evaluation = device.evaluate(manifest.model_id, shared)
+    assert evaluation.accuracy_personal == pytest.approx(float((got.argmax(1) == y[48:]).mean()))
+    assert [o.name for o in onnx.load(out).graph.output] == ["logits"]
+
+
+def test_export_without_a_trained_model_says_why(tmp_path, capsys):
+    spec, _ = _spec("personal-layer", tmp_path)
+    probe = build_artifacts(spec, tmp_path / "probe", ort_training=False)
+    build_artifacts(spec, tmp_path / "state" / "devA" / "artifacts" / probe.model_id, ort_training=False)
+    (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{tmp_path / "state"}"\n[data]\nnpz = "x.npz"\n')
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "has not trained model" in capsys.readouterr().err

@@ -1,0 +1,107 @@
+"""`fedge pretrain`: the proxy split is held by no device, the model trains through the portable
+graphs without torch, and the ONNX model it writes comes back in through the importer with the
+base spec's roles and the same predictions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+from fedge.edge_runtime.kernel.errors import ConfigError  # noqa: E402
+from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
+from fedge.edge_runtime.trainer import make_backend  # noqa: E402
+from fedge.models.build import build_artifacts  # noqa: E402
+from fedge.models.spec import load_spec  # noqa: E402
+from fedge.tools.datasets import load_npz_dir, load_shipped  # noqa: E402
+from fedge.tools.pretrain import PretrainConfig, pretrain, proxy_positions  # noqa: E402
+
+SPEC = """[model]
+name = "digits-mlp"
+input_shape = [64]
+num_classes = 10
+lora_rank = 2
+lora_alpha = 4.0
+[[model.layers]]
+name = "fc1"
+units = 24
+mode = "frozen"
+[[model.layers]]
+name = "fc2"
+units = 12
+mode = "lora"
+"""
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    (root / "digits.toml").write_text(SPEC)
+    cfg = PretrainConfig(out=str(root / "out"), dataset="digits", proxy_fraction=0.1, devices=6, spec=str(root / "digits.toml"),
+                         epochs=30, seed=2)
+    return cfg, pretrain(cfg)
+
+
+def _rows(x: np.ndarray) -> set[bytes]:
+    return {row.tobytes() for row in np.ascontiguousarray(x, np.float32)}
+
+
+def test_the_proxy_split_is_held_by_no_device(pretrained):
+    cfg, result = pretrained
+    x, y = load_shipped("digits")
+    proxy = proxy_positions(y, cfg.proxy_fraction, cfg.seed)
+    assert result.proxy_examples == len(proxy) == round(0.1 * len(y))
+    counts = np.bincount(y[proxy], minlength=10)
+    assert counts.min() >= np.floor(0.1 * np.bincount(y).min())  # stratified: every label gives its share
+    clients = load_npz_dir(result.clients_dir).clients
+    assert len(clients) == cfg.devices
+    held = np.concatenate([np.concatenate([c.x_train, c.x_test]) for c in clients])
+    assert len(held) == len(y) - len(proxy)
+    # digits has duplicate images; compare as multisets of rows, not positions
+    proxy_rows, rest = _rows(x[proxy]), _rows(np.delete(x, proxy, axis=0))
+    assert not (_rows(held) & (proxy_rows - rest))
+
+
+def test_the_written_model_imports_and_predicts_as_exported(pretrained, tmp_path):
+    import onnxruntime as ort
+
+    cfg, result = pretrained
+    spec = load_spec(result.spec_file)
+    assert spec.onnx and [(layer.name, layer.mode) for layer in spec.layers] == [("fc1", "frozen"), ("fc2", "lora")]
+    assert spec.onnx_keep_head and spec.lora_rank == 2 and spec.head == "dual"
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art")
+    clients = load_npz_dir(result.clients_dir)
+    xt, yt = clients.union_test()
+    logits = make_backend("portable", tmp_path / "art", manifest, "sgd").predict(
+        {**runtime.initial("shared"), **runtime.initial("personal")}, runtime.embed(xt))
+    source = ort.InferenceSession(str(result.onnx), providers=["CPUExecutionProvider"]).run(["logits"], {"x": xt})[0]
+    for head in ("global", "personal"):
+        np.testing.assert_allclose(logits[head], source, atol=1e-5)
+    accuracy = float(np.mean(source.argmax(axis=1) == yt))
+    assert accuracy == pytest.approx(result.accuracy)
+    assert accuracy > 0.7  # it learned from 180 examples (a random head scores ~0.1)
+
+
+def test_pretraining_needs_no_torch(tmp_path):
+    """As if torch were not installed: every torch import fails. (The onnxruntime training build
+    imports torch when it can, so checking sys.modules afterwards would blame fedge for it.)"""
+    (tmp_path / "digits.toml").write_text(SPEC)
+    code = ("import sys\n"
+            "sys.modules['torch'] = None\n"  # import torch raises, find_spec('torch') is None
+            "from fedge.tools.pretrain import PretrainConfig, pretrain\n"
+            f"r = pretrain(PretrainConfig(out={str(tmp_path / 'o')!r}, dataset='digits', devices=4, epochs=2, "
+            f"spec={str(tmp_path / 'digits.toml')!r}))\n"
+            "assert sys.modules['torch'] is None and r.onnx.exists()\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_bad_configs():
+    with pytest.raises(ConfigError, match="proxy_fraction"):
+        PretrainConfig(out="x", proxy_fraction=0.9)
+    with pytest.raises(ConfigError, match="proxy_fraction"):
+        PretrainConfig(out="x", proxy_fraction=0.0)

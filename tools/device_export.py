@@ -1,0 +1,52 @@
+"""`fedge device export`: a device's personalized model as one ONNX file (models/export.py).
+
+The device holds the global model of the last task it trained (global.npz in its store) and
+its personal params; the export joins them with the model's backbone."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.files import atomic_write_bytes, load_npz
+from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE
+from fedge.edge_runtime.store import DeviceStore
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="device TOML (its device_id and state_dir)")
+    p.add_argument("--out", required=True, help="ONNX file to write: x -> logits")
+    p.add_argument("--model-id", default="", help="which model (default: the only one the device has)")
+    p.add_argument("--head", choices=("personal", "global"), default=None,
+                   help="default: the personal head where the model has one")
+
+
+def run(args) -> int:
+    from fedge.edge_runtime.device_config import load_device_config
+    from fedge.models.export import export_model
+
+    cfg = load_device_config(args.config)
+    root = Path(cfg.state_dir) / cfg.device_id
+    artifacts = root / "artifacts"
+    ids = sorted(d.name for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()) if artifacts.exists() else []
+    if args.model_id and args.model_id not in ids or not ids:
+        raise ConfigError(f"device {cfg.device_id}: no artifacts for model {args.model_id or '(any)'} under {artifacts}; "
+                          f"it has {ids or 'none'}")
+    if not args.model_id and len(ids) > 1:
+        raise ConfigError(f"device {cfg.device_id} has models {ids}: choose one with --model-id")
+    model_id = args.model_id or ids[0]
+    store = DeviceStore(root, model_id)
+    shared = store.load_global()
+    if shared is None:
+        raise ConfigError(f"device {cfg.device_id} has not trained model {model_id} yet: no global model to export")
+    personal = store.load_personal()
+    if personal is None:  # a model without personal params, or a device that never trained one
+        init = load_npz(artifacts / model_id / "params_init.npz")
+        from fedge.edge_runtime.kernel.manifest import load_manifest
+
+        personal = {p.name: init[p.name] for p in load_manifest(artifacts / model_id).by_role("personal")}
+    model = export_model(artifacts / model_id, shared, personal, head=args.head)
+    atomic_write_bytes(Path(args.out), model.SerializeToString())
+    print(f"wrote {args.out}: device {cfg.device_id}, model {model_id}, input {model.graph.input[0].name}, output logits")
+    return 0
