@@ -66,15 +66,7 @@ class CoordinatorConfig:
             raise ConfigError("min_reports must be between 0 and clients_per_round")
         if self.round_deadline_s <= 0:
             raise ConfigError("round_deadline_s must be > 0")
-        self._check_strategy()
-        if self.hyper.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"hyper.optimizer {self.hyper.optimizer!r}: use 'sgd' or 'adamw'")
-        if self.hyper.epochs < 1 or self.hyper.batch_size < 1 or not self.hyper.lr > 0:
-            raise ConfigError("hyper: epochs and batch_size must be >= 1 and lr > 0")
-        if self.compression.quant_bits not in (32, 8, 4):
-            raise ConfigError("compression.quant_bits must be 32, 8 or 4")
-        if not 0 < self.compression.topk_fraction <= 1:
-            raise ConfigError("compression.topk_fraction must be in (0, 1]")
+        self._check_strategy()  # hyper and compression validate themselves (kernel/protocol.py)
         if self.keep_versions < 1:
             raise ConfigError("keep_versions must be >= 1 (the current model is always kept)")
         for name in ("fetch_interval_s", "pace_idle_s", "pace_declined_s", "pace_jitter_s", "task_resend_s"):

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .protocol import CompressionSpec
+from .protocol import QUANT_BITS, CompressionSpec
 
 LEVELS = {8: 127, 4: 7}  # bits -> L: codes lie in [-L, L], symmetric so 0 is exact
-BITS = (32, 8, 4)
+BITS = QUANT_BITS
 
 
 def clip_by_global_norm(
@@ -170,10 +170,6 @@ def compress_update(
     residual is ignored when error feedback is off. Tensors are processed in sorted name
     order, so the result is a function of (inputs, rng state).
     """
-    if spec.quant_bits not in BITS:
-        raise ValueError(f"quant_bits must be one of {BITS}, got {spec.quant_bits}")
-    if not (spec.topk_fraction > 0 and math.isfinite(spec.topk_fraction)):
-        raise ValueError(f"topk_fraction must be > 0, got {spec.topk_fraction}")
     use_residual = spec.error_feedback and residual is not None
     if use_residual and set(residual) != set(delta):
         raise ValueError(f"residual tensors {sorted(residual)} do not match delta tensors {sorted(delta)}")

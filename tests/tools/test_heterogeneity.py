@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from fedge.tools.bench import hetero_metrics as m
-from fedge.tools.bench.hetero_grid import HeteroGrid, build_jobs
+from fedge.tools.bench.hetero_grid import GRID_COORDINATOR, HeteroGrid, build_jobs
 from fedge.tools.bench.heterogeneity import main, run
+from fedge.tools.simulate.config import with_options
 
 
 def test_rounds_to_target_on_synthetic_curves():
@@ -112,7 +113,8 @@ def test_personalization_compression_and_adapter_targets():
 
 
 TINY = HeteroGrid(datasets=("digits",), partitions=("iid", "shards-2"), algorithms=("fedavg",), devices=6,
-                  clients_per_round=3, rounds=2, epochs=1, local_epochs=2, central_epochs=2,
+                  coordinator=with_options(GRID_COORDINATOR, clients_per_round=3, epochs=1), rounds=2, local_epochs=2,
+                  central_epochs=2,
                   compression=("dense-fp32", "int8-top1%"), compression_partition="iid", compression_models=("adapters",),
                   compression_rounds=2, modes=("adapters", "full"),
                   modes_partition="shards-2", new_devices=1, finetune_steps=2, workers=1)

@@ -36,11 +36,13 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def markdown(doc: dict) -> str:
     g = doc["grid"]
+    c, h = g["coordinator"], g["coordinator"]["hyper"]
     env = doc["environment"]
     lines = [
         "# Heterogeneity benchmark" + (" (quick grid)" if doc["quick"] else ""), "",
-        f"{g['devices']} devices, {g['clients_per_round']} sampled per round, {g['rounds']} rounds of {g['epochs']} local "
-        f"epochs (SGD lr {g['lr']}, momentum 0.9, batch {g['batch_size']}), seed {g['seed']}; real device runtimes and "
+        f"{g['devices']} devices, {c['clients_per_round']} sampled per round, {g['rounds']} rounds of {h['epochs']} local "
+        f"epochs (SGD lr {h['lr']}, momentum {h['momentum']}, batch {h['batch_size']}), seed {g['seed']}; real device "
+        "runtimes and "
         f"coordinator over the in-memory broker. Wall time {doc['wall_seconds']:.0f} s with {g['workers']} worker "
         f"process(es) on {env.get('cpus')} CPUs (Python {env.get('python')}, onnxruntime {env.get('onnxruntime', '?')}).",
         "",

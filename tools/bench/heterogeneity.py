@@ -52,6 +52,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.simulate.config import load_coordinator_section
 
 from . import hetero_metrics as m
 from .hetero_grid import COMPRESSION, QUICK, HeteroGrid, Job, build_jobs, run_job
@@ -66,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="override the grid's rounds")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--config", metavar="FILE.toml", help="every job's coordinator settings from this TOML (its "
+                   "[coordinator] table, as `fedge coordinator serve` reads it); default: the grid's preset")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else HeteroGrid()
+    if args.config:
+        grid = replace(grid, coordinator=load_coordinator_section(args.config))
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed)) if v is not None}
     grid = replace(grid, **overrides)
     report_dir = args.report_dir or str(Path(args.json_path).parent)

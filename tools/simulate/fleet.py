@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +25,7 @@ from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.model_runtime import ModelRuntime
-from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.edge_runtime.trainer import available_backends, make_backend
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.models.build import build_artifacts
@@ -33,7 +33,7 @@ from fedge.models.spec import ModelSpec, load_spec, mlp_spec
 from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
 
 from . import baselines as baseline_runs
-from .config import SimConfig
+from .config import SimConfig, effective_hyper
 from .personalization import personalized_spec
 from .stragglers import StragglerPlan
 
@@ -126,15 +126,12 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     manifest = build_artifacts(spec, art_dir, ort_training=cfg.backend == "ort-training")
     model = ModelRuntime(art_dir, expected_model_id=manifest.model_id)
     backend = available_backends()[0] if cfg.backend == "auto" else cfg.backend
-    hyper = TaskHyper(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
-                      momentum=_momentum(cfg, backend))
-    compression = CompressionSpec(quant_bits=cfg.quant_bits, topk_fraction=cfg.topk_fraction,
-                                  error_feedback=cfg.error_feedback)
-    options = cfg.strategy_options
-    ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
-                             over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
-                             round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
-                             strategy=cfg.strategy, **options)
+    hyper = effective_hyper(cfg.coordinator.hyper, backend)
+    base = cfg.coordinator
+    # What a simulation always sets, whatever the config says (config.py's docstring says why).
+    wanted = min(base.clients_per_round, len(data.clients))
+    ccfg = replace(base, clients_per_round=wanted, min_reports=min(base.min_reports, wanted), seed=cfg.seed,
+                   hyper=hyper, artifacts_dir=str(art_dir), state_db="")
     return FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, tuple(new_clients))
 
 
@@ -183,7 +180,8 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
     """Run cfg.rounds rounds and score every one; `data` replaces the data cfg describes."""
     setup = prepare(cfg, data)
     data, manifest, model, backend, art_dir = setup.data, setup.manifest, setup.model, setup.backend, setup.art_dir
-    result = SimResult(config={**asdict(cfg), "backend": backend}, model={"name": setup.spec.name, "model_id": manifest.model_id,
+    # The coordinator config as it ran (fleet-set fields and effective momentum included).
+    result = SimResult(config={**asdict(cfg), "coordinator": asdict(setup.ccfg), "backend": backend}, model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
     xt, yt = data.union_test()
@@ -211,7 +209,7 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
     if setup.new_clients:
         result.new_devices = scorer.new_devices(final)
     if cfg.baselines:
-        total_epochs = cfg.rounds * cfg.epochs
+        total_epochs = cfg.rounds * setup.hyper.epochs
         if "local" in cfg.baselines:
             result.baselines["local_only"] = baseline_runs.local_only(model, data, setup.hyper, cfg.local_epochs or total_epochs,
                                                                       backend, cfg.seed)
@@ -220,14 +218,6 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
             result.baselines["central"] = baseline_runs.central(model, data, setup.hyper, cfg.central_epochs or central_epochs,
                                                                 backend, cfg.seed)
     return result
-
-
-def _momentum(cfg: SimConfig, backend: str) -> float:
-    if cfg.optimizer != "sgd":
-        return 0.0
-    if cfg.momentum is not None:
-        return cfg.momentum
-    return 0.0 if backend == "ort-training" else 0.9
 
 
 def _drain(coordinator: Coordinator, agents: list[DeviceAgent], rng: np.random.Generator) -> bool:

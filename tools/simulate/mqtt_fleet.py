@@ -20,7 +20,6 @@ from fedge.coordinator.loop import CoordinatorLoop
 from fedge.coordinator.service import coordinator_link
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.kernel.clock import SystemClock
-from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.eligibility_monitor import EligibilityMonitor
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.loop import AgentLoop
@@ -108,7 +107,7 @@ class SimDevice:
         self.profile = profile
         self.rejoin_s = rejoin_s
         self.clock = SystemClock()
-        policy = EligibilityPolicy()
+        policy = setup.cfg.eligibility
         self.monitor = EligibilityMonitor(profile.trace_probe(self.clock), policy, self.clock) if profile.name != "reference" else None
         kwargs = {"eligibility": self.monitor.before, "abort_check": self.monitor.during} if self.monitor else {}
         self.runtime = setup.runtime(client, **kwargs)
@@ -167,7 +166,7 @@ class MqttFleet:
             self.coordinator = setup.coordinator(MqttTransport("coordinator", link).connect(), SystemClock())
             profiles = [load_profile(name) for name in cfg.profiles] or [DeviceProfile()]
             self.plan = StragglerPlan(cfg.seed)
-            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * cfg.round_deadline_s,
+            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * setup.ccfg.round_deadline_s,
                                       plan=self.plan)
                             for i, client in enumerate(setup.data.clients)]
             self.runtimes = [d.runtime for d in self.devices]
