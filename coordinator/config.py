@@ -67,6 +67,10 @@ class CoordinatorConfig:
         if self.round_deadline_s <= 0:
             raise ConfigError("round_deadline_s must be > 0")
         self._check_strategy()  # hyper and compression validate themselves (kernel/protocol.py)
+        if not self.norm_bound >= 0:
+            raise ConfigError("norm_bound must be >= 0 (0 = off)")
+        if self.max_update_bytes < 1:
+            raise ConfigError("max_update_bytes must be >= 1")
         if self.keep_versions < 1:
             raise ConfigError("keep_versions must be >= 1 (the current model is always kept)")
         for name in ("fetch_interval_s", "pace_idle_s", "pace_declined_s", "pace_jitter_s", "task_resend_s"):
