@@ -14,6 +14,7 @@ demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/fedge simulate --baselines local,central --json runs/demo/run.json
 
 test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/ruff check .
 	$(TEST_VENV)/bin/python -m pytest -q
 
 # The wheel a device installs: copy dist/fedge-*.whl to the board, then
