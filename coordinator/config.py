@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from fedge.edge_runtime.kernel.configfile import load_config
+from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 
@@ -107,4 +108,10 @@ class CoordinatorConfig:
 
 
 def load_coordinator_config(path) -> CoordinatorConfig:
-    return load_config(CoordinatorConfig, path)
+    """The CoordinatorConfig of a TOML file: its [coordinator] table when it has one (the file
+    `fedge coordinator serve` reads, whose [broker] and [service] tables are not read here),
+    else the whole file. `fedge simulate --config` reads the same files."""
+    data = load_toml(path)
+    if "coordinator" in data:  # never a key of a plain config: CoordinatorConfig has no such field
+        return from_dict(CoordinatorConfig, data["coordinator"], f"{Path(path).name}[coordinator]")
+    return from_dict(CoordinatorConfig, data, Path(path).name)

@@ -52,7 +52,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.simulate.config import load_coordinator_section
+from fedge.coordinator.config import load_coordinator_config
 
 from . import hetero_metrics as m
 from .hetero_grid import COMPRESSION, QUICK, HeteroGrid, Job, build_jobs, run_job
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     grid = QUICK if args.quick else HeteroGrid()
     if args.config:
-        grid = replace(grid, coordinator=load_coordinator_section(args.config))
+        grid = replace(grid, coordinator=load_coordinator_config(args.config))
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed)) if v is not None}
     grid = replace(grid, **overrides)
     report_dir = args.report_dir or str(Path(args.json_path).parent)

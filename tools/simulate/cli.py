@@ -7,12 +7,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from fedge.coordinator.config import load_coordinator_config
 from fedge.coordinator.strategies import STRATEGIES
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
 
 from .config import (DATASETS, MQTT_ROUND_DEADLINE_S, PARTITIONS, PERSONALIZATION, SIM_COORDINATOR, SimConfig,
-                     load_coordinator_section, load_eligibility_section, with_options)
+                     load_eligibility_section, with_options)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -120,7 +121,7 @@ COORDINATOR_FLAGS = ("clients_per_round", "over_selection", "epochs", "batch_siz
 def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     """The SimConfig the flags describe: the --config file's coordinator (or the preset),
     then every coordinator flag given on the command line over it."""
-    coordinator = load_coordinator_section(args.config) if args.config else SIM_COORDINATOR
+    coordinator = load_coordinator_config(args.config) if args.config else SIM_COORDINATOR
     if not args.config and args.transport == "mqtt":
         coordinator = replace(coordinator, round_deadline_s=MQTT_ROUND_DEADLINE_S)
     given = {name: getattr(args, name) for name in COORDINATOR_FLAGS if getattr(args, name) is not None}

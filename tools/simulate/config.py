@@ -121,17 +121,6 @@ def sim_config(base: SimConfig | None = None, **options) -> SimConfig:
     return replace(base, coordinator=coordinator, **mine)
 
 
-def load_coordinator_section(path: str | Path) -> CoordinatorConfig:
-    """The CoordinatorConfig of a TOML file: its [coordinator] table when it has one (the
-    service file ops run, whose [broker] and [service] tables a simulation ignores), else the
-    whole file (a plain coordinator config)."""
-    data = load_toml(path)
-    where = Path(path).name
-    if "coordinator" in data:
-        return from_dict(CoordinatorConfig, data["coordinator"], f"{where}[coordinator]")
-    return from_dict(CoordinatorConfig, data, where)
-
-
 def load_eligibility_section(path: str | Path) -> EligibilityPolicy:
     """A device TOML's [eligibility] table (the rest of a device's file names one board)."""
     return from_dict(EligibilityPolicy, load_toml(path).get("eligibility", {}), f"{Path(path).name}[eligibility]")
