@@ -16,8 +16,8 @@ from fedge.tools.simulate.config import SIM_COORDINATOR, SimConfig, sim_config, 
 
 # What the README's ops walkthrough writes (step 3), and the [broker] table `fedge provision
 # coordinator` appends to it.
-README_OPS_TOML = ('[service]\nmin_devices = 2\n[coordinator]\nartifacts_dir = "artifacts"\nstate_db = "coordinator.db"\n'
-                   'metrics_port = 9108\nclients_per_round = 2\n')
+README_OPS_TOML = ('[service]\nmin_devices = 2\n[coordinator]\nartifacts_dir = "artifacts"\n'
+                   'state_db = "coordinator.db"\nmetrics_port = 9108\nclients_per_round = 2\n')
 CREDS_TOML = '[broker]\nurl = "mqtt://127.0.0.1:1883"\nusername = "coordinator"\npassword = "secret"\n'
 
 
@@ -70,7 +70,8 @@ def test_presets_keep_the_entry_points_values():
     from fedge.tools.bench.hetero_grid import QUICK, HeteroGrid
 
     g = HeteroGrid().coordinator
-    assert (g.clients_per_round, g.hyper.epochs, g.hyper.batch_size, g.hyper.lr, g.hyper.momentum) == (10, 5, 20, 0.02, 0.9)
+    got = (g.clients_per_round, g.hyper.epochs, g.hyper.batch_size, g.hyper.lr, g.hyper.momentum)
+    assert got == (10, 5, 20, 0.02, 0.9)
     q = QUICK.coordinator
     assert (q.clients_per_round, q.hyper.epochs, q.hyper.batch_size, q.hyper.lr) == (5, 2, 20, 0.02)
 
@@ -119,7 +120,8 @@ def test_coordinator_config_refuses_bad_bounds(bad):
 def test_device_config_tables_validate_themselves(tmp_path):
     from fedge.edge_runtime.device_config import AgentConfig, ProbeConfig, load_device_config
 
-    for bad in (dict(checkin_s=0.0), dict(poll_s=-1.0), dict(republish_s=float("nan")), dict(fetch_timeout_s=float("inf"))):
+    for bad in (dict(checkin_s=0.0), dict(poll_s=-1.0), dict(republish_s=float("nan")),
+                dict(fetch_timeout_s=float("inf"))):
         with pytest.raises(ConfigError):
             AgentConfig(**bad)
     with pytest.raises(ConfigError):

@@ -68,7 +68,8 @@ COMPRESSION = {
 COMPRESSION_MODELS = {"adapters": ("none", 0), "full": ("finetune", 0)}
 MODES = ("adapters", "head", "finetune", "full", "none")
 # The grid's coordinator: its defaults, 10 reports a round, 5 epochs of SGD (lr 0.02, momentum 0.9, batch 20).
-GRID_COORDINATOR = CoordinatorConfig(clients_per_round=10, hyper=TaskHyper(epochs=5, batch_size=20, lr=0.02, momentum=0.9))
+GRID_COORDINATOR = CoordinatorConfig(clients_per_round=10, hyper=TaskHyper(epochs=5, batch_size=20, lr=0.02,
+                                                                           momentum=0.9))
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ class HeteroGrid:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        unknown = [p for p in (*self.partitions, self.compression_partition, self.modes_partition) if p not in PARTITIONS]
+        unknown = [p for p in (*self.partitions, self.compression_partition,
+                               self.modes_partition) if p not in PARTITIONS]
         unknown += [a for a in self.algorithms if a not in ALGORITHMS]
         unknown += [c for c in self.compression if c not in COMPRESSION]
         unknown += [m for m in self.modes if m not in MODES]
@@ -130,7 +132,8 @@ class Job:
 def _base_cfg(grid: HeteroGrid, dataset: str, partition: str) -> SimConfig:
     source = {"dataset": dataset} if partition != GIVEN else {"data_dir": dataset}
     return SimConfig(devices=grid.devices, rounds=grid.rounds, seed=grid.seed, coordinator=grid.coordinator,
-                     local_epochs=grid.local_epochs, central_epochs=grid.central_epochs, finetune_steps=grid.finetune_steps,
+                     local_epochs=grid.local_epochs, central_epochs=grid.central_epochs,
+                     finetune_steps=grid.finetune_steps,
                      **source, **PARTITIONS.get(partition, {}))
 
 
@@ -158,14 +161,16 @@ def build_jobs(grid: HeteroGrid, data_dir: str | None = None) -> list[Job]:
                     jobs.append(Job("compression", cfg, labels))
     if first is not None:
         for mode in grid.modes:
-            cfg = replace(_base_cfg(grid, first, grid.modes_partition), personalization=mode, new_devices=grid.new_devices)
+            cfg = replace(_base_cfg(grid, first, grid.modes_partition), personalization=mode,
+                          new_devices=grid.new_devices)
             jobs.append(Job("mode", cfg, {"dataset": first, "partition": grid.modes_partition, "algorithm": "fedavg",
                                          "mode": mode}))
     for dataset, partition in sources:
         label = {"dataset": dataset_label(dataset, partition), "partition": partition}
         for algorithm in grid.algorithms:
             for personal in grid.personalization:
-                cfg = sim_config(_base_cfg(grid, dataset, partition), personalization="adapters" if personal else "none",
+                cfg = sim_config(_base_cfg(grid, dataset, partition),
+                                 personalization="adapters" if personal else "none",
                                  strategy=algorithm, **ALGORITHMS[algorithm])
                 jobs.append(Job("cell", cfg, {**label, "algorithm": algorithm, "personalization": personal}))
     for dataset, partition in sources:

@@ -12,8 +12,16 @@ from fedge.coordinator.strategies import STRATEGIES
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
 
-from .config import (DATASETS, MQTT_ROUND_DEADLINE_S, PARTITIONS, PERSONALIZATION, SIM_COORDINATOR, SimConfig,
-                     load_eligibility_section, with_options)
+from .config import (
+    DATASETS,
+    MQTT_ROUND_DEADLINE_S,
+    PARTITIONS,
+    PERSONALIZATION,
+    SIM_COORDINATOR,
+    SimConfig,
+    load_eligibility_section,
+    with_options,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,14 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml",
                    help="coordinator settings from this TOML: its [coordinator] table (the file `fedge coordinator "
                         "serve` reads) or a plain coordinator config; the flags below override it. Default: the "
-                        "simulator's preset (the coordinator's defaults; 2 epochs of SGD, batch 20, lr 0.02, momentum 0.9)")
+                        "simulator's preset (the coordinator's defaults; 2 epochs of SGD, batch 20, lr 0.02, "
+                        "momentum 0.9)")
     p.add_argument("--device-config", metavar="FILE.toml", help="with mqtt profiles: the devices' [eligibility] "
                    "from this device TOML (the file `fedge device run` reads)")
     p.add_argument("--devices", type=int, default=d.devices, help="simulated devices (default %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for data split, sampling and training")
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset shipped in a pip wheel")
-    p.add_argument("--data", dest="data_dir", metavar="DIR", help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
+    p.add_argument("--data", dest="data_dir", metavar="DIR",
+                   help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
     p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (smaller = more skew)")
     p.add_argument("--classes-per-client", type=int, default=d.classes_per_client, help="labels per device for shards")
@@ -49,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-norm", type=float, help=f"devices clip their delta to this L2 norm; 0 = off ({z.clip_norm})")
     p.add_argument("--norm-bound", type=float, help=f"the coordinator rejects larger deltas; 0 = off ({c.norm_bound})")
     p.add_argument("--transport", choices=("memory", "mqtt"), default=d.transport,
-                   help="memory: one process, simulated time; mqtt: device threads and the coordinator through a broker")
+                   help="memory: one process, simulated time; "
+                        "mqtt: device threads and the coordinator through a broker")
     p.add_argument("--broker", dest="broker_url", metavar="URL",
                    help="with --transport mqtt: use this broker (mqtt://host:port); default: start a local Mosquitto")
     p.add_argument("--round-deadline", dest="round_deadline_s", type=float, default=None,
@@ -58,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", default="", help="with mqtt: device profiles, comma list, assigned round-robin "
                    "(shipped: pi4-ups, jetson-nano, phone-like, flaky-cellular, or TOML paths)")
     p.add_argument("--baselines", default="", help="comma list: local (each device alone), central (pooled data)")
-    p.add_argument("--local-epochs", type=int, default=None, help="local-only baseline epochs (default rounds x epochs)")
+    p.add_argument("--local-epochs", type=int, default=None,
+                   help="local-only baseline epochs (default rounds x epochs)")
     p.add_argument("--central-epochs", type=int, default=None,
                    help="centralized baseline epochs (default: the fleet's total compute)")
     p.add_argument("--personalization", choices=PERSONALIZATION, default=d.personalization,
@@ -89,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args, out_dir)
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:
-        source = cfg.data_dir or f"{cfg.dataset}, {cfg.partition}" + (f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else "")
-        _say(bar, f"fedge simulate: {cfg.devices if not cfg.data_dir else 'per-file'} devices, {cfg.rounds} rounds, {source}")
+        alpha = f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else ""
+        source = cfg.data_dir or f"{cfg.dataset}, {cfg.partition}{alpha}"
+        devices = cfg.devices if not cfg.data_dir else "per-file"
+        _say(bar, f"fedge simulate: {devices} devices, {cfg.rounds} rounds, {source}")
         _say(bar, HEADER)
 
     def on_round(row: dict) -> None:
@@ -115,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
 # Flags that set a coordinator, hyper or compression field (config.with_options), by dest.
 COORDINATOR_FLAGS = ("clients_per_round", "over_selection", "epochs", "batch_size", "lr", "optimizer", "momentum",
                      "quant_bits", "topk_fraction", "error_feedback", "clip_norm", "norm_bound", "round_deadline_s",
-                     "strategy", "prox_mu", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau")
+                     "strategy", "prox_mu", "server_lr", "server_momentum", "server_beta1", "server_beta2",
+                     "server_tau")
 
 
 def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
