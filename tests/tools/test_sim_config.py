@@ -12,7 +12,7 @@ from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper, TrainTask
 from fedge.tools.cli import main
-from fedge.tools.simulate.config import SIM_COORDINATOR, SimConfig, sim_config, with_options
+from fedge.tools.simulate.config import AGENT_PRESETS, SIM_COORDINATOR, SimConfig, sim_config, with_options
 
 # What the README's ops walkthrough writes (step 3), and the [broker] table `fedge provision
 # coordinator` appends to it.
@@ -144,11 +144,29 @@ def test_flags_over_file_over_preset(tmp_path):
     assert build_config(p.parse_args(["--transport", "mqtt"]), "out").coordinator.round_deadline_s == 30.0
     coord, device = tmp_path / "c.toml", tmp_path / "d.toml"
     coord.write_text("round_deadline_s = 90\nover_selection = 1.5\n[hyper]\nlr = 0.3\nepochs = 3\n")
-    device.write_text('device_id = "d1"\n[data]\nnpz = "x.npz"\n[eligibility]\nmin_battery_percent = 12\n')
+    device.write_text('device_id = "d1"\n[data]\nnpz = "x.npz"\n[eligibility]\nmin_battery_percent = 12\n'
+                      '[agent]\ncheckin_s = 7\n')
     cfg = build_config(p.parse_args(["--config", str(coord), "--device-config", str(device), "--transport", "mqtt",
                                      "--epochs", "4", "--no-error-feedback"]), "out")
     c = cfg.coordinator
     assert (c.round_deadline_s, c.over_selection, c.hyper.lr) == (90.0, 1.5, 0.3)  # the file, mqtt or not
     assert c.hyper.epochs == 4 and c.compression.error_feedback is False  # the flags
     assert c.hyper.batch_size == TaskHyper().batch_size  # neither: the coordinator's default, not the preset's
-    assert cfg.eligibility.min_battery_percent == 12
+    assert cfg.eligibility.min_battery_percent == 12 and cfg.agent_timings.checkin_s == 7.0
+    assert preset.agent is None and preset.agent_timings == AGENT_PRESETS["memory"]
+
+
+def test_agent_presets_are_the_timings_the_fleets_used():
+    import inspect
+
+    from fedge.edge_runtime.agent import DeviceAgent
+    from fedge.edge_runtime.loop import AgentLoop
+
+    # In memory: DeviceAgent's own defaults. Over MQTT: check in every 30 s, resend after 5 s.
+    agent = inspect.signature(DeviceAgent).parameters
+    loop = inspect.signature(AgentLoop).parameters
+    for name in ("checkin_s", "republish_s", "fetch_timeout_s"):
+        assert getattr(AGENT_PRESETS["memory"], name) == agent[name].default
+    assert AGENT_PRESETS["memory"].poll_s == AGENT_PRESETS["mqtt"].poll_s == loop["poll_s"].default
+    mqtt = AGENT_PRESETS["mqtt"]
+    assert (mqtt.checkin_s, mqtt.republish_s, mqtt.fetch_timeout_s) == (30.0, 5.0, agent["fetch_timeout_s"].default)

@@ -19,7 +19,7 @@ from .config import (
     PERSONALIZATION,
     SIM_COORDINATOR,
     SimConfig,
-    load_eligibility_section,
+    load_device_tables,
     with_options,
 )
 
@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "serve` reads) or a plain coordinator config; the flags below override it. Default: the "
                         "simulator's preset (the coordinator's defaults; 2 epochs of SGD, batch 20, lr 0.02, "
                         "momentum 0.9)")
-    p.add_argument("--device-config", metavar="FILE.toml", help="with mqtt profiles: the devices' [eligibility] "
-                   "from this device TOML (the file `fedge device run` reads)")
+    p.add_argument("--device-config", metavar="FILE.toml", help="every device's [eligibility] (used with mqtt "
+                   "profiles) and [agent] timings from this device TOML (the file `fedge device run` reads)")
     p.add_argument("--devices", type=int, default=d.devices, help="simulated devices (default %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for data split, sampling and training")
@@ -141,11 +141,11 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
         coordinator = replace(coordinator, round_deadline_s=MQTT_ROUND_DEADLINE_S)
     given = {name: getattr(args, name) for name in COORDINATOR_FLAGS if getattr(args, name) is not None}
     coordinator = with_options(coordinator, **given)
-    eligibility = load_eligibility_section(args.device_config) if args.device_config else EligibilityPolicy()
+    eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
     return SimConfig(
         devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
         partition=args.partition, alpha=args.alpha, classes_per_client=args.classes_per_client, model=args.model,
-        backend=args.backend, coordinator=coordinator, eligibility=eligibility,
+        backend=args.backend, coordinator=coordinator, eligibility=eligibility, agent=agent,
         baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,
         transport=args.transport, broker_url=args.broker_url, profiles=tuple(x for x in args.profiles.split(",") if x),
         personalization=args.personalization, finetune_steps=args.finetune_steps, new_devices=args.new_devices,

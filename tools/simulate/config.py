@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.edge_runtime.device_config import AgentConfig
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -32,6 +33,12 @@ PERSONALIZATION = ("adapters", "head", "finetune", "full", "none")
 
 SIM_COORDINATOR = CoordinatorConfig(hyper=TaskHyper(epochs=2, batch_size=20, lr=0.02, momentum=0.9))
 MQTT_ROUND_DEADLINE_S = 30.0  # the preset's deadline over a real broker (real seconds, not simulated)
+# The device agents' timings per transport (seconds). In memory, time is simulated and never
+# waits; over a broker, on real time, devices check in and resend sooner than a board would.
+AGENT_PRESETS = {
+    "memory": AgentConfig(fetch_timeout_s=120.0),
+    "mqtt": AgentConfig(checkin_s=30.0, republish_s=5.0, fetch_timeout_s=120.0),
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class SimConfig:
     backend: str = "auto"
     coordinator: CoordinatorConfig = SIM_COORDINATOR  # what `fedge coordinator serve` would run
     eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)  # mqtt profiles' devices
+    agent: AgentConfig | None = None  # the device agents' timings; None = AGENT_PRESETS[transport]
     baselines: tuple[str, ...] = ()
     out_dir: str = "runs/sim"
     transport: str = "memory"  # "memory" (one process, simulated time) or "mqtt" (a real broker)
@@ -84,6 +92,10 @@ class SimConfig:
         for name in ("local_epochs", "central_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+
+    @property
+    def agent_timings(self) -> AgentConfig:
+        return self.agent or AGENT_PRESETS[self.transport]
 
 
 def with_options(cfg: CoordinatorConfig, **options) -> CoordinatorConfig:
@@ -121,9 +133,13 @@ def sim_config(base: SimConfig | None = None, **options) -> SimConfig:
     return replace(base, coordinator=coordinator, **mine)
 
 
-def load_eligibility_section(path: str | Path) -> EligibilityPolicy:
-    """A device TOML's [eligibility] table (the rest of a device's file names one board)."""
-    return from_dict(EligibilityPolicy, load_toml(path).get("eligibility", {}), f"{Path(path).name}[eligibility]")
+def load_device_tables(path: str | Path) -> tuple[EligibilityPolicy, AgentConfig | None]:
+    """A device TOML's [eligibility] and [agent] tables, for every simulated device (the rest of
+    a device's file names one board); no [agent] table: None, the transport's preset."""
+    data, name = load_toml(path), Path(path).name
+    policy = from_dict(EligibilityPolicy, data.get("eligibility", {}), f"{name}[eligibility]")
+    agent = from_dict(AgentConfig, data["agent"], f"{name}[agent]") if "agent" in data else None
+    return policy, agent
 
 
 def effective_hyper(hyper: TaskHyper, backend: str) -> TaskHyper:

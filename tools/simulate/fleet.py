@@ -145,7 +145,10 @@ class InMemoryFleet:
         self.coordinator = setup.coordinator(self.broker.connect("coordinator"), self.clock)
         self.coordinator.start()
         self.runtimes = [setup.runtime(client) for client in setup.data.clients]
-        self.agents = [DeviceAgent(rt, self.broker.connect(rt.device_id), clock=self.clock) for rt in self.runtimes]
+        a = setup.cfg.agent_timings
+        self.agents = [DeviceAgent(rt, self.broker.connect(rt.device_id), clock=self.clock, checkin_s=a.checkin_s,
+                                   republish_s=a.republish_s, fetch_timeout_s=a.fetch_timeout_s)
+                       for rt in self.runtimes]
         for agent in self.agents:
             agent.start()
         self.order_rng = np.random.default_rng([setup.cfg.seed, 1])

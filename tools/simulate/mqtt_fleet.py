@@ -129,9 +129,11 @@ class SimDevice:
                 transport.abort()  # first: the broker publishes the Last Will before a straggler fills in
                 self.plan.gone(self.runtime.device_id)
 
+            a = self.setup.cfg.agent_timings
             agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish, rng=self.rng,
-                                   plan=self.plan, checkin_s=30.0, republish_s=5.0)
-            self.loop = AgentLoop(agent)
+                                   plan=self.plan, checkin_s=a.checkin_s, republish_s=a.republish_s,
+                                   fetch_timeout_s=a.fetch_timeout_s)
+            self.loop = AgentLoop(agent, poll_s=a.poll_s)
             self.plan.back(self.runtime.device_id)
             try:
                 transport.connect(timeout=0)
