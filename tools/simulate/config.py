@@ -2,9 +2,10 @@
 
 One config system: what the coordinator does (sampling, deadline, aggregation, the devices'
 training hyperparameters and compression) is a `CoordinatorConfig`, the very type and file
-`fedge coordinator serve` reads, embedded as `SimConfig.coordinator`; the device side's
-eligibility rules are the device config's `EligibilityPolicy`. SimConfig itself holds only
-what exists in simulation: the data, the fleet, the transport, personalization, baselines.
+`fedge coordinator serve` reads, embedded as `SimConfig.coordinator`; the devices'
+eligibility rules and agent timings are the device config's `EligibilityPolicy` and
+`AgentConfig` ([eligibility] and [agent] of a device TOML). SimConfig itself holds only what
+exists in simulation: the data, the fleet, the transport, personalization, baselines.
 
 The simulator's preset (SIM_COORDINATOR) is the coordinator's defaults with the demo's local
 training (2 epochs of SGD, batch 20, lr 0.02, momentum 0.9). What the simulator always sets,
