@@ -165,7 +165,7 @@ def compress_update(
 
     Steps: clip the raw delta by global norm (spec.clip_norm > 0); acc = clipped + residual
     (error feedback only); keep the k = max(1, ceil(topk_fraction * size)) largest |acc| per
-    tensor (dense when topk_fraction >= 1); quantize the kept values (8/4 bits) or keep fp32;
+    tensor (dense when topk_fraction = 1); quantize the kept values (8/4 bits) or keep fp32;
     new residual = acc - what the receiver will decode (None without error feedback). A given
     residual is ignored when error feedback is off. Tensors are processed in sorted name
     order, so the result is a function of (inputs, rng state).
