@@ -20,6 +20,7 @@ demo: $(DEMO_VENV)/.installed
 		--lr 0.01 --clients-per-round 20 --baselines local,central --json runs/demo/run.json
 
 test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/ruff check .
 	$(TEST_VENV)/bin/python -m pytest -q
 
 # The wheel a device installs: copy dist/fedge-*.whl to the board, then

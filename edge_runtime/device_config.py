@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,11 @@ class ProbeConfig:
     root: str = "/"
     check_interval_s: float = 0.5  # during training, facts are re-read at most this often (seconds)
 
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ConfigError("probe.root must name a folder ('/' on the device itself)")
+        _check_positive("probe", self, ("check_interval_s",))
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -55,6 +61,15 @@ class AgentConfig:
     republish_s: float = 10.0  # resend unacknowledged updates this often (seconds)
     fetch_timeout_s: float = 300.0  # give up a model download after this (seconds)
     poll_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_positive("agent", self, ("checkin_s", "republish_s", "fetch_timeout_s", "poll_s"))
+
+
+def _check_positive(table: str, cfg, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not 0 < getattr(cfg, name) < math.inf:  # also refuses NaN
+            raise ConfigError(f"{table}.{name} must be a positive number of seconds, got {getattr(cfg, name)!r}")
 
 
 @dataclass(frozen=True)

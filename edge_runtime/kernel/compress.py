@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .protocol import CompressionSpec
+from .protocol import QUANT_BITS, CompressionSpec
 
 LEVELS = {8: 127, 4: 7}  # bits -> L: codes lie in [-L, L], symmetric so 0 is exact
-BITS = (32, 8, 4)
+BITS = QUANT_BITS
 
 
 def clip_by_global_norm(
@@ -238,7 +238,7 @@ def compress_update(
     Steps (module docstring): acc = delta + residual (error feedback only; a given residual is
     ignored when it is off); clip acc by global norm (spec.clip_norm > 0); keep the
     k = max(1, ceil(topk_fraction * size)) largest |entries| per tensor (dense when
-    topk_fraction >= 1); quantize the kept values (8/4 bits) or keep fp32; bound what is sent by
+    topk_fraction = 1; CompressionSpec keeps it <= 1); quantize the kept values (8/4 bits) or keep fp32; bound what is sent by
     clip_norm; new residual = clipped acc - what the receiver will decode (None without error
     feedback).
     """

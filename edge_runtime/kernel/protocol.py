@@ -33,6 +33,7 @@ on the same topic and are reassembled before decoding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 SCHEMA_VERSION = 1
@@ -122,6 +123,17 @@ class TaskHyper:
     max_grad_norm: float = bounded(0.0, 1e30, 10.0)
     divergence_factor: float = bounded(0.0, 1e30, 10.0)
 
+    def __post_init__(self) -> None:
+        # ValueError: the codec turns it into MalformedPayload, a config loader into ConfigError.
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"hyper.optimizer {self.optimizer!r}: use one of {OPTIMIZERS}")
+        if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError("hyper: epochs and batch_size must be >= 1 and lr > 0")
+
+
+OPTIMIZERS = ("sgd", "adamw")
+QUANT_BITS = (32, 8, 4)
+
 
 @dataclass(frozen=True)
 class CompressionSpec:
@@ -131,6 +143,14 @@ class CompressionSpec:
     quant_bits: int = bounded(1, 32, 8)  # 32 = fp32, 8 = int8, 4 = 4-bit
     topk_fraction: float = bounded(0.0, 1.0, 1.0)  # fraction of entries kept per tensor; 1.0 = dense
     error_feedback: bool = True  # keep what was not sent and add it to the next delta
+
+    def __post_init__(self) -> None:
+        if self.quant_bits not in QUANT_BITS:
+            raise ValueError(f"compression.quant_bits must be one of {QUANT_BITS}, got {self.quant_bits!r}")
+        if not 0 < self.topk_fraction <= 1:  # also refuses NaN
+            raise ValueError(f"compression.topk_fraction must be in (0, 1], got {self.topk_fraction!r}")
+        if not self.clip_norm >= 0:
+            raise ValueError(f"compression.clip_norm must be >= 0 (0 = off), got {self.clip_norm!r}")
 
 
 @dataclass(frozen=True)

@@ -145,11 +145,11 @@ def test_robust_state_round_trips_through_server_state_extra():
 
 
 def test_a_simulated_coordinator_commits_its_robust_state(tmp_path):
-    from fedge.tools.simulate.config import SimConfig
+    from fedge.tools.simulate.config import sim_config
     from fedge.tools.simulate.fleet import InMemoryFleet, prepare
 
     for aggregator in ("norm_bound", "mean"):
-        setup = prepare(SimConfig(dataset="digits", devices=4, rounds=2, clients_per_round=3,
+        setup = prepare(sim_config(dataset="digits", devices=4, rounds=2, clients_per_round=3,
                                   out_dir=str(tmp_path / aggregator), aggregator=aggregator))
         fleet = InMemoryFleet(setup)
         reports = sum(fleet.run_round().reports for _ in range(2))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from fedge.tools.bench import hetero_metrics as m
-from fedge.tools.bench.hetero_grid import HeteroGrid, build_jobs
+from fedge.tools.bench.hetero_grid import GRID_COORDINATOR, HeteroGrid, build_jobs
 from fedge.tools.bench.heterogeneity import main, run
+from fedge.tools.simulate.config import with_options
 
 
 def test_rounds_to_target_on_synthetic_curves():
@@ -65,9 +66,11 @@ def test_shards_target_counts_personalization_on_against_its_own_iid_run():
 
 
 def test_personalization_compression_and_adapter_targets():
-    cells = [_cell("dirichlet-0.1", "fedavg", None, True, personalized_accuracy_mean=0.93, personalized_accuracy_min=0.86,
+    cells = [_cell("dirichlet-0.1", "fedavg", None, True, personalized_accuracy_mean=0.93,
+                   personalized_accuracy_min=0.86,
                    final_global_accuracy=0.6),
-             _cell("dirichlet-0.1", "fedavg", None, False, personalized_accuracy_mean=0.6, personalized_accuracy_min=0.1,
+             _cell("dirichlet-0.1", "fedavg", None, False, personalized_accuracy_mean=0.6,
+                   personalized_accuracy_min=0.1,
                    final_global_accuracy=0.8)]
     base = {"dirichlet-0.1": {"local_only": {"accuracy_mean": 0.90}}}
     t = m.target_personalized(cells, [], base, "d")
@@ -87,9 +90,11 @@ def test_personalization_compression_and_adapter_targets():
 
     rows = [{"setting": "dense-fp32", "error_feedback": True, "ratio_vs_dense": 1.0, "accuracy_delta_vs_dense": 0.0,
              "final_accuracy": 0.8},
-            {"setting": "int8-top1%", "error_feedback": True, "ratio_vs_dense": 120.0, "accuracy_delta_vs_dense": -0.005,
+            {"setting": "int8-top1%", "error_feedback": True, "ratio_vs_dense": 120.0,
+             "accuracy_delta_vs_dense": -0.005,
              "final_accuracy": 0.795},
-            {"setting": "int8-top1%", "error_feedback": False, "ratio_vs_dense": 120.0, "accuracy_delta_vs_dense": -0.05,
+            {"setting": "int8-top1%", "error_feedback": False, "ratio_vs_dense": 120.0,
+             "accuracy_delta_vs_dense": -0.05,
              "final_accuracy": 0.75}]
     t = m.target_compression(rows)
     assert t["met"] is True and "without EF" in t["detail"]
@@ -112,8 +117,10 @@ def test_personalization_compression_and_adapter_targets():
 
 
 TINY = HeteroGrid(datasets=("digits",), partitions=("iid", "shards-2"), algorithms=("fedavg",), devices=6,
-                  clients_per_round=3, rounds=2, epochs=1, local_epochs=2, central_epochs=2,
-                  compression=("dense-fp32", "int8-top1%"), compression_partition="iid", compression_models=("adapters",),
+                  coordinator=with_options(GRID_COORDINATOR, clients_per_round=3, epochs=1), rounds=2, local_epochs=2,
+                  central_epochs=2,
+                  compression=("dense-fp32", "int8-top1%"), compression_partition="iid",
+                  compression_models=("adapters",),
                   compression_rounds=2, modes=("adapters", "full"),
                   modes_partition="shards-2", new_devices=1, finetune_steps=2, workers=1)
 

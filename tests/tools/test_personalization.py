@@ -7,7 +7,7 @@ import pytest
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.models.spec import load_spec
-from fedge.tools.simulate.config import PERSONALIZATION, SimConfig
+from fedge.tools.simulate.config import PERSONALIZATION, SimConfig, sim_config
 from fedge.tools.simulate.fleet import run_simulation
 from fedge.tools.simulate.personalization import personalized_spec
 
@@ -15,7 +15,7 @@ from fedge.tools.simulate.personalization import personalized_spec
 def _tiny(tmp_path, **kw) -> SimConfig:
     base = dict(dataset="digits", devices=8, rounds=4, clients_per_round=4, partition="dirichlet", alpha=0.3,
                 epochs=2, out_dir=str(tmp_path))
-    return SimConfig(**{**base, **kw})
+    return sim_config(**{**base, **kw})
 
 
 @pytest.mark.parametrize("mode", PERSONALIZATION)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedge.tools.cli import main
-from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.config import sim_config
 from fedge.tools.simulate.fleet import run_simulation
 
 ROUND_KEYS = {"round", "global_accuracy", "personalized_accuracy_mean", "personalized_accuracy_min",
@@ -52,7 +52,7 @@ def test_npz_folder_of_unseen_width_with_baselines(tmp_path):
 
 
 def test_digits_round_accounting(tmp_path):
-    cfg = SimConfig(dataset="digits", devices=6, rounds=3, clients_per_round=4, out_dir=str(tmp_path))
+    cfg = sim_config(dataset="digits", devices=6, rounds=3, clients_per_round=4, out_dir=str(tmp_path))
     result = run_simulation(cfg)
     assert [r["round"] for r in result.rounds] == [1, 2, 3]
     for row in result.rounds:
@@ -64,7 +64,7 @@ def test_digits_round_accounting(tmp_path):
 
 
 def test_same_seed_same_run(tmp_path):
-    runs = [run_simulation(SimConfig(dataset="digits", devices=4, rounds=2, clients_per_round=4,
+    runs = [run_simulation(sim_config(dataset="digits", devices=4, rounds=2, clients_per_round=4,
                                      out_dir=str(tmp_path / str(i)))) for i in range(2)]
     for a, b in zip(runs[0].rounds, runs[1].rounds):
         assert a["personalized_accuracy_mean"] == b["personalized_accuracy_mean"]
@@ -74,7 +74,7 @@ def test_same_seed_same_run(tmp_path):
 @pytest.mark.slow
 def test_demo_default_personalization_beats_global(tmp_path):
     """The README demo's claim: MNIST-5k, 20 devices, Dirichlet 0.1."""
-    result = run_simulation(SimConfig(out_dir=str(tmp_path)))
+    result = run_simulation(sim_config(out_dir=str(tmp_path)))
     last = result.rounds[-1]
     assert last["personalized_accuracy_mean"] >= 0.90
     assert last["personalized_accuracy_mean"] >= last["global_accuracy"] + 0.03
@@ -86,7 +86,7 @@ def test_ort_training_backend_runs_a_fleet(tmp_path):
 
     if "ort-training" not in available_backends():
         pytest.skip("onnxruntime-training not installed")
-    result = run_simulation(SimConfig(dataset="digits", devices=4, rounds=2, clients_per_round=4, lr=0.1,
+    result = run_simulation(sim_config(dataset="digits", devices=4, rounds=2, clients_per_round=4, lr=0.1,
                                       backend="ort-training", out_dir=str(tmp_path)))
     assert result.config["backend"] == "ort-training"
     assert all(r["committed"] for r in result.rounds)  # momentum defaulted to 0: no declines

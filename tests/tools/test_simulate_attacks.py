@@ -11,7 +11,7 @@ from fedge.edge_runtime.kernel.protocol import CompressionSpec, TrainTask, Updat
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense
 from fedge.tools.simulate.adversary import AttackSpec, choose_attackers
 from fedge.tools.simulate.attacks import Collusion
-from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.config import SimConfig, sim_config
 from fedge.tools.simulate.fleet import run_simulation
 from fedge.tools.simulate.malicious import rewrite_update
 
@@ -100,8 +100,8 @@ def test_sim_config_refuses_unknown_attacks():
 
 @pytest.mark.parametrize("attack,aggregator", [("nan", "krum"), ("nan", "norm_bound"), ("alie", "median")])
 def test_run_with_attackers_and_a_defence(tmp_path, attack, aggregator):
-    cfg = SimConfig(dataset="digits", devices=6, rounds=2, clients_per_round=5, out_dir=str(tmp_path),
-                    attack=attack, attackers=0.34, aggregator=aggregator)
+    cfg = sim_config(dataset="digits", devices=6, rounds=2, clients_per_round=5, out_dir=str(tmp_path),
+                     attack=attack, attackers=0.34, aggregator=aggregator)
     result = run_simulation(cfg)
     attackers = choose_attackers([f"dev-{i:03d}" for i in range(6)], 0.34, 0)
     assert result.summary["attackers"] == sorted(attackers) and len(attackers) == 2
@@ -114,5 +114,5 @@ def test_colluding_attacks_need_the_in_memory_transport(tmp_path):
     from fedge.tools.simulate.fleet import prepare
 
     with pytest.raises(ConfigError, match="in-memory"):
-        prepare(SimConfig(dataset="digits", devices=4, rounds=1, clients_per_round=2, out_dir=str(tmp_path),
-                          attack="ipm", transport="mqtt"))
+        prepare(sim_config(dataset="digits", devices=4, rounds=1, clients_per_round=2, out_dir=str(tmp_path),
+                           attack="ipm", transport="mqtt"))

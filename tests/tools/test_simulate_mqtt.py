@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from fedge.tools.broker import BrokerConfig, MosquittoProcess
-from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.config import sim_config
 from fedge.tools.simulate.fleet import run_simulation
 from fedge.tools.simulate.mqtt_fleet import SimDeviceAgent
 from fedge.tools.simulate.stragglers import choose_stragglers
@@ -33,10 +33,10 @@ def test_mqtt_fleet_matches_the_in_memory_fleet(open_broker, tmp_path):
     # thread timing would decide which 10, so the simulator decides instead (stragglers.py),
     # and both transports aggregate the same devices. 20 rounds: the global model is past 60%.
     common = dict(SMALL, rounds=20)
-    memory = run_simulation(SimConfig(**common, out_dir=str(tmp_path / "memory")))
-    mqtt = run_simulation(SimConfig(**common, out_dir=str(tmp_path / "mqtt"), transport="mqtt",
+    memory = run_simulation(sim_config(**common, out_dir=str(tmp_path / "memory")))
+    mqtt = run_simulation(sim_config(**common, out_dir=str(tmp_path / "mqtt"), transport="mqtt",
                                     broker_url=open_broker.url, round_deadline_s=60))
-    assert mqtt.config["over_selection"] == memory.config["over_selection"] == 1.3
+    assert mqtt.config["coordinator"]["over_selection"] == memory.config["coordinator"]["over_selection"] == 1.3
     for run in (memory, mqtt):
         assert [(r["selected"], r["participants"]) for r in run.rounds] == [(13, 10)] * 20
     assert memory.rounds[-1]["global_accuracy"] >= 0.6
@@ -100,7 +100,7 @@ def test_rounds_commit_when_30_percent_of_selected_devices_die_mid_training(open
             agent.runtime.abort_check = check
 
     monkeypatch.setattr(SimDeviceAgent, "_train", maybe_die)
-    cfg = SimConfig(**dict(SMALL, rounds=3, clients_per_round=7), over_selection=1.3, transport="mqtt",
+    cfg = sim_config(**dict(SMALL, rounds=3, clients_per_round=7), over_selection=1.3, transport="mqtt",
                     broker_url=open_broker.url, round_deadline_s=20.0, profiles=(_profile(tmp_path, 0.0),),
                     out_dir=str(tmp_path / "run"))
     rounds = run_simulation(cfg).rounds
@@ -120,14 +120,14 @@ def test_the_simulator_fails_when_devices_do_not_check_in(open_broker, tmp_path,
 
     start = SimDevice.start
     monkeypatch.setattr(SimDevice, "start", lambda d: None if d.runtime.device_id.endswith("7") else start(d))
-    cfg = SimConfig(**dict(SMALL, rounds=1), transport="mqtt", broker_url=open_broker.url,
+    cfg = sim_config(**dict(SMALL, rounds=1), transport="mqtt", broker_url=open_broker.url,
                     out_dir=str(tmp_path / "run"))
     with pytest.raises(FleetNotReady, match=r"only 18 of 20 devices checked in .*missing: dev-007, dev-017"):
         MqttFleet(prepare(cfg), connect_timeout_s=5)
 
 
 def test_round_without_quorum_is_abandoned_and_retried_under_a_new_id(open_broker, tmp_path):
-    cfg = SimConfig(**dict(SMALL, rounds=2), over_selection=1.3, transport="mqtt", broker_url=open_broker.url,
+    cfg = sim_config(**dict(SMALL, rounds=2), over_selection=1.3, transport="mqtt", broker_url=open_broker.url,
                     round_deadline_s=2.0, profiles=(_profile(tmp_path, 0.95),), out_dir=str(tmp_path / "run"))
     result = run_simulation(cfg)
     assert [r["round"] for r in result.rounds] == [1, 2]

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.tools.datasets import FederatedDataset
 from fedge.tools.simulate import baselines as baseline_runs
-from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.config import SimConfig, sim_config, with_options
 from fedge.tools.simulate.fleet import load_data, prepare, run_simulation
 
 # label -> SimConfig fields; the labels are what the JSON and the report call partitions.
@@ -41,7 +43,7 @@ PARTITIONS = {
 }
 GIVEN = "given"  # the partition of a --data DIR: its files are the clients
 
-# name -> SimConfig strategy options. Server learning rates for the adaptive optimizers are
+# name -> coordinator strategy options. Server learning rates for the adaptive optimizers are
 # the coordinator's defaults (0.03); FedAvgM's momentum is damped by a server lr < 1 so the
 # effective step (lr / (1 - momentum)) stays near FedAvg's.
 ALGORITHMS = {
@@ -65,6 +67,9 @@ COMPRESSION = {
 # the finetune mode's model (whole layer + global head) scored as it is, without tuning.
 COMPRESSION_MODELS = {"adapters": ("none", 0), "full": ("finetune", 0)}
 MODES = ("adapters", "head", "finetune", "full", "none")
+# The grid's coordinator: its defaults, 10 reports a round, 5 epochs of SGD (lr 0.02, momentum 0.9, batch 20).
+GRID_COORDINATOR = CoordinatorConfig(clients_per_round=10, hyper=TaskHyper(epochs=5, batch_size=20, lr=0.02,
+                                                                           momentum=0.9))
 
 
 @dataclass(frozen=True)
@@ -76,12 +81,9 @@ class HeteroGrid:
     algorithms: tuple[str, ...] = tuple(ALGORITHMS)
     personalization: tuple[bool, ...] = (False, True)
     devices: int = 50
-    clients_per_round: int = 10
     rounds: int = 50
-    epochs: int = 5
-    batch_size: int = 20
-    lr: float = 0.02
     seed: int = 0
+    coordinator: CoordinatorConfig = GRID_COORDINATOR  # every job's; cells change only the strategy
     local_epochs: int = 20  # local-only baseline
     central_epochs: int = 30  # centralized baseline
     target_fraction: float = 0.95  # rounds to reach this x centralized accuracy
@@ -100,7 +102,8 @@ class HeteroGrid:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        unknown = [p for p in (*self.partitions, self.compression_partition, self.modes_partition) if p not in PARTITIONS]
+        unknown = [p for p in (*self.partitions, self.compression_partition,
+                               self.modes_partition) if p not in PARTITIONS]
         unknown += [a for a in self.algorithms if a not in ALGORITHMS]
         unknown += [c for c in self.compression if c not in COMPRESSION]
         unknown += [m for m in self.modes if m not in MODES]
@@ -112,7 +115,8 @@ class HeteroGrid:
 
 
 QUICK = HeteroGrid(partitions=("iid", "dirichlet-0.1", "shards-2"), algorithms=("fedavg", "fedyogi", "scaffold"),
-                   devices=20, clients_per_round=5, rounds=15, epochs=2, local_epochs=10, central_epochs=10,
+                   devices=20, coordinator=with_options(GRID_COORDINATOR, clients_per_round=5, epochs=2), rounds=15,
+                   local_epochs=10, central_epochs=10,
                    compression=("dense-fp32", "int8-top1%"), compression_partition="dirichlet-0.1",
                    compression_models=("adapters",), compression_rounds=15,
                    modes=("adapters", "full"), new_devices=2, finetune_steps=10)
@@ -127,9 +131,9 @@ class Job:
 
 def _base_cfg(grid: HeteroGrid, dataset: str, partition: str) -> SimConfig:
     source = {"dataset": dataset} if partition != GIVEN else {"data_dir": dataset}
-    return SimConfig(devices=grid.devices, rounds=grid.rounds, seed=grid.seed, clients_per_round=grid.clients_per_round,
-                     epochs=grid.epochs, batch_size=grid.batch_size, lr=grid.lr, local_epochs=grid.local_epochs,
-                     central_epochs=grid.central_epochs, finetune_steps=grid.finetune_steps,
+    return SimConfig(devices=grid.devices, rounds=grid.rounds, seed=grid.seed, coordinator=grid.coordinator,
+                     local_epochs=grid.local_epochs, central_epochs=grid.central_epochs,
+                     finetune_steps=grid.finetune_steps,
                      **source, **PARTITIONS.get(partition, {}))
 
 
@@ -149,23 +153,25 @@ def build_jobs(grid: HeteroGrid, data_dir: str | None = None) -> list[Job]:
             for setting in grid.compression:
                 bits, topk = COMPRESSION[setting]
                 for feedback in (True, False):
-                    cfg = replace(_base_cfg(grid, first, grid.compression_partition), personalization=mode,
-                                  finetune_steps=steps, rounds=grid.compression_rounds, quant_bits=bits,
-                                  topk_fraction=topk, error_feedback=feedback)
+                    cfg = sim_config(_base_cfg(grid, first, grid.compression_partition), personalization=mode,
+                                     finetune_steps=steps, rounds=grid.compression_rounds, quant_bits=bits,
+                                     topk_fraction=topk, error_feedback=feedback)
                     labels = {"dataset": first, "partition": grid.compression_partition, "algorithm": "fedavg",
                               "compression_model": model, "setting": setting, "error_feedback": feedback}
                     jobs.append(Job("compression", cfg, labels))
     if first is not None:
         for mode in grid.modes:
-            cfg = replace(_base_cfg(grid, first, grid.modes_partition), personalization=mode, new_devices=grid.new_devices)
+            cfg = replace(_base_cfg(grid, first, grid.modes_partition), personalization=mode,
+                          new_devices=grid.new_devices)
             jobs.append(Job("mode", cfg, {"dataset": first, "partition": grid.modes_partition, "algorithm": "fedavg",
                                          "mode": mode}))
     for dataset, partition in sources:
         label = {"dataset": dataset_label(dataset, partition), "partition": partition}
         for algorithm in grid.algorithms:
             for personal in grid.personalization:
-                cfg = replace(_base_cfg(grid, dataset, partition), personalization="adapters" if personal else "none",
-                              **{"strategy": algorithm, **ALGORITHMS[algorithm]})
+                cfg = sim_config(_base_cfg(grid, dataset, partition),
+                                 personalization="adapters" if personal else "none",
+                                 strategy=algorithm, **ALGORITHMS[algorithm])
                 jobs.append(Job("cell", cfg, {**label, "algorithm": algorithm, "personalization": personal}))
     for dataset, partition in sources:
         jobs.append(Job("baselines", _base_cfg(grid, dataset, partition),

@@ -145,15 +145,16 @@ def target_personalized(cells: Sequence[dict], modes: Sequence[dict], baselines:
     _, pm, best, checks, local = max(judged, key=lambda j: (j[0], j[1]))
     pmin = best["personalized_accuracy_min"]
     detail = (f"best: {best['label']}: mean {pm:.3f}, worst client {pmin:.3f}; local-only on the same devices "
-              f"{local:.3f} ({pm - local:+.3f}); best global model of any run {best_global:.3f} ({pm - best_global:+.3f}); "
-              f"its own global model {best['final_global_accuracy']:.3f}")
+              f"{local:.3f} ({pm - local:+.3f}); best global model of any run {best_global:.3f} "
+              f"({pm - best_global:+.3f}); its own global model {best['final_global_accuracy']:.3f}")
     return _target(2, name, all(checks.values()), detail, checks=checks, candidate=best["label"])
 
 
 def target_compression(rows: Sequence[dict], min_ratio: float = 100.0, max_drop: float = 0.01) -> dict:
     """(3) >= min_ratio x fewer uplink bytes than dense fp32 (on the wire, headers included),
     final accuracy within max_drop of dense, with error feedback; any model of the sweep."""
-    name = f">= {min_ratio:g}x uplink compression vs dense fp32 on the wire, accuracy within {max_drop * 100:g} pt, with EF"
+    name = (f">= {min_ratio:g}x uplink compression vs dense fp32 on the wire, accuracy within {max_drop * 100:g} pt, "
+            "with EF")
     if not rows or not any(r["setting"] == "dense-fp32" for r in rows):
         return _target(3, name, None, "not measured (needs the dense fp32 run)")
     parts, met = [], False
@@ -174,7 +175,8 @@ def target_compression(rows: Sequence[dict], min_ratio: float = 100.0, max_drop:
             text += f" (without EF {without['accuracy_delta_vs_dense'] * 100:+.1f} pt)"
         close = [r for r in ef if r["accuracy_delta_vs_dense"] >= -max_drop]
         if close and close[0] is not top:
-            text += f"; highest ratio within {max_drop * 100:g} pt: {close[0]['setting']} {close[0]['ratio_vs_dense']:.1f}x"
+            best = close[0]
+            text += f"; highest ratio within {max_drop * 100:g} pt: {best['setting']} {best['ratio_vs_dense']:.1f}x"
         parts.append(text)
     if not parts:
         return _target(3, name, None, "not measured (no compressed run with error feedback)")
@@ -188,7 +190,8 @@ def target_adapters(comparison: dict | None, min_ratio: float = 7.0) -> dict:
         return _target(4, name, None, "not measured (needs the adapters and full mode runs)")
     ratio = comparison["ratio_at_equal_accuracy"]
     detail = (f"per round {comparison['ratio_per_round']:.1f}x; to reach personalized mean "
-              f"{comparison['equal_accuracy_level']:.3f}: " + (f"{ratio:.1f}x fewer bytes" if ratio is not None else "n/a"))
+              f"{comparison['equal_accuracy_level']:.3f}: "
+              + (f"{ratio:.1f}x fewer bytes" if ratio is not None else "n/a"))
     return _target(4, name, ratio is not None and ratio >= min_ratio, detail)
 
 

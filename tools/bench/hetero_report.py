@@ -36,19 +36,22 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def markdown(doc: dict) -> str:
     g = doc["grid"]
+    c, h = g["coordinator"], g["coordinator"]["hyper"]
     env = doc["environment"]
     lines = [
         "# Heterogeneity benchmark" + (" (quick grid)" if doc["quick"] else ""), "",
-        f"{g['devices']} devices, {g['clients_per_round']} sampled per round, {g['rounds']} rounds of {g['epochs']} local "
-        f"epochs (SGD lr {g['lr']}, momentum 0.9, batch {g['batch_size']}), seed {g['seed']}; real device runtimes and "
+        f"{g['devices']} devices, {c['clients_per_round']} sampled per round, {g['rounds']} rounds of {h['epochs']} "
+        f"local epochs (SGD lr {h['lr']}, momentum {h['momentum']}, batch {h['batch_size']}), seed {g['seed']}; real "
+        "device runtimes and "
         f"coordinator over the in-memory broker. Wall time {doc['wall_seconds']:.0f} s with {g['workers']} worker "
-        f"process(es) on {env.get('cpus')} CPUs (Python {env.get('python')}, onnxruntime {env.get('onnxruntime', '?')}).",
+        f"process(es) on {env.get('cpus')} CPUs (Python {env.get('python')}, onnxruntime "
+        f"{env.get('onnxruntime', '?')}).",
         "",
-        f"Accuracies are percentages. *Final* = mean of the last {g['final_window']} rounds. *Rounds to target* = first "
-        f"round whose global accuracy reaches {g['target_fraction']:g}x the centralized baseline of the same partition. "
-        "Personalization *on* = LoRA adapters + global head shared, private head per device (scored); *off* = the same "
-        "LoRA layer with the global head only (its per-device accuracy is the global model's). Uplink bytes are whole "
-        "update messages as received, headers included.", "",
+        f"Accuracies are percentages. *Final* = mean of the last {g['final_window']} rounds. *Rounds to target* = "
+        f"first round whose global accuracy reaches {g['target_fraction']:g}x the centralized baseline of the same "
+        "partition. Personalization *on* = LoRA adapters + global head shared, private head per device (scored); *off* "
+        "= the same LoRA layer with the global head only (its per-device accuracy is the global model's). Uplink bytes "
+        "are whole update messages as received, headers included.", "",
         "## Issue targets", "",
         *_table(["#", "target", "result", "measured"],
                 [[t["id"], t["name"], _met(t["met"]), t["detail"]] for t in doc["targets"]]),
@@ -77,19 +80,22 @@ def markdown(doc: dict) -> str:
         models = [about.get(k, k) for k in dict.fromkeys(r.get("model", "adapters") for r in doc["compression"])]
         lines += ["## Communication", "",
                   f"FedAvg, personalization off, {g['compression_partition']}, {rounds} rounds; model: "
-                  f"{' and '.join(models)}. Ratio = the same model's dense fp32 bytes per round / this setting's, both as "
-                  "whole messages on the wire. Sparse indices travel as gap varints (about 1.2 B each).", ""] + _table(
+                  f"{' and '.join(models)}. Ratio = the same model's dense fp32 bytes per round / this setting's, both "
+                  "as whole messages on the wire. Sparse indices travel as gap varints (about 1.2 B each).",
+                  ""] + _table(
             ["model", "shared params", "setting", "error feedback", "final accuracy", "KiB up/round", "ratio vs dense",
              "Δ vs dense (pt)"],
-            [[r.get("model", "adapters"), r.get("shared_params", "–"), r["setting"], "yes" if r["error_feedback"] else "no",
+            [[r.get("model", "adapters"), r.get("shared_params", "–"), r["setting"],
+              "yes" if r["error_feedback"] else "no",
               _pct(r["final_accuracy"]), _kib(r["bytes_up_per_round"]),
               f"{r['ratio_vs_dense']:.1f}x" if r["ratio_vs_dense"] else "–",
               f"{100 * r['accuracy_delta_vs_dense']:+.1f}" if r["accuracy_delta_vs_dense"] is not None else "–"]
              for r in doc["compression"]])
     lines += _modes_section(doc)
     if doc["errors"]:
-        lines += ["## Failed jobs", ""] + [f"- {e['kind']} {e.get('partition', '')} {e.get('algorithm', '')}: {e['error']}"
-                                           for e in doc["errors"]] + [""]
+        lines += ["## Failed jobs", ""]
+        lines += [f"- {e['kind']} {e.get('partition', '')} {e.get('algorithm', '')}: {e['error']}"
+                  for e in doc["errors"]] + [""]
     return "\n".join(lines)
 
 
@@ -123,8 +129,9 @@ def _modes_section(doc: dict) -> list[str]:
     lines = []
     if doc["personalization_modes"]:
         lines += ["## Personalization modes", "",
-                  f"FedAvg on {g['modes_partition']}; {g['new_devices']} devices held out of training (new devices) are "
-                  f"scored with the final global model as received, then after {g['finetune_steps']} head-only local steps.",
+                  f"FedAvg on {g['modes_partition']}; {g['new_devices']} devices held out of training (new devices) "
+                  f"are scored with the final global model as received, then after {g['finetune_steps']} head-only "
+                  "local steps.",
                   ""]
         rows = []
         for r in doc["personalization_modes"]:
@@ -137,12 +144,13 @@ def _modes_section(doc: dict) -> list[str]:
     c = doc["upload_comparison"]
     if c:
         lines += ["## Adapter vs full-model uploads", "",
-                  f"adapters: {c['adapters']['shared_params']} shared parameters, {_kib(c['adapters']['bytes_up_per_round'])} "
-                  f"KiB/round, personalized {_pct(c['adapters']['personalized_accuracy_mean'])}; full: "
+                  f"adapters: {c['adapters']['shared_params']} shared parameters, "
+                  f"{_kib(c['adapters']['bytes_up_per_round'])} KiB/round, personalized "
+                  f"{_pct(c['adapters']['personalized_accuracy_mean'])}; full: "
                   f"{c['full']['shared_params']} shared parameters, {_kib(c['full']['bytes_up_per_round'])} KiB/round, "
                   f"personalized {_pct(c['full']['personalized_accuracy_mean'])}. Per round the full model sends "
-                  f"{c['ratio_per_round']:.1f}x more; to first reach a personalized mean of {_pct(c['equal_accuracy_level'])} "
-                  "(the lower final of the two) it sends " +
+                  f"{c['ratio_per_round']:.1f}x more; to first reach a personalized mean of "
+                  f"{_pct(c['equal_accuracy_level'])} (the lower final of the two) it sends " +
                   (f"{c['ratio_at_equal_accuracy']:.1f}x more in total." if c["ratio_at_equal_accuracy"] else "–."), ""]
     return lines
 
@@ -199,7 +207,8 @@ def write_plots(doc: dict, out: Path) -> list[Path]:
                 line, = ax.plot(xs, r["global_accuracy_curve"], label=label, lw=1.1,
                                 ls="-" if r["error_feedback"] else ":")
                 marker = ("o" if model == models[0] else "s") if r["error_feedback"] else "x"
-                scatter.scatter(r["bytes_up_per_round"] / 1024, r["final_accuracy"], marker=marker, color=line.get_color())
+                scatter.scatter(r["bytes_up_per_round"] / 1024, r["final_accuracy"], marker=marker,
+                                color=line.get_color())
                 scatter.annotate(f"{model} {label}", (r["bytes_up_per_round"] / 1024, r["final_accuracy"]), fontsize=6)
             ax.set(xscale="log", xlabel="cumulative uplink KiB (on the wire)", ylabel="global accuracy", ylim=(0.5, 1),
                    title=f"{model} model: accuracy vs uplink bytes")

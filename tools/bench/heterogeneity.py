@@ -28,7 +28,8 @@ Output JSON (schema 1):
     multipliers: list of {dataset, algorithm, personalization, partition, rounds_to_target,
                           iid_rounds_to_target, multiplier (null when either is null)}
     compression: list of {model ("adapters" | "full"), shared_params, rounds, setting, quant_bits,
-                          topk_fraction, error_feedback, final_accuracy, bytes_up_per_round, ratio_vs_dense, accuracy_delta_vs_dense, curves};
+                          topk_fraction, error_feedback, final_accuracy, bytes_up_per_round, ratio_vs_dense,
+                          accuracy_delta_vs_dense, curves};
                           ratios and deltas are against the same model's dense fp32 run
     personalization_modes: list of {mode, shared_params, personal_params, bytes_up_per_round,
                           final_global_accuracy, personalized_accuracy_mean, _min, new_devices,
@@ -51,6 +52,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from fedge.coordinator.config import load_coordinator_config
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
 from . import hetero_metrics as m
@@ -66,9 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="override the grid's rounds")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--config", metavar="FILE.toml", help="every job's coordinator settings from this TOML (its "
+                   "[coordinator] table, as `fedge coordinator serve` reads it); default: the grid's preset")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else HeteroGrid()
-    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed)) if v is not None}
+    if args.config:
+        grid = replace(grid, coordinator=load_coordinator_config(args.config))
+    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed",
+                                                                                        args.seed)) if v is not None}
     grid = replace(grid, **overrides)
     report_dir = args.report_dir or str(Path(args.json_path).parent)
     doc = run(grid, args.json_path, report_dir, data_dir=args.data_dir, quick=args.quick)
@@ -150,17 +157,21 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
             "bytes_up_per_round": r["bytes_up_per_round"], "bytes_up_dense_per_round": r["bytes_up_dense_per_round"],
             "wall_seconds": r["wall_seconds"], "rounds": r["rounds"], "shared_params": r["model"]["shared_params"],
             "declines": r["declines"],
-            "global_accuracy_curve": r["global_accuracy_curve"], "personalized_accuracy_curve": r["personalized_accuracy_curve"],
+            "global_accuracy_curve": r["global_accuracy_curve"],
+            "personalized_accuracy_curve": r["personalized_accuracy_curve"],
         })
-    cells.sort(key=lambda c: (c["dataset"], list(grid.partitions).index(c["partition"]) if c["partition"] in grid.partitions
+    cells.sort(key=lambda c: (c["dataset"],
+                              list(grid.partitions).index(c["partition"]) if c["partition"] in grid.partitions
                               else 99, c["algorithm"], c["personalization"]))
     compression = _compression([r for r in ok if r["kind"] == "compression"], window)
     modes = {r["mode"]: r for r in ok if r["kind"] == "mode"}
-    mode_rows = [{"mode": k, "shared_params": r["model"]["shared_params"], "personal_params": r["model"]["personal_params"],
+    mode_rows = [{"mode": k, "shared_params": r["model"]["shared_params"],
+                  "personal_params": r["model"]["personal_params"],
                   "bytes_up_per_round": r["bytes_up_per_round"], **_finals(r, window), "new_devices": r["new_devices"],
                   "devices": r.get("devices"), "wall_seconds": r["wall_seconds"]}
                  for k, r in sorted(modes.items(), key=lambda kv: grid.modes.index(kv[0]))]
-    comparison = m.upload_comparison(modes["adapters"], modes["full"], window) if {"adapters", "full"} <= set(modes) else None
+    comparison = m.upload_comparison(modes["adapters"], modes["full"], window) if {"adapters",
+                                                                                   "full"} <= set(modes) else None
     mults = m.multipliers(cells)
     primary = grid.datasets[0] if grid.datasets else None
     targets = [m.target_shards(mults, primary, grid.rounds),

@@ -86,16 +86,16 @@ def build_cells(grid: RobustGrid) -> list[Cell]:
 
 
 def run_cell(grid: RobustGrid, cell: Cell) -> dict:
-    from fedge.tools.simulate.config import SimConfig
+    from fedge.tools.simulate.config import sim_config
     from fedge.tools.simulate.fleet import run_simulation
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedge-robust-") as out:
-        cfg = SimConfig(dataset=grid.dataset, devices=grid.devices, clients_per_round=grid.clients_per_round,
-                        rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
-                        attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
-                        omniscient=grid.omniscient, aggregator=cell.defense.split("+")[0],
-                        bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
+        cfg = sim_config(dataset=grid.dataset, devices=grid.devices, clients_per_round=grid.clients_per_round,
+                         rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
+                         attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
+                         omniscient=grid.omniscient, aggregator=cell.defense.split("+")[0],
+                         bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
         result = run_simulation(cfg)
     curve = [r["global_accuracy"] for r in result.rounds]
     tail = result.rounds[-grid.final_window:]

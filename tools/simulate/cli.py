@@ -4,43 +4,73 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from .config import DATASETS, PARTITIONS, PERSONALIZATION, SimConfig
+from fedge.coordinator.config import load_coordinator_config
+from fedge.coordinator.strategies import STRATEGIES
+from fedge.edge_runtime.eligibility import EligibilityPolicy
+from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
+
+from .config import (
+    DATASETS,
+    MQTT_ROUND_DEADLINE_S,
+    PARTITIONS,
+    PERSONALIZATION,
+    SIM_COORDINATOR,
+    SimConfig,
+    load_device_tables,
+    with_options,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = SimConfig()
+    d, c = SimConfig(), SIM_COORDINATOR
+    h, z = c.hyper, c.compression
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="coordinator settings from this TOML: its [coordinator] table (the file `fedge coordinator "
+                        "serve` reads) or a plain coordinator config; the flags below override it. Default: the "
+                        "simulator's preset (the coordinator's defaults; 2 epochs of SGD, batch 20, lr 0.02, "
+                        "momentum 0.9)")
+    p.add_argument("--device-config", metavar="FILE.toml", help="every device's [eligibility] (used with mqtt "
+                   "profiles) and [agent] timings from this device TOML (the file `fedge device run` reads)")
     p.add_argument("--devices", type=int, default=d.devices, help="simulated devices (default %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for data split, sampling and training")
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset shipped in a pip wheel")
-    p.add_argument("--data", dest="data_dir", metavar="DIR", help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
+    p.add_argument("--data", dest="data_dir", metavar="DIR",
+                   help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
     p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (smaller = more skew)")
     p.add_argument("--classes-per-client", type=int, default=d.classes_per_client, help="labels per device for shards")
     p.add_argument("--model", help="model spec: a TOML file or a built-in name (default: chosen for the data)")
     p.add_argument("--backend", default=d.backend, choices=("auto", "portable", "ort-training", "numpy"))
-    p.add_argument("--clients-per-round", type=int, default=d.clients_per_round, help="reports aggregated per round")
-    p.add_argument("--over-selection", type=float, default=d.over_selection, help="ask this many times more devices")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="local epochs per task")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
-    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9; 0 on ort-training)")
-    p.add_argument("--quant-bits", type=int, choices=(32, 8, 4), default=d.quant_bits, help="update quantization")
-    p.add_argument("--topk", dest="topk_fraction", type=float, default=d.topk_fraction, help="fraction of entries sent")
-    p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false")
+    # Coordinator settings: None = the --config file's value, or the preset's (shown).
+    p.add_argument("--clients-per-round", type=int, help=f"reports aggregated per round ({c.clients_per_round})")
+    p.add_argument("--over-selection", type=float, help=f"ask this many times more devices ({c.over_selection})")
+    p.add_argument("--epochs", type=int, help=f"local epochs per task ({h.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"({h.batch_size})")
+    p.add_argument("--lr", type=float, help=f"({h.lr})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"({h.optimizer})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum ({h.momentum}; always 0 on ort-training)")
+    p.add_argument("--quant-bits", type=int, choices=QUANT_BITS, help=f"update quantization ({z.quant_bits})")
+    p.add_argument("--topk", dest="topk_fraction", type=float, help=f"fraction of entries sent ({z.topk_fraction})")
+    p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false", default=None)
+    p.add_argument("--clip-norm", type=float, help=f"devices clip their delta to this L2 norm; 0 = off ({z.clip_norm})")
+    p.add_argument("--norm-bound", type=float, help=f"the coordinator rejects larger deltas; 0 = off ({c.norm_bound})")
     p.add_argument("--transport", choices=("memory", "mqtt"), default=d.transport,
-                   help="memory: one process, simulated time; mqtt: device threads and the coordinator through a broker")
+                   help="memory: one process, simulated time; "
+                        "mqtt: device threads and the coordinator through a broker")
     p.add_argument("--broker", dest="broker_url", metavar="URL",
                    help="with --transport mqtt: use this broker (mqtt://host:port); default: start a local Mosquitto")
     p.add_argument("--round-deadline", dest="round_deadline_s", type=float, default=None,
-                   help="seconds a round waits for reports (default 600 simulated; 30 real with mqtt)")
+                   help=f"seconds a round waits for reports ({c.round_deadline_s:g} simulated; "
+                        f"{MQTT_ROUND_DEADLINE_S:g} real with mqtt)")
     p.add_argument("--profiles", default="", help="with mqtt: device profiles, comma list, assigned round-robin "
                    "(shipped: pi4-ups, jetson-nano, phone-like, flaky-cellular, or TOML paths)")
     p.add_argument("--baselines", default="", help="comma list: local (each device alone), central (pooled data)")
-    p.add_argument("--local-epochs", type=int, default=None, help="local-only baseline epochs (default rounds x epochs)")
+    p.add_argument("--local-epochs", type=int, default=None,
+                   help="local-only baseline epochs (default rounds x epochs)")
     p.add_argument("--central-epochs", type=int, default=None,
                    help="centralized baseline epochs (default: the fleet's total compute)")
     p.add_argument("--personalization", choices=PERSONALIZATION, default=d.personalization,
@@ -52,8 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hold the last K devices out of training; score them on the final global model")
     p.add_argument("--new-device-steps", type=int, default=d.new_device_steps,
                    help="head-only local steps a new device takes before it is scored again (0 = none)")
-    p.add_argument("--strategy", default=d.strategy,
-                   help="aggregation: fedavg, fedprox, scaffold, fedavgm, fedadagrad, fedadam, fedyogi")
+    p.add_argument("--strategy", help=f"aggregation: {', '.join(STRATEGIES)} ({c.strategy})")
     for name, what in (("prox-mu", "fedprox proximal weight"), ("server-lr", "server learning rate"),
                        ("server-momentum", "fedavgm momentum"), ("server-beta1", "adaptive: first-moment decay"),
                        ("server-beta2", "adaptive: second-moment decay"), ("server-tau", "adaptive: tau")):
@@ -62,9 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "alie, ipm, min_max, min_sum, huge_weight, nan (tools/simulate/attacks.py)")
     p.add_argument("--attackers", type=float, default=d.attackers, help="share of the devices that attack (default %(default)s)")
     p.add_argument("--omniscient", action="store_true", help="colluding attackers also see honest devices' deltas")
-    p.add_argument("--aggregator", default=d.aggregator,
-                   help="how the coordinator combines a round: mean, norm_bound, median, trimmed_mean, krum, centered_clipping")
-    p.add_argument("--bucket-size", type=int, default=d.bucket_size,
+    p.add_argument("--aggregator", default=None,
+                   help=f"how the coordinator combines a round: mean, norm_bound, median, trimmed_mean, krum, "
+                   f"centered_clipping ({c.aggregator})")
+    p.add_argument("--bucket-size", type=int, default=None,
                    help="bucketing: average random groups of this many updates before a keep-all aggregator (0 = off)")
     p.add_argument("--out", dest="out_dir", default=None, help="output folder (default: beside --json, or runs/sim)")
     p.add_argument("--json", dest="json_path", help="write the run as JSON here (schema in tools/simulate/report.py)")
@@ -77,28 +107,14 @@ def run(args: argparse.Namespace) -> int:
     from .report import HEADER, format_row, format_summary, summarize, write_json, write_plot
 
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
-    cfg = SimConfig(
-        devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
-        partition=args.partition, alpha=args.alpha, classes_per_client=args.classes_per_client, model=args.model,
-        backend=args.backend, clients_per_round=args.clients_per_round, over_selection=args.over_selection,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-        quant_bits=args.quant_bits, topk_fraction=args.topk_fraction, error_feedback=args.error_feedback,
-        baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,
-        transport=args.transport, broker_url=args.broker_url,
-        round_deadline_s=args.round_deadline_s or (30.0 if args.transport == "mqtt" else 600.0),
-        profiles=tuple(x for x in args.profiles.split(",") if x),
-        personalization=args.personalization, finetune_steps=args.finetune_steps, new_devices=args.new_devices,
-        new_device_steps=args.new_device_steps, strategy=args.strategy, prox_mu=args.prox_mu,
-        server_lr=args.server_lr, server_momentum=args.server_momentum, server_beta1=args.server_beta1,
-        server_beta2=args.server_beta2, server_tau=args.server_tau, local_epochs=args.local_epochs,
-        central_epochs=args.central_epochs, attack=args.attack, attackers=args.attackers, omniscient=args.omniscient,
-        aggregator=args.aggregator, bucket_size=args.bucket_size,
-    )
+    cfg = build_config(args, out_dir)
     check_split_flags(cfg)
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:
-        source = cfg.data_dir or f"{cfg.dataset}, {cfg.partition}" + (f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else "")
-        _say(bar, f"fedge simulate: {cfg.devices if not cfg.data_dir else 'per-file'} devices, {cfg.rounds} rounds, {source}")
+        alpha = f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else ""
+        source = cfg.data_dir or f"{cfg.dataset}, {cfg.partition}{alpha}"
+        devices = cfg.devices if not cfg.data_dir else "per-file"
+        _say(bar, f"fedge simulate: {devices} devices, {cfg.rounds} rounds, {source}")
         _say(bar, HEADER)
 
     def on_round(row: dict) -> None:
@@ -124,6 +140,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"fedge: error: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+# Flags that set a coordinator, hyper or compression field (config.with_options), by dest.
+COORDINATOR_FLAGS = ("clients_per_round", "over_selection", "epochs", "batch_size", "lr", "optimizer", "momentum",
+                     "quant_bits", "topk_fraction", "error_feedback", "clip_norm", "norm_bound", "round_deadline_s",
+                     "strategy", "prox_mu", "server_lr", "server_momentum", "server_beta1", "server_beta2",
+                     "server_tau", "aggregator", "bucket_size")
+
+
+def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
+    """The SimConfig the flags describe: the --config file's coordinator (or the preset),
+    then every coordinator flag given on the command line over it."""
+    coordinator = load_coordinator_config(args.config) if args.config else SIM_COORDINATOR
+    if not args.config and args.transport == "mqtt":
+        coordinator = replace(coordinator, round_deadline_s=MQTT_ROUND_DEADLINE_S)
+    given = {name: getattr(args, name) for name in COORDINATOR_FLAGS if getattr(args, name) is not None}
+    coordinator = with_options(coordinator, **given)
+    eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
+    return SimConfig(
+        devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
+        partition=args.partition, alpha=args.alpha, classes_per_client=args.classes_per_client, model=args.model,
+        backend=args.backend, coordinator=coordinator, eligibility=eligibility, agent=agent,
+        baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,
+        transport=args.transport, broker_url=args.broker_url, profiles=tuple(x for x in args.profiles.split(",") if x),
+        personalization=args.personalization, finetune_steps=args.finetune_steps, new_devices=args.new_devices,
+        new_device_steps=args.new_device_steps, local_epochs=args.local_epochs, central_epochs=args.central_epochs,
+        attack=args.attack, attackers=args.attackers, omniscient=args.omniscient,
+    )
 
 
 def _progress(total: int, quiet: bool):

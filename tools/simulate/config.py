@@ -1,22 +1,53 @@
-"""Simulation settings: defaults are the demo (MNIST-5k, 20 devices, Dirichlet 0.1)."""
+"""Simulation settings: defaults are the demo (MNIST-5k, 20 devices, Dirichlet 0.1).
+
+One config system: what the coordinator does (sampling, deadline, aggregation, the devices'
+training hyperparameters and compression) is a `CoordinatorConfig`, the very type and file
+`fedge coordinator serve` reads, embedded as `SimConfig.coordinator`; the devices'
+eligibility rules and agent timings are the device config's `EligibilityPolicy` and
+`AgentConfig` ([eligibility] and [agent] of a device TOML). SimConfig itself holds only what
+exists in simulation: the data, the fleet, the transport, personalization, baselines.
+
+The simulator's preset (SIM_COORDINATOR) is the coordinator's defaults with the demo's local
+training (2 epochs of SGD, batch 20, lr 0.02, momentum 0.9). What the simulator always sets,
+whatever the config says (fleet.prepare): the coordinator's seed (SimConfig.seed), its
+artifacts_dir (the run's own), state_db "" (a simulation never touches an ops database),
+clients_per_round at most the number of devices, and momentum 0 for AdamW and on the
+ort-training backend (its SGD has no momentum; devices would decline every task).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.robust.aggregators import RobustConfig
+from fedge.edge_runtime.device_config import AgentConfig
+from fedge.edge_runtime.eligibility import EligibilityPolicy
+from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
+from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature")
 DATASETS = ("mnist5k", "digits")
 # What a device keeps to itself (tools/simulate/personalization.py has the details).
 PERSONALIZATION = ("adapters", "head", "finetune", "full", "none")
 
+SIM_COORDINATOR = CoordinatorConfig(hyper=TaskHyper(epochs=2, batch_size=20, lr=0.02, momentum=0.9))
+MQTT_ROUND_DEADLINE_S = 30.0  # the preset's deadline over a real broker (real seconds, not simulated)
+# The device agents' timings per transport (seconds). In memory, time is simulated and never
+# waits; over a broker, on real time, devices check in and resend sooner than a board would.
+AGENT_PRESETS = {
+    "memory": AgentConfig(fetch_timeout_s=120.0),
+    "mqtt": AgentConfig(checkin_s=30.0, republish_s=5.0, fetch_timeout_s=120.0),
+}
+
 
 @dataclass(frozen=True)
 class SimConfig:
     devices: int = 20
     rounds: int = 20
-    seed: int = 0
+    seed: int = 0  # data split, sampling (also the coordinator's seed) and training
     dataset: str = "mnist5k"
     data_dir: str | None = None  # a folder of per-client .npz files replaces `dataset`
     partition: str = "dirichlet"
@@ -25,42 +56,25 @@ class SimConfig:
     test_fraction: float = 0.2
     model: str | None = None  # spec file or built-in name; None = a default for the data
     backend: str = "auto"
-    clients_per_round: int = 10
-    over_selection: float = 1.3
-    epochs: int = 2
-    batch_size: int = 20
-    lr: float = 0.02
-    momentum: float | None = None  # None: 0.9, or 0 on ort-training (its SGD has no momentum)
-    optimizer: str = "sgd"
-    quant_bits: int = 8
-    topk_fraction: float = 1.0
-    error_feedback: bool = True
+    coordinator: CoordinatorConfig = SIM_COORDINATOR  # what `fedge coordinator serve` would run
+    eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)  # mqtt profiles' devices
+    agent: AgentConfig | None = None  # the device agents' timings; None = AGENT_PRESETS[transport]
     baselines: tuple[str, ...] = ()
     out_dir: str = "runs/sim"
     transport: str = "memory"  # "memory" (one process, simulated time) or "mqtt" (a real broker)
     broker_url: str | None = None  # mqtt: this broker; None = start a local Mosquitto
-    round_deadline_s: float = 600.0  # memory: simulated seconds; mqtt: real seconds
     profiles: tuple[str, ...] = ()  # mqtt: device profiles assigned round-robin (hardware/profiles)
     personalization: str = "adapters"
     finetune_steps: int = 20  # finetune: head-only local steps before each evaluation
     new_devices: int = 0  # the last K devices never train; scored on the final global model
     new_device_steps: int = 20  # then fine-tune a copy of the global head this many steps (0 = none)
-    # Aggregation (coordinator/strategies); None = the coordinator's default for the option.
-    strategy: str = "fedavg"
-    prox_mu: float | None = None
-    server_lr: float | None = None
-    server_momentum: float | None = None
-    server_beta1: float | None = None
-    server_beta2: float | None = None
-    server_tau: float | None = None
     # Robustness (tools/simulate/adversary.py): attack name or None, the attacking share of
-    # the population, whether colluders see honest deltas, and the coordinator's aggregator.
+    # the population, whether colluders see honest deltas. The defence is the coordinator's
+    # (coordinator.aggregator, coordinator.robust).
     attack: str | None = None
     attackers: float = 0.2
     omniscient: bool = False
-    aggregator: str = "mean"
-    bucket_size: int = 0  # > 1: bucketing in front of a keep-all aggregator
-    local_epochs: int | None = None  # local-only baseline epochs; None = rounds * epochs
+    local_epochs: int | None = None  # local-only baseline epochs; None = rounds * hyper.epochs
     central_epochs: int | None = None  # centralized baseline epochs; None = the fleet's total compute
 
     def __post_init__(self) -> None:
@@ -77,8 +91,6 @@ class SimConfig:
             raise ConfigError(f"--transport {self.transport!r}: use memory or mqtt")
         if self.profiles and self.transport != "mqtt":
             raise ConfigError("--profiles needs --transport mqtt (traces run on real time)")
-        if self.clients_per_round < 1:
-            raise ConfigError("--clients-per-round must be >= 1")
         if self.personalization not in PERSONALIZATION:
             raise ConfigError(f"--personalization {self.personalization!r}: choose one of {PERSONALIZATION}")
         if self.finetune_steps < 0 or self.new_device_steps < 0:
@@ -105,7 +117,57 @@ class SimConfig:
             raise ConfigError(f"--attack: {exc}") from None
 
     @property
-    def strategy_options(self) -> dict:
-        """The aggregation options set here, by CoordinatorConfig field name."""
-        names = ("prox_mu", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+    def agent_timings(self) -> AgentConfig:
+        return self.agent or AGENT_PRESETS[self.transport]
+
+
+def with_options(cfg: CoordinatorConfig, **options) -> CoordinatorConfig:
+    """`cfg` with fields changed by name wherever they sit: `lr` is hyper.lr, `quant_bits` is
+    compression.quant_bits, `strategy` is the coordinator's own (the three share no name).
+
+    Raises ConfigError for a name none of them has, or a value one of them refuses.
+    """
+    nested = {"hyper": TaskHyper, "compression": CompressionSpec, "robust": RobustConfig}
+    parts: dict[str, dict] = {"": {}, **{name: {} for name in nested}}
+    owner = {f.name: "" for f in fields(CoordinatorConfig) if f.name not in nested}
+    owner.update({f.name: part for part, cls in nested.items() for f in fields(cls)})
+    for name, value in options.items():
+        if name not in owner:
+            raise ConfigError(f"{name!r} is not a coordinator, hyper, compression or robust setting")
+        parts[owner[name]][name] = value
+    try:
+        changed = {part: replace(getattr(cfg, part), **values) for part, values in parts.items() if part and values}
+        return replace(cfg, **parts[""], **changed)
+    except (TypeError, ValueError, FedgeError) as exc:  # a __post_init__ check of a nested config
+        raise ConfigError(str(exc)) from None
+
+
+def sim_config(base: SimConfig | None = None, **options) -> SimConfig:
+    """A SimConfig from flat options: SimConfig's own fields, and any coordinator, hyper or
+    compression field by name (with_options), on top of `base` (default: the preset).
+
+        sim_config(dataset="digits", devices=8, clients_per_round=4, lr=0.1, quant_bits=4)
+    """
+    base = base or SimConfig()
+    own = {f.name for f in fields(SimConfig)}
+    mine = {k: v for k, v in options.items() if k in own}
+    rest = {k: v for k, v in options.items() if k not in own}
+    coordinator = with_options(mine.pop("coordinator", base.coordinator), **rest)
+    return replace(base, coordinator=coordinator, **mine)
+
+
+def load_device_tables(path: str | Path) -> tuple[EligibilityPolicy, AgentConfig | None]:
+    """A device TOML's [eligibility] and [agent] tables, for every simulated device (the rest of
+    a device's file names one board); no [agent] table: None, the transport's preset."""
+    data, name = load_toml(path), Path(path).name
+    policy = from_dict(EligibilityPolicy, data.get("eligibility", {}), f"{name}[eligibility]")
+    agent = from_dict(AgentConfig, data["agent"], f"{name}[agent]") if "agent" in data else None
+    return policy, agent
+
+
+def effective_hyper(hyper: TaskHyper, backend: str) -> TaskHyper:
+    """The hyperparameters a simulated device gets: no momentum where it means nothing (AdamW)
+    or cannot run (the ort-training backend's SGD)."""
+    if hyper.optimizer != "sgd" or backend == "ort-training":
+        return replace(hyper, momentum=0.0)
+    return hyper

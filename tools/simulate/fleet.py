@@ -20,7 +20,6 @@ from typing import Callable
 import numpy as np
 
 from fedge.coordinator.config import CoordinatorConfig
-from fedge.coordinator.robust.aggregators import RobustConfig
 from fedge.coordinator.rounds import Phase
 from fedge.coordinator.server import Coordinator
 from fedge.coordinator.strategies import strategy_from_config
@@ -28,7 +27,7 @@ from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.model_runtime import ModelRuntime
-from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.edge_runtime.trainer import available_backends, make_backend
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.models.build import build_artifacts
@@ -37,7 +36,7 @@ from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, 
 
 from . import adversary
 from . import baselines as baseline_runs
-from .config import SimConfig
+from .config import SimConfig, effective_hyper
 from .personalization import personalized_spec
 from .attacks import Collusion, backdoor_success
 from .conspiracy import Conspiracy
@@ -165,16 +164,12 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     backend = available_backends()[0] if cfg.backend == "auto" else cfg.backend
-    hyper = TaskHyper(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
-                      momentum=_momentum(cfg, backend))
-    compression = CompressionSpec(quant_bits=cfg.quant_bits, topk_fraction=cfg.topk_fraction,
-                                  error_feedback=cfg.error_feedback)
-    options = cfg.strategy_options
-    ccfg = CoordinatorConfig(clients_per_round=min(cfg.clients_per_round, len(data.clients)),
-                             over_selection=cfg.over_selection, seed=cfg.seed, hyper=hyper, compression=compression,
-                             round_deadline_s=cfg.round_deadline_s, artifacts_dir=str(art_dir),
-                             strategy=cfg.strategy, aggregator=cfg.aggregator,
-                             robust=RobustConfig(bucket_size=cfg.bucket_size), **options)
+    hyper = effective_hyper(cfg.coordinator.hyper, backend)
+    base = cfg.coordinator
+    # What a simulation always sets, whatever the config says (config.py's docstring says why).
+    wanted = min(base.clients_per_round, len(data.clients))
+    ccfg = replace(base, clients_per_round=wanted, min_reports=min(base.min_reports, wanted), seed=cfg.seed,
+                   hyper=hyper, artifacts_dir=str(art_dir), state_db="")
     attack = cfg.attack_spec
     attackers = adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed) if attack else frozenset()
     rng = np.random.default_rng([cfg.seed, 0xBAD])
@@ -184,7 +179,7 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     if attack is not None and attack.name in adversary.COLLUDING:
         if cfg.transport != "memory":
             raise ConfigError(f"--attack {attack.name}: colluding attacks run on the in-memory transport only")
-        conspiracy = Conspiracy(attack, attackers, compression, ccfg.clients_per_round,
+        conspiracy = Conspiracy(attack, attackers, ccfg.compression, ccfg.clients_per_round,
                                 strategy_from_config(ccfg).server_lr)
     setup = FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, scratch, tuple(new_clients),
                        attackers, poisoned, conspiracy)
@@ -203,7 +198,10 @@ class InMemoryFleet:
         self.coordinator.start()
         self.runtimes = [setup.runtime(client) for client in setup.data.clients]
         self.conspiracy = setup.conspiracy
-        self.agents = [DeviceAgent(rt, self._link(rt.device_id), clock=self.clock) for rt in self.runtimes]
+        a = setup.cfg.agent_timings
+        self.agents = [DeviceAgent(rt, self._link(rt.device_id), clock=self.clock, checkin_s=a.checkin_s,
+                                   republish_s=a.republish_s, fetch_timeout_s=a.fetch_timeout_s)
+                       for rt in self.runtimes]
         for agent in self.agents:
             agent.start()
         self.order_rng = np.random.default_rng([setup.cfg.seed, 1])
@@ -293,7 +291,7 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
     if setup.new_clients:
         result.new_devices = scorer.new_devices(final)
     if cfg.baselines:
-        total_epochs = cfg.rounds * cfg.epochs
+        total_epochs = cfg.rounds * setup.hyper.epochs
         if "local" in cfg.baselines:
             result.baselines["local_only"] = baseline_runs.local_only(model, data, setup.hyper, cfg.local_epochs or total_epochs,
                                                                       backend, cfg.seed)
@@ -309,7 +307,8 @@ def _what_ran(setup: FleetSetup) -> dict:
     and the split, and a round cannot ask for more devices than exist."""
     data = setup.data
     everyone = data.clients + setup.new_clients
-    out = {"backend": setup.backend, "clients_per_round": setup.ccfg.clients_per_round,
+    # The coordinator config as it ran (fleet-set fields and effective momentum included).
+    out = {"backend": setup.backend, "coordinator": asdict(setup.ccfg),
            "data": {"devices": len(everyone), "num_classes": data.num_classes, "input_shape": list(data.input_shape),
                     "train_examples": sum(len(c.y_train) for c in everyone),
                     "test_examples": sum(len(c.y_test) for c in everyone),
@@ -317,14 +316,6 @@ def _what_ran(setup: FleetSetup) -> dict:
     if setup.cfg.data_dir:
         out.update(devices=len(everyone), dataset=data.name, partition="files", alpha=None, classes_per_client=None)
     return out
-
-
-def _momentum(cfg: SimConfig, backend: str) -> float:
-    if cfg.optimizer != "sgd":
-        return 0.0
-    if cfg.momentum is not None:
-        return cfg.momentum
-    return 0.0 if backend == "ort-training" else 0.9
 
 
 def _drain(coordinator: Coordinator, agents: list[DeviceAgent], rng: np.random.Generator) -> bool:

@@ -20,7 +20,6 @@ from fedge.coordinator.loop import CoordinatorLoop
 from fedge.coordinator.service import coordinator_link
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.kernel.clock import SystemClock
-from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.eligibility_monitor import EligibilityMonitor
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.loop import AgentLoop
@@ -108,7 +107,7 @@ class SimDevice:
         self.profile = profile
         self.rejoin_s = rejoin_s
         self.clock = SystemClock()
-        policy = EligibilityPolicy()
+        policy = setup.cfg.eligibility
         self.monitor = EligibilityMonitor(profile.trace_probe(self.clock), policy, self.clock) if profile.name != "reference" else None
         kwargs = {"eligibility": self.monitor.before, "abort_check": self.monitor.during} if self.monitor else {}
         self.runtime = setup.runtime(client, **kwargs)
@@ -130,9 +129,11 @@ class SimDevice:
                 transport.abort()  # first: the broker publishes the Last Will before a straggler fills in
                 self.plan.gone(self.runtime.device_id)
 
+            a = self.setup.cfg.agent_timings
             agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish, rng=self.rng,
-                                   plan=self.plan, checkin_s=30.0, republish_s=5.0)
-            self.loop = AgentLoop(agent)
+                                   plan=self.plan, checkin_s=a.checkin_s, republish_s=a.republish_s,
+                                   fetch_timeout_s=a.fetch_timeout_s)
+            self.loop = AgentLoop(agent, poll_s=a.poll_s)
             self.plan.back(self.runtime.device_id)
             try:
                 transport.connect(timeout=0)
@@ -167,7 +168,7 @@ class MqttFleet:
             self.coordinator = setup.coordinator(MqttTransport("coordinator", link).connect(), SystemClock())
             profiles = [load_profile(name) for name in cfg.profiles] or [DeviceProfile()]
             self.plan = StragglerPlan(cfg.seed)
-            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * cfg.round_deadline_s,
+            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * setup.ccfg.round_deadline_s,
                                       plan=self.plan)
                             for i, client in enumerate(setup.data.clients)]
             self.runtimes = [d.runtime for d in self.devices]
