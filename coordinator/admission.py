@@ -8,8 +8,8 @@ executes the answer. The restart replay builds its Accepted values with the same
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -17,8 +17,16 @@ from fedge.edge_runtime.kernel.protocol import Decline, Update
 
 from .errors import StaleRound, UpdateRejected
 from .store import StoredUpdate
-from .validation import (RoundContext, check_contents, check_control, check_current, check_not_seen, decode_delta,
-                         payload_digest, update_key)
+from .validation import (
+    RoundContext,
+    check_contents,
+    check_control,
+    check_current,
+    check_not_seen,
+    decode_delta,
+    payload_digest,
+    update_key,
+)
 
 Key = tuple[str, int, str]  # (device, round, update_id)
 

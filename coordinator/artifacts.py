@@ -18,9 +18,8 @@ publish a whole model again and again.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path, PurePosixPath
-
 from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 
 from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError, FedgeError
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest

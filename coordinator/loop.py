@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PublishRefused, TransportError
 

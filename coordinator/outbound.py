@@ -7,8 +7,16 @@ import logging
 
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PayloadTooLarge, PublishRefused
-from fedge.edge_runtime.kernel.protocol import (ANNOUNCE_TOPIC, Ack, Announcement, Pace, TrainTask, Update,
-                                                device_topic, model_part_topic)
+from fedge.edge_runtime.kernel.protocol import (
+    ANNOUNCE_TOPIC,
+    Ack,
+    Announcement,
+    Pace,
+    TrainTask,
+    Update,
+    device_topic,
+    model_part_topic,
+)
 from fedge.edge_runtime.kernel.transport.base import Transport
 
 from . import pace

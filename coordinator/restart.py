@@ -8,7 +8,7 @@ bit-identical to the one the stopped process held.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 

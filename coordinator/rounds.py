@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Union
 
 DECLINED = "declined"  # the pace reason after a decline (pace.py imports it from here)
 
@@ -98,7 +97,7 @@ class Committed:
     pass
 
 
-Event = Union[Replied, Declined, Tick, Stopped, Committed]
+Event = Replied | Declined | Tick | Stopped | Committed
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ class Pace:
     cause: str = ""  # the device's own reason (a decline's), which sets how soon it may retry (pace.py)
 
 
-Action = Union[Send, Aggregate, Commit, Abandon, Pace]
+Action = Send | Aggregate | Commit | Abandon | Pace
 
 
 # ------------------------------------------------------------------ the machine

@@ -25,8 +25,16 @@ import numpy as np
 from fedge.edge_runtime.kernel.clock import SystemClock
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.manifest import Manifest
-from fedge.edge_runtime.kernel.protocol import (CheckIn, Decline, FetchRequest, Status, Update, all_devices_topic,
-                                                device_of, device_topic)
+from fedge.edge_runtime.kernel.protocol import (
+    CheckIn,
+    Decline,
+    FetchRequest,
+    Status,
+    Update,
+    all_devices_topic,
+    device_of,
+    device_topic,
+)
 from fedge.edge_runtime.kernel.transport.base import Transport
 
 from . import backoff, pace
@@ -42,8 +50,24 @@ from .outbound import Outbound
 from .records import OpenRound, RoundRecord, open_round
 from .registry import Registry
 from .restart import restore_state, resume
-from .rounds import (SYNC, Abandon, Action, Aggregate, Commit, Committed, Declined, Event, Limits, Pace, Stopped,
-                     RoundMachine, Send, Tick, on_event, start)
+from .rounds import (
+    SYNC,
+    Abandon,
+    Action,
+    Aggregate,
+    Commit,
+    Committed,
+    Declined,
+    Event,
+    Limits,
+    Pace,
+    RoundMachine,
+    Send,
+    Stopped,
+    Tick,
+    on_event,
+    start,
+)
 from .sampling import sample_devices, selection_size
 from .store import Store, StoredDecline, StoredRound, StoredUpdate
 from .strategies import ServerState, Strategy
@@ -312,7 +336,8 @@ class Coordinator:
         if wanted == 0:
             return False
         round_id = self.next_round_id
-        selected = sample_devices(candidates, selection_size(wanted, cfg.over_selection, len(candidates)), cfg.seed, round_id)
+        selected = sample_devices(candidates, selection_size(wanted, cfg.over_selection, len(candidates)), cfg.seed,
+                                  round_id)
         now, wall = self.clock.now(), self.clock.wall()
         machine, actions = start(round_id, SYNC, (Limits(wanted, quorum, cfg.round_deadline_s),), tuple(selected),
                                  now, deadline=now + cfg.round_deadline_s)

@@ -27,13 +27,12 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
 from fedge.edge_runtime.kernel.configfile import load_config
 from fedge.edge_runtime.kernel.errors import ConfigError, PublishRefused
-from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.kernel.files import load_npz
-from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
 from .config import CoordinatorConfig
 from .loop import CoordinatorLoop
@@ -69,7 +68,8 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         if not self.coordinator.artifacts_dir:
-            raise ConfigError("[coordinator] artifacts_dir is required: build one with `fedge build-artifacts SPEC DIR`")
+            raise ConfigError("[coordinator] artifacts_dir is required: build one with `fedge build-artifacts SPEC "
+                              "DIR`")
 
 
 def load_service_config(path: str | Path) -> ServiceConfig:

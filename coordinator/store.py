@@ -166,7 +166,7 @@ class Store(Protocol):
     def load_devices(self) -> list[StoredDevice]: ...
 
 
-def open_store(config) -> "RoundStore | None":
+def open_store(config) -> RoundStore | None:
     """The store a CoordinatorConfig asks for (state_db, keep_versions); None when state_db is unset."""
     return RoundStore(config.state_db, keep_versions=config.keep_versions) if config.state_db else None
 

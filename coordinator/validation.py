@@ -17,8 +17,17 @@ from fedge.edge_runtime.kernel.errors import CodecError, NonFiniteValues, Payloa
 from fedge.edge_runtime.kernel.protocol import Decline, Update
 from fedge.edge_runtime.kernel.update_codec import decode_tensors
 
-from .errors import (BadFrame, BadShape, ConflictingUpdate, DuplicateUpdate, NonFinite, NormBound, Oversize, StaleRound,
-                     WrongModel)
+from .errors import (
+    BadFrame,
+    BadShape,
+    ConflictingUpdate,
+    DuplicateUpdate,
+    NonFinite,
+    NormBound,
+    Oversize,
+    StaleRound,
+    WrongModel,
+)
 
 
 @dataclass(frozen=True)
@@ -78,13 +87,15 @@ def check_not_seen(update: Update, seen: dict[tuple[str, int, str], str]) -> Non
         return
     if digest == payload_digest(update):
         raise DuplicateUpdate(f"update {update.update_id} from {update.device_id} already counted")
-    raise ConflictingUpdate(f"update {update.update_id} from {update.device_id} reuses a counted key with a different payload")
+    raise ConflictingUpdate(f"update {update.update_id} from {update.device_id} reuses a counted key with a different "
+                            "payload")
 
 
 def check_contents(update: Update, ctx: RoundContext) -> dict[str, np.ndarray]:
     """Model, shapes, indices, finiteness and norm; returns the dense delta."""
     if update.model_id != ctx.model_id or update.base_version != ctx.model_version:
-        raise WrongModel(f"update for model {update.model_id} v{update.base_version}, round uses {ctx.model_id} v{ctx.model_version}")
+        raise WrongModel(f"update for model {update.model_id} v{update.base_version}, round uses {ctx.model_id} "
+                         f"v{ctx.model_version}")
     if update.num_examples <= 0:
         raise BadShape(f"num_examples must be > 0, got {update.num_examples}")
     return _dense(update.payload, ctx.shapes, ctx.norm_bound, "update")

@@ -21,11 +21,36 @@ from .journal import DeviceJournal
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
 from .kernel.errors import CodecError, PayloadTooLarge
-from .kernel.protocol import (ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, Ack, Announcement, ArtifactFile, Decline,
-                              ModelPart, Pace, Status, TrainTask, Update, device_topic)
+from .kernel.protocol import (
+    ANNOUNCE_TOPIC,
+    MODEL_PARTS_FILTER,
+    Ack,
+    Announcement,
+    ArtifactFile,
+    Decline,
+    ModelPart,
+    Pace,
+    Status,
+    TrainTask,
+    Update,
+    device_topic,
+)
 from .kernel.transport.base import Message, Transport, topic_matches
-from .task import (Acked, Failed, FetchInputs, InputsReady, InvalidTransition, Received, Refused, SendDecline,
-                   SendUpdate, TaskState, Train, Trained, on_event)
+from .task import (
+    Acked,
+    Failed,
+    FetchInputs,
+    InputsReady,
+    InvalidTransition,
+    Received,
+    Refused,
+    SendDecline,
+    SendUpdate,
+    TaskState,
+    Train,
+    Trained,
+    on_event,
+)
 from .uplink import Uplink
 
 log = logging.getLogger("fedge.agent")
@@ -78,7 +103,8 @@ class DeviceAgent:
     @staticmethod
     def last_will(device_id: str) -> Message:
         """The Status the broker publishes (retained) if this device vanishes."""
-        return Message(device_topic(device_id, "status"), encode_message(Status(device_id, False, "link lost")), retain=True)
+        return Message(device_topic(device_id, "status"), encode_message(Status(device_id, False, "link lost")),
+                       retain=True)
 
     def start(self) -> None:
         for channel in ("task", "ack", "artifact"):
@@ -131,7 +157,8 @@ class DeviceAgent:
             for task in self.delivery.on_part(message):
                 self._train(task)
         elif getattr(message, "device_id", None) != self.device_id and not isinstance(message, ArtifactFile):
-            log.warning("device %s ignored %s addressed to someone else on %s", self.device_id, type(message).__name__, msg.topic)
+            log.warning("device %s ignored %s addressed to someone else on %s", self.device_id, type(message).__name__,
+                        msg.topic)
         elif isinstance(message, TrainTask):
             self._on_task(message)
         elif isinstance(message, Ack):

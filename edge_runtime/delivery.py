@@ -13,9 +13,9 @@ served; the agent turns that into task events. Time comes in as arguments; it ne
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .fetch import ArtifactDownload
 from .kernel.codec import encode_message

@@ -22,24 +22,24 @@ import hashlib
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from .journal import DeviceJournal, commit_task_state
 from .kernel.compress import decompress_update
 from .kernel.errors import ArtifactError, CodecError, ConfigError, FedgeError, PayloadTooLarge, TaskAborted
-from .journal import DeviceJournal, commit_task_state
-from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .kernel.manifest import check_params
+from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
+from .kernel.update_codec import decode_dense, dense_fp32_bytes
+from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .model_runtime import ModelRuntime
 from .personalize import PINNABLE, head_params, tune_head
 from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
-from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
-from .kernel.update_codec import decode_dense, dense_fp32_bytes
 
 log = logging.getLogger("fedge.device")
 

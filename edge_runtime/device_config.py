@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernel.configfile import load_config
 from .device import LocalData
 from .eligibility import EligibilityPolicy
+from .kernel.configfile import load_config
 from .kernel.errors import ConfigError, DatasetError
 from .kernel.files import load_npz
 from .kernel.transport.settings import MqttSettings
@@ -91,7 +91,8 @@ class DeviceConfig:
             raise ConfigError(f"broker.username {self.broker.username!r} must equal device_id {self.device_id!r}: "
                               "the broker uses the username as client id and the ACL keys topics on it")
         if not self.data.npz:
-            raise ConfigError("[data] npz = PATH is required: the device's own examples (x_train, y_train, x_test, y_test)")
+            raise ConfigError("[data] npz = PATH is required: the device's own examples (x_train, y_train, x_test, "
+                              "y_test)")
 
 
 def load_device_config(path: str | Path) -> DeviceConfig:

@@ -114,7 +114,8 @@ def parse_window(text: str) -> tuple[int, int]:
     try:
         start, end = (parse_hhmm(part) for part in text.split("-"))
     except ValueError:
-        raise ConfigError(f"eligibility.window {text!r}: use local time \"HH:MM-HH:MM\", e.g. \"01:00-06:00\"") from None
+        raise ConfigError(f"eligibility.window {text!r}: use local time \"HH:MM-HH:MM\", e.g. "
+                          "\"01:00-06:00\"") from None
     if start == end:
         raise ConfigError(f"eligibility.window {text!r} is empty; leave window out to allow all day")
     return start, end
@@ -147,7 +148,8 @@ def failing(policy: EligibilityPolicy, facts: DeviceFacts, phase: str) -> tuple[
         reasons.append("too_hot")
     # Training itself keeps the CPU busy, so idle CPU is a precondition only: checked
     # during training it would abort every task it let start.
-    if phase == "before" and facts.cpu_idle_percent is not None and facts.cpu_idle_percent < policy.min_cpu_idle_percent:
+    idle = facts.cpu_idle_percent
+    if phase == "before" and idle is not None and idle < policy.min_cpu_idle_percent:
         reasons.append("cpu_busy")
     if facts.free_memory_mb is not None and facts.free_memory_mb < policy.min_free_memory_mb:
         reasons.append("low_memory")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from .kernel.clock import SystemClock
 from .eligibility import DeviceFacts, EligibilityPolicy, evaluate
+from .kernel.clock import SystemClock
 from .probes import FactSource
 
 log = logging.getLogger("fedge.eligibility")

@@ -14,15 +14,16 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 from .kernel.errors import ArtifactError, ArtifactIntegrityError
-from .kernel.manifest import MANIFEST_FILE, Manifest, load_manifest
 from .kernel.files import atomic_write_bytes
+from .kernel.manifest import MANIFEST_FILE, Manifest, load_manifest
 from .kernel.protocol import ArtifactFile
 
 
 class ArtifactDownload:
     def __init__(self, model_id: str, manifest_sha256: str, dest: str | Path):
         if not manifest_sha256:
-            raise ArtifactError(f"model {model_id}: the task carries no manifest hash, so fetched files cannot be verified")
+            raise ArtifactError(f"model {model_id}: the task carries no manifest hash, so fetched files cannot be "
+                                "verified")
         self.model_id = model_id
         self.manifest_sha256 = manifest_sha256
         self.dest = Path(dest)
@@ -46,7 +47,8 @@ class ArtifactDownload:
         digest = hashlib.sha256(item.data).hexdigest()
         if item.path == MANIFEST_FILE:
             if digest != self.manifest_sha256:
-                raise ArtifactIntegrityError(f"model {self.model_id}: manifest sha256 {digest[:12]}... is not the task's {self.manifest_sha256[:12]}...")
+                raise ArtifactIntegrityError(f"model {self.model_id}: manifest sha256 {digest[:12]}... is not the "
+                                             f"task's {self.manifest_sha256[:12]}...")
             manifest = Manifest.from_json(item.data.decode("utf-8", "replace"))
             if manifest.model_id != self.model_id:
                 raise ArtifactIntegrityError(f"manifest names model {manifest.model_id}, task wants {self.model_id}")

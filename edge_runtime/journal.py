@@ -20,8 +20,8 @@ state through `record`; the agent reads and clears the rest.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message

@@ -9,8 +9,8 @@ the correction c - c_i to every shared param's gradient (models/graphs.py), on e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

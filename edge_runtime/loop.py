@@ -19,7 +19,8 @@ log = logging.getLogger("fedge.device.loop")
 class AgentLoop:
     def __init__(self, agent: DeviceAgent, poll_s: float = 0.2):
         self.agent = agent
-        self.poll_s = poll_s  # longest wait for a message before doing timed work (seconds); the agent reads its own clock
+        # Longest wait for a message before doing timed work (seconds); the agent reads its own clock.
+        self.poll_s = poll_s
         self.stop_event = threading.Event()
 
     def run(self) -> None:

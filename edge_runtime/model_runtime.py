@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from .kernel.errors import DatasetError, ManifestMismatch
-from .kernel.manifest import Manifest, load_manifest
 from .kernel.files import load_npz
+from .kernel.manifest import Manifest, load_manifest
 
 EMBED_CHUNK = 512  # examples per backbone call: bounds peak memory on small boards
 

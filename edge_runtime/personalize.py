@@ -21,8 +21,8 @@ import math
 import numpy as np
 
 from .kernel.errors import TrainingError, UnsupportedByBackend
-from .local_training import step_hyper
 from .kernel.protocol import TaskHyper
+from .local_training import step_hyper
 from .trainer.base import Params, TrainerBackend, fresh_optimizer_state
 
 HEADS = ("global", "personal")

@@ -13,9 +13,9 @@ last step that compresses sets `sent` (what goes on the wire, as CompressedTenso
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import reduce
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -14,13 +14,14 @@ import dataclasses
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import psutil
 
-from .kernel.clock import SystemClock
 from .eligibility import DeviceFacts, EligibilityPolicy, evaluate, explain, failing
+from .kernel.clock import SystemClock
 from .sysfs_facts import IGNORED_THERMAL_TYPES, read_link, read_power, read_temperature
 
 Runner = Callable[[Sequence[str]], "str | None"]  # argv -> stdout; None if missing or failed
@@ -140,7 +141,8 @@ class SystemProbe:
         if cached is None:
             sources["metered"] = f"nmcli still running for {interface} (unknown until it answers)"
             return None
-        sources["metered"] = f"nmcli GENERAL.METERED of {interface}" if cached[1] is not None else "nmcli unavailable or unsure"
+        known = cached[1] is not None
+        sources["metered"] = f"nmcli GENERAL.METERED of {interface}" if known else "nmcli unavailable or unsure"
         return cached[1]
 
     def _ask_nmcli(self, interface: str, asked_at: float) -> None:

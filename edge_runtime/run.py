@@ -8,14 +8,14 @@ import threading
 from pathlib import Path
 
 from .agent import DeviceAgent
-from .kernel.clock import SystemClock
 from .device import DeviceRuntime
 from .device_config import DeviceConfig, load_local_data
 from .eligibility_monitor import EligibilityMonitor
-from .loop import AgentLoop
+from .kernel.clock import SystemClock
 from .kernel.manifest import MANIFEST_FILE
-from .probes import SystemProbe
 from .kernel.transport.mqtt import MqttTransport
+from .loop import AgentLoop
+from .probes import SystemProbe
 
 log = logging.getLogger("fedge.device")
 

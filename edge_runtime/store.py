@@ -32,7 +32,6 @@ import numpy as np
 
 from .kernel.files import Arrays, atomic_write_bytes, load_npz
 
-
 _STAGEABLE = ("personal", "opt_state", "residual", "control", "control_residual", "control_undo")
 
 

@@ -118,7 +118,8 @@ def classify_interface(root: str | Path, name: str) -> str:
     return "unknown"
 
 
-def read_temperature(root: str | Path, ignored_types: tuple[str, ...] = IGNORED_THERMAL_TYPES) -> tuple[float | None, str]:
+def read_temperature(root: str | Path,
+                     ignored_types: tuple[str, ...] = IGNORED_THERMAL_TYPES) -> tuple[float | None, str]:
     """The hottest plausible reading in degrees C over thermal zones (hwmon if none)."""
     readings: list[tuple[float, str]] = []
     for zone in sorted(Path(root, "sys/class/thermal").glob("thermal_zone*")):

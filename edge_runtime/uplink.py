@@ -11,7 +11,7 @@ injected clock passed in by the agent; never sleeps.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import encode_message

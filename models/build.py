@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.backends import available_backends
-from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, compute_model_id, sha256_file
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, compute_model_id, sha256_file
 
 from .graphs import OPTIMIZERS, build_backbone, build_eval, build_train_step, heads_of
 from .params import init_params, param_infos

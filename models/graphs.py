@@ -185,7 +185,8 @@ def build_train_step(spec: ModelSpec, values: dict[str, np.ndarray], optimizer: 
     trainable = {p.name: gb.input(p.name, list(p.shape)) for p in infos}
     state = {s: gb.input(s, list(p.shape)) for p in infos for s in optimizer_state_names(optimizer, p.name)}
     hyper = {h: gb.input(h, []) for h in hyper_names(optimizer)}
-    anchors = {p.name: (gb.input(f"{p.name}.global", list(p.shape)), gb.input(f"{p.name}.correction", list(p.shape))) for p in infos if p.role == "shared"}
+    anchors = {p.name: (gb.input(f"{p.name}.global", list(p.shape)), gb.input(f"{p.name}.correction", list(p.shape)))
+               for p in infos if p.role == "shared"}
 
     feats, traces, logits = emit_forward(gb, spec, values, z, trainable)
     grads, loss = _emit_backward(gb, spec, z, y, feats, traces, logits, trainable)

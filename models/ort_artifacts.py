@@ -31,14 +31,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from fedge.edge_runtime.kernel.ort_loader import load_ort_training
 from fedge.edge_runtime.kernel.artifact_layout import BAKED_ADAMW, OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
+from fedge.edge_runtime.kernel.ort_loader import load_ort_training
 
 from .graphs import emit_cross_entropy, emit_forward
 from .onnx_builder import GraphBuilder
 from .params import param_infos
 from .spec import ModelSpec
-
 
 # Every name generate_ort_artifacts leaves in ORT_DIR: an older build may be replaced, a folder
 # holding anything else is the user's and is never deleted.
@@ -65,7 +64,8 @@ def build_loss_model(spec: ModelSpec, values: dict[str, np.ndarray]) -> onnx.Mod
     anchors = {}
     for p in trainable:
         if p.role == "shared":
-            anchors[p.name] = (gb.input(f"{p.name}.global", list(p.shape)), gb.input(f"{p.name}.correction", list(p.shape)))
+            anchors[p.name] = (gb.input(f"{p.name}.global", list(p.shape)),
+                               gb.input(f"{p.name}.correction", list(p.shape)))
     params = {p.name: gb.initializer(p.name, values[p.name]) for p in trainable}
     _, _, logits = emit_forward(gb, spec, values, z, params)  # adds the frozen dense params it uses
 
@@ -143,7 +143,8 @@ def generate_ort_artifacts(spec: ModelSpec, values: dict[str, np.ndarray], outdi
     with tempfile.TemporaryDirectory(dir=outdir, prefix=".ort-") as tmp:
         # loss=None: the model's first output is the loss already, so ORT adds no loss block.
         with _quiet_gradient_builder():
-            artifacts.generate_artifacts(model, requires_grad=requires_grad, frozen_params=frozen, loss=None, artifact_directory=tmp)
+            artifacts.generate_artifacts(model, requires_grad=requires_grad, frozen_params=frozen, loss=None,
+                                         artifact_directory=tmp)
         Path(tmp, "eval_model.onnx").unlink()  # predict() runs the portable eval.onnx instead
         trainable = [numpy_helper.from_array(np.ascontiguousarray(values[n], np.float32), n) for n in requires_grad]
         sgd = _optimizer_model(onnxblock, onnxblock.optim.SGD(), trainable)

@@ -15,7 +15,8 @@ def param_infos(spec: ModelSpec) -> tuple[ParamInfo, ...]:
     shape = spec.tail_input_shape
     for layer, out_shape in zip(spec.layers, spec.feature_shapes()):
         if layer.kind == "conv":
-            infos.append(ParamInfo(f"{layer.name}.weight", (layer.units, shape[0], layer.kernel, layer.kernel), "frozen"))
+            infos.append(ParamInfo(f"{layer.name}.weight", (layer.units, shape[0], layer.kernel, layer.kernel),
+                                   "frozen"))
             infos.append(ParamInfo(f"{layer.name}.bias", (layer.units,), "frozen"))
         elif layer.kind == "dense":
             fan_in = shape[0]

@@ -187,7 +187,7 @@ class ModelSpec:
         d["layers"] = [asdict(layer) for layer in self.layers]
         return d
 
-    def with_input(self, input_shape: tuple[int, ...], num_classes: int) -> "ModelSpec":
+    def with_input(self, input_shape: tuple[int, ...], num_classes: int) -> ModelSpec:
         return replace(self, input_shape=tuple(input_shape), num_classes=num_classes)
 
 def spec_from_dict(data: dict, where: str = "spec") -> ModelSpec:
@@ -227,7 +227,8 @@ def mlp_spec(
     modes = modes or tuple("lora" for _ in hidden)
     if len(modes) != len(hidden):
         raise ConfigError(f"mlp_spec: {len(hidden)} hidden layers but {len(modes)} modes")
-    layers = tuple(LayerSpec(name=f"fc{i + 1}", kind="dense", units=u, mode=m) for i, (u, m) in enumerate(zip(hidden, modes)))
+    layers = tuple(LayerSpec(name=f"fc{i + 1}", kind="dense", units=u, mode=m)
+                   for i, (u, m) in enumerate(zip(hidden, modes)))
     return ModelSpec(
         name=name,
         input_shape=(input_features,),

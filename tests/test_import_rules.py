@@ -58,7 +58,8 @@ def _where(path: Path, line: int) -> str:
 def test_the_scan_sees_the_whole_tree():
     assert len(ALL) > 150
     assert any(name == "fedge.edge_runtime.kernel.errors" for _, name in _imports(REPO / "coordinator" / "errors.py"))
-    assert any(name.startswith("fedge.edge_runtime.kernel.") for _, name in _imports(REPO / "coordinator" / "server.py"))
+    assert any(name.startswith("fedge.edge_runtime.kernel.")
+               for _, name in _imports(REPO / "coordinator" / "server.py"))
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(REPO)))

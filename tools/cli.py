@@ -9,7 +9,6 @@ import sys
 
 from fedge.edge_runtime.kernel.errors import FedgeError
 
-
 # Which extra a command needs, and which extra brings each module the commands import lazily:
 # a missing module is named with its fix, not a traceback.
 COMMAND_EXTRAS = {"simulate": "sim", "data": "sim", "bench": "sim", "build-artifacts": "models",
@@ -100,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="write per-device .npz files from a dataset shipped in a wheel")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    d = dsub.add_parser("split", help="split a dataset over N devices: DIR/<device>.npz (x_train, y_train, x_test, y_test)")
+    d = dsub.add_parser("split",
+                        help="split a dataset over N devices: DIR/<device>.npz (x_train, y_train, x_test, y_test)")
     d.add_argument("--dataset", choices=DATASETS, default="mnist5k")
     d.add_argument("--devices", type=int, default=2)
     d.add_argument("--partition", choices=PARTITIONS, default="dirichlet")
@@ -162,7 +162,8 @@ def _dispatch(args) -> int:
 
         manifest = build_artifacts(spec_from_args(args), args.outdir,
                                    ort_training={"auto": None, "yes": True, "no": False}[args.ort_training])
-        print(f"built {manifest.name} (model_id {manifest.model_id}) in {args.outdir}: {', '.join(sorted(manifest.files))}")
+        print(f"built {manifest.name} (model_id {manifest.model_id}) in {args.outdir}: "
+              f"{', '.join(sorted(manifest.files))}")
         return 0
     if args.command == "device":
         return _device(args)
@@ -198,7 +199,8 @@ def _data_split(args) -> int:
         buf = io.BytesIO()
         np.savez(buf, x_train=client.x_train, y_train=client.y_train, x_test=client.x_test, y_test=client.y_test)
         atomic_write_bytes(out / f"{client.client_id}.npz", buf.getvalue())
-    print(f"wrote {len(data.clients)} files to {out} ({data.name}, {args.partition}; ids {data.clients[0].client_id}...)")
+    print(f"wrote {len(data.clients)} files to {out} ({data.name}, {args.partition}; ids "
+          f"{data.clients[0].client_id}...)")
     return 0
 
 

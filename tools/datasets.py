@@ -61,7 +61,7 @@ class FederatedDataset:
     image_shape: tuple[int, int, int] | None  # (channels, height, width) when x is an image
     transforms: tuple[FeatureTransform, ...] = ()  # per client, for the "feature" partition
 
-    def subset(self, start: int, stop: int | None = None) -> "FederatedDataset":
+    def subset(self, start: int, stop: int | None = None) -> FederatedDataset:
         """The same dataset restricted to clients[start:stop] (e.g. to hold some devices out)."""
         return replace(self, clients=self.clients[start:stop], transforms=self.transforms[start:stop])
 

@@ -144,13 +144,13 @@ def _deal(shard_class: np.ndarray, num_clients: int, per: int, rng: np.random.Ge
             return slots
         a, j = dup[rng.integers(len(dup))]
         c = cls[a, j]
-        # Swap with a shard (b, l) whose class is new to row a, into a row b without class c.
+        # Swap with a shard (b, k) whose class is new to row a, into a row b without class c.
         ok = (cls != c) & ~np.isin(cls, np.delete(cls[a], j)) & ~(cls == c).any(axis=1)[:, None]
         cand = np.argwhere(ok)
         if len(cand) == 0:
             break
-        b, l = cand[rng.integers(len(cand))]
-        slots[a, j], slots[b, l] = slots[b, l], slots[a, j]
+        b, k = cand[rng.integers(len(cand))]
+        slots[a, j], slots[b, k] = slots[b, k], slots[a, j]
     # Repair got stuck (e.g. per == num_classes). Deal round-robin instead: with shards
     # grouped by class, client k takes positions k, k + K, k + 2K, ..., which are distinct
     # classes whenever no class has more than K shards. Less random pairings, same guarantee.

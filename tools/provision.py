@@ -2,7 +2,7 @@
 
     fedge provision ca --out ca/
     fedge provision broker --out etc/ [--ca-dir ca/ --host broker.lan --host 10.0.0.5]
-    fedge provision device --id pi-007 --passwd-file etc/passwd --out creds/ [--url mqtts://broker.lan:8884 --ca-dir ca/]
+    fedge provision device --id pi-007 --passwd-file etc/passwd --out creds [--url mqtts://broker.lan:8884 --ca-dir ca/]
     fedge provision device --id pi-007 --cert --ca-dir ca/ --out creds/ [--url mqtts://broker.lan:8883]
     fedge provision coordinator --passwd-file etc/passwd --out creds/
 

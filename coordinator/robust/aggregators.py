@@ -30,8 +30,8 @@ The keep-all rules ignore claimed weights, as their papers do.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class RobustState:
         return out
 
     @classmethod
-    def from_extra(cls, group: dict[str, np.ndarray] | None) -> "RobustState":
+    def from_extra(cls, group: dict[str, np.ndarray] | None) -> RobustState:
         if not group:
             return cls()
         center = group.get("center")

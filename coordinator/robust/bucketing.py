@@ -17,7 +17,7 @@ Memory: O(k x model) for the updates, plus O(ceil(k/s) x model) for the buckets.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

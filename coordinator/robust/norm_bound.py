@@ -54,7 +54,7 @@ class NormHistory:
             return cfg.initial_bound or math.inf
         return cfg.multiplier * float(np.median(self.norms))
 
-    def record(self, norms, cfg: NormBoundConfig) -> "NormHistory":
+    def record(self, norms, cfg: NormBoundConfig) -> NormHistory:
         """The history after a committed round with these (pre-clip) norms."""
         norms = tuple(float(n) for n in norms if math.isfinite(n))
         return NormHistory((self.norms + norms)[-cfg.window :])

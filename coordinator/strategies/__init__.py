@@ -39,7 +39,7 @@ def make_strategy(name: str, hyper: TaskHyper, **options) -> Strategy:
         raise ConfigError(f"strategy {name!r}: {exc}") from None
 
 
-def strategy_from_config(config: "CoordinatorConfig") -> Strategy:
+def strategy_from_config(config: CoordinatorConfig) -> Strategy:
     """The strategy a CoordinatorConfig names, with the options that apply to it.
     server_lr = 0 picks the strategy's default (see CoordinatorConfig.server_lr)."""
     options: dict = {"server_lr": config.server_lr or None}

@@ -9,7 +9,8 @@ OPTIMIZER_FILES = {"sgd": "optimizer_sgd.onnx", "adamw": "optimizer_adamw.onnx"}
 BAKED_ADAMW = (0.9, 0.999, 1e-8, 0.0)  # (beta1, beta2, eps, weight_decay) in optimizer_adamw.onnx
 
 
-def set_adamw_attributes(model, beta1: float, beta2: float, eps: float, weight_decay: float, adam_mode: int = 0) -> None:
+def set_adamw_attributes(model, beta1: float, beta2: float, eps: float, weight_decay: float,
+                         adam_mode: int = 0) -> None:
     """Rewrite the AdamWOptimizer node of an ORT optimizer graph in place (0 = torch mode)."""
     floats = {"alpha": beta1, "beta": beta2, "epsilon": eps, "weight_decay": weight_decay}
     nodes = [n for n in model.graph.node if n.op_type == "AdamWOptimizer"]

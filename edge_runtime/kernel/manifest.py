@@ -67,18 +67,20 @@ class Manifest:
         return json.dumps(d, indent=2, sort_keys=False)
 
     @classmethod
-    def from_json(cls, text: str, where: str = MANIFEST_FILE) -> "Manifest":
+    def from_json(cls, text: str, where: str = MANIFEST_FILE) -> Manifest:
         try:
             d = json.loads(text)
             if d.get("format") != MANIFEST_FORMAT:
                 raise ArtifactError(
-                    f"{where}: manifest format {d.get('format')!r} is not {MANIFEST_FORMAT}; rebuild with `fedge build-artifacts`"
+                    f"{where}: manifest format {d.get('format')!r} is not {MANIFEST_FORMAT}; rebuild with `fedge "
+                    "build-artifacts`"
                 )
             return cls(
                 model_id=str(d["model_id"]),
                 name=str(d["name"]),
                 spec=dict(d["spec"]),
-                params=tuple(ParamInfo(p["name"], tuple(int(s) for s in p["shape"]), p["role"], p["dtype"]) for p in d["params"]),
+                params=tuple(ParamInfo(p["name"], tuple(int(s) for s in p["shape"]), p["role"], p["dtype"])
+                             for p in d["params"]),
                 input_shape=tuple(int(s) for s in d["input_shape"]),
                 embedding_shape=tuple(int(s) for s in d["embedding_shape"]),
                 heads=tuple(d["heads"]),
@@ -87,7 +89,8 @@ class Manifest:
         except ArtifactError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"{where}: not a valid fedge manifest ({exc}); rebuild with `fedge build-artifacts`") from None
+            raise ArtifactError(f"{where}: not a valid fedge manifest ({exc}); rebuild with `fedge "
+                                "build-artifacts`") from None
 
 
 def compute_model_id(spec: dict, params: tuple[ParamInfo, ...], values: dict[str, np.ndarray]) -> str:
@@ -113,7 +116,8 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     directory = Path(directory)
     path = directory / MANIFEST_FILE
     if not path.exists():
-        raise ArtifactError(f"{directory}: no {MANIFEST_FILE}; build artifacts with `fedge build-artifacts SPEC {directory}`")
+        raise ArtifactError(f"{directory}: no {MANIFEST_FILE}; build artifacts with `fedge build-artifacts SPEC "
+                            f"{directory}`")
     manifest = Manifest.from_json(path.read_text(), where=str(path))
     if verify:
         verify_files(directory, manifest)

@@ -38,7 +38,8 @@ class ModelAssembly:
         if part.sha256 != self.sha256 or part.index in self.parts:
             return None
         if part.count < 1 or not 0 <= part.index < part.count or (self.count and part.count != self.count):
-            raise RoundModelError(f"part {part.index} of {part.count} contradicts the other parts of {self.sha256[:12]}")
+            raise RoundModelError(f"part {part.index} of {part.count} contradicts the other parts of "
+                                  f"{self.sha256[:12]}")
         self.count = part.count
         self.size += len(part.data)
         if self.size > self.max_bytes:
@@ -63,7 +64,8 @@ def fill_task(task: TrainTask, model: RoundModel) -> TrainTask:
     model to the task; the ids are checked so that a coordinator bug cannot train the wrong one."""
     if (model.model_id, model.model_version, model.round_id) != (task.model_id, task.model_version, task.round_id):
         raise RoundModelError(f"round model {model.model_id} v{model.model_version} round {model.round_id} does not "
-                              f"belong to task {task.task_id} ({task.model_id} v{task.model_version} round {task.round_id})")
+                              f"belong to task {task.task_id} ({task.model_id} v{task.model_version} round "
+                              f"{task.round_id})")
     return dataclasses.replace(task, params=model.params, correction=model.correction, round_model_sha256="")
 
 

@@ -41,8 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compress import BITS, CompressedTensor
-from .errors import (ChecksumMismatch, MalformedPayload, NonFiniteValues, PayloadTooLarge, TruncatedPayload,
-                     UnsupportedVersion)
+from .errors import (
+    ChecksumMismatch,
+    MalformedPayload,
+    NonFiniteValues,
+    PayloadTooLarge,
+    TruncatedPayload,
+    UnsupportedVersion,
+)
 
 MAGIC = b"FDGU"
 FORMAT_VERSION = 2

@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+from ..kernel.backends import BACKENDS, available_backends
 from ..kernel.errors import BackendUnavailable
 from ..kernel.manifest import Manifest
-from ..kernel.backends import BACKENDS, available_backends
 from .base import Params, StepHyper, TrainerBackend, fresh_optimizer_state
+
 
 def make_backend(name: str, artifact_dir, manifest: Manifest, optimizer: str) -> TrainerBackend:
     if name == "auto":
@@ -37,4 +38,5 @@ def make_backend(name: str, artifact_dir, manifest: Manifest, optimizer: str) ->
     return NumpyBackend(artifact_dir, manifest, optimizer)
 
 
-__all__ = ["BACKENDS", "Params", "StepHyper", "TrainerBackend", "available_backends", "fresh_optimizer_state", "make_backend"]
+__all__ = ["BACKENDS", "Params", "StepHyper", "TrainerBackend", "available_backends", "fresh_optimizer_state",
+           "make_backend"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernel.manifest import Manifest
 from ..kernel.files import load_npz
+from ..kernel.manifest import Manifest
 from .base import Params, StepHyper, TrainerBackend, clip_step, fresh_optimizer_state, step_bound
 
 
@@ -141,7 +141,8 @@ class NumpyBackend(TrainerBackend):
         return loss
 
     def current(self):
-        return ({k: v.astype(np.float32) for k, v in self.params.items()}, {k: v.astype(np.float32) for k, v in self.state.items()})
+        return ({k: v.astype(np.float32) for k, v in self.params.items()},
+                {k: v.astype(np.float32) for k, v in self.state.items()})
 
     def predict(self, params, z):
         return self.model.forward({k: np.asarray(v, self.dtype) for k, v in params.items()}, z)[2]

@@ -33,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..kernel.artifact_layout import BAKED_ADAMW, OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
 from ..kernel.errors import UnsupportedByBackend
 from ..kernel.manifest import Manifest
-from .base import Params, StepHyper, TrainerBackend, clip_step, step_bound
-from ..kernel.artifact_layout import BAKED_ADAMW, OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
 from ..kernel.ort_loader import load_ort_training
+from .base import Params, StepHyper, TrainerBackend, clip_step, step_bound
 from .portable import import_onnxruntime, make_session
+
 
 class OrtTrainingBackend(TrainerBackend):
     name = "ort-training"
@@ -67,7 +68,8 @@ class OrtTrainingBackend(TrainerBackend):
     def start(self, params: Params, opt_state: Params | None, anchor: Params, correction: Params | None) -> None:
         # A fresh CheckpointState each run: ORT keeps optimizer moments in it (see module doc).
         state = self.api.CheckpointState.load_checkpoint(self.ort_dir / "checkpoint")
-        self.module = self.api.Module(self.ort_dir / "training_model.onnx", state, session_options=self._session_options())
+        self.module = self.api.Module(self.ort_dir / "training_model.onnx", state,
+                                      session_options=self._session_options())
         # Only after Module exists: in 1.19.2 writing a parameter of a bare loaded state segfaults.
         for name in self.trainable:
             state.parameters[name] = np.ascontiguousarray(params[name], np.float32)
@@ -78,7 +80,8 @@ class OrtTrainingBackend(TrainerBackend):
         for name in self.shared:
             extra[f"{name}.global"] = np.ascontiguousarray(anchor[name], np.float32)
             c = correction.get(name) if correction else None
-            extra[f"{name}.correction"] = np.ascontiguousarray(c, np.float32) if c is not None else np.zeros_like(extra[f"{name}.global"])
+            extra[f"{name}.correction"] = (np.ascontiguousarray(c, np.float32) if c is not None
+                                           else np.zeros_like(extra[f"{name}.global"]))
         self.extra = extra
         self.input_names = list(self.module.input_names())
 

@@ -62,7 +62,8 @@ class PortableBackend(TrainerBackend):
         for name in self.shared:
             arrays[f"{name}.global"] = np.ascontiguousarray(anchor[name], np.float32)
             c = correction.get(name) if correction else None
-            arrays[f"{name}.correction"] = np.ascontiguousarray(c, np.float32) if c is not None else np.zeros_like(arrays[name])
+            arrays[f"{name}.correction"] = (np.ascontiguousarray(c, np.float32) if c is not None
+                                            else np.zeros_like(arrays[name]))
         # Params and state stay OrtValues between steps: no numpy round trip per step.
         self.feeds = {k: self._ortvalue(v) for k, v in arrays.items()}
         self.param_names = list(params)

@@ -15,17 +15,27 @@ from fedge.coordinator.server import Coordinator
 from fedge.coordinator.store import RoundStore
 from fedge.coordinator.strategies import make_strategy
 from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.codec import HEADER_SIZE, TRAILER_SIZE, decode_message, encode_message
 from fedge.edge_runtime.kernel.compress import CompressedTensor, decompress_update
-from fedge.edge_runtime.device import DeviceRuntime, LocalData
-from fedge.edge_runtime.kernel.protocol import (MODEL_PARTS_FILTER, Ack, CheckIn, CompressionSpec, ModelPart, Pace,
-                                                RoundModel, TaskHyper, TrainTask, Update, all_devices_topic,
-                                                device_topic)
+from fedge.edge_runtime.kernel.protocol import (
+    MODEL_PARTS_FILTER,
+    Ack,
+    CheckIn,
+    CompressionSpec,
+    ModelPart,
+    Pace,
+    RoundModel,
+    TaskHyper,
+    TrainTask,
+    Update,
+    all_devices_topic,
+    device_topic,
+)
 from fedge.edge_runtime.kernel.round_model import ModelAssembly
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense, encode_tensors
-
 from tests.tiny_model import CLASSES, FEATURES
 
 HYPER = TaskHyper(epochs=2, batch_size=8, lr=0.1)

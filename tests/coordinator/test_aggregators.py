@@ -8,16 +8,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedge.coordinator.aggregate import (AGGREGATORS, Aggregator, KeepAll, MeanAggregator, UpdateMeta,
-                                         make_aggregator, register_aggregator, weighted_mean_naive)
+from fedge.coordinator.aggregate import (
+    AGGREGATORS,
+    Aggregator,
+    KeepAll,
+    MeanAggregator,
+    UpdateMeta,
+    make_aggregator,
+    register_aggregator,
+    weighted_mean_naive,
+)
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.memory_store import MemoryStore
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
-
-from tests.coordinator.fleet import (ManualDevice, assert_params, copy_params, decoded, make_fleet, nan_payload,
-                                     random_delta)
+from tests.coordinator.fleet import (
+    ManualDevice,
+    assert_params,
+    copy_params,
+    decoded,
+    make_fleet,
+    nan_payload,
+    random_delta,
+)
 from tests.tiny_model import build_tiny_model
 
 

@@ -12,12 +12,11 @@ import pytest
 
 from fedge.coordinator.artifacts import ArtifactServer
 from fedge.edge_runtime.agent import DeviceAgent
-from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.device import DeviceRuntime
+from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE
 from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, Announcement, ArtifactFile, FetchRequest, device_topic
-
 from tests.coordinator.fleet import ManualDevice, local_data, make_fleet
 from tests.tiny_model import build_tiny_model
 

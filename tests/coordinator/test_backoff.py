@@ -17,7 +17,6 @@ from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CheckIn, Decline, Pace, TrainTask, device_topic
-
 from tests.coordinator.fleet import ManualDevice, make_fleet
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 

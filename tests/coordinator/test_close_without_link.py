@@ -18,7 +18,6 @@ from fedge.edge_runtime.kernel.codec import decode_message
 from fedge.edge_runtime.kernel.errors import NotConnected
 from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, Announcement
 from fedge.edge_runtime.kernel.transport.base import Transport
-
 from tests.coordinator.fleet import make_fleet
 from tests.tiny_model import build_tiny_model
 

@@ -20,10 +20,21 @@ from fedge.coordinator.loop import CoordinatorLoop
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.protocol import (MESSAGE_TYPES, Ack, Announcement, ArtifactFile, CheckIn, Decline,
-                                                FetchRequest, ModelPart, Pace, RoundModel, Status, TaskHyper,
-                                                all_devices_topic)
-
+from fedge.edge_runtime.kernel.protocol import (
+    MESSAGE_TYPES,
+    Ack,
+    Announcement,
+    ArtifactFile,
+    CheckIn,
+    Decline,
+    FetchRequest,
+    ModelPart,
+    Pace,
+    RoundModel,
+    Status,
+    TaskHyper,
+    all_devices_topic,
+)
 from tests.coordinator.fleet import ManualDevice, assert_params, copy_params, fedavg_oracle, make_fleet, random_delta
 from tests.coordinator.hostile import CODES, as_map, mutate, named_reasons, raw_frame
 from tests.coordinator.test_malformed_flood import _rss

@@ -21,10 +21,19 @@ from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.protocol import Ack, Update, all_devices_topic
 from fedge.edge_runtime.kernel.update_codec import encode_dense
-
-from tests.coordinator.fleet import (ManualDevice, assert_params, bad_shape_payload, copy_params, decoded,
-                                     fedavg_oracle, make_fleet, nan_payload, out_of_range_index_payload,
-                                     random_delta, reframe)
+from tests.coordinator.fleet import (
+    ManualDevice,
+    assert_params,
+    bad_shape_payload,
+    copy_params,
+    decoded,
+    fedavg_oracle,
+    make_fleet,
+    nan_payload,
+    out_of_range_index_payload,
+    random_delta,
+    reframe,
+)
 from tests.tiny_model import build_tiny_model
 
 MAX_BYTES = 4096

@@ -23,8 +23,8 @@ from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import TrainTask, device_topic
 from fedge.edge_runtime.kernel.transport.chunks import split_message
-from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from tests.coordinator.fleet import EXACT, HYPER, ManualDevice, assert_params, copy_params, fedavg_oracle, random_delta
 from tests.coordinator.test_malformed_flood import KINDS, MAX_BYTES, PER_KIND, WARM_UP_PER_KIND, Flood, _rss
 from tests.tiny_model import build_tiny_model
@@ -78,7 +78,7 @@ def _flood(coordinator, flood: Flood, per_kind: int, rng) -> Counter:
             # which on a loaded machine would lose flood messages before they are judged.
             flood.a.t.flush(30), flood.b.t.flush(30)
             done = judged_before + sum(expected.values())
-            _pump_until(coordinator, lambda: sum(coordinator.rejections.values()) >= done)
+            _pump_until(coordinator, lambda: sum(coordinator.rejections.values()) >= done)  # noqa: B023 - called here
             flood.a.discard(), flood.b.discard()
     want = judged_before + sum(expected.values())
     _pump_until(coordinator, lambda: sum(coordinator.rejections.values()) >= want)

@@ -12,7 +12,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedge.coordinator.metrics import CoordinatorMetrics, serve_metrics
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CheckIn, FetchRequest
-
 from tests.coordinator.fleet import ManualDevice, make_fleet
 from tests.tiny_model import build_tiny_model
 

@@ -10,7 +10,6 @@ from fedge.coordinator import pace
 from fedge.coordinator.rounds import Declined, Replied, Tick, on_event, sync_round
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import Decline, Pace, Status, TrainTask
-
 from tests.coordinator.fleet import ManualDevice, make_fleet, random_delta
 from tests.tiny_model import build_tiny_model
 

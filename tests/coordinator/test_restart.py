@@ -22,8 +22,7 @@ from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.store import RoundStore, open_store
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, Decline, TrainTask
-
-from tests.coordinator.fleet import ManualDevice, copy_params, fedavg_oracle, assert_params, make_fleet, random_delta
+from tests.coordinator.fleet import ManualDevice, assert_params, copy_params, fedavg_oracle, make_fleet, random_delta
 from tests.tiny_model import build_tiny_model
 
 

@@ -10,7 +10,6 @@ from fedge.coordinator.robust.aggregators import RobustConfig, RobustState
 from fedge.coordinator.robust.norm_bound import NormBoundConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
-
 from tests.coordinator.fleet import ManualDevice, make_fleet, random_delta
 from tests.tiny_model import build_tiny_model
 

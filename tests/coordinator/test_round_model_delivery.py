@@ -16,7 +16,6 @@ from fedge.coordinator.config import CoordinatorConfig
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError, PayloadTooLarge
 from fedge.edge_runtime.kernel.protocol import FetchRequest, ModelPart, TrainTask, model_part_topic
-
 from tests.coordinator.fleet import ManualDevice, make_fleet
 from tests.tiny_model import build_tiny_model
 

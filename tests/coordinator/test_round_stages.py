@@ -9,8 +9,21 @@ import hashlib
 
 import pytest
 
-from fedge.coordinator.rounds import (Abandon, Aggregate, Commit, Committed, Declined, Limits, Phase, Replied,
-                                      Send, Stage, Tick, on_event, start)
+from fedge.coordinator.rounds import (
+    Abandon,
+    Aggregate,
+    Commit,
+    Committed,
+    Declined,
+    Limits,
+    Phase,
+    Replied,
+    Send,
+    Stage,
+    Tick,
+    on_event,
+    start,
+)
 
 COMMIT_REVEAL = (Stage("commit", request="CommitRequest", reply="Commitment"),
                  Stage("reveal", request="RevealRequest", reply="Reveal"))

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from fedge.coordinator.rounds import (Abandon, Aggregate, Commit, Committed, Declined, Pace, Phase, Replied,
-                                      RoundMachine, Stopped, Tick, on_event, sync_round)
+from fedge.coordinator.rounds import (
+    Abandon,
+    Aggregate,
+    Commit,
+    Committed,
+    Declined,
+    Pace,
+    Phase,
+    Replied,
+    RoundMachine,
+    Stopped,
+    Tick,
+    on_event,
+    sync_round,
+)
 
 DEVICES = ("d0", "d1", "d2", "d3", "d4")
 

@@ -14,12 +14,21 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
-from fedge.edge_runtime.kernel.protocol import CheckIn, TrainTask, all_devices_topic
 from fedge.edge_runtime.kernel.compress import decompress_update
+from fedge.edge_runtime.kernel.protocol import CheckIn, TrainTask, all_devices_topic
 from fedge.edge_runtime.kernel.update_codec import decode_tensors
-
-from tests.coordinator.fleet import (ManualDevice, assert_params, bad_shape_payload, copy_params, decoded,
-                                     fedavg_oracle, make_fleet, nan_payload, random_delta, reframe)
+from tests.coordinator.fleet import (
+    ManualDevice,
+    assert_params,
+    bad_shape_payload,
+    copy_params,
+    decoded,
+    fedavg_oracle,
+    make_fleet,
+    nan_payload,
+    random_delta,
+    reframe,
+)
 from tests.tiny_model import build_tiny_model
 
 

@@ -20,11 +20,11 @@ import pytest
 
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
-from fedge.edge_runtime.loop import AgentLoop
-from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
-from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.loop import AgentLoop
 from fedge.tools.broker import BrokerConfig, MosquittoProcess
+from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -130,7 +130,8 @@ quant_bits = 8
 
 def _serve(config: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "fedge.tools.cli", "-v", "coordinator", "serve", "--config", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "fedge.tools.cli", "-v", "coordinator", "serve", "--config",
+                             str(config)],
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
-from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, Ack, Announcement, CheckIn, TrainTask, Update, device_topic
+from fedge.edge_runtime.kernel.protocol import (
+    ANNOUNCE_TOPIC,
+    Ack,
+    Announcement,
+    CheckIn,
+    TrainTask,
+    Update,
+    device_topic,
+)
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.kernel.update_codec import encode_dense

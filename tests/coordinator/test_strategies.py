@@ -24,15 +24,14 @@ from fedge.coordinator.server import Coordinator
 from fedge.coordinator.strategies import STRATEGIES, AggregateInput, make_strategy, strategy_from_config
 from fedge.coordinator.validation import RoundContext, check_control, payload_digest
 from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.compress import compress_update
-from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper, Update, all_devices_topic
-from fedge.edge_runtime.store import DeviceStore
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.edge_runtime.kernel.update_codec import encode_dense, encode_tensors
-
+from fedge.edge_runtime.store import DeviceStore
 from tests.coordinator.fleet import Fleet, nan_payload
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 

@@ -19,7 +19,6 @@ from fedge.coordinator.server import Coordinator
 from fedge.coordinator.store import RoundStore, StoredRound, StoredUpdate
 from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
-
 from tests.coordinator.test_strategies import NAMES, toy_fleet
 from tests.tiny_model import build_tiny_model
 

@@ -8,10 +8,8 @@ import pytest
 
 from fedge.edge_runtime.kernel.protocol import model_part_topic
 from fedge.edge_runtime.task import TaskState
-
 from tests.coordinator.fleet import make_fleet
 from tests.tiny_model import build_tiny_model
-
 
 SIZES = (10, 20, 35)
 PART = 256  # bytes: the tiny model's round model spans several parts

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.kernel.codec import encode_message
-
 from tests.coordinator.fleet import ManualDevice, make_fleet, random_delta
 from tests.tiny_model import build_tiny_model
 

@@ -25,7 +25,6 @@ from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.compress import CompressedTensor, decompress_update
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_tensors
-
 from tests.coordinator.fleet import ManualDevice, assert_params, copy_params, make_fleet, random_delta
 from tests.tiny_model import build_tiny_model
 

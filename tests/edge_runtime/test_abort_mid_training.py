@@ -21,17 +21,16 @@ from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.server import Coordinator
 from fedge.coordinator.strategies import make_strategy
 from fedge.edge_runtime.agent import DeviceAgent
-from fedge.edge_runtime.kernel.clock import SystemClock
-from fedge.edge_runtime.kernel.codec import decode_message
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.eligibility_monitor import EligibilityMonitor
-from fedge.tools.simulate.fact_trace import FactTrace
-from fedge.edge_runtime.probes import FakeProbe
-from fedge.tools.simulate.trace_probe import TraceProbe
+from fedge.edge_runtime.kernel.clock import SystemClock
+from fedge.edge_runtime.kernel.codec import decode_message
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, all_devices_topic
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
-
+from fedge.edge_runtime.probes import FakeProbe
+from fedge.tools.simulate.fact_trace import FactTrace
+from fedge.tools.simulate.trace_probe import TraceProbe
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 LIMIT_S = 2.0
@@ -158,9 +157,9 @@ def test_over_mosquitto_a_battery_drop_aborts_within_2s_and_the_coordinator_reco
                                                                                           mosquitto):
     """The same scenario on a real broker: MqttTransport on both sides, the device driven by the
     AgentLoop a board runs, the coordinator pumping its own MQTT connection."""
-    from fedge.edge_runtime.loop import AgentLoop
-    from fedge.edge_runtime.kernel.transport.settings import MqttSettings
     from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+    from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+    from fedge.edge_runtime.loop import AgentLoop
 
     art, manifest, runtime = model
     clock = SystemClock()

@@ -8,8 +8,14 @@ import pytest
 
 from fedge.edge_runtime.kernel.errors import PayloadTooLarge
 from fedge.edge_runtime.kernel.transport.backoff import Backoff
-from fedge.edge_runtime.kernel.transport.chunks import (CHUNK_HEADER_SIZE, ChunkMemoryFull, MalformedChunk, Reassembler,
-                                                        is_chunk, split_message)
+from fedge.edge_runtime.kernel.transport.chunks import (
+    CHUNK_HEADER_SIZE,
+    ChunkMemoryFull,
+    MalformedChunk,
+    Reassembler,
+    is_chunk,
+    split_message,
+)
 
 
 @pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 5000])
@@ -132,8 +138,8 @@ def test_first_retry_is_jittered_so_a_fleet_does_not_reconnect_in_lockstep():
 
 
 def test_transport_jitters_the_delay_it_gives_paho_after_a_reset():
-    from fedge.edge_runtime.kernel.transport.settings import MqttSettings
     from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+    from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
     delays = set()
     for seed in range(5):

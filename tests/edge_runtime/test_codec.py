@@ -14,8 +14,14 @@ import pytest
 
 from fedge.edge_runtime.kernel import protocol as p
 from fedge.edge_runtime.kernel.codec import HEADER_SIZE, MAGIC, decode_message, encode_message
-from fedge.edge_runtime.kernel.errors import (ChecksumMismatch, CodecError, MalformedPayload, PayloadTooLarge,
-                                              TruncatedPayload, UnsupportedVersion)
+from fedge.edge_runtime.kernel.errors import (
+    ChecksumMismatch,
+    CodecError,
+    MalformedPayload,
+    PayloadTooLarge,
+    TruncatedPayload,
+    UnsupportedVersion,
+)
 
 HYPER = p.TaskHyper(
     epochs=3, batch_size=16, lr=0.0125, optimizer="adamw", momentum=0.9, weight_decay=1e-4,
@@ -48,10 +54,14 @@ SAMPLES = {
     ),
     p.Status: p.Status(device_id="pi-07", online=False, detail="last will ünïcode"),
     p.Pace: p.Pace(device_id="pi-07", retry_after_s=42.5, reason="not_selected"),
-    p.FetchRequest: p.FetchRequest(device_id="pi-07", model_id="mlp", files=("manifest.json", "eval.onnx"), task_id="t-12-3"),
-    p.ArtifactFile: p.ArtifactFile(model_id="mlp", path="eval.onnx", sha256="cd" * 32, data=b"\x08\x01" * 9, index=2, count=7),
-    p.Announcement: p.Announcement(model_id="mlp", model_version=11, manifest_sha256="ab" * 32, round_id=12, state="training"),
-    p.RoundModel: p.RoundModel(model_id="mlp", model_version=11, round_id=12, params=bytes(range(256)), correction=b"\x01" * 8),
+    p.FetchRequest: p.FetchRequest(device_id="pi-07", model_id="mlp", files=("manifest.json", "eval.onnx"),
+                                   task_id="t-12-3"),
+    p.ArtifactFile: p.ArtifactFile(model_id="mlp", path="eval.onnx", sha256="cd" * 32, data=b"\x08\x01" * 9, index=2,
+                                   count=7),
+    p.Announcement: p.Announcement(model_id="mlp", model_version=11, manifest_sha256="ab" * 32, round_id=12,
+                                   state="training"),
+    p.RoundModel: p.RoundModel(model_id="mlp", model_version=11, round_id=12, params=bytes(range(256)),
+                               correction=b"\x01" * 8),
     p.ModelPart: p.ModelPart(sha256="ef" * 32, index=1, count=3, data=b"\x09" * 17),
 }
 

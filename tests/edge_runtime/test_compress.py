@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.kernel.compress import (CompressedTensor, clip_by_global_norm, compress_update,
-                                                decompress_update, dequantize, quantize_stochastic)
+from fedge.edge_runtime.kernel.compress import (
+    CompressedTensor,
+    clip_by_global_norm,
+    compress_update,
+    decompress_update,
+    dequantize,
+    quantize_stochastic,
+)
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 
 SHAPES = {"b": (13,), "a": (7, 5), "scalar": (), "empty": (0, 3), "c": (2, 3, 4)}

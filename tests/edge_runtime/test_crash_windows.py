@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.device import DeviceRuntime
 from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.codec import decode_message
-from fedge.edge_runtime.device import DeviceRuntime
-from fedge.edge_runtime.pending import PendingUploads
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TrainTask, Update
+from fedge.edge_runtime.pending import PendingUploads
 from fedge.edge_runtime.seen_tasks import SeenTasks
 from fedge.edge_runtime.store import DeviceStore
-
 from tests.coordinator.fleet import local_data, make_fleet
 from tests.tiny_model import build_tiny_model
 
@@ -83,7 +82,8 @@ def _setup(model, tmp_path):
 def _oracle(fleet, snapshot, task) -> dict:
     """The state after `task` on an uncrashed device, from the snapshot."""
     art, manifest, _ = fleet.model
-    runtime = DeviceRuntime("dev0", local_data(np.random.default_rng(0), 30), {manifest.model_id: art}, snapshot, seed=0)
+    runtime = DeviceRuntime("dev0", local_data(np.random.default_rng(0), 30), {manifest.model_id: art}, snapshot,
+                            seed=0)
     assert isinstance(runtime.handle_task(task), Update)
     return _state(snapshot, manifest.model_id)
 

@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.compress import decompress_update
-from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.errors import ArtifactError, ManifestMismatch
 from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
-from fedge.edge_runtime.store import DeviceStore
-from fedge.edge_runtime.task import TaskState
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense
-
+from fedge.edge_runtime.store import DeviceStore
+from fedge.edge_runtime.task import TaskState
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 
@@ -343,8 +342,10 @@ def test_a_task_past_its_deadline_stops_between_steps_and_saves_nothing(model, d
 
 def test_the_abort_reason_is_the_first_check_that_fires(model, data, tmp_path):
     check, _ = _flips_after(3, "battery_low")
-    reply = _runtime(model, data, tmp_path, eligibility=check).handle_task(_task(model), deadline_check=lambda: "deadline")
+    reply = _runtime(model, data, tmp_path, eligibility=check).handle_task(_task(model),
+                                                                           deadline_check=lambda: "deadline")
     assert reply.reason == "aborted:deadline"  # the battery is still fine at the first step
     check, _ = _flips_after(1, "battery_low")
-    reply = _runtime(model, data, tmp_path / "b", eligibility=check).handle_task(_task(model), deadline_check=lambda: "deadline")
+    reply = _runtime(model, data, tmp_path / "b", eligibility=check).handle_task(_task(model),
+                                                                                 deadline_check=lambda: "deadline")
     assert reply.reason == "aborted:battery_low"

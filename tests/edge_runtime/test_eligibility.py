@@ -11,10 +11,18 @@ import logging
 
 import pytest
 
-from fedge.edge_runtime.kernel.clock import ManualClock
-from fedge.edge_runtime.eligibility import (REASONS, DeviceFacts, EligibilityPolicy, evaluate, failing, in_window,
-                                            load_policy, parse_window)
+from fedge.edge_runtime.eligibility import (
+    REASONS,
+    DeviceFacts,
+    EligibilityPolicy,
+    evaluate,
+    failing,
+    in_window,
+    load_policy,
+    parse_window,
+)
 from fedge.edge_runtime.eligibility_monitor import EligibilityMonitor
+from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.probes import HEALTHY, FakeProbe
 

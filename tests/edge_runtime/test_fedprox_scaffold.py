@@ -18,20 +18,19 @@ import pytest
 
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.strategies import strategy_from_config
-from fedge.edge_runtime.kernel.compress import decompress_update
 from fedge.edge_runtime.device import DeviceRuntime, LocalData, _stable_int
+from fedge.edge_runtime.kernel.compress import decompress_update
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update
+from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense
 from fedge.edge_runtime.local_training import scaffold_control_delta
 from fedge.edge_runtime.model_runtime import ModelRuntime
-from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update
 from fedge.edge_runtime.store import DeviceStore
 from fedge.edge_runtime.trainer import available_backends, make_backend
 from fedge.edge_runtime.trainer.base import StepHyper
 from fedge.edge_runtime.trainer.numpy_ref import NumpyModel, load_frozen
-from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense
 from fedge.models.build import build_artifacts
 from fedge.models.spec import mlp_spec
-
 from tests.tiny_model import CLASSES, FEATURES
 
 BACKENDS = [b for b in ("numpy", "portable", "ort-training") if b in available_backends()]

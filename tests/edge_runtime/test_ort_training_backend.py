@@ -7,13 +7,11 @@ backward) is the reference. Skipped where onnxruntime's training build is not in
 from __future__ import annotations
 
 import dataclasses
-
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,11 +26,11 @@ try:
 except BackendUnavailable as exc:
     pytest.skip(f"onnxruntime training build not installed: {exc}", allow_module_level=True)
 
+from fedge.edge_runtime.kernel.artifact_layout import OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
 from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.trainer import make_backend
 from fedge.edge_runtime.trainer.base import StepHyper
 from fedge.edge_runtime.trainer.numpy_ref import NumpyBackend
-from fedge.edge_runtime.kernel.artifact_layout import OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
 from fedge.edge_runtime.trainer.ort_training import OrtTrainingBackend
 from fedge.edge_runtime.trainer.portable import PortableBackend, make_session
 from fedge.models.build import build_artifacts
@@ -179,7 +177,8 @@ def test_manifest_lists_and_verifies_ort_files(setup):
     outdir, manifest = setup[:2]
     ort_files = sorted(rel for rel in manifest.files if rel.startswith(f"{ORT_DIR}/"))
     assert ort_files == sorted(
-        [f"{ORT_DIR}/checkpoint", f"{ORT_DIR}/training_model.onnx"] + [f"{ORT_DIR}/{f}" for f in OPTIMIZER_FILES.values()]
+        [f"{ORT_DIR}/checkpoint", f"{ORT_DIR}/training_model.onnx"] + [f"{ORT_DIR}/{f}"
+                                                                       for f in OPTIMIZER_FILES.values()]
     )
     load_manifest(outdir, verify=True)
     checkpoint = outdir / ORT_DIR / "checkpoint"

@@ -12,9 +12,9 @@ import pytest
 
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.errors import TrainingError
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.edge_runtime.model_runtime import ModelRuntime
 from fedge.edge_runtime.personalize import tune_head
-from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.edge_runtime.store import DeviceStore
 from fedge.edge_runtime.trainer import make_backend
 from fedge.edge_runtime.trainer.numpy_ref import NumpyModel, load_frozen
@@ -101,7 +101,8 @@ def test_tuning_a_head_the_model_lacks_is_a_training_error(global_only):
     backend = make_backend("portable", art, manifest, "sgd")
     x, y = _separable(8, 0)
     with pytest.raises(TrainingError, match="no personal head"):
-        tune_head(backend, runtime.initial("shared"), "personal", runtime.embed(x), y, HYPER, 3, np.random.default_rng(0))
+        tune_head(backend, runtime.initial("shared"), "personal", runtime.embed(x), y, HYPER, 3,
+                  np.random.default_rng(0))
 
 
 def _device(model, root, seed=0):
@@ -130,7 +131,8 @@ def test_a_global_only_model_gets_a_tuned_copy_of_its_head_and_the_shared_params
 def test_a_private_head_starts_from_the_global_head_when_the_device_never_trained(dual, tmp_path):
     _, manifest, runtime = dual
     shared = runtime.initial("shared")
-    shared["head_global.weight"] = np.random.default_rng(3).normal(size=shared["head_global.weight"].shape).astype(np.float32)
+    shape = shared["head_global.weight"].shape
+    shared["head_global.weight"] = np.random.default_rng(3).normal(size=shape).astype(np.float32)
     device = _device(dual, tmp_path)
     result = device.personalize(manifest.model_id, shared, 0, HYPER)
     store = DeviceStore(tmp_path / "dev-a", manifest.model_id)

@@ -10,8 +10,16 @@ import pytest
 from fedge.edge_runtime.kernel.compress import compress_update, decompress_update
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_tensors
-from fedge.edge_runtime.postprocess import (CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, clip, compress, encode,
-                                            postprocess)
+from fedge.edge_runtime.postprocess import (
+    CONTROL_STEPS,
+    UPDATE_STEPS,
+    Delta,
+    TaskContext,
+    clip,
+    compress,
+    encode,
+    postprocess,
+)
 
 
 def _delta(rng, scale=1.0):

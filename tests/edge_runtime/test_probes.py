@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.eligibility import DeviceFacts, EligibilityPolicy
-from fedge.tools.simulate.fact_trace import FactTrace
+from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.probes import FakeProbe, SystemProbe, describe, parse_nmcli_metered, run_command
-from fedge.tools.simulate.trace_probe import TraceProbe
 from fedge.edge_runtime.sysfs_facts import classify_interface, read_link, read_power, read_temperature
+from fedge.tools.simulate.fact_trace import FactTrace
+from fedge.tools.simulate.trace_probe import TraceProbe
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -158,7 +158,8 @@ def test_ipv6_only_default_route(tmp_path):
 
 def test_vpn_default_route_is_judged_by_the_link_underneath(tmp_path):
     root = _write(tmp_path, {**_iface("wg0", arphrd=65534, operstate="unknown", carrier="1"),
-                             **_iface("wwan0", devtype="wwan"), "proc/net/route": "\n".join([ROUTE_HEADER, _route("wg0")])})
+                             **_iface("wwan0", devtype="wwan"),
+                             "proc/net/route": "\n".join([ROUTE_HEADER, _route("wg0")])})
     assert read_link(root).link == "cellular"
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.eligibility import EligibilityPolicy, evaluate
+from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.tools.simulate.fact_trace import FactTrace, battery_at, facts_at
 from fedge.tools.simulate.profiles import DeviceProfile, available_profiles, load_profile

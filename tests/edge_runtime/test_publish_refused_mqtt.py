@@ -17,14 +17,14 @@ from fedge.coordinator.strategies import make_strategy
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.errors import PublishRefused
-from fedge.edge_runtime.loop import AgentLoop
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper, device_topic
-from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
-from tests.mqtt_fixtures import DEVICES
-from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.loop import AgentLoop
 from fedge.tools.broker.config import COORDINATOR_USER, BrokerConfig, acl_text
 from fedge.tools.broker.passwd import generate_password, upsert_password
+from tests.mqtt_fixtures import DEVICES
+from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 A, B = DEVICES
 FAST = dict(reconnect_min_s=0.1, reconnect_max_s=0.5)

@@ -6,9 +6,24 @@ import itertools
 
 import pytest
 
-from fedge.edge_runtime.task import (TERMINAL, TRANSITIONS, Acked, Failed, FetchInputs, InputsReady, InvalidTransition,
-                                     Received, Refused, SendDecline, SendUpdate, TaskState, Train, Trained, advance,
-                                     on_event)
+from fedge.edge_runtime.task import (
+    TERMINAL,
+    TRANSITIONS,
+    Acked,
+    Failed,
+    FetchInputs,
+    InputsReady,
+    InvalidTransition,
+    Received,
+    Refused,
+    SendDecline,
+    SendUpdate,
+    TaskState,
+    Train,
+    Trained,
+    advance,
+    on_event,
+)
 
 S = TaskState
 # Written out from the diagram in edge_runtime/task.py, independently of TRANSITIONS.

@@ -20,7 +20,6 @@ from fedge.edge_runtime.local_training import check_guard_hyper, check_loss
 from fedge.edge_runtime.trainer.base import StepHyper, clip_step, step_bound
 from fedge.edge_runtime.trainer.numpy_ref import NumpyBackend, NumpyModel, load_frozen
 from fedge.edge_runtime.trainer.portable import PortableBackend
-
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 

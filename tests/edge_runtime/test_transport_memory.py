@@ -9,8 +9,16 @@ import pytest
 
 from fedge.edge_runtime.kernel.errors import PayloadTooLarge, TransportError
 from fedge.edge_runtime.kernel.protocol import all_devices_topic, device_topic
-from fedge.edge_runtime.kernel.transport import (ClientStats, InMemoryBroker, InMemoryTransport, Message, Transport,
-                                                 topic_matches, validate_filter, validate_topic)
+from fedge.edge_runtime.kernel.transport import (
+    ClientStats,
+    InMemoryBroker,
+    InMemoryTransport,
+    Message,
+    Transport,
+    topic_matches,
+    validate_filter,
+    validate_topic,
+)
 
 MATCHES = [  # (filter, topic, matches) -- MQTT 3.1.1 section 4.7 examples and edge cases
     ("sport/tennis/player1/#", "sport/tennis/player1", True),

@@ -11,8 +11,8 @@ import pytest
 
 from fedge.edge_runtime.kernel.errors import BrokerRefused, ConnectionLost, NotConnected, TransportError
 from fedge.edge_runtime.kernel.transport.base import Message
-from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.tools.broker import BrokerConfig
 
 FAST = dict(reconnect_min_s=0.1, reconnect_max_s=0.5, connect_timeout_s=5)
@@ -95,7 +95,8 @@ def test_wrong_password_is_refused_with_a_named_error(mosquitto_secured):
     broker = mosquitto_secured.process
     with pytest.raises(BrokerRefused):
         MqttTransport("pi-a", _settings(broker, username="pi-a", password="wrong")).connect()
-    ok = MqttTransport("pi-a", _settings(broker, username="pi-a", password=mosquitto_secured.passwords["pi-a"])).connect()
+    ok = MqttTransport("pi-a",
+                       _settings(broker, username="pi-a", password=mosquitto_secured.passwords["pi-a"])).connect()
     ok.subscribe("fedge/v1/devices/pi-a/task")
     ok.close()
 
@@ -109,7 +110,8 @@ def test_mutual_tls_with_a_device_certificate(mosquitto_mtls):
     dev.subscribe("fedge/v1/devices/pi-a/task")
     coord_cert, coord_key = mosquitto_mtls.certs["coordinator"]
     coord = MqttTransport("coordinator", MqttSettings(url=mosquitto_mtls.process.url, ca_file=str(mosquitto_mtls.ca),
-                                                      cert_file=str(coord_cert), key_file=str(coord_key), **FAST)).connect()
+                                                      cert_file=str(coord_cert), key_file=str(coord_key),
+                                                      **FAST)).connect()
     coord.publish("fedge/v1/devices/pi-a/task", b"task")
     assert _next(dev).payload == b"task"
     dev.close(), coord.close()

@@ -14,11 +14,23 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.kernel.compress import CompressedTensor, compress_update, decompress_update
-from fedge.edge_runtime.kernel.errors import (ChecksumMismatch, CodecError, MalformedPayload, PayloadTooLarge,
-                                              NonFiniteValues, TruncatedPayload, UnsupportedVersion)
+from fedge.edge_runtime.kernel.errors import (
+    ChecksumMismatch,
+    CodecError,
+    MalformedPayload,
+    NonFiniteValues,
+    PayloadTooLarge,
+    TruncatedPayload,
+    UnsupportedVersion,
+)
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
-from fedge.edge_runtime.kernel.update_codec import (decode_dense, decode_tensors, dense_fp32_bytes, encode_dense,
-                                                    encode_tensors)
+from fedge.edge_runtime.kernel.update_codec import (
+    decode_dense,
+    decode_tensors,
+    dense_fp32_bytes,
+    encode_dense,
+    encode_tensors,
+)
 
 
 def _ct(name, shape, bits, values, indices=None, scale=None):

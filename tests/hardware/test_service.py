@@ -20,7 +20,6 @@ from fedge.edge_runtime.device_config import load_device_config
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.logs import JournaldFormatter
 from fedge.edge_runtime.run import install_reload
-
 from tests.coordinator.fleet import local_data
 from tests.tiny_model import build_tiny_model
 

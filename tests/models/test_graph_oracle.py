@@ -24,7 +24,8 @@ SPECS = {
     "mlp-frozen-personal": mlp_spec(11, 3, hidden=(6, 5), modes=("frozen", "personal"), head="global"),
     "cnn-8-lora": load_spec("cnn-8-lora"),
     # FFA-LoRA: A frozen at its init, only B (and the head) trained and shared
-    "mlp-lora-frozen-a": replace(mlp_spec(10, 3, hidden=(8, 6), modes=("frozen", "lora"), lora_rank=2), lora_train_a=False),
+    "mlp-lora-frozen-a": replace(mlp_spec(10, 3, hidden=(8, 6), modes=("frozen", "lora"), lora_rank=2),
+                                 lora_train_a=False),
 }
 
 

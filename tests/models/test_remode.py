@@ -47,7 +47,8 @@ def test_lora_train_a_false_freezes_a_and_shares_only_b(tmp_path) -> None:
     roles, base = _roles(ffa), _roles(load_spec("mnist-mlp-lora"))
     assert roles["fc2.lora_a"] == "frozen" and roles["fc2.lora_b"] == "shared"
     assert base["fc2.lora_a"] == "shared"
-    assert {n for n, r in roles.items() if r == "shared"} == {n for n, r in base.items() if r == "shared"} - {"fc2.lora_a"}
+    shared = {n for n, r in roles.items() if r == "shared"}
+    assert shared == {n for n, r in base.items() if r == "shared"} - {"fc2.lora_a"}
     spec_file.write_text(text.replace("lora_alpha = 16.0", "lora_alpha = 16.0\nlora_train_a = \"no\""))
     with pytest.raises(ConfigError, match="lora_train_a"):
         load_spec(spec_file)

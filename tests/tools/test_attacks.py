@@ -10,7 +10,6 @@ from scipy.stats import norm as scipy_norm
 
 from fedge.edge_runtime.kernel.errors import NonFiniteValues
 from fedge.edge_runtime.kernel.update_codec import decode_tensors
-
 from fedge.tools.simulate.attacks import (
     AttackError,
     Collusion,

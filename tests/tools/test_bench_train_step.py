@@ -18,7 +18,8 @@ REQUIRED = {"model", "backend", "ms_per_step", "peak_rss_mb", "p90_ms", "batch_s
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "train_step.json"
-    returned = run(out, models=("mlp-784-lora",), backends=("portable", "numpy", "torch"), batch_size=8, steps=5, warmup=1)
+    returned = run(out, models=("mlp-784-lora",), backends=("portable", "numpy", "torch"), batch_size=8, steps=5,
+                   warmup=1)
     written = json.loads(out.read_text())
     assert written == returned
     return {r["backend"]: r for r in written}

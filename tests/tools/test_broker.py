@@ -11,13 +11,21 @@ import pytest
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, DEVICE_CHANNELS, MODEL_PARTS_FILTER, device_topic
-from tests.mqtt_fixtures import RawClient
 from fedge.tools.broker import config as broker_config
 from fedge.tools.broker import process as broker_process
-from fedge.tools.broker.config import (DEVICE_READS, DEVICE_WRITES, MAX_PACKET_SIZE, BrokerConfig, TlsFiles, acl_text,
-                                       render_config, shipped_text)
+from fedge.tools.broker.config import (
+    DEVICE_READS,
+    DEVICE_WRITES,
+    MAX_PACKET_SIZE,
+    BrokerConfig,
+    TlsFiles,
+    acl_text,
+    render_config,
+    shipped_text,
+)
 from fedge.tools.broker.errors import BrokerStartFailed, BrokerUnavailable
 from fedge.tools.broker.process import MosquittoProcess, free_port
+from tests.mqtt_fixtures import RawClient
 
 
 def _acl_rules(text: str) -> list[tuple[str, ...]]:
@@ -209,7 +217,6 @@ def test_start_failure_reports_the_log_tail(mosquitto_binary, tmp_path):
 @pytest.mark.mosquitto
 def test_shipped_dev_config_runs(mosquitto_binary, tmp_path):
     from fedge.tools.broker.passwd import upsert_password
-
     from fedge.tools.provision import write_broker_files
 
     conf = tmp_path / "etc"
@@ -230,8 +237,13 @@ def test_shipped_dev_config_runs(mosquitto_binary, tmp_path):
 @pytest.mark.mosquitto
 def test_shipped_prod_config_runs(mosquitto_binary, tmp_path):
     pytest.importorskip("cryptography")
-    from fedge.tools.provision import (create_ca, issue_device_cert, issue_server_cert, provision_password,
-                                       write_broker_files)
+    from fedge.tools.provision import (
+        create_ca,
+        issue_device_cert,
+        issue_server_cert,
+        provision_password,
+        write_broker_files,
+    )
 
     conf = tmp_path / "etc"
     write_broker_files(conf)

@@ -12,8 +12,13 @@ import queue
 
 import pytest
 
-from fedge.edge_runtime.kernel.protocol import (ANNOUNCE_TOPIC, MODEL_PARTS_FILTER, all_devices_topic, device_topic,
-                                                model_part_topic)
+from fedge.edge_runtime.kernel.protocol import (
+    ANNOUNCE_TOPIC,
+    MODEL_PARTS_FILTER,
+    all_devices_topic,
+    device_topic,
+    model_part_topic,
+)
 
 pytestmark = pytest.mark.mosquitto
 

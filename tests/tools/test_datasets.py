@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.kernel.errors import DatasetError
-from fedge.tools.datasets import (FederatedDataset, build_federated, load_digits, load_mnist5k, load_npz_dir,
-                                  stratified_holdout)
+from fedge.tools.datasets import (
+    FederatedDataset,
+    build_federated,
+    load_digits,
+    load_mnist5k,
+    load_npz_dir,
+    stratified_holdout,
+)
 
 
 @pytest.fixture(scope="module")

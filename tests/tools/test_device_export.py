@@ -21,7 +21,6 @@ from fedge.models.build import build_artifacts  # noqa: E402
 from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
 from fedge.models.spec import mlp_spec  # noqa: E402
 from fedge.tools.cli import main  # noqa: E402
-
 from tests.models.test_onnx_import import _cnn  # noqa: E402
 
 # Runs in `python -I` with every fedge import refused: only onnxruntime and numpy.

@@ -7,7 +7,6 @@ import json
 
 from fedge.edge_runtime.eligibility import DeviceFacts, EligibilityPolicy, explain
 from fedge.tools.cli import main
-
 from tests.edge_runtime.test_probes import _supply, _write
 
 

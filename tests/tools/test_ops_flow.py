@@ -44,7 +44,8 @@ def test_readme_ops_walkthrough(tmp_path, mosquitto_binary):
     for device in ("dev-000", "dev-001"):
         fedge("provision", "device", "--id", device, "--passwd-file", "broker/passwd", "--out", "creds",
               "--url", f"mqtt://127.0.0.1:{port}", cwd=ops)
-    conf = (ops / "broker/mosquitto-dev.conf").read_text().replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+    conf = (ops / "broker/mosquitto-dev.conf").read_text().replace("listener 1883 127.0.0.1",
+                                                                   f"listener {port} 127.0.0.1")
     if os.geteuid() == 0:
         conf += "\nuser root\n"  # as root, 2.0 drops to `mosquitto`, which cannot read our 0600 files
     (ops / "broker/mosquitto-dev.conf").write_text(conf)
@@ -84,11 +85,13 @@ min_cpu_idle_percent = 0   # the test machine is busy; a real device keeps the d
     try:
         broker = spawn([mosquitto_binary, "-c", "broker/mosquitto-dev.conf"], ops, ops / "mosquitto.log")
         procs.append(broker)
-        coord = spawn([sys.executable, "-m", "fedge.tools.cli", "-v", "coordinator", "serve", "--config", "coordinator.toml"],
+        coord = spawn([sys.executable, "-m", "fedge.tools.cli", "-v", "coordinator", "serve", "--config",
+                       "coordinator.toml"],
                       ops, ops / "coordinator.log")
         procs.append(coord)
         for device in ("dev-000", "dev-001"):
-            procs.append(spawn([sys.executable, "-m", "fedge.tools.cli", "-v", "device", "run", "--config", f"{device}.toml"],
+            procs.append(spawn([sys.executable, "-m", "fedge.tools.cli", "-v", "device", "run", "--config",
+                                f"{device}.toml"],
                                ops, ops / f"{device}.log"))
         metrics = ""
         deadline = time.monotonic() + 240

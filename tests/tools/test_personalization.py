@@ -89,4 +89,5 @@ def test_strategy_options_reach_the_coordinator(tmp_path, strategy, options):
 def test_a_second_run_in_the_same_folder_starts_fresh(tmp_path):
     first = run_simulation(_tiny(tmp_path, rounds=2))
     second = run_simulation(_tiny(tmp_path, rounds=2))  # device state from the first run is not reused
-    assert [r["personalized_accuracy_mean"] for r in first.rounds] == [r["personalized_accuracy_mean"] for r in second.rounds]
+    assert [r["personalized_accuracy_mean"] for r in first.rounds] == [r["personalized_accuracy_mean"]
+                                                                       for r in second.rounds]

@@ -13,10 +13,10 @@ import pytest
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import device_topic
-from tests.mqtt_fixtures import RawClient
 from fedge.tools import provision
 from fedge.tools.broker.config import BrokerConfig
 from fedge.tools.broker.passwd import hash_password, read_password_file, remove_user, upsert_password, verify_password
+from tests.mqtt_fixtures import RawClient
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,7 +50,8 @@ def test_hash_is_deterministic_for_a_given_salt():
     assert not verify_password("pw", "$7$garbage") and not verify_password("pw", "plain")
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd (apt-get install mosquitto)")
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
+                    reason="needs mosquitto_passwd (apt-get install mosquitto)")
 def test_hash_matches_mosquitto_passwd(tmp_path):
     """Oracle: the real tool's line, checked with our PBKDF2; and our format, field by field."""
     pw = tmp_path / "pw"

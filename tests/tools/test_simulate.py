@@ -22,7 +22,7 @@ def _write_blob_clients(folder, width=23, classes=4, clients=5, seed=0):
     folder.mkdir()
     for c in range(clients):
         labels = rng.choice(classes, size=2, replace=False)  # two classes per client
-        def draw(n):
+        def draw(n, labels=labels):
             y = rng.choice(labels, size=n)
             return (centers[y] + 0.5 * rng.normal(size=(n, width))).astype(np.float32), y
         x_train, y_train = draw(60)

@@ -57,14 +57,14 @@ from fedge.coordinator.server import Coordinator
 from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.loop import AgentLoop
-from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, ParamInfo
-from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.edge_runtime.kernel.protocol import CheckIn, CompressionSpec, TrainTask, Update
-from fedge.edge_runtime.kernel.transport.settings import MqttSettings
-from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
-from fedge.edge_runtime.kernel.update_codec import dense_fp32_bytes, encode_tensors
 from fedge.edge_runtime.kernel.compress import compress_update
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, ParamInfo
+from fedge.edge_runtime.kernel.protocol import CheckIn, CompressionSpec, TrainTask, Update
+from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.kernel.update_codec import dense_fp32_bytes, encode_tensors
+from fedge.edge_runtime.loop import AgentLoop
 
 log = logging.getLogger("fedge.bench.mqtt")
 
@@ -116,7 +116,8 @@ def _raw_client(host: str, port: int, device_id: str, answer: bytes | None) -> p
     else:
         c.on_connect = lambda client, *a: client.subscribe(f"raw/devices/{device_id}/task", qos=1)
         c.on_subscribe = lambda *a: ready.set()
-        c.on_message = lambda client, userdata, message: client.publish(f"raw/devices/{device_id}/update", answer, qos=1)
+        c.on_message = lambda client, userdata, message: client.publish(f"raw/devices/{device_id}/update", answer,
+                                                                        qos=1)
     c.connect(host, port)
     c.loop_start()
     if not ready.wait(60):  # one at a time: a connect storm overflows the broker's listen backlog
@@ -176,7 +177,8 @@ class _Workers:
         ctx = mp.get_context("spawn")
         self.ready, self.go, self.stop = ctx.Queue(), ctx.Event(), ctx.Event()
         ids = [f"dev-{i:05d}" for i in range(devices)]
-        self.procs = [ctx.Process(target=_device_worker, args=(mode, url, ids[i:i + PER_PROCESS], payload, dense, model_id,
+        self.procs = [ctx.Process(target=_device_worker,
+                                  args=(mode, url, ids[i:i + PER_PROCESS], payload, dense, model_id,
                                                                workdir, self.ready, self.go, self.stop), daemon=True)
                       for i in range(0, devices, PER_PROCESS)]
         for proc in self.procs:
@@ -279,7 +281,8 @@ def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workd
         # A round that did not happen is not a measurement: refuse to report a ratio for it.
         raise RuntimeError(f"the benchmark round did not commit with all {devices} reports: {record.why}; "
                            f"declines {dict(coordinator.declines)}, rejections {dict(coordinator.rejections)}")
-    update_bytes = len(encode_message(Update("dev-00000", 1, "t" * 32, "u" * 32, manifest.model_id, 0, 100, payload, dense)))
+    update_bytes = len(encode_message(Update("dev-00000", 1, "t" * 32, "u" * 32, manifest.model_id, 0, 100, payload,
+                                             dense)))
     return elapsed, {"committed": record.committed, "reports": record.reports, "bytes_up": record.bytes_up,
                      "bytes_down": record.bytes_down, "update_bytes": update_bytes, "payload_sample": payload}
 
@@ -296,7 +299,8 @@ def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | N
             broker = MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp).start()
             broker_url = broker.url
         try:
-            fedge_s, detail = fedge_round(broker_url, devices, manifest, initial, Path(tmp), timeout_s, model_part_bytes)
+            fedge_s, detail = fedge_round(broker_url, devices, manifest, initial, Path(tmp), timeout_s,
+                                          model_part_bytes)
             sample = detail.pop("payload_sample")
             raw_message = encode_message(Update("raw", 1, "t" * 32, "u" * 32, manifest.model_id, 0, 100, sample, 0))
             raw_s = raw_paho(broker_url, devices, raw_message, tmp, timeout_s)

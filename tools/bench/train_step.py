@@ -54,7 +54,8 @@ def run(
         with tempfile.TemporaryDirectory(prefix=f"fedge-bench-{model}-") as artifacts:
             ort_missing = _build(model, artifacts, want_ort="ort-training" in backends)
             for backend in backends:
-                base = {"model": model, "backend": backend, "batch_size": batch_size, "steps": steps, "threads": threads}
+                base = {"model": model, "backend": backend, "batch_size": batch_size, "steps": steps,
+                        "threads": threads}
                 if backend == "ort-training" and ort_missing:
                     results.append({**base, "ms_per_step": None, "p90_ms": None, "peak_rss_mb": None, **ort_missing})
                     continue
@@ -126,7 +127,8 @@ def add_torch_ratios(results: list[dict]) -> None:
 
 
 def format_table(results: list[dict]) -> str:
-    header = f"{'model':<14} {'backend':<13} {'ms/step':>8} {'p90 ms':>8} {'RSS MiB':>8} {'time/torch':>10} {'RSS/torch':>9}"
+    header = (f"{'model':<14} {'backend':<13} {'ms/step':>8} {'p90 ms':>8} {'RSS MiB':>8} {'time/torch':>10} "
+              f"{'RSS/torch':>9}")
     rows = [header, "-" * len(header)]
     for r in results:
         if r.get("ms_per_step") is None:
@@ -148,9 +150,11 @@ def _names(values: list[str]) -> tuple[str, ...]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="fedge bench train-step", description="Time one train step per model and backend, vs torch.")
+    ap = argparse.ArgumentParser(prog="fedge bench train-step",
+                                 description="Time one train step per model and backend, vs torch.")
     ap.add_argument("--json", required=True, help="where to write the results (a JSON list)")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), help=f"spec names or TOML paths (default: {' '.join(MODELS)})")
+    ap.add_argument("--models", nargs="+", default=list(MODELS),
+                    help=f"spec names or TOML paths (default: {' '.join(MODELS)})")
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), help=f"subset of {' '.join(BACKENDS)}")
     ap.add_argument("--steps", type=int, default=200, help="timed steps per backend")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps first")

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.edge_runtime.local_training import train_locally
 from fedge.edge_runtime.model_runtime import ModelRuntime
-from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.edge_runtime.trainer import make_backend
 from fedge.tools.datasets import FederatedDataset
 
@@ -18,7 +18,8 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y)) if len(y) else float("nan")
 
 
-def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str, seed: int) -> dict:
+def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str,
+               seed: int) -> dict:
     """Each device trains the whole trainable model on its own data for `epochs` epochs and
     is scored on its own held-out split (personal head when there is one)."""
     be = make_backend(backend, model.dir, model.manifest, hyper.optimizer)
@@ -37,7 +38,8 @@ def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, ep
             "accuracy_per_device": per_device}
 
 
-def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str, seed: int) -> dict:
+def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str,
+            seed: int) -> dict:
     """One model on the pooled training data, scored on the union of the held-out splits."""
     be = make_backend(backend, model.dir, model.manifest, hyper.optimizer)
     x, y = data.pooled_train()

@@ -98,7 +98,7 @@ class SimConfig:
         if self.new_devices < 0 or (self.data_dir is None and self.new_devices >= self.devices):
             raise ConfigError(f"--new-devices must be in [0, --devices) = [0, {self.devices})")
         if self.attack is not None:
-            self.attack_spec  # validates the name and the fraction
+            _ = self.attack_spec  # validates the name and the fraction
         for name in ("local_epochs", "central_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")

@@ -28,7 +28,7 @@ from .malicious import rewrite_update
 class HeldUplink:
     """A device's transport whose Update publishes the Conspiracy holds; everything else is the inner one's."""
 
-    def __init__(self, inner, device_id: str, conspiracy: "Conspiracy"):
+    def __init__(self, inner, device_id: str, conspiracy: Conspiracy):
         self.inner, self.device_id, self.conspiracy = inner, device_id, conspiracy
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:

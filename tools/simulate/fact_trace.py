@@ -46,7 +46,8 @@ class FactTrace:
                 if not 0 <= start < end:
                     raise ConfigError(f"trace.{name}: window [{start:g}, {end:g}] must have 0 <= start < end")
                 if self.period_s and end > self.period_s:
-                    raise ConfigError(f"trace.{name}: window [{start:g}, {end:g}] ends after period_s={self.period_s:g}")
+                    raise ConfigError(f"trace.{name}: window [{start:g}, {end:g}] ends after "
+                                      f"period_s={self.period_s:g}")
         if self.battery_start_percent is not None and not 0 <= self.battery_start_percent <= 100:
             raise ConfigError(f"trace.battery_start_percent = {self.battery_start_percent}: must be in [0, 100]")
         if self.drain_percent_per_min < 0 or self.charge_percent_per_min < 0:

@@ -13,9 +13,9 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -26,21 +26,21 @@ from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.model_runtime import ModelRuntime
 from fedge.edge_runtime.kernel.protocol import TaskHyper
-from fedge.edge_runtime.trainer import available_backends, make_backend
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+from fedge.edge_runtime.model_runtime import ModelRuntime
+from fedge.edge_runtime.trainer import available_backends, make_backend
 from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec, load_spec, mlp_spec
 from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, data_findings, load_npz_dir
 
 from . import adversary
 from . import baselines as baseline_runs
-from .config import SimConfig, effective_hyper
-from .personalization import personalized_spec
 from .attacks import Collusion, backdoor_success
+from .config import SimConfig, effective_hyper
 from .conspiracy import Conspiracy
 from .malicious import MaliciousRuntime
+from .personalization import personalized_spec
 from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate")
@@ -293,11 +293,13 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
     if cfg.baselines:
         total_epochs = cfg.rounds * setup.hyper.epochs
         if "local" in cfg.baselines:
-            result.baselines["local_only"] = baseline_runs.local_only(model, data, setup.hyper, cfg.local_epochs or total_epochs,
+            result.baselines["local_only"] = baseline_runs.local_only(model, data, setup.hyper,
+                                                                      cfg.local_epochs or total_epochs,
                                                                       backend, cfg.seed)
         if "central" in cfg.baselines:
             central_epochs = max(1, total_epochs * setup.ccfg.clients_per_round // max(1, len(data.clients)))
-            result.baselines["central"] = baseline_runs.central(model, data, setup.hyper, cfg.central_epochs or central_epochs,
+            result.baselines["central"] = baseline_runs.central(model, data, setup.hyper,
+                                                                cfg.central_epochs or central_epochs,
                                                                 backend, cfg.seed)
     return result
 
@@ -377,7 +379,8 @@ class _Scorer:
                                     seed=self.evaluations) for rt in runtimes]
         else:
             evals = [rt.evaluate(model_id, shared) for rt in runtimes]
-        return [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global for e in evals if e.num_test]
+        return [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global
+                for e in evals if e.num_test]
 
     def new_devices(self, shared: dict[str, np.ndarray]) -> dict:
         """Devices that never trained: the global head as is, then after head-only fine-tuning
@@ -385,7 +388,8 @@ class _Scorer:
         cfg, model_id = self.setup.cfg, self.setup.manifest.model_id
         runtimes = [self.setup.runtime(c) for c in self.setup.new_clients if len(c.y_test)]
         before = [rt.evaluate(model_id, shared).accuracy_global for rt in runtimes]
-        tuned = [rt.personalize(model_id, shared, cfg.new_device_steps, self.setup.hyper, from_global=True).accuracy_personal
+        tuned = [rt.personalize(model_id, shared, cfg.new_device_steps, self.setup.hyper,
+                                from_global=True).accuracy_personal
                  for rt in runtimes] if cfg.new_device_steps else []
         return {
             "count": len(self.setup.new_clients),
@@ -398,4 +402,5 @@ class _Scorer:
 
 
 def _spread(accuracies: list[float]) -> dict:
-    return {"personalized_accuracy_mean": float(np.mean(accuracies)), "personalized_accuracy_min": float(np.min(accuracies))}
+    return {"personalized_accuracy_mean": float(np.mean(accuracies)),
+            "personalized_accuracy_min": float(np.min(accuracies))}

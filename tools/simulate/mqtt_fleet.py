@@ -19,15 +19,15 @@ import time
 from fedge.coordinator.loop import CoordinatorLoop
 from fedge.coordinator.service import coordinator_link
 from fedge.edge_runtime.agent import DeviceAgent
-from fedge.edge_runtime.kernel.clock import SystemClock
 from fedge.edge_runtime.eligibility_monitor import EligibilityMonitor
+from fedge.edge_runtime.kernel.clock import SystemClock
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.loop import AgentLoop
-from fedge.tools.simulate.profiles import DeviceProfile, load_profile
 from fedge.edge_runtime.kernel.protocol import TrainTask
-from fedge.edge_runtime.task import TaskState
-from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.edge_runtime.loop import AgentLoop
+from fedge.edge_runtime.task import TaskState
+from fedge.tools.simulate.profiles import DeviceProfile, load_profile
 
 from .errors import FleetNotReady
 from .stragglers import StragglerPlan
@@ -108,10 +108,12 @@ class SimDevice:
         self.rejoin_s = rejoin_s
         self.clock = SystemClock()
         policy = setup.cfg.eligibility
-        self.monitor = EligibilityMonitor(profile.trace_probe(self.clock), policy, self.clock) if profile.name != "reference" else None
+        self.monitor = EligibilityMonitor(profile.trace_probe(self.clock), policy,
+                                          self.clock) if profile.name != "reference" else None
         kwargs = {"eligibility": self.monitor.before, "abort_check": self.monitor.during} if self.monitor else {}
         self.runtime = setup.runtime(client, **kwargs)
-        self.rng = random.Random(int.from_bytes(hashlib.sha256(f"{setup.cfg.seed}/{client.client_id}".encode()).digest()[:8], "little"))
+        digest = hashlib.sha256(f"{setup.cfg.seed}/{client.client_id}".encode()).digest()
+        self.rng = random.Random(int.from_bytes(digest[:8], "little"))
         self.loop: AgentLoop | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._main, name=f"device-{client.client_id}", daemon=True)
@@ -121,16 +123,18 @@ class SimDevice:
 
     def _main(self) -> None:
         while not self.stopping.is_set():
-            transport = MqttTransport(self.runtime.device_id, self.settings, will=DeviceAgent.last_will(self.runtime.device_id))
+            transport = MqttTransport(self.runtime.device_id, self.settings,
+                                      will=DeviceAgent.last_will(self.runtime.device_id))
             vanished = threading.Event()
 
-            def vanish():
+            def vanish(vanished=vanished, transport=transport):  # this pass's link, not a later one
                 vanished.set()
                 transport.abort()  # first: the broker publishes the Last Will before a straggler fills in
                 self.plan.gone(self.runtime.device_id)
 
             a = self.setup.cfg.agent_timings
-            agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish, rng=self.rng,
+            agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish,
+                                   rng=self.rng,
                                    plan=self.plan, checkin_s=a.checkin_s, republish_s=a.republish_s,
                                    fetch_timeout_s=a.fetch_timeout_s)
             self.loop = AgentLoop(agent, poll_s=a.poll_s)
@@ -168,7 +172,8 @@ class MqttFleet:
             self.coordinator = setup.coordinator(MqttTransport("coordinator", link).connect(), SystemClock())
             profiles = [load_profile(name) for name in cfg.profiles] or [DeviceProfile()]
             self.plan = StragglerPlan(cfg.seed)
-            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)], rejoin_s=2 * setup.ccfg.round_deadline_s,
+            self.devices = [SimDevice(setup, client, settings, profiles[i % len(profiles)],
+                                      rejoin_s=2 * setup.ccfg.round_deadline_s,
                                       plan=self.plan)
                             for i, client in enumerate(setup.data.clients)]
             self.runtimes = [d.runtime for d in self.devices]
@@ -191,7 +196,8 @@ class MqttFleet:
         if len(self.coordinator.registry) < expected:
             missing = sorted({d.runtime.device_id for d in self.devices} - set(self.coordinator.registry))
             raise FleetNotReady(f"only {len(self.coordinator.registry)} of {expected} devices checked in within "
-                                f"{timeout_s:g} s (missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); "
+                                f"{timeout_s:g} s (missing: "
+                                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); "
                                 "the broker or this machine may be overloaded: try fewer --devices")
 
     def _closed(self, record) -> None:

@@ -8,7 +8,8 @@ model is. Each mode is a transform of the base spec (the user's, or the default 
     finetune  lora/personal -> shared         global  every trainable parameter       a copy of the global head,
                                                                                       fine-tuned `finetune_steps`
                                                                                       on the device before each
-                                                                                      evaluation (DeviceRuntime.personalize)
+                                                                                      evaluation
+                                                                                      (DeviceRuntime.personalize)
     full      lora/personal -> shared         dual    full layers + global head       the device's private head
     none      as given                        global  LoRA adapters + global head     none: the global model
 

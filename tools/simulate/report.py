@@ -95,14 +95,16 @@ def summarize(result) -> dict:
 def format_summary(result) -> str:
     s = result.summary["final"]
     lines = [
-        f"final: global {_pct(s['final_global_accuracy']).strip()}, personalized mean {s['final_personalized_accuracy_mean']:.3f} "
+        f"final: global {_pct(s['final_global_accuracy']).strip()}, personalized mean "
+        f"{s['final_personalized_accuracy_mean']:.3f} "
         f"(worst device {s['final_personalized_accuracy_min']:.3f})",
-        f"uplink: {s['total_bytes_up'] / 1024:.1f} KiB on the wire vs {s['total_bytes_up_dense'] / 1024:.1f} KiB dense fp32 "
-        f"({s['uplink_compression']:.2f}x)" if s["uplink_compression"] else "uplink: nothing sent",
+        f"uplink: {s['total_bytes_up'] / 1024:.1f} KiB on the wire vs {s['total_bytes_up_dense'] / 1024:.1f} KiB dense "
+        f"fp32 ({s['uplink_compression']:.2f}x)" if s["uplink_compression"] else "uplink: nothing sent",
     ]
     b = result.baselines
     if "local_only" in b:
-        lines.append(f"baseline local-only: mean {b['local_only']['accuracy_mean']:.3f}, worst {b['local_only']['accuracy_min']:.3f}")
+        lines.append(f"baseline local-only: mean {b['local_only']['accuracy_mean']:.3f}, worst "
+                     f"{b['local_only']['accuracy_min']:.3f}")
     if "central" in b:
         lines.append(f"baseline centralized: {b['central']['accuracy']:.3f}")
     n = result.new_devices

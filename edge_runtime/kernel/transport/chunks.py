@@ -150,7 +150,8 @@ class Reassembler:
         pending = self._sets.get(key)
         if pending is None:
             if total > self.max_message_bytes:
-                raise PayloadTooLarge(f"chunked message of {total} bytes on {topic!r} is over the {self.max_message_bytes}-byte limit")
+                raise PayloadTooLarge(f"chunked message of {total} bytes on {topic!r} is over the "
+                                      f"{self.max_message_bytes}-byte limit")
             pending = self._sets[key] = _PendingSet(count, total, digest, now)
         elif (pending.count, pending.total, pending.digest) != (count, total, digest):
             self._drop(key)

@@ -34,12 +34,19 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..errors import (BrokerRefused, CodecError, ConnectionLost, NotConnected, PayloadTooLarge,
-                      PublishRefused, TransportError)
+from ..errors import (
+    BrokerRefused,
+    CodecError,
+    ConnectionLost,
+    NotConnected,
+    PayloadTooLarge,
+    PublishRefused,
+    TransportError,
+)
 from .backoff import Backoff
-from .settings import MqttSettings
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
 from .chunks import Reassembler, is_chunk, split_message
+from .settings import MqttSettings
 
 log = logging.getLogger("fedge.mqtt")
 
@@ -122,7 +129,8 @@ class MqttTransport(Transport):
         client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = int(settings.session_expiry_s)
-        client.connect_async(host, port, keepalive=settings.keepalive_s, clean_start=settings.clean_start, properties=props)
+        client.connect_async(host, port, keepalive=settings.keepalive_s, clean_start=settings.clean_start,
+                             properties=props)
         self._client = client
         self._set_next_delay()
         self._endpoint = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
@@ -233,12 +241,14 @@ class MqttTransport(Transport):
         self._require_link()
         self._raise_refusals()
         if len(data) > self.settings.max_message_bytes:
-            raise PayloadTooLarge(f"{len(data)} bytes to {topic!r}: over the {self.settings.max_message_bytes}-byte message limit")
+            raise PayloadTooLarge(f"{len(data)} bytes to {topic!r}: over the {self.settings.max_message_bytes}-byte "
+                                  "message limit")
         limit = self.max_payload - len(topic.encode())
         if len(data) <= limit:
             frames = [data]
         elif retain:
-            raise PayloadTooLarge(f"retained message of {len(data)} bytes to {topic!r} does not fit one {limit}-byte packet")
+            raise PayloadTooLarge(f"retained message of {len(data)} bytes to {topic!r} does not fit one {limit}-byte "
+                                  "packet")
         else:
             frames = split_message(data, limit)
         for frame in frames:
@@ -325,7 +335,8 @@ class MqttTransport(Transport):
         self.connection_count += 1
         self._connected.set()
         if self.connection_count > 1:
-            log.info("%s: reconnected to %s (session present: %s)", self._client_id, self._endpoint, flags.session_present)
+            log.info("%s: reconnected to %s (session present: %s)", self._client_id, self._endpoint,
+                     flags.session_present)
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._connect_failures += 1
