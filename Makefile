@@ -39,6 +39,10 @@ $(TEST_VENV)/.installed: pyproject.toml setup.py
 	# A real pretrained model for the import tests; --no-deps: its onnxruntime requirement
 	# would replace the training build, and the test only reads its model file.
 	$(TEST_VENV)/bin/pip install $(PIP_FLAGS) --no-deps rapidocr-onnxruntime==1.4.4
+	# torch exports the CNN and MLP the import tests read (test-only: no device installs it).
+	# Pinned: 2.13.0 is the CPU wheel this machine's pip finds on disk; an unpinned torch pulls
+	# a CUDA build of several GB. x86_64 only, like the training build.
+	[ "$$(uname -m)" != x86_64 ] || $(TEST_VENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
 	touch $@
 
 clean:

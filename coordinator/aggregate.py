@@ -37,7 +37,8 @@ it owns, so a replay after a restart draws the same numbers), the coordinator's 
 settings, and the committed model's ServerState.extra, where an aggregator that learns across
 rounds (a running norm history, the last aggregate) finds what it left there. It leaves it
 through an optional `carry() -> dict[group, dict[str, ndarray]]`, which the coordinator merges
-into the new ServerState.extra before the commit, so the store commits it with the model. The server optimizer (FedAvg, FedAdam, ...) stays in coordinator/strategies: it
+into the new ServerState.extra before the commit, so the store commits it with the model.
+The server optimizer (FedAvg, FedAdam, ...) stays in coordinator/strategies: it
 consumes the aggregate and knows nothing of how it was formed.
 """
 

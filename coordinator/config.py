@@ -113,7 +113,8 @@ class CoordinatorConfig:
             raise ConfigError(f"weighting {self.weighting!r}: choose one of {WEIGHTINGS}")
         if not 1 <= self.max_examples <= MAX_EXAMPLES:
             raise ConfigError(f"max_examples must be in [1, {MAX_EXAMPLES}]")
-        if not (0 <= self.abandon_backoff_s <= self.abandon_backoff_max_s and math.isfinite(self.abandon_backoff_max_s)):
+        if not (0 <= self.abandon_backoff_s <= self.abandon_backoff_max_s
+                and math.isfinite(self.abandon_backoff_max_s)):
             raise ConfigError("need 0 <= abandon_backoff_s <= abandon_backoff_max_s (seconds, finite)")
         if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
             raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")

@@ -40,4 +40,5 @@ def holdout_fault(current_loss: float, candidate_loss: float, max_ratio: float) 
     the current model's, else why not."""
     if np.isfinite(candidate_loss) and candidate_loss <= max_ratio * current_loss:
         return None
-    return f"{HOLDOUT_REGRESSED}: guard-set loss {candidate_loss:.4g} > {max_ratio:g} x {current_loss:.4g} (current model)"
+    return (f"{HOLDOUT_REGRESSED}: guard-set loss {candidate_loss:.4g} > {max_ratio:g} x {current_loss:.4g} "
+            "(current model)")

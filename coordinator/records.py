@@ -97,7 +97,8 @@ class OpenRound:
             self.loss_sum += weight * float(loss)
             self.loss_weight += weight
         if update.control is not None:
-            self.control.add(update.control, 1.0)  # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one
+            # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one
+            self.control.add(update.control, 1.0)
         self.seen[(update.device_id, self.ctx.round_id, update.update_id)] = update.digest
         self.machine, _ = on_event(self.machine, Replied(update.device_id))
 

@@ -205,7 +205,8 @@ class Coordinator:
 
     def _check_in(self, msg: CheckIn) -> None:
         self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples, backoff.fingerprint(msg))
-        eligible = msg.eligible and not self.registry[msg.device_id].parked  # a parked device is paced like an ineligible one
+        # a parked device is paced like an ineligible one
+        eligible = msg.eligible and not self.registry[msg.device_id].parked
         reason = pace.reason_for(self.round.machine if self.round else None, msg.device_id, eligible)
         if reason is None:  # selected but silent: its task was probably lost; it declines if it cannot train
             self.outbound.task(self.round, msg.device_id, self.clock.now())

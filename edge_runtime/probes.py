@@ -283,7 +283,8 @@ def render(description: dict[str, Any]) -> str:
     if verdict is not None:
         lines.append("eligible: yes" if verdict["eligible"] else f"eligible: no: {'; '.join(verdict['why'])}")
         if verdict["eligible"] != (verdict["during"] is None):
-            lines.append(f"during training: {'ok' if verdict['during'] is None else 'would abort: ' + verdict['during']}")
+            lines.append("during training: "
+                         f"{'ok' if verdict['during'] is None else 'would abort: ' + verdict['during']}")
     width = max(len(name) for name in description["facts"])
     for name, fact in description["facts"].items():
         value = fact["value"]

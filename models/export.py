@@ -59,7 +59,8 @@ def dense_tail(spec: ModelSpec, values: dict[str, np.ndarray], head: str | None,
     for layer in spec.layers[which or slice(spec.backbone_depth, None)]:
         w = values[f"{layer.name}.weight"].astype(np.float64)
         if layer.mode == "lora":
-            w = w + spec.lora_scale * (values[f"{layer.name}.lora_a"].astype(np.float64) @ values[f"{layer.name}.lora_b"])
+            w = w + spec.lora_scale * (values[f"{layer.name}.lora_a"].astype(np.float64)
+                                       @ values[f"{layer.name}.lora_b"])
         layers.append((w.astype(np.float32), values[f"{layer.name}.bias"], layer.activation))
     if head is not None:
         layers.append((values[f"head_{head}.weight"], values[f"head_{head}.bias"], "none"))

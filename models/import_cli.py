@@ -9,14 +9,17 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 def add_import_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("import a pretrained ONNX model (instead of SPEC)")
-    g.add_argument("--from-onnx", metavar="MODEL", help="ONNX model: its prefix is the frozen backbone, its dense tail trains")
-    g.add_argument("--cut", default="auto", help="tensor where the backbone ends (default: where the dense tail begins)")
+    g.add_argument("--from-onnx", metavar="MODEL",
+                   help="ONNX model: its prefix is the frozen backbone, its dense tail trains")
+    g.add_argument("--cut", default="auto",
+                   help="tensor where the backbone ends (default: where the dense tail begins)")
     g.add_argument("--role", action="append", default=[], metavar="LAYER=MODE",
                    help="mode of a tail layer: fc1=frozen|lora|shared|personal (repeatable)")
     g.add_argument("--default-role", default="lora", help="mode of the tail layers not named by --role")
     g.add_argument("--classes", type=int, default=0, help="replace the classifier by a new head with this many classes")
     g.add_argument("--head", default="dual", choices=("dual", "global", "personal"))
-    g.add_argument("--input-shape", default="", help="per-example input shape where the model leaves it free, e.g. 3,48,192")
+    g.add_argument("--input-shape", default="",
+                   help="per-example input shape where the model leaves it free, e.g. 3,48,192")
     g.add_argument("--lora-rank", type=int, default=4)
     g.add_argument("--lora-alpha", type=float, default=8.0)
     g.add_argument("--name", default="")

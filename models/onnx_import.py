@@ -117,12 +117,14 @@ class _Graph:
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise OnnxImportError(f"{where}: the model has {len(inputs)} inputs {[i.name for i in inputs]}; "
-                                  "fedge imports models with one input tensor (extra state or config inputs are not supported)")
+                                  "fedge imports models with one input tensor "
+                                  "(extra state or config inputs are not supported)")
         self.input = inputs[0]
         if self.input.type.tensor_type.elem_type != TensorProto.FLOAT:
             raise OnnxImportError(f"{where}: input {self.input.name!r} is not float32")
         shapes = onnx.shape_inference.infer_shapes(model).graph
-        self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*shapes.value_info, *shapes.input, *shapes.output)
+        self.ranks = {v.name: len(v.type.tensor_type.shape.dim)
+                      for v in (*shapes.value_info, *shapes.input, *shapes.output)
                       if v.type.tensor_type.HasField("shape")}
 
     def follow(self, tensor: str) -> tuple[str, list[onnx.NodeProto]]:
@@ -166,13 +168,15 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
             if len(other) == 1 and other[0] in g.consts:
                 bias = g.consts[other[0]].astype(np.float32)
                 if bias.size != w.shape[1]:
-                    raise OnnxImportError(f"{g.where}: {_node_label(add)}: bias of {bias.size} values for {w.shape[1]} outputs")
+                    raise OnnxImportError(f"{g.where}: {_node_label(add)}: bias of {bias.size} values "
+                                          f"for {w.shape[1]} outputs")
                 b, out = bias.reshape(-1), add.output[0]
     out, users = g.follow(out)
     activation = "none"
     if len(users) == 1 and users[0].op_type == "Relu":
         activation, (out, _) = "relu", g.follow(users[0].output[0])
-    return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(), activation)
+    return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
+                      activation)
 
 
 def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
@@ -226,7 +230,8 @@ def _source_input_shape(g: _Graph, override: tuple[int, ...]) -> tuple[int, ...]
     per_example = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:])
     if override:
         if len(override) != len(per_example) or any(d is not None and d != o for d, o in zip(per_example, override)):
-            raise OnnxImportError(f"{g.where}: input_shape {override} does not fit the input {g.input.name!r} {per_example}")
+            raise OnnxImportError(f"{g.where}: input_shape {override} does not fit the input "
+                                  f"{g.input.name!r} {per_example}")
         return tuple(override)
     if not per_example or None in per_example:
         raise OnnxImportError(f"{g.where}: input {g.input.name!r} has per-example shape {per_example} with free "

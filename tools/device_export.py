@@ -31,7 +31,8 @@ def run(args) -> int:
     artifacts = root / "artifacts"
     ids = sorted(d.name for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()) if artifacts.exists() else []
     if args.model_id and args.model_id not in ids or not ids:
-        raise ConfigError(f"device {cfg.device_id}: no artifacts for model {args.model_id or '(any)'} under {artifacts}; "
+        raise ConfigError(f"device {cfg.device_id}: no artifacts for model {args.model_id or '(any)'} "
+                          f"under {artifacts}; "
                           f"it has {ids or 'none'}")
     if not args.model_id and len(ids) > 1:
         raise ConfigError(f"device {cfg.device_id} has models {ids}: choose one with --model-id")
@@ -48,5 +49,6 @@ def run(args) -> int:
         personal = {p.name: init[p.name] for p in load_manifest(artifacts / model_id).by_role("personal")}
     model = export_model(artifacts / model_id, shared, personal, head=args.head)
     atomic_write_bytes(Path(args.out), model.SerializeToString())
-    print(f"wrote {args.out}: device {cfg.device_id}, model {model_id}, input {model.graph.input[0].name}, output logits")
+    print(f"wrote {args.out}: device {cfg.device_id}, model {model_id}, input {model.graph.input[0].name}, "
+          "output logits")
     return 0

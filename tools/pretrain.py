@@ -155,7 +155,8 @@ def run(args) -> int:
                          partition=args.partition, alpha=args.alpha, seed=args.seed, spec=args.spec,
                          epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay)
     result = pretrain(cfg)
-    print(f"pretrained {cfg.spec} on {result.proxy_examples} proxy examples ({cfg.proxy_fraction:.0%} of {cfg.dataset}, "
+    print(f"pretrained {cfg.spec} on {result.proxy_examples} proxy examples "
+          f"({cfg.proxy_fraction:.0%} of {cfg.dataset}, "
           f"held by no device): accuracy {result.accuracy:.4f} on the devices' test data before round 1")
     print(f"wrote {result.onnx}, {result.spec_file} (import it: --model {result.spec_file}) and "
           f"{result.clients_dir}/ ({cfg.devices} devices, {cfg.partition}; use --data {result.clients_dir})")

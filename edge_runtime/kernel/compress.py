@@ -220,7 +220,8 @@ def _bound(sent: list[CompressedTensor], bound: float) -> list[CompressedTensor]
     out = []
     for t in sent:
         if t.bits == 32:
-            t = CompressedTensor(t.name, t.shape, 32, 0.0, t.indices, (t.values * np.float32(factor)).astype(np.float32))
+            t = CompressedTensor(t.name, t.shape, 32, 0.0, t.indices,
+                                 (t.values * np.float32(factor)).astype(np.float32))
         else:
             t = CompressedTensor(t.name, t.shape, t.bits, t.scale * factor, t.indices, t.values)
         out.append(t)
@@ -238,7 +239,8 @@ def compress_update(
     Steps (module docstring): acc = delta + residual (error feedback only; a given residual is
     ignored when it is off); clip acc by global norm (spec.clip_norm > 0); keep the
     k = max(1, ceil(topk_fraction * size)) largest |entries| per tensor (dense when
-    topk_fraction = 1; CompressionSpec keeps it <= 1); quantize the kept values (8/4 bits) or keep fp32; bound what is sent by
+    topk_fraction = 1; CompressionSpec keeps it <= 1); quantize the kept values (8/4 bits) or keep fp32;
+    bound what is sent by
     clip_norm; new residual = clipped acc - what the receiver will decode (None without error
     feedback).
     """

@@ -105,7 +105,8 @@ class OrtTrainingBackend(TrainerBackend):
         return float(np.asarray(data_loss).reshape(()))
 
     def _params(self) -> Params:
-        return {name: np.array(self.state.parameters[name].data, dtype=np.float32, copy=True) for name in self.trainable}
+        return {name: np.array(self.state.parameters[name].data, dtype=np.float32, copy=True)
+                for name in self.trainable}
 
     def _ensure_optimizer(self, hyper: StepHyper) -> None:
         if self.optimizer == "sgd":

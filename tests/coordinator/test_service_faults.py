@@ -252,6 +252,7 @@ def test_broker_kill9_mid_round_loses_no_update(drill):
         gate.set()  # the two slow devices finish while the broker is down
         _wait("the slow devices' updates to be pending", lambda: all(len(a.pending) for a in slow), 60)
         broker.restart()
+        back = time.time()
         assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
         # The device threads may still be handling the last Acks when the service exits.
         _wait("every update acknowledged", lambda: all(len(a.pending) == 0 for a in fleet.agents), 30)
@@ -265,6 +266,11 @@ def test_broker_kill9_mid_round_loses_no_update(drill):
     hit_round = [r for r in rows if r[0] == hit][0]
     # Over-selection 1.0 and min_reports = all: the round commits only with every update.
     assert hit_round[1] == "committed" and hit_round[2]["reports"] == DEVICES
+    # Its devices are alive: the open round resumes them and commits soon after the broker is
+    # back (issue 9: within 10 s), not at its deadline.
+    closed = _query(db, f"SELECT closed_wall, deadline_wall FROM rounds WHERE round_id = {int(hit)}")[0]
+    print(f"kill9: committed {closed[0] - back:.2f} s after the broker returned")
+    assert closed[0] - back <= 10.0 and closed[0] < closed[1], (closed[0] - back, closed)
     _assert_no_double_counting(db, rows)
     assert all(len(a.pending) == 0 for a in fleet.agents)  # every update was acknowledged
     assert all(a.resent_since >= 1 for a in slow), [a.resent_since for a in slow]  # they resent after the outage

@@ -173,7 +173,8 @@ def test_guard_set_refuses_a_finite_model_that_does_much_worse(model, tmp_path):
     kept = copy_params(c.state.params)
     assert c.begin_round()
     fleet.drain()
-    wreck = {k: np.full(s, 50.0, np.float32) * np.sign(rng.normal(size=s)).astype(np.float32) for k, s in shapes.items()}
+    wreck = {k: np.full(s, 50.0, np.float32) * np.sign(rng.normal(size=s)).astype(np.float32)
+             for k, s in shapes.items()}
     for d in (a, b):
         d.send(encode_message(d.update(wreck)))
     fleet.drain()

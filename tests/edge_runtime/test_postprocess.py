@@ -23,7 +23,8 @@ from fedge.edge_runtime.postprocess import (
 
 
 def _delta(rng, scale=1.0):
-    return {"a": (scale * rng.normal(size=(4, 3))).astype(np.float32), "b": (scale * rng.normal(size=7)).astype(np.float32)}
+    return {"a": (scale * rng.normal(size=(4, 3))).astype(np.float32),
+            "b": (scale * rng.normal(size=7)).astype(np.float32)}
 
 
 def test_steps_run_in_list_order_with_the_same_context_and_rng():
@@ -46,7 +47,8 @@ def test_steps_run_in_list_order_with_the_same_context_and_rng():
 @pytest.mark.parametrize("seed", range(20))
 @pytest.mark.parametrize("spec", [CompressionSpec(quant_bits=8, topk_fraction=0.3, clip_norm=1.0),
                                   CompressionSpec(quant_bits=4, clip_norm=0.0),
-                                  CompressionSpec(quant_bits=32, topk_fraction=0.5, clip_norm=2.0, error_feedback=False)])
+                                  CompressionSpec(quant_bits=32, topk_fraction=0.5, clip_norm=2.0,
+                                                  error_feedback=False)])
 def test_the_update_chain_sends_what_compress_update_sends(seed, spec):
     """Oracle: compress_update, the same steps in one call, on the same inputs and RNG state."""
     rng = np.random.default_rng(seed)

@@ -77,7 +77,8 @@ def torch_mod():
 
 def _export(torch, module, x, path):
     module.eval()
-    kwargs = dict(input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "batch"}}, opset_version=17)
+    kwargs = dict(input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "batch"}},
+                  opset_version=17)
     try:
         torch.onnx.export(module, (x,), str(path), dynamo=False, **kwargs)
     except TypeError:  # torch < 2.5 has no dynamo argument
@@ -127,7 +128,8 @@ def _torch_sgd_reference(torch, layers: list, z: np.ndarray, y: np.ndarray) -> d
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return {f"layer{j}": (layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for j, layer in enumerate(layers)}
+    return {f"layer{j}": (layer.weight.detach().numpy().T, layer.bias.detach().numpy())
+            for j, layer in enumerate(layers)}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -161,7 +163,8 @@ def test_torch_mlp(torch_mod, tmp_path):
     torch = torch_mod
     torch.manual_seed(1)
     nn = torch.nn
-    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 16), nn.ReLU(),
+                          nn.Linear(16, 10))
     x, y = _digits_images(80)
     x = x.reshape(len(x), -1)
     _export(torch, model, torch.from_numpy(x[:2]), tmp_path / "mlp.onnx")
@@ -169,7 +172,8 @@ def test_torch_mlp(torch_mod, tmp_path):
     assert spec.onnx_cut == "input" and [layer.mode for layer in spec.layers] == ["frozen", "personal"]
     build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)
     with torch.no_grad():
-        np.testing.assert_allclose(ModelRuntime(tmp_path / "art").embed(x), torch.relu(model[0](torch.from_numpy(x))).numpy(), atol=TOL)
+        np.testing.assert_allclose(ModelRuntime(tmp_path / "art").embed(x),
+                                   torch.relu(model[0](torch.from_numpy(x))).numpy(), atol=TOL)
     check_backends_agree(tmp_path / "art", x, y)
 
 

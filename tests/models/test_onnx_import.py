@@ -36,7 +36,8 @@ def _model(nodes, inits, inputs=None, out="prob"):
 
 
 def _cnn(tail_act="Relu"):
-    """img (2,6,6) -> Conv(4, 3x3, valid) -> Relu -> GAP -> Flatten (4) -> Gemm (7) -> act -> MatMul+Add (3) -> Softmax"""
+    """img (2,6,6) -> Conv(4, 3x3, valid) -> Relu -> GAP -> Flatten (4) -> Gemm (7) -> act
+    -> MatMul+Add (3) -> Softmax"""
     nodes = [
         helper.make_node("Conv", ["img", "cw"], ["c"], name="conv"),
         helper.make_node("Relu", ["c"], ["cr"], name="crelu"),
@@ -155,7 +156,8 @@ def test_two_inputs_and_computed_weights_are_refused(tmp_path):
     with pytest.raises(OnnxImportError, match=r"2 inputs \['x', 'state'\]"):
         import_spec(ImportOptions(str(path)))
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])]
-    nodes = [helper.make_node("Neg", ["w"], ["wn"], name="negate"), helper.make_node("MatMul", ["x", "wn"], ["prob"], name="mm")]
+    nodes = [helper.make_node("Neg", ["w"], ["wn"], name="negate"),
+             helper.make_node("MatMul", ["x", "wn"], ["prob"], name="mm")]
     onnx.save(_model(nodes, {"w": np.ones((4, 2), np.float32)}, inputs), path)
     with pytest.raises(OnnxImportError, match="MatMul node 'mm': its weight 'wn' is computed"):
         import_spec(ImportOptions(str(path), cut="x"))

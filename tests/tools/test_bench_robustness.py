@@ -12,7 +12,8 @@ from fedge.tools.bench.robustness import QUICK, Cell, RobustGrid, build_cells, m
 def test_build_cells_runs_the_clean_reference_once_per_defence_and_partition():
     grid = RobustGrid(attacks=("none", "alie"), defenses=("mean", "median"), partitions=("iid",), fractions=(0.1, 0.2))
     cells = build_cells(grid)
-    assert cells == [Cell("none", "mean", "iid", 0.0), Cell("alie", "mean", "iid", 0.1), Cell("alie", "mean", "iid", 0.2),
+    assert cells == [Cell("none", "mean", "iid", 0.0), Cell("alie", "mean", "iid", 0.1),
+                     Cell("alie", "mean", "iid", 0.2),
                      Cell("none", "median", "iid", 0.0), Cell("alie", "median", "iid", 0.1),
                      Cell("alie", "median", "iid", 0.2)]
     assert len(build_cells(QUICK)) == 6 * (1 + 4)

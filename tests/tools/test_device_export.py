@@ -43,7 +43,8 @@ STANDALONE = textwrap.dedent("""
 def _spec(kind, tmp_path):
     if kind == "imported-cnn":
         onnx.save(_cnn(), tmp_path / "cnn.onnx")
-        return import_spec(ImportOptions(str(tmp_path / "cnn.onnx"), roles={"fc1": "lora"}, num_classes=3, lora_rank=2)), (2, 6, 6)
+        return import_spec(ImportOptions(str(tmp_path / "cnn.onnx"), roles={"fc1": "lora"}, num_classes=3,
+                                         lora_rank=2)), (2, 6, 6)
     if kind == "frozen-then-lora":  # a backbone fedge built, then a LoRA layer
         return mlp_spec(10, 3, hidden=(16, 8), modes=("frozen", "lora"), lora_rank=2), (10,)
     return mlp_spec(10, 3, hidden=(8,), modes=("personal",)), (10,)  # no backbone at all
@@ -60,7 +61,8 @@ def test_exported_model_matches_the_runtime(kind, tmp_path):
     x = rng.normal(size=(60, *shape)).astype(np.float32)
     y = rng.integers(0, 3, 60)
     device = DeviceRuntime("devA", LocalData(x[:48], y[:48], x[48:], y[48:]), {manifest.model_id: art}, state, seed=1)
-    shared = {k: v + 0.05 * rng.normal(size=v.shape).astype(np.float32) for k, v in device.model(manifest.model_id).initial("shared").items()}
+    shared = {k: v + 0.05 * rng.normal(size=v.shape).astype(np.float32)
+              for k, v in device.model(manifest.model_id).initial("shared").items()}
     task = TrainTask(round_id=1, task_id="t1", device_id="devA", model_id=manifest.model_id, model_version=0,
                      params=encode_dense(shared), hyper=TaskHyper(epochs=3, batch_size=8, lr=0.1, optimizer="sgd"),
                      compression=CompressionSpec(), seed=9)
@@ -76,7 +78,8 @@ def test_exported_model_matches_the_runtime(kind, tmp_path):
     assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
 
     np.save(tmp_path / "x.npy", x[48:])
-    subprocess.run([sys.executable, "-I", "-c", STANDALONE, str(out), str(tmp_path / "x.npy"), str(tmp_path / "logits.npy")],
+    subprocess.run([sys.executable, "-I", "-c", STANDALONE, str(out), str(tmp_path / "x.npy"),
+                    str(tmp_path / "logits.npy")],
                    check=True, cwd=tmp_path, timeout=120)
     got = np.load(tmp_path / "logits.npy")
 
@@ -93,6 +96,7 @@ def test_export_without_a_trained_model_says_why(tmp_path, capsys):
     spec, _ = _spec("personal-layer", tmp_path)
     probe = build_artifacts(spec, tmp_path / "probe", ort_training=False)
     build_artifacts(spec, tmp_path / "state" / "devA" / "artifacts" / probe.model_id, ort_training=False)
-    (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{tmp_path / "state"}"\n[data]\nnpz = "x.npz"\n')
+    (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{tmp_path / "state"}"\n'
+                                       '[data]\nnpz = "x.npz"\n')
     assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "has not trained model" in capsys.readouterr().err

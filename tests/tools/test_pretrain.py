@@ -41,7 +41,8 @@ mode = "lora"
 def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     (root / "digits.toml").write_text(SPEC)
-    cfg = PretrainConfig(out=str(root / "out"), dataset="digits", proxy_fraction=0.1, devices=6, spec=str(root / "digits.toml"),
+    cfg = PretrainConfig(out=str(root / "out"), dataset="digits", proxy_fraction=0.1, devices=6,
+                         spec=str(root / "digits.toml"),
                          epochs=30, seed=2)
     return cfg, pretrain(cfg)
 

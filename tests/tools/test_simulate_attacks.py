@@ -47,7 +47,8 @@ def test_rewrite_sign_flip_scale_and_weight():
     assert out.num_examples == 40 and out.update_id == "u1"
     out = rewrite_update(honest_update(), task().compression, AttackSpec("scale"), Collusion(), 10, 0.5)
     np.testing.assert_array_equal(decoded(out)["w"], DELTA["w"] * 20)
-    out = rewrite_update(honest_update(), task().compression, AttackSpec("huge_weight", weight_factor=1e6), Collusion(), 10, 1.0)
+    out = rewrite_update(honest_update(), task().compression, AttackSpec("huge_weight", weight_factor=1e6),
+                         Collusion(), 10, 1.0)
     assert out.num_examples == 40_000_000 and out.payload == honest_update().payload
     out = rewrite_update(honest_update(), task().compression, AttackSpec("label_flip"), Collusion(), 10, 1.0)
     assert out == honest_update()  # data-level: what it trained is what it sends

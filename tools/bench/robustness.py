@@ -118,7 +118,8 @@ def _safe(grid: RobustGrid, cell: Cell) -> dict:
             "attackers_fraction": cell.fraction, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def run(grid: RobustGrid, json_path, quick: bool = False, log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
+def run(grid: RobustGrid, json_path, quick: bool = False,
+        log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
     started = time.perf_counter()
     cells = build_cells(grid)
     rows: list[dict | None] = [None] * len(cells)  # in grid order, whatever order they finish in
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", default=None, help="comma list of attacker shares (default: the grid's)")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else RobustGrid()
-    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed)) if v is not None}
+    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed))
+                 if v is not None}
     if args.omniscient:
         overrides["omniscient"] = True
     for name in ("attacks", "defenses", "partitions"):
@@ -177,5 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         overrides["fractions"] = tuple(float(f) for f in args.fractions.split(","))
     grid = replace(grid, **overrides)
     doc = run(grid, args.json_path, quick=args.quick)
-    print(f"wrote {args.json_path}: {len(doc['cells'])} cells, {len(doc['errors'])} errors, {doc['wall_seconds']:.0f} s")
+    print(f"wrote {args.json_path}: {len(doc['cells'])} cells, {len(doc['errors'])} errors, "
+          f"{doc['wall_seconds']:.0f} s")
     return 0

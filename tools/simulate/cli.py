@@ -87,9 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        ("server-momentum", "fedavgm momentum"), ("server-beta1", "adaptive: first-moment decay"),
                        ("server-beta2", "adaptive: second-moment decay"), ("server-tau", "adaptive: tau")):
         p.add_argument(f"--{name}", type=float, default=None, help=f"{what} (default: the coordinator's)")
-    p.add_argument("--attack", default=None, help="simulate attackers: label_flip, backdoor, sign_flip, scale, gaussian, "
+    p.add_argument("--attack", default=None,
+                   help="simulate attackers: label_flip, backdoor, sign_flip, scale, gaussian, "
                    "alie, ipm, min_max, min_sum, huge_weight, nan (tools/simulate/attacks.py)")
-    p.add_argument("--attackers", type=float, default=d.attackers, help="share of the devices that attack (default %(default)s)")
+    p.add_argument("--attackers", type=float, default=d.attackers,
+                   help="share of the devices that attack (default %(default)s)")
     p.add_argument("--omniscient", action="store_true", help="colluding attackers also see honest devices' deltas")
     p.add_argument("--aggregator", default=None,
                    help=f"how the coordinator combines a round: mean, norm_bound, median, trimmed_mean, krum, "

@@ -61,7 +61,8 @@ class Conspiracy:
             return
         if update.update_id not in self.queue:
             delta = flatten(decompress_update(decode_tensors(update.payload)))
-            self.collusion.deposit(update.round_id, update.device_id, delta, attacker=update.device_id in self.attackers)
+            self.collusion.deposit(update.round_id, update.device_id, delta,
+                                   attacker=update.device_id in self.attackers)
         self.queue.setdefault(update.update_id, (uplink, topic, payload))
 
     def release(self) -> bool:

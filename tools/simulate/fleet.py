@@ -171,7 +171,8 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     ccfg = replace(base, clients_per_round=wanted, min_reports=min(base.min_reports, wanted), seed=cfg.seed,
                    hyper=hyper, artifacts_dir=str(art_dir), state_db="")
     attack = cfg.attack_spec
-    attackers = adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed) if attack else frozenset()
+    attackers = (adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed)
+                 if attack else frozenset())
     rng = np.random.default_rng([cfg.seed, 0xBAD])
     poisoned = {c.client_id: adversary.poison_client(c, attack, data, rng) for c in data.clients
                 if c.client_id in attackers and attack.name in adversary.DATA_ATTACKS}
@@ -255,7 +256,8 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
 def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResult:
     cfg = setup.cfg
     data, manifest, model, backend = setup.data, setup.manifest, setup.model, setup.backend
-    result = SimResult(config={**asdict(cfg), **_what_ran(setup)}, model={"name": setup.spec.name, "model_id": manifest.model_id,
+    result = SimResult(config={**asdict(cfg), **_what_ran(setup)},
+                       model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
     xt, yt = data.union_test()

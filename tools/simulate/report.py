@@ -41,7 +41,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-HEADER = f"{'round':>5} {'loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} {'dense KiB':>9} {'down KiB':>8} {'sec':>6}"
+HEADER = (f"{'round':>5} {'loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} {'dense KiB':>9} "
+          f"{'down KiB':>8} {'sec':>6}")
 
 
 def _pct(v) -> str:
@@ -54,7 +55,8 @@ def _loss(v) -> str:
 
 def format_row(row: dict) -> str:
     return (
-        f"{row['round']:>5} {_loss(row.get('train_loss'))} {_pct(row['global_accuracy'])} {row['personalized_accuracy_mean']:9.3f} "
+        f"{row['round']:>5} {_loss(row.get('train_loss'))} {_pct(row['global_accuracy'])} "
+        f"{row['personalized_accuracy_mean']:9.3f} "
         f"{row['personalized_accuracy_min']:8.3f} {row['bytes_up'] / 1024:8.1f} {row['bytes_up_dense'] / 1024:9.1f} "
         f"{row['bytes_down'] / 1024:8.1f} {row['seconds']:6.2f}" + ("" if row["committed"] else "  (abandoned)")
     )
@@ -70,7 +72,8 @@ def failure_cause(result) -> str | None:
         parts.append("abandoned: " + "; ".join(f"{why} (x{n})" for why, n in s["abandoned"].items()))
     if s.get("declines"):
         details = s.get("decline_details", {})
-        parts.append("declines: " + "; ".join(f"{reason} x{n}" + (f" ({details[reason]})" if details.get(reason) else "")
+        parts.append("declines: " + "; ".join(f"{reason} x{n}"
+                                             + (f" ({details[reason]})" if details.get(reason) else "")
                                              for reason, n in sorted(s["declines"].items(), key=lambda kv: -kv[1])))
     if s.get("rejections"):
         parts.append("rejected updates: " + ", ".join(f"{r} x{n}" for r, n in s["rejections"].items()))
