@@ -42,3 +42,12 @@ def holdout_fault(current_loss: float, candidate_loss: float, max_ratio: float) 
         return None
     return (f"{HOLDOUT_REGRESSED}: guard-set loss {candidate_loss:.4g} > {max_ratio:g} x {current_loss:.4g} "
             "(current model)")
+
+
+def commit_fault(current, candidate, holdout=None) -> str | None:
+    """Why the candidate ServerState must not replace the current one, or None: a non-finite
+    value anywhere, then (with a guard set, holdout.py) a loss regression on it."""
+    fault = model_fault(candidate.params, candidate.extra)
+    if fault is None and holdout is not None:
+        fault = holdout.fault(current.version, current.params, candidate.params)
+    return fault

@@ -23,7 +23,6 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from fedge.edge_runtime.kernel.clock import SystemClock
-from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.manifest import Manifest
 from fedge.edge_runtime.kernel.protocol import (
     CheckIn,
@@ -33,16 +32,17 @@ from fedge.edge_runtime.kernel.protocol import (
     Update,
     all_devices_topic,
     device_of,
-    device_topic,
 )
 from fedge.edge_runtime.kernel.transport.base import Transport
 
 from . import backoff, pace
 from .admission import Accepted, AdmissionView, admit, check_decline
-from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask, open_artifacts
+from .artifacts import FetchRefused, open_artifacts
 from .config import CoordinatorConfig
 from .errors import UnexpectedMessage, UpdateRejected
-from .guard import model_fault
+from .fetches import serve_fetch
+from .flood import FloodLog
+from .guard import commit_fault
 from .holdout import open_holdout
 from .memory_store import MemoryStore
 from .metrics import CoordinatorMetrics
@@ -121,7 +121,7 @@ class Coordinator:
         self.rejections: Counter[str] = Counter()
         self.declines: Counter[str] = Counter()
         self.decline_details: dict[str, str] = {}  # reason -> the latest detail a device gave (bounded)
-        self._logged: Counter[str] = Counter()
+        self._flood = FloodLog(log)  # rejections: the first ten of a kind, then every power of two
         self.state: ServerState = restore_state(self.store, manifest.model_id, strategy.name,
                                                 strategy.init(initial_shared), self.shapes)
         self.next_round_id = self.store.next_round_id()
@@ -274,36 +274,15 @@ class Coordinator:
         self._execute(Declined(decline.device_id, decline.reason), self.clock.now())
 
     def _fetch(self, request: FetchRequest) -> None:
-        if request.task_id:
-            self._send_inline(request)
-            return
-        try:
-            if self.artifacts is None:
-                raise ArtifactUnavailable("this coordinator serves no artifacts (artifacts_dir is unset)")
-            for item in self.artifacts.transfer(request, self.clock.now()):
-                self.outbound.send(device_topic(request.device_id, "artifact"), encode_message(item))
-                self.metrics.artifact_bytes.inc(len(item.data))
-        except FetchRefused as exc:
-            self._reject(exc, request.device_id, None)
-            return
-        self.metrics.transfers.inc()
-        log.info("sent the files of %s to %s", self.artifacts.model_id, request.device_id)
-
-    def _send_inline(self, request: FetchRequest) -> None:
-        """A device could not assemble the round's model from its parts: its task again, params inline."""
-        rnd = self.round
-        device_id = request.device_id
-        if rnd is None or rnd.ctx.tasks.get(device_id) != request.task_id or not rnd.machine.expects(device_id):
-            self._reject(UnknownTask(f"task {request.task_id} is not open for {device_id}"), device_id, None)
-            return
-        log.info("round %d: task for %s sent again with its params inline", rnd.ctx.round_id, device_id)
-        self.outbound.task(rnd, device_id, self.clock.now(), inline=True)
+        refused = serve_fetch(request, self.round, self.artifacts, self.outbound, self.metrics, self.clock.now())
+        if refused is not None:
+            self._reject(refused, request.device_id, None)
 
     def _reject(self, exc: UpdateRejected | FetchRefused, sender: str | None, report) -> None:
         self.rejections[exc.reason] += 1
         self.metrics.rejected(exc.reason)
         level = logging.INFO if exc.reason in _QUIET else logging.WARNING
-        self._log(level, exc.reason, "rejected message from %s: %s (%s)", sender or "?", exc.reason, exc)
+        self._flood(level, exc.reason, "rejected message from %s: %s (%s)", sender or "?", exc.reason, exc)
         if isinstance(report, Update) and sender == report.device_id:
             # A duplicate was counted before: ack it as accepted so the device stops resending.
             self.outbound.ack(self.round, report, exc.reason == "duplicate", exc.reason)
@@ -314,12 +293,6 @@ class Coordinator:
         rnd = self.round
         self.outbound.pace(rnd, device_id, reason, rnd.ctx.round_id if rnd is not None else self.next_round_id,
                            self.clock.now(), cause or (record.reason if record is not None else ""))
-
-    def _log(self, level: int, key: str, fmt: str, *args) -> None:
-        """Log the first ten of a kind, then every power of two: a flood must not flood the log."""
-        n = self._logged[key] = self._logged[key] + 1
-        if n <= 10 or n & (n - 1) == 0:
-            log.log(level, fmt + ("" if n <= 10 else f" [{n} of this kind so far]"), *args)
 
     # ------------------------------------------------------------------ rounds
 
@@ -387,9 +360,7 @@ class Coordinator:
                 if carry is not None:
                     state = replace(state, extra={**state.extra, **carry()})
             elif isinstance(action, Commit):
-                fault = model_fault(state.params, state.extra)
-                if fault is None and self.holdout is not None:
-                    fault = self.holdout.fault(self.state.version, self.state.params, state.params)
+                fault = commit_fault(self.state, state, self.holdout)
                 if fault is not None:  # the model stays as it was; the Abandon that follows closes the round
                     log.error("round %d: the new model is refused, the round abandoned: %s", rnd.ctx.round_id, fault)
                     return self._execute(Stopped(fault), now)

@@ -103,3 +103,13 @@ def test_a_planted_violation_is_seen(tmp_path):
     names = [n for _, n in _imports(bad, tmp_path)]
     assert "edge_runtime.agent" in names and "fedge.edge_runtime.device" in names
     assert len(_offenders("coordinator", lambda n: not _device_part(n) or _kernel(n), tmp_path)) == 2
+
+
+MAX_MODULE_LINES = 400  # a module past this holds two concerns (the brief's style rule)
+
+
+def test_no_module_outside_tests_is_over_400_lines():
+    sizes = {p.relative_to(REPO).as_posix(): len(p.read_text().splitlines())
+             for top in TOPS for p in _modules(top)}
+    assert sizes and max(sizes.values()) > 100  # the scan read real files
+    assert {path: n for path, n in sizes.items() if n > MAX_MODULE_LINES} == {}

@@ -155,7 +155,7 @@ def test_a_chunk_flood_is_dropped_by_name_and_pins_no_more_than_an_update_per_se
     coord_transport = MqttTransport("coordinator", link).connect()
     broker.open.append(coord_transport)
     coordinator = Coordinator(coord_transport, strategy_from_config(cfg), manifest, runtime.initial("shared"), cfg)
-    rx = coord_transport._reassembler
+    rx = coord_transport._inbox.reassembler
     try:
         coordinator.start()
         fleet = SimpleNamespace(broker=broker, coordinator=coordinator)
@@ -186,7 +186,7 @@ def test_a_chunk_flood_is_dropped_by_name_and_pins_no_more_than_an_update_per_se
                 for s in senders:
                     s.t.flush(30)
                 _wait_judged(coord_transport, sent_sets, sent_oversize)
-                with coord_transport._chunk_lock:
+                with coord_transport._inbox.lock:
                     peak_total = max(peak_total, rx.pending_bytes)
                     peak_sender = max(peak_sender, *(rx.sender_bytes(device_topic(s.id, "update")) for s in senders))
         _wait_judged(coord_transport, sent_sets, sent_oversize)
@@ -232,8 +232,8 @@ def _wait_judged(transport: MqttTransport, sets: int, oversize: int, timeout_s: 
     """Until the transport has taken every frame sent: each set is pending, evicted or refused."""
     deadline = time.monotonic() + timeout_s
     while True:
-        with transport._chunk_lock:
-            rx = transport._reassembler
+        with transport._inbox.lock:
+            rx = transport._inbox.reassembler
             taken = rx.pending_sets + rx.dropped["chunks_evicted"]
         dropped = transport.dropped
         if taken + dropped["chunk_memory_full"] >= sets and dropped["oversize"] >= oversize:

@@ -21,7 +21,6 @@ import logging
 import queue
 import random
 import socket
-import ssl
 import threading
 import time
 from collections import Counter
@@ -29,14 +28,11 @@ from dataclasses import dataclass
 from typing import cast
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import (
     BrokerRefused,
-    CodecError,
     ConnectionLost,
     NotConnected,
     PayloadTooLarge,
@@ -45,22 +41,13 @@ from ..errors import (
 )
 from .backoff import Backoff
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
-from .chunks import Reassembler, is_chunk, split_message
+from .chunk_inbox import ChunkInbox
+from .chunks import is_chunk, split_message
+from .paho_client import make_client
 from .settings import MqttSettings
 
 log = logging.getLogger("fedge.mqtt")
 
-
-class _NoIdleLoopErrors(logging.Filter):
-    """paho logs an ERROR each time its loop runs without a socket, which is every pass while a
-    link is down or being closed; the transport reports those states itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Client is not connected")
-
-
-_paho_log = logging.getLogger("fedge.mqtt.paho")  # paho's own lines: TLS and socket errors
-_paho_log.addFilter(_NoIdleLoopErrors())
 
 _FATAL_CONNACK = {133, 134, 135, 138, 140}  # bad client id, bad credentials, not authorized, banned, bad auth method
 _PUBLISH_OVERHEAD = 64  # bytes kept free in a packet for fixed header, topic length, packet id, properties
@@ -99,41 +86,14 @@ class MqttTransport(Transport):
         self._connect_failures = 0
         self._suback: dict[int, tuple[threading.Event, list]] = {}
         self._broker_max_packet = _DEFAULT_PACKET
-        self._reassembler = Reassembler(settings.inbound_limit, settings.pending_limit, settings.chunk_expiry_s)
-        self._last_expiry = time.monotonic()
-        self._chunk_lock = threading.Lock()  # the reassembler is fed by paho's thread, expired by ours
+        self._inbox = ChunkInbox(client_id, settings)  # fed by paho's thread, expired by ours
         self.connection_count = 0  # successful CONNACKs so far
-        self._dropped: Counter[str] = Counter()  # chunk frames refused, by reason (under _chunk_lock)
         self.refused_publishes = 0  # PUBACKs with a failure reason (e.g. ACL), since creation
         self._refusals: list[list] = []  # [mid, topic, reason] not yet raised (under _lock)
         self._unreported_refusals = 0  # how many those stand for (the list keeps the first few)
 
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
-                             reconnect_on_failure=True)
-        if settings.username:
-            client.username_pw_set(settings.username, settings.password or None)
-        host, port, tls = settings.endpoint()
-        if tls:
-            client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
-                           keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED,
-                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        if will is not None:
-            client.will_set(validate_topic(will.topic), will.payload, qos=1, retain=will.retain)
-        client.max_queued_messages_set(0)  # unbounded: the owner bounds what it publishes
-        client.enable_logger(_paho_log)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        client.on_subscribe = self._on_subscribe
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = int(settings.session_expiry_s)
-        client.connect_async(host, port, keepalive=settings.keepalive_s, clean_start=settings.clean_start,
-                             properties=props)
-        self._client = client
+        self._client, self._endpoint = make_client(client_id, settings, will, self)
         self._set_next_delay()
-        self._endpoint = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,14 +138,12 @@ class MqttTransport(Transport):
     def dropped(self) -> Counter[str]:
         """Inbound chunk frames refused (oversize, malformed_chunk, chunk_memory_full) and
         incomplete sets thrown away (chunks_expired, chunks_evicted), by reason; a snapshot."""
-        with self._chunk_lock:
-            return self._dropped + self._reassembler.dropped
+        return self._inbox.dropped
 
     @property
     def pending_chunk_bytes(self) -> int:
         """Bytes held now in incomplete chunk sets, all senders together."""
-        with self._chunk_lock:
-            return self._reassembler.pending_bytes
+        return self._inbox.pending_bytes
 
     @property
     def max_payload(self) -> int:
@@ -288,7 +246,7 @@ class MqttTransport(Transport):
     def receive(self, timeout: float | None = 0.0) -> Message | None:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-        self._expire_chunks()
+        self._inbox.expire()
         try:
             item = self._queue.get(timeout != 0, timeout)
         except queue.Empty:
@@ -358,20 +316,9 @@ class MqttTransport(Transport):
     def _on_message(self, client, userdata, message) -> None:
         payload = message.payload
         if is_chunk(payload):
-            try:
-                with self._chunk_lock:
-                    whole = self._reassembler.feed(message.topic, payload, time.monotonic())
-            except CodecError as exc:
-                with self._chunk_lock:
-                    self._dropped[exc.reason] += 1
-                    n = self._dropped[exc.reason]
-                if n <= 10 or n & (n - 1) == 0:  # a chunk flood must not flood the log
-                    log.warning("%s: dropped a chunk on %s: %s (%s)%s", self._client_id, message.topic, exc.reason,
-                                exc, f" [{n} of this kind so far]" if n > 10 else "")
+            payload = self._inbox.feed(message.topic, payload)
+            if payload is None:
                 return
-            if whole is None:
-                return
-            payload = whole
         self._queue.put(Message(message.topic, payload, bool(message.retain)))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -435,17 +382,6 @@ class MqttTransport(Transport):
         self._attempt += 1
         if hasattr(self, "_client"):
             self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)
-
-    def _expire_chunks(self) -> None:
-        now = time.monotonic()
-        if now - self._last_expiry < 1.0:
-            return
-        self._last_expiry = now
-        with self._chunk_lock:
-            expired = self._reassembler.expire(now)
-        if expired:
-            log.warning("%s: dropped %d incomplete chunked message(s) after %g s", self._client_id, expired,
-                        self.settings.chunk_expiry_s)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("connected" if self.connected else "disconnected")

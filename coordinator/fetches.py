@@ -1,0 +1,43 @@
+"""A device's FetchRequest: the model's artifact files, or (with a task id) its open task again
+with the round's params inline, when it could not assemble the round's model from its parts."""
+
+from __future__ import annotations
+
+import logging
+
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.protocol import FetchRequest, device_topic
+
+from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask
+from .metrics import CoordinatorMetrics
+from .outbound import Outbound
+from .records import OpenRound
+
+log = logging.getLogger("fedge.coordinator")
+
+
+def serve_fetch(request: FetchRequest, rnd: OpenRound | None, artifacts, outbound: Outbound,
+                metrics: CoordinatorMetrics, now: float) -> FetchRefused | None:
+    """Send what the request asks for; the refusal to count and log instead, or None."""
+    if request.task_id:
+        return _send_inline(request, rnd, outbound, now)
+    try:
+        if artifacts is None:
+            raise ArtifactUnavailable("this coordinator serves no artifacts (artifacts_dir is unset)")
+        for item in artifacts.transfer(request, now):
+            outbound.send(device_topic(request.device_id, "artifact"), encode_message(item))
+            metrics.artifact_bytes.inc(len(item.data))
+    except FetchRefused as exc:
+        return exc
+    metrics.transfers.inc()
+    log.info("sent the files of %s to %s", artifacts.model_id, request.device_id)
+    return None
+
+
+def _send_inline(request: FetchRequest, rnd: OpenRound | None, outbound: Outbound, now: float) -> FetchRefused | None:
+    device_id = request.device_id
+    if rnd is None or rnd.ctx.tasks.get(device_id) != request.task_id or not rnd.machine.expects(device_id):
+        return UnknownTask(f"task {request.task_id} is not open for {device_id}")
+    log.info("round %d: task for %s sent again with its params inline", rnd.ctx.round_id, device_id)
+    outbound.task(rnd, device_id, now, inline=True)
+    return None

@@ -1,0 +1,55 @@
+"""The paho-mqtt client a MqttTransport drives: MQTT 5, callback API v2, TLS and credentials
+from the settings, a Last Will, a persistent session, and paho's own log lines under
+fedge.mqtt.paho without the one it repeats on every pass while a link is down."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .base import Message, validate_topic
+from .settings import MqttSettings
+
+
+class _NoIdleLoopErrors(logging.Filter):
+    """paho logs an ERROR each time its loop runs without a socket, which is every pass while a
+    link is down or being closed; the transport reports those states itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger("fedge.mqtt.paho")  # paho's own lines: TLS and socket errors
+_paho_log.addFilter(_NoIdleLoopErrors())
+
+CALLBACKS = ("on_connect", "on_connect_fail", "on_disconnect", "on_message", "on_publish", "on_subscribe")
+
+
+def make_client(client_id: str, settings: MqttSettings, will: Message | None, owner) -> tuple[paho.Client, str]:
+    """A client set up to connect (connect_async: nothing happens until its loop starts), with
+    `owner._on_connect` ... `owner._on_subscribe` as its callbacks; and the endpoint's URL."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
+                         reconnect_on_failure=True)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password or None)
+    host, port, tls = settings.endpoint()
+    if tls:
+        client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                       keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED,
+                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    if will is not None:
+        client.will_set(validate_topic(will.topic), will.payload, qos=1, retain=will.retain)
+    client.max_queued_messages_set(0)  # unbounded: the owner bounds what it publishes
+    client.enable_logger(_paho_log)
+    for name in CALLBACKS:
+        setattr(client, name, getattr(owner, f"_{name}"))
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = int(settings.session_expiry_s)
+    client.connect_async(host, port, keepalive=settings.keepalive_s, clean_start=settings.clean_start,
+                         properties=props)
+    return client, f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
