@@ -36,9 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.coordinator.config import CoordinatorConfig
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
-DEFAULT_DEFENSE = "norm_bound"
+# The cells marked `default`: the aggregator a coordinator runs when its config names none.
+DEFAULT_DEFENSE = CoordinatorConfig().aggregator
 
 
 @dataclass(frozen=True)
