@@ -35,8 +35,11 @@ class CoordinatorConfig:
     prox_mu: float = 0.01  # fedprox: the proximal weight sent as the tasks' mu (other strategies send hyper.mu)
     control_norm_bound: float = 0.0  # scaffold: reject a Δc_i with a larger L2 norm; 0 = off
     # How a round's accepted deltas combine (coordinator/robust/aggregators.py): mean, norm_bound,
-    # median, trimmed_mean, krum, centered_clipping; [robust] holds their parameters.
-    aggregator: str = "mean"
+    # median, trimmed_mean, krum, centered_clipping; [robust] holds their parameters. The default
+    # clips each update to 2x the median update norm and caps each claimed weight at the median
+    # claim (robust/norm_bound.py): one device cannot outweigh or outrun a typical one, memory
+    # stays O(model), and on our runs without attackers it cost nothing (README, Robust aggregation).
+    aggregator: str = "norm_bound"
     robust: RobustConfig = field(default_factory=RobustConfig)
     seed: int = 0
     max_update_bytes: int = 16 << 20

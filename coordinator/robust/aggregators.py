@@ -72,10 +72,13 @@ EXTRA_KEY = "robust"  # the ServerState.extra group that carries RobustState thr
 class RobustState:
     history: NormHistory = NormHistory()
     center: np.ndarray | None = None  # (d,) float64: the last committed aggregate
+    claims: NormHistory = NormHistory()  # claimed weights of earlier rounds' updates (the weight cap)
 
     def to_extra(self) -> dict[str, np.ndarray]:
         """As a ServerState.extra group (float64 arrays: the store keeps them bit for bit)."""
         out = {"norms": np.array(self.history.norms, np.float64)}
+        if self.claims.norms:
+            out["claims"] = np.array(self.claims.norms, np.float64)
         if self.center is not None:
             out["center"] = np.asarray(self.center, np.float64)
         return out
@@ -86,7 +89,8 @@ class RobustState:
             return cls()
         center = group.get("center")
         return cls(NormHistory(tuple(float(n) for n in group.get("norms", ()))),
-                   None if center is None else np.asarray(center, np.float64))
+                   None if center is None else np.asarray(center, np.float64),
+                   NormHistory(tuple(float(n) for n in group.get("claims", ()))))
 
 
 class _Base:
@@ -99,6 +103,7 @@ class _Base:
         self.count = 0
         self.total_weight = 0.0
         self.norms: list[float] = []
+        self.claims: list[float] = []  # the weights as claimed (after the fixed cap), before any relative cap
         self.result_vec: np.ndarray | None = None
 
     def add(self, tensors: Params, meta) -> None:
@@ -108,6 +113,7 @@ class _Base:
         if self.like is None:
             self.like = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
         self._add(flatten(tensors), float(weight))
+        self.claims.append(float(weight))
         self.count += 1
         self.total_weight += float(weight)
 
@@ -128,17 +134,42 @@ class _Base:
 
 
 class StreamingAggregator(_Base):
-    """mean and norm_bound: O(model)."""
+    """norm_bound with a history: each update clipped to `bound` and its weight capped at
+    `weight_cap` as it arrives, into a running sum: O(model)."""
 
-    def __init__(self, bound: float = math.inf) -> None:
+    def __init__(self, bound: float = math.inf, weight_cap: float = math.inf) -> None:
         super().__init__()
         self.acc = ClippedMean(bound)
+        self.weight_cap = weight_cap
 
     def _add(self, vec: np.ndarray, weight: float) -> None:
-        self.norms.append(self.acc.add(vec, weight))
+        self.norms.append(self.acc.add(vec, min(weight, self.weight_cap)))
 
     def _reduce(self) -> np.ndarray:
         return self.acc.result()
+
+
+class ColdStartAggregator(_Base):
+    """norm_bound before there is a history: keeps the round's updates (O(k x model), these
+    rounds only), then clips each to multiplier x the median of their norms and caps each
+    weight at weight_multiplier x the median of their claims (norm_bound.py)."""
+
+    def __init__(self, cfg: NormBoundConfig) -> None:
+        super().__init__()
+        self.norm_cfg = cfg
+        self.rows: list[np.ndarray] = []
+
+    def _add(self, vec: np.ndarray, weight: float) -> None:
+        self.rows.append(vec)
+        self.norms.append(float(np.linalg.norm(vec)))
+
+    def _reduce(self) -> np.ndarray:
+        cfg = self.norm_cfg
+        acc = ClippedMean(cfg.multiplier * float(np.median(self.norms)) or math.inf)
+        cap = cfg.weight_multiplier * float(np.median(self.claims)) if cfg.weight_multiplier else math.inf
+        for row, weight in zip(self.rows, self.claims):
+            acc.add(row, min(weight, cap))
+        return acc.result()
 
 
 class KeepAllAggregator(_Base):
@@ -185,7 +216,10 @@ def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.ra
 
 def _make(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator) -> _Base:
     if name == "norm_bound":
-        return StreamingAggregator(state.history.bound(cfg.norm))
+        bound = state.history.bound(cfg.norm)
+        if not 0 < bound < math.inf:  # no (nonzero) history yet, no initial_bound: the round's own median
+            return ColdStartAggregator(cfg.norm)
+        return StreamingAggregator(bound, state.claims.weight_cap(cfg.norm))
     beta = cfg.byzantine_fraction
     if name == "median":
         rule = coordinate_median
@@ -207,7 +241,8 @@ def advance(state: RobustState, agg, cfg: RobustConfig) -> RobustState:
     """The cross-round state after `agg`'s round committed (plain means learn nothing)."""
     if not isinstance(agg, _Base):
         return state
-    return RobustState(state.history.record(agg.norms, cfg.norm), agg.result_vec)
+    return RobustState(state.history.record(agg.norms, cfg.norm), agg.result_vec,
+                       state.claims.record(agg.claims, cfg.norm))
 
 
 def _fit(center: np.ndarray | None, d: int) -> np.ndarray | None:

@@ -8,9 +8,15 @@ concern, not this one's.) The bound comes only from earlier rounds, so an update
 the moment it arrives and the round keeps a running sum: memory O(model) plus O(window)
 scalars, whatever k is. An attacker who is a minority of the recent reports cannot move the
 median much (it is their order statistic, not their magnitude, that counts), so one huge update
-is cut to bound_t. Until `min_history` norms have
-been seen, `initial_bound` applies (0 = no bound in the first rounds; set it when the first
-rounds must be protected too).
+is cut to bound_t. Until `min_history` norms have been seen, `initial_bound` applies; 0 (the
+default) means the round's own median: the first rounds keep their updates (O(k x model),
+those rounds only) and clip them to `multiplier` x the median of their own norms, so the
+first round is protected too.
+
+The claimed weight is bounded the same way: min(w_i, weight_multiplier x the median claim of
+earlier rounds' updates, or of this round's in the first rounds). A fixed cap alone
+(coordinator/weights.py) still lets one device claim the cap and outweigh a fleet of small
+devices; relative to the median it counts at most as much as `weight_multiplier` typical ones.
 
 Pure: the history is a frozen value; the caller records each committed round's norms into it.
 """
@@ -28,10 +34,11 @@ from .errors import BadRobustParameter, RobustError
 
 @dataclass(frozen=True)
 class NormBoundConfig:
-    multiplier: float = 3.0  # clip to this many times the running median norm
+    multiplier: float = 2.0  # clip to this many times the running median norm
     window: int = 200  # the median runs over this many most recent update norms
     min_history: int = 5  # fewer earlier norms than this: initial_bound applies
-    initial_bound: float = 0.0  # L2 bound before the history is long enough; 0 = none
+    initial_bound: float = 0.0  # L2 bound before the history is long enough; 0 = the round's own median
+    weight_multiplier: float = 1.0  # a weight counts at most this many times the median claim; 0 = no cap
 
     def __post_init__(self) -> None:
         if not (self.multiplier > 0 and math.isfinite(self.multiplier)):
@@ -39,7 +46,9 @@ class NormBoundConfig:
         if self.window < 1 or not 1 <= self.min_history <= self.window:
             raise BadRobustParameter("norm bound: need window >= 1 and 1 <= min_history <= window")
         if not (self.initial_bound >= 0 and math.isfinite(self.initial_bound)):
-            raise BadRobustParameter("norm bound: initial_bound must be >= 0 (0 = none)")
+            raise BadRobustParameter("norm bound: initial_bound must be >= 0 (0 = the round's own median)")
+        if not (self.weight_multiplier >= 0 and math.isfinite(self.weight_multiplier)):
+            raise BadRobustParameter("norm bound: weight_multiplier must be >= 0 (0 = no relative weight cap)")
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,12 @@ class NormHistory:
         if len(self.norms) < cfg.min_history:
             return cfg.initial_bound or math.inf
         return cfg.multiplier * float(np.median(self.norms))
+
+    def weight_cap(self, cfg: NormBoundConfig) -> float:
+        """Read as a history of claimed weights: the cap for the next round; inf = none yet."""
+        if not cfg.weight_multiplier or len(self.norms) < cfg.min_history:
+            return math.inf
+        return cfg.weight_multiplier * float(np.median(self.norms))
 
     def record(self, norms, cfg: NormBoundConfig) -> NormHistory:
         """The history after a committed round with these (pre-clip) norms."""

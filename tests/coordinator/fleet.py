@@ -109,8 +109,10 @@ def local_data(rng: np.random.Generator, n: int) -> LocalData:
 def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | None = None,
                metrics: CoordinatorMetrics | None = None, **config) -> Fleet:
     art, manifest, runtime = model
+    # aggregator "mean": these fleets check the strategies' arithmetic against the plain weighted
+    # mean of the wire deltas; the default defence (norm_bound) has its own tests.
     cfg = CoordinatorConfig(**{"clients_per_round": max(1, len(sizes)), "over_selection": 1.0, "hyper": HYPER,
-                               "compression": EXACT, **config})
+                               "compression": EXACT, "aggregator": "mean", **config})
     broker = InMemoryBroker()
     clock = ManualClock()
     coordinator = Coordinator(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,

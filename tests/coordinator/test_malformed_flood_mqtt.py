@@ -89,7 +89,7 @@ def _flood(coordinator, flood: Flood, per_kind: int, rng) -> Counter:
 def test_ten_thousand_malformed_payloads_through_mosquitto(mosquitto, tmp_path):
     _, manifest, runtime = build_tiny_model(tmp_path / "artifacts")
     cfg = CoordinatorConfig(clients_per_round=3, min_reports=3, over_selection=1.0, hyper=HYPER, compression=EXACT,
-                            max_update_bytes=MAX_BYTES)
+                            max_update_bytes=MAX_BYTES, aggregator="mean")  # the oracle: the honest updates' mean
     broker = Connector(mosquitto.url)
     coordinator = Coordinator(broker.connect("coordinator"), strategy_from_config(cfg), manifest,
                               runtime.initial("shared"), cfg, store=RoundStore(tmp_path / "state.db"))
@@ -149,7 +149,7 @@ def test_a_chunk_flood_is_dropped_by_name_and_pins_no_more_than_an_update_per_se
     than the derived total, and a genuine chunked update still gets in and the round commits."""
     _, manifest, runtime = build_tiny_model(tmp_path / "artifacts")
     cfg = CoordinatorConfig(clients_per_round=2, min_reports=2, over_selection=1.0, hyper=HYPER, compression=EXACT,
-                            max_update_bytes=MAX_BYTES)
+                            max_update_bytes=MAX_BYTES, aggregator="mean")  # the oracle: the honest updates' mean
     broker = Connector(mosquitto.url)
     link = coordinator_link(broker.settings, cfg)
     coord_transport = MqttTransport("coordinator", link).connect()

@@ -71,10 +71,20 @@ def test_norm_bound_and_centered_clipping_learn_across_rounds():
     cfg = RobustConfig(norm=NormBoundConfig(multiplier=2.0, min_history=3))
     state = RobustState()
     us, ws = updates(3)
-    agg, _ = run("norm_bound", cfg, state, us, ws)
-    assert agg.acc.bound == math.inf  # no history in round 1
-    state = advance(state, agg, cfg)
+    us[0] = {k: v * 50 for k, v in us[0].items()}  # one long update, and one huge claim, in round 1
+    ws = [1e6] + ws[1:]
+    agg, out = run("norm_bound", cfg, state, us, ws)
+    # Round 1, no history: the round's own medians bound the norms and the weights (a plain loop).
     norms = [np.linalg.norm(flat(u)) for u in us]
+    bound, cap = 2.0 * np.median(norms), cfg.norm.weight_multiplier * np.median(ws)
+    total, weight = np.zeros(10), 0.0
+    for u, w in zip(us, ws):
+        x, w = flat(u), min(w, cap)
+        total += w * x * min(1.0, bound / np.linalg.norm(x))
+        weight += w
+    np.testing.assert_allclose(flat(out), total / weight, rtol=1e-5, atol=1e-7)
+    state = advance(state, agg, cfg)
+    assert state.claims.weight_cap(cfg.norm) == pytest.approx(cap)  # the claims as made, before the cap
     assert state.history.bound(cfg.norm) == pytest.approx(2.0 * np.median(norms))
     huge = [{k: v * 1000 for k, v in us[0].items()}]
     agg, out = run("norm_bound", cfg, state, us + huge, ws + [1.0])

@@ -354,7 +354,7 @@ def test_fedavg_weighs_each_update_by_its_examples_on_an_unequal_fleet(model, tm
     sum_i n_i delta_i / sum_i n_i over the accepted updates (McMahan et al.), from the wire bytes."""
     from tests.coordinator.fleet import assert_params, copy_params, fedavg_oracle
 
-    fleet = toy_fleet(model, tmp_path, CoordinatorConfig(strategy=name, **E2E))
+    fleet = toy_fleet(model, tmp_path, CoordinatorConfig(strategy=name, aggregator="mean", **E2E))  # the oracle's mean
     c = fleet.coordinator
     old = copy_params(c.state.params)
     assert c.begin_round()

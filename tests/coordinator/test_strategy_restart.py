@@ -92,8 +92,9 @@ def test_restart_mid_round_resumes_every_strategy_bit_for_bit(model, reference, 
     assert fleet.coordinator.rejections["duplicate"] >= crash_after
     assert got.version == ref.version == ROUNDS
     _assert_same_bits(got, ref)
-    assert set(got.extra) == {"fedavgm": {"momentum"}, "scaffold": {"control"},
-                              "fedadagrad": {"m", "v"}, "fedadam": {"m", "v"}, "fedyogi": {"m", "v"}}.get(name, set())
+    strategy_groups = {"fedavgm": {"momentum"}, "scaffold": {"control"},
+                       "fedadagrad": {"m", "v"}, "fedadam": {"m", "v"}, "fedyogi": {"m", "v"}}.get(name, set())
+    assert set(got.extra) == strategy_groups | {"robust"}  # the default aggregator's norm history too
     # ...and what the store holds is that state too.
     cfg = fleet.coordinator.config
     _, manifest, runtime = fleet.model

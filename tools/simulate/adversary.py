@@ -22,16 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedge.coordinator.robust.flat import flatten, unflatten
+from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES
 from fedge.tools.datasets import ClientData, FederatedDataset
 
 from . import attacks
 from .errors import AttackError
 
 DATA_ATTACKS = ("label_flip", "backdoor")
-UPDATE_ATTACKS = ("sign_flip", "scale", "backdoor", "gaussian", "alie", "ipm", "min_max", "min_sum", "nan")
+UPDATE_ATTACKS = ("sign_flip", "scale", "backdoor", "gaussian", "alie", "ipm", "min_max", "min_sum", "nan", "poison")
 COLLUDING = ("alie", "ipm", "min_max", "min_sum")
 ATTACKS = ("label_flip", "backdoor", "sign_flip", "scale", "gaussian", "alie", "ipm", "min_max", "min_sum",
-           "huge_weight", "nan")
+           "huge_weight", "nan", "poison")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class AttackSpec:
     poison_fraction: float = 0.5  # backdoor: share of the attacker's samples stamped
     trigger_size: int = 0  # backdoor: side of the square stamped in the corner; 0 = max(2, height // 7)
     weight_factor: float = 1e6  # huge_weight: claimed examples = true examples x this
+    poison_value: float = 5.0  # poison: every value of the delta, sent with the largest claim the codec takes
 
     def __post_init__(self) -> None:
         if self.name not in ATTACKS:
@@ -109,6 +111,8 @@ def malicious_delta(spec: AttackSpec, collusion: attacks.Collusion, n: int, eta:
         return attacks.min_sum(known, spec.perturbation)[0]
     if spec.name == "nan":
         return attacks.nan_update(x)
+    if spec.name == "poison":
+        return np.full_like(x, spec.poison_value)
     return x  # data-level attacks and huge_weight send what they trained
 
 
@@ -127,7 +131,10 @@ def attack_step(spec: AttackSpec, collusion: attacks.Collusion, n: int, eta: flo
 
 
 def claimed_examples(spec: AttackSpec, true_examples: int) -> int:
-    """What the attacker says it trained on (huge_weight lies; the rest tell the truth)."""
+    """What the attacker says it trained on (huge_weight and poison lie, as much as the codec
+    lets a message claim: a larger claim is refused as malformed before it counts)."""
+    if spec.name == "poison":
+        return MAX_EXAMPLES
     if spec.name != "huge_weight":
         return true_examples
-    return int(min(attacks.huge_weight(true_examples, spec.weight_factor), 2**62))
+    return int(min(attacks.huge_weight(true_examples, spec.weight_factor), MAX_EXAMPLES))
