@@ -50,6 +50,7 @@ class CoordinatorLoop:
         self.next_begin = 0.0
         self.abandoned_in_a_row = 0
         self._started = False
+        self._waiting_said = ("", 0.0)  # the last "waiting for" line and when it may be repeated
 
     def run(self) -> None:
         """Run until `stop()` or `should_stop` says so."""
@@ -131,7 +132,24 @@ class CoordinatorLoop:
         now = self.clock.now()
         if c.round is not None or now < self.next_begin:
             return
-        if len(c.eligible_devices()) < self.min_devices or not c.begin_round():
+        eligible = len(c.eligible_devices())
+        if eligible < self.min_devices or not c.begin_round():
+            self._say_waiting(eligible, now)
             self.next_begin = now + max(self.poll_s, 0.5)  # ask again soon; check-ins may be on their way
-        elif self.on_begin:
+            return
+        c.metrics.devices_needed.set(0)
+        self._waiting_said = ("", 0.0)
+        if self.on_begin:
             self.on_begin(c.round.machine)
+
+    def _say_waiting(self, eligible: int, now: float) -> None:
+        """Ops see why no round begins: a log line when the picture changes (at most once a
+        minute otherwise) and the fedge_devices_needed gauge."""
+        c, need = self.coordinator, max(self.min_devices, 1)
+        c.metrics.devices_needed.set(max(0, need - eligible))
+        why = c.registry.ineligible_reasons()
+        line = (f"waiting for {need} eligible device{'s' if need > 1 else ''}: {len(c.registry)} registered, "
+                f"{eligible} eligible" + (f" ({', '.join(f'{r} x{n}' for r, n in why.most_common(5))})" if why else ""))
+        if line != self._waiting_said[0] or now >= self._waiting_said[1]:
+            log.info("coordinator: %s", line)
+            self._waiting_said = (line, now + 60.0)

@@ -61,6 +61,8 @@ class CoordinatorMetrics:
         self.model_version = Gauge("fedge_model_version", "Committed global model version", registry=r)
         self.registered = Gauge("fedge_devices_registered", "Devices that have checked in", registry=r)
         self.eligible = Gauge("fedge_devices_eligible", "Devices whose last check-in said eligible", registry=r)
+        self.devices_needed = Gauge("fedge_devices_needed", "Eligible devices still missing before a round can "
+                                    "begin (0 = not waiting)", registry=r)
         self.pace = Counter("fedge_pace", "Pace replies sent, by reason", ["reason"], registry=r)
         self.transfers = Counter("fedge_artifact_transfers", "Artifact transfers served", registry=r)
         self.artifact_bytes = Counter("fedge_artifact_bytes", "Artifact file bytes served", registry=r)

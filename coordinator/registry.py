@@ -4,6 +4,7 @@ A parked device (backoff.py) stays out of `eligible_devices` until it checks in 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 
 from . import backoff
@@ -50,6 +51,17 @@ class Registry(Mapping[str, DeviceRecord]):
         """A known device sent something: it is alive."""
         if device_id in self._devices:
             self._devices[device_id].last_seen = now
+
+    def ineligible_reasons(self) -> Counter[str]:
+        """Why the known devices are not eligible, by reason (a parked one as parked:<reason>);
+        reasons are the devices' words, so each is cut to 40 characters."""
+        why: Counter[str] = Counter()
+        for d in self._devices.values():
+            if d.parked:
+                why[f"parked:{d.parked}"[:40]] += 1
+            elif not d.eligible:
+                why[(d.reason or "ineligible")[:40]] += 1
+        return why
 
     def park(self, device_id: str, reason: str) -> None:
         """A permanent decline (backoff.is_permanent): not selected until it checks in anew."""
