@@ -79,7 +79,12 @@ def epsilon(charges: Sequence[RoundCharge], delta: float, method: str = "rdp") -
     samplings = {c.sampling for c in charges}
     if len(samplings) != 1:
         raise ValueError(f"one ledger cannot mix samplings {sorted(samplings)}: their neighbouring relations differ")
-    relation = _relation(samplings.pop())
+    sampling = samplings.pop()
+    if method == "pld" and sampling == "fixed":
+        # dp-accounting 0.6's PLD accountant has no fixed-size (without replacement) sampling event;
+        # refuse rather than account a different mechanism than the sampler runs.
+        raise ValueError("the PLD accountant supports Poisson sampling only; use rdp for fixed-size cohorts")
+    relation = _relation(sampling)
     accountant = rdp.RdpAccountant(neighboring_relation=relation) if method == "rdp" else \
         pld.PLDAccountant(neighboring_relation=relation)
     with _quiet_absl():

@@ -29,10 +29,10 @@ def _direct(sampling, population, cohort, z, rounds, delta, method="rdp"):
     return acc.get_epsilon(delta)
 
 
-@pytest.mark.parametrize("sampling,population,cohort,z,rounds", [
-    ("poisson", 1000, 100, 1.0, 5), ("fixed", 1000, 100, 1.0, 3), ("fixed", 500, 13, 0.8, 20),
-    ("poisson", 10_000, 130, 1.3, 50)])
-@pytest.mark.parametrize("method", ["rdp", "pld"])
+@pytest.mark.parametrize("sampling,population,cohort,z,rounds,method", [
+    ("poisson", 1000, 100, 1.0, 5, "rdp"), ("fixed", 1000, 100, 1.0, 3, "rdp"), ("fixed", 500, 13, 0.8, 20, "rdp"),
+    ("poisson", 10_000, 130, 1.3, 50, "rdp"), ("poisson", 1000, 100, 1.0, 5, "pld"),
+    ("poisson", 10_000, 130, 1.3, 20, "pld")])
 def test_epsilon_matches_dp_accounting_directly(sampling, population, cohort, z, rounds, method):
     charges = [RoundCharge(population, cohort, z, sampling)] * rounds
     assert epsilon(charges, 1e-5, method) == pytest.approx(_direct(sampling, population, cohort, z, rounds, 1e-5,
@@ -126,3 +126,8 @@ def test_privacy_config_validates_itself():
         with pytest.raises(ConfigError):
             PrivacyConfig(**bad)
     assert PrivacyConfig(enabled=True, rounds=10).rounds == 10
+
+
+def test_pld_refuses_fixed_size_sampling_by_name():
+    with pytest.raises(ValueError, match="Poisson"):
+        epsilon([RoundCharge(1000, 100, 1.0, "fixed")], 1e-5, "pld")
