@@ -1,0 +1,136 @@
+"""Privacy accounting with Google's dp-accounting: a ledger of rounds, its ε, and the refusal check.
+
+Each committed (or noised-then-abandoned) round is one `RoundCharge`: the sampling event the
+coordinator really used (how many devices it asked, out of how many eligible ones) around a
+Gaussian mechanism with noise multiplier z. The ledger composes them; ε(δ) comes from
+
+    rdp   RdpAccountant: the quick, conservative check before each round (the default)
+    pld   PLDAccountant: tighter (10-60% here), for reports
+
+Sampling as the sampler draws it:
+    fixed    a cohort of m devices without replacement from n eligible: SampledWithoutReplacementDpEvent,
+             which dp-accounting defines for the replace-one neighbouring relation (a device's data
+             swapped for another's, the population size public). Over-selection counts: m is the
+             number of devices asked, not the number that answered. Dropouts do not help.
+    poisson  each of n devices independently with probability q = m / n: PoissonSampledDpEvent
+             (add-or-remove-one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import dp_accounting as dpa
+from dp_accounting import pld, rdp
+
+from .config import ACCOUNTANTS, SAMPLINGS
+
+
+@dataclass(frozen=True)
+class RoundCharge:
+    """One round's privacy cost: `cohort` devices asked out of `population` eligible, noise z."""
+
+    population: int
+    cohort: int
+    noise_multiplier: float
+    sampling: str = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling {self.sampling!r}: choose one of {SAMPLINGS}")
+        if not 1 <= self.cohort <= self.population:
+            raise ValueError(f"need 1 <= cohort ({self.cohort}) <= population ({self.population})")
+        if not self.noise_multiplier > 0:
+            raise ValueError("a DP round needs noise_multiplier > 0")
+
+    def event(self) -> dpa.DpEvent:
+        gaussian = dpa.GaussianDpEvent(self.noise_multiplier)
+        if self.sampling == "poisson":
+            return dpa.PoissonSampledDpEvent(self.cohort / self.population, gaussian)
+        return dpa.SampledWithoutReplacementDpEvent(self.population, self.cohort, gaussian)
+
+
+def _relation(sampling: str) -> dpa.NeighboringRelation:
+    return dpa.NeighboringRelation.REPLACE_ONE if sampling == "fixed" else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+@contextmanager
+def _quiet_absl():
+    """dp-accounting logs a warning for every low RDP order that does not converge (and drops
+    that order, which is what it should do); keep them out of the service's log."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def epsilon(charges: Sequence[RoundCharge], delta: float, method: str = "rdp") -> float:
+    """ε(δ) of the composition of `charges` (0.0 for an empty ledger)."""
+    if method not in ACCOUNTANTS:
+        raise ValueError(f"accountant {method!r}: choose one of {ACCOUNTANTS}")
+    if not charges:
+        return 0.0
+    samplings = {c.sampling for c in charges}
+    if len(samplings) != 1:
+        raise ValueError(f"one ledger cannot mix samplings {sorted(samplings)}: their neighbouring relations differ")
+    sampling = samplings.pop()
+    if method == "pld" and sampling == "fixed":
+        # dp-accounting 0.6's PLD accountant has no fixed-size (without replacement) sampling event;
+        # refuse rather than account a different mechanism than the sampler runs.
+        raise ValueError("the PLD accountant supports Poisson sampling only; use rdp for fixed-size cohorts")
+    relation = _relation(sampling)
+    accountant = rdp.RdpAccountant(neighboring_relation=relation) if method == "rdp" else \
+        pld.PLDAccountant(neighboring_relation=relation)
+    with _quiet_absl():
+        # Identical rounds compose as one SelfComposed event: the same number, much faster.
+        run, count = charges[0], 0
+        for charge in charges:
+            if charge == run:
+                count += 1
+                continue
+            accountant.compose(run.event(), count)
+            run, count = charge, 1
+        accountant.compose(run.event(), count)
+        return float(accountant.get_epsilon(delta))
+
+
+@dataclass(frozen=True)
+class BudgetVerdict:
+    allowed: bool
+    epsilon_after: float  # ε if the proposed round ran
+    epsilon_spent: float  # ε of the ledger so far
+    why: str = ""
+
+
+def check_round(ledger: Sequence[RoundCharge], proposed: RoundCharge, target_epsilon: float, delta: float,
+                method: str = "rdp") -> BudgetVerdict:
+    """May the proposed round run? Refused when ε after it would exceed the target."""
+    spent = epsilon(ledger, delta, method)
+    after = epsilon([*ledger, proposed], delta, method)
+    if after > target_epsilon:
+        return BudgetVerdict(False, after, spent, f"privacy budget: ε would be {after:.3f} > target {target_epsilon:g} "
+                                                  f"(δ={delta:g}) after {len(ledger) + 1} rounds; spent {spent:.3f}")
+    return BudgetVerdict(True, after, spent)
+
+
+def rounds_left(ledger: Sequence[RoundCharge], next_charge: RoundCharge, target_epsilon: float, delta: float,
+                method: str = "rdp", limit: int = 100_000) -> int:
+    """How many more rounds like `next_charge` fit in the budget (binary search; at most `limit`)."""
+    def fits(k: int) -> bool:
+        return k == 0 or epsilon([*ledger, *([next_charge] * k)], delta, method) <= target_epsilon
+    if not fits(0):
+        return 0
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo

@@ -1,0 +1,29 @@
+"""The user picks the budget, the tool picks z: the smallest noise multiplier whose ε after
+`rounds` identical rounds is at most the target, by dp-accounting's own calibration search."""
+
+from __future__ import annotations
+
+import dp_accounting as dpa
+from dp_accounting import pld, rdp
+
+from .accountant import RoundCharge, _quiet_absl, _relation
+
+
+def noise_multiplier_for(target_epsilon: float, delta: float, rounds: int, population: int, cohort: int,
+                         sampling: str = "fixed", method: str = "rdp") -> float:
+    """z such that `rounds` rounds of `cohort`-of-`population` sampling spend at most target_epsilon."""
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    RoundCharge(population, cohort, 1.0, sampling)  # validates the arguments
+    relation = _relation(sampling)
+
+    def fresh():
+        return rdp.RdpAccountant(neighboring_relation=relation) if method == "rdp" else \
+            pld.PLDAccountant(neighboring_relation=relation)
+
+    def event(z: float) -> dpa.DpEvent:
+        return dpa.SelfComposedDpEvent(RoundCharge(population, cohort, z, sampling).event(), rounds)
+
+    with _quiet_absl():
+        return float(dpa.calibrate_dp_mechanism(fresh, event, target_epsilon, delta,
+                                                dpa.LowerEndpointAndGuess(0.05, 1.0), tol=1e-4))

@@ -1,0 +1,52 @@
+"""The `[privacy]` table of the coordinator config, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+SAMPLINGS = ("fixed", "poisson")
+ACCOUNTANTS = ("rdp", "pld")
+ON_EXHAUSTED = ("stop", "wait")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Central DP-FedAvg and its budget. Off unless `enabled`.
+
+    delta defaults to 1e-6: it must be well below 1 / population for the guarantee to mean
+    anything, and 1e-6 covers fleets up to about 10^5 devices; set it lower for larger ones.
+    sampling says how the coordinator draws a round's devices, and so how the accountant
+    models it: "fixed" is what fedge's sampler does (a fixed-size cohort without replacement
+    from the eligible devices, over-selection included: the devices asked are the ones whose
+    data may be touched); "poisson" is for a sampler that includes each device independently.
+    """
+
+    enabled: bool = False
+    target_epsilon: float = 8.0
+    delta: float = 1e-6
+    noise_multiplier: float = 0.0  # z; 0 = calibrate it from target_epsilon and `rounds`
+    rounds: int = 0  # with noise_multiplier = 0: the rounds the budget must last
+    clip_norm: float = 1.0  # S: the L2 bound on one device's delta (device clips, coordinator enforces)
+    sampling: str = "fixed"
+    accountant: str = "rdp"  # the check before each round; reports may use pld as well
+    on_exhausted: str = "stop"  # "stop": end the job with a clear status; "wait": stay up, run no round
+
+    def __post_init__(self) -> None:
+        if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
+            raise ConfigError("privacy.target_epsilon must be a finite number > 0")
+        if not 0 < self.delta < 1:
+            raise ConfigError("privacy.delta must be in (0, 1); 1e-6 is the default")
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ConfigError("privacy.noise_multiplier must be >= 0 (0 = calibrate from target_epsilon and rounds)")
+        if self.rounds < 0:
+            raise ConfigError("privacy.rounds must be >= 0")
+        if self.enabled and self.noise_multiplier == 0 and self.rounds == 0:
+            raise ConfigError("privacy: set noise_multiplier, or rounds so fedge can calibrate it for target_epsilon")
+        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+            raise ConfigError("privacy.clip_norm must be a finite number > 0")
+        for name, allowed in (("sampling", SAMPLINGS), ("accountant", ACCOUNTANTS), ("on_exhausted", ON_EXHAUSTED)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"privacy.{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")

@@ -1,0 +1,133 @@
+"""DP-FedAvg's pure parts against independent references: dp-accounting called directly, a
+statistical test of the noise, and the clip's invariant."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting as dpa
+import numpy as np
+import pytest
+from dp_accounting import pld, rdp
+
+from fedge.coordinator.dp.accountant import RoundCharge, check_round, epsilon, rounds_left
+from fedge.coordinator.dp.calibrate import noise_multiplier_for
+from fedge.coordinator.dp.config import PrivacyConfig
+from fedge.coordinator.dp.mechanism import clip_to_norm, global_norm, noised_mean
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+
+def _direct(sampling, population, cohort, z, rounds, delta, method="rdp"):
+    """dp-accounting by hand: one compose per round, nothing of fedge's."""
+    relation = dpa.NeighboringRelation.REPLACE_ONE if sampling == "fixed" else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+    acc = rdp.RdpAccountant(neighboring_relation=relation) if method == "rdp" else pld.PLDAccountant(relation)
+    for _ in range(rounds):
+        if sampling == "fixed":
+            acc.compose(dpa.SampledWithoutReplacementDpEvent(population, cohort, dpa.GaussianDpEvent(z)))
+        else:
+            acc.compose(dpa.PoissonSampledDpEvent(cohort / population, dpa.GaussianDpEvent(z)))
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("sampling,population,cohort,z,rounds,method", [
+    ("poisson", 1000, 100, 1.0, 5, "rdp"), ("fixed", 1000, 100, 1.0, 3, "rdp"), ("fixed", 500, 13, 0.8, 20, "rdp"),
+    ("poisson", 10_000, 130, 1.3, 50, "rdp"), ("poisson", 1000, 100, 1.0, 5, "pld"),
+    ("poisson", 10_000, 130, 1.3, 20, "pld")])
+def test_epsilon_matches_dp_accounting_directly(sampling, population, cohort, z, rounds, method):
+    charges = [RoundCharge(population, cohort, z, sampling)] * rounds
+    assert epsilon(charges, 1e-5, method) == pytest.approx(_direct(sampling, population, cohort, z, rounds, 1e-5,
+                                                                    method), abs=1e-6)
+
+
+def test_a_ledger_of_unequal_rounds_composes_each():
+    a, b = RoundCharge(1000, 100, 1.0), RoundCharge(800, 130, 1.2)
+    relation = dpa.NeighboringRelation.REPLACE_ONE
+    acc = rdp.RdpAccountant(neighboring_relation=relation)
+    for c in (a, a, b, a):
+        acc.compose(dpa.SampledWithoutReplacementDpEvent(c.population, c.cohort, dpa.GaussianDpEvent(c.noise_multiplier)))
+    assert epsilon([a, a, b, a], 1e-5) == pytest.approx(acc.get_epsilon(1e-5), abs=1e-6)
+    assert epsilon([], 1e-5) == 0.0
+
+
+def _first_refused(sampling, population, cohort, z, target, delta):
+    """The first round whose ε exceeds the target, from dp-accounting alone."""
+    r = 1
+    while _direct(sampling, population, cohort, z, r, delta) <= target:
+        r += 1
+    return r
+
+
+@pytest.mark.parametrize("sampling,population,cohort", [("poisson", 1000, 100), ("fixed", 1000, 100),
+                                                        ("fixed", 1000, 130)])
+def test_the_first_round_over_budget_is_refused(sampling, population, cohort):
+    refused = _first_refused(sampling, population, cohort, 1.0, 3.0, 1e-5)
+    charge = RoundCharge(population, cohort, 1.0, sampling)
+    ledger = []
+    for r in range(1, refused + 1):
+        verdict = check_round(ledger, charge, 3.0, 1e-5)
+        if not verdict.allowed:
+            break
+        ledger.append(charge)
+    assert r == refused and not verdict.allowed and verdict.epsilon_after > 3.0 >= verdict.epsilon_spent
+    assert "privacy budget" in verdict.why
+    assert rounds_left([], charge, 3.0, 1e-5) == refused - 1
+
+
+def test_over_selection_costs_privacy():
+    """The devices asked count, not the reports: asking 130 for 100 reports spends more."""
+    assert epsilon([RoundCharge(1000, 130, 1.0)] * 5, 1e-5) > epsilon([RoundCharge(1000, 100, 1.0)] * 5, 1e-5)
+
+
+def test_calibrated_noise_spends_at_most_the_target_and_barely_less():
+    z = noise_multiplier_for(4.0, 1e-6, rounds=50, population=1000, cohort=100)
+    assert _direct("fixed", 1000, 100, z, 50, 1e-6) <= 4.0
+    assert _direct("fixed", 1000, 100, z * 0.99, 50, 1e-6) > 4.0 * 0.98  # not wastefully noisy
+
+
+def test_noise_has_the_calibrated_standard_deviation():
+    """Σ + N(0, (zS)^2) over many draws: the sample variance of (noised_mean * W - Σ) is (zS)^2
+    within a chi-square 99.99% interval (n = 200,000 coordinates: relative half-width ~ 4.4 / sqrt(n/2))."""
+    rng = np.random.default_rng(7)
+    z, s, w = 1.3, 0.5, 40.0
+    clipped_sum = {"a": rng.normal(size=(500, 200)), "b": rng.normal(size=(200,))}
+    out = noised_mean(clipped_sum, z, s, w, np.random.default_rng(11))
+    residual = np.concatenate([(out[k].astype(np.float64) * w - clipped_sum[k]).ravel() for k in clipped_sum])
+    n = residual.size
+    var = float(np.mean(residual ** 2))
+    assert abs(float(np.mean(residual))) < 4.5 * z * s / math.sqrt(n)
+    # float32 rounding of the mean adds ~1e-7 relative error: far inside the bound.
+    assert abs(var / (z * s) ** 2 - 1) < 4.5 * math.sqrt(2 / n)
+
+
+def test_noise_bound_would_catch_a_wrong_stddev():
+    """The same check refuses noise 3% off: the test above can fail."""
+    rng = np.random.default_rng(3)
+    residual = rng.normal(0, 1.03 * 0.65, size=200_700)
+    assert abs(float(np.mean(residual ** 2)) / 0.65 ** 2 - 1) > 4.5 * math.sqrt(2 / residual.size)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_clip_bounds_every_delta_and_keeps_direction(seed):
+    rng = np.random.default_rng(seed)
+    delta = {"w": rng.normal(size=(30, 7)) * rng.uniform(0.01, 10), "b": rng.normal(size=7)}
+    bound = float(rng.uniform(0.1, 5))
+    clipped, before = clip_to_norm(delta, bound)
+    assert global_norm(clipped) <= bound * (1 + 1e-9)
+    assert before == pytest.approx(global_norm(delta))
+    scale = min(1.0, bound / before)
+    for k in delta:
+        np.testing.assert_allclose(clipped[k], delta[k] * scale, rtol=1e-12)
+
+
+def test_privacy_config_validates_itself():
+    assert PrivacyConfig().delta == 1e-6 and not PrivacyConfig().enabled
+    for bad in ({"delta": 0}, {"target_epsilon": -1}, {"clip_norm": 0}, {"sampling": "uniform"},
+                {"enabled": True}, {"on_exhausted": "ignore"}, {"noise_multiplier": float("nan")}):
+        with pytest.raises(ConfigError):
+            PrivacyConfig(**bad)
+    assert PrivacyConfig(enabled=True, rounds=10).rounds == 10
+
+
+def test_pld_refuses_fixed_size_sampling_by_name():
+    with pytest.raises(ValueError, match="Poisson"):
+        epsilon([RoundCharge(1000, 100, 1.0, "fixed")], 1e-5, "pld")
