@@ -44,7 +44,8 @@ def test_a_ledger_of_unequal_rounds_composes_each():
     relation = dpa.NeighboringRelation.REPLACE_ONE
     acc = rdp.RdpAccountant(neighboring_relation=relation)
     for c in (a, a, b, a):
-        acc.compose(dpa.SampledWithoutReplacementDpEvent(c.population, c.cohort, dpa.GaussianDpEvent(c.noise_multiplier)))
+        gaussian = dpa.GaussianDpEvent(c.noise_multiplier)
+        acc.compose(dpa.SampledWithoutReplacementDpEvent(c.population, c.cohort, gaussian))
     assert epsilon([a, a, b, a], 1e-5) == pytest.approx(acc.get_epsilon(1e-5), abs=1e-6)
     assert epsilon([], 1e-5) == 0.0
 
@@ -63,12 +64,12 @@ def test_the_first_round_over_budget_is_refused(sampling, population, cohort):
     refused = _first_refused(sampling, population, cohort, 1.0, 3.0, 1e-5)
     charge = RoundCharge(population, cohort, 1.0, sampling)
     ledger = []
-    for r in range(1, refused + 1):
+    for _ in range(refused):
         verdict = check_round(ledger, charge, 3.0, 1e-5)
         if not verdict.allowed:
             break
         ledger.append(charge)
-    assert r == refused and not verdict.allowed and verdict.epsilon_after > 3.0 >= verdict.epsilon_spent
+    assert len(ledger) + 1 == refused and not verdict.allowed and verdict.epsilon_after > 3.0 >= verdict.epsilon_spent
     assert "privacy budget" in verdict.why
     assert rounds_left([], charge, 3.0, 1e-5) == refused - 1
 
@@ -78,6 +79,7 @@ def test_over_selection_costs_privacy():
     assert epsilon([RoundCharge(1000, 130, 1.0)] * 5, 1e-5) > epsilon([RoundCharge(1000, 100, 1.0)] * 5, 1e-5)
 
 
+@pytest.mark.slow  # a binary search over z, each step a full RDP composition (about 35 s)
 def test_calibrated_noise_spends_at_most_the_target_and_barely_less():
     z = noise_multiplier_for(4.0, 1e-6, rounds=50, population=1000, cohort=100)
     assert _direct("fixed", 1000, 100, z, 50, 1e-6) <= 4.0
