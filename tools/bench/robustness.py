@@ -46,7 +46,7 @@ DEFAULT_DEFENSE = CoordinatorConfig().aggregator
 @dataclass(frozen=True)
 class RobustGrid:
     attacks: tuple[str, ...] = ("none", "sign_flip", "scale", "gaussian", "label_flip", "backdoor", "alie", "ipm",
-                                "min_max", "min_sum", "huge_weight", "nan")
+                                "min_max", "min_sum", "huge_weight", "nan", "poison")
     defenses: tuple[str, ...] = ("mean", "norm_bound", "median", "trimmed_mean", "krum", "centered_clipping",
                                  "median+bucketing", "krum+bucketing")
     bucket_size: int = 2
@@ -54,9 +54,12 @@ class RobustGrid:
     fractions: tuple[float, ...] = (0.1, 0.2)
     omniscient: bool = False
     dataset: str = "mnist5k"
-    devices: int = 20
+    devices: int = 50
     clients_per_round: int = 10
     rounds: int = 20
+    # The float grid sends fp32 dense updates; --compressed sends int8 top-10% (with error feedback).
+    quant_bits: int = 32
+    topk_fraction: float = 1.0
     final_window: int = 3
     seed: int = 0
     workers: int = 2
@@ -97,6 +100,7 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
                          rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
                          attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
                          omniscient=grid.omniscient, aggregator=cell.defense.split("+")[0],
+                         quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
                          bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
         result = run_simulation(cfg)
     curve = [r["global_accuracy"] for r in result.rounds]
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a reduced grid on digits (30 cells of 8 rounds)")
     p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--devices", type=int, default=None, help="population (default 50)")
+    p.add_argument("--clients-per-round", type=int, default=None, help="reports wanted per round (default 10)")
+    p.add_argument("--compressed", action="store_true", help="int8, top-10%% updates instead of fp32 dense")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--omniscient", action="store_true", help="colluders also see honest deltas")
     p.add_argument("--attacks", default=None, help="comma list (default: the grid's)")
@@ -170,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", default=None, help="comma list of attacker shares (default: the grid's)")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else RobustGrid()
-    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed))
+    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed),
+                                   ("devices", args.devices), ("clients_per_round", args.clients_per_round))
                  if v is not None}
+    if args.compressed:
+        overrides.update(quant_bits=8, topk_fraction=0.1)
     if args.omniscient:
         overrides["omniscient"] = True
     for name in ("attacks", "defenses", "partitions"):
