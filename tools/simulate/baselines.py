@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from fedge.edge_runtime.kernel.errors import Diverged
 from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.edge_runtime.local_training import train_locally
 from fedge.edge_runtime.model_runtime import ModelRuntime
@@ -18,24 +19,38 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y)) if len(y) else float("nan")
 
 
+def _long_run(hyper: TaskHyper, epochs: int) -> TaskHyper:
+    """A baseline's hyperparameters: the devices' own for many epochs, without the loss-ratio
+    guard. That guard declines a federated task whose loss spikes (a task is a couple of
+    epochs); a run of rounds x epochs on one device's few examples spikes and recovers, and a
+    baseline measures what it ends at. A non-finite loss still stops it (Diverged)."""
+    return replace(hyper, epochs=epochs, divergence_factor=0.0)
+
+
 def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str,
                seed: int) -> dict:
     """Each device trains the whole trainable model on its own data for `epochs` epochs and
-    is scored on its own held-out split (personal head when there is one)."""
+    is scored on its own held-out split (personal head when there is one). A device whose
+    run diverges keeps the model it started from, as a device that declines does, and is
+    listed under `diverged`."""
     be = make_backend(backend, model.dir, model.manifest, hyper.optimizer)
     head = "personal" if "personal" in model.manifest.heads else "global"
-    accs, per_device = [], {}
+    accs, per_device, diverged = [], {}, []
     for i, client in enumerate(data.clients):
         z = model.embed(client.x_train)
         shared, personal = model.initial("shared"), model.initial("personal")
-        res = train_locally(be, model.manifest, shared, personal, None, z, client.y_train,
-                            replace(hyper, epochs=epochs), np.random.default_rng([seed, i]))
-        params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
+        try:
+            res = train_locally(be, model.manifest, shared, personal, None, z, client.y_train,
+                                _long_run(hyper, epochs), np.random.default_rng([seed, i]))
+            params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
+        except Diverged:
+            diverged.append(client.client_id)
+            params = {**shared, **personal}
         if len(client.y_test):
             accs.append(_accuracy(be.predict(params, model.embed(client.x_test))[head], client.y_test))
             per_device[client.client_id] = accs[-1]
     return {"accuracy_mean": float(np.mean(accs)), "accuracy_min": float(np.min(accs)), "epochs": epochs,
-            "accuracy_per_device": per_device}
+            "accuracy_per_device": per_device, "diverged": diverged}
 
 
 def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str,
@@ -46,7 +61,7 @@ def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epoch
     xt, yt = data.union_test()
     shared, personal = model.initial("shared"), model.initial("personal")
     res = train_locally(be, model.manifest, shared, personal, None, model.embed(x), y,
-                        replace(hyper, epochs=epochs), np.random.default_rng([seed, 10**6]))
+                        _long_run(hyper, epochs), np.random.default_rng([seed, 10**6]))
     params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
     logits = be.predict(params, model.embed(xt))
     return {"accuracy": _accuracy(logits["global" if "global" in logits else "personal"], yt), "epochs": epochs}
