@@ -11,7 +11,7 @@ import pytest
 from fedge.tools.broker import BrokerConfig, MosquittoProcess
 from fedge.tools.simulate.config import sim_config
 from fedge.tools.simulate.fleet import run_simulation
-from fedge.tools.simulate.mqtt_fleet import SimDeviceAgent
+from fedge.tools.simulate.mqtt_fleet import SimDevice, SimDeviceAgent
 from fedge.tools.simulate.stragglers import choose_stragglers
 
 pytestmark = pytest.mark.mosquitto
@@ -100,6 +100,15 @@ def test_rounds_commit_when_30_percent_of_selected_devices_die_mid_training(open
             agent.runtime.abort_check = check
 
     monkeypatch.setattr(SimDeviceAgent, "_train", maybe_die)
+    init = SimDevice.__init__
+
+    def stays_gone(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        # The dead come back after 2 x the deadline (40 s); on a loaded 2-core box three rounds can
+        # take longer, and a device back from the dead may rightly be chosen again. Not here.
+        self.rejoin_s = 3600.0
+
+    monkeypatch.setattr(SimDevice, "__init__", stays_gone)
     cfg = sim_config(**dict(SMALL, rounds=3, clients_per_round=7), over_selection=1.3, transport="mqtt",
                     broker_url=open_broker.url, round_deadline_s=20.0, profiles=(_profile(tmp_path, 0.0),),
                     out_dir=str(tmp_path / "run"))
