@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import os
+import pwd
 import secrets
 import tempfile
 from pathlib import Path
@@ -76,7 +77,7 @@ def upsert_password(path: str | Path, username: str, password: str, *,
     _check_username(username)
     users = read_password_file(path)
     users[username] = hash_password(password, iterations=iterations)
-    write_private_file(path, "".join(f"{u}:{h}\n" for u, h in users.items()))
+    write_private_file(path, "".join(f"{u}:{h}\n" for u, h in users.items()), new_owner=BROKER_USER)
 
 
 def remove_user(path: str | Path, username: str) -> bool:
@@ -93,9 +94,11 @@ def _check_username(username: str) -> None:
         raise ConfigError(f"invalid broker username {username!r}: must be non-empty, without ':' or line breaks")
 
 
-def write_private_file(path: str | Path, text: str) -> None:
+def write_private_file(path: str | Path, text: str, new_owner: str | None = None) -> None:
     """Write `text` to `path` atomically, mode 0600, keeping the owner of a file it replaces
-    (a reader, e.g. a reloading broker, sees the old file or the new one, never half)."""
+    (a reader, e.g. a reloading broker, sees the old file or the new one, never half). A file
+    it creates as root goes to `new_owner` when that user exists: the password file to the
+    `mosquitto` user, which Mosquitto 2.0 drops to before it reads it (root's 0600 file it cannot)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.stat() if path.exists() else None
@@ -106,8 +109,10 @@ def write_private_file(path: str | Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
-        if old is not None and os.geteuid() == 0:
-            os.chown(tmp, old.st_uid, old.st_gid)  # keep it readable by the mosquitto user
+        if os.geteuid() == 0:
+            owner = (old.st_uid, old.st_gid) if old is not None else _user_ids(new_owner)
+            if owner is not None:
+                os.chown(tmp, *owner)  # keep (or make) it readable by the mosquitto user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -116,3 +121,16 @@ def write_private_file(path: str | Path, text: str) -> None:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+BROKER_USER = "mosquitto"  # the user Debian's mosquitto runs as
+
+
+def _user_ids(name: str | None) -> tuple[int, int] | None:
+    if not name:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None  # no such user here: the file stays root's
+    return entry.pw_uid, entry.pw_gid
