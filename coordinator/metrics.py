@@ -4,6 +4,10 @@ Each CoordinatorMetrics owns a CollectorRegistry instead of using the process-gl
 so tests (and a simulator running many coordinators) can make as many as they like, and
 `generate_latest(metrics.registry)` shows exactly one coordinator's series.
 
+Labelled counters start at zero for every label fedge itself names (outcomes, rejection and
+pace reasons), so a rate() over them is defined before the first event; decline reasons are
+the devices' words and appear when first seen.
+
 Series (all prefixed fedge_):
     rounds_total{outcome}            rounds closed: committed | abandoned
     round_participants               accepted updates in the last closed round
@@ -11,7 +15,7 @@ Series (all prefixed fedge_):
     updates_accepted_total           updates accepted (counted as they arrive)
     declines_total{reason}           declines, by the device's reason (label sanitised)
     rejections_total{reason}         refused messages, by the coordinator's named reason
-    bytes_up_total / bytes_down_total  payload bytes received / published
+    received_bytes_total / published_bytes_total  payload bytes received from / published to devices
     round_duration_seconds           histogram of round open -> close
     round_train_loss                 example-weighted mean training loss the devices reported in
                                      the last closed round (NaN until a round reports one)
@@ -49,8 +53,8 @@ class CoordinatorMetrics:
         self.accepted = Counter("fedge_updates_accepted", "Updates accepted into an open round", registry=r)
         self.declines = Counter("fedge_declines", "Declines received, by device reason", ["reason"], registry=r)
         self.rejections = Counter("fedge_rejections", "Messages refused, by reason", ["reason"], registry=r)
-        self.bytes_up = Counter("fedge_bytes_up", "Payload bytes received from devices", registry=r)
-        self.bytes_down = Counter("fedge_bytes_down", "Payload bytes published to devices", registry=r)
+        self.bytes_up = Counter("fedge_received_bytes", "Payload bytes received from devices", registry=r)
+        self.bytes_down = Counter("fedge_published_bytes", "Payload bytes published to devices", registry=r)
         self.duration = Histogram("fedge_round_duration_seconds", "Seconds from round open to close",
                                   buckets=DURATION_BUCKETS, registry=r)
         self.train_loss = Gauge("fedge_round_train_loss", "Example-weighted mean device training loss, last "
@@ -69,6 +73,14 @@ class CoordinatorMetrics:
         self._decline_labels: set[str] = set()
         self._transport = _TransportCounters()
         r.register(self._transport)
+        for outcome in ("committed", "abandoned"):
+            self.rounds.labels(outcome)
+        for reason in _named_reasons():
+            self.rejections.labels(reason)
+        from .pace import REASONS as PACE_REASONS
+
+        for reason in PACE_REASONS:
+            self.pace.labels(reason)
 
     def watch_transport(self, transport) -> None:
         """Export `transport`'s own counters (kept on its network thread), read at scrape time."""
@@ -110,6 +122,20 @@ class CoordinatorMetrics:
             return "other"
         self._decline_labels.add(label)
         return label
+
+
+def _named_reasons() -> list[str]:
+    """Every rejection reason the coordinator itself names: the `reason` of each UpdateRejected
+    and FetchRefused class (handler crashes add internal:<Type> when they happen)."""
+    from .artifacts import FetchRefused
+    from .errors import UpdateRejected
+
+    seen, todo = set(), [UpdateRejected, FetchRefused]
+    while todo:
+        cls = todo.pop()
+        seen.add(cls.reason)
+        todo.extend(cls.__subclasses__())
+    return sorted(seen)
 
 
 class _TransportCounters:

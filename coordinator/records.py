@@ -45,7 +45,7 @@ class RoundRecord:
     declines: dict[str, str]
     # Uplink bytes as received while the round was open, plus those that arrived after the
     # previous round closed (late answers to it). Late answers to the last round before a
-    # stop or a restart are in no record; fedge_bytes_up_total counts every byte.
+    # stop or a restart are in no record; fedge_received_bytes_total counts every byte.
     bytes_up: int
     bytes_up_dense: int
     bytes_down: int

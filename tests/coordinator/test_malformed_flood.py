@@ -155,7 +155,7 @@ def test_ten_thousand_malformed_updates_are_refused_by_name_and_the_round_still_
     text = generate_latest(coordinator.metrics.registry).decode()
     counted = {s.labels["reason"]: s.value for f in text_string_to_metric_families(text) if f.name == "fedge_rejections"
                for s in f.samples if s.name == "fedge_rejections_total"}
-    assert counted == expected
+    assert {k: v for k, v in counted.items() if v} == expected  # the other named reasons export 0
 
     # Still serving: the genuine updates of b and c are accepted and the round commits them alone.
     assert coordinator.round is not None and coordinator.round.machine.reported == ["a"]

@@ -63,8 +63,8 @@ def test_series_after_a_committed_and_an_abandoned_round(model, tmp_path):
     assert s[("fedge_pace_total", (("reason", "declined"),))] == 3
     # Bytes: every payload the coordinator's client sent or got, as the broker counted them.
     stats = fleet.broker.stats("coordinator")
-    assert s[("fedge_bytes_down_total", ())] == stats.bytes_published
-    assert s[("fedge_bytes_up_total", ())] == stats.bytes_received
+    assert s[("fedge_published_bytes_total", ())] == stats.bytes_published
+    assert s[("fedge_received_bytes_total", ())] == stats.bytes_received
     round_bytes = sum(r.bytes_down for r in c.history)
     assert 0 < round_bytes < stats.bytes_published
 
@@ -142,3 +142,16 @@ def test_messages_on_unexpected_channels_are_counted_by_name(model, tmp_path):
     assert "someone-else" not in fleet.coordinator.registry
     s = _samples(fleet.coordinator.metrics.registry)
     assert s[("fedge_rejections_total", (("reason", "unexpected_message"),))] == 3
+
+
+def test_labelled_counters_start_at_zero_for_every_reason_fedge_names():
+    from prometheus_client import generate_latest
+
+    from fedge.coordinator.metrics import CoordinatorMetrics
+
+    text = generate_latest(CoordinatorMetrics().registry).decode()
+    for line in ('fedge_rounds_total{outcome="committed"} 0.0', 'fedge_rounds_total{outcome="abandoned"} 0.0',
+                 'fedge_rejections_total{reason="norm_bound"} 0.0', 'fedge_rejections_total{reason="malformed"} 0.0',
+                 'fedge_rejections_total{reason="unknown_task"} 0.0', 'fedge_pace_total{reason="declined"} 0.0',
+                 "fedge_received_bytes_total 0.0", "fedge_published_bytes_total 0.0"):
+        assert line in text, line
