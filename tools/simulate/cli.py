@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset shipped in a pip wheel")
     p.add_argument("--data", dest="data_dir", metavar="DIR",
                    help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
+    p.add_argument("--standardize", action="store_true",
+                   help="each device standardizes its features with its own training mean and std")
     p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (smaller = more skew)")
     p.add_argument("--classes-per-client", type=int, default=d.classes_per_client, help="labels per device for shards")
@@ -162,6 +164,7 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
     return SimConfig(
         devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
+        standardize=args.standardize,
         partition=args.partition, alpha=args.alpha, classes_per_client=args.classes_per_client, model=args.model,
         backend=args.backend, coordinator=coordinator, eligibility=eligibility, agent=agent,
         baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,

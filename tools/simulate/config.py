@@ -50,6 +50,7 @@ class SimConfig:
     seed: int = 0  # data split, sampling (also the coordinator's seed) and training
     dataset: str = "mnist5k"
     data_dir: str | None = None  # a folder of per-client .npz files replaces `dataset`
+    standardize: bool = False  # each device standardizes its own features (datasets.standardize_per_device)
     partition: str = "dirichlet"
     alpha: float = 0.1
     classes_per_client: int = 2

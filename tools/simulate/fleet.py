@@ -32,7 +32,14 @@ from fedge.edge_runtime.model_runtime import ModelRuntime
 from fedge.edge_runtime.trainer import available_backends
 from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec, load_spec, mlp_spec
-from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, data_findings, load_npz_dir
+from fedge.tools.datasets import (
+    ClientData,
+    FederatedDataset,
+    build_federated,
+    data_findings,
+    load_npz_dir,
+    standardize_per_device,
+)
 
 from . import adversary
 from . import baselines as baseline_runs
@@ -87,9 +94,11 @@ def check_split_flags(cfg: SimConfig) -> None:
 
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
-        return load_npz_dir(cfg.data_dir)
-    return build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
-                           classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction)
+        data = load_npz_dir(cfg.data_dir)
+    else:
+        data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
+                               classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction)
+    return standardize_per_device(data) if cfg.standardize else data
 
 
 def choose_spec(cfg: SimConfig, data: FederatedDataset) -> ModelSpec:
