@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PublishRefused, TransportError
+from fedge.edge_runtime.kernel.flood import worth_logging
 
 from .backoff import abandoned_delay
 from .rounds import RoundMachine
@@ -103,7 +104,7 @@ class CoordinatorLoop:
             c.rejections[reason] += 1
             c.metrics.rejected(reason)
             n = c.rejections[reason]
-            if n <= 10 or n & (n - 1) == 0:  # a flood of one fault must not flood the log
+            if worth_logging(n):  # a flood of one fault must not flood the log
                 log.error("coordinator: dropped a message whose handling failed (%s, %d so far)", reason, n,
                           exc_info=True)
             return True

@@ -37,6 +37,10 @@ import re
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
+from .artifacts import FetchRefused
+from .errors import UpdateRejected
+from .pace import REASONS as PACE_REASONS
+
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))  # seconds
 _MAX_DECLINE_LABELS = 64  # devices choose decline reasons: cap the label set they can grow
 _LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_:.-]")
@@ -77,8 +81,6 @@ class CoordinatorMetrics:
             self.rounds.labels(outcome)
         for reason in _named_reasons():
             self.rejections.labels(reason)
-        from .pace import REASONS as PACE_REASONS
-
         for reason in PACE_REASONS:
             self.pace.labels(reason)
 
@@ -127,9 +129,6 @@ class CoordinatorMetrics:
 def _named_reasons() -> list[str]:
     """Every rejection reason the coordinator itself names: the `reason` of each UpdateRejected
     and FetchRefused class (handler crashes add internal:<Type> when they happen)."""
-    from .artifacts import FetchRefused
-    from .errors import UpdateRejected
-
     seen, todo = set(), [UpdateRejected, FetchRefused]
     while todo:
         cls = todo.pop()

@@ -23,6 +23,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from fedge.edge_runtime.kernel.clock import SystemClock
+from fedge.edge_runtime.kernel.flood import FloodLog
 from fedge.edge_runtime.kernel.manifest import Manifest
 from fedge.edge_runtime.kernel.protocol import (
     CheckIn,
@@ -41,7 +42,6 @@ from .artifacts import FetchRefused, open_artifacts
 from .config import CoordinatorConfig
 from .errors import UnexpectedMessage, UpdateRejected
 from .fetches import serve_fetch
-from .flood import FloodLog
 from .guard import commit_fault
 from .holdout import open_holdout
 from .memory_store import MemoryStore

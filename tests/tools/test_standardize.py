@@ -3,6 +3,7 @@ silent-failure case: features up to 4,000 made every round diverge)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,9 +17,7 @@ def test_each_device_uses_its_own_training_statistics(tmp_path):
     data = load_npz_dir(_blobs(tmp_path / "raw", scale=4000.0))
     x0 = data.clients[0].x_train.copy()
     x0[:, 3] = 7.0  # a feature constant on this device: centred, not divided by ~0
-    data = type(data)(**{**data.__dict__, "clients": (type(data.clients[0])(**{**data.clients[0].__dict__,
-                                                                                 "x_train": x0}),
-                                                      *data.clients[1:])})
+    data = dataclasses.replace(data, clients=(dataclasses.replace(data.clients[0], x_train=x0), *data.clients[1:]))
     out = standardize_per_device(data)
     for before, after in zip(data.clients, out.clients):
         x = before.x_train.astype(np.float64)  # oracle: a plain loop over features

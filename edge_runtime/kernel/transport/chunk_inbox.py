@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 from ..errors import CodecError
+from ..flood import so_far, worth_logging
 from .chunks import Reassembler
 from .settings import MqttSettings
 
@@ -34,9 +35,8 @@ class ChunkInbox:
             with self.lock:
                 self._refused[exc.reason] += 1
                 n = self._refused[exc.reason]
-            if n <= 10 or n & (n - 1) == 0:  # a chunk flood must not flood the log
-                log.warning("%s: dropped a chunk on %s: %s (%s)%s", self.client_id, topic, exc.reason, exc,
-                            f" [{n} of this kind so far]" if n > 10 else "")
+            if worth_logging(n):  # a chunk flood must not flood the log
+                log.warning("%s: dropped a chunk on %s: %s (%s)%s", self.client_id, topic, exc.reason, exc, so_far(n))
             return None
 
     @property

@@ -39,6 +39,7 @@ from ..errors import (
     PublishRefused,
     TransportError,
 )
+from ..flood import so_far, worth_logging
 from .backoff import Backoff
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
 from .chunk_inbox import ChunkInbox
@@ -333,10 +334,9 @@ class MqttTransport(Transport):
                 self._unreported_refusals += 1
                 if len(self._refusals) < _REFUSALS_KEPT:
                     self._refusals.append([mid, topic, str(reason_code)])
-        if refused and (n <= 10 or n & (n - 1) == 0):  # a misconfigured ACL must not flood the log
+        if refused and worth_logging(n):  # a misconfigured ACL must not flood the log
             log.error("%s: broker %s refused a publish to %s: %s (is the ACL right for this client?)%s",
-                      self._client_id, self._endpoint, topic or "a topic", reason_code,
-                      f" [{n} refused so far]" if n > 10 else "")
+                      self._client_id, self._endpoint, topic or "a topic", reason_code, so_far(n, "refused"))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._lock:
