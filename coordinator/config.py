@@ -12,6 +12,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
 
 from .aggregate import AGGREGATORS
+from .evaluation import EvalConfig
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
 from .strategies import STRATEGIES
 from .weights import WEIGHTINGS
@@ -82,6 +83,8 @@ class CoordinatorConfig:
     # guard_max_loss_ratio times the current model's. "" = off (non-finite models are refused always).
     guard_set: str = ""
     guard_max_loss_ratio: float = 1.5
+    # Federated evaluation after commits ([coordinator.evaluation]; coordinator/evaluation.py).
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:

@@ -12,7 +12,8 @@ none stops the service.
         ├── WrongModel                 model id or base version differs from the task
         ├── BadShape                   names, shapes, dtypes or indices do not fit the model
         ├── NonFinite                  NaN or Inf in the update
-        └── NormBound                  update norm above the configured bound
+        ├── NormBound                  update norm above the configured bound
+        └── StaleEval                  an EvalReport that answers no evaluation asked of its sender
 """
 
 from __future__ import annotations
@@ -66,3 +67,7 @@ class NonFinite(UpdateRejected):
 
 class NormBound(UpdateRejected):
     reason = "norm_bound"
+
+
+class StaleEval(UpdateRejected):
+    reason = "stale_eval"

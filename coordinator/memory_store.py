@@ -33,6 +33,7 @@ class MemoryStore:
         # Keys of closed rounds only: a key of the open round is found in the round itself.
         self.closed_keys: deque[dict[tuple[str, int, str], str]] = deque(maxlen=keep_key_rounds)
         self.devices: dict[str, StoredDevice] = {}
+        self.evaluations: list[dict] = []
 
     def bind(self, model_id: str, strategy: str) -> None:
         for key, value in (("model_id", model_id), ("strategy", strategy)):
@@ -88,6 +89,12 @@ class MemoryStore:
 
     def round_records(self) -> list[dict]:
         return [self.records[r] for r in sorted(self.records)]
+
+    def add_evaluation(self, round_id: int, record: dict) -> None:
+        self.evaluations.append(record)
+
+    def evaluation_records(self) -> list[dict]:
+        return list(self.evaluations)
 
     def save_device(self, device: StoredDevice) -> None:
         self.devices[device.device_id] = device

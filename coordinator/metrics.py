@@ -28,6 +28,10 @@ Series (all prefixed fedge_):
                                      dropped before reassembly (oversize, malformed_chunk,
                                      chunk_memory_full, chunks_evicted, chunks_expired)
     publishes_refused_total          publishes the broker refused (a PUBACK failure: the ACL)
+    eval_accuracy{model} / eval_loss{model}  example-weighted held-out accuracy and cross-entropy
+                                     of the latest federated evaluation, model = global | personal
+    eval_examples / eval_devices{outcome} / eval_model_version  what it rests on
+    evaluations_total{outcome} / eval_bytes_total{direction}  (coordinator/evaluation.py)
 """
 
 from __future__ import annotations
@@ -159,3 +163,44 @@ class _TransportCounters:
 def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9108):
     """Serve `registry` at http://host:port/metrics from a daemon thread; returns (server, thread)."""
     return start_http_server(port, addr=host, registry=registry)
+
+
+class EvalMetrics:
+    """fedge_eval_* series on the coordinator's registry: the latest finished evaluation
+    (NaN until one finishes) and running totals."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.accuracy = Gauge("fedge_eval_accuracy", "Example-weighted held-out accuracy, latest evaluation",
+                              ["model"], registry=r)
+        self.loss = Gauge("fedge_eval_loss", "Example-weighted held-out cross-entropy, latest evaluation",
+                          ["model"], registry=r)
+        for model in ("global", "personal"):
+            self.accuracy.labels(model).set(float("nan"))
+            self.loss.labels(model).set(float("nan"))
+        self.examples = Gauge("fedge_eval_examples", "Held-out examples behind the latest evaluation", registry=r)
+        self.devices = Gauge("fedge_eval_devices", "Devices of the latest evaluation, by outcome", ["outcome"],
+                             registry=r)
+        self.version = Gauge("fedge_eval_model_version", "Model version of the latest evaluation", registry=r)
+        self.evaluations = Counter("fedge_evaluations", "Evaluations finished, by whether every asked "
+                                       "device answered", ["outcome"], registry=r)
+        self.bytes = Counter("fedge_eval_bytes", "Evaluation payload bytes, by direction", ["direction"],
+                                 registry=r)
+        for outcome in ("complete", "partial"):
+            self.evaluations.labels(outcome)
+        for direction in ("up", "down"):
+            self.bytes.labels(direction)
+
+    def closed(self, record) -> None:
+        for model, acc, loss in (("global", record.accuracy_global, record.loss_global),
+                                 ("personal", record.accuracy_personal, record.loss_personal)):
+            self.accuracy.labels(model).set(float("nan") if acc is None else acc)
+            self.loss.labels(model).set(float("nan") if loss is None else loss)
+        self.examples.set(record.examples)
+        self.devices.labels("asked").set(record.asked)
+        self.devices.labels("reported").set(record.reported)
+        self.devices.labels("declined").set(sum(record.declined.values()))
+        self.version.set(record.model_version)
+        self.evaluations.labels("complete" if record.complete else "partial").inc()
+        self.bytes.labels("up").inc(record.bytes_eval_up)
+        self.bytes.labels("down").inc(record.bytes_eval_down)

@@ -135,3 +135,15 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
                                                                       state.extra))
     return OpenRound(machine, ctx, aggregator, started, params, plan.hyper, correction,
                      round_model_sha256=sha, model_parts=parts)
+
+
+def count_uplink(rnd: OpenRound | None, late: tuple[int, int], update, size: int) -> tuple[int, int]:
+    """Count an Update's bytes (and what they would be as dense fp32): everything that crossed
+    the uplink counts, accepted or not. With no round open they count toward the next one:
+    the returned (bytes, dense bytes) carry them until it begins."""
+    dense = size - len(update.payload) - len(update.control) + update.dense_bytes
+    if rnd is None:
+        return late[0] + size, late[1] + dense
+    rnd.bytes_up += size
+    rnd.bytes_up_dense += dense
+    return late

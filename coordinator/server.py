@@ -28,6 +28,7 @@ from fedge.edge_runtime.kernel.manifest import Manifest
 from fedge.edge_runtime.kernel.protocol import (
     CheckIn,
     Decline,
+    EvalReport,
     FetchRequest,
     Status,
     Update,
@@ -41,13 +42,14 @@ from .admission import Accepted, AdmissionView, admit, check_decline
 from .artifacts import FetchRefused, open_artifacts
 from .config import CoordinatorConfig
 from .errors import UnexpectedMessage, UpdateRejected
+from .evaluation import Evaluations
 from .fetches import serve_fetch
 from .guard import commit_fault
 from .holdout import open_holdout
 from .memory_store import MemoryStore
-from .metrics import CoordinatorMetrics
+from .metrics import CoordinatorMetrics, EvalMetrics
 from .outbound import Outbound
-from .records import OpenRound, RoundRecord, open_round
+from .records import OpenRound, RoundRecord, count_uplink, open_round
 from .registry import Registry
 from .restart import restore_state, resume
 from .rounds import (
@@ -116,6 +118,8 @@ class Coordinator:
                                  uuid.uuid4().hex)
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.registry = Registry(self.store)
+        self.evaluations = Evaluations(config.evaluation, self.outbound, self.store, EvalMetrics(self.metrics.registry),
+                                       manifest.model_id, config.seed, config.max_examples)
         self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()
@@ -194,6 +198,10 @@ class Coordinator:
             self._check_in(report)
         elif isinstance(report, (Update, Decline)) and channel == "update":
             self._report(report, sender, len(msg.payload))
+        elif isinstance(report, EvalReport) and channel == "update":
+            rejected = self.evaluations.on_report(report, sender, len(msg.payload), self.clock.now())
+            if rejected is not None:
+                self._reject(rejected, sender, None)
         elif isinstance(report, FetchRequest) and channel == "fetch" and mine:
             self._fetch(report)
         elif isinstance(report, Status) and channel == "status" and mine:
@@ -223,13 +231,7 @@ class Coordinator:
         rnd = self.round
         self.registry.seen(sender, self.clock.now())
         if isinstance(report, Update):
-            # Everything that crossed the uplink counts, accepted or not; between rounds, toward the next.
-            dense = size - len(report.payload) - len(report.control) + report.dense_bytes
-            if rnd is not None:
-                rnd.bytes_up += size
-                rnd.bytes_up_dense += dense
-            else:
-                self._late_up = (self._late_up[0] + size, self._late_up[1] + dense)
+            self._late_up = count_uplink(rnd, self._late_up, report, size)
         view = AdmissionView(rnd.ctx if rnd else None, rnd.seen if rnd else {},
                              rnd.machine.expects if rnd else (lambda _d: False), self.store.counted_digest)
         if isinstance(report, Decline):
@@ -332,10 +334,8 @@ class Coordinator:
         """Advance the open round with the clock; commit or abandon it when it is done."""
         if self.outbound.announce_due:
             self.outbound.announce_or_defer(self.state.version, self.round)
-        if self.round is None:
-            return None
-        now = self.clock.now()
-        return self._execute(Tick(now), now)
+        self.evaluations.tick(now := self.clock.now())
+        return None if self.round is None else self._execute(Tick(now), now)
 
     def _execute(self, event: Event, now: float) -> RoundRecord | None:
         """Feed one event to the round machine and run the actions it returns."""
@@ -390,6 +390,9 @@ class Coordinator:
         log.info("round %d %s: %s; %d reports, mean train loss %s", record.round_id,
                  "committed" if record.committed else "abandoned", record.why, record.reports,
                  "n/a" if record.train_loss is None else f"{record.train_loss:.4g}")
+        if record.committed:  # the new model, scored by a sample of devices on their own held-out data
+            self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,
+                                          self.eligible_devices(), self.clock.now())
         return record
 
     def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float) -> OpenRound:

@@ -87,6 +87,8 @@ CREATE INDEX IF NOT EXISTS updates_by_round ON updates (round_id, seq);
 CREATE TABLE IF NOT EXISTS declines (
     round_id INTEGER NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (round_id, device_id));
+CREATE TABLE IF NOT EXISTS evaluations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, round_id INTEGER NOT NULL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, last_seen_wall REAL NOT NULL, eligible INTEGER NOT NULL,
     reason TEXT NOT NULL, num_examples INTEGER NOT NULL);
@@ -163,6 +165,8 @@ class Store(Protocol):
     def abandon_round(self, round_id: int, record: dict, closed_wall: float) -> None: ...
     def round_records(self) -> list[dict]: ...
     def save_device(self, device: StoredDevice) -> None: ...
+    def add_evaluation(self, round_id: int, record: dict) -> None: ...
+    def evaluation_records(self) -> list[dict]: ...
     def load_devices(self) -> list[StoredDevice]: ...
 
 
@@ -317,6 +321,15 @@ class RoundStore:
         """Records of closed rounds, oldest first."""
         return [json.loads(r) for (r,) in self._db.execute(
             "SELECT record FROM rounds WHERE status != 'open' ORDER BY round_id")]
+
+    def add_evaluation(self, round_id: int, record: dict) -> None:
+        """A finished federated evaluation (coordinator/evaluation.py). Its table is created when
+        missing, so a state file of this schema from before evaluation opens as it is."""
+        with self._tx() as db:
+            db.execute("INSERT INTO evaluations (round_id, record) VALUES (?, ?)", (round_id, json.dumps(record)))
+
+    def evaluation_records(self) -> list[dict]:
+        return [json.loads(r) for (r,) in self._db.execute("SELECT record FROM evaluations ORDER BY seq")]
 
     # ------------------------------------------------------------------ devices
 

@@ -13,10 +13,12 @@ is `edge_runtime.loop` on a board, and the simulator's driver in a simulated fle
 from __future__ import annotations
 
 import logging
+from collections import deque
 from pathlib import Path
 
 from .delivery import ModelDelivery
 from .device import DeviceRuntime
+from .evaluation import answer_eval
 from .journal import DeviceJournal
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
@@ -28,6 +30,7 @@ from .kernel.protocol import (
     Announcement,
     ArtifactFile,
     Decline,
+    EvalTask,
     ModelPart,
     Pace,
     Status,
@@ -86,6 +89,7 @@ class DeviceAgent:
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
+        self._evaluated: deque[str] = deque(maxlen=16)  # eval ids answered lately: a redelivery is not rescored
         self.announcement: Announcement | None = None
         self.next_checkin = float("inf")
         self.started = False
@@ -161,6 +165,8 @@ class DeviceAgent:
                         msg.topic)
         elif isinstance(message, TrainTask):
             self._on_task(message)
+        elif isinstance(message, EvalTask):
+            self._on_eval(message)
         elif isinstance(message, Ack):
             self._on_ack(message)
         elif isinstance(message, Pace):
@@ -216,6 +222,15 @@ class DeviceAgent:
         self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
         self.journal.received(task.task_id, task.round_id)
         self._step(task, Received(task.model_id))
+
+    def _on_eval(self, task: EvalTask) -> None:
+        """Score the model and answer at once (no journal: an evaluation lost with a crash or a
+        broker is simply missing from that version's statistics). A redelivered copy is not
+        scored again."""
+        if task.eval_id in self._evaluated:
+            return
+        self._evaluated.append(task.eval_id)
+        self._publish("update", encode_message(answer_eval(self.runtime, task)))
 
     def _answer_again(self, task: TrainTask) -> None:
         """A task seen before came again (QoS 1 redelivery, or the coordinator resending after a

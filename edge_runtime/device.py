@@ -59,6 +59,8 @@ class DeviceEval:
     num_test: int
     accuracy_personal: float | None
     accuracy_global: float | None
+    loss_personal: float | None = None  # mean cross-entropy (nats) on the held-out split
+    loss_global: float | None = None
 
 
 class DeviceRuntime:
@@ -286,7 +288,8 @@ class DeviceRuntime:
         z = model.embed(self.data.x_test, cache_key=1)
         logits = self._backend(model, "sgd").predict({**shared, **personal}, z)
         y = self.data.y_test
-        return DeviceEval(len(y), _accuracy(logits.get("personal"), y), _accuracy(logits.get("global"), y))
+        return DeviceEval(len(y), _accuracy(logits.get("personal"), y), _accuracy(logits.get("global"), y),
+                          _cross_entropy(logits.get("personal"), y), _cross_entropy(logits.get("global"), y))
 
     def personalize(self, model_id: str, shared: dict[str, np.ndarray], steps: int, hyper: TaskHyper,
                     from_global: bool = False, seed: int = 0) -> DeviceEval:
@@ -325,6 +328,16 @@ class DeviceRuntime:
 
 def _accuracy(logits: np.ndarray | None, y: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(logits, axis=1) == y)) if logits is not None and len(y) else None
+
+
+def _cross_entropy(logits: np.ndarray | None, y: np.ndarray) -> float | None:
+    """Mean -log softmax(logits)[y] in float64 (log-sum-exp shifted by the row max)."""
+    if logits is None or not len(y):
+        return None
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(y)), np.asarray(y, dtype=np.int64)]))
 
 
 def _fitting(arrays: dict | None, like: dict) -> dict | None:

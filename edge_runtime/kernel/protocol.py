@@ -7,8 +7,8 @@ peer that speaks another version is refused with `UnsupportedVersion`.
 
 Topic scheme (version 1; `{d}` is a device id):
     fedge/v1/devices/{d}/checkin   device -> coordinator   CheckIn
-    fedge/v1/devices/{d}/task      coordinator -> device   TrainTask
-    fedge/v1/devices/{d}/update    device -> coordinator   Update | Decline
+    fedge/v1/devices/{d}/task      coordinator -> device   TrainTask | EvalTask | Pace
+    fedge/v1/devices/{d}/update    device -> coordinator   Update | Decline | EvalReport
     fedge/v1/devices/{d}/ack       coordinator -> device   Ack
     fedge/v1/devices/{d}/status    device -> coordinator   Status (also the MQTT Last Will)
     fedge/v1/devices/{d}/fetch     device -> coordinator   FetchRequest (missing artifacts)
@@ -299,6 +299,45 @@ class ModelPart:
     data: bytes
 
 
+@dataclass(frozen=True)
+class EvalTask:
+    """Coordinator -> device (task channel): score this committed model on your own held-out
+    split, global head and personalized model, without training. Params travel inline: an
+    evaluation is asked between rounds, when no round's model parts may be retained."""
+
+    eval_id: str
+    device_id: str
+    model_id: str
+    model_version: int = bounded(*_NON_NEGATIVE)
+    round_id: int = bounded(*_NON_NEGATIVE)  # the round whose commit made model_version
+    params: bytes  # shared params, update_codec dense fp32
+
+
+# What a device may claim as a loss: far above any real cross-entropy (ln of 10^6 classes is
+# 13.8), low enough that a weighted sum over MAX_EXAMPLES devices stays finite.
+MAX_EVAL_LOSS = 1e6
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Device -> coordinator (update channel): the answer to one EvalTask. Loss is the mean
+    cross-entropy (nats) and accuracy the top-1 fraction over num_examples held-out examples.
+    A head the model lacks is reported with has_* False and zeros. A non-empty reason means
+    the device did not evaluate (not eligible, model missing) and the numbers are zeros."""
+
+    device_id: str
+    eval_id: str
+    model_version: int = bounded(*_NON_NEGATIVE)
+    num_examples: int = bounded(0, MAX_EXAMPLES, 0)
+    has_global: bool = False
+    loss_global: float = bounded(0.0, MAX_EVAL_LOSS, 0.0)
+    accuracy_global: float = bounded(0.0, 1.0, 0.0)
+    has_personal: bool = False
+    loss_personal: float = bounded(0.0, MAX_EVAL_LOSS, 0.0)
+    accuracy_personal: float = bounded(0.0, 1.0, 0.0)
+    reason: str = ""
+
+
 # Stable one-byte type codes; never reuse a retired code.
 MESSAGE_TYPES: dict[int, type] = {
     1: CheckIn,
@@ -313,4 +352,6 @@ MESSAGE_TYPES: dict[int, type] = {
     10: Announcement,
     11: RoundModel,
     12: ModelPart,
+    13: EvalTask,
+    14: EvalReport,
 }

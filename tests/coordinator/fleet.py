@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.evaluation import EvalConfig
 from fedge.coordinator.metrics import CoordinatorMetrics
 from fedge.coordinator.server import Coordinator
 from fedge.coordinator.store import RoundStore
@@ -106,13 +107,18 @@ def local_data(rng: np.random.Generator, n: int) -> LocalData:
     return LocalData(x[:n], y[:n], x[n:], y[n:])
 
 
+NO_EVAL = EvalConfig(every_rounds=0)
+
+
 def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | None = None,
                metrics: CoordinatorMetrics | None = None, **config) -> Fleet:
     art, manifest, runtime = model
     # aggregator "mean": these fleets check the strategies' arithmetic against the plain weighted
-    # mean of the wire deltas; the default defence (norm_bound) has its own tests.
+    # mean of the wire deltas; the default defence (norm_bound) has its own tests. Evaluation
+    # off: these tests step message by message, and an EvalTask after each commit would
+    # interleave; federated evaluation has its own tests (tests/coordinator/test_evaluation.py).
     cfg = CoordinatorConfig(**{"clients_per_round": max(1, len(sizes)), "over_selection": 1.0, "hyper": HYPER,
-                               "compression": EXACT, "aggregator": "mean", **config})
+                               "compression": EXACT, "aggregator": "mean", "evaluation": NO_EVAL, **config})
     broker = InMemoryBroker()
     clock = ManualClock()
     coordinator = Coordinator(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,

@@ -27,6 +27,8 @@ from fedge.edge_runtime.kernel.protocol import (
     ArtifactFile,
     CheckIn,
     Decline,
+    EvalReport,
+    EvalTask,
     FetchRequest,
     ModelPart,
     Pace,
@@ -41,7 +43,7 @@ from tests.coordinator.test_malformed_flood import _rss
 from tests.tiny_model import build_tiny_model
 
 CHANNEL = {CheckIn: "checkin", Status: "status", FetchRequest: "fetch"}  # the rest: "update"
-PER_TYPE = 900  # x 12 types = 10,800 messages
+PER_TYPE = 780  # x 14 types = 10,920 messages
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,8 @@ def _bases(fleet, a: ManualDevice, d: ManualDevice) -> list:
         Announcement(task.model_id, 0, "ab" * 32, task.round_id, "training"),
         RoundModel(task.model_id, 0, task.round_id, b"\x00" * 8),
         ModelPart("ab" * 32, 0, 1, b"\x00" * 8),
+        EvalTask("e1", "a", task.model_id, 0, task.round_id, b"\x00" * 8),
+        EvalReport("a", "e1", 0, 7, True, 0.7, 0.5, True, 0.4, 0.75),
     )]
     assert {type(m) for _, m in out} == set(MESSAGE_TYPES.values())
     return out

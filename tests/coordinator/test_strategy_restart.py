@@ -19,10 +19,11 @@ from fedge.coordinator.server import Coordinator
 from fedge.coordinator.store import RoundStore, StoredRound, StoredUpdate
 from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
+from tests.coordinator.fleet import NO_EVAL
 from tests.coordinator.test_strategies import NAMES, toy_fleet
 from tests.tiny_model import build_tiny_model
 
-CONFIG = dict(clients_per_round=4, over_selection=1.0, min_reports=4, round_deadline_s=600.0,
+CONFIG = dict(clients_per_round=4, over_selection=1.0, min_reports=4, round_deadline_s=600.0, evaluation=NO_EVAL,
               hyper=TaskHyper(epochs=1, batch_size=10, lr=0.1),
               compression=CompressionSpec(quant_bits=8, topk_fraction=0.5))
 ROUNDS, CRASH_ROUND = 4, 3

@@ -63,6 +63,11 @@ SAMPLES = {
     p.RoundModel: p.RoundModel(model_id="mlp", model_version=11, round_id=12, params=bytes(range(256)),
                                correction=b"\x01" * 8),
     p.ModelPart: p.ModelPart(sha256="ef" * 32, index=1, count=3, data=b"\x09" * 17),
+    p.EvalTask: p.EvalTask(eval_id="e7", device_id="dev-3", model_id="mlp", model_version=11, round_id=12,
+                           params=bytes(range(64))),
+    p.EvalReport: p.EvalReport(device_id="dev-3", eval_id="e7", model_version=11, num_examples=40, has_global=True,
+                               loss_global=0.71, accuracy_global=0.8, has_personal=True, loss_personal=0.4,
+                               accuracy_personal=0.925),
 }
 
 

@@ -179,7 +179,8 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     # What a simulation always sets, whatever the config says (config.py's docstring says why).
     wanted = min(base.clients_per_round, len(data.clients))
     ccfg = replace(base, clients_per_round=wanted, min_reports=min(base.min_reports, wanted), seed=cfg.seed,
-                   hyper=hyper, artifacts_dir=str(art_dir), state_db="")
+                   hyper=hyper, artifacts_dir=str(art_dir), state_db="",
+                   evaluation=replace(base.evaluation, every_rounds=1, devices=0))  # every device, every round
     attack = cfg.attack_spec
     attackers = (adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed)
                  if attack else frozenset())
@@ -235,7 +236,10 @@ class InMemoryFleet:
             if record is None and not progressed:
                 self.clock.sleep(self.coordinator.config.round_deadline_s)  # nobody is left to answer
         self.plan.closed(record.round_id)
-        self._settle(self.agents)  # the stragglers train and answer, too late
+        self._settle(self.agents)  # the stragglers train and answer, too late; every device evaluates
+        if self.coordinator.evaluations.run is not None:  # someone could not answer: it closes at its deadline
+            self.clock.sleep(max(0.0, self.coordinator.evaluations.run.deadline - self.clock.now()))
+            self.coordinator.evaluations.tick(self.clock.now())
         return record
 
     def _link(self, device_id: str):
@@ -285,7 +289,8 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
         for _ in range(cfg.rounds):
             started = time.perf_counter()
             record = fleet.run_round()
-            row = scorer.round_row(record, fleet.coordinator.state.params, fleet.runtimes)
+            row = scorer.round_row(record, fleet.coordinator.state.params, fleet.runtimes,
+                                   current_evaluation(fleet.coordinator))
             row["seconds"] = time.perf_counter() - started
             result.rounds.append(row)
             if on_round:
@@ -314,6 +319,13 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
                                                                 cfg.central_epochs or central_epochs,
                                                                 backend, cfg.seed)
     return result
+
+
+def current_evaluation(coordinator: Coordinator):
+    """The latest federated evaluation of the coordinator's current model, or None. After an
+    abandoned round that is the evaluation of the model the round left in place."""
+    history = coordinator.evaluations.history
+    return history[-1] if history and history[-1].model_version == coordinator.state.version else None
 
 
 def _what_ran(setup: FleetSetup) -> dict:

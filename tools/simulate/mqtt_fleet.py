@@ -210,7 +210,19 @@ class MqttFleet:
         self.loop.run()
         if len(self.records) == before:
             raise RuntimeError("the coordinator loop stopped without closing a round")
+        self._finish_evaluation()
         return self.records[-1]
+
+    def _finish_evaluation(self, wait_s: float = 10.0) -> None:
+        """Take the devices' evaluation reports of the model just committed. A device that
+        vanished never answers: after wait_s of real time the evaluation closes with the rest
+        (the coordinator itself would wait for [coordinator.evaluation] deadline_s)."""
+        evals, until = self.coordinator.evaluations, time.monotonic() + wait_s
+        while evals.run is not None and time.monotonic() < until:
+            self.coordinator.pump(0.05)
+            self.coordinator.tick()
+        if evals.run is not None:
+            evals.close(self.coordinator.clock.now())
 
     def close(self) -> None:
         for device in getattr(self, "devices", []):

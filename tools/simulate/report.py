@@ -10,17 +10,25 @@ run.json schema (version 1):
         round                        int, the coordinator's round id
         committed                    bool
         participants, selected       int: reports aggregated / devices asked
-        global_accuracy              fraction in [0, 1] (global head, union of held-out splits), or null
+        global_accuracy              fraction in [0, 1] (global head, union of held-out splits), or null;
+                                     from the coordinator's federated evaluation, in which every device
+                                     scores the model on its own split (coordinator/evaluation.py)
+        global_loss                  float: the same evaluation's example-weighted cross-entropy (nats),
+                                     or null (no evaluation yet)
         personalized_accuracy_mean   fraction: mean over devices of each device's personalized model on
                                      its own held-out split: its private head (adapters, head, full),
                                      the global head fine-tuned on its data (finetune), or the global
                                      model (none, or a spec without a personal head)
         personalized_accuracy_min    fraction: the worst device
+        personalized_loss_mean       float: mean over devices of the personalized model's cross-entropy
+        evaluated_devices            int: devices whose evaluation reports these numbers rest on
         train_loss                   float: example-weighted mean of the training loss the round's
                                      accepted updates reported (their local steps), or null
         bytes_up                     int: update messages received this round, as sent on the wire
         bytes_up_dense               int: the same messages with dense fp32 deltas
         bytes_down                   int: task and ack messages sent this round
+        bytes_eval_up, bytes_eval_down  int: evaluation reports received / evaluation tasks sent after
+                                     this round's commit (0 when it did not commit); not in bytes_up/down
         seconds                      float: wall time of the round, evaluation included
         backdoor_success             fraction, only with --attack backdoor: non-target held-out inputs,
                                      trigger stamped, that the global model calls the target class
@@ -41,8 +49,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-HEADER = (f"{'round':>5} {'loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} {'dense KiB':>9} "
-          f"{'down KiB':>8} {'sec':>6}")
+HEADER = (f"{'round':>5} {'loss':>7} {'ev.loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} "
+          f"{'dense KiB':>9} {'down KiB':>8} {'sec':>6}")
 
 
 def _pct(v) -> str:
@@ -55,7 +63,8 @@ def _loss(v) -> str:
 
 def format_row(row: dict) -> str:
     return (
-        f"{row['round']:>5} {_loss(row.get('train_loss'))} {_pct(row['global_accuracy'])} "
+        f"{row['round']:>5} {_loss(row.get('train_loss'))} {_loss(row.get('global_loss'))} "
+        f"{_pct(row['global_accuracy'])} "
         f"{row['personalized_accuracy_mean']:9.3f} "
         f"{row['personalized_accuracy_min']:8.3f} {row['bytes_up'] / 1024:8.1f} {row['bytes_up_dense'] / 1024:9.1f} "
         f"{row['bytes_down'] / 1024:8.1f} {row['seconds']:6.2f}" + ("" if row["committed"] else "  (abandoned)")

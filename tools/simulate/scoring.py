@@ -1,6 +1,7 @@
-"""What the simulator measures after each round: the global model on the union of the
-devices' held-out splits, each device's personalized model on its own split, the backdoor's
-success on stamped inputs, and at the end the devices that never trained."""
+"""What the simulator reports after each round: the coordinator's federated evaluation (every
+device scores the global model and its personalized model on its own held-out split; the
+example-weighted global accuracy is the accuracy on the union of those splits), the
+backdoor's success on stamped inputs, and at the end the devices that never trained."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from .attacks import backdoor_success
 
 
 class Scorer:
-    """Scores the global model after each round: global head on the union of the held-out
-    splits, each device's personalized model on its own split, and at the end the new devices."""
+    """One row per round from the coordinator's evaluation (or, before any, the same scores
+    computed here), and at the end the new devices."""
 
     def __init__(self, setup, zt: np.ndarray, yt: np.ndarray):
         self.setup, self.zt, self.yt = setup, zt, yt
@@ -23,35 +24,64 @@ class Scorer:
         self.evaluations = 0
         self.backdoor: tuple[np.ndarray, int] | None = None  # (embedded stamped test inputs, target class)
 
-    def round_row(self, record, shared: dict[str, np.ndarray], runtimes) -> dict:
+    def round_row(self, record, shared: dict[str, np.ndarray], runtimes, evaluation=None) -> dict:
+        """The round's row. Global and personalized numbers come from the coordinator's
+        federated evaluation of `shared` (every device scores it on its own held-out split and
+        reports; coordinator/evaluation.py), as ops would see them. Without one (no round has
+        committed yet) the simulator scores the model itself, the same way."""
         self.evaluations += 1
-        logits = self.evaluator.predict({**shared, **self.placeholder_personal}, self.zt)
-        global_acc = float(np.mean(np.argmax(logits["global"], axis=1) == self.yt)) if "global" in logits else None
         extra = {}
-        if self.backdoor is not None and "global" in logits:
-            stamped = self.evaluator.predict({**shared, **self.placeholder_personal}, self.backdoor[0])["global"]
-            extra["backdoor_success"] = backdoor_success(np.argmax(stamped, axis=1), self.yt, self.backdoor[1])
+        if self.backdoor is not None:
+            stamped = self.evaluator.predict({**shared, **self.placeholder_personal}, self.backdoor[0]).get("global")
+            if stamped is not None:
+                extra["backdoor_success"] = backdoor_success(np.argmax(stamped, axis=1), self.yt, self.backdoor[1])
+        if evaluation is not None:
+            scores = {"global_accuracy": evaluation.accuracy_global, "global_loss": evaluation.loss_global,
+                      **_spread(_personal(evaluation.per_device.values(), "accuracy")),
+                      "personalized_loss_mean": _mean(_personal(evaluation.per_device.values(), "loss")),
+                      "evaluated_devices": evaluation.reported}
+        else:
+            scores = self._score_directly(shared, runtimes)
+        if self._tunes():  # finetune: each device tunes a copy of the new global head, then scores it
+            scores.update(_spread(self._tuned(shared, runtimes)))
         return {
             "round": record.round_id,
             "committed": record.committed,
             "participants": record.reports,
             "selected": record.selected,
-            "global_accuracy": global_acc,
             "train_loss": record.train_loss,
-            **_spread(self._personalized(shared, runtimes)),
+            **scores,
             "bytes_up": record.bytes_up,
             "bytes_up_dense": record.bytes_up_dense,
             "bytes_down": record.bytes_down,
+            # evaluation traffic, apart from the training bytes that the compression figures use
+            "bytes_eval_up": evaluation.bytes_eval_up if evaluation is not None else 0,
+            "bytes_eval_down": evaluation.bytes_eval_down if evaluation is not None else 0,
             **extra,
         }
 
-    def _personalized(self, shared, runtimes) -> list[float]:
+    def _tunes(self) -> bool:
+        cfg = self.setup.cfg
+        return cfg.personalization == "finetune" and bool(cfg.finetune_steps)
+
+    def _score_directly(self, shared, runtimes) -> dict:
+        logits = self.evaluator.predict({**shared, **self.placeholder_personal}, self.zt)
+        model_id = self.setup.manifest.model_id
+        evals = [rt.evaluate(model_id, shared) for rt in runtimes]
+        per_device = [{"examples": e.num_test, "accuracy_personal": e.accuracy_personal,
+                       "accuracy_global": e.accuracy_global, "loss_personal": e.loss_personal,
+                       "loss_global": e.loss_global} for e in evals]
+        return {"global_accuracy": float(np.mean(np.argmax(logits["global"], axis=1) == self.yt))
+                if "global" in logits else None,
+                "global_loss": None,
+                **_spread(_personal(per_device, "accuracy")),
+                "personalized_loss_mean": _mean(_personal(per_device, "loss")),
+                "evaluated_devices": 0}
+
+    def _tuned(self, shared, runtimes) -> list[float]:
         cfg, model_id = self.setup.cfg, self.setup.manifest.model_id
-        if cfg.personalization == "finetune" and cfg.finetune_steps:  # each device tunes a copy of the new global head
-            evals = [rt.personalize(model_id, shared, cfg.finetune_steps, self.setup.hyper, from_global=True,
-                                    seed=self.evaluations) for rt in runtimes]
-        else:
-            evals = [rt.evaluate(model_id, shared) for rt in runtimes]
+        evals = [rt.personalize(model_id, shared, cfg.finetune_steps, self.setup.hyper, from_global=True,
+                                seed=self.evaluations) for rt in runtimes]
         return [e.accuracy_personal if e.accuracy_personal is not None else e.accuracy_global
                 for e in evals if e.num_test]
 
@@ -72,6 +102,21 @@ class Scorer:
             "tuned_accuracy_mean": float(np.mean(tuned)) if tuned else None,
             "tuned_accuracy_min": float(np.min(tuned)) if tuned else None,
         }
+
+
+def _personal(per_device, kind: str) -> list[float]:
+    """Each device's personalized model's `kind` (accuracy or loss): its personal head's, or the
+    global model's when the spec has no personal head."""
+    out = []
+    for d in per_device:
+        value = d[f"{kind}_personal"] if d[f"{kind}_personal"] is not None else d[f"{kind}_global"]
+        if d["examples"] and value is not None:
+            out.append(value)
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _spread(accuracies: list[float]) -> dict:

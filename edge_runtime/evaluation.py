@@ -1,0 +1,61 @@
+"""Federated evaluation on the device: answer an EvalTask with an EvalReport.
+
+The device scores the task's global model (the shared params it carries, with the global
+head) and its own personalized model (the same shared params with its personal head) on its
+held-out split, and reports loss, accuracy and the example count. Nothing is trained and
+nothing is kept. A device that cannot evaluate says why in `reason` instead of staying
+silent, so the coordinator can tell "not eligible" from "lost".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from .kernel.errors import FedgeError
+from .kernel.manifest import check_params
+from .kernel.protocol import MAX_EVAL_LOSS, EvalReport, EvalTask
+from .kernel.update_codec import decode_dense
+
+log = logging.getLogger("fedge.device")
+
+
+def answer_eval(runtime, task: EvalTask) -> EvalReport:
+    """The EvalReport for `task` from a DeviceRuntime. Eligibility is asked as for training:
+    scoring a model is cheap, but a device on a low battery or a busy CPU should not spend it
+    on the fleet's statistics."""
+    refused = runtime.eligibility()
+    if refused is None and task.model_id not in runtime.model_dirs:
+        refused = "model_missing"  # it never trained this model; evaluation does not fetch artifacts
+    if refused is not None:
+        return _declined(runtime.device_id, task, refused)
+    try:
+        shared = decode_dense(task.params)
+        check_params(runtime.model(task.model_id).manifest, shared, "shared")
+        scores = runtime.evaluate(task.model_id, shared)
+    except FedgeError as exc:
+        log.warning("device %s: evaluation %s failed: %s", runtime.device_id, task.eval_id, exc)
+        return _declined(runtime.device_id, task, getattr(exc, "reason", "") or "eval_failed")
+    report = EvalReport(
+        runtime.device_id, task.eval_id, task.model_version, scores.num_test,
+        has_global=scores.accuracy_global is not None, loss_global=_loss(scores.loss_global),
+        accuracy_global=scores.accuracy_global or 0.0,
+        has_personal=scores.accuracy_personal is not None, loss_personal=_loss(scores.loss_personal),
+        accuracy_personal=scores.accuracy_personal or 0.0)
+    log.info("device %s: evaluated model v%d on %d examples: global loss %.4g acc %.4f, personal loss %.4g acc %.4f",
+             runtime.device_id, task.model_version, scores.num_test, report.loss_global, report.accuracy_global,
+             report.loss_personal, report.accuracy_personal)
+    return report
+
+
+def _loss(value: float | None) -> float:
+    """A non-finite or huge loss is reported as the ceiling the wire allows: the model is that
+    bad, and saying so beats a report the coordinator would have to refuse."""
+    if value is None:
+        return 0.0
+    return MAX_EVAL_LOSS if not math.isfinite(value) else min(max(value, 0.0), MAX_EVAL_LOSS)
+
+
+def _declined(device_id: str, task: EvalTask, reason: str) -> EvalReport:
+    log.info("device %s: evaluation %s not done: %s", device_id, task.eval_id, reason)
+    return EvalReport(device_id, task.eval_id, task.model_version, reason=reason[:64])
