@@ -38,6 +38,7 @@ class CoordinatorLoop:
         on_round: Callable[[RoundRecord], None] | None = None,
         should_stop: Callable[[RoundRecord], bool] | None = None,  # asked after every closed round
         on_begin: Callable[[RoundMachine], None] | None = None,  # told of every round begun
+        finish_evaluation: bool = True,  # after should_stop, take the last model's evaluation before returning
     ):
         self.coordinator = coordinator
         self.clock = coordinator.clock  # one clock per side: the coordinator's
@@ -47,6 +48,8 @@ class CoordinatorLoop:
         self.on_round = on_round
         self.should_stop = should_stop
         self.on_begin = on_begin
+        self.finish_evaluation = finish_evaluation
+        self.finishing = False  # should_stop said so: no new round, only the evaluation in flight
         self.stop_event = threading.Event()
         self.next_begin = 0.0
         self.abandoned_in_a_row = 0
@@ -61,8 +64,11 @@ class CoordinatorLoop:
                 return
         seen = getattr(c.transport, "connection_count", 1)
         while not self.stop_event.is_set():
+            if self.finishing and c.evaluations.run is None:
+                return
             try:
-                self._maybe_begin()
+                if not self.finishing:
+                    self._maybe_begin()
                 handled = 0
                 while handled < 500 and self._pump(self.poll_s if handled == 0 else 0.0):
                     handled += 1
@@ -90,7 +96,9 @@ class CoordinatorLoop:
                 if self.on_round:
                     self.on_round(record)
                 if self.should_stop and self.should_stop(record):
-                    return
+                    if not self.finish_evaluation or c.evaluations.run is None:
+                        return
+                    self.finishing = True  # the last model's evaluation closes by its deadline
 
     def _pump(self, timeout: float) -> bool:
         """Handle one message; an exception from handling it costs that message, not the service."""

@@ -181,7 +181,7 @@ class MqttFleet:
                 device.start()
             self.records: list = []
             self.loop = CoordinatorLoop(self.coordinator, min_devices=1, on_round=self._closed,
-                                        should_stop=lambda record: True,
+                                        should_stop=lambda record: True, finish_evaluation=False,
                                         on_begin=lambda m: self.plan.begin(m.round_id, m.selected, m.target))
             self._wait_for_check_ins(len(self.devices), connect_timeout_s)
         except BaseException:
