@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +15,9 @@ from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper, Train
 from fedge.tools.cli import main
 from fedge.tools.simulate.config import AGENT_PRESETS, SIM_COORDINATOR, SimConfig, sim_config, with_options
 
-# What the README's ops walkthrough writes (step 3), and the [broker] table `fedge provision
+# The README's ops walkthrough's coordinator (step 3), and the [broker] table `fedge provision
 # coordinator` appends to it.
-README_OPS_TOML = ('[service]\nmin_devices = 2\n[coordinator]\nartifacts_dir = "artifacts"\n'
-                   'state_db = "coordinator.db"\nmetrics_port = 9108\nclients_per_round = 2\n')
+README_OPS_TOML = (Path(__file__).resolve().parents[2] / "examples/ops/coordinator.toml").read_text()
 CREDS_TOML = '[broker]\nurl = "mqtt://127.0.0.1:1883"\nusername = "coordinator"\npassword = "secret"\n'
 
 
