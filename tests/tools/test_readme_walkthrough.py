@@ -24,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedge.coordinator.service import load_service_config
@@ -58,6 +59,7 @@ NOT_RUN = {
                                                 "unit with systemd-analyze and its reload (SIGHUP)",
 }
 COMMITTED = 'fedge_rounds_total{outcome="committed"}'
+EVALUATED = 'fedge_evaluations_total{outcome="complete"}'
 ROUNDS_TIMEOUT_S = 90
 
 
@@ -127,8 +129,7 @@ def test_the_readme_walkthrough_runs_as_written(scratch, mosquitto_binary):
     assert [job.exit_code() for job in shell.started] == [0] * len(shell.started), logs
     assert f"{COMMITTED} {rounds}.0" in outputs[CURL_LINE], outputs[CURL_LINE]
     assert f"{COMMITTED} {rounds}.0" in metrics and "fedge_round_participants 2.0" in metrics, metrics[:2000]
-    # PLACE FOR the federated evaluation metrics (fedge_eval_*, being added to /metrics): assert on
-    # `metrics`, the whole /metrics text scraped once the last round committed.
+    _assert_eval_is_the_union_score(metrics, fleet)
     with sqlite3.connect(fleet / "coordinator.db") as conn:
         statuses = [s for (s,) in conn.execute("SELECT status FROM rounds ORDER BY round_id")]
     assert statuses.count("committed") == rounds, logs
@@ -169,7 +170,8 @@ def _wait_for_rounds(shell: Shell, metrics_port: int) -> str:
     rounds = _rounds(shell.cwd)
     deadline = time.monotonic() + ROUNDS_TIMEOUT_S
     metrics = ""
-    while f"{COMMITTED} {rounds}.0" not in metrics:
+    # ... and taken the last model's evaluation (the service waits for it before it stops)
+    while f"{COMMITTED} {rounds}.0" not in metrics or f'{EVALUATED} {rounds}.0' not in metrics:
         exited = [job.command for job in shell.started if job.exit_code() is not None]
         assert not exited and time.monotonic() < deadline, f"exited: {exited}; metrics:\n{metrics}\n{shell.tails()}"
         try:
@@ -178,6 +180,33 @@ def _wait_for_rounds(shell: Shell, metrics_port: int) -> str:
             pass
         time.sleep(0.5)
     return metrics
+
+
+def _assert_eval_is_the_union_score(metrics: str, fleet: Path) -> None:
+    """Federated evaluation, asked of every device (examples/ops/coordinator.toml), in /metrics:
+    its accuracy equals the final global model scored here on the union of both devices'
+    held-out splits (the model from the coordinator's state file, the splits from data/)."""
+    from fedge.coordinator.store import RoundStore
+    from fedge.edge_runtime.model_runtime import ModelRuntime
+    from fedge.edge_runtime.trainer import make_backend
+
+    values = dict(re.findall(r'^(fedge_eval_[a-z_]+(?:\{[^}]*\})?) (\S+)$', metrics, re.M))
+    store = RoundStore(fleet / "coordinator.db")
+    state = store.load_state()
+    assert float(values["fedge_eval_model_version"]) == state.version, values
+    runtime = ModelRuntime(fleet / "artifacts")
+    backend = make_backend("portable", runtime.dir, runtime.manifest, "sgd")
+    hits = total = 0
+    for split in sorted((fleet / "data").glob("dev-*.npz")):
+        with np.load(split) as data:
+            logits = backend.predict({**state.params, **runtime.initial("personal")}, runtime.embed(data["x_test"]))
+            hits += int(np.sum(np.argmax(logits["global"], axis=1) == data["y_test"]))
+            total += len(data["y_test"])
+    assert float(values["fedge_eval_examples"]) == total, values
+    assert float(values['fedge_eval_accuracy{model="global"}']) == pytest.approx(hits / total, abs=1e-9), values
+    assert 0 <= float(values['fedge_eval_accuracy{model="personal"}']) <= 1, values
+    assert store.evaluation_records()[-1]["accuracy_global"] == pytest.approx(hits / total, abs=1e-9)
+    store.close()
 
 
 def _rounds(fleet: Path) -> int:
