@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -120,7 +120,8 @@ class Evaluations:
         self.config, self.outbound, self.store, self.metrics = config, outbound, store, metrics
         self.model_id, self.seed, self.max_examples = model_id, seed, max_examples
         self.run: _Run | None = None
-        self.history: list[EvalRecord] = []
+        # This process's latest evaluations (per-device numbers included); the store keeps them all.
+        self.history: deque[EvalRecord] = deque(maxlen=64)
 
     def after_commit(self, round_id: int, version: int, params, candidates: list[str], now: float) -> None:
         every = self.config.every_rounds

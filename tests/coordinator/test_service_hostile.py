@@ -51,6 +51,9 @@ metrics_port = {metrics_port}
 clients_per_round = 1
 over_selection = 1.0
 round_deadline_s = 120
+
+[coordinator.evaluation]
+every_rounds = 0   # the hand-driven device never evaluates; the service would wait for it before exiting
 """)
     return path
 

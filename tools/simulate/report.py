@@ -107,18 +107,22 @@ def summarize(result) -> dict:
 def format_summary(result) -> str:
     s = result.summary["final"]
     lines = [
-        f"final: global {_pct(s['final_global_accuracy']).strip()}, personalized mean "
-        f"{s['final_personalized_accuracy_mean']:.3f} "
-        f"(worst device {s['final_personalized_accuracy_min']:.3f})",
+        f"final: global {_pct(s['final_global_accuracy']).strip()} (the shared model on every device's held-out "
+        f"data, from the coordinator's federated evaluation), personalized mean "
+        f"{s['final_personalized_accuracy_mean']:.3f} (each device's own model on its own data; worst device "
+        f"{s['final_personalized_accuracy_min']:.3f})",
         f"uplink: {s['total_bytes_up'] / 1024:.1f} KiB on the wire vs {s['total_bytes_up_dense'] / 1024:.1f} KiB dense "
         f"fp32 ({s['uplink_compression']:.2f}x)" if s["uplink_compression"] else "uplink: nothing sent",
     ]
     b = result.baselines
-    if "local_only" in b:
-        lines.append(f"baseline local-only: mean {b['local_only']['accuracy_mean']:.3f}, worst "
+    if "local_only" in b:  # what federating buys a device over training alone
+        lines.append(f"baseline local-only (each device trains alone on its own data, {b['local_only']['epochs']} "
+                     f"epochs, nothing shared): mean {b['local_only']['accuracy_mean']:.3f}, worst "
                      f"{b['local_only']['accuracy_min']:.3f}")
-    if "central" in b:
-        lines.append(f"baseline centralized: {b['central']['accuracy']:.3f}")
+    if "central" in b:  # the ceiling federation approaches without moving the data
+        lines.append(f"baseline centralized (one model trained on all devices' data pooled in one place, "
+                     f"{b['central']['epochs']} epochs; the data never moves in fedge): "
+                     f"{b['central']['accuracy']:.3f}")
     n = result.new_devices
     if n:
         tuned = (f"; after {n['steps']} local head steps mean {n['tuned_accuracy_mean']:.3f}, worst "
