@@ -49,6 +49,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 HEADER = (f"{'round':>5} {'loss':>7} {'ev.loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} "
           f"{'dense KiB':>9} {'down KiB':>8} {'sec':>6}")
 
@@ -129,8 +131,9 @@ def format_summary(result) -> str:
                  f"{n['tuned_accuracy_min']:.3f}" if n["tuned_accuracy_mean"] is not None else "")
         lines.append(f"new devices ({n['count']}, never trained): global model mean {n['global_accuracy_mean']:.3f}, "
                      f"worst {n['global_accuracy_min']:.3f}{tuned}")
-    if result.summary.get("rejections"):
-        lines.append(f"rejected updates: {result.summary['rejections']}")
+    if result.summary.get("rejections"):  # stale_round after early closes is normal with over-selection
+        lines.append("messages refused: " + ", ".join(f"{reason} x{n}" for reason, n in
+                                                       sorted(result.summary["rejections"].items())))
     return "\n".join(lines)
 
 
@@ -147,6 +150,19 @@ def _jsonable(value):
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+def _plot_title(result) -> str:
+    """What ran, in one line: model, data, split, fleet and what the coordinator did."""
+    c = result.config
+    co = c.get("coordinator", {})
+    split = c.get("partition")
+    split = {"dirichlet": f"Dirichlet α={c.get('alpha')}", "shards": f"{c.get('classes_per_client')} classes/device",
+             "files": "per-device files"}.get(split, split)
+    return (f"{result.model['name']} on {c.get('dataset')} ({split}), {c.get('devices')} devices, "
+            f"{co.get('clients_per_round')}/round, {len(result.rounds)} rounds, {co.get('strategy')} + "
+            f"{co.get('aggregator')}, {c.get('personalization')}, "
+            f"{co.get('compression', {}).get('quant_bits')}-bit updates")
 
 
 def write_plot(result, path: str | Path) -> Path | None:
@@ -173,17 +189,16 @@ def write_plot(result, path: str | Path) -> Path | None:
 
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title=f"{result.model['name']}")
+    ax1.set(xlabel="round", ylabel="accuracy (held-out)", ylim=(0, 1), title="accuracy")
+    fig.suptitle(_plot_title(result), fontsize=9)
     ax1.legend(loc="lower right", fontsize=8)
     ax1.grid(alpha=0.3)
-    up, dense, acc_u, acc_d = 0, 0, [], []
-    for r in result.rounds:
-        up += r["bytes_up"]
-        dense += r["bytes_up_dense"]
-        acc_u.append(up / 1024)
-        acc_d.append(dense / 1024)
-    ax2.plot(rounds, acc_u, label="uplink, on the wire")
-    ax2.plot(rounds, acc_d, label="uplink, dense fp32", ls="--")
+    for key, label, style in (("bytes_up", "uplink, on the wire", "-"), ("bytes_up_dense", "uplink, dense fp32", "--"),
+                              ("bytes_down", "downlink (tasks, model)", "-"),
+                              ("bytes_eval_down", "evaluation, down", ":"), ("bytes_eval_up", "evaluation, up", ":")):
+        totals = np.cumsum([r.get(key, 0) for r in result.rounds]) / 1024
+        if totals[-1]:
+            ax2.plot(rounds, totals, label=label, ls=style)
     ax2.set(xlabel="round", ylabel="KiB (cumulative)", title="communication")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
