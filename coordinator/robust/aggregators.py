@@ -137,9 +137,9 @@ class StreamingAggregator(_Base):
     """norm_bound with a history: each update clipped to `bound` and its weight capped at
     `weight_cap` as it arrives, into a running sum: O(model)."""
 
-    def __init__(self, bound: float = math.inf, weight_cap: float = math.inf) -> None:
+    def __init__(self, bound: float = math.inf, weight_cap: float = math.inf, exclude_above: float = math.inf) -> None:
         super().__init__()
-        self.acc = ClippedMean(bound)
+        self.acc = ClippedMean(bound, max(bound, exclude_above))
         self.weight_cap = weight_cap
 
     def _add(self, vec: np.ndarray, weight: float) -> None:
@@ -165,7 +165,9 @@ class ColdStartAggregator(_Base):
 
     def _reduce(self) -> np.ndarray:
         cfg = self.norm_cfg
-        acc = ClippedMean(cfg.multiplier * float(np.median(self.norms)) or math.inf)
+        median = float(np.median(self.norms))
+        acc = ClippedMean(cfg.multiplier * median or math.inf,
+                          cfg.exclude_multiplier * median if cfg.exclude_multiplier and median else math.inf)
         cap = cfg.weight_multiplier * float(np.median(self.claims)) if cfg.weight_multiplier else math.inf
         for row, weight in zip(self.rows, self.claims):
             acc.add(row, min(weight, cap))
@@ -219,7 +221,7 @@ def _make(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Gener
         bound = state.history.bound(cfg.norm)
         if not 0 < bound < math.inf:  # no (nonzero) history yet, no initial_bound: the round's own median
             return ColdStartAggregator(cfg.norm)
-        return StreamingAggregator(bound, state.claims.weight_cap(cfg.norm))
+        return StreamingAggregator(bound, state.claims.weight_cap(cfg.norm), state.history.exclusion(cfg.norm))
     beta = cfg.byzantine_fraction
     if name == "median":
         rule = coordinate_median

@@ -39,6 +39,9 @@ class NormBoundConfig:
     min_history: int = 5  # fewer earlier norms than this: initial_bound applies
     initial_bound: float = 0.0  # L2 bound before the history is long enough; 0 = the round's own median
     weight_multiplier: float = 1.0  # a weight counts at most this many times the median claim; 0 = no cap
+    # An update over this many times the median norm is left out of the mean, not clipped into
+    # it (unless all of the round's are); 0 = never. Why 10: see the README, Robust aggregation.
+    exclude_multiplier: float = 10.0
 
     def __post_init__(self) -> None:
         if not (self.multiplier > 0 and math.isfinite(self.multiplier)):
@@ -47,6 +50,8 @@ class NormBoundConfig:
             raise BadRobustParameter("norm bound: need window >= 1 and 1 <= min_history <= window")
         if not (self.initial_bound >= 0 and math.isfinite(self.initial_bound)):
             raise BadRobustParameter("norm bound: initial_bound must be >= 0 (0 = the round's own median)")
+        if not (self.exclude_multiplier == 0 or self.multiplier <= self.exclude_multiplier < math.inf):
+            raise BadRobustParameter("norm bound: exclude_multiplier must be 0 (never) or >= multiplier")
         if not (self.weight_multiplier >= 0 and math.isfinite(self.weight_multiplier)):
             raise BadRobustParameter("norm bound: weight_multiplier must be >= 0 (0 = no relative weight cap)")
 
@@ -63,6 +68,12 @@ class NormHistory:
             return cfg.initial_bound or math.inf
         return cfg.multiplier * float(np.median(self.norms))
 
+    def exclusion(self, cfg: NormBoundConfig) -> float:
+        """Norms above this are left out of the next round's mean; inf = none."""
+        if not cfg.exclude_multiplier or len(self.norms) < cfg.min_history:
+            return math.inf
+        return cfg.exclude_multiplier * float(np.median(self.norms))
+
     def weight_cap(self, cfg: NormBoundConfig) -> float:
         """Read as a history of claimed weights: the cap for the next round; inf = none yet."""
         if not cfg.weight_multiplier or len(self.norms) < cfg.min_history:
@@ -76,14 +87,23 @@ class NormHistory:
 
 
 class ClippedMean:
-    """Streaming weighted mean of clipped updates: O(model) memory however many arrive."""
+    """Streaming weighted mean of clipped updates: O(model) memory however many arrive.
 
-    def __init__(self, bound: float = math.inf) -> None:
+    An update whose norm is over `exclude_above` is left out of the mean (its norm is still
+    returned for the history) unless every update of the round is: clipping alone still adds
+    such an update at the bound, in whatever direction it chose, round after round."""
+
+    def __init__(self, bound: float = math.inf, exclude_above: float = math.inf) -> None:
         if not bound > 0:
             raise BadRobustParameter(f"the norm bound must be > 0 (inf = none), got {bound}")
+        if not exclude_above >= bound:
+            raise BadRobustParameter(f"exclude_above ({exclude_above}) must be >= the bound ({bound})")
         self.bound = bound
+        self.exclude_above = exclude_above
         self.total: np.ndarray | None = None  # (d,) float64: sum of w_i * clipped x_i
         self.total_weight = 0.0
+        self.excluded: np.ndarray | None = None  # the same sum over excluded updates: used only if all are
+        self.excluded_weight = 0.0
         self.norms: list[float] = []  # pre-clip norms, for NormHistory.record
         self.clipped = 0  # updates whose norm was over the bound
 
@@ -94,18 +114,28 @@ class ClippedMean:
             raise RobustError("ClippedMean.add takes one finite flattened update")
         if not (weight > 0 and math.isfinite(weight)):
             raise RobustError(f"weight must be finite and > 0, got {weight}")
-        if self.total is not None and x.shape != self.total.shape:
-            raise RobustError(f"update has {x.size} values, earlier ones {self.total.size}")
+        if self.norms and x.size != (self.total if self.total is not None else self.excluded).size:
+            raise RobustError(f"update has {x.size} values, earlier ones a different count")
         norm = float(np.linalg.norm(x))
         scale = float(clip_scale(norm, self.bound))
         self.clipped += scale < 1.0
         contrib = x * (scale * float(weight))
-        self.total = contrib if self.total is None else self.total + contrib
-        self.total_weight += float(weight)
+        if norm > self.exclude_above:
+            self.excluded = contrib if self.excluded is None else self.excluded + contrib
+            self.excluded_weight += float(weight)
+        else:
+            self.total = contrib if self.total is None else self.total + contrib
+            self.total_weight += float(weight)
         self.norms.append(norm)
         return norm
 
+    @property
+    def excluded_count(self) -> int:
+        return sum(n > self.exclude_above for n in self.norms)
+
     def result(self) -> np.ndarray:
-        if self.total is None:
-            raise RobustError("no updates to aggregate (k = 0)")
-        return self.total / self.total_weight
+        if self.total is not None:
+            return self.total / self.total_weight
+        if self.excluded is not None:  # every update was an outlier: the bound is stale, so clip them
+            return self.excluded / self.excluded_weight
+        raise RobustError("no updates to aggregate (k = 0)")

@@ -285,6 +285,33 @@ def test_norm_bound_cuts_a_huge_update():
     assert acc.clipped == 1
 
 
+def test_an_update_far_over_the_median_is_left_out_not_clipped_in():
+    """exclude_above: a plain loop that skips such updates; when every update is over it (a
+    stale bound), the round falls back to clipping them all."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 5))
+    x[2] *= 400.0  # the poisoner's kind of update
+    acc = ClippedMean(2.0, exclude_above=30.0)
+    for row in x:
+        acc.add(row, 1.0)
+    kept = [row * min(1.0, 2.0 / np.linalg.norm(row)) for row in x if np.linalg.norm(row) <= 30.0]
+    np.testing.assert_allclose(acc.result(), np.mean(kept, axis=0), atol=1e-12)
+    assert acc.excluded_count == 1 and len(acc.norms) == 7  # its norm still reaches the history
+    stale = ClippedMean(0.1, exclude_above=0.2)
+    for row in x[:3]:
+        stale.add(row, 2.0)
+    clipped = [row * 0.1 / np.linalg.norm(row) for row in x[:3]]
+    np.testing.assert_allclose(stale.result(), np.mean(clipped, axis=0), atol=1e-12)
+    with pytest.raises(BadRobustParameter):
+        ClippedMean(2.0, exclude_above=1.0)
+    with pytest.raises(BadRobustParameter):
+        NormBoundConfig(multiplier=2.0, exclude_multiplier=1.5)
+    assert NormHistory().record([1.0] * 9, NormBoundConfig()).exclusion(NormBoundConfig()) == 10.0
+    assert NormHistory().exclusion(NormBoundConfig()) == math.inf
+    assert NormHistory().record([1.0] * 9, NormBoundConfig()).exclusion(NormBoundConfig(exclude_multiplier=0)) \
+        == math.inf
+
+
 def test_clipped_mean_memory_is_O_model():
     d = 50_000
     acc = ClippedMean(1.0)

@@ -77,8 +77,11 @@ def test_norm_bound_and_centered_clipping_learn_across_rounds():
     # Round 1, no history: the round's own medians bound the norms and the weights (a plain loop).
     norms = [np.linalg.norm(flat(u)) for u in us]
     bound, cap = 2.0 * np.median(norms), cfg.norm.weight_multiplier * np.median(ws)
+    excluded = cfg.norm.exclude_multiplier * np.median(norms)  # the 50x update is left out, not clipped in
     total, weight = np.zeros(10), 0.0
     for u, w in zip(us, ws):
+        if np.linalg.norm(flat(u)) > excluded:
+            continue
         x, w = flat(u), min(w, cap)
         total += w * x * min(1.0, bound / np.linalg.norm(x))
         weight += w
