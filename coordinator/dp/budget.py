@@ -1,0 +1,99 @@
+"""The privacy budget in the coordinator: before each round, plan it or refuse it.
+
+The ledger is the store's (privacy_ledger: one charge per round whose noised aggregate was
+computed, written in the transaction that closes the round), so it survives a `kill -9` and
+a round is never charged twice. Before dispatching round r the coordinator asks `plan`:
+with the sampling event it is about to use (the devices it will ask, over-selection
+included, out of the eligible ones) ε after r is computed by dp-accounting; over the target,
+the round is refused: `exhausted` says why, the log says it once, and the fedge_privacy_*
+gauges export it. The caller then stops the job or waits (privacy.on_exhausted).
+
+z is privacy.noise_multiplier, or (0) calibrated once for privacy.rounds rounds at the first
+round's population and cohort, then read back from the ledger (or the open round's stored
+plan), so a restart keeps the z the rounds were run with.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from .accountant import BudgetVerdict, RoundCharge, check_round, epsilon
+from .calibrate import noise_multiplier_for
+from .config import PrivacyConfig
+from .round import RoundPlan
+
+log = logging.getLogger("fedge.coordinator.privacy")
+
+
+class PrivacyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.spent = Gauge("fedge_privacy_epsilon_spent", "ε of the rounds charged so far (at privacy.delta)",
+                           registry=r)
+        self.target = Gauge("fedge_privacy_epsilon_target", "privacy.target_epsilon", registry=r)
+        self.charged = Gauge("fedge_privacy_rounds_charged", "Rounds in the privacy ledger", registry=r)
+        self.noise = Gauge("fedge_privacy_noise_multiplier", "z of the latest planned round", registry=r)
+        self.exhausted = Gauge("fedge_privacy_budget_exhausted",
+                               "1 when the next round was refused: it would spend more than the target", registry=r)
+
+
+class PrivacyBudget:
+    def __init__(self, config: PrivacyConfig, store, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = PrivacyMetrics(registry) if config.enabled else None
+        self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
+        self.refused_round: int | None = None
+        if self.metrics is not None:
+            self.metrics.target.set(config.target_epsilon)
+            self.refresh()
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def ledger(self) -> list[RoundCharge]:
+        return [RoundPlan.from_json(c).charge() for c in self.store.privacy_ledger()]
+
+    def refresh(self) -> None:
+        """The gauges from the ledger (after a round closed, and at start)."""
+        if self.metrics is None:
+            return
+        ledger = self.ledger()
+        self.metrics.spent.set(epsilon(ledger, self.config.delta, self.config.accountant))
+        self.metrics.charged.set(len(ledger))
+
+    def noise_multiplier(self, population: int, cohort: int) -> float:
+        cfg = self.config
+        if cfg.noise_multiplier > 0:
+            return cfg.noise_multiplier
+        charged = self.store.privacy_ledger()
+        if charged:
+            return float(charged[0]["noise_multiplier"])
+        return noise_multiplier_for(cfg.target_epsilon, cfg.delta, cfg.rounds, population, cohort, cfg.sampling,
+                                    cfg.accountant)
+
+    def plan(self, round_id: int, population: int, cohort: int, expected_cohort: int) -> RoundPlan | None:
+        """The plan of round `round_id` asking `cohort` of `population` devices, or None: refused
+        (then `exhausted` says why). Always None when privacy is off."""
+        cfg = self.config
+        if not cfg.enabled:
+            return None
+        z = self.noise_multiplier(population, cohort)
+        verdict = check_round(self.ledger(), RoundCharge(population, cohort, z, cfg.sampling), cfg.target_epsilon,
+                              cfg.delta, cfg.accountant)
+        self.metrics.noise.set(z)
+        if not verdict.allowed:
+            if self.refused_round != round_id:  # the loop asks again while it waits: say it once per round
+                log.error("round %d refused: %s; on_exhausted = %s", round_id, verdict.why, cfg.on_exhausted)
+            self.exhausted, self.refused_round = verdict, round_id
+            self.metrics.exhausted.set(1)
+            return None
+        self.exhausted, self.refused_round = None, None
+        self.metrics.exhausted.set(0)
+        log.info("round %d: privacy charge %d of %d devices, z=%.4g; ε after it %.4f of %g", round_id, cohort,
+                 population, z, verdict.epsilon_after, cfg.target_epsilon)
+        return RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
+                         verdict.epsilon_after, cfg.sampling)

@@ -1,0 +1,113 @@
+"""DP-FedAvg in the coordinator's rounds: the config rules, the round's plan, and its aggregator.
+
+    check_config(cfg)   what privacy needs of the rest of the CoordinatorConfig (ConfigError by name)
+    RoundPlan           one round's mechanism and charge, fixed before its first task leaves and
+                        stored with the open round, so a restart replays the same noise
+    DpMean              the aggregator: clip each decoded delta to S (never reject), sum, add
+                        N(0, (zS)^2) drawn from (seed, round), divide by the expected cohort
+
+Why the plain clipped mean and no robust rule: the Gaussian mechanism's guarantee rests on the
+sensitivity of the sum, S per device whatever the others sent. A robust rule's output depends
+on the whole cohort at once (a median, Krum's pick, norm_bound's 2x-median clip), so one
+device can move it by more than S / W and the noise would no longer cover it; weights by
+claimed examples do the same (a device claiming more moves the mean more). So privacy needs
+aggregator = "mean" and weighting = "equal", and every device counts once. Clipping already
+bounds what one device can do to the model, which is what the robust rules are for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+from .accountant import RoundCharge
+from .mechanism import clip_to_norm, global_norm, noised_mean
+
+Params = dict[str, np.ndarray]
+
+
+def check_config(cfg) -> None:
+    """Refuse, by name, what DP-FedAvg cannot account for (module docstring). `cfg` is a CoordinatorConfig."""
+    p = cfg.privacy
+    if not p.enabled:
+        return
+    if cfg.aggregator != "mean":
+        raise ConfigError(f"privacy needs aggregator = 'mean', not {cfg.aggregator!r}: DP-FedAvg replaces it with "
+                          "the clipped, noised mean; a robust rule's sensitivity is not S (coordinator/dp/round.py)")
+    if cfg.weighting != "equal":
+        raise ConfigError("privacy needs weighting = 'equal': a device weighted by its claimed examples could "
+                          "move the mean by more than S / W, beyond what the noise covers")
+    if cfg.strategy == "scaffold":
+        raise ConfigError("privacy cannot run strategy 'scaffold': its control variates leave the device "
+                          "unclipped and unnoised")
+    if cfg.norm_bound:
+        raise ConfigError("privacy clips each update to privacy.clip_norm; norm_bound (which rejects) must be 0")
+    if p.sampling != "fixed":
+        raise ConfigError("privacy.sampling must be 'fixed' in rounds: the coordinator draws fixed-size cohorts "
+                          "without replacement (sampling.py); 'poisson' is for the accountant's own use")
+    if cfg.compression.clip_norm not in (0.0, p.clip_norm):
+        raise ConfigError(f"compression.clip_norm {cfg.compression.clip_norm:g} differs from privacy.clip_norm "
+                          f"{p.clip_norm:g}: with privacy on, leave it 0 and the tasks carry privacy.clip_norm")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """One DP round: the sampling event the accountant charges and the mechanism the aggregator runs."""
+
+    population: int  # eligible devices when the round began
+    cohort: int  # devices asked, over-selection included
+    noise_multiplier: float  # z
+    clip_norm: float  # S
+    expected_cohort: int  # W: the reports the round wants (the fixed denominator)
+    delta: float
+    target_epsilon: float
+    epsilon_after: float  # the ledger's ε with this round charged (the accountant's method)
+    sampling: str = "fixed"
+
+    def charge(self) -> RoundCharge:
+        return RoundCharge(self.population, self.cohort, self.noise_multiplier, self.sampling)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> RoundPlan | None:
+        return None if data is None else cls(**data)
+
+
+class DpMean:
+    """The DP-FedAvg aggregator of one round (module docstring). Its state is a function of the
+    `add` calls alone and its noise comes from `rng()` (seeded by (seed, round)), so a replay
+    after a restart rebuilds the same sum and draws the same noise: the released aggregate is
+    bit-identical, and is charged once."""
+
+    def __init__(self, plan: RoundPlan, rng: Callable[[], np.random.Generator]):
+        self.plan = plan
+        self._rng = rng
+        self.sums: Params = {}
+        self.count = 0
+        self.clipped = 0  # updates whose decoded norm exceeded S (quantization, or a device that did not clip)
+        self.max_norm = 0.0  # the largest norm after the coordinator's clip: <= S
+        self.released = False  # result() ran: the noised aggregate exists and the round is charged
+
+    def add(self, delta: Params, meta) -> None:
+        bounded, norm = clip_to_norm(delta, self.plan.clip_norm)
+        self.clipped += int(norm > self.plan.clip_norm)
+        self.max_norm = max(self.max_norm, global_norm(bounded))
+        for name, value in bounded.items():
+            if name in self.sums:
+                self.sums[name] += value
+            else:
+                self.sums[name] = np.array(value, np.float64)
+        self.count += 1
+
+    def result(self) -> Params:
+        if self.count == 0:
+            raise ValueError("no contributions to average")
+        self.released = True
+        p = self.plan
+        return noised_mean(self.sums, p.noise_multiplier, p.clip_norm, p.expected_cohort, self._rng())
