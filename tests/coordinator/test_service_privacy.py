@@ -9,22 +9,15 @@ SQLite file, refuses at the same round, exits with status 3, and never opens the
 from __future__ import annotations
 
 import signal
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fedge.coordinator.service import EXIT_PRIVACY_BUDGET
-from fedge.edge_runtime.agent import DeviceAgent
-from fedge.edge_runtime.device import DeviceRuntime, LocalData
-from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
-from fedge.edge_runtime.kernel.transport.settings import MqttSettings
-from fedge.edge_runtime.loop import AgentLoop
 from fedge.tools.broker import BrokerConfig, MosquittoProcess
 from tests.coordinator.test_dp import _direct
-from tests.coordinator.test_service_faults import _committed, _query, _rounds, _serve, _wait
-from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
+from tests.coordinator.test_service_faults import Fleet, _committed, _query, _rounds, _serve, _wait
+from tests.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 POPULATION, ASKED, TARGET, Z, DELTA = 24, 2, 3.0, 1.0, 1e-5
@@ -36,34 +29,6 @@ def _refused_round() -> int:
     while _direct("fixed", POPULATION, ASKED, Z, r, DELTA) <= TARGET:
         r += 1
     return r
-
-
-class Agents:
-    def __init__(self, url: str, art_dir: Path, model_id: str, root: Path):
-        rng = np.random.default_rng(0)
-        settings = MqttSettings(url=url, session_expiry_s=600, reconnect_min_s=0.2, reconnect_max_s=1.0)
-        self.loops, self.threads, self.transports = [], [], []
-        for i in range(POPULATION):
-            x = rng.normal(size=(26, FEATURES)).astype(np.float32)
-            y = rng.integers(0, CLASSES, size=26)
-            runtime = DeviceRuntime(f"dev-{i:02d}", LocalData(x[:20], y[:20], x[20:], y[20:]), {model_id: art_dir},
-                                    root)
-            transport = MqttTransport(runtime.device_id, settings, will=DeviceAgent.last_will(runtime.device_id))
-            transport.connect(timeout=0)
-            loop = AgentLoop(DeviceAgent(runtime, transport, republish_s=1.0, checkin_s=2.0), poll_s=0.05)
-            thread = threading.Thread(target=loop.run, daemon=True)
-            thread.start()
-            self.loops.append(loop)
-            self.threads.append(thread)
-            self.transports.append(transport)
-
-    def close(self) -> None:
-        for loop in self.loops:
-            loop.stop()
-        for thread in self.threads:
-            thread.join(timeout=5)
-        for transport in self.transports:
-            transport.close()
 
 
 def _config(tmp: Path, url: str, art_dir: Path) -> Path:
@@ -111,9 +76,9 @@ clip_norm = 0.5
 def drill(tmp_path, mosquitto_binary):
     art_dir, manifest, _ = build_tiny_model(tmp_path / "artifacts")
     broker = MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp_path / "broker").start()
-    agents = Agents(broker.url, art_dir, manifest.model_id, tmp_path / "devices")
+    fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp_path / "devices", slow={}, devices=POPULATION)
     yield tmp_path, _config(tmp_path, broker.url, art_dir)
-    agents.close()
+    fleet.close()
     broker.close()
 
 
