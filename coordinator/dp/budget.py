@@ -96,4 +96,4 @@ class PrivacyBudget:
         log.info("round %d: privacy charge %d of %d devices, z=%.4g; ε after it %.4f of %g", round_id, cohort,
                  population, z, verdict.epsilon_after, cfg.target_epsilon)
         return RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
-                         verdict.epsilon_after, cfg.sampling)
+                         verdict.epsilon_after, cfg.sampling, cfg.accountant)

@@ -65,8 +65,9 @@ class RoundPlan:
     expected_cohort: int  # W: the reports the round wants (the fixed denominator)
     delta: float
     target_epsilon: float
-    epsilon_after: float  # the ledger's ε with this round charged (the accountant's method)
+    epsilon_after: float  # the ledger's ε with this round charged, by `accountant`
     sampling: str = "fixed"
+    accountant: str = "rdp"
 
     def charge(self) -> RoundCharge:
         return RoundCharge(self.population, self.cohort, self.noise_multiplier, self.sampling)

@@ -7,6 +7,7 @@ dp-accounting, called directly, says exceeds the target."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -15,9 +16,11 @@ from fedge.coordinator import server as server_module
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.dp.mechanism import clip_to_norm, global_norm
+from fedge.coordinator.dp.report import privacy_report, read_ledger
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.tools.cli import main
 from tests.coordinator.fleet import ManualDevice, copy_params, decoded, make_fleet, random_delta
 from tests.coordinator.test_dp import _direct
 from tests.tiny_model import build_tiny_model
@@ -121,7 +124,8 @@ def _manual_round(fleet, devices, rng) -> object:
 
 @pytest.mark.parametrize("over_selection", [1.0, 1.3])
 @pytest.mark.parametrize("restart", [False, True])
-def test_the_budget_refuses_the_first_round_dp_accounting_says_exceeds_it(model, tmp_path, over_selection, restart):
+def test_the_budget_refuses_the_first_round_dp_accounting_says_exceeds_it(model, tmp_path, over_selection, restart,
+                                                                           capsys):
     """Must-show 2 in process: ε = 3, z = 1, δ = 1e-5, 100 wanted of 1,000 eligible; the devices
     asked (130 with over-selection) are the sampling event. With `restart`, a new Coordinator on
     the same SQLite file after every round."""
@@ -139,6 +143,10 @@ def test_the_budget_refuses_the_first_round_dp_accounting_says_exceeds_it(model,
     fleet.drain()
     while fleet.coordinator.begin_round():
         assert _manual_round(fleet, devices, rng).committed
+        if fleet.coordinator.state.version == 1:  # `fedge coordinator privacy` after the first round
+            assert main(["coordinator", "privacy", "--state", str(tmp_path / "state.db"), "--json"]) == 0
+            report = json.loads(capsys.readouterr().out)
+            assert report["rounds_charged"] == 1 and report["rounds_left"] == refused - 2
         if restart:
             fleet.restart(store=RoundStore(tmp_path / "state.db"))
             fleet.drain()
@@ -153,6 +161,12 @@ def test_the_budget_refuses_the_first_round_dp_accounting_says_exceeds_it(model,
     assert all((e["population"], e["cohort"]) == (population, asked) for e in ledger)
     assert c.store.next_round_id() == refused and c.round is None  # the refused round never opened
     assert not c.begin_round()  # and stays refused
+    report = privacy_report(read_ledger(tmp_path / "state.db"))
+    assert report["rounds_left"] == 0 and report["rounds_charged"] == refused - 1
+    assert report["epsilon_spent"] == pytest.approx(_direct("fixed", population, asked, 1.0, refused - 1, 1e-5),
+                                                    abs=1e-6)
+    assert main(["coordinator", "privacy", "--state", str(tmp_path / "state.db")]) == 0
+    assert f"over {refused - 1} rounds" in capsys.readouterr().out
 
 
 def test_a_round_the_guard_abandons_after_noising_is_charged_and_one_without_reports_is_not(model, tmp_path,
@@ -219,3 +233,10 @@ def test_privacy_off_changes_nothing(model, tmp_path):
     assert fleet.coordinator.begin_round()
     assert _round(fleet).committed and fleet.coordinator.store.privacy_ledger() == []
     assert fleet.coordinator.round is None and not dataclasses.asdict(fleet.coordinator.config.privacy)["enabled"]
+
+
+def test_the_privacy_command_reads_an_empty_or_missing_ledger(tmp_path, capsys):
+    RoundStore(tmp_path / "s.db").close()
+    assert main(["coordinator", "privacy", "--state", str(tmp_path / "s.db")]) == 0
+    assert "no round charged" in capsys.readouterr().out
+    assert main(["coordinator", "privacy", "--state", str(tmp_path / "missing.db")]) == 2

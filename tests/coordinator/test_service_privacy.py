@@ -9,6 +9,8 @@ SQLite file, refuses at the same round, exits with status 3, and never opens the
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,10 @@ def _assert_refused_at(db: Path, log: Path, refused: int) -> None:
     assert [r[0] for r in rows] == [r[0] for r in _committed(rows)] == list(range(1, refused)), rows
     assert _ledger(db) == list(range(1, refused))  # each round charged once, kills or not
     assert f"after {refused} rounds" in log.read_text() and "privacy budget exhausted" in log.read_text()
+    shown = subprocess.run([sys.executable, "-m", "fedge.tools.cli", "coordinator", "privacy", "--state", str(db)],
+                           capture_output=True, text=True, check=True).stdout
+    spent = _direct("fixed", POPULATION, ASKED, Z, refused - 1, DELTA)
+    assert f"ε spent {spent:.4f} of 3" in shown and "rounds left: 0" in shown, shown
 
 
 @pytest.mark.parametrize("kill_between_rounds", [False, True])
