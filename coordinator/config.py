@@ -12,8 +12,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
 
 from .aggregate import AGGREGATORS
-from .dp.config import PrivacyConfig
-from .dp.round import check_config as check_privacy
+from .dp.config import PrivacyConfig, check_coordinator
 from .evaluation import EvalConfig
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
 from .strategies import STRATEGIES
@@ -88,7 +87,7 @@ class CoordinatorConfig:
     # Federated evaluation after commits ([coordinator.evaluation]; coordinator/evaluation.py).
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     # User-level differential privacy ([coordinator.privacy]; coordinator/dp): DP-FedAvg with a
-    # budget. Needs aggregator = "mean" and weighting = "equal" (coordinator/dp/round.py says why).
+    # budget. Needs aggregator = "mean" and weighting = "equal" (coordinator/dp/config.py says why).
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
@@ -129,7 +128,7 @@ class CoordinatorConfig:
             raise ConfigError("need 0 <= abandon_backoff_s <= abandon_backoff_max_s (seconds, finite)")
         if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
             raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")
-        check_privacy(self)
+        check_coordinator(self)  # privacy's rules for the rest of this config
         if self.privacy.enabled:  # the device clips to S: the bound travels in every task's compression
             object.__setattr__(self, "compression", replace(self.compression, clip_norm=self.privacy.clip_norm))
         self._check_wire()

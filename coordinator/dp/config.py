@@ -1,4 +1,15 @@
-"""The `[privacy]` table of the coordinator config, validated on construction."""
+"""The `[coordinator.privacy]` table, validated on construction, and what privacy needs of the
+rest of the CoordinatorConfig (check_coordinator). Imports no dp-accounting: the config loads
+wherever the coordinator's config does.
+
+Why the plain clipped mean and no robust rule: the Gaussian mechanism's guarantee rests on the
+sensitivity of the sum, S per device whatever the others sent. A robust rule's output depends
+on the whole cohort at once (a median, Krum's pick, norm_bound's 2x-median clip), so one
+device can move it by more than S / W and the noise would no longer cover it; weights by
+claimed examples do the same (a device claiming more moves the mean more). So privacy needs
+aggregator = "mean" and weighting = "equal", and every device counts once. Clipping already
+bounds what one device can do to the model, which is what the robust rules are for.
+"""
 
 from __future__ import annotations
 
@@ -50,3 +61,27 @@ class PrivacyConfig:
         for name, allowed in (("sampling", SAMPLINGS), ("accountant", ACCOUNTANTS), ("on_exhausted", ON_EXHAUSTED)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"privacy.{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+
+
+def check_coordinator(cfg) -> None:
+    """Refuse, by name, what DP-FedAvg cannot account for (module docstring); `cfg` is a CoordinatorConfig."""
+    p = cfg.privacy
+    if not p.enabled:
+        return
+    if cfg.aggregator != "mean":
+        raise ConfigError(f"privacy needs aggregator = 'mean', not {cfg.aggregator!r}: DP-FedAvg replaces it with "
+                          "the clipped, noised mean; a robust rule's sensitivity is not S (coordinator/dp/config.py)")
+    if cfg.weighting != "equal":
+        raise ConfigError("privacy needs weighting = 'equal': a device weighted by its claimed examples could "
+                          "move the mean by more than S / W, beyond what the noise covers")
+    if cfg.strategy == "scaffold":
+        raise ConfigError("privacy cannot run strategy 'scaffold': its control variates leave the device "
+                          "unclipped and unnoised")
+    if cfg.norm_bound:
+        raise ConfigError("privacy clips each update to privacy.clip_norm; norm_bound (which rejects) must be 0")
+    if p.sampling != "fixed":
+        raise ConfigError("privacy.sampling must be 'fixed' in rounds: the coordinator draws fixed-size cohorts "
+                          "without replacement (sampling.py); 'poisson' is for the accountant's own use")
+    if cfg.compression.clip_norm not in (0.0, p.clip_norm):
+        raise ConfigError(f"compression.clip_norm {cfg.compression.clip_norm:g} differs from privacy.clip_norm "
+                          f"{p.clip_norm:g}: with privacy on, leave it 0 and the tasks carry privacy.clip_norm")

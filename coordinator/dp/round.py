@@ -1,18 +1,11 @@
-"""DP-FedAvg in the coordinator's rounds: the config rules, the round's plan, and its aggregator.
+"""DP-FedAvg in the coordinator's rounds: the round's plan and its aggregator.
 
-    check_config(cfg)   what privacy needs of the rest of the CoordinatorConfig (ConfigError by name)
     RoundPlan           one round's mechanism and charge, fixed before its first task leaves and
                         stored with the open round, so a restart replays the same noise
     DpMean              the aggregator: clip each decoded delta to S (never reject), sum, add
                         N(0, (zS)^2) drawn from (seed, round), divide by the expected cohort
 
-Why the plain clipped mean and no robust rule: the Gaussian mechanism's guarantee rests on the
-sensitivity of the sum, S per device whatever the others sent. A robust rule's output depends
-on the whole cohort at once (a median, Krum's pick, norm_bound's 2x-median clip), so one
-device can move it by more than S / W and the noise would no longer cover it; weights by
-claimed examples do the same (a device claiming more moves the mean more). So privacy needs
-aggregator = "mean" and weighting = "equal", and every device counts once. Clipping already
-bounds what one device can do to the model, which is what the robust rules are for.
+Which aggregators and settings privacy refuses, and why: dp/config.py (check_coordinator).
 """
 
 from __future__ import annotations
@@ -22,36 +15,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fedge.edge_runtime.kernel.errors import ConfigError
-
 from .accountant import RoundCharge
 from .mechanism import clip_to_norm, global_norm, noised_mean
 
 Params = dict[str, np.ndarray]
-
-
-def check_config(cfg) -> None:
-    """Refuse, by name, what DP-FedAvg cannot account for (module docstring). `cfg` is a CoordinatorConfig."""
-    p = cfg.privacy
-    if not p.enabled:
-        return
-    if cfg.aggregator != "mean":
-        raise ConfigError(f"privacy needs aggregator = 'mean', not {cfg.aggregator!r}: DP-FedAvg replaces it with "
-                          "the clipped, noised mean; a robust rule's sensitivity is not S (coordinator/dp/round.py)")
-    if cfg.weighting != "equal":
-        raise ConfigError("privacy needs weighting = 'equal': a device weighted by its claimed examples could "
-                          "move the mean by more than S / W, beyond what the noise covers")
-    if cfg.strategy == "scaffold":
-        raise ConfigError("privacy cannot run strategy 'scaffold': its control variates leave the device "
-                          "unclipped and unnoised")
-    if cfg.norm_bound:
-        raise ConfigError("privacy clips each update to privacy.clip_norm; norm_bound (which rejects) must be 0")
-    if p.sampling != "fixed":
-        raise ConfigError("privacy.sampling must be 'fixed' in rounds: the coordinator draws fixed-size cohorts "
-                          "without replacement (sampling.py); 'poisson' is for the accountant's own use")
-    if cfg.compression.clip_norm not in (0.0, p.clip_norm):
-        raise ConfigError(f"compression.clip_norm {cfg.compression.clip_norm:g} differs from privacy.clip_norm "
-                          f"{p.clip_norm:g}: with privacy on, leave it 0 and the tasks carry privacy.clip_norm")
 
 
 @dataclass(frozen=True)
