@@ -57,13 +57,16 @@ class PrivacyBudget:
     def ledger(self) -> list[RoundCharge]:
         return [RoundPlan.from_json(c).charge() for c in self.store.privacy_ledger()]
 
+    def spent(self) -> float | None:
+        """ε of the ledger at privacy.delta (the check's accountant); None when privacy is off."""
+        return epsilon(self.ledger(), self.config.delta, self.config.accountant) if self.enabled else None
+
     def refresh(self) -> None:
         """The gauges from the ledger (after a round closed, and at start)."""
         if self.metrics is None:
             return
-        ledger = self.ledger()
-        self.metrics.spent.set(epsilon(ledger, self.config.delta, self.config.accountant))
-        self.metrics.charged.set(len(ledger))
+        self.metrics.spent.set(self.spent())
+        self.metrics.charged.set(len(self.store.privacy_ledger()))
 
     def noise_multiplier(self, population: int, cohort: int) -> float:
         cfg = self.config
