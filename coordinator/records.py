@@ -8,7 +8,7 @@ control mean (SCAFFOLD's control-variate deltas).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import RoundModel, TaskHyper
@@ -85,6 +85,7 @@ class OpenRound:
     inline_sent: dict = field(default_factory=dict)  # device -> clock seconds an inline copy last left
     decline_from: set = field(default_factory=set)  # devices whose decline was counted
     privacy: RoundPlan | None = None  # a DP round's plan (the aggregator is then a DpMean)
+    compression: object = None  # the tasks' CompressionSpec when not the config's (DP: clip_norm = the round's S)
 
     def charge(self) -> dict | None:
         """The privacy charge to commit with the round: its plan once the noised aggregate was
@@ -95,7 +96,7 @@ class OpenRound:
     def add(self, update: Accepted) -> None:
         """Count one accepted update: aggregator, control mean, seen keys, the machine."""
         weight = update_weight(update.num_examples, self.ctx.max_examples, self.ctx.equal_weights)
-        self.aggregator.add(update.delta, UpdateMeta(update.device_id, weight))
+        self.aggregator.add(update.delta, UpdateMeta(update.device_id, weight, reported_norm=update.reported_norm))
         loss = update.loss
         # The loss is the device's word, not checked against anything: a non-finite or absurd
         # value is left out rather than allowed to turn the round's mean into NaN or 1e300.
@@ -140,8 +141,9 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
         parts = tuple(encode_message(p) for p in split)
     context = AggregatorContext(machine.round_id, config.seed, config.robust, state.extra)
     aggregator = DpMean(privacy, context.rng) if privacy else make_aggregator(config.aggregator, context)
+    compression = replace(config.compression, clip_norm=privacy.clip_norm) if privacy else None
     return OpenRound(machine, ctx, aggregator, started, params, plan.hyper, correction,
-                     round_model_sha256=sha, model_parts=parts, privacy=privacy)
+                     round_model_sha256=sha, model_parts=parts, privacy=privacy, compression=compression)
 
 
 def count_uplink(rnd: OpenRound | None, late: tuple[int, int], update, size: int) -> tuple[int, int]:

@@ -250,7 +250,7 @@ class Coordinator:
         # durable before the Ack: see store.py
         self.store.add_update(rnd.ctx.round_id, StoredUpdate(rnd.events, update.device_id, update.update_id,
                                                              accepted.digest, update.num_examples, update.payload,
-                                                             update.control))
+                                                             update.control, accepted.reported_norm))
         rnd.events += 1
         rnd.add(accepted)
         self.metrics.accepted.inc()
@@ -308,7 +308,7 @@ class Coordinator:
         if wanted == 0:
             return False
         round_id, asked = self.next_round_id, selection_size(wanted, cfg.over_selection, len(candidates))
-        plan = self.privacy.plan(round_id, len(candidates), asked, wanted)  # before anything of the round exists
+        plan = self.privacy.plan(round_id, len(candidates), asked, wanted, self.state.extra)  # before the round
         if plan is None and self.privacy.enabled:
             return False
         selected = sample_devices(candidates, asked, cfg.seed, round_id)

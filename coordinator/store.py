@@ -9,19 +9,18 @@ Schema (version 3)::
               bytes with their dtype string, so a load is bit-exact
     rounds    round_id INT PK, status open|committed|abandoned, model_version, selected,
               tasks (JSON), target, quorum, started_wall, deadline_wall, closed_wall,
-              record (JSON of the RoundRecord), privacy (JSON of its dp RoundPlan, NULL
-              without DP); at most one row is open (partial index)
-    privacy_ledger  round_id INT PK, charge (JSON RoundPlan): the rounds whose noised
-              aggregate was computed, written by the transaction that closes the round
+              record (JSON RoundRecord), privacy (JSON dp RoundPlan, NULL without DP); at
+              most one row is open (partial index)
+    privacy_ledger  round_id INT PK, charge (JSON RoundPlan): rounds whose noised aggregate
+              was computed, written by the transaction that closes the round
     updates   (device_id, round_id, update_id) PK, digest, seq, num_examples, payload BLOB,
               control BLOB: the Update's compressed payload and control-variate delta
-              (SCAFFOLD; NULL for none) while its round is open, NULL after
+              (SCAFFOLD; NULL for none) while its round is open, NULL after; reported_norm (DP)
     declines  (round_id, device_id) PK, seq, reason       rows of the open round only
     devices   device_id PK, last_seen_wall, eligible, reason, num_examples
 
-Version 2 added updates.control, version 3 rounds.privacy and privacy_ledger; older files are
-upgraded in place (the new columns are NULL, which is what an older row was: no control
-variate, no DP).
+Version 2 added updates.control, version 3 rounds.privacy, updates.reported_norm and the
+privacy_ledger; an older file is upgraded in place (new columns NULL: no control, no DP).
 
 Every method that writes is one transaction (BEGIN IMMEDIATE ... COMMIT), so a crash
 leaves each step either wholly done or not done at all. Walking the coordinator's steps
@@ -46,10 +45,9 @@ with a `kill -9` between any two of them:
   (commit_round refuses a round that is not open, and a version that does not follow).
 * abandon: status, record and payload deletion in one transaction; the next round takes
   the next id, and nothing of the abandoned one was applied.
-* privacy: a DP round's plan (its z, S and sampling event) is in its open row, so a restart
-  replays the same noise; its charge enters privacy_ledger in the transaction that commits
-  or abandons it (abandoned after the noised aggregate was computed: still charged). Killed
-  before: the round is open, its replay releases the same aggregate, charged once at close.
+* privacy: a DP round's plan (z, S, sampling event) is in its open row, so a restart replays
+  the same noise; its charge enters privacy_ledger in the transaction that closes it (also
+  when abandoned after its noised aggregate was computed). Killed before: still open, replayed.
 
 `durable=True` (synchronous=FULL) also makes each commit survive a power cut, which is what
 an Ack promises; NORMAL survives a killed process but may lose the last commits on power loss.
@@ -90,7 +88,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_open_round ON rounds (status) WHERE status
 CREATE TABLE IF NOT EXISTS updates (
     device_id TEXT NOT NULL, round_id INTEGER NOT NULL, update_id TEXT NOT NULL,
     digest TEXT NOT NULL, seq INTEGER NOT NULL, num_examples INTEGER NOT NULL, payload BLOB, control BLOB,
-    PRIMARY KEY (device_id, round_id, update_id));
+    reported_norm REAL, PRIMARY KEY (device_id, round_id, update_id));
 CREATE INDEX IF NOT EXISTS updates_by_round ON updates (round_id, seq);
 CREATE TABLE IF NOT EXISTS declines (
     round_id INTEGER NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL,
@@ -113,6 +111,7 @@ class StoredUpdate:
     num_examples: int
     payload: bytes
     control: bytes = b""  # Update.control (SCAFFOLD's Δc_i); empty = none
+    reported_norm: float | None = None  # Update.metrics["norm"] (admission.reported_norm): DP's adaptive clip
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,8 @@ class RoundStore:
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif row[0] in ("1", "2"):  # add the columns a newer schema has (the CREATEs made its tables)
-                for table, column, kind in (("updates", "control", "BLOB"), ("rounds", "privacy", "TEXT")):
+                for table, column, kind in (("updates", "control", "BLOB"), ("rounds", "privacy", "TEXT"),
+                                            ("updates", "reported_norm", "REAL")):
                     if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
@@ -287,9 +287,10 @@ class RoundStore:
         if row is None:
             return None
         round_id = row[0]
-        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b"")) for seq, d, u, digest, n, p, c in
-                   self._db.execute("SELECT seq, device_id, update_id, digest, num_examples, payload, control "
-                                    "FROM updates WHERE round_id = ?", (round_id,))]
+        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b""), r)
+                   for seq, d, u, digest, n, p, c, r in self._db.execute(
+                       "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm "
+                       "FROM updates WHERE round_id = ?", (round_id,))]
         declines = [StoredDecline(seq, d, reason) for seq, d, reason in self._db.execute(
             "SELECT seq, device_id, reason FROM declines WHERE round_id = ?", (round_id,))]
         events = tuple(sorted(updates + declines, key=lambda e: e.seq))
@@ -301,9 +302,9 @@ class RoundStore:
         with self._tx() as db:
             self._require_open(db, round_id)
             db.execute("INSERT INTO updates (device_id, round_id, update_id, digest, seq, num_examples, payload, "
-                       "control) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       "control, reported_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (update.device_id, round_id, update.update_id, update.digest, update.seq,
-                        update.num_examples, update.payload, update.control or None))
+                        update.num_examples, update.payload, update.control or None, update.reported_norm))
 
     def add_decline(self, round_id: int, decline: StoredDecline) -> None:
         with self._tx() as db:

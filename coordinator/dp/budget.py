@@ -16,13 +16,14 @@ plan), so a restart keeps the z the rounds were run with.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from .accountant import BudgetVerdict, RoundCharge, check_round, epsilon
 from .calibrate import noise_multiplier_for
 from .config import PrivacyConfig
-from .round import RoundPlan
+from .round import CLIP_GROUP, RoundPlan, split_noise
 
 log = logging.getLogger("fedge.coordinator.privacy")
 
@@ -78,9 +79,11 @@ class PrivacyBudget:
         return noise_multiplier_for(cfg.target_epsilon, cfg.delta, cfg.rounds, population, cohort, cfg.sampling,
                                     cfg.accountant)
 
-    def plan(self, round_id: int, population: int, cohort: int, expected_cohort: int) -> RoundPlan | None:
+    def plan(self, round_id: int, population: int, cohort: int, expected_cohort: int,
+             extra: dict | None = None) -> RoundPlan | None:
         """The plan of round `round_id` asking `cohort` of `population` devices, or None: refused
-        (then `exhausted` says why). Always None when privacy is off."""
+        (then `exhausted` says why). Always None when privacy is off. `extra`: the committed
+        ServerState.extra, where adaptive clipping left the current S."""
         cfg = self.config
         if not cfg.enabled:
             return None
@@ -98,5 +101,11 @@ class PrivacyBudget:
         self.metrics.exhausted.set(0)
         log.info("round %d: privacy charge %d of %d devices, z=%.4g; ε after it %.4f of %g", round_id, cohort,
                  population, z, verdict.epsilon_after, cfg.target_epsilon)
-        return RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
+        plan = RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
                          verdict.epsilon_after, cfg.sampling, cfg.accountant)
+        if not cfg.target_quantile:
+            return plan
+        clip = float((extra or {}).get(CLIP_GROUP, {}).get("clip_norm", cfg.clip_norm))
+        count_stddev = cfg.clip_count_stddev or max(expected_cohort / 20, z)
+        return replace(plan, clip_norm=clip, delta_noise_multiplier=split_noise(z, count_stddev),
+                       count_stddev=count_stddev, target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)

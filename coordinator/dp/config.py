@@ -44,6 +44,14 @@ class PrivacyConfig:
     sampling: str = "fixed"
     accountant: str = "rdp"  # the check before each round; reports may use pld as well
     on_exhausted: str = "stop"  # "stop": end the job with a clear status; "wait": stay up, run no round
+    # Adaptive clipping (Andrew et al. 2021), on when target_quantile > 0: S starts at clip_norm and
+    # follows this quantile of the devices' update norms, S <- S exp(-clip_lr (b - target_quantile)),
+    # b the noised fraction of devices not clipped; the noise on that count (clip_count_stddev;
+    # 0 = max(W / 20, z), the paper's W / 20) is accounted: the deltas get z_delta with
+    # z_delta^-2 + (2 clip_count_stddev)^-2 = z^-2, so the round still costs a Gaussian of multiplier z.
+    target_quantile: float = 0.0
+    clip_lr: float = 0.2
+    clip_count_stddev: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
@@ -58,6 +66,12 @@ class PrivacyConfig:
             raise ConfigError("privacy: set noise_multiplier, or rounds so fedge can calibrate it for target_epsilon")
         if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
             raise ConfigError("privacy.clip_norm must be a finite number > 0")
+        if not 0 <= self.target_quantile < 1:
+            raise ConfigError("privacy.target_quantile must be in [0, 1); 0 = a fixed clip_norm, 0.5 = the median")
+        if not (self.clip_lr > 0 and math.isfinite(self.clip_lr)):
+            raise ConfigError("privacy.clip_lr must be a finite number > 0 (0.2 in Andrew et al.)")
+        if not (self.clip_count_stddev >= 0 and math.isfinite(self.clip_count_stddev)):
+            raise ConfigError("privacy.clip_count_stddev must be >= 0 (0 = max(expected cohort / 20, z))")
         for name, allowed in (("sampling", SAMPLINGS), ("accountant", ACCOUNTANTS), ("on_exhausted", ON_EXHAUSTED)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"privacy.{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")

@@ -84,6 +84,9 @@ def test_real_devices_clip_and_the_coordinator_adds_the_seeded_noise_to_the_fixe
     deltas = [decoded(u) for u in fleet.updates()]
     norms = [global_norm(d) for d in deltas]
     assert all(n <= S * (1 + 1e-6) for n in norms), norms  # the device's clip: fp32 on the wire, exact
+    # each device reports the norm it clipped from (adaptive clipping's input)
+    assert all(u.metrics["norm"] >= n * (1 - 1e-6) for u, n in zip(fleet.updates(), norms))
+    assert any(u.metrics["norm"] > S for u in fleet.updates())  # the clip was at work
     # Oracle from the wire: sum of clip(Δ_i), plus N(0, (zS)^2) drawn from (seed, round), over W = 4.
     total = {k: sum(clip_to_norm(d, S)[0][k] for d in deltas) for k in deltas[0]}
     rng = np.random.default_rng([c.config.seed, record.round_id])
@@ -187,17 +190,20 @@ def test_a_round_the_guard_abandons_after_noising_is_charged_and_one_without_rep
     assert c.privacy.metrics.charged._value.get() == 1
 
 
-def test_a_restart_mid_round_releases_the_same_noised_model(model, tmp_path):
+@pytest.mark.parametrize("quantile", [0.0, 0.5])
+def test_a_restart_mid_round_releases_the_same_noised_model(model, tmp_path, quantile):
+    """With adaptive clipping too: the next S (in ServerState.extra) comes out the same."""
     def run(crash: bool):
         path = tmp_path / f"{crash}.db"
         fleet = make_fleet(model, tmp_path / str(crash), clients_per_round=3, store=RoundStore(path), **DP,
-                           privacy=_privacy())
+                           privacy=_privacy(target_quantile=quantile))
         devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
         fleet.drain()
         rng = np.random.default_rng(5)
         assert fleet.coordinator.begin_round()
         fleet.drain()
-        updates = [m.update(random_delta(fleet.coordinator.shapes, rng, scale=0.1)) for m in devices]
+        updates = [m.update(random_delta(fleet.coordinator.shapes, rng, scale=0.1), metrics={"norm": 0.01 * i})
+                   for i, m in enumerate(devices)]
         for m, u in zip(devices, updates):
             m.send(encode_message(u))
             fleet.drain()
@@ -206,10 +212,12 @@ def test_a_restart_mid_round_releases_the_same_noised_model(model, tmp_path):
                 assert fleet.coordinator.round.privacy is not None
         record = _round(fleet)
         assert record.committed
-        return fleet.coordinator.state.params, fleet.coordinator.store.privacy_ledger()
+        state = fleet.coordinator.state
+        return {**state.params, **state.extra.get("dp", {})}, fleet.coordinator.store.privacy_ledger()
 
     (a, ledger_a), (b, ledger_b) = run(False), run(True)
-    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert ("clip_norm" in a) == bool(quantile)
+    assert set(a) == set(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
     assert ledger_a == ledger_b and len(ledger_a) == 1
 
 
