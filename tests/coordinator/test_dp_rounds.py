@@ -248,3 +248,22 @@ def test_the_privacy_command_reads_an_empty_or_missing_ledger(tmp_path, capsys):
     assert main(["coordinator", "privacy", "--state", str(tmp_path / "s.db")]) == 0
     assert "no round charged" in capsys.readouterr().out
     assert main(["coordinator", "privacy", "--state", str(tmp_path / "missing.db")]) == 2
+
+
+@pytest.mark.parametrize("on_exhausted", ["stop", "wait"])
+def test_the_loop_ends_the_job_or_waits_when_the_budget_refuses(model, tmp_path, on_exhausted):
+    from fedge.coordinator.loop import CoordinatorLoop
+    # one round of 2 of 2 devices at z = 1 costs more than ε = 1: the first round is refused
+    fleet = make_fleet(model, tmp_path, clients_per_round=2, **DP,
+                       privacy=_privacy(target_epsilon=1.0, on_exhausted=on_exhausted))
+    for i in range(2):
+        ManualDevice(fleet, f"m{i}", 10)
+    fleet.drain()
+    loop = CoordinatorLoop(fleet.coordinator, min_devices=2)
+    loop._maybe_begin()
+    assert fleet.coordinator.round is None and fleet.coordinator.store.next_round_id() == 1
+    assert fleet.coordinator.privacy.metrics.exhausted._value.get() == 1
+    if on_exhausted == "stop":
+        assert loop.exhausted is fleet.coordinator.privacy.exhausted and loop.finishing
+    else:
+        assert loop.exhausted is None and not loop.finishing and loop.next_begin >= fleet.clock.now() + 5.0
