@@ -47,6 +47,7 @@ class PrivacyBudget:
         self.metrics = PrivacyMetrics(registry) if config.enabled else None
         self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
         self.refused_round: int | None = None
+        self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
         if self.metrics is not None:
             self.metrics.target.set(config.target_epsilon)
             self.refresh()
@@ -76,8 +77,11 @@ class PrivacyBudget:
         charged = self.store.privacy_ledger()
         if charged:
             return float(charged[0]["noise_multiplier"])
-        return noise_multiplier_for(cfg.target_epsilon, cfg.delta, cfg.rounds, population, cohort, cfg.sampling,
-                                    cfg.accountant)
+        key = (population, cohort)  # a calibration takes seconds: once per sampling event, not per retry
+        if key not in self._calibrated:
+            self._calibrated[key] = noise_multiplier_for(cfg.target_epsilon, cfg.delta, cfg.rounds, population,
+                                                         cohort, cfg.sampling, cfg.accountant)
+        return self._calibrated[key]
 
     def plan(self, round_id: int, population: int, cohort: int, expected_cohort: int,
              extra: dict | None = None) -> RoundPlan | None:
