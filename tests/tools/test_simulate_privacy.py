@@ -51,3 +51,29 @@ def test_simulate_without_privacy_has_null_epsilon(tmp_path):
                  "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["rounds"][0]["epsilon"] is None and doc["summary"]["privacy"] is None
+
+
+@pytest.mark.mosquitto
+def test_the_mqtt_fleet_runs_dp_and_stops_at_the_same_round(mosquitto_binary, tmp_path):
+    from dataclasses import replace
+
+    from fedge.coordinator.dp.config import PrivacyConfig
+    from fedge.tools.broker import BrokerConfig, MosquittoProcess
+    from fedge.tools.simulate.config import SIM_COORDINATOR, sim_config
+    from fedge.tools.simulate.fleet import run_simulation
+
+    refused = 1
+    while _direct("fixed", DEVICES, PER_ROUND, Z, refused, DELTA) <= TARGET:
+        refused += 1
+    coordinator = replace(SIM_COORDINATOR, clients_per_round=PER_ROUND, over_selection=1.0, aggregator="mean",
+                          weighting="equal", privacy=PrivacyConfig(enabled=True, noise_multiplier=Z, clip_norm=0.5,
+                                                                   target_epsilon=TARGET, delta=DELTA))
+    with MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp_path / "broker",
+                          binary=mosquitto_binary) as broker:
+        result = run_simulation(sim_config(dataset="digits", devices=DEVICES, rounds=refused + 2, epochs=1,
+                                           coordinator=coordinator, out_dir=str(tmp_path), transport="mqtt",
+                                           broker_url=broker.url, round_deadline_s=60))
+    assert [r["round"] for r in result.rounds] == list(range(1, refused))
+    assert result.rounds[-1]["epsilon"] == pytest.approx(_direct("fixed", DEVICES, PER_ROUND, Z, refused - 1, DELTA),
+                                                         abs=1e-6)
+    assert result.summary["privacy"]["refused"]
