@@ -129,7 +129,9 @@ def plot(doc: dict, path: Path) -> Path | None:
         for r in doc["runs"]:
             if r["mechanism"] == "none":
                 ax.axhline(r[key], color=color, ls="--", label=f"{label}, no DP")
-    ax.set(xscale="log", xlabel=f"ε (δ={doc['runs'][0]['delta']:g}, user-level)", ylabel="final accuracy", ylim=(0, 1),
+    if private:  # only the non-private run: its lines alone, on a linear axis
+        ax.set_xscale("log")
+    ax.set(xlabel=f"ε (δ={doc['runs'][0]['delta']:g}, user-level)", ylabel="final accuracy", ylim=(0, 1),
            title=f"{doc['data']['name']}: {doc['population']} devices, {doc['clients_per_round']} a round, "
                  f"{doc['rounds']} rounds")
     ax.legend(fontsize=8)
