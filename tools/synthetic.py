@@ -6,7 +6,10 @@ Device k draws its own model and its own inputs:
     B_k ~ N(0, β),  v_k ~ N(B_k, 1) (dim),  x ~ N(v_k, Σ), Σ_jj = j^-1.2     β: how much inputs differ
     y = argmax(W_k x + b_k)
 
-so α = β = 0 is close to IID and synthetic(1, 1) strongly non-IID. Sizes are log-normal (a few
+so α = β = 0 is close to IID and synthetic(1, 1) strongly non-IID. Each feature is then divided
+by its population standard deviation, sqrt(β + 1 + j^-1.2), a constant of the generator (no
+device's data enters it): raw, the features reach |12| and local SGD diverges. Labels are
+drawn before the scaling, so the task is the same. Sizes are log-normal (a few
 devices hold much more than most), at least `min_examples` for training plus a fifth of that
 held out, and at most `max_examples`. Pure: numpy, one seeded RNG.
 """
@@ -34,5 +37,6 @@ def synthetic(devices: int, alpha: float = 1.0, beta: float = 1.0, *, dim: int =
         v = rng.normal(b_mean, 1.0, size=dim)
         x = (v + rng.normal(size=(n + held, dim)) * np.sqrt(variance)).astype(np.float32)
         y = np.argmax(x @ w.T + bias, axis=1).astype(np.int64)
+        x = (x / np.sqrt(beta + 1.0 + variance)).astype(np.float32)
         clients.append(ClientData(f"syn-{k:05d}", x[:n], y[:n], x[n:], y[n:]))
     return FederatedDataset(f"synthetic({alpha:g},{beta:g})", tuple(clients), classes, (dim,), None)

@@ -48,8 +48,8 @@ class PrivacyGrid:
     devices: int = 1000
     clients_per_round: int = 100
     rounds: int = 30
-    alpha: float = 1.0
-    beta: float = 1.0
+    alpha: float = 0.5  # synthetic(0.5, 0.5), as in FedProx (Li et al. 2020): non-IID in models and inputs
+    beta: float = 0.5
     clip_norm: float = 0.5  # where adaptive clipping starts
     seed: int = 0
 
