@@ -8,6 +8,7 @@ executes the answer. The restart replay builds its Accepted values with the same
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -52,6 +53,9 @@ class Accepted:
     delta: dict[str, np.ndarray]  # dense
     control: dict[str, np.ndarray] | None  # dense Δc_i in a SCAFFOLD round, else None
     loss: float | None = None  # the device's reported training loss (Update.metrics); the store keeps none
+    # the device's reported delta norm before its clip (Update.metrics["norm"]), kept by the store:
+    # adaptive clipping's bit (coordinator/dp/round.py); None when absent or not a finite number >= 0
+    reported_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,14 @@ def admit(update: Update, sender: str | None, view: AdmissionView) -> Accepted |
     except UpdateRejected as exc:
         return Rejected(exc)
     return Accepted(update.device_id, update.update_id, update.num_examples, payload_digest(update), delta, control,
-                    update.metrics.get("loss"))
+                    update.metrics.get("loss"), reported_norm(update.metrics))
+
+
+def reported_norm(metrics: dict) -> float | None:
+    """metrics["norm"] when it is a finite number >= 0 (a device's word: anything else is ignored)."""
+    norm = metrics.get("norm")
+    ok = isinstance(norm, (int, float)) and not isinstance(norm, bool) and math.isfinite(norm) and norm >= 0
+    return float(norm) if ok else None
 
 
 def check_decline(decline: Decline, sender: str | None, view: AdmissionView) -> Rejected | None:
@@ -102,7 +113,8 @@ def replayed(stored: StoredUpdate, ctx: RoundContext) -> Accepted:
     """An update the store holds for the open round, as admit() accepted it."""
     delta = decode_delta(stored.payload, ctx.shapes)
     control = decode_delta(stored.control, ctx.shapes, "control") if stored.control else None
-    return Accepted(stored.device_id, stored.update_id, stored.num_examples, stored.digest, delta, control)
+    return Accepted(stored.device_id, stored.update_id, stored.num_examples, stored.digest, delta, control,
+                    reported_norm=stored.reported_norm)
 
 
 def stale(report) -> UpdateRejected:

@@ -62,6 +62,7 @@ class UpdateMeta:
     device_id: str
     weight: float  # the FedAvg weight: the device's num_examples
     staleness: int = 0  # model versions between the update's base and the model it moves (0 = sync)
+    reported_norm: float | None = None  # the device's delta norm before its clip, as it says (DP's adaptive clip)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.codec import encode_message
@@ -12,6 +12,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
 
 from .aggregate import AGGREGATORS
+from .dp.config import PrivacyConfig, check_coordinator
 from .evaluation import EvalConfig
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
 from .strategies import STRATEGIES
@@ -85,6 +86,9 @@ class CoordinatorConfig:
     guard_max_loss_ratio: float = 1.5
     # Federated evaluation after commits ([coordinator.evaluation]; coordinator/evaluation.py).
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    # User-level differential privacy ([coordinator.privacy]; coordinator/dp): DP-FedAvg with a
+    # budget. Needs aggregator = "mean" and weighting = "equal" (coordinator/dp/config.py says why).
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -124,6 +128,9 @@ class CoordinatorConfig:
             raise ConfigError("need 0 <= abandon_backoff_s <= abandon_backoff_max_s (seconds, finite)")
         if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
             raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")
+        check_coordinator(self)  # privacy's rules for the rest of this config
+        if self.privacy.enabled:  # the device clips to S: the bound travels in every task's compression
+            object.__setattr__(self, "compression", replace(self.compression, clip_norm=self.privacy.clip_norm))
         self._check_wire()
 
     def _check_wire(self) -> None:

@@ -9,6 +9,11 @@ simulator both run this loop; they differ only in the callbacks.
 No one message can stop it: an exception from handling a message (a bug, a store that
 refuses a value) is logged, counted as a rejection named `internal:<ExceptionType>`, and
 that message is dropped. Abandoned rounds in a row space out the next (backoff.py).
+
+A round the privacy budget refuses (coordinator/dp/budget.py) ends the loop when
+privacy.on_exhausted = "stop" (after the last model's evaluation, like should_stop), with
+`exhausted` holding the refusal; with "wait" the loop stays up and asks again now and then
+(more eligible devices make the sampling rate, and so the round's cost, smaller).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class CoordinatorLoop:
         self.on_begin = on_begin
         self.finish_evaluation = finish_evaluation
         self.finishing = False  # should_stop said so: no new round, only the evaluation in flight
+        self.exhausted = None  # the privacy budget's refusal (dp BudgetVerdict) that ended the loop
         self.stop_event = threading.Event()
         self.next_begin = 0.0
         self.abandoned_in_a_row = 0
@@ -143,6 +149,11 @@ class CoordinatorLoop:
             return
         eligible = len(c.eligible_devices())
         if eligible < self.min_devices or not c.begin_round():
+            if c.privacy.exhausted is not None:  # refused by the budget, logged and exported by it
+                if c.config.privacy.on_exhausted == "stop":
+                    self.exhausted, self.finishing = c.privacy.exhausted, True
+                self.next_begin = now + max(self.poll_s, 5.0)
+                return
             self._say_waiting(eligible, now)
             self.next_begin = now + max(self.poll_s, 0.5)  # ask again soon; check-ins may be on their way
             return

@@ -34,6 +34,7 @@ class MemoryStore:
         self.closed_keys: deque[dict[tuple[str, int, str], str]] = deque(maxlen=keep_key_rounds)
         self.devices: dict[str, StoredDevice] = {}
         self.evaluations: list[dict] = []
+        self.ledger: dict[int, dict] = {}  # round id -> privacy charge (dp RoundPlan JSON)
 
     def bind(self, model_id: str, strategy: str) -> None:
         for key, value in (("model_id", model_id), ("strategy", strategy)):
@@ -75,17 +76,21 @@ class MemoryStore:
         key = (device_id, round_id, update_id)
         return next((keys[key] for keys in self.closed_keys if key in keys), None)
 
-    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float) -> None:
+    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float,
+                     charge: dict | None = None) -> None:
         self._require_open(round_id)
         if self.state is not None and state.version != self.state.version + 1:
             raise ValueError(f"round {round_id} commits version {state.version}, but the store holds "
                              f"{self.state.version}")
         self.state = state
-        self._close(round_id, record)
+        self._close(round_id, record, charge)
 
-    def abandon_round(self, round_id: int, record: dict, closed_wall: float) -> None:
+    def abandon_round(self, round_id: int, record: dict, closed_wall: float, charge: dict | None = None) -> None:
         self._require_open(round_id)
-        self._close(round_id, record)
+        self._close(round_id, record, charge)
+
+    def privacy_ledger(self) -> list[dict]:
+        return [self.ledger[r] for r in sorted(self.ledger)]
 
     def round_records(self) -> list[dict]:
         return [self.records[r] for r in sorted(self.records)]
@@ -109,7 +114,9 @@ class MemoryStore:
         if self.open is None or self.open.round_id != round_id:
             raise ValueError(f"round {round_id} is not open in memory")
 
-    def _close(self, round_id: int, record: dict) -> None:
+    def _close(self, round_id: int, record: dict, charge: dict | None) -> None:
+        if charge is not None:
+            self.ledger[round_id] = charge
         self.closed_keys.append({(e.device_id, round_id, e.update_id): e.digest for e in self.events
                                  if isinstance(e, StoredUpdate)})
         self.records[round_id] = record

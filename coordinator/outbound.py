@@ -62,7 +62,7 @@ class Outbound:
         task = TrainTask(round_id=ctx.round_id, task_id=ctx.tasks[device_id], device_id=device_id,
                          model_id=ctx.model_id, model_version=ctx.model_version,
                          params=b"" if by_ref else rnd.params_bytes, hyper=rnd.hyper,
-                         compression=self.config.compression, deadline_s=remaining,
+                         compression=rnd.compression or self.config.compression, deadline_s=remaining,
                          seed=self.config.seed * 1_000_003 + ctx.round_id,
                          correction=b"" if by_ref else rnd.correction_bytes, manifest_sha256=self.manifest_sha256,
                          round_model_sha256=rnd.round_model_sha256 if by_ref else "")

@@ -8,7 +8,7 @@ control mean (SCAFFOLD's control-variate deltas).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import RoundModel, TaskHyper
@@ -18,6 +18,7 @@ from fedge.edge_runtime.kernel.update_codec import encode_dense
 from .admission import Accepted
 from .aggregate import Aggregator, AggregatorContext, UpdateMeta, WeightedMean, make_aggregator
 from .config import CoordinatorConfig
+from .dp.round import DpMean, RoundPlan
 from .rounds import Replied, RoundMachine, on_event
 from .strategies import AggregateInput, ServerState, Strategy
 from .validation import RoundContext
@@ -83,13 +84,19 @@ class OpenRound:
     task_sent: dict = field(default_factory=dict)  # device -> clock seconds its task last left
     inline_sent: dict = field(default_factory=dict)  # device -> clock seconds an inline copy last left
     decline_from: set = field(default_factory=set)  # devices whose decline was counted
+    privacy: RoundPlan | None = None  # a DP round's plan (the aggregator is then a DpMean)
+    compression: object = None  # the tasks' CompressionSpec when not the config's (DP: clip_norm = the round's S)
 
-
+    def charge(self) -> dict | None:
+        """The privacy charge to commit with the round: its plan once the noised aggregate was
+        computed (even if the model guard then refuses it), else None."""
+        released = self.privacy is not None and getattr(self.aggregator, "released", False)
+        return self.privacy.to_json() if released else None
 
     def add(self, update: Accepted) -> None:
         """Count one accepted update: aggregator, control mean, seen keys, the machine."""
         weight = update_weight(update.num_examples, self.ctx.max_examples, self.ctx.equal_weights)
-        self.aggregator.add(update.delta, UpdateMeta(update.device_id, weight))
+        self.aggregator.add(update.delta, UpdateMeta(update.device_id, weight, reported_norm=update.reported_norm))
         loss = update.loss
         # The loss is the device's word, not checked against anything: a non-finite or absurd
         # value is left out rather than allowed to turn the round's mean into NaN or 1e300.
@@ -117,9 +124,10 @@ class OpenRound:
 
 def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, state: ServerState,
                strategy: Strategy, model_id: str, shapes: dict[str, tuple[int, ...]],
-               config: CoordinatorConfig) -> OpenRound:
+               config: CoordinatorConfig, privacy: RoundPlan | None = None) -> OpenRound:
     """The bookkeeping of a round about to begin (or resume): its validation context, the
-    params and SCAFFOLD correction encoded once, the model split into parts, a fresh aggregator."""
+    params and SCAFFOLD correction encoded once, the model split into parts, a fresh aggregator
+    (with a DP plan, the DP-FedAvg mean: coordinator/dp/round.py)."""
     ctx = RoundContext(machine.round_id, model_id, state.version, tasks, shapes, config.norm_bound,
                        strategy.uses_control, config.control_norm_bound, config.max_examples,
                        config.weighting == "equal")
@@ -131,10 +139,11 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
         model = RoundModel(ctx.model_id, ctx.model_version, ctx.round_id, params, correction)
         sha, split = split_round_model(model, config.model_part_bytes)
         parts = tuple(encode_message(p) for p in split)
-    aggregator = make_aggregator(config.aggregator, AggregatorContext(machine.round_id, config.seed, config.robust,
-                                                                      state.extra))
+    context = AggregatorContext(machine.round_id, config.seed, config.robust, state.extra)
+    aggregator = DpMean(privacy, context.rng) if privacy else make_aggregator(config.aggregator, context)
+    compression = replace(config.compression, clip_norm=privacy.clip_norm) if privacy else None
     return OpenRound(machine, ctx, aggregator, started, params, plan.hyper, correction,
-                     round_model_sha256=sha, model_parts=parts)
+                     round_model_sha256=sha, model_parts=parts, privacy=privacy, compression=compression)
 
 
 def count_uplink(rnd: OpenRound | None, late: tuple[int, int], update, size: int) -> tuple[int, int]:

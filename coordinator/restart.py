@@ -13,6 +13,7 @@ from collections.abc import Callable
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .admission import replayed
+from .dp.round import RoundPlan
 from .records import OpenRound
 from .rounds import Declined, RoundMachine, on_event, sync_round
 from .store import Store, StoredRound, StoredUpdate
@@ -34,14 +35,16 @@ def restore_state(store: Store, model_id: str, strategy: str, initial: ServerSta
 
 
 def resume(stored: StoredRound, version: int, now: float, wall: float,
-           make_round: Callable[[RoundMachine, dict[str, str], float], OpenRound], path: object = "") -> OpenRound:
+           make_round: Callable[[RoundMachine, dict[str, str], float, RoundPlan | None], OpenRound],
+           path: object = "") -> OpenRound:
     """Rebuild an open round from the store (see the module docstring)."""
     if stored.model_version != version:
         raise ConfigError(f"{path}: open round {stored.round_id} was based on version "
                           f"{stored.model_version}, the stored model is {version}")
     machine = sync_round(stored.round_id, stored.selected, stored.target, stored.quorum,
                          now + (stored.deadline_wall - wall))
-    rnd = make_round(machine, stored.tasks, now - (wall - stored.started_wall))
+    # a DP round comes back with its stored plan: the same z, S and W, so the same noise
+    rnd = make_round(machine, stored.tasks, now - (wall - stored.started_wall), RoundPlan.from_json(stored.privacy))
     for event in stored.events:
         if isinstance(event, StoredUpdate):
             rnd.add(replayed(event, rnd.ctx))

@@ -1,17 +1,14 @@
 """The coordinator loop: routes inbound messages and executes the round machine's actions.
 
-This is the one place on the coordinator side that touches the transport and the clock.
-The same class runs over the in-memory broker in simulation and over MQTT in deployment.
-Each concern it uses lives in its own module: the round as a transition table (rounds),
-admission of reports (admission, validation), how updates combine (aggregate), the known
-devices (registry), what is published (outbound), durable state (store: SQLite, or
-memory_store) and restart (restart); pace, strategies, metrics and artifacts likewise.
+The one place on the coordinator side that touches the transport and the clock, over the
+in-memory broker in simulation and over MQTT in deployment. Each concern lives in its own
+module: the round's transition table (rounds), admission (admission, validation), how updates
+combine (aggregate), devices (registry), publishing (outbound), durable state (store, or
+memory_store), restart, the privacy budget (dp/budget); pace, strategies, metrics likewise.
 
 Every step is written to the Store before the message that depends on it leaves: the round
 before its tasks, an update before its Ack, the new model before the round counts as
-committed. store.py argues why a `kill -9` between any two steps is safe. Without a state_db
-the same code runs against a MemoryStore.
-"""
+committed. store.py argues why a `kill -9` between any two steps is safe."""
 
 from __future__ import annotations
 
@@ -41,6 +38,7 @@ from . import backoff, pace
 from .admission import Accepted, AdmissionView, admit, check_decline
 from .artifacts import FetchRefused, open_artifacts
 from .config import CoordinatorConfig
+from .dp.budget import PrivacyBudget
 from .errors import UnexpectedMessage, UpdateRejected
 from .evaluation import Evaluations
 from .fetches import serve_fetch
@@ -87,8 +85,7 @@ class Coordinator:
 
     Public state for simulators and reports: `state` (ServerState), `round` (OpenRound or
     None), `history` (RoundRecords of this process), `rejections` and `declines` (Counters
-    by reason, the same numbers the metrics export), `registry` (device_id -> DeviceRecord).
-    """
+    by reason, as exported), `registry` (device_id -> DeviceRecord), `privacy` (the budget)."""
 
     def __init__(
         self,
@@ -118,6 +115,7 @@ class Coordinator:
                                  uuid.uuid4().hex)
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.registry = Registry(self.store)
+        self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
         self.evaluations = Evaluations(config.evaluation, self.outbound, self.store, EvalMetrics(self.metrics.registry),
                                        manifest.model_id, config.seed, config.max_examples)
         self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open
@@ -252,7 +250,7 @@ class Coordinator:
         # durable before the Ack: see store.py
         self.store.add_update(rnd.ctx.round_id, StoredUpdate(rnd.events, update.device_id, update.update_id,
                                                              accepted.digest, update.num_examples, update.payload,
-                                                             update.control))
+                                                             update.control, accepted.reported_norm))
         rnd.events += 1
         rnd.add(accepted)
         self.metrics.accepted.inc()
@@ -302,26 +300,26 @@ class Coordinator:
         return self.registry.eligible_devices()
 
     def begin_round(self) -> bool:
-        """Sample devices and send tasks; False when too few eligible devices are known."""
+        """Sample devices and send tasks; False: too few eligible devices, or privacy.exhausted."""
         if self.round is not None:
             raise RuntimeError(f"round {self.round.ctx.round_id} is still open; tick() until it closes")
-        cfg = self.config
-        candidates = self.eligible_devices()
-        wanted = min(cfg.clients_per_round, len(candidates))
-        quorum = min(cfg.quorum, wanted)
+        cfg, candidates = self.config, self.eligible_devices()
+        wanted, quorum = min(cfg.clients_per_round, len(candidates)), min(cfg.quorum, len(candidates))
         if wanted == 0:
             return False
-        round_id = self.next_round_id
-        selected = sample_devices(candidates, selection_size(wanted, cfg.over_selection, len(candidates)), cfg.seed,
-                                  round_id)
+        round_id, asked = self.next_round_id, selection_size(wanted, cfg.over_selection, len(candidates))
+        plan = self.privacy.plan(round_id, len(candidates), asked, wanted, self.state.extra)  # before the round
+        if plan is None and self.privacy.enabled:
+            return False
+        selected = sample_devices(candidates, asked, cfg.seed, round_id)
         now, wall = self.clock.now(), self.clock.wall()
         machine, actions = start(round_id, SYNC, (Limits(wanted, quorum, cfg.round_deadline_s),), tuple(selected),
                                  now, deadline=now + cfg.round_deadline_s)
         tasks = {d: uuid.uuid4().hex for d in selected}
         # before any task leaves: see store.py
         self.store.open_round(StoredRound(round_id, self.state.version, tuple(selected), tasks, wanted, quorum,
-                                          wall, wall + cfg.round_deadline_s))
-        self.round = self._new_round(machine, tasks, now)
+                                          wall, wall + cfg.round_deadline_s, privacy=plan and plan.to_json()))
+        self.round = self._new_round(machine, tasks, now, plan)
         (self.round.bytes_up, self.round.bytes_up_dense), self._late_up = self._late_up, (0, 0)
         self.outbound.model(self.round)  # before the tasks that name it
         self._run(actions, now)
@@ -366,19 +364,20 @@ class Coordinator:
                     return self._execute(Stopped(fault), now)
                 record = rnd.record(True, self.clock.now())
                 # the commit point: before it the round is open, after it done
-                self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())
+                self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall(), rnd.charge())
                 rnd.machine, _ = on_event(rnd.machine, Committed())
                 self.state = state
                 return self._close(record)
             elif isinstance(action, Abandon):
                 record = rnd.record(False, self.clock.now())
-                self.store.abandon_round(record.round_id, asdict(record), self.clock.wall())
+                self.store.abandon_round(record.round_id, asdict(record), self.clock.wall(), rnd.charge())
                 return self._close(record)
         return None
 
     def _close(self, record: RoundRecord) -> RoundRecord:
         self.history.append(record)
         self.round = None
+        self.privacy.refresh()
         # Round ids never repeat: an abandoned round is retried under the next id, and
         # nothing from it was applied.
         self.next_round_id = record.round_id + 1
@@ -395,6 +394,6 @@ class Coordinator:
                                           self.eligible_devices(), self.clock.now())
         return record
 
-    def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float) -> OpenRound:
+    def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float, plan=None) -> OpenRound:
         return open_round(machine, tasks, started, state=self.state, strategy=self.strategy,
-                          model_id=self.manifest.model_id, shapes=self.shapes, config=self.config)
+                          model_id=self.manifest.model_id, shapes=self.shapes, config=self.config, privacy=plan)

@@ -17,6 +17,11 @@
     metrics_port = 9108
     clients_per_round = 10
     round_deadline_s = 120
+
+Exit status: 0 after `rounds` (or SIGTERM); 3 (EXIT_PRIVACY_BUDGET) when the privacy budget
+refused the next round and [coordinator.privacy] on_exhausted = "stop": the job is done, its
+budget spent. A restart refuses again at once, so a supervisor should not restart on 3
+(systemd: RestartPreventExitStatus=3).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .store import open_store
 from .strategies import strategy_from_config
 
 log = logging.getLogger("fedge.coordinator")
+EXIT_PRIVACY_BUDGET = 3  # the privacy budget ended the job (module docstring)
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,7 @@ def run_service(cfg: ServiceConfig) -> int:
                  coordinator.state.version, cfg.service.rounds)
         return 0
     coordinator.transport.connect(timeout=0)
+    status = 0
     try:
         loop.run()
     finally:
@@ -146,8 +153,12 @@ def run_service(cfg: ServiceConfig) -> int:
         except PublishRefused as exc:
             log.error("coordinator: PublishRefused before exit: %s", exc)
         coordinator.transport.close()
+    if loop.exhausted is not None:
+        log.error("coordinator: privacy budget exhausted at version %d, job ended: %s", coordinator.state.version,
+                  loop.exhausted.why)
+        status = EXIT_PRIVACY_BUDGET
     if cfg.coordinator.metrics_port and cfg.service.metrics_linger_s and not stopping.is_set():
         log.info("coordinator: done at version %d; metrics stay up %.0f s", coordinator.state.version,
                  cfg.service.metrics_linger_s)
         stopping.wait(cfg.service.metrics_linger_s)
-    return 0
+    return status

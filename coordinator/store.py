@@ -1,6 +1,6 @@
 """Durable coordinator state in one SQLite file (WAL): model, strategy state, rounds, updates.
 
-Schema (version 2)::
+Schema (version 3)::
 
     meta      key TEXT PK, value TEXT              schema, model_id, strategy
     models    version INT PK, round_id, created_wall, extra_groups (JSON list)
@@ -9,15 +9,18 @@ Schema (version 2)::
               bytes with their dtype string, so a load is bit-exact
     rounds    round_id INT PK, status open|committed|abandoned, model_version, selected,
               tasks (JSON), target, quorum, started_wall, deadline_wall, closed_wall,
-              record (JSON of the RoundRecord); at most one row is open (partial index)
+              record (JSON RoundRecord), privacy (JSON dp RoundPlan, NULL without DP); at
+              most one row is open (partial index)
+    privacy_ledger  round_id INT PK, charge (JSON RoundPlan): rounds whose noised aggregate
+              was computed, written by the transaction that closes the round
     updates   (device_id, round_id, update_id) PK, digest, seq, num_examples, payload BLOB,
               control BLOB: the Update's compressed payload and control-variate delta
-              (SCAFFOLD; NULL for none) while its round is open, NULL after
+              (SCAFFOLD; NULL for none) while its round is open, NULL after; reported_norm (DP)
     declines  (round_id, device_id) PK, seq, reason       rows of the open round only
     devices   device_id PK, last_seen_wall, eligible, reason, num_examples
 
-Version 2 added updates.control; a version 1 file is upgraded in place (the column is added,
-NULL for every stored update, which is what a version 1 update was).
+Version 2 added updates.control, version 3 rounds.privacy, updates.reported_norm and the
+privacy_ledger; an older file is upgraded in place (new columns NULL: no control, no DP).
 
 Every method that writes is one transaction (BEGIN IMMEDIATE ... COMMIT), so a crash
 leaves each step either wholly done or not done at all. Walking the coordinator's steps
@@ -42,6 +45,9 @@ with a `kill -9` between any two of them:
   (commit_round refuses a round that is not open, and a version that does not follow).
 * abandon: status, record and payload deletion in one transaction; the next round takes
   the next id, and nothing of the abandoned one was applied.
+* privacy: a DP round's plan (z, S, sampling event) is in its open row, so a restart replays
+  the same noise; its charge enters privacy_ledger in the transaction that closes it (also
+  when abandoned after its noised aggregate was computed). Killed before: still open, replayed.
 
 `durable=True` (synchronous=FULL) also makes each commit survive a power cut, which is what
 an Ack promises; NORMAL survives a killed process but may lose the last commits on power loss.
@@ -62,7 +68,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .strategies import ServerState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,18 +83,19 @@ CREATE TABLE IF NOT EXISTS rounds (
     status TEXT NOT NULL CHECK (status IN ('open', 'committed', 'abandoned')),
     model_version INTEGER NOT NULL, selected TEXT NOT NULL, tasks TEXT NOT NULL,
     target INTEGER NOT NULL, quorum INTEGER NOT NULL,
-    started_wall REAL NOT NULL, deadline_wall REAL NOT NULL, closed_wall REAL, record TEXT);
+    started_wall REAL NOT NULL, deadline_wall REAL NOT NULL, closed_wall REAL, record TEXT, privacy TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_round ON rounds (status) WHERE status = 'open';
 CREATE TABLE IF NOT EXISTS updates (
     device_id TEXT NOT NULL, round_id INTEGER NOT NULL, update_id TEXT NOT NULL,
     digest TEXT NOT NULL, seq INTEGER NOT NULL, num_examples INTEGER NOT NULL, payload BLOB, control BLOB,
-    PRIMARY KEY (device_id, round_id, update_id));
+    reported_norm REAL, PRIMARY KEY (device_id, round_id, update_id));
 CREATE INDEX IF NOT EXISTS updates_by_round ON updates (round_id, seq);
 CREATE TABLE IF NOT EXISTS declines (
     round_id INTEGER NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (round_id, device_id));
 CREATE TABLE IF NOT EXISTS evaluations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, round_id INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS privacy_ledger (round_id INTEGER PRIMARY KEY, charge TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, last_seen_wall REAL NOT NULL, eligible INTEGER NOT NULL,
     reason TEXT NOT NULL, num_examples INTEGER NOT NULL);
@@ -104,6 +111,7 @@ class StoredUpdate:
     num_examples: int
     payload: bytes
     control: bytes = b""  # Update.control (SCAFFOLD's Δc_i); empty = none
+    reported_norm: float | None = None  # Update.metrics["norm"] (admission.reported_norm): DP's adaptive clip
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,7 @@ class StoredRound:
     started_wall: float  # seconds since the epoch
     deadline_wall: float
     events: tuple[StoredUpdate | StoredDecline, ...] = ()
+    privacy: dict | None = None  # the round's dp RoundPlan as JSON; None without DP
 
 
 @dataclass(frozen=True)
@@ -161,8 +170,10 @@ class Store(Protocol):
     def add_update(self, round_id: int, update: StoredUpdate) -> None: ...
     def add_decline(self, round_id: int, decline: StoredDecline) -> None: ...
     def counted_digest(self, device_id: str, round_id: int, update_id: str) -> str | None: ...
-    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float) -> None: ...
-    def abandon_round(self, round_id: int, record: dict, closed_wall: float) -> None: ...
+    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float,
+                     charge: dict | None = None) -> None: ...
+    def abandon_round(self, round_id: int, record: dict, closed_wall: float, charge: dict | None = None) -> None: ...
+    def privacy_ledger(self) -> list[dict]: ...
     def round_records(self) -> list[dict]: ...
     def save_device(self, device: StoredDevice) -> None: ...
     def add_evaluation(self, round_id: int, record: dict) -> None: ...
@@ -198,8 +209,11 @@ class RoundStore:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif row[0] == "1":
-                db.execute("ALTER TABLE updates ADD COLUMN control BLOB")
+            elif row[0] in ("1", "2"):  # add the columns a newer schema has (the CREATEs made its tables)
+                for table, column, kind in (("updates", "control", "BLOB"), ("rounds", "privacy", "TEXT"),
+                                            ("updates", "reported_norm", "REAL")):
+                    if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
             elif row[0] != str(SCHEMA_VERSION):
                 raise ConfigError(f"{self.path}: state db schema {row[0]}, this build reads {SCHEMA_VERSION}")
@@ -262,33 +276,35 @@ class RoundStore:
     def open_round(self, rnd: StoredRound) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO rounds (round_id, status, model_version, selected, tasks, target, quorum, "
-                       "started_wall, deadline_wall) VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?)",
+                       "started_wall, deadline_wall, privacy) VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
                        (rnd.round_id, rnd.model_version, json.dumps(list(rnd.selected)), json.dumps(rnd.tasks),
-                        rnd.target, rnd.quorum, rnd.started_wall, rnd.deadline_wall))
+                        rnd.target, rnd.quorum, rnd.started_wall, rnd.deadline_wall,
+                        None if rnd.privacy is None else json.dumps(rnd.privacy)))
 
     def load_open_round(self) -> StoredRound | None:
         row = self._db.execute("SELECT round_id, model_version, selected, tasks, target, quorum, started_wall, "
-                               "deadline_wall FROM rounds WHERE status = 'open'").fetchone()
+                               "deadline_wall, privacy FROM rounds WHERE status = 'open'").fetchone()
         if row is None:
             return None
         round_id = row[0]
-        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b"")) for seq, d, u, digest, n, p, c in
-                   self._db.execute("SELECT seq, device_id, update_id, digest, num_examples, payload, control "
-                                    "FROM updates WHERE round_id = ?", (round_id,))]
+        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b""), r)
+                   for seq, d, u, digest, n, p, c, r in self._db.execute(
+                       "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm "
+                       "FROM updates WHERE round_id = ?", (round_id,))]
         declines = [StoredDecline(seq, d, reason) for seq, d, reason in self._db.execute(
             "SELECT seq, device_id, reason FROM declines WHERE round_id = ?", (round_id,))]
         events = tuple(sorted(updates + declines, key=lambda e: e.seq))
         return StoredRound(round_id, row[1], tuple(json.loads(row[2])), json.loads(row[3]), row[4], row[5],
-                           row[6], row[7], events)
+                           row[6], row[7], events, None if row[8] is None else json.loads(row[8]))
 
     def add_update(self, round_id: int, update: StoredUpdate) -> None:
         """Durably record an accepted update; call before its Ack is sent."""
         with self._tx() as db:
             self._require_open(db, round_id)
             db.execute("INSERT INTO updates (device_id, round_id, update_id, digest, seq, num_examples, payload, "
-                       "control) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       "control, reported_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (update.device_id, round_id, update.update_id, update.digest, update.seq,
-                        update.num_examples, update.payload, update.control or None))
+                        update.num_examples, update.payload, update.control or None, update.reported_norm))
 
     def add_decline(self, round_id: int, decline: StoredDecline) -> None:
         with self._tx() as db:
@@ -302,10 +318,11 @@ class RoundStore:
                                (device_id, round_id, update_id)).fetchone()
         return row[0] if row else None
 
-    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float) -> None:
-        """The new model version, strategy state and round record, in one transaction."""
+    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float,
+                     charge: dict | None = None) -> None:
+        """The new model version, strategy state, round record and privacy charge, in one transaction."""
         with self._tx() as db:
-            self._close(db, round_id, "committed", record, closed_wall)
+            self._close(db, round_id, "committed", record, closed_wall, charge)
             (latest,) = db.execute("SELECT MAX(version) FROM models").fetchone()
             if latest is not None and state.version != latest + 1:
                 raise ValueError(f"round {round_id} commits version {state.version}, but the store holds {latest}")
@@ -313,9 +330,13 @@ class RoundStore:
             db.execute("DELETE FROM tensors WHERE version <= ?", (state.version - self.keep_versions,))
             db.execute("DELETE FROM models WHERE version <= ?", (state.version - self.keep_versions,))
 
-    def abandon_round(self, round_id: int, record: dict, closed_wall: float) -> None:
+    def abandon_round(self, round_id: int, record: dict, closed_wall: float, charge: dict | None = None) -> None:
         with self._tx() as db:
-            self._close(db, round_id, "abandoned", record, closed_wall)
+            self._close(db, round_id, "abandoned", record, closed_wall, charge)
+
+    def privacy_ledger(self) -> list[dict]:
+        """The charged rounds' plans (dp RoundPlan JSON), oldest first."""
+        return [json.loads(c) for (c,) in self._db.execute("SELECT charge FROM privacy_ledger ORDER BY round_id")]
 
     def round_records(self) -> list[dict]:
         """Records of closed rounds, oldest first."""
@@ -349,12 +370,15 @@ class RoundStore:
         if db.execute("SELECT 1 FROM rounds WHERE round_id = ? AND status = 'open'", (round_id,)).fetchone() is None:
             raise ValueError(f"round {round_id} is not open in {self.path}")
 
-    def _close(self, db: sqlite3.Connection, round_id: int, status: str, record: dict, closed_wall: float) -> None:
+    def _close(self, db: sqlite3.Connection, round_id: int, status: str, record: dict, closed_wall: float,
+               charge: dict | None) -> None:
         cur = db.execute("UPDATE rounds SET status = ?, closed_wall = ?, record = ? "
                          "WHERE round_id = ? AND status = 'open'",
                          (status, closed_wall, json.dumps(record), round_id))
         if cur.rowcount != 1:
             raise ValueError(f"round {round_id} is not open in {self.path}; it cannot be closed twice")
+        if charge is not None:  # the primary key refuses a second charge of one round
+            db.execute("INSERT INTO privacy_ledger VALUES (?, ?)", (round_id, json.dumps(charge)))
         # Payloads and declines served the replay only; the keys stay for late duplicates.
         db.execute("UPDATE updates SET payload = NULL, control = NULL WHERE round_id = ?", (round_id,))
         db.execute("DELETE FROM declines WHERE round_id = ?", (round_id,))

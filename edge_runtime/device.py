@@ -215,7 +215,7 @@ class DeviceRuntime:
         update_id = uuid.uuid4().hex
         ctx = TaskContext(task.compression, store.load_residual(), self.device_id, task.round_id)
         out = postprocess(UPDATE_STEPS)(Delta(result.shared_delta), ctx, rng)
-        payload, residual = encode(out), out.residual
+        payload, residual, clip_seen = encode(out), out.residual, out.norm_before_clip
         control = b""
         dense_bytes = dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")})
         kept_state = result.opt_state if task.hyper.keep_optimizer_state else None  # None: no stale file lingers
@@ -242,7 +242,10 @@ class DeviceRuntime:
             num_examples=result.num_examples,
             payload=payload,
             dense_bytes=dense_bytes,
-            metrics={"loss": result.mean_loss, "steps": float(result.steps)},
+            metrics={"loss": result.mean_loss, "steps": float(result.steps),
+                     # the norm before the clip: the coordinator's adaptive clipping (DP) counts
+                     # the devices it clipped, noised, to follow a quantile of these norms
+                     **({"norm": clip_seen} if task.compression.clip_norm > 0 else {})},
             control=control,
         )
         # Staged, kept, applied: see journal.py for why this order survives a crash at any step.

@@ -31,6 +31,7 @@ class Delta:
     tensors: Params  # dense float32, as the next step sees it
     sent: tuple[CompressedTensor, ...] | None = None  # set by compress: what travels
     residual: Params | None = None  # set by compress: the error-feedback residual to keep
+    norm_before_clip: float | None = None  # set by clip: the L2 norm it saw (adaptive clipping's report)
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ def error_feedback(delta: Delta, ctx: TaskContext, rng: np.random.Generator) -> 
 def clip(delta: Delta, ctx: TaskContext, rng: np.random.Generator) -> Delta:
     """Scale the delta to global L2 norm <= compression.clip_norm (0: no clipping)."""
     as_f32 = {n: np.asarray(t, dtype=np.float32) for n, t in delta.tensors.items()}
-    clipped, _ = clip_by_global_norm(as_f32, ctx.compression.clip_norm)
-    return dataclasses.replace(delta, tensors=clipped)
+    clipped, norm = clip_by_global_norm(as_f32, ctx.compression.clip_norm)
+    return dataclasses.replace(delta, tensors=clipped, norm_before_clip=norm)
 
 
 def compress(delta: Delta, ctx: TaskContext, rng: np.random.Generator) -> Delta:

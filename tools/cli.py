@@ -17,7 +17,8 @@ EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim"
           "prometheus_client": "coordinator", "cryptography": "coordinator", "onnxruntime": "device",
           "paho": "device", "psutil": "device", "msgpack": "device"}
 BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
-           "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt"}
+           "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
+           "privacy": "fedge.tools.bench.privacy"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     co = p.add_subparsers(dest="coordinator_command", required=True)
     c = co.add_parser("serve", help="run rounds over MQTT (runs until SIGTERM, or [service] rounds)")
     c.add_argument("--config", required=True, help="coordinator TOML (see coordinator/service.py)")
+    c = co.add_parser("privacy", help="ε spent so far and the rounds left, from the coordinator's state file")
+    c.add_argument("--state", required=True, help="the coordinator's state_db (SQLite); read only")
+    c.add_argument("--json", action="store_true", help="the report as JSON, with ε after each charged round")
 
     p = sub.add_parser("provision", help="create device/coordinator credentials, certificates and broker files")
     try:
@@ -148,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="algorithms x partitions x personalization (see: fedge bench heterogeneity -h)")
     bench.add_parser("robustness", help="attacks x defences (see: fedge bench robustness -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
+    bench.add_parser("privacy", help="accuracy against ε, central DP (see: fedge bench privacy -h)")
 
     return parser
 
@@ -174,6 +179,14 @@ def _dispatch(args) -> int:
         return run_pretrain(args)
     if args.command == "data":
         return _data_split(args)
+    if args.command == "coordinator" and args.coordinator_command == "privacy":
+        import json
+
+        from fedge.coordinator.dp.report import privacy_report, read_ledger, render
+
+        report = privacy_report(read_ledger(args.state))
+        print(json.dumps(report, indent=2) if args.json else render(report))
+        return 0
     if args.command == "coordinator":
         from fedge.coordinator.service import load_service_config, run_service
 

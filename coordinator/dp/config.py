@@ -1,4 +1,15 @@
-"""The `[privacy]` table of the coordinator config, validated on construction."""
+"""The `[coordinator.privacy]` table, validated on construction, and what privacy needs of the
+rest of the CoordinatorConfig (check_coordinator). Imports no dp-accounting: the config loads
+wherever the coordinator's config does.
+
+Why the plain clipped mean and no robust rule: the Gaussian mechanism's guarantee rests on the
+sensitivity of the sum, S per device whatever the others sent. A robust rule's output depends
+on the whole cohort at once (a median, Krum's pick, norm_bound's 2x-median clip), so one
+device can move it by more than S / W and the noise would no longer cover it; weights by
+claimed examples do the same (a device claiming more moves the mean more). So privacy needs
+aggregator = "mean" and weighting = "equal", and every device counts once. Clipping already
+bounds what one device can do to the model, which is what the robust rules are for.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +44,14 @@ class PrivacyConfig:
     sampling: str = "fixed"
     accountant: str = "rdp"  # the check before each round; reports may use pld as well
     on_exhausted: str = "stop"  # "stop": end the job with a clear status; "wait": stay up, run no round
+    # Adaptive clipping (Andrew et al. 2021), on when target_quantile > 0: S starts at clip_norm and
+    # follows this quantile of the devices' update norms, S <- S exp(-clip_lr (b - target_quantile)),
+    # b the noised fraction of devices not clipped; the noise on that count (clip_count_stddev;
+    # 0 = max(W / 20, z), the paper's W / 20) is accounted: the deltas get z_delta with
+    # z_delta^-2 + (2 clip_count_stddev)^-2 = z^-2, so the round still costs a Gaussian of multiplier z.
+    target_quantile: float = 0.0
+    clip_lr: float = 0.2
+    clip_count_stddev: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
@@ -47,6 +66,36 @@ class PrivacyConfig:
             raise ConfigError("privacy: set noise_multiplier, or rounds so fedge can calibrate it for target_epsilon")
         if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
             raise ConfigError("privacy.clip_norm must be a finite number > 0")
+        if not 0 <= self.target_quantile < 1:
+            raise ConfigError("privacy.target_quantile must be in [0, 1); 0 = a fixed clip_norm, 0.5 = the median")
+        if not (self.clip_lr > 0 and math.isfinite(self.clip_lr)):
+            raise ConfigError("privacy.clip_lr must be a finite number > 0 (0.2 in Andrew et al.)")
+        if not (self.clip_count_stddev >= 0 and math.isfinite(self.clip_count_stddev)):
+            raise ConfigError("privacy.clip_count_stddev must be >= 0 (0 = max(expected cohort / 20, z))")
         for name, allowed in (("sampling", SAMPLINGS), ("accountant", ACCOUNTANTS), ("on_exhausted", ON_EXHAUSTED)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"privacy.{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+
+
+def check_coordinator(cfg) -> None:
+    """Refuse, by name, what DP-FedAvg cannot account for (module docstring); `cfg` is a CoordinatorConfig."""
+    p = cfg.privacy
+    if not p.enabled:
+        return
+    if cfg.aggregator != "mean":
+        raise ConfigError(f"privacy needs aggregator = 'mean', not {cfg.aggregator!r}: DP-FedAvg replaces it with "
+                          "the clipped, noised mean; a robust rule's sensitivity is not S (coordinator/dp/config.py)")
+    if cfg.weighting != "equal":
+        raise ConfigError("privacy needs weighting = 'equal': a device weighted by its claimed examples could "
+                          "move the mean by more than S / W, beyond what the noise covers")
+    if cfg.strategy == "scaffold":
+        raise ConfigError("privacy cannot run strategy 'scaffold': its control variates leave the device "
+                          "unclipped and unnoised")
+    if cfg.norm_bound:
+        raise ConfigError("privacy clips each update to privacy.clip_norm; norm_bound (which rejects) must be 0")
+    if p.sampling != "fixed":
+        raise ConfigError("privacy.sampling must be 'fixed' in rounds: the coordinator draws fixed-size cohorts "
+                          "without replacement (sampling.py); 'poisson' is for the accountant's own use")
+    if cfg.compression.clip_norm not in (0.0, p.clip_norm):
+        raise ConfigError(f"compression.clip_norm {cfg.compression.clip_norm:g} differs from privacy.clip_norm "
+                          f"{p.clip_norm:g}: with privacy on, leave it 0 and the tasks carry privacy.clip_norm")

@@ -66,11 +66,11 @@ class CountingAgent(DeviceAgent):
 
 class Fleet:
     def __init__(self, url: str, art_dir: Path, model_id: str, root: Path, slow: dict[str, float],
-                 gate: threading.Event | None = None):
+                 gate: threading.Event | None = None, devices: int = DEVICES):
         rng = np.random.default_rng(0)
         settings = MqttSettings(url=url, session_expiry_s=600, reconnect_min_s=0.2, reconnect_max_s=1.0)
         self.loops, self.agents, self.threads = [], [], []
-        for i in range(DEVICES):
+        for i in range(devices):
             device_id = f"dev-{i}"
             x = rng.normal(size=(46, FEATURES)).astype(np.float32)
             y = rng.integers(0, CLASSES, size=46)

@@ -180,7 +180,8 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     wanted = min(base.clients_per_round, len(data.clients))
     ccfg = replace(base, clients_per_round=wanted, min_reports=min(base.min_reports, wanted), seed=cfg.seed,
                    hyper=hyper, artifacts_dir=str(art_dir), state_db="",
-                   evaluation=replace(base.evaluation, every_rounds=1, devices=0))  # every device, every round
+                   evaluation=replace(base.evaluation, every_rounds=1, devices=0),  # every device, every round
+                   privacy=replace(base.privacy, on_exhausted="stop"))  # a spent budget ends the run
     attack = cfg.attack_spec
     attackers = (adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed)
                  if attack else frozenset())
@@ -221,7 +222,10 @@ class InMemoryFleet:
         _drain(self.coordinator, self.agents, np.random.default_rng(setup.cfg.seed))
 
     def run_round(self):
+        """The round's record, or None: the privacy budget refused it."""
         if not self.coordinator.begin_round():
+            if self.coordinator.privacy.exhausted is not None:
+                return None
             raise RuntimeError("no eligible devices checked in")
         m = self.coordinator.round.machine
         late = self.plan.begin(m.round_id, m.selected, m.target)
@@ -289,9 +293,12 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
         for _ in range(cfg.rounds):
             started = time.perf_counter()
             record = fleet.run_round()
+            if record is None:  # the privacy budget refused the round: the run ends here
+                break
             row = scorer.round_row(record, fleet.coordinator.state.params, fleet.runtimes,
                                    current_evaluation(fleet.coordinator))
             row["seconds"] = time.perf_counter() - started
+            row["epsilon"] = fleet.coordinator.privacy.spent()  # after this round; None without privacy
             result.rounds.append(row)
             if on_round:
                 on_round(row)
@@ -300,7 +307,7 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
         result.summary = {"rejections": dict(co.rejections), "declines": dict(co.declines),
                           "decline_details": dict(co.decline_details),
                           "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)},
-                          "attackers": sorted(setup.attackers)}
+                          "attackers": sorted(setup.attackers), "privacy": _privacy_summary(co)}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()
@@ -319,6 +326,16 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
                                                                 cfg.central_epochs or central_epochs,
                                                                 backend, cfg.seed)
     return result
+
+
+def _privacy_summary(coordinator: Coordinator) -> dict | None:
+    """run.json's summary.privacy: None without privacy."""
+    budget = coordinator.privacy
+    if not budget.enabled:
+        return None
+    refused = budget.exhausted
+    return {"epsilon": budget.spent(), "delta": budget.config.delta, "target_epsilon": budget.config.target_epsilon,
+            "rounds_charged": len(budget.ledger()), "refused": None if refused is None else refused.why}
 
 
 def current_evaluation(coordinator: Coordinator):

@@ -209,6 +209,8 @@ class MqttFleet:
         before = len(self.records)
         self.loop.run()
         if len(self.records) == before:
+            if self.loop.exhausted is not None:  # the privacy budget refused the round
+                return None
             raise RuntimeError("the coordinator loop stopped without closing a round")
         self._finish_evaluation()
         return self.records[-1]

@@ -32,6 +32,10 @@ run.json schema (version 1):
         seconds                      float: wall time of the round, evaluation included
         backdoor_success             fraction, only with --attack backdoor: non-target held-out inputs,
                                      trigger stamped, that the global model calls the target class
+        epsilon                      float: with [coordinator.privacy] on, the ε (at privacy.delta, by
+                                     privacy.accountant) of every round charged so far, this one
+                                     included; null without privacy. A round the budget refuses ends the
+                                     run: it has no row
     baselines (when requested):
         local_only: {accuracy_mean, accuracy_min, epochs}
         central:    {accuracy, epochs}
@@ -40,7 +44,8 @@ run.json schema (version 1):
         global_accuracy_mean, global_accuracy_min  fraction: the global model as received
         tuned_accuracy_mean, tuned_accuracy_min    fraction after `steps` steps, or null when steps = 0
     summary: {rejections: {reason: count}, declines: {reason: count}, attackers: [device ids] ([] without
-              --attack), final: {...}}
+              --attack), privacy: null without privacy, else {epsilon, delta, target_epsilon,
+              rounds_charged, refused: why the budget refused the next round, or null}, final: {...}}
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ def format_row(row: dict) -> str:
         f"{row['personalized_accuracy_mean']:9.3f} "
         f"{row['personalized_accuracy_min']:8.3f} {row['bytes_up'] / 1024:8.1f} {row['bytes_up_dense'] / 1024:9.1f} "
         f"{row['bytes_down'] / 1024:8.1f} {row['seconds']:6.2f}" + ("" if row["committed"] else "  (abandoned)")
+        + ("" if row.get("epsilon") is None else f"  ε={row['epsilon']:.3f}")
     )
 
 
@@ -88,10 +94,14 @@ def failure_cause(result) -> str | None:
                                              for reason, n in sorted(s["declines"].items(), key=lambda kv: -kv[1])))
     if s.get("rejections"):
         parts.append("rejected updates: " + ", ".join(f"{r} x{n}" for r, n in s["rejections"].items()))
+    if (s.get("privacy") or {}).get("refused"):
+        parts.append(s["privacy"]["refused"])
     return "; ".join(parts[:1]) + " rounds: " + "; ".join(parts[1:]) if len(parts) > 1 else parts[0] + " rounds"
 
 
 def summarize(result) -> dict:
+    if not result.rounds:  # the privacy budget refused the first round
+        return {}
     last = result.rounds[-1]
     up = sum(r["bytes_up"] for r in result.rounds)
     dense = sum(r["bytes_up_dense"] for r in result.rounds)
@@ -108,6 +118,12 @@ def summarize(result) -> dict:
 
 def format_summary(result) -> str:
     s = result.summary["final"]
+    p = result.summary.get("privacy")
+    privacy = [] if not p else [f"privacy: ε {p['epsilon']:.3f} of {p['target_epsilon']:g} (δ={p['delta']:g}) "
+                                f"over {p['rounds_charged']} rounds"
+                                + (f"; stopped: {p['refused']}" if p["refused"] else "")]
+    if not s:
+        return "\n".join(["no round ran", *privacy])
     lines = [
         f"final: global {_pct(s['final_global_accuracy']).strip()} (the shared model on every device's held-out "
         f"data, from the coordinator's federated evaluation), personalized mean "
@@ -140,7 +156,7 @@ def format_summary(result) -> str:
     if result.summary.get("rejections"):  # stale_round after early closes is normal with over-selection
         lines.append("messages refused: " + ", ".join(f"{reason} x{n}" for reason, n in
                                                        sorted(result.summary["rejections"].items())))
-    return "\n".join(lines)
+    return "\n".join(lines + privacy)
 
 
 def write_json(result, path: str | Path) -> None:
@@ -172,7 +188,10 @@ def _plot_title(result) -> str:
 
 
 def write_plot(result, path: str | Path) -> Path | None:
-    """Accuracy per round (with baselines) and cumulative uplink bytes; None without matplotlib."""
+    """Accuracy per round (with baselines), cumulative uplink bytes, and with privacy accuracy
+    against ε; None without matplotlib or rounds."""
+    if not result.rounds:
+        return None
     try:
         import matplotlib
 
@@ -181,7 +200,8 @@ def write_plot(result, path: str | Path) -> Path | None:
     except ImportError:
         return None
     rounds = [r["round"] for r in result.rounds]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    private = result.rounds[0].get("epsilon") is not None
+    fig, (ax1, ax2, *ax3) = plt.subplots(1, 3 if private else 2, figsize=(16 if private else 11, 4))
     if result.rounds[0]["global_accuracy"] is not None:
         ax1.plot(rounds, [r["global_accuracy"] for r in result.rounds], label="global model", marker=".")
     ax1.plot(rounds, [r["personalized_accuracy_mean"] for r in result.rounds], label="personalized (mean)", marker=".")
@@ -208,6 +228,15 @@ def write_plot(result, path: str | Path) -> Path | None:
     ax2.set(xlabel="round", ylabel="KiB (cumulative)", title="communication")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
+    if private:
+        eps = [r["epsilon"] for r in result.rounds]
+        if result.rounds[0]["global_accuracy"] is not None:
+            ax3[0].plot(eps, [r["global_accuracy"] for r in result.rounds], label="global model", marker=".")
+        ax3[0].plot(eps, [r["personalized_accuracy_mean"] for r in result.rounds], label="personalized (mean)",
+                    marker=".")
+        ax3[0].set(xlabel="ε spent (user-level)", ylabel="accuracy", ylim=(0, 1), title="accuracy against ε")
+        ax3[0].legend(loc="lower right", fontsize=8)
+        ax3[0].grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -1,0 +1,115 @@
+"""The privacy budget in the coordinator: before each round, plan it or refuse it.
+
+The ledger is the store's (privacy_ledger: one charge per round whose noised aggregate was
+computed, written in the transaction that closes the round), so it survives a `kill -9` and
+a round is never charged twice. Before dispatching round r the coordinator asks `plan`:
+with the sampling event it is about to use (the devices it will ask, over-selection
+included, out of the eligible ones) ε after r is computed by dp-accounting; over the target,
+the round is refused: `exhausted` says why, the log says it once, and the fedge_privacy_*
+gauges export it. The caller then stops the job or waits (privacy.on_exhausted).
+
+z is privacy.noise_multiplier, or (0) calibrated once for privacy.rounds rounds at the first
+round's population and cohort, then read back from the ledger (or the open round's stored
+plan), so a restart keeps the z the rounds were run with.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from .accountant import BudgetVerdict, RoundCharge, check_round, epsilon
+from .calibrate import noise_multiplier_for
+from .config import PrivacyConfig
+from .round import CLIP_GROUP, RoundPlan, split_noise
+
+log = logging.getLogger("fedge.coordinator.privacy")
+
+
+class PrivacyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.spent = Gauge("fedge_privacy_epsilon_spent", "ε of the rounds charged so far (at privacy.delta)",
+                           registry=r)
+        self.target = Gauge("fedge_privacy_epsilon_target", "privacy.target_epsilon", registry=r)
+        self.charged = Gauge("fedge_privacy_rounds_charged", "Rounds in the privacy ledger", registry=r)
+        self.noise = Gauge("fedge_privacy_noise_multiplier", "z of the latest planned round", registry=r)
+        self.exhausted = Gauge("fedge_privacy_budget_exhausted",
+                               "1 when the next round was refused: it would spend more than the target", registry=r)
+
+
+class PrivacyBudget:
+    def __init__(self, config: PrivacyConfig, store, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = PrivacyMetrics(registry) if config.enabled else None
+        self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
+        self.refused_round: int | None = None
+        self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
+        if self.metrics is not None:
+            self.metrics.target.set(config.target_epsilon)
+            self.refresh()
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def ledger(self) -> list[RoundCharge]:
+        return [RoundPlan.from_json(c).charge() for c in self.store.privacy_ledger()]
+
+    def spent(self) -> float | None:
+        """ε of the ledger at privacy.delta (the check's accountant); None when privacy is off."""
+        return epsilon(self.ledger(), self.config.delta, self.config.accountant) if self.enabled else None
+
+    def refresh(self) -> None:
+        """The gauges from the ledger (after a round closed, and at start)."""
+        if self.metrics is None:
+            return
+        self.metrics.spent.set(self.spent())
+        self.metrics.charged.set(len(self.store.privacy_ledger()))
+
+    def noise_multiplier(self, population: int, cohort: int) -> float:
+        cfg = self.config
+        if cfg.noise_multiplier > 0:
+            return cfg.noise_multiplier
+        charged = self.store.privacy_ledger()
+        if charged:
+            return float(charged[0]["noise_multiplier"])
+        key = (population, cohort)  # a calibration takes seconds: once per sampling event, not per retry
+        if key not in self._calibrated:
+            self._calibrated[key] = noise_multiplier_for(cfg.target_epsilon, cfg.delta, cfg.rounds, population,
+                                                         cohort, cfg.sampling, cfg.accountant)
+        return self._calibrated[key]
+
+    def plan(self, round_id: int, population: int, cohort: int, expected_cohort: int,
+             extra: dict | None = None) -> RoundPlan | None:
+        """The plan of round `round_id` asking `cohort` of `population` devices, or None: refused
+        (then `exhausted` says why). Always None when privacy is off. `extra`: the committed
+        ServerState.extra, where adaptive clipping left the current S."""
+        cfg = self.config
+        if not cfg.enabled:
+            return None
+        z = self.noise_multiplier(population, cohort)
+        verdict = check_round(self.ledger(), RoundCharge(population, cohort, z, cfg.sampling), cfg.target_epsilon,
+                              cfg.delta, cfg.accountant)
+        self.metrics.noise.set(z)
+        if not verdict.allowed:
+            if self.refused_round != round_id:  # the loop asks again while it waits: say it once per round
+                log.error("round %d refused: %s; on_exhausted = %s", round_id, verdict.why, cfg.on_exhausted)
+            self.exhausted, self.refused_round = verdict, round_id
+            self.metrics.exhausted.set(1)
+            return None
+        self.exhausted, self.refused_round = None, None
+        self.metrics.exhausted.set(0)
+        log.info("round %d: privacy charge %d of %d devices, z=%.4g; ε after it %.4f of %g", round_id, cohort,
+                 population, z, verdict.epsilon_after, cfg.target_epsilon)
+        plan = RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
+                         verdict.epsilon_after, cfg.sampling, cfg.accountant)
+        if not cfg.target_quantile:
+            return plan
+        clip = float((extra or {}).get(CLIP_GROUP, {}).get("clip_norm", cfg.clip_norm))
+        count_stddev = cfg.clip_count_stddev or max(expected_cohort / 20, z)
+        return replace(plan, clip_norm=clip, delta_noise_multiplier=split_noise(z, count_stddev),
+                       count_stddev=count_stddev, target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)

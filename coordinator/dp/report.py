@@ -1,0 +1,55 @@
+"""`fedge coordinator privacy --state DB`: ε spent so far and the rounds left, from the state file.
+
+Reads the privacy ledger (store.py's privacy_ledger) read-only, so it may run next to a live
+service. "Rounds left" assumes every next round is like the last charged one (its population,
+cohort and z): fewer eligible devices, or more over-selection, make each round cost more.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+from .accountant import epsilon, rounds_left
+from .round import RoundPlan
+
+
+def read_ledger(path: str | Path) -> list[tuple[int, RoundPlan]]:
+    """(round id, plan) of every charged round, oldest first."""
+    if not Path(path).exists():
+        raise ConfigError(f"{path}: no such state file")
+    with sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=5) as db:
+        try:
+            rows = db.execute("SELECT round_id, charge FROM privacy_ledger ORDER BY round_id").fetchall()
+        except sqlite3.OperationalError:  # a state file from before privacy (schema < 3)
+            return []
+    return [(r, RoundPlan.from_json(json.loads(c))) for r, c in rows]
+
+
+def privacy_report(ledger: list[tuple[int, RoundPlan]]) -> dict:
+    """What the command prints, as data: ε after each charged round, ε spent, rounds left."""
+    if not ledger:
+        return {"rounds_charged": 0, "epsilon_spent": 0.0, "rounds": []}
+    last = ledger[-1][1]
+    charges = [p.charge() for _, p in ledger]
+    spent = epsilon(charges, last.delta, last.accountant)
+    left = rounds_left(charges, last.charge(), last.target_epsilon, last.delta, last.accountant)
+    return {"rounds_charged": len(ledger), "epsilon_spent": spent, "target_epsilon": last.target_epsilon,
+            "delta": last.delta, "accountant": last.accountant, "rounds_left": left,
+            "next_round": {"population": last.population, "cohort": last.cohort,
+                           "noise_multiplier": last.noise_multiplier, "clip_norm": last.clip_norm},
+            "rounds": [{"round_id": r, "epsilon_after": p.epsilon_after, "population": p.population,
+                        "cohort": p.cohort, "noise_multiplier": p.noise_multiplier} for r, p in ledger]}
+
+
+def render(report: dict) -> str:
+    if not report["rounds_charged"]:
+        return "privacy: no round charged yet (ε spent 0)"
+    nxt = report["next_round"]
+    return (f"privacy: ε spent {report['epsilon_spent']:.4f} of {report['target_epsilon']:g} "
+            f"(δ={report['delta']:g}, {report['accountant']}) over {report['rounds_charged']} rounds\n"
+            f"rounds left: {report['rounds_left']} at the last round's settings ({nxt['cohort']} of "
+            f"{nxt['population']} devices asked, z={nxt['noise_multiplier']:.4g}, S={nxt['clip_norm']:g})")

@@ -1,0 +1,126 @@
+"""DP-FedAvg in the coordinator's rounds: the round's plan and its aggregator.
+
+    RoundPlan           one round's mechanism and charge, fixed before its first task leaves and
+                        stored with the open round, so a restart replays the same noise
+    DpMean              the aggregator: clip each decoded delta to S (never reject), sum, add
+                        N(0, (zS)^2) drawn from (seed, round), divide by the expected cohort
+    adaptive clipping   (Andrew et al. 2021) with privacy.target_quantile > 0: DpMean also counts
+                        the devices whose reported norm was within S, adds N(0, σ_b^2) to that
+                        count (centred: Σ (b_i - 1/2)), and moves S for the next round by
+                        S exp(-η (b̃ - γ)); the new S rides in ServerState.extra["dp"], committed
+                        with the model. The delta noise z_Δ satisfies z_Δ^-2 + (2σ_b)^-2 = z^-2:
+                        the pair (Σ Δ_i / S, Σ (b_i - 1/2)) is one Gaussian query whose noise
+                        multiplier is z, which the accountant charges. The bit comes from the
+                        norm the device reports (Update.metrics["norm"], stored with the
+                        update for replay); a device without one counts its decoded norm
+
+Which aggregators and settings privacy refuses, and why: dp/config.py (check_coordinator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .accountant import RoundCharge
+from .mechanism import clip_to_norm, global_norm, noised_mean
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """One DP round: the sampling event the accountant charges and the mechanism the aggregator runs."""
+
+    population: int  # eligible devices when the round began
+    cohort: int  # devices asked, over-selection included
+    noise_multiplier: float  # z
+    clip_norm: float  # S
+    expected_cohort: int  # W: the reports the round wants (the fixed denominator)
+    delta: float
+    target_epsilon: float
+    epsilon_after: float  # the ledger's ε with this round charged, by `accountant`
+    sampling: str = "fixed"
+    accountant: str = "rdp"
+    delta_noise_multiplier: float = 0.0  # z_Δ on the deltas; 0 = z (no adaptive clipping)
+    count_stddev: float = 0.0  # σ_b on the count of unclipped devices (adaptive clipping), else 0
+    target_quantile: float = 0.0  # γ; 0 = S stays fixed
+    clip_lr: float = 0.0  # η
+
+    def charge(self) -> RoundCharge:
+        return RoundCharge(self.population, self.cohort, self.noise_multiplier, self.sampling)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> RoundPlan | None:
+        return None if data is None else cls(**data)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.target_quantile > 0
+
+
+CLIP_GROUP = "dp"  # ServerState.extra group of adaptive clipping's state: {"clip_norm": 0-d float64}
+
+
+def split_noise(z: float, count_stddev: float) -> float:
+    """z_Δ with z_Δ^-2 + (2 count_stddev)^-2 = z^-2 (module docstring); needs 2 count_stddev > z."""
+    if not 2 * count_stddev > z:
+        raise ValueError(f"the count's noise {count_stddev:g} must exceed z / 2 = {z / 2:g}")
+    return (z ** -2 - (2 * count_stddev) ** -2) ** -0.5
+
+
+def next_clip(clip: float, unclipped_fraction: float, target_quantile: float, clip_lr: float) -> float:
+    """The geometric update of Andrew et al. 2021: S exp(-η (b̃ - γ))."""
+    return float(clip * np.exp(-clip_lr * (unclipped_fraction - target_quantile)))
+
+
+class DpMean:
+    """The DP-FedAvg aggregator of one round (module docstring). Its state is a function of the
+    `add` calls alone and its noise comes from `rng()` (seeded by (seed, round)), so a replay
+    after a restart rebuilds the same sum and draws the same noise: the released aggregate is
+    bit-identical, and is charged once."""
+
+    def __init__(self, plan: RoundPlan, rng: Callable[[], np.random.Generator]):
+        self.plan = plan
+        self._rng = rng
+        self.sums: Params = {}
+        self.count = 0
+        self.clipped = 0  # updates whose decoded norm exceeded S (quantization, or a device that did not clip)
+        self.max_norm = 0.0  # the largest norm after the coordinator's clip: <= S
+        self.released = False  # result() ran: the noised aggregate exists and the round is charged
+        self.within = 0  # adaptive clipping: devices whose norm (as reported) was <= S
+        self.next_clip: float | None = None  # adaptive clipping: S for the next round, set by result()
+
+    def add(self, delta: Params, meta) -> None:
+        bounded, norm = clip_to_norm(delta, self.plan.clip_norm)
+        self.clipped += int(norm > self.plan.clip_norm)
+        reported = getattr(meta, "reported_norm", None)
+        self.within += int((norm if reported is None else reported) <= self.plan.clip_norm)
+        self.max_norm = max(self.max_norm, global_norm(bounded))
+        for name, value in bounded.items():
+            if name in self.sums:
+                self.sums[name] += value
+            else:
+                self.sums[name] = np.array(value, np.float64)
+        self.count += 1
+
+    def result(self) -> Params:
+        if self.count == 0:
+            raise ValueError("no contributions to average")
+        self.released = True
+        p, rng = self.plan, self._rng()
+        z_delta = p.delta_noise_multiplier or p.noise_multiplier
+        mean = noised_mean(self.sums, z_delta, p.clip_norm, p.expected_cohort, rng)
+        if p.adaptive:  # drawn after the deltas' noise, from the same stream: a replay draws the same
+            centred = self.within - self.count / 2 + float(rng.normal(0.0, p.count_stddev))
+            self.next_clip = next_clip(p.clip_norm, centred / p.expected_cohort + 0.5, p.target_quantile, p.clip_lr)
+        return mean
+
+    def carry(self) -> dict:
+        """The next round's S, committed with the model (adaptive clipping); nothing otherwise."""
+        return {} if self.next_clip is None else {CLIP_GROUP: {"clip_norm": np.array(self.next_clip, np.float64)}}

@@ -1,0 +1,47 @@
+"""`fedge bench privacy` at a tiny scale (the JSON the issue asks for, and the PNG), and the
+synthetic(α, β) data set it runs on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedge.tools.cli import main
+from fedge.tools.synthetic import synthetic
+
+
+def test_synthetic_gives_every_device_enough_examples_and_alpha_beta_make_it_non_iid():
+    data = synthetic(200, 1.0, 1.0, seed=1)
+    assert len(data.clients) == 200 and data.input_shape == (60,) and data.num_classes == 10
+    assert min(len(c.y_train) for c in data.clients) >= 20 and all(len(c.y_test) >= 1 for c in data.clients)
+    assert data.clients[0].x_train.dtype == np.float32
+
+    def label_spread(d):  # mean total-variation distance of a device's labels from the population's
+        everyone = np.bincount(np.concatenate([c.y_train for c in d.clients]), minlength=10) / sum(
+            len(c.y_train) for c in d.clients)
+        return np.mean([0.5 * np.abs(np.bincount(c.y_train, minlength=10) / len(c.y_train) - everyone).sum()
+                        for c in d.clients])
+    assert label_spread(data) > label_spread(synthetic(200, 0.0, 0.0, seed=1))
+    again = synthetic(200, 1.0, 1.0, seed=1)
+    assert all(np.array_equal(a.x_train, b.x_train) for a, b in zip(data.clients, again.clients))
+    with pytest.raises(ValueError):
+        synthetic(10, -1.0, 0.0)
+
+
+def test_bench_privacy_writes_the_runs_the_issue_names(tmp_path):
+    out = tmp_path / "privacy.json"
+    assert main(["bench", "privacy", "--json", str(out), "--devices", "30", "--clients-per-round", "6",
+                 "--rounds", "2", "--epsilons", "8,inf"]) == 0
+    doc = json.loads(out.read_text())
+    assert (doc["population"], doc["clients_per_round"], doc["rounds"]) == (30, 6, 2)
+    central, none = doc["runs"]
+    for run in doc["runs"]:
+        assert {"mechanism", "epsilon", "delta", "bits", "global_accuracy", "personalized_accuracy"} <= set(run)
+        assert run["bits"] is None and 0 <= run["global_accuracy"] <= 1 and 0 <= run["personalized_accuracy"] <= 1
+    assert central["mechanism"] == "central" and central["epsilon"] == 8.0 and central["noise_multiplier"] > 0
+    assert central["epsilon_spent"] <= 8.0 and central["epsilon_spent"] == pytest.approx(8.0, rel=1e-3)
+    assert none["mechanism"] == "none" and none["epsilon"] is None
+    assert doc["not_run"][0]["mechanism"] == "distributed"
+    assert (tmp_path / "privacy.png").stat().st_size > 1000

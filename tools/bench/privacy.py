@@ -1,0 +1,164 @@
+"""`fedge bench privacy`: accuracy against the privacy budget, on a non-IID population.
+
+    fedge bench privacy --json out.json [--quick] [--devices 1000] [--clients-per-round 100]
+                        [--rounds 30] [--epsilons 1,2,4,8,inf] [--delta 1e-6]
+
+Each ε is a full simulated run (real device code, real coordinator, real onnxruntime) on
+synthetic(α, β) (tools/synthetic.py: every device at least 20 training examples), with
+central DP-FedAvg: z calibrated so that the run's rounds spend exactly ε (dp-accounting, RDP,
+fixed-size sampling of clients_per_round of the population), adaptive clipping on the median
+norm; ε = inf is the same run without DP. Distributed DP (SecAgg with discrete noise) is not
+built: it needs secure aggregation (issue 12); the JSON says so under `not_run`.
+
+Output JSON (schema 1): benchmark "privacy", population, clients_per_round, rounds, data
+(name, alpha, beta, examples per device min/median/max), wall_seconds,
+    runs: list, one per ε:
+        mechanism               "none" (ε = inf) or "central"
+        epsilon                 the target ε, null for none; epsilon_spent: the ledger's ε at the end
+        delta, bits             δ; bits per coordinate on the wire before noise: null (central)
+        noise_multiplier        z (null for none); clip_norm: S the run started with
+        global_accuracy         final global model on the union of held-out splits
+        personalized_accuracy   mean over devices of their personalized model on their own split
+        personalized_accuracy_min  the worst device; accuracy_curve: global accuracy per round
+    not_run: [{mechanism, why}]
+A PNG beside the JSON plots both accuracies against ε.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
+
+NOT_RUN = [{"mechanism": "distributed", "why": "needs secure aggregation (issue 12), which has not landed"}]
+
+
+@dataclass(frozen=True)
+class PrivacyGrid:
+    epsilons: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, math.inf)
+    delta: float = 1e-6
+    devices: int = 1000
+    clients_per_round: int = 100
+    rounds: int = 30
+    alpha: float = 0.5  # synthetic(0.5, 0.5), as in FedProx (Li et al. 2020): non-IID in models and inputs
+    beta: float = 0.5
+    clip_norm: float = 0.5  # where adaptive clipping starts
+    seed: int = 0
+
+
+QUICK = PrivacyGrid(epsilons=(2.0, 8.0, math.inf), devices=100, clients_per_round=10, rounds=5)
+
+
+def run_one(grid: PrivacyGrid, data, epsilon: float) -> dict:
+    from fedge.coordinator.dp.calibrate import noise_multiplier_for
+    from fedge.coordinator.dp.config import PrivacyConfig
+    from fedge.tools.simulate.config import sim_config
+    from fedge.tools.simulate.fleet import run_simulation
+
+    private = math.isfinite(epsilon)
+    z = noise_multiplier_for(epsilon, grid.delta, grid.rounds, grid.devices, grid.clients_per_round) if private \
+        else None
+    privacy = PrivacyConfig(enabled=True, target_epsilon=epsilon, delta=grid.delta, noise_multiplier=z,
+                            clip_norm=grid.clip_norm, target_quantile=0.5) if private else PrivacyConfig()
+    cfg = sim_config(devices=grid.devices, rounds=grid.rounds, clients_per_round=grid.clients_per_round,
+                     over_selection=1.0, aggregator="mean", weighting="equal", privacy=privacy, seed=grid.seed)
+    started = time.perf_counter()
+    result = run_simulation(cfg, data=data)
+    last = result.rounds[-1]
+    return {"mechanism": "central" if private else "none", "epsilon": epsilon if private else None,
+            "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": None, "noise_multiplier": z,
+            "clip_norm": grid.clip_norm if private else None, "global_accuracy": last["global_accuracy"],
+            "personalized_accuracy": last["personalized_accuracy_mean"],
+            "personalized_accuracy_min": last["personalized_accuracy_min"], "rounds_run": len(result.rounds),
+            "accuracy_curve": [r["global_accuracy"] for r in result.rounds],
+            "wall_seconds": time.perf_counter() - started}
+
+
+def run(grid: PrivacyGrid, json_path, progress=print) -> dict:
+    from fedge.tools.synthetic import synthetic
+
+    started = time.perf_counter()
+    data = synthetic(grid.devices, grid.alpha, grid.beta, seed=grid.seed)
+    sizes = [len(c.y_train) for c in data.clients]
+    doc = {"schema": 1, "benchmark": "privacy", "population": grid.devices,
+           "clients_per_round": grid.clients_per_round, "rounds": grid.rounds,
+           "data": {"name": data.name, "alpha": grid.alpha, "beta": grid.beta, "train_examples_min": min(sizes),
+                    "train_examples_median": float(np.median(sizes)), "train_examples_max": max(sizes)},
+           "runs": [], "not_run": NOT_RUN}
+    for epsilon in grid.epsilons:
+        row = run_one(grid, data, epsilon)
+        doc["runs"].append(row)
+        progress(f"ε={epsilon:g}: global {row['global_accuracy']:.3f}, personalized {row['personalized_accuracy']:.3f}"
+                 f" (z={row['noise_multiplier'] or 0:.3g}, {row['wall_seconds']:.0f} s)")
+    doc["wall_seconds"] = time.perf_counter() - started
+    atomic_write_bytes(Path(json_path), json.dumps(doc, indent=2, default=_jsonable).encode())
+    plot(doc, Path(json_path).with_suffix(".png"))
+    return doc
+
+
+def _jsonable(value):
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+def plot(doc: dict, path: Path) -> Path | None:
+    """Global and personalized accuracy against ε (log scale); the non-private run as lines."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    private = [r for r in doc["runs"] if r["mechanism"] == "central"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label, color in (("global_accuracy", "global", "C0"), ("personalized_accuracy", "personalized", "C1")):
+        ax.plot([r["epsilon"] for r in private], [r[key] for r in private], marker="o", color=color,
+                label=f"{label}, central DP")
+        for r in doc["runs"]:
+            if r["mechanism"] == "none":
+                ax.axhline(r[key], color=color, ls="--", label=f"{label}, no DP")
+    if private:  # only the non-private run: its lines alone, on a linear axis
+        ax.set_xscale("log")
+    ax.set(xlabel=f"ε (δ={doc['runs'][0]['delta']:g}, user-level)", ylabel="final accuracy", ylim=(0, 1),
+           title=f"{doc['data']['name']}: {doc['population']} devices, {doc['clients_per_round']} a round, "
+                 f"{doc['rounds']} rounds")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fedge bench privacy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", dest="json_path", required=True, help="write the results here (and a PNG beside)")
+    p.add_argument("--quick", action="store_true", help="100 devices, 10 a round, 5 rounds, ε in {2, 8, inf}")
+    p.add_argument("--devices", type=int, default=None, help="population (default 1000)")
+    p.add_argument("--clients-per-round", type=int, default=None, help="devices asked per round (default 100)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per run (default 30)")
+    p.add_argument("--epsilons", default=None, help="comma list; inf = no DP (default 1,2,4,8,inf)")
+    p.add_argument("--delta", type=float, default=None, help="default 1e-6")
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args(argv)
+    grid = QUICK if args.quick else PrivacyGrid()
+    overrides = {k: v for k, v in (("devices", args.devices), ("clients_per_round", args.clients_per_round),
+                                   ("rounds", args.rounds), ("delta", args.delta), ("seed", args.seed))
+                 if v is not None}
+    if args.epsilons:
+        overrides["epsilons"] = tuple(float(e) for e in args.epsilons.split(","))
+    run(replace(grid, **overrides), args.json_path, progress=lambda line: print(line, file=sys.stderr))
+    print(f"wrote {args.json_path}")
+    return 0
