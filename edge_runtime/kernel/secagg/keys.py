@@ -1,0 +1,76 @@
+"""Key agreement and share encryption (all primitives from `cryptography`).
+
+Each device of a round holds two X25519 key pairs: the *cipher* pair, whose agreement keys
+the AEAD that protects its shares on their way through the coordinator, and the *mask* pair,
+whose agreement seeds the pairwise masks. They are separate so that revealing a dropped
+device's mask secret (to remove its masks) does not open the shares it sent or received.
+
+Both agreements go through HKDF-SHA256 with an `info` naming the round, the purpose and the
+pair in sorted order, so a seed is bound to one round and one pair: the same keys reused in
+another round, or another pair's seed, give unrelated values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_BYTES = 32
+NONCE_BYTES = 12  # ChaCha20Poly1305; random per message (one message per key and direction)
+_RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+class ShareDecryptionFailed(ValueError):
+    """A ciphertext that does not open under the pair's key: forged, altered or misrouted."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private: bytes  # raw X25519 private key (32 bytes); never leaves the device except as Shamir shares
+    public: bytes  # raw X25519 public key (32 bytes)
+
+
+def generate_keypair() -> KeyPair:
+    key = X25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+    return KeyPair(private, key.public_key().public_bytes(*_RAW))
+
+
+def public_of(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(*_RAW)
+
+
+def pair_secret(private: bytes, peer_public: bytes, round_id: int, purpose: str, a: str, b: str) -> bytes:
+    """32 bytes both ends of the pair (a, b) derive alike: HKDF over their X25519 agreement,
+    bound to the round, the purpose ("mask" or "cipher") and the unordered pair."""
+    if len(peer_public) != KEY_BYTES:
+        raise ValueError(f"a public key is {KEY_BYTES} bytes, got {len(peer_public)}")
+    shared = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+    lo, hi = sorted((a, b))
+    info = f"fedge-secagg/v1/{purpose}/{round_id}/{lo}/{hi}".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+
+
+def _associated(round_id: int, sender: str, receiver: str) -> bytes:
+    # Direction is part of the authenticated data: a ciphertext from a to b cannot be replayed as b's to a.
+    return f"fedge-secagg/v1/share/{round_id}/{sender}/{receiver}".encode()
+
+
+def encrypt_share(key: bytes, round_id: int, sender: str, receiver: str, plaintext: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, _associated(round_id, sender, receiver))
+
+
+def decrypt_share(key: bytes, round_id: int, sender: str, receiver: str, ciphertext: bytes) -> bytes:
+    nonce, body = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, body, _associated(round_id, sender, receiver))
+    except (InvalidTag, ValueError) as exc:
+        raise ShareDecryptionFailed(f"share {sender} -> {receiver} of round {round_id} does not open") from exc

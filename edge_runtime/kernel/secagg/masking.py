@@ -1,0 +1,80 @@
+"""Masks that cancel in the sum, and their removal for the devices that dropped.
+
+Device i sends, mod 2^m,
+
+    y_i = v_i + PRG(b_i) + sum_{j in N(i), j shared, i < j} PRG(s_ij) - sum_{..., i > j} PRG(s_ij)
+
+with b_i its self-mask seed and s_ij the pair seed both ends derive (keys.pair_secret with
+purpose "mask"). Over the survivors S the pair terms of two survivors cancel; what is left is
+
+    sum_S y = sum_S v + sum_S PRG(b_i) + sum_{i in S, j dropped, j in N(i)} +-PRG(s_ij)
+
+The coordinator removes the self-masks (seeds reconstructed from survivors' shares) and the
+dropped devices' pair masks (their mask keys reconstructed from shares): `unmask`. Why the
+self-mask: a device that is slow, not dropped, would otherwise be unmasked by the dropped
+pair masks the coordinator removes, and its late y_i read in the clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from .keys import pair_secret
+from .prg import expand
+
+MASK_PURPOSE = "mask"
+
+
+def _field_mask(field_bits: int) -> np.uint32:
+    return np.uint32((1 << field_bits) - 1) if field_bits < 32 else np.uint32(0xFFFFFFFF)
+
+
+def sum_mod(vectors: Iterable[np.ndarray], field_bits: int, length: int) -> np.ndarray:
+    """The sum mod 2^m (uint32 arithmetic wraps mod 2^32, and 2^m divides 2^32)."""
+    total = np.zeros(length, dtype=np.uint32)
+    for v in vectors:
+        total += np.asarray(v, dtype=np.uint32)
+    return total & _field_mask(field_bits)
+
+
+def pair_mask(private: bytes, peer_public: bytes, round_id: int, me: str, peer: str, length: int,
+              field_bits: int) -> np.ndarray:
+    return expand(pair_secret(private, peer_public, round_id, MASK_PURPOSE, me, peer), length, field_bits)
+
+
+def mask_input(values: np.ndarray, me: str, self_seed: bytes, mask_private: bytes,
+               peers: Mapping[str, bytes], round_id: int, field_bits: int) -> np.ndarray:
+    """y_i: `values` (field elements) plus the self-mask and one pair mask per peer in `peers`
+    (neighbour -> its mask public key: the neighbours that completed key sharing)."""
+    values = np.asarray(values, dtype=np.uint32).reshape(-1)
+    out = values + expand(self_seed, values.size, field_bits)
+    for peer, public in peers.items():
+        if peer == me:
+            raise ValueError("a device is not its own neighbour")
+        mask = pair_mask(mask_private, public, round_id, me, peer, values.size, field_bits)
+        if me < peer:
+            out += mask
+        else:
+            out -= mask
+    return out & _field_mask(field_bits)
+
+
+def unmask(masked_sum: np.ndarray, self_seeds: Mapping[str, bytes], dropped_keys: Mapping[str, bytes],
+           dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int) -> np.ndarray:
+    """sum_S v from sum_S y. self_seeds: survivor -> b_i (every survivor's); dropped_keys:
+    dropped device -> its mask private key; dropped_peers: dropped device -> {survivor that
+    masked with it: that survivor's mask public key}."""
+    total = np.asarray(masked_sum, dtype=np.uint32).copy()
+    for seed in self_seeds.values():
+        total -= expand(seed, total.size, field_bits)
+    for gone, private in dropped_keys.items():
+        for survivor, public in dropped_peers.get(gone, {}).items():
+            # the survivor added +mask when survivor < gone, -mask otherwise: undo that
+            mask = pair_mask(private, public, round_id, gone, survivor, total.size, field_bits)
+            if survivor < gone:
+                total -= mask
+            else:
+                total += mask
+    return total & _field_mask(field_bits)

@@ -1,0 +1,81 @@
+"""Shamir t-of-k secret sharing over a prime field.
+
+A secret s is the constant term of a random polynomial f of degree t-1; share i is
+(x_i, f(x_i)) with distinct non-zero x_i. Any t shares give s back by Lagrange interpolation
+at 0; any t-1 shares are uniformly distributed whatever s is (every t-1 values at non-zero
+points are hit by exactly one polynomial for each s), so they reveal nothing.
+
+The field is the smallest prime above 2^256, 2^256 + 297: secrets are 32-byte keys (< 2^256),
+which fit, and a share's value takes 33 bytes (a device sends two shares to each of its k
+neighbours, so this size is most of the key-sharing stage's upload). Small enough to own: no
+package on the index is both maintained and general (tests/secagg/test_shamir.py checks
+primality and the properties above over many seeds).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+PRIME = 2**256 + 297
+SHARE_BYTES = (PRIME.bit_length() + 7) // 8  # 33
+
+
+@dataclass(frozen=True)
+class Share:
+    x: int  # the holder's point, 1 <= x < prime
+    y: int  # f(x)
+
+
+def split(secret: int, threshold: int, points: Sequence[int], prime: int = PRIME,
+          randbelow: Callable[[int], int] = secrets.randbelow) -> list[Share]:
+    """Shares of `secret` at `points`; any `threshold` of them reconstruct it. `randbelow`
+    draws the polynomial's coefficients (a CSPRNG by default; tests pass a seeded one)."""
+    if not 0 <= secret < prime:
+        raise ValueError("the secret must lie in [0, prime)")
+    if not 1 <= threshold <= len(points):
+        raise ValueError(f"need 1 <= threshold ({threshold}) <= number of shares ({len(points)})")
+    if len(set(points)) != len(points) or any(not 0 < x < prime for x in points):
+        raise ValueError("share points must be distinct and in [1, prime)")
+    coeffs = [secret] + [randbelow(prime) for _ in range(threshold - 1)]
+    return [Share(x, _evaluate(coeffs, x, prime)) for x in points]
+
+
+def reconstruct(shares: Sequence[Share], threshold: int, prime: int = PRIME) -> int:
+    """The secret from at least `threshold` shares with distinct points (the first
+    `threshold` are used). Fewer raises: t-1 shares determine nothing."""
+    if len(shares) < threshold:
+        raise ValueError(f"{len(shares)} shares, need {threshold}")
+    used = list(shares)[:threshold]
+    xs = [s.x for s in used]
+    if len(set(xs)) != len(xs):
+        raise ValueError("shares must have distinct points")
+    secret = 0
+    for j, share in enumerate(used):
+        num, den = 1, 1
+        for m, xm in enumerate(xs):
+            if m != j:
+                num = num * xm % prime
+                den = den * (xm - share.x) % prime
+        secret = (secret + share.y * num * pow(den, -1, prime)) % prime
+    return secret
+
+
+def secret_to_int(secret: bytes) -> int:
+    if len(secret) != 32:
+        raise ValueError(f"secrets are 32 bytes, got {len(secret)}")
+    return int.from_bytes(secret, "big")
+
+
+def int_to_secret(value: int) -> bytes:
+    if not 0 <= value < 2**256:
+        raise ValueError("a reconstructed value that is not a 32-byte secret: a wrong share was used")
+    return value.to_bytes(32, "big")
+
+
+def _evaluate(coeffs: list[int], x: int, prime: int) -> int:
+    acc = 0
+    for c in reversed(coeffs):  # Horner
+        acc = (acc * x + c) % prime
+    return acc
