@@ -14,6 +14,7 @@ from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pa
 from .aggregate import AGGREGATORS
 from .evaluation import EvalConfig
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
+from .secagg.config import SecAggConfig, check_compatible
 from .strategies import STRATEGIES
 from .weights import WEIGHTINGS
 
@@ -85,6 +86,9 @@ class CoordinatorConfig:
     guard_max_loss_ratio: float = 1.5
     # Federated evaluation after commits ([coordinator.evaluation]; coordinator/evaluation.py).
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    # Secure aggregation ([coordinator.secure_aggregation]; coordinator/secagg/config.py): the
+    # coordinator learns only the cohort's sum. Refuses settings that need individual updates.
+    secure_aggregation: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -125,6 +129,7 @@ class CoordinatorConfig:
         if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
             raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")
         self._check_wire()
+        check_compatible(self)
 
     def _check_wire(self) -> None:
         """What the coordinator will send must pass the codec's range checks: refuse it here,
