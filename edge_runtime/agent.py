@@ -39,6 +39,8 @@ from .kernel.protocol import (
     device_topic,
 )
 from .kernel.transport.base import Message, Transport, topic_matches
+from .secagg_participant import REQUESTS as SECAGG_REQUESTS
+from .secagg_participant import SecAggParticipant
 from .task import (
     Acked,
     Failed,
@@ -87,6 +89,8 @@ class DeviceAgent:
         self.delivery = ModelDelivery(runtime, transport, lambda ch, p: self._publish(ch, p),
                                       Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
+        # Secure-aggregation rounds (their own four stages; secagg_participant.py).
+        self.secagg = SecAggParticipant(runtime, lambda m: self._publish("update", encode_message(m)))
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
         self._evaluated: deque[str] = deque(maxlen=16)  # eval ids answered lately: a redelivery is not rescored
@@ -160,6 +164,8 @@ class DeviceAgent:
         elif isinstance(message, ModelPart) and topic_matches(MODEL_PARTS_FILTER, msg.topic):
             for task in self.delivery.on_part(message):
                 self._train(task)
+        elif isinstance(message, SECAGG_REQUESTS) and msg.topic == device_topic(self.device_id, "task"):
+            self.secagg.on_message(message)
         elif getattr(message, "device_id", None) != self.device_id and not isinstance(message, ArtifactFile):
             log.warning("device %s ignored %s addressed to someone else on %s", self.device_id, type(message).__name__,
                         msg.topic)

@@ -1,0 +1,129 @@
+"""Secure rounds end to end in memory: a real Coordinator and real DeviceAgents (DeviceRuntime,
+ONNX training) over the in-memory broker, through the four stages. The committed model is the
+plain FedAvg (equal weights) of the same quantized updates, bit for bit in the sum, with and
+without a device that drops after sharing its keys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.secagg.config import SecAggConfig, SecureAggregationConflict
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, Update
+from fedge.edge_runtime.kernel.secagg import quantize
+from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggTask, UnmaskRequest
+from fedge.edge_runtime.kernel.secagg.packing import unpack
+from tests.coordinator.fleet import copy_params, make_fleet
+from tests.tiny_model import build_tiny_model
+
+SECURE = SecAggConfig(enabled=True, bits=16, clip_range=0.5)
+SETTINGS = dict(secure_aggregation=SECURE, weighting="equal", compression=CompressionSpec(quant_bits=32, clip_norm=4.0))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def _run_round(fleet, drop_at_stage: int | None = None, drop: str = ""):
+    """Drive one round: drain, tick, advance the clock past a stage deadline when stuck.
+    `drop` stops answering once the machine reaches stage `drop_at_stage`."""
+    c = fleet.coordinator
+    assert c.begin_round()
+    for _ in range(40):
+        if drop and c.round is not None and c.round.machine.stage >= drop_at_stage:
+            fleet.agents = [a for a in fleet.agents if a.device_id != drop]
+        fleet.drain()
+        record = c.tick()
+        if record is not None:
+            return record
+        fleet.clock.advance(1.0 if c.round.machine.stage_full else SECURE.stage_deadline_s + 1)
+    raise AssertionError("the round never closed")
+
+
+def _expected_mean(fleet, survivors):
+    """The plain FedAvg of the devices' quantized vectors: their integer sum, decoded."""
+    values = {a.device_id: next(iter(a.secagg.inputs.values())) for a in fleet.agents if a.device_id in survivors}
+    spec = next(iter(values.values()))[2]
+    total = np.sum(np.stack([v[0] for v in values.values()]).astype(np.int64), axis=0)
+    return quantize.decode(total, len(values), spec.rotation_seed, spec.clip_range, spec.bits) / len(values)
+
+
+def _flat(params):
+    return np.concatenate([np.asarray(params[k], dtype=np.float64).reshape(-1) for k in sorted(params)])
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_secure_round_commits_the_plain_mean_of_the_quantized_updates(model, tmp_path, drop):
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), **SETTINGS)
+    agents = list(fleet.agents)
+    old = copy_params(fleet.coordinator.state.params)
+    gone = "dev2" if drop else ""
+    record = _run_round(fleet, drop_at_stage=2, drop=gone)  # stage 2: masked input (after key sharing)
+    assert record.committed, record.why
+    survivors = {a.device_id for a in agents} - {gone}
+    assert record.reports == len(survivors)
+    fleet.agents = agents
+    expected = _expected_mean(fleet, survivors)
+    new = fleet.coordinator.state.params
+    got = _flat(new) - _flat(old)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # the coordinator never saw an Update; it saw masked inputs, none equal to a device's input
+    assert not any(isinstance(m, Update) for m in fleet.wire)
+    assert sum(isinstance(m, SecAggTask) for m in fleet.wire) == 5
+    masked = [m for m in fleet.wire if isinstance(m, MaskedInput)]
+    assert len(masked) == len(survivors)
+    for m in masked:
+        own = next(iter(next(a for a in agents if a.device_id == m.device_id).secagg.inputs.values()))[0]
+        assert np.mean(unpack(m.data, m.length, m.field_bits) == own) < 0.01
+    if drop:
+        (request,) = [m for m in fleet.wire if isinstance(m, UnmaskRequest)][:1]
+        assert request.dropped == (gone,) and gone not in request.alive
+
+
+def test_a_second_round_runs_from_the_committed_model(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    assert _run_round(fleet).committed
+    assert _run_round(fleet).committed
+    assert fleet.coordinator.state.version == 2
+
+
+def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    c = fleet.coordinator
+    assert c.begin_round()
+    while c.round.machine.stage < 3:  # up to the unmask stage's requests
+        fleet.drain()
+        c.tick()
+        fleet.clock.advance(1.0)
+    agent = fleet.agents[0]
+    task_id = c.round.ctx.tasks[agent.device_id]
+    ids = tuple(sorted(c.round.ctx.tasks))
+    agent.secagg.on_message(UnmaskRequest(agent.device_id, c.round.ctx.round_id, task_id, ids, ids[1:2],
+                                          agent.secagg.sessions[task_id].model_sha256))
+    fleet.drain()
+    declines = [m for m in fleet.wire if isinstance(m, Decline)]
+    assert [d.reason for d in declines] == ["secagg_sets_overlap"]
+
+
+@pytest.mark.parametrize("settings,reason", [
+    ({"aggregator": "norm_bound"}, "secagg_robust_aggregator"),
+    ({"aggregator": "krum"}, "secagg_robust_aggregator"),
+    ({"norm_bound": 3.0}, "secagg_norm_bound"),
+    ({"weighting": "examples"}, "secagg_weighting"),
+    ({"strategy": "scaffold"}, "secagg_scaffold"),
+    ({"model_part_bytes": 4096}, "secagg_model_parts"),
+    ({"compression": CompressionSpec(clip_norm=0.0), "secure_aggregation": SecAggConfig(enabled=True)},
+     "secagg_no_clip_range"),
+])
+def test_settings_that_need_individual_updates_are_refused_by_name(settings, reason):
+    base = {"aggregator": "mean", **SETTINGS, **settings}
+    with pytest.raises(SecureAggregationConflict) as exc:
+        CoordinatorConfig(**base)
+    assert exc.value.reason == reason
+
+
+def test_a_weak_threshold_is_refused_at_load():
+    with pytest.raises(Exception, match="exceed neighbours / 2"):
+        SecAggConfig(enabled=True, neighbours=10, threshold=5)
