@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from .device import DeviceRuntime
 from .kernel.compress import decompress_update
+from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
 from .kernel.secagg import quantize
 from .kernel.secagg import session as sess
@@ -67,6 +69,8 @@ class SecAggParticipant:
         self.runtime = runtime
         self.publish = publish  # sends one message on this device's update channel
         self.rng = rng or np.random.default_rng()
+        # One file per answered unmask request, written (fsync, rename) before the answer leaves.
+        self.answered_dir = Path(runtime.state_root) / runtime.device_id / "secagg-answered"
         self.sessions: dict[str, sess.DeviceSession] = {}  # task_id -> session (one round, one task)
         self.inputs: dict[str, tuple[np.ndarray, int, SecAggSpec]] = {}  # task_id -> (encoded values, examples, spec)
 
@@ -145,8 +149,12 @@ class SecAggParticipant:
                                  pack(y, spec.field_bits), examples))
 
     def _reveal(self, message: UnmaskRequest) -> None:
+        record = self.answered_dir / f"round-{message.round_id}"
+        if record.exists():  # answered before, perhaps by this device before a restart
+            raise sess.SecAggDecline(sess.ALREADY_ANSWERED)
         s, shares = sess.reveal(self.sessions[message.task_id], message.alive, message.dropped, message.model_sha256)
-        self.sessions[message.task_id] = s  # answered: a second request is declined (kept in memory only)
+        self.sessions[message.task_id] = s  # a second request is declined, from memory and from the record
+        atomic_write_bytes(record, message.task_id.encode())
         self.publish(UnmaskResponse(self.device_id, message.round_id, message.task_id,
                                     tuple(RevealedShare(owner, kind, value.to_bytes(SHARE_BYTES, "big"))
                                           for owner, (kind, value) in sorted(shares.items()))))

@@ -5,11 +5,15 @@ without a device that drops after sharing its keys."""
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
+
 import numpy as np
 import pytest
 
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.secagg.config import SecAggConfig, SecureAggregationConflict
+from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, Update
 from fedge.edge_runtime.kernel.secagg import quantize
 from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggTask, UnmaskRequest
@@ -82,6 +86,42 @@ def test_a_secure_round_commits_the_plain_mean_of_the_quantized_updates(model, t
         assert request.dropped == (gone,) and gone not in request.alive
 
 
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_a_drop_at_any_other_stage_still_commits_the_survivors_mean(model, tmp_path, stage):
+    """0: before advertising (not in the cohort); 1: after advertising, before sharing (its
+    neighbours never mask with it); 3: silent in the unmask stage (its input counts, its
+    self-mask comes back from its neighbours' shares)."""
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), **SETTINGS)
+    agents = list(fleet.agents)
+    old = copy_params(fleet.coordinator.state.params)
+    record = _run_round(fleet, drop_at_stage=stage, drop="dev3")
+    assert record.committed, record.why
+    survivors = {a.device_id for a in agents} - ({"dev3"} if stage < 3 else set())
+    fleet.agents = agents
+    got = _flat(fleet.coordinator.state.params) - _flat(old)
+    np.testing.assert_allclose(got, _expected_mean(fleet, survivors), rtol=0, atol=1e-6)
+
+
+def test_a_restart_mid_round_abandons_it_and_stores_no_individual_update(model, tmp_path):
+    path = tmp_path / "state.db"
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), store=RoundStore(path), **SETTINGS)
+    c = fleet.coordinator
+    assert c.begin_round()
+    while c.round.machine.stage < 3:  # masked inputs are in, the unmask requests out
+        fleet.drain()
+        c.tick()
+        fleet.clock.advance(1.0)
+    again = fleet.restart(store=RoundStore(path))  # the old process is dropped, as by kill -9
+    assert again.round is None and again.history[-1].committed is False
+    assert "cannot resume" in again.history[-1].why
+    assert again.state.version == 0
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM updates").fetchone()[0] == 0
+    fleet.drain()
+    assert again.begin_round()  # the next round opens under a new id
+    assert again.round.ctx.round_id == 2
+
+
 def test_a_second_round_runs_from_the_committed_model(model, tmp_path):
     fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
     assert _run_round(fleet).committed
@@ -105,6 +145,16 @@ def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path
     fleet.drain()
     declines = [m for m in fleet.wire if isinstance(m, Decline)]
     assert [d.reason for d in declines] == ["secagg_sets_overlap"]
+    # the coordinator's own request (delivered by that drain) was answered, recorded durably first;
+    # any further request is declined by name, from memory and, after a restart, from the record
+    assert (agent.secagg.answered_dir / f"round-{c.round.ctx.round_id}").exists()
+    again = UnmaskRequest(agent.device_id, c.round.ctx.round_id, task_id, ids, (),
+                          agent.secagg.sessions[task_id].model_sha256)
+    agent.secagg.on_message(again)
+    agent.secagg.sessions[task_id] = dataclasses.replace(agent.secagg.sessions[task_id], answered=False)
+    agent.secagg.on_message(again)  # as if the process had restarted with its keys: the file still says no
+    fleet.drain()
+    assert [d.reason for d in fleet.wire if isinstance(d, Decline)][1:] == ["secagg_already_answered"] * 2
 
 
 @pytest.mark.parametrize("settings,reason", [
