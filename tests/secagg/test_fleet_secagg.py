@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.config import CoordinatorConfig, load_coordinator_config
 from fedge.coordinator.secagg.config import SecAggConfig, SecureAggregationConflict
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, Update
@@ -177,3 +178,13 @@ def test_settings_that_need_individual_updates_are_refused_by_name(settings, rea
 def test_a_weak_threshold_is_refused_at_load():
     with pytest.raises(Exception, match="exceed neighbours / 2"):
         SecAggConfig(enabled=True, neighbours=10, threshold=5)
+
+
+def test_the_readme_config_block_loads(tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Secure aggregation"):]
+    block = section[section.index("```toml") + len("```toml"):section.index("```", section.index("```toml") + 7)]
+    (tmp_path / "c.toml").write_text(block)
+    cfg = load_coordinator_config(tmp_path / "c.toml")
+    assert cfg.secure_aggregation.enabled and cfg.secure_aggregation.bits == 16
+    assert cfg.compression.clip_norm == 4.0
