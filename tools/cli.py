@@ -17,7 +17,8 @@ EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim"
           "prometheus_client": "coordinator", "cryptography": "coordinator", "onnxruntime": "device",
           "paho": "device", "psutil": "device", "msgpack": "device"}
 BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
-           "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt"}
+           "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
+           "secagg": "fedge.tools.bench.secagg"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="algorithms x partitions x personalization (see: fedge bench heterogeneity -h)")
     bench.add_parser("robustness", help="attacks x defences (see: fedge bench robustness -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
+    bench.add_parser("secagg", help="secure aggregation: bytes, device CPU, unmask time (see: fedge bench secagg -h)")
 
     return parser
 

@@ -126,3 +126,21 @@ def test_a_neighbour_committed_to_another_model_stops_key_sharing():
     with pytest.raises(sess.SecAggDecline) as exc:
         sess.shares_for_neighbours(sessions["a"], cohort, ("b", "c"), 2, adv)
     assert exc.value.reason == sess.PEER_MODEL_MISMATCH
+
+
+@pytest.mark.parametrize("n,dropout", [
+    (100, 0.3),
+    pytest.param(100, 0.0, marks=pytest.mark.slow),
+    pytest.param(100, 0.1, marks=pytest.mark.slow),
+    pytest.param(1000, 0.3, marks=pytest.mark.slow),  # about 80 s of CPU: Shamir in Python dominates
+])
+def test_exact_at_the_issues_cohort_sizes_with_default_k_and_t(n, dropout):
+    """Issue 12's sizes, the whole protocol, k and t as documented (n = 1000: k = 212, t = 107)."""
+    bits, length = 16, 500 if n > 100 else 2000
+    m = field_bits(bits, n)
+    params = choose_parameters(n)
+    values = _inputs(n, length, bits, seed=7)
+    gone = tuple(sorted(values))[::max(1, round(1 / dropout))][: int(dropout * n)] if dropout else ()
+    total, survivors, _ = run(values, m, params.neighbours, params.threshold, drop_after_share=gone)
+    assert len(survivors) == n - len(gone)
+    assert np.array_equal(total, _plain(values, survivors, m, length))
