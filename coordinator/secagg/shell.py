@@ -97,7 +97,7 @@ class SecAggShell:
         if sender != reply.device_id or rnd.ctx.tasks.get(sender) != reply.task_id:
             raise SecAggRejected("unexpected_message", f"{type(reply).__name__} from {sender}")
         if not rnd.machine.expects(sender):
-            raise SecAggRejected("duplicate", f"{type(reply).__name__} from {sender} not expected now")
+            raise SecAggRejected("stale_round", f"{type(reply).__name__} from {sender}: not expected now")
         why = self._state(rnd).accept(rnd.machine.stages[rnd.machine.stage].name, reply)
         if why is not None:
             raise SecAggRejected(why, f"{type(reply).__name__} from {sender}")

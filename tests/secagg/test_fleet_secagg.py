@@ -188,3 +188,16 @@ def test_the_readme_config_block_loads(tmp_path):
     cfg = load_coordinator_config(tmp_path / "c.toml")
     assert cfg.secure_aggregation.enabled and cfg.secure_aggregation.bits == 16
     assert cfg.compression.clip_norm == 4.0
+
+
+def test_the_simulator_runs_secure_rounds(tmp_path):
+    """`fedge simulate` with [coordinator.secure_aggregation]: every round commits; the devices
+    over-selected past the first stage's target are refused as stale, nothing else."""
+    from fedge.tools.simulate.config import SIM_COORDINATOR, SimConfig
+    from fedge.tools.simulate.fleet import run_simulation
+
+    coordinator = dataclasses.replace(SIM_COORDINATOR, clients_per_round=5, aggregator="mean", **SETTINGS)
+    result = run_simulation(SimConfig(devices=8, rounds=2, dataset="digits", coordinator=coordinator,
+                                      out_dir=str(tmp_path / "sim")))
+    assert [r["committed"] for r in result.rounds] == [True, True]
+    assert set(result.summary["rejections"]) <= {"stale_round"}
