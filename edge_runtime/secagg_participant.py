@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from .device import DeviceRuntime
 from .kernel.compress import decompress_update
 from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
-from .kernel.secagg import quantize
+from .kernel.secagg import identity, quantize
 from .kernel.secagg import session as sess
 from .kernel.secagg.graph import neighbour_graph
 from .kernel.secagg.keys import ShareDecryptionFailed
@@ -65,8 +65,14 @@ def flatten(tensors: dict[str, np.ndarray]) -> np.ndarray:
 
 class SecAggParticipant:
     def __init__(self, runtime: DeviceRuntime, publish: Callable[[object], None],
-                 rng: np.random.Generator | None = None):
+                 rng: np.random.Generator | None = None, identity_private: bytes | None = None,
+                 directory: Mapping[str, bytes] | None = None):
+        """identity_private: this device's Ed25519 key (signs its advertisements); directory:
+        the fleet's identity public keys, from provisioning (with it, unsigned or wrongly
+        signed neighbour keys are declined as secagg_bad_signature)."""
         self.runtime = runtime
+        self.identity_private = identity_private
+        self.directory = directory
         self.publish = publish  # sends one message on this device's update channel
         self.rng = rng or np.random.default_rng()
         # One file per answered unmask request, written (fsync, rename) before the answer leaves.
@@ -100,9 +106,7 @@ class SecAggParticipant:
     def _train(self, message: SecAggTask) -> None:
         task: TrainTask = message.task
         if task.task_id in self.sessions:  # a redelivered task: advertise the same keys again
-            s = self.sessions[task.task_id]
-            self.publish(KeyAdvertisement(self.device_id, task.round_id, task.task_id, s.cipher.public, s.mask.public,
-                                          s.model_sha256))
+            self.publish(self._advertisement(self.sessions[task.task_id], task.task_id))
             return
         reply = self.runtime.handle_task(task)
         if isinstance(reply, Decline):
@@ -116,8 +120,15 @@ class SecAggParticipant:
         self.inputs = {task.task_id: (values, reply.num_examples, spec)}
         s = sess.start(self.device_id, task.round_id, hashlib.sha256(task.params).hexdigest())
         self.sessions[task.task_id] = s
-        self.publish(KeyAdvertisement(self.device_id, task.round_id, task.task_id, s.cipher.public, s.mask.public,
-                                      s.model_sha256))
+        self.publish(self._advertisement(s, task.task_id))
+
+    def _advertisement(self, s: sess.DeviceSession, task_id: str) -> KeyAdvertisement:
+        signature = b""
+        if self.identity_private is not None:
+            signature = identity.sign(self.identity_private, identity.transcript(
+                s.round_id, self.device_id, s.cipher.public, s.mask.public, s.model_sha256))
+        return KeyAdvertisement(self.device_id, s.round_id, task_id, s.cipher.public, s.mask.public, s.model_sha256,
+                                signature)
 
     def _share(self, message: KeyDirectory) -> None:
         s = self.sessions[message.task_id]
@@ -128,9 +139,10 @@ class SecAggParticipant:
         if 2 * message.threshold <= k:
             raise sess.SecAggDecline(WEAK_THRESHOLD, f"t = {message.threshold} for k = {k}")
         graph = neighbour_graph(cohort, k, message.graph_seed)
-        advertised = {p.device_id: sess.Advertised(p.cipher_public, p.mask_public, p.model_sha256)
+        advertised = {p.device_id: sess.Advertised(p.cipher_public, p.mask_public, p.model_sha256, p.signature)
                       for p in message.keys if p.device_id in graph[self.device_id]}
-        s, sealed = sess.shares_for_neighbours(s, cohort, graph[self.device_id], message.threshold, advertised)
+        s, sealed = sess.shares_for_neighbours(s, cohort, graph[self.device_id], message.threshold, advertised,
+                                               self.directory)
         self.sessions[message.task_id] = s
         self.publish(EncryptedShares(self.device_id, message.round_id, message.task_id,
                                      tuple(SealedShare(peer, blob) for peer, blob in sealed.items())))

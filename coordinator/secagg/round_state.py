@@ -81,7 +81,8 @@ class SecAggRound:
             return SecAggTask(task, self.spec)
         if stage == SHARE:
             keys = tuple(PeerKeys(p, self.adverts[p].cipher_public, self.adverts[p].mask_public,
-                                  self.adverts[p].model_sha256) for p in self.graph[device_id] if p in self.adverts)
+                                  self.adverts[p].model_sha256, self.adverts[p].signature)
+                         for p in self.graph[device_id] if p in self.adverts)
             return KeyDirectory(device_id, self.round_id, task.task_id, self.cohort, self.k, self.t, self.graph_seed,
                                 keys)
         if stage == MASK:

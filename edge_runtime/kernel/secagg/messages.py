@@ -32,6 +32,11 @@ def _check_len(name: str, value: bytes, size: int) -> None:
         raise ValueError(f"{name} must be {size} bytes, got {len(value)}")
 
 
+def _check_signature(value: bytes) -> None:
+    if value and len(value) != 64:
+        raise ValueError(f"signature must be empty or 64 bytes, got {len(value)}")
+
+
 def _check_sha(value: str) -> None:
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise ValueError("model_sha256 must be 64 lowercase hex digits")
@@ -67,11 +72,13 @@ class KeyAdvertisement:
     cipher_public: bytes
     mask_public: bytes
     model_sha256: str  # sha256 (hex) of the task's params: what the device trained from
+    signature: bytes = b""  # Ed25519 over identity.transcript(...); empty: a device without an identity key
 
     def __post_init__(self) -> None:
         _check_sha(self.model_sha256)
         _check_len("cipher_public", self.cipher_public, KEY_BYTES)
         _check_len("mask_public", self.mask_public, KEY_BYTES)
+        _check_signature(self.signature)
 
 
 @dataclass(frozen=True)
@@ -80,11 +87,13 @@ class PeerKeys:
     cipher_public: bytes
     mask_public: bytes
     model_sha256: str
+    signature: bytes = b""  # the peer's own, relayed unchanged
 
     def __post_init__(self) -> None:
         _check_sha(self.model_sha256)
         _check_len("cipher_public", self.cipher_public, KEY_BYTES)
         _check_len("mask_public", self.mask_public, KEY_BYTES)
+        _check_signature(self.signature)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from . import shamir
+from . import identity, shamir
 from .keys import KeyPair, decrypt_share, encrypt_share, generate_keypair, pair_secret
 
 CIPHER_PURPOSE = "cipher"
@@ -34,6 +34,7 @@ NOT_IN_COHORT = "secagg_not_alive"  # the request does not count this device amo
 # Named declines of the key-sharing step.
 PEER_MODEL_MISMATCH = "secagg_peer_model_mismatch"  # a neighbour advertised another model hash
 BAD_KEY = "secagg_bad_key"
+BAD_SIGNATURE = "secagg_bad_signature"  # a neighbour's keys are not signed by its provisioned identity
 
 
 class SecAggDecline(Exception):
@@ -52,6 +53,7 @@ class Advertised:
     cipher_public: bytes
     mask_public: bytes
     model_sha256: str
+    signature: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,11 @@ def _cipher_key(s: DeviceSession, peer: str) -> bytes:
 
 
 def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours: tuple[str, ...], threshold: int,
-                          advertised: Mapping[str, Advertised]) -> tuple[DeviceSession, dict[str, bytes]]:
+                          advertised: Mapping[str, Advertised],
+                          directory: Mapping[str, bytes] | None = None) -> tuple[DeviceSession, dict[str, bytes]]:
     """Encrypted shares, one per neighbour that advertised keys. Declines when a neighbour
-    committed to another model (the model-inconsistency attack) or its keys are malformed."""
+    committed to another model (the model-inconsistency attack), its keys are malformed, or,
+    with a directory of identity keys, they are not signed by that neighbour's identity."""
     cohort = tuple(sorted(cohort))
     peers = {n: advertised[n] for n in neighbours if n in advertised and n != s.device_id}
     for peer, adv in peers.items():
@@ -97,6 +101,10 @@ def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours:
             raise SecAggDecline(PEER_MODEL_MISMATCH, f"{peer} advertised another model")
         if len(adv.cipher_public) != 32 or len(adv.mask_public) != 32:
             raise SecAggDecline(BAD_KEY, f"{peer}'s keys are not 32 bytes")
+        if directory is not None and not (
+                peer in directory and identity.verify(directory[peer], adv.signature, identity.transcript(
+                    s.round_id, peer, adv.cipher_public, adv.mask_public, adv.model_sha256))):
+            raise SecAggDecline(BAD_SIGNATURE, f"{peer}'s keys are not signed by its identity")
     if len(peers) < threshold:
         raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"{len(peers)} neighbours advertised keys, need {threshold}")
     s = replace(s, threshold=threshold, neighbours=tuple(sorted(neighbours)), cohort=cohort, peers=peers)
