@@ -39,8 +39,6 @@ from .kernel.secagg.messages import (
     KeyAdvertisement,
     KeyDirectory,
     MaskedInput,
-    RevealedShare,
-    SealedShare,
     SecAggSpec,
     SecAggTask,
     ShareDelivery,
@@ -78,6 +76,7 @@ class SecAggParticipant:
         # One file per answered unmask request, written (fsync, rename) before the answer leaves.
         self.answered_dir = Path(runtime.state_root) / runtime.device_id / "secagg-answered"
         self.sessions: dict[str, sess.DeviceSession] = {}  # task_id -> session (one round, one task)
+        self.sent_shares: dict[str, EncryptedShares] = {}  # task_id -> its one set of boxes, resent on a repeat
         self.inputs: dict[str, tuple[np.ndarray, int, SecAggSpec]] = {}  # task_id -> (encoded values, examples, spec)
 
     @property
@@ -117,6 +116,7 @@ class SecAggParticipant:
         spec = message.spec
         values = quantize.encode(delta, spec.rotation_seed, spec.clip_range, spec.bits, self.rng)
         self.sessions.clear()  # one secure round at a time: an older round's keys and input go
+        self.sent_shares.clear()
         self.inputs = {task.task_id: (values, reply.num_examples, spec)}
         s = sess.start(self.device_id, task.round_id, hashlib.sha256(task.params).hexdigest())
         self.sessions[task.task_id] = s
@@ -131,6 +131,9 @@ class SecAggParticipant:
                                 signature)
 
     def _share(self, message: KeyDirectory) -> None:
+        if message.task_id in self.sent_shares:  # a repeated directory: the same boxes (never encrypt twice)
+            self.publish(self.sent_shares[message.task_id])
+            return
         s = self.sessions[message.task_id]
         cohort = tuple(sorted(set(message.cohort)))
         if self.device_id not in cohort:
@@ -144,8 +147,10 @@ class SecAggParticipant:
         s, sealed = sess.shares_for_neighbours(s, cohort, graph[self.device_id], message.threshold, advertised,
                                                self.directory)
         self.sessions[message.task_id] = s
-        self.publish(EncryptedShares(self.device_id, message.round_id, message.task_id,
-                                     tuple(SealedShare(peer, blob) for peer, blob in sealed.items())))
+        reply = EncryptedShares(self.device_id, message.round_id, message.task_id,
+                                b"".join(sealed[peer] for peer in sorted(sealed)))
+        self.sent_shares[message.task_id] = reply
+        self.publish(reply)
 
     def _mask(self, message: ShareDelivery) -> None:
         s = self.sessions[message.task_id]
@@ -167,6 +172,5 @@ class SecAggParticipant:
         s, shares = sess.reveal(self.sessions[message.task_id], message.alive, message.dropped, message.model_sha256)
         self.sessions[message.task_id] = s  # a second request is declined, from memory and from the record
         atomic_write_bytes(record, message.task_id.encode())
-        self.publish(UnmaskResponse(self.device_id, message.round_id, message.task_id,
-                                    tuple(RevealedShare(owner, kind, value.to_bytes(SHARE_BYTES, "big"))
-                                          for owner, (kind, value) in sorted(shares.items()))))
+        values = b"".join(shares[owner][1].to_bytes(SHARE_BYTES, "big") for owner in sorted(shares))
+        self.publish(UnmaskResponse(self.device_id, message.round_id, message.task_id, values))

@@ -18,6 +18,8 @@ from fedge.edge_runtime.kernel.secagg import quantize
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph
 from fedge.edge_runtime.kernel.secagg.masking import sum_mod, unmask
 from fedge.edge_runtime.kernel.secagg.messages import (
+    SEALED_SHARE_BYTES,
+    SHARE_VALUE_BYTES,
     EncryptedShares,
     KeyAdvertisement,
     KeyDirectory,
@@ -34,6 +36,11 @@ from fedge.edge_runtime.kernel.secagg.packing import unpack
 from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
 
 from .stages import ADVERTISE, MASK, SHARE, UNMASK
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
 
 REPLY_OF = {ADVERTISE: KeyAdvertisement, SHARE: EncryptedShares, MASK: MaskedInput, UNMASK: UnmaskResponse}
 
@@ -106,19 +113,22 @@ class SecAggRound:
                 return "secagg_model_mismatch"
             self.adverts[sender] = reply
         elif isinstance(reply, EncryptedShares):
-            peers = [s.peer for s in reply.shares]
-            if len(set(peers)) != len(peers) or not set(peers) <= set(self.graph.get(sender, ())):
+            peers = sorted(p for p in self.graph.get(sender, ()) if p in self.adverts)  # whose keys it was sent
+            if len(reply.boxes) != len(peers) * SEALED_SHARE_BYTES:
                 return "secagg_bad_shares"
-            for s in reply.shares:
-                self.outbox.setdefault(s.peer, {})[sender] = s.ciphertext
+            for peer, box in zip(peers, _chunks(reply.boxes, SEALED_SHARE_BYTES)):
+                self.outbox.setdefault(peer, {})[sender] = box
         elif isinstance(reply, MaskedInput):
             if reply.length != self.dimension or reply.field_bits != self.spec.field_bits:
                 return "secagg_bad_shape"
             self.masked[sender] = unpack(reply.data, reply.length, reply.field_bits)
         elif isinstance(reply, UnmaskResponse):
-            if any(r.owner not in self.graph.get(sender, ()) for r in reply.revealed):
+            alive, dropped = set(self.alive), set(self.dropped)
+            owners = [o for o in self.delivered.get(sender, ()) if o in alive or o in dropped]  # sorted
+            if len(reply.values) != len(owners) * SHARE_VALUE_BYTES:
                 return "secagg_bad_shares"
-            self.answers[sender] = {r.owner: (r.kind, int.from_bytes(r.value, "big")) for r in reply.revealed}
+            self.answers[sender] = {o: ("self" if o in alive else "mask", int.from_bytes(value, "big"))
+                                    for o, value in zip(owners, _chunks(reply.values, SHARE_VALUE_BYTES))}
         return None
 
     # ------------------------------------------------------------------ the sum

@@ -201,3 +201,21 @@ def test_the_simulator_runs_secure_rounds(tmp_path):
                                       out_dir=str(tmp_path / "sim")))
     assert [r["committed"] for r in result.rounds] == [True, True]
     assert set(result.summary["rejections"]) <= {"stale_round"}
+
+
+def test_a_repeated_key_directory_gets_the_same_boxes_again(model, tmp_path):
+    from fedge.edge_runtime.kernel.secagg.messages import EncryptedShares, KeyDirectory
+
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    c = fleet.coordinator
+    assert c.begin_round()
+    while not any(isinstance(m, EncryptedShares) for m in fleet.wire):
+        fleet.drain()
+        c.tick()
+        fleet.clock.advance(1.0)
+    agent = fleet.agents[0]
+    directory = next(m for m in fleet.wire if isinstance(m, KeyDirectory) and m.device_id == agent.device_id)
+    agent.secagg.on_message(directory)
+    fleet.drain()
+    sent = [m for m in fleet.wire if isinstance(m, EncryptedShares) and m.device_id == agent.device_id]
+    assert len(sent) == 2 and sent[0] == sent[1]

@@ -17,11 +17,11 @@ SAMPLES = {
     m.KeyAdvertisement: m.KeyAdvertisement("d1", 3, "t", KEY, KEY[::-1], "ab" * 32),
     m.KeyDirectory: m.KeyDirectory("d1", 3, "t", ("d1", "d2", "d3"), 2, 2, 77,
                                    (m.PeerKeys("d2", KEY, KEY, "ab" * 32),)),
-    m.EncryptedShares: m.EncryptedShares("d1", 3, "t", (m.SealedShare("d2", bytes(m.SEALED_SHARE_BYTES)),)),
+    m.EncryptedShares: m.EncryptedShares("d1", 3, "t", bytes(2 * m.SEALED_SHARE_BYTES)),
     m.ShareDelivery: m.ShareDelivery("d1", 3, "t", (m.SealedShare("d2", bytes(m.SEALED_SHARE_BYTES)),)),
     m.MaskedInput: m.MaskedInput("d1", 3, "t", 10, 18, bytes(23), 40),
     m.UnmaskRequest: m.UnmaskRequest("d1", 3, "t", ("d1", "d2"), ("d3",), "ab" * 32),
-    m.UnmaskResponse: m.UnmaskResponse("d1", 3, "t", (m.RevealedShare("d2", "self", bytes(33)),)),
+    m.UnmaskResponse: m.UnmaskResponse("d1", 3, "t", bytes(3 * 33)),
 }
 
 
@@ -54,8 +54,9 @@ def _tampered(msg, **changes) -> bytes:
     (m.KeyDirectory, {"neighbours": 10**9}),
     (m.MaskedInput, {"data": bytes(22)}),
     (m.MaskedInput, {"field_bits": 33}),
-    (m.UnmaskResponse, {"revealed": [{"owner": "d2", "kind": "both", "value": bytes(33)}]}),
-    (m.UnmaskResponse, {"revealed": [{"owner": "d2", "kind": "self", "value": bytes(66)}]}),
+    (m.UnmaskResponse, {"values": bytes(34)}),
+    (m.EncryptedShares, {"boxes": bytes(m.SEALED_SHARE_BYTES + 1)}),
+    (m.ShareDelivery, {"shares": [{"peer": "d2", "ciphertext": bytes(94)}]}),
     (m.SecAggTask, {"spec": {"bits": 16, "field_bits": 8, "clip_range": 1.0, "rotation_seed": 0}}),
     (m.SecAggTask, {"spec": {"bits": 25, "field_bits": 30, "clip_range": 1.0, "rotation_seed": 0}}),
 ])

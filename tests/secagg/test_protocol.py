@@ -144,3 +144,14 @@ def test_exact_at_the_issues_cohort_sizes_with_default_k_and_t(n, dropout):
     total, survivors, _ = run(values, m, params.neighbours, params.threshold, drop_after_share=gone)
     assert len(survivors) == n - len(gone)
     assert np.array_equal(total, _plain(values, survivors, m, length))
+
+
+def test_a_session_encrypts_one_set_of_shares_only():
+    """The AEAD nonce is implied by the pair's direction, so a second encryption under the same
+    round key must never happen: the session refuses it by name."""
+    sessions, cohort = _shared_session()
+    me = sessions[cohort[0]]
+    adv = {d: s.advertised for d, s in sessions.items()}
+    with pytest.raises(sess.SecAggDecline) as exc:
+        sess.shares_for_neighbours(me, cohort, cohort[1:], 4, adv)
+    assert exc.value.reason == sess.ALREADY_SHARED

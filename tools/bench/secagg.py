@@ -4,9 +4,9 @@ For each cohort size n, dropout fraction and input width b, on vectors of d coor
 k and t as graph.choose_parameters documents (sigma = 40, eta = 20, 30% dropouts):
 
   bytes_per_device        upload of one device per round, all four stages: the encoded frames
-                          of its KeyAdvertisement, EncryptedShares (k sealed boxes), MaskedInput
+                          of its KeyAdvertisement, EncryptedShares (k sealed boxes of 82 bytes), MaskedInput
                           (d values packed to m = b + ceil(log2 n) bits) and UnmaskResponse
-                          (one share per neighbour), each as `encode_message` frames it
+                          (one 33-byte share per neighbour), each as `encode_message` frames it
   floor_bytes_per_device  the packed-field floor, ceil(d m / 8)
   plain_bytes_per_device  the same update without SecAgg, b bits packed: ceil(d b / 8)
   flower_bytes_per_device d coordinates in a fixed 32-bit field, for comparison
@@ -49,8 +49,6 @@ from fedge.edge_runtime.kernel.secagg.messages import (
     EncryptedShares,
     KeyAdvertisement,
     MaskedInput,
-    RevealedShare,
-    SealedShare,
     UnmaskResponse,
 )
 from fedge.edge_runtime.kernel.secagg.packing import pack
@@ -86,10 +84,10 @@ def _device_round(me: str, graph, sessions, t: int, d: int, bits: int, m: int, r
     cpu = time.process_time() - start
     frames = [
         KeyAdvertisement(me, ROUND, "t", s.cipher.public, s.mask.public, MODEL),
-        EncryptedShares(me, ROUND, "t", tuple(SealedShare(p, b) for p, b in sealed.items())),
+        EncryptedShares(me, ROUND, "t", b"".join(sealed[p] for p in sorted(sealed))),
         MaskedInput(me, ROUND, "t", d, m, packed, 100),
-        UnmaskResponse(me, ROUND, "t", tuple(RevealedShare(o, k, v.to_bytes(shamir.SHARE_BYTES, "big"))
-                                             for o, (k, v) in revealed.items())),
+        UnmaskResponse(me, ROUND, "t", b"".join(revealed[o][1].to_bytes(shamir.SHARE_BYTES, "big")
+                                                for o in sorted(revealed))),
     ]
     return cpu, sum(len(encode_message(f)) for f in frames)
 

@@ -12,7 +12,6 @@ another round, or another pair's seed, give unrelated values.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -22,7 +21,11 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32
-NONCE_BYTES = 12  # ChaCha20Poly1305; random per message (one message per key and direction)
+TAG_BYTES = 16  # Poly1305
+# The nonce is not sent: it is the direction of the pair (0 from the smaller id, 1 from the
+# larger). Safe because a cipher key is fresh per round and pair (new X25519 keys every round)
+# and encrypts one message each way; session.shares_for_neighbours refuses to run twice, and
+# the device resends its first ciphertexts rather than encrypting again.
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -63,14 +66,18 @@ def _associated(round_id: int, sender: str, receiver: str) -> bytes:
     return f"fedge-secagg/v1/share/{round_id}/{sender}/{receiver}".encode()
 
 
+def _nonce(sender: str, receiver: str) -> bytes:
+    return bytes(11) + (b"\x00" if sender < receiver else b"\x01")
+
+
 def encrypt_share(key: bytes, round_id: int, sender: str, receiver: str, plaintext: bytes) -> bytes:
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, _associated(round_id, sender, receiver))
+    """Ciphertext and tag (len(plaintext) + 16 bytes); call once per key and direction."""
+    return ChaCha20Poly1305(key).encrypt(_nonce(sender, receiver), plaintext, _associated(round_id, sender, receiver))
 
 
 def decrypt_share(key: bytes, round_id: int, sender: str, receiver: str, ciphertext: bytes) -> bytes:
-    nonce, body = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
     try:
-        return ChaCha20Poly1305(key).decrypt(nonce, body, _associated(round_id, sender, receiver))
+        return ChaCha20Poly1305(key).decrypt(_nonce(sender, receiver), ciphertext,
+                                             _associated(round_id, sender, receiver))
     except (InvalidTag, ValueError) as exc:
         raise ShareDecryptionFailed(f"share {sender} -> {receiver} of round {round_id} does not open") from exc

@@ -24,7 +24,7 @@ from ..wire_fields import _NON_NEGATIVE, bounded
 MAX_COHORT = 100_000  # devices in one round's cohort, at most
 KEY_BYTES = 32
 SHARE_VALUE_BYTES = 33  # shamir.SHARE_BYTES (2^256 + 297 needs 257 bits)
-SEALED_SHARE_BYTES = 12 + 66 + 16  # nonce, two share values, Poly1305 tag
+SEALED_SHARE_BYTES = 66 + 16  # two share values and the Poly1305 tag (the nonce is implied: keys.py)
 
 
 def _check_len(name: str, value: bytes, size: int) -> None:
@@ -129,10 +129,17 @@ class SealedShare:
 
 @dataclass(frozen=True)
 class EncryptedShares:
+    """One sealed box per neighbour whose keys the KeyDirectory carried, concatenated in
+    neighbour-id order: ids and framing per neighbour would cost more than the box itself."""
+
     device_id: str
     round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
-    shares: tuple[SealedShare, ...] = ()
+    boxes: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.boxes) % SEALED_SHARE_BYTES or len(self.boxes) > MAX_COHORT * SEALED_SHARE_BYTES:
+            raise ValueError(f"boxes must be a whole number of {SEALED_SHARE_BYTES}-byte boxes")
 
 
 @dataclass(frozen=True)
@@ -178,23 +185,19 @@ class UnmaskRequest:
 
 
 @dataclass(frozen=True)
-class RevealedShare:
-    owner: str
-    kind: str = bounded(4, 4)  # "self" (an alive owner's self-mask seed) or "mask" (a dropped owner's key)
-    value: bytes = b""
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("self", "mask"):
-            raise ValueError(f"kind must be 'self' or 'mask', got {self.kind!r}")
-        _check_len("value", self.value, SHARE_VALUE_BYTES)
-
-
-@dataclass(frozen=True)
 class UnmaskResponse:
+    """One 33-byte share value per owner the device holds shares of (the senders of its
+    ShareDelivery) that the request lists, in owner-id order: the self-mask share for an alive
+    owner, the mask-key share for a dropped one. The coordinator knows both lists."""
+
     device_id: str
     round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
-    revealed: tuple[RevealedShare, ...] = ()
+    values: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.values) % SHARE_VALUE_BYTES or len(self.values) > MAX_COHORT * SHARE_VALUE_BYTES:
+            raise ValueError(f"values must be a whole number of {SHARE_VALUE_BYTES}-byte shares")
 
 
 SECAGG_MESSAGE_TYPES: dict[int, type] = {

@@ -30,6 +30,7 @@ SETS_OVERLAP = "secagg_sets_overlap"  # a device both alive and dropped: would r
 TOO_FEW_NEIGHBOURS = "secagg_too_few_neighbours"  # fewer than t neighbours alive
 MODEL_MISMATCH = "secagg_model_mismatch"  # the round's model is not the one the cohort committed to
 ALREADY_ANSWERED = "secagg_already_answered"  # one unmask answer per round
+ALREADY_SHARED = "secagg_already_shared"  # one set of shares per round
 NOT_IN_COHORT = "secagg_not_alive"  # the request does not count this device among the alive
 # Named declines of the key-sharing step.
 PEER_MODEL_MISMATCH = "secagg_peer_model_mismatch"  # a neighbour advertised another model hash
@@ -91,11 +92,13 @@ def _cipher_key(s: DeviceSession, peer: str) -> bytes:
 def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours: tuple[str, ...], threshold: int,
                           advertised: Mapping[str, Advertised],
                           directory: Mapping[str, bytes] | None = None) -> tuple[DeviceSession, dict[str, bytes]]:
-    """Encrypted shares, one per neighbour that advertised keys. Declines when a neighbour
+    """Encrypted shares, one per neighbour that advertised keys, in neighbour-id order. Declines when a neighbour
     committed to another model (the model-inconsistency attack), its keys are malformed, or,
     with a directory of identity keys, they are not signed by that neighbour's identity."""
+    if s.peers:  # the AEAD nonces are per key and direction: never encrypt a second set of shares
+        raise SecAggDecline(ALREADY_SHARED)
     cohort = tuple(sorted(cohort))
-    peers = {n: advertised[n] for n in neighbours if n in advertised and n != s.device_id}
+    peers = {n: advertised[n] for n in sorted(neighbours) if n in advertised and n != s.device_id}
     for peer, adv in peers.items():
         if adv.model_sha256 != s.model_sha256:
             raise SecAggDecline(PEER_MODEL_MISMATCH, f"{peer} advertised another model")
