@@ -9,6 +9,7 @@ sets). It keeps no individual update: only masked vectors, and their sum once un
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,7 +141,7 @@ class SecAggRound:
         masked_with = {g: {s: self.adverts[s].mask_public for s in self.alive if g in self.delivered.get(s, ())}
                        for g in self.dropped}
         total = unmask(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.dimension), seeds,
-                       keys, masked_with, self.round_id, self.spec.field_bits)
+                       keys, masked_with, self.round_id, self.spec.field_bits, workers=os.cpu_count() or 1)
         n = len(self.alive)
         flat = quantize.decode(total, n, self.spec.rotation_seed, self.spec.clip_range, self.spec.bits) / n
         out, at = {}, 0

@@ -18,6 +18,7 @@ pair masks the coordinator removes, and its late y_i read in the clear.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -62,19 +63,38 @@ def mask_input(values: np.ndarray, me: str, self_seed: bytes, mask_private: byte
 
 
 def unmask(masked_sum: np.ndarray, self_seeds: Mapping[str, bytes], dropped_keys: Mapping[str, bytes],
-           dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int) -> np.ndarray:
+           dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int,
+           workers: int = 1) -> np.ndarray:
     """sum_S v from sum_S y. self_seeds: survivor -> b_i (every survivor's); dropped_keys:
     dropped device -> its mask private key; dropped_peers: dropped device -> {survivor that
-    masked with it: that survivor's mask public key}."""
-    total = np.asarray(masked_sum, dtype=np.uint32).copy()
-    for seed in self_seeds.values():
-        total -= expand(seed, total.size, field_bits)
-    for gone, private in dropped_keys.items():
-        for survivor, public in dropped_peers.get(gone, {}).items():
+    masked with it: that survivor's mask public key}. workers > 1 expands the masks in that
+    many threads (AES-CTR and numpy's adds release the GIL); the result is the same, since
+    addition mod 2^32 does not depend on the order."""
+    length = np.asarray(masked_sum).size
+    jobs = [(None, seed, None) for seed in self_seeds.values()]
+    jobs += [(gone, private, (survivor, public)) for gone, private in dropped_keys.items()
+             for survivor, public in dropped_peers.get(gone, {}).items()]
+
+    def removal(part: list) -> np.ndarray:
+        acc = np.zeros(length, dtype=np.uint32)  # what to subtract
+        for gone, secret, peer in part:
+            if gone is None:
+                acc += expand(secret, length, field_bits)
+                continue
+            survivor, public = peer
             # the survivor added +mask when survivor < gone, -mask otherwise: undo that
-            mask = pair_mask(private, public, round_id, gone, survivor, total.size, field_bits)
+            mask = pair_mask(secret, public, round_id, gone, survivor, length, field_bits)
             if survivor < gone:
-                total -= mask
+                acc += mask
             else:
-                total += mask
+                acc -= mask
+        return acc
+
+    total = np.asarray(masked_sum, dtype=np.uint32).copy()
+    if workers <= 1 or len(jobs) < 2:
+        total -= removal(jobs)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for acc in pool.map(removal, [jobs[i::workers] for i in range(workers)]):
+                total -= acc
     return total & _field_mask(field_bits)

@@ -9,6 +9,8 @@ devices; wider fields are refused rather than silently wrapped.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -23,8 +25,14 @@ def expand(seed: bytes, length: int, field_bits: int) -> np.ndarray:
     if not 1 <= field_bits <= MAX_FIELD_BITS:
         raise ValueError(f"field_bits must be in [1, {MAX_FIELD_BITS}], got {field_bits}")
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
-    stream = encryptor.update(bytes(4 * length)) + encryptor.finalize()
-    words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
+    stream = np.frombuffer(encryptor.update(_zeros(4 * length)) + encryptor.finalize(), dtype="<u4")
     if field_bits < 32:
-        words &= np.uint32((1 << field_bits) - 1)
-    return words
+        return np.bitwise_and(stream, np.uint32((1 << field_bits) - 1), dtype=np.uint32)
+    return stream.astype(np.uint32)  # a writable copy
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(size: int) -> bytes:
+    """The keystream's plaintext, allocated once per vector length (the coordinator expands
+    tens of thousands of masks of one length)."""
+    return bytes(size)
