@@ -29,7 +29,7 @@ from .device import DeviceRuntime
 from .kernel.compress import decompress_update
 from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
-from .kernel.secagg import identity, quantize
+from .kernel.secagg import identity
 from .kernel.secagg import session as sess
 from .kernel.secagg.graph import neighbour_graph
 from .kernel.secagg.keys import ShareDecryptionFailed
@@ -47,7 +47,9 @@ from .kernel.secagg.messages import (
 )
 from .kernel.secagg.packing import pack
 from .kernel.secagg.shamir import SHARE_BYTES
+from .kernel.secagg.shared_encoding import encode_update
 from .kernel.update_codec import decode_tensors
+from .store import DeviceStore
 
 log = logging.getLogger("fedge.secagg")
 
@@ -59,6 +61,18 @@ NO_SESSION = "secagg_no_session"  # a later stage for a round this device did no
 def flatten(tensors: dict[str, np.ndarray]) -> np.ndarray:
     """Shared params in name order: the coordinator unflattens with the manifest's shapes."""
     return np.concatenate([np.asarray(tensors[k], dtype=np.float64).reshape(-1) for k in sorted(tensors)])
+
+
+def _shapes(tensors: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def unflatten(flat: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out, at = {}, 0
+    for k in sorted(like):
+        out[k] = flat[at:at + like[k].size].reshape(like[k].shape).astype(np.float32)
+        at += like[k].size
+    return out
 
 
 class SecAggParticipant:
@@ -107,14 +121,20 @@ class SecAggParticipant:
         if task.task_id in self.sessions:  # a redelivered task: advertise the same keys again
             self.publish(self._advertisement(self.sessions[task.task_id], task.task_id))
             return
+        store = DeviceStore(Path(self.runtime.state_root) / self.device_id, task.model_id)
+        residual = store.load_residual()  # before handle_task: it keeps its own (fp32, empty) residual there
         reply = self.runtime.handle_task(task)
         if isinstance(reply, Decline):
             self.publish(reply)
             return
         assert isinstance(reply, Update)
-        delta = flatten(decompress_update(decode_tensors(reply.payload)))
+        tensors = decompress_update(decode_tensors(reply.payload))
+        if residual is not None and _shapes(residual) != _shapes(tensors):
+            residual = None  # another model's, or none yet
+        values, left = encode_update(flatten(tensors), None if residual is None else flatten(residual), message.spec,
+                                     self.rng)
+        store.save_residual(unflatten(left, tensors))  # what the sum will not get from this device, kept
         spec = message.spec
-        values = quantize.encode(delta, spec.rotation_seed, spec.clip_range, spec.bits, self.rng)
         self.sessions.clear()  # one secure round at a time: an older round's keys and input go
         self.sent_shares.clear()
         self.inputs = {task.task_id: (values, reply.num_examples, spec)}

@@ -44,6 +44,10 @@ class SecAggConfig:
     # almost nothing (compression.clip_norm must then be > 0).
     clip_range: float = 0.0
     stage_deadline_s: float = 60.0  # each stage after the first (the first trains: round_deadline_s)
+    # Sparsification under SecAgg: every device sends the same random coordinates, drawn from the
+    # round's seed (per-device top-k would leak: a coordinate one device alone sent is in the
+    # clear in the sum); the rest stays on the device as error feedback. 1.0 = dense.
+    keep_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 24:
@@ -57,6 +61,8 @@ class SecAggConfig:
             raise ConfigError("secure_aggregation: need 0 <= dropout, corrupt and dropout + corrupt < 1")
         if not (self.clip_range >= 0 and math.isfinite(self.clip_range)):
             raise ConfigError("secure_aggregation.clip_range must be >= 0 (0 = from compression.clip_norm)")
+        if not 0 < self.keep_fraction <= 1:
+            raise ConfigError("secure_aggregation.keep_fraction must be in (0, 1] (1 = dense)")
         if not self.stage_deadline_s > 0:
             raise ConfigError("secure_aggregation.stage_deadline_s must be > 0")
 

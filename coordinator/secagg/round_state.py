@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedge.edge_runtime.kernel.protocol import TrainTask
-from fedge.edge_runtime.kernel.secagg import quantize
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph
 from fedge.edge_runtime.kernel.secagg.masking import sum_mod, unmask
 from fedge.edge_runtime.kernel.secagg.messages import (
@@ -35,6 +34,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
 )
 from fedge.edge_runtime.kernel.secagg.packing import unpack
 from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
+from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_mean, subset_size
 
 from .stages import ADVERTISE, MASK, SHARE, UNMASK
 
@@ -69,6 +69,11 @@ class SecAggRound:
     @property
     def dimension(self) -> int:
         return sum(int(np.prod(s)) for s in self.shapes.values())
+
+    @property
+    def sent_length(self) -> int:
+        """Coordinates each device masks: the round's shared subset."""
+        return subset_size(self.dimension, self.spec)
 
     # ------------------------------------------------------------------ requests
 
@@ -120,7 +125,7 @@ class SecAggRound:
             for peer, box in zip(peers, _chunks(reply.boxes, SEALED_SHARE_BYTES)):
                 self.outbox.setdefault(peer, {})[sender] = box
         elif isinstance(reply, MaskedInput):
-            if reply.length != self.dimension or reply.field_bits != self.spec.field_bits:
+            if reply.length != self.sent_length or reply.field_bits != self.spec.field_bits:
                 return "secagg_bad_shape"
             self.masked[sender] = unpack(reply.data, reply.length, reply.field_bits)
         elif isinstance(reply, UnmaskResponse):
@@ -140,10 +145,10 @@ class SecAggRound:
         seeds, keys = recover_secrets(self.answers, self.cohort, self.t, self.alive, self.dropped)
         masked_with = {g: {s: self.adverts[s].mask_public for s in self.alive if g in self.delivered.get(s, ())}
                        for g in self.dropped}
-        total = unmask(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.dimension), seeds,
+        total = unmask(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.sent_length), seeds,
                        keys, masked_with, self.round_id, self.spec.field_bits, workers=os.cpu_count() or 1)
         n = len(self.alive)
-        flat = quantize.decode(total, n, self.spec.rotation_seed, self.spec.clip_range, self.spec.bits) / n
+        flat = decode_mean(total, n, self.dimension, self.spec)
         out, at = {}, 0
         for name in sorted(self.shapes):
             size = int(np.prod(self.shapes[name]))

@@ -57,7 +57,8 @@ class SecAggShell:
             d = sum(int(n) for n in (_size(s) for s in self.shapes.values()))
             base = self.config.seed * 1_000_003 + rid
             spec = SecAggSpec(self.sa.bits, field_bits(self.sa.bits, len(rnd.machine.selected)),
-                              self.sa.clip_for(self.config.compression.clip_norm, d), base * 2 + 1)
+                              self.sa.clip_for(self.config.compression.clip_norm, d), base * 2 + 1,
+                              self.sa.keep_fraction)
             self.states[rid] = SecAggRound(rid, spec, hashlib.sha256(rnd.params_bytes).hexdigest(), base * 2,
                                            self.shapes, self.sa.graph_for)
         return self.states[rid]

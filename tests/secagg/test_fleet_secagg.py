@@ -219,3 +219,23 @@ def test_a_repeated_key_directory_gets_the_same_boxes_again(model, tmp_path):
     fleet.drain()
     sent = [m for m in fleet.wire if isinstance(m, EncryptedShares) and m.device_id == agent.device_id]
     assert len(sent) == 2 and sent[0] == sent[1]
+
+
+def test_a_shared_random_subset_is_sent_and_the_rest_kept_on_the_device(model, tmp_path):
+    from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_mean
+    from fedge.edge_runtime.store import DeviceStore
+
+    sparse = dataclasses.replace(SECURE, keep_fraction=0.25)
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **{**SETTINGS, "secure_aggregation": sparse})
+    old = copy_params(fleet.coordinator.state.params)
+    assert _run_round(fleet).committed
+    got = _flat(fleet.coordinator.state.params) - _flat(old)
+    values = [next(iter(a.secagg.inputs.values())) for a in fleet.agents]
+    spec = values[0][2]
+    assert spec.keep_fraction == 0.25 and values[0][0].size == round(0.25 * got.size)
+    total = np.sum(np.stack([v[0] for v in values]).astype(np.int64), axis=0)
+    np.testing.assert_allclose(got, decode_mean(total, 3, got.size, spec), rtol=0, atol=1e-6)
+    assert np.count_nonzero(got) <= values[0][0].size  # nothing moved off the subset
+    agent = fleet.agents[0]
+    residual = DeviceStore(agent.runtime.state_root / agent.device_id, fleet.model[1].model_id).load_residual()
+    assert residual is not None and sum(float(np.abs(r).sum()) for r in residual.values()) > 0

@@ -49,7 +49,8 @@ class SecAggSpec:
     bits: int = bounded(2, 24, 16)  # b: quantization levels 2^(b-1) - 1 each side of 0
     field_bits: int = bounded(2, 32, 26)  # m = b + ceil(log2 n selected): the sum never wraps
     clip_range: float = bounded(1e-30, 1e30, 0.01)  # c: the shared L-inf clip after the rotation
-    rotation_seed: int = bounded(*_NON_NEGATIVE, 0)  # the rotation's seed (public, per round)
+    rotation_seed: int = bounded(*_NON_NEGATIVE, 0)  # the rotation's and the subset's seed (public, per round)
+    keep_fraction: float = bounded(1e-9, 1.0, 1.0)  # the shared random-k subset every device sends (subset.py)
 
     def __post_init__(self) -> None:
         if self.field_bits < self.bits:
