@@ -30,9 +30,6 @@ def test_provisioned_identities_sign_and_verify(tmp_path):
     assert identity.verify(keys["pi-a"], identity.sign(load_identity(key_file), msg), msg)
     assert not identity.verify(keys["pi-b"], identity.sign(load_identity(key_file), msg), msg)
     with pytest.raises(ConfigError, match="--force"):  # an identity is not replaced by accident
-        from types import SimpleNamespace
-
-        from fedge.tools.provision import run
         run(SimpleNamespace(provision="identity", device_id="pi-a", out=str(tmp_path / "creds"),
                             directory=str(directory), force=False))
 
