@@ -27,7 +27,6 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import device_topic
-from fedge.edge_runtime.kernel.secagg.identity_files import add_to_directory, write_identity
 from fedge.tools.broker.config import COORDINATOR_USER, SHIPPED, shipped_text
 from fedge.tools.broker.passwd import generate_password, upsert_password, write_private_file
 
@@ -243,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {files.cert}, {files.key} and {Path(args.out) / 'ca.crt'}")
         return 0
     if args.provision == "identity":
+        from fedge.edge_runtime.kernel.secagg.identity_files import add_to_directory, write_identity
+
         device_id = validate_device_id(args.device_id)
         key = Path(args.out) / f"{device_id}.identity"
         add_to_directory(args.directory, device_id, write_identity(key, overwrite=args.force))
