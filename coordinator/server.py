@@ -361,7 +361,7 @@ class Coordinator:
                 if fault is not None:  # the model stays as it was; the Abandon that follows closes the round
                     log.error("round %d: the new model is refused, the round abandoned: %s", rnd.ctx.round_id, fault)
                     return self._execute(Stopped(fault), now)
-                record = rnd.record(True, self.clock.now())
+                record = rnd.record(True, self.clock.now(), reduced.participants if self.shell.secure else None)
                 # the commit point: before it the round is open, after it done
                 self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall())
                 rnd.machine, _ = on_event(rnd.machine, Committed())
