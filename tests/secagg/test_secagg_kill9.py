@@ -16,46 +16,19 @@ from fedge.edge_runtime.kernel.secagg.messages import UnmaskRequest
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.secagg_participant import SecAggParticipant
-from tests.coordinator.test_service_faults import DEVICES, Fleet, _query, _rounds, _serve, _wait, drill  # noqa: F401
+from tests.coordinator.test_service_faults import Fleet, _query, _rounds, _serve, _wait, drill  # noqa: F401
+from tests.coordinator.test_service_faults import _config as service_config
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
 
 def _config(tmp, url, art_dir):
-    path = tmp / "coordinator.toml"
-    path.write_text(f"""
-[broker]
-url = "{url}"
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-
-[service]
-min_devices = {DEVICES}
-rounds = 2
-
-[coordinator]
-artifacts_dir = "{art_dir}"
-state_db = "{tmp / 'coordinator.db'}"
-clients_per_round = {DEVICES}
-over_selection = 1.0
-min_reports = 4
-round_deadline_s = 60
-aggregator = "mean"
-weighting = "equal"
-
-[coordinator.hyper]
-epochs = 1
-batch_size = 8
-lr = 0.1
-
-[coordinator.compression]
-quant_bits = 32
-clip_norm = 4.0
-
-[coordinator.secure_aggregation]
-enabled = true
-stage_deadline_s = 15
-""")
+    """The fault drills' service config, made secure."""
+    path = service_config(tmp, url, art_dir, rounds=2)
+    text = path.read_text().replace("min_reports = 6", "min_reports = 4")
+    text = text.replace("task_resend_s = 1.0", 'task_resend_s = 1.0\naggregator = "mean"\nweighting = "equal"')
+    text = text.replace("quant_bits = 8", "quant_bits = 32\nclip_norm = 4.0")
+    path.write_text(text + "\n[coordinator.secure_aggregation]\nenabled = true\nstage_deadline_s = 15\n")
     return path
 
 

@@ -32,9 +32,13 @@ def _check_len(name: str, value: bytes, size: int) -> None:
         raise ValueError(f"{name} must be {size} bytes, got {len(value)}")
 
 
-def _check_signature(value: bytes) -> None:
-    if value and len(value) != 64:
-        raise ValueError(f"signature must be empty or 64 bytes, got {len(value)}")
+def _check_advertised(msg) -> None:
+    """What KeyAdvertisement and PeerKeys carry alike: two keys, a model hash, a signature."""
+    _check_sha(msg.model_sha256)
+    _check_len("cipher_public", msg.cipher_public, KEY_BYTES)
+    _check_len("mask_public", msg.mask_public, KEY_BYTES)
+    if msg.signature and len(msg.signature) != 64:
+        raise ValueError(f"signature must be empty or 64 bytes, got {len(msg.signature)}")
 
 
 def _check_sha(value: str) -> None:
@@ -76,10 +80,7 @@ class KeyAdvertisement:
     signature: bytes = b""  # Ed25519 over identity.transcript(...); empty: a device without an identity key
 
     def __post_init__(self) -> None:
-        _check_sha(self.model_sha256)
-        _check_len("cipher_public", self.cipher_public, KEY_BYTES)
-        _check_len("mask_public", self.mask_public, KEY_BYTES)
-        _check_signature(self.signature)
+        _check_advertised(self)
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,7 @@ class PeerKeys:
     signature: bytes = b""  # the peer's own, relayed unchanged
 
     def __post_init__(self) -> None:
-        _check_sha(self.model_sha256)
-        _check_len("cipher_public", self.cipher_public, KEY_BYTES)
-        _check_len("mask_public", self.mask_public, KEY_BYTES)
-        _check_signature(self.signature)
+        _check_advertised(self)
 
 
 @dataclass(frozen=True)
