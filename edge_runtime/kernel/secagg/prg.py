@@ -25,7 +25,9 @@ def expand(seed: bytes, length: int, field_bits: int) -> np.ndarray:
     if not 1 <= field_bits <= MAX_FIELD_BITS:
         raise ValueError(f"field_bits must be in [1, {MAX_FIELD_BITS}], got {field_bits}")
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
-    stream = np.frombuffer(encryptor.update(_zeros(4 * length)) + encryptor.finalize(), dtype="<u4")
+    data = encryptor.update(_zeros(4 * length))
+    encryptor.finalize()  # CTR has no tail: nothing to append (appending would copy the whole stream)
+    stream = np.frombuffer(data, dtype="<u4")
     if field_bits < 32:
         return np.bitwise_and(stream, np.uint32((1 << field_bits) - 1), dtype=np.uint32)
     return stream.astype(np.uint32)  # a writable copy
