@@ -21,7 +21,7 @@ SAMPLES = {
     m.ShareDelivery: m.ShareDelivery("d1", 3, "t", (m.SealedShare("d2", bytes(m.SEALED_SHARE_BYTES)),)),
     m.MaskedInput: m.MaskedInput("d1", 3, "t", 10, 18, bytes(23), 40),
     m.UnmaskRequest: m.UnmaskRequest("d1", 3, "t", ("d1", "d2"), ("d3",), "ab" * 32),
-    m.UnmaskResponse: m.UnmaskResponse("d1", 3, "t", bytes(3 * 33)),
+    m.UnmaskResponse: m.UnmaskResponse("d1", 3, "t", bytes(3 * m.SHARE_VALUE_BYTES)),
 }
 
 
@@ -54,7 +54,7 @@ def _tampered(msg, **changes) -> bytes:
     (m.KeyDirectory, {"neighbours": 10**9}),
     (m.MaskedInput, {"data": bytes(22)}),
     (m.MaskedInput, {"field_bits": 33}),
-    (m.UnmaskResponse, {"values": bytes(34)}),
+    (m.UnmaskResponse, {"values": bytes(m.SHARE_VALUE_BYTES + 1)}),
     (m.EncryptedShares, {"boxes": bytes(m.SEALED_SHARE_BYTES + 1)}),
     (m.ShareDelivery, {"shares": [{"peer": "d2", "ciphertext": bytes(94)}]}),
     (m.SecAggTask, {"spec": {"bits": 16, "field_bits": 8, "clip_range": 1.0, "rotation_seed": 0}}),

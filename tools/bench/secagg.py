@@ -4,9 +4,9 @@ For each cohort size n, dropout fraction and input width b, on vectors of d coor
 k and t as graph.choose_parameters documents (sigma = 40, eta = 20, 30% dropouts):
 
   bytes_per_device        upload of one device per round, all four stages: the encoded frames
-                          of its KeyAdvertisement, EncryptedShares (k sealed boxes of 82 bytes), MaskedInput
+                          of its KeyAdvertisement, EncryptedShares (k sealed boxes of 50 bytes), MaskedInput
                           (d values packed to m = b + ceil(log2 n) bits) and UnmaskResponse
-                          (one 33-byte share per neighbour), each as `encode_message` frames it
+                          (one 17-byte share per neighbour), each as `encode_message` frames it
   floor_bytes_per_device  the packed-field floor, ceil(d m / 8)
   plain_bytes_per_device  the same update without SecAgg, b bits packed: ceil(d b / 8)
   flower_bytes_per_device d coordinates in a fixed 32-bit field, for comparison
@@ -31,6 +31,7 @@ shares are real Shamir shares of the real secrets, at t of each owner's survivin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -69,8 +70,7 @@ def _device_round(me: str, graph, sessions, t: int, d: int, bits: int, m: int, r
     boxes = {}
     for p in neighbours:
         peer = sessions[p]
-        peer = sess.DeviceSession(p, ROUND, MODEL, peer.cipher, peer.mask, peer.self_seed,
-                                  peers={me: sessions[me].advertised})
+        peer = dataclasses.replace(peer, peers={me: sessions[me].advertised})
         plain = os.urandom(sess.SHARE_PLAINTEXT_BYTES)
         boxes[p] = encrypt_share(sess._cipher_key(peer, me), ROUND, p, me, plain)
     delta = rng.normal(scale=1e-3, size=d)
@@ -116,7 +116,7 @@ def _coordinator_unmask(ids, graph, sessions, t: int, d: int, bits: int, m: int,
     answers: dict[str, dict[str, tuple[str, int]]] = {}
     for owner in ids:
         own = sessions[owner]
-        kind, secret = ("mask", own.mask.private) if owner in dropped else ("self", own.self_seed)
+        kind, secret = ("mask", own.mask_seed) if owner in dropped else ("self", own.self_seed)
         holders = [h for h in graph[owner] if h in alive_set][:t]
         points = [sess.point_of(h, cohort) for h in holders]
         for h, share in zip(holders, shamir.split(shamir.secret_to_int(secret), t, points)):

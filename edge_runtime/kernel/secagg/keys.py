@@ -35,7 +35,7 @@ class ShareDecryptionFailed(ValueError):
 
 @dataclass(frozen=True)
 class KeyPair:
-    private: bytes  # raw X25519 private key (32 bytes); never leaves the device except as Shamir shares
+    private: bytes  # raw X25519 private key (32 bytes); never leaves the device
     public: bytes  # raw X25519 public key (32 bytes)
 
 
@@ -44,6 +44,14 @@ def generate_keypair() -> KeyPair:
     private = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                 serialization.NoEncryption())
     return KeyPair(private, key.public_key().public_bytes(*_RAW))
+
+
+def keypair_from_seed(seed: bytes) -> KeyPair:
+    """The mask key pair a 16-byte seed stands for (HKDF to the 32-byte private key): the seed
+    is what is Shamir-shared, so a dropped device's shares give its mask key back."""
+    private = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                   info=b"fedge-secagg/v1/mask-key").derive(seed)
+    return KeyPair(private, public_of(private))
 
 
 def public_of(private: bytes) -> bytes:

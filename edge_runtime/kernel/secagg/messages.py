@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 from ..protocol import TrainTask
 from ..wire_fields import _NON_NEGATIVE, bounded
+from .shamir import SHARE_BYTES
 
 MAX_COHORT = 100_000  # devices in one round's cohort, at most
 KEY_BYTES = 32
-SHARE_VALUE_BYTES = 33  # shamir.SHARE_BYTES (2^256 + 297 needs 257 bits)
-SEALED_SHARE_BYTES = 66 + 16  # two share values and the Poly1305 tag (the nonce is implied: keys.py)
+SHARE_VALUE_BYTES = SHARE_BYTES  # 17: 2^128 + 51 needs 129 bits
+SEALED_SHARE_BYTES = 2 * SHARE_BYTES + 16  # two share values and the Poly1305 tag (the nonce is implied: keys.py)
 
 
 def _check_len(name: str, value: bytes, size: int) -> None:
@@ -185,7 +186,7 @@ class UnmaskRequest:
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """One 33-byte share value per owner the device holds shares of (the senders of its
+    """One 17-byte share value per owner the device holds shares of (the senders of its
     ShareDelivery) that the request lists, in owner-id order: the self-mask share for an alive
     owner, the mask-key share for a dropped one. The coordinator knows both lists."""
 

@@ -1,6 +1,7 @@
-"""A 32-byte seed expanded into a mask: `length` integers uniform mod 2^m.
+"""A seed expanded into a mask: `length` integers uniform mod 2^m.
 
-AES-256-CTR (`cryptography`; AES-NI on x86 and ARMv8 crypto extensions on the devices)
+AES-CTR (`cryptography`; AES-256 for the 32-byte pair seeds, AES-128 for the 16-byte self-mask
+seeds; AES-NI on x86 and ARMv8 crypto extensions on the devices)
 over zeros gives the keystream; each 32-bit word is reduced mod 2^m. Since 2^m divides 2^32
 the reduction keeps the words uniform, with no rejection step, so both ends expand the same
 seed to the same vector. m <= 32 covers b + ceil(log2 n) for 16-bit inputs and up to 65,536
@@ -20,8 +21,8 @@ _ZERO_IV = bytes(16)  # safe: every seed is used for exactly one expansion (one 
 
 def expand(seed: bytes, length: int, field_bits: int) -> np.ndarray:
     """uint32 vector of `length` values in [0, 2^field_bits)."""
-    if len(seed) != 32:
-        raise ValueError(f"a mask seed is 32 bytes, got {len(seed)}")
+    if len(seed) not in (16, 32):
+        raise ValueError(f"a mask seed is 16 or 32 bytes, got {len(seed)}")
     if not 1 <= field_bits <= MAX_FIELD_BITS:
         raise ValueError(f"field_bits must be in [1, {MAX_FIELD_BITS}], got {field_bits}")
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from . import shamir
+from .keys import keypair_from_seed
 from .session import point_of
 
 
@@ -30,5 +31,8 @@ def recover_secrets(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort
         if len(shares[owner]) < threshold:
             raise UnmaskFailed(f"{len(shares[owner])} {kind} shares of {owner}, need {threshold}")
         secret = shamir.int_to_secret(shamir.reconstruct(shares[owner], threshold))
-        (seeds if kind == "self" else keys)[owner] = secret
+        if kind == "self":
+            seeds[owner] = secret
+        else:  # the mask seed stands for the key pair
+            keys[owner] = keypair_from_seed(secret).private
     return seeds, keys

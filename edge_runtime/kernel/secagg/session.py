@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from . import identity, shamir
-from .keys import KeyPair, decrypt_share, encrypt_share, generate_keypair, pair_secret
+from .keys import KeyPair, decrypt_share, encrypt_share, generate_keypair, keypair_from_seed, pair_secret
 
 CIPHER_PURPOSE = "cipher"
-SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES  # mask-key share, then self-seed share
+SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES  # mask-seed share, then self-seed share
 
 # Named declines of an unmask request (the device reveals nothing).
 SETS_OVERLAP = "secagg_sets_overlap"  # a device both alive and dropped: would reveal both its secrets
@@ -63,8 +63,9 @@ class DeviceSession:
     round_id: int
     model_sha256: str
     cipher: KeyPair
-    mask: KeyPair
-    self_seed: bytes
+    mask: KeyPair  # keys.keypair_from_seed(mask_seed)
+    self_seed: bytes  # 16 bytes: the self-mask's AES-128 key, Shamir-shared
+    mask_seed: bytes  # 16 bytes: the mask key pair's seed, Shamir-shared
     threshold: int = 0
     neighbours: tuple[str, ...] = ()
     cohort: tuple[str, ...] = ()  # sorted; sets the Shamir points
@@ -82,7 +83,9 @@ def point_of(device_id: str, cohort: tuple[str, ...]) -> int:
 
 
 def start(device_id: str, round_id: int, model_sha256: str) -> DeviceSession:
-    return DeviceSession(device_id, round_id, model_sha256, generate_keypair(), generate_keypair(), os.urandom(32))
+    mask_seed = os.urandom(shamir.SECRET_BYTES)
+    return DeviceSession(device_id, round_id, model_sha256, generate_keypair(), keypair_from_seed(mask_seed),
+                         os.urandom(shamir.SECRET_BYTES), mask_seed)
 
 
 def _cipher_key(s: DeviceSession, peer: str) -> bytes:
@@ -112,7 +115,7 @@ def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours:
         raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"{len(peers)} neighbours advertised keys, need {threshold}")
     s = replace(s, threshold=threshold, neighbours=tuple(sorted(neighbours)), cohort=cohort, peers=peers)
     points = [point_of(p, cohort) for p in peers]
-    mask_shares = shamir.split(shamir.secret_to_int(s.mask.private), threshold, points)
+    mask_shares = shamir.split(shamir.secret_to_int(s.mask_seed), threshold, points)
     self_shares = shamir.split(shamir.secret_to_int(s.self_seed), threshold, points)
     out = {}
     for peer, ms, ss in zip(peers, mask_shares, self_shares):

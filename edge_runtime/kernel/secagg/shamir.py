@@ -5,9 +5,11 @@ A secret s is the constant term of a random polynomial f of degree t-1; share i 
 at 0; any t-1 shares are uniformly distributed whatever s is (every t-1 values at non-zero
 points are hit by exactly one polynomial for each s), so they reveal nothing.
 
-The field is the smallest prime above 2^256, 2^256 + 297: secrets are 32-byte keys (< 2^256),
-which fit, and a share's value takes 33 bytes (a device sends two shares to each of its k
-neighbours, so this size is most of the key-sharing stage's upload). Small enough to own: no
+The field is the smallest prime above 2^128, 2^128 + 51: the shared secrets are 16-byte seeds
+(128-bit security, as X25519 gives; session.py derives the mask key from one), which fit, and a
+share's value takes 17 bytes. A device sends two shares to each of its k neighbours and reveals
+one, so this size is most of what it uploads besides its masked input: 32-byte secrets over
+2^256 + 297 cost 115 bytes per neighbour, these 67. Small enough to own: no
 package on the index is both maintained and general (tests/secagg/test_shamir.py checks
 primality and the properties above over many seeds).
 """
@@ -19,8 +21,9 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-PRIME = 2**256 + 297
-SHARE_BYTES = (PRIME.bit_length() + 7) // 8  # 33
+SECRET_BYTES = 16
+PRIME = 2**128 + 51
+SHARE_BYTES = (PRIME.bit_length() + 7) // 8  # 17
 
 
 @dataclass(frozen=True)
@@ -78,15 +81,15 @@ def _batch_inverse(values: list[int], prime: int) -> list[int]:
 
 
 def secret_to_int(secret: bytes) -> int:
-    if len(secret) != 32:
-        raise ValueError(f"secrets are 32 bytes, got {len(secret)}")
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"secrets are {SECRET_BYTES} bytes, got {len(secret)}")
     return int.from_bytes(secret, "big")
 
 
 def int_to_secret(value: int) -> bytes:
-    if not 0 <= value < 2**256:
-        raise ValueError("a reconstructed value that is not a 32-byte secret: a wrong share was used")
-    return value.to_bytes(32, "big")
+    if not 0 <= value < 2 ** (8 * SECRET_BYTES):
+        raise ValueError(f"a reconstructed value that is not a {SECRET_BYTES}-byte secret: a wrong share was used")
+    return value.to_bytes(SECRET_BYTES, "big")
 
 
 def _evaluate(coeffs: list[int], x: int, prime: int) -> int:
