@@ -56,6 +56,7 @@ log = logging.getLogger("fedge.secagg")
 REQUESTS = (SecAggTask, KeyDirectory, ShareDelivery, UnmaskRequest)
 WEAK_THRESHOLD = "secagg_weak_threshold"  # 2t <= k: the coordinator could collect both kinds of share
 NO_SESSION = "secagg_no_session"  # a later stage for a round this device did not advertise in
+FAILED = "secagg_failed"  # anything else the device could not do (the detail says what)
 
 
 def flatten(tensors: dict[str, np.ndarray]) -> np.ndarray:
@@ -115,6 +116,10 @@ class SecAggParticipant:
             log.warning("device %s: round %d: secagg %s declined: %s", self.device_id, round_id,
                         type(message).__name__, exc)
             self.publish(Decline(self.device_id, round_id, task_id, exc.reason, exc.detail, "during"))
+        except ValueError as exc:  # a delta that cannot be encoded (NaN), a malformed key: decline, keep running
+            log.warning("device %s: round %d: secagg %s failed: %s", self.device_id, round_id,
+                        type(message).__name__, exc)
+            self.publish(Decline(self.device_id, round_id, task_id, FAILED, str(exc)[:300], "during"))
 
     def _train(self, message: SecAggTask) -> None:
         task: TrainTask = message.task

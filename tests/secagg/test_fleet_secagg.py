@@ -239,3 +239,24 @@ def test_a_shared_random_subset_is_sent_and_the_rest_kept_on_the_device(model, t
     agent = fleet.agents[0]
     residual = DeviceStore(agent.runtime.state_root / agent.device_id, fleet.model[1].model_id).load_residual()
     assert residual is not None and sum(float(np.abs(r).sum()) for r in residual.values()) > 0
+
+
+def test_a_key_directory_with_a_malformed_peer_key_is_declined_not_raised(model, tmp_path):
+    from fedge.edge_runtime.kernel.secagg.messages import KeyDirectory, PeerKeys
+
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    c = fleet.coordinator
+    assert c.begin_round()
+    fleet.drain()
+    agent = fleet.agents[0]
+    task_id = c.round.ctx.tasks[agent.device_id]
+    sealed_keys = KeyDirectory(agent.device_id, 1, task_id, ("dev0", "dev1", "dev2"), 2, 2, 0, ())
+    agent.secagg.on_message(sealed_keys)  # no neighbour keys at all: fewer than t, a named decline
+    # a low-order X25519 point: the agreement fails inside `cryptography` with a ValueError
+    model_sha = agent.secagg.sessions[task_id].model_sha256
+    bad = dataclasses.replace(sealed_keys, keys=tuple(PeerKeys(d, bytes(32), bytes(32), model_sha)
+                                                      for d in ("dev1", "dev2")))
+    agent.secagg.on_message(bad)
+    fleet.drain()
+    reasons = [m.reason for m in fleet.wire if isinstance(m, Decline) and m.device_id == agent.device_id]
+    assert reasons == ["secagg_too_few_neighbours", "secagg_failed"]
