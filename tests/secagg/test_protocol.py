@@ -155,3 +155,17 @@ def test_a_session_encrypts_one_set_of_shares_only():
     with pytest.raises(sess.SecAggDecline) as exc:
         sess.shares_for_neighbours(me, cohort, cohort[1:], 4, adv)
     assert exc.value.reason == sess.ALREADY_SHARED
+
+
+def test_shares_that_reconstruct_no_secret_fail_the_unmask_by_name():
+    from fedge.edge_runtime.kernel.secagg import shamir
+    from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
+
+    cohort = ("a", "b", "c")  # points 1, 2, 3
+    # b's and c's shares on the line through (0, 2^128 + 7) and (3, 0): f(0) = 3 y_b - 2 y_c is
+    # no 16-byte secret; the coordinator must fail the round by name, not crash
+    y_b = (2**128 + 7) * pow(3, -1, shamir.PRIME) % shamir.PRIME
+    forged = {"b": {"a": ("self", y_b)}, "c": {"a": ("self", 0)}}
+    assert shamir.reconstruct([shamir.Share(2, y_b), shamir.Share(3, 0)], 2) == 2**128 + 7
+    with pytest.raises(UnmaskFailed, match="self secret of a"):
+        recover_secrets(forged, cohort, 2, ("a",), ())

@@ -30,7 +30,10 @@ def recover_secrets(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort
     for owner, kind in wanted.items():
         if len(shares[owner]) < threshold:
             raise UnmaskFailed(f"{len(shares[owner])} {kind} shares of {owner}, need {threshold}")
-        secret = shamir.int_to_secret(shamir.reconstruct(shares[owner], threshold))
+        try:
+            secret = shamir.int_to_secret(shamir.reconstruct(shares[owner], threshold))
+        except ValueError as exc:  # a share that was not the owner's (a wrong value from some holder)
+            raise UnmaskFailed(f"{kind} secret of {owner}: {exc}") from None
         if kind == "self":
             seeds[owner] = secret
         else:  # the mask seed stands for the key pair
