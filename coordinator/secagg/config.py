@@ -5,9 +5,9 @@ needs one device's update is refused at load time, each with a named error
 (SecureAggregationConflict.reason): robust aggregators and the default norm_bound (they rank
 or clip individual updates), the per-update norm_bound check, SCAFFOLD (per-device control
 variates), example weighting (a device's weight would have to be applied before masking, and
-its claimed count is unchecked: SecAgg sums with equal weights), and model parts (secure
-rounds carry their params inline). The device's clip to the announced range is then the only
-norm defence.
+its claimed count is unchecked: SecAgg sums with equal weights), model parts (secure rounds
+carry their params inline), and a quorum under 2 (the sum of one update is that update).
+The device's clip to the announced range is then the only norm defence.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def check_compatible(cfg) -> None:
                                                        "set weighting = 'equal'"),
         (cfg.model_part_bytes > 0, "secagg_model_parts", "secure rounds carry their params inline: "
                                                          "set model_part_bytes = 0"),
+        (cfg.quorum < 2, "secagg_quorum", "a sum of one device's update is that update: min_reports (or "
+                                           "clients_per_round) must allow at least 2"),
         (sa.clip_range == 0 and cfg.compression.clip_norm <= 0, "secagg_no_clip_range",
          "secure aggregation needs a clip range: set secure_aggregation.clip_range or compression.clip_norm"),
     ]

@@ -165,6 +165,8 @@ def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path
     ({"weighting": "examples"}, "secagg_weighting"),
     ({"strategy": "scaffold"}, "secagg_scaffold"),
     ({"model_part_bytes": 4096}, "secagg_model_parts"),
+    ({"clients_per_round": 1}, "secagg_quorum"),
+    ({"clients_per_round": 4, "min_reports": 1}, "secagg_quorum"),
     ({"compression": CompressionSpec(clip_norm=0.0), "secure_aggregation": SecAggConfig(enabled=True)},
      "secagg_no_clip_range"),
 ])
