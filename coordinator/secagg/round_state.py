@@ -89,22 +89,22 @@ class SecAggRound:
             self.alive = tuple(sorted(asked))
             self.dropped = tuple(sorted(shared - set(asked)))
 
-    def request(self, stage: str, device_id: str, task: TrainTask):
+    def request(self, stage: str, device_id: str, task_id: str, task: TrainTask | None = None):
+        """The stage's message for one device; `task` (the TrainTask) only for the first stage."""
         if stage == ADVERTISE:
             return SecAggTask(task, self.spec)
         if stage == SHARE:
             keys = tuple(PeerKeys(p, self.adverts[p].cipher_public, self.adverts[p].mask_public,
                                   self.adverts[p].model_sha256, self.adverts[p].signature)
                          for p in self.graph[device_id] if p in self.adverts)
-            return KeyDirectory(device_id, self.round_id, task.task_id, self.cohort, self.k, self.t, self.graph_seed,
-                                keys)
+            return KeyDirectory(device_id, self.round_id, task_id, self.cohort, self.k, self.t, self.graph_seed, keys)
         if stage == MASK:
             inbox = self.outbox.get(device_id, {})
             self.delivered[device_id] = tuple(sorted(inbox))
-            return ShareDelivery(device_id, self.round_id, task.task_id,
+            return ShareDelivery(device_id, self.round_id, task_id,
                                  tuple(SealedShare(sender, blob) for sender, blob in sorted(inbox.items())))
         if stage == UNMASK:
-            return UnmaskRequest(device_id, self.round_id, task.task_id, self.alive, self.dropped, self.model_sha256)
+            return UnmaskRequest(device_id, self.round_id, task_id, self.alive, self.dropped, self.model_sha256)
         raise ValueError(f"no secure-aggregation stage {stage!r}")
 
     # ------------------------------------------------------------------ replies

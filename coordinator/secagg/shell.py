@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec
@@ -54,7 +55,7 @@ class SecAggShell:
         rid = rnd.ctx.round_id
         if rid not in self.states:
             self.states.clear()  # one open round at a time
-            d = sum(int(n) for n in (_size(s) for s in self.shapes.values()))
+            d = sum(math.prod(s) for s in self.shapes.values())
             base = self.config.seed * 1_000_003 + rid
             spec = SecAggSpec(self.sa.bits, field_bits(self.sa.bits, len(rnd.machine.selected)),
                               self.sa.clip_for(self.config.compression.clip_norm, d), base * 2 + 1,
@@ -68,9 +69,12 @@ class SecAggShell:
         state.open_stage(stage, devices)
         remaining = rnd.machine.deadline - now
         for device_id in devices:
-            task = dataclasses.replace(self.outbound.train_task(rnd, device_id, remaining, inline=True),
-                                       compression=self.compression)
-            self.outbound.to_device(rnd, device_id, state.request(stage, device_id, task))
+            task = None
+            if stage == ADVERTISE:  # the only stage that trains: the TrainTask, its params inline
+                task = dataclasses.replace(self.outbound.train_task(rnd, device_id, remaining, inline=True),
+                                           compression=self.compression)
+            request = state.request(stage, device_id, rnd.ctx.tasks[device_id], task)
+            self.outbound.to_device(rnd, device_id, request)
         if stage == ADVERTISE:
             for device_id in devices:
                 rnd.task_sent[device_id] = now
@@ -111,9 +115,3 @@ class SecAggShell:
             return f"secure aggregation could not unmask: {exc}"
         return AggregateInput(mean, n, population)
 
-
-def _size(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
