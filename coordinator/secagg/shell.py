@@ -114,4 +114,3 @@ class SecAggShell:
         except UnmaskFailed as exc:
             return f"secure aggregation could not unmask: {exc}"
         return AggregateInput(mean, n, population)
-
