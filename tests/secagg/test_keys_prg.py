@@ -51,3 +51,11 @@ def test_the_prg_refuses_bad_seeds_and_widths():
         expand(b"x", 4, 8)
     with pytest.raises(ValueError):
         expand(bytes(32), 4, 33)
+
+
+def test_the_unreduced_words_reduce_to_the_expansion():
+    from fedge.edge_runtime.kernel.secagg.prg import words
+
+    seed = bytes(range(16))
+    assert np.array_equal(words(seed, 1000) & np.uint32(2**18 - 1), expand(seed, 1000, 18))
+    assert np.array_equal(words(seed, 1000), expand(seed, 1000, 32))

@@ -54,7 +54,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
     UnmaskResponse,
 )
 from fedge.edge_runtime.kernel.secagg.packing import pack
-from fedge.edge_runtime.kernel.secagg.prg import expand
+from fedge.edge_runtime.kernel.secagg.prg import words
 from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
 
 MODEL = "ab" * 32
@@ -102,13 +102,13 @@ def _coordinator_unmask(ids, graph, sessions, t: int, d: int, bits: int, m: int,
     values = {a: rng.integers(0, 2**bits - 1, size=d, dtype=np.uint32) for a in alive}
     masked = sum_mod(values.values(), m, d)
     for a in alive:
-        masked += expand(sessions[a].self_seed, d, m)
+        masked += words(sessions[a].self_seed, d)
     masked_with: dict[str, dict[str, bytes]] = {}
     for g in dropped:
         masked_with[g] = {}
         for s in graph[g]:
             if s in alive_set:
-                mask = pair_mask(sessions[s].mask.private, sessions[g].mask.public, ROUND, s, g, d, m)
+                mask = pair_mask(sessions[s].mask.private, sessions[g].mask.public, ROUND, s, g, d)
                 masked = masked + mask if s < g else masked - mask
                 masked_with[g][s] = sessions[s].mask.public
     masked &= np.uint32((1 << m) - 1)

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .keys import pair_secret
-from .prg import expand
+from .prg import words
 
 MASK_PURPOSE = "mask"
 
@@ -40,9 +40,10 @@ def sum_mod(vectors: Iterable[np.ndarray], field_bits: int, length: int) -> np.n
     return total & _field_mask(field_bits)
 
 
-def pair_mask(private: bytes, peer_public: bytes, round_id: int, me: str, peer: str, length: int,
-              field_bits: int) -> np.ndarray:
-    return expand(pair_secret(private, peer_public, round_id, MASK_PURPOSE, me, peer), length, field_bits)
+def pair_mask(private: bytes, peer_public: bytes, round_id: int, me: str, peer: str, length: int) -> np.ndarray:
+    """The pair's mask as uint32 words mod 2^32 (prg.words): callers add and subtract masks
+    mod 2^32 and reduce mod 2^m once, at the end."""
+    return words(pair_secret(private, peer_public, round_id, MASK_PURPOSE, me, peer), length)
 
 
 def mask_input(values: np.ndarray, me: str, self_seed: bytes, mask_private: bytes,
@@ -50,11 +51,11 @@ def mask_input(values: np.ndarray, me: str, self_seed: bytes, mask_private: byte
     """y_i: `values` (field elements) plus the self-mask and one pair mask per peer in `peers`
     (neighbour -> its mask public key: the neighbours that completed key sharing)."""
     values = np.asarray(values, dtype=np.uint32).reshape(-1)
-    out = values + expand(self_seed, values.size, field_bits)
+    out = values + words(self_seed, values.size)
     for peer, public in peers.items():
         if peer == me:
             raise ValueError("a device is not its own neighbour")
-        mask = pair_mask(mask_private, public, round_id, me, peer, values.size, field_bits)
+        mask = pair_mask(mask_private, public, round_id, me, peer, values.size)
         if me < peer:
             out += mask
         else:
@@ -79,11 +80,11 @@ def unmask(masked_sum: np.ndarray, self_seeds: Mapping[str, bytes], dropped_keys
         acc = np.zeros(length, dtype=np.uint32)  # what to subtract
         for gone, secret, peer in part:
             if gone is None:
-                acc += expand(secret, length, field_bits)
+                acc += words(secret, length)
                 continue
             survivor, public = peer
             # the survivor added +mask when survivor < gone, -mask otherwise: undo that
-            mask = pair_mask(secret, public, round_id, gone, survivor, length, field_bits)
+            mask = pair_mask(secret, public, round_id, gone, survivor, length)
             if survivor < gone:
                 acc += mask
             else:

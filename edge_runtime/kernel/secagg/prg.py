@@ -21,17 +21,24 @@ _ZERO_IV = bytes(16)  # safe: every seed is used for exactly one expansion (one 
 
 def expand(seed: bytes, length: int, field_bits: int) -> np.ndarray:
     """uint32 vector of `length` values in [0, 2^field_bits)."""
-    if len(seed) not in (16, 32):
-        raise ValueError(f"a mask seed is 16 or 32 bytes, got {len(seed)}")
     if not 1 <= field_bits <= MAX_FIELD_BITS:
         raise ValueError(f"field_bits must be in [1, {MAX_FIELD_BITS}], got {field_bits}")
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
-    data = encryptor.update(_zeros(4 * length))
-    encryptor.finalize()  # CTR has no tail: nothing to append (appending would copy the whole stream)
-    stream = np.frombuffer(data, dtype="<u4")
+    stream = words(seed, length)
     if field_bits < 32:
         return np.bitwise_and(stream, np.uint32((1 << field_bits) - 1), dtype=np.uint32)
     return stream.astype(np.uint32)  # a writable copy
+
+
+def words(seed: bytes, length: int) -> np.ndarray:
+    """The same stream unreduced: `length` uint32 words uniform mod 2^32 (read-only). Sums of
+    masks can be taken mod 2^32 and reduced mod 2^m once at the end, since 2^m divides 2^32:
+    expand(seed, n, m) == words(seed, n) & (2^m - 1)."""
+    if len(seed) not in (16, 32):
+        raise ValueError(f"a mask seed is 16 or 32 bytes, got {len(seed)}")
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
+    data = encryptor.update(_zeros(4 * length))
+    encryptor.finalize()  # CTR has no tail: nothing to append (appending would copy the whole stream)
+    return np.frombuffer(data, dtype="<u4")
 
 
 @functools.lru_cache(maxsize=4)
