@@ -58,12 +58,19 @@ def public_of(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(*_RAW)
 
 
-def pair_secret(private: bytes, peer_public: bytes, round_id: int, purpose: str, a: str, b: str) -> bytes:
+def pair_secret(private: bytes | X25519PrivateKey, peer_public: bytes | X25519PublicKey, round_id: int,
+                purpose: str, a: str, b: str) -> bytes:
     """32 bytes both ends of the pair (a, b) derive alike: HKDF over their X25519 agreement,
-    bound to the round, the purpose ("mask" or "cipher") and the unordered pair."""
-    if len(peer_public) != KEY_BYTES:
-        raise ValueError(f"a public key is {KEY_BYTES} bytes, got {len(peer_public)}")
-    shared = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+    bound to the round, the purpose ("mask" or "cipher") and the unordered pair. The keys may
+    come loaded (`cryptography` key objects): loading costs as much as the agreement, and the
+    coordinator pairs one dropped device's key with a hundred survivors'."""
+    if isinstance(peer_public, bytes):
+        if len(peer_public) != KEY_BYTES:
+            raise ValueError(f"a public key is {KEY_BYTES} bytes, got {len(peer_public)}")
+        peer_public = X25519PublicKey.from_public_bytes(peer_public)
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
+    shared = private.exchange(peer_public)
     lo, hi = sorted((a, b))
     info = f"fedge-secagg/v1/{purpose}/{round_id}/{lo}/{hi}".encode()
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)

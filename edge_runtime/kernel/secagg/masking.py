@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .keys import pair_secret
 from .prg import words
@@ -40,7 +41,8 @@ def sum_mod(vectors: Iterable[np.ndarray], field_bits: int, length: int) -> np.n
     return total & _field_mask(field_bits)
 
 
-def pair_mask(private: bytes, peer_public: bytes, round_id: int, me: str, peer: str, length: int) -> np.ndarray:
+def pair_mask(private: bytes | X25519PrivateKey, peer_public: bytes | X25519PublicKey, round_id: int, me: str,
+              peer: str, length: int) -> np.ndarray:
     """The pair's mask as uint32 words mod 2^32 (prg.words): callers add and subtract masks
     mod 2^32 and reduce mod 2^m once, at the end."""
     return words(pair_secret(private, peer_public, round_id, MASK_PURPOSE, me, peer), length)
@@ -73,8 +75,13 @@ def unmask(masked_sum: np.ndarray, self_seeds: Mapping[str, bytes], dropped_keys
     addition mod 2^32 does not depend on the order."""
     length = np.asarray(masked_sum).size
     jobs = [(None, seed, None) for seed in self_seeds.values()]
-    jobs += [(gone, private, (survivor, public)) for gone, private in dropped_keys.items()
-             for survivor, public in dropped_peers.get(gone, {}).items()]
+    loaded: dict[bytes, X25519PublicKey] = {}  # each survivor's key is loaded once, not once per dropped neighbour
+    for gone, private in dropped_keys.items():
+        key = X25519PrivateKey.from_private_bytes(private)
+        for survivor, public in dropped_peers.get(gone, {}).items():
+            if public not in loaded:
+                loaded[public] = X25519PublicKey.from_public_bytes(public)
+            jobs.append((gone, key, (survivor, loaded[public])))
 
     def removal(part: list) -> np.ndarray:
         acc = np.zeros(length, dtype=np.uint32)  # what to subtract
