@@ -15,6 +15,7 @@ from .aggregate import AGGREGATORS
 from .dp.config import PrivacyConfig, check_coordinator
 from .evaluation import EvalConfig
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
+from .secagg.config import SecAggConfig, check_compatible
 from .strategies import STRATEGIES
 from .weights import WEIGHTINGS
 
@@ -89,6 +90,9 @@ class CoordinatorConfig:
     # User-level differential privacy ([coordinator.privacy]; coordinator/dp): DP-FedAvg with a
     # budget. Needs aggregator = "mean" and weighting = "equal" (coordinator/dp/config.py says why).
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    # Secure aggregation ([coordinator.secure_aggregation]; coordinator/secagg/config.py): the
+    # coordinator learns only the cohort's sum. Refuses settings that need individual updates.
+    secure_aggregation: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -132,6 +136,7 @@ class CoordinatorConfig:
         if self.privacy.enabled:  # the device clips to S: the bound travels in every task's compression
             object.__setattr__(self, "compression", replace(self.compression, clip_norm=self.privacy.clip_norm))
         self._check_wire()
+        check_compatible(self)
 
     def _check_wire(self) -> None:
         """What the coordinator will send must pass the codec's range checks: refuse it here,

@@ -57,16 +57,22 @@ class Outbound:
         if remaining <= 0 or (last is not None and now - last < self.config.task_resend_s):
             return
         sent[device_id] = now
+        self.to_device(rnd, device_id, self.train_task(rnd, device_id, remaining, inline))
+
+    def train_task(self, rnd: OpenRound, device_id: str, remaining: float, inline: bool = False) -> TrainTask:
         ctx = rnd.ctx
         by_ref = bool(rnd.round_model_sha256) and not inline
-        task = TrainTask(round_id=ctx.round_id, task_id=ctx.tasks[device_id], device_id=device_id,
+        return TrainTask(round_id=ctx.round_id, task_id=ctx.tasks[device_id], device_id=device_id,
                          model_id=ctx.model_id, model_version=ctx.model_version,
                          params=b"" if by_ref else rnd.params_bytes, hyper=rnd.hyper,
                          compression=rnd.compression or self.config.compression, deadline_s=remaining,
                          seed=self.config.seed * 1_000_003 + ctx.round_id,
                          correction=b"" if by_ref else rnd.correction_bytes, manifest_sha256=self.manifest_sha256,
                          round_model_sha256=rnd.round_model_sha256 if by_ref else "")
-        payload = encode_message(task)
+
+    def to_device(self, rnd: OpenRound, device_id: str, message) -> None:
+        """One message on the device's task channel, counted to the round."""
+        payload = encode_message(message)
         rnd.bytes_down += len(payload)
         self.send(device_topic(device_id, "task"), payload)
 

@@ -114,10 +114,13 @@ class OpenRound:
         return AggregateInput(self.aggregator.result(), self.aggregator.count, population,
                               self.control.mean() if self.control.count else None)
 
-    def record(self, committed: bool, now: float) -> RoundRecord:
+    def record(self, committed: bool, now: float, aggregated: int | None = None) -> RoundRecord:
+        """aggregated: the updates in the committed model (a secure round's survivors, who are
+        not all among its last stage's replies); default: the last stage's replies."""
         m = self.machine
+        reports = len(m.reported) if aggregated is None else aggregated
         return RoundRecord(round_id=m.round_id, committed=committed, why=m.why, selected=len(m.selected),
-                           reports=len(m.reported), declines=dict(m.declined), bytes_up=self.bytes_up,
+                           reports=reports, declines=dict(m.declined), bytes_up=self.bytes_up,
                            bytes_up_dense=self.bytes_up_dense, bytes_down=self.bytes_down,
                            seconds=now - self.started, train_loss=self.train_loss)
 

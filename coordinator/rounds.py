@@ -8,8 +8,8 @@ answered the one before, so a device that drops out between stages is simply not
 again, and the next stage's quorum decides whether the round survives it.
 
 Today's synchronous round is the one-stage case (SYNC); secure aggregation is four stages
-(advertise keys, share keys, masked input, unmask: a SECAGG tuple of Stages, each with its
-own messages and quorum t) and needs no other change to this module.
+(advertise keys, share keys, masked input, unmask: coordinator/secagg/stages.py's SECAGG).
+A later stage's target is capped at the devices it asks, so it ends as soon as all answered.
 
     phase      event                            next                        actions
     training   Replied (target reached)         stage full / aggregating    -
@@ -254,8 +254,10 @@ def _on_tick(m: RoundMachine, now: float) -> tuple[RoundMachine, list[Action]]:
 def _advance(m: RoundMachine, now: float) -> RoundMachine:
     """The next stage asks those who answered this one; it may be out of reach already."""
     asked, nxt = m.replies[m.stage], m.stage + 1
-    lim = m.limits[nxt]
-    m = replace(m, stage=nxt, asked=asked, replies=m.replies + ((),), stage_full=False, deadline=now + lim.window_s)
+    # A stage cannot wait for more replies than devices it asks: capped, it ends when all answered.
+    lim = replace(m.limits[nxt], target=min(m.limits[nxt].target, max(1, len(asked))))
+    m = replace(m, stage=nxt, asked=asked, replies=m.replies + ((),), stage_full=False, deadline=now + lim.window_s,
+                limits=m.limits[:nxt] + (lim,) + m.limits[nxt + 1:])
     if len(asked) < lim.quorum:
         return _to(m, Phase.ABANDONED, f"stage {m.stages[nxt].name}: quorum {lim.quorum} out of reach "
                                        f"({len(asked)} answered stage {m.stages[nxt - 1].name})")

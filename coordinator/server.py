@@ -2,9 +2,10 @@
 
 The one place on the coordinator side that touches the transport and the clock, over the
 in-memory broker in simulation and over MQTT in deployment. Each concern lives in its own
-module: the round's transition table (rounds), admission (admission, validation), how updates
-combine (aggregate), devices (registry), publishing (outbound), durable state (store, or
-memory_store), restart, the privacy budget (dp/budget); pace, strategies, metrics likewise.
+module: the round's transition table (rounds), plain or secure rounds (round_shell, secagg/),
+admission (admission, validation), how updates combine (aggregate), devices (registry),
+publishing (outbound), durable state (store, or memory_store), restart, the privacy budget
+(dp/budget); pace, strategies, metrics likewise.
 
 Every step is written to the Store before the message that depends on it leaves: the round
 before its tasks, an update before its Ack, the new model before the round counts as
@@ -50,8 +51,8 @@ from .outbound import Outbound
 from .records import OpenRound, RoundRecord, count_uplink, open_round
 from .registry import Registry
 from .restart import restore_state, resume
+from .round_shell import make_shell
 from .rounds import (
-    SYNC,
     Abandon,
     Action,
     Aggregate,
@@ -59,7 +60,6 @@ from .rounds import (
     Committed,
     Declined,
     Event,
-    Limits,
     Pace,
     RoundMachine,
     Send,
@@ -87,17 +87,9 @@ class Coordinator:
     None), `history` (RoundRecords of this process), `rejections` and `declines` (Counters
     by reason, as exported), `registry` (device_id -> DeviceRecord), `privacy` (the budget)."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        strategy: Strategy,
-        manifest: Manifest,
-        initial_shared: dict[str, np.ndarray],
-        config: CoordinatorConfig,
-        clock=None,
-        store: Store | None = None,
-        metrics: CoordinatorMetrics | None = None,
-    ):
+    def __init__(self, transport: Transport, strategy: Strategy, manifest: Manifest,
+                 initial_shared: dict[str, np.ndarray], config: CoordinatorConfig, clock=None,
+                 store: Store | None = None, metrics: CoordinatorMetrics | None = None):
         """State (model, strategy state, open round, registry) is loaded from the store and an
         interrupted round resumes; `initial_shared` only seeds a fresh store. No store: a
         MemoryStore, which starts fresh."""
@@ -116,6 +108,7 @@ class Coordinator:
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.registry = Registry(self.store)
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
+        self.shell = make_shell(config, self.outbound, self.shapes)  # plain or secure rounds (round_shell.py)
         self.evaluations = Evaluations(config.evaluation, self.outbound, self.store, EvalMetrics(self.metrics.registry),
                                        manifest.model_id, config.seed, config.max_examples)
         self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open
@@ -136,6 +129,8 @@ class Coordinator:
             m = self.round.machine
             log.info("round %d resumed: %d reports, %d declines, %.0f s left", stored.round_id, len(m.reported),
                      len(m.declined), m.deadline - now)
+            if self.shell.secure:  # its keys and masked inputs died with the process: reveal nothing
+                self._execute(Stopped("a secure round cannot resume after a restart"), now)
         self.metrics.model_version.set(self.state.version)
         self.metrics.devices(len(self.registry), self.registry.eligible)
 
@@ -175,7 +170,7 @@ class Coordinator:
         now, m = self.clock.now(), self.round.machine
         for device_id in m.selected:
             if m.expects(device_id):
-                self.outbound.task(self.round, device_id, now)
+                self.shell.resend(self.round, device_id, now)
 
     # ------------------------------------------------------------------ inbound
 
@@ -194,8 +189,11 @@ class Coordinator:
         mine = getattr(report, "device_id", None) == sender
         if isinstance(report, CheckIn) and channel == "checkin" and mine:
             self._check_in(report)
-        elif isinstance(report, (Update, Decline)) and channel == "update":
+        elif isinstance(report, Decline if self.shell.secure else (Update, Decline)) and channel == "update":
             self._report(report, sender, len(msg.payload))
+        elif self.shell.owns(report, channel):
+            if (rejected := self.shell.admit(self.round, report, sender, len(msg.payload))) is not None:
+                self._reject(rejected, sender, None)
         elif isinstance(report, EvalReport) and channel == "update":
             rejected = self.evaluations.on_report(report, sender, len(msg.payload), self.clock.now())
             if rejected is not None:
@@ -214,8 +212,8 @@ class Coordinator:
         # a parked device is paced like an ineligible one
         eligible = msg.eligible and not self.registry[msg.device_id].parked
         reason = pace.reason_for(self.round.machine if self.round else None, msg.device_id, eligible)
-        if reason is None:  # selected but silent: its task was probably lost; it declines if it cannot train
-            self.outbound.task(self.round, msg.device_id, self.clock.now())
+        if reason is None:  # selected but silent: its task was probably lost
+            self.shell.resend(self.round, msg.device_id, self.clock.now())
         else:
             self._pace(msg.device_id, reason)
 
@@ -289,8 +287,7 @@ class Coordinator:
 
     def _pace(self, device_id: str, reason: str, cause: str = "") -> None:
         """cause: the device's own reason (a decline's), else the one its last check-in gave."""
-        record = self.registry.get(device_id)
-        rnd = self.round
+        record, rnd = self.registry.get(device_id), self.round
         self.outbound.pace(rnd, device_id, reason, rnd.ctx.round_id if rnd is not None else self.next_round_id,
                            self.clock.now(), cause or (record.reason if record is not None else ""))
 
@@ -313,8 +310,8 @@ class Coordinator:
             return False
         selected = sample_devices(candidates, asked, cfg.seed, round_id)
         now, wall = self.clock.now(), self.clock.wall()
-        machine, actions = start(round_id, SYNC, (Limits(wanted, quorum, cfg.round_deadline_s),), tuple(selected),
-                                 now, deadline=now + cfg.round_deadline_s)
+        stages, limits = self.shell.plan(wanted, quorum)
+        machine, actions = start(round_id, stages, limits, tuple(selected), now, deadline=now + cfg.round_deadline_s)
         tasks = {d: uuid.uuid4().hex for d in selected}
         # before any task leaves: see store.py
         self.store.open_round(StoredRound(round_id, self.state.version, tuple(selected), tasks, wanted, quorum,
@@ -344,16 +341,16 @@ class Coordinator:
         rnd, state = self.round, None
         for action in actions:
             if isinstance(action, Send):
-                if action.stage != SYNC[0].name:  # this shell runs SYNC rounds; secagg brings its sends
-                    raise ValueError(f"no sender for stage {action.stage!r}")
-                for device_id in action.devices:
-                    self.outbound.task(rnd, device_id, now)
+                self.shell.send(rnd, action.stage, action.devices, now)
             elif isinstance(action, Pace):
                 self._pace(action.device_id, action.reason, action.cause)
             elif isinstance(action, Aggregate):
                 # N = every device the registry knows (restored from the store after a restart), so a
                 # resumed round scales SCAFFOLD's control step exactly as the uninterrupted one would.
-                state = self.strategy.apply(self.state, rnd.aggregate_input(len(self.registry)))
+                reduced = self.shell.aggregate_input(rnd, len(self.registry))
+                if isinstance(reduced, str):  # a secure round that cannot be unmasked
+                    return self._execute(Stopped(reduced), now)
+                state = self.strategy.apply(self.state, reduced)
                 carry = getattr(rnd.aggregator, "carry", None)  # what it learned, committed with the model
                 if carry is not None:
                     state = replace(state, extra={**state.extra, **carry()})
@@ -362,7 +359,7 @@ class Coordinator:
                 if fault is not None:  # the model stays as it was; the Abandon that follows closes the round
                     log.error("round %d: the new model is refused, the round abandoned: %s", rnd.ctx.round_id, fault)
                     return self._execute(Stopped(fault), now)
-                record = rnd.record(True, self.clock.now())
+                record = rnd.record(True, self.clock.now(), reduced.participants if self.shell.secure else None)
                 # the commit point: before it the round is open, after it done
                 self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall(), rnd.charge())
                 rnd.machine, _ = on_event(rnd.machine, Committed())

@@ -39,6 +39,8 @@ from .kernel.protocol import (
     device_topic,
 )
 from .kernel.transport.base import Message, Transport, topic_matches
+from .secagg_participant import REQUESTS as SECAGG_REQUESTS
+from .secagg_participant import SecAggParticipant
 from .task import (
     Acked,
     Failed,
@@ -73,6 +75,8 @@ class DeviceAgent:
         fetch_timeout_s: float = 120.0,  # give up on a model download after this (seconds)
         model_wait_s: float = 15.0,  # wait this long for a round's model parts, then ask for the task inline
         pending_max_age_s: float = 7 * 24 * 3600.0,  # drop an update nobody acknowledged after this
+        secagg_identity: bytes | None = None,  # Ed25519 private key: signs secure-aggregation key adverts
+        secagg_directory: dict[str, bytes] | None = None,  # the fleet's identity public keys (provisioned)
     ):
         self.runtime = runtime
         self.transport = transport
@@ -87,6 +91,9 @@ class DeviceAgent:
         self.delivery = ModelDelivery(runtime, transport, lambda ch, p: self._publish(ch, p),
                                       Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
+        # Secure-aggregation rounds (their own four stages; secagg_participant.py).
+        self.secagg = SecAggParticipant(runtime, lambda m: self._publish("update", encode_message(m)),
+                                        identity_private=secagg_identity, directory=secagg_directory)
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
         self._evaluated: deque[str] = deque(maxlen=16)  # eval ids answered lately: a redelivery is not rescored
@@ -160,6 +167,8 @@ class DeviceAgent:
         elif isinstance(message, ModelPart) and topic_matches(MODEL_PARTS_FILTER, msg.topic):
             for task in self.delivery.on_part(message):
                 self._train(task)
+        elif isinstance(message, SECAGG_REQUESTS) and msg.topic == device_topic(self.device_id, "task"):
+            self.secagg.on_message(message)
         elif getattr(message, "device_id", None) != self.device_id and not isinstance(message, ArtifactFile):
             log.warning("device %s ignored %s addressed to someone else on %s", self.device_id, type(message).__name__,
                         msg.topic)

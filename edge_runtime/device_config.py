@@ -21,6 +21,10 @@
 
     [agent]
     checkin_s = 60
+
+    [secagg]                            # secure aggregation: `fedge provision identity` writes both
+    identity_file = "/etc/fedge/pi-007.identity"     # this device's Ed25519 key (signs its round keys)
+    directory_file = "/etc/fedge/identities.json"    # every device's identity public key
 """
 
 from __future__ import annotations
@@ -73,6 +77,16 @@ def _check_positive(table: str, cfg, names: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class SecAggDeviceConfig:
+    identity_file: str = ""  # without it the device's key advertisements are unsigned
+    directory_file: str = ""  # without it neighbours' keys are not checked: a coordinator could substitute them
+
+    def __post_init__(self) -> None:
+        if bool(self.identity_file) != bool(self.directory_file):
+            raise ConfigError("[secagg] needs both identity_file and directory_file, or neither")
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     device_id: str
     state_dir: str = "fedge-state"
@@ -83,6 +97,7 @@ class DeviceConfig:
     eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    secagg: SecAggDeviceConfig = field(default_factory=SecAggDeviceConfig)
 
     def __post_init__(self) -> None:
         if not self.device_id or any(c in self.device_id for c in "/+#\0") or self.device_id == "coordinator":

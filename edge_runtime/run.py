@@ -13,6 +13,7 @@ from .device_config import DeviceConfig, load_local_data
 from .eligibility_monitor import EligibilityMonitor
 from .kernel.clock import SystemClock
 from .kernel.manifest import MANIFEST_FILE
+from .kernel.secagg.identity_files import load_directory, load_identity
 from .kernel.transport.mqtt import MqttTransport
 from .loop import AgentLoop
 from .probes import SystemProbe
@@ -30,9 +31,18 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
     runtime = DeviceRuntime(cfg.device_id, load_local_data(cfg.data.npz), models, state, backend=cfg.backend,
                             eligibility=monitor.before, abort_check=monitor.during, seed=cfg.seed)
     transport = MqttTransport(cfg.device_id, cfg.broker, will=DeviceAgent.last_will(cfg.device_id))
+    identity, directory = secagg_credentials(cfg)
     agent = DeviceAgent(runtime, transport, clock, artifacts_dir=artifacts, republish_s=cfg.agent.republish_s,
-                        checkin_s=cfg.agent.checkin_s, fetch_timeout_s=cfg.agent.fetch_timeout_s)
+                        checkin_s=cfg.agent.checkin_s, fetch_timeout_s=cfg.agent.fetch_timeout_s,
+                        secagg_identity=identity, secagg_directory=directory)
     return AgentLoop(agent, poll_s=cfg.agent.poll_s), transport
+
+
+def secagg_credentials(cfg: DeviceConfig) -> tuple[bytes | None, dict[str, bytes] | None]:
+    """The device's identity key and the fleet's directory ([secagg]), or (None, None)."""
+    if not cfg.secagg.identity_file:
+        return None, None
+    return load_identity(cfg.secagg.identity_file), load_directory(cfg.secagg.directory_file)
 
 
 def run_device(cfg: DeviceConfig) -> int:

@@ -11,20 +11,24 @@ from fedge.edge_runtime.kernel.errors import FedgeError
 
 # Which extra a command needs, and which extra brings each module the commands import lazily:
 # a missing module is named with its fix, not a traceback.
-COMMAND_EXTRAS = {"simulate": "sim", "data": "sim", "bench": "sim", "build-artifacts": "models",
+COMMAND_EXTRAS = {"simulate": "sim", "data": "sim", "bench": "sim", "audit": "sim", "build-artifacts": "models",
                   "provision": "coordinator", "coordinator": "coordinator", "device": "device"}
 EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim", "tqdm": "sim",
           "prometheus_client": "coordinator", "cryptography": "coordinator", "onnxruntime": "device",
           "paho": "device", "psutil": "device", "msgpack": "device"}
 BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
            "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
-           "privacy": "fedge.tools.bench.privacy"}
+           "privacy": "fedge.tools.bench.privacy",
+           "secagg": "fedge.tools.bench.secagg"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
     head, rest = _split_globals(argv)
+    if rest[:2] == ["audit", "leakage"]:  # the audit owns its options
+        opts = parser.parse_args(head + ["audit", "leakage"])
+        return _guarded(opts, lambda: importlib.import_module("fedge.tools.audit.leakage").main(rest[2:]) or 0)
     if rest[:1] == ["bench"] and rest[1:2] and rest[1] in BENCHES:  # the benchmark owns its options
         opts = parser.parse_args(head + ["bench", rest[1]])
         return _guarded(opts, lambda: importlib.import_module(BENCHES[rest[1]]).main(rest[2:]) or 0)
@@ -153,6 +157,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_parser("robustness", help="attacks x defences (see: fedge bench robustness -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
     bench.add_parser("privacy", help="accuracy against ε, central DP (see: fedge bench privacy -h)")
+    p = sub.add_parser("audit", help="what the coordinator can learn (see: fedge audit leakage -h)")
+    audit = p.add_subparsers(dest="audit", required=True)
+    audit.add_parser("leakage", help="reconstruct inputs from plain updates and from SecAgg sums; JSON and PNG")
+    bench.add_parser("secagg", help="secure aggregation: bytes, device CPU, unmask time (see: fedge bench secagg -h)")
 
     return parser
 

@@ -5,6 +5,7 @@
     fedge provision device --id pi-007 --passwd-file etc/passwd --out creds [--url mqtts://broker.lan:8884 --ca-dir ca/]
     fedge provision device --id pi-007 --cert --ca-dir ca/ --out creds/ [--url mqtts://broker.lan:8883]
     fedge provision coordinator --passwd-file etc/passwd --out creds/
+    fedge provision identity --id pi-007 --out creds/ --directory etc/identities.json
 
 A device's broker username is its id: the ACL (tools/broker/files/fedge.acl) lets user `d`
 use only the topics fedge/v1/devices/d/..., and with a certificate the CN is that username.
@@ -199,6 +200,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--host", action="append", default=[], help="broker DNS name or IP for the server cert (repeat)")
     p.add_argument("--force", action="store_true", help="replace an existing server key")
 
+    p = sub.add_parser("identity", help="a device's Ed25519 identity for secure aggregation, added to the directory")
+    p.add_argument("--id", required=True, dest="device_id", help="device id")
+    p.add_argument("--out", required=True, help="directory for <id>.identity (secret)")
+    p.add_argument("--directory", required=True, help="the fleet's identities.json (created or updated; share it)")
+    p.add_argument("--force", action="store_true", help="replace an existing identity")
+
     for name, what in (("device", "a device"), ("coordinator", "the coordinator")):
         p = sub.add_parser(name, help=f"credentials for {what}: a password entry, or a client certificate")
         if name == "device":
@@ -233,6 +240,15 @@ def run(args: argparse.Namespace) -> int:
             files = issue_server_cert(ca, args.host, args.out, overwrite=args.force)
             shutil.copyfile(ca.cert, Path(args.out) / "ca.crt")
             print(f"wrote {files.cert}, {files.key} and {Path(args.out) / 'ca.crt'}")
+        return 0
+    if args.provision == "identity":
+        from fedge.edge_runtime.kernel.secagg.identity_files import add_to_directory, write_identity
+
+        device_id = validate_device_id(args.device_id)
+        key = Path(args.out) / f"{device_id}.identity"
+        add_to_directory(args.directory, device_id, write_identity(key, overwrite=args.force))
+        print(f"{device_id}: identity key in {key} (secret); public key added to {args.directory} "
+              "(copy it to every device)")
         return 0
     username = validate_device_id(args.device_id) if args.provision == "device" else COORDINATOR_USER
     if args.cert:

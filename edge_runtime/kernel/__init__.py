@@ -9,6 +9,7 @@
     clock                    the Clock protocol and its two implementations
     files                    atomic writes and thread-safe .npz loads
     transport/               the pubsub interface, the in-memory broker, the MQTT adapter
+    secagg/                  secure aggregation's pure pieces: keys, shares, masks, shared quantization
 
 The coordinator and `models/` import this subpackage and nothing else of the device runtime
 (tests/test_import_rules.py checks it). Nothing here imports the rest of the device runtime.

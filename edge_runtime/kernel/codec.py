@@ -5,7 +5,7 @@ Frame (little-endian)::
     offset  size  field
     0       4     magic b"FDGM"
     4       2     u16 schema version (protocol.SCHEMA_VERSION)
-    6       1     u8 message type code (protocol.MESSAGE_TYPES)
+    6       1     u8 message type code (protocol.MESSAGE_TYPES, secagg.messages.SECAGG_MESSAGE_TYPES)
     7       4     u32 body length n, in bytes
     11      n     body: msgpack map {field name: value}
     11+n    4     u32 zlib.crc32 of bytes [0, 11+n)
@@ -44,7 +44,9 @@ from typing import Any
 import msgpack
 
 from .errors import ChecksumMismatch, MalformedPayload, PayloadTooLarge, TruncatedPayload, UnsupportedVersion
-from .protocol import I64, MAX_TEXT, MESSAGE_TYPES, SCHEMA_VERSION
+from .protocol import I64, MAX_TEXT, SCHEMA_VERSION
+from .protocol import MESSAGE_TYPES as _CORE_TYPES
+from .secagg.messages import SECAGG_MESSAGE_TYPES
 
 MAGIC = b"FDGM"
 _HEADER = struct.Struct("<4sHBI")  # magic, schema version, type code, body length
@@ -54,6 +56,9 @@ TRAILER_SIZE = _TRAILER.size  # 4 bytes
 _MAX_BODY = 0xFFFFFFFF
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what msgpack can carry
 _SCALARS = (bool, int, float, str, bytes)
+if set(_CORE_TYPES) & set(SECAGG_MESSAGE_TYPES):
+    raise ImportError("a secure-aggregation message type code collides with a core one")
+MESSAGE_TYPES: dict[int, type] = {**_CORE_TYPES, **SECAGG_MESSAGE_TYPES}  # every code this schema speaks
 _CODES: dict[type, int] = {cls: code for code, cls in MESSAGE_TYPES.items()}
 
 

@@ -36,31 +36,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+# Value ranges and `bounded` live in wire_fields.py (the secure-aggregation messages use them
+# too); re-exported here, where the codec and the tests have always found them.
+from .wire_fields import _FREE_TEXT, _NON_NEGATIVE, _SECONDS, I64, MAX_EXAMPLES, MAX_TEXT, bounded  # noqa: F401
+
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "fedge/v1"
-
-# Value ranges, checked by the codec on decode and encode (codec._check_range). An int field
-# without its own range must fit a signed 64-bit integer, the widest a SQLite INTEGER column
-# holds; a float field without one must be finite. A message that claimed 2**63 examples once
-# killed the coordinator inside SQLite; now it is MalformedPayload before any handler sees it.
-I64 = (-(2**63), 2**63 - 1)
-# One device's dataset, at most: far above any edge device (4e9 examples), far below where
-# a float64 sum of a round's weights loses integer precision.
-MAX_EXAMPLES = 2**32 - 1
-# A str field holds at most this many characters unless its range says otherwise (its [lo, hi]
-# then bounds the length): ids, reasons and hashes are short, and a reason becomes a key of the
-# coordinator's decline counts and a row of its store, so a 16 MB reason must not get that far.
-MAX_TEXT = 256
-_FREE_TEXT = (0, 1 << 20)  # human-readable details: logged, never kept
-_NON_NEGATIVE = (0, I64[1])
-_SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
-
-
-def bounded(lo: float, hi: float, default=None, **kw):
-    """A dataclass field whose value must lie in [lo, hi] (the codec checks it)."""
-    if default is not None:
-        kw["default"] = default
-    return field(metadata={"range": (lo, hi)}, **kw)
 
 
 def device_topic(device_id: str, kind: str) -> str:
@@ -338,7 +319,8 @@ class EvalReport:
     reason: str = ""
 
 
-# Stable one-byte type codes; never reuse a retired code.
+# Stable one-byte type codes; never reuse a retired code. 15-22 are secure aggregation's
+# (secagg/messages.py, SECAGG_MESSAGE_TYPES); the codec knows both tables.
 MESSAGE_TYPES: dict[int, type] = {
     1: CheckIn,
     2: TrainTask,

@@ -1,0 +1,106 @@
+"""[coordinator.secure_aggregation]: on/off, the graph's k and t, the shared encoding.
+
+With secure aggregation on, the coordinator sees only the cohort's sum, so everything that
+needs one device's update is refused at load time, each with a named error
+(SecureAggregationConflict.reason): robust aggregators and the default norm_bound (they rank
+or clip individual updates), the per-update norm_bound check, SCAFFOLD (per-device control
+variates), example weighting (a device's weight would have to be applied before masking, and
+its claimed count is unchecked: SecAgg sums with equal weights), model parts (secure rounds
+carry their params inline), and a quorum under 2 (the sum of one update is that update).
+The device's clip to the announced range is then the only norm defence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.secagg.graph import choose_parameters
+
+
+class SecureAggregationConflict(ConfigError):
+    """A setting that needs individual updates, with secure aggregation on."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    enabled: bool = False
+    # k and t of the neighbour graph; 0 = chosen for the cohort by graph.choose_parameters from
+    # the dropout rate, the colluding-device rate and the security parameters below.
+    neighbours: int = 0
+    threshold: int = 0
+    dropout: float = 0.3  # dropout rate the round must survive with probability 1 - 2^-eta
+    corrupt: float = 0.0  # fraction of devices assumed to collude with the coordinator
+    sigma: int = 40  # statistical security parameter
+    eta: int = 20  # correctness parameter
+    bits: int = 16  # b: quantization bits per coordinate (8 and 16 are the tested widths)
+    # c: the shared L-inf clip after the rotation. 0 = 4 * clip_norm / sqrt(d): a rotated vector
+    # of L2 norm <= clip_norm has coordinates of about clip_norm / sqrt(d), so 4 of those clips
+    # almost nothing (compression.clip_norm must then be > 0).
+    clip_range: float = 0.0
+    stage_deadline_s: float = 60.0  # each stage after the first (the first trains: round_deadline_s)
+    # Sparsification under SecAgg: every device sends the same random coordinates, drawn from the
+    # round's seed (per-device top-k would leak: a coordinate one device alone sent is in the
+    # clear in the sum); the rest stays on the device as error feedback. 1.0 = dense.
+    keep_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 24:
+            raise ConfigError("secure_aggregation.bits must be in [2, 24] (8 and 16 are the usual)")
+        if self.neighbours < 0 or self.threshold < 0:
+            raise ConfigError("secure_aggregation.neighbours and threshold must be >= 0 (0 = chosen)")
+        if self.neighbours and self.threshold and 2 * self.threshold <= self.neighbours:
+            raise ConfigError("secure_aggregation.threshold must exceed neighbours / 2: with 2t <= k the "
+                              "coordinator could collect both a device's self-mask and mask-key shares")
+        if not (0 <= self.dropout < 1 and 0 <= self.corrupt < 1 and self.dropout + self.corrupt < 1):
+            raise ConfigError("secure_aggregation: need 0 <= dropout, corrupt and dropout + corrupt < 1")
+        if not (self.clip_range >= 0 and math.isfinite(self.clip_range)):
+            raise ConfigError("secure_aggregation.clip_range must be >= 0 (0 = from compression.clip_norm)")
+        if not 0 < self.keep_fraction <= 1:
+            raise ConfigError("secure_aggregation.keep_fraction must be in (0, 1] (1 = dense)")
+        if not self.stage_deadline_s > 0:
+            raise ConfigError("secure_aggregation.stage_deadline_s must be > 0")
+
+    def graph_for(self, cohort: int) -> tuple[int, int]:
+        """(k, t) for a cohort of this size: the configured ones, capped at a complete graph."""
+        chosen = choose_parameters(cohort, self.dropout, self.corrupt, self.sigma, self.eta)
+        k = min(self.neighbours or chosen.neighbours, cohort - 1)
+        if self.neighbours and k % 2 and k < cohort - 1:
+            k += 1  # the circulant graph needs an even degree
+        t = self.threshold or chosen.threshold
+        return k, max(min(t, k), k // 2 + 1)
+
+    def clip_for(self, clip_norm: float, dimension: int) -> float:
+        return self.clip_range or 4.0 * clip_norm / math.sqrt(dimension)
+
+
+def check_compatible(cfg) -> None:
+    """Raise SecureAggregationConflict for a CoordinatorConfig that needs individual updates."""
+    sa = cfg.secure_aggregation
+    if not sa.enabled:
+        return
+    conflicts = [
+        (cfg.aggregator != "mean", "secagg_robust_aggregator",
+         f"aggregator {cfg.aggregator!r} needs individual updates; secure aggregation needs aggregator = 'mean'"),
+        (cfg.norm_bound > 0, "secagg_norm_bound", "norm_bound checks each update's norm; set it to 0 (the device's "
+                                                  "clip to the announced range is the norm defence)"),
+        (cfg.strategy == "scaffold", "secagg_scaffold", "scaffold needs each device's control variate"),
+        (cfg.weighting != "equal", "secagg_weighting", "secure aggregation sums with equal weights: "
+                                                       "set weighting = 'equal'"),
+        (cfg.privacy.enabled, "secagg_privacy", "distributed DP under secure aggregation is not built yet, and "
+                                                "central DP needs each update: turn one of them off"),
+        (cfg.model_part_bytes > 0, "secagg_model_parts", "secure rounds carry their params inline: "
+                                                         "set model_part_bytes = 0"),
+        (cfg.quorum < 2, "secagg_quorum", "a sum of one device's update is that update: min_reports (or "
+                                           "clients_per_round) must allow at least 2"),
+        (sa.clip_range == 0 and cfg.compression.clip_norm <= 0, "secagg_no_clip_range",
+         "secure aggregation needs a clip range: set secure_aggregation.clip_range or compression.clip_norm"),
+    ]
+    for bad, reason, message in conflicts:
+        if bad:
+            raise SecureAggregationConflict(reason, f"secure_aggregation: {message}")

@@ -1,0 +1,157 @@
+"""One secure round's protocol state on the coordinator: what each stage sends, what each
+reply adds, and the unmasked sum at the end. No I/O: the shell (shell.py) publishes.
+
+The coordinator relays but cannot read: shares arrive sealed for their receivers, masked
+inputs are uniform on their own, and the unmask stage reveals self-mask seeds of the alive
+and mask keys of the dropped only, never both for one device (each honest device checks the
+sets). It keeps no individual update: only masked vectors, and their sum once unmasked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedge.edge_runtime.kernel.protocol import TrainTask
+from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph
+from fedge.edge_runtime.kernel.secagg.masking import sum_mod, unmask
+from fedge.edge_runtime.kernel.secagg.messages import (
+    SEALED_SHARE_BYTES,
+    SHARE_VALUE_BYTES,
+    EncryptedShares,
+    KeyAdvertisement,
+    KeyDirectory,
+    MaskedInput,
+    PeerKeys,
+    SealedShare,
+    SecAggSpec,
+    SecAggTask,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from fedge.edge_runtime.kernel.secagg.packing import unpack
+from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
+from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_mean, subset_size
+
+from .stages import ADVERTISE, MASK, SHARE, UNMASK
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+REPLY_OF = {ADVERTISE: KeyAdvertisement, SHARE: EncryptedShares, MASK: MaskedInput, UNMASK: UnmaskResponse}
+
+
+@dataclass
+class SecAggRound:
+    round_id: int
+    spec: SecAggSpec
+    model_sha256: str  # sha256 of the params every task carries
+    graph_seed: int
+    shapes: dict[str, tuple[int, ...]]  # shared params: the vector is their concatenation in name order
+    graph_for: object  # cohort size -> (k, t): SecAggConfig.graph_for
+    adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
+    cohort: tuple[str, ...] = ()
+    k: int = 0
+    t: int = 0
+    graph: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    outbox: dict[str, dict[str, bytes]] = field(default_factory=dict)  # receiver -> sender -> sealed shares
+    delivered: dict[str, tuple[str, ...]] = field(default_factory=dict)  # receiver -> senders it got shares of
+    masked: dict[str, np.ndarray] = field(default_factory=dict)
+    alive: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    answers: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
+
+    @property
+    def dimension(self) -> int:
+        return sum(int(np.prod(s)) for s in self.shapes.values())
+
+    @property
+    def sent_length(self) -> int:
+        """Coordinates each device masks: the round's shared subset."""
+        return subset_size(self.dimension, self.spec)
+
+    # ------------------------------------------------------------------ requests
+
+    def open_stage(self, stage: str, asked: tuple[str, ...]) -> None:
+        """What the stage fixes when it starts: the cohort and graph (share), the survivors
+        and the dropped (unmask)."""
+        if stage == SHARE:
+            self.cohort = tuple(sorted(asked))
+            self.k, self.t = self.graph_for(len(self.cohort))
+            self.graph = neighbour_graph(self.cohort, self.k, self.graph_seed)
+        elif stage == UNMASK:
+            shared = set(self.delivered)  # the mask stage asked those who shared
+            self.alive = tuple(sorted(asked))
+            self.dropped = tuple(sorted(shared - set(asked)))
+
+    def request(self, stage: str, device_id: str, task_id: str, task: TrainTask | None = None):
+        """The stage's message for one device; `task` (the TrainTask) only for the first stage."""
+        if stage == ADVERTISE:
+            return SecAggTask(task, self.spec)
+        if stage == SHARE:
+            keys = tuple(PeerKeys(p, self.adverts[p].cipher_public, self.adverts[p].mask_public,
+                                  self.adverts[p].model_sha256, self.adverts[p].signature)
+                         for p in self.graph[device_id] if p in self.adverts)
+            return KeyDirectory(device_id, self.round_id, task_id, self.cohort, self.k, self.t, self.graph_seed, keys)
+        if stage == MASK:
+            inbox = self.outbox.get(device_id, {})
+            self.delivered[device_id] = tuple(sorted(inbox))
+            return ShareDelivery(device_id, self.round_id, task_id,
+                                 tuple(SealedShare(sender, blob) for sender, blob in sorted(inbox.items())))
+        if stage == UNMASK:
+            return UnmaskRequest(device_id, self.round_id, task_id, self.alive, self.dropped, self.model_sha256)
+        raise ValueError(f"no secure-aggregation stage {stage!r}")
+
+    # ------------------------------------------------------------------ replies
+
+    def accept(self, stage: str, reply) -> str | None:
+        """None when the reply counts, else the reason it is refused."""
+        if not isinstance(reply, REPLY_OF[stage]):
+            return "secagg_wrong_stage"
+        sender = reply.device_id
+        if isinstance(reply, KeyAdvertisement):
+            if reply.model_sha256 != self.model_sha256:
+                return "secagg_model_mismatch"
+            self.adverts[sender] = reply
+        elif isinstance(reply, EncryptedShares):
+            peers = sorted(p for p in self.graph.get(sender, ()) if p in self.adverts)  # whose keys it was sent
+            if len(reply.boxes) != len(peers) * SEALED_SHARE_BYTES:
+                return "secagg_bad_shares"
+            for peer, box in zip(peers, _chunks(reply.boxes, SEALED_SHARE_BYTES)):
+                self.outbox.setdefault(peer, {})[sender] = box
+        elif isinstance(reply, MaskedInput):
+            if reply.length != self.sent_length or reply.field_bits != self.spec.field_bits:
+                return "secagg_bad_shape"
+            self.masked[sender] = unpack(reply.data, reply.length, reply.field_bits)
+        elif isinstance(reply, UnmaskResponse):
+            alive, dropped = set(self.alive), set(self.dropped)
+            owners = [o for o in self.delivered.get(sender, ()) if o in alive or o in dropped]  # sorted
+            if len(reply.values) != len(owners) * SHARE_VALUE_BYTES:
+                return "secagg_bad_shares"
+            self.answers[sender] = {o: ("self" if o in alive else "mask", int.from_bytes(value, "big"))
+                                    for o, value in zip(owners, _chunks(reply.values, SHARE_VALUE_BYTES))}
+        return None
+
+    # ------------------------------------------------------------------ the sum
+
+    def mean_delta(self) -> tuple[dict[str, np.ndarray], int]:
+        """The survivors' mean delta (equal weights) and their number. Raises UnmaskFailed when
+        some secret has fewer than t shares (the round is then abandoned)."""
+        seeds, keys = recover_secrets(self.answers, self.cohort, self.t, self.alive, self.dropped)
+        masked_with = {g: {s: self.adverts[s].mask_public for s in self.alive if g in self.delivered.get(s, ())}
+                       for g in self.dropped}
+        total = unmask(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.sent_length), seeds,
+                       keys, masked_with, self.round_id, self.spec.field_bits, workers=os.cpu_count() or 1)
+        n = len(self.alive)
+        flat = decode_mean(total, n, self.dimension, self.spec)
+        out, at = {}, 0
+        for name in sorted(self.shapes):
+            size = int(np.prod(self.shapes[name]))
+            out[name] = flat[at:at + size].reshape(self.shapes[name]).astype(np.float32)
+            at += size
+        return out, n

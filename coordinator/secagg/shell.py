@@ -1,0 +1,116 @@
+"""What the server does for a secure round, in one place, so server.py keeps thin hooks:
+open the round's protocol state, send each stage's requests, admit replies, and hand the
+unmasked mean to the strategy."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+
+from fedge.edge_runtime.kernel.protocol import CompressionSpec
+from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec
+from fedge.edge_runtime.kernel.secagg.quantize import field_bits
+from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed
+
+from ..config import CoordinatorConfig
+from ..errors import UpdateRejected
+from ..outbound import Outbound
+from ..records import OpenRound
+from ..rounds import Replied, on_event
+from ..strategies import AggregateInput
+from .round_state import REPLY_OF, SecAggRound
+from .stages import ADVERTISE, SECAGG, secagg_limits
+
+log = logging.getLogger("fedge.coordinator")
+
+REPLIES = tuple(REPLY_OF.values())
+
+
+class SecAggRejected(UpdateRejected):
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+class SecAggShell:
+    secure = True
+
+    def __init__(self, config: CoordinatorConfig, outbound: Outbound, shapes: dict[str, tuple[int, ...]]):
+        self.config = config
+        self.sa = config.secure_aggregation
+        self.outbound = outbound
+        self.shapes = shapes
+        self.states: dict[int, SecAggRound] = {}  # round id -> protocol state (memory only: see resume)
+        # fp32, dense, no error feedback: the shared quantization replaces the per-tensor one
+        self.compression = CompressionSpec(clip_norm=config.compression.clip_norm, quant_bits=32,
+                                           topk_fraction=1.0, error_feedback=False)
+
+    def plan(self, wanted: int, quorum: int):
+        """(stages, limits) for the round machine."""
+        return SECAGG, secagg_limits(wanted, quorum, self.config.round_deadline_s, self.sa.stage_deadline_s)
+
+    def _state(self, rnd: OpenRound) -> SecAggRound:
+        rid = rnd.ctx.round_id
+        if rid not in self.states:
+            self.states.clear()  # one open round at a time
+            d = sum(math.prod(s) for s in self.shapes.values())
+            base = self.config.seed * 1_000_003 + rid
+            spec = SecAggSpec(self.sa.bits, field_bits(self.sa.bits, len(rnd.machine.selected)),
+                              self.sa.clip_for(self.config.compression.clip_norm, d), base * 2 + 1,
+                              self.sa.keep_fraction)
+            self.states[rid] = SecAggRound(rid, spec, hashlib.sha256(rnd.params_bytes).hexdigest(), base * 2,
+                                           self.shapes, self.sa.graph_for)
+        return self.states[rid]
+
+    def send(self, rnd: OpenRound, stage: str, devices: tuple[str, ...], now: float) -> None:
+        state = self._state(rnd)
+        state.open_stage(stage, devices)
+        remaining = rnd.machine.deadline - now
+        for device_id in devices:
+            task = None
+            if stage == ADVERTISE:  # the only stage that trains: the TrainTask, its params inline
+                task = dataclasses.replace(self.outbound.train_task(rnd, device_id, remaining, inline=True),
+                                           compression=self.compression)
+            request = state.request(stage, device_id, rnd.ctx.tasks[device_id], task)
+            self.outbound.to_device(rnd, device_id, request)
+        if stage == ADVERTISE:
+            for device_id in devices:
+                rnd.task_sent[device_id] = now
+
+    def owns(self, report, channel: str) -> bool:
+        return channel == "update" and isinstance(report, REPLIES)
+
+    def resend(self, rnd: OpenRound, device_id: str, now: float) -> None:
+        """Nothing: a secure round's requests go out once per stage (a lost one is a dropout)."""
+
+    def admit(self, rnd: OpenRound | None, reply, sender: str | None, size: int) -> SecAggRejected | None:
+        """None when the reply counts for the round's current stage (the machine has counted
+        it, as OpenRound.add counts an Update), else why not."""
+        try:
+            self._admit(rnd, reply, sender, size)
+        except SecAggRejected as exc:
+            return exc
+        rnd.machine, _ = on_event(rnd.machine, Replied(reply.device_id))  # a reply never closes a stage by itself
+        return None
+
+    def _admit(self, rnd: OpenRound | None, reply, sender: str | None, size: int) -> None:
+        if rnd is None or reply.round_id != rnd.ctx.round_id:
+            raise SecAggRejected("stale_round", f"{type(reply).__name__} for round {reply.round_id}")
+        rnd.bytes_up += size
+        if sender != reply.device_id or rnd.ctx.tasks.get(sender) != reply.task_id:
+            raise SecAggRejected("unexpected_message", f"{type(reply).__name__} from {sender}")
+        if not rnd.machine.expects(sender):
+            raise SecAggRejected("stale_round", f"{type(reply).__name__} from {sender}: not expected now")
+        why = self._state(rnd).accept(rnd.machine.stages[rnd.machine.stage].name, reply)
+        if why is not None:
+            raise SecAggRejected(why, f"{type(reply).__name__} from {sender}")
+
+    def aggregate_input(self, rnd: OpenRound, population: int) -> AggregateInput | str:
+        """The survivors' mean delta; a string says why the round cannot be unmasked."""
+        try:  # the state stays until the next round opens: a failed commit repeats Aggregate
+            mean, n = self._state(rnd).mean_delta()
+        except UnmaskFailed as exc:
+            return f"secure aggregation could not unmask: {exc}"
+        return AggregateInput(mean, n, population)

@@ -1,0 +1,212 @@
+"""Secure aggregation's wire messages (schema version 1, type codes 15-22).
+
+They travel on the existing per-device topics, so the broker's ACL needs no change: requests
+on the device's task channel, replies on its update channel. A stage a device cannot do is
+answered with the ordinary Decline (task_id and a named reason, e.g. secagg_sets_overlap).
+
+    stage       coordinator -> device (task)      device -> coordinator (update)
+    advertise   SecAggTask (a TrainTask + spec)   KeyAdvertisement
+    share       KeyDirectory                      EncryptedShares
+    mask        ShareDelivery                     MaskedInput
+    unmask      UnmaskRequest                     UnmaskResponse
+
+Byte fields of fixed size (keys, share values) are checked in __post_init__: the codec turns
+the ValueError into MalformedPayload, so no handler sees a 31-byte key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..protocol import TrainTask
+from ..wire_fields import _NON_NEGATIVE, bounded
+from .shamir import SHARE_BYTES
+
+MAX_COHORT = 100_000  # devices in one round's cohort, at most
+KEY_BYTES = 32
+SHARE_VALUE_BYTES = SHARE_BYTES  # 17: 2^128 + 51 needs 129 bits
+SEALED_SHARE_BYTES = 2 * SHARE_BYTES + 16  # two share values and the Poly1305 tag (the nonce is implied: keys.py)
+
+
+def _check_len(name: str, value: bytes, size: int) -> None:
+    if len(value) != size:
+        raise ValueError(f"{name} must be {size} bytes, got {len(value)}")
+
+
+def _check_advertised(msg) -> None:
+    """What KeyAdvertisement and PeerKeys carry alike: two keys, a model hash, a signature."""
+    _check_sha(msg.model_sha256)
+    _check_len("cipher_public", msg.cipher_public, KEY_BYTES)
+    _check_len("mask_public", msg.mask_public, KEY_BYTES)
+    if msg.signature and len(msg.signature) != 64:
+        raise ValueError(f"signature must be empty or 64 bytes, got {len(msg.signature)}")
+
+
+def _check_sha(value: str) -> None:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("model_sha256 must be 64 lowercase hex digits")
+
+
+@dataclass(frozen=True)
+class SecAggSpec:
+    """The round's shared encoding: what every device of the cohort quantizes alike."""
+
+    bits: int = bounded(2, 24, 16)  # b: quantization levels 2^(b-1) - 1 each side of 0
+    field_bits: int = bounded(2, 32, 26)  # m = b + ceil(log2 n selected): the sum never wraps
+    clip_range: float = bounded(1e-30, 1e30, 0.01)  # c: the shared L-inf clip after the rotation
+    rotation_seed: int = bounded(*_NON_NEGATIVE, 0)  # the rotation's and the subset's seed (public, per round)
+    keep_fraction: float = bounded(1e-9, 1.0, 1.0)  # the shared random-k subset every device sends (subset.py)
+
+    def __post_init__(self) -> None:
+        if self.field_bits < self.bits:
+            raise ValueError("field_bits must be at least bits")
+
+
+@dataclass(frozen=True)
+class SecAggTask:
+    """Stage advertise: train on `task`, keep the encoded result, advertise fresh keys."""
+
+    task: TrainTask
+    spec: SecAggSpec = field(default_factory=SecAggSpec)
+
+
+@dataclass(frozen=True)
+class KeyAdvertisement:
+    device_id: str
+    round_id: int = bounded(*_NON_NEGATIVE)
+    task_id: str
+    cipher_public: bytes
+    mask_public: bytes
+    model_sha256: str  # sha256 (hex) of the task's params: what the device trained from
+    signature: bytes = b""  # Ed25519 over identity.transcript(...); empty: a device without an identity key
+
+    def __post_init__(self) -> None:
+        _check_advertised(self)
+
+
+@dataclass(frozen=True)
+class PeerKeys:
+    device_id: str
+    cipher_public: bytes
+    mask_public: bytes
+    model_sha256: str
+    signature: bytes = b""  # the peer's own, relayed unchanged
+
+    def __post_init__(self) -> None:
+        _check_advertised(self)
+
+
+@dataclass(frozen=True)
+class KeyDirectory:
+    """Stage share: the cohort (every device that advertised) and the keys of this device's
+    neighbours. The device rebuilds the graph itself from cohort, neighbours and graph_seed."""
+
+    device_id: str
+    round_id: int = bounded(*_NON_NEGATIVE)
+    task_id: str
+    cohort: tuple[str, ...]
+    neighbours: int = bounded(1, MAX_COHORT)  # k
+    threshold: int = bounded(1, MAX_COHORT)  # t
+    graph_seed: int = bounded(*_NON_NEGATIVE)
+    keys: tuple[PeerKeys, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.cohort) > MAX_COHORT or len(self.keys) > MAX_COHORT:
+            raise ValueError(f"at most {MAX_COHORT} devices in a cohort")
+
+
+@dataclass(frozen=True)
+class SealedShare:
+    """One pair's shares, encrypted for the receiver (keys.encrypt_share): the coordinator
+    relays it and cannot open it. `peer` is the receiver going up, the sender coming down."""
+
+    peer: str
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        _check_len("ciphertext", self.ciphertext, SEALED_SHARE_BYTES)
+
+
+@dataclass(frozen=True)
+class EncryptedShares:
+    """One sealed box per neighbour whose keys the KeyDirectory carried, concatenated in
+    neighbour-id order: ids and framing per neighbour would cost more than the box itself."""
+
+    device_id: str
+    round_id: int = bounded(*_NON_NEGATIVE)
+    task_id: str
+    boxes: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.boxes) % SEALED_SHARE_BYTES or len(self.boxes) > MAX_COHORT * SEALED_SHARE_BYTES:
+            raise ValueError(f"boxes must be a whole number of {SEALED_SHARE_BYTES}-byte boxes")
+
+
+@dataclass(frozen=True)
+class ShareDelivery:
+    """Stage mask: the shares addressed to this device, from the neighbours that shared."""
+
+    device_id: str
+    round_id: int = bounded(*_NON_NEGATIVE)
+    task_id: str
+    shares: tuple[SealedShare, ...] = ()
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    device_id: str
+    round_id: int = bounded(*_NON_NEGATIVE)
+    task_id: str
+    length: int = bounded(1, 2**31 - 1)  # d: coordinates
+    field_bits: int = bounded(2, 32)
+    data: bytes  # packing.pack(y, field_bits): exactly ceil(d m / 8) bytes
+    num_examples: int = bounded(0, 2**32 - 1, 0)  # reported only; SecAgg sums with equal weights
+
+    def __post_init__(self) -> None:
+        _check_len("data", self.data, (self.length * self.field_bits + 7) // 8)
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Stage unmask: who survived (their self-mask shares are wanted) and who dropped after
+    sharing (their mask-key shares are wanted), for the model the cohort committed to."""
+
+    device_id: str
+    round_id: int = bounded(*_NON_NEGATIVE)
+    task_id: str
+    alive: tuple[str, ...]
+    dropped: tuple[str, ...]
+    model_sha256: str
+
+    def __post_init__(self) -> None:
+        _check_sha(self.model_sha256)
+        if len(self.alive) + len(self.dropped) > 2 * MAX_COHORT:
+            raise ValueError(f"at most {MAX_COHORT} devices in a cohort")
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """One 17-byte share value per owner the device holds shares of (the senders of its
+    ShareDelivery) that the request lists, in owner-id order: the self-mask share for an alive
+    owner, the mask-key share for a dropped one. The coordinator knows both lists."""
+
+    device_id: str
+    round_id: int = bounded(*_NON_NEGATIVE)
+    task_id: str
+    values: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.values) % SHARE_VALUE_BYTES or len(self.values) > MAX_COHORT * SHARE_VALUE_BYTES:
+            raise ValueError(f"values must be a whole number of {SHARE_VALUE_BYTES}-byte shares")
+
+
+SECAGG_MESSAGE_TYPES: dict[int, type] = {
+    15: SecAggTask,
+    16: KeyAdvertisement,
+    17: KeyDirectory,
+    18: EncryptedShares,
+    19: ShareDelivery,
+    20: MaskedInput,
+    21: UnmaskRequest,
+    22: UnmaskResponse,
+}

@@ -1,0 +1,169 @@
+"""One device's part in one secure-aggregation round, as immutable state and pure steps.
+
+    advertise   fresh cipher and mask key pairs and a self-mask seed (`start`)
+    share       Shamir-share the mask private key and the self-mask seed to each neighbour,
+                each pair's shares encrypted for that neighbour only (`shares_for_neighbours`)
+    receive     open the neighbours' shares (`receive_shares`)
+    mask        the masked input (`masking.mask_input`, with `masking_peers`)
+    reveal      answer the coordinator's one unmask request (`reveal`), or decline by name
+
+A neighbour's point on the Shamir polynomial is 1 + its index in the sorted cohort, so every
+party knows which point a share belongs to without it travelling. Each step returns a new
+state; the caller stores it before it sends what the step produced (a device answers at most
+one unmask request per round, and a crash must not let it answer a second).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from . import identity, shamir
+from .keys import KeyPair, decrypt_share, encrypt_share, generate_keypair, keypair_from_seed, pair_secret
+
+CIPHER_PURPOSE = "cipher"
+SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES  # mask-seed share, then self-seed share
+
+# Named declines of an unmask request (the device reveals nothing).
+SETS_OVERLAP = "secagg_sets_overlap"  # a device both alive and dropped: would reveal both its secrets
+TOO_FEW_NEIGHBOURS = "secagg_too_few_neighbours"  # fewer than t neighbours alive
+MODEL_MISMATCH = "secagg_model_mismatch"  # the round's model is not the one the cohort committed to
+ALREADY_ANSWERED = "secagg_already_answered"  # one unmask answer per round
+ALREADY_SHARED = "secagg_already_shared"  # one set of shares per round
+NOT_IN_COHORT = "secagg_not_alive"  # the request does not count this device among the alive
+# Named declines of the key-sharing step.
+PEER_MODEL_MISMATCH = "secagg_peer_model_mismatch"  # a neighbour advertised another model hash
+BAD_KEY = "secagg_bad_key"
+BAD_SIGNATURE = "secagg_bad_signature"  # a neighbour's keys are not signed by its provisioned identity
+
+
+class SecAggDecline(Exception):
+    """The device refuses this step; `reason` is one of the names above."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Advertised:
+    """What a device publishes in the first stage (and the coordinator relays to the cohort)."""
+
+    cipher_public: bytes
+    mask_public: bytes
+    model_sha256: str
+    signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class DeviceSession:
+    device_id: str
+    round_id: int
+    model_sha256: str
+    cipher: KeyPair
+    mask: KeyPair  # keys.keypair_from_seed(mask_seed)
+    self_seed: bytes  # 16 bytes: the self-mask's AES-128 key, Shamir-shared
+    mask_seed: bytes  # 16 bytes: the mask key pair's seed, Shamir-shared
+    threshold: int = 0
+    neighbours: tuple[str, ...] = ()
+    cohort: tuple[str, ...] = ()  # sorted; sets the Shamir points
+    peers: Mapping[str, Advertised] = field(default_factory=dict)  # neighbour -> its advertisement
+    received: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # sender -> (mask share, self share)
+    answered: bool = False
+
+    @property
+    def advertised(self) -> Advertised:
+        return Advertised(self.cipher.public, self.mask.public, self.model_sha256)
+
+
+def point_of(device_id: str, cohort: tuple[str, ...]) -> int:
+    return 1 + cohort.index(device_id)
+
+
+def start(device_id: str, round_id: int, model_sha256: str) -> DeviceSession:
+    mask_seed = os.urandom(shamir.SECRET_BYTES)
+    return DeviceSession(device_id, round_id, model_sha256, generate_keypair(), keypair_from_seed(mask_seed),
+                         os.urandom(shamir.SECRET_BYTES), mask_seed)
+
+
+def _cipher_key(s: DeviceSession, peer: str) -> bytes:
+    return pair_secret(s.cipher.private, s.peers[peer].cipher_public, s.round_id, CIPHER_PURPOSE, s.device_id, peer)
+
+
+def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours: tuple[str, ...], threshold: int,
+                          advertised: Mapping[str, Advertised],
+                          directory: Mapping[str, bytes] | None = None) -> tuple[DeviceSession, dict[str, bytes]]:
+    """Encrypted shares, one per neighbour that advertised keys, in neighbour-id order. Declines when a neighbour
+    committed to another model (the model-inconsistency attack), its keys are malformed, or,
+    with a directory of identity keys, they are not signed by that neighbour's identity."""
+    if s.peers:  # the AEAD nonces are per key and direction: never encrypt a second set of shares
+        raise SecAggDecline(ALREADY_SHARED)
+    cohort = tuple(sorted(cohort))
+    peers = {n: advertised[n] for n in sorted(neighbours) if n in advertised and n != s.device_id}
+    for peer, adv in peers.items():
+        if adv.model_sha256 != s.model_sha256:
+            raise SecAggDecline(PEER_MODEL_MISMATCH, f"{peer} advertised another model")
+        if len(adv.cipher_public) != 32 or len(adv.mask_public) != 32:
+            raise SecAggDecline(BAD_KEY, f"{peer}'s keys are not 32 bytes")
+        if directory is not None and not (
+                peer in directory and identity.verify(directory[peer], adv.signature, identity.transcript(
+                    s.round_id, peer, adv.cipher_public, adv.mask_public, adv.model_sha256))):
+            raise SecAggDecline(BAD_SIGNATURE, f"{peer}'s keys are not signed by its identity")
+    if len(peers) < threshold:
+        raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"{len(peers)} neighbours advertised keys, need {threshold}")
+    s = replace(s, threshold=threshold, neighbours=tuple(sorted(neighbours)), cohort=cohort, peers=peers)
+    points = [point_of(p, cohort) for p in peers]
+    mask_shares = shamir.split(shamir.secret_to_int(s.mask_seed), threshold, points)
+    self_shares = shamir.split(shamir.secret_to_int(s.self_seed), threshold, points)
+    out = {}
+    for peer, ms, ss in zip(peers, mask_shares, self_shares):
+        plain = ms.y.to_bytes(shamir.SHARE_BYTES, "big") + ss.y.to_bytes(shamir.SHARE_BYTES, "big")
+        out[peer] = encrypt_share(_cipher_key(s, peer), s.round_id, s.device_id, peer, plain)
+    return s, out
+
+
+def receive_shares(s: DeviceSession, ciphertexts: Mapping[str, bytes]) -> DeviceSession:
+    """Open the shares addressed to this device; shares from non-neighbours are refused."""
+    received = dict(s.received)
+    for sender, blob in ciphertexts.items():
+        if sender not in s.peers:
+            raise SecAggDecline(BAD_KEY, f"a share from {sender}, who is not a neighbour with keys")
+        plain = decrypt_share(_cipher_key(s, sender), s.round_id, sender, s.device_id, blob)
+        if len(plain) != SHARE_PLAINTEXT_BYTES:
+            raise SecAggDecline(BAD_KEY, f"{sender}'s share has {len(plain)} bytes")
+        half = shamir.SHARE_BYTES
+        received[sender] = (int.from_bytes(plain[:half], "big"), int.from_bytes(plain[half:], "big"))
+    return replace(s, received=received)
+
+
+def masking_peers(s: DeviceSession) -> dict[str, bytes]:
+    """Neighbour -> mask public key, for the neighbours whose shares this device holds: the
+    ones that completed key sharing, so the coordinator can remove their masks if they drop."""
+    return {p: s.peers[p].mask_public for p in s.received}
+
+
+def reveal(s: DeviceSession, alive: tuple[str, ...], dropped: tuple[str, ...],
+           model_sha256: str) -> tuple[DeviceSession, dict[str, tuple[str, int]]]:
+    """owner -> ("self", share) for alive neighbours, ("mask", share) for dropped ones. The
+    returned state has `answered` set: store it before sending the answer."""
+    if s.answered:
+        raise SecAggDecline(ALREADY_ANSWERED)
+    alive_set, dropped_set = set(alive), set(dropped)
+    if alive_set & dropped_set:
+        raise SecAggDecline(SETS_OVERLAP, f"{len(alive_set & dropped_set)} devices are both alive and dropped")
+    if model_sha256 != s.model_sha256:
+        raise SecAggDecline(MODEL_MISMATCH, "the unmask request names another model")
+    if s.device_id not in alive_set:
+        raise SecAggDecline(NOT_IN_COHORT)
+    alive_neighbours = [p for p in s.neighbours if p in alive_set]
+    if len(alive_neighbours) < s.threshold:
+        raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"{len(alive_neighbours)} neighbours alive, need {s.threshold}")
+    out: dict[str, tuple[str, int]] = {}
+    for owner, (mask_share, self_share) in s.received.items():
+        if owner in alive_set:
+            out[owner] = ("self", self_share)
+        elif owner in dropped_set:
+            out[owner] = ("mask", mask_share)
+    return replace(s, answered=True), out

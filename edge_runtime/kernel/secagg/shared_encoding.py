@@ -1,0 +1,45 @@
+"""One device's update on the round's shared grid, and the cohort's mean back from the sum.
+
+    full      = delta + residual                 error feedback: what earlier rounds did not send
+    sent part = full[shared subset]              random-k from the round's seed (subset.py)
+    values    = quantize.encode(sent part)       rotation, shared L-inf clip, b bits, offset
+    residual  = full - what the values decode to (zero off the subset is not sent: all of it stays)
+
+The coordinator decodes the survivors' field sum over the subset, divides by their number and
+puts it back at the subset's coordinates (zeros elsewhere). Decoding is linear, so that mean is
+exactly the mean of what each device's values decode to: the residual a device keeps is
+exactly what the cohort's sum did not get from it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import quantize
+from .messages import SecAggSpec
+from .subset import shared_coordinates
+
+
+def encode_update(delta: np.ndarray, residual: np.ndarray | None, spec: SecAggSpec,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(field values of the subset, the new residual over all coordinates)."""
+    full = np.asarray(delta, dtype=np.float64).reshape(-1)
+    if residual is not None:
+        full = full + np.asarray(residual, dtype=np.float64).reshape(-1)
+    idx = shared_coordinates(full.size, spec.keep_fraction, spec.rotation_seed)
+    values = quantize.encode(full[idx], spec.rotation_seed, spec.clip_range, spec.bits, rng)
+    left = full.copy()
+    left[idx] -= quantize.decode(values, 1, spec.rotation_seed, spec.clip_range, spec.bits)
+    return values, left
+
+
+def subset_size(dimension: int, spec: SecAggSpec) -> int:
+    return shared_coordinates(dimension, spec.keep_fraction, spec.rotation_seed).size
+
+
+def decode_mean(total: np.ndarray, count: int, dimension: int, spec: SecAggSpec) -> np.ndarray:
+    """The survivors' mean over all coordinates from their field sum over the subset."""
+    idx = shared_coordinates(dimension, spec.keep_fraction, spec.rotation_seed)
+    out = np.zeros(dimension)
+    out[idx] = quantize.decode(total, count, spec.rotation_seed, spec.clip_range, spec.bits) / count
+    return out

@@ -1,0 +1,201 @@
+"""The device's side of secure-aggregation rounds: the four stages' requests in, replies out.
+
+    SecAggTask     train (DeviceRuntime.handle_task), encode the delta on the round's shared
+                   grid (kernel/secagg/quantize.py), start a session, advertise its keys
+    KeyDirectory   rebuild the neighbour graph from the cohort itself, check the neighbours'
+                   model hashes, send each neighbour its encrypted shares
+    ShareDelivery  open the shares addressed to this device, send the masked input
+    UnmaskRequest  reveal shares once, or decline by name (kernel/secagg/session.py)
+
+What the coordinator could forge is checked here, not trusted: the graph comes from the
+cohort and the round's seed, a threshold that would let the coordinator get both kinds of
+share (2t <= k) is refused, and the unmask checks live in `session.reveal`.
+
+The task's compression is fp32 and dense with error feedback off (the coordinator's
+secure-aggregation config sets it): the shared quantization below replaces the per-tensor one.
+Shared parameters only: personal parameters never leave the device, in or out of SecAgg.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .device import DeviceRuntime
+from .kernel.compress import decompress_update
+from .kernel.files import atomic_write_bytes
+from .kernel.protocol import Decline, TrainTask, Update
+from .kernel.secagg import identity
+from .kernel.secagg import session as sess
+from .kernel.secagg.graph import neighbour_graph
+from .kernel.secagg.keys import ShareDecryptionFailed
+from .kernel.secagg.masking import mask_input
+from .kernel.secagg.messages import (
+    EncryptedShares,
+    KeyAdvertisement,
+    KeyDirectory,
+    MaskedInput,
+    SecAggSpec,
+    SecAggTask,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .kernel.secagg.packing import pack
+from .kernel.secagg.shamir import SHARE_BYTES
+from .kernel.secagg.shared_encoding import encode_update
+from .kernel.update_codec import decode_tensors
+from .store import DeviceStore
+
+log = logging.getLogger("fedge.secagg")
+
+REQUESTS = (SecAggTask, KeyDirectory, ShareDelivery, UnmaskRequest)
+WEAK_THRESHOLD = "secagg_weak_threshold"  # 2t <= k: the coordinator could collect both kinds of share
+NO_SESSION = "secagg_no_session"  # a later stage for a round this device did not advertise in
+FAILED = "secagg_failed"  # anything else the device could not do (the detail says what)
+
+
+def flatten(tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """Shared params in name order: the coordinator unflattens with the manifest's shapes."""
+    return np.concatenate([np.asarray(tensors[k], dtype=np.float64).reshape(-1) for k in sorted(tensors)])
+
+
+def _shapes(tensors: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def unflatten(flat: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out, at = {}, 0
+    for k in sorted(like):
+        out[k] = flat[at:at + like[k].size].reshape(like[k].shape).astype(np.float32)
+        at += like[k].size
+    return out
+
+
+class SecAggParticipant:
+    def __init__(self, runtime: DeviceRuntime, publish: Callable[[object], None],
+                 rng: np.random.Generator | None = None, identity_private: bytes | None = None,
+                 directory: Mapping[str, bytes] | None = None):
+        """identity_private: this device's Ed25519 key (signs its advertisements); directory:
+        the fleet's identity public keys, from provisioning (with it, unsigned or wrongly
+        signed neighbour keys are declined as secagg_bad_signature)."""
+        self.runtime = runtime
+        self.identity_private = identity_private
+        self.directory = directory
+        self.publish = publish  # sends one message on this device's update channel
+        self.rng = rng or np.random.default_rng()
+        # One file per answered unmask request, written (fsync, rename) before the answer leaves.
+        self.answered_dir = Path(runtime.state_root) / runtime.device_id / "secagg-answered"
+        self.sessions: dict[str, sess.DeviceSession] = {}  # task_id -> session (one round, one task)
+        self.sent_shares: dict[str, EncryptedShares] = {}  # task_id -> its one set of boxes, resent on a repeat
+        self.inputs: dict[str, tuple[np.ndarray, int, SecAggSpec]] = {}  # task_id -> (encoded values, examples, spec)
+
+    @property
+    def device_id(self) -> str:
+        return self.runtime.device_id
+
+    def on_message(self, message) -> None:
+        task_id = message.task.task_id if isinstance(message, SecAggTask) else message.task_id
+        round_id = message.task.round_id if isinstance(message, SecAggTask) else message.round_id
+        try:
+            if isinstance(message, SecAggTask):
+                self._train(message)
+            elif task_id not in self.sessions:
+                raise sess.SecAggDecline(NO_SESSION)
+            elif isinstance(message, KeyDirectory):
+                self._share(message)
+            elif isinstance(message, ShareDelivery):
+                self._mask(message)
+            elif isinstance(message, UnmaskRequest):
+                self._reveal(message)
+        except sess.SecAggDecline as exc:
+            log.warning("device %s: round %d: secagg %s declined: %s", self.device_id, round_id,
+                        type(message).__name__, exc)
+            self.publish(Decline(self.device_id, round_id, task_id, exc.reason, exc.detail, "during"))
+        except ValueError as exc:  # a delta that cannot be encoded (NaN), a malformed key: decline, keep running
+            log.warning("device %s: round %d: secagg %s failed: %s", self.device_id, round_id,
+                        type(message).__name__, exc)
+            self.publish(Decline(self.device_id, round_id, task_id, FAILED, str(exc)[:300], "during"))
+
+    def _train(self, message: SecAggTask) -> None:
+        task: TrainTask = message.task
+        if task.task_id in self.sessions:  # a redelivered task: advertise the same keys again
+            self.publish(self._advertisement(self.sessions[task.task_id], task.task_id))
+            return
+        store = DeviceStore(Path(self.runtime.state_root) / self.device_id, task.model_id)
+        residual = store.load_residual()  # before handle_task: it keeps its own (fp32, empty) residual there
+        reply = self.runtime.handle_task(task)
+        if isinstance(reply, Decline):
+            self.publish(reply)
+            return
+        assert isinstance(reply, Update)
+        tensors = decompress_update(decode_tensors(reply.payload))
+        if residual is not None and _shapes(residual) != _shapes(tensors):
+            residual = None  # another model's, or none yet
+        values, left = encode_update(flatten(tensors), None if residual is None else flatten(residual), message.spec,
+                                     self.rng)
+        store.save_residual(unflatten(left, tensors))  # what the sum will not get from this device, kept
+        spec = message.spec
+        self.sessions.clear()  # one secure round at a time: an older round's keys and input go
+        self.sent_shares.clear()
+        self.inputs = {task.task_id: (values, reply.num_examples, spec)}
+        s = sess.start(self.device_id, task.round_id, hashlib.sha256(task.params).hexdigest())
+        self.sessions[task.task_id] = s
+        self.publish(self._advertisement(s, task.task_id))
+
+    def _advertisement(self, s: sess.DeviceSession, task_id: str) -> KeyAdvertisement:
+        signature = b""
+        if self.identity_private is not None:
+            signature = identity.sign(self.identity_private, identity.transcript(
+                s.round_id, self.device_id, s.cipher.public, s.mask.public, s.model_sha256))
+        return KeyAdvertisement(self.device_id, s.round_id, task_id, s.cipher.public, s.mask.public, s.model_sha256,
+                                signature)
+
+    def _share(self, message: KeyDirectory) -> None:
+        if message.task_id in self.sent_shares:  # a repeated directory: the same boxes (never encrypt twice)
+            self.publish(self.sent_shares[message.task_id])
+            return
+        s = self.sessions[message.task_id]
+        cohort = tuple(sorted(set(message.cohort)))
+        if self.device_id not in cohort:
+            raise sess.SecAggDecline(sess.NOT_IN_COHORT, "the directory's cohort does not list this device")
+        k = min(message.neighbours, len(cohort) - 1)
+        if 2 * message.threshold <= k:
+            raise sess.SecAggDecline(WEAK_THRESHOLD, f"t = {message.threshold} for k = {k}")
+        graph = neighbour_graph(cohort, k, message.graph_seed)
+        advertised = {p.device_id: sess.Advertised(p.cipher_public, p.mask_public, p.model_sha256, p.signature)
+                      for p in message.keys if p.device_id in graph[self.device_id]}
+        s, sealed = sess.shares_for_neighbours(s, cohort, graph[self.device_id], message.threshold, advertised,
+                                               self.directory)
+        self.sessions[message.task_id] = s
+        reply = EncryptedShares(self.device_id, message.round_id, message.task_id,
+                                b"".join(sealed[peer] for peer in sorted(sealed)))
+        self.sent_shares[message.task_id] = reply
+        self.publish(reply)
+
+    def _mask(self, message: ShareDelivery) -> None:
+        s = self.sessions[message.task_id]
+        try:
+            s = sess.receive_shares(s, {sh.peer: sh.ciphertext for sh in message.shares})
+        except ShareDecryptionFailed as exc:
+            raise sess.SecAggDecline(sess.BAD_KEY, str(exc)) from None
+        self.sessions[message.task_id] = s
+        values, examples, spec = self.inputs[message.task_id]
+        y = mask_input(values, self.device_id, s.self_seed, s.mask.private, sess.masking_peers(s), s.round_id,
+                       spec.field_bits)
+        self.publish(MaskedInput(self.device_id, message.round_id, message.task_id, int(y.size), spec.field_bits,
+                                 pack(y, spec.field_bits), examples))
+
+    def _reveal(self, message: UnmaskRequest) -> None:
+        record = self.answered_dir / f"round-{message.round_id}"
+        if record.exists():  # answered before, perhaps by this device before a restart
+            raise sess.SecAggDecline(sess.ALREADY_ANSWERED)
+        s, shares = sess.reveal(self.sessions[message.task_id], message.alive, message.dropped, message.model_sha256)
+        self.sessions[message.task_id] = s  # a second request is declined, from memory and from the record
+        atomic_write_bytes(record, message.task_id.encode())
+        values = b"".join(shares[owner][1].to_bytes(SHARE_BYTES, "big") for owner in sorted(shares))
+        self.publish(UnmaskResponse(self.device_id, message.round_id, message.task_id, values))

@@ -1,0 +1,17 @@
+import json
+
+from fedge.tools.bench.secagg import main, measure
+
+
+def test_a_small_case_is_exact_and_reports_every_field(tmp_path):
+    row = measure(30, 0.3, 8, 3000)
+    for key in ("devices", "dropout_fraction", "bits", "dimension", "field_bits", "bytes_per_device",
+                "floor_bytes_per_device", "plain_bytes_per_device", "device_cpu_seconds", "unmask_seconds", "exact"):
+        assert key in row
+    assert row["exact"] and row["field_bits"] == 8 + 5
+    assert row["floor_bytes_per_device"] == (3000 * 13 + 7) // 8
+    assert row["bytes_per_device"] > row["floor_bytes_per_device"] > row["plain_bytes_per_device"]
+    out = tmp_path / "b.json"
+    assert main(["--json", str(out), "--devices", "12", "--dropouts", "0,0.25", "--bits", "16",
+                 "--dimension", "500"]) == 0
+    assert [r["dropout_fraction"] for r in json.loads(out.read_text())["runs"]] == [0.0, 0.25]

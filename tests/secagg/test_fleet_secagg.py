@@ -1,0 +1,266 @@
+"""Secure rounds end to end in memory: a real Coordinator and real DeviceAgents (DeviceRuntime,
+ONNX training) over the in-memory broker, through the four stages. The committed model is the
+plain FedAvg (equal weights) of the same quantized updates, bit for bit in the sum, with and
+without a device that drops after sharing its keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.config import CoordinatorConfig, load_coordinator_config
+from fedge.coordinator.dp.config import PrivacyConfig
+from fedge.coordinator.secagg.config import SecAggConfig, SecureAggregationConflict
+from fedge.coordinator.store import RoundStore
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, Update
+from fedge.edge_runtime.kernel.secagg import quantize
+from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggTask, UnmaskRequest
+from fedge.edge_runtime.kernel.secagg.packing import unpack
+from tests.coordinator.fleet import copy_params, make_fleet
+from tests.tiny_model import build_tiny_model
+
+SECURE = SecAggConfig(enabled=True, bits=16, clip_range=0.5)
+SETTINGS = dict(secure_aggregation=SECURE, weighting="equal", compression=CompressionSpec(quant_bits=32, clip_norm=4.0))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def _run_round(fleet, drop_at_stage: int | None = None, drop: str = ""):
+    """Drive one round: drain, tick, advance the clock past a stage deadline when stuck.
+    `drop` stops answering once the machine reaches stage `drop_at_stage`."""
+    c = fleet.coordinator
+    assert c.begin_round()
+    for _ in range(40):
+        if drop and c.round is not None and c.round.machine.stage >= drop_at_stage:
+            fleet.agents = [a for a in fleet.agents if a.device_id != drop]
+        fleet.drain()
+        record = c.tick()
+        if record is not None:
+            return record
+        fleet.clock.advance(1.0 if c.round.machine.stage_full else SECURE.stage_deadline_s + 1)
+    raise AssertionError("the round never closed")
+
+
+def _expected_mean(fleet, survivors):
+    """The plain FedAvg of the devices' quantized vectors: their integer sum, decoded."""
+    values = {a.device_id: next(iter(a.secagg.inputs.values())) for a in fleet.agents if a.device_id in survivors}
+    spec = next(iter(values.values()))[2]
+    total = np.sum(np.stack([v[0] for v in values.values()]).astype(np.int64), axis=0)
+    return quantize.decode(total, len(values), spec.rotation_seed, spec.clip_range, spec.bits) / len(values)
+
+
+def _flat(params):
+    return np.concatenate([np.asarray(params[k], dtype=np.float64).reshape(-1) for k in sorted(params)])
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_secure_round_commits_the_plain_mean_of_the_quantized_updates(model, tmp_path, drop):
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), **SETTINGS)
+    agents = list(fleet.agents)
+    old = copy_params(fleet.coordinator.state.params)
+    gone = "dev2" if drop else ""
+    record = _run_round(fleet, drop_at_stage=2, drop=gone)  # stage 2: masked input (after key sharing)
+    assert record.committed, record.why
+    survivors = {a.device_id for a in agents} - {gone}
+    assert record.reports == len(survivors)
+    fleet.agents = agents
+    expected = _expected_mean(fleet, survivors)
+    new = fleet.coordinator.state.params
+    got = _flat(new) - _flat(old)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # the coordinator never saw an Update; it saw masked inputs, none equal to a device's input
+    assert not any(isinstance(m, Update) for m in fleet.wire)
+    assert sum(isinstance(m, SecAggTask) for m in fleet.wire) == 5
+    masked = [m for m in fleet.wire if isinstance(m, MaskedInput)]
+    assert len(masked) == len(survivors)
+    for m in masked:
+        own = next(iter(next(a for a in agents if a.device_id == m.device_id).secagg.inputs.values()))[0]
+        assert np.mean(unpack(m.data, m.length, m.field_bits) == own) < 0.01
+    if drop:
+        (request,) = [m for m in fleet.wire if isinstance(m, UnmaskRequest)][:1]
+        assert request.dropped == (gone,) and gone not in request.alive
+
+
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_a_drop_at_any_other_stage_still_commits_the_survivors_mean(model, tmp_path, stage):
+    """0: before advertising (not in the cohort); 1: after advertising, before sharing (its
+    neighbours never mask with it); 3: silent in the unmask stage (its input counts, its
+    self-mask comes back from its neighbours' shares)."""
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), **SETTINGS)
+    agents = list(fleet.agents)
+    old = copy_params(fleet.coordinator.state.params)
+    record = _run_round(fleet, drop_at_stage=stage, drop="dev3")
+    assert record.committed, record.why
+    survivors = {a.device_id for a in agents} - ({"dev3"} if stage < 3 else set())
+    fleet.agents = agents
+    got = _flat(fleet.coordinator.state.params) - _flat(old)
+    np.testing.assert_allclose(got, _expected_mean(fleet, survivors), rtol=0, atol=1e-6)
+
+
+def test_a_restart_mid_round_abandons_it_and_stores_no_individual_update(model, tmp_path):
+    path = tmp_path / "state.db"
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), store=RoundStore(path), **SETTINGS)
+    c = fleet.coordinator
+    assert c.begin_round()
+    while c.round.machine.stage < 3:  # masked inputs are in, the unmask requests out
+        fleet.drain()
+        c.tick()
+        fleet.clock.advance(1.0)
+    again = fleet.restart(store=RoundStore(path))  # the old process is dropped, as by kill -9
+    assert again.round is None and again.history[-1].committed is False
+    assert "cannot resume" in again.history[-1].why
+    assert again.state.version == 0
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM updates").fetchone()[0] == 0
+    fleet.drain()
+    assert again.begin_round()  # the next round opens under a new id
+    assert again.round.ctx.round_id == 2
+
+
+def test_a_second_round_runs_from_the_committed_model(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    assert _run_round(fleet).committed
+    assert _run_round(fleet).committed
+    assert fleet.coordinator.state.version == 2
+
+
+def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    c = fleet.coordinator
+    assert c.begin_round()
+    while c.round.machine.stage < 3:  # up to the unmask stage's requests
+        fleet.drain()
+        c.tick()
+        fleet.clock.advance(1.0)
+    agent = fleet.agents[0]
+    task_id = c.round.ctx.tasks[agent.device_id]
+    ids = tuple(sorted(c.round.ctx.tasks))
+    agent.secagg.on_message(UnmaskRequest(agent.device_id, c.round.ctx.round_id, task_id, ids, ids[1:2],
+                                          agent.secagg.sessions[task_id].model_sha256))
+    fleet.drain()
+    declines = [m for m in fleet.wire if isinstance(m, Decline)]
+    assert [d.reason for d in declines] == ["secagg_sets_overlap"]
+    # the coordinator's own request (delivered by that drain) was answered, recorded durably first;
+    # any further request is declined by name, from memory and, after a restart, from the record
+    assert (agent.secagg.answered_dir / f"round-{c.round.ctx.round_id}").exists()
+    again = UnmaskRequest(agent.device_id, c.round.ctx.round_id, task_id, ids, (),
+                          agent.secagg.sessions[task_id].model_sha256)
+    agent.secagg.on_message(again)
+    agent.secagg.sessions[task_id] = dataclasses.replace(agent.secagg.sessions[task_id], answered=False)
+    agent.secagg.on_message(again)  # as if the process had restarted with its keys: the file still says no
+    fleet.drain()
+    assert [d.reason for d in fleet.wire if isinstance(d, Decline)][1:] == ["secagg_already_answered"] * 2
+
+
+@pytest.mark.parametrize("settings,reason", [
+    ({"aggregator": "norm_bound"}, "secagg_robust_aggregator"),
+    ({"aggregator": "krum"}, "secagg_robust_aggregator"),
+    ({"norm_bound": 3.0}, "secagg_norm_bound"),
+    ({"weighting": "examples"}, "secagg_weighting"),
+    ({"strategy": "scaffold"}, "secagg_scaffold"),
+    ({"model_part_bytes": 4096}, "secagg_model_parts"),
+    ({"clients_per_round": 1}, "secagg_quorum"),
+    ({"privacy": PrivacyConfig(enabled=True, noise_multiplier=1.0, clip_norm=4.0)}, "secagg_privacy"),
+    ({"clients_per_round": 4, "min_reports": 1}, "secagg_quorum"),
+    ({"compression": CompressionSpec(clip_norm=0.0), "secure_aggregation": SecAggConfig(enabled=True)},
+     "secagg_no_clip_range"),
+])
+def test_settings_that_need_individual_updates_are_refused_by_name(settings, reason):
+    base = {"aggregator": "mean", **SETTINGS, **settings}
+    with pytest.raises(SecureAggregationConflict) as exc:
+        CoordinatorConfig(**base)
+    assert exc.value.reason == reason
+
+
+def test_a_weak_threshold_is_refused_at_load():
+    with pytest.raises(Exception, match="exceed neighbours / 2"):
+        SecAggConfig(enabled=True, neighbours=10, threshold=5)
+
+
+def test_the_readme_config_block_loads(tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Secure aggregation"):]
+    block = section[section.index("```toml") + len("```toml"):section.index("```", section.index("```toml") + 7)]
+    (tmp_path / "c.toml").write_text(block)
+    cfg = load_coordinator_config(tmp_path / "c.toml")
+    assert cfg.secure_aggregation.enabled and cfg.secure_aggregation.bits == 16
+    assert cfg.compression.clip_norm == 4.0
+
+
+def test_the_simulator_runs_secure_rounds(tmp_path):
+    """`fedge simulate` with [coordinator.secure_aggregation]: every round commits; the devices
+    over-selected past the first stage's target are refused as stale, nothing else."""
+    from fedge.tools.simulate.config import SIM_COORDINATOR, SimConfig
+    from fedge.tools.simulate.fleet import run_simulation
+
+    coordinator = dataclasses.replace(SIM_COORDINATOR, clients_per_round=5, aggregator="mean", **SETTINGS)
+    result = run_simulation(SimConfig(devices=8, rounds=2, dataset="digits", coordinator=coordinator,
+                                      out_dir=str(tmp_path / "sim")))
+    assert [r["committed"] for r in result.rounds] == [True, True]
+    assert set(result.summary["rejections"]) <= {"stale_round"}
+
+
+def test_a_repeated_key_directory_gets_the_same_boxes_again(model, tmp_path):
+    from fedge.edge_runtime.kernel.secagg.messages import EncryptedShares, KeyDirectory
+
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    c = fleet.coordinator
+    assert c.begin_round()
+    while not any(isinstance(m, EncryptedShares) for m in fleet.wire):
+        fleet.drain()
+        c.tick()
+        fleet.clock.advance(1.0)
+    agent = fleet.agents[0]
+    directory = next(m for m in fleet.wire if isinstance(m, KeyDirectory) and m.device_id == agent.device_id)
+    agent.secagg.on_message(directory)
+    fleet.drain()
+    sent = [m for m in fleet.wire if isinstance(m, EncryptedShares) and m.device_id == agent.device_id]
+    assert len(sent) == 2 and sent[0] == sent[1]
+
+
+def test_a_shared_random_subset_is_sent_and_the_rest_kept_on_the_device(model, tmp_path):
+    from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_mean
+    from fedge.edge_runtime.store import DeviceStore
+
+    sparse = dataclasses.replace(SECURE, keep_fraction=0.25)
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **{**SETTINGS, "secure_aggregation": sparse})
+    old = copy_params(fleet.coordinator.state.params)
+    assert _run_round(fleet).committed
+    got = _flat(fleet.coordinator.state.params) - _flat(old)
+    values = [next(iter(a.secagg.inputs.values())) for a in fleet.agents]
+    spec = values[0][2]
+    assert spec.keep_fraction == 0.25 and values[0][0].size == round(0.25 * got.size)
+    total = np.sum(np.stack([v[0] for v in values]).astype(np.int64), axis=0)
+    np.testing.assert_allclose(got, decode_mean(total, 3, got.size, spec), rtol=0, atol=1e-6)
+    assert np.count_nonzero(got) <= values[0][0].size  # nothing moved off the subset
+    agent = fleet.agents[0]
+    residual = DeviceStore(agent.runtime.state_root / agent.device_id, fleet.model[1].model_id).load_residual()
+    assert residual is not None and sum(float(np.abs(r).sum()) for r in residual.values()) > 0
+
+
+def test_a_key_directory_with_a_malformed_peer_key_is_declined_not_raised(model, tmp_path):
+    from fedge.edge_runtime.kernel.secagg.messages import KeyDirectory, PeerKeys
+
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    c = fleet.coordinator
+    assert c.begin_round()
+    fleet.drain()
+    agent = fleet.agents[0]
+    task_id = c.round.ctx.tasks[agent.device_id]
+    sealed_keys = KeyDirectory(agent.device_id, 1, task_id, ("dev0", "dev1", "dev2"), 2, 2, 0, ())
+    agent.secagg.on_message(sealed_keys)  # no neighbour keys at all: fewer than t, a named decline
+    # a low-order X25519 point: the agreement fails inside `cryptography` with a ValueError
+    model_sha = agent.secagg.sessions[task_id].model_sha256
+    bad = dataclasses.replace(sealed_keys, keys=tuple(PeerKeys(d, bytes(32), bytes(32), model_sha)
+                                                      for d in ("dev1", "dev2")))
+    agent.secagg.on_message(bad)
+    fleet.drain()
+    reasons = [m.reason for m in fleet.wire if isinstance(m, Decline) and m.device_id == agent.device_id]
+    assert reasons == ["secagg_too_few_neighbours", "secagg_failed"]

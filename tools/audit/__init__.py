@@ -1,0 +1,1 @@
+"""`fedge audit`: what the coordinator can learn from what it sees."""
