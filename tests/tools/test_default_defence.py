@@ -53,11 +53,17 @@ def test_a_diverging_honest_device_is_declined_and_costs_under_a_point(honest, t
     assert abs(_accuracy(result) - _accuracy(honest)) <= 0.01  # ...never as a huge delta
 
 
-def test_one_poisoner_cannot_take_the_default_config_to_chance(honest, tmp_path):
-    attacked = run_simulation(sim_config(**BASE, attack="poison", attackers=0.1, out_dir=str(tmp_path / "nb")))
-    plain = run_simulation(sim_config(**{**BASE, "rounds": 8}, attack="poison", attackers=0.1, aggregator="mean",
+POISON = dict(dataset="mnist5k", devices=20, rounds=20, clients_per_round=10)
+
+
+def test_one_poisoner_costs_what_losing_its_data_costs(tmp_path):
+    """MNIST-5k, 20 devices, Dirichlet 0.1: within 1 point of the same seed with that device
+    honest (issue 9). The default leaves the poisoner's update out of the mean (its norm is far
+    over 10x the median); clipping it in, as the default did before, cost 14 points here."""
+    honest = run_simulation(sim_config(**POISON, out_dir=str(tmp_path / "honest")))
+    attacked = run_simulation(sim_config(**POISON, attack="poison", attackers=0.05, out_dir=str(tmp_path / "nb")))
+    plain = run_simulation(sim_config(**{**POISON, "rounds": 4}, attack="poison", attackers=0.05, aggregator="mean",
                                       out_dir=str(tmp_path / "mean")))
     assert plain.rounds[-1]["global_accuracy"] < 0.2  # the attack is real: the plain mean goes to chance
-    # The default keeps committing and keeps most of the accuracy. Issue 9 asks for 1 point; the
-    # norm bound and the median-claim weight cap leave about 8 here (README, Robust aggregation).
-    assert _accuracy(attacked) >= _accuracy(honest) - 0.12
+    assert attacked.summary["attackers"] and all(r["committed"] for r in attacked.rounds)
+    assert abs(_accuracy(attacked) - _accuracy(honest)) <= 0.01, (_accuracy(attacked), _accuracy(honest))
