@@ -211,8 +211,8 @@ def write_plots(doc: dict, out: Path) -> list[Path]:
                                 color=line.get_color())
                 scatter.annotate(f"{model} {label}", (r["bytes_up_per_round"] / 1024, r["final_accuracy"]), fontsize=6)
             # the y-range fits the curves: a quick run that stays below 0.5 must not leave the panel empty
-            lows = [min(r["global_accuracy_curve"]) for r in doc["compression"] if r.get("model", "adapters") == model
-                    and r["global_accuracy_curve"]]
+            lows = [a for r in doc["compression"] if r.get("model", "adapters") == model
+                    for a in r["global_accuracy_curve"] if a is not None]
             ax.set(xscale="log", xlabel="cumulative uplink KiB (on the wire)", ylabel="global accuracy",
                    ylim=(max(0.0, min(lows, default=0.0) - 0.05), 1), title=f"{model} model: accuracy vs uplink bytes")
             ax.legend(fontsize=6, loc="lower right")
