@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from fedge.tools.cli import main
+from tests.tools.install_sets import modules_missing_from
 
 # A device-only install, reproduced by refusing the imports its extras would bring.
 BLOCKER = """
@@ -19,6 +20,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 from fedge.tools.cli import main
+from tests.tools.install_sets import modules_missing_from
 sys.exit(main(sys.argv[2:]))
 """
 # Everything beyond the device install (numpy, msgpack, paho-mqtt, psutil, onnxruntime).
@@ -101,3 +103,13 @@ def test_verbose_bench_train_step_runs(tmp_path):
 def test_device_commands_need_only_the_device_install(argv, tmp_path):
     done = _run_without(DEVICE_ONLY, *[a.format(tmp=tmp_path) for a in argv])
     assert done.returncode == 0, done.stderr
+
+
+def test_the_demo_install_runs_the_simulator(tmp_path):
+    """`make demo` installs only [device,sim]: `fedge simulate` must run with nothing else (a
+    coordinator import of dp-accounting, then only in [coordinator], once broke the demo)."""
+    blocked = modules_missing_from("device", "sim")
+    assert "pytest" in blocked and "dp_accounting" not in blocked
+    done = _run_without(",".join(sorted(blocked)), "simulate", "--dataset", "digits", "--devices", "4", "--rounds",
+                        "1", "--quiet", "--json", str(tmp_path / "run.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
