@@ -19,6 +19,7 @@ privacy.on_exhausted = "stop" (after the last model's evaluation, like should_st
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 
@@ -43,7 +44,9 @@ class CoordinatorLoop:
         on_round: Callable[[RoundRecord], None] | None = None,
         should_stop: Callable[[RoundRecord], bool] | None = None,  # asked after every closed round
         on_begin: Callable[[RoundMachine], None] | None = None,  # told of every round begun
-        finish_evaluation: bool = True,  # after should_stop, take the last model's evaluation before returning
+        # After should_stop, wait for the last model's evaluation at most this long (seconds; None: until
+        # the evaluation's own deadline), then close it with the reports that came.
+        finish_evaluation_s: float | None = None,
     ):
         self.coordinator = coordinator
         self.clock = coordinator.clock  # one clock per side: the coordinator's
@@ -53,8 +56,9 @@ class CoordinatorLoop:
         self.on_round = on_round
         self.should_stop = should_stop
         self.on_begin = on_begin
-        self.finish_evaluation = finish_evaluation
+        self.finish_evaluation_s = finish_evaluation_s
         self.finishing = False  # should_stop said so: no new round, only the evaluation in flight
+        self.finish_until = math.inf
         self.exhausted = None  # the privacy budget's refusal (dp BudgetVerdict) that ended the loop
         self.stop_event = threading.Event()
         self.next_begin = 0.0
@@ -63,14 +67,17 @@ class CoordinatorLoop:
         self._waiting_said = ("", 0.0)  # the last "waiting for" line and when it may be repeated
 
     def run(self) -> None:
-        """Run until `stop()` or `should_stop` says so."""
+        """Run until `stop()` or `should_stop` says so (a caller may run it again, for the next round)."""
         c = self.coordinator
+        self.finishing, self.finish_until = False, math.inf
         while not self._start():
             if self.stop_event.wait(self.poll_s):
                 return
         seen = getattr(c.transport, "connection_count", 1)
         while not self.stop_event.is_set():
-            if self.finishing and c.evaluations.run is None:
+            if self.finishing and (c.evaluations.run is None or self.clock.now() >= self.finish_until):
+                if c.evaluations.run is not None:
+                    c.evaluations.close(self.clock.now())
                 return
             try:
                 if not self.finishing:
@@ -102,9 +109,11 @@ class CoordinatorLoop:
                 if self.on_round:
                     self.on_round(record)
                 if self.should_stop and self.should_stop(record):
-                    if not self.finish_evaluation or c.evaluations.run is None:
+                    if c.evaluations.run is None:
                         return
-                    self.finishing = True  # the last model's evaluation closes by its deadline
+                    self.finishing = True  # the last model's evaluation closes by its deadline, or ours
+                    if self.finish_evaluation_s is not None:
+                        self.finish_until = self.clock.now() + self.finish_evaluation_s
 
     def _pump(self, timeout: float) -> bool:
         """Handle one message; an exception from handling it costs that message, not the service."""

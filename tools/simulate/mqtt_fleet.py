@@ -181,7 +181,8 @@ class MqttFleet:
                 device.start()
             self.records: list = []
             self.loop = CoordinatorLoop(self.coordinator, min_devices=1, on_round=self._closed,
-                                        should_stop=lambda record: True, finish_evaluation=False,
+                                        should_stop=lambda record: True,
+                                        finish_evaluation_s=10.0,  # a vanished device never answers
                                         on_begin=lambda m: self.plan.begin(m.round_id, m.selected, m.target))
             self._wait_for_check_ins(len(self.devices), connect_timeout_s)
         except BaseException:
@@ -212,19 +213,7 @@ class MqttFleet:
             if self.loop.exhausted is not None:  # the privacy budget refused the round
                 return None
             raise RuntimeError("the coordinator loop stopped without closing a round")
-        self._finish_evaluation()
         return self.records[-1]
-
-    def _finish_evaluation(self, wait_s: float = 10.0) -> None:
-        """Take the devices' evaluation reports of the model just committed. A device that
-        vanished never answers: after wait_s of real time the evaluation closes with the rest
-        (the coordinator itself would wait for [coordinator.evaluation] deadline_s)."""
-        evals, until = self.coordinator.evaluations, time.monotonic() + wait_s
-        while evals.run is not None and time.monotonic() < until:
-            self.coordinator.pump(0.05)
-            self.coordinator.tick()
-        if evals.run is not None:
-            evals.close(self.coordinator.clock.now())
 
     def close(self) -> None:
         for device in getattr(self, "devices", []):
