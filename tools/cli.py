@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(args, lambda: _dispatch(args))
 
 
+# Every known failure (a FedgeError, a missing extra) exits 2: a supervisor should not restart on it
+# (hardware/systemd units: RestartPreventExitStatus).
+EXIT_ERROR = 2
+
+
 def _guarded(args, call) -> int:
     """Logging from the global flags, then the command; known failures become one line."""
     from fedge.edge_runtime.logs import setup_logging
@@ -45,7 +50,7 @@ def _guarded(args, call) -> int:
         return call()
     except FedgeError as exc:
         print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         if top not in EXTRAS:
@@ -54,7 +59,7 @@ def _guarded(args, call) -> int:
         print(f"fedge: error: `fedge {args.command}` needs the {top!r} module from the [{extra}] extra: "
               f"pip install \"<fedge checkout or fedge-*.whl>[{extra}]\" (e.g. pip install -e '.[{extra}]')",
               file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 def _split_globals(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -26,6 +26,7 @@ from tests.tiny_model import build_tiny_model
 HARDWARE = Path(__file__).resolve().parents[2] / "hardware"
 UNIT = HARDWARE / "systemd" / "fedge-device.service"
 FEDGE = Path(sys.executable).with_name("fedge")  # this environment's fedge: ExecStart must exist
+COORDINATOR_UNIT = HARDWARE / "systemd" / "fedge-coordinator.service"
 
 
 def _verify(unit: Path) -> subprocess.CompletedProcess:
@@ -50,6 +51,22 @@ def test_shipped_unit_verifies_and_is_hardened(tmp_path):
     # The check has teeth: a unit whose binary is missing fails it.
     unit.write_text(UNIT.read_text().replace("@FEDGE@", str(tmp_path / "no-such-fedge")))
     assert _verify(unit).returncode != 0
+
+
+def test_coordinator_unit_verifies_and_does_not_restart_on_a_spent_budget(tmp_path):
+    from fedge.coordinator.service import EXIT_PRIVACY_BUDGET
+    from fedge.tools.cli import EXIT_ERROR
+
+    unit = tmp_path / "fedge-coordinator.service"
+    unit.write_text(COORDINATOR_UNIT.read_text().replace("@FEDGE@", str(FEDGE)))
+    done = _verify(unit)
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+    keys = _unit_lines(unit.read_text())
+    # The exits a restart cannot fix are the service's own constants, not numbers copied by hand.
+    assert set(keys["RestartPreventExitStatus"].split()) == {str(EXIT_ERROR), str(EXIT_PRIVACY_BUDGET)}
+    assert keys["Restart"] == "on-failure" and "mosquitto.service" in keys["After"]
+    assert keys["ProtectSystem"] == "strict" and keys["StateDirectory"] == keys["WorkingDirectory"].rsplit("/", 1)[1]
+    assert "coordinator serve --config /etc/fedge/coordinator.toml" in keys["ExecStart"]
 
 
 def _scratch_root(root: Path) -> Path:
