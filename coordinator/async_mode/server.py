@@ -69,6 +69,7 @@ class AsyncCoordinator(Coordinator):
         self._flushed = []  # records of flushes since the last tick()
         self._rest: dict[str, float] = {}  # device -> clock seconds before which it gets no task
         self._draws = 0
+        self._contributors: set[str] = set()  # devices with an update in the open buffer
         super().__init__(*args, **kwargs)
         r = self.metrics.registry
         self.staleness_seen = Histogram("fedge_async_staleness", "Staleness (versions) of accepted updates",
@@ -96,6 +97,7 @@ class AsyncCoordinator(Coordinator):
         self.round = self._new_buffer(stored.round_id, now - (wall - stored.started_wall),
                                       RoundPlan.from_json(stored.privacy))
         rows = self.journal.buffered(stored.round_id)
+        self._contributors = {row.device_id for row in rows}
         for row in rows:
             self._add(Accepted(row.device_id, row.update_id, row.num_examples, row.digest,
                                decode_delta(row.payload, self.round.ctx.shapes), None,
@@ -192,6 +194,7 @@ class AsyncCoordinator(Coordinator):
                           rnd.events, staleness, update.num_examples, update.payload, b"", accepted.reported_norm)
         self.journal.add_update(row, flight.task_id)  # durable before the Ack: journal.py
         rnd.events += 1
+        self._contributors.add(update.device_id)
         self._add(accepted, staleness)
         self.metrics.accepted.inc()
         self.staleness_seen.observe(staleness)
@@ -239,14 +242,15 @@ class AsyncCoordinator(Coordinator):
         if not candidates:
             return False
         buffer_id = self.next_round_id
-        # One accounting event per flush: K contributions out of the eligible population.
-        plan = self.privacy.plan(buffer_id, len(candidates), min(k, len(candidates)), k, self.state.extra)
+        # One accounting event per flush, charged as K of K (sampling rate 1): who lands in a buffer
+        # depends on device speed, not on a uniform draw, so no amplification by sampling is claimed.
+        plan = self.privacy.plan(buffer_id, k, k, k, self.state.extra)
         if plan is None and self.privacy.enabled:
             return False
         now, wall = self.clock.now(), self.clock.wall()
         self.store.open_round(StoredRound(buffer_id, self.state.version, (), {}, k, k, wall,
                                           wall + self.config.round_deadline_s, privacy=plan and plan.to_json()))
-        self.round = self._new_buffer(buffer_id, now, plan)
+        self.round, self._contributors = self._new_buffer(buffer_id, now, plan), set()
         (self.round.bytes_up, self.round.bytes_up_dense), self._late_up = self._late_up, (0, 0)
         self.metrics.round_begun(buffer_id)
         self.outbound.announce(self.state.version, self.round)
@@ -272,7 +276,10 @@ class AsyncCoordinator(Coordinator):
         return self._flushed.pop(0) if self._flushed else None
 
     def _dispatch(self, count: int, now: float) -> None:
-        idle = [d for d in self.eligible_devices() if self.machine.flight(d) is None and self._rest.get(d, 0.0) <= now]
+        # With central DP a device gives at most one update per buffer, so one flush's sensitivity is S.
+        once = self._contributors if self.privacy.enabled else ()
+        idle = [d for d in self.eligible_devices()
+                if self.machine.flight(d) is None and self._rest.get(d, 0.0) <= now and d not in once]
         if not idle:
             return
         self._draws += 1

@@ -12,6 +12,7 @@ import pytest
 
 from fedge.coordinator.async_mode.config import AsyncConfig
 from fedge.coordinator.async_mode.server import AsyncCoordinator
+from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.compress import decompress_update
@@ -145,3 +146,32 @@ def test_restart_mid_buffer_loses_no_accepted_update_and_counts_none_twice(model
     c = fleet.restart(store=RoundStore(db))
     assert c.state.version == 1 and c.machine.buffered == 0
     assert_params(c.state.params, fedbuff_oracle(v0, sent, [0, 0, 0]))
+
+
+def test_with_central_dp_each_flush_is_one_accounting_event_and_a_device_gives_one_update_per_buffer(model,
+                                                                                                      tmp_path):
+    db = tmp_path / "state.db"
+    fleet = make_fleet(model, tmp_path, store=RoundStore(db), mode="async", weighting="equal",
+                       async_=AsyncConfig(concurrency=3, buffer_size=2, max_staleness=5),
+                       privacy=PrivacyConfig(enabled=True, target_epsilon=50.0, delta=1e-5, noise_multiplier=1.0,
+                                             clip_norm=0.5))
+    devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
+    fleet.drain()
+    c = fleet.coordinator
+    assert c.begin_round()
+    rng = np.random.default_rng(1)
+    for flush in range(3):
+        c.tick()
+        fleet.drain()
+        sent = set()
+        while c.state.version == flush:
+            ready = [d for d in devs if c.machine.flight(d.id) is not None and d.id not in sent]
+            assert ready, "a buffer must be able to fill from distinct devices"
+            _send(fleet, ready[0], random_delta(c.shapes, rng, scale=0.001), f"u{flush}")
+            sent.add(ready[0].id)
+            c.tick()  # a device that gave to this buffer gets no new task until it flushes
+            fleet.drain()
+            assert all(c.machine.flight(d) is None for d in sent if c.state.version == flush)
+    ledger = RoundStore(db).privacy_ledger()
+    assert [(p["population"], p["cohort"], p["expected_cohort"]) for p in ledger] == [(2, 2, 2)] * 3
+    assert len(RoundStore(db).round_records()) == 3 == c.state.version
