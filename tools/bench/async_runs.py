@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedge.coordinator.async_mode.config import AsyncConfig
 from fedge.coordinator.async_mode.machine import (
     Admit,
     Arrived,
@@ -56,8 +57,8 @@ class RunConfig:
     rounds: int = 60  # sync rounds; async runs for the same simulated time
     concurrency: int = 100
     buffer_size: int = 10
-    max_staleness: int = 100
-    staleness_exponent: float = 0.5
+    max_staleness: int = AsyncConfig().max_staleness  # the coordinator's defaults: 20, (1 + s)^-1/2
+    staleness_exponent: float = AsyncConfig().exponent
     async_deadline_factor: float = 4.0
     epochs: int = 1
     batch_size: int = 10
