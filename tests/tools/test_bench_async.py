@@ -9,10 +9,13 @@ import json
 import numpy as np
 import pytest
 
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.tools.bench.async_bench import main
 from fedge.tools.bench.async_runs import RunConfig, Task, time_to
 from fedge.tools.bench.label_skew import label_skew
 from fedge.tools.bench.virtual_fleet import FleetModel, VirtualFleet
+from fedge.tools.simulate.config import SimConfig
 from fedge.tools.simulate.profiles import load_profile
 
 
@@ -104,3 +107,9 @@ def test_a_small_run_writes_the_must_show_keys(tmp_path):
         if r["time_to_target_seconds"] is not None:
             assert time_to(r["curve"], doc["target_accuracy"]) == (r["time_to_target_seconds"], r["bytes_up"])
     assert (tmp_path / "async.md").exists()
+
+
+def test_the_simulator_refuses_async_mode_instead_of_running_sync():
+    with pytest.raises(ConfigError, match="sync rounds only"):
+        SimConfig(coordinator=CoordinatorConfig(mode="async"))
+    assert SimConfig(coordinator=CoordinatorConfig()).coordinator.mode == "sync"
