@@ -91,6 +91,9 @@ class AsyncCoordinator(Coordinator):
                 self.journal.drop_task(t.task_id)
         if (stored := self.store.load_open_round()) is None:
             return
+        if stored.selected:  # a sync round's row (a buffer selects no one): its updates would be dropped
+            raise ConfigError(f"{self.store.path}: round {stored.round_id} is an open sync round; finish it with "
+                              "mode = 'sync' before switching to async")
         if stored.model_version != self.state.version:
             raise ConfigError(f"{self.store.path}: open buffer {stored.round_id} was based on version "
                               f"{stored.model_version}, the stored model is {self.state.version}")

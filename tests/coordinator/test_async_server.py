@@ -5,6 +5,7 @@ a restart mid-buffer that loses no accepted update and counts none twice."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -16,6 +17,7 @@ from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.compress import decompress_update
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import Decline
 from fedge.edge_runtime.kernel.update_codec import decode_tensors
 from tests.coordinator.fleet import ManualDevice, assert_params, copy_params, make_fleet, nan_payload, random_delta
@@ -175,3 +177,19 @@ def test_with_central_dp_each_flush_is_one_accounting_event_and_a_device_gives_o
     ledger = RoundStore(db).privacy_ledger()
     assert [(p["population"], p["cohort"], p["expected_cohort"]) for p in ledger] == [(2, 2, 2)] * 3
     assert len(RoundStore(db).round_records()) == 3 == c.state.version
+
+
+def test_an_open_round_of_the_other_mode_is_refused_by_name_not_dropped(model, tmp_path):
+    db = tmp_path / "state.db"
+    fleet, devs = _fleet(model, tmp_path, 3, store=RoundStore(db))
+    _send(fleet, devs[0], random_delta(fleet.coordinator.shapes, np.random.default_rng(0)))
+    sync = dataclasses.replace(fleet.coordinator.config, mode="sync")
+    with pytest.raises(ConfigError, match="open async buffer"):
+        fleet.restart(store=RoundStore(db), config=sync)
+
+    db2 = tmp_path / "sync.db"
+    fleet = make_fleet(model, tmp_path, sizes=(10, 20), store=RoundStore(db2))
+    assert fleet.coordinator.begin_round()
+    asyn = dataclasses.replace(fleet.coordinator.config, mode="async")
+    with pytest.raises(ConfigError, match="open sync round"):
+        fleet.restart(store=RoundStore(db2), config=asyn)
