@@ -99,6 +99,8 @@ def test_buffer_of_k_steps_once_by_fedbuffs_formula_and_stale_updates_are_reject
     assert "stale_update" in caplog.text
     metric = c.metrics.registry.get_sample_value("fedge_rejections_total", {"reason": "stale_update"})
     assert metric == 1.0
+    assert c.metrics.registry.get_sample_value("fedge_async_staleness_count") == 6  # the accepted ones
+    assert c.metrics.registry.get_sample_value("fedge_async_staleness_sum") == 1  # one update one version old
     assert c.machine.flight("m4") is None and c.state.version == 2
 
     # A re-publish of a counted update is a duplicate, acked as accepted, counted once.
