@@ -153,13 +153,17 @@ class AsyncCoordinator(Coordinator):
 
     def _check_in(self, msg) -> None:
         self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples, backoff.fingerprint(msg))
-        flight = self.machine.flight(msg.device_id)
+        device_id, now = msg.device_id, self.clock.now()
+        flight = self.machine.flight(device_id)
         if flight is not None:  # silent while it owes an answer: its task was probably lost
-            self._send_task(msg.device_id, flight, self.clock.now())
+            self._send_task(device_id, flight, now)
         elif not msg.eligible:
-            self._pace(msg.device_id, pace.INELIGIBLE)
-        elif self.round is None or self.machine.in_flight >= self.machine.concurrency:
-            self._pace(msg.device_id, pace.NO_ROUND)
+            self._pace(device_id, pace.INELIGIBLE)
+        elif self._rest.get(device_id, 0.0) > now:  # declined or let its task expire lately
+            self._pace(device_id, pace.DECLINED)
+        elif (self.round is None or self.machine.in_flight >= self.machine.concurrency
+              or (self.privacy.enabled and device_id in self._contributors)):
+            self._pace(device_id, pace.NO_ROUND)
         # else: the next tick dispatches it a task
 
     def _report(self, report: Update | Decline, sender: str | None, size: int) -> None:

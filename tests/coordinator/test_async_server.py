@@ -125,6 +125,12 @@ def test_updates_are_validated_like_sync_and_declines_free_the_slot(model, tmp_p
     devs[2].send(encode_message(Decline("m2", task.round_id, task.task_id, "battery_low")))
     fleet.drain()
     assert c.declines["battery_low"] == 1 and c.machine.in_flight == 0 and c.machine.buffered == 0
+    # The decliner rests (pace_declined_s) instead of getting a task at the next tick, and is told so.
+    devs[2].check_in()
+    fleet.drain()
+    assert devs[2].paces()[-1].reason == "declined"
+    c.tick()
+    assert c.machine.flight("m2") is None and c.machine.flight("m0") is not None
 
 
 def test_restart_mid_buffer_loses_no_accepted_update_and_counts_none_twice(model, tmp_path):
