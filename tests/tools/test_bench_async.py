@@ -113,3 +113,17 @@ def test_the_simulator_refuses_async_mode_instead_of_running_sync():
     with pytest.raises(ConfigError, match="sync rounds only"):
         SimConfig(coordinator=CoordinatorConfig(mode="async"))
     assert SimConfig(coordinator=CoordinatorConfig()).coordinator.mode == "sync"
+
+
+def test_a_task_is_lost_when_its_device_drops_out_at_any_time_during_it():
+    fleet = _fleet(n=200, seed=3)
+    fleet.dropout[:] = 0.0  # only availability decides here
+    rng = np.random.default_rng(0)
+    lost_mid = 0
+    for _ in range(600):
+        d, start, seconds = int(rng.integers(200)), float(rng.uniform(0, 86400)), float(rng.uniform(10, 5000))
+        steps = [start + k * 10.0 for k in range(int(seconds // 10) + 1)] + [start + seconds]
+        want = not all(fleet.available(d, t) for t in steps)  # every 10 s: finer than any window
+        assert fleet.lost(d, start, seconds, np.random.default_rng(1)) == want
+        lost_mid += want and fleet.available(d, start) and fleet.available(d, start + seconds)
+    assert lost_mid > 0  # some tasks were lost to a window that opened and closed inside them

@@ -15,8 +15,8 @@ A task takes download + compute + upload seconds:
 A device is available at t when its profile's trace says it is on power (mains, or inside a
 charging window), online (outside its offline windows) and not hot: the default eligibility
 of a device that trains only on the charger. A task is lost (the device goes silent) with
-the profile's dropout_probability, or when the device is unavailable when the task would
-end (availability is checked at the task's start and end, not in between).
+the profile's dropout_probability, or when the device becomes unavailable before it ends
+(checked every minute of the task and at its end; the profiles' windows last 10 minutes or more).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedge.tools.simulate.profiles import load_profile
+
+CHECK_S = 60.0  # a task is lost if its device is unavailable at any of these steps: windows last minutes
 
 
 @dataclass(frozen=True)
@@ -85,5 +87,9 @@ class VirtualFleet:
             and not _inside(trace.hot_s, trace.period_s, local)
 
     def lost(self, device: int, start: float, seconds: float, rng: np.random.Generator) -> bool:
-        """True when the task never reports: dropout, or unavailable when it would end."""
-        return bool(rng.random() < self.dropout[device]) or not self.available(device, start + seconds)
+        """True when the task never reports: dropout, or the device becomes unavailable before
+        it would end (looked at every `CHECK_S` seconds and at the end)."""
+        if rng.random() < self.dropout[device]:
+            return True
+        times = np.append(np.arange(start, start + seconds, CHECK_S), start + seconds)
+        return not all(self.available(device, float(t)) for t in times)
