@@ -27,9 +27,10 @@ The interface admits, without touching the coordinator:
   Z_{2^b}, carried as an integer-dtype Params) and adds it mod 2^b into an O(model) sum;
   `result` subtracts the unmasked seeds' contribution (given to it by the unmask stage) and
   maps the field back to floats. It never sees one device's plaintext;
-* a staleness-weighted buffer (FedBuff-style async): `meta.staleness` (model versions the
-  update's base is behind) scales the weight, e.g. w * (1 + s)^-a, into a streaming sum; the
-  coordinator calls `result` when the buffer holds K updates instead of at a round deadline.
+* FedBuff's buffer (coordinator/async_mode, `mode = "async"`): any of these aggregators, fed
+  each delta scaled by (1 + s)^-a with `meta.staleness` = s (model versions the update's base
+  is behind); the coordinator calls `result` when the buffer holds K updates instead of at a
+  round deadline.
 
 Pick one with `[coordinator] aggregator = "mean"`; `make_aggregator(name, context)` builds a
 fresh one per round. The factory gets an AggregatorContext: the round id and seed (for an RNG

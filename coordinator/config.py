@@ -12,6 +12,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
 
 from .aggregate import AGGREGATORS
+from .async_mode.config import AsyncConfig, check_mode
 from .dp.config import PrivacyConfig, check_coordinator
 from .evaluation import EvalConfig
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
@@ -93,6 +94,10 @@ class CoordinatorConfig:
     # Secure aggregation ([coordinator.secure_aggregation]; coordinator/secagg/config.py): the
     # coordinator learns only the cohort's sum. Refuses settings that need individual updates.
     secure_aggregation: SecAggConfig = field(default_factory=SecAggConfig)
+    # "sync": rounds (clients_per_round, deadlines); "async": FedBuff, a new model version every
+    # buffer_size updates, [coordinator.async] (coordinator/async_mode/config.py).
+    mode: str = "sync"
+    async_: AsyncConfig = field(default_factory=AsyncConfig, metadata={"toml": "async"})
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -137,6 +142,7 @@ class CoordinatorConfig:
             object.__setattr__(self, "compression", replace(self.compression, clip_norm=self.privacy.clip_norm))
         self._check_wire()
         check_compatible(self)
+        check_mode(self)
 
     def _check_wire(self) -> None:
         """What the coordinator will send must pass the codec's range checks: refuse it here,

@@ -7,6 +7,7 @@ none stops the service.
         ├── BadFrame                   truncated, corrupted, wrong version, not a message
         ├── UnexpectedMessage          a message on a channel not for its kind, or for another device
         ├── StaleRound                 not the open round, or the task is not this device's
+        ├── StaleUpdate                async: trained on a model more than max_staleness versions old
         ├── DuplicateUpdate            same (device, round, update id) already counted
         ├── ConflictingUpdate          same key as a counted update, different payload
         ├── WrongModel                 model id or base version differs from the task
@@ -43,6 +44,10 @@ class UnexpectedMessage(UpdateRejected):
 
 class StaleRound(UpdateRejected):
     reason = "stale_round"
+
+
+class StaleUpdate(UpdateRejected):
+    reason = "stale_update"
 
 
 class DuplicateUpdate(UpdateRejected):

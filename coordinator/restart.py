@@ -38,6 +38,9 @@ def resume(stored: StoredRound, version: int, now: float, wall: float,
            make_round: Callable[[RoundMachine, dict[str, str], float, RoundPlan | None], OpenRound],
            path: object = "") -> OpenRound:
     """Rebuild an open round from the store (see the module docstring)."""
+    if not stored.selected:  # async mode's open buffer selects no one (coordinator/async_mode)
+        raise ConfigError(f"{path}: round {stored.round_id} is an open async buffer; finish it with "
+                          "mode = 'async' before switching to sync")
     if stored.model_version != version:
         raise ConfigError(f"{path}: open round {stored.round_id} was based on version "
                           f"{stored.model_version}, the stored model is {version}")

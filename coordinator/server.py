@@ -83,9 +83,9 @@ class Coordinator:
     `tick()` (closes the round at its deadline or when it is done), and call `begin_round()`
     whenever no round is open. Every method returns quickly; the caller owns sleeping.
 
-    Public state for simulators and reports: `state` (ServerState), `round` (OpenRound or
-    None), `history` (RoundRecords of this process), `rejections` and `declines` (Counters
-    by reason, as exported), `registry` (device_id -> DeviceRecord), `privacy` (the budget)."""
+    Public state for simulators and reports: `state` (ServerState), `round` (OpenRound or None),
+    `history` (RoundRecords of this process), `rejections` and `declines` (Counters by reason, as
+    exported), `registry` (device_id -> DeviceRecord), `privacy`. async_mode/server.py subclasses it."""
 
     def __init__(self, transport: Transport, strategy: Strategy, manifest: Manifest,
                  initial_shared: dict[str, np.ndarray], config: CoordinatorConfig, clock=None,
@@ -123,16 +123,20 @@ class Coordinator:
         now, wall = self.clock.now(), self.clock.wall()
         self.registry.restore(now, wall)
         self.round: OpenRound | None = None
-        stored = self.store.load_open_round()
-        if stored is not None:
-            self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path)
-            m = self.round.machine
-            log.info("round %d resumed: %d reports, %d declines, %.0f s left", stored.round_id, len(m.reported),
-                     len(m.declined), m.deadline - now)
-            if self.shell.secure:  # its keys and masked inputs died with the process: reveal nothing
-                self._execute(Stopped("a secure round cannot resume after a restart"), now)
+        self._resume(now, wall)
         self.metrics.model_version.set(self.state.version)
         self.metrics.devices(len(self.registry), self.registry.eligible)
+
+    def _resume(self, now: float, wall: float) -> None:
+        """The store's open round, rebuilt by replay (restart.py)."""
+        if (stored := self.store.load_open_round()) is None:
+            return
+        self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path)
+        m = self.round.machine
+        log.info("round %d resumed: %d reports, %d declines, %.0f s left", stored.round_id, len(m.reported),
+                 len(m.declined), m.deadline - now)
+        if self.shell.secure:  # its keys and masked inputs died with the process: reveal nothing
+            self._execute(Stopped("a secure round cannot resume after a restart"), now)
 
     @property
     def transport(self) -> Transport:

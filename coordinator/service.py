@@ -39,6 +39,7 @@ from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
+from .async_mode.server import coordinator_class
 from .config import CoordinatorConfig
 from .loop import CoordinatorLoop
 from .metrics import CoordinatorMetrics, serve_metrics
@@ -94,7 +95,8 @@ def coordinator_link(broker: MqttSettings, cfg: CoordinatorConfig) -> MqttSettin
     per_sender = cfg.max_update_bytes
     if broker.max_inbound_bytes:
         per_sender = min(per_sender, broker.max_inbound_bytes)
-    selected = selection_size(cfg.clients_per_round, cfg.over_selection, cfg.clients_per_round * 100)
+    in_flight = cfg.async_.concurrency if cfg.mode == "async" else cfg.clients_per_round
+    selected = selection_size(in_flight, cfg.over_selection, in_flight * 100)
     total = max(4, selected) * per_sender
     if broker.max_pending_bytes:
         total = min(total, broker.max_pending_bytes)
@@ -109,8 +111,8 @@ def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
     store = open_store(cfg.coordinator)
     metrics = CoordinatorMetrics()
     transport = MqttTransport(cfg.service.client_id, coordinator_link(cfg.broker, cfg.coordinator))
-    coordinator = Coordinator(transport, strategy_from_config(cfg.coordinator), manifest,
-                              initial, cfg.coordinator, store=store, metrics=metrics)
+    coordinator = coordinator_class(cfg.coordinator)(transport, strategy_from_config(cfg.coordinator), manifest,
+                                                     initial, cfg.coordinator, store=store, metrics=metrics)
     target = cfg.service.rounds
 
     def should_stop(record) -> bool:

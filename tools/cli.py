@@ -19,7 +19,7 @@ EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim"
 BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
            "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
            "privacy": "fedge.tools.bench.privacy",
-           "secagg": "fedge.tools.bench.secagg"}
+           "secagg": "fedge.tools.bench.secagg", "async": "fedge.tools.bench.async_bench"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="what the coordinator can learn (see: fedge audit leakage -h)")
     audit = p.add_subparsers(dest="audit", required=True)
     audit.add_parser("leakage", help="reconstruct inputs from plain updates and from SecAgg sums; JSON and PNG")
+    bench.add_parser("async", help="sync FedAvg vs FedBuff on a virtual clock (see: fedge bench async -h)")
     bench.add_parser("secagg", help="secure aggregation: bytes, device CPU, unmask time (see: fedge bench secagg -h)")
 
     return parser

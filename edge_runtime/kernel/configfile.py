@@ -37,7 +37,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a table, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # A field may name its TOML key (metadata={"toml": "async"}): `async` is a Python keyword.
+    fields = {f.metadata.get("toml", f.name): f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -46,8 +47,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}
-    for name, value in data.items():
-        path = f"{where}.{name}" if where else name
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        name = fields[key].name
         kwargs[name] = _coerce(hints[name], value, path)
     try:
         return cls(**kwargs)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedge.coordinator.async_mode.server import coordinator_class
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.evaluation import EvalConfig
 from fedge.coordinator.metrics import CoordinatorMetrics
@@ -95,8 +96,9 @@ class Fleet:
         process killed between two statements."""
         _, manifest, runtime = self.model
         cfg = config or self.coordinator.config
-        self.coordinator = Coordinator(self.broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
-                                       runtime.initial("shared"), cfg, clock=self.clock, store=store)
+        cls = coordinator_class(cfg)
+        self.coordinator = cls(self.broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
+                               runtime.initial("shared"), cfg, clock=self.clock, store=store)
         self.coordinator.start()
         return self.coordinator
 
@@ -121,8 +123,8 @@ def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | 
                                "compression": EXACT, "aggregator": "mean", "evaluation": NO_EVAL, **config})
     broker = InMemoryBroker()
     clock = ManualClock()
-    coordinator = Coordinator(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
-                              runtime.initial("shared"), cfg, clock=clock, store=store, metrics=metrics)
+    coordinator = coordinator_class(cfg)(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
+                                         runtime.initial("shared"), cfg, clock=clock, store=store, metrics=metrics)
     coordinator.start()
     spy = broker.connect("spy")
     spy.subscribe(all_devices_topic("update"))

@@ -103,6 +103,9 @@ class SimConfig:
         for name in ("local_epochs", "central_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.coordinator.mode != "sync":  # its fleet drives rounds; it would run sync and say nothing
+            raise ConfigError("fedge simulate runs sync rounds only: mode = 'async' runs under `fedge coordinator "
+                              "serve`, and `fedge bench async` compares the two modes")
 
     @property
     def attack_spec(self):

@@ -1,0 +1,85 @@
+"""`[coordinator.async]`: FedBuff's settings, and the coordinator settings async mode refuses.
+
+    [coordinator]
+    mode = "async"
+    [coordinator.async]
+    concurrency = 100       # tasks in flight at once
+    buffer_size = 10        # K: accepted updates per server step (one new model version)
+    max_staleness = 20      # updates trained on a model more versions behind are rejected: stale_update
+    staleness = "polynomial"   # weight (1 + s)^-staleness_exponent; "constant": weight 1
+    staleness_exponent = 0.5
+
+Refusals (AsyncConflict, a ConfigError with a `reason`):
+
+* async_secure_aggregation: pairwise masks cancel only within one cohort that trained on
+  one model version; a buffer mixes versions and devices that never met. Buffered SecAgg
+  (masks per buffer) is a later step.
+* async_scaffold: SCAFFOLD's control variates assume every device of a step started
+  from the same c; a buffer's updates started from different ones.
+* async_model_parts: a task's params travel inline; retained model parts hold one
+  version, and a slow device may still need the one before.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+MODES = ("sync", "async")
+STALENESS = ("polynomial", "constant")
+
+
+class AsyncConflict(ConfigError):
+    """A coordinator setting that async mode cannot honour."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    concurrency: int = 100
+    buffer_size: int = 10
+    max_staleness: int = 20
+    staleness: str = "polynomial"
+    staleness_exponent: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError("async.concurrency must be >= 1 (tasks in flight at once)")
+        if self.buffer_size < 1:
+            raise ConfigError("async.buffer_size must be >= 1 (K updates per model version)")
+        if self.max_staleness < 0:
+            raise ConfigError("async.max_staleness must be >= 0 (0 = only updates on the current model)")
+        if self.staleness not in STALENESS:
+            raise ConfigError(f"async.staleness {self.staleness!r}: choose one of {STALENESS}")
+        if not (self.staleness_exponent >= 0 and math.isfinite(self.staleness_exponent)):
+            raise ConfigError("async.staleness_exponent must be >= 0 and finite")
+
+    @property
+    def exponent(self) -> float:
+        """a in (1 + s)^-a; 0 for the constant weight."""
+        return self.staleness_exponent if self.staleness == "polynomial" else 0.0
+
+
+def check_mode(cfg) -> None:
+    """Raise for an unknown mode, or an AsyncConflict for a CoordinatorConfig async cannot run."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode {cfg.mode!r}: choose one of {MODES}")
+    if cfg.mode != "async":
+        return
+    conflicts = [
+        (cfg.secure_aggregation.enabled, "async_secure_aggregation",
+         "secure aggregation needs one cohort on one model version, and masks from different versions do not "
+         "cancel; turn one of them off"),
+        (cfg.strategy == "scaffold", "async_scaffold", "scaffold's control variates need every update of a step "
+                                                       "to start from the same c"),
+        (cfg.model_part_bytes > 0, "async_model_parts", "async tasks carry their params inline: "
+                                                        "set model_part_bytes = 0"),
+    ]
+    for bad, reason, message in conflicts:
+        if bad:
+            raise AsyncConflict(reason, f"mode = 'async': {message}")

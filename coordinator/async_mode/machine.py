@@ -1,0 +1,163 @@
+"""The async buffer as a transition table: `on_event(machine, event) -> (machine, actions)`.
+
+No I/O and no clock: the shell (server.py) feeds events and executes the actions, as the
+sync round machine (coordinator/rounds.py) is run.
+
+    event                        actions                          state change
+    Tick(now)                    Expire(d) per flight past its    flights past deadline leave;
+                                 deadline; Dispatch(n) for the    n = concurrency - in flight
+                                 free slots
+    Dispatched(d, flight)        -                                d in flight (its task is durable)
+    Arrived(d, task_id)          Reject(stale_round) no such      s = version - flight.base_version;
+                                 flight; Reject(stale_update)     a stale update's flight leaves
+                                 s > max_staleness; else Admit(s)
+    Buffered(d)                  Flush when buffered reaches K    d's flight leaves; buffered + 1
+    Dropped(d)                   -                                d's flight leaves (declined,
+                                                                  or its update was refused)
+    Flushed()                    -                                version + 1; buffered = 0
+
+Staleness is measured from the base version of the task the coordinator sent (the flight),
+never from what the update claims; admission separately checks that the claim matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Flight:
+    task_id: str
+    round_id: int  # the buffer open when the task left: the device echoes it as Update.round_id
+    base_version: int  # the model version the task carries
+    deadline: float  # clock seconds
+
+
+@dataclass(frozen=True)
+class AsyncMachine:
+    version: int  # the current model version
+    buffer_size: int  # K
+    concurrency: int
+    max_staleness: int
+    flights: tuple[tuple[str, Flight], ...] = ()  # (device, flight), in dispatch order
+    buffered: int = 0  # accepted updates in the open buffer
+    _index: dict = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", dict(self.flights))
+
+    def flight(self, device_id: str) -> Flight | None:
+        return self._index.get(device_id)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.flights)
+
+    def staleness(self, flight: Flight) -> int:
+        return self.version - flight.base_version
+
+    def _without(self, device_id: str) -> tuple[tuple[str, Flight], ...]:
+        return tuple((d, f) for d, f in self.flights if d != device_id)
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    device_id: str
+    flight: Flight
+
+
+@dataclass(frozen=True)
+class Arrived:
+    device_id: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Buffered:
+    device_id: str
+
+
+@dataclass(frozen=True)
+class Dropped:
+    device_id: str
+
+
+@dataclass(frozen=True)
+class Flushed:
+    pass
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    count: int  # free slots: the shell picks up to this many idle eligible devices
+
+
+@dataclass(frozen=True)
+class Expire:
+    device_id: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Admit:
+    device_id: str
+    staleness: int
+
+
+@dataclass(frozen=True)
+class Reject:
+    device_id: str
+    reason: str  # "stale_round" or "stale_update": the metric label
+    detail: str
+
+
+@dataclass(frozen=True)
+class Flush:
+    pass
+
+
+Event = Tick | Dispatched | Arrived | Buffered | Dropped | Flushed
+Action = Dispatch | Expire | Admit | Reject | Flush
+
+
+def on_event(m: AsyncMachine, event: Event) -> tuple[AsyncMachine, list[Action]]:
+    """The transition table (module docstring). Raises ValueError for a Dispatched to a device
+    already in flight and a Buffered from one that is not: the shell checks first."""
+    if isinstance(event, Tick):
+        expired = [(d, f) for d, f in m.flights if f.deadline <= event.now]
+        kept = tuple((d, f) for d, f in m.flights if f.deadline > event.now)
+        actions: list[Action] = [Expire(d, f.task_id) for d, f in expired]
+        free = m.concurrency - len(kept)
+        if free > 0:
+            actions.append(Dispatch(free))
+        return replace(m, flights=kept), actions
+    if isinstance(event, Dispatched):
+        if m.flight(event.device_id) is not None:
+            raise ValueError(f"{event.device_id} already has a task in flight")
+        return replace(m, flights=m.flights + ((event.device_id, event.flight),)), []
+    if isinstance(event, Arrived):
+        flight = m.flight(event.device_id)
+        if flight is None or flight.task_id != event.task_id:
+            return m, [Reject(event.device_id, "stale_round", f"task {event.task_id} is not in flight")]
+        s = m.staleness(flight)
+        if s > m.max_staleness:
+            return replace(m, flights=m._without(event.device_id)), [
+                Reject(event.device_id, "stale_update", f"trained on v{flight.base_version}, {s} versions behind "
+                                                         f"v{m.version} > max_staleness {m.max_staleness}")]
+        return m, [Admit(event.device_id, s)]
+    if isinstance(event, Buffered):
+        if m.flight(event.device_id) is None:
+            raise ValueError(f"{event.device_id} has no task in flight")
+        buffered = m.buffered + 1
+        return (replace(m, flights=m._without(event.device_id), buffered=buffered),
+                [Flush()] if buffered >= m.buffer_size else [])
+    if isinstance(event, Dropped):
+        return replace(m, flights=m._without(event.device_id)), []
+    if isinstance(event, Flushed):
+        return replace(m, version=m.version + 1, buffered=0), []
+    raise TypeError(f"unknown event {event!r}")

@@ -1,0 +1,330 @@
+"""AsyncCoordinator: FedBuff's shell around the buffer's transition table (machine.py).
+
+It is the sync Coordinator (server.py) with the round's parts replaced: the same inbound
+routing, decoding, registry, evaluation, privacy budget, metrics and publishing; updates are
+admitted against the task in flight (admission.py), weighted by staleness (staleness.py),
+made durable in the journal before their Ack (journal.py), and every K of them step the
+server optimizer once, committing a new model version.
+
+`round` is the open buffer, an OpenRound (records.py) whose round id is the buffer id and
+whose aggregator is the configured one ([coordinator] aggregator, or DP's DpMean): each
+delta enters it scaled by f(s), with its FedAvg weight. A buffer is a round in the Store,
+so a flush is commit_round: model, record and privacy charge in one transaction (one
+accounting event per flush with central DP). The next buffer opens at once, so updates
+keep flowing; an update that finds no buffer open (the privacy budget refused the next
+one) is not acked, and its device resends it later.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, replace
+
+from prometheus_client import Gauge, Histogram
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import Decline, Update, all_devices_topic
+
+from .. import backoff, pace
+from ..admission import Accepted
+from ..aggregate import UpdateMeta
+from ..dp.round import RoundPlan
+from ..errors import StaleRound, StaleUpdate, UpdateRejected
+from ..guard import commit_fault
+from ..records import OpenRound, count_uplink
+from ..rounds import SYNC, Limits, RoundMachine
+from ..sampling import sample_devices
+from ..server import Coordinator, log
+from ..store import StoredRound
+from ..validation import decode_delta
+from ..weights import update_weight
+from .admission import check_key, check_update
+from .journal import BufferedRow, TaskRow, open_journal
+from .machine import (
+    Arrived,
+    AsyncMachine,
+    Buffered,
+    Dispatch,
+    Dispatched,
+    Dropped,
+    Expire,
+    Flight,
+    Flush,
+    Flushed,
+    Reject,
+    Tick,
+    on_event,
+)
+from .staleness import scale, staleness_weight
+
+STALENESS_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55)
+
+
+class AsyncCoordinator(Coordinator):
+    """Drive it like a Coordinator: start(), then pump() and tick(); begin_round() opens the
+    first buffer (the loop calls it when no buffer is open). tick() dispatches tasks up to
+    [coordinator.async] concurrency and returns a RoundRecord after each flush."""
+
+    def __init__(self, *args, **kwargs):
+        self._flushed = []  # records of flushes since the last tick()
+        self._rest: dict[str, float] = {}  # device -> clock seconds before which it gets no task
+        self._draws = 0
+        self._contributors: set[str] = set()  # devices with an update in the open buffer
+        super().__init__(*args, **kwargs)
+        r = self.metrics.registry
+        self.staleness_seen = Histogram("fedge_async_staleness", "Staleness (versions) of accepted updates",
+                                        buckets=STALENESS_BUCKETS, registry=r)
+        self.in_flight = Gauge("fedge_async_in_flight", "Tasks in flight", registry=r)
+        self.buffered = Gauge("fedge_async_buffered", "Accepted updates in the open buffer", registry=r)
+
+    # ------------------------------------------------------------------ restart
+
+    def _resume(self, now: float, wall: float) -> None:
+        """The machine from the journal's tasks, and the open buffer replayed from its rows."""
+        a, self.journal = self.config.async_, open_journal(self.store)
+        self.machine = AsyncMachine(self.state.version, a.buffer_size, a.concurrency, a.max_staleness)
+        for t in self.journal.tasks():
+            if self.machine.flight(t.device_id) is None:
+                flight = Flight(t.task_id, t.round_id, t.base_version, now + (t.deadline_wall - wall))
+                self.machine, _ = on_event(self.machine, Dispatched(t.device_id, flight))
+            else:  # not written by this code; keep the first
+                self.journal.drop_task(t.task_id)
+        if (stored := self.store.load_open_round()) is None:
+            return
+        if stored.selected:  # a sync round's row (a buffer selects no one): its updates would be dropped
+            raise ConfigError(f"{self.store.path}: round {stored.round_id} is an open sync round; finish it with "
+                              "mode = 'sync' before switching to async")
+        if stored.model_version != self.state.version:
+            raise ConfigError(f"{self.store.path}: open buffer {stored.round_id} was based on version "
+                              f"{stored.model_version}, the stored model is {self.state.version}")
+        self.round = self._new_buffer(stored.round_id, now - (wall - stored.started_wall),
+                                      RoundPlan.from_json(stored.privacy))
+        rows = self.journal.buffered(stored.round_id)
+        self._contributors = {row.device_id for row in rows}
+        for row in rows:
+            self._add(Accepted(row.device_id, row.update_id, row.num_examples, row.digest,
+                               decode_delta(row.payload, self.round.ctx.shapes), None,
+                               reported_norm=row.reported_norm), row.staleness)
+        self.round.events = rows[-1].seq + 1 if rows else 0
+        self.machine = replace(self.machine, buffered=len(rows))
+        log.info("buffer %d resumed: %d of %d updates, %d tasks in flight", stored.round_id, len(rows),
+                 a.buffer_size, self.machine.in_flight)
+
+    def _new_buffer(self, buffer_id: int, started: float, plan: RoundPlan | None) -> OpenRound:
+        # The sync machine only carries the buffer's id for OpenRound; async never feeds it events.
+        # Its deadline is the start: paces count from now, not from a round's end.
+        machine = RoundMachine(buffer_id, SYNC, (Limits(self.config.async_.buffer_size, 1, 1.0),), (), started)
+        return self._new_round(machine, {}, started, plan)
+
+    # ------------------------------------------------------------------ links
+
+    def start(self) -> None:
+        for channel in ("checkin", "update", "status", "fetch"):
+            self.transport.subscribe(all_devices_topic(channel))
+        self._resend_tasks()
+        self.outbound.announce(self.state.version, self.round)
+
+    def on_reconnect(self) -> None:
+        if self.round is not None:
+            self.round.task_sent.clear()
+        self._resend_tasks()
+        self.outbound.announce(self.state.version, self.round)
+
+    def _resend_tasks(self) -> None:
+        """Tasks in flight on the current version (older params are no longer at hand: a device
+        that lost such a task just lets it expire)."""
+        now = self.clock.now()
+        for device_id, flight in self.machine.flights:
+            self._send_task(device_id, flight, now)
+
+    def _send_task(self, device_id: str, flight: Flight, now: float) -> None:
+        rnd = self.round
+        if rnd is None or flight.base_version != self.state.version or flight.deadline <= now:
+            return
+        last = rnd.task_sent.get(device_id)
+        if last is not None and now - last < self.config.task_resend_s:
+            return
+        rnd.task_sent[device_id] = now
+        rnd.ctx.tasks[device_id] = flight.task_id
+        task = replace(self.outbound.train_task(rnd, device_id, flight.deadline - now), round_id=flight.round_id)
+        self.outbound.to_device(rnd, device_id, task)
+
+    # ------------------------------------------------------------------ inbound
+
+    def _check_in(self, msg) -> None:
+        self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples, backoff.fingerprint(msg))
+        device_id, now = msg.device_id, self.clock.now()
+        flight = self.machine.flight(device_id)
+        if flight is not None:  # silent while it owes an answer: its task was probably lost
+            self._send_task(device_id, flight, now)
+        elif not msg.eligible:
+            self._pace(device_id, pace.INELIGIBLE)
+        elif self._rest.get(device_id, 0.0) > now:  # declined or let its task expire lately
+            self._pace(device_id, pace.DECLINED)
+        elif (self.round is None or self.machine.in_flight >= self.machine.concurrency
+              or (self.privacy.enabled and device_id in self._contributors)):
+            self._pace(device_id, pace.NO_ROUND)
+        # else: the next tick dispatches it a task
+
+    def _report(self, report: Update | Decline, sender: str | None, size: int) -> None:
+        now = self.clock.now()
+        self.registry.seen(sender, now)
+        if isinstance(report, Decline):
+            self._async_decline(report, sender, now)
+            return
+        self._late_up = count_uplink(self.round, self._late_up, report, size)
+        try:
+            check_key(report, sender, self.journal.counted_digest)
+            if self.round is None:  # not acked: the device resends it once a buffer is open
+                self._reject(StaleRound("no buffer open"), sender, None)
+                return
+            self.machine, actions = on_event(self.machine, Arrived(report.device_id, report.task_id))
+            if isinstance(actions[0], Reject):
+                if actions[0].reason == "stale_update":  # its flight is gone: so is its task
+                    self.journal.drop_task(report.task_id)
+                    raise StaleUpdate(actions[0].detail)
+                raise StaleRound(actions[0].detail)
+            staleness, flight = actions[0].staleness, self.machine.flight(report.device_id)
+            try:
+                accepted = check_update(report, sender, flight, self.round.ctx)
+            except UpdateRejected:
+                self._drop(report.device_id, flight.task_id)  # answered; refused, and the device is told why
+                raise
+        except UpdateRejected as exc:
+            self._reject(exc, sender, report)
+            return
+        self._accept_async(report, accepted, staleness, flight)
+
+    def _accept_async(self, update: Update, accepted: Accepted, staleness: int, flight: Flight) -> None:
+        rnd = self.round
+        row = BufferedRow(update.device_id, update.round_id, update.update_id, accepted.digest, rnd.ctx.round_id,
+                          rnd.events, staleness, update.num_examples, update.payload, b"", accepted.reported_norm)
+        self.journal.add_update(row, flight.task_id)  # durable before the Ack: journal.py
+        rnd.events += 1
+        self._contributors.add(update.device_id)
+        self._add(accepted, staleness)
+        self.metrics.accepted.inc()
+        self.staleness_seen.observe(staleness)
+        self.outbound.ack(rnd, update, True, "")
+        self.machine, actions = on_event(self.machine, Buffered(update.device_id))
+        self._gauges()
+        if any(isinstance(a, Flush) for a in actions):
+            self._flush(self.clock.now())
+
+    def _add(self, accepted: Accepted, staleness: int) -> None:
+        """One update into the buffer: its delta times f(s), with its FedAvg weight (staleness.py)."""
+        rnd, ctx = self.round, self.round.ctx
+        weight = update_weight(accepted.num_examples, ctx.max_examples, ctx.equal_weights)
+        factor = staleness_weight(staleness, self.config.async_.exponent)
+        rnd.aggregator.add(scale(accepted.delta, factor),
+                           UpdateMeta(accepted.device_id, weight, staleness, accepted.reported_norm))
+        loss = accepted.loss  # the device's word: a non-finite or absurd value is left out (records.py)
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool) and abs(loss) < 1e12:
+            rnd.loss_sum += weight * float(loss)
+            rnd.loss_weight += weight
+
+    def _async_decline(self, decline: Decline, sender: str | None, now: float) -> None:
+        flight = self.machine.flight(decline.device_id)
+        if sender != decline.device_id or flight is None or flight.task_id != decline.task_id:
+            self._reject(StaleRound(f"decline of task {decline.task_id}, not in flight"), sender, None)
+            return
+        self._drop(decline.device_id, flight.task_id)
+        self._rest[decline.device_id] = now + self.config.pace_declined_s  # not asked again at once
+        self.declines[decline.reason] += 1
+        self.metrics.declined(decline.reason)
+        log.info("async: %s declined task %s: %s", decline.device_id, decline.task_id, decline.reason)
+
+    def _drop(self, device_id: str, task_id: str) -> None:
+        self.journal.drop_task(task_id)
+        self.machine, _ = on_event(self.machine, Dropped(device_id))
+        self._gauges()
+
+    # ------------------------------------------------------------------ buffers
+
+    def begin_round(self) -> bool:
+        """Open the next buffer; False: no eligible device, or the privacy budget refused it."""
+        if self.round is not None:
+            raise RuntimeError(f"buffer {self.round.ctx.round_id} is still open")
+        candidates, k = self.eligible_devices(), self.config.async_.buffer_size
+        if not candidates:
+            return False
+        buffer_id = self.next_round_id
+        # One accounting event per flush, charged as K of K (sampling rate 1): who lands in a buffer
+        # depends on device speed, not on a uniform draw, so no amplification by sampling is claimed.
+        plan = self.privacy.plan(buffer_id, k, k, k, self.state.extra)
+        if plan is None and self.privacy.enabled:
+            return False
+        now, wall = self.clock.now(), self.clock.wall()
+        self.store.open_round(StoredRound(buffer_id, self.state.version, (), {}, k, k, wall,
+                                          wall + self.config.round_deadline_s, privacy=plan and plan.to_json()))
+        self.round, self._contributors = self._new_buffer(buffer_id, now, plan), set()
+        (self.round.bytes_up, self.round.bytes_up_dense), self._late_up = self._late_up, (0, 0)
+        self.metrics.round_begun(buffer_id)
+        self.outbound.announce(self.state.version, self.round)
+        log.info("buffer %d open on v%d (K = %d)", buffer_id, self.state.version, k)
+        return True
+
+    def tick(self):
+        """Expire tasks past their deadline, dispatch to free slots; a flush's record, or None."""
+        if self.outbound.announce_due:
+            self.outbound.announce_or_defer(self.state.version, self.round)
+        now = self.clock.now()
+        self.evaluations.tick(now)
+        if self.round is not None and self.machine.buffered >= self.machine.buffer_size:
+            self._flush(now)  # resumed with a full buffer: killed between its last update and the flush
+        self.machine, actions = on_event(self.machine, Tick(now))
+        for action in actions:
+            if isinstance(action, Expire):
+                self.journal.drop_task(action.task_id)
+                self._rest[action.device_id] = now + self.config.pace_declined_s
+            elif isinstance(action, Dispatch) and self.round is not None:
+                self._dispatch(action.count, now)
+        self._gauges()
+        return self._flushed.pop(0) if self._flushed else None
+
+    def _dispatch(self, count: int, now: float) -> None:
+        # With central DP a device gives at most one update per buffer, so one flush's sensitivity is S.
+        once = self._contributors if self.privacy.enabled else ()
+        idle = [d for d in self.eligible_devices()
+                if self.machine.flight(d) is None and self._rest.get(d, 0.0) <= now and d not in once]
+        if not idle:
+            return
+        self._draws += 1
+        rnd, wall, deadline_s = self.round, self.clock.wall(), self.config.round_deadline_s
+        for device_id in sample_devices(idle, min(count, len(idle)), self.config.seed, self._draws):
+            flight = Flight(uuid.uuid4().hex, rnd.ctx.round_id, self.state.version, now + deadline_s)
+            # before the task leaves: journal.py
+            self.journal.add_task(TaskRow(flight.task_id, device_id, flight.round_id, flight.base_version,
+                                          wall + deadline_s))
+            self.machine, _ = on_event(self.machine, Dispatched(device_id, flight))
+            self._send_task(device_id, flight, now)
+
+    def _flush(self, now: float) -> None:
+        """Step the server optimizer on the buffer and commit the new version (or refuse it)."""
+        rnd, n = self.round, self.round.aggregator.count
+        state = self.strategy.apply(self.state, rnd.aggregate_input(len(self.registry)))
+        carry = getattr(rnd.aggregator, "carry", None)
+        if carry is not None:
+            state = replace(state, extra={**state.extra, **carry()})
+        fault = commit_fault(self.state, state, self.holdout)
+        record = replace(rnd.record(fault is None, now), reports=n, selected=n, why=fault or "buffer_full")
+        if fault is None:
+            self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall(), rnd.charge())
+            self.machine, _ = on_event(self.machine, Flushed())
+            self.state = state
+        else:
+            log.error("buffer %d: the new model is refused, the buffer dropped: %s", record.round_id, fault)
+            self.store.abandon_round(record.round_id, asdict(record), self.clock.wall(), rnd.charge())
+            self.machine = replace(self.machine, buffered=0)
+        self.journal.forget(record.round_id)
+        self._flushed.append(self._close(record))
+        self.begin_round()  # at once: updates keep arriving
+
+    def _gauges(self) -> None:
+        self.in_flight.set(self.machine.in_flight)
+        self.buffered.set(self.machine.buffered)
+
+
+def coordinator_class(config):
+    """The Coordinator class a CoordinatorConfig's mode asks for."""
+    return AsyncCoordinator if config.mode == "async" else Coordinator

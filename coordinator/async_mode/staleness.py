@@ -1,0 +1,54 @@
+"""Staleness weights and FedBuff's buffered step, in plain numpy (no I/O, no clock).
+
+An update trained on model version b and accepted while version v is current has
+staleness s = v - b (versions published since its base). FedBuff (Nguyen et al. 2022,
+Algorithm 1) scales each update by a staleness function and steps once per K updates:
+
+    f(s)    = (1 + s)^-a            polynomial, a = 0.5 by default (the paper's choice)
+    Δ_buf   = Σ_i w_i f(s_i) Δ_i / Σ_i w_i
+
+w_i is the update's FedAvg weight (its capped num_examples, or 1 with weighting = "equal",
+when Δ_buf is the paper's (1/K) Σ f(s_i) Δ_i). f is not renormalised: a buffer of stale
+updates moves the model less than a buffer of fresh ones, which is the point. Since
+0 < f <= 1, scaling a delta by f never raises its norm, so a per-update clip (DP, the robust
+norm bound) applied after the scaling still bounds each update's contribution.
+
+The server optimizer (coordinator/strategies) then applies Δ_buf as it applies a round's
+mean. Updates with s > max_staleness are not weighted at all: they are rejected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+
+
+def staleness_weight(staleness: int, exponent: float = 0.5) -> float:
+    """f(s) = (1 + s)^-exponent; exponent 0 is the constant weight 1."""
+    if staleness < 0:
+        raise ValueError(f"staleness must be >= 0, got {staleness}")
+    return float((1.0 + staleness) ** -exponent)
+
+
+def is_too_stale(staleness: int, max_staleness: int) -> bool:
+    """True when an update must be rejected as stale_update."""
+    return staleness > max_staleness
+
+
+def scale(delta: Params, factor: float) -> Params:
+    """The delta times f(s), in float64 (the aggregators accumulate in float64)."""
+    return {k: np.asarray(v, np.float64) * factor for k, v in delta.items()}
+
+
+def buffered_mean(deltas: list[Params], weights: list[float], staleness: list[int],
+                  exponent: float = 0.5) -> Params:
+    """Δ_buf = Σ w_i f(s_i) Δ_i / Σ w_i (module docstring), float64."""
+    if not deltas or not (len(deltas) == len(weights) == len(staleness)):
+        raise ValueError("need one weight and one staleness per delta, and at least one delta")
+    w = np.asarray(weights, np.float64)
+    if not np.all(w > 0):
+        raise ValueError("weights must be > 0")
+    f = np.array([staleness_weight(s, exponent) for s in staleness])
+    return {name: np.tensordot(w * f, np.stack([np.asarray(d[name], np.float64) for d in deltas]), axes=1) / w.sum()
+            for name in deltas[0]}

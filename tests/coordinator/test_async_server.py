@@ -1,0 +1,203 @@
+"""AsyncCoordinator over the in-memory broker, devices driven by hand: tasks up to the
+concurrency limit, every K accepted updates one new model version equal to a plain loop of
+FedBuff's step over the wire deltas, stale updates rejected by name (log, metric, Ack), and
+a restart mid-buffer that loses no accepted update and counts none twice."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.async_mode.config import AsyncConfig
+from fedge.coordinator.async_mode.server import AsyncCoordinator
+from fedge.coordinator.dp.config import PrivacyConfig
+from fedge.coordinator.store import RoundStore
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.compress import decompress_update
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import Decline
+from fedge.edge_runtime.kernel.update_codec import decode_tensors
+from tests.coordinator.fleet import ManualDevice, assert_params, copy_params, make_fleet, nan_payload, random_delta
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def fedbuff_oracle(old, updates, staleness, a=0.5):
+    """old + Σ n_i (1 + s_i)^-a Δ_i / Σ n_i: a plain loop over the bytes that crossed the wire."""
+    total = sum(u.num_examples for u in updates)
+    out = {}
+    for name, value in old.items():
+        acc = np.zeros(value.shape, np.float64)
+        for u, s in zip(updates, staleness):
+            delta = decompress_update(decode_tensors(u.payload))[name].astype(np.float64)
+            acc += u.num_examples * (1.0 + s) ** -a * delta
+        out[name] = value.astype(np.float64) + acc / total
+    return out
+
+
+def _fleet(model, tmp_path, n_devices, store=None, **async_kw):
+    fleet = make_fleet(model, tmp_path, store=store, mode="async",
+                       async_=AsyncConfig(**{"concurrency": n_devices, "buffer_size": 3, "max_staleness": 1,
+                                             **async_kw}))
+    devices = [ManualDevice(fleet, f"m{i}", 10 * (i + 1)) for i in range(n_devices)]
+    fleet.drain()
+    assert isinstance(fleet.coordinator, AsyncCoordinator)
+    assert fleet.coordinator.begin_round()
+    fleet.coordinator.tick()  # dispatch
+    fleet.drain()
+    return fleet, devices
+
+
+def _send(fleet, device, delta, update_id="u1"):
+    update = device.update(delta, update_id=update_id)
+    device.send(encode_message(update))
+    fleet.drain()
+    return update
+
+
+def test_buffer_of_k_steps_once_by_fedbuffs_formula_and_stale_updates_are_rejected(model, tmp_path, caplog):
+    fleet, devs = _fleet(model, tmp_path, 5)
+    c = fleet.coordinator
+    shapes = c.shapes
+    rng = np.random.default_rng(3)
+    assert all(d.task().model_version == 0 for d in devs)  # 5 in flight: concurrency 5
+    assert c.machine.in_flight == 5
+
+    v0 = copy_params(c.state.params)
+    first = [_send(fleet, d, random_delta(shapes, rng)) for d in devs[:3]]
+    record = c.tick()
+    assert record is not None and record.committed and record.reports == 3
+    assert c.state.version == 1
+    assert_params(c.state.params, fedbuff_oracle(v0, first, [0, 0, 0]))
+
+    # The freed slots got tasks on v1; m3 and m4 still train on v0 (staleness 1, accepted with
+    # weight 2^-1/2), then a fresh one fills the buffer.
+    c.tick()
+    fleet.drain()
+    assert [d.task().model_version for d in devs] == [1, 1, 1, 0, 0]
+    v1 = copy_params(c.state.params)
+    second = [_send(fleet, devs[3], random_delta(shapes, rng)), _send(fleet, devs[0], random_delta(shapes, rng), "u2")]
+    assert c.state.version == 1 and c.machine.buffered == 2
+    second.append(_send(fleet, devs[1], random_delta(shapes, rng), "u2"))
+    assert c.state.version == 2
+    assert_params(c.state.params, fedbuff_oracle(v1, second, [1, 0, 0]))
+    unweighted = fedbuff_oracle(v1, second, [0, 0, 0])  # the oracle has teeth: the weight shows
+    assert not np.allclose(c.state.params["head_global.weight"], unweighted["head_global.weight"], atol=1e-7)
+
+    # m4 trained on v0, now two versions behind with max_staleness 1: stale_update, by name.
+    with caplog.at_level(logging.INFO):
+        _send(fleet, devs[4], random_delta(shapes, rng))
+    assert c.rejections["stale_update"] == 1
+    assert devs[4].acks()[-1] == (False, "stale_update")
+    assert "stale_update" in caplog.text
+    metric = c.metrics.registry.get_sample_value("fedge_rejections_total", {"reason": "stale_update"})
+    assert metric == 1.0
+    assert c.metrics.registry.get_sample_value("fedge_async_staleness_count") == 6  # the accepted ones
+    assert c.metrics.registry.get_sample_value("fedge_async_staleness_sum") == 1  # one update one version old
+    assert c.machine.flight("m4") is None and c.state.version == 2
+
+    # A re-publish of a counted update is a duplicate, acked as accepted, counted once.
+    devs[0].send(encode_message(first[0]))
+    fleet.drain()
+    assert c.rejections["duplicate"] == 1 and c.machine.buffered == 0
+    assert devs[0].acks()[-1] == (True, "duplicate")
+
+
+def test_updates_are_validated_like_sync_and_declines_free_the_slot(model, tmp_path):
+    fleet, devs = _fleet(model, tmp_path, 3)
+    c = fleet.coordinator
+    delta = random_delta(c.shapes, np.random.default_rng(0))
+    devs[0].send(encode_message(devs[0].update(delta, payload=nan_payload(delta))))
+    fleet.drain()
+    assert c.rejections["non_finite"] == 1 and c.machine.flight("m0") is None
+    wrong = devs[1].update(random_delta(c.shapes, np.random.default_rng(0)), base_version=5)
+    devs[1].send(encode_message(wrong))
+    fleet.drain()
+    assert c.rejections["wrong_model"] == 1
+    task = devs[2].task()
+    devs[2].send(encode_message(Decline("m2", task.round_id, task.task_id, "battery_low")))
+    fleet.drain()
+    assert c.declines["battery_low"] == 1 and c.machine.in_flight == 0 and c.machine.buffered == 0
+    # The decliner rests (pace_declined_s) instead of getting a task at the next tick, and is told so.
+    devs[2].check_in()
+    fleet.drain()
+    assert devs[2].paces()[-1].reason == "declined"
+    c.tick()
+    assert c.machine.flight("m2") is None and c.machine.flight("m0") is not None
+
+
+def test_restart_mid_buffer_loses_no_accepted_update_and_counts_none_twice(model, tmp_path):
+    db = tmp_path / "state.db"
+    fleet, devs = _fleet(model, tmp_path, 4, store=RoundStore(db))
+    c = fleet.coordinator
+    rng = np.random.default_rng(5)
+    v0 = copy_params(c.state.params)
+    sent = [_send(fleet, d, random_delta(c.shapes, rng)) for d in devs[:2]]
+    assert c.machine.buffered == 2 and c.state.version == 0
+
+    # The process dies: a new coordinator on the same file replays the two durable updates.
+    c = fleet.restart(store=RoundStore(db))
+    fleet.drain()
+    assert c.machine.buffered == 2 and c.machine.in_flight == 2  # m2, m3 still in flight
+    devs[0].send(encode_message(sent[0]))  # its Ack was "lost": re-published
+    fleet.drain()
+    assert c.rejections["duplicate"] == 1 and c.machine.buffered == 2
+    sent.append(_send(fleet, devs[2], random_delta(c.shapes, rng)))
+    assert c.state.version == 1
+    assert_params(c.state.params, fedbuff_oracle(v0, sent, [0, 0, 0]))
+    # and once more after the flush: the buffer's rows are committed, never replayed
+    c = fleet.restart(store=RoundStore(db))
+    assert c.state.version == 1 and c.machine.buffered == 0
+    assert_params(c.state.params, fedbuff_oracle(v0, sent, [0, 0, 0]))
+
+
+def test_with_central_dp_each_flush_is_one_accounting_event_and_a_device_gives_one_update_per_buffer(model,
+                                                                                                      tmp_path):
+    db = tmp_path / "state.db"
+    fleet = make_fleet(model, tmp_path, store=RoundStore(db), mode="async", weighting="equal",
+                       async_=AsyncConfig(concurrency=3, buffer_size=2, max_staleness=5),
+                       privacy=PrivacyConfig(enabled=True, target_epsilon=50.0, delta=1e-5, noise_multiplier=1.0,
+                                             clip_norm=0.5))
+    devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
+    fleet.drain()
+    c = fleet.coordinator
+    assert c.begin_round()
+    rng = np.random.default_rng(1)
+    for flush in range(3):
+        c.tick()
+        fleet.drain()
+        sent = set()
+        while c.state.version == flush:
+            ready = [d for d in devs if c.machine.flight(d.id) is not None and d.id not in sent]
+            assert ready, "a buffer must be able to fill from distinct devices"
+            _send(fleet, ready[0], random_delta(c.shapes, rng, scale=0.001), f"u{flush}")
+            sent.add(ready[0].id)
+            c.tick()  # a device that gave to this buffer gets no new task until it flushes
+            fleet.drain()
+            assert all(c.machine.flight(d) is None for d in sent if c.state.version == flush)
+    ledger = RoundStore(db).privacy_ledger()
+    assert [(p["population"], p["cohort"], p["expected_cohort"]) for p in ledger] == [(2, 2, 2)] * 3
+    assert len(RoundStore(db).round_records()) == 3 == c.state.version
+
+
+def test_an_open_round_of_the_other_mode_is_refused_by_name_not_dropped(model, tmp_path):
+    db = tmp_path / "state.db"
+    fleet, devs = _fleet(model, tmp_path, 3, store=RoundStore(db))
+    _send(fleet, devs[0], random_delta(fleet.coordinator.shapes, np.random.default_rng(0)))
+    sync = dataclasses.replace(fleet.coordinator.config, mode="sync")
+    with pytest.raises(ConfigError, match="open async buffer"):
+        fleet.restart(store=RoundStore(db), config=sync)
+
+    db2 = tmp_path / "sync.db"
+    fleet = make_fleet(model, tmp_path, sizes=(10, 20), store=RoundStore(db2))
+    assert fleet.coordinator.begin_round()
+    asyn = dataclasses.replace(fleet.coordinator.config, mode="async")
+    with pytest.raises(ConfigError, match="open sync round"):
+        fleet.restart(store=RoundStore(db2), config=asyn)

@@ -1,0 +1,129 @@
+"""`fedge bench async`: the virtual fleet against plain loops of its formulas, the local step
+against a per-example loop, and a small run end to end (JSON keys, bytes = uploads x the
+measured frame size, time to target read off the curve)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.tools.bench.async_bench import main
+from fedge.tools.bench.async_runs import RunConfig, Task, time_to
+from fedge.tools.bench.label_skew import label_skew
+from fedge.tools.bench.virtual_fleet import FleetModel, VirtualFleet
+from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.profiles import load_profile
+
+
+def _fleet(n=2000, seed=0, **kw):
+    sizes = np.random.default_rng(seed).integers(20, 200, size=n)
+    return VirtualFleet(sizes, FleetModel(**kw), np.random.default_rng(seed))
+
+
+def test_the_slow_tail_is_ten_times_slower_and_about_a_tenth_of_the_fleet():
+    fleet = _fleet(speed_sigma=0.0)  # no log-normal spread: only profile and tail remain
+    speed = np.array([p.compute_speed for p in fleet.profiles])[fleet.kind]
+    ratio = fleet.seconds_per_example / (0.5 * speed)
+    assert set(np.round(ratio, 9)) == {1.0, 10.0}
+    assert np.array_equal(ratio > 1, fleet.slow)
+    assert 0.08 < fleet.slow.mean() < 0.12  # 10% +- sampling noise at n = 2000
+    spread = _fleet().seconds_per_example / (0.5 * speed * np.where(fleet.slow, 10.0, 1.0))
+    assert abs(np.std(np.log(spread)) - 0.5) < 0.05  # LogNormal(0, 0.5)
+
+
+def test_task_time_is_download_compute_upload():
+    fleet = _fleet(n=50)
+    times = fleet.task_seconds(3, 10_000, 2_000)
+    for d in range(50):
+        down, compute, up = fleet.times(d, 3, 10_000, 2_000)
+        want = 10_000 / fleet.down_rate[d] + fleet.examples[d] * 3 * fleet.seconds_per_example[d] \
+            + 2_000 / fleet.up_rate[d]
+        assert down + compute + up == pytest.approx(want) == pytest.approx(times[d])
+
+
+def test_availability_follows_the_profiles_windows():
+    fleet = _fleet(n=300)
+    phone = load_profile("phone-like").trace
+    for d in range(300):
+        trace = fleet.profiles[fleet.kind[d]].trace
+        for t in np.linspace(0, 2 * 86400, 97):
+            local = (t + fleet.phase[d]) % (trace.period_s or 86400)
+            on_power = trace.battery_start_percent is None or any(a <= local < b for a, b in trace.charging_s)
+            offline = any(a <= local < b for a, b in trace.offline_s)
+            hot = any(a <= local < b for a, b in trace.hot_s)
+            assert fleet.available(d, t) == (on_power and not offline and not hot)
+    # a phone is on its charger 8 h of 24: about a third of phones are available at any time
+    phones = [d for d in range(300) if fleet.profiles[fleet.kind[d]].trace == phone]
+    share = np.mean([fleet.available(d, 3600.0) for d in phones])
+    assert 0.2 < share < 0.45
+
+
+def test_local_training_is_plain_minibatch_sgd_on_softmax_regression():
+    data = label_skew(3, seed=1)
+    task = Task(data, seed=0)
+    cfg = RunConfig(epochs=2, batch_size=7, lr=0.1)
+    rng = np.random.default_rng(4)
+    params = {"w": rng.normal(size=task.init["w"].shape).astype(np.float32) * 0.1,
+              "b": rng.normal(size=10).astype(np.float32) * 0.1}
+    got = task.train(params, 1, cfg, salt=3)
+    c = data.clients[1]
+    w, b = params["w"].astype(np.float64).copy(), params["b"].astype(np.float64).copy()
+    order_rng = np.random.default_rng([0, 1, 3])
+    for _ in range(2):
+        order = order_rng.permutation(len(c.y_train))
+        for start in range(0, len(order), 7):
+            gw, gb = np.zeros_like(w), np.zeros_like(b)
+            batch = order[start:start + 7]
+            for i in batch:  # one example at a time: softmax cross-entropy gradient
+                z = c.x_train[i] @ w + b
+                p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+                p[c.y_train[i]] -= 1.0
+                gw += np.outer(c.x_train[i], p) / len(batch)
+                gb += p / len(batch)
+            w, b = w - 0.1 * gw, b - 0.1 * gb
+    np.testing.assert_allclose(got["w"], (w - params["w"]).astype(np.float32), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["b"], (b - params["b"]).astype(np.float32), rtol=1e-4, atol=1e-6)
+
+
+def test_time_to_target_reads_the_first_crossing():
+    curve = [(0.0, 0.1, 0), (10.0, 0.5, 100), (20.0, 0.7, 200), (30.0, 0.6, 300), (40.0, 0.8, 400)]
+    assert time_to(curve, 0.65) == (20.0, 200)
+    assert time_to(curve, 0.9) == (None, None)
+
+
+def test_a_small_run_writes_the_must_show_keys(tmp_path):
+    out = tmp_path / "async.json"
+    assert main(["--json", str(out), "--quick", "--devices", "120", "--rounds", "6"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["target_accuracy"] == pytest.approx(0.95 * doc["sync"]["final_accuracy"])
+    for name in ("sync", "async"):
+        r = doc[name]
+        assert {"time_to_target_seconds", "bytes_up", "final_accuracy"} <= set(r)
+        assert r["bytes_up_total"] % doc["fleet"]["task_bytes_up"] == 0  # whole measured frames only
+        if r["time_to_target_seconds"] is not None:
+            assert time_to(r["curve"], doc["target_accuracy"]) == (r["time_to_target_seconds"], r["bytes_up"])
+    assert (tmp_path / "async.md").exists()
+
+
+def test_the_simulator_refuses_async_mode_instead_of_running_sync():
+    with pytest.raises(ConfigError, match="sync rounds only"):
+        SimConfig(coordinator=CoordinatorConfig(mode="async"))
+    assert SimConfig(coordinator=CoordinatorConfig()).coordinator.mode == "sync"
+
+
+def test_a_task_is_lost_when_its_device_drops_out_at_any_time_during_it():
+    fleet = _fleet(n=200, seed=3)
+    fleet.dropout[:] = 0.0  # only availability decides here
+    rng = np.random.default_rng(0)
+    lost_mid = 0
+    for _ in range(600):
+        d, start, seconds = int(rng.integers(200)), float(rng.uniform(0, 86400)), float(rng.uniform(10, 5000))
+        steps = [start + k * 10.0 for k in range(int(seconds // 10) + 1)] + [start + seconds]
+        want = not all(fleet.available(d, t) for t in steps)  # every 10 s: finer than any window
+        assert fleet.lost(d, start, seconds, np.random.default_rng(1)) == want
+        lost_mid += want and fleet.available(d, start) and fleet.available(d, start + seconds)
+    assert lost_mid > 0  # some tasks were lost to a window that opened and closed inside them

@@ -1,0 +1,215 @@
+"""Sync FedAvg and FedBuff on one virtual clock (tools/bench/virtual_fleet.py), same devices,
+same data, same seed: the two drivers behind `fedge bench async`.
+
+What is real here: the coordinator's pure parts. Sync draws its cohort with
+coordinator.sampling (over-selection included) and steps with the FedAvg strategy; async
+runs the buffer's transition table (coordinator/async_mode/machine.py: dispatch to the
+concurrency limit, staleness, stale_update, flush at K) and FedBuff's step
+(async_mode/staleness.py), then the same strategy. Bytes are measured wire sizes: the
+encoded TrainTask and Update frames of this model. What is simulated: time (the virtual
+fleet), and the device's training, a numpy softmax regression with local SGD (the model of
+synthetic(α, β)), not ONNX Runtime over a transport.
+
+Sync round: ask selection_size(clients_per_round, over_selection) of the available devices;
+a device whose download + compute passes the deadline (the fleet's p-th percentile task
+time) stops and sends nothing; the round closes at the clients_per_round-th report or the
+deadline, and commits with at least the quorum. Reports that finish after an early close
+still cross the uplink (and are counted). Async: every task's deadline is
+async_deadline_factor x the sync deadline; an expired or lost task frees its slot.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedge.coordinator.async_mode.config import AsyncConfig
+from fedge.coordinator.async_mode.machine import (
+    Admit,
+    Arrived,
+    AsyncMachine,
+    Buffered,
+    Dispatch,
+    Dispatched,
+    Flight,
+    Flush,
+    Flushed,
+    Tick,
+    on_event,
+)
+from fedge.coordinator.async_mode.staleness import buffered_mean
+from fedge.coordinator.sampling import sample_devices, selection_size
+from fedge.coordinator.strategies import AggregateInput, make_strategy
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.protocol import TaskHyper, TrainTask, Update
+from fedge.edge_runtime.kernel.update_codec import encode_dense
+
+from .virtual_fleet import VirtualFleet
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    clients_per_round: int = 100
+    over_selection: float = 1.3
+    deadline_quantile: float = 0.9
+    rounds: int = 60  # sync rounds; async runs for the same simulated time
+    concurrency: int = 100
+    buffer_size: int = 10
+    max_staleness: int = AsyncConfig().max_staleness  # the coordinator's defaults: 20, (1 + s)^-1/2
+    staleness_exponent: float = AsyncConfig().exponent
+    async_deadline_factor: float = 4.0
+    epochs: int = 1
+    batch_size: int = 10
+    lr: float = 0.005
+    seed: int = 0
+
+
+class Task:
+    """The data, the numpy model and its local training, and the wire sizes."""
+
+    def __init__(self, data, seed: int):
+        self.clients = data.clients
+        self.classes, self.dim = data.num_classes, data.input_shape[0]
+        self.x_test = np.concatenate([c.x_test for c in data.clients])
+        self.y_test = np.concatenate([c.y_test for c in data.clients])
+        self.init = {"w": np.zeros((self.dim, self.classes), np.float32), "b": np.zeros(self.classes, np.float32)}
+        self.seed = seed
+        params = encode_dense(self.init)
+        self.bytes_down = len(encode_message(TrainTask(1, "t" * 32, "d00000", "m", 1, params)))
+        self.bytes_up = len(encode_message(Update("d00000", 1, "t" * 32, "u" * 32, "m", 1, 40, params, len(params),
+                                                  {"loss": 1.0, "steps": 4.0})))
+
+    def train(self, params, device: int, cfg: RunConfig, salt: int) -> dict[str, np.ndarray]:
+        """Local SGD on one device's data from `params`; returns the delta."""
+        c = self.clients[device]
+        w, b = params["w"].astype(np.float64), params["b"].astype(np.float64)
+        rng = np.random.default_rng([self.seed, device, salt])
+        for _ in range(cfg.epochs):
+            order = rng.permutation(len(c.y_train))
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                x, y = c.x_train[idx], c.y_train[idx]
+                logits = x @ w + b
+                p = np.exp(logits - logits.max(axis=1, keepdims=True))
+                p /= p.sum(axis=1, keepdims=True)
+                p[np.arange(len(y)), y] -= 1.0
+                w -= cfg.lr * x.T @ p / len(y)
+                b -= cfg.lr * p.mean(axis=0)
+        return {"w": (w - params["w"]).astype(np.float32), "b": (b - params["b"]).astype(np.float32)}
+
+    def accuracy(self, params) -> float:
+        return float(np.mean(np.argmax(self.x_test @ params["w"] + params["b"], axis=1) == self.y_test))
+
+
+def _ids(devices) -> list[str]:
+    return [f"d{d:05d}" for d in devices]
+
+
+def run_sync(task: Task, fleet: VirtualFleet, cfg: RunConfig) -> dict:
+    strategy = make_strategy("fedavg", TaskHyper())
+    state = strategy.init(task.init)
+    deadline = float(np.quantile(fleet.task_seconds(cfg.epochs, task.bytes_down, task.bytes_up), cfg.deadline_quantile))
+    rng = np.random.default_rng([cfg.seed, 1])
+    quorum = max(1, -(-cfg.clients_per_round // 2))
+    now, bytes_up, bytes_down, curve, abandoned = 0.0, 0, 0, [(0.0, task.accuracy(state.params), 0)], 0
+    for round_id in range(1, cfg.rounds + 1):
+        candidates = [d for d in range(len(fleet)) if fleet.available(d, now)]
+        while len(candidates) < quorum:  # wait for devices, as the loop does
+            now += 60.0
+            candidates = [d for d in range(len(fleet)) if fleet.available(d, now)]
+        asked = selection_size(cfg.clients_per_round, cfg.over_selection, len(candidates))
+        chosen = [int(d[1:]) for d in sample_devices(_ids(candidates), asked, cfg.seed, round_id)]
+        bytes_down += task.bytes_down * len(chosen)
+        finishes = []
+        for d in chosen:
+            down, compute, up = fleet.times(d, cfg.epochs, task.bytes_down, task.bytes_up)
+            if fleet.lost(d, now, down + compute + up, rng) or down + compute > deadline:
+                continue  # silent, or stopped by its deadline: nothing crosses the uplink
+            finishes.append((now + down + compute + up, d))
+        finishes.sort()
+        full = len(finishes) >= cfg.clients_per_round
+        close = finishes[cfg.clients_per_round - 1][0] if full else now + deadline
+        reports = [d for t, d in finishes if t <= close][:cfg.clients_per_round]
+        bytes_up += task.bytes_up * len(finishes)  # late reports are sent, then refused
+        if len(reports) >= quorum:
+            deltas = [task.train(state.params, d, cfg, round_id) for d in reports]
+            weights = [float(len(task.clients[d].y_train)) for d in reports]
+            mean = buffered_mean(deltas, weights, [0] * len(deltas), 0.0)  # staleness 0: FedAvg's mean
+            state = strategy.apply(state, AggregateInput({k: v.astype(np.float32) for k, v in mean.items()},
+                                                         len(reports), len(fleet)))
+        else:
+            abandoned += 1
+        now = close
+        curve.append((now, task.accuracy(state.params), bytes_up))
+    return {"curve": curve, "bytes_up_total": bytes_up, "bytes_down_total": bytes_down, "deadline_seconds": deadline,
+            "rounds": cfg.rounds, "abandoned_rounds": abandoned, "final_accuracy": curve[-1][1]}
+
+
+def run_async(task: Task, fleet: VirtualFleet, cfg: RunConfig, until: float, sync_deadline: float) -> dict:
+    strategy = make_strategy("fedavg", TaskHyper())
+    state = strategy.init(task.init)
+    machine = AsyncMachine(0, cfg.buffer_size, cfg.concurrency, cfg.max_staleness)
+    rng = np.random.default_rng([cfg.seed, 2])
+    task_deadline = cfg.async_deadline_factor * sync_deadline
+    events: list = []  # (time, seq, device or -1 for a wake-up)
+    pending: dict[int, tuple[str, dict]] = {}  # device -> (task id, delta it will report)
+    buffer: list = []  # (delta, weight, staleness)
+    now, seq, draws, bytes_up, bytes_down, wake = 0.0, 0, 0, 0, 0, 0.0
+    curve, staleness, stale = [(0.0, task.accuracy(state.params), 0)], [], 0
+    while now < until:
+        machine, actions = on_event(machine, Tick(now))
+        for action in actions:
+            if isinstance(action, Dispatch):
+                busy = {int(dev[1:]) for dev, _ in machine.flights}
+                idle = [d for d in range(len(fleet)) if d not in busy and fleet.available(d, now)]
+                draws += 1
+                for d in (int(x[1:]) for x in sample_devices(_ids(idle), min(action.count, len(idle)), cfg.seed,
+                                                               draws)):
+                    tid = f"{draws}-{d}"
+                    machine, _ = on_event(machine, Dispatched(_ids([d])[0], Flight(tid, 0, machine.version,
+                                                                                    now + task_deadline)))
+                    bytes_down += task.bytes_down
+                    down, compute, up = fleet.times(d, cfg.epochs, task.bytes_down, task.bytes_up)
+                    if fleet.lost(d, now, down + compute + up, rng) or down + compute > task_deadline:
+                        continue  # its slot frees at the deadline (Expire)
+                    pending[d] = (tid, task.train(state.params, d, cfg, draws))  # trained on today's model
+                    seq += 1
+                    heapq.heappush(events, (now + down + compute + up, seq, d))
+        if wake <= now:  # look again for free slots and expired tasks within a minute
+            wake, seq = now + 60.0, seq + 1
+            heapq.heappush(events, (wake, seq, -1))
+        now, _, d = heapq.heappop(events)
+        if d < 0 or d not in pending:
+            continue
+        tid, delta = pending.pop(d)
+        bytes_up += task.bytes_up
+        machine, actions = on_event(machine, Arrived(_ids([d])[0], tid))
+        if not isinstance(actions[0], Admit):
+            stale += 1  # stale_update (or expired first): it crossed the uplink, then was refused
+            continue
+        staleness.append(actions[0].staleness)
+        buffer.append((delta, float(len(task.clients[d].y_train)), actions[0].staleness))
+        machine, actions = on_event(machine, Buffered(_ids([d])[0]))
+        if any(isinstance(a, Flush) for a in actions):
+            mean = buffered_mean(*map(list, zip(*buffer)), cfg.staleness_exponent)
+            state = strategy.apply(state, AggregateInput({k: v.astype(np.float32) for k, v in mean.items()},
+                                                         len(buffer), len(fleet)))
+            machine, _ = on_event(machine, Flushed())
+            buffer = []
+            curve.append((now, task.accuracy(state.params), bytes_up))
+    return {"curve": curve, "bytes_up_total": bytes_up, "bytes_down_total": bytes_down, "versions": machine.version,
+            "stale_rejected": stale, "task_deadline_seconds": task_deadline,
+            "staleness": {"mean": float(np.mean(staleness)) if staleness else 0.0,
+                          "p90": float(np.quantile(staleness, 0.9)) if staleness else 0.0,
+                          "max": int(max(staleness, default=0))},
+            "final_accuracy": curve[-1][1]}
+
+
+def time_to(curve, target: float) -> tuple[float | None, int | None]:
+    """(simulated seconds, uplink bytes) when the accuracy first reached `target`; None if never."""
+    for t, acc, up in curve:
+        if acc >= target:
+            return t, up
+    return None, None
