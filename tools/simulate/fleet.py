@@ -49,6 +49,7 @@ from .conspiracy import Conspiracy
 from .malicious import MaliciousRuntime
 from .personalization import personalized_spec
 from .scoring import Scorer
+from .sharing import SharedMaliciousRuntime, SharedModels, SharedRuntime
 from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate")
@@ -130,12 +131,16 @@ class FleetSetup:
     poisoned: dict[str, ClientData] = field(default_factory=dict)  # attackers' training data after a data-level attack
 
     conspiracy: Conspiracy | None = None  # colluding attacks: holds the round's updates (conspiracy.py)
+    shared: SharedModels | None = None  # in memory: one model copy for the whole fleet (sharing.py)
 
     def runtime(self, client, **kwargs) -> DeviceRuntime:
         attack = self.cfg.attack_spec
-        cls = DeviceRuntime
+        cls = DeviceRuntime if self.shared is None else SharedRuntime
+        if self.shared is not None:
+            kwargs["shared"] = self.shared
         if client.client_id in self.attackers and attack.name not in (*adversary.COLLUDING, "label_flip"):
-            cls = MaliciousRuntime  # the rest rewrite their own upload; colluders are rewritten on release
+            # the rest rewrite their own upload; colluders are rewritten on release
+            cls = MaliciousRuntime if self.shared is None else SharedMaliciousRuntime
             kwargs.update(attack=attack, collusion=Collusion(), n=self.ccfg.clients_per_round,
                           eta=strategy_from_config(self.ccfg).server_lr)
         client = self.poisoned.get(client.client_id, client)
@@ -194,8 +199,10 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
             raise ConfigError(f"--attack {attack.name}: colluding attacks run on the in-memory transport only")
         conspiracy = Conspiracy(attack, attackers, ccfg.compression, ccfg.clients_per_round,
                                 strategy_from_config(ccfg).server_lr)
+    # Devices take turns in one thread only in memory; over MQTT each has its own model (sharing.py).
+    shared = SharedModels({manifest.model_id: art_dir}) if cfg.transport == "memory" else None
     setup = FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, scratch, tuple(new_clients),
-                       attackers, poisoned, conspiracy)
+                       attackers, poisoned, conspiracy, shared)
     weakref.finalize(setup, shutil.rmtree, scratch, True)  # a caller that forgets close() leaves no litter
     return setup
 
