@@ -40,6 +40,7 @@ from fedge.tools.datasets import (
     load_npz_dir,
     standardize_per_device,
 )
+from fedge.tools.synthetic import synthetic
 
 from . import adversary
 from . import baselines as baseline_runs
@@ -82,7 +83,7 @@ class SimResult:
 
 
 # Flags that describe how a shipped dataset is split; a --data folder is already split.
-SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "classes_per_client")
+SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "beta", "classes_per_client")
 
 
 def check_split_flags(cfg: SimConfig) -> None:
@@ -96,8 +97,10 @@ def check_split_flags(cfg: SimConfig) -> None:
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
         data = load_npz_dir(cfg.data_dir)
+    elif cfg.synthetic:
+        data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
-        data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
+        data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.split_alpha,
                                classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction)
     return standardize_per_device(data) if cfg.standardize else data
 
@@ -365,6 +368,10 @@ def _what_ran(setup: FleetSetup) -> dict:
                     "findings": data_findings(replace(data, clients=everyone))}}
     if setup.cfg.data_dir:
         out.update(devices=len(everyone), dataset=data.name, partition="files", alpha=None, classes_per_client=None)
+    else:  # the α (and β) that ran, when the flags left them to the data's default
+        out.update(alpha=setup.cfg.split_alpha, beta=setup.cfg.split_beta if setup.cfg.synthetic else None)
+    if setup.cfg.synthetic:  # synthetic(α, β): every device draws its own data, no split
+        out.update(partition="natural", classes_per_client=None)
     return out
 
 
