@@ -17,6 +17,9 @@ target_peak_rss_bytes (2e9: issue 14's 2 GB for 10,000 devices), cpus, wall_seco
         peak_rss_bytes        VmHWM of the simulating process (bytes)
         wall_seconds          the process from start to exit (interpreter and imports included)
         simulation_seconds    run_simulation alone (data generation, every round, evaluation)
+        cpu_seconds           user + system CPU time of the process: on a shared machine the wall
+                              times grow with other load, this does not
+        load_average          the machine's 1-minute load average as the size started
         rounds_committed, global_accuracy, personalized_accuracy_mean   what the run reached
         within_target         peak_rss_bytes <= target_peak_rss_bytes
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -69,7 +73,8 @@ def _worker(grid: ScaleGrid, devices: int) -> dict:
     started = time.perf_counter()
     result = run_simulation(cfg)
     last = result.rounds[-1] if result.rounds else {}
-    return {"simulation_seconds": time.perf_counter() - started,
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"simulation_seconds": time.perf_counter() - started, "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "rounds_committed": sum(bool(r["committed"]) for r in result.rounds),
             "global_accuracy": last.get("global_accuracy"),
             "personalized_accuracy_mean": last.get("personalized_accuracy_mean"),
@@ -80,13 +85,13 @@ def measure(grid: ScaleGrid, devices: int) -> dict:
     """Run one size in a fresh subprocess; its report plus the parent's view of it."""
     cmd = [sys.executable, "-m", "fedge.tools.bench.scale", "--worker", str(devices),
            "--grid", json.dumps(asdict(grid))]
-    started = time.perf_counter()
+    load, started = os.getloadavg()[0], time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{devices} devices: the run exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"devices": devices, **row, "wall_seconds": wall,
+    return {"devices": devices, **row, "wall_seconds": wall, "load_average": load,
             "within_target": row["peak_rss_bytes"] <= TARGET_PEAK_RSS_BYTES}
 
 
