@@ -79,7 +79,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"fedge {version('fedge')}"
 
 
-@pytest.mark.parametrize("bench", ["train-step", "heterogeneity", "mqtt"])
+@pytest.mark.parametrize("bench", ["train-step", "heterogeneity", "mqtt", "scale"])
 @pytest.mark.parametrize("flags", [["-v"], ["-vv", "--log-format", "json"], ["--log-format", "journald"]])
 def test_global_flags_before_every_bench(flags, bench, capsys):
     with pytest.raises(SystemExit) as done:  # the benchmark's own --help: parsed, nothing run

@@ -74,7 +74,7 @@ def test_dirichlet_impossible_request_says_what_to_change() -> None:
         dirichlet_label_skew(y, 2, 0.0, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("clients", [200, 500, 1000])
+@pytest.mark.parametrize("clients", [500, 1000])
 def test_dirichlet_many_small_clients_all_get_their_share(clients: int, caplog) -> None:
     # Before: "no draw in 1000 tries gave every one of 500 clients >= 2 examples". The per-class
     # draw cannot fit these; the per-client draw gives every client n // clients or one more.
