@@ -73,6 +73,25 @@ def test_in_memory_fleet_loads_the_model_once_not_per_device():
         setup.close()
 
 
+def test_devices_on_the_shared_model_each_get_their_own_embeddings():
+    # Oracle: a private ModelRuntime per device (what a board loads). The shared copy caches
+    # nothing, so the same cache key never hands one device's embeddings to another, even for
+    # a model fetched later (add_model).
+    setup = prepare(sim_config(dataset="synthetic", devices=4, rounds=1))
+    try:
+        a, b = (setup.runtime(c) for c in setup.data.clients[:2])
+        mid = setup.manifest.model_id
+        for rt in (a, b, a):
+            got = rt.model(mid).embed(rt.data.x_train, cache_key=0)
+            np.testing.assert_array_equal(got, ModelRuntime(setup.art_dir).embed(rt.data.x_train))
+        a.add_model(mid, setup.art_dir)
+        assert a.model(mid) is b.model(mid)  # still one copy for the fleet
+        np.testing.assert_array_equal(b.model(mid).embed(b.data.x_test, cache_key=1),
+                                      ModelRuntime(setup.art_dir).embed(b.data.x_test))
+    finally:
+        setup.close()
+
+
 @pytest.mark.parametrize("attack", [None, "sign_flip"])
 def test_shared_model_gives_the_same_run_as_a_model_per_device(attack):
     # Oracle: the same run with every device on its own ModelRuntime and backends (as over MQTT,

@@ -58,6 +58,17 @@ class _Sharing:
         # pointing them at the fleet's makes every device load, and find, the same copy.
         self._models, self._backends = shared.models, shared.backends
 
+    def model(self, model_id: str) -> ModelRuntime:
+        if model_id not in self._models and model_id in self.model_dirs:  # never a caching copy in the pool
+            self._models[model_id] = UncachedModel(self.model_dirs[model_id], expected_model_id=model_id)
+        return super().model(model_id)
+
+    def add_model(self, model_id: str, directory: str | Path) -> None:
+        """A model fetched later joins the pool uncached too: a cached one would hand one
+        device's embeddings to the next."""
+        super().add_model(model_id, directory)
+        self._models[model_id] = UncachedModel(directory, expected_model_id=model_id)
+
 
 class SharedRuntime(_Sharing, DeviceRuntime):
     """An honest device on the fleet's shared model."""
