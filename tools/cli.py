@@ -19,7 +19,11 @@ EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim"
 BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
            "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
            "privacy": "fedge.tools.bench.privacy",
+<<<<<<< HEAD
            "secagg": "fedge.tools.bench.secagg", "async": "fedge.tools.bench.async_bench"}
+=======
+           "secagg": "fedge.tools.bench.secagg", "scale": "fedge.tools.bench.scale"}
+>>>>>>> scale
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_parser("leakage", help="reconstruct inputs from plain updates and from SecAgg sums; JSON and PNG")
     bench.add_parser("async", help="sync FedAvg vs FedBuff on a virtual clock (see: fedge bench async -h)")
     bench.add_parser("secagg", help="secure aggregation: bytes, device CPU, unmask time (see: fedge bench secagg -h)")
+    bench.add_parser("scale", help="the simulator's peak RSS and wall time at 1,000-10,000 devices "
+                     "(see: fedge bench scale -h)")
 
     return parser
 

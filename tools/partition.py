@@ -4,7 +4,8 @@ Every function returns one int64 index array per client. The arrays are disjoint
 together cover every index exactly once; each array is sorted ascending.
 
     iid                    uniform random split, sizes differ by at most one
-    dirichlet_label_skew   per-class Dirichlet(alpha) shares (Hsu et al. 2019); small alpha -> few labels
+    dirichlet_label_skew   per-class Dirichlet(alpha) shares (Yurochkin et al. 2019); small alpha -> few labels;
+                           for many small clients, per-client Dir(alpha) label mixes (dirichlet_per_client)
     shards                 McMahan et al. 2017: label-sorted shards, classes_per_client shards per client
     quantity_skew          IID labels, lognormal client sizes
     feature                IID indices (as iid); the skew is in the inputs: tools/datasets.py gives
@@ -13,7 +14,11 @@ together cover every index exactly once; each array is sorted ascending.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger("fedge.partition")
 
 SCHEMES = ("iid", "dirichlet", "shards", "quantity", "feature")
 _MAX_TRIES = 1000  # Dirichlet resamples before giving up
@@ -56,13 +61,17 @@ def dirichlet_label_skew(
 ) -> list[np.ndarray]:
     """Give each class's examples to clients in Dirichlet(alpha) proportions.
 
-    As in Hsu et al. 2019 / FedLab / Flower's DirichletPartitioner: per class, draw
+    As in Yurochkin et al. 2019 / FedLab / Flower's DirichletPartitioner: per class, draw
     p ~ Dir(alpha * 1), zero the share of clients already above the average size (keeps
     sizes from exploding), and cut the shuffled class at the cumulative shares. The whole
     draw is repeated until every client holds >= min_size examples; min_size is lowered
-    to n // (10 * num_clients) (but not below 2) when that is smaller. Small alpha with
-    many clients can make every draw fail (e.g. alpha=0.1, 10 classes, 100 clients on
-    5,000 examples): that raises ValueError rather than silently changing the scheme.
+    to n // (10 * num_clients) (but not below 2) when that is smaller.
+
+    Small alpha with many small clients makes every such draw fail (alpha=0.1, 10 classes,
+    200 clients on 5,000 examples: no draw in 1,000 gives every client 2 examples). Then the
+    split is drawn per client instead (dirichlet_per_client: each client's label mix
+    ~ Dir(alpha), sizes as even as n allows), and a warning says so. Configurations whose
+    per-class draw succeeds are split exactly as before.
     """
     y = np.asarray(y)
     n = len(y)
@@ -72,7 +81,7 @@ def dirichlet_label_skew(
     need = _auto_min_size(min_size, n, num_clients)
     by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
     for _ in range(_MAX_TRIES):
-        buckets: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        cut: list[tuple[np.ndarray, np.ndarray]] = []  # per class: (shuffled members, cut positions)
         sizes = np.zeros(num_clients, dtype=np.int64)
         for members in by_class:
             idx = rng.permutation(members)
@@ -80,16 +89,66 @@ def dirichlet_label_skew(
             if p.sum() <= 0:  # every open client drew ~0 (tiny alpha): share evenly among them
                 p = (sizes < n / num_clients).astype(float)
             cuts = (np.cumsum(p / p.sum()) * len(idx)).astype(np.int64)[:-1]
-            for k, part in enumerate(np.split(idx, cuts)):
-                buckets[k].append(part)
-                sizes[k] += len(part)
-        if sizes.min() >= need:
+            cut.append((idx, cuts))
+            sizes += np.diff(cuts, prepend=0, append=len(idx))  # what np.split(idx, cuts) gives each client
+        if sizes.min() >= need:  # only the draw that fits is cut into arrays (most of the cost at 1,000s)
+            buckets: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+            for idx, cuts in cut:
+                for k, part in enumerate(np.split(idx, cuts)):
+                    buckets[k].append(part)
             return _finish([np.concatenate(b) for b in buckets])
-    raise ValueError(
-        f"dirichlet partition: no draw in {_MAX_TRIES} tries gave every one of {num_clients} "
-        f"clients >= {need} examples (alpha={alpha}, n={n}); use a larger alpha, fewer "
-        f"clients, or a smaller min_size"
-    )
+    log.warning("dirichlet partition: no per-class draw in %d gave every one of %d clients >= %d examples "
+                "(alpha=%g, n=%d); drawing each client's label mix from Dir(alpha) instead",
+                _MAX_TRIES, num_clients, need, alpha, n)
+    return dirichlet_per_client(y, num_clients, alpha, rng, min_size=need)
+
+
+def dirichlet_per_client(y: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator,
+                         min_size: int = 1) -> list[np.ndarray]:
+    """Label skew for many small clients: client k's label mix is q_k ~ Dir(alpha * 1_C).
+
+    After Hsu et al. 2019 (per-client label mixes; as FedLab's client_inner_dirichlet_partition).
+    Sizes are as even as n allows (n // num_clients or one more), so each client holds at least
+    n // num_clients examples by construction, however small alpha is (ValueError when that is
+    below min_size: no split can do better). Clients are filled in a
+    random order: client k draws its size from Multinomial(q_k), capped by what is left of each
+    class, and draws again over the classes it still wants until it is full; once its classes
+    are used up it takes from what is left. So early clients follow q_k exactly as a
+    multinomial, the last ones get the remainder (every example is given out).
+    """
+    y = np.asarray(y)
+    n = len(y)
+    _check(n, num_clients)
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if min_size > n // num_clients:
+        raise ValueError(f"dirichlet partition: {n} examples cannot give each of {num_clients} clients "
+                         f"{min_size}; use at most {n // min_size} clients")
+    labels, inverse = np.unique(y, return_inverse=True)
+    q = rng.dirichlet(np.full(len(labels), alpha), size=num_clients)  # (clients, classes)
+    sizes = np.array([len(a) for a in np.array_split(np.arange(n), num_clients)], dtype=np.int64)
+    left = np.bincount(inverse, minlength=len(labels))
+    counts = np.zeros((num_clients, len(labels)), dtype=np.int64)
+    for k in rng.permutation(num_clients):
+        want = sizes[k]
+        while want:
+            w = q[k] * (left > 0)
+            if w.sum() <= 0:  # its classes are used up (or its mix underflowed): whatever is left
+                w = (left > 0).astype(float)
+            got = np.minimum(rng.multinomial(want, w / w.sum()), left)  # >= 1 example per pass: w > 0 only where left
+            counts[k] += got
+            left -= got
+            want -= int(got.sum())
+    members = [rng.permutation(np.flatnonzero(inverse == c)) for c in range(len(labels))]
+    starts = np.zeros(len(labels), dtype=np.int64)
+    parts = []
+    for k in range(num_clients):
+        mine = []
+        for c in np.flatnonzero(counts[k]):
+            mine.append(members[c][starts[c]:starts[c] + counts[k, c]])
+            starts[c] += counts[k, c]
+        parts.append(np.concatenate(mine) if mine else np.zeros(0, np.int64))
+    return _finish(parts)
 
 
 def shards(

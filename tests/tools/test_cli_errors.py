@@ -53,6 +53,13 @@ def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
     (["data", "split", "--devices", "0", "--out", "{tmp}"], ("--devices 0", "at least 1")),
     (["data", "split", "--devices", "10000", "--out", "{tmp}"], ("--devices 10000", "at most 2500")),
     (["simulate", "--devices", "10000", "--rounds", "1"], ("--devices 10000", "at most 2500")),
+    # A split that cannot exist is one named line too, before any device is built.
+    (["simulate", "--partition", "shards", "--classes-per-client", "3", "--devices", "2000", "--rounds", "1"],
+     ("DatasetError", "6000 shards but only 5000 examples")),
+    (["simulate", "--beta", "0.5", "--rounds", "1"], ("ConfigError", "--beta applies only to --dataset synthetic")),
+    (["simulate", "--dataset", "synthetic", "--partition", "iid", "--rounds", "1"],
+     ("ConfigError", "do not apply to --dataset synthetic")),
+    (["simulate", "--dataset", "synthetic", "--alpha", "-1", "--rounds", "1"], ("--alpha -1.0", "both >= 0")),
 ])
 def test_bad_argument_is_one_line(argv, words, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
@@ -72,7 +79,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"fedge {version('fedge')}"
 
 
-@pytest.mark.parametrize("bench", ["train-step", "heterogeneity", "mqtt"])
+@pytest.mark.parametrize("bench", ["train-step", "heterogeneity", "mqtt", "scale"])
 @pytest.mark.parametrize("flags", [["-v"], ["-vv", "--log-format", "json"], ["--log-format", "journald"]])
 def test_global_flags_before_every_bench(flags, bench, capsys):
     with pytest.raises(SystemExit) as done:  # the benchmark's own --help: parsed, nothing run

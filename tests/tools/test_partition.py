@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedge.tools.partition import SCHEMES, dirichlet_label_skew, iid, partition, quantity_skew, shards
+from fedge.tools.partition import (
+    SCHEMES,
+    dirichlet_label_skew,
+    dirichlet_per_client,
+    iid,
+    partition,
+    quantity_skew,
+    shards,
+)
 
 # 10 balanced classes in shuffled order, like a benchmark's label vector.
 Y = np.random.default_rng(123).permutation(np.repeat(np.arange(10), 200))
@@ -58,10 +66,50 @@ def test_dirichlet_min_size_honoured_and_auto_reduced() -> None:
 
 def test_dirichlet_impossible_request_says_what_to_change() -> None:
     y = np.repeat([0, 1], 10)
-    with pytest.raises(ValueError, match="larger alpha"):
-        dirichlet_label_skew(y, 20, 0.01, np.random.default_rng(0), min_size=1)
+    # 20 examples cannot give 15 clients 2 each, whatever the draw: one line that says what fits.
+    with pytest.raises(ValueError) as err:
+        dirichlet_label_skew(y, 15, 0.01, np.random.default_rng(0), min_size=2)
+    assert str(err.value) == "dirichlet partition: 20 examples cannot give each of 15 clients 2; use at most 10 clients"
     with pytest.raises(ValueError, match="alpha"):
         dirichlet_label_skew(y, 2, 0.0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("clients", [500, 1000])
+def test_dirichlet_many_small_clients_all_get_their_share(clients: int, caplog) -> None:
+    # Before: "no draw in 1000 tries gave every one of 500 clients >= 2 examples". The per-class
+    # draw cannot fit these; the per-client draw gives every client n // clients or one more.
+    parts = dirichlet_label_skew(Y, clients, 0.1, np.random.default_rng(0))
+    assert "drawing each client's label mix" in caplog.text
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(Y)))
+    assert {len(p) for p in parts} <= {len(Y) // clients, len(Y) // clients + 1}
+    # alpha 0.1 still skews labels: well above an iid split into the same sizes
+    assert _dominant_fraction(parts, Y) > _dominant_fraction(iid(len(Y), clients, np.random.default_rng(0)), Y) + 0.15
+
+
+def test_dirichlet_per_client_follows_each_clients_own_draw() -> None:
+    # Oracle: the label mixes q_k drawn independently here from the same seed (the function's
+    # first draw is q ~ Dir(alpha * 1_C), one row per client). Each client's label counts are a
+    # multinomial sample of its own q_k (until the classes run short, at the end), so they sit
+    # much closer to their own q_k than to another client's.
+    clients, alpha = 100, 0.5
+    parts = dirichlet_per_client(Y, clients, alpha, np.random.default_rng(5))
+    q = np.random.default_rng(5).dirichlet(np.full(10, alpha), size=clients)
+    mix = np.array([np.bincount(Y[p], minlength=10) / len(p) for p in parts])
+    own = 0.5 * np.abs(mix - q).sum(axis=1)  # total variation, per client
+    other = 0.5 * np.abs(mix - np.roll(q, 1, axis=0)).sum(axis=1)
+    assert np.median(own) < 0.25 and np.median(other) > 0.5, (np.median(own), np.median(other))
+    assert {len(p) for p in parts} == {20}
+
+
+def test_dirichlet_per_client_mixes_are_dirichlet() -> None:
+    # Across many clients with ample data, the mean share of the client's top label matches the
+    # expected largest coordinate of Dir(alpha * 1_10) (estimated by direct draws), for small and large alpha.
+    y = np.random.default_rng(1).permutation(np.repeat(np.arange(10), 20_000))
+    for alpha in (0.1, 1.0, 10.0):
+        parts = dirichlet_per_client(y, 400, alpha, np.random.default_rng(2))
+        top = _dominant_fraction(parts, y)
+        expected = np.random.default_rng(3).dirichlet(np.full(10, alpha), size=20_000).max(axis=1).mean()
+        assert abs(top - expected) < 0.05, (alpha, top, expected)
 
 
 @pytest.mark.parametrize("num_clients,per", [(5, 2), (10, 2), (10, 3), (50, 2), (100, 1), (20, 5), (40, 10)])

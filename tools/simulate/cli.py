@@ -14,10 +14,13 @@ from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
 
 from .config import (
     DATASETS,
+    DIRICHLET_ALPHA,
     MQTT_ROUND_DEADLINE_S,
     PARTITIONS,
     PERSONALIZATION,
     SIM_COORDINATOR,
+    SYNTHETIC_ALPHA,
+    SYNTHETIC_BETA,
     SimConfig,
     load_device_tables,
     with_options,
@@ -37,13 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=d.devices, help="simulated devices (default %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for data split, sampling and training")
-    p.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset shipped in a pip wheel")
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help="mnist5k, digits (shipped in pip wheels) or synthetic (FedProx's synthetic(α, β), "
+                        "generated: one device per generated client, any number of devices)")
     p.add_argument("--data", dest="data_dir", metavar="DIR",
                    help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
     p.add_argument("--standardize", action="store_true",
                    help="each device standardizes its features with its own training mean and std")
     p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (smaller = more skew)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"dirichlet: the concentration, smaller = more label skew (default {DIRICHLET_ALPHA}); "
+                        f"synthetic: α, how much the devices' models differ (default {SYNTHETIC_ALPHA})")
+    p.add_argument("--beta", type=float, default=None,
+                   help=f"synthetic: β, how much the devices' inputs differ (default {SYNTHETIC_BETA})")
     p.add_argument("--classes-per-client", type=int, default=d.classes_per_client, help="labels per device for shards")
     p.add_argument("--model", help="model spec: a TOML file or a built-in name (default: chosen for the data)")
     p.add_argument("--backend", default=d.backend, choices=("auto", "portable", "ort-training", "numpy"))
@@ -115,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
     check_split_flags(cfg)
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:
-        alpha = f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else ""
+        alpha = f" alpha={cfg.split_alpha}" if cfg.partition == "dirichlet" else ""
         source = cfg.data_dir or f"{cfg.dataset}, {cfg.partition}{alpha}"
+        if cfg.synthetic:
+            source = f"synthetic(alpha={cfg.split_alpha}, beta={cfg.split_beta})"
         devices = cfg.devices if not cfg.data_dir else "per-file"
         _say(bar, f"fedge simulate: {devices} devices, {cfg.rounds} rounds, {source}")
         _say(bar, HEADER)
@@ -164,8 +175,8 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
     return SimConfig(
         devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
-        standardize=args.standardize,
-        partition=args.partition, alpha=args.alpha, classes_per_client=args.classes_per_client, model=args.model,
+        standardize=args.standardize, partition=args.partition, alpha=args.alpha, beta=args.beta,
+        classes_per_client=args.classes_per_client, model=args.model,
         backend=args.backend, coordinator=coordinator, eligibility=eligibility, agent=agent,
         baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,
         transport=args.transport, broker_url=args.broker_url, profiles=tuple(x for x in args.profiles.split(",") if x),

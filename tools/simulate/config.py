@@ -29,7 +29,11 @@ from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature")
-DATASETS = ("mnist5k", "digits")
+DATASETS = ("mnist5k", "digits", "synthetic")
+# --alpha and --beta when not given: the Dirichlet partition's concentration, and synthetic(α, β)'s
+# (tools/synthetic.py; 0.5, 0.5 is the FedProx paper's middle setting and `fedge bench privacy`'s).
+DIRICHLET_ALPHA = 0.1
+SYNTHETIC_ALPHA = SYNTHETIC_BETA = 0.5
 # What a device keeps to itself (tools/simulate/personalization.py has the details).
 PERSONALIZATION = ("adapters", "head", "finetune", "full", "none")
 
@@ -51,8 +55,9 @@ class SimConfig:
     dataset: str = "mnist5k"
     data_dir: str | None = None  # a folder of per-client .npz files replaces `dataset`
     standardize: bool = False  # each device standardizes its own features (datasets.standardize_per_device)
-    partition: str = "dirichlet"
-    alpha: float = 0.1
+    partition: str = "dirichlet"  # synthetic: none, each device draws its own data
+    alpha: float | None = None  # Dirichlet concentration, or synthetic's α; None: split_alpha's default
+    beta: float | None = None  # synthetic's β only; None: SYNTHETIC_BETA
     classes_per_client: int = 2
     test_fraction: float = 0.2
     model: str | None = None  # spec file or built-in name; None = a default for the data
@@ -85,6 +90,15 @@ class SimConfig:
             raise ConfigError(f"--dataset {self.dataset!r}: choose one of {DATASETS}, or pass --data DIR")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition {self.partition!r}: choose one of {PARTITIONS}")
+        if self.synthetic:
+            if self.partition != SimConfig.partition or self.classes_per_client != SimConfig.classes_per_client:
+                raise ConfigError("--partition and --classes-per-client do not apply to --dataset synthetic: "
+                                  "each device draws its own data (set how it differs with --alpha and --beta)")
+            if not (self.split_alpha >= 0 and self.split_beta >= 0):
+                raise ConfigError(f"--alpha {self.split_alpha} --beta {self.split_beta}: synthetic(α, β) needs "
+                                  f"both >= 0 (0 = close to iid, 1 = strongly non-iid)")
+        elif self.beta is not None:
+            raise ConfigError("--beta applies only to --dataset synthetic (synthetic(α, β)'s input shift)")
         unknown = set(self.baselines) - {"local", "central"}
         if unknown:
             raise ConfigError(f"--baselines: unknown {sorted(unknown)}; use local, central or local,central")
@@ -106,6 +120,21 @@ class SimConfig:
         if self.coordinator.mode != "sync":  # its fleet drives rounds; it would run sync and say nothing
             raise ConfigError("fedge simulate runs sync rounds only: mode = 'async' runs under `fedge coordinator "
                               "serve`, and `fedge bench async` compares the two modes")
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data_dir is None and self.dataset == "synthetic"
+
+    @property
+    def split_alpha(self) -> float:
+        """--alpha as it applies: synthetic's α, or the Dirichlet concentration."""
+        if self.alpha is not None:
+            return self.alpha
+        return SYNTHETIC_ALPHA if self.synthetic else DIRICHLET_ALPHA
+
+    @property
+    def split_beta(self) -> float:
+        return SYNTHETIC_BETA if self.beta is None else self.beta
 
     @property
     def attack_spec(self):

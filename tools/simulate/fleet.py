@@ -40,6 +40,7 @@ from fedge.tools.datasets import (
     load_npz_dir,
     standardize_per_device,
 )
+from fedge.tools.synthetic import synthetic
 
 from . import adversary
 from . import baselines as baseline_runs
@@ -49,6 +50,7 @@ from .conspiracy import Conspiracy
 from .malicious import MaliciousRuntime
 from .personalization import personalized_spec
 from .scoring import Scorer
+from .sharing import SharedMaliciousRuntime, SharedModels, SharedRuntime
 from .stragglers import StragglerPlan
 
 log = logging.getLogger("fedge.simulate")
@@ -81,7 +83,7 @@ class SimResult:
 
 
 # Flags that describe how a shipped dataset is split; a --data folder is already split.
-SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "classes_per_client")
+SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "beta", "classes_per_client")
 
 
 def check_split_flags(cfg: SimConfig) -> None:
@@ -95,8 +97,10 @@ def check_split_flags(cfg: SimConfig) -> None:
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
         data = load_npz_dir(cfg.data_dir)
+    elif cfg.synthetic:
+        data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
-        data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
+        data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.split_alpha,
                                classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction)
     return standardize_per_device(data) if cfg.standardize else data
 
@@ -130,12 +134,16 @@ class FleetSetup:
     poisoned: dict[str, ClientData] = field(default_factory=dict)  # attackers' training data after a data-level attack
 
     conspiracy: Conspiracy | None = None  # colluding attacks: holds the round's updates (conspiracy.py)
+    shared: SharedModels | None = None  # in memory: one model copy for the whole fleet (sharing.py)
 
     def runtime(self, client, **kwargs) -> DeviceRuntime:
         attack = self.cfg.attack_spec
-        cls = DeviceRuntime
+        cls = DeviceRuntime if self.shared is None else SharedRuntime
+        if self.shared is not None:
+            kwargs["shared"] = self.shared
         if client.client_id in self.attackers and attack.name not in (*adversary.COLLUDING, "label_flip"):
-            cls = MaliciousRuntime  # the rest rewrite their own upload; colluders are rewritten on release
+            # the rest rewrite their own upload; colluders are rewritten on release
+            cls = MaliciousRuntime if self.shared is None else SharedMaliciousRuntime
             kwargs.update(attack=attack, collusion=Collusion(), n=self.ccfg.clients_per_round,
                           eta=strategy_from_config(self.ccfg).server_lr)
         client = self.poisoned.get(client.client_id, client)
@@ -194,8 +202,10 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
             raise ConfigError(f"--attack {attack.name}: colluding attacks run on the in-memory transport only")
         conspiracy = Conspiracy(attack, attackers, ccfg.compression, ccfg.clients_per_round,
                                 strategy_from_config(ccfg).server_lr)
+    # Devices take turns in one thread only in memory; over MQTT each has its own model (sharing.py).
+    shared = SharedModels({manifest.model_id: art_dir}) if cfg.transport == "memory" else None
     setup = FleetSetup(cfg, data, spec, manifest, model, art_dir, backend, hyper, ccfg, scratch, tuple(new_clients),
-                       attackers, poisoned, conspiracy)
+                       attackers, poisoned, conspiracy, shared)
     weakref.finalize(setup, shutil.rmtree, scratch, True)  # a caller that forgets close() leaves no litter
     return setup
 
@@ -358,6 +368,10 @@ def _what_ran(setup: FleetSetup) -> dict:
                     "findings": data_findings(replace(data, clients=everyone))}}
     if setup.cfg.data_dir:
         out.update(devices=len(everyone), dataset=data.name, partition="files", alpha=None, classes_per_client=None)
+    else:  # the α (and β) that ran, when the flags left them to the data's default
+        out.update(alpha=setup.cfg.split_alpha, beta=setup.cfg.split_beta if setup.cfg.synthetic else None)
+    if setup.cfg.synthetic:  # synthetic(α, β): every device draws its own data, no split
+        out.update(partition="natural", classes_per_client=None)
     return out
 
 
