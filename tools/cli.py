@@ -19,11 +19,8 @@ EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim"
 BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
            "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
            "privacy": "fedge.tools.bench.privacy",
-<<<<<<< HEAD
-           "secagg": "fedge.tools.bench.secagg", "async": "fedge.tools.bench.async_bench"}
-=======
-           "secagg": "fedge.tools.bench.secagg", "scale": "fedge.tools.bench.scale"}
->>>>>>> scale
+           "secagg": "fedge.tools.bench.secagg", "async": "fedge.tools.bench.async_bench",
+           "scale": "fedge.tools.bench.scale"}
 
 
 def main(argv: list[str] | None = None) -> int:
