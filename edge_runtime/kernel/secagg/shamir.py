@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 SECRET_BYTES = 16
 PRIME = 2**128 + 51
 SHARE_BYTES = (PRIME.bit_length() + 7) // 8  # 17
@@ -56,14 +58,33 @@ def reconstruct(shares: Sequence[Share], threshold: int, prime: int = PRIME) -> 
     if len(set(xs)) != len(xs):
         raise ValueError("shares must have distinct points")
     # Lagrange at 0: lambda_j = prod_{m != j} x_m / (x_m - x_j). The points are small (a device's
-    # index in its cohort), so both products are taken exactly over small ints (a C loop in
-    # math.prod) and reduced once: about 10x faster than reducing after every factor.
+    # index in its cohort), so both products are taken exactly over small ints and reduced once.
     everything = math.prod(xs)
-    dens = [math.prod(xm - share.x for xm in xs if xm != share.x) % prime for share in used]
+    dens = _denominators(xs, prime)
     secret = 0
     for share, inverse in zip(used, _batch_inverse(dens, prime)):
         secret += share.y * (everything // share.x) % prime * inverse
     return secret % prime
+
+
+def _denominators(xs: list[int], prime: int) -> list[int]:
+    """prod_{m != j} (x_m - x_j) mod prime for every j. The O(t^2) differences are the cost (the
+    coordinator reconstructs a thousand secrets of t = 107 shares): for points below 2^20 they are
+    formed in one int64 matrix and multiplied in groups whose product stays below 2^62 (exact),
+    so Python multiplies t/g big numbers per row instead of t."""
+    top = max(xs)
+    if top >= 1 << 20:
+        return [math.prod(xm - xj for xm in xs if xm != xj) % prime for xj in xs]
+    bits = max(1, top.bit_length())  # |x_m - x_j| < 2^bits
+    group = max(1, 62 // bits)
+    arr = np.asarray(xs, dtype=np.int64)
+    diff = arr[None, :] - arr[:, None]  # (t, t): row j holds x_m - x_j
+    np.fill_diagonal(diff, 1)
+    pad = -len(xs) % group
+    if pad:
+        diff = np.hstack([diff, np.ones((len(xs), pad), dtype=np.int64)])
+    partial = diff.reshape(len(xs), -1, group).prod(axis=2)  # each |product| < 2^(bits * group) <= 2^62
+    return [math.prod(row) % prime for row in partial.tolist()]
 
 
 def _batch_inverse(values: list[int], prime: int) -> list[int]:
