@@ -4,15 +4,17 @@ the plain modular sum of the survivors' inputs (the oracle) and as the one-proce
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.kernel.secagg import masking
-from fedge.edge_runtime.kernel.secagg.keys import generate_keypair
+from fedge.edge_runtime.kernel.secagg import masking, shamir
+from fedge.edge_runtime.kernel.secagg.keys import generate_keypair, keypair_from_seed
 from fedge.edge_runtime.kernel.secagg.masking import mask_input, sum_mod, unmask
+from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed, unmask_answers
 
 
 def _round(n: int, dropped: int, length: int, m: int, seed: int):
     rng = np.random.default_rng(seed)
     ids = [f"d{i:02d}" for i in range(n)]
-    keys = {d: generate_keypair() for d in ids}
+    mask_seeds = {d: rng.bytes(16) for d in ids}
+    keys = {d: keypair_from_seed(mask_seeds[d]) for d in ids}
     self_seeds = {d: rng.bytes(16) for d in ids}
     values = {d: rng.integers(0, 2 ** (m - 4), size=length, dtype=np.uint32) for d in ids}
     gone = set(rng.choice(ids, size=dropped, replace=False).tolist())
@@ -22,6 +24,15 @@ def _round(n: int, dropped: int, length: int, m: int, seed: int):
                          {p: keys[p].public for p in ids if p != d}, 5, m) for d in alive]
     args = (sum_mod(masked, m, length), {d: self_seeds[d] for d in alive},
             {g: keys[g].private for g in gone}, {g: {s: keys[s].public for s in alive} for g in gone}, 5, m)
+    # what the survivors reveal: t = 3 real Shamir shares of each secret, held by survivors
+    answers: dict[str, dict] = {}
+    for owner in ids:
+        kind, secret = ("mask", mask_seeds[owner]) if owner in gone else ("self", self_seeds[owner])
+        holders = [h for h in alive if h != owner][:3]
+        points = [1 + ids.index(h) for h in holders]  # session.point_of over the sorted cohort
+        for h, share in zip(holders, shamir.split(shamir.secret_to_int(secret), 3, points)):
+            answers.setdefault(h, {})[owner] = (kind, share.y)
+    _round.answers = (answers, tuple(ids), 3, tuple(alive), tuple(sorted(gone)))
     return args, sum_mod((values[d] for d in alive), m, length)
 
 
@@ -46,3 +57,22 @@ def test_a_wrong_dropped_key_does_not_unmask():
     (masked, seeds, dropped_keys, peers, rid, m), plain = _round(n=7, dropped=2, length=257, m=18, seed=4)
     wrong = {g: generate_keypair().private for g in dropped_keys}
     assert not np.array_equal(unmask(masked, seeds, wrong, peers, rid, m), plain)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_secrets_reconstructed_in_the_workers_unmask_the_plain_sum(monkeypatch, workers):
+    (masked, _, _, peers, rid, m), plain = _round(n=8, dropped=3, length=2_000, m=26, seed=11)
+    answers, cohort, t, alive, gone = _round.answers
+    monkeypatch.setattr(masking, "PARALLEL_MIN_WORDS", 0)
+    assert np.array_equal(unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, workers), plain)
+
+
+def test_a_forged_share_fails_the_unmask_by_name_from_a_worker(monkeypatch):
+    (masked, _, _, peers, rid, m), _ = _round(n=8, dropped=3, length=500, m=26, seed=12)
+    answers, cohort, t, alive, gone = _round.answers
+    for revealed in answers.values():  # every share of gone[0] on the constant 2^128 + 7: no 16-byte secret
+        if gone[0] in revealed:
+            revealed[gone[0]] = ("mask", 2**128 + 7)
+    monkeypatch.setattr(masking, "PARALLEL_MIN_WORDS", 0)
+    with pytest.raises(UnmaskFailed, match=f"mask secret of {gone[0]}"):
+        unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, workers=2)

@@ -51,7 +51,7 @@ from fedge.edge_runtime.kernel.secagg import quantize, shamir
 from fedge.edge_runtime.kernel.secagg import session as sess
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, neighbour_graph
 from fedge.edge_runtime.kernel.secagg.keys import encrypt_share
-from fedge.edge_runtime.kernel.secagg.masking import mask_input, pair_mask, sum_mod, unmask
+from fedge.edge_runtime.kernel.secagg.masking import mask_input, pair_mask, sum_mod
 from fedge.edge_runtime.kernel.secagg.messages import (
     EncryptedShares,
     KeyAdvertisement,
@@ -60,7 +60,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
 )
 from fedge.edge_runtime.kernel.secagg.packing import pack
 from fedge.edge_runtime.kernel.secagg.prg import words
-from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
+from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
 
 MODEL = "ab" * 32
 ROUND = 1
@@ -131,8 +131,8 @@ def _coordinator_unmask(ids, graph, sessions, t: int, d: int, bits: int, m: int,
     for _ in range(repeats):  # the machine is shared: the same unmask, timed `repeats` times
         cpu0 = _cpu_seconds()
         start = time.perf_counter()  # wall time: the removal runs on every core
-        seeds, keys = recover_secrets(answers, cohort, t, alive, dropped)
-        total = unmask(masked, seeds, keys, masked_with, ROUND, m, workers=os.cpu_count() or 1)
+        total = unmask_answers(masked, answers, cohort, t, alive, dropped, masked_with, ROUND, m,
+                               workers=os.cpu_count() or 1)
         walls.append(time.perf_counter() - start)
         cpus.append(_cpu_seconds() - cpu0)
         exact = exact and bool(np.array_equal(total, plain))

@@ -18,7 +18,7 @@ pair masks the coordinator removes, and its late y_i read in the clear.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -74,25 +74,29 @@ def mask_input(values: np.ndarray, me: str, self_seed: bytes, mask_private: byte
     return out & _field_mask(field_bits)
 
 
-def unmask(masked_sum: np.ndarray, self_seeds: Mapping[str, bytes], dropped_keys: Mapping[str, bytes],
+def unmask(masked_sum: np.ndarray, self_seeds: Mapping[str, object], dropped_keys: Mapping[str, object],
            dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int,
-           workers: int = 1) -> np.ndarray:
+           workers: int = 1, resolve: Callable[[str, str, object], bytes] | None = None) -> np.ndarray:
     """sum_S v from sum_S y. self_seeds: survivor -> b_i (every survivor's); dropped_keys:
     dropped device -> its mask private key; dropped_peers: dropped device -> {survivor that
-    masked with it: that survivor's mask public key}.
+    masked with it: that survivor's mask public key}. With `resolve`, the values of self_seeds
+    and dropped_keys are what resolve(kind, owner, value) turns into the seed ("self") or the
+    private key ("mask"), in the worker: recovery.unmask_answers passes the Shamir shares, so
+    the reconstruction runs on every core too (a module-level function or partial: it is
+    pickled to the workers).
 
     workers > 1 splits the masks over that many processes when there are enough of them
     (PARALLEL_MIN_WORDS). Processes, not threads: AES-CTR and numpy's adds release the GIL, but
     the X25519 agreement and HKDF of every (dropped, survivor) pair hold it, and they are 40%
     of the work. The result is the same: addition mod 2^32 does not depend on the order."""
     length = np.asarray(masked_sum).size
-    seeds = list(self_seeds.values())
+    seeds = list(self_seeds.items())
     dropped = [(gone, private, tuple(dropped_peers.get(gone, {}).items())) for gone, private in dropped_keys.items()]
     expansions = len(seeds) + sum(len(peers) for _, _, peers in dropped)
     total = np.asarray(masked_sum, dtype=np.uint32).copy()
     context = _fork_context()
     if workers <= 1 or expansions * length < PARALLEL_MIN_WORDS or context is None:
-        total -= _removal(length, round_id, seeds, dropped)
+        total -= _removal(length, round_id, seeds, dropped, resolve)
     else:
         parts = 4 * workers  # more parts than workers: a worker slowed by other load takes fewer
         split_seeds = [seeds[i::parts] for i in range(parts)]
@@ -103,7 +107,8 @@ def unmask(masked_sum: np.ndarray, self_seeds: Mapping[str, bytes], dropped_keys
             split_dropped[lightest].append(job)
             loads[lightest] += len(job[2])
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for acc in pool.map(_removal, [length] * parts, [round_id] * parts, split_seeds, split_dropped):
+            for acc in pool.map(_removal, [length] * parts, [round_id] * parts, split_seeds, split_dropped,
+                                [resolve] * parts):
                 total -= acc
     return total & _field_mask(field_bits)
 
@@ -119,18 +124,19 @@ def _fork_context():
         return None
 
 
-def _removal(length: int, round_id: int, seeds: list[bytes], dropped: list) -> np.ndarray:
-    """What to subtract from the masked sum: the self-masks of `seeds` plus, for each (dropped
-    device, its mask private key, ((survivor, survivor's mask public key), ...)), the pair masks
-    the survivors added (+ when survivor < dropped) or subtracted."""
+def _removal(length: int, round_id: int, seeds: list[tuple[str, object]], dropped: list,
+             resolve: Callable[[str, str, object], bytes] | None = None) -> np.ndarray:
+    """What to subtract from the masked sum: the self-masks of `seeds` ((survivor, seed)) plus,
+    for each (dropped device, its mask private key, ((survivor, survivor's mask public key),
+    ...)), the pair masks the survivors added (+ when survivor < dropped) or subtracted."""
     expander = Expander(length)
     plus = np.zeros(length, dtype=np.uint32)
     minus = np.zeros(length, dtype=np.uint32)
-    for seed in seeds:
-        np.add(plus, expander.of(seed), out=plus)
+    for owner, seed in seeds:
+        np.add(plus, expander.of(resolve("self", owner, seed) if resolve else seed), out=plus)
     loaded: dict[bytes, X25519PublicKey] = {}  # a survivor neighbours several dropped devices
     for gone, private, peers in dropped:
-        key = X25519PrivateKey.from_private_bytes(private)
+        key = X25519PrivateKey.from_private_bytes(resolve("mask", gone, private) if resolve else private)
         for survivor, public in peers:
             if public not in loaded:
                 loaded[public] = X25519PublicKey.from_public_bytes(public)
