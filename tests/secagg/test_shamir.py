@@ -24,10 +24,18 @@ def _probably_prime(n: int, rounds: int = 40) -> bool:
     return True
 
 
-def test_the_field_is_prime_and_holds_every_32_byte_secret():
+def test_the_field_is_the_largest_prime_below_2_128_and_its_elements_take_16_bytes():
     assert _probably_prime(shamir.PRIME)
-    assert not _probably_prime(shamir.PRIME - 2)  # the check can say no
-    assert shamir.PRIME > 2**128 and shamir.SHARE_BYTES == 17 and shamir.SECRET_BYTES == 16
+    assert not any(_probably_prime(x) for x in range(shamir.PRIME + 1, 2**128))  # the largest: the check says no
+    assert shamir.PRIME < 2**128 and shamir.SHARE_BYTES == 16 and shamir.SECRET_BYTES == 16
+
+
+def test_secrets_are_drawn_below_the_prime_and_one_at_or_above_it_is_refused():
+    draws = iter([b"\xff" * 16, (shamir.PRIME).to_bytes(16, "big"), bytes(15) + b"\x07"])
+    assert shamir.random_secret(lambda n: next(draws)) == bytes(15) + b"\x07"  # the first two drawn again
+    with pytest.raises(ValueError, match="at or above the prime"):
+        shamir.secret_to_int(shamir.PRIME.to_bytes(16, "big"))
+    assert all(shamir.secret_to_int(shamir.random_secret()) < shamir.PRIME for _ in range(200))
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -13,9 +13,10 @@ from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed, unmask_answe
 def _round(n: int, dropped: int, length: int, m: int, seed: int):
     rng = np.random.default_rng(seed)
     ids = [f"d{i:02d}" for i in range(n)]
-    mask_seeds = {d: rng.bytes(16) for d in ids}
+    mask_seeds = {d: shamir.random_secret(rng.bytes) for d in ids}
+    _round.mask_seeds = mask_seeds
     keys = {d: keypair_from_seed(mask_seeds[d]) for d in ids}
-    self_seeds = {d: rng.bytes(16) for d in ids}
+    self_seeds = {d: shamir.random_secret(rng.bytes) for d in ids}
     values = {d: rng.integers(0, 2 ** (m - 4), size=length, dtype=np.uint32) for d in ids}
     gone = set(rng.choice(ids, size=dropped, replace=False).tolist())
     alive = [d for d in ids if d not in gone]
@@ -70,9 +71,10 @@ def test_secrets_reconstructed_in_the_workers_unmask_the_plain_sum(monkeypatch, 
 def test_a_forged_share_fails_the_unmask_by_name_from_a_worker(monkeypatch):
     (masked, _, _, peers, rid, m), _ = _round(n=8, dropped=3, length=500, m=26, seed=12)
     answers, cohort, t, alive, gone = _round.answers
-    for revealed in answers.values():  # every share of gone[0] on the constant 2^128 + 7: no 16-byte secret
-        if gone[0] in revealed:
-            revealed[gone[0]] = ("mask", 2**128 + 7)
+    holder = next(h for h, revealed in answers.items() if gone[0] in revealed)
+    kind, y = answers[holder][gone[0]]
+    answers[holder][gone[0]] = (kind, (y + 1) % shamir.PRIME)
+    publics = {g: keypair_from_seed(_round.mask_seeds[g]).public for g in gone}
     monkeypatch.setattr(masking, "PARALLEL_MIN_WORDS", 0)
     with pytest.raises(UnmaskFailed, match=f"mask secret of {gone[0]}"):
-        unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, workers=2)
+        unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, workers=2, mask_publics=publics)

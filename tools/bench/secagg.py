@@ -4,9 +4,9 @@ For each cohort size n, dropout fraction and input width b, on vectors of d coor
 k and t as graph.choose_parameters documents (sigma = 40, eta = 20, 30% dropouts):
 
   bytes_per_device        upload of one device per round, all four stages: the encoded frames
-                          of its KeyAdvertisement, EncryptedShares (k sealed boxes of 50 bytes), MaskedInput
+                          of its KeyAdvertisement, EncryptedShares (k sealed boxes of 48 bytes), MaskedInput
                           (d values packed to m = b + ceil(log2 n) bits) and UnmaskResponse
-                          (one 17-byte share per neighbour), each as `encode_message` frames it
+                          (one 16-byte share per neighbour), each as `encode_message` frames it
   floor_bytes_per_device  the packed-field floor, ceil(d m / 8)
   plain_bytes_per_device  the same update without SecAgg, b bits packed: ceil(d b / 8)
   flower_bytes_per_device d coordinates in a fixed 32-bit field, for comparison

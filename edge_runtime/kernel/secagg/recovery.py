@@ -37,13 +37,22 @@ def gather_shares(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: 
     return {owner: (kind, shares[owner]) for owner, kind in wanted.items()}
 
 
-def secret_from(threshold: int, kind: str, owner: str, shares: list[shamir.Share]) -> bytes:
-    """The self-mask seed ("self") or the mask private key ("mask") `shares` reconstruct."""
+def secret_from(threshold: int, kind: str, owner: str, shares: list[shamir.Share],
+                mask_publics: Mapping[str, bytes] | None = None) -> bytes:
+    """The self-mask seed ("self") or the mask private key ("mask") `shares` reconstruct. With
+    `mask_publics` (dropped device -> the mask public key it advertised), a mask key that is not
+    the advertised one raises UnmaskFailed: some holder sent a wrong share. (A self-mask seed
+    has no public commitment: a wrong share there gives a wrong sum, as in Bonawitz et al.)"""
     try:
         secret = shamir.int_to_secret(shamir.reconstruct(shares, threshold))
     except ValueError as exc:  # a share that was not the owner's (a wrong value from some holder)
         raise UnmaskFailed(f"{kind} secret of {owner}: {exc}") from None
-    return secret if kind == "self" else keypair_from_seed(secret).private  # the mask seed stands for the key pair
+    if kind == "self":
+        return secret
+    pair = keypair_from_seed(secret)  # the mask seed stands for the key pair
+    if mask_publics is not None and mask_publics.get(owner) != pair.public:
+        raise UnmaskFailed(f"mask secret of {owner}: the shares give a key it did not advertise (a wrong share)")
+    return pair.private
 
 
 def recover_secrets(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: tuple[str, ...], threshold: int,
@@ -58,12 +67,16 @@ def recover_secrets(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort
 def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tuple[str, int]]],
                    cohort: tuple[str, ...], threshold: int, alive: tuple[str, ...], dropped: tuple[str, ...],
                    dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int,
-                   workers: int = 1) -> np.ndarray:
+                   workers: int = 1, mask_publics: Mapping[str, bytes] | None = None) -> np.ndarray:
     """recover_secrets then masking.unmask, with each secret reconstructed in the worker that
     expands its masks (a thousand Lagrange interpolations of t = 107 points are 0.7 s of one
-    core at n = 1,000)."""
+    core at n = 1,000). mask_publics: as secret_from."""
     gathered = gather_shares(answers, cohort, threshold, alive, dropped)
     seeds = {o: shares for o, (kind, shares) in gathered.items() if kind == "self"}
     keys = {o: shares for o, (kind, shares) in gathered.items() if kind == "mask"}
     return unmask(masked_sum, seeds, keys, dropped_peers, round_id, field_bits, workers,
-                  resolve=functools.partial(secret_from, threshold))
+                  resolve=functools.partial(_resolve, threshold, mask_publics))
+
+
+def _resolve(threshold: int, mask_publics, kind: str, owner: str, shares: list[shamir.Share]) -> bytes:
+    return secret_from(threshold, kind, owner, shares, mask_publics)
