@@ -19,7 +19,8 @@ k and t as graph.choose_parameters documents (sigma = 40, eta = 20, 30% dropouts
                           survivors' masked sum: the least of --repeats timings of the same
                           unmask (the machine may be shared), with their median and all of them
                           (unmask_seconds_median, unmask_seconds_all), and the CPU seconds it
-                          took in all processes (unmask_cpu_seconds, least of the repeats)
+                          took in all processes (unmask_cpu_seconds, least of the repeats);
+                          load_average_1min: the machine's before and after the timings
   exact                   the unmasked sum equals the plain modular sum bit for bit
 
 How the coordinator's input is built: the survivors' masked sum is their plain sum plus their
@@ -154,6 +155,7 @@ def measure(n: int, dropout: float, bits: int, d: int, seed: int = 0, repeats: i
     sessions = {x: sess.start(x, ROUND, MODEL) for x in ids}
     rng = np.random.default_rng(seed)
     cpu, upload = _device_round(ids[0], graph, sessions, t, d, bits, m, rng)
+    load_before = os.getloadavg()[0]
     walls, cpus, exact = _coordinator_unmask(ids, graph, sessions, t, d, bits, m, dropout, rng, repeats)
     floor = math.ceil(d * m / 8)
     return {"devices": n, "dropout_fraction": dropout, "bits": bits, "dimension": d, "field_bits": m,
@@ -162,6 +164,7 @@ def measure(n: int, dropout: float, bits: int, d: int, seed: int = 0, repeats: i
             "flower_bytes_per_device": 4 * d, "device_cpu_seconds": round(cpu, 4),
             "unmask_seconds": round(min(walls), 4), "unmask_seconds_median": round(statistics.median(walls), 4),
             "unmask_seconds_all": [round(w, 4) for w in walls], "unmask_cpu_seconds": round(min(cpus), 4),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "exact": exact}
 
 

@@ -17,34 +17,37 @@ class UnmaskFailed(ValueError):
 
 
 def gather_shares(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: tuple[str, ...], threshold: int,
-                  alive: tuple[str, ...], dropped: tuple[str, ...]) -> dict[str, tuple[str, list[shamir.Share]]]:
-    """owner -> (kind, its shares) from the unmask answers (answering device -> owner -> (kind,
-    share value)): "self" for the alive, "mask" for the dropped. A share of the wrong kind for
-    its owner is ignored: a device reveals only one kind per owner, and the coordinator must not
-    mix. Raises UnmaskFailed when some owner has fewer than `threshold` (checked before any
-    reconstruction: the round fails fast)."""
+                  alive: tuple[str, ...], dropped: tuple[str, ...]) -> dict[str, tuple[str, tuple]]:
+    """owner -> (kind, `threshold` of its shares as (x, y) pairs) from the unmask answers
+    (answering device -> owner -> (kind, share value)): "self" for the alive, "mask" for the
+    dropped. A share of the wrong kind for its owner is ignored: a device reveals only one kind
+    per owner, and the coordinator must not mix. Only t shares are kept (reconstruction uses t),
+    as plain ints: they are pickled to the unmask's workers, and Share objects cost ten times
+    as much to pickle. Raises UnmaskFailed when some owner has fewer than `threshold` (checked
+    before any reconstruction: the round fails fast)."""
     points = {d: i + 1 for i, d in enumerate(sorted(cohort))}  # session.point_of, without a scan per holder
     wanted = {d: "self" for d in alive} | {d: "mask" for d in dropped}
-    shares: dict[str, list[shamir.Share]] = {d: [] for d in wanted}
+    shares: dict[str, list[tuple[int, int]]] = {d: [] for d in wanted}
     for holder, revealed in answers.items():
         x = points[holder]
         for owner, (kind, y) in revealed.items():
             if wanted.get(owner) == kind:
-                shares[owner].append(shamir.Share(x, y))
+                shares[owner].append((x, y))
     for owner, kind in wanted.items():
         if len(shares[owner]) < threshold:
             raise UnmaskFailed(f"{len(shares[owner])} {kind} shares of {owner}, need {threshold}")
-    return {owner: (kind, shares[owner]) for owner, kind in wanted.items()}
+    return {owner: (kind, tuple(shares[owner][:threshold])) for owner, kind in wanted.items()}
 
 
-def secret_from(threshold: int, kind: str, owner: str, shares: list[shamir.Share],
+def secret_from(threshold: int, kind: str, owner: str, shares,
                 mask_publics: Mapping[str, bytes] | None = None) -> bytes:
-    """The self-mask seed ("self") or the mask private key ("mask") `shares` reconstruct. With
+    """The self-mask seed ("self") or the mask private key ("mask") `shares` ((x, y) pairs)
+    reconstruct. With
     `mask_publics` (dropped device -> the mask public key it advertised), a mask key that is not
     the advertised one raises UnmaskFailed: some holder sent a wrong share. (A self-mask seed
     has no public commitment: a wrong share there gives a wrong sum, as in Bonawitz et al.)"""
     try:
-        secret = shamir.int_to_secret(shamir.reconstruct(shares, threshold))
+        secret = shamir.int_to_secret(shamir.reconstruct([shamir.Share(x, y) for x, y in shares], threshold))
     except ValueError as exc:  # a share that was not the owner's (a wrong value from some holder)
         raise UnmaskFailed(f"{kind} secret of {owner}: {exc}") from None
     if kind == "self":
@@ -78,5 +81,5 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
                   resolve=functools.partial(_resolve, threshold, mask_publics))
 
 
-def _resolve(threshold: int, mask_publics, kind: str, owner: str, shares: list[shamir.Share]) -> bytes:
+def _resolve(threshold: int, mask_publics, kind: str, owner: str, shares) -> bytes:
     return secret_from(threshold, kind, owner, shares, mask_publics)
