@@ -1,3 +1,4 @@
+import math
 import random
 
 import numpy as np
@@ -87,3 +88,16 @@ def test_bad_arguments_are_refused():
         shamir.split(1, 2, [0, 1])
     with pytest.raises(ValueError, match="wrong share"):
         shamir.int_to_secret(2**128)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_large_points_take_the_exact_path_and_agree_with_a_plain_lagrange_loop(seed):
+    """Points from 2^20 up skip the int64 grouping; both paths against the textbook formula
+    (pow(., -1, p) per term, no batching)."""
+    rng = random.Random(seed)
+    secret = shamir.secret_to_int(shamir.random_secret(rng.randbytes))
+    for points in (rng.sample(range(1, 2_000), 9), [rng.randrange(2**20, shamir.PRIME) for _ in range(9)]):
+        shares = shamir.split(secret, 9, points, randbelow=rng.randrange)
+        p = shamir.PRIME
+        plain = sum(s.y * math.prod(o.x * pow(o.x - s.x, -1, p) for o in shares if o is not s) for s in shares) % p
+        assert shamir.reconstruct(shares, 9) == plain == secret

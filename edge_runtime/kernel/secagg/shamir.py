@@ -62,29 +62,27 @@ def reconstruct(shares: Sequence[Share], threshold: int, prime: int = PRIME) -> 
     xs = [s.x for s in used]
     if len(set(xs)) != len(xs):
         raise ValueError("shares must have distinct points")
-    # Lagrange at 0: lambda_j = prod_{m != j} x_m / (x_m - x_j). The points are small (a device's
-    # index in its cohort), so both products are taken exactly over small ints and reduced once.
-    everything = math.prod(xs)
-    dens = _denominators(xs, prime)
-    secret = 0
-    for share, inverse in zip(used, _batch_inverse(dens, prime)):
-        secret += share.y * (everything // share.x) % prime * inverse
-    return secret % prime
+    # Lagrange at 0: lambda_j = prod_{m != j} x_m / (x_m - x_j) = prod_m x_m / (x_j prod_{m != j}
+    # (x_m - x_j)). The points are small (a device's index in its cohort), so the products are
+    # taken exactly over small ints and reduced once; one inversion serves every j.
+    everything = math.prod(xs) % prime
+    total = sum(share.y * inverse for share, inverse in zip(used, _batch_inverse(_denominators(xs, prime), prime)))
+    return everything * total % prime
 
 
 def _denominators(xs: list[int], prime: int) -> list[int]:
-    """prod_{m != j} (x_m - x_j) mod prime for every j. The O(t^2) differences are the cost (the
+    """x_j prod_{m != j} (x_m - x_j) mod prime for every j. The O(t^2) differences are the cost (the
     coordinator reconstructs a thousand secrets of t = 107 shares): for points below 2^20 they are
     formed in one int64 matrix and multiplied in groups whose product stays below 2^62 (exact),
     so Python multiplies t/g big numbers per row instead of t."""
     top = max(xs)
     if top >= 1 << 20:
-        return [math.prod(xm - xj for xm in xs if xm != xj) % prime for xj in xs]
+        return [xj * math.prod(xm - xj for xm in xs if xm != xj) % prime for xj in xs]
     bits = max(1, top.bit_length())  # |x_m - x_j| < 2^bits
     group = max(1, 62 // bits)
     arr = np.asarray(xs, dtype=np.int64)
-    diff = arr[None, :] - arr[:, None]  # (t, t): row j holds x_m - x_j
-    np.fill_diagonal(diff, 1)
+    diff = arr[None, :] - arr[:, None]  # (t, t): row j holds x_m - x_j, and x_j on the diagonal
+    np.fill_diagonal(diff, arr)
     pad = -len(xs) % group
     if pad:
         diff = np.hstack([diff, np.ones((len(xs), pad), dtype=np.int64)])
