@@ -129,3 +129,22 @@ def test_each_stage_gets_its_own_deadline(model, tmp_path):
     record, opened = _run_round(fleet, silent="dev3", from_stage=1)  # every later stage waits for it
     assert record.committed, record.why
     assert {s: opened[s][1] - opened[s][0] for s in (1, 2, 3)} == {1: 7.0, 2: 11.0, 3: 13.0}
+
+
+def test_a_revealed_share_outside_the_field_is_refused_by_name(model, tmp_path):
+    """16-byte share values can exceed the prime 2^128 - 159: such a value is no field element,
+    and the coordinator refuses the whole answer rather than reduce it."""
+    fleet = make_fleet(model, tmp_path, sizes=SIZES, **_settings())
+    c = fleet.coordinator
+    assert c.begin_round()
+    while c.round.machine.stage < 3:
+        fleet.drain()
+        c.tick()
+        fleet.clock.advance(1.0)
+    device = fleet.agents[0].device_id
+    state = c.shell.states[c.round.ctx.round_id]
+    owners = len(state.delivered[device])
+    bad = UnmaskResponse(device, c.round.ctx.round_id, c.round.ctx.tasks[device], b"\xff" * (16 * owners))
+    assert c.shell.admit(c.round, bad, device, 100).reason == "secagg_bad_shares"
+    good = UnmaskResponse(device, c.round.ctx.round_id, c.round.ctx.tasks[device], bytes(16 * owners))
+    assert c.shell.admit(c.round, good, device, 100) is None  # the same answer inside the field counts
