@@ -18,9 +18,10 @@ SECAGG = (
 def secagg_limits(wanted: int, quorum: int, round_deadline_s: float, sa) -> tuple[Limits, ...]:
     """Each stage's Limits (sa: SecAggConfig). The first stage trains (the round's deadline and
     quorum); share and mask need the round's quorum unless set (mask: fewer masked inputs
-    would be a sum of too few devices); unmask starts at its own minimum, or the quorum, and is
-    raised to the graph's t when the cohort is known (with_threshold). A minimum above the
-    devices a stage can ask is capped there by the round machine's own check: out of reach."""
+    would be a sum of too few devices); unmask starts at its own minimum (or 1) and is raised
+    to the graph's t when the share stage fixes the cohort (SecAggShell.send, rounds.with_quorum).
+    A minimum above the devices a round asks is capped there; one above the devices a stage
+    asks is out of reach, and the machine abandons the round."""
     def floor(minimum: int) -> int:
         return min(minimum, wanted) if minimum else quorum
 
