@@ -1,6 +1,9 @@
 """The coordinator's unmask split over worker processes gives the same sum, bit for bit, as
 the plain modular sum of the survivors' inputs (the oracle) and as the one-process unmask."""
 
+import functools
+import os
+
 import numpy as np
 import pytest
 
@@ -78,3 +81,16 @@ def test_a_forged_share_fails_the_unmask_by_name_from_a_worker(monkeypatch):
     monkeypatch.setattr(masking, "PARALLEL_MIN_WORDS", 0)
     with pytest.raises(UnmaskFailed, match=f"mask secret of {gone[0]}"):
         unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, workers=2, mask_publics=publics)
+
+
+def _dies_in_a_worker(parent: int, kind: str, owner: str, value: bytes) -> bytes:
+    if os.getpid() != parent:
+        os._exit(1)  # as the kernel's OOM killer would end it: no exception, no cleanup
+    return value
+
+
+def test_a_worker_that_dies_leaves_the_sum_to_the_calling_process(monkeypatch):
+    """A worker killed mid-unmask breaks the pool: the unmask is the same, computed here."""
+    args, plain = _round(n=7, dropped=2, length=999, m=18, seed=13)
+    monkeypatch.setattr(masking, "PARALLEL_MIN_WORDS", 0)
+    assert np.array_equal(unmask(*args, workers=2, resolve=functools.partial(_dies_in_a_worker, os.getpid())), plain)

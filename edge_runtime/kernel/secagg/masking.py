@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -96,22 +97,32 @@ def unmask(masked_sum: np.ndarray, self_seeds: Mapping[str, object], dropped_key
     expansions = len(seeds) + sum(len(peers) for _, _, peers in dropped)
     total = np.asarray(masked_sum, dtype=np.uint32).copy()
     context = _fork_context()
-    if workers <= 1 or expansions * length < PARALLEL_MIN_WORDS or context is None:
-        total -= _removal(length, round_id, seeds, dropped, resolve)
-    else:
-        parts = 4 * workers  # more parts than workers: a worker slowed by other load takes fewer
-        split_seeds = [seeds[i::parts] for i in range(parts)]
-        split_dropped: list[list] = [[] for _ in range(parts)]
-        loads = [len(p) for p in split_seeds]
-        for job in sorted(dropped, key=lambda j: -len(j[2])):  # greedy: the largest to the lightest part
-            lightest = loads.index(min(loads))
-            split_dropped[lightest].append(job)
-            loads[lightest] += len(job[2])
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for acc in pool.map(_removal, [length] * parts, [round_id] * parts, split_seeds, split_dropped,
-                                [resolve] * parts):
-                total -= acc
+    if workers > 1 and expansions * length >= PARALLEL_MIN_WORDS and context is not None:
+        try:
+            return (total - _removal_in_workers(length, round_id, seeds, dropped, resolve, workers, context)) \
+                & _field_mask(field_bits)
+        except (BrokenProcessPool, OSError):
+            pass  # a worker died (out of memory, killed) or none could start: the same sum, here
+    total -= _removal(length, round_id, seeds, dropped, resolve)
     return total & _field_mask(field_bits)
+
+
+def _removal_in_workers(length: int, round_id: int, seeds: list, dropped: list, resolve, workers: int,
+                        context) -> np.ndarray:
+    parts = 4 * workers  # more parts than workers: a worker slowed by other load takes fewer
+    split_seeds = [seeds[i::parts] for i in range(parts)]
+    split_dropped: list[list] = [[] for _ in range(parts)]
+    loads = [len(p) for p in split_seeds]
+    for job in sorted(dropped, key=lambda j: -len(j[2])):  # greedy: the largest to the lightest part
+        lightest = loads.index(min(loads))
+        split_dropped[lightest].append(job)
+        loads[lightest] += len(job[2])
+    acc = np.zeros(length, dtype=np.uint32)
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for part in pool.map(_removal, [length] * parts, [round_id] * parts, split_seeds, split_dropped,
+                             [resolve] * parts):
+            acc += part
+    return acc
 
 
 def _fork_context():
