@@ -68,7 +68,7 @@ class SecAggShell:
         state = self._state(rnd)
         state.open_stage(stage, devices)
         if stage == SHARE:  # the cohort is known, and with it t: the unmask stage's threshold
-            need = unmask_threshold(self.sa.unmask_min, state.t)
+            need = unmask_threshold(min(self.sa.unmask_min, len(state.cohort)), state.t)
             rnd.machine = with_quorum(rnd.machine, UNMASK_STAGE, need)
             log.info("round %d: cohort of %d, k=%d, t=%d; stage minimums: share %d, mask %d, unmask %d",
                      rnd.ctx.round_id, len(state.cohort), state.k, state.t, rnd.machine.limits[1].quorum,

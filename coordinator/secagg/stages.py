@@ -20,8 +20,9 @@ def secagg_limits(wanted: int, quorum: int, round_deadline_s: float, sa) -> tupl
     quorum); share and mask need the round's quorum unless set (mask: fewer masked inputs
     would be a sum of too few devices); unmask starts at its own minimum (or 1) and is raised
     to the graph's t when the share stage fixes the cohort (SecAggShell.send, rounds.with_quorum).
-    A minimum above the devices a round asks is capped there; one above the devices a stage
-    asks is out of reach, and the machine abandons the round."""
+    A minimum above the devices a round wants (fewer eligible than clients_per_round) is
+    lowered to them (unmask: to the cohort, never below t); fewer devices left to ask than a
+    stage's minimum put it out of reach, and the machine abandons the round."""
     def floor(minimum: int) -> int:
         return min(minimum, wanted) if minimum else quorum
 
