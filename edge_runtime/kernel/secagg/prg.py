@@ -2,7 +2,7 @@
 
 AES-128-CTR (`cryptography`: 16-byte seeds, the self-mask seeds and the pair-mask seeds alike;
 AES-NI on x86 and ARMv8 crypto extensions on the devices; 32-byte seeds select AES-256, which
-costs 15% more here for no security the 128-bit X25519 agreements could use) over zeros gives
+costs 18% more here for no security the 128-bit X25519 agreements could use) over zeros gives
 the keystream; each 32-bit word is reduced mod 2^m. Since 2^m divides 2^32
 the reduction keeps the words uniform, with no rejection step, so both ends expand the same
 seed to the same vector. m <= 32 covers b + ceil(log2 n) for 16-bit inputs and up to 65,536
