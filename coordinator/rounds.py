@@ -204,6 +204,18 @@ def sync_round(round_id: int, selected: tuple[str, ...], target: int, quorum: in
     return machine
 
 
+def with_quorum(m: RoundMachine, stage: int, quorum: int) -> RoundMachine:
+    """The machine with a later stage's quorum set: a threshold known only once an earlier stage
+    has run (a secure round's unmask stage needs t responders, and t follows the cohort that
+    advertised keys). A stage already open keeps its own."""
+    if not m.stage < stage < len(m.stages):
+        raise ValueError(f"stage {stage} is not a later stage of round {m.round_id} (now at {m.stage})")
+    if quorum < 1:
+        raise ValueError(f"a quorum is at least 1, got {quorum}")
+    lim = replace(m.limits[stage], quorum=quorum)
+    return replace(m, limits=m.limits[:stage] + (lim,) + m.limits[stage + 1:])
+
+
 def on_event(m: RoundMachine, event: Event) -> tuple[RoundMachine, list[Action]]:
     """The transition table (module docstring). Raises ValueError on a Replied the round
     does not expect and on Committed outside `aggregating`: the shell checks first."""

@@ -44,6 +44,18 @@ class SecAggConfig:
     # almost nothing (compression.clip_norm must then be > 0).
     clip_range: float = 0.0
     stage_deadline_s: float = 60.0  # each stage after the first (the first trains: round_deadline_s)
+    # Per-stage deadlines, seconds from the stage's start; 0 = stage_deadline_s.
+    share_deadline_s: float = 0.0
+    mask_deadline_s: float = 0.0
+    unmask_deadline_s: float = 0.0
+    # Per-stage thresholds: the replies a stage needs by its deadline, else the round is abandoned
+    # (nothing applied; the next round runs under a new id). 0 = derived (stages.secagg_limits):
+    # share and mask need the round's quorum (min_reports; the mask stage's replies are the inputs
+    # in the sum), unmask needs t responders (no secret comes back from fewer than t shares; the
+    # graph's t, known once the cohort is). Set, they are floors: unmask never takes fewer than t.
+    share_min: int = 0
+    mask_min: int = 0
+    unmask_min: int = 0
     # Sparsification under SecAgg: every device sends the same random coordinates, drawn from the
     # round's seed (per-device top-k would leak: a coordinate one device alone sent is in the
     # clear in the sum); the rest stays on the device as error feedback. 1.0 = dense.
@@ -65,6 +77,19 @@ class SecAggConfig:
             raise ConfigError("secure_aggregation.keep_fraction must be in (0, 1] (1 = dense)")
         if not self.stage_deadline_s > 0:
             raise ConfigError("secure_aggregation.stage_deadline_s must be > 0")
+        for name in ("share", "mask", "unmask"):
+            deadline, minimum = getattr(self, f"{name}_deadline_s"), getattr(self, f"{name}_min")
+            if not (deadline >= 0 and math.isfinite(deadline)):
+                raise ConfigError(f"secure_aggregation.{name}_deadline_s must be >= 0 (0 = stage_deadline_s)")
+            if minimum < 0:
+                raise ConfigError(f"secure_aggregation.{name}_min must be >= 0 (0 = derived)")
+        if self.mask_min == 1:
+            raise ConfigError("secure_aggregation.mask_min must be 0 (the round's quorum) or >= 2: "
+                              "the sum of one masked input is that device's update")
+
+    def deadline_of(self, stage: str) -> float:
+        """Seconds the share, mask or unmask stage waits for its replies."""
+        return getattr(self, f"{stage}_deadline_s") or self.stage_deadline_s
 
     def graph_for(self, cohort: int) -> tuple[int, int]:
         """(k, t) for a cohort of this size: the configured ones, capped at a complete graph."""
@@ -98,6 +123,8 @@ def check_compatible(cfg) -> None:
                                                          "set model_part_bytes = 0"),
         (cfg.quorum < 2, "secagg_quorum", "a sum of one device's update is that update: min_reports (or "
                                            "clients_per_round) must allow at least 2"),
+        (max(sa.share_min, sa.mask_min, sa.unmask_min) > cfg.clients_per_round, "secagg_stage_min",
+         "a stage minimum (share_min, mask_min, unmask_min) above clients_per_round: no round could pass it"),
         (sa.clip_range == 0 and cfg.compression.clip_norm <= 0, "secagg_no_clip_range",
          "secure aggregation needs a clip range: set secure_aggregation.clip_range or compression.clip_norm"),
     ]

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.protocol import TrainTask
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph
-from fedge.edge_runtime.kernel.secagg.masking import sum_mod, unmask
+from fedge.edge_runtime.kernel.secagg.masking import sum_mod
 from fedge.edge_runtime.kernel.secagg.messages import (
     SEALED_SHARE_BYTES,
     SHARE_VALUE_BYTES,
@@ -33,7 +33,8 @@ from fedge.edge_runtime.kernel.secagg.messages import (
     UnmaskResponse,
 )
 from fedge.edge_runtime.kernel.secagg.packing import unpack
-from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
+from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
+from fedge.edge_runtime.kernel.secagg.shamir import PRIME
 from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_mean, subset_size
 
 from .stages import ADVERTISE, MASK, SHARE, UNMASK
@@ -133,8 +134,11 @@ class SecAggRound:
             owners = [o for o in self.delivered.get(sender, ()) if o in alive or o in dropped]  # sorted
             if len(reply.values) != len(owners) * SHARE_VALUE_BYTES:
                 return "secagg_bad_shares"
-            self.answers[sender] = {o: ("self" if o in alive else "mask", int.from_bytes(value, "big"))
-                                    for o, value in zip(owners, _chunks(reply.values, SHARE_VALUE_BYTES))}
+            revealed = {o: ("self" if o in alive else "mask", int.from_bytes(value, "big"))
+                        for o, value in zip(owners, _chunks(reply.values, SHARE_VALUE_BYTES))}
+            if any(y >= PRIME for _, y in revealed.values()):  # no field element
+                return "secagg_bad_shares"
+            self.answers[sender] = revealed
         return None
 
     # ------------------------------------------------------------------ the sum
@@ -142,11 +146,12 @@ class SecAggRound:
     def mean_delta(self) -> tuple[dict[str, np.ndarray], int]:
         """The survivors' mean delta (equal weights) and their number. Raises UnmaskFailed when
         some secret has fewer than t shares (the round is then abandoned)."""
-        seeds, keys = recover_secrets(self.answers, self.cohort, self.t, self.alive, self.dropped)
         masked_with = {g: {s: self.adverts[s].mask_public for s in self.alive if g in self.delivered.get(s, ())}
                        for g in self.dropped}
-        total = unmask(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.sent_length), seeds,
-                       keys, masked_with, self.round_id, self.spec.field_bits, workers=os.cpu_count() or 1)
+        total = unmask_answers(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.sent_length),
+                               self.answers, self.cohort, self.t, self.alive, self.dropped, masked_with,
+                               self.round_id, self.spec.field_bits, workers=os.cpu_count() or 1,
+                               mask_publics={g: self.adverts[g].mask_public for g in self.dropped})
         n = len(self.alive)
         flat = decode_mean(total, n, self.dimension, self.spec)
         out, at = {}, 0

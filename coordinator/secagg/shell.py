@@ -18,10 +18,10 @@ from ..config import CoordinatorConfig
 from ..errors import UpdateRejected
 from ..outbound import Outbound
 from ..records import OpenRound
-from ..rounds import Replied, on_event
+from ..rounds import Replied, on_event, with_quorum
 from ..strategies import AggregateInput
 from .round_state import REPLY_OF, SecAggRound
-from .stages import ADVERTISE, SECAGG, secagg_limits
+from .stages import ADVERTISE, SECAGG, SHARE, UNMASK_STAGE, secagg_limits, unmask_threshold
 
 log = logging.getLogger("fedge.coordinator")
 
@@ -49,7 +49,7 @@ class SecAggShell:
 
     def plan(self, wanted: int, quorum: int):
         """(stages, limits) for the round machine."""
-        return SECAGG, secagg_limits(wanted, quorum, self.config.round_deadline_s, self.sa.stage_deadline_s)
+        return SECAGG, secagg_limits(wanted, quorum, self.config.round_deadline_s, self.sa)
 
     def _state(self, rnd: OpenRound) -> SecAggRound:
         rid = rnd.ctx.round_id
@@ -67,6 +67,12 @@ class SecAggShell:
     def send(self, rnd: OpenRound, stage: str, devices: tuple[str, ...], now: float) -> None:
         state = self._state(rnd)
         state.open_stage(stage, devices)
+        if stage == SHARE:  # the cohort is known, and with it t: the unmask stage's threshold
+            need = unmask_threshold(min(self.sa.unmask_min, len(state.cohort)), state.t)
+            rnd.machine = with_quorum(rnd.machine, UNMASK_STAGE, need)
+            log.info("round %d: cohort of %d, k=%d, t=%d; stage minimums: share %d, mask %d, unmask %d",
+                     rnd.ctx.round_id, len(state.cohort), state.k, state.t, rnd.machine.limits[1].quorum,
+                     rnd.machine.limits[2].quorum, need)
         remaining = rnd.machine.deadline - now
         for device_id in devices:
             task = None

@@ -15,7 +15,26 @@ SECAGG = (
 )
 
 
-def secagg_limits(wanted: int, quorum: int, round_deadline_s: float, stage_deadline_s: float) -> tuple[Limits, ...]:
-    """The first stage trains (the round's deadline); the others only compute and talk. Every
-    stage needs the round's quorum: fewer masked inputs would be a sum of too few devices."""
-    return (Limits(wanted, quorum, round_deadline_s),) + (Limits(wanted, quorum, stage_deadline_s),) * 3
+def secagg_limits(wanted: int, quorum: int, round_deadline_s: float, sa) -> tuple[Limits, ...]:
+    """Each stage's Limits (sa: SecAggConfig). The first stage trains (the round's deadline and
+    quorum); share and mask need the round's quorum unless set (mask: fewer masked inputs
+    would be a sum of too few devices); unmask starts at its own minimum (or 1) and is raised
+    to the graph's t when the share stage fixes the cohort (SecAggShell.send, rounds.with_quorum).
+    A minimum above the devices a round wants (fewer eligible than clients_per_round) is
+    lowered to them (unmask: to the cohort, never below t); fewer devices left to ask than a
+    stage's minimum put it out of reach, and the machine abandons the round."""
+    def floor(minimum: int) -> int:
+        return min(minimum, wanted) if minimum else quorum
+
+    return (Limits(wanted, quorum, round_deadline_s),
+            Limits(wanted, floor(sa.share_min), sa.deadline_of(SHARE)),
+            Limits(wanted, floor(sa.mask_min), sa.deadline_of(MASK)),
+            Limits(wanted, min(sa.unmask_min, wanted) or 1, sa.deadline_of(UNMASK)))
+
+
+UNMASK_STAGE = 3  # index of UNMASK in SECAGG
+
+
+def unmask_threshold(unmask_min: int, t: int) -> int:
+    """Unmask responders needed: at least t (fewer cannot give any secret t shares)."""
+    return max(unmask_min, t)

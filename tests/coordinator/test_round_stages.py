@@ -152,3 +152,17 @@ def test_stage_limits_are_checked():
         start(1, COMMIT_REVEAL, (Limits(2, 1, 1.0), Limits(1, 2, 1.0)), DEVICES, 0.0)
     with pytest.raises(ValueError):  # a later stage without a window
         start(1, COMMIT_REVEAL, (Limits(2, 1, 1.0), Limits(2, 1, 0.0)), DEVICES, 0.0)
+
+
+def test_a_later_stage_quorum_set_once_known_decides_that_stage():
+    from fedge.coordinator.rounds import with_quorum
+
+    m, _ = start(1, COMMIT_REVEAL, (Limits(5, 2, 10.0), Limits(5, 2, 10.0)), DEVICES, 0.0)
+    with pytest.raises(ValueError):
+        with_quorum(m, 0, 3)  # the open stage keeps its own
+    m = with_quorum(m, 1, 4)
+    for d in DEVICES[:3]:
+        m, _ = on_event(m, Replied(d))
+    m, actions = on_event(m, Tick(11.0))  # 3 committed: the reveal stage cannot reach 4
+    assert m.phase == Phase.ABANDONED and "quorum 4 out of reach" in m.why
+    assert isinstance(actions[0], Abandon)

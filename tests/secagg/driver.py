@@ -10,8 +10,8 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.secagg import session as sess
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph
-from fedge.edge_runtime.kernel.secagg.masking import mask_input, sum_mod, unmask
-from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
+from fedge.edge_runtime.kernel.secagg.masking import mask_input, sum_mod
+from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
 
 MODEL = "ab" * 32
 
@@ -51,9 +51,8 @@ def run(values: dict[str, np.ndarray], field_bits: int, k: int, t: int, round_id
         if d in set(silent_in_unmask):
             continue
         sessions[d], view.answers[d] = sess.reveal(sessions[d], survivors, dropped, MODEL)
-    seeds, keys = recover_secrets(view.answers, cohort, t, survivors, dropped)
     dropped_peers = {g: {s: advertised[s].mask_public for s in survivors if g in sessions[s].received}
                      for g in dropped}
-    total = unmask(sum_mod(view.masked.values(), field_bits, length), seeds, keys, dropped_peers, round_id,
-                   field_bits)
+    total = unmask_answers(sum_mod(view.masked.values(), field_bits, length), view.answers, cohort, t, survivors,
+                           dropped, dropped_peers, round_id, field_bits)
     return total, survivors, view

@@ -157,15 +157,22 @@ def test_a_session_encrypts_one_set_of_shares_only():
     assert exc.value.reason == sess.ALREADY_SHARED
 
 
-def test_shares_that_reconstruct_no_secret_fail_the_unmask_by_name():
+def test_a_wrong_share_of_a_dropped_mask_key_fails_the_unmask_by_name():
+    """Every field element is a possible 16-byte seed, so a wrong share reconstructs some other
+    seed; for a dropped device's mask key the coordinator holds the key it advertised, and the
+    reconstruction must match it: otherwise the round fails by name, it does not apply a wrong sum."""
     from fedge.edge_runtime.kernel.secagg import shamir
-    from fedge.edge_runtime.kernel.secagg.recovery import recover_secrets
+    from fedge.edge_runtime.kernel.secagg.keys import keypair_from_seed
+    from fedge.edge_runtime.kernel.secagg.recovery import gather_shares, secret_from
 
+    seed = shamir.random_secret()
     cohort = ("a", "b", "c")  # points 1, 2, 3
-    # b's and c's shares on the line through (0, 2^128 + 7) and (3, 0): f(0) = 3 y_b - 2 y_c is
-    # no 16-byte secret; the coordinator must fail the round by name, not crash
-    y_b = (2**128 + 7) * pow(3, -1, shamir.PRIME) % shamir.PRIME
-    forged = {"b": {"a": ("self", y_b)}, "c": {"a": ("self", 0)}}
-    assert shamir.reconstruct([shamir.Share(2, y_b), shamir.Share(3, 0)], 2) == 2**128 + 7
-    with pytest.raises(UnmaskFailed, match="self secret of a"):
-        recover_secrets(forged, cohort, 2, ("a",), ())
+    b, c = shamir.split(shamir.secret_to_int(seed), 2, [2, 3])
+    honest = {"b": {"a": ("mask", b.y)}, "c": {"a": ("mask", c.y)}}
+    forged = {"b": {"a": ("mask", (b.y + 1) % shamir.PRIME)}, "c": {"a": ("mask", c.y)}}
+    publics = {"a": keypair_from_seed(seed).public}
+    kind, shares = gather_shares(honest, cohort, 2, (), ("a",))["a"]
+    assert secret_from(2, kind, "a", shares, publics) == keypair_from_seed(seed).private
+    kind, shares = gather_shares(forged, cohort, 2, (), ("a",))["a"]
+    with pytest.raises(UnmaskFailed, match="mask secret of a: .* did not advertise"):
+        secret_from(2, kind, "a", shares, publics)

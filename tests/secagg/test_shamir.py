@@ -1,3 +1,4 @@
+import math
 import random
 
 import numpy as np
@@ -24,10 +25,18 @@ def _probably_prime(n: int, rounds: int = 40) -> bool:
     return True
 
 
-def test_the_field_is_prime_and_holds_every_32_byte_secret():
+def test_the_field_is_the_largest_prime_below_2_128_and_its_elements_take_16_bytes():
     assert _probably_prime(shamir.PRIME)
-    assert not _probably_prime(shamir.PRIME - 2)  # the check can say no
-    assert shamir.PRIME > 2**128 and shamir.SHARE_BYTES == 17 and shamir.SECRET_BYTES == 16
+    assert not any(_probably_prime(x) for x in range(shamir.PRIME + 1, 2**128))  # the largest: the check says no
+    assert shamir.PRIME < 2**128 and shamir.SHARE_BYTES == 16 and shamir.SECRET_BYTES == 16
+
+
+def test_secrets_are_drawn_below_the_prime_and_one_at_or_above_it_is_refused():
+    draws = iter([b"\xff" * 16, (shamir.PRIME).to_bytes(16, "big"), bytes(15) + b"\x07"])
+    assert shamir.random_secret(lambda n: next(draws)) == bytes(15) + b"\x07"  # the first two drawn again
+    with pytest.raises(ValueError, match="at or above the prime"):
+        shamir.secret_to_int(shamir.PRIME.to_bytes(16, "big"))
+    assert all(shamir.secret_to_int(shamir.random_secret()) < shamir.PRIME for _ in range(200))
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -79,3 +88,16 @@ def test_bad_arguments_are_refused():
         shamir.split(1, 2, [0, 1])
     with pytest.raises(ValueError, match="wrong share"):
         shamir.int_to_secret(2**128)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_large_points_take_the_exact_path_and_agree_with_a_plain_lagrange_loop(seed):
+    """Points from 2^20 up skip the int64 grouping; both paths against the textbook formula
+    (pow(., -1, p) per term, no batching)."""
+    rng = random.Random(seed)
+    secret = shamir.secret_to_int(shamir.random_secret(rng.randbytes))
+    for points in (rng.sample(range(1, 2_000), 9), [rng.randrange(2**20, shamir.PRIME) for _ in range(9)]):
+        shares = shamir.split(secret, 9, points, randbelow=rng.randrange)
+        p = shamir.PRIME
+        plain = sum(s.y * math.prod(o.x * pow(o.x - s.x, -1, p) for o in shares if o is not s) for s in shares) % p
+        assert shamir.reconstruct(shares, 9) == plain == secret

@@ -4,6 +4,7 @@ back exactly; inside a SecAgg sum the recovered fraction falls as n and the batc
 import json
 
 import numpy as np
+import pytest
 
 from fedge.tools.audit.inversion import init_mlp, invert_rows, local_update, match
 from fedge.tools.cli import main
@@ -25,6 +26,8 @@ def test_the_cli_writes_json_and_png_and_the_sum_hides_more_as_n_grows(tmp_path)
                  "--steps", "1", "--batches", "1,8"]) == 0
     doc = json.loads(out.read_text())
     assert doc["plain"]["relative_error"] < 1e-4 and doc["plain"]["psnr"] > 60
+    assert "ONNX Runtime training backend" in doc["plain"]["backend"] or "unavailable" in doc["plain"]["backend"]
+    assert doc["plain_numpy"]["relative_error"] < 1e-10
     rows = {(r["devices"], r["batch_size"]): r for r in doc["secagg"]}
     assert set(rows[(1, 1)]) >= {"devices", "local_steps", "batch_size", "recovered_fraction", "best_psnr_median",
                                  "guess_psnr"}
@@ -32,3 +35,28 @@ def test_the_cli_writes_json_and_png_and_the_sum_hides_more_as_n_grows(tmp_path)
     assert rows[(40, 8)]["recovered_fraction"] < 0.2 < rows[(1, 1)]["recovered_fraction"]
     assert rows[(40, 8)]["best_psnr_median"] < rows[(1, 1)]["best_psnr_median"]
     assert png.stat().st_size > 1000
+
+
+@pytest.mark.ort_training
+def test_the_device_backend_update_of_one_example_gives_the_example_back(tmp_path):
+    """The real mlp-784-lora in full mode, trained by the ORT training backend a device runs:
+    every row of fc1's update whose bias moved is the example (up to float32), and a batch of
+    two mixes them (the test can fail: it is not the inversion that makes the error small)."""
+    from fedge.edge_runtime.kernel.errors import BackendUnavailable
+    from fedge.tools.datasets import load_mnist5k
+
+    try:
+        from fedge.tools.audit.runtime_update import RuntimeUpdates
+
+        runtime = RuntimeUpdates(str(tmp_path / "artifacts"))
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(f"onnxruntime training build not installed: {exc}")
+    x, y = load_mnist5k()
+    dw, db = runtime.first_layer_update(x[:1], y[:1], steps=1, lr=0.1)
+    rows, cands = invert_rows(dw, db)
+    assert dw.shape == (200, 784) and rows.size > 0
+    assert max(match(c, x[0]).relative_error for c in cands) < 1e-4
+    dw, db = runtime.first_layer_update(x[:2], y[:2], steps=1, lr=0.1)
+    rows, cands = invert_rows(dw, db)
+    mixed = [min(match(c, x[0]).relative_error, match(c, x[1]).relative_error) for c in cands]
+    assert max(mixed) > 1e-2

@@ -35,12 +35,18 @@ def _device_data(x, y, rng, count: int, batch: int):
     return [(x[i], y[i]) for i in picks]
 
 
-def plain_case(x, y, steps: int, batch: int, rng) -> dict:
-    p = init_mlp(rng)
+def plain_case(x, y, steps: int, batch: int, rng, runtime=None) -> dict:
+    """One device's update of `batch` examples after `steps` steps, inverted. runtime: a
+    runtime_update.RuntimeUpdates (the device's own ORT backend on mlp-784-lora, full mode);
+    None: the numpy copy of the same MLP in float64."""
     (xb, yb), = _device_data(x, y, rng, 1, batch)
-    u = local_update(p, xb.astype(np.float64), yb, steps, LR)
-    rows, cands = invert_rows(u["w1"], u["b1"])
-    guess = cands[np.argmax(np.abs(u["b1"][rows]))]
+    if runtime is None:
+        u = local_update(init_mlp(rng), xb.astype(np.float64), yb, steps, LR)
+        dw, db = u["w1"], u["b1"]
+    else:
+        dw, db = runtime.first_layer_update(xb, yb, steps, LR)
+    rows, cands = invert_rows(dw, db)
+    guess = cands[np.argmax(np.abs(db[rows]))]
     best = max((match(guess, xe) for xe in xb), key=lambda m: m.cosine)
     return {"local_steps": steps, "batch_size": batch, "relative_error": best.relative_error, "cosine": best.cosine,
             "psnr": best.psnr}
@@ -69,13 +75,37 @@ def secagg_case(x, y, devices: int, steps: int, batch: int, rng, mean_image) -> 
             "best_psnr_median": float(np.median(best_psnr)), "guess_psnr": float(np.median(guess_psnr))}, pictures
 
 
-def run(devices=(1, 2, 5, 10, 20, 50), steps=(1, 5), batches=(1, 8), seed: int = 0, png: str | None = None) -> dict:
+def run(devices=(1, 2, 5, 10, 20, 50), steps=(1, 5), batches=(1, 8), seed: int = 0, png: str | None = None,
+        runtime: bool = True) -> dict:
+    """runtime: the plain cases from the device's ORT training backend (runtime_update.py);
+    where onnxruntime-training is missing they fall back to the numpy copy, and the JSON says so.
+    The SecAgg cases sum n numpy updates (float64, n up to 50 per case)."""
     from fedge.tools.datasets import load_mnist5k
 
     x, y = load_mnist5k()
     mean_image = x.mean(axis=0)
     rng = np.random.default_rng(seed)
-    plain = [plain_case(x, y, s, b, rng) for s in (1, *steps[1:]) for b in (1, *batches[1:])]
+    cases = [(s, b) for s in (1, *steps[1:]) for b in (1, *batches[1:])]
+    backend, updates = "numpy float64 copy of the MLP (784-200-200-10)", None
+    if runtime:
+        from fedge.edge_runtime.kernel.errors import BackendUnavailable
+
+        try:
+            from .runtime_update import RuntimeUpdates
+
+            updates = RuntimeUpdates()
+            backend = updates.label
+        except (BackendUnavailable, ImportError) as exc:
+            backend += f" (the ORT training backend is unavailable: {exc})"
+    # the numpy cases draw from the shared stream first, as before the runtime cases existed, so
+    # the SecAgg cases below see the same draws (their results stay comparable across versions)
+    numpy_plain = [plain_case(x, y, s, b, rng) for s, b in cases]
+    try:
+        plain = [plain_case(x, y, s, b, np.random.default_rng([seed, s, b]), updates) for s, b in cases] \
+            if updates is not None else numpy_plain
+    finally:
+        if updates is not None:
+            updates.close()
     secagg, shown = [], {}
     for n in devices:
         for s in steps:
@@ -83,8 +113,11 @@ def run(devices=(1, 2, 5, 10, 20, 50), steps=(1, 5), batches=(1, 8), seed: int =
                 row, pictures = secagg_case(x, y, n, s, b, rng, mean_image)
                 secagg.append(row)
                 shown[(n, s, b)] = pictures[:4]
-    doc = {"plain": plain[0] | {"cases": plain}, "secagg": secagg, "recovered_below_relative_error": RECOVERED_BELOW,
-           "model": "784-200-200-10 ReLU MLP, first layer trained in full", "lr": LR, "seed": seed}
+    doc = {"plain": plain[0] | {"cases": plain, "backend": backend},
+           "plain_numpy": numpy_plain[0] | {"cases": numpy_plain}, "secagg": secagg,
+           "recovered_below_relative_error": RECOVERED_BELOW,
+           "model": "784-200-200-10 ReLU MLP, first layer trained in full (secagg: the numpy copy)", "lr": LR,
+           "seed": seed}
     if png:
         _draw(png, shown)
     return doc
@@ -120,12 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="1,5")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--numpy-plain", action="store_true",
+                   help="the plain cases from the numpy copy, not the device's ORT training backend")
     a = p.parse_args(argv)
     ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
-    doc = run(ints(a.devices), ints(a.steps), ints(a.batches), a.seed, a.png)
+    doc = run(ints(a.devices), ints(a.steps), ints(a.batches), a.seed, a.png, runtime=not a.numpy_plain)
     with open(a.json_path, "w") as fh:
         json.dump(doc, fh, indent=2)
-    print(f"plain: relative error {doc['plain']['relative_error']:.3g}, PSNR {doc['plain']['psnr']:.1f} dB")
+    print(f"plain ({doc['plain']['backend']}): relative error {doc['plain']['relative_error']:.3g}, "
+          f"PSNR {doc['plain']['psnr']:.1f} dB")
     for r in doc["secagg"]:
         print(f"secagg n={r['devices']} steps={r['local_steps']} batch={r['batch_size']}: recovered "
               f"{r['recovered_fraction']:.2f}, best PSNR {r['best_psnr_median']:.1f} dB (guess {r['guess_psnr']:.1f})")

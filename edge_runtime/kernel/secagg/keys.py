@@ -59,8 +59,9 @@ def public_of(private: bytes) -> bytes:
 
 
 def pair_secret(private: bytes | X25519PrivateKey, peer_public: bytes | X25519PublicKey, round_id: int,
-                purpose: str, a: str, b: str) -> bytes:
-    """32 bytes both ends of the pair (a, b) derive alike: HKDF over their X25519 agreement,
+                purpose: str, a: str, b: str, length: int = KEY_BYTES) -> bytes:
+    """`length` bytes (32: a ChaCha20 key; 16: an AES-128 mask seed) both ends of the pair (a, b)
+    derive alike: HKDF over their X25519 agreement,
     bound to the round, the purpose ("mask" or "cipher") and the unordered pair. The keys may
     come loaded (`cryptography` key objects): loading costs as much as the agreement, and the
     coordinator pairs one dropped device's key with a hundred survivors'."""
@@ -73,7 +74,7 @@ def pair_secret(private: bytes | X25519PrivateKey, peer_public: bytes | X25519Pu
     shared = private.exchange(peer_public)
     lo, hi = sorted((a, b))
     info = f"fedge-secagg/v1/{purpose}/{round_id}/{lo}/{hi}".encode()
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(shared)
 
 
 def _associated(round_id: int, sender: str, receiver: str) -> bytes:

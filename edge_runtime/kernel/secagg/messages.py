@@ -24,8 +24,11 @@ from .shamir import SHARE_BYTES
 
 MAX_COHORT = 100_000  # devices in one round's cohort, at most
 KEY_BYTES = 32
-SHARE_VALUE_BYTES = SHARE_BYTES  # 17: 2^128 + 51 needs 129 bits
+SHARE_VALUE_BYTES = SHARE_BYTES  # 16: the field's prime is 2^128 - 159
 SEALED_SHARE_BYTES = 2 * SHARE_BYTES + 16  # two share values and the Poly1305 tag (the nonce is implied: keys.py)
+# These sizes changed with the 16-byte field (50 -> 48 and 17 -> 16 bytes) together with the
+# masks (AES-256 -> AES-128 pair masks): a device from before sends boxes of the old size and is
+# refused at the share stage (secagg_bad_shares), before any mask of its could enter a sum.
 
 
 def _check_len(name: str, value: bytes, size: int) -> None:
@@ -186,7 +189,7 @@ class UnmaskRequest:
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """One 17-byte share value per owner the device holds shares of (the senders of its
+    """One 16-byte share value per owner the device holds shares of (the senders of its
     ShareDelivery) that the request lists, in owner-id order: the self-mask share for an alive
     owner, the mask-key share for a dropped one. The coordinator knows both lists."""
 

@@ -15,7 +15,6 @@ one unmask request per round, and a crash must not let it answer a second).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -83,9 +82,9 @@ def point_of(device_id: str, cohort: tuple[str, ...]) -> int:
 
 
 def start(device_id: str, round_id: int, model_sha256: str) -> DeviceSession:
-    mask_seed = os.urandom(shamir.SECRET_BYTES)
+    mask_seed = shamir.random_secret()  # below the Shamir prime, so every seed can be shared
     return DeviceSession(device_id, round_id, model_sha256, generate_keypair(), keypair_from_seed(mask_seed),
-                         os.urandom(shamir.SECRET_BYTES), mask_seed)
+                         shamir.random_secret(), mask_seed)
 
 
 def _cipher_key(s: DeviceSession, peer: str) -> bytes:
@@ -134,7 +133,10 @@ def receive_shares(s: DeviceSession, ciphertexts: Mapping[str, bytes]) -> Device
         if len(plain) != SHARE_PLAINTEXT_BYTES:
             raise SecAggDecline(BAD_KEY, f"{sender}'s share has {len(plain)} bytes")
         half = shamir.SHARE_BYTES
-        received[sender] = (int.from_bytes(plain[:half], "big"), int.from_bytes(plain[half:], "big"))
+        pair = (int.from_bytes(plain[:half], "big"), int.from_bytes(plain[half:], "big"))
+        if max(pair) >= shamir.PRIME:  # no field element: the sender's shares are malformed
+            raise SecAggDecline(BAD_KEY, f"{sender}'s share is not below the field's prime")
+        received[sender] = pair
     return replace(s, received=received)
 
 
