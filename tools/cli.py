@@ -19,7 +19,7 @@ EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim"
 BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge.tools.bench.heterogeneity",
            "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
            "privacy": "fedge.tools.bench.privacy",
-           "secagg": "fedge.tools.bench.secagg"}
+           "secagg": "fedge.tools.bench.secagg", "ingest": "fedge.tools.bench.ingest"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     audit = p.add_subparsers(dest="audit", required=True)
     audit.add_parser("leakage", help="reconstruct inputs from plain updates and from SecAgg sums; JSON and PNG")
     bench.add_parser("secagg", help="secure aggregation: bytes, device CPU, unmask time (see: fedge bench secagg -h)")
+    bench.add_parser("ingest", help="coordinator ingest rate vs raw paho, its decode/validate/aggregate MB/s, "
+                                    "durable writes per device task (see: fedge bench ingest -h)")
 
     return parser
 
