@@ -43,6 +43,7 @@ from .dp.budget import PrivacyBudget
 from .errors import UnexpectedMessage, UpdateRejected
 from .evaluation import Evaluations
 from .fetches import serve_fetch
+from .group_commit import GroupCommit
 from .guard import commit_fault
 from .holdout import open_holdout
 from .memory_store import MemoryStore
@@ -97,7 +98,7 @@ class Coordinator:
         self.manifest = manifest
         self.config = config
         self.clock = clock or SystemClock()
-        self.store: Store = store if store is not None else MemoryStore()
+        self.store = GroupCommit(store if store is not None else MemoryStore())  # bursts: group_commit.py
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.watch_transport(transport)
         self.artifacts = open_artifacts(config, manifest.model_id)
@@ -252,7 +253,7 @@ class Coordinator:
         rnd.events += 1
         rnd.add(accepted)
         self.metrics.accepted.inc()
-        self.outbound.ack(rnd, update, True, "")
+        self.store.defer(lambda: self.outbound.ack(rnd, update, True, ""))  # after the update is stored
 
     def _decline(self, decline: Decline) -> None:
         rnd = self.round
@@ -283,7 +284,8 @@ class Coordinator:
         self._flood(level, exc.reason, "rejected message from %s: %s (%s)", sender or "?", exc.reason, exc)
         if isinstance(report, Update) and sender == report.device_id:
             # A duplicate was counted before: ack it as accepted so the device stops resending.
-            self.outbound.ack(self.round, report, exc.reason == "duplicate", exc.reason)
+            rnd = self.round  # held, like any Ack, while accepted updates wait for their write
+            self.store.defer(lambda: self.outbound.ack(rnd, report, exc.reason == "duplicate", exc.reason))
 
     def _pace(self, device_id: str, reason: str, cause: str = "") -> None:
         """cause: the device's own reason (a decline's), else the one its last check-in gave."""

@@ -13,8 +13,10 @@ The coordinator's round is opened before the backlog is published (an update is 
 for an open round's task), over the in-memory broker, so no task goes over MQTT; then its
 MQTT link subscribes once and goes offline, which leaves the session and its subscriptions
 in the broker. Timing starts when the new link's connect() is called and stops when the last
-update has been handled (raw: received). The publisher is one paho client that waits for
-every PUBACK before the drain starts, so it is never on the clock.
+update has been handled (raw: received). The coordinator is pumped as CoordinatorLoop pumps it:
+in bursts, each burst's accepted updates stored in one transaction (group_commit.py). The
+publisher is one paho client that waits for every PUBACK before the drain starts, so it is
+never on the clock.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from fedge.edge_runtime.kernel.update_codec import dense_fp32_bytes, encode_tens
 
 SESSION_S = 3600  # session expiry of both drainers: longer than any phase
 CHANNELS = ("checkin", "update", "status", "fetch")  # what Coordinator.start() subscribes to
+BURST = 500  # messages per store transaction at most, as in coordinator/loop.py
 
 
 def bench_model(params: int) -> tuple[Manifest, dict[str, np.ndarray]]:
@@ -189,9 +192,12 @@ def coordinator_drain(url: str, coordinator: Coordinator, messages: list[tuple[s
     second.connect(timeout=60)
     deadline = time.monotonic() + timeout_s
     while handled < len(messages):
-        if coordinator.pump(0.5):
-            handled += 1
-        elif time.monotonic() > deadline:
+        with coordinator.store.burst():  # as CoordinatorLoop does: up to 500 messages, one store transaction
+            burst = 0
+            while burst < BURST and coordinator.pump(0.5 if burst == 0 else 0.0):
+                burst += 1
+        handled += burst
+        if burst == 0 and time.monotonic() > deadline:
             raise RuntimeError(f"coordinator drain: {handled} of {len(messages)} updates in {timeout_s} s")
     elapsed = time.perf_counter() - started
     record = coordinator.tick()
