@@ -6,7 +6,8 @@ MQTT thread) was 70% of the coordinator's time draining a backlog (`fedge bench 
 loop handles messages in bursts (up to 500 queued ones, loop.py); inside `burst()` this store
 keeps each accepted update in memory and writes them all with one `add_update(round, *updates)`
 when the burst ends, or earlier, before any other store call (so order and every read stay as
-they were). Every Ack sent through `defer` while updates wait is held until they are written.
+they were). Every Ack (Outbound.ack goes through `defer`) is held while updates wait, until
+they are written.
 
 What the coordinator promises is unchanged: an update is durable before its Ack. A `kill -9`
 mid-burst loses only updates that were never acked, which their devices send again (store.py

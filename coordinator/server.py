@@ -106,6 +106,7 @@ class Coordinator:
         self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
         self.outbound = Outbound(transport, self.metrics, config, manifest.model_id, self.manifest_sha256,
                                  uuid.uuid4().hex)
+        self.outbound.defer = self.store.defer  # an Ack never overtakes its update's store write
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.registry = Registry(self.store)
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
@@ -253,7 +254,7 @@ class Coordinator:
         rnd.events += 1
         rnd.add(accepted)
         self.metrics.accepted.inc()
-        self.store.defer(lambda: self.outbound.ack(rnd, update, True, ""))  # after the update is stored
+        self.outbound.ack(rnd, update, True, "")  # held until the update is stored (group_commit.py)
 
     def _decline(self, decline: Decline) -> None:
         rnd = self.round
@@ -284,8 +285,7 @@ class Coordinator:
         self._flood(level, exc.reason, "rejected message from %s: %s (%s)", sender or "?", exc.reason, exc)
         if isinstance(report, Update) and sender == report.device_id:
             # A duplicate was counted before: ack it as accepted so the device stops resending.
-            rnd = self.round  # held, like any Ack, while accepted updates wait for their write
-            self.store.defer(lambda: self.outbound.ack(rnd, report, exc.reason == "duplicate", exc.reason))
+            self.outbound.ack(self.round, report, exc.reason == "duplicate", exc.reason)
 
     def _pace(self, device_id: str, reason: str, cause: str = "") -> None:
         """cause: the device's own reason (a decline's), else the one its last check-in gave."""
