@@ -1,11 +1,9 @@
 """The coordinator loop: routes inbound messages and executes the round machine's actions.
 
-The one place on the coordinator side that touches the transport and the clock, over the
-in-memory broker in simulation and over MQTT in deployment. Each concern lives in its own
-module: the round's transition table (rounds), plain or secure rounds (round_shell, secagg/),
-admission (admission, validation), how updates combine (aggregate), devices (registry),
-publishing (outbound), durable state (store, or memory_store), restart, the privacy budget
-(dp/budget); pace, strategies, metrics likewise.
+The one coordinator-side place that touches the transport and the clock (in-memory broker or
+MQTT). Each concern has its module: round transition table (rounds), plain or secure rounds
+(round_shell, secagg/), admission (admission, validation), aggregate, registry, outbound,
+store / memory_store (group_commit batches a burst's writes), restart, dp/budget, pace, metrics.
 
 Every step is written to the Store before the message that depends on it leaves: the round
 before its tasks, an update before its Ack, the new model before the round counts as
