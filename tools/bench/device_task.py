@@ -9,7 +9,7 @@ decode_delta (shapes, finiteness, dequantize). Bytes are the encoded frames' len
 
 Many devices, one model copy: devices are SharedRuntimes on one SharedModels
 (tools/simulate/sharing.py), built when a device trains and dropped after; what is the
-device's own (error-feedback residual, journal-free task state) lives in its DeviceStore
+device's own (its error-feedback residual, last task) lives in its DeviceStore
 folder under a scratch directory, as in `fedge simulate`.
 """
 
