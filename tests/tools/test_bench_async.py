@@ -1,5 +1,5 @@
 """`fedge bench async`: the virtual fleet against plain loops of its formulas, the local step
-against a per-example loop, and a small run end to end (JSON keys, bytes = uploads x the
+against the device runtime run by hand, and a small run end to end (JSON keys, bytes = uploads x the
 measured frame size, time to target read off the curve)."""
 
 from __future__ import annotations
@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.kernel.compress import decompress_update
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import TaskHyper
+from fedge.edge_runtime.kernel.update_codec import decode_tensors
 from fedge.tools.bench.async_bench import main
-from fedge.tools.bench.async_runs import RunConfig, Task, time_to
+from fedge.tools.bench.async_runs import RunConfig, time_to
+from fedge.tools.bench.device_task import DeviceTask
 from fedge.tools.bench.label_skew import label_skew
 from fedge.tools.bench.virtual_fleet import FleetModel, VirtualFleet
 from fedge.tools.simulate.config import SimConfig
@@ -62,31 +67,27 @@ def test_availability_follows_the_profiles_windows():
     assert 0.2 < share < 0.45
 
 
-def test_local_training_is_plain_minibatch_sgd_on_softmax_regression():
-    data = label_skew(3, seed=1)
-    task = Task(data, seed=0)
-    cfg = RunConfig(epochs=2, batch_size=7, lr=0.1)
-    rng = np.random.default_rng(4)
-    params = {"w": rng.normal(size=task.init["w"].shape).astype(np.float32) * 0.1,
-              "b": rng.normal(size=10).astype(np.float32) * 0.1}
-    got = task.train(params, 1, cfg, salt=3)
+def test_a_task_is_the_real_devices_update_as_the_coordinator_decodes_it():
+    """Oracle: the same task run straight through DeviceRuntime, its Update's payload
+    dequantized by the kernel's own decompress; and the frame is the measured upload size."""
+    data = label_skew(4, seed=1)
+    task = DeviceTask(data, seed=0, hidden=8)
+    cfg = RunConfig(epochs=2, batch_size=7, lr=0.05)
+    got = task.train(task.init, 1, cfg, salt=3)
+    assert set(got) == set(task.shapes) and all(got[k].shape == task.shapes[k] for k in got)
+    # int8 dense: every frame the size the clock charged, give or take msgpack's variable-length ints
+    assert all(abs(size - task.bytes_up) <= 8 for size in task.frame_sizes)
+    hyper = TaskHyper(epochs=2, batch_size=7, lr=0.05)
     c = data.clients[1]
-    w, b = params["w"].astype(np.float64).copy(), params["b"].astype(np.float64).copy()
-    order_rng = np.random.default_rng([0, 1, 3])
-    for _ in range(2):
-        order = order_rng.permutation(len(c.y_train))
-        for start in range(0, len(order), 7):
-            gw, gb = np.zeros_like(w), np.zeros_like(b)
-            batch = order[start:start + 7]
-            for i in batch:  # one example at a time: softmax cross-entropy gradient
-                z = c.x_train[i] @ w + b
-                p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-                p[c.y_train[i]] -= 1.0
-                gw += np.outer(c.x_train[i], p) / len(batch)
-                gb += p / len(batch)
-            w, b = w - 0.1 * gw, b - 0.1 * gb
-    np.testing.assert_allclose(got["w"], (w - params["w"]).astype(np.float32), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(got["b"], (b - params["b"]).astype(np.float32), rtol=1e-4, atol=1e-6)
+    twin = DeviceRuntime("d00001", LocalData(c.x_train, c.y_train, c.x_test, c.y_test), {task.model_id: task.art_dir},
+                         task.scratch / "twin", backend="portable", seed=0)
+    update = twin.handle_task(task._task(task.init, 0, 3, "d00001", hyper))
+    want = decompress_update(decode_tensors(update.payload))
+    for k in want:  # the same seed, data and start: the same local SGD, bit for bit
+        np.testing.assert_array_equal(got[k], want[k])
+    assert float(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in got.values()))) > 0  # it trained
+    assert task.accuracy(task.init) == pytest.approx(np.mean(
+        np.argmax(task.evaluator.predict(task.init, task.z_test)["global"], axis=1) == task.y_test))
 
 
 def test_time_to_target_reads_the_first_crossing():
@@ -97,7 +98,7 @@ def test_time_to_target_reads_the_first_crossing():
 
 def test_a_small_run_writes_the_must_show_keys(tmp_path):
     out = tmp_path / "async.json"
-    assert main(["--json", str(out), "--quick", "--devices", "120", "--rounds", "6"]) == 0
+    assert main(["--json", str(out), "--quick", "--devices", "60", "--rounds", "4", "--data", "label-skew"]) == 0
     doc = json.loads(out.read_text())
     assert doc["target_accuracy"] == pytest.approx(0.95 * doc["sync"]["final_accuracy"])
     for name in ("sync", "async"):

