@@ -149,3 +149,15 @@ def test_the_budget_stops_distributed_rounds_at_the_round_dp_accounting_says(mod
         committed += 1
     assert committed + 1 == refused and fleet.coordinator.privacy.exhausted is not None
     assert len(fleet.coordinator.store.privacy_ledger()) == committed
+
+
+def test_the_readme_distributed_config_block_loads(tmp_path):
+    from pathlib import Path
+
+    from fedge.coordinator.config import load_coordinator_config
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Distributed DP under secure aggregation**"):]
+    start = section.index("```toml") + len("```toml")
+    (tmp_path / "c.toml").write_text(section[start:section.index("```", start)])
+    cfg = load_coordinator_config(tmp_path / "c.toml")
+    assert cfg.privacy.mechanism == "distributed" and cfg.secure_aggregation.enabled and cfg.quorum == 90
