@@ -135,6 +135,10 @@ def test_a_secure_round_commits_the_decoded_noised_sum_and_is_charged_as_distrib
     assert all(np.mean(unpack(m.data, m.length, m.field_bits) == values[m.device_id]) < 0.01 for m in masked)
     (charge,) = c.store.privacy_ledger()
     assert charge["mechanism"] == "distributed" and charge["noise_multiplier"] == 1.0
+    from fedge.coordinator.dp.report import privacy_report
+    from fedge.coordinator.dp.round import RoundPlan
+    report = privacy_report([(record.round_id, RoundPlan.from_json(charge))])
+    assert report["next_round"]["mechanism"] == "distributed" and report["rounds"][0]["mechanism"] == "distributed"
 
 
 def test_the_budget_stops_distributed_rounds_at_the_round_dp_accounting_says(model, tmp_path):
