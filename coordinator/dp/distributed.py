@@ -28,7 +28,9 @@ the coordinator picks gamma and sigma (per device, integer units):
            without replacement) grows with the base mechanism's RDP, so charging
            SampledWithoutReplacementDpEvent(GaussianDpEvent(z)) with z <= z_eff is sound.
            sigma is the smallest with z_eff >= z (tau d is folded in, never dropped; at the
-           sigmas used it is below 1e-100).
+           sigmas used it is below 1e-100). z is relative to one device's L2 bound, the
+           convention of the central charge (dp-accounting's GaussianDpEvent: s / C for
+           ||v_i|| <= C), so both mechanisms are charged alike for the same z.
   headroom The sum read as a signed integer must stay in [-2^(m-1), 2^(m-1)). The signal is at
            most n_max (c / gamma + 1) per coordinate (the L-inf clip, then rounding up); the
            noise, a sum of at most n_max discrete Gaussians, is sigma sqrt(n_max)-sub-Gaussian
