@@ -89,7 +89,7 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
             "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": grid.bits if distributed else None,
             "noise_multiplier": z, "clipping": None if not private else "fixed" if distributed else "adaptive",
             "min_inputs": grid.distributed_quorum if distributed else None,
-            "rounds_committed": sum(bool(r.get("committed", True)) for r in result.rounds),
+            "rounds_committed": sum(bool(r["committed"]) for r in result.rounds),
             "clip_norm": clip if private else None, "global_accuracy": last["global_accuracy"],
             "personalized_accuracy": last["personalized_accuracy_mean"],
             "personalized_accuracy_min": last["personalized_accuracy_min"], "rounds_run": len(result.rounds),
