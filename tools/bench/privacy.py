@@ -23,7 +23,8 @@ Output JSON (schema 1): benchmark "privacy", population, clients_per_round, roun
         noise_multiplier        z (null for none); clip_norm: S the run started with
         global_accuracy         final global model on the union of held-out splits
         personalized_accuracy   mean over devices of their personalized model on their own split
-        personalized_accuracy_min  the worst device; accuracy_curve: global accuracy per round
+        personalized_accuracy_min  the worst device; accuracy_curve: global accuracy per round;
+        rounds_committed        rounds that committed (a secure round below its quorum is abandoned)
 A PNG beside the JSON plots both accuracies against ε.
 """
 
