@@ -14,7 +14,7 @@ shares calibrated for --distributed-quorum masked inputs, --bits field bits per 
 
 Output JSON (schema 1): benchmark "privacy", population, clients_per_round, rounds, data
 (name, alpha, beta, examples per device min/median/max), wall_seconds,
-    runs: list, one per ε:
+    runs: list, one per (mechanism, ε):
         mechanism               "none" (ε = inf), "central" or "distributed"
         clipping                "adaptive" (central) or "fixed" (distributed); min_inputs: the quorum
                                 the distributed noise is calibrated for
