@@ -86,11 +86,12 @@ class OpenRound:
     decline_from: set = field(default_factory=set)  # devices whose decline was counted
     privacy: RoundPlan | None = None  # a DP round's plan (the aggregator is then a DpMean)
     compression: object = None  # the tasks' CompressionSpec when not the config's (DP: clip_norm = the round's S)
+    released: bool = False  # a secure round under distributed DP unmasked its noised sum (secagg/shell.py)
 
     def charge(self) -> dict | None:
         """The privacy charge to commit with the round: its plan once the noised aggregate was
         computed (even if the model guard then refuses it), else None."""
-        released = self.privacy is not None and getattr(self.aggregator, "released", False)
+        released = self.privacy is not None and (self.released or getattr(self.aggregator, "released", False))
         return self.privacy.to_json() if released else None
 
     def add(self, update: Accepted) -> None:

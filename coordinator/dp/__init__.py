@@ -7,6 +7,8 @@
     calibrate              the z that spends a target ε in a given number of rounds
     round                  a round's RoundPlan and its aggregator DpMean (with adaptive clipping)
     budget                 before each round: plan it or refuse it; the fedge_privacy_* gauges
+    distributed            mechanism = "distributed": the discrete Gaussian shares' gamma and sigma
+                           under secure aggregation, the field's headroom, the z they are charged as
     report                 `fedge coordinator privacy --state DB`
 
 mechanism, accountant, calibrate and round are pure: numpy in, numpy out, RNG passed in, no

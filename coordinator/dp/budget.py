@@ -106,7 +106,7 @@ class PrivacyBudget:
         log.info("round %d: privacy charge %d of %d devices, z=%.4g; ε after it %.4f of %g", round_id, cohort,
                  population, z, verdict.epsilon_after, cfg.target_epsilon)
         plan = RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
-                         verdict.epsilon_after, cfg.sampling, cfg.accountant)
+                         verdict.epsilon_after, cfg.sampling, cfg.accountant, mechanism=cfg.mechanism)
         if not cfg.target_quantile:
             return plan
         clip = float((extra or {}).get(CLIP_GROUP, {}).get("clip_norm", cfg.clip_norm))

@@ -21,6 +21,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 SAMPLINGS = ("fixed", "poisson")
 ACCOUNTANTS = ("rdp", "pld")
 ON_EXHAUSTED = ("stop", "wait")
+MECHANISMS = ("central", "distributed")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class PrivacyConfig:
     """
 
     enabled: bool = False
+    # "central": the coordinator noises the sum of the updates it sees (mechanism.py); "distributed":
+    # each device adds its share of discrete Gaussian noise before secure aggregation masks it
+    # (distributed.py), so the coordinator never sees a noiseless sum; needs secure_aggregation.
+    mechanism: str = "central"
     target_epsilon: float = 8.0
     delta: float = 1e-6
     noise_multiplier: float = 0.0  # z; 0 = calibrate it from target_epsilon and `rounds`
@@ -72,7 +77,8 @@ class PrivacyConfig:
             raise ConfigError("privacy.clip_lr must be a finite number > 0 (0.2 in Andrew et al.)")
         if not (self.clip_count_stddev >= 0 and math.isfinite(self.clip_count_stddev)):
             raise ConfigError("privacy.clip_count_stddev must be >= 0 (0 = max(expected cohort / 20, z))")
-        for name, allowed in (("sampling", SAMPLINGS), ("accountant", ACCOUNTANTS), ("on_exhausted", ON_EXHAUSTED)):
+        for name, allowed in (("sampling", SAMPLINGS), ("accountant", ACCOUNTANTS), ("on_exhausted", ON_EXHAUSTED),
+                              ("mechanism", MECHANISMS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"privacy.{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
 
@@ -96,6 +102,12 @@ def check_coordinator(cfg) -> None:
     if p.sampling != "fixed":
         raise ConfigError("privacy.sampling must be 'fixed' in rounds: the coordinator draws fixed-size cohorts "
                           "without replacement (sampling.py); 'poisson' is for the accountant's own use")
+    if p.mechanism == "distributed" and not cfg.secure_aggregation.enabled:
+        raise ConfigError("privacy.mechanism = 'distributed' needs [coordinator.secure_aggregation] enabled: the "
+                          "devices' noise shares add up to the round's noise only inside the secure sum")
+    if p.mechanism == "distributed" and p.target_quantile:
+        raise ConfigError("privacy.target_quantile (adaptive clipping) is not built for the distributed mechanism: "
+                          "the clipped-count bit would need its own secure sum; set a fixed clip_norm")
     if cfg.compression.clip_norm not in (0.0, p.clip_norm):
         raise ConfigError(f"compression.clip_norm {cfg.compression.clip_norm:g} differs from privacy.clip_norm "
                           f"{p.clip_norm:g}: with privacy on, leave it 0 and the tasks carry privacy.clip_norm")

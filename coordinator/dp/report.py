@@ -40,9 +40,11 @@ def privacy_report(ledger: list[tuple[int, RoundPlan]]) -> dict:
     return {"rounds_charged": len(ledger), "epsilon_spent": spent, "target_epsilon": last.target_epsilon,
             "delta": last.delta, "accountant": last.accountant, "rounds_left": left,
             "next_round": {"population": last.population, "cohort": last.cohort,
-                           "noise_multiplier": last.noise_multiplier, "clip_norm": last.clip_norm},
+                           "noise_multiplier": last.noise_multiplier, "clip_norm": last.clip_norm,
+                           "mechanism": last.mechanism},
             "rounds": [{"round_id": r, "epsilon_after": p.epsilon_after, "population": p.population,
-                        "cohort": p.cohort, "noise_multiplier": p.noise_multiplier} for r, p in ledger]}
+                        "cohort": p.cohort, "noise_multiplier": p.noise_multiplier, "mechanism": p.mechanism}
+                       for r, p in ledger]}
 
 
 def render(report: dict) -> str:

@@ -48,6 +48,7 @@ class RoundPlan:
     count_stddev: float = 0.0  # σ_b on the count of unclipped devices (adaptive clipping), else 0
     target_quantile: float = 0.0  # γ; 0 = S stays fixed
     clip_lr: float = 0.0  # η
+    mechanism: str = "central"  # or "distributed": the devices noise under SecAgg (distributed.py)
 
     def charge(self) -> RoundCharge:
         return RoundCharge(self.population, self.cohort, self.noise_multiplier, self.sampling)

@@ -117,8 +117,9 @@ def check_compatible(cfg) -> None:
         (cfg.strategy == "scaffold", "secagg_scaffold", "scaffold needs each device's control variate"),
         (cfg.weighting != "equal", "secagg_weighting", "secure aggregation sums with equal weights: "
                                                        "set weighting = 'equal'"),
-        (cfg.privacy.enabled, "secagg_privacy", "distributed DP under secure aggregation is not built yet, and "
-                                                "central DP needs each update: turn one of them off"),
+        (cfg.privacy.enabled and cfg.privacy.mechanism != "distributed", "secagg_privacy",
+         "central DP would noise a sum the coordinator has already seen without noise: set "
+         "privacy.mechanism = 'distributed' (the devices add the noise before masking)"),
         (cfg.model_part_bytes > 0, "secagg_model_parts", "secure rounds carry their params inline: "
                                                          "set model_part_bytes = 0"),
         (cfg.quorum < 2, "secagg_quorum", "a sum of one device's update is that update: min_reports (or "

@@ -20,6 +20,7 @@ from ..outbound import Outbound
 from ..records import OpenRound
 from ..rounds import Replied, on_event, with_quorum
 from ..strategies import AggregateInput
+from .private import private_spec
 from .round_state import REPLY_OF, SecAggRound
 from .stages import ADVERTISE, SECAGG, SHARE, UNMASK_STAGE, secagg_limits, unmask_threshold
 
@@ -60,6 +61,7 @@ class SecAggShell:
             spec = SecAggSpec(self.sa.bits, field_bits(self.sa.bits, len(rnd.machine.selected)),
                               self.sa.clip_for(self.config.compression.clip_norm, d), base * 2 + 1,
                               self.sa.keep_fraction)
+            spec = private_spec(spec, rnd.privacy, rnd.machine, d, self.sa.bits)  # distributed DP: private.py
             self.states[rid] = SecAggRound(rid, spec, hashlib.sha256(rnd.params_bytes).hexdigest(), base * 2,
                                            self.shapes, self.sa.graph_for)
         return self.states[rid]
@@ -119,4 +121,5 @@ class SecAggShell:
             mean, n = self._state(rnd).mean_delta()
         except UnmaskFailed as exc:
             return f"secure aggregation could not unmask: {exc}"
+        rnd.released = rnd.privacy is not None  # the noised sum exists: the round is charged (records.py)
         return AggregateInput(mean, n, population)

@@ -33,15 +33,20 @@ def test_synthetic_gives_every_device_enough_examples_and_alpha_beta_make_it_non
 def test_bench_privacy_writes_the_runs_the_issue_names(tmp_path):
     out = tmp_path / "privacy.json"
     assert main(["bench", "privacy", "--json", str(out), "--devices", "30", "--clients-per-round", "6",
-                 "--rounds", "2", "--epsilons", "8,inf"]) == 0
+                 "--rounds", "2", "--epsilons", "8,inf", "--distributed-quorum", "5"]) == 0
     doc = json.loads(out.read_text())
     assert (doc["population"], doc["clients_per_round"], doc["rounds"]) == (30, 6, 2)
-    central, none = doc["runs"]
+    central, distributed, none = doc["runs"]
     for run in doc["runs"]:
         assert {"mechanism", "epsilon", "delta", "bits", "global_accuracy", "personalized_accuracy"} <= set(run)
-        assert run["bits"] is None and 0 <= run["global_accuracy"] <= 1 and 0 <= run["personalized_accuracy"] <= 1
+        assert 0 <= run["global_accuracy"] <= 1 and 0 <= run["personalized_accuracy"] <= 1
     assert central["mechanism"] == "central" and central["epsilon"] == 8.0 and central["noise_multiplier"] > 0
+    assert central["bits"] is None and none["bits"] is None
     assert central["epsilon_spent"] <= 8.0 and central["epsilon_spent"] == pytest.approx(8.0, rel=1e-3)
+    # the same z, charged the same: distributed DP spends what central does, at 16 bits a coordinate
+    assert distributed["mechanism"] == "distributed" and distributed["bits"] == 16
+    assert distributed["noise_multiplier"] == central["noise_multiplier"]
+    assert distributed["epsilon_spent"] == pytest.approx(central["epsilon_spent"], abs=1e-9)
+    assert distributed["rounds_committed"] == 2
     assert none["mechanism"] == "none" and none["epsilon"] is None
-    assert doc["not_run"][0]["mechanism"] == "distributed"
     assert (tmp_path / "privacy.png").stat().st_size > 1000

@@ -7,20 +7,24 @@ Each ε is a full simulated run (real device code, real coordinator, real onnxru
 synthetic(α, β) (tools/synthetic.py: every device at least 20 training examples), with
 central DP-FedAvg: z calibrated so that the run's rounds spend exactly ε (dp-accounting, RDP,
 fixed-size sampling of clients_per_round of the population), adaptive clipping on the median
-norm; ε = inf is the same run without DP. Distributed DP (SecAgg with discrete noise) is not
-built: it needs secure aggregation (issue 12); the JSON says so under `not_run`.
+norm; ε = inf is the same run without DP. With "distributed" among --mechanisms, each finite ε
+also runs distributed DP under secure aggregation: the same calibrated z, a fixed S
+(--distributed-clip; adaptive clipping is not built for it), the devices' discrete Gaussian
+shares calibrated for --distributed-quorum masked inputs, --bits field bits per coordinate.
 
 Output JSON (schema 1): benchmark "privacy", population, clients_per_round, rounds, data
 (name, alpha, beta, examples per device min/median/max), wall_seconds,
-    runs: list, one per ε:
-        mechanism               "none" (ε = inf) or "central"
+    runs: list, one per (mechanism, ε):
+        mechanism               "none" (ε = inf), "central" or "distributed"
+        clipping                "adaptive" (central) or "fixed" (distributed); min_inputs: the quorum
+                                the distributed noise is calibrated for
         epsilon                 the target ε, null for none; epsilon_spent: the ledger's ε at the end
-        delta, bits             δ; bits per coordinate on the wire before noise: null (central)
+        delta, bits             δ; bits per coordinate on the wire: the field's m (distributed), null otherwise
         noise_multiplier        z (null for none); clip_norm: S the run started with
         global_accuracy         final global model on the union of held-out splits
         personalized_accuracy   mean over devices of their personalized model on their own split
-        personalized_accuracy_min  the worst device; accuracy_curve: global accuracy per round
-    not_run: [{mechanism, why}]
+        personalized_accuracy_min  the worst device; accuracy_curve: global accuracy per round;
+        rounds_committed        rounds that committed (a secure round below its quorum is abandoned)
 A PNG beside the JSON plots both accuracies against ε.
 """
 
@@ -38,8 +42,6 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
-NOT_RUN = [{"mechanism": "distributed", "why": "needs secure aggregation (issue 12), which has not landed"}]
-
 
 @dataclass(frozen=True)
 class PrivacyGrid:
@@ -52,30 +54,44 @@ class PrivacyGrid:
     beta: float = 0.5
     clip_norm: float = 0.5  # where adaptive clipping starts
     seed: int = 0
+    mechanisms: tuple[str, ...] = ("central", "distributed")
+    bits: int = 16  # distributed: field bits per coordinate on the wire
+    distributed_clip: float = 0.5  # distributed: the fixed S
+    distributed_quorum: int = 90  # distributed: masked inputs a round needs; the noise is calibrated for these
 
 
-QUICK = PrivacyGrid(epsilons=(2.0, 8.0, math.inf), devices=100, clients_per_round=10, rounds=5)
+QUICK = PrivacyGrid(epsilons=(2.0, 8.0, math.inf), devices=100, clients_per_round=10, rounds=5, distributed_quorum=8)
 
 
-def run_one(grid: PrivacyGrid, data, epsilon: float) -> dict:
+def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central") -> dict:
     from fedge.coordinator.dp.calibrate import noise_multiplier_for
     from fedge.coordinator.dp.config import PrivacyConfig
+    from fedge.coordinator.secagg.config import SecAggConfig
     from fedge.tools.simulate.config import sim_config
     from fedge.tools.simulate.fleet import run_simulation
 
     private = math.isfinite(epsilon)
+    distributed = private and mechanism == "distributed"
     z = noise_multiplier_for(epsilon, grid.delta, grid.rounds, grid.devices, grid.clients_per_round) if private \
         else None
+    clip = grid.distributed_clip if distributed else grid.clip_norm
     privacy = PrivacyConfig(enabled=True, target_epsilon=epsilon, delta=grid.delta, noise_multiplier=z,
-                            clip_norm=grid.clip_norm, target_quantile=0.5) if private else PrivacyConfig()
+                            clip_norm=clip, target_quantile=0.0 if distributed else 0.5,
+                            mechanism="distributed" if distributed else "central") if private else PrivacyConfig()
+    secure = {"secure_aggregation": SecAggConfig(enabled=True, bits=grid.bits),
+              "min_reports": grid.distributed_quorum} if distributed else {}
     cfg = sim_config(devices=grid.devices, rounds=grid.rounds, clients_per_round=grid.clients_per_round,
-                     over_selection=1.0, aggregator="mean", weighting="equal", privacy=privacy, seed=grid.seed)
+                     over_selection=1.0, aggregator="mean", weighting="equal", privacy=privacy, seed=grid.seed,
+                     **secure)
     started = time.perf_counter()
     result = run_simulation(cfg, data=data)
     last = result.rounds[-1]
-    return {"mechanism": "central" if private else "none", "epsilon": epsilon if private else None,
-            "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": None, "noise_multiplier": z,
-            "clip_norm": grid.clip_norm if private else None, "global_accuracy": last["global_accuracy"],
+    return {"mechanism": mechanism if private else "none", "epsilon": epsilon if private else None,
+            "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": grid.bits if distributed else None,
+            "noise_multiplier": z, "clipping": None if not private else "fixed" if distributed else "adaptive",
+            "min_inputs": grid.distributed_quorum if distributed else None,
+            "rounds_committed": sum(bool(r["committed"]) for r in result.rounds),
+            "clip_norm": clip if private else None, "global_accuracy": last["global_accuracy"],
             "personalized_accuracy": last["personalized_accuracy_mean"],
             "personalized_accuracy_min": last["personalized_accuracy_min"], "rounds_run": len(result.rounds),
             "accuracy_curve": [r["global_accuracy"] for r in result.rounds],
@@ -92,14 +108,16 @@ def run(grid: PrivacyGrid, json_path, progress=print) -> dict:
            "clients_per_round": grid.clients_per_round, "rounds": grid.rounds,
            "data": {"name": data.name, "alpha": grid.alpha, "beta": grid.beta, "train_examples_min": min(sizes),
                     "train_examples_median": float(np.median(sizes)), "train_examples_max": max(sizes)},
-           "runs": [], "not_run": NOT_RUN}
+           "runs": []}
     for epsilon in grid.epsilons:
-        row = run_one(grid, data, epsilon)
-        doc["runs"].append(row)
-        progress(f"ε={epsilon:g}: global {row['global_accuracy']:.3f}, personalized {row['personalized_accuracy']:.3f}"
-                 f" (z={row['noise_multiplier'] or 0:.3g}, {row['wall_seconds']:.0f} s)")
-    doc["wall_seconds"] = time.perf_counter() - started
-    atomic_write_bytes(Path(json_path), json.dumps(doc, indent=2, default=_jsonable).encode())
+        for mechanism in grid.mechanisms if math.isfinite(epsilon) else ("none",):
+            row = run_one(grid, data, epsilon, mechanism)
+            doc["runs"].append(row)
+            progress(f"{row['mechanism']} ε={epsilon:g}: global {row['global_accuracy']:.3f}, personalized "
+                     f"{row['personalized_accuracy']:.3f} (z={row['noise_multiplier'] or 0:.3g}, "
+                     f"{row['wall_seconds']:.0f} s)")
+            doc["wall_seconds"] = time.perf_counter() - started  # written after every run: a cut grid keeps its rows
+            atomic_write_bytes(Path(json_path), json.dumps(doc, indent=2, default=_jsonable).encode())
     plot(doc, Path(json_path).with_suffix(".png"))
     return doc
 
@@ -121,11 +139,15 @@ def plot(doc: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    private = [r for r in doc["runs"] if r["mechanism"] == "central"]
+    private = [r for r in doc["runs"] if r["mechanism"] in ("central", "distributed")]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, color in (("global_accuracy", "global", "C0"), ("personalized_accuracy", "personalized", "C1")):
-        ax.plot([r["epsilon"] for r in private], [r[key] for r in private], marker="o", color=color,
-                label=f"{label}, central DP")
+        for mechanism, style in (("central", "-"), ("distributed", ":")):
+            rows = sorted((r for r in private if r["mechanism"] == mechanism), key=lambda r: r["epsilon"])
+            if rows:
+                bits = f", {rows[0]['bits']} bits" if rows[0]["bits"] else ""
+                ax.plot([r["epsilon"] for r in rows], [r[key] for r in rows], marker="o", ls=style, color=color,
+                        label=f"{label}, {mechanism} DP{bits}")
         for r in doc["runs"]:
             if r["mechanism"] == "none":
                 ax.axhline(r[key], color=color, ls="--", label=f"{label}, no DP")
@@ -152,11 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epsilons", default=None, help="comma list; inf = no DP (default 1,2,4,8,inf)")
     p.add_argument("--delta", type=float, default=None, help="default 1e-6")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--mechanisms", default=None, help="comma list of central, distributed (default both)")
+    p.add_argument("--bits", type=int, default=None, help="distributed: field bits per coordinate (default 16)")
+    p.add_argument("--distributed-clip", type=float, default=None, help="distributed: the fixed S (default 0.5)")
+    p.add_argument("--distributed-quorum", type=int, default=None,
+                   help="distributed: masked inputs a round needs, the noise calibrated for them (default 90)")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else PrivacyGrid()
     overrides = {k: v for k, v in (("devices", args.devices), ("clients_per_round", args.clients_per_round),
-                                   ("rounds", args.rounds), ("delta", args.delta), ("seed", args.seed))
+                                   ("rounds", args.rounds), ("delta", args.delta), ("seed", args.seed),
+                                   ("bits", args.bits), ("distributed_clip", args.distributed_clip),
+                                   ("distributed_quorum", args.distributed_quorum))
                  if v is not None}
+    if args.mechanisms:
+        overrides["mechanisms"] = tuple(args.mechanisms.split(","))
     if args.epsilons:
         overrides["epsilons"] = tuple(float(e) for e in args.epsilons.split(","))
     run(replace(grid, **overrides), args.json_path, progress=lambda line: print(line, file=sys.stderr))

@@ -59,10 +59,22 @@ class SecAggSpec:
     clip_range: float = bounded(1e-30, 1e30, 0.01)  # c: the shared L-inf clip after the rotation
     rotation_seed: int = bounded(*_NON_NEGATIVE, 0)  # the rotation's and the subset's seed (public, per round)
     keep_fraction: float = bounded(1e-9, 1.0, 1.0)  # the shared random-k subset every device sends (subset.py)
+    # Distributed DP (ddg.py), on when dp_gamma > 0: the device clips to dp_clip_norm (L2, real
+    # units), scales by 1 / dp_gamma, rounds, adds N_Z(0, dp_sigma^2) and sends mod 2^field_bits
+    # (bits is then unused). 0 = the plain b-bit offset codes.
+    dp_gamma: float = bounded(0.0, 1e30, 0.0)
+    dp_sigma: float = bounded(0.0, 1e9, 0.0)
+    dp_clip_norm: float = bounded(0.0, 1e30, 0.0)
 
     def __post_init__(self) -> None:
         if self.field_bits < self.bits:
             raise ValueError("field_bits must be at least bits")
+        if (self.dp_gamma > 0) != (self.dp_clip_norm > 0) or (self.dp_sigma > 0 and not self.dp_gamma > 0):
+            raise ValueError("distributed DP needs dp_gamma and dp_clip_norm together (and dp_sigma only with them)")
+
+    @property
+    def distributed_dp(self) -> bool:
+        return self.dp_gamma > 0
 
 
 @dataclass(frozen=True)

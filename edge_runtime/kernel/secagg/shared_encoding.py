@@ -9,13 +9,18 @@ The coordinator decodes the survivors' field sum over the subset, divides by the
 puts it back at the subset's coordinates (zeros elsewhere). Decoding is linear, so that mean is
 exactly the mean of what each device's values decode to: the residual a device keeps is
 exactly what the cohort's sum did not get from it.
+
+Under distributed DP (spec.distributed_dp) the values are ddg.encode's instead: clip to S after
+the residual is added (so the bound holds for what is sent), scale, rotate, round, noise, mod
+2^m. The residual is what the rounded vector before the noise decodes to subtracted from the
+full vector: the noise is never fed back.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import quantize
+from . import ddg, quantize
 from .messages import SecAggSpec
 from .subset import shared_coordinates
 
@@ -27,8 +32,13 @@ def encode_update(delta: np.ndarray, residual: np.ndarray | None, spec: SecAggSp
     if residual is not None:
         full = full + np.asarray(residual, dtype=np.float64).reshape(-1)
     idx = shared_coordinates(full.size, spec.keep_fraction, spec.rotation_seed)
-    values = quantize.encode(full[idx], spec.rotation_seed, spec.clip_range, spec.bits, rng)
     left = full.copy()
+    if spec.distributed_dp:
+        values, rounded = ddg.encode(full[idx], spec.rotation_seed, spec.dp_clip_norm, spec.clip_range, spec.dp_gamma,
+                                     spec.dp_sigma, spec.field_bits, rng)
+        left[idx] -= quantize.unrotate(rounded * spec.dp_gamma, spec.rotation_seed)
+        return values, left
+    values = quantize.encode(full[idx], spec.rotation_seed, spec.clip_range, spec.bits, rng)
     left[idx] -= quantize.decode(values, 1, spec.rotation_seed, spec.clip_range, spec.bits)
     return values, left
 
@@ -41,5 +51,8 @@ def decode_mean(total: np.ndarray, count: int, dimension: int, spec: SecAggSpec)
     """The survivors' mean over all coordinates from their field sum over the subset."""
     idx = shared_coordinates(dimension, spec.keep_fraction, spec.rotation_seed)
     out = np.zeros(dimension)
-    out[idx] = quantize.decode(total, count, spec.rotation_seed, spec.clip_range, spec.bits) / count
+    if spec.distributed_dp:
+        out[idx] = ddg.decode(total, spec.rotation_seed, spec.dp_gamma, spec.field_bits) / count
+    else:
+        out[idx] = quantize.decode(total, count, spec.rotation_seed, spec.clip_range, spec.bits) / count
     return out

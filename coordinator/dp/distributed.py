@@ -1,0 +1,116 @@
+"""Distributed DP under secure aggregation: the distributed discrete Gaussian's parameters for a
+round, sized so the field never wraps, and the noise multiplier the accountant charges.
+
+Why the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021) and not Skellam (Agarwal et
+al. 2021): it has a closed-form concentrated-DP bound for the sum (below) that maps onto the
+Gaussian events dp-accounting already composes for central DP, it reuses the randomized
+Hadamard rotation secure aggregation already does, and its noise needs no second parameter.
+
+The device's half (clip, scale, rotate, conditional rounding, noise, mod 2^m) is
+edge_runtime/kernel/secagg/ddg.py. Here, for a round with
+
+    S        the L2 clip (privacy.clip_norm), c the shared L-inf clip after the rotation
+    d        coordinates sent, n_min the fewest masked inputs the round can commit with (the
+             lowest stage quorum), n_max the devices asked (over-selection included)
+    m        the field bits, which are the bits per coordinate on the wire
+    z        the noise multiplier the budget charges (calibrated as for central DP)
+
+the coordinator picks gamma and sigma (per device, integer units):
+
+  privacy  The sum of k >= n_min devices' N_Z(0, sigma^2) noise gives (Kairouz et al. 2021, Thm. 2,
+           the L2 branch) rho-zCDP with rho = Delta_2^2 / (2 k sigma^2) + tau d, where Delta_2 is the
+           rounded vector's L2 bound (ddg.rounded_bound: S / gamma inflated by rounding) and
+           tau = 10 sum_{j=1}^{k-1} exp(-2 pi^2 sigma^2 j / (j + 1)). rho falls as k grows, so
+           k = n_min is the worst case: dropouts down to the quorum never weaken the guarantee.
+           A Gaussian of multiplier z_eff = (2 rho)^-1/2 has exactly that zCDP, so its RDP curve
+           alpha / (2 z_eff^2) dominates the DDG sum's at every order; the subsampled-RDP bound
+           that dp-accounting evaluates (Wang, Balle, Kasiviswanathan 2019, for sampling
+           without replacement) grows with the base mechanism's RDP, so charging
+           SampledWithoutReplacementDpEvent(GaussianDpEvent(z)) with z <= z_eff is sound.
+           sigma is the smallest with z_eff >= z (tau d is folded in, never dropped; at the
+           sigmas used it is below 1e-100). z is relative to one device's L2 bound, the
+           convention of the central charge (dp-accounting's GaussianDpEvent: s / C for
+           ||v_i|| <= C), so both mechanisms are charged alike for the same z.
+  headroom The sum read as a signed integer must stay in [-2^(m-1), 2^(m-1)). The signal is at
+           most n_max (c / gamma + 1) per coordinate (the L-inf clip, then rounding up); the
+           noise, a sum of at most n_max discrete Gaussians, is sigma sqrt(n_max)-sub-Gaussian
+           (Canonne et al. 2020), so over d coordinates P(wrap) <= 2 d exp(-t^2 / (2 n_max sigma^2))
+           for the headroom t left above the signal. gamma is the smallest step (finest grid) with
+           P(wrap) <= 2^-40.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedge.edge_runtime.kernel.secagg import ddg
+
+WRAP_LOG2 = -40  # P(the noised sum wraps around the field), at most 2^-40 per round
+_LN2 = math.log(2)
+
+
+@dataclass(frozen=True)
+class DdgParams:
+    gamma: float  # the integer grid's step, real units
+    sigma: float  # each device's discrete Gaussian std, integer units
+    field_bits: int  # m: bits per coordinate on the wire
+    rounded_bound: float  # Delta_2, integer units
+    tau: float
+    noise_multiplier: float  # z_eff >= the z charged (module docstring)
+    wrap_log2: float  # log2 of the bound on P(wrap) in one round
+
+
+def tau(sigma: float, inputs: int) -> float:
+    """10 sum_{j=1}^{n-1} exp(-2 pi^2 sigma^2 j / (j + 1)) (Kairouz et al. 2021, Thm. 2)."""
+    return 10 * math.fsum(math.exp(-2 * math.pi ** 2 * sigma ** 2 * j / (j + 1)) for j in range(1, inputs))
+
+
+def effective_noise_multiplier(sigma: float, inputs: int, rounded: float, dimension: int) -> float:
+    """z_eff = (2 rho)^-1/2 for the sum of `inputs` devices' noise (module docstring)."""
+    rho = rounded ** 2 / (2 * inputs * sigma ** 2) + tau(sigma, inputs) * dimension
+    return (2 * rho) ** -0.5
+
+
+def sigma_for(z: float, inputs: int, rounded: float, dimension: int) -> float:
+    """The smallest sigma (to 1e-9 relative) with effective_noise_multiplier >= z."""
+    hi = z * rounded / math.sqrt(inputs) * 1.01 + 1.0
+    while effective_noise_multiplier(hi, inputs, rounded, dimension) < z:
+        hi *= 2
+    lo = 0.0
+    while hi - lo > 1e-9 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if mid > 0 and effective_noise_multiplier(mid, inputs, rounded, dimension) >= z \
+            else (mid, hi)
+    return hi
+
+
+def wrap_log2(gamma: float, sigma: float, clip_range: float, dimension: int, max_inputs: int,
+              field_bits: int) -> float:
+    """log2 of the union bound on P(some coordinate of the noised sum leaves the signed field)."""
+    headroom = (1 << (field_bits - 1)) - 1 - max_inputs * (clip_range / gamma + 1)
+    if headroom <= 0:
+        return 0.0
+    return min(0.0, math.log2(2 * dimension) - headroom ** 2 / (2 * max_inputs * sigma ** 2) / _LN2)
+
+
+def params_for(z: float, clip_norm: float, clip_range: float, dimension: int, min_inputs: int, max_inputs: int,
+               field_bits: int, beta: float = ddg.DEFAULT_BETA) -> DdgParams:
+    """The round's gamma and sigma (module docstring); ValueError when m bits cannot hold it."""
+    if not (z > 0 and clip_norm > 0 and clip_range > 0 and dimension >= 1 and 1 <= min_inputs <= max_inputs):
+        raise ValueError("need z, S, c > 0, d >= 1 and 1 <= n_min <= n_max")
+
+    def at(gamma: float) -> DdgParams:
+        rounded = ddg.rounded_bound(clip_norm / gamma, dimension, beta)
+        sigma = sigma_for(z, min_inputs, rounded, dimension)
+        return DdgParams(gamma, sigma, field_bits, rounded, tau(sigma, min_inputs),
+                         effective_noise_multiplier(sigma, min_inputs, rounded, dimension),
+                         wrap_log2(gamma, sigma, clip_range, dimension, max_inputs, field_bits))
+
+    lo, hi = math.log(clip_norm) - 60, math.log(clip_norm) + 60  # ln gamma: fine grid .. coarse grid
+    if at(math.exp(hi)).wrap_log2 > WRAP_LOG2:
+        raise ValueError(f"{field_bits} field bits cannot hold the noised sum of {max_inputs} inputs")
+    for _ in range(64):  # P(wrap) falls as gamma grows: the finest grid that fits
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if at(math.exp(mid)).wrap_log2 <= WRAP_LOG2 else (mid, hi)
+    return at(math.exp(hi))

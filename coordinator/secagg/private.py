@@ -1,0 +1,38 @@
+"""A secure round under distributed DP: the round's SecAggSpec gains the discrete Gaussian's
+parameters (coordinator/dp/distributed.py), sized from the round's privacy plan and its stages.
+
+The noise is calibrated for the fewest masked inputs the round can commit with, the lowest
+quorum of its stages (the mask stage's, or any earlier one's, since a later stage only asks
+those who answered the one before): a round that loses devices down to that quorum still
+carries the full noise, and one that keeps more carries more. The field is sized for every
+device asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec
+from fedge.edge_runtime.kernel.secagg.shared_encoding import subset_size
+
+from ..dp.distributed import params_for
+from ..dp.round import RoundPlan
+
+log = logging.getLogger("fedge.coordinator.privacy")
+
+
+def private_spec(spec: SecAggSpec, plan: RoundPlan | None, machine, dimension: int, field_bits: int) -> SecAggSpec:
+    """`spec` with the round's dp_gamma, dp_sigma and dp_clip_norm, and field_bits = bits = the
+    configured secure_aggregation.bits; `spec` as it was without a distributed plan."""
+    if plan is None or plan.mechanism != "distributed":
+        return spec
+    d = subset_size(dimension, spec)
+    min_inputs = min(lim.quorum for lim in machine.limits)
+    p = params_for(plan.noise_multiplier, plan.clip_norm, spec.clip_range, d, min_inputs, len(machine.selected),
+                   field_bits)
+    log.info("round %d: distributed DP, %d bits a coordinate, gamma=%.4g, sigma=%.4g per device for >= %d inputs "
+             "(z_eff=%.4f, P(wrap) <= 2^%.0f)", machine.round_id, field_bits, p.gamma, p.sigma, min_inputs,
+             p.noise_multiplier, p.wrap_log2)
+    return dataclasses.replace(spec, bits=field_bits, field_bits=field_bits, dp_gamma=p.gamma, dp_sigma=p.sigma,
+                               dp_clip_norm=plan.clip_norm)

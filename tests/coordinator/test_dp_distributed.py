@@ -1,0 +1,167 @@
+"""Distributed DP under secure aggregation (coordinator/dp/distributed.py, secagg/private.py):
+the accounting against dp-accounting called directly with the noise multiplier a plain loop of
+the paper's formula gives, the budget's refusal, the config rules, and a real secure round over
+the in-memory broker whose committed model is the decoded noised sum, charged as distributed."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting as dpa
+import numpy as np
+import pytest
+from dp_accounting import rdp
+
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.dp.accountant import RoundCharge, epsilon
+from fedge.coordinator.dp.config import PrivacyConfig
+from fedge.coordinator.dp.distributed import WRAP_LOG2, params_for
+from fedge.coordinator.secagg.config import SecAggConfig, SecureAggregationConflict
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import CompressionSpec
+from fedge.edge_runtime.kernel.secagg import ddg
+from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggSpec, SecAggTask
+from fedge.edge_runtime.kernel.secagg.packing import unpack
+from tests.coordinator.fleet import copy_params, make_fleet
+from tests.tiny_model import build_tiny_model
+
+
+def _paper_z_eff(sigma, n, scaled_norm, d, beta=0.6065306597126334):  # e^-0.5
+    """Kairouz et al. 2021, Thm. 1 and 2 written out: the L2 sensitivity after conditional
+    rounding, tau by a plain loop, rho = Delta^2 / (2 n sigma^2) + tau d, z_eff = (2 rho)^-1/2."""
+    a = scaled_norm
+    delta2 = min(math.sqrt(a * a + d / 4 + math.sqrt(2 * math.log(1 / beta)) * (a + math.sqrt(d) / 2)),
+                 a + math.sqrt(d))
+    tau = 0.0
+    for k in range(1, n):
+        tau += 10 * math.exp(-2 * math.pi ** 2 * sigma ** 2 * k / (k + 1))
+    return 1 / math.sqrt(delta2 ** 2 / (n * sigma ** 2) + 2 * tau * d)
+
+
+@pytest.mark.parametrize("z,d,n_min,n_max,m", [(1.0, 610, 80, 100, 16), (0.7, 100_000, 70, 130, 16),
+                                                (2.5, 5000, 10, 13, 12), (1.2, 64, 2, 3, 10)])
+def test_the_charge_matches_dp_accounting_for_the_sum_the_devices_noise(z, d, n_min, n_max, m):
+    p = params_for(z, 0.5, 2.0 / math.sqrt(d), d, n_min, n_max, m)
+    z_eff = _paper_z_eff(p.sigma, n_min, 0.5 / p.gamma, d)
+    assert z_eff == pytest.approx(p.noise_multiplier, rel=1e-9) and z_eff >= z * (1 - 1e-12)
+    assert z_eff <= z * (1 + 1e-8)  # the smallest sigma: no noise wasted
+    assert p.wrap_log2 <= WRAP_LOG2 and p.field_bits == m
+    rounds, population, cohort = 30, 1000, n_max
+    acc = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    acc.compose(dpa.SampledWithoutReplacementDpEvent(population, cohort, dpa.GaussianDpEvent(z_eff)), rounds)
+    charged = epsilon([RoundCharge(population, cohort, z)] * rounds, 1e-6)
+    assert charged == pytest.approx(acc.get_epsilon(1e-6), abs=1e-6)
+
+
+def test_rounding_costs_little_noise_at_16_bits():
+    """Where the grid is fine (m = 16), rounding inflates the sensitivity by well under 1%."""
+    p = params_for(1.0, 0.5, 2.0 / math.sqrt(610), 610, 80, 100, 16)
+    assert p.rounded_bound / (0.5 / p.gamma) < 1.01 and p.tau < 1e-100
+
+
+SECURE = SecAggConfig(enabled=True, bits=16, clip_range=0.05)
+PRIVATE = PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=1.0, clip_norm=0.05,
+                        target_epsilon=50.0, delta=1e-5)
+SETTINGS = dict(secure_aggregation=SECURE, weighting="equal", compression=CompressionSpec(quant_bits=32),
+                privacy=PRIVATE)
+
+
+def test_config_accepts_distributed_with_secagg_and_refuses_the_rest_by_name():
+    cfg = CoordinatorConfig(aggregator="mean", clients_per_round=5, **SETTINGS)
+    assert cfg.compression.clip_norm == PRIVATE.clip_norm
+    with pytest.raises(SecureAggregationConflict) as exc:
+        CoordinatorConfig(aggregator="mean", **{**SETTINGS, "privacy": PrivacyConfig(enabled=True,
+                                                                                     noise_multiplier=1.0)})
+    assert exc.value.reason == "secagg_privacy"
+    with pytest.raises(ConfigError, match="needs \\[coordinator.secure_aggregation\\]"):
+        CoordinatorConfig(aggregator="mean", weighting="equal", privacy=PRIVATE)
+    with pytest.raises(ConfigError, match="adaptive clipping"):
+        CoordinatorConfig(aggregator="mean", **{**SETTINGS, "privacy": PrivacyConfig(
+            enabled=True, mechanism="distributed", noise_multiplier=1.0, target_quantile=0.5)})
+    with pytest.raises(ConfigError, match="mechanism"):
+        PrivacyConfig(mechanism="local")
+
+
+@pytest.mark.parametrize("bad", [dict(dp_gamma=0.1), dict(dp_clip_norm=1.0), dict(dp_sigma=3.0),
+                                 dict(dp_sigma=3.0, dp_clip_norm=1.0)])
+def test_the_spec_refuses_a_half_announced_mechanism(bad):
+    with pytest.raises(ValueError, match="distributed DP"):
+        SecAggSpec(**bad)
+
+
+def test_a_device_refuses_an_absurd_grid():
+    with pytest.raises(ValueError, match="gamma"):
+        ddg.encode(np.ones(8), 1, 1.0, 1.0, 1e-30, 1.0, 16, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def _run_round(fleet, deadline_s):
+    c = fleet.coordinator
+    if not c.begin_round():
+        return None
+    for _ in range(40):
+        fleet.drain()
+        record = c.tick()
+        if record is not None:
+            return record
+        fleet.clock.advance(1.0 if c.round.machine.stage_full else deadline_s + 1)
+    raise AssertionError("the round never closed")
+
+
+def _flat(params):
+    return np.concatenate([np.asarray(params[k], dtype=np.float64).reshape(-1) for k in sorted(params)])
+
+
+def test_a_secure_round_commits_the_decoded_noised_sum_and_is_charged_as_distributed(model, tmp_path):
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), aggregator="mean", min_reports=3, **SETTINGS)
+    c = fleet.coordinator
+    old = copy_params(c.state.params)
+    record = _run_round(fleet, SECURE.stage_deadline_s)
+    assert record.committed, record.why
+    (task,) = {m.spec for m in fleet.wire if isinstance(m, SecAggTask)}
+    assert task.distributed_dp and task.field_bits == 16 and task.dp_clip_norm == PRIVATE.clip_norm
+    d = sum(v.size for v in old.values())
+    expected = params_for(1.0, PRIVATE.clip_norm, SECURE.clip_range, d, 3, 5, 16)  # quorum 3 of 5 asked
+    assert (task.dp_gamma, task.dp_sigma) == (expected.gamma, expected.sigma)
+    masked = [m for m in fleet.wire if isinstance(m, MaskedInput)]
+    values = {a.device_id: next(iter(a.secagg.inputs.values()))[0] for a in fleet.agents}
+    total = np.sum(np.stack(list(values.values())).astype(np.int64), axis=0) % (1 << 16)
+    mean = ddg.decode(total, task.rotation_seed, task.dp_gamma, 16) / len(values)
+    np.testing.assert_allclose(_flat(c.state.params) - _flat(old), mean, atol=1e-6)
+    assert all(np.mean(unpack(m.data, m.length, m.field_bits) == values[m.device_id]) < 0.01 for m in masked)
+    (charge,) = c.store.privacy_ledger()
+    assert charge["mechanism"] == "distributed" and charge["noise_multiplier"] == 1.0
+    from fedge.coordinator.dp.report import privacy_report
+    from fedge.coordinator.dp.round import RoundPlan
+    report = privacy_report([(record.round_id, RoundPlan.from_json(charge))])
+    assert report["next_round"]["mechanism"] == "distributed" and report["rounds"][0]["mechanism"] == "distributed"
+
+
+def test_the_budget_stops_distributed_rounds_at_the_round_dp_accounting_says(model, tmp_path):
+    from tests.coordinator.test_dp import _first_refused
+    settings = {**SETTINGS, "privacy": PrivacyConfig(**{**PRIVATE.__dict__, "target_epsilon": 12.0})}
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), aggregator="mean", min_reports=3, **settings)
+    refused = _first_refused("fixed", 5, 5, 1.0, 12.0, 1e-5)
+    assert refused > 2
+    committed = 0
+    while (record := _run_round(fleet, SECURE.stage_deadline_s)) is not None:
+        assert record.committed, record.why
+        committed += 1
+    assert committed + 1 == refused and fleet.coordinator.privacy.exhausted is not None
+    assert len(fleet.coordinator.store.privacy_ledger()) == committed
+
+
+def test_the_readme_distributed_config_block_loads(tmp_path):
+    from pathlib import Path
+
+    from fedge.coordinator.config import load_coordinator_config
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Distributed DP under secure aggregation**"):]
+    start = section.index("```toml") + len("```toml")
+    (tmp_path / "c.toml").write_text(section[start:section.index("```", start)])
+    cfg = load_coordinator_config(tmp_path / "c.toml")
+    assert cfg.privacy.mechanism == "distributed" and cfg.secure_aggregation.enabled and cfg.quorum == 90
