@@ -14,6 +14,14 @@ Sampling as the sampler draws it:
              number of devices asked, not the number that answered. Dropouts do not help.
     poisson  each of n devices independently with probability q = m / n: PoissonSampledDpEvent
              (add-or-remove-one).
+
+The noise multiplier in a dp-accounting Gaussian event is the noise's standard deviation over
+the L2 sensitivity *under the event's neighbouring relation*. fedge's z is the noise over the
+clip S (the noise is N(0, (zS)^2), as in McMahan et al. 2018). Adding or removing one device
+moves the clipped sum by at most S, so a Poisson round charges z; replacing one device's
+update by another's moves it by up to 2S (||u - u'|| <= ||u|| + ||u'||), so a fixed-size round
+charges z / 2 (`sensitivity_factor`). The same holds for adaptive clipping's noised bit count
+(its bits move by 1/2 added or removed, by 1 replaced), so the factor applies to the combined z.
 """
 
 from __future__ import annotations
@@ -47,10 +55,15 @@ class RoundCharge:
             raise ValueError("a DP round needs noise_multiplier > 0")
 
     def event(self) -> dpa.DpEvent:
-        gaussian = dpa.GaussianDpEvent(self.noise_multiplier)
+        gaussian = dpa.GaussianDpEvent(self.noise_multiplier / sensitivity_factor(self.sampling))
         if self.sampling == "poisson":
             return dpa.PoissonSampledDpEvent(self.cohort / self.population, gaussian)
         return dpa.SampledWithoutReplacementDpEvent(self.population, self.cohort, gaussian)
+
+
+def sensitivity_factor(sampling: str) -> float:
+    """The clipped sum's L2 sensitivity over S under the sampling's neighbouring relation (docstring)."""
+    return 2.0 if sampling == "fixed" else 1.0
 
 
 def _relation(sampling: str) -> dpa.NeighboringRelation:

@@ -26,11 +26,12 @@ the coordinator picks gamma and sigma (per device, integer units):
            alpha / (2 z_eff^2) dominates the DDG sum's at every order; the subsampled-RDP bound
            that dp-accounting evaluates (Wang, Balle, Kasiviswanathan 2019, for sampling
            without replacement) grows with the base mechanism's RDP, so charging
-           SampledWithoutReplacementDpEvent(GaussianDpEvent(z)) with z <= z_eff is sound.
+           SampledWithoutReplacementDpEvent(GaussianDpEvent(z / 2)) with z <= z_eff is sound:
+           z and z_eff are relative to one device's L2 bound, and replacing one device's
+           vector moves the sum by up to twice that bound, the sensitivity dp-accounting's
+           replace-one multiplier is relative to (accountant.py, the central charge alike).
            sigma is the smallest with z_eff >= z (tau d is folded in, never dropped; at the
-           sigmas used it is below 1e-100). z is relative to one device's L2 bound, the
-           convention of the central charge (dp-accounting's GaussianDpEvent: s / C for
-           ||v_i|| <= C), so both mechanisms are charged alike for the same z.
+           sigmas used it is below 1e-100).
   headroom The sum read as a signed integer must stay in [-2^(m-1), 2^(m-1)). The signal is at
            most n_max (c / gamma + 1) per coordinate (the L-inf clip, then rounding up); the
            noise, a sum of at most n_max discrete Gaussians, is sigma sqrt(n_max)-sub-Gaussian

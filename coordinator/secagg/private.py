@@ -2,8 +2,9 @@
 parameters (coordinator/dp/distributed.py), sized from the round's privacy plan and its stages.
 
 The noise is calibrated for the fewest masked inputs the round can commit with, the lowest
-quorum of its stages (the mask stage's, or any earlier one's, since a later stage only asks
-those who answered the one before): a round that loses devices down to that quorum still
+quorum of the stages up to the mask stage (a later stage only asks those who answered the one
+before; the unmask stage's responders add no inputs, and its quorum starts at 1 until t is
+known, so it must not count): a round that loses devices down to that quorum still
 carries the full noise, and one that keeps more carries more. The field is sized for every
 device asked.
 """
@@ -18,6 +19,7 @@ from fedge.edge_runtime.kernel.secagg.shared_encoding import subset_size
 
 from ..dp.distributed import params_for
 from ..dp.round import RoundPlan
+from .stages import UNMASK_STAGE
 
 log = logging.getLogger("fedge.coordinator.privacy")
 
@@ -28,7 +30,7 @@ def private_spec(spec: SecAggSpec, plan: RoundPlan | None, machine, dimension: i
     if plan is None or plan.mechanism != "distributed":
         return spec
     d = subset_size(dimension, spec)
-    min_inputs = min(lim.quorum for lim in machine.limits)
+    min_inputs = min(lim.quorum for lim in machine.limits[:UNMASK_STAGE])
     p = params_for(plan.noise_multiplier, plan.clip_norm, spec.clip_range, d, min_inputs, len(machine.selected),
                    field_bits)
     log.info("round %d: distributed DP, %d bits a coordinate, gamma=%.4g, sigma=%.4g per device for >= %d inputs "

@@ -23,7 +23,9 @@ def _direct(sampling, population, cohort, z, rounds, delta, method="rdp"):
     acc = rdp.RdpAccountant(neighboring_relation=relation) if method == "rdp" else pld.PLDAccountant(relation)
     for _ in range(rounds):
         if sampling == "fixed":
-            acc.compose(dpa.SampledWithoutReplacementDpEvent(population, cohort, dpa.GaussianDpEvent(z)))
+            # Replace-one: one device's clipped update swapped for another's moves the sum by up to 2S, and
+            # dp-accounting's multiplier is noise over that sensitivity, so fedge's z (noise over S) halves.
+            acc.compose(dpa.SampledWithoutReplacementDpEvent(population, cohort, dpa.GaussianDpEvent(z / 2)))
         else:
             acc.compose(dpa.PoissonSampledDpEvent(cohort / population, dpa.GaussianDpEvent(z)))
     return acc.get_epsilon(delta)
@@ -44,7 +46,7 @@ def test_a_ledger_of_unequal_rounds_composes_each():
     relation = dpa.NeighboringRelation.REPLACE_ONE
     acc = rdp.RdpAccountant(neighboring_relation=relation)
     for c in (a, a, b, a):
-        gaussian = dpa.GaussianDpEvent(c.noise_multiplier)
+        gaussian = dpa.GaussianDpEvent(c.noise_multiplier / 2)  # replace-one: sensitivity 2S (_direct)
         acc.compose(dpa.SampledWithoutReplacementDpEvent(c.population, c.cohort, gaussian))
     assert epsilon([a, a, b, a], 1e-5) == pytest.approx(acc.get_epsilon(1e-5), abs=1e-6)
     assert epsilon([], 1e-5) == 0.0

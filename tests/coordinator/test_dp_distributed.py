@@ -48,7 +48,8 @@ def test_the_charge_matches_dp_accounting_for_the_sum_the_devices_noise(z, d, n_
     assert p.wrap_log2 <= WRAP_LOG2 and p.field_bits == m
     rounds, population, cohort = 30, 1000, n_max
     acc = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
-    acc.compose(dpa.SampledWithoutReplacementDpEvent(population, cohort, dpa.GaussianDpEvent(z_eff)), rounds)
+    # Replace-one moves the integer sum by up to twice one device's bound: the multiplier halves.
+    acc.compose(dpa.SampledWithoutReplacementDpEvent(population, cohort, dpa.GaussianDpEvent(z_eff / 2)), rounds)
     charged = epsilon([RoundCharge(population, cohort, z)] * rounds, 1e-6)
     assert charged == pytest.approx(acc.get_epsilon(1e-6), abs=1e-6)
 
@@ -60,7 +61,8 @@ def test_rounding_costs_little_noise_at_16_bits():
 
 
 SECURE = SecAggConfig(enabled=True, bits=16, clip_range=0.05)
-PRIVATE = PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=1.0, clip_norm=0.05,
+# z = 2: 1.0 in dp-accounting's replace-one terms (the sum moves by twice one device's bound)
+PRIVATE = PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=2.0, clip_norm=0.05,
                         target_epsilon=50.0, delta=1e-5)
 SETTINGS = dict(secure_aggregation=SECURE, weighting="equal", compression=CompressionSpec(quant_bits=32),
                 privacy=PRIVATE)
@@ -125,7 +127,7 @@ def test_a_secure_round_commits_the_decoded_noised_sum_and_is_charged_as_distrib
     (task,) = {m.spec for m in fleet.wire if isinstance(m, SecAggTask)}
     assert task.distributed_dp and task.field_bits == 16 and task.dp_clip_norm == PRIVATE.clip_norm
     d = sum(v.size for v in old.values())
-    expected = params_for(1.0, PRIVATE.clip_norm, SECURE.clip_range, d, 3, 5, 16)  # quorum 3 of 5 asked
+    expected = params_for(PRIVATE.noise_multiplier, PRIVATE.clip_norm, SECURE.clip_range, d, 3, 5, 16)  # quorum 3 of 5
     assert (task.dp_gamma, task.dp_sigma) == (expected.gamma, expected.sigma)
     masked = [m for m in fleet.wire if isinstance(m, MaskedInput)]
     values = {a.device_id: next(iter(a.secagg.inputs.values()))[0] for a in fleet.agents}
@@ -134,7 +136,7 @@ def test_a_secure_round_commits_the_decoded_noised_sum_and_is_charged_as_distrib
     np.testing.assert_allclose(_flat(c.state.params) - _flat(old), mean, atol=1e-6)
     assert all(np.mean(unpack(m.data, m.length, m.field_bits) == values[m.device_id]) < 0.01 for m in masked)
     (charge,) = c.store.privacy_ledger()
-    assert charge["mechanism"] == "distributed" and charge["noise_multiplier"] == 1.0
+    assert charge["mechanism"] == "distributed" and charge["noise_multiplier"] == 2.0
     from fedge.coordinator.dp.report import privacy_report
     from fedge.coordinator.dp.round import RoundPlan
     report = privacy_report([(record.round_id, RoundPlan.from_json(charge))])
@@ -145,7 +147,7 @@ def test_the_budget_stops_distributed_rounds_at_the_round_dp_accounting_says(mod
     from tests.coordinator.test_dp import _first_refused
     settings = {**SETTINGS, "privacy": PrivacyConfig(**{**PRIVATE.__dict__, "target_epsilon": 12.0})}
     fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), aggregator="mean", min_reports=3, **settings)
-    refused = _first_refused("fixed", 5, 5, 1.0, 12.0, 1e-5)
+    refused = _first_refused("fixed", 5, 5, PRIVATE.noise_multiplier, 12.0, 1e-5)
     assert refused > 2
     committed = 0
     while (record := _run_round(fleet, SECURE.stage_deadline_s)) is not None:

@@ -129,17 +129,20 @@ def _manual_round(fleet, devices, rng) -> object:
 @pytest.mark.parametrize("restart", [False, True])
 def test_the_budget_refuses_the_first_round_dp_accounting_says_exceeds_it(model, tmp_path, over_selection, restart,
                                                                            capsys):
-    """Must-show 2 in process: ε = 3, z = 1, δ = 1e-5, 100 wanted of 1,000 eligible; the devices
+    """Must-show 2 in process: ε = 3, z = 2 (1.0 replace-one), δ = 1e-5, 100 wanted of 1,000 eligible; the devices
     asked (130 with over-selection) are the sampling event. With `restart`, a new Coordinator on
     the same SQLite file after every round."""
     population, wanted = 1000, 100
     asked = int(np.ceil(wanted * over_selection))
+    # fedge's z is noise over the clip S; replacing one device moves the sum by 2S, so z = 2 is the issue's
+    # "z = 1.0" in dp-accounting's replace-one terms (coordinator/dp/accountant.py), and refuses round 3.
+    z = 2.0
     refused = 1
-    while _direct("fixed", population, asked, 1.0, refused, 1e-5) <= 3.0:
+    while _direct("fixed", population, asked, z, refused, 1e-5) <= 3.0:
         refused += 1
     store = RoundStore(tmp_path / "state.db")
     cfg = dict(clients_per_round=wanted, over_selection=over_selection, min_reports=wanted, **DP,
-               privacy=_privacy(target_epsilon=3.0))
+               privacy=_privacy(target_epsilon=3.0, noise_multiplier=z))
     fleet = make_fleet(model, tmp_path, store=store, **cfg)
     devices = [ManualDevice(fleet, f"d{i:04d}", 10) for i in range(population)]
     rng = np.random.default_rng(0)
@@ -157,16 +160,16 @@ def test_the_budget_refuses_the_first_round_dp_accounting_says_exceeds_it(model,
     ledger = c.store.privacy_ledger()
     assert len(ledger) == refused - 1 == c.state.version
     assert c.privacy.exhausted is not None and c.privacy.exhausted.epsilon_after > 3.0
-    assert ledger[-1]["epsilon_after"] == pytest.approx(_direct("fixed", population, asked, 1.0, refused - 1, 1e-5),
+    assert ledger[-1]["epsilon_after"] == pytest.approx(_direct("fixed", population, asked, z, refused - 1, 1e-5),
                                                         abs=1e-6)
-    assert c.privacy.exhausted.epsilon_after == pytest.approx(_direct("fixed", population, asked, 1.0, refused, 1e-5),
+    assert c.privacy.exhausted.epsilon_after == pytest.approx(_direct("fixed", population, asked, z, refused, 1e-5),
                                                               abs=1e-6)
     assert all((e["population"], e["cohort"]) == (population, asked) for e in ledger)
     assert c.store.next_round_id() == refused and c.round is None  # the refused round never opened
     assert not c.begin_round()  # and stays refused
     report = privacy_report(read_ledger(tmp_path / "state.db"))
     assert report["rounds_left"] == 0 and report["rounds_charged"] == refused - 1
-    assert report["epsilon_spent"] == pytest.approx(_direct("fixed", population, asked, 1.0, refused - 1, 1e-5),
+    assert report["epsilon_spent"] == pytest.approx(_direct("fixed", population, asked, z, refused - 1, 1e-5),
                                                     abs=1e-6)
     assert main(["coordinator", "privacy", "--state", str(tmp_path / "state.db")]) == 0
     assert f"over {refused - 1} rounds" in capsys.readouterr().out

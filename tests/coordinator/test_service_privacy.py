@@ -1,6 +1,6 @@
 """Must-show 2 of issue 13 against the real service: `fedge coordinator serve` in its own process,
-device agents on real MQTT connections, a real Mosquitto. With target ε = 3, z = 1.0 and
-δ = 1e-5 the service refuses the first round whose ε exceeds 3, for the sampling event it
+device agents on real MQTT connections, a real Mosquitto. With target ε = 3, z = 2 (1.0 in dp-accounting's
+replace-one terms) and δ = 1e-5 the service refuses the first round whose ε exceeds 3, for the sampling event it
 really uses (2 devices asked of 24 eligible, fixed-size without replacement); the refused
 round is derived here from dp-accounting directly. It holds from a fresh start, and with the
 service killed with -9 between every pair of rounds: each restart reads the ledger from the
@@ -22,7 +22,8 @@ from tests.coordinator.test_service_faults import Fleet, _committed, _query, _ro
 from tests.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
-POPULATION, ASKED, TARGET, Z, DELTA = 24, 2, 3.0, 1.0, 1e-5
+# Z is fedge's noise over S; replace-one moves the sum by 2S, so dp-accounting's multiplier is Z / 2 = 1.0.
+POPULATION, ASKED, TARGET, Z, DELTA = 24, 2, 3.0, 2.0, 1e-5
 
 
 def _refused_round() -> int:
