@@ -10,7 +10,8 @@ import pytest
 from fedge.tools.cli import main
 from tests.coordinator.test_dp import _direct
 
-DEVICES, PER_ROUND, Z, TARGET, DELTA = 20, 4, 1.5, 3.0, 1e-5
+# Z = 3: 1.5 in dp-accounting's replace-one terms (a swapped device moves the clipped sum by 2S)
+DEVICES, PER_ROUND, Z, TARGET, DELTA = 20, 4, 3.0, 3.0, 1e-5
 
 
 def test_simulate_with_privacy_records_epsilon_per_round_and_stops_at_the_budget(tmp_path):
