@@ -3,7 +3,7 @@
 The one coordinator-side place that touches the transport and the clock (in-memory broker or
 MQTT). Each concern has its module: round transition table (rounds), plain or secure rounds
 (round_shell, secagg/), admission (admission, validation), aggregate, registry, outbound,
-store / memory_store (group_commit batches a burst's writes), restart, dp/budget, pace, metrics.
+store / memory_store, restart, dp/budget, pace, metrics.
 
 Every step is written to the Store before the message that depends on it leaves: the round
 before its tasks, an update before its Ack, the new model before the round counts as
