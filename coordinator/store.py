@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -66,6 +65,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .sqlite_tx import immediate_transaction
 from .strategies import ServerState
 
 SCHEMA_VERSION = 3
@@ -221,15 +221,8 @@ class RoundStore:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
     def _tx(self):
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        return immediate_transaction(self._db)
 
     # ------------------------------------------------------------------ model
 

@@ -30,9 +30,10 @@ Payloads of closed buffers are dropped lazily (`forget`); keys are kept for
 from __future__ import annotations
 
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..sqlite_tx import immediate_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS async_tasks (
@@ -82,15 +83,8 @@ class SqliteJournal:
             for statement in _SCHEMA.split(";"):
                 db.execute(statement)
 
-    @contextmanager
     def _tx(self):
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        return immediate_transaction(self._db)
 
     def close(self) -> None:
         self._db.close()
