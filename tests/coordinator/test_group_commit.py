@@ -11,8 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedge.coordinator.async_mode.journal import open_journal
 from fedge.coordinator.errors import GroupCommitFailed
+from fedge.coordinator.group_commit import GroupCommit
 from fedge.coordinator.loop import CoordinatorLoop
+from fedge.coordinator.memory_store import MemoryStore
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.protocol import Ack
@@ -141,3 +144,10 @@ def test_a_failed_group_commit_stops_the_loop_acks_nothing_and_a_restart_loses_n
     record = again.tick()
     assert record.committed and record.reports == 3
     assert_params(again.state.params, fedavg_oracle(old, updates))  # each update counted once
+
+
+def test_the_async_journal_belongs_to_the_store_not_its_burst_wrapper():
+    """A coordinator rebuilt on the same MemoryStore (a restart in memory) finds the async buffer's journal."""
+    memory = MemoryStore()
+    first, second = open_journal(GroupCommit(memory)), open_journal(GroupCommit(memory))
+    assert first is second and open_journal(memory) is first
