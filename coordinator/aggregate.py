@@ -95,6 +95,7 @@ class WeightedMean:
 
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
+        self._scratch: dict[str, np.ndarray] = {}  # one float64 buffer per tensor, reused by add
         self.total_weight = 0.0
         self.count = 0
 
@@ -106,8 +107,14 @@ class WeightedMean:
             if acc is None:
                 # asarray: a 0-d product is a numpy scalar, and `+=` on it would not update the dict.
                 self.sums[name] = np.asarray(np.asarray(value, np.float64) * weight)
+                self._scratch[name] = np.empty_like(self.sums[name])
             else:
-                acc += np.asarray(value, np.float64) * weight
+                # float64(value) * weight into a kept buffer, then added: the same arithmetic as
+                # acc += float64(value) * weight without a fresh array per update.
+                scratch = self._scratch[name]
+                np.copyto(scratch, value)  # exact: float32 -> float64
+                scratch *= weight
+                acc += scratch
         self.total_weight += weight
         self.count += 1
 

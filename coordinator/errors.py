@@ -15,6 +15,9 @@ none stops the service.
         ├── NonFinite                  NaN or Inf in the update
         ├── NormBound                  update norm above the configured bound
         └── StaleEval                  an EvalReport that answers no evaluation asked of its sender
+
+One error does stop it, on purpose: GroupCommitFailed (FedgeError), accepted updates that could
+not be stored; the restart resumes from the store (group_commit.py says why).
 """
 
 from __future__ import annotations
@@ -76,3 +79,9 @@ class NormBound(UpdateRejected):
 
 class StaleEval(UpdateRejected):
     reason = "stale_eval"
+
+
+class GroupCommitFailed(FedgeError):
+    """Accepted updates of a burst could not be stored: the coordinator stops (group_commit.py)."""
+
+    reason = "group_commit_failed"

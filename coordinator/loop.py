@@ -8,7 +8,9 @@ simulator both run this loop; they differ only in the callbacks.
 
 No one message can stop it: an exception from handling a message (a bug, a store that
 refuses a value) is logged, counted as a rejection named `internal:<ExceptionType>`, and
-that message is dropped. Abandoned rounds in a row space out the next (backoff.py).
+that message is dropped. Messages are handled in bursts of up to 500, whose accepted updates
+are stored in one transaction before their Acks leave; if that write fails the loop stops
+with GroupCommitFailed (group_commit.py says why). Abandoned rounds in a row space out the next (backoff.py).
 
 A round the privacy budget refuses (coordinator/dp/budget.py) ends the loop when
 privacy.on_exhausted = "stop" (after the last model's evaluation, like should_stop), with
@@ -27,6 +29,7 @@ from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, Publi
 from fedge.edge_runtime.kernel.flood import worth_logging
 
 from .backoff import abandoned_delay
+from .errors import GroupCommitFailed
 from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord
 
@@ -83,8 +86,9 @@ class CoordinatorLoop:
                 if not self.finishing:
                     self._maybe_begin()
                 handled = 0
-                while handled < 500 and self._pump(self.poll_s if handled == 0 else 0.0):
-                    handled += 1
+                with c.store.burst():  # one store transaction for the burst's updates (group_commit.py)
+                    while handled < 500 and self._pump(self.poll_s if handled == 0 else 0.0):
+                        handled += 1
                 count = getattr(c.transport, "connection_count", 1)
                 if count != seen:
                     seen = count
@@ -120,8 +124,8 @@ class CoordinatorLoop:
         c = self.coordinator
         try:
             return c.pump(timeout)
-        except TransportError:
-            raise  # the link's troubles: run() handles them
+        except (TransportError, GroupCommitFailed):
+            raise  # the link's troubles: run() handles them; a failed group commit stops the coordinator
         except Exception as exc:  # noqa: BLE001 - the point: whatever one message does, serve the next
             reason = f"internal:{type(exc).__name__}"
             c.rejections[reason] += 1

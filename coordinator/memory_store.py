@@ -63,9 +63,9 @@ class MemoryStore:
             return None
         return replace(self.open, events=tuple(sorted(self.events, key=lambda e: e.seq)))
 
-    def add_update(self, round_id: int, update: StoredUpdate) -> None:
+    def add_update(self, round_id: int, *updates: StoredUpdate) -> None:
         self._require_open(round_id)
-        self.events.append(update)
+        self.events.extend(updates)
 
     def add_decline(self, round_id: int, decline: StoredDecline) -> None:
         self._require_open(round_id)

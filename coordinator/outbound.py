@@ -4,6 +4,7 @@ retained announcement. Byte counts go to the open round and the metrics here, in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PayloadTooLarge, PublishRefused
@@ -38,12 +39,18 @@ class Outbound:
         self.session = session  # in every Announcement: devices check in again when it changes
         self.parts_retained = 0  # model-part topics this process left a retained message on
         self.announce_due = False  # the last announcement could not be published; tick() retries
+        # Every Ack goes through this: the coordinator's group commit holds it until the updates
+        # waiting for their store write are written (group_commit.py); by default, sent at once.
+        self.defer: Callable[[Callable[[], None]], None] = lambda send: send()
 
     def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.transport.publish(topic, payload, qos=1, retain=retain)
         self.metrics.bytes_down.inc(len(payload))
 
     def ack(self, rnd: OpenRound | None, update: Update, accepted: bool, reason: str) -> None:
+        self.defer(lambda: self._ack(rnd, update, accepted, reason))
+
+    def _ack(self, rnd: OpenRound | None, update: Update, accepted: bool, reason: str) -> None:
         ack = encode_message(Ack(update.device_id, update.round_id, update.task_id, update.update_id, accepted, reason))
         if rnd is not None:
             rnd.bytes_down += len(ack)

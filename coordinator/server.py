@@ -41,6 +41,7 @@ from .dp.budget import PrivacyBudget
 from .errors import UnexpectedMessage, UpdateRejected
 from .evaluation import Evaluations
 from .fetches import serve_fetch
+from .group_commit import GroupCommit
 from .guard import commit_fault
 from .holdout import open_holdout
 from .memory_store import MemoryStore
@@ -95,7 +96,7 @@ class Coordinator:
         self.manifest = manifest
         self.config = config
         self.clock = clock or SystemClock()
-        self.store: Store = store if store is not None else MemoryStore()
+        self.store = GroupCommit(store if store is not None else MemoryStore())  # bursts: group_commit.py
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.watch_transport(transport)
         self.artifacts = open_artifacts(config, manifest.model_id)
@@ -103,6 +104,7 @@ class Coordinator:
         self.manifest_sha256 = self.artifacts.manifest_sha256 if self.artifacts else ""
         self.outbound = Outbound(transport, self.metrics, config, manifest.model_id, self.manifest_sha256,
                                  uuid.uuid4().hex)
+        self.outbound.defer = self.store.defer  # an Ack never overtakes its update's store write
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.registry = Registry(self.store)
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
@@ -254,7 +256,7 @@ class Coordinator:
         rnd.events += 1
         rnd.add(accepted)
         self.metrics.accepted.inc()
-        self.outbound.ack(rnd, update, True, "")
+        self.outbound.ack(rnd, update, True, "")  # held until the update is stored (group_commit.py)
 
     def _decline(self, decline: Decline) -> None:
         rnd = self.round

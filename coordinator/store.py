@@ -152,11 +152,11 @@ class Store(Protocol):
     coordinator without state_db); a Postgres store plugs in here.
 
     The contract, which the coordinator relies on and the crash argument above spells out:
-    every write method is atomic (all or nothing); `open_round` comes before any task of
-    the round leaves, `add_update` before its Ack, `commit_round` is the commit point; the
-    open round's accepted updates (payloads included) and declines are kept until it
-    closes, so `load_open_round` can replay them in acceptance order (`seq`); a round
-    closes once; `counted_digest` recognises updates counted in recent closed rounds.
+    every write method is atomic (all or nothing); `open_round` comes before any task of the
+    round leaves, `add_update` (of one or more updates) before their Acks, `commit_round` is
+    the commit point; the open round's accepted updates (payloads included) and declines are
+    kept until it closes, so `load_open_round` can replay them in acceptance order (`seq`);
+    a round closes once; `counted_digest` recognises updates counted in recent closed rounds.
     """
 
     path: object  # where it lives, for messages
@@ -167,7 +167,7 @@ class Store(Protocol):
     def next_round_id(self) -> int: ...
     def open_round(self, rnd: StoredRound) -> None: ...
     def load_open_round(self) -> StoredRound | None: ...
-    def add_update(self, round_id: int, update: StoredUpdate) -> None: ...
+    def add_update(self, round_id: int, *updates: StoredUpdate) -> None: ...
     def add_decline(self, round_id: int, decline: StoredDecline) -> None: ...
     def counted_digest(self, device_id: str, round_id: int, update_id: str) -> str | None: ...
     def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float,
@@ -290,14 +290,14 @@ class RoundStore:
         return StoredRound(round_id, row[1], tuple(json.loads(row[2])), json.loads(row[3]), row[4], row[5],
                            row[6], row[7], events, None if row[8] is None else json.loads(row[8]))
 
-    def add_update(self, round_id: int, update: StoredUpdate) -> None:
-        """Durably record an accepted update; call before its Ack is sent."""
+    def add_update(self, round_id: int, *updates: StoredUpdate) -> None:
+        """Durably record accepted updates, in one transaction (group_commit.py); before their Acks."""
         with self._tx() as db:
             self._require_open(db, round_id)
-            db.execute("INSERT INTO updates (device_id, round_id, update_id, digest, seq, num_examples, payload, "
-                       "control, reported_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (update.device_id, round_id, update.update_id, update.digest, update.seq,
-                        update.num_examples, update.payload, update.control or None, update.reported_norm))
+            db.executemany("INSERT INTO updates (device_id, round_id, update_id, digest, seq, num_examples, payload, "
+                           "control, reported_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(u.device_id, round_id, u.update_id, u.digest, u.seq, u.num_examples, u.payload,
+                             u.control or None, u.reported_norm) for u in updates])
 
     def add_decline(self, round_id: int, decline: StoredDecline) -> None:
         with self._tx() as db:

@@ -288,7 +288,7 @@ class DeviceAgent:
         self._step(task, Trained(reply.update_id))
 
     def _on_ack(self, ack: Ack) -> None:
-        self.journal.acknowledged(ack.task_id, ack.update_id)
+        self.journal.acknowledged(ack.task_id, ack.update_id, ack.round_id if ack.update_id in self.pending else None)
         self.uplink.acked()
         on_ack = getattr(self.runtime, "on_ack", None)
         if on_ack is not None:

@@ -96,24 +96,31 @@ class DeviceJournal:
         self.seen.add(task_id, round_id)
 
     def __contains__(self, task_id: str) -> bool:
-        """True if this task was received before, by this run or an earlier one."""
-        return task_id in self.seen
+        """True if this task was received before, by this run or an earlier one. A kept update
+        names its task too: the seen-task file is not fsync'd (seen_tasks.py), so after a power
+        cut the pending update may be the only record that the task was answered."""
+        return task_id in self.seen or task_id in self._kept_tasks()
 
-    def answered(self, task_id: str) -> None:
-        self.seen.answered(task_id)
-
-    def acknowledged(self, task_id: str, update_id: str) -> None:
-        """The coordinator has the update: forget it."""
-        self.seen.answered(task_id)  # before the update goes: a pending update says "answered" until then
-        self.pending.remove(update_id)
-
-    def interrupted(self) -> list[tuple[str, int]]:
-        """(task_id, round_id) of tasks received and never answered, without a kept update:
-        a previous run stopped while training them, or while waiting for their model."""
+    def _kept_tasks(self) -> set[str]:
         kept = set()
         for item in self.pending.items():
             try:
                 kept.add(decode_message(item.payload).task_id)
             except CodecError:
                 pass
+        return kept
+
+    def answered(self, task_id: str) -> None:
+        self.seen.answered(task_id)
+
+    def acknowledged(self, task_id: str, update_id: str, round_id: int | None = None) -> None:
+        """The coordinator has the update: forget it. With round_id, a task the seen-task file
+        lost in a power cut is recorded again, so a copy of it is answered, not trained again."""
+        self.seen.answered(task_id, round_id)  # before the update goes: a pending update says "answered" until then
+        self.pending.remove(update_id)
+
+    def interrupted(self) -> list[tuple[str, int]]:
+        """(task_id, round_id) of tasks received and never answered, without a kept update:
+        a previous run stopped while training them, or while waiting for their model."""
+        kept = self._kept_tasks()
         return [(task_id, round_id) for task_id, round_id in self.seen.unanswered() if task_id not in kept]

@@ -31,8 +31,13 @@ class SeenTasks:
             self._rows.pop(next(iter(self._rows)))
         self._save()
 
-    def answered(self, task_id: str) -> None:
+    def answered(self, task_id: str, round_id: int | None = None) -> None:
+        """Answered; with round_id, also a task this file lost (see _save) is remembered again."""
         row = self._rows.get(task_id)
+        if row is None and round_id is not None:
+            self._rows[task_id] = row = [round_id, False]
+            while len(self._rows) > self.kept:
+                self._rows.pop(next(iter(self._rows)))
         if row is not None and not row[1]:
             row[1] = True
             self._save()
@@ -53,4 +58,11 @@ class SeenTasks:
 
     def _save(self) -> None:
         rows = [[task_id, round_id, answered] for task_id, (round_id, answered) in self._rows.items()]
-        atomic_write_bytes(self.path, json.dumps(rows).encode())
+        # Not fsync'd (durable=False): a killed process keeps it (the kernel has it), and what a
+        # power cut may lose is harmless. A lost "received" leaves no update to double count:
+        # an unanswered task is then not declined as `interrupted` (its round waits for the
+        # deadline, or the task comes again and trains), and an answered one is still known by
+        # its kept update (DeviceJournal.__contains__). A lost "answered" after the Ack makes
+        # the restart decline as `interrupted` a task the coordinator already counted, which it
+        # ignores (rounds.py: a Decline from a device that replied changes nothing).
+        atomic_write_bytes(self.path, json.dumps(rows).encode(), durable=False)

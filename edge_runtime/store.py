@@ -14,8 +14,10 @@
     staged-<update id>.npz  the state one task moves to, written before the task's update is
                     kept for upload and applied after (stage / commit_staged)
 
-Every write is atomic (temp file, fsync, rename): a power cut leaves the old or the new
-version, never a torn one. A task changes several files; they move together through a
+Every write is atomic (temp file, rename), and every file a task's crash safety rests on is
+fsync'd first (staged, personal, opt_state, residual, control*), so a power cut leaves the old
+or the new version, never a torn one; global.npz and meta.json are not (save_global says why).
+A task changes several files; they move together through a
 staged file: stage it, make the update durable (the agent's pending store), then apply it.
 After a crash, a staged file whose update is durable is applied again (every write is
 idempotent), and one whose update is not is discarded, so the state never runs ahead of
@@ -50,14 +52,14 @@ class DeviceStore:
             return None
         return load_npz(path)
 
-    def _save(self, name: str, arrays: Arrays | None) -> None:
+    def _save(self, name: str, arrays: Arrays | None, durable: bool = True) -> None:
         path = self.dir / f"{name}.npz"
         if arrays is None:
             path.unlink(missing_ok=True)
             return
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue(), durable=durable)
 
     def load_personal(self) -> Arrays | None:
         return self._load("personal")
@@ -69,7 +71,10 @@ class DeviceStore:
         return self._load("global")
 
     def save_global(self, arrays: Arrays) -> None:
-        self._save("global", arrays)
+        # Not fsync'd: only `fedge device export` reads it, and the next task writes it again;
+        # a power cut may leave the previous model here (or, on a filesystem that does not
+        # order data before rename, an unreadable file that export reports).
+        self._save("global", arrays, durable=False)
 
     def load_tuned_head(self) -> Arrays | None:
         return self._load("tuned_head")
@@ -165,4 +170,5 @@ class DeviceStore:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def save_meta(self, meta: dict) -> None:
-        atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, sort_keys=True).encode())
+        # Not fsync'd: nothing reads it back to decide anything (last round trained, for people).
+        atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, sort_keys=True).encode(), durable=False)

@@ -20,7 +20,7 @@ BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge
            "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
            "privacy": "fedge.tools.bench.privacy",
            "secagg": "fedge.tools.bench.secagg", "async": "fedge.tools.bench.async_bench",
-           "scale": "fedge.tools.bench.scale"}
+           "scale": "fedge.tools.bench.scale", "ingest": "fedge.tools.bench.ingest"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_parser("secagg", help="secure aggregation: bytes, device CPU, unmask time (see: fedge bench secagg -h)")
     bench.add_parser("scale", help="the simulator's peak RSS and wall time at 1,000-10,000 devices "
                      "(see: fedge bench scale -h)")
+    bench.add_parser("ingest", help="coordinator ingest rate vs raw paho, its decode/validate/aggregate MB/s, "
+                                    "durable writes per device task (see: fedge bench ingest -h)")
 
     return parser
 

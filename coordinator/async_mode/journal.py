@@ -33,6 +33,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..group_commit import GroupCommit
 from ..sqlite_tx import immediate_transaction
 
 _SCHEMA = """
@@ -170,7 +171,8 @@ def open_journal(store) -> SqliteJournal | MemoryJournal:
     coordinator rebuilt on the same MemoryStore finds it, as a restart finds the file)."""
     if isinstance(store.path, Path):
         return SqliteJournal(store.path)
-    journal = getattr(store, "async_journal", None)
+    holder = store.store if isinstance(store, GroupCommit) else store  # the store's, not its burst wrapper's
+    journal = getattr(holder, "async_journal", None)
     if journal is None:
-        journal = store.async_journal = MemoryJournal()
+        journal = holder.async_journal = MemoryJournal()
     return journal

@@ -137,7 +137,8 @@ class CompressedTensor:
         if self.bits == 32:
             if not np.all(np.isfinite(self.values)):
                 raise ValueError("fp32 values contain NaN/Inf")
-        elif self.values.size:
+        elif self.values.size and not -LEVELS[self.bits] <= int(self.values.min()) <= int(self.values.max()) <= \
+                LEVELS[self.bits]:  # two int8 reductions; the error names the offending code, as it did
             mag = np.abs(self.values.astype(np.int16))  # int16: |-128| must not wrap
             top, levels = int(np.argmax(mag)), LEVELS[self.bits]
             if mag[top] > levels:
@@ -285,10 +286,10 @@ def decompress_update(tensors: list[CompressedTensor]) -> dict[str, np.ndarray]:
         if t.name in out:
             raise ValueError(f"tensor {t.name!r} appears twice in one update")
         vals = t.values if t.bits == 32 else dequantize(t.values, t.scale)
-        dense = np.zeros(math.prod(t.shape), dtype=np.float32)
-        if t.indices is None:
-            dense[:] = vals
+        if t.indices is None:  # dense: the values themselves (a copy when they are the tensor's own)
+            dense = vals.copy() if vals is t.values else vals
         else:
+            dense = np.zeros(math.prod(t.shape), dtype=np.float32)
             dense[t.indices] = vals
         out[t.name] = dense.reshape(t.shape)
     return out

@@ -67,11 +67,16 @@ class BrokerConfig:
     tls: TlsFiles | None = None
     max_packet_size: int = MAX_PACKET_SIZE
     persistence: bool = True
+    # QoS 1 messages kept for one offline client with a persistent session (0 = no limit);
+    # `fedge bench ingest` raises it to queue a whole backlog for the coordinator.
+    max_queued_messages: int = 1000
     log_types: tuple[str, ...] = ("error", "warning", "notice", "information")
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"broker port {self.port} is not in 0..65535")
+        if self.max_queued_messages < 0:
+            raise ConfigError(f"max_queued_messages {self.max_queued_messages} must be >= 0 (0 = no limit)")
         if self.max_packet_size < 20:  # mosquitto refuses less
             raise ConfigError(f"max_packet_size {self.max_packet_size} is below Mosquitto's minimum of 20 bytes")
         if self.acl_file is not None and not self.secured:
@@ -113,7 +118,7 @@ def render_config(cfg: BrokerConfig, acl_path: str | None = None) -> str:
         "per_listener_settings false",
         f"max_packet_size {cfg.max_packet_size}",
         "max_inflight_messages 20",
-        "max_queued_messages 1000",
+        f"max_queued_messages {cfg.max_queued_messages}",
         "log_dest stderr",
         *(f"log_type {t}" for t in cfg.log_types),
         "connection_messages true",

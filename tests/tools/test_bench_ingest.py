@@ -1,0 +1,28 @@
+"""`fedge bench ingest` on a tiny backlog: both drains happen (the coordinator's round commits
+with every update, or the bench raises), and the JSON has the keys issue 14 names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedge.tools.bench import ingest as bench
+
+pytestmark = [pytest.mark.mosquitto]
+
+KEYS = ("update_bytes", "coordinator_updates_per_second", "raw_paho_updates_per_second",
+        "aggregate_bytes_per_second", "np_add_bytes_per_second", "stages", "durable_writes_per_task")
+
+
+def test_a_tiny_run_writes_the_issue_keys(mosquitto_binary, tmp_path):
+    out = tmp_path / "ingest.json"
+    result = bench.run(devices=12, update_kb=4, repeats=1, json_path=str(out), timeout_s=60)
+    assert json.loads(out.read_text()) == result
+    assert all(key in result for key in KEYS)
+    assert result["update_bytes"] > 4 * 1024  # the payload plus the message's envelope
+    assert result["coordinator_drain_seconds_runs"][0] > 0 and result["raw_paho_drain_seconds_runs"][0] > 0
+    assert set(result["stages"]) == {"frame_checks", "digest", "dequantize", "finite_and_norm", "accumulate"}
+    assert all(seconds > 0 for seconds in result["stages"].values())
+    # fsync'd writes per task (tests/edge_runtime/test_durable_writes.py says which, and why)
+    assert result["durable_writes_per_task"] == 4 and result["durable_writes_per_task_replay"] == 1
