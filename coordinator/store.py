@@ -103,9 +103,9 @@ CREATE TABLE IF NOT EXISTS devices (
 
 
 class Store(Protocol):
-    """Where the coordinator keeps what must outlive it. Two implementations: RoundStore
-    (SQLite, this module) and MemoryStore (memory_store.py: the simulator's, and any
-    coordinator without state_db); a Postgres store plugs in here.
+    """Where the coordinator keeps what must outlive it. Three implementations: RoundStore
+    (SQLite, this module), PostgresStore (pg_store.py; the same SQL, sql_store.py) and
+    MemoryStore (memory_store.py: the simulator's, and any coordinator without a database).
 
     The contract, which the coordinator relies on and the crash argument above spells out:
     every write method is atomic (all or nothing); `open_round` comes before any task of
@@ -137,8 +137,13 @@ class Store(Protocol):
     def load_devices(self) -> list[StoredDevice]: ...
 
 
-def open_store(config) -> RoundStore | None:
-    """The store a CoordinatorConfig asks for (state_db, keep_versions); None when state_db is unset."""
+def open_store(config, epoch: int | None = None) -> Store | None:
+    """The store a CoordinatorConfig asks for (state_db or state_dsn, keep_versions); None when neither
+    is set. epoch: the leader epoch a PostgresStore fences its writes with (leadership.py)."""
+    if config.state_dsn:
+        from .pg_store import PostgresStore  # psycopg is optional: imported only when asked for
+
+        return PostgresStore(config.state_dsn, keep_versions=config.keep_versions, epoch=epoch)
     return RoundStore(config.state_db, keep_versions=config.keep_versions) if config.state_db else None
 
 

@@ -1,5 +1,7 @@
-"""The Store contract, run against both implementations: SQLite (RoundStore) and MemoryStore.
-The same steps must leave the same observable state, so the coordinator cannot tell them apart."""
+"""The Store contract, run against every implementation: SQLite (RoundStore), PostgreSQL
+(PostgresStore, on the server tests/pg_server.py starts) and MemoryStore. The same steps must
+leave the same observable state, so the coordinator cannot tell them apart. The kill -9 half
+of the contract is tests/coordinator/test_store_kill9.py."""
 
 from __future__ import annotations
 
@@ -12,9 +14,14 @@ from fedge.coordinator.strategies import ServerState
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def store(request, tmp_path) -> Store:
-    s = RoundStore(tmp_path / "state.db", keep_key_rounds=8) if request.param == "sqlite" else MemoryStore(8)
+    if request.param == "postgres":
+        from fedge.coordinator.pg_store import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("postgres_dsn"), keep_key_rounds=8)
+    else:
+        s = RoundStore(tmp_path / "state.db", keep_key_rounds=8) if request.param == "sqlite" else MemoryStore(8)
     yield s
     s.close()
 
