@@ -67,8 +67,10 @@ class PostgresServer:
         return self
 
     def stop(self) -> None:
-        subprocess.run(self._as_owner(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
-                                      "stop"), capture_output=True)
+        # immediate: no shutdown checkpoint, which would fsync every test database's files
+        # (a minute after the kill -9 suite) only for the folder to be deleted.
+        subprocess.run(self._as_owner(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
+                                      "-w", "stop"), capture_output=True)
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
