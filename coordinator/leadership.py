@@ -112,3 +112,19 @@ class PostgresLease:
     def close(self) -> None:
         """Ending the session releases the lock."""
         self._conn.close()
+
+
+def watch_lease(lease: PostgresLease, on_lost, stop: threading.Event, interval_s: float = 0.5) -> threading.Thread:
+    """A daemon thread that checks the lease every interval_s and calls on_lost(error) once if it fails."""
+
+    def run() -> None:
+        while not stop.wait(interval_s):
+            try:
+                lease.check()
+            except LeadershipError as exc:
+                on_lost(exc)
+                return
+
+    thread = threading.Thread(target=run, name="lease-watch", daemon=True)
+    thread.start()
+    return thread

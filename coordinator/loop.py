@@ -8,7 +8,9 @@ simulator both run this loop; they differ only in the callbacks.
 
 No one message can stop it: an exception from handling a message (a bug, a store that
 refuses a value) is logged, counted as a rejection named `internal:<ExceptionType>`, and
-that message is dropped. Abandoned rounds in a row space out the next (backoff.py).
+that message is dropped. Except a LeadershipError: a store fenced out by a newer leader
+(leadership.py) ends the loop, since nothing this process does can be written any more.
+Abandoned rounds in a row space out the next (backoff.py).
 
 A round the privacy budget refuses (coordinator/dp/budget.py) ends the loop when
 privacy.on_exhausted = "stop" (after the last model's evaluation, like should_stop), with
@@ -27,6 +29,7 @@ from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, Publi
 from fedge.edge_runtime.kernel.flood import worth_logging
 
 from .backoff import abandoned_delay
+from .leadership import LeadershipError
 from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord
 
@@ -120,8 +123,8 @@ class CoordinatorLoop:
         c = self.coordinator
         try:
             return c.pump(timeout)
-        except TransportError:
-            raise  # the link's troubles: run() handles them
+        except (TransportError, LeadershipError):
+            raise  # the link's troubles: run() handles them; a deposed leader must stop (leadership.py)
         except Exception as exc:  # noqa: BLE001 - the point: whatever one message does, serve the next
             reason = f"internal:{type(exc).__name__}"
             c.rejections[reason] += 1
