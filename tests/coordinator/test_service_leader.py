@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from fedge.coordinator.leadership import LEADER_LOCK_KEY
 from tests.coordinator.test_service_faults import DEVICES, Fleet, _config, _serve, _wait, drill  # noqa: F401, F811 (a fixture)
 from tests.pg_server import import_psycopg
 
@@ -92,3 +93,24 @@ def test_leader_kill9_mid_round_standby_takes_over_and_loses_no_committed_round(
     log = standby_log.read_text()
     assert "resum" in log.lower() and "holds" in log  # it led, and resumed the open round
     print(f"standby took the lease {takeover_s:.2f} s after the leader was killed")
+
+
+def test_a_leader_whose_lease_session_ends_exits_with_status_4(drill, postgres_dsn):  # noqa: F811
+    tmp, broker, art_dir, _ = drill
+    config = _config(tmp, broker.url, art_dir, rounds=ROUNDS)
+    config.write_text(config.read_text().replace(f'state_db = "{tmp / "coordinator.db"}"',
+                                                 f'state_dsn = "{postgres_dsn}"'))
+    log = tmp / "leader.log"
+    leader = _serve(config, log)  # no devices: it leads and waits for them
+    try:
+        _wait("the service to lead", lambda: _epoch(postgres_dsn) == 1, 60, leader, log)
+        # The server ends the lease's session (as after a network cut): the lock is gone.
+        # (Only the lease's lock: a store's migration holds another advisory lock for a moment.)
+        assert _rows(postgres_dsn, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                                   f"AND granted AND ((classid::bigint << 32) | objid::bigint) = {LEADER_LOCK_KEY}"
+                     ) == [(True,)]
+        assert leader.wait(timeout=30) == 4, log.read_text()[-3000:]
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+    assert "no longer the leader" in log.read_text()
