@@ -2,6 +2,7 @@
 on a real Mosquitto. Kill -9 the leader mid-round: the standby takes the lease, resumes the open
 round from the store, and the fleet keeps committing; every round committed before the kill is
 still there with the same record and bit-identical params, and no update is counted twice.
+And a leader whose lease session ends (the server cut it) exits with status 4.
 The drill's fleet, config and helpers are test_service_faults.py's, with state_dsn for state_db."""
 
 from __future__ import annotations
