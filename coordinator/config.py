@@ -52,7 +52,11 @@ class CoordinatorConfig:
     compression: CompressionSpec = field(default_factory=CompressionSpec)
     # Persistence: SQLite file holding the model, strategy state and the open round; "" = memory only.
     state_db: str = ""
-    keep_versions: int = 3  # committed model versions kept in state_db (older ones are pruned)
+    # ... or PostgreSQL (coordinator/pg_store.py; needs fedge[postgres]), e.g.
+    # "postgresql://fedge@127.0.0.1:5432/fedge": one leader among coordinators sharing it
+    # (coordinator/leadership.py), the others wait as standbys. Exclusive with state_db.
+    state_dsn: str = ""
+    keep_versions: int = 3  # committed model versions kept in state_db / state_dsn (older ones are pruned)
     # Model directory (with manifest.json) served to devices that ask for missing files; "" = none.
     artifacts_dir: str = ""
     fetch_interval_s: float = 60.0  # at most one artifact transfer per device per this many seconds
@@ -117,6 +121,10 @@ class CoordinatorConfig:
             raise ConfigError(f"aggregator {self.aggregator!r}: choose one of {sorted(AGGREGATORS)}")
         if self.robust.bucket_size > 1 and self.aggregator not in KEEP_ALL:
             raise ConfigError(f"robust.bucket_size works in front of {', '.join(KEEP_ALL)}, not {self.aggregator!r}")
+        if self.state_db and self.state_dsn:
+            raise ConfigError("state_db and state_dsn are exclusive: keep the state in SQLite or in PostgreSQL")
+        if self.state_dsn and not self.state_dsn.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("state_dsn must be a postgresql:// URI (postgresql://user@host:port/database)")
         if self.keep_versions < 1:
             raise ConfigError("keep_versions must be >= 1 (the current model is always kept)")
         for name in ("fetch_interval_s", "pace_idle_s", "pace_declined_s", "pace_jitter_s", "task_resend_s"):

@@ -8,9 +8,11 @@ simulator both run this loop; they differ only in the callbacks.
 
 No one message can stop it: an exception from handling a message (a bug, a store that
 refuses a value) is logged, counted as a rejection named `internal:<ExceptionType>`, and
-that message is dropped. Messages are handled in bursts of up to 500, whose accepted updates
-are stored in one transaction before their Acks leave; if that write fails the loop stops
-with GroupCommitFailed (group_commit.py says why). Abandoned rounds in a row space out the next (backoff.py).
+that message is dropped. Except a LeadershipError: a store fenced out by a newer leader
+(leadership.py) ends the loop, since nothing this process does can be written any more.
+Messages are handled in bursts of up to 500, whose accepted updates are stored in one
+transaction before their Acks leave; if that write fails the loop stops with
+GroupCommitFailed (group_commit.py says why). Abandoned rounds in a row space out the next (backoff.py).
 
 A round the privacy budget refuses (coordinator/dp/budget.py) ends the loop when
 privacy.on_exhausted = "stop" (after the last model's evaluation, like should_stop), with
@@ -30,6 +32,7 @@ from fedge.edge_runtime.kernel.flood import worth_logging
 
 from .backoff import abandoned_delay
 from .errors import GroupCommitFailed
+from .leadership import LeadershipError
 from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord
 
@@ -124,8 +127,10 @@ class CoordinatorLoop:
         c = self.coordinator
         try:
             return c.pump(timeout)
-        except (TransportError, GroupCommitFailed):
-            raise  # the link's troubles: run() handles them; a failed group commit stops the coordinator
+        except (TransportError, GroupCommitFailed, LeadershipError):
+            # the link's troubles: run() handles them; a failed group commit or a deposed leader
+            # (leadership.py) stops the coordinator
+            raise
         except Exception as exc:  # noqa: BLE001 - the point: whatever one message does, serve the next
             reason = f"internal:{type(exc).__name__}"
             c.rejections[reason] += 1

@@ -22,6 +22,12 @@ Exit status: 0 after `rounds` (or SIGTERM); 3 (EXIT_PRIVACY_BUDGET) when the pri
 refused the next round and [coordinator.privacy] on_exhausted = "stop": the job is done, its
 budget spent. A restart refuses again at once, so a supervisor should not restart on 3
 (systemd: RestartPreventExitStatus=3).
+
+With `state_dsn` (PostgreSQL) several services may share one database: each first waits,
+as a standby, for the leader lease (leadership.py; "standby: waiting for leadership"), then
+resumes from the store exactly as a restart does (the open round included). A leader whose
+lease connection fails, or whose writes are fenced out by a newer leader, exits with 4
+(EXIT_LOST_LEADERSHIP), so its supervisor restarts it, as a standby.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
 from .async_mode.server import coordinator_class
 from .config import CoordinatorConfig
+from .leadership import LeadershipError, PostgresLease, watch_lease
 from .loop import CoordinatorLoop
 from .metrics import CoordinatorMetrics, serve_metrics
 from .sampling import selection_size
@@ -50,6 +57,7 @@ from .strategies import strategy_from_config
 
 log = logging.getLogger("fedge.coordinator")
 EXIT_PRIVACY_BUDGET = 3  # the privacy budget ended the job (module docstring)
+EXIT_LOST_LEADERSHIP = 4  # the lease was lost or a newer leader fenced us out: restart as a standby
 
 
 @dataclass(frozen=True)
@@ -103,12 +111,13 @@ def coordinator_link(broker: MqttSettings, cfg: CoordinatorConfig) -> MqttSettin
     return replace(broker, max_inbound_bytes=per_sender, max_pending_bytes=total)
 
 
-def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
+def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[CoordinatorLoop, Coordinator]:
+    """epoch: the leader epoch a PostgreSQL store fences its writes with (leadership.py)."""
     art = Path(cfg.coordinator.artifacts_dir)
     manifest = load_manifest(art, verify=True)
     values = load_npz(art / "params_init.npz")
     initial = {p.name: values[p.name] for p in manifest.by_role("shared")}
-    store = open_store(cfg.coordinator)
+    store = open_store(cfg.coordinator, epoch)
     metrics = CoordinatorMetrics()
     transport = MqttTransport(cfg.service.client_id, coordinator_link(cfg.broker, cfg.coordinator))
     coordinator = coordinator_class(cfg.coordinator)(transport, strategy_from_config(cfg.coordinator), manifest,
@@ -124,18 +133,42 @@ def build_service(cfg: ServiceConfig) -> tuple[CoordinatorLoop, Coordinator]:
 
 
 def run_service(cfg: ServiceConfig) -> int:
-    loop, coordinator = build_service(cfg)
-    if cfg.coordinator.metrics_port:
-        serve_metrics(coordinator.metrics.registry, cfg.coordinator.metrics_host, cfg.coordinator.metrics_port)
-        log.info("metrics on http://%s:%d/metrics", cfg.coordinator.metrics_host, cfg.coordinator.metrics_port)
     stopping = threading.Event()
+    loops: list[CoordinatorLoop] = []
 
     def on_signal(*_) -> None:
         stopping.set()
-        loop.stop()
+        for loop in loops:
+            loop.stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    if not cfg.coordinator.state_dsn:
+        return _serve(cfg, None, stopping, loops)
+    lease = PostgresLease(cfg.coordinator.state_dsn)
+    try:
+        if not lease.wait(stopping):  # SIGTERM while standby
+            return 0
+        return _serve(cfg, lease, stopping, loops)
+    except LeadershipError as exc:
+        log.error("coordinator: no longer the leader, exiting to restart as a standby: %s", exc)
+        return EXIT_LOST_LEADERSHIP
+    finally:
+        lease.close()  # ends the session: a standby takes over at once
+
+
+def _serve(cfg: ServiceConfig, lease: PostgresLease | None, stopping: threading.Event,
+           loops: list[CoordinatorLoop]) -> int:
+    loop, coordinator = build_service(cfg, None if lease is None else lease.epoch)
+    loops.append(loop)
+    if stopping.is_set():
+        loop.stop()
+    lost: list[LeadershipError] = []
+    if lease is not None:
+        watch_lease(lease, lambda exc: (lost.append(exc), loop.stop()), stopping)
+    if cfg.coordinator.metrics_port:
+        serve_metrics(coordinator.metrics.registry, cfg.coordinator.metrics_host, cfg.coordinator.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", cfg.coordinator.metrics_host, cfg.coordinator.metrics_port)
     log.info("coordinator: model %s v%d, connecting to %s", coordinator.manifest.model_id, coordinator.state.version,
              cfg.broker.url)
     if cfg.service.rounds and coordinator.state.version >= cfg.service.rounds:
@@ -155,6 +188,8 @@ def run_service(cfg: ServiceConfig) -> int:
         except PublishRefused as exc:
             log.error("coordinator: PublishRefused before exit: %s", exc)
         coordinator.transport.close()
+    if lost:
+        raise lost[0]
     if loop.exhausted is not None:
         log.error("coordinator: privacy budget exhausted at version %d, job ended: %s", coordinator.state.version,
                   loop.exhausted.why)

@@ -55,18 +55,18 @@ an Ack promises; NORMAL survives a killed process but may lose the last commits 
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .sql_store import SqlStore
 from .sqlite_tx import immediate_transaction
+from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState
+
+__all__ = ["RoundStore", "Store", "StoredDecline", "StoredDevice", "StoredRound", "StoredUpdate", "open_store"]
 
 SCHEMA_VERSION = 3
 
@@ -102,54 +102,10 @@ CREATE TABLE IF NOT EXISTS devices (
 """
 
 
-@dataclass(frozen=True)
-class StoredUpdate:
-    seq: int  # acceptance order within the round (shared with declines)
-    device_id: str
-    update_id: str
-    digest: str  # validation.payload_digest: sha256 of the payload (and control)
-    num_examples: int
-    payload: bytes
-    control: bytes = b""  # Update.control (SCAFFOLD's Δc_i); empty = none
-    reported_norm: float | None = None  # Update.metrics["norm"] (admission.reported_norm): DP's adaptive clip
-
-
-@dataclass(frozen=True)
-class StoredDecline:
-    seq: int
-    device_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class StoredRound:
-    """An open round as begin_round wrote it, plus what it has received since, in order."""
-
-    round_id: int
-    model_version: int
-    selected: tuple[str, ...]
-    tasks: dict[str, str]  # device -> task id
-    target: int
-    quorum: int
-    started_wall: float  # seconds since the epoch
-    deadline_wall: float
-    events: tuple[StoredUpdate | StoredDecline, ...] = ()
-    privacy: dict | None = None  # the round's dp RoundPlan as JSON; None without DP
-
-
-@dataclass(frozen=True)
-class StoredDevice:
-    device_id: str
-    last_seen_wall: float
-    eligible: bool
-    reason: str
-    num_examples: int
-
-
 class Store(Protocol):
-    """Where the coordinator keeps what must outlive it. Two implementations: RoundStore
-    (SQLite, this module) and MemoryStore (memory_store.py: the simulator's, and any
-    coordinator without state_db); a Postgres store plugs in here.
+    """Where the coordinator keeps what must outlive it. Three implementations: RoundStore
+    (SQLite, this module), PostgresStore (pg_store.py; the same SQL, sql_store.py) and
+    MemoryStore (memory_store.py: the simulator's, and any coordinator without a database).
 
     The contract, which the coordinator relies on and the crash argument above spells out:
     every write method is atomic (all or nothing); `open_round` comes before any task of the
@@ -181,12 +137,17 @@ class Store(Protocol):
     def load_devices(self) -> list[StoredDevice]: ...
 
 
-def open_store(config) -> RoundStore | None:
-    """The store a CoordinatorConfig asks for (state_db, keep_versions); None when state_db is unset."""
+def open_store(config, epoch: int | None = None) -> Store | None:
+    """The store a CoordinatorConfig asks for (state_db or state_dsn, keep_versions); None when neither
+    is set. epoch: the leader epoch a PostgresStore fences its writes with (leadership.py)."""
+    if config.state_dsn:
+        from .pg_store import PostgresStore  # psycopg is optional: imported only when asked for
+
+        return PostgresStore(config.state_dsn, keep_versions=config.keep_versions, epoch=epoch)
     return RoundStore(config.state_db, keep_versions=config.keep_versions) if config.state_db else None
 
 
-class RoundStore:
+class RoundStore(SqlStore):
     def __init__(self, path: str | Path, *, durable: bool = True, keep_versions: int = 3, keep_key_rounds: int = 100):
         """keep_versions: committed model versions kept; keep_key_rounds: rounds whose update
         keys are kept to recognise late re-publishes as duplicates."""
@@ -223,171 +184,3 @@ class RoundStore:
 
     def _tx(self):
         return immediate_transaction(self._db)
-
-    # ------------------------------------------------------------------ model
-
-    def bind(self, model_id: str, strategy: str) -> None:
-        """Claim the file for one model and strategy; ConfigError if it holds another's state."""
-        with self._tx() as db:
-            for key, value in (("model_id", model_id), ("strategy", strategy)):
-                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-                if row is None:
-                    db.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
-                elif row[0] != value:
-                    raise ConfigError(f"{self.path} holds state for {key} {row[0]!r}, not {value!r}; "
-                                      "point state_db at another file to start afresh")
-
-    def load_state(self) -> ServerState | None:
-        """The latest committed ServerState, bit-exact; None for a fresh file."""
-        row = self._db.execute("SELECT version, extra_groups FROM models ORDER BY version DESC LIMIT 1").fetchone()
-        if row is None:
-            return None
-        version, groups = row
-        params: dict[str, np.ndarray] = {}
-        extra: dict[str, dict[str, np.ndarray]] = {g: {} for g in json.loads(groups)}
-        for kind, grp, name, dtype, shape, data in self._db.execute(
-                "SELECT kind, grp, name, dtype, shape, data FROM tensors WHERE version = ? ORDER BY rowid", (version,)):
-            # tuple: reshape([]) would give shape (1,), not the 0-d shape ()
-            array = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(tuple(json.loads(shape))).copy()
-            (params if kind == "params" else extra[grp])[name] = array
-        return ServerState(version=version, params=params, extra=extra)
-
-    def save_initial_state(self, state: ServerState) -> None:
-        """Store the starting model (version 0 or wherever it starts) in a fresh file."""
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM models LIMIT 1").fetchone() is None:
-                self._insert_state(db, state, None, 0.0)
-
-    def next_round_id(self) -> int:
-        """The open round's id if one is open, else one past the last round."""
-        (last,) = self._db.execute("SELECT COALESCE(MAX(round_id), 0) FROM rounds").fetchone()
-        is_open = self._db.execute("SELECT 1 FROM rounds WHERE round_id = ? AND status = 'open'", (last,)).fetchone()
-        return last if is_open else last + 1
-
-    # ------------------------------------------------------------------ rounds
-
-    def open_round(self, rnd: StoredRound) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO rounds (round_id, status, model_version, selected, tasks, target, quorum, "
-                       "started_wall, deadline_wall, privacy) VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (rnd.round_id, rnd.model_version, json.dumps(list(rnd.selected)), json.dumps(rnd.tasks),
-                        rnd.target, rnd.quorum, rnd.started_wall, rnd.deadline_wall,
-                        None if rnd.privacy is None else json.dumps(rnd.privacy)))
-
-    def load_open_round(self) -> StoredRound | None:
-        row = self._db.execute("SELECT round_id, model_version, selected, tasks, target, quorum, started_wall, "
-                               "deadline_wall, privacy FROM rounds WHERE status = 'open'").fetchone()
-        if row is None:
-            return None
-        round_id = row[0]
-        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b""), r)
-                   for seq, d, u, digest, n, p, c, r in self._db.execute(
-                       "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm "
-                       "FROM updates WHERE round_id = ?", (round_id,))]
-        declines = [StoredDecline(seq, d, reason) for seq, d, reason in self._db.execute(
-            "SELECT seq, device_id, reason FROM declines WHERE round_id = ?", (round_id,))]
-        events = tuple(sorted(updates + declines, key=lambda e: e.seq))
-        return StoredRound(round_id, row[1], tuple(json.loads(row[2])), json.loads(row[3]), row[4], row[5],
-                           row[6], row[7], events, None if row[8] is None else json.loads(row[8]))
-
-    def add_update(self, round_id: int, *updates: StoredUpdate) -> None:
-        """Durably record accepted updates, in one transaction (group_commit.py); before their Acks."""
-        with self._tx() as db:
-            self._require_open(db, round_id)
-            db.executemany("INSERT INTO updates (device_id, round_id, update_id, digest, seq, num_examples, payload, "
-                           "control, reported_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(u.device_id, round_id, u.update_id, u.digest, u.seq, u.num_examples, u.payload,
-                             u.control or None, u.reported_norm) for u in updates])
-
-    def add_decline(self, round_id: int, decline: StoredDecline) -> None:
-        with self._tx() as db:
-            self._require_open(db, round_id)
-            db.execute("INSERT OR IGNORE INTO declines VALUES (?, ?, ?, ?)",
-                       (round_id, decline.device_id, decline.seq, decline.reason))
-
-    def counted_digest(self, device_id: str, round_id: int, update_id: str) -> str | None:
-        """Digest of an update counted under this key (in any kept round), or None."""
-        row = self._db.execute("SELECT digest FROM updates WHERE device_id = ? AND round_id = ? AND update_id = ?",
-                               (device_id, round_id, update_id)).fetchone()
-        return row[0] if row else None
-
-    def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float,
-                     charge: dict | None = None) -> None:
-        """The new model version, strategy state, round record and privacy charge, in one transaction."""
-        with self._tx() as db:
-            self._close(db, round_id, "committed", record, closed_wall, charge)
-            (latest,) = db.execute("SELECT MAX(version) FROM models").fetchone()
-            if latest is not None and state.version != latest + 1:
-                raise ValueError(f"round {round_id} commits version {state.version}, but the store holds {latest}")
-            self._insert_state(db, state, round_id, closed_wall)
-            db.execute("DELETE FROM tensors WHERE version <= ?", (state.version - self.keep_versions,))
-            db.execute("DELETE FROM models WHERE version <= ?", (state.version - self.keep_versions,))
-
-    def abandon_round(self, round_id: int, record: dict, closed_wall: float, charge: dict | None = None) -> None:
-        with self._tx() as db:
-            self._close(db, round_id, "abandoned", record, closed_wall, charge)
-
-    def privacy_ledger(self) -> list[dict]:
-        """The charged rounds' plans (dp RoundPlan JSON), oldest first."""
-        return [json.loads(c) for (c,) in self._db.execute("SELECT charge FROM privacy_ledger ORDER BY round_id")]
-
-    def round_records(self) -> list[dict]:
-        """Records of closed rounds, oldest first."""
-        return [json.loads(r) for (r,) in self._db.execute(
-            "SELECT record FROM rounds WHERE status != 'open' ORDER BY round_id")]
-
-    def add_evaluation(self, round_id: int, record: dict) -> None:
-        """A finished federated evaluation (coordinator/evaluation.py). Its table is created when
-        missing, so a state file of this schema from before evaluation opens as it is."""
-        with self._tx() as db:
-            db.execute("INSERT INTO evaluations (round_id, record) VALUES (?, ?)", (round_id, json.dumps(record)))
-
-    def evaluation_records(self) -> list[dict]:
-        return [json.loads(r) for (r,) in self._db.execute("SELECT record FROM evaluations ORDER BY seq")]
-
-    # ------------------------------------------------------------------ devices
-
-    def save_device(self, device: StoredDevice) -> None:
-        with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
-                       (device.device_id, device.last_seen_wall, int(device.eligible), device.reason,
-                        device.num_examples))
-
-    def load_devices(self) -> list[StoredDevice]:
-        return [StoredDevice(d, t, bool(e), r, n) for d, t, e, r, n in self._db.execute(
-            "SELECT device_id, last_seen_wall, eligible, reason, num_examples FROM devices ORDER BY device_id")]
-
-    # ------------------------------------------------------------------ helpers
-
-    def _require_open(self, db: sqlite3.Connection, round_id: int) -> None:
-        if db.execute("SELECT 1 FROM rounds WHERE round_id = ? AND status = 'open'", (round_id,)).fetchone() is None:
-            raise ValueError(f"round {round_id} is not open in {self.path}")
-
-    def _close(self, db: sqlite3.Connection, round_id: int, status: str, record: dict, closed_wall: float,
-               charge: dict | None) -> None:
-        cur = db.execute("UPDATE rounds SET status = ?, closed_wall = ?, record = ? "
-                         "WHERE round_id = ? AND status = 'open'",
-                         (status, closed_wall, json.dumps(record), round_id))
-        if cur.rowcount != 1:
-            raise ValueError(f"round {round_id} is not open in {self.path}; it cannot be closed twice")
-        if charge is not None:  # the primary key refuses a second charge of one round
-            db.execute("INSERT INTO privacy_ledger VALUES (?, ?)", (round_id, json.dumps(charge)))
-        # Payloads and declines served the replay only; the keys stay for late duplicates.
-        db.execute("UPDATE updates SET payload = NULL, control = NULL WHERE round_id = ?", (round_id,))
-        db.execute("DELETE FROM declines WHERE round_id = ?", (round_id,))
-        db.execute("DELETE FROM updates WHERE round_id <= ?", (round_id - self.keep_key_rounds,))
-
-    @staticmethod
-    def _insert_state(db: sqlite3.Connection, state: ServerState, round_id: int | None, wall: float) -> None:
-        db.execute("INSERT INTO models VALUES (?, ?, ?, ?)",
-                   (state.version, round_id, wall, json.dumps(list(state.extra))))
-        rows = [(state.version, "params", "", name, value) for name, value in state.params.items()]
-        rows += [(state.version, "extra", grp, name, value) for grp, arrays in state.extra.items()
-                 for name, value in arrays.items()]
-        for version, kind, grp, name, value in rows:
-            array = np.asarray(value)  # not ascontiguousarray: it turns 0-d arrays into shape (1,)
-            if array.dtype.hasobject:
-                raise ValueError(f"{kind} {grp}/{name}: object arrays cannot be stored")
-            db.execute("INSERT INTO tensors VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (version, kind, grp, name, array.dtype.str, json.dumps(list(array.shape)),
-                        array.tobytes(order="C")))

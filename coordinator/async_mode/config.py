@@ -18,6 +18,8 @@ Refusals (AsyncConflict, a ConfigError with a `reason`):
   from the same c; a buffer's updates started from different ones.
 * async_model_parts: a task's params travel inline; retained model parts hold one
   version, and a slow device may still need the one before.
+* async_postgres: the buffer's journal (journal.py) lives in the SQLite state_db file;
+  with state_dsn it would fall back to memory and lose buffered updates on a restart.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def check_mode(cfg) -> None:
          "cancel; turn one of them off"),
         (cfg.strategy == "scaffold", "async_scaffold", "scaffold's control variates need every update of a step "
                                                        "to start from the same c"),
+        (bool(cfg.state_dsn), "async_postgres", "the async journal is kept in SQLite only: use state_db, "
+                                                "or mode = 'sync' with state_dsn"),
         (cfg.model_part_bytes > 0, "async_model_parts", "async tasks carry their params inline: "
                                                         "set model_part_bytes = 0"),
     ]

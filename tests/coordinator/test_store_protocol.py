@@ -1,5 +1,7 @@
-"""The Store contract, run against both implementations: SQLite (RoundStore) and MemoryStore.
-The same steps must leave the same observable state, so the coordinator cannot tell them apart."""
+"""The Store contract, run against every implementation: SQLite (RoundStore), PostgreSQL
+(PostgresStore, on the server tests/pg_server.py starts) and MemoryStore. The same steps must
+leave the same observable state, so the coordinator cannot tell them apart. The kill -9 half
+of the contract is tests/coordinator/test_store_kill9.py."""
 
 from __future__ import annotations
 
@@ -12,9 +14,14 @@ from fedge.coordinator.strategies import ServerState
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def store(request, tmp_path) -> Store:
-    s = RoundStore(tmp_path / "state.db", keep_key_rounds=8) if request.param == "sqlite" else MemoryStore(8)
+    if request.param == "postgres":
+        from fedge.coordinator.pg_store import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("postgres_dsn"), keep_key_rounds=8)
+    else:
+        s = RoundStore(tmp_path / "state.db", keep_key_rounds=8) if request.param == "sqlite" else MemoryStore(8)
     yield s
     s.close()
 
@@ -86,3 +93,16 @@ def test_a_store_holds_one_model_and_strategy(store):
         store.bind("m", "scaffold")
     with pytest.raises(ConfigError):
         store.bind("other", "fedavg")
+
+
+def test_a_group_of_updates_is_stored_in_one_call_in_order(store):
+    """Group commit (group_commit.py) hands a burst's updates to one add_update."""
+    store.bind("m", "fedavg")
+    store.save_initial_state(_state(0))
+    store.open_round(_round(1))
+    burst = [StoredUpdate(seq, d, f"u-{d}", f"digest-{d}", 4 + seq, f"payload-{d}".encode()) for seq, d in
+             enumerate("cab")]
+    store.add_update(1, *burst)
+    assert store.load_open_round().events == tuple(burst)
+    store.commit_round(1, _state(1), {"round_id": 1}, 200.0)
+    assert [store.counted_digest(d, 1, f"u-{d}") for d in "abc"] == [f"digest-{d}" for d in "abc"]

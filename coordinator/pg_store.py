@@ -1,0 +1,68 @@
+"""The Store in PostgreSQL (config `state_dsn`): RoundStore's semantics, for coordinators on several machines.
+
+The statements are RoundStore's own (sql_store.SqlStore), so a round commits in one
+transaction (model version, strategy state, round record, privacy charge), update keys are
+unique and a round closes once, exactly as store.py argues for SQLite. What differs:
+
+* the schema comes from pg_schema.MIGRATIONS, applied when the store opens;
+* one connection in autocommit mode, and every write is an explicit transaction. psycopg
+  (3) would otherwise open a hidden transaction at the first SELECT, and the write's
+  `transaction()` would be a mere savepoint inside it, committed by no one;
+* with `epoch` (the PostgresLease this coordinator won), every write transaction first
+  checks and locks the leader row (leadership.check_epoch): a deposed leader's writes are
+  refused with FencedOut. Without an epoch there is no fencing: one writer is assumed,
+  as with a SQLite file.
+
+A commit returns once the server has flushed it (synchronous_commit = on, the default).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import psycopg
+
+from .leadership import check_epoch
+from .pg_schema import migrate, redact
+from .sql_store import SqlStore
+
+
+class _QmarkConnection:
+    """psycopg's connection taking SqlStore's `?` placeholders (none of its SQL holds a literal ? or %)."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self.conn.execute(sql.replace("?", "%s"), params or None)
+
+
+class PostgresStore(SqlStore):
+    setting = "state_dsn"
+    _insert_order = "ord"
+
+    def __init__(self, dsn: str, *, keep_versions: int = 3, keep_key_rounds: int = 100, epoch: int | None = None):
+        """keep_versions, keep_key_rounds: as RoundStore's; epoch: the leader epoch to fence writes with."""
+        if keep_versions < 1 or keep_key_rounds < 1:
+            raise ValueError("keep_versions and keep_key_rounds must be >= 1")
+        self.path = redact(dsn)
+        self.keep_versions = keep_versions
+        self.keep_key_rounds = keep_key_rounds
+        self.epoch = epoch
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        try:
+            migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._db = _QmarkConnection(conn)
+
+    def close(self) -> None:
+        self._db.conn.close()
+
+    @contextmanager
+    def _tx(self):
+        with self._db.conn.transaction():
+            if self.epoch is not None:
+                check_epoch(self._db, self.epoch, self.path)
+            yield self._db
