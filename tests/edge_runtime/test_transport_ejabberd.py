@@ -12,7 +12,7 @@ import pytest
 from fedge.coordinator.retain_fanout import cluster_transport
 from fedge.edge_runtime.kernel.errors import BrokerRefused, PublishRefused
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
-from tests.ejabberd_cluster import _free_port
+from fedge.tools.broker import free_port
 
 ANNOUNCE = "fedge/v1/announce"
 
@@ -87,7 +87,7 @@ def test_retained_messages_stay_on_their_node_unless_the_coordinator_fans_them_o
 def test_a_device_fails_over_to_the_next_node_and_finds_its_session_there(ejabberd_cluster, links):
     cluster = ejabberd_cluster
     cluster.register("fo-a")
-    dead = f"mqtt://127.0.0.1:{_free_port()}"  # nothing listens: like a node that is down
+    dead = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: like a node that is down
     settings = cluster.settings("fo-a", node=0, url=dead, fallback_urls=(cluster.nodes[0].url,),
                                 reconnect_min_s=0.1, reconnect_max_s=0.5, session_expiry_s=600)
     device = links("fo-a", settings)
