@@ -2,6 +2,7 @@
 
     [broker]                       # edge_runtime.transport.mqtt.MqttSettings
     url = "mqtt://127.0.0.1:1883"
+    fallback_urls = []             # a cluster's other nodes (ejabberd): failover, and retained messages on each
     username = "coordinator"
     password = "..."
 
@@ -42,7 +43,6 @@ from fedge.edge_runtime.kernel.configfile import load_config
 from fedge.edge_runtime.kernel.errors import ConfigError, PublishRefused
 from fedge.edge_runtime.kernel.files import load_npz
 from fedge.edge_runtime.kernel.manifest import load_manifest
-from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
 from .async_mode.server import coordinator_class
@@ -50,6 +50,7 @@ from .config import CoordinatorConfig
 from .leadership import LeadershipError, PostgresLease, watch_lease
 from .loop import CoordinatorLoop
 from .metrics import CoordinatorMetrics, serve_metrics
+from .retain_fanout import cluster_transport
 from .sampling import selection_size
 from .server import Coordinator
 from .store import open_store
@@ -119,7 +120,7 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
     initial = {p.name: values[p.name] for p in manifest.by_role("shared")}
     store = open_store(cfg.coordinator, epoch)
     metrics = CoordinatorMetrics()
-    transport = MqttTransport(cfg.service.client_id, coordinator_link(cfg.broker, cfg.coordinator))
+    transport = cluster_transport(cfg.service.client_id, coordinator_link(cfg.broker, cfg.coordinator))
     coordinator = coordinator_class(cfg.coordinator)(transport, strategy_from_config(cfg.coordinator), manifest,
                                                      initial, cfg.coordinator, store=store, metrics=metrics)
     target = cfg.service.rounds

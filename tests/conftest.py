@@ -1,9 +1,10 @@
 """Fixtures shared across the test tree. The Mosquitto ones live in tests/mqtt_fixtures.py,
-the PostgreSQL ones in tests/pg_server.py."""
+the PostgreSQL ones in tests/pg_server.py, the ejabberd cluster in tests/ejabberd_cluster.py."""
 
 import pytest
 
 from tests import mqtt_fixtures
+from tests.ejabberd_cluster import ejabberd_cluster, mark_ejabberd  # noqa: F401
 from tests.mqtt_fixtures import (  # noqa: F401  (pytest finds fixtures and hooks by name here)
     mosquitto,
     mosquitto_binary,
@@ -21,3 +22,4 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if set(getattr(item, "fixturenames", ())) & set(POSTGRES_FIXTURES):
             item.add_marker(pytest.mark.postgres)
+    mark_ejabberd(items)

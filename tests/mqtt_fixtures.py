@@ -178,14 +178,18 @@ class MtlsBroker:
         return c
 
 
+def missing_tool(msg: str, require_env: str) -> None:
+    """Skip for want of a broker binary, or fail where `require_env`=1 (CI) says it must run."""
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{msg} ({require_env}=1 makes this an error)")
+    pytest.skip(msg)
+
+
 @pytest.fixture(scope="session")
 def mosquitto_binary() -> str:
     found = find_mosquitto()
     if found is None:
-        msg = f"no mosquitto binary on PATH or at {SBIN_MOSQUITTO}; {INSTALL_HINT}"
-        if os.environ.get("FEDGE_REQUIRE_MOSQUITTO") == "1":
-            pytest.fail(f"{msg} (FEDGE_REQUIRE_MOSQUITTO=1 makes this an error)")
-        pytest.skip(msg)
+        missing_tool(f"no mosquitto binary on PATH or at {SBIN_MOSQUITTO}; {INSTALL_HINT}", "FEDGE_REQUIRE_MOSQUITTO")
     return found
 
 

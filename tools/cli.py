@@ -20,7 +20,8 @@ BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge
            "robustness": "fedge.tools.bench.robustness", "mqtt": "fedge.tools.bench.mqtt",
            "privacy": "fedge.tools.bench.privacy",
            "secagg": "fedge.tools.bench.secagg", "async": "fedge.tools.bench.async_bench",
-           "scale": "fedge.tools.bench.scale", "ingest": "fedge.tools.bench.ingest"}
+           "scale": "fedge.tools.bench.scale", "ingest": "fedge.tools.bench.ingest",
+           "brokers": "fedge.tools.bench.brokers"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="algorithms x partitions x personalization (see: fedge bench heterogeneity -h)")
     bench.add_parser("robustness", help="attacks x defences (see: fedge bench robustness -h)")
     bench.add_parser("mqtt", help="a round of N devices over Mosquitto vs raw paho (see: fedge bench mqtt -h)")
+    bench.add_parser("brokers", help="messages/s through Mosquitto vs a two-node ejabberd cluster "
+                     "(see: fedge bench brokers -h)")
     bench.add_parser("privacy", help="accuracy against ε, central DP (see: fedge bench privacy -h)")
     p = sub.add_parser("audit", help="what the coordinator can learn (see: fedge audit leakage -h)")
     audit = p.add_subparsers(dest="audit", required=True)

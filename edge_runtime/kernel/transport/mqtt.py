@@ -3,16 +3,16 @@
 paho is the engine, not the interface: its callbacks only fill a queue that `receive` pulls
 from, its return codes become exceptions, and a dropped link is reported, never swallowed:
 the next `receive` raises ConnectionLost once, `publish` raises NotConnected until the link
-is back, and `connection_count` goes up on every successful (re)connect so the owner can
-resend what the broker may have lost.
+is back, and `connection_count` goes up on every (re)connect so the owner can resend.
 
-Sessions are persistent (clean_start false, session expiry), so QoS 1 messages addressed to
-a device while it is offline wait in the broker. Reconnects are automatic, with jittered
-exponential backoff (backoff.py). A message larger than the negotiated maximum packet size
-is split into chunks (chunks.py) on the same topic and reassembled on receipt; what fails
-reassembly is logged and counted in `dropped`, and never reaches the caller. A publish the
-broker refuses (a PUBACK with a failure reason, e.g. the ACL) is logged at ERROR, counted in
-`refused_publishes`, and raised as PublishRefused by the next `publish` or `flush`.
+Sessions are persistent (clean_start false, session expiry): QoS 1 messages to an offline
+device wait in the broker, and `session_present` says whether the last CONNACK found them.
+Reconnects are automatic, with jittered exponential backoff (backoff.py), each to the next
+of url and fallback_urls (a cluster's nodes) when one cannot be reached. A message over the
+negotiated packet size travels as chunks (chunks.py) and is reassembled on receipt; what
+fails reassembly is counted in `dropped`, never returned. A publish the broker refuses (a
+PUBACK failure, e.g. the ACL) is logged, counted in `refused_publishes`, and raised as
+PublishRefused by the next `publish` or `flush`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .backoff import Backoff
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
 from .chunk_inbox import ChunkInbox
 from .chunks import is_chunk, split_message
-from .paho_client import make_client
+from .paho_client import make_client, use_endpoint
 from .settings import MqttSettings
 
 log = logging.getLogger("fedge.mqtt")
@@ -59,14 +59,8 @@ _REFUSALS_KEPT = 8  # refused publishes named in the next PublishRefused; the re
 class MqttTransport(Transport):
     """One MQTT client connection. Construct, then `connect()`; `close()` when done."""
 
-    def __init__(
-        self,
-        client_id: str,
-        settings: MqttSettings,
-        *,
-        will: Message | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, client_id: str, settings: MqttSettings, *, will: Message | None = None,
+                 rng: random.Random | None = None) -> None:
         if not client_id:
             raise ValueError("client_id must be non-empty")
         self._client_id = client_id
@@ -89,6 +83,8 @@ class MqttTransport(Transport):
         self._broker_max_packet = _DEFAULT_PACKET
         self._inbox = ChunkInbox(client_id, settings)  # fed by paho's thread, expired by ours
         self.connection_count = 0  # successful CONNACKs so far
+        self.session_present = False  # the last CONNACK's flag: False = the broker had no session for us
+        self._node = 0  # index into settings.endpoints() of the node we (re)connect to
         self.refused_publishes = 0  # PUBACKs with a failure reason (e.g. ACL), since creation
         self._refusals: list[list] = []  # [mid, topic, reason] not yet raised (under _lock)
         self._unreported_refusals = 0  # how many those stand for (the list keeps the first few)
@@ -252,11 +248,11 @@ class MqttTransport(Transport):
             item = self._queue.get(timeout != 0, timeout)
         except queue.Empty:
             return None
+        if isinstance(item, _LinkLost):
+            raise ConnectionLost(f"client {self._client_id!r} lost its link to {self._endpoint}: {item.reason}")
         if isinstance(item, _Closed):
             self._queue.put(item)  # keep raising for every later call
             raise TransportError(f"client {self._client_id!r}: {item.reason}")
-        if isinstance(item, _LinkLost):
-            raise ConnectionLost(f"client {self._client_id!r} lost its link to {self._endpoint}: {item.reason}")
         return cast(Message, item)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -282,6 +278,7 @@ class MqttTransport(Transport):
             return
         self._refusal = None
         self._connect_failures = 0
+        self.session_present = bool(flags.session_present)
         if properties is not None and getattr(properties, "MaximumPacketSize", None):
             self._broker_max_packet = int(properties.MaximumPacketSize)
         with self._lock:
@@ -299,6 +296,8 @@ class MqttTransport(Transport):
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._connect_failures += 1
+        if self.settings.fallback_urls:  # a cluster: the next attempt goes to its next node
+            self._node, self._endpoint = self._node + 1, use_endpoint(client, self.settings, self._node + 1)
         if self._connect_failures in (1, 3) or self._connect_failures % 20 == 0:
             log.warning("%s: cannot reach %s (attempt %d; TCP/TLS failed, see fedge.mqtt.paho for the cause); retrying",
                         self._client_id, self._endpoint, self._connect_failures)
@@ -389,10 +388,9 @@ class MqttTransport(Transport):
 
 
 @dataclass(frozen=True)
-class _LinkLost:
-    reason: str
-
-
-@dataclass(frozen=True)
 class _Closed:
     reason: str
+
+
+class _LinkLost(_Closed):
+    """The link dropped; unlike _Closed, raised once and then the transport goes on."""

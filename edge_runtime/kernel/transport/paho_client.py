@@ -37,7 +37,7 @@ def make_client(client_id: str, settings: MqttSettings, will: Message | None, ow
                          reconnect_on_failure=True)
     if settings.username:
         client.username_pw_set(settings.username, settings.password or None)
-    host, port, tls = settings.endpoint()
+    _, _, tls = settings.endpoint()
     if tls:
         client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
                        keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED,
@@ -50,6 +50,25 @@ def make_client(client_id: str, settings: MqttSettings, will: Message | None, ow
         setattr(client, name, getattr(owner, f"_{name}"))
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = int(settings.session_expiry_s)
+    host, port, _ = settings.endpoint()
     client.connect_async(host, port, keepalive=settings.keepalive_s, clean_start=settings.clean_start,
                          properties=props)
-    return client, f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
+    return client, endpoint_url(settings, 0)
+
+
+def endpoint_url(settings: MqttSettings, index: int) -> str:
+    """The URL of settings.endpoints()[index], counted round-robin."""
+    nodes = settings.endpoints()
+    host, port, tls = nodes[index % len(nodes)]
+    return f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
+
+
+def use_endpoint(client: paho.Client, settings: MqttSettings, index: int) -> str:
+    """Point the client's next reconnect at endpoint `index` (round-robin over url and
+    fallback_urls); its URL. Called between attempts, when paho holds no socket."""
+    nodes = settings.endpoints()
+    # paho's host/port setters refuse while it is CONNECTING, which is its state when a
+    # connect fails; reconnect() reads these two attributes (paho 2.x), so set them directly.
+    # tests/edge_runtime/test_transport_ejabberd.py fails over through this.
+    client._host, client._port = nodes[index % len(nodes)][:2]
+    return endpoint_url(settings, index)

@@ -15,9 +15,16 @@ class MqttSettings:
 
     url: mqtt://host:port (plain) or mqtts://host:port (TLS). With TLS, ca_file verifies the
     broker; cert_file + key_file add a client certificate (mutual TLS).
+
+    fallback_urls: the other nodes of a broker cluster (ejabberd; hardware/ejabberd/README.md).
+    A client whose node cannot be reached tries the next one, round-robin, with the same
+    backoff between attempts; it starts from `url`. The coordinator also publishes its
+    retained messages through each of them, since ejabberd does not share retained messages
+    between nodes (coordinator/retain_fanout.py).
     """
 
     url: str = "mqtt://127.0.0.1:1883"
+    fallback_urls: tuple[str, ...] = ()
     username: str = ""
     password: str = ""
     ca_file: str = ""
@@ -43,6 +50,11 @@ class MqttSettings:
         host, port, tls = self.endpoint()
         if not host or not 0 < port < 65536:
             raise ConfigError(f"broker url {self.url!r}: need mqtt://host:port or mqtts://host:port")
+        for url in self.fallback_urls:  # one TLS setup (ca, cert) serves every node
+            other = _endpoint(url)
+            if not other[0] or not 0 < other[1] < 65536 or other[2] != tls:
+                raise ConfigError(f"broker fallback url {url!r}: need {'mqtts' if tls else 'mqtt'}://host:port, "
+                                  f"like url {self.url!r}")
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError("broker: cert_file and key_file go together (mutual TLS)")
         if (self.cert_file or self.ca_file) and not tls:
@@ -65,13 +77,21 @@ class MqttSettings:
 
     def endpoint(self) -> tuple[str, int, bool]:
         """(host, port, tls) from the url."""
-        raw = self.url if "://" in self.url else f"mqtt://{self.url}"
-        parts = urlsplit(raw)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError(f"broker url {self.url!r}: scheme must be mqtt:// or mqtts://")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise ConfigError(f"broker url {self.url!r}: bad port") from None
-        return parts.hostname or "", port, tls
+        return _endpoint(self.url)
+
+    def endpoints(self) -> tuple[tuple[str, int, bool], ...]:
+        """(host, port, tls) of url, then of each fallback url: the order a client tries them in."""
+        return tuple(_endpoint(url) for url in (self.url, *self.fallback_urls))
+
+
+def _endpoint(url: str) -> tuple[str, int, bool]:
+    raw = url if "://" in url else f"mqtt://{url}"
+    parts = urlsplit(raw)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ConfigError(f"broker url {url!r}: scheme must be mqtt:// or mqtts://")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError(f"broker url {url!r}: bad port") from None
+    return parts.hostname or "", port, tls
