@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedge.tools.cli import main
+from fedge.tools.simulate.scoring import smallest_devices
 from fedge.tools.synthetic import synthetic
 
 
@@ -49,4 +50,20 @@ def test_bench_privacy_writes_the_runs_the_issue_names(tmp_path):
     assert distributed["epsilon_spent"] == pytest.approx(central["epsilon_spent"], abs=1e-9)
     assert distributed["rounds_committed"] == 2
     assert none["mechanism"] == "none" and none["epsilon"] is None
+    assert 1 <= none["smallest_devices"] <= 3 and 0 <= none["smallest_devices_global_accuracy"] <= 1
+    assert central["epochs"] == 2 and central["lr"] == 0.02  # the simulator's preset unless asked
     assert (tmp_path / "privacy.png").stat().st_size > 1000
+
+
+def test_smallest_devices_are_the_tenth_with_fewest_training_examples():
+    sizes = {f"d{i}": n for i, n in enumerate([50, 20, 30, 20, 90, 60, 70, 80, 40, 100, 25, 35, 45, 55, 65, 75,
+                                                 85, 95, 99, 21])}
+    per_device = {d: {"examples": 5, "accuracy_global": i / 20, "accuracy_personal": 1 - i / 20}
+                  for i, d in enumerate(sizes)}
+    per_device["d3"]["accuracy_personal"] = None  # no personal head: its global accuracy stands in
+    row = smallest_devices(per_device, sizes)
+    # a plain reading: 20 devices, the 2 smallest are d1 and d3 (20 examples each; ties by id)
+    assert row["smallest_devices"] == 2 and row["smallest_devices_max_examples"] == 20
+    assert row["smallest_devices_global_accuracy"] == pytest.approx((1 / 20 + 3 / 20) / 2)
+    assert row["smallest_devices_personalized_accuracy"] == pytest.approx((19 / 20 + 3 / 20) / 2)
+    assert smallest_devices({}, sizes) == {}

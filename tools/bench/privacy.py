@@ -21,9 +21,13 @@ Output JSON (schema 1): benchmark "privacy", population, clients_per_round, roun
         epsilon                 the target ε, null for none; epsilon_spent: the ledger's ε at the end
         delta, bits             δ; bits per coordinate on the wire: the field's m (distributed), null otherwise
         noise_multiplier        z (null for none); clip_norm: S the run started with
+        epochs, batch_size, lr  the devices' local training
         global_accuracy         final global model on the union of held-out splits
         personalized_accuracy   mean over devices of their personalized model on their own split
         personalized_accuracy_min  the worst device; accuracy_curve: global accuracy per round;
+        smallest_devices_global_accuracy, smallest_devices_personalized_accuracy: the mean over
+                                the 10% of devices with the fewest training examples (smallest_devices
+                                of them, at most smallest_devices_max_examples examples each)
         rounds_committed        rounds that committed (a secure round below its quorum is abandoned)
 A PNG beside the JSON plots both accuracies against ε.
 """
@@ -58,8 +62,16 @@ class PrivacyGrid:
     bits: int = 16  # distributed: field bits per coordinate on the wire
     distributed_clip: float = 0.5  # distributed: the fixed S
     distributed_quorum: int = 90  # distributed: masked inputs a round needs; the noise is calibrated for these
+    # Local training (None: the simulator's preset, 2 epochs of batch 20). The median device holds
+    # 30 examples, so the preset is 4 steps a task.
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
 
 
+# The final round's numbers for the 10% of devices with the fewest training examples (simulate/scoring.py)
+SMALLEST = ("smallest_devices", "smallest_devices_max_examples", "smallest_devices_global_accuracy",
+            "smallest_devices_personalized_accuracy")
 QUICK = PrivacyGrid(epsilons=(2.0, 8.0, math.inf), devices=100, clients_per_round=10, rounds=5, distributed_quorum=8)
 
 
@@ -80,20 +92,25 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
                             mechanism="distributed" if distributed else "central") if private else PrivacyConfig()
     secure = {"secure_aggregation": SecAggConfig(enabled=True, bits=grid.bits),
               "min_reports": grid.distributed_quorum} if distributed else {}
+    local = {k: v for k, v in (("epochs", grid.epochs), ("batch_size", grid.batch_size), ("lr", grid.lr))
+             if v is not None}
     cfg = sim_config(devices=grid.devices, rounds=grid.rounds, clients_per_round=grid.clients_per_round,
                      over_selection=1.0, aggregator="mean", weighting="equal", privacy=privacy, seed=grid.seed,
-                     **secure)
+                     **secure, **local)
     started = time.perf_counter()
     result = run_simulation(cfg, data=data)
     last = result.rounds[-1]
     return {"mechanism": mechanism if private else "none", "epsilon": epsilon if private else None,
             "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": grid.bits if distributed else None,
-            "noise_multiplier": z, "clipping": None if not private else "fixed" if distributed else "adaptive",
+            "noise_multiplier": z, "epochs": cfg.coordinator.hyper.epochs,
+            "batch_size": cfg.coordinator.hyper.batch_size, "lr": cfg.coordinator.hyper.lr,
+            "clipping": None if not private else "fixed" if distributed else "adaptive",
             "min_inputs": grid.distributed_quorum if distributed else None,
             "rounds_committed": sum(bool(r["committed"]) for r in result.rounds),
             "clip_norm": clip if private else None, "global_accuracy": last["global_accuracy"],
             "personalized_accuracy": last["personalized_accuracy_mean"],
             "personalized_accuracy_min": last["personalized_accuracy_min"], "rounds_run": len(result.rounds),
+            **{k: last[k] for k in SMALLEST if k in last},
             "accuracy_curve": [r["global_accuracy"] for r in result.rounds],
             "wall_seconds": time.perf_counter() - started}
 
@@ -179,12 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distributed-clip", type=float, default=None, help="distributed: the fixed S (default 0.5)")
     p.add_argument("--distributed-quorum", type=int, default=None,
                    help="distributed: masked inputs a round needs, the noise calibrated for them (default 90)")
+    p.add_argument("--epochs", type=int, default=None, help="local epochs per task (default: the simulator's 2)")
+    p.add_argument("--batch-size", type=int, default=None, help="local batch size (default: the simulator's 20)")
+    p.add_argument("--lr", type=float, default=None, help="local learning rate (default: the simulator's 0.02)")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else PrivacyGrid()
     overrides = {k: v for k, v in (("devices", args.devices), ("clients_per_round", args.clients_per_round),
                                    ("rounds", args.rounds), ("delta", args.delta), ("seed", args.seed),
                                    ("bits", args.bits), ("distributed_clip", args.distributed_clip),
-                                   ("distributed_quorum", args.distributed_quorum))
+                                   ("distributed_quorum", args.distributed_quorum), ("epochs", args.epochs),
+                                   ("batch_size", args.batch_size), ("lr", args.lr))
                  if v is not None}
     if args.mechanisms:
         overrides["mechanisms"] = tuple(args.mechanisms.split(","))

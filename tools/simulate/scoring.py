@@ -22,6 +22,7 @@ class Scorer:
         # The eval graph takes every trainable input; the global head ignores the personal ones.
         self.placeholder_personal = setup.model.initial("personal")
         self.evaluations = 0
+        self.train_sizes = {c.client_id: len(c.y_train) for c in setup.data.clients}
         self.backdoor: tuple[np.ndarray, int] | None = None  # (embedded stamped test inputs, target class)
 
     def round_row(self, record, shared: dict[str, np.ndarray], runtimes, evaluation=None) -> dict:
@@ -39,7 +40,8 @@ class Scorer:
             scores = {"global_accuracy": evaluation.accuracy_global, "global_loss": evaluation.loss_global,
                       **_spread(_personal(evaluation.per_device.values(), "accuracy")),
                       "personalized_loss_mean": _mean(_personal(evaluation.per_device.values(), "loss")),
-                      "evaluated_devices": evaluation.reported}
+                      "evaluated_devices": evaluation.reported,
+                      **smallest_devices(evaluation.per_device, self.train_sizes)}
         else:
             scores = self._score_directly(shared, runtimes)
         if self._tunes():  # finetune: each device tunes a copy of the new global head, then scores it
@@ -113,6 +115,20 @@ def _personal(per_device, kind: str) -> list[float]:
         if d["examples"] and value is not None:
             out.append(value)
     return out
+
+
+def smallest_devices(per_device: dict[str, dict], train_sizes: dict[str, int], fraction: float = 0.1) -> dict:
+    """The evaluated devices with the fewest training examples (the smallest `fraction` of them,
+    at least one; ties broken by id): their mean global and personalized accuracy, unweighted.
+    Non-IID data and DP noise both hit these devices first (the privacy benchmark reports them)."""
+    scored = sorted((train_sizes[d], d) for d, numbers in per_device.items()
+                    if d in train_sizes and numbers["examples"] and numbers["accuracy_global"] is not None)
+    if not scored:
+        return {}
+    chosen = [per_device[d] for _, d in scored[:max(1, int(len(scored) * fraction))]]
+    return {"smallest_devices": len(chosen), "smallest_devices_max_examples": scored[len(chosen) - 1][0],
+            "smallest_devices_global_accuracy": _mean([n["accuracy_global"] for n in chosen]),
+            "smallest_devices_personalized_accuracy": _mean(_personal(chosen, "accuracy"))}
 
 
 def _mean(values: list[float]) -> float | None:
