@@ -37,6 +37,12 @@ from .pg_schema import migrate, redact
 
 log = logging.getLogger("fedge.coordinator.leadership")
 LEADER_LOCK_KEY = 0x6665646765  # pg_try_advisory_lock key ("fedge"); advisory locks are per database
+# A silent lease session is declared dead after about idle + interval * count = 11 s, by the
+# client (libpq's keepalives_*) and by the server (its tcp_keepalives_* settings, which any
+# session may set for itself; they apply over TCP, not Unix sockets). A standby then takes
+# over within that plus its poll interval.
+LEASE_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"}
 
 
 class LeadershipError(FedgeError):
@@ -71,7 +77,10 @@ class PostgresLease:
         self.epoch: int | None = None
         self._errors = psycopg.Error
         # autocommit: a plain SELECT must not open a transaction that lives as long as the lease.
-        self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        # Keepalives both ways (LEASE_KEEPALIVES): the lock is released only when the server sees
+        # the session end, which after a network cut (no FIN, no RST) takes its TCP keepalive,
+        # 2 hours by Linux's default; and check() must fail, not hang, on a dead link.
+        self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, **LEASE_KEEPALIVES)
         migrate(self._conn, self.where)  # the leader table must exist before anyone bumps it
 
     def try_acquire(self) -> bool:

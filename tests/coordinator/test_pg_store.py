@@ -151,3 +151,14 @@ def test_psycopg_is_imported_only_for_state_dsn():
     code = ("import sys, fedge.coordinator.service, fedge.coordinator.server, fedge.tools.cli\n"
             "assert 'psycopg' not in sys.modules, 'psycopg was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_lease_session_keeps_alive_both_ways(postgres_dsn):
+    """After a network cut the server frees the lock only once it sees the session dead: the lease
+    asks for keepalives on both ends, so that is seconds, not Linux's default two hours."""
+    lease = PostgresLease(postgres_dsn, holder="k")
+    shown = {name: lease._conn.execute(f"SHOW {name}").fetchone()[0]
+             for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")}
+    assert shown == {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"}
+    assert lease._conn.info.get_parameters()["keepalives_idle"] == "5"
+    lease.close()
