@@ -18,16 +18,15 @@ from fedge.coordinator.aggregate import WeightedMean
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.sharding.config import ShardConflict, shard_for
 from fedge.coordinator.sharding.sums import PartialSum, merge
-from fedge.coordinator.strategies import AggregateInput, make_strategy
+from fedge.coordinator.strategies import make_strategy
 from fedge.coordinator.weights import update_weight
 from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.compress import decompress_update
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import shard_update_topic, shard_updates_filter
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
-from fedge.edge_runtime.kernel.update_codec import decode_tensors
 from tests.coordinator.fleet import EXACT, HYPER, NO_EVAL, ManualDevice, random_delta
+from tests.coordinator.shard_reference import reference
 from tests.pg_server import import_psycopg
 from tests.tiny_model import build_tiny_model
 
@@ -155,21 +154,8 @@ class Cluster:
             return conn.execute(sql, args).fetchall()
 
 
-def reference(cluster: Cluster, old_state, round_id: int):
-    """The committed model recomputed from what the store says the workers counted."""
-    sums, weight, count = {}, 0.0, 0
-    for shard in range(K):  # shards in index order, each in acceptance (seq) order
-        acc = {k: np.zeros(s, np.float64) for k, s in cluster.shapes.items()}
-        for w, payload in cluster.rows("SELECT weight, payload FROM shard_updates WHERE round_id = %s AND "
-                                       "shard = %s ORDER BY seq", round_id, shard):
-            delta = decompress_update(decode_tensors(bytes(payload)))
-            for k in acc:
-                acc[k] += delta[k].astype(np.float64) * w
-            weight, count = weight + w, count + 1
-        for k in acc:
-            sums[k] = sums[k] + acc[k] if k in sums else acc[k]
-    mean = {k: (v / weight).astype(np.float32) for k, v in sums.items()}
-    return cluster.strategy.apply(old_state, AggregateInput(mean, count, len(cluster.devices), None)), count
+def _reference(cluster: Cluster, old_state, round_id: int):
+    return reference(cluster.rows, K, round_id, old_state, cluster.strategy, len(cluster.devices))
 
 
 def test_two_workers_count_every_update_once_and_the_leader_commits_their_merged_sums(model, postgres_dsn):
@@ -188,10 +174,10 @@ def test_two_workers_count_every_update_once_and_the_leader_commits_their_merged
     c.pump()
     record = c.leader.tick()
     assert record is not None and record.committed, record
-    want, counted = reference(c, old, record.round_id)
+    want, counted = _reference(c, old, record.round_id)
     assert counted == 20 and record.reports == 20
-    for k in want.params:
-        assert np.array_equal(c.leader.state.params[k], want.params[k]), k
+    for k in want:
+        assert np.array_equal(c.leader.state.params[k], want[k]), k
     assert sum(w.accepted for w in c.workers) == 20
     assert {w.shard: w.accepted for w in c.workers} == dict(Counter(shard_for(d.id, K) for d in c.devices))
     assert c.rows("SELECT count(*) FROM shard_updates") == [(20,)]
@@ -243,7 +229,7 @@ def test_a_shard_taken_over_fences_the_old_worker_and_loses_nothing(model, postg
     c.pump()
     record = c.leader.tick()
     assert record.committed and record.reports == 8
-    want, counted = reference(c, old, record.round_id)
+    want, counted = _reference(c, old, record.round_id)
     assert counted == 8
-    for k in want.params:
-        assert np.array_equal(c.leader.state.params[k], want.params[k]), k
+    for k in want:
+        assert np.array_equal(c.leader.state.params[k], want[k]), k
