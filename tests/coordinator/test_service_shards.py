@@ -6,7 +6,9 @@ the standby takes the shard's lease (a new epoch) and its persistent session, th
 committing, and every committed model equals, bit for bit, a reference that sums the updates
 the store says were counted, per shard in acceptance order in float64, merges the shards in
 index order and applies FedAvg's server step. No device is counted twice in a round, and
-every round counts every device (min_reports = all).
+every round counts every device (min_reports = all). Then kill -9 the leader mid-round 3: the
+standby leader (a second `fedge coordinator serve`) resumes the round from the store and the
+shard tables, and the fleet commits the rest with the same guarantees.
 """
 
 from __future__ import annotations
@@ -72,16 +74,20 @@ def _reference(dsn, round_id, old, version):
     return reference(lambda sql, *a: _rows(dsn, sql, *a), K, round_id, state, make_strategy("fedavg", HYPER), DEVICES)
 
 
-def test_worker_kill9_mid_round_standby_takes_the_shard_and_every_model_is_bit_exact(drill, postgres_dsn):  # noqa: F811
+def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_is_bit_exact(drill,  # noqa: F811
+                                                                                             postgres_dsn):
     tmp, broker, art_dir, manifest = drill
     config = _config(tmp, broker.url, art_dir, postgres_dsn)
-    logs = {name: tmp / f"{name}.log" for name in ("leader", "w1", "w2", "w3")}
+    logs = {name: tmp / f"{name}.log" for name in ("leader", "standby", "w1", "w2", "w3")}
     fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-0": 3.0}, devices=DEVICES)
     procs = {"leader": _serve(config, logs["leader"])}
     started = time.monotonic()
     try:
         _wait("the leader to lead", lambda: _rows(postgres_dsn, "SELECT epoch FROM leader"), 60, procs["leader"],
               logs["leader"])
+        procs["standby"] = _serve(config, logs["standby"])
+        _wait("a standby leader", lambda: "standby: waiting for leadership" in logs["standby"].read_text(), 60,
+              procs["standby"], logs["standby"])
         for name in ("w1", "w2"):
             procs[name] = _serve(config, logs[name], "--role", "worker")
         _wait("both shards held", lambda: len(_rows(postgres_dsn, "SELECT shard FROM shard_leases")) == K, 60)
@@ -98,7 +104,14 @@ def test_worker_kill9_mid_round_standby_takes_the_shard_and_every_model_is_bit_e
         _wait("the standby to take shard 0", lambda: _rows(
             postgres_dsn, "SELECT epoch FROM shard_leases WHERE shard = 0")[0][0] == 2, 30, procs["w3"], logs["w3"])
         takeover_s = time.monotonic() - killed
-        assert procs["leader"].wait(timeout=240) == 0, logs["leader"].read_text()[-3000:]
+        _wait("round 3 to count updates", lambda: _rows(
+            postgres_dsn, "SELECT count(*) FROM shard_updates WHERE round_id = 3")[0][0] >= 2,
+            120, procs["leader"], logs["leader"])
+        procs["leader"].send_signal(signal.SIGKILL)
+        procs["leader"].wait(timeout=10)
+        _wait("the standby to lead", lambda: _rows(postgres_dsn, "SELECT epoch FROM leader")[0][0] == 2, 30,
+              procs["standby"], logs["standby"])
+        assert procs["standby"].wait(timeout=240) == 0, logs["standby"].read_text()[-3000:]
         elapsed = time.monotonic() - started
     finally:
         for proc in procs.values():
@@ -128,5 +141,6 @@ def test_worker_kill9_mid_round_standby_takes_the_shard_and_every_model_is_bit_e
     on_shard0 = sum(shard_for(f"dev-{i}", K) == 0 for i in range(DEVICES))
     took = int(re.search(r"shard 0 stopped after (\d+) updates", served).group(1))
     assert took > on_shard0 * (ROUNDS - 2), served[-2000:]
+    assert "round 3 resumed" in logs["standby"].read_text()
     print(f"shards drill: {ROUNDS} rounds x {DEVICES} devices in {elapsed:.1f} s; shard 0 taken over "
-          f"{takeover_s:.2f} s after the kill")
+          f"{takeover_s:.2f} s after the kill; the leader killed in round 3, the standby resumed it")
