@@ -69,9 +69,39 @@ def _params(dsn, version):
     return {name: np.frombuffer(bytes(data), dtype).reshape(json.loads(shape)) for name, dtype, shape, data in rows}
 
 
-def _reference(dsn, round_id, old, version):
+def _reference(dsn, round_id, old, version, devices):
     state = ServerState(version, {k: v.copy() for k, v in old.items()})
-    return reference(lambda sql, *a: _rows(dsn, sql, *a), K, round_id, state, make_strategy("fedavg", HYPER), DEVICES)
+    return reference(lambda sql, *a: _rows(dsn, sql, *a), K, round_id, state, make_strategy("fedavg", HYPER), devices)
+
+
+def assert_bit_exact(dsn, devices) -> int:
+    """Every committed round counted each of `devices` once, and its model is the oracle's, bit
+    for bit (it needs every version's params kept: keep_versions). Returns how many committed."""
+    rounds = _rows(dsn, "SELECT round_id, status, record FROM rounds ORDER BY round_id")
+    committed = [(r, json.loads(rec)) for r, status, rec in rounds if status == "committed"]
+    for version, (round_id, record) in enumerate(committed, 1):
+        per_device = _rows(dsn, "SELECT device_id, count(*) FROM shard_updates WHERE round_id = %s "
+                                "GROUP BY device_id", round_id)
+        assert len(per_device) == devices and all(n == 1 for _, n in per_device), (round_id, per_device)
+        want, counted = _reference(dsn, round_id, _params(dsn, version - 1), version - 1, devices)
+        assert counted == devices == record["reports"], (round_id, counted, record)
+        got = _params(dsn, version)
+        for k in want:
+            assert np.array_equal(got[k], want[k]), (round_id, k)
+    return len(committed)
+
+
+def stop(procs) -> None:
+    """SIGTERM each process still running, then wait (kill after 15 s)."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_is_bit_exact(drill,  # noqa: F811
@@ -114,27 +144,9 @@ def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_i
         assert procs["standby"].wait(timeout=240) == 0, logs["standby"].read_text()[-3000:]
         elapsed = time.monotonic() - started
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs.values())
         fleet.close()
-    rounds = _rows(postgres_dsn, "SELECT round_id, status, record FROM rounds ORDER BY round_id")
-    committed = [(r, json.loads(rec)) for r, status, rec in rounds if status == "committed"]
-    assert len(committed) == ROUNDS, rounds
-    for version, (round_id, record) in enumerate(committed, 1):
-        per_device = _rows(postgres_dsn, "SELECT device_id, count(*) FROM shard_updates WHERE round_id = %s "
-                                         "GROUP BY device_id", round_id)
-        assert len(per_device) == DEVICES and all(n == 1 for _, n in per_device), (round_id, per_device)
-        want, counted = _reference(postgres_dsn, round_id, _params(postgres_dsn, version - 1), version - 1)
-        got = _params(postgres_dsn, version)
-        assert counted == DEVICES == record["reports"]
-        for k in want:
-            assert np.array_equal(got[k], want[k]), (round_id, k)
+    assert assert_bit_exact(postgres_dsn, DEVICES) == ROUNDS
     served = logs["w3"].read_text()
     assert "serving shard 0 (epoch 2)" in served, served[-2000:]
     # The standby counted part of round 2 (dev-0, shard 0's slow device, at least), not only rounds 3 and 4.
