@@ -6,7 +6,7 @@
                    every update a worker counted; seq = its place in its shard's sum
     shard_sums     (round_id, shard) PK, data, weight, count   sums.PartialSum of the shard
 
-Why the sum is exact: a worker's `count` transaction writes the key and the new sum together
+Why the sum is exact: a worker's `count` transaction writes the keys and the new sum together
 (a duplicate key adds nothing), under its lease row lock, and only while the round is open and
 not sealed, holding the shard_rounds row FOR SHARE. The leader's `seal` updates that row
 (waiting for the adds in flight), then reads the sums: every add either committed before the
@@ -16,8 +16,21 @@ stale_round Ack). The connection is autocommit with explicit transactions (pg_st
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .lease import check_shard_epoch
 from .sums import PartialSum
+
+
+@dataclass(frozen=True)
+class Counted:
+    """One admitted update, as the shard tables count it."""
+
+    key: tuple[str, str]  # (device id, update id); the round is the transaction's
+    digest: str
+    weight: float
+    payload: bytes  # the Update's payload, kept so the sum can be recomputed (the tests' oracle)
+    delta: dict  # dense, decoded by admission
 
 
 class RoundClosed(Exception):
@@ -44,23 +57,25 @@ class ShardTables:
         return self.conn.execute(
             "SELECT round_id, model_version, tasks FROM rounds WHERE status = 'open'").fetchone()
 
-    def counted(self, round_id: int, device_id: str) -> dict[tuple[str, int, str], str]:
-        """The keys (device, round, update id) -> digest this device has counted in a round."""
-        rows = self.conn.execute("SELECT update_id, digest FROM shard_updates WHERE round_id = %s AND device_id = %s",
-                                 (round_id, device_id)).fetchall()
-        return {(device_id, round_id, uid): digest for uid, digest in rows}
+    def counted(self, round_id: int, devices: list[str]) -> dict[str, dict[tuple[str, int, str], str]]:
+        """device -> {(device, round, update id): digest} of what these devices have counted in a round."""
+        out: dict[str, dict] = {}
+        rows = self.conn.execute("SELECT device_id, update_id, digest FROM shard_updates WHERE round_id = %s AND "
+                                 "device_id = ANY(%s)", (round_id, devices)).fetchall() if devices else ()
+        for device_id, uid, digest in rows:
+            out.setdefault(device_id, {})[(device_id, round_id, uid)] = digest
+        return out
 
     def counted_digest(self, device_id: str, round_id: int, update_id: str) -> str | None:
         row = self.conn.execute("SELECT digest FROM shard_updates WHERE round_id = %s AND device_id = %s AND "
                                 "update_id = %s", (round_id, device_id, update_id)).fetchone()
         return None if row is None else row[0]
 
-    def count(self, shard: int, epoch: int, round_id: int, key: tuple[str, str], digest: str, weight: float,
-              payload: bytes, delta, shapes) -> bool:
-        """In one transaction: the key stored and weight * delta added to the shard's sum.
-        False: the key was already counted (nothing added). RoundClosed: too late."""
-        device_id, update_id = key
-        db = self.conn
+    def count(self, shard: int, epoch: int, round_id: int, items: list[Counted], shapes) -> list[bool]:
+        """In one transaction: each item's key stored and weight * delta added to the shard's sum,
+        in list order. Per item, False: its key was counted already (nothing added). RoundClosed:
+        too late for all of them."""
+        db, added = self.conn, []
         with db.transaction():
             check_shard_epoch(db, shard, epoch)
             status = db.execute("SELECT status FROM rounds WHERE round_id = %s", (round_id,)).fetchone()
@@ -74,17 +89,20 @@ class ShardTables:
             row = db.execute("SELECT data, weight, count FROM shard_sums WHERE round_id = %s AND shard = %s",
                              (round_id, shard)).fetchone()
             partial = PartialSum() if row is None else PartialSum.from_bytes(bytes(row[0]), shapes, row[1], row[2])
-            stored = db.execute(
-                "INSERT INTO shard_updates (round_id, device_id, update_id, shard, seq, digest, weight, payload) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-                (round_id, device_id, update_id, shard, partial.count, digest, weight, payload)).fetchone()
-            if stored is None:
-                return False
-            partial.add(delta, weight)
-            db.execute("INSERT INTO shard_sums (round_id, shard, data, weight, count) VALUES (%s, %s, %s, %s, %s) "
-                       "ON CONFLICT (round_id, shard) DO UPDATE SET data = excluded.data, weight = excluded.weight, "
-                       "count = excluded.count", (round_id, shard, partial.to_bytes(), partial.weight, partial.count))
-        return True
+            for item in items:
+                stored = db.execute(
+                    "INSERT INTO shard_updates (round_id, device_id, update_id, shard, seq, digest, weight, payload) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+                    (round_id, *item.key, shard, partial.count, item.digest, item.weight, item.payload)).fetchone()
+                added.append(stored is not None)
+                if stored is not None:
+                    partial.add(item.delta, item.weight)
+            if any(added):
+                db.execute("INSERT INTO shard_sums (round_id, shard, data, weight, count) VALUES (%s, %s, %s, %s, %s) "
+                           "ON CONFLICT (round_id, shard) DO UPDATE SET data = excluded.data, "
+                           "weight = excluded.weight, count = excluded.count",
+                           (round_id, shard, partial.to_bytes(), partial.weight, partial.count))
+        return added
 
     # ---------------------------------------------------------------- leader
 

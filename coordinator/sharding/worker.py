@@ -9,8 +9,9 @@ session are delivered to the one that takes the shard over, and the (round, devi
 id) key in shard_updates makes a redelivered update a duplicate, never a second add.
 
 Each update is checked by the coordinator's own admission (admission.admit: round, task,
-key, model, shapes, finite, norm bound), then counted in one transaction (tables.count),
-then acknowledged: an Ack never leaves before its update is in the sum. Refusals are named,
+key, model, shapes, finite, norm bound), then counted (tables.count: the messages waiting in
+the queue, up to BURST, share one transaction, so one flush), then acknowledged: an Ack never
+leaves before its update is in the sum. Refusals are named,
 logged, counted (fedge_updates_rejected{reason}) and acked as refused, as the coordinator does.
 """
 
@@ -35,9 +36,10 @@ from ..validation import RoundContext, decode_report
 from ..weights import update_weight
 from .config import shard_for
 from .lease import ShardLease
-from .tables import RoundClosed, ShardTables
+from .tables import Counted, RoundClosed, ShardTables
 
 log = logging.getLogger("fedge.coordinator.worker")
+BURST = 200  # messages counted in one transaction at most (group commit, as coordinator/loop.py's bursts)
 
 
 def shard_client_id(shard: int) -> str:
@@ -69,6 +71,53 @@ class ShardWorker:
                                     False, cfg.control_norm_bound, cfg.max_examples, cfg.weighting == "equal")
 
     def handle(self, msg: Message) -> None:
+        self.handle_burst([msg])
+
+    def handle_burst(self, msgs: list[Message]) -> None:
+        """Check each message, count the admitted ones in ONE transaction (tables.count; group
+        commit: one flush for the burst), then Ack them."""
+        self.refresh()
+        self._count([u for u in map(self._precheck, msgs) if u is not None])
+
+    def _count(self, updates: list[Update]) -> None:
+        # A device's second update in a burst waits for the first one's transaction, so that
+        # admission meets it as it would meet a counted key (duplicate, conflicting, or not
+        # expected), and no "duplicate" Ack leaves before the update it names is stored.
+        firsts, again, devices = [], [], set()
+        for update in updates:
+            (again if update.device_id in devices else firsts).append(update)
+            devices.add(update.device_id)
+        ctx, admitted = self.ctx, []
+        rid = ctx.round_id if ctx is not None else -1
+        counted = self.tables.counted(rid, sorted({u.device_id for u in firsts if u.round_id == rid}))
+        for update in firsts:
+            keys = counted.get(update.device_id, {})
+            view = AdmissionView(ctx, keys, lambda d, keys=keys: ctx is not None and d in ctx.tasks and not keys,
+                                 self.tables.counted_digest)
+            verdict = admit(update, update.device_id, view)
+            if not isinstance(verdict, Accepted):
+                self._reject(verdict.error, update.device_id, update)
+                continue
+            weight = update_weight(update.num_examples, ctx.max_examples, ctx.equal_weights)
+            admitted.append((update, Counted((update.device_id, update.update_id), verdict.digest, weight,
+                                             update.payload, verdict.delta)))
+        if admitted:
+            try:
+                added = self.tables.count(self.shard, self.epoch, rid, [c for _, c in admitted], self.shapes)
+            except RoundClosed as exc:
+                added = None
+                for update, _ in admitted:
+                    self._reject(StaleRound(str(exc)), update.device_id, update)
+            for (update, _), new in zip(admitted, added or ()):
+                if new:
+                    self.accepted += 1
+                    self.metrics.accepted.inc()
+                self._ack(update, True, "" if new else "duplicate")  # counted before: the device stops resending
+        if again:
+            self._count(again)
+
+    def _precheck(self, msg: Message) -> Update | None:
+        """Frame, channel and shard; None (after the rejection) when the message fails them."""
         where = shard_of(msg.topic)
         sender = where[1] if where else None
         try:
@@ -81,25 +130,7 @@ class ShardWorker:
         if where[0] != self.shard or update.shard != self.shard or mine != self.shard:
             why = f"{sender} belongs to shard {mine}; it sent to shard {where[0]} (task shard {update.shard})"
             return self._reject(WrongShard(why), sender, update)
-        self.refresh()
-        ctx = self.ctx
-        rid = update.round_id
-        counted = self.tables.counted(rid, sender) if ctx is not None and ctx.round_id == rid else {}
-        view = AdmissionView(ctx, counted, lambda d: ctx is not None and d in ctx.tasks and not counted,
-                             self.tables.counted_digest)
-        verdict = admit(update, sender, view)
-        if not isinstance(verdict, Accepted):
-            return self._reject(verdict.error, sender, update)
-        weight = update_weight(update.num_examples, ctx.max_examples, ctx.equal_weights)
-        try:
-            added = self.tables.count(self.shard, self.epoch, rid, (sender, update.update_id), verdict.digest,
-                                      weight, update.payload, verdict.delta, self.shapes)
-        except RoundClosed as exc:
-            return self._reject(StaleRound(str(exc)), sender, update)
-        if added:
-            self.accepted += 1
-            self.metrics.accepted.inc()
-        self._ack(update, True, "" if added else "duplicate")  # a key counted before: the device stops resending
+        return update
 
     def _reject(self, exc: UpdateRejected, sender: str | None, update: Update | None) -> None:
         self.metrics.rejected(exc.reason)
@@ -131,6 +162,14 @@ def take_a_shard(dsn: str, shards: int, stop: threading.Event, poll_s: float = 0
     return None
 
 
+def next_burst(transport: Transport, timeout: float) -> list[Message]:
+    """What the transport holds now, up to BURST messages; waits up to `timeout` for the first."""
+    burst: list[Message] = []
+    while len(burst) < BURST and (msg := transport.receive(0.0 if burst else timeout)) is not None:
+        burst.append(msg)
+    return burst
+
+
 def serve_shard(worker: ShardWorker, lease: ShardLease, stop: threading.Event, check_s: float = 0.5) -> None:
     """Subscribe and count until `stop` or the lease fails (LeadershipError propagates)."""
     worker.transport.subscribe(shard_updates_filter(worker.shard), qos=1)
@@ -142,13 +181,13 @@ def serve_shard(worker: ShardWorker, lease: ShardLease, stop: threading.Event, c
             worker.refresh()
             next_check = time.monotonic() + check_s
         try:
-            msg = worker.transport.receive(0.1)
+            burst = next_burst(worker.transport, 0.1)
         except (ConnectionLost, NotConnected) as exc:  # the transport reconnects by itself
             log.warning("worker: shard %d link down: %s", worker.shard, exc)
             stop.wait(0.2)
             continue
-        if msg is not None:
-            worker.handle(msg)
+        if burst:
+            worker.handle_burst(burst)
 
 
-__all__ = ["LeadershipError", "ShardWorker", "serve_shard", "shard_client_id", "take_a_shard"]
+__all__ = ["LeadershipError", "ShardWorker", "next_burst", "serve_shard", "shard_client_id", "take_a_shard"]

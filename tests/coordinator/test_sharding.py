@@ -35,7 +35,7 @@ from fedge.coordinator.leadership import FencedOut, PostgresLease  # noqa: E402
 from fedge.coordinator.pg_store import PostgresStore  # noqa: E402
 from fedge.coordinator.sharding.leader import ShardedCoordinator  # noqa: E402
 from fedge.coordinator.sharding.lease import ShardLease  # noqa: E402
-from fedge.coordinator.sharding.tables import ShardTables  # noqa: E402
+from fedge.coordinator.sharding.tables import Counted, ShardTables  # noqa: E402
 from fedge.coordinator.sharding.worker import ShardWorker, shard_client_id  # noqa: E402
 
 K = 2
@@ -139,9 +139,12 @@ class Cluster:
             moved = False
             while self.leader.pump(0.0):
                 moved = True
-            for w in self.workers:
+            for w in self.workers:  # all that waits, as one burst (one transaction): serve_shard's way
+                burst = []
                 while (msg := w.transport.receive(0.0)) is not None:
-                    w.handle(msg)
+                    burst.append(msg)
+                if burst:
+                    w.handle_burst(burst)
                     moved = True
 
     def upload(self, device: ManualDevice, delta, update_id="u1", shard=None) -> None:
@@ -223,7 +226,7 @@ def test_a_shard_taken_over_fences_the_old_worker_and_loses_nothing(model, postg
     c.workers[0] = c.worker(0)
     assert c.workers[0].epoch == dead.epoch + 1
     with pytest.raises(FencedOut):  # the old process, woken up, can add nothing
-        dead.tables.count(0, dead.epoch, 1, ("x", "y"), "d", 1.0, b"", deltas[half[0].id], c.shapes)
+        dead.tables.count(0, dead.epoch, 1, [Counted(("x", "y"), "d", 1.0, b"", deltas[half[0].id])], c.shapes)
     for d in c.devices:  # everyone (re)sends: the uplink resends until its Ack
         c.upload(d, deltas[d.id])
     c.pump()

@@ -4,11 +4,12 @@ aggregator workers (coordinator/sharding), measured like the coordinator's drain
 Per K: a fresh database on the DSN's server (created and dropped here: the DSN's user needs
 CREATEDB), a leader (ShardedCoordinator, shards = K) with round 1 open; each shard's
 persistent session subscribed and left offline; the backlog (one valid update per device,
-on its shard topic) published; then K worker processes, each already holding its shard's lease
-and its store connection, connect at once on a signal and drain their shard (validate, one
-transaction per update with the key and the float64 partial sum, Ack). Seconds = from the
-signal to the last worker done; the leader must then commit the round with every update, or
-the run raises (a round that did not happen is not a measurement).
+on its shard topic) published; then K worker processes, each already holding its shard's
+lease and its store connection, connect at once on a signal and drain their shard as
+serve_shard does (validate; one transaction per burst of waiting updates, with their keys
+and the float64 partial sum; then the Acks). Seconds = from the signal to the last worker
+done; the leader must then commit the round with every update, or the run raises (a round
+that did not happen is not a measurement).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _worker(dsn: str, shard: int, cfg: CoordinatorConfig, link: MqttSettings, mo
     """One worker process: lease and store first, then wait for `go`, drain `expected` updates."""
     from fedge.coordinator.sharding.lease import ShardLease
     from fedge.coordinator.sharding.tables import ShardTables
-    from fedge.coordinator.sharding.worker import ShardWorker
+    from fedge.coordinator.sharding.worker import ShardWorker, next_burst
 
     lease = ShardLease(dsn, shard)
     if not lease.try_acquire():
@@ -61,12 +62,12 @@ def _worker(dsn: str, shard: int, cfg: CoordinatorConfig, link: MqttSettings, mo
     go.wait()
     transport.connect(timeout=60)
     handled = 0
-    while handled < expected:
-        msg = transport.receive(5.0)
-        if msg is None:
+    while handled < expected:  # as serve_shard does: what waits, in one transaction
+        burst = next_burst(transport, 5.0)
+        if not burst:
             break
-        worker.handle(msg)
-        handled += 1
+        worker.handle_burst(burst)
+        handled += len(burst)
     finished = time.perf_counter()
     transport.flush(30)
     transport.close()
