@@ -34,6 +34,9 @@ def check_sharding(cfg) -> None:
         raise ConfigError(f"shards must be in [0, {MAX_SHARDS}] (0 = no shards: the coordinator ingests updates)")
     if cfg.shards == 0:
         return
+    if cfg.metrics_port and cfg.metrics_port + cfg.shards > 65535:
+        raise ConfigError(f"metrics_port: worker k serves on metrics_port + 1 + k, so it must be "
+                          f"<= {65535 - cfg.shards}")
     conflicts = [
         (cfg.aggregator != "mean", "shards_aggregator",
          f"workers keep a weighted sum per shard: set aggregator = 'mean' (not {cfg.aggregator!r})"),

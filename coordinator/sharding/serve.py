@@ -4,7 +4,8 @@ It reads the leader's service file: [broker] (it logs in like the coordinator, w
 read and write every fedge topic), [coordinator] state_dsn, shards, artifacts_dir (the model's
 shapes) and the validation settings (norm_bound, max_update_bytes, max_examples, weighting).
 A worker whose lease fails exits with EXIT_LOST_LEADERSHIP (4), as a deposed leader does, so
-its supervisor restarts it and it stands by for any free shard.
+its supervisor restarts it and it stands by for any free shard. With [coordinator]
+metrics_port, worker k serves its metrics (accepted, rejected by reason) on metrics_port + 1 + k.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 
 from ..leadership import LeadershipError
+from ..metrics import serve_metrics
 from .tables import ShardTables
 from .worker import ShardWorker, serve_shard, shard_client_id, take_a_shard
 
@@ -41,6 +43,10 @@ def run_worker(cfg, stopping: threading.Event, link) -> int:
     settings = replace(link(cfg.broker, c), clean_start=False)
     transport = MqttTransport(shard_client_id(lease.shard), settings)
     worker = ShardWorker(lease.shard, lease.epoch, tables, transport, c, manifest.model_id, shapes)
+    if c.metrics_port:  # one endpoint per worker, next to the leader's: metrics_port + 1 + shard
+        port = c.metrics_port + 1 + lease.shard
+        serve_metrics(worker.metrics.registry, c.metrics_host, port)
+        log.info("worker: metrics on http://%s:%d/metrics", c.metrics_host, port)
     try:
         transport.connect(timeout=30)
         serve_shard(worker, lease, stopping)
