@@ -12,7 +12,8 @@ costs in durable writes.
                   per stage over the backlog) and np.add on the same dense float32 arrays
                   (`np_add_bytes_per_second`) for scale (ingest_path.py).
   workers_updates_per_second      with `--workers 1,2 --dsn URL`: the same backlog drained by K
-                  aggregator workers on shard topics, per K (ingest_shards.py), in the same run.
+                  aggregator workers on shard topics, per K (ingest_shards.py), in the same run;
+                  `workers_ejabberd_2_nodes` the same on a two-node ejabberd cluster (or why skipped).
   durable_writes_per_task         fsync'd writes per task of a training device (device_writes.py),
                   with `durable_writes_by_file`, and the same for `fedge bench mqtt`'s replaying
                   device (`durable_writes_per_task_replay`).
@@ -37,11 +38,12 @@ import tempfile
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
 from . import device_writes
 from .ingest_drain import coordinator_drain, prepare, raw_drain
 from .ingest_path import measure
-from .ingest_shards import shards_drain
+from .ingest_shards import shards_drain, shards_on_ejabberd
 
 log = logging.getLogger("fedge.bench.ingest")
 
@@ -80,8 +82,10 @@ def run(devices: int = 2000, update_kb: int = 100, quant_bits: int = 8, repeats:
                             devices)
                 del coordinator, messages
                 for k in workers:  # the same backlog size through K aggregator workers (ingest_shards.py)
-                    shard_s[k].append(shards_drain(broker.url, dsn, devices, params, quant_bits, k, i, timeout_s))
+                    shard_s[k].append(shards_drain(MqttSettings(url=broker.url), dsn, devices, params, quant_bits,
+                                                   k, i, timeout_s))
                     log.warning("run %d: %d workers %.3f s for %d updates", i, k, shard_s[k][-1], devices)
+        ejabberd = shards_on_ejabberd(Path(tmp), workers, dsn, devices, params, quant_bits, repeats, timeout_s)
     raw_rate, coord_rate = devices / statistics.median(raw_s), devices / statistics.median(coord_s)
     result = {
         "devices": devices,
@@ -100,8 +104,8 @@ def run(devices: int = 2000, update_kb: int = 100, quant_bits: int = 8, repeats:
         "target_aggregate_bytes_per_second": TARGET_AGGREGATE_BYTES_PER_SECOND,
         **({"workers_updates_per_second": {str(k): round(devices / statistics.median(v), 1)
                                            for k, v in shard_s.items()},
-            "workers_drain_seconds_runs": {str(k): [round(x, 4) for x in v] for k, v in shard_s.items()}}
-           if workers else {}),
+            "workers_drain_seconds_runs": {str(k): [round(x, 4) for x in v] for k, v in shard_s.items()},
+            "workers_ejabberd_2_nodes": ejabberd} if workers else {}),
         "repeats": repeats,
         "python": sys.version.split()[0],
         "machine": platform.machine(),

@@ -118,9 +118,13 @@ def _session_props() -> Properties:
     return props
 
 
-def publish_backlog(host: str, port: int, messages: list[tuple[str, bytes]], timeout_s: float) -> None:
-    """Publish every message at QoS 1 and wait for all PUBACKs (the broker holds them then)."""
+def publish_backlog(host: str, port: int, messages: list[tuple[str, bytes]], timeout_s: float,
+                    username: str = "", password: str = "") -> None:
+    """Publish every message at QoS 1 and wait for all PUBACKs (the broker holds them then).
+    username: a broker that requires one (ejabberd: "coordinator", who may publish anywhere)."""
     pub = _paho(f"bench-publisher-{uuid.uuid4().hex[:8]}")
+    if username:
+        pub.username_pw_set(username, password)
     pub.connect(host, port)
     pub.loop_start()
     try:

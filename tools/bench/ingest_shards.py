@@ -15,6 +15,7 @@ that did not happen is not a measurement).
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import time
 import uuid
 from dataclasses import replace
@@ -76,19 +77,20 @@ def _worker(dsn: str, shard: int, cfg: CoordinatorConfig, link: MqttSettings, mo
     done.put((shard, handled, worker.accepted, finished))
 
 
-def shards_drain(url: str, dsn: str, devices: int, params: int, quant_bits: int, workers: int, seed: int,
+def shards_drain(broker: MqttSettings, dsn: str, devices: int, params: int, quant_bits: int, workers: int, seed: int,
                  timeout_s: float) -> float:
-    """Seconds for `workers` workers to drain a backlog of `devices` updates (module docstring)."""
+    """Seconds for `workers` workers to drain a backlog of `devices` updates (module docstring);
+    broker: the workers' link (url, and credentials where the broker requires them)."""
     name = f"fedge_bench_{uuid.uuid4().hex[:12]}"
     _admin(dsn, f'CREATE DATABASE "{name}"')
     db = _database(dsn, name)
     try:
-        return _drain(url, db, devices, params, quant_bits, workers, seed, timeout_s)
+        return _drain(broker, db, devices, params, quant_bits, workers, seed, timeout_s)
     finally:
         _admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _drain(url, db, devices, params, quant_bits, workers, seed, timeout_s) -> float:
+def _drain(broker, db, devices, params, quant_bits, workers, seed, timeout_s) -> float:
     manifest, initial = bench_model(params)
     cfg = CoordinatorConfig(clients_per_round=devices, over_selection=1.0, min_reports=devices,
                             round_deadline_s=24 * 3600, state_dsn=db, aggregator="mean", shards=workers,
@@ -97,14 +99,14 @@ def _drain(url, db, devices, params, quant_bits, workers, seed, timeout_s) -> fl
     leader.poll_s = 0.0
     ctx = leader.round.ctx
     messages = backlog(ctx.tasks, ctx.round_id, manifest, quant_bits, seed, shards=workers)
-    link = replace(coordinator_link(MqttSettings(url=url, session_expiry_s=SESSION_S, connect_timeout_s=60), cfg),
+    link = replace(coordinator_link(replace(broker, session_expiry_s=SESSION_S, connect_timeout_s=60), cfg),
                    clean_start=False)
     for shard in range(workers):  # the shard sessions exist, offline: the broker queues the backlog for them
         first = MqttTransport(shard_client_id(shard), link).connect(timeout=60)
         first.subscribe(shard_updates_filter(shard))
         first.close()
     host, port, _ = link.endpoint()
-    publish_backlog(host, port, messages, timeout_s)
+    publish_backlog(host, port, messages, timeout_s, link.username, link.password)
     per_shard = [0] * workers
     for topic, _ in messages:
         per_shard[shard_of(topic)[0]] += 1
@@ -130,3 +132,27 @@ def _drain(url, db, devices, params, quant_bits, workers, seed, timeout_s) -> fl
         raise RuntimeError(f"the sharded benchmark round did not commit with all {devices} updates "
                            f"({accepted} counted): {record and record.why}")
     return elapsed
+
+
+def shards_on_ejabberd(tmp, workers, dsn, devices, params, quant_bits, repeats, timeout_s) -> dict:
+    """updates_per_second per K through a two-node ejabberd cluster (workers and the backlog's
+    publisher on node 1, logged in as "coordinator"), or why it was skipped."""
+    if not workers:
+        return {}
+    from fedge.tools.broker.ejabberd import INSTALL_HINT, EjabberdCluster, find_ejabberd
+
+    found = find_ejabberd()
+    if found is None:
+        return {"skipped": f"no ejabberd; {INSTALL_HINT}"}
+    cluster = EjabberdCluster(*found, tmp / "ejabberd")
+    runs: dict[int, list[float]] = {k: [] for k in workers}
+    try:
+        cluster.start()
+        link = cluster.settings("coordinator", node=0)
+        for i in range(repeats):
+            for k in workers:
+                runs[k].append(shards_drain(link, dsn, devices, params, quant_bits, k, i, timeout_s))
+    finally:
+        cluster.close()
+    return {"updates_per_second": {str(k): round(devices / statistics.median(v), 1) for k, v in runs.items()},
+            "drain_seconds_runs": {str(k): [round(x, 4) for x in v] for k, v in runs.items()}}
