@@ -78,6 +78,12 @@ class ShardedCoordinator(Coordinator):
             self._poll()
         return super().tick()
 
+    def _close(self, record):
+        out = super()._close(record)
+        keep = getattr(self.store, "keep_key_rounds", 100)  # as the store keeps its own update keys
+        self.tables.prune(record.round_id - keep, self._check)
+        return out
+
     def _poll(self) -> None:
         """Replied for each device the workers counted that the machine still expects."""
         rnd = self.round

@@ -11,7 +11,9 @@ Why the sum is exact: a worker's `count` transaction writes the keys and the new
 not sealed, holding the shard_rounds row FOR SHARE. The leader's `seal` updates that row
 (waiting for the adds in flight), then reads the sums: every add either committed before the
 seal, and is in what the leader reads, or sees `sealed` and is refused (its device gets a
-stale_round Ack). The connection is autocommit with explicit transactions (pg_store.py says why).
+stale_round Ack). Rows of a closed round stay (payloads too: what was counted can be
+recomputed) until the leader prunes rounds older than its store's keep_key_rounds. The
+connection is autocommit with explicit transactions (pg_store.py says why).
 """
 
 from __future__ import annotations
@@ -124,3 +126,13 @@ class ShardTables:
                               (round_id,)).fetchall()
         found = {shard: PartialSum.from_bytes(bytes(data), shapes, w, n) for shard, data, w, n in rows}
         return [found.get(k, PartialSum()) for k in range(shards)]
+
+    def prune(self, through_round: int, check=None) -> None:
+        """Forget rounds <= through_round: their keys, payloads, sums and seals (the leader calls it
+        with the round it closed minus keep_key_rounds, as RoundStore prunes its update keys)."""
+        db = self.conn
+        with db.transaction():
+            if check is not None:
+                check(db)
+            for table in ("shard_updates", "shard_sums", "shard_rounds"):
+                db.execute(f"DELETE FROM {table} WHERE round_id <= %s", (through_round,))

@@ -98,7 +98,7 @@ def test_partial_sums_are_the_streaming_means_arithmetic_and_survive_bytes():
 class Cluster:
     """Leader, K workers and devices on one in-memory broker, stepped by hand."""
 
-    def __init__(self, model, dsn, devices=20, **config):
+    def __init__(self, model, dsn, devices=20, keep_key_rounds=100, **config):
         art, self.manifest, runtime = model
         self.dsn = dsn
         self.cfg = CoordinatorConfig(**{"clients_per_round": devices, "over_selection": 1.0, "hyper": HYPER,
@@ -107,7 +107,7 @@ class Cluster:
         self.broker, self.clock = InMemoryBroker(), ManualClock()
         self.lease = PostgresLease(dsn)
         assert self.lease.try_acquire()
-        self.store = PostgresStore(dsn, epoch=self.lease.epoch)
+        self.store = PostgresStore(dsn, epoch=self.lease.epoch, keep_key_rounds=keep_key_rounds)
         self.strategy = make_strategy("fedavg", self.cfg.hyper)
         self.leader = ShardedCoordinator(self.broker.connect("coordinator"), self.strategy, self.manifest,
                                          runtime.initial("shared"), self.cfg, clock=self.clock, store=self.store)
@@ -236,3 +236,17 @@ def test_a_shard_taken_over_fences_the_old_worker_and_loses_nothing(model, postg
     assert counted == 8
     for k in want:
         assert np.array_equal(c.leader.state.params[k], want[k]), k
+
+
+def test_the_leader_prunes_shard_rows_as_its_store_prunes_update_keys(model, postgres_dsn):
+    c = Cluster(model, postgres_dsn, devices=4, keep_key_rounds=1)
+    rng = np.random.default_rng(2)
+    for round_id in (1, 2):
+        assert c.leader.begin_round()
+        c.pump()
+        for d in c.devices:
+            c.upload(d, random_delta(c.shapes, rng), f"u{round_id}")
+        c.pump()
+        assert c.leader.tick().committed
+        for table in ("shard_updates", "shard_sums", "shard_rounds"):  # keep 1: only the round just closed
+            assert c.rows(f"SELECT DISTINCT round_id FROM {table}") == [(round_id,)], table
