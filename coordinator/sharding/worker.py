@@ -147,19 +147,22 @@ class ShardWorker:
 
 def take_a_shard(dsn: str, shards: int, stop: threading.Event, poll_s: float = 0.2) -> ShardLease | None:
     """Loop over the shards until one's lease is won (None: stopped). A worker beyond K waits
-    here as a standby for any shard."""
-    said = False
-    while not stop.is_set():
-        for shard in range(shards):
-            lease = ShardLease(dsn, shard)
-            if lease.try_acquire():
-                return lease
-            lease.close()
-        if not said:
-            log.info("worker: every shard of %d is held; standing by", shards)
-            said = True
-        stop.wait(poll_s)
-    return None
+    here as a standby for any shard, polling each lock on one connection per shard."""
+    leases = [ShardLease(dsn, shard) for shard in range(shards)]
+    won, said = None, False
+    try:
+        while won is None and not stop.is_set():
+            won = next((lease for lease in leases if lease.try_acquire()), None)
+            if won is None:
+                if not said:
+                    log.info("worker: every shard of %d is held; standing by", shards)
+                    said = True
+                stop.wait(poll_s)
+    finally:
+        for lease in leases:
+            if lease is not won:
+                lease.close()
+    return won
 
 
 def next_burst(transport: Transport, timeout: float) -> list[Message]:
