@@ -17,6 +17,7 @@ from .dp.config import PrivacyConfig, check_coordinator
 from .evaluation import EvalConfig
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
 from .secagg.config import SecAggConfig, check_compatible
+from .sharding.config import check_sharding
 from .strategies import STRATEGIES
 from .weights import WEIGHTINGS
 
@@ -102,6 +103,11 @@ class CoordinatorConfig:
     # buffer_size updates, [coordinator.async] (coordinator/async_mode/config.py).
     mode: str = "sync"
     async_: AsyncConfig = field(default_factory=AsyncConfig, metadata={"toml": "async"})
+    # Sharded ingest (coordinator/sharding): K aggregator workers (`fedge coordinator serve --role
+    # worker`) validate and sum the updates, each on its shard's topic; the leader merges the K
+    # sums. 0 = off: the coordinator ingests every update itself (the single-machine path).
+    # Needs state_dsn and aggregator = "mean"; sharding/config.py lists what it refuses.
+    shards: int = 0
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -151,6 +157,7 @@ class CoordinatorConfig:
         self._check_wire()
         check_compatible(self)
         check_mode(self)
+        check_sharding(self)
 
     def _check_wire(self) -> None:
         """What the coordinator will send must pass the codec's range checks: refuse it here,

@@ -14,6 +14,7 @@ none stops the service.
         ├── BadShape                   names, shapes, dtypes or indices do not fit the model
         ├── NonFinite                  NaN or Inf in the update
         ├── NormBound                  update norm above the configured bound
+        ├── WrongShard                 sharded: an update on a shard topic (or the plain one) not its device's
         └── StaleEval                  an EvalReport that answers no evaluation asked of its sender
 
 One error does stop it, on purpose: GroupCommitFailed (FedgeError), accepted updates that could
@@ -75,6 +76,10 @@ class NonFinite(UpdateRejected):
 
 class NormBound(UpdateRejected):
     reason = "norm_bound"
+
+
+class WrongShard(UpdateRejected):
+    reason = "wrong_shard"
 
 
 class StaleEval(UpdateRejected):

@@ -91,12 +91,23 @@ class PostgresLease:
         if not won:
             return False
         with self._conn.transaction():
-            (self.epoch,) = self._conn.execute(
-                "INSERT INTO leader (id, epoch, holder, since_wall) VALUES (1, 1, %s, %s) ON CONFLICT (id) DO UPDATE "
-                "SET epoch = leader.epoch + 1, holder = excluded.holder, since_wall = excluded.since_wall "
-                "RETURNING epoch", (self.holder, time.time())).fetchone()
-        log.info("leader: %s holds %s with epoch %d", self.holder, self.where, self.epoch)
+            self.epoch = self._bump()
+        log.info("%s: %s holds %s with epoch %d", self.role, self.holder, self.where, self.epoch)
         return True
+
+    role = "leader"
+
+    def _bump(self) -> int:
+        """Inside a transaction: the next epoch of this lease, stored (a subclass fences another row)."""
+        (epoch,) = self._conn.execute(
+            "INSERT INTO leader (id, epoch, holder, since_wall) VALUES (1, 1, %s, %s) ON CONFLICT (id) DO UPDATE "
+            "SET epoch = leader.epoch + 1, holder = excluded.holder, since_wall = excluded.since_wall "
+            "RETURNING epoch", (self.holder, time.time())).fetchone()
+        return epoch
+
+    def _current(self):
+        """The stored epoch row of this lease, or None."""
+        return self._conn.execute("SELECT epoch FROM leader WHERE id = 1").fetchone()
 
     def wait(self, stop: threading.Event, poll_s: float = 0.2) -> bool:
         """Poll until leader (True) or `stop` is set (False)."""
@@ -112,7 +123,7 @@ class PostgresLease:
     def check(self) -> None:
         """Raise LeaseLost if the lease's session is gone, FencedOut if another epoch is current."""
         try:
-            row = self._conn.execute("SELECT epoch FROM leader WHERE id = 1").fetchone()
+            row = self._current()
         except self._errors as exc:
             raise LeaseLost(f"{self.where}: the leadership connection failed: {exc}") from exc
         if self.epoch is not None and (row is None or row[0] != self.epoch):

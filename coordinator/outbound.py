@@ -42,6 +42,9 @@ class Outbound:
         # Every Ack goes through this: the coordinator's group commit holds it until the updates
         # waiting for their store write are written (group_commit.py); by default, sent at once.
         self.defer: Callable[[Callable[[], None]], None] = lambda send: send()
+        # Sharded fleets (coordinator/sharding/leader.py): the shard each task names; -1 = none,
+        # and the field stays off the wire.
+        self.shard_for: Callable[[str], int] = lambda _device_id: -1
 
     def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.transport.publish(topic, payload, qos=1, retain=retain)
@@ -75,7 +78,8 @@ class Outbound:
                          compression=rnd.compression or self.config.compression, deadline_s=remaining,
                          seed=self.config.seed * 1_000_003 + ctx.round_id,
                          correction=b"" if by_ref else rnd.correction_bytes, manifest_sha256=self.manifest_sha256,
-                         round_model_sha256=rnd.round_model_sha256 if by_ref else "")
+                         round_model_sha256=rnd.round_model_sha256 if by_ref else "",
+                         shard=self.shard_for(device_id))
 
     def to_device(self, rnd: OpenRound, device_id: str, message) -> None:
         """One message on the device's task channel, counted to the round."""

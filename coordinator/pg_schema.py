@@ -52,6 +52,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE leader (id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL, holder TEXT NOT NULL, "
         "since_wall DOUBLE PRECISION NOT NULL)",
     ),
+    (  # 2: sharded ingest (coordinator/sharding/tables.py draws these)
+        "CREATE TABLE shard_leases (shard INTEGER PRIMARY KEY, epoch BIGINT NOT NULL, holder TEXT NOT NULL, "
+        "since_wall DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE shard_rounds (round_id BIGINT PRIMARY KEY, sealed BOOLEAN NOT NULL DEFAULT false)",
+        "CREATE TABLE shard_updates (round_id BIGINT NOT NULL, device_id TEXT NOT NULL, update_id TEXT NOT NULL, "
+        "shard INTEGER NOT NULL, seq BIGINT NOT NULL, digest TEXT NOT NULL, weight DOUBLE PRECISION NOT NULL, "
+        "payload BYTEA NOT NULL, PRIMARY KEY (round_id, device_id, update_id))",
+        "CREATE INDEX shard_updates_by_shard ON shard_updates (round_id, shard, seq)",
+        "CREATE TABLE shard_sums (round_id BIGINT NOT NULL, shard INTEGER NOT NULL, data BYTEA NOT NULL, "
+        "weight DOUBLE PRECISION NOT NULL, count BIGINT NOT NULL, PRIMARY KEY (round_id, shard))",
+    ),
 )
 
 

@@ -29,6 +29,11 @@ as a standby, for the leader lease (leadership.py; "standby: waiting for leaders
 resumes from the store exactly as a restart does (the open round included). A leader whose
 lease connection fails, or whose writes are fenced out by a newer leader, exits with 4
 (EXIT_LOST_LEADERSHIP), so its supervisor restarts it, as a standby.
+
+With `[coordinator] shards = K` (PostgreSQL only) the leader ingests no update: K aggregator
+workers, `fedge coordinator serve --role worker --config <the same file>`, each holding one
+shard's lease, validate and sum them (coordinator/sharding). Extra workers stand by for a
+shard whose worker died.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from .metrics import CoordinatorMetrics, serve_metrics
 from .retain_fanout import cluster_transport
 from .sampling import selection_size
 from .server import Coordinator
+from .sharding.leader import ShardedCoordinator
+from .sharding.serve import run_worker
 from .store import open_store
 from .strategies import strategy_from_config
 
@@ -121,7 +128,8 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
     store = open_store(cfg.coordinator, epoch)
     metrics = CoordinatorMetrics()
     transport = cluster_transport(cfg.service.client_id, coordinator_link(cfg.broker, cfg.coordinator))
-    coordinator = coordinator_class(cfg.coordinator)(transport, strategy_from_config(cfg.coordinator), manifest,
+    cls = ShardedCoordinator if cfg.coordinator.shards else coordinator_class(cfg.coordinator)
+    coordinator = cls(transport, strategy_from_config(cfg.coordinator), manifest,
                                                      initial, cfg.coordinator, store=store, metrics=metrics)
     target = cfg.service.rounds
 
@@ -133,7 +141,11 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
     return loop, coordinator
 
 
-def run_service(cfg: ServiceConfig) -> int:
+def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
+    """role "leader": the coordinator (with state_dsn, a standby until it leads); "worker": an
+    aggregator worker of a sharded fleet (coordinator/sharding/serve.py)."""
+    if role not in ("leader", "worker"):
+        raise ConfigError(f"role {role!r}: choose leader or worker")
     stopping = threading.Event()
     loops: list[CoordinatorLoop] = []
 
@@ -144,6 +156,8 @@ def run_service(cfg: ServiceConfig) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    if role == "worker":
+        return run_worker(cfg, stopping, coordinator_link)
     if not cfg.coordinator.state_dsn:
         return _serve(cfg, None, stopping, loops)
     lease = PostgresLease(cfg.coordinator.state_dsn)

@@ -37,6 +37,7 @@ from .kernel.protocol import (
     TrainTask,
     Update,
     device_topic,
+    shard_update_topic,
 )
 from .kernel.transport.base import Message, Transport, topic_matches
 from .secagg_participant import REQUESTS as SECAGG_REQUESTS
@@ -86,9 +87,9 @@ class DeviceAgent:
         self.checkin_s = checkin_s
         self.journal = DeviceJournal(self.home, max_message_bytes, self.clock)
         # Both publish through self._publish at call time: the simulator holds answers by swapping it.
-        self.uplink = Uplink(self.device_id, self.journal, lambda ch, p: self._publish(ch, p), republish_s,
+        self.uplink = Uplink(self.device_id, self.journal, lambda *a: self._publish(*a), republish_s,
                              pending_max_age_s)
-        self.delivery = ModelDelivery(runtime, transport, lambda ch, p: self._publish(ch, p),
+        self.delivery = ModelDelivery(runtime, transport, self._publish,
                                       Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
         # Secure-aggregation rounds (their own four stages; secagg_participant.py).
@@ -316,5 +317,6 @@ class DeviceAgent:
         self.transport.publish(device_topic(self.device_id, "status"), encode_message(Status(self.device_id, True)),
                                qos=1, retain=True)
 
-    def _publish(self, channel: str, payload: bytes) -> None:
-        self.transport.publish(device_topic(self.device_id, channel), payload, qos=1)
+    def _publish(self, channel: str, payload: bytes, shard: int = -1) -> None:
+        topic = shard_update_topic(shard, self.device_id) if shard >= 0 else device_topic(self.device_id, channel)
+        self.transport.publish(topic, payload, qos=1)

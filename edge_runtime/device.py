@@ -247,6 +247,7 @@ class DeviceRuntime:
                      # the devices it clipped, noised, to follow a quantile of these norms
                      **({"norm": clip_seen} if task.compression.clip_norm > 0 else {})},
             control=control,
+            shard=task.shard,
         )
         # Staged, kept, applied: see journal.py for why this order survives a crash at any step.
         meta = {"last_round": task.round_id, "last_task": task.task_id}

@@ -14,14 +14,14 @@ import logging
 from collections.abc import Callable
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
-from .kernel.codec import encode_message
+from .kernel.codec import decode_message, encode_message
 from .kernel.protocol import Decline
 
 log = logging.getLogger("fedge.agent")
 
 MAX_BACKOFF_STEPS = 5  # resend interval grows to republish_s * 2**5 while no Ack comes
 
-Publish = Callable[[str, bytes], None]  # (channel, payload)
+Publish = Callable[..., None]  # (channel, payload, shard=-1): shard >= 0 picks the shard update topic
 
 
 class Uplink:
@@ -38,7 +38,7 @@ class Uplink:
 
     def send_update(self, payload: bytes, now: float) -> None:
         self.next_republish = now + self.republish_s  # first: a failed publish is retried by the next resend
-        self.publish("update", payload)
+        self._send(payload)
 
     def send_decline(self, decline: Decline) -> None:
         log.info("device %s: round %d task %s declined: %s%s", self.device_id, decline.round_id, decline.task_id,
@@ -64,8 +64,17 @@ class Uplink:
         # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
         self.next_republish = now + self.republish_s * 2 ** self.unacked_resends
         for item in items:
-            self.publish("update", item.payload)
+            self._send(item.payload)
         return len(items)
+
+    def _send(self, payload: bytes) -> None:
+        """An Update goes to the topic of the shard its task named; the kept frame says which
+        (decoded here rather than journaled beside it, so the journal's format is unchanged)."""
+        shard = decode_message(payload).shard
+        if shard >= 0:
+            self.publish("update", payload, shard)
+        else:
+            self.publish("update", payload)
 
     def resend_due(self, now: float) -> bool:
         """True when unacknowledged updates wait and their resend time has come; drops the

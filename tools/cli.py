@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     co = p.add_subparsers(dest="coordinator_command", required=True)
     c = co.add_parser("serve", help="run rounds over MQTT (runs until SIGTERM, or [service] rounds)")
     c.add_argument("--config", required=True, help="coordinator TOML (see coordinator/service.py)")
+    c.add_argument("--role", choices=("leader", "worker"), default="leader",
+                   help="leader: the coordinator (default); worker: an aggregator worker of a sharded fleet "
+                        "([coordinator] shards, state_dsn)")
     c = co.add_parser("privacy", help="ε spent so far and the rounds left, from the coordinator's state file")
     c.add_argument("--state", required=True, help="the coordinator's state_db (SQLite); read only")
     c.add_argument("--json", action="store_true", help="the report as JSON, with ε after each charged round")
@@ -212,7 +215,7 @@ def _dispatch(args) -> int:
     if args.command == "coordinator":
         from fedge.coordinator.service import load_service_config, run_service
 
-        return run_service(load_service_config(args.config))
+        return run_service(load_service_config(args.config), args.role)
     if args.command == "provision":
         from fedge.tools.provision import run as run_provision
 

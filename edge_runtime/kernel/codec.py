@@ -14,8 +14,10 @@ Body values: nested dataclasses are maps, tuples are arrays, bytes are msgpack b
 dict[str, float] is a map. Decoding is strict and checks every field against its
 annotation: an unknown field, a missing required field or a wrong type is
 MalformedPayload naming the message type and field (e.g. ``TrainTask.hyper.lr``).
-A field that has a default may be absent. Ints travel as ints; an int in a float field
-is accepted and cast. bool is never accepted as int or float, nor int as bool.
+A field that has a default may be absent, and one declared with
+bounded(omit_default=True) is left out while it holds its default (a field added after
+peers shipped: they refuse unknown fields, so it must not appear until it is used). Ints
+travel as ints; an int in a float field is accepted and cast. bool is never accepted as int or float, nor int as bool.
 
 Values are range-checked too, on decode and on encode: an int must lie in its field's
 range (protocol.bounded) or else fit a signed 64-bit integer (what SQLite stores); a float
@@ -128,6 +130,7 @@ class _Field:
     hint: Any
     required: bool
     bounds: tuple | None = None  # protocol.bounded's (lo, hi), else the hint's default range
+    omitted: Any = None  # bounded(omit_default=True): this default is left out of the frame (old peers)
 
 
 @functools.cache
@@ -140,7 +143,8 @@ def _fields(cls: type) -> dict[str, _Field]:
             continue
         _check_hint(hints[f.name], f"{cls.__name__}.{f.name}")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        out[f.name] = _Field(hints[f.name], required, f.metadata.get("range"))
+        omitted = f.default if f.metadata.get("omit_default") else None
+        out[f.name] = _Field(hints[f.name], required, f.metadata.get("range"), omitted)
     return out
 
 
@@ -172,10 +176,12 @@ def _build(cls: type, data: dict, where: str) -> Any:
 
 
 def _dump(obj: Any, where: str) -> dict[str, Any]:
-    return {
-        name: _value(f.hint, getattr(obj, name), f"{where}.{name}", False, f.bounds)
-        for name, f in _fields(type(obj)).items()
-    }
+    out = {}
+    for name, f in _fields(type(obj)).items():
+        value = getattr(obj, name)
+        if f.omitted is None or value != f.omitted:
+            out[name] = _value(f.hint, value, f"{where}.{name}", False, f.bounds)
+    return out
 
 
 @functools.cache

@@ -15,6 +15,7 @@ Topic scheme (version 1; `{d}` is a device id):
     fedge/v1/devices/{d}/artifact  coordinator -> device   ArtifactFile (one per file)
     fedge/v1/announce              coordinator -> all      Announcement (retained)
     fedge/v1/model/{k}             coordinator -> all      ModelPart k of the round's model (retained)
+    fedge/v1/shard/{k}/devices/{d}/update  device -> worker k  Update, when its TrainTask.shard = k
 
 With the coordinator's `model_part_bytes` set, a round's shared parameters (and SCAFFOLD's
 c) are published once, as retained ModelParts, instead of inside each of N tasks: the
@@ -42,6 +43,7 @@ from .wire_fields import _FREE_TEXT, _NON_NEGATIVE, _SECONDS, I64, MAX_EXAMPLES,
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "fedge/v1"
+MAX_SHARDS = 1024  # aggregator shards ([coordinator] shards); shard ids are 0 .. MAX_SHARDS - 1
 
 
 def device_topic(device_id: str, kind: str) -> str:
@@ -66,6 +68,27 @@ MODEL_PARTS_FILTER = f"{TOPIC_ROOT}/model/+"
 def model_part_topic(index: int) -> str:
     """Retained topic of part `index` of the current round's model."""
     return f"{TOPIC_ROOT}/model/{index}"
+
+
+def shard_update_topic(shard: int, device_id: str) -> str:
+    """Where a device whose task names `shard` uploads its Update (and its chunks)."""
+    if not 0 <= shard < MAX_SHARDS:
+        raise ValueError(f"shard {shard} out of range [0, {MAX_SHARDS})")
+    return f"{TOPIC_ROOT}/shard/{shard}{device_topic(device_id, 'update')[len(TOPIC_ROOT):]}"
+
+
+def shard_updates_filter(shard: int) -> str:
+    """What shard `shard`'s aggregator worker subscribes to."""
+    return f"{TOPIC_ROOT}/shard/{shard}/devices/+/update"
+
+
+def shard_of(topic: str) -> tuple[int, str] | None:
+    """(shard, device id) of a shard update topic, or None for any other topic."""
+    parts = topic.split("/")
+    if (len(parts) == 7 and "/".join(parts[:3]) == f"{TOPIC_ROOT}/shard" and parts[3].isdigit()
+            and parts[4] == "devices" and parts[5] and parts[6] == "update" and int(parts[3]) < MAX_SHARDS):
+        return int(parts[3]), parts[5]
+    return None
 
 
 def device_of(topic: str) -> tuple[str, str] | None:
@@ -163,6 +186,10 @@ class TrainTask:
     # sha256 of the encoded RoundModel published as ModelParts; params and correction are then
     # empty here and come from that RoundModel. "" = everything is inline in this task.
     round_model_sha256: str = ""
+    # Sharded ingest ([coordinator] shards = K): the aggregator shard that counts this device's
+    # update; the device uploads to shard_update_topic(shard, device). -1 = no shards: the
+    # plain update topic, and the field stays off the wire, so devices built before it work.
+    shard: int = bounded(-1, MAX_SHARDS - 1, -1, omit_default=True)
 
 
 @dataclass(frozen=True)
@@ -180,6 +207,7 @@ class Update:
     # SCAFFOLD: Δc_i = c_i+ - c_i per shared param, update_codec, compressed like the payload
     # (same bits and top-k, no clipping, its own error-feedback residual); empty = none.
     control: bytes = b""
+    shard: int = bounded(-1, MAX_SHARDS - 1, -1, omit_default=True)  # the task's shard, so resends go there too
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,12 @@ _NON_NEGATIVE = (0, I64[1])
 _SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
 
 
-def bounded(lo: float, hi: float, default=None, **kw):
-    """A dataclass field whose value must lie in [lo, hi] (the codec checks it)."""
+def bounded(lo: float, hi: float, default=None, *, omit_default: bool = False, **kw):
+    """A dataclass field whose value must lie in [lo, hi] (the codec checks it).
+
+    omit_default: the codec leaves the field out of a frame while it holds its default, so a
+    field added to schema version 1 reaches peers built before it (their decoders refuse
+    unknown fields) for as long as the feature that sets it is off."""
     if default is not None:
         kw["default"] = default
-    return field(metadata={"range": (lo, hi)}, **kw)
+    return field(metadata={"range": (lo, hi), "omit_default": omit_default}, **kw)

@@ -61,6 +61,15 @@ def _start_devices(cluster, art_dir, model_id, root):
     return loops, agents, threads
 
 
+def stop_devices(loops, threads, agents) -> None:
+    for loop in loops:
+        loop.stop()
+    for thread in threads:
+        thread.join(timeout=5)
+    for agent in agents:
+        agent.transport.close()
+
+
 def test_fleet_on_two_ejabberd_nodes_survives_losing_one(ejabberd_cluster, tmp_path):
     cluster = ejabberd_cluster
     art_dir, manifest, _ = build_tiny_model(tmp_path / "artifacts")
@@ -96,9 +105,4 @@ def test_fleet_on_two_ejabberd_nodes_survives_losing_one(ejabberd_cluster, tmp_p
             proc.wait(20)
         except Exception:
             proc.kill()
-        for loop in loops:
-            loop.stop()
-        for thread in threads:
-            thread.join(timeout=5)
-        for agent in agents:
-            agent.transport.close()
+        stop_devices(loops, threads, agents)

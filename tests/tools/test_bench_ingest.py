@@ -4,6 +4,7 @@ with every update, or the bench raises), and the JSON has the keys issue 14 name
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -26,3 +27,18 @@ def test_a_tiny_run_writes_the_issue_keys(mosquitto_binary, tmp_path):
     assert all(seconds > 0 for seconds in result["stages"].values())
     # fsync'd writes per task (tests/edge_runtime/test_durable_writes.py says which, and why)
     assert result["durable_writes_per_task"] == 4 and result["durable_writes_per_task_replay"] == 1
+
+
+def test_workers_drain_the_backlog_on_shard_topics(mosquitto_binary, postgres_dsn):
+    from tests.pg_server import import_psycopg
+
+    import_psycopg()
+    result = bench.run(devices=40, update_kb=4, repeats=1, timeout_s=120, writes=False, workers=(1, 2),
+                       dsn=postgres_dsn)
+    rates = result["workers_updates_per_second"]
+    assert set(rates) == {"1", "2"} and all(r > 0 for r in rates.values())
+    ejabberd = result["workers_ejabberd_2_nodes"]
+    if "skipped" not in ejabberd or os.environ.get("FEDGE_REQUIRE_EJABBERD") == "1":
+        assert set(ejabberd["updates_per_second"]) == {"1", "2"}, ejabberd
+    print("bench ingest --workers 1,2 (40 updates of 4 KiB):", rates, "on ejabberd:", ejabberd, "coordinator:",
+          result["coordinator_updates_per_second"])

@@ -11,6 +11,9 @@ costs in durable writes.
                   on one core, in bytes of Update messages per second, with `stages` (seconds
                   per stage over the backlog) and np.add on the same dense float32 arrays
                   (`np_add_bytes_per_second`) for scale (ingest_path.py).
+  workers_updates_per_second      with `--workers 1,2 --dsn URL`: the same backlog drained by K
+                  aggregator workers on shard topics, per K (ingest_shards.py), in the same run;
+                  `workers_ejabberd_2_nodes` the same on a two-node ejabberd cluster (or why skipped).
   durable_writes_per_task         fsync'd writes per task of a training device (device_writes.py),
                   with `durable_writes_by_file`, and the same for `fedge bench mqtt`'s replaying
                   device (`durable_writes_per_task_replay`).
@@ -35,10 +38,12 @@ import tempfile
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
 from . import device_writes
 from .ingest_drain import coordinator_drain, prepare, raw_drain
 from .ingest_path import measure
+from .ingest_shards import shards_drain, shards_on_ejabberd
 
 log = logging.getLogger("fedge.bench.ingest")
 
@@ -48,12 +53,16 @@ PATH_MESSAGES = 500  # updates through the in-process path per timing (about 50 
 
 
 def run(devices: int = 2000, update_kb: int = 100, quant_bits: int = 8, repeats: int = 3,
-        json_path: str | None = None, timeout_s: float = 600.0, writes: bool = True) -> dict:
+        json_path: str | None = None, timeout_s: float = 600.0, writes: bool = True,
+        workers: tuple[int, ...] = (), dsn: str = "") -> dict:
     from fedge.tools.broker import BrokerConfig, MosquittoProcess
 
     # int8 codes: one byte per parameter, so update_kb KiB of payload is update_kb * 1024 params
     params = update_kb * 1024 * {8: 1, 4: 2, 32: 1}[quant_bits] // (4 if quant_bits == 32 else 1)
+    if workers and not dsn:
+        raise ValueError("--workers needs --dsn: the shard tables live in PostgreSQL")
     raw_s, coord_s, path = [], [], None
+    shard_s: dict[int, list[float]] = {k: [] for k in workers}
     with tempfile.TemporaryDirectory(prefix="fedge-bench-ingest-") as tmp:
         broker_cfg = BrokerConfig(persistence=False, max_queued_messages=devices + 100,
                                   log_types=("error", "warning"))
@@ -72,6 +81,11 @@ def run(devices: int = 2000, update_kb: int = 100, quant_bits: int = 8, repeats:
                 log.warning("run %d: raw paho %.3f s, coordinator %.3f s for %d updates", i, raw_s[-1], coord_s[-1],
                             devices)
                 del coordinator, messages
+                for k in workers:  # the same backlog size through K aggregator workers (ingest_shards.py)
+                    shard_s[k].append(shards_drain(MqttSettings(url=broker.url), dsn, devices, params, quant_bits,
+                                                   k, i, timeout_s))
+                    log.warning("run %d: %d workers %.3f s for %d updates", i, k, shard_s[k][-1], devices)
+        ejabberd = shards_on_ejabberd(Path(tmp), workers, dsn, devices, params, quant_bits, repeats, timeout_s)
     raw_rate, coord_rate = devices / statistics.median(raw_s), devices / statistics.median(coord_s)
     result = {
         "devices": devices,
@@ -88,6 +102,10 @@ def run(devices: int = 2000, update_kb: int = 100, quant_bits: int = 8, repeats:
         "target_drain_ratio": TARGET_DRAIN_RATIO,
         **{k: (round(v) if isinstance(v, float) else v) for k, v in path.items()},
         "target_aggregate_bytes_per_second": TARGET_AGGREGATE_BYTES_PER_SECOND,
+        **({"workers_updates_per_second": {str(k): round(devices / statistics.median(v), 1)
+                                           for k, v in shard_s.items()},
+            "workers_drain_seconds_runs": {str(k): [round(x, 4) for x in v] for k, v in shard_s.items()},
+            "workers_ejabberd_2_nodes": ejabberd} if workers else {}),
         "repeats": repeats,
         "python": sys.version.split()[0],
         "machine": platform.machine(),
@@ -112,10 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="give up a phase after this many seconds")
     p.add_argument("--no-writes", action="store_true", help="skip counting the devices' durable writes")
     p.add_argument("--json", dest="json_path", help="write the result here")
+    p.add_argument("--workers", default="", help="also drain through K aggregator workers, e.g. 1,2 "
+                                                  "(coordinator/sharding; needs --dsn)")
+    p.add_argument("--dsn", default="", help="PostgreSQL server for --workers; each run creates and drops "
+                                             "its own database there")
     args = p.parse_args(argv)
     if args.devices < 1 or args.update_kb < 1 or args.repeats < 1:
         p.error("--devices, --update-kb and --repeats must be >= 1")
+    try:
+        workers = tuple(int(k) for k in args.workers.split(",") if k)
+    except ValueError:
+        p.error("--workers: a comma-separated list of shard counts, e.g. 1,2")
+    if any(k < 1 for k in workers) or (workers and not args.dsn):
+        p.error("--workers counts must be >= 1, and --workers needs --dsn")
     result = run(args.devices, args.update_kb, args.quant_bits, args.repeats, args.json_path, args.timeout,
-                 not args.no_writes)
+                 not args.no_writes, workers, args.dsn)
     print(json.dumps(result, indent=2))
     return 0

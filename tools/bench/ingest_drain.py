@@ -35,12 +35,19 @@ from paho.mqtt.properties import Properties
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.server import Coordinator
 from fedge.coordinator.service import coordinator_link
+from fedge.coordinator.sharding.config import shard_for
 from fedge.coordinator.store import open_store
 from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.compress import compress_update
 from fedge.edge_runtime.kernel.manifest import Manifest, ParamInfo
-from fedge.edge_runtime.kernel.protocol import CompressionSpec, Update, all_devices_topic, device_topic
+from fedge.edge_runtime.kernel.protocol import (
+    CompressionSpec,
+    Update,
+    all_devices_topic,
+    device_topic,
+    shard_update_topic,
+)
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
@@ -67,11 +74,12 @@ def coordinator_config(devices: int, state_db: str, quant_bits: int) -> Coordina
                              compression=CompressionSpec(quant_bits=quant_bits))
 
 
-def open_bench_round(cfg: CoordinatorConfig, manifest: Manifest, initial: dict, devices: int) -> Coordinator:
+def open_bench_round(cfg: CoordinatorConfig, manifest: Manifest, initial: dict, devices: int,
+                     cls: type[Coordinator] = Coordinator) -> Coordinator:
     """A coordinator (durable store) with `devices` registered and round 1 open; its tasks went
-    to an in-memory broker nobody listens on."""
-    coordinator = Coordinator(InMemoryBroker().connect("coordinator"), strategy_from_config(cfg), manifest, initial,
-                              cfg, store=open_store(cfg))
+    to an in-memory broker nobody listens on. cls: ShardedCoordinator for ingest_shards.py."""
+    coordinator = cls(InMemoryBroker().connect("coordinator"), strategy_from_config(cfg), manifest, initial,
+                      cfg, store=open_store(cfg))
     coordinator.start()
     now, wall = coordinator.clock.now(), coordinator.clock.wall()
     for i in range(devices):
@@ -82,8 +90,9 @@ def open_bench_round(cfg: CoordinatorConfig, manifest: Manifest, initial: dict, 
 
 
 def backlog(tasks: dict[str, str], round_id: int, manifest: Manifest, quant_bits: int,
-            seed: int) -> list[tuple[str, bytes]]:
-    """One valid Update message per task: (topic, bytes). Each device's delta is its own draw."""
+            seed: int, shards: int = 0) -> list[tuple[str, bytes]]:
+    """One valid Update message per task: (topic, bytes). Each device's delta is its own draw.
+    shards > 0: on the device's shard topic, as a sharded fleet uploads (ingest_shards.py)."""
     rng = np.random.default_rng(seed)
     (param,) = manifest.by_role("shared")
     dense = dense_fp32_bytes({param.name: param.shape})
@@ -91,9 +100,11 @@ def backlog(tasks: dict[str, str], round_id: int, manifest: Manifest, quant_bits
     for device_id, task_id in sorted(tasks.items()):
         delta = {param.name: rng.normal(0.0, 0.01, param.shape).astype(np.float32)}
         tensors, _, _ = compress_update(delta, None, CompressionSpec(quant_bits=quant_bits), rng)
+        shard = shard_for(device_id, shards) if shards else -1
         update = Update(device_id, round_id, task_id, uuid.uuid4().hex, manifest.model_id, 0, 100,
-                        encode_tensors(tensors), dense)
-        out.append((device_topic(device_id, "update"), encode_message(update)))
+                        encode_tensors(tensors), dense, shard=shard)
+        topic = shard_update_topic(shard, device_id) if shards else device_topic(device_id, "update")
+        out.append((topic, encode_message(update)))
     return out
 
 
@@ -107,9 +118,13 @@ def _session_props() -> Properties:
     return props
 
 
-def publish_backlog(host: str, port: int, messages: list[tuple[str, bytes]], timeout_s: float) -> None:
-    """Publish every message at QoS 1 and wait for all PUBACKs (the broker holds them then)."""
+def publish_backlog(host: str, port: int, messages: list[tuple[str, bytes]], timeout_s: float,
+                    username: str = "", password: str = "") -> None:
+    """Publish every message at QoS 1 and wait for all PUBACKs (the broker holds them then).
+    username: a broker that requires one (ejabberd: "coordinator", who may publish anywhere)."""
     pub = _paho(f"bench-publisher-{uuid.uuid4().hex[:8]}")
+    if username:
+        pub.username_pw_set(username, password)
     pub.connect(host, port)
     pub.loop_start()
     try:

@@ -1,0 +1,93 @@
+"""The leader of a sharded fleet ([coordinator] shards = K): the coordinator, minus ingest.
+
+It runs rounds exactly as Coordinator does (selection, tasks, deadlines, declines, commit
+with epoch fencing), with three differences:
+
+* every task names the device's shard (config.shard_for), so the device uploads there;
+* it validates no update: an Update on the plain update topic is refused (wrong_shard), and
+  the round machine learns who reported from shard_updates (`poll_s`), as Replied events;
+* the round's aggregator is ShardSums: at Aggregate it seals the round in the shard tables
+  and merges the K partial sums in shard index order (sums.merge), so the committed mean is
+  sum / weight over exactly the updates the workers counted, as MeanAggregator would give.
+
+The round record's `reports` counts the replies the machine saw; updates counted between the
+last poll and the seal are in the model (and in ShardSums.count) but not in that number.
+"""
+
+from __future__ import annotations
+
+from fedge.edge_runtime.kernel.protocol import Update
+
+from ..errors import WrongShard
+from ..leadership import check_epoch
+from ..rounds import Replied, on_event
+from ..server import Coordinator
+from .config import shard_for
+from .sums import PartialSum, mean, merge
+from .tables import ShardTables
+
+
+class ShardSums:
+    """The Aggregator of a sharded round: what the workers summed, read once at result()."""
+
+    def __init__(self, tables: ShardTables, round_id: int, shards: int, shapes, check):
+        self.tables, self.round_id, self.shards, self.shapes, self.check = tables, round_id, shards, shapes, check
+        self.total: PartialSum | None = None
+
+    @property
+    def count(self) -> int:
+        return 0 if self.total is None else self.total.count
+
+    def add(self, delta, meta) -> None:
+        raise TypeError("a sharded round's updates are added by its workers, not the leader")
+
+    def result(self):
+        if self.total is None:
+            self.total = merge(self.tables.seal(self.round_id, self.shards, self.shapes, self.check))
+        return mean(self.total)
+
+
+class ShardedCoordinator(Coordinator):
+    poll_s = 0.1  # seconds between reads of the shard tables' progress
+
+    def __init__(self, transport, strategy, manifest, initial_shared, config, clock=None, store=None,
+                 metrics=None):
+        self.tables = ShardTables(config.state_dsn)
+        epoch = getattr(store, "epoch", None)
+        where = self.tables.where
+        self._check = None if epoch is None else (lambda db: check_epoch(db, epoch, where))
+        self._next_poll = 0.0
+        super().__init__(transport, strategy, manifest, initial_shared, config, clock, store, metrics)
+        self.outbound.shard_for = lambda device_id: shard_for(device_id, config.shards)
+
+    def _new_round(self, machine, tasks, started, plan=None):
+        rnd = super()._new_round(machine, tasks, started, plan)
+        rnd.aggregator = ShardSums(self.tables, machine.round_id, self.config.shards, self.shapes, self._check)
+        return rnd
+
+    def _report(self, report, sender, size):
+        if isinstance(report, Update):  # a device that ignored its task's shard, or an old build
+            return self._reject(WrongShard(f"{sender}: sharded fleet, upload to shard "
+                                           f"{shard_for(report.device_id, self.config.shards)}"), sender, report)
+        return super()._report(report, sender, size)
+
+    def tick(self):
+        now = self.clock.now()
+        if self.round is not None and now >= self._next_poll:
+            self._next_poll = now + self.poll_s
+            self._poll()
+        return super().tick()
+
+    def _close(self, record):
+        out = super()._close(record)
+        keep = getattr(self.store, "keep_key_rounds", 100)  # as the store keeps its own update keys
+        self.tables.prune(record.round_id - keep, self._check)
+        return out
+
+    def _poll(self) -> None:
+        """Replied for each device the workers counted that the machine still expects."""
+        rnd = self.round
+        for device_id in sorted(self.tables.reporters(rnd.ctx.round_id)):
+            if rnd.machine.expects(device_id):
+                rnd.machine, _ = on_event(rnd.machine, Replied(device_id))  # Tick acts on a full round
+                self.metrics.accepted.inc()

@@ -1,0 +1,196 @@
+"""An aggregator worker: `fedge coordinator serve --role worker` (sharding/__init__.py draws the flow).
+
+One process serves one shard at a time. It loops over the K shards trying each one's lease
+(lease.py); the first it wins it serves until the lease fails, then it loops again. A shard
+whose worker died is taken by whichever worker process tries its lock next: reassignment is
+by lease, nothing assigns it. Its MQTT session is persistent under a client id fixed per
+shard (fedge-shard-{k}, clean_start false), so the updates queued for the dead worker's
+session are delivered to the one that takes the shard over, and the (round, device, update
+id) key in shard_updates makes a redelivered update a duplicate, never a second add.
+
+Each update is checked by the coordinator's own admission (admission.admit: round, task,
+key, model, shapes, finite, norm bound), then counted (tables.count: the messages waiting in
+the queue, up to BURST, share one transaction, so one flush), then acknowledged: an Ack never
+leaves before its update is in the sum. Refusals are named,
+logged, counted (fedge_updates_rejected{reason}) and acked as refused, as the coordinator does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected
+from fedge.edge_runtime.kernel.flood import FloodLog
+from fedge.edge_runtime.kernel.protocol import Ack, Update, device_topic, shard_of, shard_updates_filter
+from fedge.edge_runtime.kernel.transport.base import Message, Transport
+
+from ..admission import Accepted, AdmissionView, admit
+from ..errors import StaleRound, UnexpectedMessage, UpdateRejected, WrongShard
+from ..leadership import LeadershipError
+from ..metrics import CoordinatorMetrics
+from ..validation import RoundContext, decode_report
+from ..weights import update_weight
+from .config import shard_for
+from .lease import ShardLease
+from .tables import Counted, RoundClosed, ShardTables
+
+log = logging.getLogger("fedge.coordinator.worker")
+BURST = 200  # messages counted in one transaction at most (group commit, as coordinator/loop.py's bursts)
+
+
+def shard_client_id(shard: int) -> str:
+    """Fixed per shard, so the broker keeps one session per shard whoever serves it."""
+    return f"fedge-shard-{shard}"
+
+
+class ShardWorker:
+    """Counts one shard's updates. `handle(message)` per inbound message; `refresh()` reads the
+    open round (call it often: every message is checked against the round it names)."""
+
+    def __init__(self, shard: int, epoch: int, tables: ShardTables, transport: Transport, config,
+                 model_id: str, shapes: dict[str, tuple[int, ...]], metrics: CoordinatorMetrics | None = None):
+        self.shard, self.epoch, self.tables, self.transport = shard, epoch, tables, transport
+        self.config, self.model_id, self.shapes = config, model_id, shapes
+        self.metrics = metrics or CoordinatorMetrics()
+        self.ctx: RoundContext | None = None
+        self.accepted = 0
+        self._flood = FloodLog(log)
+
+    def refresh(self) -> None:
+        row = self.tables.open_round()
+        if row is None:
+            self.ctx = None
+        elif self.ctx is None or self.ctx.round_id != row[0]:
+            round_id, version, tasks = row
+            cfg = self.config
+            self.ctx = RoundContext(round_id, self.model_id, version, json.loads(tasks), self.shapes, cfg.norm_bound,
+                                    False, cfg.control_norm_bound, cfg.max_examples, cfg.weighting == "equal")
+
+    def handle(self, msg: Message) -> None:
+        self.handle_burst([msg])
+
+    def handle_burst(self, msgs: list[Message]) -> None:
+        """Check each message, count the admitted ones in ONE transaction (tables.count; group
+        commit: one flush for the burst), then Ack them."""
+        self.refresh()
+        self._count([u for u in map(self._precheck, msgs) if u is not None])
+
+    def _count(self, updates: list[Update]) -> None:
+        # A device's second update in a burst waits for the first one's transaction, so that
+        # admission meets it as it would meet a counted key (duplicate, conflicting, or not
+        # expected), and no "duplicate" Ack leaves before the update it names is stored.
+        firsts, again, devices = [], [], set()
+        for update in updates:
+            (again if update.device_id in devices else firsts).append(update)
+            devices.add(update.device_id)
+        ctx, admitted = self.ctx, []
+        rid = ctx.round_id if ctx is not None else -1
+        counted = self.tables.counted(rid, sorted({u.device_id for u in firsts if u.round_id == rid}))
+        for update in firsts:
+            keys = counted.get(update.device_id, {})
+            view = AdmissionView(ctx, keys, lambda d, keys=keys: ctx is not None and d in ctx.tasks and not keys,
+                                 self.tables.counted_digest)
+            verdict = admit(update, update.device_id, view)
+            if not isinstance(verdict, Accepted):
+                self._reject(verdict.error, update.device_id, update)
+                continue
+            weight = update_weight(update.num_examples, ctx.max_examples, ctx.equal_weights)
+            admitted.append((update, Counted((update.device_id, update.update_id), verdict.digest, weight,
+                                             update.payload, verdict.delta)))
+        if admitted:
+            try:
+                added = self.tables.count(self.shard, self.epoch, rid, [c for _, c in admitted], self.shapes)
+            except RoundClosed as exc:
+                added = None
+                for update, _ in admitted:
+                    self._reject(StaleRound(str(exc)), update.device_id, update)
+            for (update, _), new in zip(admitted, added or ()):
+                if new:
+                    self.accepted += 1
+                    self.metrics.accepted.inc()
+                self._ack(update, True, "" if new else "duplicate")  # counted before: the device stops resending
+        if again:
+            self._count(again)
+
+    def _precheck(self, msg: Message) -> Update | None:
+        """Frame, channel and shard; None (after the rejection) when the message fails them."""
+        where = shard_of(msg.topic)
+        sender = where[1] if where else None
+        try:
+            update = decode_report(msg.payload, self.config.max_update_bytes)
+        except UpdateRejected as exc:
+            return self._reject(exc, sender, None)
+        if not isinstance(update, Update) or where is None or update.device_id != sender:
+            return self._reject(UnexpectedMessage(f"{type(update).__name__} on {msg.topic}"), sender, None)
+        mine = shard_for(sender, self.config.shards)
+        if where[0] != self.shard or update.shard != self.shard or mine != self.shard:
+            why = f"{sender} belongs to shard {mine}; it sent to shard {where[0]} (task shard {update.shard})"
+            return self._reject(WrongShard(why), sender, update)
+        return update
+
+    def _reject(self, exc: UpdateRejected, sender: str | None, update: Update | None) -> None:
+        self.metrics.rejected(exc.reason)
+        level = logging.INFO if exc.reason in ("stale_round", "duplicate") else logging.WARNING
+        self._flood(level, exc.reason, "shard %d: rejected message from %s: %s (%s)", self.shard, sender or "?",
+                    exc.reason, exc)
+        if update is not None and sender == update.device_id:
+            self._ack(update, exc.reason == "duplicate", exc.reason)
+
+    def _ack(self, update: Update, accepted: bool, reason: str) -> None:
+        ack = Ack(update.device_id, update.round_id, update.task_id, update.update_id, accepted, reason)
+        self.transport.publish(device_topic(update.device_id, "ack"), encode_message(ack), qos=1)
+
+
+def take_a_shard(dsn: str, shards: int, stop: threading.Event, poll_s: float = 0.2) -> ShardLease | None:
+    """Loop over the shards until one's lease is won (None: stopped). A worker beyond K waits
+    here as a standby for any shard, polling each lock on one connection per shard."""
+    leases = [ShardLease(dsn, shard) for shard in range(shards)]
+    won, said = None, False
+    try:
+        while won is None and not stop.is_set():
+            won = next((lease for lease in leases if lease.try_acquire()), None)
+            if won is None:
+                if not said:
+                    log.info("worker: every shard of %d is held; standing by", shards)
+                    said = True
+                stop.wait(poll_s)
+    finally:
+        for lease in leases:
+            if lease is not won:
+                lease.close()
+    return won
+
+
+def next_burst(transport: Transport, timeout: float) -> list[Message]:
+    """What the transport holds now, up to BURST messages; waits up to `timeout` for the first."""
+    burst: list[Message] = []
+    while len(burst) < BURST and (msg := transport.receive(0.0 if burst else timeout)) is not None:
+        burst.append(msg)
+    return burst
+
+
+def serve_shard(worker: ShardWorker, lease: ShardLease, stop: threading.Event, check_s: float = 0.5) -> None:
+    """Subscribe and count until `stop` or the lease fails (LeadershipError propagates)."""
+    worker.transport.subscribe(shard_updates_filter(worker.shard), qos=1)
+    log.info("worker: serving shard %d (epoch %d)", worker.shard, worker.epoch)
+    next_check = 0.0
+    while not stop.is_set():
+        if time.monotonic() >= next_check:
+            lease.check()
+            worker.refresh()
+            next_check = time.monotonic() + check_s
+        try:
+            burst = next_burst(worker.transport, 0.1)
+        except (ConnectionLost, NotConnected) as exc:  # the transport reconnects by itself
+            log.warning("worker: shard %d link down: %s", worker.shard, exc)
+            stop.wait(0.2)
+            continue
+        if burst:
+            worker.handle_burst(burst)
+
+
+__all__ = ["LeadershipError", "ShardWorker", "next_burst", "serve_shard", "shard_client_id", "take_a_shard"]

@@ -1,0 +1,252 @@
+"""Sharded ingest over the in-memory broker and a real PostgreSQL: a leader (ShardedCoordinator),
+two aggregator workers and hand-driven devices.
+
+Oracle: the committed model equals, bit for bit, a reference that reads the counted updates
+back from shard_updates, sums them per shard in acceptance order in float64 (a plain loop,
+not sums.py), merges the shards in index order and applies the same FedAvg server step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.aggregate import WeightedMean
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.sharding.config import ShardConflict, shard_for
+from fedge.coordinator.sharding.sums import PartialSum, merge
+from fedge.coordinator.strategies import make_strategy
+from fedge.coordinator.weights import update_weight
+from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import shard_update_topic, shard_updates_filter
+from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+from tests.coordinator.fleet import EXACT, HYPER, NO_EVAL, ManualDevice, random_delta
+from tests.coordinator.shard_reference import reference
+from tests.pg_server import import_psycopg
+from tests.tiny_model import build_tiny_model
+
+psycopg = import_psycopg()
+from fedge.coordinator.leadership import FencedOut, PostgresLease  # noqa: E402
+from fedge.coordinator.pg_store import PostgresStore  # noqa: E402
+from fedge.coordinator.sharding.leader import ShardedCoordinator  # noqa: E402
+from fedge.coordinator.sharding.lease import ShardLease  # noqa: E402
+from fedge.coordinator.sharding.tables import Counted, ShardTables  # noqa: E402
+from fedge.coordinator.sharding.worker import ShardWorker, shard_client_id  # noqa: E402
+
+K = 2
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+# ---------------------------------------------------------------- config and pure sums
+
+
+def test_sharding_is_off_by_default_and_refuses_what_it_cannot_run():
+    assert CoordinatorConfig().shards == 0
+    dsn = "postgresql://x@127.0.0.1/db"
+    ok = dict(shards=2, state_dsn=dsn, aggregator="mean")
+    assert CoordinatorConfig(**ok).shards == 2
+    for change, reason in [({"state_dsn": ""}, "shards_postgres"), ({"aggregator": "norm_bound"}, "shards_aggregator"),
+                           ({"strategy": "scaffold"}, "shards_scaffold")]:
+        with pytest.raises(ShardConflict) as info:
+            CoordinatorConfig(**{**ok, **change})
+        assert info.value.reason == reason
+
+
+def test_a_worker_needs_postgres_and_shards(model):
+    from fedge.coordinator.service import ServiceConfig, coordinator_link
+    from fedge.coordinator.sharding.serve import run_worker
+
+    cfg = ServiceConfig(coordinator=CoordinatorConfig(artifacts_dir=str(model[0])))
+    with pytest.raises(ConfigError, match="--role worker needs"):
+        run_worker(cfg, threading.Event(), coordinator_link)
+
+
+def test_partial_sums_are_the_streaming_means_arithmetic_and_survive_bytes():
+    rng = np.random.default_rng(3)
+    shapes = {"a": (3, 4), "b": (5,)}
+    deltas = [random_delta(shapes, rng) for _ in range(9)]
+    weights = [float(w) for w in rng.integers(1, 50, 9)]
+    stream, parts = WeightedMean(), [PartialSum(), PartialSum()]
+    for i, (d, w) in enumerate(zip(deltas, weights)):
+        stream.add(d, w)
+        parts[i % 2].add(d, w)
+    one = PartialSum()
+    for d, w in zip(deltas, weights):
+        one.add(d, w)
+    for k in shapes:
+        assert np.array_equal(one.sums[k], stream.sums[k])  # bit for bit: the same operations
+    back = [PartialSum.from_bytes(p.to_bytes(), shapes, p.weight, p.count) for p in parts]
+    total = merge([PartialSum(), *back])  # an empty shard adds nothing
+    assert total.count == 9 and total.weight == sum(weights)
+    for k in shapes:
+        assert np.array_equal(total.sums[k], back[0].sums[k] + back[1].sums[k])
+        np.testing.assert_allclose(total.sums[k], stream.sums[k], rtol=1e-12)
+
+
+# ---------------------------------------------------------------- leader + workers
+
+
+class Cluster:
+    """Leader, K workers and devices on one in-memory broker, stepped by hand."""
+
+    def __init__(self, model, dsn, devices=20, keep_key_rounds=100, **config):
+        art, self.manifest, runtime = model
+        self.dsn = dsn
+        self.cfg = CoordinatorConfig(**{"clients_per_round": devices, "over_selection": 1.0, "hyper": HYPER,
+                                        "compression": EXACT, "aggregator": "mean", "evaluation": NO_EVAL,
+                                        "state_dsn": dsn, "shards": K, "round_deadline_s": 60.0, **config})
+        self.broker, self.clock = InMemoryBroker(), ManualClock()
+        self.lease = PostgresLease(dsn)
+        assert self.lease.try_acquire()
+        self.store = PostgresStore(dsn, epoch=self.lease.epoch, keep_key_rounds=keep_key_rounds)
+        self.strategy = make_strategy("fedavg", self.cfg.hyper)
+        self.leader = ShardedCoordinator(self.broker.connect("coordinator"), self.strategy, self.manifest,
+                                         runtime.initial("shared"), self.cfg, clock=self.clock, store=self.store)
+        self.leader.poll_s = 0.0
+        self.leader.start()
+        self.shapes = self.leader.shapes
+        self.workers = [self.worker(k) for k in range(K)]
+        rng = np.random.default_rng(7)
+        self.devices = [ManualDevice(self, f"dev{i:02d}", int(rng.integers(5, 60))) for i in range(devices)]
+        self.pump()
+
+    @property
+    def coordinator(self):  # ManualDevice's fleet interface
+        return self.leader
+
+    def worker(self, shard: int) -> ShardWorker:
+        lease = ShardLease(self.dsn, shard)
+        assert lease.try_acquire()
+        transport = self.broker.connect(shard_client_id(shard))
+        transport.subscribe(shard_updates_filter(shard))
+        w = ShardWorker(shard, lease.epoch, ShardTables(self.dsn), transport, self.cfg, self.manifest.model_id,
+                        self.shapes)
+        w.lease = lease
+        return w
+
+    def pump(self) -> None:
+        moved = True
+        while moved:
+            moved = False
+            while self.leader.pump(0.0):
+                moved = True
+            for w in self.workers:  # all that waits, as one burst (one transaction): serve_shard's way
+                burst = []
+                while (msg := w.transport.receive(0.0)) is not None:
+                    burst.append(msg)
+                if burst:
+                    w.handle_burst(burst)
+                    moved = True
+
+    def upload(self, device: ManualDevice, delta, update_id="u1", shard=None) -> None:
+        task = device.task()
+        update = device.update(delta, update_id, shard=task.shard)
+        device.t.publish(shard_update_topic(task.shard if shard is None else shard, device.id), encode_message(update))
+
+    def rows(self, sql: str, *args) -> list[tuple]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(sql, args).fetchall()
+
+
+def _reference(cluster: Cluster, old_state, round_id: int):
+    return reference(cluster.rows, K, round_id, old_state, cluster.strategy, len(cluster.devices))
+
+
+def test_two_workers_count_every_update_once_and_the_leader_commits_their_merged_sums(model, postgres_dsn):
+    c = Cluster(model, postgres_dsn)
+    old = c.leader.state
+    assert c.leader.begin_round()
+    c.pump()
+    tasks = {d.id: d.task() for d in c.devices}
+    assert {t.shard for t in tasks.values()} == set(range(K))
+    assert all(t.shard == shard_for(d, K) for d, t in tasks.items())
+    rng = np.random.default_rng(11)
+    for d in c.devices:
+        c.upload(d, random_delta(c.shapes, rng))
+    c.upload(c.devices[0], random_delta(c.shapes, rng), "u1")  # same key, new bytes: conflicting
+    c.upload(c.devices[1], random_delta(c.shapes, rng), "u2")  # a second update of a device that reported
+    c.pump()
+    record = c.leader.tick()
+    assert record is not None and record.committed, record
+    want, counted = _reference(c, old, record.round_id)
+    assert counted == 20 and record.reports == 20
+    for k in want:
+        assert np.array_equal(c.leader.state.params[k], want[k]), k
+    assert sum(w.accepted for w in c.workers) == 20
+    assert {w.shard: w.accepted for w in c.workers} == dict(Counter(shard_for(d.id, K) for d in c.devices))
+    assert c.rows("SELECT count(*) FROM shard_updates") == [(20,)]
+    assert [a for a in c.devices[0].acks() if not a[0]] == [(False, "conflicting_duplicate")]
+    assert (False, "stale_round") in c.devices[1].acks()  # a second update of a device that already reported
+
+
+def test_wrong_shard_is_refused_by_name_and_a_resend_is_a_duplicate(model, postgres_dsn):
+    c = Cluster(model, postgres_dsn, devices=4)
+    assert c.leader.begin_round()
+    c.pump()
+    rng = np.random.default_rng(5)
+    d0, d1 = c.devices[0], c.devices[1]
+    wrong = 1 - d0.task().shard
+    c.upload(d0, random_delta(c.shapes, rng), shard=wrong)
+    d1.send(encode_message(d1.update(random_delta(c.shapes, rng))))  # the plain topic: the leader refuses it
+    c.pump()
+    assert d0.acks() == [(False, "wrong_shard")] and d1.acks() == [(False, "wrong_shard")]
+    assert c.leader.rejections["wrong_shard"] == 1
+    delta = random_delta(c.shapes, rng)
+    c.upload(d0, delta)
+    c.upload(d0, delta)  # the broker or the device sent it twice
+    c.pump()
+    assert d0.acks()[1:] == [(True, ""), (True, "duplicate")]
+    assert c.rows("SELECT count(*), sum(weight) FROM shard_updates") == [
+        (1, update_weight(d0.n, c.cfg.max_examples))]
+
+
+def test_a_shard_taken_over_fences_the_old_worker_and_loses_nothing(model, postgres_dsn):
+    c = Cluster(model, postgres_dsn, devices=8)
+    old = c.leader.state
+    assert c.leader.begin_round()
+    c.pump()
+    rng = np.random.default_rng(9)
+    deltas = {d.id: random_delta(c.shapes, rng) for d in c.devices}
+    half = c.devices[:4]
+    for d in half:
+        c.upload(d, deltas[d.id])
+    c.pump()
+    # shard 0's worker "dies": its lease session ends, a standby takes the shard with a new epoch
+    dead = c.workers[0]
+    dead.lease.close()
+    c.workers[0] = c.worker(0)
+    assert c.workers[0].epoch == dead.epoch + 1
+    with pytest.raises(FencedOut):  # the old process, woken up, can add nothing
+        dead.tables.count(0, dead.epoch, 1, [Counted(("x", "y"), "d", 1.0, b"", deltas[half[0].id])], c.shapes)
+    for d in c.devices:  # everyone (re)sends: the uplink resends until its Ack
+        c.upload(d, deltas[d.id])
+    c.pump()
+    record = c.leader.tick()
+    assert record.committed and record.reports == 8
+    want, counted = _reference(c, old, record.round_id)
+    assert counted == 8
+    for k in want:
+        assert np.array_equal(c.leader.state.params[k], want[k]), k
+
+
+def test_the_leader_prunes_shard_rows_as_its_store_prunes_update_keys(model, postgres_dsn):
+    c = Cluster(model, postgres_dsn, devices=4, keep_key_rounds=1)
+    rng = np.random.default_rng(2)
+    for round_id in (1, 2):
+        assert c.leader.begin_round()
+        c.pump()
+        for d in c.devices:
+            c.upload(d, random_delta(c.shapes, rng), f"u{round_id}")
+        c.pump()
+        assert c.leader.tick().committed
+        for table in ("shard_updates", "shard_sums", "shard_rounds"):  # keep 1: only the round just closed
+            assert c.rows(f"SELECT DISTINCT round_id FROM {table}") == [(round_id,)], table
