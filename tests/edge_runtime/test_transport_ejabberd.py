@@ -75,7 +75,13 @@ def test_retained_messages_stay_on_their_node_unless_the_coordinator_fans_them_o
     fan = links("coordinator", cluster.settings("coordinator", node=0), factory=cluster_transport)
     fan.publish(ANNOUNCE, b"fanned", retain=True)
     assert fan.flush(5)
-    time.sleep(0.5)  # the mirror link's publish is its own connection's: let it land
+    # The mirror link connects in the background; one still connecting when the publish went
+    # out gets it replayed by the coordinator's next receive (as the service's loop does).
+    give_up = time.monotonic() + 15
+    while not (all(m.connected for m in fan.mirrors) and fan._seen == [m.connection_count for m in fan.mirrors]):
+        assert time.monotonic() < give_up, "the mirror link never connected"
+        fan.receive(0.1)
+    assert all(m.flush(5) for m in fan.mirrors)
     later = links("ret-b", cluster.settings("ret-b", node=1))
     later.subscribe(ANNOUNCE)
     got = _drain(later, 1.0)
