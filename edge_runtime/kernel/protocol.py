@@ -85,7 +85,7 @@ def shard_updates_filter(shard: int) -> str:
 def shard_of(topic: str) -> tuple[int, str] | None:
     """(shard, device id) of a shard update topic, or None for any other topic."""
     parts = topic.split("/")
-    if (len(parts) == 7 and "/".join(parts[:3]) == f"{TOPIC_ROOT}/shard" and parts[3].isdigit()
+    if (len(parts) == 7 and "/".join(parts[:3]) == f"{TOPIC_ROOT}/shard" and parts[3].isascii() and parts[3].isdigit()
             and parts[4] == "devices" and parts[5] and parts[6] == "update" and int(parts[3]) < MAX_SHARDS):
         return int(parts[3]), parts[5]
     return None

@@ -50,7 +50,9 @@ def test_shard_topic_names_and_parse():
     assert p.shard_updates_filter(3) == "fedge/v1/shard/3/devices/+/update"
     for bad in ("fedge/v1/devices/pi-7/update", "fedge/v1/shard/x/devices/pi-7/update",
                 "fedge/v1/shard/3/devices//update", "fedge/v1/shard/3/devices/pi-7/checkin",
-                f"fedge/v1/shard/{p.MAX_SHARDS}/devices/pi-7/update"):
+                f"fedge/v1/shard/{p.MAX_SHARDS}/devices/pi-7/update",
+                "fedge/v1/shard/\u00b2/devices/pi-7/update",  # str.isdigit() says yes; int() raises
+                "fedge/v1/shard/\u0663/devices/pi-7/update"):  # an Arabic-Indic 3: int() says 3
         assert p.shard_of(bad) is None
     with pytest.raises(ValueError):
         p.shard_update_topic(-1, "pi-7")
