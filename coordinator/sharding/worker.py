@@ -190,7 +190,15 @@ def serve_shard(worker: ShardWorker, lease: ShardLease, stop: threading.Event, c
             stop.wait(0.2)
             continue
         if burst:
-            worker.handle_burst(burst)
+            try:
+                worker.handle_burst(burst)
+            except LeadershipError:
+                raise  # fenced out or lease lost: this process must stop
+            except Exception as exc:  # noqa: BLE001 - as the coordinator's loop: no message stops the worker
+                # Unacked, so the devices resend; a crash instead would hand the same message to the
+                # spare that takes the shard, and to the next.
+                worker.metrics.rejected(f"internal:{type(exc).__name__}")
+                log.exception("worker: shard %d dropped a burst of %d messages", worker.shard, len(burst))
 
 
 __all__ = ["LeadershipError", "ShardWorker", "next_burst", "serve_shard", "shard_client_id", "take_a_shard"]

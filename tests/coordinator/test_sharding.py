@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,12 +19,14 @@ from fedge.coordinator.aggregate import WeightedMean
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.sharding.config import ShardConflict, shard_for
 from fedge.coordinator.sharding.sums import PartialSum, merge
+from fedge.coordinator.sharding.worker import serve_shard
 from fedge.coordinator.strategies import make_strategy
 from fedge.coordinator.weights import update_weight
 from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import shard_update_topic, shard_updates_filter
+from fedge.edge_runtime.kernel.transport.base import Message
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from tests.coordinator.fleet import EXACT, HYPER, NO_EVAL, ManualDevice, random_delta
 from tests.coordinator.shard_reference import reference
@@ -250,3 +253,28 @@ def test_the_leader_prunes_shard_rows_as_its_store_prunes_update_keys(model, pos
         assert c.leader.tick().committed
         for table in ("shard_updates", "shard_sums", "shard_rounds"):  # keep 1: only the round just closed
             assert c.rows(f"SELECT DISTINCT round_id FROM {table}") == [(round_id,)], table
+
+
+def test_a_burst_that_raises_is_counted_and_the_worker_serves_the_next():
+    """As the coordinator's loop: an exception from one burst (a bug, a write the database
+    refuses) must not end the worker; a crash would hand the same message to every spare."""
+    stop, handled, reasons = threading.Event(), [], []
+    inbox = [Message("fedge/v1/shard/0/devices/a/update", b"first"), None,
+             Message("fedge/v1/shard/0/devices/b/update", b"second")]
+
+    def receive(timeout):
+        if not inbox:
+            stop.set()
+            return None
+        return inbox.pop(0)
+
+    def handle_burst(burst):
+        handled.append([m.payload for m in burst])
+        if burst[0].payload == b"first":
+            raise ValueError("a bug")
+
+    worker = SimpleNamespace(shard=0, epoch=1, refresh=lambda: None, handle_burst=handle_burst,
+                             transport=SimpleNamespace(subscribe=lambda *a, **k: None, receive=receive),
+                             metrics=SimpleNamespace(rejected=reasons.append))
+    serve_shard(worker, SimpleNamespace(check=lambda: None), stop, check_s=0.0)
+    assert handled == [[b"first"], [b"second"]] and reasons == ["internal:ValueError"]
