@@ -22,7 +22,7 @@ travel as ints; an int in a float field is accepted and cast. bool is never acce
 Values are range-checked too, on decode and on encode: an int must lie in its field's
 range (protocol.bounded) or else fit a signed 64-bit integer (what SQLite stores); a float
 (a dict's values included) must be finite and in its field's range; a str is at most
-protocol.MAX_TEXT characters, or its field's range bounds its length. A value out of range
+protocol.MAX_TEXT characters, or its field's range bounds its length, and holds no NUL. A value out of range
 is MalformedPayload naming the field, so no handler ever sees 2**63 examples, a NaN learning
 rate or an infinite pace. (Tensors inside bytes fields are update_codec's and the
 coordinator's to check.)
@@ -211,6 +211,7 @@ def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None
         for k, v in value.items():
             if not isinstance(k, str):
                 raise MalformedPayload(f"{where}: key {k!r} is not a string")
+            _check_range(k, None, f"{where} key")  # a text like any other: length, no NUL
             out[k] = _value(args[1], v, f"{where}[{k!r}]", decode, bounds)
         return out
     return _check_range(_scalar(hint, value, where), bounds, where)
@@ -221,6 +222,8 @@ def _check_range(value: Any, bounds: tuple | None, where: str) -> Any:
         limit = bounds[1] if bounds else MAX_TEXT
         if len(value) > limit:
             raise MalformedPayload(f"{where}: {len(value)} characters, at most {limit}")
+        if "\x00" in value:  # no field means one; PostgreSQL's text cannot store it (the write would fail)
+            raise MalformedPayload(f"{where}: contains a NUL character")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value

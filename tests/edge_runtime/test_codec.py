@@ -135,6 +135,19 @@ def test_non_finite_floats_are_refused_both_ways():
             decode_message(_map_frame(p.Update, {**UPD, "metrics": {"gnorm": bad}}))
 
 
+
+def test_a_nul_in_any_text_field_is_refused_both_ways():
+    """No field means a NUL, and PostgreSQL's text cannot store one: a device's update id with a NUL
+    would fail the store's write (a worker's, or the group commit's) instead of being refused."""
+    with pytest.raises(MalformedPayload, match=r"Update\.update_id: contains a NUL"):
+        encode_message(p.Update(device_id="d", round_id=1, task_id="t", update_id="u\x00", model_id="m",
+                                base_version=0, num_examples=1, payload=b""))
+    for field in ("update_id", "task_id", "model_id"):
+        with pytest.raises(MalformedPayload, match=rf"Update\.{field}: contains a NUL"):
+            decode_message(_map_frame(p.Update, {**UPD, field: "x\x00y"}))
+    with pytest.raises(MalformedPayload, match=r"Update\.metrics"):
+        decode_message(_map_frame(p.Update, {**UPD, "metrics": {"lo\x00ss": 1.0}}))
+
 # (message, field path, values out of range, a value in range) for every bounded field kind.
 _I64_OUT = (2**63, 2**64 - 1)  # msgpack itself cannot carry below -2**63
 RANGE_CASES = [
