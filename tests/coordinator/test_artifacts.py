@@ -6,17 +6,28 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
+import zlib
 
+import msgpack
 import numpy as np
 import pytest
 
 from fedge.coordinator.artifacts import ArtifactServer
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime
-from fedge.edge_runtime.kernel.codec import decode_message, encode_message
+from fedge.edge_runtime.kernel.codec import HEADER_SIZE, MAGIC, decode_message, encode_message
 from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE
-from fedge.edge_runtime.kernel.protocol import ANNOUNCE_TOPIC, Announcement, ArtifactFile, FetchRequest, device_topic
+from fedge.edge_runtime.kernel.protocol import (
+    ANNOUNCE_TOPIC,
+    MESSAGE_TYPES,
+    SCHEMA_VERSION,
+    Announcement,
+    ArtifactFile,
+    FetchRequest,
+    device_topic,
+)
 from tests.coordinator.fleet import ManualDevice, local_data, make_fleet
 from tests.tiny_model import build_tiny_model
 
@@ -28,6 +39,19 @@ def model(tmp_path_factory):
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _wire_fields(msg) -> dict:
+    frame = encode_message(msg)
+    return msgpack.unpackb(frame[HEADER_SIZE:-4], raw=False)
+
+
+def _frame_of(cls, fields: dict) -> bytes:
+    """A well-formed frame (length, CRC) around fields the codec's encoder would refuse."""
+    code = {c: k for k, c in MESSAGE_TYPES.items()}[cls]
+    body = msgpack.packb(fields, use_bin_type=True)
+    head = struct.pack("<4sHBI", MAGIC, SCHEMA_VERSION, code, len(body)) + body
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def _served(model, tmp_path, **config):
@@ -77,13 +101,25 @@ def test_a_fetch_gets_the_manifest_first_then_the_listed_files_with_their_hashes
     (("/etc/passwd",), "unknown_artifact"),
     (("eval.onnx", "../../../../etc/hostname"), "unknown_artifact"),
     (("eval.onnx/..",), "unknown_artifact"),
-    (("params_init.npz\0",), "unknown_artifact"),
 ])
 def test_names_outside_the_manifest_are_refused_and_nothing_is_sent(model, tmp_path, files, reason):
     fleet, dev = _served(model, tmp_path)
     assert _fetch(fleet, dev, *files) == []
     assert fleet.coordinator.rejections == {reason: 1}
     assert _fetch(fleet, dev, "eval.onnx")  # the refused request did not use up the device's turn
+
+
+def test_a_name_with_a_nul_is_refused_as_malformed_before_any_lookup(model, tmp_path):
+    """The codec refuses a NUL in any wire text (encode_message would not even build this frame)."""
+    fleet, dev = _served(model, tmp_path)
+    fields = _wire_fields(FetchRequest("pi", fleet.coordinator.manifest.model_id, ("params_init.npz",)))
+    fields["files"] = ["params_init.npz\0"]
+    dev.send(_frame_of(FetchRequest, fields), channel="fetch")
+    fleet.drain()
+    dev.receive()
+    assert not [m for m in dev.inbox if isinstance(m, ArtifactFile)]
+    assert fleet.coordinator.rejections == {"malformed": 1}
+    assert _fetch(fleet, dev, "eval.onnx")  # the service goes on
 
 
 def test_unknown_model_rate_limit_and_foreign_topics(model, tmp_path):
