@@ -67,3 +67,20 @@ def test_smallest_devices_are_the_tenth_with_fewest_training_examples():
     assert row["smallest_devices_global_accuracy"] == pytest.approx((1 / 20 + 3 / 20) / 2)
     assert row["smallest_devices_personalized_accuracy"] == pytest.approx((19 / 20 + 3 / 20) / 2)
     assert smallest_devices({}, sizes) == {}
+
+
+def test_the_label_skew_setting_is_the_async_benchs_data_and_the_choice_is_checked():
+    from dataclasses import replace
+
+    from fedge.tools.bench.label_skew import label_skew
+    from fedge.tools.bench.privacy import PrivacyGrid, population
+
+    grid = replace(PrivacyGrid(), data="label-skew", devices=40, alpha=0.3, seed=3)
+    got, want = population(grid), label_skew(40, 0.3, seed=3)
+    assert got.name == want.name == "label-skew(Dirichlet 0.3)"
+    assert all(np.array_equal(a.y_train, b.y_train) and np.array_equal(a.x_train, b.x_train)
+               for a, b in zip(got.clients, want.clients))
+    assert min(len(c.y_train) for c in got.clients) >= 20
+    assert population(replace(grid, data="synthetic")).name == "synthetic(0.3,0.5)"
+    with pytest.raises(ValueError, match="label-skew"):
+        population(replace(grid, data="mnist"))

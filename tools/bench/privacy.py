@@ -4,7 +4,9 @@
                         [--rounds 30] [--epsilons 1,2,4,8,inf] [--delta 1e-6]
 
 Each ε is a full simulated run (real device code, real coordinator, real onnxruntime) on
-synthetic(α, β) (tools/synthetic.py: every device at least 20 training examples), with
+synthetic(α, β) (tools/synthetic.py), or with --data label-skew on one global concept with
+Dirichlet label mixes (label_skew.py; there the global model learns), every device at least 20
+training examples, with
 central DP-FedAvg: z calibrated so that the run's rounds spend exactly ε (dp-accounting, RDP,
 fixed-size sampling of clients_per_round of the population), adaptive clipping on the median
 norm; ε = inf is the same run without DP. With "distributed" among --mechanisms, each finite ε
@@ -13,7 +15,7 @@ also runs distributed DP under secure aggregation: the same calibrated z, a fixe
 shares calibrated for --distributed-quorum masked inputs, --bits field bits per coordinate.
 
 Output JSON (schema 1): benchmark "privacy", population, clients_per_round, rounds, data
-(name, alpha, beta, examples per device min/median/max), wall_seconds,
+(name, kind, alpha, beta, examples per device min/median/max), wall_seconds,
     runs: list, one per (mechanism, ε):
         mechanism               "none" (ε = inf), "central" or "distributed"
         clipping                "adaptive" (central) or "fixed" (distributed); min_inputs: the quorum
@@ -54,8 +56,13 @@ class PrivacyGrid:
     devices: int = 1000
     clients_per_round: int = 100
     rounds: int = 30
-    alpha: float = 0.5  # synthetic(0.5, 0.5), as in FedProx (Li et al. 2020): non-IID in models and inputs
-    beta: float = 0.5
+    # "synthetic": synthetic(α, β) of FedProx (Li et al. 2020), non-IID in models and inputs; every
+    # device labels by its own model, so no global model beats chance by much. "label-skew": one
+    # global concept, each device its own label mix (Dirichlet `alpha`) and size (bench/label_skew.py,
+    # as `fedge bench async` uses): a task where the global model learns, so DP's cost shows.
+    data: str = "synthetic"
+    alpha: float = 0.5  # synthetic: models differ; label-skew: the Dirichlet concentration of label mixes
+    beta: float = 0.5  # synthetic only: inputs differ
     clip_norm: float = 0.5  # where adaptive clipping starts
     seed: int = 0
     mechanisms: tuple[str, ...] = ("central", "distributed")
@@ -67,6 +74,10 @@ class PrivacyGrid:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    # The server step (coordinator strategies). "fedavgm": server momentum, an average of the
+    # noisy aggregates over about 1/(1-β) rounds (DP-FedAvgM); the noise of a round is
+    # independent of the last, the signal is not, so momentum keeps the signal and damps the noise.
+    strategy: str = "fedavg"
 
 
 # The final round's numbers for the 10% of devices with the fewest training examples (simulate/scoring.py)
@@ -96,13 +107,14 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
              if v is not None}
     cfg = sim_config(devices=grid.devices, rounds=grid.rounds, clients_per_round=grid.clients_per_round,
                      over_selection=1.0, aggregator="mean", weighting="equal", privacy=privacy, seed=grid.seed,
+                     strategy=grid.strategy,
                      **secure, **local)
     started = time.perf_counter()
     result = run_simulation(cfg, data=data)
     last = result.rounds[-1]
     return {"mechanism": mechanism if private else "none", "epsilon": epsilon if private else None,
             "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": grid.bits if distributed else None,
-            "noise_multiplier": z, "epochs": cfg.coordinator.hyper.epochs,
+            "noise_multiplier": z, "strategy": grid.strategy, "epochs": cfg.coordinator.hyper.epochs,
             "batch_size": cfg.coordinator.hyper.batch_size, "lr": cfg.coordinator.hyper.lr,
             "clipping": None if not private else "fixed" if distributed else "adaptive",
             "min_inputs": grid.distributed_quorum if distributed else None,
@@ -115,15 +127,30 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
             "wall_seconds": time.perf_counter() - started}
 
 
-def run(grid: PrivacyGrid, json_path, progress=print) -> dict:
+DATA = ("synthetic", "label-skew")
+
+
+def population(grid: PrivacyGrid):
+    """The grid's data set: every device at least 20 training examples, either way."""
     from fedge.tools.synthetic import synthetic
 
+    from .label_skew import label_skew
+
+    if grid.data == "label-skew":
+        return label_skew(grid.devices, grid.alpha, seed=grid.seed)
+    if grid.data == "synthetic":
+        return synthetic(grid.devices, grid.alpha, grid.beta, seed=grid.seed)
+    raise ValueError(f"data must be one of {DATA}, got {grid.data!r}")
+
+
+def run(grid: PrivacyGrid, json_path, progress=print) -> dict:
     started = time.perf_counter()
-    data = synthetic(grid.devices, grid.alpha, grid.beta, seed=grid.seed)
+    data = population(grid)
     sizes = [len(c.y_train) for c in data.clients]
     doc = {"schema": 1, "benchmark": "privacy", "population": grid.devices,
            "clients_per_round": grid.clients_per_round, "rounds": grid.rounds,
-           "data": {"name": data.name, "alpha": grid.alpha, "beta": grid.beta, "train_examples_min": min(sizes),
+           "data": {"name": data.name, "kind": grid.data, "alpha": grid.alpha,
+                    "beta": grid.beta if grid.data == "synthetic" else None, "train_examples_min": min(sizes),
                     "train_examples_median": float(np.median(sizes)), "train_examples_max": max(sizes)},
            "runs": []}
     for epsilon in grid.epsilons:
@@ -196,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distributed-clip", type=float, default=None, help="distributed: the fixed S (default 0.5)")
     p.add_argument("--distributed-quorum", type=int, default=None,
                    help="distributed: masked inputs a round needs, the noise calibrated for them (default 90)")
+    p.add_argument("--data", choices=DATA, default=None,
+                   help="synthetic (FedProx's synthetic(α, β), default) or label-skew (one global concept, "
+                        "Dirichlet label mixes: the global model learns)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="synthetic: how much devices' models differ; label-skew: Dirichlet concentration (0.5)")
+    p.add_argument("--beta", type=float, default=None, help="synthetic: how much devices' inputs differ (0.5)")
+    p.add_argument("--strategy", default=None, help="the server step: fedavg (default), fedavgm, fedadam, ...")
     p.add_argument("--epochs", type=int, default=None, help="local epochs per task (default: the simulator's 2)")
     p.add_argument("--batch-size", type=int, default=None, help="local batch size (default: the simulator's 20)")
     p.add_argument("--lr", type=float, default=None, help="local learning rate (default: the simulator's 0.02)")
@@ -205,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                                    ("rounds", args.rounds), ("delta", args.delta), ("seed", args.seed),
                                    ("bits", args.bits), ("distributed_clip", args.distributed_clip),
                                    ("distributed_quorum", args.distributed_quorum), ("epochs", args.epochs),
-                                   ("batch_size", args.batch_size), ("lr", args.lr))
+                                   ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("data", args.data), ("alpha", args.alpha), ("beta", args.beta),
+                                   ("strategy", args.strategy))
                  if v is not None}
     if args.mechanisms:
         overrides["mechanisms"] = tuple(args.mechanisms.split(","))
