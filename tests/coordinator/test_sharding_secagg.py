@@ -250,3 +250,10 @@ def test_a_private_sharded_round_sends_each_group_its_noise_and_charges_what_dp_
     acc = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
     acc.compose(dpa.SampledWithoutReplacementDpEvent(12, 12, dpa.GaussianDpEvent(Z / 2)), 1)
     assert charge["epsilon_after"] == pytest.approx(acc.get_epsilon(PRIVATE.delta), rel=1e-9)
+    from fedge.coordinator.dp.report import privacy_report, render
+
+    report = privacy_report([(record.round_id, RoundPlan.from_json(charge))])
+    stds = [g["noise_std"] for g in charge["groups"]]
+    assert report["rounds"][0]["total_noise_std"] == pytest.approx(math.hypot(*stds))
+    assert report["epsilon_spent"] == pytest.approx(acc.get_epsilon(PRIVATE.delta), rel=1e-6)
+    assert "2 shard groups, each sum noised for z by itself" in render(report)
