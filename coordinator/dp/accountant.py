@@ -22,6 +22,10 @@ moves the clipped sum by at most S, so a Poisson round charges z; replacing one 
 update by another's moves it by up to 2S (||u - u'|| <= ||u|| + ||u'||), so a fixed-size round
 charges z / 2 (`sensitivity_factor`). The same holds for adaptive clipping's noised bit count
 (its bits move by 1/2 added or removed, by 1 replaced), so the factor applies to the combined z.
+
+With shard groups (sharding/secure_dp.py) each group's sum carries z on its own and a round
+is charged as one group's: a device is in one group, and a replacement moves two groups' sums
+by S each, sqrt(2) S together, within the 2S above. RoundPlan.groups records each group's noise.
 """
 
 from __future__ import annotations

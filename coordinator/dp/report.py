@@ -8,6 +8,7 @@ cohort and z): fewer eligible devices, or more over-selection, make each round c
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -43,15 +44,30 @@ def privacy_report(ledger: list[tuple[int, RoundPlan]]) -> dict:
                            "noise_multiplier": last.noise_multiplier, "clip_norm": last.clip_norm,
                            "mechanism": last.mechanism},
             "rounds": [{"round_id": r, "epsilon_after": p.epsilon_after, "population": p.population,
-                        "cohort": p.cohort, "noise_multiplier": p.noise_multiplier, "mechanism": p.mechanism}
+                        "cohort": p.cohort, "noise_multiplier": p.noise_multiplier, "mechanism": p.mechanism,
+                        **_groups(p)}
                        for r, p in ledger]}
+
+
+def _groups(plan: RoundPlan) -> dict:
+    """A sharded secure round's shard groups: each sum carries z by itself (sharding/secure_dp.py),
+    so the committed sum's noise is the groups' together."""
+    if not plan.groups:
+        return {}
+    total = math.sqrt(math.fsum(g["noise_std"] ** 2 for g in plan.groups))
+    return {"shard_groups": list(plan.groups), "total_noise_std": total,
+            "noise_vs_one_group": total / max(g["noise_std"] for g in plan.groups)}
 
 
 def render(report: dict) -> str:
     if not report["rounds_charged"]:
         return "privacy: no round charged yet (ε spent 0)"
     nxt = report["next_round"]
+    last = report["rounds"][-1]
+    grouped = "" if "shard_groups" not in last else (
+        f"\nlast round: {len(last['shard_groups'])} shard groups, each sum noised for z by itself (charged as one); "
+        f"the committed sum's noise std {last['total_noise_std']:.4g}, {last['noise_vs_one_group']:.3g}x one group's")
     return (f"privacy: ε spent {report['epsilon_spent']:.4f} of {report['target_epsilon']:g} "
             f"(δ={report['delta']:g}, {report['accountant']}) over {report['rounds_charged']} rounds\n"
             f"rounds left: {report['rounds_left']} at the last round's settings ({nxt['cohort']} of "
-            f"{nxt['population']} devices asked, z={nxt['noise_multiplier']:.4g}, S={nxt['clip_norm']:g})")
+            f"{nxt['population']} devices asked, z={nxt['noise_multiplier']:.4g}, S={nxt['clip_norm']:g})" + grouped)

@@ -49,6 +49,9 @@ class RoundPlan:
     target_quantile: float = 0.0  # γ; 0 = S stays fixed
     clip_lr: float = 0.0  # η
     mechanism: str = "central"  # or "distributed": the devices noise under SecAgg (distributed.py)
+    # Sharded secure rounds: each shard group's noise (sharding/secure_dp.GroupNoise as dicts);
+    # each group's sum carries z by itself, the charge stays one group's. () = one sum.
+    groups: tuple = ()
 
     def charge(self) -> RoundCharge:
         return RoundCharge(self.population, self.cohort, self.noise_multiplier, self.sampling)

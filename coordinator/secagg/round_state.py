@@ -143,16 +143,20 @@ class SecAggRound:
 
     # ------------------------------------------------------------------ the sum
 
-    def mean_delta(self) -> tuple[dict[str, np.ndarray], int]:
-        """The survivors' mean delta (equal weights) and their number. Raises UnmaskFailed when
-        some secret has fewer than t shares (the round is then abandoned)."""
+    def unmasked_sum(self) -> tuple[np.ndarray, int]:
+        """The survivors' field sum over the sent coordinates, unmasked, and their number.
+        Raises UnmaskFailed when some secret has fewer than t shares (the round is then abandoned)."""
         masked_with = {g: {s: self.adverts[s].mask_public for s in self.alive if g in self.delivered.get(s, ())}
                        for g in self.dropped}
         total = unmask_answers(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.sent_length),
                                self.answers, self.cohort, self.t, self.alive, self.dropped, masked_with,
                                self.round_id, self.spec.field_bits, workers=os.cpu_count() or 1,
                                mask_publics={g: self.adverts[g].mask_public for g in self.dropped})
-        n = len(self.alive)
+        return total, len(self.alive)
+
+    def mean_delta(self) -> tuple[dict[str, np.ndarray], int]:
+        """The survivors' mean delta (equal weights) and their number (unmasked_sum, decoded)."""
+        total, n = self.unmasked_sum()
         flat = decode_mean(total, n, self.dimension, self.spec)
         out, at = {}, 0
         for name in sorted(self.shapes):

@@ -56,15 +56,28 @@ class SecAggShell:
         rid = rnd.ctx.round_id
         if rid not in self.states:
             self.states.clear()  # one open round at a time
-            d = sum(math.prod(s) for s in self.shapes.values())
-            base = self.config.seed * 1_000_003 + rid
-            spec = SecAggSpec(self.sa.bits, field_bits(self.sa.bits, len(rnd.machine.selected)),
-                              self.sa.clip_for(self.config.compression.clip_norm, d), base * 2 + 1,
-                              self.sa.keep_fraction)
-            spec = private_spec(spec, rnd.privacy, rnd.machine, d, self.sa.bits)  # distributed DP: private.py
-            self.states[rid] = SecAggRound(rid, spec, hashlib.sha256(rnd.params_bytes).hexdigest(), base * 2,
-                                           self.shapes, self.sa.graph_for)
+            self.states[rid] = self._new_state(rnd)
         return self.states[rid]
+
+    @property
+    def dimension(self) -> int:
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    def _spec(self, rnd: OpenRound) -> SecAggSpec:
+        """The round's shared encoding, before distributed DP's parameters."""
+        return SecAggSpec(self.sa.bits, field_bits(self.sa.bits, len(rnd.machine.selected)),
+                          self.sa.clip_for(self.config.compression.clip_norm, self.dimension),
+                          self.graph_seed(rnd) + 1, self.sa.keep_fraction)
+
+    def graph_seed(self, rnd: OpenRound) -> int:
+        """The neighbour graph's seed (public); the rotation's is the next integer."""
+        return (self.config.seed * 1_000_003 + rnd.ctx.round_id) * 2
+
+    def _new_state(self, rnd: OpenRound) -> SecAggRound:
+        """The round's protocol state (sharding/secure.py builds one per shard group instead)."""
+        spec = private_spec(self._spec(rnd), rnd.privacy, rnd.machine, self.dimension, self.sa.bits)  # private.py
+        return SecAggRound(rnd.ctx.round_id, spec, hashlib.sha256(rnd.params_bytes).hexdigest(),
+                           self.graph_seed(rnd), self.shapes, self.sa.graph_for)
 
     def send(self, rnd: OpenRound, stage: str, devices: tuple[str, ...], now: float) -> None:
         state = self._state(rnd)

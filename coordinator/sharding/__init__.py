@@ -9,5 +9,6 @@
             shard index order, applies the server step and commits with epoch fencing.
 
 config.py (what K allows, who serves which device), sums.py (the partial sums, pure),
-tables.py (the SQL), lease.py (a shard's lease), worker.py, leader.py.
+tables.py (the SQL), lease.py (a shard's lease), worker.py, leader.py. Secure rounds run one
+SecAgg instance per shard group on the leader: groups.py, secure.py, secure_dp.py.
 """

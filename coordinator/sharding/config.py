@@ -7,8 +7,8 @@ can refuse by name (wrong_shard) an update that reached the wrong shard topic.
 Refused for now, by name (ShardConflict.reason), because the workers keep only a weighted
 float64 sum per shard, not the updates one by one:
   shards_aggregator   robust aggregators need every update at once (aggregator must be "mean")
-  shards_secagg       secure aggregation per shard group is not built
-  shards_privacy      DP-FedAvg (clipping and noise of the sum, the accountant) is not built per shard
+  shards_privacy      central DP-FedAvg (clipping and noise of the sum) is not built per shard;
+                      distributed DP under secure aggregation is (secure_dp.py)
   shards_scaffold     SCAFFOLD's control deltas are not summed by the workers
   shards_async        async (FedBuff) mode keeps its own journal
   shards_postgres     the shard tables live in PostgreSQL: state_dsn is required
@@ -40,8 +40,9 @@ def check_sharding(cfg) -> None:
     conflicts = [
         (cfg.aggregator != "mean", "shards_aggregator",
          f"workers keep a weighted sum per shard: set aggregator = 'mean' (not {cfg.aggregator!r})"),
-        (cfg.secure_aggregation.enabled, "shards_secagg", "secure aggregation per shard group is not built"),
-        (cfg.privacy.enabled, "shards_privacy", "DP-FedAvg per shard group is not built"),
+        # secure aggregation runs per shard group, its distributed DP too (secure.py, secure_dp.py)
+        (cfg.privacy.enabled and not cfg.secure_aggregation.enabled, "shards_privacy",
+         "DP-FedAvg per shard group is not built"),
         (cfg.strategy == "scaffold", "shards_scaffold", "workers do not sum SCAFFOLD's control deltas"),
         (cfg.mode != "sync", "shards_async", "async mode ingests updates in the coordinator"),
         (not cfg.state_dsn, "shards_postgres", "the shard tables are in PostgreSQL: set state_dsn"),

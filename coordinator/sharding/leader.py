@@ -23,6 +23,7 @@ from ..leadership import check_epoch
 from ..rounds import Replied, on_event
 from ..server import Coordinator
 from .config import shard_for
+from .secure import ShardedSecAggShell
 from .sums import PartialSum, mean, merge
 from .tables import ShardTables
 
@@ -59,6 +60,8 @@ class ShardedCoordinator(Coordinator):
         self._next_poll = 0.0
         super().__init__(transport, strategy, manifest, initial_shared, config, clock, store, metrics)
         self.outbound.shard_for = lambda device_id: shard_for(device_id, config.shards)
+        if config.secure_aggregation.enabled:  # one SecAgg instance per shard group (secure.py)
+            self.shell = ShardedSecAggShell(config, self.outbound, self.shapes)
 
     def _new_round(self, machine, tasks, started, plan=None):
         rnd = super()._new_round(machine, tasks, started, plan)

@@ -113,7 +113,8 @@ NO_EVAL = EvalConfig(every_rounds=0)
 
 
 def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | None = None,
-               metrics: CoordinatorMetrics | None = None, **config) -> Fleet:
+               metrics: CoordinatorMetrics | None = None, coordinator_cls=None, **config) -> Fleet:
+    """coordinator_cls: the class to run (default: the one the config's mode asks for)."""
     art, manifest, runtime = model
     # aggregator "mean": these fleets check the strategies' arithmetic against the plain weighted
     # mean of the wire deltas; the default defence (norm_bound) has its own tests. Evaluation
@@ -123,8 +124,9 @@ def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | 
                                "compression": EXACT, "aggregator": "mean", "evaluation": NO_EVAL, **config})
     broker = InMemoryBroker()
     clock = ManualClock()
-    coordinator = coordinator_class(cfg)(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
-                                         runtime.initial("shared"), cfg, clock=clock, store=store, metrics=metrics)
+    cls = coordinator_cls or coordinator_class(cfg)
+    coordinator = cls(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
+                      runtime.initial("shared"), cfg, clock=clock, store=store, metrics=metrics)
     coordinator.start()
     spy = broker.connect("spy")
     spy.subscribe(all_devices_topic("update"))
