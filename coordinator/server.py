@@ -301,12 +301,17 @@ class Coordinator:
         return self.registry.eligible_devices()
 
     def begin_round(self) -> bool:
-        """Sample devices and send tasks; False: too few eligible devices, or privacy.exhausted."""
+        """Sample devices and send tasks; False: too few eligible devices (a secure round: fewer than
+        its quorum), or privacy.exhausted."""
         if self.round is not None:
             raise RuntimeError(f"round {self.round.ctx.round_id} is still open; tick() until it closes")
         cfg, candidates = self.config, self.eligible_devices()
         wanted, quorum = min(cfg.clients_per_round, len(candidates)), min(cfg.quorum, len(candidates))
         if wanted == 0:
+            return False
+        if self.shell.secure and quorum < cfg.quorum:
+            # A secure round's quorum is what makes the revealed sum a sum of several updates
+            # (secagg_quorum): capped to fewer eligible devices, it would unmask one device's.
             return False
         round_id, asked = self.next_round_id, selection_size(wanted, cfg.over_selection, len(candidates))
         plan = self.privacy.plan(round_id, len(candidates), asked, wanted, self.state.extra)  # before the round

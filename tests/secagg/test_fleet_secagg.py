@@ -264,3 +264,12 @@ def test_a_key_directory_with_a_malformed_peer_key_is_declined_not_raised(model,
     fleet.drain()
     reasons = [m.reason for m in fleet.wire if isinstance(m, Decline) and m.device_id == agent.device_id]
     assert reasons == ["secagg_too_few_neighbours", "secagg_failed"]
+
+
+def test_a_secure_round_never_starts_with_fewer_eligible_devices_than_the_quorum(model, tmp_path):
+    """The quorum (>= 2, SecAggConfig's secagg_quorum) is what makes a revealed sum a sum: a round
+    capped to the one eligible device would unmask that device's update on its own."""
+    fleet = make_fleet(model, tmp_path, sizes=(12,), clients_per_round=3, min_reports=2, **SETTINGS)
+    assert fleet.coordinator.begin_round() is False
+    assert fleet.coordinator.round is None
+    assert not any(isinstance(m, SecAggTask) for m in fleet.wire)
