@@ -147,8 +147,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--role", choices=("leader", "worker"), default="leader",
                    help="leader: the coordinator (default); worker: an aggregator worker of a sharded fleet "
                         "([coordinator] shards, state_dsn)")
-    c = co.add_parser("privacy", help="ε spent so far and the rounds left, from the coordinator's state file")
-    c.add_argument("--state", required=True, help="the coordinator's state_db (SQLite); read only")
+    c = co.add_parser("privacy", help="ε spent so far and the rounds left, from the coordinator's state")
+    state = c.add_mutually_exclusive_group(required=True)
+    state.add_argument("--state", help="the coordinator's state_db (SQLite), or a postgresql:// DSN; read only")
+    state.add_argument("--state-dsn", help="the coordinator's state_dsn (PostgreSQL); read only")
     c.add_argument("--json", action="store_true", help="the report as JSON, with ε after each charged round")
 
     p = sub.add_parser("provision", help="create device/coordinator credentials, certificates and broker files")
@@ -207,9 +209,9 @@ def _dispatch(args) -> int:
     if args.command == "coordinator" and args.coordinator_command == "privacy":
         import json
 
-        from fedge.coordinator.dp.report import privacy_report, read_ledger, render
+        from fedge.coordinator.dp.report import privacy_report, read_ledger, read_pg_ledger, render
 
-        report = privacy_report(read_ledger(args.state))
+        report = privacy_report(read_pg_ledger(args.state_dsn) if args.state_dsn else read_ledger(args.state))
         print(json.dumps(report, indent=2) if args.json else render(report))
         return 0
     if args.command == "coordinator":

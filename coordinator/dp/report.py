@@ -1,7 +1,9 @@
-"""`fedge coordinator privacy --state DB`: ε spent so far and the rounds left, from the state file.
+"""`fedge coordinator privacy --state DB`: ε spent so far and the rounds left, from the coordinator's state.
 
 Reads the privacy ledger (store.py's privacy_ledger) read-only, so it may run next to a live
-service. "Rounds left" assumes every next round is like the last charged one (its population,
+service: from the SQLite state_db, or from PostgreSQL when the state is a DSN (postgresql://...,
+the state_dsn of a coordinator or of a sharded fleet's leader), in a read-only transaction.
+"Rounds left" assumes every next round is like the last charged one (its population,
 cohort and z): fewer eligible devices, or more over-selection, make each round cost more.
 """
 
@@ -18,8 +20,14 @@ from .accountant import epsilon, rounds_left
 from .round import RoundPlan
 
 
+def is_dsn(state: str | Path) -> bool:
+    return str(state).startswith(("postgresql://", "postgres://"))
+
+
 def read_ledger(path: str | Path) -> list[tuple[int, RoundPlan]]:
-    """(round id, plan) of every charged round, oldest first."""
+    """(round id, plan) of every charged round, oldest first; `path` a SQLite file or a PostgreSQL DSN."""
+    if is_dsn(path):
+        return read_pg_ledger(str(path))
     if not Path(path).exists():
         raise ConfigError(f"{path}: no such state file")
     with sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=5) as db:
@@ -71,3 +79,20 @@ def render(report: dict) -> str:
             f"(δ={report['delta']:g}, {report['accountant']}) over {report['rounds_charged']} rounds\n"
             f"rounds left: {report['rounds_left']} at the last round's settings ({nxt['cohort']} of "
             f"{nxt['population']} devices asked, z={nxt['noise_multiplier']:.4g}, S={nxt['clip_norm']:g})" + grouped)
+
+
+def read_pg_ledger(dsn: str) -> list[tuple[int, RoundPlan]]:
+    """read_ledger from PostgreSQL; migrates nothing (an empty database has no ledger: [])."""
+    import psycopg  # optional dependency, as in pg_store.py
+
+    from ..pg_schema import redact
+
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10,
+                             options="-c default_transaction_read_only=on") as db:
+            rows = db.execute("SELECT round_id, charge FROM privacy_ledger ORDER BY round_id").fetchall()
+    except psycopg.errors.UndefinedTable:  # a database no coordinator has opened yet
+        return []
+    except psycopg.OperationalError as exc:
+        raise ConfigError(f"{redact(dsn)}: cannot read the privacy ledger: {exc}") from None
+    return [(r, RoundPlan.from_json(json.loads(c))) for r, c in rows]

@@ -113,6 +113,19 @@ class DpMean:
                 self.sums[name] = np.array(value, np.float64)
         self.count += 1
 
+    def add_clipped_sum(self, sums: Params, count: int) -> None:
+        """`count` deltas each clipped to S elsewhere, already summed in float64: what `count` add
+        calls would leave in `sums` (a sharded round's workers clip at admission and sum,
+        sharding/privacy.py). Adaptive clipping's per-device bit is not in a sum: refused."""
+        if self.plan.adaptive:
+            raise ValueError("adaptive clipping needs each device's bit; a clipped sum does not carry it")
+        for name, value in sums.items():
+            if name in self.sums:
+                self.sums[name] += value
+            else:
+                self.sums[name] = np.array(value, np.float64)
+        self.count += count
+
     def result(self) -> Params:
         if self.count == 0:
             raise ValueError("no contributions to average")

@@ -4,14 +4,17 @@ A shard is hash(device) mod K (crc32 of the id): the leader and every worker com
 alone, so nothing about the assignment has to be stored or sent between them, and a worker
 can refuse by name (wrong_shard) an update that reached the wrong shard topic.
 
-Refused for now, by name (ShardConflict.reason), because the workers keep only a weighted
-float64 sum per shard, not the updates one by one:
-  shards_aggregator   robust aggregators need every update at once (aggregator must be "mean")
-  shards_privacy      central DP-FedAvg (clipping and noise of the sum) is not built per shard;
-                      distributed DP under secure aggregation is (secure_dp.py)
-  shards_scaffold     SCAFFOLD's control deltas are not summed by the workers
-  shards_async        async (FedBuff) mode keeps its own journal
-  shards_postgres     the shard tables live in PostgreSQL: state_dsn is required
+What K allows besides the plain mean: any robust aggregator (the workers validate and store,
+the leader replays the stored updates into the rule: replay.py), central DP-FedAvg (the
+workers clip, the leader noises the merged sum once and charges the ledger: privacy.py), and
+secure aggregation per shard group, with its distributed DP (each group's sum carries the full
+noise by itself: groups.py, secure.py, secure_dp.py).
+
+Refused for now, by name (ShardConflict.reason):
+  shards_adaptive_clip   adaptive clipping's per-device clipped bit is not stored by the workers
+  shards_scaffold        SCAFFOLD's control deltas are neither summed nor stored by the workers
+  shards_async           async (FedBuff) mode keeps its own journal
+  shards_postgres        the shard tables live in PostgreSQL: state_dsn is required
 """
 
 from __future__ import annotations
@@ -37,12 +40,10 @@ def check_sharding(cfg) -> None:
     if cfg.metrics_port and cfg.metrics_port + cfg.shards > 65535:
         raise ConfigError(f"metrics_port: worker k serves on metrics_port + 1 + k, so it must be "
                           f"<= {65535 - cfg.shards}")
+    dp = cfg.privacy
     conflicts = [
-        (cfg.aggregator != "mean", "shards_aggregator",
-         f"workers keep a weighted sum per shard: set aggregator = 'mean' (not {cfg.aggregator!r})"),
-        # secure aggregation runs per shard group, its distributed DP too (secure.py, secure_dp.py)
-        (cfg.privacy.enabled and not cfg.secure_aggregation.enabled, "shards_privacy",
-         "DP-FedAvg per shard group is not built"),
+        (dp.enabled and dp.target_quantile > 0, "shards_adaptive_clip",
+         "adaptive clipping is not built with shards: set privacy.target_quantile = 0 (a fixed clip_norm)"),
         (cfg.strategy == "scaffold", "shards_scaffold", "workers do not sum SCAFFOLD's control deltas"),
         (cfg.mode != "sync", "shards_async", "async mode ingests updates in the coordinator"),
         (not cfg.state_dsn, "shards_postgres", "the shard tables are in PostgreSQL: set state_dsn"),

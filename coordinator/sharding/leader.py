@@ -9,6 +9,9 @@ with epoch fencing), with three differences:
 * the round's aggregator is ShardSums: at Aggregate it seals the round in the shard tables
   and merges the K partial sums in shard index order (sums.merge), so the committed mean is
   sum / weight over exactly the updates the workers counted, as MeanAggregator would give.
+  Under central DP it is ShardDpSums (privacy.py: the merged clipped sum, noised once), and
+  under a robust rule ShardReplay (replay.py: the stored updates fed to that rule). A secure
+  round keeps the aggregator one machine builds: its shell (secure.py) unmasks per shard group.
 
 The round record's `reports` counts the replies the machine saw; updates counted between the
 last poll and the seal are in the model (and in ShardSums.count) but not in that number.
@@ -18,11 +21,15 @@ from __future__ import annotations
 
 from fedge.edge_runtime.kernel.protocol import Update
 
+from ..aggregate import MeanAggregator
+from ..dp.round import DpMean
 from ..errors import WrongShard
 from ..leadership import check_epoch
 from ..rounds import Replied, on_event
 from ..server import Coordinator
 from .config import shard_for
+from .privacy import ShardDpSums
+from .replay import ShardReplay
 from .secure import ShardedSecAggShell
 from .sums import PartialSum, mean, merge
 from .tables import ShardTables
@@ -65,8 +72,21 @@ class ShardedCoordinator(Coordinator):
 
     def _new_round(self, machine, tasks, started, plan=None):
         rnd = super()._new_round(machine, tasks, started, plan)
-        rnd.aggregator = ShardSums(self.tables, machine.round_id, self.config.shards, self.shapes, self._check)
+        rnd.aggregator = self._shard_aggregator(rnd.aggregator, machine.round_id)
         return rnd
+
+    def _shard_aggregator(self, inner, round_id: int):
+        """What reads the round's counted updates at Aggregate, by the aggregator one machine built:
+        the plain mean merges the sums; DP noises the merged clipped sum (privacy.py); any other
+        rule replays the stored updates into `inner` (replay.py)."""
+        if self.config.secure_aggregation.enabled:  # the shell unmasks per group (secure.py): no worker sums
+            return inner
+        where = (self.tables, round_id, self.config.shards, self.shapes, self._check)
+        if isinstance(inner, MeanAggregator):
+            return ShardSums(*where)
+        if isinstance(inner, DpMean):
+            return ShardDpSums(inner, *where)
+        return ShardReplay(inner, *where)
 
     def _report(self, report, sender, size):
         if isinstance(report, Update):  # a device that ignored its task's shard, or an old build

@@ -11,7 +11,8 @@ id) key in shard_updates makes a redelivered update a duplicate, never a second 
 Each update is checked by the coordinator's own admission (admission.admit: round, task,
 key, model, shapes, finite, norm bound), then counted (tables.count: the messages waiting in
 the queue, up to BURST, share one transaction, so one flush), then acknowledged: an Ack never
-leaves before its update is in the sum. Refusals are named,
+leaves before its update is in the sum. In a DP round the delta is clipped to the round's S
+before it is summed (privacy.py). Refusals are named,
 logged, counted (fedge_updates_rejected{reason}) and acked as refused, as the coordinator does.
 """
 
@@ -36,6 +37,7 @@ from ..validation import RoundContext, decode_report
 from ..weights import update_weight
 from .config import shard_for
 from .lease import ShardLease
+from .privacy import bounded, round_clip
 from .tables import Counted, RoundClosed, ShardTables
 
 log = logging.getLogger("fedge.coordinator.worker")
@@ -57,6 +59,7 @@ class ShardWorker:
         self.config, self.model_id, self.shapes = config, model_id, shapes
         self.metrics = metrics or CoordinatorMetrics()
         self.ctx: RoundContext | None = None
+        self.clip: float | None = None  # S of a DP round: each delta is clipped before it is summed (privacy.py)
         self.accepted = 0
         self._flood = FloodLog(log)
 
@@ -69,6 +72,7 @@ class ShardWorker:
             cfg = self.config
             self.ctx = RoundContext(round_id, self.model_id, version, json.loads(tasks), self.shapes, cfg.norm_bound,
                                     False, cfg.control_norm_bound, cfg.max_examples, cfg.weighting == "equal")
+            self.clip = round_clip(self.tables, round_id)
 
     def handle(self, msg: Message) -> None:
         self.handle_burst([msg])
@@ -100,7 +104,7 @@ class ShardWorker:
                 continue
             weight = update_weight(update.num_examples, ctx.max_examples, ctx.equal_weights)
             admitted.append((update, Counted((update.device_id, update.update_id), verdict.digest, weight,
-                                             update.payload, verdict.delta)))
+                                             update.payload, bounded(verdict.delta, self.clip))))
         if admitted:
             try:
                 added = self.tables.count(self.shard, self.epoch, rid, [c for _, c in admitted], self.shapes)

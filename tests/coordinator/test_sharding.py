@@ -17,6 +17,7 @@ import pytest
 
 from fedge.coordinator.aggregate import WeightedMean
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.sharding.config import ShardConflict, shard_for
 from fedge.coordinator.sharding.sums import PartialSum, merge
 from fedge.coordinator.sharding.worker import serve_shard
@@ -57,8 +58,9 @@ def test_sharding_is_off_by_default_and_refuses_what_it_cannot_run():
     dsn = "postgresql://x@127.0.0.1/db"
     ok = dict(shards=2, state_dsn=dsn, aggregator="mean")
     assert CoordinatorConfig(**ok).shards == 2
-    for change, reason in [({"state_dsn": ""}, "shards_postgres"), ({"aggregator": "norm_bound"}, "shards_aggregator"),
-                           ({"strategy": "scaffold"}, "shards_scaffold")]:
+    for change, reason in [({"state_dsn": ""}, "shards_postgres"), ({"strategy": "scaffold"}, "shards_scaffold"),
+                           ({"privacy": PrivacyConfig(enabled=True, noise_multiplier=1.0, target_quantile=0.5),
+                             "weighting": "equal"}, "shards_adaptive_clip")]:
         with pytest.raises(ShardConflict) as info:
             CoordinatorConfig(**{**ok, **change})
         assert info.value.reason == reason

@@ -54,16 +54,16 @@ def _shard(device_id: str) -> int:
 # ---------------------------------------------------------------- config and groups (pure)
 
 
-def test_shards_accept_secure_aggregation_and_its_distributed_dp_but_not_central_dp():
+def test_shards_accept_secure_aggregation_and_its_distributed_dp():
     base = dict(state_dsn=DSN, clients_per_round=12, **SETTINGS)
     assert CoordinatorConfig(**base).secure_aggregation.enabled
     private = PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=2.0, clip_norm=0.05)
     assert CoordinatorConfig(**{**base, "privacy": private, "compression": CompressionSpec(quant_bits=32)}
                              ).privacy.mechanism == "distributed"
-    with pytest.raises(ShardConflict) as info:
+    with pytest.raises(ShardConflict) as info:  # central DP runs with shards (privacy.py), adaptive clipping not
         CoordinatorConfig(state_dsn=DSN, shards=K, aggregator="mean", weighting="equal",
-                          privacy=PrivacyConfig(enabled=True, noise_multiplier=1.0))
-    assert info.value.reason == "shards_privacy"
+                          privacy=PrivacyConfig(enabled=True, noise_multiplier=1.0, target_quantile=0.5))
+    assert info.value.reason == "shards_adaptive_clip"
 
 
 def test_groups_follow_the_shards_and_small_ones_merge_forward():
