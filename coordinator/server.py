@@ -86,6 +86,10 @@ class Coordinator:
     `history` (RoundRecords of this process), `rejections` and `declines` (Counters by reason, as
     exported), `registry` (device_id -> DeviceRecord), `privacy`. async_mode/server.py subclasses it."""
 
+    # True where updates are counted outside the round machine (sharding/leader.py: by workers), so
+    # the record's `reports` is what the aggregate holds, not the replies the machine saw.
+    reports_from_aggregate = False
+
     def __init__(self, transport: Transport, strategy: Strategy, manifest: Manifest,
                  initial_shared: dict[str, np.ndarray], config: CoordinatorConfig, clock=None,
                  store: Store | None = None, metrics: CoordinatorMetrics | None = None):
@@ -368,7 +372,8 @@ class Coordinator:
                 if fault is not None:  # the model stays as it was; the Abandon that follows closes the round
                     log.error("round %d: the new model is refused, the round abandoned: %s", rnd.ctx.round_id, fault)
                     return self._execute(Stopped(fault), now)
-                record = rnd.record(True, self.clock.now(), reduced.participants if self.shell.secure else None)
+                counted = reduced.participants if self.shell.secure or self.reports_from_aggregate else None
+                record = rnd.record(True, self.clock.now(), counted)
                 # the commit point: before it the round is open, after it done
                 self.store.commit_round(record.round_id, state, asdict(record), self.clock.wall(), rnd.charge())
                 rnd.machine, _ = on_event(rnd.machine, Committed())

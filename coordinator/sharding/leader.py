@@ -13,8 +13,9 @@ with epoch fencing), with three differences:
   under a robust rule ShardReplay (replay.py: the stored updates fed to that rule). A secure
   round keeps the aggregator one machine builds: its shell (secure.py) unmasks per shard group.
 
-The round record's `reports` counts the replies the machine saw; updates counted between the
-last poll and the seal are in the model (and in ShardSums.count) but not in that number.
+The round record's `reports` is the number of updates in the model (the sealed count), which
+can exceed the replies the machine saw: workers count concurrently between the last poll and
+the seal.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class ShardSums:
 
 class ShardedCoordinator(Coordinator):
     poll_s = 0.1  # seconds between reads of the shard tables' progress
+    reports_from_aggregate = True  # the record counts what the workers counted up to the seal
 
     def __init__(self, transport, strategy, manifest, initial_shared, config, clock=None, store=None,
                  metrics=None):

@@ -85,7 +85,7 @@ def assert_bit_exact(dsn, devices, every: bool = True) -> int:
                                 "GROUP BY device_id", round_id)
         assert all(n == 1 for _, n in per_device), (round_id, per_device)
         want, counted = _reference(dsn, round_id, _params(dsn, version - 1), version - 1, devices)
-        assert counted == len(per_device) >= record["reports"], (round_id, counted, record)
+        assert counted == len(per_device) == record["reports"], (round_id, counted, record)  # the sealed count
         assert not every or counted == devices == record["reports"], (round_id, counted, record)
         got = _params(dsn, version)
         for k in want:

@@ -280,3 +280,28 @@ def test_a_burst_that_raises_is_counted_and_the_worker_serves_the_next():
                              metrics=SimpleNamespace(rejected=reasons.append))
     serve_shard(worker, SimpleNamespace(check=lambda: None), stop, check_s=0.0)
     assert handled == [[b"first"], [b"second"]] and reasons == ["internal:ValueError"]
+
+
+def test_the_round_record_counts_every_update_in_the_model_not_only_those_the_leader_polled(model, postgres_dsn):
+    c = Cluster(model, postgres_dsn, min_reports=10)
+    old = c.leader.state
+    assert c.leader.begin_round()
+    c.pump()
+    rng = np.random.default_rng(5)
+    for d in c.devices[:12]:
+        c.upload(d, random_delta(c.shapes, rng))
+    c.pump()
+    assert c.leader.tick() is None  # polled: 12 of 20 replied, the round waits for the rest
+    # What workers count between the leader's last poll and its seal is in the model but was never
+    # a Replied event (in service the workers run concurrently): here, the leader polls no more.
+    c.leader._next_poll = float("inf")
+    for d in c.devices[12:15]:
+        c.upload(d, random_delta(c.shapes, rng))
+    c.pump()
+    c.clock.advance(61.0)  # past the deadline: Aggregate seals what the workers counted
+    record = c.leader.tick()
+    assert record is not None and record.committed, record
+    want, counted = _reference(c, old, record.round_id)
+    assert counted == 15 and record.reports == 15
+    for k in want:
+        assert np.array_equal(c.leader.state.params[k], want[k]), k
