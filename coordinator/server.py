@@ -354,7 +354,8 @@ class Coordinator:
         rnd, state = self.round, None
         for action in actions:
             if isinstance(action, Send):
-                self.shell.send(rnd, action.stage, action.devices, now)
+                if (why := self.shell.send(rnd, action.stage, action.devices, now)) is not None:
+                    return self._execute(Stopped(why), now)  # the shell refused the stage (sharding/secure.py)
             elif isinstance(action, Pace):
                 self._pace(action.device_id, action.reason, action.cause)
             elif isinstance(action, Aggregate):

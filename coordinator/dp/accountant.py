@@ -26,6 +26,10 @@ charges z / 2 (`sensitivity_factor`). The same holds for adaptive clipping's noi
 With shard groups (sharding/secure_dp.py) each group's sum carries z on its own and a round
 is charged as one group's: a device is in one group, and a replacement moves two groups' sums
 by S each, sqrt(2) S together, within the 2S above. RoundPlan.groups records each group's noise.
+This assumes what the rest of the accounting does: a neighbouring population replaces one
+device's data, not its identity, so the groups (a function of device ids and the sample) are
+the same on both sides; and a group with more survivors than its calibrated minimum carries
+extra independent noise, a post-processing of the calibrated release.
 """
 
 from __future__ import annotations

@@ -83,9 +83,12 @@ def render(report: dict) -> str:
 
 def read_pg_ledger(dsn: str) -> list[tuple[int, RoundPlan]]:
     """read_ledger from PostgreSQL; migrates nothing (an empty database has no ledger: [])."""
-    import psycopg  # optional dependency, as in pg_store.py
-
     from ..pg_schema import redact
+
+    try:
+        import psycopg  # optional dependency, as in pg_store.py
+    except ImportError:
+        raise ConfigError(f"{redact(dsn)}: reading PostgreSQL needs psycopg: pip install 'fedge[postgres]'") from None
 
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10,
@@ -93,6 +96,6 @@ def read_pg_ledger(dsn: str) -> list[tuple[int, RoundPlan]]:
             rows = db.execute("SELECT round_id, charge FROM privacy_ledger ORDER BY round_id").fetchall()
     except psycopg.errors.UndefinedTable:  # a database no coordinator has opened yet
         return []
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:  # cannot connect, no permission, ...: a named error, not a traceback
         raise ConfigError(f"{redact(dsn)}: cannot read the privacy ledger: {exc}") from None
     return [(r, RoundPlan.from_json(json.loads(c))) for r, c in rows]

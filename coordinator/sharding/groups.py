@@ -43,9 +43,12 @@ class ShardGroup:
         return "+".join(map(str, self.shards))
 
 
+GROUP_MIN_MEMBERS = 3  # a graph of 2 gives one neighbour both shares of a device's seeds
+
+
 def group_floor(threshold: int) -> int:
     """The fewest selected devices a group keeps to itself (module docstring)."""
-    return max(3, threshold + 1)
+    return max(GROUP_MIN_MEMBERS, threshold + 1)
 
 
 def min_inputs(group_size: int, selected: int, quorum: int) -> int:

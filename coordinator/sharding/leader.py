@@ -110,7 +110,11 @@ class ShardedCoordinator(Coordinator):
         return out
 
     def _poll(self) -> None:
-        """Replied for each device the workers counted that the machine still expects."""
+        """Replied for each device the workers counted that the machine still expects; never in a
+        secure round, whose replies are the SecAgg messages the leader admits itself (a plain
+        Update counted for a device would make it 'alive' without a masked input)."""
+        if self.shell.secure:
+            return
         rnd = self.round
         for device_id in sorted(self.tables.reporters(rnd.ctx.round_id)):
             if rnd.machine.expects(device_id):

@@ -8,10 +8,13 @@ and the device rebuilds its graph and Shamir points from it.
 
     advertise  every selected device gets its group's spec (under distributed DP, its group's
                noise: secure_dp.py)
-    share      a group with fewer than 2 devices that advertised is out (its members are not asked
-               again; the round then cannot be unmasked: below)
+    share      a group with fewer devices that advertised than max(3, its min_inputs) is out (its
+               members are not asked again; the round then cannot be unmasked: below)
     mask       each group's members receive their group's shares only
-    unmask     each group's request names the group's alive and dropped only, so a device reveals
+    unmask     sent to no group unless EVERY group is in and kept its min_inputs masked inputs
+               (unmask_refusal; else the round is abandoned before any request leaves); the first
+               accepted answer marks the round released, so an abandoned round is still charged;
+               each group's request names the group's alive and dropped only, so a device reveals
                shares of its group's members alone, and the dropped of one group cost nothing
                to another
     sum        per group, in shard order: refused (UnmaskFailed, the round is abandoned, nothing
@@ -38,15 +41,15 @@ import logging
 import numpy as np
 
 from fedge.edge_runtime.kernel.secagg import ddg, quantize
-from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec
+from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec, UnmaskResponse
 from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed
 from fedge.edge_runtime.kernel.secagg.subset import shared_coordinates
 
 from ..records import OpenRound
 from ..secagg.round_state import SecAggRound
 from ..secagg.shell import SecAggShell
-from ..secagg.stages import SHARE, UNMASK_STAGE
-from .groups import ShardGroup, group_floor, shard_groups
+from ..secagg.stages import SHARE, UNMASK, UNMASK_STAGE
+from .groups import GROUP_MIN_MEMBERS, ShardGroup, group_floor, shard_groups
 from .secure_dp import group_specs, with_groups
 
 log = logging.getLogger("fedge.coordinator")
@@ -99,12 +102,27 @@ class GroupedSecAgg:
                 per[self.group_of[device_id]].append(device_id)
         return [tuple(p) for p in per]
 
+    def unmask_refusal(self, inputs: tuple[str, ...]) -> str:
+        """Why no group may be unmasked, given the devices whose masked inputs arrived ("" = go).
+        Checked BEFORE any unmask request leaves: the devices check only their own neighbours,
+        so a group short of its minimum would answer, and its sum (or another group's, while the
+        round is then abandoned uncharged) would be computable below the quorum it promises."""
+        for i, (g, mine) in enumerate(zip(self.groups, self._split(inputs))):
+            if i in self.out:
+                return f"shard group {g.label}: {self.out[i]}"
+            if len(mine) < g.min_inputs:
+                return f"shard group {g.label}: {len(mine)} masked inputs, its sum needs {g.min_inputs}"
+        return ""
+
     def open_stage(self, stage: str, asked: tuple[str, ...]) -> None:
         for i, mine in enumerate(self._split(asked)):
             if i in self.out:
                 continue
-            if stage == SHARE and len(mine) < 2:
-                self.out[i] = f"{len(mine)} device(s) advertised keys"
+            # A group needs the floor it was formed with (groups.py: a graph of 2 gives one
+            # neighbour both shares of a seed) and can never unmask below its minimum inputs.
+            least = max(GROUP_MIN_MEMBERS, self.groups[i].min_inputs)
+            if stage == SHARE and len(mine) < least:
+                self.out[i] = f"{len(mine)} device(s) advertised keys, the group needs {least}"
                 continue
             self.rounds[i].open_stage(stage, mine)
 
@@ -170,7 +188,8 @@ class ShardedSecAggShell(SecAggShell):
                      n.noise_std, n.min_inputs, n.noise_multiplier)
         return GroupedSecAgg(groups, rounds)
 
-    def send(self, rnd: OpenRound, stage: str, devices: tuple[str, ...], now: float) -> None:
+    def send(self, rnd: OpenRound, stage: str, devices: tuple[str, ...], now: float) -> str | None:
+        """As SecAggShell.send; a string: why the round must stop instead (unmask_refusal)."""
         state = self._state(rnd)
         if stage == SHARE:
             state.open_stage(SHARE, devices)  # fixes each group's cohort; a group too small leaves
@@ -181,4 +200,18 @@ class ShardedSecAggShell(SecAggShell):
                 if r.cohort:
                     log.info("round %d: shard group %s: cohort %d, k=%d, t=%d", rnd.ctx.round_id, g.label,
                              len(r.cohort), r.k, r.t)
+        if stage == UNMASK:
+            why = state.unmask_refusal(devices)
+            if why:  # no request leaves: the round is abandoned (server._run) with nothing revealed
+                log.warning("round %d: no shard group is unmasked: %s", rnd.ctx.round_id, why)
+                return f"secure aggregation could not unmask: {why}"
         super().send(rnd, stage, tuple(d for d in devices if state.live(d)), now)
+        return None
+
+    def admit(self, rnd: OpenRound | None, reply, sender: str | None, size: int):
+        refused = super().admit(rnd, reply, sender, size)
+        if refused is None and isinstance(reply, UnmaskResponse):
+            # One group's answers can make its sum computable while the round is still abandoned
+            # (another group short of t): charge the round from the first accepted answer.
+            rnd.released = rnd.privacy is not None
+        return refused

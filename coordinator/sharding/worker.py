@@ -130,6 +130,8 @@ class ShardWorker:
             return self._reject(exc, sender, None)
         if not isinstance(update, Update) or where is None or update.device_id != sender:
             return self._reject(UnexpectedMessage(f"{type(update).__name__} on {msg.topic}"), sender, None)
+        if self.config.secure_aggregation.enabled:  # a secure round's inputs are masked and go to the leader
+            return self._reject(UnexpectedMessage(f"{sender}: a plain Update in a secure fleet"), sender, update)
         mine = shard_for(sender, self.config.shards)
         if where[0] != self.shard or update.shard != self.shard or mine != self.shard:
             why = f"{sender} belongs to shard {mine}; it sent to shard {where[0]} (task shard {update.shard})"

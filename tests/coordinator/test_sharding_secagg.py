@@ -32,7 +32,13 @@ from fedge.coordinator.sharding.config import ShardConflict
 from fedge.coordinator.sharding.groups import group_floor, shard_groups
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.secagg import ddg, quantize
-from fedge.edge_runtime.kernel.secagg.messages import KeyDirectory, SecAggSpec, SecAggTask, UnmaskRequest
+from fedge.edge_runtime.kernel.secagg.messages import (
+    KeyDirectory,
+    SecAggSpec,
+    SecAggTask,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from fedge.edge_runtime.kernel.secagg.shared_encoding import encode_update
 from tests.coordinator.fleet import copy_params, make_fleet
 from tests.coordinator.test_dp_distributed import _paper_z_eff
@@ -178,6 +184,53 @@ def test_a_group_left_with_fewer_inputs_than_its_minimum_abandons_the_round(mode
     record = _run_round(fleet, ("dev4", "dev6"))
     assert not record.committed and "shard group 0: 2 masked inputs, its sum needs 3" in record.why
     assert fleet.coordinator.state.version == version
+    # refused before the unmask stage: no group's survivors were asked, so no sum was computable
+    assert not [m for m in fleet.wire if isinstance(m, UnmaskRequest)]
+
+
+def test_an_abandoned_private_round_is_charged_once_any_group_answered_an_unmask_request(model, tmp_path,
+                                                                                      postgres_dsn):
+    """Each group's answers make its own sum computable; when another group then falls short of
+    its t the round is abandoned, and it must still be charged."""
+    fleet = _fleet(model, tmp_path, postgres_dsn, secure_aggregation=DP_SECURE, privacy=PRIVATE,
+                   compression=CompressionSpec(quant_bits=32))
+    c = fleet.coordinator
+    shard1 = [a.device_id for a in fleet.agents if _shard(a.device_id) == 1]
+    record = _run_round(fleet, tuple(shard1), drop_at_stage=3)  # shard 1 answers no unmask request
+    assert not record.committed
+    assert any(isinstance(m, UnmaskResponse) and _shard(m.device_id) == 0 for m in fleet.wire)
+    (charge,) = c.store.privacy_ledger()  # without the charge on the first answer: no row at all
+    assert charge["mechanism"] == "distributed" and charge["noise_multiplier"] == Z
+
+
+def test_a_plain_update_in_a_secure_sharded_fleet_is_refused_and_never_a_reply(model, tmp_path, postgres_dsn):
+    """A worker counts no plain Update in a secure fleet, and the leader reads no replies from the
+    shard tables in a secure round: a device counted there would be 'alive' without a masked
+    input, and the unmasked sum would fail on it (a KeyError that stopped the leader)."""
+    from types import SimpleNamespace
+
+    from fedge.coordinator.sharding.tables import ShardTables
+    from fedge.coordinator.sharding.worker import ShardWorker
+    from fedge.edge_runtime.kernel.codec import encode_message
+    from fedge.edge_runtime.kernel.protocol import Update, shard_update_topic
+    from fedge.edge_runtime.kernel.transport.base import Message
+    from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+
+    fleet = _fleet(model, tmp_path, postgres_dsn)
+    c = fleet.coordinator
+    assert c.begin_round()  # the SecAggTasks are out; no device has answered (no drain)
+    c.tables.reporters = lambda round_id: {"dev3"}  # what a worker would have counted
+    c.tick()
+    assert "dev3" not in c.round.machine.reported
+    reasons = []
+    shard = _shard("dev3")
+    worker = ShardWorker(shard, 1, ShardTables(postgres_dsn), InMemoryBroker().connect("w"), c.config,
+                         c.manifest.model_id, c.shapes, metrics=SimpleNamespace(rejected=reasons.append))
+    update = Update(device_id="dev3", round_id=c.round.ctx.round_id, task_id=c.round.ctx.tasks["dev3"],
+                    update_id="u1", model_id=c.manifest.model_id, base_version=c.state.version, num_examples=5,
+                    payload=b"", shard=shard)
+    worker.handle(Message(shard_update_topic(shard, "dev3"), encode_message(update)))
+    assert reasons == ["unexpected_message"] and worker.accepted == 0
 
 
 # ---------------------------------------------------------------- distributed DP per group
