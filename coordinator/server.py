@@ -328,7 +328,8 @@ class Coordinator:
         tasks = {d: uuid.uuid4().hex for d in selected}
         # before any task leaves: see store.py
         self.store.open_round(StoredRound(round_id, self.state.version, tuple(selected), tasks, wanted, quorum,
-                                          wall, wall + cfg.round_deadline_s, privacy=plan and plan.to_json()))
+                                          wall, wall + cfg.round_deadline_s, privacy=plan and plan.to_json(),
+                                          shards=self._round_shards(tuple(selected))))
         self.round = self._new_round(machine, tasks, now, plan)
         (self.round.bytes_up, self.round.bytes_up_dense), self._late_up = self._late_up, (0, 0)
         self.outbound.model(self.round)  # before the tasks that name it
@@ -404,6 +405,10 @@ class Coordinator:
             self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,
                                           self.eligible_devices(), self.clock.now())
         return record
+
+    def _round_shards(self, selected: tuple[str, ...]) -> dict[str, int] | None:
+        """The shard of each selected device, stored with the round; None: no shards (sharding/leader.py)."""
+        return None
 
     def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float, plan=None) -> OpenRound:
         return open_round(machine, tasks, started, state=self.state, strategy=self.strategy,
