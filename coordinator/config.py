@@ -106,8 +106,13 @@ class CoordinatorConfig:
     # Sharded ingest (coordinator/sharding): K aggregator workers (`fedge coordinator serve --role
     # worker`) validate and sum the updates, each on its shard's topic; the leader merges the K
     # sums. 0 = off: the coordinator ingests every update itself (the single-machine path).
-    # Needs state_dsn and aggregator = "mean"; sharding/config.py lists what it refuses.
+    # Needs state_dsn; sharding/config.py lists what it refuses. The leader assigns each selected
+    # device its home shard (crc32 mod K) when that shard has a live worker, else the least-loaded
+    # live one (sharding/assign.py), and a round with no live shard does not begin.
     shards: int = 0
+    # Seconds a shard may go without a live worker mid-round (no spare took its lease) before the
+    # leader moves its uncounted devices to live shards and sends them their task again.
+    shard_takeover_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:

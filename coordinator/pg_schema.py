@@ -63,6 +63,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE shard_sums (round_id BIGINT NOT NULL, shard INTEGER NOT NULL, data BYTEA NOT NULL, "
         "weight DOUBLE PRECISION NOT NULL, count BIGINT NOT NULL, PRIMARY KEY (round_id, shard))",
     ),
+    (  # 3: the leader's shard assignment of each round (sharding/assign.py, tables.py)
+        "CREATE TABLE shard_assignment (round_id BIGINT NOT NULL, device_id TEXT NOT NULL, shard INTEGER NOT NULL, "
+        "counted BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (round_id, device_id))",
+    ),
 )
 
 

@@ -8,6 +8,8 @@ unique and a round closes once, exactly as store.py argues for SQLite. What diff
 * one connection in autocommit mode, and every write is an explicit transaction. psycopg
   (3) would otherwise open a hidden transaction at the first SELECT, and the write's
   `transaction()` would be a mere savepoint inside it, committed by no one;
+* a sharded round's assignment (StoredRound.shards) is written in the round's own opening
+  transaction, to shard_assignment (pg_schema migration 3; sharding/tables.py reads it);
 * with `epoch` (the PostgresLease this coordinator won), every write transaction first
   checks and locks the leader row (leadership.check_epoch): a deposed leader's writes are
   refused with FencedOut. Without an epoch there is no fencing: one writer is assumed,
@@ -66,3 +68,11 @@ class PostgresStore(SqlStore):
             if self.epoch is not None:
                 check_epoch(self._db, self.epoch, self.path)
             yield self._db
+
+    def _insert_round(self, db, rnd) -> None:
+        super()._insert_round(db, rnd)
+        if rnd.shards:
+            devices = sorted(rnd.shards)
+            db.execute("INSERT INTO shard_assignment (round_id, device_id, shard) "
+                       "SELECT ?, * FROM unnest(?::text[], ?::int[])",
+                       (rnd.round_id, devices, [rnd.shards[d] for d in devices]))

@@ -28,7 +28,6 @@ from fedge.edge_runtime.kernel.protocol import (
     FetchRequest,
     Status,
     Update,
-    all_devices_topic,
     device_of,
 )
 from fedge.edge_runtime.kernel.transport.base import Transport
@@ -44,6 +43,7 @@ from .fetches import serve_fetch
 from .group_commit import GroupCommit
 from .guard import commit_fault
 from .holdout import open_holdout
+from .link import BrokerLink
 from .memory_store import MemoryStore
 from .metrics import CoordinatorMetrics, EvalMetrics
 from .outbound import Outbound
@@ -77,7 +77,7 @@ log = logging.getLogger("fedge.coordinator")
 _QUIET = ("stale_round", "duplicate")  # expected after early closes and re-publishes: INFO, not WARNING
 
 
-class Coordinator:
+class Coordinator(BrokerLink):
     """One coordinator: `start()` once, then loop `pump()` (one inbound message each) and
     `tick()` (closes the round at its deadline or when it is done), and call `begin_round()`
     whenever no round is open. Every method returns quickly; the caller owns sleeping.
@@ -141,44 +141,6 @@ class Coordinator:
                  len(m.declined), m.deadline - now)
         if self.shell.secure:  # its keys and masked inputs died with the process: reveal nothing
             self._execute(Stopped("a secure round cannot resume after a restart"), now)
-
-    @property
-    def transport(self) -> Transport:
-        return self.outbound.transport
-
-    @transport.setter
-    def transport(self, transport: Transport) -> None:
-        self.outbound.transport = transport
-
-    @property
-    def session(self) -> str:
-        """In every Announcement: devices check in again when it changes."""
-        return self.outbound.session
-
-    def start(self) -> None:
-        for channel in ("checkin", "update", "status", "fetch"):
-            self.transport.subscribe(all_devices_topic(channel))
-        if self.round is not None:  # resumed: tasks may have been lost with the old process or broker
-            self.outbound.model(self.round)
-            self._resend_tasks()
-            self.metrics.round_begun(self.round.ctx.round_id)
-        self.outbound.announce(self.state.version, self.round)
-
-    def on_reconnect(self) -> None:
-        """After the link to the broker came back: a broker killed with -9 loses PUBACKed
-        QoS 1 messages, so resend the open round's tasks to devices that have not answered
-        (they ignore task ids they already hold) and the retained announcement."""
-        if self.round is not None:
-            self.round.task_sent.clear()
-            self.outbound.model(self.round)  # a broker without persistence forgot the retained parts
-            self._resend_tasks()
-        self.outbound.announce(self.state.version, self.round)
-
-    def _resend_tasks(self) -> None:
-        now, m = self.clock.now(), self.round.machine
-        for device_id in m.selected:
-            if m.expects(device_id):
-                self.shell.resend(self.round, device_id, now)
 
     # ------------------------------------------------------------------ inbound
 
@@ -328,7 +290,8 @@ class Coordinator:
         tasks = {d: uuid.uuid4().hex for d in selected}
         # before any task leaves: see store.py
         self.store.open_round(StoredRound(round_id, self.state.version, tuple(selected), tasks, wanted, quorum,
-                                          wall, wall + cfg.round_deadline_s, privacy=plan and plan.to_json()))
+                                          wall, wall + cfg.round_deadline_s, privacy=plan and plan.to_json(),
+                                          shards=self._round_shards(tuple(selected))))
         self.round = self._new_round(machine, tasks, now, plan)
         (self.round.bytes_up, self.round.bytes_up_dense), self._late_up = self._late_up, (0, 0)
         self.outbound.model(self.round)  # before the tasks that name it
@@ -405,6 +368,10 @@ class Coordinator:
             self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,
                                           self.eligible_devices(), self.clock.now())
         return record
+
+    def _round_shards(self, selected: tuple[str, ...]) -> dict[str, int] | None:
+        """The shard of each selected device, stored with the round; None: no shards (sharding/leader.py)."""
+        return None
 
     def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float, plan=None) -> OpenRound:
         return open_round(machine, tasks, started, state=self.state, strategy=self.strategy,

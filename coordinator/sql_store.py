@@ -81,11 +81,14 @@ class SqlStore:
 
     def open_round(self, rnd: StoredRound) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO rounds (round_id, status, model_version, selected, tasks, target, quorum, "
-                       "started_wall, deadline_wall, privacy) VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (rnd.round_id, rnd.model_version, json.dumps(list(rnd.selected)), json.dumps(rnd.tasks),
-                        rnd.target, rnd.quorum, rnd.started_wall, rnd.deadline_wall,
-                        None if rnd.privacy is None else json.dumps(rnd.privacy)))
+            self._insert_round(db, rnd)
+
+    def _insert_round(self, db, rnd: StoredRound) -> None:
+        db.execute("INSERT INTO rounds (round_id, status, model_version, selected, tasks, target, quorum, "
+                   "started_wall, deadline_wall, privacy) VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (rnd.round_id, rnd.model_version, json.dumps(list(rnd.selected)), json.dumps(rnd.tasks),
+                    rnd.target, rnd.quorum, rnd.started_wall, rnd.deadline_wall,
+                    None if rnd.privacy is None else json.dumps(rnd.privacy)))
 
     def load_open_round(self) -> StoredRound | None:
         row = self._db.execute("SELECT round_id, model_version, selected, tasks, target, quorum, started_wall, "

@@ -38,6 +38,9 @@ class StoredRound:
     deadline_wall: float
     events: tuple[StoredUpdate | StoredDecline, ...] = ()
     privacy: dict | None = None  # the round's dp RoundPlan as JSON; None without DP
+    # A sharded round's device -> shard (sharding/assign.py), written with the round by
+    # PostgresStore and read back by the shard tables (sharding/tables.py); None without shards.
+    shards: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,8 @@ class DeviceAgent:
                 raise TypeError(f"unknown task action {action!r}")
 
     def _on_task(self, task: TrainTask) -> None:
+        if task.shard >= 0:  # a copy naming another shard: the leader moved us (uplink.retarget)
+            self.uplink.retarget(task.task_id, task.shard)
         if task.task_id in self.tasks or task.task_id in self.journal:
             self._answer_again(task)
             return

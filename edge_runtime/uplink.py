@@ -4,7 +4,10 @@ QoS 1 is not enough: a broker may lose what it already acknowledged (killed with
 session that expired), so the device keeps each update in its journal and resends all of
 them every `republish_s`, doubling the interval up to 2**5 times while no Ack comes, and
 drops one nobody acknowledged for `pending_max_age_s`. A Decline is not kept on disk; the
-last few are remembered and repeated when their task comes again. Reads time from the
+last few are remembered and repeated when their task comes again. A sharded fleet's leader
+may send a task again naming another shard (its worker died): the update of that task, the
+same update id, then goes to the new shard (`retarget`), so no training is repeated and the
+coordinator's (round, device, update id) key still tells a copy from a new update. Reads time from the
 injected clock passed in by the agent; never sleeps.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import decode_message, encode_message
@@ -35,6 +39,7 @@ class Uplink:
         self.next_republish = float("inf")  # clock seconds
         self.unacked_resends = 0
         self.declines: dict[str, bytes] = {}  # task_id -> the Decline sent, re-sent if the task comes again
+        self.shards: dict[str, int] = {}  # task_id -> the shard its latest copy named (sharded fleets)
 
     def send_update(self, payload: bytes, now: float) -> None:
         self.next_republish = now + self.republish_s  # first: a failed publish is retried by the next resend
@@ -67,10 +72,21 @@ class Uplink:
             self._send(item.payload)
         return len(items)
 
+    def retarget(self, task_id: str, shard: int) -> None:
+        """The task came again naming `shard`: its update goes there from now on (this run)."""
+        self.shards[task_id] = shard
+        if len(self.shards) > SEEN_TASKS_KEPT:
+            self.shards.pop(next(iter(self.shards)))
+
     def _send(self, payload: bytes) -> None:
         """An Update goes to the topic of the shard its task named; the kept frame says which
-        (decoded here rather than journaled beside it, so the journal's format is unchanged)."""
-        shard = decode_message(payload).shard
+        (decoded here rather than journaled beside it, so the journal's format is unchanged),
+        unless the task was retargeted since: then the frame is re-encoded naming the new shard."""
+        update = decode_message(payload)
+        shard = update.shard
+        if shard >= 0 and self.shards.get(update.task_id, shard) != shard:
+            shard = self.shards[update.task_id]
+            payload = encode_message(replace(update, shard=shard))
         if shard >= 0:
             self.publish("update", payload, shard)
         else:

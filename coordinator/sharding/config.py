@@ -1,8 +1,9 @@
-"""What sharded ingest supports, checked at config load, and which shard serves a device.
+"""What sharded ingest supports, checked at config load, and a device's home shard.
 
-A shard is hash(device) mod K (crc32 of the id): the leader and every worker compute it
-alone, so nothing about the assignment has to be stored or sent between them, and a worker
-can refuse by name (wrong_shard) an update that reached the wrong shard topic.
+A device's home shard is hash(device) mod K (crc32 of the id). The leader assigns each
+selected device its home shard while that shard has a live worker, else another live shard
+(assign.py), stores the assignment with the round, and names it in the device's task; a worker
+refuses by name (wrong_shard) an update of a device the stored assignment does not give it.
 
 What K allows besides the plain mean: any robust aggregator (the workers validate and store,
 the leader replays the stored updates into the rule: replay.py), central DP-FedAvg (the
@@ -33,6 +34,9 @@ class ShardConflict(ConfigError):
 
 def check_sharding(cfg) -> None:
     """Raise ShardConflict for a CoordinatorConfig whose `shards` it cannot run."""
+    if not (0 <= cfg.shard_takeover_s <= 3600):
+        raise ConfigError("shard_takeover_s must be in [0, 3600] seconds (how long a shard may be without a "
+                          "live worker before the leader moves its devices)")
     if not 0 <= cfg.shards <= MAX_SHARDS:
         raise ConfigError(f"shards must be in [0, {MAX_SHARDS}] (0 = no shards: the coordinator ingests updates)")
     if cfg.shards == 0:

@@ -1,7 +1,9 @@
 """Shard groups of a secure round ([coordinator] shards = K with secure aggregation): who runs
 SecAgg with whom, and how few masked inputs a group may be unmasked with. Pure.
 
-A round's selected devices are split by their shard (config.shard_for), in shard index order.
+A round's selected devices are split by their home shard (config.shard_for), in shard index
+order: a secure round reads no worker liveness (the workers take no part in it), so every device
+is assigned its home shard (leader.py) and the groups follow the round's assignment.
 A group whose selected size is under `group_floor` is merged into the next non-empty one (the
 last into the one before it), so every group can run the protocol with some strength:
 

@@ -1,10 +1,23 @@
-"""The shard tables in PostgreSQL (migration 2 of pg_schema), and the transactions on them.
+"""The shard tables in PostgreSQL (migrations 2 and 3 of pg_schema), and the transactions on them.
 
     shard_leases   shard, epoch, holder, since_wall     lease.py: a worker's fencing epoch
     shard_rounds   round_id, sealed                     sealed: the leader is aggregating; no more adds
     shard_updates  (round_id, device_id, update_id) PK, shard, seq, digest, weight, payload
                    every update a worker counted; seq = its place in its shard's sum
     shard_sums     (round_id, shard) PK, data, weight, count   sums.PartialSum of the shard
+    shard_assignment  (round_id, device_id) PK, shard, counted
+                   the leader's assignment (assign.py), written with the round's opening
+                   (pg_store.py); counted: some worker counted the device, so it stays put
+
+Why a device is counted by one shard only, even while the leader moves it: a worker's `count`
+locks the burst's assignment rows (FOR UPDATE, in device order, so two workers cannot
+deadlock), counts only the devices assigned to its own shard and marks them counted; the
+leader's `reassign` moves only rows not counted, skipping rows a worker holds locked (SKIP
+LOCKED: a stalled worker never blocks the leader; the row is retried at the next poll). So a
+move either commits before the old shard's count, which then refuses the device (wrong_shard),
+or after it, and sees `counted`. Behind that, the (round, device, update id) key refuses a
+second add of one update on any shard. A round without assignment rows (opened before
+migration 3) falls back to the home shard (config.shard_for).
 
 Why the sum is exact: a worker's `count` transaction writes the keys and the new sum together
 (a duplicate key adds nothing), under its lease row lock, and only while the round is open and
@@ -20,8 +33,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .lease import check_shard_epoch
+from .assign import place
+from .config import shard_for
+from .lease import check_shard_epoch, live_shards
 from .sums import PartialSum
+
+COUNTED, DUPLICATE, WRONG_SHARD = "counted", "duplicate", "wrong_shard"  # count()'s verdict per item
 
 
 @dataclass(frozen=True)
@@ -73,10 +90,17 @@ class ShardTables:
                                 "update_id = %s", (round_id, device_id, update_id)).fetchone()
         return None if row is None else row[0]
 
-    def count(self, shard: int, epoch: int, round_id: int, items: list[Counted], shapes) -> list[bool]:
+    def assigned(self, round_id: int, devices: list[str], shards: int) -> dict[str, int]:
+        """device -> its shard in the round's stored assignment (the home shard where none is stored)."""
+        rows = dict(self.conn.execute("SELECT device_id, shard FROM shard_assignment WHERE round_id = %s AND "
+                                      "device_id = ANY(%s)", (round_id, devices)).fetchall()) if devices else {}
+        return {d: rows.get(d, shard_for(d, shards)) for d in devices}
+
+    def count(self, shard: int, epoch: int, round_id: int, items: list[Counted], shapes, shards: int) -> list[str]:
         """In one transaction: each item's key stored and weight * delta added to the shard's sum,
-        in list order. Per item, False: its key was counted already (nothing added). RoundClosed:
-        too late for all of them."""
+        in list order. Per item: COUNTED; DUPLICATE, its key was counted already (nothing added);
+        WRONG_SHARD, the leader assigned its device elsewhere (nothing added). RoundClosed: too
+        late for all of them."""
         db, added = self.conn, []
         with db.transaction():
             check_shard_epoch(db, shard, epoch)
@@ -91,15 +115,25 @@ class ShardTables:
             row = db.execute("SELECT data, weight, count FROM shard_sums WHERE round_id = %s AND shard = %s",
                              (round_id, shard)).fetchone()
             partial = PartialSum() if row is None else PartialSum.from_bytes(bytes(row[0]), shapes, row[1], row[2])
+            devices = sorted({item.key[0] for item in items})
+            held = dict(db.execute("SELECT device_id, shard FROM shard_assignment WHERE round_id = %s AND "
+                                   "device_id = ANY(%s) ORDER BY device_id FOR UPDATE", (round_id, devices)).fetchall())
+            mine = [d for d in devices if held.get(d, shard_for(d, shards)) == shard]
+            db.execute("UPDATE shard_assignment SET counted = true WHERE round_id = %s AND device_id = ANY(%s)",
+                       (round_id, mine))
+            mine = set(mine)
             for item in items:
+                if item.key[0] not in mine:
+                    added.append(WRONG_SHARD)
+                    continue
                 stored = db.execute(
                     "INSERT INTO shard_updates (round_id, device_id, update_id, shard, seq, digest, weight, payload) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
                     (round_id, *item.key, shard, partial.count, item.digest, item.weight, item.payload)).fetchone()
-                added.append(stored is not None)
+                added.append(DUPLICATE if stored is None else COUNTED)
                 if stored is not None:
                     partial.add(item.delta, item.weight)
-            if any(added):
+            if COUNTED in added:
                 db.execute("INSERT INTO shard_sums (round_id, shard, data, weight, count) VALUES (%s, %s, %s, %s, %s) "
                            "ON CONFLICT (round_id, shard) DO UPDATE SET data = excluded.data, "
                            "weight = excluded.weight, count = excluded.count",
@@ -107,6 +141,35 @@ class ShardTables:
         return added
 
     # ---------------------------------------------------------------- leader
+
+    def live_shards(self, shards: int) -> frozenset[int]:
+        return live_shards(self.conn, shards)
+
+    def assignment(self, round_id: int) -> dict[str, int]:
+        """The round's stored device -> shard (empty: none stored)."""
+        return dict(self.conn.execute("SELECT device_id, shard FROM shard_assignment WHERE round_id = %s",
+                                      (round_id,)).fetchall())
+
+    def reassign(self, round_id: int, dead: set[int], live: frozenset[int], check=None) -> dict[str, int]:
+        """Move the devices on `dead` shards that no worker has counted onto `live` ones (assign.place,
+        loads = the round's assignment); returns the moves. Rows a worker holds locked wait for the
+        next call (module docstring). check(db): the leader's epoch check."""
+        db = self.conn
+        with db.transaction():
+            if check is not None:
+                check(db)
+            stranded = [d for (d,) in db.execute(
+                "SELECT device_id FROM shard_assignment WHERE round_id = %s AND shard = ANY(%s) AND NOT counted "
+                "ORDER BY device_id FOR UPDATE SKIP LOCKED", (round_id, sorted(dead))).fetchall()]
+            if not stranded:
+                return {}
+            loads = dict(db.execute("SELECT shard, count(*) FROM shard_assignment WHERE round_id = %s GROUP BY shard",
+                                    (round_id,)).fetchall())
+            moves = place(stranded, loads, live)
+            db.execute("UPDATE shard_assignment AS a SET shard = m.shard FROM unnest(%s::text[], %s::int[]) "
+                       "AS m(device_id, shard) WHERE a.round_id = %s AND a.device_id = m.device_id",
+                       (list(moves), list(moves.values()), round_id))
+        return moves
 
     def reporters(self, round_id: int) -> list[str]:
         """Devices with a counted update in the round, in no particular order."""
@@ -134,5 +197,5 @@ class ShardTables:
         with db.transaction():
             if check is not None:
                 check(db)
-            for table in ("shard_updates", "shard_sums", "shard_rounds"):
+            for table in ("shard_updates", "shard_sums", "shard_rounds", "shard_assignment"):
                 db.execute(f"DELETE FROM {table} WHERE round_id <= %s", (through_round,))

@@ -2,11 +2,14 @@
 
 One process serves one shard at a time. It loops over the K shards trying each one's lease
 (lease.py); the first it wins it serves until the lease fails, then it loops again. A shard
-whose worker died is taken by whichever worker process tries its lock next: reassignment is
-by lease, nothing assigns it. Its MQTT session is persistent under a client id fixed per
-shard (fedge-shard-{k}, clean_start false), so the updates queued for the dead worker's
-session are delivered to the one that takes the shard over, and the (round, device, update
-id) key in shard_updates makes a redelivered update a duplicate, never a second add.
+whose worker died is taken by whichever worker process tries its lock next (a spare). Its
+MQTT session is persistent under a client id fixed per shard (fedge-shard-{k}, clean_start
+false), so the updates queued for the dead worker's session are delivered to the one that
+takes the shard over, and the (round, device, update id) key in shard_updates makes a
+redelivered update a duplicate, never a second add. With no spare, the leader moves the
+shard's uncounted devices to live shards (leader.py); the worker counts a device only on the
+shard the round's STORED assignment names (tables.assigned, re-checked under lock in
+tables.count), and refuses any other by name: wrong_shard.
 
 Each update is checked by the coordinator's own admission (admission.admit: round, task,
 key, model, shapes, finite, norm bound), then counted (tables.count: the messages waiting in
@@ -35,10 +38,9 @@ from ..leadership import LeadershipError
 from ..metrics import CoordinatorMetrics
 from ..validation import RoundContext, decode_report
 from ..weights import update_weight
-from .config import shard_for
 from .lease import ShardLease
 from .privacy import bounded, round_clip
-from .tables import Counted, RoundClosed, ShardTables
+from .tables import COUNTED, DUPLICATE, Counted, RoundClosed, ShardTables
 
 log = logging.getLogger("fedge.coordinator.worker")
 BURST = 200  # messages counted in one transaction at most (group commit, as coordinator/loop.py's bursts)
@@ -93,8 +95,14 @@ class ShardWorker:
             devices.add(update.device_id)
         ctx, admitted = self.ctx, []
         rid = ctx.round_id if ctx is not None else -1
-        counted = self.tables.counted(rid, sorted({u.device_id for u in firsts if u.round_id == rid}))
+        current = sorted({u.device_id for u in firsts if u.round_id == rid})
+        counted = self.tables.counted(rid, current)
+        assigned = self.tables.assigned(rid, current, self.config.shards)
         for update in firsts:
+            if assigned.get(update.device_id, self.shard) != self.shard:  # the leader moved it (or never sent it here)
+                why = f"round {rid} assigns {update.device_id} to shard {assigned[update.device_id]}, not {self.shard}"
+                self._reject(WrongShard(why), update.device_id, update)
+                continue
             keys = counted.get(update.device_id, {})
             view = AdmissionView(ctx, keys, lambda d, keys=keys: ctx is not None and d in ctx.tasks and not keys,
                                  self.tables.counted_digest)
@@ -107,16 +115,22 @@ class ShardWorker:
                                              update.payload, bounded(verdict.delta, self.clip))))
         if admitted:
             try:
-                added = self.tables.count(self.shard, self.epoch, rid, [c for _, c in admitted], self.shapes)
+                verdicts = self.tables.count(self.shard, self.epoch, rid, [c for _, c in admitted], self.shapes,
+                                             self.config.shards)
             except RoundClosed as exc:
-                added = None
+                verdicts = None
                 for update, _ in admitted:
                     self._reject(StaleRound(str(exc)), update.device_id, update)
-            for (update, _), new in zip(admitted, added or ()):
-                if new:
+            for (update, _), verdict in zip(admitted, verdicts or ()):
+                if verdict == COUNTED:
                     self.accepted += 1
                     self.metrics.accepted.inc()
-                self._ack(update, True, "" if new else "duplicate")  # counted before: the device stops resending
+                    self._ack(update, True, "")
+                elif verdict == DUPLICATE:  # counted before: the device stops resending
+                    self._ack(update, True, "duplicate")
+                else:  # moved by the leader between our read and our lock
+                    self._reject(WrongShard(f"round {rid} moved {update.device_id} off shard {self.shard}"),
+                                 update.device_id, update)
         if again:
             self._count(again)
 
@@ -132,11 +146,10 @@ class ShardWorker:
             return self._reject(UnexpectedMessage(f"{type(update).__name__} on {msg.topic}"), sender, None)
         if self.config.secure_aggregation.enabled:  # a secure round's inputs are masked and go to the leader
             return self._reject(UnexpectedMessage(f"{sender}: a plain Update in a secure fleet"), sender, update)
-        mine = shard_for(sender, self.config.shards)
-        if where[0] != self.shard or update.shard != self.shard or mine != self.shard:
-            why = f"{sender} belongs to shard {mine}; it sent to shard {where[0]} (task shard {update.shard})"
+        if where[0] != self.shard or update.shard != self.shard:
+            why = f"{sender} sent to shard {where[0]} (task shard {update.shard}); this is shard {self.shard}"
             return self._reject(WrongShard(why), sender, update)
-        return update
+        return update  # whether the round assigns the device here: _count, against the stored assignment
 
     def _reject(self, exc: UpdateRejected, sender: str | None, update: Update | None) -> None:
         self.metrics.rejected(exc.reason)

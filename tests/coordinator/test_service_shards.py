@@ -9,6 +9,12 @@ index order and applies FedAvg's server step. No device is counted twice in a ro
 every round counts every device (min_reports = all). Then kill -9 the leader mid-round 3: the
 standby leader (a second `fedge coordinator serve`) resumes the round from the store and the
 shard tables, and the fleet commits the rest with the same guarantees.
+
+Without a spare: kill -9 shard 0's worker mid-round 2 and start none. After shard_takeover_s
+the leader moves shard 0's uncounted devices (dev-0, still training, at least) to shard 1 and
+sends them their task again; each sends the update it made to shard 1 (the same update id);
+rounds 3 and 4 assign every device to shard 1; every round counts every device, once, and
+every model is bit-exact.
 """
 
 from __future__ import annotations
@@ -158,3 +164,40 @@ def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_i
     assert "round 3 resumed" in logs["standby"].read_text()
     print(f"shards drill: {ROUNDS} rounds x {DEVICES} devices in {elapsed:.1f} s; shard 0 taken over "
           f"{takeover_s:.2f} s after the kill; the leader killed in round 3, the standby resumed it")
+
+
+def test_a_worker_killed_with_no_spare_its_devices_move_to_the_live_shard_and_every_model_is_bit_exact(
+        drill, postgres_dsn):  # noqa: F811
+    tmp, broker, art_dir, manifest = drill
+    config = _config(tmp, broker.url, art_dir, postgres_dsn)
+    logs = {name: tmp / f"{name}.log" for name in ("leader", "w1", "w2")}
+    fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-0": 3.0}, devices=DEVICES)
+    procs = {"leader": _serve(config, logs["leader"])}
+    started = time.monotonic()
+    try:
+        _wait("the leader to lead", lambda: _rows(postgres_dsn, "SELECT epoch FROM leader"), 60, procs["leader"],
+              logs["leader"])
+        for name in ("w1", "w2"):
+            procs[name] = _serve(config, logs[name], "--role", "worker")
+        _wait("both shards held", lambda: len(_rows(postgres_dsn, "SELECT shard FROM shard_leases")) == K, 60)
+        _wait("round 2 to count updates", lambda: _rows(
+            postgres_dsn, "SELECT count(*) FROM shard_updates WHERE round_id = 2 AND shard = 0")[0][0] >= 2,
+            120, procs["leader"], logs["leader"])
+        (holder,) = _rows(postgres_dsn, "SELECT holder FROM shard_leases WHERE shard = 0")[0]
+        victim = next(n for n in ("w1", "w2") if holder.endswith(f":{procs[n].pid}"))
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait(timeout=10)
+        assert procs["leader"].wait(timeout=240) == 0, logs["leader"].read_text()[-3000:]
+        elapsed = time.monotonic() - started
+    finally:
+        stop(procs.values())
+        fleet.close()
+    assert assert_bit_exact(postgres_dsn, DEVICES) == ROUNDS
+    moved = _rows(postgres_dsn, "SELECT a.device_id FROM shard_assignment a JOIN shard_updates u USING (round_id, "
+                                "device_id) WHERE round_id = 2 AND a.shard = 1 AND u.shard = 1")
+    homes0 = {f"dev-{i}" for i in range(DEVICES) if shard_for(f"dev-{i}", K) == 0}
+    assert "dev-0" in homes0 and ("dev-0",) in moved, moved  # the slow one: it trained once, its update moved
+    assert "device(s) moved to shard(s) [1]" in logs["leader"].read_text()
+    assert _rows(postgres_dsn, "SELECT DISTINCT shard FROM shard_assignment WHERE round_id > 2") == [(1,)]
+    print(f"no-spare drill: {ROUNDS} rounds x {DEVICES} devices in {elapsed:.1f} s; "
+          f"{len([d for (d,) in moved if d in homes0])} device(s) of shard 0 moved in round 2")

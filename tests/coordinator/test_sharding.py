@@ -231,7 +231,7 @@ def test_a_shard_taken_over_fences_the_old_worker_and_loses_nothing(model, postg
     c.workers[0] = c.worker(0)
     assert c.workers[0].epoch == dead.epoch + 1
     with pytest.raises(FencedOut):  # the old process, woken up, can add nothing
-        dead.tables.count(0, dead.epoch, 1, [Counted(("x", "y"), "d", 1.0, b"", deltas[half[0].id])], c.shapes)
+        dead.tables.count(0, dead.epoch, 1, [Counted(("x", "y"), "d", 1.0, b"", deltas[half[0].id])], c.shapes, K)
     for d in c.devices:  # everyone (re)sends: the uplink resends until its Ack
         c.upload(d, deltas[d.id])
     c.pump()

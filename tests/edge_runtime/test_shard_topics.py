@@ -71,3 +71,22 @@ def test_uplink_sends_and_resends_to_the_tasks_shard(tmp_path):
     sent.clear()
     assert uplink.resend_all(5.0) == 2
     assert sorted(sent, key=len) == [("update", plain), ("update", sharded, 2)]
+
+
+def test_a_task_that_comes_again_naming_another_shard_moves_its_update_there(tmp_path):
+    """The leader moved the device off a shard without a worker: the same update (same id, same
+    payload) goes to the new shard, re-encoded to name it; other tasks' updates stay put."""
+    sent = []
+    journal = DeviceJournal(tmp_path)
+    uplink = Uplink("d1", journal, lambda *a: sent.append(a), republish_s=1.0, pending_max_age_s=100.0)
+    moved = journal.keep(_update(0))
+    other = journal.keep(p.Update(**{**_update(0).__dict__, "update_id": "v", "task_id": "t2"}))
+    uplink.send_update(moved, 0.0)
+    uplink.retarget("t", 3)
+    uplink.retarget("t2", 0)  # the same shard again: nothing changes
+    sent.clear()
+    assert uplink.resend_all(5.0) == 2
+    by_id = {decode_message(frame).update_id: (frame, shard) for _, frame, shard in sent}
+    assert by_id["v"] == (other, 0)
+    frame, shard = by_id["u"]
+    assert shard == 3 and decode_message(frame) == _update(3)  # only the shard differs

@@ -95,7 +95,19 @@ def _drain(broker, db, devices, params, quant_bits, workers, seed, timeout_s) ->
     cfg = CoordinatorConfig(clients_per_round=devices, over_selection=1.0, min_reports=devices,
                             round_deadline_s=24 * 3600, state_dsn=db, aggregator="mean", shards=workers,
                             compression=CompressionSpec(quant_bits=quant_bits))
-    leader = open_bench_round(cfg, manifest, initial, devices, ShardedCoordinator)
+    # The leader begins a round only on shards with a live worker (their lease held): hold each
+    # lease while it opens the round, so every device keeps its home shard; the workers, spawned
+    # after (they need the round's tasks), take the leases over.
+    from fedge.coordinator.sharding.lease import ShardLease
+
+    held = [ShardLease(db, k) for k in range(workers)]
+    try:
+        if not all(lease.try_acquire() for lease in held):
+            raise RuntimeError("a shard lease of the fresh benchmark database is held")
+        leader = open_bench_round(cfg, manifest, initial, devices, ShardedCoordinator)
+    finally:
+        for lease in held:
+            lease.close()
     leader.poll_s = 0.0
     ctx = leader.round.ctx
     messages = backlog(ctx.tasks, ctx.round_id, manifest, quant_bits, seed, shards=workers)
