@@ -130,7 +130,12 @@ class PostgresLease:
             raise FencedOut(f"{self.where}: leader epoch is {row and row[0]}, this coordinator's is {self.epoch}")
 
     def close(self) -> None:
-        """Ending the session releases the lock."""
+        """Ending the session releases the lock; unlocked first, so that whoever polls for it next
+        sees it free at once (the server ends a closed session's backend a moment later)."""
+        try:
+            self._conn.execute("SELECT pg_advisory_unlock_all()")
+        except Exception:  # noqa: BLE001 - a broken session: closing it is all that is left
+            pass
         self._conn.close()
 
 

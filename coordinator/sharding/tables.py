@@ -85,6 +85,13 @@ class ShardTables:
             out.setdefault(device_id, {})[(device_id, round_id, uid)] = digest
         return out
 
+    def declined(self, round_id: int, devices: list[str]) -> set[str]:
+        """Which of these devices the leader stored a decline of in the round (PostgresStore's
+        declines table): as on one machine, a device that declined is no longer expected."""
+        rows = self.conn.execute("SELECT device_id FROM declines WHERE round_id = %s AND device_id = ANY(%s)",
+                                 (round_id, devices)).fetchall() if devices else ()
+        return {d for (d,) in rows}
+
     def counted_digest(self, device_id: str, round_id: int, update_id: str) -> str | None:
         row = self.conn.execute("SELECT digest FROM shard_updates WHERE round_id = %s AND device_id = %s AND "
                                 "update_id = %s", (round_id, device_id, update_id)).fetchone()

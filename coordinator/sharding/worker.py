@@ -98,14 +98,15 @@ class ShardWorker:
         current = sorted({u.device_id for u in firsts if u.round_id == rid})
         counted = self.tables.counted(rid, current)
         assigned = self.tables.assigned(rid, current, self.config.shards)
+        declined = self.tables.declined(rid, current)  # a device that declined is no longer expected
         for update in firsts:
             if assigned.get(update.device_id, self.shard) != self.shard:  # the leader moved it (or never sent it here)
                 why = f"round {rid} assigns {update.device_id} to shard {assigned[update.device_id]}, not {self.shard}"
                 self._reject(WrongShard(why), update.device_id, update)
                 continue
             keys = counted.get(update.device_id, {})
-            view = AdmissionView(ctx, keys, lambda d, keys=keys: ctx is not None and d in ctx.tasks and not keys,
-                                 self.tables.counted_digest)
+            view = AdmissionView(ctx, keys, lambda d, keys=keys: ctx is not None and d in ctx.tasks and not keys
+                                 and d not in declined, self.tables.counted_digest)
             verdict = admit(update, update.device_id, view)
             if not isinstance(verdict, Accepted):
                 self._reject(verdict.error, update.device_id, update)

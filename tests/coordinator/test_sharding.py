@@ -305,3 +305,20 @@ def test_the_round_record_counts_every_update_in_the_model_not_only_those_the_le
     assert counted == 15 and record.reports == 15
     for k in want:
         assert np.array_equal(c.leader.state.params[k], want[k]), k
+
+
+def test_a_device_that_declined_is_not_counted_by_its_worker_as_on_one_machine(model, postgres_dsn):
+    from fedge.edge_runtime.kernel.protocol import Decline
+
+    c = Cluster(model, postgres_dsn)
+    assert c.leader.begin_round()
+    c.pump()
+    dev = c.devices[0]
+    task = dev.task()
+    dev.send(encode_message(Decline(dev.id, task.round_id, task.task_id, "battery_low")))
+    c.pump()
+    assert c.leader.declines["battery_low"] == 1
+    c.upload(dev, random_delta(c.shapes, np.random.default_rng(2)))
+    c.pump()
+    assert dev.acks() == [(False, "stale_round")]
+    assert c.rows("SELECT count(*) FROM shard_updates WHERE device_id = %s", dev.id) == [(0,)]
