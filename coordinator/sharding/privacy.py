@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 
 from ..dp.mechanism import clip_to_norm
-from ..dp.round import DpMean, RoundPlan
+from ..dp.round import RoundPlan
+from .sealed import SealedAggregator
 from .sums import merge
 from .tables import ShardTables
 
@@ -49,25 +50,13 @@ def bounded(delta: dict, clip: float | None) -> dict:
     return delta if clip is None else clip_to_norm(delta, clip)[0]
 
 
-class ShardDpSums:
+class ShardDpSums(SealedAggregator):
     """The Aggregator of a sharded DP round (module docstring): the workers' clipped sums plus
     the round's DpMean noise."""
-
-    def __init__(self, inner: DpMean, tables: ShardTables, round_id: int, shards: int, shapes, check):
-        self.inner, self.tables, self.round_id, self.shards, self.shapes, self.check = (
-            inner, tables, round_id, shards, shapes, check)
-        self.fed = False
-
-    @property
-    def count(self) -> int:
-        return self.inner.count
 
     @property
     def released(self) -> bool:
         return self.inner.released
-
-    def add(self, delta, meta) -> None:
-        raise TypeError("a sharded round's updates are counted by its workers, not the leader")
 
     def result(self):
         if not self.fed:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from ..aggregate import UpdateMeta
 from ..validation import decode_delta
+from .sealed import SealedAggregator
 from .tables import ShardTables
 
 COUNTED_SQL = ("SELECT shard, seq, device_id, weight, payload FROM shard_updates WHERE round_id = %s "
@@ -44,20 +45,8 @@ def counted_updates(tables: ShardTables, round_id: int) -> list[tuple[int, int, 
     return [(s, q, d, w, bytes(p)) for s, q, d, w, p in tables.conn.execute(COUNTED_SQL, (round_id,)).fetchall()]
 
 
-class ShardReplay:
+class ShardReplay(SealedAggregator):
     """The Aggregator of a sharded round whose rule is not a plain mean (module docstring)."""
-
-    def __init__(self, inner, tables: ShardTables, round_id: int, shards: int, shapes, check):
-        self.inner, self.tables, self.round_id, self.shards, self.shapes, self.check = (
-            inner, tables, round_id, shards, shapes, check)
-        self.fed = False
-
-    @property
-    def count(self) -> int:
-        return self.inner.count
-
-    def add(self, delta, meta) -> None:
-        raise TypeError("a sharded round's updates are counted by its workers, not the leader")
 
     def result(self):
         if not self.fed:

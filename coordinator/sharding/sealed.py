@@ -1,0 +1,22 @@
+"""The base of a sharded round's Aggregator that wraps the rule one machine builds (`inner`):
+the workers count the updates, the leader reads them once, at result(), after sealing the
+round (replay.py: every stored update into a robust rule; privacy.py: the merged clipped sum
+into DP-FedAvg's mean)."""
+
+from __future__ import annotations
+
+from .tables import ShardTables
+
+
+class SealedAggregator:
+    def __init__(self, inner, tables: ShardTables, round_id: int, shards: int, shapes, check):
+        self.inner, self.tables, self.round_id, self.shards, self.shapes, self.check = (
+            inner, tables, round_id, shards, shapes, check)
+        self.fed = False  # the sealed round was read into `inner`
+
+    @property
+    def count(self) -> int:
+        return self.inner.count
+
+    def add(self, delta, meta) -> None:
+        raise TypeError("a sharded round's updates are counted by its workers, not the leader")
