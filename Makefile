@@ -19,9 +19,11 @@ demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/fedge simulate --model runs/demo/pretrained/model.toml --data runs/demo/pretrained/clients \
 		--lr 0.01 --clients-per-round 20 --baselines local,central --json runs/demo/run.json
 
+# --durations: the suite runs close to its 30-minute budget on 2 cores (25 min with every
+# broker and database test); the slowest tests are listed so a run shows where the time went.
 test: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check .
-	$(TEST_VENV)/bin/python -m pytest -q
+	$(TEST_VENV)/bin/python -m pytest -q --durations=25
 
 # The wheel a device installs: copy dist/fedge-*.whl to the board, then
 #   pip install "$$(ls fedge-*.whl)[device]"
