@@ -89,6 +89,9 @@ class ShardMetrics:
 
 class ShardedCoordinator(Coordinator):
     poll_s = 0.1  # seconds between reads of the shard tables' progress
+    # seconds between mid-round reads of which shards are live (pg_locks): the takeover grace is
+    # seconds long (shard_takeover_s), so reading it at poll_s would only add queries to the loop
+    live_read_s = 1.0
     reports_from_aggregate = True  # the record counts what the workers counted up to the seal
 
     def __init__(self, transport, strategy, manifest, initial_shared, config, clock=None, store=None,
@@ -101,6 +104,7 @@ class ShardedCoordinator(Coordinator):
         self.assignment: dict[str, int] = {}  # the open round's stored device -> shard
         self._live: frozenset[int] = frozenset()  # at the last liveness read
         self._dead_since: dict[int, float] = {}  # shard of the open round -> clock time first seen without worker
+        self._next_live_read = 0.0
         super().__init__(transport, strategy, manifest, initial_shared, config, clock, store, metrics)
         self.shard_metrics = ShardMetrics(self.metrics.registry)
         self.outbound.shard_for = self.shard_of
@@ -188,7 +192,9 @@ class ShardedCoordinator(Coordinator):
         """Move the uncounted devices of shards without a live worker for shard_takeover_s
         (module docstring), and send each its task again, naming its new shard."""
         rnd = self.round
-        self._read_live()
+        if now >= self._next_live_read:
+            self._next_live_read = now + self.live_read_s
+            self._read_live()
         for shard in set(self.assignment.values()):
             if shard in self._live:
                 self._dead_since.pop(shard, None)

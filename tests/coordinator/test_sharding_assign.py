@@ -226,3 +226,19 @@ def test_the_leader_never_moves_a_device_a_worker_is_counting(model, postgres_ds
             moves = c.leader.tables.reassign(rid, {0}, frozenset({1}), c.leader._check)
     assert moves == dict.fromkeys(free, 1)
     assert dict(c.rows("SELECT device_id, shard FROM shard_assignment WHERE shard = 0")) == {busy: 0, counted: 0}
+
+
+def test_the_leader_reads_shard_liveness_once_a_second_mid_round_not_at_every_poll(model, postgres_dsn):  # noqa: F811
+    c = Cluster(model, postgres_dsn, devices=4)
+    assert c.leader.begin_round()
+    reads, live_shards_of = [], c.leader.tables.live_shards
+
+    def counted(shards):
+        reads.append(c.clock.now())
+        return live_shards_of(shards)
+
+    c.leader.tables.live_shards = counted
+    for _ in range(25):  # 2.5 s of polls, 0.1 s apart
+        c.leader.tick()
+        c.clock.advance(0.1)
+    assert len(reads) == 3, reads  # at 0, 1.0 and 2.0 s (live_read_s), not 25 times
