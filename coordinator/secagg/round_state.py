@@ -157,10 +157,15 @@ class SecAggRound:
     def mean_delta(self) -> tuple[dict[str, np.ndarray], int]:
         """The survivors' mean delta (equal weights) and their number (unmasked_sum, decoded)."""
         total, n = self.unmasked_sum()
-        flat = decode_mean(total, n, self.dimension, self.spec)
-        out, at = {}, 0
-        for name in sorted(self.shapes):
-            size = int(np.prod(self.shapes[name]))
-            out[name] = flat[at:at + size].reshape(self.shapes[name]).astype(np.float32)
-            at += size
-        return out, n
+        return params_from_flat(decode_mean(total, n, self.dimension, self.spec), self.shapes), n
+
+
+def params_from_flat(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """A decoded (d,) mean back into float32 tensors, names in sorted order (the order the
+    devices flatten their deltas in)."""
+    out, at = {}, 0
+    for name in sorted(shapes):
+        size = int(np.prod(shapes[name]))
+        out[name] = flat[at:at + size].reshape(shapes[name]).astype(np.float32)
+        at += size
+    return out

@@ -46,7 +46,7 @@ from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed
 from fedge.edge_runtime.kernel.secagg.subset import shared_coordinates
 
 from ..records import OpenRound
-from ..secagg.round_state import SecAggRound
+from ..secagg.round_state import SecAggRound, params_from_flat
 from ..secagg.shell import SecAggShell
 from ..secagg.stages import SHARE, UNMASK, UNMASK_STAGE
 from .groups import GROUP_MIN_MEMBERS, ShardGroup, group_floor, shard_groups
@@ -158,13 +158,7 @@ class GroupedSecAgg:
         for part, count in sums[1:]:
             total += part
             n += count
-        flat, shapes = total / n, self.rounds[0].shapes
-        out, at = {}, 0
-        for name in sorted(shapes):
-            size = int(np.prod(shapes[name]))
-            out[name] = flat[at:at + size].reshape(shapes[name]).astype(np.float32)
-            at += size
-        return out, n
+        return params_from_flat(total / n, self.rounds[0].shapes), n
 
 
 class ShardedSecAggShell(SecAggShell):
