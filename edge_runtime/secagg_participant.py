@@ -9,7 +9,8 @@
 
 What the coordinator could forge is checked here, not trusted: the graph comes from the
 cohort and the round's seed, a threshold that would let the coordinator get both kinds of
-share (2t <= k) is refused, and the unmask checks live in `session.reveal`.
+share (t below graph.threshold_floor: k/2 + 1, and one more for a sparse graph's packed
+shares) is refused, and the unmask checks live in `session.reveal`.
 
 The task's compression is fp32 and dense with error feedback off (the coordinator's
 secure-aggregation config sets it): the shared quantization below replaces the per-tensor one.
@@ -31,7 +32,7 @@ from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
 from .kernel.secagg import identity
 from .kernel.secagg import session as sess
-from .kernel.secagg.graph import neighbour_graph
+from .kernel.secagg.graph import neighbour_graph, threshold_floor
 from .kernel.secagg.keys import ShareDecryptionFailed
 from .kernel.secagg.masking import mask_input
 from .kernel.secagg.messages import (
@@ -46,7 +47,7 @@ from .kernel.secagg.messages import (
     UnmaskResponse,
 )
 from .kernel.secagg.packing import pack
-from .kernel.secagg.shamir import SHARE_BYTES
+from .kernel.secagg.shamir import value_bytes
 from .kernel.secagg.shared_encoding import encode_update
 from .kernel.update_codec import decode_tensors
 from .store import DeviceStore
@@ -54,7 +55,7 @@ from .store import DeviceStore
 log = logging.getLogger("fedge.secagg")
 
 REQUESTS = (SecAggTask, KeyDirectory, ShareDelivery, UnmaskRequest)
-WEAK_THRESHOLD = "secagg_weak_threshold"  # 2t <= k: the coordinator could collect both kinds of share
+WEAK_THRESHOLD = "secagg_weak_threshold"  # t < graph.threshold_floor: the coordinator could collect both kinds
 NO_SESSION = "secagg_no_session"  # a later stage for a round this device did not advertise in
 FAILED = "secagg_failed"  # anything else the device could not do (the detail says what)
 
@@ -164,8 +165,8 @@ class SecAggParticipant:
         if self.device_id not in cohort:
             raise sess.SecAggDecline(sess.NOT_IN_COHORT, "the directory's cohort does not list this device")
         k = min(message.neighbours, len(cohort) - 1)
-        if 2 * message.threshold <= k:
-            raise sess.SecAggDecline(WEAK_THRESHOLD, f"t = {message.threshold} for k = {k}")
+        if message.threshold < threshold_floor(k, len(cohort)):  # packed shares need one more than k/2 + 1
+            raise sess.SecAggDecline(WEAK_THRESHOLD, f"t = {message.threshold} for k = {k} of {len(cohort)}")
         graph = neighbour_graph(cohort, k, message.graph_seed)
         advertised = {p.device_id: sess.Advertised(p.cipher_public, p.mask_public, p.model_sha256, p.signature)
                       for p in message.keys if p.device_id in graph[self.device_id]}
@@ -197,5 +198,6 @@ class SecAggParticipant:
         s, shares = sess.reveal(self.sessions[message.task_id], message.alive, message.dropped, message.model_sha256)
         self.sessions[message.task_id] = s  # a second request is declined, from memory and from the record
         atomic_write_bytes(record, message.task_id.encode())
-        values = b"".join(shares[owner][1].to_bytes(SHARE_BYTES, "big") for owner in sorted(shares))
+        size = value_bytes(s.packing)
+        values = b"".join(shares[owner][1].to_bytes(size, "big") for owner in sorted(shares))
         self.publish(UnmaskResponse(self.device_id, message.round_id, message.task_id, values))

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.secagg.graph import choose_parameters
+from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_floor
 
 
 class SecureAggregationConflict(ConfigError):
@@ -66,6 +66,9 @@ class SecAggConfig:
             raise ConfigError("secure_aggregation.bits must be in [2, 24] (8 and 16 are the usual)")
         if self.neighbours < 0 or self.threshold < 0:
             raise ConfigError("secure_aggregation.neighbours and threshold must be >= 0 (0 = chosen)")
+        if self.neighbours in (1, 2, 3):
+            raise ConfigError("secure_aggregation.neighbours must be 0 (chosen) or >= 4: a sparse graph's packed "
+                              "shares need t = k/2 + 2 of the k neighbours")
         if self.neighbours and self.threshold and 2 * self.threshold <= self.neighbours:
             raise ConfigError("secure_aggregation.threshold must exceed neighbours / 2: with 2t <= k the "
                               "coordinator could collect both a device's self-mask and mask-key shares")
@@ -98,7 +101,7 @@ class SecAggConfig:
         if self.neighbours and k % 2 and k < cohort - 1:
             k += 1  # the circulant graph needs an even degree
         t = self.threshold or chosen.threshold
-        return k, max(min(t, k), k // 2 + 1)
+        return k, max(min(t, k), threshold_floor(k, cohort))  # what a device accepts (it declines below)
 
     def clip_for(self, clip_norm: float, dimension: int) -> float:
         return self.clip_range or 4.0 * clip_norm / math.sqrt(dimension)

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedge.edge_runtime.kernel.protocol import TrainTask
-from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph
+from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph, packing_for
 from fedge.edge_runtime.kernel.secagg.masking import sum_mod
 from fedge.edge_runtime.kernel.secagg.messages import (
-    SEALED_SHARE_BYTES,
-    SHARE_VALUE_BYTES,
     EncryptedShares,
     KeyAdvertisement,
     KeyDirectory,
@@ -31,10 +29,11 @@ from fedge.edge_runtime.kernel.secagg.messages import (
     ShareDelivery,
     UnmaskRequest,
     UnmaskResponse,
+    sealed_share_bytes,
 )
 from fedge.edge_runtime.kernel.secagg.packing import unpack
 from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
-from fedge.edge_runtime.kernel.secagg.shamir import PRIME
+from fedge.edge_runtime.kernel.secagg.shamir import value_bytes, value_in_field
 from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_mean, subset_size
 
 from .stages import ADVERTISE, MASK, SHARE, UNMASK
@@ -70,6 +69,11 @@ class SecAggRound:
     @property
     def dimension(self) -> int:
         return sum(int(np.prod(s)) for s in self.shapes.values())
+
+    @property
+    def packing(self) -> int:
+        """Shamir packing of the round's shares, from the graph's shape as every device derives it."""
+        return packing_for(self.k, len(self.cohort))
 
     @property
     def sent_length(self) -> int:
@@ -121,9 +125,10 @@ class SecAggRound:
             self.adverts[sender] = reply
         elif isinstance(reply, EncryptedShares):
             peers = sorted(p for p in self.graph.get(sender, ()) if p in self.adverts)  # whose keys it was sent
-            if len(reply.boxes) != len(peers) * SEALED_SHARE_BYTES:
+            box_bytes = sealed_share_bytes(self.packing)
+            if len(reply.boxes) != len(peers) * box_bytes:
                 return "secagg_bad_shares"
-            for peer, box in zip(peers, _chunks(reply.boxes, SEALED_SHARE_BYTES)):
+            for peer, box in zip(peers, _chunks(reply.boxes, box_bytes)):
                 self.outbox.setdefault(peer, {})[sender] = box
         elif isinstance(reply, MaskedInput):
             if reply.length != self.sent_length or reply.field_bits != self.spec.field_bits:
@@ -132,11 +137,12 @@ class SecAggRound:
         elif isinstance(reply, UnmaskResponse):
             alive, dropped = set(self.alive), set(self.dropped)
             owners = [o for o in self.delivered.get(sender, ()) if o in alive or o in dropped]  # sorted
-            if len(reply.values) != len(owners) * SHARE_VALUE_BYTES:
+            size = value_bytes(self.packing)
+            if len(reply.values) != len(owners) * size:
                 return "secagg_bad_shares"
             revealed = {o: ("self" if o in alive else "mask", int.from_bytes(value, "big"))
-                        for o, value in zip(owners, _chunks(reply.values, SHARE_VALUE_BYTES))}
-            if any(y >= PRIME for _, y in revealed.values()):  # no field element
+                        for o, value in zip(owners, _chunks(reply.values, size))}
+            if not all(value_in_field(y, self.packing) for _, y in revealed.values()):  # no field element
                 return "secagg_bad_shares"
             self.answers[sender] = revealed
         return None
@@ -150,7 +156,8 @@ class SecAggRound:
                        for g in self.dropped}
         total = unmask_answers(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.sent_length),
                                self.answers, self.cohort, self.t, self.alive, self.dropped, masked_with,
-                               self.round_id, self.spec.field_bits, workers=os.cpu_count() or 1,
+                               self.round_id, self.spec.field_bits, packing=self.packing,
+                               workers=os.cpu_count() or 1,
                                mask_publics={g: self.adverts[g].mask_public for g in self.dropped})
         return total, len(self.alive)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedge.edge_runtime.kernel.secagg import session as sess
-from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph
+from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph, packing_for
 from fedge.edge_runtime.kernel.secagg.masking import mask_input, sum_mod
 from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
 
@@ -54,5 +54,6 @@ def run(values: dict[str, np.ndarray], field_bits: int, k: int, t: int, round_id
     dropped_peers = {g: {s: advertised[s].mask_public for s in survivors if g in sessions[s].received}
                      for g in dropped}
     total = unmask_answers(sum_mod(view.masked.values(), field_bits, length), view.answers, cohort, t, survivors,
-                           dropped, dropped_peers, round_id, field_bits)
+                           dropped, dropped_peers, round_id, field_bits,
+                           packing=packing_for(min(k, len(cohort) - 1), len(cohort)))
     return total, survivors, view

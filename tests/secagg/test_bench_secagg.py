@@ -15,3 +15,12 @@ def test_a_small_case_is_exact_and_reports_every_field(tmp_path):
     assert main(["--json", str(out), "--devices", "12", "--dropouts", "0,0.25", "--bits", "16",
                  "--dimension", "500"]) == 0
     assert [r["dropout_fraction"] for r in json.loads(out.read_text())["runs"]] == [0.0, 0.25]
+
+
+def test_a_sparse_cohort_is_measured_with_packed_shares():
+    """n = 300: the graph is sparse (k = 208 < 299), so 8-byte packed shares: the upload over the
+    floor is under k x 48 bytes (plain 16-byte shares would cost 64 per neighbour), and exact."""
+    row = measure(300, 0.3, 8, 200)
+    assert row["packing"] == 2 and row["neighbours"] < 299 and row["exact"]
+    overhead = row["bytes_per_device"] - row["floor_bytes_per_device"]
+    assert row["neighbours"] * 40 <= overhead < row["neighbours"] * 48

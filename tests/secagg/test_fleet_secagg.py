@@ -18,7 +18,14 @@ from fedge.coordinator.secagg.config import SecAggConfig, SecureAggregationConfl
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, Update
 from fedge.edge_runtime.kernel.secagg import quantize
-from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggTask, UnmaskRequest
+from fedge.edge_runtime.kernel.secagg.messages import (
+    EncryptedShares,
+    KeyDirectory,
+    MaskedInput,
+    SecAggTask,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from fedge.edge_runtime.kernel.secagg.packing import unpack
 from tests.coordinator.fleet import copy_params, make_fleet
 from tests.tiny_model import build_tiny_model
@@ -58,6 +65,30 @@ def _expected_mean(fleet, survivors):
 
 def _flat(params):
     return np.concatenate([np.asarray(params[k], dtype=np.float64).reshape(-1) for k in sorted(params)])
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_sparse_graph_sends_packed_shares_and_commits_the_plain_mean(model, tmp_path, drop):
+    """10 devices with k = 6 configured: a sparse graph, so packed shares (8 bytes, 32-byte boxes;
+    t = k/2 + 2 = 5), through the real coordinator and devices; with one drop after key sharing
+    the survivors reveal its mask-key shares and the sum is still the plain mean."""
+    settings = dict(SETTINGS, secure_aggregation=dataclasses.replace(SECURE, neighbours=6))
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18, 14, 22, 10, 26, 15), **settings)
+    agents = list(fleet.agents)
+    old = copy_params(fleet.coordinator.state.params)
+    gone = "dev2" if drop else ""
+    record = _run_round(fleet, drop_at_stage=2, drop=gone)
+    assert record.committed, record.why
+    survivors = {a.device_id for a in agents} - {gone}
+    fleet.agents = agents
+    got = _flat(fleet.coordinator.state.params) - _flat(old)
+    np.testing.assert_allclose(got, _expected_mean(fleet, survivors), rtol=0, atol=1e-6)
+    directories = [m for m in fleet.wire if isinstance(m, KeyDirectory)]
+    assert directories and all((m.neighbours, m.threshold) == (6, 5) for m in directories)
+    shares = [m for m in fleet.wire if isinstance(m, EncryptedShares)]
+    assert len(shares) == 10 and all(len(m.boxes) == 6 * 32 for m in shares)  # packed: 2 x 8 + 16-byte tag
+    answers = [m for m in fleet.wire if isinstance(m, UnmaskResponse)]
+    assert answers and all(len(m.values) % 8 == 0 and len(m.values) <= 6 * 8 for m in answers)
 
 
 @pytest.mark.parametrize("drop", [False, True])

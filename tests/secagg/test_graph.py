@@ -2,7 +2,13 @@ import math
 
 import pytest
 
-from fedge.edge_runtime.kernel.secagg.graph import _tail_below, choose_parameters, neighbour_graph
+from fedge.edge_runtime.kernel.secagg.graph import (
+    _tail_below,
+    choose_parameters,
+    neighbour_graph,
+    packing_for,
+    threshold_floor,
+)
 
 
 @pytest.mark.parametrize("n,k", [(50, 10), (101, 20), (30, 2), (7, 6), (7, 10)])
@@ -24,17 +30,34 @@ def test_odd_k_below_complete_is_refused():
 
 
 def test_documented_parameters():
-    got = {n: (p.neighbours, p.threshold) for n in (20, 100, 500, 1000, 10_000) for p in [choose_parameters(n)]}
-    assert got == {20: (19, 10), 100: (99, 50), 500: (204, 103), 1000: (212, 107), 10_000: (238, 120)}
+    got = {n: (p.neighbours, p.threshold, p.packing) for n in (20, 100, 205, 206, 500, 1000, 10_000)
+           for p in [choose_parameters(n)]}
+    assert got == {20: (19, 10, 1), 100: (99, 50, 1), 205: (204, 103, 1), 206: (204, 104, 2), 500: (214, 109, 2),
+                   1000: (222, 113, 2), 10_000: (248, 126, 2)}
     assert (choose_parameters(1000, corrupt=0.01).neighbours, choose_parameters(1000, corrupt=0.01).threshold) \
-        == (318, 172)
+        == (334, 182)
 
 
 @pytest.mark.parametrize("n", [500, 1000, 5000])
 def test_the_parameters_meet_their_bounds_and_grow_with_log_n(n):
     p = choose_parameters(n)
     k, t = p.neighbours, p.threshold
-    assert 2 * t > k + p.corrupt_bound and t > p.corrupt_bound  # never both kinds of share from honest ones
+    assert p.packing == packing_for(k, n) == 2  # sparse: packed shares, private only below t - 1 of them
+    # of one kind the coordinator holds at most c + floor((k - c) / 2); packed shares reveal nothing below t - 1
+    assert p.corrupt_bound + (k - p.corrupt_bound) // 2 <= t - 2 and t >= threshold_floor(k, n)
     assert n * _tail_below(k, 0.7, t) <= 2.0 ** -20  # every dropped device recoverable
     assert n * 0.3 ** (k // 2) <= 2.0 ** -40  # honest survivors stay connected
     assert k < 30 * math.log2(n)  # n log n, not n^2
+
+
+@pytest.mark.parametrize("n,corrupt", [(10, 0.0), (150, 0.0), (150, 0.01), (150, 0.05), (600, 0.0), (600, 0.01),
+                                       (600, 0.05), (3000, 0.0), (3000, 0.05)])
+def test_what_the_coordinator_can_collect_of_one_kind_stays_below_what_reveals_anything(n, corrupt):
+    """Rule 2 against the sharing's own privacy threshold (t - 1 plain shares reveal nothing,
+    t - 2 packed ones do): the colluders' c plus the honest half of the rest, for either kind."""
+    p = choose_parameters(n, corrupt=corrupt)
+    k, t, c = p.neighbours, p.threshold, p.corrupt_bound
+    private_below = t - p.packing  # at most this many shares reveal nothing
+    assert c + (k - c) // 2 <= private_below and t <= k
+    assert p.packing == packing_for(k, n) and (p.packing == 2) == (k < n - 1)
+    assert t >= threshold_floor(k, n)

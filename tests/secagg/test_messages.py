@@ -17,11 +17,11 @@ SAMPLES = {
     m.KeyAdvertisement: m.KeyAdvertisement("d1", 3, "t", KEY, KEY[::-1], "ab" * 32),
     m.KeyDirectory: m.KeyDirectory("d1", 3, "t", ("d1", "d2", "d3"), 2, 2, 77,
                                    (m.PeerKeys("d2", KEY, KEY, "ab" * 32),)),
-    m.EncryptedShares: m.EncryptedShares("d1", 3, "t", bytes(2 * m.SEALED_SHARE_BYTES)),
-    m.ShareDelivery: m.ShareDelivery("d1", 3, "t", (m.SealedShare("d2", bytes(m.SEALED_SHARE_BYTES)),)),
+    m.EncryptedShares: m.EncryptedShares("d1", 3, "t", bytes(2 * m.sealed_share_bytes(2))),
+    m.ShareDelivery: m.ShareDelivery("d1", 3, "t", (m.SealedShare("d2", bytes(m.sealed_share_bytes(1))),)),
     m.MaskedInput: m.MaskedInput("d1", 3, "t", 10, 18, bytes(23), 40),
     m.UnmaskRequest: m.UnmaskRequest("d1", 3, "t", ("d1", "d2"), ("d3",), "ab" * 32),
-    m.UnmaskResponse: m.UnmaskResponse("d1", 3, "t", bytes(3 * m.SHARE_VALUE_BYTES)),
+    m.UnmaskResponse: m.UnmaskResponse("d1", 3, "t", bytes(3 * 8)),
 }
 
 
@@ -54,8 +54,9 @@ def _tampered(msg, **changes) -> bytes:
     (m.KeyDirectory, {"neighbours": 10**9}),
     (m.MaskedInput, {"data": bytes(22)}),
     (m.MaskedInput, {"field_bits": 33}),
-    (m.UnmaskResponse, {"values": bytes(m.SHARE_VALUE_BYTES + 1)}),
-    (m.EncryptedShares, {"boxes": bytes(m.SEALED_SHARE_BYTES + 1)}),
+    (m.UnmaskResponse, {"values": bytes(8 + 1)}),
+    (m.EncryptedShares, {"boxes": bytes(m.sealed_share_bytes(2) + 1)}),
+    (m.ShareDelivery, {"shares": [{"peer": "d2", "ciphertext": bytes(40)}]}),
     (m.ShareDelivery, {"shares": [{"peer": "d2", "ciphertext": bytes(94)}]}),
     (m.SecAggTask, {"spec": {"bits": 16, "field_bits": 8, "clip_range": 1.0, "rotation_seed": 0}}),
     (m.SecAggTask, {"spec": {"bits": 25, "field_bits": 30, "clip_range": 1.0, "rotation_seed": 0}}),

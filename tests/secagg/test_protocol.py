@@ -37,9 +37,10 @@ def test_the_unmasked_sum_is_the_plain_sum_with_dropouts_after_sharing(n, dropou
 
 
 def test_a_sparse_graph_with_drops_at_every_stage():
-    """n = 60 with k = 20 (sparser than the defaults, to exercise SecAgg+'s partial graph):
-    drops before sharing, after sharing, and survivors silent in the unmask stage."""
-    n, bits, length, k, t = 60, 8, 500, 20, 11
+    """n = 60 with k = 24 (sparser than the defaults, to exercise SecAgg+'s partial graph and its
+    packed shares, t = k/2 + 2): drops before sharing, after sharing, and survivors silent in the
+    unmask stage."""
+    n, bits, length, k, t = 60, 8, 500, 24, 14
     m = field_bits(bits, n)
     values = _inputs(n, length, bits, seed=1)
     ids = sorted(values)
@@ -135,7 +136,7 @@ def test_a_neighbour_committed_to_another_model_stops_key_sharing():
     pytest.param(1000, 0.3, marks=pytest.mark.slow),  # about 80 s of CPU: Shamir in Python dominates
 ])
 def test_exact_at_the_issues_cohort_sizes_with_default_k_and_t(n, dropout):
-    """Issue 12's sizes, the whole protocol, k and t as documented (n = 1000: k = 212, t = 107)."""
+    """Issue 12's sizes, the whole protocol, k and t as documented (n = 1000: k = 222, t = 113, packed shares)."""
     bits, length = 16, 500 if n > 100 else 2000
     m = field_bits(bits, n)
     params = choose_parameters(n)
@@ -167,12 +168,12 @@ def test_a_wrong_share_of_a_dropped_mask_key_fails_the_unmask_by_name():
 
     seed = shamir.random_secret()
     cohort = ("a", "b", "c")  # points 1, 2, 3
-    b, c = shamir.split(shamir.secret_to_int(seed), 2, [2, 3])
-    honest = {"b": {"a": ("mask", b.y)}, "c": {"a": ("mask", c.y)}}
-    forged = {"b": {"a": ("mask", (b.y + 1) % shamir.PRIME)}, "c": {"a": ("mask", c.y)}}
+    b, c = shamir.share_seed(seed, 2, [2, 3], packing=2)
+    honest = {"b": {"a": ("mask", b)}, "c": {"a": ("mask", c)}}
+    forged = {"b": {"a": ("mask", (b + 1) % shamir.PRIME)}, "c": {"a": ("mask", c)}}
     publics = {"a": keypair_from_seed(seed).public}
     kind, shares = gather_shares(honest, cohort, 2, (), ("a",))["a"]
-    assert secret_from(2, kind, "a", shares, publics) == keypair_from_seed(seed).private
+    assert secret_from(2, kind, "a", shares, packing=2, mask_publics=publics) == keypair_from_seed(seed).private
     kind, shares = gather_shares(forged, cohort, 2, (), ("a",))["a"]
     with pytest.raises(UnmaskFailed, match="mask secret of a: .* did not advertise"):
-        secret_from(2, kind, "a", shares, publics)
+        secret_from(2, kind, "a", shares, packing=2, mask_publics=publics)

@@ -25,18 +25,97 @@ def _probably_prime(n: int, rounds: int = 40) -> bool:
     return True
 
 
-def test_the_field_is_the_largest_prime_below_2_128_and_its_elements_take_16_bytes():
+def test_the_field_is_the_largest_prime_below_2_64_and_shares_take_16_or_8_bytes():
     assert _probably_prime(shamir.PRIME)
-    assert not any(_probably_prime(x) for x in range(shamir.PRIME + 1, 2**128))  # the largest: the check says no
-    assert shamir.PRIME < 2**128 and shamir.SHARE_BYTES == 16 and shamir.SECRET_BYTES == 16
+    assert not any(_probably_prime(x) for x in range(shamir.PRIME + 1, 2**64))  # the largest: the check says no
+    assert shamir.PRIME < 2**64 and shamir.SECRET_BYTES == 16
+    assert shamir.value_bytes(1) == 16 and shamir.value_bytes(2) == 8
+    with pytest.raises(ValueError, match="packing"):
+        shamir.value_bytes(3)
 
 
-def test_secrets_are_drawn_below_the_prime_and_one_at_or_above_it_is_refused():
-    draws = iter([b"\xff" * 16, (shamir.PRIME).to_bytes(16, "big"), bytes(15) + b"\x07"])
-    assert shamir.random_secret(lambda n: next(draws)) == bytes(15) + b"\x07"  # the first two drawn again
+def test_secrets_are_drawn_with_both_halves_below_the_prime_and_one_at_or_above_it_is_refused():
+    draws = iter([b"\xff" * 8, shamir.PRIME.to_bytes(8, "big"), bytes(7) + b"\x07", b"\xff" * 8, bytes(7) + b"\x09"])
+    assert shamir.random_secret(lambda n: next(draws)) == bytes(7) + b"\x07" + bytes(7) + b"\x09"
     with pytest.raises(ValueError, match="at or above the prime"):
-        shamir.secret_to_int(shamir.PRIME.to_bytes(16, "big"))
-    assert all(shamir.secret_to_int(shamir.random_secret()) < shamir.PRIME for _ in range(200))
+        shamir.share_seed(bytes(8) + shamir.PRIME.to_bytes(8, "big"), 2, [1, 2], packing=1)
+    with pytest.raises(ValueError, match="at or above the prime"):
+        shamir.share_seed(shamir.PRIME.to_bytes(8, "big") + bytes(8), 2, [1, 2], packing=2)
+    for _ in range(200):
+        seed = shamir.random_secret()
+        assert max(int.from_bytes(seed[:8], "big"), int.from_bytes(seed[8:], "big")) < shamir.PRIME
+
+
+@pytest.mark.parametrize("packing", [1, 2])
+@pytest.mark.parametrize("seed", range(15))
+def test_any_t_shares_of_a_seed_give_it_back(seed, packing):
+    rng = random.Random(seed)
+    k = rng.randint(2, 40)
+    t = rng.randint(2, k)
+    secret = shamir.random_secret(rng.randbytes)
+    points = rng.sample(range(1, 10_000), k)
+    values = shamir.share_seed(secret, t, points, packing, randbelow=rng.randrange)
+    assert all(shamir.value_in_field(v, packing) for v in values)
+    assert all(v < 2 ** (8 * shamir.value_bytes(packing)) for v in values)
+    shares = list(zip(points, values))
+    for _ in range(5):
+        assert shamir.recover_seed(rng.sample(shares, rng.randint(t, k)), t, packing) == secret
+    with pytest.raises(ValueError, match=f"need {t}"):
+        shamir.recover_seed(shares[:t - 1], t, packing)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packed_reconstruction_agrees_with_a_plain_lagrange_loop_at_0_and_minus_1(seed):
+    """The polynomial through t packed shares, evaluated by the textbook formula (pow(., -1, p)
+    per term, no batching) at 0 and at -1: the two halves of the seed. Points from 2^20 up take
+    the exact path of the denominators."""
+    rng = random.Random(seed)
+    p = shamir.PRIME
+    secret = shamir.random_secret(rng.randbytes)
+    for points in (rng.sample(range(1, 2_000), 9), [rng.randrange(2**20, p - 1) for _ in range(9)]):
+        values = shamir.share_seed(secret, 9, points, 2, randbelow=rng.randrange)
+        at = [sum(y * math.prod((z - xo) * pow(x - xo, -1, p) for xo in points if xo != x)
+                  for x, y in zip(points, values)) % p for z in (0, -1)]
+        assert at[0].to_bytes(8, "big") + at[1].to_bytes(8, "big") == secret
+        assert shamir.recover_seed(list(zip(points, values)), 9, 2) == secret
+
+
+def test_t_minus_2_packed_shares_are_uniform_whatever_the_seed_and_t_minus_1_are_not():
+    """The ramp's two thresholds over the small prime 101, t = 4: the joint distribution of
+    t - 2 = 2 shares at fixed points is uniform on the 101^2 pairs for two different seeds
+    (chi-square, df = 10200); t - 1 = 3 shares are confined to a plane (101^2 of the 101^3
+    triples), a different one for each seed: they tell something, which is why graph.py keeps
+    the coordinator at t - 2 of one kind."""
+    p, draws, points = 101, 200_000, [4, 9, 20]
+    rng = random.Random(3)
+    seen = {}
+    for s0, s1 in ((0, 0), (77, 5)):
+        counts = np.zeros((p, p))
+        triples = set()
+        for _ in range(draws):
+            h = rng.randrange(p), rng.randrange(p)  # t - 2 = 2 random coefficients
+
+            def f(x, h=h, s0=s0, s1=s1):
+                return (s0 + (s0 - s1) * x + x * (x + 1) * (h[0] + h[1] * x)) % p
+            a, b, c = (f(x) for x in points)
+            counts[a, b] += 1
+            triples.add((a, b, c))
+        expected = draws / p**2
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        df = p**2 - 1
+        assert abs(chi2 - df) < 5 * np.sqrt(2 * df), chi2
+        seen[(s0, s1)] = triples
+        assert len(triples) <= p**2
+    assert not seen[(0, 0)] & seen[(77, 5)]  # three shares tell these seeds apart
+
+
+def test_the_module_s_packed_polynomial_is_the_one_the_uniformity_test_draws():
+    """share_seed's values are f(x) = s0 + (s0 - s1) x + x (x + 1) h(x) with h drawn by randbelow."""
+    draws = iter([11, 22, 33])
+    secret = (5).to_bytes(8, "big") + (9).to_bytes(8, "big")
+    values = shamir.share_seed(secret, 5, [1, 2, 7, 8, 30], 2, randbelow=lambda _: next(draws))
+    p = shamir.PRIME
+    assert values == [(5 + (5 - 9) * x + x * (x + 1) * (11 + 22 * x + 33 * x * x)) % p for x in (1, 2, 7, 8, 30)]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -44,13 +123,12 @@ def test_any_t_shares_reconstruct(seed):
     rng = random.Random(seed)
     k = rng.randint(1, 30)
     t = rng.randint(1, k)
-    secret = shamir.secret_to_int(rng.randbytes(16))
+    secret = rng.randrange(shamir.PRIME)
     points = rng.sample(range(1, 10_000), k)
     shares = shamir.split(secret, t, points, randbelow=rng.randrange)
     for _ in range(5):
         subset = rng.sample(shares, rng.randint(t, k))
         assert shamir.reconstruct(subset, t) == secret
-    assert shamir.int_to_secret(secret) == shamir.int_to_secret(shamir.reconstruct(shares, t))
 
 
 def test_fewer_than_t_shares_refuse():
@@ -86,8 +164,17 @@ def test_bad_arguments_are_refused():
         shamir.split(1, 2, [1, 1])
     with pytest.raises(ValueError):
         shamir.split(1, 2, [0, 1])
-    with pytest.raises(ValueError, match="wrong share"):
-        shamir.int_to_secret(2**128)
+    seed = shamir.random_secret()
+    with pytest.raises(ValueError, match="threshold >= 2"):
+        shamir.share_seed(seed, 1, [1, 2], packing=2)
+    with pytest.raises(ValueError, match="point -1"):
+        shamir.share_seed(seed, 2, [1, shamir.PRIME - 1], packing=2)
+    with pytest.raises(ValueError, match="16 bytes"):
+        shamir.share_seed(seed[:15], 2, [1, 2], packing=1)
+    with pytest.raises(ValueError, match="no field element"):
+        shamir.recover_seed([(1, shamir.PRIME), (2, 5)], 2, packing=2)
+    with pytest.raises(ValueError, match="no field element"):
+        shamir.recover_seed([(1, shamir.PRIME << 64), (2, 5)], 2, packing=1)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -95,7 +182,7 @@ def test_large_points_take_the_exact_path_and_agree_with_a_plain_lagrange_loop(s
     """Points from 2^20 up skip the int64 grouping; both paths against the textbook formula
     (pow(., -1, p) per term, no batching)."""
     rng = random.Random(seed)
-    secret = shamir.secret_to_int(shamir.random_secret(rng.randbytes))
+    secret = rng.randrange(shamir.PRIME)
     for points in (rng.sample(range(1, 2_000), 9), [rng.randrange(2**20, shamir.PRIME) for _ in range(9)]):
         shares = shamir.split(secret, 9, points, randbelow=rng.randrange)
         p = shamir.PRIME

@@ -132,8 +132,9 @@ def test_each_stage_gets_its_own_deadline(model, tmp_path):
 
 
 def test_a_revealed_share_outside_the_field_is_refused_by_name(model, tmp_path):
-    """16-byte share values can exceed the prime 2^128 - 159: such a value is no field element,
-    and the coordinator refuses the whole answer rather than reduce it."""
+    """A plain share value is two 8-byte halves, each of which can exceed the prime 2^64 - 59:
+    such a value is no field element, and the coordinator refuses the whole answer rather than
+    reduce it (this fleet's graph is complete: plain shares, 16 bytes)."""
     fleet = make_fleet(model, tmp_path, sizes=SIZES, **_settings())
     c = fleet.coordinator
     assert c.begin_round()

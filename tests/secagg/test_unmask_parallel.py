@@ -34,8 +34,8 @@ def _round(n: int, dropped: int, length: int, m: int, seed: int):
         kind, secret = ("mask", mask_seeds[owner]) if owner in gone else ("self", self_seeds[owner])
         holders = [h for h in alive if h != owner][:3]
         points = [1 + ids.index(h) for h in holders]  # session.point_of over the sorted cohort
-        for h, share in zip(holders, shamir.split(shamir.secret_to_int(secret), 3, points)):
-            answers.setdefault(h, {})[owner] = (kind, share.y)
+        for h, share in zip(holders, shamir.share_seed(secret, 3, points, packing=1)):
+            answers.setdefault(h, {})[owner] = (kind, share)
     _round.answers = (answers, tuple(ids), 3, tuple(alive), tuple(sorted(gone)))
     return args, sum_mod((values[d] for d in alive), m, length)
 
@@ -68,7 +68,8 @@ def test_secrets_reconstructed_in_the_workers_unmask_the_plain_sum(monkeypatch, 
     (masked, _, _, peers, rid, m), plain = _round(n=8, dropped=3, length=2_000, m=26, seed=11)
     answers, cohort, t, alive, gone = _round.answers
     monkeypatch.setattr(masking, "PARALLEL_MIN_WORDS", 0)
-    assert np.array_equal(unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, workers), plain)
+    assert np.array_equal(unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, packing=1,
+                                         workers=workers), plain)
 
 
 def test_a_forged_share_fails_the_unmask_by_name_from_a_worker(monkeypatch):
@@ -76,11 +77,12 @@ def test_a_forged_share_fails_the_unmask_by_name_from_a_worker(monkeypatch):
     answers, cohort, t, alive, gone = _round.answers
     holder = next(h for h, revealed in answers.items() if gone[0] in revealed)
     kind, y = answers[holder][gone[0]]
-    answers[holder][gone[0]] = (kind, (y + 1) % shamir.PRIME)
+    answers[holder][gone[0]] = (kind, y ^ 1)  # one bit of the second half flipped: still field elements
     publics = {g: keypair_from_seed(_round.mask_seeds[g]).public for g in gone}
     monkeypatch.setattr(masking, "PARALLEL_MIN_WORDS", 0)
     with pytest.raises(UnmaskFailed, match=f"mask secret of {gone[0]}"):
-        unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, workers=2, mask_publics=publics)
+        unmask_answers(masked, answers, cohort, t, alive, gone, peers, rid, m, packing=1, workers=2,
+                       mask_publics=publics)
 
 
 def _dies_in_a_worker(parent: int, kind: str, owner: str, value: bytes) -> bytes:

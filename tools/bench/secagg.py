@@ -4,9 +4,11 @@ For each cohort size n, dropout fraction and input width b, on vectors of d coor
 k and t as graph.choose_parameters documents (sigma = 40, eta = 20, 30% dropouts):
 
   bytes_per_device        upload of one device per round, all four stages: the encoded frames
-                          of its KeyAdvertisement, EncryptedShares (k sealed boxes of 48 bytes), MaskedInput
-                          (d values packed to m = b + ceil(log2 n) bits) and UnmaskResponse
-                          (one 16-byte share per neighbour), each as `encode_message` frames it
+                          of its KeyAdvertisement, EncryptedShares (k sealed boxes: 48 bytes with
+                          plain shares on a complete graph, 32 with packed ones on a sparse graph),
+                          MaskedInput (d values packed to m = b + ceil(log2 n) bits) and
+                          UnmaskResponse (one share per neighbour, 16 or 8 bytes), each as
+                          `encode_message` frames it
   floor_bytes_per_device  the packed-field floor, ceil(d m / 8)
   plain_bytes_per_device  the same update without SecAgg, b bits packed: ceil(d b / 8)
   flower_bytes_per_device d coordinates in a fixed 32-bit field, for comparison
@@ -67,7 +69,8 @@ MODEL = "ab" * 32
 ROUND = 1
 
 
-def _device_round(me: str, graph, sessions, t: int, d: int, bits: int, m: int, rng) -> tuple[float, int]:
+def _device_round(me: str, graph, sessions, t: int, packing: int, d: int, bits: int, m: int,
+                  rng) -> tuple[float, int]:
     """(CPU seconds, upload bytes) of one device's round with all its neighbours present."""
     neighbours = graph[me]
     cohort = tuple(sorted(graph))
@@ -77,7 +80,7 @@ def _device_round(me: str, graph, sessions, t: int, d: int, bits: int, m: int, r
     for p in neighbours:
         peer = sessions[p]
         peer = dataclasses.replace(peer, peers={me: sessions[me].advertised})
-        plain = os.urandom(sess.SHARE_PLAINTEXT_BYTES)
+        plain = os.urandom(sess.share_plaintext_bytes(packing))
         boxes[p] = encrypt_share(sess._cipher_key(peer, me), ROUND, p, me, plain)
     delta = rng.normal(scale=1e-3, size=d)
     start = time.process_time()
@@ -89,17 +92,18 @@ def _device_round(me: str, graph, sessions, t: int, d: int, bits: int, m: int, r
     packed = pack(y, m)
     s, revealed = sess.reveal(s, cohort, (), MODEL)
     cpu = time.process_time() - start
+    assert s.packing == packing, (s.packing, packing)
     frames = [
         KeyAdvertisement(me, ROUND, "t", s.cipher.public, s.mask.public, MODEL),
         EncryptedShares(me, ROUND, "t", b"".join(sealed[p] for p in sorted(sealed))),
         MaskedInput(me, ROUND, "t", d, m, packed, 100),
-        UnmaskResponse(me, ROUND, "t", b"".join(revealed[o][1].to_bytes(shamir.SHARE_BYTES, "big")
+        UnmaskResponse(me, ROUND, "t", b"".join(revealed[o][1].to_bytes(shamir.value_bytes(packing), "big")
                                                 for o in sorted(revealed))),
     ]
     return cpu, sum(len(encode_message(f)) for f in frames)
 
 
-def _coordinator_unmask(ids, graph, sessions, t: int, d: int, bits: int, m: int, dropout: float,
+def _coordinator_unmask(ids, graph, sessions, t: int, packing: int, d: int, bits: int, m: int, dropout: float,
                         rng, repeats: int = 1) -> tuple[list[float], list[float], bool]:
     n = len(ids)
     dropped = tuple(sorted(rng.choice(ids, size=int(round(dropout * n)), replace=False).tolist()))
@@ -125,15 +129,15 @@ def _coordinator_unmask(ids, graph, sessions, t: int, d: int, bits: int, m: int,
         kind, secret = ("mask", own.mask_seed) if owner in dropped else ("self", own.self_seed)
         holders = [h for h in graph[owner] if h in alive_set][:t]
         points = [sess.point_of(h, cohort) for h in holders]
-        for h, share in zip(holders, shamir.split(shamir.secret_to_int(secret), t, points)):
-            answers.setdefault(h, {})[owner] = (kind, share.y)
+        for h, share in zip(holders, shamir.share_seed(secret, t, points, packing)):
+            answers.setdefault(h, {})[owner] = (kind, share)
     plain = sum_mod(values.values(), m, d)
     walls, cpus, exact = [], [], True
     for _ in range(repeats):  # the machine is shared: the same unmask, timed `repeats` times
         cpu0 = _cpu_seconds()
         start = time.perf_counter()  # wall time: the removal runs on every core
         total = unmask_answers(masked, answers, cohort, t, alive, dropped, masked_with, ROUND, m,
-                               workers=os.cpu_count() or 1)
+                               packing=packing, workers=os.cpu_count() or 1)
         walls.append(time.perf_counter() - start)
         cpus.append(_cpu_seconds() - cpu0)
         exact = exact and bool(np.array_equal(total, plain))
@@ -148,18 +152,19 @@ def _cpu_seconds() -> float:
 
 def measure(n: int, dropout: float, bits: int, d: int, seed: int = 0, repeats: int = 1) -> dict:
     params = choose_parameters(n)
-    k, t = params.neighbours, params.threshold
+    k, t, packing = params.neighbours, params.threshold, params.packing
     m = quantize.field_bits(bits, n)
     ids = [f"dev-{i:05d}" for i in range(n)]
     graph = neighbour_graph(ids, k, seed)
     sessions = {x: sess.start(x, ROUND, MODEL) for x in ids}
     rng = np.random.default_rng(seed)
-    cpu, upload = _device_round(ids[0], graph, sessions, t, d, bits, m, rng)
+    cpu, upload = _device_round(ids[0], graph, sessions, t, packing, d, bits, m, rng)
     load_before = os.getloadavg()[0]
-    walls, cpus, exact = _coordinator_unmask(ids, graph, sessions, t, d, bits, m, dropout, rng, repeats)
+    walls, cpus, exact = _coordinator_unmask(ids, graph, sessions, t, packing, d, bits, m, dropout, rng, repeats)
     floor = math.ceil(d * m / 8)
     return {"devices": n, "dropout_fraction": dropout, "bits": bits, "dimension": d, "field_bits": m,
-            "neighbours": k, "threshold": t, "bytes_per_device": upload, "floor_bytes_per_device": floor,
+            "neighbours": k, "threshold": t, "packing": packing, "bytes_per_device": upload,
+            "floor_bytes_per_device": floor,
             "upload_over_floor": round(upload / floor, 4), "plain_bytes_per_device": math.ceil(d * bits / 8),
             "flower_bytes_per_device": 4 * d, "device_cpu_seconds": round(cpu, 4),
             "unmask_seconds": round(min(walls), 4), "unmask_seconds_median": round(statistics.median(walls), 4),

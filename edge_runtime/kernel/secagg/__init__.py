@@ -3,7 +3,7 @@ Bell et al. 2020): the pieces that device and coordinator both use. No clock; ra
 passed in (a numpy Generator for the quantizer's rounding, `os.urandom`-backed key generation
 from `cryptography` for secrets); only identity_files touches the disk.
 
-    shamir           t-of-k secret sharing of 16-byte seeds over the prime field 2^128 - 159
+    shamir           t-of-k sharing of 16-byte seeds over the prime field 2^64 - 59, plain or packed
     keys             X25519 key pairs (the mask pair from a seed), HKDF pair seeds, AEAD for shares
     prg              a seed expanded into a mask vector mod 2^m (AES-CTR)
     graph            the round's k-regular neighbour graph, and k and t for a security parameter

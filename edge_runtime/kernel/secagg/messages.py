@@ -20,15 +20,26 @@ from dataclasses import dataclass, field
 
 from ..protocol import TrainTask
 from ..wire_fields import _NON_NEGATIVE, bounded
-from .shamir import SHARE_BYTES
+from .shamir import PACKINGS, value_bytes
 
 MAX_COHORT = 100_000  # devices in one round's cohort, at most
 KEY_BYTES = 32
-SHARE_VALUE_BYTES = SHARE_BYTES  # 16: the field's prime is 2^128 - 159
-SEALED_SHARE_BYTES = 2 * SHARE_BYTES + 16  # two share values and the Poly1305 tag (the nonce is implied: keys.py)
-# These sizes changed with the 16-byte field (50 -> 48 and 17 -> 16 bytes) together with the
-# masks (AES-256 -> AES-128 pair masks): a device from before sends boxes of the old size and is
-# refused at the share stage (secagg_bad_shares), before any mask of its could enter a sum.
+TAG_BYTES = 16  # Poly1305's; the nonce is implied (keys.py)
+
+
+def sealed_share_bytes(packing: int) -> int:
+    """One neighbour's box: two share values (mask seed, self seed) and the tag: 48 bytes plain, 32 packed."""
+    return 2 * value_bytes(packing) + TAG_BYTES
+
+
+# The sizes a message may carry whatever the round's packing (graph.packing_for: the round's
+# graph decides it, so the exact size is checked where the round is known, round_state.accept).
+# They changed with the packed shares over 2^64 - 59 (48 -> 32 and 16 -> 8 bytes on sparse
+# graphs): a device from before sends boxes of the old size and is refused at the share stage
+# (secagg_bad_shares), before any mask of its could enter a sum.
+SEALED_SIZES = tuple(sealed_share_bytes(p) for p in PACKINGS)  # (48, 32)
+VALUE_UNIT = min(value_bytes(p) for p in PACKINGS)  # 8: every share value is a whole number of these
+MAX_SEALED, MAX_VALUE = max(SEALED_SIZES), max(value_bytes(p) for p in PACKINGS)
 
 
 def _check_len(name: str, value: bytes, size: int) -> None:
@@ -139,7 +150,8 @@ class SealedShare:
     ciphertext: bytes
 
     def __post_init__(self) -> None:
-        _check_len("ciphertext", self.ciphertext, SEALED_SHARE_BYTES)
+        if len(self.ciphertext) not in SEALED_SIZES:
+            raise ValueError(f"ciphertext must be one of {SEALED_SIZES} bytes, got {len(self.ciphertext)}")
 
 
 @dataclass(frozen=True)
@@ -153,8 +165,8 @@ class EncryptedShares:
     boxes: bytes = b""
 
     def __post_init__(self) -> None:
-        if len(self.boxes) % SEALED_SHARE_BYTES or len(self.boxes) > MAX_COHORT * SEALED_SHARE_BYTES:
-            raise ValueError(f"boxes must be a whole number of {SEALED_SHARE_BYTES}-byte boxes")
+        if len(self.boxes) % TAG_BYTES or len(self.boxes) > MAX_COHORT * MAX_SEALED:
+            raise ValueError(f"boxes must be whole boxes ({SEALED_SIZES} bytes), at most {MAX_COHORT}")
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,7 @@ class UnmaskRequest:
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """One 16-byte share value per owner the device holds shares of (the senders of its
+    """One share value (16 bytes plain, 8 packed) per owner the device holds shares of (the senders of its
     ShareDelivery) that the request lists, in owner-id order: the self-mask share for an alive
     owner, the mask-key share for a dropped one. The coordinator knows both lists."""
 
@@ -211,8 +223,9 @@ class UnmaskResponse:
     values: bytes = b""
 
     def __post_init__(self) -> None:
-        if len(self.values) % SHARE_VALUE_BYTES or len(self.values) > MAX_COHORT * SHARE_VALUE_BYTES:
-            raise ValueError(f"values must be a whole number of {SHARE_VALUE_BYTES}-byte shares")
+        if len(self.values) % VALUE_UNIT or len(self.values) > MAX_COHORT * MAX_VALUE:
+            raise ValueError(f"values must be whole share values ({VALUE_UNIT} or {MAX_VALUE} bytes), "
+                             f"at most {MAX_COHORT}")
 
 
 SECAGG_MESSAGE_TYPES: dict[int, type] = {

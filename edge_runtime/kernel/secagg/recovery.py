@@ -39,15 +39,15 @@ def gather_shares(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: 
     return {owner: (kind, tuple(shares[owner][:threshold])) for owner, kind in wanted.items()}
 
 
-def secret_from(threshold: int, kind: str, owner: str, shares,
+def secret_from(threshold: int, kind: str, owner: str, shares, *, packing: int,
                 mask_publics: Mapping[str, bytes] | None = None) -> bytes:
     """The self-mask seed ("self") or the mask private key ("mask") `shares` ((x, y) pairs)
-    reconstruct. With
+    reconstruct (`packing`: graph.packing_for, as they were shared). With
     `mask_publics` (dropped device -> the mask public key it advertised), a mask key that is not
     the advertised one raises UnmaskFailed: some holder sent a wrong share. (A self-mask seed
     has no public commitment: a wrong share there gives a wrong sum, as in Bonawitz et al.)"""
     try:
-        secret = shamir.int_to_secret(shamir.reconstruct([shamir.Share(x, y) for x, y in shares], threshold))
+        secret = shamir.recover_seed(shares, threshold, packing)
     except ValueError as exc:  # a share that was not the owner's (a wrong value from some holder)
         raise UnmaskFailed(f"{kind} secret of {owner}: {exc}") from None
     if kind == "self":
@@ -59,18 +59,19 @@ def secret_from(threshold: int, kind: str, owner: str, shares,
 
 
 def recover_secrets(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: tuple[str, ...], threshold: int,
-                    alive: tuple[str, ...], dropped: tuple[str, ...]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+                    alive: tuple[str, ...], dropped: tuple[str, ...], *,
+                    packing: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """(self seeds of the alive, mask private keys of the dropped) from the unmask answers."""
     seeds, keys = {}, {}
     for owner, (kind, shares) in gather_shares(answers, cohort, threshold, alive, dropped).items():
-        (seeds if kind == "self" else keys)[owner] = secret_from(threshold, kind, owner, shares)
+        (seeds if kind == "self" else keys)[owner] = secret_from(threshold, kind, owner, shares, packing=packing)
     return seeds, keys
 
 
 def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tuple[str, int]]],
                    cohort: tuple[str, ...], threshold: int, alive: tuple[str, ...], dropped: tuple[str, ...],
-                   dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int,
-                   workers: int = 1, mask_publics: Mapping[str, bytes] | None = None) -> np.ndarray:
+                   dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int, *,
+                   packing: int, workers: int = 1, mask_publics: Mapping[str, bytes] | None = None) -> np.ndarray:
     """recover_secrets then masking.unmask, with each secret reconstructed in the worker that
     expands its masks (a thousand Lagrange interpolations of t = 107 points are 0.7 s of one
     core at n = 1,000). mask_publics: as secret_from."""
@@ -78,8 +79,8 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
     seeds = {o: shares for o, (kind, shares) in gathered.items() if kind == "self"}
     keys = {o: shares for o, (kind, shares) in gathered.items() if kind == "mask"}
     return unmask(masked_sum, seeds, keys, dropped_peers, round_id, field_bits, workers,
-                  resolve=functools.partial(_resolve, threshold, mask_publics))
+                  resolve=functools.partial(_resolve, threshold, packing, mask_publics))
 
 
-def _resolve(threshold: int, mask_publics, kind: str, owner: str, shares) -> bytes:
-    return secret_from(threshold, kind, owner, shares, mask_publics)
+def _resolve(threshold: int, packing: int, mask_publics, kind: str, owner: str, shares) -> bytes:
+    return secret_from(threshold, kind, owner, shares, packing=packing, mask_publics=mask_publics)

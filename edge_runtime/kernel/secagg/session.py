@@ -1,7 +1,8 @@
 """One device's part in one secure-aggregation round, as immutable state and pure steps.
 
     advertise   fresh cipher and mask key pairs and a self-mask seed (`start`)
-    share       Shamir-share the mask private key and the self-mask seed to each neighbour,
+    share       Shamir-share the mask key's seed and the self-mask seed to each neighbour
+                (packed shares on a sparse graph, plain ones on a complete graph: graph.py),
                 each pair's shares encrypted for that neighbour only (`shares_for_neighbours`)
     receive     open the neighbours' shares (`receive_shares`)
     mask        the masked input (`masking.mask_input`, with `masking_peers`)
@@ -19,10 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from . import identity, shamir
+from .graph import packing_for
 from .keys import KeyPair, decrypt_share, encrypt_share, generate_keypair, keypair_from_seed, pair_secret
 
 CIPHER_PURPOSE = "cipher"
-SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES  # mask-seed share, then self-seed share
+
+
+def share_plaintext_bytes(packing: int) -> int:
+    """One neighbour's box before sealing: its mask-seed share, then its self-seed share."""
+    return 2 * shamir.value_bytes(packing)
+
 
 # Named declines of an unmask request (the device reveals nothing).
 SETS_OVERLAP = "secagg_sets_overlap"  # a device both alive and dropped: would reveal both its secrets
@@ -66,6 +73,7 @@ class DeviceSession:
     self_seed: bytes  # 16 bytes: the self-mask's AES-128 key, Shamir-shared
     mask_seed: bytes  # 16 bytes: the mask key pair's seed, Shamir-shared
     threshold: int = 0
+    packing: int = 1  # graph.packing_for(k, n): 2 packed shares (sparse graph), 1 plain (complete)
     neighbours: tuple[str, ...] = ()
     cohort: tuple[str, ...] = ()  # sorted; sets the Shamir points
     peers: Mapping[str, Advertised] = field(default_factory=dict)  # neighbour -> its advertisement
@@ -112,13 +120,16 @@ def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours:
             raise SecAggDecline(BAD_SIGNATURE, f"{peer}'s keys are not signed by its identity")
     if len(peers) < threshold:
         raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"{len(peers)} neighbours advertised keys, need {threshold}")
-    s = replace(s, threshold=threshold, neighbours=tuple(sorted(neighbours)), cohort=cohort, peers=peers)
+    packing = packing_for(len(set(neighbours) - {s.device_id}), len(cohort))
+    s = replace(s, threshold=threshold, packing=packing, neighbours=tuple(sorted(neighbours)), cohort=cohort,
+                peers=peers)
     points = [point_of(p, cohort) for p in peers]
-    mask_shares = shamir.split(shamir.secret_to_int(s.mask_seed), threshold, points)
-    self_shares = shamir.split(shamir.secret_to_int(s.self_seed), threshold, points)
+    mask_shares = shamir.share_seed(s.mask_seed, threshold, points, packing)
+    self_shares = shamir.share_seed(s.self_seed, threshold, points, packing)
+    size = shamir.value_bytes(packing)
     out = {}
     for peer, ms, ss in zip(peers, mask_shares, self_shares):
-        plain = ms.y.to_bytes(shamir.SHARE_BYTES, "big") + ss.y.to_bytes(shamir.SHARE_BYTES, "big")
+        plain = ms.to_bytes(size, "big") + ss.to_bytes(size, "big")
         out[peer] = encrypt_share(_cipher_key(s, peer), s.round_id, s.device_id, peer, plain)
     return s, out
 
@@ -130,11 +141,11 @@ def receive_shares(s: DeviceSession, ciphertexts: Mapping[str, bytes]) -> Device
         if sender not in s.peers:
             raise SecAggDecline(BAD_KEY, f"a share from {sender}, who is not a neighbour with keys")
         plain = decrypt_share(_cipher_key(s, sender), s.round_id, sender, s.device_id, blob)
-        if len(plain) != SHARE_PLAINTEXT_BYTES:
+        if len(plain) != share_plaintext_bytes(s.packing):
             raise SecAggDecline(BAD_KEY, f"{sender}'s share has {len(plain)} bytes")
-        half = shamir.SHARE_BYTES
+        half = shamir.value_bytes(s.packing)
         pair = (int.from_bytes(plain[:half], "big"), int.from_bytes(plain[half:], "big"))
-        if max(pair) >= shamir.PRIME:  # no field element: the sender's shares are malformed
+        if not all(shamir.value_in_field(v, s.packing) for v in pair):  # the sender's shares are malformed
             raise SecAggDecline(BAD_KEY, f"{sender}'s share is not below the field's prime")
         received[sender] = pair
     return replace(s, received=received)

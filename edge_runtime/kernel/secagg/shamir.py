@@ -1,22 +1,31 @@
-"""Shamir t-of-k secret sharing over a prime field.
+"""Shamir sharing of 16-byte seeds over the prime field 2^64 - 59: plain, or packed (a ramp).
 
-A secret s is the constant term of a random polynomial f of degree t-1; share i is
-(x_i, f(x_i)) with distinct non-zero x_i. Any t shares give s back by Lagrange interpolation
-at 0; any t-1 shares are uniformly distributed whatever s is (every t-1 values at non-zero
-points are hit by exactly one polynomial for each s), so they reveal nothing.
+The field is the largest prime below 2^64, p = 2^64 - 59. A seed is two 8-byte halves
+(s0, s1), each below p (`random_secret` draws them so; a draw at or above p, probability
+2^-58, is drawn again), so every value the field holds is a possible half.
 
-The field is the largest prime below 2^128, 2^128 - 159, so a share's value takes 16 bytes, the
-size of the secret it hides (no perfect scheme does with less). The shared secrets are 16-byte
-seeds drawn uniformly below the prime (`random_secret`: a 16-byte draw is at or above it with
-probability 2^-121, and is then drawn again), so every value the field holds is a possible
-secret. A device sends two shares to each of its k neighbours in one AEAD box (48 bytes with
-the tag) and reveals one (16): 64 bytes per neighbour, where the prime 2^128 + 51 above 2^128
-took 67 and 32-byte secrets over 2^256 + 297 took 115. The price: a reconstruction from a wrong
-share is some other field element, itself a possible secret, so a wrong share is caught only
-where the secret has a public commitment (a dropped device's mask key: recovery.py checks it
-against the key it advertised). Small enough to own: no package on the index is both
-maintained and general (tests/secagg/test_shamir.py checks primality and the properties above
-over many seeds).
+packing 1, plain Shamir with threshold t: each half is the constant term of its own random
+polynomial of degree t-1, and a holder's share of the seed is the pair of values at its
+point, 16 bytes. Any t shares give the seed back (Lagrange at 0); any t-1 are uniformly
+distributed whatever the seed (every t-1 values at non-zero points are hit by exactly one
+polynomial for each constant term), so they reveal nothing.
+
+packing 2, a ramp scheme (packed Shamir: Blakley and Meadows 1984, Franklin and Yung 1992):
+one random polynomial of degree t-1 carries both halves, f(0) = s0 and f(-1) = s1, and a
+holder's share is one value, 8 bytes. Any t shares give the seed back (Lagrange at 0 and at
+-1). Any t-2 are uniform whatever the seed: f = s0 + (s0 - s1) x + x (x + 1) h(x) with h
+uniform of degree t-3, and at t-2 points other than 0 and -1, h's values are uniform and
+x (x + 1) is not zero. t-1 shares leave a line of 2^64 candidates: half the seed. So a
+packed share is half the size of the seed it hides, which no perfect scheme allows, at the
+price of one share of gap: callers use packing 2 only with a threshold two above what the
+coordinator can collect of one kind (graph.py, rule 2'), so it never holds more than t-2.
+
+Either way, a reconstruction from a wrong share is some other pair of field elements, itself a
+possible seed, so a wrong share is caught only where the secret has a public commitment (a
+dropped device's mask key: recovery.py checks it against the key it advertised). Small enough
+to own: no package on the index is both maintained and general (tests/secagg/test_shamir.py
+checks primality, the properties above over many seeds, and both reconstructions against a
+plain Lagrange loop).
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SECRET_BYTES = 16
-PRIME = 2**128 - 159
-SHARE_BYTES = (PRIME.bit_length() + 7) // 8  # 16
+PRIME = 2**64 - 59
+HALF_BYTES = 8
+SECRET_BYTES = 2 * HALF_BYTES  # a seed: two halves, each below PRIME
+PACKINGS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -39,22 +49,74 @@ class Share:
     y: int  # f(x)
 
 
+def value_bytes(packing: int) -> int:
+    """Bytes of one holder's share of one seed: 16 plain, 8 packed."""
+    _check_packing(packing)
+    return SECRET_BYTES // packing
+
+
+def value_in_field(value: int, packing: int) -> bool:
+    """Whether a share value read off the wire is made of field elements."""
+    if packing == 1:
+        return 0 <= value < 2 ** (8 * SECRET_BYTES) and (value >> 64) < PRIME and (value & (2**64 - 1)) < PRIME
+    return 0 <= value < PRIME
+
+
+def share_seed(seed: bytes, threshold: int, points: Sequence[int], packing: int,
+               randbelow: Callable[[int], int] = secrets.randbelow) -> list[int]:
+    """One share value per point (module docstring); any `threshold` of them give the seed back."""
+    s0, s1 = _halves(seed)
+    if packing == 1:
+        lows = split(s0, threshold, points, randbelow=randbelow)
+        highs = split(s1, threshold, points, randbelow=randbelow)
+        return [(a.y << 64) | b.y for a, b in zip(lows, highs)]
+    _check_packing(packing)
+    _check_split(threshold, points, PRIME)
+    if threshold < 2:
+        raise ValueError("a packed share needs threshold >= 2 (a degree-1 polynomial through both halves)")
+    if PRIME - 1 in points:
+        raise ValueError("the point -1 holds the second half; no holder may sit there")
+    h = [randbelow(PRIME) for _ in range(threshold - 2)]
+    slope = (s0 - s1) % PRIME
+    return [(s0 + slope * x + x * (x + 1) * _evaluate(h, x, PRIME)) % PRIME for x in points]
+
+
+def recover_seed(shares: Sequence[tuple[int, int]], threshold: int, packing: int) -> bytes:
+    """The seed from at least `threshold` (x, value) pairs with distinct points (the first
+    `threshold` are used). Fewer raises; so does a value that is no share."""
+    _check_packing(packing)
+    if len(shares) < threshold:
+        raise ValueError(f"{len(shares)} shares, need {threshold}")
+    used = list(shares)[:threshold]
+    xs = [x for x, _ in used]
+    if len(set(xs)) != len(xs):
+        raise ValueError("shares must have distinct points")
+    if not all(value_in_field(y, packing) for _, y in used):
+        raise ValueError("a share value that is no field element: a wrong share was used")
+    if packing == 1:
+        (at_zero,) = _lagrange(xs, (0,))
+        s0 = sum((y >> 64) * c for (_, y), c in zip(used, at_zero)) % PRIME
+        s1 = sum((y & (2**64 - 1)) * c for (_, y), c in zip(used, at_zero)) % PRIME
+    else:
+        at_zero, at_minus_one = _lagrange(xs, (0, -1))
+        s0 = sum(y * c for (_, y), c in zip(used, at_zero)) % PRIME
+        s1 = sum(y * c for (_, y), c in zip(used, at_minus_one)) % PRIME
+    return s0.to_bytes(HALF_BYTES, "big") + s1.to_bytes(HALF_BYTES, "big")
+
+
 def split(secret: int, threshold: int, points: Sequence[int], prime: int = PRIME,
           randbelow: Callable[[int], int] = secrets.randbelow) -> list[Share]:
-    """Shares of `secret` at `points`; any `threshold` of them reconstruct it. `randbelow`
-    draws the polynomial's coefficients (a CSPRNG by default; tests pass a seeded one)."""
+    """Plain Shamir shares of one field element at `points`; any `threshold` reconstruct it.
+    `randbelow` draws the polynomial's coefficients (a CSPRNG by default; tests pass a seeded one)."""
     if not 0 <= secret < prime:
         raise ValueError("the secret must lie in [0, prime)")
-    if not 1 <= threshold <= len(points):
-        raise ValueError(f"need 1 <= threshold ({threshold}) <= number of shares ({len(points)})")
-    if len(set(points)) != len(points) or any(not 0 < x < prime for x in points):
-        raise ValueError("share points must be distinct and in [1, prime)")
+    _check_split(threshold, points, prime)
     coeffs = [secret] + [randbelow(prime) for _ in range(threshold - 1)]
     return [Share(x, _evaluate(coeffs, x, prime)) for x in points]
 
 
 def reconstruct(shares: Sequence[Share], threshold: int, prime: int = PRIME) -> int:
-    """The secret from at least `threshold` shares with distinct points (the first
+    """The element from at least `threshold` plain shares with distinct points (the first
     `threshold` are used). Fewer raises: t-1 shares determine nothing."""
     if len(shares) < threshold:
         raise ValueError(f"{len(shares)} shares, need {threshold}")
@@ -62,27 +124,36 @@ def reconstruct(shares: Sequence[Share], threshold: int, prime: int = PRIME) -> 
     xs = [s.x for s in used]
     if len(set(xs)) != len(xs):
         raise ValueError("shares must have distinct points")
-    # Lagrange at 0: lambda_j = prod_{m != j} x_m / (x_m - x_j) = prod_m x_m / (x_j prod_{m != j}
-    # (x_m - x_j)). The points are small (a device's index in its cohort), so the products are
-    # taken exactly over small ints and reduced once; one inversion serves every j.
-    everything = math.prod(xs) % prime
-    total = sum(share.y * inverse for share, inverse in zip(used, _batch_inverse(_denominators(xs, prime), prime)))
-    return everything * total % prime
+    return sum(s.y * c for s, c in zip(used, _lagrange(xs, (0,), prime)[0])) % prime
 
 
-def _denominators(xs: list[int], prime: int) -> list[int]:
-    """x_j prod_{m != j} (x_m - x_j) mod prime for every j. The O(t^2) differences are the cost (the
-    coordinator reconstructs a thousand secrets of t = 107 shares): for points below 2^20 they are
-    formed in one int64 matrix and multiplied in groups whose product stays below 2^62 (exact),
-    so Python multiplies t/g big numbers per row instead of t."""
-    top = max(xs)
-    if top >= 1 << 20:
-        return [xj * math.prod(xm - xj for xm in xs if xm != xj) % prime for xj in xs]
-    bits = max(1, top.bit_length())  # |x_m - x_j| < 2^bits
+def _lagrange(xs: list[int], ats: Sequence[int], prime: int = PRIME) -> list[list[int]]:
+    """Lagrange coefficients at each point of `ats` (0, or 0 and -1): lambda_j = prod_{m != j}
+    (x_m - at) / (x_m - x_j) = prod_m u_m / (u_j prod_{m != j} (x_m - x_j)) with u = x - at. The
+    row products prod_{m != j} (x_m - x_j) serve every point, and one inversion serves them all."""
+    rows = _row_products(xs, prime)
+    denominators, numerators = [], []
+    for at in ats:
+        us = [(x - at) % prime for x in xs]
+        numerators.append(math.prod(us) % prime)
+        denominators.extend(u * r % prime for u, r in zip(us, rows))
+    inverses = _batch_inverse(denominators, prime)
+    t = len(xs)
+    return [[top * inv % prime for inv in inverses[i * t:(i + 1) * t]] for i, top in enumerate(numerators)]
+
+
+def _row_products(xs: list[int], prime: int) -> list[int]:
+    """prod_{m != j} (x_m - x_j) mod prime for every j. The O(t^2) differences are the cost (the
+    coordinator reconstructs a thousand seeds from t = 113 shares each): for points below 2^20
+    they are formed in one int64 matrix and multiplied in groups whose product stays below 2^62
+    (exact), so Python multiplies t/g big numbers per row instead of t."""
+    if max(xs) >= 1 << 20:
+        return [math.prod(xm - xj for xm in xs if xm != xj) % prime for xj in xs]
+    bits = max(1, max(xs).bit_length())  # |x_m - x_j| < 2^bits
     group = max(1, 62 // bits)
     arr = np.asarray(xs, dtype=np.int64)
-    diff = arr[None, :] - arr[:, None]  # (t, t): row j holds x_m - x_j, and x_j on the diagonal
-    np.fill_diagonal(diff, arr)
+    diff = arr[None, :] - arr[:, None]  # row j: x_m - x_j, and 0 on the diagonal
+    np.fill_diagonal(diff, 1)
     pad = -len(xs) % group
     if pad:
         diff = np.hstack([diff, np.ones((len(xs), pad), dtype=np.int64)])
@@ -105,26 +176,34 @@ def _batch_inverse(values: list[int], prime: int) -> list[int]:
 
 
 def random_secret(randbytes: Callable[[int], bytes] = secrets.token_bytes) -> bytes:
-    """SECRET_BYTES uniform below PRIME (rejection: a draw at or above it is drawn again)."""
-    while True:
-        secret = randbytes(SECRET_BYTES)
-        if int.from_bytes(secret, "big") < PRIME:
-            return secret
+    """SECRET_BYTES whose two halves are uniform below PRIME (rejection: a half at or above it is drawn again)."""
+    halves = []
+    while len(halves) < 2:
+        half = randbytes(HALF_BYTES)
+        if int.from_bytes(half, "big") < PRIME:
+            halves.append(half)
+    return b"".join(halves)
 
 
-def secret_to_int(secret: bytes) -> int:
-    if len(secret) != SECRET_BYTES:
-        raise ValueError(f"secrets are {SECRET_BYTES} bytes, got {len(secret)}")
-    value = int.from_bytes(secret, "big")
-    if value >= PRIME:
-        raise ValueError("a secret at or above the prime cannot be shared (draw it with random_secret)")
-    return value
+def _halves(seed: bytes) -> tuple[int, int]:
+    if len(seed) != SECRET_BYTES:
+        raise ValueError(f"secrets are {SECRET_BYTES} bytes, got {len(seed)}")
+    s0, s1 = int.from_bytes(seed[:HALF_BYTES], "big"), int.from_bytes(seed[HALF_BYTES:], "big")
+    if max(s0, s1) >= PRIME:
+        raise ValueError("a secret with a half at or above the prime cannot be shared (draw it with random_secret)")
+    return s0, s1
 
 
-def int_to_secret(value: int) -> bytes:
-    if not 0 <= value < 2 ** (8 * SECRET_BYTES):
-        raise ValueError(f"a reconstructed value that is not a {SECRET_BYTES}-byte secret: a wrong share was used")
-    return value.to_bytes(SECRET_BYTES, "big")
+def _check_packing(packing: int) -> None:
+    if packing not in PACKINGS:
+        raise ValueError(f"packing must be 1 (plain) or 2 (packed), got {packing}")
+
+
+def _check_split(threshold: int, points: Sequence[int], prime: int) -> None:
+    if not 1 <= threshold <= len(points):
+        raise ValueError(f"need 1 <= threshold ({threshold}) <= number of shares ({len(points)})")
+    if len(set(points)) != len(points) or any(not 0 < x < prime for x in points):
+        raise ValueError("share points must be distinct and in [1, prime)")
 
 
 def _evaluate(coeffs: list[int], x: int, prime: int) -> int:
