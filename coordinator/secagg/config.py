@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_floor
+from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_for
 
 
 class SecureAggregationConflict(ConfigError):
@@ -71,7 +71,8 @@ class SecAggConfig:
                               "shares need t = k/2 + 2 of the k neighbours")
         if self.neighbours and self.threshold and 2 * self.threshold <= self.neighbours:
             raise ConfigError("secure_aggregation.threshold must exceed neighbours / 2: with 2t <= k the "
-                              "coordinator could collect both a device's self-mask and mask-key shares")
+                              "coordinator could collect both a device's self-mask and mask-key shares (a "
+                              "sparse graph's packed shares need one more, and get it: graph_for)")
         if not (0 <= self.dropout < 1 and 0 <= self.corrupt < 1 and self.dropout + self.corrupt < 1):
             raise ConfigError("secure_aggregation: need 0 <= dropout, corrupt and dropout + corrupt < 1")
         if not (self.clip_range >= 0 and math.isfinite(self.clip_range)):
@@ -100,8 +101,15 @@ class SecAggConfig:
         k = min(self.neighbours or chosen.neighbours, cohort - 1)
         if self.neighbours and k % 2 and k < cohort - 1:
             k += 1  # the circulant graph needs an even degree
-        t = self.threshold or chosen.threshold
-        return k, max(min(t, k), threshold_floor(k, cohort))  # what a device accepts (it declines below)
+        # t: rule 2 for this k with the colluders assumed (with corrupt = 0 that is
+        # graph.threshold_floor, what a device accepts), or the configured t if higher. A configured
+        # k without a t gets rule 2 for that k, not the t chosen for another graph. Above k (more
+        # colluders than the graph can hide a device from) every device fails to share and the
+        # round is abandoned: no round runs below the guarantee.
+        rule_2 = threshold_for(k, cohort, self.corrupt, self.sigma)
+        if self.threshold:
+            return k, max(min(self.threshold, k), rule_2)
+        return k, rule_2 if self.neighbours else max(chosen.threshold, rule_2)
 
     def clip_for(self, clip_norm: float, dimension: int) -> float:
         return self.clip_range or 4.0 * clip_norm / math.sqrt(dimension)

@@ -18,6 +18,7 @@ from fedge.edge_runtime.kernel.protocol import TrainTask
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph, packing_for
 from fedge.edge_runtime.kernel.secagg.masking import sum_mod
 from fedge.edge_runtime.kernel.secagg.messages import (
+    SHARING_VERSION,
     EncryptedShares,
     KeyAdvertisement,
     KeyDirectory,
@@ -97,7 +98,7 @@ class SecAggRound:
     def request(self, stage: str, device_id: str, task_id: str, task: TrainTask | None = None):
         """The stage's message for one device; `task` (the TrainTask) only for the first stage."""
         if stage == ADVERTISE:
-            return SecAggTask(task, self.spec)
+            return SecAggTask(task, self.spec, sharing=SHARING_VERSION)
         if stage == SHARE:
             keys = tuple(PeerKeys(p, self.adverts[p].cipher_public, self.adverts[p].mask_public,
                                   self.adverts[p].model_sha256, self.adverts[p].signature)

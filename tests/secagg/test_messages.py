@@ -13,7 +13,8 @@ from fedge.edge_runtime.kernel.secagg import messages as m
 KEY = bytes(range(32))
 TASK = p.TrainTask(round_id=3, task_id="t", device_id="d1", model_id="mlp", model_version=2, params=b"\x01" * 8)
 SAMPLES = {
-    m.SecAggTask: m.SecAggTask(TASK, m.SecAggSpec(bits=8, field_bits=18, clip_range=0.02, rotation_seed=9)),
+    m.SecAggTask: m.SecAggTask(TASK, m.SecAggSpec(bits=8, field_bits=18, clip_range=0.02, rotation_seed=9),
+                               sharing=m.SHARING_VERSION),
     m.KeyAdvertisement: m.KeyAdvertisement("d1", 3, "t", KEY, KEY[::-1], "ab" * 32),
     m.KeyDirectory: m.KeyDirectory("d1", 3, "t", ("d1", "d2", "d3"), 2, 2, 77,
                                    (m.PeerKeys("d2", KEY, KEY, "ab" * 32),)),
@@ -60,6 +61,7 @@ def _tampered(msg, **changes) -> bytes:
     (m.ShareDelivery, {"shares": [{"peer": "d2", "ciphertext": bytes(94)}]}),
     (m.SecAggTask, {"spec": {"bits": 16, "field_bits": 8, "clip_range": 1.0, "rotation_seed": 0}}),
     (m.SecAggTask, {"spec": {"bits": 25, "field_bits": 30, "clip_range": 1.0, "rotation_seed": 0}}),
+    (m.SecAggTask, {"sharing": 1}),  # the sharing scheme before packed shares: not spoken
 ])
 def test_out_of_range_fields_are_malformed(cls, changes):
     with pytest.raises(MalformedPayload):
@@ -69,3 +71,15 @@ def test_out_of_range_fields_are_malformed(cls, changes):
 def test_constructors_refuse_what_the_decoder_refuses():
     with pytest.raises(ValueError):
         dataclasses.replace(SAMPLES[m.KeyAdvertisement], mask_public=b"x")
+
+
+def test_a_secagg_task_without_the_sharing_version_is_refused():
+    """A coordinator from before SHARING_VERSION 2 sends no `sharing`: its rounds would use
+    shares of the same size over another field, so this build refuses the task outright."""
+    frame = encode_message(SAMPLES[m.SecAggTask])
+    body = msgpack.unpackb(frame[HEADER_SIZE:-4], raw=False)
+    assert body.pop("sharing") == m.SHARING_VERSION
+    raw = msgpack.packb(body, use_bin_type=True)
+    head = frame[:6] + frame[6:7] + struct.pack("<I", len(raw)) + raw
+    with pytest.raises(MalformedPayload, match="missing required field.*sharing"):
+        decode_message(head + struct.pack("<I", zlib.crc32(head)))

@@ -105,7 +105,6 @@ def test_t_minus_2_packed_shares_are_uniform_whatever_the_seed_and_t_minus_1_are
         df = p**2 - 1
         assert abs(chi2 - df) < 5 * np.sqrt(2 * df), chi2
         seen[(s0, s1)] = triples
-        assert len(triples) <= p**2
     assert not seen[(0, 0)] & seen[(77, 5)]  # three shares tell these seeds apart
 
 

@@ -53,6 +53,7 @@ tuned for bytes; pass gamma > 0 where devices may be compromised.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -98,12 +99,22 @@ def _tail_below(k: int, p: float, t: int) -> float:
     return sum(math.exp(_log_binom_pmf(k, i, p)) for i in range(0, min(t, k + 1)))
 
 
+@functools.lru_cache(maxsize=64)  # the coordinator asks once per round, with the same few arguments
+def threshold_for(k: int, n: int, corrupt: float = 0.0, sigma: int = 40) -> int:
+    """Rule 2's t for a graph of degree k over n (k chosen elsewhere, e.g. configured), with the
+    colluding neighbours rule 1 bounds for `corrupt`: at least threshold_floor(k, n). It may
+    exceed k (more colluders than the graph can hide a device from); no t is safe then."""
+    k = min(k, n - 1)
+    return _for_degree(k, n, corrupt, sigma, packing_for(k, n))[1]
+
+
 def _for_degree(k: int, n: int, gamma: float, sigma: int, packing: int) -> tuple[int, int]:
     bound = 2.0 ** -sigma / n
     c = next(c for c in range(k + 1) if _tail_above(k, gamma, c) <= bound)
     return c, (k + c) // 2 + packing
 
 
+@functools.lru_cache(maxsize=64)  # pure, and seconds of binomial tails at large n or corrupt > 0
 def choose_parameters(n: int, dropout: float = 0.3, corrupt: float = 0.0, sigma: int = 40,
                       eta: int = 20) -> GraphParameters:
     """k, t and c for a cohort of n (module docstring)."""

@@ -10,8 +10,10 @@ answered with the ordinary Decline (task_id and a named reason, e.g. secagg_sets
     mask        ShareDelivery                     MaskedInput
     unmask      UnmaskRequest                     UnmaskResponse
 
-Byte fields of fixed size (keys, share values) are checked in __post_init__: the codec turns
-the ValueError into MalformedPayload, so no handler sees a 31-byte key.
+Byte fields of fixed size (keys) are checked in __post_init__, and share boxes and values for
+the sizes any round may use: the codec turns the ValueError into MalformedPayload, so no handler
+sees a 31-byte key. The exact share sizes depend on the round's graph (plain or packed shares,
+graph.packing_for) and are checked where the round is known (round_state.accept).
 """
 
 from __future__ import annotations
@@ -34,9 +36,14 @@ def sealed_share_bytes(packing: int) -> int:
 
 # The sizes a message may carry whatever the round's packing (graph.packing_for: the round's
 # graph decides it, so the exact size is checked where the round is known, round_state.accept).
-# They changed with the packed shares over 2^64 - 59 (48 -> 32 and 16 -> 8 bytes on sparse
-# graphs): a device from before sends boxes of the old size and is refused at the share stage
-# (secagg_bad_shares), before any mask of its could enter a sum.
+
+# The sharing scheme every party of a secure round speaks, carried (required) by SecAggTask.
+# 1: seeds over 2^128 - 159, plain everywhere; 2: seeds over 2^64 - 59, packed on sparse graphs.
+# Version 1's plain shares have the same sizes as version 2's (16-byte values, 48-byte boxes),
+# so without this a mixed round on a complete graph would reconstruct wrong self-mask seeds and
+# commit a wrong sum. A device from before version 2 refuses the SecAggTask (an unknown field)
+# and never joins a cohort; this build refuses a SecAggTask without it (a missing field).
+SHARING_VERSION = 2
 SEALED_SIZES = tuple(sealed_share_bytes(p) for p in PACKINGS)  # (48, 32)
 VALUE_UNIT = min(value_bytes(p) for p in PACKINGS)  # 8: every share value is a whole number of these
 MAX_SEALED, MAX_VALUE = max(SEALED_SIZES), max(value_bytes(p) for p in PACKINGS)
@@ -94,6 +101,7 @@ class SecAggTask:
 
     task: TrainTask
     spec: SecAggSpec = field(default_factory=SecAggSpec)
+    sharing: int = bounded(SHARING_VERSION, SHARING_VERSION, kw_only=True)  # required: see SHARING_VERSION
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ uniform of degree t-3, and at t-2 points other than 0 and -1, h's values are uni
 x (x + 1) is not zero. t-1 shares leave a line of 2^64 candidates: half the seed. So a
 packed share is half the size of the seed it hides, which no perfect scheme allows, at the
 price of one share of gap: callers use packing 2 only with a threshold two above what the
-coordinator can collect of one kind (graph.py, rule 2'), so it never holds more than t-2.
+coordinator can collect of one kind (graph.py, rule 2), so it never holds more than t-2.
 
 Either way, a reconstruction from a wrong share is some other pair of field elements, itself a
 possible seed, so a wrong share is caught only where the secret has a public commitment (a
