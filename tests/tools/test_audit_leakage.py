@@ -28,6 +28,7 @@ def test_the_cli_writes_json_and_png_and_the_sum_hides_more_as_n_grows(tmp_path)
     assert doc["plain"]["relative_error"] < 1e-4 and doc["plain"]["psnr"] > 60
     assert "ONNX Runtime training backend" in doc["plain"]["backend"] or "unavailable" in doc["plain"]["backend"]
     assert doc["plain_numpy"]["relative_error"] < 1e-10
+    assert doc["secagg_backend"] == doc["plain"]["backend"]  # the sums add the same backend's updates
     rows = {(r["devices"], r["batch_size"]): r for r in doc["secagg"]}
     assert set(rows[(1, 1)]) >= {"devices", "local_steps", "batch_size", "recovered_fraction", "best_psnr_median",
                                  "guess_psnr"}
@@ -56,6 +57,8 @@ def test_the_device_backend_update_of_one_example_gives_the_example_back(tmp_pat
     rows, cands = invert_rows(dw, db)
     assert dw.shape == (200, 784) and rows.size > 0
     assert max(match(c, x[0]).relative_error for c in cands) < 1e-4
+    again, _ = runtime.first_layer_update(x[:1], y[:1], steps=1, lr=0.1)  # the session restarts from init
+    assert np.array_equal(again, dw)
     dw, db = runtime.first_layer_update(x[:2], y[:2], steps=1, lr=0.1)
     rows, cands = invert_rows(dw, db)
     mixed = [min(match(c, x[0]).relative_error, match(c, x[1]).relative_error) for c in cands]

@@ -52,14 +52,20 @@ def plain_case(x, y, steps: int, batch: int, rng, runtime=None) -> dict:
             "psnr": best.psnr}
 
 
-def secagg_case(x, y, devices: int, steps: int, batch: int, rng, mean_image) -> tuple[dict, list]:
-    p = init_mlp(rng)
+def secagg_case(x, y, devices: int, steps: int, batch: int, rng, mean_image, runtime=None) -> tuple[dict, list]:
+    """The attack on the sum of `devices` updates (what SecAgg reveals), each device `batch`
+    examples and `steps` steps from the same global model. runtime: as plain_case."""
+    p = init_mlp(rng)  # drawn either way, so the data draws below are the same with either backend
     data = _device_data(x, y, rng, devices, batch)
-    total = None
+    total_w, total_b = 0.0, 0.0
     for xb, yb in data:
-        u = local_update(p, xb.astype(np.float64), yb, steps, LR)
-        total = u if total is None else {k: total[k] + u[k] for k in total}
-    _, cands = invert_rows(total["w1"], total["b1"])
+        if runtime is None:
+            u = local_update(p, xb.astype(np.float64), yb, steps, LR)
+            dw, db = u["w1"], u["b1"]
+        else:
+            dw, db = runtime.first_layer_update(xb, yb, steps, LR)
+        total_w, total_b = total_w + dw, total_b + db
+    _, cands = invert_rows(total_w, total_b)
     cands = np.clip(cands, 0.0, 1.0)
     best_psnr, guess_psnr, recovered, pictures = [], [], 0, []
     for xb, _ in data:
@@ -77,9 +83,9 @@ def secagg_case(x, y, devices: int, steps: int, batch: int, rng, mean_image) -> 
 
 def run(devices=(1, 2, 5, 10, 20, 50), steps=(1, 5), batches=(1, 8), seed: int = 0, png: str | None = None,
         runtime: bool = True) -> dict:
-    """runtime: the plain cases from the device's ORT training backend (runtime_update.py);
-    where onnxruntime-training is missing they fall back to the numpy copy, and the JSON says so.
-    The SecAgg cases sum n numpy updates (float64, n up to 50 per case)."""
+    """runtime: the updates (plain cases and every device's in the SecAgg sums) from the
+    device's ORT training backend (runtime_update.py); where onnxruntime-training is missing
+    they fall back to the numpy copy, and the JSON says so (plain.backend, secagg_backend)."""
     from fedge.tools.datasets import load_mnist5k
 
     x, y = load_mnist5k()
@@ -100,24 +106,23 @@ def run(devices=(1, 2, 5, 10, 20, 50), steps=(1, 5), batches=(1, 8), seed: int =
     # the numpy cases draw from the shared stream first, as before the runtime cases existed, so
     # the SecAgg cases below see the same draws (their results stay comparable across versions)
     numpy_plain = [plain_case(x, y, s, b, rng) for s, b in cases]
+    secagg, shown = [], {}
     try:
         plain = [plain_case(x, y, s, b, np.random.default_rng([seed, s, b]), updates) for s, b in cases] \
             if updates is not None else numpy_plain
+        for n in devices:
+            for s in steps:
+                for b in batches:
+                    row, pictures = secagg_case(x, y, n, s, b, rng, mean_image, updates)
+                    secagg.append(row)
+                    shown[(n, s, b)] = pictures[:4]
     finally:
         if updates is not None:
             updates.close()
-    secagg, shown = [], {}
-    for n in devices:
-        for s in steps:
-            for b in batches:
-                row, pictures = secagg_case(x, y, n, s, b, rng, mean_image)
-                secagg.append(row)
-                shown[(n, s, b)] = pictures[:4]
     doc = {"plain": plain[0] | {"cases": plain, "backend": backend},
-           "plain_numpy": numpy_plain[0] | {"cases": numpy_plain}, "secagg": secagg,
+           "plain_numpy": numpy_plain[0] | {"cases": numpy_plain}, "secagg": secagg, "secagg_backend": backend,
            "recovered_below_relative_error": RECOVERED_BELOW,
-           "model": "784-200-200-10 ReLU MLP, first layer trained in full (secagg: the numpy copy)", "lr": LR,
-           "seed": seed}
+           "model": "784-200-200-10 ReLU MLP, first layer trained in full", "lr": LR, "seed": seed}
     if png:
         _draw(png, shown)
     return doc
@@ -153,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="1,5")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--numpy-plain", action="store_true",
-                   help="the plain cases from the numpy copy, not the device's ORT training backend")
+    p.add_argument("--numpy-updates", "--numpy-plain", dest="numpy_updates", action="store_true",
+                   help="every update (plain and SecAgg cases) from the numpy copy, not the device's ORT "
+                        "training backend")
     a = p.parse_args(argv)
     ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
-    doc = run(ints(a.devices), ints(a.steps), ints(a.batches), a.seed, a.png, runtime=not a.numpy_plain)
+    doc = run(ints(a.devices), ints(a.steps), ints(a.batches), a.seed, a.png, runtime=not a.numpy_updates)
     with open(a.json_path, "w") as fh:
         json.dump(doc, fh, indent=2)
     print(f"plain ({doc['plain']['backend']}): relative error {doc['plain']['relative_error']:.3g}, "

@@ -33,6 +33,7 @@ class RuntimeUpdates:
         with np.load(self.artifacts / "params_init.npz") as data:
             self.init = {p.name: data[p.name] for p in self.manifest.trainable}
         self.label = f"{MODEL} in full mode, ONNX Runtime training backend (SGD, float32)"
+        self._backend = None  # one training session, restarted from the initial weights for every update
 
     def first_layer_update(self, x: np.ndarray, y: np.ndarray, steps: int, lr: float) -> tuple[np.ndarray, np.ndarray]:
         """(dW (out, in), db (out,)) of fc1 after `steps` SGD steps on the batch (x, y): the
@@ -40,8 +41,10 @@ class RuntimeUpdates:
         from fedge.edge_runtime.trainer.base import StepHyper
         from fedge.edge_runtime.trainer.ort_training import OrtTrainingBackend
 
-        backend = OrtTrainingBackend(self.artifacts, self.manifest, "sgd")
-        backend.start(self.init, None, self.init, None)
+        if self._backend is None:
+            self._backend = OrtTrainingBackend(self.artifacts, self.manifest, "sgd")
+        backend = self._backend
+        backend.start(self.init, None, self.init, None)  # every device starts from the same global model
         for _ in range(steps):
             backend.step(np.asarray(x, dtype=np.float32), np.asarray(y), StepHyper(lr=lr))
         new, _ = backend.current()
@@ -49,5 +52,6 @@ class RuntimeUpdates:
         return dw, (new[f"{FIRST}.bias"] - self.init[f"{FIRST}.bias"]).astype(np.float64)
 
     def close(self) -> None:
+        self._backend = None
         if self._tmp is not None:
             self._tmp.cleanup()
