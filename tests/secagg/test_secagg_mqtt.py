@@ -1,9 +1,12 @@
 """Secure rounds over a real Mosquitto: 20 DeviceAgents and the Coordinator on MqttTransport,
 30% of the cohort killed between stages (2 after advertising, 2 after sharing, 2 silent in the
-unmask stage). The round commits the plain mean of the survivors' quantized updates."""
+unmask stage). The round commits the plain mean of the survivors' quantized updates, on the
+complete graph (plain shares) and on a sparse one (k = 16 of the 20 who advertised: packed
+shares, t = 10, so even an owner whose 6 absent devices are all its neighbours keeps t)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -44,10 +47,12 @@ def _settle(coordinator, agents, quiet_s: float = 0.4, limit_s: float = 30.0) ->
             last = time.monotonic()
 
 
-def test_twenty_devices_commit_with_thirty_percent_killed_between_stages(model, tmp_path, mosquitto):
+@pytest.mark.parametrize("neighbours", [0, 16])
+def test_twenty_devices_commit_with_thirty_percent_killed_between_stages(model, tmp_path, mosquitto, neighbours):
     art, manifest, runtime = model
+    settings_ = dict(SETTINGS, secure_aggregation=dataclasses.replace(SECURE, neighbours=neighbours))
     cfg = CoordinatorConfig(clients_per_round=DEVICES, over_selection=1.0, hyper=HYPER, aggregator="mean",
-                            evaluation=NO_EVAL, **SETTINGS)
+                            evaluation=NO_EVAL, **settings_)
     settings = MqttSettings(url=mosquitto.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
     clock = ManualClock()
     links = [MqttTransport("coordinator", coordinator_link(settings, cfg)).connect()]
@@ -85,6 +90,8 @@ def test_twenty_devices_commit_with_thirty_percent_killed_between_stages(model, 
             if coordinator.round.machine.stage == stage and not coordinator.round.machine.stage_full:
                 clock.advance(SECURE.stage_deadline_s + 1)  # some asked device is dead: wait out the stage
         assert record is not None and record.committed, (record, coordinator.rejections)
+        (state,) = coordinator.shell.states.values()  # the round's graph, as the devices rebuilt it
+        assert state.packing == (2 if neighbours else 1) and state.k == (neighbours or 19)
         in_sum = {a.device_id for a in everyone} - set(KILL_AT_STAGE[1]) - set(KILL_AT_STAGE[2])
         # 16 inputs are in the sum (14 devices answered the unmask stage)
         assert record.reports == len(in_sum) == 16
