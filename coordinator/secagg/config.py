@@ -106,10 +106,9 @@ class SecAggConfig:
         # k without a t gets rule 2 for that k, not the t chosen for another graph. Above k (more
         # colluders than the graph can hide a device from) every device fails to share and the
         # round is abandoned: no round runs below the guarantee.
+        # (The t chosen with k is rule 2 for it, or less where a tiny complete graph clamps it to k.)
         rule_2 = threshold_for(k, cohort, self.corrupt, self.sigma)
-        if self.threshold:
-            return k, max(min(self.threshold, k), rule_2)
-        return k, rule_2 if self.neighbours else max(chosen.threshold, rule_2)
+        return k, max(min(self.threshold, k), rule_2) if self.threshold else rule_2
 
     def clip_for(self, clip_norm: float, dimension: int) -> float:
         return self.clip_range or 4.0 * clip_norm / math.sqrt(dimension)

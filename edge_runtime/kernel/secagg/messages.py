@@ -34,9 +34,6 @@ def sealed_share_bytes(packing: int) -> int:
     return 2 * value_bytes(packing) + TAG_BYTES
 
 
-# The sizes a message may carry whatever the round's packing (graph.packing_for: the round's
-# graph decides it, so the exact size is checked where the round is known, round_state.accept).
-
 # The sharing scheme every party of a secure round speaks, carried (required) by SecAggTask.
 # 1: seeds over 2^128 - 159, plain everywhere; 2: seeds over 2^64 - 59, packed on sparse graphs.
 # Version 1's plain shares have the same sizes as version 2's (16-byte values, 48-byte boxes),
@@ -44,6 +41,9 @@ def sealed_share_bytes(packing: int) -> int:
 # commit a wrong sum. A device from before version 2 refuses the SecAggTask (an unknown field)
 # and never joins a cohort; this build refuses a SecAggTask without it (a missing field).
 SHARING_VERSION = 2
+
+# The sizes a message may carry whatever the round's packing (graph.packing_for: the round's
+# graph decides it, so the exact size is checked where the round is known, round_state.accept).
 SEALED_SIZES = tuple(sealed_share_bytes(p) for p in PACKINGS)  # (48, 32)
 VALUE_UNIT = min(value_bytes(p) for p in PACKINGS)  # 8: every share value is a whole number of these
 MAX_SEALED, MAX_VALUE = max(SEALED_SIZES), max(value_bytes(p) for p in PACKINGS)

@@ -73,8 +73,8 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
                    dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int, *,
                    packing: int, workers: int = 1, mask_publics: Mapping[str, bytes] | None = None) -> np.ndarray:
     """recover_secrets then masking.unmask, with each secret reconstructed in the worker that
-    expands its masks (a thousand Lagrange interpolations of t = 113 points are 0.7 s of one
-    core at n = 1,000). mask_publics: as secret_from."""
+    expands its masks (a thousand reconstructions from t = 113 packed shares are about 1 s of
+    one core at n = 1,000: 1.0 ms each, measured). mask_publics: as secret_from."""
     gathered = gather_shares(answers, cohort, threshold, alive, dropped)
     seeds = {o: shares for o, (kind, shares) in gathered.items() if kind == "self"}
     keys = {o: shares for o, (kind, shares) in gathered.items() if kind == "mask"}
