@@ -18,7 +18,9 @@ none stops the service.
         └── StaleEval                  an EvalReport that answers no evaluation asked of its sender
 
 One error does stop it, on purpose: GroupCommitFailed (FedgeError), accepted updates that could
-not be stored; the restart resumes from the store (group_commit.py says why).
+not be stored; the restart resumes from the store (group_commit.py says why). StoreCorrupt
+(FedgeError) stops a start: the state db points at payload bytes its payload log does not hold
+(payload_log.py), which only a tampered or lost file explains.
 """
 
 from __future__ import annotations
@@ -90,3 +92,9 @@ class GroupCommitFailed(FedgeError):
     """Accepted updates of a burst could not be stored: the coordinator stops (group_commit.py)."""
 
     reason = "group_commit_failed"
+
+
+class StoreCorrupt(FedgeError):
+    """The state db and its payload log disagree (payload_log.py): refuse to resume from them."""
+
+    reason = "store_corrupt"

@@ -96,15 +96,19 @@ class SqlStore:
         if row is None:
             return None
         round_id = row[0]
-        updates = [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b""), r)
-                   for seq, d, u, digest, n, p, c, r in self._db.execute(
-                       "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm "
-                       "FROM updates WHERE round_id = ?", (round_id,))]
+        updates = self._open_round_updates(round_id)
         declines = [StoredDecline(seq, d, reason) for seq, d, reason in self._db.execute(
             "SELECT seq, device_id, reason FROM declines WHERE round_id = ?", (round_id,))]
         events = tuple(sorted(updates + declines, key=lambda e: e.seq))
         return StoredRound(round_id, row[1], tuple(json.loads(row[2])), json.loads(row[3]), row[4], row[5],
                            row[6], row[7], events, None if row[8] is None else json.loads(row[8]))
+
+    def _open_round_updates(self, round_id: int) -> list[StoredUpdate]:
+        """The open round's accepted updates with their payloads (RoundStore: from its payload log)."""
+        return [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b""), r)
+                for seq, d, u, digest, n, p, c, r in self._db.execute(
+                    "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm "
+                    "FROM updates WHERE round_id = ?", (round_id,))]
 
     def add_update(self, round_id: int, *updates: StoredUpdate) -> None:
         """Durably record accepted updates, in one transaction (group_commit.py); before their Acks."""

@@ -125,15 +125,19 @@ def test_store_keeps_control_uploads_of_the_open_round_and_upgrades_a_version_1_
     events = store.load_open_round().events
     assert [(e.payload, e.control) for e in events] == [(b"payload-a", b"control-a"), (b"payload-b", b"")]
     store.close()
-    db = sqlite3.connect(path)  # what a version 1 file looks like: no control column (nor version 3's privacy)
-    db.execute("ALTER TABLE updates DROP COLUMN control")
-    db.execute("ALTER TABLE rounds DROP COLUMN privacy")
+    # What a version 1 file looks like: no control column (nor version 3's privacy, nor version
+    # 4's payload log columns), the payloads in their rows.
+    db = sqlite3.connect(path)
+    for table, column in (("updates", "control"), ("rounds", "privacy"), ("updates", "log_offset"),
+                          ("updates", "payload_len"), ("updates", "control_len")):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.executemany("UPDATE updates SET payload = ? WHERE device_id = ?", [(b"payload-a", "a"), (b"payload-b", "b")])
     db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     db.commit()
     db.close()
     upgraded = RoundStore(path)
     events = upgraded.load_open_round().events
     assert [(e.payload, e.control) for e in events] == [(b"payload-a", b""), (b"payload-b", b"")]
-    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
     upgraded.abandon_round(1, {"round_id": 1}, 1700.0)
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM updates WHERE control IS NOT NULL").fetchone() == (0,)

@@ -4,7 +4,8 @@ costs in durable writes.
   coordinator_updates_per_second  a backlog of valid updates (one per device of an open round,
                   `--update-kb` each) waits in Mosquitto for the coordinator's offline persistent
                   session; the coordinator connects and drains it: decode, validate, store
-                  (SQLite, durable before the Ack), aggregate, Ack. updates / drain seconds.
+                  (SQLite, the payloads in the round's payload log, durable before the Ack),
+                  aggregate, Ack. updates / drain seconds.
   raw_paho_updates_per_second     a raw paho persistent session drains the same backlog the
                   same way (ingest_drain.py), in the same run: the ceiling.
   aggregate_bytes_per_second      the decode -> validate -> aggregate path alone, in process,

@@ -5,8 +5,8 @@ Two owners drain the same backlog (the same bytes on the same topics) the same w
 
   raw paho     a paho client (MQTT 5, clean_start false, QoS 1 subscription) that only counts
                what arrives: the ceiling the broker, loopback and paho set.
-  coordinator  the real Coordinator with a durable SQLite store (synchronous=FULL, as
-               `state_db` runs in production) over MqttTransport: every update is decoded,
+  coordinator  the real Coordinator with a durable SQLite store (synchronous=FULL, the payloads
+               in its payload log, as `state_db` runs in production) over MqttTransport: every update is decoded,
                validated, stored (durable before its Ack), aggregated and acked.
 
 The coordinator's round is opened before the backlog is published (an update is valid only

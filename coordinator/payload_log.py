@@ -1,0 +1,148 @@
+"""The open round's update payloads, in one append-only file per round beside the SQLite store.
+
+Why not in SQLite: a 100 KB blob in a WAL database is written twice (into the WAL, then by the
+checkpoint into the database file), 25 pages at a time, each page checksummed, and the
+checkpoint's fsyncs come on top of the commit's. Draining a backlog of 100 KB updates
+(`fedge bench ingest`), those writes were half of the coordinator's time. Here a burst's
+payloads are appended to the round's file with one write each and one fsync for the burst,
+and the SQLite row keeps only where they are (offset, lengths) next to the digest.
+
+Layout: `<state_db>.payloads/` (made by fedge, with the marker file FEDGE-PAYLOADS in it), one
+`round-<id>.log` per round that has accepted updates: each update's payload then its control
+bytes, back to back. Nothing else is read or written there.
+
+The crash argument (store.py) holds with one more step. `append` writes the bytes and
+fsyncs them (and the folder, when it made the file) *before* the transaction that commits the
+rows pointing at them, which is before the Acks. Killed between the two: the file has bytes no
+row points at, the updates were not acked, their devices send them again, and the next append
+goes after those bytes (offsets come from the file's size, never from memory). A row is
+therefore never committed pointing at bytes that are not durable. Closing a round deletes its
+file after the transaction that closes it. Killed in between, `sweep` at the next open
+deletes the files of rounds that are no longer open.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+from .errors import StoreCorrupt
+
+MARKER = "FEDGE-PAYLOADS"
+_ROUND_FILE = re.compile(r"round-([0-9]+)\.log")
+
+
+class PayloadLog:
+    def __init__(self, directory: Path, *, durable: bool = True):
+        self.directory = Path(directory)
+        self.durable = durable
+        self._files: dict[int, int] = {}  # round id -> an O_RDWR | O_APPEND descriptor
+        if self.directory.exists() and not (self.directory / MARKER).is_file():
+            # Never write into (or later delete from) a folder fedge did not make.
+            raise ConfigError(f"{self.directory} exists but was not made by fedge (no {MARKER} in it); "
+                              f"move it away or point state_db elsewhere")
+
+    def append(self, round_id: int, blobs: list[bytes]) -> list[int]:
+        """Append the blobs to the round's file, durably (one fsync); their offsets, in order."""
+        if not self.directory.exists():  # made at the first append: readers of the db make nothing
+            self._make_directory()
+        fd, created = self._open(round_id, create=True)
+        start = os.fstat(fd).st_size
+        offsets, at = [], start
+        try:
+            for blob in blobs:
+                offsets.append(at)
+                view = memoryview(blob)
+                while view:  # os.write may write less than asked (a signal, a full disk)
+                    written = os.write(fd, view)
+                    view = view[written:]
+                at += len(blob)
+            if self.durable:
+                os.fsync(fd)
+                if created:
+                    self._sync_directory(self.directory)
+        except BaseException:
+            os.ftruncate(fd, start)  # leave no partial tail; a failed append committed nothing
+            raise
+        return offsets
+
+    def read(self, round_id: int, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` of the round's file; StoreCorrupt if they are not there."""
+        if length == 0:
+            return b""
+        fd, _ = self._open(round_id, create=False)
+        data = os.pread(fd, length, offset) if fd >= 0 else b""
+        if len(data) != length:
+            raise StoreCorrupt(f"{self._path(round_id)}: {length} bytes at offset {offset} are not there "
+                               f"(got {len(data)}); the payload log does not match the state db")
+        return data
+
+    def drop(self, round_id: int) -> None:
+        """Delete a closed round's file (call after the transaction that closed it)."""
+        fd = self._files.pop(round_id, None)
+        if fd is not None:
+            os.close(fd)
+        self._path(round_id).unlink(missing_ok=True)
+
+    def sweep(self, open_rounds: Callable[[], set[int]]) -> list[int]:
+        """Delete the files of rounds that are not open (a crash between a close and its drop);
+        the round ids deleted.
+
+        open_rounds is asked *after* the folder is listed: a file exists only once its round is
+        open (add_update checks first), so a round missing from the answer was closed, never
+        about to open, even while another process writes the store."""
+        if not self.directory.exists():
+            return []
+        listed = [int(m.group(1)) for m in map(_ROUND_FILE.fullmatch, os.listdir(self.directory)) if m]
+        still_open = open_rounds()
+        dropped = sorted(r for r in listed if r not in still_open)
+        for round_id in dropped:
+            self.drop(round_id)
+        return dropped
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    def _path(self, round_id: int) -> Path:
+        return self.directory / f"round-{round_id}.log"
+
+    def _open(self, round_id: int, *, create: bool) -> tuple[int, bool]:
+        """(descriptor, whether this call created the file); (-1, False) if absent and not create."""
+        if round_id in self._files:
+            return self._files[round_id], False
+        path = self._path(round_id)
+        created = False
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            if not create:
+                return -1, False
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        self._files[round_id] = fd
+        return fd, created
+
+    def _make_directory(self) -> None:
+        """The folder with its marker in one rename: a crash never leaves it without the marker
+        (which the next start would refuse as not fedge's)."""
+        building = self.directory.with_name(f".{self.directory.name}.tmp-{os.getpid()}")
+        building.mkdir(exist_ok=True)
+        (building / MARKER).write_bytes(b"update payloads of open rounds; see coordinator/payload_log.py\n")
+        os.rename(building, self.directory)
+        self._sync_directory(self.directory.parent)
+
+    def _sync_directory(self, directory: Path) -> None:
+        """fsync a folder, so a file (or folder) made in it survives a power cut."""
+        if not self.durable:
+            return
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
