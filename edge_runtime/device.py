@@ -269,12 +269,12 @@ class DeviceRuntime:
                 undo = store.load_control_undo()
                 if undo is None or undo[0] != ack.update_id:
                     continue
-                if not ack.accepted:
-                    store.save_control(undo[1])
-                    store.save_control_residual(undo[2])
+                if not ack.accepted:  # c_i and its residual back, the undo gone: one durable write
+                    store.save_state({"control": undo[1], "control_residual": undo[2], "control_undo": None})
                     log.info("device %s: SCAFFOLD upload %s rejected (%s): c_i put back", self.device_id,
                              ack.update_id, ack.reason)
-                store.clear_control_undo()
+                else:
+                    store.clear_control_undo()
 
     def _decline(self, task: TrainTask, reason: str, detail: str, stage: str) -> Decline:
         log.info("device %s declines task %s: %s (%s)", self.device_id, task.task_id, reason, detail)

@@ -1,33 +1,41 @@
 """The device's durable local state, one directory per (device, model).
 
-    personal.npz    personal params (never leave the device)
+    state.npz       what a task moves, in one file: personal params (never leave the device),
+                    opt_state (optimizer state between tasks, only with
+                    TaskHyper.keep_optimizer_state), residual (error-feedback residual of the
+                    compressor), control (SCAFFOLD's client control variate c_i; absent =
+                    zeros), control_residual (error-feedback residual of the compressed Δc_i
+                    uploads), control_undo (c_i and its residual from before the latest SCAFFOLD
+                    upload, with that update's id: put back if the coordinator rejects it)
+    staged-<update id>.npz  the whole state.npz one task moves to, written before the task's
+                    update is kept for upload; applying it is renaming it to state.npz
     global.npz      the shared params of the last task trained: the global model this device
                     holds, which `fedge device export` joins with its personal params
     tuned_head.npz  a global-only model's head_global, tuned on local data (personalize)
-    opt_state.npz   optimizer state between tasks (only with TaskHyper.keep_optimizer_state)
-    residual.npz    error-feedback residual of the compressor
-    control.npz     SCAFFOLD client control variate c_i (shared params' shapes; absent = zeros)
-    control_residual.npz   error-feedback residual of the compressed Δc_i uploads
-    control_undo.npz       c_i and its residual from before the latest SCAFFOLD upload, with
-                           that update's id: put back if the coordinator rejects the upload
     meta.json       last round trained, counters
-    staged-<update id>.npz  the state one task moves to, written before the task's update is
-                    kept for upload and applied after (stage / commit_staged)
 
-Every write is atomic (temp file, rename), and every file a task's crash safety rests on is
-fsync'd first (staged, personal, opt_state, residual, control*), so a power cut leaves the old
-or the new version, never a torn one; global.npz and meta.json are not (save_global says why).
-A task changes several files; they move together through a
-staged file: stage it, make the update durable (the agent's pending store), then apply it.
-After a crash, a staged file whose update is durable is applied again (every write is
-idempotent), and one whose update is not is discarded, so the state never runs ahead of
-what the device will send (the residual and c_i assume their update reaches the coordinator).
+Why one state file: a task changes several parts of the state, and they must move together.
+With a file per part, each applied part was an fsync of its own (four durable writes per task,
+`fedge bench ingest`); with one file, the staged file *is* the next state, fsynced once, and
+applying it is a rename. A task costs two durable writes: the staged state and the kept update
+(journal.py). A power cut before the rename reached the disk leaves the staged file, which
+`recover` applies again when its update was kept; the rename and the later deletion of the
+kept update (at its Ack) are ordered by a journaling filesystem (ext4 in its default mode), as
+every rename here is (no directory fsync, README "What a device writes to disk").
+
+Every write is atomic (temp file, rename). state.npz written outside a task (save_personal
+after personalize, save_residual by a secure-aggregation round, the SCAFFOLD undo) is fsynced
+too, so a power cut leaves the old or the new version, never a torn one; global.npz and
+meta.json are not (save_global says why). A device that ran an older fedge holds a file per
+part (personal.npz, residual.npz, ...): they are read while no state.npz exists, and deleted
+once state.npz holds them.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +43,36 @@ import numpy as np
 from .kernel.files import Arrays, atomic_write_bytes, load_npz
 
 _STAGEABLE = ("personal", "opt_state", "residual", "control", "control_residual", "control_undo")
+_STATE = "state"
+_META_KEY = "//meta"
+_WHOLE_KEY = "//whole"  # in a staged file that holds the whole state (absent: an older, partial one)
+
+State = dict[str, Arrays]  # part name -> its arrays; a part that is absent is None
 
 
 def _staged(update_id: str) -> str:
     return f"staged-{update_id}"
+
+
+def _encode(state: State) -> Arrays:
+    """Parts as one flat set of arrays: `name//kind` marks a part present (an empty one too)."""
+    arrays: Arrays = {}
+    for name, value in state.items():
+        arrays[f"{name}//kind"] = np.array("arrays")
+        arrays.update({f"{name}/{k}": v for k, v in value.items()})
+    return arrays
+
+
+def _decode(arrays: Arrays) -> dict[str, Arrays | None]:
+    """The parts of _encode's arrays (and of an older staged file: `kind` "none" = delete it)."""
+    parts: dict[str, Arrays | None] = {}
+    for key, value in arrays.items():
+        name, _, rest = key.partition("/")
+        if rest == "/kind":
+            parts.setdefault(name, {} if str(value) == "arrays" else None)
+        elif name and rest:  # a param's own name may hold "/" (even begin with it)
+            parts.setdefault(name, {})[rest] = value
+    return parts
 
 
 class DeviceStore:
@@ -47,19 +81,55 @@ class DeviceStore:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def _load(self, name: str) -> Arrays | None:
+        if name in _STAGEABLE:
+            return self._state().get(name)
         path = self.dir / f"{name}.npz"
         if not path.exists():
             return None
         return load_npz(path)
 
     def _save(self, name: str, arrays: Arrays | None, durable: bool = True) -> None:
+        if name in _STAGEABLE:
+            self.save_state({name: arrays})
+            return
         path = self.dir / f"{name}.npz"
         if arrays is None:
             path.unlink(missing_ok=True)
             return
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue(), durable=durable)
+        atomic_write_bytes(path, _npz(arrays), durable=durable)
+
+    # ---------------------------------------------------------------- the state file
+
+    def _state(self) -> State:
+        path = self.dir / f"{_STATE}.npz"
+        if path.exists():
+            return {k: v for k, v in _decode(load_npz(path)).items() if v is not None}
+        legacy = {name: load_npz(self.dir / f"{name}.npz") for name in _STAGEABLE
+                  if (self.dir / f"{name}.npz").exists()}
+        return legacy
+
+    def save_state(self, saves: dict[str, Arrays | None]) -> None:
+        """Change parts of the state (None deletes one) in one durable write, outside a task."""
+        atomic_write_bytes(self.dir / f"{_STATE}.npz", _npz(_encode(self._moved(saves))))
+        self._drop_legacy()
+
+    def _moved(self, saves: dict[str, Arrays | None]) -> State:
+        for name in saves:
+            if name not in _STAGEABLE:
+                raise ValueError(f"cannot stage {name!r}; one of {_STAGEABLE}")
+        state = self._state()
+        for name, value in saves.items():
+            if value is None:
+                state.pop(name, None)
+            else:
+                state[name] = value
+        return state
+
+    def _drop_legacy(self) -> None:
+        for name in _STAGEABLE:  # an older fedge's file per part: state.npz holds them now
+            (self.dir / f"{name}.npz").unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- parts
 
     def load_personal(self) -> Arrays | None:
         return self._load("personal")
@@ -131,39 +201,39 @@ class DeviceStore:
     def clear_control_undo(self) -> None:
         self._save("control_undo", None)
 
+    # ---------------------------------------------------------------- a task's move
+
     def stage(self, update_id: str, saves: dict[str, Arrays | None], meta: dict) -> None:
-        """Write, as one file, the state a task moves to (None deletes that file); nothing is applied."""
-        arrays: Arrays = {"//meta": np.array(json.dumps(meta, sort_keys=True))}
-        for name, value in saves.items():
-            if name not in _STAGEABLE:
-                raise ValueError(f"cannot stage {name!r}; one of {_STAGEABLE}")
-            arrays[f"{name}//kind"] = np.array("none" if value is None else "arrays")
-            arrays.update({f"{name}/{k}": v for k, v in (value or {}).items()})
-        self._save(_staged(update_id), arrays)
+        """Write the whole state the task moves to (None deletes that part) as one durable
+        file; nothing is applied."""
+        arrays = _encode(self._moved(saves))
+        arrays[_META_KEY] = np.array(json.dumps(meta, sort_keys=True))
+        arrays[_WHOLE_KEY] = np.array(True)
+        atomic_write_bytes(self.dir / f"{_staged(update_id)}.npz", _npz(arrays))
 
     def staged(self) -> list[str]:
-        """Update ids with a staged state not yet applied."""
-        return sorted(p.name[len("staged-"):-len(".npz")] for p in self.dir.glob("staged-*.npz"))
+        """Update ids with a staged state not yet applied, oldest first."""
+        paths = sorted(self.dir.glob("staged-*.npz"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return [p.name[len("staged-"):-len(".npz")] for p in paths]
 
     def commit_staged(self, update_id: str) -> None:
-        """Apply a staged state, then forget it. Safe to repeat after a crash part-way."""
-        arrays = self._load(_staged(update_id))
-        if arrays is None:
+        """Apply a staged state (a rename), then note the task in meta.json. Safe to repeat
+        after a crash part-way: a staged file that is gone was applied."""
+        path = self.dir / f"{_staged(update_id)}.npz"
+        if not path.exists():
             return
-        saves: dict[str, Arrays | None] = {}
-        for key, value in arrays.items():
-            name, _, rest = key.partition("/")
-            if rest == "/kind":
-                saves.setdefault(name, {} if str(value) == "arrays" else None)
-            elif name and rest:
-                saves.setdefault(name, {})[rest] = value
-        for name, value in saves.items():
-            self._save(name, value)
-        self.save_meta(json.loads(str(arrays["//meta"])))
-        self._save(_staged(update_id), None)
+        arrays = load_npz(path)
+        meta = json.loads(str(arrays[_META_KEY]))
+        if _WHOLE_KEY in arrays:
+            os.replace(path, self.dir / f"{_STATE}.npz")  # its bytes were fsynced by stage()
+            self._drop_legacy()
+        else:  # staged by an older fedge: only the parts its task changed
+            self.save_state(_decode({k: v for k, v in arrays.items() if k != _META_KEY}))
+            path.unlink()
+        self.save_meta(meta)
 
     def discard_staged(self, update_id: str) -> None:
-        self._save(_staged(update_id), None)
+        (self.dir / f"{_staged(update_id)}.npz").unlink(missing_ok=True)
 
     def load_meta(self) -> dict:
         path = self.dir / "meta.json"
@@ -172,3 +242,9 @@ class DeviceStore:
     def save_meta(self, meta: dict) -> None:
         # Not fsync'd: nothing reads it back to decide anything (last round trained, for people).
         atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, sort_keys=True).encode(), durable=False)
+
+
+def _npz(arrays: Arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()

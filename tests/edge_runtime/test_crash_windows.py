@@ -147,8 +147,8 @@ def test_a_crash_around_keeping_the_update_never_lets_the_state_run_ahead(model,
         _crash_in(monkeypatch, PendingUploads, "add")
     elif where == "after_keeping":  # the update on disk, the staged state not applied
         _crash_in(monkeypatch, DeviceStore, "commit_staged")
-    elif where == "mid_apply":  # the staged state half applied: personal written, the rest not
-        _crash_in(monkeypatch, DeviceStore, "_save", nth=3)  # 1: the staged file, 2: personal, 3: opt_state
+    elif where == "mid_apply":  # the staged file renamed to state.npz, meta.json not yet written
+        _crash_in(monkeypatch, DeviceStore, "save_meta", nth=1)
     else:  # the state applied, the update on disk, not yet published
         _crash_in(monkeypatch, DeviceAgent, "_publish", nth=1)
     _poll_until_crash(agent)

@@ -161,7 +161,7 @@ def test_local_state_persists_and_a_restarted_runtime_picks_it_up(model, data, t
         dst = tmp_path / f"snap-{missing}"
         shutil.copytree(root, dst)
         if missing != "none":
-            (dst / "devA" / manifest.model_id / f"{missing}.npz").unlink()
+            _store(model, dst).save_state({missing: None})
         snapshots[missing] = dst
 
     shared2 = {k: v + decompress_update(decode_tensors(u1.payload))[k] for k, v in runtime.initial("shared").items()}

@@ -51,7 +51,7 @@ def _fleet_after_one_round(model, tmp_path):
     return fleet, root, agent
 
 
-def test_a_task_costs_four_durable_writes_each_one_crash_safety_needs(model, tmp_path):
+def test_a_task_costs_two_durable_writes_each_one_crash_safety_needs(model, tmp_path):
     fleet, root, agent = _fleet_after_one_round(model, tmp_path)
     before = DURABLE_WRITES.snapshot()
     assert fleet.coordinator.begin_round()
@@ -60,11 +60,15 @@ def test_a_task_costs_four_durable_writes_each_one_crash_safety_needs(model, tmp
     fleet.drain()
     after = DURABLE_WRITES.snapshot()
     writes = {kind: after[kind] - before[kind] for kind in after if after[kind] != before[kind]}
-    # staged state (journal step 1), the kept update (the commit point), then the state it
-    # moves to (personal params and the error-feedback residual); seen_tasks, global and meta
-    # are written too, without fsync. Before issue 14 this was 8: seen_tasks twice, global, meta.
-    assert writes == {"staged-.npz": 1, "r-.msg": 1, "personal.npz": 1, "residual.npz": 1}
+    # The staged state (journal step 1: the whole state.npz the task moves to) and the kept
+    # update (the commit point); applying the staged state is a rename. seen_tasks, global and
+    # meta are written too, without fsync. Before issue 14 this was 8 (seen_tasks twice, global,
+    # meta, and a file per part of the state), then 4 (personal.npz and residual.npz applied
+    # one by one, each fsynced).
+    assert writes == {"staged-.npz": 1, "r-.msg": 1}
     assert not agent.pending
+    files = sorted(p.name for p in (root / "dev0").rglob("*.npz"))
+    assert files == ["global.npz", "state.npz"]  # no staged file left, no file per part
 
 
 def test_the_counter_counts_only_fsynced_writes_by_kind(tmp_path):
