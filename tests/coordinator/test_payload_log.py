@@ -176,3 +176,22 @@ def test_a_sweep_never_deletes_a_file_made_after_it_listed_the_folder(tmp_path):
 
     assert log.sweep(open_rounds_meanwhile_round_2_opens) == [1]
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [MARKER, "round-2.log"]
+
+
+def test_a_crash_while_making_the_folder_never_leaves_it_without_its_marker(tmp_path, monkeypatch):
+    store = RoundStore(tmp_path / "s.db")
+    store.open_round(_round(1))
+
+    def crash(*_args):
+        raise KeyboardInterrupt  # the process dies between writing the marker and the rename
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.add_update(1, _update(0, "a"))
+    monkeypatch.undo()
+    assert not (tmp_path / "s.db.payloads").exists()
+    store.close()
+    again = RoundStore(tmp_path / "s.db")  # not refused as a folder fedge did not make
+    update = _update(0, "a")
+    again.add_update(1, update)
+    assert _events(again) == _want(update) and (tmp_path / "s.db.payloads" / MARKER).is_file()
