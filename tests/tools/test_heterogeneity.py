@@ -10,7 +10,7 @@ import pytest
 
 from fedge.tools.bench import hetero_metrics as m
 from fedge.tools.bench.hetero_grid import GRID_COORDINATOR, HeteroGrid, build_jobs
-from fedge.tools.bench.heterogeneity import main, run
+from fedge.tools.bench.heterogeneity import assemble, main, run
 from fedge.tools.simulate.config import with_options
 
 
@@ -116,6 +116,69 @@ def test_personalization_compression_and_adapter_targets():
     assert m.target_adapters(c)["met"] is False and m.target_adapters(None)["met"] is None
 
 
+def test_tail_target_is_the_best_tenth_percentile_of_personalization_runs():
+    rng = np.random.default_rng(3)
+    per_device = {a: rng.uniform(0.6, 1.0, 25) for a in ("fedavg", "scaffold", "fedyogi")}
+    cells = [_cell("dirichlet-0.1", a, None, True, personalized_accuracy_p10=float(np.percentile(v, 10)),
+                   personalized_accuracy_min=float(v.min()), personalized_accuracy_mean=float(v.mean()))
+             for a, v in per_device.items()]
+    cells.append(_cell("dirichlet-0.1", "fedadam", None, False, personalized_accuracy_p10=0.99,
+                       personalized_accuracy_min=0.99, personalized_accuracy_mean=0.99))  # off: not a candidate
+    best = max(("fedavg", "scaffold", "fedyogi"), key=lambda a: np.percentile(per_device[a], 10))
+    t = m.target_tail(cells, "d")
+    assert t["id"] == 5 and t["best"] == best and t["p10"] == pytest.approx(np.percentile(per_device[best], 10))
+    assert t["met"] is (t["p10"] >= 0.85) and t["worst"] == pytest.approx(per_device[best].min())
+    assert m.target_tail(cells, "d", level=0.0)["met"] is True
+    assert m.target_tail([], "d")["met"] is None
+
+
+def test_pretrained_jobs_and_their_rows_stay_apart_from_the_random_ones():
+    grid = replace(TINY, datasets=("mnist5k",), pretrained_partitions=("iid", "shards-2"),
+                   pretrained_compression=("dense-fp32", "int8-top1%"))
+    jobs = build_jobs(grid, pretrained_model="pre/model.toml")
+    pre = [j for j in jobs if j.labels.get("backbone") == "pretrained"]
+    assert len(jobs) - len(pre) == len(build_jobs(grid))
+    assert sorted(j.kind for j in pre) == ["baselines"] * 2 + ["cell"] * 4 + ["compression"] * 2
+    assert all(j.cfg.model == "pre/model.toml" and j.cfg.proxy_fraction == grid.proxy_fraction for j in pre)
+    assert all(j.cfg.model is None and j.cfg.proxy_fraction == 0 for j in jobs if j not in pre)
+    kinds = [j.kind for j in jobs]
+    assert kinds == sorted(kinds, key=["compression", "mode", "cell", "baselines"].index)  # the longest first
+    assert build_jobs(grid) == build_jobs(grid, pretrained_model=None)
+
+    # Rows: IID 10 rounds random, 4 pretrained; shards 30 and 6. Each backbone's multiplier is
+    # against its own IID run, and its rounds to target against its own centralized baseline.
+    def row(kind, partition, backbone, **kw):
+        return {"kind": kind, "dataset": "mnist5k", "partition": partition, "backbone": backbone, **kw}
+
+    curve = {"rounds": 40, "bytes_up_per_round": 1.0, "bytes_up_dense_per_round": 1.0, "wall_seconds": 1.0,
+             "model": {"shared_params": 1}, "declines": {}, "personalized_accuracy_min_curve": [0.5] * 40,
+             "personalized_accuracy_curve": [0.5] * 40}
+
+    def cell(partition, backbone, reach):
+        accuracy = [0.0] * (reach - 1) + [0.9] * (40 - reach + 1)
+        return row("cell", partition, backbone, algorithm="fedavg", personalization=False,
+                   global_accuracy_curve=accuracy, **curve)
+
+    def base(partition, backbone):
+        return row("baselines", partition, backbone, central={"accuracy": 0.9}, local_only={"accuracy_mean": 0.5,
+                                                                                         "accuracy_min": 0.4})
+
+    results = [cell("iid", "random", 10), cell("shards-2", "random", 30), cell("iid", "pretrained", 4),
+               cell("shards-2", "pretrained", 6), *(base(p, b) for p in ("iid", "shards-2")
+                                                   for b in ("random", "pretrained"))]
+    for r in results:
+        if r["backbone"] == "random":
+            del r["backbone"]  # random rows carry no label, as build_jobs makes them
+    doc = assemble(grid, results, 1.0, pretrained={"model": "/tmp/x", "accuracy": 0.8})
+    random_mult = {x["partition"]: x["multiplier"] for x in doc["multipliers"]}
+    pre_mult = {x["partition"]: x["multiplier"] for x in doc["pretrained"]["multipliers"]}
+    assert random_mult == {"shards-2": 3.0} and pre_mult == {"shards-2": 1.5}
+    assert {c["backbone"] for c in doc["cells"]} == {"random"} and len(doc["cells"]) == 2
+    assert {c["backbone"] for c in doc["pretrained"]["cells"]} == {"pretrained"}
+    assert "model" not in doc["pretrained"] and doc["pretrained"]["accuracy"] == 0.8
+    assert [t["id"] for t in doc["pretrained"]["targets"]] == [1, 5] and doc["pretrained"]["targets"][0]["met"]
+
+
 TINY = HeteroGrid(datasets=("digits",), partitions=("iid", "shards-2"), algorithms=("fedavg",), devices=6,
                   coordinator=with_options(GRID_COORDINATOR, clients_per_round=3, epochs=1), rounds=2, local_epochs=2,
                   central_epochs=2,
@@ -176,7 +239,8 @@ def test_tiny_grid_writes_typed_json_report_and_plots(tmp_path):
         if r["setting"] == "int8-top1%":
             assert r["ratio_vs_dense"] > 5  # 5 bytes per kept value instead of 400 per 100 values
     assert doc["upload_comparison"]["ratio_per_round"] > 5
-    assert [t["id"] for t in doc["targets"]] == [1, 2, 3, 4]
+    assert [t["id"] for t in doc["targets"]] == [1, 2, 3, 4, 5]
+    assert doc["pretrained"] == {"skipped": "the pretrained spec is MNIST's MLP: pretrained rows run on mnist5k only"}
     assert all(t["met"] in (True, False, None) for t in doc["targets"])
     modes = {r["mode"]: r for r in doc["personalization_modes"]}
     assert modes["adapters"]["new_devices"]["count"] == 1

@@ -106,3 +106,31 @@ def test_bad_configs():
         PretrainConfig(out="x", proxy_fraction=0.9)
     with pytest.raises(ConfigError, match="proxy_fraction"):
         PretrainConfig(out="x", proxy_fraction=0.0)
+
+
+def test_the_simulator_holds_out_the_same_proxy_split(pretrained):
+    """SimConfig.proxy_fraction: the heterogeneity benchmark's pretrained rows partition exactly
+    what `fedge pretrain` gave the devices (oracle: the clients it wrote, array for array)."""
+    from fedge.tools.simulate.config import SimConfig
+    from fedge.tools.simulate.fleet import load_data
+
+    cfg, result = pretrained
+    sim = load_data(SimConfig(dataset="digits", devices=cfg.devices, partition=cfg.partition, alpha=cfg.alpha,
+                              seed=cfg.seed, proxy_fraction=cfg.proxy_fraction))
+    written = {c.client_id: c for c in load_npz_dir(result.clients_dir).clients}
+    assert sorted(written) == sorted(c.client_id for c in sim.clients)
+    for c in sim.clients:
+        w = written[c.client_id]
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            assert np.array_equal(getattr(c, key), getattr(w, key)), (c.client_id, key)
+
+
+@pytest.mark.parametrize("options", [{"proxy_fraction": 0.6}, {"proxy_fraction": -0.1},
+                                     {"proxy_fraction": 0.1, "data_dir": "somewhere"},
+                                     {"proxy_fraction": 0.1, "dataset": "synthetic", "partition": "dirichlet"}])
+def test_a_proxy_split_is_refused_where_it_means_nothing(options):
+    from fedge.edge_runtime.kernel.errors import ConfigError
+    from fedge.tools.simulate.config import SimConfig
+
+    with pytest.raises(ConfigError, match="proxy_fraction"):
+        SimConfig(**options)

@@ -12,7 +12,7 @@ from fedge.tools.simulate.config import sim_config
 from fedge.tools.simulate.fleet import run_simulation
 
 ROUND_KEYS = {"round", "global_accuracy", "personalized_accuracy_mean", "personalized_accuracy_min",
-              "bytes_up", "bytes_up_dense", "bytes_down", "seconds"}
+              "personalized_accuracy_p10", "bytes_up", "bytes_up_dense", "bytes_down", "seconds"}
 
 
 def _write_blob_clients(folder, width=23, classes=4, clients=5, seed=0):
@@ -43,6 +43,7 @@ def test_npz_folder_of_unseen_width_with_baselines(tmp_path):
         assert ROUND_KEYS <= set(row)
         for key in ("global_accuracy", "personalized_accuracy_mean", "personalized_accuracy_min"):
             assert 0.0 <= row[key] <= 1.0
+        assert row["personalized_accuracy_min"] <= row["personalized_accuracy_p10"] <= 1.0
     assert set(doc["baselines"]) == {"local_only", "central"}
     assert 0 <= doc["baselines"]["local_only"]["accuracy_min"] <= doc["baselines"]["local_only"]["accuracy_mean"] <= 1
     assert 0 <= doc["baselines"]["central"]["accuracy"] <= 1

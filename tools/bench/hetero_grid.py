@@ -102,10 +102,19 @@ class HeteroGrid:
     new_devices: int = 5  # held out in the mode runs
     finetune_steps: int = 20
     workers: int = 2
+    # Pretrained-backbone rows (issue 11), beside the random-backbone ones: `fedge pretrain` on a
+    # stratified proxy_fraction of mnist5k that no device gets, then these partitions x every
+    # algorithm x personalization on/off, their baselines (from the same pretrained start) and
+    # these compression settings on the adapters model (error feedback on), all on the rest of
+    # the data. Empty: none. Only for mnist5k (the pretrained spec is MNIST's MLP).
+    pretrained_partitions: tuple[str, ...] = ("iid", "shards-2", "dirichlet-0.1")
+    pretrained_compression: tuple[str, ...] = ("dense-fp32", "int8-top10%", "int4-top1%")
+    proxy_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        unknown = [p for p in (*self.partitions, self.compression_partition,
+        unknown = [p for p in (*self.partitions, *self.pretrained_partitions, self.compression_partition,
                                self.modes_partition) if p not in PARTITIONS]
+        unknown += [c for c in self.pretrained_compression if c not in COMPRESSION]
         unknown += [a for a in self.algorithms if a not in ALGORITHMS]
         unknown += [c for c in self.compression if c not in COMPRESSION]
         unknown += [m for m in self.modes if m not in MODES]
@@ -121,7 +130,9 @@ QUICK = HeteroGrid(partitions=("iid", "dirichlet-0.1", "shards-2"), algorithms=(
                    local_epochs=10, central_epochs=10,
                    compression=("dense-fp32", "int8-top1%"), compression_partition="dirichlet-0.1",
                    compression_models=("adapters",), compression_rounds=15,
-                   modes=("adapters", "full"), new_devices=2, finetune_steps=10)
+                   modes=("adapters", "full"), new_devices=2, finetune_steps=10,
+                   pretrained_partitions=("iid", "dirichlet-0.1"), pretrained_compression=("dense-fp32",))
+PRETRAINED = "pretrained"  # the `backbone` label of the pretrained rows; the others are "random"
 
 
 @dataclass(frozen=True)
@@ -143,9 +154,46 @@ def dataset_label(dataset: str, partition: str) -> str:
     return Path(dataset).name if partition == GIVEN else dataset
 
 
-def build_jobs(grid: HeteroGrid, data_dir: str | None = None) -> list[Job]:
+def build_jobs(grid: HeteroGrid, data_dir: str | None = None, pretrained_model: str | None = None) -> list[Job]:
     """Every job of the grid, the longest first (a pool then ends evenly): the compression
-    sweep (compression_rounds), the personalization modes, the cells, the baselines."""
+    sweep (compression_rounds), the personalization modes, the cells, the baselines.
+    pretrained_model: the spec `fedge pretrain` wrote (grid.proxy_fraction of the first dataset,
+    grid.seed): adds the pretrained rows (HeteroGrid.pretrained_partitions), labelled backbone
+    "pretrained"; every other job is backbone "random"."""
+    jobs = _random_jobs(grid, data_dir)
+    if pretrained_model is None or not grid.datasets:
+        return jobs
+    first = grid.datasets[0]
+    pre = {"model": pretrained_model, "proxy_fraction": grid.proxy_fraction}
+    label = {"dataset": first, "backbone": PRETRAINED}
+    compression = []
+    for setting in grid.pretrained_compression:
+        bits, topk = COMPRESSION[setting]
+        cfg = sim_config(replace(_base_cfg(grid, first, grid.compression_partition), **pre), personalization="none",
+                         rounds=grid.compression_rounds, quant_bits=bits, topk_fraction=topk, error_feedback=True)
+        compression.append(Job("compression", cfg, {**label, "partition": grid.compression_partition,
+                                                    "algorithm": "fedavg", "compression_model": "adapters",
+                                                    "setting": setting, "error_feedback": True}))
+    cells, baselines = [], []
+    for partition in grid.pretrained_partitions:
+        base = replace(_base_cfg(grid, first, partition), **pre)
+        for algorithm in grid.algorithms:
+            for personal in grid.personalization:
+                cfg = sim_config(base, personalization="adapters" if personal else "none", strategy=algorithm,
+                                 **ALGORITHMS[algorithm])
+                cells.append(Job("cell", cfg, {**label, "partition": partition, "algorithm": algorithm,
+                                              "personalization": personal}))
+        baselines.append(Job("baselines", base, {**label, "partition": partition}))
+    # The longest first: compression among the compression jobs, cells before baselines.
+    n_compression = sum(j.kind == "compression" for j in jobs)
+    n_modes = sum(j.kind == "mode" for j in jobs)
+    head = jobs[:n_compression] + compression + jobs[n_compression:n_compression + n_modes]
+    rest = jobs[n_compression + n_modes:]
+    n_cells = sum(j.kind == "cell" for j in rest)
+    return head + rest[:n_cells] + cells + rest[n_cells:] + baselines
+
+
+def _random_jobs(grid: HeteroGrid, data_dir: str | None) -> list[Job]:
     sources = [(d, p) for d in grid.datasets for p in grid.partitions] + ([(data_dir, GIVEN)] if data_dir else [])
     jobs: list[Job] = []
     first = grid.datasets[0] if grid.datasets else None
@@ -188,7 +236,8 @@ def _data(source: tuple) -> FederatedDataset:
 
 
 def _data_for(cfg: SimConfig) -> FederatedDataset:
-    keys = ("dataset", "data_dir", "partition", "alpha", "classes_per_client", "devices", "seed", "test_fraction")
+    keys = ("dataset", "data_dir", "partition", "alpha", "classes_per_client", "devices", "seed", "test_fraction",
+            "proxy_fraction")
     return _data(tuple((k, getattr(cfg, k)) for k in keys))
 
 
@@ -211,6 +260,7 @@ def _simulate(cfg: SimConfig, data: FederatedDataset) -> dict:
         "global_accuracy_curve": [r["global_accuracy"] for r in rows],
         "personalized_accuracy_curve": [r["personalized_accuracy_mean"] for r in rows],
         "personalized_accuracy_min_curve": [r["personalized_accuracy_min"] for r in rows],
+        "personalized_accuracy_p10_curve": [r.get("personalized_accuracy_p10") for r in rows],
         "bytes_up_curve": [r["bytes_up"] for r in rows],
         "bytes_up_per_round": float(np.mean([r["bytes_up"] for r in rows])),
         "bytes_up_dense_per_round": float(np.mean([r["bytes_up_dense"] for r in rows])),

@@ -92,11 +92,86 @@ def markdown(doc: dict) -> str:
               f"{100 * r['accuracy_delta_vs_dense']:+.1f}" if r["accuracy_delta_vs_dense"] is not None else "–"]
              for r in doc["compression"]])
     lines += _modes_section(doc)
+    lines += _pretrained_section(doc)
     if doc["errors"]:
         lines += ["## Failed jobs", ""]
         lines += [f"- {e['kind']} {e.get('partition', '')} {e.get('algorithm', '')}: {e['error']}"
                   for e in doc["errors"]] + [""]
     return "\n".join(lines)
+
+
+def _pretrained_section(doc: dict) -> list[str]:
+    """The pretrained-backbone rows beside the random-backbone ones (issue 11)."""
+    pre = doc.get("pretrained") or {}
+    if "skipped" in pre:
+        return ["## Pretrained backbone", "", f"Not run: {pre['skipped']}.", ""]
+    if not pre.get("cells"):
+        return []
+    g = doc["grid"]
+    lines = ["## Pretrained backbone", "",
+             f"`fedge pretrain` on {pre['proxy_examples']} proxy examples ({pre['proxy_fraction']:.0%} of the dataset, "
+             f"stratified, held by no device): {_pct(pre['accuracy'])} on the devices' test data before round 1. "
+             "The pretrained rows train on the other examples (the random rows on all of them), start every layer "
+             "from the pretrained weights (fc1 frozen, fc2 LoRA, the head from the pretrained classifier), and their "
+             "baselines (local-only, centralized) start from the same weights; rounds to target are against the "
+             "pretrained centralized baseline.", "",
+             *_table(["#", "target (pretrained rows)", "result", "measured"],
+                     [[t["id"], t["name"], _met(t["met"]), t["detail"]] for t in pre["targets"]]),
+             *_table(["partition", "backbone", "centralized", "target", "local-only mean", "local-only worst"],
+                     [[p, name, _pct(b["central"]["accuracy"]), _pct(b["target_accuracy"]),
+                       _pct(b["local_only"]["accuracy_mean"]), _pct(b["local_only"]["accuracy_min"])]
+                      for p in g["pretrained_partitions"]
+                      for name, b in (("random", doc["baselines"].get(p)), ("pretrained", pre["baselines"].get(p)))
+                      if b])]
+    random = {(c["partition"], c["algorithm"], c["personalization"]): c for c in doc["cells"]}
+    rows = []
+    for c in pre["cells"]:
+        r = random.get((c["partition"], c["algorithm"], c["personalization"]))
+        rows.append([c["partition"], c["algorithm"], "on" if c["personalization"] else "off",
+                     _both(r, c, "rounds_to_target", _rounds), _both(r, c, "final_global_accuracy"),
+                     _both(r, c, "personalized_accuracy_mean"), _both(r, c, "personalized_accuracy_p10"),
+                     _both(r, c, "personalized_accuracy_min")])
+    lines += ["Each cell: random backbone / pretrained backbone.", "",
+              *_table(["partition", "algorithm", "pers.", "rounds to target", "final global", "pers. mean",
+                       "pers. 10th pct", "pers. worst"], rows)]
+    mults = {(m["algorithm"], m["personalization"], m["partition"]): m for m in doc["multipliers"]}
+    mrows = []
+    for m in pre["multipliers"]:
+        r = mults.get((m["algorithm"], m["personalization"], m["partition"]))
+        mrows.append([m["partition"], m["algorithm"], "on" if m["personalization"] else "off",
+                      _mult(r) if r else "–", _mult(m)])
+    if mrows:
+        lines += ["Non-IID / IID round multiplier:", "",
+                  *_table(["partition", "algorithm", "pers.", "random", "pretrained"], mrows)]
+    dense = {r["setting"]: r for r in doc["compression"] if r.get("model", "adapters") == "adapters"
+             and r["error_feedback"]}
+    crows = [[r["setting"], _pct(dense[r["setting"]]["final_accuracy"]) if r["setting"] in dense else "–",
+              _delta(dense.get(r["setting"], {}).get("accuracy_delta_vs_dense")), _pct(r["final_accuracy"]),
+              _delta(r["accuracy_delta_vs_dense"]), f"{r['ratio_vs_dense']:.1f}x" if r["ratio_vs_dense"] else "–"]
+             for r in pre["compression"]]
+    if crows:
+        lines += [f"Compression's accuracy cost (adapters model, error feedback on, {g['compression_partition']}):", "",
+                  *_table(["setting", "random: final", "random: Δ vs dense (pt)", "pretrained: final",
+                           "pretrained: Δ vs dense (pt)", "pretrained: ratio vs dense"], crows)]
+    return lines
+
+
+def _rounds(v) -> str:
+    return "–" if v is None else str(v)
+
+
+def _both(random: dict | None, pretrained: dict, key: str, fmt=_pct) -> str:
+    return f"{fmt(random[key]) if random else '–'} / {fmt(pretrained[key])}"
+
+
+def _mult(m: dict) -> str:
+    if m["multiplier"] is not None:
+        return f"{m['multiplier']:.2f}x"
+    return "never" if m["rounds_to_target"] is None else f"({m['rounds_to_target']}, IID never)"
+
+
+def _delta(v) -> str:
+    return "–" if v is None else f"{100 * v:+.1f}"
 
 
 def _multiplier_section(doc: dict) -> list[str]:

@@ -4,6 +4,7 @@ communication sweep, the personalization modes and new devices. Writes one JSON 
 Markdown report with issue 4's targets (met or not) and PNG plots.
 
     fedge bench heterogeneity --json out.json --report DIR [--quick] [--data DIR] [--workers 2]
+        [--partitions L] [--compression L] [--compression-models L] [--pretrained-partitions L]
 
 Output JSON (schema 1):
     schema, benchmark ("heterogeneity"), quick, grid (the HeteroGrid), environment, wall_seconds
@@ -17,6 +18,8 @@ Output JSON (schema 1):
                                              mean of the last grid.final_window rounds
         personalized_accuracy_mean, _min     fraction, same window: each device's personalized model on
                                              its own split (off: the global model); mean and worst device
+        personalized_accuracy_p10            the 10th percentile over devices (numpy's linear interpolation)
+        backbone                             "random" (the spec's random frozen layers)
         bytes_up_per_round                   float: uplink bytes per round on the wire (messages with headers,
                                              every update received, stale ones included)
         bytes_up_dense_per_round             float: the same messages with dense fp32 deltas
@@ -35,7 +38,12 @@ Output JSON (schema 1):
                           final_global_accuracy, personalized_accuracy_mean, _min, new_devices,
                           devices (the ids that trained)}
     upload_comparison: adapters vs full (tools/bench/hetero_metrics.upload_comparison), or null
-    targets: list of {id, name, met (true, false, or null = not measured), detail, ...}
+    targets: list of {id, name, met (true, false, or null = not measured), detail, ...}: issue 4's four,
+             and 5: Dirichlet 0.1's 10th percentile of personalized accuracy >= 85% (issue 11)
+    pretrained: the pretrained-backbone rows (HeteroGrid.pretrained_partitions; issue 11), or {skipped: why}:
+             proxy_fraction, proxy_examples, accuracy (the pretrained model as is, before round 1), and
+             cells (backbone "pretrained"), baselines, multipliers, compression in the shapes above,
+             targets 1 and 5 on these rows
     errors: jobs that failed, with the error
 """
 
@@ -47,6 +55,7 @@ import multiprocessing
 import os
 import platform
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
@@ -56,7 +65,7 @@ from fedge.coordinator.config import load_coordinator_config
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
 from . import hetero_metrics as m
-from .hetero_grid import COMPRESSION, QUICK, HeteroGrid, Job, build_jobs, run_job
+from .hetero_grid import COMPRESSION, PRETRAINED, QUICK, HeteroGrid, Job, build_jobs, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--config", metavar="FILE.toml", help="every job's coordinator settings from this TOML (its "
                    "[coordinator] table, as `fedge coordinator serve` reads it); default: the grid's preset")
+    p.add_argument("--partitions", help="comma list: the random-backbone partitions (default: the grid's)")
+    p.add_argument("--compression", help="comma list: the compression settings (default: the grid's)")
+    p.add_argument("--compression-models", help="comma list of adapters,full (default: the grid's)")
+    p.add_argument("--pretrained-partitions", help="comma list; empty: no pretrained rows (default: the grid's)")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else HeteroGrid()
+    lists = {"partitions": args.partitions, "compression": args.compression,
+             "compression_models": args.compression_models, "pretrained_partitions": args.pretrained_partitions}
+    try:
+        grid = replace(grid, **{k: tuple(x for x in v.split(",") if x) for k, v in lists.items() if v is not None})
+    except ValueError as exc:
+        p.error(str(exc))
     if args.config:
         grid = replace(grid, coordinator=load_coordinator_config(args.config))
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed",
@@ -90,13 +109,32 @@ def run(grid: HeteroGrid, json_path, report_dir, data_dir: str | None = None, qu
     from .hetero_report import write_report
 
     started = time.perf_counter()
-    results = _run_all(build_jobs(grid, data_dir), grid.workers, log)
-    doc = assemble(grid, results, time.perf_counter() - started, quick)
+    with tempfile.TemporaryDirectory(prefix="fedge-hetero-pretrained-") as tmp:
+        pretrained = _pretrain(grid, Path(tmp), log)
+        jobs = build_jobs(grid, data_dir, pretrained.get("model"))
+        results = _run_all(jobs, grid.workers, log)
+    doc = assemble(grid, results, time.perf_counter() - started, quick, pretrained)
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
     write_report(doc, report_dir)
     return doc
+
+
+def _pretrain(grid: HeteroGrid, folder: Path, log) -> dict:
+    """The pretrained backbone of the pretrained rows (`fedge pretrain`, in `folder`): {model,
+    proxy_examples, accuracy}, or {skipped: why}."""
+    if not grid.pretrained_partitions:
+        return {"skipped": "no pretrained partitions in the grid"}
+    if not grid.datasets or grid.datasets[0] != "mnist5k":
+        return {"skipped": "the pretrained spec is MNIST's MLP: pretrained rows run on mnist5k only"}
+    from fedge.tools.pretrain import PretrainConfig, pretrain
+
+    result = pretrain(PretrainConfig(out=str(folder), dataset="mnist5k", proxy_fraction=grid.proxy_fraction,
+                                     devices=grid.devices, seed=grid.seed))
+    log(f"pretrained on {result.proxy_examples} proxy examples: accuracy {result.accuracy:.4f} before round 1")
+    return {"model": str(result.spec_file), "proxy_fraction": grid.proxy_fraction,
+            "proxy_examples": result.proxy_examples, "accuracy": result.accuracy}
 
 
 def _run_all(jobs: list[Job], workers: int, log) -> list[dict]:
@@ -134,9 +172,36 @@ def _progress(i: int, n: int, row: dict) -> str:
     return f"[{i}/{n}] {row['kind']} {labels}: {extra}"
 
 
-def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: bool = False) -> dict:
-    """The JSON document from the jobs' rows (pure)."""
+def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: bool = False,
+             pretrained: dict | None = None) -> dict:
+    """The JSON document from the jobs' rows (pure). The pretrained rows (backbone "pretrained")
+    go to `pretrained`, beside the random-backbone document, in the same shapes."""
     ok = [r for r in results if "error" not in r]
+    random = [r for r in ok if r.get("backbone", "random") != PRETRAINED]
+    doc = _assemble_backbone(grid, random, quick)
+    pre_rows = [r for r in ok if r.get("backbone") == PRETRAINED]
+    pre = dict(pretrained or {})
+    pre.pop("model", None)  # a temporary path
+    if pre_rows:
+        mine = _assemble_backbone(grid, pre_rows, quick)
+        primary = grid.datasets[0]
+        pre.update(cells=mine["cells"], baselines=mine["baselines"], multipliers=mine["multipliers"],
+                   compression=mine["compression"],
+                   targets=[m.target_shards(mine["multipliers"], primary, grid.rounds),
+                            m.target_tail(mine["cells"], primary, grid.modes_partition)])
+        for c in pre["cells"]:
+            c["backbone"] = PRETRAINED
+    for c in doc["cells"]:
+        c["backbone"] = "random"
+    doc["targets"].append(m.target_tail(doc["cells"], grid.datasets[0] if grid.datasets else None,
+                                        grid.modes_partition))
+    return {"schema": 1, "benchmark": "heterogeneity", "quick": quick, "grid": asdict(grid),
+            "environment": _environment(), "wall_seconds": round(wall_seconds, 1), **doc, "pretrained": pre,
+            "errors": [r for r in results if "error" in r]}
+
+
+def _assemble_backbone(grid: HeteroGrid, ok: list[dict], quick: bool) -> dict:
+    """cells, baselines, multipliers, compression, modes and targets of one backbone's rows."""
     window = grid.final_window
     baselines = {}
     order = list(grid.partitions)
@@ -177,18 +242,16 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
     targets = [m.target_shards(mults, primary, grid.rounds),
                m.target_personalized(cells, mode_rows, baselines, primary, modes_partition=grid.modes_partition),
                m.target_compression(compression), m.target_adapters(comparison)]
-    return {
-        "schema": 1, "benchmark": "heterogeneity", "quick": quick, "grid": asdict(grid), "environment": _environment(),
-        "wall_seconds": round(wall_seconds, 1), "cells": cells, "baselines": baselines, "multipliers": mults,
-        "compression": compression, "personalization_modes": mode_rows, "upload_comparison": comparison,
-        "targets": targets, "errors": [r for r in results if "error" in r],
-    }
+    return {"cells": cells, "baselines": baselines, "multipliers": mults, "compression": compression,
+            "personalization_modes": mode_rows, "upload_comparison": comparison, "targets": targets}
 
 
 def _finals(r: dict, window: int) -> dict:
+    p10 = [v for v in r.get("personalized_accuracy_p10_curve", ()) if v is not None]
     return {"final_global_accuracy": m.final_accuracy(r["global_accuracy_curve"], window),
             "personalized_accuracy_mean": m.final_accuracy(r["personalized_accuracy_curve"], window),
-            "personalized_accuracy_min": m.final_accuracy(r["personalized_accuracy_min_curve"], window)}
+            "personalized_accuracy_min": m.final_accuracy(r["personalized_accuracy_min_curve"], window),
+            "personalized_accuracy_p10": m.final_accuracy(p10, window) if p10 else None}
 
 
 def _compression(rows: list[dict], window: int) -> list[dict]:

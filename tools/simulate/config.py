@@ -61,6 +61,10 @@ class SimConfig:
     classes_per_client: int = 2
     test_fraction: float = 0.2
     model: str | None = None  # spec file or built-in name; None = a default for the data
+    # A shipped dataset's stratified share that no device gets: the proxy split `fedge pretrain`
+    # trains on with the same seed (tools/pretrain.proxy_positions), so a pretrained --model
+    # starts from data the fleet does not hold. 0 = every example goes to a device.
+    proxy_fraction: float = 0.0
     backend: str = "auto"
     coordinator: CoordinatorConfig = SIM_COORDINATOR  # what `fedge coordinator serve` would run
     eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)  # mqtt profiles' devices
@@ -88,6 +92,9 @@ class SimConfig:
             raise ConfigError("--devices and --rounds must be >= 1")
         if self.data_dir is None and self.dataset not in DATASETS:
             raise ConfigError(f"--dataset {self.dataset!r}: choose one of {DATASETS}, or pass --data DIR")
+        if not 0.0 <= self.proxy_fraction <= 0.5 or (self.proxy_fraction and (self.data_dir or self.synthetic)):
+            raise ConfigError(f"proxy_fraction {self.proxy_fraction}: in [0, 0.5], and only for a shipped "
+                              f"dataset (a --data DIR or synthetic data has no proxy split)")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition {self.partition!r}: choose one of {PARTITIONS}")
         if self.synthetic:

@@ -38,8 +38,10 @@ from fedge.tools.datasets import (
     build_federated,
     data_findings,
     load_npz_dir,
+    load_shipped,
     standardize_per_device,
 )
+from fedge.tools.pretrain import proxy_positions
 from fedge.tools.synthetic import synthetic
 
 from . import adversary
@@ -100,8 +102,12 @@ def load_data(cfg: SimConfig) -> FederatedDataset:
     elif cfg.synthetic:
         data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
+        exclude = None
+        if cfg.proxy_fraction:  # pretrain's proxy split, held by no device (tools/pretrain.py)
+            exclude = proxy_positions(load_shipped(cfg.dataset)[1], cfg.proxy_fraction, cfg.seed)
         data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.split_alpha,
-                               classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction)
+                               classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction,
+                               exclude=exclude)
     return standardize_per_device(data) if cfg.standardize else data
 
 
