@@ -12,7 +12,7 @@ Layout: `<state_db>.payloads/` (made by fedge, with the marker file FEDGE-PAYLOA
 bytes, back to back. Nothing else is read or written there.
 
 The crash argument (store.py) holds with one more step. `append` writes the bytes and
-fsyncs them (and the folder, when it made the file) *before* the transaction that commits the
+fsyncs them (and the folder entry of the file, at a process's first append to it) *before* the
 rows pointing at them, which is before the Acks. Killed between the two: the file has bytes no
 row points at, the updates were not acked, their devices send them again, and the next append
 goes after those bytes (offsets come from the file's size, never from memory). A row is
@@ -23,6 +23,7 @@ deletes the files of rounds that are no longer open.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from collections.abc import Callable
@@ -41,6 +42,10 @@ class PayloadLog:
         self.directory = Path(directory)
         self.durable = durable
         self._files: dict[int, int] = {}  # round id -> an O_RDWR | O_APPEND descriptor
+        # Rounds whose file's folder entry this process has fsynced: a file made by a failed
+        # append, or by a process killed before its folder fsync, is synced by the next append.
+        self._entry_synced: set[int] = set()
+        self._folder_synced = False
         if self.directory.exists() and not (self.directory / MARKER).is_file():
             # Never write into (or later delete from) a folder fedge did not make.
             raise ConfigError(f"{self.directory} exists but was not made by fedge (no {MARKER} in it); "
@@ -50,7 +55,19 @@ class PayloadLog:
         """Append the blobs to the round's file, durably (one fsync); their offsets, in order."""
         if not self.directory.exists():  # made at the first append: readers of the db make nothing
             self._make_directory()
-        fd, created = self._open(round_id, create=True)
+        if not self._folder_synced:
+            self._sync_directory(self.directory.parent)
+            self._folder_synced = True
+        fd, _ = self._open(round_id, create=True)
+        # One writer at a time (the offsets come from the size): a second coordinator pointed at
+        # the same state_db by mistake waits here instead of interleaving bytes.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return self._append_locked(round_id, fd, blobs)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _append_locked(self, round_id: int, fd: int, blobs: list[bytes]) -> list[int]:
         start = os.fstat(fd).st_size
         offsets, at = [], start
         try:
@@ -63,8 +80,9 @@ class PayloadLog:
                 at += len(blob)
             if self.durable:
                 os.fsync(fd)
-                if created:
-                    self._sync_directory(self.directory)
+            if round_id not in self._entry_synced:
+                self._sync_directory(self.directory)
+                self._entry_synced.add(round_id)
         except BaseException:
             os.ftruncate(fd, start)  # leave no partial tail; a failed append committed nothing
             raise
@@ -133,9 +151,15 @@ class PayloadLog:
         (which the next start would refuse as not fedge's)."""
         building = self.directory.with_name(f".{self.directory.name}.tmp-{os.getpid()}")
         building.mkdir(exist_ok=True)
-        (building / MARKER).write_bytes(b"update payloads of open rounds; see coordinator/payload_log.py\n")
+        marker = os.open(building / MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(marker, b"update payloads of open rounds; see coordinator/payload_log.py\n")
+            if self.durable:
+                os.fsync(marker)
+        finally:
+            os.close(marker)
+        self._sync_directory(building)
         os.rename(building, self.directory)
-        self._sync_directory(self.directory.parent)
 
     def _sync_directory(self, directory: Path) -> None:
         """fsync a folder, so a file (or folder) made in it survives a power cut."""

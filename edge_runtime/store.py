@@ -58,6 +58,9 @@ def _encode(state: State) -> Arrays:
     """Parts as one flat set of arrays: `name//kind` marks a part present (an empty one too)."""
     arrays: Arrays = {}
     for name, value in state.items():
+        bad = [k for k in value if k in ("", "/kind")]
+        if bad:  # they would read back as the part's marker, or not at all
+            raise ValueError(f"{name}: array names {bad} cannot be stored")
         arrays[f"{name}//kind"] = np.array("arrays")
         arrays.update({f"{name}/{k}": v for k, v in value.items()})
     return arrays

@@ -195,3 +195,22 @@ def test_a_crash_while_making_the_folder_never_leaves_it_without_its_marker(tmp_
     update = _update(0, "a")
     again.add_update(1, update)
     assert _events(again) == _want(update) and (tmp_path / "s.db.payloads" / MARKER).is_file()
+
+
+def test_a_file_made_by_a_failed_append_still_gets_its_folder_entry_synced(tmp_path, monkeypatch):
+    log = PayloadLog(tmp_path / "p")
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(log, "_sync_directory", lambda folder: synced.append(folder))
+
+    def fail_once(fd):
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", fail_once)
+    with pytest.raises(OSError):
+        log.append(1, [b"first"])  # the file exists now, its folder entry not yet synced
+    assert tmp_path / "p" not in synced
+    assert log.append(1, [b"second"]) == [0]
+    assert synced.count(tmp_path / "p") == 1
+    log.append(1, [b"third"])
+    assert synced.count(tmp_path / "p") == 1  # once per round and process

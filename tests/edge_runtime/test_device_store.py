@@ -86,3 +86,13 @@ def test_a_rejected_scaffold_upload_puts_c_back_in_one_durable_write(tmp_path):
     assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {"state.npz": 1}
     assert _same(store.load_control(), old_c) and _same(store.load_control_residual(), old_res)
     assert store.load_control_undo() is None
+
+
+def test_names_that_would_read_back_wrong_are_refused(tmp_path):
+    import pytest
+
+    store = DeviceStore(tmp_path, "m")
+    for name in ("", "/kind"):
+        with pytest.raises(ValueError, match="cannot be stored"):
+            store.save_personal({name: np.ones(1)})
+    assert store.load_personal() is None

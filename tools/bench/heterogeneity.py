@@ -130,8 +130,11 @@ def _pretrain(grid: HeteroGrid, folder: Path, log) -> dict:
         return {"skipped": "the pretrained spec is MNIST's MLP: pretrained rows run on mnist5k only"}
     from fedge.tools.pretrain import PretrainConfig, pretrain
 
-    result = pretrain(PretrainConfig(out=str(folder), dataset="mnist5k", proxy_fraction=grid.proxy_fraction,
-                                     devices=grid.devices, seed=grid.seed))
+    try:  # a failed pretrain costs the pretrained rows, not the grid
+        result = pretrain(PretrainConfig(out=str(folder), dataset="mnist5k", proxy_fraction=grid.proxy_fraction,
+                                         devices=grid.devices, seed=grid.seed))
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON
+        return {"skipped": f"fedge pretrain failed: {type(exc).__name__}: {exc}"}
     log(f"pretrained on {result.proxy_examples} proxy examples: accuracy {result.accuracy:.4f} before round 1")
     return {"model": str(result.spec_file), "proxy_fraction": grid.proxy_fraction,
             "proxy_examples": result.proxy_examples, "accuracy": result.accuracy}
@@ -188,13 +191,13 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
         pre.update(cells=mine["cells"], baselines=mine["baselines"], multipliers=mine["multipliers"],
                    compression=mine["compression"],
                    targets=[m.target_shards(mine["multipliers"], primary, grid.rounds),
-                            m.target_tail(mine["cells"], primary, grid.modes_partition)])
+                            m.target_tail(mine["cells"], primary, "dirichlet-0.1")])
         for c in pre["cells"]:
             c["backbone"] = PRETRAINED
     for c in doc["cells"]:
         c["backbone"] = "random"
     doc["targets"].append(m.target_tail(doc["cells"], grid.datasets[0] if grid.datasets else None,
-                                        grid.modes_partition))
+                                        "dirichlet-0.1"))
     return {"schema": 1, "benchmark": "heterogeneity", "quick": quick, "grid": asdict(grid),
             "environment": _environment(), "wall_seconds": round(wall_seconds, 1), **doc, "pretrained": pre,
             "errors": [r for r in results if "error" in r]}
