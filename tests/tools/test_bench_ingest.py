@@ -26,7 +26,7 @@ def test_a_tiny_run_writes_the_issue_keys(mosquitto_binary, tmp_path):
     assert set(result["stages"]) == {"frame_checks", "digest", "dequantize", "finite_and_norm", "accumulate"}
     assert all(seconds > 0 for seconds in result["stages"].values())
     # fsync'd writes per task (tests/edge_runtime/test_durable_writes.py says which, and why)
-    assert result["durable_writes_per_task"] == 4 and result["durable_writes_per_task_replay"] == 1
+    assert result["durable_writes_per_task"] == 2 and result["durable_writes_per_task_replay"] == 1
 
 
 def test_workers_drain_the_backlog_on_shard_topics(mosquitto_binary, postgres_dsn):
