@@ -219,7 +219,8 @@ class DeviceRuntime:
         control = b""
         dense_bytes = dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")})
         kept_state = result.opt_state if task.hyper.keep_optimizer_state else None  # None: no stale file lingers
-        saves = {"personal": result.personal, "opt_state": kept_state, "residual": residual}
+        # control_undo: an earlier SCAFFOLD upload's, dropped here at no extra write (on_ack)
+        saves = {"personal": result.personal, "opt_state": kept_state, "residual": residual, "control_undo": None}
         if server_control is not None:
             delta_c = scaffold_control_delta(server_control, result.shared_delta, result.steps, task.hyper)
             old_residual = _fitting(store.load_control_residual(), shared)
@@ -259,8 +260,11 @@ class DeviceRuntime:
 
     def on_ack(self, ack: Ack) -> None:
         """The coordinator's verdict on an upload. A rejected SCAFFOLD upload was not added to
-        c, so c_i and its residual go back to what they were before it; an accepted one makes
-        the move final. Only the latest SCAFFOLD upload of a model can be undone."""
+        c, so c_i and its residual go back to what they were before it. An accepted one needs no
+        write: its undo stays until the next task's staged state replaces or drops it, and it
+        matches only its own update id, which the coordinator never rejects after accepting it
+        unless its round was abandoned (a duplicate that arrives after that), when c did not
+        take it either. Only the latest SCAFFOLD upload of a model can be undone."""
         with self._busy:
             for model_id in self.model_dirs:
                 if not (self.state_root / self.device_id / model_id).is_dir():
@@ -273,8 +277,6 @@ class DeviceRuntime:
                     store.save_state({"control": undo[1], "control_residual": undo[2], "control_undo": None})
                     log.info("device %s: SCAFFOLD upload %s rejected (%s): c_i put back", self.device_id,
                              ack.update_id, ack.reason)
-                else:
-                    store.clear_control_undo()
 
     def _decline(self, task: TrainTask, reason: str, detail: str, stage: str) -> Decline:
         log.info("device %s declines task %s: %s (%s)", self.device_id, task.task_id, reason, detail)

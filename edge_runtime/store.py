@@ -82,6 +82,11 @@ class DeviceStore:
     def __init__(self, root: str | Path, model_id: str):
         self.dir = Path(root) / model_id
         self.dir.mkdir(parents=True, exist_ok=True)
+        # state.npz parsed once per store (a task reads it about six times): kept with the
+        # file's (inode, size, mtime) and dropped at every write through this store. A store
+        # lives for one task, and the device writes its state from one loop, so another
+        # writer changing the file under the same key is not a case that arises.
+        self._parsed: tuple[tuple[int, int, int], State] | None = None
 
     def _load(self, name: str) -> Arrays | None:
         if name in _STAGEABLE:
@@ -104,16 +109,26 @@ class DeviceStore:
     # ---------------------------------------------------------------- the state file
 
     def _state(self) -> State:
+        """The state's parts, copies the caller may change."""
         path = self.dir / f"{_STATE}.npz"
-        if path.exists():
-            return {k: v for k, v in _decode(load_npz(path)).items() if v is not None}
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._parsed is None or self._parsed[0] != key:
+                self._parsed = (key, {k: v for k, v in _decode(load_npz(path)).items() if v is not None})
+            return {name: {k: v.copy() for k, v in part.items()} for name, part in self._parsed[1].items()}
         legacy = {name: load_npz(self.dir / f"{name}.npz") for name in _STAGEABLE
                   if (self.dir / f"{name}.npz").exists()}
         return legacy
 
     def save_state(self, saves: dict[str, Arrays | None]) -> None:
         """Change parts of the state (None deletes one) in one durable write, outside a task."""
-        atomic_write_bytes(self.dir / f"{_STATE}.npz", _npz(_encode(self._moved(saves))))
+        arrays = _encode(self._moved(saves))
+        self._parsed = None
+        atomic_write_bytes(self.dir / f"{_STATE}.npz", _npz(arrays))
         self._drop_legacy()
 
     def _moved(self, saves: dict[str, Arrays | None]) -> State:
@@ -201,9 +216,6 @@ class DeviceStore:
                 parts[kind][name] = value
         return str(arrays["update_id"]), parts["control"], parts["residual"] or None
 
-    def clear_control_undo(self) -> None:
-        self._save("control_undo", None)
-
     # ---------------------------------------------------------------- a task's move
 
     def stage(self, update_id: str, saves: dict[str, Arrays | None], meta: dict) -> None:
@@ -225,12 +237,15 @@ class DeviceStore:
         path = self.dir / f"{_staged(update_id)}.npz"
         if not path.exists():
             return
-        arrays = load_npz(path)
-        meta = json.loads(str(arrays[_META_KEY]))
-        if _WHOLE_KEY in arrays:
+        head = load_npz(path, only=(_META_KEY, _WHOLE_KEY))  # not the state's arrays
+        meta = json.loads(str(head[_META_KEY]))
+        whole = _WHOLE_KEY in head
+        self._parsed = None
+        if whole:
             os.replace(path, self.dir / f"{_STATE}.npz")  # its bytes were fsynced by stage()
             self._drop_legacy()
         else:  # staged by an older fedge: only the parts its task changed
+            arrays = load_npz(path)
             self.save_state(_decode({k: v for k, v in arrays.items() if k != _META_KEY}))
             path.unlink()
         self.save_meta(meta)

@@ -18,10 +18,11 @@ Arrays = dict[str, np.ndarray]
 _NPY_LOCK = threading.Lock()
 
 
-def load_npz(path) -> Arrays:
-    """Every array of an .npz file, loaded under the process-wide lock (see above)."""
+def load_npz(path, only: tuple[str, ...] | None = None) -> Arrays:
+    """Every array of an .npz file (or those named in `only` that it holds: the others are
+    not read), loaded under the process-wide lock (see above)."""
     with _NPY_LOCK, np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if only is None or k in only}
 
 
 class DurableWrites:

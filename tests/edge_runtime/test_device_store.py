@@ -96,3 +96,25 @@ def test_names_that_would_read_back_wrong_are_refused(tmp_path):
         with pytest.raises(ValueError, match="cannot be stored"):
             store.save_personal({name: np.ones(1)})
     assert store.load_personal() is None
+
+
+def test_the_state_file_is_parsed_once_per_store_and_reparsed_when_it_changes(tmp_path, monkeypatch):
+    import fedge.edge_runtime.store as store_module
+    parses = []
+    real = store_module.load_npz
+    monkeypatch.setattr(store_module, "load_npz", lambda path, only=None: parses.append((path.name, only)) or real(path, only))
+    writer = DeviceStore(tmp_path, "m")
+    writer.save_personal({"w": np.zeros(3, np.float32)})
+    reader = DeviceStore(tmp_path, "m")
+    parses.clear()
+    got = reader.load_personal()
+    got["w"][:] = 7.0  # the caller's copy: the next load must not see it
+    assert reader.load_opt_state() is None and _same(reader.load_personal(), {"w": np.zeros(3, np.float32)})
+    assert parses == [("state.npz", None)]
+    writer.save_personal({"w": np.ones(5, np.float32)})  # another store: a new file, a new key
+    assert _same(reader.load_personal(), {"w": np.ones(5, np.float32)})
+    reader.stage("u1", {"residual": {"r": np.ones(2)}}, meta={"round": 1})
+    parses.clear()
+    reader.commit_staged("u1")
+    assert parses == [("staged-u1.npz", ("//meta", "//whole"))]  # the staged state's arrays are not read
+    assert _same(reader.load_residual(), {"r": np.ones(2)}) and _same(reader.load_personal(), {"w": np.ones(5, np.float32)})

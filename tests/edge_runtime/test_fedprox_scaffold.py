@@ -21,6 +21,7 @@ from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.device import DeviceRuntime, LocalData, _stable_int
 from fedge.edge_runtime.kernel.compress import decompress_update
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.files import DURABLE_WRITES
 from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense
 from fedge.edge_runtime.local_training import scaffold_control_delta
@@ -288,11 +289,14 @@ def test_a_rejected_upload_puts_ci_back_and_an_accepted_one_keeps_it(model, tmp_
     hyper = TaskHyper(epochs=1, batch_size=10, lr=0.1)
     lossy = CompressionSpec(quant_bits=8, topk_fraction=0.5)
     first = device.handle_task(_task(model, shared, hyper, round_id=1, correction=c, compression=lossy))
+    writes = DURABLE_WRITES.snapshot()
     device.on_ack(Ack("dev", 1, "t1", first.update_id, True))
+    assert DURABLE_WRITES.snapshot() == writes  # an accepted upload costs no write: its undo stays, inert
     kept, kept_residual = store.load_control(), store.load_control_residual()
-    assert store.load_control_undo() is None
+    assert store.load_control_undo()[0] == first.update_id
 
     second = device.handle_task(_task(model, shared, hyper, round_id=2, correction=c, compression=lossy))
+    assert store.load_control_undo()[0] == second.update_id  # the next task's staged state replaced it
     assert any(not np.array_equal(store.load_control()[k], kept[k]) for k in kept)
     device.on_ack(Ack("dev", 2, "t2", "some-other-update", False))  # not the latest: ignored
     assert store.load_control_undo() is not None
@@ -300,6 +304,19 @@ def test_a_rejected_upload_puts_ci_back_and_an_accepted_one_keeps_it(model, tmp_
     for k in kept:
         np.testing.assert_array_equal(store.load_control()[k], kept[k])
         np.testing.assert_array_equal(store.load_control_residual()[k], kept_residual[k])
+    assert store.load_control_undo() is None
+
+
+def test_a_task_without_scaffold_drops_an_earlier_upload_s_undo(model, tmp_path):
+    d, manifest, runtime = model
+    device = DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path, backend="numpy")
+    store = DeviceStore(tmp_path / "dev", manifest.model_id)
+    shared = runtime.initial("shared")
+    c = {k: np.zeros(v.shape, np.float32) for k, v in shared.items()}
+    first = device.handle_task(_task(model, shared, TaskHyper(epochs=1, batch_size=10), round_id=1, correction=c))
+    device.on_ack(Ack("dev", 1, "t1", first.update_id, True))
+    assert store.load_control_undo() is not None
+    device.handle_task(_task(model, shared, TaskHyper(epochs=1, batch_size=10), round_id=2))
     assert store.load_control_undo() is None
 
 

@@ -184,13 +184,11 @@ def build_jobs(grid: HeteroGrid, data_dir: str | None = None, pretrained_model: 
                 cells.append(Job("cell", cfg, {**label, "partition": partition, "algorithm": algorithm,
                                               "personalization": personal}))
         baselines.append(Job("baselines", base, {**label, "partition": partition}))
-    # The longest first: compression among the compression jobs, cells before baselines.
-    n_compression = sum(j.kind == "compression" for j in jobs)
-    n_modes = sum(j.kind == "mode" for j in jobs)
-    head = jobs[:n_compression] + compression + jobs[n_compression:n_compression + n_modes]
-    rest = jobs[n_compression + n_modes:]
-    n_cells = sum(j.kind == "cell" for j in rest)
-    return head + rest[:n_cells] + cells + rest[n_cells:] + baselines
+    # The longest first by kind; within a kind, the random rows before the pretrained ones.
+    return sorted(jobs + compression + cells + baselines, key=lambda job: _KIND_ORDER.index(job.kind))
+
+
+_KIND_ORDER = ("compression", "mode", "cell", "baselines")  # the longest kind of job first
 
 
 def _random_jobs(grid: HeteroGrid, data_dir: str | None) -> list[Job]:
