@@ -102,7 +102,8 @@ def test_the_state_file_is_parsed_once_per_store_and_reparsed_when_it_changes(tm
     import fedge.edge_runtime.store as store_module
     parses = []
     real = store_module.load_npz
-    monkeypatch.setattr(store_module, "load_npz", lambda path, only=None: parses.append((path.name, only)) or real(path, only))
+    monkeypatch.setattr(store_module, "load_npz",
+                        lambda path, only=None: parses.append((path.name, only)) or real(path, only))
     writer = DeviceStore(tmp_path, "m")
     writer.save_personal({"w": np.zeros(3, np.float32)})
     reader = DeviceStore(tmp_path, "m")
@@ -117,4 +118,5 @@ def test_the_state_file_is_parsed_once_per_store_and_reparsed_when_it_changes(tm
     parses.clear()
     reader.commit_staged("u1")
     assert parses == [("staged-u1.npz", ("//meta", "//whole"))]  # the staged state's arrays are not read
-    assert _same(reader.load_residual(), {"r": np.ones(2)}) and _same(reader.load_personal(), {"w": np.ones(5, np.float32)})
+    assert _same(reader.load_residual(), {"r": np.ones(2)})
+    assert _same(reader.load_personal(), {"w": np.ones(5, np.float32)})
