@@ -29,6 +29,7 @@ from fedge.edge_runtime.trainer.base import StepHyper  # noqa: E402
 from fedge.edge_runtime.trainer.numpy_ref import NumpyBackend  # noqa: E402
 from fedge.models.build import build_artifacts  # noqa: E402
 from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from tests.torch_export import export  # noqa: E402
 
 TOL = 1e-5
 STEPS, BATCH = 12, 16
@@ -73,16 +74,6 @@ def check_backends_agree(art: Path, x: np.ndarray, y: np.ndarray) -> dict:
 @pytest.fixture(scope="module")
 def torch_mod():
     return pytest.importorskip("torch")
-
-
-def _export(torch, module, x, path):
-    module.eval()
-    kwargs = dict(input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "batch"}},
-                  opset_version=17)
-    try:
-        torch.onnx.export(module, (x,), str(path), dynamo=False, **kwargs)
-    except TypeError:  # torch < 2.5 has no dynamo argument
-        torch.onnx.export(module, (x,), str(path), **kwargs)
 
 
 def _torch_cnn(torch):
@@ -139,7 +130,7 @@ def test_torch_cnn(torch_mod, tmp_path):
     model = _torch_cnn(torch)
     model.bn.running_mean.uniform_(-0.2, 0.2)  # non-trivial statistics, folded or not by the exporter
     x, y = _digits_images(96)
-    _export(torch, model, torch.from_numpy(x[:2]), tmp_path / "cnn.onnx")
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "cnn.onnx")
     spec = import_spec(ImportOptions(str(tmp_path / "cnn.onnx")))
     assert spec.onnx_features == 96 and [layer.units for layer in spec.layers] == [24]
     build_artifacts(spec, tmp_path / "lora", ort_training=HAVE_ORT_TRAINING)
@@ -167,7 +158,7 @@ def test_torch_mlp(torch_mod, tmp_path):
                           nn.Linear(16, 10))
     x, y = _digits_images(80)
     x = x.reshape(len(x), -1)
-    _export(torch, model, torch.from_numpy(x[:2]), tmp_path / "mlp.onnx")
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "mlp.onnx")
     spec = import_spec(ImportOptions(str(tmp_path / "mlp.onnx"), roles={"fc1": "frozen", "fc2": "personal"}))
     assert spec.onnx_cut == "input" and [layer.mode for layer in spec.layers] == ["frozen", "personal"]
     build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)

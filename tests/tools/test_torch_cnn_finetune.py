@@ -22,6 +22,7 @@ import pytest
 from fedge.tools.cli import main
 from fedge.tools.datasets import build_federated, load_shipped
 from fedge.tools.pretrain import proxy_positions
+from tests.torch_export import export
 
 pytestmark = pytest.mark.slow
 
@@ -60,15 +61,6 @@ def _train_cnn(torch, x: np.ndarray, y: np.ndarray, seed: int):
     return model, xt[:2]
 
 
-def _export(torch, model, example, path) -> None:
-    kwargs = dict(input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "batch"}},
-                  opset_version=17)
-    try:
-        torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
-    except TypeError:  # torch < 2.5 has no dynamo argument
-        torch.onnx.export(model, (example,), str(path), **kwargs)
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_torch_cnn_fine_tuned_on_the_fleet_beats_itself_as_is_and_local_only(tmp_path, seed):
@@ -78,7 +70,7 @@ def test_a_torch_cnn_fine_tuned_on_the_fleet_beats_itself_as_is_and_local_only(t
     x, y = load_shipped("mnist5k")
     proxy = proxy_positions(y, 0.1, seed)
     model, example = _train_cnn(torch, x[proxy], y[proxy], seed)
-    _export(torch, model, example, tmp_path / "cnn.onnx")
+    export(torch, model, example, tmp_path / "cnn.onnx")
     (tmp_path / "model.toml").write_text(
         '[model]\nonnx = "cnn.onnx"\nname = "torch-cnn"\nhead = "dual"\nroles = { fc1 = "lora" }\n')
 
