@@ -16,10 +16,11 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.protocol import Decline, Update
 
-from .errors import StaleRound, UpdateRejected
+from .errors import StaleRound, StoreCorrupt, UpdateRejected
 from .store import StoredUpdate
 from .validation import (
     RoundContext,
+    bytes_digest,
     check_contents,
     check_control,
     check_current,
@@ -110,11 +111,22 @@ def check_decline(decline: Decline, sender: str | None, view: AdmissionView) -> 
 
 
 def replayed(stored: StoredUpdate, ctx: RoundContext) -> Accepted:
-    """An update the store holds for the open round, as admit() accepted it."""
+    """An update the store holds for the open round, as admit() accepted it. Its bytes must
+    still have the digest admit() saw: a payload log or db changed on disk since (bit rot, a
+    restore that mixed files of two backups) stops the start rather than adding other bytes."""
+    check_stored_digest(stored.payload, stored.control, stored.digest, f"{stored.update_id} from "
+                        f"{stored.device_id} (round {ctx.round_id})")
     delta = decode_delta(stored.payload, ctx.shapes)
     control = decode_delta(stored.control, ctx.shapes, "control") if stored.control else None
     return Accepted(stored.device_id, stored.update_id, stored.num_examples, stored.digest, delta, control,
                     reported_norm=stored.reported_norm)
+
+
+def check_stored_digest(payload: bytes, control: bytes, digest: str, what: str) -> None:
+    """StoreCorrupt unless stored bytes still have the digest they were accepted with."""
+    if bytes_digest(payload, control) != digest:
+        raise StoreCorrupt(f"stored update {what} no longer has the digest it was accepted with; "
+                           "its payload bytes changed on disk")
 
 
 def stale(report) -> UpdateRejected:

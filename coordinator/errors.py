@@ -20,7 +20,8 @@ none stops the service.
 One error does stop it, on purpose: GroupCommitFailed (FedgeError), accepted updates that could
 not be stored; the restart resumes from the store (group_commit.py says why). StoreCorrupt
 (FedgeError) stops a start: the state db points at payload bytes its payload log does not hold
-(payload_log.py), which only a tampered or lost file explains.
+(payload_log.py), or a stored update's bytes no longer have the digest they were accepted with
+(admission.replayed), which only a tampered, rotted or lost file explains.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class GroupCommitFailed(FedgeError):
 
 
 class StoreCorrupt(FedgeError):
-    """The state db and its payload log disagree (payload_log.py): refuse to resume from them."""
+    """The state db and its payload log disagree (payload_log.py), or stored bytes lost their
+    digest (admission.replayed): refuse to resume from them."""
 
     reason = "store_corrupt"

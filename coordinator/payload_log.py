@@ -113,6 +113,7 @@ class PayloadLog:
         open_rounds is asked *after* the folder is listed: a file exists only once its round is
         open (add_update checks first), so a round missing from the answer was closed, never
         about to open, even while another process writes the store."""
+        self._remove_abandoned_builds()
         if not self.directory.exists():
             return []
         listed = [int(m.group(1)) for m in map(_ROUND_FILE.fullmatch, os.listdir(self.directory)) if m]
@@ -146,6 +147,24 @@ class PayloadLog:
         self._files[round_id] = fd
         return fd, created
 
+    def _remove_abandoned_builds(self) -> None:
+        """Delete the half-made folders (`_make_directory`) of processes that died before their
+        rename: named `.<folder>.tmp-<pid>` for a pid that no longer runs, and holding nothing
+        but fedge's marker. Anything else by that name is left alone (not ours to delete)."""
+        pattern = re.compile(re.escape(f".{self.directory.name}.tmp-") + r"([0-9]+)")
+        for entry in os.listdir(self.directory.parent):
+            match = pattern.fullmatch(entry)
+            if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
+                continue
+            building = self.directory.parent / entry
+            try:
+                if not building.is_dir() or not set(os.listdir(building)) <= {MARKER}:
+                    continue
+                (building / MARKER).unlink(missing_ok=True)
+                building.rmdir()
+            except OSError:  # gone meanwhile, or not ours to change: leave it
+                continue
+
     def _make_directory(self) -> None:
         """The folder with its marker in one rename: a crash never leaves it without the marker
         (which the next start would refuse as not fedge's)."""
@@ -170,3 +189,14 @@ class PayloadLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return True

@@ -225,9 +225,8 @@ class RoundStore(SqlStore):
                 "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm, "
                 "log_offset, payload_len, control_len FROM updates WHERE round_id = ?", (round_id,)):
             if offset is not None:  # a version-4 row: the bytes are in the log (StoreCorrupt if not)
-                # Not checked against the digest: the store keeps whatever digest it is given (the
-                # Store contract tests give made-up ones), and like SQLite's own pages the log's
-                # bytes were fsynced before the row that points at them committed.
+                # The store keeps whatever digest it is given (the Store contract tests give
+                # made-up ones); the restart checks it against these bytes (admission.replayed).
                 p = self._payloads.read(round_id, offset, p_len)
                 c = self._payloads.read(round_id, offset + p_len, c_len)
             updates.append(StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b""), r))

@@ -65,11 +65,16 @@ def payload_digest(update: Update) -> str:
     """sha256 of what gets aggregated: the payload, and the control delta when there is one
     (length-prefixed, so no split of the same bytes collides; without control it is the
     payload's plain sha256)."""
-    if not update.control:
-        return hashlib.sha256(update.payload).hexdigest()
-    h = hashlib.sha256(len(update.payload).to_bytes(8, "little"))
-    h.update(update.payload)
-    h.update(update.control)
+    return bytes_digest(update.payload, update.control)
+
+
+def bytes_digest(payload: bytes, control: bytes = b"") -> str:
+    """payload_digest of these bytes (a stored update's, checked again when it is replayed)."""
+    if not control:
+        return hashlib.sha256(payload).hexdigest()
+    h = hashlib.sha256(len(payload).to_bytes(8, "little"))
+    h.update(payload)
+    h.update(control)
     return h.hexdigest()
 
 

@@ -26,7 +26,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import Decline, Update, all_devices_topic
 
 from .. import backoff, pace
-from ..admission import Accepted
+from ..admission import Accepted, check_stored_digest
 from ..aggregate import UpdateMeta
 from ..dp.round import RoundPlan
 from ..errors import StaleRound, StaleUpdate, UpdateRejected
@@ -102,6 +102,8 @@ class AsyncCoordinator(Coordinator):
         rows = self.journal.buffered(stored.round_id)
         self._contributors = {row.device_id for row in rows}
         for row in rows:
+            check_stored_digest(row.payload, b"", row.digest, f"{row.update_id} from {row.device_id} "
+                                f"(buffer {stored.round_id})")
             self._add(Accepted(row.device_id, row.update_id, row.num_examples, row.digest,
                                decode_delta(row.payload, self.round.ctx.shapes), None,
                                reported_norm=row.reported_norm), row.staleness)

@@ -158,6 +158,24 @@ def test_restart_mid_buffer_loses_no_accepted_update_and_counts_none_twice(model
     assert_params(c.state.params, fedbuff_oracle(v0, sent, [0, 0, 0]))
 
 
+def test_a_buffered_payload_whose_bytes_changed_on_disk_stops_the_restart_by_name(model, tmp_path):
+    import sqlite3
+
+    from fedge.coordinator.errors import StoreCorrupt
+
+    db = tmp_path / "state.db"
+    fleet, devs = _fleet(model, tmp_path, 4, store=RoundStore(db))
+    _send(fleet, devs[0], random_delta(fleet.coordinator.shapes, np.random.default_rng(5)))
+    assert fleet.coordinator.machine.buffered == 1
+    with sqlite3.connect(db) as conn:  # one bit of the stored payload, same length
+        (payload,) = conn.execute("SELECT payload FROM async_updates").fetchone()
+        changed = bytearray(payload)
+        changed[len(changed) // 2] ^= 0x01
+        conn.execute("UPDATE async_updates SET payload = ?", (bytes(changed),))
+    with pytest.raises(StoreCorrupt, match="digest"):
+        fleet.restart(store=RoundStore(db))
+
+
 def test_with_central_dp_each_flush_is_one_accounting_event_and_a_device_gives_one_update_per_buffer(model,
                                                                                                       tmp_path):
     db = tmp_path / "state.db"

@@ -214,3 +214,22 @@ def test_a_file_made_by_a_failed_append_still_gets_its_folder_entry_synced(tmp_p
     assert synced.count(tmp_path / "p") == 1
     log.append(1, [b"third"])
     assert synced.count(tmp_path / "p") == 1  # once per round and process
+
+
+def test_a_half_made_folder_of_a_dead_process_is_removed_and_nothing_else(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    ours = tmp_path / f".s.db.payloads.tmp-{dead}"  # killed between mkdir and rename: the marker only
+    ours.mkdir()
+    (ours / MARKER).write_text("update payloads of open rounds")
+    alive = tmp_path / f".s.db.payloads.tmp-{os.getppid()}"  # its process may still rename it
+    alive.mkdir()
+    (alive / MARKER).write_text("")
+    foreign = tmp_path / ".s.db.payloads.tmp-999999999"  # our name, someone else's file in it
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not fedge's")
+    RoundStore(tmp_path / "s.db").close()
+    assert not ours.exists() and (alive / MARKER).exists() and (foreign / "notes.txt").read_text() == "not fedge's"

@@ -286,3 +286,26 @@ def test_open_store_follows_the_config(tmp_path):
     assert open_store(CoordinatorConfig()) is None
     store = open_store(CoordinatorConfig(state_db=str(tmp_path / "s.db"), keep_versions=5))
     assert store.keep_versions == 5 and (tmp_path / "s.db").exists()
+
+
+def test_a_stored_payload_whose_bytes_changed_on_disk_stops_the_restart_by_name(model, tmp_path):
+    """Oracle: the digest admit() stored; the log's bytes are changed by one bit, same length."""
+    from fedge.coordinator.errors import StoreCorrupt
+
+    path = tmp_path / "state.db"
+    fleet = make_fleet(model, tmp_path, clients_per_round=3, store=RoundStore(path))
+    devices = [ManualDevice(fleet, f"m{i}", n) for i, n in enumerate((5, 8, 13))]
+    fleet.drain()
+    shapes = {k: v.shape for k, v in fleet.coordinator.state.params.items()}
+    assert fleet.coordinator.begin_round()
+    fleet.drain()
+    devices[0].send(encode_message(devices[0].update(random_delta(shapes, np.random.default_rng(3)), update_id="x0")))
+    fleet.drain()
+    assert fleet.coordinator.round.aggregator.count == 1
+    fleet.restart(store=RoundStore(path))  # the bytes as written: resumes
+    log = next((tmp_path / "state.db.payloads").glob("round-*.log"))
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    log.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt, match="digest"):
+        fleet.restart(store=RoundStore(path))
