@@ -40,8 +40,8 @@ from .kernel.protocol import (
     shard_update_topic,
 )
 from .kernel.transport.base import Message, Transport, topic_matches
+from .secagg_participant import NOISE_BELOW_FLOOR, SecAggParticipant
 from .secagg_participant import REQUESTS as SECAGG_REQUESTS
-from .secagg_participant import SecAggParticipant
 from .task import (
     Acked,
     Failed,
@@ -78,6 +78,7 @@ class DeviceAgent:
         pending_max_age_s: float = 7 * 24 * 3600.0,  # drop an update nobody acknowledged after this
         secagg_identity: bytes | None = None,  # Ed25519 private key: signs secure-aggregation key adverts
         secagg_directory: dict[str, bytes] | None = None,  # the fleet's identity public keys (provisioned)
+        own_noise_floor: float = 0.0,  # [privacy] own_noise_multiplier: decline tasks adding less (0 = off)
     ):
         self.runtime = runtime
         self.transport = transport
@@ -94,7 +95,9 @@ class DeviceAgent:
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
         # Secure-aggregation rounds (their own four stages; secagg_participant.py).
         self.secagg = SecAggParticipant(runtime, lambda m: self._publish("update", encode_message(m)),
-                                        identity_private=secagg_identity, directory=secagg_directory)
+                                        identity_private=secagg_identity, directory=secagg_directory,
+                                        own_noise_floor=own_noise_floor)
+        self.own_noise_floor = own_noise_floor
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
         self._evaluated: deque[str] = deque(maxlen=16)  # eval ids answered lately: a redelivery is not rescored
@@ -233,6 +236,10 @@ class DeviceAgent:
         self.tasks[task.task_id] = TaskState.IDLE
         self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
         self.journal.received(task.task_id, task.round_id)
+        if self.own_noise_floor > 0:  # a plain task (or central DP) adds no noise on the device
+            self._step(task, Refused(NOISE_BELOW_FLOOR, "the task adds no noise on the device; this device's "
+                                     f"floor is σγ/S >= {self.own_noise_floor:g} (distributed DP)"))
+            return
         self._step(task, Received(task.model_id))
 
     def _on_eval(self, task: EvalTask) -> None:

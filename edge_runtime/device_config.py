@@ -25,6 +25,9 @@
     [secagg]                            # secure aggregation: `fedge provision identity` writes both
     identity_file = "/etc/fedge/pi-007.identity"     # this device's Ed25519 key (signs its round keys)
     directory_file = "/etc/fedge/identities.json"    # every device's identity public key
+
+    [privacy]
+    own_noise_multiplier = 0.1          # decline tasks that add less noise on the device (0 = off)
 """
 
 from __future__ import annotations
@@ -87,6 +90,23 @@ class SecAggDeviceConfig:
 
 
 @dataclass(frozen=True)
+class DevicePrivacyConfig:
+    # The least noise this device adds itself to every update it sends, as a multiple of the
+    # clip bound: σγ/S of distributed DP (secagg_participant.check_noise_floor). With it, the
+    # device declines (dp_noise_below_floor) plain tasks, central-DP tasks and secure
+    # aggregation without DP, whose noise it cannot check, and distributed-DP rounds that
+    # announce less. Its guarantee then holds whatever the coordinator announces: against a
+    # coordinator and every other device colluding, this device's update is a Gaussian
+    # mechanism of multiplier >= this. 0 (the default): off, the device adds what it is told.
+    own_noise_multiplier: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.own_noise_multiplier < math.inf:  # also refuses NaN
+            raise ConfigError("privacy.own_noise_multiplier must be >= 0 and finite, "
+                              f"got {self.own_noise_multiplier!r}")
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     device_id: str
     state_dir: str = "fedge-state"
@@ -98,6 +118,7 @@ class DeviceConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     secagg: SecAggDeviceConfig = field(default_factory=SecAggDeviceConfig)
+    privacy: DevicePrivacyConfig = field(default_factory=DevicePrivacyConfig)
 
     def __post_init__(self) -> None:
         if not self.device_id or any(c in self.device_id for c in "/+#\0") or self.device_id == "coordinator":

@@ -34,7 +34,8 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
     identity, directory = secagg_credentials(cfg)
     agent = DeviceAgent(runtime, transport, clock, artifacts_dir=artifacts, republish_s=cfg.agent.republish_s,
                         checkin_s=cfg.agent.checkin_s, fetch_timeout_s=cfg.agent.fetch_timeout_s,
-                        secagg_identity=identity, secagg_directory=directory)
+                        secagg_identity=identity, secagg_directory=directory,
+                        own_noise_floor=cfg.privacy.own_noise_multiplier)
     return AgentLoop(agent, poll_s=cfg.agent.poll_s), transport
 
 

@@ -58,6 +58,28 @@ REQUESTS = (SecAggTask, KeyDirectory, ShareDelivery, UnmaskRequest)
 WEAK_THRESHOLD = "secagg_weak_threshold"  # t < graph.threshold_floor: the coordinator could collect both kinds
 NO_SESSION = "secagg_no_session"  # a later stage for a round this device did not advertise in
 FAILED = "secagg_failed"  # anything else the device could not do (the detail says what)
+# Less of the device's own noise than its floor (own_noise_multiplier): a plain task, central DP
+# or secure aggregation without DP (none), or distributed DP announcing a smaller σγ/S.
+NOISE_BELOW_FLOOR = "dp_noise_below_floor"
+
+
+def own_noise_multiplier(spec: SecAggSpec | None) -> float:
+    """The noise this device adds itself to what it sends, in units of its clip bound: σγ/S
+    (ddg.py adds N_Z(0, σ²) to the update scaled by 1/γ, clipped to S in real units). 0 for a
+    task that adds none on the device (spec None: a plain task, or central DP)."""
+    if spec is None or not spec.distributed_dp:
+        return 0.0
+    return spec.dp_sigma * spec.dp_gamma / spec.dp_clip_norm
+
+
+def check_noise_floor(spec: SecAggSpec | None, floor: float) -> None:
+    """SecAggDecline(NOISE_BELOW_FLOOR) unless the task adds at least `floor` of own noise (0 = off).
+    Why the device checks: a coordinator that runs the protocol but announces σ = 0 (or no DP)
+    would otherwise get this device's update with none; with the floor, whatever the coordinator
+    and every other device do, this device's update leaves with noise of multiplier >= floor."""
+    got = own_noise_multiplier(spec)
+    if floor > 0 and not got >= floor:
+        raise sess.SecAggDecline(NOISE_BELOW_FLOOR, f"own noise σγ/S = {got:.4g}; this device's floor is {floor:g}")
 
 
 def flatten(tensors: dict[str, np.ndarray]) -> np.ndarray:
@@ -80,11 +102,13 @@ def unflatten(flat: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.nda
 class SecAggParticipant:
     def __init__(self, runtime: DeviceRuntime, publish: Callable[[object], None],
                  rng: np.random.Generator | None = None, identity_private: bytes | None = None,
-                 directory: Mapping[str, bytes] | None = None):
+                 directory: Mapping[str, bytes] | None = None, own_noise_floor: float = 0.0):
         """identity_private: this device's Ed25519 key (signs its advertisements); directory:
         the fleet's identity public keys, from provisioning (with it, unsigned or wrongly
-        signed neighbour keys are declined as secagg_bad_signature)."""
+        signed neighbour keys are declined as secagg_bad_signature); own_noise_floor: the least
+        σγ/S of distributed DP this device accepts (check_noise_floor; 0 = off)."""
         self.runtime = runtime
+        self.own_noise_floor = own_noise_floor
         self.identity_private = identity_private
         self.directory = directory
         self.publish = publish  # sends one message on this device's update channel
@@ -127,6 +151,7 @@ class SecAggParticipant:
         if task.task_id in self.sessions:  # a redelivered task: advertise the same keys again
             self.publish(self._advertisement(self.sessions[task.task_id], task.task_id))
             return
+        check_noise_floor(message.spec, self.own_noise_floor)  # before any training
         store = DeviceStore(Path(self.runtime.state_root) / self.device_id, task.model_id)
         residual = store.load_residual()  # before handle_task: it keeps its own (fp32, empty) residual there
         reply = self.runtime.handle_task(task)
