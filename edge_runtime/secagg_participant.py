@@ -162,8 +162,9 @@ class SecAggParticipant:
         tensors = decompress_update(decode_tensors(reply.payload))
         if residual is not None and _shapes(residual) != _shapes(tensors):
             residual = None  # another model's, or none yet
+        norm = reply.metrics.get("norm")  # before the task's clip to S: adaptive clipping's bit compares it
         values, left = encode_update(flatten(tensors), None if residual is None else flatten(residual), message.spec,
-                                     self.rng)
+                                     self.rng, norm if isinstance(norm, float) else None)
         store.save_residual(unflatten(left, tensors))  # what the sum will not get from this device, kept
         spec = message.spec
         self.sessions.clear()  # one secure round at a time: an older round's keys and input go

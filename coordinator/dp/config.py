@@ -54,6 +54,7 @@ class PrivacyConfig:
     # b the noised fraction of devices not clipped; the noise on that count (clip_count_stddev;
     # 0 = max(W / 20, z), the paper's W / 20) is accounted: the deltas get z_delta with
     # z_delta^-2 + (2 clip_count_stddev)^-2 = z^-2, so the round still costs a Gaussian of multiplier z.
+    # Under the distributed mechanism the devices noise the count inside the secure sum (dp/distributed.py).
     target_quantile: float = 0.0
     clip_lr: float = 0.2
     clip_count_stddev: float = 0.0
@@ -105,9 +106,10 @@ def check_coordinator(cfg) -> None:
     if p.mechanism == "distributed" and not cfg.secure_aggregation.enabled:
         raise ConfigError("privacy.mechanism = 'distributed' needs [coordinator.secure_aggregation] enabled: the "
                           "devices' noise shares add up to the round's noise only inside the secure sum")
-    if p.mechanism == "distributed" and p.target_quantile:
-        raise ConfigError("privacy.target_quantile (adaptive clipping) is not built for the distributed mechanism: "
-                          "the clipped-count bit would need its own secure sum; set a fixed clip_norm")
+    if p.mechanism == "distributed" and p.target_quantile and cfg.shards:
+        raise ConfigError("privacy.target_quantile (adaptive clipping) under the distributed mechanism is not built "
+                          "for sharded rounds (shards > 0): each shard group's count would need its own noise; set a "
+                          "fixed clip_norm")
     if cfg.compression.clip_norm not in (0.0, p.clip_norm):
         raise ConfigError(f"compression.clip_norm {cfg.compression.clip_norm:g} differs from privacy.clip_norm "
                           f"{p.clip_norm:g}: with privacy on, leave it 0 and the tasks carry privacy.clip_norm")

@@ -38,6 +38,15 @@ the coordinator picks gamma and sigma (per device, integer units):
            (Canonne et al. 2020), so over d coordinates P(wrap) <= 2 d exp(-t^2 / (2 n_max sigma^2))
            for the headroom t left above the signal. gamma is the smallest step (finest grid) with
            P(wrap) <= 2^-40.
+  adaptive With privacy.target_quantile > 0 each device also sends one count coordinate
+  clipping (ddg.count_coordinate): +-kappa/2 for "my norm was within S or not", plus its own
+           N_Z(0, sigma^2), outside the rotation. The joint vector's L2 sensitivity is then
+           sqrt(Delta_2^2 + kappa^2 / 4), and the same theorem gives rho over d + 1 coordinates.
+           As in central DP (dp/round.py), z splits into z_Delta for the update and sigma_b for
+           the count, z_Delta^-2 + (2 sigma_b)^-2 = z^-2: sigma is calibrated for z_Delta on the
+           update's bound alone, and kappa = sigma sqrt(n_min) / sigma_b (rounded down to an
+           even integer, so the count's noise is at least sigma_b) makes the pair's rho at most
+           1 / (2 z^2). The count coordinate's signal, n_max kappa / 2, joins the headroom.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ import math
 from dataclasses import dataclass
 
 from fedge.edge_runtime.kernel.secagg import ddg
+
+from .round import split_noise
 
 WRAP_LOG2 = -40  # P(the noised sum wraps around the field), at most 2^-40 per round
 _LN2 = math.log(2)
@@ -58,8 +69,9 @@ class DdgParams:
     field_bits: int  # m: bits per coordinate on the wire
     rounded_bound: float  # Delta_2, integer units
     tau: float
-    noise_multiplier: float  # z_eff >= the z charged (module docstring)
+    noise_multiplier: float  # z_eff >= the z charged (module docstring), the count coordinate included
     wrap_log2: float  # log2 of the bound on P(wrap) in one round
+    count_scale: int = 0  # kappa: adaptive clipping's count coordinate, field units per device; 0 = none
 
 
 def tau(sigma: float, inputs: int) -> float:
@@ -67,9 +79,11 @@ def tau(sigma: float, inputs: int) -> float:
     return 10 * math.fsum(math.exp(-2 * math.pi ** 2 * sigma ** 2 * j / (j + 1)) for j in range(1, inputs))
 
 
-def effective_noise_multiplier(sigma: float, inputs: int, rounded: float, dimension: int) -> float:
-    """z_eff = (2 rho)^-1/2 for the sum of `inputs` devices' noise (module docstring)."""
-    rho = rounded ** 2 / (2 * inputs * sigma ** 2) + tau(sigma, inputs) * dimension
+def effective_noise_multiplier(sigma: float, inputs: int, rounded: float, dimension: int,
+                               count_scale: int = 0) -> float:
+    """z_eff = (2 rho)^-1/2 for the sum of `inputs` devices' noise (module docstring); with a
+    count coordinate (count_scale > 0, one more of the `dimension`) its kappa / 2 joins the L2 bound."""
+    rho = (rounded ** 2 + (count_scale / 2) ** 2) / (2 * inputs * sigma ** 2) + tau(sigma, inputs) * dimension
     return (2 * rho) ** -0.5
 
 
@@ -87,26 +101,33 @@ def sigma_for(z: float, inputs: int, rounded: float, dimension: int) -> float:
 
 
 def wrap_log2(gamma: float, sigma: float, clip_range: float, dimension: int, max_inputs: int,
-              field_bits: int) -> float:
+              field_bits: int, count_scale: int = 0) -> float:
     """log2 of the union bound on P(some coordinate of the noised sum leaves the signed field)."""
-    headroom = (1 << (field_bits - 1)) - 1 - max_inputs * (clip_range / gamma + 1)
+    headroom = (1 << (field_bits - 1)) - 1 - max_inputs * max(clip_range / gamma + 1, count_scale / 2)
     if headroom <= 0:
         return 0.0
     return min(0.0, math.log2(2 * dimension) - headroom ** 2 / (2 * max_inputs * sigma ** 2) / _LN2)
 
 
 def params_for(z: float, clip_norm: float, clip_range: float, dimension: int, min_inputs: int, max_inputs: int,
-               field_bits: int, beta: float = ddg.DEFAULT_BETA) -> DdgParams:
-    """The round's gamma and sigma (module docstring); ValueError when m bits cannot hold it."""
+               field_bits: int, beta: float = ddg.DEFAULT_BETA, count_stddev: float = 0.0) -> DdgParams:
+    """The round's gamma and sigma (module docstring), and with count_stddev > 0 (sigma_b,
+    adaptive clipping) the count coordinate's kappa; ValueError when m bits cannot hold it."""
     if not (z > 0 and clip_norm > 0 and clip_range > 0 and dimension >= 1 and 1 <= min_inputs <= max_inputs):
         raise ValueError("need z, S, c > 0, d >= 1 and 1 <= n_min <= n_max")
+    z_update = split_noise(z, count_stddev) if count_stddev else z
+    sent = dimension + (1 if count_stddev else 0)  # tau counts every coordinate that carries noise
 
     def at(gamma: float) -> DdgParams:
         rounded = ddg.rounded_bound(clip_norm / gamma, dimension, beta)
-        sigma = sigma_for(z, min_inputs, rounded, dimension)
+        sigma = sigma_for(z_update, min_inputs, rounded, sent)
+        kappa = 2 * math.floor(sigma * math.sqrt(min_inputs) / (2 * count_stddev)) if count_stddev else 0
+        if count_stddev and kappa < 2:
+            raise ValueError(f"the count's noise sigma_b = {count_stddev:g} is too large for this grid "
+                             f"(sigma sqrt(n_min) = {sigma * math.sqrt(min_inputs):.3g}); lower clip_count_stddev")
         return DdgParams(gamma, sigma, field_bits, rounded, tau(sigma, min_inputs),
-                         effective_noise_multiplier(sigma, min_inputs, rounded, dimension),
-                         wrap_log2(gamma, sigma, clip_range, dimension, max_inputs, field_bits))
+                         effective_noise_multiplier(sigma, min_inputs, rounded, sent, kappa),
+                         wrap_log2(gamma, sigma, clip_range, sent, max_inputs, field_bits, kappa), kappa)
 
     lo, hi = math.log(clip_norm) - 60, math.log(clip_norm) + 60  # ln gamma: fine grid .. coarse grid
     if at(math.exp(hi)).wrap_log2 > WRAP_LOG2:

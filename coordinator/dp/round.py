@@ -138,6 +138,13 @@ class DpMean:
             self.next_clip = next_clip(p.clip_norm, centred / p.expected_cohort + 0.5, p.target_quantile, p.clip_lr)
         return mean
 
+    def release_count(self, centred: float) -> None:
+        """Adaptive clipping under distributed DP: the next S from the noised, centred count
+        sum_i (b_i - 1/2) + noise that the devices' secure sum carried (noised on the devices,
+        ddg.count_coordinate), instead of the count `add` would keep and `result` would noise."""
+        p = self.plan
+        self.next_clip = next_clip(p.clip_norm, centred / p.expected_cohort + 0.5, p.target_quantile, p.clip_lr)
+
     def carry(self) -> dict:
         """The next round's S, committed with the model (adaptive clipping); nothing otherwise."""
         return {} if self.next_clip is None else {CLIP_GROUP: {"clip_norm": np.array(self.next_clip, np.float64)}}

@@ -32,9 +32,10 @@ def private_spec(spec: SecAggSpec, plan: RoundPlan | None, machine, dimension: i
     d = subset_size(dimension, spec)
     min_inputs = min(lim.quorum for lim in machine.limits[:UNMASK_STAGE])
     p = params_for(plan.noise_multiplier, plan.clip_norm, spec.clip_range, d, min_inputs, len(machine.selected),
-                   field_bits)
+                   field_bits, count_stddev=plan.count_stddev if plan.adaptive else 0.0)
     log.info("round %d: distributed DP, %d bits a coordinate, gamma=%.4g, sigma=%.4g per device for >= %d inputs "
-             "(z_eff=%.4f, P(wrap) <= 2^%.0f)", machine.round_id, field_bits, p.gamma, p.sigma, min_inputs,
-             p.noise_multiplier, p.wrap_log2)
+             "(z_eff=%.4f, P(wrap) <= 2^%.0f%s)", machine.round_id, field_bits, p.gamma, p.sigma, min_inputs,
+             p.noise_multiplier, p.wrap_log2, f", S={plan.clip_norm:.4g}, count scale {p.count_scale}"
+             if p.count_scale else "")
     return dataclasses.replace(spec, bits=field_bits, field_bits=field_bits, dp_gamma=p.gamma, dp_sigma=p.sigma,
-                               dp_clip_norm=plan.clip_norm)
+                               dp_clip_norm=plan.clip_norm, dp_count_scale=p.count_scale)

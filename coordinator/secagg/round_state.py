@@ -35,7 +35,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
 from fedge.edge_runtime.kernel.secagg.packing import unpack
 from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
 from fedge.edge_runtime.kernel.secagg.shamir import value_bytes, value_in_field
-from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_mean, subset_size
+from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_count, decode_mean, sent_size
 
 from .stages import ADVERTISE, MASK, SHARE, UNMASK
 
@@ -78,8 +78,9 @@ class SecAggRound:
 
     @property
     def sent_length(self) -> int:
-        """Coordinates each device masks: the round's shared subset."""
-        return subset_size(self.dimension, self.spec)
+        """Coordinates each device masks: the round's shared subset (and the count coordinate of
+        adaptive clipping under distributed DP)."""
+        return sent_size(self.dimension, self.spec)
 
     # ------------------------------------------------------------------ requests
 
@@ -162,10 +163,12 @@ class SecAggRound:
                                mask_publics={g: self.adverts[g].mask_public for g in self.dropped})
         return total, len(self.alive)
 
-    def mean_delta(self) -> tuple[dict[str, np.ndarray], int]:
-        """The survivors' mean delta (equal weights) and their number (unmasked_sum, decoded)."""
+    def mean_delta(self) -> tuple[dict[str, np.ndarray], int, float | None]:
+        """The survivors' mean delta (equal weights), their number (unmasked_sum, decoded), and
+        adaptive clipping's noised centred count of devices within S (None without it)."""
         total, n = self.unmasked_sum()
-        return params_from_flat(decode_mean(total, n, self.dimension, self.spec), self.shapes), n
+        return (params_from_flat(decode_mean(total, n, self.dimension, self.spec), self.shapes), n,
+                decode_count(total, self.spec))
 
 
 def params_from_flat(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

@@ -93,12 +93,19 @@ class SecAggShell:
             task = None
             if stage == ADVERTISE:  # the only stage that trains: the TrainTask, its params inline
                 task = dataclasses.replace(self.outbound.train_task(rnd, device_id, remaining, inline=True),
-                                           compression=self.compression)
+                                           compression=self._compression(rnd))
             request = state.request(stage, device_id, rnd.ctx.tasks[device_id], task)
             self.outbound.to_device(rnd, device_id, request)
         if stage == ADVERTISE:
             for device_id in devices:
                 rnd.task_sent[device_id] = now
+
+    def _compression(self, rnd: OpenRound) -> CompressionSpec:
+        """The tasks' compression: under DP, the device clips to the round's S (adaptive clipping
+        moves it from round to round), and reports the norm it saw before the clip."""
+        if rnd.privacy is None:
+            return self.compression
+        return dataclasses.replace(self.compression, clip_norm=rnd.privacy.clip_norm)
 
     def owns(self, report, channel: str) -> bool:
         return channel == "update" and isinstance(report, REPLIES)
@@ -131,8 +138,10 @@ class SecAggShell:
     def aggregate_input(self, rnd: OpenRound, population: int) -> AggregateInput | str:
         """The survivors' mean delta; a string says why the round cannot be unmasked."""
         try:  # the state stays until the next round opens: a failed commit repeats Aggregate
-            mean, n = self._state(rnd).mean_delta()
+            mean, n, count = self._state(rnd).mean_delta()
         except UnmaskFailed as exc:
             return f"secure aggregation could not unmask: {exc}"
         rnd.released = rnd.privacy is not None  # the noised sum exists: the round is charged (records.py)
+        if count is not None:  # adaptive clipping: the devices noised the count inside the sum
+            rnd.aggregator.release_count(count)  # the DpMean's carry() commits the next S with the model
         return AggregateInput(mean, n, population)

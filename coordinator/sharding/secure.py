@@ -151,14 +151,15 @@ class GroupedSecAgg:
             out.append((decode_total(total, n, r.dimension, r.spec), n))
         return out
 
-    def mean_delta(self) -> tuple[dict[str, np.ndarray], int]:
-        """The survivors' mean: the groups' sums added in shard order, over their number."""
+    def mean_delta(self) -> tuple[dict[str, np.ndarray], int, None]:
+        """The survivors' mean: the groups' sums added in shard order, over their number (and no
+        clipped count: adaptive clipping is refused with shards, dp/config.py)."""
         sums = self.group_sums()
         total, n = sums[0][0].copy(), sums[0][1]
         for part, count in sums[1:]:
             total += part
             n += count
-        return params_from_flat(total / n, self.rounds[0].shapes), n
+        return params_from_flat(total / n, self.rounds[0].shapes), n, None
 
 
 class ShardedSecAggShell(SecAggShell):

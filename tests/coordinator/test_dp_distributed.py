@@ -77,9 +77,11 @@ def test_config_accepts_distributed_with_secagg_and_refuses_the_rest_by_name():
     assert exc.value.reason == "secagg_privacy"
     with pytest.raises(ConfigError, match="needs \\[coordinator.secure_aggregation\\]"):
         CoordinatorConfig(aggregator="mean", weighting="equal", privacy=PRIVATE)
-    with pytest.raises(ConfigError, match="adaptive clipping"):
-        CoordinatorConfig(aggregator="mean", **{**SETTINGS, "privacy": PrivacyConfig(
-            enabled=True, mechanism="distributed", noise_multiplier=1.0, target_quantile=0.5)})
+    adaptive = {**SETTINGS, "privacy": PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=1.0,
+                                                      target_quantile=0.5)}
+    assert CoordinatorConfig(aggregator="mean", **adaptive).privacy.target_quantile == 0.5
+    with pytest.raises(ConfigError, match="adaptive clipping.*sharded"):  # each group's count: not built
+        CoordinatorConfig(aggregator="mean", shards=2, state_dsn="postgresql://db/fedge", **adaptive)
     with pytest.raises(ConfigError, match="mechanism"):
         PrivacyConfig(mechanism="local")
 

@@ -49,6 +49,7 @@ def test_bench_privacy_writes_the_runs_the_issue_names(tmp_path):
     assert distributed["noise_multiplier"] == central["noise_multiplier"]
     assert distributed["epsilon_spent"] == pytest.approx(central["epsilon_spent"], abs=1e-9)
     assert distributed["rounds_committed"] == 2
+    assert central["clipping"] == distributed["clipping"] == "adaptive"  # the same rule on both sides
     assert none["mechanism"] == "none" and none["epsilon"] is None
     assert 1 <= none["smallest_devices"] <= 3 and 0 <= none["smallest_devices_global_accuracy"] <= 1
     assert central["epochs"] == 2 and central["lr"] == 0.02  # the simulator's preset unless asked

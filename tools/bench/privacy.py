@@ -10,15 +10,16 @@ training examples, with
 central DP-FedAvg: z calibrated so that the run's rounds spend exactly ε (dp-accounting, RDP,
 fixed-size sampling of clients_per_round of the population), adaptive clipping on the median
 norm; ε = inf is the same run without DP. With "distributed" among --mechanisms, each finite ε
-also runs distributed DP under secure aggregation: the same calibrated z, a fixed S
-(--distributed-clip; adaptive clipping is not built for it), the devices' discrete Gaussian
-shares calibrated for --distributed-quorum masked inputs, --bits field bits per coordinate.
+also runs distributed DP under secure aggregation: the same calibrated z, adaptive clipping on
+the median from S = --distributed-clip (the clipped-count bit noised by the devices inside the
+secure sum; --distributed-clipping fixed keeps S), the devices' discrete Gaussian shares
+calibrated for --distributed-quorum masked inputs, --bits field bits per coordinate.
 
 Output JSON (schema 1): benchmark "privacy", population, clients_per_round, rounds, data
 (name, kind, alpha, beta, examples per device min/median/max), wall_seconds,
     runs: list, one per (mechanism, ε):
         mechanism               "none" (ε = inf), "central" or "distributed"
-        clipping                "adaptive" (central) or "fixed" (distributed); min_inputs: the quorum
+        clipping                "adaptive" or "fixed" (--distributed-clipping); min_inputs: the quorum
                                 the distributed noise is calibrated for
         epsilon                 the target ε, null for none; epsilon_spent: the ledger's ε at the end
         delta, bits             δ; bits per coordinate on the wire: the field's m (distributed), null otherwise
@@ -67,7 +68,9 @@ class PrivacyGrid:
     seed: int = 0
     mechanisms: tuple[str, ...] = ("central", "distributed")
     bits: int = 16  # distributed: field bits per coordinate on the wire
-    distributed_clip: float = 0.5  # distributed: the fixed S
+    distributed_clip: float = 0.5  # distributed: S (where adaptive clipping starts, or the fixed S)
+    # distributed: "adaptive" (the median, as central; the count rides in the secure sum) or "fixed"
+    distributed_clipping: str = "adaptive"
     distributed_quorum: int = 90  # distributed: masked inputs a round needs; the noise is calibrated for these
     # Local training (None: the simulator's preset, 2 epochs of batch 20). The median device holds
     # 30 examples, so the preset is 4 steps a task.
@@ -98,8 +101,9 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
     z = noise_multiplier_for(epsilon, grid.delta, grid.rounds, grid.devices, grid.clients_per_round) if private \
         else None
     clip = grid.distributed_clip if distributed else grid.clip_norm
+    adaptive = private and not (distributed and grid.distributed_clipping == "fixed")
     privacy = PrivacyConfig(enabled=True, target_epsilon=epsilon, delta=grid.delta, noise_multiplier=z,
-                            clip_norm=clip, target_quantile=0.0 if distributed else 0.5,
+                            clip_norm=clip, target_quantile=0.5 if adaptive else 0.0,
                             mechanism="distributed" if distributed else "central") if private else PrivacyConfig()
     secure = {"secure_aggregation": SecAggConfig(enabled=True, bits=grid.bits),
               "min_reports": grid.distributed_quorum} if distributed else {}
@@ -116,7 +120,7 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
             "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": grid.bits if distributed else None,
             "noise_multiplier": z, "strategy": grid.strategy, "epochs": cfg.coordinator.hyper.epochs,
             "batch_size": cfg.coordinator.hyper.batch_size, "lr": cfg.coordinator.hyper.lr,
-            "clipping": None if not private else "fixed" if distributed else "adaptive",
+            "clipping": None if not private else "adaptive" if adaptive else "fixed",
             "min_inputs": grid.distributed_quorum if distributed else None,
             "rounds_committed": sum(bool(r["committed"]) for r in result.rounds),
             "clip_norm": clip if private else None, "global_accuracy": last["global_accuracy"],
@@ -220,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mechanisms", default=None, help="comma list of central, distributed (default both)")
     p.add_argument("--bits", type=int, default=None, help="distributed: field bits per coordinate (default 16)")
-    p.add_argument("--distributed-clip", type=float, default=None, help="distributed: the fixed S (default 0.5)")
+    p.add_argument("--distributed-clip", type=float, default=None,
+                   help="distributed: S, where adaptive clipping starts or the fixed S (default 0.5)")
+    p.add_argument("--distributed-clipping", choices=("adaptive", "fixed"), default=None,
+                   help="distributed: adaptive (the median norm, as central DP; default) or a fixed S")
     p.add_argument("--distributed-quorum", type=int, default=None,
                    help="distributed: masked inputs a round needs, the noise calibrated for them (default 90)")
     p.add_argument("--data", choices=DATA, default=None,
@@ -238,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("devices", args.devices), ("clients_per_round", args.clients_per_round),
                                    ("rounds", args.rounds), ("delta", args.delta), ("seed", args.seed),
                                    ("bits", args.bits), ("distributed_clip", args.distributed_clip),
+                                   ("distributed_clipping", args.distributed_clipping),
                                    ("distributed_quorum", args.distributed_quorum), ("epochs", args.epochs),
                                    ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("data", args.data), ("alpha", args.alpha), ("beta", args.beta),

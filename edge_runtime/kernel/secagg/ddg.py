@@ -107,6 +107,23 @@ def encode(x: np.ndarray, seed: int, clip_norm: float, clip_range: float, gamma:
     return (v & ((1 << field_bits) - 1)).astype(np.uint32), r
 
 
+def count_coordinate(norm: float, clip_norm: float, scale: int, sigma: float, field_bits: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Adaptive clipping's bit (Andrew et al. 2021) in the field: (+scale/2 if norm <= S else
+    -scale/2) + N_Z(0, sigma^2), mod 2^m, as one uint32. The survivors' sum decodes (count_from)
+    to sum_i (b_i - 1/2) plus noise of std sigma sqrt(k) / scale in count units; its sensitivity
+    (1/2 in count units, scale / 2 in the field) joins the update's in one L2 bound
+    (coordinator/dp/distributed.py)."""
+    half = scale // 2
+    value = (half if norm <= clip_norm else -half) + int(discrete_gaussian(sigma, 1, rng)[0])
+    return np.array([value & ((1 << field_bits) - 1)], dtype=np.uint32)
+
+
+def count_from(total: int, scale: int, field_bits: int) -> float:
+    """The noised, centred count sum_i (b_i - 1/2) + noise from the count coordinate's field sum."""
+    return float(signed(np.array([total]), field_bits)[0]) / scale
+
+
 def signed(total: np.ndarray, field_bits: int) -> np.ndarray:
     """The field sum read as a signed integer in [-2^(m-1), 2^(m-1))."""
     t = np.asarray(total, dtype=np.int64) & ((1 << field_bits) - 1)

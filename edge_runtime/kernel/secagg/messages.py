@@ -83,12 +83,24 @@ class SecAggSpec:
     dp_gamma: float = bounded(0.0, 1e30, 0.0)
     dp_sigma: float = bounded(0.0, 1e9, 0.0)
     dp_clip_norm: float = bounded(0.0, 1e30, 0.0)
+    # Adaptive clipping under distributed DP (ddg.count_coordinate), on when > 0: one more
+    # coordinate after the subset, ±dp_count_scale / 2 (was the device's norm within
+    # dp_clip_norm?) plus N_Z(0, dp_sigma^2), so the secure sum holds the noised, centred count.
+    # Even, so ±scale / 2 is an integer. Left off the wire at 0 (peers built before it).
+    dp_count_scale: int = bounded(0, 1 << 24, 0, omit_default=True)
 
     def __post_init__(self) -> None:
         if self.field_bits < self.bits:
             raise ValueError("field_bits must be at least bits")
         if (self.dp_gamma > 0) != (self.dp_clip_norm > 0) or (self.dp_sigma > 0 and not self.dp_gamma > 0):
             raise ValueError("distributed DP needs dp_gamma and dp_clip_norm together (and dp_sigma only with them)")
+        if self.dp_count_scale and (self.dp_count_scale % 2 or not self.dp_sigma > 0):
+            raise ValueError("dp_count_scale must be even, and needs dp_sigma > 0 (it is noised like the update)")
+
+    @property
+    def count_coordinates(self) -> int:
+        """Coordinates sent after the subset: 1 for the clipped-count bit, else 0."""
+        return 1 if self.dp_count_scale else 0
 
     @property
     def distributed_dp(self) -> bool:

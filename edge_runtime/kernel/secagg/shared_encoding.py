@@ -26,8 +26,10 @@ from .subset import shared_coordinates
 
 
 def encode_update(delta: np.ndarray, residual: np.ndarray | None, spec: SecAggSpec,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(field values of the subset, the new residual over all coordinates)."""
+                  rng: np.random.Generator, norm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(field values of the subset, the new residual over all coordinates). `norm`: the norm the
+    device's own clip saw before clipping (Update.metrics["norm"]), which adaptive clipping's bit
+    compares with S; None: the norm of what reaches ddg.encode's clip."""
     full = np.asarray(delta, dtype=np.float64).reshape(-1)
     if residual is not None:
         full = full + np.asarray(residual, dtype=np.float64).reshape(-1)
@@ -37,6 +39,11 @@ def encode_update(delta: np.ndarray, residual: np.ndarray | None, spec: SecAggSp
         values, rounded = ddg.encode(full[idx], spec.rotation_seed, spec.dp_clip_norm, spec.clip_range, spec.dp_gamma,
                                      spec.dp_sigma, spec.field_bits, rng)
         left[idx] -= quantize.unrotate(rounded * spec.dp_gamma, spec.rotation_seed)
+        if spec.dp_count_scale:  # adaptive clipping: was the update's norm within S?
+            seen = float(np.linalg.norm(full[idx])) if norm is None else norm
+            bit = ddg.count_coordinate(seen, spec.dp_clip_norm, spec.dp_count_scale, spec.dp_sigma, spec.field_bits,
+                                       rng)
+            values = np.concatenate([values, bit])
         return values, left
     values = quantize.encode(full[idx], spec.rotation_seed, spec.clip_range, spec.bits, rng)
     left[idx] -= quantize.decode(values, 1, spec.rotation_seed, spec.clip_range, spec.bits)
@@ -44,13 +51,28 @@ def encode_update(delta: np.ndarray, residual: np.ndarray | None, spec: SecAggSp
 
 
 def subset_size(dimension: int, spec: SecAggSpec) -> int:
+    """Coordinates of the shared subset (the update's part of what a device sends)."""
     return shared_coordinates(dimension, spec.keep_fraction, spec.rotation_seed).size
 
 
+def sent_size(dimension: int, spec: SecAggSpec) -> int:
+    """Coordinates a device sends: the subset, then the clipped-count coordinate if any."""
+    return subset_size(dimension, spec) + spec.count_coordinates
+
+
+def decode_count(total: np.ndarray, spec: SecAggSpec) -> float | None:
+    """Adaptive clipping: the noised, centred count sum_i (b_i - 1/2) + noise; None without it."""
+    if not spec.dp_count_scale:
+        return None
+    return ddg.count_from(int(total[-1]), spec.dp_count_scale, spec.field_bits)
+
+
 def decode_mean(total: np.ndarray, count: int, dimension: int, spec: SecAggSpec) -> np.ndarray:
-    """The survivors' mean over all coordinates from their field sum over the subset."""
+    """The survivors' mean over all coordinates from their field sum over the subset (and the
+    count coordinate after it, which decode_count reads)."""
     idx = shared_coordinates(dimension, spec.keep_fraction, spec.rotation_seed)
     out = np.zeros(dimension)
+    total = total[:idx.size]
     if spec.distributed_dp:
         out[idx] = ddg.decode(total, spec.rotation_seed, spec.dp_gamma, spec.field_bits) / count
     else:
