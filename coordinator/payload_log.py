@@ -152,7 +152,11 @@ class PayloadLog:
         rename: named `.<folder>.tmp-<pid>` for a pid that no longer runs, and holding nothing
         but fedge's marker. Anything else by that name is left alone (not ours to delete)."""
         pattern = re.compile(re.escape(f".{self.directory.name}.tmp-") + r"([0-9]+)")
-        for entry in os.listdir(self.directory.parent):
+        try:
+            entries = os.listdir(self.directory.parent)
+        except OSError:  # no folder to look in (or not ours to list): nothing to tidy
+            return
+        for entry in entries:
             match = pattern.fullmatch(entry)
             if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
                 continue
@@ -197,6 +201,6 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, someone else's
-        return True
+    except (PermissionError, OverflowError, ValueError):  # someone else's; or no pid fedge could have used:
+        return True  # either way, not known to be dead, so left alone
     return True

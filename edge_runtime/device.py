@@ -22,6 +22,7 @@ import hashlib
 import logging
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,10 @@ class DeviceRuntime:
         # One task or evaluation at a time: a simulator may evaluate from another thread
         # while a late task still trains, and backends keep state between steps.
         self._busy = threading.Lock()
+        # Update ids the coordinator accepted lately: a later rejection of one (a copy resent
+        # before its Ack came, refused once the coordinator forgot its key) must not undo the
+        # SCAFFOLD move its acceptance made final (on_ack).
+        self._accepted: deque[str] = deque(maxlen=64)
         self._backends: dict[tuple[str, str], object] = {}
 
     def check_in(self) -> CheckIn:
@@ -266,6 +271,12 @@ class DeviceRuntime:
         unless its round was abandoned (a duplicate that arrives after that), when c did not
         take it either. Only the latest SCAFFOLD upload of a model can be undone."""
         with self._busy:
+            if ack.accepted:
+                self._accepted.append(ack.update_id)
+            elif ack.update_id in self._accepted:
+                log.info("device %s: upload %s rejected (%s) after it was accepted: kept", self.device_id,
+                         ack.update_id, ack.reason)
+                return
             for model_id in self.model_dirs:
                 if not (self.state_root / self.device_id / model_id).is_dir():
                     continue

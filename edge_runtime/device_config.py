@@ -91,8 +91,8 @@ class SecAggDeviceConfig:
 
 @dataclass(frozen=True)
 class DevicePrivacyConfig:
-    # The least noise this device adds itself to every update it sends, as a multiple of the
-    # clip bound: σγ/S of distributed DP (secagg_participant.check_noise_floor). With it, the
+    # The least noise this device adds itself to every update it sends, per unit of that update's
+    # L2 bound (distributed DP; secagg_participant.own_noise_multiplier). With it, the
     # device declines (dp_noise_below_floor) plain tasks, central-DP tasks and secure
     # aggregation without DP, whose noise it cannot check, and distributed-DP rounds that
     # announce less. Its guarantee then holds whatever the coordinator announces: against a

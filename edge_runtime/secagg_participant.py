@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .device import DeviceRuntime
 from .kernel.compress import decompress_update
 from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
-from .kernel.secagg import identity
+from .kernel.secagg import ddg, identity
 from .kernel.secagg import session as sess
 from .kernel.secagg.graph import neighbour_graph, threshold_floor
 from .kernel.secagg.keys import ShareDecryptionFailed
@@ -48,7 +49,7 @@ from .kernel.secagg.messages import (
 )
 from .kernel.secagg.packing import pack
 from .kernel.secagg.shamir import value_bytes
-from .kernel.secagg.shared_encoding import encode_update
+from .kernel.secagg.shared_encoding import encode_update, subset_size
 from .kernel.update_codec import decode_tensors
 from .store import DeviceStore
 
@@ -63,23 +64,31 @@ FAILED = "secagg_failed"  # anything else the device could not do (the detail sa
 NOISE_BELOW_FLOOR = "dp_noise_below_floor"
 
 
-def own_noise_multiplier(spec: SecAggSpec | None) -> float:
-    """The noise this device adds itself to what it sends, in units of its clip bound: σγ/S
-    (ddg.py adds N_Z(0, σ²) to the update scaled by 1/γ, clipped to S in real units). 0 for a
-    task that adds none on the device (spec None: a plain task, or central DP)."""
+def own_noise_multiplier(spec: SecAggSpec | None, dimension: int | None = None) -> float:
+    """The noise this device adds itself to what it sends, per unit of that vector's L2 bound:
+    sigma / sqrt(Delta_2^2 + kappa^2 / 4) in the integer domain (ddg.py: the update clipped to S,
+    scaled by 1/gamma and rounded, Delta_2 = ddg.rounded_bound over the `dimension` shared
+    coordinates' subset; the count coordinate's kappa / 2). Without `dimension`, the upper bound
+    sigma gamma / S (Delta_2 >= S / gamma), which needs no model. 0 for a task that adds no noise on
+    the device (spec None: a plain task, or central DP)."""
     if spec is None or not spec.distributed_dp:
         return 0.0
-    return spec.dp_sigma * spec.dp_gamma / spec.dp_clip_norm
+    if dimension is None:
+        return spec.dp_sigma * spec.dp_gamma / spec.dp_clip_norm
+    rounded = ddg.rounded_bound(spec.dp_clip_norm / spec.dp_gamma, subset_size(dimension, spec))
+    return spec.dp_sigma / math.sqrt(rounded ** 2 + (spec.dp_count_scale / 2) ** 2)
 
 
-def check_noise_floor(spec: SecAggSpec | None, floor: float) -> None:
-    """SecAggDecline(NOISE_BELOW_FLOOR) unless the task adds at least `floor` of own noise (0 = off).
-    Why the device checks: a coordinator that runs the protocol but announces σ = 0 (or no DP)
-    would otherwise get this device's update with none; with the floor, whatever the coordinator
-    and every other device do, this device's update leaves with noise of multiplier >= floor."""
-    got = own_noise_multiplier(spec)
+def check_noise_floor(spec: SecAggSpec | None, floor: float, dimension: int | None = None) -> None:
+    """SecAggDecline(NOISE_BELOW_FLOOR) unless the task adds at least `floor` of own noise (0 = off):
+    own_noise_multiplier with the model's `dimension` (or, before training, its upper bound).
+    Why the device checks: a coordinator that runs the protocol but announces too little noise,
+    or none, would otherwise get this device's update with less; with the floor, whatever the
+    coordinator and every other device do, what this device sends is a Gaussian mechanism of
+    multiplier >= floor."""
+    got = own_noise_multiplier(spec, dimension)
     if floor > 0 and not got >= floor:
-        raise sess.SecAggDecline(NOISE_BELOW_FLOOR, f"own noise σγ/S = {got:.4g}; this device's floor is {floor:g}")
+        raise sess.SecAggDecline(NOISE_BELOW_FLOOR, f"own noise multiplier {got:.4g}; this device's floor is {floor:g}")
 
 
 def flatten(tensors: dict[str, np.ndarray]) -> np.ndarray:
@@ -151,7 +160,7 @@ class SecAggParticipant:
         if task.task_id in self.sessions:  # a redelivered task: advertise the same keys again
             self.publish(self._advertisement(self.sessions[task.task_id], task.task_id))
             return
-        check_noise_floor(message.spec, self.own_noise_floor)  # before any training
+        check_noise_floor(message.spec, self.own_noise_floor)  # the upper bound, before any training
         store = DeviceStore(Path(self.runtime.state_root) / self.device_id, task.model_id)
         residual = store.load_residual()  # before handle_task: it keeps its own (fp32, empty) residual there
         reply = self.runtime.handle_task(task)
@@ -160,13 +169,17 @@ class SecAggParticipant:
             return
         assert isinstance(reply, Update)
         tensors = decompress_update(decode_tensors(reply.payload))
+        spec = message.spec
+        check_noise_floor(spec, self.own_noise_floor, sum(v.size for v in tensors.values()))  # before anything leaves
         if residual is not None and _shapes(residual) != _shapes(tensors):
             residual = None  # another model's, or none yet
         norm = reply.metrics.get("norm")  # before the task's clip to S: adaptive clipping's bit compares it
-        values, left = encode_update(flatten(tensors), None if residual is None else flatten(residual), message.spec,
-                                     self.rng, norm if isinstance(norm, float) else None)
+        if spec.dp_count_scale and not isinstance(norm, float):  # after a clip it would always say "within"
+            raise sess.SecAggDecline(FAILED, "adaptive clipping needs the norm before the task's clip; the task "
+                                             "did not clip")
+        values, left = encode_update(flatten(tensors), None if residual is None else flatten(residual), spec,
+                                     self.rng, norm)
         store.save_residual(unflatten(left, tensors))  # what the sum will not get from this device, kept
-        spec = message.spec
         self.sessions.clear()  # one secure round at a time: an older round's keys and input go
         self.sent_shares.clear()
         self.inputs = {task.task_id: (values, reply.num_examples, spec)}

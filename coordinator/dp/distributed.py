@@ -121,10 +121,8 @@ def params_for(z: float, clip_norm: float, clip_range: float, dimension: int, mi
     def at(gamma: float) -> DdgParams:
         rounded = ddg.rounded_bound(clip_norm / gamma, dimension, beta)
         sigma = sigma_for(z_update, min_inputs, rounded, sent)
+        # 0 on a grid too coarse for the count (kappa < 2): only the grid chosen is checked, below
         kappa = 2 * math.floor(sigma * math.sqrt(min_inputs) / (2 * count_stddev)) if count_stddev else 0
-        if count_stddev and kappa < 2:
-            raise ValueError(f"the count's noise sigma_b = {count_stddev:g} is too large for this grid "
-                             f"(sigma sqrt(n_min) = {sigma * math.sqrt(min_inputs):.3g}); lower clip_count_stddev")
         return DdgParams(gamma, sigma, field_bits, rounded, tau(sigma, min_inputs),
                          effective_noise_multiplier(sigma, min_inputs, rounded, sent, kappa),
                          wrap_log2(gamma, sigma, clip_range, sent, max_inputs, field_bits, kappa), kappa)
@@ -135,4 +133,8 @@ def params_for(z: float, clip_norm: float, clip_range: float, dimension: int, mi
     for _ in range(64):  # P(wrap) falls as gamma grows: the finest grid that fits
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if at(math.exp(mid)).wrap_log2 <= WRAP_LOG2 else (mid, hi)
-    return at(math.exp(hi))
+    chosen = at(math.exp(hi))
+    if count_stddev and chosen.count_scale < 2:  # the count's noise alone would exceed sigma_b's share
+        raise ValueError(f"the count's noise sigma_b = {count_stddev:g} is too large for the grid "
+                         f"(sigma sqrt(n_min) = {chosen.sigma * math.sqrt(min_inputs):.3g}); lower clip_count_stddev")
+    return chosen

@@ -65,8 +65,9 @@ class SecAggShell:
 
     def _spec(self, rnd: OpenRound) -> SecAggSpec:
         """The round's shared encoding, before distributed DP's parameters."""
+        clip = rnd.privacy.clip_norm if rnd.privacy is not None else self.config.compression.clip_norm  # the round's S
         return SecAggSpec(self.sa.bits, field_bits(self.sa.bits, len(rnd.machine.selected)),
-                          self.sa.clip_for(self.config.compression.clip_norm, self.dimension),
+                          self.sa.clip_for(clip, self.dimension),
                           self.graph_seed(rnd) + 1, self.sa.keep_fraction)
 
     def graph_seed(self, rnd: OpenRound) -> int:

@@ -40,7 +40,10 @@ def _paper_z_eff_with_count(sigma, n, scaled_norm, d, kappa):
 
 
 @pytest.mark.parametrize("z,d,n_min,n_max,m,sigma_b", [(1.0, 610, 80, 100, 16, 5.0), (2.5, 5000, 90, 100, 16, 5.0),
-                                                      (0.8, 64, 8, 10, 14, 1.0)])
+                                                      (0.8, 64, 8, 10, 14, 1.0),
+                                                      # small models with the default sigma_b (W / 20): the
+                                                      # search's coarse grids give kappa < 2, the one chosen not
+                                                      (1.0, 100, 10, 12, 16, 5.0), (1.0, 7850, 800, 1000, 20, 50.0)])
 def test_the_count_coordinate_is_inside_the_charge(z, d, n_min, n_max, m, sigma_b):
     p = params_for(z, 0.5, 2.0 / math.sqrt(d), d, n_min, n_max, m, count_stddev=sigma_b)
     kappa = p.count_scale

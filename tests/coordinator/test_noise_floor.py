@@ -8,15 +8,16 @@ decline or not on either side of the announced value."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from fedge.edge_runtime.device_config import DevicePrivacyConfig, load_device_config
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.secagg import ddg
-from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec, SecAggTask
+from fedge.edge_runtime.kernel.secagg.messages import KeyAdvertisement, SecAggSpec, SecAggTask
 from fedge.edge_runtime.secagg_participant import NOISE_BELOW_FLOOR, own_noise_multiplier
-from fedge.edge_runtime.store import DeviceStore
 from tests.coordinator.fleet import make_fleet
 from tests.coordinator.test_dp_distributed import SECURE, SETTINGS, _run_round
 from tests.tiny_model import build_tiny_model
@@ -28,12 +29,18 @@ def model(tmp_path_factory):
 
 
 def test_the_multiplier_the_floor_compares_is_the_noise_ddg_adds():
-    spec = SecAggSpec(field_bits=20, clip_range=0.5, dp_gamma=2e-3, dp_sigma=30.0, dp_clip_norm=0.4)
-    values, rounded = ddg.encode(np.zeros(40_000), 7, spec.dp_clip_norm, spec.clip_range, spec.dp_gamma,
+    d = 40_000
+    spec = SecAggSpec(field_bits=20, clip_range=0.5, dp_gamma=2e-3, dp_sigma=30.0, dp_clip_norm=0.4, dp_count_scale=8)
+    values, rounded = ddg.encode(np.zeros(d), 7, spec.dp_clip_norm, spec.clip_range, spec.dp_gamma,
                                  spec.dp_sigma, spec.field_bits, np.random.default_rng(1))
     noise = ddg.signed((values.astype(np.int64) - rounded) % (1 << spec.field_bits), spec.field_bits)
-    measured = float(np.std(noise)) * spec.dp_gamma / spec.dp_clip_norm  # real units, per unit of S
-    assert own_noise_multiplier(spec) == pytest.approx(measured, rel=0.03)  # 40,000 draws: about 0.4% std error
+    # Kairouz et al. 2021, Thm. 1 written out: the rounded update's L2 bound, a = S / gamma
+    a = spec.dp_clip_norm / spec.dp_gamma
+    delta2 = min(math.sqrt(a * a + d / 4 + math.sqrt(2 * 0.5) * (a + math.sqrt(d) / 2)), a + math.sqrt(d))
+    measured = float(np.std(noise)) / math.sqrt(delta2 ** 2 + (spec.dp_count_scale / 2) ** 2)
+    assert own_noise_multiplier(spec, d) == pytest.approx(measured, rel=0.03)  # 40,000 draws: about 0.4% std error
+    assert own_noise_multiplier(spec) == spec.dp_sigma * spec.dp_gamma / spec.dp_clip_norm >= own_noise_multiplier(
+        spec, d)  # the bound the device checks before it trains
     assert own_noise_multiplier(SecAggSpec()) == 0.0 and own_noise_multiplier(None) == 0.0
 
 
@@ -49,7 +56,8 @@ def test_a_distributed_round_announcing_less_than_the_floor_is_declined_before_t
     c = fleet.coordinator
     assert c.begin_round()  # a first round, only to learn what this coordinator announces
     fleet.drain()
-    (announced,) = {own_noise_multiplier(m.spec) for m in fleet.wire if isinstance(m, SecAggTask)}
+    d = sum(v.size for v in c.state.params.values())
+    (announced,) = {own_noise_multiplier(m.spec, d) for m in fleet.wire if isinstance(m, SecAggTask)}
     assert announced > 0
     fleet = make_fleet(model, tmp_path / "again", sizes=(12, 20, 16, 24, 18), aggregator="mean", min_reports=3,
                        **SETTINGS)
@@ -58,8 +66,7 @@ def test_a_distributed_round_announcing_less_than_the_floor_is_declined_before_t
     if declined:
         assert not record.committed and set(record.declines.values()) == {NOISE_BELOW_FLOOR}
         assert len(record.declines) >= 3  # abandoned once the quorum of 3 of 5 is out of reach
-        assert all(DeviceStore(a.runtime.state_root / a.device_id, fleet.model[1].model_id).load_personal() is None
-                   for a in fleet.agents)  # nothing trained
+        assert not [m for m in fleet.wire if isinstance(m, KeyAdvertisement)]  # nothing left a device
     else:
         assert record.committed, record.why
 

@@ -231,5 +231,9 @@ def test_a_half_made_folder_of_a_dead_process_is_removed_and_nothing_else(tmp_pa
     foreign = tmp_path / ".s.db.payloads.tmp-999999999"  # our name, someone else's file in it
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not fedge's")
+    huge = tmp_path / ".s.db.payloads.tmp-99999999999999999999"  # no pid os.kill can take: left alone, no crash
+    huge.mkdir()
+    (huge / MARKER).write_text("")
     RoundStore(tmp_path / "s.db").close()
     assert not ours.exists() and (alive / MARKER).exists() and (foreign / "notes.txt").read_text() == "not fedge's"
+    assert (huge / MARKER).exists()

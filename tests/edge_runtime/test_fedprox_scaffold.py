@@ -294,6 +294,8 @@ def test_a_rejected_upload_puts_ci_back_and_an_accepted_one_keeps_it(model, tmp_
     assert DURABLE_WRITES.snapshot() == writes  # an accepted upload costs no write: its undo stays, inert
     kept, kept_residual = store.load_control(), store.load_control_residual()
     assert store.load_control_undo()[0] == first.update_id
+    device.on_ack(Ack("dev", 1, "t1", first.update_id, False, "stale_round"))  # a late copy's refusal
+    assert all(np.array_equal(store.load_control()[k], kept[k]) for k in kept)  # the accepted move stays
 
     second = device.handle_task(_task(model, shared, hyper, round_id=2, correction=c, compression=lossy))
     assert store.load_control_undo()[0] == second.update_id  # the next task's staged state replaced it
