@@ -27,13 +27,14 @@ model made of a different set of updates than the workers acknowledged.
 
 from __future__ import annotations
 
+from ..admission import check_stored_digest
 from ..aggregate import UpdateMeta
 from ..validation import decode_delta
 from .sealed import SealedAggregator
 from .tables import ShardTables
 
-COUNTED_SQL = ("SELECT shard, seq, device_id, weight, payload FROM shard_updates WHERE round_id = %s "
-               "ORDER BY shard, seq")
+COUNTED_SQL = ("SELECT shard, seq, device_id, weight, payload, update_id, digest FROM shard_updates "
+               "WHERE round_id = %s ORDER BY shard, seq")
 
 
 class ReplayMismatch(RuntimeError):
@@ -41,8 +42,15 @@ class ReplayMismatch(RuntimeError):
 
 
 def counted_updates(tables: ShardTables, round_id: int) -> list[tuple[int, int, str, float, bytes]]:
-    """(shard, seq, device id, weight, payload) of every update counted in the round, in (shard, seq) order."""
-    return [(s, q, d, w, bytes(p)) for s, q, d, w, p in tables.conn.execute(COUNTED_SQL, (round_id,)).fetchall()]
+    """(shard, seq, device id, weight, payload) of every update counted in the round, in (shard, seq) order;
+    StoreCorrupt if a payload no longer has the digest admission accepted (admission.check_stored_digest;
+    sharded rounds carry no SCAFFOLD control, so the digest is the payload's)."""
+    rows = []
+    for s, q, d, w, p, update_id, digest in tables.conn.execute(COUNTED_SQL, (round_id,)).fetchall():
+        payload = bytes(p)
+        check_stored_digest(payload, b"", digest, f"{update_id} from {d} (round {round_id}, shard {s})")
+        rows.append((s, q, d, w, payload))
+    return rows
 
 
 class ShardReplay(SealedAggregator):

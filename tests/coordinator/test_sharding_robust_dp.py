@@ -121,6 +121,21 @@ def test_the_leader_refuses_to_aggregate_stored_updates_the_sums_did_not_count(m
     assert c.leader.state.version == 0
 
 
+def test_the_leader_refuses_stored_payloads_whose_bytes_changed(model, postgres_dsn):
+    from fedge.coordinator.errors import StoreCorrupt
+
+    c = Cluster(model, postgres_dsn, devices=4, aggregator="median")
+    assert c.leader.begin_round()
+    c.pump()
+    _poisoned(c, np.random.default_rng(1), set(), "u1")
+    # one stored payload changed in place, same length: its digest no longer matches
+    c.rows("UPDATE shard_updates SET payload = set_byte(payload, 40, get_byte(payload, 40) # 1) "
+           "WHERE device_id = %s RETURNING 1", c.devices[0].id)
+    with pytest.raises(StoreCorrupt, match="digest"):
+        c.leader.tick()
+    assert c.leader.state.version == 0
+
+
 # ---------------------------------------------------------------- central DP
 
 
