@@ -90,8 +90,11 @@ class OpenRound:
 
     def charge(self) -> dict | None:
         """The privacy charge to commit with the round: its plan once the noised aggregate was
-        computed (even if the model guard then refuses it), else None."""
-        released = self.privacy is not None and (self.released or getattr(self.aggregator, "released", False))
+        computed (even if the model guard then refuses it), else None. A Poisson-sampled round is
+        charged however it ends: whether it reaches its quorum depends on how many devices the
+        draw included, which one device's presence changes."""
+        released = self.privacy is not None and (self.released or getattr(self.aggregator, "released", False)
+                                                 or self.privacy.sampling == "poisson")
         return self.privacy.to_json() if released else None
 
     def add(self, update: Accepted) -> None:

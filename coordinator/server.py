@@ -67,7 +67,7 @@ from .rounds import (
     on_event,
     start,
 )
-from .sampling import sample_devices, selection_size
+from .sampling import poisson_draw, sample_devices, selection_size
 from .store import Store, StoredDecline, StoredRound, StoredUpdate
 from .strategies import ServerState, Strategy
 from .validation import decode_report
@@ -283,7 +283,15 @@ class Coordinator(BrokerLink):
         plan = self.privacy.plan(round_id, len(candidates), asked, wanted, self.state.extra)  # before the round
         if plan is None and self.privacy.enabled:
             return False
-        selected = sample_devices(candidates, asked, cfg.seed, round_id)
+        if plan is not None and plan.sampling == "poisson":
+            selected = poisson_draw(candidates, asked / len(candidates), cfg.seed, round_id)
+            if not selected:
+                return False
+            # The draw's size varies: a smaller one runs with what it drew (the fixed denominator
+            # stays W; the round is charged whether it commits or not, records.py).
+            wanted, quorum = min(wanted, len(selected)), min(quorum, len(selected))
+        else:
+            selected = sample_devices(candidates, asked, cfg.seed, round_id)
         now, wall = self.clock.now(), self.clock.wall()
         stages, limits = self.shell.plan(wanted, quorum)
         machine, actions = start(round_id, stages, limits, tuple(selected), now, deadline=now + cfg.round_deadline_s)

@@ -31,9 +31,12 @@ class PrivacyConfig:
     delta defaults to 1e-6: it must be well below 1 / population for the guarantee to mean
     anything, and 1e-6 covers fleets up to about 10^5 devices; set it lower for larger ones.
     sampling says how the coordinator draws a round's devices, and so how the accountant
-    models it: "fixed" is what fedge's sampler does (a fixed-size cohort without replacement
-    from the eligible devices, over-selection included: the devices asked are the ones whose
-    data may be touched); "poisson" is for a sampler that includes each device independently.
+    models it. "fixed": a fixed-size cohort without replacement from the eligible devices,
+    over-selection included (the devices asked are the ones whose data may be touched), charged
+    under replace-one, where one device moves the clipped sum by up to 2S. "poisson": each
+    eligible device independently with probability q = asked / eligible, charged under
+    add-or-remove-one (sensitivity S): about half the noise for the same ε, as in McMahan et al.
+    2018, for a cohort whose size varies (sync rounds without secure aggregation only).
     """
 
     enabled: bool = False
@@ -100,9 +103,12 @@ def check_coordinator(cfg) -> None:
                           "unclipped and unnoised")
     if cfg.norm_bound:
         raise ConfigError("privacy clips each update to privacy.clip_norm; norm_bound (which rejects) must be 0")
-    if p.sampling != "fixed":
-        raise ConfigError("privacy.sampling must be 'fixed' in rounds: the coordinator draws fixed-size cohorts "
-                          "without replacement (sampling.py); 'poisson' is for the accountant's own use")
+    if p.sampling == "poisson" and getattr(cfg, "mode", "sync") != "sync":
+        raise ConfigError("privacy.sampling = 'poisson' needs mode = 'sync': an async buffer always holds K updates, "
+                          "so one device's absence is another's presence (fixed-size, replace-one accounting)")
+    if p.sampling == "poisson" and cfg.secure_aggregation.enabled:
+        raise ConfigError("privacy.sampling = 'poisson' is not built for secure aggregation: its threshold and the "
+                          "devices' noise shares are set for a cohort size known in advance; use sampling = 'fixed'")
     if p.mechanism == "distributed" and not cfg.secure_aggregation.enabled:
         raise ConfigError("privacy.mechanism = 'distributed' needs [coordinator.secure_aggregation] enabled: the "
                           "devices' noise shares add up to the round's noise only inside the secure sum")

@@ -8,7 +8,8 @@ synthetic(α, β) (tools/synthetic.py), or with --data label-skew on one global 
 Dirichlet label mixes (label_skew.py; there the global model learns), every device at least 20
 training examples, with
 central DP-FedAvg: z calibrated so that the run's rounds spend exactly ε (dp-accounting, RDP,
-fixed-size sampling of clients_per_round of the population), adaptive clipping on the median
+fixed-size sampling of clients_per_round of the population, or with --sampling poisson each device
+with probability clients_per_round / population), adaptive clipping on the median
 norm; ε = inf is the same run without DP. With "distributed" among --mechanisms, each finite ε
 also runs distributed DP under secure aggregation: the same calibrated z, adaptive clipping on
 the median from S = --distributed-clip (the clipped-count bit noised by the devices inside the
@@ -24,6 +25,7 @@ Output JSON (schema 1): benchmark "privacy", population, clients_per_round, roun
         epsilon                 the target ε, null for none; epsilon_spent: the ledger's ε at the end
         delta, bits             δ; bits per coordinate on the wire: the field's m (distributed), null otherwise
         noise_multiplier        z (null for none); clip_norm: S the run started with
+        sampling                "fixed" or "poisson" (--sampling; central only), null for none
         epochs, batch_size, lr  the devices' local training
         global_accuracy         final global model on the union of held-out splits
         personalized_accuracy   mean over devices of their personalized model on their own split
@@ -81,6 +83,10 @@ class PrivacyGrid:
     # noisy aggregates over about 1/(1-β) rounds (DP-FedAvgM); the noise of a round is
     # independent of the last, the signal is not, so momentum keeps the signal and damps the noise.
     strategy: str = "fedavg"
+    # How central DP's rounds are drawn and charged: "fixed" (100 of the population, replace-one) or
+    # "poisson" (each device with q = 100 / population, add-or-remove-one: about half the noise for
+    # the same ε). Distributed DP runs fixed-size cohorts only (coordinator/dp/config.py).
+    sampling: str = "fixed"
 
 
 # The final round's numbers for the 10% of devices with the fewest training examples (simulate/scoring.py)
@@ -98,13 +104,15 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
 
     private = math.isfinite(epsilon)
     distributed = private and mechanism == "distributed"
-    z = noise_multiplier_for(epsilon, grid.delta, grid.rounds, grid.devices, grid.clients_per_round) if private \
-        else None
+    sampling = "fixed" if distributed else grid.sampling
+    z = noise_multiplier_for(epsilon, grid.delta, grid.rounds, grid.devices, grid.clients_per_round,
+                             sampling) if private else None
     clip = grid.distributed_clip if distributed else grid.clip_norm
     adaptive = private and not (distributed and grid.distributed_clipping == "fixed")
     privacy = PrivacyConfig(enabled=True, target_epsilon=epsilon, delta=grid.delta, noise_multiplier=z,
                             clip_norm=clip, target_quantile=0.5 if adaptive else 0.0,
-                            mechanism="distributed" if distributed else "central") if private else PrivacyConfig()
+                            mechanism="distributed" if distributed else "central",
+                            sampling=sampling) if private else PrivacyConfig()
     secure = {"secure_aggregation": SecAggConfig(enabled=True, bits=grid.bits),
               "min_reports": grid.distributed_quorum} if distributed else {}
     local = {k: v for k, v in (("epochs", grid.epochs), ("batch_size", grid.batch_size), ("lr", grid.lr))
@@ -118,7 +126,8 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
     last = result.rounds[-1]
     return {"mechanism": mechanism if private else "none", "epsilon": epsilon if private else None,
             "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": grid.bits if distributed else None,
-            "noise_multiplier": z, "strategy": grid.strategy, "epochs": cfg.coordinator.hyper.epochs,
+            "noise_multiplier": z, "sampling": sampling if private else None,
+            "strategy": grid.strategy, "epochs": cfg.coordinator.hyper.epochs,
             "batch_size": cfg.coordinator.hyper.batch_size, "lr": cfg.coordinator.hyper.lr,
             "clipping": None if not private else "adaptive" if adaptive else "fixed",
             "min_inputs": grid.distributed_quorum if distributed else None,
@@ -236,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=None,
                    help="synthetic: how much devices' models differ; label-skew: Dirichlet concentration (0.5)")
     p.add_argument("--beta", type=float, default=None, help="synthetic: how much devices' inputs differ (0.5)")
+    p.add_argument("--sampling", choices=("fixed", "poisson"), default=None,
+                   help="central DP's cohorts: fixed-size (default) or Poisson (distributed is always fixed)")
     p.add_argument("--strategy", default=None, help="the server step: fedavg (default), fedavgm, fedadam, ...")
     p.add_argument("--epochs", type=int, default=None, help="local epochs per task (default: the simulator's 2)")
     p.add_argument("--batch-size", type=int, default=None, help="local batch size (default: the simulator's 20)")
@@ -249,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("distributed_quorum", args.distributed_quorum), ("epochs", args.epochs),
                                    ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("data", args.data), ("alpha", args.alpha), ("beta", args.beta),
-                                   ("strategy", args.strategy))
+                                   ("strategy", args.strategy), ("sampling", args.sampling))
                  if v is not None}
     if args.mechanisms:
         overrides["mechanisms"] = tuple(args.mechanisms.split(","))
