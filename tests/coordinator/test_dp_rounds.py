@@ -270,3 +270,23 @@ def test_the_loop_ends_the_job_or_waits_when_the_budget_refuses(model, tmp_path,
         assert loop.exhausted is fleet.coordinator.privacy.exhausted and loop.finishing
     else:
         assert loop.exhausted is None and not loop.finishing and loop.next_begin >= fleet.clock.now() + 5.0
+
+
+@pytest.mark.parametrize("quant_bits", [32, 8])
+def test_top_k_under_dp_sends_the_clipped_delta_sparsified(model, tmp_path, quant_bits):
+    """Clip, then sparsify: a subset of a vector's entries has at most its norm, so what is sent
+    stays within S (fp32 exactly; int8 within its rounding, which the coordinator clips)."""
+    from fedge.edge_runtime.kernel.protocol import CompressionSpec
+    fleet = make_fleet(model, tmp_path, sizes=(30, 40, 25, 35), **DP, privacy=_privacy(),
+                       compression=CompressionSpec(quant_bits=quant_bits, topk_fraction=0.25))
+    c = fleet.coordinator
+    assert c.begin_round()
+    assert _round(fleet).committed
+    assert {(t.compression.clip_norm, t.compression.topk_fraction) for t in fleet.tasks()} == {(S, 0.25)}
+    for update in fleet.updates():
+        delta = decoded(update)
+        assert global_norm(delta) <= S * (1 + (1e-6 if quant_bits == 32 else 0.02))
+        assert any(update.metrics["norm"] > S for update in fleet.updates())  # the clip was at work
+        for name, value in delta.items():  # at most a quarter of each tensor's entries (rounded up)
+            assert np.count_nonzero(value) <= int(np.ceil(0.25 * value.size)), name
+    assert c.store.privacy_ledger()[0]["cohort"] == 4

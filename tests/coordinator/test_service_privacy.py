@@ -4,7 +4,9 @@ replace-one terms) and δ = 1e-5 the service refuses the first round whose ε ex
 really uses (2 devices asked of 24 eligible, fixed-size without replacement); the refused
 round is derived here from dp-accounting directly. It holds from a fresh start, and with the
 service killed with -9 between every pair of rounds: each restart reads the ledger from the
-SQLite file, refuses at the same round, exits with status 3, and never opens the refused round."""
+SQLite file, refuses at the same round, exits with status 3, and never opens the refused round.
+With Poisson sampling too (each of the 24 devices drawn with q = 2 / 24, z = 1.0 add-or-remove-one),
+killed between every pair of rounds."""
 
 from __future__ import annotations
 
@@ -23,18 +25,19 @@ from tests.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 # Z is fedge's noise over S; replace-one moves the sum by 2S, so dp-accounting's multiplier is Z / 2 = 1.0.
-POPULATION, ASKED, TARGET, Z, DELTA = 24, 2, 3.0, 2.0, 1e-5
+POPULATION, ASKED, TARGET, DELTA = 24, 2, 3.0, 1e-5
+Z = {"fixed": 2.0, "poisson": 1.0}  # a Poisson round's sensitivity is S: z itself is dp-accounting's multiplier
 
 
-def _refused_round() -> int:
+def _refused_round(sampling: str) -> int:
     """The first round whose ε exceeds the target, by dp-accounting alone."""
     r = 1
-    while _direct("fixed", POPULATION, ASKED, Z, r, DELTA) <= TARGET:
+    while _direct(sampling, POPULATION, ASKED, Z[sampling], r, DELTA) <= TARGET:
         r += 1
     return r
 
 
-def _config(tmp: Path, url: str, art_dir: Path) -> Path:
+def _config(tmp: Path, url: str, art_dir: Path, sampling: str) -> Path:
     path = tmp / "coordinator.toml"
     path.write_text(f"""
 [broker]
@@ -69,18 +72,19 @@ lr = 0.1
 enabled = true
 target_epsilon = {TARGET}
 delta = {DELTA}
-noise_multiplier = {Z}
+noise_multiplier = {Z[sampling]}
 clip_norm = 0.5
+sampling = "{sampling}"
 """)
     return path
 
 
 @pytest.fixture
-def drill(tmp_path, mosquitto_binary):
+def drill(tmp_path, mosquitto_binary, sampling):
     art_dir, manifest, _ = build_tiny_model(tmp_path / "artifacts")
     broker = MosquittoProcess(BrokerConfig(persistence=False), workdir=tmp_path / "broker").start()
     fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp_path / "devices", slow={}, devices=POPULATION)
-    yield tmp_path, _config(tmp_path, broker.url, art_dir)
+    yield tmp_path, _config(tmp_path, broker.url, art_dir, sampling)
     fleet.close()
     broker.close()
 
@@ -89,22 +93,22 @@ def _ledger(db: Path) -> list[int]:
     return [r for (r,) in _query(db, "SELECT round_id FROM privacy_ledger ORDER BY round_id")]
 
 
-def _assert_refused_at(db: Path, log: Path, refused: int) -> None:
+def _assert_refused_at(db: Path, log: Path, refused: int, sampling: str) -> None:
     rows = _rounds(db)
     assert [r[0] for r in rows] == [r[0] for r in _committed(rows)] == list(range(1, refused)), rows
     assert _ledger(db) == list(range(1, refused))  # each round charged once, kills or not
     assert f"after {refused} rounds" in log.read_text() and "privacy budget exhausted" in log.read_text()
     shown = subprocess.run([sys.executable, "-m", "fedge.tools.cli", "coordinator", "privacy", "--state", str(db)],
                            capture_output=True, text=True, check=True).stdout
-    spent = _direct("fixed", POPULATION, ASKED, Z, refused - 1, DELTA)
+    spent = _direct(sampling, POPULATION, ASKED, Z[sampling], refused - 1, DELTA)
     assert f"ε spent {spent:.4f} of 3" in shown and "rounds left: 0" in shown, shown
 
 
-@pytest.mark.parametrize("kill_between_rounds", [False, True])
-def test_the_service_refuses_the_round_dp_accounting_says_overspends(drill, kill_between_rounds):
+@pytest.mark.parametrize("sampling,kill_between_rounds", [("fixed", False), ("fixed", True), ("poisson", True)])
+def test_the_service_refuses_the_round_dp_accounting_says_overspends(drill, sampling, kill_between_rounds):
     tmp, config = drill
     db, log = tmp / "coordinator.db", tmp / "coordinator.log"
-    refused = _refused_round()
+    refused = _refused_round(sampling)
     assert refused >= 3  # else the kills below would test little
     proc = _serve(config, log)
     kills = 0
@@ -123,4 +127,4 @@ def test_the_service_refuses_the_round_dp_accounting_says_overspends(drill, kill
         if proc.poll() is None:
             proc.kill()
     assert kills == (refused - 1 if kill_between_rounds else 0)
-    _assert_refused_at(db, log, refused)
+    _assert_refused_at(db, log, refused, sampling)
