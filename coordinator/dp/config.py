@@ -36,7 +36,8 @@ class PrivacyConfig:
     under replace-one, where one device moves the clipped sum by up to 2S. "poisson": each
     eligible device independently with probability q = asked / eligible, charged under
     add-or-remove-one (sensitivity S): about half the noise for the same ε, as in McMahan et al.
-    2018, for a cohort whose size varies (sync rounds without secure aggregation only).
+    2018, for a cohort whose size varies (sync rounds only; a secure round whose draw falls below
+    its quorum is abandoned, and charged, before any task leaves).
     """
 
     enabled: bool = False
@@ -106,9 +107,6 @@ def check_coordinator(cfg) -> None:
     if p.sampling == "poisson" and getattr(cfg, "mode", "sync") != "sync":
         raise ConfigError("privacy.sampling = 'poisson' needs mode = 'sync': an async buffer always holds K updates, "
                           "so one device's absence is another's presence (fixed-size, replace-one accounting)")
-    if p.sampling == "poisson" and cfg.secure_aggregation.enabled:
-        raise ConfigError("privacy.sampling = 'poisson' is not built for secure aggregation: its threshold and the "
-                          "devices' noise shares are set for a cohort size known in advance; use sampling = 'fixed'")
     if p.mechanism == "distributed" and not cfg.secure_aggregation.enabled:
         raise ConfigError("privacy.mechanism = 'distributed' needs [coordinator.secure_aggregation] enabled: the "
                           "devices' noise shares add up to the round's noise only inside the secure sum")

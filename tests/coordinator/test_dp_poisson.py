@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.sampling import poisson_draw, poisson_sample
 from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from tests.coordinator.fleet import ManualDevice, make_fleet
 from tests.coordinator.test_dp import _direct
 from tests.coordinator.test_dp_rounds import DP, _manual_round, _privacy, _round
@@ -48,13 +50,9 @@ def test_an_empty_draw_is_drawn_again():
         d for a in range(64) if (d := poisson_sample(devices, 0.2, 1, round_id, a)))
 
 
-@pytest.mark.parametrize("bad,named", [
-    ({"mode": "async"}, "mode = 'sync'"),
-    ({"secure_aggregation": SecAggConfig(enabled=True), "min_reports": 3, "clients_per_round": 4},
-     "secure aggregation")])
-def test_poisson_refuses_what_it_is_not_built_for(bad, named):
-    with pytest.raises(ConfigError, match=named):
-        CoordinatorConfig(**{**DP, "privacy": _privacy(sampling="poisson"), **bad})
+def test_poisson_refuses_async_mode_by_name():
+    with pytest.raises(ConfigError, match="mode = 'sync'"):
+        CoordinatorConfig(**{**DP, "privacy": _privacy(sampling="poisson"), "mode": "async"})
 
 
 @pytest.mark.parametrize("restart", [False, True])
@@ -105,3 +103,53 @@ def test_a_poisson_round_is_charged_even_when_abandoned(model, tmp_path):
     record = _round(fleet)  # nobody answers
     assert not record.committed
     assert [(e["cohort"], e["sampling"]) for e in c.store.privacy_ledger()] == [(2, "poisson")]
+
+
+DISTRIBUTED = PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=1.0, clip_norm=0.05,
+                            target_epsilon=50.0, delta=1e-5, sampling="poisson")
+SECURE = dict(secure_aggregation=SecAggConfig(enabled=True, bits=16, clip_range=0.05), weighting="equal",
+              aggregator="mean", compression=CompressionSpec(quant_bits=32), privacy=DISTRIBUTED,
+              clients_per_round=5, min_reports=3)
+SIZES = (12, 20, 16, 24, 18, 14, 22, 10)
+
+
+def _seed_with_draw(test) -> int:
+    """A coordinator seed whose round-1 Poisson draw (5 of 8 devices) passes `test` on its size."""
+    ids = [f"dev{i}" for i in range(len(SIZES))]
+    return next(seed for seed in range(1000) if test(len(poisson_draw(ids, 5 / 8, seed, 1))))
+
+
+def test_a_distributed_poisson_round_noises_for_the_draw_it_got(model, tmp_path):
+    from fedge.coordinator.dp.distributed import params_for
+    from fedge.edge_runtime.kernel.secagg.messages import SecAggTask
+    from tests.coordinator.test_dp_distributed import _run_round
+    seed = _seed_with_draw(lambda k: 3 <= k < 5)  # fewer than asked, at least the quorum
+    fleet = make_fleet(model, tmp_path, sizes=SIZES, seed=seed, **SECURE)
+    c = fleet.coordinator
+    record = _run_round(fleet, SECURE["secure_aggregation"].stage_deadline_s)
+    drawn = len(poisson_draw([f"dev{i}" for i in range(len(SIZES))], 5 / 8, seed, 1))
+    assert record.committed, record.why
+    (task,) = {m.spec for m in fleet.wire if isinstance(m, SecAggTask)}
+    d = sum(int(np.prod(s)) for s in c.shapes.values())
+    expected = params_for(1.0, 0.05, 0.05, d, min(3, drawn), drawn, 16)  # quorum and field for the draw
+    assert (task.dp_gamma, task.dp_sigma) == (expected.gamma, expected.sigma)
+    (charge,) = c.store.privacy_ledger()
+    assert (charge["sampling"], charge["mechanism"], charge["cohort"], charge["population"]) == \
+        ("poisson", "distributed", 5, 8)
+
+
+def test_a_secure_poisson_draw_below_the_quorum_is_abandoned_before_any_task_and_charged(model, tmp_path):
+    from fedge.coordinator.loop import CoordinatorLoop
+    seed = _seed_with_draw(lambda k: 1 <= k < 3)
+    fleet = make_fleet(model, tmp_path, sizes=SIZES, seed=seed, store=RoundStore(tmp_path / "s.db"), **SECURE)
+    c = fleet.coordinator
+    loop = CoordinatorLoop(c, min_devices=len(SIZES))
+    loop._maybe_begin()  # what the service does: the loop gets the record as from tick()
+    assert c.round is None and loop._closed_at_begin is c.history[-1]
+    record = c.history[-1]
+    assert not record.committed and record.why.startswith("poisson_draw_below_quorum")
+    fleet.drain()
+    from fedge.edge_runtime.kernel.secagg.messages import SecAggTask
+    assert fleet.tasks() == [] and not any(isinstance(m, SecAggTask) for m in fleet.wire)
+    assert c.store.next_round_id() == 2
+    assert [(e["sampling"], e["mechanism"]) for e in c.store.privacy_ledger()] == [("poisson", "distributed")]
