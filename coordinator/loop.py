@@ -71,7 +71,6 @@ class CoordinatorLoop:
         self.abandoned_in_a_row = 0
         self._started = False
         self._waiting_said = ("", 0.0)  # the last "waiting for" line and when it may be repeated
-        self._closed_at_begin: RoundRecord | None = None  # a round begin_round opened and closed at once
 
     def run(self) -> None:
         """Run until `stop()` or `should_stop` says so (a caller may run it again, for the next round)."""
@@ -109,27 +108,19 @@ class CoordinatorLoop:
                 if not self.stop_event.is_set():
                     log.error("coordinator: transport closed: %s", exc)
                 return
-            if record is None and self._closed_at_begin is not None:
-                record, self._closed_at_begin = self._closed_at_begin, None
-            if record is not None and self._closed(record):
-                return
-
-    def _closed(self, record: RoundRecord) -> bool:
-        """A round closed: pace the next one, report it; True when the job is done."""
-        c = self.coordinator
-        self.abandoned_in_a_row = 0 if record.committed else self.abandoned_in_a_row + 1
-        cfg = c.config
-        wait = abandoned_delay(self.abandoned_in_a_row, cfg.abandon_backoff_s, cfg.abandon_backoff_max_s)
-        self.next_begin = self.clock.now() + max(self.round_pause_s, wait)
-        if self.on_round:
-            self.on_round(record)
-        if self.should_stop and self.should_stop(record):
-            if c.evaluations.run is None:
-                return True
-            self.finishing = True  # the last model's evaluation closes by its deadline, or ours
-            if self.finish_evaluation_s is not None:
-                self.finish_until = self.clock.now() + self.finish_evaluation_s
-        return False
+            if record is not None:
+                self.abandoned_in_a_row = 0 if record.committed else self.abandoned_in_a_row + 1
+                cfg = c.config
+                wait = abandoned_delay(self.abandoned_in_a_row, cfg.abandon_backoff_s, cfg.abandon_backoff_max_s)
+                self.next_begin = self.clock.now() + max(self.round_pause_s, wait)
+                if self.on_round:
+                    self.on_round(record)
+                if self.should_stop and self.should_stop(record):
+                    if c.evaluations.run is None:
+                        return
+                    self.finishing = True  # the last model's evaluation closes by its deadline, or ours
+                    if self.finish_evaluation_s is not None:
+                        self.finish_until = self.clock.now() + self.finish_evaluation_s
 
     def _pump(self, timeout: float) -> bool:
         """Handle one message; an exception from handling it costs that message, not the service."""
@@ -186,9 +177,6 @@ class CoordinatorLoop:
             return
         c.metrics.devices_needed.set(0)
         self._waiting_said = ("", 0.0)
-        if c.round is None:  # it closed at once (a secure Poisson draw below its quorum): the loop's record
-            self._closed_at_begin = c.history[-1]
-            return
         if self.on_begin:
             self.on_begin(c.round.machine)
 

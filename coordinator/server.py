@@ -52,7 +52,6 @@ from .registry import Registry
 from .restart import restore_state, resume
 from .round_shell import make_shell
 from .rounds import (
-    SYNC,
     Abandon,
     Action,
     Aggregate,
@@ -60,7 +59,6 @@ from .rounds import (
     Committed,
     Declined,
     Event,
-    Limits,
     Pace,
     RoundMachine,
     Send,
@@ -285,21 +283,19 @@ class Coordinator(BrokerLink):
         plan = self.privacy.plan(round_id, len(candidates), asked, wanted, self.state.extra)  # before the round
         if plan is None and self.privacy.enabled:
             return False
-        short = None  # a secure Poisson round whose draw is below its quorum: opened, then abandoned
-        if plan is not None and plan.sampling == "poisson":
+        if plan is not None and plan.sampling == "poisson":  # central DP, no secure aggregation (dp/config.py)
             selected = poisson_draw(candidates, asked / len(candidates), cfg.seed, round_id)
             if not selected:
                 return False
-            if self.shell.secure and len(selected) < quorum:
-                short = f"poisson_draw_below_quorum: {len(selected)} drawn, the secure round needs {quorum}"
-            # The draw's size varies: a smaller one runs with what it drew (the fixed denominator
-            # stays W; the round is charged whether it commits or not, records.py).
-            wanted, quorum = min(wanted, len(selected)), min(quorum, len(selected))
+            # Every device drawn counts (the target is the draw, the quorum capped by it): a round
+            # that closed at a fixed count would let one added device push out another's report,
+            # moving the sum by 2S, not the S the Poisson charge assumes. The mean still divides
+            # by the fixed W; the round is charged however it ends (records.py).
+            wanted, quorum = len(selected), min(quorum, len(selected))
         else:
             selected = sample_devices(candidates, asked, cfg.seed, round_id)
         now, wall = self.clock.now(), self.clock.wall()
-        stages, limits = (SYNC, (Limits(wanted, quorum, cfg.round_deadline_s),)) if short else \
-            self.shell.plan(wanted, quorum)
+        stages, limits = self.shell.plan(wanted, quorum)
         machine, actions = start(round_id, stages, limits, tuple(selected), now, deadline=now + cfg.round_deadline_s)
         tasks = {d: uuid.uuid4().hex for d in selected}
         # before any task leaves: see store.py
@@ -308,10 +304,6 @@ class Coordinator(BrokerLink):
                                           shards=self._round_shards(tuple(selected))))
         self.round = self._new_round(machine, tasks, now, plan)
         (self.round.bytes_up, self.round.bytes_up_dense), self._late_up = self._late_up, (0, 0)
-        if short is not None:  # no task leaves; charged like any Poisson round (records.py)
-            log.warning("round %d abandoned before any task: %s", round_id, short)
-            self._execute(Stopped(short), now)
-            return True
         self.outbound.model(self.round)  # before the tasks that name it
         self._run(actions, now)
         self.metrics.round_begun(round_id)

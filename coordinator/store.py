@@ -12,7 +12,8 @@ Schema (version 4)::
               record (JSON RoundRecord), privacy (JSON dp RoundPlan, NULL without DP); at
               most one row is open (partial index)
     privacy_ledger  round_id INT PK, charge (JSON RoundPlan): rounds whose noised aggregate
-              was computed, written by the transaction that closes the round
+              was computed (and every Poisson-sampled round), written by the transaction that
+              closes the round
     updates   (device_id, round_id, update_id) PK, digest, seq, num_examples, reported_norm (DP),
               log_offset, payload_len, control_len: where the Update's compressed payload and
               control-variate delta (SCAFFOLD; length 0 for none) are in the round's payload
@@ -54,7 +55,8 @@ with a `kill -9` between any two of them:
   the next id, and nothing of the abandoned one was applied.
 * privacy: a DP round's plan (z, S, sampling event) is in its open row, so a restart replays
   the same noise; its charge enters privacy_ledger in the transaction that closes it (also
-  when abandoned after its noised aggregate was computed). Killed before: still open, replayed.
+  when abandoned after its noised aggregate was computed, or Poisson-sampled). Killed before:
+  still open, replayed.
 
 `durable=True` (synchronous=FULL) also makes each commit survive a power cut, which is what
 an Ack promises; NORMAL survives a killed process but may lose the last commits on power loss.

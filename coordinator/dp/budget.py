@@ -1,7 +1,8 @@
 """The privacy budget in the coordinator: before each round, plan it or refuse it.
 
 The ledger is the store's (privacy_ledger: one charge per round whose noised aggregate was
-computed, written in the transaction that closes the round), so it survives a `kill -9` and
+computed, or per Poisson-sampled round however it ended; written in the transaction that
+closes the round), so it survives a `kill -9` and
 a round is never charged twice. Before dispatching round r the coordinator asks `plan`:
 with the sampling event it is about to use (the devices it will ask, over-selection
 included, out of the eligible ones) ε after r is computed by dp-accounting; over the target,
@@ -19,6 +20,8 @@ import logging
 from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Gauge
+
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .accountant import BudgetVerdict, RoundCharge, check_round, epsilon
 from .calibrate import noise_multiplier_for
@@ -48,6 +51,12 @@ class PrivacyBudget:
         self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
         self.refused_round: int | None = None
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
+        if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
+            ledger = {c.get("sampling", "fixed") for c in store.privacy_ledger()}
+            if ledger - {config.sampling}:
+                raise ConfigError(f"privacy.sampling = {config.sampling!r}, but the state file's privacy ledger "
+                                  f"holds {sorted(ledger)} rounds: their neighbouring relations differ and one "
+                                  "budget cannot compose both; keep the ledger's sampling or start a new state file")
         if self.metrics is not None:
             self.metrics.target.set(config.target_epsilon)
             self.refresh()

@@ -36,8 +36,9 @@ class PrivacyConfig:
     under replace-one, where one device moves the clipped sum by up to 2S. "poisson": each
     eligible device independently with probability q = asked / eligible, charged under
     add-or-remove-one (sensitivity S): about half the noise for the same ε, as in McMahan et al.
-    2018, for a cohort whose size varies (sync rounds only; a secure round whose draw falls below
-    its quorum is abandoned, and charged, before any task leaves).
+    2018, for a cohort whose size varies: every device drawn counts (sync rounds, central
+    mechanism, no shards; a secure round whose draw falls below its quorum is abandoned, and
+    charged, before any task leaves).
     """
 
     enabled: bool = False
@@ -104,6 +105,14 @@ def check_coordinator(cfg) -> None:
                           "unclipped and unnoised")
     if cfg.norm_bound:
         raise ConfigError("privacy clips each update to privacy.clip_norm; norm_bound (which rejects) must be 0")
+    if p.sampling == "poisson" and p.mechanism == "distributed":
+        raise ConfigError("privacy.sampling = 'poisson' with mechanism = 'distributed' is not built: a device "
+                          "removed from the draw takes its own noise share with it, and the distributed discrete "
+                          "Gaussian's bound is for one vector changed among a fixed number of noised inputs; use "
+                          "sampling = 'fixed', or the central mechanism (with or without secure aggregation)")
+    if p.sampling == "poisson" and cfg.shards:
+        raise ConfigError("privacy.sampling = 'poisson' is not built for sharded rounds (shards > 0): one device's "
+                          "presence changes the shard groups' sizes and merges, which the charge does not cover")
     if p.sampling == "poisson" and getattr(cfg, "mode", "sync") != "sync":
         raise ConfigError("privacy.sampling = 'poisson' needs mode = 'sync': an async buffer always holds K updates, "
                           "so one device's absence is another's presence (fixed-size, replace-one accounting)")

@@ -30,9 +30,6 @@ the coordinator picks gamma and sigma (per device, integer units):
            z and z_eff are relative to one device's L2 bound, and replacing one device's
            vector moves the sum by up to twice that bound, the sensitivity dp-accounting's
            replace-one multiplier is relative to (accountant.py, the central charge alike).
-           Under Poisson sampling (add or remove one device: the sum moves by one device's
-           vector) the same z_eff is charged as PoissonSampledDpEvent(GaussianDpEvent(z)); n_min
-           and n_max are then the draw's quorum and size (server.begin_round).
            sigma is the smallest with z_eff >= z (tau d is folded in, never dropped; at the
            sigmas used it is below 1e-100).
   headroom The sum read as a signed integer must stay in [-2^(m-1), 2^(m-1)). The signal is at

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.config import CoordinatorConfig
-from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.sampling import poisson_draw, poisson_sample
 from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from tests.coordinator.fleet import ManualDevice, make_fleet
 from tests.coordinator.test_dp import _direct
 from tests.coordinator.test_dp_rounds import DP, _manual_round, _privacy, _round
@@ -48,11 +46,6 @@ def test_an_empty_draw_is_drawn_again():
     round_id = next(r for r in range(1000) if not poisson_sample(devices, 0.2, 1, r))
     assert poisson_draw(devices, 0.2, 1, round_id) == next(
         d for a in range(64) if (d := poisson_sample(devices, 0.2, 1, round_id, a)))
-
-
-def test_poisson_refuses_async_mode_by_name():
-    with pytest.raises(ConfigError, match="mode = 'sync'"):
-        CoordinatorConfig(**{**DP, "privacy": _privacy(sampling="poisson"), "mode": "async"})
 
 
 @pytest.mark.parametrize("restart", [False, True])
@@ -105,51 +98,59 @@ def test_a_poisson_round_is_charged_even_when_abandoned(model, tmp_path):
     assert [(e["cohort"], e["sampling"]) for e in c.store.privacy_ledger()] == [(2, "poisson")]
 
 
-DISTRIBUTED = PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=1.0, clip_norm=0.05,
-                            target_epsilon=50.0, delta=1e-5, sampling="poisson")
-SECURE = dict(secure_aggregation=SecAggConfig(enabled=True, bits=16, clip_range=0.05), weighting="equal",
-              aggregator="mean", compression=CompressionSpec(quant_bits=32), privacy=DISTRIBUTED,
-              clients_per_round=5, min_reports=3)
-SIZES = (12, 20, 16, 24, 18, 14, 22, 10)
+
+@pytest.mark.parametrize("bad,named", [
+    ({"mode": "async"}, "mode = 'sync'"),
+    ({"shards": 2, "state_dsn": "postgresql://db/fedge"}, "sharded rounds"),
+    ({"privacy": _privacy(sampling="poisson", mechanism="distributed"), "clients_per_round": 5, "min_reports": 3,
+      "secure_aggregation": SecAggConfig(enabled=True)}, "its own noise share")])
+def test_poisson_refuses_what_its_charge_does_not_cover_by_name(bad, named):
+    with pytest.raises(ConfigError, match=named):
+        CoordinatorConfig(**{**DP, "privacy": _privacy(sampling="poisson"), **bad})
 
 
-def _seed_with_draw(test) -> int:
-    """A coordinator seed whose round-1 Poisson draw (5 of 8 devices) passes `test` on its size."""
-    ids = [f"dev{i}" for i in range(len(SIZES))]
-    return next(seed for seed in range(1000) if test(len(poisson_draw(ids, 5 / 8, seed, 1))))
-
-
-def test_a_distributed_poisson_round_noises_for_the_draw_it_got(model, tmp_path):
-    from fedge.coordinator.dp.distributed import params_for
-    from fedge.edge_runtime.kernel.secagg.messages import SecAggTask
-    from tests.coordinator.test_dp_distributed import _run_round
-    seed = _seed_with_draw(lambda k: 3 <= k < 5)  # fewer than asked, at least the quorum
-    fleet = make_fleet(model, tmp_path, sizes=SIZES, seed=seed, **SECURE)
-    c = fleet.coordinator
-    record = _run_round(fleet, SECURE["secure_aggregation"].stage_deadline_s)
-    drawn = len(poisson_draw([f"dev{i}" for i in range(len(SIZES))], 5 / 8, seed, 1))
-    assert record.committed, record.why
-    (task,) = {m.spec for m in fleet.wire if isinstance(m, SecAggTask)}
-    d = sum(int(np.prod(s)) for s in c.shapes.values())
-    expected = params_for(1.0, 0.05, 0.05, d, min(3, drawn), drawn, 16)  # quorum and field for the draw
-    assert (task.dp_gamma, task.dp_sigma) == (expected.gamma, expected.sigma)
-    (charge,) = c.store.privacy_ledger()
-    assert (charge["sampling"], charge["mechanism"], charge["cohort"], charge["population"]) == \
-        ("poisson", "distributed", 5, 8)
-
-
-def test_a_secure_poisson_draw_below_the_quorum_is_abandoned_before_any_task_and_charged(model, tmp_path):
-    from fedge.coordinator.loop import CoordinatorLoop
-    seed = _seed_with_draw(lambda k: 1 <= k < 3)
-    fleet = make_fleet(model, tmp_path, sizes=SIZES, seed=seed, store=RoundStore(tmp_path / "s.db"), **SECURE)
-    c = fleet.coordinator
-    loop = CoordinatorLoop(c, min_devices=len(SIZES))
-    loop._maybe_begin()  # what the service does: the loop gets the record as from tick()
-    assert c.round is None and loop._closed_at_begin is c.history[-1]
-    record = c.history[-1]
-    assert not record.committed and record.why.startswith("poisson_draw_below_quorum")
+def test_every_drawn_device_counts_and_the_mean_keeps_its_fixed_denominator(model, tmp_path):
+    """4 devices, clients_per_round 2, over_selection 2: q = 1, all 4 drawn. A round that closed at
+    2 reports would let an added device push out another's (sensitivity 2S); all 4 are counted,
+    and the noised sum is divided by W = 2. Oracle from the wire, as test_dp_rounds.py's."""
+    from fedge.coordinator.dp.mechanism import clip_to_norm
+    from fedge.edge_runtime.kernel.codec import encode_message
+    from tests.coordinator.fleet import copy_params, decoded, random_delta
+    from tests.coordinator.test_dp_rounds import S
+    fleet = make_fleet(model, tmp_path, clients_per_round=2, over_selection=2.0, min_reports=2, **DP,
+                       privacy=_privacy(sampling="poisson"))
+    devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(4)]
     fleet.drain()
-    from fedge.edge_runtime.kernel.secagg.messages import SecAggTask
-    assert fleet.tasks() == [] and not any(isinstance(m, SecAggTask) for m in fleet.wire)
-    assert c.store.next_round_id() == 2
-    assert [(e["sampling"], e["mechanism"]) for e in c.store.privacy_ledger()] == [("poisson", "distributed")]
+    c = fleet.coordinator
+    old = copy_params(c.state.params)
+    assert c.begin_round() and len(c.round.machine.selected) == 4
+    fleet.drain()
+    rng = np.random.default_rng(4)
+    deltas = [random_delta(c.shapes, rng, scale=S) for _ in devices]
+    for m, delta in zip(devices, deltas):
+        m.send(encode_message(m.update(delta)))
+        fleet.drain()
+    record = _round(fleet)
+    assert record.committed and record.reports == 4
+    wire = [decoded(u) for u in fleet.updates()]  # the coordinator sums (and noises) in the wire's key order
+    total = {k: sum(clip_to_norm(d, S)[0][k].astype(np.float64) for d in wire) for k in wire[0]}
+    noise_rng = np.random.default_rng([c.config.seed, record.round_id])
+    noise = {k: noise_rng.normal(0.0, 1.0 * S, size=np.shape(v)) for k, v in total.items()}
+    for k in old:
+        want = old[k] + ((total[k] + noise[k]) / 2).astype(np.float32)
+        np.testing.assert_allclose(c.state.params[k], want, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_a_ledger_of_the_other_sampling_stops_the_start_by_name():
+    """Switching sampling on an existing state file would make every later round's ε uncomputable
+    (one ledger, two neighbouring relations): refused when the budget is built, before any round."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from fedge.coordinator.dp.budget import PrivacyBudget
+    store = SimpleNamespace(privacy_ledger=lambda: [{"sampling": "fixed"}, {"population": 10}])  # old rows: fixed
+    with pytest.raises(ConfigError, match="neighbouring relations differ"):
+        PrivacyBudget(_privacy(sampling="poisson"), store, CollectorRegistry())
+    assert PrivacyBudget(_privacy(sampling="poisson"), SimpleNamespace(privacy_ledger=lambda: []),
+                         CollectorRegistry()).enabled  # a fresh state file takes either

@@ -25,7 +25,7 @@ Output JSON (schema 1): benchmark "privacy", population, clients_per_round, roun
         epsilon                 the target ε, null for none; epsilon_spent: the ledger's ε at the end
         delta, bits             δ; bits per coordinate on the wire: the field's m (distributed), null otherwise
         noise_multiplier        z (null for none); clip_norm: S the run started with
-        sampling                "fixed" or "poisson" (--sampling), null for none
+        sampling                "fixed" or "poisson" (--sampling; central only), null for none
         epochs, batch_size, lr  the devices' local training
         global_accuracy         final global model on the union of held-out splits
         personalized_accuracy   mean over devices of their personalized model on their own split
@@ -83,9 +83,9 @@ class PrivacyGrid:
     # noisy aggregates over about 1/(1-β) rounds (DP-FedAvgM); the noise of a round is
     # independent of the last, the signal is not, so momentum keeps the signal and damps the noise.
     strategy: str = "fedavg"
-    # How DP rounds are drawn and charged: "fixed" (100 of the population, replace-one) or "poisson"
-    # (each device with q = 100 / population, add-or-remove-one: about half the noise for the same ε).
-    # A distributed Poisson round whose draw falls below distributed_quorum is abandoned, and charged.
+    # How central DP's rounds are drawn and charged: "fixed" (100 of the population, replace-one) or
+    # "poisson" (each device with q = 100 / population, add-or-remove-one: about half the noise for
+    # the same ε). Distributed DP runs fixed-size cohorts only (coordinator/dp/config.py).
     sampling: str = "fixed"
 
 
@@ -104,7 +104,7 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
 
     private = math.isfinite(epsilon)
     distributed = private and mechanism == "distributed"
-    sampling = grid.sampling
+    sampling = "fixed" if distributed else grid.sampling
     z = noise_multiplier_for(epsilon, grid.delta, grid.rounds, grid.devices, grid.clients_per_round,
                              sampling) if private else None
     clip = grid.distributed_clip if distributed else grid.clip_norm
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="synthetic: how much devices' models differ; label-skew: Dirichlet concentration (0.5)")
     p.add_argument("--beta", type=float, default=None, help="synthetic: how much devices' inputs differ (0.5)")
     p.add_argument("--sampling", choices=("fixed", "poisson"), default=None,
-                   help="DP cohorts: fixed-size (default) or Poisson")
+                   help="central DP's cohorts: fixed-size (default) or Poisson (distributed: always fixed)")
     p.add_argument("--strategy", default=None, help="the server step: fedavg (default), fedavgm, fedadam, ...")
     p.add_argument("--epochs", type=int, default=None, help="local epochs per task (default: the simulator's 2)")
     p.add_argument("--batch-size", type=int, default=None, help="local batch size (default: the simulator's 20)")

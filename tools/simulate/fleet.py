@@ -243,8 +243,6 @@ class InMemoryFleet:
             if self.coordinator.privacy.exhausted is not None:
                 return None
             raise RuntimeError("no eligible devices checked in")
-        if self.coordinator.round is None:  # closed at once: a secure Poisson draw below its quorum
-            return self.coordinator.history[-1]
         m = self.coordinator.round.machine
         late = self.plan.begin(m.round_id, m.selected, m.target)
         on_time = [a for a in self.agents if a.device_id not in late]
