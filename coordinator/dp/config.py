@@ -36,9 +36,8 @@ class PrivacyConfig:
     under replace-one, where one device moves the clipped sum by up to 2S. "poisson": each
     eligible device independently with probability q = asked / eligible, charged under
     add-or-remove-one (sensitivity S): about half the noise for the same ε, as in McMahan et al.
-    2018, for a cohort whose size varies: every device drawn counts (sync rounds, central
-    mechanism, no shards; a secure round whose draw falls below its quorum is abandoned, and
-    charged, before any task leaves).
+    2018, for a cohort whose size varies: every device drawn counts, and the round is charged
+    however it ends (sync rounds, central mechanism, no shards: check_coordinator).
     """
 
     enabled: bool = False

@@ -98,7 +98,6 @@ def test_a_poisson_round_is_charged_even_when_abandoned(model, tmp_path):
     assert [(e["cohort"], e["sampling"]) for e in c.store.privacy_ledger()] == [(2, "poisson")]
 
 
-
 @pytest.mark.parametrize("bad,named", [
     ({"mode": "async"}, "mode = 'sync'"),
     ({"shards": 2, "state_dsn": "postgresql://db/fedge"}, "sharded rounds"),

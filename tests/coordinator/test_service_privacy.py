@@ -24,9 +24,10 @@ from tests.coordinator.test_service_faults import Fleet, _committed, _query, _ro
 from tests.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
-# Z is fedge's noise over S; replace-one moves the sum by 2S, so dp-accounting's multiplier is Z / 2 = 1.0.
 POPULATION, ASKED, TARGET, DELTA = 24, 2, 3.0, 1e-5
-Z = {"fixed": 2.0, "poisson": 1.0}  # a Poisson round's sensitivity is S: z itself is dp-accounting's multiplier
+# fedge's z is noise over S. Replace-one (fixed) moves the sum by 2S, so dp-accounting's multiplier is
+# z / 2 = 1.0; add-or-remove (Poisson) moves it by S, so z itself is the multiplier, 1.0.
+Z = {"fixed": 2.0, "poisson": 1.0}
 
 
 def _refused_round(sampling: str) -> int:

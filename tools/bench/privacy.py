@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=None,
                    help="synthetic: how much devices' models differ; label-skew: Dirichlet concentration (0.5)")
     p.add_argument("--beta", type=float, default=None, help="synthetic: how much devices' inputs differ (0.5)")
-    p.add_argument("--sampling", choices=("fixed", "poisson"), default=None,
+    p.add_argument("--sampling", choices=SAMPLINGS, default=None,
                    help="central DP's cohorts: fixed-size (default) or Poisson (distributed: always fixed)")
     p.add_argument("--strategy", default=None, help="the server step: fedavg (default), fedavgm, fedadam, ...")
     p.add_argument("--epochs", type=int, default=None, help="local epochs per task (default: the simulator's 2)")
