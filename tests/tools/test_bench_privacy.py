@@ -85,3 +85,23 @@ def test_the_label_skew_setting_is_the_async_benchs_data_and_the_choice_is_check
     assert population(replace(grid, data="synthetic")).name == "synthetic(0.3,0.5)"
     with pytest.raises(ValueError, match="label-skew"):
         population(replace(grid, data="mnist"))
+
+
+def test_bench_privacy_runs_top_k_under_central_dp_and_refuses_it_with_secure_aggregation(tmp_path):
+    from dataclasses import replace
+
+    from fedge.tools.bench.privacy import PrivacyGrid
+
+    args = ["bench", "privacy", "--devices", "30", "--clients-per-round", "6", "--rounds", "2",
+            "--epsilons", "8", "--mechanisms", "central", "--data", "label-skew"]
+    dense, sparse = tmp_path / "dense.json", tmp_path / "sparse.json"
+    assert main(args + ["--json", str(dense)]) == 0
+    assert main(args + ["--json", str(sparse), "--topk", "0.1", "--no-error-feedback"]) == 0
+    (d,), (s,) = json.loads(dense.read_text())["runs"], json.loads(sparse.read_text())["runs"]
+    assert (d["topk_fraction"], s["topk_fraction"], s["quant_bits"]) == (1.0, 0.1, 8)
+    assert (d["error_feedback"], s["error_feedback"]) == (True, False)
+    # same z and the same charge; a tenth of each tensor's int8 codes plus their indices on the wire
+    assert s["noise_multiplier"] == d["noise_multiplier"] and s["epsilon_spent"] == d["epsilon_spent"]
+    assert 0 < s["bytes_up"] < 0.5 * d["bytes_up"]
+    with pytest.raises(ValueError, match="central only"):
+        replace(PrivacyGrid(), topk_fraction=0.1)

@@ -26,6 +26,9 @@ Output JSON (schema 1): benchmark "privacy", population, clients_per_round, roun
         delta, bits             δ; bits per coordinate on the wire: the field's m (distributed), null otherwise
         noise_multiplier        z (null for none); clip_norm: S the run started with
         sampling                "fixed" or "poisson" (--sampling; central only), null for none
+        quant_bits, topk_fraction, error_feedback  the devices' update compression (--quant-bits,
+                                --topk, --no-error-feedback); bytes_up:
+                                the run's uplink bytes
         epochs, batch_size, lr  the devices' local training
         global_accuracy         final global model on the union of held-out splits
         personalized_accuracy   mean over devices of their personalized model on their own split
@@ -88,6 +91,17 @@ class PrivacyGrid:
     # "poisson" (each device with q = 100 / population, add-or-remove-one: about half the noise for
     # the same ε). Distributed DP runs fixed-size cohorts only (coordinator/dp/config.py).
     sampling: str = "fixed"
+    # The devices' update compression (the device clips to S first, then quantizes and sparsifies, so
+    # what it sends stays within S). Top-k runs under central DP and without DP only: secure
+    # aggregation needs every device to send the same coordinates (its own keep_fraction).
+    quant_bits: int = 8
+    topk_fraction: float = 1.0
+    error_feedback: bool = True  # keep what compression dropped and send it with the next update
+
+    def __post_init__(self) -> None:
+        if self.topk_fraction < 1.0 and "distributed" in self.mechanisms:
+            raise ValueError("--topk below 1 runs with --mechanisms central only: secure aggregation "
+                             "sums the same coordinates from every device")
 
 
 # The final round's numbers for the 10% of devices with the fewest training examples (simulate/scoring.py)
@@ -120,7 +134,8 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
              if v is not None}
     cfg = sim_config(devices=grid.devices, rounds=grid.rounds, clients_per_round=grid.clients_per_round,
                      over_selection=1.0, aggregator="mean", weighting="equal", privacy=privacy, seed=grid.seed,
-                     strategy=grid.strategy,
+                     strategy=grid.strategy, quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
+                     error_feedback=grid.error_feedback,
                      **secure, **local)
     started = time.perf_counter()
     result = run_simulation(cfg, data=data)
@@ -128,7 +143,9 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
     return {"mechanism": mechanism if private else "none", "epsilon": epsilon if private else None,
             "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": grid.bits if distributed else None,
             "noise_multiplier": z, "sampling": sampling if private else None,
-            "strategy": grid.strategy, "epochs": cfg.coordinator.hyper.epochs,
+            "strategy": grid.strategy, "quant_bits": grid.quant_bits, "topk_fraction": grid.topk_fraction,
+            "error_feedback": grid.error_feedback, "bytes_up": sum(r["bytes_up"] for r in result.rounds),
+            "epochs": cfg.coordinator.hyper.epochs,
             "batch_size": cfg.coordinator.hyper.batch_size, "lr": cfg.coordinator.hyper.lr,
             "clipping": None if not private else "adaptive" if adaptive else "fixed",
             "min_inputs": grid.distributed_quorum if distributed else None,
@@ -248,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beta", type=float, default=None, help="synthetic: how much devices' inputs differ (0.5)")
     p.add_argument("--sampling", choices=SAMPLINGS, default=None,
                    help="central DP's cohorts: fixed-size (default) or Poisson (distributed: always fixed)")
+    p.add_argument("--quant-bits", type=int, choices=(32, 8, 4), default=None,
+                   help="the devices' update quantization (default 8)")
+    p.add_argument("--topk", dest="topk_fraction", type=float, default=None,
+                   help="fraction of each tensor's entries sent, after the clip (default 1: dense; central only)")
+    p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false", default=None,
+                   help="drop what compression leaves out instead of carrying it to the next update")
     p.add_argument("--strategy", default=None, help="the server step: fedavg (default), fedavgm, fedadam, ...")
     p.add_argument("--epochs", type=int, default=None, help="local epochs per task (default: the simulator's 2)")
     p.add_argument("--batch-size", type=int, default=None, help="local batch size (default: the simulator's 20)")
@@ -261,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                                    ("distributed_quorum", args.distributed_quorum), ("epochs", args.epochs),
                                    ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("data", args.data), ("alpha", args.alpha), ("beta", args.beta),
-                                   ("strategy", args.strategy), ("sampling", args.sampling))
+                                   ("strategy", args.strategy), ("sampling", args.sampling),
+                                   ("quant_bits", args.quant_bits), ("topk_fraction", args.topk_fraction),
+                                   ("error_feedback", args.error_feedback))
                  if v is not None}
     if args.mechanisms:
         overrides["mechanisms"] = tuple(args.mechanisms.split(","))
