@@ -105,3 +105,8 @@ def test_bench_privacy_runs_top_k_under_central_dp_and_refuses_it_with_secure_ag
     assert 0 < s["bytes_up"] < 0.5 * d["bytes_up"]
     with pytest.raises(ValueError, match="central only"):
         replace(PrivacyGrid(), topk_fraction=0.1)
+    with pytest.raises(ValueError, match="topk"):
+        replace(PrivacyGrid(), topk_fraction=0.0, mechanisms=("central",))
+    with pytest.raises(SystemExit) as usage:  # the CLI says so as a usage error
+        main(["bench", "privacy", "--json", str(tmp_path / "x.json"), "--topk", "0.1"])
+    assert usage.value.code == 2 and not (tmp_path / "x.json").exists()

@@ -99,6 +99,8 @@ class PrivacyGrid:
     error_feedback: bool = True  # keep what compression dropped and send it with the next update
 
     def __post_init__(self) -> None:
+        if not 0 < self.topk_fraction <= 1:  # also refuses NaN
+            raise ValueError(f"--topk must be in (0, 1], got {self.topk_fraction!r}")
         if self.topk_fraction < 1.0 and "distributed" in self.mechanisms:
             raise ValueError("--topk below 1 runs with --mechanisms central only: secure aggregation "
                              "sums the same coordinates from every device")
@@ -292,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["mechanisms"] = tuple(args.mechanisms.split(","))
     if args.epsilons:
         overrides["epsilons"] = tuple(float(e) for e in args.epsilons.split(","))
-    run(replace(grid, **overrides), args.json_path, progress=lambda line: print(line, file=sys.stderr))
+    try:
+        grid = replace(grid, **overrides)
+    except ValueError as exc:  # a combination the grid refuses: a usage error, not a traceback
+        p.error(str(exc))
+    run(grid, args.json_path, progress=lambda line: print(line, file=sys.stderr))
     print(f"wrote {args.json_path}")
     return 0
