@@ -37,7 +37,7 @@ from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .kernel.update_codec import decode_dense, dense_fp32_bytes
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .model_runtime import ModelRuntime
-from .personalize import PINNABLE, head_params, tune_head
+from .personalize import PINNABLE, head_params, personal_start, tune_head
 from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
@@ -195,7 +195,10 @@ class DeviceRuntime:
             check_params(manifest, server_control, "shared")
             client_control = _fitting(store.load_control(), shared) or {k: np.zeros_like(v) for k, v in shared.items()}
             correction = {k: server_control[k] - client_control[k] for k in shared}
-        personal = store.load_personal() or model.initial("personal")
+        personal = store.load_personal()
+        if not personal:  # the device's first task for this model
+            initial = model.initial("personal")
+            personal = personal_start(initial, shared) if task.hyper.personal_head_from_global else initial
         check_params(manifest, personal, "personal")
         opt_state = store.load_opt_state() if task.hyper.keep_optimizer_state else None
         if opt_state is not None and not _state_fits(opt_state, task.hyper.optimizer):

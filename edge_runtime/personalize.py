@@ -35,6 +35,19 @@ def head_params(head: str) -> tuple[str, str]:
     return f"head_{head}.weight", f"head_{head}.bias"
 
 
+def personal_start(initial: Params, shared: Params) -> Params:
+    """A device's personal params before it has trained any, begun from the fleet: the model's
+    initial values, with the personal head a copy of the global head in `shared` where the model
+    has both with the same shapes (TaskHyper.personal_head_from_global; `personalize` starts a
+    never-trained device the same way). Other personal params (adapters) keep their initial
+    values."""
+    start = {k: np.array(v, np.float32) for k, v in initial.items()}
+    for mine, fleets in zip(head_params("personal"), head_params("global")):
+        if mine in start and fleets in shared and np.shape(shared[fleets]) == start[mine].shape:
+            start[mine] = np.array(shared[fleets], np.float32)
+    return start
+
+
 def tune_head(
     backend: TrainerBackend,
     params: Params,

@@ -126,6 +126,11 @@ class TaskHyper:
     # `diverged` instead of sending a huge delta.
     max_grad_norm: float = bounded(0.0, 1e30, 10.0)
     divergence_factor: float = bounded(0.0, 1e30, 10.0)
+    # A device's first task starts its personal head from the fleet's global head (same shapes)
+    # instead of the model's initial values. Off by default. On for fleets where a device takes
+    # part rarely: a random head trained a few steps a task stays near chance for many rounds
+    # (README, Personalization). Left out of the frame while off, for devices built before it.
+    personal_head_from_global: bool = field(default=False, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         # ValueError: the codec turns it into MalformedPayload, a config loader into ConfigError.

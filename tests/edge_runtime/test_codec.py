@@ -350,3 +350,18 @@ def test_fuzz_only_codec_errors():
         except CodecError:
             continue
         assert type(out) in p.MESSAGE_TYPES.values()
+
+
+def test_personal_head_from_global_stays_out_of_the_frame_while_off():
+    """A TaskHyper field added after devices shipped: their decoders refuse unknown fields, so
+    a task carries it only when it is on (and then decodes to the same task)."""
+    def body(task):
+        frame = encode_message(task)
+        return msgpack.unpackb(frame[HEADER_SIZE:-4], raw=False)
+
+    off = p.TrainTask(1, "t", "d", "m", 0, b"", hyper=p.TaskHyper())
+    on = dataclasses.replace(off, hyper=p.TaskHyper(personal_head_from_global=True))
+    assert "personal_head_from_global" not in body(off)["hyper"]
+    assert body(on)["hyper"]["personal_head_from_global"] is True
+    assert decode_message(encode_message(on)) == on and decode_message(encode_message(off)) == off
+    assert not p.TaskHyper().personal_head_from_global  # off by default

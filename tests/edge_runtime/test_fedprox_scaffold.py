@@ -360,3 +360,43 @@ def test_a_scaffold_task_starts_from_an_empty_momentum_buffer(model, tmp_path):
     got = [decompress_update(decode_tensors(u.payload)) for u in updates]
     for k in shared:
         np.testing.assert_array_equal(got[0][k], got[1][k], err_msg=k)
+
+
+# ------------------------------------------------------------------ the first personal head
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_personal_head_from_global_starts_the_first_task_at_the_global_head(model, tmp_path, backend):
+    """TaskHyper.personal_head_from_global: a device's first task trains from its personal head
+    set to the task's global head (the other personal params at their initial values); off, from
+    the initial values. Oracle: the local run written out (_hand_sgd) from each start."""
+    d, manifest, runtime = model
+    assert {"head_personal.weight", "head_global.weight"} <= {p.name for p in manifest.trainable}
+    rng = np.random.default_rng(9)
+    shared = {k: (v + 0.3 * rng.normal(size=v.shape)).astype(np.float32) for k, v in runtime.initial("shared").items()}
+    zero = {k: np.zeros(v.shape, np.float64) for k, v in shared.items()}
+    initial = runtime.initial("personal")
+    from_global = {**initial, "head_personal.weight": shared["head_global.weight"].copy(),
+                   "head_personal.bias": shared["head_global.bias"].copy()}
+    assert not np.allclose(from_global["head_personal.weight"], initial["head_personal.weight"])
+    for flag, start in ((True, from_global), (False, initial)):
+        device = DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path / str(flag), backend=backend, seed=2)
+        task = _task(model, shared, TaskHyper(epochs=2, batch_size=8, lr=0.1, max_grad_norm=0.0,
+                                                      personal_head_from_global=flag))
+        update = device.handle_task(task)
+        assert isinstance(update, Update)
+        w, _, _ = _hand_sgd(model, device, task, shared, start, zero, 0.0)
+        delta = decompress_update(decode_tensors(update.payload))
+        kept = DeviceStore(tmp_path / str(flag) / "dev", manifest.model_id).load_personal()
+        for k in shared:
+            np.testing.assert_allclose(delta[k], w[k] - shared[k], atol=2e-6, err_msg=f"{flag} {k}")
+        for k in initial:
+            np.testing.assert_allclose(kept[k], w[k], atol=2e-6, err_msg=f"{flag} {k}")
+        # A second task continues from the device's own head, whatever the flag says.
+        again = _task(model, shared, TaskHyper(epochs=1, batch_size=8, lr=0.1, max_grad_norm=0.0,
+                                               personal_head_from_global=True), round_id=2)
+        assert isinstance(device.handle_task(again), Update)
+        w2, _, _ = _hand_sgd(model, device, again, shared, kept, zero, 0.0)
+        after = DeviceStore(tmp_path / str(flag) / "dev", manifest.model_id).load_personal()
+        for k in initial:
+            np.testing.assert_allclose(after[k], w2[k], atol=2e-6, err_msg=f"{flag} second task {k}")

@@ -49,6 +49,9 @@ def test_bench_privacy_writes_the_runs_the_issue_names(tmp_path):
     assert distributed["noise_multiplier"] == central["noise_multiplier"]
     assert distributed["epsilon_spent"] == pytest.approx(central["epsilon_spent"], abs=1e-9)
     assert distributed["rounds_committed"] == 2
+    # secure aggregation's own encoding, not the grid's compression
+    assert (distributed["quant_bits"], distributed["topk_fraction"], distributed["error_feedback"]) == (None,) * 3
+    assert (central["quant_bits"], central["topk_fraction"], central["error_feedback"]) == (8, 1.0, True)
     assert central["clipping"] == distributed["clipping"] == "adaptive"  # the same rule on both sides
     assert none["mechanism"] == "none" and none["epsilon"] is None
     assert 1 <= none["smallest_devices"] <= 3 and 0 <= none["smallest_devices_global_accuracy"] <= 1
@@ -87,22 +90,39 @@ def test_the_label_skew_setting_is_the_async_benchs_data_and_the_choice_is_check
         population(replace(grid, data="mnist"))
 
 
-def test_bench_privacy_runs_top_k_under_central_dp_and_refuses_it_with_secure_aggregation(tmp_path):
+def test_bench_privacy_runs_top_k_under_central_dp_and_refuses_it_with_secure_aggregation(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from fedge.tools.bench.privacy import PrivacyGrid
+    from fedge.tools.simulate import fleet
+
+    ran = []  # the configs the runs really simulated
+
+    def recording(cfg, **kw):
+        ran.append(cfg)
+        return real(cfg, **kw)
+    real = fleet.run_simulation
+    monkeypatch.setattr(fleet, "run_simulation", recording)
 
     args = ["bench", "privacy", "--devices", "30", "--clients-per-round", "6", "--rounds", "2",
             "--epsilons", "8", "--mechanisms", "central", "--data", "label-skew"]
     dense, sparse = tmp_path / "dense.json", tmp_path / "sparse.json"
     assert main(args + ["--json", str(dense)]) == 0
-    assert main(args + ["--json", str(sparse), "--topk", "0.1", "--no-error-feedback"]) == 0
+    assert main(args + ["--json", str(sparse), "--topk", "0.1", "--no-error-feedback", "--quant-bits", "4",
+                        "--personal-head-from-global"]) == 0
+    dense_cfg, sparse_cfg = ran
+    assert (dense_cfg.coordinator.compression.topk_fraction, dense_cfg.coordinator.compression.quant_bits,
+            dense_cfg.coordinator.compression.error_feedback) == (1.0, 8, True)
+    assert (sparse_cfg.coordinator.compression.topk_fraction, sparse_cfg.coordinator.compression.quant_bits,
+            sparse_cfg.coordinator.compression.error_feedback) == (0.1, 4, False)
+    assert (sparse_cfg.coordinator.hyper.personal_head_from_global,
+            dense_cfg.coordinator.hyper.personal_head_from_global) == (True, False)
     (d,), (s,) = json.loads(dense.read_text())["runs"], json.loads(sparse.read_text())["runs"]
-    assert (d["topk_fraction"], s["topk_fraction"], s["quant_bits"]) == (1.0, 0.1, 8)
+    assert (d["topk_fraction"], s["topk_fraction"], s["quant_bits"]) == (1.0, 0.1, 4)
     assert (d["error_feedback"], s["error_feedback"]) == (True, False)
     # same z and the same charge; a tenth of each tensor's int8 codes plus their indices on the wire
     assert s["noise_multiplier"] == d["noise_multiplier"] and s["epsilon_spent"] == d["epsilon_spent"]
-    assert 0 < s["bytes_up"] < 0.5 * d["bytes_up"]
+    assert 0 < s["bytes_up"] < 0.5 * d["bytes_up"]  # what the devices sent, as the configs say
     with pytest.raises(ValueError, match="central only"):
         replace(PrivacyGrid(), topk_fraction=0.1)
     with pytest.raises(ValueError, match="topk"):

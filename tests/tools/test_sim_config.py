@@ -147,10 +147,12 @@ def test_flags_over_file_over_preset(tmp_path):
     device.write_text('device_id = "d1"\n[data]\nnpz = "x.npz"\n[eligibility]\nmin_battery_percent = 12\n'
                       '[agent]\ncheckin_s = 7\n')
     cfg = build_config(p.parse_args(["--config", str(coord), "--device-config", str(device), "--transport", "mqtt",
-                                     "--epochs", "4", "--no-error-feedback"]), "out")
+                                     "--epochs", "4", "--no-error-feedback", "--personal-head-from-global"]),
+                       "out")
     c = cfg.coordinator
     assert (c.round_deadline_s, c.over_selection, c.hyper.lr) == (90.0, 1.5, 0.3)  # the file, mqtt or not
     assert c.hyper.epochs == 4 and c.compression.error_feedback is False  # the flags
+    assert c.hyper.personal_head_from_global and not preset.coordinator.hyper.personal_head_from_global
     assert c.hyper.batch_size == TaskHyper().batch_size  # neither: the coordinator's default, not the preset's
     assert cfg.eligibility.min_battery_percent == 12 and cfg.agent_timings.checkin_s == 7.0
     assert preset.agent is None and preset.agent_timings == AGENT_PRESETS["memory"]

@@ -27,7 +27,9 @@ Output JSON (schema 1): benchmark "privacy", population, clients_per_round, roun
         noise_multiplier        z (null for none); clip_norm: S the run started with
         sampling                "fixed" or "poisson" (--sampling; central only), null for none
         quant_bits, topk_fraction, error_feedback  the devices' update compression (--quant-bits,
-                                --topk, --no-error-feedback); bytes_up:
+                                --topk, --no-error-feedback); null for distributed (secure
+                                aggregation's own encoding); personal_head_from_global (the
+                                devices' first personal head, --personal-head-from-global); bytes_up:
                                 the run's uplink bytes
         epochs, batch_size, lr  the devices' local training
         global_accuracy         final global model on the union of held-out splits
@@ -54,6 +56,7 @@ import numpy as np
 
 from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.edge_runtime.kernel.protocol import QUANT_BITS
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,11 @@ class PrivacyGrid:
     quant_bits: int = 8
     topk_fraction: float = 1.0
     error_feedback: bool = True  # keep what compression dropped and send it with the next update
+    personal_head_from_global: bool = False  # a device's first task starts its personal head from the global one
 
     def __post_init__(self) -> None:
+        if self.quant_bits not in QUANT_BITS:
+            raise ValueError(f"--quant-bits must be one of {QUANT_BITS}, got {self.quant_bits!r}")
         if not 0 < self.topk_fraction <= 1:  # also refuses NaN
             raise ValueError(f"--topk must be in (0, 1], got {self.topk_fraction!r}")
         if self.topk_fraction < 1.0 and "distributed" in self.mechanisms:
@@ -137,7 +143,7 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
     cfg = sim_config(devices=grid.devices, rounds=grid.rounds, clients_per_round=grid.clients_per_round,
                      over_selection=1.0, aggregator="mean", weighting="equal", privacy=privacy, seed=grid.seed,
                      strategy=grid.strategy, quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
-                     error_feedback=grid.error_feedback,
+                     error_feedback=grid.error_feedback, personal_head_from_global=grid.personal_head_from_global,
                      **secure, **local)
     started = time.perf_counter()
     result = run_simulation(cfg, data=data)
@@ -145,8 +151,13 @@ def run_one(grid: PrivacyGrid, data, epsilon: float, mechanism: str = "central")
     return {"mechanism": mechanism if private else "none", "epsilon": epsilon if private else None,
             "epsilon_spent": last.get("epsilon"), "delta": grid.delta, "bits": grid.bits if distributed else None,
             "noise_multiplier": z, "sampling": sampling if private else None,
-            "strategy": grid.strategy, "quant_bits": grid.quant_bits, "topk_fraction": grid.topk_fraction,
-            "error_feedback": grid.error_feedback, "bytes_up": sum(r["bytes_up"] for r in result.rounds),
+            "strategy": grid.strategy,
+            # secure aggregation sends its own encoding (fp32 into the field, dense, no error feedback)
+            "quant_bits": None if distributed else grid.quant_bits,
+            "topk_fraction": None if distributed else grid.topk_fraction,
+            "error_feedback": None if distributed else grid.error_feedback,
+            "personal_head_from_global": grid.personal_head_from_global,
+            "bytes_up": sum(r["bytes_up"] for r in result.rounds),
             "epochs": cfg.coordinator.hyper.epochs,
             "batch_size": cfg.coordinator.hyper.batch_size, "lr": cfg.coordinator.hyper.lr,
             "clipping": None if not private else "adaptive" if adaptive else "fixed",
@@ -267,12 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beta", type=float, default=None, help="synthetic: how much devices' inputs differ (0.5)")
     p.add_argument("--sampling", choices=SAMPLINGS, default=None,
                    help="central DP's cohorts: fixed-size (default) or Poisson (distributed: always fixed)")
-    p.add_argument("--quant-bits", type=int, choices=(32, 8, 4), default=None,
+    p.add_argument("--quant-bits", type=int, choices=QUANT_BITS, default=None,
                    help="the devices' update quantization (default 8)")
     p.add_argument("--topk", dest="topk_fraction", type=float, default=None,
                    help="fraction of each tensor's entries sent, after the clip (default 1: dense; central only)")
     p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false", default=None,
                    help="drop what compression leaves out instead of carrying it to the next update")
+    p.add_argument("--personal-head-from-global", dest="personal_head_from_global", action="store_true",
+                   default=None, help="a device's first task starts its personal head from the global head")
     p.add_argument("--strategy", default=None, help="the server step: fedavg (default), fedavgm, fedadam, ...")
     p.add_argument("--epochs", type=int, default=None, help="local epochs per task (default: the simulator's 2)")
     p.add_argument("--batch-size", type=int, default=None, help="local batch size (default: the simulator's 20)")
@@ -288,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                                    ("data", args.data), ("alpha", args.alpha), ("beta", args.beta),
                                    ("strategy", args.strategy), ("sampling", args.sampling),
                                    ("quant_bits", args.quant_bits), ("topk_fraction", args.topk_fraction),
-                                   ("error_feedback", args.error_feedback))
+                                   ("error_feedback", args.error_feedback),
+                                   ("personal_head_from_global", args.personal_head_from_global))
                  if v is not None}
     if args.mechanisms:
         overrides["mechanisms"] = tuple(args.mechanisms.split(","))

@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant-bits", type=int, choices=QUANT_BITS, help=f"update quantization ({z.quant_bits})")
     p.add_argument("--topk", dest="topk_fraction", type=float, help=f"fraction of entries sent ({z.topk_fraction})")
     p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false", default=None)
+    p.add_argument("--personal-head-from-global", dest="personal_head_from_global", action="store_true", default=None,
+                   help="a device's first task starts its personal head from the global head (hyper)")
     p.add_argument("--clip-norm", type=float, help=f"devices clip their delta to this L2 norm; 0 = off ({z.clip_norm})")
     p.add_argument("--norm-bound", type=float, help=f"the coordinator rejects larger deltas; 0 = off ({c.norm_bound})")
     p.add_argument("--transport", choices=("memory", "mqtt"), default=d.transport,
@@ -160,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
 # Flags that set a coordinator, hyper or compression field (config.with_options), by dest.
 COORDINATOR_FLAGS = ("clients_per_round", "over_selection", "epochs", "batch_size", "lr", "optimizer", "momentum",
                      "quant_bits", "topk_fraction", "error_feedback", "clip_norm", "norm_bound", "round_deadline_s",
-                     "strategy", "prox_mu", "server_lr", "server_momentum", "server_beta1", "server_beta2",
-                     "server_tau", "aggregator", "bucket_size")
+                     "personal_head_from_global", "strategy", "prox_mu", "server_lr", "server_momentum",
+                     "server_beta1", "server_beta2", "server_tau", "aggregator", "bucket_size")
 
 
 def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
