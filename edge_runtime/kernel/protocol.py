@@ -129,7 +129,7 @@ class TaskHyper:
     # A device's first task starts its personal head from the fleet's global head (same shapes)
     # instead of the model's initial values. Off by default. On for fleets where a device takes
     # part rarely: a random head trained a few steps a task stays near chance for many rounds
-    # (README, Personalization). Left out of the frame while off, for devices built before it.
+    # (README, Installing the device runtime). Left out of the frame while off, for devices built before it.
     personal_head_from_global: bool = field(default=False, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
