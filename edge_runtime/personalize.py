@@ -42,8 +42,11 @@ def personal_start(initial: Params, shared: Params) -> Params:
     never-trained device the same way). Other personal params (adapters) keep their initial
     values."""
     start = {k: np.array(v, np.float32) for k, v in initial.items()}
-    for mine, fleets in zip(head_params("personal"), head_params("global")):
-        if mine in start and fleets in shared and np.shape(shared[fleets]) == start[mine].shape:
+    pairs = list(zip(head_params("personal"), head_params("global")))
+    # the whole head or none of it: a weight from one head and a bias from the other is no head
+    if all(mine in start and fleets in shared and np.shape(shared[fleets]) == start[mine].shape
+           for mine, fleets in pairs):
+        for mine, fleets in pairs:
             start[mine] = np.array(shared[fleets], np.float32)
     return start
 

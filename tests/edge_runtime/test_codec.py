@@ -25,7 +25,7 @@ from fedge.edge_runtime.kernel.errors import (
 
 HYPER = p.TaskHyper(
     epochs=3, batch_size=16, lr=0.0125, optimizer="adamw", momentum=0.9, weight_decay=1e-4,
-    beta1=0.8, beta2=0.99, eps=1e-6, mu=0.01, max_steps=250,
+    beta1=0.8, beta2=0.99, eps=1e-6, mu=0.01, max_steps=250, personal_head_from_global=True,
 )
 COMP = p.CompressionSpec(clip_norm=1.5, quant_bits=4, topk_fraction=0.1, error_feedback=False)
 
@@ -305,6 +305,8 @@ VALID_ACK = {"device_id": "d", "round_id": 1, "task_id": "t", "update_id": "u", 
         (p.TrainTask, {**TASK, "hyper": [1]}, r"TrainTask\.hyper: expected map"),
         (p.TrainTask, {**TASK, "hyper": {"lr": "x"}},
          r"TrainTask\.hyper\.lr: expected float"),
+        (p.TrainTask, {**TASK, "hyper": {"personal_head_from_global": 1}},
+         r"TrainTask\.hyper\.personal_head_from_global: expected bool"),
         (p.TrainTask, {**TASK, "compression": {"bits": 8}},
          r"TrainTask\.compression: unknown field.*bits"),
         (p.Status, [1, 2], r"Status: body must be a map"),

@@ -227,3 +227,26 @@ def test_on_the_training_build_head_tuning_runs_the_portable_graph(tmp_path):
     shared = runtime.initial("shared")
     shared["head_global.weight"][:] = 0.0
     assert device.personalize(manifest.model_id, shared, 40, sgd).accuracy_personal >= 0.9
+
+
+def test_personal_start_copies_only_a_matching_global_head():
+    from fedge.edge_runtime.personalize import personal_start
+
+    rng = np.random.default_rng(3)
+    initial = {"head_personal.weight": np.zeros((4, 3), np.float32), "head_personal.bias": np.zeros(3, np.float32),
+               "fc1.weight": rng.normal(size=(5, 4)).astype(np.float32)}  # a personal layer
+    shared = {"head_global.weight": rng.normal(size=(4, 3)).astype(np.float32),
+              "head_global.bias": rng.normal(size=3).astype(np.float32)}
+    start = personal_start(initial, shared)
+    np.testing.assert_array_equal(start["head_personal.weight"], shared["head_global.weight"])
+    np.testing.assert_array_equal(start["head_personal.bias"], shared["head_global.bias"])
+    np.testing.assert_array_equal(start["fc1.weight"], initial["fc1.weight"])  # other personal layers stay
+    start["head_personal.weight"][0, 0] += 1.0  # a copy: training it never writes into the global head
+    assert start["head_personal.weight"][0, 0] != shared["head_global.weight"][0, 0]
+    # No global head (a personal-only model), or one of another shape, even in part: the initial values
+    for other in ({}, {"head_global.weight": np.ones((4, 5), np.float32), "head_global.bias": np.ones(5, np.float32)},
+                  {"head_global.weight": np.ones((4, 3), np.float32), "head_global.bias": np.ones(5, np.float32)}):
+        kept = personal_start(initial, other)
+        assert not kept["head_personal.weight"].any() and not kept["head_personal.bias"].any()
+    # No personal head (a global-only model): nothing to start
+    assert personal_start({}, shared) == {}
