@@ -37,7 +37,7 @@ from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .kernel.update_codec import decode_dense, dense_fp32_bytes
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .model_runtime import ModelRuntime
-from .personalize import PINNABLE, head_params, personal_start, tune_head
+from .personalize import PINNABLE, personal_start, tune_head
 from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
@@ -328,9 +328,8 @@ class DeviceRuntime:
             own = store.load_personal()
             personal = own if own is not None else model.initial("personal")
             start = {**shared, **personal}
-            if head == "personal" and (from_global or own is None) and "global" in model.manifest.heads:
-                for mine, fleets in zip(head_params("personal"), head_params("global")):
-                    start[mine] = shared[fleets]  # begin from what the fleet learned; other personal layers stay
+            if from_global or own is None:  # begin from what the fleet learned (a personal head and a global one)
+                start.update(personal_start(personal, shared))
             z = model.embed(self.data.x_train, cache_key=0)
             rng = np.random.default_rng([_stable_int(self.device_id), seed, self.seed, 7])
             tuned = tune_head(self._tuning_backend(model, hyper.optimizer), start, head, z, self.data.y_train, hyper,

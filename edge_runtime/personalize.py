@@ -38,9 +38,9 @@ def head_params(head: str) -> tuple[str, str]:
 def personal_start(initial: Params, shared: Params) -> Params:
     """A device's personal params before it has trained any, begun from the fleet: the model's
     initial values, with the personal head a copy of the global head in `shared` where the model
-    has both with the same shapes (TaskHyper.personal_head_from_global; `personalize` starts a
-    never-trained device the same way). Other personal params (adapters) keep their initial
-    values."""
+    has both with the same shapes (TaskHyper.personal_head_from_global, and
+    DeviceRuntime.personalize for a device that never trained or `from_global`). Other personal
+    layers keep their values."""
     start = {k: np.array(v, np.float32) for k, v in initial.items()}
     pairs = list(zip(head_params("personal"), head_params("global")))
     # the whole head or none of it: a weight from one head and a bias from the other is no head

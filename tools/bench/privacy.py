@@ -56,7 +56,7 @@ import numpy as np
 
 from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.edge_runtime.kernel.protocol import QUANT_BITS
+from fedge.edge_runtime.kernel.protocol import QUANT_BITS, CompressionSpec
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,9 @@ class PrivacyGrid:
     personal_head_from_global: bool = False  # a device's first task starts its personal head from the global one
 
     def __post_init__(self) -> None:
-        if self.quant_bits not in QUANT_BITS:
-            raise ValueError(f"--quant-bits must be one of {QUANT_BITS}, got {self.quant_bits!r}")
-        if not 0 < self.topk_fraction <= 1:  # also refuses NaN
-            raise ValueError(f"--topk must be in (0, 1], got {self.topk_fraction!r}")
+        # the devices' own checks (ValueError naming the field), before any data set is built
+        CompressionSpec(quant_bits=self.quant_bits, topk_fraction=self.topk_fraction,
+                        error_feedback=self.error_feedback)
         if self.topk_fraction < 1.0 and "distributed" in self.mechanisms:
             raise ValueError("--topk below 1 runs with --mechanisms central only: secure aggregation "
                              "sums the same coordinates from every device")
