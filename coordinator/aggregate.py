@@ -74,6 +74,9 @@ class AggregatorContext:
     seed: int = 0
     settings: object = None  # CoordinatorConfig.robust (a RobustConfig); opaque to this module
     extra: dict = field(default_factory=dict)  # the committed ServerState.extra
+    # With a guard set ([coordinator] guard_set): its loss for the current model moved by a delta
+    # (a params dict of the shared tensors), for rules that screen updates (robust/screening.py).
+    guard_loss: Callable[[Params], float] | None = None
 
     def rng(self) -> np.random.Generator:
         """Drawn from (seed, round): a resumed round replays into the same draws."""

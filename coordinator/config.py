@@ -88,7 +88,9 @@ class CoordinatorConfig:
     abandon_backoff_max_s: float = 300.0
     # Model guard (coordinator/guard.py, holdout.py): with guard_set (an .npz of x and y for the
     # model's input) a round is abandoned when its new model's loss on that set exceeds
-    # guard_max_loss_ratio times the current model's. "" = off (non-finite models are refused always).
+    # guard_max_loss_ratio times the current model's, and the default aggregator (norm_bound)
+    # leaves out the updates that make the round's mean worse on it ([robust.screen];
+    # robust/screening.py). "" = off (non-finite models are refused always).
     guard_set: str = ""
     guard_max_loss_ratio: float = 1.5
     # Federated evaluation after commits ([coordinator.evaluation]; coordinator/evaluation.py).

@@ -50,6 +50,18 @@ class HoldoutCheck:
         (logits,) = self.eval.run(["logits_global"], feeds)
         return mean_cross_entropy(logits, self.y)
 
+    def delta_loss(self, current: dict[str, np.ndarray]):
+        """The guard-set loss of `current` moved by a delta (a dict of some of its tensors), for
+        screening a round's updates (robust/screening.py): the plain step current + delta, what
+        FedAvg would apply, whatever the server optimizer then does with the mean."""
+
+        def loss(delta: dict[str, np.ndarray]) -> float:
+            moved = {k: np.asarray(v, np.float64) + np.asarray(delta[k], np.float64) if k in delta else v
+                     for k, v in current.items()}
+            return self.loss(moved)
+
+        return loss
+
     def fault(self, version: int, current: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> str | None:
         """None when `candidate` may replace `current` (the model at `version`), else why not."""
         if self._scored is None or self._scored[0] != version:

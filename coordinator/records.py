@@ -131,10 +131,11 @@ class OpenRound:
 
 def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, state: ServerState,
                strategy: Strategy, model_id: str, shapes: dict[str, tuple[int, ...]],
-               config: CoordinatorConfig, privacy: RoundPlan | None = None) -> OpenRound:
+               config: CoordinatorConfig, privacy: RoundPlan | None = None, guard_loss=None) -> OpenRound:
     """The bookkeeping of a round about to begin (or resume): its validation context, the
     params and SCAFFOLD correction encoded once, the model split into parts, a fresh aggregator
-    (with a DP plan, the DP-FedAvg mean: coordinator/dp/round.py)."""
+    (with a DP plan, the DP-FedAvg mean: coordinator/dp/round.py). `guard_loss`: the guard
+    set's loss of the current model moved by a delta, for aggregators that screen (robust/screening.py)."""
     ctx = RoundContext(machine.round_id, model_id, state.version, tasks, shapes, config.norm_bound,
                        strategy.uses_control, config.control_norm_bound, config.max_examples,
                        config.weighting == "equal")
@@ -146,7 +147,7 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
         model = RoundModel(ctx.model_id, ctx.model_version, ctx.round_id, params, correction)
         sha, split = split_round_model(model, config.model_part_bytes)
         parts = tuple(encode_message(p) for p in split)
-    context = AggregatorContext(machine.round_id, config.seed, config.robust, state.extra)
+    context = AggregatorContext(machine.round_id, config.seed, config.robust, state.extra, guard_loss)
     aggregator = DpMean(privacy, context.rng) if privacy else make_aggregator(config.aggregator, context)
     compression = replace(config.compression, clip_norm=privacy.clip_norm) if privacy else None
     return OpenRound(machine, ctx, aggregator, started, params, plan.hyper, correction,

@@ -338,6 +338,7 @@ class Coordinator(BrokerLink):
                 if isinstance(reduced, str):  # a secure round that cannot be unmasked
                     return self._execute(Stopped(reduced), now)
                 state = self.strategy.apply(self.state, reduced)
+                self._note_screened(rnd)
                 carry = getattr(rnd.aggregator, "carry", None)  # what it learned, committed with the model
                 if carry is not None:
                     state = replace(state, extra={**state.extra, **carry()})
@@ -379,10 +380,19 @@ class Coordinator(BrokerLink):
                                           self.eligible_devices(), self.clock.now())
         return record
 
+    def _note_screened(self, rnd) -> None:
+        """Log and count the updates the guard set left out of the aggregate (robust/screening.py)."""
+        if screened := getattr(rnd.aggregator, "screened_out", 0):
+            log.info("round %d: the guard set left %d of %d updates out of the aggregate",
+                     rnd.ctx.round_id, screened, rnd.aggregator.count)
+            self.metrics.screened.inc(screened)
+
     def _round_shards(self, selected: tuple[str, ...]) -> dict[str, int] | None:
         """The shard of each selected device, stored with the round; None: no shards (sharding/leader.py)."""
         return None
 
     def _new_round(self, machine: RoundMachine, tasks: dict[str, str], started: float, plan=None) -> OpenRound:
+        guard_loss = self.holdout.delta_loss(self.state.params) if self.holdout is not None else None
         return open_round(machine, tasks, started, state=self.state, strategy=self.strategy,
-                          model_id=self.manifest.model_id, shapes=self.shapes, config=self.config, privacy=plan)
+                          model_id=self.manifest.model_id, shapes=self.shapes, config=self.config, privacy=plan,
+                          guard_loss=guard_loss)

@@ -16,7 +16,10 @@ travels in ServerState.extra[EXTRA_KEY], so the store commits it with the model 
 
     name               keeps        rule
     mean               O(model)     weighted mean, nothing clipped (FedAvg: aggregate.WeightedMean)
-    norm_bound         O(model)     clip to multiplier x running median norm, then weighted mean
+    norm_bound         O(model)     clip to multiplier x running median norm, then weighted mean;
+                       O(k model)   with a guard set ([coordinator] guard_set) and [robust.screen]
+                                    enabled (the default), the updates that make the mean worse
+                                    on the guard set are left out first (screening.py)
     median             O(k model)   coordinate-wise median
     trimmed_mean       O(k model)   coordinate-wise trimmed mean, beta = byzantine_fraction
     krum               O(k model)   multi-Krum, f = floor(byzantine_fraction * inputs) (at most
@@ -43,6 +46,7 @@ from .errors import BadRobustParameter, RobustError
 from .flat import Params, flatten, unflatten
 from .krum import multi_krum
 from .norm_bound import ClippedMean, NormBoundConfig, NormHistory
+from .screening import ScreenConfig, screen
 
 KEEP_ALL = ("median", "trimmed_mean", "krum", "centered_clipping")
 AGGREGATORS = ("mean", "norm_bound", *KEEP_ALL)
@@ -55,6 +59,7 @@ class RobustConfig:
     cc_iterations: int = 3
     bucket_size: int = 0  # > 1: bucket the updates before a keep-all rule; 0 or 1 = off
     norm: NormBoundConfig = field(default_factory=NormBoundConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)  # norm_bound with a guard set (screening.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.byzantine_fraction < 0.5:
@@ -174,6 +179,52 @@ class ColdStartAggregator(_Base):
         return acc.result()
 
 
+class ScreenedAggregator(_Base):
+    """norm_bound with a guard set: keeps the round's updates (O(k x model)), clips and caps them
+    as norm_bound would (bound and caps from the history, or the round's own medians before
+    there is one), leaves out those over the exclusion bound, then drops, one at a time, the
+    updates whose leave-one-out harm on the guard set is over the tolerance (screening.py) and
+    takes the weighted mean of the rest."""
+
+    def __init__(self, cfg: NormBoundConfig, screen_cfg: ScreenConfig, state: RobustState,
+                 guard_loss: Callable[[Params], float]) -> None:
+        super().__init__()
+        self.norm_cfg, self.screen_cfg, self.guard_loss = cfg, screen_cfg, guard_loss
+        self.history_bound = state.history.bound(cfg)
+        self.history_exclusion = state.history.exclusion(cfg)
+        self.history_cap = state.claims.weight_cap(cfg)
+        self.rows: list[np.ndarray] = []
+        self.screened_out = 0  # updates the guard set left out this round (set by mean())
+
+    def _add(self, vec: np.ndarray, weight: float) -> None:
+        self.rows.append(vec)
+        self.norms.append(float(np.linalg.norm(vec)))
+
+    def _limits(self) -> tuple[float, float, float]:
+        """(clip bound, exclusion bound, weight cap) for this round, as norm_bound sets them."""
+        cfg = self.norm_cfg
+        if 0 < self.history_bound < math.inf:
+            return self.history_bound, max(self.history_bound, self.history_exclusion), self.history_cap
+        median = float(np.median(self.norms))
+        bound = cfg.multiplier * median or math.inf
+        exclusion = cfg.exclude_multiplier * median if cfg.exclude_multiplier and median else math.inf
+        cap = cfg.weight_multiplier * float(np.median(self.claims)) if cfg.weight_multiplier else math.inf
+        return bound, max(bound, exclusion), cap
+
+    def _reduce(self) -> np.ndarray:
+        bound, exclusion, cap = self._limits()
+        norms = np.array(self.norms)
+        inside = norms <= exclusion
+        if not inside.any():  # every update over the exclusion bound: the bound is stale (ClippedMean)
+            inside[:] = True
+        scale = np.where(norms > bound, bound / np.where(norms > 0, norms, 1.0), 1.0)
+        rows = np.stack([r * s for r, s, keep in zip(self.rows, scale, inside) if keep])
+        weights = np.minimum(np.array(self.claims)[inside], cap)
+        keep = screen(rows, weights, lambda v: self.guard_loss(unflatten(v, self.like)), self.screen_cfg)
+        self.screened_out = int((~keep).sum())
+        return weights[keep] @ rows[keep] / float(weights[keep].sum())
+
+
 class KeepAllAggregator(_Base):
     """A keep-all rule over the round's rows: O(k x model)."""
 
@@ -207,11 +258,17 @@ def _krum(beta: float) -> Callable[[np.ndarray], np.ndarray]:
     return rule
 
 
-def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator):
-    """A fresh aggregator for one round: add(tensors, weight), mean(), count."""
+def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Generator,
+                    guard_loss: Callable[[Params], float] | None = None):
+    """A fresh aggregator for one round: add(tensors, weight), mean(), count. `guard_loss`: the
+    guard-set loss of the current model moved by a delta, when the coordinator has a guard set
+    (norm_bound then screens: screening.py)."""
     if name == "mean":
         return WeightedMean()
-    agg = _make(name, cfg, state, rng)
+    if name == "norm_bound" and guard_loss is not None and cfg.screen.enabled:
+        agg = ScreenedAggregator(cfg.norm, cfg.screen, state, guard_loss)
+    else:
+        agg = _make(name, cfg, state, rng)
     agg.cfg, agg.prior = cfg, state
     return agg
 
@@ -254,7 +311,8 @@ def _fit(center: np.ndarray | None, d: int) -> np.ndarray | None:
 def _from_context(name: str) -> Callable[[AggregatorContext], _Base]:
     def factory(ctx: AggregatorContext) -> _Base:
         cfg = ctx.settings if isinstance(ctx.settings, RobustConfig) else RobustConfig()
-        return make_aggregator(name, cfg, RobustState.from_extra(ctx.extra.get(EXTRA_KEY)), ctx.rng())
+        return make_aggregator(name, cfg, RobustState.from_extra(ctx.extra.get(EXTRA_KEY)), ctx.rng(),
+                               ctx.guard_loss)
 
     return factory
 

@@ -23,11 +23,12 @@ def test_build_cells_runs_the_clean_reference_once_per_defence_and_partition():
 def test_bench_writes_cells(tmp_path):
     out = tmp_path / "robust.json"
     assert main(["--json", str(out), "--quick", "--workers", "1", "--rounds", "2",
-                 "--attacks", "none,backdoor", "--defenses", "norm_bound"]) == 0
+                 "--attacks", "none,backdoor", "--defenses", "norm_bound", "--guard-fraction", "0.05"]) == 0
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "robustness" and doc["errors"] == []
     assert [(c["attack"], c["defense"], c["default"], c["attackers_fraction"]) for c in doc["cells"]] == [
         ("none", "norm_bound", True, 0.0), ("backdoor", "norm_bound", True, 0.3)]
+    assert all(c["guard_fraction"] == 0.05 for c in doc["cells"])
     clean, attacked = doc["cells"]
     assert clean["backdoor_success"] is None and 0 <= attacked["backdoor_success"] <= 1
     assert all(0 <= c["final_accuracy"] <= 1 and len(c["accuracy_curve"]) == 2 for c in doc["cells"])

@@ -14,6 +14,8 @@ Output JSON (schema 1):
         partition          str
         attackers_fraction float: share of the population that attacks (0 for "none")
         omniscient         bool: colluders also saw honest devices' deltas
+        guard_fraction     fraction: share of the dataset held by no device, the coordinator's guard
+                           set (0 = none; with one, norm_bound screens each round: robust/screening.py)
         final_accuracy     fraction: global model on the union of held-out splits, mean of the
                            last grid.final_window rounds
         backdoor_success   fraction or null: share of non-target test inputs, trigger stamped,
@@ -61,6 +63,7 @@ class RobustGrid:
     quant_bits: int = 32
     topk_fraction: float = 1.0
     final_window: int = 3
+    guard_fraction: float = 0.0  # the coordinator's guard set (SimConfig.guard_fraction); 0 = none
     seed: int = 0
     workers: int = 2
 
@@ -100,6 +103,7 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
                          rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
                          attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
                          omniscient=grid.omniscient, aggregator=cell.defense.split("+")[0],
+                         guard_fraction=grid.guard_fraction,
                          quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
                          bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
         result = run_simulation(cfg)
@@ -109,7 +113,7 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
     return {
         "attack": cell.attack, "defense": cell.defense, "default": cell.defense == DEFAULT_DEFENSE,
         "partition": cell.partition, "attackers_fraction": cell.fraction, "omniscient": grid.omniscient,
-        "final_accuracy": float(np.mean(curve[-grid.final_window:])),
+        "guard_fraction": grid.guard_fraction, "final_accuracy": float(np.mean(curve[-grid.final_window:])),
         "backdoor_success": float(np.mean(backdoor)) if backdoor else None,
         "accuracy_curve": curve, "rejections": result.summary.get("rejections", {}),
         "declines": result.summary.get("declines", {}), "wall_seconds": time.perf_counter() - started,
@@ -171,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compressed", action="store_true", help="int8, top-10%% updates instead of fp32 dense")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--omniscient", action="store_true", help="colluders also see honest deltas")
+    p.add_argument("--guard-fraction", type=float, default=None,
+                   help="share of the data no device holds, given to the coordinator as its guard set (default 0)")
     p.add_argument("--attacks", default=None, help="comma list (default: the grid's)")
     p.add_argument("--defenses", default=None, help="comma list (default: the grid's)")
     p.add_argument("--partitions", default=None, help="comma list (default: the grid's)")
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     grid = QUICK if args.quick else RobustGrid()
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed),
-                                   ("devices", args.devices), ("clients_per_round", args.clients_per_round))
+                                   ("devices", args.devices), ("clients_per_round", args.clients_per_round),
+                                   ("guard_fraction", args.guard_fraction))
                  if v is not None}
     if args.compressed:
         overrides.update(quant_bits=8, topk_fraction=0.1)

@@ -106,6 +106,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attackers", type=float, default=d.attackers,
                    help="share of the devices that attack (default %(default)s)")
     p.add_argument("--omniscient", action="store_true", help="colluding attackers also see honest devices' deltas")
+    p.add_argument("--guard-fraction", type=float, default=d.guard_fraction,
+                   help="share of a shipped dataset no device holds, given to the coordinator as its guard set: "
+                   "the model guard checks each new model on it and norm_bound screens each round's updates "
+                   "(default %(default)s: none)")
     p.add_argument("--aggregator", default=None,
                    help=f"how the coordinator combines a round: mean, norm_bound, median, trimmed_mean, krum, "
                    f"centered_clipping ({c.aggregator})")
@@ -185,6 +189,7 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
         personalization=args.personalization, finetune_steps=args.finetune_steps, new_devices=args.new_devices,
         new_device_steps=args.new_device_steps, local_epochs=args.local_epochs, central_epochs=args.central_epochs,
         attack=args.attack, attackers=args.attackers, omniscient=args.omniscient,
+        guard_fraction=args.guard_fraction,
     )
 
 

@@ -65,6 +65,10 @@ class SimConfig:
     # trains on with the same seed (tools/pretrain.proxy_positions), so a pretrained --model
     # starts from data the fleet does not hold. 0 = every example goes to a device.
     proxy_fraction: float = 0.0
+    # Another stratified share that no device gets, handed to the coordinator as its guard set
+    # ([coordinator] guard_set): the model guard's loss check and norm_bound's screening of
+    # each round's updates (coordinator/robust/screening.py). 0 = the coordinator holds no data.
+    guard_fraction: float = 0.0
     backend: str = "auto"
     coordinator: CoordinatorConfig = SIM_COORDINATOR  # what `fedge coordinator serve` would run
     eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)  # mqtt profiles' devices
@@ -95,6 +99,9 @@ class SimConfig:
         if not 0.0 <= self.proxy_fraction <= 0.5 or (self.proxy_fraction and (self.data_dir or self.synthetic)):
             raise ConfigError(f"proxy_fraction {self.proxy_fraction}: in [0, 0.5], and only for a shipped "
                               f"dataset (a --data DIR or synthetic data has no proxy split)")
+        if not 0.0 <= self.guard_fraction <= 0.5 or (self.guard_fraction and (self.data_dir or self.synthetic)):
+            raise ConfigError(f"guard_fraction {self.guard_fraction}: in [0, 0.5], and only for a shipped "
+                              f"dataset (a --data DIR or synthetic data has no guard split)")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition {self.partition!r}: choose one of {PARTITIONS}")
         if self.synthetic:

@@ -38,10 +38,8 @@ from fedge.tools.datasets import (
     build_federated,
     data_findings,
     load_npz_dir,
-    load_shipped,
     standardize_per_device,
 )
-from fedge.tools.pretrain import proxy_positions
 from fedge.tools.synthetic import synthetic
 
 from . import adversary
@@ -49,6 +47,7 @@ from . import baselines as baseline_runs
 from .attacks import Collusion
 from .config import SimConfig, effective_hyper
 from .conspiracy import Conspiracy
+from .guard_split import held_back, write_guard_set
 from .malicious import MaliciousRuntime
 from .personalization import personalized_spec
 from .scoring import Scorer
@@ -102,9 +101,7 @@ def load_data(cfg: SimConfig) -> FederatedDataset:
     elif cfg.synthetic:
         data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
-        exclude = None
-        if cfg.proxy_fraction:  # pretrain's proxy split, held by no device (tools/pretrain.py)
-            exclude = proxy_positions(load_shipped(cfg.dataset)[1], cfg.proxy_fraction, cfg.seed)
+        exclude = held_back(cfg)  # pretrain's proxy split and the coordinator's guard set
         data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.split_alpha,
                                classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction,
                                exclude=exclude)
@@ -195,7 +192,8 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     ccfg = replace(base, clients_per_round=wanted, min_reports=min(base.min_reports, wanted), seed=cfg.seed,
                    hyper=hyper, artifacts_dir=str(art_dir), state_db="",
                    evaluation=replace(base.evaluation, every_rounds=1, devices=0),  # every device, every round
-                   privacy=replace(base.privacy, on_exhausted="stop"))  # a spent budget ends the run
+                   privacy=replace(base.privacy, on_exhausted="stop"),  # a spent budget ends the run
+                   guard_set=write_guard_set(cfg, scratch) if cfg.guard_fraction else base.guard_set)
     attack = cfg.attack_spec
     attackers = (adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed)
                  if attack else frozenset())
