@@ -119,6 +119,7 @@ class Coordinator(BrokerLink):
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()
         self.declines: Counter[str] = Counter()
+        self.screened: Counter[str] = Counter()  # device id -> updates the guard set left out (this process)
         self.decline_details: dict[str, str] = {}  # reason -> the latest detail a device gave (bounded)
         self._flood = FloodLog(log)  # rejections: the first ten of a kind, then every power of two
         self.state: ServerState = restore_state(self.store, manifest.model_id, strategy.name,
@@ -380,12 +381,13 @@ class Coordinator(BrokerLink):
                                           self.eligible_devices(), self.clock.now())
         return record
 
-    def _note_screened(self, rnd) -> None:
+    def _note_screened(self, rnd: OpenRound) -> None:
         """Log and count the updates the guard set left out of the aggregate (robust/screening.py)."""
-        if screened := getattr(rnd.aggregator, "screened_out", 0):
-            log.info("round %d: the guard set left %d of %d updates out of the aggregate",
-                     rnd.ctx.round_id, screened, rnd.aggregator.count)
-            self.metrics.screened.inc(screened)
+        if screened := getattr(rnd.aggregator, "screened_ids", None):
+            log.info("round %d: the guard set left %d of %d updates out of the aggregate: %s", rnd.ctx.round_id,
+                     len(screened), rnd.aggregator.count, ", ".join(str(d) for d in screened[:20]))
+            self.metrics.screened.inc(len(screened))
+            self.screened.update(str(d) for d in screened)
 
     def _round_shards(self, selected: tuple[str, ...]) -> dict[str, int] | None:
         """The shard of each selected device, stored with the round; None: no shards (sharding/leader.py)."""

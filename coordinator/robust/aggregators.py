@@ -40,7 +40,7 @@ import numpy as np
 
 from ..aggregate import AggregatorContext, WeightedMean, register_aggregator
 from .bucketing import bucketing
-from .clipping import centered_clipping
+from .clipping import centered_clipping, clip_scale
 from .coordinate import coordinate_median, trimmed_mean
 from .errors import BadRobustParameter, RobustError
 from .flat import Params, flatten, unflatten
@@ -194,7 +194,16 @@ class ScreenedAggregator(_Base):
         self.history_exclusion = state.history.exclusion(cfg)
         self.history_cap = state.claims.weight_cap(cfg)
         self.rows: list[np.ndarray] = []
-        self.screened_out = 0  # updates the guard set left out this round (set by mean())
+        self.ids: list[str | None] = []  # device ids in arrival order, for the log of what was left out
+        self.screened_ids: list[str | None] = []  # set by mean(): the updates the guard set left out
+
+    @property
+    def screened_out(self) -> int:
+        return len(self.screened_ids)
+
+    def add(self, tensors: Params, meta) -> None:
+        super().add(tensors, meta)
+        self.ids.append(getattr(meta, "device_id", None))
 
     def _add(self, vec: np.ndarray, weight: float) -> None:
         self.rows.append(vec)
@@ -217,11 +226,12 @@ class ScreenedAggregator(_Base):
         inside = norms <= exclusion
         if not inside.any():  # every update over the exclusion bound: the bound is stale (ClippedMean)
             inside[:] = True
-        scale = np.where(norms > bound, bound / np.where(norms > 0, norms, 1.0), 1.0)
+        scale = clip_scale(norms, bound)
         rows = np.stack([r * s for r, s, keep in zip(self.rows, scale, inside) if keep])
         weights = np.minimum(np.array(self.claims)[inside], cap)
         keep = screen(rows, weights, lambda v: self.guard_loss(unflatten(v, self.like)), self.screen_cfg)
-        self.screened_out = int((~keep).sum())
+        candidates = [i for i, keep_it in zip(self.ids, inside) if keep_it]
+        self.screened_ids = [i for i, kept in zip(candidates, keep) if not kept]
         return weights[keep] @ rows[keep] / float(weights[keep].sum())
 
 

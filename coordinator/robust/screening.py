@@ -7,9 +7,12 @@ the round's mean does better on the guard set, one at a time, the most harmful f
     repeat:  drop argmax_i harm_i while it is > tolerance and more than ceil(min_keep x k) remain
 
 (backward elimination: after each drop the harms are taken again on what is left, so two
-colluders who send the same update cannot hide behind each other). At least
-ceil(min_keep x k) updates stay, since attackers are assumed a minority of a round: a guard
-set that disagrees with most of the fleet says more about the guard set than about the fleet.
+colluders who send the same update cannot hide behind each other). A loss that is NaN or inf
+counts as +inf: an update without which the mean scores a number again is dropped first, and
+nothing here raises on a loss. At least ceil(min_keep x k) of the k updates screened stay
+(the aggregator screens those the norm bound's exclusion left), since attackers are assumed a
+minority of a round: a guard set that disagrees with most of the fleet says more about the
+guard set than about the fleet.
 
 Why leave-one-out, and why on the mean: on label-skewed data an honest device's update moves
 the model toward its own few classes, so alone it makes a class-balanced guard set worse, and
@@ -62,13 +65,19 @@ def leave_one_out_harm(rows, weights, loss: Callable[[np.ndarray], float]) -> np
     if k < 2:
         return np.zeros(k)
     total, weight = w @ x, float(w.sum())
-    full = float(loss(total / weight))
-    harm = np.empty(k)
-    for i in range(k):
-        harm[i] = full - float(loss((total - w[i] * x[i]) / (weight - w[i])))
-    if not np.all(np.isfinite(harm)):  # a guard-set loss overflowed: no basis to drop anything
-        raise RobustError("screening: the guard-set loss is not finite")
-    return harm
+    full = _finite_or_inf(loss(total / weight))
+    without = np.array([_finite_or_inf(loss((total - w[i] * x[i]) / (weight - w[i]))) for i in range(k)])
+    with np.errstate(invalid="ignore"):
+        harm = full - without
+    # inf - inf: the mean blows up with or without i, so i alone says nothing (0); an update
+    # whose removal brings the loss back to a number is +inf harmful, one that keeps it finite -inf.
+    return np.where(np.isnan(harm), 0.0, harm)
+
+
+def _finite_or_inf(value) -> float:
+    """A loss as a float, NaN and -inf read as +inf (a model that scores nothing is the worst)."""
+    value = float(value)
+    return value if np.isfinite(value) else np.inf
 
 
 def screen(rows, weights, loss: Callable[[np.ndarray], float], cfg: ScreenConfig) -> np.ndarray:
@@ -76,7 +85,7 @@ def screen(rows, weights, loss: Callable[[np.ndarray], float], cfg: ScreenConfig
     x = as_matrix(rows)
     w = np.asarray(weights, np.float64)
     keep = np.ones(x.shape[0], bool)
-    least = max(1, math.ceil(cfg.min_keep * x.shape[0]))
+    least = max(1, math.ceil(cfg.min_keep * x.shape[0]))  # of the rows given (ScreenedAggregator: after exclusion)
     while keep.sum() > least:
         kept = np.flatnonzero(keep)
         harm = leave_one_out_harm(x[kept], w[kept], loss)

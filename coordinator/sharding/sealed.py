@@ -18,5 +18,10 @@ class SealedAggregator:
     def count(self) -> int:
         return self.inner.count
 
+    @property
+    def screened_ids(self) -> list:
+        """What a screening rule left out (robust/screening.py), once result() has run; else none."""
+        return getattr(self.inner, "screened_ids", [])
+
     def add(self, delta, meta) -> None:
         raise TypeError("a sharded round's updates are counted by its workers, not the leader")

@@ -124,10 +124,16 @@ def test_ties_drop_the_earlier_arrival_and_min_keep_holds():
     assert screen(same, np.ones(2), loss, ScreenConfig()).tolist() == [True, True]
 
 
-def test_one_update_has_no_harm_and_a_non_finite_loss_is_an_error():
+def test_one_update_has_no_harm_and_non_finite_losses_never_raise():
     assert leave_one_out_harm(np.ones((1, 3)), [2.0], lambda v: 1.0).tolist() == [0.0]
-    with pytest.raises(RobustError, match="not finite"):
-        leave_one_out_harm(np.ones((2, 3)), [1.0, 1.0], lambda v: math.inf)
+    # every mean blows up: no update is to blame
+    assert leave_one_out_harm(np.ones((2, 3)), [1.0, 1.0], lambda v: math.inf).tolist() == [0.0, 0.0]
+    # the loss is NaN exactly when the huge update is in: it is infinitely harmful, and dropped first
+    rows = np.array([[0.0], [0.1], [1e30]])
+    blows_up = lambda v: math.nan if abs(v[0]) > 1e20 else float(v[0] ** 2)  # noqa: E731
+    harm = leave_one_out_harm(rows, np.ones(3), blows_up)
+    assert harm[2] == math.inf and np.all(np.isfinite(harm[:2]))
+    assert screen(rows, np.ones(3), blows_up, ScreenConfig()).tolist() == [True, True, False]
     with pytest.raises(RobustError, match="weight"):
         leave_one_out_harm(np.ones((2, 3)), [1.0, 0.0], lambda v: 1.0)
 
@@ -338,3 +344,47 @@ def test_screening_survives_a_restart_bit_for_bit(model, tmp_path):
     assert ref.state.version == got.state.version == 2
     for name, value in ref.state.params.items():
         assert got.state.params[name].tobytes() == value.tobytes(), name
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_with_nothing_screened_it_is_norm_bound(seed):
+    """A guard loss that never changes drops nothing: the result and the carried state are the
+    norm bound's own (cold start and with a history, exclusion and weight caps included)."""
+    rng = np.random.default_rng(seed)
+    cfg = RobustConfig(norm=NormBoundConfig(min_history=3, exclude_multiplier=float(rng.choice([0.0, 3.0, 10.0]))))
+    state = RobustState()
+    if seed % 2:
+        state = RobustState(history=NormHistory(tuple(rng.uniform(0.5, 2.0, size=6))),
+                            claims=NormHistory(tuple(rng.uniform(1, 20, size=6))))
+    rows = [rng.normal(size=7) * rng.choice([0.3, 1.0, 8.0]) for _ in range(int(rng.integers(2, 9)))]
+    claims = [float(c) for c in rng.uniform(1, 40, size=len(rows))]
+    plain = make_aggregator("norm_bound", cfg, state, np.random.default_rng(0))
+    screened = make_aggregator("norm_bound", cfg, state, np.random.default_rng(0), lambda delta: 1.0)
+    for r, w in zip(rows, claims):
+        plain.add(_params(r), w)
+        screened.add(_params(r), w)
+    np.testing.assert_allclose(_vec(screened.mean()), _vec(plain.mean()), rtol=1e-6, atol=1e-7)
+    assert screened.screened_out == 0
+    a, b = (RobustState.from_extra(x.carry()["robust"]) for x in (plain, screened))
+    assert a.history == b.history and a.claims == b.claims
+
+
+def test_an_update_that_blows_up_the_guard_loss_is_screened_not_a_crash(model, tmp_path):
+    """First round, no history: two zero updates make the round's median norm 0, so nothing is
+    clipped; the third holds 1e30s and makes the guard loss non-finite. It is left out and the
+    round commits the mean of the others."""
+    fleet, devices, _ = _guarded_fleet(model, tmp_path)
+    c = fleet.coordinator
+    old = {k: v.copy() for k, v in c.state.params.items()}
+    assert c.begin_round()
+    fleet.drain()
+    shapes = {k: v.shape for k, v in old.items()}
+    deltas = [{k: np.zeros(s, np.float32) for k, s in shapes.items()}] * 3
+    deltas.append({k: np.full(s, 1e30, np.float32) for k, s in shapes.items()})
+    for d, delta in zip(devices, deltas):
+        d.send(encode_message(d.update(delta)))
+    fleet.drain()
+    record = c.tick()
+    assert record.committed and record.reports == 4
+    for k, value in old.items():
+        np.testing.assert_array_equal(c.state.params[k], value)  # the mean of three zero deltas

@@ -29,6 +29,9 @@ def test_bench_writes_cells(tmp_path):
     assert [(c["attack"], c["defense"], c["default"], c["attackers_fraction"]) for c in doc["cells"]] == [
         ("none", "norm_bound", True, 0.0), ("backdoor", "norm_bound", True, 0.3)]
     assert all(c["guard_fraction"] == 0.05 for c in doc["cells"])
+    for c in doc["cells"]:  # 2 rounds of up to 5 reports; the guard set leaves out at most half of each
+        s = c["screened"]
+        assert 0 < s["reports"] <= 10 and 0 <= s["honest"] + s["attackers"] <= s["reports"] // 2 + 1
     clean, attacked = doc["cells"]
     assert clean["backdoor_success"] is None and 0 <= attacked["backdoor_success"] <= 1
     assert all(0 <= c["final_accuracy"] <= 1 and len(c["accuracy_curve"]) == 2 for c in doc["cells"])

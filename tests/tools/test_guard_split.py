@@ -57,7 +57,9 @@ def test_the_coordinator_gets_the_guard_split_as_its_guard_set():
 
 
 @pytest.mark.parametrize("bad", [dict(guard_fraction=0.6), dict(guard_fraction=-0.1),
-                                 dict(guard_fraction=0.1, dataset="synthetic")])
+                                 dict(guard_fraction=0.1, dataset="synthetic"),
+                                 dict(guard_fraction=0.1, standardize=True),
+                                 dict(guard_fraction=0.1, partition="feature")])
 def test_bad_guard_fractions_are_refused(bad):
     with pytest.raises(ConfigError, match="guard_fraction"):
         sim_config(**{"devices": 4, **bad})

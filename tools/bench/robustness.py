@@ -21,6 +21,8 @@ Output JSON (schema 1):
         backdoor_success   fraction or null: share of non-target test inputs, trigger stamped,
                            the final global model calls the target class (backdoor attack only)
         accuracy_curve     per round; rejections, declines: {reason: count}; wall_seconds
+        screened           {honest, attackers, reports}: updates the guard set left out of the
+                           aggregates (robust/screening.py), and the updates the rounds accepted
     errors: cells that failed, with the error
 """
 
@@ -116,7 +118,8 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
         "guard_fraction": grid.guard_fraction, "final_accuracy": float(np.mean(curve[-grid.final_window:])),
         "backdoor_success": float(np.mean(backdoor)) if backdoor else None,
         "accuracy_curve": curve, "rejections": result.summary.get("rejections", {}),
-        "declines": result.summary.get("declines", {}), "wall_seconds": time.perf_counter() - started,
+        "declines": result.summary.get("declines", {}), "screened": result.summary.get("screened"),
+        "wall_seconds": time.perf_counter() - started,
     }
 
 

@@ -102,6 +102,10 @@ class SimConfig:
         if not 0.0 <= self.guard_fraction <= 0.5 or (self.guard_fraction and (self.data_dir or self.synthetic)):
             raise ConfigError(f"guard_fraction {self.guard_fraction}: in [0, 0.5], and only for a shipped "
                               f"dataset (a --data DIR or synthetic data has no guard split)")
+        if self.guard_fraction and (self.standardize or self.partition == "feature"):
+            # the guard set is the shipped inputs as they are; these devices see them transformed
+            raise ConfigError("guard_fraction with --standardize or --partition feature: the devices' inputs are "
+                              "transformed per device, and a guard set of raw inputs would not stand for them")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition {self.partition!r}: choose one of {PARTITIONS}")
         if self.synthetic:

@@ -53,6 +53,7 @@ from .personalization import personalized_spec
 from .scoring import Scorer
 from .sharing import SharedMaliciousRuntime, SharedModels, SharedRuntime
 from .stragglers import StragglerPlan
+from .summaries import privacy_summary, screened_summary
 
 log = logging.getLogger("fedge.simulate")
 
@@ -321,7 +322,8 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
         result.summary = {"rejections": dict(co.rejections), "declines": dict(co.declines),
                           "decline_details": dict(co.decline_details),
                           "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)},
-                          "attackers": sorted(setup.attackers), "privacy": _privacy_summary(co)}
+                          "attackers": sorted(setup.attackers), "privacy": privacy_summary(co),
+                          "screened": screened_summary(co, setup.attackers)}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()
@@ -340,16 +342,6 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
                                                                 cfg.central_epochs or central_epochs,
                                                                 backend, cfg.seed)
     return result
-
-
-def _privacy_summary(coordinator: Coordinator) -> dict | None:
-    """run.json's summary.privacy: None without privacy."""
-    budget = coordinator.privacy
-    if not budget.enabled:
-        return None
-    refused = budget.exhausted
-    return {"epsilon": budget.spent(), "delta": budget.config.delta, "target_epsilon": budget.config.target_epsilon,
-            "rounds_charged": len(budget.ledger()), "refused": None if refused is None else refused.why}
 
 
 def current_evaluation(coordinator: Coordinator):
