@@ -23,12 +23,13 @@ def test_build_cells_runs_the_clean_reference_once_per_defence_and_partition():
 def test_bench_writes_cells(tmp_path):
     out = tmp_path / "robust.json"
     assert main(["--json", str(out), "--quick", "--workers", "1", "--rounds", "2",
-                 "--attacks", "none,backdoor", "--defenses", "norm_bound", "--guard-fraction", "0.05"]) == 0
+                 "--attacks", "none,backdoor", "--defenses", "norm_bound", "--guard-fraction", "0.05",
+                 "--exclude-multiplier", "4"]) == 0
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "robustness" and doc["errors"] == []
     assert [(c["attack"], c["defense"], c["default"], c["attackers_fraction"]) for c in doc["cells"]] == [
         ("none", "norm_bound", True, 0.0), ("backdoor", "norm_bound", True, 0.3)]
-    assert all(c["guard_fraction"] == 0.05 for c in doc["cells"])
+    assert all(c["guard_fraction"] == 0.05 for c in doc["cells"]) and doc["grid"]["exclude_multiplier"] == 4.0
     for c in doc["cells"]:  # 2 rounds of up to 5 reports; the guard set leaves out at most half of each
         s = c["screened"]
         assert 0 < s["reports"] <= 10 and 0 <= s["honest"] + s["attackers"] <= s["reports"] // 2 + 1

@@ -66,6 +66,7 @@ class RobustGrid:
     topk_fraction: float = 1.0
     final_window: int = 3
     guard_fraction: float = 0.0  # the coordinator's guard set (SimConfig.guard_fraction); 0 = none
+    exclude_multiplier: float | None = None  # [robust.norm] exclude_multiplier; None = the default (10)
     seed: int = 0
     workers: int = 2
 
@@ -105,7 +106,7 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
                          rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
                          attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
                          omniscient=grid.omniscient, aggregator=cell.defense.split("+")[0],
-                         guard_fraction=grid.guard_fraction,
+                         guard_fraction=grid.guard_fraction, **_norm(grid),
                          quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
                          bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
         result = run_simulation(cfg)
@@ -121,6 +122,15 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
         "declines": result.summary.get("declines", {}), "screened": result.summary.get("screened"),
         "wall_seconds": time.perf_counter() - started,
     }
+
+
+def _norm(grid: RobustGrid) -> dict:
+    """The norm bound's settings the grid changes: {} for the coordinator's own."""
+    if grid.exclude_multiplier is None:
+        return {}
+    from fedge.coordinator.robust.norm_bound import NormBoundConfig
+
+    return {"norm": NormBoundConfig(exclude_multiplier=grid.exclude_multiplier)}
 
 
 def _safe(grid: RobustGrid, cell: Cell) -> dict:
@@ -178,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compressed", action="store_true", help="int8, top-10%% updates instead of fp32 dense")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--omniscient", action="store_true", help="colluders also see honest deltas")
+    p.add_argument("--exclude-multiplier", type=float, default=None,
+                   help="the norm bound leaves out updates over this many times the median norm (default 10)")
     p.add_argument("--guard-fraction", type=float, default=None,
                    help="share of the data no device holds, given to the coordinator as its guard set (default 0)")
     p.add_argument("--attacks", default=None, help="comma list (default: the grid's)")
@@ -188,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     grid = QUICK if args.quick else RobustGrid()
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed),
                                    ("devices", args.devices), ("clients_per_round", args.clients_per_round),
-                                   ("guard_fraction", args.guard_fraction))
+                                   ("guard_fraction", args.guard_fraction),
+                                   ("exclude_multiplier", args.exclude_multiplier))
                  if v is not None}
     if args.compressed:
         overrides.update(quant_bits=8, topk_fraction=0.1)
