@@ -203,7 +203,7 @@ def test_cold_start_screening_uses_the_rounds_own_medians():
     rng = np.random.default_rng(3)
     target = rng.normal(size=7)
     guard = lambda delta: float(np.sum((_vec(delta) - 5 * target) ** 2))  # noqa: E731
-    rows = [target * s for s in (0.9, 1.0, 1.3, 3.0)] + [-target]  # 3.0: clipped to 2; every honest row above the mean (0.84)
+    rows = [target * s for s in (0.9, 1.0, 1.3, 3.0)] + [-target]  # 3.0 is clipped to 2; honest rows above the mean
     agg = make_aggregator("norm_bound", RobustConfig(), RobustState(), np.random.default_rng(0), guard)
     for r in rows:
         agg.add(_params(r), 4.0)
