@@ -21,7 +21,7 @@ BENCHES = {"train-step": "fedge.tools.bench.train_step", "heterogeneity": "fedge
            "privacy": "fedge.tools.bench.privacy",
            "secagg": "fedge.tools.bench.secagg", "async": "fedge.tools.bench.async_bench",
            "scale": "fedge.tools.bench.scale", "ingest": "fedge.tools.bench.ingest",
-           "brokers": "fedge.tools.bench.brokers"}
+           "brokers": "fedge.tools.bench.brokers", "screening": "fedge.tools.bench.screening"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_parser("brokers", help="messages/s through Mosquitto vs a two-node ejabberd cluster "
                      "(see: fedge bench brokers -h)")
     bench.add_parser("privacy", help="accuracy against ε, central DP (see: fedge bench privacy -h)")
+    bench.add_parser("screening", help="guard-set screening's time per round against its size "
+                     "(see: fedge bench screening -h)")
     p = sub.add_parser("audit", help="what the coordinator can learn (see: fedge audit leakage -h)")
     audit = p.add_subparsers(dest="audit", required=True)
     audit.add_parser("leakage", help="reconstruct inputs from plain updates and from SecAgg sums; JSON and PNG")
