@@ -55,10 +55,10 @@ class HoldoutCheck:
         screening a round's updates (robust/screening.py): the plain step current + delta, what
         FedAvg would apply, whatever the server optimizer then does with the mean."""
 
+        base = {k: np.asarray(v, np.float64) for k, v in current.items()}  # once: called O(k^2) times a round
+
         def loss(delta: dict[str, np.ndarray]) -> float:
-            moved = {k: np.asarray(v, np.float64) + np.asarray(delta[k], np.float64) if k in delta else v
-                     for k, v in current.items()}
-            return self.loss(moved)
+            return self.loss({k: v + delta[k] if k in delta else v for k, v in base.items()})
 
         return loss
 

@@ -45,7 +45,7 @@ from .coordinate import coordinate_median, trimmed_mean
 from .errors import BadRobustParameter, RobustError
 from .flat import Params, flatten, unflatten
 from .krum import multi_krum
-from .norm_bound import ClippedMean, NormBoundConfig, NormHistory
+from .norm_bound import ClippedMean, NormBoundConfig, NormHistory, round_limits
 from .screening import ScreenConfig, screen
 
 KEEP_ALL = ("median", "trimmed_mean", "krum", "centered_clipping")
@@ -169,11 +169,8 @@ class ColdStartAggregator(_Base):
         self.norms.append(float(np.linalg.norm(vec)))
 
     def _reduce(self) -> np.ndarray:
-        cfg = self.norm_cfg
-        median = float(np.median(self.norms))
-        acc = ClippedMean(cfg.multiplier * median or math.inf,
-                          cfg.exclude_multiplier * median if cfg.exclude_multiplier and median else math.inf)
-        cap = cfg.weight_multiplier * float(np.median(self.claims)) if cfg.weight_multiplier else math.inf
+        bound, exclusion, cap = round_limits(self.norm_cfg, self.norms, self.claims)
+        acc = ClippedMean(bound, exclusion)
         for row, weight in zip(self.rows, self.claims):
             acc.add(row, min(weight, cap))
         return acc.result()
@@ -211,14 +208,9 @@ class ScreenedAggregator(_Base):
 
     def _limits(self) -> tuple[float, float, float]:
         """(clip bound, exclusion bound, weight cap) for this round, as norm_bound sets them."""
-        cfg = self.norm_cfg
         if 0 < self.history_bound < math.inf:
             return self.history_bound, max(self.history_bound, self.history_exclusion), self.history_cap
-        median = float(np.median(self.norms))
-        bound = cfg.multiplier * median or math.inf
-        exclusion = cfg.exclude_multiplier * median if cfg.exclude_multiplier and median else math.inf
-        cap = cfg.weight_multiplier * float(np.median(self.claims)) if cfg.weight_multiplier else math.inf
-        return bound, max(bound, exclusion), cap
+        return round_limits(self.norm_cfg, self.norms, self.claims)
 
     def _reduce(self) -> np.ndarray:
         bound, exclusion, cap = self._limits()

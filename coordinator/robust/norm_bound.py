@@ -86,6 +86,16 @@ class NormHistory:
         return NormHistory((self.norms + norms)[-cfg.window :])
 
 
+def round_limits(cfg: NormBoundConfig, norms, claims) -> tuple[float, float, float]:
+    """(clip bound, exclusion bound, weight cap) from one round's own update norms and claimed
+    weights: what the first rounds use, before the history is long enough. inf = none."""
+    median = float(np.median(norms))
+    bound = cfg.multiplier * median or math.inf
+    exclusion = cfg.exclude_multiplier * median if cfg.exclude_multiplier and median else math.inf
+    cap = cfg.weight_multiplier * float(np.median(claims)) if cfg.weight_multiplier else math.inf
+    return bound, max(bound, exclusion), cap
+
+
 class ClippedMean:
     """Streaming weighted mean of clipped updates: O(model) memory however many arrive.
 

@@ -24,7 +24,7 @@ def test_no_device_holds_the_guard_split(proxy):
     cfg = sim_config(dataset="digits", devices=6, partition="dirichlet", seed=3, guard_fraction=0.05,
                      proxy_fraction=proxy)
     x, y = load_shipped("digits")
-    guard = guard_positions(cfg)
+    guard = guard_positions(cfg, y)
     excluded = guard if not proxy else np.union1d(guard, proxy_positions(y, proxy, cfg.seed))
     if proxy:
         assert not np.intersect1d(guard, proxy_positions(y, proxy, cfg.seed)).size
@@ -44,7 +44,7 @@ def test_the_coordinator_gets_the_guard_split_as_its_guard_set():
     try:
         saved = np.load(setup.ccfg.guard_set)
         x, y = load_shipped("digits")
-        keep = guard_positions(cfg)
+        keep = guard_positions(cfg, y)
         np.testing.assert_array_equal(saved["x"], x[keep])
         np.testing.assert_array_equal(saved["y"], y[keep])
     finally:
