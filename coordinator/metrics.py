@@ -61,6 +61,8 @@ class CoordinatorMetrics:
         self.accepted = Counter("fedge_updates_accepted", "Updates accepted into an open round", registry=r)
         self.screened = Counter("fedge_updates_screened", "Accepted updates the guard set left out of the "
                                 "aggregate (robust/screening.py)", registry=r)
+        self.excluded = Counter("fedge_updates_excluded", "Accepted updates left out of the aggregate for a norm "
+                                "over the norm bound's exclusion bound (robust/norm_bound.py)", registry=r)
         self.declines = Counter("fedge_declines", "Declines received, by device reason", ["reason"], registry=r)
         self.rejections = Counter("fedge_rejections", "Messages refused, by reason", ["reason"], registry=r)
         self.bytes_up = Counter("fedge_received_bytes", "Payload bytes received from devices", registry=r)

@@ -43,6 +43,7 @@ from .fetches import serve_fetch
 from .group_commit import GroupCommit
 from .guard import commit_fault
 from .holdout import open_holdout
+from .left_out import LeftOut
 from .link import BrokerLink
 from .memory_store import MemoryStore
 from .metrics import CoordinatorMetrics, EvalMetrics
@@ -119,7 +120,7 @@ class Coordinator(BrokerLink):
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()
         self.declines: Counter[str] = Counter()
-        self.screened: Counter[str] = Counter()  # device id -> updates the guard set left out (this process)
+        self.left_out = LeftOut()  # device id -> updates the aggregates left out, by kind (this process)
         self.decline_details: dict[str, str] = {}  # reason -> the latest detail a device gave (bounded)
         self._flood = FloodLog(log)  # rejections: the first ten of a kind, then every power of two
         self.state: ServerState = restore_state(self.store, manifest.model_id, strategy.name,
@@ -339,7 +340,7 @@ class Coordinator(BrokerLink):
                 if isinstance(reduced, str):  # a secure round that cannot be unmasked
                     return self._execute(Stopped(reduced), now)
                 state = self.strategy.apply(self.state, reduced)
-                self._note_screened(rnd)
+                self._note_left_out(rnd)
                 carry = getattr(rnd.aggregator, "carry", None)  # what it learned, committed with the model
                 if carry is not None:
                     state = replace(state, extra={**state.extra, **carry()})
@@ -381,13 +382,8 @@ class Coordinator(BrokerLink):
                                           self.eligible_devices(), self.clock.now())
         return record
 
-    def _note_screened(self, rnd: OpenRound) -> None:
-        """Log and count the updates the guard set left out of the aggregate (robust/screening.py)."""
-        if screened := getattr(rnd.aggregator, "screened_ids", None):
-            log.info("round %d: the guard set left %d of %d updates out of the aggregate: %s", rnd.ctx.round_id,
-                     len(screened), rnd.aggregator.count, ", ".join(str(d) for d in screened[:20]))
-            self.metrics.screened.inc(len(screened))
-            self.screened.update(str(d) for d in screened)
+    def _note_left_out(self, rnd: OpenRound) -> None:
+        self.left_out.note(rnd.ctx.round_id, rnd.aggregator, self.metrics)
 
     def _round_shards(self, selected: tuple[str, ...]) -> dict[str, int] | None:
         """The shard of each selected device, stored with the round; None: no shards (sharding/leader.py)."""

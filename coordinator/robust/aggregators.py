@@ -109,6 +109,8 @@ class _Base:
         self.total_weight = 0.0
         self.norms: list[float] = []
         self.claims: list[float] = []  # the weights as claimed (after the fixed cap), before any relative cap
+        self.ids: list[str | None] = []  # device ids in arrival order, for the log of what was left out
+        self.excluded_ids: list[str | None] = []  # set by mean(): the updates the norm bound's exclusion left out
         self.result_vec: np.ndarray | None = None
 
     def add(self, tensors: Params, meta) -> None:
@@ -119,6 +121,7 @@ class _Base:
             self.like = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
         self._add(flatten(tensors), float(weight))
         self.claims.append(float(weight))
+        self.ids.append(getattr(meta, "device_id", None))
         self.count += 1
         self.total_weight += float(weight)
 
@@ -151,6 +154,7 @@ class StreamingAggregator(_Base):
         self.norms.append(self.acc.add(vec, min(weight, self.weight_cap)))
 
     def _reduce(self) -> np.ndarray:
+        self.excluded_ids = _left_out(self.ids, self.acc)
         return self.acc.result()
 
 
@@ -173,7 +177,16 @@ class ColdStartAggregator(_Base):
         acc = ClippedMean(bound, exclusion)
         for row, weight in zip(self.rows, self.claims):
             acc.add(row, min(weight, cap))
+        self.excluded_ids = _left_out(self.ids, acc)
         return acc.result()
+
+
+def _left_out(ids: list, acc: ClippedMean) -> list:
+    """The ids of the updates `acc` left out of its mean: none when every one was over the
+    exclusion bound (the bound is stale, and they are all clipped in)."""
+    if acc.total is None:
+        return []
+    return [i for i, norm in zip(ids, acc.norms) if norm > acc.exclude_above]
 
 
 class ScreenedAggregator(_Base):
@@ -191,16 +204,11 @@ class ScreenedAggregator(_Base):
         self.history_exclusion = state.history.exclusion(cfg)
         self.history_cap = state.claims.weight_cap(cfg)
         self.rows: list[np.ndarray] = []
-        self.ids: list[str | None] = []  # device ids in arrival order, for the log of what was left out
         self.screened_ids: list[str | None] = []  # set by mean(): the updates the guard set left out
 
     @property
     def screened_out(self) -> int:
         return len(self.screened_ids)
-
-    def add(self, tensors: Params, meta) -> None:
-        super().add(tensors, meta)
-        self.ids.append(getattr(meta, "device_id", None))
 
     def _add(self, vec: np.ndarray, weight: float) -> None:
         self.rows.append(vec)
@@ -222,6 +230,7 @@ class ScreenedAggregator(_Base):
         rows = np.stack([r * s for r, s, keep in zip(self.rows, scale, inside) if keep])
         weights = np.minimum(np.array(self.claims)[inside], cap)
         keep = screen(rows, weights, lambda v: self.guard_loss(unflatten(v, self.like)), self.screen_cfg)
+        self.excluded_ids = [i for i, keep_it in zip(self.ids, inside) if not keep_it]
         candidates = [i for i, keep_it in zip(self.ids, inside) if keep_it]
         self.screened_ids = [i for i, kept in zip(candidates, keep) if not kept]
         return weights[keep] @ rows[keep] / float(weights[keep].sum())

@@ -40,8 +40,10 @@ class NormBoundConfig:
     initial_bound: float = 0.0  # L2 bound before the history is long enough; 0 = the round's own median
     weight_multiplier: float = 1.0  # a weight counts at most this many times the median claim; 0 = no cap
     # An update over this many times the median norm is left out of the mean, not clipped into
-    # it (unless all of the round's are); 0 = never. Why 10: see the README, Robust aggregation.
-    exclude_multiplier: float = 10.0
+    # it (unless all of the round's are); 0 = never. Why 4: a model-replacement backdoor's updates
+    # sat at a median 5.9x the running median on the Dirichlet 0.1 bench, honest ones at most 5.1x
+    # (0.1% over 3.5x); see the README, Robust aggregation.
+    exclude_multiplier: float = 4.0
 
     def __post_init__(self) -> None:
         if not (self.multiplier > 0 and math.isfinite(self.multiplier)):

@@ -23,5 +23,10 @@ class SealedAggregator:
         """What a screening rule left out (robust/screening.py), once result() has run; else none."""
         return getattr(self.inner, "screened_ids", [])
 
+    @property
+    def excluded_ids(self) -> list:
+        """What the norm bound's exclusion left out (robust/norm_bound.py), once result() has run."""
+        return getattr(self.inner, "excluded_ids", [])
+
     def add(self, delta, meta) -> None:
         raise TypeError("a sharded round's updates are counted by its workers, not the leader")

@@ -306,7 +306,7 @@ def test_an_update_far_over_the_median_is_left_out_not_clipped_in():
         ClippedMean(2.0, exclude_above=1.0)
     with pytest.raises(BadRobustParameter):
         NormBoundConfig(multiplier=2.0, exclude_multiplier=1.5)
-    assert NormHistory().record([1.0] * 9, NormBoundConfig()).exclusion(NormBoundConfig()) == 10.0
+    assert NormHistory().record([1.0] * 9, NormBoundConfig()).exclusion(NormBoundConfig()) == 4.0
     assert NormHistory().exclusion(NormBoundConfig()) == math.inf
     assert NormHistory().record([1.0] * 9, NormBoundConfig()).exclusion(NormBoundConfig(exclude_multiplier=0)) \
         == math.inf

@@ -173,3 +173,46 @@ def test_a_simulated_coordinator_commits_its_robust_state(tmp_path):
             assert len(extra["robust"]["norms"]) == reports
             assert fleet.coordinator.begin_round()  # the next round's aggregator starts from what was committed
             assert fleet.coordinator.round.aggregator.prior.history.norms == tuple(extra["robust"]["norms"])
+
+
+class _Meta:
+    def __init__(self, device_id, weight):
+        self.device_id, self.weight = device_id, weight
+
+
+@pytest.mark.parametrize("kind", ["history", "cold_start", "screened"])
+@pytest.mark.parametrize("seed", range(6))
+def test_the_norm_bound_names_the_updates_its_exclusion_left_out(kind, seed):
+    """Oracle: a plain loop over the norms against multiplier x the median (of the history, or
+    of the round's own norms in the first rounds); when every update is over it, none is left
+    out (the bound is stale and they are clipped in)."""
+    rng = np.random.default_rng(seed)
+    cfg = RobustConfig(norm=NormBoundConfig(exclude_multiplier=float(rng.choice([3.0, 4.0, 10.0]))))
+    scales = rng.choice([0.5, 1.0, 2.0, 5.0, 30.0], size=8)
+    us = [{"w": (s * rng.normal(size=(3, 2))).astype(np.float32), "b": (s * rng.normal(size=4)).astype(np.float32)}
+          for s in scales]
+    norms = [float(np.linalg.norm(flat(u))) for u in us]
+    history = tuple(rng.uniform(0.5, 6.0, size=10)) if kind == "history" else ()
+    state = RobustState(history=RobustState().history.record(history, cfg.norm))
+    median = float(np.median(history)) if history else float(np.median(norms))
+    over = max(cfg.norm.exclude_multiplier, cfg.norm.multiplier) * median
+    expect = [f"dev-{i}" for i, n in enumerate(norms) if n > over]
+    if len(expect) == len(us):
+        expect = []
+    guard = (lambda params: 1.0) if kind == "screened" else None  # a flat loss: screening keeps every update
+    agg = make_aggregator("norm_bound", cfg, state, np.random.default_rng(0), guard_loss=guard)
+    for i, u in enumerate(us):
+        agg.add(u, _Meta(f"dev-{i}", 1.0))
+    agg.mean()
+    assert agg.excluded_ids == expect
+    assert getattr(agg, "screened_ids", []) == []
+
+
+def test_nothing_is_named_when_every_update_is_over_the_stale_bound():
+    cfg = RobustConfig()
+    state = RobustState(history=RobustState().history.record([1e-3] * 10, cfg.norm))
+    agg = make_aggregator("norm_bound", cfg, state, np.random.default_rng(0))
+    for i, (u, _) in enumerate(zip(*updates(2, k=4))):
+        agg.add(u, _Meta(f"dev-{i}", 1.0))
+    agg.mean()
+    assert agg.count == 4 and agg.excluded_ids == []

@@ -57,6 +57,22 @@ def test_spec_validation():
         AttackSpec("alie", fraction=0.0)
     with pytest.raises(AttackError):
         AttackSpec("min_max", perturbation="up")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(AttackError):
+            AttackSpec("backdoor", scale=bad)
+
+
+def test_the_attack_scale_reaches_the_attack_from_the_command_line():
+    """--attack-scale sets a backdoor's boost (and sign_flip's factor); 0 keeps the attack's own."""
+    import argparse
+
+    from fedge.tools.simulate.cli import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = build_config(parser.parse_args(["--attack", "backdoor", "--attack-scale", "3"]), "out")
+    assert cfg.attack_spec.scale == 3.0
+    assert build_config(parser.parse_args(["--attack", "sign_flip"]), "out").attack_spec.scale == 0.0
 
 
 def dataset():

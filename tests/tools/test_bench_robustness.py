@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from fedge.tools.bench.robustness import QUICK, Cell, RobustGrid, build_cells, main
+from fedge.coordinator.robust.norm_bound import NormBoundConfig
+from fedge.tools.bench.robustness import QUICK, Cell, RobustGrid, _recorded, build_cells, main
 
 
 def test_build_cells_runs_the_clean_reference_once_per_defence_and_partition():
@@ -17,6 +18,14 @@ def test_build_cells_runs_the_clean_reference_once_per_defence_and_partition():
                      Cell("none", "median", "iid", 0.0), Cell("alie", "median", "iid", 0.1),
                      Cell("alie", "median", "iid", 0.2)]
     assert len(build_cells(QUICK)) == 6 * (1 + 4)
+
+
+def test_the_json_states_the_exclusion_bound_the_cells_ran_with():
+    """A grid left on the coordinator's default records that default's value, so an old JSON
+    still says what it measured after the default moves (it moved from 10 to 4)."""
+    assert _recorded(RobustGrid())["exclude_multiplier"] == NormBoundConfig().exclude_multiplier == 4.0
+    assert _recorded(RobustGrid(exclude_multiplier=10.0))["exclude_multiplier"] == 10.0
+    assert _recorded(RobustGrid(exclude_multiplier=0.0))["exclude_multiplier"] == 0.0  # 0 = never, kept as is
 
 
 @pytest.mark.slow
@@ -33,6 +42,9 @@ def test_bench_writes_cells(tmp_path):
     for c in doc["cells"]:  # 2 rounds of up to 5 reports; the guard set leaves out at most half of each
         s = c["screened"]
         assert 0 < s["reports"] <= 10 and 0 <= s["honest"] + s["attackers"] <= s["reports"] // 2 + 1
+        assert set(c["excluded"]) == {"honest", "attackers", "reports"} and c["excluded"]["reports"] == s["reports"]
+    # the model-replacement updates are far over 4x the median norm: the bound names them as attackers'
+    assert doc["cells"][1]["excluded"]["attackers"] >= 1
     clean, attacked = doc["cells"]
     assert clean["backdoor_success"] is None and 0 <= attacked["backdoor_success"] <= 1
     assert all(0 <= c["final_accuracy"] <= 1 and len(c["accuracy_curve"]) == 2 for c in doc["cells"])

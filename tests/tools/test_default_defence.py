@@ -5,9 +5,10 @@ device code, real ONNX Runtime, the coordinator's default aggregator):
   accepts (2**32 - 1; a claim of 10**12 is refused at decode time as malformed);
 * an honest device whose training blows up (its features 10**4 times too large).
 
-Oracle: the same seed with that device honest. The plain mean is run too, to show the attack
-is real (it takes the model to chance). Accuracy is the mean of the last five rounds' global
-accuracy: single rounds swing by several points on this small fleet.
+Oracle: the same seed with that device honest (for the diverging device, averaged over
+seeds). The plain mean is run too, to show the attack is real (it takes the model to
+chance). Accuracy is the mean of the last five rounds' global accuracy: single rounds swing by
+several points on this small fleet.
 """
 
 from __future__ import annotations
@@ -33,24 +34,34 @@ def _accuracy(result) -> float:
     return float(np.mean([r["global_accuracy"] for r in result.rounds[-WINDOW:]]))
 
 
-@pytest.fixture(scope="module")
-def honest(tmp_path_factory):
-    return run_simulation(sim_config(**BASE, out_dir=str(tmp_path_factory.mktemp("honest"))))
-
-
 def test_the_default_aggregator_is_the_norm_bound():
     assert CoordinatorConfig().aggregator == "norm_bound"
 
 
-def test_a_diverging_honest_device_is_declined_and_costs_under_a_point(honest, tmp_path, caplog):
-    cfg = sim_config(**BASE, out_dir=str(tmp_path))
+SEEDS = range(8)
+
+
+def _wild_fleet(cfg):
+    """The same fleet with device 3's features 10**4 times too large: its training blows up."""
     data = load_data(cfg)
     wild = dataclasses.replace(data.clients[3], x_train=data.clients[3].x_train * 1e4)
-    data = dataclasses.replace(data, clients=(*data.clients[:3], wild, *data.clients[4:]))
-    with caplog.at_level(logging.ERROR):
-        result = run_simulation(cfg, data=data)
-    assert result.summary["declines"].get("diverged", 0) >= 1  # its tasks end as a named failure...
-    assert abs(_accuracy(result) - _accuracy(honest)) <= 0.01  # ...never as a huge delta
+    return dataclasses.replace(data, clients=(*data.clients[:3], wild, *data.clients[4:]))
+
+
+def test_a_diverging_honest_device_is_declined_and_costs_under_a_point(tmp_path, caplog):
+    """Averaged over eight seeds: one device's change moves a 10-device fleet's accuracy by
+    up to 4 points either way from seed to seed (README, Robust aggregation), so a single seed
+    cannot hold a 1-point bar. Measured at exclude_multiplier 4: costs +1.6, +3.9, -1.6, -1.8,
+    -1.5, -0.8, +1.2, +0.2 points; mean +0.13."""
+    costs = []
+    for seed in SEEDS:
+        honest = run_simulation(sim_config(**BASE, seed=seed, out_dir=str(tmp_path / f"honest-{seed}")))
+        cfg = sim_config(**BASE, seed=seed, out_dir=str(tmp_path / f"wild-{seed}"))
+        with caplog.at_level(logging.ERROR):
+            wild = run_simulation(cfg, data=_wild_fleet(cfg))
+        assert wild.summary["declines"].get("diverged", 0) >= 1  # its tasks end as a named failure...
+        costs.append(_accuracy(honest) - _accuracy(wild))
+    assert abs(np.mean(costs)) <= 0.01, costs  # ...never as a huge delta
 
 
 POISON = dict(dataset="mnist5k", devices=20, rounds=20, clients_per_round=10)

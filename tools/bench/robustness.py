@@ -23,6 +23,8 @@ Output JSON (schema 1):
         accuracy_curve     per round; rejections, declines: {reason: count}; wall_seconds
         screened           {honest, attackers, reports}: updates the guard set left out of the
                            aggregates (robust/screening.py), and the updates the rounds accepted
+        excluded           the same for the updates the norm bound left out, each over its
+                           exclusion bound (robust/norm_bound.py)
     errors: cells that failed, with the error
 """
 
@@ -66,7 +68,8 @@ class RobustGrid:
     topk_fraction: float = 1.0
     final_window: int = 3
     guard_fraction: float = 0.0  # the coordinator's guard set (SimConfig.guard_fraction); 0 = none
-    exclude_multiplier: float | None = None  # [robust.norm] exclude_multiplier; None = the default (10)
+    exclude_multiplier: float | None = None  # [robust.norm] exclude_multiplier; None = the coordinator's default (4)
+    attack_scale: float = 0.0  # AttackSpec.scale (sign_flip's factor, scale/backdoor's boost); 0 = the attack's own
     seed: int = 0
     workers: int = 2
 
@@ -105,7 +108,8 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
         cfg = sim_config(dataset=grid.dataset, devices=grid.devices, clients_per_round=grid.clients_per_round,
                          rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
                          attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
-                         omniscient=grid.omniscient, aggregator=cell.defense.split("+")[0],
+                         omniscient=grid.omniscient, attack_scale=grid.attack_scale,
+                         aggregator=cell.defense.split("+")[0],
                          guard_fraction=grid.guard_fraction, **_norm(grid),
                          quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
                          bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
@@ -120,6 +124,7 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
         "backdoor_success": float(np.mean(backdoor)) if backdoor else None,
         "accuracy_curve": curve, "rejections": result.summary.get("rejections", {}),
         "declines": result.summary.get("declines", {}), "screened": result.summary.get("screened"),
+        "excluded": result.summary.get("excluded"),
         "wall_seconds": time.perf_counter() - started,
     }
 
@@ -131,6 +136,17 @@ def _norm(grid: RobustGrid) -> dict:
     from fedge.coordinator.robust.norm_bound import NormBoundConfig
 
     return {"norm": NormBoundConfig(exclude_multiplier=grid.exclude_multiplier)}
+
+
+def _recorded(grid: RobustGrid) -> dict:
+    """The grid as the JSON states it: the exclusion bound the cells ran with, even when it was
+    the coordinator's default (a later default must not change what an old JSON says)."""
+    from fedge.coordinator.robust.norm_bound import NormBoundConfig
+
+    out = asdict(grid)
+    if grid.exclude_multiplier is None:
+        out["exclude_multiplier"] = NormBoundConfig().exclude_multiplier
+    return out
 
 
 def _safe(grid: RobustGrid, cell: Cell) -> dict:
@@ -159,7 +175,7 @@ def run(grid: RobustGrid, json_path, quick: bool = False,
                 rows[futures[future]] = future.result()
                 done += 1
                 log(_progress(done, len(cells), rows[futures[future]]))
-    doc = {"schema": 1, "benchmark": "robustness", "quick": quick, "grid": asdict(grid),
+    doc = {"schema": 1, "benchmark": "robustness", "quick": quick, "grid": _recorded(grid),
            "wall_seconds": time.perf_counter() - started,
            "cells": [r for r in rows if "error" not in r],
            "errors": [r for r in rows if "error" in r]}
@@ -189,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--omniscient", action="store_true", help="colluders also see honest deltas")
     p.add_argument("--exclude-multiplier", type=float, default=None,
-                   help="the norm bound leaves out updates over this many times the median norm (default 10)")
+                   help="the norm bound leaves out updates over this many times the median norm "
+                        "(default: the coordinator's, 4)")
+    p.add_argument("--attack-scale", type=float, default=None,
+                   help="sign_flip's factor, scale's and backdoor's boost (default 0: the attack's own)")
     p.add_argument("--guard-fraction", type=float, default=None,
                    help="share of the data no device holds, given to the coordinator as its guard set (default 0)")
     p.add_argument("--attacks", default=None, help="comma list (default: the grid's)")
@@ -201,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed),
                                    ("devices", args.devices), ("clients_per_round", args.clients_per_round),
                                    ("guard_fraction", args.guard_fraction),
-                                   ("exclude_multiplier", args.exclude_multiplier))
+                                   ("exclude_multiplier", args.exclude_multiplier),
+                                   ("attack_scale", args.attack_scale))
                  if v is not None}
     if args.compressed:
         overrides.update(quant_bits=8, topk_fraction=0.1)

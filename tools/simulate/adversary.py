@@ -17,6 +17,7 @@ shape of the device's post-processing chain. The formulas are in attacks.py. Sim
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,8 @@ class AttackSpec:
             raise AttackError(f"attack {self.name!r}: choose one of {', '.join(ATTACKS)}")
         if not 0 < self.fraction < 1:
             raise AttackError(f"the attackers' fraction must be in (0, 1), got {self.fraction}")
+        if not (self.scale >= 0 and math.isfinite(self.scale)):
+            raise AttackError(f"the attack's scale must be finite and >= 0 (0 = the attack's own), got {self.scale}")
         if self.perturbation not in ("unit", "std", "sign"):
             raise AttackError(f"perturbation {self.perturbation!r}: use unit, std or sign")
 

@@ -106,6 +106,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attackers", type=float, default=d.attackers,
                    help="share of the devices that attack (default %(default)s)")
     p.add_argument("--omniscient", action="store_true", help="colluding attackers also see honest devices' deltas")
+    p.add_argument("--attack-scale", type=float, default=d.attack_scale,
+                   help="sign_flip: the flipped delta's factor; scale, backdoor: the boost "
+                   "(default 0: 1 for sign_flip, clients per round / server lr for the others)")
     p.add_argument("--guard-fraction", type=float, default=d.guard_fraction,
                    help="share of a shipped dataset no device holds, given to the coordinator as its guard set: "
                    "the model guard checks each new model on it and norm_bound screens each round's updates "
@@ -188,7 +191,7 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
         transport=args.transport, broker_url=args.broker_url, profiles=tuple(x for x in args.profiles.split(",") if x),
         personalization=args.personalization, finetune_steps=args.finetune_steps, new_devices=args.new_devices,
         new_device_steps=args.new_device_steps, local_epochs=args.local_epochs, central_epochs=args.central_epochs,
-        attack=args.attack, attackers=args.attackers, omniscient=args.omniscient,
+        attack=args.attack, attackers=args.attackers, omniscient=args.omniscient, attack_scale=args.attack_scale,
         guard_fraction=args.guard_fraction,
     )
 

@@ -88,6 +88,7 @@ class SimConfig:
     attack: str | None = None
     attackers: float = 0.2
     omniscient: bool = False
+    attack_scale: float = 0.0  # AttackSpec.scale: sign_flip's factor, scale/backdoor's boost; 0 = the attack's own
     local_epochs: int | None = None  # local-only baseline epochs; None = rounds * hyper.epochs
     central_epochs: int | None = None  # centralized baseline epochs; None = the fleet's total compute
 
@@ -163,7 +164,7 @@ class SimConfig:
         from .errors import AttackError
 
         try:
-            return AttackSpec(self.attack, fraction=self.attackers, omniscient=self.omniscient)
+            return AttackSpec(self.attack, fraction=self.attackers, omniscient=self.omniscient, scale=self.attack_scale)
         except AttackError as exc:
             raise ConfigError(f"--attack: {exc}") from None
 

@@ -53,7 +53,7 @@ from .personalization import personalized_spec
 from .scoring import Scorer
 from .sharing import SharedMaliciousRuntime, SharedModels, SharedRuntime
 from .stragglers import StragglerPlan
-from .summaries import privacy_summary, screened_summary
+from .summaries import left_out_summary, privacy_summary
 
 log = logging.getLogger("fedge.simulate")
 
@@ -323,7 +323,8 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
                           "decline_details": dict(co.decline_details),
                           "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)},
                           "attackers": sorted(setup.attackers), "privacy": privacy_summary(co),
-                          "screened": screened_summary(co, setup.attackers)}
+                          "screened": left_out_summary(co.left_out.screened, co, setup.attackers),
+                          "excluded": left_out_summary(co.left_out.excluded, co, setup.attackers)}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fedge.coordinator.server import Coordinator
 
 
-def screened_summary(co: Coordinator, attackers) -> dict[str, int]:
-    """Updates the guard set left out of the aggregates (robust/screening.py), honest and
-    attacking, and the updates the rounds accepted in all."""
-    bad = sum(n for d, n in co.screened.items() if d in attackers)
-    return {"honest": sum(co.screened.values()) - bad, "attackers": bad, "reports": sum(r.reports for r in co.history)}
+def left_out_summary(left_out: Counter[str], co: Coordinator, attackers) -> dict[str, int]:
+    """Updates the aggregates left out (`co.left_out.screened`: the guard set, robust/screening.py;
+    `co.left_out.excluded`: the norm bound's exclusion), honest and attacking, and the updates the rounds
+    accepted in all."""
+    bad = sum(n for d, n in left_out.items() if d in attackers)
+    return {"honest": sum(left_out.values()) - bad, "attackers": bad, "reports": sum(r.reports for r in co.history)}
 
 
 def privacy_summary(coordinator: Coordinator) -> dict | None:
