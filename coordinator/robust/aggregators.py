@@ -45,7 +45,7 @@ from .coordinate import coordinate_median, trimmed_mean
 from .errors import BadRobustParameter, RobustError
 from .flat import Params, flatten, unflatten
 from .krum import multi_krum
-from .norm_bound import ClippedMean, NormBoundConfig, NormHistory, round_limits
+from .norm_bound import ClippedMean, NormBoundConfig, NormHistory, claim_allowance, round_limits
 from .screening import ScreenConfig, screen
 
 KEEP_ALL = ("median", "trimmed_mean", "krum", "centered_clipping")
@@ -145,13 +145,16 @@ class StreamingAggregator(_Base):
     """norm_bound with a history: each update clipped to `bound` and its weight capped at
     `weight_cap` as it arrives, into a running sum: O(model)."""
 
-    def __init__(self, bound: float = math.inf, weight_cap: float = math.inf, exclude_above: float = math.inf) -> None:
+    def __init__(self, bound: float = math.inf, weight_cap: float = math.inf, exclude_above: float = math.inf,
+                 cfg: NormBoundConfig | None = None, median_claim: float | None = None) -> None:
         super().__init__()
         self.acc = ClippedMean(bound, max(bound, exclude_above))
         self.weight_cap = weight_cap
+        self.norm_cfg, self.median_claim = cfg or NormBoundConfig(exclude_claim_allowance=1.0), median_claim
 
     def _add(self, vec: np.ndarray, weight: float) -> None:
-        self.norms.append(self.acc.add(vec, min(weight, self.weight_cap)))
+        allowance = claim_allowance(self.norm_cfg, weight, self.median_claim)
+        self.norms.append(self.acc.add(vec, min(weight, self.weight_cap), allowance))
 
     def _reduce(self) -> np.ndarray:
         self.excluded_ids = _left_out(self.ids, self.acc)
@@ -175,8 +178,9 @@ class ColdStartAggregator(_Base):
     def _reduce(self) -> np.ndarray:
         bound, exclusion, cap = round_limits(self.norm_cfg, self.norms, self.claims)
         acc = ClippedMean(bound, exclusion)
+        median_claim = float(np.median(self.claims))
         for row, weight in zip(self.rows, self.claims):
-            acc.add(row, min(weight, cap))
+            acc.add(row, min(weight, cap), claim_allowance(self.norm_cfg, weight, median_claim))
         self.excluded_ids = _left_out(self.ids, acc)
         return acc.result()
 
@@ -186,7 +190,7 @@ def _left_out(ids: list, acc: ClippedMean) -> list:
     exclusion bound (the bound is stale, and they are all clipped in)."""
     if acc.total is None:
         return []
-    return [i for i, norm in zip(ids, acc.norms) if norm > acc.exclude_above]
+    return [i for i, out in zip(ids, acc.left_out) if out]
 
 
 class ScreenedAggregator(_Base):
@@ -203,6 +207,7 @@ class ScreenedAggregator(_Base):
         self.history_bound = state.history.bound(cfg)
         self.history_exclusion = state.history.exclusion(cfg)
         self.history_cap = state.claims.weight_cap(cfg)
+        self.history_median_claim = state.claims.median(cfg)
         self.rows: list[np.ndarray] = []
         self.screened_ids: list[str | None] = []  # set by mean(): the updates the guard set left out
 
@@ -223,7 +228,9 @@ class ScreenedAggregator(_Base):
     def _reduce(self) -> np.ndarray:
         bound, exclusion, cap = self._limits()
         norms = np.array(self.norms)
-        inside = norms <= exclusion
+        history = 0 < self.history_bound < math.inf
+        median_claim = self.history_median_claim if history else float(np.median(self.claims))
+        inside = norms <= exclusion * np.array([claim_allowance(self.norm_cfg, c, median_claim) for c in self.claims])
         if not inside.any():  # every update over the exclusion bound: the bound is stale (ClippedMean)
             inside[:] = True
         scale = clip_scale(norms, bound)
@@ -289,7 +296,8 @@ def _make(name: str, cfg: RobustConfig, state: RobustState, rng: np.random.Gener
         bound = state.history.bound(cfg.norm)
         if not 0 < bound < math.inf:  # no (nonzero) history yet, no initial_bound: the round's own median
             return ColdStartAggregator(cfg.norm)
-        return StreamingAggregator(bound, state.claims.weight_cap(cfg.norm), state.history.exclusion(cfg.norm))
+        return StreamingAggregator(bound, state.claims.weight_cap(cfg.norm), state.history.exclusion(cfg.norm),
+                                   cfg.norm, state.claims.median(cfg.norm))
     beta = cfg.byzantine_fraction
     if name == "median":
         rule = coordinate_median

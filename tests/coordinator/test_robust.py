@@ -26,6 +26,7 @@ from fedge.coordinator.robust import (
     trimmed_mean,
     unflatten,
 )
+from fedge.coordinator.robust.norm_bound import claim_allowance
 
 # --- oracles: one coordinate / one vector at a time, as the papers write them ---------------
 
@@ -326,7 +327,9 @@ def test_clipped_mean_memory_is_O_model():
 
 
 def test_norm_bound_refuses_bad_config_and_input():
-    for bad in (dict(multiplier=0), dict(window=0), dict(min_history=0), dict(min_history=300), dict(initial_bound=-1)):
+    for bad in (dict(multiplier=0), dict(window=0), dict(min_history=0), dict(min_history=300), dict(initial_bound=-1),
+                dict(exclude_claim_allowance=0.5), dict(exclude_claim_allowance=math.inf),
+                dict(exclude_claim_allowance=math.nan)):
         with pytest.raises(BadRobustParameter):
             NormBoundConfig(**bad)
     acc = ClippedMean(1.0)
@@ -349,3 +352,15 @@ def test_flatten_round_trip():
     assert all(back[k].dtype == p[k].dtype and np.array_equal(back[k], p[k]) for k in p)
     with pytest.raises(RobustError):
         unflatten(np.zeros(8), p)
+
+
+def test_the_claim_allowance_is_the_claim_over_the_median_between_1_and_its_cap():
+    cfg = NormBoundConfig(exclude_claim_allowance=2.5)
+    assert [claim_allowance(cfg, c, 100.0) for c in (1.0, 100.0, 180.0, 250.0, 2.0**32)] == [1.0, 1.0, 1.8, 2.5, 2.5]
+    assert claim_allowance(cfg, 500.0, None) == claim_allowance(cfg, 500.0, 0.0) == 1.0  # nothing to compare with
+    assert claim_allowance(NormBoundConfig(exclude_claim_allowance=1.0), 500.0, 100.0) == 1.0
+    acc = ClippedMean(1.0, exclude_above=4.0)  # a norm-6 update is left out, unless its claim allows 1.5x
+    acc.add(np.array([6.0, 0.0]), 1.0, allowance=1.5)
+    acc.add(np.array([0.0, 6.0]), 1.0)
+    assert acc.left_out == [False, True] and acc.excluded_count == 1
+    np.testing.assert_allclose(acc.result(), [1.0, 0.0])

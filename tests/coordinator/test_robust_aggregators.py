@@ -181,28 +181,35 @@ class _Meta:
 
 
 @pytest.mark.parametrize("kind", ["history", "cold_start", "screened"])
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_the_norm_bound_names_the_updates_its_exclusion_left_out(kind, seed):
-    """Oracle: a plain loop over the norms against multiplier x the median (of the history, or
-    of the round's own norms in the first rounds); when every update is over it, none is left
-    out (the bound is stale and they are clipped in)."""
+    """Oracle: a plain loop over the norms against multiplier x the median norm (of the history,
+    or of the round's own norms in the first rounds), times each update's claim allowance
+    (its claim over the median claim, between 1 and exclude_claim_allowance); when every update
+    is over its bound, none is left out (the bound is stale and they are clipped in)."""
     rng = np.random.default_rng(seed)
-    cfg = RobustConfig(norm=NormBoundConfig(exclude_multiplier=float(rng.choice([3.0, 4.0, 10.0]))))
+    cfg = RobustConfig(norm=NormBoundConfig(exclude_multiplier=float(rng.choice([3.0, 4.0, 10.0])),
+                                            exclude_claim_allowance=float(rng.choice([1.0, 2.5, 6.0]))))
     scales = rng.choice([0.5, 1.0, 2.0, 5.0, 30.0], size=8)
+    claims = rng.choice([5.0, 10.0, 20.0, 60.0], size=8)
     us = [{"w": (s * rng.normal(size=(3, 2))).astype(np.float32), "b": (s * rng.normal(size=4)).astype(np.float32)}
           for s in scales]
     norms = [float(np.linalg.norm(flat(u))) for u in us]
-    history = tuple(rng.uniform(0.5, 6.0, size=10)) if kind == "history" else ()
-    state = RobustState(history=RobustState().history.record(history, cfg.norm))
+    history = tuple(rng.uniform(0.5, 6.0, size=10)) if kind != "cold_start" else ()
+    history_claims = tuple(rng.uniform(5.0, 30.0, size=10)) if history else ()
+    state = RobustState(history=RobustState().history.record(history, cfg.norm),
+                        claims=RobustState().claims.record(history_claims, cfg.norm))
     median = float(np.median(history)) if history else float(np.median(norms))
-    over = max(cfg.norm.exclude_multiplier, cfg.norm.multiplier) * median
-    expect = [f"dev-{i}" for i, n in enumerate(norms) if n > over]
+    median_claim = float(np.median(history_claims)) if history else float(np.median(claims))
+    over = [max(cfg.norm.exclude_multiplier, cfg.norm.multiplier) * median
+            * min(max(c / median_claim, 1.0), cfg.norm.exclude_claim_allowance) for c in claims]
+    expect = [f"dev-{i}" for i, (n, o) in enumerate(zip(norms, over)) if n > o]
     if len(expect) == len(us):
         expect = []
     guard = (lambda params: 1.0) if kind == "screened" else None  # a flat loss: screening keeps every update
     agg = make_aggregator("norm_bound", cfg, state, np.random.default_rng(0), guard_loss=guard)
-    for i, u in enumerate(us):
-        agg.add(u, _Meta(f"dev-{i}", 1.0))
+    for i, (u, c) in enumerate(zip(us, claims)):
+        agg.add(u, _Meta(f"dev-{i}", c))
     agg.mean()
     assert agg.excluded_ids == expect
     assert getattr(agg, "screened_ids", []) == []

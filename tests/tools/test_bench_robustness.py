@@ -26,6 +26,8 @@ def test_the_json_states_the_exclusion_bound_the_cells_ran_with():
     assert _recorded(RobustGrid())["exclude_multiplier"] == NormBoundConfig().exclude_multiplier == 4.0
     assert _recorded(RobustGrid(exclude_multiplier=10.0))["exclude_multiplier"] == 10.0
     assert _recorded(RobustGrid(exclude_multiplier=0.0))["exclude_multiplier"] == 0.0  # 0 = never, kept as is
+    assert _recorded(RobustGrid())["exclude_claim_allowance"] == NormBoundConfig().exclude_claim_allowance == 1.0
+    assert _recorded(RobustGrid(exclude_claim_allowance=2.5))["exclude_claim_allowance"] == 2.5
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.robust.norm_bound import NormBoundConfig
 from fedge.tools.simulate.config import sim_config
 from fedge.tools.simulate.fleet import load_data, run_simulation
 
@@ -78,3 +79,16 @@ def test_one_poisoner_costs_what_losing_its_data_costs(tmp_path):
     assert plain.rounds[-1]["global_accuracy"] < 0.2  # the attack is real: the plain mean goes to chance
     assert attacked.summary["attackers"] and all(r["committed"] for r in attacked.rounds)
     assert abs(_accuracy(attacked) - _accuracy(honest)) <= 0.01, (_accuracy(attacked), _accuracy(honest))
+
+
+def test_the_claim_allowance_keeps_data_rich_honest_devices_under_quantity_skew(tmp_path):
+    """MNIST-5k, 20 devices with lognormal sizes, no attack: an update's norm grows with the
+    examples it trained on (the largest devices hold 3-5x the median), so the default exclusion
+    bound leaves some of their honest updates out (23 of 200 on this seed), and the opt-in claim
+    allowance keeps them all. The default leaves it off: it let boosted backdoor updates in."""
+    skew = dict(dataset="mnist5k", devices=20, rounds=20, clients_per_round=10, partition="quantity", seed=1)
+    default = run_simulation(sim_config(**skew, out_dir=str(tmp_path / "default")))
+    allowed = run_simulation(sim_config(**skew, norm=NormBoundConfig(exclude_claim_allowance=2.5),
+                                        out_dir=str(tmp_path / "allowed")))
+    assert default.summary["excluded"]["honest"] >= 10 and default.summary["excluded"]["attackers"] == 0
+    assert allowed.summary["excluded"]["honest"] == 0

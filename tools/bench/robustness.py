@@ -69,6 +69,7 @@ class RobustGrid:
     final_window: int = 3
     guard_fraction: float = 0.0  # the coordinator's guard set (SimConfig.guard_fraction); 0 = none
     exclude_multiplier: float | None = None  # [robust.norm] exclude_multiplier; None = the coordinator's default (4)
+    exclude_claim_allowance: float | None = None  # [robust.norm] exclude_claim_allowance; None = the default (1)
     attack_scale: float = 0.0  # AttackSpec.scale (sign_flip's factor, scale/backdoor's boost); 0 = the attack's own
     seed: int = 0
     workers: int = 2
@@ -131,21 +132,22 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
 
 def _norm(grid: RobustGrid) -> dict:
     """The norm bound's settings the grid changes: {} for the coordinator's own."""
-    if grid.exclude_multiplier is None:
-        return {}
     from fedge.coordinator.robust.norm_bound import NormBoundConfig
 
-    return {"norm": NormBoundConfig(exclude_multiplier=grid.exclude_multiplier)}
+    changed = {k: v for k, v in (("exclude_multiplier", grid.exclude_multiplier),
+                                 ("exclude_claim_allowance", grid.exclude_claim_allowance)) if v is not None}
+    return {"norm": NormBoundConfig(**changed)} if changed else {}
 
 
 def _recorded(grid: RobustGrid) -> dict:
-    """The grid as the JSON states it: the exclusion bound the cells ran with, even when it was
-    the coordinator's default (a later default must not change what an old JSON says)."""
+    """The grid as the JSON states it: the exclusion settings the cells ran with, even when they
+    were the coordinator's defaults (a later default must not change what an old JSON says)."""
     from fedge.coordinator.robust.norm_bound import NormBoundConfig
 
     out = asdict(grid)
-    if grid.exclude_multiplier is None:
-        out["exclude_multiplier"] = NormBoundConfig().exclude_multiplier
+    for name in ("exclude_multiplier", "exclude_claim_allowance"):
+        if out[name] is None:
+            out[name] = getattr(NormBoundConfig(), name)
     return out
 
 
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude-multiplier", type=float, default=None,
                    help="the norm bound leaves out updates over this many times the median norm "
                         "(default: the coordinator's, 4)")
+    p.add_argument("--exclude-claim-allowance", type=float, default=None,
+                   help="an update claiming c x the median claim may be min(max(c, 1), this) x further out "
+                        "before it is left out (default: the coordinator's, 1 = none)")
     p.add_argument("--attack-scale", type=float, default=None,
                    help="sign_flip's factor, scale's and backdoor's boost (default 0: the attack's own)")
     p.add_argument("--guard-fraction", type=float, default=None,
@@ -221,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("devices", args.devices), ("clients_per_round", args.clients_per_round),
                                    ("guard_fraction", args.guard_fraction),
                                    ("exclude_multiplier", args.exclude_multiplier),
+                                   ("exclude_claim_allowance", args.exclude_claim_allowance),
                                    ("attack_scale", args.attack_scale))
                  if v is not None}
     if args.compressed:
