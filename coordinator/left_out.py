@@ -26,7 +26,8 @@ class LeftOut:
         screened_ids, where it has them) into the log, the metrics and the tallies."""
         for kind, why in WHY.items():
             if ids := getattr(aggregator, f"{kind}_ids", None):
+                shown = ", ".join(str(d) for d in ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
                 log.info("round %d: %s left %d of %d updates out of the aggregate: %s", round_id, why,
-                         len(ids), aggregator.count, ", ".join(str(d) for d in ids[:20]))
+                         len(ids), aggregator.count, shown)
                 getattr(metrics, kind).inc(len(ids))
                 getattr(self, kind).update(str(d) for d in ids)

@@ -55,7 +55,8 @@ class NormBoundConfig:
     # data-rich honest device's updates can be over the bound. 1 = none, the default: any
     # allowance (1.5 or 2.5) let enough boosted backdoor updates in on the Dirichlet bench to
     # lift its success from 0.02 to 0.08-0.12 (README, Robust aggregation). For fleets whose
-    # data volumes differ by more than about 3x, 2.5 keeps every bound under the old 10x.
+    # data volumes differ by more than about 3x, 2.5 keeps every bound at most the old 10x. The
+    # claim is the weight after the fixed cap: under weighting = "equal" the allowance does nothing.
     exclude_claim_allowance: float = 1.0
 
     def __post_init__(self) -> None:
@@ -112,6 +113,8 @@ def claim_allowance(cfg: NormBoundConfig, claim: float, median_claim: float | No
     may be: its claim over the median claim, between 1 and cfg.exclude_claim_allowance (1 with
     no median to compare with). A liar gains at most the allowance; it gains no weight by it."""
     if not median_claim or not (median_claim > 0 and math.isfinite(median_claim)):
+        return 1.0
+    if not (claim > 0 and math.isfinite(claim)):  # refused upstream; never widen the bound for one
         return 1.0
     return min(max(claim / median_claim, 1.0), cfg.exclude_claim_allowance)
 

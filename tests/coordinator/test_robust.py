@@ -358,6 +358,7 @@ def test_the_claim_allowance_is_the_claim_over_the_median_between_1_and_its_cap(
     cfg = NormBoundConfig(exclude_claim_allowance=2.5)
     assert [claim_allowance(cfg, c, 100.0) for c in (1.0, 100.0, 180.0, 250.0, 2.0**32)] == [1.0, 1.0, 1.8, 2.5, 2.5]
     assert claim_allowance(cfg, 500.0, None) == claim_allowance(cfg, 500.0, 0.0) == 1.0  # nothing to compare with
+    assert claim_allowance(cfg, math.nan, 100.0) == claim_allowance(cfg, math.inf, 100.0) == 1.0  # never widened
     assert claim_allowance(NormBoundConfig(exclude_claim_allowance=1.0), 500.0, 100.0) == 1.0
     acc = ClippedMean(1.0, exclude_above=4.0)  # a norm-6 update is left out, unless its claim allows 1.5x
     acc.add(np.array([6.0, 0.0]), 1.0, allowance=1.5)

@@ -222,4 +222,25 @@ def test_nothing_is_named_when_every_update_is_over_the_stale_bound():
     for i, (u, _) in enumerate(zip(*updates(2, k=4))):
         agg.add(u, _Meta(f"dev-{i}", 1.0))
     agg.mean()
-    assert agg.count == 4 and agg.excluded_ids == []
+    assert agg.count == 4 and agg.excluded_ids == [] and all(agg.acc.left_out)  # all over it, none named
+
+
+@pytest.mark.parametrize("guard", [None, lambda params: 1.0])
+def test_a_larger_claim_widens_the_exclusion_bound_up_to_the_allowance(guard):
+    """History: median norm 1, median claim 10; bound 4 x 1. A norm-5 update is left out at a
+    typical claim, kept when it claims twice the median (allowance 2), and left out again at
+    norm 11 even when it claims 100 (the allowance stops at 2.5: bound 10)."""
+    cfg = RobustConfig(norm=NormBoundConfig(exclude_claim_allowance=2.5))
+    state = RobustState(history=RobustState().history.record([1.0] * 10, cfg.norm),
+                        claims=RobustState().claims.record([10.0] * 10, cfg.norm))
+    agg = make_aggregator("norm_bound", cfg, state, np.random.default_rng(0), guard_loss=guard)
+    updates = (("typical", 5.0, 10.0), ("twice", 5.0, 20.0), ("liar", 11.0, 100.0), ("small", 0.5, 10.0))
+    for name, norm, claim in updates:
+        agg.add({"w": np.array([norm, 0.0], np.float32)}, _Meta(name, claim))
+    agg.mean()
+    assert agg.excluded_ids == ["typical", "liar"]
+    plain = make_aggregator("norm_bound", RobustConfig(), state, np.random.default_rng(0), guard_loss=guard)
+    for name, norm, claim in (("typical", 5.0, 10.0), ("twice", 5.0, 20.0), ("small", 0.5, 10.0)):
+        plain.add({"w": np.array([norm, 0.0], np.float32)}, _Meta(name, claim))
+    plain.mean()
+    assert plain.excluded_ids == ["typical", "twice"]  # the default: no allowance

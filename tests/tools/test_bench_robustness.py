@@ -30,6 +30,14 @@ def test_the_json_states_the_exclusion_bound_the_cells_ran_with():
     assert _recorded(RobustGrid(exclude_claim_allowance=2.5))["exclude_claim_allowance"] == 2.5
 
 
+@pytest.mark.parametrize("flags", [["--exclude-claim-allowance", "0.5"], ["--attack-scale", "-1"],
+                                   ["--exclude-multiplier", "1"]])
+def test_a_setting_every_cell_would_fail_on_is_refused_before_any_runs(tmp_path, flags):
+    with pytest.raises(SystemExit) as refused:
+        main(["--json", str(tmp_path / "out.json"), "--quick", *flags])
+    assert refused.value.code == 2 and not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.slow
 def test_bench_writes_cells(tmp_path):
     out = tmp_path / "robust.json"

@@ -43,7 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.robust.errors import BadRobustParameter
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.simulate.adversary import AttackSpec
+from fedge.tools.simulate.errors import AttackError
 
 # The cells marked `default`: the aggregator a coordinator runs when its config names none.
 DEFAULT_DEFENSE = CoordinatorConfig().aggregator
@@ -137,6 +140,13 @@ def _norm(grid: RobustGrid) -> dict:
     changed = {k: v for k, v in (("exclude_multiplier", grid.exclude_multiplier),
                                  ("exclude_claim_allowance", grid.exclude_claim_allowance)) if v is not None}
     return {"norm": NormBoundConfig(**changed)} if changed else {}
+
+
+def _check(grid: RobustGrid) -> None:
+    """Refuse settings every cell would fail on, before any cell runs (a cell's own failure is
+    caught and reported in `errors`, which would hide a bad flag behind a zero exit)."""
+    _norm(grid)  # NormBoundConfig validates itself
+    AttackSpec("backdoor", scale=grid.attack_scale)
 
 
 def _recorded(grid: RobustGrid) -> dict:
@@ -239,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.fractions:
         overrides["fractions"] = tuple(float(f) for f in args.fractions.split(","))
     grid = replace(grid, **overrides)
+    try:
+        _check(grid)
+    except (BadRobustParameter, AttackError) as exc:
+        p.error(str(exc))
     doc = run(grid, args.json_path, quick=args.quick)
     print(f"wrote {args.json_path}: {len(doc['cells'])} cells, {len(doc['errors'])} errors, "
           f"{doc['wall_seconds']:.0f} s")
