@@ -150,7 +150,7 @@ class StreamingAggregator(_Base):
         super().__init__()
         self.acc = ClippedMean(bound, max(bound, exclude_above))
         self.weight_cap = weight_cap
-        self.norm_cfg, self.median_claim = cfg or NormBoundConfig(exclude_claim_allowance=1.0), median_claim
+        self.norm_cfg, self.median_claim = cfg or NormBoundConfig(), median_claim  # the config's allowance
 
     def _add(self, vec: np.ndarray, weight: float) -> None:
         allowance = claim_allowance(self.norm_cfg, weight, self.median_claim)

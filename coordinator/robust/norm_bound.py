@@ -80,27 +80,24 @@ class NormHistory:
 
     norms: tuple[float, ...] = ()
 
-    def bound(self, cfg: NormBoundConfig) -> float:
-        """The L2 bound for the next round; inf = none."""
-        if len(self.norms) < cfg.min_history:
-            return cfg.initial_bound or math.inf
-        return cfg.multiplier * float(np.median(self.norms))
-
-    def exclusion(self, cfg: NormBoundConfig) -> float:
-        """Norms above this are left out of the next round's mean; inf = none."""
-        if not cfg.exclude_multiplier or len(self.norms) < cfg.min_history:
-            return math.inf
-        return cfg.exclude_multiplier * float(np.median(self.norms))
-
     def median(self, cfg: NormBoundConfig) -> float | None:
         """The median of the history; None before `min_history` values."""
         return float(np.median(self.norms)) if len(self.norms) >= cfg.min_history else None
 
+    def bound(self, cfg: NormBoundConfig) -> float:
+        """The L2 bound for the next round; inf = none."""
+        median = self.median(cfg)
+        return (cfg.initial_bound or math.inf) if median is None else cfg.multiplier * median
+
+    def exclusion(self, cfg: NormBoundConfig) -> float:
+        """Norms above this are left out of the next round's mean; inf = none."""
+        median = self.median(cfg)
+        return math.inf if median is None or not cfg.exclude_multiplier else cfg.exclude_multiplier * median
+
     def weight_cap(self, cfg: NormBoundConfig) -> float:
         """Read as a history of claimed weights: the cap for the next round; inf = none yet."""
-        if not cfg.weight_multiplier or len(self.norms) < cfg.min_history:
-            return math.inf
-        return cfg.weight_multiplier * float(np.median(self.norms))
+        median = self.median(cfg)
+        return math.inf if median is None or not cfg.weight_multiplier else cfg.weight_multiplier * median
 
     def record(self, norms, cfg: NormBoundConfig) -> NormHistory:
         """The history after a committed round with these (pre-clip) norms."""

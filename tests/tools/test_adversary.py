@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm as scipy_norm
 
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.tools.datasets import ClientData, FederatedDataset
 from fedge.tools.simulate.adversary import (
     AttackSpec,
@@ -73,6 +74,8 @@ def test_the_attack_scale_reaches_the_attack_from_the_command_line():
     cfg = build_config(parser.parse_args(["--attack", "backdoor", "--attack-scale", "3"]), "out")
     assert cfg.attack_spec.scale == 3.0
     assert build_config(parser.parse_args(["--attack", "sign_flip"]), "out").attack_spec.scale == 0.0
+    with pytest.raises(ConfigError):  # a scale with no attack to apply it to
+        build_config(parser.parse_args(["--attack-scale", "3"]), "out")
 
 
 def dataset():

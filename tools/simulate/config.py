@@ -132,7 +132,9 @@ class SimConfig:
         if self.new_devices < 0 or (self.data_dir is None and self.new_devices >= self.devices):
             raise ConfigError(f"--new-devices must be in [0, --devices) = [0, {self.devices})")
         if self.attack is not None:
-            _ = self.attack_spec  # validates the name and the fraction
+            _ = self.attack_spec  # validates the name, the fraction and the scale
+        elif self.attack_scale:
+            raise ConfigError("--attack-scale needs --attack")
         for name in ("local_epochs", "central_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
