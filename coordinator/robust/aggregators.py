@@ -133,6 +133,12 @@ class _Base:
 
     result = mean
 
+    @property
+    def task_clip(self) -> float:
+        """The L2 bound this round clips each update to, known before any update arrives (the
+        devices may be asked to clip to it: records.open_round); inf = none known yet."""
+        return math.inf
+
     def carry(self) -> dict[str, dict[str, np.ndarray]]:
         """The cross-round state after this round, as ServerState.extra groups (aggregate.py)."""
         return {EXTRA_KEY: advance(self.prior, self, self.cfg or RobustConfig()).to_extra()}
@@ -151,6 +157,10 @@ class StreamingAggregator(_Base):
         self.acc = ClippedMean(bound, max(bound, exclude_above))
         self.weight_cap = weight_cap
         self.norm_cfg, self.median_claim = cfg or NormBoundConfig(), median_claim  # the config's allowance
+
+    @property
+    def task_clip(self) -> float:
+        return self.acc.bound
 
     def _add(self, vec: np.ndarray, weight: float) -> None:
         allowance = claim_allowance(self.norm_cfg, weight, self.median_claim)
@@ -210,6 +220,10 @@ class ScreenedAggregator(_Base):
         self.history_median_claim = state.claims.median(cfg)
         self.rows: list[np.ndarray] = []
         self.screened_ids: list[str | None] = []  # set by mean(): the updates the guard set left out
+
+    @property
+    def task_clip(self) -> float:
+        return self.history_bound if 0 < self.history_bound < math.inf else math.inf
 
     @property
     def screened_out(self) -> int:

@@ -28,6 +28,14 @@ def test_the_json_states_the_exclusion_bound_the_cells_ran_with():
     assert _recorded(RobustGrid(exclude_multiplier=0.0))["exclude_multiplier"] == 0.0  # 0 = never, kept as is
     assert _recorded(RobustGrid())["exclude_claim_allowance"] == NormBoundConfig().exclude_claim_allowance == 1.0
     assert _recorded(RobustGrid(exclude_claim_allowance=2.5))["exclude_claim_allowance"] == 2.5
+    assert _recorded(RobustGrid())["device_clip"] is NormBoundConfig().device_clip is True
+    assert _recorded(RobustGrid(device_clip=False))["device_clip"] is False
+
+
+def test_no_device_clip_reaches_the_cells_config():
+    from fedge.tools.bench.robustness import _norm
+    assert _norm(RobustGrid()) == {}  # the coordinator's own default
+    assert _norm(RobustGrid(device_clip=False))["norm"] == NormBoundConfig(device_clip=False)
 
 
 @pytest.mark.parametrize("flags", [["--exclude-claim-allowance", "0.5"], ["--attack-scale", "-1"],

@@ -53,7 +53,8 @@ def test_a_diverging_honest_device_is_declined_and_costs_under_a_point(tmp_path,
     """Averaged over eight seeds: one device's change moves a 10-device fleet's accuracy by
     up to 4 points either way from seed to seed (README, Robust aggregation), so a single seed
     cannot hold a 1-point bar. Measured at exclude_multiplier 4: costs +1.6, +3.9, -1.6, -1.8,
-    -1.5, -0.8, +1.2, +0.2 points; mean +0.13."""
+    -1.5, -0.8, +1.2, +0.2 points, mean +0.13; with the device clip (the default) +0.3, +4.4,
+    -1.6, -2.0, +0.8, -0.1, -0.3, +0.8, mean +0.29."""
     costs = []
     for seed in SEEDS:
         honest = run_simulation(sim_config(**BASE, seed=seed, out_dir=str(tmp_path / f"honest-{seed}")))
@@ -81,14 +82,19 @@ def test_one_poisoner_costs_what_losing_its_data_costs(tmp_path):
     assert abs(_accuracy(attacked) - _accuracy(honest)) <= 0.01, (_accuracy(attacked), _accuracy(honest))
 
 
-def test_the_claim_allowance_keeps_data_rich_honest_devices_under_quantity_skew(tmp_path):
+def test_data_rich_honest_devices_are_clipped_at_the_source_not_left_out_under_quantity_skew(tmp_path):
     """MNIST-5k, 20 devices with lognormal sizes, no attack: an update's norm grows with the
-    examples it trained on (the largest devices hold 3-5x the median), so the default exclusion
-    bound leaves some of their honest updates out (23 of 200 on this seed), and the opt-in claim
-    allowance keeps them all. The default leaves it off: it let boosted backdoor updates in."""
+    examples it trained on (the largest devices hold 3-5x the median). Without the device clip
+    the exclusion bound leaves some of their honest updates out (23 of 200 on this seed); with
+    it, the default, the devices clip to the round's bound before they send, and 2 are (quantized
+    or cold-start rounds aside, what is sent is within 2x the median). The opt-in claim allowance
+    keeps them all too; it is not the default: it let boosted backdoor updates in."""
     skew = dict(dataset="mnist5k", devices=20, rounds=20, clients_per_round=10, partition="quantity", seed=1)
     default = run_simulation(sim_config(**skew, out_dir=str(tmp_path / "default")))
-    allowed = run_simulation(sim_config(**skew, norm=NormBoundConfig(exclude_claim_allowance=2.5),
+    unclipped = run_simulation(sim_config(**skew, norm=NormBoundConfig(device_clip=False),
+                                          out_dir=str(tmp_path / "unclipped")))
+    allowed = run_simulation(sim_config(**skew, norm=NormBoundConfig(device_clip=False, exclude_claim_allowance=2.5),
                                         out_dir=str(tmp_path / "allowed")))
-    assert default.summary["excluded"]["honest"] >= 10 and default.summary["excluded"]["attackers"] == 0
+    assert unclipped.summary["excluded"]["honest"] >= 10 and unclipped.summary["excluded"]["attackers"] == 0
+    assert default.summary["excluded"]["honest"] <= 3
     assert allowed.summary["excluded"]["honest"] == 0

@@ -73,6 +73,7 @@ class RobustGrid:
     guard_fraction: float = 0.0  # the coordinator's guard set (SimConfig.guard_fraction); 0 = none
     exclude_multiplier: float | None = None  # [robust.norm] exclude_multiplier; None = the coordinator's default (4)
     exclude_claim_allowance: float | None = None  # [robust.norm] exclude_claim_allowance; None = the default (1)
+    device_clip: bool | None = None  # [robust.norm] device_clip; None = the default (on)
     attack_scale: float = 0.0  # AttackSpec.scale (sign_flip's factor, scale/backdoor's boost); 0 = the attack's own
     seed: int = 0
     workers: int = 2
@@ -138,7 +139,8 @@ def _norm(grid: RobustGrid) -> dict:
     from fedge.coordinator.robust.norm_bound import NormBoundConfig
 
     changed = {k: v for k, v in (("exclude_multiplier", grid.exclude_multiplier),
-                                 ("exclude_claim_allowance", grid.exclude_claim_allowance)) if v is not None}
+                                 ("exclude_claim_allowance", grid.exclude_claim_allowance),
+                                 ("device_clip", grid.device_clip)) if v is not None}
     return {"norm": NormBoundConfig(**changed)} if changed else {}
 
 
@@ -155,7 +157,7 @@ def _recorded(grid: RobustGrid) -> dict:
     from fedge.coordinator.robust.norm_bound import NormBoundConfig
 
     out = asdict(grid)
-    for name in ("exclude_multiplier", "exclude_claim_allowance"):
+    for name in ("exclude_multiplier", "exclude_claim_allowance", "device_clip"):
         if out[name] is None:
             out[name] = getattr(NormBoundConfig(), name)
     return out
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude-claim-allowance", type=float, default=None,
                    help="an update claiming c x the median claim may be min(max(c, 1), this) x further out "
                         "before it is left out (default: the coordinator's, 1 = none)")
+    p.add_argument("--no-device-clip", dest="device_clip", action="store_false", default=None,
+                   help="tasks do not ask devices to clip to the round's norm bound (default: they do)")
     p.add_argument("--attack-scale", type=float, default=None,
                    help="sign_flip's factor, scale's and backdoor's boost (default 0: the attack's own)")
     p.add_argument("--guard-fraction", type=float, default=None,
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("guard_fraction", args.guard_fraction),
                                    ("exclude_multiplier", args.exclude_multiplier),
                                    ("exclude_claim_allowance", args.exclude_claim_allowance),
-                                   ("attack_scale", args.attack_scale))
+                                   ("device_clip", args.device_clip), ("attack_scale", args.attack_scale))
                  if v is not None}
     if args.compressed:
         overrides.update(quant_bits=8, topk_fraction=0.1)

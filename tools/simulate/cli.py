@@ -69,7 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-error-feedback", dest="error_feedback", action="store_false", default=None)
     p.add_argument("--personal-head-from-global", dest="personal_head_from_global", action="store_true", default=None,
                    help="a device's first task starts its personal head from the global head (hyper)")
-    p.add_argument("--clip-norm", type=float, help=f"devices clip their delta to this L2 norm; 0 = off ({z.clip_norm})")
+    p.add_argument("--clip-norm", type=float,
+                   help=f"devices clip their delta to this L2 norm; 0 = none of yours (under norm_bound, dense "
+                   f"updates are clipped to the round's bound: [robust.norm] device_clip) ({z.clip_norm})")
     p.add_argument("--norm-bound", type=float, help=f"the coordinator rejects larger deltas; 0 = off ({c.norm_bound})")
     p.add_argument("--transport", choices=("memory", "mqtt"), default=d.transport,
                    help="memory: one process, simulated time; "
