@@ -8,10 +8,10 @@ control mean (SCAFFOLD's control-variate deltas).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.protocol import RoundModel, TaskHyper
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, RoundModel, TaskHyper
 from fedge.edge_runtime.kernel.round_model import split_round_model
 from fedge.edge_runtime.kernel.update_codec import encode_dense
 
@@ -158,16 +158,27 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
                      round_model_sha256=sha, model_parts=parts, privacy=privacy, compression=compression)
 
 
+_CLIP_NORM_MAX = next(f for f in fields(CompressionSpec) if f.name == "clip_norm").metadata["range"][1]
+
+
 def _device_clip(config: CoordinatorConfig, aggregator):
     """The tasks' compression when they ask devices to clip to the round's norm bound
-    ([robust.norm] device_clip): only where the operator set no compression.clip_norm and the
-    aggregator knows its bound before the round (norm_bound with a history), for dense updates;
-    else None (the config's compression). Not with top-k: the device clips the dense sum before
-    it sparsifies, and the bound is a multiple of the norms of what was sent, a fraction of
-    that sum's (int8 top-10% runs lost about a point everywhere with it: README, Robust aggregation)."""
+    ([robust.norm] device_clip); else None (the config's compression). Only where:
+      * the operator set no compression.clip_norm, and the aggregator knows its bound before the
+        round (norm_bound with a history, or an initial_bound);
+      * the updates are dense. With top-k the device clips the dense sum before it sparsifies,
+        while the bound is a multiple of the norms of what was sent, a fraction of that sum's
+        (int8 top-10% runs lost about a point everywhere with it: README, Robust aggregation);
+      * multiplier >= 1. The history records what was sent: clipped below the median, every
+        round would lower the next round's median, and the bound would shrink towards 0;
+      * mode is sync. Async scales each update by its staleness weight before the bound, and an
+        update may land in a later buffer with another bound;
+      * the bound fits the wire (a history of absurd but finite norms must not make every task
+        unsendable)."""
     bound = getattr(aggregator, "task_clip", math.inf)
-    if (config.compression.clip_norm or not config.robust.norm.device_clip or config.compression.topk_fraction < 1
-            or not 0 < bound < math.inf):
+    norm = config.robust.norm
+    if (config.compression.clip_norm or not norm.device_clip or config.compression.topk_fraction < 1
+            or norm.multiplier < 1 or config.mode != "sync" or not 0 < bound <= _CLIP_NORM_MAX):
         return None
     return replace(config.compression, clip_norm=float(bound))
 

@@ -19,10 +19,10 @@ times the median claim may be min(max(c, 1), `exclude_claim_allowance`) times fu
 update's norm grows with the examples it trained on, and without the allowance a data-rich
 honest device's updates are left out.
 
-With `device_clip` (the default) the round's tasks carry `bound_t` as compression.clip_norm
-(records.open_round), so an honest device clips what it sends, error feedback included, to the
-bound the coordinator enforces here; the coordinator still clips (and excludes) whatever
-arrives, from devices that ignore it.
+With `device_clip` (the default) a sync round's dense-update tasks carry `bound_t` as
+compression.clip_norm (records._device_clip has the conditions), so an honest device clips what
+it sends, error feedback included, to the bound the coordinator enforces here; the coordinator
+still clips (and excludes) whatever arrives, from devices that ignore it.
 
 The claimed weight is bounded the same way: min(w_i, weight_multiplier x the median claim of
 earlier rounds' updates, or of this round's in the first rounds). A fixed cap alone
@@ -64,8 +64,9 @@ class NormBoundConfig:
     # claim is the weight after the fixed cap: under weighting = "equal" the allowance does nothing.
     exclude_claim_allowance: float = 1.0
     # The round's tasks ask devices to clip to the clip bound (compression.clip_norm), when the
-    # operator set no clip_norm of their own, updates are dense (no top-k: records._device_clip
-    # says why) and there is a history. The bound then holds for
+    # operator set no clip_norm of their own and the bound is known before the round (a history
+    # or initial_bound); not with top-k, a multiplier under 1, or async mode (records._device_clip
+    # says why). The bound then holds for
     # what an honest device sends, with its error feedback (kernel/compress.py), and a
     # data-rich honest device's update is clipped at the source instead of left out by the
     # exclusion bound: on a quantity-skewed fleet 0-2 of 200 honest updates were left out with

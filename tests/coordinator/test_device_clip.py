@@ -6,6 +6,9 @@ norm from the wire."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 
@@ -25,9 +28,9 @@ def model(tmp_path_factory):
 
 
 def _norm(**kw) -> RobustConfig:
-    # multiplier 0.6: about half of the honest deltas are over the bound, so the clip is at work;
-    # min_history 1: one round of history is enough to set it.
-    return RobustConfig(norm=NormBoundConfig(**{"multiplier": 0.6, "exclude_multiplier": 0.0, "min_history": 1, **kw}))
+    # multiplier 1: the bound is the median, so about half of the honest deltas are over it and
+    # the clip is at work; min_history 1: one round of history is enough to set it.
+    return RobustConfig(norm=NormBoundConfig(**{"multiplier": 1.0, "exclude_multiplier": 0.0, "min_history": 1, **kw}))
 
 
 def _round(fleet):
@@ -60,7 +63,7 @@ def test_tasks_carry_the_rounds_bound_and_devices_send_within_it(model, tmp_path
     np.testing.assert_allclose(sorted(history), sorted(first_norms), rtol=1e-6)
 
     second = _round(fleet)
-    bound = 0.6 * float(np.median(history))
+    bound = 1.0 * float(np.median(history))
     tasks, updates = _tasks_and_updates(fleet, second.round_id)
     clips = {t.compression.clip_norm for t in tasks}
     assert len(clips) == 1 and clips.pop() == pytest.approx(bound, rel=1e-12)
@@ -76,6 +79,8 @@ def test_tasks_carry_the_rounds_bound_and_devices_send_within_it(model, tmp_path
     dict(aggregator="norm_bound", robust=_norm(device_clip=False)),  # turned off
     dict(aggregator="mean"),  # no bound to send
     dict(aggregator="median", robust=_norm()),  # a keep-all rule: clips nothing
+    # under the median: the history holds sent (clipped) norms, so the bound would shrink each round
+    dict(aggregator="norm_bound", robust=_norm(multiplier=0.6)),
     # top-k: the device would clip the dense sum to a multiple of the sent (sparse) norms
     dict(aggregator="norm_bound", robust=_norm(), compression=CompressionSpec(quant_bits=8, topk_fraction=0.5)),
 ])
@@ -100,3 +105,45 @@ def test_device_clip_must_be_a_boolean():
     from fedge.coordinator.robust.errors import BadRobustParameter
     with pytest.raises(BadRobustParameter, match="device_clip"):
         NormBoundConfig(device_clip=1)
+
+
+class _Bound:
+    """An aggregator as _device_clip sees it: only its task_clip."""
+
+    def __init__(self, bound: float) -> None:
+        self.task_clip = bound
+
+
+@pytest.mark.parametrize("bound,config,clips", [
+    (2.5, {}, True),
+    (1e30, {}, True),  # the wire's largest clip_norm
+    (1e31, {}, False),  # a history of absurd norms must not make every task unsendable
+    (math.inf, {}, False),
+    (2.5, {"mode": "async"}, False),  # staleness weights scale updates before the bound
+])
+def test_device_clip_only_where_the_bound_is_the_coordinators_and_fits_the_wire(bound, config, clips):
+    from fedge.coordinator.config import CoordinatorConfig
+    from fedge.coordinator.records import _device_clip
+    from fedge.edge_runtime.kernel.codec import encode_message
+    from fedge.edge_runtime.kernel.protocol import TrainTask
+
+    cfg = CoordinatorConfig(**config)
+    out = _device_clip(cfg, _Bound(bound))
+    assert (out is not None) == clips
+    if clips:
+        assert out.clip_norm == bound and out == dataclasses.replace(cfg.compression, clip_norm=bound)
+        encode_message(TrainTask(0, "t", "d", "m", 0, b"", hyper=cfg.hyper, compression=out, deadline_s=1.0, seed=0))
+
+
+def test_the_screened_aggregator_and_an_initial_bound_report_the_bound_they_clip_with():
+    from fedge.coordinator.robust.aggregators import RobustState, ScreenedAggregator, StreamingAggregator, _make
+    from fedge.coordinator.robust.norm_bound import NormHistory
+    from fedge.coordinator.robust.screening import ScreenConfig
+
+    cfg = NormBoundConfig()
+    history = RobustState(NormHistory((1.0, 2.0, 3.0, 4.0, 5.0)))
+    screened = ScreenedAggregator(cfg, ScreenConfig(), history, lambda params: 0.0)
+    assert screened.task_clip == screened._limits()[0] == 2.0 * 3.0
+    assert ScreenedAggregator(cfg, ScreenConfig(), RobustState(), lambda params: 0.0).task_clip == math.inf
+    first = _make("norm_bound", RobustConfig(norm=NormBoundConfig(initial_bound=7.0)), RobustState(), None)
+    assert isinstance(first, StreamingAggregator) and first.task_clip == 7.0  # known before any history
