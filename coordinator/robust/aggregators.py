@@ -223,6 +223,7 @@ class ScreenedAggregator(_Base):
 
     @property
     def task_clip(self) -> float:
+        """The history's bound; inf before there is one (the round's own medians then apply)."""
         return self.history_bound if 0 < self.history_bound < math.inf else math.inf
 
     @property
@@ -235,15 +236,14 @@ class ScreenedAggregator(_Base):
 
     def _limits(self) -> tuple[float, float, float]:
         """(clip bound, exclusion bound, weight cap) for this round, as norm_bound sets them."""
-        if 0 < self.history_bound < math.inf:
-            return self.history_bound, max(self.history_bound, self.history_exclusion), self.history_cap
+        if self.task_clip < math.inf:
+            return self.task_clip, max(self.task_clip, self.history_exclusion), self.history_cap
         return round_limits(self.norm_cfg, self.norms, self.claims)
 
     def _reduce(self) -> np.ndarray:
         bound, exclusion, cap = self._limits()
         norms = np.array(self.norms)
-        history = 0 < self.history_bound < math.inf
-        median_claim = self.history_median_claim if history else float(np.median(self.claims))
+        median_claim = self.history_median_claim if self.task_clip < math.inf else float(np.median(self.claims))
         inside = norms <= exclusion * np.array([claim_allowance(self.norm_cfg, c, median_claim) for c in self.claims])
         if not inside.any():  # every update over the exclusion bound: the bound is stale (ClippedMean)
             inside[:] = True

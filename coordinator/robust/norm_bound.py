@@ -66,12 +66,11 @@ class NormBoundConfig:
     # The round's tasks ask devices to clip to the clip bound (compression.clip_norm), when the
     # operator set no clip_norm of their own and the bound is known before the round (a history
     # or initial_bound); not with top-k, a multiplier under 1, or async mode (records._device_clip
-    # says why). The bound then holds for
-    # what an honest device sends, with its error feedback (kernel/compress.py), and a
-    # data-rich honest device's update is clipped at the source instead of left out by the
-    # exclusion bound: on a quantity-skewed fleet 0-2 of 200 honest updates were left out with
-    # it, 2-23 without (README, Robust aggregation). A device that ignores it is clipped, or left
-    # out, by the coordinator as before.
+    # says why). The bound then holds for what an honest device sends, with its error feedback
+    # (kernel/compress.py), and a data-rich honest device's update is clipped at the source
+    # instead of left out by the exclusion bound: on a quantity-skewed fleet 0-2 of 200 honest
+    # updates were left out with it, 2-23 without (README, Robust aggregation). A device that
+    # ignores it is clipped, or left out, by the coordinator as before.
     device_clip: bool = True
 
     def __post_init__(self) -> None:
