@@ -26,7 +26,6 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import EvalReport, EvalTask, device_topic
 from fedge.edge_runtime.kernel.update_codec import encode_dense
@@ -135,7 +134,9 @@ class Evaluations:
         self.run = run = _Run(round_id, version, {d: uuid.uuid4().hex for d in asked}, now + self.config.deadline_s)
         blob = encode_dense(params)
         for device_id, eval_id in run.asked.items():
-            payload = encode_message(EvalTask(eval_id, device_id, self.model_id, version, round_id, blob))
+            payload = self.outbound.encode(EvalTask(eval_id, device_id, self.model_id, version, round_id, blob))
+            if payload is None:
+                continue  # counted and logged by Outbound; the evaluation closes with the others' reports
             self.outbound.send(device_topic(device_id, "task"), payload)
             run.bytes_down += len(payload)
         log.info("evaluation of model v%d (round %d): asked %d devices", version, round_id, len(asked))

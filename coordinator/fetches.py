@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import FetchRequest, device_topic
 
 from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask
@@ -25,7 +24,10 @@ def serve_fetch(request: FetchRequest, rnd: OpenRound | None, artifacts, outboun
         if artifacts is None:
             raise ArtifactUnavailable("this coordinator serves no artifacts (artifacts_dir is unset)")
         for item in artifacts.transfer(request, now):
-            outbound.send(device_topic(request.device_id, "artifact"), encode_message(item))
+            payload = outbound.encode(item)
+            if payload is None:
+                break  # counted and logged by Outbound; the device asks again
+            outbound.send(device_topic(request.device_id, "artifact"), payload)
             metrics.artifact_bytes.inc(len(item.data))
     except FetchRefused as exc:
         return exc

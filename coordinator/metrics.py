@@ -23,6 +23,8 @@ Series (all prefixed fedge_):
     model_version                    committed global model version
     devices_registered / devices_eligible
     pace_total{reason}               Pace replies sent
+    unsendable_total{kind}           messages of the coordinator's own the codec refused to encode
+                                     (a value out of the wire's range), dropped (outbound.py)
     artifact_transfers_total / artifact_bytes_total
     transport_dropped_total{reason}  inbound chunk frames and incomplete chunk sets the transport
                                      dropped before reassembly (oversize, malformed_chunk,
@@ -80,6 +82,9 @@ class CoordinatorMetrics:
         self.devices_needed = Gauge("fedge_devices_needed", "Eligible devices still missing before a round can "
                                     "begin (0 = not waiting)", registry=r)
         self.pace = Counter("fedge_pace", "Pace replies sent, by reason", ["reason"], registry=r)
+        self.unsendable = Counter("fedge_unsendable", "Messages of the coordinator's own the codec refused to "
+                                  "encode (a value out of the wire's range), dropped; by message kind",
+                                  ["kind"], registry=r)
         self.transfers = Counter("fedge_artifact_transfers", "Artifact transfers served", registry=r)
         self.artifact_bytes = Counter("fedge_artifact_bytes", "Artifact file bytes served", registry=r)
         self._decline_labels: set[str] = set()

@@ -1,13 +1,27 @@
 """Everything the coordinator publishes: tasks, the round's model parts, acks, paces and the
-retained announcement. Byte counts go to the open round and the metrics here, in one place."""
+retained announcement. Byte counts go to the open round and the metrics here, in one place.
+
+A message the codec refuses to encode (a value out of the wire's range: config._check_wire
+refuses such values at start, and records._device_clip keeps the norm bound within it, but a
+value computed at run time may still drift out) is not sent: it is logged, counted in
+fedge_unsendable_total{kind}, and dropped, so the service goes on. A dropped task or Ack costs
+what a lost message costs (the round's deadline, the device's resend)."""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PayloadTooLarge, PublishRefused
+from fedge.edge_runtime.kernel.errors import (
+    ConnectionLost,
+    MalformedPayload,
+    NotConnected,
+    PayloadTooLarge,
+    PublishRefused,
+)
+from fedge.edge_runtime.kernel.flood import worth_logging
 from fedge.edge_runtime.kernel.protocol import (
     ANNOUNCE_TOPIC,
     Ack,
@@ -39,12 +53,26 @@ class Outbound:
         self.session = session  # in every Announcement: devices check in again when it changes
         self.parts_retained = 0  # model-part topics this process left a retained message on
         self.announce_due = False  # the last announcement could not be published; tick() retries
+        self.unsendable: Counter[str] = Counter()  # messages the codec refused, by kind (see encode)
         # Every Ack goes through this: the coordinator's group commit holds it until the updates
         # waiting for their store write are written (group_commit.py); by default, sent at once.
         self.defer: Callable[[Callable[[], None]], None] = lambda send: send()
         # Sharded fleets (coordinator/sharding/leader.py): the shard each task names; -1 = none,
         # and the field stays off the wire.
         self.shard_for: Callable[[str], int] = lambda _device_id: -1
+
+    def encode(self, message) -> bytes | None:
+        """The message's wire bytes, or None (logged and counted) if the codec refuses a value."""
+        try:
+            return encode_message(message)
+        except MalformedPayload as exc:
+            kind = type(message).__name__
+            self.metrics.unsendable.labels(kind).inc()
+            n = self.unsendable[kind] = self.unsendable[kind] + 1
+            if worth_logging(n):  # one bad value repeats for every device: log a sample
+                log.error("coordinator: a %s it made is out of the wire's range and was not sent (%d so far): %s",
+                          kind, n, exc)
+            return None
 
     def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.transport.publish(topic, payload, qos=1, retain=retain)
@@ -54,7 +82,9 @@ class Outbound:
         self.defer(lambda: self._ack(rnd, update, accepted, reason))
 
     def _ack(self, rnd: OpenRound | None, update: Update, accepted: bool, reason: str) -> None:
-        ack = encode_message(Ack(update.device_id, update.round_id, update.task_id, update.update_id, accepted, reason))
+        ack = self.encode(Ack(update.device_id, update.round_id, update.task_id, update.update_id, accepted, reason))
+        if ack is None:
+            return
         if rnd is not None:
             rnd.bytes_down += len(ack)
         self.send(device_topic(update.device_id, "ack"), ack)
@@ -83,7 +113,9 @@ class Outbound:
 
     def to_device(self, rnd: OpenRound, device_id: str, message) -> None:
         """One message on the device's task channel, counted to the round."""
-        payload = encode_message(message)
+        payload = self.encode(message)
+        if payload is None:
+            return
         rnd.bytes_down += len(payload)
         self.send(device_topic(device_id, "task"), payload)
 
@@ -114,13 +146,18 @@ class Outbound:
         delay = pace.retry_after(reason, remaining, idle_s=cfg.pace_idle_s, declined_s=cfg.pace_declined_s,
                                  jitter_s=cfg.pace_jitter_s, max_s=cfg.pace_max_s,
                                  jitter=pace.jitter_fraction(cfg.seed, device_id, round_id), device_reason=cause)
-        self.send(device_topic(device_id, "task"), encode_message(Pace(device_id, delay, reason)))
+        payload = self.encode(Pace(device_id, delay, reason))
+        if payload is None:
+            return
+        self.send(device_topic(device_id, "task"), payload)
         self.metrics.pace.labels(reason).inc()
 
     def announce(self, version: int, rnd: OpenRound | None) -> None:
         note = Announcement(self.model_id, version, self.manifest_sha256, rnd.ctx.round_id if rnd else 0,
                             "training" if rnd else "idle", self.session)
-        self.send(ANNOUNCE_TOPIC, encode_message(note), retain=True)
+        payload = self.encode(note)
+        if payload is not None:  # refused: counted and logged; the next version's announcement may pass
+            self.send(ANNOUNCE_TOPIC, payload, retain=True)
         self.announce_due = False
 
     def announce_or_defer(self, version: int, rnd: OpenRound | None) -> None:
