@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", dest="data_dir", metavar="DIR",
                    help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
     p.add_argument("--standardize", action="store_true",
-                   help="each device standardizes its features with its own training mean and std")
+                   help="each device standardizes its features with its own training mean and std (for raw "
+                   "features: under label skew it costs global accuracy; README, Bring your own data)")
     p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
     p.add_argument("--alpha", type=float, default=None,
                    help=f"dirichlet: the concentration, smaller = more label skew (default {DIRICHLET_ALPHA}); "
