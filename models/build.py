@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.edge_runtime.kernel.artifact_layout import ORT_DIR
 from fedge.edge_runtime.kernel.backends import available_backends
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, compute_model_id, sha256_file
 
 from .graphs import OPTIMIZERS, build_backbone, build_eval, build_train_step, heads_of
+from .output_dir import refuse_foreign
 from .params import init_params, param_infos
 from .spec import ModelSpec
 
@@ -24,6 +26,8 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     onnxruntime is installed, or required with ort_training=True), the initial params, and
     the manifest last, so a directory with a manifest is complete."""
     outdir = Path(outdir)
+    want_ort = "ort-training" in available_backends() if ort_training is None else ort_training
+    _refuse_foreign_files(outdir, want_ort)
     outdir.mkdir(parents=True, exist_ok=True)
     values = init_params(spec)
     if spec.onnx:  # an imported model: its pretrained tail (and classifier) replace the random values
@@ -48,7 +52,6 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     atomic_write_bytes(outdir / "params_init.npz", buf.getvalue())
     files.append("params_init.npz")
 
-    want_ort = "ort-training" in available_backends() if ort_training is None else ort_training
     if want_ort:
         from .ort_artifacts import generate_ort_artifacts
 
@@ -69,3 +72,28 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     )
     atomic_write_bytes(outdir / MANIFEST_FILE, manifest.to_json().encode())
     return manifest
+
+
+def _refuse_foreign_files(outdir: Path, want_ort: bool) -> None:
+    """Before anything is written: a folder with a manifest is an earlier build's, its files
+    fedge's to replace. In any other folder, a file under a name the build writes is someone
+    else's (output_dir.py). The ORT folder has its own check (ort_artifacts._check_replaceable),
+    made here too, so a refusal there does not come after the portable graphs are written."""
+    if want_ort and (outdir / ORT_DIR).exists():
+        from .ort_artifacts import _check_replaceable
+
+        _check_replaceable(outdir / ORT_DIR)
+    if not outdir.is_dir() or (outdir / MANIFEST_FILE).is_file() and _is_manifest(outdir / MANIFEST_FILE):
+        return
+    names = ["backbone.onnx", "eval.onnx", "params_init.npz", MANIFEST_FILE,
+             *(f"train_step_{optimizer}.onnx" for optimizer in OPTIMIZERS)]
+    refuse_foreign(outdir, (n for n in names if (outdir / n).exists() or (outdir / n).is_symlink()),
+                   "build-artifacts")
+
+
+def _is_manifest(path: Path) -> bool:
+    try:
+        Manifest.from_json(path.read_text(), str(path))
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, it is not a manifest fedge wrote
+        return False
+    return True

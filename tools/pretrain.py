@@ -25,8 +25,11 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.models.output_dir import claim, write_record
 
 MAX_PROXY_FRACTION = 0.5
+RECORD = ".fedge-pretrain.json"  # what this command wrote into --out (models/output_dir.py)
+_HEADER = b"# Written by `fedge pretrain`"  # model.toml's first line
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ def pretrain(cfg: PretrainConfig) -> Pretrained:
     data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
                            test_fraction=cfg.test_fraction, exclude=proxy)
     out = Path(cfg.out)
+    written = ["pretrained.onnx", "model.toml", *(f"clients/{c.client_id}.npz" for c in data.clients)]
+    _claim_output(out, written)  # before the training: a refusal costs the user no wait
     # Central training moves every dense layer: the frozen ones of the base spec too.
     every = remode(base, {"frozen": "shared", "lora": "shared", "personal": "shared"}, head="global",
                    name=f"{base.name}-pretrain")
@@ -122,7 +127,7 @@ def pretrain(cfg: PretrainConfig) -> Pretrained:
 
     roles = ", ".join(f'{layer.name} = "{layer.mode}"' for layer in base.layers if layer.kind == "dense")
     atomic_write_bytes(out / "model.toml", (
-        f"# Written by `fedge pretrain`: {cfg.spec} trained centrally on {len(proxy)} proxy examples of\n"
+        f"{_HEADER.decode()}: {cfg.spec} trained centrally on {len(proxy)} proxy examples of\n"
         f"# {cfg.dataset} that no device holds (accuracy {accuracy:.4f} on the devices' test data).\n"
         f'[model]\nonnx = "pretrained.onnx"\nname = "{base.name}-pretrained"\nhead = "{base.head}"\n'
         f"lora_rank = {base.lora_rank}\nlora_alpha = {base.lora_alpha}\n"
@@ -131,7 +136,25 @@ def pretrain(cfg: PretrainConfig) -> Pretrained:
         buf = io.BytesIO()
         np.savez(buf, x_train=client.x_train, y_train=client.y_train, x_test=client.x_test, y_test=client.y_test)
         atomic_write_bytes(out / "clients" / f"{client.client_id}.npz", buf.getvalue())
+    write_record(out / RECORD, written, "fedge pretrain")
     return Pretrained(out / "pretrained.onnx", out / "model.toml", out / "clients", len(proxy), accuracy)
+
+
+def _claim_output(out: Path, written: list[str]) -> None:
+    """Make `out` ready for this run's files without touching one fedge did not write
+    (models/output_dir.claim). Folders from versions before the record have a model.toml with
+    the header this command writes: that and the files beside it are fedge's."""
+    legacy = ({"pretrained.onnx", "model.toml", *(f"clients/{p.name}" for p in (out / "clients").glob("*.npz"))}
+              if _legacy_output(out) else ())
+    claim(out, written, RECORD, "pretrain", device_dir="clients", legacy=legacy)
+
+
+def _legacy_output(out: Path) -> bool:
+    try:
+        with open(out / "model.toml", "rb") as f:
+            return f.read(len(_HEADER)) == _HEADER
+    except OSError:
+        return False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ COMMANDS = {
                                  "--clients-per-round", "2", "--out", str(d), "--quiet"],
     "build-artifacts": lambda d: ["build-artifacts", "mnist-mlp-lora", str(d)],
     "data split": lambda d: ["data", "split", "--dataset", "digits", "--devices", "2", "--out", str(d)],
+    "pretrain": lambda d: ["pretrain", "--out", str(d), "--devices", "2", "--epochs", "1"],
     "provision broker": lambda d: ["provision", "broker", "--out", str(d)],
     "provision device": lambda d: ["provision", "device", "--id", "dev-1", "--out", str(d),
                                    "--passwd-file", str(d / "passwd")],
