@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "profiles) and [agent] timings from this device TOML (the file `fedge device run` reads)")
     p.add_argument("--devices", type=int, default=d.devices, help="simulated devices (default %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for data split, sampling and training")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed for data split, sampling and training (the initial weights come from the model "
+                   "spec's init_seed)")
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
                    help="mnist5k, digits (shipped in pip wheels) or synthetic (FedProx's synthetic(α, β), "
                         "generated: one device per generated client, any number of devices)")
