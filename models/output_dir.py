@@ -66,9 +66,11 @@ def claim(out: Path, written: list[str], record: str, command: str, device_dir: 
     fleet must not inherit the old one's extra devices). The record is written before anything
     else, naming both runs' files, so a run that dies midway leaves nothing unaccounted for; the
     caller writes it again, with `written` alone, when it is done (write_record)."""
-    ours = read_record(out / record)
-    ours = set(legacy) if ours is None else ours
+    recorded = read_record(out / record)
+    ours = set(legacy) if recorded is None else recorded
     taken = {name for name in written if name not in ours and ((out / name).exists() or (out / name).is_symlink())}
+    if recorded is None and ((out / record).exists() or (out / record).is_symlink()):
+        taken.add(record)  # a file under the record's name that is no record of fedge's
     folder = out / device_dir
     if device_dir and (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         taken.add(device_dir)

@@ -86,9 +86,13 @@ def test_a_record_that_names_paths_outside_the_folder_is_not_trusted(tmp_path, s
     (out / "model.toml").write_text("the user's own")
     (out / RECORD).write_text(json.dumps({"files": ["model.toml", "../elsewhere"]}))
     assert read_record(out / RECORD) is None
-    with pytest.raises(ForeignOutput):
+    with pytest.raises(ForeignOutput, match="model.toml"):
         _pretrain(out, spec_file)
     assert (out / "model.toml").read_text() == "the user's own"
+    (out / "model.toml").unlink()
+    with pytest.raises(ForeignOutput, match=RECORD.replace(".", r"\.")):  # nor is it replaced
+        _pretrain(out, spec_file)
+    assert "../elsewhere" in (out / RECORD).read_text()
 
 
 def test_build_artifacts_refuses_a_folder_holding_a_file_it_did_not_write(tmp_path, spec_file):
