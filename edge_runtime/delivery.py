@@ -20,7 +20,7 @@ from pathlib import Path
 from .fetch import ArtifactDownload
 from .kernel.codec import encode_message
 from .kernel.errors import ArtifactError, RoundModelError, TransportError
-from .kernel.manifest import MANIFEST_FILE, sha256_file
+from .kernel.manifest import MANIFEST_FILE, check_model_id, sha256_file
 from .kernel.protocol import MODEL_PARTS_FILTER, ArtifactFile, FetchRequest, ModelPart, TrainTask
 from .kernel.round_model import ModelWaits
 from .kernel.transport.base import Transport
@@ -59,7 +59,10 @@ class ModelDelivery:
         """True if the task's model is installed and matches the task's manifest hash; else a
         download starts (or joins one under way) and the task waits for it (False)."""
         installed = self.runtime.model_dirs.get(task.model_id)
-        fetched = self.artifacts_dir / task.model_id
+        try:
+            fetched = self.artifacts_dir / check_model_id(task.model_id)  # never a path out of artifacts_dir
+        except ArtifactError as exc:
+            return Refused(exc.reason, str(exc))
         for directory in (installed, fetched):
             if directory is None or not (Path(directory) / MANIFEST_FILE).exists():
                 continue

@@ -121,8 +121,10 @@ class DeviceConfig:
     privacy: DevicePrivacyConfig = field(default_factory=DevicePrivacyConfig)
 
     def __post_init__(self) -> None:
-        if not self.device_id or any(c in self.device_id for c in "/+#\0") or self.device_id == "coordinator":
-            raise ConfigError(f"device_id {self.device_id!r}: non-empty, no / + # NUL, and not 'coordinator'")
+        if not self.device_id or any(c in self.device_id for c in "/+#\0\\") or self.device_id == "coordinator":
+            raise ConfigError(f"device_id {self.device_id!r}: non-empty, no / \\ + # NUL, and not 'coordinator'")
+        if self.device_id in (".", ".."):  # it names the device's state folder: never state_dir or its parent
+            raise ConfigError(f"device_id {self.device_id!r} cannot name a folder")
         if self.broker.username and self.broker.username != self.device_id:
             raise ConfigError(f"broker.username {self.broker.username!r} must equal device_id {self.device_id!r}: "
                               "the broker uses the username as client id and the ACL keys topics on it")

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from .kernel.errors import ArtifactError, ArtifactIntegrityError
 from .kernel.files import atomic_write_bytes
-from .kernel.manifest import MANIFEST_FILE, Manifest, load_manifest
+from .kernel.manifest import MANIFEST_FILE, Manifest, check_model_id, load_manifest
 from .kernel.protocol import ArtifactFile
 
 
@@ -24,7 +24,7 @@ class ArtifactDownload:
         if not manifest_sha256:
             raise ArtifactError(f"model {model_id}: the task carries no manifest hash, so fetched files cannot be "
                                 "verified")
-        self.model_id = model_id
+        self.model_id = check_model_id(model_id)  # dest and staging are named after it: a plain name
         self.manifest_sha256 = manifest_sha256
         self.dest = Path(dest)
         self.staging = self.dest.with_name(f".{self.dest.name}.partial")

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .kernel.files import Arrays, atomic_write_bytes, load_npz
+from .kernel.manifest import check_model_id
 
 _STAGEABLE = ("personal", "opt_state", "residual", "control", "control_residual", "control_undo")
 _STATE = "state"
@@ -80,7 +81,7 @@ def _decode(arrays: Arrays) -> dict[str, Arrays | None]:
 
 class DeviceStore:
     def __init__(self, root: str | Path, model_id: str):
-        self.dir = Path(root) / model_id
+        self.dir = Path(root) / check_model_id(model_id)  # a folder of its own under root, never a path
         self.dir.mkdir(parents=True, exist_ok=True)
         # state.npz parsed once per store (a task reads it about six times): kept with the
         # file's (inode, size, mtime) and dropped at every write through this store. A store

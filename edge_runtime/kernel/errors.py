@@ -73,6 +73,10 @@ class ArtifactError(FedgeError):
     reason = "artifact"
 
 
+class UnsafeModelId(ArtifactError):
+    """A model id that is not a plain folder name (kernel/manifest.check_model_id)."""
+
+
 class ArtifactIntegrityError(ArtifactError):
     reason = "artifact_hash"
 

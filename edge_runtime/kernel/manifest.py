@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError, ArtifactIntegrityError, ManifestMismatch
+from .errors import ArtifactError, ArtifactIntegrityError, ManifestMismatch, UnsafeModelId
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 ROLES = ("frozen", "shared", "personal")
+# A model id names folders on the device (artifacts/<model_id>, state/<device>/<model_id>), and
+# it arrives in messages: one plain name, never a path ("../x" once made a download replace a
+# folder outside the artifacts directory). compute_model_id gives 24 hex digits.
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,14 @@ class Manifest:
         except (ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{where}: not a valid fedge manifest ({exc}); rebuild with `fedge "
                                 "build-artifacts`") from None
+
+
+def check_model_id(model_id: str) -> str:
+    """`model_id`, if it can name a folder of its own; else UnsafeModelId."""
+    if not isinstance(model_id, str) or not _MODEL_ID.match(model_id):
+        raise UnsafeModelId(f"model id {model_id!r} cannot name a folder: it must be 1-128 letters, digits, '_', "
+                            f"'.' or '-', and not begin with '.', '_' or '-'")
+    return model_id
 
 
 def compute_model_id(spec: dict, params: tuple[ParamInfo, ...], values: dict[str, np.ndarray]) -> str:
