@@ -85,8 +85,14 @@ def _refuse_foreign_files(outdir: Path, want_ort: bool) -> None:
         _check_replaceable(outdir / ORT_DIR)
     if not outdir.is_dir() or (outdir / MANIFEST_FILE).is_file() and _is_manifest(outdir / MANIFEST_FILE):
         return
+    # Without a manifest, an ort/ folder with anything in it is someone else's whatever its
+    # files are called (a TensorFlow checkpoint index is a file named "checkpoint"): it would
+    # be replaced. An empty one loses nothing.
+    ort = outdir / ORT_DIR
+    foreign_ort = want_ort and (not ort.is_dir() or ort.is_symlink() or any(ort.iterdir())) and (
+        ort.exists() or ort.is_symlink())
     names = ["backbone.onnx", "eval.onnx", "params_init.npz", MANIFEST_FILE,
-             *(f"train_step_{optimizer}.onnx" for optimizer in OPTIMIZERS)]
+             *(f"train_step_{optimizer}.onnx" for optimizer in OPTIMIZERS), *([ORT_DIR] if foreign_ort else [])]
     refuse_foreign(outdir, (n for n in names if (outdir / n).exists() or (outdir / n).is_symlink()),
                    "build-artifacts")
 

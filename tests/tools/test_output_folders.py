@@ -131,3 +131,15 @@ def test_data_split_refuses_a_foreign_device_file_and_replaces_its_own(tmp_path,
     (out / "other.npz").unlink()
     assert split(3) == 0 and split(2) == 0  # its own: replaced, and the third device removed
     assert sorted(p.name for p in out.glob("*.npz")) == ["dev-000.npz", "dev-001.npz"]
+
+
+def test_build_artifacts_refuses_an_ort_folder_in_a_folder_it_did_not_build(tmp_path, spec_file):
+    """The ORT check goes by file names (ort_artifacts._check_replaceable); without a manifest
+    beside it, an ort/ holding a file called `checkpoint` (TensorFlow's index) is not fedge's."""
+    spec = load_spec(str(spec_file))
+    (tmp_path / "ort").mkdir()
+    (tmp_path / "ort" / "checkpoint").write_bytes(b"the user's own")
+    with pytest.raises(ForeignOutput, match="ort"):
+        build_artifacts(spec, tmp_path, ort_training=True)
+    assert (tmp_path / "ort" / "checkpoint").read_bytes() == b"the user's own"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.toml", "ort"]
