@@ -158,6 +158,28 @@ def open_store(config, epoch: int | None = None) -> Store | None:
     return RoundStore(config.state_db, keep_versions=config.keep_versions) if config.state_db else None
 
 
+def _refuse_foreign_db(path: Path) -> None:
+    """state_db names a file fedge made, or a new (or empty) one: fedge's schema and WAL mode
+    must never land in someone else's database. Fedge's has a meta table with its schema row.
+    Reading sqlite_master writes nothing, and a file that is no database raises before any write."""
+    if not path.exists() or path.is_file() and path.stat().st_size == 0:
+        return
+    ours = False
+    if path.is_file():
+        try:
+            db = sqlite3.connect(str(path))
+            try:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+                    ours = db.execute("SELECT 1 FROM meta WHERE key = 'schema'").fetchone() is not None
+            finally:
+                db.close()
+        except sqlite3.DatabaseError:
+            ours = False
+    if not ours:
+        raise ConfigError(f"state_db {path}: exists and is not a fedge state database; fedge never writes into a "
+                          f"file it did not create: point state_db at a new path")
+
+
 class RoundStore(SqlStore):
     def __init__(self, path: str | Path, *, durable: bool = True, keep_versions: int = 3, keep_key_rounds: int = 100):
         """keep_versions: committed model versions kept; keep_key_rounds: rounds whose update
@@ -167,6 +189,7 @@ class RoundStore(SqlStore):
         self.path = Path(path)
         self.keep_versions = keep_versions
         self.keep_key_rounds = keep_key_rounds
+        _refuse_foreign_db(self.path)  # before the payload log's folder, and before any write
         # The open round's payloads (payload_log.py); made first: it refuses a folder fedge did not make.
         self._payloads = PayloadLog(Path(f"{self.path}.payloads"), durable=durable)
         # isolation_level=None: no implicit transactions; each write method opens its own.

@@ -221,3 +221,29 @@ def test_a_writer_killed_with_sigkill_leaves_a_consistent_file(tmp_path):
             assert open_round.round_id == v + 1 and open_round.model_version == v
             assert [e.device_id for e in open_round.events] in ([], ["a"], ["a", "b"])
         store.close()
+
+
+def test_state_db_never_writes_into_a_database_fedge_did_not_create(tmp_path):
+    """state_db pointed at someone else's SQLite file once got fedge's tables and WAL mode added
+    to it. Now: refused, the file byte for byte as it was and no -wal/-shm beside it; a text
+    file likewise; an empty file (made with touch) and fedge's own database open as before."""
+    theirs = tmp_path / "myapp.db"
+    db = sqlite3.connect(str(theirs))
+    db.execute("CREATE TABLE notes (body TEXT)")
+    db.execute("INSERT INTO notes VALUES ('years of work')")
+    db.commit()
+    db.close()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n" * 100)
+    for path in (theirs, text):
+        before = path.read_bytes()
+        with pytest.raises(ConfigError, match="not a fedge state database"):
+            RoundStore(path)
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(path.name)) == [path.name]
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    RoundStore(empty).close()
+    ours = tmp_path / "state.db"
+    RoundStore(ours).close()
+    RoundStore(ours).close()  # reopened: fedge's own
