@@ -110,12 +110,12 @@ def provision_cert(username: str, ca_dir: str | Path, out_dir: str | Path, *, ur
     out = Path(out_dir)
     creds = _creds_path(out, username, overwrite)
     ca = load_ca(ca_dir)
+    _check_ca_copy(ca.cert, out, overwrite)  # before anything is written
     if username == COORDINATOR_USER:
         files = issue_coordinator_cert(ca, out, overwrite=overwrite)
     else:
         files = issue_device_cert(ca, username, out, overwrite=overwrite)
-    if ca.cert.resolve() != (out / "ca.crt").resolve():
-        shutil.copyfile(ca.cert, out / "ca.crt")
+    copy_ca_cert(ca.cert, out, overwrite)
     where = Path(install_dir) if install_dir else out.resolve()
     table = {"url": url, "ca_file": str(where / "ca.crt"), "cert_file": str(where / files.cert.name),
              "key_file": str(where / files.key.name)}
@@ -130,21 +130,26 @@ def credentials_toml(username: str, table: dict[str, str]) -> str:
             f"[broker]\n{body}")
 
 
-def write_broker_files(out_dir: str | Path, *, conf_dir: str | None = None, data_dir: str | None = None) -> list[Path]:
+def write_broker_files(out_dir: str | Path, *, conf_dir: str | None = None, data_dir: str | None = None,
+                       overwrite: bool = False) -> list[Path]:
     """The shipped configs and ACL, with their paths rewritten for `conf_dir` and `data_dir`.
 
+    A file already there with other content (the operator's edits) is kept: ConfigError, and
+    nothing written, unless overwrite. The same content again is no change.
     When the files are used where they are written (no conf_dir, or conf_dir is out_dir), the
     persistence directory they name is created too (make_data_dir). Staged for another place
     (conf_dir elsewhere), they name a directory there, which the installer creates."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     in_place = installed_in_place(out, conf_dir)
     conf_dir = conf_dir or str(out.resolve())
     data_dir = data_dir or str(Path(conf_dir) / "data")
+    texts = {out / name: shipped_text(name, conf_dir, data_dir) for name in SHIPPED}
+    _refuse_replacing({path: text.encode() for path, text in texts.items()}, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in SHIPPED:
-        (out / name).write_text(shipped_text(name, conf_dir, data_dir), encoding="utf-8")
-        written.append(out / name)
+    for path, text in texts.items():
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
     if in_place:
         make_data_dir(data_dir)
     return written
@@ -173,6 +178,32 @@ def make_data_dir(path: str | Path) -> Path:
             else:
                 os.chown(path, user.pw_uid, user.pw_gid)
     return path
+
+
+def _refuse_replacing(files: dict[Path, bytes], overwrite: bool) -> None:
+    """Unless overwrite: a path that holds something other than what fedge would write there
+    is the operator's (a config they edited, their own CA's certificate); name them and stop."""
+    if overwrite:
+        return
+    kept = [str(path) for path, data in files.items()
+            if path.is_symlink() or path.exists() and (not path.is_file() or path.read_bytes() != data)]
+    if kept:
+        raise ConfigError(f"{', '.join(kept)} already exist{'s' if len(kept) == 1 else ''} with other content; "
+                          "fedge does not replace them: move them, or pass --force")
+
+
+def _check_ca_copy(ca_cert: Path, out: Path, overwrite: bool) -> None:
+    if ca_cert.resolve() != (out / "ca.crt").resolve():
+        _refuse_replacing({out / "ca.crt": ca_cert.read_bytes()}, overwrite)
+
+
+def copy_ca_cert(ca_cert: Path, out: Path, overwrite: bool) -> None:
+    """out/ca.crt, a copy of the CA's certificate (never over another file unless overwrite)."""
+    if ca_cert.resolve() == (out / "ca.crt").resolve():
+        return
+    _check_ca_copy(ca_cert, out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca_cert, out / "ca.crt")
 
 
 def _creds_path(out_dir: str | Path, username: str, overwrite: bool) -> Path:
@@ -226,19 +257,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"CA written: {ca.cert} (share) and {ca.key} (keep offline)")
         return 0
     if args.provision == "broker":
-        for path in write_broker_files(args.out, conf_dir=args.conf_dir, data_dir=args.data_dir):
+        ca = None
+        if args.ca_dir:  # every check before the first write: a refusal leaves the folder as it was
+            if not args.host:
+                raise ConfigError("--ca-dir needs at least one --host for the server certificate")
+            ca = load_ca(args.ca_dir)
+            for path in (Path(args.out) / "server.key", Path(args.out) / "server.crt"):
+                if path.exists() and not args.force:
+                    raise ConfigError(f"{path} exists; pass --force to replace the server's key and certificate")
+            _check_ca_copy(ca.cert, Path(args.out), args.force)
+        for path in write_broker_files(args.out, conf_dir=args.conf_dir, data_dir=args.data_dir,
+                                       overwrite=args.force):
             print(f"wrote {path}")
         data_dir = args.data_dir or str(Path(args.conf_dir or Path(args.out).resolve()) / "data")
         if installed_in_place(args.out, args.conf_dir):
             print(f"created the persistence directory {data_dir} (mode 0700)")
         else:
             print(f"on the broker host, create the persistence directory: install -d -m 0700 -o mosquitto {data_dir}")
-        if args.ca_dir:
-            if not args.host:
-                raise ConfigError("--ca-dir needs at least one --host for the server certificate")
-            ca = load_ca(args.ca_dir)
+        if ca is not None:
             files = issue_server_cert(ca, args.host, args.out, overwrite=args.force)
-            shutil.copyfile(ca.cert, Path(args.out) / "ca.crt")
+            copy_ca_cert(ca.cert, Path(args.out), args.force)
             print(f"wrote {files.cert}, {files.key} and {Path(args.out) / 'ca.crt'}")
         return 0
     if args.provision == "identity":
@@ -266,8 +304,8 @@ def run(args: argparse.Namespace) -> int:
             ca_cert = Path(args.ca_dir) / "ca.crt"
             if not ca_cert.exists():
                 raise ConfigError(f"no {ca_cert}; make a CA with `fedge provision ca`")
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ca_cert, Path(args.out) / "ca.crt")
+            _creds_path(args.out, username, args.force)  # its refusal first: then nothing is written
+            copy_ca_cert(ca_cert, Path(args.out), args.force)
             ca_file = str(Path(args.install_dir or Path(args.out).resolve()) / "ca.crt")
         creds = provision_password(username, args.passwd_file, args.out, url=args.url or DEV_URL,
                                    ca_file=ca_file, overwrite=args.force)

@@ -225,3 +225,53 @@ def test_reload_admits_a_newly_provisioned_device(mosquitto_factory, tmp_path):
         c.close()
     else:
         pytest.fail("pi-new still refused after SIGHUP")
+
+
+# -- the operator's files --------------------------------------------------------------------------
+
+def _tree(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_provision_never_replaces_an_operators_file_and_refuses_before_writing_anything(tmp_path):
+    """A reviewing helper found each of these replaced (or, worse, replaced and then refused):
+    an edited broker config, a ca.crt of the operator's own, a certificate whose key was gone."""
+    assert _cli("ca", "--out", str(tmp_path / "ca")) == 0
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "mosquitto-dev.conf").write_text("# my edits\n")
+    with pytest.raises(ConfigError, match="mosquitto-dev.conf"):
+        _cli("broker", "--out", str(etc))
+    assert _tree(etc) == {"mosquitto-dev.conf": b"# my edits\n"}
+    (etc / "mosquitto-dev.conf").unlink()
+    assert _cli("broker", "--out", str(etc)) == 0
+    written = _tree(etc)
+    assert _cli("broker", "--out", str(etc)) == 0  # the same content again: no change, no refusal
+    assert _tree(etc) == written
+
+    # server.key exists: refused before the configs are rewritten for the new CA's paths
+    (etc / "server.key").write_text("my key")
+    (etc / "mosquitto-prod.conf").write_text("# my prod edits\n")
+    before = _tree(etc)
+    with pytest.raises(ConfigError, match="server.key"):
+        _cli("broker", "--out", str(etc), "--ca-dir", str(tmp_path / "ca"), "--host", "h")
+    assert _tree(etc) == before
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "ca.crt").write_text("my own CA")
+    with pytest.raises(ConfigError, match="ca.crt"):
+        _cli("device", "--id", "pi-1", "--cert", "--ca-dir", str(tmp_path / "ca"), "--out", str(creds))
+    assert _tree(creds) == {"ca.crt": b"my own CA"}
+    with pytest.raises(ConfigError, match="ca.crt"):
+        _cli("device", "--id", "pi-1", "--passwd-file", str(tmp_path / "passwd"), "--ca-dir", str(tmp_path / "ca"),
+             "--out", str(creds))
+    assert _tree(creds) == {"ca.crt": b"my own CA"} and not (tmp_path / "passwd").exists()
+    (creds / "ca.crt").unlink()
+    (creds / "pi-1.crt").write_text("a certificate without its key")
+    with pytest.raises(ConfigError, match="pi-1.crt"):
+        _cli("device", "--id", "pi-1", "--cert", "--ca-dir", str(tmp_path / "ca"), "--out", str(creds))
+    assert _tree(creds) == {"pi-1.crt": b"a certificate without its key"}
+    assert _cli("device", "--id", "pi-1", "--cert", "--ca-dir", str(tmp_path / "ca"), "--out", str(creds),
+                "--force") == 0
+    assert (creds / "pi-1.crt").read_bytes() != b"a certificate without its key"

@@ -119,6 +119,8 @@ def _paths(directory: Path, name: str, overwrite: bool) -> CertFiles:
     files = CertFiles(directory / f"{name}.crt", directory / f"{name}.key")
     if not overwrite and files.key.exists():
         raise ConfigError(f"{files.key} exists; refusing to replace a private key (pass overwrite to re-issue)")
+    if not overwrite and files.cert.exists():  # a certificate without its key is still someone's file
+        raise ConfigError(f"{files.cert} exists; refusing to replace it (pass overwrite to re-issue)")
     return files
 
 
