@@ -7,7 +7,9 @@
 # It creates the system user `fedge`, a virtual environment in /opt/fedge/venv with
 # fedge[device] from the wheel (or, with --fedge PATH, uses an installed fedge instead),
 # /etc/fedge/device.toml (kept if it exists), /var/lib/fedge, and the unit
-# /etc/systemd/system/fedge-device.service. It never deletes anything.
+# /etc/systemd/system/fedge-device.service. It never deletes anything, and never changes what
+# it finds: an existing folder keeps its owner and mode, and an existing unit that differs
+# from the shipped one is kept (it says so, and how to compare).
 # --root DIR installs into DIR instead of / (an image being built; the tests use a scratch
 # root) and skips systemctl.
 set -eu
@@ -50,21 +52,27 @@ else
 fi
 
 # 3. Config (the user's once it exists) and state.
-install -d -m 0750 -o root -g "$(grep '^fedge:' "$ROOT/etc/group" | cut -d: -f3)" "$ROOT/etc/fedge"
+# A folder that exists is the operator's as it is: install -d would reset its owner and mode.
+[ -d "$ROOT/etc/fedge" ] || install -d -m 0750 -o root -g "$(grep '^fedge:' "$ROOT/etc/group" | cut -d: -f3)" "$ROOT/etc/fedge"
 if [ ! -e "$ROOT/etc/fedge/device.toml" ]; then
   "$RUN_FEDGE" device init --out "$ROOT/etc/fedge/device.toml" --id "$ID" --broker "$BROKER" \
     --data /var/lib/fedge/data.npz --state-dir /var/lib/fedge
   chgrp "$(grep '^fedge:' "$ROOT/etc/group" | cut -d: -f3)" "$ROOT/etc/fedge/device.toml"
   chmod 0640 "$ROOT/etc/fedge/device.toml"
 fi
-install -d -m 0700 -o "$(grep '^fedge:' "$ROOT/etc/passwd" | cut -d: -f3)" \
+[ -d "$ROOT/var/lib/fedge" ] || install -d -m 0700 -o "$(grep '^fedge:' "$ROOT/etc/passwd" | cut -d: -f3)" \
   -g "$(grep '^fedge:' "$ROOT/etc/group" | cut -d: -f3)" "$ROOT/var/lib/fedge"
 
 # 4. The unit, pointing at the fedge just installed.
 UNIT=$HERE/systemd/fedge-device.service
-install -d "$ROOT/etc/systemd/system"
-sed "s#@FEDGE@#$FEDGE#" "$UNIT" > "$ROOT/etc/systemd/system/fedge-device.service"
-chmod 0644 "$ROOT/etc/systemd/system/fedge-device.service"
+INSTALLED=$ROOT/etc/systemd/system/fedge-device.service
+[ -d "$ROOT/etc/systemd/system" ] || install -d "$ROOT/etc/systemd/system"
+if [ ! -e "$INSTALLED" ]; then
+  sed "s#@FEDGE@#$FEDGE#" "$UNIT" > "$INSTALLED"
+  chmod 0644 "$INSTALLED"
+elif ! sed "s#@FEDGE@#$FEDGE#" "$UNIT" | cmp -s - "$INSTALLED"; then
+  echo "kept $INSTALLED: it differs from the shipped unit (compare: sed 's#@FEDGE@#$FEDGE#' $UNIT | diff - $INSTALLED)" >&2
+fi
 
 if [ -z "$ROOT" ] && command -v systemctl >/dev/null 2>&1; then
   systemctl daemon-reload

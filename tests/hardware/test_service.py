@@ -103,6 +103,16 @@ def test_install_script_on_a_scratch_root(tmp_path):
     assert again.returncode == 0, again.stderr
     assert load_device_config(conf).device_id == "pi-edited"  # a second run keeps it
     assert sum(line.startswith("fedge:") for line in (root / "etc/passwd").read_text().splitlines()) == 1
+    assert again.stderr == ""  # the unit is the shipped one: nothing to say
+
+    # What the operator changed since is theirs: a unit edit, a folder's owner and mode.
+    unit.write_text(unit.read_text() + "# the operator's drop-in\n")
+    state.chmod(0o750)
+    os.chown(state, 0, 0)
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr
+    assert unit.read_text().endswith("# the operator's drop-in\n") and "kept " in third.stderr
+    assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (0, 0o750)
 
 
 def test_device_init_writes_a_commented_config_that_loads(tmp_path, capsys):
