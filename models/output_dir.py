@@ -55,13 +55,13 @@ def write_record(path: Path, names: Iterable[str], command: str) -> None:
     atomic_write_bytes(path, (json.dumps(body, indent=1) + "\n").encode())
 
 
-def claim(out: Path, written: list[str], record: str, command: str, device_dir: str = "",
+def claim(out: Path, written: list[str], record: str, command: str, device_dir: str | None = None,
           legacy: Iterable[str] = ()) -> None:
     """Make `out` ready for a run that writes `written` (relative names), or raise ForeignOutput.
 
     Fedge's own files there are those its `record` lists (or, without one, `legacy`: what an
-    earlier version wrote, as the caller recognises it). `device_dir` ("" = `out` itself) holds
-    one .npz per device: another .npz there would be one more device, so it is refused too, and
+    earlier version wrote, as the caller recognises it). `device_dir` (None = none, "" = `out`
+    itself) holds one .npz per device: another .npz there would be one more device, so it is refused too, and
     an earlier run's device files that this run does not write again are removed (a smaller
     fleet must not inherit the old one's extra devices). The record is written before anything
     else, naming both runs' files, so a run that dies midway leaves nothing unaccounted for; the
@@ -71,8 +71,10 @@ def claim(out: Path, written: list[str], record: str, command: str, device_dir: 
     taken = {name for name in written if name not in ours and ((out / name).exists() or (out / name).is_symlink())}
     if recorded is None and ((out / record).exists() or (out / record).is_symlink()):
         taken.add(record)  # a file under the record's name that is no record of fedge's
-    folder = out / device_dir
-    if device_dir and (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+    folder = out / device_dir if device_dir is not None else None
+    if folder is None:
+        pass
+    elif device_dir and (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         taken.add(device_dir)
     elif folder.is_dir():
         prefix = f"{device_dir}/" if device_dir else ""
@@ -83,5 +85,6 @@ def claim(out: Path, written: list[str], record: str, command: str, device_dir: 
     write_record(out / record, ours | set(written), f"fedge {command}")
     for stale in sorted(ours - set(written)):
         path = out / stale
-        if stale.endswith(".npz") and path.parent == folder and path.is_file() and not path.is_symlink():
+        if folder is not None and stale.endswith(".npz") and path.parent == folder and path.is_file() \
+                and not path.is_symlink():
             path.unlink()

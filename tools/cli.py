@@ -240,7 +240,7 @@ def _data_split(args) -> int:
     data = build_federated(args.dataset, args.devices, args.partition, args.seed, alpha=args.alpha)
     out = Path(args.out)
     written = [f"{client.client_id}.npz" for client in data.clients]
-    claim(out, written, ".fedge-data.json", "data split")  # never over a file fedge did not write
+    claim(out, written, ".fedge-data.json", "data split", device_dir="")  # never over a file fedge did not write
     for client in data.clients:
         buf = io.BytesIO()
         np.savez(buf, x_train=client.x_train, y_train=client.y_train, x_test=client.x_test, y_test=client.y_test)

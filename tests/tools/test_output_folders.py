@@ -143,3 +143,25 @@ def test_build_artifacts_refuses_an_ort_folder_in_a_folder_it_did_not_build(tmp_
         build_artifacts(spec, tmp_path, ort_training=True)
     assert (tmp_path / "ort" / "checkpoint").read_bytes() == b"the user's own"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.toml", "ort"]
+
+
+def test_the_heterogeneity_report_folder_is_checked_before_the_grid_runs(tmp_path):
+    """`fedge bench heterogeneity --json results/run.json` writes report.md and three PNGs beside
+    it by default: someone else's report.md there was replaced at the end of the run."""
+    from fedge.tools.bench.hetero_report import FILES, RECORD, claim_report_dir
+
+    (tmp_path / "report.md").write_text("# My notes\n")
+    with pytest.raises(ForeignOutput, match=r"report\.md"):
+        claim_report_dir(tmp_path)
+    assert (tmp_path / "report.md").read_text() == "# My notes\n"
+    (tmp_path / "report.md").write_text("# Heterogeneity benchmark\n...")  # an earlier run's, before the record
+    claim_report_dir(tmp_path)
+    assert read_record(tmp_path / RECORD) == set(FILES)
+    (tmp_path / "report.md").write_text("# My notes again\n")  # the record says report.md is fedge's now
+    claim_report_dir(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "accuracy_vs_round.png").write_bytes(b"my plot")
+    (other / "data.npz").write_bytes(b"not a device folder: an .npz is nobody's business here")
+    with pytest.raises(ForeignOutput, match="accuracy_vs_round"):
+        claim_report_dir(other)

@@ -7,14 +7,36 @@ from pathlib import Path
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 
 PLOTS = ("accuracy_vs_round.png", "personalized_vs_round.png", "accuracy_vs_uplink.png")
+FILES = ("report.md", *PLOTS)
+RECORD = ".fedge-report.json"  # what the benchmark wrote into the report folder (models/output_dir.py)
+_TITLE = b"# Heterogeneity benchmark"  # report.md's first line
+
+
+def claim_report_dir(report_dir) -> None:
+    """Before the grid runs: the report folder may hold these names only as an earlier run's
+    files (its record, or, from before the record, a report.md with this benchmark's title);
+    someone else's report.md or PNG there stops the run now, not after an hour of training."""
+    from fedge.models.output_dir import claim
+
+    out = Path(report_dir)
+    try:
+        with open(out / "report.md", "rb") as f:
+            legacy = FILES if f.read(len(_TITLE)) == _TITLE else ()
+    except OSError:
+        legacy = ()
+    claim(out, list(FILES), RECORD, "bench heterogeneity", legacy=legacy)
 
 
 def write_report(doc: dict, report_dir) -> list[Path]:
     """Write report.md and (with matplotlib) the plots; returns the paths written."""
+    from fedge.models.output_dir import write_record
+
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "report.md", markdown(doc).encode())
-    return [out / "report.md", *write_plots(doc, out)]
+    written = [out / "report.md", *write_plots(doc, out)]
+    write_record(out / RECORD, FILES, "fedge bench heterogeneity")
+    return written
 
 
 def _pct(v) -> str:

@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(grid: HeteroGrid, json_path, report_dir, data_dir: str | None = None, quick: bool = False,
         log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
     """Run every job of the grid, write the JSON and the report, return the document."""
-    from .hetero_report import write_report
+    from .hetero_report import claim_report_dir, write_report
 
+    claim_report_dir(report_dir)  # someone else's report.md or PNG there: refused before the grid runs
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedge-hetero-pretrained-") as tmp:
         pretrained = _pretrain(grid, Path(tmp), log)
