@@ -21,6 +21,10 @@ from .sharding.config import check_sharding
 from .strategies import STRATEGIES
 from .weights import WEIGHTINGS
 
+# Asking more than 100 times the devices a round wants is a typo, not a plan (and inf would
+# overflow the selection count).
+MAX_OVER_SELECTION = 100.0
+
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
@@ -119,8 +123,9 @@ class CoordinatorConfig:
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
             raise ConfigError("clients_per_round must be >= 1")
-        if self.over_selection < 1.0:
-            raise ConfigError("over_selection must be >= 1.0 (1.3 = ask 30% more devices)")
+        if not 1.0 <= self.over_selection <= MAX_OVER_SELECTION:  # NaN fails this too
+            raise ConfigError(f"over_selection must be in [1.0, {MAX_OVER_SELECTION}] (1.3 = ask 30% more devices), "
+                              f"got {self.over_selection}")
         if self.min_reports < 0 or self.min_reports > self.clients_per_round:
             raise ConfigError("min_reports must be between 0 and clients_per_round")
         if self.round_deadline_s <= 0:

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from fedge.edge_runtime.kernel.errors import FedgeError
+from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
 
 # Which extra a command needs, and which extra brings each module the commands import lazily:
 # a missing module is named with its fix, not a traceback.
@@ -53,6 +53,12 @@ def _guarded(args, call) -> int:
     except FedgeError as exc:
         print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as exc:
+        # A path the user named that cannot be read or made (a folder for a file, /proc/x, a
+        # state_dir that is a file): their input, said in one line. Not every OSError: a broker
+        # that refuses a connection at boot must stay a crash the supervisor restarts.
+        print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         if top not in EXTRAS:
@@ -93,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     from fedge.tools.simulate.cli import add_arguments
     from fedge.tools.simulate.config import DATASETS, PARTITIONS
 
+    # `data split` splits a shipped data set; synthetic is generated per device (simulate --dataset synthetic)
+    SPLITTABLE = tuple(d for d in DATASETS if d != "synthetic")  # noqa: N806
     add_arguments(p)
 
     p = sub.add_parser("build-artifacts", help="build a model's ONNX graphs, ORT artifacts and manifest")
@@ -113,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("split",
                         help="split a dataset over N devices: DIR/<device>.npz (x_train, y_train, x_test, y_test)")
-    d.add_argument("--dataset", choices=DATASETS, default="mnist5k")
+    d.add_argument("--dataset", choices=SPLITTABLE, default="mnist5k")
     d.add_argument("--devices", type=int, default=2)
     d.add_argument("--partition", choices=PARTITIONS, default="dirichlet")
     d.add_argument("--alpha", type=float, default=0.1)
@@ -237,6 +245,8 @@ def _data_split(args) -> int:
     from fedge.models.output_dir import claim, write_record
     from fedge.tools.datasets import build_federated
 
+    if args.seed < 0:  # numpy's generators take no negative seed
+        raise ConfigError(f"--seed {args.seed}: must be >= 0")
     data = build_federated(args.dataset, args.devices, args.partition, args.seed, alpha=args.alpha)
     out = Path(args.out)
     written = [f"{client.client_id}.npz" for client in data.clients]

@@ -324,6 +324,12 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
         raise DatasetError(f"{file}: not a readable .npz file ({exc}); re-save it with numpy.savez") from None
 
 
+# Classes a --data folder may have: the model has an output per class up to the largest label,
+# so one label of 10**9 in a file asked for a billion-output head (24 GB, then the kernel's OOM
+# killer). 10,000 heads of the default 200-unit layer fit the 64 MB task limit twice over.
+MAX_CLASSES = 10_000
+
+
 def _check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate one split and return x (n, d) float32, y (n,) int64."""
     xs, ys = f"x_{split}", f"y_{split}"
@@ -342,6 +348,9 @@ def _check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[
         raise DatasetError(f"{file}: {ys} has dtype {y.dtype}; labels must be integers")
     if len(y) and y.min() < 0:
         raise DatasetError(f"{file}: {ys} has negative labels (min {y.min()}); labels must be 0, 1, ...")
+    if len(y) and int(y.max()) >= MAX_CLASSES:  # int(): a uint64 2**63 must not wrap in int64
+        raise DatasetError(f"{file}: {ys} has label {int(y.max())}; labels must be class indices 0 .. "
+                           f"{MAX_CLASSES - 1} (the model has one output per class up to the largest label)")
     flat = x.reshape(x.shape[0], int(np.prod(x.shape[1:]))).astype(np.float32)
     if flat.shape[1] == 0:
         raise DatasetError(f"{file}: {xs} has shape {x.shape}, i.e. no features per example")

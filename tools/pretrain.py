@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,12 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.proxy_fraction <= MAX_PROXY_FRACTION:
             raise ConfigError(f"proxy_fraction {self.proxy_fraction}: must be in (0, {MAX_PROXY_FRACTION}]")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("pretrain: epochs, batch_size and lr must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:  # NaN fails too
+            raise ConfigError("pretrain: epochs, batch_size and lr must be positive (lr finite)")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"pretrain: weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ConfigError(f"pretrain: --seed {self.seed} must be >= 0")
 
 
 @dataclass(frozen=True)

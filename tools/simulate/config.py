@@ -95,6 +95,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.devices < 1 or self.rounds < 1:
             raise ConfigError("--devices and --rounds must be >= 1")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ConfigError(f"--seed {self.seed}: must be >= 0")
         if self.data_dir is None and self.dataset not in DATASETS:
             raise ConfigError(f"--dataset {self.dataset!r}: choose one of {DATASETS}, or pass --data DIR")
         if not 0.0 <= self.proxy_fraction <= 0.5 or (self.proxy_fraction and (self.data_dir or self.synthetic)):

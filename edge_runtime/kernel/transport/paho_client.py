@@ -12,6 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ..errors import ConfigError
 from .base import Message, validate_topic
 from .settings import MqttSettings
 
@@ -39,9 +40,13 @@ def make_client(client_id: str, settings: MqttSettings, will: Message | None, ow
         client.username_pw_set(settings.username, settings.password or None)
     _, _, tls = settings.endpoint()
     if tls:
-        client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
-                       keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED,
-                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                           keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file that is no cert or key
+            raise ConfigError(f"broker TLS files (ca_file {settings.ca_file!r}, cert_file {settings.cert_file!r}, "
+                              f"key_file {settings.key_file!r}) cannot be used: {exc}") from None
     if will is not None:
         client.will_set(validate_topic(will.topic), will.payload, qos=1, retain=will.retain)
     client.max_queued_messages_set(0)  # unbounded: the owner bounds what it publishes

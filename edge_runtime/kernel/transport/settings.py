@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -62,6 +63,14 @@ class MqttSettings:
         if self.max_packet_size and self.max_packet_size < 1024:
             raise ConfigError("broker.max_packet_size must be 0 (broker's value) or >= 1024 bytes")
         Backoff(self.reconnect_min_s, self.reconnect_max_s)
+        if not 0 <= self.keepalive_s <= 65535:  # MQTT's keep-alive is a 16-bit count of seconds; 0 = off
+            raise ConfigError(f"broker.keepalive_s must be in [0, 65535], got {self.keepalive_s}")
+        if not 0 <= self.session_expiry_s <= 0xFFFFFFFF:  # a 32-bit property in MQTT 5
+            raise ConfigError(f"broker.session_expiry_s must be in [0, {0xFFFFFFFF}], got {self.session_expiry_s}")
+        for name in ("connect_timeout_s", "op_timeout_s", "chunk_expiry_s"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:  # NaN fails this too
+                raise ConfigError(f"broker.{name} must be > 0 and finite, got {value}")
         if min(self.max_message_bytes, self.max_inbound_bytes + 1, self.max_pending_bytes + 1) < 1:
             raise ConfigError("broker: max_message_bytes must be >= 1; max_inbound_bytes and max_pending_bytes >= 0")
 
