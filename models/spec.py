@@ -43,6 +43,11 @@ LAYER_KINDS = ("dense", "conv", "pool", "gap", "flatten")
 LAYER_MODES = ("frozen", "lora", "shared", "personal")
 HEAD_MODES = ("dual", "global", "personal")
 ACTIVATIONS = ("relu", "none")
+# Sizes past what an edge device holds are typos (units = 100000000 asked numpy for 48 GiB, and
+# a --classes of 10**8 ran the import into the OOM killer): refused by name instead.
+MAX_UNITS = 65_536  # a dense layer's outputs, a conv's channels, a LoRA rank
+MAX_CLASSES = 100_000
+MAX_VALUES = 1 << 24  # values per example at the input
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -64,8 +69,8 @@ class LayerSpec:
             raise ConfigError(f"layer {self.name}: mode {self.mode!r} not in {LAYER_MODES}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"layer {self.name}: activation {self.activation!r} not in {ACTIVATIONS}")
-        if self.kind in ("dense", "conv") and self.units <= 0:
-            raise ConfigError(f"layer {self.name}: units must be > 0")
+        if self.kind in ("dense", "conv") and not 0 < self.units <= MAX_UNITS:
+            raise ConfigError(f"layer {self.name}: units must be in [1, {MAX_UNITS}], got {self.units}")
         if self.kind == "conv" and (self.kernel < 1 or self.kernel % 2 == 0):
             raise ConfigError(f"layer {self.name}: kernel must be odd and >= 1 (same padding)")
         if self.kind in ("conv", "pool", "gap", "flatten") and self.mode != "frozen":
@@ -101,14 +106,17 @@ class ModelSpec:
                                   "write `onnx = PATH` in the spec and let fedge read the file")
             if any(layer.kind != "dense" for layer in self.layers):
                 raise ConfigError(f"model {self.name}: an imported spec's layers are its dense tail only")
-        if not self.input_shape or any(d <= 0 for d in self.input_shape):
-            raise ConfigError(f"model {self.name}: input_shape {self.input_shape} must be positive")
-        if self.num_classes < 2:
-            raise ConfigError(f"model {self.name}: num_classes must be >= 2")
+        if not self.input_shape or any(d <= 0 for d in self.input_shape) or math.prod(self.input_shape) > MAX_VALUES:
+            raise ConfigError(f"model {self.name}: input_shape {self.input_shape} must be positive, at most "
+                              f"{MAX_VALUES} values per example")
+        if not 2 <= self.num_classes <= MAX_CLASSES:
+            raise ConfigError(f"model {self.name}: num_classes must be in [2, {MAX_CLASSES}], got {self.num_classes}")
+        if not 0 < self.lora_alpha < math.inf:  # NaN fails this too: the adapters' scale
+            raise ConfigError(f"model {self.name}: lora_alpha must be > 0 and finite, got {self.lora_alpha}")
         if self.head not in HEAD_MODES:
             raise ConfigError(f"model {self.name}: head {self.head!r} not in {HEAD_MODES}")
-        if self.lora_rank < 1:
-            raise ConfigError(f"model {self.name}: lora_rank must be >= 1")
+        if not 1 <= self.lora_rank <= MAX_UNITS:
+            raise ConfigError(f"model {self.name}: lora_rank must be in [1, {MAX_UNITS}]")
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise ConfigError(f"model {self.name}: duplicate layer names {names}")
@@ -204,7 +212,7 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
         path = builtin
     data = load_toml(path)
     model = data.get("model")
-    if model is None or set(data) - {"model"}:
+    if not isinstance(model, dict) or set(data) - {"model"}:
         raise ConfigError(f"{path}: expected exactly one [model] table (with [[model.layers]]), got {sorted(data)}")
     if "onnx" in model and "onnx_sha256" not in model:  # `onnx = PATH`: import the file (onnx_import.py)
         from .onnx_import import import_spec_from_table

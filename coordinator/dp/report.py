@@ -28,13 +28,16 @@ def read_ledger(path: str | Path) -> list[tuple[int, RoundPlan]]:
     """(round id, plan) of every charged round, oldest first; `path` a SQLite file or a PostgreSQL DSN."""
     if is_dsn(path):
         return read_pg_ledger(str(path))
-    if not Path(path).exists():
-        raise ConfigError(f"{path}: no such state file")
-    with sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=5) as db:
-        try:
-            rows = db.execute("SELECT round_id, charge FROM privacy_ledger ORDER BY round_id").fetchall()
-        except sqlite3.OperationalError:  # a state file from before privacy (schema < 3)
-            return []
+    if not str(path) or not Path(path).is_file():
+        raise ConfigError(f"{path!r}: no such state file")
+    try:
+        with sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=5) as db:
+            try:
+                rows = db.execute("SELECT round_id, charge FROM privacy_ledger ORDER BY round_id").fetchall()
+            except sqlite3.OperationalError:  # a state file from before privacy (schema < 3)
+                return []
+    except sqlite3.DatabaseError as exc:  # a file that is no SQLite database
+        raise ConfigError(f"{path}: not a fedge state database ({exc})") from None
     return [(r, RoundPlan.from_json(json.loads(c))) for r, c in rows]
 
 

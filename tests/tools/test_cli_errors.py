@@ -155,6 +155,20 @@ UNUSABLE = {
                                 ("DatasetError", "9223372036854775808")),
     "output folder is a file": (lambda t: (t / "f").write_text("x") and ["build-artifacts", "mnist-mlp-lora",
                                                                          str(t / "f")], ("FileExistsError",)),
+    "a layer of 1e8 units": (lambda t: (t / "s.toml").write_text(
+        '[model]\nname = "x"\ninput_shape = [4]\nnum_classes = 2\n[[model.layers]]\nname = "fc1"\n'
+        'units = 100000000\n') and ["build-artifacts", str(t / "s.toml"), str(t / "a")], ("ConfigError", "units")),
+    "lora_alpha nan": (lambda t: (t / "s.toml").write_text(
+        '[model]\nname = "x"\ninput_shape = [4]\nnum_classes = 2\nlora_alpha = nan\n[[model.layers]]\n'
+        'name = "fc1"\nunits = 4\nmode = "lora"\n') and ["build-artifacts", str(t / "s.toml"), str(t / "a")],
+                       ("ConfigError", "lora_alpha")),
+    "privacy report of a text file": (lambda t: (t / "s.db").write_text("garbage") and
+                                      ["coordinator", "privacy", "--state", str(t / "s.db")],
+                                      ("ConfigError", "not a fedge state database")),
+    "privacy report of a folder": (lambda t: (t / "s.db").mkdir() or
+                                   ["coordinator", "privacy", "--state", str(t / "s.db")], ("no such state file",)),
+    "CA with an empty name": (lambda t: ["provision", "ca", "--out", str(t / "ca"), "--name", ""],
+                              ("ConfigError", "1 to 64")),
     "keepalive -1": (lambda t: (t / "d.toml").write_text('device_id = "d1"\n[broker]\nkeepalive_s = -1\n'
                                                          '[data]\nnpz = "x.npz"\n')
                      and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "keepalive_s")),

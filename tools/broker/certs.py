@@ -39,6 +39,8 @@ class CertFiles:
 def create_ca(directory: str | Path, *, name: str = "fedge CA", days: int = CA_DAYS,
               overwrite: bool = False) -> CertFiles:
     """Make a self-signed CA in `directory` (ca.crt, ca.key)."""
+    if not 1 <= len(name) <= 64:  # X.509's upper bound for a common name
+        raise ConfigError(f"CA name {name!r}: 1 to 64 characters")
     files = _paths(Path(directory), "ca", overwrite)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
