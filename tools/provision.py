@@ -283,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
         from fedge.edge_runtime.kernel.secagg.identity_files import add_to_directory, write_identity
 
         device_id = validate_device_id(args.device_id)
+        if Path(args.directory).is_dir():  # before the secret key is written, not after
+            raise ConfigError(f"--directory {args.directory}: a folder; name the fleet's identities.json file")
         key = Path(args.out) / f"{device_id}.identity"
         add_to_directory(args.directory, device_id, write_identity(key, overwrite=args.force))
         print(f"{device_id}: identity key in {key} (secret); public key added to {args.directory} "

@@ -169,6 +169,13 @@ UNUSABLE = {
                                    ["coordinator", "privacy", "--state", str(t / "s.db")], ("no such state file",)),
     "CA with an empty name": (lambda t: ["provision", "ca", "--out", str(t / "ca"), "--name", ""],
                               ("ConfigError", "1 to 64")),
+    "an empty --data": (lambda t: ["simulate", "--data", ""], ("ConfigError", "--data")),
+    "identities directory is a folder": (lambda t: (t / "ids").mkdir() or [
+        "provision", "identity", "--id", "d1", "--out", str(t / "keys"), "--directory", str(t / "ids")],
+                                         ("ConfigError", "--directory")),
+    "broker port 0": (lambda t: (t / "d.toml").write_text('device_id = "d1"\n[broker]\nurl = "mqtt://h:0"\n'
+                                                          '[data]\nnpz = "x.npz"\n')
+                      and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "mqtt://h:0")),
     "keepalive -1": (lambda t: (t / "d.toml").write_text('device_id = "d1"\n[broker]\nkeepalive_s = -1\n'
                                                          '[data]\nnpz = "x.npz"\n')
                      and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "keepalive_s")),

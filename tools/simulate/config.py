@@ -95,6 +95,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.devices < 1 or self.rounds < 1:
             raise ConfigError("--devices and --rounds must be >= 1")
+        if self.data_dir is not None and not str(self.data_dir).strip():  # "" would mean the default data set
+            raise ConfigError("--data: an empty path; name the folder with one .npz per client")
         if self.seed < 0:  # numpy's generators take no negative seed
             raise ConfigError(f"--seed {self.seed}: must be >= 0")
         if self.data_dir is None and self.dataset not in DATASETS:

@@ -100,7 +100,7 @@ def _endpoint(url: str) -> tuple[str, int, bool]:
         raise ConfigError(f"broker url {url!r}: scheme must be mqtt:// or mqtts://")
     tls = parts.scheme in ("mqtts", "ssl")
     try:
-        port = parts.port or (8883 if tls else 1883)
+        port = parts.port if parts.port is not None else (8883 if tls else 1883)  # :0 is refused, not 1883
     except ValueError:
         raise ConfigError(f"broker url {url!r}: bad port") from None
     return parts.hostname or "", port, tls
