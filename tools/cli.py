@@ -279,6 +279,7 @@ def _device(args) -> int:
         print(f"wrote {path}: edit device_id, [broker] and [data], then: fedge device run --config {path}")
         return 0
     import json
+    from pathlib import Path
 
     from fedge.edge_runtime.eligibility import EligibilityPolicy
     from fedge.edge_runtime.probes import SystemProbe, describe, render
@@ -290,8 +291,11 @@ def _device(args) -> int:
         raw = load_toml(args.config)  # read once: only its [eligibility] and [probe] tables matter here
         policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), "eligibility")
         root = raw.get("probe", {}).get("root", "/")
+    root = args.root or root
+    if not Path(root).is_dir():  # every reading would be "unknown": say why instead
+        raise ConfigError(f"probe root {root!r}: no such folder (it holds the sys/ and proc/ the probe reads)")
     # One second of CPU accounting: long enough that fedge's own start-up does not dominate it.
-    report = describe(SystemProbe(root=args.root or root, metered_wait_s=3.0), policy, settle_s=1.0)
+    report = describe(SystemProbe(root=root, metered_wait_s=3.0), policy, settle_s=1.0)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

@@ -176,6 +176,7 @@ UNUSABLE = {
     "broker port 0": (lambda t: (t / "d.toml").write_text('device_id = "d1"\n[broker]\nurl = "mqtt://h:0"\n'
                                                           '[data]\nnpz = "x.npz"\n')
                       and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "mqtt://h:0")),
+    "probe root missing": (lambda t: ["device", "probe", "--root", str(t / "none")], ("ConfigError", "probe root")),
     "keepalive -1": (lambda t: (t / "d.toml").write_text('device_id = "d1"\n[broker]\nkeepalive_s = -1\n'
                                                          '[data]\nnpz = "x.npz"\n')
                      and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "keepalive_s")),
