@@ -160,8 +160,11 @@ def open_store(config, epoch: int | None = None) -> Store | None:
 
 def _refuse_foreign_db(path: Path) -> None:
     """state_db names a file fedge made, or a new (or empty) one: fedge's schema and WAL mode
-    must never land in someone else's database. Fedge's has a meta table with its schema row.
-    Reading sqlite_master writes nothing, and a file that is no database raises before any write."""
+    must never land in someone else's database. Fedge's has a meta table with its schema row;
+    a database with no tables at all is taken too (a coordinator killed between setting WAL
+    mode and creating its tables leaves one, and must start again on it). The check only
+    reads (SQLite itself may replay a WAL or roll back a hot journal on open, as any reader
+    does), and a file that is no database raises before anything is written."""
     if not path.exists() or path.is_file() and path.stat().st_size == 0:
         return
     ours = False
@@ -171,6 +174,8 @@ def _refuse_foreign_db(path: Path) -> None:
             try:
                 if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
                     ours = db.execute("SELECT 1 FROM meta WHERE key = 'schema'").fetchone() is not None
+                else:
+                    ours = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
             finally:
                 db.close()
         except sqlite3.DatabaseError:

@@ -60,8 +60,13 @@ if [ ! -e "$ROOT/etc/fedge/device.toml" ]; then
   chgrp "$(grep '^fedge:' "$ROOT/etc/group" | cut -d: -f3)" "$ROOT/etc/fedge/device.toml"
   chmod 0640 "$ROOT/etc/fedge/device.toml"
 fi
-[ -d "$ROOT/var/lib/fedge" ] || install -d -m 0700 -o "$(grep '^fedge:' "$ROOT/etc/passwd" | cut -d: -f3)" \
+FEDGE_UID=$(grep '^fedge:' "$ROOT/etc/passwd" | cut -d: -f3)
+[ -d "$ROOT/var/lib/fedge" ] || install -d -m 0700 -o "$FEDGE_UID" \
   -g "$(grep '^fedge:' "$ROOT/etc/group" | cut -d: -f3)" "$ROOT/var/lib/fedge"
+if [ "$(stat -c %u "$ROOT/var/lib/fedge")" != "$FEDGE_UID" ]; then
+  echo "kept $ROOT/var/lib/fedge as it is, but it is not owned by fedge: the agent cannot keep its state there" \
+    "until you run: chown fedge: /var/lib/fedge" >&2
+fi
 
 # 4. The unit, pointing at the fedge just installed.
 UNIT=$HERE/systemd/fedge-device.service

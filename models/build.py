@@ -14,7 +14,7 @@ from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, compute_model_id, sha256_file
 
 from .graphs import OPTIMIZERS, build_backbone, build_eval, build_train_step, heads_of
-from .output_dir import refuse_foreign
+from .output_dir import read_record, refuse_foreign, write_record
 from .params import init_params, param_infos
 from .spec import ModelSpec
 
@@ -29,6 +29,9 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     want_ort = "ort-training" in available_backends() if ort_training is None else ort_training
     _refuse_foreign_files(outdir, want_ort)
     outdir.mkdir(parents=True, exist_ok=True)
+    # Before the first file: a build that dies midway (Ctrl-C, a full disk, an ORT error) leaves
+    # a folder this record says is fedge's, so the next build may replace what it left.
+    write_record(outdir / BUILD_RECORD, _BUILD_NAMES, "fedge build-artifacts")
     values = init_params(spec)
     if spec.onnx:  # an imported model: its pretrained tail (and classifier) replace the random values
         from .onnx_import import pretrained_values
@@ -74,6 +77,11 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     return manifest
 
 
+BUILD_RECORD = ".fedge-build.json"  # written before a build's first file (models/output_dir.py)
+_BUILD_NAMES = ("backbone.onnx", "eval.onnx", "params_init.npz", MANIFEST_FILE,
+                *(f"train_step_{optimizer}.onnx" for optimizer in OPTIMIZERS))
+
+
 def _refuse_foreign_files(outdir: Path, want_ort: bool) -> None:
     """Before anything is written: a folder with a manifest is an earlier build's, its files
     fedge's to replace. In any other folder, a file under a name the build writes is someone
@@ -85,14 +93,17 @@ def _refuse_foreign_files(outdir: Path, want_ort: bool) -> None:
         _check_replaceable(outdir / ORT_DIR)
     if not outdir.is_dir() or (outdir / MANIFEST_FILE).is_file() and _is_manifest(outdir / MANIFEST_FILE):
         return
+    if read_record(outdir / BUILD_RECORD) is not None:  # an earlier build's, if unfinished
+        return
+    if (outdir / BUILD_RECORD).exists() or (outdir / BUILD_RECORD).is_symlink():
+        refuse_foreign(outdir, [BUILD_RECORD], "build-artifacts")
     # Without a manifest, an ort/ folder with anything in it is someone else's whatever its
     # files are called (a TensorFlow checkpoint index is a file named "checkpoint"): it would
     # be replaced. An empty one loses nothing.
     ort = outdir / ORT_DIR
     foreign_ort = want_ort and (not ort.is_dir() or ort.is_symlink() or any(ort.iterdir())) and (
         ort.exists() or ort.is_symlink())
-    names = ["backbone.onnx", "eval.onnx", "params_init.npz", MANIFEST_FILE,
-             *(f"train_step_{optimizer}.onnx" for optimizer in OPTIMIZERS), *([ORT_DIR] if foreign_ort else [])]
+    names = [*_BUILD_NAMES, *([ORT_DIR] if foreign_ort else [])]
     refuse_foreign(outdir, (n for n in names if (outdir / n).exists() or (outdir / n).is_symlink()),
                    "build-artifacts")
 

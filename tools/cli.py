@@ -54,9 +54,14 @@ def _guarded(args, call) -> int:
         print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as exc:
-        # A path the user named that cannot be read or made (a folder for a file, /proc/x, a
-        # state_dir that is a file): their input, said in one line. Not every OSError: a broker
-        # that refuses a connection at boot must stay a crash the supervisor restarts.
+        # A path the user named that cannot be read or made (a folder for a file, /proc/x, an
+        # output path under a file): their input, said in one line. Not for the two services:
+        # exit 2 tells systemd never to restart them, and a path missing for a moment (a disk
+        # mounted late) must stay a crash it restarts; nor for every OSError (a broker that
+        # refuses a connection at boot).
+        if (args.command, getattr(args, "coordinator_command", None), getattr(args, "device_command", None)) in (
+                ("coordinator", "serve", None), ("device", None, "run")):
+            raise
         print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ModuleNotFoundError as exc:

@@ -247,3 +247,9 @@ def test_state_db_never_writes_into_a_database_fedge_did_not_create(tmp_path):
     ours = tmp_path / "state.db"
     RoundStore(ours).close()
     RoundStore(ours).close()  # reopened: fedge's own
+    # Killed between WAL mode and the schema (a 4096-byte file with no tables): starts again.
+    half = tmp_path / "half.db"
+    code = f"import os, sqlite3; sqlite3.connect({str(half)!r}).execute('PRAGMA journal_mode=WAL'); os._exit(9)"
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    assert half.stat().st_size > 0
+    RoundStore(half).close()

@@ -113,6 +113,7 @@ def test_install_script_on_a_scratch_root(tmp_path):
     assert third.returncode == 0, third.stderr
     assert unit.read_text().endswith("# the operator's drop-in\n") and "kept " in third.stderr
     assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (0, 0o750)
+    assert "not owned by fedge" in third.stderr  # kept, and the operator told what it costs
 
 
 def test_device_init_writes_a_commented_config_that_loads(tmp_path, capsys):

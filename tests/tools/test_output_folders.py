@@ -109,7 +109,8 @@ def test_build_artifacts_refuses_a_folder_holding_a_file_it_did_not_write(tmp_pa
     first = build_artifacts(spec, own, ort_training=False)
     again = build_artifacts(spec, own, ort_training=False)  # its manifest says the folder is fedge's
     assert again.model_id == first.model_id
-    (own / "manifest.json").write_text("not a manifest")  # then it is not
+    (own / "manifest.json").write_text("not a manifest")  # then it is not (nor, without its record, the rest)
+    (own / ".fedge-build.json").unlink()
     with pytest.raises(ForeignOutput, match="manifest.json"):
         build_artifacts(spec, own, ort_training=False)
 
@@ -165,3 +166,25 @@ def test_the_heterogeneity_report_folder_is_checked_before_the_grid_runs(tmp_pat
     (other / "data.npz").write_bytes(b"not a device folder: an .npz is nobody's business here")
     with pytest.raises(ForeignOutput, match="accuracy_vs_round"):
         claim_report_dir(other)
+
+
+def test_a_build_that_died_midway_can_be_run_again_into_its_folder(tmp_path, spec_file, monkeypatch):
+    """The manifest is written last, so a build stopped by a full disk (or Ctrl-C, or an ORT
+    error before a fallback build) left files no record claimed, and every later build into the
+    folder was refused. The build's record is written before its first file."""
+    import fedge.models.build as build
+
+    spec = load_spec(str(spec_file))
+    real = build.atomic_write_bytes
+
+    def disk_full(path, data):
+        if str(path).endswith("params_init.npz"):
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(build, "atomic_write_bytes", disk_full)
+    with pytest.raises(OSError):
+        build_artifacts(spec, tmp_path / "art", ort_training=False)
+    assert not (tmp_path / "art" / "manifest.json").exists() and (tmp_path / "art" / "eval.onnx").exists()
+    monkeypatch.setattr(build, "atomic_write_bytes", real)
+    assert build_artifacts(spec, tmp_path / "art", ort_training=False).model_id
