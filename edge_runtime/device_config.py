@@ -36,10 +36,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .device import LocalData
 from .eligibility import EligibilityPolicy
+from .examples import check_split
 from .kernel.configfile import load_config
 from .kernel.errors import ConfigError, DatasetError
 from .kernel.files import load_npz
@@ -148,28 +147,11 @@ def load_local_data(path: str | Path) -> LocalData:
         raise DatasetError(f"{path}: missing array {exc}; need x_train, y_train, x_test, y_test") from None
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
-    for split in ("train", "test"):
-        _check_local_split(path, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
-    if len(arrays["y_train"]) == 0:
+    # What the device would otherwise find out mid-task, refused at start and at a SIGHUP reload.
+    # The label range against the model's classes is the task's to check: the model comes later.
+    x_train, y_train = check_split(path, "train", arrays["x_train"], arrays["y_train"])
+    x_test, y_test = check_split(path, "test", arrays["x_test"], arrays["y_test"])
+    if len(y_train) == 0:
         raise DatasetError(f"{path}: x_train/y_train hold no examples; the device has nothing to train on")
-    return LocalData(arrays["x_train"].astype(np.float32), arrays["y_train"].astype(np.int64),
-                     arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64))
+    return LocalData(x_train, y_train, x_test, y_test)
 
-
-def _check_local_split(path: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
-    """What the device would otherwise find out mid-task (a NaN loss, an ONNX Runtime index
-    error): refused at start and at a SIGHUP reload, by name. The label range against the
-    model's classes is the task's to check: the model comes later."""
-    xs, ys = f"x_{split}", f"y_{split}"
-    if x.dtype.kind not in "iuf" or x.ndim < 2:
-        raise DatasetError(f"{path}: {xs} has dtype {x.dtype} and shape {x.shape}; it must be numeric, "
-                           f"(examples, features...)")
-    if y.ndim != 1 or len(y) != len(x):
-        raise DatasetError(f"{path}: {ys} has shape {y.shape}; it must be 1-D with one label per row of {xs} "
-                           f"({len(x)})")
-    if y.dtype.kind not in "iuf" or len(y) and (y.dtype.kind == "f" and not (np.isfinite(y).all()
-                                                                            and (y == np.round(y)).all())
-                                                or y.min() < 0):
-        raise DatasetError(f"{path}: {ys} must hold class indices 0, 1, ... (integers, none negative)")
-    if x.size and not np.isfinite(x.astype(np.float32)).all():
-        raise DatasetError(f"{path}: {xs} contains NaN or Inf (or values too large for float32)")

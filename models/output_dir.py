@@ -50,6 +50,16 @@ def read_record(path: Path) -> set[str] | None:
     return set(names)
 
 
+def starts_with(path: Path, header: bytes) -> bool:
+    """Whether the file begins with `header`: how a command knows its own output from before
+    it kept a record (a model.toml, a report.md with the first line it writes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(header)) == header
+    except OSError:
+        return False
+
+
 def write_record(path: Path, names: Iterable[str], command: str) -> None:
     body = {"written_by": command, "files": sorted(names)}
     atomic_write_bytes(path, (json.dumps(body, indent=1) + "\n").encode())
@@ -72,13 +82,11 @@ def claim(out: Path, written: list[str], record: str, command: str, device_dir: 
     if recorded is None and ((out / record).exists() or (out / record).is_symlink()):
         taken.add(record)  # a file under the record's name that is no record of fedge's
     folder = out / device_dir if device_dir is not None else None
-    if folder is None:
-        pass
-    elif device_dir and (folder.exists() or folder.is_symlink()) and not folder.is_dir():
-        taken.add(device_dir)
-    elif folder.is_dir():
+    if folder is not None and folder.is_dir():
         prefix = f"{device_dir}/" if device_dir else ""
         taken |= {prefix + p.name for p in folder.glob("*.npz") if prefix + p.name not in ours}
+    elif device_dir and (folder.exists() or folder.is_symlink()):  # a file where the device folder goes
+        taken.add(device_dir)
     refuse_foreign(out, taken, command, "each .npz beside the devices' files would be one more device"
                    if any(n.endswith(".npz") and n not in written for n in taken) else "")
     out.mkdir(parents=True, exist_ok=True)

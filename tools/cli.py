@@ -255,12 +255,13 @@ def _data_split(args) -> int:
     data = build_federated(args.dataset, args.devices, args.partition, args.seed, alpha=args.alpha)
     out = Path(args.out)
     written = [f"{client.client_id}.npz" for client in data.clients]
-    claim(out, written, ".fedge-data.json", "data split", device_dir="")  # never over a file fedge did not write
+    record = out / ".fedge-data.json"  # what data split wrote there (models/output_dir.py)
+    claim(out, written, record.name, "data split", device_dir="")  # never over a file fedge did not write
     for client in data.clients:
         buf = io.BytesIO()
         np.savez(buf, x_train=client.x_train, y_train=client.y_train, x_test=client.x_test, y_test=client.y_test)
         atomic_write_bytes(out / f"{client.client_id}.npz", buf.getvalue())
-    write_record(out / ".fedge-data.json", written, "fedge data split")
+    write_record(record, written, "fedge data split")
     print(f"wrote {len(data.clients)} files to {out} ({data.name}, {args.partition}; ids "
           f"{data.clients[0].client_id}...)")
     return 0

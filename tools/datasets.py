@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.edge_runtime.examples import check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
 from fedge.tools.partition import partition as _partition
@@ -331,29 +332,14 @@ MAX_CLASSES = 10_000
 
 
 def _check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one split and return x (n, d) float32, y (n,) int64."""
-    xs, ys = f"x_{split}", f"y_{split}"
-    if x.dtype.kind not in "iuf":
-        raise DatasetError(f"{file}: {xs} has dtype {x.dtype}; it must be numeric (int or float)")
-    if x.ndim < 2:
-        raise DatasetError(f"{file}: {xs} has shape {x.shape}; it must be (examples, features...)")
-    if y.ndim != 1:
-        raise DatasetError(f"{file}: {ys} has shape {y.shape}; it must be 1-D (examples,), e.g. y.ravel()")
-    if len(x) != len(y):
-        raise DatasetError(f"{file}: {xs} has {len(x)} examples but {ys} has {len(y)}; they must match")
-    if y.dtype.kind == "f":
-        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
-            raise DatasetError(f"{file}: {ys} holds non-integer values; labels must be class indices 0, 1, ...")
-    elif y.dtype.kind not in "iu":
-        raise DatasetError(f"{file}: {ys} has dtype {y.dtype}; labels must be integers")
-    if len(y) and y.min() < 0:
-        raise DatasetError(f"{file}: {ys} has negative labels (min {y.min()}); labels must be 0, 1, ...")
-    if len(y) and int(y.max()) >= MAX_CLASSES:  # int(): a uint64 2**63 must not wrap in int64
-        raise DatasetError(f"{file}: {ys} has label {int(y.max())}; labels must be class indices 0 .. "
+    """Validate one split (the device's own checks, edge_runtime/examples.py, plus a class cap)
+    and return x (n, d) float32, y (n,) int64."""
+    top = y.max() if y.ndim == 1 and len(y) and y.dtype.kind in "iuf" else None
+    if top is not None and np.isfinite(top) and int(top) >= MAX_CLASSES:  # int(): a uint64 2**63 must not wrap
+        raise DatasetError(f"{file}: y_{split} has label {int(top)}; labels must be class indices 0 .. "
                            f"{MAX_CLASSES - 1} (the model has one output per class up to the largest label)")
-    flat = x.reshape(x.shape[0], int(np.prod(x.shape[1:]))).astype(np.float32)
+    x32, labels = check_split(file, split, x, y)
+    flat = x32.reshape(x32.shape[0], int(np.prod(x32.shape[1:])))
     if flat.shape[1] == 0:
-        raise DatasetError(f"{file}: {xs} has shape {x.shape}, i.e. no features per example")
-    if not np.isfinite(flat).all():
-        raise DatasetError(f"{file}: {xs} contains NaN or Inf (or values too large for float32); clean them")
-    return flat, y.astype(np.int64)
+        raise DatasetError(f"{file}: x_{split} has shape {x.shape}, i.e. no features per example")
+    return flat, labels

@@ -26,7 +26,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.models.output_dir import claim, write_record
+from fedge.models.output_dir import claim, starts_with, write_record
 
 MAX_PROXY_FRACTION = 0.5
 RECORD = ".fedge-pretrain.json"  # what this command wrote into --out (models/output_dir.py)
@@ -150,16 +150,8 @@ def _claim_output(out: Path, written: list[str]) -> None:
     (models/output_dir.claim). Folders from versions before the record have a model.toml with
     the header this command writes: that and the files beside it are fedge's."""
     legacy = ({"pretrained.onnx", "model.toml", *(f"clients/{p.name}" for p in (out / "clients").glob("*.npz"))}
-              if _legacy_output(out) else ())
+              if starts_with(out / "model.toml", _HEADER) else ())
     claim(out, written, RECORD, "pretrain", device_dir="clients", legacy=legacy)
-
-
-def _legacy_output(out: Path) -> bool:
-    try:
-        with open(out / "model.toml", "rb") as f:
-            return f.read(len(_HEADER)) == _HEADER
-    except OSError:
-        return False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

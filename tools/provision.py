@@ -192,18 +192,20 @@ def _refuse_replacing(files: dict[Path, bytes], overwrite: bool) -> None:
                           "fedge does not replace them: move them, or pass --force")
 
 
-def _check_ca_copy(ca_cert: Path, out: Path, overwrite: bool) -> None:
-    if ca_cert.resolve() != (out / "ca.crt").resolve():
-        _refuse_replacing({out / "ca.crt": ca_cert.read_bytes()}, overwrite)
+def _check_ca_copy(ca_cert: Path, out: Path, overwrite: bool) -> bool:
+    """Whether out/ca.crt needs the copy (it is not the CA's own file); ConfigError if that
+    would replace another certificate, unless overwrite."""
+    if ca_cert.resolve() == (out / "ca.crt").resolve():
+        return False
+    _refuse_replacing({out / "ca.crt": ca_cert.read_bytes()}, overwrite)
+    return True
 
 
 def copy_ca_cert(ca_cert: Path, out: Path, overwrite: bool) -> None:
     """out/ca.crt, a copy of the CA's certificate (never over another file unless overwrite)."""
-    if ca_cert.resolve() == (out / "ca.crt").resolve():
-        return
-    _check_ca_copy(ca_cert, out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ca_cert, out / "ca.crt")
+    if _check_ca_copy(ca_cert, out, overwrite):
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ca_cert, out / "ca.crt")
 
 
 def _creds_path(out_dir: str | Path, username: str, overwrite: bool) -> Path:
@@ -261,10 +263,10 @@ def run(args: argparse.Namespace) -> int:
         if args.ca_dir:  # every check before the first write: a refusal leaves the folder as it was
             if not args.host:
                 raise ConfigError("--ca-dir needs at least one --host for the server certificate")
+            from fedge.tools.broker.certs import cert_paths
+
             ca = load_ca(args.ca_dir)
-            for path in (Path(args.out) / "server.key", Path(args.out) / "server.crt"):
-                if path.exists() and not args.force:
-                    raise ConfigError(f"{path} exists; pass --force to replace the server's key and certificate")
+            cert_paths(Path(args.out), "server", args.force)  # the check issue_server_cert makes, made first
             _check_ca_copy(ca.cert, Path(args.out), args.force)
         for path in write_broker_files(args.out, conf_dir=args.conf_dir, data_dir=args.data_dir,
                                        overwrite=args.force):

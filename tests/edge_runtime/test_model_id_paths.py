@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
+import numpy as np
 import pytest
 
 from fedge.edge_runtime.fetch import ArtifactDownload
@@ -71,3 +73,30 @@ def test_a_device_id_that_would_name_state_dir_or_its_parent_is_refused(device_i
 
     with pytest.raises(ConfigError, match="device_id"):
         DeviceConfig(device_id=device_id)
+
+
+def _npz(path, **over):
+    arrays = {"x_train": np.zeros((4, 3), np.float32), "y_train": np.array([0, 1, 0, 1]),
+              "x_test": np.zeros((2, 3), np.float32), "y_test": np.array([0, 1])}
+    arrays.update(over)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"x_train": [[float("nan")] * 3] * 4}, "NaN or Inf"),
+    ({"x_train": [0.0, 1.0, 2.0, 3.0]}, "must be (examples"),
+    ({"y_train": [0, -1, 0, 1]}, "negative labels"),
+    ({"y_train": [0.5, 1, 0, 1]}, "non-integer"),
+    ({"x_train": np.zeros((0, 3)), "y_train": np.zeros(0, np.int64)}, "no examples"),
+])
+def test_the_device_refuses_its_own_data_file_by_name(tmp_path, bad, words):
+    """device_config.load_local_data, at start and at each SIGHUP reload, makes the checks
+    `fedge simulate --data` makes (edge_runtime/examples.py), and keeps the arrays it checked."""
+    from fedge.edge_runtime.device_config import load_local_data
+    from fedge.edge_runtime.kernel.errors import DatasetError
+
+    with pytest.raises(DatasetError, match=re.escape(words)):
+        load_local_data(_npz(tmp_path / "bad.npz", **{k: np.asarray(v) for k, v in bad.items()}))
+    data = load_local_data(_npz(tmp_path / "ok.npz"))
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64 and data.x_train.shape == (4, 3)

@@ -16,14 +16,10 @@ def claim_report_dir(report_dir) -> None:
     """Before the grid runs: the report folder may hold these names only as an earlier run's
     files (its record, or, from before the record, a report.md with this benchmark's title);
     someone else's report.md or PNG there stops the run now, not after an hour of training."""
-    from fedge.models.output_dir import claim
+    from fedge.models.output_dir import claim, starts_with
 
     out = Path(report_dir)
-    try:
-        with open(out / "report.md", "rb") as f:
-            legacy = FILES if f.read(len(_TITLE)) == _TITLE else ()
-    except OSError:
-        legacy = ()
+    legacy = FILES if starts_with(out / "report.md", _TITLE) else ()
     claim(out, list(FILES), RECORD, "bench heterogeneity", legacy=legacy)
 
 

@@ -41,7 +41,7 @@ def create_ca(directory: str | Path, *, name: str = "fedge CA", days: int = CA_D
     """Make a self-signed CA in `directory` (ca.crt, ca.key)."""
     if not 1 <= len(name) <= 64:  # X.509's upper bound for a common name
         raise ConfigError(f"CA name {name!r}: 1 to 64 characters")
-    files = _paths(Path(directory), "ca", overwrite)
+    files = cert_paths(Path(directory), "ca", overwrite)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = _now()
@@ -85,7 +85,7 @@ def common_name(cert_path: str | Path) -> str:
 
 def _issue(ca: CertFiles, directory: Path, name: str, cn: str, sans: list, usage, days: int,
            overwrite: bool) -> CertFiles:
-    files = _paths(directory, name, overwrite)
+    files = cert_paths(directory, name, overwrite)
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
     ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -117,7 +117,8 @@ def _san(host: str):
         return x509.DNSName(host)
 
 
-def _paths(directory: Path, name: str, overwrite: bool) -> CertFiles:
+def cert_paths(directory: Path, name: str, overwrite: bool) -> CertFiles:
+    """<name>.crt and <name>.key in directory; ConfigError if either exists, unless overwrite."""
     files = CertFiles(directory / f"{name}.crt", directory / f"{name}.key")
     if not overwrite and files.key.exists():
         raise ConfigError(f"{files.key} exists; refusing to replace a private key (pass overwrite to re-issue)")
