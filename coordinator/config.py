@@ -174,7 +174,7 @@ class CoordinatorConfig:
     def _check_wire(self) -> None:
         """What the coordinator will send must pass the codec's range checks: refuse it here,
         at start, not as an encode error in the middle of a round."""
-        task = TrainTask(0, "", "", "", 0, b"", hyper=self.hyper, compression=self.compression,
+        task = TrainTask(0, "", "", "probe", 0, b"", hyper=self.hyper, compression=self.compression,
                          deadline_s=self.round_deadline_s, seed=self.seed * 1_000_003)
         for msg in (task, Pace("", self.pace_max_s)):
             try:

@@ -22,7 +22,8 @@ travel as ints; an int in a float field is accepted and cast. bool is never acce
 Values are range-checked too, on decode and on encode: an int must lie in its field's
 range (protocol.bounded) or else fit a signed 64-bit integer (what SQLite stores); a float
 (a dict's values included) must be finite and in its field's range; a str is at most
-protocol.MAX_TEXT characters, or its field's range bounds its length, and holds no NUL. A value out of range
+protocol.MAX_TEXT characters, or its field's range bounds its length, and holds no NUL; a model id
+(wire_fields.model_id_field) is one plain name that can name a folder. A value out of range
 is MalformedPayload naming the field, so no handler ever sees 2**63 examples, a NaN learning
 rate or an infinite pace. (Tensors inside bytes fields are update_codec's and the
 coordinator's to check.)
@@ -131,6 +132,7 @@ class _Field:
     required: bool
     bounds: tuple | None = None  # protocol.bounded's (lo, hi), else the hint's default range
     omitted: Any = None  # bounded(omit_default=True): this default is left out of the frame (old peers)
+    pattern: Any = None  # model_id_field: a compiled regex the whole str must match
 
 
 @functools.cache
@@ -144,7 +146,7 @@ def _fields(cls: type) -> dict[str, _Field]:
         _check_hint(hints[f.name], f"{cls.__name__}.{f.name}")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         omitted = f.default if f.metadata.get("omit_default") else None
-        out[f.name] = _Field(hints[f.name], required, f.metadata.get("range"), omitted)
+        out[f.name] = _Field(hints[f.name], required, f.metadata.get("range"), omitted, f.metadata.get("pattern"))
     return out
 
 
@@ -168,7 +170,8 @@ def _build(cls: type, data: dict, where: str) -> Any:
     missing = [name for name, f in fields.items() if f.required and name not in data]
     if missing:
         raise MalformedPayload(f"{where}: missing required field(s) {', '.join(missing)}")
-    kwargs = {k: _value(fields[k].hint, v, f"{where}.{k}", True, fields[k].bounds) for k, v in data.items()}
+    kwargs = {k: _value(fields[k].hint, v, f"{where}.{k}", True, fields[k].bounds, fields[k].pattern)
+              for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a __post_init__ check
@@ -180,7 +183,7 @@ def _dump(obj: Any, where: str) -> dict[str, Any]:
     for name, f in _fields(type(obj)).items():
         value = getattr(obj, name)
         if f.omitted is None or value != f.omitted:
-            out[name] = _value(f.hint, value, f"{where}.{name}", False, f.bounds)
+            out[name] = _value(f.hint, value, f"{where}.{name}", False, f.bounds, f.pattern)
     return out
 
 
@@ -191,7 +194,7 @@ def _kind(hint: Any) -> tuple[bool, Any, tuple]:
     return dataclasses.is_dataclass(hint), typing.get_origin(hint), typing.get_args(hint)
 
 
-def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None = None) -> Any:
+def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None = None, pattern: Any = None) -> Any:
     """Check `value` against `hint`; decode builds dataclasses, encode dumps them to maps."""
     is_dataclass, origin, args = _kind(hint)
     if is_dataclass:
@@ -203,7 +206,7 @@ def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise _wrong(where, "array", value)
-        return tuple(_value(args[0], v, f"{where}[{i}]", decode, bounds) for i, v in enumerate(value))
+        return tuple(_value(args[0], v, f"{where}[{i}]", decode, bounds, pattern) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise _wrong(where, "map", value)
@@ -214,7 +217,11 @@ def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None
             _check_range(k, None, f"{where} key")  # a text like any other: length, no NUL
             out[k] = _value(args[1], v, f"{where}[{k!r}]", decode, bounds)
         return out
-    return _check_range(_scalar(hint, value, where), bounds, where)
+    value = _check_range(_scalar(hint, value, where), bounds, where)
+    if pattern is not None and not pattern.fullmatch(value):
+        raise MalformedPayload(f"{where}: {value!r} is not a model id (letters, digits, '_', '.', '-', "
+                               "at most 128, beginning with a letter or digit)")
+    return value
 
 
 def _check_range(value: Any, bounds: tuple | None, where: str) -> Any:

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ArtifactError, ArtifactIntegrityError, ManifestMismatch, UnsafeModelId
+from .wire_fields import MODEL_ID_PATTERN
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 ROLES = ("frozen", "shared", "personal")
-# A model id names folders on the device (artifacts/<model_id>, state/<device>/<model_id>), and
-# it arrives in messages: one plain name, never a path ("../x" once made a download replace a
-# folder outside the artifacts directory). compute_model_id gives 24 hex digits.
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # The folders and files beside the per-model folders in state/<device>/ (agent.py, journal.py,
 # secagg_participant.py): a model id must not name one of them.
 _RESERVED = frozenset({"artifacts", "pending", "seen_tasks.json", "secagg-answered"})
@@ -103,7 +99,7 @@ class Manifest:
 
 def check_model_id(model_id: str) -> str:
     """`model_id`, if it can name a folder of its own; else UnsafeModelId."""
-    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id) or model_id in _RESERVED:
+    if not isinstance(model_id, str) or not MODEL_ID_PATTERN.fullmatch(model_id) or model_id in _RESERVED:
         raise UnsafeModelId(f"model id {model_id!r} cannot name a folder: it must be 1-128 letters, digits, '_', "
                             f"'.' or '-', not begin with '.', '_' or '-', and not be one of {sorted(_RESERVED)}")
     return model_id

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 # Value ranges and `bounded` live in wire_fields.py (the secure-aggregation messages use them
 # too); re-exported here, where the codec and the tests have always found them.
-from .wire_fields import _FREE_TEXT, _NON_NEGATIVE, _SECONDS, I64, MAX_EXAMPLES, MAX_TEXT, bounded  # noqa: F401
+from .wire_fields import _FREE_TEXT, _NON_NEGATIVE, _SECONDS, I64, MAX_EXAMPLES, MAX_TEXT, bounded, model_id_field  # noqa: F401
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "fedge/v1"
@@ -166,7 +166,7 @@ class CompressionSpec:
 class CheckIn:
     device_id: str
     backends: tuple[str, ...] = ()
-    model_ids: tuple[str, ...] = ()
+    model_ids: tuple[str, ...] = model_id_field(default=())
     eligible: bool = True
     reason: str = ""
     num_examples: int = bounded(0, MAX_EXAMPLES, 0)
@@ -177,7 +177,7 @@ class TrainTask:
     round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
     device_id: str
-    model_id: str
+    model_id: str = model_id_field()
     model_version: int = bounded(*_NON_NEGATIVE)
     params: bytes  # shared params, update_codec dense fp32; empty when round_model_sha256 is set
     hyper: TaskHyper = field(default_factory=TaskHyper)
@@ -203,7 +203,7 @@ class Update:
     round_id: int = bounded(*_NON_NEGATIVE)
     task_id: str
     update_id: str
-    model_id: str
+    model_id: str = model_id_field()
     base_version: int = bounded(*_NON_NEGATIVE)
     num_examples: int = bounded(0, MAX_EXAMPLES)
     payload: bytes  # compressed delta of shared params, update_codec
@@ -256,7 +256,7 @@ class FetchRequest:
     """Device -> coordinator: send me these artifact files of `model_id` (empty = all)."""
 
     device_id: str
-    model_id: str
+    model_id: str = model_id_field()
     files: tuple[str, ...] = ()
     # Set instead of files: send this task again with its parameters inline (the device could
     # not assemble the round's model from its ModelParts).
@@ -268,7 +268,7 @@ class ArtifactFile:
     """Coordinator -> device: one artifact file. `path` is relative to the model directory;
     "manifest.json" is sent first and is checked against the task's manifest_sha256."""
 
-    model_id: str
+    model_id: str = model_id_field()
     path: str
     sha256: str
     data: bytes
@@ -280,7 +280,7 @@ class ArtifactFile:
 class Announcement:
     """Retained on ANNOUNCE_TOPIC: the coordinator's current model and round."""
 
-    model_id: str
+    model_id: str = model_id_field()
     model_version: int = bounded(*_NON_NEGATIVE)
     manifest_sha256: str
     round_id: int = bounded(*_NON_NEGATIVE, 0)  # 0 = no round open
@@ -295,7 +295,7 @@ class RoundModel:
     """What every task of one round shares: the global shared params and SCAFFOLD's c.
     Encoded, split into ModelParts and published once per round."""
 
-    model_id: str
+    model_id: str = model_id_field()
     model_version: int = bounded(*_NON_NEGATIVE)
     round_id: int = bounded(*_NON_NEGATIVE)
     params: bytes  # update_codec dense fp32
@@ -321,7 +321,7 @@ class EvalTask:
 
     eval_id: str
     device_id: str
-    model_id: str
+    model_id: str = model_id_field()
     model_version: int = bounded(*_NON_NEGATIVE)
     round_id: int = bounded(*_NON_NEGATIVE)  # the round whose commit made model_version
     params: bytes  # shared params, update_codec dense fp32

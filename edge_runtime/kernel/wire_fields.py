@@ -3,6 +3,7 @@ Shared by protocol.py and the secure-aggregation messages (secagg/messages.py)."
 
 from __future__ import annotations
 
+import re
 from dataclasses import field
 
 # Value ranges, checked by the codec on decode and encode (codec._check_range). An int field
@@ -20,6 +21,19 @@ MAX_TEXT = 256
 _FREE_TEXT = (0, 1 << 20)  # human-readable details: logged, never kept
 _NON_NEGATIVE = (0, I64[1])
 _SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
+
+
+# A model id names folders on the device (artifacts/<model_id>, state/<device>/<model_id>):
+# one plain name, never a path ("../x" once made a download replace a folder outside the
+# artifacts directory). The codec refuses any other on decode and encode, so neither side's
+# handlers see one; manifest.check_model_id checks it again where a folder is named.
+# compute_model_id gives 24 hex digits.
+MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def model_id_field(**kw):
+    """A str field (or tuple of them) holding model ids: the codec checks MODEL_ID_PATTERN."""
+    return field(metadata={"pattern": MODEL_ID_PATTERN}, **kw)
 
 
 def bounded(lo: float, hi: float, default=None, *, omit_default: bool = False, **kw):

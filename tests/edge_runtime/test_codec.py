@@ -367,3 +367,37 @@ def test_personal_head_from_global_stays_out_of_the_frame_while_off():
     assert body(on)["hyper"]["personal_head_from_global"] is True
     assert decode_message(encode_message(on)) == on and decode_message(encode_message(off)) == off
     assert not p.TaskHyper().personal_head_from_global  # off by default
+
+
+def _model_id_fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if "pattern" in f.metadata]
+
+
+NOT_MODEL_IDS = ["../victim", "..", ".", "", "a/b", "/abs", ".hidden", "a\\b", "x" * 129, "café", "abc\n", "-rf"]
+
+
+def test_every_model_id_field_is_declared_as_one():
+    """A str field named like a model id that the codec does not check would reopen the
+    path-traversal hole (test_model_id_paths.py) for that message."""
+    for cls in SAMPLES:
+        named = [f.name for f in dataclasses.fields(cls) if f.name in ("model_id", "model_ids")]
+        assert named == _model_id_fields(cls), cls.__name__
+    assert sum(bool(_model_id_fields(cls)) for cls in SAMPLES) == 8
+
+
+@pytest.mark.parametrize("bad", NOT_MODEL_IDS)
+@pytest.mark.parametrize("cls", [c for c in SAMPLES if _model_id_fields(c)], ids=lambda c: c.__name__)
+def test_a_model_id_that_cannot_name_a_folder_is_refused_on_decode_and_encode(cls, bad):
+    name = _model_id_fields(cls)[0]
+    value = (bad,) if name == "model_ids" else bad
+    fields = _fields(SAMPLES[cls]) | {name: list(value) if name == "model_ids" else value}
+    with pytest.raises(MalformedPayload, match=rf"{cls.__name__}\.{name}.*is not a model id"):
+        decode_message(_map_frame(cls, fields))
+    with pytest.raises(MalformedPayload, match="is not a model id"):
+        encode_message(dataclasses.replace(SAMPLES[cls], **{name: value}))
+
+
+def test_computed_and_plain_model_ids_pass_the_codec():
+    for good in ("0123456789abcdef01234567", "mnist-mlp", "tiny_model.v2", "M" * 128):
+        msg = dataclasses.replace(SAMPLES[p.TrainTask], model_id=good)
+        assert decode_message(encode_message(msg)).model_id == good
