@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.beside_json import check_beside, png_metadata
 from fedge.tools.datasets import build_federated
 from fedge.tools.synthetic import synthetic
 
@@ -135,7 +136,7 @@ def plot(doc: dict, path: Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{doc['data']['name']}, {doc['data']['devices']} devices: sync FedAvg vs FedBuff")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=png_metadata("bench async"))
     plt.close(fig)
     return path
 
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         cfg, devices = replace(cfg, clients_per_round=20, concurrency=20, rounds=15), 200
     cfg = replace(cfg, rounds=args.rounds or cfg.rounds)
+    check_beside(args.json_path, (".md", ".png"), "fedge bench async", lambda doc: doc.get("benchmark") == "async")
     doc = run(args.devices or devices, cfg, args.data)
     path = Path(args.json_path)
     atomic_write_bytes(path, json.dumps(doc, indent=1).encode())

@@ -57,6 +57,7 @@ import numpy as np
 from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.protocol import QUANT_BITS, CompressionSpec
+from fedge.tools.beside_json import check_beside, png_metadata
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def population(grid: PrivacyGrid):
 
 def run(grid: PrivacyGrid, json_path, progress=print) -> dict:
     started = time.perf_counter()
+    check_beside(json_path, (".png",), "fedge bench privacy", lambda doc: doc.get("benchmark") == "privacy")
     data = population(grid)
     sizes = [len(c.y_train) for c in data.clients]
     doc = {"schema": 1, "benchmark": "privacy", "population": grid.devices,
@@ -246,7 +248,7 @@ def plot(doc: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=png_metadata("bench privacy"))
     plt.close(fig)
     return path
 

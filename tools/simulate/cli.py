@@ -11,6 +11,7 @@ from fedge.coordinator.config import load_coordinator_config
 from fedge.coordinator.strategies import STRATEGIES
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
+from fedge.tools.beside_json import check_beside
 
 from .config import (
     DATASETS,
@@ -136,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
     cfg = build_config(args, out_dir)
     check_split_flags(cfg)
+    if args.json_path and not args.plot_path:  # a --plot the user named is theirs to replace
+        check_beside(args.json_path, (".png",), "fedge simulate",
+                     lambda doc: {"config", "rounds", "summary"} <= set(doc))
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:
         alpha = f" alpha={cfg.split_alpha}" if cfg.partition == "dirichlet" else ""

@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.tools.beside_json import png_metadata
+
 HEADER = (f"{'round':>5} {'loss':>7} {'ev.loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} "
           f"{'dense KiB':>9} {'down KiB':>8} {'sec':>6}")
 
@@ -239,6 +241,6 @@ def write_plot(result, path: str | Path) -> Path | None:
         ax3[0].grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=png_metadata("simulate"))
     plt.close(fig)
     return path

@@ -1,0 +1,105 @@
+"""Files a command names after its --json (out.png beside out.json for `fedge simulate` and
+`fedge bench privacy`, out.md and out.png for `fedge bench async`): the user named the JSON,
+not them, so one that is there and is not fedge's makes the command refuse before it runs
+(tools/beside_json.py), and a rerun into the same path still replaces fedge's own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedge.models.output_dir import ForeignOutput
+from fedge.tools.beside_json import check_beside, png_metadata, png_software
+
+SIMULATE = ["simulate", "--dataset", "digits", "--devices", "3", "--clients-per-round", "3", "--rounds", "1",
+            "--quiet"]
+
+
+def _plot(path, **metadata):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    fig = plt.figure(figsize=(1, 1))
+    fig.savefig(path, metadata=metadata or None)
+    plt.close(fig)
+
+
+def test_the_software_chunk_is_read_from_a_real_png(tmp_path):
+    _plot(tmp_path / "ours.png", **png_metadata("simulate"))
+    _plot(tmp_path / "theirs.png")  # matplotlib's own Software chunk
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 3)  # cut short
+    (tmp_path / "notes.png").write_text("not a PNG at all")
+    assert png_software(tmp_path / "ours.png") == "fedge simulate"
+    assert png_software(tmp_path / "theirs.png").startswith("Matplotlib")
+    assert png_software(tmp_path / "photo.png") is None
+    assert png_software(tmp_path / "notes.png") is None
+    assert png_software(tmp_path / "missing.png") is None
+
+
+def test_simulate_refuses_a_png_it_did_not_write_before_it_runs(tmp_path, capsys):
+    from fedge.tools.cli import main
+
+    out = tmp_path / "run.json"
+    (tmp_path / "run.png").write_bytes(b"the user's own chart")
+    assert main([*SIMULATE, "--json", str(out)]) == 2
+    assert "run.png" in capsys.readouterr().err
+    assert (tmp_path / "run.png").read_bytes() == b"the user's own chart"
+    assert not out.exists()  # refused before the run, not after it
+    # A --plot the user names is theirs to replace; the default one beside --json is checked.
+    assert main([*SIMULATE, "--json", str(out), "--plot", str(tmp_path / "chart.png")]) == 0
+    assert (tmp_path / "run.png").read_bytes() == b"the user's own chart"
+
+
+def test_simulate_replaces_its_own_plot_and_one_written_before_the_mark(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fedge.tools.cli import main
+
+    out = tmp_path / "run.json"
+    assert main([*SIMULATE, "--json", str(out)]) == 0
+    assert png_software(tmp_path / "run.png") == "fedge simulate"
+    assert main([*SIMULATE, "--json", str(out)]) == 0  # its own, replaced
+    _plot(tmp_path / "run.png")  # an unmarked plot (fedge before the mark) beside fedge's run JSON
+    assert main([*SIMULATE, "--json", str(out)]) == 0
+    assert png_software(tmp_path / "run.png") == "fedge simulate"
+
+
+def test_bench_async_checks_its_markdown_and_plot_before_it_runs(tmp_path):
+    from fedge.tools.bench.async_bench import main
+
+    (tmp_path / "a.md").write_text("# Our async notes\n")
+    with pytest.raises(ForeignOutput, match=r"a\.md"):
+        main(["--json", str(tmp_path / "a.json"), "--quick"])
+    assert (tmp_path / "a.md").read_text() == "# Our async notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md"]
+
+
+def test_the_privacy_bench_checks_its_plot_before_the_grid(tmp_path):
+    from fedge.tools.bench.privacy import PrivacyGrid, run
+
+    (tmp_path / "p.png").write_bytes(b"the user's own chart")
+    with pytest.raises(ForeignOutput, match=r"p\.png"):
+        run(PrivacyGrid(), tmp_path / "p.json", progress=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+
+
+def test_legacy_files_are_fedges_only_beside_the_same_commands_json(tmp_path):
+    is_async = lambda doc: doc.get("benchmark") == "async"  # noqa: E731
+    (tmp_path / "r.md").write_text("| an old table, no header |\n")
+    with pytest.raises(ForeignOutput):
+        check_beside(tmp_path / "r.json", (".md",), "fedge bench async", is_async)
+    (tmp_path / "r.json").write_text(json.dumps({"schema": 1, "benchmark": "privacy"}))
+    with pytest.raises(ForeignOutput):
+        check_beside(tmp_path / "r.json", (".md",), "fedge bench async", is_async)
+    (tmp_path / "r.json").write_text(json.dumps({"schema": 1, "benchmark": "async"}))
+    check_beside(tmp_path / "r.json", (".md",), "fedge bench async", is_async)
+    (tmp_path / "r.md").write_text("# fedge bench async: mnist, 1000 devices\n")  # marked: fedge's
+    (tmp_path / "r.json").unlink()
+    check_beside(tmp_path / "r.json", (".md",), "fedge bench async", is_async)
+
+
+def test_a_link_in_the_way_is_refused_even_beside_fedges_json(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"schema": 1, "benchmark": "async"}))
+    target = tmp_path / "elsewhere.md"
+    target.write_text("# fedge bench async: looks like ours\n")
+    (tmp_path / "r.md").symlink_to(target)
+    with pytest.raises(ForeignOutput, match=r"r\.md"):
+        check_beside(tmp_path / "r.json", (".md",), "fedge bench async", lambda doc: True)

@@ -1,0 +1,85 @@
+"""Files a command names after its `--json` path (`out.md` and `out.png` beside `out.json`):
+the user named the JSON, not them, so one that is already there and is not fedge's is never
+replaced. The command refuses before it runs (ForeignOutput, exit 2), not after an hour's grid.
+
+Fedge's own are recognised by what fedge writes into them: a Markdown report's first line
+(`# fedge ...`), a PNG's `Software` text chunk (`fedge <command>`, png_metadata). Files from
+before fedge marked its PNGs are taken as fedge's when the JSON beside them is fedge's output of
+the same command: a rerun into the same path replaces its own plot, as it always did."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from fedge.models.output_dir import ForeignOutput, starts_with
+
+MARKDOWN_HEADER = b"# fedge "
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CHUNK = struct.Struct(">I4s")  # length, type; then data and a CRC of 4 bytes
+_MAX_TEXT_CHUNK = 1 << 16  # a Software chunk is a few bytes: anything longer is not ours
+
+
+def png_metadata(command: str) -> dict[str, str]:
+    """savefig's metadata for a plot fedge writes: marks it as fedge's (png_software)."""
+    return {"Software": f"fedge {command}"}
+
+
+def png_software(path: Path) -> str | None:
+    """The `Software` tEXt chunk of a PNG (before its image data), or None: no PNG, no chunk."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return None
+            while True:
+                head = f.read(_CHUNK.size)
+                if len(head) < _CHUNK.size:
+                    return None
+                length, kind = _CHUNK.unpack(head)
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                if kind == b"tEXt" and length <= _MAX_TEXT_CHUNK:
+                    key, _, text = f.read(length).partition(b"\x00")
+                    if key == b"Software":
+                        return text.decode("latin-1")
+                    f.seek(4, 1)
+                else:
+                    f.seek(length + 4, 1)
+    except OSError:
+        return None
+
+
+def _marked(path: Path) -> bool:
+    if path.suffix == ".md":
+        return starts_with(path, MARKDOWN_HEADER)
+    if path.suffix == ".png":
+        return (png_software(path) or "").startswith("fedge ")
+    return False
+
+
+def _own_json(json_path: Path, is_own: Callable[[dict], bool]) -> bool:
+    try:
+        doc = json.loads(json_path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("schema") == 1 and is_own(doc)
+
+
+def check_beside(json_path: str | Path, suffixes: Iterable[str], command: str,
+                 is_own: Callable[[dict], bool]) -> None:
+    """Raise ForeignOutput when a file named `json_path` with one of `suffixes` exists and is not
+    fedge's. `is_own(doc)` tells this command's JSON (the legacy rule above)."""
+    json_path = Path(json_path)
+    paths = [json_path.with_suffix(s) for s in suffixes]
+    links = [p for p in paths if p.is_symlink()]  # writing would follow it to wherever it points
+    taken = [p for p in paths if p.exists() and p not in links and not _marked(p)]
+    if taken and _own_json(json_path, is_own):
+        taken = []
+    taken += links
+    if taken:
+        names = ", ".join(str(p) for p in taken)
+        raise ForeignOutput(f"{command} writes {names} beside --json {json_path}, and fedge did not write "
+                            f"{'it' if len(taken) == 1 else 'them'} (fedge never replaces a file it did not "
+                            "write): move it, or name another --json")
