@@ -68,14 +68,15 @@ def _own_json(json_path: Path, is_own: Callable[[dict], bool]) -> bool:
 
 
 def check_beside(json_path: str | Path, suffixes: Iterable[str], command: str,
-                 is_own: Callable[[dict], bool]) -> None:
+                 is_own: Callable[[dict], bool] | None) -> None:
     """Raise ForeignOutput when a file named `json_path` with one of `suffixes` exists and is not
-    fedge's. `is_own(doc)` tells this command's JSON (the legacy rule above)."""
+    fedge's. `is_own(doc)` tells this command's JSON (the legacy rule above); None for a command
+    that never wrote unmarked files there."""
     json_path = Path(json_path)
     paths = [json_path.with_suffix(s) for s in suffixes]
     links = [p for p in paths if p.is_symlink()]  # writing would follow it to wherever it points
     taken = [p for p in paths if p.exists() and p not in links and not _marked(p)]
-    if taken and _own_json(json_path, is_own):
+    if taken and is_own is not None and _own_json(json_path, is_own):
         taken = []
     taken += links
     if taken:

@@ -1,13 +1,20 @@
-"""fedge bench robustness on a tiny grid: one JSON document with a cell per attack x defence."""
+"""fedge bench robustness on a tiny grid: one JSON document with a cell per attack x defence, and
+its Markdown and PNG report (robustness_report.py) beside it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from dataclasses import asdict
 
 import pytest
 
 from fedge.coordinator.robust.norm_bound import NormBoundConfig
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.models.output_dir import ForeignOutput
 from fedge.tools.bench.robustness import QUICK, Cell, RobustGrid, _recorded, build_cells, main
+from fedge.tools.bench.robustness_report import summary
+from fedge.tools.beside_json import png_software
 
 
 def test_build_cells_runs_the_clean_reference_once_per_defence_and_partition():
@@ -66,3 +73,56 @@ def test_bench_writes_cells(tmp_path):
     clean, attacked = doc["cells"]
     assert clean["backdoor_success"] is None and 0 <= attacked["backdoor_success"] <= 1
     assert all(0 <= c["final_accuracy"] <= 1 and len(c["accuracy_curve"]) == 2 for c in doc["cells"])
+    report = out.with_suffix(".md").read_text()
+    assert report.startswith("# fedge bench robustness: digits") and "| backdoor | " in report
+    if importlib.util.find_spec("matplotlib"):
+        assert png_software(out.with_suffix(".png")) == "fedge bench robustness"
+
+
+def _cell(attack, defense, accuracy, backdoor=None, partition="dirichlet", fraction=0.2):
+    return {"attack": attack, "defense": defense, "default": defense == "norm_bound", "partition": partition,
+            "attackers_fraction": 0.0 if attack == "none" else fraction, "final_accuracy": accuracy,
+            "backdoor_success": backdoor}
+
+
+CELLS = [_cell("none", "mean", 0.80), _cell("sign_flip", "mean", 0.20), _cell("scale", "mean", 0.10),
+         _cell("backdoor", "mean", 0.15, 0.9), _cell("none", "norm_bound", 0.81),
+         _cell("sign_flip", "norm_bound", 0.70), _cell("scale", "norm_bound", 0.78),
+         _cell("backdoor", "norm_bound", 0.77, 0.05)]
+
+
+def test_the_report_summary_matches_the_cells_worked_by_hand():
+    s = summary(CELLS)
+    assert s["default"] == "norm_bound" and s["clean_fedavg"] == 0.80
+    assert s["default_worst_attack"] == "sign_flip" and s["default_worst_points"] == pytest.approx(10.0)
+    assert s["fedavg_worst_attack"] == "scale" and s["fedavg_largest_loss_points"] == pytest.approx(70.0)
+    assert s["default_clean_change_points"] == pytest.approx(1.0)
+    assert s["default_backdoor_max"] == 0.05
+    lonely = summary([c for c in CELLS if c["defense"] == "norm_bound"])  # no FedAvg column: nothing to say
+    assert lonely["default_worst_attack"] == "sign_flip" and lonely["default_worst_points"] is None
+
+
+def test_render_writes_the_report_of_a_json_and_never_over_someone_elses(tmp_path, capsys):
+    doc = {"schema": 1, "benchmark": "robustness", "grid": asdict(RobustGrid()), "cells": CELLS, "errors": [],
+           "wall_seconds": 1.0}
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(doc))
+    assert main(["--render", str(out)]) == 0
+    report = out.with_suffix(".md").read_text()
+    assert "| sign_flip | 0.200 | 0.700 |" in report and "| backdoor | 0.150 (0.90) | 0.770 (0.05) |" in report
+    assert "worst attack sign_flip, 10.0 points under clean FedAvg (0.800)" in report
+    assert main(["--render", str(out)]) == 0  # its own report, replaced
+    out.with_suffix(".md").write_text("my notes on the grid\n")
+    with pytest.raises(ForeignOutput, match=r"r\.md"):
+        main(["--render", str(out)])
+    assert out.with_suffix(".md").read_text() == "my notes on the grid\n"
+    with pytest.raises(ForeignOutput, match=r"r\.md"):  # and before a grid runs, not after it
+        main(["--json", str(out), "--quick"])
+
+
+def test_render_refuses_a_json_that_is_not_this_benchs(tmp_path):
+    other = tmp_path / "o.json"
+    other.write_text(json.dumps({"schema": 1, "benchmark": "privacy"}))
+    with pytest.raises(ConfigError, match="not a fedge bench robustness JSON"):
+        main(["--render", str(other)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]

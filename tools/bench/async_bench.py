@@ -41,6 +41,7 @@ import numpy as np
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.beside_json import check_beside, png_metadata
 from fedge.tools.datasets import build_federated
+from fedge.tools.plots import pyplot
 from fedge.tools.synthetic import synthetic
 
 from .async_runs import RunConfig, run_async, run_sync, time_to
@@ -117,12 +118,8 @@ def markdown(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name in ("sync", "async"):

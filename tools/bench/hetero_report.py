@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.plots import pyplot
 
 PLOTS = ("accuracy_vs_round.png", "personalized_vs_round.png", "accuracy_vs_uplink.png")
 FILES = ("report.md", *PLOTS)
@@ -252,12 +253,8 @@ def _modes_section(doc: dict) -> list[str]:
 
 
 def write_plots(doc: dict, out: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
     for name, key, personal in (("accuracy_vs_round.png", "global_accuracy_curve", False),

@@ -58,6 +58,7 @@ from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.protocol import QUANT_BITS, CompressionSpec
 from fedge.tools.beside_json import check_beside, png_metadata
+from fedge.tools.plots import pyplot
 
 
 @dataclass(frozen=True)
@@ -221,12 +222,8 @@ def _jsonable(value):
 
 def plot(doc: dict, path: Path) -> Path | None:
     """Global and personalized accuracy against ε (log scale); the non-private run as lines."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     private = [r for r in doc["runs"] if r["mechanism"] in ("central", "distributed")]
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -1,6 +1,7 @@
 """`fedge bench robustness`: attacks x defences x partitions x attacker shares, each a full
 simulated run (real device code, real coordinator, real onnxruntime) with the attackers a
-fixed share of the population. Writes one JSON document.
+fixed share of the population. Writes one JSON document, and beside it a Markdown report and a
+PNG of heat maps (robustness_report.py; `--render out.json` writes them again from a JSON).
 
     fedge bench robustness --json out.json [--quick] [--workers 2] [--rounds N] [--seed S]
 
@@ -44,7 +45,9 @@ import numpy as np
 
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.robust.errors import BadRobustParameter
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.beside_json import check_beside
 from fedge.tools.simulate.adversary import AttackSpec
 from fedge.tools.simulate.errors import AttackError
 
@@ -174,6 +177,7 @@ def _safe(grid: RobustGrid, cell: Cell) -> dict:
 def run(grid: RobustGrid, json_path, quick: bool = False,
         log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
     started = time.perf_counter()
+    check_beside(json_path, REPORT_SUFFIXES, "fedge bench robustness", None)  # before the grid, not after it
     cells = build_cells(grid)
     rows: list[dict | None] = [None] * len(cells)  # in grid order, whatever order they finish in
     done = 0
@@ -196,7 +200,34 @@ def run(grid: RobustGrid, json_path, quick: bool = False,
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+    write_report(doc, path)
     return doc
+
+
+REPORT_SUFFIXES = (".md", ".png")
+
+
+def write_report(doc: dict, json_path: Path) -> None:
+    """out.md and out.png beside out.json (the PNG only with matplotlib installed)."""
+    from .robustness_report import markdown, plot
+
+    atomic_write_bytes(json_path.with_suffix(".md"), markdown(doc).encode())
+    plot(doc, json_path.with_suffix(".png"))
+
+
+def render(json_path: str) -> int:
+    """--render: the report of a JSON this bench wrote, written beside it."""
+    path = Path(json_path)
+    try:
+        doc = json.loads(path.read_text())
+        if not (isinstance(doc, dict) and doc.get("benchmark") == "robustness"):
+            raise ValueError("not a fedge bench robustness JSON")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"fedge bench robustness --render {json_path}: {exc}") from None
+    check_beside(path, REPORT_SUFFIXES, "fedge bench robustness", None)
+    write_report(doc, path)
+    print(f"wrote {path.with_suffix('.md')} and {path.with_suffix('.png')}")
+    return 0
 
 
 def _progress(i: int, n: int, row: dict) -> str:
@@ -209,7 +240,10 @@ def _progress(i: int, n: int, row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench robustness", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", required=True, help="write the results here")
+    p.add_argument("--json", dest="json_path", default=None,
+                   help="write the results here (and out.md, out.png beside)")
+    p.add_argument("--render", metavar="JSON", default=None,
+                   help="write the Markdown and PNG of an existing results JSON, and run nothing")
     p.add_argument("--quick", action="store_true", help="a reduced grid on digits (30 cells of 8 rounds)")
     p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None)
@@ -235,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", default=None, help="comma list (default: the grid's)")
     p.add_argument("--fractions", default=None, help="comma list of attacker shares (default: the grid's)")
     args = p.parse_args(argv)
+    if args.render:
+        return render(args.render)
+    if not args.json_path:
+        p.error("--json is required (or --render JSON)")
     grid = QUICK if args.quick else RobustGrid()
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed),
                                    ("devices", args.devices), ("clients_per_round", args.clients_per_round),

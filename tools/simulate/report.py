@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.tools.beside_json import png_metadata
+from fedge.tools.plots import pyplot
 
 HEADER = (f"{'round':>5} {'loss':>7} {'ev.loss':>7} {'global':>7} {'pers.mean':>9} {'pers.min':>8} {'up KiB':>8} "
           f"{'dense KiB':>9} {'down KiB':>8} {'sec':>6}")
@@ -194,12 +195,8 @@ def write_plot(result, path: str | Path) -> Path | None:
     against ε; None without matplotlib or rounds."""
     if not result.rounds:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rounds = [r["round"] for r in result.rounds]
     private = result.rounds[0].get("epsilon") is not None
