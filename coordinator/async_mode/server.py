@@ -17,7 +17,9 @@ one) is not acked, and its device resends it later.
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections import Counter
 from dataclasses import asdict, replace
 
 from prometheus_client import Gauge, Histogram
@@ -69,7 +71,7 @@ class AsyncCoordinator(Coordinator):
         self._flushed = []  # records of flushes since the last tick()
         self._rest: dict[str, float] = {}  # device -> clock seconds before which it gets no task
         self._draws = 0
-        self._contributors: set[str] = set()  # devices with an update in the open buffer
+        self._contributions: Counter[str] = Counter()  # device -> its updates in the open buffer
         super().__init__(*args, **kwargs)
         r = self.metrics.registry
         self.staleness_seen = Histogram("fedge_async_staleness", "Staleness (versions) of accepted updates",
@@ -100,7 +102,7 @@ class AsyncCoordinator(Coordinator):
         self.round = self._new_buffer(stored.round_id, now - (wall - stored.started_wall),
                                       RoundPlan.from_json(stored.privacy))
         rows = self.journal.buffered(stored.round_id)
-        self._contributors = {row.device_id for row in rows}
+        self._contributions = Counter(row.device_id for row in rows)
         for row in rows:
             check_stored_digest(row.payload, b"", row.digest, f"{row.update_id} from {row.device_id} "
                                 f"(buffer {stored.round_id})")
@@ -164,7 +166,7 @@ class AsyncCoordinator(Coordinator):
         elif self._rest.get(device_id, 0.0) > now:  # declined or let its task expire lately
             self._pace(device_id, pace.DECLINED)
         elif (self.round is None or self.machine.in_flight >= self.machine.concurrency
-              or (self.privacy.enabled and device_id in self._contributors)):
+              or self._contributions[device_id] >= self._per_device_limit()):
             self._pace(device_id, pace.NO_ROUND)
         # else: the next tick dispatches it a task
 
@@ -203,7 +205,7 @@ class AsyncCoordinator(Coordinator):
                           rnd.events, staleness, update.num_examples, update.payload, b"", accepted.reported_norm)
         self.journal.add_update(row, flight.task_id)  # durable before the Ack: journal.py
         rnd.events += 1
-        self._contributors.add(update.device_id)
+        self._contributions[update.device_id] += 1
         self._add(accepted, staleness)
         self.metrics.accepted.inc()
         self.staleness_seen.observe(staleness)
@@ -259,7 +261,7 @@ class AsyncCoordinator(Coordinator):
         now, wall = self.clock.now(), self.clock.wall()
         self.store.open_round(StoredRound(buffer_id, self.state.version, (), {}, k, k, wall,
                                           wall + self.config.round_deadline_s, privacy=plan and plan.to_json()))
-        self.round, self._contributors = self._new_buffer(buffer_id, now, plan), set()
+        self.round, self._contributions = self._new_buffer(buffer_id, now, plan), Counter()
         (self.round.bytes_up, self.round.bytes_up_dense), self._late_up = self._late_up, (0, 0)
         self.metrics.round_begun(buffer_id)
         self.outbound.announce(self.state.version, self.round)
@@ -284,11 +286,21 @@ class AsyncCoordinator(Coordinator):
         self._gauges()
         return self._flushed.pop(0) if self._flushed else None
 
+    def _per_device_limit(self) -> int:
+        """Updates one device may put into one buffer. With central DP, 1: one flush's sensitivity
+        is then S. Otherwise its fair share, ceil(K / eligible devices): 1 in any fleet of K or more,
+        so a device that answers at once cannot fill a buffer on its own while the others train
+        (it once supplied every update of one, and so every input of the median); a fleet smaller
+        than K still fills its buffers, each device as often as the others."""
+        if self.privacy.enabled:
+            return 1
+        return max(1, math.ceil(self.machine.buffer_size / max(1, len(self.eligible_devices()))))
+
     def _dispatch(self, count: int, now: float) -> None:
-        # With central DP a device gives at most one update per buffer, so one flush's sensitivity is S.
-        once = self._contributors if self.privacy.enabled else ()
+        limit = self._per_device_limit()
         idle = [d for d in self.eligible_devices()
-                if self.machine.flight(d) is None and self._rest.get(d, 0.0) <= now and d not in once]
+                if self.machine.flight(d) is None and self._rest.get(d, 0.0) <= now
+                and self._contributions[d] < limit]
         if not idle:
             return
         self._draws += 1
@@ -299,6 +311,9 @@ class AsyncCoordinator(Coordinator):
             self.journal.add_task(TaskRow(flight.task_id, device_id, flight.round_id, flight.base_version,
                                           wall + deadline_s))
             self.machine, _ = on_event(self.machine, Dispatched(device_id, flight))
+            # The resend throttle is for this task: the device's answer to its last one, however
+            # quick, must not hold back the new one (it did, until the device checked in again).
+            rnd.task_sent.pop(device_id, None)
             self._send_task(device_id, flight, now)
 
     def _flush(self, now: float) -> None:

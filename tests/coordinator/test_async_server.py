@@ -219,3 +219,70 @@ def test_an_open_round_of_the_other_mode_is_refused_by_name_not_dropped(model, t
     asyn = dataclasses.replace(fleet.coordinator.config, mode="async")
     with pytest.raises(ConfigError, match="open sync round"):
         fleet.restart(store=RoundStore(db2), config=asyn)
+
+
+def test_one_fast_device_cannot_fill_a_buffer_while_the_others_train(model, tmp_path):
+    """Without DP a device that answered at once used to get the next free slot, again and again,
+    and supplied every update of a buffer: the median of its own updates is its own delta. Now a
+    device gives at most ceil(K / eligible devices) updates to one buffer (here 1), so the
+    buffer waits for the others."""
+    fleet = make_fleet(model, tmp_path, mode="async", aggregator="median",
+                       async_=AsyncConfig(concurrency=5, buffer_size=4, max_staleness=5))
+    evil = ManualDevice(fleet, "evil", 10)
+    honest = [ManualDevice(fleet, f"h{i}", 10) for i in range(4)]
+    fleet.drain()
+    c = fleet.coordinator
+    assert c.begin_round()
+    c.tick()
+    fleet.drain()
+    chosen = {k: np.full(s, 0.05, np.float32) for k, s in c.shapes.items()}
+    for n in range(4):  # the attack: answer at once, check in for the next task, repeat
+        if c.machine.flight("evil") is not None:
+            _send(fleet, evil, chosen, f"u{n}")
+        c.tick()
+        fleet.drain()
+        fleet.clock.advance(31.0)
+        evil.check_in()
+        fleet.drain()
+    assert c.state.version == 0 and c.machine.buffered == 1  # its one update waits for three others
+    assert c.machine.flight("evil") is None
+    rng = np.random.default_rng(5)
+    for i, h in enumerate(honest[:3]):
+        _send(fleet, h, random_delta(c.shapes, rng, scale=0.001), f"h{i}")
+    assert c.state.version == 1  # the buffer filled from four devices
+
+
+def test_a_small_fleet_still_fills_its_buffers_each_device_its_fair_share(model, tmp_path):
+    fleet, devs = _fleet(model, tmp_path, 2, buffer_size=3, max_staleness=5)  # 2 devices, K = 3: 2 each
+    c = fleet.coordinator
+    rng = np.random.default_rng(6)
+    sent = {d.id: 0 for d in devs}
+    for n in range(6):
+        ready = [d for d in devs if c.machine.flight(d.id) is not None]
+        if not ready:
+            break
+        _send(fleet, ready[0], random_delta(c.shapes, rng, scale=0.001), f"u{n}")
+        sent[ready[0].id] += 1
+        c.tick()
+        fleet.drain()
+        if c.state.version == 1:
+            break
+    assert c.state.version == 1 and max(sent.values()) <= 2
+
+
+def test_a_device_that_answers_quickly_receives_its_next_task(model, tmp_path):
+    """The 30 s resend throttle was kept per device: the task dispatched after a quick answer
+    looked like a resend of the last one and was never sent, holding a slot idle."""
+    from fedge.edge_runtime.kernel.protocol import TrainTask
+
+    fleet, (fast, _slow) = _fleet(model, tmp_path, 2, buffer_size=5, max_staleness=5)
+    c = fleet.coordinator
+    first = fast.task()
+    fleet.clock.advance(5.0)
+    _send(fleet, fast, {k: np.zeros(s, np.float32) for k, s in c.shapes.items()})
+    c.tick()
+    fleet.drain()
+    flight = c.machine.flight(fast.id)
+    assert flight is not None and flight.task_id != first.task_id
+    fast.receive()
+    assert flight.task_id in [m.task_id for m in fast.inbox if isinstance(m, TrainTask)]
