@@ -138,11 +138,18 @@ class DpMean:
             self.next_clip = next_clip(p.clip_norm, centred / p.expected_cohort + 0.5, p.target_quantile, p.clip_lr)
         return mean
 
-    def release_count(self, centred: float) -> None:
+    def release_count(self, centred: float, reports: int) -> None:
         """Adaptive clipping under distributed DP: the next S from the noised, centred count
         sum_i (b_i - 1/2) + noise that the devices' secure sum carried (noised on the devices,
-        ddg.count_coordinate), instead of the count `add` would keep and `result` would noise."""
+        ddg.count_coordinate), instead of the count `add` would keep and `result` would noise.
+
+        Clamped to [-reports/2, reports/2], what the survivors' bits can sum to: inside the
+        secure sum a device may send any field value, which moves the count by up to
+        2^(m-1) / kappa (5.6 with m = 16, kappa = 5,820) where a bit moves it by 0.5. Within the
+        range one device still moves it further than its bit could. The clamp is post-processing
+        of a released value, so it costs no privacy."""
         p = self.plan
+        centred = min(max(centred, -reports / 2), reports / 2)
         self.next_clip = next_clip(p.clip_norm, centred / p.expected_cohort + 0.5, p.target_quantile, p.clip_lr)
 
     def carry(self) -> dict:

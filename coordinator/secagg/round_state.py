@@ -16,6 +16,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.protocol import TrainTask
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph, packing_for
+from fedge.edge_runtime.kernel.secagg.keys import contributory
 from fedge.edge_runtime.kernel.secagg.masking import sum_mod
 from fedge.edge_runtime.kernel.secagg.messages import (
     SHARING_VERSION,
@@ -34,6 +35,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
 )
 from fedge.edge_runtime.kernel.secagg.packing import unpack
 from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
+from fedge.edge_runtime.kernel.secagg.session import BAD_KEY
 from fedge.edge_runtime.kernel.secagg.shamir import value_bytes, value_in_field
 from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_count, decode_mean, sent_size
 
@@ -124,6 +126,8 @@ class SecAggRound:
         if isinstance(reply, KeyAdvertisement):
             if reply.model_sha256 != self.model_sha256:
                 return "secagg_model_mismatch"
+            if not (contributory(reply.cipher_public) and contributory(reply.mask_public)):
+                return BAD_KEY  # its neighbours' agreements would all fail: it joins no cohort
             self.adverts[sender] = reply
         elif isinstance(reply, EncryptedShares):
             peers = sorted(p for p in self.graph.get(sender, ()) if p in self.adverts)  # whose keys it was sent

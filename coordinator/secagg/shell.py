@@ -144,5 +144,5 @@ class SecAggShell:
             return f"secure aggregation could not unmask: {exc}"
         rnd.released = rnd.privacy is not None  # the noised sum exists: the round is charged (records.py)
         if count is not None:  # adaptive clipping: the devices noised the count inside the sum
-            rnd.aggregator.release_count(count)  # the DpMean's carry() commits the next S with the model
+            rnd.aggregator.release_count(count, n)  # the DpMean's carry() commits the next S with the model
         return AggregateInput(mean, n, population)

@@ -108,7 +108,7 @@ def test_a_secure_round_moves_s_by_the_devices_noised_count(model, tmp_path, cli
     # Oracle: the devices' own count coordinates, summed mod 2^m, decoded, and Andrew et al.'s step.
     last = [int(next(iter(a.secagg.inputs.values()))[0][-1]) for a in fleet.agents]
     total = sum(last) % (1 << spec.field_bits)
-    centred = ddg.count_from(total, spec.dp_count_scale, spec.field_bits)
+    centred = min(max(ddg.count_from(total, spec.dp_count_scale, spec.field_bits), -2.5), 2.5)  # 5 bits' range
     want = next_clip(clip, centred / 5 + 0.5, 0.5, 0.2)
     got = float(c.state.extra[CLIP_GROUP]["clip_norm"])
     assert got == pytest.approx(want, rel=1e-12)
@@ -118,3 +118,38 @@ def test_a_secure_round_moves_s_by_the_devices_noised_count(model, tmp_path, cli
     assert c.begin_round()
     fleet.drain()
     assert {m.spec.dp_clip_norm for m in fleet.wire if isinstance(m, SecAggTask) and m.task.round_id == 2} == {got}
+
+
+@pytest.mark.parametrize("direction", [-1, 1])
+def test_one_device_cannot_move_s_past_what_the_cohorts_bits_can(model, tmp_path, direction):
+    """Inside the secure sum a device may send any field value: one that put 2^(m-1) - 3 kappa in
+    the count coordinate moved the count by about 2.6 devices' worth (a bit moves it by 0.5) and S
+    past any value honest bits give. The released count is now clamped to the survivors' range;
+    within it, one device still moves S further than its bit could (the sum hides who sent what)."""
+    private = PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=0.5, clip_norm=1.0,
+                            target_epsilon=500.0, delta=1e-5, target_quantile=0.5, clip_lr=0.2,
+                            clip_count_stddev=0.3)
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), aggregator="mean", min_reports=3,
+                       **{**SETTINGS, "privacy": private})
+    evil = fleet.agents[0].secagg
+    real_mask = evil._mask
+
+    def mask(message):
+        values, examples, spec = evil.inputs[message.task_id]
+        values = values.copy()
+        values[-1] = (direction * ((1 << (spec.field_bits - 1)) - 3 * spec.dp_count_scale)) % (1 << spec.field_bits)
+        evil.inputs[message.task_id] = (values, examples, spec)
+        return real_mask(message)
+
+    evil._mask = mask
+    record = _run_round(fleet, SECURE.stage_deadline_s)
+    assert record.committed, record.why
+    got = float(fleet.coordinator.state.extra[CLIP_GROUP]["clip_norm"])
+    (spec,) = {m.spec for m in fleet.wire if isinstance(m, SecAggTask)}
+    total = sum(int(next(iter(a.secagg.inputs.values()))[0][-1]) for a in fleet.agents) % (1 << spec.field_bits)
+    raw = ddg.count_from(total, spec.dp_count_scale, spec.field_bits)
+    assert got == pytest.approx(next_clip(1.0, min(max(raw, -2.5), 2.5) / 5 + 0.5, 0.5, 0.2), rel=1e-12)
+    lowest, highest = next_clip(1.0, 1.0, 0.5, 0.2), next_clip(1.0, 0.0, 0.5, 0.2)  # all within, all clipped
+    assert lowest <= got <= highest
+    if direction > 0:  # the four others' bits and noise leave the total past the cohort's range
+        assert raw > 2.5 and got == pytest.approx(lowest, rel=1e-12)

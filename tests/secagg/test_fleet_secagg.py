@@ -304,3 +304,34 @@ def test_a_secure_round_never_starts_with_fewer_eligible_devices_than_the_quorum
     assert fleet.coordinator.begin_round() is False
     assert fleet.coordinator.round is None
     assert not any(isinstance(m, SecAggTask) for m in fleet.wire)
+
+
+# The eight small-order points of Curve25519 as X25519 encodes them (the zero point, the point of
+# order 2 and the two of order 8, some in two encodings): an agreement with any is all zeros.
+SMALL_ORDER = [bytes(32), (1).to_bytes(32, "little"),
+               bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+               bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+               (2**255 - 19 - 1).to_bytes(32, "little"), (2**255 - 19).to_bytes(32, "little"),
+               (2**255 - 19 + 1).to_bytes(32, "little")]
+
+
+@pytest.mark.parametrize("which", ["mask_public", "cipher_public"])
+def test_a_device_that_advertises_a_small_order_key_is_left_out_not_followed(model, tmp_path, which):
+    """Every neighbour's agreement with such a key fails, and each used to decline the mask stage:
+    one device abandoned every secure round it was drawn into, booked against the others. Now the
+    coordinator refuses the advertisement (secagg_bad_key) and the round runs without it."""
+    from fedge.edge_runtime.kernel.secagg.keys import contributory, generate_keypair
+
+    assert not any(contributory(k) for k in SMALL_ORDER) and contributory(generate_keypair().public)
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18, 14), min_reports=3, **SETTINGS)
+    evil = fleet.agents[0].secagg
+    real = evil._advertisement
+    evil._advertisement = lambda s, task_id: dataclasses.replace(real(s, task_id), **{which: bytes(32)})
+    agents = list(fleet.agents)
+    old = copy_params(fleet.coordinator.state.params)
+    record = _run_round(fleet)
+    assert record.committed and record.reports == 5, record.why
+    assert fleet.coordinator.rejections["secagg_bad_key"] == 1 and not fleet.coordinator.declines
+    fleet.agents = agents
+    expected = _expected_mean(fleet, {a.device_id for a in agents[1:]})
+    np.testing.assert_allclose(_flat(fleet.coordinator.state.params) - _flat(old), expected, rtol=0, atol=1e-6)

@@ -54,6 +54,23 @@ def keypair_from_seed(seed: bytes) -> KeyPair:
     return KeyPair(private, public_of(private))
 
 
+# Any fixed scalar: X25519 clamps every scalar to a multiple of the cofactor 8, so a point of
+# small order (32 zero bytes is one of eight encodings) gives the all-zero agreement with every
+# private key, which `cryptography` refuses. One trial agreement tells them all.
+_PROBE = X25519PrivateKey.from_private_bytes(bytes(range(1, KEY_BYTES + 1)))
+
+
+def contributory(public: bytes) -> bool:
+    """Whether agreements with this public key are usable: False for a small-order point, with
+    which every neighbour's agreement would fail (a device that advertised one made its whole
+    cohort decline the mask stage)."""
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
 def public_of(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(*_RAW)
 
