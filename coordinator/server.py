@@ -337,6 +337,10 @@ class Coordinator(BrokerLink):
                 # N = every device the registry knows (restored from the store after a restart), so a
                 # resumed round scales SCAFFOLD's control step exactly as the uninterrupted one would.
                 reduced = self.shell.aggregate_input(rnd, len(self.registry))
+                for holder in getattr(self.shell, "blamed", ()):  # secure rounds: a holder's shares were wrong
+                    wrong = UpdateRejected(f"unmask shares from {holder} are wrong: its answer was left out")
+                    wrong.reason = "secagg_bad_shares"
+                    self._reject(wrong, holder, None)
                 if isinstance(reduced, str):  # a secure round that cannot be unmasked
                     return self._execute(Stopped(reduced), now)
                 state = self.strategy.apply(self.state, reduced)

@@ -68,6 +68,7 @@ class SecAggRound:
     alive: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     answers: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
+    blamed: set[str] = field(default_factory=set)  # holders whose unmask shares were wrong (recovery.py)
 
     @property
     def dimension(self) -> int:
@@ -164,7 +165,8 @@ class SecAggRound:
                                self.answers, self.cohort, self.t, self.alive, self.dropped, masked_with,
                                self.round_id, self.spec.field_bits, packing=self.packing,
                                workers=os.cpu_count() or 1,
-                               mask_publics={g: self.adverts[g].mask_public for g in self.dropped})
+                               mask_publics={g: self.adverts[g].mask_public for g in self.dropped},
+                               blamed=self.blamed)
         return total, len(self.alive)
 
     def mean_delta(self) -> tuple[dict[str, np.ndarray], int, float | None]:

@@ -44,6 +44,7 @@ class SecAggShell:
         self.outbound = outbound
         self.shapes = shapes
         self.states: dict[int, SecAggRound] = {}  # round id -> protocol state (memory only: see resume)
+        self.blamed: list[str] = []  # after aggregate_input: holders whose unmask shares were wrong (the server counts)
         # fp32, dense, no error feedback: the shared quantization replaces the per-tensor one
         self.compression = CompressionSpec(clip_norm=config.compression.clip_norm, quant_bits=32,
                                            topk_fraction=1.0, error_feedback=False)
@@ -138,10 +139,13 @@ class SecAggShell:
 
     def aggregate_input(self, rnd: OpenRound, population: int) -> AggregateInput | str:
         """The survivors' mean delta; a string says why the round cannot be unmasked."""
+        state = self._state(rnd)
         try:  # the state stays until the next round opens: a failed commit repeats Aggregate
-            mean, n, count = self._state(rnd).mean_delta()
+            mean, n, count = state.mean_delta()
         except UnmaskFailed as exc:
             return f"secure aggregation could not unmask: {exc}"
+        finally:
+            self.blamed, state.blamed = sorted(state.blamed), set()
         rnd.released = rnd.privacy is not None  # the noised sum exists: the round is charged (records.py)
         if count is not None:  # adaptive clipping: the devices noised the count inside the sum
             rnd.aggregator.release_count(count, n)  # the DpMean's carry() commits the next S with the model

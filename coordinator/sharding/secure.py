@@ -87,6 +87,16 @@ class GroupedSecAgg:
         return max(r.k for r in self.rounds)
 
     @property
+    def blamed(self) -> set[str]:
+        """Holders whose unmask shares were wrong, in any group (recovery.wrong_holders)."""
+        return set().union(*(r.blamed for r in self.rounds))
+
+    @blamed.setter
+    def blamed(self, value: set[str]) -> None:  # the shell clears it once it has taken it
+        for r in self.rounds:
+            r.blamed = set(value)
+
+    @property
     def t(self) -> int:
         """Unmask responders the round needs at least: every live group's own t."""
         return sum(r.t for i, r in enumerate(self.rounds) if i not in self.out)

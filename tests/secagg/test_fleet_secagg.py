@@ -335,3 +335,28 @@ def test_a_device_that_advertises_a_small_order_key_is_left_out_not_followed(mod
     fleet.agents = agents
     expected = _expected_mean(fleet, {a.device_id for a in agents[1:]})
     np.testing.assert_allclose(_flat(fleet.coordinator.state.params) - _flat(old), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_holder_that_answers_the_unmask_with_wrong_shares_is_found_and_left_out(model, tmp_path, drop):
+    """Any field element passes an UnmaskResponse's checks. Without a dropout the wrong values
+    were used as self-mask shares and a wrong sum was committed; with one, the dropped device's
+    mask key failed its check and the round was abandoned. Now each secret is checked with a
+    share past t, the holder whose shares explain the failures is named (secagg_bad_shares) and
+    left out, and the sum is unmasked from the others' shares: the plain mean, bit for bit."""
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18, 14), min_reports=3, **SETTINGS)
+    evil = fleet.agents[0].secagg
+    real_publish = evil.publish
+    evil.publish = lambda msg: real_publish(dataclasses.replace(msg, values=bytes(len(msg.values)))
+                                            if isinstance(msg, UnmaskResponse) else msg)
+    agents = list(fleet.agents)
+    old = copy_params(fleet.coordinator.state.params)
+    gone = "dev5" if drop else ""
+    record = _run_round(fleet, drop_at_stage=2, drop=gone)
+    assert record.committed, record.why
+    assert fleet.coordinator.rejections["secagg_bad_shares"] == 1
+    fleet.agents = agents
+    survivors = {a.device_id for a in agents} - {gone}
+    assert record.reports == len(survivors)
+    expected = _expected_mean(fleet, survivors)
+    np.testing.assert_allclose(_flat(fleet.coordinator.state.params) - _flat(old), expected, rtol=0, atol=1e-6)

@@ -1,4 +1,11 @@
-"""The coordinator's side of the unmask stage: secrets back from the survivors' shares."""
+"""The coordinator's side of the unmask stage: secrets back from the survivors' shares.
+
+A holder may answer with wrong share values (any field element passes the message's checks).
+Each secret is rebuilt from t shares and checked with one more where there is one (shamir's
+InconsistentShares), and a dropped device's mask key against the key it advertised. When a
+check fails, wrong_holders looks for the one holder whose shares explain every failure: its
+answer is left out and the sum unmasked again from the others' shares; if no single holder
+explains them, the round cannot be unmasked (UnmaskFailed), rather than commit a wrong sum."""
 
 from __future__ import annotations
 
@@ -16,15 +23,21 @@ class UnmaskFailed(ValueError):
     """Fewer than t shares for a secret the sum needs: the round cannot be unmasked."""
 
 
+class WrongShares(UnmaskFailed):
+    """Some holder's shares of a secret are wrong (off their polynomial, or giving a mask key the
+    owner did not advertise)."""
+
+
 def gather_shares(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: tuple[str, ...], threshold: int,
-                  alive: tuple[str, ...], dropped: tuple[str, ...]) -> dict[str, tuple[str, tuple]]:
-    """owner -> (kind, `threshold` of its shares as (x, y) pairs) from the unmask answers
-    (answering device -> owner -> (kind, share value)): "self" for the alive, "mask" for the
-    dropped. A share of the wrong kind for its owner is ignored: a device reveals only one kind
-    per owner, and the coordinator must not mix. Only t shares are kept (reconstruction uses t),
-    as plain ints: they are pickled to the unmask's workers, and Share objects cost ten times
-    as much to pickle. Raises UnmaskFailed when some owner has fewer than `threshold` (checked
-    before any reconstruction: the round fails fast)."""
+                  alive: tuple[str, ...], dropped: tuple[str, ...], spare: int = 1) -> dict[str, tuple[str, tuple]]:
+    """owner -> (kind, `threshold` + `spare` of its shares as (x, y) pairs, fewer where fewer
+    came) from the unmask answers (answering device -> owner -> (kind, share value)): "self" for
+    the alive, "mask" for the dropped. A share of the wrong kind for its owner is ignored: a
+    device reveals only one kind per owner, and the coordinator must not mix. Reconstruction
+    uses t and checks the spare ones against them; they are kept as plain ints: they are pickled
+    to the unmask's workers, and Share objects cost ten times as much to pickle. Raises
+    UnmaskFailed when some owner has fewer than `threshold` (checked before any reconstruction:
+    the round fails fast)."""
     points = {d: i + 1 for i, d in enumerate(sorted(cohort))}  # session.point_of, without a scan per holder
     wanted = {d: "self" for d in alive} | {d: "mask" for d in dropped}
     shares: dict[str, list[tuple[int, int]]] = {d: [] for d in wanted}
@@ -36,7 +49,7 @@ def gather_shares(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: 
     for owner, kind in wanted.items():
         if len(shares[owner]) < threshold:
             raise UnmaskFailed(f"{len(shares[owner])} {kind} shares of {owner}, need {threshold}")
-    return {owner: (kind, tuple(shares[owner][:threshold])) for owner, kind in wanted.items()}
+    return {owner: (kind, tuple(shares[owner][:threshold + spare])) for owner, kind in wanted.items()}
 
 
 def secret_from(threshold: int, kind: str, owner: str, shares, *, packing: int,
@@ -48,13 +61,15 @@ def secret_from(threshold: int, kind: str, owner: str, shares, *, packing: int,
     has no public commitment: a wrong share there gives a wrong sum, as in Bonawitz et al.)"""
     try:
         secret = shamir.recover_seed(shares, threshold, packing)
+    except shamir.InconsistentShares as exc:
+        raise WrongShares(f"{kind} secret of {owner}: {exc}") from None
     except ValueError as exc:  # a share that was not the owner's (a wrong value from some holder)
         raise UnmaskFailed(f"{kind} secret of {owner}: {exc}") from None
     if kind == "self":
         return secret
     pair = keypair_from_seed(secret)  # the mask seed stands for the key pair
     if mask_publics is not None and mask_publics.get(owner) != pair.public:
-        raise UnmaskFailed(f"mask secret of {owner}: the shares give a key it did not advertise (a wrong share)")
+        raise WrongShares(f"mask secret of {owner}: the shares give a key it did not advertise (a wrong share)")
     return pair.private
 
 
@@ -71,10 +86,72 @@ def recover_secrets(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort
 def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tuple[str, int]]],
                    cohort: tuple[str, ...], threshold: int, alive: tuple[str, ...], dropped: tuple[str, ...],
                    dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int, *,
-                   packing: int, workers: int = 1, mask_publics: Mapping[str, bytes] | None = None) -> np.ndarray:
+                   packing: int, workers: int = 1, mask_publics: Mapping[str, bytes] | None = None,
+                   blamed: set[str] | None = None) -> np.ndarray:
     """recover_secrets then masking.unmask, with each secret reconstructed in the worker that
     expands its masks (a thousand reconstructions from t = 113 packed shares are about 1 s of
-    one core at n = 1,000: 1.0 ms each, measured). mask_publics: as secret_from."""
+    one core at n = 1,000: 1.0 ms each, measured). mask_publics: as secret_from. When some
+    holder's shares are wrong and one holder explains it (module docstring), its answer is left
+    out, its id added to `blamed`, and the sum unmasked from the others'."""
+    args = (cohort, threshold, alive, dropped, dropped_peers, round_id, field_bits, packing, workers, mask_publics)
+    try:
+        return _unmask_once(masked_sum, answers, *args)
+    except WrongShares as exc:
+        culprits = wrong_holders(answers, cohort, threshold, alive, dropped, packing, mask_publics)
+        if len(culprits) != 1:
+            raise UnmaskFailed(f"{exc}; no single holder's shares explain it") from None
+    if blamed is not None:
+        blamed.update(culprits)
+    kept = {holder: revealed for holder, revealed in answers.items() if holder not in culprits}
+    try:
+        return _unmask_once(masked_sum, kept, *args)
+    except WrongShares as exc:
+        raise UnmaskFailed(f"{exc}, after leaving out {sorted(culprits)[0]}'s shares") from None
+
+
+def wrong_holders(answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics) -> set[str]:
+    """The holders each of whose leaving out makes every failing secret pass: none of them fails
+    its checks any more, and at least one is verified (below). That is the one holder whose
+    shares are wrong, when one is and the surplus shares tell which (a set of more than one means
+    they do not; empty: no failure, or none explains them all). Costs one reconstruction per
+    secret, and one per suspect and failing secret: suspects are the holders that hold a share of
+    every failing secret."""
+    every = gather_shares(answers, cohort, threshold, alive, dropped, spare=len(cohort))
+    holder_at = {i + 1: d for i, d in enumerate(sorted(cohort))}
+    failing = {o: (kind, shares) for o, (kind, shares) in every.items()
+               if not _rebuilds(threshold, kind, o, shares, packing, mask_publics)}
+    if not failing:
+        return set()
+    suspects = set.intersection(*({holder_at[x] for x, _ in shares} for _, shares in failing.values()))
+    culprits = set()
+    for h in suspects:
+        verdicts = {_verdict(threshold, kind, o, tuple((x, y) for x, y in shares if holder_at[x] != h), packing,
+                             mask_publics) for o, (kind, shares) in failing.items()}
+        if "fails" not in verdicts and "verified" in verdicts:
+            culprits.add(h)
+    return culprits
+
+
+def _verdict(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> str:
+    """"verified" when the shares give the owner's secret and something checks it (more than t
+    shares, or the advertised key of a mask secret); "unchecked" for exactly t shares of a
+    self-mask seed, which give some seed whatever they hold (counted as evidence, colluders
+    could have an honest holder blamed); else "fails"."""
+    if kind == "self" and len(shares) == threshold:
+        return "unchecked"
+    return "verified" if _rebuilds(threshold, kind, owner, shares, packing, mask_publics) else "fails"
+
+
+def _rebuilds(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> bool:
+    try:
+        secret_from(threshold, kind, owner, shares, packing=packing, mask_publics=mask_publics)
+    except UnmaskFailed:
+        return False
+    return True
+
+
+def _unmask_once(masked_sum, answers, cohort, threshold, alive, dropped, dropped_peers, round_id, field_bits, packing,
+                 workers, mask_publics) -> np.ndarray:
     gathered = gather_shares(answers, cohort, threshold, alive, dropped)
     seeds = {o: shares for o, (kind, shares) in gathered.items() if kind == "self"}
     keys = {o: shares for o, (kind, shares) in gathered.items() if kind == "mask"}

@@ -20,9 +20,11 @@ packed share is half the size of the seed it hides, which no perfect scheme allo
 price of one share of gap: callers use packing 2 only with a threshold two above what the
 coordinator can collect of one kind (graph.py, rule 2), so it never holds more than t-2.
 
-Either way, a reconstruction from a wrong share is some other pair of field elements, itself a
-possible seed, so a wrong share is caught only where the secret has a public commitment (a
-dropped device's mask key: recovery.py checks it against the key it advertised). Small enough
+Either way, a reconstruction from t shares with a wrong one among them is some other pair of
+field elements, itself a possible seed, so from t shares alone a wrong one is caught only where
+the secret has a public commitment (a dropped device's mask key: recovery.py checks it against
+the key it advertised). Given more than t, recover_seed also checks that the rest lie on the
+polynomial the first t give (InconsistentShares otherwise), and recovery.py finds the holder. Small enough
 to own: no package on the index is both maintained and general (tests/secagg/test_shamir.py
 checks primality, the properties above over many seeds, and both reconstructions against a
 plain Lagrange loop).
@@ -41,6 +43,10 @@ PRIME = 2**64 - 59
 HALF_BYTES = 8
 SECRET_BYTES = 2 * HALF_BYTES  # a seed: two halves, each below PRIME
 PACKINGS = (1, 2)
+
+
+class InconsistentShares(ValueError):
+    """More than t shares that no one polynomial of degree t-1 passes through: one is wrong."""
 
 
 @dataclass(frozen=True)
@@ -82,25 +88,32 @@ def share_seed(seed: bytes, threshold: int, points: Sequence[int], packing: int,
 
 
 def recover_seed(shares: Sequence[tuple[int, int]], threshold: int, packing: int) -> bytes:
-    """The seed from at least `threshold` (x, value) pairs with distinct points (the first
-    `threshold` are used). Fewer raises; so does a value that is no share."""
+    """The seed from at least `threshold` (x, value) pairs with distinct points, from the first
+    `threshold`; each share past them must lie on the polynomial those give, else
+    InconsistentShares. Fewer than `threshold` raises ValueError; so does a value that is no share."""
     _check_packing(packing)
     if len(shares) < threshold:
         raise ValueError(f"{len(shares)} shares, need {threshold}")
-    used = list(shares)[:threshold]
-    xs = [x for x, _ in used]
-    if len(set(xs)) != len(xs):
+    used, extra = list(shares)[:threshold], list(shares)[threshold:]
+    xs, extra_xs = [x for x, _ in used], [x for x, _ in extra]
+    if len(set(xs + extra_xs)) != len(xs) + len(extra_xs):
         raise ValueError("shares must have distinct points")
-    if not all(value_in_field(y, packing) for _, y in used):
+    if not all(value_in_field(y, packing) for _, y in used + extra):
         raise ValueError("a share value that is no field element: a wrong share was used")
     if packing == 1:
-        (at_zero,) = _lagrange(xs, (0,))
-        s0 = sum((y >> 64) * c for (_, y), c in zip(used, at_zero)) % PRIME
-        s1 = sum((y & (2**64 - 1)) * c for (_, y), c in zip(used, at_zero)) % PRIME
+        at_zero, *at_extra = _lagrange(xs, (0, *extra_xs))
+        halves = [[y >> 64 for _, y in used], [y & (2**64 - 1) for _, y in used]]
+        s0, s1 = (sum(v * c for v, c in zip(half, at_zero)) % PRIME for half in halves)
+        predicted = [(sum(v * c for v, c in zip(halves[0], row)) % PRIME << 64)
+                     | sum(v * c for v, c in zip(halves[1], row)) % PRIME for row in at_extra]
     else:
-        at_zero, at_minus_one = _lagrange(xs, (0, -1))
+        at_zero, at_minus_one, *at_extra = _lagrange(xs, (0, -1, *extra_xs))
         s0 = sum(y * c for (_, y), c in zip(used, at_zero)) % PRIME
         s1 = sum(y * c for (_, y), c in zip(used, at_minus_one)) % PRIME
+        predicted = [sum(y * c for (_, y), c in zip(used, row)) % PRIME for row in at_extra]
+    for (x, y), want in zip(extra, predicted):
+        if y != want:
+            raise InconsistentShares(f"the share at point {x} is off the polynomial of the first {threshold}")
     return s0.to_bytes(HALF_BYTES, "big") + s1.to_bytes(HALF_BYTES, "big")
 
 
