@@ -69,6 +69,7 @@ from .rounds import (
     start,
 )
 from .sampling import poisson_draw, sample_devices, selection_size
+from .sidelined import Sidelined
 from .store import Store, StoredDecline, StoredRound, StoredUpdate
 from .strategies import ServerState, Strategy
 from .validation import decode_report
@@ -112,6 +113,7 @@ class Coordinator(BrokerLink):
         self.outbound.defer = self.store.defer  # an Ack never overtakes its update's store write
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.registry = Registry(self.store)
+        self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
         self.shell = make_shell(config, self.outbound, self.shapes)  # plain or secure rounds (round_shell.py)
         self.evaluations = Evaluations(config.evaluation, self.outbound, self.store, EvalMetrics(self.metrics.registry),
@@ -266,7 +268,7 @@ class Coordinator(BrokerLink):
     # ------------------------------------------------------------------ rounds
 
     def eligible_devices(self) -> list[str]:
-        return self.registry.eligible_devices()
+        return self.sidelined.keep(self.registry.eligible_devices(), self.clock.now())
 
     def begin_round(self) -> bool:
         """Sample devices and send tasks; False: too few eligible devices (a secure round: fewer than
@@ -338,9 +340,7 @@ class Coordinator(BrokerLink):
                 # resumed round scales SCAFFOLD's control step exactly as the uninterrupted one would.
                 reduced = self.shell.aggregate_input(rnd, len(self.registry))
                 for holder in getattr(self.shell, "blamed", ()):  # secure rounds: a holder's shares were wrong
-                    wrong = UpdateRejected(f"unmask shares from {holder} are wrong: its answer was left out")
-                    wrong.reason = "secagg_bad_shares"
-                    self._reject(wrong, holder, None)
+                    self._reject(self.sidelined.offence(holder, now), holder, None)
                 if isinstance(reduced, str):  # a secure round that cannot be unmasked
                     return self._execute(Stopped(reduced), now)
                 state = self.strategy.apply(self.state, reduced)

@@ -34,7 +34,6 @@ from .kernel.protocol import Decline, TrainTask, Update
 from .kernel.secagg import ddg, identity
 from .kernel.secagg import session as sess
 from .kernel.secagg.graph import neighbour_graph, threshold_floor
-from .kernel.secagg.keys import ShareDecryptionFailed
 from .kernel.secagg.masking import mask_input
 from .kernel.secagg.messages import (
     EncryptedShares,
@@ -218,17 +217,13 @@ class SecAggParticipant:
         self.publish(reply)
 
     def _mask(self, message: ShareDelivery) -> None:
-        s = self.sessions[message.task_id]
-        try:
-            s = sess.receive_shares(s, {sh.peer: sh.ciphertext for sh in message.shares})
-        except ShareDecryptionFailed as exc:
-            raise sess.SecAggDecline(sess.BAD_KEY, str(exc)) from None
+        s = sess.receive_shares(self.sessions[message.task_id], {sh.peer: sh.ciphertext for sh in message.shares})
         self.sessions[message.task_id] = s
         values, examples, spec = self.inputs[message.task_id]
         y = mask_input(values, self.device_id, s.self_seed, s.mask.private, sess.masking_peers(s), s.round_id,
                        spec.field_bits)
         self.publish(MaskedInput(self.device_id, message.round_id, message.task_id, int(y.size), spec.field_bits,
-                                 pack(y, spec.field_bits), examples))
+                                 pack(y, spec.field_bits), examples, unopened=s.unopened))
 
     def _reveal(self, message: UnmaskRequest) -> None:
         record = self.answered_dir / f"round-{message.round_id}"

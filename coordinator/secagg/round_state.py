@@ -64,6 +64,7 @@ class SecAggRound:
     graph: dict[str, tuple[str, ...]] = field(default_factory=dict)
     outbox: dict[str, dict[str, bytes]] = field(default_factory=dict)  # receiver -> sender -> sealed shares
     delivered: dict[str, tuple[str, ...]] = field(default_factory=dict)  # receiver -> senders it got shares of
+    unheld: dict[str, frozenset[str]] = field(default_factory=dict)  # receiver -> of those, shares that did not open
     masked: dict[str, np.ndarray] = field(default_factory=dict)
     alive: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
@@ -140,10 +141,14 @@ class SecAggRound:
         elif isinstance(reply, MaskedInput):
             if reply.length != self.sent_length or reply.field_bits != self.spec.field_bits:
                 return "secagg_bad_shape"
+            if not set(reply.unopened) <= set(self.delivered.get(sender, ())):
+                return "secagg_bad_shares"  # it can only fail to open what it was sent
             self.masked[sender] = unpack(reply.data, reply.length, reply.field_bits)
+            self.unheld[sender] = frozenset(reply.unopened)  # it masked with them, and holds no share of them
         elif isinstance(reply, UnmaskResponse):
             alive, dropped = set(self.alive), set(self.dropped)
-            owners = [o for o in self.delivered.get(sender, ()) if o in alive or o in dropped]  # sorted
+            unheld = self.unheld.get(sender, frozenset())
+            owners = [o for o in self.delivered.get(sender, ()) if (o in alive or o in dropped) and o not in unheld]
             size = value_bytes(self.packing)
             if len(reply.values) != len(owners) * size:
                 return "secagg_bad_shares"
@@ -158,7 +163,14 @@ class SecAggRound:
 
     def unmasked_sum(self) -> tuple[np.ndarray, int]:
         """The survivors' field sum over the sent coordinates, unmasked, and their number.
-        Raises UnmaskFailed when some secret has fewer than t shares (the round is then abandoned)."""
+        Raises UnmaskFailed when some secret has fewer than t shares (the round is then abandoned).
+        A sender whose shares two or more survivors could not open is blamed: one survivor's
+        word alone could be a lie about an honest sender."""
+        reporters: dict[str, int] = {}
+        for s in self.alive:
+            for sender in self.unheld.get(s, ()):
+                reporters[sender] = reporters.get(sender, 0) + 1
+        self.blamed |= {sender for sender, n in reporters.items() if n >= 2}
         masked_with = {g: {s: self.adverts[s].mask_public for s in self.alive if g in self.delivered.get(s, ())}
                        for g in self.dropped}
         total = unmask_answers(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.sent_length),

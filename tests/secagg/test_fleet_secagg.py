@@ -360,3 +360,77 @@ def test_a_holder_that_answers_the_unmask_with_wrong_shares_is_found_and_left_ou
     assert record.reports == len(survivors)
     expected = _expected_mean(fleet, survivors)
     np.testing.assert_allclose(_flat(fleet.coordinator.state.params) - _flat(old), expected, rtol=0, atol=1e-6)
+
+
+def _corrupt_boxes(agent, which):
+    """agent's EncryptedShares with the boxes for the peers `which(peers)` names replaced by random
+    bytes of the same length (what a modified device, or a relay, could send)."""
+    import os
+
+    from fedge.edge_runtime.kernel.secagg.messages import sealed_share_bytes
+
+    real_publish = agent.secagg.publish
+
+    def publish(msg):
+        if isinstance(msg, EncryptedShares):
+            s = next(iter(agent.secagg.sessions.values()))
+            size = sealed_share_bytes(s.packing)
+            peers = sorted(s.peers)
+            boxes = [msg.boxes[i * size:(i + 1) * size] for i in range(len(peers))]
+            bad = which(peers)
+            msg = dataclasses.replace(msg, boxes=b"".join(os.urandom(size) if p in bad else b
+                                                          for p, b in zip(peers, boxes)))
+        real_publish(msg)
+
+    agent.secagg.publish = publish
+
+
+def test_a_share_that_does_not_open_is_reported_and_the_round_goes_on(model, tmp_path):
+    """One box from dev0 to dev3 is garbage: dev3 used to decline the whole mask stage. Now it
+    holds no share of dev0, still masks with it (their pair masks cancel), says so in its
+    MaskedInput, and the round commits the plain mean of all six from the others' shares of
+    dev0. One device's word blames no one."""
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18, 14), min_reports=3, **SETTINGS)
+    _corrupt_boxes(fleet.agents[0], lambda peers: {"dev3"})
+    agents, old = list(fleet.agents), copy_params(fleet.coordinator.state.params)
+    record = _run_round(fleet)
+    assert record.committed and record.reports == 6, record.why
+    assert [m.unopened for m in fleet.wire if isinstance(m, MaskedInput) and m.unopened] == [("dev0",)]
+    assert not fleet.coordinator.declines and not fleet.coordinator.rejections
+    fleet.agents = agents
+    expected = _expected_mean(fleet, {a.device_id for a in agents})
+    np.testing.assert_allclose(_flat(fleet.coordinator.state.params) - _flat(old), expected, rtol=0, atol=1e-6)
+
+
+def test_a_device_whose_shares_open_nowhere_spoils_one_round_then_sits_out(model, tmp_path):
+    """Random bytes to every neighbour: no one holds dev0's shares, so the round cannot be
+    unmasked (by name), and dev0 is blamed by the five who could not open them. Before, each of
+    them declined and the round was abandoned with the declines on the honest devices, every
+    round dev0 was drawn into. Now dev0 sits out the next rounds (coordinator/sidelined.py)."""
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18, 14), min_reports=3, abandon_backoff_s=0.0,
+                       **SETTINGS)
+    _corrupt_boxes(fleet.agents[0], set)  # set(peers): every box
+    c = fleet.coordinator
+    first = _run_round(fleet)
+    assert not first.committed and "0 self shares of dev0" in first.why
+    assert c.rejections["secagg_bad_shares"] == 1 and not c.declines
+    assert "dev0" not in c.eligible_devices()
+    fleet.clock.advance(60)
+    agents, old = list(fleet.agents), copy_params(c.state.params)
+    second = _run_round(fleet)
+    assert second.committed and second.reports == 5, second.why
+    fleet.agents = agents
+    expected = _expected_mean(fleet, {a.device_id for a in agents[1:]})
+    np.testing.assert_allclose(_flat(c.state.params) - _flat(old), expected, rtol=0, atol=1e-6)
+    fleet.clock.advance(600)
+    assert "dev0" in c.eligible_devices()  # ten minutes after a first offence
+
+
+def test_sidelining_doubles_with_each_offence_and_stops_at_a_day():
+    from fedge.coordinator.sidelined import FIRST_S, MAX_S, Sidelined
+
+    s = Sidelined()
+    for n in range(1, 12):
+        s.offence("d", 0.0)
+        assert s.until["d"] == min(MAX_S, FIRST_S * 2 ** (n - 1))
+    assert s.keep(["d", "e"], MAX_S - 1) == ["e"] and s.keep(["d", "e"], MAX_S) == ["d", "e"]

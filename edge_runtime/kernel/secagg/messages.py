@@ -208,6 +208,9 @@ class MaskedInput:
     field_bits: int = bounded(2, 32)
     data: bytes  # packing.pack(y, field_bits): exactly ceil(d m / 8) bytes
     num_examples: int = bounded(0, 2**32 - 1, 0)  # reported only; SecAgg sums with equal weights
+    # Senders whose share did not open here (session.receive_shares): this device holds no share
+    # of them. Off the wire while empty, so coordinators built before it still read the rest.
+    unopened: tuple[str, ...] = field(default=(), metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _check_len("data", self.data, (self.length * self.field_bits + 7) // 8)

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field, replace
 
 from . import identity, shamir
 from .graph import packing_for
-from .keys import KeyPair, decrypt_share, encrypt_share, generate_keypair, keypair_from_seed, pair_secret
+from .keys import (
+    KeyPair,
+    ShareDecryptionFailed,
+    decrypt_share,
+    encrypt_share,
+    generate_keypair,
+    keypair_from_seed,
+    pair_secret,
+)
 
 CIPHER_PURPOSE = "cipher"
 
@@ -78,6 +86,7 @@ class DeviceSession:
     cohort: tuple[str, ...] = ()  # sorted; sets the Shamir points
     peers: Mapping[str, Advertised] = field(default_factory=dict)  # neighbour -> its advertisement
     received: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # sender -> (mask share, self share)
+    unopened: tuple[str, ...] = ()  # senders whose share did not open or was no share (receive_shares)
     answered: bool = False
 
     @property
@@ -135,26 +144,43 @@ def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours:
 
 
 def receive_shares(s: DeviceSession, ciphertexts: Mapping[str, bytes]) -> DeviceSession:
-    """Open the shares addressed to this device; shares from non-neighbours are refused."""
-    received = dict(s.received)
+    """Open the shares addressed to this device; shares from non-neighbours are refused.
+
+    A share that does not open, or opens to no share, is the sender's doing or the relay's: the
+    device holds no share of that sender (`unopened`, reported in its MaskedInput) and goes on.
+    It used to decline the whole stage, so one device sending random bytes abandoned every
+    secure round it was in. The device still masks with that sender (masking_peers), as the
+    sender masks with it, so their pair masks cancel; the others' shares of the sender remain."""
+    received, unopened = dict(s.received), set(s.unopened)
     for sender, blob in ciphertexts.items():
         if sender not in s.peers:
             raise SecAggDecline(BAD_KEY, f"a share from {sender}, who is not a neighbour with keys")
+        pair = _open_share(s, sender, blob)
+        if pair is None:
+            unopened.add(sender)
+        else:
+            received[sender] = pair
+    return replace(s, received=received, unopened=tuple(sorted(unopened - set(received))))
+
+
+def _open_share(s: DeviceSession, sender: str, blob: bytes) -> tuple[int, int] | None:
+    """(mask share, self share) from a sender's sealed share, or None when it is none."""
+    try:
         plain = decrypt_share(_cipher_key(s, sender), s.round_id, sender, s.device_id, blob)
-        if len(plain) != share_plaintext_bytes(s.packing):
-            raise SecAggDecline(BAD_KEY, f"{sender}'s share has {len(plain)} bytes")
-        half = shamir.value_bytes(s.packing)
-        pair = (int.from_bytes(plain[:half], "big"), int.from_bytes(plain[half:], "big"))
-        if not all(shamir.value_in_field(v, s.packing) for v in pair):  # the sender's shares are malformed
-            raise SecAggDecline(BAD_KEY, f"{sender}'s share is not below the field's prime")
-        received[sender] = pair
-    return replace(s, received=received)
+    except ShareDecryptionFailed:
+        return None
+    if len(plain) != share_plaintext_bytes(s.packing):
+        return None
+    half = shamir.value_bytes(s.packing)
+    pair = (int.from_bytes(plain[:half], "big"), int.from_bytes(plain[half:], "big"))
+    return pair if all(shamir.value_in_field(v, s.packing) for v in pair) else None
 
 
 def masking_peers(s: DeviceSession) -> dict[str, bytes]:
-    """Neighbour -> mask public key, for the neighbours whose shares this device holds: the
-    ones that completed key sharing, so the coordinator can remove their masks if they drop."""
-    return {p: s.peers[p].mask_public for p in s.received}
+    """Neighbour -> mask public key, for the neighbours whose shares the coordinator delivered,
+    opened or not: the ones that completed key sharing and masked with this device, so the
+    pair masks cancel and the coordinator can remove them if the neighbour drops."""
+    return {p: s.peers[p].mask_public for p in (*s.received, *s.unopened)}
 
 
 def reveal(s: DeviceSession, alive: tuple[str, ...], dropped: tuple[str, ...],

@@ -1,0 +1,42 @@
+"""Devices left out of the next rounds for a while after their secure-aggregation shares were
+found wrong (secagg_bad_shares: recovery.wrong_holders, or shares two survivors could not open).
+Such a device can spoil every secure round it is drawn into, and a device that wants to cannot
+be told to stop by a check-in rule (it can always check in with something new), so the clock
+decides: 10 minutes after its first offence, doubling with each, at most a day. In memory only:
+a restart forgets, and the device's next offence starts the count again. Pure; the caller owns
+the clock."""
+
+from __future__ import annotations
+
+from .errors import UpdateRejected
+
+FIRST_S = 600.0  # as long as a device that declined rests ([coordinator] pace_declined_s's default)
+MAX_S = 86_400.0
+
+
+class Sidelined:
+    def __init__(self) -> None:
+        self.until: dict[str, float] = {}  # device -> clock time it may be selected again
+        self.offences: dict[str, int] = {}
+
+    def offence(self, device_id: str, now: float) -> UpdateRejected:
+        """Record one; returns the rejection the server counts and logs (secagg_bad_shares)."""
+        n = self.offences.get(device_id, 0) + 1
+        self.offences[device_id] = n
+        seconds = min(MAX_S, FIRST_S * 2.0 ** min(n - 1, 60))
+        self.until[device_id] = now + seconds
+        wrong = UpdateRejected(f"secure-aggregation shares from {device_id} are wrong: left out of this sum, "
+                               f"and of rounds for {seconds:.0f} s")
+        wrong.reason = "secagg_bad_shares"
+        return wrong
+
+    def keep(self, devices: list[str], now: float) -> list[str]:
+        """`devices` without the ones left out at `now`."""
+        if not self.until:
+            return devices
+        left_out = self.active(now)
+        return [d for d in devices if d not in left_out]
+
+    def active(self, now: float) -> set[str]:
+        """The devices left out at `now`."""
+        return {d for d, until in self.until.items() if until > now}
