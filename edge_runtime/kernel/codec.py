@@ -23,7 +23,10 @@ Values are range-checked too, on decode and on encode: an int must lie in its fi
 range (protocol.bounded) or else fit a signed 64-bit integer (what SQLite stores); a float
 (a dict's values included) must be finite and in its field's range; a str is at most
 protocol.MAX_TEXT characters, or its field's range bounds its length, and holds no NUL; a model id
-(wire_fields.model_id_field) is one plain name that can name a folder. A value out of range
+(wire_fields.model_id_field) is one plain name that can name a folder; a list or map holds at most
+its field's item cap (wire_fields.list_field), and msgpack is told MAX_ITEMS before it builds
+anything. A frame of a small kind (SMALL_TYPES: check-ins, declines, acks, fetch requests, ...)
+is refused past MAX_SMALL_FRAME bytes before it is parsed. A value out of range
 is MalformedPayload naming the field, so no handler ever sees 2**63 examples, a NaN learning
 rate or an infinite pace. (Tensors inside bytes fields are update_codec's and the
 coordinator's to check.)
@@ -46,10 +49,12 @@ from typing import Any
 
 import msgpack
 
+from . import protocol as _p
 from .errors import ChecksumMismatch, MalformedPayload, PayloadTooLarge, TruncatedPayload, UnsupportedVersion
 from .protocol import I64, MAX_TEXT, SCHEMA_VERSION
 from .protocol import MESSAGE_TYPES as _CORE_TYPES
-from .secagg.messages import SECAGG_MESSAGE_TYPES
+from .secagg.messages import SECAGG_MESSAGE_TYPES, KeyAdvertisement
+from .wire_fields import MAX_ITEMS, MAX_SMALL_FRAME
 
 MAGIC = b"FDGM"
 _HEADER = struct.Struct("<4sHBI")  # magic, schema version, type code, body length
@@ -62,6 +67,9 @@ _SCALARS = (bool, int, float, str, bytes)
 if set(_CORE_TYPES) & set(SECAGG_MESSAGE_TYPES):
     raise ImportError("a secure-aggregation message type code collides with a core one")
 MESSAGE_TYPES: dict[int, type] = {**_CORE_TYPES, **SECAGG_MESSAGE_TYPES}  # every code this schema speaks
+# Kinds that carry no tensors or share lists: refused past MAX_SMALL_FRAME before parsing.
+SMALL_TYPES = frozenset({_p.CheckIn, _p.Decline, _p.Ack, _p.Status, _p.Pace, _p.FetchRequest, _p.Announcement,
+                         _p.EvalReport, KeyAdvertisement})
 _CODES: dict[type, int] = {cls: code for code, cls in MESSAGE_TYPES.items()}
 
 
@@ -115,9 +123,12 @@ def decode_message(data: bytes, max_bytes: int | None = None) -> Any:
     cls = MESSAGE_TYPES.get(code)
     if cls is None:
         raise MalformedPayload(f"unknown message type code {code}")
+    if cls in SMALL_TYPES and n > MAX_SMALL_FRAME:
+        raise PayloadTooLarge(f"a {cls.__name__} of {n} bytes is over the {MAX_SMALL_FRAME}-byte limit of its kind")
     try:
         body = msgpack.unpackb(
-            view[HEADER_SIZE : n - TRAILER_SIZE], raw=False, strict_map_key=True, use_list=True
+            view[HEADER_SIZE : n - TRAILER_SIZE], raw=False, strict_map_key=True, use_list=True,
+            max_array_len=MAX_ITEMS, max_map_len=MAX_ITEMS,
         )
     except Exception as exc:  # msgpack raises several unrelated types
         raise MalformedPayload(f"{cls.__name__}: body is not valid msgpack: {exc}") from None
@@ -133,6 +144,7 @@ class _Field:
     bounds: tuple | None = None  # protocol.bounded's (lo, hi), else the hint's default range
     omitted: Any = None  # bounded(omit_default=True): this default is left out of the frame (old peers)
     pattern: Any = None  # model_id_field: a compiled regex the whole str must match
+    items: int | None = None  # list_field: at most this many entries in the tuple or dict
 
 
 @functools.cache
@@ -146,7 +158,8 @@ def _fields(cls: type) -> dict[str, _Field]:
         _check_hint(hints[f.name], f"{cls.__name__}.{f.name}")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         omitted = f.default if f.metadata.get("omit_default") else None
-        out[f.name] = _Field(hints[f.name], required, f.metadata.get("range"), omitted, f.metadata.get("pattern"))
+        out[f.name] = _Field(hints[f.name], required, f.metadata.get("range"), omitted, f.metadata.get("pattern"),
+                             f.metadata.get("items"))
     return out
 
 
@@ -170,8 +183,8 @@ def _build(cls: type, data: dict, where: str) -> Any:
     missing = [name for name, f in fields.items() if f.required and name not in data]
     if missing:
         raise MalformedPayload(f"{where}: missing required field(s) {', '.join(missing)}")
-    kwargs = {k: _value(fields[k].hint, v, f"{where}.{k}", True, fields[k].bounds, fields[k].pattern)
-              for k, v in data.items()}
+    kwargs = {k: _value(fields[k].hint, v, f"{where}.{k}", True, fields[k].bounds, fields[k].pattern,
+                        fields[k].items) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a __post_init__ check
@@ -183,7 +196,7 @@ def _dump(obj: Any, where: str) -> dict[str, Any]:
     for name, f in _fields(type(obj)).items():
         value = getattr(obj, name)
         if f.omitted is None or value != f.omitted:
-            out[name] = _value(f.hint, value, f"{where}.{name}", False, f.bounds, f.pattern)
+            out[name] = _value(f.hint, value, f"{where}.{name}", False, f.bounds, f.pattern, f.items)
     return out
 
 
@@ -194,7 +207,8 @@ def _kind(hint: Any) -> tuple[bool, Any, tuple]:
     return dataclasses.is_dataclass(hint), typing.get_origin(hint), typing.get_args(hint)
 
 
-def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None = None, pattern: Any = None) -> Any:
+def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None = None, pattern: Any = None,
+           items: int | None = None) -> Any:
     """Check `value` against `hint`; decode builds dataclasses, encode dumps them to maps."""
     is_dataclass, origin, args = _kind(hint)
     if is_dataclass:
@@ -203,6 +217,9 @@ def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None
         if not decode and type(value) is hint:
             return _dump(value, where)
         raise _wrong(where, "map" if decode else hint.__name__, value)
+    if origin in (tuple, dict) and items is not None and isinstance(value, (list, tuple, dict)) \
+            and len(value) > items:
+        raise MalformedPayload(f"{where}: {len(value)} entries, at most {items}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise _wrong(where, "array", value)

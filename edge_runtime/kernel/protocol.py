@@ -39,7 +39,17 @@ from dataclasses import dataclass, field
 
 # Value ranges and `bounded` live in wire_fields.py (the secure-aggregation messages use them
 # too); re-exported here, where the codec and the tests have always found them.
-from .wire_fields import _FREE_TEXT, _NON_NEGATIVE, _SECONDS, I64, MAX_EXAMPLES, MAX_TEXT, bounded, model_id_field  # noqa: F401
+from .wire_fields import (  # noqa: F401
+    _FREE_TEXT,
+    _NON_NEGATIVE,
+    _SECONDS,
+    I64,
+    MAX_EXAMPLES,
+    MAX_TEXT,
+    bounded,
+    list_field,
+    model_id_field,
+)
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "fedge/v1"
@@ -165,8 +175,8 @@ class CompressionSpec:
 @dataclass(frozen=True)
 class CheckIn:
     device_id: str
-    backends: tuple[str, ...] = ()
-    model_ids: tuple[str, ...] = model_id_field(default=())
+    backends: tuple[str, ...] = list_field(64, default=())  # a device has a handful (backends.py)
+    model_ids: tuple[str, ...] = model_id_field(items=64, default=())
     eligible: bool = True
     reason: str = ""
     num_examples: int = bounded(0, MAX_EXAMPLES, 0)
@@ -208,7 +218,7 @@ class Update:
     num_examples: int = bounded(0, MAX_EXAMPLES)
     payload: bytes  # compressed delta of shared params, update_codec
     dense_bytes: int = bounded(*_NON_NEGATIVE, 0)  # what payload and control would cost as dense fp32 (for reports)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = list_field(1024, default_factory=dict)  # a task reports a few
     # SCAFFOLD: Δc_i = c_i+ - c_i per shared param, update_codec, compressed like the payload
     # (same bits and top-k, no clipping, its own error-feedback residual); empty = none.
     control: bytes = b""
@@ -257,7 +267,7 @@ class FetchRequest:
 
     device_id: str
     model_id: str = model_id_field()
-    files: tuple[str, ...] = ()
+    files: tuple[str, ...] = list_field(4096, default=())  # a manifest lists about ten
     # Set instead of files: send this task again with its parameters inline (the device could
     # not assemble the round's model from its ModelParts).
     task_id: str = ""

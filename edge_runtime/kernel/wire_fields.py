@@ -18,7 +18,15 @@ MAX_EXAMPLES = 2**32 - 1
 # then bounds the length): ids, reasons and hashes are short, and a reason becomes a key of the
 # coordinator's decline counts and a row of its store, so a 16 MB reason must not get that far.
 MAX_TEXT = 256
-_FREE_TEXT = (0, 1 << 20)  # human-readable details: logged, never kept
+_FREE_TEXT = (0, 1 << 15)  # human-readable details: logged, never kept (32 Ki characters: a traceback fits)
+# Items a list or map field may hold unless its field says fewer (list_field): what msgpack is
+# told before it builds anything, so a 16 MB frame of one-byte items (16.7 M Python objects, 10 s
+# of the coordinator's one thread) is refused before it is built.
+MAX_ITEMS = 1 << 16
+# Frames of these kinds hold a few ids and numbers: a check-in, a decline, a fetch request, an
+# Ack. They are refused (too large) past this size before any parsing, whatever
+# [coordinator] max_update_bytes allows an Update (codec.SMALL_TYPES).
+MAX_SMALL_FRAME = 1 << 18
 _NON_NEGATIVE = (0, I64[1])
 _SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
 
@@ -31,9 +39,15 @@ _SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-def model_id_field(**kw):
-    """A str field (or tuple of them) holding model ids: the codec checks MODEL_ID_PATTERN."""
-    return field(metadata={"pattern": MODEL_ID_PATTERN}, **kw)
+def model_id_field(items: int | None = None, **kw):
+    """A str field (or tuple of at most `items` of them) holding model ids: the codec checks
+    MODEL_ID_PATTERN."""
+    return field(metadata={"pattern": MODEL_ID_PATTERN, "items": items}, **kw)
+
+
+def list_field(items: int, **kw):
+    """A tuple or dict field of at most `items` entries (the codec checks, before it looks inside)."""
+    return field(metadata={"items": items}, **kw)
 
 
 def bounded(lo: float, hi: float, default=None, *, omit_default: bool = False, **kw):
