@@ -7,7 +7,7 @@ import logging
 
 from fedge.edge_runtime.kernel.protocol import FetchRequest, device_topic
 
-from .artifacts import ArtifactUnavailable, FetchRefused, UnknownTask
+from .artifacts import ArtifactUnavailable, FetchRateLimited, FetchRefused, UnknownTask
 from .metrics import CoordinatorMetrics
 from .outbound import Outbound
 from .records import OpenRound
@@ -40,6 +40,8 @@ def _send_inline(request: FetchRequest, rnd: OpenRound | None, outbound: Outboun
     device_id = request.device_id
     if rnd is None or rnd.ctx.tasks.get(device_id) != request.task_id or not rnd.machine.expects(device_id):
         return UnknownTask(f"task {request.task_id} is not open for {device_id}")
+    if not outbound.task(rnd, device_id, now, inline=True):  # asked again within task_resend_s
+        return FetchRateLimited(f"the inline task for {device_id} went less than task_resend_s ago "
+                                "(or the round is past its deadline)")
     log.info("round %d: task for %s sent again with its params inline", rnd.ctx.round_id, device_id)
-    outbound.task(rnd, device_id, now, inline=True)
     return None

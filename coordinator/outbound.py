@@ -89,15 +89,17 @@ class Outbound:
             rnd.bytes_down += len(ack)
         self.send(device_topic(update.device_id, "ack"), ack)
 
-    def task(self, rnd: OpenRound, device_id: str, now: float, inline: bool = False) -> None:
-        """The device's TrainTask, unless its deadline passed or it left less than task_resend_s ago."""
+    def task(self, rnd: OpenRound, device_id: str, now: float, inline: bool = False) -> bool:
+        """The device's TrainTask, unless its deadline passed or it left less than task_resend_s
+        ago; whether it went."""
         sent = rnd.inline_sent if inline else rnd.task_sent
         last = sent.get(device_id)
         remaining = rnd.machine.deadline - now
         if remaining <= 0 or (last is not None and now - last < self.config.task_resend_s):
-            return
+            return False
         sent[device_id] = now
         self.to_device(rnd, device_id, self.train_task(rnd, device_id, remaining, inline))
+        return True
 
     def train_task(self, rnd: OpenRound, device_id: str, remaining: float, inline: bool = False) -> TrainTask:
         ctx = rnd.ctx

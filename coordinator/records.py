@@ -183,11 +183,14 @@ def _device_clip(config: CoordinatorConfig, aggregator):
     return replace(config.compression, clip_norm=float(bound))
 
 
-def count_uplink(rnd: OpenRound | None, late: tuple[int, int], update, size: int) -> tuple[int, int]:
+def count_uplink(rnd: OpenRound | None, late: tuple[int, int], update, size: int,
+                 dense_limit: int) -> tuple[int, int]:
     """Count an Update's bytes (and what they would be as dense fp32): everything that crossed
     the uplink counts, accepted or not. With no round open they count toward the next one:
-    the returned (bytes, dense bytes) carry them until it begins."""
-    dense = size - len(update.payload) - len(update.control) + update.dense_bytes
+    the returned (bytes, dense bytes) carry them until it begins. The device's dense_bytes is a
+    claim: counted up to `dense_limit` (the model's shared params and a control variate as
+    fp32), so one Update claiming 2^63 cannot make the round's record say anything."""
+    dense = size - len(update.payload) - len(update.control) + min(update.dense_bytes, dense_limit)
     if rnd is None:
         return late[0] + size, late[1] + dense
     rnd.bytes_up += size

@@ -2,8 +2,8 @@
 
 The one coordinator-side place that touches the transport and the clock (in-memory broker or
 MQTT). Each concern has its module: round transition table (rounds), plain or secure rounds
-(round_shell, secagg/), admission (admission, validation), aggregate, registry, outbound,
-store / memory_store, restart, dp/budget, pace, metrics.
+(round_shell, secagg/), admission (admission, validation), aggregate, registry, sidelined,
+outbound, store / memory_store, restart, dp/budget, pace, metrics.
 
 Every step is written to the Store before the message that depends on it leaves: the round
 before its tasks, an update before its Ack, the new model before the round counts as
@@ -112,6 +112,7 @@ class Coordinator(BrokerLink):
                                  uuid.uuid4().hex)
         self.outbound.defer = self.store.defer  # an Ack never overtakes its update's store write
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
+        self.dense_limit = 8 * sum(int(np.prod(s)) for s in self.shapes.values())  # params + control, fp32
         self.registry = Registry(self.store)
         self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
@@ -193,15 +194,14 @@ class Coordinator(BrokerLink):
 
     def _register(self, device_id: str, eligible: bool, reason: str, num_examples: int,
                   checkin: str | None = None) -> None:
-        self.registry.register(device_id, eligible, reason, num_examples, self.clock.now(), self.clock.wall(),
-                               checkin)
+        self.registry.register(device_id, eligible, reason, num_examples, self.clock.now(), self.clock.wall(), checkin)
         self.metrics.devices(len(self.registry), self.registry.eligible)
 
     def _report(self, report: Update | Decline, sender: str | None, size: int) -> None:
         rnd = self.round
         self.registry.seen(sender, self.clock.now())
         if isinstance(report, Update):
-            self._late_up = count_uplink(rnd, self._late_up, report, size)
+            self._late_up = count_uplink(rnd, self._late_up, report, size, self.dense_limit)
         view = AdmissionView(rnd.ctx if rnd else None, rnd.seen if rnd else {},
                              rnd.machine.expects if rnd else (lambda _d: False), self.store.counted_digest)
         if isinstance(report, Decline):

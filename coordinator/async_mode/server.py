@@ -176,7 +176,7 @@ class AsyncCoordinator(Coordinator):
         if isinstance(report, Decline):
             self._async_decline(report, sender, now)
             return
-        self._late_up = count_uplink(self.round, self._late_up, report, size)
+        self._late_up = count_uplink(self.round, self._late_up, report, size, self.dense_limit)
         try:
             check_key(report, sender, self.journal.counted_digest)
             if self.round is None:  # not acked: the device resends it once a buffer is open

@@ -168,3 +168,22 @@ def test_parts_over_the_packet_limit_fall_back_to_inline_tasks(model, tmp_path, 
     assert record.committed and record.reports == len(SIZES), record
     assert all(t.params and not t.round_model_sha256 for t in fleet.tasks())
 
+
+
+def test_inline_requests_past_the_first_are_refused_by_name_until_task_resend_s(model, tmp_path, caplog):
+    """Each inline request used to write an INFO line saying the task went again, though only
+    the first in task_resend_s did: 20,000 requests, 20,000 lines, nothing counted."""
+    fleet = make_fleet(model, tmp_path, sizes=(), model_part_bytes=PART)
+    pi = ManualDevice(fleet, "pi", 5)
+    fleet.drain()
+    _round(fleet)
+    task = pi.task()
+    pi.inbox.clear()
+    with caplog.at_level(logging.INFO, logger="fedge.coordinator"):
+        for _ in range(50):
+            pi.send(encode_message(FetchRequest("pi", task.model_id, task_id=task.task_id)), channel="fetch")
+        fleet.drain()
+    pi.receive()
+    assert len([m for m in pi.inbox if isinstance(m, TrainTask) and m.params]) == 1
+    assert caplog.text.count("sent again with its params inline") == 1
+    assert fleet.coordinator.rejections["rate_limited"] == 49
