@@ -149,3 +149,20 @@ def test_transport_jitters_the_delay_it_gives_paho_after_a_reset():
         delays.add(t._client._reconnect_min_delay)
         assert 0.25 <= t._client._reconnect_min_delay <= 0.5
     assert len(delays) == 5
+
+
+def test_a_sender_keeps_at_most_its_share_of_incomplete_sets_whatever_their_size():
+    """Bytes alone let one-byte sets pile up (650 bytes of bookkeeping each, a million of them
+    623 MiB counted as 1 MB). A sender that starts one set too many loses its own oldest."""
+    from fedge.edge_runtime.kernel.transport.chunks import MAX_SETS_PER_SENDER
+
+    r = Reassembler(max_message_bytes=1 << 20, max_pending_bytes=1 << 24)
+    r.feed("fedge/v1/devices/other/update", split_message(b"o" * 10, CHUNK_HEADER_SIZE + 5)[0], 0)
+    firsts = [split_message(bytes([i % 256]) * 10, CHUNK_HEADER_SIZE + 5) for i in range(MAX_SETS_PER_SENDER + 5)]
+    for i, frames in enumerate(firsts):
+        assert r.feed("fedge/v1/devices/pi/update", frames[0], i) is None
+    assert r.pending_sets == MAX_SETS_PER_SENDER + 1  # pi's newest, and the other sender's one
+    assert r.dropped["chunks_evicted"] == 5
+    assert r.feed("fedge/v1/devices/pi/update", firsts[-1][1], 99) == bytes([(MAX_SETS_PER_SENDER + 4) % 256]) * 10
+    assert r.feed("fedge/v1/devices/pi/update", firsts[0][1], 99) is None  # the oldest went: its set starts anew
+    assert r.feed("fedge/v1/devices/other/update", split_message(b"o" * 10, CHUNK_HEADER_SIZE + 5)[1], 99) is None

@@ -79,6 +79,9 @@ def split_message(payload: bytes, max_frame: int, message_id: bytes | None = Non
     ]
 
 
+MAX_SETS_PER_SENDER = 32  # Reassembler: incomplete sets one sender may have at once
+
+
 @dataclass
 class _PendingSet:
     count: int
@@ -98,6 +101,10 @@ class Reassembler:
     max_pending_bytes: bound on what all senders together hold; a chunk over it is refused
         (ChunkMemoryFull) and its set dropped.
     expiry_s: an incomplete set older than this is dropped by `expire`.
+    MAX_SETS_PER_SENDER: a sender that starts one more incomplete set loses its own oldest.
+        Counting bytes alone let one-byte sets pile up at about 650 bytes of bookkeeping each
+        (a million of them held 623 MiB while counted as 1 MB), and every expire() and eviction
+        scanned them all; a sender needs one or two sets at a time.
 
     `dropped` counts incomplete sets thrown away without an error to the caller, by reason:
     chunks_expired (by `expire`) and chunks_evicted (to make room in a sender's share).
@@ -112,6 +119,7 @@ class Reassembler:
         self.expiry_s = expiry_s
         self._per_sender: dict[str, int] = {}  # sender_of(topic) -> bytes stored in its incomplete sets
         self._sets: dict[tuple[str, bytes], _PendingSet] = {}
+        self._sender_sets: dict[str, dict[tuple[str, bytes], None]] = {}  # sender -> its sets, oldest first
         self._pending_bytes = 0
         self._recent: OrderedDict[tuple[str, bytes], None] = OrderedDict()  # completed sets, to ignore late repeats
         self.dropped: Counter[str] = Counter()
@@ -152,7 +160,12 @@ class Reassembler:
             if total > self.max_message_bytes:
                 raise PayloadTooLarge(f"chunked message of {total} bytes on {topic!r} is over the "
                                       f"{self.max_message_bytes}-byte limit")
+            own = self._sender_sets.setdefault(sender_of(topic), {})
+            while len(own) >= MAX_SETS_PER_SENDER:
+                self._drop(next(iter(own)))
+                self.dropped["chunks_evicted"] += 1
             pending = self._sets[key] = _PendingSet(count, total, digest, now)
+            own[key] = None
         elif (pending.count, pending.total, pending.digest) != (count, total, digest):
             self._drop(key)
             raise MalformedChunk(f"chunk {index} on {topic!r} disagrees with its set's count, size or digest")
@@ -205,15 +218,20 @@ class Reassembler:
                                       f"refusing {size} more on {topic!r}")
 
     def _evict_oldest(self, sender: str, keep: tuple[str, bytes]) -> bool:
-        own = [k for k in self._sets if sender_of(k[0]) == sender and k != keep]
-        if not own:
+        oldest = next((k for k in self._sender_sets.get(sender, ()) if k != keep), None)
+        if oldest is None:
             return False
-        self._drop(min(own, key=lambda k: self._sets[k].first_seen))
+        self._drop(oldest)
         self.dropped["chunks_evicted"] += 1
         return True
 
     def _drop(self, key: tuple[str, bytes]) -> None:
         pending = self._sets.pop(key, None)
+        own = self._sender_sets.get(sender_of(key[0]))
+        if own is not None:
+            own.pop(key, None)
+            if not own:
+                del self._sender_sets[sender_of(key[0])]
         if pending is not None:
             self._pending_bytes -= pending.stored
             sender = sender_of(key[0])
