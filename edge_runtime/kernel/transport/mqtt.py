@@ -18,7 +18,6 @@ PublishRefused by the next `publish` or `flush`.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import socket
 import threading
@@ -44,6 +43,7 @@ from .backoff import Backoff
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
 from .chunk_inbox import ChunkInbox
 from .chunks import is_chunk, split_message
+from .fair_queue import FairQueue
 from .paho_client import make_client, use_endpoint
 from .settings import MqttSettings
 
@@ -67,7 +67,8 @@ class MqttTransport(Transport):
         self.settings = settings
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._rng = rng or random.Random()
-        self._queue: queue.Queue[object] = queue.Queue()
+        # Per sender: a few of its largest messages; in all: 16 senders' worth, at least 1 GiB.
+        self._queue = FairQueue(4 * settings.inbound_limit, max(16 * settings.inbound_limit, 1 << 30))
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._closed = False
@@ -133,9 +134,10 @@ class MqttTransport(Transport):
 
     @property
     def dropped(self) -> Counter[str]:
-        """Inbound chunk frames refused (oversize, malformed_chunk, chunk_memory_full) and
-        incomplete sets thrown away (chunks_expired, chunks_evicted), by reason; a snapshot."""
-        return self._inbox.dropped
+        """Inbound chunk frames refused (oversize, malformed_chunk, chunk_memory_full),
+        incomplete sets thrown away (chunks_expired, chunks_evicted), and messages over their
+        sender's share of the inbound queue (inbound_full: fair_queue.py), by reason; a snapshot."""
+        return self._inbox.dropped + self._queue.dropped_counts()
 
     @property
     def pending_chunk_bytes(self) -> int:
@@ -163,7 +165,7 @@ class MqttTransport(Transport):
                 self._client.disconnect()
         finally:
             self._client.loop_stop()
-            self._queue.put(_Closed("the transport was closed"))
+            self._queue.put_control(_Closed("the transport was closed"))
 
     def abort(self) -> None:
         """Cut the link without a DISCONNECT, as a power loss would: the broker publishes our
@@ -185,7 +187,7 @@ class MqttTransport(Transport):
                 sock.close()
             except OSError:
                 pass
-        self._queue.put(_Closed("the link was cut (abort)"))
+        self._queue.put_control(_Closed("the link was cut (abort)"))
 
     # ------------------------------------------------------------------ operations
 
@@ -244,14 +246,13 @@ class MqttTransport(Transport):
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
         self._inbox.expire()
-        try:
-            item = self._queue.get(timeout != 0, timeout)
-        except queue.Empty:
+        item = self._queue.get(timeout)
+        if item is None:
             return None
         if isinstance(item, _LinkLost):
             raise ConnectionLost(f"client {self._client_id!r} lost its link to {self._endpoint}: {item.reason}")
         if isinstance(item, _Closed):
-            self._queue.put(item)  # keep raising for every later call
+            self._queue.put_control(item)  # keep raising for every later call
             raise TransportError(f"client {self._client_id!r}: {item.reason}")
         return cast(Message, item)
 
@@ -310,7 +311,7 @@ class MqttTransport(Transport):
             closing = self._closed
         if not closing and was_up:
             log.warning("%s: lost link to %s: %s", self._client_id, self._endpoint, reason_code)
-            self._queue.put(_LinkLost(str(reason_code)))
+            self._queue.put_control(_LinkLost(str(reason_code)))
         self._set_next_delay()
 
     def _on_message(self, client, userdata, message) -> None:
@@ -319,7 +320,11 @@ class MqttTransport(Transport):
             payload = self._inbox.feed(message.topic, payload)
             if payload is None:
                 return
-        self._queue.put(Message(message.topic, payload, bool(message.retain)))
+        if not self._queue.put(Message(message.topic, payload, bool(message.retain))):
+            n = self._queue.dropped_counts()["inbound_full"]
+            if worth_logging(n):  # a flood must not flood the log
+                log.warning("%s: dropped a message on %s: its sender's share of the inbound queue is full%s",
+                            self._client_id, message.topic, so_far(n))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         refused = reason_code.is_failure

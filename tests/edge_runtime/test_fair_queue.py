@@ -1,0 +1,50 @@
+"""The inbound queue (transport/fair_queue.py): senders are served in turn, one sender cannot
+hold more than its share or push everyone past the total, and control items go first. Oracle:
+the order a plain round-robin over per-sender FIFOs gives, written out by hand."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fedge.edge_runtime.kernel.transport.base import Message
+from fedge.edge_runtime.kernel.transport.fair_queue import FairQueue
+
+
+def _m(device: str, n: int, size: int = 10) -> Message:
+    return Message(f"fedge/v1/devices/{device}/update", bytes([n]) * size)
+
+
+def test_senders_are_served_in_turn_each_in_its_own_order():
+    q = FairQueue(per_sender_bytes=1000, total_bytes=10_000)
+    for n in range(5):
+        q.put(_m("flood", n))
+    q.put(_m("pi", 0))
+    q.put(_m("pj", 0))
+    q.put(_m("pi", 1))
+    got = [(m.topic.split("/")[3], m.payload[0]) for m in iter(lambda: q.get(0), None)]
+    assert got == [("flood", 0), ("pi", 0), ("pj", 0), ("flood", 1), ("pi", 1), ("flood", 2), ("flood", 3),
+                   ("flood", 4)]
+    assert q.queued_bytes == 0
+
+
+def test_a_sender_past_its_share_is_dropped_and_counted_and_others_still_get_in():
+    q = FairQueue(per_sender_bytes=35, total_bytes=50)
+    assert [q.put(_m("flood", n)) for n in range(5)] == [True, True, True, False, False]
+    assert q.put(_m("pi", 0)) and q.put(_m("pj", 0, size=10)) is True  # 30 + 10 + 10 = 50: the total
+    assert q.put(_m("pk", 0)) is False and q.dropped_counts() == {"inbound_full": 3}
+    assert q.get(0).topic.endswith("flood/update")  # taking one frees its room
+    assert q.put(_m("flood", 9)) is True
+
+
+def test_control_items_go_first_and_get_waits_for_a_put_from_another_thread():
+    q = FairQueue(per_sender_bytes=100, total_bytes=100)
+    q.put(_m("pi", 0))
+    q.put_control("link lost")
+    assert q.get(0) == "link lost" and q.get(0).payload == bytes([0]) * 10 and q.get(0) is None
+    threading.Timer(0.05, lambda: q.put(_m("pi", 1))).start()
+    assert q.get(5.0).payload[0] == 1
+    assert q.get(0.01) is None
+    with pytest.raises(ValueError):
+        FairQueue(per_sender_bytes=10, total_bytes=5)
