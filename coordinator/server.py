@@ -339,8 +339,8 @@ class Coordinator(BrokerLink):
                 # N = every device the registry knows (restored from the store after a restart), so a
                 # resumed round scales SCAFFOLD's control step exactly as the uninterrupted one would.
                 reduced = self.shell.aggregate_input(rnd, len(self.registry))
-                for holder in getattr(self.shell, "blamed", ()):  # secure rounds: a holder's shares were wrong
-                    self._reject(self.sidelined.offence(holder, now), holder, None)
+                for device_id, why in self.sidelined.after_secure_sum(self.shell, now):  # wrong shares
+                    self._reject(why, device_id, None)
                 if isinstance(reduced, str):  # a secure round that cannot be unmasked
                     return self._execute(Stopped(reduced), now)
                 state = self.strategy.apply(self.state, reduced)

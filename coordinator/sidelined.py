@@ -1,10 +1,10 @@
-"""Devices left out of the next rounds for a while after their secure-aggregation shares were
-found wrong (secagg_bad_shares: recovery.wrong_holders, or shares two survivors could not open).
-Such a device can spoil every secure round it is drawn into, and a device that wants to cannot
-be told to stop by a check-in rule (it can always check in with something new), so the clock
-decides: 10 minutes after its first offence, doubling with each, at most a day. In memory only:
-a restart forgets, and the device's next offence starts the count again. Pure; the caller owns
-the clock."""
+"""Devices left out of the next rounds for a while after so few survivors could open their
+secure-aggregation shares that the round could not be unmasked (secagg_bad_shares; the rule is
+round_state.unmasked_sum's). Such a device can spoil every secure round it is drawn into, and a
+device that wants to cannot be told to stop by a check-in rule (it can always check in with
+something new), so the clock decides: 10 minutes after its first offence, doubling with each,
+at most a day. In memory only: a restart forgets, and the device's next offence starts the
+count again. Pure; the caller owns the clock."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ class Sidelined:
                                f"and of rounds for {seconds:.0f} s")
         wrong.reason = "secagg_bad_shares"
         return wrong
+
+    def after_secure_sum(self, shell, now: float) -> list[tuple[str, UpdateRejected]]:
+        """(device, rejection) for the server to count after a secure round's sum: each sender too
+        few could open the shares of, sidelined; each holder whose unmask answer was left out
+        (recovery.wrong_holders), named only: a dealer that dealt it a wrong share looks the same."""
+        out = [(d, self.offence(d, now)) for d in getattr(shell, "blamed", ())]
+        for holder in getattr(shell, "left_out", ()):
+            why = UpdateRejected(f"the unmask answer of {holder} did not fit the others' and was left out "
+                                 "(its shares, or the ones dealt to it, were wrong)")
+            why.reason = "secagg_bad_shares"
+            out.append((holder, why))
+        return out
 
     def keep(self, devices: list[str], now: float) -> list[str]:
         """`devices` without the ones left out at `now`."""

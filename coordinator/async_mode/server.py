@@ -288,13 +288,20 @@ class AsyncCoordinator(Coordinator):
 
     def _per_device_limit(self) -> int:
         """Updates one device may put into one buffer. With central DP, 1: one flush's sensitivity
-        is then S. Otherwise its fair share, ceil(K / eligible devices): 1 in any fleet of K or more,
-        so a device that answers at once cannot fill a buffer on its own while the others train
-        (it once supplied every update of one, and so every input of the median); a fleet smaller
-        than K still fills its buffers, each device as often as the others."""
+        is then S. Otherwise its fair share, ceil(K / devices present): 1 in any fleet of K or more
+        present, so a device that answers at once cannot fill a buffer on its own while the others
+        train (it once supplied every update of one, and so every input of the median); a fleet
+        smaller than K still fills its buffers, each device as often as the others. Present: an
+        eligible device with a task in flight or seen within pace_max_s (+ jitter), the longest a
+        device is told to wait before it checks in again; a registered device that went away
+        (shut down, or known only from the store after a restart) stops counting then, so it
+        holds the buffer back for that long at most, not for good."""
         if self.privacy.enabled:
             return 1
-        return max(1, math.ceil(self.machine.buffer_size / max(1, len(self.eligible_devices()))))
+        now, window = self.clock.now(), self.config.pace_max_s + self.config.pace_jitter_s
+        present = sum(1 for d in self.eligible_devices()
+                      if self.machine.flight(d) is not None or now - self.registry[d].last_seen <= window)
+        return max(1, math.ceil(self.machine.buffer_size / max(1, present)))
 
     def _dispatch(self, count: int, now: float) -> None:
         limit = self._per_device_limit()

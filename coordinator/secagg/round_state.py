@@ -69,7 +69,8 @@ class SecAggRound:
     alive: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     answers: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
-    blamed: set[str] = field(default_factory=set)  # holders whose unmask shares were wrong (recovery.py)
+    blamed: set[str] = field(default_factory=set)  # senders whose shares too few could open: sidelined
+    left_out: set[str] = field(default_factory=set)  # holders whose unmask answer was left out (recovery.py)
 
     @property
     def dimension(self) -> int:
@@ -164,13 +165,22 @@ class SecAggRound:
     def unmasked_sum(self) -> tuple[np.ndarray, int]:
         """The survivors' field sum over the sent coordinates, unmasked, and their number.
         Raises UnmaskFailed when some secret has fewer than t shares (the round is then abandoned).
-        A sender whose shares two or more survivors could not open is blamed: one survivor's
-        word alone could be a lie about an honest sender."""
+
+        A sender is blamed (and sidelined: coordinator/sidelined.py) when so many survivors could
+        not open its shares that fewer than t hold them: the round cannot be unmasked because of
+        it, and the rounds after would fail the same way. Framing an honest sender so takes more
+        than (its holders - t) liars, the corruption secure aggregation's t is chosen against;
+        fewer reports cost the sender nothing. A holder whose unmask answer recovery.py leaves
+        out (`left_out`) is named but not sidelined: a dealer that dealt it a wrong share looks
+        the same, and the sum is right without its answer."""
         reporters: dict[str, int] = {}
         for s in self.alive:
             for sender in self.unheld.get(s, ()):
                 reporters[sender] = reporters.get(sender, 0) + 1
-        self.blamed |= {sender for sender, n in reporters.items() if n >= 2}
+        for sender, n in reporters.items():
+            holders = sum(1 for s in self.alive if sender in self.delivered.get(s, ()))
+            if holders - n < self.t:
+                self.blamed.add(sender)
         masked_with = {g: {s: self.adverts[s].mask_public for s in self.alive if g in self.delivered.get(s, ())}
                        for g in self.dropped}
         total = unmask_answers(sum_mod((self.masked[s] for s in self.alive), self.spec.field_bits, self.sent_length),
@@ -178,7 +188,7 @@ class SecAggRound:
                                self.round_id, self.spec.field_bits, packing=self.packing,
                                workers=os.cpu_count() or 1,
                                mask_publics={g: self.adverts[g].mask_public for g in self.dropped},
-                               blamed=self.blamed)
+                               blamed=self.left_out)
         return total, len(self.alive)
 
     def mean_delta(self) -> tuple[dict[str, np.ndarray], int, float | None]:

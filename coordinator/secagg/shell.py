@@ -44,7 +44,10 @@ class SecAggShell:
         self.outbound = outbound
         self.shapes = shapes
         self.states: dict[int, SecAggRound] = {}  # round id -> protocol state (memory only: see resume)
-        self.blamed: list[str] = []  # after aggregate_input: holders whose unmask shares were wrong (the server counts)
+        # After aggregate_input, for the server to count: senders too few could open the shares
+        # of (sidelined), and holders whose unmask answer was left out (named only).
+        self.blamed: list[str] = []
+        self.left_out: list[str] = []
         # fp32, dense, no error feedback: the shared quantization replaces the per-tensor one
         self.compression = CompressionSpec(clip_norm=config.compression.clip_norm, quant_bits=32,
                                            topk_fraction=1.0, error_feedback=False)
@@ -146,6 +149,7 @@ class SecAggShell:
             return f"secure aggregation could not unmask: {exc}"
         finally:
             self.blamed, state.blamed = sorted(state.blamed), set()
+            self.left_out, state.left_out = sorted(state.left_out), set()
         rnd.released = rnd.privacy is not None  # the noised sum exists: the round is charged (records.py)
         if count is not None:  # adaptive clipping: the devices noised the count inside the sum
             rnd.aggregator.release_count(count, n)  # the DpMean's carry() commits the next S with the model

@@ -88,13 +88,23 @@ class GroupedSecAgg:
 
     @property
     def blamed(self) -> set[str]:
-        """Holders whose unmask shares were wrong, in any group (recovery.wrong_holders)."""
+        """Senders whose shares too few could open, in any group (round_state.unmasked_sum)."""
         return set().union(*(r.blamed for r in self.rounds))
 
     @blamed.setter
     def blamed(self, value: set[str]) -> None:  # the shell clears it once it has taken it
         for r in self.rounds:
             r.blamed = set(value)
+
+    @property
+    def left_out(self) -> set[str]:
+        """Holders whose unmask answer was left out, in any group (recovery.wrong_holders)."""
+        return set().union(*(r.left_out for r in self.rounds))
+
+    @left_out.setter
+    def left_out(self, value: set[str]) -> None:
+        for r in self.rounds:
+            r.left_out = set(value)
 
     @property
     def t(self) -> int:

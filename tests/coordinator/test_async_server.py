@@ -286,3 +286,27 @@ def test_a_device_that_answers_quickly_receives_its_next_task(model, tmp_path):
     assert flight is not None and flight.task_id != first.task_id
     fast.receive()
     assert flight.task_id in [m.task_id for m in fast.inbox if isinstance(m, TrainTask)]
+
+
+def test_devices_that_went_away_hold_a_buffer_back_for_pace_max_s_at_most(model, tmp_path):
+    """Registered devices that stopped answering counted toward the fair share for good: with 8
+    of 10 silent and K = 4, the two left could give one update each and the buffer never filled.
+    Once the silent ones' tasks expire and pace_max_s passes without a word from them, the two
+    give two each."""
+    fleet, devs = _fleet(model, tmp_path, 10, buffer_size=4, max_staleness=5)
+    c = fleet.coordinator
+    live, rng = devs[:2], np.random.default_rng(8)
+    for i, d in enumerate(live):
+        _send(fleet, d, random_delta(c.shapes, rng, scale=0.001), f"a{i}")
+    c.tick()
+    fleet.drain()
+    assert c.machine.buffered == 2 and all(c.machine.flight(d.id) is None for d in live)  # 1 each for now
+    fleet.clock.advance(c.config.round_deadline_s + c.config.pace_max_s + c.config.pace_jitter_s + 1)
+    for d in live:
+        d.check_in()
+    fleet.drain()
+    c.tick()
+    fleet.drain()
+    for i, d in enumerate(live):
+        _send(fleet, d, random_delta(c.shapes, rng, scale=0.001), f"b{i}")
+    assert c.state.version == 1

@@ -355,6 +355,8 @@ def test_a_holder_that_answers_the_unmask_with_wrong_shares_is_found_and_left_ou
     record = _run_round(fleet, drop_at_stage=2, drop=gone)
     assert record.committed, record.why
     assert fleet.coordinator.rejections["secagg_bad_shares"] == 1
+    # named, not sidelined: a dealer that dealt it wrong shares would look the same
+    assert "dev0" in fleet.coordinator.eligible_devices()
     fleet.agents = agents
     survivors = {a.device_id for a in agents} - {gone}
     assert record.reports == len(survivors)
@@ -386,17 +388,18 @@ def _corrupt_boxes(agent, which):
 
 
 def test_a_share_that_does_not_open_is_reported_and_the_round_goes_on(model, tmp_path):
-    """One box from dev0 to dev3 is garbage: dev3 used to decline the whole mask stage. Now it
-    holds no share of dev0, still masks with it (their pair masks cancel), says so in its
-    MaskedInput, and the round commits the plain mean of all six from the others' shares of
-    dev0. One device's word blames no one."""
+    """Two boxes from dev0 (to dev3 and dev4) are garbage: each used to decline the whole mask
+    stage. Now each holds no share of dev0, still masks with it (their pair masks cancel), says
+    so in its MaskedInput, and the round commits the plain mean of all six from the others'
+    shares of dev0. Reports that leave t holders blame no one: two liars cannot sideline it."""
     fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18, 14), min_reports=3, **SETTINGS)
-    _corrupt_boxes(fleet.agents[0], lambda peers: {"dev3"})
+    _corrupt_boxes(fleet.agents[0], lambda peers: {"dev3", "dev4"})
     agents, old = list(fleet.agents), copy_params(fleet.coordinator.state.params)
     record = _run_round(fleet)
     assert record.committed and record.reports == 6, record.why
-    assert [m.unopened for m in fleet.wire if isinstance(m, MaskedInput) and m.unopened] == [("dev0",)]
+    assert [m.unopened for m in fleet.wire if isinstance(m, MaskedInput) and m.unopened] == [("dev0",)] * 2
     assert not fleet.coordinator.declines and not fleet.coordinator.rejections
+    assert "dev0" in fleet.coordinator.eligible_devices()
     fleet.agents = agents
     expected = _expected_mean(fleet, {a.device_id for a in agents})
     np.testing.assert_allclose(_flat(fleet.coordinator.state.params) - _flat(old), expected, rtol=0, atol=1e-6)

@@ -5,7 +5,9 @@ Each secret is rebuilt from t shares and checked with one more where there is on
 InconsistentShares), and a dropped device's mask key against the key it advertised. When a
 check fails, wrong_holders looks for the one holder whose shares explain every failure: its
 answer is left out and the sum unmasked again from the others' shares; if no single holder
-explains them, the round cannot be unmasked (UnmaskFailed), rather than commit a wrong sum."""
+explains them, the round cannot be unmasked (UnmaskFailed), rather than commit a wrong sum.
+The holder so named either answered wrong or was dealt wrong shares by the owner: the shares
+alone cannot tell which, so it is named, not punished (coordinator/sidelined.py)."""
 
 from __future__ import annotations
 
@@ -111,11 +113,11 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
 
 def wrong_holders(answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics) -> set[str]:
     """The holders each of whose leaving out makes every failing secret pass: none of them fails
-    its checks any more, and at least one is verified (below). That is the one holder whose
-    shares are wrong, when one is and the surplus shares tell which (a set of more than one means
-    they do not; empty: no failure, or none explains them all). Costs one reconstruction per
-    secret, and one per suspect and failing secret: suspects are the holders that hold a share of
-    every failing secret."""
+    its checks any more, and at least one is verified (below): the one holder whose shares are
+    wrong (its answer, or what the owner dealt it), when one is and the surplus shares tell which
+    (a set of more than one means they do not; empty: no failure, or none explains them all).
+    Costs one reconstruction per secret, and one per suspect and failing secret: suspects are
+    the holders that hold a share of every failing secret."""
     every = gather_shares(answers, cohort, threshold, alive, dropped, spare=len(cohort))
     holder_at = {i + 1: d for i, d in enumerate(sorted(cohort))}
     failing = {o: (kind, shares) for o, (kind, shares) in every.items()
