@@ -15,19 +15,24 @@ Control items (the link lost, the transport closed) go ahead of every message.""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 
+from ..flood import so_far, worth_logging
 from .base import Message
 from .chunks import sender_of
 
+log = logging.getLogger("fedge.mqtt")
+
 
 class FairQueue:
-    def __init__(self, per_sender_bytes: int, total_bytes: int) -> None:
+    def __init__(self, per_sender_bytes: int, total_bytes: int, name: str = "inbound") -> None:
         if not 0 < per_sender_bytes <= total_bytes:
             raise ValueError(f"need 0 < per_sender_bytes <= total_bytes, got {per_sender_bytes}, {total_bytes}")
         self.per_sender_bytes = per_sender_bytes
+        self.name = name  # for the log: the client the queue belongs to
         self.total_bytes = total_bytes
         self._ready = threading.Condition()
         self._control: deque[object] = deque()
@@ -43,12 +48,17 @@ class FairQueue:
             held = self._held.get(sender, 0)
             if held + size > self.per_sender_bytes or self._total + size > self.total_bytes:
                 self.dropped["inbound_full"] += 1
-                return False
-            self._senders.setdefault(sender, deque()).append(message)
-            self._held[sender] = held + size
-            self._total += size
-            self._ready.notify()
-        return True
+                n = self.dropped["inbound_full"]
+            else:
+                n = 0
+                self._senders.setdefault(sender, deque()).append(message)
+                self._held[sender] = held + size
+                self._total += size
+                self._ready.notify()
+        if n and worth_logging(n):  # outside the lock; a flood must not flood the log
+            log.warning("%s: dropped a message on %s: its sender's share of the inbound queue is full%s",
+                        self.name, message.topic, so_far(n))
+        return not n
 
     def put_control(self, item: object) -> None:
         with self._ready:

@@ -68,7 +68,7 @@ class MqttTransport(Transport):
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._rng = rng or random.Random()
         # Per sender: a few of its largest messages; in all: 16 senders' worth, at least 1 GiB.
-        self._queue = FairQueue(4 * settings.inbound_limit, max(16 * settings.inbound_limit, 1 << 30))
+        self._queue = FairQueue(4 * settings.inbound_limit, max(16 * settings.inbound_limit, 1 << 30), client_id)
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._closed = False
@@ -320,11 +320,7 @@ class MqttTransport(Transport):
             payload = self._inbox.feed(message.topic, payload)
             if payload is None:
                 return
-        if not self._queue.put(Message(message.topic, payload, bool(message.retain))):
-            n = self._queue.dropped_counts()["inbound_full"]
-            if worth_logging(n):  # a flood must not flood the log
-                log.warning("%s: dropped a message on %s: its sender's share of the inbound queue is full%s",
-                            self._client_id, message.topic, so_far(n))
+        self._queue.put(Message(message.topic, payload, bool(message.retain)))  # over a bound: dropped, counted
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         refused = reason_code.is_failure
