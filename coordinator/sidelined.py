@@ -8,7 +8,9 @@ count again. Pure; the caller owns the clock."""
 
 from __future__ import annotations
 
-from .errors import UpdateRejected
+from .secagg.shell import SecAggRejected
+
+BAD_SHARES = "secagg_bad_shares"
 
 FIRST_S = 600.0  # as long as a device that declined rests ([coordinator] pace_declined_s's default)
 MAX_S = 86_400.0
@@ -19,28 +21,23 @@ class Sidelined:
         self.until: dict[str, float] = {}  # device -> clock time it may be selected again
         self.offences: dict[str, int] = {}
 
-    def offence(self, device_id: str, now: float) -> UpdateRejected:
+    def offence(self, device_id: str, now: float) -> SecAggRejected:
         """Record one; returns the rejection the server counts and logs (secagg_bad_shares)."""
         n = self.offences.get(device_id, 0) + 1
         self.offences[device_id] = n
         seconds = min(MAX_S, FIRST_S * 2.0 ** min(n - 1, 60))
         self.until[device_id] = now + seconds
-        wrong = UpdateRejected(f"secure-aggregation shares from {device_id} are wrong: left out of this sum, "
-                               f"and of rounds for {seconds:.0f} s")
-        wrong.reason = "secagg_bad_shares"
-        return wrong
+        return SecAggRejected(BAD_SHARES, f"too few could open the secure-aggregation shares of {device_id}: "
+                                          f"left out of rounds for {seconds:.0f} s")
 
-    def after_secure_sum(self, shell, now: float) -> list[tuple[str, UpdateRejected]]:
+    def after_secure_sum(self, shell, now: float) -> list[tuple[str, SecAggRejected]]:
         """(device, rejection) for the server to count after a secure round's sum: each sender too
         few could open the shares of, sidelined; each holder whose unmask answer was left out
         (recovery.wrong_holders), named only: a dealer that dealt it a wrong share looks the same."""
-        out = [(d, self.offence(d, now)) for d in getattr(shell, "blamed", ())]
-        for holder in getattr(shell, "left_out", ()):
-            why = UpdateRejected(f"the unmask answer of {holder} did not fit the others' and was left out "
-                                 "(its shares, or the ones dealt to it, were wrong)")
-            why.reason = "secagg_bad_shares"
-            out.append((holder, why))
-        return out
+        named = [(d, SecAggRejected(BAD_SHARES, f"the unmask answer of {d} did not fit the others' and was left "
+                                                "out (its shares, or the ones dealt to it, were wrong)"))
+                 for d in getattr(shell, "left_out", ())]
+        return [(d, self.offence(d, now)) for d in getattr(shell, "blamed", ())] + named
 
     def keep(self, devices: list[str], now: float) -> list[str]:
         """`devices` without the ones left out at `now`."""

@@ -188,7 +188,7 @@ class SecAggRound:
                                self.round_id, self.spec.field_bits, packing=self.packing,
                                workers=os.cpu_count() or 1,
                                mask_publics={g: self.adverts[g].mask_public for g in self.dropped},
-                               blamed=self.left_out)
+                               left_out=self.left_out)
         return total, len(self.alive)
 
     def mean_delta(self) -> tuple[dict[str, np.ndarray], int, float | None]:

@@ -89,12 +89,12 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
                    cohort: tuple[str, ...], threshold: int, alive: tuple[str, ...], dropped: tuple[str, ...],
                    dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int, *,
                    packing: int, workers: int = 1, mask_publics: Mapping[str, bytes] | None = None,
-                   blamed: set[str] | None = None) -> np.ndarray:
+                   left_out: set[str] | None = None) -> np.ndarray:
     """recover_secrets then masking.unmask, with each secret reconstructed in the worker that
     expands its masks (a thousand reconstructions from t = 113 packed shares are about 1 s of
     one core at n = 1,000: 1.0 ms each, measured). mask_publics: as secret_from. When some
     holder's shares are wrong and one holder explains it (module docstring), its answer is left
-    out, its id added to `blamed`, and the sum unmasked from the others'."""
+    out, its id added to `left_out`, and the sum unmasked from the others'."""
     args = (cohort, threshold, alive, dropped, dropped_peers, round_id, field_bits, packing, workers, mask_publics)
     try:
         return _unmask_once(masked_sum, answers, *args)
@@ -102,8 +102,8 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
         culprits = wrong_holders(answers, cohort, threshold, alive, dropped, packing, mask_publics)
         if len(culprits) != 1:
             raise UnmaskFailed(f"{exc}; no single holder's shares explain it") from None
-    if blamed is not None:
-        blamed.update(culprits)
+    if left_out is not None:
+        left_out.update(culprits)
     kept = {holder: revealed for holder, revealed in answers.items() if holder not in culprits}
     try:
         return _unmask_once(masked_sum, kept, *args)
@@ -137,8 +137,8 @@ def wrong_holders(answers, cohort, threshold: int, alive, dropped, packing: int,
 def _verdict(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> str:
     """"verified" when the shares give the owner's secret and something checks it (more than t
     shares, or the advertised key of a mask secret); "unchecked" for exactly t shares of a
-    self-mask seed, which give some seed whatever they hold (counted as evidence, colluders
-    could have an honest holder blamed); else "fails"."""
+    self-mask seed, which give some seed whatever they hold (no evidence: were it counted as
+    such, colluding holders could have an honest holder named); else "fails"."""
     if kind == "self" and len(shares) == threshold:
         return "unchecked"
     return "verified" if _rebuilds(threshold, kind, owner, shares, packing, mask_publics) else "fails"

@@ -160,12 +160,11 @@ class Reassembler:
             if total > self.max_message_bytes:
                 raise PayloadTooLarge(f"chunked message of {total} bytes on {topic!r} is over the "
                                       f"{self.max_message_bytes}-byte limit")
-            own = self._sender_sets.setdefault(sender_of(topic), {})
-            while len(own) >= MAX_SETS_PER_SENDER:
-                self._drop(next(iter(own)))
-                self.dropped["chunks_evicted"] += 1
+            sender = sender_of(topic)
+            while len(self._sender_sets.get(sender, ())) >= MAX_SETS_PER_SENDER:
+                self._evict_oldest(sender, key)
             pending = self._sets[key] = _PendingSet(count, total, digest, now)
-            own[key] = None
+            self._sender_sets.setdefault(sender, {})[key] = None
         elif (pending.count, pending.total, pending.digest) != (count, total, digest):
             self._drop(key)
             raise MalformedChunk(f"chunk {index} on {topic!r} disagrees with its set's count, size or digest")
