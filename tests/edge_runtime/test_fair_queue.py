@@ -1,5 +1,5 @@
 """The inbound queue (transport/fair_queue.py): senders are served in turn, one sender cannot
-hold more than its share or push everyone past the total, and control items go first. Oracle:
+hold more than its share or push everyone past the total, and control items keep their place. Oracle:
 the order a plain round-robin over per-sender FIFOs gives, written out by hand."""
 
 from __future__ import annotations
@@ -38,11 +38,15 @@ def test_a_sender_past_its_share_is_dropped_and_counted_and_others_still_get_in(
     assert q.put(_m("flood", 9)) is True
 
 
-def test_control_items_go_first_and_get_waits_for_a_put_from_another_thread():
+def test_control_items_keep_their_place_and_get_waits_for_a_put_from_another_thread():
+    """A message that arrived before the link went comes out before the news that it went (the
+    ejabberd failover test's queued message was hidden behind a 'session taken over')."""
     q = FairQueue(per_sender_bytes=100, total_bytes=100)
     q.put(_m("pi", 0))
     q.put_control("link lost")
-    assert q.get(0) == "link lost" and q.get(0).payload == bytes([0]) * 10 and q.get(0) is None
+    q.put(_m("pi", 2))
+    assert q.get(0).payload[0] == 0 and q.get(0) == "link lost" and q.get(0).payload[0] == 2
+    assert q.get(0) is None
     threading.Timer(0.05, lambda: q.put(_m("pi", 1))).start()
     assert q.get(5.0).payload[0] == 1
     assert q.get(0.01) is None

@@ -11,7 +11,10 @@ everyone past the total, is dropped and counted (`dropped["inbound_full"]`, whic
 coordinator exports as fedge_transport_dropped). Updates are acknowledged by the coordinator,
 not by the transport, so a dropped one is sent again; check-ins repeat by themselves.
 
-Control items (the link lost, the transport closed) go ahead of every message."""
+Control items (the link lost, the transport closed) keep their place: one comes out once every
+message that arrived before it has, so a message received before the link went is not hidden
+behind the news that it went (a test that a session's queued message survives a failover
+caught that)."""
 
 from __future__ import annotations
 
@@ -35,8 +38,9 @@ class FairQueue:
         self.name = name  # for the log: the client the queue belongs to
         self.total_bytes = total_bytes
         self._ready = threading.Condition()
-        self._control: deque[object] = deque()
-        self._senders: OrderedDict[str, deque[Message]] = OrderedDict()  # whose turn is first
+        self._control: deque[tuple[int, object]] = deque()  # (messages put before it, item)
+        self._senders: OrderedDict[str, deque[tuple[int, Message]]] = OrderedDict()  # whose turn is first
+        self._put = 0  # messages put so far: each one's place in arrival order
         self._held: dict[str, int] = {}  # sender -> bytes queued
         self._total = 0
         self.dropped: Counter[str] = Counter()
@@ -51,7 +55,8 @@ class FairQueue:
                 n = self.dropped["inbound_full"]
             else:
                 n = 0
-                self._senders.setdefault(sender, deque()).append(message)
+                self._senders.setdefault(sender, deque()).append((self._put, message))
+                self._put += 1
                 self._held[sender] = held + size
                 self._total += size
                 self._ready.notify()
@@ -62,7 +67,7 @@ class FairQueue:
 
     def put_control(self, item: object) -> None:
         with self._ready:
-            self._control.append(item)
+            self._control.append((self._put, item))
             self._ready.notify()
 
     def get(self, timeout: float | None) -> object | None:
@@ -75,10 +80,10 @@ class FairQueue:
                 if left is not None and left <= 0:
                     return None
                 self._ready.wait(left)
-            if self._control:
-                return self._control.popleft()
+            if self._control and not any(q[0][0] < self._control[0][0] for q in self._senders.values()):
+                return self._control.popleft()[1]  # every message that came before it is out
             sender, messages = next(iter(self._senders.items()))
-            message = messages.popleft()
+            _, message = messages.popleft()
             if messages:
                 self._senders.move_to_end(sender)  # its next message waits for the others' turns
             else:
