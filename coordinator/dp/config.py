@@ -118,6 +118,8 @@ def check_coordinator(cfg) -> None:
     if p.mechanism == "distributed" and not cfg.secure_aggregation.enabled:
         raise ConfigError("privacy.mechanism = 'distributed' needs [coordinator.secure_aggregation] enabled: the "
                           "devices' noise shares add up to the round's noise only inside the secure sum")
+    if p.mechanism == "distributed" and cfg.secure_aggregation.corrupt:
+        _check_colluders(cfg)
     if p.mechanism == "distributed" and p.target_quantile and cfg.shards:
         raise ConfigError("privacy.target_quantile (adaptive clipping) under the distributed mechanism is not built "
                           "for sharded rounds (shards > 0): each shard group's count would need its own noise; set a "
@@ -125,3 +127,26 @@ def check_coordinator(cfg) -> None:
     if cfg.compression.clip_norm not in (0.0, p.clip_norm):
         raise ConfigError(f"compression.clip_norm {cfg.compression.clip_norm:g} differs from privacy.clip_norm "
                           f"{p.clip_norm:g}: with privacy on, leave it 0 and the tasks carry privacy.clip_norm")
+
+
+def _check_colluders(cfg) -> None:
+    """secure_aggregation.corrupt > 0 under distributed DP: the noise is calibrated for the inputs
+    that are not from colluders (dp/distributed.py, honest_inputs). A round's fewest masked
+    inputs are at least the configured quorums' lowest and it asks at most
+    selection_size(clients_per_round) devices, so a config that leaves one input here leaves
+    one in every round."""
+    from ..sampling import selection_size
+    from .distributed import honest_inputs  # not at import: the config loads without numpy's users
+
+    sa = cfg.secure_aggregation
+    if cfg.shards:
+        raise ConfigError("secure_aggregation.corrupt > 0 under the distributed mechanism is not built for sharded "
+                          "rounds (shards > 0): the colluders could all sit in one shard group, whose noise would "
+                          "then be calibrated for fewer inputs than its quorum")
+    fewest = min([cfg.quorum, *(m for m in (sa.share_min, sa.mask_min) if m)])
+    try:
+        honest_inputs(fewest, selection_size(cfg.clients_per_round, cfg.over_selection, 1 << 62),
+                      sa.corrupt)
+    except ValueError as exc:
+        raise ConfigError(f"privacy: {exc}; raise min_reports (and share_min, mask_min) or lower "
+                          "secure_aggregation.corrupt") from None

@@ -47,6 +47,13 @@ the coordinator picks gamma and sigma (per device, integer units):
            update's bound alone, and kappa = sigma sqrt(n_min) / sigma_b (rounded down to an
            even integer, so the count's noise is at least sigma_b) makes the pair's rho at most
            1 / (2 z^2). The count coordinate's signal, n_max kappa / 2, joins the headroom.
+  colluders Every bound above counts the noise of the devices in the sum, and a device can send
+           any field vector: one that adds no noise, or tells the coordinator what it added (the
+           same thing to a coordinator that looks), leaves less noise than charged. With
+           secure_aggregation.corrupt = f, up to ceil(f n_max) of the devices asked are assumed to
+           do so, and the round is calibrated for the k = n_min - ceil(f n_max) others
+           (`honest_inputs`; Kairouz et al. 2021, Sec. 5, count only honest clients' noise). f = 0,
+           the default, trusts every device to add its share.
 """
 
 from __future__ import annotations
@@ -85,6 +92,18 @@ def effective_noise_multiplier(sigma: float, inputs: int, rounded: float, dimens
     count coordinate (count_scale > 0, one more of the `dimension`) its kappa / 2 joins the L2 bound."""
     rho = (rounded ** 2 + (count_scale / 2) ** 2) / (2 * inputs * sigma ** 2) + tau(sigma, inputs) * dimension
     return (2 * rho) ** -0.5
+
+
+def honest_inputs(min_inputs: int, asked: int, corrupt: float) -> int:
+    """The noised inputs a round's charge may count on (module docstring, colluders): the fewest
+    masked inputs it commits with, less the ceil(corrupt * asked) that may add no noise.
+    ValueError when none are left."""
+    colluders = math.ceil(round(corrupt * asked, 9))  # 0.1 * 30 is 3.0000000000000004 in floats
+    if min_inputs - colluders < 1:
+        raise ValueError(f"{colluders} of {asked} devices asked may collude (secure_aggregation.corrupt = "
+                         f"{corrupt:g}), as many as the {min_inputs} inputs a round commits with: no noise "
+                         "is left to count on")
+    return min_inputs - colluders
 
 
 def sigma_for(z: float, inputs: int, rounded: float, dimension: int) -> float:

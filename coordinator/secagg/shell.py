@@ -80,7 +80,8 @@ class SecAggShell:
 
     def _new_state(self, rnd: OpenRound) -> SecAggRound:
         """The round's protocol state (sharding/secure.py builds one per shard group instead)."""
-        spec = private_spec(self._spec(rnd), rnd.privacy, rnd.machine, self.dimension, self.sa.bits)  # private.py
+        spec = private_spec(self._spec(rnd), rnd.privacy, rnd.machine, self.dimension, self.sa.bits,
+                            self.sa.corrupt)  # private.py
         return SecAggRound(rnd.ctx.round_id, spec, hashlib.sha256(rnd.params_bytes).hexdigest(),
                            self.graph_seed(rnd), self.shapes, self.sa.graph_for)
 
