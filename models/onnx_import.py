@@ -20,7 +20,7 @@ Anything the importer cannot express raises OnnxImportError naming the node and 
 
 from __future__ import annotations
 
-import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,16 +30,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .onnx_batch import check_any_batch, free_fixed_batch
+from .onnx_source import OnnxImportError, load_source
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
 
 DENSE_OPS = ("Gemm", "MatMul")
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
+log = logging.getLogger("fedge.models")
+
 POST_PROCESSING = ("Softmax", "LogSoftmax", "ArgMax", "ZipMap", "Cast", "Identity", "ArrayFeatureExtractor",
                    "Reshape", "Flatten", "Squeeze")
-
-
-class OnnxImportError(ConfigError):
-    """The source graph has something the importer cannot turn into a backbone and dense tail."""
 
 
 @dataclass(frozen=True)
@@ -82,23 +82,6 @@ def _node_label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} node {node.name or node.output[0]!r}"
 
 
-def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelProto, str]:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the ONNX model ({exc.strerror})") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if expect_sha256 and digest != expect_sha256:
-        raise OnnxImportError(f"{path}: sha256 {digest[:12]}... is not the imported file's "
-                              f"({expect_sha256[:12]}...); re-import it")
-    try:
-        model = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError, or others on truncated files
-        raise OnnxImportError(f"{path}: not an ONNX model ({exc})") from None
-    return model, digest
-
-
 class _Graph:
     """Lookups over a source graph: constants, consumers, the one float input."""
 
@@ -135,6 +118,31 @@ class _Graph:
                 tensor = users[0].output[0]
                 continue
             return tensor, users
+
+    def dense_after(self, tensor: str) -> onnx.NodeProto | None:
+        """A dense layer (Gemm or MatMul with a stored weight) computed from `tensor`, if any."""
+        seen, todo = {tensor}, [tensor]
+        while todo:
+            for node in self.consumers.get(todo.pop(), []):
+                if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in self.consts:
+                    return node
+                for out in node.output:
+                    if out not in seen:
+                        seen.add(out)
+                        todo.append(out)
+        return None
+
+    def class_labels(self, logits: str) -> np.ndarray | None:
+        """The labels the source maps its classifier's outputs to (scikit-learn's classes_, kept
+        in an ArrayFeatureExtractor after the ArgMax), if it does."""
+        seen, todo = {logits}, [logits]
+        while todo:
+            for node in self.consumers.get(todo.pop(), []):
+                if node.op_type == "ArrayFeatureExtractor" and node.input[0] in self.consts:
+                    return self.consts[node.input[0]]
+                todo.extend(o for o in node.output if o not in seen)
+                seen.update(node.output)
+        return None
 
     def const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
         if name not in self.consts:
@@ -188,6 +196,11 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
     tensor, users = g.follow(cut)
     while True:
         if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users):
+            later = g.dense_after(tensor)
+            if later is not None:  # a Flatten between dense layers is not the end of the tail
+                raise OnnxImportError(f"{g.where}: {', '.join(_node_label(u) for u in users)} after {tensor!r} comes "
+                                      f"before {_node_label(later)}; the trainable tail must be a chain of dense "
+                                      "layers: cut after that node")
             break  # the classifier's logits: what follows is prediction post-processing
         if len(users) != 1:
             names = [_node_label(u) for u in users] or ["nothing"]
@@ -221,8 +234,10 @@ def find_cut(g: _Graph) -> str:
                 return node.input[0]
             except OnnxImportError as exc:
                 last_error = exc
+    ops = sorted({n.op_type for n in g.model.graph.node})
     raise OnnxImportError(f"{g.where}: found no dense tail to train (no Gemm/MatMul with stored weights "
-                          f"leads to the output){': ' + str(last_error) if last_error else ''}")
+                          f"leads to the output){': ' + str(last_error) if last_error else ''}"
+                          f"{'' if last_error else '; the graph holds ' + ', '.join(ops[:12])}")
 
 
 def _source_input_shape(g: _Graph, override: tuple[int, ...]) -> tuple[int, ...]:
@@ -252,10 +267,19 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     unknown = sorted(set(options.roles) - set(names))
     if unknown:
         raise ConfigError(f"import {options.onnx}: roles for {unknown}, but the tail's hidden layers are {names} "
-                          f"(ONNX nodes {[layer.node for layer in hidden]})")
+                          f"(ONNX nodes {[layer.node for layer in hidden]}): the trainable tail starts after the last "
+                          "activation other than Relu (GELU, Tanh, Sigmoid, ... stay in the frozen backbone)")
     layers = tuple(LayerSpec(name=n, units=layer.weight.shape[1], activation=layer.activation,
                              mode=options.roles.get(n, options.default_role)) for n, layer in zip(names, hidden))
     keep = options.num_classes == 0
+    labels = g.class_labels(classifier.output) if keep else None
+    if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
+        # fedge's labels are the classifier's output indices; the source's mapping is dropped
+        # with the rest of its post-processing, so data labelled as the source was would be off
+        shown = ", ".join(f"{i} -> {v!r}" for i, v in enumerate(labels.tolist()[:6]))
+        log.warning("%s: the model maps its %d outputs to labels (%s%s); fedge trains on output indices, so "
+                    "label the devices' data 0..%d in that order", options.onnx, labels.size, shown,
+                    ", ..." if labels.size > 6 else "", labels.size - 1)
     return ModelSpec(
         name=options.name or Path(options.onnx).stem.replace("-", "_").replace(".", "_"),
         input_shape=_source_input_shape(g, tuple(options.input_shape)),
@@ -302,9 +326,11 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     source_input = g.input.name
     if spec.onnx_cut == source_input:
         return None
+    source_batch = 0
     for inp in model.graph.input:  # a free batch dim, and the per-example dims the spec fixed
         if inp.name == source_input:
             dims = inp.type.tensor_type.shape.dim
+            source_batch = dims[0].dim_value if dims[0].HasField("dim_value") else 0
             dims[0].Clear()
             dims[0].dim_param = "N"
             for d, size in zip(dims[1:], spec.input_shape):
@@ -329,5 +355,13 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.onnx_features]))
     del graph.value_info[:]
     prefix.doc_string = f"fedge backbone: {Path(spec.onnx).name} up to {spec.onnx_cut!r}"
-    onnx.checker.check_model(prefix)
+    try:
+        onnx.checker.check_model(prefix)
+    except onnx.checker.ValidationError as exc:
+        raise OnnxImportError(f"{spec.onnx}: the backbone cut from it is not a valid ONNX model: "
+                              f"{str(exc).splitlines()[0][:300]}") from None
+    unchanged = onnx.ModelProto()
+    unchanged.CopyFrom(prefix)
+    changed = free_fixed_batch(prefix, source_batch)
+    check_any_batch(prefix, unchanged if changed else None, tuple(spec.input_shape), source_batch, spec.onnx)
     return prefix

@@ -84,3 +84,20 @@ def test_run_json_records_what_ran_and_labels_never_trained(tmp_path, capsys):
     assert config["data"]["num_classes"] == 4 and config["data"]["devices"] == 5
     assert config["data"]["train_examples"] == 5 * 40
     assert any("never appear" in f for f in config["data"]["findings"])
+
+
+def test_a_model_that_cannot_take_the_data_is_refused_before_any_device_trains(tmp_path):
+    """The probe's cases: digits (64 values) under the 784-input MNIST spec, and labels 1..10
+    under a 10-class model; both once failed inside ONNX Runtime with a raw traceback."""
+    from fedge.edge_runtime.kernel.errors import ConfigError
+    from fedge.models.spec import mlp_spec
+    from fedge.tools.datasets import load_npz_dir
+    from fedge.tools.simulate.model_choice import check_fits
+
+    data = load_npz_dir(_blobs(tmp_path / "d"))
+    width, classes = data.input_shape[0], data.num_classes
+    check_fits(data, mlp_spec(width, classes, hidden=(8,)))
+    with pytest.raises(ConfigError, match=f"takes {width + 1} values per example .* the data has {width}"):
+        check_fits(data, mlp_spec(width + 1, classes, hidden=(8,)))
+    with pytest.raises(ConfigError, match=f"labels go up to {classes - 1}, .* has {classes - 1} classes"):
+        check_fits(data, mlp_spec(width, classes - 1, hidden=(8,)))

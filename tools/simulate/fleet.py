@@ -31,7 +31,7 @@ from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.edge_runtime.model_runtime import ModelRuntime
 from fedge.edge_runtime.trainer import available_backends
 from fedge.models.build import build_artifacts
-from fedge.models.spec import ModelSpec, load_spec, mlp_spec
+from fedge.models.spec import ModelSpec
 from fedge.tools.datasets import (
     ClientData,
     FederatedDataset,
@@ -40,6 +40,7 @@ from fedge.tools.datasets import (
     load_npz_dir,
     standardize_per_device,
 )
+from fedge.tools.simulate.model_choice import check_fits, choose_spec
 from fedge.tools.synthetic import synthetic
 
 from . import adversary
@@ -109,16 +110,6 @@ def load_data(cfg: SimConfig) -> FederatedDataset:
     return standardize_per_device(data) if cfg.standardize else data
 
 
-def choose_spec(cfg: SimConfig, data: FederatedDataset) -> ModelSpec:
-    """The user's spec, or: frozen random projection (cached) + LoRA layer + dual head."""
-    if cfg.model:
-        return load_spec(cfg.model)
-    if data.name == "mnist5k":
-        return load_spec("mnist-mlp-lora")
-    return mlp_spec(data.input_shape[0], data.num_classes, hidden=(200, 200), modes=("frozen", "lora"),
-                    lora_rank=8, lora_alpha=16.0, name=f"{data.name}-mlp-lora")
-
-
 @dataclass
 class FleetSetup:
     """Everything both fleet drivers (in-memory and MQTT) build the same way."""
@@ -168,6 +159,7 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     """Data (built from cfg unless given), the personalized spec, artifacts and configs."""
     data = data if data is not None else load_data(cfg)
     spec = personalized_spec(choose_spec(cfg, data), cfg.personalization)
+    check_fits(data, spec)
     held = cfg.new_devices
     if held and held >= len(data.clients):
         raise ConfigError(f"--new-devices {held}: the data has only {len(data.clients)} clients; some must train")

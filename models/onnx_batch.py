@@ -1,0 +1,139 @@
+"""A backbone cut from a graph exported at a fixed batch size must still take any batch.
+
+torch.onnx.export with a batch-1 example and no dynamic axes writes `x.view(x.size(0), -1)`
+(and, with the dynamo exporter, torch.flatten and nn.Flatten too) as a Reshape to the constant
+[1, -1]: run on N examples, such a backbone folds them into one row, and training then fails far
+from the cause (an index error in the device's batching, or ORT refusing the Reshape). Where the
+source's batch dimension is fixed at B, each Reshape that the input reaches and whose target
+shape is a stored constant starting with B gets 0 there instead (ONNX: copy that dimension of
+the Reshape's input), and the result is checked by running it with ONNX Runtime:
+
+    at the source's batch B it gives what the unchanged prefix gives, and
+    on a batch of three, each row is what that example gives run alone.
+
+A prefix that fails either check, or that ONNX Runtime cannot run, raises OnnxImportError that
+names the Reshape nodes with constant shapes and the fix: export with a dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .onnx_source import OnnxImportError
+
+
+def _reached_from(graph: onnx.GraphProto, source: str) -> set[str]:
+    """Tensors computed from `source` (ONNX graphs list their nodes in topological order)."""
+    reached = {source}
+    for node in graph.node:
+        if any(name in reached for name in node.input):
+            reached.update(node.output)
+    return reached
+
+
+def _constant(name: str, graph: onnx.GraphProto) -> np.ndarray | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute \
+                and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def free_fixed_batch(prefix: onnx.ModelProto, source_batch: int) -> list[str]:
+    """Rewrite, in place, the Reshapes that hard-code the source's batch (module docstring);
+    the labels of the nodes changed. source_batch <= 0 (a free batch dim): nothing to do."""
+    if source_batch <= 0:
+        return []
+    graph, changed = prefix.graph, []
+    reached = _reached_from(graph, graph.input[0].name)
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in reached:
+            continue
+        shape = _constant(node.input[1], graph)
+        if shape is None or shape.ndim != 1 or not shape.size or int(shape[0]) != source_batch:
+            continue
+        allowzero = [a for a in node.attribute if a.name == "allowzero"]
+        if allowzero and allowzero[0].i:  # the dynamo exporter's: 0 means a zero-length dimension
+            if (shape == 0).any():
+                continue
+            allowzero[0].i = 0  # the same Reshape where the shape holds no 0; then 0 means "copy"
+        target = shape.astype(np.int64)
+        target[0] = 0
+        name = f"fedge_batch_shape_{len(changed)}"
+        graph.initializer.append(numpy_helper.from_array(target, name))
+        node.input[1] = name
+        changed.append(_label(node))
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for i in reversed(range(len(graph.initializer))):  # the shapes replaced, if nothing else reads them
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
+    for i in reversed(range(len(graph.node))):
+        if graph.node[i].op_type == "Constant" and graph.node[i].output[0] not in used:
+            del graph.node[i]
+    return changed
+
+
+def _constant_reshapes(prefix: onnx.ModelProto) -> list[str]:
+    return [_label(n) for n in prefix.graph.node
+            if n.op_type == "Reshape" and len(n.input) > 1 and _constant(n.input[1], prefix.graph) is not None]
+
+
+def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, input_shape: tuple[int, ...],
+                    source_batch: int, where: str) -> None:
+    """Run the prefix (x -> z) as the module docstring says; OnnxImportError when it fails.
+    `unchanged`: the prefix before free_fixed_batch rewrote it, or None when it did not."""
+    import onnxruntime as ort  # the build's environment has it; devices only ever run the prefix
+
+    def session(model: onnx.ModelProto):
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # errors only: its warnings about the source's graph are not the user's
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own types (Fail, InvalidGraph, NotImplemented)
+            raise OnnxImportError(f"{where}: ONNX Runtime {ort.__version__} cannot load the backbone cut from it: "
+                             f"{str(exc).splitlines()[0][:300]}") from None
+
+    def run(sess, x: np.ndarray) -> np.ndarray:
+        try:
+            return sess.run(["z"], {"x": x})[0]
+        except Exception as exc:
+            first_line = str(exc).splitlines()[0][:300]
+            raise OnnxImportError(f"{where}: the backbone fails on a batch of {len(x)}: {first_line}"
+                                  f"{_advice(prefix, source_batch)}") from None
+
+    rng = np.random.default_rng(0)
+    sess = session(prefix)
+    if unchanged is not None:
+        x = rng.standard_normal((source_batch, *input_shape)).astype(np.float32)
+        if not _close(run(sess, x), run(session(unchanged), x)):
+            raise OnnxImportError(f"{where}: giving the backbone a free batch dimension changed its output"
+                             f"{_advice(prefix, source_batch)}")
+    x = rng.standard_normal((3, *input_shape)).astype(np.float32)
+    together = run(sess, x)
+    alone = [run(sess, x[i:i + 1]) for i in range(len(x))]
+    if together.shape[0] != len(x) or not all(_close(together[i:i + 1], a) for i, a in enumerate(alone)):
+        raise OnnxImportError(f"{where}: the backbone does not treat the examples of a batch separately (3 examples "
+                         f"in gave output of shape {together.shape}){_advice(prefix, source_batch)}")
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    # batch size can change ORT's kernels (and so the float rounding), never the values' meaning
+    scale = float(np.nanmax(np.abs(b))) if b.size else 0.0
+    return a.shape == b.shape and np.allclose(a, b, rtol=1e-3, atol=1e-5 * max(1.0, scale), equal_nan=True)
+
+
+def _advice(prefix: onnx.ModelProto, source_batch: int) -> str:
+    suspects = _constant_reshapes(prefix)
+    fixed = f"; the source's batch dimension is fixed at {source_batch}" if source_batch > 0 else ""
+    return (f"{fixed}{'; Reshapes with stored shapes: ' + ', '.join(suspects[:5]) if suspects else ''}. Export the "
+            "model with a dynamic batch axis: torch.onnx.export(..., dynamic_axes={'input': {0: 'N'}}), or "
+            "dynamic_shapes with the dynamo exporter")

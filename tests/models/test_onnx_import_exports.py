@@ -1,0 +1,173 @@
+"""What exporters write that the importer must read (a probe of graphs fedge did not write found
+each): a batch dimension fixed at 1 with the flatten hard-coded as Reshape [1, -1] (torch's
+legacy exporter with a batch-1 example; the dynamo exporter's allowzero = 1 variant), weights in
+an external .data file (the dynamo exporter's default), IR 11, a Flatten between two dense
+layers, and scikit-learn's class labels. Oracle for the backbones: the source graph run by ONNX
+Runtime on one example at a time, at its own fixed batch of 1."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
+from fedge.edge_runtime.trainer import make_backend  # noqa: E402
+from fedge.models.build import build_artifacts  # noqa: E402
+from fedge.models.onnx_import import ImportOptions, OnnxImportError, import_spec  # noqa: E402
+
+RNG = np.random.default_rng(11)
+CONV = RNG.normal(size=(3, 1, 2, 2)).astype(np.float32)
+W1 = RNG.normal(size=(27, 5)).astype(np.float32)
+W2 = RNG.normal(size=(5, 4)).astype(np.float32)
+
+
+def _fixed_batch_cnn(allowzero: int = 0, shape=(1, -1), mix_batch: bool = False):
+    """img (1, 1, 4, 4), batch fixed at 1 -> Conv (3, 2x2) -> Reshape to the constant `shape`
+    -> MatMul (5) -> Relu -> MatMul (4). mix_batch: a ReduceMean over the batch axis first."""
+    nodes = [helper.make_node("Conv", ["img", "cw"], ["c"], name="conv")]
+    src = "c"
+    if mix_batch:
+        nodes.append(helper.make_node("ReduceMean", ["c"], ["cm"], name="mix", axes=[0], keepdims=1))
+        src = "cm"
+    nodes += [
+        helper.make_node("Reshape", [src, "shape"], ["feat"], name="view", allowzero=allowzero),
+        helper.make_node("MatMul", ["feat", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+        helper.make_node("MatMul", ["a", "w2"], ["logits"], name="fc2"),
+    ]
+    inits = {"cw": CONV, "shape": np.array(shape, np.int64), "w1": W1, "w2": W2}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def _one_at_a_time(model, x):
+    """The source at its own batch of 1, run on each example alone: (features at the cut, logits)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info("feat", TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [sess.run(["feat", "logits"], {"img": x[i:i + 1]}) for i in range(len(x))]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+@pytest.mark.parametrize("allowzero,shape", [(0, (1, -1)), (1, (1, 27))])
+def test_a_batch_fixed_at_one_gives_a_backbone_that_takes_any_batch(tmp_path, allowzero, shape):
+    model = _fixed_batch_cnn(allowzero, shape)
+    onnx.save(model, tmp_path / "fixed.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "fixed.onnx"), head="global"))
+    assert spec.onnx_cut == "feat" and spec.input_shape == (1, 4, 4)
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    x = RNG.normal(size=(6, 1, 4, 4)).astype(np.float32)
+    feat, logits = _one_at_a_time(model, x)
+    z = runtime.embed(x)
+    np.testing.assert_allclose(z, feat, rtol=1e-5, atol=1e-5)  # six rows in, six rows out
+    backend = make_backend("portable", tmp_path / "art", manifest, "sgd")
+    got = backend.predict({**runtime.initial("shared"), **runtime.initial("personal")}, z)["global"]
+    np.testing.assert_allclose(got, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_backbone_that_mixes_the_batch_is_refused_by_name(tmp_path):
+    onnx.save(_fixed_batch_cnn(mix_batch=True), tmp_path / "mixed.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "mixed.onnx")))
+    with pytest.raises(OnnxImportError, match="does not treat the examples of a batch separately.*"
+                                              "fixed at 1.*Reshape node 'view'.*dynamic batch axis"):
+        build_artifacts(spec, tmp_path / "art", ort_training=False)
+
+
+def test_weights_in_an_external_data_file_are_read_and_hashed(tmp_path):
+    model = _fixed_batch_cnn()
+    onnx.save(_fixed_batch_cnn(), tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.onnx.data", size_threshold=0)  # onnx.save moves the saved model's tensors out
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global"))
+    data = (tmp_path / "m.onnx").read_bytes()
+    expected = hashlib.sha256(data)
+    expected.update(b"m.onnx.data\0" + hashlib.sha256((tmp_path / "m.onnx.data").read_bytes()).digest())
+    assert spec.onnx_sha256 == expected.hexdigest()
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    x = RNG.normal(size=(3, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id).embed(x),
+                               _one_at_a_time(model, x)[0], rtol=1e-5, atol=1e-5)
+    data_file = tmp_path / "m.onnx.data"
+    data_file.write_bytes(data_file.read_bytes()[:-4] + b"\0\0\0\1")  # the weights changed, not the .onnx
+    with pytest.raises(OnnxImportError, match="re-import"):
+        build_artifacts(spec, tmp_path / "art2", ort_training=False)
+    data_file.unlink()
+    with pytest.raises(OnnxImportError, match="'m.onnx.data', which is missing"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+
+
+def test_external_data_outside_the_models_folder_is_refused(tmp_path):
+    (tmp_path / "sub").mkdir()
+    onnx.save(_fixed_batch_cnn(), tmp_path / "sub" / "m.onnx", save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    model = onnx.load(tmp_path / "sub" / "m.onnx", load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = "../m.data"
+    (tmp_path / "m.data").write_bytes((tmp_path / "sub" / "m.data").read_bytes())
+    onnx.save(model, tmp_path / "sub" / "m.onnx")
+    with pytest.raises(OnnxImportError, match="not a file in the model's folder"):
+        import_spec(ImportOptions(str(tmp_path / "sub" / "m.onnx")))
+
+
+def test_a_model_stamped_ir_11_imports_when_its_ops_run(tmp_path):
+    model = _fixed_batch_cnn()
+    model.ir_version = 11
+    (tmp_path / "ir11.onnx").write_bytes(model.SerializeToString())  # onnx.save would check it
+    spec = import_spec(ImportOptions(str(tmp_path / "ir11.onnx")))
+    build_artifacts(spec, tmp_path / "art", ort_training=False)
+    backbone = onnx.load(tmp_path / "art" / "backbone.onnx")
+    assert backbone.ir_version == onnx.IR_VERSION
+
+
+def test_a_flatten_between_dense_layers_moves_the_cut_after_it(tmp_path):
+    """Gemm -> Flatten -> Gemm: the Flatten is not the classifier's post-processing (the first
+    Gemm was once taken for a 27-class classifier and the second dropped)."""
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("Flatten", ["a"], ["af"], name="flat", axis=1),
+             helper.make_node("Gemm", ["af", "w2"], ["logits"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 27])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(W1, "w1"), numpy_helper.from_array(W2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert (spec.onnx_cut, spec.onnx_features, spec.num_classes, spec.layers) == ("af", 5, 4, ())
+    with pytest.raises(OnnxImportError, match="Flatten node 'flat' after 'a' comes before Gemm node 'fc2'"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx"), cut="x"))
+
+
+def test_class_labels_other_than_output_indices_are_named(tmp_path, caplog):
+    """scikit-learn keeps classes_ in an ArrayFeatureExtractor after the ArgMax; the importer
+    drops it with the post-processing, so it says what the outputs meant."""
+    nodes = [helper.make_node("Gemm", ["x", "w2"], ["logits"], name="fc"),
+             helper.make_node("ArgMax", ["logits"], ["idx"], name="argmax", axis=1),
+             helper.make_node("ArrayFeatureExtractor", ["classes", "idx"], ["label"], name="labels",
+                              domain="ai.onnx.ml")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, None)],
+                              [numpy_helper.from_array(W2, "w2"),
+                               numpy_helper.from_array(np.array([3, 5, 7, 9], np.int64), "classes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)])
+    onnx.save(model, tmp_path / "m.onnx")
+    with caplog.at_level(logging.WARNING, logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert spec.num_classes == 4
+    assert "maps its 4 outputs to labels (0 -> 3, 1 -> 5, 2 -> 7, 3 -> 9)" in caplog.text
+    caplog.clear()
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.arange(4, dtype=np.int64), "classes"))
+    onnx.save(model, tmp_path / "m.onnx")
+    with caplog.at_level(logging.WARNING, logger="fedge.models"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert "maps its" not in caplog.text

@@ -1,0 +1,35 @@
+"""Which model a simulation runs (the user's spec, or a default for the data) and whether it can
+take the data at all."""
+
+from __future__ import annotations
+
+import math
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.models.spec import ModelSpec, load_spec, mlp_spec
+from fedge.tools.datasets import FederatedDataset
+
+from .config import SimConfig
+
+
+def choose_spec(cfg: SimConfig, data: FederatedDataset) -> ModelSpec:
+    """The user's spec, or: frozen random projection (cached) + LoRA layer + dual head."""
+    if cfg.model:
+        return load_spec(cfg.model)
+    if data.name == "mnist5k":
+        return load_spec("mnist-mlp-lora")
+    return mlp_spec(data.input_shape[0], data.num_classes, hidden=(200, 200), modes=("frozen", "lora"),
+                    lora_rank=8, lora_alpha=16.0, name=f"{data.name}-mlp-lora")
+
+
+def check_fits(data: FederatedDataset, spec: ModelSpec) -> None:
+    """ConfigError unless the model can take the data: as many values per example as its input,
+    and labels within its classes (else ONNX Runtime fails deep in a device's first step)."""
+    wanted, given = math.prod(spec.input_shape), math.prod(data.input_shape)
+    if given != wanted:
+        raise ConfigError(f"model {spec.name} takes {wanted} values per example {tuple(spec.input_shape)}, the data "
+                          f"has {given} {tuple(data.input_shape)}")
+    if data.num_classes > spec.num_classes:
+        raise ConfigError(f"the data's labels go up to {data.num_classes - 1}, model {spec.name} has "
+                          f"{spec.num_classes} classes (labels 0..{spec.num_classes - 1}); relabel the data or give "
+                          "the model more classes")
