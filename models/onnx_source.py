@@ -4,9 +4,13 @@ data read in, the sha256 the manifest records, and the one error type of the imp
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import TensorProto, helper
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
@@ -31,35 +35,69 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
         if expect_sha256:
             _check_unchanged(path, digest.hexdigest(), expect_sha256)
         raise OnnxImportError(f"{path}: not an ONNX model ({exc})") from None
-    for name in _external_files(model, path):
+    files, pending = _external_data(model, path)
+    for name in sorted(files):  # each data file is read once: what is hashed is what is loaded
         digest.update(name.encode() + b"\0")
-        digest.update(hashlib.sha256((path.parent / name).read_bytes()).digest())
+        digest.update(hashlib.sha256(files[name]).digest())
     if expect_sha256:
         _check_unchanged(path, digest.hexdigest(), expect_sha256)
     if model.ir_version > onnx.IR_VERSION:
         # The prefix keeps the source's ops; stamped with the newest IR this onnx checks, it is
         # then checked as that, and ONNX Runtime's run of it (onnx_batch) says if it takes it.
         model.ir_version = onnx.IR_VERSION
-    if _external_files(model, path):
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    for tensor, location, offset, length in pending:
+        tensor.raw_data = files[location][offset:offset + length]
+        tensor.data_location = TensorProto.DEFAULT
+        del tensor.external_data[:]
     return model, digest.hexdigest()
 
 
-def _external_files(model: onnx.ModelProto, path: Path) -> list[str]:
-    """The data files the model's tensors name, checked to be readable files beside it."""
-    names = set()
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if onnx.external_data_helper.uses_external_data(tensor):
-            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-            file = (path.parent / location).resolve()
-            if not location or path.parent.resolve() not in file.parents:
-                raise OnnxImportError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is not "
-                                      "a file in the model's folder")
-            if not file.is_file():
-                raise OnnxImportError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is "
-                                      "missing; keep the .data file beside the .onnx file")
-            names.add(location)
-    return sorted(names)
+def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """Every stored tensor of a graph: initializers and Constant values, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            yield from attr.tensors
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def _external_data(model: onnx.ModelProto, path: Path) -> tuple[dict[str, bytes], list]:
+    """The data files the model's tensors name (location -> bytes), each checked to be a file in
+    the model's folder (or below it) that holds every byte its tensors need; and for each such
+    tensor, (tensor, location, offset, length)."""
+    files, pending = {}, []
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        where = f"{path}: tensor {tensor.name!r} keeps its data in {location!r}"
+        file = (path.parent / location).resolve()
+        if not location or path.parent.resolve() not in file.parents:
+            raise OnnxImportError(f"{where}, which is not a file in the model's folder")
+        if location not in files:
+            try:
+                files[location] = file.read_bytes()
+            except OSError as exc:
+                raise OnnxImportError(f"{where}, which cannot be read ({exc.strerror}); keep the .data file "
+                                      "beside the .onnx file") from None
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+            need = itemsize * math.prod(tensor.dims)
+            offset, length = int(info.get("offset", 0)), int(info.get("length", need))
+        except (KeyError, TypeError, ValueError):  # an unknown data type, or offsets that are not numbers
+            raise OnnxImportError(f"{where}, with an entry fedge cannot read ({dict(info)})") from None
+        if tensor.data_type == TensorProto.STRING or length != need or offset < 0 \
+                or offset + length > len(files[location]):
+            raise OnnxImportError(f"{where} at bytes {offset}..{offset + length} ({need} needed), but the file "
+                                  f"holds {len(files[location])}: it is truncated or not this model's")
+        pending.append((tensor, location, offset, length))
+    return files, pending
 
 
 def _check_unchanged(path: Path, digest: str, expected: str) -> None:

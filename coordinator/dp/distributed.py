@@ -98,7 +98,7 @@ def honest_inputs(min_inputs: int, asked: int, corrupt: float) -> int:
     """The noised inputs a round's charge may count on (module docstring, colluders): the fewest
     masked inputs it commits with, less the ceil(corrupt * asked) that may add no noise.
     ValueError when none are left."""
-    colluders = math.ceil(round(corrupt * asked, 9))  # 0.1 * 30 is 3.0000000000000004 in floats
+    colluders = math.ceil(round(corrupt * asked, 9))  # 0.07 * 100 is 7.000000000000001 in floats
     if min_inputs - colluders < 1:
         raise ValueError(f"{colluders} of {asked} devices asked may collude (secure_aggregation.corrupt = "
                          f"{corrupt:g}), as many as the {min_inputs} inputs a round commits with: no noise "

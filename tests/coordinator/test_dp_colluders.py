@@ -21,7 +21,8 @@ from tests.tiny_model import build_tiny_model
 
 
 def test_honest_inputs_leaves_out_the_ceiling_of_the_colluding_share():
-    assert honest_inputs(10, 30, 0.1) == 7  # 0.1 * 30 is 3.0000000000000004 in floats: still 3
+    assert honest_inputs(10, 30, 0.1) == 7
+    assert honest_inputs(10, 100, 0.07) == 3  # 0.07 * 100 is 7.000000000000001 in floats: still 7
     assert honest_inputs(10, 31, 0.1) == 6  # 3.1 devices: 4 may collude
     assert honest_inputs(5, 5, 0.0) == 5
     with pytest.raises(ValueError, match="no noise"):

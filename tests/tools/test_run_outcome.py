@@ -52,6 +52,26 @@ def test_unstandardized_data_warns_on_load_and_a_run_without_commits_fails(tmp_p
     doc = json.loads(out.read_text())  # the record of the failed run is still written
     assert not any(r["committed"] for r in doc["rounds"])
     assert any("far from standardized" in f for f in doc["config"]["data"]["findings"])
+    y_test = np.concatenate([np.load(f)["y_test"] for f in sorted(data.glob("*.npz"))])
+    assert doc["config"]["data"]["most_common_test_share"] == pytest.approx(np.bincount(y_test).max() / len(y_test))
+    assert doc["summary"]["constant_guess"] is None  # no round committed: failure_cause speaks instead
+
+
+def test_a_global_model_no_better_than_a_constant_guess_is_named():
+    """Digits with features 0..8 (a probe's data) trained to 0.087 with every round committed."""
+    from types import SimpleNamespace
+
+    from fedge.tools.simulate.report import constant_guess
+
+    def result(accuracy, share, committed=True):
+        return SimpleNamespace(summary={"final": {"final_global_accuracy": accuracy}},
+                               config={"data": {"most_common_test_share": share}}, rounds=[{"committed": committed}])
+
+    assert "accuracy 0.087 is no better than always predicting the most common label (0.127)" in \
+        constant_guess(result(0.087, 0.127))
+    assert "no better" in constant_guess(result(0.13, 0.127))  # within a point of it
+    assert constant_guess(result(0.2, 0.127)) is None
+    assert constant_guess(result(0.087, 0.127, committed=False)) is None
 
 
 def test_standardized_data_does_not_warn(tmp_path, caplog):

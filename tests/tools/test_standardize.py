@@ -33,14 +33,13 @@ def test_each_device_uses_its_own_training_statistics(tmp_path):
 def test_standardize_keeps_devices_from_diverging(tmp_path):
     raw = _blobs(tmp_path / "raw", scale=4000.0)
 
-    def run(name, *flags, rc=0):
+    def run(name, *flags):
         out = tmp_path / name / "run.json"
-        assert main(["simulate", "--data", str(raw), "--rounds", "3", "--json", str(out), "--quiet", *flags]) == rc
+        assert main(["simulate", "--data", str(raw), "--rounds", "3", "--json", str(out), "--quiet", *flags]) == 0
         return json.loads(out.read_text())
 
-    # features up to ~2e4: tasks blow up, and none commits (exit 1: no round committed)
-    plain, scaled = run("plain", rc=1), run("scaled", "--standardize")
-    assert plain["summary"]["declines"].get("diverged", 0) >= 1 and not any(r["committed"] for r in plain["rounds"])
+    plain, scaled = run("plain"), run("scaled", "--standardize")
+    assert plain["summary"]["declines"].get("diverged", 0) >= 1  # features up to ~2e4: some tasks blow up
     assert scaled["summary"]["declines"].get("diverged", 0) == 0 and scaled["config"]["standardize"] is True
     assert all(r["committed"] for r in scaled["rounds"]) and scaled["rounds"][-1]["global_accuracy"] > 0.9
     assert not any("far from standardized" in f for f in scaled["config"]["data"]["findings"])

@@ -160,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     result.summary["final"] = summarize(result)
+    from .report import constant_guess
+
+    result.summary["constant_guess"] = warning = constant_guess(result)
+    if warning:
+        print(f"fedge: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         print(format_summary(result))
     if args.json_path:

@@ -344,6 +344,12 @@ def current_evaluation(coordinator: Coordinator):
     return history[-1] if history and history[-1].model_version == coordinator.state.version else None
 
 
+def _most_common_share(data) -> float | None:
+    """The global accuracy of always predicting the most common label of the devices' test data."""
+    labels = np.concatenate([c.y_test for c in data.clients]) if data.clients else np.zeros(0)
+    return float(np.bincount(labels.astype(np.int64)).max() / len(labels)) if len(labels) else None
+
+
 def _what_ran(setup: FleetSetup) -> dict:
     """run.json's config where it differs from the flags: a --data folder decides the devices
     and the split, and a round cannot ask for more devices than exist."""
@@ -354,6 +360,7 @@ def _what_ran(setup: FleetSetup) -> dict:
            "data": {"devices": len(everyone), "num_classes": data.num_classes, "input_shape": list(data.input_shape),
                     "train_examples": sum(len(c.y_train) for c in everyone),
                     "test_examples": sum(len(c.y_test) for c in everyone),
+                    "most_common_test_share": _most_common_share(data),
                     "findings": data_findings(replace(data, clients=everyone))}}
     if setup.cfg.data_dir:
         out.update(devices=len(everyone), dataset=data.name, partition="files", alpha=None, classes_per_client=None)

@@ -102,6 +102,21 @@ def failure_cause(result) -> str | None:
     return "; ".join(parts[:1]) + " rounds: " + "; ".join(parts[1:]) if len(parts) > 1 else parts[0] + " rounds"
 
 
+def constant_guess(result) -> str | None:
+    """A run that committed rounds but whose global model does no better than always predicting
+    the most common test label, in one line; None otherwise. Digits with features 0..8 once
+    trained to exactly that (every ReLU dead, accuracy 0.087) and the run looked like a success."""
+    final = result.summary.get("final") or {}
+    accuracy, share = final.get("final_global_accuracy"), result.config.get("data", {}).get("most_common_test_share")
+    if accuracy is None or share is None or not any(r["committed"] for r in result.rounds):
+        return None
+    if accuracy > share + 0.01:
+        return None
+    return (f"the global model's accuracy {accuracy:.3f} is no better than always predicting the most common "
+            f"label ({share:.3f}): it learned nothing the fleet shares. If that is unexpected, standardize the "
+            f"features (--standardize, or (x - mean) / std) or lower --lr")
+
+
 def summarize(result) -> dict:
     if not result.rounds:  # the privacy budget refused the first round
         return {}
