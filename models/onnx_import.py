@@ -195,12 +195,18 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
     layers: list[DenseLayer] = []
     tensor, users = g.follow(cut)
     while True:
-        if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users):
+        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and [u.op_type for u in users] == ["Sigmoid"]
+        if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users) \
+                or binary:
             later = g.dense_after(tensor)
             if later is not None:  # a Flatten between dense layers is not the end of the tail
                 raise OnnxImportError(f"{g.where}: {', '.join(_node_label(u) for u in users)} after {tensor!r} comes "
                                       f"before {_node_label(later)}; the trainable tail must be a chain of dense "
                                       "layers: cut after that node")
+            if binary:  # p = sigmoid(z) is softmax([0, z])[1]: a two-class head, the same predictions
+                last = layers[-1]
+                layers[-1] = DenseLayer(last.node, last.output, np.hstack([np.zeros_like(last.weight), last.weight]),
+                                        np.concatenate([np.zeros_like(last.bias), last.bias]), last.activation)
             break  # the classifier's logits: what follows is prediction post-processing
         if len(users) != 1:
             names = [_node_label(u) for u in users] or ["nothing"]
@@ -272,6 +278,10 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     layers = tuple(LayerSpec(name=n, units=layer.weight.shape[1], activation=layer.activation,
                              mode=options.roles.get(n, options.default_role)) for n, layer in zip(names, hidden))
     keep = options.num_classes == 0
+    if keep and classifier.weight.shape[1] == 1:
+        raise OnnxImportError(f"{options.onnx}: the last layer {classifier.node!r} gives one value and no Sigmoid "
+                              "follows it: fedge trains classifiers (a binary one ends in a Sigmoid); for a new "
+                              "head give --classes K")
     labels = g.class_labels(classifier.output) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
         # fedge's labels are the classifier's output indices; the source's mapping is dropped

@@ -174,3 +174,42 @@ def test_class_labels_other_than_output_indices_are_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="fedge.models"):
         import_spec(ImportOptions(str(tmp_path / "m.onnx")))
     assert "maps its" not in caplog.text
+
+
+def test_a_sigmoid_binary_classifier_becomes_a_two_class_head(tmp_path):
+    """One logit z and sigmoid(z), as scikit-learn's binary MLPClassifier and torch's
+    BCE-trained models end: the head becomes logits [0, z], whose softmax gives class 1 the
+    source's probability. Oracle: the source run by ONNX Runtime."""
+    w_out = RNG.normal(size=(5, 1)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["z"], name="out"),
+             helper.make_node("Sigmoid", ["z"], ["p"], name="sigmoid")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 27])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {
+                                  "w1": W1, "b1": np.full(5, 0.1, np.float32), "w2": w_out,
+                                  "b2": np.array([0.3], np.float32)}.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "binary.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "binary.onnx"), head="global"))
+    assert spec.num_classes == 2 and [layer.units for layer in spec.layers] == [5]
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    x = RNG.normal(size=(8, 27)).astype(np.float32)
+    backend = make_backend("portable", tmp_path / "art", manifest, "sgd")
+    logits = backend.predict({**runtime.initial("shared"), **runtime.initial("personal")}, runtime.embed(x))["global"]
+    p_class1 = np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)
+    source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(p_class1, source.run(["p"], {"x": x})[0][:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_one_output_without_a_sigmoid_is_refused_by_name(tmp_path):
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["z"], name="out")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(W2[:, :1].copy(), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match="'out' gives one value and no Sigmoid follows it"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"), num_classes=3)).num_classes == 3  # a new head
