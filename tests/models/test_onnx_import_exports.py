@@ -136,7 +136,7 @@ def test_a_model_stamped_ir_11_imports_when_its_ops_run(tmp_path):
 
 def test_a_flatten_between_dense_layers_moves_the_cut_after_it(tmp_path):
     """Gemm -> Flatten -> Gemm: the Flatten is not the classifier's post-processing (the first
-    Gemm was once taken for a 27-class classifier and the second dropped)."""
+    Gemm was once taken for the classifier, here of 5 classes, and the second dropped)."""
     nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
              helper.make_node("Relu", ["h"], ["a"], name="relu1"),
              helper.make_node("Flatten", ["a"], ["af"], name="flat", axis=1),
