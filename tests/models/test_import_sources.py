@@ -190,6 +190,27 @@ def test_sklearn_mlp_classifier(tmp_path):
     check_backends_agree(tmp_path / "art", x[200:], y[200:])
 
 
+def test_sklearn_binary_mlp_classifier(tmp_path):
+    """A binary MLPClassifier ends in one logit and a Sigmoid: imported as a two-class head
+    [0, z], as is it gives scikit-learn's own predict_proba, and the backends train it alike."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(x[:100], y[:100])
+    onnx.save(skl2onnx.to_onnx(clf, x[:1], options={"zipmap": False}, target_opset=17), tmp_path / "bin.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "bin.onnx")))
+    assert [layer.units for layer in spec.layers] == [16] and spec.num_classes == 2
+    build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)
+    runtime = ModelRuntime(tmp_path / "art")
+    logits = make_backend("portable", tmp_path / "art", runtime.manifest, "sgd").predict(
+        {**runtime.initial("shared"), **runtime.initial("personal")}, runtime.embed(x[100:]))["personal"]
+    np.testing.assert_allclose(_softmax(logits), clf.predict_proba(x[100:]), atol=TOL)  # imported as is
+    check_backends_agree(tmp_path / "art", x[100:260], y[100:260])
+
+
 def _softmax(logits):
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
