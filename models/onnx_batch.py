@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .onnx_source import OnnxImportError
+from .onnx_source import OnnxImportError, stored_tensors, subgraphs
 
 
 def _reached_from(graph: onnx.GraphProto, source: str) -> set[str]:
@@ -35,17 +35,6 @@ def _reached_from(graph: onnx.GraphProto, source: str) -> set[str]:
         if any(name in reached for name in node.input):
             reached.update(node.output)
     return reached
-
-
-def _constant(name: str, graph: onnx.GraphProto) -> np.ndarray | None:
-    for init in graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name and node.attribute \
-                and node.attribute[0].name == "value":
-            return numpy_helper.to_array(node.attribute[0].t)
-    return None
 
 
 def _label(node: onnx.NodeProto) -> str:
@@ -58,12 +47,13 @@ def free_fixed_batch(prefix: onnx.ModelProto, source_batch: int) -> list[str]:
     if source_batch <= 0:
         return []
     graph, changed, replaced = prefix.graph, [], set()
-    reached = _reached_from(graph, graph.input[0].name)
+    reached, stored = _reached_from(graph, graph.input[0].name), stored_tensors(graph)
     for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in reached:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in reached \
+                or node.input[1] not in stored:
             continue
-        shape = _constant(node.input[1], graph)
-        if shape is None or shape.ndim != 1 or not shape.size or int(shape[0]) != source_batch:
+        shape = numpy_helper.to_array(stored[node.input[1]])
+        if shape.ndim != 1 or not shape.size or int(shape[0]) != source_batch:
             continue
         allowzero = [a for a in node.attribute if a.name == "allowzero"]
         if allowzero and allowzero[0].i:  # the dynamo exporter's: 0 means a zero-length dimension
@@ -92,15 +82,15 @@ def _names_read(graph: onnx.GraphProto) -> set[str]:
     read = {o.name for o in graph.output}
     for node in graph.node:
         read.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
-                read |= _names_read(sub)
+        for sub in subgraphs(node):
+            read |= _names_read(sub)
     return read
 
 
 def _constant_reshapes(prefix: onnx.ModelProto) -> list[str]:
+    stored = stored_tensors(prefix.graph)
     return [_label(n) for n in prefix.graph.node
-            if n.op_type == "Reshape" and len(n.input) > 1 and _constant(n.input[1], prefix.graph) is not None]
+            if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in stored]
 
 
 def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, input_shape: tuple[int, ...],

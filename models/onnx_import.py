@@ -21,6 +21,8 @@ Anything the importer cannot express raises OnnxImportError naming the node and 
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .onnx_batch import check_any_batch, free_fixed_batch
-from .onnx_source import OnnxImportError, load_source
+from .onnx_source import OnnxImportError, load_source, stored_tensors
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
 
 DENSE_OPS = ("Gemm", "MatMul")
@@ -88,10 +90,7 @@ class _Graph:
     def __init__(self, model: onnx.ModelProto, where: str):
         self.model, self.where = model, where
         g = model.graph
-        self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-        for node in g.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.consts: dict[str, np.ndarray] = {k: numpy_helper.to_array(t) for k, t in stored_tensors(g).items()}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in g.node:
             for name in node.input:
@@ -119,30 +118,25 @@ class _Graph:
                 continue
             return tensor, users
 
+    def downstream(self, tensor: str) -> Iterator[onnx.NodeProto]:
+        """Every node computed from `tensor`, nearest first."""
+        seen, todo = {tensor}, deque([tensor])
+        while todo:
+            for node in self.consumers.get(todo.popleft(), []):
+                yield node
+                todo.extend(o for o in node.output if o not in seen)
+                seen.update(node.output)
+
     def dense_after(self, tensor: str) -> onnx.NodeProto | None:
         """A dense layer (Gemm or MatMul with a stored weight) computed from `tensor`, if any."""
-        seen, todo = {tensor}, [tensor]
-        while todo:
-            for node in self.consumers.get(todo.pop(), []):
-                if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in self.consts:
-                    return node
-                for out in node.output:
-                    if out not in seen:
-                        seen.add(out)
-                        todo.append(out)
-        return None
+        return next((n for n in self.downstream(tensor)
+                     if n.op_type in DENSE_OPS and len(n.input) > 1 and n.input[1] in self.consts), None)
 
     def class_labels(self, logits: str) -> np.ndarray | None:
         """The labels the source maps its classifier's outputs to (scikit-learn's classes_, kept
         in an ArrayFeatureExtractor after the ArgMax), if it does."""
-        seen, todo = {logits}, [logits]
-        while todo:
-            for node in self.consumers.get(todo.pop(), []):
-                if node.op_type == "ArrayFeatureExtractor" and node.input[0] in self.consts:
-                    return self.consts[node.input[0]]
-                todo.extend(o for o in node.output if o not in seen)
-                seen.update(node.output)
-        return None
+        return next((self.consts[n.input[0]] for n in self.downstream(logits)
+                     if n.op_type == "ArrayFeatureExtractor" and n.input[0] in self.consts), None)
 
     def const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
         if name not in self.consts:
@@ -370,8 +364,10 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     except onnx.checker.ValidationError as exc:
         raise OnnxImportError(f"{spec.onnx}: the backbone cut from it is not a valid ONNX model: "
                               f"{str(exc).splitlines()[0][:300]}") from None
-    unchanged = onnx.ModelProto()
-    unchanged.CopyFrom(prefix)
+    unchanged = None
+    if source_batch > 0:  # only a fixed batch is rewritten: keep the prefix as it was to compare
+        unchanged = onnx.ModelProto()
+        unchanged.CopyFrom(prefix)
     changed = free_fixed_batch(prefix, source_batch)
     check_any_batch(prefix, unchanged if changed else None, tuple(spec.input_shape), source_batch, spec.onnx)
     return prefix

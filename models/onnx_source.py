@@ -52,18 +52,33 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
     return model, digest.hexdigest()
 
 
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs a node holds in its attributes (If's branches, Loop's and Scan's bodies)."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        yield from attr.graphs
+
+
+def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
+    """The graph's stored values by tensor name: initializers and Constant nodes' `value`."""
+    out = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            out[node.output[0]] = node.attribute[0].t
+    return out
+
+
 def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    """Every stored tensor of a graph: initializers and Constant values, in subgraphs too."""
+    """Every stored tensor of a graph: initializers and tensor attributes, in subgraphs too."""
     yield from graph.initializer
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 yield attr.t
             yield from attr.tensors
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _tensors(sub)
+        for sub in subgraphs(node):
+            yield from _tensors(sub)
 
 
 def _external_data(model: onnx.ModelProto, path: Path) -> tuple[dict[str, bytes], list]:

@@ -132,7 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .fleet import check_split_flags, run_simulation
-    from .report import HEADER, format_row, format_summary, summarize, write_json, write_plot
+    from .report import HEADER, constant_guess, format_row, format_summary, summarize, write_json, write_plot
 
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
     cfg = build_config(args, out_dir)
@@ -160,8 +160,6 @@ def run(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     result.summary["final"] = summarize(result)
-    from .report import constant_guess
-
     result.summary["constant_guess"] = warning = constant_guess(result)
     if warning:
         print(f"fedge: warning: {warning}", file=sys.stderr)
