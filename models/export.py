@@ -3,7 +3,8 @@
     x (N, *input_shape) -> backbone.onnx as built -> trainable dense layers -> head -> logits (N, C)
 
 LoRA layers are merged: W' = W + (alpha / rank) * A @ B, so the graph is plain MatMul, Add and
-Relu after the backbone, in whatever opset the backbone has (an imported one keeps its source's).
+the layers' activations after the backbone, in whatever opset the backbone has (an imported one
+keeps its source's).
 Stock onnxruntime runs it; the inference side needs nothing of fedge.
 """
 
@@ -19,6 +20,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import load_npz
 from fedge.edge_runtime.kernel.manifest import check_params, load_manifest
 
+from .graphs import ACTIVATION_OPS
 from .onnx_builder import IR_VERSION, OPSET
 from .spec import ModelSpec, spec_from_dict
 
@@ -26,7 +28,7 @@ Dense = tuple[np.ndarray, np.ndarray, str]  # weight (in, out), bias (out,), act
 
 
 def append_dense(model: onnx.ModelProto, start: str, layers: list[Dense], out: str, prefix: str) -> None:
-    """Add MatMul + Add (+ Relu) per layer from tensor `start` to a new tensor `out`, in place."""
+    """Add MatMul + Add (+ its activation) per layer from tensor `start` to a new tensor `out`, in place."""
     graph = model.graph
     h = start
     for i, (w, b, activation) in enumerate(layers):
@@ -38,9 +40,9 @@ def append_dense(model: onnx.ModelProto, start: str, layers: list[Dense], out: s
         graph.node.extend([helper.make_node("MatMul", [h, f"{name}.weight"], [f"{name}.mm"], name=f"{name}.matmul"),
                            helper.make_node("Add", [f"{name}.mm", f"{name}.bias"], [pre], name=f"{name}.add")])
         h = pre
-        if activation == "relu":
-            h = out if last else f"{name}.relu"
-            graph.node.append(helper.make_node("Relu", [pre], [h], name=f"{name}.relu"))
+        if activation != "none":
+            h = out if last else f"{name}.{activation}"
+            graph.node.append(helper.make_node(ACTIVATION_OPS[activation], [pre], [h], name=f"{name}.{activation}"))
 
 
 def rename_output(model: onnx.ModelProto, old: str, new: str) -> None:

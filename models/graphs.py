@@ -35,6 +35,22 @@ from .params import param_infos
 from .spec import LayerSpec, ModelSpec
 
 OPTIMIZERS = ("sgd", "adamw")
+ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}  # spec.ACTIVATIONS but "none"
+
+
+def activate(gb: GraphBuilder, activation: str, pre: str) -> str:
+    return gb.op(ACTIVATION_OPS[activation], [pre]) if activation != "none" else pre
+
+
+def _activation_backward(gb: GraphBuilder, activation: str, dh: str, pre: str, out: str) -> str:
+    """d loss / d pre from d loss / d out, out = activation(pre)."""
+    if activation == "relu":
+        return gb.mul(dh, gb.op("Cast", [gb.op("Greater", [pre, gb.const(0.0)])], to=TensorProto.FLOAT))
+    if activation == "tanh":  # tanh' = 1 - tanh^2
+        return gb.mul(dh, gb.sub(gb.const(1.0), gb.mul(out, out)))
+    if activation == "sigmoid":  # sigmoid' = s (1 - s)
+        return gb.mul(dh, gb.mul(out, gb.sub(gb.const(1.0), out)))
+    return dh
 
 
 def optimizer_state_names(optimizer: str, param: str) -> tuple[str, ...]:
@@ -99,7 +115,7 @@ def _frozen_layer(gb: GraphBuilder, layer: LayerSpec, values: dict[str, np.ndarr
         w = gb.initializer(f"{layer.name}.weight", values[f"{layer.name}.weight"])
         b = gb.initializer(f"{layer.name}.bias", values[f"{layer.name}.bias"])
         h = gb.add(gb.matmul(h, w), b)
-    return gb.op("Relu", [h]) if layer.activation == "relu" else h
+    return activate(gb, layer.activation, h)
 
 
 # ----------------------------------------------------------------------------- forward part
@@ -110,6 +126,7 @@ class _LayerTrace:
     layer: LayerSpec
     x: str  # layer input (N, in)
     pre: str  # pre-activation (N, out)
+    out: str  # after the activation (N, out)
     weight: str
     lora_u: str | None  # x @ A (N, r), LoRA layers only
     lora_a: str | None
@@ -139,8 +156,9 @@ def emit_forward(
             a, bb = param(f"{layer.name}.lora_a"), param(f"{layer.name}.lora_b")
             u = gb.matmul(h, a)
             pre = gb.add(pre, gb.mul(gb.matmul(u, bb), gb.const(spec.lora_scale)))
-        traces.append(_LayerTrace(layer, h, pre, w, u, a, bb))
-        h = gb.op("Relu", [pre]) if layer.activation == "relu" else pre
+        out = activate(gb, layer.activation, pre)
+        traces.append(_LayerTrace(layer, h, pre, out, w, u, a, bb))
+        h = out
     logits = {}
     for head in heads_of(spec):
         logits[head] = gb.add(gb.matmul(h, param(f"head_{head}.weight")), param(f"head_{head}.bias"))
@@ -222,10 +240,7 @@ def _emit_backward(gb, spec, z, y, feats, traces, logits, trainable):
     dh = dfeats
     for i in range(len(traces) - 1, -1, -1):
         t = traces[i]
-        dpre = dh
-        if t.layer.activation == "relu":
-            mask = gb.op("Cast", [gb.op("Greater", [t.pre, gb.const(0.0)])], to=TensorProto.FLOAT)
-            dpre = gb.mul(dh, mask)
+        dpre = _activation_backward(gb, t.layer.activation, dh, t.pre, t.out)
         name = t.layer.name
         if t.layer.mode in ("shared", "personal"):
             grads[f"{name}.weight"] = gb.matmul(gb.transpose(t.x), dpre)

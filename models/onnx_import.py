@@ -6,9 +6,9 @@
 
 The cut is a tensor of shape (N, features). Given by name, or found automatically: the input of
 the first dense layer (Gemm, or MatMul with an optional Add) from which the rest of the graph is
-a chain of dense layers with Relu between them, up to prediction post-processing (Softmax,
-ArgMax, ZipMap, ...), which is dropped. Weights follow the spec convention y = x @ W + b with W
-(in, out): Gemm's transB and alpha/beta are folded in.
+a chain of dense layers with Relu, Tanh or Sigmoid between them, up to prediction
+post-processing (Softmax, ArgMax, ZipMap, ...), which is dropped. Weights follow the spec
+convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in.
 
 The backbone is cut out with onnx.utils.Extractor (which runs shape inference), its input is
 renamed x and given a free batch dimension, and its output is the cut flattened to z (N, d).
@@ -32,11 +32,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .graphs import ACTIVATION_OPS
 from .onnx_batch import check_any_batch, free_fixed_batch
 from .onnx_source import OnnxImportError, load_source, stored_tensors
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
 
 DENSE_OPS = ("Gemm", "MatMul")
+ACTIVATION_OF_OP = {op: name for name, op in ACTIVATION_OPS.items()}  # the ONNX ops the tail trains through
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
 log = logging.getLogger("fedge.models")
 
@@ -50,7 +52,7 @@ class DenseLayer:
     output: str  # tensor after the layer (and its activation)
     weight: np.ndarray  # (in, out)
     bias: np.ndarray  # (out,)
-    activation: str  # "relu" or "none"
+    activation: str  # spec.ACTIVATIONS: "relu", "tanh", "sigmoid" or "none"
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,10 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
                 b, out = bias.reshape(-1), add.output[0]
     out, users = g.follow(out)
     activation = "none"
-    if len(users) == 1 and users[0].op_type == "Relu":
-        activation, (out, _) = "relu", g.follow(users[0].output[0])
+    op = users[0].op_type if len(users) == 1 else None
+    # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation
+    if op in ACTIVATION_OF_OP and not (op == "Sigmoid" and w.shape[1] == 1):
+        activation, (out, _) = ACTIVATION_OF_OP[op], g.follow(users[0].output[0])
     return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
                       activation)
 
@@ -205,11 +209,13 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
         if len(users) != 1:
             names = [_node_label(u) for u in users] or ["nothing"]
             raise OnnxImportError(f"{g.where}: tensor {tensor!r} feeds {', '.join(names)}; the trainable tail must "
-                                  "be a chain of dense layers (Gemm, or MatMul + Add, with Relu) ending at the output")
+                                  "be a chain of dense layers (Gemm, or MatMul + Add, with Relu, Tanh or Sigmoid) "
+                                  "ending at the output")
         node = users[0]
         if node.op_type not in DENSE_OPS:
             raise OnnxImportError(f"{g.where}: {_node_label(node)} after {tensor!r}: the trainable tail takes dense "
-                                  "layers (Gemm, or MatMul + Add) with Relu only; cut later, or after this node")
+                                  "layers (Gemm, or MatMul + Add) with Relu, Tanh or Sigmoid only; cut later, or after "
+                                  "this node")
         layer = _dense(g, node, tensor)
         if layers and layers[-1].weight.shape[1] != layer.weight.shape[0]:
             raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {layer.weight.shape[0]} features, "
@@ -268,7 +274,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if unknown:
         raise ConfigError(f"import {options.onnx}: roles for {unknown}, but the tail's hidden layers are {names} "
                           f"(ONNX nodes {[layer.node for layer in hidden]}): the trainable tail starts after the last "
-                          "activation other than Relu (GELU, Tanh, Sigmoid, ... stay in the frozen backbone)")
+                          "activation other than Relu, Tanh or Sigmoid (GELU, LeakyRelu, ... stay in the frozen "
+                                  "backbone)")
     layers = tuple(LayerSpec(name=n, units=layer.weight.shape[1], activation=layer.activation,
                              mode=options.roles.get(n, options.default_role)) for n, layer in zip(names, hidden))
     keep = options.num_classes == 0

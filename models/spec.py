@@ -42,7 +42,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 LAYER_KINDS = ("dense", "conv", "pool", "gap", "flatten")
 LAYER_MODES = ("frozen", "lora", "shared", "personal")
 HEAD_MODES = ("dual", "global", "personal")
-ACTIVATIONS = ("relu", "none")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "none")  # graphs.ACTIVATION_OPS: forward and backward of each
 # Sizes past what an edge device holds are typos (units = 100000000 asked numpy for 48 GiB, and
 # a --classes of 10**8 ran the import into the OOM killer): refused by name instead.
 MAX_UNITS = 65_536  # a dense layer's outputs, a conv's channels, a LoRA rank

@@ -103,8 +103,9 @@ def _digits_images(n: int):
     return x[:n].reshape(-1, 1, 8, 8), y[:n]
 
 
-def _torch_sgd_reference(torch, layers: list, z: np.ndarray, y: np.ndarray) -> dict:
-    """Plain torch: the same Linear modules, ReLU between, cross-entropy, SGD."""
+def _torch_sgd_reference(torch, layers: list, z: np.ndarray, y: np.ndarray, acts: list | None = None) -> dict:
+    """Plain torch: the same Linear modules, `acts` between (ReLU), cross-entropy, SGD."""
+    acts = acts or [torch.relu] * (len(layers) - 1)
     params = [p for layer in layers for p in layer.parameters()]
     opt = torch.optim.SGD(params, lr=HYPER.lr)
     zt, yt = torch.from_numpy(z).double(), torch.from_numpy(y)
@@ -114,7 +115,7 @@ def _torch_sgd_reference(torch, layers: list, z: np.ndarray, y: np.ndarray) -> d
         for j, layer in enumerate(layers):
             h = layer(h)
             if j < len(layers) - 1:
-                h = torch.relu(h)
+                h = acts[j](h)
         loss = torch.nn.functional.cross_entropy(h, yt[lo:lo + BATCH])
         opt.zero_grad()
         loss.backward()
@@ -168,6 +169,28 @@ def test_torch_mlp(torch_mod, tmp_path):
     check_backends_agree(tmp_path / "art", x, y)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torch_mlp_with_tanh_and_sigmoid(torch_mod, tmp_path):
+    """Tanh and Sigmoid layers join the trainable tail (they once stayed frozen in the backbone);
+    torch's autograd and SGD on the same modules are the reference."""
+    torch = torch_mod
+    torch.manual_seed(2)
+    nn = torch.nn
+    model = nn.Sequential(nn.Linear(64, 24), nn.Tanh(), nn.Linear(24, 16), nn.Sigmoid(), nn.Linear(16, 10))
+    x, y = _digits_images(80)
+    x = x.reshape(len(x), -1)
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "mlp.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "mlp.onnx"), default_role="shared", head="global"))
+    assert spec.onnx_cut == "input" and [layer.activation for layer in spec.layers] == ["tanh", "sigmoid"]
+    build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)
+    ours = check_backends_agree(tmp_path / "art", x, y)
+    linears = [model[0].double(), model[2].double(), model[4].double()]
+    ref = _torch_sgd_reference(torch, linears, x.astype(np.float64), y, [torch.tanh, torch.sigmoid])
+    for ours_name, ref_name in (("fc1", "layer0"), ("fc2", "layer1"), ("head_global", "layer2")):
+        np.testing.assert_allclose(ours[f"{ours_name}.weight"], ref[ref_name][0], atol=TOL)
+        np.testing.assert_allclose(ours[f"{ours_name}.bias"], ref[ref_name][1], atol=TOL)
+
+
 # ---------------------------------------------------------------------------- scikit-learn
 
 
@@ -187,6 +210,29 @@ def test_sklearn_mlp_classifier(tmp_path):
     logits = make_backend("portable", tmp_path / "art", manifest, "sgd").predict(
         {**runtime.initial("shared"), **runtime.initial("personal")}, runtime.embed(x[200:]))["personal"]
     np.testing.assert_allclose(_softmax(logits), clf.predict_proba(x[200:]), atol=TOL)  # imported as is
+    check_backends_agree(tmp_path / "art", x[200:], y[200:])
+
+
+@pytest.mark.parametrize("activation", ["tanh", "logistic"])
+def test_sklearn_mlp_classifier_tanh_and_logistic(tmp_path, activation):
+    """scikit-learn's other hidden activations (Tanh, Sigmoid in the graph) import as trainable
+    layers: as is the model gives scikit-learn's own predict_proba, and the backends train alike."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = _digits_images(300)
+    x = x.reshape(len(x), -1)
+    clf = MLPClassifier(hidden_layer_sizes=(32, 16), activation=activation, max_iter=200, random_state=0)
+    clf.fit(x[:200], y[:200])
+    onnx.save(skl2onnx.to_onnx(clf, x[:1], options={"zipmap": False}, target_opset=17), tmp_path / "skl.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "skl.onnx")))
+    expected = {"tanh": "tanh", "logistic": "sigmoid"}[activation]
+    assert [(layer.units, layer.activation) for layer in spec.layers] == [(32, expected), (16, expected)]
+    build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)
+    runtime = ModelRuntime(tmp_path / "art")
+    logits = make_backend("portable", tmp_path / "art", runtime.manifest, "sgd").predict(
+        {**runtime.initial("shared"), **runtime.initial("personal")}, runtime.embed(x[200:]))["personal"]
+    np.testing.assert_allclose(_softmax(logits), clf.predict_proba(x[200:]), atol=TOL)
     check_backends_agree(tmp_path / "art", x[200:], y[200:])
 
 

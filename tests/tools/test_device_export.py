@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,10 +48,14 @@ def _spec(kind, tmp_path):
                                          lora_rank=2)), (2, 6, 6)
     if kind == "frozen-then-lora":  # a backbone fedge built, then a LoRA layer
         return mlp_spec(10, 3, hidden=(16, 8), modes=("frozen", "lora"), lora_rank=2), (10,)
+    if kind == "tanh-sigmoid":  # what an imported tanh or logistic MLP gives
+        spec = mlp_spec(10, 3, hidden=(16, 8), modes=("lora", "personal"), lora_rank=2)
+        layers = tuple(replace(layer, activation=act) for layer, act in zip(spec.layers, ("tanh", "sigmoid")))
+        return replace(spec, layers=layers), (10,)
     return mlp_spec(10, 3, hidden=(8,), modes=("personal",)), (10,)  # no backbone at all
 
 
-@pytest.mark.parametrize("kind", ["imported-cnn", "frozen-then-lora", "personal-layer"])
+@pytest.mark.parametrize("kind", ["imported-cnn", "frozen-then-lora", "tanh-sigmoid", "personal-layer"])
 def test_exported_model_matches_the_runtime(kind, tmp_path):
     spec, shape = _spec(kind, tmp_path)
     state = tmp_path / "state"

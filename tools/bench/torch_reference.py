@@ -56,7 +56,8 @@ class TorchReference(nn.Module):
             pre = h @ self._get(f"{n}.weight") + self._get(f"{n}.bias")
             if layer["mode"] == "lora":
                 pre = pre + self.scale * ((h @ self._get(f"{n}.lora_a")) @ self._get(f"{n}.lora_b"))
-            h = F.relu(pre) if layer["activation"] == "relu" else pre
+            act = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}.get(layer["activation"])
+            h = act(pre) if act else pre
         return {hd: h @ self._get(f"head_{hd}.weight") + self._get(f"head_{hd}.bias") for hd in self.heads}
 
     def trainable(self) -> list[nn.Parameter]:
