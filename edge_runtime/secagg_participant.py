@@ -29,6 +29,7 @@ import numpy as np
 
 from .device import DeviceRuntime
 from .kernel.compress import decompress_update
+from .kernel.errors import CodecError
 from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
 from .kernel.secagg import ddg, identity
@@ -149,7 +150,7 @@ class SecAggParticipant:
             log.warning("device %s: round %d: secagg %s declined: %s", self.device_id, round_id,
                         type(message).__name__, exc)
             self.publish(Decline(self.device_id, round_id, task_id, exc.reason, exc.detail, "during"))
-        except ValueError as exc:  # a delta that cannot be encoded (NaN), a malformed key: decline, keep running
+        except (ValueError, CodecError) as exc:  # a delta that cannot be encoded (NaN), a malformed key: decline
             log.warning("device %s: round %d: secagg %s failed: %s", self.device_id, round_id,
                         type(message).__name__, exc)
             self.publish(Decline(self.device_id, round_id, task_id, FAILED, str(exc)[:300], "during"))

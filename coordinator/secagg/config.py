@@ -136,6 +136,11 @@ def check_compatible(cfg) -> None:
                                            "clients_per_round) must allow at least 2"),
         (max(sa.share_min, sa.mask_min, sa.unmask_min) > cfg.clients_per_round, "secagg_stage_min",
          "a stage minimum (share_min, mask_min, unmask_min) above clients_per_round: no round could pass it"),
+        # the devices quantize into the shared field (bits) and send every coordinate, so these
+        # would not apply; the default 8 bits and error feedback are replaced without a word
+        (cfg.compression.topk_fraction < 1 or cfg.compression.quant_bits not in (8, 32), "secagg_compression",
+         "devices send every coordinate quantized into the shared field (secure_aggregation.bits): "
+         "leave compression.topk_fraction = 1 and quant_bits at 8 or 32"),
         (sa.clip_range == 0 and cfg.compression.clip_norm <= 0, "secagg_no_clip_range",
          "secure aggregation needs a clip range: set secure_aggregation.clip_range or compression.clip_norm"),
     ]

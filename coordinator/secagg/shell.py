@@ -10,7 +10,7 @@ import logging
 import math
 
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
-from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec
+from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggSpec
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed
 
@@ -133,6 +133,10 @@ class SecAggShell:
         if rnd is None or reply.round_id != rnd.ctx.round_id:
             raise SecAggRejected("stale_round", f"{type(reply).__name__} for round {reply.round_id}")
         rnd.bytes_up += size
+        # as dense fp32: a masked input's field elements would be 4 bytes a coordinate (the codec
+        # holds its data to exactly ceil(length * field_bits / 8) bytes, so length is bounded)
+        masked = isinstance(reply, MaskedInput)
+        rnd.bytes_up_dense += size - len(reply.data) + 4 * reply.length if masked else size
         if sender != reply.device_id or rnd.ctx.tasks.get(sender) != reply.task_id:
             raise SecAggRejected("unexpected_message", f"{type(reply).__name__} from {sender}")
         if not rnd.machine.expects(sender):

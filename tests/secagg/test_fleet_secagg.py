@@ -202,6 +202,9 @@ def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path
     ({"clients_per_round": 4, "min_reports": 1}, "secagg_quorum"),
     ({"compression": CompressionSpec(clip_norm=0.0), "secure_aggregation": SecAggConfig(enabled=True)},
      "secagg_no_clip_range"),
+    # the devices quantize into the field and send every coordinate: these would do nothing
+    ({"compression": CompressionSpec(quant_bits=4, clip_norm=4.0)}, "secagg_compression"),
+    ({"compression": CompressionSpec(quant_bits=32, topk_fraction=0.1, clip_norm=4.0)}, "secagg_compression"),
 ])
 def test_settings_that_need_individual_updates_are_refused_by_name(settings, reason):
     base = {"aggregator": "mean", **SETTINGS, **settings}
@@ -236,6 +239,24 @@ def test_the_simulator_runs_secure_rounds(tmp_path):
                                       out_dir=str(tmp_path / "sim")))
     assert [r["committed"] for r in result.rounds] == [True, True]
     assert set(result.summary["rejections"]) <= {"stale_round"}
+    # the same messages as dense fp32: each masked coordinate's 16 field bits as 32 (it once said 0)
+    from fedge.tools.simulate.report import summarize
+
+    final = summarize(result)
+    assert final["total_bytes_up"] < final["total_bytes_up_dense"] < 2 * final["total_bytes_up"]
+
+
+def test_a_device_whose_delta_cannot_be_masked_declines_and_the_run_goes_on(tmp_path):
+    """`--attack nan` under secure aggregation: a NaN delta has no field encoding. The attacker's
+    own participant declines (it once raised out of the device and ended the whole run)."""
+    from fedge.tools.simulate.config import SIM_COORDINATOR, SimConfig
+    from fedge.tools.simulate.fleet import run_simulation
+
+    coordinator = dataclasses.replace(SIM_COORDINATOR, clients_per_round=4, aggregator="mean", **SETTINGS)
+    result = run_simulation(SimConfig(devices=8, rounds=2, dataset="digits", coordinator=coordinator, attack="nan",
+                                      attackers=0.25))
+    assert len(result.rounds) == 2 and any(r["committed"] for r in result.rounds)
+    assert result.summary["declines"].get("secagg_failed", 0) >= 1, result.summary["declines"]
 
 
 def test_a_repeated_key_directory_gets_the_same_boxes_again(model, tmp_path):
