@@ -187,7 +187,7 @@ class DeviceRuntime:
         shared = decode_dense(task.params)
         check_params(manifest, shared, "shared")
         store = DeviceStore(self.state_root / self.device_id, model.model_id)
-        store.save_global(shared)  # the latest global model received, for `fedge device export`
+        store.save_global(shared, task.model_version)  # the latest global model received, for `fedge device export`
         server_control = client_control = correction = None
         if task.correction:  # a SCAFFOLD round: the task carries c
             check_scaffold_hyper(task.hyper)
@@ -295,6 +295,15 @@ class DeviceRuntime:
     def _decline(self, task: TrainTask, reason: str, detail: str, stage: str) -> Decline:
         log.info("device %s declines task %s: %s (%s)", self.device_id, task.task_id, reason, detail)
         return Decline(self.device_id, task.round_id, task.task_id, reason, detail, stage)
+
+    def keep_global(self, model_id: str, shared: dict[str, np.ndarray], version: int) -> None:
+        """A committed model this device evaluated becomes the one `fedge device export` uses,
+        when it is newer than the one its last task brought (the final round's model reaches a
+        device only in an evaluation)."""
+        store = DeviceStore(self.state_root / self.device_id, model_id)
+        held = store.global_version()
+        if held is None or version > held:
+            store.save_global(shared, version)
 
     def evaluate(self, model_id: str, shared: dict[str, np.ndarray]) -> DeviceEval:
         """Accuracy on the device's own held-out split: global head and personal head."""

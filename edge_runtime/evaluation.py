@@ -2,9 +2,11 @@
 
 The device scores the task's global model (the shared params it carries, with the global
 head) and its own personalized model (the same shared params with its personal head) on its
-held-out split, and reports loss, accuracy and the example count. Nothing is trained and
-nothing is kept. A device that cannot evaluate says why in `reason` instead of staying
-silent, so the coordinator can tell "not eligible" from "lost".
+held-out split, and reports loss, accuracy and the example count. Nothing is trained; the
+model is kept as the device's global model when it is newer than the one it holds (for `fedge
+device export`: the final round's model reaches a device only here). A device that cannot
+evaluate says why in `reason` instead of staying silent, so the coordinator can tell "not
+eligible" from "lost".
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def answer_eval(runtime, task: EvalTask) -> EvalReport:
         shared = decode_dense(task.params)
         check_params(runtime.model(task.model_id).manifest, shared, "shared")
         scores = runtime.evaluate(task.model_id, shared)
+        runtime.keep_global(task.model_id, shared, task.model_version)
     except FedgeError as exc:
         log.warning("device %s: evaluation %s failed: %s", runtime.device_id, task.eval_id, exc)
         return _declined(runtime.device_id, task, getattr(exc, "reason", "") or "eval_failed")

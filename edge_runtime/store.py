@@ -9,8 +9,9 @@
                     upload, with that update's id: put back if the coordinator rejects it)
     staged-<update id>.npz  the whole state.npz one task moves to, written before the task's
                     update is kept for upload; applying it is renaming it to state.npz
-    global.npz      the shared params of the last task trained: the global model this device
-                    holds, which `fedge device export` joins with its personal params
+    global.npz      the newest global model this device received (its last task's, or a newer
+                    one it evaluated), with its version: what `fedge device export` joins with
+                    its personal params
     tuned_head.npz  a global-only model's head_global, tuned on local data (personalize)
     meta.json       last round trained, counters
 
@@ -46,6 +47,7 @@ from .kernel.manifest import check_model_id
 _STAGEABLE = ("personal", "opt_state", "residual", "control", "control_residual", "control_undo")
 _STATE = "state"
 _META_KEY = "//meta"
+_VERSION_KEY = "//version"  # in global.npz: the model version it holds
 _WHOLE_KEY = "//whole"  # in a staged file that holds the whole state (absent: an older, partial one)
 
 State = dict[str, Arrays]  # part name -> its arrays; a part that is absent is None
@@ -157,13 +159,20 @@ class DeviceStore:
         self._save("personal", arrays)
 
     def load_global(self) -> Arrays | None:
-        return self._load("global")
+        arrays = self._load("global")
+        return None if arrays is None else {k: v for k, v in arrays.items() if k != _VERSION_KEY}
 
-    def save_global(self, arrays: Arrays) -> None:
+    def global_version(self) -> int | None:
+        """The model version of global.npz; None when there is none (or an older fedge wrote it)."""
+        arrays = self._load("global")
+        return int(arrays[_VERSION_KEY]) if arrays is not None and _VERSION_KEY in arrays else None
+
+    def save_global(self, arrays: Arrays, version: int | None = None) -> None:
         # Not fsync'd: only `fedge device export` reads it, and the next task writes it again;
         # a power cut may leave the previous model here (or, on a filesystem that does not
         # order data before rename, an unreadable file that export reports).
-        self._save("global", arrays, durable=False)
+        extra = {} if version is None else {_VERSION_KEY: np.array(version, np.int64)}
+        self._save("global", {**arrays, **extra}, durable=False)
 
     def load_tuned_head(self) -> Arrays | None:
         return self._load("tuned_head")

@@ -197,6 +197,27 @@ def test_an_ineligible_or_modelless_device_says_why_instead_of_staying_silent(mo
     assert scored.reason == "" and scored.num_examples == 6 and scored.has_global and scored.has_personal
 
 
+def test_the_newest_model_a_device_evaluated_is_the_one_it_exports(model, tmp_path):
+    """The final round's model reaches a device only in an evaluation; `fedge device export`
+    once gave the model of the device's last task, a version behind the fleet."""
+    from fedge.edge_runtime.evaluation import answer_eval
+    from fedge.edge_runtime.kernel.update_codec import encode_dense
+
+    fleet = make_fleet(model, tmp_path, sizes=(30,), evaluation=ALL)
+    _commit(fleet)  # the device trained on version 0, and evaluated version 1
+    runtime, model_id = fleet.agents[0].runtime, fleet.model[1].model_id
+    store = DeviceStore(runtime.state_root / runtime.device_id, model_id)
+    committed = fleet.coordinator.state.params
+    assert store.global_version() == 1
+    assert all(np.array_equal(store.load_global()[k], v) for k, v in committed.items())
+    older = {k: v + 1.0 for k, v in committed.items()}
+    assert answer_eval(runtime, EvalTask("old", runtime.device_id, model_id, 0, 0, encode_dense(older))).reason == ""
+    assert store.global_version() == 1 and np.array_equal(store.load_global()[next(iter(older))],
+                                                          committed[next(iter(older))])  # an older one is not kept
+    newer = EvalTask("new", runtime.device_id, model_id, 2, 2, encode_dense(older))
+    assert answer_eval(runtime, newer).reason == "" and store.global_version() == 2
+
+
 def test_the_config_validates_itself():
     for bad in (dict(every_rounds=-1), dict(devices=-2), dict(deadline_s=0.0), dict(deadline_s=float("inf"))):
         with pytest.raises(ConfigError):
