@@ -139,6 +139,11 @@ class CoordinatorConfig:
             raise ConfigError(f"aggregator {self.aggregator!r}: choose one of {sorted(AGGREGATORS)}")
         if self.robust.bucket_size > 1 and self.aggregator not in KEEP_ALL:
             raise ConfigError(f"robust.bucket_size works in front of {', '.join(KEEP_ALL)}, not {self.aggregator!r}")
+        if self.robust.bucket_size > 1 and 2 * self.robust.bucket_size > self.clients_per_round:
+            # one bucket: the rule would see one input, the plain mean of the round
+            raise ConfigError(f"robust.bucket_size {self.robust.bucket_size} makes fewer than 2 buckets of "
+                              f"clients_per_round {self.clients_per_round} reports: use at most "
+                              f"{self.clients_per_round // 2}")
         if self.state_db and self.state_dsn:
             raise ConfigError("state_db and state_dsn are exclusive: keep the state in SQLite or in PostgreSQL")
         if self.state_dsn and not self.state_dsn.startswith(("postgresql://", "postgres://")):
@@ -211,5 +216,12 @@ def load_coordinator_config(path) -> CoordinatorConfig:
     else the whole file. `fedge simulate --config` reads the same files."""
     data = load_toml(path)
     if "coordinator" in data:  # never a key of a plain config: CoordinatorConfig has no such field
+        # a service file's other tables are [broker] and [service]; any other was meant for the
+        # coordinator ([secure_aggregation] for [coordinator.secure_aggregation]) and would be lost
+        stray = sorted(set(data) - {"coordinator", "broker", "service"})
+        if stray:
+            raise ConfigError(f"{Path(path).name}: {', '.join(stray)} beside [coordinator] is not read; a service "
+                              f"file has [coordinator], [broker] and [service] (coordinator settings go in "
+                              f"[coordinator] or its subtables, e.g. [coordinator.{stray[0]}])")
         return from_dict(CoordinatorConfig, data["coordinator"], f"{Path(path).name}[coordinator]")
     return from_dict(CoordinatorConfig, data, Path(path).name)

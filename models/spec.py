@@ -210,6 +210,9 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
             known = sorted(p.stem for p in (Path(__file__).parent / "specs").glob("*.toml"))
             raise ConfigError(f"no spec file {path_or_name!r} and no built-in spec by that name; built-ins: {known}")
         path = builtin
+    if path.is_dir():  # an artifacts folder, most likely: its spec is the TOML it was built from
+        raise ConfigError(f"{path} is a folder; a model is a spec file (TOML) or a built-in name: the model.toml "
+                          "that `fedge pretrain` wrote, or the spec you gave `fedge build-artifacts`")
     data = load_toml(path)
     model = data.get("model")
     if not isinstance(model, dict) or set(data) - {"model"}:

@@ -156,6 +156,8 @@ def build_federated(
         keep = np.setdiff1d(np.arange(len(y)), exclude)
         x, y = x[keep], y[keep]
     _check_split_args(name, len(y), num_clients, partition, alpha, classes_per_client)
+    if partition == "shards" and classes_per_client > len(np.unique(y)):
+        raise DatasetError(f"--classes-per-client {classes_per_client}: {name} has {len(np.unique(y))} labels")
     # spawn(3) starts with the same two children as spawn(2): adding the third stream kept
     # every earlier partition and split unchanged.
     part_rng, split_rng, skew_rng = np.random.default_rng(seed).spawn(3)

@@ -42,7 +42,7 @@ class PretrainConfig:
     partition: str = "dirichlet"
     alpha: float = 0.1
     seed: int = 0
-    spec: str = "mnist-mlp-lora"  # architecture, and the roles the imported model gets
+    spec: str = ""  # architecture, and the roles the imported model gets; "": the simulator's for the dataset
     epochs: int = 40
     batch_size: int = 32
     lr: float = 0.05  # SGD with momentum 0.9
@@ -103,11 +103,15 @@ def pretrain(cfg: PretrainConfig) -> Pretrained:
     from fedge.models.export import export_model
     from fedge.models.spec import load_spec, remode
     from fedge.tools.datasets import build_federated, load_shipped
+    from fedge.tools.simulate.model_choice import spec_for_dataset
 
-    base = load_spec(cfg.spec)
+    x, y = load_shipped(cfg.dataset)
+    base = load_spec(cfg.spec) if cfg.spec else spec_for_dataset(cfg.dataset, x.shape[1], int(y.max()) + 1)
     if base.onnx:
         raise ConfigError(f"pretrain --spec {cfg.spec}: an imported spec is pretrained already")
-    x, y = load_shipped(cfg.dataset)
+    if math.prod(base.input_shape) != x.shape[1]:
+        raise ConfigError(f"pretrain --spec {cfg.spec}: it takes {math.prod(base.input_shape)} values per example, "
+                          f"{cfg.dataset} has {x.shape[1]}; leave --spec out for the dataset's own")
     proxy = proxy_positions(y, cfg.proxy_fraction, cfg.seed)
     data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.alpha,
                            test_fraction=cfg.test_fraction, exclude=proxy)
@@ -132,7 +136,7 @@ def pretrain(cfg: PretrainConfig) -> Pretrained:
 
     roles = ", ".join(f'{layer.name} = "{layer.mode}"' for layer in base.layers if layer.kind == "dense")
     atomic_write_bytes(out / "model.toml", (
-        f"{_HEADER.decode()}: {cfg.spec} trained centrally on {len(proxy)} proxy examples of\n"
+        f"{_HEADER.decode()}: {base.name} trained centrally on {len(proxy)} proxy examples of\n"
         f"# {cfg.dataset} that no device holds (accuracy {accuracy:.4f} on the devices' test data).\n"
         f'[model]\nonnx = "pretrained.onnx"\nname = "{base.name}-pretrained"\nhead = "{base.head}"\n'
         f"lora_rank = {base.lora_rank}\nlora_alpha = {base.lora_alpha}\n"
@@ -164,7 +168,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition", default=d.partition)
     p.add_argument("--alpha", type=float, default=d.alpha)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--spec", default=d.spec, help="architecture to pretrain, and the roles the import gives its layers")
+    p.add_argument("--spec", default=d.spec, help="architecture to pretrain, and the roles the import gives its layers "
+                   "(default: the simulator's for the dataset: mnist-mlp-lora for mnist5k)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -175,7 +180,7 @@ def run(args) -> int:
                          partition=args.partition, alpha=args.alpha, seed=args.seed, spec=args.spec,
                          epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay)
     result = pretrain(cfg)
-    print(f"pretrained {cfg.spec} on {result.proxy_examples} proxy examples "
+    print(f"pretrained {cfg.spec or 'the ' + cfg.dataset + ' model'} on {result.proxy_examples} proxy examples "
           f"({cfg.proxy_fraction:.0%} of {cfg.dataset}, "
           f"held by no device): accuracy {result.accuracy:.4f} on the devices' test data before round 1")
     print(f"wrote {result.onnx}, {result.spec_file} (import it: --model {result.spec_file}) and "

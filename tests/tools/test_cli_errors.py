@@ -60,6 +60,26 @@ def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
     (["simulate", "--dataset", "synthetic", "--partition", "iid", "--rounds", "1"],
      ("ConfigError", "do not apply to --dataset synthetic")),
     (["simulate", "--dataset", "synthetic", "--alpha", "-1", "--rounds", "1"], ("--alpha -1.0", "both >= 0")),
+    # Options that would change nothing in the run they are given to (each once ran silently)
+    (["simulate", "--prox-mu", "5", "--rounds", "1"], ("--prox-mu applies to --strategy fedprox", "not fedavg")),
+    (["simulate", "--strategy", "fedadam", "--server-momentum", "0.5", "--rounds", "1"],
+     ("--server-momentum applies to --strategy fedavgm",)),
+    (["simulate", "--attackers", "0.5", "--rounds", "1"], ("need --attack",)),
+    (["simulate", "--omniscient", "--rounds", "1"], ("need --attack",)),
+    (["simulate", "--alpha", "5", "--partition", "iid", "--rounds", "1"],
+     ("--alpha applies to", "not --partition iid")),
+    (["simulate", "--classes-per-client", "3", "--rounds", "1"],
+     ("--classes-per-client applies to --partition shards",)),
+    (["simulate", "--partition", "shards", "--classes-per-client", "11", "--dataset", "digits", "--rounds", "1"],
+     ("--classes-per-client 11", "digits has 10 labels")),
+    (["simulate", "--finetune-steps", "50", "--rounds", "1"],
+     ("--finetune-steps applies to --personalization finetune",)),
+    (["simulate", "--personalization", "none", "--personal-head-from-global", "--rounds", "1"],
+     ("--personal-head-from-global",)),
+    (["simulate", "--new-device-steps", "5", "--rounds", "1"], ("--new-device-steps needs --new-devices",)),
+    (["simulate", "--broker", "mqtt://localhost:1", "--rounds", "1"], ("--broker needs --transport mqtt",)),
+    (["simulate", "--aggregator", "krum", "--bucket-size", "100", "--rounds", "1"],
+     ("bucket_size 100 makes fewer than 2 buckets", "at most 5")),
 ])
 def test_bad_argument_is_one_line(argv, words, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
@@ -181,6 +201,37 @@ UNUSABLE = {
                                                          '[data]\nnpz = "x.npz"\n')
                      and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "keepalive_s")),
 }
+
+
+UNUSABLE["a table beside [coordinator]"] = (
+    lambda t: (t / "c.toml").write_text('[coordinator]\nclients_per_round = 5\n[secure_aggregation]\nenabled = true\n')
+    and ["simulate", "--config", str(t / "c.toml")], ("ConfigError", "secure_aggregation beside [coordinator]"))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["secagg", "--devices", "1", "--dimension", "10"], ("--devices >= 2",)),
+    (["secagg", "--devices", "5", "--dropouts", "0.8", "--bits", "8", "--dimension", "10", "--repeats", "1"],
+     ("--dropouts 0.8", "threshold")),
+    (["secagg", "--devices", "5", "--dropouts", "0", "--bits", "64", "--dimension", "10", "--repeats", "1"],
+     ("bits must be in [2, 24]",)),
+    (["secagg", "--devices", "5", "--repeats", "0"], ("--repeats >= 1",)),
+    (["scale", "--sizes", "0"], ("sizes >= 1",)),
+    (["privacy", "--quick", "--epsilons", "-1"], ("--epsilons", "> 0")),
+    (["privacy", "--quick", "--mechanisms", "bogus"], ("--mechanisms bogus",)),
+    (["heterogeneity", "--quick", "--rounds", "0"], ("rounds >= 1",)),
+    (["robustness", "--quick", "--attacks", "bogus"], ("unknown 'bogus'",)),
+    (["robustness", "--quick", "--defenses", "mean+foo"], ("unknown 'mean+foo'",)),
+    (["async", "--quick", "--devices", "0"], ("--devices must be >= 1",)),
+])
+def test_a_bad_bench_option_is_a_usage_error(argv, words, tmp_path, capsys):
+    """Each once gave a traceback from deep inside the run, or (robustness) ran every cell into
+    an error and exited 0."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *argv, "--json", str(tmp_path / "x.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"fedge bench {argv[0]}: error:") and all(w in err for w in words), err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", sorted(UNUSABLE))

@@ -101,6 +101,16 @@ def test_pretraining_needs_no_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
+def test_without_a_spec_the_dataset_gets_the_simulators_model(tmp_path):
+    """`fedge pretrain --dataset digits` once failed on the MNIST spec it defaulted to; a spec that
+    does not fit the dataset is refused before any training."""
+    result = pretrain(PretrainConfig(out=str(tmp_path / "o"), dataset="digits", devices=4, epochs=2))
+    assert 'name = "digits-mlp-lora-pretrained"' in result.spec_file.read_text()
+    with pytest.raises(ConfigError, match="takes 784 values per example, digits has 64"):
+        pretrain(PretrainConfig(out=str(tmp_path / "p"), dataset="digits", spec="mnist-mlp-lora"))
+    assert not (tmp_path / "p").exists()
+
+
 def test_bad_configs():
     with pytest.raises(ConfigError, match="proxy_fraction"):
         PretrainConfig(out="x", proxy_fraction=0.9)

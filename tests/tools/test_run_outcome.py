@@ -72,6 +72,7 @@ def test_a_global_model_no_better_than_a_constant_guess_is_named():
     assert "no better" in constant_guess(result(0.13, 0.127))  # within a point of it
     assert constant_guess(result(0.2, 0.127)) is None
     assert constant_guess(result(0.087, 0.127, committed=False)) is None
+    assert constant_guess(result(1.0, 1.0)) is None  # one label in the test data: nothing to warn of
 
 
 def test_standardized_data_does_not_warn(tmp_path, caplog):

@@ -30,6 +30,24 @@ def _write_blob_clients(folder, width=23, classes=4, clients=5, seed=0):
         np.savez(folder / f"site-{c}.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
+def test_out_folder_and_plot_alone_are_written(tmp_path, capsys):
+    """--out DIR and --plot without --json each once wrote nothing and said nothing."""
+    data = tmp_path / "clients"
+    _write_blob_clients(data, clients=3)
+    run = ["simulate", "--data", str(data), "--rounds", "1", "--quiet"]
+    assert main([*run, "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["config"]["data_dir"] == str(data)
+    assert (tmp_path / "out" / "run.png").stat().st_size > 1000
+    assert main([*run, "--plot", str(tmp_path / "plots" / "p.png")]) == 0
+    assert [p.name for p in (tmp_path / "plots").iterdir()] == ["p.png"]
+    # a run.json fedge did not write is never replaced
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "run.json").write_text('{"mine": 1}')
+    assert main([*run, "--out", str(tmp_path / "theirs")]) == 2
+    assert "ForeignOutput" in capsys.readouterr().err
+    assert (tmp_path / "theirs" / "run.json").read_text() == '{"mine": 1}'
+
+
 def test_npz_folder_of_unseen_width_with_baselines(tmp_path):
     data = tmp_path / "clients"
     _write_blob_clients(data)

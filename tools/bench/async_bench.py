@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", choices=("mnist", "label-skew", "synthetic"), default="mnist")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    for name in ("devices", "rounds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
     cfg = RunConfig(seed=args.seed)
     devices = 1000
     if args.quick:

@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         grid = replace(grid, coordinator=load_coordinator_config(args.config))
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed",
                                                                                         args.seed)) if v is not None}
-    grid = replace(grid, **overrides)
+    try:
+        grid = replace(grid, **overrides)
+    except ValueError as exc:
+        p.error(str(exc))
     report_dir = args.report_dir or str(Path(args.json_path).parent)
     doc = run(grid, args.json_path, report_dir, data_dir=args.data_dir, quick=args.quick)
     met = {t["id"]: t["met"] for t in doc["targets"]}

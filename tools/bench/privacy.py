@@ -108,6 +108,14 @@ class PrivacyGrid:
         # the devices' own checks (ValueError naming the field), before any data set is built
         CompressionSpec(quant_bits=self.quant_bits, topk_fraction=self.topk_fraction,
                         error_feedback=self.error_feedback)
+        unknown = sorted(set(self.mechanisms) - {"central", "distributed"})
+        if unknown or not self.mechanisms:
+            raise ValueError(f"--mechanisms {','.join(self.mechanisms)}: use central, distributed or both")
+        if not self.epsilons or not all(e > 0 for e in self.epsilons):  # nan fails too
+            raise ValueError(f"--epsilons {self.epsilons}: each must be > 0 (inf = no DP)")
+        if self.quant_bits == 4 and "distributed" in self.mechanisms:
+            raise ValueError("--quant-bits 4 runs with --mechanisms central only: under secure aggregation the "
+                             "devices quantize into the field (--bits)")
         if self.topk_fraction < 1.0 and "distributed" in self.mechanisms:
             raise ValueError("--topk below 1 runs with --mechanisms central only: secure aggregation "
                              "sums the same coordinates from every device")
@@ -304,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                  if v is not None}
     if args.mechanisms:
         overrides["mechanisms"] = tuple(args.mechanisms.split(","))
-    if args.epsilons:
-        overrides["epsilons"] = tuple(float(e) for e in args.epsilons.split(","))
     try:
+        if args.epsilons:
+            overrides["epsilons"] = tuple(float(e) for e in args.epsilons.split(","))
         grid = replace(grid, **overrides)
     except ValueError as exc:  # a combination the grid refuses: a usage error, not a traceback
         p.error(str(exc))

@@ -152,6 +152,16 @@ def _check(grid: RobustGrid) -> None:
     caught and reported in `errors`, which would hide a bad flag behind a zero exit)."""
     _norm(grid)  # NormBoundConfig validates itself
     AttackSpec("backdoor", scale=grid.attack_scale)
+    from fedge.coordinator.config import AGGREGATORS  # with the robust rules registered
+    from fedge.tools.simulate.adversary import ATTACKS
+
+    unknown = [a for a in grid.attacks if a != "none" and a not in ATTACKS]
+    unknown += [d for d in grid.defenses if d.split("+")[0] not in AGGREGATORS or d.count("+") > 1
+                or "+" in d and not d.endswith("+bucketing")]
+    unknown += [p for p in grid.partitions if p not in ("iid", "dirichlet", "shards", "quantity", "feature")]
+    if unknown:
+        raise AttackError(f"unknown {', '.join(map(repr, unknown))}: attacks are none or {', '.join(ATTACKS)}; "
+                          f"defences an aggregator ({', '.join(sorted(AGGREGATORS))}), optionally +bucketing")
 
 
 def _recorded(grid: RobustGrid) -> dict:
@@ -298,4 +308,6 @@ def main(argv: list[str] | None = None) -> int:
     doc = run(grid, args.json_path, quick=args.quick)
     print(f"wrote {args.json_path}: {len(doc['cells'])} cells, {len(doc['errors'])} errors, "
           f"{doc['wall_seconds']:.0f} s")
+    if doc["errors"]:
+        return 1
     return 0

@@ -130,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--json PATH is required")
     overrides = {k: v for k, v in (("clients_per_round", args.clients_per_round), ("rounds", args.rounds),
                                    ("alpha", args.alpha), ("beta", args.beta), ("seed", args.seed)) if v is not None}
-    if args.sizes:
-        overrides["sizes"] = tuple(int(s) for s in args.sizes.split(","))
-    run(replace(ScaleGrid(), **overrides), args.json_path, progress=lambda line: print(line, file=sys.stderr))
+    try:
+        if args.sizes:
+            overrides["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+        grid = replace(ScaleGrid(), **overrides)
+    except ValueError as exc:  # a bad number or a grid the benchmark refuses: a usage error
+        p.error(str(exc))
+    run(grid, args.json_path, progress=lambda line: print(line, file=sys.stderr))
     print(f"wrote {args.json_path}")
     return 0
 

@@ -183,11 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="time each unmask this many times (min and median)")
     args = p.parse_args(argv)
+    try:
+        cohorts = [int(x) for x in args.devices.split(",")]
+        dropouts = [float(x) for x in args.dropouts.split(",")]
+        widths = [int(x) for x in args.bits.split(",")]
+    except ValueError as exc:
+        p.error(str(exc))
+    if min(cohorts) < 2 or not all(0 <= f < 1 for f in dropouts) or args.dimension < 1 or args.repeats < 1:
+        p.error("need --devices >= 2, --dropouts in [0, 1), --dimension >= 1 and --repeats >= 1")
     runs = []
-    for n in (int(x) for x in args.devices.split(",")):
-        for dropout in (float(x) for x in args.dropouts.split(",")):
-            for bits in (int(x) for x in args.bits.split(",")):
-                runs.append(measure(n, dropout, bits, args.dimension, args.seed, args.repeats))
+    for n in cohorts:
+        for dropout in dropouts:
+            for bits in widths:
+                try:
+                    runs.append(measure(n, dropout, bits, args.dimension, args.seed, args.repeats))
+                except ValueError as exc:  # bits out of range, or too few survivors to unmask
+                    p.error(f"--devices {n} --dropouts {dropout} --bits {bits}: {exc}")
                 print(json.dumps(runs[-1]), flush=True)
     doc = {"runs": runs, "parameters": asdict(choose_parameters(max(r["devices"] for r in runs))),
            "security": {"sigma": 40, "eta": 20, "dropout_designed_for": 0.3, "corrupt": 0.0},

@@ -26,6 +26,7 @@ from .config import (
     load_device_tables,
     with_options,
 )
+from .flag_checks import check_options_apply
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,13 +103,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-device-steps", type=int, default=d.new_device_steps,
                    help="head-only local steps a new device takes before it is scored again (0 = none)")
     p.add_argument("--strategy", help=f"aggregation: {', '.join(STRATEGIES)} ({c.strategy})")
-    for name, what in (("prox-mu", "fedprox proximal weight"), ("server-lr", "server learning rate"),
+    server_lr = "server learning rate; 0 = the strategy's own: 1, fedavgm 1 - momentum, fedadagrad 0.1, fedadam 0.03"
+    for name, what in (("prox-mu", "fedprox proximal weight"), ("server-lr", server_lr),
                        ("server-momentum", "fedavgm momentum"), ("server-beta1", "adaptive: first-moment decay"),
                        ("server-beta2", "adaptive: second-moment decay"), ("server-tau", "adaptive: tau")):
         p.add_argument(f"--{name}", type=float, default=None, help=f"{what} (default: the coordinator's)")
     p.add_argument("--attack", default=None,
                    help="simulate attackers: label_flip, backdoor, sign_flip, scale, gaussian, "
-                   "alie, ipm, min_max, min_sum, huge_weight, nan (tools/simulate/attacks.py)")
+                   "alie, ipm, min_max, min_sum, huge_weight, nan, poison (tools/simulate/attacks.py)")
     p.add_argument("--attackers", type=float, default=d.attackers,
                    help="share of the devices that attack (default %(default)s)")
     p.add_argument("--omniscient", action="store_true", help="colluding attackers also see honest devices' deltas")
@@ -124,9 +126,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"centered_clipping ({c.aggregator})")
     p.add_argument("--bucket-size", type=int, default=None,
                    help="bucketing: average random groups of this many updates before a keep-all aggregator (0 = off)")
-    p.add_argument("--out", dest="out_dir", default=None, help="output folder (default: beside --json, or runs/sim)")
+    p.add_argument("--out", dest="out_dir", default=None,
+                   help="write the run to OUT_DIR/run.json and OUT_DIR/run.png (when no --json names the file)")
     p.add_argument("--json", dest="json_path", help="write the run as JSON here (schema in tools/simulate/report.py)")
-    p.add_argument("--plot", dest="plot_path", help="PNG path (default: beside the JSON)")
+    p.add_argument("--plot", dest="plot_path", help="PNG path (default: beside the JSON; alone: only the PNG)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
@@ -134,12 +137,17 @@ def run(args: argparse.Namespace) -> int:
     from .fleet import check_split_flags, run_simulation
     from .report import HEADER, constant_guess, format_row, format_summary, summarize, write_json, write_plot
 
+    named_json = bool(args.json_path)
+    if args.out_dir and not args.json_path:
+        args.json_path = str(Path(args.out_dir) / "run.json")
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
     cfg = build_config(args, out_dir)
     check_split_flags(cfg)
-    if args.json_path and not args.plot_path:  # a --plot the user named is theirs to replace
-        check_beside(args.json_path, (".png",), "fedge simulate",
-                     lambda doc: {"config", "rounds", "summary"} <= set(doc))
+    check_options_apply(cfg, {name for name in COORDINATOR_FLAGS if getattr(args, name) is not None})
+    # a --json or --plot the user named is theirs to replace; what --out names is checked
+    ours = (() if named_json else (".json",)) + (() if args.plot_path else (".png",))
+    if args.json_path and ours:
+        check_beside(args.json_path, ours, "fedge simulate", lambda doc: {"config", "rounds", "summary"} <= set(doc))
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:
         alpha = f" alpha={cfg.split_alpha}" if cfg.partition == "dirichlet" else ""
@@ -169,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
         write_json(result, args.json_path)
         plot = write_plot(result, args.plot_path or Path(args.json_path).with_suffix(".png"))
         print(f"wrote {args.json_path}" + (f" and {plot}" if plot else " (no plot: matplotlib not installed)"))
+    elif args.plot_path:
+        plot = write_plot(result, args.plot_path)
+        print(f"wrote {plot}" if plot else "fedge: warning: no plot: matplotlib not installed", file=sys.stderr)
     from .report import failure_cause
 
     cause = failure_cause(result)

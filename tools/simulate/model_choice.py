@@ -16,10 +16,15 @@ def choose_spec(cfg: SimConfig, data: FederatedDataset) -> ModelSpec:
     """The user's spec, or: frozen random projection (cached) + LoRA layer + dual head."""
     if cfg.model:
         return load_spec(cfg.model)
-    if data.name == "mnist5k":
+    return spec_for_dataset(data.name, data.input_shape[0], data.num_classes)
+
+
+def spec_for_dataset(name: str, features: int, classes: int) -> ModelSpec:
+    """The model for a dataset when none is named (`fedge simulate`, `fedge pretrain`)."""
+    if name == "mnist5k":
         return load_spec("mnist-mlp-lora")
-    return mlp_spec(data.input_shape[0], data.num_classes, hidden=(200, 200), modes=("frozen", "lora"),
-                    lora_rank=8, lora_alpha=16.0, name=f"{data.name}-mlp-lora")
+    return mlp_spec(features, classes, hidden=(200, 200), modes=("frozen", "lora"), lora_rank=8, lora_alpha=16.0,
+                    name=f"{name}-mlp-lora")
 
 
 def check_fits(data: FederatedDataset, spec: ModelSpec) -> None:

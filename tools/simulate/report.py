@@ -23,7 +23,9 @@ run.json schema (version 1):
         personalized_loss_mean       float: mean over devices of the personalized model's cross-entropy
         evaluated_devices            int: devices whose evaluation reports these numbers rest on
         train_loss                   float: example-weighted mean of the training loss the round's
-                                     accepted updates reported (their local steps), or null
+                                     accepted updates reported (their local steps), or null; with
+                                     the dual head it is the sum of both heads' cross-entropies
+                                     (so about 2 ln C at chance), and secure rounds report none
         bytes_up                     int: update messages received this round, as sent on the wire
         bytes_up_dense               int: the same messages with dense fp32 deltas
         bytes_down                   int: task and ack messages sent this round
@@ -110,7 +112,7 @@ def constant_guess(result) -> str | None:
     accuracy, share = final.get("final_global_accuracy"), result.config.get("data", {}).get("most_common_test_share")
     if accuracy is None or share is None or not any(r["committed"] for r in result.rounds):
         return None
-    if accuracy > share + 0.01:
+    if accuracy > share + 0.01 or share > 0.99:  # a test set of one label leaves nothing to learn
         return None
     return (f"the global model's accuracy {accuracy:.3f} is no better than always predicting the most common "
             f"label ({share:.3f}): it learned nothing the fleet shares. If that is unexpected, standardize the "
@@ -253,6 +255,7 @@ def write_plot(result, path: str | Path) -> Path | None:
         ax3[0].grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, metadata=png_metadata("simulate"))
     plt.close(fig)
     return path

@@ -1,0 +1,38 @@
+"""`fedge simulate` flags that would change nothing in the run they are given to: refused by
+name, so a run never reports a setting it did not use. Checked on the command line only: the
+benchmarks and the Python API set every field of a grid alike, whether a cell reads it or not."""
+
+from __future__ import annotations
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+from .config import SimConfig
+
+# Strategy options, and the strategies that read them (coordinator/strategies: strategy_from_config).
+ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
+STRATEGY_FLAGS = {"prox_mu": ("fedprox",), "server_momentum": ("fedavgm",), "server_beta1": ADAPTIVE,
+                  "server_beta2": ADAPTIVE, "server_tau": ADAPTIVE}
+
+
+def check_options_apply(cfg: SimConfig, coordinator_flags: set[str]) -> None:
+    """cfg: what the flags built; coordinator_flags: the coordinator flags typed (by dest)."""
+    for flag, strategies in STRATEGY_FLAGS.items():
+        if flag in coordinator_flags and cfg.coordinator.strategy not in strategies:
+            raise ConfigError(f"--{flag.replace('_', '-')} applies to --strategy {' or '.join(strategies)}, "
+                              f"not {cfg.coordinator.strategy}")
+    if cfg.attack is None and (cfg.attackers != SimConfig.attackers or cfg.omniscient):
+        raise ConfigError("--attackers and --omniscient need --attack")
+    split = cfg.data_dir is None and not cfg.synthetic
+    if split and cfg.alpha is not None and cfg.partition != "dirichlet":
+        raise ConfigError(f"--alpha applies to --partition dirichlet and --dataset synthetic, not --partition "
+                          f"{cfg.partition}")
+    if split and cfg.classes_per_client != SimConfig.classes_per_client and cfg.partition != "shards":
+        raise ConfigError(f"--classes-per-client applies to --partition shards, not {cfg.partition}")
+    if cfg.finetune_steps != SimConfig.finetune_steps and cfg.personalization != "finetune":
+        raise ConfigError(f"--finetune-steps applies to --personalization finetune, not {cfg.personalization}")
+    if cfg.new_device_steps != SimConfig.new_device_steps and not cfg.new_devices:
+        raise ConfigError("--new-device-steps needs --new-devices")
+    if cfg.broker_url and cfg.transport != "mqtt":
+        raise ConfigError("--broker needs --transport mqtt")
+    if cfg.personalization == "none" and cfg.coordinator.hyper.personal_head_from_global:
+        raise ConfigError("--personal-head-from-global: --personalization none keeps no personal head")
