@@ -89,7 +89,16 @@ def admit(update: Update, sender: str | None, view: AdmissionView) -> Accepted |
     except UpdateRejected as exc:
         return Rejected(exc)
     return Accepted(update.device_id, update.update_id, update.num_examples, payload_digest(update), delta, control,
-                    update.metrics.get("loss"), reported_norm(update.metrics))
+                    reported_loss(update.metrics), reported_norm(update.metrics))
+
+
+def reported_loss(metrics: dict) -> float | None:
+    """metrics["loss"] when it could be a cross-entropy: a finite number in [0, 1e12). A device's
+    word, checked against nothing: anything else (negative, NaN, 1e300) is left out rather than
+    allowed to move the round's mean loss."""
+    loss = metrics.get("loss")
+    ok = isinstance(loss, (int, float)) and not isinstance(loss, bool) and 0 <= loss < 1e12  # NaN fails
+    return float(loss) if ok else None
 
 
 def reported_norm(metrics: dict) -> float | None:

@@ -13,6 +13,7 @@ Series (all prefixed fedge_):
     round_participants               accepted updates in the last closed round
     participants_total               accepted updates over all closed rounds
     updates_accepted_total           updates accepted (counted as they arrive)
+    claims_capped_total              accepted updates weighted as max_examples, below their claim
     declines_total{reason}           declines, by the device's reason (label sanitised)
     rejections_total{reason}         refused messages, by the coordinator's named reason
     received_bytes_total / published_bytes_total  payload bytes received from / published to devices
@@ -38,6 +39,7 @@ Series (all prefixed fedge_):
 
 from __future__ import annotations
 
+import logging
 import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -46,10 +48,12 @@ from prometheus_client.core import CounterMetricFamily
 from .artifacts import FetchRefused
 from .errors import UpdateRejected
 from .pace import REASONS as PACE_REASONS
+from .weights import claim_capped
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))  # seconds
 _MAX_DECLINE_LABELS = 64  # devices choose decline reasons: cap the label set they can grow
 _LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_:.-]")
+log = logging.getLogger("fedge.coordinator")
 
 
 class CoordinatorMetrics:
@@ -63,6 +67,8 @@ class CoordinatorMetrics:
         self.accepted = Counter("fedge_updates_accepted", "Updates accepted into an open round", registry=r)
         self.screened = Counter("fedge_updates_screened", "Accepted updates the guard set left out of the "
                                 "aggregate (robust/screening.py)", registry=r)
+        self.claims_capped = Counter("fedge_claims_capped", "Accepted updates that claimed more examples than "
+                                     "max_examples and were weighted as max_examples (weights.py)", registry=r)
         self.excluded = Counter("fedge_updates_excluded", "Accepted updates left out of the aggregate for a norm "
                                 "over the norm bound's exclusion bound (robust/norm_bound.py)", registry=r)
         self.declines = Counter("fedge_declines", "Declines received, by device reason", ["reason"], registry=r)
@@ -105,6 +111,13 @@ class CoordinatorMetrics:
 
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason).inc()  # reasons come from the coordinator's own error tree
+
+    def update_accepted(self, device_id: str, num_examples: int, max_examples: int, equal: bool) -> None:
+        self.accepted.inc()
+        if claim_capped(num_examples, max_examples, equal):
+            self.claims_capped.inc()
+            log.warning("%s claims %d examples; weighted as max_examples = %d", device_id, num_examples,
+                        max_examples)
 
     def declined(self, reason: str) -> None:
         self.declines.labels(self._decline_label(reason)).inc()

@@ -102,11 +102,9 @@ class OpenRound:
         """Count one accepted update: aggregator, control mean, seen keys, the machine."""
         weight = update_weight(update.num_examples, self.ctx.max_examples, self.ctx.equal_weights)
         self.aggregator.add(update.delta, UpdateMeta(update.device_id, weight, reported_norm=update.reported_norm))
-        loss = update.loss
-        # The loss is the device's word, not checked against anything: a non-finite or absurd
-        # value is left out rather than allowed to turn the round's mean into NaN or 1e300.
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss) and abs(loss) < 1e12:
-            self.loss_sum += weight * float(loss)
+        loss = update.loss  # admission.reported_loss: None when it could not be a cross-entropy
+        if loss is not None:
+            self.loss_sum += weight * loss
             self.loss_weight += weight
         if update.control is not None:
             # SCAFFOLD's c moves by the plain sum of Δc_i, not an example-weighted one

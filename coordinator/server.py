@@ -225,7 +225,7 @@ class Coordinator(BrokerLink):
                                                              update.control, accepted.reported_norm))
         rnd.events += 1
         rnd.add(accepted)
-        self.metrics.accepted.inc()
+        self.metrics.update_accepted(update.device_id, update.num_examples, rnd.ctx.max_examples, rnd.ctx.equal_weights)
         self.outbound.ack(rnd, update, True, "")  # held until the update is stored (group_commit.py)
 
     def _decline(self, decline: Decline) -> None:

@@ -20,6 +20,12 @@ from __future__ import annotations
 WEIGHTINGS = ("examples", "equal")
 
 
+def claim_capped(num_examples: int, max_examples: int, equal: bool = False) -> bool:
+    """Whether update_weight counts less than the claim: a claim over the cap (logged and counted
+    as fedge_claims_capped_total, so an operator sees a device that claims more than it may)."""
+    return not equal and 0 < max_examples < num_examples
+
+
 def update_weight(num_examples: int, max_examples: int, equal: bool = False) -> float:
     """The weight of an update that claims `num_examples` (> 0): min(claim, cap), or 1.0."""
     if num_examples <= 0:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.protocol import Update
 
-from ..admission import Accepted, reported_norm
+from ..admission import Accepted, reported_loss, reported_norm
 from ..errors import StaleRound
 from ..validation import (
     RoundContext,
@@ -50,4 +50,4 @@ def check_update(update: Update, sender: str | None, flight: Flight, base: Round
     check_current(update, ctx, sender)
     delta, _ = check_contents(update, ctx), check_control(update, ctx)
     return Accepted(update.device_id, update.update_id, update.num_examples, payload_digest(update), delta, None,
-                    update.metrics.get("loss"), reported_norm(update.metrics))
+                    reported_loss(update.metrics), reported_norm(update.metrics))

@@ -208,7 +208,7 @@ class AsyncCoordinator(Coordinator):
         rnd.events += 1
         self._contributions[update.device_id] += 1
         self._add(accepted, staleness)
-        self.metrics.accepted.inc()
+        self.metrics.update_accepted(update.device_id, update.num_examples, rnd.ctx.max_examples, rnd.ctx.equal_weights)
         self.staleness_seen.observe(staleness)
         self.outbound.ack(rnd, update, True, "")
         self.machine, actions = on_event(self.machine, Buffered(update.device_id))
@@ -223,9 +223,9 @@ class AsyncCoordinator(Coordinator):
         factor = staleness_weight(staleness, self.config.async_.exponent)
         rnd.aggregator.add(scale(accepted.delta, factor),
                            UpdateMeta(accepted.device_id, weight, staleness, accepted.reported_norm))
-        loss = accepted.loss  # the device's word: a non-finite or absurd value is left out (records.py)
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool) and abs(loss) < 1e12:
-            rnd.loss_sum += weight * float(loss)
+        loss = accepted.loss  # admission.reported_loss: None when it could not be a cross-entropy
+        if loss is not None:
+            rnd.loss_sum += weight * loss
             rnd.loss_weight += weight
 
     def _async_decline(self, decline: Decline, sender: str | None, now: float) -> None:

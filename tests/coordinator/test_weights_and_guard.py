@@ -67,7 +67,7 @@ def _round(model, tmp_path, sizes, **config):
     ("examples", MAX_EXAMPLES, (7, MAX_EXAMPLES, 30)),  # no cap in practice: the plain claims
     ("equal", 100, (1, 1, 1)),
 ])
-def test_a_liar_weighs_at_most_the_cap(model, tmp_path, weighting, cap, weights):
+def test_a_liar_weighs_at_most_the_cap(model, tmp_path, weighting, cap, weights, caplog):
     sizes = (7, MAX_EXAMPLES, 30)
     fleet, devices = _round(model, tmp_path, sizes, weighting=weighting, max_examples=cap,
                             store=RoundStore(tmp_path / "state.db"))
@@ -79,6 +79,9 @@ def test_a_liar_weighs_at_most_the_cap(model, tmp_path, weighting, cap, weights)
     for d, u in zip(devices[:2], updates[:2]):
         d.send(encode_message(u))
     fleet.drain()
+    capped = weighting == "examples" and cap < MAX_EXAMPLES  # the claim over the cap is named, once
+    assert c.metrics.registry.get_sample_value("fedge_claims_capped_total") == int(capped)
+    assert (f"claims {MAX_EXAMPLES} examples; weighted as max_examples = {cap}" in caplog.text) == capped
     # Restart with two updates stored: the replay must weigh them as the live path did.
     c = fleet.restart(RoundStore(tmp_path / "state.db"))
     devices[2].send(encode_message(updates[2]))
