@@ -139,11 +139,12 @@ class CoordinatorConfig:
             raise ConfigError(f"aggregator {self.aggregator!r}: choose one of {sorted(AGGREGATORS)}")
         if self.robust.bucket_size > 1 and self.aggregator not in KEEP_ALL:
             raise ConfigError(f"robust.bucket_size works in front of {', '.join(KEEP_ALL)}, not {self.aggregator!r}")
-        if self.robust.bucket_size > 1 and 2 * self.robust.bucket_size > self.clients_per_round:
+        inputs, of = ((self.async_.buffer_size, "async.buffer_size") if self.mode == "async"
+                      else (self.clients_per_round, "clients_per_round"))
+        if self.robust.bucket_size > 1 and 2 * self.robust.bucket_size > inputs:
             # one bucket: the rule would see one input, the plain mean of the round
             raise ConfigError(f"robust.bucket_size {self.robust.bucket_size} makes fewer than 2 buckets of "
-                              f"clients_per_round {self.clients_per_round} reports: use at most "
-                              f"{self.clients_per_round // 2}")
+                              f"{of} {inputs} reports: use at most {inputs // 2}")
         if self.state_db and self.state_dsn:
             raise ConfigError("state_db and state_dsn are exclusive: keep the state in SQLite or in PostgreSQL")
         if self.state_dsn and not self.state_dsn.startswith(("postgresql://", "postgres://")):
@@ -168,12 +169,12 @@ class CoordinatorConfig:
             raise ConfigError("need 0 <= abandon_backoff_s <= abandon_backoff_max_s (seconds, finite)")
         if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
             raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")
+        check_mode(self)  # first: async rules out whole features, whose own finer rules would come first
         check_coordinator(self)  # privacy's rules for the rest of this config
         if self.privacy.enabled:  # the device clips to S: the bound travels in every task's compression
             object.__setattr__(self, "compression", replace(self.compression, clip_norm=self.privacy.clip_norm))
         self._check_wire()
         check_compatible(self)
-        check_mode(self)
         check_sharding(self)
 
     def _check_wire(self) -> None:

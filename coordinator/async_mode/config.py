@@ -86,4 +86,4 @@ def check_mode(cfg) -> None:
     ]
     for bad, reason, message in conflicts:
         if bad:
-            raise AsyncConflict(reason, f"mode = 'async': {message}")
+            raise AsyncConflict(reason, f"mode = 'async' ({reason}): {message}")

@@ -69,6 +69,7 @@ class AsyncCoordinator(Coordinator):
 
     def __init__(self, *args, **kwargs):
         self._flushed = []  # records of flushes since the last tick()
+        self._waiting_logged = -1  # the buffer whose wait was last explained (_say_why_waiting)
         self._rest: dict[str, float] = {}  # device -> clock seconds before which it gets no task
         self._draws = 0
         self._contributions: Counter[str] = Counter()  # device -> its updates in the open buffer
@@ -304,12 +305,27 @@ class AsyncCoordinator(Coordinator):
                       if self.machine.flight(d) is not None or now - self.registry[d].last_seen <= window)
         return max(1, math.ceil(self.machine.buffer_size / max(1, present)))
 
+    def _say_why_waiting(self, limit: int) -> None:
+        """Once per buffer, when it cannot fill: every eligible device has given its share and
+        none is training (with central DP, K needs K distinct devices; a smaller fleet waits)."""
+        rnd, eligible = self.round, self.eligible_devices()
+        in_buffer = sum(self._contributions.values())
+        if (self._waiting_logged == rnd.ctx.round_id or in_buffer >= self.machine.buffer_size or not eligible
+                or any(self.machine.flight(d) is not None or self._contributions[d] < limit for d in eligible)):
+            return
+        self._waiting_logged = rnd.ctx.round_id
+        log.warning("buffer %d waits with %d of K = %d updates: the %d eligible devices gave %d each, the most one "
+                    "device may give one buffer%s", rnd.ctx.round_id, in_buffer, self.machine.buffer_size,
+                    len(eligible), limit,
+                    " under central DP: more devices, or a smaller buffer_size" if self.privacy.enabled else "")
+
     def _dispatch(self, count: int, now: float) -> None:
         limit = self._per_device_limit()
         idle = [d for d in self.eligible_devices()
                 if self.machine.flight(d) is None and self._rest.get(d, 0.0) <= now
                 and self._contributions[d] < limit]
         if not idle:
+            self._say_why_waiting(limit)
             return
         self._draws += 1
         rnd, wall, deadline_s = self.round, self.clock.wall(), self.config.round_deadline_s

@@ -146,4 +146,4 @@ def check_compatible(cfg) -> None:
     ]
     for bad, reason, message in conflicts:
         if bad:
-            raise SecureAggregationConflict(reason, f"secure_aggregation: {message}")
+            raise SecureAggregationConflict(reason, f"secure_aggregation ({reason}): {message}")

@@ -205,6 +205,32 @@ def test_with_central_dp_each_flush_is_one_accounting_event_and_a_device_gives_o
     assert len(RoundStore(db).round_records()) == 3 == c.state.version
 
 
+def test_a_dp_buffer_larger_than_the_fleet_says_why_it_waits(model, tmp_path, caplog):
+    """With central DP a device gives one update per buffer: K = 4 from 2 devices never fills.
+    It once waited with nothing in the log (a helper's fleet: K = 8, 4 devices)."""
+    fleet = make_fleet(model, tmp_path, mode="async", weighting="equal",
+                       async_=AsyncConfig(concurrency=2, buffer_size=4, max_staleness=5),
+                       privacy=PrivacyConfig(enabled=True, target_epsilon=50.0, delta=1e-5, noise_multiplier=1.0,
+                                             clip_norm=0.5))
+    devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(2)]
+    fleet.drain()
+    c = fleet.coordinator
+    assert c.begin_round()
+    c.tick()
+    fleet.drain()
+    rng = np.random.default_rng(2)
+    with caplog.at_level(logging.WARNING, logger="fedge.coordinator"):
+        for i, d in enumerate(devs):
+            _send(fleet, d, random_delta(c.shapes, rng, scale=0.001), f"u{i}")
+            c.tick()
+            fleet.drain()
+        for _ in range(3):
+            c.tick()
+    waits = [r.message for r in caplog.records if "waits with 2 of K = 4 updates" in r.message]
+    assert len(waits) == 1 and "under central DP" in waits[0], caplog.text  # once per buffer
+    assert c.state.version == 0
+
+
 def test_an_open_round_of_the_other_mode_is_refused_by_name_not_dropped(model, tmp_path):
     db = tmp_path / "state.db"
     fleet, devs = _fleet(model, tmp_path, 3, store=RoundStore(db))

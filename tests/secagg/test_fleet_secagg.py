@@ -210,7 +210,7 @@ def test_settings_that_need_individual_updates_are_refused_by_name(settings, rea
     base = {"aggregator": "mean", **SETTINGS, **settings}
     with pytest.raises(SecureAggregationConflict) as exc:
         CoordinatorConfig(**base)
-    assert exc.value.reason == reason
+    assert exc.value.reason == reason and f"({reason})" in str(exc.value)
 
 
 def test_a_weak_threshold_is_refused_at_load():
