@@ -109,7 +109,7 @@ def check_model(update: Update, ctx: RoundContext) -> None:
         raise WrongModel(f"update for model {update.model_id} v{update.base_version}, round uses {ctx.model_id} "
                          f"v{ctx.model_version}")
     if update.num_examples <= 0:
-        raise BadShape(f"num_examples must be > 0, got {update.num_examples}")
+        raise BadFrame(f"Update.num_examples must be > 0, got {update.num_examples}")  # a value, not a shape
 
 
 def check_control(update: Update, ctx: RoundContext) -> dict[str, np.ndarray] | None:

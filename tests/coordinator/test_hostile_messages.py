@@ -10,6 +10,7 @@ itself: an exception from handling one message costs that message, not the servi
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -86,6 +87,8 @@ def test_the_two_crash_messages_are_refused_by_name_and_the_round_still_commits(
     crash_update = raw_frame(CODES[type(update)], {**as_map(update), "num_examples": 2**63})
     assert _judge(fleet, a, crash_checkin, "checkin") == {"malformed": 1}
     assert _judge(fleet, a, crash_update, "update") == {"malformed": 1}
+    # zero examples frames fine (a decline's count may be 0) but is no update: a value, not a shape
+    assert _judge(fleet, a, encode_message(dataclasses.replace(update, num_examples=0)), "update") == {"malformed": 1}
     assert {d.device_id: d.num_examples for d in store.load_devices()} == {"a": 7, "b": 5}
     assert c.round.machine.reported == []
     # Still serving: both genuine updates are accepted and the round commits them.
