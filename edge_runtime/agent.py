@@ -39,6 +39,7 @@ from .kernel.protocol import (
     device_topic,
     shard_update_topic,
 )
+from .kernel.secagg.messages import SecAggTask
 from .kernel.transport.base import Message, Transport, topic_matches
 from .secagg_participant import NOISE_BELOW_FLOOR, SecAggParticipant
 from .secagg_participant import REQUESTS as SECAGG_REQUESTS
@@ -101,6 +102,7 @@ class DeviceAgent:
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
         self._evaluated: deque[str] = deque(maxlen=16)  # eval ids answered lately: a redelivery is not rescored
+        self._secagg_fetching: dict[str, SecAggTask] = {}  # task_id -> a secure round's task whose model is on its way
         self.announcement: Announcement | None = None
         self.next_checkin = float("inf")
         self.started = False
@@ -151,7 +153,7 @@ class DeviceAgent:
         if self.uplink.resend_due(now):
             self.republish_pending()
         for task, refused in self.delivery.timeouts(now):
-            self._step(task, refused)
+            self._refuse(task, refused)
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Handle at most one incoming message; True if one was handled."""
@@ -172,7 +174,7 @@ class DeviceAgent:
             for task in self.delivery.on_part(message):
                 self._train(task)
         elif isinstance(message, SECAGG_REQUESTS) and msg.topic == device_topic(self.device_id, "task"):
-            self.secagg.on_message(message)
+            self._on_secagg(message)
         elif getattr(message, "device_id", None) != self.device_id and not isinstance(message, ArtifactFile):
             log.warning("device %s ignored %s addressed to someone else on %s", self.device_id, type(message).__name__,
                         msg.topic)
@@ -187,9 +189,12 @@ class DeviceAgent:
         elif isinstance(message, ArtifactFile) and msg.topic == device_topic(self.device_id, "artifact"):
             ready, refused = self.delivery.on_artifact(message)
             for task, why in refused:
-                self._step(task, why)
+                self._refuse(task, why)
             for task in ready:
-                self._run_task(task)
+                if task.task_id in self._secagg_fetching:
+                    self.secagg.on_message(self._secagg_fetching.pop(task.task_id))
+                else:
+                    self._run_task(task)
         else:
             log.warning("device %s ignored unexpected %s on %s", self.device_id, type(message).__name__, msg.topic)
         return True
@@ -241,6 +246,31 @@ class DeviceAgent:
                                      f"floor is σγ/S >= {self.own_noise_floor:g} (distributed DP)"))
             return
         self._step(task, Received(task.model_id))
+
+    def _on_secagg(self, message) -> None:
+        """A secure round's message. Its task's model is fetched first, as for a plain task (the
+        task waits here, not in the task table: the participant runs its stages)."""
+        if isinstance(message, SecAggTask) and message.task.task_id not in self.secagg.sessions:
+            task = message.task
+            if task.task_id in self._secagg_fetching:
+                return  # a redelivery while the model is on its way
+            ready = self.delivery.model_ready(task, self.clock.now())
+            if isinstance(ready, Refused):
+                self._publish("update", encode_message(Decline(self.device_id, task.round_id, task.task_id,
+                                                               ready.reason, ready.detail, "before")))
+                return
+            if not ready:
+                self._secagg_fetching[task.task_id] = message
+                return
+        self.secagg.on_message(message)
+
+    def _refuse(self, task: TrainTask, why: Refused) -> None:
+        """A task whose model could not be had: declined, by the task table or for a secure round."""
+        if self._secagg_fetching.pop(task.task_id, None) is None:
+            self._step(task, why)
+            return
+        self._publish("update", encode_message(Decline(self.device_id, task.round_id, task.task_id, why.reason,
+                                                       why.detail, "before")))
 
     def _on_eval(self, task: EvalTask) -> None:
         """Score the model and answer at once (no journal: an evaluation lost with a crash or a

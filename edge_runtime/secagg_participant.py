@@ -227,7 +227,11 @@ class SecAggParticipant:
                                  pack(y, spec.field_bits), examples, unopened=s.unopened))
 
     def _reveal(self, message: UnmaskRequest) -> None:
-        record = self.answered_dir / f"round-{message.round_id}"
+        # Keyed by the task (its session's keys), not the round number alone: a coordinator that
+        # starts over on a new state database counts rounds from 1 again, and a record of round 1
+        # of the old one once declined every new round 1..N at the last stage, after training.
+        task_key = hashlib.sha256(message.task_id.encode()).hexdigest()[:32]
+        record = self.answered_dir / f"round-{message.round_id}-{task_key}"
         if record.exists():  # answered before, perhaps by this device before a restart
             raise sess.SecAggDecline(sess.ALREADY_ANSWERED)
         s, shares = sess.reveal(self.sessions[message.task_id], message.alive, message.dropped, message.model_sha256)

@@ -50,6 +50,7 @@ class PrivacyBudget:
         self.metrics = PrivacyMetrics(registry) if config.enabled else None
         self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
         self.refused_round: int | None = None
+        self.noisy_warned: int | None = None  # the round whose noise was said to outweigh the signal (once)
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
         if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
             ledger = {c.get("sampling", "fixed") for c in store.privacy_ledger()}
@@ -114,6 +115,13 @@ class PrivacyBudget:
         self.metrics.exhausted.set(0)
         log.info("round %d: privacy charge %d of %d devices, z=%.4g; ε after it %.4f of %g", round_id, cohort,
                  population, z, verdict.epsilon_after, cfg.target_epsilon)
+        if z > expected_cohort and self.noisy_warned is None:
+            # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
+            # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)
+            self.noisy_warned = round_id
+            log.warning("round %d: noise multiplier z = %.3g over %g expected devices a round: the noise of the "
+                        "mean is larger than any one update; expect little learning. More devices a round, "
+                        "fewer rounds or a larger target_epsilon lower it", round_id, z, expected_cohort)
         plan = RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
                          verdict.epsilon_after, cfg.sampling, cfg.accountant, mechanism=cfg.mechanism)
         if not cfg.target_quantile:

@@ -108,7 +108,7 @@ def check_coordinator(cfg) -> None:
         raise ConfigError("privacy.sampling = 'poisson' with mechanism = 'distributed' is not built: a device "
                           "removed from the draw takes its own noise share with it, and the distributed discrete "
                           "Gaussian's bound is for one vector changed among a fixed number of noised inputs; use "
-                          "sampling = 'fixed', or the central mechanism (with or without secure aggregation)")
+                          "sampling = 'fixed', or the central mechanism (without secure aggregation)")
     if p.sampling == "poisson" and cfg.shards:
         raise ConfigError("privacy.sampling = 'poisson' is not built for sharded rounds (shards > 0): one device's "
                           "presence changes the shard groups' sizes and merges, which the charge does not cover")

@@ -61,12 +61,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.secagg import ddg
 
 from .round import split_noise
 
 WRAP_LOG2 = -40  # P(the noised sum wraps around the field), at most 2^-40 per round
 _LN2 = math.log(2)
+
+
+class FieldTooSmall(ConfigError, ValueError):
+    """The configured field cannot carry a round's noised sum: a setting to change, named, so the
+    service stops with one line (exit 2, which its unit does not restart) instead of a traceback."""
 
 
 @dataclass(frozen=True)
@@ -148,12 +154,14 @@ def params_for(z: float, clip_norm: float, clip_range: float, dimension: int, mi
 
     lo, hi = math.log(clip_norm) - 60, math.log(clip_norm) + 60  # ln gamma: fine grid .. coarse grid
     if at(math.exp(hi)).wrap_log2 > WRAP_LOG2:
-        raise ValueError(f"{field_bits} field bits cannot hold the noised sum of {max_inputs} inputs")
+        raise FieldTooSmall(f"secure_aggregation.bits = {field_bits}: the field cannot hold the noised sum of "
+                            f"{max_inputs} inputs (noise multiplier {z:.3g}) with P(wrap) <= 2^{WRAP_LOG2}; raise "
+                            "bits (16 holds the README's settings) or lower clients_per_round")
     for _ in range(64):  # P(wrap) falls as gamma grows: the finest grid that fits
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if at(math.exp(mid)).wrap_log2 <= WRAP_LOG2 else (mid, hi)
     chosen = at(math.exp(hi))
     if count_stddev and chosen.count_scale < 2:  # the count's noise alone would exceed sigma_b's share
-        raise ValueError(f"the count's noise sigma_b = {count_stddev:g} is too large for the grid "
+        raise FieldTooSmall(f"the count's noise sigma_b = {count_stddev:g} is too large for the grid "
                          f"(sigma sqrt(n_min) = {chosen.sigma * math.sqrt(min_inputs):.3g}); lower clip_count_stddev")
     return chosen

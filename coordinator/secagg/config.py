@@ -144,6 +144,13 @@ def check_compatible(cfg) -> None:
         (sa.clip_range == 0 and cfg.compression.clip_norm <= 0, "secagg_no_clip_range",
          "secure aggregation needs a clip range: set secure_aggregation.clip_range or compression.clip_norm"),
     ]
+    asked = math.ceil(cfg.clients_per_round * cfg.over_selection)
+    if sa.corrupt > 0 and asked >= 2:  # the largest cohort a round can have; a smaller one fares no better
+        k, t = sa.graph_for(asked)
+        conflicts.append((t > k, "secagg_too_many_corrupt",
+                          f"with corrupt = {sa.corrupt:g} a cohort of {asked} (clients_per_round x over_selection) "
+                          f"needs t = {t} of its k = {k} neighbours, more than it has, so no round could run: "
+                          "ask more devices a round or lower corrupt"))
     for bad, reason, message in conflicts:
         if bad:
             raise SecureAggregationConflict(reason, f"secure_aggregation ({reason}): {message}")

@@ -64,12 +64,15 @@ def test_a_secure_round_announces_the_sigma_for_the_honest_inputs(model, tmp_pat
 
 def test_the_config_refuses_colluders_that_could_be_every_input():
     settings = {**SETTINGS, "secure_aggregation": dataclasses.replace(SECURE, corrupt=0.2)}
-    assert CoordinatorConfig(aggregator="mean", clients_per_round=5, min_reports=3, **settings)
-    with pytest.raises(ConfigError, match="no noise is left"):  # ceil(0.2 * ceil(5 * 1.3)) = 2 of a quorum of 2
-        CoordinatorConfig(aggregator="mean", clients_per_round=5, min_reports=2, **settings)
-    low_mask = {**settings, "secure_aggregation": dataclasses.replace(SECURE, corrupt=0.2, mask_min=2)}
+    # 20 a round: a cohort of up to 26, the least that hides a device from 20% colluders
+    assert CoordinatorConfig(aggregator="mean", clients_per_round=20, min_reports=7, **settings)
+    with pytest.raises(ConfigError, match="no noise is left"):  # ceil(0.2 * ceil(20 * 1.3)) = 6 of a quorum of 6
+        CoordinatorConfig(aggregator="mean", clients_per_round=20, min_reports=6, **settings)
+    low_mask = {**settings, "secure_aggregation": dataclasses.replace(SECURE, corrupt=0.2, mask_min=6)}
     with pytest.raises(ConfigError, match="no noise is left"):  # the mask stage's own minimum is lower
-        CoordinatorConfig(aggregator="mean", clients_per_round=5, min_reports=3, **low_mask)
+        CoordinatorConfig(aggregator="mean", clients_per_round=20, min_reports=7, **low_mask)
+    with pytest.raises(ConfigError, match="secagg_too_many_corrupt"):  # 5 a round: no cohort could run
+        CoordinatorConfig(aggregator="mean", clients_per_round=5, min_reports=3, **settings)
     with pytest.raises(ConfigError, match="sharded"):
-        CoordinatorConfig(aggregator="mean", clients_per_round=5, min_reports=3, shards=2,
+        CoordinatorConfig(aggregator="mean", clients_per_round=20, min_reports=7, shards=2,
                           state_dsn="postgresql://db/fedge", **settings)

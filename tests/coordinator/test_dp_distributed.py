@@ -145,6 +145,24 @@ def test_a_secure_round_commits_the_decoded_noised_sum_and_is_charged_as_distrib
     assert report["next_round"]["mechanism"] == "distributed" and report["rounds"][0]["mechanism"] == "distributed"
 
 
+def test_a_field_too_small_for_the_noise_stops_the_round_by_name(model, tmp_path, caplog):
+    """8 bits cannot hold 5 devices' noise at z = 40: once a ValueError and a traceback out of
+    `fedge coordinator serve` at round 1 (a helper's fleet); now a ConfigError naming the setting,
+    which the service reports in one line and its unit does not restart. A huge z is also said."""
+    from fedge.coordinator.dp.distributed import FieldTooSmall
+
+    with pytest.raises(FieldTooSmall, match="secure_aggregation.bits = 8"):
+        params_for(40.0, 0.05, 0.05, 500, 3, 5, 8)
+    assert issubclass(FieldTooSmall, ConfigError)
+    loud = PrivacyConfig(**{**PRIVATE.__dict__, "noise_multiplier": 40.0})
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), aggregator="mean", min_reports=3,
+                       **{**SETTINGS, "secure_aggregation": SecAggConfig(enabled=True, bits=8, clip_range=0.05),
+                          "privacy": loud})
+    with pytest.raises(FieldTooSmall):
+        _run_round(fleet, SECURE.stage_deadline_s)
+    assert "noise multiplier z = 40 over 5 expected devices" in caplog.text
+
+
 def test_the_budget_stops_distributed_rounds_at_the_round_dp_accounting_says(model, tmp_path):
     from tests.coordinator.test_dp import _first_refused
     settings = {**SETTINGS, "privacy": PrivacyConfig(**{**PRIVATE.__dict__, "target_epsilon": 12.0})}

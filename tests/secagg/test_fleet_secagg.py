@@ -119,6 +119,28 @@ def test_a_secure_round_commits_the_plain_mean_of_the_quantized_updates(model, t
         assert request.dropped == (gone,) and gone not in request.alive
 
 
+def test_a_device_without_the_model_fetches_it_and_joins_the_secure_round(model, tmp_path):
+    """A secure round's task once went straight to the participant, which declined for want of
+    the model (`artifact`): a fleet whose devices were not given the model by hand abandoned
+    every round. Now the model is fetched first, as for a plain task."""
+    from fedge.edge_runtime.agent import DeviceAgent
+    from fedge.edge_runtime.device import DeviceRuntime
+    from tests.coordinator.fleet import local_data
+
+    art, manifest, _ = model
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20), artifacts_dir=str(art),
+                       **{**SETTINGS, "clients_per_round": 3})
+    runtime = DeviceRuntime("fresh", local_data(np.random.default_rng(3), 16), {}, tmp_path / "devices")
+    agent = DeviceAgent(runtime, fleet.broker.connect("fresh"), clock=fleet.clock)
+    agent.start()
+    fleet.agents.append(agent)
+    fleet.drain()
+    record = _run_round(fleet)
+    assert record.committed and record.reports == 3, record.why
+    assert manifest.model_id in runtime.model_dirs
+    assert not [d for d in fleet.wire if isinstance(d, Decline)]
+
+
 @pytest.mark.parametrize("stage", [0, 1, 3])
 def test_a_drop_at_any_other_stage_still_commits_the_survivors_mean(model, tmp_path, stage):
     """0: before advertising (not in the cohort); 1: after advertising, before sharing (its
@@ -162,6 +184,18 @@ def test_a_second_round_runs_from_the_committed_model(model, tmp_path):
     assert fleet.coordinator.state.version == 2
 
 
+def test_a_coordinator_on_a_new_state_database_gets_its_round_1_answered(model, tmp_path):
+    """Round ids start over with a new state database. The devices' record of having answered
+    round 1 once declined the new round 1 at its last stage (secagg_already_answered), after every
+    device had trained: a fleet stalled until someone deleted the records."""
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), store=RoundStore(tmp_path / "a.db"), **SETTINGS)
+    assert _run_round(fleet).committed
+    fleet.restart(RoundStore(tmp_path / "b.db"))
+    fleet.drain()  # the devices check in with the new coordinator (its announcement names a new session)
+    record = _run_round(fleet)
+    assert record.round_id == 1 and record.committed and record.reports == 3, record.why
+
+
 def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path):
     fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
     c = fleet.coordinator
@@ -180,7 +214,7 @@ def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path
     assert [d.reason for d in declines] == ["secagg_sets_overlap"]
     # the coordinator's own request (delivered by that drain) was answered, recorded durably first;
     # any further request is declined by name, from memory and, after a restart, from the record
-    assert (agent.secagg.answered_dir / f"round-{c.round.ctx.round_id}").exists()
+    assert len(list(agent.secagg.answered_dir.glob(f"round-{c.round.ctx.round_id}-*"))) == 1
     again = UnmaskRequest(agent.device_id, c.round.ctx.round_id, task_id, ids, (),
                           agent.secagg.sessions[task_id].model_sha256)
     agent.secagg.on_message(again)
@@ -205,6 +239,9 @@ def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path
     # the devices quantize into the field and send every coordinate: these would do nothing
     ({"compression": CompressionSpec(quant_bits=4, clip_norm=4.0)}, "secagg_compression"),
     ({"compression": CompressionSpec(quant_bits=32, topk_fraction=0.1, clip_norm=4.0)}, "secagg_compression"),
+    # colluders the cohort cannot hide a device from: every round would be abandoned (it loaded)
+    ({"clients_per_round": 5, "secure_aggregation": SecAggConfig(enabled=True, clip_range=0.5, corrupt=0.5)},
+     "secagg_too_many_corrupt"),
 ])
 def test_settings_that_need_individual_updates_are_refused_by_name(settings, reason):
     base = {"aggregator": "mean", **SETTINGS, **settings}

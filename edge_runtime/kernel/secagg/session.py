@@ -123,9 +123,11 @@ def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours:
             raise SecAggDecline(PEER_MODEL_MISMATCH, f"{peer} advertised another model")
         if len(adv.cipher_public) != 32 or len(adv.mask_public) != 32:
             raise SecAggDecline(BAD_KEY, f"{peer}'s keys are not 32 bytes")
-        if directory is not None and not (
-                peer in directory and identity.verify(directory[peer], adv.signature, identity.transcript(
-                    s.round_id, peer, adv.cipher_public, adv.mask_public, adv.model_sha256))):
+        if directory is not None and peer not in directory:  # stale directory, or a device it never had
+            raise SecAggDecline(BAD_SIGNATURE, f"{peer} has no identity key in this device's directory "
+                                               "(provision its identity and update the directory)")
+        if directory is not None and not identity.verify(directory[peer], adv.signature, identity.transcript(
+                s.round_id, peer, adv.cipher_public, adv.mask_public, adv.model_sha256)):
             raise SecAggDecline(BAD_SIGNATURE, f"{peer}'s keys are not signed by its identity")
     if len(peers) < threshold:
         raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"{len(peers)} neighbours advertised keys, need {threshold}")
