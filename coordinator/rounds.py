@@ -251,7 +251,7 @@ def _on_tick(m: RoundMachine, now: float) -> tuple[RoundMachine, list[Action]]:
         if n >= m.quorum:
             m = _stage_done(m, f"deadline with {n} reports")
         else:
-            m = _to(m, Phase.ABANDONED, f"deadline with {n} < quorum {m.quorum} reports")
+            m = _to(m, Phase.ABANDONED, f"deadline with {n} < quorum {m.quorum} reports{_in_stage(m)}")
     if m.phase == Phase.TRAINING and m.stage_full:
         m = _advance(m, now)
         if m.phase == Phase.TRAINING:
@@ -287,10 +287,15 @@ def _check_reachable(m: RoundMachine) -> RoundMachine:
         return m
     n = len(m.replies[m.stage])
     if n + m.outstanding < m.quorum:
-        return _to(m, Phase.ABANDONED, f"quorum {m.quorum} out of reach ({len(m.declines)} declined)")
+        return _to(m, Phase.ABANDONED, f"quorum {m.quorum} out of reach ({len(m.declines)} declined){_in_stage(m)}")
     if m.outstanding == 0 and n >= m.quorum:
         return _stage_done(m, f"all answered, {n} reports")
     return m
+
+
+def _in_stage(m: RoundMachine) -> str:
+    """Where a multi-stage round (secure aggregation) stopped; nothing for a one-stage round."""
+    return f" at the {m.stages[m.stage].name} stage" if len(m.stages) > 1 else ""
 
 
 def _to(m: RoundMachine, phase: Phase, why: str) -> RoundMachine:

@@ -378,9 +378,8 @@ class Coordinator(BrokerLink):
         # The round is closed (and committed) whatever the link does now: the caller must get
         # this record, so a dropped link only defers the announcement.
         self.outbound.announce_or_defer(self.state.version, self.round)
-        log.info("round %d %s: %s; %d reports, mean train loss %s", record.round_id,
-                 "committed" if record.committed else "abandoned", record.why, record.reports,
-                 "n/a" if record.train_loss is None else f"{record.train_loss:.4g}")
+        log.info("round %d %s: %s; mean train loss %s", record.round_id, "committed" if record.committed else
+                 "abandoned", record.why, "none reported" if record.train_loss is None else f"{record.train_loss:.4g}")
         if record.committed:  # the new model, scored by a sample of devices on their own held-out data
             self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,
                                           self.eligible_devices(), self.clock.now())

@@ -113,8 +113,8 @@ class PrivacyBudget:
             return None
         self.exhausted, self.refused_round = None, None
         self.metrics.exhausted.set(0)
-        log.info("round %d: privacy charge %d of %d devices, z=%.4g; ε after it %.4f of %g", round_id, cohort,
-                 population, z, verdict.epsilon_after, cfg.target_epsilon)
+        log.info("round %d: privacy plan %d of %d devices, z=%.4g; ε after it %.4f of %g (charged if its noised "
+                 "sum is released)", round_id, cohort, population, z, verdict.epsilon_after, cfg.target_epsilon)
         if z > expected_cohort and self.noisy_warned is None:
             # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
             # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)

@@ -143,6 +143,7 @@ def test_declines_in_the_second_stage_abandon_it_before_its_deadline():
     assert shell.machine.phase == Phase.ABANDONED
     shell.tick(11.0)  # the shell closes it at its next tick, well before 15 s
     assert "quorum 3 out of reach" in shell.abandoned and shell.total is None
+    assert shell.abandoned.endswith("at the reveal stage")  # which stage's quorum: a secure round has four
 
 
 def test_stage_limits_are_checked():
