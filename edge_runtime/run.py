@@ -26,7 +26,10 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
     monitor = EligibilityMonitor(probe or SystemProbe(root=cfg.probe.root), cfg.eligibility, clock,
                                  check_interval_s=cfg.probe.check_interval_s, name=cfg.device_id)
     state = Path(cfg.state_dir)
-    artifacts = state / cfg.device_id / "artifacts"
+    own = state / cfg.device_id
+    if not own.exists():  # personal params and residuals live here: this device's user only
+        own.mkdir(mode=0o700, parents=True)
+    artifacts = own / "artifacts"
     models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
     runtime = DeviceRuntime(cfg.device_id, load_local_data(cfg.data.npz), models, state, backend=cfg.backend,
                             eligibility=monitor.before, abort_check=monitor.during, seed=cfg.seed)
