@@ -33,7 +33,7 @@ import time
 
 from fedge.edge_runtime.kernel.errors import FedgeError
 
-from .pg_schema import migrate, redact
+from .pg_schema import connect, migrate, redact
 
 log = logging.getLogger("fedge.coordinator.leadership")
 LEADER_LOCK_KEY = 0x6665646765  # pg_try_advisory_lock key ("fedge"); advisory locks are per database
@@ -80,7 +80,7 @@ class PostgresLease:
         # Keepalives both ways (LEASE_KEEPALIVES): the lock is released only when the server sees
         # the session end, which after a network cut (no FIN, no RST) takes its TCP keepalive,
         # 2 hours by Linux's default; and check() must fail, not hang, on a dead link.
-        self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, **LEASE_KEEPALIVES)
+        self._conn = connect(dsn, autocommit=True, connect_timeout=10, **LEASE_KEEPALIVES)
         migrate(self._conn, self.where)  # the leader table must exist before anyone bumps it
 
     def try_acquire(self) -> bool:

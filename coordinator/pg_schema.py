@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
 
 MIGRATION_LOCK = 0x66656467656D  # pg_advisory_xact_lock key ("fedgem"): one migrator at a time
 
@@ -92,6 +92,21 @@ def migrate(conn, where: str, migrations: tuple[tuple[str, ...], ...] = MIGRATIO
         else:
             conn.execute("UPDATE schema_version SET version = %s", (len(migrations),))
     return len(migrations)
+
+
+def connect(dsn: str, **options):
+    """psycopg.connect, with what an operator can act on said in one line: a server that refuses
+    or a database, role or password it does not know (ServiceUnavailable: exit 1, the supervisor
+    tries again) or a DSN it cannot parse (ConfigError). They were 26-line tracebacks."""
+    import psycopg  # optional dependency (fedge[postgres]): only a coordinator with state_dsn needs it
+
+    try:
+        return psycopg.connect(dsn, **options)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ServiceUnavailable(f"state_dsn {redact(dsn)}: cannot connect: {first}") from None
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"state_dsn {redact(dsn)}: {exc}") from None
 
 
 def redact(dsn: str) -> str:

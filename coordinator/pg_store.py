@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import psycopg
 
 from .leadership import check_epoch
-from .pg_schema import migrate, redact
+from .pg_schema import connect, migrate, redact
 from .sql_store import SqlStore
 
 
@@ -51,7 +51,7 @@ class PostgresStore(SqlStore):
         self.keep_versions = keep_versions
         self.keep_key_rounds = keep_key_rounds
         self.epoch = epoch
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        conn = connect(dsn, autocommit=True, connect_timeout=10)
         try:
             migrate(conn, self.path)
         except BaseException:

@@ -52,7 +52,7 @@ def _guarded(args, call) -> int:
         return call()
     except FedgeError as exc:
         print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return getattr(exc, "exit_status", EXIT_ERROR)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as exc:
         # A path the user named that cannot be read or made (a folder for a file, /proc/x, an
         # output path under a file): their input, said in one line. Not for the two services:

@@ -58,12 +58,11 @@ class RoundClosed(Exception):
 
 class ShardTables:
     def __init__(self, dsn: str):
-        import psycopg  # optional dependency, as in pg_store.py
 
-        from ..pg_schema import migrate, redact
+        from ..pg_schema import connect, migrate, redact
 
         self.where = redact(dsn)
-        self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        self.conn = connect(dsn, autocommit=True, connect_timeout=10)
         migrate(self.conn, self.where)
 
     def close(self) -> None:

@@ -41,6 +41,14 @@ class ConfigError(FedgeError):
     reason = "bad_config"
 
 
+class ServiceUnavailable(FedgeError):
+    """Something a service needs is not there now (its database refuses connections, its metrics
+    port is held): one line, and exit status 1, so its supervisor restarts it (2 would not)."""
+
+    reason = "unavailable"
+    exit_status = 1
+
+
 class CodecError(FedgeError):
     reason = "malformed"
 
