@@ -206,6 +206,7 @@ class DeviceRuntime:
         if server_control is not None:
             opt_state = None  # SCAFFOLD's c_i estimate assumes an empty momentum buffer (scaffold_control_delta)
         z = model.embed(self.data.x_train, cache_key=0)
+        model.check_labels(self.data.y_train, "y_train")
         rng = np.random.default_rng([_stable_int(self.device_id), task.seed, task.round_id, self.seed])
         result = train_locally(
             self._backend(model, task.hyper.optimizer),
@@ -315,6 +316,7 @@ class DeviceRuntime:
         store = DeviceStore(self.state_root / self.device_id, model_id)
         personal = store.load_personal() or model.initial("personal")
         z = model.embed(self.data.x_test, cache_key=1)
+        model.check_labels(self.data.y_test, "y_test")
         logits = self._backend(model, "sgd").predict({**shared, **personal}, z)
         y = self.data.y_test
         return DeviceEval(len(y), _accuracy(logits.get("personal"), y), _accuracy(logits.get("global"), y),

@@ -39,6 +39,7 @@ from pathlib import Path
 from .device import LocalData
 from .eligibility import EligibilityPolicy
 from .examples import check_split
+from .kernel.backends import BACKENDS
 from .kernel.configfile import load_config
 from .kernel.errors import ConfigError, DatasetError
 from .kernel.files import load_npz
@@ -127,6 +128,8 @@ class DeviceConfig:
         if self.broker.username and self.broker.username != self.device_id:
             raise ConfigError(f"broker.username {self.broker.username!r} must equal device_id {self.device_id!r}: "
                               "the broker uses the username as client id and the ACL keys topics on it")
+        if self.backend != "auto" and self.backend not in BACKENDS:  # once refused only when a task came
+            raise ConfigError(f"backend {self.backend!r}: choose auto or one of {', '.join(BACKENDS)}")
         if not self.data.npz:
             raise ConfigError("[data] npz = PATH is required: the device's own examples (x_train, y_train, x_test, "
                               "y_test)")

@@ -22,6 +22,7 @@ class AgentLoop:
         # Longest wait for a message before doing timed work (seconds); the agent reads its own clock.
         self.poll_s = poll_s
         self.stop_event = threading.Event()
+        self._waits_said = 0  # "not started yet" lines so far: said at 1, 2, 4, 8, ... tries, not every poll
 
     def run(self) -> None:
         """Run until `stop()`; returns when the transport is closed for good."""
@@ -68,7 +69,9 @@ class AgentLoop:
             self.agent.start()
             return True
         except (NotConnected, ConnectionLost) as exc:
-            log.info("device %s: not started yet: %s", self.agent.device_id, exc)
+            self._waits_said += 1  # every poll_s while the broker is away: 5 lines a second on a Pi's journal
+            if self._waits_said & (self._waits_said - 1) == 0:
+                log.info("device %s: not started yet (try %d): %s", self.agent.device_id, self._waits_said, exc)
             return False
         except PublishRefused as exc:  # subscribed, but the broker refuses what we publish
             log.error("device %s: PublishRefused while starting: %s", self.agent.device_id, exc)

@@ -47,6 +47,14 @@ class ModelRuntime:
             raise DatasetError(f"{where}: contains NaN or Inf; clean the data")
         return np.ascontiguousarray(x.reshape((len(x), *want)), dtype=np.float32)
 
+    def check_labels(self, y: np.ndarray, where: str = "data") -> None:
+        """Labels within the model's classes: ONNX Runtime fails deep inside a step otherwise (a
+        label of 99 for 10 classes ended a task in a GatherElements error and no decline)."""
+        classes = int(self.manifest.spec.get("num_classes", 0))
+        if classes and len(y) and int(np.max(y)) >= classes:
+            raise DatasetError(f"{where}: label {int(np.max(y))} is outside model {self.manifest.name}'s "
+                               f"{classes} classes (labels 0..{classes - 1}); relabel the data or fix the model")
+
     def forget_embeddings(self) -> None:
         """Drop cached backbone outputs: the data they were computed from was replaced."""
         self._cache.clear()

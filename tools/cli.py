@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
@@ -53,6 +54,9 @@ def _guarded(args, call) -> int:
     except FedgeError as exc:
         print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", EXIT_ERROR)
+    except BrokenPipeError:  # `fedge device probe | head -1`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as exc:
         # A path the user named that cannot be read or made (a folder for a file, /proc/x, an
         # output path under a file): their input, said in one line. Not for the two services:

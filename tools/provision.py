@@ -28,7 +28,7 @@ from pathlib import Path
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.broker.config import COORDINATOR_USER, SHIPPED, shipped_text
-from fedge.tools.broker.passwd import generate_password, upsert_password, write_private_file
+from fedge.tools.broker.passwd import BROKER_USER, generate_password, upsert_password, write_private_file
 
 MAX_ID_LEN = 64  # an X.509 Common Name holds at most 64 characters
 DEV_URL = "mqtt://127.0.0.1:1883"  # mosquitto-dev.conf
@@ -152,6 +152,10 @@ def write_broker_files(out_dir: str | Path, *, conf_dir: str | None = None, data
         written.append(path)
     if in_place:
         make_data_dir(data_dir)
+        passwd = out / "passwd"
+        if not passwd.exists():  # both configs name it, and a certificate-only broker never made one:
+            write_private_file(passwd, "", new_owner=BROKER_USER)  # Mosquitto would not start without it
+            written.append(passwd)
     return written
 
 

@@ -49,6 +49,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"{where or cls.__name__}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"valid keys are: {', '.join(sorted(fields))}"
         )
+    required = [key for key, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and key not in data]
+    if required:  # named as keys to write, not as Python's "missing positional argument"
+        raise ConfigError(f"{where or cls.__name__}: missing required key(s) {', '.join(map(repr, required))}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():

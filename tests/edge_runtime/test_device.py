@@ -14,7 +14,7 @@ from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.compress import decompress_update
-from fedge.edge_runtime.kernel.errors import ArtifactError, ManifestMismatch
+from fedge.edge_runtime.kernel.errors import ArtifactError, DatasetError, ManifestMismatch
 from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense
@@ -111,6 +111,24 @@ def test_unknown_model_declines_with_the_artifact_reason(model, data, tmp_path):
     assert isinstance(reply, Decline)
     assert reply.reason == ArtifactError.reason and reply.stage == "before"
     assert "no-such-model" in reply.detail
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_label_outside_the_models_classes_is_declined_as_bad_dataset(model, data, tmp_path, split):
+    """A label of CLASSES + 89 once ended the task in an ONNX Runtime GatherElements error: no
+    decline, and the round waited for its deadline (a helper's device probe)."""
+    y_train, y_test = data.y_train.copy(), data.y_test.copy()
+    (y_train if split == "train" else y_test)[0] = CLASSES + 89
+    bad = LocalData(data.x_train, y_train, data.x_test, y_test)
+    rt = _runtime(model, bad, tmp_path)
+    if split == "train":
+        reply = rt.handle_task(_task(model))
+        assert isinstance(reply, Decline) and reply.reason == "bad_dataset", reply
+        assert f"label {CLASSES + 89} is outside" in reply.detail
+    else:
+        _, manifest, runtime = model
+        with pytest.raises(DatasetError, match=f"y_test: label {CLASSES + 89}"):
+            rt.evaluate(manifest.model_id, runtime.initial("shared"))
 
 
 @pytest.mark.parametrize("how", ["wrong_shape", "missing", "extra"])

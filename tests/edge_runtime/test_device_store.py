@@ -121,18 +121,3 @@ def test_the_state_file_is_parsed_once_per_store_and_reparsed_when_it_changes(tm
     assert _same(reader.load_residual(), {"r": np.ones(2)})
     assert _same(reader.load_personal(), {"w": np.ones(5, np.float32)})
 
-
-def test_the_device_state_folder_is_made_for_its_user_only(tmp_path):
-    """Personal params and residuals live under state_dir/<device>: `fedge device run` makes it
-    0700 (outside the installer it was 0755, its files world-readable: a helper's walkthrough)."""
-    import stat
-
-    from fedge.edge_runtime.device_config import load_device_config
-    from fedge.edge_runtime.run import build_device
-
-    np.savez(tmp_path / "data.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4, np.int64),
-             x_test=np.zeros((2, 3)), y_test=np.zeros(2, np.int64))
-    (tmp_path / "device.toml").write_text(f'device_id = "pi-a"\nstate_dir = "{tmp_path / "state"}"\n'
-                                          f'[data]\nnpz = "{tmp_path / "data.npz"}"\n')
-    build_device(load_device_config(tmp_path / "device.toml"))
-    assert stat.S_IMODE((tmp_path / "state" / "pi-a").stat().st_mode) == 0o700

@@ -203,6 +203,12 @@ UNUSABLE = {
 }
 
 
+UNUSABLE["a device backend that does not exist"] = (
+    lambda t: (t / "d.toml").write_text('device_id = "d1"\nbackend = "gpu"\n[data]\nnpz = "x.npz"\n')
+    and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "backend 'gpu'"))  # once: at a task
+UNUSABLE["a device config without its id"] = (
+    lambda t: (t / "d.toml").write_text('[data]\nnpz = "x.npz"\n')
+    and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "missing required key(s) 'device_id'"))
 UNUSABLE["a table beside [coordinator]"] = (
     lambda t: (t / "c.toml").write_text('[coordinator]\nclients_per_round = 5\n[secure_aggregation]\nenabled = true\n')
     and ["simulate", "--config", str(t / "c.toml")], ("ConfigError", "secure_aggregation beside [coordinator]"))

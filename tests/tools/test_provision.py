@@ -177,8 +177,11 @@ def test_cli_broker_files(tmp_path):
     out = tmp_path / "etc"
     assert _cli("broker", "--out", str(out), "--ca-dir", str(tmp_path / "ca"), "--host", "127.0.0.1") == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["ca.crt", "data", "fedge.acl", "mosquitto-dev.conf", "mosquitto-prod.conf", "server.crt",
-                     "server.key"]
+    # passwd: both configs name it, and Mosquitto does not start without it (a certificate-only
+    # broker never had one: a helper's TLS walkthrough); empty, 0600, until a device is added
+    assert names == ["ca.crt", "data", "fedge.acl", "mosquitto-dev.conf", "mosquitto-prod.conf", "passwd",
+                     "server.crt", "server.key"]
+    assert (out / "passwd").read_text() == "" and (out / "passwd").stat().st_mode & 0o777 == 0o600
     prod = (out / "mosquitto-prod.conf").read_text()
     assert f"certfile {out.resolve()}/server.crt" in prod and "/etc/mosquitto/fedge/" not in prod
     # The persistence directory the configs name exists, private (Mosquitto does not create it).
