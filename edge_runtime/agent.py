@@ -253,7 +253,8 @@ class DeviceAgent:
         if isinstance(message, SecAggTask) and message.task.task_id not in self.secagg.sessions:
             task = message.task
             if task.task_id in self._secagg_fetching:
-                return  # a redelivery while the model is on its way
+                self.delivery.request_again(task)  # a repeat while the model is on its way: our ask may be lost
+                return
             ready = self.delivery.model_ready(task, self.clock.now())
             if isinstance(ready, Refused):
                 self._publish("update", encode_message(Decline(self.device_id, task.round_id, task.task_id,

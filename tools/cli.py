@@ -54,9 +54,13 @@ def _guarded(args, call) -> int:
     except FedgeError as exc:
         print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", EXIT_ERROR)
-    except BrokenPipeError:  # `fedge device probe | head -1`: the reader left, nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-        return 1
+    except BrokenPipeError:
+        try:  # `fedge device probe | head -1`: the reader of stdout left, nothing more to say
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            return 1
+        raise  # another pipe or socket broke: not ours to hide
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as exc:
         # A path the user named that cannot be read or made (a folder for a file, /proc/x, an
         # output path under a file): their input, said in one line. Not for the two services:

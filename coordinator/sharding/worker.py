@@ -125,7 +125,8 @@ class ShardWorker:
             for (update, _), verdict in zip(admitted, verdicts or ()):
                 if verdict == COUNTED:
                     self.accepted += 1
-                    self.metrics.accepted.inc()
+                    self.metrics.update_accepted(update.device_id, update.num_examples, ctx.max_examples,
+                                                 ctx.equal_weights)
                     self._ack(update, True, "")
                 elif verdict == DUPLICATE:  # counted before: the device stops resending
                     self._ack(update, True, "duplicate")

@@ -214,6 +214,19 @@ def test_wrong_shard_is_refused_by_name_and_a_resend_is_a_duplicate(model, postg
         (1, update_weight(d0.n, c.cfg.max_examples))]
 
 
+def test_a_worker_names_and_counts_a_claim_over_the_cap(model, postgres_dsn, caplog):
+    """The capped claim is logged and counted by the shard's worker too (once only unsharded)."""
+    c = Cluster(model, postgres_dsn, devices=4, max_examples=1)
+    assert c.leader.begin_round()
+    c.pump()
+    d0 = c.devices[0]
+    c.upload(d0, random_delta(c.shapes, np.random.default_rng(6)))
+    c.pump()
+    worker = next(w for w in c.workers if w.shard == d0.task().shard)
+    assert d0.n > 1 and worker.metrics.registry.get_sample_value("fedge_claims_capped_total") == 1
+    assert f"{d0.id} claims {d0.n} examples; weighted as max_examples = 1" in caplog.text
+
+
 def test_a_shard_taken_over_fences_the_old_worker_and_loses_nothing(model, postgres_dsn):
     c = Cluster(model, postgres_dsn, devices=8)
     old = c.leader.state

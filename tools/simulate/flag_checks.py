@@ -34,5 +34,5 @@ def check_options_apply(cfg: SimConfig, coordinator_flags: set[str]) -> None:
         raise ConfigError("--new-device-steps needs --new-devices")
     if cfg.broker_url and cfg.transport != "mqtt":
         raise ConfigError("--broker needs --transport mqtt")
-    if cfg.personalization == "none" and cfg.coordinator.hyper.personal_head_from_global:
+    if cfg.personalization == "none" and "personal_head_from_global" in coordinator_flags:
         raise ConfigError("--personal-head-from-global: --personalization none keeps no personal head")
