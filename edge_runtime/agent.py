@@ -257,8 +257,7 @@ class DeviceAgent:
                 return
             ready = self.delivery.model_ready(task, self.clock.now())
             if isinstance(ready, Refused):
-                self._publish("update", encode_message(Decline(self.device_id, task.round_id, task.task_id,
-                                                               ready.reason, ready.detail, "before")))
+                self._decline_before(task, ready)
                 return
             if not ready:
                 self._secagg_fetching[task.task_id] = message
@@ -269,7 +268,12 @@ class DeviceAgent:
         """A task whose model could not be had: declined, by the task table or for a secure round."""
         if self._secagg_fetching.pop(task.task_id, None) is None:
             self._step(task, why)
-            return
+        else:
+            self._decline_before(task, why)
+
+    def _decline_before(self, task: TrainTask, why: Refused) -> None:
+        """A secure round's task declined before training: straight out, as the participant's own
+        declines go (its rounds are not in the task table or the journal)."""
         self._publish("update", encode_message(Decline(self.device_id, task.round_id, task.task_id, why.reason,
                                                        why.detail, "before")))
 

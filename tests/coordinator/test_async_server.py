@@ -176,17 +176,24 @@ def test_a_buffered_payload_whose_bytes_changed_on_disk_stops_the_restart_by_nam
         fleet.restart(store=RoundStore(db))
 
 
+def _dp_fleet(model, tmp_path, devices: int, buffer_size: int, store=None):
+    """An async fleet under central DP: `devices` devices of 10 examples, all dispatched at once;
+    the buffer opened."""
+    fleet = make_fleet(model, tmp_path, store=store, mode="async", weighting="equal",
+                       async_=AsyncConfig(concurrency=devices, buffer_size=buffer_size, max_staleness=5),
+                       privacy=PrivacyConfig(enabled=True, target_epsilon=50.0, delta=1e-5, noise_multiplier=1.0,
+                                             clip_norm=0.5))
+    devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(devices)]
+    fleet.drain()
+    assert fleet.coordinator.begin_round()
+    return fleet, devs
+
+
 def test_with_central_dp_each_flush_is_one_accounting_event_and_a_device_gives_one_update_per_buffer(model,
                                                                                                       tmp_path):
     db = tmp_path / "state.db"
-    fleet = make_fleet(model, tmp_path, store=RoundStore(db), mode="async", weighting="equal",
-                       async_=AsyncConfig(concurrency=3, buffer_size=2, max_staleness=5),
-                       privacy=PrivacyConfig(enabled=True, target_epsilon=50.0, delta=1e-5, noise_multiplier=1.0,
-                                             clip_norm=0.5))
-    devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
-    fleet.drain()
+    fleet, devs = _dp_fleet(model, tmp_path, devices=3, buffer_size=2, store=RoundStore(db))
     c = fleet.coordinator
-    assert c.begin_round()
     rng = np.random.default_rng(1)
     for flush in range(3):
         c.tick()
@@ -208,14 +215,8 @@ def test_with_central_dp_each_flush_is_one_accounting_event_and_a_device_gives_o
 def test_a_dp_buffer_larger_than_the_fleet_says_why_it_waits(model, tmp_path, caplog):
     """With central DP a device gives one update per buffer: K = 4 from 2 devices never fills.
     It once waited with nothing in the log (a helper's fleet: K = 8, 4 devices)."""
-    fleet = make_fleet(model, tmp_path, mode="async", weighting="equal",
-                       async_=AsyncConfig(concurrency=2, buffer_size=4, max_staleness=5),
-                       privacy=PrivacyConfig(enabled=True, target_epsilon=50.0, delta=1e-5, noise_multiplier=1.0,
-                                             clip_norm=0.5))
-    devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(2)]
-    fleet.drain()
+    fleet, devs = _dp_fleet(model, tmp_path, devices=2, buffer_size=4)
     c = fleet.coordinator
-    assert c.begin_round()
     c.tick()
     fleet.drain()
     rng = np.random.default_rng(2)
