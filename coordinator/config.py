@@ -71,6 +71,10 @@ class CoordinatorConfig:
     pace_jitter_s: float = 10.0  # spread devices over [0, jitter) on top, so they do not return at once
     pace_max_s: float = 3600.0
     task_resend_s: float = 30.0  # a selected device that checks in again gets its task again, this often at most
+    # Check-ins one device may send: a burst of checkin_burst, then one every checkin_refill_s
+    # seconds (coordinator/checkin_limit.py); more are refused as checkin_too_often. 0 = no limit.
+    checkin_burst: int = 10
+    checkin_refill_s: float = 6.0
     # Publish each round's params (and SCAFFOLD's c) once, as retained parts of at most this many
     # bytes, instead of inside every task; 0 = inline in every task (the default). Parts cut the
     # coordinator's publishing from N copies of the params to one, which matters when it reaches
@@ -154,6 +158,8 @@ class CoordinatorConfig:
         for name in ("fetch_interval_s", "pace_idle_s", "pace_declined_s", "pace_jitter_s", "task_resend_s"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds")
+        if self.checkin_burst < 1 or not 0 <= self.checkin_refill_s < math.inf:
+            raise ConfigError("need checkin_burst >= 1 and 0 <= checkin_refill_s < inf (0: no limit)")
         if self.model_part_bytes < 0 or 0 < self.model_part_bytes < 256:
             raise ConfigError("model_part_bytes must be 0 (params inline in every task) or >= 256")
         if not self.pace_max_s > 0:

@@ -15,7 +15,8 @@ none stops the service.
         ├── NonFinite                  NaN or Inf in the update
         ├── NormBound                  update norm above the configured bound
         ├── WrongShard                 sharded: an update on a shard topic (or the plain one) not its device's
-        └── StaleEval                  an EvalReport that answers no evaluation asked of its sender
+        ├── StaleEval                  an EvalReport that answers no evaluation asked of its sender
+        └── CheckInTooOften            a check-in over its device's budget (checkin_limit.py)
 
 One error does stop it, on purpose: GroupCommitFailed (FedgeError), accepted updates that could
 not be stored; the restart resumes from the store (group_commit.py says why). StoreCorrupt
@@ -87,6 +88,10 @@ class WrongShard(UpdateRejected):
 
 class StaleEval(UpdateRejected):
     reason = "stale_eval"
+
+
+class CheckInTooOften(UpdateRejected):
+    reason = "checkin_too_often"
 
 
 class GroupCommitFailed(FedgeError):

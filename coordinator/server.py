@@ -35,6 +35,7 @@ from fedge.edge_runtime.kernel.transport.base import Transport
 from . import backoff, pace
 from .admission import Accepted, AdmissionView, admit, check_decline
 from .artifacts import FetchRefused, open_artifacts
+from .checkin_limit import CheckInLimit
 from .config import CoordinatorConfig
 from .dp.budget import PrivacyBudget
 from .errors import UnexpectedMessage, UpdateRejected
@@ -83,7 +84,6 @@ class Coordinator(BrokerLink):
     """One coordinator: `start()` once, then loop `pump()` (one inbound message each) and
     `tick()` (closes the round at its deadline or when it is done), and call `begin_round()`
     whenever no round is open. Every method returns quickly; the caller owns sleeping.
-
     Public state for simulators and reports: `state` (ServerState), `round` (OpenRound or None),
     `history` (RoundRecords of this process), `rejections` and `declines` (Counters by reason, as
     exported), `registry` (device_id -> DeviceRecord), `privacy`. async_mode/server.py subclasses it."""
@@ -114,6 +114,7 @@ class Coordinator(BrokerLink):
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.dense_limit = 8 * sum(int(np.prod(s)) for s in self.shapes.values())  # params + control, fp32
         self.registry = Registry(self.store)
+        self.checkins = CheckInLimit(config.checkin_burst, config.checkin_refill_s)
         self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
         self.shell = make_shell(config, self.outbound, self.shapes)  # plain or secure rounds (round_shell.py)
@@ -163,7 +164,10 @@ class Coordinator(BrokerLink):
             return True
         mine = getattr(report, "device_id", None) == sender
         if isinstance(report, CheckIn) and channel == "checkin" and mine:
-            self._check_in(report)
+            if (too_often := self.checkins.refusal(sender, self.clock.now())) is None:
+                self._check_in(report)
+            else:  # no store write, no reply (checkin_limit.py)
+                self._reject(too_often, sender, None)
         elif isinstance(report, Decline if self.shell.secure else (Update, Decline)) and channel == "update":
             self._report(report, sender, len(msg.payload))
         elif self.shell.owns(report, channel):
@@ -246,8 +250,8 @@ class Coordinator(BrokerLink):
         self._execute(Declined(decline.device_id, decline.reason), self.clock.now())
 
     def _fetch(self, request: FetchRequest) -> None:
-        refused = serve_fetch(request, self.round, self.artifacts, self.outbound, self.metrics, self.clock.now())
-        if refused is not None:
+        if (refused := serve_fetch(request, self.round, self.artifacts, self.outbound, self.metrics,
+                                   self.clock.now())) is not None:
             self._reject(refused, request.device_id, None)
 
     def _reject(self, exc: UpdateRejected | FetchRefused, sender: str | None, report) -> None:
@@ -344,7 +348,7 @@ class Coordinator(BrokerLink):
                 if isinstance(reduced, str):  # a secure round that cannot be unmasked
                     return self._execute(Stopped(reduced), now)
                 state = self.strategy.apply(self.state, reduced)
-                self._note_left_out(rnd)
+                self.left_out.note(rnd.ctx.round_id, rnd.aggregator, self.metrics)
                 carry = getattr(rnd.aggregator, "carry", None)  # what it learned, committed with the model
                 if carry is not None:
                     state = replace(state, extra={**state.extra, **carry()})
@@ -370,9 +374,7 @@ class Coordinator(BrokerLink):
         self.history.append(record)
         self.round = None
         self.privacy.refresh()
-        # Round ids never repeat: an abandoned round is retried under the next id, and
-        # nothing from it was applied.
-        self.next_round_id = record.round_id + 1
+        self.next_round_id = record.round_id + 1  # ids never repeat: an abandoned round (nothing applied) retries anew
         self.metrics.round_closed(record.committed, record.reports, record.seconds, self.state.version,
                                   record.train_loss)
         # The round is closed (and committed) whatever the link does now: the caller must get
@@ -384,9 +386,6 @@ class Coordinator(BrokerLink):
             self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,
                                           self.eligible_devices(), self.clock.now())
         return record
-
-    def _note_left_out(self, rnd: OpenRound) -> None:
-        self.left_out.note(rnd.ctx.round_id, rnd.aggregator, self.metrics)
 
     def _round_shards(self, selected: tuple[str, ...]) -> dict[str, int] | None:
         """The shard of each selected device, stored with the round; None: no shards (sharding/leader.py)."""

@@ -344,7 +344,7 @@ class AsyncCoordinator(Coordinator):
         """Step the server optimizer on the buffer and commit the new version (or refuse it)."""
         rnd, n = self.round, self.round.aggregator.count
         state = self.strategy.apply(self.state, rnd.aggregate_input(len(self.registry)))
-        self._note_left_out(rnd)
+        self.left_out.note(rnd.ctx.round_id, rnd.aggregator, self.metrics)
         carry = getattr(rnd.aggregator, "carry", None)
         if carry is not None:
             state = replace(state, extra={**state.extra, **carry()})
