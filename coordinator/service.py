@@ -11,6 +11,7 @@
     rounds = 0                     # exit once the model has this many committed rounds (version); 0 = forever
     round_pause_s = 0.0
     metrics_linger_s = 0.0         # after reaching `rounds`, keep /metrics up this long for the final scrape
+    shard_credentials = "creds"    # with shards = K: the workers' fedge-shard-<k>.toml (sharding/identity.py)
 
     [coordinator]                  # coordinator.config.CoordinatorConfig
     artifacts_dir = "artifacts/mnist"   # from `fedge build-artifacts`; served to devices that lack it
@@ -77,6 +78,9 @@ class ServiceSettings:
     # Prometheus scrapes every 15-60 s and would never see the final round.
     metrics_linger_s: float = 0.0
     client_id: str = "coordinator"
+    # A folder of fedge-shard-<k>.toml (`fedge provision coordinator --shards K`): a sharded
+    # fleet's worker k logs in as fedge-shard-k (sharding/identity.py); "" = as [broker] says.
+    shard_credentials: str = ""
 
     def __post_init__(self) -> None:
         if self.min_devices < 1 or self.rounds < 0 or self.round_pause_s < 0 or self.metrics_linger_s < 0:

@@ -1,14 +1,16 @@
 """`fedge provision`: identities and broker credentials for devices and the coordinator.
 
     fedge provision ca --out ca/
-    fedge provision broker --out etc/ [--ca-dir ca/ --host broker.lan --host 10.0.0.5]
+    fedge provision broker --out etc/ [--shards K] [--ca-dir ca/ --host broker.lan --host 10.0.0.5]
     fedge provision device --id pi-007 --passwd-file etc/passwd --out creds [--url mqtts://broker.lan:8884 --ca-dir ca/]
     fedge provision device --id pi-007 --cert --ca-dir ca/ --out creds/ [--url mqtts://broker.lan:8883]
-    fedge provision coordinator --passwd-file etc/passwd --out creds/
+    fedge provision coordinator --passwd-file etc/passwd --out creds/ [--shards K]
     fedge provision identity --id pi-007 --out creds/ --directory etc/identities.json
 
 A device's broker username is its id: the ACL (tools/broker/files/fedge.acl) lets user `d`
 use only the topics fedge/v1/devices/d/..., and with a certificate the CN is that username.
+A sharded fleet's worker k logs in as fedge-shard-k (tools/broker/shard_users.py): `--shards K`
+gives `broker` the workers' ACL blocks and `coordinator` their credentials, next to its own.
 Each identity gets `<id>.toml`, a [broker] table for the device or coordinator config:
     url, username, password            (password identities)
     url, ca_file, cert_file, key_file  (certificate identities; the CN is the username)
@@ -27,8 +29,10 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import device_topic
-from fedge.tools.broker.config import COORDINATOR_USER, SHIPPED, shipped_text
+from fedge.tools.broker.config import ACL_NAME, COORDINATOR_USER, SHIPPED, shipped_text
+from fedge.tools.broker.errors import ReservedUsername
 from fedge.tools.broker.passwd import BROKER_USER, generate_password, upsert_password, write_private_file
+from fedge.tools.broker.shard_users import SHARD_USER_PREFIX, is_shard_user, shard_acl, shard_users
 
 MAX_ID_LEN = 64  # an X.509 Common Name holds at most 64 characters
 DEV_URL = "mqtt://127.0.0.1:1883"  # mosquitto-dev.conf
@@ -43,7 +47,10 @@ def validate_device_id(device_id: str) -> str:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if device_id == COORDINATOR_USER:
-        raise ConfigError(f"{COORDINATOR_USER!r} is the coordinator's broker user; pick another device id")
+        raise ReservedUsername(f"{COORDINATOR_USER!r} is the coordinator's broker user; pick another device id")
+    if device_id.startswith(SHARD_USER_PREFIX):  # the ACL would give it a worker's rights, the broker its session
+        raise ReservedUsername(f"{device_id!r}: ids starting {SHARD_USER_PREFIX!r} are the shard workers' broker "
+                               "users; pick another device id")
     if len(device_id) > MAX_ID_LEN or any(c == ":" or c.isspace() or not c.isprintable() for c in device_id):
         raise ConfigError(f"invalid device id {device_id!r}: at most {MAX_ID_LEN} printable characters, "
                           "no spaces and no ':'")
@@ -82,10 +89,13 @@ def issue_device_cert(ca, device_id: str, directory: str | Path, *, overwrite: b
     return issue_client_cert(ca, validate_device_id(device_id), directory, overwrite=overwrite)
 
 
-def issue_coordinator_cert(ca, directory: str | Path, *, overwrite: bool = False):
+def issue_coordinator_cert(ca, directory: str | Path, *, overwrite: bool = False, username: str = COORDINATOR_USER):
+    """A client certificate for a coordinator process: the leader, or a shard worker (fedge-shard-k)."""
     from fedge.tools.broker.certs import issue_client_cert
 
-    return issue_client_cert(ca, COORDINATOR_USER, directory, overwrite=overwrite)
+    if username != COORDINATOR_USER and not is_shard_user(username):
+        raise ConfigError(f"{username!r} is not a coordinator process's broker user")
+    return issue_client_cert(ca, username, directory, overwrite=overwrite)
 
 
 # -- identities ----------------------------------------------------------------------------
@@ -111,8 +121,8 @@ def provision_cert(username: str, ca_dir: str | Path, out_dir: str | Path, *, ur
     creds = _creds_path(out, username, overwrite)
     ca = load_ca(ca_dir)
     _check_ca_copy(ca.cert, out, overwrite)  # before anything is written
-    if username == COORDINATOR_USER:
-        files = issue_coordinator_cert(ca, out, overwrite=overwrite)
+    if username == COORDINATOR_USER or is_shard_user(username):
+        files = issue_coordinator_cert(ca, out, overwrite=overwrite, username=username)
     else:
         files = issue_device_cert(ca, username, out, overwrite=overwrite)
     copy_ca_cert(ca.cert, out, overwrite)
@@ -131,8 +141,9 @@ def credentials_toml(username: str, table: dict[str, str]) -> str:
 
 
 def write_broker_files(out_dir: str | Path, *, conf_dir: str | None = None, data_dir: str | None = None,
-                       overwrite: bool = False) -> list[Path]:
-    """The shipped configs and ACL, with their paths rewritten for `conf_dir` and `data_dir`.
+                       overwrite: bool = False, shards: int = 0) -> list[Path]:
+    """The shipped configs and ACL, with their paths rewritten for `conf_dir` and `data_dir`;
+    the ACL also grants the workers of `shards` shards (shard_users.py).
 
     A file already there with other content (the operator's edits) is kept: ConfigError, and
     nothing written, unless overwrite. The same content again is no change.
@@ -144,6 +155,7 @@ def write_broker_files(out_dir: str | Path, *, conf_dir: str | None = None, data
     conf_dir = conf_dir or str(out.resolve())
     data_dir = data_dir or str(Path(conf_dir) / "data")
     texts = {out / name: shipped_text(name, conf_dir, data_dir) for name in SHIPPED}
+    texts[out / ACL_NAME] += shard_acl(shards)
     _refuse_replacing({path: text.encode() for path, text in texts.items()}, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -236,6 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-dir", help="issue server.crt/server.key from this CA and copy ca.crt")
     p.add_argument("--host", action="append", default=[], help="broker DNS name or IP for the server cert (repeat)")
     p.add_argument("--force", action="store_true", help="replace an existing server key")
+    p.add_argument("--shards", type=int, default=0, metavar="K",
+                   help="a sharded fleet's K: the ACL also grants the workers' users fedge-shard-0 .. K-1")
 
     p = sub.add_parser("identity", help="a device's Ed25519 identity for secure aggregation, added to the directory")
     p.add_argument("--id", required=True, dest="device_id", help="device id")
@@ -255,6 +269,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "with --cert)")
         p.add_argument("--install-dir", help="where the cert bundle will live on the target (paths in the .toml)")
         p.add_argument("--force", action="store_true", help="replace existing credentials")
+        if name == "coordinator":
+            p.add_argument("--shards", type=int, default=0, metavar="K",
+                           help="also credentials for the shard workers' users fedge-shard-0 .. K-1")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -273,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
             cert_paths(Path(args.out), "server", args.force)  # the check issue_server_cert makes, made first
             _check_ca_copy(ca.cert, Path(args.out), args.force)
         for path in write_broker_files(args.out, conf_dir=args.conf_dir, data_dir=args.data_dir,
-                                       overwrite=args.force):
+                                       overwrite=args.force, shards=args.shards):
             print(f"wrote {path}")
         data_dir = args.data_dir or str(Path(args.conf_dir or Path(args.out).resolve()) / "data")
         if installed_in_place(args.out, args.conf_dir):
@@ -296,27 +313,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"{device_id}: identity key in {key} (secret); public key added to {args.directory} "
               "(copy it to every device)")
         return 0
-    username = validate_device_id(args.device_id) if args.provision == "device" else COORDINATOR_USER
+    if args.provision == "device":
+        usernames = [validate_device_id(args.device_id)]
+    else:  # the leader's user, then its workers' (all before the first write: a refusal writes nothing)
+        usernames = [COORDINATOR_USER, *shard_users(args.shards)]
     if args.cert:
         if not args.ca_dir:
             raise ConfigError("--cert needs --ca-dir (make a CA with `fedge provision ca`)")
         if args.passwd_file:
             raise ConfigError("choose --cert or --passwd-file: the certificate listener ignores passwords")
-        creds = provision_cert(username, args.ca_dir, args.out, url=args.url or PROD_CERT_URL,
-                               install_dir=args.install_dir, overwrite=args.force)
+        for username in usernames:
+            _creds_path(args.out, username, args.force)
+        for username in usernames:
+            creds = provision_cert(username, args.ca_dir, args.out, url=args.url or PROD_CERT_URL,
+                                   install_dir=args.install_dir, overwrite=args.force)
+            print(f"{username}: credentials in {creds} (secret)")
     else:
         if not args.passwd_file:
             raise ConfigError("give --passwd-file (password identity) or --cert --ca-dir (certificate identity)")
+        for username in usernames:
+            _creds_path(args.out, username, args.force)  # its refusal first: then nothing is written
         ca_file = None
         if args.ca_dir:  # only the CA's certificate is needed, to verify the broker
             ca_cert = Path(args.ca_dir) / "ca.crt"
             if not ca_cert.exists():
                 raise ConfigError(f"no {ca_cert}; make a CA with `fedge provision ca`")
-            _creds_path(args.out, username, args.force)  # its refusal first: then nothing is written
             copy_ca_cert(ca_cert, Path(args.out), args.force)
             ca_file = str(Path(args.install_dir or Path(args.out).resolve()) / "ca.crt")
-        creds = provision_password(username, args.passwd_file, args.out, url=args.url or DEV_URL,
-                                   ca_file=ca_file, overwrite=args.force)
-        print(f"{username}: added to {args.passwd_file} (reload the broker: kill -HUP its pid)")
-    print(f"{username}: credentials in {creds} (secret)")
+        for username in usernames:
+            creds = provision_password(username, args.passwd_file, args.out, url=args.url or DEV_URL,
+                                       ca_file=ca_file, overwrite=args.force)
+            print(f"{username}: added to {args.passwd_file} (reload the broker: kill -HUP its pid)")
+            print(f"{username}: credentials in {creds} (secret)")
+    if len(usernames) > 1:
+        print(f"workers: set [service] shard_credentials = \"{args.out}\" in the coordinator's service file "
+              f"(worker k logs in with {SHARD_USER_PREFIX}k.toml), and give the broker's ACL the same K: "
+              f"fedge provision broker --shards {args.shards}")
     return 0

@@ -29,7 +29,14 @@ import time
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected
 from fedge.edge_runtime.kernel.flood import FloodLog
-from fedge.edge_runtime.kernel.protocol import Ack, Update, device_topic, shard_of, shard_updates_filter
+from fedge.edge_runtime.kernel.protocol import (
+    Ack,
+    Update,
+    device_topic,
+    shard_client_id,
+    shard_of,
+    shard_updates_filter,
+)
 from fedge.edge_runtime.kernel.transport.base import Message, Transport
 
 from ..admission import Accepted, AdmissionView, admit
@@ -44,11 +51,6 @@ from .tables import COUNTED, DUPLICATE, Counted, RoundClosed, ShardTables
 
 log = logging.getLogger("fedge.coordinator.worker")
 BURST = 200  # messages counted in one transaction at most (group commit, as coordinator/loop.py's bursts)
-
-
-def shard_client_id(shard: int) -> str:
-    """Fixed per shard, so the broker keeps one session per shard whoever serves it."""
-    return f"fedge-shard-{shard}"
 
 
 class ShardWorker:

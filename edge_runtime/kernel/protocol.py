@@ -54,6 +54,7 @@ from .wire_fields import (  # noqa: F401
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "fedge/v1"
 MAX_SHARDS = 1024  # aggregator shards ([coordinator] shards); shard ids are 0 .. MAX_SHARDS - 1
+SHARD_CLIENT_PREFIX = "fedge-shard-"  # + shard: no device id may start with it (tools/provision.py)
 
 
 def device_topic(device_id: str, kind: str) -> str:
@@ -90,6 +91,12 @@ def shard_update_topic(shard: int, device_id: str) -> str:
 def shard_updates_filter(shard: int) -> str:
     """What shard `shard`'s aggregator worker subscribes to."""
     return f"{TOPIC_ROOT}/shard/{shard}/devices/+/update"
+
+
+def shard_client_id(shard: int) -> str:
+    """Shard `shard`'s worker: its MQTT client id and, on a secured broker, its username (so
+    use_username_as_clientid keeps the id); one session per shard, whoever serves it."""
+    return f"{SHARD_CLIENT_PREFIX}{shard}"
 
 
 def shard_of(topic: str) -> tuple[int, str] | None:

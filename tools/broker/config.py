@@ -22,6 +22,8 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .shard_users import shard_acl
+
 MAX_PACKET_SIZE = 1 << 20  # bytes, the whole MQTT packet; larger fedge messages travel as chunks
 # Which way each per-device channel flows; a test checks these against protocol.DEVICE_CHANNELS
 # and the shipped ACL, so a new channel cannot be added without deciding who may publish it.
@@ -71,6 +73,7 @@ class BrokerConfig:
     # `fedge bench ingest` raises it to queue a whole backlog for the coordinator.
     max_queued_messages: int = 1000
     log_types: tuple[str, ...] = ("error", "warning", "notice", "information")
+    shards: int = 0  # a sharded fleet's K: the ACL also grants the users fedge-shard-0 .. K-1 (shard_users.py)
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -91,9 +94,9 @@ class BrokerConfig:
         return "mqtts" if self.tls is not None else "mqtt"
 
 
-def acl_text() -> str:
-    """The fedge ACL, as shipped."""
-    return shipped_text(ACL_NAME)
+def acl_text(shards: int = 0) -> str:
+    """The fedge ACL, as shipped, with the blocks of `shards` shard workers' users."""
+    return shipped_text(ACL_NAME) + shard_acl(shards)
 
 
 def shipped_text(name: str, conf_dir: str | None = None, data_dir: str | None = None) -> str:
@@ -168,7 +171,7 @@ def write_config(cfg: BrokerConfig, directory: str | Path) -> Path:
     acl_path = None
     if cfg.secured and cfg.acl_file is None:
         acl_path = directory / ACL_NAME
-        acl_path.write_text(acl_text(), encoding="utf-8")
+        acl_path.write_text(acl_text(cfg.shards), encoding="utf-8")
     path = directory / "mosquitto.conf"
     path.write_text(render_config(cfg, None if acl_path is None else str(acl_path)), encoding="utf-8")
     return path

@@ -8,11 +8,17 @@
 
 Bad provisioning input (an invalid device id, a key that would be overwritten) is a
 ConfigError from fedge.edge_runtime.kernel.errors: it is the operator's input that is wrong.
+
+    ConfigError                   (fedge.edge_runtime.kernel.errors)
+    └── ReservedUsername          a device id that names a coordinator process's broker user
+                                  (`coordinator`, or fedge-shard-N: the ACL's pattern lines
+                                  would give that device their topics, and the broker its
+                                  client id)
 """
 
 from __future__ import annotations
 
-from fedge.edge_runtime.kernel.errors import FedgeError
+from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
 
 
 class BrokerError(FedgeError):
@@ -25,3 +31,7 @@ class BrokerUnavailable(BrokerError):
 
 class BrokerStartFailed(BrokerError):
     reason = "broker_start_failed"
+
+
+class ReservedUsername(ConfigError):
+    reason = "reserved_username"
