@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedge.coordinator.async_mode.config import AsyncConfig
+from fedge.coordinator.async_mode.server import AsyncCoordinator
 from fedge.coordinator.checkin_limit import CheckInLimit
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.errors import CheckInTooOften
@@ -77,9 +79,12 @@ def test_config_refuses_a_limit_that_cannot_work(bad):
         CoordinatorConfig(**bad)
 
 
-def test_a_flooding_device_gets_no_writes_and_no_replies_past_its_budget(model, tmp_path):
-    fleet = make_fleet(model, tmp_path, checkin_burst=5, checkin_refill_s=6.0)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_flooding_device_gets_no_writes_and_no_replies_past_its_budget(model, tmp_path, mode):
+    modal = {} if mode == "sync" else dict(mode="async", async_=AsyncConfig(concurrency=2, buffer_size=2))
+    fleet = make_fleet(model, tmp_path, checkin_burst=5, checkin_refill_s=6.0, **modal)
     c = fleet.coordinator
+    assert isinstance(c, AsyncCoordinator) == (mode == "async")
     writes = []
     save_device = c.store.save_device
     c.store.save_device = lambda device: (writes.append(device), save_device(device))[1]
