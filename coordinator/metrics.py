@@ -31,6 +31,9 @@ Series (all prefixed fedge_):
                                      dropped before reassembly (oversize, malformed_chunk,
                                      chunk_memory_full, chunks_evicted, chunks_expired)
     publishes_refused_total          publishes the broker refused (a PUBACK failure: the ACL)
+    broker_connect_failures_total{cause}  failed attempts to reach the broker, by cause: tls_untrusted,
+                                     tls_hostname, tls_handshake, refused, dns, timeout, other, unknown
+                                     (edge_runtime/kernel/transport/connect_failure.py)
     eval_accuracy{model} / eval_loss{model}  example-weighted held-out accuracy and cross-entropy
                                      of the latest federated evaluation, model = global | personal
     eval_examples / eval_devices{outcome} / eval_model_version  what it rests on
@@ -48,6 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily
 
 from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
+from fedge.edge_runtime.kernel.transport.connect_failure import CAUSES as CONNECT_CAUSES
 
 from .artifacts import FetchRefused
 from .errors import UpdateRejected
@@ -168,8 +172,8 @@ def _named_reasons() -> list[str]:
 
 
 class _TransportCounters:
-    """A collector over the transport's `dropped` and `refused_publishes`; a transport without
-    them (the in-memory one) exports zeros."""
+    """A collector over the transport's `dropped`, `refused_publishes` and `connect_failures`;
+    a transport without them (the in-memory one) exports zeros."""
 
     def __init__(self) -> None:
         self.transport = None
@@ -184,6 +188,12 @@ class _TransportCounters:
                                       "e.g. the ACL)")
         refused.add_metric([], getattr(self.transport, "refused_publishes", 0))
         yield refused
+        failures = CounterMetricFamily("fedge_broker_connect_failures", "Failed attempts to reach the broker, by "
+                                       "cause", labels=["cause"])
+        counts = getattr(getattr(self.transport, "connect_failures", None), "by_cause", None) or {}
+        for cause in CONNECT_CAUSES:
+            failures.add_metric([cause], counts.get(cause, 0))
+        yield failures
 
 
 def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9108, wait_s: float = 5.0):

@@ -129,6 +129,18 @@ def test_the_transports_drops_and_refused_publishes_are_exported():
     assert _samples(m.registry)[("fedge_publishes_refused_total", ())] == 5
 
 
+def test_failed_broker_connections_are_exported_by_cause():
+    class Link:  # MqttTransport.connect_failures.by_cause, kept on paho's thread
+        connect_failures = type("Failures", (), {"by_cause": Counter({"tls_untrusted": 4})})()
+
+    m = CoordinatorMetrics()
+    assert _samples(m.registry)[("fedge_broker_connect_failures_total", (("cause", "refused"),))] == 0
+    m.watch_transport(Link())
+    s = _samples(m.registry)
+    assert s[("fedge_broker_connect_failures_total", (("cause", "tls_untrusted"),))] == 4
+    assert s[("fedge_broker_connect_failures_total", (("cause", "tls_hostname"),))] == 0
+
+
 def test_messages_on_unexpected_channels_are_counted_by_name(model, tmp_path):
     fleet = make_fleet(model, tmp_path, sizes=())
     dev = ManualDevice(fleet, "pi", 1)

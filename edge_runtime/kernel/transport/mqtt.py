@@ -43,6 +43,7 @@ from .backoff import Backoff
 from .base import Message, Transport, validate_filter, validate_qos, validate_topic
 from .chunk_inbox import ChunkInbox
 from .chunks import is_chunk, split_message
+from .connect_failure import ConnectFailures
 from .fair_queue import FairQueue
 from .paho_client import make_client, use_endpoint
 from .settings import MqttSettings
@@ -79,7 +80,7 @@ class MqttTransport(Transport):
         self._filters: dict[str, int] = {}  # filter -> qos, replayed on every reconnect
         self._inflight: dict[int, str] = {}  # mid -> topic, until the broker's PUBACK
         self._early_acks: set[int] = set()  # PUBACKs that beat publish() returning its mid
-        self._connect_failures = 0
+        self.connect_failures = ConnectFailures(settings)  # why attempts failed: logged, and counted by cause
         self._suback: dict[int, tuple[threading.Event, list]] = {}
         self._broker_max_packet = _DEFAULT_PACKET
         self._inbox = ChunkInbox(client_id, settings)  # fed by paho's thread, expired by ours
@@ -117,7 +118,8 @@ class MqttTransport(Transport):
                 self.close()
                 raise BrokerRefused(f"{self._endpoint} refused client {self._client_id!r}: {refusal}")
             if time.monotonic() >= deadline:
-                raise TransportError(f"no connection to {self._endpoint} within {limit:g} s; is the broker running?")
+                why = self.connect_failures.why() or "; is the broker running?"
+                raise TransportError(f"no connection to {self._endpoint} within {limit:g} s{why}")
         return self
 
     @property
@@ -278,7 +280,7 @@ class MqttTransport(Transport):
             self._set_next_delay()
             return
         self._refusal = None
-        self._connect_failures = 0
+        self.connect_failures.connected()
         self.session_present = bool(flags.session_present)
         if properties is not None and getattr(properties, "MaximumPacketSize", None):
             self._broker_max_packet = int(properties.MaximumPacketSize)
@@ -296,12 +298,11 @@ class MqttTransport(Transport):
                      flags.session_present)
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._connect_failures += 1
+        line = self.connect_failures.record(self._node, self._endpoint, getattr(client, "connect_error", None))
+        if line is not None:  # the first, a new cause, then at doubling counts: hours away cost a few lines
+            log.warning("%s: %s; retrying", self._client_id, line)
         if self.settings.fallback_urls:  # a cluster: the next attempt goes to its next node
             self._node, self._endpoint = self._node + 1, use_endpoint(client, self.settings, self._node + 1)
-        if self._connect_failures in (1, 3) or self._connect_failures % 20 == 0:
-            log.warning("%s: cannot reach %s (attempt %d; TCP/TLS failed, see fedge.mqtt.paho for the cause); retrying",
-                        self._client_id, self._endpoint, self._connect_failures)
         self._set_next_delay()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -374,7 +375,8 @@ class MqttTransport(Transport):
         if self._closed:
             raise TransportError(f"client {self._client_id!r} is closed")
         if not self._connected.is_set():
-            raise NotConnected(f"client {self._client_id!r} has no link to {self._endpoint} right now")
+            raise NotConnected(f"client {self._client_id!r} has no link to {self._endpoint} right now"
+                               f"{self.connect_failures.why()}")
 
     def _set_next_delay(self) -> None:
         # paho waits between reconnects; we choose the wait, with jitter, before each retry.

@@ -25,17 +25,36 @@ class _NoIdleLoopErrors(logging.Filter):
         return not record.getMessage().startswith("Client is not connected")
 
 
-_paho_log = logging.getLogger("fedge.mqtt.paho")  # paho's own lines: TLS and socket errors
+_paho_log = logging.getLogger("fedge.mqtt.paho")  # paho's own lines; not why an attempt failed (_Client keeps that)
 _paho_log.addFilter(_NoIdleLoopErrors())
+
+
+class _Client(paho.Client):
+    """paho's client, keeping why its last connection attempt failed. paho's network thread
+    (loop_forever, paho 2.x) calls reconnect(), catches the OSError (an untrusted certificate,
+    a refused port, an unknown host) and calls on_connect_fail with no error, logging none:
+    the cause would be lost. reconnect() is public API, so overriding it touches no internals."""
+
+    connect_error: OSError | None = None  # the last attempt's failure; None after one that got through
+
+    def reconnect(self):
+        self.connect_error = None
+        try:
+            return super().reconnect()
+        except OSError as exc:  # ssl.SSLError and socket.gaierror are OSErrors; paho catches only those
+            self.connect_error = exc
+            raise
+
 
 CALLBACKS = ("on_connect", "on_connect_fail", "on_disconnect", "on_message", "on_publish", "on_subscribe")
 
 
-def make_client(client_id: str, settings: MqttSettings, will: Message | None, owner) -> tuple[paho.Client, str]:
+def make_client(client_id: str, settings: MqttSettings, will: Message | None, owner) -> tuple[_Client, str]:
     """A client set up to connect (connect_async: nothing happens until its loop starts), with
-    `owner._on_connect` ... `owner._on_subscribe` as its callbacks; and the endpoint's URL."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
-                         reconnect_on_failure=True)
+    `owner._on_connect` ... `owner._on_subscribe` as its callbacks; and the endpoint's URL.
+    In on_connect_fail, `client.connect_error` is the exception that failed the attempt."""
+    client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
+                     reconnect_on_failure=True)
     if settings.username:
         client.username_pw_set(settings.username, settings.password or None)
     _, _, tls = settings.endpoint()
