@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, PublishRefused, TransportError
-from fedge.edge_runtime.kernel.flood import worth_logging
+from fedge.edge_runtime.kernel.flood import doubling, worth_logging
 
 from .backoff import abandoned_delay
 from .errors import GroupCommitFailed
@@ -70,6 +70,7 @@ class CoordinatorLoop:
         self.next_begin = 0.0
         self.abandoned_in_a_row = 0
         self._started = False
+        self._waits_said = 0  # "not started yet" tries so far: logged at 1, 2, 4, 8, ..., not every poll
         self._waiting_said = ("", 0.0)  # the last "waiting for" line and when it may be repeated
 
     def run(self) -> None:
@@ -150,7 +151,9 @@ class CoordinatorLoop:
         try:
             self.coordinator.start()
         except (NotConnected, ConnectionLost) as exc:
-            log.info("coordinator: not started yet: %s", exc)
+            self._waits_said += 1
+            if doubling(self._waits_said):
+                log.info("coordinator: not started yet (try %d): %s", self._waits_said, exc)
             return False
         except TransportError as exc:  # e.g. no SUBACK in time from an overloaded broker
             if getattr(self.coordinator.transport, "closed", False):

@@ -12,6 +12,7 @@ import threading
 
 from .agent import DeviceAgent
 from .kernel.errors import ConnectionLost, FedgeError, NotConnected, PublishRefused, TransportError
+from .kernel.flood import doubling
 
 log = logging.getLogger("fedge.device.loop")
 
@@ -70,7 +71,7 @@ class AgentLoop:
             return True
         except (NotConnected, ConnectionLost) as exc:
             self._waits_said += 1  # every poll_s while the broker is away: 5 lines a second on a Pi's journal
-            if self._waits_said & (self._waits_said - 1) == 0:
+            if doubling(self._waits_said):
                 log.info("device %s: not started yet (try %d): %s", self.agent.device_id, self._waits_said, exc)
             return False
         except PublishRefused as exc:  # subscribed, but the broker refuses what we publish

@@ -118,3 +118,23 @@ def test_the_loop_sees_the_record_and_stops_at_its_round_count(model, tmp_path):
     c.transport.down = False
     c.on_reconnect()
     assert [(n.model_version, n.state) for n in _announcements(watcher)] == [(1, "idle")]
+
+
+def test_a_coordinator_waiting_for_its_broker_says_so_at_doubling_intervals(caplog):
+    """Every poll once logged "not started yet" at INFO: 20 lines a second while the broker was away."""
+    import logging
+
+    from fedge.coordinator.loop import CoordinatorLoop
+    from fedge.edge_runtime.kernel.errors import NotConnected
+
+    class Away:
+        clock = None
+
+        def start(self):
+            raise NotConnected("client 'coordinator' has no link")
+
+    loop = CoordinatorLoop(Away())
+    with caplog.at_level(logging.INFO, logger="fedge.coordinator.loop"):
+        assert not any(loop._start() for _ in range(20))
+    said = [r.message for r in caplog.records if "not started yet" in r.message]
+    assert [m.split("(try ")[1].split(")")[0] for m in said] == ["1", "2", "4", "8", "16"]
