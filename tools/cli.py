@@ -13,7 +13,8 @@ from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
 # Which extra a command needs, and which extra brings each module the commands import lazily:
 # a missing module is named with its fix, not a traceback.
 COMMAND_EXTRAS = {"simulate": "sim", "data": "sim", "bench": "sim", "audit": "sim", "build-artifacts": "models",
-                  "provision": "coordinator", "coordinator": "coordinator", "device": "device"}
+                  "provision": "coordinator", "coordinator": "coordinator", "device": "device",
+                  "protocol-doc": "coordinator"}
 EXTRAS = {"onnx": "sim", "mlxtend": "sim", "sklearn": "sim", "matplotlib": "sim", "tqdm": "sim",
           "prometheus_client": "coordinator", "cryptography": "coordinator", "onnxruntime": "device",
           "paho": "device", "psutil": "device", "msgpack": "device"}
@@ -182,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     if add_provision is not None:
         add_provision(p)
 
+    sub.add_parser("protocol-doc", help="print the wire protocol for third-party device clients (docs/PROTOCOL.md)")
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="bench", required=True)
     bench.add_parser("train-step", help="time one training step per backend (see: fedge bench train-step -h)")
@@ -241,6 +243,10 @@ def _dispatch(args) -> int:
         from fedge.coordinator.service import load_service_config, run_service
 
         return run_service(load_service_config(args.config), args.role)
+    if args.command == "protocol-doc":
+        from fedge.tools.protocol_doc import main as print_protocol
+
+        return print_protocol()
     if args.command == "provision":
         from fedge.tools.provision import run as run_provision
 

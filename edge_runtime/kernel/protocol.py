@@ -265,7 +265,7 @@ class Pace:
 
     device_id: str
     retry_after_s: float = bounded(*_SECONDS)
-    reason: str = ""  # "not_selected", "declined", "round_full", ...
+    reason: str = ""  # "no_round", "not_selected", "reported", "declined" or "ineligible" (coordinator/pace.py)
 
 
 @dataclass(frozen=True)
