@@ -12,16 +12,20 @@ import re
 
 from fedge.coordinator import backoff, pace, rounds
 from fedge.coordinator import errors as coordinator_errors
+from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.errors import UpdateRejected
 from fedge.edge_runtime.kernel import errors as kernel_errors
 
 from .schema import comment_lines
 
+_DEFAULT = {f.name: f.default for f in CoordinatorConfig.__dataclass_fields__.values()}
+
 # reason -> (Ack sent back?, what a client should make of it). Checked against errors.py.
 ACK_NOTES: dict[str, tuple[str, str]] = {
     "oversize": ("**no**", "Refused by size before decoding, so nobody is named to answer: the device hears "
                  "nothing and, if it resends, is refused again. Keep frames under the coordinator's "
-                 "`max_update_bytes`."),
+                 "`max_update_bytes`; the coordinator refuses at start a cap below the largest update the "
+                 "model can take under the task's compression, so an update that follows the task fits."),
     "malformed": ("only for `num_examples` ≤ 0", "A frame that does not decode (bad magic, CRC, msgpack, an "
                   "unknown or missing field, a value out of range) gets no Ack; its reason is one of the codec's "
                   "below. A decoded Update whose `num_examples` is 0 is answered `accepted: false`."),
@@ -45,6 +49,10 @@ ACK_NOTES: dict[str, tuple[str, str]] = {
     "wrong_shard": ("yes", "Sharded fleet: sent to a shard topic (or the plain topic) other than the task's "
                     "`shard`."),
     "stale_eval": ("no", "An EvalReport answering no evaluation asked of its sender (Acks answer Updates only)."),
+    "checkin_too_often": ("no", f"A CheckIn over its device's budget: `checkin_burst` at once "
+                          f"({_DEFAULT['checkin_burst']} by default), then one per `checkin_refill_s` "
+                          f"({_DEFAULT['checkin_refill_s']:g} s). Not registered, no Pace back. Check in when "
+                          "Pace says, on (re)connect and when a new Announcement session appears, not in a loop."),
 }
 
 
