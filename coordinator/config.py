@@ -51,6 +51,8 @@ class CoordinatorConfig:
     aggregator: str = "norm_bound"
     robust: RobustConfig = field(default_factory=RobustConfig)
     seed: int = 0
+    # Any inbound message over this is refused unread, with no Ack (validation.decode_report); a
+    # value below the model's largest honest update is refused at start (update_fits.py).
     max_update_bytes: int = 16 << 20
     norm_bound: float = 0.0  # reject updates with a larger L2 norm; 0 = off
     hyper: TaskHyper = field(default_factory=TaskHyper)

@@ -73,6 +73,7 @@ from .sampling import poisson_draw, sample_devices, selection_size
 from .sidelined import Sidelined
 from .store import Store, StoredDecline, StoredRound, StoredUpdate
 from .strategies import ServerState, Strategy
+from .update_fits import check_update_fits
 from .validation import decode_report
 
 log = logging.getLogger("fedge.coordinator")
@@ -113,6 +114,7 @@ class Coordinator(BrokerLink):
         self.outbound.defer = self.store.defer  # an Ack never overtakes its update's store write
         self.shapes = {p.name: p.shape for p in manifest.by_role("shared")}
         self.dense_limit = 8 * sum(int(np.prod(s)) for s in self.shapes.values())  # params + control, fp32
+        check_update_fits(config, self.shapes, strategy.uses_control, manifest.model_id)  # else refused unread
         self.registry = Registry(self.store)
         self.checkins = CheckInLimit(config.checkin_burst, config.checkin_refill_s)
         self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while

@@ -210,22 +210,6 @@ def test_rejected_update_is_counted_kept_out_of_the_mean_and_service_goes_on(mod
     assert m1.acks() == [(True, ""), (True, "")]
 
 
-def test_oversize_counts_the_limit_that_the_config_sets(model, tmp_path):
-    """The same update that is accepted under the default limit is refused under a small one."""
-    fleet = make_fleet(model, tmp_path, clients_per_round=1, max_update_bytes=600)
-    m0 = ManualDevice(fleet, "m0", 5)
-    fleet.drain()
-    fleet.coordinator.begin_round()
-    fleet.drain()
-    shapes = {k: v.shape for k, v in fleet.coordinator.state.params.items()}
-    update = encode_message(m0.update(random_delta(shapes, np.random.default_rng(0))))
-    assert len(update) > 600
-    m0.send(update)
-    fleet.drain()
-    assert fleet.coordinator.rejections == Counter({"oversize": 1})
-    assert fleet.coordinator.tick() is None  # nothing was counted
-
-
 def _tasked(devices, round_id: int) -> ManualDevice:
     """The device that got a task for round_id."""
     for d in devices:

@@ -209,6 +209,9 @@ UNUSABLE["a device backend that does not exist"] = (
 UNUSABLE["a device config without its id"] = (
     lambda t: (t / "d.toml").write_text('[data]\nnpz = "x.npz"\n')
     and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "missing required key(s) 'device_id'"))
+UNUSABLE["an update cap below the model's update"] = (
+    lambda t: (t / "c.toml").write_text('[coordinator]\nmax_update_bytes = 1000\n')
+    and ["simulate", "--config", str(t / "c.toml")], ("ConfigError", "max_update_bytes 1000 is below", "at least"))
 UNUSABLE["a table beside [coordinator]"] = (
     lambda t: (t / "c.toml").write_text('[coordinator]\nclients_per_round = 5\n[secure_aggregation]\nenabled = true\n')
     and ["simulate", "--config", str(t / "c.toml")], ("ConfigError", "secure_aggregation beside [coordinator]"))
