@@ -168,6 +168,7 @@ class DeviceAgent:
         if isinstance(message, Announcement) and msg.topic == ANNOUNCE_TOPIC:
             before = self.announcement.session if self.announcement else None
             self.announcement = message
+            self.runtime.announced[message.model_id] = message.model_version  # DeviceStore.keep_global
             if not msg.retain and message.session != before:
                 self.check_in()  # a coordinator (re)started: it may have missed our last check-in
         elif isinstance(message, ModelPart) and topic_matches(MODEL_PARTS_FILTER, msg.topic):

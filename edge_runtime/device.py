@@ -96,6 +96,7 @@ class DeviceRuntime:
         # SCAFFOLD move its acceptance made final (on_ack).
         self._accepted: deque[str] = deque(maxlen=64)
         self._backends: dict[tuple[str, str], object] = {}
+        self.announced: dict[str, int] = {}  # model id -> the coordinator's latest announced version (the agent's)
 
     def check_in(self) -> CheckIn:
         reason = self.eligibility()
@@ -187,7 +188,7 @@ class DeviceRuntime:
         shared = decode_dense(task.params)
         check_params(manifest, shared, "shared")
         store = DeviceStore(self.state_root / self.device_id, model.model_id)
-        store.save_global(shared, task.model_version)  # the latest global model received, for `fedge device export`
+        store.keep_global(shared, task.model_version, self.announced.get(model.model_id))  # for `fedge device export`
         server_control = client_control = correction = None
         if task.correction:  # a SCAFFOLD round: the task carries c
             check_scaffold_hyper(task.hyper)
@@ -300,11 +301,9 @@ class DeviceRuntime:
     def keep_global(self, model_id: str, shared: dict[str, np.ndarray], version: int) -> None:
         """A committed model this device evaluated becomes the one `fedge device export` uses,
         when it is newer than the one its last task brought (the final round's model reaches a
-        device only in an evaluation)."""
+        device only in an evaluation); DeviceStore.keep_global says when an older one replaces it."""
         store = DeviceStore(self.state_root / self.device_id, model_id)
-        held = store.global_version()
-        if held is None or version > held:
-            store.save_global(shared, version)
+        store.keep_global(shared, version, self.announced.get(model_id))
 
     def evaluate(self, model_id: str, shared: dict[str, np.ndarray]) -> DeviceEval:
         """Accuracy on the device's own held-out split: global head and personal head."""

@@ -174,6 +174,18 @@ class DeviceStore:
         extra = {} if version is None else {_VERSION_KEY: np.array(version, np.int64)}
         self._save("global", {**arrays, **extra}, durable=False)
 
+    def keep_global(self, arrays: Arrays, version: int, announced: int | None) -> bool:
+        """Save a global model received (a task's or an evaluated one) unless global.npz holds a
+        newer version of the same federation: an async task delayed past a newer evaluation
+        would put the export a version back. `announced` is the coordinator's latest announced
+        version; below what is held, the coordinator started over (a new state database counts
+        from 0 again) and the held model is from before, so it is replaced. Whether it was saved."""
+        held = self.global_version()
+        if held is not None and version < held and (announced is None or announced >= held):
+            return False
+        self.save_global(arrays, version)
+        return True
+
     def load_tuned_head(self) -> Arrays | None:
         return self._load("tuned_head")
 

@@ -218,6 +218,39 @@ def test_the_newest_model_a_device_evaluated_is_the_one_it_exports(model, tmp_pa
     assert answer_eval(runtime, newer).reason == "" and store.global_version() == 2
 
 
+def test_a_delayed_older_task_does_not_put_the_export_back_a_version(model, tmp_path):
+    """In async mode a task can arrive after the device evaluated a newer model; it once wrote
+    its older model over global.npz. A coordinator that started over (a new state database: its
+    announced version is below what the device holds) still replaces it."""
+    import dataclasses
+
+    fleet = make_fleet(model, tmp_path, sizes=(30,), evaluation=ALL)
+    _commit(fleet)  # trained on version 0, evaluated version 1
+    runtime, model_id = fleet.agents[0].runtime, fleet.model[1].model_id
+    store = DeviceStore(runtime.state_root / runtime.device_id, model_id)
+    assert store.global_version() == 1 and runtime.announced[model_id] == 1  # the agent heard the announcement
+    late = dataclasses.replace(fleet.tasks()[0], task_id="late", deadline_s=600.0)
+    assert late.model_version == 0
+    assert runtime.handle_task(late).update_id  # it trains as before ...
+    assert store.global_version() == 1  # ... and the export keeps the newer model
+    runtime.announced[model_id] = 0  # a coordinator on a new state database announces version 0
+    assert runtime.handle_task(dataclasses.replace(late, task_id="anew")).update_id
+    assert store.global_version() == 0
+
+
+@pytest.mark.parametrize("held, version, announced, kept", [
+    (None, 3, None, 3), (2, 3, None, 3), (3, 3, 3, 3), (3, 2, None, 3), (3, 2, 3, 3), (3, 2, 5, 3), (3, 2, 2, 2),
+    (3, 0, 0, 0)])
+def test_which_global_model_the_device_keeps(tmp_path, held, version, announced, kept):
+    """Kept: the received one unless it is older than the held one and the coordinator's
+    announced version says the held one is from this same federation (announced >= held)."""
+    store = DeviceStore(tmp_path, "m")
+    if held is not None:
+        store.save_global({"w": np.full(2, float(held), np.float32)}, held)
+    store.keep_global({"w": np.full(2, float(version), np.float32)}, version, announced)
+    assert store.global_version() == kept and store.load_global()["w"][0] == kept
+
+
 def test_the_config_validates_itself():
     for bad in (dict(every_rounds=-1), dict(devices=-2), dict(deadline_s=0.0), dict(deadline_s=float("inf"))):
         with pytest.raises(ConfigError):

@@ -78,6 +78,7 @@ class ReplayRuntime:
         self.payload = payload
         self.dense_bytes = dense_bytes
         self.model_dirs = {model_id: state_root}
+        self.announced: dict[str, int] = {}  # the agent notes each Announcement here (DeviceRuntime's)
 
     def check_in(self) -> CheckIn:
         return CheckIn(self.device_id, ("replay",), tuple(self.model_dirs), True, "", 100)
