@@ -58,6 +58,7 @@ from .task import (
     Trained,
     on_event,
 )
+from .time_limit import stop_check
 from .uplink import Uplink
 
 log = logging.getLogger("fedge.agent")
@@ -80,6 +81,7 @@ class DeviceAgent:
         secagg_identity: bytes | None = None,  # Ed25519 private key: signs secure-aggregation key adverts
         secagg_directory: dict[str, bytes] | None = None,  # the fleet's identity public keys (provisioned)
         own_noise_floor: float = 0.0,  # [privacy] own_noise_multiplier: decline tasks adding less (0 = off)
+        max_task_s: float = 3600.0,  # stop training any one task after this, whatever its deadline (time_limit.py)
     ):
         self.runtime = runtime
         self.transport = transport
@@ -87,6 +89,7 @@ class DeviceAgent:
         self.max_message_bytes = max_message_bytes
         self.home = Path(runtime.state_root) / runtime.device_id
         self.checkin_s = checkin_s
+        self.max_task_s = max_task_s  # seconds
         self.journal = DeviceJournal(self.home, max_message_bytes, self.clock)
         # Both publish through self._publish at call time: the simulator holds answers by swapping it.
         self.uplink = Uplink(self.device_id, self.journal, lambda *a: self._publish(*a), republish_s,
@@ -94,10 +97,11 @@ class DeviceAgent:
         self.delivery = ModelDelivery(runtime, transport, self._publish,
                                       Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
-        # Secure-aggregation rounds (their own four stages; secagg_participant.py).
+        # Secure-aggregation rounds (their own four stages; secagg_participant.py), under the
+        # same deadline and time cap as a plain task.
         self.secagg = SecAggParticipant(runtime, lambda m: self._publish("update", encode_message(m)),
                                         identity_private=secagg_identity, directory=secagg_directory,
-                                        own_noise_floor=own_noise_floor)
+                                        own_noise_floor=own_noise_floor, stop_check=self._secagg_stop_check)
         self.own_noise_floor = own_noise_floor
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
@@ -271,6 +275,11 @@ class DeviceAgent:
         else:
             self._decline_before(task, why)
 
+    def _secagg_stop_check(self, task: TrainTask):
+        """A secure round's training stops at its deadline, counted from when it starts (the
+        participant trains at once), and at the device's cap."""
+        return stop_check(self.clock, self.clock.now() + task.deadline_s, self.max_task_s)
+
     def _decline_before(self, task: TrainTask, why: Refused) -> None:
         """A secure round's task declined before training: straight out, as the participant's own
         declines go (its rounds are not in the task table or the journal)."""
@@ -312,9 +321,9 @@ class DeviceAgent:
         self._step(task, InputsReady(now, self._received.pop(task.task_id, now), task.deadline_s))
 
     def _train_now(self, task: TrainTask, deadline_at: float) -> None:
-        def past_deadline() -> str | None:  # between training steps: a straggler stops, not just arrives late
-            return "deadline" if self.clock.now() >= deadline_at else None
-
+        # Between training steps: a straggler stops, not just arrives late; and no task trains
+        # past the device's own cap, whatever deadline it came with.
+        past_deadline = stop_check(self.clock, deadline_at, self.max_task_s)
         # The runtime keeps the update in the journal before its state moves (journal.record).
         reply = self.runtime.handle_task(task, past_deadline, self.journal)
         if isinstance(reply, Decline):
