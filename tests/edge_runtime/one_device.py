@@ -3,6 +3,9 @@ sends: the harness of device tests that speak to it message by message."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 
 from fedge.edge_runtime.agent import DeviceAgent
@@ -58,3 +61,9 @@ def reply_to(agent, coord, message):
     coord.publish(device_topic(DEVICE, "task"), encode_message(message))
     (reply,) = [r for r in pump(agent, coord) if isinstance(r, (Update, Decline))]
     return reply
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under `root` with its sha256 (a snapshot to compare)."""
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()}
