@@ -153,7 +153,9 @@ class SecAggParticipant:
             log.warning("device %s: round %d: secagg %s declined: %s", self.device_id, round_id,
                         type(message).__name__, exc)
             self.publish(Decline(self.device_id, round_id, task_id, exc.reason, exc.detail, "during"))
-        except (ValueError, CodecError) as exc:  # a delta that cannot be encoded (NaN), a malformed key: decline
+        # A delta that cannot be encoded (NaN), a malformed key, a spec whose numbers overflow
+        # (dp_gamma 1e-300 made (S / gamma)**2 raise OverflowError out of the device's poll): decline.
+        except (ValueError, ArithmeticError, CodecError) as exc:
             log.warning("device %s: round %d: secagg %s failed: %s", self.device_id, round_id,
                         type(message).__name__, exc)
             self.publish(Decline(self.device_id, round_id, task_id, FAILED, str(exc)[:300], "during"))
