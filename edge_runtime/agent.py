@@ -82,6 +82,7 @@ class DeviceAgent:
         secagg_directory: dict[str, bytes] | None = None,  # the fleet's identity public keys (provisioned)
         own_noise_floor: float = 0.0,  # [privacy] own_noise_multiplier: decline tasks adding less (0 = off)
         max_task_s: float = 3600.0,  # stop training any one task after this, whatever its deadline (time_limit.py)
+        max_pace_s: float = 86400.0,  # check in at least this often, whatever a Pace says (seconds)
     ):
         self.runtime = runtime
         self.transport = transport
@@ -90,6 +91,7 @@ class DeviceAgent:
         self.home = Path(runtime.state_root) / runtime.device_id
         self.checkin_s = checkin_s
         self.max_task_s = max_task_s  # seconds
+        self.max_pace_s = max_pace_s
         self.journal = DeviceJournal(self.home, max_message_bytes, self.clock)
         # Both publish through self._publish at call time: the simulator holds answers by swapping it.
         self.uplink = Uplink(self.device_id, self.journal, lambda *a: self._publish(*a), republish_s,
@@ -189,7 +191,8 @@ class DeviceAgent:
         elif isinstance(message, Ack):
             self._on_ack(message)
         elif isinstance(message, Pace):
-            self.next_checkin = self.clock.now() + max(0.0, message.retry_after_s)
+            # The wire allows 1e9 s (31 years): a device told that never checked in again.
+            self.next_checkin = self.clock.now() + min(max(0.0, message.retry_after_s), self.max_pace_s)
         elif isinstance(message, ArtifactFile) and msg.topic == device_topic(self.device_id, "artifact"):
             ready, refused = self.delivery.on_artifact(message)
             for task, why in refused:
