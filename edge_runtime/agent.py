@@ -58,8 +58,8 @@ from .task import (
     Trained,
     on_event,
 )
-from .time_limit import stop_check
 from .uplink import Uplink
+from .work_limits import UPLINK_BACKLOG, forget_answered, stop_check
 
 log = logging.getLogger("fedge.agent")
 
@@ -81,8 +81,9 @@ class DeviceAgent:
         secagg_identity: bytes | None = None,  # Ed25519 private key: signs secure-aggregation key adverts
         secagg_directory: dict[str, bytes] | None = None,  # the fleet's identity public keys (provisioned)
         own_noise_floor: float = 0.0,  # [privacy] own_noise_multiplier: decline tasks adding less (0 = off)
-        max_task_s: float = 3600.0,  # stop training any one task after this, whatever its deadline (time_limit.py)
+        max_task_s: float = 3600.0,  # stop training any one task after this, whatever its deadline (work_limits.py)
         max_pace_s: float = 86400.0,  # check in at least this often, whatever a Pace says (seconds)
+        max_pending: int = 16,  # updates kept unacknowledged, at most: past it, new tasks are declined
     ):
         self.runtime = runtime
         self.transport = transport
@@ -92,6 +93,7 @@ class DeviceAgent:
         self.checkin_s = checkin_s
         self.max_task_s = max_task_s  # seconds
         self.max_pace_s = max_pace_s
+        self.max_pending = max_pending
         self.journal = DeviceJournal(self.home, max_message_bytes, self.clock)
         # Both publish through self._publish at call time: the simulator holds answers by swapping it.
         self.uplink = Uplink(self.device_id, self.journal, lambda *a: self._publish(*a), republish_s,
@@ -221,6 +223,7 @@ class DeviceAgent:
             log.warning("device %s: task %s: %s; ignored", self.device_id, task.task_id, exc)
             return
         self.tasks[task.task_id] = state
+        forget_answered(self.tasks)
         for action in actions:
             if isinstance(action, FetchInputs):
                 ready = self.delivery.model_ready(task, self.clock.now())
@@ -248,6 +251,10 @@ class DeviceAgent:
         self.tasks[task.task_id] = TaskState.IDLE
         self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
         self.journal.received(task.task_id, task.round_id)
+        if len(self.pending) >= self.max_pending:  # each is kept on disk until its Ack (or a week)
+            self._step(task, Refused(UPLINK_BACKLOG, f"{len(self.pending)} updates wait for an Ack; this device "
+                                     f"keeps at most {self.max_pending}"))
+            return
         if self.own_noise_floor > 0:  # a plain task (or central DP) adds no noise on the device
             self._step(task, Refused(NOISE_BELOW_FLOOR, "the task adds no noise on the device; this device's "
                                      f"floor is σγ/S >= {self.own_noise_floor:g} (distributed DP)"))

@@ -1,4 +1,4 @@
-"""A device stops training any one task after its own max_task_s (time_limit.py), whatever
+"""A device stops training any one task after its own max_task_s (work_limits.py), whatever
 deadline and epochs the task names: the wire allows deadline_s up to 1e9 s and a million
 epochs of batch size 1, which kept a device training for weeks."""
 
@@ -9,7 +9,7 @@ import pytest
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update
 from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec, SecAggTask
 from fedge.edge_runtime.kernel.update_codec import encode_dense
-from fedge.edge_runtime.time_limit import TIME_LIMIT
+from fedge.edge_runtime.work_limits import TIME_LIMIT
 from tests.edge_runtime.one_device import TickingClock, one_device, reply_to
 from tests.tiny_model import build_tiny_model
 
