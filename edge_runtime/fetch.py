@@ -75,6 +75,11 @@ class ArtifactDownload:
         self.staging.rename(self.dest)
         return True
 
+    def discard(self) -> None:
+        """The download failed or timed out: its staged files go (they stayed on disk, up to
+        max_message_bytes each, under a folder per model id a coordinator named)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
     def missing(self) -> tuple[str, ...]:
         if self.manifest is None:
             return ()

@@ -105,3 +105,32 @@ def test_an_honest_transfer_still_installs(model, tmp_path):
     sent = _transfer(model, tmp_path, manifest, {rel: (art / rel).read_bytes() for rel in real["files"]})
     assert [type(m).__name__ for m in sent if isinstance(m, (Update, Decline))] == ["Update"]
 
+
+
+@pytest.mark.parametrize("how", ["refused", "timed out"])
+def test_a_failed_download_leaves_no_staged_files(model, tmp_path, how):
+    """Staged files of a download that failed or timed out stayed on disk for good, one folder
+    per model id a coordinator named."""
+    art = model[0]
+    real = json.loads((art / "manifest.json").read_bytes())
+    manifest = _manifest(model, files=real["files"])
+    first = sorted(real["files"])[0]
+    files = {first: (art / first).read_bytes()}
+    if how == "refused":
+        files["params_init.npz"] = b"tampered"  # its hash does not match: the download is refused
+    agent, coord = one_device(model, tmp_path / "state", channels=("update", "fetch"), clock=ManualClock())
+    sha = hashlib.sha256(manifest).hexdigest()
+    _, _, runtime = model
+    coord.publish(device_topic(DEVICE, "task"), encode_message(
+        TrainTask(1, "t1", DEVICE, "m2", 1, encode_dense(runtime.initial("shared")), manifest_sha256=sha)))
+    items = [ArtifactFile("m2", "manifest.json", sha, manifest, 0, 3)]
+    items += [ArtifactFile("m2", rel, hashlib.sha256((art / rel).read_bytes()).hexdigest(), data, 1, 3)
+              for rel, data in files.items()]
+    for item in items:
+        coord.publish(device_topic(DEVICE, "artifact"), encode_message(item))
+    sent = pump(agent, coord)
+    agent.clock.advance(agent.delivery.fetch_timeout_s + 1)
+    sent += pump(agent, coord)
+    assert _declined(sent).reason in ("artifact_hash", "artifact_fetch_timeout")
+    staged = [p for p in (tmp_path / "state" / DEVICE / "artifacts").rglob("*") if p.is_file()]
+    assert staged == []
