@@ -59,6 +59,7 @@ from .task import (
     on_event,
 )
 from .uplink import Uplink
+from .work_limits import UPLINK_BACKLOG, forget_answered, stop_check
 
 log = logging.getLogger("fedge.agent")
 
@@ -80,6 +81,9 @@ class DeviceAgent:
         secagg_identity: bytes | None = None,  # Ed25519 private key: signs secure-aggregation key adverts
         secagg_directory: dict[str, bytes] | None = None,  # the fleet's identity public keys (provisioned)
         own_noise_floor: float = 0.0,  # [privacy] own_noise_multiplier: decline tasks adding less (0 = off)
+        max_task_s: float = 3600.0,  # stop training any one task after this, whatever its deadline (work_limits.py)
+        max_pace_s: float = 86400.0,  # check in at least this often, whatever a Pace says (seconds)
+        max_pending: int = 16,  # updates kept unacknowledged, at most: past it, new tasks are declined
     ):
         self.runtime = runtime
         self.transport = transport
@@ -87,6 +91,9 @@ class DeviceAgent:
         self.max_message_bytes = max_message_bytes
         self.home = Path(runtime.state_root) / runtime.device_id
         self.checkin_s = checkin_s
+        self.max_task_s = max_task_s  # seconds
+        self.max_pace_s = max_pace_s
+        self.max_pending = max_pending
         self.journal = DeviceJournal(self.home, max_message_bytes, self.clock)
         # Both publish through self._publish at call time: the simulator holds answers by swapping it.
         self.uplink = Uplink(self.device_id, self.journal, lambda *a: self._publish(*a), republish_s,
@@ -94,10 +101,11 @@ class DeviceAgent:
         self.delivery = ModelDelivery(runtime, transport, self._publish,
                                       Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
-        # Secure-aggregation rounds (their own four stages; secagg_participant.py).
+        # Secure-aggregation rounds (their own four stages; secagg_participant.py), under the
+        # same deadline and time cap as a plain task.
         self.secagg = SecAggParticipant(runtime, lambda m: self._publish("update", encode_message(m)),
                                         identity_private=secagg_identity, directory=secagg_directory,
-                                        own_noise_floor=own_noise_floor)
+                                        own_noise_floor=own_noise_floor, stop_check=self._secagg_stop_check)
         self.own_noise_floor = own_noise_floor
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
@@ -186,7 +194,8 @@ class DeviceAgent:
         elif isinstance(message, Ack):
             self._on_ack(message)
         elif isinstance(message, Pace):
-            self.next_checkin = self.clock.now() + max(0.0, message.retry_after_s)
+            # The wire allows 1e9 s (31 years): a device told that never checked in again.
+            self.next_checkin = self.clock.now() + min(max(0.0, message.retry_after_s), self.max_pace_s)
         elif isinstance(message, ArtifactFile) and msg.topic == device_topic(self.device_id, "artifact"):
             ready, refused = self.delivery.on_artifact(message)
             for task, why in refused:
@@ -215,6 +224,7 @@ class DeviceAgent:
             log.warning("device %s: task %s: %s; ignored", self.device_id, task.task_id, exc)
             return
         self.tasks[task.task_id] = state
+        forget_answered(self.tasks)
         for action in actions:
             if isinstance(action, FetchInputs):
                 ready = self.delivery.model_ready(task, self.clock.now())
@@ -242,6 +252,10 @@ class DeviceAgent:
         self.tasks[task.task_id] = TaskState.IDLE
         self._received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
         self.journal.received(task.task_id, task.round_id)
+        if len(self.pending) >= self.max_pending:  # each is kept on disk until its Ack (or a week)
+            self._step(task, Refused(UPLINK_BACKLOG, f"{len(self.pending)} updates wait for an Ack; this device "
+                                     f"keeps at most {self.max_pending}"))
+            return
         if self.own_noise_floor > 0:  # a plain task (or central DP) adds no noise on the device
             self._step(task, Refused(NOISE_BELOW_FLOOR, "the task adds no noise on the device; this device's "
                                      f"floor is σγ/S >= {self.own_noise_floor:g} (distributed DP)"))
@@ -271,6 +285,11 @@ class DeviceAgent:
             self._step(task, why)
         else:
             self._decline_before(task, why)
+
+    def _secagg_stop_check(self, task: TrainTask):
+        """A secure round's training stops at its deadline, counted from when it starts (the
+        participant trains at once), and at the device's cap."""
+        return stop_check(self.clock, self.clock.now() + task.deadline_s, self.max_task_s)
 
     def _decline_before(self, task: TrainTask, why: Refused) -> None:
         """A secure round's task declined before training: straight out, as the participant's own
@@ -313,9 +332,9 @@ class DeviceAgent:
         self._step(task, InputsReady(now, self._received.pop(task.task_id, now), task.deadline_s))
 
     def _train_now(self, task: TrainTask, deadline_at: float) -> None:
-        def past_deadline() -> str | None:  # between training steps: a straggler stops, not just arrives late
-            return "deadline" if self.clock.now() >= deadline_at else None
-
+        # Between training steps: a straggler stops, not just arrives late; and no task trains
+        # past the device's own cap, whatever deadline it came with.
+        past_deadline = stop_check(self.clock, deadline_at, self.max_task_s)
         # The runtime keeps the update in the journal before its state moves (journal.record).
         reply = self.runtime.handle_task(task, past_deadline, self.journal)
         if isinstance(reply, Decline):

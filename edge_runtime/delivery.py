@@ -102,6 +102,7 @@ class ModelDelivery:
             done = entry.download.accept(item)
         except ArtifactError as exc:
             del self.waiting[item.model_id]
+            entry.download.discard()
             log.warning("device %s: artifact %s of model %s refused: %s", self.device_id, item.path, item.model_id, exc)
             return [], [(task, Refused(exc.reason, str(exc))) for task in entry.tasks]
         if not done:
@@ -184,6 +185,7 @@ class ModelDelivery:
         for model_id, entry in list(self.waiting.items()):
             if now - entry.started > self.fetch_timeout_s:
                 del self.waiting[model_id]
+                entry.download.discard()
                 for task in entry.tasks:
                     yield task, Refused("artifact_fetch_timeout",
                                         f"model {model_id}: still missing {entry.download.missing() or 'manifest'}")

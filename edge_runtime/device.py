@@ -36,7 +36,7 @@ from .kernel.manifest import check_params
 from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .kernel.update_codec import decode_dense, dense_fp32_bytes
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
-from .model_runtime import ModelRuntime
+from .model_runtime import ModelRuntime, loaded
 from .personalize import PINNABLE, personal_start, tune_head
 from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
 from .store import DeviceStore
@@ -135,7 +135,8 @@ class DeviceRuntime:
     def _backend(self, model: ModelRuntime, optimizer: str):
         key = (model.model_id, optimizer)
         if key not in self._backends:
-            self._backends[key] = make_backend(self.backend_name, model.dir, model.manifest, optimizer)
+            self._backends[key] = loaded(lambda: make_backend(self.backend_name, model.dir, model.manifest,
+                                                               optimizer), model)
         return self._backends[key]
 
     def _tuning_backend(self, model: ModelRuntime, optimizer: str):
@@ -147,7 +148,8 @@ class DeviceRuntime:
             return backend
         key = (model.model_id, optimizer, "tuning")
         if key not in self._backends:
-            self._backends[key] = make_backend("portable", model.dir, model.manifest, optimizer)
+            self._backends[key] = loaded(lambda: make_backend("portable", model.dir, model.manifest, optimizer),
+                                          model)
         return self._backends[key]
 
     def handle_task(self, task: TrainTask, deadline_check: Callable[[], str | None] | None = None,

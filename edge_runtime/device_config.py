@@ -68,9 +68,12 @@ class AgentConfig:
     republish_s: float = 10.0  # resend unacknowledged updates this often (seconds)
     fetch_timeout_s: float = 300.0  # give up a model download after this (seconds)
     poll_s: float = 0.2
+    max_task_s: float = 3600.0  # stop training one task after this, whatever deadline it names (seconds)
+    max_pace_s: float = 86400.0  # check in at least this often, whatever the coordinator paces (seconds)
 
     def __post_init__(self) -> None:
-        _check_positive("agent", self, ("checkin_s", "republish_s", "fetch_timeout_s", "poll_s"))
+        _check_positive("agent", self, ("checkin_s", "republish_s", "fetch_timeout_s", "poll_s", "max_task_s",
+                                         "max_pace_s"))
 
 
 def _check_positive(table: str, cfg, names: tuple[str, ...]) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from .kernel.errors import ArtifactError, ArtifactIntegrityError
 from .kernel.files import atomic_write_bytes
 from .kernel.manifest import MANIFEST_FILE, Manifest, check_model_id, load_manifest
 from .kernel.protocol import ArtifactFile
+
+NAME_MAX = 255  # bytes in one file name (ext4, FAT, tmpfs)
 
 
 class ArtifactDownload:
@@ -52,17 +54,18 @@ class ArtifactDownload:
             manifest = Manifest.from_json(item.data.decode("utf-8", "replace"))
             if manifest.model_id != self.model_id:
                 raise ArtifactIntegrityError(f"manifest names model {manifest.model_id}, task wants {self.model_id}")
+            _check_names(manifest)
             self.manifest = manifest
-            atomic_write_bytes(self.staging / MANIFEST_FILE, item.data)
+            _write(self.staging / MANIFEST_FILE, item.data)
         else:
             if self.manifest is None:
                 raise ArtifactError(f"file {item.path!r} arrived before the manifest")
             expected = self.manifest.files.get(item.path)
-            if expected is None or not _safe(item.path):
+            if expected is None:
                 raise ArtifactError(f"file {item.path!r} is not listed in model {self.model_id}'s manifest")
             if digest != expected:
                 raise ArtifactIntegrityError(f"{item.path}: sha256 {digest[:12]}... does not match the manifest")
-            atomic_write_bytes(self.staging / item.path, item.data)
+            _write(self.staging / item.path, item.data)
             self.received.add(item.path)
         if not self.complete:
             return False
@@ -72,12 +75,39 @@ class ArtifactDownload:
         self.staging.rename(self.dest)
         return True
 
+    def discard(self) -> None:
+        """The download failed or timed out: its staged files go (they stayed on disk, up to
+        max_message_bytes each, under a folder per model id a coordinator named)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
     def missing(self) -> tuple[str, ...]:
         if self.manifest is None:
             return ()
         return tuple(sorted(set(self.manifest.files) - self.received))
 
 
+def _check_names(manifest: Manifest) -> None:
+    """ArtifactError unless every file the manifest lists can be written under the staging
+    folder as named. The manifest is the coordinator's word (the task carries its hash): "" or
+    "." named the staging folder itself, "./manifest.json" overwrote the checked manifest, and a
+    name 256 bytes long, or both "x" and "x/y", raised OSError out of the device's loop."""
+    folders = {"/".join(rel.split("/")[:i]) for rel in manifest.files for i in range(1, rel.count("/") + 1)}
+    for rel in manifest.files:
+        if not _safe(rel) or rel in folders:
+            raise ArtifactError(f"model {manifest.model_id}'s manifest lists {rel[:80]!r}, which is not a plain "
+                                "relative file name")
+
+
 def _safe(rel: str) -> bool:
-    path = PurePosixPath(rel)
-    return not path.is_absolute() and ".." not in path.parts and "\\" not in rel
+    """A relative path of plain names, each short enough for any file system, other than the manifest."""
+    parts = rel.split("/")
+    return rel != MANIFEST_FILE and "\\" not in rel and all(
+        part not in ("", ".", "..") and len(part.encode()) <= NAME_MAX for part in parts)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Staged, or ArtifactError (a full disk, say): the download fails, the device goes on."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise ArtifactError(f"cannot stage {path.name}: {exc}") from None

@@ -3,15 +3,35 @@ initial params, and a per-dataset embedding cache."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .kernel.errors import DatasetError, ManifestMismatch
+from .kernel.errors import ArtifactError, ArtifactIntegrityError, DatasetError, FedgeError, ManifestMismatch
 from .kernel.files import load_npz
 from .kernel.manifest import Manifest, load_manifest
 
 EMBED_CHUNK = 512  # examples per backbone call: bounds peak memory on small boards
+
+
+INIT_FILE = "params_init.npz"
+
+
+def _initial_values(directory: Path, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The model's initial params, from a file its (hash-checked) manifest lists; else
+    ArtifactError. A model can come over the wire: one whose manifest left this file out, or
+    whose file held no npz or missed a param, raised OSError or KeyError out of the device loop."""
+    if INIT_FILE not in manifest.files:
+        raise ArtifactIntegrityError(f"{directory}: {INIT_FILE} is not listed in the manifest, so it is unverified")
+    try:
+        values = load_npz(directory / INIT_FILE)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{directory / INIT_FILE}: not a readable npz ({exc})") from None
+    missing = sorted(p.name for p in manifest.params if p.name not in values)
+    if missing:
+        raise ManifestMismatch(f"{directory / INIT_FILE}: no initial values for {missing[:5]}")
+    return values
 
 
 class ModelRuntime:
@@ -23,7 +43,7 @@ class ModelRuntime:
                 f"{self.dir}: artifacts are model {self.manifest.model_id}, expected {expected_model_id}; "
                 "point the device at the right artifact directory or rebuild"
             )
-        self.init_values = load_npz(self.dir / "params_init.npz")
+        self.init_values = _initial_values(self.dir, self.manifest)
         self._backbone = None
         self._cache: dict[int, np.ndarray] = {}
 
@@ -70,9 +90,20 @@ class ModelRuntime:
             if self._backbone is None:
                 from .trainer.portable import make_session
 
-                self._backbone = make_session(self.dir / "backbone.onnx")
+                self._backbone = loaded(lambda: make_session(self.dir / "backbone.onnx"), self)
             parts = [self._backbone.run(["z"], {"x": x[i : i + EMBED_CHUNK]})[0] for i in range(0, len(x), EMBED_CHUNK)]
             z = np.concatenate(parts) if parts else np.zeros((0, *self.manifest.embedding_shape), np.float32)
         if cache_key is not None:
             self._cache[cache_key] = z
         return z
+
+
+def loaded(build, model: ModelRuntime):
+    """build(), with what ONNX Runtime or numpy raise on a model's files (a fetched model is
+    the coordinator's word) as ArtifactError: the task is declined, the loop goes on."""
+    try:
+        return build()
+    except FedgeError:
+        raise
+    except Exception as exc:  # onnxruntime's errors derive from Exception alone
+        raise ArtifactError(f"model {model.model_id}'s graphs do not load: {type(exc).__name__}: {exc}") from None

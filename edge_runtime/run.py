@@ -38,7 +38,8 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
     agent = DeviceAgent(runtime, transport, clock, artifacts_dir=artifacts, republish_s=cfg.agent.republish_s,
                         checkin_s=cfg.agent.checkin_s, fetch_timeout_s=cfg.agent.fetch_timeout_s,
                         secagg_identity=identity, secagg_directory=directory,
-                        own_noise_floor=cfg.privacy.own_noise_multiplier)
+                        own_noise_floor=cfg.privacy.own_noise_multiplier, max_task_s=cfg.agent.max_task_s,
+                        max_pace_s=cfg.agent.max_pace_s)
     return AgentLoop(agent, poll_s=cfg.agent.poll_s), transport
 
 

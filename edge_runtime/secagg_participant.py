@@ -111,13 +111,16 @@ def unflatten(flat: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.nda
 class SecAggParticipant:
     def __init__(self, runtime: DeviceRuntime, publish: Callable[[object], None],
                  rng: np.random.Generator | None = None, identity_private: bytes | None = None,
-                 directory: Mapping[str, bytes] | None = None, own_noise_floor: float = 0.0):
+                 directory: Mapping[str, bytes] | None = None, own_noise_floor: float = 0.0,
+                 stop_check: Callable[[TrainTask], Callable[[], str | None]] | None = None):
         """identity_private: this device's Ed25519 key (signs its advertisements); directory:
         the fleet's identity public keys, from provisioning (with it, unsigned or wrongly
         signed neighbour keys are declined as secagg_bad_signature); own_noise_floor: the least
-        σγ/S of distributed DP this device accepts (check_noise_floor; 0 = off)."""
+        σγ/S of distributed DP this device accepts (check_noise_floor; 0 = off); stop_check: for a
+        task, what training asks between steps (the agent's deadline and time cap, work_limits.py)."""
         self.runtime = runtime
         self.own_noise_floor = own_noise_floor
+        self.stop_check = stop_check or (lambda task: None)
         self.identity_private = identity_private
         self.directory = directory
         self.publish = publish  # sends one message on this device's update channel
@@ -150,7 +153,9 @@ class SecAggParticipant:
             log.warning("device %s: round %d: secagg %s declined: %s", self.device_id, round_id,
                         type(message).__name__, exc)
             self.publish(Decline(self.device_id, round_id, task_id, exc.reason, exc.detail, "during"))
-        except (ValueError, CodecError) as exc:  # a delta that cannot be encoded (NaN), a malformed key: decline
+        # A delta that cannot be encoded (NaN), a malformed key, a spec whose numbers overflow
+        # (dp_gamma 1e-300 made (S / gamma)**2 raise OverflowError out of the device's poll): decline.
+        except (ValueError, ArithmeticError, CodecError) as exc:
             log.warning("device %s: round %d: secagg %s failed: %s", self.device_id, round_id,
                         type(message).__name__, exc)
             self.publish(Decline(self.device_id, round_id, task_id, FAILED, str(exc)[:300], "during"))
@@ -163,7 +168,7 @@ class SecAggParticipant:
         check_noise_floor(message.spec, self.own_noise_floor)  # the upper bound, before any training
         store = DeviceStore(Path(self.runtime.state_root) / self.device_id, task.model_id)
         residual = store.load_residual()  # before handle_task: it keeps its own (fp32, empty) residual there
-        reply = self.runtime.handle_task(task)
+        reply = self.runtime.handle_task(task, self.stop_check(task))
         if isinstance(reply, Decline):
             self.publish(reply)
             return

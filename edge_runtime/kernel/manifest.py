@@ -92,7 +92,7 @@ class Manifest:
             )
         except ArtifactError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: JSON that is no object
             raise ArtifactError(f"{where}: not a valid fedge manifest ({exc}); rebuild with `fedge "
                                 "build-artifacts`") from None
 

@@ -37,6 +37,8 @@ class ModelAssembly:
         """The model once every part is in and the hash matches; None while parts are missing."""
         if part.sha256 != self.sha256 or part.index in self.parts:
             return None
+        if not part.data:  # split_round_model never makes one; empty parts would cost memory, not bytes
+            raise RoundModelError(f"part {part.index} of {self.sha256[:12]} carries no bytes")
         if part.count < 1 or not 0 <= part.index < part.count or (self.count and part.count != self.count):
             raise RoundModelError(f"part {part.index} of {part.count} contradicts the other parts of "
                                   f"{self.sha256[:12]}")
@@ -77,6 +79,13 @@ class _Wait:
     inline: bool = False  # gave up on the parts; the tasks were asked for inline
 
 
+def _give_up(wait: _Wait) -> None:
+    """Its tasks are asked for inline from now on: the parts held so far go."""
+    wait.inline = True
+    wait.assembly.parts.clear()
+    wait.assembly.size = 0
+
+
 class ModelWaits:
     """Tasks waiting for their round's model, by the model's hash, and the last model
     assembled. No I/O and no clock: the agent passes `now`, subscribes while `listening`,
@@ -109,9 +118,13 @@ class ModelWaits:
         if wait is None or wait.inline:
             return [], [], ""
         try:
+            # One budget for every model awaited: a task per hash and up to max_bytes of parts
+            # for each held one device's memory many times over.
+            if self.held() + len(part.data) > self.max_bytes and part.index not in wait.assembly.parts:
+                raise RoundModelError(f"round models awaited would hold over {self.max_bytes} bytes")
             model = wait.assembly.accept(part)
         except RoundModelError as exc:
-            wait.inline = True
+            _give_up(wait)
             return [], list(wait.tasks), str(exc)
         if model is None:
             return [], [], ""
@@ -133,9 +146,13 @@ class ModelWaits:
         late = []
         for wait in self._waits.values():
             if not wait.inline and now - wait.started > wait_s:
-                wait.inline = True
+                _give_up(wait)
                 late.extend(wait.tasks)
         return late
+
+    def held(self) -> int:
+        """Bytes of parts held, over every model awaited."""
+        return sum(w.assembly.size for w in self._waits.values())
 
     def expired(self, now: float, give_up_s: float) -> list[TrainTask]:
         """Tasks that got neither the parts nor an inline copy within give_up_s; forgotten."""

@@ -129,3 +129,30 @@ def test_a_task_the_hashed_model_does_not_fit_is_asked_for_inline_not_dropped():
     assert [t.task_id for t in refused] == ["other-round"] and "does not belong" in why
     assert [t.task_id for t in waits.asked_inline()] == ["other-round"] and waits.waiting("other-round")
     assert not waits.listening
+
+
+def test_models_awaited_share_one_byte_budget():
+    """A task per round-model hash, each hash's parts up to max_bytes: a device held max_bytes
+    of parts per hash a coordinator named (64 MiB each by default)."""
+    waits = ModelWaits(1500)
+    models = [dataclasses.replace(MODEL, params=bytes([i]) * 900) for i in range(2)]
+    (sha_a, parts_a), (sha_b, parts_b) = (split_round_model(m, 800) for m in models)
+    waits.resolve(_task("a", sha_a), 0.0)
+    waits.resolve(_task("b", sha_b), 0.0)
+    assert waits.on_part(parts_a[0]) == ([], [], "")
+    ready, refused, why = waits.on_part(parts_b[0])  # 800 + 800 > 1500
+    assert not ready and [t.task_id for t in refused] == ["b"] and "over 1500 bytes" in why
+    assert waits.held() == 800
+    ready, _, _ = waits.on_part(parts_a[1])
+    assert [t.task_id for t in ready] == ["a"] and waits.held() == 0
+
+
+def test_empty_parts_are_refused_and_a_given_up_model_holds_nothing():
+    """Parts with no bytes and count 2**63 - 1 passed the byte limit and piled up one per message."""
+    sha, parts = split_round_model(MODEL, 2000)
+    waits = ModelWaits(1 << 20)
+    waits.resolve(_task("a", sha), 0.0)
+    assert waits.on_part(parts[0]) == ([], [], "")
+    _, refused, why = waits.on_part(ModelPart(sha, 5, 2**63 - 1, b""))
+    assert [t.task_id for t in refused] == ["a"] and "no bytes" in why
+    assert waits.held() == 0

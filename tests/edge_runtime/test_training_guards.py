@@ -8,19 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.agent import DeviceAgent
-from fedge.edge_runtime.device import DeviceRuntime, LocalData
-from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.compress import decompress_update
 from fedge.edge_runtime.kernel.errors import ConfigError, Diverged
-from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
-from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update
 from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense
 from fedge.edge_runtime.local_training import check_guard_hyper, check_loss
 from fedge.edge_runtime.trainer.base import StepHyper, clip_step, step_bound
 from fedge.edge_runtime.trainer.numpy_ref import NumpyBackend, NumpyModel, load_frozen
 from fedge.edge_runtime.trainer.portable import PortableBackend
-from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
+from tests.edge_runtime.one_device import one_device, reply_to
+from tests.tiny_model import CLASSES, build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -140,34 +137,9 @@ def _task(model, **hyper) -> TrainTask:
                      compression=CompressionSpec(quant_bits=32), seed=5)
 
 
-def _device(model, root) -> tuple[DeviceAgent, object]:
-    art, manifest, _ = model
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(40, FEATURES)).astype(np.float32)
-    y = rng.integers(0, CLASSES, size=40)
-    runtime = DeviceRuntime("devA", LocalData(x, y, x[:4], y[:4]), {manifest.model_id: art}, root, seed=3)
-    broker = InMemoryBroker()
-    coord = broker.connect("coordinator")
-    coord.subscribe(device_topic("devA", "update"))
-    agent = DeviceAgent(runtime, broker.connect("devA"))
-    agent.start()
-    return agent, coord
-
-
-def _answer(agent, coord, task):
-    coord.publish(device_topic("devA", "task"), encode_message(task))
-    while agent.poll(0.0):
-        pass
-    replies = []
-    while (msg := coord.receive(0.0)) is not None:
-        replies.append(decode_message(msg.payload))
-    (reply,) = [r for r in replies if isinstance(r, (Update, Decline))]
-    return reply
-
-
 def test_a_device_whose_training_blows_up_sends_diverged_not_an_update(model, tmp_path):
-    agent, coord = _device(model, tmp_path / "guarded")
-    reply = _answer(agent, coord, _task(model))
+    agent, coord = one_device(model, tmp_path / "guarded")
+    reply = reply_to(agent, coord, _task(model))
     assert isinstance(reply, Decline), reply
     assert (reply.reason, reply.stage) == ("diverged", "during")
     assert len(agent.pending) == 0  # nothing kept to resend
@@ -177,7 +149,7 @@ def test_without_the_divergence_check_the_same_task_sends_a_huge_delta(model, tm
     """The oracle for the test above: gradient clipping alone keeps this run finite, but at
     lr 1e4 each step may still move lr * max_grad_norm / (1 - momentum) = 1e6, and the device
     sends that delta. The divergence check is what turns it into a Decline."""
-    agent, coord = _device(model, tmp_path / "unguarded")
-    reply = _answer(agent, coord, _task(model, divergence_factor=0.0))
+    agent, coord = one_device(model, tmp_path / "unguarded")
+    reply = reply_to(agent, coord, _task(model, divergence_factor=0.0))
     assert isinstance(reply, Update)
     assert _naive_norm(decompress_update(decode_tensors(reply.payload))) > 1e5

@@ -1,0 +1,69 @@
+"""One real DeviceAgent on an in-memory broker, and a coordinator client that reads what it
+sends: the harness of device tests that speak to it message by message."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.kernel.codec import decode_message, encode_message
+from fedge.edge_runtime.kernel.protocol import Decline, Update, device_topic
+from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+from tests.tiny_model import CLASSES, FEATURES
+
+DEVICE = "devA"
+
+
+class TickingClock(ManualClock):
+    """Every reading moves time on 10 ms, as training steps would: a task that never ends
+    runs into a time limit instead of hanging the test."""
+
+    def now(self) -> float:
+        self.t += 0.01
+        return self.t
+
+
+def one_device(model, root, channels=("update",), **agent_kw) -> tuple[DeviceAgent, object]:
+    """(started agent "devA" with 40 random examples, coordinator client subscribed to the
+    device's `channels`)."""
+    art, manifest, _ = model
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, FEATURES)).astype(np.float32)
+    y = rng.integers(0, CLASSES, size=40)
+    runtime = DeviceRuntime(DEVICE, LocalData(x, y, x[:8], y[:8]), {manifest.model_id: art}, root, seed=3)
+    broker = InMemoryBroker()
+    coord = broker.connect("coordinator")
+    for channel in channels:
+        coord.subscribe(device_topic(DEVICE, channel))
+    agent = DeviceAgent(runtime, broker.connect(DEVICE), **agent_kw)
+    agent.start()
+    return agent, coord
+
+
+def pump(agent, coord) -> list:
+    """Run the agent until it has nothing to do; what it sent, decoded."""
+    while agent.poll(0.0):
+        pass
+    agent.tick()
+    sent = []
+    while (msg := coord.receive(0.0)) is not None:
+        sent.append(decode_message(msg.payload))
+    return sent
+
+
+def reply_to(agent, coord, message):
+    """Send `message` on the device's task channel; its one Update or Decline."""
+    coord.publish(device_topic(DEVICE, "task"), encode_message(message))
+    (reply,) = [r for r in pump(agent, coord) if isinstance(r, (Update, Decline))]
+    return reply
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under `root` with its sha256 (a snapshot to compare)."""
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()}

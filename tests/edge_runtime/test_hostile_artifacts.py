@@ -1,0 +1,136 @@
+"""A model can come over the wire, and its manifest is the coordinator's word (the task names
+its hash): whatever the manifest lists, the download is refused with a Decline, nothing is
+written outside the staging folder, and no error leaves the device's poll. Each case here once
+raised out of DeviceAgent.poll (IsADirectoryError, OSError name too long, FileExistsError,
+AttributeError, FileNotFoundError) or overwrote the checked manifest in the staging folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.protocol import ArtifactFile, Decline, TaskHyper, TrainTask, Update, device_topic
+from fedge.edge_runtime.kernel.update_codec import encode_dense
+from tests.edge_runtime.one_device import DEVICE, one_device, pump, tree_digest
+from tests.tiny_model import build_tiny_model
+
+DATA = b"data"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def _transfer(model, tmp_path, manifest: bytes, files: dict[str, bytes]) -> list:
+    """A task for model "m2" naming `manifest` by its hash, the manifest, then `files`; what the
+    device sent. Raises whatever escapes the device's poll."""
+    _, real, runtime = model
+    agent, coord = one_device(model, tmp_path / "state", channels=("update", "fetch"), clock=ManualClock())
+    sha = hashlib.sha256(manifest).hexdigest()
+    task = TrainTask(1, "t1", DEVICE, "m2", 1, encode_dense(runtime.initial("shared")), TaskHyper(epochs=1),
+                     manifest_sha256=sha)
+    coord.publish(device_topic(DEVICE, "task"), encode_message(task))
+    sent = pump(agent, coord)
+    items = [ArtifactFile("m2", "manifest.json", sha, manifest, 0, 1 + len(files))]
+    items += [ArtifactFile("m2", path, hashlib.sha256(data).hexdigest(), data, i + 1, 1 + len(files))
+              for i, (path, data) in enumerate(files.items())]
+    for item in items:
+        coord.publish(device_topic(DEVICE, "artifact"), encode_message(item))
+        sent += pump(agent, coord)
+    return sent
+
+
+def _manifest(model, **changes) -> bytes:
+    doc = json.loads((model[0] / "manifest.json").read_bytes())
+    return json.dumps({**doc, "model_id": "m2", **changes}).encode()
+
+
+def _declined(sent) -> Decline:
+    (decline,) = [m for m in sent if isinstance(m, Decline)]
+    return decline
+
+
+@pytest.mark.parametrize("paths", [[""], ["."], ["./manifest.json"], ["manifest.json"], ["sub/"], ["/abs"],
+                                   ["a" * 256], ["x", "x/y"], ["../x"], ["a\\b"]],
+                         ids=lambda p: repr(p)[:20])
+def test_a_manifest_listing_a_name_that_is_no_plain_file_is_refused(model, tmp_path, paths):
+    files = dict.fromkeys(paths, DATA)
+    manifest = _manifest(model, files={p: hashlib.sha256(DATA).hexdigest() for p in paths})
+    decline = _declined(_transfer(model, tmp_path, manifest, files))
+    assert (decline.reason, decline.stage) == ("artifact", "before"), decline
+    assert "not a plain relative file name" in decline.detail
+    assert {p.name for p in tmp_path.iterdir()} == {"state"}
+    assert not [p for p in (tmp_path / "state" / DEVICE).rglob("*") if "artifacts" in p.parts and p.is_file()]
+
+
+@pytest.mark.parametrize("text", [b"[]", b"7", b'"manifest"', b'{"format": 1, "files": []}'])
+def test_a_manifest_that_is_no_json_object_is_refused(model, tmp_path, text):
+    decline = _declined(_transfer(model, tmp_path, text, {}))
+    assert decline.reason in ("artifact", "artifact_hash"), decline
+    assert "not a valid fedge manifest" in decline.detail or "manifest format" in decline.detail
+
+
+def test_a_model_whose_manifest_leaves_out_its_initial_params_is_not_installed(model, tmp_path):
+    """The manifest checks out and every file it lists arrives; params_init.npz is not among
+    them, so the device would load it unverified (or, absent, raise FileNotFoundError)."""
+    manifest = _manifest(model, files={"x": hashlib.sha256(DATA).hexdigest()})
+    decline = _declined(_transfer(model, tmp_path, manifest, {"x": DATA}))
+    assert (decline.reason, decline.stage) == ("artifact_hash", "before"), decline
+    assert "params_init.npz is not listed" in decline.detail
+
+
+def test_a_model_whose_graphs_are_garbage_is_declined(model, tmp_path):
+    """Every file is listed and arrives, the hashes match, and the ONNX graphs are garbage: the
+    backend's load error (onnxruntime raises plain Exceptions) becomes a Decline."""
+    art = model[0]
+    real = json.loads((art / "manifest.json").read_bytes())
+    files = {rel: (art / rel).read_bytes() for rel in real["files"]}
+    files = {rel: (b"garbage" if rel.endswith(".onnx") else data) for rel, data in files.items()}
+    manifest = _manifest(model, files={rel: hashlib.sha256(d).hexdigest() for rel, d in files.items()})
+    before = tree_digest(art)
+    decline = _declined(_transfer(model, tmp_path, manifest, files))
+    assert decline.reason in ("artifact", "manifest_mismatch"), decline
+    assert tree_digest(art) == before
+
+
+def test_an_honest_transfer_still_installs(model, tmp_path):
+    art = model[0]
+    real = json.loads((art / "manifest.json").read_bytes())
+    manifest = _manifest(model, files=real["files"])
+    sent = _transfer(model, tmp_path, manifest, {rel: (art / rel).read_bytes() for rel in real["files"]})
+    assert [type(m).__name__ for m in sent if isinstance(m, (Update, Decline))] == ["Update"]
+
+
+
+@pytest.mark.parametrize("how", ["refused", "timed out"])
+def test_a_failed_download_leaves_no_staged_files(model, tmp_path, how):
+    """Staged files of a download that failed or timed out stayed on disk for good, one folder
+    per model id a coordinator named."""
+    art = model[0]
+    real = json.loads((art / "manifest.json").read_bytes())
+    manifest = _manifest(model, files=real["files"])
+    first = sorted(real["files"])[0]
+    files = {first: (art / first).read_bytes()}
+    if how == "refused":
+        files["params_init.npz"] = b"tampered"  # its hash does not match: the download is refused
+    agent, coord = one_device(model, tmp_path / "state", channels=("update", "fetch"), clock=ManualClock())
+    sha = hashlib.sha256(manifest).hexdigest()
+    _, _, runtime = model
+    coord.publish(device_topic(DEVICE, "task"), encode_message(
+        TrainTask(1, "t1", DEVICE, "m2", 1, encode_dense(runtime.initial("shared")), manifest_sha256=sha)))
+    items = [ArtifactFile("m2", "manifest.json", sha, manifest, 0, 3)]
+    items += [ArtifactFile("m2", rel, hashlib.sha256((art / rel).read_bytes()).hexdigest(), data, 1, 3)
+              for rel, data in files.items()]
+    for item in items:
+        coord.publish(device_topic(DEVICE, "artifact"), encode_message(item))
+    sent = pump(agent, coord)
+    agent.clock.advance(agent.delivery.fetch_timeout_s + 1)
+    sent += pump(agent, coord)
+    assert _declined(sent).reason in ("artifact_hash", "artifact_fetch_timeout")
+    staged = [p for p in (tmp_path / "state" / DEVICE / "artifacts").rglob("*") if p.is_file()]
+    assert staged == []
