@@ -99,9 +99,11 @@ def _check_names(manifest: Manifest) -> None:
 
 
 def _safe(rel: str) -> bool:
-    """A relative path of plain names, each short enough for any file system, other than the manifest."""
+    """A relative path of plain names, each short enough for any file system, other than the manifest.
+    No NUL: no file system takes one, and no ArtifactFile can carry it (the codec refuses it), so
+    such a download would only wait out fetch_timeout_s."""
     parts = rel.split("/")
-    return rel != MANIFEST_FILE and "\\" not in rel and all(
+    return rel != MANIFEST_FILE and "\\" not in rel and "\x00" not in rel and all(
         part not in ("", ".", "..") and len(part.encode()) <= NAME_MAX for part in parts)
 
 

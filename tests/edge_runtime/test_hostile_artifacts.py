@@ -68,6 +68,15 @@ def test_a_manifest_listing_a_name_that_is_no_plain_file_is_refused(model, tmp_p
     assert not [p for p in (tmp_path / "state" / DEVICE).rglob("*") if "artifacts" in p.parts and p.is_file()]
 
 
+def test_a_manifest_naming_a_file_with_a_nul_is_refused_at_once(model, tmp_path):
+    """No ArtifactFile can carry such a name (the codec refuses NUL), so the download could
+    only wait out fetch_timeout_s with the manifest staged: the manifest itself is refused."""
+    manifest = _manifest(model, files={"a\x00b": hashlib.sha256(DATA).hexdigest()})
+    decline = _declined(_transfer(model, tmp_path, manifest, {}))
+    assert (decline.reason, decline.stage) == ("artifact", "before"), decline
+    assert "not a plain relative file name" in decline.detail
+
+
 @pytest.mark.parametrize("text", [b"[]", b"7", b'"manifest"', b'{"format": 1, "files": []}'])
 def test_a_manifest_that_is_no_json_object_is_refused(model, tmp_path, text):
     decline = _declined(_transfer(model, tmp_path, text, {}))
