@@ -49,6 +49,7 @@ from fedge.edge_runtime.kernel.configfile import load_config
 from fedge.edge_runtime.kernel.errors import ConfigError, PublishRefused
 from fedge.edge_runtime.kernel.files import load_npz
 from fedge.edge_runtime.kernel.manifest import load_manifest
+from fedge.edge_runtime.kernel.protocol import DEVICE_MAX_TASK_S
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
 from .async_mode.server import coordinator_class
@@ -123,10 +124,21 @@ def coordinator_link(broker: MqttSettings, cfg: CoordinatorConfig) -> MqttSettin
     return replace(broker, max_inbound_bytes=per_sender, max_pending_bytes=total)
 
 
+def warn_past_device_cap(deadline_s: float) -> None:
+    """A fedge device stops any task after its own [agent] max_task_s (work_limits.py), which the
+    coordinator cannot see: a longer round deadline is time no default device will train."""
+    cap = DEVICE_MAX_TASK_S
+    if deadline_s > cap:
+        log.warning("coordinator: round_deadline_s = %g s, but a fedge device stops training any one task after "
+                    "its [agent] max_task_s (%g s by default) and declines it as aborted:time_limit; raise that on "
+                    "the devices too, or keep the deadline <= %g s", deadline_s, cap, cap)
+
+
 def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[CoordinatorLoop, Coordinator]:
     """epoch: the leader epoch a PostgreSQL store fences its writes with (leadership.py)."""
     art = Path(cfg.coordinator.artifacts_dir)
     manifest = load_manifest(art, verify=True)
+    warn_past_device_cap(cfg.coordinator.round_deadline_s)
     values = load_npz(art / "params_init.npz")
     initial = {p.name: values[p.name] for p in manifest.by_role("shared")}
     store = open_store(cfg.coordinator, epoch)

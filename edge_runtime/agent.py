@@ -25,6 +25,7 @@ from .kernel.codec import decode_message, encode_message
 from .kernel.errors import CodecError, PayloadTooLarge
 from .kernel.protocol import (
     ANNOUNCE_TOPIC,
+    DEVICE_MAX_TASK_S,
     MODEL_PARTS_FILTER,
     Ack,
     Announcement,
@@ -81,7 +82,7 @@ class DeviceAgent:
         secagg_identity: bytes | None = None,  # Ed25519 private key: signs secure-aggregation key adverts
         secagg_directory: dict[str, bytes] | None = None,  # the fleet's identity public keys (provisioned)
         own_noise_floor: float = 0.0,  # [privacy] own_noise_multiplier: decline tasks adding less (0 = off)
-        max_task_s: float = 3600.0,  # stop training any one task after this, whatever its deadline (work_limits.py)
+        max_task_s: float = DEVICE_MAX_TASK_S,  # stop training any one task after this, whatever its deadline
         max_pace_s: float = 86400.0,  # check in at least this often, whatever a Pace says (seconds)
         max_pending: int = 16,  # updates kept unacknowledged, at most: past it, new tasks are declined
     ):

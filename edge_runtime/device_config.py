@@ -43,6 +43,7 @@ from .kernel.backends import BACKENDS
 from .kernel.configfile import load_config
 from .kernel.errors import ConfigError, DatasetError
 from .kernel.files import load_npz
+from .kernel.protocol import DEVICE_MAX_TASK_S
 from .kernel.transport.settings import MqttSettings
 
 
@@ -68,7 +69,7 @@ class AgentConfig:
     republish_s: float = 10.0  # resend unacknowledged updates this often (seconds)
     fetch_timeout_s: float = 300.0  # give up a model download after this (seconds)
     poll_s: float = 0.2
-    max_task_s: float = 3600.0  # stop training one task after this, whatever deadline it names (seconds)
+    max_task_s: float = DEVICE_MAX_TASK_S  # stop training one task after this, whatever deadline it names (seconds)
     max_pace_s: float = 86400.0  # check in at least this often, whatever the coordinator paces (seconds)
 
     def __post_init__(self) -> None:

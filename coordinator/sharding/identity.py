@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from fedge.edge_runtime.kernel.configfile import load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import shard_client_id
@@ -37,9 +40,21 @@ def _identity(broker: MqttSettings, path: Path, user: str) -> MqttSettings:
     if table.get("username", user) != user:  # a certificate identity has no username: its CN is the name
         raise ConfigError(f"{path}: username {table['username']!r}, expected {user!r}")
     given = {key: table.get(key, "") for key in IDENTITY}
+    if given["cert_file"] and (cn := _common_name(Path(given["cert_file"]), path)) != user:
+        # the broker takes the CN as the username: another shard's certificate would log this
+        # worker in with that shard's rights, and it would never hear its own shard's uploads
+        raise ConfigError(f"{path}: certificate {given['cert_file']} is for {cn!r}, expected {user!r}")
     if table.get("ca_file"):
         given["ca_file"] = table["ca_file"]
     try:
         return replace(broker, **given)
     except (TypeError, ConfigError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _common_name(cert: Path, path: Path) -> str:
+    try:
+        names = x509.load_pem_x509_certificate(cert.read_bytes()).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read certificate {cert}: {exc}") from None
+    return str(names[0].value) if names else ""

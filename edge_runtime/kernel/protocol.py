@@ -54,6 +54,7 @@ from .wire_fields import (  # noqa: F401
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "fedge/v1"
 MAX_SHARDS = 1024  # aggregator shards ([coordinator] shards); shard ids are 0 .. MAX_SHARDS - 1
+DEVICE_MAX_TASK_S = 3600.0  # a fedge device's default [agent] max_task_s: no task trains longer (work_limits.py)
 SHARD_CLIENT_PREFIX = "fedge-shard-"  # + shard: no device id may start with it (tools/provision.py)
 
 

@@ -31,3 +31,21 @@ def test_a_missing_or_wrong_file_stops_the_worker_before_it_takes_a_shard(tmp_pa
     (tmp_path / "fedge-shard-1.toml").write_text('[other]\n')
     with pytest.raises(ConfigError, match="no \\[broker\\] table"):
         shard_identities(BROKER, str(tmp_path), 2)
+
+
+def test_a_certificate_for_another_shard_is_refused(tmp_path):
+    """With certificates the broker takes the CN as the username: shard 0's file naming shard 1's
+    certificate would log worker 0 in with shard 1's rights, and it would never hear its own uploads."""
+    from fedge.tools.cli import main
+
+    assert main(["provision", "ca", "--out", str(tmp_path / "ca")]) == 0
+    out = tmp_path / "bundle"
+    assert main(["provision", "coordinator", "--cert", "--ca-dir", str(tmp_path / "ca"), "--out", str(out),
+                 "--shards", "2"]) == 0
+    tls = MqttSettings(url="mqtts://broker.lan:8883", ca_file=str(out / "ca.crt"))
+    got = shard_identities(tls, str(out), 2)
+    assert [s.cert_file.endswith(f"fedge-shard-{k}.crt") for k, s in enumerate(got)] == [True, True]
+    shard0 = out / "fedge-shard-0.toml"
+    shard0.write_text(shard0.read_text().replace("fedge-shard-0.crt", "fedge-shard-1.crt"))
+    with pytest.raises(ConfigError, match="is for 'fedge-shard-1', expected 'fedge-shard-0'"):
+        shard_identities(tls, str(out), 2)

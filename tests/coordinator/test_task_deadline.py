@@ -52,3 +52,18 @@ def test_a_straggler_stops_training_at_its_deadline(model, tmp_path):
     fleet.drain()  # 40 examples, batch 8: 10 steps, 40 s of training for a 10 s deadline
     assert fleet.coordinator.declines["aborted:deadline"] == 1
     assert not fleet.updates()
+
+
+def test_a_round_deadline_past_the_devices_own_task_cap_is_warned_of(caplog):
+    """A fedge device stops any task after its [agent] max_task_s (3600 s by default), which the
+    coordinator cannot see: a round deadline of 2 hours would have such tasks aborted (review)."""
+    import logging
+
+    from fedge.coordinator.service import warn_past_device_cap
+    from fedge.edge_runtime.device_config import AgentConfig
+
+    with caplog.at_level(logging.WARNING, logger="fedge.coordinator"):
+        warn_past_device_cap(AgentConfig.max_task_s)
+        assert caplog.records == []
+        warn_past_device_cap(7200.0)
+    assert len(caplog.records) == 1 and "max_task_s (3600 s" in caplog.records[0].getMessage()
