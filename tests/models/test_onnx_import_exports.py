@@ -213,3 +213,36 @@ def test_one_output_without_a_sigmoid_is_refused_by_name(tmp_path):
     with pytest.raises(OnnxImportError, match="'out' gives one value and no Sigmoid follows it"):
         import_spec(ImportOptions(str(tmp_path / "m.onnx")))
     assert import_spec(ImportOptions(str(tmp_path / "m.onnx"), num_classes=3)).num_classes == 3  # a new head
+
+
+def _softmax_after_classifier(reshape, axis: int, op: str = "Softmax"):
+    """x (N, 27) -> Gemm (10 logits) -> [Reshape to `reshape`] -> `op` over `axis`."""
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["z"], name="out")]
+    inits = [numpy_helper.from_array(RNG.normal(size=(27, 10)).astype(np.float32), "w")]
+    src = "z"
+    if reshape is not None:
+        nodes.append(helper.make_node("Reshape", ["z", "shape"], ["zr"], name="group"))
+        inits.append(numpy_helper.from_array(np.array(reshape, np.int64), "shape"))
+        src = "zr"
+    nodes.append(helper.make_node(op, [src], ["p"], name="norm", axis=axis))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 27])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("reshape, axis, shape", [((-1, 2, 5), -1, r"\['N', 2, 5\]"), (None, 0, r"\['N', 10\]"),
+                                                  ((-1, 5), 1, r"\[None, 5\]|\['N', 5\]")])
+def test_a_softmax_over_other_than_the_classes_is_refused_by_name(tmp_path, reshape, axis, shape):
+    """Two 5-way softmaxes over 10 logits, or one over the batch, once imported as a 10-class head
+    whose probabilities the source never gave. Kept as is it is refused; a new head drops it."""
+    onnx.save(_softmax_after_classifier(reshape, axis), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match=rf"Softmax node 'norm' normalizes axis {axis} of a tensor of shape "
+                                              rf"({shape}).*classifier 'out' \(10 outputs\).*--classes K"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"), num_classes=3)).num_classes == 3
+
+
+@pytest.mark.parametrize("op, axis", [("Softmax", 1), ("Softmax", -1), ("LogSoftmax", 1)])
+def test_a_softmax_over_the_classes_keeps_the_head(tmp_path, op, axis):
+    onnx.save(_softmax_after_classifier(None, axis, op), tmp_path / "m.onnx")
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"))).num_classes == 10
