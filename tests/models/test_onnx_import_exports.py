@@ -246,3 +246,24 @@ def test_a_softmax_over_other_than_the_classes_is_refused_by_name(tmp_path, resh
 def test_a_softmax_over_the_classes_keeps_the_head(tmp_path, op, axis):
     onnx.save(_softmax_after_classifier(None, axis, op), tmp_path / "m.onnx")
     assert import_spec(ImportOptions(str(tmp_path / "m.onnx"))).num_classes == 10
+
+
+def test_a_backbone_onnx_runtime_cannot_load_is_refused_with_its_reason(tmp_path):
+    """A source stamped with an opset newer than the build's ONNX Runtime: ORT's message names a
+    C++ function first and the reason last; the error once kept the first 300 characters only."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="pre"),
+             helper.make_node("Gemm", ["r", "w"], ["z"], name="out")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(W2, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 99)])
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        pytest.skip(f"onnxruntime {ort.__version__} loads opset 99")
+    except Exception as exc:  # ORT's own types
+        reason = str(exc).splitlines()[0]
+    onnx.save(model, tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), cut="r"))
+    with pytest.raises(OnnxImportError, match="cannot load the backbone cut from it") as err:
+        build_artifacts(spec, tmp_path / "art", ort_training=False)
+    assert reason[-60:] in str(err.value)  # the reason, at the end of ORT's line
