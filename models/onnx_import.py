@@ -105,8 +105,11 @@ class _Graph:
                                   "fedge imports models with one input tensor "
                                   "(extra state or config inputs are not supported)")
         self.input = inputs[0]
-        if self.input.type.tensor_type.elem_type != TensorProto.FLOAT:
-            raise OnnxImportError(f"{where}: input {self.input.name!r} is not float32")
+        elem = self.input.type.tensor_type.elem_type
+        if elem != TensorProto.FLOAT:  # devices feed float32 features: a Cast in the graph would not help
+            raise OnnxImportError(f"{where}: input {self.input.name!r} is {TensorProto.DataType.Name(elem)}, not "
+                                  "FLOAT (float32); re-export with a float32 input (torch: a float32 example; "
+                                  "skl2onnx: to_onnx(model, X.astype(np.float32)))")
         shapes = onnx.shape_inference.infer_shapes(model).graph
         self.ranks = {v.name: len(v.type.tensor_type.shape.dim)
                       for v in (*shapes.value_info, *shapes.input, *shapes.output)

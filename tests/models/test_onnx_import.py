@@ -189,3 +189,26 @@ def test_bad_roles_and_files(cnn_file, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(OnnxImportError, match="not an ONNX model"):
         import_spec(ImportOptions(str(tmp_path / "junk.onnx")))
+
+
+@pytest.mark.parametrize("elem, name", [(TensorProto.DOUBLE, "DOUBLE"), (TensorProto.INT64, "INT64")])
+def test_an_input_other_than_float32_is_named_with_its_type(tmp_path, elem, name):
+    """skl2onnx with a float64 example writes a DOUBLE input; the error once said only 'not float32'."""
+    inputs = [helper.make_tensor_value_info("x", elem, ["b", 4])]
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["xf", "w"], ["prob"], name="mm")]
+    onnx.save(_model(nodes, {"w": np.ones((4, 2), np.float32)}, inputs), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match=rf"input 'x' is {name}, not FLOAT \(float32\); re-export"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+
+
+def test_cli_names_a_tail_of_no_hidden_layers(tmp_path, capsys):
+    """Only the classifier after the cut: the import line said 'tail ; head dual'."""
+    from fedge.tools.cli import main
+
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["prob"], name="out")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])]
+    onnx.save(_model(nodes, {"w": np.ones((4, 3), np.float32)}, inputs), tmp_path / "m.onnx")
+    assert main(["build-artifacts", "--from-onnx", str(tmp_path / "m.onnx"), str(tmp_path / "art"),
+                 "--ort-training", "no"]) == 0
+    assert "tail no hidden layers; head dual" in capsys.readouterr().out
