@@ -8,7 +8,8 @@ The cut is a tensor of shape (N, features). Given by name, or found automaticall
 the first dense layer (Gemm, or MatMul with an optional Add) from which the rest of the graph is
 a chain of dense layers with Relu, Tanh or Sigmoid between them, up to prediction
 post-processing (Softmax, ArgMax, ZipMap, ...), which is dropped. Weights follow the spec
-convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in.
+convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in, and so is
+a Mul or Div by one stored number after a layer (a classifier's temperature, logits / T).
 
 The backbone is cut out with onnx.utils.Extractor (which runs shape inference), its input is
 renamed x and given a free batch dimension, and its output is the cut flattened to z (N, d).
@@ -180,6 +181,13 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
                                           f"for {w.shape[1]} outputs")
                 b, out = bias.reshape(-1), add.output[0]
     out, users = g.follow(out)
+    scale = users[0] if len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
+    s = next((g.consts[n] for n in scale.input if n != out and n in g.consts), None) if scale else None
+    if s is not None and s.size == 1 and s.ndim <= 2 and float(s.flat[0]) != 0 and (
+            scale.op_type == "Mul" or scale.input[0] == out):  # a temperature, logits / T: folded into W and b
+        k = np.float32(s.flat[0] if scale.op_type == "Mul" else 1 / s.flat[0])
+        w, b = w * k, b * k
+        out, users = g.follow(scale.output[0])
     activation = "none"
     op = users[0].op_type if len(users) == 1 else None
     # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation

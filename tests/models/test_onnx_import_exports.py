@@ -267,3 +267,45 @@ def test_a_backbone_onnx_runtime_cannot_load_is_refused_with_its_reason(tmp_path
     with pytest.raises(OnnxImportError, match="cannot load the backbone cut from it") as err:
         build_artifacts(spec, tmp_path / "art", ort_training=False)
     assert reason[-60:] in str(err.value)  # the reason, at the end of ORT's line
+
+
+def _scaled_mlp(numerator: bool = False):
+    """x (N, 27) -> Gemm (5) -> Mul by 0.5 (the constant first) -> Relu -> MatMul + Add (4)
+    -> Div by a Constant node 2.0 (a temperature; numerator: 2.0 / logits) -> Softmax."""
+    div = ["t", "logits"] if numerator else ["logits", "t"]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Mul", ["half", "h"], ["hs"], name="scale"),
+             helper.make_node("Relu", ["hs"], ["a"], name="relu1"),
+             helper.make_node("MatMul", ["a", "w2"], ["mm"], name="out"),
+             helper.make_node("Add", ["mm", "b2"], ["logits"], name="out_bias"),
+             helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.array(2.0, np.float32))),
+             helper.make_node("Div", div, ["scaled"], name="temperature"),
+             helper.make_node("Softmax", ["scaled"], ["p"], name="softmax", axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 27])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {
+                                  "w1": W1, "b1": np.full(5, 0.1, np.float32), "half": np.array([0.5], np.float32),
+                                  "w2": W2, "b2": np.array([0.3, -0.2, 0.1, 0.0], np.float32)}.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_scale_by_one_stored_number_folds_into_the_layer(tmp_path):
+    """A classifier's temperature (logits / T, torch's `self.fc(h) / self.t`) and a scalar Mul
+    in a hidden layer were refused ('Div node ... cut later', with nothing dense after it); they
+    fold into W and b. Oracle: the source's probabilities, run by ONNX Runtime."""
+    model = _scaled_mlp()
+    onnx.save(model, tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global"))
+    assert spec.onnx_cut == "x" and [(layer.units, layer.activation) for layer in spec.layers] == [(5, "relu")]
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    x = RNG.normal(size=(8, 27)).astype(np.float32)
+    backend = make_backend("portable", tmp_path / "art", manifest, "sgd")
+    logits = backend.predict({**runtime.initial("shared"), **runtime.initial("personal")}, runtime.embed(x))["global"]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(probs / probs.sum(axis=1, keepdims=True), source.run(["p"], {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)
+    onnx.save(_scaled_mlp(numerator=True), tmp_path / "n.onnx")  # 2 / logits is not a scale
+    with pytest.raises(OnnxImportError, match="Div node 'temperature'"):
+        import_spec(ImportOptions(str(tmp_path / "n.onnx")))
