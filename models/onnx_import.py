@@ -36,6 +36,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from .graphs import ACTIVATION_OPS
 from .onnx_batch import check_any_batch, free_fixed_batch
 from .onnx_head import check_normalizers
+from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, stored_tensors
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
 
@@ -280,6 +281,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if cut != g.input.name and not any(cut in n.output for n in model.graph.node):
         raise OnnxImportError(f"{options.onnx}: no tensor named {cut!r} in the graph")
     tail = parse_tail(g, cut)
+    if options.cut == "auto" and (notice := frozen_notice(model, cut, {layer.node for layer in tail})):
+        log.warning("%s: %s", options.onnx, notice)
     hidden, classifier = tail[:-1], tail[-1]
     names = [f"fc{i + 1}" for i in range(len(hidden))]
     unknown = sorted(set(options.roles) - set(names))

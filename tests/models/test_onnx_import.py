@@ -5,6 +5,7 @@ it extracts, each against a numpy forward of the same weights."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -140,14 +141,20 @@ def test_tanh_and_sigmoid_layers_join_the_tail(tmp_path, act, name):
 
 
 @pytest.mark.parametrize("act, match", [("Softplus", "Softplus node 'act1'"), ("LeakyRelu", "LeakyRelu node 'act1'")])
-def test_unsupported_activation_names_the_node(tmp_path, act, match):
+def test_unsupported_activation_names_the_node(tmp_path, act, match, caplog):
     path = tmp_path / "m.onnx"
     onnx.save(_cnn(act), path)
     with pytest.raises(OnnxImportError, match=match):
         import_spec(ImportOptions(str(path), cut="feat"))
-    # auto: the only chain that qualifies starts after the activation
-    spec = import_spec(ImportOptions(str(path)))
+    # auto: the only chain that qualifies starts after the activation, and a warning says what stays frozen
+    with caplog.at_level(logging.WARNING, logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(path)))
     assert spec.onnx_cut == "a1" and spec.layers == ()
+    assert f"1 dense layer(s) stay frozen in the backbone (Gemm 'fc1'): the trainable tail starts after {act}," \
+        in caplog.text
+    caplog.clear()
+    import_spec(ImportOptions(str(path), cut="a1"))  # a cut the user chose needs no notice
+    assert "stay frozen" not in caplog.text
 
 
 def test_cut_inside_the_conv_stack_says_why(cnn_file):
