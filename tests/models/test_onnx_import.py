@@ -219,3 +219,28 @@ def test_cli_names_a_tail_of_no_hidden_layers(tmp_path, capsys):
     assert main(["build-artifacts", "--from-onnx", str(tmp_path / "m.onnx"), str(tmp_path / "art"),
                  "--ort-training", "no"]) == 0
     assert "tail no hidden layers; head dual" in capsys.readouterr().out
+
+
+def test_a_weight_stored_transposed_is_read_through_its_transpose(tmp_path):
+    """torch without constant folding writes `x @ w.t()` as MatMul(x, Transpose(w)); the weight
+    was refused as computed. perm [0, 1] is the identity. Oracle: the source run by ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    from fedge.models.onnx_import import pretrained_values
+
+    w1t, w2 = W1, W2  # stored (out, in) = (7, 6) for the first layer, (in, out) for the second
+    x_in = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 6])]
+    nodes = [helper.make_node("Transpose", ["w1t"], ["w1"], name="t1"),
+             helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "b1"], ["h1"], name="fc1_bias"),
+             helper.make_node("Relu", ["h1"], ["a1"], name="act1"),
+             helper.make_node("Transpose", ["w2"], ["w2_same"], name="t2", perm=[0, 1]),
+             helper.make_node("MatMul", ["a1", "w2_same"], ["prob"], name="out")]
+    model = _model(nodes, {"w1t": w1t, "b1": B1, "w2": w2}, x_in)
+    onnx.save(model, tmp_path / "t.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "t.onnx"), head="global"))
+    assert spec.onnx_cut == "x" and [(layer.units, layer.activation) for layer in spec.layers] == [(7, "relu")]
+    values = pretrained_values(spec)
+    x = RNG.normal(size=(5, 6)).astype(np.float32)
+    ours = np.maximum(x @ values["fc1.weight"] + values["fc1.bias"], 0) @ values["head_global.weight"]
+    source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(ours, source.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
