@@ -237,9 +237,6 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
         tensor, users = g.follow(layer.output)
     if not layers:
         raise OnnxImportError(f"{g.where}: no dense layer after the cut {cut!r}: nothing to train")
-    if layers[-1].activation != "none":
-        raise OnnxImportError(f"{g.where}: classifier {layers[-1].node!r} ends in {layers[-1].activation}; "
-                              "fedge heads give logits")
     return layers
 
 
@@ -298,6 +295,9 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         raise OnnxImportError(f"{options.onnx}: the last layer {classifier.node!r} gives one value and no Sigmoid "
                               "follows it: fedge trains classifiers (a binary one ends in a Sigmoid); for a new "
                               "head give --classes K")
+    if keep and classifier.activation != "none":  # K Sigmoids (multi-label) are not one softmax over K
+        raise OnnxImportError(f"{options.onnx}: classifier {classifier.node!r} ends in {classifier.activation}; "
+                              "fedge heads give logits (one softmax over the classes): for a new head give --classes K")
     if keep:
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx)

@@ -309,3 +309,23 @@ def test_a_scale_by_one_stored_number_folds_into_the_layer(tmp_path):
     onnx.save(_scaled_mlp(numerator=True), tmp_path / "n.onnx")  # 2 / logits is not a scale
     with pytest.raises(OnnxImportError, match="Div node 'temperature'"):
         import_spec(ImportOptions(str(tmp_path / "n.onnx")))
+
+
+def test_a_multi_label_sigmoid_head_is_refused_as_is_and_replaced_with_classes(tmp_path):
+    """K outputs each through a Sigmoid (a multi-label model) are not one softmax over K: kept
+    as is that is refused by name; --classes K (a new head) once met the same refusal, though
+    the source's head is dropped, and now imports the hidden layers."""
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("Gemm", ["a", "w2"], ["z"], name="out"),
+             helper.make_node("Sigmoid", ["z"], ["p"], name="sigmoid")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 27])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {
+                                  "w1": W1, "b1": np.zeros(5, np.float32), "w2": W2}.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match="classifier 'out' ends in sigmoid.*give --classes K"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), num_classes=3))
+    assert spec.onnx_cut == "x" and [layer.units for layer in spec.layers] == [5] and spec.num_classes == 3
+    build_artifacts(spec, tmp_path / "art", ort_training=False)
