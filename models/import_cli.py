@@ -48,7 +48,9 @@ def spec_from_args(args):
     spec = import_spec(ImportOptions(args.from_onnx, cut=args.cut, roles=roles, default_role=args.default_role,
                                      num_classes=args.classes, head=args.head, input_shape=shape, name=args.name,
                                      lora_rank=args.lora_rank, lora_alpha=args.lora_alpha))
-    print(f"imported {args.from_onnx}: cut at {spec.onnx_cut!r} ({spec.onnx_features} features); tail "
-          + ", ".join(f"{layer.name}={layer.mode}" for layer in spec.layers) + f"; head {spec.head}"
+    # a tail of no hidden layers (the cut moved past a GELU, a Reshape, ...) once printed "tail ;"
+    tail = ", ".join(f"{layer.name}={layer.mode}" for layer in spec.layers) or "no hidden layers"
+    print(f"imported {args.from_onnx}: cut at {spec.onnx_cut!r} ({spec.onnx_features} features); tail {tail}"
+          + f"; head {spec.head}"
           + (" (pretrained classifier)" if spec.onnx_keep_head else f" (new, {spec.num_classes} classes)"))
     return spec

@@ -93,6 +93,14 @@ def _constant_reshapes(prefix: onnx.ModelProto) -> list[str]:
             if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in stored]
 
 
+def _reason(exc: Exception, limit: int = 400) -> str:
+    """ORT's first line, shortened in the middle: it names the C++ function first and the reason
+    last ("... Current official support for domain ai.onnx is till opset 21."), which cutting
+    the end off once lost."""
+    line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return line if len(line) <= limit else f"{line[:120]} ... {line[-(limit - 125):]}"
+
+
 def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, input_shape: tuple[int, ...],
                     source_batch: int, where: str) -> None:
     """Run the prefix (x -> z) as the module docstring says; OnnxImportError when it fails.
@@ -106,13 +114,13 @@ def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, 
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own types (Fail, InvalidGraph, NotImplemented)
             raise OnnxImportError(f"{where}: ONNX Runtime {ort.__version__} cannot load the backbone cut from it: "
-                                  f"{str(exc).splitlines()[0][:300]}") from None
+                                  f"{_reason(exc)}") from None
 
     def run(sess, x: np.ndarray) -> np.ndarray:
         try:
             return sess.run(["z"], {"x": x})[0]
         except Exception as exc:
-            first_line = str(exc).splitlines()[0][:300]
+            first_line = _reason(exc)
             raise OnnxImportError(f"{where}: the backbone fails on a batch of {len(x)}: {first_line}"
                                   f"{_advice(prefix, source_batch)}") from None
 

@@ -8,7 +8,8 @@ The cut is a tensor of shape (N, features). Given by name, or found automaticall
 the first dense layer (Gemm, or MatMul with an optional Add) from which the rest of the graph is
 a chain of dense layers with Relu, Tanh or Sigmoid between them, up to prediction
 post-processing (Softmax, ArgMax, ZipMap, ...), which is dropped. Weights follow the spec
-convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in.
+convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in, and so is
+a Mul or Div by one stored number after a layer (a classifier's temperature, logits / T).
 
 The backbone is cut out with onnx.utils.Extractor (which runs shape inference), its input is
 renamed x and given a free batch dimension, and its output is the cut flattened to z (N, d).
@@ -34,6 +35,8 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .graphs import ACTIVATION_OPS
 from .onnx_batch import check_any_batch, free_fixed_batch
+from .onnx_head import check_normalizers
+from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, stored_tensors
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
 
@@ -104,8 +107,11 @@ class _Graph:
                                   "fedge imports models with one input tensor "
                                   "(extra state or config inputs are not supported)")
         self.input = inputs[0]
-        if self.input.type.tensor_type.elem_type != TensorProto.FLOAT:
-            raise OnnxImportError(f"{where}: input {self.input.name!r} is not float32")
+        elem = self.input.type.tensor_type.elem_type
+        if elem != TensorProto.FLOAT:  # devices feed float32 features: a Cast in the graph would not help
+            raise OnnxImportError(f"{where}: input {self.input.name!r} is {TensorProto.DataType.Name(elem)}, not "
+                                  "FLOAT (float32); re-export with a float32 input (torch: a float32 example; "
+                                  "skl2onnx: to_onnx(model, X.astype(np.float32)))")
         shapes = onnx.shape_inference.infer_shapes(model).graph
         self.ranks = {v.name: len(v.type.tensor_type.shape.dim)
                       for v in (*shapes.value_info, *shapes.input, *shapes.output)
@@ -176,6 +182,13 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
                                           f"for {w.shape[1]} outputs")
                 b, out = bias.reshape(-1), add.output[0]
     out, users = g.follow(out)
+    scale = users[0] if len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
+    s = next((g.consts[n] for n in scale.input if n != out and n in g.consts), None) if scale else None
+    if s is not None and s.size == 1 and s.ndim <= 2 and float(s.flat[0]) != 0 and (
+            scale.op_type == "Mul" or scale.input[0] == out):  # a temperature, logits / T: folded into W and b
+        k = np.float32(s.flat[0] if scale.op_type == "Mul" else 1 / s.flat[0])
+        w, b = w * k, b * k
+        out, users = g.follow(scale.output[0])
     activation = "none"
     op = users[0].op_type if len(users) == 1 else None
     # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation
@@ -224,9 +237,6 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
         tensor, users = g.follow(layer.output)
     if not layers:
         raise OnnxImportError(f"{g.where}: no dense layer after the cut {cut!r}: nothing to train")
-    if layers[-1].activation != "none":
-        raise OnnxImportError(f"{g.where}: classifier {layers[-1].node!r} ends in {layers[-1].activation}; "
-                              "fedge heads give logits")
     return layers
 
 
@@ -268,6 +278,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if cut != g.input.name and not any(cut in n.output for n in model.graph.node):
         raise OnnxImportError(f"{options.onnx}: no tensor named {cut!r} in the graph")
     tail = parse_tail(g, cut)
+    if options.cut == "auto" and (notice := frozen_notice(model, cut, {layer.node for layer in tail})):
+        log.warning("%s: %s", options.onnx, notice)
     hidden, classifier = tail[:-1], tail[-1]
     names = [f"fc{i + 1}" for i in range(len(hidden))]
     unknown = sorted(set(options.roles) - set(names))
@@ -283,6 +295,12 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         raise OnnxImportError(f"{options.onnx}: the last layer {classifier.node!r} gives one value and no Sigmoid "
                               "follows it: fedge trains classifiers (a binary one ends in a Sigmoid); for a new "
                               "head give --classes K")
+    if keep and classifier.activation != "none":  # K Sigmoids (multi-label) are not one softmax over K
+        raise OnnxImportError(f"{options.onnx}: classifier {classifier.node!r} ends in {classifier.activation}; "
+                              "fedge heads give logits (one softmax over the classes): for a new head give --classes K")
+    if keep:
+        check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
+                          options.onnx)
     labels = g.class_labels(classifier.output) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
         # fedge's labels are the classifier's output indices; the source's mapping is dropped

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
@@ -61,11 +61,17 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
 
 
 def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
-    """The graph's stored values by tensor name: initializers and Constant nodes' `value`."""
+    """The graph's stored values by tensor name: initializers, Constant nodes' `value`, and a
+    stored matrix's Transpose (torch without constant folding writes `x @ w.t()` as
+    MatMul(x, Transpose(w)); that weight was once refused as computed)."""
     out = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             out[node.output[0]] = node.attribute[0].t
+        elif node.op_type == "Transpose" and node.input[0] in out and len(out[node.input[0]].dims) == 2:
+            perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
+            value = numpy_helper.to_array(out[node.input[0]])
+            out[node.output[0]] = numpy_helper.from_array(value if perm == [[0, 1]] else value.T, node.output[0])
     return out
 
 

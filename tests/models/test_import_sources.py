@@ -169,17 +169,23 @@ def test_torch_mlp(torch_mod, tmp_path):
     check_backends_agree(tmp_path / "art", x, y)
 
 
+def _exported_mlp(torch, path, seed: int, layers, n: int = 80):
+    """nn.Sequential(*layers(nn)) exported to `path`, and n flattened digits: (model, x, y)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(*layers(torch.nn))
+    x, y = _digits_images(n)
+    x = x.reshape(len(x), -1)
+    export(torch, model, torch.from_numpy(x[:2]), path)
+    return model, x, y
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torch_mlp_with_tanh_and_sigmoid(torch_mod, tmp_path):
     """Tanh and Sigmoid layers join the trainable tail (they once stayed frozen in the backbone);
     torch's autograd and SGD on the same modules are the reference."""
     torch = torch_mod
-    torch.manual_seed(2)
-    nn = torch.nn
-    model = nn.Sequential(nn.Linear(64, 24), nn.Tanh(), nn.Linear(24, 16), nn.Sigmoid(), nn.Linear(16, 10))
-    x, y = _digits_images(80)
-    x = x.reshape(len(x), -1)
-    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "mlp.onnx")
+    model, x, y = _exported_mlp(torch, tmp_path / "mlp.onnx", 2, lambda nn: (
+        nn.Linear(64, 24), nn.Tanh(), nn.Linear(24, 16), nn.Sigmoid(), nn.Linear(16, 10)))
     spec = import_spec(ImportOptions(str(tmp_path / "mlp.onnx"), default_role="shared", head="global"))
     assert spec.onnx_cut == "input" and [layer.activation for layer in spec.layers] == ["tanh", "sigmoid"]
     build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)
@@ -189,6 +195,28 @@ def test_torch_mlp_with_tanh_and_sigmoid(torch_mod, tmp_path):
     for ours_name, ref_name in (("fc1", "layer0"), ("fc2", "layer1"), ("head_global", "layer2")):
         np.testing.assert_allclose(ours[f"{ours_name}.weight"], ref[ref_name][0], atol=TOL)
         np.testing.assert_allclose(ours[f"{ours_name}.bias"], ref[ref_name][1], atol=TOL)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torch_mlp_with_gelu_says_which_layers_stay_frozen(torch_mod, tmp_path, caplog):
+    """A GELU (exported as Div, Erf, Add, Mul) has no backward here: the auto cut moves past it and
+    the first Linear stays frozen in the backbone. The import said nothing of it; now a warning
+    names the frozen layer and the ops. Oracle: the source's logits, run by ONNX Runtime."""
+    import onnxruntime as ort
+
+    _, x, _ = _exported_mlp(torch_mod, tmp_path / "gelu.onnx", 3, lambda nn: (
+        nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10)), n=20)
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "gelu.onnx"), head="global"))
+    assert [(layer.units, layer.activation) for layer in spec.layers] == [(16, "relu")]
+    assert "1 dense layer(s) stay frozen in the backbone (Gemm '/0/Gemm')" in caplog.text
+    assert "starts after Div, Erf, Add, Mul," in caplog.text
+    build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art")
+    logits = make_backend("portable", tmp_path / "art", runtime.manifest, "sgd").predict(
+        runtime.initial("shared"), runtime.embed(x))["global"]
+    source = ort.InferenceSession(str(tmp_path / "gelu.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(logits, source.run(None, {"input": x})[0], atol=TOL)
 
 
 # ---------------------------------------------------------------------------- scikit-learn

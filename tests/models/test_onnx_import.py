@@ -5,6 +5,7 @@ it extracts, each against a numpy forward of the same weights."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -140,14 +141,20 @@ def test_tanh_and_sigmoid_layers_join_the_tail(tmp_path, act, name):
 
 
 @pytest.mark.parametrize("act, match", [("Softplus", "Softplus node 'act1'"), ("LeakyRelu", "LeakyRelu node 'act1'")])
-def test_unsupported_activation_names_the_node(tmp_path, act, match):
+def test_unsupported_activation_names_the_node(tmp_path, act, match, caplog):
     path = tmp_path / "m.onnx"
     onnx.save(_cnn(act), path)
     with pytest.raises(OnnxImportError, match=match):
         import_spec(ImportOptions(str(path), cut="feat"))
-    # auto: the only chain that qualifies starts after the activation
-    spec = import_spec(ImportOptions(str(path)))
+    # auto: the only chain that qualifies starts after the activation, and a warning says what stays frozen
+    with caplog.at_level(logging.WARNING, logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(path)))
     assert spec.onnx_cut == "a1" and spec.layers == ()
+    assert f"1 dense layer(s) stay frozen in the backbone (Gemm 'fc1'): the trainable tail starts after {act}," \
+        in caplog.text
+    caplog.clear()
+    import_spec(ImportOptions(str(path), cut="a1"))  # a cut the user chose needs no notice
+    assert "stay frozen" not in caplog.text
 
 
 def test_cut_inside_the_conv_stack_says_why(cnn_file):
@@ -189,3 +196,51 @@ def test_bad_roles_and_files(cnn_file, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(OnnxImportError, match="not an ONNX model"):
         import_spec(ImportOptions(str(tmp_path / "junk.onnx")))
+
+
+@pytest.mark.parametrize("elem, name", [(TensorProto.DOUBLE, "DOUBLE"), (TensorProto.INT64, "INT64")])
+def test_an_input_other_than_float32_is_named_with_its_type(tmp_path, elem, name):
+    """skl2onnx with a float64 example writes a DOUBLE input; the error once said only 'not float32'."""
+    inputs = [helper.make_tensor_value_info("x", elem, ["b", 4])]
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["xf", "w"], ["prob"], name="mm")]
+    onnx.save(_model(nodes, {"w": np.ones((4, 2), np.float32)}, inputs), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match=rf"input 'x' is {name}, not FLOAT \(float32\); re-export"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+
+
+def test_cli_names_a_tail_of_no_hidden_layers(tmp_path, capsys):
+    """Only the classifier after the cut: the import line said 'tail ; head dual'."""
+    from fedge.tools.cli import main
+
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["prob"], name="out")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])]
+    onnx.save(_model(nodes, {"w": np.ones((4, 3), np.float32)}, inputs), tmp_path / "m.onnx")
+    assert main(["build-artifacts", "--from-onnx", str(tmp_path / "m.onnx"), str(tmp_path / "art"),
+                 "--ort-training", "no"]) == 0
+    assert "tail no hidden layers; head dual" in capsys.readouterr().out
+
+
+def test_a_weight_stored_transposed_is_read_through_its_transpose(tmp_path):
+    """torch without constant folding writes `x @ w.t()` as MatMul(x, Transpose(w)); the weight
+    was refused as computed. perm [0, 1] is the identity. Oracle: the source run by ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    from fedge.models.onnx_import import pretrained_values
+
+    w1t, w2 = W1, W2  # stored (out, in) = (7, 6) for the first layer, (in, out) for the second
+    x_in = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 6])]
+    nodes = [helper.make_node("Transpose", ["w1t"], ["w1"], name="t1"),
+             helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "b1"], ["h1"], name="fc1_bias"),
+             helper.make_node("Relu", ["h1"], ["a1"], name="act1"),
+             helper.make_node("Transpose", ["w2"], ["w2_same"], name="t2", perm=[0, 1]),
+             helper.make_node("MatMul", ["a1", "w2_same"], ["prob"], name="out")]
+    model = _model(nodes, {"w1t": w1t, "b1": B1, "w2": w2}, x_in)
+    onnx.save(model, tmp_path / "t.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "t.onnx"), head="global"))
+    assert spec.onnx_cut == "x" and [(layer.units, layer.activation) for layer in spec.layers] == [(7, "relu")]
+    values = pretrained_values(spec)
+    x = RNG.normal(size=(5, 6)).astype(np.float32)
+    ours = np.maximum(x @ values["fc1.weight"] + values["fc1.bias"], 0) @ values["head_global.weight"]
+    source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(ours, source.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)

@@ -213,3 +213,119 @@ def test_one_output_without_a_sigmoid_is_refused_by_name(tmp_path):
     with pytest.raises(OnnxImportError, match="'out' gives one value and no Sigmoid follows it"):
         import_spec(ImportOptions(str(tmp_path / "m.onnx")))
     assert import_spec(ImportOptions(str(tmp_path / "m.onnx"), num_classes=3)).num_classes == 3  # a new head
+
+
+def _softmax_after_classifier(reshape, axis: int, op: str = "Softmax"):
+    """x (N, 27) -> Gemm (10 logits) -> [Reshape to `reshape`] -> `op` over `axis`."""
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["z"], name="out")]
+    inits = [numpy_helper.from_array(RNG.normal(size=(27, 10)).astype(np.float32), "w")]
+    src = "z"
+    if reshape is not None:
+        nodes.append(helper.make_node("Reshape", ["z", "shape"], ["zr"], name="group"))
+        inits.append(numpy_helper.from_array(np.array(reshape, np.int64), "shape"))
+        src = "zr"
+    nodes.append(helper.make_node(op, [src], ["p"], name="norm", axis=axis))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 27])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("reshape, axis, shape", [((-1, 2, 5), -1, r"\['N', 2, 5\]"), (None, 0, r"\['N', 10\]"),
+                                                  ((-1, 5), 1, r"\[None, 5\]|\['N', 5\]")])
+def test_a_softmax_over_other_than_the_classes_is_refused_by_name(tmp_path, reshape, axis, shape):
+    """Two 5-way softmaxes over 10 logits, or one over the batch, once imported as a 10-class head
+    whose probabilities the source never gave. Kept as is it is refused; a new head drops it."""
+    onnx.save(_softmax_after_classifier(reshape, axis), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match=rf"Softmax node 'norm' normalizes axis {axis} of a tensor of shape "
+                                              rf"({shape}).*classifier 'out' \(10 outputs\).*--classes K"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"), num_classes=3)).num_classes == 3
+
+
+@pytest.mark.parametrize("op, axis", [("Softmax", 1), ("Softmax", -1), ("LogSoftmax", 1)])
+def test_a_softmax_over_the_classes_keeps_the_head(tmp_path, op, axis):
+    onnx.save(_softmax_after_classifier(None, axis, op), tmp_path / "m.onnx")
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"))).num_classes == 10
+
+
+def test_a_backbone_onnx_runtime_cannot_load_is_refused_with_its_reason(tmp_path):
+    """A source stamped with an opset newer than the build's ONNX Runtime: ORT's message names a
+    C++ function first and the reason last; the error once kept the first 300 characters only."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="pre"),
+             helper.make_node("Gemm", ["r", "w"], ["z"], name="out")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(W2, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 99)])
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        pytest.skip(f"onnxruntime {ort.__version__} loads opset 99")
+    except Exception as exc:  # ORT's own types
+        reason = str(exc).splitlines()[0]
+    onnx.save(model, tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), cut="r"))
+    with pytest.raises(OnnxImportError, match="cannot load the backbone cut from it") as err:
+        build_artifacts(spec, tmp_path / "art", ort_training=False)
+    assert reason[-60:] in str(err.value)  # the reason, at the end of ORT's line
+
+
+def _scaled_mlp(numerator: bool = False):
+    """x (N, 27) -> Gemm (5) -> Mul by 0.5 (the constant first) -> Relu -> MatMul + Add (4)
+    -> Div by a Constant node 2.0 (a temperature; numerator: 2.0 / logits) -> Softmax."""
+    div = ["t", "logits"] if numerator else ["logits", "t"]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Mul", ["half", "h"], ["hs"], name="scale"),
+             helper.make_node("Relu", ["hs"], ["a"], name="relu1"),
+             helper.make_node("MatMul", ["a", "w2"], ["mm"], name="out"),
+             helper.make_node("Add", ["mm", "b2"], ["logits"], name="out_bias"),
+             helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.array(2.0, np.float32))),
+             helper.make_node("Div", div, ["scaled"], name="temperature"),
+             helper.make_node("Softmax", ["scaled"], ["p"], name="softmax", axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 27])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {
+                                  "w1": W1, "b1": np.full(5, 0.1, np.float32), "half": np.array([0.5], np.float32),
+                                  "w2": W2, "b2": np.array([0.3, -0.2, 0.1, 0.0], np.float32)}.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_scale_by_one_stored_number_folds_into_the_layer(tmp_path):
+    """A classifier's temperature (logits / T, torch's `self.fc(h) / self.t`) and a scalar Mul
+    in a hidden layer were refused ('Div node ... cut later', with nothing dense after it); they
+    fold into W and b. Oracle: the source's probabilities, run by ONNX Runtime."""
+    model = _scaled_mlp()
+    onnx.save(model, tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global"))
+    assert spec.onnx_cut == "x" and [(layer.units, layer.activation) for layer in spec.layers] == [(5, "relu")]
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    x = RNG.normal(size=(8, 27)).astype(np.float32)
+    backend = make_backend("portable", tmp_path / "art", manifest, "sgd")
+    logits = backend.predict({**runtime.initial("shared"), **runtime.initial("personal")}, runtime.embed(x))["global"]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(probs / probs.sum(axis=1, keepdims=True), source.run(["p"], {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)
+    onnx.save(_scaled_mlp(numerator=True), tmp_path / "n.onnx")  # 2 / logits is not a scale
+    with pytest.raises(OnnxImportError, match="Div node 'temperature'"):
+        import_spec(ImportOptions(str(tmp_path / "n.onnx")))
+
+
+def test_a_multi_label_sigmoid_head_is_refused_as_is_and_replaced_with_classes(tmp_path):
+    """K outputs each through a Sigmoid (a multi-label model) are not one softmax over K: kept
+    as is that is refused by name; --classes K (a new head) once met the same refusal, though
+    the source's head is dropped, and now imports the hidden layers."""
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("Gemm", ["a", "w2"], ["z"], name="out"),
+             helper.make_node("Sigmoid", ["z"], ["p"], name="sigmoid")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 27])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {
+                                  "w1": W1, "b1": np.zeros(5, np.float32), "w2": W2}.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match="classifier 'out' ends in sigmoid.*give --classes K"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), num_classes=3))
+    assert spec.onnx_cut == "x" and [layer.units for layer in spec.layers] == [5] and spec.num_classes == 3
+    build_artifacts(spec, tmp_path / "art", ort_training=False)

@@ -1,0 +1,46 @@
+"""Say what an automatic cut left frozen, and why.
+
+The automatic cut starts the trainable tail after the last op the tail cannot train through
+(GELU, LeakyRelu, BatchNormalization, a Reshape, ...), so the dense layers before it stay frozen
+in the backbone. A probe's torch MLP with a GELU printed only "cut at '/1/Mul_1_output_0'; tail
+fc1=lora": nothing said that its first Linear would not train, or that the GELU (written as Div,
+Erf, Add, Mul) was the reason. This names both.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .onnx_source import stored_tensors
+
+DENSE_OPS = ("Gemm", "MatMul")
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} {node.name or node.output[0]!r}"
+
+
+def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str]) -> str | None:
+    """None when no dense layer stays before `cut`; else one sentence naming the frozen dense
+    layers and the ops between the last of them and the cut. tail_nodes: the tail's layer names."""
+    consts = stored_tensors(model.graph)
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def is_dense(n: onnx.NodeProto) -> bool:
+        return n.op_type in DENSE_OPS and len(n.input) > 1 and n.input[1] in consts
+
+    frozen = [n for n in model.graph.node if is_dense(n) and (n.name or f"{n.op_type}:{n.output[0]}") not in tail_nodes]
+    if not frozen:
+        return None
+    between, seen, todo = [], set(), [cut]  # walk back from the cut to the nearest dense layers
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or id(node) in seen or is_dense(node) or node.op_type == "Constant":
+            continue
+        seen.add(id(node))
+        between.append(node)
+        todo.extend(i for i in node.input if i not in consts)
+    ops = ", ".join(dict.fromkeys(n.op_type for n in reversed(between)))
+    shown = ", ".join(_label(n) for n in frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
+    return (f"{len(frozen)} dense layer(s) stay frozen in the backbone ({shown}): the trainable tail starts "
+            f"after {ops or 'the cut'}, which is not one Relu, Tanh or Sigmoid it can train through")
