@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fetch import ArtifactDownload
+from .fetched_models import mark_used, prune_fetched
 from .kernel.codec import encode_message
 from .kernel.errors import ArtifactError, RoundModelError, TransportError
 from .kernel.manifest import MANIFEST_FILE, check_model_id, sha256_file
@@ -76,6 +77,7 @@ class ModelDelivery:
             except ArtifactError as exc:
                 log.warning("device %s: installed model %s is unusable: %s", self.device_id, task.model_id, exc)
                 continue
+            mark_used(Path(directory))
             return True
         if task.model_id in self.waiting:
             self.waiting[task.model_id].tasks.append(task)
@@ -113,6 +115,8 @@ class ModelDelivery:
         except ArtifactError as exc:
             return [], [(task, Refused(exc.reason, str(exc))) for task in entry.tasks]
         log.info("device %s: model %s installed and verified", self.device_id, item.model_id)
+        for gone in prune_fetched(self.artifacts_dir, {item.model_id, *self.waiting}):
+            self.runtime.forget_model(gone, self.artifacts_dir / gone)
         return entry.tasks, []
 
     def request_again(self, task: TrainTask) -> bool:

@@ -125,6 +125,14 @@ class DeviceRuntime:
             del self._backends[key]
         self.model_dirs[model_id] = directory
 
+    def forget_model(self, model_id: str, directory: Path) -> None:
+        """Its fetched folder was removed (fetched_models.py): a later task fetches it again."""
+        if self.model_dirs.get(model_id) is not None and Path(self.model_dirs[model_id]) == directory:
+            del self.model_dirs[model_id]
+            self._models.pop(model_id, None)
+            for key in [k for k in self._backends if k[0] == model_id]:
+                del self._backends[key]
+
     def model(self, model_id: str) -> ModelRuntime:
         if model_id not in self._models:
             if model_id not in self.model_dirs:

@@ -13,6 +13,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from .fetched_models import FETCHED_MARK
 from .kernel.errors import ArtifactError, ArtifactIntegrityError
 from .kernel.files import atomic_write_bytes
 from .kernel.manifest import MANIFEST_FILE, Manifest, check_model_id, load_manifest
@@ -70,6 +71,7 @@ class ArtifactDownload:
         if not self.complete:
             return False
         load_manifest(self.staging, verify=True)  # re-read from disk: what we will run is what was checked
+        (self.staging / FETCHED_MARK).touch()  # fedge fetched it, so fedge may remove it (fetched_models.py)
         if self.dest.exists():
             shutil.rmtree(self.dest)
         self.staging.rename(self.dest)
