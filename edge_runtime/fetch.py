@@ -20,10 +20,12 @@ from .kernel.manifest import MANIFEST_FILE, Manifest, check_model_id, load_manif
 from .kernel.protocol import ArtifactFile
 
 NAME_MAX = 255  # bytes in one file name (ext4, FAT, tmpfs)
+MAX_FILES = 64  # files one model may list: fedge's artifacts are about ten
+MAX_MODEL_BYTES = 512 << 20  # one model's files together; with fetched_models.KEEP_FETCHED, the disk it can take
 
 
 class ArtifactDownload:
-    def __init__(self, model_id: str, manifest_sha256: str, dest: str | Path):
+    def __init__(self, model_id: str, manifest_sha256: str, dest: str | Path, max_bytes: int = MAX_MODEL_BYTES):
         if not manifest_sha256:
             raise ArtifactError(f"model {model_id}: the task carries no manifest hash, so fetched files cannot be "
                                 "verified")
@@ -34,6 +36,8 @@ class ArtifactDownload:
         shutil.rmtree(self.staging, ignore_errors=True)
         self.manifest: Manifest | None = None
         self.received: set[str] = set()
+        self.max_bytes = max_bytes
+        self.staged_bytes = 0
 
     @property
     def complete(self) -> bool:
@@ -66,6 +70,9 @@ class ArtifactDownload:
                 raise ArtifactError(f"file {item.path!r} is not listed in model {self.model_id}'s manifest")
             if digest != expected:
                 raise ArtifactIntegrityError(f"{item.path}: sha256 {digest[:12]}... does not match the manifest")
+            self.staged_bytes += len(item.data)
+            if self.staged_bytes > self.max_bytes:  # each file fits a message; together they could fill the disk
+                raise ArtifactError(f"model {self.model_id} is over {self.max_bytes} bytes")
             _write(self.staging / item.path, item.data)
             self.received.add(item.path)
         if not self.complete:
@@ -93,6 +100,8 @@ def _check_names(manifest: Manifest) -> None:
     folder as named. The manifest is the coordinator's word (the task carries its hash): "" or
     "." named the staging folder itself, "./manifest.json" overwrote the checked manifest, and a
     name 256 bytes long, or both "x" and "x/y", raised OSError out of the device's loop."""
+    if len(manifest.files) > MAX_FILES:
+        raise ArtifactError(f"model {manifest.model_id}'s manifest lists {len(manifest.files)} files, over {MAX_FILES}")
     folders = {"/".join(rel.split("/")[:i]) for rel in manifest.files for i in range(1, rel.count("/") + 1)}
     for rel in manifest.files:
         if not _safe(rel) or rel in folders:

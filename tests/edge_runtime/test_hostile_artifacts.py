@@ -143,3 +143,38 @@ def test_a_failed_download_leaves_no_staged_files(model, tmp_path, how):
     assert _declined(sent).reason in ("artifact_hash", "artifact_fetch_timeout")
     staged = [p for p in (tmp_path / "state" / DEVICE / "artifacts").rglob("*") if p.is_file()]
     assert staged == []
+
+
+def test_a_manifest_listing_too_many_files_is_refused(model, tmp_path):
+    """Each file fits one message, but a manifest could list thousands of them."""
+    from fedge.edge_runtime.fetch import MAX_FILES
+
+    paths = [f"f{i}" for i in range(MAX_FILES + 1)]
+    manifest = _manifest(model, files={p: hashlib.sha256(DATA).hexdigest() for p in paths})
+    decline = _declined(_transfer(model, tmp_path, manifest, {}))
+    assert decline.reason == "artifact" and f"over {MAX_FILES}" in decline.detail
+
+
+def test_a_model_over_its_byte_budget_is_refused_as_it_arrives(model, tmp_path):
+    """Honest files, each verified, but together over the budget: refused on the file that crosses it."""
+    from fedge.edge_runtime.fetch import ArtifactDownload
+    from fedge.edge_runtime.kernel.errors import ArtifactError
+
+    art = model[0]
+    files = json.loads((art / "manifest.json").read_bytes())["files"]
+    sizes = sorted((art / rel).stat().st_size for rel in files)
+    manifest = (art / "manifest.json").read_bytes()
+    model_id = json.loads(manifest)["model_id"]
+    budget = sum(sizes) - 1  # one byte short of the whole model
+    download = ArtifactDownload(model_id, hashlib.sha256(manifest).hexdigest(), tmp_path / "dest", max_bytes=budget)
+    download.accept(ArtifactFile(model_id, "manifest.json", "", manifest, 0, 1 + len(files)))
+    items = [ArtifactFile(model_id, rel, hashlib.sha256((art / rel).read_bytes()).hexdigest(),
+                          (art / rel).read_bytes(), i + 1, 1 + len(files)) for i, rel in enumerate(sorted(files))]
+    with pytest.raises(ArtifactError, match=f"over {budget} bytes"):
+        for item in items:
+            download.accept(item)
+    assert not (tmp_path / "dest").exists()
+    whole = ArtifactDownload(model_id, hashlib.sha256(manifest).hexdigest(), tmp_path / "ok", max_bytes=sum(sizes))
+    whole.accept(ArtifactFile(model_id, "manifest.json", "", manifest, 0, 1 + len(files)))
+    assert [whole.accept(item) for item in items][-1]  # exactly at the budget: installed
+    assert (tmp_path / "ok" / "manifest.json").exists()
