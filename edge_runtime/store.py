@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -163,9 +164,15 @@ class DeviceStore:
         return None if arrays is None else {k: v for k, v in arrays.items() if k != _VERSION_KEY}
 
     def global_version(self) -> int | None:
-        """The model version of global.npz; None when there is none (or an older fedge wrote it)."""
-        arrays = self._load("global")
-        return int(arrays[_VERSION_KEY]) if arrays is not None and _VERSION_KEY in arrays else None
+        """The model version of global.npz, read without its arrays (keep_global asks on every
+        task); None when there is none, an older fedge wrote it, or a power cut left it
+        unreadable (save_global does not fsync it): then the next model received replaces it."""
+        path = self.dir / "global.npz"
+        try:
+            held = load_npz(path, only=(_VERSION_KEY,)) if path.exists() else {}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return None
+        return int(held[_VERSION_KEY]) if _VERSION_KEY in held else None
 
     def save_global(self, arrays: Arrays, version: int | None = None) -> None:
         # Not fsync'd: only `fedge device export` reads it, and the next task writes it again;

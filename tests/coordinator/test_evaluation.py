@@ -251,6 +251,17 @@ def test_which_global_model_the_device_keeps(tmp_path, held, version, announced,
     assert store.global_version() == kept and store.load_global()["w"][0] == kept
 
 
+def test_an_unreadable_global_model_is_replaced_by_the_next_one(tmp_path):
+    """save_global does not fsync: a power cut may leave global.npz unreadable, and the version
+    check before each task's write must not turn that into a failed task."""
+    store = DeviceStore(tmp_path, "m")
+    store.save_global({"w": np.zeros(2, np.float32)}, 5)
+    (tmp_path / "m" / "global.npz").write_bytes(b"not a zip")
+    assert store.global_version() is None
+    assert store.keep_global({"w": np.ones(2, np.float32)}, 1, None)
+    assert store.global_version() == 1 and store.load_global()["w"][0] == 1.0
+
+
 def test_the_config_validates_itself():
     for bad in (dict(every_rounds=-1), dict(devices=-2), dict(deadline_s=0.0), dict(deadline_s=float("inf"))):
         with pytest.raises(ConfigError):
