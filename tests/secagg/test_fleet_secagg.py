@@ -111,9 +111,11 @@ def test_a_secure_round_commits_the_plain_mean_of_the_quantized_updates(model, t
     assert sum(isinstance(m, SecAggTask) for m in fleet.wire) == 5
     masked = [m for m in fleet.wire if isinstance(m, MaskedInput)]
     assert len(masked) == len(survivors)
-    for m in masked:
-        own = next(iter(next(a for a in agents if a.device_id == m.device_id).secagg.inputs.values()))[0]
-        assert np.mean(unpack(m.data, m.length, m.field_bits) == own) < 0.01
+    # A 16-bit mask coordinate is 0 (masked == own) with probability 2^-16: counted over every
+    # device's coordinates, not per device, where one such coincidence among ~67 failed the bound
+    same = [unpack(m.data, m.length, m.field_bits) == next(iter(
+        next(a for a in agents if a.device_id == m.device_id).secagg.inputs.values()))[0] for m in masked]
+    assert np.mean(np.concatenate(same)) < 0.01
     if drop:
         (request,) = [m for m in fleet.wire if isinstance(m, UnmaskRequest)][:1]
         assert request.dropped == (gone,) and gone not in request.alive
