@@ -20,18 +20,18 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import load_npz
 from fedge.edge_runtime.kernel.manifest import check_params, load_manifest
 
-from .graphs import ACTIVATION_OPS
+from .graphs import ACTIVATION_OPS, INV_SQRT2
 from .onnx_builder import IR_VERSION, OPSET
 from .spec import ModelSpec, spec_from_dict
 
-Dense = tuple[np.ndarray, np.ndarray, str]  # weight (in, out), bias (out,), activation
+Dense = tuple[np.ndarray, np.ndarray, str, float]  # weight (in, out), bias (out,), activation, its negative slope
 
 
 def append_dense(model: onnx.ModelProto, start: str, layers: list[Dense], out: str, prefix: str) -> None:
     """Add MatMul + Add (+ its activation) per layer from tensor `start` to a new tensor `out`, in place."""
     graph = model.graph
     h = start
-    for i, (w, b, activation) in enumerate(layers):
+    for i, (w, b, activation, slope) in enumerate(layers):
         name = f"{prefix}{i}"
         graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(w, np.float32), f"{name}.weight"),
                                   numpy_helper.from_array(np.ascontiguousarray(b, np.float32), f"{name}.bias")])
@@ -42,7 +42,23 @@ def append_dense(model: onnx.ModelProto, start: str, layers: list[Dense], out: s
         h = pre
         if activation != "none":
             h = out if last else f"{name}.{activation}"
-            graph.node.append(helper.make_node(ACTIVATION_OPS[activation], [pre], [h], name=f"{name}.{activation}"))
+            graph.node.extend(_activation_nodes(graph, activation, slope, pre, h, f"{name}.{activation}"))
+
+
+def _activation_nodes(graph: onnx.GraphProto, activation: str, slope: float, x: str, out: str,
+                      name: str) -> list[onnx.NodeProto]:
+    """out = activation(x) as ONNX nodes (kernel/activations.py); GELU from Erf, which every
+    opset since 9 has (Gelu itself is opset 20)."""
+    if activation == "leaky_relu":
+        return [helper.make_node("LeakyRelu", [x], [out], name=name, alpha=float(slope))]
+    if activation != "gelu":
+        return [helper.make_node(ACTIVATION_OPS[activation], [x], [out], name=name)]
+    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), f"{name}.{k}")
+                              for k, v in (("inv_sqrt2", INV_SQRT2), ("one", 1.0), ("half", 0.5))])
+    steps = [("Mul", [x, f"{name}.inv_sqrt2"]), ("Erf", [f"{name}.0"]), ("Add", [f"{name}.1", f"{name}.one"]),
+             ("Mul", [f"{name}.2", f"{name}.half"]), ("Mul", [x, f"{name}.3"])]
+    return [helper.make_node(op, inputs, [out if i == len(steps) - 1 else f"{name}.{i}"], name=f"{name}/{i}")
+            for i, (op, inputs) in enumerate(steps)]
 
 
 def rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -63,9 +79,9 @@ def dense_tail(spec: ModelSpec, values: dict[str, np.ndarray], head: str | None,
         if layer.mode == "lora":
             w = w + spec.lora_scale * (values[f"{layer.name}.lora_a"].astype(np.float64)
                                        @ values[f"{layer.name}.lora_b"])
-        layers.append((w.astype(np.float32), values[f"{layer.name}.bias"], layer.activation))
+        layers.append((w.astype(np.float32), values[f"{layer.name}.bias"], layer.activation, layer.negative_slope))
     if head is not None:
-        layers.append((values[f"head_{head}.weight"], values[f"head_{head}.bias"], "none"))
+        layers.append((values[f"head_{head}.weight"], values[f"head_{head}.bias"], "none", 0.0))
     return layers
 
 

@@ -24,32 +24,63 @@ Optimizers follow torch.optim semantics exactly:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
+from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
+
 from .onnx_builder import GraphBuilder
 from .params import param_infos
 from .spec import LayerSpec, ModelSpec
 
 OPTIMIZERS = ("sgd", "adamw")
-ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}  # spec.ACTIVATIONS but "none"
+ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "leaky_relu": "LeakyRelu"}  # one ONNX op each
+INV_SQRT2, INV_SQRT_2PI = 1 / math.sqrt(2.0), 1 / math.sqrt(2.0 * math.pi)
 
 
-def activate(gb: GraphBuilder, activation: str, pre: str) -> str:
-    return gb.op(ACTIVATION_OPS[activation], [pre]) if activation != "none" else pre
+def activate(gb: GraphBuilder, layer: LayerSpec | str, pre: str) -> str:
+    """out = activation(pre), as kernel/activations.py defines it (a LayerSpec, or a name with
+    the default slope)."""
+    activation, slope = _activation_of(layer)
+    if activation == "none":
+        return pre
+    if activation == "gelu":  # x Phi(x); ONNX has Gelu only from opset 20, Erf since 9
+        return gb.mul(pre, _normal_cdf(gb, pre))
+    if activation == "leaky_relu":
+        return gb.op("LeakyRelu", [pre], alpha=slope)
+    return gb.op(ACTIVATION_OPS[activation], [pre])
 
 
-def _activation_backward(gb: GraphBuilder, activation: str, dh: str, pre: str, out: str) -> str:
+def _activation_of(layer: LayerSpec | str) -> tuple[str, float]:
+    if isinstance(layer, str):
+        return layer, DEFAULT_NEGATIVE_SLOPE
+    return layer.activation, layer.negative_slope
+
+
+def _normal_cdf(gb: GraphBuilder, x: str) -> str:
+    """Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
+    return gb.mul(gb.const(0.5), gb.add(gb.const(1.0), gb.op("Erf", [gb.mul(x, gb.const(INV_SQRT2))])))
+
+
+def _activation_backward(gb: GraphBuilder, layer: LayerSpec, dh: str, pre: str, out: str) -> str:
     """d loss / d pre from d loss / d out, out = activation(pre)."""
+    activation, slope = _activation_of(layer)
     if activation == "relu":
         return gb.mul(dh, gb.op("Cast", [gb.op("Greater", [pre, gb.const(0.0)])], to=TensorProto.FLOAT))
     if activation == "tanh":  # tanh' = 1 - tanh^2
         return gb.mul(dh, gb.sub(gb.const(1.0), gb.mul(out, out)))
     if activation == "sigmoid":  # sigmoid' = s (1 - s)
         return gb.mul(dh, gb.mul(out, gb.sub(gb.const(1.0), out)))
+    if activation == "leaky_relu":  # 1 for x > 0, the slope otherwise (torch at 0)
+        positive = gb.op("Cast", [gb.op("Greater", [pre, gb.const(0.0)])], to=TensorProto.FLOAT)
+        return gb.mul(dh, gb.add(gb.const(slope), gb.mul(positive, gb.const(1.0 - slope))))
+    if activation == "gelu":  # (x Phi(x))' = Phi(x) + x phi(x), phi(x) = e^(-x^2/2) / sqrt(2 pi)
+        density = gb.mul(gb.const(INV_SQRT_2PI), gb.op("Exp", [gb.mul(gb.const(-0.5), gb.mul(pre, pre))]))
+        return gb.mul(dh, gb.add(_normal_cdf(gb, pre), gb.mul(pre, density)))
     return dh
 
 
@@ -115,7 +146,7 @@ def _frozen_layer(gb: GraphBuilder, layer: LayerSpec, values: dict[str, np.ndarr
         w = gb.initializer(f"{layer.name}.weight", values[f"{layer.name}.weight"])
         b = gb.initializer(f"{layer.name}.bias", values[f"{layer.name}.bias"])
         h = gb.add(gb.matmul(h, w), b)
-    return activate(gb, layer.activation, h)
+    return activate(gb, layer, h)
 
 
 # ----------------------------------------------------------------------------- forward part
@@ -156,7 +187,7 @@ def emit_forward(
             a, bb = param(f"{layer.name}.lora_a"), param(f"{layer.name}.lora_b")
             u = gb.matmul(h, a)
             pre = gb.add(pre, gb.mul(gb.matmul(u, bb), gb.const(spec.lora_scale)))
-        out = activate(gb, layer.activation, pre)
+        out = activate(gb, layer, pre)
         traces.append(_LayerTrace(layer, h, pre, out, w, u, a, bb))
         h = out
     logits = {}
@@ -240,7 +271,7 @@ def _emit_backward(gb, spec, z, y, feats, traces, logits, trainable):
     dh = dfeats
     for i in range(len(traces) - 1, -1, -1):
         t = traces[i]
-        dpre = _activation_backward(gb, t.layer.activation, dh, t.pre, t.out)
+        dpre = _activation_backward(gb, t.layer, dh, t.pre, t.out)
         name = t.layer.name
         if t.layer.mode in ("shared", "personal"):
             grads[f"{name}.weight"] = gb.matmul(gb.transpose(t.x), dpre)

@@ -6,8 +6,8 @@
 
 The cut is a tensor of shape (N, features). Given by name, or found automatically: the input of
 the first dense layer (Gemm, or MatMul with an optional Add) from which the rest of the graph is
-a chain of dense layers with Relu, Tanh or Sigmoid between them, up to prediction
-post-processing (Softmax, ArgMax, ZipMap, ...), which is dropped. Weights follow the spec
+a chain of dense layers with Relu, Tanh, Sigmoid, LeakyRelu or GELU between them
+(onnx_activation.py), up to prediction post-processing (Softmax, ArgMax, ...), which is dropped. Weights follow the spec
 convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in, and so is
 a Mul or Div by one stored number after a layer (a classifier's temperature, logits / T).
 
@@ -24,16 +24,17 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.errors import ConfigError
 
-from .graphs import ACTIVATION_OPS
+from .onnx_activation import TRAINABLE, match_activation
 from .onnx_batch import check_any_batch, free_fixed_batch
 from .onnx_head import check_normalizers
 from .onnx_notice import frozen_notice
@@ -41,7 +42,6 @@ from .onnx_source import OnnxImportError, load_source, stored_tensors
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
 
 DENSE_OPS = ("Gemm", "MatMul")
-ACTIVATION_OF_OP = {op: name for name, op in ACTIVATION_OPS.items()}  # the ONNX ops the tail trains through
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
 log = logging.getLogger("fedge.models")
 
@@ -55,7 +55,8 @@ class DenseLayer:
     output: str  # tensor after the layer (and its activation)
     weight: np.ndarray  # (in, out)
     bias: np.ndarray  # (out,)
-    activation: str  # spec.ACTIVATIONS: "relu", "tanh", "sigmoid" or "none"
+    activation: str  # kernel/activations.ACTIVATIONS
+    negative_slope: float = DEFAULT_NEGATIVE_SLOPE  # leaky_relu's
 
 
 @dataclass(frozen=True)
@@ -189,13 +190,13 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
         k = np.float32(s.flat[0] if scale.op_type == "Mul" else 1 / s.flat[0])
         w, b = w * k, b * k
         out, users = g.follow(scale.output[0])
-    activation = "none"
-    op = users[0].op_type if len(users) == 1 else None
+    activation, slope = "none", DEFAULT_NEGATIVE_SLOPE
+    found = match_activation(g, out, users)
     # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation
-    if op in ACTIVATION_OF_OP and not (op == "Sigmoid" and w.shape[1] == 1):
-        activation, (out, _) = ACTIVATION_OF_OP[op], g.follow(users[0].output[0])
+    if found is not None and not (found.name == "sigmoid" and w.shape[1] == 1):
+        activation, slope, (out, _) = found.name, found.negative_slope, g.follow(found.output)
     return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
-                      activation)
+                      activation, slope)
 
 
 def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
@@ -216,18 +217,18 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
                                       "layers: cut after that node")
             if binary:  # p = sigmoid(z) is softmax([0, z])[1]: a two-class head, the same predictions
                 last = layers[-1]
-                layers[-1] = DenseLayer(last.node, last.output, np.hstack([np.zeros_like(last.weight), last.weight]),
-                                        np.concatenate([np.zeros_like(last.bias), last.bias]), last.activation)
+                layers[-1] = replace(last, weight=np.hstack([np.zeros_like(last.weight), last.weight]),
+                                     bias=np.concatenate([np.zeros_like(last.bias), last.bias]))
             break  # the classifier's logits: what follows is prediction post-processing
         if len(users) != 1:
             names = [_node_label(u) for u in users] or ["nothing"]
             raise OnnxImportError(f"{g.where}: tensor {tensor!r} feeds {', '.join(names)}; the trainable tail must "
-                                  "be a chain of dense layers (Gemm, or MatMul + Add, with Relu, Tanh or Sigmoid) "
+                                  f"be a chain of dense layers (Gemm, or MatMul + Add, with {TRAINABLE}) "
                                   "ending at the output")
         node = users[0]
         if node.op_type not in DENSE_OPS:
             raise OnnxImportError(f"{g.where}: {_node_label(node)} after {tensor!r}: the trainable tail takes dense "
-                                  "layers (Gemm, or MatMul + Add) with Relu, Tanh or Sigmoid only; cut later, or after "
+                                  f"layers (Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after "
                                   "this node")
         layer = _dense(g, node, tensor)
         if layers and layers[-1].weight.shape[1] != layer.weight.shape[0]:
@@ -286,10 +287,9 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if unknown:
         raise ConfigError(f"import {options.onnx}: roles for {unknown}, but the tail's hidden layers are {names} "
                           f"(ONNX nodes {[layer.node for layer in hidden]}): the trainable tail starts after the last "
-                          "activation other than Relu, Tanh or Sigmoid (GELU, LeakyRelu, ... stay in the frozen "
-                                  "backbone)")
-    layers = tuple(LayerSpec(name=n, units=layer.weight.shape[1], activation=layer.activation,
-                             mode=options.roles.get(n, options.default_role)) for n, layer in zip(names, hidden))
+                          f"activation other than {TRAINABLE} (ELU, SiLU, ... stay in the frozen backbone)")
+    layers = tuple(LayerSpec(name=n, units=layer.weight.shape[1], activation=layer.activation, mode=options.roles.get(
+        n, options.default_role), negative_slope=layer.negative_slope) for n, layer in zip(names, hidden))
     keep = options.num_classes == 0
     if keep and classifier.weight.shape[1] == 1:
         raise OnnxImportError(f"{options.onnx}: the last layer {classifier.node!r} gives one value and no Sigmoid "

@@ -1,7 +1,7 @@
 """Say what an automatic cut left frozen, and why.
 
 The automatic cut starts the trainable tail after the last op the tail cannot train through
-(GELU, LeakyRelu, BatchNormalization, a Reshape, ...), so the dense layers before it stay frozen
+(ELU, SiLU, BatchNormalization, a Reshape, ...), so the dense layers before it stay frozen
 in the backbone. A probe's torch MLP with a GELU printed only "cut at '/1/Mul_1_output_0'; tail
 fc1=lora": nothing said that its first Linear would not train, or that the GELU (written as Div,
 Erf, Add, Mul) was the reason. This names both.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import onnx
 
+from .onnx_activation import TRAINABLE
 from .onnx_source import stored_tensors
 
 DENSE_OPS = ("Gemm", "MatMul")
@@ -43,4 +44,4 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str]) -> str
     ops = ", ".join(dict.fromkeys(n.op_type for n in reversed(between)))
     shown = ", ".join(_label(n) for n in frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
     return (f"{len(frozen)} dense layer(s) stay frozen in the backbone ({shown}): the trainable tail starts "
-            f"after {ops or 'the cut'}, which is not one Relu, Tanh or Sigmoid it can train through")
+            f"after {ops or 'the cut'}, which is not one {TRAINABLE} it can train through")

@@ -36,13 +36,13 @@ import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from fedge.edge_runtime.kernel.activations import ACTIVATIONS, DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 LAYER_KINDS = ("dense", "conv", "pool", "gap", "flatten")
 LAYER_MODES = ("frozen", "lora", "shared", "personal")
 HEAD_MODES = ("dual", "global", "personal")
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "none")  # graphs.ACTIVATION_OPS: forward and backward of each
 # Sizes past what an edge device holds are typos (units = 100000000 asked numpy for 48 GiB, and
 # a --classes of 10**8 ran the import into the OOM killer): refused by name instead.
 MAX_UNITS = 65_536  # a dense layer's outputs, a conv's channels, a LoRA rank
@@ -55,8 +55,9 @@ class LayerSpec:
     kind: str = "dense"
     units: int = 0  # dense: output features; conv: output channels
     kernel: int = 3  # conv only; stride 1, "same" padding. pool: 2x2 average, stride 2
-    activation: str = "relu"
+    activation: str = "relu"  # edge_runtime/kernel/activations.py: forward and backward of each
     mode: str = "frozen"
+    negative_slope: float = DEFAULT_NEGATIVE_SLOPE  # leaky_relu's slope for x < 0 (Keras' default is 0.3)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -69,6 +70,10 @@ class LayerSpec:
             raise ConfigError(f"layer {self.name}: mode {self.mode!r} not in {LAYER_MODES}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"layer {self.name}: activation {self.activation!r} not in {ACTIVATIONS}")
+        if not 0 <= self.negative_slope <= 1:  # NaN fails this too
+            raise ConfigError(f"layer {self.name}: negative_slope must be in [0, 1], got {self.negative_slope}")
+        if self.activation != "leaky_relu" and self.negative_slope != DEFAULT_NEGATIVE_SLOPE:
+            raise ConfigError(f"layer {self.name}: negative_slope is leaky_relu's, not {self.activation}'s")
         if self.kind in ("dense", "conv") and not 0 < self.units <= MAX_UNITS:
             raise ConfigError(f"layer {self.name}: units must be in [1, {MAX_UNITS}], got {self.units}")
         if self.kind == "conv" and (self.kernel < 1 or self.kernel % 2 == 0):
@@ -78,6 +83,12 @@ class LayerSpec:
                 f"layer {self.name}: {self.kind} layers must be frozen (trainable layers are dense); "
                 "put trainable dense layers after the conv stack"
             )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.activation != "leaky_relu":  # every other layer keeps the dict (and so the model_id) it always had
+            del d["negative_slope"]
+        return d
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -192,7 +203,7 @@ class ModelSpec:
             for key in [k for k in d if k.startswith("onnx")]:
                 del d[key]
         d["input_shape"] = list(self.input_shape)
-        d["layers"] = [asdict(layer) for layer in self.layers]
+        d["layers"] = [layer.to_dict() for layer in self.layers]
         return d
 
     def with_input(self, input_shape: tuple[int, ...], num_classes: int) -> ModelSpec:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernel.activations import DEFAULT_NEGATIVE_SLOPE, activate, activation_backward
 from ..kernel.files import load_npz
 from ..kernel.manifest import Manifest
 from .base import Params, StepHyper, TrainerBackend, clip_step, fresh_optimizer_state, step_bound
@@ -49,7 +50,7 @@ class NumpyModel:
             if layer["mode"] == "lora":
                 u = h @ self._get(params, f"{n}.lora_a")
                 pre = pre + self.scale * (u @ params[f"{n}.lora_b"])
-            out = _activate(layer["activation"], pre)
+            out = activate(layer["activation"], pre, layer.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
             traces.append((layer, h, pre, u, out))
             h = out
         logits = {hd: h @ params[f"head_{hd}.weight"] + params[f"head_{hd}.bias"] for hd in self.heads}
@@ -75,7 +76,8 @@ class NumpyModel:
         for i in range(len(traces) - 1, -1, -1):
             layer, x, pre, u, out = traces[i]
             n_ = layer["name"]
-            dpre = _activation_backward(layer["activation"], dh, pre, out)
+            dpre = activation_backward(layer["activation"], dh, pre, out,
+                                       layer.get("negative_slope", DEFAULT_NEGATIVE_SLOPE))
             if layer["mode"] in ("shared", "personal"):
                 grads[f"{n_}.weight"] = x.T @ dpre
                 grads[f"{n_}.bias"] = dpre.sum(axis=0)
@@ -89,26 +91,6 @@ class NumpyModel:
             if du is not None:
                 dh = dh + du @ self._get(params, f"{n_}.lora_a").T
         return loss, grads
-
-
-def _activate(activation: str, pre: np.ndarray) -> np.ndarray:
-    if activation == "relu":
-        return np.maximum(pre, 0)
-    if activation == "tanh":
-        return np.tanh(pre)
-    if activation == "sigmoid":
-        return np.exp(-np.logaddexp(0.0, -pre))  # 1 / (1 + e^-pre), no overflow for pre << 0
-    return pre
-
-
-def _activation_backward(activation: str, dh: np.ndarray, pre: np.ndarray, out: np.ndarray) -> np.ndarray:
-    if activation == "relu":
-        return dh * (pre > 0)
-    if activation == "tanh":
-        return dh * (1.0 - out * out)
-    if activation == "sigmoid":
-        return dh * out * (1.0 - out)
-    return dh
 
 
 def apply_optimizer(optimizer: str, params: Params, grads: Params, state: Params, hyper: StepHyper) -> None:

@@ -29,6 +29,16 @@ SPECS = {
 }
 
 
+def _gelu_leaky() -> object:
+    """GELU and LeakyReLU(0.3) layers, both trained (an imported torch or Keras MLP's)."""
+    spec = mlp_spec(12, 4, hidden=(9, 7), modes=("lora", "shared"), lora_rank=3)
+    return replace(spec, layers=(replace(spec.layers[0], activation="gelu"),
+                                 replace(spec.layers[1], activation="leaky_relu", negative_slope=0.3)))
+
+
+SPECS["mlp-gelu-leaky"] = _gelu_leaky()
+
+
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def built(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)

@@ -52,10 +52,15 @@ def _spec(kind, tmp_path):
         spec = mlp_spec(10, 3, hidden=(16, 8), modes=("lora", "personal"), lora_rank=2)
         layers = tuple(replace(layer, activation=act) for layer, act in zip(spec.layers, ("tanh", "sigmoid")))
         return replace(spec, layers=layers), (10,)
+    if kind == "gelu-leaky":  # what an imported torch MLP with nn.GELU() and nn.LeakyReLU(0.2) gives
+        spec = mlp_spec(10, 3, hidden=(16, 8), modes=("lora", "personal"), lora_rank=2)
+        layers = (replace(spec.layers[0], activation="gelu"),
+                  replace(spec.layers[1], activation="leaky_relu", negative_slope=0.2))
+        return replace(spec, layers=layers), (10,)
     return mlp_spec(10, 3, hidden=(8,), modes=("personal",)), (10,)  # no backbone at all
 
 
-@pytest.mark.parametrize("kind", ["imported-cnn", "frozen-then-lora", "tanh-sigmoid", "personal-layer"])
+@pytest.mark.parametrize("kind", ["imported-cnn", "frozen-then-lora", "tanh-sigmoid", "gelu-leaky", "personal-layer"])
 def test_exported_model_matches_the_runtime(kind, tmp_path):
     spec, shape = _spec(kind, tmp_path)
     state = tmp_path / "state"

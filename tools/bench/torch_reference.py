@@ -56,7 +56,9 @@ class TorchReference(nn.Module):
             pre = h @ self._get(f"{n}.weight") + self._get(f"{n}.bias")
             if layer["mode"] == "lora":
                 pre = pre + self.scale * ((h @ self._get(f"{n}.lora_a")) @ self._get(f"{n}.lora_b"))
-            act = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}.get(layer["activation"])
+            slope = layer.get("negative_slope", 0.01)
+            act = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
+                   "leaky_relu": lambda v: F.leaky_relu(v, slope)}.get(layer["activation"])  # noqa: B023
             h = act(pre) if act else pre
         return {hd: h @ self._get(f"head_{hd}.weight") + self._get(f"head_{hd}.bias") for hd in self.heads}
 
