@@ -14,6 +14,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from fedge.edge_runtime.kernel.activations import activate  # noqa: E402
 from fedge.edge_runtime.kernel.errors import ConfigError  # noqa: E402
 from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
 from fedge.edge_runtime.trainer import make_backend  # noqa: E402
@@ -244,3 +245,33 @@ def test_a_weight_stored_transposed_is_read_through_its_transpose(tmp_path):
     ours = np.maximum(x @ values["fc1.weight"] + values["fc1.bias"], 0) @ values["head_global.weight"]
     source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(ours, source.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("approximate, trained", [("none", True), ("tanh", False)])
+def test_an_opset_20_gelu_node_joins_the_tail_unless_it_is_the_tanh_form(tmp_path, approximate, trained):
+    """Gelu is one node from opset 20 on: its exact form trains, its tanh approximation (another
+    function) stays in the backbone. Oracle: ONNX Runtime on the source, and a plain numpy
+    forward of the exact GELU."""
+    import onnxruntime as ort
+
+    model = _cnn("Gelu")
+    next(n for n in model.graph.node if n.op_type == "Gelu").attribute.extend(
+        [helper.make_attribute("approximate", approximate)])
+    model.opset_import[0].version = 20
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    spec = import_spec(ImportOptions(str(path), head="global"))
+    assert (spec.onnx_cut, [layer.activation for layer in spec.layers]) == (("feat", ["gelu"]) if trained else
+                                                                           ("a1", []))
+    build_artifacts(spec, tmp_path / "art", ort_training=False)
+    x = np.random.default_rng(1).normal(size=(5, 2, 6, 6)).astype(np.float32)
+    runtime = ModelRuntime(tmp_path / "art")
+    logits = make_backend("portable", tmp_path / "art", runtime.manifest, "sgd").predict(
+        runtime.initial("shared"), runtime.embed(x))["global"]
+    probs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"img": x})[0]
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs, atol=1e-5)
+    if trained:
+        feat = _reference(x.astype(np.float64))[0]
+        pre = feat @ (0.5 * W1[:, :4].T) + 2.0 * B1
+        hidden = activate("gelu", pre)
+        np.testing.assert_allclose(logits, hidden @ W2 + B2, atol=1e-5)
