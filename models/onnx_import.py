@@ -35,7 +35,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .graphs import ACTIVATION_OPS
 from .onnx_batch import check_any_batch, free_fixed_batch
-from .onnx_head import check_normalizers
+from .onnx_head import check_normalizers, check_post_processing
 from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, stored_tensors
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
@@ -301,6 +301,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if keep:
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx)
+        check_post_processing(g.downstream, g.follow, classifier.output, classifier.node, options.onnx)
     labels = g.class_labels(classifier.output) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
         # fedge's labels are the classifier's output indices; the source's mapping is dropped

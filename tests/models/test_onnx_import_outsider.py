@@ -1,0 +1,65 @@
+"""Graphs from an outside user's probe of the ONNX import (torch, skl2onnx and hand-written
+Keras-like graphs) that imported wrongly. Oracle: the source run by ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from fedge.models.onnx_import import ImportOptions, OnnxImportError, import_spec  # noqa: E402
+
+RNG = np.random.default_rng(5)
+W1 = RNG.normal(size=(12, 6)).astype(np.float32)
+W2 = RNG.normal(size=(6, 4)).astype(np.float32)
+PRIOR = np.array([3.0, -3.0, 0.0, 1.5], np.float32)
+
+
+def _mlp_then(post: list[onnx.NodeProto], out: str) -> onnx.ModelProto:
+    """x (N, 12) -> Gemm 6 -> Relu -> Gemm 4 ('logits') -> the nodes `post` -> `out`."""
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("Gemm", ["a", "w2"], ["logits"], name="out"), *post]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {"w1": W1, "w2": W2, "prior": PRIOR}.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("post", [
+    [helper.make_node("Flatten", ["logits"], ["f"], name="flat"), helper.make_node("Add", ["f", "prior"], ["y"],
+                                                                                   name="logit_adjust")],
+    [helper.make_node("LogSoftmax", ["logits"], ["f"], name="lsm"), helper.make_node("Add", ["f", "prior"], ["y"],
+                                                                                      name="logit_adjust")],
+])
+def test_arithmetic_after_the_classifiers_post_processing_is_not_dropped_silently(tmp_path, post):
+    """The tail ended at the first post-processing op (Flatten, LogSoftmax) and dropped the rest:
+    a per-class prior added after it vanished, and the kept head predicted another class than
+    the source. Kept as is that is now refused naming the node; a new head takes the model."""
+    model = _mlp_then(post, "y")
+    source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = RNG.normal(size=(64, 12)).astype(np.float32)
+    adjusted, logits = source.run(["y"], {"x": x})[0], np.maximum(x @ W1, 0) @ W2
+    assert (adjusted.argmax(1) != logits.argmax(1)).any()  # the dropped Add changes the predictions
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match="Add node 'logit_adjust' is computed from the output of classifier "
+                                              "'out'.*give --classes K"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), num_classes=4))
+    assert spec.onnx_cut == "x" and [layer.units for layer in spec.layers] == [6] and not spec.onnx_keep_head
+
+
+def test_post_processing_that_keeps_the_prediction_keeps_the_head(tmp_path):
+    """Flatten, Softmax, ArgMax, TopK, ReduceMax after the classifier change no prediction."""
+    post = [helper.make_node("Flatten", ["logits"], ["f"]), helper.make_node("Softmax", ["f"], ["p"], axis=-1),
+            helper.make_node("ArgMax", ["p"], ["label"], axis=1),
+            helper.make_node("ReduceMax", ["p"], ["confidence"], axes=[1]),
+            helper.make_node("TopK", ["p", "k"], ["top", "top_i"], axis=1)]
+    model = _mlp_then(post, "p")
+    model.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "k"))
+    onnx.save(model, tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert spec.onnx_keep_head and spec.num_classes == 4
