@@ -63,3 +63,34 @@ def test_post_processing_that_keeps_the_prediction_keeps_the_head(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
     assert spec.onnx_keep_head and spec.num_classes == 4
+
+
+def test_a_backbone_tensor_named_logits_still_exports(tmp_path):
+    """A source whose frozen part has a tensor named 'logits' (a Keras layer's name; here the
+    first layer, frozen by the LeakyRelu after it) imported and trained, and then `fedge device
+    export` refused it ('backbone.onnx already has a tensor named logits'). That tensor moves
+    aside; the export gives what the source gives. Oracle: ONNX Runtime on the source."""
+    from fedge.edge_runtime.model_runtime import ModelRuntime
+    from fedge.models.build import build_artifacts
+    from fedge.models.export import export_model
+
+    w0 = RNG.normal(size=(12, 12)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w0"], ["logits"], name="dense"),
+             helper.make_node("LeakyRelu", ["logits"], ["f"], name="leaky", alpha=0.1),
+             helper.make_node("Gemm", ["f", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("Gemm", ["a", "w2"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {"w0": w0, "w1": W1, "w2": W2}.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global"))
+    assert spec.onnx_cut == "f"
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    exported = export_model(tmp_path / "art", runtime.initial("shared"), runtime.initial("personal"))
+    x = RNG.normal(size=(5, 12)).astype(np.float32)
+    run = lambda m, name: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
+                                               providers=["CPUExecutionProvider"]).run([name], {"x": x})[0]
+    np.testing.assert_allclose(run(exported, "logits"), run(model, "y"), rtol=1e-5, atol=1e-5)
