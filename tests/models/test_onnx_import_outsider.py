@@ -94,3 +94,29 @@ def test_a_backbone_tensor_named_logits_still_exports(tmp_path):
     run = lambda m, name: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
                                                providers=["CPUExecutionProvider"]).run([name], {"x": x})[0]
     np.testing.assert_allclose(run(exported, "logits"), run(model, "y"), rtol=1e-5, atol=1e-5)
+
+
+def test_a_rebuild_without_a_backbone_removes_the_earlier_ones(tmp_path):
+    """Re-importing into the same folder with a cut at the input (no backbone) left the earlier
+    build's backbone.onnx there, and ModelRuntime and export, which look for that file, ran it:
+    embeddings of 6 features for a model that takes 12. Oracle: ONNX Runtime on the source."""
+    from fedge.edge_runtime.model_runtime import ModelRuntime
+    from fedge.models.build import build_artifacts
+    from fedge.models.export import export_model
+
+    model = _mlp_then([helper.make_node("Softmax", ["logits"], ["p"], axis=-1)], "p")
+    onnx.save(model, tmp_path / "m.onnx")
+    build_artifacts(import_spec(ImportOptions(str(tmp_path / "m.onnx"), cut="a")), tmp_path / "art",
+                    ort_training=False)
+    assert (tmp_path / "art" / "backbone.onnx").exists()
+    manifest = build_artifacts(import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global")), tmp_path / "art",
+                               ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    x = RNG.normal(size=(5, 12)).astype(np.float32)
+    np.testing.assert_array_equal(runtime.embed(x), x)
+    exported = export_model(tmp_path / "art", runtime.initial("shared"), runtime.initial("personal"))
+    logits = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"x": x})[0]
+    source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["p"], {"x": x})[0]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probs / probs.sum(axis=1, keepdims=True), source, rtol=1e-5, atol=1e-6)
