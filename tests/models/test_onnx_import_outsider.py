@@ -120,3 +120,54 @@ def test_a_rebuild_without_a_backbone_removes_the_earlier_ones(tmp_path):
     source = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["p"], {"x": x})[0]
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(probs / probs.sum(axis=1, keepdims=True), source, rtol=1e-5, atol=1e-6)
+
+
+def test_a_matmul_with_a_scalar_bias_joins_the_tail(tmp_path):
+    """MatMul + Add of one stored number is a dense layer (ONNX broadcasts it, as Gemm's C): it
+    was refused ('bias of 1 values for 6 outputs'), so the automatic cut moved past the layer and
+    froze it, naming 'Add, Relu' as the reason. Oracle: ONNX Runtime on the source."""
+    from fedge.edge_runtime.model_runtime import ModelRuntime
+    from fedge.models.build import build_artifacts
+    from fedge.models.export import export_model
+
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m"], name="fc1"),
+             helper.make_node("Add", ["m", "b1"], ["h"], name="bias1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("MatMul", ["a", "w2"], ["m2"], name="out"),
+             helper.make_node("Add", ["m2", "b2"], ["y"], name="bias2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {
+                                  "w1": W1, "b1": np.array(0.25, np.float32), "w2": W2, "b2": PRIOR}.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global"))
+    assert spec.onnx_cut == "x" and [(layer.units, layer.activation) for layer in spec.layers] == [(6, "relu")]
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    exported = export_model(tmp_path / "art", runtime.initial("shared"), runtime.initial("personal"))
+    x = RNG.normal(size=(5, 12)).astype(np.float32)
+    run = lambda m, name: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
+                                               providers=["CPUExecutionProvider"]).run([name], {"x": x})[0]
+    np.testing.assert_allclose(run(exported, "logits"), run(model, "y"), rtol=1e-5, atol=1e-5)
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.zeros((6, 1), np.float32), "b1"))
+    onnx.save(model, tmp_path / "n.onnx")  # a (6, 1) bias widens (N, 6) to (6, 6): not a bias
+    with pytest.raises(OnnxImportError, match=r"Add node 'bias1': bias of shape \(6, 1\) for 6 outputs"):
+        import_spec(ImportOptions(str(tmp_path / "n.onnx"), cut="x"))
+
+
+def test_an_input_without_a_batch_dimension_is_named(tmp_path):
+    """A rank-1 input (N missing) was told it had free dimensions and to give --input-shape,
+    which it then refused as not fitting the input ()."""
+    nodes = [helper.make_node("Unsqueeze", ["v", "axes"], ["x"], name="batch"),
+             helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("Gemm", ["a", "w2"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("v", TensorProto.FLOAT, [12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {
+                                  "w1": W1, "w2": W2, "axes": np.array([0], np.int64)}.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    for shape in ((), (12,)):
+        with pytest.raises(OnnxImportError, match="input 'v' has rank 1, no batch dimension.*re-export"):
+            import_spec(ImportOptions(str(tmp_path / "m.onnx"), input_shape=shape))
