@@ -47,6 +47,8 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     backbone = build_backbone(spec, values)
     if backbone is not None:
         write_model("backbone.onnx", backbone)
+    else:  # an earlier build's (fedge's: checked above) would still be run by ModelRuntime.embed and export
+        (outdir / "backbone.onnx").unlink(missing_ok=True)
     write_model("eval.onnx", build_eval(spec, values))
     for optimizer in OPTIMIZERS:
         write_model(f"train_step_{optimizer}.onnx", build_train_step(spec, values, optimizer))

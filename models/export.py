@@ -101,8 +101,16 @@ def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], person
     values = {**load_npz(artifact_dir / "params_init.npz"), **shared, **personal}
     if (artifact_dir / "backbone.onnx").exists():
         model = onnx.load(artifact_dir / "backbone.onnx")
-        if any("logits" in node.output for node in model.graph.node):
-            raise ConfigError(f"{artifact_dir}/backbone.onnx already has a tensor named 'logits'")
+        # An imported backbone keeps its source's tensor names, and a source may name one of its
+        # own 'logits' (a Keras layer's name): export once refused such a model after it had
+        # trained. That tensor moves aside; the export's output is the one named 'logits'.
+        taken = {o for node in model.graph.node for o in node.output} | {t.name for t in model.graph.initializer}
+        if "logits" in taken:
+            aside = next(f"logits__backbone{i or ''}" for i in range(len(taken) + 1)
+                         if f"logits__backbone{i or ''}" not in taken)
+            rename_output(model, "logits", aside)
+            for init in model.graph.initializer:
+                init.name = aside if init.name == "logits" else init.name
         start = "z"
     else:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *manifest.input_shape])

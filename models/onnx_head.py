@@ -6,6 +6,12 @@ only the same model when each Softmax or LogSoftmax there normalizes a (N, C) te
 last axis. A probe's model reshaped 10 logits to (N, 2, 5) and took two 5-way softmaxes; another
 normalized over the batch axis: both imported as 10-class heads whose probabilities the source
 never gave. Such a head is refused by name; a new head (--classes K) drops the source's anyway.
+
+The same goes for what else follows the classifier. The tail ends at the first post-processing
+op, and everything after it is dropped: a probe's logits -> Flatten -> Add(a per-class prior)
+imported as a head without the prior, and predicted another class than the source for 6 of 8
+examples. A kept head is refused by name unless every node computed from its logits is one
+that leaves the predicted class as it was (check_post_processing).
 """
 
 from __future__ import annotations
@@ -16,6 +22,14 @@ from onnx import helper
 from .onnx_source import OnnxImportError
 
 NORMALIZERS = ("Softmax", "LogSoftmax")
+# Ops that may follow a kept classifier: they read, reshape, normalize (checked below) or name
+# its prediction, never change which class it is; Exp/Log turn log-probabilities into
+# probabilities and back. Anything else there (Add, Mul, Sub, ...) would be dropped silently.
+KEEPS_PREDICTION = ("Softmax", "LogSoftmax", "ArgMax", "ZipMap", "Cast", "Identity", "Dropout",
+                    "ArrayFeatureExtractor", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "TopK", "ReduceMax",
+                    "Exp", "Log", "Shape")
+# A binary classifier's one logit z: p = Sigmoid(z), and scikit-learn's [1 - p, p] (Sub, Concat)
+BINARY_PROBABILITIES = ("Sigmoid", "Sub", "Concat")
 
 
 def _axis(node: onnx.NodeProto, opset: int) -> int:
@@ -49,3 +63,18 @@ def check_normalizers(model: onnx.ModelProto, downstream, logits: str, classifie
             f"shape {['N' if d is None else d for d in shape]} computed from classifier {classifier!r} ({classes} "
             f"outputs); fedge's head is one softmax over all {classes}, so kept as is it would not give the "
             "source's probabilities: give --classes K for a new head")
+
+
+def check_post_processing(downstream, follow, logits: str, classifier: str, where: str) -> None:
+    """OnnxImportError naming the first node computed from `logits` (a kept classifier's output)
+    that is not prediction post-processing fedge can drop (module docstring).
+    downstream, follow: _Graph's (the nodes computed from a tensor; its consumers past Identity)."""
+    binary = [u.op_type for u in follow(logits)[1]] == ["Sigmoid"]  # one logit and a Sigmoid (parse_tail)
+    allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ())
+    for node in downstream(logits):
+        if node.op_type not in allowed:
+            raise OnnxImportError(
+                f"{where}: {node.op_type} node {node.name or node.output[0]!r} is computed from the output of "
+                f"classifier {classifier!r} and is not prediction post-processing ({', '.join(KEEPS_PREDICTION[:5])}, "
+                "...); fedge's head would give the classifier's logits without it, so kept as is it would not "
+                "predict as the source does: give --classes K for a new head")

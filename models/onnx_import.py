@@ -36,9 +36,9 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .onnx_activation import TRAINABLE, match_activation
 from .onnx_batch import check_any_batch, free_fixed_batch
-from .onnx_head import check_normalizers
+from .onnx_head import check_normalizers, check_post_processing
 from .onnx_notice import frozen_notice
-from .onnx_source import OnnxImportError, load_source, stored_tensors
+from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
 
 DENSE_OPS = ("Gemm", "MatMul")
@@ -178,10 +178,11 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
             other = [n for n in add.input if n != out]
             if len(other) == 1 and other[0] in g.consts:
                 bias = g.consts[other[0]].astype(np.float32)
-                if bias.size != w.shape[1]:
-                    raise OnnxImportError(f"{g.where}: {_node_label(add)}: bias of {bias.size} values "
-                                          f"for {w.shape[1]} outputs")
-                b, out = bias.reshape(-1), add.output[0]
+                try:  # ONNX broadcasts as numpy does: (out,), (1, out) or one number (a scalar bias once moved the cut)
+                    b, out = np.broadcast_to(bias, (1, w.shape[1])).reshape(-1), add.output[0]
+                except ValueError:
+                    raise OnnxImportError(f"{g.where}: {_node_label(add)}: bias of shape {bias.shape} "
+                                          f"for {w.shape[1]} outputs") from None
     out, users = g.follow(out)
     scale = users[0] if len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
     s = next((g.consts[n] for n in scale.input if n != out and n in g.consts), None) if scale else None
@@ -257,20 +258,6 @@ def find_cut(g: _Graph) -> str:
                           f"{'' if last_error else '; the graph holds ' + ', '.join(ops[:12])}")
 
 
-def _source_input_shape(g: _Graph, override: tuple[int, ...]) -> tuple[int, ...]:
-    dims = g.input.type.tensor_type.shape.dim
-    per_example = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:])
-    if override:
-        if len(override) != len(per_example) or any(d is not None and d != o for d, o in zip(per_example, override)):
-            raise OnnxImportError(f"{g.where}: input_shape {override} does not fit the input "
-                                  f"{g.input.name!r} {per_example}")
-        return tuple(override)
-    if not per_example or None in per_example:
-        raise OnnxImportError(f"{g.where}: input {g.input.name!r} has per-example shape {per_example} with free "
-                              "dimensions; give input_shape (e.g. --input-shape 3,48,192)")
-    return per_example
-
-
 def import_spec(options: ImportOptions) -> ModelSpec:
     """Read the source model and describe its dense tail as a ModelSpec (see spec.py)."""
     model, digest = load_source(options.onnx)
@@ -301,6 +288,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if keep:
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx)
+        check_post_processing(g.downstream, g.follow, classifier.output, classifier.node, options.onnx)
     labels = g.class_labels(classifier.output) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
         # fedge's labels are the classifier's output indices; the source's mapping is dropped
@@ -311,7 +299,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
                     ", ..." if labels.size > 6 else "", labels.size - 1)
     return ModelSpec(
         name=options.name or Path(options.onnx).stem.replace("-", "_").replace(".", "_"),
-        input_shape=_source_input_shape(g, tuple(options.input_shape)),
+        input_shape=source_input_shape(g.input, tuple(options.input_shape), options.onnx),
         num_classes=classifier.weight.shape[1] if keep else options.num_classes,
         layers=layers, head=options.head, lora_rank=options.lora_rank, lora_alpha=options.lora_alpha,
         lora_train_a=options.lora_train_a, init_seed=options.init_seed,

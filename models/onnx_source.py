@@ -125,3 +125,22 @@ def _check_unchanged(path: Path, digest: str, expected: str) -> None:
     if digest != expected:
         raise OnnxImportError(f"{path}: sha256 {digest[:12]}... is not the imported file's ({expected[:12]}...); "
                               "re-import it")
+
+
+def source_input_shape(value: onnx.ValueInfoProto, override: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """The per-example shape of the source's input `value` (dims after the batch), or `override`
+    where it fits the dims the file fixes."""
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) < 2:  # a rank-1 input was told to give input_shape, which it could not fit
+        raise OnnxImportError(f"{where}: input {value.name!r} has rank {len(dims)}, no batch dimension; fedge "
+                              "feeds batches (N, features...): re-export the model with a batch dimension first")
+    per_example = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:])
+    if override:
+        if len(override) != len(per_example) or any(d is not None and d != o for d, o in zip(per_example, override)):
+            raise OnnxImportError(f"{where}: input_shape {override} does not fit the input {value.name!r} "
+                                  f"{per_example}")
+        return tuple(override)
+    if None in per_example:
+        raise OnnxImportError(f"{where}: input {value.name!r} has per-example shape {per_example} with free "
+                              "dimensions; give input_shape (e.g. --input-shape 3,48,192)")
+    return per_example
