@@ -239,8 +239,8 @@ def load_npz_dir(path: str | Path) -> FederatedDataset:
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
     in every file and split. Labels must be non-negative integers (integer-valued floats
-    are cast); num_classes is the largest label + 1 (at least 2). Test splits may be empty,
-    train splits may not.
+    are cast); num_classes is the largest label + 1 (at least 2). Test splits may be empty
+    (a simulation needs some to score on: model_choice.check_scorable), train splits may not.
     """
     root = Path(path)
     if not root.is_dir():

@@ -40,7 +40,7 @@ from fedge.tools.datasets import (
     load_npz_dir,
     standardize_per_device,
 )
-from fedge.tools.simulate.model_choice import check_fits, choose_spec
+from fedge.tools.simulate.model_choice import check_fits, check_scorable, choose_spec
 from fedge.tools.synthetic import synthetic
 
 from . import adversary
@@ -164,6 +164,7 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     if held and held >= len(data.clients):
         raise ConfigError(f"--new-devices {held}: the data has only {len(data.clients)} clients; some must train")
     data, new_clients = data.subset(0, len(data.clients) - held), data.clients[len(data.clients) - held:]
+    check_scorable(data.clients, new_clients)
     if (held or cfg.personalization == "finetune") and spec.head == "personal":
         raise ConfigError(f"model {spec.name} has no global head: --new-devices and finetune need one")
     # Devices keep state (private heads, residuals, control variates) and the artifacts in a fresh

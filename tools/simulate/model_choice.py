@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError
 from fedge.models.spec import ModelSpec, load_spec, mlp_spec
-from fedge.tools.datasets import FederatedDataset
+from fedge.tools.datasets import ClientData, FederatedDataset
 
 from .config import SimConfig
 
@@ -38,3 +38,15 @@ def check_fits(data: FederatedDataset, spec: ModelSpec) -> None:
         raise ConfigError(f"the data's labels go up to {data.num_classes - 1}, model {spec.name} has "
                           f"{spec.num_classes} classes (labels 0..{spec.num_classes - 1}); relabel the data or give "
                           "the model more classes")
+
+
+def check_scorable(training: tuple[ClientData, ...], new: tuple[ClientData, ...]) -> None:
+    """DatasetError unless the run has something to score: a simulation reports accuracy on the
+    devices' held-out splits, and a --data folder whose x_test are all empty (allowed per file)
+    ended in numpy's "zero-size array to reduction operation minimum" after round 1 (and
+    --new-devices, whose devices all had empty tests, after the last round)."""
+    for group, clients in (("training", training), ("--new-devices", new)):
+        if clients and not any(len(c.y_test) for c in clients):
+            ids = ", ".join(c.client_id for c in clients[:3]) + (", ..." if len(clients) > 3 else "")
+            raise DatasetError(f"no {group} device holds test examples ({ids}): the run scores each model on the "
+                               "devices' x_test/y_test; give at least one of them held-out examples")
