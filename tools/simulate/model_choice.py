@@ -16,12 +16,15 @@ def choose_spec(cfg: SimConfig, data: FederatedDataset) -> ModelSpec:
     """The user's spec, or: frozen random projection (cached) + LoRA layer + dual head."""
     if cfg.model:
         return load_spec(cfg.model)
-    return spec_for_dataset(data.name, data.input_shape[0], data.num_classes)
+    # A --data folder is named by its user, not fedge: one called "mnist5k" holding 13 features got
+    # the MNIST model (784 inputs) and was refused as not fitting it.
+    return spec_for_dataset(data.name, data.input_shape[0], data.num_classes, shipped=not cfg.data_dir)
 
 
-def spec_for_dataset(name: str, features: int, classes: int) -> ModelSpec:
-    """The model for a dataset when none is named (`fedge simulate`, `fedge pretrain`)."""
-    if name == "mnist5k":
+def spec_for_dataset(name: str, features: int, classes: int, shipped: bool = True) -> ModelSpec:
+    """The model for a dataset when none is named (`fedge simulate`, `fedge pretrain`); `shipped`:
+    `name` is a shipped dataset's, not a user's folder."""
+    if shipped and name == "mnist5k":
         return load_spec("mnist-mlp-lora")
     return mlp_spec(features, classes, hidden=(200, 200), modes=("frozen", "lora"), lora_rank=8, lora_alpha=16.0,
                     name=f"{name}-mlp-lora")
