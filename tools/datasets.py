@@ -304,10 +304,16 @@ def data_findings(data: FederatedDataset) -> list[str]:
                    f"largest |value| {np.abs(x).max():.3g}); training will likely diverge. Standardize each "
                    f"feature: x = (x - mean) / std, with the training split's mean and std (`fedge simulate "
                    f"--standardize` does it on each device)")
-    unseen = sorted(set(range(data.num_classes)) - set(np.concatenate([c.y_train for c in data.clients]).tolist()))
+    seen = set(np.concatenate([c.y_train for c in data.clients]).tolist())
+    unseen = sorted(set(range(data.num_classes)) - seen)
     if unseen:
         shown = ", ".join(map(str, unseen[:10])) + (", ..." if len(unseen) > 10 else "")
-        hint = " (1-based labels? subtract 1 so they run 0..K-1)" if unseen[0] == 0 else ""
+        # "1-based" only when 0 alone is missing below the labels: labels {3, 7, 9} were told to
+        # subtract 1, which leaves them as sparse as before.
+        hint = (" (1-based labels? subtract 1 so they run 0..K-1)" if unseen[0] == 0 and min(seen) == 1 else
+                " (if the labels are codes rather than class indices, map them to 0..K-1 with one map for "
+                "every file, e.g. np.unique over all files' labels with return_inverse=True)"
+                if unseen[0] < max(seen) else "")
         out.append(f"label(s) {shown} never appear in any y_train: the model has {data.num_classes} classes and "
                    f"never learns {len(unseen)} of them{hint}")
     return out
