@@ -234,13 +234,15 @@ def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Gener
     return rng.permutation(test), rng.permutation(train)
 
 
-def load_npz_dir(path: str | Path) -> FederatedDataset:
+def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDataset:
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
     in every file and split. Labels must be non-negative integers (integer-valued floats
     are cast); num_classes is the largest label + 1 (at least 2). Test splits may be empty
     (a simulation needs some to score on: model_choice.check_scorable), train splits may not.
+    `standardize`: standardize_per_device before the findings are logged, so that they describe
+    what the devices train on (they told a `--standardize` run to add the flag it had).
     """
     root = Path(path)
     if not root.is_dir():
@@ -270,6 +272,7 @@ def load_npz_dir(path: str | Path) -> FederatedDataset:
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
     data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
+    data = standardize_per_device(data) if standardize else data
     for finding in data_findings(data):
         log.warning("%s: %s", root, finding)
     return data

@@ -99,8 +99,8 @@ def check_split_flags(cfg: SimConfig) -> None:
 
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
-        data = load_npz_dir(cfg.data_dir)
-    elif cfg.synthetic:
+        return load_npz_dir(cfg.data_dir, standardize=cfg.standardize)
+    if cfg.synthetic:
         data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
         exclude = held_back(cfg)  # pretrain's proxy split and the coordinator's guard set
