@@ -24,6 +24,7 @@ import numpy as np
 
 from fedge.edge_runtime.examples import check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
+from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
 from fedge.tools.partition import partition as _partition
 
@@ -252,6 +253,11 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
         raise DatasetError(f"{root}: no .npz files; save one per client with x_train, y_train, x_test, y_test")
     clients, width, max_label = [], None, 1
     for file in files:
+        try:  # the file's name is its device's id, and that names MQTT topics
+            device_topic(file.stem, "checkin")
+        except ValueError:
+            raise DatasetError(f"{file}: the file's name is its device's id, and MQTT topics cannot hold + or #; "
+                               "rename the file") from None
         arrays = _read_npz(file)
         x_train, y_train = _check_split(file, "train", arrays["x_train"], arrays["y_train"])
         x_test, y_test = _check_split(file, "test", arrays["x_test"], arrays["y_test"])

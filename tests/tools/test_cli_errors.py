@@ -220,6 +220,11 @@ UNUSABLE["no device holds test examples"] = (
 UNUSABLE["no new device holds test examples"] = (
     lambda t: ["simulate", "--data", str(_untested_last_device(t)), "--new-devices", "1"],
     ("DatasetError", "no --new-devices device holds test examples (c0)"))
+# A file's name is its device's id: "site+1.npz" ended in protocol.device_topic's ValueError in
+# memory, and over MQTT in "FleetNotReady: ... the broker or this machine may be overloaded".
+UNUSABLE["a file named like an MQTT wildcard"] = (
+    lambda t: (_untested_last_device(t) / "c0.npz").rename(t / "clients" / "site+1.npz") and
+    ["simulate", "--data", str(t / "clients")], ("DatasetError", "site+1.npz", "rename the file"))
 UNUSABLE["a device backend that does not exist"] = (
     lambda t: (t / "d.toml").write_text('device_id = "d1"\nbackend = "gpu"\n[data]\nnpz = "x.npz"\n')
     and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "backend 'gpu'"))  # once: at a task
