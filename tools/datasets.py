@@ -24,6 +24,7 @@ import numpy as np
 
 from fedge.edge_runtime.examples import check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
+from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
 from fedge.tools.partition import partition as _partition
 
@@ -234,13 +235,15 @@ def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Gener
     return rng.permutation(test), rng.permutation(train)
 
 
-def load_npz_dir(path: str | Path) -> FederatedDataset:
+def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDataset:
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
     in every file and split. Labels must be non-negative integers (integer-valued floats
-    are cast); num_classes is the largest label + 1 (at least 2). Test splits may be empty,
-    train splits may not.
+    are cast); num_classes is the largest label + 1 (at least 2). Test splits may be empty
+    (a simulation needs some to score on: model_choice.check_scorable), train splits may not.
+    `standardize`: standardize_per_device before the findings are logged, so that they describe
+    what the devices train on (they told a `--standardize` run to add the flag it had).
     """
     root = Path(path)
     if not root.is_dir():
@@ -250,6 +253,11 @@ def load_npz_dir(path: str | Path) -> FederatedDataset:
         raise DatasetError(f"{root}: no .npz files; save one per client with x_train, y_train, x_test, y_test")
     clients, width, max_label = [], None, 1
     for file in files:
+        try:  # the file's name is its device's id, and that names MQTT topics
+            device_topic(file.stem, "checkin")
+        except ValueError:
+            raise DatasetError(f"{file}: the file's name is its device's id, and MQTT topics cannot hold + or #; "
+                               "rename the file") from None
         arrays = _read_npz(file)
         x_train, y_train = _check_split(file, "train", arrays["x_train"], arrays["y_train"])
         x_test, y_test = _check_split(file, "test", arrays["x_test"], arrays["y_test"])
@@ -270,6 +278,7 @@ def load_npz_dir(path: str | Path) -> FederatedDataset:
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
     data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
+    data = standardize_per_device(data) if standardize else data
     for finding in data_findings(data):
         log.warning("%s: %s", root, finding)
     return data
@@ -304,10 +313,16 @@ def data_findings(data: FederatedDataset) -> list[str]:
                    f"largest |value| {np.abs(x).max():.3g}); training will likely diverge. Standardize each "
                    f"feature: x = (x - mean) / std, with the training split's mean and std (`fedge simulate "
                    f"--standardize` does it on each device)")
-    unseen = sorted(set(range(data.num_classes)) - set(np.concatenate([c.y_train for c in data.clients]).tolist()))
+    seen = set(np.concatenate([c.y_train for c in data.clients]).tolist())
+    unseen = sorted(set(range(data.num_classes)) - seen)
     if unseen:
         shown = ", ".join(map(str, unseen[:10])) + (", ..." if len(unseen) > 10 else "")
-        hint = " (1-based labels? subtract 1 so they run 0..K-1)" if unseen[0] == 0 else ""
+        # "1-based" only when 0 alone is missing below the labels: labels {3, 7, 9} were told to
+        # subtract 1, which leaves them as sparse as before.
+        hint = (" (1-based labels? subtract 1 so they run 0..K-1)" if unseen[0] == 0 and min(seen) == 1 else
+                " (if the labels are codes rather than class indices, map them to 0..K-1 with one map for "
+                "every file, e.g. np.unique over all files' labels with return_inverse=True)"
+                if unseen[0] < max(seen) else "")
         out.append(f"label(s) {shown} never appear in any y_train: the model has {data.num_classes} classes and "
                    f"never learns {len(unseen)} of them{hint}")
     return out

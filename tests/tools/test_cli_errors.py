@@ -203,6 +203,28 @@ UNUSABLE = {
 }
 
 
+def _untested_last_device(tmp):
+    """Two devices; the last one (held out by --new-devices 1) has no test examples."""
+    import numpy as np
+
+    folder = _npz_folder(tmp, 1)  # c0: four training examples, no test
+    x = np.zeros((2, 3), np.float32)
+    np.savez(folder / "b0.npz", x_train=x, y_train=np.array([0, 1]), x_test=x, y_test=np.array([0, 1]))
+    return folder
+
+
+# Test splits may be empty per file, but a run needs some to score on: each ended in numpy's
+# "zero-size array to reduction operation minimum" (after round 1; after the last round).
+UNUSABLE["no device holds test examples"] = (
+    lambda t: ["simulate", "--data", str(_npz_folder(t, 1))], ("DatasetError", "no training device holds test"))
+UNUSABLE["no new device holds test examples"] = (
+    lambda t: ["simulate", "--data", str(_untested_last_device(t)), "--new-devices", "1"],
+    ("DatasetError", "no --new-devices device holds test examples (c0)"))
+# A file's name is its device's id: "site+1.npz" ended in protocol.device_topic's ValueError in
+# memory, and over MQTT in "FleetNotReady: ... the broker or this machine may be overloaded".
+UNUSABLE["a file named like an MQTT wildcard"] = (
+    lambda t: (_untested_last_device(t) / "c0.npz").rename(t / "clients" / "site+1.npz") and
+    ["simulate", "--data", str(t / "clients")], ("DatasetError", "site+1.npz", "rename the file"))
 UNUSABLE["a device backend that does not exist"] = (
     lambda t: (t / "d.toml").write_text('device_id = "d1"\nbackend = "gpu"\n[data]\nnpz = "x.npz"\n')
     and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "backend 'gpu'"))  # once: at a task

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,6 +106,20 @@ def test_run_json_records_what_ran_and_labels_never_trained(tmp_path, capsys):
     assert config["data"]["num_classes"] == 4 and config["data"]["devices"] == 5
     assert config["data"]["train_examples"] == 5 * 40
     assert any("never appear" in f for f in config["data"]["findings"])
+
+
+def test_sparse_label_codes_are_not_called_1_based(tmp_path):
+    """Labels {3, 7, 9} were told "1-based labels? subtract 1", which leaves them as sparse."""
+    from fedge.tools.datasets import data_findings, load_npz_dir
+
+    codes = load_npz_dir(_blobs(tmp_path / "codes", label_offset=0))
+    codes = replace(codes, clients=tuple(replace(c, y_train=np.array([3, 7, 9])[c.y_train]) for c in codes.clients),
+                    num_classes=10)
+    (finding,) = data_findings(codes)
+    assert finding.startswith("label(s) 0, 1, 2, 4, 5, 6, 8 never appear") and "1-based" not in finding
+    assert "map them to 0..K-1" in finding
+    one_based = load_npz_dir(_blobs(tmp_path / "one", label_offset=1))
+    assert "1-based" in data_findings(one_based)[0]
 
 
 def test_a_model_that_cannot_take_the_data_is_refused_before_any_device_trains(tmp_path):

@@ -70,6 +70,16 @@ def test_npz_folder_of_unseen_width_with_baselines(tmp_path):
     assert (tmp_path / "out.png").stat().st_size > 1000
 
 
+def test_a_data_folder_named_like_a_shipped_dataset_gets_a_model_for_its_data(tmp_path):
+    """The default model is chosen by the data's name; a --data folder called mnist5k holding 23
+    features once got the MNIST model (784 inputs) and was refused as not fitting it."""
+    data = tmp_path / "mnist5k"
+    _write_blob_clients(data, clients=2)
+    out = tmp_path / "run.json"
+    assert main(["simulate", "--data", str(data), "--rounds", "1", "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rounds"][0]["committed"]
+
+
 def test_digits_round_accounting(tmp_path):
     cfg = sim_config(dataset="digits", devices=6, rounds=3, clients_per_round=4, out_dir=str(tmp_path))
     result = run_simulation(cfg)

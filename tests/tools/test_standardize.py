@@ -43,3 +43,17 @@ def test_standardize_keeps_devices_from_diverging(tmp_path):
     assert scaled["summary"]["declines"].get("diverged", 0) == 0 and scaled["config"]["standardize"] is True
     assert all(r["committed"] for r in scaled["rounds"]) and scaled["rounds"][-1]["global_accuracy"] > 0.9
     assert not any("far from standardized" in f for f in scaled["config"]["data"]["findings"])
+
+
+def test_the_load_warning_describes_the_standardized_data(tmp_path, capsys):
+    """With --standardize the load warning still said "features are far from standardized ...
+    (`fedge simulate --standardize` does it on each device)": it looked at the raw files."""
+    raw = _blobs(tmp_path / "raw", scale=4000.0)
+    run = ["simulate", "--data", str(raw), "--rounds", "1", "--quiet", "--json"]
+    assert main([*run, str(tmp_path / "a.json"), "--standardize"]) == 0
+    assert "far from standardized" not in capsys.readouterr().err
+    assert main([*run, str(tmp_path / "b.json")]) in (0, 1)  # raw: some tasks may diverge
+    assert "far from standardized" in capsys.readouterr().err
+    oracle = standardize_per_device(load_npz_dir(raw))
+    for a, b in zip(load_npz_dir(raw, standardize=True).clients, oracle.clients):
+        assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.x_test, b.x_test)

@@ -40,7 +40,7 @@ from fedge.tools.datasets import (
     load_npz_dir,
     standardize_per_device,
 )
-from fedge.tools.simulate.model_choice import check_fits, choose_spec
+from fedge.tools.simulate.model_choice import check_fits, check_scorable, choose_spec
 from fedge.tools.synthetic import synthetic
 
 from . import adversary
@@ -99,8 +99,8 @@ def check_split_flags(cfg: SimConfig) -> None:
 
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
-        data = load_npz_dir(cfg.data_dir)
-    elif cfg.synthetic:
+        return load_npz_dir(cfg.data_dir, standardize=cfg.standardize)
+    if cfg.synthetic:
         data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
         exclude = held_back(cfg)  # pretrain's proxy split and the coordinator's guard set
@@ -164,6 +164,7 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     if held and held >= len(data.clients):
         raise ConfigError(f"--new-devices {held}: the data has only {len(data.clients)} clients; some must train")
     data, new_clients = data.subset(0, len(data.clients) - held), data.clients[len(data.clients) - held:]
+    check_scorable(data.clients, new_clients)
     if (held or cfg.personalization == "finetune") and spec.head == "personal":
         raise ConfigError(f"model {spec.name} has no global head: --new-devices and finetune need one")
     # Devices keep state (private heads, residuals, control variates) and the artifacts in a fresh
