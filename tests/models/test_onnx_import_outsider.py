@@ -67,7 +67,7 @@ def test_post_processing_that_keeps_the_prediction_keeps_the_head(tmp_path):
 
 def test_a_backbone_tensor_named_logits_still_exports(tmp_path):
     """A source whose frozen part has a tensor named 'logits' (a Keras layer's name; here the
-    first layer, frozen by the LeakyRelu after it) imported and trained, and then `fedge device
+    first layer, frozen by the Elu after it) imported and trained, and then `fedge device
     export` refused it ('backbone.onnx already has a tensor named logits'). That tensor moves
     aside; the export gives what the source gives. Oracle: ONNX Runtime on the source."""
     from fedge.edge_runtime.model_runtime import ModelRuntime
@@ -76,7 +76,7 @@ def test_a_backbone_tensor_named_logits_still_exports(tmp_path):
 
     w0 = RNG.normal(size=(12, 12)).astype(np.float32)
     nodes = [helper.make_node("Gemm", ["x", "w0"], ["logits"], name="dense"),
-             helper.make_node("LeakyRelu", ["logits"], ["f"], name="leaky", alpha=0.1),
+             helper.make_node("Elu", ["logits"], ["f"], name="elu", alpha=0.1),
              helper.make_node("Gemm", ["f", "w1"], ["h"], name="fc1"),
              helper.make_node("Relu", ["h"], ["a"], name="relu1"),
              helper.make_node("Gemm", ["a", "w2"], ["y"], name="out")]
