@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..kernel.artifact_layout import BAKED_ADAMW, OPTIMIZER_FILES, ORT_DIR, set_adamw_attributes
-from ..kernel.errors import UnsupportedByBackend
+from ..kernel.errors import BackendUnavailable, UnsupportedByBackend
 from ..kernel.manifest import Manifest
 from ..kernel.ort_loader import load_ort_training
 from .base import Params, StepHyper, TrainerBackend, clip_step, step_bound
@@ -48,6 +48,13 @@ class OrtTrainingBackend(TrainerBackend):
         super().__init__(artifact_dir, manifest, optimizer)
         if optimizer not in OPTIMIZER_FILES:
             raise UnsupportedByBackend(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adamw'")
+        # The manifest, not the folder: a build without the training build of onnxruntime lists
+        # no ORT files, and an ort/ folder an earlier build left beside it is another model's.
+        missing = [f for f in (f"{ORT_DIR}/training_model.onnx", f"{ORT_DIR}/checkpoint") if f not in manifest.files]
+        if missing:
+            raise BackendUnavailable(f"model {manifest.model_id} was built without ORT training artifacts (its "
+                                     f"manifest lists no {', '.join(missing)}): rebuild it where "
+                                     "onnxruntime-training is installed, or use the portable backend")
         self.api = load_ort_training("api")
         self.ort_dir = Path(artifact_dir) / ORT_DIR
         self.threads = threads

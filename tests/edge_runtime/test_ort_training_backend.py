@@ -206,3 +206,18 @@ def test_loader_imports_training_api_without_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_build_without_ort_artifacts_is_refused_by_name_not_run_from_a_stale_folder(tmp_path):
+    """A rebuild into an earlier build's folder without the training build (ort_training=False)
+    leaves that build's ort/ beside the new graphs; the backend once loaded it and ORT failed
+    with 'Parameter data shape mismatch' (or, where shapes matched, trained another model). It
+    now goes by the manifest, which lists no ORT files for this build."""
+    from fedge.models.spec import mlp_spec
+
+    build_artifacts(mlp_spec(10, 3, hidden=(6,)), tmp_path, ort_training=True)
+    assert (tmp_path / ORT_DIR / "checkpoint").is_file()
+    manifest = build_artifacts(mlp_spec(12, 3, hidden=(5,)), tmp_path, ort_training=False)
+    assert (tmp_path / ORT_DIR / "checkpoint").is_file()  # the earlier build's, still there
+    with pytest.raises(BackendUnavailable, match=r"built without ORT training artifacts .*ort/training_model.onnx"):
+        make_backend("ort-training", tmp_path, manifest, "sgd")
