@@ -17,8 +17,8 @@ from .kernel.errors import DatasetError
 def check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x as float32 (its shape kept) and y as int64, or DatasetError naming the file and what is wrong."""
     xs, ys = f"x_{split}", f"y_{split}"
-    if x.dtype.kind not in "iuf":
-        raise DatasetError(f"{file}: {xs} has dtype {x.dtype}; it must be numeric (int or float)")
+    if x.dtype.kind not in "iufb":  # bool features (flags, binarized pixels) are 0/1
+        raise DatasetError(f"{file}: {xs} has dtype {x.dtype}; it must be numeric (int, float or bool)")
     if x.ndim < 2:
         raise DatasetError(f"{file}: {xs} has shape {x.shape}; it must be (examples, features...)")
     if y.ndim != 1:
@@ -28,7 +28,7 @@ def check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[n
     if y.dtype.kind == "f":
         if not (np.isfinite(y).all() and (y == np.round(y)).all()):
             raise DatasetError(f"{file}: {ys} holds non-integer values; labels must be class indices 0, 1, ...")
-    elif y.dtype.kind not in "iu":
+    elif y.dtype.kind not in "iub":  # bool: a binary task's labels, False/True = 0/1
         raise DatasetError(f"{file}: {ys} has dtype {y.dtype}; labels must be integers")
     if len(y) and y.min() < 0:
         raise DatasetError(f"{file}: {ys} has negative labels (min {y.min()}); labels must be 0, 1, ...")

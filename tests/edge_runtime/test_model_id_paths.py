@@ -100,3 +100,19 @@ def test_the_device_refuses_its_own_data_file_by_name(tmp_path, bad, words):
         load_local_data(_npz(tmp_path / "bad.npz", **{k: np.asarray(v) for k, v in bad.items()}))
     data = load_local_data(_npz(tmp_path / "ok.npz"))
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64 and data.x_train.shape == (4, 3)
+
+
+def test_bool_labels_and_features_load_as_zero_and_one(tmp_path):
+    """A binary task's labels stored as bool (and flag features) were refused as 'labels must
+    be integers'; False/True are classes 0 and 1, and string labels are still refused."""
+    from fedge.edge_runtime.device_config import load_local_data
+    from fedge.edge_runtime.kernel.errors import DatasetError
+
+    flags = np.array([[True, False, True], [False, False, True], [True, True, False], [False, True, True]])
+    data = load_local_data(_npz(tmp_path / "b.npz", x_train=flags, y_train=np.array([True, False, False, True]),
+                                y_test=np.array([False, True])))
+    np.testing.assert_array_equal(data.y_train, [1, 0, 0, 1])
+    np.testing.assert_array_equal(data.x_train, flags.astype(np.float32))
+    assert data.y_train.dtype == np.int64 and data.x_train.dtype == np.float32
+    with pytest.raises(DatasetError, match="labels must be integers"):
+        load_local_data(_npz(tmp_path / "s.npz", y_train=np.array(["a", "b", "a", "b"])))

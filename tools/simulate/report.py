@@ -160,9 +160,9 @@ def format_summary(result) -> str:
         alone, together = b["local_only"]["accuracy_mean"], s["final_personalized_accuracy_mean"]
         if alone >= together:  # say what the comparison means rather than leave it to be misread
             lines.append(f"note: training alone matched or beat the federated personalized model here ({alone:.3f} vs "
-                         f"{together:.3f}): a device is scored on the same few classes it trains on, which it can "
-                         f"learn alone; what federation adds shows in the global model and for devices with "
-                         f"little data or new classes")
+                         f"{together:.3f}): a device is scored on held-out data from its own distribution, which it "
+                         f"can often learn alone; what federation adds shows in the global model and for devices "
+                         f"with little data or new classes")
     if "central" in b:  # the ceiling federation approaches without moving the data
         lines.append(f"baseline centralized (one model trained on all devices' data pooled in one place, "
                      f"{b['central']['epochs']} epochs; the data never moves in fedge): "
