@@ -28,6 +28,7 @@ class LocalResult:
     num_examples: int
     steps: int
     mean_loss: float
+    epoch_losses: tuple[float, ...] = ()  # each epoch's mean batch loss, in order
 
 
 def step_hyper(hyper: TaskHyper) -> StepHyper:
@@ -91,9 +92,10 @@ def train_locally(
     check_guard_hyper(hyper)
     backend.start({**shared, **personal}, opt_state, anchor=shared, correction=correction)
     sh = step_hyper(hyper)
-    steps, losses = 0, []
+    steps, losses, epoch_starts = 0, [], []
     batches_per_epoch = math.ceil(n / hyper.batch_size)
     for _ in range(hyper.epochs):
+        epoch_starts.append(len(losses))
         order = rng.permutation(n)
         for b in range(batches_per_epoch):
             cause = should_abort()
@@ -116,7 +118,9 @@ def train_locally(
     shared_names = [p.name for p in manifest.by_role("shared")]
     delta = {k: params[k] - shared[k] for k in shared_names}
     new_personal = {k: params[k] for k in personal}
-    return LocalResult(delta, new_personal, state, n, steps, float(np.mean(losses)))
+    epochs = [losses[a:b] for a, b in zip(epoch_starts, [*epoch_starts[1:], len(losses)]) if b > a]
+    return LocalResult(delta, new_personal, state, n, steps, float(np.mean(losses)),
+                       tuple(float(np.mean(e)) for e in epochs))
 
 
 SCAFFOLD_OPTIMIZERS = ("sgd",)

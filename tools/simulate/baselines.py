@@ -19,6 +19,18 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y)) if len(y) else float("nan")
 
 
+UNSTABLE_RATIO, UNSTABLE_MARGIN = 2.0, 0.1  # nats: a last epoch this far above the best one did not recover
+
+
+def unstable(epoch_losses: tuple[float, ...]) -> bool:
+    """A run whose last epoch's mean loss ends over twice (and 0.1 nats over) its best epoch's:
+    a spike it did not recover from, so its score is no ceiling (or floor) to compare with."""
+    if not epoch_losses:
+        return False
+    best, last = min(epoch_losses), epoch_losses[-1]
+    return last > UNSTABLE_RATIO * best and last > best + UNSTABLE_MARGIN
+
+
 def _long_run(hyper: TaskHyper, epochs: int) -> TaskHyper:
     """A baseline's hyperparameters: the devices' own for many epochs, without the loss-ratio
     guard. That guard declines a federated task whose loss spikes (a task is a couple of
@@ -35,7 +47,7 @@ def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, ep
     listed under `diverged`."""
     be = make_backend(backend, model.dir, model.manifest, hyper.optimizer)
     head = "personal" if "personal" in model.manifest.heads else "global"
-    accs, per_device, diverged = [], {}, []
+    accs, per_device, diverged, wobbly = [], {}, [], []
     for i, client in enumerate(data.clients):
         z = model.embed(client.x_train)
         shared, personal = model.initial("shared"), model.initial("personal")
@@ -43,6 +55,8 @@ def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, ep
             res = train_locally(be, model.manifest, shared, personal, None, z, client.y_train,
                                 _long_run(hyper, epochs), np.random.default_rng([seed, i]))
             params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
+            if unstable(res.epoch_losses):
+                wobbly.append(client.client_id)
         except Diverged:
             diverged.append(client.client_id)
             params = {**shared, **personal}
@@ -50,7 +64,7 @@ def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, ep
             accs.append(_accuracy(be.predict(params, model.embed(client.x_test))[head], client.y_test))
             per_device[client.client_id] = accs[-1]
     return {"accuracy_mean": float(np.mean(accs)), "accuracy_min": float(np.min(accs)), "epochs": epochs,
-            "accuracy_per_device": per_device, "diverged": diverged}
+            "accuracy_per_device": per_device, "diverged": diverged, "unstable": wobbly}
 
 
 def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str,
@@ -64,5 +78,6 @@ def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epoch
                         _long_run(hyper, epochs), np.random.default_rng([seed, 10**6]))
     params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
     logits = be.predict(params, model.embed(xt))
-    return {"accuracy": _accuracy(logits["global" if "global" in logits else "personal"], yt), "epochs": epochs}
+    return {"accuracy": _accuracy(logits["global" if "global" in logits else "personal"], yt), "epochs": epochs,
+            "epoch_losses": list(res.epoch_losses), "unstable": unstable(res.epoch_losses)}
 

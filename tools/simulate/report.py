@@ -157,6 +157,9 @@ def format_summary(result) -> str:
         lines.append(f"baseline local-only (each device trains alone on its own data, {b['local_only']['epochs']} "
                      f"epochs, nothing shared): mean {b['local_only']['accuracy_mean']:.3f}, worst "
                      f"{b['local_only']['accuracy_min']:.3f}")
+        if b["local_only"].get("unstable"):
+            lines.append(f"note: {len(b['local_only']['unstable'])} device(s) ended training alone well above their "
+                         f"best epoch's loss (unstable at this lr): {', '.join(b['local_only']['unstable'][:5])}")
         alone, together = b["local_only"]["accuracy_mean"], s["final_personalized_accuracy_mean"]
         if alone >= together:  # say what the comparison means rather than leave it to be misread
             lines.append(f"note: training alone matched or beat the federated personalized model here ({alone:.3f} vs "
@@ -167,6 +170,11 @@ def format_summary(result) -> str:
         lines.append(f"baseline centralized (one model trained on all devices' data pooled in one place, "
                      f"{b['central']['epochs']} epochs; the data never moves in fedge): "
                      f"{b['central']['accuracy']:.3f}")
+        if b["central"].get("unstable"):  # a spike it did not recover from: not a ceiling
+            losses = b["central"]["epoch_losses"]
+            lines.append(f"warning: the centralized baseline's last epoch ended at loss {losses[-1]:.3g}, its best "
+                         f"{min(losses):.3g}: its training was unstable at this lr and momentum, so its accuracy "
+                         f"is no ceiling (a lower --lr or fewer --central-epochs steadies it)")
     n = result.new_devices
     if n:
         tuned = (f"; after {n['steps']} local head steps mean {n['tuned_accuracy_mean']:.3f}, worst "
