@@ -37,6 +37,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from .onnx_activation import TRAINABLE, match_activation
 from .onnx_batch import check_any_batch, free_fixed_batch
 from .onnx_head import check_normalizers, check_post_processing
+from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
 from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
@@ -255,7 +256,9 @@ def find_cut(g: _Graph) -> str:
     ops = sorted({n.op_type for n in g.model.graph.node})
     raise OnnxImportError(f"{g.where}: found no dense tail to train (no Gemm/MatMul with stored weights "
                           f"leads to the output){': ' + str(last_error) if last_error else ''}"
-                          f"{'' if last_error else '; the graph holds ' + ', '.join(ops[:12])}")
+                          f"{'' if last_error else '; the graph holds ' + ', '.join(ops[:12])}; for a new head alone "
+                          "on the features at a tensor NAME (e.g. the global pooling's output), give --cut NAME "
+                          "with --classes K")
 
 
 def import_spec(options: ImportOptions) -> ModelSpec:
@@ -265,7 +268,16 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     cut = find_cut(g) if options.cut == "auto" else options.cut
     if cut != g.input.name and not any(cut in n.output for n in model.graph.node):
         raise OnnxImportError(f"{options.onnx}: no tensor named {cut!r} in the graph")
-    tail = parse_tail(g, cut)
+    input_shape = source_input_shape(g.input, tuple(options.input_shape), options.onnx)
+    try:
+        tail = parse_tail(g, cut)
+    except OnnxImportError as exc:
+        if options.num_classes == 0 or options.cut == "auto":
+            raise
+        log.warning("%s: %s; so the model up to %r is the frozen backbone and only the new head trains",  # --classes
+                    options.onnx, str(exc).removeprefix(f"{options.onnx}: "), cut)
+        return _spec(options, digest, input_shape, (), options.num_classes, cut,
+                     cut_features(model, g.input.name, input_shape, cut, options.onnx))
     if options.cut == "auto" and (notice := frozen_notice(model, cut, {layer.node for layer in tail})):
         log.warning("%s: %s", options.onnx, notice)
     hidden, classifier = tail[:-1], tail[-1]
@@ -297,25 +309,18 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         log.warning("%s: the model maps its %d outputs to labels (%s%s); fedge trains on output indices, so "
                     "label the devices' data 0..%d in that order", options.onnx, labels.size, shown,
                     ", ..." if labels.size > 6 else "", labels.size - 1)
+    return _spec(options, digest, input_shape, layers, classifier.weight.shape[1] if keep else options.num_classes,
+                 cut, tail[0].weight.shape[0])
+
+
+def _spec(options: ImportOptions, digest: str, input_shape: tuple[int, ...], layers: tuple[LayerSpec, ...],
+          num_classes: int, cut: str, features: int) -> ModelSpec:  # what both import_spec paths return
     return ModelSpec(
-        name=options.name or Path(options.onnx).stem.replace("-", "_").replace(".", "_"),
-        input_shape=source_input_shape(g.input, tuple(options.input_shape), options.onnx),
-        num_classes=classifier.weight.shape[1] if keep else options.num_classes,
-        layers=layers, head=options.head, lora_rank=options.lora_rank, lora_alpha=options.lora_alpha,
-        lora_train_a=options.lora_train_a, init_seed=options.init_seed,
-        onnx=str(options.onnx), onnx_sha256=digest, onnx_cut=cut, onnx_features=tail[0].weight.shape[0],
-        onnx_keep_head=keep,
-    )
-
-
-def import_spec_from_table(table: dict, base: Path, where: str) -> ModelSpec:
-    """A spec file's [model] table with `onnx = PATH` (relative to the spec file)."""
-    from fedge.edge_runtime.kernel.configfile import from_dict
-
-    data = dict(table)
-    path = Path(data["onnx"])
-    data["onnx"] = str(path if path.is_absolute() else base / path)
-    return import_spec(from_dict(ImportOptions, data, where=where))
+        name=options.name or Path(options.onnx).stem.replace("-", "_").replace(".", "_"), input_shape=input_shape,
+        num_classes=num_classes, layers=layers, head=options.head, lora_rank=options.lora_rank,
+        lora_alpha=options.lora_alpha, lora_train_a=options.lora_train_a, init_seed=options.init_seed,
+        onnx=str(options.onnx), onnx_sha256=digest, onnx_cut=cut, onnx_features=features,
+        onnx_keep_head=options.num_classes == 0)
 
 
 def _checked_source(spec: ModelSpec) -> tuple[onnx.ModelProto, _Graph]:
@@ -325,6 +330,8 @@ def _checked_source(spec: ModelSpec) -> tuple[onnx.ModelProto, _Graph]:
 
 def pretrained_values(spec: ModelSpec) -> dict[str, np.ndarray]:
     """The tail's pretrained weights under the spec's names (and the heads', when kept)."""
+    if not spec.layers and not spec.onnx_keep_head:  # a new head on the cut (onnx_new_head.py): nothing to read
+        return {}
     _, g = _checked_source(spec)
     tail = parse_tail(g, spec.onnx_cut)
     values = {}

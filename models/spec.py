@@ -229,9 +229,12 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
     if not isinstance(model, dict) or set(data) - {"model"}:
         raise ConfigError(f"{path}: expected exactly one [model] table (with [[model.layers]]), got {sorted(data)}")
     if "onnx" in model and "onnx_sha256" not in model:  # `onnx = PATH`: import the file (onnx_import.py)
-        from .onnx_import import import_spec_from_table
+        from .onnx_import import ImportOptions, import_spec
 
-        return import_spec_from_table(model, base=path.parent, where=f"{path.name}[model]")
+        data = dict(model)
+        source = Path(data["onnx"])  # relative to the spec file
+        data["onnx"] = str(source if source.is_absolute() else path.parent / source)
+        return import_spec(from_dict(ImportOptions, data, where=f"{path.name}[model]"))
     return spec_from_dict(model, where=f"{path.name}[model]")
 
 def mlp_spec(

@@ -248,6 +248,47 @@ def _assert_gives_the_sources_logits(art, source_file, x) -> None:
     np.testing.assert_allclose(logits, source.run(None, {"input": x})[0], atol=TOL)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torch_cnn_with_a_1x1_conv_classifier_takes_a_new_head_on_the_pooled_features(torch_mod, tmp_path, caplog):
+    """A CNN whose classifier is a 1x1 Conv after global pooling has no dense tail: the import
+    once refused it however it was cut. With --classes K and --cut at the pooling's output, the
+    graph up to the cut is the frozen backbone and only the new head trains. Oracles: torch's
+    pooled features for the embeddings; the backends agree on the training; the exported
+    model is z @ W + b of the trained head."""
+    from fedge.models.export import export_model
+    from fedge.models.onnx_source import OnnxImportError
+
+    torch = torch_mod
+    nn = torch.nn
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Conv2d(6, 10, 1), nn.Flatten())
+    x, y = _digits_images(64)
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "cnn.onnx")
+    with pytest.raises(OnnxImportError, match="no dense tail"):
+        import_spec(ImportOptions(str(tmp_path / "cnn.onnx"), num_classes=10))
+    pooled = next(n.output[0] for n in onnx.load(tmp_path / "cnn.onnx").graph.node
+                  if n.op_type in ("GlobalAveragePool", "ReduceMean"))
+    with pytest.raises(OnnxImportError, match="rank 4"):  # keeping the classifier still needs a dense one
+        import_spec(ImportOptions(str(tmp_path / "cnn.onnx"), cut=pooled))
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "cnn.onnx"), cut=pooled, num_classes=10, head="global"))
+    assert "only the new head trains" in caplog.text
+    assert (spec.layers, spec.onnx_features, spec.num_classes, spec.onnx_keep_head) == ((), 6, 10, False)
+    build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)
+    runtime = ModelRuntime(tmp_path / "art")
+    with torch.no_grad():
+        np.testing.assert_allclose(runtime.embed(x), model[:3](torch.from_numpy(x)).flatten(1).numpy(), atol=TOL)
+    trained = check_backends_agree(tmp_path / "art", x, y)
+    exported = export_model(tmp_path / "art", {k: v.astype(np.float32) for k, v in trained.items()}, {})
+    import onnxruntime as ort
+
+    logits = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"x": x})[0]
+    np.testing.assert_allclose(logits, runtime.embed(x) @ trained["head_global.weight"] + trained["head_global.bias"],
+                               atol=TOL)
+
+
 # ---------------------------------------------------------------------------- scikit-learn
 
 
