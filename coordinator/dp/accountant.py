@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import dp_accounting as dpa
 from dp_accounting import pld, rdp
 
+from fedge.edge_runtime.kernel.errors import ConfigError
+
 from .config import ACCOUNTANTS, SAMPLINGS
 
 
@@ -111,14 +113,20 @@ def epsilon(charges: Sequence[RoundCharge], delta: float, method: str = "rdp") -
     with _quiet_absl():
         # Identical rounds compose as one SelfComposed event: the same number, much faster.
         run, count = charges[0], 0
-        for charge in charges:
-            if charge == run:
-                count += 1
-                continue
+        try:
+            for charge in charges:
+                if charge == run:
+                    count += 1
+                    continue
+                accountant.compose(run.event(), count)
+                run, count = charge, 1
             accountant.compose(run.event(), count)
-            run, count = charge, 1
-        accountant.compose(run.event(), count)
-        return float(accountant.get_epsilon(delta))
+            return float(accountant.get_epsilon(delta))
+        except ValueError as exc:
+            # dp-accounting 0.6's fixed-size bound takes log1p(-exp(-4 / z^2)), which fails in
+            # float64 past z of about 2e8: a named error, not a raw 'math domain error' traceback.
+            raise ConfigError(f"privacy: dp-accounting cannot account noise_multiplier "
+                              f"{max(c.noise_multiplier for c in charges):g} ({exc}); use a smaller one") from None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dp_accounting as dpa
 from dp_accounting import pld, rdp
+from dp_accounting.mechanism_calibration import NoBracketIntervalFoundError
+
+from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .accountant import RoundCharge, _quiet_absl, _relation
 
@@ -25,5 +28,15 @@ def noise_multiplier_for(target_epsilon: float, delta: float, rounds: int, popul
         return dpa.SelfComposedDpEvent(RoundCharge(population, cohort, z, sampling).event(), rounds)
 
     with _quiet_absl():
-        return float(dpa.calibrate_dp_mechanism(fresh, event, target_epsilon, delta,
-                                                dpa.LowerEndpointAndGuess(0.05, 1.0), tol=1e-4))
+        try:
+            return float(dpa.calibrate_dp_mechanism(fresh, event, target_epsilon, delta,
+                                                    dpa.LowerEndpointAndGuess(0.05, 1.0), tol=1e-4))
+        except (ValueError, NoBracketIntervalFoundError) as exc:
+            # A target below what the bound can reach: dp-accounting 0.6's fixed-size RDP bound
+            # levels off (0.135 for 50 rounds of 100 of 1,000 at delta 1e-10), so the search
+            # doubles z until its own float math fails ('math domain error' near z = 2e8).
+            # Without this the service and `fedge simulate` died with that raw traceback.
+            raise ConfigError(f"privacy: no noise multiplier makes {rounds} rounds of {cohort} of {population} "
+                              f"devices ({sampling}) spend at most target_epsilon {target_epsilon:g} at "
+                              f"delta {delta:g} by dp-accounting's {method} bound ({exc}); raise target_epsilon or "
+                              "delta, or plan fewer rounds") from None

@@ -135,3 +135,19 @@ def test_privacy_config_validates_itself():
 def test_pld_refuses_fixed_size_sampling_by_name():
     with pytest.raises(ValueError, match="Poisson"):
         epsilon([RoundCharge(1000, 100, 1.0, "fixed")], 1e-5, "pld")
+
+
+def test_a_target_the_bound_cannot_reach_is_refused_by_name():
+    """dp-accounting's fixed-size RDP bound levels off at 0.135 for 50 rounds at δ = 1e-10 (and
+    the single round below calibrates to z = 42.5), so 5 rounds at ε 0.1 have no z: the search
+    doubled z into a raw ValueError('math domain error') that killed the service and `fedge
+    simulate`. Now a ConfigError that names the target."""
+    assert _direct("fixed", 1000, 100, noise_multiplier_for(0.1, 1e-10, 1, 1000, 100), 1, 1e-10) <= 0.1
+    with pytest.raises(ConfigError, match="target_epsilon 0.1"):
+        noise_multiplier_for(0.1, 1e-10, 5, 1000, 100)
+
+
+def test_a_noise_multiplier_past_dp_accountings_float_range_is_refused_by_name():
+    assert epsilon([RoundCharge(1000, 100, 1e8)], 1e-6) < 1e-3  # still within its range
+    with pytest.raises(ConfigError, match="noise_multiplier 1e\\+09"):
+        epsilon([RoundCharge(1000, 100, 1e9)], 1e-6)
