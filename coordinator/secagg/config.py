@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_for
+from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 
 
 class SecureAggregationConflict(ConfigError):
@@ -145,6 +146,15 @@ def check_compatible(cfg) -> None:
          "secure aggregation needs a clip range: set secure_aggregation.clip_range or compression.clip_norm"),
     ]
     asked = math.ceil(cfg.clients_per_round * cfg.over_selection)
+    if not (cfg.privacy.enabled and cfg.privacy.mechanism == "distributed"):  # that field is `bits` (private.py)
+        # m = b + ceil(log2 n) must fit the 32-bit mask words: past 32, masking.sum_mod's
+        # words wrap mod 2^32 and the unmasked sum comes out wrong without a word (b = 24,
+        # 300 devices: 7.38e8 for 5.03e9)
+        m = field_bits(sa.bits, max(asked, cfg.clients_per_round, 1))
+        conflicts.append((m > 32, "secagg_field_bits",
+                          f"bits = {sa.bits} with up to {asked} devices a round (clients_per_round x over_selection) "
+                          f"needs a {m}-bit field for the sum, over the 32 bits of the mask words: lower bits or "
+                          "ask fewer devices a round"))
     if sa.corrupt > 0 and asked >= 2:  # the largest cohort a round can have; a smaller one fares no better
         k, t = sa.graph_for(asked)
         conflicts.append((t > k, "secagg_too_many_corrupt",

@@ -244,12 +244,22 @@ def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path
     # colluders the cohort cannot hide a device from: every round would be abandoned (it loaded)
     ({"clients_per_round": 5, "secure_aggregation": SecAggConfig(enabled=True, clip_range=0.5, corrupt=0.5)},
      "secagg_too_many_corrupt"),
+    # m = 24 + ceil(log2 390) = 33 bits: the 32-bit mask words would wrap the sum (loaded, and wrapped)
+    ({"clients_per_round": 300, "secure_aggregation": SecAggConfig(enabled=True, bits=24, clip_range=0.5)},
+     "secagg_field_bits"),
 ])
 def test_settings_that_need_individual_updates_are_refused_by_name(settings, reason):
     base = {"aggregator": "mean", **SETTINGS, **settings}
     with pytest.raises(SecureAggregationConflict) as exc:
         CoordinatorConfig(**base)
     assert exc.value.reason == reason and f"({reason})" in str(exc.value)
+
+
+def test_the_widest_field_that_fits_the_mask_words_loads():
+    """b = 24 with 256 devices asked is m = 32 exactly: allowed (one more device is refused above)."""
+    sa = SecAggConfig(enabled=True, bits=24, clip_range=0.5)
+    CoordinatorConfig(**{"aggregator": "mean", **SETTINGS, "secure_aggregation": sa, "clients_per_round": 256,
+                         "over_selection": 1.0})
 
 
 def test_a_weak_threshold_is_refused_at_load():

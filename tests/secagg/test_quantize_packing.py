@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.kernel.secagg import quantize as q
+from fedge.edge_runtime.kernel.secagg.masking import sum_mod
 from fedge.edge_runtime.kernel.secagg.packing import pack, packed_size, unpack
 from fedge.edge_runtime.kernel.secagg.subset import shared_coordinates
 
@@ -41,6 +42,22 @@ def test_n_maximal_codes_sum_without_wrapping(bits, n):
     assert int(top.max()) * n < 2**m
     total = (top.astype(np.uint32) * n) & np.uint32(2**m - 1)
     assert np.array_equal(q.decode_sum(total, n, 1.0, bits), np.full(4, float(n)))
+
+
+@pytest.mark.parametrize("bits,n", [(24, 256), (8, 1000), (16, 65536), (20, 4096)])
+def test_the_masked_domain_sum_of_maximal_codes_is_the_plain_integer_sum(bits, n):
+    """sum_mod, the sum the coordinator unmasks, against Python's integers, up to m = 32."""
+    top = 2 * q.levels(bits)
+    total = sum_mod([np.full(3, top, np.uint32)] * n, q.field_bits(bits, n), 3)
+    assert [int(v) for v in total] == [top * n] * 3
+    assert np.array_equal(q.decode_sum(total, n, 1.0, bits), np.full(3, float(n)))
+
+
+def test_a_field_wider_than_the_mask_words_is_refused_not_wrapped():
+    """b = 24 and 300 devices need m = 33: the uint32 sum wrapped (7.38e8 for 5.03e9) without a word."""
+    assert q.field_bits(24, 300) == 33
+    with pytest.raises(ValueError, match="33-bit field"):
+        sum_mod([np.full(3, 2 * q.levels(24), np.uint32)] * 300, 33, 3)
 
 
 def test_encode_then_decode_of_a_sum_recovers_the_float_sum():

@@ -36,6 +36,8 @@ PARALLEL_MIN_WORDS = 50_000_000
 
 
 def _field_mask(field_bits: int) -> np.uint32:
+    if field_bits > 32:  # the words are uint32: a wider field's sum would wrap mod 2^32, silently
+        raise ValueError(f"a {field_bits}-bit field does not fit the 32-bit mask words")
     return np.uint32((1 << field_bits) - 1) if field_bits < 32 else np.uint32(0xFFFFFFFF)
 
 

@@ -24,7 +24,8 @@ import math
 
 import numpy as np
 
-SUPPORTED_BITS = range(2, 25)  # 2..24: L >= 1, and b + ceil(log2 n) fits the 32-bit mask words
+SUPPORTED_BITS = range(2, 25)  # 2..24: L >= 1; b + ceil(log2 n) must also fit the 32-bit mask words,
+# which the coordinator checks at load for the devices it asks (secagg_field_bits)
 
 
 def levels(bits: int) -> int:
