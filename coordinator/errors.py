@@ -95,9 +95,12 @@ class CheckInTooOften(UpdateRejected):
 
 
 class GroupCommitFailed(FedgeError):
-    """Accepted updates of a burst could not be stored: the coordinator stops (group_commit.py)."""
+    """Accepted updates of a burst could not be stored: the coordinator stops (group_commit.py)
+    and its restart resumes from the store. Exit 1, not the CLI's 2: a supervisor must restart it
+    (hardware/systemd/fedge-coordinator.service does not restart on 2, a config error)."""
 
     reason = "group_commit_failed"
+    exit_status = 1
 
 
 class StoreCorrupt(FedgeError):

@@ -62,6 +62,7 @@ from .sampling import selection_size
 from .server import Coordinator
 from .sharding.leader import ShardedCoordinator
 from .sharding.serve import run_worker
+from .state_lock import state_db_lock
 from .store import open_store
 from .strategies import strategy_from_config
 
@@ -175,7 +176,10 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
     if role == "worker":
         return run_worker(cfg, stopping, coordinator_link)
     if not cfg.coordinator.state_dsn:
-        return _serve(cfg, None, stopping, loops)
+        if not cfg.coordinator.state_db:
+            return _serve(cfg, None, stopping, loops)
+        with state_db_lock(cfg.coordinator.state_db):  # one service per SQLite state (state_lock.py)
+            return _serve(cfg, None, stopping, loops)
     lease = PostgresLease(cfg.coordinator.state_dsn)
     try:
         if not lease.wait(stopping):  # SIGTERM while standby

@@ -154,6 +154,11 @@ class DeviceAgent:
         self._publish("checkin", encode_message(self.runtime.check_in()))
         self.next_checkin = self.clock.now() + self.checkin_s
 
+    def check_in_soon(self) -> None:
+        """Check in at the next tick, whatever Pace said (any thread may call it): new data (a
+        SIGHUP reload) may un-park a device the coordinator left out for bad_dataset."""
+        self.next_checkin = float("-inf")
+
     def tick(self) -> None:
         """Time-driven work: periodic check-in, resending unacknowledged updates, fetch timeouts."""
         now = self.clock.now()

@@ -135,12 +135,16 @@ class ModelDelivery:
 
     def resolve_params(self, task: TrainTask, now: float) -> TrainTask | Refused | None:
         """The task with its params filled in, Refused, or WAITING for the round's parts."""
+        new_model = bool(task.round_model_sha256) and not self.model_waits.awaits(task.round_model_sha256)
         try:
             filled = self.model_waits.resolve(task, now)
         except RoundModelError as exc:
             return Refused(exc.reason, str(exc))
         if filled is None:
-            self.sync_subscription()
+            # Already listening (for an earlier round's parts), this round's parts may have come
+            # live before this task named them, and were dropped: subscribing again has the
+            # broker send the retained ones once more.
+            self.sync_subscription(refresh=new_model)
         return filled
 
     def waits_for_parts(self, task_id: str) -> bool:
@@ -166,11 +170,12 @@ class ModelDelivery:
     def _request_inline(self, task: TrainTask) -> None:
         self.publish("fetch", encode_message(FetchRequest(self.device_id, task.model_id, task_id=task.task_id)))
 
-    def sync_subscription(self) -> None:
+    def sync_subscription(self, refresh: bool = False) -> None:
         """Subscribed to the model parts only while a task waits for them: the broker then sends
-        the retained parts once per round to the devices that train, not to the whole fleet."""
+        the retained parts once per round to the devices that train, not to the whole fleet.
+        refresh: subscribe again even if subscribed, for the retained parts."""
         want = self.model_waits.listening
-        if want == self.parts_subscribed:
+        if want == self.parts_subscribed and not (want and refresh):
             return
         try:
             if want:

@@ -54,7 +54,7 @@ def run_device(cfg: DeviceConfig) -> int:
     loop, transport = build_device(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
-    install_reload(loop.agent.runtime, cfg.data.npz)
+    install_reload(loop.agent, cfg.data.npz)
     log.info("device %s: connecting to %s", cfg.device_id, cfg.broker.url)
     transport.connect(timeout=0)  # the loop waits for the link; paho keeps retrying with backoff
     try:
@@ -64,9 +64,12 @@ def run_device(cfg: DeviceConfig) -> int:
     return 0
 
 
-def install_reload(runtime, npz: str) -> None:
+def install_reload(agent, npz: str) -> None:
     """SIGHUP (`systemctl reload fedge-device`) re-reads the data file. The reload runs on its
-    own thread: the handler may interrupt a training step, and replace_data waits for it."""
+    own thread: the handler may interrupt a training step, and replace_data waits for it. Then
+    the agent checks in at once: a device parked for bad_dataset (and paced for pace_declined_s)
+    would otherwise wait up to 10 minutes to tell the coordinator its data changed."""
+    runtime = agent.runtime
 
     def reload() -> None:
         try:
@@ -77,5 +80,6 @@ def install_reload(runtime, npz: str) -> None:
         runtime.replace_data(data)
         log.info("device %s: SIGHUP: reloaded %s (%d training, %d test examples)", runtime.device_id, npz,
                  len(data.y_train), len(data.y_test))
+        agent.check_in_soon()
 
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, name="fedge-reload", daemon=True).start())

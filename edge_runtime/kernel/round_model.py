@@ -173,5 +173,9 @@ class ModelWaits:
     def asked_inline(self) -> list[TrainTask]:
         return [t for w in self._waits.values() if w.inline for t in w.tasks]
 
+    def awaits(self, sha256: str) -> bool:
+        """True if some task already waits for (or gave up on) the parts of this model."""
+        return sha256 in self._waits
+
     def waiting(self, task_id: str) -> bool:
         return any(t.task_id == task_id for w in self._waits.values() for t in w.tasks)

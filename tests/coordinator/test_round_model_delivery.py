@@ -187,3 +187,23 @@ def test_inline_requests_past_the_first_are_refused_by_name_until_task_resend_s(
     assert len([m for m in pi.inbox if isinstance(m, TrainTask) and m.params]) == 1
     assert caplog.text.count("sent again with its params inline") == 1
     assert fleet.coordinator.rejections["rate_limited"] == 49
+
+
+def test_a_device_still_listening_for_an_old_round_gets_the_next_rounds_parts(model, tmp_path, caplog):
+    """Round 1's parts are lost, so each device is still subscribed, waiting for them, when
+    round 2 begins; round 2's parts reach it live before its task names them and are ignored.
+    The new task used to wait for parts that had already passed, ask inline after model_wait_s,
+    and find its round closed: on a fleet whose rounds last under model_wait_s (found over
+    Mosquitto: one device, once behind, never trained again) a device stuck this way stays stuck."""
+    fleet = make_fleet(model, tmp_path, sizes=SIZES, model_part_bytes=PART, round_deadline_s=5.0,
+                       abandon_backoff_s=0.0)
+    _lose_parts_then_run(fleet, 6.0)  # past round 1's deadline, short of model_wait_s (15 s)
+    record = fleet.coordinator.tick()
+    assert record is not None and not record.committed  # round 1: no reports, abandoned
+    assert all(a.delivery.parts_subscribed for a in fleet.agents)  # still listening for round 1
+    with caplog.at_level(logging.INFO, logger="fedge.agent"):
+        _round(fleet)  # round 2: parts (live to the listeners), then tasks
+    record = fleet.coordinator.tick()
+    assert record.committed and record.reports == len(SIZES), record
+    assert "asking for it inline" not in caplog.text
+    assert not [t for t in fleet.tasks() if t.params]  # nobody needed an inline copy

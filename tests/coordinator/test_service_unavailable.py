@@ -9,8 +9,9 @@ import socket
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.metrics import serve_metrics
-from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
+from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError, ServiceUnavailable
 from fedge.tools.cli import _guarded
 
 
@@ -48,3 +49,37 @@ def test_a_database_that_refuses_is_one_line():
         connect(f"postgresql://fedge:secret@127.0.0.1:{_free_port()}/fedge", connect_timeout=2)
     with pytest.raises((ConfigError, ServiceUnavailable), match="invalid sslmode value"):  # libpq checks it
         connect("postgresql://fedge@127.0.0.1/fedge?sslmode=bogus", connect_timeout=2)
+
+
+class _ServeArgs:
+    verbose, log_format, command, coordinator_command = 0, "text", "coordinator", "serve"
+
+
+def test_a_second_service_on_the_same_state_db_is_refused_at_start(tmp_path, capsys):
+    """Two services on one SQLite state_db both resumed its open round and wrote to it; over
+    Mosquitto the first died within a second (GroupCommitFailed) and the second went on."""
+    from fedge.coordinator.service import ServiceConfig, run_service
+    from fedge.coordinator.state_lock import state_db_lock
+
+    db = tmp_path / "coordinator.db"
+    cfg = ServiceConfig(coordinator=CoordinatorConfig(artifacts_dir=str(tmp_path / "no-artifacts"),
+                                                      state_db=str(db), metrics_port=0))
+    with state_db_lock(db):  # the first service
+        with pytest.raises(ServiceUnavailable, match="in use by another coordinator"):
+            run_service(cfg)  # refused before it reads anything (the artifacts do not even exist)
+        assert _guarded(_ServeArgs(), lambda: run_service(cfg)) == 1  # its supervisor tries again
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not db.exists()  # nothing of the state was touched
+    with pytest.raises(ArtifactError):  # the first gone, the lock is free: start goes on
+        run_service(cfg)
+
+
+def test_a_failed_group_commit_exits_with_a_status_its_supervisor_restarts_on():
+    """A failed write stops the service so that its restart resumes from the store (group_commit.py);
+    it exited 2, which hardware/systemd/fedge-coordinator.service never restarts (a config error)."""
+    from fedge.coordinator.errors import GroupCommitFailed
+
+    def failed():
+        raise GroupCommitFailed("2 accepted updates of round 3 could not be stored: disk I/O error")
+
+    assert _guarded(_ServeArgs(), failed) == 1

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -152,7 +153,7 @@ def test_sighup_reloads_the_local_data(tmp_path, caplog):
     np.savez(npz, x_train=new.x_train, y_train=new.y_train, x_test=new.x_test, y_test=new.y_test)
     previous = signal.getsignal(signal.SIGHUP)
     try:
-        install_reload(runtime, str(npz))
+        install_reload(SimpleNamespace(runtime=runtime, check_in_soon=lambda: None), str(npz))
         with caplog.at_level(logging.INFO, logger="fedge.device"):
             os.kill(os.getpid(), signal.SIGHUP)
             deadline = time.monotonic() + 10

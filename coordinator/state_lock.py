@@ -1,0 +1,37 @@
+"""One coordinator per SQLite state_db.
+
+Two `fedge coordinator serve` started on the same state_db by mistake (a second unit, a test
+run beside the service) both resumed the open round from it and both wrote to it; they also
+share one broker identity, so each kept taking the other's MQTT session. Over Mosquitto the
+first died within a second with GroupCommitFailed (a UNIQUE constraint: the other had stored
+the same update) and the second went on alone. PostgreSQL has its leader lease for this
+(leadership.py); SQLite gets an exclusive flock on `<state_db>.lock`, held for the process's
+life and dropped by the kernel when it exits however it exits (kill -9 included), so a stale
+lock cannot block a restart. A second service is refused at start as ServiceUnavailable
+(exit 1: a supervisor tries again, and gets in once the first has stopped).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+
+
+@contextmanager
+def state_db_lock(state_db: str | Path):
+    """Hold `<state_db>.lock` (made if missing) for the block; ServiceUnavailable if held."""
+    path = Path(f"{state_db}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ServiceUnavailable(f"state_db {state_db} is in use by another coordinator (it holds {path}); "
+                                     "stop that one first, or point state_db elsewhere") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
