@@ -83,8 +83,9 @@ def admit(update: Update, sender: str | None, view: AdmissionView) -> Accepted |
                 check_not_seen(update, {update_key(update): digest} if digest is not None else {})
             raise
         check_not_seen(update, view.seen)
-        if not view.expects(update.device_id):
-            raise stale(update)
+        if not view.expects(update.device_id):  # the round is open, but has what it wants from this device
+            raise StaleRound(f"round {update.round_id} is open but takes no more from {update.device_id}: it has "
+                             "the reports it wants (over-selection) or already counted this device's")
         delta, control = check_contents(update, ctx), check_control(update, ctx)
     except UpdateRejected as exc:
         return Rejected(exc)

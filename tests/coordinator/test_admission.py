@@ -61,3 +61,12 @@ def test_a_stale_update_counted_in_a_closed_round_is_a_duplicate_only_for_its_ow
     assert admit(update, "a", _view(closed=closed)).reason == "duplicate"
     assert admit(update, "b", _view(closed=closed)).reason == "stale_round"  # not its topic: no ack-worthy verdict
     assert admit(update, "a", _view()).reason == "stale_round"
+
+
+def test_an_update_the_open_round_no_longer_wants_is_not_called_a_closed_round():
+    """An over-selected device's update after its round has the reports it wants was logged as
+    'round 4 from a is not open' while round 4 was open (found by the ops walkthrough)."""
+    update = _update()
+    full = str(admit(update, "a", _view(expects=lambda d: False)).error)
+    assert "is open but takes no more from a" in full and "not open" not in full
+    assert "is not open" in str(admit(update, "a", _view(ctx=None)).error)
