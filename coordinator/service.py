@@ -233,4 +233,6 @@ def _serve(cfg: ServiceConfig, lease: PostgresLease | None, stopping: threading.
         log.info("coordinator: done at version %d; metrics stay up %.0f s", coordinator.state.version,
                  cfg.service.metrics_linger_s)
         stopping.wait(cfg.service.metrics_linger_s)
+    if stopping.is_set():  # the journal says why the service ended (the handler itself does not log)
+        log.info("coordinator: stopped on SIGTERM/SIGINT at version %d", coordinator.state.version)
     return status

@@ -61,6 +61,8 @@ def run_device(cfg: DeviceConfig) -> int:
         loop.run()
     finally:
         transport.close()
+    if loop.stop_event.is_set():  # the journal says why the device ended (the handler itself does not log)
+        log.info("device %s: stopped on SIGTERM/SIGINT", cfg.device_id)
     return 0
 
 

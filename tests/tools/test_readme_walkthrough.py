@@ -125,8 +125,12 @@ def test_the_readme_walkthrough_runs_as_written(scratch, mosquitto_binary):
     logs = shell.tails()
     fleet = shell.cwd  # where the walkthrough's `cd` left it
     rounds = _rounds(fleet)
-    # SIGTERM stops each cleanly: the broker, the devices' loops, the coordinator's /metrics linger.
+    # SIGTERM stops each cleanly: the broker, the devices' loops, the coordinator's /metrics linger,
+    # and each fedge process says so in its log.
     assert [job.exit_code() for job in shell.started] == [0] * len(shell.started), logs
+    for job in shell.started:
+        if "fedge" in job.command:
+            assert "stopped on SIGTERM/SIGINT" in job.log.read_text(), (job.command, logs)
     assert f"{COMMITTED} {rounds}.0" in outputs[CURL_LINE], outputs[CURL_LINE]
     assert f"{COMMITTED} {rounds}.0" in metrics and "fedge_round_participants 2.0" in metrics, metrics[:2000]
     _assert_eval_is_the_union_score(metrics, fleet)
