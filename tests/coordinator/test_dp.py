@@ -137,14 +137,38 @@ def test_pld_refuses_fixed_size_sampling_by_name():
         epsilon([RoundCharge(1000, 100, 1.0, "fixed")], 1e-5, "pld")
 
 
-def test_a_target_the_bound_cannot_reach_is_refused_by_name():
-    """dp-accounting's fixed-size RDP bound levels off at 0.135 for 50 rounds at δ = 1e-10 (and
-    the single round below calibrates to z = 42.5), so 5 rounds at ε 0.1 have no z: the search
-    doubled z into a raw ValueError('math domain error') that killed the service and `fedge
-    simulate`. Now a ConfigError that names the target."""
-    assert _direct("fixed", 1000, 100, noise_multiplier_for(0.1, 1e-10, 1, 1000, 100), 1, 1e-10) <= 0.1
-    with pytest.raises(ConfigError, match="target_epsilon 0.1"):
-        noise_multiplier_for(0.1, 1e-10, 5, 1000, 100)
+def _direct_unsampled(z, rounds, delta):
+    """The same rounds as plain Gaussians (replace-one, sensitivity 2S), by hand."""
+    acc = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    for _ in range(rounds):
+        acc.compose(dpa.GaussianDpEvent(z / 2))
+    return acc.get_epsilon(delta)
+
+
+def test_fixed_size_rounds_are_charged_the_smaller_of_the_sampled_and_the_plain_gaussian_bound():
+    """dp-accounting 0.6's fixed-size RDP bound levels off at large z (7 of 10 devices, one round,
+    δ 1e-6: 0.236 at z = 100, 0.224 at z = 1e3) and at 0.135 for 50 rounds of 100 of 1,000 at
+    δ = 1e-10, above the plain Gaussian's, which is also a valid bound for a fixed-size round.
+    fedge charges the smaller: oracles are the two dp-accounting computations by hand. Where
+    sampling helps (the usual case) nothing changes."""
+    for z in (100.0, 1e3):
+        sampled, plain = _direct("fixed", 10, 7, z, 1, 1e-6), _direct_unsampled(z, 1, 1e-6)
+        assert plain < sampled and epsilon([RoundCharge(10, 7, z)], 1e-6) == pytest.approx(plain, rel=1e-12)
+    usual = [RoundCharge(1000, 100, 1.0)] * 50
+    assert epsilon(usual, 1e-5) == pytest.approx(_direct("fixed", 1000, 100, 1.0, 50, 1e-5), rel=1e-12)
+    # 5 rounds at ε 0.1 and δ 1e-10 once had no z (the sampled bound levels off); the plain one
+    # reaches it, and calibration finds the z that meets it under that bound.
+    z = noise_multiplier_for(0.1, 1e-10, 5, 1000, 100)
+    assert _direct_unsampled(z, 5, 1e-10) <= 0.1 < _direct_unsampled(z * 0.99, 5, 1e-10)
+    assert _direct("fixed", 1000, 100, z, 5, 1e-10) > 0.1  # the sampled bound alone would refuse it
+
+
+def test_a_target_no_bound_can_reach_is_refused_by_name():
+    """The search for a z once doubled into a raw ValueError('math domain error') that killed
+    the service and `fedge simulate`. A target below what RDP can show at this δ is a
+    ConfigError that names it."""
+    with pytest.raises(ConfigError, match="target_epsilon 0.001"):
+        noise_multiplier_for(0.001, 1e-10, 5, 1000, 100)
 
 
 def test_a_noise_multiplier_past_dp_accountings_float_range_is_refused_by_name():
