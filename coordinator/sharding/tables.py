@@ -31,6 +31,7 @@ connection is autocommit with explicit transactions (pg_store.py says why).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .assign import place
@@ -38,6 +39,7 @@ from .config import shard_for
 from .lease import check_shard_epoch, live_shards
 from .sums import PartialSum
 
+log = logging.getLogger("fedge.coordinator")
 COUNTED, DUPLICATE, WRONG_SHARD = "counted", "duplicate", "wrong_shard"  # count()'s verdict per item
 
 
@@ -194,7 +196,13 @@ class ShardTables:
             rows = db.execute("SELECT shard, data, weight, count FROM shard_sums WHERE round_id = %s",
                               (round_id,)).fetchall()
         found = {shard: PartialSum.from_bytes(bytes(data), shapes, w, n) for shard, data, w, n in rows}
-        return [found.get(k, PartialSum()) for k in range(shards)]
+        # Every shard's sum, not only those below this leader's K: K is not stored, and a leader
+        # restarted mid-round with fewer shards would leave acked updates of the others out.
+        beyond = sorted(k for k in found if k >= shards)
+        if beyond:
+            log.warning("round %d was counted on shard(s) %s, beyond this leader's shards = %d: a process ran "
+                        "with another K; their sums are included", round_id, beyond, shards)
+        return [found.get(k, PartialSum()) for k in range(max([shards, *(k + 1 for k in beyond)]))]
 
     def prune(self, through_round: int, check=None) -> None:
         """Forget rounds <= through_round: their keys, payloads, sums and seals (the leader calls it

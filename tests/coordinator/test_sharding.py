@@ -335,3 +335,27 @@ def test_a_device_that_declined_is_not_counted_by_its_worker_as_on_one_machine(m
     c.pump()
     assert dev.acks() == [(False, "stale_round")]
     assert c.rows("SELECT count(*) FROM shard_updates WHERE device_id = %s", dev.id) == [(0,)]
+
+
+def test_a_leader_with_fewer_shards_than_the_round_was_counted_on_still_reads_every_sum(model, postgres_dsn, caplog):
+    """K is not stored: a leader restarted mid-round with shards = K - 1 read only the sums below
+    it, and the acked updates counted on shard K - 1 were left out of a plain-mean round without
+    a word (found by the async/shards review). Oracle: the updates the workers counted."""
+    c = Cluster(model, postgres_dsn)
+    assert c.leader.begin_round()
+    c.pump()
+    rng = np.random.default_rng(13)
+    for d in c.devices:
+        c.upload(d, random_delta(c.shapes, rng))
+    c.pump()
+    round_id = c.leader.round.ctx.round_id
+    counted = c.rows("SELECT count(*) FROM shard_updates WHERE round_id = %s", round_id)[0][0]
+    assert counted == 20 and {w.shard for w in c.workers if w.accepted} == set(range(K))
+    tables = ShardTables(postgres_dsn)
+    try:
+        fewer = tables.seal(round_id, K - 1, c.shapes)
+        assert sum(p.count for p in fewer) == counted and len(fewer) == K
+        assert "beyond this leader's shards" in caplog.text
+        assert [p.count for p in fewer] == [p.count for p in tables.seal(round_id, K, c.shapes)]
+    finally:
+        tables.close()
