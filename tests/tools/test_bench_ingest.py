@@ -37,6 +37,7 @@ def test_workers_drain_the_backlog_on_shard_topics(mosquitto_binary, postgres_ds
                        dsn=postgres_dsn)
     rates = result["workers_updates_per_second"]
     assert set(rates) == {"1", "2"} and all(r > 0 for r in rates.values())
+    assert all(key in result for key in KEYS) and result["durable_writes_per_task"] is None  # --no-writes: null
     ejabberd = result["workers_ejabberd_2_nodes"]
     if "skipped" not in ejabberd or os.environ.get("FEDGE_REQUIRE_EJABBERD") == "1":
         assert set(ejabberd["updates_per_second"]) == {"1", "2"}, ejabberd

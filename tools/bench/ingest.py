@@ -112,6 +112,7 @@ def run(devices: int = 2000, update_kb: int = 100, quant_bits: int = 8, repeats:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
+    result["durable_writes_per_task"] = None  # the schema's key in every run: null under --no-writes
     if writes:
         training, replay = device_writes.training(), device_writes.replay()
         result.update(durable_writes_per_task=training["per_task"], durable_writes_by_file=training["by_file"],
