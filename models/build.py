@@ -45,6 +45,10 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
         files.append(rel)
 
     backbone = build_backbone(spec, values)
+    if spec.onnx:  # the whole imported model against its source, before anything says it is built
+        from .onnx_check import check_import
+
+        check_import(spec, values, backbone)
     if backbone is not None:
         write_model("backbone.onnx", backbone)
     else:  # an earlier build's (fedge's: checked above) would still be run by ModelRuntime.embed and export

@@ -275,3 +275,24 @@ def test_an_opset_20_gelu_node_joins_the_tail_unless_it_is_the_tanh_form(tmp_pat
         pre = feat @ (0.5 * W1[:, :4].T) + 2.0 * B1
         hidden = activate("gelu", pre)
         np.testing.assert_allclose(logits, hidden @ W2 + B2, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes, tampered", [(0, "head_global.weight"), (5, "fc1.weight")])
+def test_the_build_checks_the_whole_imported_model_against_its_source(tmp_path, monkeypatch, num_classes, tampered):
+    """Each importer misreading the helpers found gave a model that ran and trained and was
+    another function. The build now runs the source (ONNX Runtime, up to the kept logits or the
+    last hidden layer) and fedge's backbone plus a numpy tail on the same inputs: a tail value
+    read 1% off (the stand-in for a misread node) stops the build by name."""
+    import fedge.models.onnx_import as onnx_import
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_cnn("Relu"), path)
+    spec = import_spec(ImportOptions(str(path), num_classes=num_classes, head="global"))
+    build_artifacts(spec, tmp_path / "ok", ort_training=False)  # as read: the same function
+    real = onnx_import.pretrained_values
+    monkeypatch.setattr(onnx_import, "pretrained_values",
+                        lambda s: {k: v * np.float32(1.01) if k == tampered else v for k, v in real(s).items()})
+    with pytest.raises(OnnxImportError, match="does not compute what the source does at 'a1'" if num_classes else
+                       "does not compute what the source does at 'logits'"):
+        build_artifacts(spec, tmp_path / "bad", ort_training=False)
+    assert not (tmp_path / "bad" / "manifest.json").exists()
