@@ -24,6 +24,7 @@ from .weights import WEIGHTINGS
 # Asking more than 100 times the devices a round wants is a typo, not a plan (and inf would
 # overflow the selection count).
 MAX_OVER_SELECTION = 100.0
+MAX_SERVER_TAU = 1.8e19  # tau² stays a finite float32 (its largest is 3.4e38)
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,10 @@ class CoordinatorConfig:
     def _check_wire(self) -> None:
         """What the coordinator will send must pass the codec's range checks: refuse it here,
         at start, not as an encode error in the middle of a round."""
-        task = TrainTask(0, "", "", "probe", 0, b"", hyper=self.hyper, compression=self.compression,
+        # fedprox sends prox_mu as every task's mu (strategies/fedavg.py): a value past the wire's
+        # range once passed here and failed each task's encoding, the run ending with no round
+        hyper = replace(self.hyper, mu=self.prox_mu) if self.strategy == "fedprox" else self.hyper
+        task = TrainTask(0, "", "", "probe", 0, b"", hyper=hyper, compression=self.compression,
                          deadline_s=self.round_deadline_s, seed=self.seed * 1_000_003)
         for msg in (task, Pace("", self.pace_max_s)):
             try:
@@ -204,8 +208,10 @@ class CoordinatorConfig:
         for name in ("server_momentum", "server_beta1", "server_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1)")
-        if not (self.server_tau > 0 and math.isfinite(self.server_tau)):
-            raise ConfigError("server_tau must be > 0")
+        # the adaptive strategies start v at tau² in float32: a larger tau overflowed (a traceback
+        # past 1.3e154) or made every round's model non-finite
+        if not 0 < self.server_tau <= MAX_SERVER_TAU:
+            raise ConfigError(f"server_tau must be > 0 and at most {MAX_SERVER_TAU:g}, got {self.server_tau}")
         if not (self.prox_mu >= 0 and math.isfinite(self.prox_mu)):
             raise ConfigError("prox_mu must be >= 0 (0 = FedAvg's local objective)")
         if not self.control_norm_bound >= 0:

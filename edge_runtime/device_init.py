@@ -5,12 +5,19 @@ ProbeConfig), so the file and the code cannot drift apart; a test loads the outp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from .device_config import AgentConfig, ProbeConfig
+from .device_config import AgentConfig, DeviceConfig, ProbeConfig
 from .eligibility import EligibilityPolicy
+from .kernel.configfile import from_dict, tomllib  # tomli on 3.10
 from .kernel.errors import ConfigError
 from .kernel.files import atomic_write_bytes
+
+
+def _q(text: str) -> str:
+    """A TOML basic string: JSON's escapes are TOML's (a quote or backslash once broke the file)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def device_toml(device_id: str, broker_url: str, data_npz: str, state_dir: str) -> str:
@@ -19,12 +26,12 @@ def device_toml(device_id: str, broker_url: str, data_npz: str, state_dir: str) 
     return f'''# fedge device configuration: `fedge device run --config THIS_FILE`.
 # Unknown keys are errors, so a typo is caught at start-up. Written by `fedge device init`.
 
-device_id = "{device_id}"        # must equal the broker username: the broker's ACL keys topics on it
-state_dir = "{state_dir}"        # personal head, optimizer state, pending uploads, fetched models
+device_id = {_q(device_id)}        # must equal the broker username: the broker's ACL keys topics on it
+state_dir = {_q(state_dir)}        # personal head, optimizer state, pending uploads, fetched models
 backend = "auto"                 # auto | portable | ort-training | numpy
 
 [broker]
-url = "{broker_url}"             # mqtt://host:1883 (a password) or mqtts://host:8883 (TLS)
+url = {_q(broker_url)}             # mqtt://host:1883 (a password) or mqtts://host:8883 (TLS)
 # `fedge provision device --id {device_id} ...` writes these for you:
 # username = "{device_id}"
 # password = "..."
@@ -33,7 +40,7 @@ url = "{broker_url}"             # mqtt://host:1883 (a password) or mqtts://host
 # key_file = "/etc/fedge/{device_id}.key"
 
 [data]
-npz = "{data_npz}"               # x_train, y_train, x_test, y_test (`fedge data split` makes some);
+npz = {_q(data_npz)}               # x_train, y_train, x_test, y_test (`fedge data split` makes some);
                                  # after replacing it: systemctl reload fedge-device (SIGHUP)
 
 [eligibility]                    # when this device may train; defaults shown
@@ -64,5 +71,12 @@ def write_device_toml(path: str | Path, *, device_id: str, broker_url: str, data
     path = Path(path)
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; edit it, or pass --force to replace it")
-    atomic_write_bytes(path, device_toml(device_id, broker_url, data_npz, state_dir).encode())
+    text = device_toml(device_id, broker_url, data_npz, state_dir)
+    # what `fedge device run` would refuse (an id with '/', a broker url without mqtt://, a quote
+    # that broke the TOML) is refused here, not written
+    try:
+        from_dict(DeviceConfig, tomllib.loads(text), "device init")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"device init: --id, --broker, --data or --state-dir makes no valid TOML ({exc})") from None
+    atomic_write_bytes(path, text.encode())
     return path

@@ -6,23 +6,29 @@ import argparse
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+# The import options' defaults, by dest: with a SPEC, any other value is refused.
+IMPORT_DEFAULTS = {"cut": "auto", "role": [], "default_role": "lora", "classes": 0, "head": "dual",
+                   "input_shape": "", "lora_rank": 4, "lora_alpha": 8.0, "name": ""}
+
 
 def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    d = IMPORT_DEFAULTS
     g = p.add_argument_group("import a pretrained ONNX model (instead of SPEC)")
     g.add_argument("--from-onnx", metavar="MODEL",
                    help="ONNX model: its prefix is the frozen backbone, its dense tail trains")
-    g.add_argument("--cut", default="auto",
+    g.add_argument("--cut", default=d["cut"],
                    help="tensor where the backbone ends (default: where the dense tail begins)")
     g.add_argument("--role", action="append", default=[], metavar="LAYER=MODE",
                    help="mode of a tail layer: fc1=frozen|lora|shared|personal (repeatable)")
-    g.add_argument("--default-role", default="lora", help="mode of the tail layers not named by --role")
-    g.add_argument("--classes", type=int, default=0, help="replace the classifier by a new head with this many classes")
-    g.add_argument("--head", default="dual", choices=("dual", "global", "personal"))
-    g.add_argument("--input-shape", default="",
+    g.add_argument("--default-role", default=d["default_role"], help="mode of the tail layers not named by --role")
+    g.add_argument("--classes", type=int, default=d["classes"],
+                   help="replace the classifier by a new head with this many classes")
+    g.add_argument("--head", default=d["head"], choices=("dual", "global", "personal"))
+    g.add_argument("--input-shape", default=d["input_shape"],
                    help="per-example input shape where the model leaves it free, e.g. 3,48,192")
-    g.add_argument("--lora-rank", type=int, default=4)
-    g.add_argument("--lora-alpha", type=float, default=8.0)
-    g.add_argument("--name", default="")
+    g.add_argument("--lora-rank", type=int, default=d["lora_rank"])
+    g.add_argument("--lora-alpha", type=float, default=d["lora_alpha"])
+    g.add_argument("--name", default=d["name"])
 
 
 def spec_from_args(args):
@@ -32,6 +38,11 @@ def spec_from_args(args):
     if bool(args.spec) == bool(args.from_onnx):
         raise ConfigError("build-artifacts: give either SPEC or --from-onnx MODEL (one of them)")
     if args.spec:
+        # a SPEC file sets these itself: `mnist-mlp-lora out --classes 3` once built 10 classes, silently
+        given = [f"--{dest.replace('_', '-')}" for dest, default in IMPORT_DEFAULTS.items()
+                 if getattr(args, dest) != default]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only for --from-onnx; a SPEC sets its own (edit its TOML)")
         return load_spec(args.spec)
     from .onnx_import import ImportOptions, import_spec
 

@@ -196,8 +196,8 @@ def _check_split_args(name: str, n: int, devices: int, partition: str, alpha: fl
     if devices > n // 2:
         raise DatasetError(f"--devices {devices}: {name} has {n} examples, so at most {n // 2} devices "
                            f"(each needs >= 2 for its train/test split)")
-    if partition == "dirichlet" and not alpha > 0:
-        raise DatasetError(f"--alpha {alpha}: the Dirichlet concentration must be > 0 "
+    if partition == "dirichlet" and not 0 < alpha < float("inf"):  # inf once failed in numpy: "pvals < 0, ..."
+        raise DatasetError(f"--alpha {alpha}: the Dirichlet concentration must be > 0 and finite "
                            f"(0.1 = strong label skew, 100 = close to iid)")
     if partition == "shards" and classes_per_client < 1:
         raise DatasetError(f"--classes-per-client {classes_per_client}: each device needs at least 1 label (e.g. 2)")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError, Diverged
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.models.output_dir import claim, starts_with, write_record
 
@@ -124,6 +124,8 @@ def pretrain(cfg: PretrainConfig) -> Pretrained:
     with tempfile.TemporaryDirectory(prefix="fedge-pretrain-") as tmp:
         build_artifacts(every, tmp, ort_training=False)
         trained = train_central(Path(tmp), x[proxy], y[proxy], cfg)
+        if not all(np.isfinite(v).all() for v in trained.values()):  # once written as a NaN model, exit 0
+            raise Diverged(f"pretrain --lr {cfg.lr:g}: the weights became NaN or Inf in training; lower --lr")
         model = export_model(tmp, trained, {}, head="global")
     atomic_write_bytes(out / "pretrained.onnx", model.SerializeToString())
 

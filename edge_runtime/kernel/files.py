@@ -59,11 +59,16 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
+    fh = open(tmp, "wb")  # noqa: SIM115 - closed by the with below; only a temp file it made is removed
+    try:
+        with fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    if durable:
-        DURABLE_WRITES.add(path)
-    os.replace(tmp, path)
+            DURABLE_WRITES.add(path)
+        os.replace(tmp, path)
+    except BaseException:  # a path that is a folder, a full disk: the temp file once stayed behind
+        tmp.unlink(missing_ok=True)
+        raise

@@ -80,6 +80,17 @@ def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
     (["simulate", "--broker", "mqtt://localhost:1", "--rounds", "1"], ("--broker needs --transport mqtt",)),
     (["simulate", "--aggregator", "krum", "--bucket-size", "100", "--rounds", "1"],
      ("bucket_size 100 makes fewer than 2 buckets", "at most 5")),
+    # Found by the CLI fuzzing helper: each once a traceback, a run that failed late, or a silent no-op
+    (["simulate", "--strategy", "fedadam", "--server-tau", "1e155", "--rounds", "1"], ("server_tau", "at most")),
+    (["simulate", "--strategy", "fedprox", "--prox-mu", "1e300", "--rounds", "1"], ("ConfigError", "hyper.mu")),
+    (["simulate", "--plot", "{tmp}/p.svg", "--rounds", "1"], ("--plot", "a PNG")),
+    (["simulate", "--plot", "{tmp}/p", "--rounds", "1"], ("--plot", "a PNG")),
+    (["simulate", "--alpha", "inf", "--rounds", "1"], ("--alpha inf", "finite")),
+    (["data", "split", "--alpha", "inf", "--out", "{tmp}/d"], ("--alpha inf", "finite")),
+    (["build-artifacts", "mnist-mlp-lora", "{tmp}/a", "--classes", "3"], ("--classes", "only for --from-onnx")),
+    (["device", "init", "--out", "{tmp}/d.toml", "--id", "a/b"], ("ConfigError", "device_id 'a/b'")),
+    (["device", "init", "--out", "{tmp}/d.toml", "--id", "a\nb"], ("ConfigError", "no valid TOML")),
+    (["device", "init", "--out", "{tmp}/d.toml", "--broker", "ftp://h"], ("ConfigError", "broker url")),
 ])
 def test_bad_argument_is_one_line(argv, words, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
@@ -276,3 +287,49 @@ def test_unusable_input_is_one_line(case, tmp_path, capsys):
     for word in words:
         assert word in err[0], err[0]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--devices", "abc"], ("--devices 'abc'",)), (["--steps", "-1"], ("--steps -1", ">= 1")),
+    (["--batches", "0"], ("--batches 0",)), (["--seed", "-1"], ("--seed -1",)), (["--png", "{tmp}/x.txt"], (".png",)),
+])
+def test_a_bad_audit_option_is_a_usage_error(argv, words, tmp_path, capsys):
+    """Each once ended in a traceback (int('abc'), numpy's seed, matplotlib's format) or, for
+    --steps -1, ran and wrote a meaningless audit."""
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "leakage", "--json", str(tmp_path / "x.json"), *[a.format(tmp=tmp_path) for a in argv]])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fedge audit leakage: error:") and all(w in err for w in words), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_attack_past_float32_is_sent_as_its_largest(tmp_path):
+    """--attack-scale 1e39 overflowed the attacker's float32 update to Inf: the encoder's bare
+    ValueError ended the run in a traceback. The attacker now sends the largest finite values."""
+    assert main(["simulate", "--dataset", "digits", "--devices", "4", "--rounds", "1", "--quiet", "--attack", "scale",
+                 "--attack-scale", "1e39", "--json", str(tmp_path / "run.json")]) == 0
+
+
+def test_pretrain_that_diverges_writes_no_model(tmp_path, capsys):
+    """--lr 1e300 once wrote a pretrained.onnx of NaN weights and exited 0."""
+    assert main(["pretrain", "--dataset", "digits", "--out", str(tmp_path / "p"), "--lr", "1e300"]) == 2
+    assert "Diverged" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "pretrained.onnx").exists()
+
+
+def test_device_init_quotes_what_it_writes(tmp_path):
+    """A quote in --id or a backslash in --data once wrote a device.toml that was not TOML."""
+    from fedge.edge_runtime.device_config import load_device_config
+
+    out = tmp_path / "d.toml"
+    assert main(["device", "init", "--out", str(out), "--id", 'site"1', "--data", "C:\\data\\x.npz"]) == 0
+    cfg = load_device_config(out)
+    assert (cfg.device_id, cfg.data.npz) == ('site"1', "C:\\data\\x.npz")
+
+
+def test_a_failed_write_leaves_no_temp_file(tmp_path):
+    """`device init --out FOLDER --force`: the rename failed and left .FOLDER.tmp-PID beside it."""
+    (tmp_path / "folder").mkdir()
+    assert main(["device", "init", "--out", str(tmp_path / "folder"), "--force"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]

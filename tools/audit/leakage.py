@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -162,8 +163,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="every update (plain and SecAgg cases) from the numpy copy, not the device's ORT "
                         "training backend")
     a = p.parse_args(argv)
-    ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
-    doc = run(ints(a.devices), ints(a.steps), ints(a.batches), a.seed, a.png, runtime=not a.numpy_updates)
+    # each once ended in a traceback (abc, "", -1 seed, a .txt plot) or ran a meaningless case (0 or -1 steps)
+    lists = {flag: _counts(p, flag, getattr(a, flag)) for flag in ("devices", "steps", "batches")}
+    if a.seed < 0:
+        p.error(f"--seed {a.seed}: must be >= 0")
+    if a.png is not None and Path(a.png).suffix.lower() != ".png":
+        p.error(f"--png {a.png}: name a .png file")
+    doc = run(lists["devices"], lists["steps"], lists["batches"], a.seed, a.png, runtime=not a.numpy_updates)
     with open(a.json_path, "w") as fh:
         json.dump(doc, fh, indent=2)
     print(f"plain ({doc['plain']['backend']}): relative error {doc['plain']['relative_error']:.3g}, "
@@ -172,3 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"secagg n={r['devices']} steps={r['local_steps']} batch={r['batch_size']}: recovered "
               f"{r['recovered_fraction']:.2f}, best PSNR {r['best_psnr_median']:.1f} dB (guess {r['guess_psnr']:.1f})")
     return 0
+
+
+def _counts(p: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, ...]:
+    """A comma list of counts >= 1, or argparse's usage error naming the flag."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        p.error(f"--{flag} {text!r}: a comma list of whole numbers, e.g. 1,5")
+    if min(values) < 1:
+        p.error(f"--{flag} {text}: each must be >= 1")
+    return values

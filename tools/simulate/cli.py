@@ -10,6 +10,7 @@ from pathlib import Path
 from fedge.coordinator.config import load_coordinator_config
 from fedge.coordinator.strategies import STRATEGIES
 from fedge.edge_runtime.eligibility import EligibilityPolicy
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
 from fedge.tools.beside_json import check_beside
 
@@ -137,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     from .fleet import check_split_flags, run_simulation
     from .report import HEADER, constant_guess, format_row, format_summary, summarize, write_json, write_plot
 
+    if args.plot_path is not None and (Path(args.plot_path).suffix.lower() != ".png" or Path(args.plot_path).is_dir()):
+        # matplotlib takes the format from the suffix: x.svg or x.jpg once failed after the whole run
+        # (a traceback), and a path without one was written as PATH.png while fedge said "wrote PATH"
+        raise ConfigError(f"--plot {args.plot_path}: the plot is a PNG; name a .png file (not a folder)")
     named_json = bool(args.json_path)
     if args.out_dir and not args.json_path:
         args.json_path = str(Path(args.out_dir) / "run.json")

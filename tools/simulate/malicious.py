@@ -29,6 +29,8 @@ from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_tensor
 from . import attacks
 from .adversary import UPDATE_ATTACKS, AttackSpec, claimed_examples, malicious_delta
 
+F32_MAX = float(np.finfo(np.float32).max)
+
 
 def _decoded(update: Update) -> dict[str, np.ndarray]:
     return decompress_update(decode_tensors(update.payload))
@@ -76,6 +78,9 @@ def rewrite_update(update: Update, compression: CompressionSpec, spec: AttackSpe
     elif spec.name in UPDATE_ATTACKS:
         honest = _decoded(update)
         mal = malicious_delta(spec, collusion, n, eta, flatten(honest), update.round_id, update.device_id, rng)
+        # float32 carries the update: a larger scale once overflowed to Inf, which the encoder
+        # refuses (a traceback); the attacker sends the largest values the update can hold instead
+        mal = np.clip(mal, -F32_MAX, F32_MAX)
         spec_out = dataclasses.replace(compression, clip_norm=0.0, error_feedback=False)
         sent, _, _ = compress_update(unflatten(mal, honest), None, spec_out, rng)
         payload = encode_tensors(sent)
