@@ -159,6 +159,15 @@ def build_federated(
     _check_split_args(name, len(y), num_clients, partition, alpha, classes_per_client)
     if partition == "shards" and classes_per_client > len(np.unique(y)):
         raise DatasetError(f"--classes-per-client {classes_per_client}: {name} has {len(np.unique(y))} labels")
+    if partition == "shards" and num_clients * classes_per_client < len(np.unique(y)):
+        # Every example goes to some device, so fewer shards than labels makes shards of several
+        # labels (partition.shards' fallback): 3 devices at 2 each held 4 to 6 labels on digits
+        # while the run said "2 classes/device".
+        labels = len(np.unique(y))
+        raise DatasetError(f"--partition shards: {num_clients} devices x --classes-per-client {classes_per_client} "
+                           f"cover {num_clients * classes_per_client} of {name}'s {labels} labels, so devices "
+                           f"would hold more labels than asked; use --devices {-(-labels // classes_per_client)} "
+                           f"or more, or a larger --classes-per-client")
     # spawn(3) starts with the same two children as spawn(2): adding the third stream kept
     # every earlier partition and split unchanged.
     part_rng, split_rng, skew_rng = np.random.default_rng(seed).spawn(3)

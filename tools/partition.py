@@ -159,10 +159,12 @@ def shards(
     Unlike a plain cut of the label-sorted array, shards never straddle two classes:
     each class is cut into a number of shards proportional to its size (at least one),
     and shards are dealt so a client's shards come from distinct classes. Every client
-    gets exactly classes_per_client labels when classes_per_client <= num_classes and no
-    class holds (much) more than 1/classes_per_client of the data; otherwise some clients
-    get repeated labels. With fewer shards than classes it falls back to the
-    plain sorted cut (shards then mix labels).
+    gets exactly classes_per_client labels when classes_per_client <= num_classes: a class
+    is cut into at most min(num_clients, its size) shards, so no client needs two of one
+    class and no shard is empty (a larger class gets larger shards), and a split where that
+    cannot hold (a class smaller than the clients it must reach) is a ValueError. With
+    classes_per_client > num_classes some clients get repeated labels. With fewer shards
+    than classes it falls back to the plain sorted cut (shards then mix labels).
     """
     y = np.asarray(y)
     n = len(y)
@@ -185,12 +187,37 @@ def shards(
         return _finish([np.concatenate([pieces[s] for s in np.flatnonzero(owner == k)])
                         for k in range(num_clients)])
     counts = 1 + _apportion(total - len(labels), sizes.astype(float))
+    if classes_per_client <= len(labels):
+        # Two shards of one class on one client, or an empty shard, would cost a client a label.
+        caps = np.minimum(sizes, num_clients)
+        if caps.sum() < total:
+            raise ValueError(f"shards: {num_clients} clients x {classes_per_client} distinct labels need {total} "
+                             f"shards, but a class can give at most one per client and one per example "
+                             f"({int(caps.sum())} in all; smallest class: {int(sizes.min())} examples); "
+                             f"use fewer clients or classes_per_client")
+        counts = _cap(counts, caps, sizes.astype(float))
     pieces, shard_class = [], []
     for c, (members, cnt) in enumerate(zip(np.split(order, np.cumsum(sizes)[:-1]), counts)):
         pieces.extend(np.array_split(members, cnt))
         shard_class.extend([c] * cnt)  # class position 0..C-1, not the label value
     slots = _deal(np.asarray(shard_class), num_clients, classes_per_client, rng)  # (clients, cpc)
     return _finish([np.concatenate([pieces[s] for s in row]) for row in slots])
+
+
+def _cap(counts: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """counts with none above its cap, the excess moved to the others in proportion to weights
+    (same sum; needs sum(caps) >= sum(counts)). A class cut into more shards than there are
+    clients puts two of them on one client (digits' largest class, 183 of 1,797, got 21 shards
+    over 20 clients at 10 per client: one client held 9 labels), and one cut into more shards
+    than it has examples gives empty ones. Each pass caps at least one more class."""
+    counts = counts.copy()
+    while (counts > caps).any():
+        over = counts > caps
+        spare = int((counts[over] - caps[over]).sum())
+        counts[over] = caps[over]
+        room = counts < caps
+        counts[room] += _apportion(spare, weights[room])
+    return counts
 
 
 def _deal(shard_class: np.ndarray, num_clients: int, per: int, rng: np.random.Generator) -> np.ndarray:

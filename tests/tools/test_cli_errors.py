@@ -72,6 +72,9 @@ def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
      ("--classes-per-client applies to --partition shards",)),
     (["simulate", "--partition", "shards", "--classes-per-client", "11", "--dataset", "digits", "--rounds", "1"],
      ("--classes-per-client 11", "digits has 10 labels")),
+    # 6 shards over 10 labels: the devices held 4 to 6 labels each, the run said 2.
+    (["simulate", "--partition", "shards", "--devices", "3", "--dataset", "digits", "--rounds", "1"],
+     ("DatasetError", "3 devices x --classes-per-client 2", "--devices 5")),
     (["simulate", "--finetune-steps", "50", "--rounds", "1"],
      ("--finetune-steps applies to --personalization finetune",)),
     (["simulate", "--personalization", "none", "--personal-head-from-global", "--rounds", "1"],

@@ -120,6 +120,29 @@ def test_shards_give_exactly_classes_per_client_labels(num_clients: int, per: in
     assert max(sizes) - min(sizes) <= per  # shards of one class differ by at most one example
 
 
+# digits' class sizes (174..183 of 1,797): not quite balanced, as real label vectors are.
+DIGITS_LIKE = np.random.default_rng(7).permutation(
+    np.repeat(np.arange(10), [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]))
+
+
+@pytest.mark.parametrize("num_clients,per", [(20, 10), (50, 10), (30, 9), (174, 10), (400, 4)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shards_give_exactly_the_labels_on_unequal_classes(num_clients: int, per: int, seed: int) -> None:
+    # A class cut into more shards than clients put two on one client: at 20 x 10, digits'
+    # largest class got 21 shards and a client held 9 labels (8 at 50 x 10).
+    parts = shards(DIGITS_LIKE, num_clients, per, np.random.default_rng(seed))
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(DIGITS_LIKE)))
+    assert [len(np.unique(DIGITS_LIKE[p])) for p in parts] == [per] * num_clients
+
+
+def test_shards_refuse_a_class_smaller_than_the_clients_it_must_reach() -> None:
+    # 30 clients x 2 labels over 2 classes: each class must reach all 30, and one has 10
+    # examples. This once returned clients with 1 label (empty shards), silently.
+    y = np.repeat([0, 1], [10, 200])
+    with pytest.raises(ValueError, match="smallest class: 10 examples"):
+        shards(y, 30, 2, np.random.default_rng(0))
+
+
 def test_shards_fewer_shards_than_classes_still_cover() -> None:
     parts = shards(Y, 2, 2, np.random.default_rng(0))  # 4 shards over 10 labels: shards mix labels
     np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(Y)))
