@@ -174,6 +174,24 @@ def test_a_crash_around_keeping_the_update_never_lets_the_state_run_ahead(model,
         assert len(restarted.pending) == 0  # acknowledged
 
 
+def test_an_unreadable_kept_update_is_dropped_by_name_and_the_others_are_still_resent(model, tmp_path, monkeypatch):
+    # A kept frame damaged on disk (a bad SD-card sector) made agent.start() raise
+    # TruncatedPayload: the device never came up again, and the updates after it were not resent.
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    _crash_in(monkeypatch, DeviceAgent, "_publish", nth=1)  # round 2's update kept, not yet sent
+    _poll_until_crash(agent)
+    monkeypatch.undo()
+    pending = root / "dev0" / "pending"
+    (kept,) = PendingUploads(pending).items()
+    (pending / "r0-damaged.msg").write_bytes(b"garbage")  # listed before the good one
+
+    restarted = _restart(fleet, root)
+    assert restarted.started
+    assert [u.update_id for u in _spy(fleet) if isinstance(u, Update) and u.round_id == 2] == [kept.update_id]
+    assert fleet.coordinator.round.machine.reported == ["dev0"]
+    assert sorted(p.name for p in pending.iterdir()) == []  # the damaged one dropped, the good one acked
+
+
 def test_a_staged_state_applies_deletions_and_empty_sets_and_is_idempotent(tmp_path):
     store = DeviceStore(tmp_path, "m")
     store.save_opt_state({"w.momentum_buffer": np.ones(3, np.float32)})
