@@ -192,6 +192,22 @@ def test_an_unreadable_kept_update_is_dropped_by_name_and_the_others_are_still_r
     assert sorted(p.name for p in pending.iterdir()) == []  # the damaged one dropped, the good one acked
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_damaged_state_file_is_declined_by_name_and_left_as_it_is(model, tmp_path, damage):
+    # state.npz unreadable (a bad sector): np.load's bare BadZipFile/ValueError/EOFError escaped
+    # handle_task, the task got no answer, and every round waited for its deadline.
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    path = root / "dev0" / fleet.model[1].model_id / "state.npz"
+    whole = path.read_bytes()
+    path.write_bytes({"garbage": b"garbage", "truncated": whole[: len(whole) // 2], "empty": b""}[damage])
+    damaged = path.read_bytes()
+    fleet.drain()
+    declines = [m for m in _spy(fleet) if isinstance(m, Decline) and m.round_id == 2]
+    assert [d.reason for d in declines] == ["bad_state"] and "state.npz" in declines[0].detail
+    assert fleet.coordinator.round.machine.declined == {"dev0": "bad_state"}
+    assert path.read_bytes() == damaged  # the personal params are not silently started over
+
+
 def test_a_staged_state_applies_deletions_and_empty_sets_and_is_idempotent(tmp_path):
     store = DeviceStore(tmp_path, "m")
     store.save_opt_state({"w.momentum_buffer": np.ones(3, np.float32)})
