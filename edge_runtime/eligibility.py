@@ -141,6 +141,9 @@ def failing(policy: EligibilityPolicy, facts: DeviceFacts, phase: str) -> tuple[
             reasons.append("battery_low")
         if policy.require_charging and facts.charging is not True:
             reasons.append("not_charging")
+    elif policy.require_charging and facts.charging is False:
+        # A battery of unknown level that says it discharges: no battery would say nothing.
+        reasons.append("not_charging")
     link_reason = _link_reason(policy, facts)
     if link_reason:
         reasons.append(link_reason)

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .kernel.errors import DeviceStateError
 from .kernel.files import Arrays, atomic_write_bytes, load_npz
 from .kernel.manifest import check_model_id
 
@@ -52,6 +53,19 @@ _VERSION_KEY = "//version"  # in global.npz: the model version it holds
 _WHOLE_KEY = "//whole"  # in a staged file that holds the whole state (absent: an older, partial one)
 
 State = dict[str, Arrays]  # part name -> its arrays; a part that is absent is None
+
+
+def _read(path: Path, only: tuple[str, ...] | None = None) -> Arrays:
+    """load_npz, with a damaged file (a bad SD-card sector, a torn write) a DeviceStateError
+    that names it. np.load reports damage as BadZipFile, ValueError, EOFError, TokenError,
+    NotImplementedError, ... (a bit flip can reach any of its parsers): as a bare exception it
+    escaped handle_task, so every task was left unanswered and each round waited for its deadline;
+    a named error is declined as `bad_state`."""
+    try:
+        return load_npz(path, only)
+    except Exception as exc:
+        raise DeviceStateError(f"{path} cannot be read ({type(exc).__name__}: {exc}); move it aside "
+                               "to start this part of the device's state over") from exc
 
 
 def _staged(update_id: str) -> str:
@@ -98,7 +112,7 @@ class DeviceStore:
         path = self.dir / f"{name}.npz"
         if not path.exists():
             return None
-        return load_npz(path)
+        return _read(path)
 
     def _save(self, name: str, arrays: Arrays | None, durable: bool = True) -> None:
         if name in _STAGEABLE:
@@ -122,9 +136,9 @@ class DeviceStore:
         if st is not None:
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
             if self._parsed is None or self._parsed[0] != key:
-                self._parsed = (key, {k: v for k, v in _decode(load_npz(path)).items() if v is not None})
+                self._parsed = (key, {k: v for k, v in _decode(_read(path)).items() if v is not None})
             return {name: {k: v.copy() for k, v in part.items()} for name, part in self._parsed[1].items()}
-        legacy = {name: load_npz(self.dir / f"{name}.npz") for name in _STAGEABLE
+        legacy = {name: _read(self.dir / f"{name}.npz") for name in _STAGEABLE
                   if (self.dir / f"{name}.npz").exists()}
         return legacy
 
@@ -266,7 +280,7 @@ class DeviceStore:
         path = self.dir / f"{_staged(update_id)}.npz"
         if not path.exists():
             return
-        head = load_npz(path, only=(_META_KEY, _WHOLE_KEY))  # not the state's arrays
+        head = _read(path, only=(_META_KEY, _WHOLE_KEY))  # not the state's arrays
         meta = json.loads(str(head[_META_KEY]))
         whole = _WHOLE_KEY in head
         self._parsed = None
@@ -274,7 +288,7 @@ class DeviceStore:
             os.replace(path, self.dir / f"{_STATE}.npz")  # its bytes were fsynced by stage()
             self._drop_legacy()
         else:  # staged by an older fedge: only the parts its task changed
-            arrays = load_npz(path)
+            arrays = _read(path)
             self.save_state(_decode({k: v for k, v in arrays.items() if k != _META_KEY}))
             path.unlink()
         self.save_meta(meta)

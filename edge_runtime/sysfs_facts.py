@@ -75,7 +75,10 @@ def read_power(root: str | Path) -> Power | None:
     else:
         charging = None  # "Not charging"/"Unknown" without an online supply to tell
     battery = min(levels) if levels else None
-    return Power(battery, charging if (battery is not None or external) else None,
+    # A battery whose level cannot be read (a fuel gauge answering ENODATA, a UPS HAT driver
+    # without capacity) still says whether it discharges: dropping that made a device on battery
+    # look mains powered, and require_charging let it train.
+    return Power(battery, charging if (battery is not None or external or statuses) else None,
                  f"sysfs:{base} ({', '.join(used) or 'no battery or online supply'})")
 
 

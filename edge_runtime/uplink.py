@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import decode_message, encode_message
+from .kernel.errors import CodecError
 from .kernel.protocol import Decline
 
 log = logging.getLogger("fedge.agent")
@@ -68,9 +69,21 @@ class Uplink:
         items = self.journal.pending.items()
         # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
         self.next_republish = now + self.republish_s * 2 ** self.unacked_resends
+        sent = 0
         for item in items:
-            self._send(item.payload)
-        return len(items)
+            try:
+                self._send(item.payload)
+            except CodecError as exc:
+                # A kept frame that no longer decodes (a bad sector on an SD card: the frame's
+                # checksum says so) can never be sent. Raising here stopped every start of the
+                # device (systemd restarted it into the same file) and every resend of the
+                # updates listed after it; it is dropped by name, like one no Ack came for.
+                log.warning("device %s: dropping kept update %s of round %d: unreadable on disk: %s",
+                            self.device_id, item.update_id, item.round_id, exc)
+                self.journal.pending.remove(item.update_id)
+                continue
+            sent += 1
+        return sent
 
     def retarget(self, task_id: str, shard: int) -> None:
         """The task came again naming `shard`: its update goes there from now on (this run)."""

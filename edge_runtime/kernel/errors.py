@@ -13,6 +13,7 @@
     │   ├── ArtifactIntegrityError  a file's hash does not match the manifest
     │   └── ManifestMismatch        task / params / manifest disagree (model_id, names, shapes)
     ├── DatasetError                local data has the wrong shape, dtype or labels
+    ├── DeviceStateError            the device's own state on disk cannot be read back
     ├── BackendUnavailable          the requested trainer backend is not installed here
     │   └── UnsupportedByBackend    the backend cannot do what the task asks (e.g. ORT SGD momentum)
     ├── TrainingError               training produced NaN/Inf or the backend failed
@@ -101,6 +102,12 @@ class RoundModelError(FedgeError):
 
 class DatasetError(FedgeError):
     reason = "bad_dataset"
+
+
+class DeviceStateError(FedgeError):
+    """A file of the device's own state (state.npz, a staged state) cannot be read back."""
+
+    reason = "bad_state"
 
 
 class BackendUnavailable(FedgeError):

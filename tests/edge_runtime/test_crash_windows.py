@@ -174,6 +174,40 @@ def test_a_crash_around_keeping_the_update_never_lets_the_state_run_ahead(model,
         assert len(restarted.pending) == 0  # acknowledged
 
 
+def test_an_unreadable_kept_update_is_dropped_by_name_and_the_others_are_still_resent(model, tmp_path, monkeypatch):
+    # A kept frame damaged on disk (a bad SD-card sector) made agent.start() raise
+    # TruncatedPayload: the device never came up again, and the updates after it were not resent.
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    _crash_in(monkeypatch, DeviceAgent, "_publish", nth=1)  # round 2's update kept, not yet sent
+    _poll_until_crash(agent)
+    monkeypatch.undo()
+    pending = root / "dev0" / "pending"
+    (kept,) = PendingUploads(pending).items()
+    (pending / "r0-damaged.msg").write_bytes(b"garbage")  # listed before the good one
+
+    restarted = _restart(fleet, root)
+    assert restarted.started
+    assert [u.update_id for u in _spy(fleet) if isinstance(u, Update) and u.round_id == 2] == [kept.update_id]
+    assert fleet.coordinator.round.machine.reported == ["dev0"]
+    assert sorted(p.name for p in pending.iterdir()) == []  # the damaged one dropped, the good one acked
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_damaged_state_file_is_declined_by_name_and_left_as_it_is(model, tmp_path, damage):
+    # state.npz unreadable (a bad sector): np.load's bare BadZipFile/ValueError/EOFError escaped
+    # handle_task, the task got no answer, and every round waited for its deadline.
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    path = root / "dev0" / fleet.model[1].model_id / "state.npz"
+    whole = path.read_bytes()
+    path.write_bytes({"garbage": b"garbage", "truncated": whole[: len(whole) // 2], "empty": b""}[damage])
+    damaged = path.read_bytes()
+    fleet.drain()
+    declines = [m for m in _spy(fleet) if isinstance(m, Decline) and m.round_id == 2]
+    assert [d.reason for d in declines] == ["bad_state"] and "state.npz" in declines[0].detail
+    assert fleet.coordinator.round.machine.declined == {"dev0": "bad_state"}
+    assert path.read_bytes() == damaged  # the personal params are not silently started over
+
+
 def test_a_staged_state_applies_deletions_and_empty_sets_and_is_idempotent(tmp_path):
     store = DeviceStore(tmp_path, "m")
     store.save_opt_state({"w.momentum_buffer": np.ones(3, np.float32)})

@@ -103,6 +103,12 @@ def test_mains_powered_device_satisfies_require_charging():
                     charging=None), "before") is None
 
 
+def test_a_battery_of_unknown_level_that_discharges_fails_require_charging():
+    on_battery = _with(battery_percent=None, charging=False)
+    assert evaluate(EligibilityPolicy(require_charging=True), on_battery, "before") == "not_charging"
+    assert evaluate(EligibilityPolicy(), on_battery, "before") is None  # unknown level alone does not block
+
+
 def test_unmetered_cellular_is_fine_when_cellular_is_allowed():
     policy = EligibilityPolicy(allowed_links=("wifi", "ethernet", "cellular"))
     assert evaluate(policy, _with(link="cellular", metered=False), "before") is None

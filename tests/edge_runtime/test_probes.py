@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedge.edge_runtime.eligibility import DeviceFacts, EligibilityPolicy
+from fedge.edge_runtime.eligibility import DeviceFacts, EligibilityPolicy, evaluate
 from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.probes import FakeProbe, SystemProbe, describe, parse_nmcli_metered, run_command
 from fedge.edge_runtime.sysfs_facts import classify_interface, read_link, read_power, read_temperature
@@ -70,6 +70,18 @@ def test_charging_means_on_external_power(tmp_path, status, online, charging):
     root = _write(tmp_path, {**_supply("BAT0", type="Battery", capacity="90", status=status),
                              **_supply("ADP1", type="Mains", online=online)})
     assert read_power(root).charging is charging
+
+
+@pytest.mark.parametrize("capacity", ["", "abc"])
+def test_a_battery_of_unreadable_level_still_says_it_discharges(tmp_path, capacity):
+    # A fuel gauge that cannot say its level (ENODATA before calibration, garbage) is still a
+    # battery: it read as "no battery, mains", and require_charging let a discharging board train.
+    root = _write(tmp_path, {**_supply("BAT0", type="Battery", capacity=capacity, status="Discharging"),
+                             **_supply("AC", type="Mains", online="0")})
+    facts = SystemProbe(root, run=_no_nmcli).read()
+    assert (facts.battery_percent, facts.charging) == (None, False)
+    assert evaluate(EligibilityPolicy(require_charging=True), facts, "before") == "not_charging"
+    assert evaluate(EligibilityPolicy(require_charging=True), facts, "during") == "not_charging"
 
 
 def test_ups_hat_reports_as_a_ups_supply(tmp_path):
