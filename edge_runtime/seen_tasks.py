@@ -51,9 +51,11 @@ class SeenTasks:
         """An older file lists task ids only: those count as answered."""
         try:
             rows = json.loads(self.path.read_text())
-            entries = [[str(r), None, True] if isinstance(r, str) else [str(r[0]), r[1], bool(r[2])] for r in rows]
-        except (OSError, ValueError, TypeError, IndexError):
+        except (OSError, ValueError):
             return {}
+        # Rows of a shape fedge never writes ({"a": 1}, a string round id) are skipped: they once
+        # stopped the start with a KeyError, or a TypeError in a log line later.
+        entries = [e for e in map(_entry, rows if isinstance(rows, list) else []) if e is not None]
         return {task_id: [round_id, answered] for task_id, round_id, answered in entries[-self.kept:]}
 
     def _save(self) -> None:
@@ -66,3 +68,13 @@ class SeenTasks:
         # the restart decline as `interrupted` a task the coordinator already counted, which it
         # ignores (rounds.py: a Decline from a device that replied changes nothing).
         atomic_write_bytes(self.path, json.dumps(rows).encode(), durable=False)
+
+
+def _entry(row) -> list | None:
+    """[task id, round id or None, answered] from a saved row, or None for a shape fedge does not write."""
+    if isinstance(row, str):  # an older file: task ids only, counted as answered
+        return [row, None, True]
+    if isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[2], bool) and (
+            row[1] is None or isinstance(row[1], int) and not isinstance(row[1], bool)):
+        return list(row)
+    return None

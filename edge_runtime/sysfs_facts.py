@@ -154,7 +154,10 @@ def _capacity(supply: Path) -> float | None:
     for now, full in (("energy_now", "energy_full"), ("charge_now", "charge_full")):
         n, f = _read_int(supply / now), _read_int(supply / full)
         if n is not None and f:
-            return min(100.0, max(0.0, 100.0 * n / f))
+            try:
+                return min(100.0, max(0.0, 100.0 * n / f))
+            except OverflowError:  # a value past float range is no reading (this module never raises)
+                return None
     return None
 
 
@@ -164,7 +167,8 @@ def _default_route_interface(root: Path) -> str | None:
     for line in _lines(root / "proc/net/route")[1:]:
         f = line.split()
         # Iface Destination Gateway Flags RefCnt Use Metric Mask ...; flag 0x1 = RTF_UP
-        if len(f) >= 8 and f[1] == "00000000" and f[7] == "00000000" and int(f[3], 16) & 1:
+        if len(f) >= 8 and f[1] == "00000000" and f[7] == "00000000" and _numbers(f, (3, 16), (6, 10)) and \
+                int(f[3], 16) & 1:
             candidate = (int(f[6]), f[0])
             best = candidate if best is None or candidate < best else best
     if best is not None:
@@ -172,10 +176,22 @@ def _default_route_interface(root: Path) -> str | None:
     for line in _lines(root / "proc/net/ipv6_route"):
         f = line.split()
         # dest plen src splen nexthop metric refcnt use flags iface; 0x200 = RTF_REJECT
-        if len(f) >= 10 and int(f[0], 16) == 0 and f[1] == "00" and f[9] != "lo" and not int(f[8], 16) & 0x200:
+        if len(f) >= 10 and _numbers(f, (0, 16), (5, 16), (8, 16)) and int(f[0], 16) == 0 and f[1] == "00" and \
+                f[9] != "lo" and not int(f[8], 16) & 0x200:
             candidate = (int(f[5], 16), f[9])
             best = candidate if best is None or candidate < best else best
     return best[1] if best else None
+
+
+def _numbers(fields: list[str], *wanted: tuple[int, int]) -> bool:
+    """True when each (index, base) field of a route line is a number: a line with one that is
+    not (a damaged or fake file) is no route, rather than a ValueError (this module never raises)."""
+    try:
+        for index, base in wanted:
+            int(fields[index], base)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_up(path: Path) -> bool:

@@ -10,6 +10,7 @@ was kept, the state is as before it, and the coordinator is told `interrupted`.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -249,3 +250,19 @@ def test_pending_age_is_measured_on_the_injected_clock_across_a_restart(tmp_path
     clock.advance(1000.0)
     assert [p.update_id for p in again.older_than(1000.0)] == ["old", "new"]
     assert [p.update_id for p in again.older_than(1050.0)] == ["old"]
+
+
+def test_seen_task_rows_of_shapes_fedge_never_writes_are_skipped_not_fatal(tmp_path):
+    """A seen_tasks.json row like {"a": 1} stopped the device's start with a KeyError, and a string
+    round id failed later in a %d log line (found by the device helper). Such rows are skipped;
+    the rows fedge writes, and an older file's bare task ids, still load."""
+    from fedge.edge_runtime.seen_tasks import SeenTasks
+
+    path = tmp_path / "seen_tasks.json"
+    path.write_text(json.dumps([{"a": 1}, ["t1", "7", False], ["t2", 3, False], ["t3", 4, True], "t0",
+                                ["t4", True, False], [1, 2], None]))
+    seen = SeenTasks(path)
+    assert [t for t in ("t0", "t1", "t2", "t3", "t4") if t in seen] == ["t0", "t2", "t3"]
+    assert seen.unanswered() == [("t2", 3)]
+    path.write_text(json.dumps({"not": "a list"}))
+    assert SeenTasks(path).unanswered() == []

@@ -374,3 +374,21 @@ def test_describe_is_json_with_a_source_for_every_fact(tmp_path):
     assert out["verdict"]["failing"][:2] == ["battery_low", "metered_link"]
     fake = describe(FakeProbe(), EligibilityPolicy())
     assert fake["facts"]["link"] == {"value": "ethernet", "source": "FakeProbe"} and fake["verdict"]["before"] is None
+
+
+def test_a_route_line_that_is_not_numbers_is_no_route_and_a_huge_energy_no_level(tmp_path):
+    """sysfs_facts promises never to raise: a route line with a non-hex flag or metric (a damaged
+    or fake file) once raised ValueError and a huge energy_now OverflowError, so check-ins and
+    tasks failed with no decline. Such a line is skipped (the good route still decides) and
+    such a level is unknown."""
+    files = {**_iface("eth0"), **_iface("wwan0", devtype="wwan")}
+    bad = _route("eth0").replace("\t0003\t", "\tzz\t")
+    root = _write(tmp_path, {**files, "proc/net/route": "\n".join([ROUTE_HEADER, bad, _route("wwan0", 100)]),
+                             "proc/net/ipv6_route": "xyz 00 0 00 0 qq 0 0 zz eth0"})
+    assert read_link(root).link == "cellular"  # the route that parses; eth0's bad line is not a route
+    (root / "proc/net/route").write_text("\n".join([ROUTE_HEADER, _route("wwan0", 100).replace("\t100\t", "\tx\t")]))
+    assert read_link(root).link == "ethernet"  # no route parses: the OS's usual preference
+    root2 = _write(tmp_path / "p", _supply("BAT0", type="Battery", energy_now="9" * 400, energy_full="1",
+                                           status="Discharging"))
+    power = read_power(root2)
+    assert power.battery_percent is None and power.charging is False
