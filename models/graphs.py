@@ -31,8 +31,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
-
 from .onnx_builder import GraphBuilder
 from .params import param_infos
 from .spec import LayerSpec, ModelSpec
@@ -42,23 +40,15 @@ ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "leaky_r
 INV_SQRT2, INV_SQRT_2PI = 1 / math.sqrt(2.0), 1 / math.sqrt(2.0 * math.pi)
 
 
-def activate(gb: GraphBuilder, layer: LayerSpec | str, pre: str) -> str:
-    """out = activation(pre), as kernel/activations.py defines it (a LayerSpec, or a name with
-    the default slope)."""
-    activation, slope = _activation_of(layer)
-    if activation == "none":
+def activate(gb: GraphBuilder, layer: LayerSpec, pre: str) -> str:
+    """out = the layer's activation of pre, as kernel/activations.py defines it."""
+    if layer.activation == "none":
         return pre
-    if activation == "gelu":  # x Phi(x); ONNX has Gelu only from opset 20, Erf since 9
+    if layer.activation == "gelu":  # x Phi(x); ONNX has Gelu only from opset 20, Erf since 9
         return gb.mul(pre, _normal_cdf(gb, pre))
-    if activation == "leaky_relu":
-        return gb.op("LeakyRelu", [pre], alpha=slope)
-    return gb.op(ACTIVATION_OPS[activation], [pre])
-
-
-def _activation_of(layer: LayerSpec | str) -> tuple[str, float]:
-    if isinstance(layer, str):
-        return layer, DEFAULT_NEGATIVE_SLOPE
-    return layer.activation, layer.negative_slope
+    if layer.activation == "leaky_relu":
+        return gb.op("LeakyRelu", [pre], alpha=layer.negative_slope)
+    return gb.op(ACTIVATION_OPS[layer.activation], [pre])
 
 
 def _normal_cdf(gb: GraphBuilder, x: str) -> str:
@@ -68,7 +58,7 @@ def _normal_cdf(gb: GraphBuilder, x: str) -> str:
 
 def _activation_backward(gb: GraphBuilder, layer: LayerSpec, dh: str, pre: str, out: str) -> str:
     """d loss / d pre from d loss / d out, out = activation(pre)."""
-    activation, slope = _activation_of(layer)
+    activation, slope = layer.activation, layer.negative_slope
     if activation == "relu":
         return gb.mul(dh, gb.op("Cast", [gb.op("Greater", [pre, gb.const(0.0)])], to=TensorProto.FLOAT))
     if activation == "tanh":  # tanh' = 1 - tanh^2

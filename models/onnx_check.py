@@ -39,7 +39,7 @@ def check_import(spec: ModelSpec, values: dict[str, np.ndarray], backbone: onnx.
     source, g = _checked_source(spec)
     tail = parse_tail(g, spec.onnx_cut)
     target = tail[-1].output if spec.onnx_keep_head else tail[len(spec.layers) - 1].output
-    head = next(iter(("global", "personal") if spec.head == "dual" else (spec.head,))) if spec.onnx_keep_head else None
+    head = ("personal" if spec.head == "personal" else "global") if spec.onnx_keep_head else None  # kept: any head
     dims = g.input.type.tensor_type.shape.dim
     batch = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else EXAMPLES
     x = np.random.default_rng(0).standard_normal((batch, *spec.input_shape)).astype(np.float32)

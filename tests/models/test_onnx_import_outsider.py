@@ -70,9 +70,6 @@ def test_a_backbone_tensor_named_logits_still_exports(tmp_path):
     first layer, frozen by the Elu after it) imported and trained, and then `fedge device
     export` refused it ('backbone.onnx already has a tensor named logits'). That tensor moves
     aside; the export gives what the source gives. Oracle: ONNX Runtime on the source."""
-    from fedge.edge_runtime.model_runtime import ModelRuntime
-    from fedge.models.build import build_artifacts
-    from fedge.models.export import export_model
 
     w0 = RNG.normal(size=(12, 12)).astype(np.float32)
     nodes = [helper.make_node("Gemm", ["x", "w0"], ["logits"], name="dense"),
@@ -87,13 +84,7 @@ def test_a_backbone_tensor_named_logits_still_exports(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global"))
     assert spec.onnx_cut == "f"
-    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
-    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
-    exported = export_model(tmp_path / "art", runtime.initial("shared"), runtime.initial("personal"))
-    x = RNG.normal(size=(5, 12)).astype(np.float32)
-    run = lambda m, name: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
-                                               providers=["CPUExecutionProvider"]).run([name], {"x": x})[0]
-    np.testing.assert_allclose(run(exported, "logits"), run(model, "y"), rtol=1e-5, atol=1e-5)
+    _assert_export_gives_the_sources_y(spec, model, tmp_path)
 
 
 def test_a_rebuild_without_a_backbone_removes_the_earlier_ones(tmp_path):
@@ -126,9 +117,6 @@ def test_a_matmul_with_a_scalar_bias_joins_the_tail(tmp_path):
     """MatMul + Add of one stored number is a dense layer (ONNX broadcasts it, as Gemm's C): it
     was refused ('bias of 1 values for 6 outputs'), so the automatic cut moved past the layer and
     froze it, naming 'Add, Relu' as the reason. Oracle: ONNX Runtime on the source."""
-    from fedge.edge_runtime.model_runtime import ModelRuntime
-    from fedge.models.build import build_artifacts
-    from fedge.models.export import export_model
 
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["m"], name="fc1"),
              helper.make_node("Add", ["m", "b1"], ["h"], name="bias1"),
@@ -143,13 +131,7 @@ def test_a_matmul_with_a_scalar_bias_joins_the_tail(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global"))
     assert spec.onnx_cut == "x" and [(layer.units, layer.activation) for layer in spec.layers] == [(6, "relu")]
-    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
-    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
-    exported = export_model(tmp_path / "art", runtime.initial("shared"), runtime.initial("personal"))
-    x = RNG.normal(size=(5, 12)).astype(np.float32)
-    run = lambda m, name: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
-                                               providers=["CPUExecutionProvider"]).run([name], {"x": x})[0]
-    np.testing.assert_allclose(run(exported, "logits"), run(model, "y"), rtol=1e-5, atol=1e-5)
+    _assert_export_gives_the_sources_y(spec, model, tmp_path)
     model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.zeros((6, 1), np.float32), "b1"))
     onnx.save(model, tmp_path / "n.onnx")  # a (6, 1) bias widens (N, 6) to (6, 6): not a bias
     with pytest.raises(OnnxImportError, match=r"Add node 'bias1': bias of shape \(6, 1\) for 6 outputs"):
@@ -171,3 +153,19 @@ def test_an_input_without_a_batch_dimension_is_named(tmp_path):
     for shape in ((), (12,)):
         with pytest.raises(OnnxImportError, match="input 'v' has rank 1, no batch dimension.*re-export"):
             import_spec(ImportOptions(str(tmp_path / "m.onnx"), input_shape=shape))
+
+
+def _assert_export_gives_the_sources_y(spec, model, tmp_path) -> None:
+    """Build the import, export its initial model, and compare the logits with ONNX Runtime's run
+    of the source's output `y` on the same inputs."""
+    from fedge.edge_runtime.model_runtime import ModelRuntime
+    from fedge.models.build import build_artifacts
+    from fedge.models.export import export_model
+
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    exported = export_model(tmp_path / "art", runtime.initial("shared"), runtime.initial("personal"))
+    x = RNG.normal(size=(5, 12)).astype(np.float32)
+    run = lambda m, name: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
+                                               providers=["CPUExecutionProvider"]).run([name], {"x": x})[0]
+    np.testing.assert_allclose(run(exported, "logits"), run(model, "y"), rtol=1e-5, atol=1e-5)
