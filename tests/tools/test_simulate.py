@@ -120,3 +120,18 @@ def test_ort_training_backend_runs_a_fleet(tmp_path):
     assert result.config["backend"] == "ort-training"
     assert all(r["committed"] for r in result.rounds)  # momentum defaulted to 0: no declines
     assert result.summary["declines"] == {}
+
+
+def test_new_devices_without_test_examples_are_counted_apart(tmp_path, capsys):
+    """--new-devices once reported count K with means over fewer devices, those with x_test, and
+    never said so."""
+    data = tmp_path / "clients"
+    _write_blob_clients(data, clients=5)
+    last = data / "site-4.npz"
+    arrays = dict(np.load(last))
+    np.savez(last, **{**arrays, "x_test": arrays["x_test"][:0], "y_test": arrays["y_test"][:0]})
+    out = tmp_path / "out.json"
+    assert main(["simulate", "--data", str(data), "--rounds", "1", "--new-devices", "2", "--json", str(out)]) == 0
+    n = json.loads(out.read_text())["new_devices"]
+    assert (n["count"], n["evaluated"]) == (2, 1)
+    assert "new devices (2, never trained, 1 with test examples)" in capsys.readouterr().out

@@ -43,6 +43,8 @@ run.json schema (version 1):
         central:    {accuracy, epochs}
     new_devices (with --new-devices K; {} otherwise): devices that never trained, on the final model
         count, steps                               int: K, and the head-only steps each then takes
+        evaluated                                  int: those of the K with held-out examples (the
+                                                   means and minimums below are over these)
         global_accuracy_mean, global_accuracy_min  fraction: the global model as received
         tuned_accuracy_mean, tuned_accuracy_min    fraction after `steps` steps, or null when steps = 0
     summary: {rejections: {reason: count}, declines: {reason: count}, attackers: [device ids] ([] without
@@ -179,8 +181,9 @@ def format_summary(result) -> str:
     if n:
         tuned = (f"; after {n['steps']} local head steps mean {n['tuned_accuracy_mean']:.3f}, worst "
                  f"{n['tuned_accuracy_min']:.3f}" if n["tuned_accuracy_mean"] is not None else "")
-        lines.append(f"new devices ({n['count']}, never trained): global model mean {n['global_accuracy_mean']:.3f}, "
-                     f"worst {n['global_accuracy_min']:.3f}{tuned}")
+        scored = f", {n['evaluated']} with test examples" if n["evaluated"] < n["count"] else ""
+        lines.append(f"new devices ({n['count']}, never trained{scored}): global model mean "
+                     f"{n['global_accuracy_mean']:.3f}, worst {n['global_accuracy_min']:.3f}{tuned}")
     if result.summary.get("rejections"):  # stale_round after early closes is normal with over-selection
         lines.append("messages refused: " + ", ".join(f"{reason} x{n}" for reason, n in
                                                        sorted(result.summary["rejections"].items())))

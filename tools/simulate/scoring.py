@@ -98,6 +98,7 @@ class Scorer:
                  for rt in runtimes] if cfg.new_device_steps else []
         return {
             "count": len(self.setup.new_clients),
+            "evaluated": len(runtimes),  # the means are over these: a device with no x_test has no score
             "steps": cfg.new_device_steps,
             "global_accuracy_mean": float(np.mean(before)),
             "global_accuracy_min": float(np.min(before)),
