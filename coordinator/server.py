@@ -143,10 +143,8 @@ class Coordinator(BrokerLink):
         """The store's open round, rebuilt by replay (restart.py)."""
         if (stored := self.store.load_open_round()) is None:
             return
-        self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path)
-        m = self.round.machine
-        log.info("round %d resumed: %d reports, %d declines, %.0f s left", stored.round_id, len(m.reported),
-                 len(m.declined), m.deadline - now)
+        self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path,
+                            self.config.shards)  # logs what it resumed
         if self.shell.secure:  # its keys and masked inputs died with the process: reveal nothing
             self._execute(Stopped("a secure round cannot resume after a restart"), now)
 

@@ -15,7 +15,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.server import Coordinator
 from fedge.coordinator.strategies import make_strategy
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError
+from tests.coordinator.fleet import HYPER, ManualDevice, make_fleet, random_delta
 from tests.coordinator.shard_reference import robust_reference
 from tests.pg_server import import_psycopg
 from tests.tiny_model import build_tiny_model
@@ -66,3 +71,61 @@ def test_a_robust_round_counted_on_k_shards_commits_every_update_under_a_leader_
     for k in want.params:
         assert np.array_equal(leader.state.params[k], want.params[k]), k
 
+
+def test_a_sharded_round_is_refused_by_a_coordinator_restarted_without_shards(model, postgres_dsn):
+    """Its acked updates are in shard_updates: a coordinator with shards = 0 resumed the round with
+    none of them, and they were lost without a word."""
+    c = _counted_round(model, postgres_dsn)
+    with pytest.raises(ConfigError, match=r"open on 2 shard\(s\).*before turning sharding off"):
+        _restart(c, model, Coordinator, shards=0)
+    leader = _restart(c, model, ShardedCoordinator)  # with its shards it finishes, every update in
+    leader.start()
+    record = leader.tick()
+    assert record is not None and record.committed and record.reports == 10, record
+
+
+def test_a_round_with_accepted_updates_is_refused_by_a_sharded_leader(model, postgres_dsn, tmp_path):
+    """A round opened with shards = 0 holds its updates in the store: a sharded leader resumed it
+    into the workers' sums, whose add raises (a TypeError traceback at every start)."""
+    fleet = make_fleet(model, tmp_path, store=PostgresStore(postgres_dsn), clients_per_round=2,
+                       state_dsn=postgres_dsn)
+    devices = [ManualDevice(fleet, f"d{i}", 10) for i in range(2)]
+    fleet.drain()
+    assert fleet.coordinator.begin_round()
+    fleet.drain()
+    devices[0].send(encode_message(devices[0].update(random_delta(fleet.coordinator.shapes,
+                                                                  np.random.default_rng(0)))))
+    fleet.drain()
+    assert devices[0].acks() == [(True, "")]
+    _, manifest, runtime = model
+    cfg = replace(fleet.coordinator.config, shards=K)
+    assert isinstance(cfg, CoordinatorConfig) and cfg.hyper == HYPER
+    with pytest.raises(ConfigError, match="holds 1 accepted update.*finish it with shards = 0"):
+        ShardedCoordinator(fleet.broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,
+                           runtime.initial("shared"), cfg, clock=fleet.clock, store=PostgresStore(postgres_dsn))
+
+
+def test_devices_waiting_on_a_shard_beyond_the_new_k_move_to_a_live_one(model, postgres_dsn):
+    """What the README says of a smaller K: a device assigned to shard K - 1 that has not uploaded
+    yet is moved as from a dead shard, gets its task again naming a shard below K, and counts."""
+    c = Cluster(model, postgres_dsn, devices=10)
+    assert c.leader.begin_round()
+    c.pump()
+    late = [d for d in c.devices if d.task().shard == K - 1][:2]
+    rng = np.random.default_rng(5)
+    for d in c.devices:
+        if d not in late:
+            c.upload(d, random_delta(c.shapes, rng))
+    c.pump()
+    c.leader = _restart(c, model, ShardedCoordinator, shards=K - 1)
+    c.leader.start()
+    assert c.leader.tick() is None
+    c.clock.advance(c.cfg.shard_takeover_s + 1.0)
+    assert c.leader.tick() is None  # the move, and the tasks again
+    c.pump()
+    assert {d.task().shard for d in late} == {0}
+    for d in late:
+        c.upload(d, random_delta(c.shapes, rng))
+    c.pump()
+    record = c.leader.tick()
+    assert record is not None and record.committed and record.reports == 10, record
