@@ -111,9 +111,11 @@ class AsyncCoordinator(Coordinator):
                                decode_delta(row.payload, self.round.ctx.shapes), None,
                                reported_norm=row.reported_norm), row.staleness)
         self.round.events = rows[-1].seq + 1 if rows else 0
-        self.machine = replace(self.machine, buffered=len(rows))
+        # It flushes at the K it opened with (its target; a changed buffer_size applies from the next
+        # buffer): a DP buffer's mean divides by that K (its plan's W), whatever buffer_size says now.
+        self.machine = replace(self.machine, buffered=len(rows), buffer_size=stored.target)
         log.info("buffer %d resumed: %d of %d updates, %d tasks in flight", stored.round_id, len(rows),
-                 a.buffer_size, self.machine.in_flight)
+                 stored.target, self.machine.in_flight)
 
     def _new_buffer(self, buffer_id: int, started: float, plan: RoundPlan | None) -> OpenRound:
         # The sync machine only carries the buffer's id for OpenRound; async never feeds it events.
@@ -261,6 +263,7 @@ class AsyncCoordinator(Coordinator):
         if plan is None and self.privacy.enabled:
             return False
         now, wall = self.clock.now(), self.clock.wall()
+        self.machine = replace(self.machine, buffer_size=k)  # a resumed buffer kept its own (_resume)
         self.store.open_round(StoredRound(buffer_id, self.state.version, (), {}, k, k, wall,
                                           wall + self.config.round_deadline_s, privacy=plan and plan.to_json()))
         self.round, self._contributions = self._new_buffer(buffer_id, now, plan), Counter()
