@@ -301,8 +301,8 @@ class AsyncCoordinator(Coordinator):
         device is told to wait before it checks in again; a registered device that went away
         (shut down, or known only from the store after a restart) stops counting then, so it
         holds the buffer back for that long at most, not for good."""
-        if self.privacy.enabled:
-            return 1
+        if self.privacy.enabled or (self.round is not None and self.round.privacy is not None):
+            return 1  # also a DP buffer resumed with privacy off since: it is still charged as one
         now, window = self.clock.now(), self.config.pace_max_s + self.config.pace_jitter_s
         present = sum(1 for d in self.eligible_devices()
                       if self.machine.flight(d) is not None or now - self.registry[d].last_seen <= window)

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.store import RoundStore
 from tests.coordinator.fleet import random_delta
 from tests.coordinator.test_async_server import _dp_fleet, _send
@@ -65,3 +66,13 @@ def test_a_dp_buffer_resumed_under_another_buffer_size_flushes_at_its_own(model,
     assert [p["expected_cohort"] for p in ledger] == [K]
     assert c.machine.buffer_size == new_k == c.round.machine.target  # the next buffer takes the new K
 
+
+def test_a_dp_buffer_resumed_with_privacy_off_still_takes_one_update_per_device(model, tmp_path):
+    """Its charge (one event of sensitivity S) goes to the ledger at the flush however privacy is
+    set now; with privacy off the per-device limit became a fair share, ceil(K / 2) = 2 in a fleet
+    of two, and the device that had given gets a second task into the same buffer."""
+    fleet, devs, _ = _buffer(model, tmp_path, devices=2, sent=1, restart_with={"privacy": PrivacyConfig()})
+    c = fleet.coordinator
+    assert c.round.privacy is not None and c.round.ctx.round_id == 1
+    assert c.machine.flight(devs[0].id) is None, "a second update of one device into a charged DP buffer"
+    assert c.machine.flight(devs[1].id) is not None
