@@ -143,6 +143,7 @@ class Coordinator(BrokerLink):
         """The store's open round, rebuilt by replay (restart.py)."""
         if (stored := self.store.load_open_round()) is None:
             return
+        self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
         self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path,
                             self.config.shards)  # logs what it resumed
         if self.shell.secure:  # its keys and masked inputs died with the process: reveal nothing

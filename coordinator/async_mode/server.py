@@ -100,6 +100,7 @@ class AsyncCoordinator(Coordinator):
         if stored.model_version != self.state.version:
             raise ConfigError(f"{self.store.path}: open buffer {stored.round_id} was based on version "
                               f"{stored.model_version}, the stored model is {self.state.version}")
+        self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
         self.round = self._new_buffer(stored.round_id, now - (wall - stored.started_wall),
                                       RoundPlan.from_json(stored.privacy))
         rows = self.journal.buffered(stored.round_id)

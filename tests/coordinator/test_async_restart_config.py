@@ -16,6 +16,7 @@ import pytest
 
 from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.store import RoundStore
+from fedge.edge_runtime.kernel.errors import ConfigError
 from tests.coordinator.fleet import random_delta
 from tests.coordinator.test_async_server import _dp_fleet, _send
 from tests.tiny_model import build_tiny_model
@@ -76,3 +77,13 @@ def test_a_dp_buffer_resumed_with_privacy_off_still_takes_one_update_per_device(
     assert c.round.privacy is not None and c.round.ctx.round_id == 1
     assert c.machine.flight(devs[0].id) is None, "a second update of one device into a charged DP buffer"
     assert c.machine.flight(devs[1].id) is not None
+
+
+def test_a_dp_buffer_a_lowered_target_cannot_afford_is_refused_at_start(model, tmp_path):
+    """As in sync mode (test_dp_restart_config.py): it resumed and its flush took ε over the target."""
+    fleet, _, _ = _buffer(model, tmp_path, devices=2, sent=1)
+    cfg = fleet.coordinator.config
+    lower = fleet.coordinator.round.privacy.epsilon_after / 2
+    with pytest.raises(ConfigError, match=rf"over privacy.target_epsilon = {lower:g}"):
+        fleet.restart(store=RoundStore(tmp_path / "state.db"),
+                      config=replace(cfg, privacy=replace(cfg.privacy, target_epsilon=lower)))
