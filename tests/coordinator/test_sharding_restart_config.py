@@ -10,6 +10,7 @@ updates (shard_reference.robust_reference).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -21,7 +22,7 @@ from fedge.coordinator.strategies import make_strategy
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
 from tests.coordinator.fleet import HYPER, ManualDevice, make_fleet, random_delta
-from tests.coordinator.shard_reference import robust_reference
+from tests.coordinator.shard_reference import dp_reference, robust_reference
 from tests.pg_server import import_psycopg
 from tests.tiny_model import build_tiny_model
 
@@ -29,7 +30,7 @@ psycopg = import_psycopg()
 from fedge.coordinator.pg_store import PostgresStore  # noqa: E402
 from fedge.coordinator.sharding.leader import ShardedCoordinator  # noqa: E402
 from tests.coordinator.test_sharding import Cluster, K  # noqa: E402
-from tests.coordinator.test_sharding_robust_dp import _poisoned  # noqa: E402
+from tests.coordinator.test_sharding_robust_dp import DP, _poisoned, _privacy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,23 @@ def test_a_robust_round_counted_on_k_shards_commits_every_update_under_a_leader_
     assert counted == 10
     for k in want.params:
         assert np.array_equal(leader.state.params[k], want.params[k]), k
+
+
+def test_a_dp_round_counted_on_k_shards_is_noised_once_over_every_update_under_fewer(model, postgres_dsn):
+    """Central DP on shards after the same restart: the merged clipped sum of every shard, noised
+    once by the round's stored plan and charged once (shard_reference.dp_reference, over K)."""
+    c = _counted_round(model, postgres_dsn, **DP, privacy=_privacy(noise_multiplier=1.0))
+    old, round_id = c.leader.state, c.leader.round.ctx.round_id
+    leader = _restart(c, model, ShardedCoordinator, shards=K - 1)
+    leader.start()
+    record = leader.tick()
+    assert record is not None and record.committed and record.reports == 10, record
+    plan = json.loads(c.rows("SELECT privacy FROM rounds WHERE round_id = %s", round_id)[0][0])
+    want, _, counted = dp_reference(c.rows, K, round_id, old, c.strategy, len(c.devices), plan, c.cfg.seed)
+    assert counted == 10
+    for k in want:
+        assert np.array_equal(leader.state.params[k], want[k]), k
+    assert [e["cohort"] for e in leader.store.privacy_ledger()] == [10]  # charged once
 
 
 def test_a_sharded_round_is_refused_by_a_coordinator_restarted_without_shards(model, postgres_dsn):
