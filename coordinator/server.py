@@ -146,7 +146,8 @@ class Coordinator(BrokerLink):
         self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
         self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path,
                             self.config.shards)  # logs what it resumed
-        if self.shell.secure:  # its keys and masked inputs died with the process: reveal nothing
+        # keys and masked inputs died with the process; a distributed-DP round resumed plain would expose updates
+        if self.shell.secure or self.round.privacy is not None and self.round.privacy.mechanism == "distributed":
             self._execute(Stopped("a secure round cannot resume after a restart"), now)
 
     # ------------------------------------------------------------------ inbound

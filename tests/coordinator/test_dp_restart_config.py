@@ -64,3 +64,25 @@ def test_a_round_a_lowered_target_cannot_afford_is_refused_at_start(model, tmp_p
     c = fleet.restart(store=RoundStore(db), config=_with(fleet, target_epsilon=after * 1.01))  # it still fits
     assert _manual_round(fleet, devices, np.random.default_rng(0)).committed
     assert c.privacy.spent() == pytest.approx(after)
+
+
+def test_a_distributed_dp_round_is_abandoned_by_a_restart_with_secure_aggregation_off(model, tmp_path):
+    """It resumed as a plain round under its distributed plan: a device that checked in got a plain
+    TrainTask and its update would reach the coordinator in the clear, under a charge that says
+    "distributed". A secure round never resumes; with secure aggregation off it is abandoned the same."""
+    from fedge.coordinator.secagg.config import SecAggConfig
+    from tests.coordinator.test_dp_distributed import SETTINGS
+
+    db = tmp_path / "state.db"
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), aggregator="mean", min_reports=3,
+                       store=RoundStore(db), **SETTINGS)
+    assert fleet.coordinator.begin_round()
+    fleet.drain()
+    assert fleet.coordinator.round.privacy.mechanism == "distributed"
+    cfg = fleet.coordinator.config
+    plain = replace(cfg, secure_aggregation=SecAggConfig(), privacy=replace(cfg.privacy, mechanism="central"))
+    c = fleet.restart(store=RoundStore(db), config=plain)
+    assert c.round is None
+    (record,) = c.store.round_records()
+    assert not record["committed"] and record["why"] == "a secure round cannot resume after a restart"
+    assert c.store.privacy_ledger() == []  # nothing was released
