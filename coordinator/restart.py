@@ -4,6 +4,12 @@ The round's machine comes back with its deadline carried over in wall time; then
 stored event is replayed in acceptance order through the same paths the live round used
 (admission's decoder, OpenRound.add, the machine's Declined event), so the aggregator is
 bit-identical to the one the stopped process held.
+
+A config changed between the two processes: what the round stored keeps it (its selection,
+target, quorum, deadline, privacy plan; an async buffer its K), the rest is the new config's
+(aggregator, weights, validation bounds). Refused at start by name where the round's updates
+would be out of reach (another ingest path: check_ingest; another mode) or its privacy plan no
+longer fits the budget (dp/budget.py, check_open); a secure round is abandoned (server.py).
 """
 
 from __future__ import annotations
