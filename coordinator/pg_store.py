@@ -21,6 +21,7 @@ A commit returns once the server has flushed it (synchronous_commit = on, the de
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 
 import psycopg
 
@@ -68,6 +69,15 @@ class PostgresStore(SqlStore):
             if self.epoch is not None:
                 check_epoch(self._db, self.epoch, self.path)
             yield self._db
+
+    def load_open_round(self):
+        """SqlStore's, with a sharded round's stored assignment (StoredRound.shards)."""
+        rnd = super().load_open_round()
+        if rnd is None:
+            return None
+        rows = self._db.execute("SELECT device_id, shard FROM shard_assignment WHERE round_id = ?",
+                                (rnd.round_id,)).fetchall()
+        return replace(rnd, shards=dict(rows)) if rows else rnd
 
     def _insert_round(self, db, rnd) -> None:
         super()._insert_round(db, rnd)

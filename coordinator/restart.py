@@ -4,10 +4,17 @@ The round's machine comes back with its deadline carried over in wall time; then
 stored event is replayed in acceptance order through the same paths the live round used
 (admission's decoder, OpenRound.add, the machine's Declined event), so the aggregator is
 bit-identical to the one the stopped process held.
+
+A config changed between the two processes: what the round stored keeps it (its selection,
+target, quorum, deadline, privacy plan; an async buffer its K), the rest is the new config's
+(aggregator, weights, validation bounds). Refused at start by name where the round's updates
+would be out of reach (another ingest path: check_ingest; another mode) or its privacy plan no
+longer fits the budget (dp/budget.py, check_open); a secure round is abandoned (server.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -18,6 +25,8 @@ from .records import OpenRound
 from .rounds import Declined, RoundMachine, on_event, sync_round
 from .store import Store, StoredRound, StoredUpdate
 from .strategies import ServerState
+
+log = logging.getLogger("fedge.coordinator")
 
 
 def restore_state(store: Store, model_id: str, strategy: str, initial: ServerState,
@@ -36,11 +45,13 @@ def restore_state(store: Store, model_id: str, strategy: str, initial: ServerSta
 
 def resume(stored: StoredRound, version: int, now: float, wall: float,
            make_round: Callable[[RoundMachine, dict[str, str], float, RoundPlan | None], OpenRound],
-           path: object = "") -> OpenRound:
-    """Rebuild an open round from the store (see the module docstring)."""
+           path: object = "", shards: int = 0) -> OpenRound:
+    """Rebuild an open round from the store (see the module docstring); shards: this process's
+    [coordinator] shards (0: it ingests updates itself)."""
     if not stored.selected:  # async mode's open buffer selects no one (coordinator/async_mode)
         raise ConfigError(f"{path}: round {stored.round_id} is an open async buffer; finish it with "
                           "mode = 'async' before switching to sync")
+    check_ingest(stored, shards, path)
     if stored.model_version != version:
         raise ConfigError(f"{path}: open round {stored.round_id} was based on version "
                           f"{stored.model_version}, the stored model is {version}")
@@ -55,4 +66,24 @@ def resume(stored: StoredRound, version: int, now: float, wall: float,
             rnd.decline_from.add(event.device_id)
             rnd.machine, _ = on_event(rnd.machine, Declined(event.device_id, event.reason))  # paced before the stop
         rnd.events = event.seq + 1
+    m = rnd.machine
+    log.info("round %d resumed: %d reports, %d declines, %.0f s left", stored.round_id, len(m.reported),
+             len(m.declined), m.deadline - now)
     return rnd
+
+
+def check_ingest(stored: StoredRound, shards: int, path: object) -> None:
+    """ConfigError for an open round whose accepted updates this process cannot see: one opened
+    by a sharded leader (its updates are in the shard workers' tables, which a coordinator
+    without shards never reads), or one opened without shards that holds accepted updates (a
+    sharded leader's aggregate is what its workers counted, and they counted none of these)."""
+    if not shards and stored.shards:
+        raise ConfigError(f"{path}: round {stored.round_id} is open on {len(set(stored.shards.values()))} shard(s), "
+                          "and the updates its shard workers acked are in their tables, which a coordinator with "
+                          "shards = 0 does not read; finish it with the shards it was opened with (and its workers) "
+                          "before turning sharding off")
+    held = sum(isinstance(e, StoredUpdate) for e in stored.events)
+    if shards and held:
+        raise ConfigError(f"{path}: round {stored.round_id} was opened with shards = 0 and holds {held} accepted "
+                          f"update(s) that no shard worker counted; finish it with shards = 0 before setting "
+                          f"shards = {shards}")

@@ -143,11 +143,11 @@ class Coordinator(BrokerLink):
         """The store's open round, rebuilt by replay (restart.py)."""
         if (stored := self.store.load_open_round()) is None:
             return
-        self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path)
-        m = self.round.machine
-        log.info("round %d resumed: %d reports, %d declines, %.0f s left", stored.round_id, len(m.reported),
-                 len(m.declined), m.deadline - now)
-        if self.shell.secure:  # its keys and masked inputs died with the process: reveal nothing
+        self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
+        self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path,
+                            self.config.shards)  # logs what it resumed
+        # keys and masked inputs died with the process; a distributed-DP round resumed plain would expose updates
+        if self.shell.secure or self.round.privacy is not None and self.round.privacy.mechanism == "distributed":
             self._execute(Stopped("a secure round cannot resume after a restart"), now)
 
     # ------------------------------------------------------------------ inbound

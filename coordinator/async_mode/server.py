@@ -100,6 +100,7 @@ class AsyncCoordinator(Coordinator):
         if stored.model_version != self.state.version:
             raise ConfigError(f"{self.store.path}: open buffer {stored.round_id} was based on version "
                               f"{stored.model_version}, the stored model is {self.state.version}")
+        self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
         self.round = self._new_buffer(stored.round_id, now - (wall - stored.started_wall),
                                       RoundPlan.from_json(stored.privacy))
         rows = self.journal.buffered(stored.round_id)
@@ -111,9 +112,11 @@ class AsyncCoordinator(Coordinator):
                                decode_delta(row.payload, self.round.ctx.shapes), None,
                                reported_norm=row.reported_norm), row.staleness)
         self.round.events = rows[-1].seq + 1 if rows else 0
-        self.machine = replace(self.machine, buffered=len(rows))
+        # It flushes at the K it opened with (its target; a changed buffer_size applies from the next
+        # buffer): a DP buffer's mean divides by that K (its plan's W), whatever buffer_size says now.
+        self.machine = replace(self.machine, buffered=len(rows), buffer_size=stored.target)
         log.info("buffer %d resumed: %d of %d updates, %d tasks in flight", stored.round_id, len(rows),
-                 a.buffer_size, self.machine.in_flight)
+                 stored.target, self.machine.in_flight)
 
     def _new_buffer(self, buffer_id: int, started: float, plan: RoundPlan | None) -> OpenRound:
         # The sync machine only carries the buffer's id for OpenRound; async never feeds it events.
@@ -261,6 +264,7 @@ class AsyncCoordinator(Coordinator):
         if plan is None and self.privacy.enabled:
             return False
         now, wall = self.clock.now(), self.clock.wall()
+        self.machine = replace(self.machine, buffer_size=k)  # a resumed buffer kept its own (_resume)
         self.store.open_round(StoredRound(buffer_id, self.state.version, (), {}, k, k, wall,
                                           wall + self.config.round_deadline_s, privacy=plan and plan.to_json()))
         self.round, self._contributions = self._new_buffer(buffer_id, now, plan), Counter()
@@ -298,8 +302,8 @@ class AsyncCoordinator(Coordinator):
         device is told to wait before it checks in again; a registered device that went away
         (shut down, or known only from the store after a restart) stops counting then, so it
         holds the buffer back for that long at most, not for good."""
-        if self.privacy.enabled:
-            return 1
+        if self.privacy.enabled or (self.round is not None and self.round.privacy is not None):
+            return 1  # also a DP buffer resumed with privacy off since: it is still charged as one
         now, window = self.clock.now(), self.config.pace_max_s + self.config.pace_jitter_s
         present = sum(1 for d in self.eligible_devices()
                       if self.machine.flight(d) is not None or now - self.registry[d].last_seen <= window)

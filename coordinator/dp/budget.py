@@ -62,6 +62,28 @@ class PrivacyBudget:
             self.metrics.target.set(config.target_epsilon)
             self.refresh()
 
+    def check_open(self, stored) -> None:
+        """ConfigError unless the open round's stored plan (a StoredRound's privacy) fits the budget
+        as configured now. The round keeps its plan across a restart and its charge enters the ledger
+        when it closes, but the checks above saw only the charged rounds and the config of their
+        time: its sampling must be privacy.sampling (one ledger composes one neighbouring relation:
+        a mixed ledger stops the next round's check), and ε after its charge, at the configured
+        delta and accountant, within target_epsilon. Privacy off: nothing is checked (the round
+        still runs and is charged by its plan)."""
+        plan, cfg = RoundPlan.from_json(stored.privacy), self.config
+        if not cfg.enabled or plan is None:
+            return
+        where = f"{self.store.path}: open round {stored.round_id}"
+        if plan.sampling != cfg.sampling:
+            raise ConfigError(f"{where} was planned with privacy.sampling = {plan.sampling!r}, not "
+                              f"{cfg.sampling!r}: one budget cannot compose both; finish it with sampling = "
+                              f"{plan.sampling!r}, then change it with a new state file")
+        after = epsilon([*self.ledger(), plan.charge()], cfg.delta, cfg.accountant)
+        if after > cfg.target_epsilon:
+            raise ConfigError(f"{where} takes ε to {after:.4g} (δ={cfg.delta:g}) when charged, over privacy."
+                              f"target_epsilon = {cfg.target_epsilon:g} (it was planned under the settings of "
+                              f"its time); set target_epsilon >= {after:.4g} (or the delta it had) until it closes")
+
     @property
     def enabled(self) -> bool:
         return self.config.enabled

@@ -70,7 +70,8 @@ class ShardReplay(SealedAggregator):
         # next are exactly the ones the sums hold.
         sealed = [part.count for part in self.tables.seal(self.round_id, self.shards, self.shapes, self.check)]
         rows = counted_updates(self.tables, self.round_id)
-        stored = [sum(row[0] == shard for row in rows) for shard in range(self.shards)]
+        # per shard the seal read: more than this leader's K where a process ran with another K (tables.seal)
+        stored = [sum(row[0] == shard for row in rows) for shard in range(len(sealed))]
         if stored != sealed:
             raise ReplayMismatch(f"round {self.round_id}: stored updates per shard {stored}, the workers' sums "
                                  f"count {sealed}")
