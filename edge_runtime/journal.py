@@ -25,8 +25,8 @@ from pathlib import Path
 
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
-from .kernel.errors import CodecError, PayloadTooLarge
-from .kernel.files import Arrays
+from .kernel.errors import CodecError, DeviceStateError, PayloadTooLarge
+from .kernel.files import Arrays, set_aside, sweep_temp_files
 from .kernel.protocol import Update
 from .pending import PendingUploads
 from .seen_tasks import SeenTasks
@@ -55,7 +55,7 @@ class DeviceJournal:
                  kept_tasks: int = SEEN_TASKS_KEPT):
         self.home = Path(home)
         self.max_message_bytes = max_message_bytes
-        self.pending = PendingUploads(self.home / "pending", clock or SystemClock())
+        self.pending = PendingUploads(self.home / "pending", clock or SystemClock(), max_message_bytes)
         self.seen = SeenTasks(self.home / "seen_tasks.json", kept_tasks)
 
     # ---------------------------------------------------------------- updates
@@ -78,13 +78,23 @@ class DeviceJournal:
         return item.payload if item is not None else None
 
     def recover(self) -> None:
-        """After a restart: apply the staged state of every update that was kept, and drop the
-        staged state of those that were not (their task was never answered)."""
+        """After a restart: delete the temp files of writes a crash cut short, apply the staged
+        state of every update that was kept, and drop the staged state of those that were not
+        (their task was never answered). A kept update's staged state that cannot be read is
+        set aside (`.damaged`): it stopped every start with DeviceStateError; the update is
+        still sent, and the state stays as it was before that task."""
+        for path in sweep_temp_files(self.home):
+            log.warning("device %s: deleted %s, left by a write that a crash cut short", self.home.name, path)
         for path in sorted(self.home.glob("*/staged-*.npz")):
             store = DeviceStore(self.home, path.parent.name)
             for update_id in store.staged():
                 if update_id in self.pending:
-                    store.commit_staged(update_id)
+                    try:
+                        store.commit_staged(update_id)
+                    except DeviceStateError as exc:
+                        aside = set_aside(store.staged_path(update_id))
+                        log.error("device %s: set aside %s: %s; update %s is still sent, the state stays as "
+                                  "before its task", self.home.name, aside, exc, update_id)
                 else:
                     log.warning("device %s: dropping the state of update %s: it was never kept for upload",
                                 self.home.name, update_id)

@@ -267,7 +267,7 @@ class DeviceStore:
         arrays = _encode(self._moved(saves))
         arrays[_META_KEY] = np.array(json.dumps(meta, sort_keys=True))
         arrays[_WHOLE_KEY] = np.array(True)
-        atomic_write_bytes(self.dir / f"{_staged(update_id)}.npz", _npz(arrays))
+        atomic_write_bytes(self.staged_path(update_id), _npz(arrays))
 
     def staged(self) -> list[str]:
         """Update ids with a staged state not yet applied, oldest first."""
@@ -277,11 +277,14 @@ class DeviceStore:
     def commit_staged(self, update_id: str) -> None:
         """Apply a staged state (a rename), then note the task in meta.json. Safe to repeat
         after a crash part-way: a staged file that is gone was applied."""
-        path = self.dir / f"{_staged(update_id)}.npz"
+        path = self.staged_path(update_id)
         if not path.exists():
             return
         head = _read(path, only=(_META_KEY, _WHOLE_KEY))  # not the state's arrays
-        meta = json.loads(str(head[_META_KEY]))
+        try:
+            meta = json.loads(str(head[_META_KEY]))
+        except (KeyError, ValueError) as exc:  # a readable file without the meta stage() writes
+            raise DeviceStateError(f"{path} holds no task meta ({type(exc).__name__}: {exc})") from exc
         whole = _WHOLE_KEY in head
         self._parsed = None
         if whole:
@@ -294,7 +297,10 @@ class DeviceStore:
         self.save_meta(meta)
 
     def discard_staged(self, update_id: str) -> None:
-        (self.dir / f"{_staged(update_id)}.npz").unlink(missing_ok=True)
+        self.staged_path(update_id).unlink(missing_ok=True)
+
+    def staged_path(self, update_id: str) -> Path:
+        return self.dir / f"{_staged(update_id)}.npz"
 
     def load_meta(self) -> dict:
         path = self.dir / "meta.json"
