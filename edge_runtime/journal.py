@@ -19,13 +19,14 @@ state through `record`; the agent reads and clears the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
-from .kernel.errors import CodecError, DeviceStateError, PayloadTooLarge
+from .kernel.errors import CodecError, DeviceStateError, PayloadTooLarge, StateWriteError
 from .kernel.files import Arrays, set_aside, sweep_temp_files
 from .kernel.protocol import Update
 from .pending import PendingUploads
@@ -40,13 +41,19 @@ SEEN_TASKS_KEPT = 256  # task ids remembered across restarts, so a redelivered t
 def commit_task_state(store: DeviceStore, update_id: str, saves: dict[str, Arrays | None], meta: dict,
                       keep: Callable[[], object]) -> None:
     """Stage, keep, apply (see the module docstring). If `keep` raises, nothing was kept and
-    the staged state goes; a dying process runs no handler, and `recover` decides then."""
-    store.stage(update_id, saves, meta)
+    the staged state goes; a dying process runs no handler, and `recover` decides then. A write
+    that fails (ENOSPC, EROFS) before the update is kept is StateWriteError, which the task is
+    declined with: as a bare OSError it escaped handle_task and the task was never answered."""
     try:
-        keep()
-    except Exception:
-        store.discard_staged(update_id)
-        raise
+        store.stage(update_id, saves, meta)
+        try:
+            keep()
+        except Exception:
+            with contextlib.suppress(OSError):  # else `recover` drops it at the next start
+                store.discard_staged(update_id)
+            raise
+    except OSError as exc:
+        raise StateWriteError(f"the device cannot write its state ({exc}); nothing of this task was kept") from exc
     store.commit_staged(update_id)
 
 

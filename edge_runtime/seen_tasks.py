@@ -10,9 +10,12 @@ start, so its round need not wait for the deadline. One JSON file of
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from .kernel.files import atomic_write_bytes
+
+log = logging.getLogger("fedge.journal")
 
 
 class SeenTasks:
@@ -67,7 +70,13 @@ class SeenTasks:
         # its kept update (DeviceJournal.__contains__). A lost "answered" after the Ack makes
         # the restart decline as `interrupted` a task the coordinator already counted, which it
         # ignores (rounds.py: a Decline from a device that replied changes nothing).
-        atomic_write_bytes(self.path, json.dumps(rows).encode(), durable=False)
+        # The same reasons make a write that fails (a full disk, a read-only folder) harmless: the
+        # rows stay in memory for this run. Raised, it stopped every task on arrival, unanswered.
+        try:
+            atomic_write_bytes(self.path, json.dumps(rows).encode(), durable=False)
+        except OSError as exc:
+            log.warning("%s not written (%s); the tasks received are remembered until the device stops",
+                        self.path, exc)
 
 
 def _entry(row) -> list | None:

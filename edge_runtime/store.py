@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -45,6 +46,8 @@ import numpy as np
 from .kernel.errors import DeviceStateError
 from .kernel.files import Arrays, atomic_write_bytes, load_npz
 from .kernel.manifest import check_model_id
+
+log = logging.getLogger("fedge.store")
 
 _STAGEABLE = ("personal", "opt_state", "residual", "control", "control_residual", "control_undo")
 _STATE = "state"
@@ -192,8 +195,12 @@ class DeviceStore:
         # Not fsync'd: only `fedge device export` reads it, and the next task writes it again;
         # a power cut may leave the previous model here (or, on a filesystem that does not
         # order data before rename, an unreadable file that export reports).
+        # Nor is a full disk an error here: the export keeps the previous model a while longer.
         extra = {} if version is None else {_VERSION_KEY: np.array(version, np.int64)}
-        self._save("global", {**arrays, **extra}, durable=False)
+        try:
+            self._save("global", {**arrays, **extra}, durable=False)
+        except OSError as exc:
+            log.warning("%s not written: %s", self.dir / "global.npz", exc)
 
     def keep_global(self, arrays: Arrays, version: int, announced: int | None) -> bool:
         """Save a global model received (a task's or an evaluated one) unless global.npz holds a
@@ -307,8 +314,12 @@ class DeviceStore:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def save_meta(self, meta: dict) -> None:
-        # Not fsync'd: nothing reads it back to decide anything (last round trained, for people).
-        atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, sort_keys=True).encode(), durable=False)
+        # Not fsync'd: nothing reads it back to decide anything (last round trained, for people);
+        # nor is a full disk an error here: the task's state is applied before it.
+        try:
+            atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, sort_keys=True).encode(), durable=False)
+        except OSError as exc:
+            log.warning("%s not written: %s", self.dir / "meta.json", exc)
 
 
 def _npz(arrays: Arrays) -> bytes:
