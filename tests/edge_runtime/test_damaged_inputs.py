@@ -1,15 +1,23 @@
-"""A full disk, a read-only state folder: a named decline, never a traceback. A write that
-failed inside a task escaped handle_task as a bare OSError (the task was never answered and its
-round waited for the deadline)."""
+"""A full disk, a read-only state folder, and damaged files the device reads at start.
+
+Each gives a named decline or a named error, never a traceback: a write that failed inside a
+task escaped handle_task as a bare OSError (the task was never answered and its round waited
+for the deadline); a damaged data file stopped the start with BadZipFile or EOFError; a
+config nested a few thousand deep with RecursionError.
+"""
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 
+import numpy as np
 import pytest
 
+from fedge.edge_runtime.device_config import load_device_config, load_local_data
 from fedge.edge_runtime.kernel import files
+from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError
 from fedge.edge_runtime.kernel.protocol import Decline, Update
 from fedge.edge_runtime.store import DeviceStore
 from tests.edge_runtime.test_crash_windows import _same, _setup, _spy, _state
@@ -66,3 +74,31 @@ def test_files_whose_loss_is_harmless_do_not_stop_a_task_when_the_disk_is_full(m
     fleet.drain()
     assert [type(m) for m in _spy(fleet) if isinstance(m, (Update, Decline)) and m.round_id == 2] == [Update]
     assert fleet.coordinator.tick().committed and len(agent.pending) == 0
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_a_damaged_data_file_is_a_named_dataset_error(tmp_path):
+    good = _npz(x_train=np.zeros((20, 4), np.float32), y_train=np.zeros(20, np.int64),
+                x_test=np.zeros((4, 4), np.float32), y_test=np.zeros(4, np.int64))
+    flipped = bytearray(good)
+    flipped[200] ^= 0xFF  # inside x_train's bytes: the zip's CRC says so
+    for name, data in {"empty": b"", "truncated": good[: len(good) // 2], "no_tail": good[:-10],
+                       "zip_header_only": b"PK\x03\x04" + bytes(100), "bit_flip": bytes(flipped)}.items():
+        path = tmp_path / f"{name}.npz"
+        path.write_bytes(data)
+        with pytest.raises(DatasetError, match=f"{name}.npz: not a readable .npz file"):
+            load_local_data(path)
+    (tmp_path / "good.npz").write_bytes(good)
+    assert len(load_local_data(tmp_path / "good.npz").y_train) == 20
+
+
+def test_a_device_config_nested_too_deep_is_a_named_config_error(tmp_path):
+    path = tmp_path / "device.toml"
+    path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="device.toml: not valid TOML: arrays or tables nested too deep"):
+        load_device_config(path)
