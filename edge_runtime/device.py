@@ -235,7 +235,8 @@ class DeviceRuntime:
             should_abort=should_abort,
         )
         update_id = uuid.uuid4().hex
-        ctx = TaskContext(task.compression, store.load_residual(), self.device_id, task.round_id)
+        ctx = TaskContext(task.compression, _fitting(store.load_residual(), result.shared_delta), self.device_id,
+                          task.round_id)  # one of other names or shapes (damage) is dropped, as c_i's is
         out = postprocess(UPDATE_STEPS)(Delta(result.shared_delta), ctx, rng)
         payload, residual, clip_seen = encode(out), out.residual, out.norm_before_clip
         control = b""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .kernel.clock import SystemClock
+from .kernel.errors import DeviceStateError
 from .kernel.files import atomic_write_bytes, set_aside
 
 log = logging.getLogger("fedge.pending")
@@ -35,7 +36,11 @@ class PendingUploads:
         refuses those), so it is set aside unread, as one that cannot be read at all is."""
         self.dir = Path(directory)
         self.clock = clock or SystemClock()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file by its name (not fedge's to delete): FileExistsError stopped the start
+            raise DeviceStateError(f"{self.dir} is not a folder; the device keeps its unacknowledged updates "
+                                   "there: move it aside") from None
         self._items: dict[str, PendingUpload] = {}
         for path in sorted(self.dir.iterdir()):
             match = _NAME.match(path.name)

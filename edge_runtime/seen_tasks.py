@@ -54,7 +54,7 @@ class SeenTasks:
         """An older file lists task ids only: those count as answered."""
         try:
             rows = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: `[[[[...` nested a few thousand deep
             return {}
         # Rows of a shape fedge never writes ({"a": 1}, a string round id) are skipped: they once
         # stopped the start with a KeyError, or a TypeError in a log line later.

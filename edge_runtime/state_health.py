@@ -11,6 +11,7 @@ damage, and stayed parked.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,8 +36,9 @@ class StateHealth:
         return BAD_STATE if self.bad else None
 
     def _readable(self, model_id: str) -> bool:
-        if not (self.home / model_id).is_dir():  # no state yet (DeviceStore would make the folder)
-            return True
+        folder = self.home / model_id
+        if not folder.is_dir():  # no state yet (DeviceStore would make the folder), or a file in its place
+            return not os.path.lexists(folder)
         try:
             store = DeviceStore(self.home, model_id)
             store.load_personal()  # reads the whole state file

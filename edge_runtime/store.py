@@ -95,14 +95,41 @@ def _decode(arrays: Arrays) -> dict[str, Arrays | None]:
         if rest == "/kind":
             parts.setdefault(name, {} if str(value) == "arrays" else None)
         elif name and rest:  # a param's own name may hold "/" (even begin with it)
-            parts.setdefault(name, {})[rest] = value
+            part = parts.setdefault(name, {})
+            if part is None:
+                raise ValueError(f"part {name!r} is marked absent but holds {rest!r}")
+            part[rest] = value
+    return parts
+
+
+def _parts(path: Path, arrays: Arrays) -> dict[str, Arrays | None]:
+    """_decode, with what no state holds (text or objects where numbers go, NaN or Inf, a part
+    marked both absent and present: a bit flip, a file from elsewhere) a DeviceStateError that
+    names the file. They escaped handle_task as a bare TypeError or ValueError from the maths
+    (np.square of text, clipping a NaN residual), and the task was never answered."""
+    try:
+        parts = _decode(arrays)
+        for name, part in parts.items():
+            for key, value in (part or {}).items():
+                if name == "control_undo" and key == "update_id":
+                    if value.dtype.kind != "U" or value.ndim:
+                        raise ValueError(f"{name}/{key} is {value.dtype} of shape {value.shape}, not a text id")
+                elif value.dtype.kind not in "biuf" or value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise ValueError(f"{name}/{key} holds {value.dtype} values that are not finite numbers")
+    except ValueError as exc:
+        raise DeviceStateError(f"{path} is damaged ({exc}); move it aside to start this part of the device's "
+                               "state over") from exc
     return parts
 
 
 class DeviceStore:
     def __init__(self, root: str | Path, model_id: str):
         self.dir = Path(root) / check_model_id(model_id)  # a folder of its own under root, never a path
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file by the folder's name: a bare OSError escaped handle_task
+            raise DeviceStateError(f"{self.dir} is not a folder; move it aside to start this model's state "
+                                   "over") from None
         # state.npz parsed once per store (a task reads it about six times): kept with the
         # file's (inode, size, mtime) and dropped at every write through this store. A store
         # lives for one task, and the device writes its state from one loop, so another
@@ -139,7 +166,7 @@ class DeviceStore:
         if st is not None:
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
             if self._parsed is None or self._parsed[0] != key:
-                self._parsed = (key, {k: v for k, v in _decode(_read(path)).items() if v is not None})
+                self._parsed = (key, {k: v for k, v in _parts(path, _read(path)).items() if v is not None})
             return {name: {k: v.copy() for k, v in part.items()} for name, part in self._parsed[1].items()}
         legacy = {name: _read(self.dir / f"{name}.npz") for name in _STAGEABLE
                   if (self.dir / f"{name}.npz").exists()}
@@ -278,7 +305,9 @@ class DeviceStore:
 
     def staged(self) -> list[str]:
         """Update ids with a staged state not yet applied, oldest first."""
-        paths = sorted(self.dir.glob("staged-*.npz"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        # Files only: a folder by that name is not fedge's (unlink failed on it, stopping the start).
+        paths = sorted((p for p in self.dir.glob("staged-*.npz") if p.is_file() and not p.is_symlink()),
+                       key=lambda p: (p.stat().st_mtime_ns, p.name))
         return [p.name[len("staged-"):-len(".npz")] for p in paths]
 
     def commit_staged(self, update_id: str) -> None:
@@ -299,7 +328,7 @@ class DeviceStore:
             self._drop_legacy()
         else:  # staged by an older fedge: only the parts its task changed
             arrays = _read(path)
-            self.save_state(_decode({k: v for k, v in arrays.items() if k != _META_KEY}))
+            self.save_state(_parts(path, {k: v for k, v in arrays.items() if k != _META_KEY}))
             path.unlink()
         self.save_meta(meta)
 

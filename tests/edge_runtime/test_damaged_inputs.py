@@ -11,13 +11,15 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from fedge.edge_runtime.device_config import load_device_config, load_local_data
+from fedge.edge_runtime.journal import DeviceJournal
 from fedge.edge_runtime.kernel import files
-from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError
+from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError, DeviceStateError
 from fedge.edge_runtime.kernel.protocol import Decline, Update
 from fedge.edge_runtime.store import DeviceStore
 from tests.edge_runtime.test_crash_windows import _same, _setup, _spy, _state
@@ -102,3 +104,67 @@ def test_a_device_config_nested_too_deep_is_a_named_config_error(tmp_path):
     path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="device.toml: not valid TOML: arrays or tables nested too deep"):
         load_device_config(path)
+
+
+def _rewrite_state(path, change) -> None:
+    arrays = files.load_npz(path)
+    change(arrays)
+    path.write_bytes(_npz(**arrays))
+
+
+def _first(arrays, part: str) -> str:
+    return next(k for k in arrays if k.startswith(f"{part}/") and not k.endswith("//kind"))
+
+
+STATE_DAMAGE = {  # a state.npz that reads as a zip but holds what no state holds
+    "nan_residual": lambda a: a.update({_first(a, "residual"): np.full_like(a[_first(a, "residual")], np.nan)}),
+    "text_residual": lambda a: a.update({_first(a, "residual"): np.full(a[_first(a, "residual")].shape, "x")}),
+    "absent_and_present": lambda a: a.update({"residual//kind": np.array("none")}),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(STATE_DAMAGE))
+def test_a_state_holding_what_no_state_holds_is_declined_as_bad_state(model, tmp_path, damage):
+    # A NaN residual (a flipped exponent bit), text where numbers go, or a part marked both absent
+    # and present escaped handle_task as a bare ValueError/TypeError: the task was never answered.
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    path = root / "dev0" / fleet.model[1].model_id / "state.npz"
+    _rewrite_state(path, STATE_DAMAGE[damage])
+    damaged = path.read_bytes()
+    fleet.drain()
+    declines = [m for m in _spy(fleet) if isinstance(m, Decline) and m.round_id == 2]
+    assert [d.reason for d in declines] == ["bad_state"] and f"{path} is damaged" in declines[0].detail
+    assert path.read_bytes() == damaged
+
+
+def test_a_file_where_the_model_state_folder_goes_is_declined_as_bad_state_and_kept(model, tmp_path):
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    folder = root / "dev0" / fleet.model[1].model_id
+    shutil.rmtree(folder)
+    folder.write_bytes(b"a person's file")
+    fleet.drain()
+    declines = [m for m in _spy(fleet) if isinstance(m, Decline) and m.round_id == 2]
+    assert [d.reason for d in declines] == ["bad_state"] and "is not a folder" in declines[0].detail
+    assert folder.read_bytes() == b"a person's file"
+    assert not agent.runtime.check_in().eligible  # and its check-ins say so until it is moved aside
+
+
+def test_a_residual_of_other_shapes_is_started_over_not_a_bare_error(model, tmp_path):
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    path = root / "dev0" / fleet.model[1].model_id / "state.npz"
+    _rewrite_state(path, lambda a: a.update({_first(a, "residual"): np.zeros(7, np.float32)}))
+    fleet.drain()
+    assert [type(m) for m in _spy(fleet) if isinstance(m, (Update, Decline)) and m.round_id == 2] == [Update]
+
+
+def test_journal_files_fedge_cannot_use_are_named_or_skipped_never_deleted(tmp_path):
+    home = tmp_path / "dev0"
+    (home / "m1" / "staged-abc.npz").mkdir(parents=True)  # a folder by a staged state's name: not fedge's
+    (home / "seen_tasks.json").write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in json
+    (home / "pending").write_bytes(b"a person's file")
+    with pytest.raises(DeviceStateError, match="pending is not a folder"):
+        DeviceJournal(home)
+    (home / "pending").unlink()
+    journal = DeviceJournal(home)
+    journal.recover()
+    assert (home / "m1" / "staged-abc.npz").is_dir() and journal.seen.unanswered() == []
