@@ -19,7 +19,8 @@ import pytest
 from fedge.edge_runtime.device_config import load_device_config, load_local_data
 from fedge.edge_runtime.journal import DeviceJournal
 from fedge.edge_runtime.kernel import files
-from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError, DeviceStateError
+from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError, DatasetError, DeviceStateError
+from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, load_manifest
 from fedge.edge_runtime.kernel.protocol import Decline, Update
 from fedge.edge_runtime.store import DeviceStore
 from tests.edge_runtime.test_crash_windows import _same, _setup, _spy, _state
@@ -168,3 +169,15 @@ def test_journal_files_fedge_cannot_use_are_named_or_skipped_never_deleted(tmp_p
     journal = DeviceJournal(home)
     journal.recover()
     assert (home / "m1" / "staged-abc.npz").is_dir() and journal.seen.unanswered() == []
+
+
+@pytest.mark.parametrize("damage", ["not_utf8", "folder", "nested"])
+def test_a_damaged_model_manifest_is_a_named_artifact_error(tmp_path, damage):
+    # Raised UnicodeDecodeError, IsADirectoryError or RecursionError out of the task (unanswered).
+    path = tmp_path / MANIFEST_FILE
+    if damage == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\xff\xfe{" if damage == "not_utf8" else b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ArtifactError, match=f"{path}: (cannot be read|not a valid fedge manifest)"):
+        load_manifest(tmp_path)
