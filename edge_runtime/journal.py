@@ -64,6 +64,23 @@ class DeviceJournal:
         self.max_message_bytes = max_message_bytes
         self.pending = PendingUploads(self.home / "pending", clock or SystemClock(), max_message_bytes)
         self.seen = SeenTasks(self.home / "seen_tasks.json", kept_tasks)
+        self._set_aside_foreign()
+
+    def _set_aside_foreign(self) -> None:
+        """Set aside (`.damaged`) each kept frame that is not the Update its file name says: one
+        that no longer decodes (a bad sector), or another message (a CheckIn by that name raised
+        AttributeError at every start, from `interrupted`)."""
+        for item in self.pending.items():
+            try:
+                update = decode_message(item.payload)
+                why = "" if isinstance(update, Update) and update.update_id == item.update_id else (
+                    f"it holds a {type(update).__name__}" + (f" for update {update.update_id}"
+                                                             if isinstance(update, Update) else ""))
+            except CodecError as exc:
+                why = str(exc)
+            if why:
+                log.error("device %s: set aside kept update %s of round %d: %s (now %s)", self.home.name,
+                          item.update_id, item.round_id, why, self.pending.set_aside(item.update_id))
 
     # ---------------------------------------------------------------- updates
 

@@ -19,9 +19,10 @@ import pytest
 from fedge.edge_runtime.device_config import load_device_config, load_local_data
 from fedge.edge_runtime.journal import DeviceJournal
 from fedge.edge_runtime.kernel import files
+from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError, DatasetError, DeviceStateError
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, load_manifest
-from fedge.edge_runtime.kernel.protocol import Decline, Update
+from fedge.edge_runtime.kernel.protocol import CheckIn, Decline, Update
 from fedge.edge_runtime.store import DeviceStore
 from tests.edge_runtime.test_crash_windows import _same, _setup, _spy, _state
 from tests.tiny_model import build_tiny_model
@@ -181,3 +182,20 @@ def test_a_damaged_model_manifest_is_a_named_artifact_error(tmp_path, damage):
         path.write_bytes(b"\xff\xfe{" if damage == "not_utf8" else b"[" * 100_000 + b"]" * 100_000)
     with pytest.raises(ArtifactError, match=f"{path}: (cannot be read|not a valid fedge manifest)"):
         load_manifest(tmp_path)
+
+
+def test_kept_frames_that_are_not_the_update_their_name_says_are_set_aside_at_start(tmp_path):
+    # A CheckIn or Decline frame in pending/ raised AttributeError (no task_id) at every start.
+    pending = tmp_path / "dev0" / "pending"
+    pending.mkdir(parents=True)
+    good = Update("dev0", 1, "t1", "u1", "m", 0, 5, b"p")
+    frames = {"r1-u1.msg": encode_message(good), "r1-ck.msg": encode_message(CheckIn("dev0")),
+              "r1-dc.msg": encode_message(Decline("dev0", 1, "t2", "x")), "r1-u9.msg": encode_message(good),
+              "r1-bad.msg": b"garbage"}
+    for name, frame in frames.items():
+        (pending / name).write_bytes(frame)
+    journal = DeviceJournal(tmp_path / "dev0")
+    assert [p.update_id for p in journal.pending.items()] == ["u1"]
+    assert journal.interrupted() == [] and "t1" in journal and "t2" not in journal
+    assert {p.name: p.read_bytes() for p in pending.iterdir()} == {
+        "r1-u1.msg": frames["r1-u1.msg"], **{f"{n}.damaged": f for n, f in frames.items() if n != "r1-u1.msg"}}
