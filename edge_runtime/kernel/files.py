@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DeviceStateError
+
 Arrays = dict[str, np.ndarray]
 
 # np.load parses .npy headers with ast.literal_eval, which on CPython 3.11 can fail with
@@ -113,10 +115,15 @@ def pid_running(pid: int) -> bool:
 def set_aside(path: Path) -> Path:
     """Rename a file fedge wrote and cannot read back to `<name>.damaged` beside it (`.damaged-1`,
     ... if that is taken: nothing is overwritten), out of the names fedge reads but kept for a
-    person to look at; deleting it would lose what a recovery tool might still read. The new path."""
+    person to look at; deleting it would lose what a recovery tool might still read. The new path;
+    DeviceStateError naming the file when it cannot be renamed (a read-only folder: a bare OSError
+    stopped the start)."""
     for n in range(1000):
         target = path.with_name(f"{path.name}.damaged{f'-{n}' if n else ''}")
         if not os.path.lexists(target):
-            os.rename(path, target)
+            try:
+                os.rename(path, target)
+            except OSError as exc:
+                raise DeviceStateError(f"{path} cannot be read, nor set aside ({exc}); move it aside") from exc
             return target
-    raise FileExistsError(f"{path}: 1000 damaged copies already set aside beside it")
+    raise DeviceStateError(f"{path} cannot be read, and 1000 damaged copies are already set aside beside it")

@@ -8,12 +8,16 @@ run, and sets aside (renames `.damaged`) its own files it cannot read; nothing e
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
 import sys
 
+import pytest
+
 from fedge.edge_runtime.journal import DeviceJournal
+from fedge.edge_runtime.kernel.errors import DeviceStateError
 from fedge.edge_runtime.kernel.files import set_aside, sweep_temp_files
 from fedge.edge_runtime.pending import PendingUploads
 
@@ -87,3 +91,11 @@ def test_kept_updates_that_cannot_be_read_are_set_aside_and_the_others_load(tmp_
         "notes.txt", "r1-folder.msg.damaged", "r1-huge.msg.damaged", "r2-good.msg"]
     assert (tmp_path / "r1-huge.msg.damaged").read_bytes() == b"x" * 101
     assert "r1-folder.msg" in caplog.text and "r1-huge.msg" in caplog.text
+
+
+def test_a_damaged_file_that_cannot_be_set_aside_is_a_named_error(tmp_path, monkeypatch):
+    (tmp_path / "r1-bad.msg").mkdir()  # unreadable as a kept update
+    monkeypatch.setattr(os, "rename", lambda *a: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")))
+    with pytest.raises(DeviceStateError, match="r1-bad.msg cannot be read, nor set aside .*Read-only"):
+        PendingUploads(tmp_path)
+    assert (tmp_path / "r1-bad.msg").is_dir()
