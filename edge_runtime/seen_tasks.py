@@ -16,6 +16,7 @@ from pathlib import Path
 from .kernel.files import atomic_write_bytes
 
 log = logging.getLogger("fedge.journal")
+_ROW_BYTES = 4096  # a row is at most about 1.6 KB: a 256-character task id, each character escaped as \uXXXX
 
 
 class SeenTasks:
@@ -53,6 +54,10 @@ class SeenTasks:
     def _load(self) -> dict[str, list]:
         """An older file lists task ids only: those count as answered."""
         try:
+            size = self.path.stat().st_size
+            if size > self.kept * _ROW_BYTES:  # not a file fedge wrote: it was read whole into memory
+                log.warning("%s ignored: %d bytes is more than %d rows could take", self.path, size, self.kept)
+                return {}
             rows = json.loads(self.path.read_text())
         except (OSError, ValueError, RecursionError):  # RecursionError: `[[[[...` nested a few thousand deep
             return {}

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError, DatasetError, DeviceStateError
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, load_manifest
 from fedge.edge_runtime.kernel.protocol import CheckIn, Decline, Update
+from fedge.edge_runtime.seen_tasks import SeenTasks
 from fedge.edge_runtime.store import DeviceStore
 from tests.edge_runtime.test_crash_windows import _same, _setup, _spy, _state
 from tests.tiny_model import build_tiny_model
@@ -199,3 +202,14 @@ def test_kept_frames_that_are_not_the_update_their_name_says_are_set_aside_at_st
     assert journal.interrupted() == [] and "t1" in journal and "t2" not in journal
     assert {p.name: p.read_bytes() for p in pending.iterdir()} == {
         "r1-u1.msg": frames["r1-u1.msg"], **{f"{n}.damaged": f for n, f in frames.items() if n != "r1-u1.msg"}}
+
+
+def test_a_seen_tasks_file_larger_than_its_rows_could_be_is_not_read(tmp_path, monkeypatch):
+    path = tmp_path / "seen_tasks.json"
+    rows = [["é" * 256, 2**63 - 1, False] for _ in range(4)]  # the largest rows fedge writes
+    path.write_text(json.dumps(rows))
+    assert len(SeenTasks(path, kept=4).unanswered()) == 1  # one id, four times: the largest file 4 rows make
+    path.write_text(json.dumps(rows + [["t", 1, False]] * 20_000))
+    reads = []
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self) or "[]")
+    assert SeenTasks(path, kept=4).unanswered() == [] and reads == []  # not read whole into memory
