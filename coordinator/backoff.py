@@ -18,7 +18,12 @@ import hashlib
 # Decline reasons (edge_runtime.kernel.errors .reason values) that retrying cannot cure: the
 # device's data or its installed backends must change first. (Artifact faults are not here: a
 # fetch or a coordinator with other artifacts cures them without the device changing.)
-PERMANENT_DECLINES = frozenset({"bad_dataset", "backend_unavailable", "unsupported_by_backend"})
+# bad_state too: a device whose own state file is damaged declines every task with it until a
+# person moves the file aside, and reselecting it at once spun rounds as bad_dataset did. Parking
+# it is safe because the device's check-ins say `bad_state` (not eligible) while the file cannot
+# be read and stop saying so once it can (edge_runtime/state_health.py), so the fix, or the
+# restart after it, is a check-in with something new that un-parks it.
+PERMANENT_DECLINES = frozenset({"bad_dataset", "backend_unavailable", "unsupported_by_backend", "bad_state"})
 
 
 def is_permanent(reason: str) -> bool:

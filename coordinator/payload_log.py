@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.files import pid_running
 
 from .errors import StoreCorrupt
 
@@ -158,7 +159,7 @@ class PayloadLog:
             return
         for entry in entries:
             match = pattern.fullmatch(entry)
-            if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
+            if match is None or int(match.group(1)) == os.getpid() or pid_running(int(match.group(1))):
                 continue
             building = self.directory.parent / entry
             try:
@@ -193,14 +194,3 @@ class PayloadLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _running(pid: int) -> bool:
-    """Whether a process with this id exists (signal 0 checks without sending anything)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):  # someone else's; or no pid fedge could have used:
-        return True  # either way, not known to be dead, so left alone
-    return True

@@ -44,6 +44,7 @@ from .kernel.secagg.messages import SecAggTask
 from .kernel.transport.base import Message, Transport, topic_matches
 from .secagg_participant import NOISE_BELOW_FLOOR, SecAggParticipant
 from .secagg_participant import REQUESTS as SECAGG_REQUESTS
+from .state_health import BAD_STATE
 from .task import (
     Acked,
     Failed,
@@ -345,6 +346,8 @@ class DeviceAgent:
         reply = self.runtime.handle_task(task, past_deadline, self.journal)
         if isinstance(reply, Decline):
             self._step(task, Failed(reply.reason, reply.detail, reply.stage, aborted=reply.stage == "during"))
+            if reply.reason == BAD_STATE:  # its check-ins say so now (state_health.py): tell the coordinator
+                self.check_in()
             return
         assert isinstance(reply, Update)
         if self.journal.kept(reply.update_id) is None:  # a runtime that keeps nothing itself

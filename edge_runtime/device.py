@@ -39,6 +39,7 @@ from .local_training import check_scaffold_hyper, scaffold_control_delta, train_
 from .model_runtime import ModelRuntime, loaded
 from .personalize import PINNABLE, personal_start, tune_head
 from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
+from .state_health import BAD_STATE, StateHealth
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
 
@@ -85,6 +86,7 @@ class DeviceRuntime:
         self.state_root = Path(state_root)
         self.backend_name = backend
         self.eligibility = eligibility or (lambda: None)
+        self.state_health = StateHealth(self.state_root / device_id, self.model_dirs)  # check-ins say bad_state
         self.abort_check = abort_check or self.eligibility
         self.seed = seed
         self._models: dict[str, ModelRuntime] = {}
@@ -99,7 +101,7 @@ class DeviceRuntime:
         self.announced: dict[str, int] = {}  # model id -> the coordinator's latest announced version (the agent's)
 
     def check_in(self) -> CheckIn:
-        reason = self.eligibility()
+        reason = self.eligibility() or self.state_health.reason()
         return CheckIn(
             device_id=self.device_id,
             backends=available_backends(),
@@ -233,7 +235,8 @@ class DeviceRuntime:
             should_abort=should_abort,
         )
         update_id = uuid.uuid4().hex
-        ctx = TaskContext(task.compression, store.load_residual(), self.device_id, task.round_id)
+        ctx = TaskContext(task.compression, _fitting(store.load_residual(), result.shared_delta), self.device_id,
+                          task.round_id)  # one of other names or shapes (damage) is dropped, as c_i's is
         out = postprocess(UPDATE_STEPS)(Delta(result.shared_delta), ctx, rng)
         payload, residual, clip_seen = encode(out), out.residual, out.norm_before_clip
         control = b""
@@ -306,6 +309,8 @@ class DeviceRuntime:
 
     def _decline(self, task: TrainTask, reason: str, detail: str, stage: str) -> Decline:
         log.info("device %s declines task %s: %s (%s)", self.device_id, task.task_id, reason, detail)
+        if reason == BAD_STATE:
+            self.state_health.failed(task.model_id)
         return Decline(self.device_id, task.round_id, task.task_id, reason, detail, stage)
 
     def keep_global(self, model_id: str, shared: dict[str, np.ndarray], version: int) -> None:

@@ -152,8 +152,9 @@ def load_local_data(path: str | Path) -> LocalData:
         raise DatasetError(f"{path}: no such data file") from None
     except KeyError as exc:
         raise DatasetError(f"{path}: missing array {exc}; need x_train, y_train, x_test, y_test") from None
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
+    except Exception as exc:  # np.load reports damage as OSError, ValueError, EOFError (an empty file),
+        # BadZipFile (a truncated one, a bad CRC), ...: they stopped the device's start with a traceback
+        raise DatasetError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     # What the device would otherwise find out mid-task, refused at start and at a SIGHUP reload.
     # The label range against the model's classes is the task's to check: the model comes later.
     x_train, y_train = check_split(path, "train", arrays["x_train"], arrays["y_train"])

@@ -19,14 +19,15 @@ state through `record`; the agent reads and clears the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
-from .kernel.errors import CodecError, PayloadTooLarge
-from .kernel.files import Arrays
+from .kernel.errors import CodecError, DeviceStateError, PayloadTooLarge, StateWriteError
+from .kernel.files import Arrays, set_aside, sweep_temp_files
 from .kernel.protocol import Update
 from .pending import PendingUploads
 from .seen_tasks import SeenTasks
@@ -40,13 +41,19 @@ SEEN_TASKS_KEPT = 256  # task ids remembered across restarts, so a redelivered t
 def commit_task_state(store: DeviceStore, update_id: str, saves: dict[str, Arrays | None], meta: dict,
                       keep: Callable[[], object]) -> None:
     """Stage, keep, apply (see the module docstring). If `keep` raises, nothing was kept and
-    the staged state goes; a dying process runs no handler, and `recover` decides then."""
-    store.stage(update_id, saves, meta)
+    the staged state goes; a dying process runs no handler, and `recover` decides then. A write
+    that fails (ENOSPC, EROFS) before the update is kept is StateWriteError, which the task is
+    declined with: as a bare OSError it escaped handle_task and the task was never answered."""
     try:
-        keep()
-    except Exception:
-        store.discard_staged(update_id)
-        raise
+        store.stage(update_id, saves, meta)
+        try:
+            keep()
+        except Exception:
+            with contextlib.suppress(OSError):  # else `recover` drops it at the next start
+                store.discard_staged(update_id)
+            raise
+    except OSError as exc:
+        raise StateWriteError(f"the device cannot write its state ({exc}); nothing of this task was kept") from exc
     store.commit_staged(update_id)
 
 
@@ -55,8 +62,25 @@ class DeviceJournal:
                  kept_tasks: int = SEEN_TASKS_KEPT):
         self.home = Path(home)
         self.max_message_bytes = max_message_bytes
-        self.pending = PendingUploads(self.home / "pending", clock or SystemClock())
+        self.pending = PendingUploads(self.home / "pending", clock or SystemClock(), max_message_bytes)
         self.seen = SeenTasks(self.home / "seen_tasks.json", kept_tasks)
+        self._set_aside_foreign()
+
+    def _set_aside_foreign(self) -> None:
+        """Set aside (`.damaged`) each kept frame that is not the Update its file name says: one
+        that no longer decodes (a bad sector), or another message (a CheckIn by that name raised
+        AttributeError at every start, from `interrupted`)."""
+        for item in self.pending.items():
+            try:
+                update = decode_message(item.payload)
+                why = "" if isinstance(update, Update) and update.update_id == item.update_id else (
+                    f"it holds a {type(update).__name__}" + (f" for update {update.update_id}"
+                                                             if isinstance(update, Update) else ""))
+            except CodecError as exc:
+                why = str(exc)
+            if why:
+                log.error("device %s: set aside kept update %s of round %d: %s (now %s)", self.home.name,
+                          item.update_id, item.round_id, why, self.pending.set_aside(item.update_id))
 
     # ---------------------------------------------------------------- updates
 
@@ -78,13 +102,23 @@ class DeviceJournal:
         return item.payload if item is not None else None
 
     def recover(self) -> None:
-        """After a restart: apply the staged state of every update that was kept, and drop the
-        staged state of those that were not (their task was never answered)."""
+        """After a restart: delete the temp files of writes a crash cut short, apply the staged
+        state of every update that was kept, and drop the staged state of those that were not
+        (their task was never answered). A kept update's staged state that cannot be read is
+        set aside (`.damaged`): it stopped every start with DeviceStateError; the update is
+        still sent, and the state stays as it was before that task."""
+        for path in sweep_temp_files(self.home):
+            log.warning("device %s: deleted %s, left by a write that a crash cut short", self.home.name, path)
         for path in sorted(self.home.glob("*/staged-*.npz")):
             store = DeviceStore(self.home, path.parent.name)
             for update_id in store.staged():
                 if update_id in self.pending:
-                    store.commit_staged(update_id)
+                    try:
+                        store.commit_staged(update_id)
+                    except DeviceStateError as exc:
+                        aside = set_aside(store.staged_path(update_id))
+                        log.error("device %s: set aside %s: %s; update %s is still sent, the state stays as "
+                                  "before its task", self.home.name, aside, exc, update_id)
                 else:
                     log.warning("device %s: dropping the state of update %s: it was never kept for upload",
                                 self.home.name, update_id)

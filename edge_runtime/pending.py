@@ -9,14 +9,17 @@ when it was kept, so the age of an update is measured on the same clock that ask
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .kernel.clock import SystemClock
-from .kernel.files import atomic_write_bytes
+from .kernel.errors import DeviceStateError
+from .kernel.files import atomic_write_bytes, set_aside
 
+log = logging.getLogger("fedge.pending")
 _NAME = re.compile(r"^r(\d+)-([0-9A-Za-z_-]+)\.msg$")
 
 
@@ -28,15 +31,29 @@ class PendingUpload:
 
 
 class PendingUploads:
-    def __init__(self, directory: str | Path, clock=None):
+    def __init__(self, directory: str | Path, clock=None, max_bytes: int = 64 << 20):
+        """max_bytes: a kept file larger than this is no update this device could send (journal.keep
+        refuses those), so it is set aside unread, as one that cannot be read at all is."""
         self.dir = Path(directory)
         self.clock = clock or SystemClock()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file by its name (not fedge's to delete): FileExistsError stopped the start
+            raise DeviceStateError(f"{self.dir} is not a folder; the device keeps its unacknowledged updates "
+                                   "there: move it aside") from None
         self._items: dict[str, PendingUpload] = {}
         for path in sorted(self.dir.iterdir()):
             match = _NAME.match(path.name)
             if match:
-                self._items[match.group(2)] = PendingUpload(int(match.group(1)), match.group(2), path.read_bytes())
+                try:
+                    if path.stat().st_size > max_bytes:
+                        raise OSError(f"{path.stat().st_size} bytes > {max_bytes}")
+                    payload = path.read_bytes()  # a folder by that name, a bad sector (EIO): OSError
+                except OSError as exc:  # it stopped every start of the device
+                    log.error("set aside kept update %s: cannot be read (%s): %s", path.name, exc,
+                              set_aside(path))
+                    continue
+                self._items[match.group(2)] = PendingUpload(int(match.group(1)), match.group(2), payload)
 
     def add(self, round_id: int, update_id: str, payload: bytes) -> None:
         if not re.fullmatch(r"[0-9A-Za-z_-]+", update_id):
@@ -53,6 +70,13 @@ class PendingUploads:
             return False
         self._path(item.round_id, update_id).unlink(missing_ok=True)
         return True
+
+    def set_aside(self, update_id: str) -> Path | None:
+        """Forget a kept update that cannot be sent (its frame no longer decodes) and rename its
+        file to `.damaged` (kernel.files.set_aside): the new path, or None if none was kept."""
+        item = self._items.pop(update_id, None)
+        path = None if item is None else self._path(item.round_id, update_id)
+        return set_aside(path) if path is not None and os.path.lexists(path) else None
 
     def _path(self, round_id: int, update_id: str) -> Path:
         return self.dir / f"r{round_id}-{update_id}.msg"

@@ -10,9 +10,13 @@ start, so its round need not wait for the deadline. One JSON file of
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from .kernel.files import atomic_write_bytes
+
+log = logging.getLogger("fedge.journal")
+_ROW_BYTES = 4096  # a row is at most about 1.6 KB: a 256-character task id, each character escaped as \uXXXX
 
 
 class SeenTasks:
@@ -50,8 +54,12 @@ class SeenTasks:
     def _load(self) -> dict[str, list]:
         """An older file lists task ids only: those count as answered."""
         try:
+            size = self.path.stat().st_size
+            if size > self.kept * _ROW_BYTES:  # not a file fedge wrote: it was read whole into memory
+                log.warning("%s ignored: %d bytes is more than %d rows could take", self.path, size, self.kept)
+                return {}
             rows = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: `[[[[...` nested a few thousand deep
             return {}
         # Rows of a shape fedge never writes ({"a": 1}, a string round id) are skipped: they once
         # stopped the start with a KeyError, or a TypeError in a log line later.
@@ -67,7 +75,13 @@ class SeenTasks:
         # its kept update (DeviceJournal.__contains__). A lost "answered" after the Ack makes
         # the restart decline as `interrupted` a task the coordinator already counted, which it
         # ignores (rounds.py: a Decline from a device that replied changes nothing).
-        atomic_write_bytes(self.path, json.dumps(rows).encode(), durable=False)
+        # The same reasons make a write that fails (a full disk, a read-only folder) harmless: the
+        # rows stay in memory for this run. Raised, it stopped every task on arrival, unanswered.
+        try:
+            atomic_write_bytes(self.path, json.dumps(rows).encode(), durable=False)
+        except OSError as exc:
+            log.warning("%s not written (%s); the tasks received are remembered until the device stops",
+                        self.path, exc)
 
 
 def _entry(row) -> list | None:

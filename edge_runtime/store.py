@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -45,6 +46,8 @@ import numpy as np
 from .kernel.errors import DeviceStateError
 from .kernel.files import Arrays, atomic_write_bytes, load_npz
 from .kernel.manifest import check_model_id
+
+log = logging.getLogger("fedge.store")
 
 _STAGEABLE = ("personal", "opt_state", "residual", "control", "control_residual", "control_undo")
 _STATE = "state"
@@ -92,14 +95,41 @@ def _decode(arrays: Arrays) -> dict[str, Arrays | None]:
         if rest == "/kind":
             parts.setdefault(name, {} if str(value) == "arrays" else None)
         elif name and rest:  # a param's own name may hold "/" (even begin with it)
-            parts.setdefault(name, {})[rest] = value
+            part = parts.setdefault(name, {})
+            if part is None:
+                raise ValueError(f"part {name!r} is marked absent but holds {rest!r}")
+            part[rest] = value
+    return parts
+
+
+def _parts(path: Path, arrays: Arrays) -> dict[str, Arrays | None]:
+    """_decode, with what no state holds (text or objects where numbers go, NaN or Inf, a part
+    marked both absent and present: a bit flip, a file from elsewhere) a DeviceStateError that
+    names the file. They escaped handle_task as a bare TypeError or ValueError from the maths
+    (np.square of text, clipping a NaN residual), and the task was never answered."""
+    try:
+        parts = _decode(arrays)
+        for name, part in parts.items():
+            for key, value in (part or {}).items():
+                if name == "control_undo" and key == "update_id":
+                    if value.dtype.kind != "U" or value.ndim:
+                        raise ValueError(f"{name}/{key} is {value.dtype} of shape {value.shape}, not a text id")
+                elif value.dtype.kind not in "biuf" or value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise ValueError(f"{name}/{key} holds {value.dtype} values that are not finite numbers")
+    except ValueError as exc:
+        raise DeviceStateError(f"{path} is damaged ({exc}); move it aside to start this part of the device's "
+                               "state over") from exc
     return parts
 
 
 class DeviceStore:
     def __init__(self, root: str | Path, model_id: str):
         self.dir = Path(root) / check_model_id(model_id)  # a folder of its own under root, never a path
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file by the folder's name: a bare OSError escaped handle_task
+            raise DeviceStateError(f"{self.dir} is not a folder; move it aside to start this model's state "
+                                   "over") from None
         # state.npz parsed once per store (a task reads it about six times): kept with the
         # file's (inode, size, mtime) and dropped at every write through this store. A store
         # lives for one task, and the device writes its state from one loop, so another
@@ -136,7 +166,7 @@ class DeviceStore:
         if st is not None:
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
             if self._parsed is None or self._parsed[0] != key:
-                self._parsed = (key, {k: v for k, v in _decode(_read(path)).items() if v is not None})
+                self._parsed = (key, {k: v for k, v in _parts(path, _read(path)).items() if v is not None})
             return {name: {k: v.copy() for k, v in part.items()} for name, part in self._parsed[1].items()}
         legacy = {name: _read(self.dir / f"{name}.npz") for name in _STAGEABLE
                   if (self.dir / f"{name}.npz").exists()}
@@ -192,8 +222,12 @@ class DeviceStore:
         # Not fsync'd: only `fedge device export` reads it, and the next task writes it again;
         # a power cut may leave the previous model here (or, on a filesystem that does not
         # order data before rename, an unreadable file that export reports).
+        # Nor is a full disk an error here: the export keeps the previous model a while longer.
         extra = {} if version is None else {_VERSION_KEY: np.array(version, np.int64)}
-        self._save("global", {**arrays, **extra}, durable=False)
+        try:
+            self._save("global", {**arrays, **extra}, durable=False)
+        except OSError as exc:
+            log.warning("%s not written: %s", self.dir / "global.npz", exc)
 
     def keep_global(self, arrays: Arrays, version: int, announced: int | None) -> bool:
         """Save a global model received (a task's or an evaluated one) unless global.npz holds a
@@ -267,21 +301,26 @@ class DeviceStore:
         arrays = _encode(self._moved(saves))
         arrays[_META_KEY] = np.array(json.dumps(meta, sort_keys=True))
         arrays[_WHOLE_KEY] = np.array(True)
-        atomic_write_bytes(self.dir / f"{_staged(update_id)}.npz", _npz(arrays))
+        atomic_write_bytes(self.staged_path(update_id), _npz(arrays))
 
     def staged(self) -> list[str]:
         """Update ids with a staged state not yet applied, oldest first."""
-        paths = sorted(self.dir.glob("staged-*.npz"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        # Files only: a folder by that name is not fedge's (unlink failed on it, stopping the start).
+        paths = sorted((p for p in self.dir.glob("staged-*.npz") if p.is_file() and not p.is_symlink()),
+                       key=lambda p: (p.stat().st_mtime_ns, p.name))
         return [p.name[len("staged-"):-len(".npz")] for p in paths]
 
     def commit_staged(self, update_id: str) -> None:
         """Apply a staged state (a rename), then note the task in meta.json. Safe to repeat
         after a crash part-way: a staged file that is gone was applied."""
-        path = self.dir / f"{_staged(update_id)}.npz"
+        path = self.staged_path(update_id)
         if not path.exists():
             return
         head = _read(path, only=(_META_KEY, _WHOLE_KEY))  # not the state's arrays
-        meta = json.loads(str(head[_META_KEY]))
+        try:
+            meta = json.loads(str(head[_META_KEY]))
+        except (KeyError, ValueError) as exc:  # a readable file without the meta stage() writes
+            raise DeviceStateError(f"{path} holds no task meta ({type(exc).__name__}: {exc})") from exc
         whole = _WHOLE_KEY in head
         self._parsed = None
         if whole:
@@ -289,20 +328,27 @@ class DeviceStore:
             self._drop_legacy()
         else:  # staged by an older fedge: only the parts its task changed
             arrays = _read(path)
-            self.save_state(_decode({k: v for k, v in arrays.items() if k != _META_KEY}))
+            self.save_state(_parts(path, {k: v for k, v in arrays.items() if k != _META_KEY}))
             path.unlink()
         self.save_meta(meta)
 
     def discard_staged(self, update_id: str) -> None:
-        (self.dir / f"{_staged(update_id)}.npz").unlink(missing_ok=True)
+        self.staged_path(update_id).unlink(missing_ok=True)
+
+    def staged_path(self, update_id: str) -> Path:
+        return self.dir / f"{_staged(update_id)}.npz"
 
     def load_meta(self) -> dict:
         path = self.dir / "meta.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
     def save_meta(self, meta: dict) -> None:
-        # Not fsync'd: nothing reads it back to decide anything (last round trained, for people).
-        atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, sort_keys=True).encode(), durable=False)
+        # Not fsync'd: nothing reads it back to decide anything (last round trained, for people);
+        # nor is a full disk an error here: the task's state is applied before it.
+        try:
+            atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, sort_keys=True).encode(), durable=False)
+        except OSError as exc:
+            log.warning("%s not written: %s", self.dir / "meta.json", exc)
 
 
 def _npz(arrays: Arrays) -> bytes:

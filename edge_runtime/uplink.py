@@ -77,10 +77,10 @@ class Uplink:
                 # A kept frame that no longer decodes (a bad sector on an SD card: the frame's
                 # checksum says so) can never be sent. Raising here stopped every start of the
                 # device (systemd restarted it into the same file) and every resend of the
-                # updates listed after it; it is dropped by name, like one no Ack came for.
-                log.warning("device %s: dropping kept update %s of round %d: unreadable on disk: %s",
-                            self.device_id, item.update_id, item.round_id, exc)
-                self.journal.pending.remove(item.update_id)
+                # updates listed after it; it is set aside by name (`.damaged`), not deleted.
+                log.warning("device %s: set aside kept update %s of round %d: unreadable on disk: %s (now %s)",
+                            self.device_id, item.update_id, item.round_id, exc,
+                            self.journal.pending.set_aside(item.update_id))
                 continue
             sent += 1
         return sent

@@ -30,6 +30,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # TOML is UTF-8
         raise ConfigError(f"{path}: not valid TOML (not UTF-8: {exc.reason} at byte {exc.start})") from None
+    except RecursionError:  # tomllib parses nested arrays/tables recursively: `a = [[[[...` a few thousand deep
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deep") from None
     except OSError as exc:  # a folder, no permission, ...
         raise ConfigError(f"config file {path}: cannot be read: {exc.strerror or exc}") from None
 

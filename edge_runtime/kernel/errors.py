@@ -110,6 +110,13 @@ class DeviceStateError(FedgeError):
     reason = "bad_state"
 
 
+class StateWriteError(FedgeError):
+    """The device cannot write its own state (a full disk, a read-only state folder): the task is
+    declined with nothing of it kept. Not parked (coordinator/backoff.py): space may come back."""
+
+    reason = "state_unwritable"
+
+
 class BackendUnavailable(FedgeError):
     reason = "backend_unavailable"
 

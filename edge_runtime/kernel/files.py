@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DeviceStateError
+
 Arrays = dict[str, np.ndarray]
 
 # np.load parses .npy headers with ast.literal_eval, which on CPython 3.11 can fail with
@@ -46,6 +48,8 @@ class DurableWrites:
 
 _KIND = re.compile(r"[0-9a-f]{8,}|[0-9]+")  # hex ids and numbers: what varies between files of one kind
 DURABLE_WRITES = DurableWrites()
+_TEMP = ".tmp-"  # atomic_write_bytes's temp file for <name>: .<name>.tmp-<pid>
+_TEMP_NAME = re.compile(r"\.(.+)" + re.escape(_TEMP) + r"([0-9]+)")
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -58,7 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     (each caller says why)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_TEMP}{os.getpid()}")
     fh = open(tmp, "wb")  # noqa: SIM115 - closed by the with below; only a temp file it made is removed
     try:
         with fh:
@@ -72,3 +76,54 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     except BaseException:  # a path that is a folder, a full disk: the temp file once stayed behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sweep_temp_files(root: Path) -> list[Path]:
+    """Delete the temp files atomic_write_bytes left under `root` when its process was killed
+    mid-write (kill -9, a power cut before the rename): they stayed forever, one per crash.
+    Only regular files named `.<name>.tmp-<pid>` for a pid that no longer runs (not this
+    process's: a live writer's file is left to it); links, folders and other names are never
+    touched. Returns the paths deleted."""
+    swept = []
+    for folder, _, names in os.walk(root):  # does not follow links to folders
+        for name in names:
+            match = _TEMP_NAME.fullmatch(name)
+            if match is None or int(match.group(2)) == os.getpid() or pid_running(int(match.group(2))):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.is_symlink() or not path.is_file():
+                    continue
+                path.unlink()
+            except OSError:  # gone meanwhile, or not ours to change: leave it
+                continue
+            swept.append(path)
+    return swept
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # someone else's; or no pid fedge could have used:
+        return True  # either way, not known to be dead, so left alone
+    return True
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a file fedge wrote and cannot read back to `<name>.damaged` beside it (`.damaged-1`,
+    ... if that is taken: nothing is overwritten), out of the names fedge reads but kept for a
+    person to look at; deleting it would lose what a recovery tool might still read. The new path;
+    DeviceStateError naming the file when it cannot be renamed (a read-only folder: a bare OSError
+    stopped the start)."""
+    for n in range(1000):
+        target = path.with_name(f"{path.name}.damaged{f'-{n}' if n else ''}")
+        if not os.path.lexists(target):
+            try:
+                os.rename(path, target)
+            except OSError as exc:
+                raise DeviceStateError(f"{path} cannot be read, nor set aside ({exc}); move it aside") from exc
+            return target
+    raise DeviceStateError(f"{path} cannot be read, and 1000 damaged copies are already set aside beside it")

@@ -92,7 +92,8 @@ class Manifest:
             )
         except ArtifactError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: JSON that is no object
+        # AttributeError: JSON that is no object; RecursionError: `[[[[...` nested a few thousand deep
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ArtifactError(f"{where}: not a valid fedge manifest ({exc}); rebuild with `fedge "
                                 "build-artifacts`") from None
 
@@ -130,7 +131,11 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     if not path.exists():
         raise ArtifactError(f"{directory}: no {MANIFEST_FILE}; build artifacts with `fedge build-artifacts SPEC "
                             f"{directory}`")
-    manifest = Manifest.from_json(path.read_text(), where=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # a folder by its name, a bad sector, not UTF-8: were bare
+        raise ArtifactError(f"{path}: cannot be read ({exc}); rebuild with `fedge build-artifacts`") from None
+    manifest = Manifest.from_json(text, where=str(path))
     if verify:
         verify_files(directory, manifest)
     return manifest

@@ -16,8 +16,8 @@ from fedge.coordinator.loop import CoordinatorLoop
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.protocol import CheckIn, Decline, Pace, TrainTask, device_topic
-from tests.coordinator.fleet import ManualDevice, make_fleet
+from fedge.edge_runtime.kernel.protocol import CheckIn, CompressionSpec, Decline, Pace, TrainTask, device_topic
+from tests.coordinator.fleet import ManualDevice, local_data, make_fleet
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 
@@ -135,3 +135,61 @@ def test_abandoned_rounds_back_off_at_most_one_round_per_interval(model, tmp_pat
         assert len(within) == 1, (k, within)
     # 1 + 2 + ... + 64 = 127 s, then one every 120 s: about 16 rounds in 20 minutes.
     assert 12 <= len(records) <= 20, len(records)
+
+
+def test_a_device_with_damaged_state_is_parked_until_the_file_is_moved_aside_and_it_restarts(model, tmp_path):
+    """bad_state (an unreadable state.npz) is parked like bad_dataset. A fixed device restarted
+    checked in exactly as before the damage, so parking it alone would have kept it out for
+    good: its check-ins say `bad_state` while the file cannot be read, and stop once it can."""
+    art, manifest, _ = model
+    fleet = make_fleet(model, tmp_path, sizes=(30,), compression=CompressionSpec(quant_bits=8))  # lossy: a state file
+    c = fleet.coordinator
+
+    def restart() -> DeviceAgent:
+        runtime = DeviceRuntime("dev0", local_data(np.random.default_rng(0), 30), {manifest.model_id: art},
+                                tmp_path / "devices", seed=0)
+        fleet.agents[0] = DeviceAgent(runtime, fleet.broker.connect("dev0"), clock=fleet.clock)
+        fleet.agents[0].start()
+        fleet.drain()
+        return fleet.agents[0]
+
+    assert c.begin_round()
+    fleet.drain()
+    assert c.tick().committed
+    state = tmp_path / "devices" / "dev0" / manifest.model_id / "state.npz"
+    good = state.read_bytes()
+    state.write_bytes(b"garbage")
+    assert c.begin_round()
+    fleet.drain()  # it declines, then checks in at once
+    record = c.tick()
+    assert record is not None and record.declines == {"dev0": "bad_state"}
+    assert c.eligible_devices() == [] and not c.begin_round()
+    assert (c.registry["dev0"].eligible, c.registry["dev0"].reason) == (False, "bad_state")
+    restart()  # not fixed: it says bad_state again, and stays out
+    fleet.clock.advance(3600)
+    fleet.agents[0].tick()
+    fleet.drain()
+    assert c.eligible_devices() == [] and not c.begin_round()
+    state.rename(state.with_name("state.npz.bad"))  # what a person does (the old params are lost)
+    state.write_bytes(good)
+    restart()
+    assert c.eligible_devices() == ["dev0"] and c.begin_round()
+    fleet.drain()
+    assert c.tick().committed
+
+
+def test_a_bad_state_decline_parks_a_device_whose_check_ins_never_say_so(model, tmp_path):
+    """An older device (no bad_state in its check-ins) is parked too, until it says something new."""
+    fleet = make_fleet(model, tmp_path, clients_per_round=1)
+    c = fleet.coordinator
+    dev = ManualDevice(fleet, "old", 4)
+    fleet.drain()
+    assert c.begin_round()
+    fleet.drain()
+    task = dev.task()
+    dev.send(encode_message(Decline("old", task.round_id, task.task_id, "bad_state", "state.npz: garbage")))
+    fleet.drain()
+    assert c.tick().declines == {"old": "bad_state"}
+    dev.check_in()  # the same check-in as before
+    fleet.drain()
+    assert c.registry["old"].parked == "bad_state" and c.eligible_devices() == [] and not c.begin_round()

@@ -10,6 +10,7 @@ was kept, the state is as before it, and the coordinator is told `interrupted`.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -111,6 +112,12 @@ def _crash_in(monkeypatch, target, name, nth=1):
     monkeypatch.setattr(target, name, crashing)
 
 
+def _npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 def _poll_until_crash(agent) -> None:
     with pytest.raises(Crash):
         for _ in range(100):
@@ -175,9 +182,10 @@ def test_a_crash_around_keeping_the_update_never_lets_the_state_run_ahead(model,
         assert len(restarted.pending) == 0  # acknowledged
 
 
-def test_an_unreadable_kept_update_is_dropped_by_name_and_the_others_are_still_resent(model, tmp_path, monkeypatch):
+def test_an_unreadable_kept_update_is_set_aside_by_name_and_the_others_are_still_resent(model, tmp_path, monkeypatch):
     # A kept frame damaged on disk (a bad SD-card sector) made agent.start() raise
     # TruncatedPayload: the device never came up again, and the updates after it were not resent.
+    # Then it was deleted; now it is renamed `.damaged`, kept for a person to look at.
     fleet, root, snapshot, agent = _setup(model, tmp_path)
     _crash_in(monkeypatch, DeviceAgent, "_publish", nth=1)  # round 2's update kept, not yet sent
     _poll_until_crash(agent)
@@ -190,7 +198,33 @@ def test_an_unreadable_kept_update_is_dropped_by_name_and_the_others_are_still_r
     assert restarted.started
     assert [u.update_id for u in _spy(fleet) if isinstance(u, Update) and u.round_id == 2] == [kept.update_id]
     assert fleet.coordinator.round.machine.reported == ["dev0"]
-    assert sorted(p.name for p in pending.iterdir()) == []  # the damaged one dropped, the good one acked
+    assert sorted(p.name for p in pending.iterdir()) == ["r0-damaged.msg.damaged"]  # the good one acked
+    assert (pending / "r0-damaged.msg.damaged").read_bytes() == b"garbage"
+    assert len(_restart(fleet, root).pending) == 0  # not read back as a kept update
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "no_meta"])
+def test_a_damaged_staged_state_is_set_aside_and_its_kept_update_still_goes_out(model, tmp_path, monkeypatch, damage):
+    # Killed after keeping the update, before applying its staged state, which a bad sector then
+    # damaged: recover() raised DeviceStateError and the device never started again.
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    model_id = fleet.model[1].model_id
+    _crash_in(monkeypatch, DeviceStore, "commit_staged")
+    _poll_until_crash(agent)
+    monkeypatch.undo()
+    (kept,) = PendingUploads(root / "dev0" / "pending").items()
+    staged = DeviceStore(root / "dev0", model_id).staged_path(kept.update_id)
+    whole = staged.read_bytes()
+    staged.write_bytes({"garbage": b"garbage", "truncated": whole[: len(whole) // 2], "empty": b"",
+                        "no_meta": _npz_bytes(x=np.ones(2))}[damage])  # readable, without what stage() writes
+    damaged = staged.read_bytes()
+
+    restarted = _restart(fleet, root)
+    assert restarted.started and not staged.exists()
+    assert staged.with_name(staged.name + ".damaged").read_bytes() == damaged  # kept for a person, not deleted
+    assert [u.update_id for u in _spy(fleet) if isinstance(u, Update) and u.round_id == 2] == [kept.update_id]
+    assert fleet.coordinator.round.machine.reported == ["dev0"] and len(restarted.pending) == 0
+    assert _same(_state(root, model_id), _state(snapshot, model_id))  # as before that task
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
