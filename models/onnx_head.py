@@ -30,6 +30,20 @@ KEEPS_PREDICTION = ("Softmax", "LogSoftmax", "ArgMax", "ZipMap", "Cast", "Identi
                     "Exp", "Log", "Shape")
 # A binary classifier's one logit z: p = Sigmoid(z), and scikit-learn's [1 - p, p] (Sub, Concat)
 BINARY_PROBABILITIES = ("Sigmoid", "Sub", "Concat")
+# Ops that only lay out a tensor's values again: torch's sigmoid(fc(x).squeeze(1)) puts one
+# between the logit and its Sigmoid, which then applies to the same numbers.
+LAYOUT_ONLY = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Dropout")
+
+
+def sigmoid_follows(consumers: dict[str, list[onnx.NodeProto]], tensor: str) -> bool:
+    """Whether `tensor` (a one-logit classifier's output) is read by one Sigmoid alone, directly or
+    through a chain of LAYOUT_ONLY ops, each the only reader of the one before (their data input).
+    A probe's torch model, sigmoid(fc(x).squeeze(-1)), was refused as having no Sigmoid."""
+    users = consumers.get(tensor, [])
+    while len(users) == 1 and users[0].op_type in LAYOUT_ONLY and users[0].input[0] == tensor:
+        tensor = users[0].output[0]
+        users = consumers.get(tensor, [])
+    return [u.op_type for u in users] == ["Sigmoid"]
 
 
 def _axis(node: onnx.NodeProto, opset: int) -> int:
@@ -65,11 +79,11 @@ def check_normalizers(model: onnx.ModelProto, downstream, logits: str, classifie
             "source's probabilities: give --classes K for a new head")
 
 
-def check_post_processing(downstream, follow, logits: str, classifier: str, where: str) -> None:
+def check_post_processing(downstream, consumers, logits: str, classifier: str, where: str) -> None:
     """OnnxImportError naming the first node computed from `logits` (a kept classifier's output)
     that is not prediction post-processing fedge can drop (module docstring).
-    downstream, follow: _Graph's (the nodes computed from a tensor; its consumers past Identity)."""
-    binary = [u.op_type for u in follow(logits)[1]] == ["Sigmoid"]  # one logit and a Sigmoid (parse_tail)
+    downstream, consumers: _Graph's (the nodes computed from a tensor; each tensor's readers)."""
+    binary = sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
     allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ())
     for node in downstream(logits):
         if node.op_type not in allowed:

@@ -36,7 +36,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .onnx_activation import TRAINABLE, match_activation
 from .onnx_batch import check_any_batch, free_fixed_batch
-from .onnx_head import check_normalizers, check_post_processing
+from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
@@ -209,7 +209,7 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
     layers: list[DenseLayer] = []
     tensor, users = g.follow(cut)
     while True:
-        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and [u.op_type for u in users] == ["Sigmoid"]
+        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and sigmoid_follows(g.consumers, tensor)
         if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users) \
                 or binary:
             later = g.dense_after(tensor)
@@ -300,7 +300,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if keep:
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx)
-        check_post_processing(g.downstream, g.follow, classifier.output, classifier.node, options.onnx)
+        check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx)
     labels = g.class_labels(classifier.output) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
         # fedge's labels are the classifier's output indices; the source's mapping is dropped
