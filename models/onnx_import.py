@@ -298,8 +298,9 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         raise OnnxImportError(f"{options.onnx}: classifier {classifier.node!r} ends in {classifier.activation}; "
                               "fedge heads give logits (one softmax over the classes): for a new head give --classes K")
     if keep:
+        batch = g.input.type.tensor_type.shape.dim[0].dim_value  # 0 where free
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
-                          options.onnx)
+                          options.onnx, (g.input.name, input_shape, batch))
         check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx)
     labels = g.class_labels(classifier.output) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):

@@ -141,3 +141,38 @@ def test_a_binary_sigmoid_after_a_squeeze_becomes_a_two_class_head(tmp_path):
         return np.stack([1 - p, p], axis=1)
 
     _build_check_and_export(tmp_path / "binary.onnx", x, y % 2, False, "probs", source)
+
+
+class _ViewedSoftmax(nn.Module):
+    """Logits reshaped by a shape computed from the batch size, then a softmax over the last axis:
+    (N, 10) as is, or (2N, 5) for two 5-way softmaxes per example."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.fc1, self.out, self.groups = nn.Linear(64, 16), nn.Linear(16, 10), groups
+
+    def forward(self, x):
+        logits = self.out(torch.relu(self.fc1(x)))
+        return logits.view(x.size(0) * self.groups, 10 // self.groups).softmax(-1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_softmax_over_a_computed_reshape_of_the_logits_is_run_to_tell(tmp_path):
+    """Shape inference cannot follow a Reshape to a shape computed from the batch size; the
+    Softmax after it was taken for one over the classes, so two 5-way softmaxes over 10 logits
+    imported silently as a 10-class head. Such a Softmax is now run (ONNX Runtime on the source):
+    the grouped one is refused by name, the (N, 10) one keeps the head and gives the source's
+    probabilities. Oracle: each source row of the grouped model sums to 2, not 1."""
+    from fedge.models.onnx_source import OnnxImportError
+
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    torch.manual_seed(3)
+    export(torch, _ViewedSoftmax(2), torch.from_numpy(x[:2]), tmp_path / "grouped.onnx")
+    np.testing.assert_allclose(_source_outputs(tmp_path / "grouped.onnx", x, False).reshape(len(x), 10).sum(1), 2,
+                               rtol=1e-5)
+    with pytest.raises(OnnxImportError, match="Softmax node '/Softmax' normalizes axis -1 .* run on random inputs, "
+                                              "it is not one softmax over those.*--classes K"):
+        import_spec(ImportOptions(str(tmp_path / "grouped.onnx")))
+    export(torch, _ViewedSoftmax(1), torch.from_numpy(x[:2]), tmp_path / "flat.onnx")
+    _build_check_and_export(tmp_path / "flat.onnx", x, y, False, "probs")
