@@ -99,7 +99,9 @@ class _Graph:
         g = model.graph
         self.consts: dict[str, np.ndarray] = {k: numpy_helper.to_array(t) for k, t in stored_tensors(g).items()}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in g.node:
+        # Shape and Size read a tensor's shape, never the values the tail trains: torch's x.view(x.size(0), -1)
+        # once froze every dense layer that read x, and logits.flatten() refused the model
+        for node in (n for n in g.node if n.op_type not in ("Shape", "Size")):
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in g.output}

@@ -176,3 +176,39 @@ def test_a_softmax_over_a_computed_reshape_of_the_logits_is_run_to_tell(tmp_path
         import_spec(ImportOptions(str(tmp_path / "grouped.onnx")))
     export(torch, _ViewedSoftmax(1), torch.from_numpy(x[:2]), tmp_path / "flat.onnx")
     _build_check_and_export(tmp_path / "flat.onnx", x, y, False, "probs")
+
+
+class _FlattenedBinary(nn.Module):
+    """sigmoid(fc(h).flatten()): exported with a dynamic batch, a Shape of the logit computes the Reshape's target."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(64, 16), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.out(torch.relu(self.fc1(x))).flatten())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_shape_read_from_a_tail_tensor_leaves_the_tail_whole(tmp_path):
+    """A Shape node reads a tensor's shape, not its values, yet it counted as one more reader:
+    logits.view(x.size(0), -1) (a Shape of the input) froze the first Linear in the backbone, and
+    sigmoid(logit.flatten()) (a Shape of the logit) refused the model ('no dense tail'). Both now
+    import with every Linear in the tail. Oracle: the source run by ONNX Runtime."""
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    torch.manual_seed(4)
+    for name, model, kind, labels in (("viewed", _ViewedSoftmax(1), "probs", y),
+                                      ("flattened", _FlattenedBinary(), "probs", y % 2)):
+        path = tmp_path / f"{name}.onnx"
+        export(torch, model, torch.from_numpy(x[:2]), path)
+        assert "Shape" in {n.op_type for n in onnx.load(path).graph.node}
+        spec = import_spec(ImportOptions(str(path)))
+        assert spec.onnx_cut == "input" and [(layer.units, layer.activation) for layer in spec.layers] == [(16, "relu")]
+        _build_check_and_export(path, x, labels, False, kind, _two_classes if name == "flattened" else None)
+
+
+def _two_classes(path, x, fixed) -> np.ndarray:
+    """A binary source's p (N,) as the probabilities [1 - p, p] of a two-class head."""
+    p = _source_outputs(path, x, fixed)
+    return np.stack([1 - p, p], axis=1)
