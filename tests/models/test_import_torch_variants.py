@@ -212,3 +212,28 @@ def _two_classes(path, x, fixed) -> np.ndarray:
     """A binary source's p (N,) as the probabilities [1 - p, p] of a two-class head."""
     p = _source_outputs(path, x, fixed)
     return np.stack([1 - p, p], axis=1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("layer, node, how", [
+    (lambda: nn.Dropout(0.5), "Dropout node '/2/Dropout'", r"its training_mode input is true"),
+    (lambda: nn.BatchNorm1d(32), "BatchNormalization node '/2/BatchNormalization'", r"training_mode = 1")])
+def test_a_model_exported_in_training_mode_is_refused_naming_the_node(tmp_path, layer, node, how):
+    """torch.onnx.export(..., training=TrainingMode.TRAINING) keeps Dropout dropping at random and
+    BatchNorm using the batch's statistics when the model runs. With the Dropout the build failed
+    the whole-model check as 'fedge misread a node of the tail'; with the BatchNorm it built
+    silently, a backbone whose embedding of an example depends on the rest of its batch. Both are
+    refused at import, naming the node. Oracle: ONNX Runtime's runs of the source differ from run
+    to run, or from one example at a time."""
+    from fedge.models.onnx_source import OnnxImportError
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), layer(), nn.Linear(32, 10)).train()
+    path = tmp_path / "train.onnx"
+    torch.onnx.export(model, (torch.zeros(2, 64),), str(path), dynamo=False, input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}}, opset_version=17, training=torch.onnx.TrainingMode.TRAINING)
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    runs = [_source_outputs(path, x, False) for _ in range(2)]
+    alone = np.concatenate([_source_outputs(path, x[i:i + 1], False) for i in range(len(x))])
+    assert not np.allclose(runs[0], runs[1]) or not np.allclose(runs[0], alone)  # not one function of x
+    with pytest.raises(OnnxImportError, match=f"{node} runs in training mode \\({how}\\).*re-export it in inference"):
+        import_spec(ImportOptions(str(path)))
