@@ -1,10 +1,12 @@
 """torch models as people write them, exported by torch.onnx.export at opsets 13 to 20, with a
 dynamic or a fixed batch, weights inline or in an external data file: BatchNorm1d in and before
 the tail, Identity and Dropout between layers, Linear layers without bias, a softmax or
-log-softmax at the output, and a binary classifier whose Sigmoid comes after a squeeze. Each
-imports; as is it gives the source's output (ONNX Runtime on the source file, one example at a
-time where the batch is fixed); the portable (and ORT-training) backend trains it as the float64 numpy reference
-does; and the exported model gives what the trained model predicts."""
+log-softmax at the output, a binary classifier whose Sigmoid comes after a squeeze or flatten,
+logits viewed by a shape computed from the batch size, and models exported in training mode.
+Each that imports gives, as is, the source's output (ONNX Runtime on the source file, one
+example at a time where the batch is fixed); the portable (and ORT-training) backend trains it
+as the float64 numpy reference does; and the exported model gives what the trained model
+predicts. Each that is refused is refused by name."""
 
 from __future__ import annotations
 
