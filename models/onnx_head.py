@@ -30,6 +30,20 @@ KEEPS_PREDICTION = ("Softmax", "LogSoftmax", "ArgMax", "ZipMap", "Cast", "Identi
                     "Exp", "Log", "Shape")
 # A binary classifier's one logit z: p = Sigmoid(z), and scikit-learn's [1 - p, p] (Sub, Concat)
 BINARY_PROBABILITIES = ("Sigmoid", "Sub", "Concat")
+# Ops that only lay out a tensor's values again: torch's sigmoid(fc(x).squeeze(1)) puts one
+# between the logit and its Sigmoid, which then applies to the same numbers.
+LAYOUT_ONLY = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Dropout")
+
+
+def sigmoid_follows(consumers: dict[str, list[onnx.NodeProto]], tensor: str) -> bool:
+    """Whether `tensor` (a one-logit classifier's output) is read by one Sigmoid alone, directly or
+    through a chain of LAYOUT_ONLY ops, each the only reader of the one before (their data input).
+    A probe's torch model, sigmoid(fc(x).squeeze(-1)), was refused as having no Sigmoid."""
+    users = consumers.get(tensor, [])
+    while len(users) == 1 and users[0].op_type in LAYOUT_ONLY and users[0].input[0] == tensor:
+        tensor = users[0].output[0]
+        users = consumers.get(tensor, [])
+    return [u.op_type for u in users] == ["Sigmoid"]
 
 
 def _axis(node: onnx.NodeProto, opset: int) -> int:
@@ -38,10 +52,11 @@ def _axis(node: onnx.NodeProto, opset: int) -> int:
 
 
 def check_normalizers(model: onnx.ModelProto, downstream, logits: str, classifier: str, classes: int,
-                      where: str) -> None:
+                      where: str, source_input: tuple[str, tuple[int, ...], int] = ("", (), 0)) -> None:
     """OnnxImportError unless every Softmax/LogSoftmax computed from `logits` (the classifier's
     (N, classes) output) normalizes a (N, classes) tensor over its last axis.
-    downstream: _Graph.downstream, the nodes computed from a tensor."""
+    downstream: _Graph.downstream, the nodes computed from a tensor. source_input: the source's
+    input name, per-example shape and fixed batch (0: free), to run it where shapes are unknown."""
     inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in (*inferred.value_info, *inferred.input, *inferred.output)
@@ -52,24 +67,64 @@ def check_normalizers(model: onnx.ModelProto, downstream, logits: str, classifie
         if node.op_type not in NORMALIZERS:
             continue
         shape = shapes.get(node.input[0])
-        if shape is None:
-            continue  # shape inference could not follow it: nothing to say it differs
         axis = _axis(node, opset)
-        last = axis in (-1, len(shape) - 1)
-        if len(shape) == 2 and last and shape[1] in (None, classes):
+        unknown = shape is None or len(shape) == 2 and axis in (-1, 1) and shape[1] is None
+        if unknown:
+            # Shape inference cannot follow a Reshape to a computed shape: torch's l.view(N * 2, 5)
+            # (two 5-way softmaxes over 10 logits) read as (N, ?) and was kept as a 10-class head.
+            if _one_softmax_when_run(model, source_input, logits, node, classes):
+                continue
+        elif len(shape) == 2 and axis in (-1, 1) and shape[1] == classes:
             continue
+        shown = "unknown" if shape is None else ['N' if d is None else d for d in shape]
         raise OnnxImportError(
             f"{where}: {node.op_type} node {node.name or node.output[0]!r} normalizes axis {axis} of a tensor of "
-            f"shape {['N' if d is None else d for d in shape]} computed from classifier {classifier!r} ({classes} "
-            f"outputs); fedge's head is one softmax over all {classes}, so kept as is it would not give the "
-            "source's probabilities: give --classes K for a new head")
+            f"shape {shown} computed from classifier {classifier!r} ({classes} outputs)"
+            f"{'; run on random inputs, it is not one softmax over those' if unknown else ''}; fedge's head is one "
+            f"softmax over all {classes}, so kept as is it would not give the source's probabilities: give "
+            "--classes K for a new head")
 
 
-def check_post_processing(downstream, follow, logits: str, classifier: str, where: str) -> None:
+def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple[int, ...], int], logits: str,
+                          node: onnx.NodeProto, classes: int) -> bool:
+    """Whether ONNX Runtime's run of the source gives, at `node`'s output, row for row, the
+    softmax (LogSoftmax: its log) over the classes of the logits, on random inputs. False when
+    the source cannot be run so (no input given, or ONNX Runtime refuses it)."""
+    import numpy as np
+    import onnxruntime as ort  # the build's environment has it (onnx_batch.py)
+
+    name, per_example, fixed_batch = source_input
+    if not name:
+        return False
+    batch = fixed_batch if fixed_batch > 0 else 3
+    x = np.random.default_rng(0).standard_normal((batch, *per_example)).astype(np.float32)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in (logits, node.output[0]))
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        z, got = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+            [logits, node.output[0]], {name: x})
+    except Exception:  # noqa: BLE001 - ORT's own types: not shown to be one softmax
+        return False
+    if np.size(z) != batch * classes:  # not the (N, classes) logits the spec says: nothing shown
+        return False
+    z = np.asarray(z, np.float64).reshape(batch, classes)
+    logp = z - z.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    want = logp if node.op_type == "LogSoftmax" else np.exp(logp)
+    got = np.asarray(got, np.float64)
+    return got.size == want.size and np.allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6)
+
+
+def check_post_processing(downstream, consumers, logits: str, classifier: str, where: str) -> None:
     """OnnxImportError naming the first node computed from `logits` (a kept classifier's output)
     that is not prediction post-processing fedge can drop (module docstring).
-    downstream, follow: _Graph's (the nodes computed from a tensor; its consumers past Identity)."""
-    binary = [u.op_type for u in follow(logits)[1]] == ["Sigmoid"]  # one logit and a Sigmoid (parse_tail)
+    downstream, consumers: _Graph's (the nodes computed from a tensor; each tensor's readers)."""
+    binary = sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
     allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ())
     for node in downstream(logits):
         if node.op_type not in allowed:

@@ -36,7 +36,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .onnx_activation import TRAINABLE, match_activation
 from .onnx_batch import check_any_batch, free_fixed_batch
-from .onnx_head import check_normalizers, check_post_processing
+from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
@@ -99,7 +99,9 @@ class _Graph:
         g = model.graph
         self.consts: dict[str, np.ndarray] = {k: numpy_helper.to_array(t) for k, t in stored_tensors(g).items()}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in g.node:
+        # Shape and Size read a tensor's shape, never the values the tail trains: torch's x.view(x.size(0), -1)
+        # once froze every dense layer that read x, and logits.flatten() refused the model
+        for node in (n for n in g.node if n.op_type not in ("Shape", "Size")):
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in g.output}
@@ -209,7 +211,7 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
     layers: list[DenseLayer] = []
     tensor, users = g.follow(cut)
     while True:
-        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and [u.op_type for u in users] == ["Sigmoid"]
+        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and sigmoid_follows(g.consumers, tensor)
         if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users) \
                 or binary:
             later = g.dense_after(tensor)
@@ -298,9 +300,10 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         raise OnnxImportError(f"{options.onnx}: classifier {classifier.node!r} ends in {classifier.activation}; "
                               "fedge heads give logits (one softmax over the classes): for a new head give --classes K")
     if keep:
+        batch = g.input.type.tensor_type.shape.dim[0].dim_value  # 0 where free
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
-                          options.onnx)
-        check_post_processing(g.downstream, g.follow, classifier.output, classifier.node, options.onnx)
+                          options.onnx, (g.input.name, input_shape, batch))
+        check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx)
     labels = g.class_labels(classifier.output) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
         # fedge's labels are the classifier's output indices; the source's mapping is dropped

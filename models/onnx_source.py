@@ -49,7 +49,30 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
         tensor.raw_data = files[location][offset:offset + length]
         tensor.data_location = TensorProto.DEFAULT
         del tensor.external_data[:]
+    _refuse_training_mode(model.graph, path)
     return model, digest.hexdigest()
+
+
+def _refuse_training_mode(graph: onnx.GraphProto, where: Path) -> None:
+    """OnnxImportError naming a node exported in training mode: a Dropout whose training_mode
+    input is true (or computed) drops values at random when run, and a BatchNormalization with
+    training_mode = 1 normalizes by the batch's statistics. torch MLPs exported with
+    TrainingMode.TRAINING were refused as 'fedge misread a node of the tail' (a Dropout), or
+    imported silently with a backbone that mixed each batch (a BatchNorm before the tail)."""
+    stored = stored_tensors(graph)
+    for node in graph.node:
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            flag = stored.get(node.input[2])
+            if flag is not None and not numpy_helper.to_array(flag).any():
+                continue
+            how = f"its training_mode input is {'computed' if flag is None else 'true'}"
+        elif node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
+            how = "training_mode = 1"
+        else:
+            continue
+        raise OnnxImportError(f"{where}: {node.op_type} node {node.name or node.output[0]!r} runs in training mode "
+                              f"({how}), so the model is not one function of its input: re-export it in inference "
+                              "mode (torch: model.eval(), and torch.onnx.export's default training=TrainingMode.EVAL)")
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:

@@ -311,10 +311,11 @@ def test_sklearn_mlp_classifier(tmp_path):
     check_backends_agree(tmp_path / "art", x[200:], y[200:])
 
 
-@pytest.mark.parametrize("activation", ["tanh", "logistic"])
-def test_sklearn_mlp_classifier_tanh_and_logistic(tmp_path, activation):
-    """scikit-learn's other hidden activations (Tanh, Sigmoid in the graph) import as trainable
-    layers: as is the model gives scikit-learn's own predict_proba, and the backends train alike."""
+@pytest.mark.parametrize("activation, zipmap", [("tanh", False), ("logistic", True), ("identity", False)])
+def test_sklearn_mlp_classifier_tanh_and_logistic(tmp_path, activation, zipmap):
+    """scikit-learn's other hidden activations (Tanh, Sigmoid in the graph; identity: none) import
+    as trainable layers, with or without the ZipMap of the probabilities: as is the model gives
+    scikit-learn's own predict_proba, and the backends train alike."""
     skl2onnx = pytest.importorskip("skl2onnx")
     from sklearn.neural_network import MLPClassifier
 
@@ -322,9 +323,9 @@ def test_sklearn_mlp_classifier_tanh_and_logistic(tmp_path, activation):
     x = x.reshape(len(x), -1)
     clf = MLPClassifier(hidden_layer_sizes=(32, 16), activation=activation, max_iter=200, random_state=0)
     clf.fit(x[:200], y[:200])
-    onnx.save(skl2onnx.to_onnx(clf, x[:1], options={"zipmap": False}, target_opset=17), tmp_path / "skl.onnx")
+    onnx.save(skl2onnx.to_onnx(clf, x[:1], options={"zipmap": zipmap}, target_opset=17), tmp_path / "skl.onnx")
     spec = import_spec(ImportOptions(str(tmp_path / "skl.onnx")))
-    expected = {"tanh": "tanh", "logistic": "sigmoid"}[activation]
+    expected = {"tanh": "tanh", "logistic": "sigmoid", "identity": "none"}[activation]
     assert [(layer.units, layer.activation) for layer in spec.layers] == [(32, expected), (16, expected)]
     build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)
     runtime = ModelRuntime(tmp_path / "art")

@@ -1,0 +1,241 @@
+"""torch models as people write them, exported by torch.onnx.export at opsets 13 to 20, with a
+dynamic or a fixed batch, weights inline or in an external data file: BatchNorm1d in and before
+the tail, Identity and Dropout between layers, Linear layers without bias, a softmax or
+log-softmax at the output, a binary classifier whose Sigmoid comes after a squeeze or flatten,
+logits viewed by a shape computed from the batch size, and models exported in training mode.
+Each that imports gives, as is, the source's output (ONNX Runtime on the source file, one
+example at a time where the batch is fixed); the portable (and ORT-training) backend trains it
+as the float64 numpy reference does; and the exported model gives what the trained model
+predicts. Each that is refused is refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
+from fedge.edge_runtime.trainer import make_backend  # noqa: E402
+from fedge.models.build import build_artifacts  # noqa: E402
+from fedge.models.export import export_model  # noqa: E402
+from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from tests.models.test_import_sources import HAVE_ORT_TRAINING, _digits_images, check_backends_agree  # noqa: E402
+from tests.torch_export import export  # noqa: E402
+
+nn = torch.nn
+TOL = 1e-5
+
+
+def _randomized(model):
+    """BatchNorm statistics and affine values that are not the identity, so folding them wrongly shows."""
+    g = torch.Generator().manual_seed(7)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model
+
+
+class _View(nn.Module):
+    def forward(self, x):
+        return x.view(x.size(0), -1)
+
+
+MODELS = {  # name: (layers, images?, what the source's output is: logits, probs or logprobs)
+    "bn1d_in_tail": (lambda: (nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
+                              nn.Linear(16, 10)), False, "logits"),
+    "bn1d_first_dropout_identity": (lambda: (nn.BatchNorm1d(64), nn.Identity(), nn.Linear(64, 32), nn.Dropout(0.5),
+                                             nn.ReLU(), nn.Identity(), nn.Linear(32, 10), nn.Softmax(dim=1)),
+                                    False, "probs"),
+    "no_bias_tanh": (lambda: (nn.Linear(64, 32, bias=False), nn.ReLU(), nn.Linear(32, 16, bias=False), nn.Tanh(),
+                              nn.Linear(16, 10, bias=False), nn.LogSoftmax(dim=1)), False, "logprobs"),
+    "cnn_bn2d_view": (lambda: (nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2), _View(),
+                               nn.Linear(96, 24), nn.ReLU6(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 10)),
+                      True, "logits"),
+}
+
+
+def _as_probs(logits: np.ndarray, kind: str) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return {"logits": logits, "probs": np.exp(logp), "logprobs": logp}[kind]
+
+
+def _source_outputs(path, x: np.ndarray, fixed: bool) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if not fixed:
+        return sess.run(None, {"input": x})[0]
+    return np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def _build_check_and_export(path, x, y, fixed: bool, kind: str, source_of=None) -> dict:
+    """Import `path` (kept classifier, global head), check it as is against the source, train it
+    on the portable backend against the numpy reference, export it and check the export."""
+    spec = import_spec(ImportOptions(str(path), head="global"))
+    art = path.parent / f"{path.stem}-art"
+    manifest = build_artifacts(spec, art, ort_training=HAVE_ORT_TRAINING)
+    runtime = ModelRuntime(art, expected_model_id=manifest.model_id)
+    backend = make_backend("portable", art, manifest, "sgd")
+    logits = backend.predict(runtime.initial("shared"), runtime.embed(x))["global"]
+    want = (source_of or _source_outputs)(path, x, fixed)
+    np.testing.assert_allclose(_as_probs(logits, kind), want, rtol=TOL, atol=TOL)
+    trained = {k: v.astype(np.float32) for k, v in check_backends_agree(art, x, y).items()}
+    exported = export_model(art, trained, {})
+    got = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"x": x})[0]
+    np.testing.assert_allclose(got, backend.predict(trained, runtime.embed(x))["global"], rtol=TOL, atol=TOL)
+    return trained
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("name, opset, fixed, external", [
+    ("bn1d_in_tail", 13, False, False), ("bn1d_in_tail", 20, True, True),
+    ("bn1d_first_dropout_identity", 18, True, False), ("no_bias_tanh", 17, False, True),
+    ("cnn_bn2d_view", 20, True, False), ("cnn_bn2d_view", 18, False, True)])
+def test_a_torch_model_imports_trains_and_exports(tmp_path, name, opset, fixed, external):
+    layers, images, kind = MODELS[name]
+    torch.manual_seed(0)
+    model = _randomized(nn.Sequential(*layers()))
+    x, y = _digits_images(64)
+    x = x if images else x.reshape(len(x), -1)
+    path = tmp_path / f"{name}.onnx"
+    export(torch, model, torch.from_numpy(x[:1] if fixed else x[:2]), path, opset=opset, dynamic=not fixed)
+    if external:  # weights in a .data file beside the .onnx, as save_as_external_data writes them
+        onnx.save_model(onnx.load(path), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{name}.data", size_threshold=0)
+        assert (tmp_path / f"{name}.data").exists()
+    _build_check_and_export(path, x, y, fixed, kind)
+
+
+class _SqueezedBinary(nn.Module):
+    """A binary classifier as torch code often ends one: sigmoid(fc(h).squeeze(-1)), shape (N,)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(64, 16), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.out(torch.relu(self.fc1(x))).squeeze(-1))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_binary_sigmoid_after_a_squeeze_becomes_a_two_class_head(tmp_path):
+    """The Squeeze between the one logit and its Sigmoid made the import refuse the model, saying
+    that no Sigmoid follows the last layer. It is the same binary classifier as one whose Sigmoid
+    comes first: a two-class head [0, z]. Oracle: the source's p, run by ONNX Runtime, as the
+    head's class-1 probability; torch's own probability too."""
+    torch.manual_seed(2)
+    model = _SqueezedBinary()
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "binary.onnx")
+    assert [n.op_type for n in onnx.load(tmp_path / "binary.onnx").graph.node][-2:] == ["Squeeze", "Sigmoid"]
+
+    def source(path, x, fixed):
+        p = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(p, model(torch.from_numpy(x)).numpy(), rtol=TOL, atol=TOL)
+        return np.stack([1 - p, p], axis=1)
+
+    _build_check_and_export(tmp_path / "binary.onnx", x, y % 2, False, "probs", source)
+
+
+class _ViewedSoftmax(nn.Module):
+    """Logits reshaped by a shape computed from the batch size, then a softmax over the last axis:
+    (N, 10) as is, or (2N, 5) for two 5-way softmaxes per example."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.fc1, self.out, self.groups = nn.Linear(64, 16), nn.Linear(16, 10), groups
+
+    def forward(self, x):
+        logits = self.out(torch.relu(self.fc1(x)))
+        return logits.view(x.size(0) * self.groups, 10 // self.groups).softmax(-1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_softmax_over_a_computed_reshape_of_the_logits_is_run_to_tell(tmp_path):
+    """Shape inference cannot follow a Reshape to a shape computed from the batch size; the
+    Softmax after it was taken for one over the classes, so two 5-way softmaxes over 10 logits
+    imported silently as a 10-class head. Such a Softmax is now run (ONNX Runtime on the source):
+    the grouped one is refused by name, the (N, 10) one keeps the head and gives the source's
+    probabilities. Oracle: each source row of the grouped model sums to 2, not 1."""
+    from fedge.models.onnx_source import OnnxImportError
+
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    torch.manual_seed(3)
+    export(torch, _ViewedSoftmax(2), torch.from_numpy(x[:2]), tmp_path / "grouped.onnx")
+    np.testing.assert_allclose(_source_outputs(tmp_path / "grouped.onnx", x, False).reshape(len(x), 10).sum(1), 2,
+                               rtol=1e-5)
+    with pytest.raises(OnnxImportError, match="Softmax node '/Softmax' normalizes axis -1 .* run on random inputs, "
+                                              "it is not one softmax over those.*--classes K"):
+        import_spec(ImportOptions(str(tmp_path / "grouped.onnx")))
+    export(torch, _ViewedSoftmax(1), torch.from_numpy(x[:2]), tmp_path / "flat.onnx")
+    _build_check_and_export(tmp_path / "flat.onnx", x, y, False, "probs")
+
+
+class _FlattenedBinary(nn.Module):
+    """sigmoid(fc(h).flatten()): exported with a dynamic batch, a Shape of the logit computes the Reshape's target."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(64, 16), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.out(torch.relu(self.fc1(x))).flatten())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_shape_read_from_a_tail_tensor_leaves_the_tail_whole(tmp_path):
+    """A Shape node reads a tensor's shape, not its values, yet it counted as one more reader:
+    logits.view(x.size(0), -1) (a Shape of the input) froze the first Linear in the backbone, and
+    sigmoid(logit.flatten()) (a Shape of the logit) refused the model ('no dense tail'). Both now
+    import with every Linear in the tail. Oracle: the source run by ONNX Runtime."""
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    torch.manual_seed(4)
+    for name, model, kind, labels in (("viewed", _ViewedSoftmax(1), "probs", y),
+                                      ("flattened", _FlattenedBinary(), "probs", y % 2)):
+        path = tmp_path / f"{name}.onnx"
+        export(torch, model, torch.from_numpy(x[:2]), path)
+        assert "Shape" in {n.op_type for n in onnx.load(path).graph.node}
+        spec = import_spec(ImportOptions(str(path)))
+        assert spec.onnx_cut == "input" and [(layer.units, layer.activation) for layer in spec.layers] == [(16, "relu")]
+        _build_check_and_export(path, x, labels, False, kind, _two_classes if name == "flattened" else None)
+
+
+def _two_classes(path, x, fixed) -> np.ndarray:
+    """A binary source's p (N,) as the probabilities [1 - p, p] of a two-class head."""
+    p = _source_outputs(path, x, fixed)
+    return np.stack([1 - p, p], axis=1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("layer, node, how", [
+    (lambda: nn.Dropout(0.5), "Dropout node '/2/Dropout'", r"its training_mode input is true"),
+    (lambda: nn.BatchNorm1d(32), "BatchNormalization node '/2/BatchNormalization'", r"training_mode = 1")])
+def test_a_model_exported_in_training_mode_is_refused_naming_the_node(tmp_path, layer, node, how):
+    """torch.onnx.export(..., training=TrainingMode.TRAINING) keeps Dropout dropping at random and
+    BatchNorm using the batch's statistics when the model runs. With the Dropout the build failed
+    the whole-model check as 'fedge misread a node of the tail'; with the BatchNorm it built
+    silently, a backbone whose embedding of an example depends on the rest of its batch. Both are
+    refused at import, naming the node. Oracle: ONNX Runtime's runs of the source differ from run
+    to run, or from one example at a time."""
+    from fedge.models.onnx_source import OnnxImportError
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), layer(), nn.Linear(32, 10)).train()
+    path = tmp_path / "train.onnx"
+    torch.onnx.export(model, (torch.zeros(2, 64),), str(path), dynamo=False, input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}}, opset_version=17, training=torch.onnx.TrainingMode.TRAINING)
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    runs = [_source_outputs(path, x, False) for _ in range(2)]
+    alone = np.concatenate([_source_outputs(path, x[i:i + 1], False) for i in range(len(x))])
+    assert not np.allclose(runs[0], runs[1]) or not np.allclose(runs[0], alone)  # not one function of x
+    with pytest.raises(OnnxImportError, match=f"{node} runs in training mode \\({how}\\).*re-export it in inference"):
+        import_spec(ImportOptions(str(path)))
