@@ -57,11 +57,14 @@ class SecuredConnector:
         self.open.append(transport)
         return transport
 
-    def raw(self, user: str, protocol=mqtt.MQTTv5) -> mqtt.Client:
-        """A connected paho client as `user`, set up the way a third party might (MQTT 5 or 3.1.1)."""
+    def raw(self, user: str, protocol=mqtt.MQTTv5, will: tuple[str, bytes] | None = None) -> mqtt.Client:
+        """A connected paho client as `user`, set up the way a third party might (MQTT 5 or 3.1.1);
+        `will`: (topic, payload) of a retained Last Will."""
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=protocol)
         c.username_pw_set(user, self.secured.passwords[user])
         c.reconnect_delay_set(60, 60)
+        if will is not None:
+            c.will_set(*will, qos=1, retain=True)
         connected = []
         c.on_connect = lambda _c, _u, _f, rc, _p: connected.append(rc.value)
         c.connect(self.secured.process.host, self.secured.process.port, keepalive=30)
@@ -70,6 +73,12 @@ class SecuredConnector:
         wait_for(lambda: connected, f"{user}'s CONNACK")
         assert connected == [0], f"{user} was refused: {connected}"
         return c
+
+    def drop(self, client: mqtt.Client) -> None:
+        """Cut a raw client's link without DISCONNECT: the broker publishes its will."""
+        self.open.remove(client)
+        client.loop_stop()
+        client.socket().close()
 
     def close(self) -> None:
         for c in self.open:
