@@ -16,7 +16,8 @@ none stops the service.
         ├── NormBound                  update norm above the configured bound
         ├── WrongShard                 sharded: an update on a shard topic (or the plain one) not its device's
         ├── StaleEval                  an EvalReport that answers no evaluation asked of its sender
-        └── CheckInTooOften            a check-in over its device's budget (checkin_limit.py)
+        ├── CheckInTooOften            a check-in over its device's budget (checkin_limit.py)
+        └── RetainedMessage            a retained message the broker replayed on a channel other than status
 
 One error does stop it, on purpose: GroupCommitFailed (FedgeError), accepted updates that could
 not be stored; the restart resumes from the store (group_commit.py says why). StoreCorrupt
@@ -92,6 +93,10 @@ class StaleEval(UpdateRejected):
 
 class CheckInTooOften(UpdateRejected):
     reason = "checkin_too_often"
+
+
+class RetainedMessage(UpdateRejected):
+    reason = "retained"
 
 
 class GroupCommitFailed(FedgeError):

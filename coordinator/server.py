@@ -74,7 +74,7 @@ from .sidelined import Sidelined
 from .store import Store, StoredDecline, StoredRound, StoredUpdate
 from .strategies import ServerState, Strategy
 from .update_fits import check_update_fits
-from .validation import decode_report
+from .validation import decode_inbound
 
 log = logging.getLogger("fedge.coordinator")
 
@@ -160,7 +160,7 @@ class Coordinator(BrokerLink):
         self.metrics.bytes_up.inc(len(msg.payload))
         sender, channel = device_of(msg.topic) or (None, "")
         try:
-            report = decode_report(msg.payload, self.config.max_update_bytes)
+            report = decode_inbound(msg, self.config.max_update_bytes)
         except UpdateRejected as exc:
             self._reject(exc, sender, None)
             return True

@@ -16,6 +16,7 @@ from fedge.edge_runtime.kernel.codec import decode_message
 from fedge.edge_runtime.kernel.compress import decompress_update
 from fedge.edge_runtime.kernel.errors import CodecError, NonFiniteValues, PayloadTooLarge
 from fedge.edge_runtime.kernel.protocol import Decline, Update
+from fedge.edge_runtime.kernel.transport.base import Message
 from fedge.edge_runtime.kernel.update_codec import decode_tensors
 
 from .errors import (
@@ -26,6 +27,7 @@ from .errors import (
     NonFinite,
     NormBound,
     Oversize,
+    RetainedMessage,
     StaleRound,
     WrongModel,
 )
@@ -55,6 +57,18 @@ def decode_report(payload: bytes, max_bytes: int) -> Update | Decline | object:
         raise Oversize(str(exc)) from None
     except CodecError as exc:
         raise BadFrame(str(exc), reason=exc.reason) from None
+
+
+def decode_inbound(message: Message, max_bytes: int) -> Update | Decline | object:
+    """decode_report of a message off the broker, after refusing (RetainedMessage) one the broker
+    replayed from its retained store on any channel but a device's status (its Last Will, and the
+    "online" that replaces it, are retained on purpose). A retained check-in, update or fetch
+    was handled when it came live; its copy would come back at every subscription, so at every
+    coordinator restart and reconnect, as if sent anew."""
+    if message.retain and not message.topic.endswith("/status"):
+        raise RetainedMessage(f"replayed from the broker's retained store on {message.topic!r}; clear it with an "
+                              f"empty retained publish (mosquitto_pub -r -n -t '{message.topic}')")
+    return decode_report(message.payload, max_bytes)
 
 
 def update_key(update: Update) -> tuple[str, int, str]:

@@ -43,7 +43,7 @@ from ..admission import Accepted, AdmissionView, admit
 from ..errors import StaleRound, UnexpectedMessage, UpdateRejected, WrongShard
 from ..leadership import LeadershipError
 from ..metrics import CoordinatorMetrics
-from ..validation import RoundContext, decode_report
+from ..validation import RoundContext, decode_inbound
 from ..weights import update_weight
 from .lease import ShardLease
 from .privacy import bounded, round_clip
@@ -143,7 +143,7 @@ class ShardWorker:
         where = shard_of(msg.topic)
         sender = where[1] if where else None
         try:
-            update = decode_report(msg.payload, self.config.max_update_bytes)
+            update = decode_inbound(msg, self.config.max_update_bytes)
         except UpdateRejected as exc:
             return self._reject(exc, sender, None)
         if not isinstance(update, Update) or where is None or update.device_id != sender:

@@ -52,3 +52,17 @@ def test_control_items_keep_their_place_and_get_waits_for_a_put_from_another_thr
     assert q.get(0.01) is None
     with pytest.raises(ValueError):
         FairQueue(per_sender_bytes=10, total_bytes=5)
+
+
+def test_empty_payloads_are_queued_and_served_like_any_other():
+    """An empty payload holds 0 bytes: a sender's b"x" then b"" then b"" once raised KeyError
+    from get() (its byte count was dropped at 0 while it still had messages queued), which a
+    device could send the coordinator, and the coordinator's deletion of a stale retained model
+    part sends every device."""
+    q = FairQueue(per_sender_bytes=100, total_bytes=100)
+    sent = [_m("pi", 0, size=10), _m("pi", 1, size=0), _m("pj", 2, size=0), _m("pi", 3, size=0)]
+    assert all(q.put(m) for m in sent)
+    got = list(iter(lambda: q.get(0), None))
+    assert got == [sent[0], sent[2], sent[1], sent[3]]  # pi, pj, then pi's rest: round-robin
+    assert q.queued_bytes == 0
+    assert q.put(_m("pi", 5, size=100)) and q.get(0).payload == bytes([5]) * 100  # its full share again

@@ -42,7 +42,6 @@ def test_acl_grants_each_device_channel_one_way_and_the_coordinator_everything()
     assert set(DEVICE_WRITES) | set(DEVICE_READS) == set(DEVICE_CHANNELS)
     assert not set(DEVICE_WRITES) & set(DEVICE_READS)
     expected = ([("pattern", "write", f"fedge/v1/devices/%u/{k}") for k in DEVICE_WRITES]
-                + [("pattern", "write", "fedge/v1/shard/+/devices/%u/update")]
                 + [("pattern", "read", f"fedge/v1/devices/%u/{k}") for k in DEVICE_READS]
                 + [("pattern", "read", ANNOUNCE_TOPIC), ("pattern", "read", MODEL_PARTS_FILTER),
                    ("user", "coordinator"), ("topic", "readwrite", "fedge/v1/#")])

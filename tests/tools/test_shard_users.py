@@ -28,10 +28,11 @@ NOT_AUTHORIZED = 0x87
 ACCEPTED = (0x00, 0x10)  # success, or "no matching subscribers"
 
 
-def test_the_acl_grants_each_worker_its_shards_uploads_and_the_devices_acks_only():
+def test_the_acl_grants_the_devices_k_upload_topics_and_each_worker_its_shards_uploads_and_acks():
     rules = _acl_rules(acl_text(2))
     assert rules[:len(_acl_rules(acl_text()))] == _acl_rules(acl_text())  # the shipped ACL, then the blocks
     assert rules[len(_acl_rules(acl_text())):] == [
+        ("pattern", "write", shard_update_topic(0, "%u")), ("pattern", "write", shard_update_topic(1, "%u")),
         ("user", "fedge-shard-0"), ("topic", "read", shard_updates_filter(0)),
         ("topic", "write", all_devices_topic("ack")),
         ("user", "fedge-shard-1"), ("topic", "read", shard_updates_filter(1)),
@@ -106,3 +107,19 @@ def test_a_worker_reads_its_shard_and_acks_devices_and_nothing_else(shard_broker
     assert other.publish(device_topic("pi-a", "ack"), b"ack-1") in ACCEPTED
     assert leader.publish(device_topic("pi-a", "ack"), b"from-leader") in ACCEPTED  # the leader keeps its rights
     assert [device.expect()[1] for _ in range(2)] == [b"ack-1", b"from-leader"]
+
+
+def test_a_device_may_upload_to_the_k_shards_and_leave_nothing_on_a_made_up_one(shard_broker):
+    """The devices' shard grant once read shard/+: a device could leave a retained message on
+    fedge/v1/shard/<any name>/devices/<itself>/update, and so fill the broker's retained store
+    (and its persistence file) without bound. Now it may write the K shards' topics only (on an
+    unsharded broker none: test_broker.py's list of the shipped ACL's rules)."""
+    device, leader = shard_broker.client("pi-a"), shard_broker.client("coordinator")
+    for shard in (0, 1):
+        assert device.publish(shard_update_topic(shard, "pi-a"), b"x") in ACCEPTED
+    for made_up in ("2", "junk", "0x" + "9" * 5000):
+        topic = f"fedge/v1/shard/{made_up}/devices/pi-a/update"
+        assert device.publish(topic, b"x" * 1000, retain=True) == NOT_AUTHORIZED, made_up
+    assert leader.subscribe("fedge/v1/shard/#") == [1]
+    assert leader.publish(shard_update_topic(0, "pi-a"), b"sentinel") in ACCEPTED
+    assert leader.expect() == (shard_update_topic(0, "pi-a"), b"sentinel", False)  # nothing retained came first

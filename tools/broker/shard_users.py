@@ -9,7 +9,9 @@ the session and the updates queued in it).
 A Mosquitto ACL `user` line takes no wildcard and a `pattern` line applies to every user, so
 the workers' rights are K `user` blocks, written when K is known (`fedge provision broker
 --shards K`). Worker k may read only its shard's uploads and write only devices' Acks: what
-coordinator/sharding/worker.py subscribes to and publishes, nothing of the leader's.
+coordinator/sharding/worker.py subscribes to and publishes, nothing of the leader's. The devices'
+upload grants are written with them, one pattern line per shard: a `shard/+` grant would let a
+device park retained messages on any number of made-up shard topics.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fedge.edge_runtime.kernel.protocol import (
     SHARD_CLIENT_PREFIX,
     all_devices_topic,
     shard_client_id,
+    shard_update_topic,
     shard_updates_filter,
 )
 
@@ -41,11 +44,14 @@ def is_shard_user(name: str) -> bool:
 
 
 def shard_acl(shards: int) -> str:
-    """The ACL blocks of the workers of `shards` shards ("" for none), appended to fedge.acl."""
+    """The devices' upload grants and the workers' blocks of `shards` shards ("" for none),
+    appended to fedge.acl (a pattern line applies to every user wherever it stands)."""
     if shards == 0:
         return ""
-    lines = ["", f"# Aggregator workers of {shards} shard(s), written by `fedge provision broker --shards {shards}`:",
-             "# each reads its own shard's uploads and acknowledges the devices it counted."]
+    lines = ["", f"# A sharded fleet of {shards} shard(s), written by `fedge provision broker --shards {shards}`:",
+             "# each device may upload to any of the shards' topics, no other (the note on shard uploads above);"]
+    lines += [f"pattern write {shard_update_topic(k, '%u')}" for k in range(shards)]
+    lines += ["# each aggregator worker reads its own shard's uploads and acknowledges the devices it counted."]
     for k, user in enumerate(shard_users(shards)):
         lines += [f"user {user}", f"topic read {shard_updates_filter(k)}", f"topic write {all_devices_topic('ack')}"]
     return "\n".join(lines) + "\n"

@@ -53,6 +53,10 @@ ACK_NOTES: dict[str, tuple[str, str]] = {
                           f"({_DEFAULT['checkin_burst']} by default), then one per `checkin_refill_s` "
                           f"({_DEFAULT['checkin_refill_s']:g} s). Not registered, no Pace back. Check in when "
                           "Pace says, on (re)connect and when a new Announcement session appears, not in a loop."),
+    "retained": ("no", "A message on your `checkin`, `update` or `fetch` topic that the broker replayed from its "
+                 "retained store, at a coordinator's (re)subscription. The copy that came live was handled then; the "
+                 "replay would come back at every restart, so it is refused. Set retain on your `status` topic "
+                 "only (the Last Will and the online Status)."),
 }
 
 

@@ -41,7 +41,7 @@ class FairQueue:
         self._control: deque[tuple[int, object]] = deque()  # (messages put before it, item)
         self._senders: OrderedDict[str, deque[tuple[int, Message]]] = OrderedDict()  # whose turn is first
         self._put = 0  # messages put so far: each one's place in arrival order
-        self._held: dict[str, int] = {}  # sender -> bytes queued
+        self._held: dict[str, int] = {}  # sender -> bytes queued (maybe 0: empty payloads), while it has any
         self._total = 0
         self.dropped: Counter[str] = Counter()
 
@@ -84,15 +84,12 @@ class FairQueue:
                 return self._control.popleft()[1]  # every message that came before it is out
             sender, messages = next(iter(self._senders.items()))
             _, message = messages.popleft()
+            # _held has the keys _senders has: an empty payload holds 0 bytes and is still queued
             if messages:
                 self._senders.move_to_end(sender)  # its next message waits for the others' turns
+                self._held[sender] -= len(message.payload)
             else:
-                del self._senders[sender]
-            left_held = self._held[sender] - len(message.payload)
-            if left_held:
-                self._held[sender] = left_held
-            else:
-                del self._held[sender]
+                del self._senders[sender], self._held[sender]
             self._total -= len(message.payload)
             return message
 
