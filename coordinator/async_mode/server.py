@@ -165,7 +165,7 @@ class AsyncCoordinator(Coordinator):
         flight = self.machine.flight(device_id)
         if flight is not None:  # silent while it owes an answer: its task was probably lost
             self._send_task(device_id, flight, now)
-        elif not msg.eligible:
+        elif not msg.eligible or self.registry[device_id].parked:  # parked: paced like an ineligible one
             self._pace(device_id, pace.INELIGIBLE)
         elif self._rest.get(device_id, 0.0) > now:  # declined or let its task expire lately
             self._pace(device_id, pace.DECLINED)
@@ -240,6 +240,8 @@ class AsyncCoordinator(Coordinator):
         self._drop(decline.device_id, flight.task_id)
         self._rest[decline.device_id] = now + self.config.pace_declined_s  # not asked again at once
         self.declines[decline.reason] += 1
+        if backoff.is_permanent(decline.reason):  # a rest would only space out the same decline: park it
+            self.registry.park(decline.device_id, decline.reason)
         self.metrics.declined(decline.reason)
         log.info("async: %s declined task %s: %s", decline.device_id, decline.task_id, decline.reason)
 

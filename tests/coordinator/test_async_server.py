@@ -337,3 +337,25 @@ def test_devices_that_went_away_hold_a_buffer_back_for_pace_max_s_at_most(model,
     for i, d in enumerate(live):
         _send(fleet, d, random_delta(c.shapes, rng, scale=0.001), f"b{i}")
     assert c.state.version == 1
+
+
+def test_a_permanent_decline_parks_the_device_until_it_checks_in_with_something_new(model, tmp_path):
+    """Async mode once only rested a device that declined bad_dataset (pace_declined_s) and gave
+    it a task again after each rest, for good; sync mode parks it (coordinator/backoff.py)."""
+    fleet, devs = _fleet(model, tmp_path, 2)
+    c = fleet.coordinator
+    task = devs[1].task()
+    devs[1].send(encode_message(Decline("m1", task.round_id, task.task_id, "bad_dataset")))
+    fleet.drain()
+    assert c.registry["m1"].parked == "bad_dataset" and c.eligible_devices() == ["m0"]
+    fleet.clock.advance(10 * c.config.pace_declined_s)  # long past its rest
+    devs[1].check_in()  # the check-in it sent before: nothing new
+    fleet.drain()
+    c.tick()
+    fleet.drain()
+    assert c.machine.flight("m1") is None and devs[1].paces()[-1].reason == "ineligible"
+    devs[1].n += 1  # new data: a check-in that says something new
+    devs[1].check_in()
+    fleet.drain()
+    c.tick()
+    assert c.registry["m1"].parked == "" and c.machine.flight("m1") is not None
