@@ -21,7 +21,7 @@ run.json schema (version 1):
                                      model (none, or a spec without a personal head)
         personalized_accuracy_min    fraction: the worst device
         personalized_loss_mean       float: mean over devices of the personalized model's cross-entropy
-        evaluated_devices            int: devices whose evaluation reports these numbers rest on
+        evaluated_devices            int: devices whose evaluation reports these numbers rest on (with test examples)
         train_loss                   float: example-weighted mean of the training loss the round's
                                      accepted updates reported (their local steps), or null; with
                                      the dual head it is the sum of both heads' cross-entropies
