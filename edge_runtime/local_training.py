@@ -136,9 +136,11 @@ def check_scaffold_hyper(hyper: TaskHyper) -> None:
 
 
 def _scale_hint(z: np.ndarray) -> str:
-    """Divergence on features far from unit scale is the data's fault more often than the rate's."""
+    """Divergence on features far from unit scale is the data's fault more often than the rate's.
+    z is what the trainable layers see (the frozen backbone's output), not the features: on
+    features of 0..255 it reached 770, and "largest |value| 770" read as the features' own."""
     top = float(np.max(np.abs(z))) if z.size else 0.0
-    return f" or standardize the features (largest |value| {top:.3g})" if top > 10 else ""
+    return f" or standardize the features (the trainable layers' inputs reach |value| {top:.3g})" if top > 10 else ""
 
 
 def momentum_steps(steps: int, momentum: float) -> float:

@@ -153,3 +153,13 @@ def test_without_the_divergence_check_the_same_task_sends_a_huge_delta(model, tm
     reply = reply_to(agent, coord, _task(model, divergence_factor=0.0))
     assert isinstance(reply, Update)
     assert _naive_norm(decompress_update(decode_tensors(reply.payload))) > 1e5
+
+
+def test_the_scale_hint_names_what_it_measured():
+    """A Diverged message's scale hint is measured on the trainable layers' inputs (a frozen
+    backbone's output: 770 on features of 0..255) and said "largest |value| 770", which read
+    as the features' own largest value."""
+    z = np.array([[770.0, -3.0]], np.float32)
+    hint = r"standardize the features \(the trainable layers' inputs reach \|value\| 770\)"
+    with pytest.raises(Diverged, match=hint):
+        check_loss(float("nan"), None, 3, TaskHyper(lr=0.02), z)

@@ -76,6 +76,31 @@ def test_a_global_model_no_better_than_a_constant_guess_is_named():
     assert constant_guess(result(1.0, 1.0)) is None  # one label in the test data: nothing to warn of
 
 
+def test_a_centralized_baseline_no_better_than_a_constant_guess_is_named():
+    """Digits with eight constant features of 3 (no "far from standardized" finding): the pooled
+    run collapsed to 0.101 in its first epoch and stayed there, so its loss never rose at the
+    end and it was not `unstable`; the summary printed it as the ceiling beside a federated 0.541."""
+    from types import SimpleNamespace
+
+    from fedge.tools.simulate.report import format_summary
+
+    def summary(central, share=0.118, unstable=False):
+        final = {"final_global_accuracy": 0.541, "final_personalized_accuracy_mean": 0.43,
+                 "final_personalized_accuracy_min": 0.37, "total_bytes_up": 1, "total_bytes_up_dense": 4,
+                 "uplink_compression": 4.0}
+        return format_summary(SimpleNamespace(
+            summary={"final": final}, config={"data": {"most_common_test_share": share}}, new_devices=None,
+            baselines={"central": {"accuracy": central, "epochs": 8, "epoch_losses": [6.69, 4.61, 4.6],
+                                   "unstable": unstable}}))
+
+    assert ("warning: the centralized baseline's accuracy 0.101 is no better than always predicting the most "
+            "common label (0.118)") in summary(0.101)
+    assert "no better" in summary(0.125)  # within a point of it
+    assert "warning: the centralized" not in summary(0.9)
+    assert "no better" not in summary(1.0, share=1.0)  # one label in the test data: nothing to learn
+    assert "unstable" in summary(0.9, unstable=True) and "no better" not in summary(0.9, unstable=True)
+
+
 def test_standardized_data_does_not_warn(tmp_path, caplog):
     from fedge.tools.datasets import load_npz_dir
 

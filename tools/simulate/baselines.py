@@ -3,6 +3,7 @@ data pooled on one machine."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -37,6 +38,38 @@ def _long_run(hyper: TaskHyper, epochs: int) -> TaskHyper:
     epochs); a run of rounds x epochs on one device's few examples spikes and recovers, and a
     baseline measures what it ends at. A non-finite loss still stops it (Diverged)."""
     return replace(hyper, epochs=epochs, divergence_factor=0.0)
+
+
+def epoch_lr(lr: float, epoch: int, epochs: int) -> float:
+    """The learning rate of the centralized baseline's `epoch` (0-based) of `epochs`: a cosine from `lr` down
+    towards 0, one value per epoch."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def train_decayed(be, manifest, shared: dict, personal: dict, z: np.ndarray, y: np.ndarray, hyper: TaskHyper,
+                  rng: np.random.Generator) -> tuple[dict, tuple[float, ...]]:
+    """The centralized baseline's training: hyper.epochs epochs of train_locally, one at a time
+    at epoch_lr, the optimizer state carried from each to the next (and hyper.max_steps counted
+    over the whole run), without the proximal term (no global model to stay near). Returns the
+    trained params (shared and personal) and each epoch's mean loss.
+
+    Why decay: at the devices' constant rate the last iterate of a long run is a noisy sample
+    (plain digits over 6 devices, lr 0.02 and momentum 0.9, 8 epochs pooled: 0.742 where the
+    federated average of short tasks reached 0.933), so the centralized "ceiling" sat below
+    the federated model. A federated round averages several devices' iterates; one run on
+    pooled data needs its rate decayed to settle."""
+    params, state, losses, left = {**shared, **personal}, None, [], hyper.max_steps
+    for epoch in range(hyper.epochs):
+        step = replace(hyper, epochs=1, lr=epoch_lr(hyper.lr, epoch, hyper.epochs), max_steps=left, mu=0.0)
+        res = train_locally(be, manifest, {k: params[k] for k in shared}, {k: params[k] for k in personal}, state,
+                            z, y, step, rng)
+        params = {**params, **{k: params[k] + d for k, d in res.shared_delta.items()}, **res.personal}
+        state, losses = res.opt_state, [*losses, *res.epoch_losses]
+        if hyper.max_steps:
+            left -= res.steps
+            if left <= 0:
+                break
+    return params, tuple(losses)
 
 
 def local_only(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epochs: int, backend: str,
@@ -74,10 +107,9 @@ def central(model: ModelRuntime, data: FederatedDataset, hyper: TaskHyper, epoch
     x, y = data.pooled_train()
     xt, yt = data.union_test()
     shared, personal = model.initial("shared"), model.initial("personal")
-    res = train_locally(be, model.manifest, shared, personal, None, model.embed(x), y,
-                        _long_run(hyper, epochs), np.random.default_rng([seed, 10**6]))
-    params = {**{k: shared[k] + d for k, d in res.shared_delta.items()}, **res.personal}
+    params, losses = train_decayed(be, model.manifest, shared, personal, model.embed(x), y,
+                                   _long_run(hyper, epochs), np.random.default_rng([seed, 10**6]))
     logits = be.predict(params, model.embed(xt))
     return {"accuracy": _accuracy(logits["global" if "global" in logits else "personal"], yt), "epochs": epochs,
-            "epoch_losses": list(res.epoch_losses), "unstable": unstable(res.epoch_losses)}
+            "epoch_losses": list(losses), "unstable": unstable(losses)}
 

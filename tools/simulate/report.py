@@ -21,7 +21,7 @@ run.json schema (version 1):
                                      model (none, or a spec without a personal head)
         personalized_accuracy_min    fraction: the worst device
         personalized_loss_mean       float: mean over devices of the personalized model's cross-entropy
-        evaluated_devices            int: devices whose evaluation reports these numbers rest on
+        evaluated_devices            int: devices whose evaluation reports these numbers rest on (with test examples)
         train_loss                   float: example-weighted mean of the training loss the round's
                                      accepted updates reported (their local steps), or null; with
                                      the dual head it is the sum of both heads' cross-entropies
@@ -112,13 +112,17 @@ def constant_guess(result) -> str | None:
     trained to exactly that (every ReLU dead, accuracy 0.087) and the run looked like a success."""
     final = result.summary.get("final") or {}
     accuracy, share = final.get("final_global_accuracy"), result.config.get("data", {}).get("most_common_test_share")
-    if accuracy is None or share is None or not any(r["committed"] for r in result.rounds):
-        return None
-    if accuracy > share + 0.01 or share > 0.99:  # a test set of one label leaves nothing to learn
+    if not any(r["committed"] for r in result.rounds) or not _no_better_than_guess(accuracy, share):
         return None
     return (f"the global model's accuracy {accuracy:.3f} is no better than always predicting the most common "
             f"label ({share:.3f}): it learned nothing the fleet shares. If that is unexpected, standardize the "
             f"features (--standardize, or (x - mean) / std) or lower --lr")
+
+
+def _no_better_than_guess(accuracy: float | None, share: float | None) -> bool:
+    """Within a point of always predicting the most common test label (`share`), on test data
+    of more than one label (a test set of one label leaves nothing to learn)."""
+    return accuracy is not None and share is not None and accuracy <= share + 0.01 and share <= 0.99
 
 
 def summarize(result) -> dict:
@@ -172,7 +176,13 @@ def format_summary(result) -> str:
         lines.append(f"baseline centralized (one model trained on all devices' data pooled in one place, "
                      f"{b['central']['epochs']} epochs; the data never moves in fedge): "
                      f"{b['central']['accuracy']:.3f}")
-        if b["central"].get("unstable"):  # a spike it did not recover from: not a ceiling
+        share = result.config.get("data", {}).get("most_common_test_share")  # of the same union of test splits
+        if _no_better_than_guess(b["central"]["accuracy"], share):  # collapsed: its loss need not rise at the end
+            lines.append(f"warning: the centralized baseline's accuracy {b['central']['accuracy']:.3f} is no better "
+                         f"than always predicting the most common label ({share:.3f}): its training collapsed at "
+                         f"this lr and momentum, so its accuracy is no ceiling (standardized features or a lower "
+                         f"--lr steady it)")
+        elif b["central"].get("unstable"):  # a spike it did not recover from: not a ceiling
             losses = b["central"]["epoch_losses"]
             lines.append(f"warning: the centralized baseline's last epoch ended at loss {losses[-1]:.3g}, its best "
                          f"{min(losses):.3g}: its training was unstable at this lr and momentum, so its accuracy "

@@ -40,7 +40,8 @@ class Scorer:
             scores = {"global_accuracy": evaluation.accuracy_global, "global_loss": evaluation.loss_global,
                       **_spread(_personal(evaluation.per_device.values(), "accuracy")),
                       "personalized_loss_mean": _mean(_personal(evaluation.per_device.values(), "loss")),
-                      "evaluated_devices": evaluation.reported,
+                      # not evaluation.reported: a device without test examples reports and scores nothing
+                      "evaluated_devices": sum(1 for n in evaluation.per_device.values() if n["examples"]),
                       **smallest_devices(evaluation.per_device, self.train_sizes)}
         else:
             scores = self._score_directly(shared, runtimes)
