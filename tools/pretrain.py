@@ -27,6 +27,7 @@ import numpy as np
 from fedge.edge_runtime.kernel.errors import ConfigError, Diverged
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.models.output_dir import claim, starts_with, write_record
+from fedge.tools.cli_args import path_arg
 
 MAX_PROXY_FRACTION = 0.5
 RECORD = ".fedge-pretrain.json"  # what this command wrote into --out (models/output_dir.py)
@@ -162,7 +163,8 @@ def _claim_output(out: Path, written: list[str]) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = PretrainConfig(out="")
-    p.add_argument("--out", required=True, help="folder: pretrained.onnx, model.toml, clients/<device>.npz")
+    p.add_argument("--out", required=True, type=path_arg,
+                   help="folder: pretrained.onnx, model.toml, clients/<device>.npz")
     p.add_argument("--dataset", choices=("mnist5k", "digits"), default=d.dataset)
     p.add_argument("--proxy-fraction", type=float, default=d.proxy_fraction,
                    help="share of the dataset that trains the model and is held by no device (default %(default)s)")
@@ -170,7 +172,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition", default=d.partition)
     p.add_argument("--alpha", type=float, default=d.alpha)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--spec", default=d.spec, help="architecture to pretrain, and the roles the import gives its layers "
+    p.add_argument("--spec", default=None, type=path_arg,
+                   help="architecture to pretrain, and the roles the import gives its layers "
                    "(default: the simulator's for the dataset: mnist-mlp-lora for mnist5k)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -179,7 +182,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     cfg = PretrainConfig(out=args.out, dataset=args.dataset, proxy_fraction=args.proxy_fraction, devices=args.devices,
-                         partition=args.partition, alpha=args.alpha, seed=args.seed, spec=args.spec,
+                         partition=args.partition, alpha=args.alpha, seed=args.seed, spec=args.spec or "",
                          epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay)
     result = pretrain(cfg)
     print(f"pretrained {cfg.spec or 'the ' + cfg.dataset + ' model'} on {result.proxy_examples} proxy examples "

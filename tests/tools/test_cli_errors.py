@@ -203,7 +203,6 @@ UNUSABLE = {
                                    ["coordinator", "privacy", "--state", str(t / "s.db")], ("no such state file",)),
     "CA with an empty name": (lambda t: ["provision", "ca", "--out", str(t / "ca"), "--name", ""],
                               ("ConfigError", "1 to 64")),
-    "an empty --data": (lambda t: ["simulate", "--data", ""], ("ConfigError", "--data")),
     "identities directory is a folder": (lambda t: (t / "ids").mkdir() or [
         "provision", "identity", "--id", "d1", "--out", str(t / "keys"), "--directory", str(t / "ids")],
                                          ("ConfigError", "--directory")),

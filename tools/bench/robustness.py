@@ -48,6 +48,7 @@ from fedge.coordinator.robust.errors import BadRobustParameter
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.beside_json import check_beside
+from fedge.tools.cli_args import path_arg
 from fedge.tools.simulate.adversary import AttackSpec
 from fedge.tools.simulate.errors import AttackError
 
@@ -250,7 +251,7 @@ def _progress(i: int, n: int, row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench robustness", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", default=None,
+    p.add_argument("--json", dest="json_path", type=path_arg, default=None,
                    help="write the results here (and out.md, out.png beside)")
     p.add_argument("--render", metavar="JSON", default=None,
                    help="write the Markdown and PNG of an existing results JSON, and run nothing")

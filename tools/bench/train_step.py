@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.cli_args import path_arg
 
 MODELS = ("mlp-784-lora", "cnn-28-lora")
 BACKENDS = ("portable", "ort-training", "numpy", "torch")
@@ -152,7 +153,7 @@ def _names(values: list[str]) -> tuple[str, ...]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fedge bench train-step",
                                  description="Time one train step per model and backend, vs torch.")
-    ap.add_argument("--json", required=True, help="where to write the results (a JSON list)")
+    ap.add_argument("--json", required=True, type=path_arg, help="where to write the results (a JSON list)")
     ap.add_argument("--models", nargs="+", default=list(MODELS),
                     help=f"spec names or TOML paths (default: {' '.join(MODELS)})")
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), help=f"subset of {' '.join(BACKENDS)}")
