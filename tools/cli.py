@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", choices=SPLITTABLE, default="mnist5k")
     d.add_argument("--devices", type=int, default=2)
     d.add_argument("--partition", choices=PARTITIONS, default="dirichlet")
-    d.add_argument("--alpha", type=float, default=0.1)
+    d.add_argument("--alpha", type=float, default=None, help="dirichlet: the concentration (default 0.1)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True, type=path_arg)
 
@@ -266,10 +266,14 @@ def _data_split(args) -> int:
     from fedge.edge_runtime.kernel.files import atomic_write_bytes
     from fedge.models.output_dir import claim, write_record
     from fedge.tools.datasets import build_federated
+    from fedge.tools.simulate.config import DIRICHLET_ALPHA
+    from fedge.tools.simulate.flag_checks import check_alpha_applies
 
+    check_alpha_applies(args.partition, args.alpha)
     if args.seed < 0:  # numpy's generators take no negative seed
         raise ConfigError(f"--seed {args.seed}: must be >= 0")
-    data = build_federated(args.dataset, args.devices, args.partition, args.seed, alpha=args.alpha)
+    data = build_federated(args.dataset, args.devices, args.partition, args.seed,
+                           alpha=DIRICHLET_ALPHA if args.alpha is None else args.alpha)
     out = Path(args.out)
     written = [f"{client.client_id}.npz" for client in data.clients]
     record = out / ".fedge-data.json"  # what data split wrote there (models/output_dir.py)

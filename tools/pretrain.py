@@ -162,6 +162,8 @@ def _claim_output(out: Path, written: list[str]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fedge.tools.simulate.config import PARTITIONS
+
     d = PretrainConfig(out="")
     p.add_argument("--out", required=True, type=path_arg,
                    help="folder: pretrained.onnx, model.toml, clients/<device>.npz")
@@ -169,8 +171,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy-fraction", type=float, default=d.proxy_fraction,
                    help="share of the dataset that trains the model and is held by no device (default %(default)s)")
     p.add_argument("--devices", type=int, default=d.devices)
-    p.add_argument("--partition", default=d.partition)
-    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--partition", choices=PARTITIONS, default=d.partition)
+    p.add_argument("--alpha", type=float, default=None, help=f"dirichlet: the concentration (default {d.alpha})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--spec", default=None, type=path_arg,
                    help="architecture to pretrain, and the roles the import gives its layers "
@@ -181,9 +183,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from fedge.tools.simulate.flag_checks import check_alpha_applies
+
+    check_alpha_applies(args.partition, args.alpha)
+    alpha = {} if args.alpha is None else {"alpha": args.alpha}
     cfg = PretrainConfig(out=args.out, dataset=args.dataset, proxy_fraction=args.proxy_fraction, devices=args.devices,
-                         partition=args.partition, alpha=args.alpha, seed=args.seed, spec=args.spec or "",
-                         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay)
+                         partition=args.partition, seed=args.seed, spec=args.spec or "",
+                         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, **alpha)
     result = pretrain(cfg)
     print(f"pretrained {cfg.spec or 'the ' + cfg.dataset + ' model'} on {result.proxy_examples} proxy examples "
           f"({cfg.proxy_fraction:.0%} of {cfg.dataset}, "
