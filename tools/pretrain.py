@@ -30,6 +30,9 @@ from fedge.models.output_dir import claim, starts_with, write_record
 from fedge.tools.cli_args import path_arg
 
 MAX_PROXY_FRACTION = 0.5
+# The devices' own caps on a task (edge_runtime/kernel/protocol.py, TaskHyper): past them, a typo.
+MAX_EPOCHS = 1_000_000
+MAX_WEIGHT_DECAY = 1e6
 RECORD = ".fedge-pretrain.json"  # what this command wrote into --out (models/output_dir.py)
 _HEADER = b"# Written by `fedge pretrain`"  # model.toml's first line
 
@@ -55,8 +58,10 @@ class PretrainConfig:
             raise ConfigError(f"proxy_fraction {self.proxy_fraction}: must be in (0, {MAX_PROXY_FRACTION}]")
         if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:  # NaN fails too
             raise ConfigError("pretrain: epochs, batch_size and lr must be positive (lr finite)")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ConfigError(f"pretrain: weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if self.epochs > MAX_EPOCHS:  # 10**30 claimed --out, then trained for ever
+            raise ConfigError(f"pretrain: --epochs {self.epochs}: at most {MAX_EPOCHS:,}")
+        if not 0 <= self.weight_decay <= MAX_WEIGHT_DECAY:  # 1e300 diverged, and the error blamed --lr
+            raise ConfigError(f"pretrain: --weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}")
         if self.seed < 0:  # numpy's generators take no negative seed
             raise ConfigError(f"pretrain: --seed {self.seed} must be >= 0")
 
@@ -126,7 +131,9 @@ def pretrain(cfg: PretrainConfig) -> Pretrained:
         build_artifacts(every, tmp, ort_training=False)
         trained = train_central(Path(tmp), x[proxy], y[proxy], cfg)
         if not all(np.isfinite(v).all() for v in trained.values()):  # once written as a NaN model, exit 0
-            raise Diverged(f"pretrain --lr {cfg.lr:g}: the weights became NaN or Inf in training; lower --lr")
+            decay = f" --weight-decay {cfg.weight_decay:g}" if cfg.weight_decay else ""
+            raise Diverged(f"pretrain --lr {cfg.lr:g}{decay}: the weights became NaN or Inf in training; lower "
+                           f"--lr{' or --weight-decay' if decay else ''}")
         model = export_model(tmp, trained, {}, head="global")
     atomic_write_bytes(out / "pretrained.onnx", model.SerializeToString())
 

@@ -81,3 +81,42 @@ def test_data_split_alpha_still_splits_dirichlet(tmp_path):
         want = build_federated("digits", 3, "dirichlet", 0, alpha=alpha)
         for client in want.clients:
             assert np.array_equal(np.load(out / f"{client.client_id}.npz")["y_train"], client.y_train)
+
+
+HUGE = str(10**30)
+
+
+# Numbers with no upper bound: each ran (a run that could never end, or one that diverged and
+# exited 0) or failed late with a message about something else.
+@pytest.mark.parametrize("argv, words", [
+    (["simulate", "--server-lr", "1e30"], ("ConfigError", "server_lr must be in [0, 100]", "1e+30")),
+    (["simulate", "--server-lr", "101"], ("server_lr must be in [0, 100]",)),
+    (["simulate", "--rounds", HUGE], ("--rounds 1000000000000000000000000000000", "at most 1,000,000")),
+    (["simulate", "--personalization", "finetune", "--finetune-steps", HUGE], ("--finetune-steps", "at most")),
+    (["simulate", "--new-devices", "1", "--new-device-steps", HUGE], ("--new-device-steps", "at most")),
+    (["simulate", "--baselines", "local", "--local-epochs", HUGE], ("--local-epochs", "at most")),
+    (["simulate", "--baselines", "central", "--central-epochs", HUGE], ("--central-epochs", "at most")),
+    (["simulate", "--dataset", "synthetic", "--beta", "inf"], ("ConfigError", "--beta inf", "finite")),
+    (["simulate", "--dataset", "synthetic", "--alpha", "inf"], ("ConfigError", "--alpha inf", "finite")),
+    (["pretrain", "--out", "{tmp}/p", "--epochs", HUGE], ("ConfigError", "--epochs", "at most 1,000,000")),
+    (["pretrain", "--out", "{tmp}/p", "--weight-decay", "1e300"], ("ConfigError", "--weight-decay", "[0, 1e+06]")),
+], ids=["server-lr-1e30", "server-lr-101", "rounds", "finetune-steps", "new-device-steps", "local-epochs",
+        "central-epochs", "synthetic-beta-inf", "synthetic-alpha-inf", "pretrain-epochs", "pretrain-weight-decay"])
+def test_a_number_past_its_bound_is_refused_before_the_run(argv, words, tmp_path, capsys):
+    rounds = ["--rounds", "1"] if argv[0] == "simulate" and "--rounds" not in argv else []
+    assert main([*[a.format(tmp=tmp_path) for a in argv], *rounds]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedge: error:"), err
+    assert all(w in err[0] for w in words), err[0]
+    assert list(tmp_path.iterdir()) == []  # pretrain once claimed --out before training for ever
+
+
+def test_the_server_lr_bound_holds_for_a_config_file():
+    """The bound sits in CoordinatorConfig, so `coordinator serve`'s TOML gets it too; 100 itself is allowed."""
+    from fedge.coordinator.config import MAX_SERVER_LR, CoordinatorConfig
+    from fedge.edge_runtime.kernel.errors import ConfigError
+
+    assert CoordinatorConfig(server_lr=MAX_SERVER_LR).server_lr == 100.0
+    for bad in (1e30, float("inf"), float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="server_lr"):
+            CoordinatorConfig(server_lr=bad)
