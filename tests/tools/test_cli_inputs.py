@@ -120,3 +120,21 @@ def test_the_server_lr_bound_holds_for_a_config_file():
     for bad in (1e30, float("inf"), float("nan"), -1.0):
         with pytest.raises(ConfigError, match="server_lr"):
             CoordinatorConfig(server_lr=bad)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--rounds", "0"], ("--devices and --rounds must be >= 1",)),
+    (["--rounds", HUGE], ("--rounds", "at most 1,000,000")),
+    (["--guard-fraction", "2"], ("guard_fraction 2.0",)),
+    (["--fractions", "nan"], ("fraction must be in (0, 1)", "nan")),
+    (["--fractions", "a,b"], ("--fractions 'a,b'",)),  # once a ValueError traceback
+], ids=["rounds-0", "rounds-huge", "guard-fraction-2", "fractions-nan", "fractions-text"])
+def test_a_robustness_grid_every_cell_would_fail_is_refused(argv, words, tmp_path, capsys):
+    """Each ran every cell into the same error (or, --fractions nan, ran on), then wrote the JSON
+    and its report of errors and exited 1: now a usage error before any cell runs."""
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "robustness", "--quick", "--json", str(tmp_path / "r.json"), *argv])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fedge bench robustness: error:") and all(w in err for w in words), err
+    assert list(tmp_path.iterdir()) == []
