@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+# Devices, rounds, steps, epochs or repeats past this are a typo, not a plan: 10**30 once
+# started a run that could never end, or a traceback from numpy ("Maximum allowed dimension
+# exceeded"). The wire's own cap on a task's epochs (edge_runtime/kernel/protocol.py).
+MAX_COUNT = 1_000_000
+
 
 def path_arg(text: str) -> str:
     """A file or folder path. An empty one is refused: Path("") is ".", so `--out ''` wrote into

@@ -138,3 +138,29 @@ def test_a_robustness_grid_every_cell_would_fail_is_refused(argv, words, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("fedge bench robustness: error:") and all(w in err for w in words), err
     assert list(tmp_path.iterdir()) == []
+
+
+# A count of 10**30 (any past MAX_COUNT, 1,000,000): each ran for ever, or ended in numpy's
+# "Maximum allowed dimension exceeded" / an OverflowError traceback.
+@pytest.mark.parametrize("argv, words", [
+    (["bench", "secagg", "--devices", HUGE, "--dimension", "10", "--repeats", "1"], ("--devices", "at most 1,000,000")),
+    (["bench", "screening", "--repeats", HUGE], ("--repeats", "at most 1,000,000")),
+    (["bench", "train-step", "--steps", HUGE], ("--steps", "at most 1,000,000")),
+    (["bench", "scale", "--sizes", HUGE], ("--sizes", "at most 1,000,000")),
+    (["bench", "privacy", "--quick", "--devices", HUGE], ("--devices", "at most 1,000,000")),
+    (["audit", "leakage", "--devices", HUGE], ("--devices", "at most 1,000,000")),
+], ids=["secagg", "screening", "train-step", "scale", "privacy", "audit"])
+def test_a_count_past_the_cap_is_a_usage_error(argv, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--json", str(tmp_path / "x.json")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ": error:" in err and all(w in err for w in words), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_synthetic_devices_past_the_cap(capsys):
+    """--dataset synthetic takes any number of devices: 10**30 was numpy's traceback."""
+    assert main(["simulate", "--dataset", "synthetic", "--devices", HUGE, "--rounds", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fedge: error: ConfigError: --devices {HUGE}: at most 1,000,000"], err

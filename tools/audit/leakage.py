@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_COUNT, path_arg
 
 from .inversion import init_mlp, invert_rows, local_update, match, psnr
 
@@ -188,6 +188,6 @@ def _counts(p: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, ...]
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         p.error(f"--{flag} {text!r}: a comma list of whole numbers, e.g. 1,5")
-    if min(values) < 1:
-        p.error(f"--{flag} {text}: each must be >= 1")
+    if min(values) < 1 or max(values) > MAX_COUNT:  # 10**30 was an OverflowError traceback
+        p.error(f"--{flag} {text}: each must be >= 1 and at most {MAX_COUNT:,}")
     return values

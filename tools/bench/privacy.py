@@ -58,7 +58,7 @@ from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.protocol import QUANT_BITS, CompressionSpec
 from fedge.tools.beside_json import check_beside, png_metadata
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_COUNT, path_arg
 from fedge.tools.plots import pyplot
 
 
@@ -109,6 +109,8 @@ class PrivacyGrid:
         # the devices' own checks (ValueError naming the field), before any data set is built
         CompressionSpec(quant_bits=self.quant_bits, topk_fraction=self.topk_fraction,
                         error_feedback=self.error_feedback)
+        if self.devices > MAX_COUNT:  # 10**30: a traceback from numpy
+            raise ValueError(f"--devices {self.devices}: at most {MAX_COUNT:,}")
         unknown = sorted(set(self.mechanisms) - {"central", "distributed"})
         if unknown or not self.mechanisms:
             raise ValueError(f"--mechanisms {','.join(self.mechanisms)}: use central, distributed or both")

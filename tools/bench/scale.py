@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_COUNT, path_arg
 
 TARGET_PEAK_RSS_BYTES = 2_000_000_000  # issue 14: 10,000 devices in at most 2 GB
 
@@ -54,6 +54,8 @@ class ScaleGrid:
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 1 or self.clients_per_round < 1 or self.rounds < 1:
             raise ValueError("need sizes >= 1, clients_per_round >= 1 and rounds >= 1")
+        if max(self.sizes) > MAX_COUNT:  # 10**30: a traceback from numpy
+            raise ValueError(f"--sizes {max(self.sizes)}: at most {MAX_COUNT:,} devices")
 
 
 def peak_rss_bytes() -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_COUNT, path_arg
 
 
 def _round(k: int, flipped: float, shapes: dict, rng: np.random.Generator) -> list[dict]:
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if not inputs or min(inputs) < 1 or args.repeats < 1 or not 0 < args.guard_fraction <= 0.5 \
             or not 0 <= args.flipped < 0.5:
         p.error("--inputs >= 1 each, --repeats >= 1, --guard-fraction in (0, 0.5], --flipped in [0, 0.5)")
+    if max(inputs) > MAX_COUNT or args.repeats > MAX_COUNT:  # --repeats 10**30 ran for ever
+        p.error(f"--inputs and --repeats: at most {MAX_COUNT:,}")
     doc = run(inputs, args.guard_fraction, args.flipped, args.repeats)
     path = Path(args.json_path)
     path.parent.mkdir(parents=True, exist_ok=True)

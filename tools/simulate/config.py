@@ -28,6 +28,7 @@ from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
+from fedge.tools.cli_args import MAX_COUNT
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature")
 DATASETS = ("mnist5k", "digits", "synthetic")
@@ -37,10 +38,6 @@ DIRICHLET_ALPHA = 0.1
 SYNTHETIC_ALPHA = SYNTHETIC_BETA = 0.5
 # What a device keeps to itself (tools/simulate/personalization.py has the details).
 PERSONALIZATION = ("adapters", "head", "finetune", "full", "none")
-
-# Rounds, steps and epochs past this are a typo: the wire's own cap on a task's epochs
-# (edge_runtime/kernel/protocol.py, TaskHyper.epochs).
-MAX_COUNT = 1_000_000
 
 SIM_COORDINATOR = CoordinatorConfig(hyper=TaskHyper(epochs=2, batch_size=20, lr=0.02, momentum=0.9))
 MQTT_ROUND_DEADLINE_S = 30.0  # the preset's deadline over a real broker (real seconds, not simulated)
@@ -100,7 +97,7 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.devices < 1 or self.rounds < 1:
             raise ConfigError("--devices and --rounds must be >= 1")
-        for name in ("rounds", "finetune_steps", "new_device_steps", "local_epochs", "central_epochs"):
+        for name in ("devices", "rounds", "finetune_steps", "new_device_steps", "local_epochs", "central_epochs"):
             if (getattr(self, name) or 0) > MAX_COUNT:  # 10**30 once started a run that could never end
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: at most {MAX_COUNT:,}")
         if self.data_dir is not None and not str(self.data_dir).strip():  # "" would mean the default data set
