@@ -111,6 +111,8 @@ class PrivacyGrid:
                         error_feedback=self.error_feedback)
         if self.devices > MAX_COUNT:  # 10**30: a traceback from numpy
             raise ValueError(f"--devices {self.devices}: at most {MAX_COUNT:,}")
+        if not 0 < self.delta < 1:  # 2 (or nan) once reached the accountant's search, a misleading error
+            raise ValueError(f"--delta {self.delta}: must be in (0, 1), e.g. 1e-6")
         unknown = sorted(set(self.mechanisms) - {"central", "distributed"})
         if unknown or not self.mechanisms:
             raise ValueError(f"--mechanisms {','.join(self.mechanisms)}: use central, distributed or both")

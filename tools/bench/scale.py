@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -56,6 +57,10 @@ class ScaleGrid:
             raise ValueError("need sizes >= 1, clients_per_round >= 1 and rounds >= 1")
         if max(self.sizes) > MAX_COUNT:  # 10**30: a traceback from numpy
             raise ValueError(f"--sizes {max(self.sizes)}: at most {MAX_COUNT:,} devices")
+        # each size runs in a child process: SimConfig's refusal there was a traceback
+        if not (0 <= self.alpha < math.inf and 0 <= self.beta < math.inf) or self.seed < 0:
+            raise ValueError(f"--alpha {self.alpha} --beta {self.beta} --seed {self.seed}: need α and β >= 0 and "
+                             f"finite, seed >= 0")
 
 
 def peak_rss_bytes() -> int:
