@@ -24,6 +24,9 @@ from .weights import WEIGHTINGS
 # Asking more than 100 times the devices a round wants is a typo, not a plan (and inf would
 # overflow the selection count).
 MAX_OVER_SELECTION = 100.0
+# A server step 100 times the mean delta is a typo, not a plan (the adaptive-optimizer papers'
+# grids stop at 10): --server-lr 1e30 ran every round into a model of NaN or Inf and exited 0.
+MAX_SERVER_LR = 100.0
 MAX_SERVER_TAU = 1.8e19  # tau² stays a finite float32 (its largest is 3.4e38)
 
 
@@ -203,8 +206,9 @@ class CoordinatorConfig:
     def _check_strategy(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy {self.strategy!r}: choose one of {sorted(STRATEGIES)}")
-        if not (self.server_lr >= 0 and math.isfinite(self.server_lr)):
-            raise ConfigError("server_lr must be >= 0 (0 = the strategy's default)")
+        if not 0 <= self.server_lr <= MAX_SERVER_LR:  # NaN fails this too
+            raise ConfigError(f"server_lr must be in [0, {MAX_SERVER_LR:g}] (0 = the strategy's default), "
+                              f"got {self.server_lr}")
         for name in ("server_momentum", "server_beta1", "server_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1)")

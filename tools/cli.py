@@ -9,6 +9,7 @@ import os
 import sys
 
 from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
+from fedge.tools.cli_args import path_arg
 
 # Which extra a command needs, and which extra brings each module the commands import lazily:
 # a missing module is named with its fix, not a traceback.
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-artifacts", help="build a model's ONNX graphs, ORT artifacts and manifest")
     p.add_argument("spec", nargs="?", help="spec TOML file or built-in name (e.g. mnist-mlp-lora)")
-    p.add_argument("outdir")
+    p.add_argument("outdir", type=path_arg)
     from fedge.models.import_cli import add_import_arguments
 
     add_import_arguments(p)
@@ -138,24 +139,25 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", choices=SPLITTABLE, default="mnist5k")
     d.add_argument("--devices", type=int, default=2)
     d.add_argument("--partition", choices=PARTITIONS, default="dirichlet")
-    d.add_argument("--alpha", type=float, default=0.1)
+    d.add_argument("--alpha", type=float, default=None, help="dirichlet: the concentration (default 0.1)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", required=True)
+    d.add_argument("--out", required=True, type=path_arg)
 
     p = sub.add_parser("device", help="run a device agent on a board, or show what its probes read")
     dev = p.add_subparsers(dest="device_command", required=True)
     d = dev.add_parser("run", help="connect to the broker and train when asked (runs until SIGTERM)")
-    d.add_argument("--config", required=True, help="device TOML (see edge_runtime/device_config.py)")
+    d.add_argument("--config", required=True, type=path_arg, help="device TOML (see edge_runtime/device_config.py)")
     d = dev.add_parser("init", help="write a commented device.toml to edit")
-    d.add_argument("--out", default="device.toml", help="where to write it (kept if it exists; default %(default)s)")
+    d.add_argument("--out", default="device.toml", type=path_arg,
+                   help="where to write it (kept if it exists; default %(default)s)")
     d.add_argument("--id", dest="device_id", default="pi-001", help="device id = broker username")
     d.add_argument("--broker", default="mqtt://localhost:1883", help="broker url")
-    d.add_argument("--data", default="/var/lib/fedge/data.npz", help="the device's .npz data file")
-    d.add_argument("--state-dir", default="/var/lib/fedge", help="where the device keeps its state")
+    d.add_argument("--data", default="/var/lib/fedge/data.npz", type=path_arg, help="the device's .npz data file")
+    d.add_argument("--state-dir", default="/var/lib/fedge", type=path_arg, help="where the device keeps its state")
     d.add_argument("--force", action="store_true", help="replace an existing file")
     d = dev.add_parser("probe", help="print battery, link, temperature, CPU and memory facts and the verdict")
-    d.add_argument("--config", help="device TOML: use its [eligibility] policy and [probe] root")
-    d.add_argument("--root", default=None, help="read sysfs/procfs under this root (default /)")
+    d.add_argument("--config", type=path_arg, help="device TOML: use its [eligibility] policy and [probe] root")
+    d.add_argument("--root", default=None, type=path_arg, help="read sysfs/procfs under this root (default /)")
     d.add_argument("--json", action="store_true", help="facts, sources and verdict as JSON")
     d = dev.add_parser("export", help="write the device's personalized model as one standalone ONNX file")
     from fedge.tools.device_export import add_arguments as add_export
@@ -165,14 +167,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("coordinator", help="the coordinator service")
     co = p.add_subparsers(dest="coordinator_command", required=True)
     c = co.add_parser("serve", help="run rounds over MQTT (runs until SIGTERM, or [service] rounds)")
-    c.add_argument("--config", required=True, help="coordinator TOML (see coordinator/service.py)")
+    c.add_argument("--config", required=True, type=path_arg, help="coordinator TOML (see coordinator/service.py)")
     c.add_argument("--role", choices=("leader", "worker"), default="leader",
                    help="leader: the coordinator (default); worker: an aggregator worker of a sharded fleet "
                         "([coordinator] shards, state_dsn)")
     c = co.add_parser("privacy", help="ε spent so far and the rounds left, from the coordinator's state")
     state = c.add_mutually_exclusive_group(required=True)
-    state.add_argument("--state", help="the coordinator's state_db (SQLite), or a postgresql:// DSN; read only")
-    state.add_argument("--state-dsn", help="the coordinator's state_dsn (PostgreSQL); read only")
+    state.add_argument("--state", type=path_arg,
+                       help="the coordinator's state_db (SQLite), or a postgresql:// DSN; read only")
+    state.add_argument("--state-dsn", type=path_arg, help="the coordinator's state_dsn (PostgreSQL); read only")
     c.add_argument("--json", action="store_true", help="the report as JSON, with ε after each charged round")
 
     p = sub.add_parser("provision", help="create device/coordinator credentials, certificates and broker files")
@@ -263,10 +266,14 @@ def _data_split(args) -> int:
     from fedge.edge_runtime.kernel.files import atomic_write_bytes
     from fedge.models.output_dir import claim, write_record
     from fedge.tools.datasets import build_federated
+    from fedge.tools.simulate.config import DIRICHLET_ALPHA
+    from fedge.tools.simulate.flag_checks import check_alpha_applies
 
+    check_alpha_applies(args.partition, args.alpha)
     if args.seed < 0:  # numpy's generators take no negative seed
         raise ConfigError(f"--seed {args.seed}: must be >= 0")
-    data = build_federated(args.dataset, args.devices, args.partition, args.seed, alpha=args.alpha)
+    data = build_federated(args.dataset, args.devices, args.partition, args.seed,
+                           alpha=DIRICHLET_ALPHA if args.alpha is None else args.alpha)
     out = Path(args.out)
     written = [f"{client.client_id}.npz" for client in data.clients]
     record = out / ".fedge-data.json"  # what data split wrote there (models/output_dir.py)

@@ -12,11 +12,12 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes, load_npz
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE
 from fedge.edge_runtime.store import DeviceStore
+from fedge.tools.cli_args import path_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="device TOML (its device_id and state_dir)")
-    p.add_argument("--out", required=True, help="ONNX file to write: x -> logits")
+    p.add_argument("--config", required=True, type=path_arg, help="device TOML (its device_id and state_dir)")
+    p.add_argument("--out", required=True, type=path_arg, help="ONNX file to write: x -> logits")
     p.add_argument("--model-id", default="", help="which model (default: the only one the device has)")
     p.add_argument("--head", choices=("personal", "global"), default=None,
                    help="default: the personal head where the model has one")

@@ -27,8 +27,12 @@ import numpy as np
 from fedge.edge_runtime.kernel.errors import ConfigError, Diverged
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.models.output_dir import claim, starts_with, write_record
+from fedge.tools.cli_args import path_arg
 
 MAX_PROXY_FRACTION = 0.5
+# The devices' own caps on a task (edge_runtime/kernel/protocol.py, TaskHyper): past them, a typo.
+MAX_EPOCHS = 1_000_000
+MAX_WEIGHT_DECAY = 1e6
 RECORD = ".fedge-pretrain.json"  # what this command wrote into --out (models/output_dir.py)
 _HEADER = b"# Written by `fedge pretrain`"  # model.toml's first line
 
@@ -54,8 +58,10 @@ class PretrainConfig:
             raise ConfigError(f"proxy_fraction {self.proxy_fraction}: must be in (0, {MAX_PROXY_FRACTION}]")
         if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:  # NaN fails too
             raise ConfigError("pretrain: epochs, batch_size and lr must be positive (lr finite)")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ConfigError(f"pretrain: weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if self.epochs > MAX_EPOCHS:  # 10**30 claimed --out, then trained for ever
+            raise ConfigError(f"pretrain: --epochs {self.epochs}: at most {MAX_EPOCHS:,}")
+        if not 0 <= self.weight_decay <= MAX_WEIGHT_DECAY:  # 1e300 diverged, and the error blamed --lr
+            raise ConfigError(f"pretrain: --weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}")
         if self.seed < 0:  # numpy's generators take no negative seed
             raise ConfigError(f"pretrain: --seed {self.seed} must be >= 0")
 
@@ -125,7 +131,9 @@ def pretrain(cfg: PretrainConfig) -> Pretrained:
         build_artifacts(every, tmp, ort_training=False)
         trained = train_central(Path(tmp), x[proxy], y[proxy], cfg)
         if not all(np.isfinite(v).all() for v in trained.values()):  # once written as a NaN model, exit 0
-            raise Diverged(f"pretrain --lr {cfg.lr:g}: the weights became NaN or Inf in training; lower --lr")
+            decay = f" --weight-decay {cfg.weight_decay:g}" if cfg.weight_decay else ""
+            raise Diverged(f"pretrain --lr {cfg.lr:g}{decay}: the weights became NaN or Inf in training; lower "
+                           f"--lr{' or --weight-decay' if decay else ''}")
         model = export_model(tmp, trained, {}, head="global")
     atomic_write_bytes(out / "pretrained.onnx", model.SerializeToString())
 
@@ -161,16 +169,20 @@ def _claim_output(out: Path, written: list[str]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fedge.tools.simulate.config import PARTITIONS
+
     d = PretrainConfig(out="")
-    p.add_argument("--out", required=True, help="folder: pretrained.onnx, model.toml, clients/<device>.npz")
+    p.add_argument("--out", required=True, type=path_arg,
+                   help="folder: pretrained.onnx, model.toml, clients/<device>.npz")
     p.add_argument("--dataset", choices=("mnist5k", "digits"), default=d.dataset)
     p.add_argument("--proxy-fraction", type=float, default=d.proxy_fraction,
                    help="share of the dataset that trains the model and is held by no device (default %(default)s)")
     p.add_argument("--devices", type=int, default=d.devices)
-    p.add_argument("--partition", default=d.partition)
-    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--partition", choices=PARTITIONS, default=d.partition)
+    p.add_argument("--alpha", type=float, default=None, help=f"dirichlet: the concentration (default {d.alpha})")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--spec", default=d.spec, help="architecture to pretrain, and the roles the import gives its layers "
+    p.add_argument("--spec", default=None, type=path_arg,
+                   help="architecture to pretrain, and the roles the import gives its layers "
                    "(default: the simulator's for the dataset: mnist-mlp-lora for mnist5k)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -178,9 +190,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from fedge.tools.simulate.flag_checks import check_alpha_applies
+
+    check_alpha_applies(args.partition, args.alpha)
+    alpha = {} if args.alpha is None else {"alpha": args.alpha}
     cfg = PretrainConfig(out=args.out, dataset=args.dataset, proxy_fraction=args.proxy_fraction, devices=args.devices,
-                         partition=args.partition, alpha=args.alpha, seed=args.seed, spec=args.spec,
-                         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay)
+                         partition=args.partition, seed=args.seed, spec=args.spec or "",
+                         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, **alpha)
     result = pretrain(cfg)
     print(f"pretrained {cfg.spec or 'the ' + cfg.dataset + ' model'} on {result.proxy_examples} proxy examples "
           f"({cfg.proxy_fraction:.0%} of {cfg.dataset}, "

@@ -203,7 +203,6 @@ UNUSABLE = {
                                    ["coordinator", "privacy", "--state", str(t / "s.db")], ("no such state file",)),
     "CA with an empty name": (lambda t: ["provision", "ca", "--out", str(t / "ca"), "--name", ""],
                               ("ConfigError", "1 to 64")),
-    "an empty --data": (lambda t: ["simulate", "--data", ""], ("ConfigError", "--data")),
     "identities directory is a folder": (lambda t: (t / "ids").mkdir() or [
         "provision", "identity", "--id", "d1", "--out", str(t / "keys"), "--directory", str(t / "ids")],
                                          ("ConfigError", "--directory")),
@@ -267,6 +266,12 @@ UNUSABLE["a table beside [coordinator]"] = (
     (["robustness", "--quick", "--attacks", "bogus"], ("unknown 'bogus'",)),
     (["robustness", "--quick", "--defenses", "mean+foo"], ("unknown 'mean+foo'",)),
     (["async", "--quick", "--devices", "0"], ("--devices must be >= 1",)),
+    # each grid value below once reached a child process's traceback or a misleading late error
+    (["scale", "--sizes", "10", "--alpha", "nan"], ("--alpha nan", "finite")),
+    (["scale", "--sizes", "10", "--beta", "inf"], ("--beta inf", "finite")),
+    (["scale", "--sizes", "10", "--seed", "-1"], ("--seed -1",)),
+    (["privacy", "--quick", "--delta", "2"], ("--delta 2.0", "(0, 1)")),
+    (["privacy", "--quick", "--delta", "nan"], ("--delta nan", "(0, 1)")),
 ])
 def test_a_bad_bench_option_is_a_usage_error(argv, words, tmp_path, capsys):
     """Each once gave a traceback from deep inside the run, or (robustness) ran every cell into

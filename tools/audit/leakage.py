@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.tools.cli_args import MAX_COUNT, path_arg
+
 from .inversion import init_mlp, invert_rows, local_update, match, psnr
 
 RECOVERED_BELOW = 0.2  # relative error of the best row
@@ -153,8 +155,8 @@ def _draw(path: str, shown: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge audit leakage", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", required=True)
-    p.add_argument("--png", default=None, help="originals and reconstructions side by side")
+    p.add_argument("--json", dest="json_path", type=path_arg, required=True)
+    p.add_argument("--png", default=None, type=path_arg, help="originals and reconstructions side by side")
     p.add_argument("--devices", default="1,2,5,10,20,50")
     p.add_argument("--steps", default="1,5")
     p.add_argument("--batches", default="1,8")
@@ -186,6 +188,6 @@ def _counts(p: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, ...]
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         p.error(f"--{flag} {text!r}: a comma list of whole numbers, e.g. 1,5")
-    if min(values) < 1:
-        p.error(f"--{flag} {text}: each must be >= 1")
+    if min(values) < 1 or max(values) > MAX_COUNT:  # 10**30 was an OverflowError traceback
+        p.error(f"--{flag} {text}: each must be >= 1 and at most {MAX_COUNT:,}")
     return values

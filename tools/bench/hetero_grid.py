@@ -27,6 +27,7 @@ import numpy as np
 
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.edge_runtime.kernel.protocol import TaskHyper
+from fedge.tools.cli_args import MAX_COUNT
 from fedge.tools.datasets import FederatedDataset
 from fedge.tools.simulate import baselines as baseline_runs
 from fedge.tools.simulate.config import SimConfig, sim_config, with_options
@@ -123,6 +124,9 @@ class HeteroGrid:
             raise ValueError(f"unknown grid entries {unknown}")
         if self.rounds < 1 or self.compression_rounds < 1 or self.devices < 2 or self.workers < 1:
             raise ValueError("need rounds >= 1, compression_rounds >= 1, devices >= 2, workers >= 1")
+        # SimConfig refuses these too, but only in a job: after the report folder was claimed
+        if max(self.rounds, self.compression_rounds, self.devices) > MAX_COUNT or self.seed < 0:
+            raise ValueError(f"need rounds, compression_rounds and devices at most {MAX_COUNT:,}, seed >= 0")
 
 
 QUICK = HeteroGrid(partitions=("iid", "dirichlet-0.1", "shards-2"), algorithms=("fedavg", "fedyogi", "scaffold"),

@@ -58,6 +58,7 @@ from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.protocol import QUANT_BITS, CompressionSpec
 from fedge.tools.beside_json import check_beside, png_metadata
+from fedge.tools.cli_args import MAX_COUNT, path_arg
 from fedge.tools.plots import pyplot
 
 
@@ -108,6 +109,10 @@ class PrivacyGrid:
         # the devices' own checks (ValueError naming the field), before any data set is built
         CompressionSpec(quant_bits=self.quant_bits, topk_fraction=self.topk_fraction,
                         error_feedback=self.error_feedback)
+        if self.devices > MAX_COUNT:  # 10**30: a traceback from numpy
+            raise ValueError(f"--devices {self.devices}: at most {MAX_COUNT:,}")
+        if not 0 < self.delta < 1:  # 2 (or nan) once reached the accountant's search, a misleading error
+            raise ValueError(f"--delta {self.delta}: must be in (0, 1), e.g. 1e-6")
         unknown = sorted(set(self.mechanisms) - {"central", "distributed"})
         if unknown or not self.mechanisms:
             raise ValueError(f"--mechanisms {','.join(self.mechanisms)}: use central, distributed or both")
@@ -260,7 +265,8 @@ def plot(doc: dict, path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench privacy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", required=True, help="write the results here (and a PNG beside)")
+    p.add_argument("--json", dest="json_path", type=path_arg, required=True,
+                   help="write the results here (and a PNG beside)")
     p.add_argument("--quick", action="store_true", help="100 devices, 10 a round, 5 rounds, ε in {2, 8, inf}")
     p.add_argument("--devices", type=int, default=None, help="population (default 1000)")
     p.add_argument("--clients-per-round", type=int, default=None, help="devices asked per round (default 100)")

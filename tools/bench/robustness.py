@@ -48,6 +48,7 @@ from fedge.coordinator.robust.errors import BadRobustParameter
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.beside_json import check_beside
+from fedge.tools.cli_args import path_arg
 from fedge.tools.simulate.adversary import AttackSpec
 from fedge.tools.simulate.errors import AttackError
 
@@ -107,21 +108,26 @@ def build_cells(grid: RobustGrid) -> list[Cell]:
     return cells
 
 
-def run_cell(grid: RobustGrid, cell: Cell) -> dict:
+def cell_config(grid: RobustGrid, cell: Cell, out: str):
+    """The cell's SimConfig (it validates itself: _check builds every cell's before any runs)."""
     from fedge.tools.simulate.config import sim_config
+
+    return sim_config(dataset=grid.dataset, devices=grid.devices, clients_per_round=grid.clients_per_round,
+                      rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
+                      attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
+                      omniscient=grid.omniscient, attack_scale=grid.attack_scale,
+                      aggregator=cell.defense.split("+")[0],
+                      guard_fraction=grid.guard_fraction, **_norm(grid),
+                      quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
+                      bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
+
+
+def run_cell(grid: RobustGrid, cell: Cell) -> dict:
     from fedge.tools.simulate.fleet import run_simulation
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedge-robust-") as out:
-        cfg = sim_config(dataset=grid.dataset, devices=grid.devices, clients_per_round=grid.clients_per_round,
-                         rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
-                         attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
-                         omniscient=grid.omniscient, attack_scale=grid.attack_scale,
-                         aggregator=cell.defense.split("+")[0],
-                         guard_fraction=grid.guard_fraction, **_norm(grid),
-                         quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
-                         bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
-        result = run_simulation(cfg)
+        result = run_simulation(cell_config(grid, cell, out))
     curve = [r["global_accuracy"] for r in result.rounds]
     tail = result.rounds[-grid.final_window:]
     backdoor = [r["backdoor_success"] for r in tail if r.get("backdoor_success") is not None]
@@ -162,6 +168,8 @@ def _check(grid: RobustGrid) -> None:
     if unknown:
         raise AttackError(f"unknown {', '.join(map(repr, unknown))}: attacks are none or {', '.join(ATTACKS)}; "
                           f"defences an aggregator ({', '.join(sorted(AGGREGATORS))}), optionally +bucketing")
+    for cell in build_cells(grid):  # --rounds 0, --guard-fraction 2, --fractions nan: every cell failed
+        cell_config(grid, cell, "unused")
 
 
 def _recorded(grid: RobustGrid) -> dict:
@@ -250,7 +258,7 @@ def _progress(i: int, n: int, row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench robustness", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", default=None,
+    p.add_argument("--json", dest="json_path", type=path_arg, default=None,
                    help="write the results here (and out.md, out.png beside)")
     p.add_argument("--render", metavar="JSON", default=None,
                    help="write the Markdown and PNG of an existing results JSON, and run nothing")
@@ -299,11 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name):
             overrides[name] = tuple(getattr(args, name).split(","))
     if args.fractions:
-        overrides["fractions"] = tuple(float(f) for f in args.fractions.split(","))
+        try:
+            overrides["fractions"] = tuple(float(f) for f in args.fractions.split(","))
+        except ValueError:  # once a traceback
+            p.error(f"--fractions {args.fractions!r}: a comma list of attacker shares, e.g. 0.1,0.3")
     grid = replace(grid, **overrides)
     try:
         _check(grid)
-    except (BadRobustParameter, AttackError) as exc:
+    except (BadRobustParameter, AttackError, ConfigError) as exc:
         p.error(str(exc))
     doc = run(grid, args.json_path, quick=args.quick)
     print(f"wrote {args.json_path}: {len(doc['cells'])} cells, {len(doc['errors'])} errors, "

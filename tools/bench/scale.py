@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.cli_args import MAX_COUNT, path_arg
 
 TARGET_PEAK_RSS_BYTES = 2_000_000_000  # issue 14: 10,000 devices in at most 2 GB
 
@@ -53,6 +55,12 @@ class ScaleGrid:
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 1 or self.clients_per_round < 1 or self.rounds < 1:
             raise ValueError("need sizes >= 1, clients_per_round >= 1 and rounds >= 1")
+        if max(self.sizes) > MAX_COUNT:  # 10**30: a traceback from numpy
+            raise ValueError(f"--sizes {max(self.sizes)}: at most {MAX_COUNT:,} devices")
+        # each size runs in a child process: SimConfig's refusal there was a traceback
+        if not (0 <= self.alpha < math.inf and 0 <= self.beta < math.inf) or self.seed < 0:
+            raise ValueError(f"--alpha {self.alpha} --beta {self.beta} --seed {self.seed}: need α and β >= 0 and "
+                             f"finite, seed >= 0")
 
 
 def peak_rss_bytes() -> int:
@@ -112,7 +120,7 @@ def run(grid: ScaleGrid, json_path, progress=print) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench scale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", help="write the results here")
+    p.add_argument("--json", dest="json_path", type=path_arg, help="write the results here")
     p.add_argument("--sizes", default=None, help="comma list of fleet sizes (default 1000,3000,10000)")
     p.add_argument("--clients-per-round", type=int, default=None, help="devices per round (default 100)")
     p.add_argument("--rounds", type=int, default=None, help="rounds per run (default 5)")

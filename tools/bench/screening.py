@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.cli_args import MAX_COUNT, path_arg
 
 
 def _round(k: int, flipped: float, shapes: dict, rng: np.random.Generator) -> list[dict]:
@@ -101,7 +102,7 @@ def run(inputs: tuple[int, ...], guard_fraction: float, flipped: float, repeats:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench screening", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", required=True, help="write the results here")
+    p.add_argument("--json", dest="json_path", type=path_arg, required=True, help="write the results here")
     p.add_argument("--inputs", default="10,30,100", help="comma list of updates per round (default 10,30,100)")
     p.add_argument("--guard-fraction", type=float, default=0.1, help="share of MNIST-5k in the guard set (0.1 = 500)")
     p.add_argument("--flipped", type=float, default=0.2, help="share of each round's updates sign-flipped")
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if not inputs or min(inputs) < 1 or args.repeats < 1 or not 0 < args.guard_fraction <= 0.5 \
             or not 0 <= args.flipped < 0.5:
         p.error("--inputs >= 1 each, --repeats >= 1, --guard-fraction in (0, 0.5], --flipped in [0, 0.5)")
+    if max(inputs) > MAX_COUNT or args.repeats > MAX_COUNT:  # --repeats 10**30 ran for ever
+        p.error(f"--inputs and --repeats: at most {MAX_COUNT:,}")
     doc = run(inputs, args.guard_fraction, args.flipped, args.repeats)
     path = Path(args.json_path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
 from fedge.tools.beside_json import check_beside
+from fedge.tools.cli_args import path_arg
 
 from .config import (
     DATASETS,
@@ -33,12 +34,13 @@ from .flag_checks import check_options_apply
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d, c = SimConfig(), SIM_COORDINATOR
     h, z = c.hyper, c.compression
-    p.add_argument("--config", metavar="FILE.toml",
+    p.add_argument("--config", metavar="FILE.toml", type=path_arg,
                    help="coordinator settings from this TOML: its [coordinator] table (the file `fedge coordinator "
                         "serve` reads) or a plain coordinator config; the flags below override it. Default: the "
                         "simulator's preset (the coordinator's defaults; 2 epochs of SGD, batch 20, lr 0.02, "
                         "momentum 0.9)")
-    p.add_argument("--device-config", metavar="FILE.toml", help="every device's [eligibility] (used with mqtt "
+    p.add_argument("--device-config", metavar="FILE.toml", type=path_arg,
+                   help="every device's [eligibility] (used with mqtt "
                    "profiles) and [agent] timings from this device TOML (the file `fedge device run` reads)")
     p.add_argument("--devices", type=int, default=d.devices, help="simulated devices (default %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
@@ -48,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
                    help="mnist5k, digits (shipped in pip wheels) or synthetic (FedProx's synthetic(α, β), "
                         "generated: one device per generated client, any number of devices)")
-    p.add_argument("--data", dest="data_dir", metavar="DIR",
+    p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
     p.add_argument("--standardize", action="store_true",
                    help="each device standardizes its features with its own training mean and std (for raw "
@@ -60,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=None,
                    help=f"synthetic: β, how much the devices' inputs differ (default {SYNTHETIC_BETA})")
     p.add_argument("--classes-per-client", type=int, default=d.classes_per_client, help="labels per device for shards")
-    p.add_argument("--model", help="model spec: a TOML file or a built-in name (default: chosen for the data)")
+    p.add_argument("--model", type=path_arg,
+                   help="model spec: a TOML file or a built-in name (default: chosen for the data)")
     p.add_argument("--backend", default=d.backend, choices=("auto", "portable", "ort-training", "numpy"))
     # Coordinator settings: None = the --config file's value, or the preset's (shown).
     p.add_argument("--clients-per-round", type=int, help=f"reports aggregated per round ({c.clients_per_round})")
@@ -127,10 +130,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"centered_clipping ({c.aggregator})")
     p.add_argument("--bucket-size", type=int, default=None,
                    help="bucketing: average random groups of this many updates before a keep-all aggregator (0 = off)")
-    p.add_argument("--out", dest="out_dir", default=None,
+    p.add_argument("--out", dest="out_dir", default=None, type=path_arg,
                    help="write the run to OUT_DIR/run.json and OUT_DIR/run.png (when no --json names the file)")
-    p.add_argument("--json", dest="json_path", help="write the run as JSON here (schema in tools/simulate/report.py)")
-    p.add_argument("--plot", dest="plot_path", help="PNG path (default: beside the JSON; alone: only the PNG)")
+    p.add_argument("--json", dest="json_path", type=path_arg,
+                   help="write the run as JSON here (schema in tools/simulate/report.py)")
+    p.add_argument("--plot", dest="plot_path", type=path_arg,
+                   help="PNG path (default: beside the JSON; alone: only the PNG)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 

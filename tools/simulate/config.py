@@ -17,6 +17,7 @@ ort-training backend (its SGD has no momentum; devices would decline every task)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
+from fedge.tools.cli_args import MAX_COUNT
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature")
 DATASETS = ("mnist5k", "digits", "synthetic")
@@ -95,6 +97,9 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.devices < 1 or self.rounds < 1:
             raise ConfigError("--devices and --rounds must be >= 1")
+        for name in ("devices", "rounds", "finetune_steps", "new_device_steps", "local_epochs", "central_epochs"):
+            if (getattr(self, name) or 0) > MAX_COUNT:  # 10**30 once started a run that could never end
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: at most {MAX_COUNT:,}")
         if self.data_dir is not None and not str(self.data_dir).strip():  # "" would mean the default data set
             raise ConfigError("--data: an empty path; name the folder with one .npz per client")
         if self.seed < 0:  # numpy's generators take no negative seed
@@ -117,9 +122,10 @@ class SimConfig:
             if self.partition != SimConfig.partition or self.classes_per_client != SimConfig.classes_per_client:
                 raise ConfigError("--partition and --classes-per-client do not apply to --dataset synthetic: "
                                   "each device draws its own data (set how it differs with --alpha and --beta)")
-            if not (self.split_alpha >= 0 and self.split_beta >= 0):
+            # inf once ran on to a late "data: contains NaN or Inf"; NaN fails this too
+            if not (0 <= self.split_alpha < math.inf and 0 <= self.split_beta < math.inf):
                 raise ConfigError(f"--alpha {self.split_alpha} --beta {self.split_beta}: synthetic(α, β) needs "
-                                  f"both >= 0 (0 = close to iid, 1 = strongly non-iid)")
+                                  f"both >= 0 and finite (0 = close to iid, 1 = strongly non-iid)")
         elif self.beta is not None:
             raise ConfigError("--beta applies only to --dataset synthetic (synthetic(α, β)'s input shift)")
         unknown = set(self.baselines) - {"local", "central"}

@@ -23,9 +23,8 @@ def check_options_apply(cfg: SimConfig, coordinator_flags: set[str]) -> None:
     if cfg.attack is None and (cfg.attackers != SimConfig.attackers or cfg.omniscient):
         raise ConfigError("--attackers and --omniscient need --attack")
     split = cfg.data_dir is None and not cfg.synthetic
-    if split and cfg.alpha is not None and cfg.partition != "dirichlet":
-        raise ConfigError(f"--alpha applies to --partition dirichlet and --dataset synthetic, not --partition "
-                          f"{cfg.partition}")
+    if split:
+        check_alpha_applies(cfg.partition, cfg.alpha, " and --dataset synthetic")
     if split and cfg.classes_per_client != SimConfig.classes_per_client and cfg.partition != "shards":
         raise ConfigError(f"--classes-per-client applies to --partition shards, not {cfg.partition}")
     if cfg.finetune_steps != SimConfig.finetune_steps and cfg.personalization != "finetune":
@@ -34,5 +33,17 @@ def check_options_apply(cfg: SimConfig, coordinator_flags: set[str]) -> None:
         raise ConfigError("--new-device-steps needs --new-devices")
     if cfg.broker_url and cfg.transport != "mqtt":
         raise ConfigError("--broker needs --transport mqtt")
+    for baseline in ("local", "central"):  # the epochs of a baseline the run does not train
+        if getattr(cfg, f"{baseline}_epochs") is not None and baseline not in cfg.baselines:
+            raise ConfigError(f"--{baseline}-epochs applies to --baselines {baseline}, not --baselines "
+                              f"{','.join(cfg.baselines) or '(none)'}")
     if cfg.personalization == "none" and "personal_head_from_global" in coordinator_flags:
         raise ConfigError("--personal-head-from-global: --personalization none keeps no personal head")
+
+
+def check_alpha_applies(partition: str, alpha: float | None, also: str = "") -> None:
+    """A typed --alpha (alpha not None) with a partition that splits without a concentration:
+    `simulate`, `data split` and `pretrain` refuse it alike (each once ignored it silently)."""
+    if alpha is not None and partition != "dirichlet":
+        raise ConfigError(f"--alpha applies to --partition dirichlet{also}, not --partition {partition} "
+                          f"(it takes no concentration)")
