@@ -33,6 +33,7 @@ from fedge.tools.broker.config import ACL_NAME, COORDINATOR_USER, SHIPPED, shipp
 from fedge.tools.broker.errors import ReservedUsername
 from fedge.tools.broker.passwd import BROKER_USER, generate_password, upsert_password, write_private_file
 from fedge.tools.broker.shard_users import SHARD_USER_PREFIX, is_shard_user, shard_acl, shard_users
+from fedge.tools.cli_args import path_arg
 
 MAX_ID_LEN = 64  # an X.509 Common Name holds at most 64 characters
 DEV_URL = "mqtt://127.0.0.1:1883"  # mosquitto-dev.conf
@@ -237,15 +238,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="provision", required=True)
 
     p = sub.add_parser("ca", help="create the certificate authority for mutual TLS")
-    p.add_argument("--out", required=True, help="directory for ca.crt and ca.key")
+    p.add_argument("--out", type=path_arg, required=True, help="directory for ca.crt and ca.key")
     p.add_argument("--name", default="fedge CA", help="the CA's common name")
     p.add_argument("--force", action="store_true", help="replace an existing CA (every issued cert stops working)")
 
     p = sub.add_parser("broker", help="write the Mosquitto configs and ACL (and, with --ca-dir, the server cert)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--conf-dir", help="where the files will be installed (default: --out)")
-    p.add_argument("--data-dir", help="persistence directory (default: CONF_DIR/data)")
-    p.add_argument("--ca-dir", help="issue server.crt/server.key from this CA and copy ca.crt")
+    p.add_argument("--out", type=path_arg, required=True)
+    p.add_argument("--conf-dir", type=path_arg, help="where the files will be installed (default: --out)")
+    p.add_argument("--data-dir", type=path_arg, help="persistence directory (default: CONF_DIR/data)")
+    p.add_argument("--ca-dir", type=path_arg, help="issue server.crt/server.key from this CA and copy ca.crt")
     p.add_argument("--host", action="append", default=[], help="broker DNS name or IP for the server cert (repeat)")
     p.add_argument("--force", action="store_true", help="replace an existing server key")
     p.add_argument("--shards", type=int, default=0, metavar="K",
@@ -253,21 +254,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("identity", help="a device's Ed25519 identity for secure aggregation, added to the directory")
     p.add_argument("--id", required=True, dest="device_id", help="device id")
-    p.add_argument("--out", required=True, help="directory for <id>.identity (secret)")
-    p.add_argument("--directory", required=True, help="the fleet's identities.json (created or updated; share it)")
+    p.add_argument("--out", type=path_arg, required=True, help="directory for <id>.identity (secret)")
+    p.add_argument("--directory", type=path_arg, required=True,
+                   help="the fleet's identities.json (created or updated; share it)")
     p.add_argument("--force", action="store_true", help="replace an existing identity")
 
     for name, what in (("device", "a device"), ("coordinator", "the coordinator")):
         p = sub.add_parser(name, help=f"credentials for {what}: a password entry, or a client certificate")
         if name == "device":
             p.add_argument("--id", required=True, dest="device_id", help="device id (= broker username, cert CN)")
-        p.add_argument("--out", required=True, help="directory for <id>.toml (and the cert, key, ca.crt)")
-        p.add_argument("--passwd-file", help="Mosquitto password file to add the user to (created if missing)")
+        p.add_argument("--out", type=path_arg, required=True,
+                       help="directory for <id>.toml (and the cert, key, ca.crt)")
+        p.add_argument("--passwd-file", type=path_arg,
+                       help="Mosquitto password file to add the user to (created if missing)")
         p.add_argument("--cert", action="store_true", help="issue a client certificate instead of a password")
-        p.add_argument("--ca-dir", help="the CA (for --cert; with a password, adds ca_file for mqtts://)")
+        p.add_argument("--ca-dir", type=path_arg,
+                       help="the CA (for --cert; with a password, adds ca_file for mqtts://)")
         p.add_argument("--url", help=f"broker url for the credentials (default {DEV_URL}, or {PROD_CERT_URL} "
                                      "with --cert)")
-        p.add_argument("--install-dir", help="where the cert bundle will live on the target (paths in the .toml)")
+        p.add_argument("--install-dir", type=path_arg,
+                       help="where the cert bundle will live on the target (paths in the .toml)")
         p.add_argument("--force", action="store_true", help="replace existing credentials")
         if name == "coordinator":
             p.add_argument("--shards", type=int, default=0, metavar="K",

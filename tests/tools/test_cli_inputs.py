@@ -24,6 +24,12 @@ EMPTY_PATHS = [
     ["coordinator", "privacy", "--state-dsn", ""],  # once a TypeError traceback
     ["bench", "secagg", "--json", ""], ["bench", "scale", "--json", ""], ["bench", "train-step", "--json", ""],
     ["bench", "heterogeneity", "--json", "{tmp}/h.json", "--report", ""], ["audit", "leakage", "--json", ""],
+    ["provision", "ca", "--out", ""], ["provision", "broker", "--out", ""],
+    ["provision", "broker", "--out", "{tmp}/b", "--conf-dir", ""],
+    ["provision", "broker", "--out", "{tmp}/b", "--data-dir", ""],
+    ["provision", "identity", "--id", "d1", "--out", "{tmp}/i", "--directory", ""],
+    ["provision", "device", "--id", "d1", "--out", "{tmp}/d", "--passwd-file", ""],
+    ["provision", "coordinator", "--out", "{tmp}/c", "--install-dir", ""],
 ]
 
 
