@@ -15,6 +15,7 @@ from .aggregate import AGGREGATORS
 from .async_mode.config import AsyncConfig, check_mode
 from .dp.config import PrivacyConfig, check_coordinator
 from .evaluation import EvalConfig
+from .limits import MAX_FLEET
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
 from .secagg.config import SecAggConfig, check_compatible
 from .sharding.config import check_sharding
@@ -131,8 +132,8 @@ class CoordinatorConfig:
     shard_takeover_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.clients_per_round < 1:
-            raise ConfigError("clients_per_round must be >= 1")
+        if not 1 <= self.clients_per_round <= MAX_FLEET:
+            raise ConfigError(f"clients_per_round must be in [1, {MAX_FLEET:,}], got {self.clients_per_round}")
         if not 1.0 <= self.over_selection <= MAX_OVER_SELECTION:  # NaN fails this too
             raise ConfigError(f"over_selection must be in [1.0, {MAX_OVER_SELECTION}] (1.3 = ask 30% more devices), "
                               f"got {self.over_selection}")

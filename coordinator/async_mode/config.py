@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from ..limits import MAX_FLEET
+
 MODES = ("sync", "async")
 STALENESS = ("polynomial", "constant")
 
@@ -50,10 +52,10 @@ class AsyncConfig:
     staleness_exponent: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigError("async.concurrency must be >= 1 (tasks in flight at once)")
-        if self.buffer_size < 1:
-            raise ConfigError("async.buffer_size must be >= 1 (K updates per model version)")
+        if not 1 <= self.concurrency <= MAX_FLEET:
+            raise ConfigError(f"async.concurrency must be in [1, {MAX_FLEET:,}] (tasks in flight at once)")
+        if not 1 <= self.buffer_size <= MAX_FLEET:
+            raise ConfigError(f"async.buffer_size must be in [1, {MAX_FLEET:,}] (K updates per model version)")
         if self.max_staleness < 0:
             raise ConfigError("async.max_staleness must be >= 0 (0 = only updates on the current model)")
         if self.staleness not in STALENESS:

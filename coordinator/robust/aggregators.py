@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..aggregate import AggregatorContext, WeightedMean, register_aggregator
+from ..limits import MAX_CC_ITERATIONS
 from .bucketing import bucketing
 from .clipping import centered_clipping, clip_scale
 from .coordinate import coordinate_median, trimmed_mean
@@ -64,8 +65,9 @@ class RobustConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.byzantine_fraction < 0.5:
             raise BadRobustParameter("byzantine_fraction must be in [0, 0.5)")
-        if not (self.cc_tau >= 0 and math.isfinite(self.cc_tau)) or self.cc_iterations < 1:
-            raise BadRobustParameter("cc_tau must be >= 0 (0 = running median norm) and cc_iterations >= 1")
+        if not (self.cc_tau >= 0 and math.isfinite(self.cc_tau)) or not 1 <= self.cc_iterations <= MAX_CC_ITERATIONS:
+            raise BadRobustParameter("cc_tau must be >= 0 (0 = running median norm) and cc_iterations in "
+                                     f"[1, {MAX_CC_ITERATIONS}]")
         if self.bucket_size < 0:
             raise BadRobustParameter("bucket_size must be >= 0 (0 = no bucketing)")
 

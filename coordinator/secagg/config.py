@@ -19,6 +19,8 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_for
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 
+from ..limits import MAX_FLEET, MAX_SECURITY_BITS
+
 
 class SecureAggregationConflict(ConfigError):
     """A setting that needs individual updates, with secure aggregation on."""
@@ -65,8 +67,11 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 24:
             raise ConfigError("secure_aggregation.bits must be in [2, 24] (8 and 16 are the usual)")
-        if self.neighbours < 0 or self.threshold < 0:
-            raise ConfigError("secure_aggregation.neighbours and threshold must be >= 0 (0 = chosen)")
+        if not (0 <= self.neighbours <= MAX_FLEET and 0 <= self.threshold <= MAX_FLEET):
+            raise ConfigError(f"secure_aggregation.neighbours and threshold must be in [0, {MAX_FLEET:,}] (0 = chosen)")
+        if not (1 <= self.sigma <= MAX_SECURITY_BITS and 1 <= self.eta <= MAX_SECURITY_BITS):
+            raise ConfigError(f"secure_aggregation.sigma and eta must be in [1, {MAX_SECURITY_BITS}] bits "
+                              f"(failure probabilities 2^-sigma and 2^-eta; 40 and 20 by default)")
         if self.neighbours in (1, 2, 3):
             raise ConfigError("secure_aggregation.neighbours must be 0 (chosen) or >= 4: a sparse graph's packed "
                               "shares need t = k/2 + 2 of the k neighbours")
@@ -86,8 +91,8 @@ class SecAggConfig:
             deadline, minimum = getattr(self, f"{name}_deadline_s"), getattr(self, f"{name}_min")
             if not (deadline >= 0 and math.isfinite(deadline)):
                 raise ConfigError(f"secure_aggregation.{name}_deadline_s must be >= 0 (0 = stage_deadline_s)")
-            if minimum < 0:
-                raise ConfigError(f"secure_aggregation.{name}_min must be >= 0 (0 = derived)")
+            if not 0 <= minimum <= MAX_FLEET:
+                raise ConfigError(f"secure_aggregation.{name}_min must be in [0, {MAX_FLEET:,}] (0 = derived)")
         if self.mask_min == 1:
             raise ConfigError("secure_aggregation.mask_min must be 0 (the round's quorum) or >= 2: "
                               "the sum of one masked input is that device's update")
