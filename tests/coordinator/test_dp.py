@@ -52,6 +52,28 @@ def test_a_ledger_of_unequal_rounds_composes_each():
     assert epsilon([], 1e-5) == 0.0
 
 
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_rounds_with_the_same_z_but_another_population_or_cohort_compose_each(sampling):
+    """z is fixed for a job while the eligible population and the cohort drift: each round is
+    still its own sampling event (a ledger that merged rounds by z alone charged the first
+    round's sampling rate for all of them)."""
+    ledger = [RoundCharge(1000, 100, 1.0, sampling), RoundCharge(1000, 400, 1.0, sampling),
+              RoundCharge(200, 100, 1.0, sampling), RoundCharge(1000, 100, 1.0, sampling)]
+    relation = dpa.NeighboringRelation.REPLACE_ONE if sampling == "fixed" else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+    acc = rdp.RdpAccountant(neighboring_relation=relation)
+    plain = rdp.RdpAccountant(neighboring_relation=relation)
+    for c in ledger:  # one compose per round, as _direct does
+        if sampling == "fixed":
+            acc.compose(dpa.SampledWithoutReplacementDpEvent(c.population, c.cohort, dpa.GaussianDpEvent(0.5)))
+        else:
+            acc.compose(dpa.PoissonSampledDpEvent(c.cohort / c.population, dpa.GaussianDpEvent(1.0)))
+        plain.compose(dpa.GaussianDpEvent(0.5))
+    expected = acc.get_epsilon(1e-5)
+    if sampling == "fixed":  # a fixed-size round is charged the smaller of its two valid bounds (accountant.py)
+        expected = min(expected, plain.get_epsilon(1e-5))
+    assert epsilon(ledger, 1e-5) == pytest.approx(expected, abs=1e-6)
+
+
 def _first_refused(sampling, population, cohort, z, target, delta):
     """The first round whose ε exceeds the target, from dp-accounting alone."""
     r = 1
