@@ -54,6 +54,21 @@ def test_the_charge_matches_dp_accounting_for_the_sum_the_devices_noise(z, d, n_
     assert charged == pytest.approx(acc.get_epsilon(1e-6), abs=1e-6)
 
 
+@pytest.mark.parametrize("sigma,n,d", [(0.3, 2, 10), (0.3, 5, 10), (0.25, 40, 1000), (0.5, 7, 3)])
+def test_tau_and_z_eff_match_the_paper_where_tau_is_not_negligible(sigma, n, d):
+    """At the sigmas rounds use tau is below 1e-100, so the test above cannot see it; at sigma
+    below 1 it is most of rho: tau = 10 sum_{j=1}^{n-1} exp(-2 pi^2 sigma^2 j / (j + 1)), by the
+    same plain loop."""
+    from fedge.coordinator.dp.distributed import effective_noise_multiplier, tau
+
+    loop = 0.0
+    for k in range(1, n):
+        loop += 10 * math.exp(-2 * math.pi ** 2 * sigma ** 2 * k / (k + 1))
+    assert tau(sigma, n) == pytest.approx(loop, rel=1e-12) and loop > 0.1
+    rounded = ddg.rounded_bound(3.0, d)
+    assert effective_noise_multiplier(sigma, n, rounded, d) == pytest.approx(_paper_z_eff(sigma, n, 3.0, d), rel=1e-12)
+
+
 def test_rounding_costs_little_noise_at_16_bits():
     """Where the grid is fine (m = 16), rounding inflates the sensitivity by well under 1%."""
     p = params_for(1.0, 0.5, 2.0 / math.sqrt(610), 610, 80, 100, 16)
