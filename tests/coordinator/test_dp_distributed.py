@@ -69,6 +69,29 @@ def test_tau_and_z_eff_match_the_paper_where_tau_is_not_negligible(sigma, n, d):
     assert effective_noise_multiplier(sigma, n, rounded, d) == pytest.approx(_paper_z_eff(sigma, n, 3.0, d), rel=1e-12)
 
 
+def test_the_round_is_calibrated_for_the_lowest_quorum_before_unmask():
+    """A secure round commits with as few masked inputs as the lowest quorum of its stages up
+    to the mask stage (secagg/private.py): here the mask stage's 5 of the 10 asked, below the
+    other stages' 8. The noise the devices add must reach z for a sum of those 5, by the paper's
+    formula; calibrated for 8 it would fall short whenever only 5 masked inputs arrive."""
+    from types import SimpleNamespace
+
+    from fedge.coordinator.dp.round import RoundPlan
+    from fedge.coordinator.rounds import Limits
+    from fedge.coordinator.secagg.private import private_spec
+
+    d, z, clip = 610, 1.0, 0.5
+    base = SecAggSpec(bits=16, field_bits=16, clip_range=2.0 / math.sqrt(d))
+    plan = RoundPlan(1000, 10, z, clip, 10, 1e-6, 5.0, 0.1, mechanism="distributed")
+    limits = tuple(Limits(10, quorum, 60.0) for quorum in (8, 8, 5, 1))  # advertise, share, mask, unmask
+    machine = SimpleNamespace(round_id=1, selected=tuple(f"d{i}" for i in range(10)), limits=limits)
+    spec = private_spec(base, plan, machine, d, 16)
+    assert spec.dp_clip_norm == clip and spec.field_bits == 16
+    at_least = _paper_z_eff(spec.dp_sigma, 5, clip / spec.dp_gamma, d)
+    assert at_least >= z * (1 - 1e-9)
+    assert _paper_z_eff(spec.dp_sigma, 4, clip / spec.dp_gamma, d) < z  # the smallest sigma that does
+
+
 def test_rounding_costs_little_noise_at_16_bits():
     """Where the grid is fine (m = 16), rounding inflates the sensitivity by well under 1%."""
     p = params_for(1.0, 0.5, 2.0 / math.sqrt(610), 610, 80, 100, 16)
