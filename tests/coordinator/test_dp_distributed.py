@@ -92,6 +92,21 @@ def test_the_round_is_calibrated_for_the_lowest_quorum_before_unmask():
     assert _paper_z_eff(spec.dp_sigma, 4, clip / spec.dp_gamma, d) < z  # the smallest sigma that does
 
 
+@pytest.mark.parametrize("ratio,n,m,sigma,d,kappa", [(3.0, 10, 12, 200.0, 10, 0), (0.5, 50, 16, 800.0, 1000, 0),
+                                                      (3.0, 10, 12, 150.0, 10, 100), (7.25, 4, 10, 60.0, 64, 0)])
+def test_the_wrap_bound_is_the_union_bound_over_the_headroom_the_rounded_signal_leaves(ratio, n, m, sigma, d, kappa):
+    """P(wrap) <= 2 d exp(-t^2 / (2 n sigma^2)), t = 2^(m-1) - 1 - n max(c / gamma + 1, kappa / 2):
+    each of n devices' rounded coordinate is at most c / gamma + 1 (the L-inf clip, then rounding
+    up), which on a coarse grid is far from c / gamma alone."""
+    from fedge.coordinator.dp.distributed import wrap_log2
+
+    gamma = 0.01
+    headroom = 2 ** (m - 1) - 1 - n * max(ratio + 1, kappa / 2)
+    bound = 2 * d * math.exp(-headroom ** 2 / (2 * n * sigma ** 2))
+    assert 0 < headroom and 0 < bound < 1
+    assert wrap_log2(gamma, sigma, ratio * gamma, d, n, m, kappa) == pytest.approx(math.log2(bound), rel=1e-9)
+
+
 def test_rounding_costs_little_noise_at_16_bits():
     """Where the grid is fine (m = 16), rounding inflates the sensitivity by well under 1%."""
     p = params_for(1.0, 0.5, 2.0 / math.sqrt(610), 610, 80, 100, 16)
