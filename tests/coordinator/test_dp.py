@@ -52,6 +52,28 @@ def test_a_ledger_of_unequal_rounds_composes_each():
     assert epsilon([], 1e-5) == 0.0
 
 
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_rounds_with_the_same_z_but_another_population_or_cohort_compose_each(sampling):
+    """z is fixed for a job while the eligible population and the cohort drift: each round is
+    still its own sampling event (a ledger that merged rounds by z alone charged the first
+    round's sampling rate for all of them)."""
+    ledger = [RoundCharge(1000, 100, 1.0, sampling), RoundCharge(1000, 400, 1.0, sampling),
+              RoundCharge(200, 100, 1.0, sampling), RoundCharge(1000, 100, 1.0, sampling)]
+    relation = dpa.NeighboringRelation.REPLACE_ONE if sampling == "fixed" else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+    acc = rdp.RdpAccountant(neighboring_relation=relation)
+    plain = rdp.RdpAccountant(neighboring_relation=relation)
+    for c in ledger:  # one compose per round, as _direct does
+        if sampling == "fixed":
+            acc.compose(dpa.SampledWithoutReplacementDpEvent(c.population, c.cohort, dpa.GaussianDpEvent(0.5)))
+        else:
+            acc.compose(dpa.PoissonSampledDpEvent(c.cohort / c.population, dpa.GaussianDpEvent(1.0)))
+        plain.compose(dpa.GaussianDpEvent(0.5))
+    expected = acc.get_epsilon(1e-5)
+    if sampling == "fixed":  # a fixed-size round is charged the smaller of its two valid bounds (accountant.py)
+        expected = min(expected, plain.get_epsilon(1e-5))
+    assert epsilon(ledger, 1e-5) == pytest.approx(expected, abs=1e-6)
+
+
 def _first_refused(sampling, population, cohort, z, target, delta):
     """The first round whose ε exceeds the target, from dp-accounting alone."""
     r = 1
@@ -175,3 +197,27 @@ def test_a_noise_multiplier_past_dp_accountings_float_range_is_refused_by_name()
     assert epsilon([RoundCharge(1000, 100, 1e8)], 1e-6) < 1e-3  # still within its range
     with pytest.raises(ConfigError, match="noise_multiplier 1e\\+09"):
         epsilon([RoundCharge(1000, 100, 1e9)], 1e-6)
+
+
+def test_a_clipped_sum_counts_as_the_add_calls_it_stands_for():
+    """DpMean.add_clipped_sum (a sharded round's workers clip and sum): `count` deltas already
+    clipped and summed leave what `count` add calls leave, the count included (a sharded
+    round's participants, SCAFFOLD's |S|, are read from it), and the same seeded noise gives the
+    same release."""
+    from fedge.coordinator.aggregate import AggregatorContext, UpdateMeta
+    from fedge.coordinator.dp.round import DpMean, RoundPlan
+
+    plan = RoundPlan(100, 10, 1.0, 0.5, 10, 1e-5, 8.0, 0.1)
+    rng = np.random.default_rng(4)
+    deltas = [{"w": rng.normal(size=(3, 2)), "b": rng.normal(size=(2,))} for _ in range(5)]
+    ctx = AggregatorContext(round_id=3, seed=9)  # rng() is the same seeded stream each call
+    one, summed = DpMean(plan, ctx.rng), DpMean(plan, ctx.rng)
+    for d in deltas:
+        one.add(d, UpdateMeta("d", 1.0))
+    clipped = [clip_to_norm(d, 0.5)[0] for d in deltas]
+    summed.add_clipped_sum({k: sum(c[k] for c in clipped[:2]) for k in ("w", "b")}, 2)
+    summed.add_clipped_sum({k: sum(c[k] for c in clipped[2:]) for k in ("w", "b")}, 3)
+    assert summed.count == one.count == 5
+    released, expected = summed.result(), one.result()
+    for k in expected:
+        np.testing.assert_allclose(released[k], expected[k], rtol=1e-6, atol=1e-7)

@@ -43,16 +43,20 @@ def _plan(clip, w=100, sigma=5.0, z=1.0, quantile=0.5, lr=0.2):
                      count_stddev=sigma, target_quantile=quantile, clip_lr=lr)
 
 
-def test_one_round_moves_s_by_the_noised_fraction_drawn_after_the_deltas_noise():
-    plan = _plan(1.0, w=4)
+@pytest.mark.parametrize("w,norms", [(4, (0.5, 0.9, 1.5, 3.0)), (5, (0.5, 0.9, 3.0))])
+def test_one_round_moves_s_by_the_noised_fraction_drawn_after_the_deltas_noise(w, norms):
+    """b~ = (sum_i b_i + N(0, sigma_b^2)) / W, W the expected cohort fixed before the round
+    whoever drops out (DP-FedAvg's fixed denominator): 3 reports of W = 5 in the second case;
+    dividing by the reports would make the released S depend on how many answered."""
+    plan = _plan(1.0, w=w)
     ctx = AggregatorContext(round_id=7, seed=3)
     agg = DpMean(plan, ctx.rng)
-    for norm in (0.5, 0.9, 1.5, 3.0):  # two within S
+    for norm in norms:  # two within S
         agg.add({"w": np.array([norm, 0.0])}, UpdateMeta("d", 1.0, reported_norm=norm))
     agg.result()
     rng = ctx.rng()
     rng.normal(0.0, plan.delta_noise_multiplier * 1.0, size=(2,))  # the deltas' noise comes first
-    fraction = (2 - 4 / 2 + rng.normal(0.0, plan.count_stddev)) / 4 + 0.5
+    fraction = (2 - len(norms) / 2 + rng.normal(0.0, plan.count_stddev)) / w + 0.5
     assert agg.next_clip == pytest.approx(1.0 * np.exp(-0.2 * (fraction - 0.5)), rel=1e-12)
     assert agg.next_clip == pytest.approx(next_clip(1.0, fraction, 0.5, 0.2), rel=1e-12)
     assert float(agg.carry()["dp"]["clip_norm"]) == agg.next_clip

@@ -54,6 +54,59 @@ def test_the_charge_matches_dp_accounting_for_the_sum_the_devices_noise(z, d, n_
     assert charged == pytest.approx(acc.get_epsilon(1e-6), abs=1e-6)
 
 
+@pytest.mark.parametrize("sigma,n,d", [(0.3, 2, 10), (0.3, 5, 10), (0.25, 40, 1000), (0.5, 7, 3)])
+def test_tau_and_z_eff_match_the_paper_where_tau_is_not_negligible(sigma, n, d):
+    """At the sigmas rounds use tau is below 1e-100, so the test above cannot see it; at sigma
+    below 1 it is most of rho: tau = 10 sum_{j=1}^{n-1} exp(-2 pi^2 sigma^2 j / (j + 1)), by the
+    same plain loop."""
+    from fedge.coordinator.dp.distributed import effective_noise_multiplier, tau
+
+    loop = 0.0
+    for k in range(1, n):
+        loop += 10 * math.exp(-2 * math.pi ** 2 * sigma ** 2 * k / (k + 1))
+    assert tau(sigma, n) == pytest.approx(loop, rel=1e-12) and loop > 0.1
+    rounded = ddg.rounded_bound(3.0, d)
+    assert effective_noise_multiplier(sigma, n, rounded, d) == pytest.approx(_paper_z_eff(sigma, n, 3.0, d), rel=1e-12)
+
+
+def test_the_round_is_calibrated_for_the_lowest_quorum_before_unmask():
+    """A secure round commits with as few masked inputs as the lowest quorum of its stages up
+    to the mask stage (secagg/private.py): here the mask stage's 5 of the 10 asked, below the
+    other stages' 8. The noise the devices add must reach z for a sum of those 5, by the paper's
+    formula; calibrated for 8 it would fall short whenever only 5 masked inputs arrive."""
+    from types import SimpleNamespace
+
+    from fedge.coordinator.dp.round import RoundPlan
+    from fedge.coordinator.rounds import Limits
+    from fedge.coordinator.secagg.private import private_spec
+
+    d, z, clip = 610, 1.0, 0.5
+    base = SecAggSpec(bits=16, field_bits=16, clip_range=2.0 / math.sqrt(d))
+    plan = RoundPlan(1000, 10, z, clip, 10, 1e-6, 5.0, 0.1, mechanism="distributed")
+    limits = tuple(Limits(10, quorum, 60.0) for quorum in (8, 8, 5, 1))  # advertise, share, mask, unmask
+    machine = SimpleNamespace(round_id=1, selected=tuple(f"d{i}" for i in range(10)), limits=limits)
+    spec = private_spec(base, plan, machine, d, 16)
+    assert spec.dp_clip_norm == clip and spec.field_bits == 16
+    at_least = _paper_z_eff(spec.dp_sigma, 5, clip / spec.dp_gamma, d)
+    assert at_least >= z * (1 - 1e-9)
+    assert _paper_z_eff(spec.dp_sigma, 4, clip / spec.dp_gamma, d) < z  # the smallest sigma that does
+
+
+@pytest.mark.parametrize("ratio,n,m,sigma,d,kappa", [(3.0, 10, 12, 200.0, 10, 0), (0.5, 50, 16, 800.0, 1000, 0),
+                                                      (3.0, 10, 12, 150.0, 10, 100), (7.25, 4, 10, 60.0, 64, 0)])
+def test_the_wrap_bound_is_the_union_bound_over_the_headroom_the_rounded_signal_leaves(ratio, n, m, sigma, d, kappa):
+    """P(wrap) <= 2 d exp(-t^2 / (2 n sigma^2)), t = 2^(m-1) - 1 - n max(c / gamma + 1, kappa / 2):
+    each of n devices' rounded coordinate is at most c / gamma + 1 (the L-inf clip, then rounding
+    up), which on a coarse grid is far from c / gamma alone."""
+    from fedge.coordinator.dp.distributed import wrap_log2
+
+    gamma = 0.01
+    headroom = 2 ** (m - 1) - 1 - n * max(ratio + 1, kappa / 2)
+    bound = 2 * d * math.exp(-headroom ** 2 / (2 * n * sigma ** 2))
+    assert 0 < headroom and 0 < bound < 1
+    assert wrap_log2(gamma, sigma, ratio * gamma, d, n, m, kappa) == pytest.approx(math.log2(bound), rel=1e-9)
+
+
 def test_rounding_costs_little_noise_at_16_bits():
     """Where the grid is fine (m = 16), rounding inflates the sensitivity by well under 1%."""
     p = params_for(1.0, 0.5, 2.0 / math.sqrt(610), 610, 80, 100, 16)

@@ -74,6 +74,26 @@ def test_the_count_coordinate_decodes_to_the_centred_count_with_the_noise_it_cla
     assert counts.std() == pytest.approx(std, rel=0.05)
 
 
+def test_a_norm_exactly_s_counts_as_within_under_both_mechanisms():
+    """Andrew et al.'s bit is b = 1 when ||Delta|| <= S: at the edge the device's count coordinate
+    (distributed) and DpMean's count (central) agree, and the next float up is outside."""
+    from types import SimpleNamespace
+
+    from fedge.coordinator.dp.round import DpMean, RoundPlan
+
+    m, scale, above = 16, 8, float(np.nextafter(1.0, 2.0))
+    tiny = 1e-3  # N_Z(0, tiny^2) is 0 but for a chance of about 1e-200
+    rng = np.random.default_rng(0)
+    assert int(ddg.count_coordinate(1.0, 1.0, scale, tiny, m, rng)[0]) == scale // 2
+    assert int(ddg.count_coordinate(above, 1.0, scale, tiny, m, rng)[0]) == (1 << m) - scale // 2
+    plan = RoundPlan(10, 4, 1.0, 1.0, 4, 1e-5, 3.0, 0.1, delta_noise_multiplier=1.2, count_stddev=2.0,
+                     target_quantile=0.5, clip_lr=0.2)
+    agg = DpMean(plan, lambda: np.random.default_rng(0))
+    for norm in (0.5, 1.0, above, 3.0):
+        agg.add({"w": np.array([0.1, 0.0])}, SimpleNamespace(reported_norm=norm))
+    assert agg.within == 2
+
+
 def test_the_spec_refuses_an_odd_scale_or_one_without_noise():
     base = dict(field_bits=16, bits=16, dp_gamma=1e-3, dp_clip_norm=0.5)
     assert SecAggSpec(**base, dp_sigma=10.0, dp_count_scale=8).count_coordinates == 1

@@ -72,6 +72,21 @@ def test_quantize_unbiased_and_bounded_over_seeds(bits, levels):
     assert np.sum(z**2) < n + 5 * math.sqrt(2 * n), f"chi2 {np.sum(z**2):.0f} for {n} elements"
 
 
+@pytest.mark.parametrize("bits, levels", [(8, 127), (4, 7)])
+def test_quantize_scale_is_the_smallest_float32_that_keeps_the_peak_within_levels(bits, levels):
+    """scale = max|x| / L rounded *up* to a float32: float32(max|x| / L) alone rounds down about
+    half the time, and then the peak's code would need L + 1 (clipped to L: a biased code)."""
+    rng = np.random.default_rng(7)
+    rounded_down = 0
+    for peak in rng.uniform(1e-3, 1e3, size=2000):
+        codes, scale = quantize_stochastic(np.array([peak, -peak / 3]), bits, rng)
+        s = np.float32(scale)
+        assert float(s) * levels >= peak and float(np.nextafter(s, np.float32(0))) * levels < peak
+        assert codes[0] == levels
+        rounded_down += float(np.float32(peak / levels)) * levels < peak
+    assert rounded_down > 100  # the case the rounding up is for came up
+
+
 def test_quantize_codes_bracket_the_value():
     x = np.linspace(-1.0, 1.0, 21)
     codes, scale = quantize_stochastic(x, 4, np.random.default_rng(0))

@@ -125,3 +125,14 @@ def test_no_wrap_at_the_sized_field(seed):
 def test_a_field_too_small_for_the_noise_is_refused():
     with pytest.raises(ValueError, match="cannot hold"):
         params_for(1.0, 1.0, 0.1, 10_000, 50, 1000, 4)
+
+
+@pytest.mark.parametrize("m", [2, 12, 16, 31])
+def test_the_field_sum_reads_as_a_signed_integer_in_the_half_open_range(m):
+    """Two's complement by hand: t below 2^(m-1) is itself, t at or above it is t - 2^m, so the
+    range is [-2^(m-1), 2^(m-1)) and its edge 2^(m-1) reads as the most negative value."""
+    half, full = 1 << (m - 1), 1 << m
+    field = np.array([0, 1, half - 1, half, half + 1, full - 1], dtype=np.int64)
+    expected = [int(t) if t < half else int(t) - full for t in field]
+    assert ddg.signed(field, m).tolist() == expected
+    assert ddg.signed(np.array([half]), m)[0] == -half

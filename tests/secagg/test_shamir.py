@@ -187,3 +187,18 @@ def test_large_points_take_the_exact_path_and_agree_with_a_plain_lagrange_loop(s
         p = shamir.PRIME
         plain = sum(s.y * math.prod(o.x * pow(o.x - s.x, -1, p) for o in shares if o is not s) for s in shares) % p
         assert shamir.reconstruct(shares, 9) == plain == secret
+
+
+def test_a_plain_share_is_in_the_field_only_when_both_halves_are():
+    """A plain share is two field elements side by side: either half at or above the prime is
+    no share (a hostile holder's value), refused by name, not reduced mod p and used."""
+    p, low = shamir.PRIME, 2**64 - 1
+    for hi, lo, ok in [(p - 1, p - 1, True), (0, 0, True), (p, 0, False), (0, p, False), (p - 1, low, False)]:
+        assert shamir.value_in_field((hi << 64) | lo, 1) is ok, (hi, lo)
+    assert not shamir.value_in_field(2**128, 1) and not shamir.value_in_field(-1, 1)
+    assert shamir.value_in_field(p - 1, 2) and not shamir.value_in_field(p, 2)
+    rng = random.Random(5)
+    values = shamir.share_seed(shamir.random_secret(rng.randbytes), 2, [1, 2], 1, randbelow=rng.randrange)
+    off_field = (values[1] >> 64 << 64) | p  # the low half at p: 8 bytes, but no field element
+    with pytest.raises(ValueError, match="no field element"):
+        shamir.recover_seed([(1, values[0]), (2, off_field)], 2, 1)
