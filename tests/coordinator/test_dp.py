@@ -221,3 +221,19 @@ def test_a_clipped_sum_counts_as_the_add_calls_it_stands_for():
     released, expected = summed.result(), one.result()
     for k in expected:
         np.testing.assert_allclose(released[k], expected[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fit", [0, 1, 2, 3, 7, 8, 9, 63, 64, 65, 99, 100])
+def test_rounds_left_is_the_largest_count_that_fits_by_a_plain_scan(monkeypatch, fit):
+    """The binary search of rounds_left against a plain scan, on a budget where exactly `fit`
+    more rounds fit (epsilon stubbed as the ledger's length: monotone, as every accountant is),
+    at and around the powers of two where the doubling phase turns, and at the limit."""
+    import fedge.coordinator.dp.accountant as accountant
+
+    monkeypatch.setattr(accountant, "epsilon", lambda ledger, delta, method: float(len(ledger)))
+    charge = RoundCharge(1000, 100, 1.0, "poisson")
+    for spent in (0, 2):
+        ledger, target = [charge] * spent, float(spent + fit)
+        scan = next(k for k in range(1000) if accountant.epsilon([*ledger, *[charge] * (k + 1)], 0, "") > target)
+        assert rounds_left(ledger, charge, target, 1e-5, limit=100) == min(scan, 100) == fit
+    assert rounds_left([charge] * 3, charge, 2.0, 1e-5) == 0  # already over: nothing fits
