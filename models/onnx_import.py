@@ -8,8 +8,9 @@ The cut is a tensor of shape (N, features). Given by name, or found automaticall
 the first dense layer (Gemm, or MatMul with an optional Add) from which the rest of the graph is
 a chain of dense layers with Relu, Tanh, Sigmoid, LeakyRelu or GELU between them
 (onnx_activation.py), up to prediction post-processing (Softmax, ArgMax, ...), which is dropped. Weights follow the spec
-convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in, and so is
-a Mul or Div by one stored number after a layer (a classifier's temperature, logits / T).
+convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in, and so are
+a BatchNormalization after a layer (onnx_fold.py) and a Mul or Div by one stored number after it
+(a classifier's temperature, logits / T).
 
 The backbone is cut out with onnx.utils.Extractor (which runs shape inference), its input is
 renamed x and given a free batch dimension, and its output is the cut flattened to z (N, d).
@@ -35,6 +36,7 @@ from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .onnx_activation import TRAINABLE, match_activation
+from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import AFTER_PROBABILITIES, is_linear_classifier, ml_models, read_linear_classifier
 from .onnx_new_head import cut_features
@@ -189,6 +191,8 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
                     raise OnnxImportError(f"{g.where}: {_node_label(add)}: bias of shape {bias.shape} "
                                           f"for {w.shape[1]} outputs") from None
     out, users = g.follow(out)
+    if len(users) == 1 and (folded := fold_batchnorm(g.consts, users[0], w.shape[1], w, b)) is not None:
+        (w, b), (out, users) = folded, g.follow(users[0].output[0])  # Linear + BatchNorm1d: one dense layer
     scale = users[0] if len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
     s = next((g.consts[n] for n in scale.input if n != out and n in g.consts), None) if scale else None
     if s is not None and s.size == 1 and s.ndim <= 2 and float(s.flat[0]) != 0 and (

@@ -239,3 +239,33 @@ def test_a_model_exported_in_training_mode_is_refused_naming_the_node(tmp_path, 
     assert not np.allclose(runs[0], runs[1]) or not np.allclose(runs[0], alone)  # not one function of x
     with pytest.raises(OnnxImportError, match=f"{node} runs in training mode \\({how}\\).*re-export it in inference"):
         import_spec(ImportOptions(str(path)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("opset", [13, 18])
+def test_a_batchnorm_after_a_linear_is_folded_into_it(tmp_path, opset, caplog):
+    """Linear -> BatchNorm1d (eval) stayed frozen in the backbone, with a notice; the
+    BatchNormalization is now folded into the Linear (W * g / sqrt(v + eps), (b - m) * g /
+    sqrt(v + eps) + beta), so every Linear is in the tail and trains, before the classifier too.
+    Oracles: the source run by ONNX Runtime (as is, to 1e-5), the formula on torch's own
+    parameters, and the float64 numpy reference for training."""
+    torch.manual_seed(4)
+    model = _randomized(nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32, eps=1e-3), nn.ReLU(),
+                                      nn.Linear(32, 16), nn.BatchNorm1d(16), nn.Linear(16, 10))).eval()
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "bn.onnx", opset=opset)
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "bn.onnx"), head="global"))
+    assert (spec.onnx_cut, [(s.units, s.activation) for s in spec.layers]) == ("input", [(32, "relu"), (16, "none")])
+    assert "stay frozen" not in caplog.text
+    from fedge.models.onnx_import import pretrained_values
+
+    lin, bn = model[0], model[1]
+    a = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
+    want_w = lin.weight.detach().double().numpy().T * a
+    want_b = (lin.bias.detach().double().numpy() - bn.running_mean.double().numpy()) * a + bn.bias.detach().numpy()
+    values = pretrained_values(spec)
+    np.testing.assert_allclose(values["fc1.weight"], want_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values["fc1.bias"], want_b, rtol=1e-5, atol=1e-6)
+    _build_check_and_export(tmp_path / "bn.onnx", x, y, False, "logits")
