@@ -269,3 +269,29 @@ def test_a_batchnorm_after_a_linear_is_folded_into_it(tmp_path, opset, caplog):
     np.testing.assert_allclose(values["fc1.weight"], want_w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(values["fc1.bias"], want_b, rtol=1e-5, atol=1e-6)
     _build_check_and_export(tmp_path / "bn.onnx", x, y, False, "logits")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_prelu_with_one_slope_is_a_leaky_relu(tmp_path, caplog):
+    """nn.PReLU() (one slope) and nn.PReLU(k) with every slope equal compute LeakyReLU with that
+    slope, yet a PRelu moved the cut after it and froze the Linear before it. They are now read
+    as leaky_relu (the slope its negative_slope); per-feature slopes that differ are no one
+    leaky_relu and still stay frozen. Oracles: the source run by ONNX Runtime, the numpy reference."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(64, 32), nn.PReLU(init=0.3), nn.Linear(32, 16), nn.PReLU(16, init=0.05),
+                          nn.Linear(16, 10))
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "prelu.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "prelu.onnx"), head="global"))
+    assert spec.onnx_cut == "input"
+    assert [(s.units, s.activation, s.negative_slope) for s in spec.layers] == [(32, "leaky_relu", 0.3),
+                                                                                (16, "leaky_relu", 0.05)]
+    _build_check_and_export(tmp_path / "prelu.onnx", x, y, False, "logits")
+    with torch.no_grad():
+        model[3].weight[0] = 0.5  # one slope differs: per-feature PReLU, not one leaky_relu
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "mixed.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "mixed.onnx"), head="global"))
+    assert spec.onnx_cut != "input" and spec.layers == ()
+    assert "PRelu" in caplog.text and "stay frozen" in caplog.text
