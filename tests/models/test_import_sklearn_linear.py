@@ -128,3 +128,25 @@ def test_a_one_score_logistic_classifier_is_refused_as_onnx_runtime_runs_it_with
     np.testing.assert_allclose(scores, np.stack([1 - s, s], axis=1), rtol=1e-4, atol=1e-4)
     with pytest.raises(OnnxImportError, match=r"post_transform LOGISTIC with 1 score.*\[1 - s, s\], with no logistic"):
         import_spec(ImportOptions(str(path)))
+
+
+def test_coefficients_that_do_not_fit_the_input_are_a_named_error(tmp_path):
+    """A hostile LinearClassifier whose 10 coefficients make 2 rows of 5 for a 6-feature input:
+    ONNX Runtime cannot run the source (the whole-model check skips it), and the build crashed
+    in numpy's matmul with a ValueError. Now a named OnnxImportError."""
+    from onnx import TensorProto
+
+    from fedge.models.build import build_artifacts
+
+    node = helper.make_node("LinearClassifier", ["X"], ["label", "prob"], domain="ai.onnx.ml", name="lin",
+                            coefficients=[float(i) for i in range(10)], intercepts=[0.1, -0.1],
+                            classlabels_ints=[0, 1], post_transform="SOFTMAX")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, None),
+                               helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "bad.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "bad.onnx")))
+    with pytest.raises(OnnxImportError, match="layer 1 of the tail takes 5 features, but 6 reach it"):
+        build_artifacts(spec, tmp_path / "art", ort_training=False)
