@@ -5,8 +5,9 @@ the (N, units) output: y = (x @ W + b - mean) * scale / sqrt(var + epsilon) + B,
 That is one dense layer, W' = W * a and b' = (b - mean) * a + B with a = scale / sqrt(var + eps),
 so the layer trains instead of staying frozen in the backbone (the automatic cut once moved
 after the BatchNorm, with a notice). Folded only where that is exact: the node's four
-parameters are stored, one value per output feature, and no training outputs (running mean,
-running var) are read. A model exported in training mode is refused at load (onnx_source.py).
+parameters are stored, one value per output feature, finite, var + epsilon > 0, and no
+training outputs (running mean, running var) are read. A model exported in training mode is
+refused at load (onnx_source.py).
 """
 
 from __future__ import annotations
@@ -29,5 +30,8 @@ def fold_batchnorm(consts: dict[str, np.ndarray], node: onnx.NodeProto, units: i
         return None
     eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), EPSILON)
     scale, shift, mean, var = (np.asarray(p, np.float64) for p in params)
-    a = scale / np.sqrt(var + np.float64(np.float32(eps)))
+    var = var + np.float64(np.float32(eps))
+    if not (np.all(var > 0) and np.isfinite(np.stack([scale, shift, mean, var])).all()):
+        return None  # a broken file's statistics: NaN weights would train; the source's own ops stay frozen
+    a = scale / np.sqrt(var)
     return (w * a).astype(np.float32), ((b - mean) * a + shift).astype(np.float32)

@@ -295,3 +295,26 @@ def test_a_prelu_with_one_slope_is_a_leaky_relu(tmp_path, caplog):
         spec = import_spec(ImportOptions(str(tmp_path / "mixed.onnx"), head="global"))
     assert spec.onnx_cut != "input" and spec.layers == ()
     assert "PRelu" in caplog.text and "stay frozen" in caplog.text
+
+
+def test_a_batchnorm_with_broken_statistics_is_not_folded(tmp_path):
+    """A file whose BatchNorm has var + eps < 0 (or a NaN) folded into NaN weights, which the
+    whole-model check skips (the source gives NaN too) and the devices would train. Such a
+    BatchNorm is not folded: the cut moves after it, the Linear before it stays frozen."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(size=(6, 4)), "b": rng.normal(size=4), "s": np.ones(4), "beta": np.zeros(4),
+             "m": np.zeros(4), "v": np.array([1.0, -2.0, 1.0, 1.0]), "w2": rng.normal(size=(4, 3))}
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc1"),
+             helper.make_node("BatchNormalization", ["h", "s", "beta", "m", "v"], ["n"], name="bn"),
+             helper.make_node("Gemm", ["n", "w2"], ["logits"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"))).onnx_cut == "n"
+    inits["v"][1] = 2.0
+    graph.initializer[5].CopyFrom(numpy_helper.from_array(inits["v"].astype(np.float32), "v"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"))).onnx_cut == "x"  # sound statistics: folded
