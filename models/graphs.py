@@ -94,7 +94,7 @@ def build_backbone(spec: ModelSpec, values: dict[str, np.ndarray]) -> onnx.Model
     """The frozen prefix as its own graph, or None when the first layer is trainable."""
     depth = spec.backbone_depth
     if spec.onnx:
-        from .onnx_import import extract_prefix
+        from .onnx_prefix import extract_prefix
 
         prefix = extract_prefix(spec)
         if prefix is not None:  # the source's graph up to the cut, then any frozen tail layers

@@ -1,8 +1,9 @@
 """Which trainable activation (edge_runtime/kernel/activations.py) follows a dense layer in a
 source graph, if any.
 
-One node: Relu, Tanh, Sigmoid, LeakyRelu (its alpha is the layer's negative_slope), or Gelu
-(opset 20) with approximate = "none". Or GELU spelled out, as torch exports nn.GELU() below
+One node: Relu, Tanh, Sigmoid, LeakyRelu (its alpha is the layer's negative_slope), PRelu with
+one stored slope (or one per feature, all equal: a LeakyRelu), or Gelu (opset 20) with
+approximate = "none". Or GELU spelled out, as torch exports nn.GELU() below
 opset 20: x -> Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5, in whichever order and
 with Mul by 1/sqrt 2 or by 0.5 first. Rather than matching one exporter's spelling, any small
 region of elementwise nodes that starts at the layer's output and ends in one tensor is run in
@@ -41,6 +42,8 @@ def match_activation(graph, tensor: str, users: list[onnx.NodeProto]) -> Activat
     `graph`: onnx_import._Graph (consts, consumers, outputs, model)."""
     if len(users) == 1 and users[0].op_type in ONE_NODE:
         return _one_node(users[0])
+    if len(users) == 1 and users[0].op_type == "PRelu" and users[0].input[0] == tensor:
+        return _prelu(graph, users[0])
     region = _elementwise_region(graph, tensor)
     while region is not None:  # where the branches meet, then each stored-number step after it
         nodes, end = region
@@ -74,6 +77,19 @@ def _one_node(node: onnx.NodeProto) -> Activation | None:
     if node.op_type == "Gelu" and attrs.get("approximate", b"none") not in (b"none", "none"):
         return None  # the tanh approximation is not x Phi(x)
     return Activation(ONE_NODE[node.op_type], DEFAULT_NEGATIVE_SLOPE, node.output[0])
+
+
+def _prelu(graph, node: onnx.NodeProto) -> Activation | None:
+    """A PRelu whose stored slope is one number (nn.PReLU()), or one per feature all equal: that
+    is LeakyRelu with that slope. Slopes that differ, or that would broadcast the (N, units)
+    output to another shape, are no one leaky_relu: the layer stays frozen."""
+    slope = graph.consts.get(node.input[1]) if len(node.input) > 1 else None
+    if slope is None or slope.size == 0 or slope.ndim > 2 or slope.ndim == 2 and slope.shape[0] != 1:
+        return None
+    first = np.float32(slope.flat[0])
+    if not np.all(np.asarray(slope, np.float32) == first):
+        return None
+    return _one_node(helper.make_node("LeakyRelu", [node.input[0]], [node.output[0]], alpha=float(first)))
 
 
 def _elementwise_region(graph, start: str) -> tuple[list[onnx.NodeProto], str] | None:

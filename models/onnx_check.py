@@ -47,9 +47,15 @@ def check_import(spec: ModelSpec, values: dict[str, np.ndarray], backbone: onnx.
     if want is None:
         return
     h = _run_backbone(backbone, x) if backbone is not None else x.reshape(batch, -1).astype(np.float64)
-    for w, b, activation, slope in dense_tail(spec, values, head):
+    for i, (w, b, activation, slope) in enumerate(dense_tail(spec, values, head)):
+        if h.shape[1] != w.shape[0]:  # a hostile file's weights that do not fit what reaches them
+            raise OnnxImportError(f"{spec.onnx}: layer {i + 1} of the tail takes {w.shape[0]} features, but "
+                                  f"{h.shape[1]} reach it on random inputs: the file's weights do not fit its graph")
         h = activate(activation, h @ w.astype(np.float64) + b, slope)
-    if spec.onnx_keep_head and want.shape[-1] == 1 and h.shape[1] == 2:  # a binary Sigmoid head: logits [0, z]
+    if spec.onnx_keep_head and tail[-1].gives == "probabilities":  # a LinearClassifier's: softmax of the logits
+        h = np.exp(h - h.max(axis=1, keepdims=True))
+        h /= h.sum(axis=1, keepdims=True)
+    elif spec.onnx_keep_head and want.shape[-1] == 1 and h.shape[1] == 2:  # a binary Sigmoid head: logits [0, z]
         h = h[:, 1:] - h[:, :1]
     want = want.reshape(batch, -1).astype(np.float64)
     scale = max(1.0, float(np.abs(want).max()))

@@ -120,12 +120,14 @@ def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple
     return got.size == want.size and np.allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6)
 
 
-def check_post_processing(downstream, consumers, logits: str, classifier: str, where: str) -> None:
+def check_post_processing(downstream, consumers, logits: str, classifier: str, where: str,
+                          also: tuple[str, ...] = ()) -> None:
     """OnnxImportError naming the first node computed from `logits` (a kept classifier's output)
     that is not prediction post-processing fedge can drop (module docstring).
-    downstream, consumers: _Graph's (the nodes computed from a tensor; each tensor's readers)."""
+    downstream, consumers: _Graph's (the nodes computed from a tensor; each tensor's readers).
+    also: further ops allowed there (after a LinearClassifier's probabilities, a Normalizer)."""
     binary = sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
-    allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ())
+    allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ()) + also
     for node in downstream(logits):
         if node.op_type not in allowed:
             raise OnnxImportError(

@@ -8,8 +8,9 @@ The cut is a tensor of shape (N, features). Given by name, or found automaticall
 the first dense layer (Gemm, or MatMul with an optional Add) from which the rest of the graph is
 a chain of dense layers with Relu, Tanh, Sigmoid, LeakyRelu or GELU between them
 (onnx_activation.py), up to prediction post-processing (Softmax, ArgMax, ...), which is dropped. Weights follow the spec
-convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in, and so is
-a Mul or Div by one stored number after a layer (a classifier's temperature, logits / T).
+convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are folded in, and so are
+a BatchNormalization after a layer (onnx_fold.py) and a Mul or Div by one stored number after it
+(a classifier's temperature, logits / T).
 
 The backbone is cut out with onnx.utils.Extractor (which runs shape inference), its input is
 renamed x and given a free batch dimension, and its output is the cut flattened to z (N, d).
@@ -35,8 +36,9 @@ from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .onnx_activation import TRAINABLE, match_activation
-from .onnx_batch import check_any_batch, free_fixed_batch
+from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
+from .onnx_linear import AFTER_PROBABILITIES, is_linear_classifier, ml_models, read_linear_classifier
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
@@ -58,6 +60,8 @@ class DenseLayer:
     bias: np.ndarray  # (out,)
     activation: str  # kernel/activations.ACTIVATIONS
     negative_slope: float = DEFAULT_NEGATIVE_SLOPE  # leaky_relu's
+    gives: str = "logits"  # or "probabilities": a LinearClassifier's softmax(x @ W + b) (onnx_linear.py)
+    labels: np.ndarray | None = None  # the class labels the node names its outputs by, if it does
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,8 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
                     raise OnnxImportError(f"{g.where}: {_node_label(add)}: bias of shape {bias.shape} "
                                           f"for {w.shape[1]} outputs") from None
     out, users = g.follow(out)
+    if len(users) == 1 and (folded := fold_batchnorm(g.consts, users[0], w.shape[1], w, b)) is not None:
+        (w, b), (out, users) = folded, g.follow(users[0].output[0])  # Linear + BatchNorm1d: one dense layer
     scale = users[0] if len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
     s = next((g.consts[n] for n in scale.input if n != out and n in g.consts), None) if scale else None
     if s is not None and s.size == 1 and s.ndim <= 2 and float(s.flat[0]) != 0 and (
@@ -230,6 +236,14 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
                                   f"be a chain of dense layers (Gemm, or MatMul + Add, with {TRAINABLE}) "
                                   "ending at the output")
         node = users[0]
+        if is_linear_classifier(node):  # scikit-learn's linear model: always the classifier
+            w, b, out, labels = read_linear_classifier(node, tensor, g.where)
+            layers.append(DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, w, b, "none",
+                                     gives="probabilities", labels=labels))
+            if len(layers) > 1 and layers[-2].weight.shape[1] != w.shape[0]:
+                raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {w.shape[0]} features, the layer "
+                                      f"before gives {layers[-2].weight.shape[1]}")
+            break
         if node.op_type not in DENSE_OPS:
             raise OnnxImportError(f"{g.where}: {_node_label(node)} after {tensor!r}: the trainable tail takes dense "
                                   f"layers (Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after "
@@ -249,16 +263,18 @@ def find_cut(g: _Graph) -> str:
     """The earliest tensor from which the rest of the graph is a dense tail."""
     last_error = None
     for node in g.model.graph.node:
-        if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in g.consts:
+        if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in g.consts \
+                or is_linear_classifier(node):
             try:
                 parse_tail(g, node.input[0])
                 return node.input[0]
             except OnnxImportError as exc:
                 last_error = exc
     ops = sorted({n.op_type for n in g.model.graph.node})
+    holds = f"; the graph holds {', '.join(ops[:12])}{ml_models(g.model.graph)}"
     raise OnnxImportError(f"{g.where}: found no dense tail to train (no Gemm/MatMul with stored weights "
                           f"leads to the output){': ' + str(last_error) if last_error else ''}"
-                          f"{'' if last_error else '; the graph holds ' + ', '.join(ops[:12])}; for a new head alone "
+                          f"{'' if last_error else holds}; for a new head alone "
                           "on the features at a tensor NAME (e.g. the global pooling's output), give --cut NAME "
                           "with --classes K")
 
@@ -303,8 +319,9 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         batch = g.input.type.tensor_type.shape.dim[0].dim_value  # 0 where free
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx, (g.input.name, input_shape, batch))
-        check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx)
-    labels = g.class_labels(classifier.output) if keep else None
+        check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx,
+                              AFTER_PROBABILITIES if classifier.gives == "probabilities" else ())
+    labels = (g.class_labels(classifier.output) if classifier.labels is None else classifier.labels) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
         # fedge's labels are the classifier's output indices; the source's mapping is dropped
         # with the rest of its post-processing, so data labelled as the source was would be off
@@ -344,53 +361,3 @@ def pretrained_values(spec: ModelSpec) -> dict[str, np.ndarray]:
         for head in {"dual": ("global", "personal"), "global": ("global",), "personal": ("personal",)}[spec.head]:
             values[f"head_{head}.weight"], values[f"head_{head}.bias"] = tail[-1].weight, tail[-1].bias
     return {k: np.ascontiguousarray(v, np.float32) for k, v in values.items()}
-
-
-def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
-    """The source graph up to the cut, as x (N, *input_shape) -> z (N, features); None when
-    the cut is the model's input (no prefix)."""
-    model, g = _checked_source(spec)
-    source_input = g.input.name
-    if spec.onnx_cut == source_input:
-        return None
-    source_batch = 0
-    for inp in model.graph.input:  # a free batch dim, and the per-example dims the spec fixed
-        if inp.name == source_input:
-            dims = inp.type.tensor_type.shape.dim
-            source_batch = dims[0].dim_value if dims[0].HasField("dim_value") else 0
-            dims[0].Clear()
-            dims[0].dim_param = "N"
-            for d, size in zip(dims[1:], spec.input_shape):
-                d.Clear()
-                d.dim_value = size
-    del model.graph.value_info[:]  # inferred for the source's fixed batch; Extractor infers again
-    # Extractor needs the cut's type; shape inference cannot always follow a computed Reshape.
-    model.graph.value_info.append(helper.make_tensor_value_info(spec.onnx_cut, TensorProto.FLOAT, None))
-    prefix = onnx.utils.Extractor(model).extract_model([source_input], [spec.onnx_cut])
-    graph = prefix.graph
-    # x and z are the backbone's interface: a source tensor of either name moves aside.
-    rename = {"x": "x__source", "z": "z__source", source_input: "x"}
-    for node in graph.node:
-        node.input[:] = [rename.get(n, n) for n in node.input]
-        node.output[:] = [rename.get(n, n) for n in node.output]
-    for init in graph.initializer:
-        init.name = rename.get(init.name, init.name)
-    graph.input[0].name = "x"
-    cut = rename.get(spec.onnx_cut, spec.onnx_cut)
-    graph.node.append(helper.make_node("Flatten", [cut], ["z"], name="fedge_cut", axis=1))
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.onnx_features]))
-    del graph.value_info[:]
-    prefix.doc_string = f"fedge backbone: {Path(spec.onnx).name} up to {spec.onnx_cut!r}"
-    try:
-        onnx.checker.check_model(prefix)
-    except onnx.checker.ValidationError as exc:
-        raise OnnxImportError(f"{spec.onnx}: the backbone cut from it is not a valid ONNX model: "
-                              f"{str(exc).splitlines()[0][:300]}") from None
-    unchanged = None
-    if source_batch > 0:  # only a fixed batch is rewritten: keep the prefix as it was to compare
-        unchanged = onnx.ModelProto()
-        unchanged.CopyFrom(prefix)
-    changed = free_fixed_batch(prefix, source_batch)
-    check_any_batch(prefix, unchanged if changed else None, tuple(spec.input_shape), source_batch, spec.onnx)
-    return prefix

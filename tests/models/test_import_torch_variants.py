@@ -239,3 +239,82 @@ def test_a_model_exported_in_training_mode_is_refused_naming_the_node(tmp_path, 
     assert not np.allclose(runs[0], runs[1]) or not np.allclose(runs[0], alone)  # not one function of x
     with pytest.raises(OnnxImportError, match=f"{node} runs in training mode \\({how}\\).*re-export it in inference"):
         import_spec(ImportOptions(str(path)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("opset", [13, 18])
+def test_a_batchnorm_after_a_linear_is_folded_into_it(tmp_path, opset, caplog):
+    """Linear -> BatchNorm1d (eval) stayed frozen in the backbone, with a notice; the
+    BatchNormalization is now folded into the Linear (W * g / sqrt(v + eps), (b - m) * g /
+    sqrt(v + eps) + beta), so every Linear is in the tail and trains, before the classifier too.
+    Oracles: the source run by ONNX Runtime (as is, to 1e-5), the formula on torch's own
+    parameters, and the float64 numpy reference for training."""
+    torch.manual_seed(4)
+    model = _randomized(nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32, eps=1e-3), nn.ReLU(),
+                                      nn.Linear(32, 16), nn.BatchNorm1d(16), nn.Linear(16, 10))).eval()
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "bn.onnx", opset=opset)
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "bn.onnx"), head="global"))
+    assert (spec.onnx_cut, [(s.units, s.activation) for s in spec.layers]) == ("input", [(32, "relu"), (16, "none")])
+    assert "stay frozen" not in caplog.text
+    from fedge.models.onnx_import import pretrained_values
+
+    lin, bn = model[0], model[1]
+    a = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
+    want_w = lin.weight.detach().double().numpy().T * a
+    want_b = (lin.bias.detach().double().numpy() - bn.running_mean.double().numpy()) * a + bn.bias.detach().numpy()
+    values = pretrained_values(spec)
+    np.testing.assert_allclose(values["fc1.weight"], want_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values["fc1.bias"], want_b, rtol=1e-5, atol=1e-6)
+    _build_check_and_export(tmp_path / "bn.onnx", x, y, False, "logits")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_prelu_with_one_slope_is_a_leaky_relu(tmp_path, caplog):
+    """nn.PReLU() (one slope) and nn.PReLU(k) with every slope equal compute LeakyReLU with that
+    slope, yet a PRelu moved the cut after it and froze the Linear before it. They are now read
+    as leaky_relu (the slope its negative_slope); per-feature slopes that differ are no one
+    leaky_relu and still stay frozen. Oracles: the source run by ONNX Runtime, the numpy reference."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(64, 32), nn.PReLU(init=0.3), nn.Linear(32, 16), nn.PReLU(16, init=0.05),
+                          nn.Linear(16, 10))
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "prelu.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "prelu.onnx"), head="global"))
+    assert spec.onnx_cut == "input"
+    assert [(s.units, s.activation, s.negative_slope) for s in spec.layers] == [(32, "leaky_relu", 0.3),
+                                                                                (16, "leaky_relu", 0.05)]
+    _build_check_and_export(tmp_path / "prelu.onnx", x, y, False, "logits")
+    with torch.no_grad():
+        model[3].weight[0] = 0.5  # one slope differs: per-feature PReLU, not one leaky_relu
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "mixed.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "mixed.onnx"), head="global"))
+    assert spec.onnx_cut != "input" and spec.layers == ()
+    assert "PRelu" in caplog.text and "stay frozen" in caplog.text
+
+
+def test_a_batchnorm_with_broken_statistics_is_not_folded(tmp_path):
+    """A file whose BatchNorm has var + eps < 0 (or a NaN) folded into NaN weights, which the
+    whole-model check skips (the source gives NaN too) and the devices would train. Such a
+    BatchNorm is not folded: the cut moves after it, the Linear before it stays frozen."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(size=(6, 4)), "b": rng.normal(size=4), "s": np.ones(4), "beta": np.zeros(4),
+             "m": np.zeros(4), "v": np.array([1.0, -2.0, 1.0, 1.0]), "w2": rng.normal(size=(4, 3))}
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc1"),
+             helper.make_node("BatchNormalization", ["h", "s", "beta", "m", "v"], ["n"], name="bn"),
+             helper.make_node("Gemm", ["n", "w2"], ["logits"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"))).onnx_cut == "n"
+    inits["v"][1] = 2.0
+    graph.initializer[5].CopyFrom(numpy_helper.from_array(inits["v"].astype(np.float32), "v"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    assert import_spec(ImportOptions(str(tmp_path / "m.onnx"))).onnx_cut == "x"  # sound statistics: folded

@@ -1,0 +1,99 @@
+"""scikit-learn's linear classifiers, as skl2onnx writes them: one ai.onnx.ml LinearClassifier.
+
+LogisticRegression (and SGDClassifier, LinearSVC, RidgeClassifier in some versions) becomes
+scores s = x @ coefficients.T + intercepts, a post_transform of s, and a label. Imported as the
+classifier of the tail (a dense head with the coefficients and intercepts as initial values),
+only where the source's probabilities are what fedge's head computes, softmax(logits), and its
+loss is fedge's, softmax cross-entropy:
+
+    K >= 2 scores, post_transform SOFTMAX     (multinomial LogisticRegression)   logits s
+    2 scores [-s, s], 2 classes, LOGISTIC     (binary LogisticRegression)        logits [0, s]:
+                                              [sigmoid(-s), sigmoid(s)] = softmax([0, s]), the binary log-loss
+
+Refused by name, and why:
+- post_transform NONE: the scores are a decision function (LinearSVC's hinge loss, Ridge's
+  squared error), not probabilities; trained as softmax logits it would be another model.
+- LOGISTIC over K >= 3 scores (one-vs-rest): K independent sigmoids, normalized after, which is
+  no softmax over the K scores: fedge's head would give other probabilities and another loss.
+- LOGISTIC with one score row: ONNX Runtime (1.20) gives [1 - s, s] with no logistic (a probe's
+  model differed from the imported one by 4.4 on random inputs).
+- SOFTMAX_ZERO, PROBIT: not a softmax, nor the logistic function.
+A Scaler or Normalizer before it stays in the frozen backbone (ONNX Runtime runs it there).
+Other scikit-learn models (trees, SVMs with kernels, regressors) are no dense layers: the
+import's refusal names their nodes (ml_models).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .onnx_source import OnnxImportError
+
+ML_DOMAIN = "ai.onnx.ml"
+# ai.onnx.ml ops that prepare features or name predictions, not models
+ML_NOT_MODELS = ("Scaler", "Normalizer", "ZipMap", "ArrayFeatureExtractor", "Cast", "CastMap", "Imputer",
+                 "OneHotEncoder", "LabelEncoder", "Binarizer", "FeatureVectorizer", "DictVectorizer")
+AFTER_PROBABILITIES = ("Normalizer",)  # skl2onnx's L1 normalization of probabilities: keeps the prediction
+
+
+def is_linear_classifier(node: onnx.NodeProto) -> bool:
+    return node.op_type == "LinearClassifier" and node.domain == ML_DOMAIN
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def read_linear_classifier(node: onnx.NodeProto, x: str,
+                           where: str) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+    """(W (in, K), b (K,), the probabilities tensor, the class labels) of a LinearClassifier that
+    reads x, as fedge's head; OnnxImportError naming the node for the forms it is not (module doc)."""
+    label = f"{where}: {_label(node)}"
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    transform = attrs.get("post_transform", b"NONE")
+    transform = transform.decode() if isinstance(transform, bytes) else str(transform)
+    labels = np.asarray(attrs["classlabels_ints"]) if "classlabels_ints" in attrs else \
+        np.asarray([s.decode() if isinstance(s, bytes) else s for s in attrs.get("classlabels_strings", [])])
+    coef = np.asarray(attrs.get("coefficients", []), np.float64)
+    intercepts = np.asarray(attrs.get("intercepts", []), np.float64)
+    if node.input[0] != x:
+        raise OnnxImportError(f"{label}: reads {node.input[0]!r}, not {x!r}")
+    if len(node.output) < 2 or not node.output[1]:
+        raise OnnxImportError(f"{label}: gives no scores output, only labels: nothing to train a head on")
+    targets = intercepts.size
+    if targets == 0 or coef.size == 0 or coef.size % targets:
+        raise OnnxImportError(f"{label}: {coef.size} coefficients do not split into {targets} rows of intercepts")
+    w = coef.reshape(targets, -1).T
+    if targets >= 2 and targets == labels.size and transform == "SOFTMAX":
+        return w.astype(np.float32), intercepts.astype(np.float32), node.output[1], labels
+    mirrored = targets == 2 and np.array_equal(w[:, 0], -w[:, 1]) and intercepts[0] == -intercepts[1]
+    if mirrored and labels.size == 2 and transform == "LOGISTIC":
+        w2, b2 = np.hstack([np.zeros_like(w[:, -1:]), w[:, -1:]]), np.concatenate([[0.0], intercepts[-1:]])
+        return w2.astype(np.float32), b2.astype(np.float32), node.output[1], labels
+    if transform == "NONE":
+        why = ("its scores are a decision function (LinearSVC's hinge loss, a RidgeClassifier's squared error), "
+               "not probabilities: trained as softmax logits it would become another model")
+    elif transform == "LOGISTIC" and targets == 1:
+        why = ("ONNX Runtime gives one score s as [1 - s, s], with no logistic applied: not probabilities "
+               "(skl2onnx writes a binary LogisticRegression as the two scores [-s, s], which import)")
+    elif transform == "LOGISTIC":
+        why = (f"one-vs-rest logistic over {targets} scores is {targets} separate sigmoids, not one softmax: "
+               "fedge's head would give other probabilities and train another loss (multinomial "
+               "LogisticRegression exports SOFTMAX)")
+    else:
+        why = "that is neither a softmax over the scores nor a binary logistic"
+    raise OnnxImportError(f"{label}: post_transform {transform} with {targets} score(s) for {labels.size} classes; "
+                          f"{why}; fedge trains softmax cross-entropy heads: for a new head on its input give "
+                          f"--cut {x} --classes K")
+
+
+def ml_models(graph: onnx.GraphProto) -> str:
+    """'; it holds <op> node <name> (ai.onnx.ml), ...' for the ai.onnx.ml model nodes of a graph
+    (a tree ensemble, a kernel SVM, a regressor), which no dense tail can stand for; '' if none."""
+    found = [n for n in graph.node if n.domain == ML_DOMAIN and n.op_type not in ML_NOT_MODELS]
+    if not found:
+        return ""
+    return (f"; it holds {', '.join(_label(n) for n in found[:4])} ({ML_DOMAIN}): a scikit-learn model that "
+            "is no dense layer, which fedge cannot train")

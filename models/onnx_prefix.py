@@ -1,0 +1,66 @@
+"""The frozen backbone of an imported model: the source graph up to the cut (onnx_import.py),
+cut out with onnx.utils.Extractor, its input renamed x with a free batch dimension, its output
+the cut flattened to z (N, features), and checked to run on any batch (onnx_batch.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+from .onnx_batch import check_any_batch, free_fixed_batch
+from .onnx_source import OnnxImportError
+from .spec import ModelSpec
+
+
+def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
+    """The source graph up to the cut, as x (N, *input_shape) -> z (N, features); None when
+    the cut is the model's input (no prefix)."""
+    from .onnx_import import _checked_source
+
+    model, g = _checked_source(spec)
+    source_input = g.input.name
+    if spec.onnx_cut == source_input:
+        return None
+    source_batch = 0
+    for inp in model.graph.input:  # a free batch dim, and the per-example dims the spec fixed
+        if inp.name == source_input:
+            dims = inp.type.tensor_type.shape.dim
+            source_batch = dims[0].dim_value if dims[0].HasField("dim_value") else 0
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+            for d, size in zip(dims[1:], spec.input_shape):
+                d.Clear()
+                d.dim_value = size
+    del model.graph.value_info[:]  # inferred for the source's fixed batch; Extractor infers again
+    # Extractor needs the cut's type; shape inference cannot always follow a computed Reshape.
+    model.graph.value_info.append(helper.make_tensor_value_info(spec.onnx_cut, TensorProto.FLOAT, None))
+    prefix = onnx.utils.Extractor(model).extract_model([source_input], [spec.onnx_cut])
+    graph = prefix.graph
+    # x and z are the backbone's interface: a source tensor of either name moves aside.
+    rename = {"x": "x__source", "z": "z__source", source_input: "x"}
+    for node in graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for init in graph.initializer:
+        init.name = rename.get(init.name, init.name)
+    graph.input[0].name = "x"
+    cut = rename.get(spec.onnx_cut, spec.onnx_cut)
+    graph.node.append(helper.make_node("Flatten", [cut], ["z"], name="fedge_cut", axis=1))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.onnx_features]))
+    del graph.value_info[:]
+    prefix.doc_string = f"fedge backbone: {Path(spec.onnx).name} up to {spec.onnx_cut!r}"
+    try:
+        onnx.checker.check_model(prefix)
+    except onnx.checker.ValidationError as exc:
+        raise OnnxImportError(f"{spec.onnx}: the backbone cut from it is not a valid ONNX model: "
+                              f"{str(exc).splitlines()[0][:300]}") from None
+    unchanged = None
+    if source_batch > 0:  # only a fixed batch is rewritten: keep the prefix as it was to compare
+        unchanged = onnx.ModelProto()
+        unchanged.CopyFrom(prefix)
+    changed = free_fixed_batch(prefix, source_batch)
+    check_any_batch(prefix, unchanged if changed else None, tuple(spec.input_shape), source_batch, spec.onnx)
+    return prefix
