@@ -63,6 +63,14 @@ class DenseLayer:
     gives: str = "logits"  # or "probabilities": a LinearClassifier's softmax(x @ W + b) (onnx_linear.py)
     labels: np.ndarray | None = None  # the class labels the node names its outputs by, if it does
 
+    def __post_init__(self) -> None:
+        # A NaN or Inf weight trains to NaN everywhere, and the whole-model check cannot see it
+        # (the source gives non-finite values too, so the check is skipped): refused here.
+        for what, value in (("weight", self.weight), ("bias", self.bias)):
+            if not np.all(np.isfinite(value)):
+                raise OnnxImportError(f"{self.node}: its {what} holds {int(np.size(value) - np.isfinite(value).sum())} "
+                                      f"NaN or Inf value(s); a model with them cannot be fine-tuned: fix its weights")
+
 
 @dataclass(frozen=True)
 class ImportOptions:

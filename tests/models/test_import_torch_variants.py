@@ -22,6 +22,7 @@ from fedge.edge_runtime.trainer import make_backend  # noqa: E402
 from fedge.models.build import build_artifacts  # noqa: E402
 from fedge.models.export import export_model  # noqa: E402
 from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from fedge.models.onnx_source import OnnxImportError  # noqa: E402
 from tests.models.test_import_sources import HAVE_ORT_TRAINING, _digits_images, check_backends_agree  # noqa: E402
 from tests.torch_export import export  # noqa: E402
 
@@ -318,3 +319,25 @@ def test_a_batchnorm_with_broken_statistics_is_not_folded(tmp_path):
     graph.initializer[5].CopyFrom(numpy_helper.from_array(inits["v"].astype(np.float32), "v"))
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
     assert import_spec(ImportOptions(str(tmp_path / "m.onnx"))).onnx_cut == "x"  # sound statistics: folded
+
+
+@pytest.mark.parametrize("bad", ["w2", "b2"])
+def test_a_dense_layer_with_nan_weights_is_refused_naming_it(tmp_path, bad):
+    """A NaN in a tail layer's weight or bias once imported and built: the whole-model check is
+    skipped where the source itself gives NaN, and every device would have trained NaN."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(size=(6, 4)), "b": rng.normal(size=4), "w2": rng.normal(size=(4, 3)),
+             "b2": rng.normal(size=3)}
+    inits[bad].flat[1] = np.nan
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="act"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    what = "weight" if bad == "w2" else "bias"
+    with pytest.raises(OnnxImportError, match=f"fc2: its {what} holds 1 NaN or Inf"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
