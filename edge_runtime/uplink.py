@@ -19,7 +19,6 @@ from dataclasses import replace
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import decode_message, encode_message
-from .kernel.errors import CodecError
 from .kernel.protocol import Decline
 
 log = logging.getLogger("fedge.agent")
@@ -69,21 +68,11 @@ class Uplink:
         items = self.journal.pending.items()
         # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
         self.next_republish = now + self.republish_s * 2 ** self.unacked_resends
-        sent = 0
+        # Every frame here decodes: the journal sets aside at start a kept file that does not
+        # (a bad sector; DeviceJournal._set_aside_foreign), and what it keeps later it encoded.
         for item in items:
-            try:
-                self._send(item.payload)
-            except CodecError as exc:
-                # A kept frame that no longer decodes (a bad sector on an SD card: the frame's
-                # checksum says so) can never be sent. Raising here stopped every start of the
-                # device (systemd restarted it into the same file) and every resend of the
-                # updates listed after it; it is set aside by name (`.damaged`), not deleted.
-                log.warning("device %s: set aside kept update %s of round %d: unreadable on disk: %s (now %s)",
-                            self.device_id, item.update_id, item.round_id, exc,
-                            self.journal.pending.set_aside(item.update_id))
-                continue
-            sent += 1
-        return sent
+            self._send(item.payload)
+        return len(items)
 
     def retarget(self, task_id: str, shard: int) -> None:
         """The task came again naming `shard`: its update goes there from now on (this run)."""
