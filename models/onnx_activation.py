@@ -22,6 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE, activate
 
+from .onnx_probe import quiet_session
+
 ONE_NODE = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyRelu": "leaky_relu", "Gelu": "gelu"}
 SPELLED_OUT_OPS = frozenset({"Div", "Mul", "Add", "Sub", "Erf", "Pow", "Sqrt", "Tanh", "Identity"})
 MAX_SPELLED_OUT = 10  # nodes; torch's erf GELU is 5, its tanh approximation 8
@@ -120,8 +122,6 @@ def _elementwise_region(graph, start: str) -> tuple[list[onnx.NodeProto], str] |
 
 def _computes_gelu(graph, start: str, nodes: list[onnx.NodeProto], end: str) -> bool:
     """Run the region alone in onnxruntime on PROBE and compare it with x Phi(x)."""
-    import onnxruntime as ort  # the build's environment has it (onnx_batch.py)
-
     needed = {i for n in nodes for i in n.input if i and i in graph.consts and i != start}
     inits = [numpy_helper.from_array(np.asarray(graph.consts[name]), name) for name in sorted(needed)]
     region = helper.make_graph(nodes, "fedge-activation-probe",
@@ -130,8 +130,7 @@ def _computes_gelu(graph, start: str, nodes: list[onnx.NodeProto], end: str) -> 
     model = helper.make_model(region, opset_imports=graph.model.opset_import)
     model.ir_version = graph.model.ir_version
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        (got,) = session.run(None, {start: PROBE})
+        (got,) = quiet_session(model).run(None, {start: PROBE})
     except Exception:  # noqa: BLE001 - a region onnxruntime refuses alone is not a GELU we can train
         return False
     want = activate("gelu", PROBE.astype(np.float64))

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .onnx_probe import quiet_session
 from .onnx_source import OnnxImportError, stored_tensors, subgraphs
 
 
@@ -109,9 +110,7 @@ def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, 
 
     def session(model: onnx.ModelProto):
         try:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3  # errors only: its warnings about the source's graph are not the user's
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return quiet_session(model)
         except Exception as exc:  # ORT raises its own types (Fail, InvalidGraph, NotImplemented)
             raise OnnxImportError(f"{where}: ONNX Runtime {ort.__version__} cannot load the backbone cut from it: "
                                   f"{_reason(exc)}") from None

@@ -18,10 +18,10 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from fedge.edge_runtime.kernel.activations import activate
 
+from .onnx_probe import quiet_session, run_to
 from .onnx_source import OnnxImportError
 from .spec import ModelSpec
 
@@ -66,21 +66,9 @@ def check_import(spec: ModelSpec, values: dict[str, np.ndarray], backbone: onnx.
                               "inputs): fedge misread a node of the tail; cut after it (--cut) or give --classes K")
 
 
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort  # the build's environment has it (onnx_batch.py)
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
 def _run_source(source: onnx.ModelProto, input_name: str, target: str, x: np.ndarray, where: str):
-    probe = onnx.ModelProto()
-    probe.CopyFrom(source)
-    del probe.graph.output[:]
-    probe.graph.output.append(helper.make_tensor_value_info(target, TensorProto.FLOAT, None))
     try:
-        (out,) = _session(probe).run([target], {input_name: x})
+        (out,) = run_to(source, {input_name: x}, [target])
     except Exception as exc:  # noqa: BLE001 - ORT's own types; the backbone check stands
         log.info("%s: whole-model check skipped: ONNX Runtime cannot run the source up to %r (%s)", where, target,
                  str(exc).splitlines()[0][:200])
@@ -92,5 +80,5 @@ def _run_source(source: onnx.ModelProto, input_name: str, target: str, x: np.nda
 
 
 def _run_backbone(backbone: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    (z,) = _session(backbone).run(["z"], {"x": x})
+    (z,) = quiet_session(backbone).run(["z"], {"x": x})
     return np.asarray(z, np.float64)

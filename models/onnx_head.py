@@ -19,6 +19,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from .onnx_probe import run_to
 from .onnx_source import OnnxImportError
 
 NORMALIZERS = ("Softmax", "LogSoftmax")
@@ -91,23 +92,14 @@ def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple
     softmax (LogSoftmax: its log) over the classes of the logits, on random inputs. False when
     the source cannot be run so (no input given, or ONNX Runtime refuses it)."""
     import numpy as np
-    import onnxruntime as ort  # the build's environment has it (onnx_batch.py)
 
     name, per_example, fixed_batch = source_input
     if not name:
         return False
     batch = fixed_batch if fixed_batch > 0 else 3
     x = np.random.default_rng(0).standard_normal((batch, *per_example)).astype(np.float32)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in (logits, node.output[0]))
     try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        z, got = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
-            [logits, node.output[0]], {name: x})
+        z, got = run_to(model, {name: x}, [logits, node.output[0]])
     except Exception:  # noqa: BLE001 - ORT's own types: not shown to be one softmax
         return False
     if np.size(z) != batch * classes:  # not the (N, classes) logits the spec says: nothing shown
