@@ -58,6 +58,7 @@ from .machine import (
     on_event,
 )
 from .staleness import scale, staleness_weight
+from .waiting import why_waiting
 
 STALENESS_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55)
 
@@ -71,6 +72,7 @@ class AsyncCoordinator(Coordinator):
         self._flushed = []  # records of flushes since the last tick()
         self._waiting_logged = -1  # the buffer whose wait was last explained (_say_why_waiting)
         self._rest: dict[str, float] = {}  # device -> clock seconds before which it gets no task
+        self._silent: set[str] = set()  # let a task expire, not heard from since: no new task until it is
         self._draws = 0
         self._contributions: Counter[str] = Counter()  # device -> its updates in the open buffer
         super().__init__(*args, **kwargs)
@@ -162,6 +164,7 @@ class AsyncCoordinator(Coordinator):
     def _check_in(self, msg) -> None:
         self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples, backoff.fingerprint(msg))
         device_id, now = msg.device_id, self.clock.now()
+        self._silent.discard(device_id)
         flight = self.machine.flight(device_id)
         if flight is not None:  # silent while it owes an answer: its task was probably lost
             self._send_task(device_id, flight, now)
@@ -178,6 +181,7 @@ class AsyncCoordinator(Coordinator):
     def _report(self, report: Update | Decline, sender: str | None, size: int) -> None:
         now = self.clock.now()
         self.registry.seen(sender, now)
+        self._silent.discard(sender)
         if isinstance(report, Decline):
             self._async_decline(report, sender, now)
             return
@@ -288,7 +292,10 @@ class AsyncCoordinator(Coordinator):
         for action in actions:
             if isinstance(action, Expire):
                 self.journal.drop_task(action.task_id)
+                # Not answered: it may be gone for good, and each new task would hold a slot until its
+                # deadline, again and again. It is asked again once it says something (it rests first).
                 self._rest[action.device_id] = now + self.config.pace_declined_s
+                self._silent.add(action.device_id)
             elif isinstance(action, Dispatch) and self.round is not None:
                 self._dispatch(action.count, now)
         self._gauges()
@@ -312,24 +319,22 @@ class AsyncCoordinator(Coordinator):
         return max(1, math.ceil(self.machine.buffer_size / max(1, present)))
 
     def _say_why_waiting(self, limit: int) -> None:
-        """Once per buffer, when it cannot fill: every eligible device has given its share and
-        none is training (with central DP, K needs K distinct devices; a smaller fleet waits)."""
+        """Once per buffer, when it cannot fill now (waiting.py says when, and why)."""
         rnd, eligible = self.round, self.eligible_devices()
-        in_buffer = sum(self._contributions.values())
-        if (self._waiting_logged == rnd.ctx.round_id or in_buffer >= self.machine.buffer_size or not eligible
-                or any(self.machine.flight(d) is not None or self._contributions[d] < limit for d in eligible)):
+        if self._waiting_logged == rnd.ctx.round_id:
             return
-        self._waiting_logged = rnd.ctx.round_id
-        log.warning("buffer %d waits with %d of K = %d updates: the %d eligible devices gave %d each, the most one "
-                    "device may give one buffer%s", rnd.ctx.round_id, in_buffer, self.machine.buffer_size,
-                    len(eligible), limit,
-                    " under central DP: more devices, or a smaller buffer_size" if self.privacy.enabled else "")
+        line = why_waiting(rnd.ctx.round_id, sum(self._contributions.values()), self.machine.buffer_size, eligible,
+                           {d for d, _ in self.machine.flights}, self._contributions, limit,
+                           self._silent, len(self.registry), self.privacy.enabled)
+        if line is not None:
+            self._waiting_logged = rnd.ctx.round_id
+            log.warning("%s", line)
 
     def _dispatch(self, count: int, now: float) -> None:
         limit = self._per_device_limit()
         idle = [d for d in self.eligible_devices()
                 if self.machine.flight(d) is None and self._rest.get(d, 0.0) <= now
-                and self._contributions[d] < limit]
+                and self._contributions[d] < limit and d not in self._silent]
         if not idle:
             self._say_why_waiting(limit)
             return
