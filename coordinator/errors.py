@@ -109,7 +109,8 @@ class GroupCommitFailed(FedgeError):
 
 
 class StoreCorrupt(FedgeError):
-    """The state db and its payload log disagree (payload_log.py), or stored bytes lost their
-    digest (admission.replayed): refuse to resume from them."""
+    """The state db and its payload log disagree (payload_log.py), stored bytes lost their
+    digest (admission.replayed), or the async journal holds a value fedge never writes
+    (async_mode/journal.py): refuse to resume from them."""
 
     reason = "store_corrupt"

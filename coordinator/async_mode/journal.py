@@ -25,14 +25,20 @@ are counted, rows of the open one are replayed on restart. A `kill -9`:
 
 Payloads of closed buffers are dropped lazily (`forget`); keys are kept for
 `keep_buffers` buffers.
+
+Every row read back is checked (`checked_row`): a value this code never writes (a NULL
+payload, a negative staleness, text where a number goes) stops the start with StoreCorrupt,
+naming the file, table and column.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import StoreCorrupt
 from ..group_commit import GroupCommit
 from ..sqlite_tx import immediate_transaction
 
@@ -100,7 +106,8 @@ class SqliteJournal:
             db.execute("DELETE FROM async_tasks WHERE task_id = ?", (task_id,))
 
     def tasks(self) -> list[TaskRow]:
-        return [TaskRow(*row) for row in self._db.execute(
+        """StoreCorrupt for a row whose values this code never writes (checked_row)."""
+        return [TaskRow(*checked_row(self.path, "async_tasks", _TASK_COLUMNS, row)) for row in self._db.execute(
             "SELECT task_id, device_id, round_id, base_version, deadline_wall FROM async_tasks ORDER BY rowid")]
 
     def add_update(self, row: BufferedRow, task_id: str) -> None:
@@ -112,8 +119,13 @@ class SqliteJournal:
             db.execute("DELETE FROM async_tasks WHERE task_id = ?", (task_id,))
 
     def buffered(self, buffer_id: int) -> list[BufferedRow]:
+        """The buffer's rows in acceptance order; StoreCorrupt for one this code never writes."""
         rows = self._db.execute("SELECT * FROM async_updates WHERE buffer_id = ? ORDER BY seq", (buffer_id,))
-        return [BufferedRow(*row[:8], bytes(row[8]), bytes(row[9] or b""), row[10]) for row in rows]
+        out = []
+        for row in rows:
+            row = checked_row(self.path, "async_updates", _UPDATE_COLUMNS, row)
+            out.append(BufferedRow(*row[:8], bytes(row[8]), bytes(row[9] or b""), row[10]))
+        return out
 
     def counted_digest(self, device_id: str, round_id: int, update_id: str) -> str | None:
         row = self._db.execute("SELECT digest FROM async_updates WHERE device_id = ? AND round_id = ? AND "
@@ -125,6 +137,40 @@ class SqliteJournal:
         with self._tx() as db:
             db.execute("UPDATE async_updates SET payload = NULL, control = NULL WHERE buffer_id <= ?", (closed_buffer,))
             db.execute("DELETE FROM async_updates WHERE buffer_id <= ?", (closed_buffer - self.keep_buffers,))
+
+
+# (column, what this code writes there): a row read back must still hold it, else StoreCorrupt.
+_TEXT, _COUNT, _POSITIVE, _ID = "text", "an integer >= 0", "an integer > 0", "an integer"
+_TASK_COLUMNS = (("task_id", _TEXT), ("device_id", _TEXT), ("round_id", _ID), ("base_version", _COUNT),
+                 ("deadline_wall", "a finite number"))
+_UPDATE_COLUMNS = (("device_id", _TEXT), ("round_id", _ID), ("update_id", _TEXT), ("digest", _TEXT),
+                   ("buffer_id", _ID), ("seq", _COUNT), ("staleness", _COUNT), ("num_examples", _POSITIVE),
+                   ("payload", "bytes"), ("control", "bytes or NULL"), ("reported_norm", "a number >= 0 or NULL"))
+
+
+def _holds(value, kind: str) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {
+        _TEXT: isinstance(value, str),
+        _ID: isinstance(value, int),
+        _COUNT: isinstance(value, int) and value >= 0,
+        _POSITIVE: isinstance(value, int) and value > 0,
+        "a finite number": number and math.isfinite(value),
+        "bytes": isinstance(value, bytes),
+        "bytes or NULL": value is None or isinstance(value, bytes),
+        "a number >= 0 or NULL": value is None or (number and value >= 0 and math.isfinite(value)),
+    }[kind]
+
+
+def checked_row(path: Path, table: str, columns: tuple[tuple[str, str], ...], row: tuple) -> tuple:
+    """The row as read, or StoreCorrupt naming the file, table and column: a value this code
+    never writes (a NULL payload, a negative staleness, text for a number) means the file was
+    changed by someone else, and resuming from it would crash or count it wrongly."""
+    for (name, kind), value in zip(columns, row, strict=True):
+        if not _holds(value, kind):
+            raise StoreCorrupt(f"{path}: {table}.{name} holds {value!r:.40}, not {kind}: the async journal was "
+                               "changed outside fedge")
+    return row
 
 
 class MemoryJournal:
