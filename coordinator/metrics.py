@@ -46,6 +46,7 @@ import errno
 import logging
 import re
 import time
+from collections.abc import Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
@@ -60,6 +61,7 @@ from .weights import claim_capped
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))  # seconds
 _MAX_DECLINE_LABELS = 64  # devices choose decline reasons: cap the label set they can grow
+MAX_DECLINE_REASONS = 64  # the same for the coordinator's own per-reason tallies (declines, details)
 _LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_:.-]")
 log = logging.getLogger("fedge.coordinator")
 
@@ -158,6 +160,14 @@ class CoordinatorMetrics:
             return "other"
         self._decline_labels.add(label)
         return label
+
+
+def tally_key(tally: Collection[str], reason: str) -> str:
+    """The key to count a device's decline `reason` under in `tally`: the reason itself while the
+    tally holds it or has room, else "other". Devices choose the text (up to 256 characters), and a
+    fleet that declined with a new one every round grew the coordinator's per-reason tallies for as
+    long as it ran."""
+    return reason if reason in tally or len(tally) < MAX_DECLINE_REASONS else "other"
 
 
 def _named_reasons() -> list[str]:

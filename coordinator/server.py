@@ -47,7 +47,7 @@ from .holdout import open_holdout
 from .left_out import LeftOut
 from .link import BrokerLink
 from .memory_store import MemoryStore
-from .metrics import CoordinatorMetrics, EvalMetrics
+from .metrics import CoordinatorMetrics, EvalMetrics, tally_key
 from .outbound import Outbound
 from .records import OpenRound, RoundRecord, count_uplink, open_round
 from .registry import Registry
@@ -239,11 +239,10 @@ class Coordinator(BrokerLink):
         if decline.device_id in rnd.decline_from:
             return  # counted once per device and round, so a device cannot inflate the label set
         rnd.decline_from.add(decline.device_id)
-        self.declines[decline.reason] += 1
+        self.declines[tally_key(self.declines, decline.reason)] += 1
         if backoff.is_permanent(decline.reason):
             self.registry.park(decline.device_id, decline.reason)
-        if decline.reason in self.decline_details or len(self.decline_details) < 64:  # devices pick reasons
-            self.decline_details[decline.reason] = decline.detail[:300]
+        self.decline_details[tally_key(self.decline_details, decline.reason)] = decline.detail[:300]
         self.metrics.declined(decline.reason)
         log.info("round %d: %s declined: %s", rnd.ctx.round_id, decline.device_id, decline.reason)
         if rnd.machine.expects(decline.device_id):

@@ -33,6 +33,7 @@ from ..aggregate import UpdateMeta
 from ..dp.round import RoundPlan
 from ..errors import StaleRound, StaleUpdate, UpdateRejected
 from ..guard import commit_fault
+from ..metrics import tally_key
 from ..records import OpenRound, count_uplink
 from ..rounds import SYNC, Limits, RoundMachine
 from ..sampling import sample_devices
@@ -243,7 +244,7 @@ class AsyncCoordinator(Coordinator):
             return
         self._drop(decline.device_id, flight.task_id)
         self._rest[decline.device_id] = now + self.config.pace_declined_s  # not asked again at once
-        self.declines[decline.reason] += 1
+        self.declines[tally_key(self.declines, decline.reason)] += 1
         if backoff.is_permanent(decline.reason):  # a rest would only space out the same decline: park it
             self.registry.park(decline.device_id, decline.reason)
         self.metrics.declined(decline.reason)

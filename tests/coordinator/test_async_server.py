@@ -14,6 +14,7 @@ import pytest
 from fedge.coordinator.async_mode.config import AsyncConfig
 from fedge.coordinator.async_mode.server import AsyncCoordinator
 from fedge.coordinator.dp.config import PrivacyConfig
+from fedge.coordinator.metrics import MAX_DECLINE_REASONS
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.compress import decompress_update
@@ -359,3 +360,18 @@ def test_a_permanent_decline_parks_the_device_until_it_checks_in_with_something_
     fleet.drain()
     c.tick()
     assert c.registry["m1"].parked == "" and c.machine.flight("m1") is not None
+
+
+def test_device_chosen_decline_reasons_cannot_grow_the_async_tally(model, tmp_path):
+    """As in sync mode (test_metrics.py): 64 reasons of the devices' own, then "other"."""
+    fleet, devs = _fleet(model, tmp_path, 1)
+    c = fleet.coordinator
+    for i in range(MAX_DECLINE_REASONS + 5):
+        task = devs[0].task()
+        devs[0].send(encode_message(Decline("m0", task.round_id, task.task_id, f"made-up-{i}")))
+        fleet.drain()
+        fleet.clock.advance(2 * c.config.pace_declined_s)  # past its rest
+        c.tick()
+        fleet.drain()
+    assert sum(c.declines.values()) == MAX_DECLINE_REASONS + 5
+    assert len(c.declines) == MAX_DECLINE_REASONS + 1 and c.declines["other"] == 5

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedge.coordinator.metrics import CoordinatorMetrics, serve_metrics
+from fedge.coordinator.metrics import MAX_DECLINE_REASONS, CoordinatorMetrics, serve_metrics
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.protocol import CheckIn, FetchRequest
+from fedge.edge_runtime.kernel.protocol import CheckIn, Decline, FetchRequest
 from tests.coordinator.fleet import ManualDevice, make_fleet
 from tests.tiny_model import build_tiny_model
 
@@ -167,3 +167,33 @@ def test_labelled_counters_start_at_zero_for_every_reason_fedge_names():
                  'fedge_rejections_total{reason="unknown_task"} 0.0', 'fedge_pace_total{reason="declined"} 0.0',
                  "fedge_received_bytes_total 0.0", "fedge_published_bytes_total 0.0"):
         assert line in text, line
+
+
+def test_device_chosen_decline_reasons_cannot_grow_the_coordinators_tallies(model, tmp_path):
+    """The in-process tallies (declines, decline_details; the simulator's summary reads them) had no
+    bound: one device declining each round with a new made-up reason added a key per round."""
+    fleet = make_fleet(model, tmp_path, clients_per_round=1)
+    c = fleet.coordinator
+    dev = ManualDevice(fleet, "chatty", 4)
+    fleet.drain()
+    extra = 20
+    for i in range(MAX_DECLINE_REASONS + extra):
+        fleet.clock.advance(10_000)  # past any rest and abandoned-round backoff
+        assert c.begin_round()
+        fleet.drain()
+        task = dev.task()
+        dev.send(encode_message(Decline("chatty", task.round_id, task.task_id, f"made-up-{i}", f"detail {i}")))
+        fleet.drain()
+        assert not c.tick().committed
+    dev.send(encode_message(Decline("chatty", task.round_id, task.task_id, "late", "")))  # no round open
+    fleet.drain()
+    fleet.clock.advance(10_000)
+    assert c.begin_round()
+    fleet.drain()
+    task = dev.task()
+    dev.send(encode_message(Decline("chatty", task.round_id, task.task_id, "made-up-0", "again")))
+    fleet.drain()
+    assert sum(c.declines.values()) == MAX_DECLINE_REASONS + extra + 1  # every decline counted
+    assert len(c.declines) == MAX_DECLINE_REASONS + 1  # 64 reasons of their own, then "other"
+    assert c.declines["other"] == extra and c.declines["made-up-0"] == 2  # a known reason keeps its key
+    assert set(c.decline_details) == set(c.declines) and c.decline_details["made-up-0"] == "again"
