@@ -36,6 +36,7 @@ from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .onnx_activation import TRAINABLE, match_activation
+from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import AFTER_PROBABILITIES, is_linear_classifier, ml_models, read_linear_classifier
@@ -294,6 +295,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     cut = find_cut(g) if options.cut == "auto" else options.cut
     if cut != g.input.name and not any(cut in n.output for n in model.graph.node):
         raise OnnxImportError(f"{options.onnx}: no tensor named {cut!r} in the graph")
+    check_backbone_finite(model, cut, options.onnx)  # the tail's own weights: DenseLayer
     input_shape = source_input_shape(g.input, tuple(options.input_shape), options.onnx)
     try:
         tail = parse_tail(g, cut)
