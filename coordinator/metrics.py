@@ -14,6 +14,8 @@ Series (all prefixed fedge_):
     participants_total               accepted updates over all closed rounds
     updates_accepted_total           updates accepted (counted as they arrive)
     claims_capped_total              accepted updates weighted as max_examples, below their claim
+    claims_cut_total                 accepted updates whose claimed weight the norm bound's relative
+                                     cap (weight_multiplier x the median claim) cut by more than 4x
     declines_total{reason}           declines, by the device's reason (label sanitised)
     rejections_total{reason}         refused messages, by the coordinator's named reason
     received_bytes_total / published_bytes_total  payload bytes received from / published to devices
@@ -79,6 +81,9 @@ class CoordinatorMetrics:
                                 "aggregate (robust/screening.py)", registry=r)
         self.claims_capped = Counter("fedge_claims_capped", "Accepted updates that claimed more examples than "
                                      "max_examples and were weighted as max_examples (weights.py)", registry=r)
+        self.claims_cut = Counter("fedge_claims_cut", "Accepted updates whose claimed weight the norm bound's "
+                                  "relative cap (weight_multiplier x the median claim) cut by more than 4x "
+                                  "(robust/norm_bound.py)", registry=r)
         self.excluded = Counter("fedge_updates_excluded", "Accepted updates left out of the aggregate for a norm "
                                 "over the norm bound's exclusion bound (robust/norm_bound.py)", registry=r)
         self.declines = Counter("fedge_declines", "Declines received, by device reason", ["reason"], registry=r)

@@ -36,9 +36,17 @@ from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .onnx_activation import TRAINABLE, match_activation
+from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
-from .onnx_linear import AFTER_PROBABILITIES, is_linear_classifier, ml_models, read_linear_classifier
+from .onnx_linear import (
+    AFTER_PROBABILITIES,
+    check_sklearn_scores,
+    is_linear_classifier,
+    ml_models,
+    read_linear_classifier,
+    sklearn_hint,
+)
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
@@ -282,7 +290,7 @@ def find_cut(g: _Graph) -> str:
     holds = f"; the graph holds {', '.join(ops[:12])}{ml_models(g.model.graph)}"
     raise OnnxImportError(f"{g.where}: found no dense tail to train (no Gemm/MatMul with stored weights "
                           f"leads to the output){': ' + str(last_error) if last_error else ''}"
-                          f"{'' if last_error else holds}; for a new head alone "
+                          f"{'' if last_error else holds}{sklearn_hint(g.model)}; for a new head alone "
                           "on the features at a tensor NAME (e.g. the global pooling's output), give --cut NAME "
                           "with --classes K")
 
@@ -294,6 +302,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     cut = find_cut(g) if options.cut == "auto" else options.cut
     if cut != g.input.name and not any(cut in n.output for n in model.graph.node):
         raise OnnxImportError(f"{options.onnx}: no tensor named {cut!r} in the graph")
+    check_backbone_finite(model, cut, options.onnx)  # the tail's own weights: DenseLayer
     input_shape = source_input_shape(g.input, tuple(options.input_shape), options.onnx)
     try:
         tail = parse_tail(g, cut)
@@ -329,6 +338,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
                           options.onnx, (g.input.name, input_shape, batch))
         check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx,
                               AFTER_PROBABILITIES if classifier.gives == "probabilities" else ())
+        if classifier.gives == "logits":
+            check_sklearn_scores(model, g.downstream, classifier.output, classifier.node, options.onnx)
     labels = (g.class_labels(classifier.output) if classifier.labels is None else classifier.labels) if keep else None
     if labels is not None and not (labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(labels.size))):
         # fedge's labels are the classifier's output indices; the source's mapping is dropped

@@ -19,6 +19,18 @@ Refused by name, and why:
   model differed from the imported one by 4.4 on random inputs).
 - SOFTMAX_ZERO, PROBIT: not a softmax, nor the logistic function.
 A Scaler or Normalizer before it stays in the frozen backbone (ONNX Runtime runs it there).
+
+skl2onnx writes other linear classifiers as MatMul + Add, which the importer reads as a dense
+layer (onnx_import.py), then the post-processing of their loss:
+- SGDClassifier with loss hinge, squared_hinge or perceptron, Perceptron, PassiveAggressive:
+  the raw scores, no softmax (binary: [-s, s]). A decision function, as LinearSVC's; it
+  imported silently as a softmax head on its scores (the same argmax, but another loss and
+  probabilities the source never gave). Refused by name, as post_transform NONE is
+  (check_sklearn_scores).
+- SGDClassifier(loss="log_loss") with 2 classes: a Sigmoid, imported as a two-class head [0, s]
+  (a binary LogisticRegression). With 3+ classes, one-vs-rest sigmoids (Exp, Reciprocal,
+  normalized), and modified_huber's Clip: no dense tail reaches the output, so find_cut's
+  refusal names the node; sklearn_hint says which scikit-learn linear models import.
 Other scikit-learn models (trees, SVMs with kernels, regressors) are no dense layers: the
 import's refusal names their nodes (ml_models).
 """
@@ -97,3 +109,29 @@ def ml_models(graph: onnx.GraphProto) -> str:
         return ""
     return (f"; it holds {', '.join(_label(n) for n in found[:4])} ({ML_DOMAIN}): a scikit-learn model that "
             "is no dense layer, which fedge cannot train")
+
+
+SKL2ONNX = "skl2onnx"
+PROBABILITY_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
+
+
+def sklearn_hint(model: onnx.ModelProto) -> str:
+    """For a skl2onnx source the import refused: which scikit-learn linear classifiers import."""
+    if model.producer_name != SKL2ONNX:
+        return ""
+    return ("; of scikit-learn's linear classifiers, LogisticRegression (multinomial or binary) and a binary "
+            "SGDClassifier(loss='log_loss') import with their weights")
+
+
+def check_sklearn_scores(model: onnx.ModelProto, downstream, logits: str, classifier: str, where: str) -> None:
+    """OnnxImportError where a skl2onnx classifier's kept head gives raw scores (no Softmax or
+    Sigmoid after them): a decision function, not logits of probabilities (module doc).
+    downstream: _Graph's (the nodes computed from a tensor)."""
+    if model.producer_name != SKL2ONNX or any(n.op_type in PROBABILITY_OPS for n in downstream(logits)):
+        return
+    raise OnnxImportError(
+        f"{where}: classifier {classifier!r} gives scikit-learn's raw scores, with no softmax after them: a decision "
+        "function (SGDClassifier with loss hinge, squared_hinge or perceptron, Perceptron, PassiveAggressive), not "
+        "probabilities; imported as softmax logits it would predict as the source does but train another loss, as "
+        "a LinearSVC's (post_transform NONE) would; fit a LogisticRegression to import its weights, or for a new "
+        f"head on the input give --cut {model.graph.input[0].name} --classes K")

@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .onnx_batch import check_any_batch, free_fixed_batch
+from .onnx_finite import check_backbone_finite
 from .onnx_source import OnnxImportError
 from .spec import ModelSpec
 
@@ -23,6 +24,7 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     source_input = g.input.name
     if spec.onnx_cut == source_input:
         return None
+    check_backbone_finite(model, spec.onnx_cut, spec.onnx)  # a spec file's cut, not only import_spec's
     source_batch = 0
     for inp in model.graph.input:  # a free batch dim, and the per-example dims the spec fixed
         if inp.name == source_input:

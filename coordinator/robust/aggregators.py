@@ -46,7 +46,7 @@ from .coordinate import coordinate_median, trimmed_mean
 from .errors import BadRobustParameter, RobustError
 from .flat import Params, flatten, unflatten
 from .krum import multi_krum
-from .norm_bound import ClippedMean, NormBoundConfig, NormHistory, claim_allowance, round_limits
+from .norm_bound import NOTED_CUT, ClippedMean, NormBoundConfig, NormHistory, claim_allowance, round_limits
 from .screening import ScreenConfig, screen
 
 KEEP_ALL = ("median", "trimmed_mean", "krum", "centered_clipping")
@@ -113,6 +113,7 @@ class _Base:
         self.claims: list[float] = []  # the weights as claimed (after the fixed cap), before any relative cap
         self.ids: list[str | None] = []  # device ids in arrival order, for the log of what was left out
         self.excluded_ids: list[str | None] = []  # set by mean(): the updates the norm bound's exclusion left out
+        self.weight_cut: list[tuple[str | None, float, float]] = []  # set by mean(): (id, claim, cap), NOTED_CUT
         self.result_vec: np.ndarray | None = None
 
     def add(self, tensors: Params, meta) -> None:
@@ -145,6 +146,10 @@ class _Base:
         """The cross-round state after this round, as ServerState.extra groups (aggregate.py)."""
         return {EXTRA_KEY: advance(self.prior, self, self.cfg or RobustConfig()).to_extra()}
 
+    def _note_cuts(self, cap: float) -> None:
+        """The updates whose claim the relative weight cap cut by more than NOTED_CUT (left_out.py)."""
+        self.weight_cut = [(i, c, cap) for i, c in zip(self.ids, self.claims) if c > NOTED_CUT * cap]
+
     def _add(self, vec: np.ndarray, weight: float) -> None: ...
     def _reduce(self) -> np.ndarray: ...
 
@@ -170,6 +175,7 @@ class StreamingAggregator(_Base):
 
     def _reduce(self) -> np.ndarray:
         self.excluded_ids = _left_out(self.ids, self.acc)
+        self._note_cuts(self.weight_cap)
         return self.acc.result()
 
 
@@ -194,6 +200,7 @@ class ColdStartAggregator(_Base):
         for row, weight in zip(self.rows, self.claims):
             acc.add(row, min(weight, cap), claim_allowance(self.norm_cfg, weight, median_claim))
         self.excluded_ids = _left_out(self.ids, acc)
+        self._note_cuts(cap)
         return acc.result()
 
 
@@ -244,6 +251,7 @@ class ScreenedAggregator(_Base):
 
     def _reduce(self) -> np.ndarray:
         bound, exclusion, cap = self._limits()
+        self._note_cuts(cap)
         norms = np.array(self.norms)
         median_claim = self.history_median_claim if self.task_clip < math.inf else float(np.median(self.claims))
         inside = norms <= exclusion * np.array([claim_allowance(self.norm_cfg, c, median_claim) for c in self.claims])

@@ -42,6 +42,11 @@ import numpy as np
 from .clipping import clip_scale
 from .errors import BadRobustParameter, RobustError
 
+# A claim the relative weight cap cut by more than this factor is counted (fedge_claims_cut_total)
+# and its device logged (coordinator/left_out.py): an honest fleet's claims differ by less, a
+# device that claims far more than it can have trained on (huge_weight) by more.
+NOTED_CUT = 4.0
+
 
 @dataclass(frozen=True)
 class NormBoundConfig:

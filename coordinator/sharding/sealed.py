@@ -28,5 +28,10 @@ class SealedAggregator:
         """What the norm bound's exclusion left out (robust/norm_bound.py), once result() has run."""
         return getattr(self.inner, "excluded_ids", [])
 
+    @property
+    def weight_cut(self) -> list:
+        """The claims the relative weight cap cut by more than NOTED_CUT (robust/norm_bound.py)."""
+        return getattr(self.inner, "weight_cut", [])
+
     def add(self, delta, meta) -> None:
         raise TypeError("a sharded round's updates are counted by its workers, not the leader")

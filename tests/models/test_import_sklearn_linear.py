@@ -16,7 +16,7 @@ pytest.importorskip("torch")  # test_import_torch_variants imports it
 
 from onnx import helper  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.linear_model import LogisticRegression, Perceptron, SGDClassifier  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
@@ -150,3 +150,53 @@ def test_coefficients_that_do_not_fit_the_input_are_a_named_error(tmp_path):
     spec = import_spec(ImportOptions(str(tmp_path / "bad.onnx")))
     with pytest.raises(OnnxImportError, match="layer 1 of the tail takes 5 features, but 6 reach it"):
         build_artifacts(spec, tmp_path / "art", ort_training=False)
+
+
+@pytest.mark.parametrize("clf", [SGDClassifier(loss="hinge", random_state=0),
+                                 SGDClassifier(loss="squared_hinge", random_state=0), Perceptron(random_state=0)],
+                         ids=["hinge", "squared_hinge", "perceptron"])
+def test_a_multiclass_decision_function_in_matmul_form_is_refused_as_linear_svc_s_is(tmp_path, clf):
+    """skl2onnx writes these as MatMul + Add with the raw scores as its 'probabilities': they
+    imported silently as a softmax head on the scores (the same argmax, another loss). Refused
+    by name, as LinearSVC's post_transform NONE is. Oracles: ONNX Runtime's run of the source
+    gives scikit-learn's decision_function, no probabilities; the way out the message names builds."""
+    import onnxruntime as ort
+
+    x, y = _digits()
+    clf.fit(x[:160], y[:160])
+    path = _save(clf, x, tmp_path / "sgd.onnx", zipmap=False)
+    assert [n.op_type for n in onnx.load(path).graph.node][:2] == ["MatMul", "Add"]
+    scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["probabilities"], {"X": x})[0]
+    np.testing.assert_allclose(scores, clf.decision_function(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(OnnxImportError, match=r"classifier 'MatMul' gives scikit-learn's raw scores.*decision "
+                                              r"function.*fit a LogisticRegression.*--cut X --classes K"):
+        import_spec(ImportOptions(str(path)))
+    spec = import_spec(ImportOptions(str(path), cut="X", num_classes=10))
+    assert (spec.layers, spec.num_classes, spec.onnx_keep_head) == ((), 10, False)
+
+
+def test_other_sgd_losses_refused_or_imported_and_predicting_as_scikit_learn(tmp_path):
+    """modified_huber and one-vs-rest log_loss over 10 classes were, and are, refused (no dense tail
+    reaches their output), now saying which scikit-learn linear models import; the binary
+    log_loss imports as a two-class head and predicts as its own predict (and predict_proba)."""
+    from fedge.edge_runtime.model_runtime import ModelRuntime
+    from fedge.edge_runtime.trainer import make_backend
+    from fedge.models.build import build_artifacts
+
+    x, y = _digits()
+    for loss, node in (("modified_huber", "Clip"), ("log_loss", "Exp")):
+        path = _save(SGDClassifier(loss=loss, random_state=0).fit(x[:160], y[:160]), x, tmp_path / f"{loss}.onnx",
+                     zipmap=False)
+        with pytest.raises(OnnxImportError, match=rf"{node} node .*LogisticRegression \(multinomial or binary\) "
+                                                  r"and a binary SGDClassifier\(loss='log_loss'\) import"):
+            import_spec(ImportOptions(str(path)))
+    clf = SGDClassifier(loss="log_loss", random_state=0).fit(x[:160], y[:160] % 2)
+    path = _save(clf, x, tmp_path / "binary.onnx", zipmap=False)
+    spec = import_spec(ImportOptions(str(path), head="global"))
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    logits = make_backend("portable", tmp_path / "art", manifest, "sgd").predict(
+        runtime.initial("shared"), runtime.embed(x[160:]))["global"]
+    np.testing.assert_array_equal(np.argmax(logits, axis=1), clf.predict(x[160:]))
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probs / probs.sum(axis=1, keepdims=True), clf.predict_proba(x[160:]), atol=1e-4)

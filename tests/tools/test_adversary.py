@@ -98,6 +98,44 @@ def test_poison_client_label_flip_and_backdoor():
     assert poison_client(c, AttackSpec("sign_flip"), data, np.random.default_rng(0)) is c
 
 
+def test_a_backdoor_on_flat_features_stamps_the_last_features_at_the_data_s_largest_value():
+    """Data with no image shape (`--data DIR`, synthetic): the default side was features // 7, a
+    square of 81 features for 64, and the run failed with 'trigger needs at least one feature
+    index, all >= 0'. Oracle: the trigger written out by hand."""
+    c, data = dataset()
+    flat = FederatedDataset("npz", (c,), 10, (64,), None)
+    trig = trigger_for(flat, AttackSpec("backdoor", target=3))
+    assert trig.indices == (60, 61, 62, 63) and trig.value == float(c.x_train.max()) and trig.target == 3
+    wide = FederatedDataset("npz", (c,), 10, (784,), None)  # side max(2, 28 // 7) = 4: 16 features
+    assert trigger_for(wide, AttackSpec("backdoor")).indices == tuple(range(784 - 16, 784))
+    bd = poison_client(c, AttackSpec("backdoor", target=3), flat, np.random.default_rng(0))
+    stamped = np.all(bd.x_train[:, 60:] == c.x_train.max(), axis=1)
+    assert stamped.sum() == 15 and np.all(bd.y_train[stamped] == 3)
+    for too_big, where in ((9, flat), (9, data)):  # 81 features of 64; a side of 9 on an 8 x 8 image
+        with pytest.raises(AttackError, match=r"a trigger of side 9 does not fit inputs of shape \((64,|8, 8)\)"):
+            trigger_for(where, AttackSpec("backdoor", trigger_size=too_big))
+
+
+def test_simulate_backdoor_on_a_per_file_folder_runs_and_scores_the_backdoor(tmp_path):
+    """`fedge simulate --data DIR --attack backdoor` on the digits' 64 features failed at the
+    first round with the AttackError above."""
+    import json
+
+    from fedge.tools.cli import main
+    from fedge.tools.datasets import load_digits
+
+    x, y = load_digits()
+    (tmp_path / "d").mkdir()
+    for i in range(4):
+        part = slice(i * 100, (i + 1) * 100)
+        np.savez(tmp_path / "d" / f"site-{i}.npz", x_train=x[part][:80], y_train=y[part][:80],
+                 x_test=x[part][80:], y_test=y[part][80:])
+    assert main(["simulate", "--data", str(tmp_path / "d"), "--attack", "backdoor", "--rounds", "1",
+                 "--json", str(tmp_path / "run.json")]) == 0
+    rounds = json.loads((tmp_path / "run.json").read_text())["rounds"]
+    assert 0 <= rounds[-1]["backdoor_success"] <= 1
+
+
 def test_single_update_steps():
     d = delta([1.0, -2.0, 3.0, 0.5])
     ctx = FakeCtx(1, "a")

@@ -71,8 +71,21 @@ def choose_attackers(device_ids, fraction: float, seed: int) -> frozenset[str]:
 
 
 def trigger_for(data: FederatedDataset, spec: AttackSpec) -> attacks.Trigger:
-    shape = tuple(data.image_shape[-2:] if data.image_shape else data.input_shape)
-    return attacks.corner_trigger(shape, spec.target, spec.trigger_size or max(2, shape[0] // 7))
+    """The backdoor's trigger for data's examples. Images (the shipped data sets, in [0, 1]): a
+    square of side trigger_size (0: max(2, height // 7)) in the bottom-right corner, at 1.0.
+    Flat features (`--data DIR`, synthetic: no image shape): the last side x side features, side
+    trigger_size (0: max(2, isqrt(features) // 7), about an image's share), at the largest value
+    in the devices' training data, as 1.0 is for the images. The side was the feature count // 7
+    there, a square larger than the input, and the run failed with 'trigger needs at least one
+    feature index, all >= 0'."""
+    if data.image_shape:
+        shape, value = tuple(data.image_shape[-2:]), 1.0
+        side = spec.trigger_size or max(2, shape[0] // 7)
+    else:
+        shape = tuple(data.input_shape)
+        side = spec.trigger_size or max(2, math.isqrt(int(np.prod(shape))) // 7)
+        value = max(float(np.max(c.x_train)) for c in data.clients)
+    return attacks.corner_trigger(shape, spec.target, side, value)
 
 
 def poison_client(client: ClientData, spec: AttackSpec, data: FederatedDataset, rng: np.random.Generator) -> ClientData:

@@ -230,15 +230,19 @@ class Trigger:
         return flat.reshape(x.shape)
 
 
-def corner_trigger(input_shape: tuple[int, ...], target: int, size: int = 3) -> Trigger:
-    """A size x size square in the bottom-right corner of a (H, W) image (flat for 1-D inputs), at the max value."""
+def corner_trigger(input_shape: tuple[int, ...], target: int, size: int = 3, value: float = 1.0) -> Trigger:
+    """A size x size square in the bottom-right corner of a (H, W) image (for 1-D inputs, the
+    last size x size features), at `value` (1.0: the max of images in [0, 1])."""
+    if size < 1 or (size > min(input_shape[-2:]) if len(input_shape) >= 2 else size * size > np.prod(input_shape)):
+        raise AttackError(f"backdoor: a trigger of side {size} does not fit inputs of shape {tuple(input_shape)}; "
+                          "give a smaller trigger_size")
     if len(input_shape) >= 2:
         h, w = input_shape[-2], input_shape[-1]
         idx = tuple(r * w + c for r in range(h - size, h) for c in range(w - size, w))
     else:
         n = int(np.prod(input_shape))
         idx = tuple(range(n - size * size, n))
-    return Trigger(idx, 1.0, target)
+    return Trigger(idx, float(value), target)
 
 
 def backdoor_data(x, y, trigger: Trigger, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

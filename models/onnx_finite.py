@@ -1,0 +1,88 @@
+"""Refuse an imported model whose frozen backbone stores NaN or Inf weights.
+
+The trainable tail's NaN and Inf weights are refused where the layers are read
+(onnx_import.DenseLayer), but the backbone (the source graph up to the cut) was taken as is: a
+Conv with one NaN in its kernel gave NaN features for every input, the whole-model check skips
+a source that gives non-finite values, and every device would have trained on NaN.
+
+    NaN           refused in any stored value the cut is computed from
+    +Inf, -Inf    refused where a weight-like op reads it (WEIGHT_OPS); elsewhere it may be a
+                  mask (attention's Where(mask, -inf, scores), Add(scores, mask)) or a Clip
+                  bound, which exporters write on purpose
+
+The values looked at are the stored inputs (onnx_source.stored_tensors: initializers, Constant
+values, a stored matrix's Transpose) of the nodes the cut depends on, and every stored tensor
+in the subgraphs of those nodes (If, Loop, Scan).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .onnx_source import OnnxImportError, stored_tensors, subgraphs
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "ConvInteger", "Gemm", "MatMul", "Einsum", "BatchNormalization",
+              "LayerNormalization", "InstanceNormalization", "GroupNormalization", "PRelu", "Mul",
+              "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def _counts(tensor: onnx.TensorProto) -> tuple[int, int]:
+    """(NaN values, Inf values) of a stored float tensor; (0, 0) for any other type."""
+    try:
+        value = numpy_helper.to_array(tensor)
+    except Exception:  # noqa: BLE001 - a type numpy cannot hold (bfloat16 on an old numpy): nothing to judge
+        return 0, 0
+    if value.dtype.kind not in "fc":
+        return 0, 0
+    return int(np.isnan(value).sum()), int(np.isinf(value).sum())
+
+
+def _ancestors(graph: onnx.GraphProto, cut: str) -> list[onnx.NodeProto]:
+    """The nodes `cut` is computed from, in graph order."""
+    producer = {o: n for n in graph.node for o in n.output}
+    seen, todo = set(), [cut]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(node.input)
+    return [n for n in graph.node if id(n) in seen]
+
+
+def _subgraph_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    yield from stored_tensors(graph).items()
+    for node in graph.node:
+        for sub in subgraphs(node):
+            yield from _subgraph_tensors(sub)
+
+
+def check_backbone_finite(model: onnx.ModelProto, cut: str, where: str) -> None:
+    """OnnxImportError naming the first stored value of the frozen backbone (the graph up to
+    `cut`) that holds NaN, or Inf where a weight-like op reads it, and the node that reads it."""
+    graph = model.graph
+    stored = stored_tensors(graph)
+    nodes = _ancestors(graph, cut)
+    for node in nodes:
+        for name in node.input:
+            if name not in stored:
+                continue
+            nan, inf = _counts(stored[name])
+            if nan or inf and node.op_type in WEIGHT_OPS:
+                what = f"{nan} NaN" if nan else f"{inf} Inf"
+                raise OnnxImportError(f"{where}: stored tensor {name!r}, read by {_label(node)} in the frozen "
+                                      f"backbone (before the cut {cut!r}), holds {what} value(s): it would give "
+                                      "non-finite features for every input; fix the model's weights")
+        for sub in subgraphs(node):
+            for name, tensor in _subgraph_tensors(sub):
+                if _counts(tensor)[0]:
+                    raise OnnxImportError(f"{where}: stored tensor {name!r} in a subgraph of {_label(node)} in the "
+                                          f"frozen backbone (before the cut {cut!r}) holds NaN value(s); fix the "
+                                          "model's weights")
