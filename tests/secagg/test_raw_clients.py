@@ -6,6 +6,7 @@ integer sum mod 2^m) or is abandoned by name, and the next round commits."""
 from __future__ import annotations
 
 import dataclasses
+import secrets
 
 import numpy as np
 import pytest
@@ -13,10 +14,11 @@ import pytest
 from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.secagg.round_state import SecAggRound
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
-from fedge.edge_runtime.kernel.secagg.keys import generate_keypair
+from fedge.edge_runtime.kernel.secagg import session as sess
+from fedge.edge_runtime.kernel.secagg.keys import decrypt_share, encrypt_share, generate_keypair
 from fedge.edge_runtime.kernel.secagg.messages import sealed_share_bytes
 from fedge.edge_runtime.kernel.secagg.packing import pack
-from fedge.edge_runtime.kernel.secagg.shamir import value_bytes
+from fedge.edge_runtime.kernel.secagg.shamir import PRIME, value_bytes
 from tests.coordinator.fleet import make_fleet
 from tests.secagg.raw_client import RawClient, field_sum
 from tests.secagg.test_fleet_secagg import _run_round
@@ -174,3 +176,57 @@ def test_a_wrong_phase_is_refused_by_name_and_the_others_sum_exactly(model, tmp_
     record = _run_round(fleet)
     assert fleet.coordinator.rejections[reason] >= 1, dict(fleet.coordinator.rejections)
     _check_exact(fleet, raws, record, sums, HONEST | ({"raw0"} if summed else set()))
+
+
+def _wrong_self_shares(client, reply):
+    """Boxes that open, holding the right mask-seed shares and random self-seed shares."""
+    s = client.session
+    size, box_size = value_bytes(s.packing), sealed_share_bytes(s.packing)
+    boxes = []
+    for peer in sorted(s.peers):
+        key = sess._cipher_key(s, peer)
+        box = reply.boxes[len(boxes) * box_size:(len(boxes) + 1) * box_size]
+        plain = decrypt_share(key, s.round_id, client.device_id, peer, box)
+        wrong = b"".join(secrets.randbelow(PRIME).to_bytes(8, "big") for _ in range(size // 8))
+        boxes.append(encrypt_share(key, s.round_id, client.device_id, peer, plain[:size] + wrong))
+    return [dataclasses.replace(reply, boxes=b"".join(boxes))]
+
+
+def _mask_key_not_its_own(client, reply):
+    """A mask public key its shared mask seed does not give (a fresh one, or another device's)."""
+    return [dataclasses.replace(reply, mask_public=generate_keypair().public)]
+
+
+DEALERS = {  # a dealer whose own shares are wrong, whoever holds them
+    "self_shares_off_any_polynomial": {"share": _wrong_self_shares},
+    "mask_key_it_did_not_share_then_drop": {"advertise": _mask_key_not_its_own, "mask": lambda c, r: []},
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEALERS))
+def test_a_dealer_of_wrong_shares_spoils_one_round_by_name_then_sits_out(model, tmp_path, sums, case):
+    """Its secret cannot be rebuilt whoever answers, and no single holder explains that: the
+    round was abandoned unnamed, and the next one too, every round it was drawn into. Now its
+    shares are decoded (recovery.wrong_dealers), it is named (secagg_bad_shares) and sidelined,
+    and the next round commits the exact sum of the others."""
+    fleet, raws = _fleet(model, tmp_path, DEALERS[case])
+    c = fleet.coordinator
+    first = _run_round(fleet)
+    assert not first.committed and "could not unmask" in first.why, first.why
+    assert c.rejections["secagg_bad_shares"] == 1, dict(c.rejections)
+    assert "raw0" not in c.eligible_devices() and HONEST <= set(c.eligible_devices())
+    fleet.clock.advance(60)
+    second = _run_round(fleet)
+    _check_exact(fleet, raws, second, sums, HONEST)
+
+
+def test_two_lying_holders_abandon_the_round_by_name_and_frame_no_one(model, tmp_path, sums):
+    """Two raw clients answer the unmask with zeros for every owner: no single holder explains the
+    failures, and every secret fails (e = 1 < 2 liars), so none decodes. The round is abandoned by
+    name; no owner is named a wrong dealer, so no honest device sits out the next round."""
+    zeros = {"unmask": lambda client, reply: [dataclasses.replace(reply, values=bytes(len(reply.values)))]}
+    fleet, raws = _fleet(model, tmp_path, zeros, n_raw=2, all_raw=True)
+    c = fleet.coordinator
+    record = _run_round(fleet)
+    assert not record.committed and "no single holder's shares explain it" in record.why, record.why
+    assert not c.rejections and set(c.eligible_devices()) == HONEST | {"raw0", "raw1"}
