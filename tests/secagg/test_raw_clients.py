@@ -16,7 +16,7 @@ from fedge.coordinator.secagg.round_state import SecAggRound
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.secagg import session as sess
 from fedge.edge_runtime.kernel.secagg.keys import decrypt_share, encrypt_share, generate_keypair
-from fedge.edge_runtime.kernel.secagg.messages import sealed_share_bytes
+from fedge.edge_runtime.kernel.secagg.messages import KeyAdvertisement, sealed_share_bytes
 from fedge.edge_runtime.kernel.secagg.packing import pack
 from fedge.edge_runtime.kernel.secagg.shamir import PRIME, value_bytes
 from tests.coordinator.fleet import make_fleet
@@ -143,6 +143,13 @@ def _mask_shares_for_the_alive(client, reply):
     return [dataclasses.replace(reply, values=b"".join(s.received[o][0].to_bytes(size, "big") for o in owners))]
 
 
+def _advertise_again(client, reply):
+    """Its key advertisement again where its shares are due (and no shares)."""
+    s = client.session
+    return [KeyAdvertisement(client.device_id, s.round_id, client.task_id, s.cipher.public, s.mask.public,
+                             s.model_sha256)]
+
+
 def _other_round(client, reply):
     return [dataclasses.replace(reply, round_id=reply.round_id + 1)]
 
@@ -158,6 +165,7 @@ CASES = {  # name: (stage, tamper, rejection, is raw0 in the sum)
     "too_few_boxes": ("share", _few_boxes, "secagg_bad_shares", False),
     "too_many_boxes": ("share", _many_boxes, "secagg_bad_shares", False),
     "share_other_round": ("share", _other_round, "stale_round", False),
+    "advertise_at_the_share_stage": ("share", _advertise_again, "secagg_wrong_stage", False),
     "short_input": ("mask", _short_input, "secagg_bad_shape", False),
     "wider_field": ("mask", _wide_input, "secagg_bad_shape", False),
     "unopened_self": ("mask", _unopened("raw0"), "secagg_bad_shares", False),
