@@ -1,10 +1,11 @@
 """Devices left out of the next rounds for a while after so few survivors could open their
-secure-aggregation shares that the round could not be unmasked (secagg_bad_shares; the rule is
-round_state.unmasked_sum's). Such a device can spoil every secure round it is drawn into, and a
-device that wants to cannot be told to stop by a check-in rule (it can always check in with
-something new), so the clock decides: 10 minutes after its first offence, doubling with each,
-at most a day. In memory only: a restart forgets, and the device's next offence starts the
-count again. Pure; the caller owns the clock."""
+secure-aggregation shares that the round could not be unmasked, or their shares decoded to no
+secret they committed to (secagg_bad_shares; the rules are round_state.unmasked_sum's). Such a
+device can spoil every secure round it is drawn into, and a device that wants to cannot be
+told to stop by a check-in rule (it can always check in with something new), so the clock
+decides: 10 minutes after its first offence, doubling with each, at most a day. In memory only:
+a restart forgets, and the device's next offence starts the count again. Pure; the caller owns
+the clock."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ class Sidelined:
         self.offences[device_id] = n
         seconds = min(MAX_S, FIRST_S * 2.0 ** min(n - 1, 60))
         self.until[device_id] = now + seconds
-        return SecAggRejected(BAD_SHARES, f"too few could open the secure-aggregation shares of {device_id}: "
-                                          f"left out of rounds for {seconds:.0f} s")
+        return SecAggRejected(BAD_SHARES, f"the secure-aggregation shares of {device_id} were wrong (too few could "
+                                          "open them, or they decode to no secret it committed to): left out of "
+                                          f"rounds for {seconds:.0f} s")
 
     def after_secure_sum(self, shell, now: float) -> list[tuple[str, SecAggRejected]]:
         """(device, rejection) for the server to count after a secure round's sum: each sender too

@@ -170,7 +170,9 @@ class SecAggRound:
         not open its shares that fewer than t hold them: the round cannot be unmasked because of
         it, and the rounds after would fail the same way. Framing an honest sender so takes more
         than (its holders - t) liars, the corruption secure aggregation's t is chosen against;
-        fewer reports cost the sender nothing. A holder whose unmask answer recovery.py leaves
+        fewer reports cost the sender nothing. So is an owner whose own shares decode to no secret it
+committed to when no single holder explains the failure (recovery.wrong_dealers): it dealt
+them wrong, and would spoil every round it is drawn into. A holder whose unmask answer recovery.py leaves
         out (`left_out`) is named but not sidelined: a dealer that dealt it a wrong share looks
         the same, and the sum is right without its answer."""
         reporters: dict[str, int] = {}
@@ -188,7 +190,7 @@ class SecAggRound:
                                self.round_id, self.spec.field_bits, packing=self.packing,
                                workers=os.cpu_count() or 1,
                                mask_publics={g: self.adverts[g].mask_public for g in self.dropped},
-                               left_out=self.left_out)
+                               left_out=self.left_out, dealers=self.blamed)
         return total, len(self.alive)
 
     def mean_delta(self) -> tuple[dict[str, np.ndarray], int, float | None]:

@@ -7,7 +7,16 @@ check fails, wrong_holders looks for the one holder whose shares explain every f
 answer is left out and the sum unmasked again from the others' shares; if no single holder
 explains them, the round cannot be unmasked (UnmaskFailed), rather than commit a wrong sum.
 The holder so named either answered wrong or was dealt wrong shares by the owner: the shares
-alone cannot tell which, so it is named, not punished (coordinator/sidelined.py)."""
+alone cannot tell which, so it is named, not punished (coordinator/sidelined.py).
+
+When no single holder explains the failures, wrong_dealers looks at the owner instead: a device
+that deals shares of no one polynomial (or of a mask key other than the one it advertised)
+makes its secret fail whoever answers, and used to abandon every secure round it was drawn
+into, unnamed. Its shares are decoded (decode.py, Reed-Solomon decoding): with at most e = (h - t) // 2
+of its h holders lying the decoded polynomial is the one it dealt, so no polynomial, or one
+giving a mask key it did not advertise, is its doing. Framing an honest owner so takes more
+than e lying holders (and h >= t + 2: below that nothing is decoded and no one is named), and
+no owner is named when the failures are spread the way lying holders spread them."""
 
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import shamir
+from .decode import decode
 from .keys import keypair_from_seed
 from .masking import unmask
 
@@ -89,18 +99,21 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
                    cohort: tuple[str, ...], threshold: int, alive: tuple[str, ...], dropped: tuple[str, ...],
                    dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int, *,
                    packing: int, workers: int = 1, mask_publics: Mapping[str, bytes] | None = None,
-                   left_out: set[str] | None = None) -> np.ndarray:
+                   left_out: set[str] | None = None, dealers: set[str] | None = None) -> np.ndarray:
     """recover_secrets then masking.unmask, with each secret reconstructed in the worker that
     expands its masks (a thousand reconstructions from t = 113 packed shares are about 1 s of
     one core at n = 1,000: 1.0 ms each, measured). mask_publics: as secret_from. When some
     holder's shares are wrong and one holder explains it (module docstring), its answer is left
-    out, its id added to `left_out`, and the sum unmasked from the others'."""
+    out, its id added to `left_out`, and the sum unmasked from the others'. When none does, the
+    owners wrong_dealers finds are added to `dealers` before UnmaskFailed is raised."""
     args = (cohort, threshold, alive, dropped, dropped_peers, round_id, field_bits, packing, workers, mask_publics)
     try:
         return _unmask_once(masked_sum, answers, *args)
     except WrongShares as exc:
         culprits = wrong_holders(answers, cohort, threshold, alive, dropped, packing, mask_publics)
         if len(culprits) != 1:
+            if dealers is not None:
+                dealers.update(wrong_dealers(answers, cohort, threshold, alive, dropped, packing, mask_publics))
             raise UnmaskFailed(f"{exc}; no single holder's shares explain it") from None
     if left_out is not None:
         left_out.update(culprits)
@@ -118,10 +131,8 @@ def wrong_holders(answers, cohort, threshold: int, alive, dropped, packing: int,
     (a set of more than one means they do not; empty: no failure, or none explains them all).
     Costs one reconstruction per secret, and one per suspect and failing secret: suspects are
     the holders that hold a share of every failing secret."""
-    every = gather_shares(answers, cohort, threshold, alive, dropped, spare=len(cohort))
+    failing = _failing(answers, cohort, threshold, alive, dropped, packing, mask_publics)
     holder_at = {i + 1: d for i, d in enumerate(sorted(cohort))}
-    failing = {o: (kind, shares) for o, (kind, shares) in every.items()
-               if not _rebuilds(threshold, kind, o, shares, packing, mask_publics)}
     if not failing:
         return set()
     suspects = set.intersection(*({holder_at[x] for x, _ in shares} for _, shares in failing.values()))
@@ -132,6 +143,52 @@ def wrong_holders(answers, cohort, threshold: int, alive, dropped, packing: int,
         if "fails" not in verdicts and "verified" in verdicts:
             culprits.add(h)
     return culprits
+
+
+def _failing(answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics) -> dict[str, tuple]:
+    """owner -> (kind, every share of it) for the secrets that do not rebuild from all their shares."""
+    every = gather_shares(answers, cohort, threshold, alive, dropped, spare=len(cohort))
+    return {o: (kind, shares) for o, (kind, shares) in every.items()
+            if not _rebuilds(threshold, kind, o, shares, packing, mask_publics)}
+
+
+MAX_DEALER_CHECKS = 16  # failing secrets decoded at most (0.1 s each at h = 224)
+
+
+def wrong_dealers(answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics) -> set[str]:
+    """The owners of failing secrets whose own shares are at fault (module docstring): their h
+    shares decode to no polynomial of degree < t with at most (h - t) // 2 errors, or to a mask key
+    they did not advertise. A holder that answers wrong fails every secret it holds a share of
+    (about k), so when more fail than half the most owners one holder answered for (or than
+    MAX_DEALER_CHECKS), lying holders are the likelier cause and no owner is named: else two
+    liars with e = 1 would have every owner they hold named. A failing secret with fewer than
+    t + 2 shares is not decoded (nothing to correct with)."""
+    failing = _failing(answers, cohort, threshold, alive, dropped, packing, mask_publics)
+    most = max((len(revealed) for revealed in answers.values()), default=0)
+    if len(failing) > min(MAX_DEALER_CHECKS, most // 2):
+        return set()
+    return {owner for owner, (kind, shares) in failing.items()
+            if len(shares) >= threshold + 2 and not _decodes(threshold, kind, owner, shares, packing, mask_publics)}
+
+
+def _decodes(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> bool:
+    """Whether the shares, with at most (h - t) // 2 wrong, give one polynomial whose secret
+    passes the owner's commitment (a mask key: the advertised one; a self seed has none)."""
+    if packing == 1:
+        halves = [decode([(x, y >> 64) for x, y in shares], threshold, shamir.PRIME),
+                  decode([(x, y & (2**64 - 1)) for x, y in shares], threshold, shamir.PRIME)]
+        if None in halves:
+            return False
+        s0, s1 = halves[0][0], halves[1][0]
+    else:
+        poly = decode(shares, threshold, shamir.PRIME)
+        if poly is None:
+            return False
+        s0, s1 = poly[0], shamir._evaluate(poly, shamir.PRIME - 1, shamir.PRIME)
+    if kind == "self" or mask_publics is None:
+        return True
+    seed = s0.to_bytes(shamir.HALF_BYTES, "big") + s1.to_bytes(shamir.HALF_BYTES, "big")
+    return keypair_from_seed(seed).public == mask_publics.get(owner)
 
 
 def _verdict(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> str:
