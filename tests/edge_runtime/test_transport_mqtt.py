@@ -14,6 +14,7 @@ from fedge.edge_runtime.kernel.transport.base import Message
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.tools.broker import BrokerConfig
+from tests.high_fds import descriptors_taken_up_to
 
 FAST = dict(reconnect_min_s=0.1, reconnect_max_s=0.5, connect_timeout_s=5)
 
@@ -44,6 +45,18 @@ def test_publish_subscribe_retain_and_clean_close(mosquitto):
     with pytest.raises(TransportError):
         a.publish("x", b"")
     b.close()
+
+
+def test_a_client_whose_descriptors_are_past_1023_connects(mosquitto):
+    """paho's loop waited in select(), which refuses descriptors >= 1024: paho took that for a
+    lost link and reconnected forever, logging nothing, so a client in a process holding ~1,000
+    open files never connected (9 devices of the 200-device ejabberd drill). poll_select.py."""
+    with descriptors_taken_up_to(1100):
+        a = MqttTransport("a", _settings(mosquitto)).connect()
+        a.subscribe("fedge/v1/#")
+        a.publish("fedge/v1/devices/a/checkin", b"hello")
+        assert _next(a) == Message("fedge/v1/devices/a/checkin", b"hello", retain=False)
+        a.close()
 
 
 def test_messages_over_the_packet_limit_are_chunked_and_reassembled(mosquitto_factory):

@@ -1,6 +1,7 @@
 """The paho-mqtt client a MqttTransport drives: MQTT 5, callback API v2, TLS and credentials
 from the settings, a Last Will, a persistent session, and paho's own log lines under
-fedge.mqtt.paho without the one it repeats on every pass while a link is down."""
+fedge.mqtt.paho without the one it repeats on every pass while a link is down. paho's
+network loop waits in poll() instead of select() (poll_select.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from paho.mqtt.properties import Properties
 
 from ..errors import ConfigError
 from .base import Message, validate_topic
+from .poll_select import install as install_poll_select
 from .settings import MqttSettings
+
+install_poll_select(paho)  # paho's loop waits in poll(), not select(): sockets past fd 1023 (poll_select.py)
 
 
 class _NoIdleLoopErrors(logging.Filter):
