@@ -4,6 +4,7 @@ and mutual TLS with a device certificate."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -57,6 +58,29 @@ def test_a_client_whose_descriptors_are_past_1023_connects(mosquitto):
         a.publish("fedge/v1/devices/a/checkin", b"hello")
         assert _next(a) == Message("fedge/v1/devices/a/checkin", b"hello", retain=False)
         a.close()
+
+
+def test_close_and_abort_give_back_the_wake_up_socket_pair_at_once(mosquitto):
+    """paho leaves the socket pair that wakes its thread to __del__, and a client is in a
+    reference cycle with the transport's callbacks: a closed transport held two descriptors
+    until a full garbage collection, hundreds in a test run (paho_client.py)."""
+    for stop in (MqttTransport.close, MqttTransport.abort):
+        t = MqttTransport("a", _settings(mosquitto)).connect()
+        pair = [(fd, os.fstat(fd).st_ino) for fd in (t._client._sockpairR.fileno(), t._client._sockpairW.fileno())]
+        gc.disable()  # the point: given back by close/abort, not by the collector
+        try:
+            stop(t)
+            still_open = [(fd, ino) for fd, ino in pair if _inode(fd) == ino]
+        finally:
+            gc.enable()
+        assert still_open == [], stop.__name__
+
+
+def _inode(fd: int) -> int | None:
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:  # closed
+        return None
 
 
 def test_messages_over_the_packet_limit_are_chunked_and_reassembled(mosquitto_factory):

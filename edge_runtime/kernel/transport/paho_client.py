@@ -49,6 +49,16 @@ class _Client(paho.Client):
             self.connect_error = exc
             raise
 
+    def loop_stop(self):
+        """paho's loop_stop, then the socket pair loop_start made to wake its thread: paho leaves
+        those two descriptors to __del__, and a client sits in a reference cycle with its owner's
+        callbacks, so a closed transport held them until a full garbage collection (hundreds in
+        a test run, which with select() put later clients past descriptor 1023: poll_select.py)."""
+        rc = super().loop_stop()
+        if self._thread is None:  # stopped (not called from the network thread itself)
+            self._reset_sockets(sockpair_only=True)  # what paho's __del__ does
+        return rc
+
 
 CALLBACKS = ("on_connect", "on_connect_fail", "on_disconnect", "on_message", "on_publish", "on_subscribe")
 
