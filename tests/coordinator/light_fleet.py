@@ -84,6 +84,14 @@ class LightFleet:
                 except FedgeError:  # a link that dropped mid-step: the transport reconnects, next step retries
                     pass
 
+    def stragglers(self) -> str:
+        """For a failed wait: the devices with no link up, and those linked but not yet past
+        their first step (subscribed and checked in), by id."""
+        down = [d.id for d in self.devices if not d.t.connected]
+        silent = [d.id for d in self.devices if d.t.connected and d.connections == 0]
+        return (f"light fleet: {len(down)} of {len(self.devices)} without a link {down[:20]}, {len(silent)} linked "
+                f"but never checked in {silent[:20]}")
+
     def close(self) -> None:
         self._stop.set()
         self.thread.join(timeout=10)

@@ -64,7 +64,10 @@ def test_200_devices_survive_a_worker_the_leader_and_a_broker_node_killed(ejabbe
             procs[name] = _serve(config, logs[name], "--role", "worker")
         _wait("both shards held", lambda: len(_rows(postgres_dsn, "SELECT shard FROM shard_leases")) == K, 60)
         procs["w3"] = _serve(config, logs["w3"], "--role", "worker")
-        _wait("a first commit", lambda: _commits(postgres_dsn) >= 1, 180, procs["leader"], logs["leader"])
+        try:
+            _wait("a first commit", lambda: _commits(postgres_dsn) >= 1, 180, procs["leader"], logs["leader"])
+        except AssertionError as exc:  # the leader waits for all 200: say which devices it never heard
+            raise AssertionError(f"{exc}\n{fleet.stragglers()}") from None
         marks["first commit"] = time.monotonic() - started
 
         _wait("shard 0 counting", lambda: _counted_in_open_round(postgres_dsn, 0) >= 5, 60)

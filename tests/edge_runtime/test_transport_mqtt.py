@@ -4,6 +4,7 @@ and mutual TLS with a device certificate."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -14,6 +15,7 @@ from fedge.edge_runtime.kernel.transport.base import Message
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.tools.broker import BrokerConfig
+from tests.high_fds import descriptors_taken_up_to
 
 FAST = dict(reconnect_min_s=0.1, reconnect_max_s=0.5, connect_timeout_s=5)
 
@@ -44,6 +46,41 @@ def test_publish_subscribe_retain_and_clean_close(mosquitto):
     with pytest.raises(TransportError):
         a.publish("x", b"")
     b.close()
+
+
+def test_a_client_whose_descriptors_are_past_1023_connects(mosquitto):
+    """paho's loop waited in select(), which refuses descriptors >= 1024: paho took that for a
+    lost link and reconnected forever, logging nothing, so a client in a process holding ~1,000
+    open files never connected (9 devices of the 200-device ejabberd drill). poll_select.py."""
+    with descriptors_taken_up_to(1100):
+        a = MqttTransport("a", _settings(mosquitto)).connect()
+        a.subscribe("fedge/v1/#")
+        a.publish("fedge/v1/devices/a/checkin", b"hello")
+        assert _next(a) == Message("fedge/v1/devices/a/checkin", b"hello", retain=False)
+        a.close()
+
+
+def test_close_and_abort_give_back_the_wake_up_socket_pair_at_once(mosquitto):
+    """paho leaves the socket pair that wakes its thread to __del__, and a client is in a
+    reference cycle with the transport's callbacks: a closed transport held two descriptors
+    until a full garbage collection, hundreds in a test run (paho_client.py)."""
+    for stop in (MqttTransport.close, MqttTransport.abort):
+        t = MqttTransport("a", _settings(mosquitto)).connect()
+        pair = [(fd, os.fstat(fd).st_ino) for fd in (t._client._sockpairR.fileno(), t._client._sockpairW.fileno())]
+        gc.disable()  # the point: given back by close/abort, not by the collector
+        try:
+            stop(t)
+            still_open = [(fd, ino) for fd, ino in pair if _inode(fd) == ino]
+        finally:
+            gc.enable()
+        assert still_open == [], stop.__name__
+
+
+def _inode(fd: int) -> int | None:
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:  # closed
+        return None
 
 
 def test_messages_over_the_packet_limit_are_chunked_and_reassembled(mosquitto_factory):

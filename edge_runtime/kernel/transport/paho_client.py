@@ -1,6 +1,7 @@
 """The paho-mqtt client a MqttTransport drives: MQTT 5, callback API v2, TLS and credentials
 from the settings, a Last Will, a persistent session, and paho's own log lines under
-fedge.mqtt.paho without the one it repeats on every pass while a link is down."""
+fedge.mqtt.paho without the one it repeats on every pass while a link is down. paho's
+network loop waits in poll() instead of select() (poll_select.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from paho.mqtt.properties import Properties
 
 from ..errors import ConfigError
 from .base import Message, validate_topic
+from .poll_select import install as install_poll_select
 from .settings import MqttSettings
+
+install_poll_select(paho)  # paho's loop waits in poll(), not select(): sockets past fd 1023 (poll_select.py)
 
 
 class _NoIdleLoopErrors(logging.Filter):
@@ -44,6 +48,16 @@ class _Client(paho.Client):
         except OSError as exc:  # ssl.SSLError and socket.gaierror are OSErrors; paho catches only those
             self.connect_error = exc
             raise
+
+    def loop_stop(self):
+        """paho's loop_stop, then the socket pair loop_start made to wake its thread: paho leaves
+        those two descriptors to __del__, and a client sits in a reference cycle with its owner's
+        callbacks, so a closed transport held them until a full garbage collection (hundreds in
+        a test run, which with select() put later clients past descriptor 1023: poll_select.py)."""
+        rc = super().loop_stop()
+        if self._thread is None:  # stopped (not called from the network thread itself)
+            self._reset_sockets(sockpair_only=True)  # what paho's __del__ does
+        return rc
 
 
 CALLBACKS = ("on_connect", "on_connect_fail", "on_disconnect", "on_message", "on_publish", "on_subscribe")
