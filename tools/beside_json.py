@@ -73,7 +73,12 @@ def check_beside(json_path: str | Path, suffixes: Iterable[str], command: str,
     fedge's. `is_own(doc)` tells this command's JSON (the legacy rule above); None for a command
     that never wrote unmarked files there."""
     json_path = Path(json_path)
+    suffixes = tuple(suffixes)
     paths = [json_path.with_suffix(s) for s in suffixes]
+    if any(s != ".json" and p == json_path for s, p in zip(suffixes, paths)):  # `--json out.png` once
+        # wrote the run there, then the plot over it (".json" is the --out DIR's run.json itself)
+        raise ForeignOutput(f"--json {json_path}: {command} writes its {json_path.suffix} beside the JSON under "
+                            "the same name, over the JSON; name a .json file")
     links = [p for p in paths if p.is_symlink()]  # writing would follow it to wherever it points
     taken = [p for p in paths if p.exists() and p not in links and not _marked(p)]
     if taken and is_own is not None and _own_json(json_path, is_own):

@@ -62,6 +62,22 @@ def test_simulate_replaces_its_own_plot_and_one_written_before_the_mark(tmp_path
     assert png_software(tmp_path / "run.png") == "fedge simulate"
 
 
+def test_a_json_path_that_names_the_plot_or_report_is_refused_before_the_run(tmp_path, capsys):
+    """`fedge simulate --json out.png` wrote the run's JSON to out.png and then its plot over it
+    ("wrote out.png and out.png"): the run was lost. Likewise --plot naming the --json file, and
+    `fedge bench async --json a.md` (its Markdown report)."""
+    from fedge.tools.bench.async_bench import main as bench_async
+    from fedge.tools.cli import main
+
+    assert main([*SIMULATE, "--json", str(tmp_path / "out.png")]) == 2
+    assert "name a .json file" in capsys.readouterr().err
+    assert main([*SIMULATE, "--json", str(tmp_path / "r.png"), "--plot", str(tmp_path / "r.png")]) == 2
+    assert "both name" in capsys.readouterr().err
+    with pytest.raises(ForeignOutput, match=r"a\.md"):
+        bench_async(["--json", str(tmp_path / "a.md"), "--quick"])
+    assert list(tmp_path.iterdir()) == []  # refused before anything ran or was written
+
+
 def test_bench_async_checks_its_markdown_and_plot_before_it_runs(tmp_path):
     from fedge.tools.bench.async_bench import main
 

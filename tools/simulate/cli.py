@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         # (a traceback), and a path without one was written as PATH.png while fedge said "wrote PATH"
         raise ConfigError(f"--plot {args.plot_path}: the plot is a PNG; name a .png file (not a folder)")
     named_json = bool(args.json_path)
+    if named_json and args.plot_path and Path(args.plot_path).resolve() == Path(args.json_path).resolve():
+        raise ConfigError(f"--json and --plot both name {args.json_path}: the plot would replace the run's JSON")
     if args.out_dir and not args.json_path:
         args.json_path = str(Path(args.out_dir) / "run.json")
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
