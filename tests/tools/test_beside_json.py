@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.models.output_dir import ForeignOutput
 from fedge.tools.beside_json import check_beside, png_metadata, png_software
 
@@ -76,6 +77,23 @@ def test_a_json_path_that_names_the_plot_or_report_is_refused_before_the_run(tmp
     with pytest.raises(ForeignOutput, match=r"a\.md"):
         bench_async(["--json", str(tmp_path / "a.md"), "--quick"])
     assert list(tmp_path.iterdir()) == []  # refused before anything ran or was written
+
+
+def test_an_output_path_under_a_file_is_refused_before_the_run(tmp_path, capsys):
+    """`--json notes.txt/run.json` ran the whole simulation, then failed to write it
+    (FileExistsError); the privacy and async benchmarks did the same after their grids."""
+    from fedge.tools.bench.privacy import PrivacyGrid, run
+    from fedge.tools.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    for flags in (["--json", str(tmp_path / "notes.txt" / "run.json")],
+                  ["--plot", str(tmp_path / "notes.txt" / "deep" / "run.png")]):
+        assert main([*SIMULATE, *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'notes.txt'} is a file, not a folder" in err
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run(PrivacyGrid(), tmp_path / "notes.txt" / "p.json", progress=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_bench_async_checks_its_markdown_and_plot_before_it_runs(tmp_path):

@@ -12,7 +12,7 @@ from fedge.coordinator.strategies import STRATEGIES
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
-from fedge.tools.beside_json import check_beside
+from fedge.tools.beside_json import check_beside, check_parent_folder
 from fedge.tools.cli_args import path_arg
 
 from .config import (
@@ -158,8 +158,10 @@ def run(args: argparse.Namespace) -> int:
     check_options_apply(cfg, {name for name in COORDINATOR_FLAGS if getattr(args, name) is not None})
     # a --json or --plot the user named is theirs to replace; what --out names is checked
     ours = (() if named_json else (".json",)) + (() if args.plot_path else (".png",))
-    if args.json_path and ours:
+    if args.json_path:
         check_beside(args.json_path, ours, "fedge simulate", lambda doc: {"config", "rounds", "summary"} <= set(doc))
+    if args.plot_path:
+        check_parent_folder(args.plot_path, "--plot")
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:
         alpha = f" alpha={cfg.split_alpha}" if cfg.partition == "dirichlet" else ""
