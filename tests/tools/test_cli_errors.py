@@ -188,7 +188,8 @@ UNUSABLE = {
     "a uint64 label of 2**63": (lambda t: ["simulate", "--data", str(_npz_folder(t, 2**63))],
                                 ("DatasetError", "9223372036854775808")),
     "output folder is a file": (lambda t: (t / "f").write_text("x") and ["build-artifacts", "mnist-mlp-lora",
-                                                                         str(t / "f")], ("FileExistsError",)),
+                                                                         str(t / "f")],
+                                ("ForeignOutput", "is a file, not a folder")),
     "a layer of 1e8 units": (lambda t: (t / "s.toml").write_text(
         '[model]\nname = "x"\ninput_shape = [4]\nnum_classes = 2\n[[model.layers]]\nname = "fc1"\n'
         'units = 100000000\n') and ["build-artifacts", str(t / "s.toml"), str(t / "a")], ("ConfigError", "units")),
