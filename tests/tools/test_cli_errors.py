@@ -94,6 +94,9 @@ def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
     (["device", "init", "--out", "{tmp}/d.toml", "--id", "a/b"], ("ConfigError", "device_id 'a/b'")),
     (["device", "init", "--out", "{tmp}/d.toml", "--id", "a\nb"], ("ConfigError", "no valid TOML")),
     (["device", "init", "--out", "{tmp}/d.toml", "--broker", "ftp://h"], ("ConfigError", "broker url")),
+    # A folder: "exists; pass --force to replace it", and --force then an IsADirectoryError
+    (["device", "init", "--out", "{tmp}"], ("ConfigError", "is a folder")),
+    (["device", "init", "--out", "{tmp}", "--force"], ("ConfigError", "is a folder")),
 ])
 def test_bad_argument_is_one_line(argv, words, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
