@@ -345,3 +345,15 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path):
     (tmp_path / "folder").mkdir()
     assert main(["device", "init", "--out", str(tmp_path / "folder"), "--force"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_the_round_table_header_comes_with_the_first_row(tmp_path, capsys):
+    """`fedge simulate --data missing/` printed the table's header, then the error: a table for
+    a run that never began. The header now comes with the first row, once."""
+    from fedge.tools.simulate.report import HEADER
+
+    assert main(["simulate", "--data", str(tmp_path / "missing"), "--rounds", "1"]) == 2
+    assert HEADER not in capsys.readouterr().out
+    assert main(["simulate", "--dataset", "digits", "--devices", "3", "--clients-per-round", "3", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.count(HEADER) == 1 and lines[1] == HEADER and lines[2].split()[0] == "1", lines[:3]

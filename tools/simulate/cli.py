@@ -170,10 +170,12 @@ def run(args: argparse.Namespace) -> int:
             source = f"synthetic(alpha={cfg.split_alpha}, beta={cfg.split_beta})"
         devices = cfg.devices if not cfg.data_dir else "per-file"
         _say(bar, f"fedge simulate: {devices} devices, {cfg.rounds} rounds, {source}")
-        _say(bar, HEADER)
+    header = [HEADER]  # with the first row: a run that stops before it (no data, a bad model) ends on its error
 
     def on_round(row: dict) -> None:
         if not args.quiet:
+            while header:
+                _say(bar, header.pop())
             _say(bar, format_row(row))
         if bar is not None:
             bar.update(1)
