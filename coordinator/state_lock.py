@@ -18,14 +18,20 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
 
 
 @contextmanager
 def state_db_lock(state_db: str | Path):
     """Hold `<state_db>.lock` (made if missing) for the block; ServiceUnavailable if held."""
     path = Path(f"{state_db}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # a traceback before: state_db in a folder that does not exist
+        raise ConfigError(f"state_db {state_db}: no folder {path.parent} to keep it in; create it, or point "
+                          "state_db elsewhere") from None
+    except OSError as exc:  # no permission, a read-only filesystem, a folder named <state_db>.lock
+        raise ConfigError(f"state_db {state_db}: cannot create its lock file {path}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

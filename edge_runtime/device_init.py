@@ -69,6 +69,9 @@ def write_device_toml(path: str | Path, *, device_id: str, broker_url: str, data
                       force: bool = False) -> Path:
     """Write the template; an existing file is the user's and is kept unless force."""
     path = Path(path)
+    if path.is_dir():  # "exists; pass --force", and --force then failed with IsADirectoryError
+        raise ConfigError(f"--out {path} is a folder; name the device config file to write, "
+                          f"e.g. {path / 'device.toml'}")
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; edit it, or pass --force to replace it")
     text = device_toml(device_id, broker_url, data_npz, state_dir)

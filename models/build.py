@@ -14,7 +14,7 @@ from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, compute_model_id, sha256_file
 
 from .graphs import OPTIMIZERS, build_backbone, build_eval, build_train_step, heads_of
-from .output_dir import read_record, refuse_foreign, write_record
+from .output_dir import read_record, refuse_file_as_folder, refuse_foreign, write_record
 from .params import init_params, param_infos
 from .spec import ModelSpec
 
@@ -93,6 +93,7 @@ def _refuse_foreign_files(outdir: Path, want_ort: bool) -> None:
     fedge's to replace. In any other folder, a file under a name the build writes is someone
     else's (output_dir.py). The ORT folder has its own check (ort_artifacts._check_replaceable),
     made here too, so a refusal there does not come after the portable graphs are written."""
+    refuse_file_as_folder(outdir, "build-artifacts")
     if want_ort and (outdir / ORT_DIR).exists():
         from .ort_artifacts import _check_replaceable
 

@@ -37,6 +37,17 @@ def refuse_foreign(outdir: Path, taken: Iterable[str], command: str, why: str = 
                             f"or empty folder")
 
 
+def refuse_file_as_folder(outdir: Path, command: str) -> None:
+    """ForeignOutput when a file stands at `outdir` or where one of its folders goes: it was a
+    bare `FileExistsError: File exists: 'OUT'` from the mkdir."""
+    for folder in (outdir, *outdir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == outdir else f", so {outdir} cannot be made"
+                raise ForeignOutput(f"{command}: {folder} is a file, not a folder{where}: name a new or empty folder")
+            return
+
+
 def read_record(path: Path) -> set[str] | None:
     """The relative names a record lists; None when there is no readable record (a record that
     is not fedge's shape counts as none, so nothing is trusted from it)."""
@@ -76,6 +87,7 @@ def claim(out: Path, written: list[str], record: str, command: str, device_dir: 
     fleet must not inherit the old one's extra devices). The record is written before anything
     else, naming both runs' files, so a run that dies midway leaves nothing unaccounted for; the
     caller writes it again, with `written` alone, when it is done (write_record)."""
+    refuse_file_as_folder(out, command)
     recorded = read_record(out / record)
     ours = set(legacy) if recorded is None else recorded
     taken = {name for name in written if name not in ours and ((out / name).exists() or (out / name).is_symlink())}

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.models.output_dir import ForeignOutput, starts_with
 
 MARKDOWN_HEADER = b"# fedge "
@@ -67,13 +68,29 @@ def _own_json(json_path: Path, is_own: Callable[[dict], bool]) -> bool:
     return isinstance(doc, dict) and doc.get("schema") == 1 and is_own(doc)
 
 
+def check_parent_folder(path: str | Path, flag: str) -> None:
+    """ConfigError when `path` cannot be written because a file stands where one of its folders
+    goes (`--json notes.txt/run.json`): found before a run, not by the write after it."""
+    for folder in Path(path).parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder")
+            return
+
+
 def check_beside(json_path: str | Path, suffixes: Iterable[str], command: str,
                  is_own: Callable[[dict], bool] | None) -> None:
     """Raise ForeignOutput when a file named `json_path` with one of `suffixes` exists and is not
     fedge's. `is_own(doc)` tells this command's JSON (the legacy rule above); None for a command
     that never wrote unmarked files there."""
     json_path = Path(json_path)
+    check_parent_folder(json_path, "--json")
+    suffixes = tuple(suffixes)
     paths = [json_path.with_suffix(s) for s in suffixes]
+    if any(s != ".json" and p == json_path for s, p in zip(suffixes, paths)):  # `--json out.png` once
+        # wrote the run there, then the plot over it (".json" is the --out DIR's run.json itself)
+        raise ForeignOutput(f"--json {json_path}: {command} writes its {json_path.suffix} beside the JSON under "
+                            "the same name, over the JSON; name a .json file")
     links = [p for p in paths if p.is_symlink()]  # writing would follow it to wherever it points
     taken = [p for p in paths if p.exists() and p not in links and not _marked(p)]
     if taken and is_own is not None and _own_json(json_path, is_own):

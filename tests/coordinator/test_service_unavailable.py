@@ -74,6 +74,21 @@ def test_a_second_service_on_the_same_state_db_is_refused_at_start(tmp_path, cap
         run_service(cfg)
 
 
+def test_a_state_db_in_a_missing_folder_is_a_config_error(tmp_path, capsys):
+    """`state_db = "nodir/c.db"` stopped `fedge coordinator serve` with a FileNotFoundError
+    traceback from the lock file; it is a config error (exit 2), naming the folder."""
+    from fedge.coordinator.service import ServiceConfig, run_service
+
+    db = tmp_path / "nodir" / "coordinator.db"
+    cfg = ServiceConfig(coordinator=CoordinatorConfig(artifacts_dir=str(tmp_path / "no-artifacts"),
+                                                      state_db=str(db), metrics_port=0))
+    with pytest.raises(ConfigError, match=f"no folder {tmp_path / 'nodir'}"):
+        run_service(cfg)
+    assert _guarded(_ServeArgs(), lambda: run_service(cfg)) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "nodir").exists()  # no folder made on a guess
+
+
 def test_a_failed_group_commit_exits_with_a_status_its_supervisor_restarts_on():
     """A failed write stops the service so that its restart resumes from the store (group_commit.py);
     it exited 2, which hardware/systemd/fedge-coordinator.service never restarts (a config error)."""

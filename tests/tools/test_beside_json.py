@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.models.output_dir import ForeignOutput
 from fedge.tools.beside_json import check_beside, png_metadata, png_software
 
@@ -60,6 +61,39 @@ def test_simulate_replaces_its_own_plot_and_one_written_before_the_mark(tmp_path
     _plot(tmp_path / "run.png")  # an unmarked plot (fedge before the mark) beside fedge's run JSON
     assert main([*SIMULATE, "--json", str(out)]) == 0
     assert png_software(tmp_path / "run.png") == "fedge simulate"
+
+
+def test_a_json_path_that_names_the_plot_or_report_is_refused_before_the_run(tmp_path, capsys):
+    """`fedge simulate --json out.png` wrote the run's JSON to out.png and then its plot over it
+    ("wrote out.png and out.png"): the run was lost. Likewise --plot naming the --json file, and
+    `fedge bench async --json a.md` (its Markdown report)."""
+    from fedge.tools.bench.async_bench import main as bench_async
+    from fedge.tools.cli import main
+
+    assert main([*SIMULATE, "--json", str(tmp_path / "out.png")]) == 2
+    assert "name a .json file" in capsys.readouterr().err
+    assert main([*SIMULATE, "--json", str(tmp_path / "r.png"), "--plot", str(tmp_path / "r.png")]) == 2
+    assert "both name" in capsys.readouterr().err
+    with pytest.raises(ForeignOutput, match=r"a\.md"):
+        bench_async(["--json", str(tmp_path / "a.md"), "--quick"])
+    assert list(tmp_path.iterdir()) == []  # refused before anything ran or was written
+
+
+def test_an_output_path_under_a_file_is_refused_before_the_run(tmp_path, capsys):
+    """`--json notes.txt/run.json` ran the whole simulation, then failed to write it
+    (FileExistsError); the privacy and async benchmarks did the same after their grids."""
+    from fedge.tools.bench.privacy import PrivacyGrid, run
+    from fedge.tools.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    for flags in (["--json", str(tmp_path / "notes.txt" / "run.json")],
+                  ["--plot", str(tmp_path / "notes.txt" / "deep" / "run.png")]):
+        assert main([*SIMULATE, *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'notes.txt'} is a file, not a folder" in err
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run(PrivacyGrid(), tmp_path / "notes.txt" / "p.json", progress=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_bench_async_checks_its_markdown_and_plot_before_it_runs(tmp_path):

@@ -94,6 +94,9 @@ def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
     (["device", "init", "--out", "{tmp}/d.toml", "--id", "a/b"], ("ConfigError", "device_id 'a/b'")),
     (["device", "init", "--out", "{tmp}/d.toml", "--id", "a\nb"], ("ConfigError", "no valid TOML")),
     (["device", "init", "--out", "{tmp}/d.toml", "--broker", "ftp://h"], ("ConfigError", "broker url")),
+    # A folder: "exists; pass --force to replace it", and --force then an IsADirectoryError
+    (["device", "init", "--out", "{tmp}"], ("ConfigError", "is a folder")),
+    (["device", "init", "--out", "{tmp}", "--force"], ("ConfigError", "is a folder")),
 ])
 def test_bad_argument_is_one_line(argv, words, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
@@ -188,7 +191,8 @@ UNUSABLE = {
     "a uint64 label of 2**63": (lambda t: ["simulate", "--data", str(_npz_folder(t, 2**63))],
                                 ("DatasetError", "9223372036854775808")),
     "output folder is a file": (lambda t: (t / "f").write_text("x") and ["build-artifacts", "mnist-mlp-lora",
-                                                                         str(t / "f")], ("FileExistsError",)),
+                                                                         str(t / "f")],
+                                ("ForeignOutput", "is a file, not a folder")),
     "a layer of 1e8 units": (lambda t: (t / "s.toml").write_text(
         '[model]\nname = "x"\ninput_shape = [4]\nnum_classes = 2\n[[model.layers]]\nname = "fc1"\n'
         'units = 100000000\n') and ["build-artifacts", str(t / "s.toml"), str(t / "a")], ("ConfigError", "units")),
@@ -341,3 +345,15 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path):
     (tmp_path / "folder").mkdir()
     assert main(["device", "init", "--out", str(tmp_path / "folder"), "--force"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_the_round_table_header_comes_with_the_first_row(tmp_path, capsys):
+    """`fedge simulate --data missing/` printed the table's header, then the error: a table for
+    a run that never began. The header now comes with the first row, once."""
+    from fedge.tools.simulate.report import HEADER
+
+    assert main(["simulate", "--data", str(tmp_path / "missing"), "--rounds", "1"]) == 2
+    assert HEADER not in capsys.readouterr().out
+    assert main(["simulate", "--dataset", "digits", "--devices", "3", "--clients-per-round", "3", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.count(HEADER) == 1 and lines[1] == HEADER and lines[2].split()[0] == "1", lines[:3]

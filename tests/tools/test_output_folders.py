@@ -188,3 +188,21 @@ def test_a_build_that_died_midway_can_be_run_again_into_its_folder(tmp_path, spe
     assert not (tmp_path / "art" / "manifest.json").exists() and (tmp_path / "art" / "eval.onnx").exists()
     monkeypatch.setattr(build, "atomic_write_bytes", real)
     assert build_artifacts(spec, tmp_path / "art", ort_training=False).model_id
+
+
+@pytest.mark.parametrize("out", ["notes.txt", "notes.txt/deeper"])
+def test_an_out_folder_that_is_a_file_is_named(tmp_path, capsys, out):
+    """`--out notes.txt` (a file) ended in a bare `FileExistsError: File exists: 'notes.txt'` from
+    the mkdir, for build-artifacts, data split and pretrain alike; it names the file now."""
+    from fedge.tools.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    target = str(tmp_path / out)
+    for argv in (["build-artifacts", "mnist-mlp-lora", target, "--ort-training", "no"],
+                 ["data", "split", "--dataset", "digits", "--devices", "2", "--out", target],
+                 ["pretrain", "--dataset", "digits", "--devices", "2", "--epochs", "1", "--out", target]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"ForeignOutput: {argv[0]}" in err and f"{notes} is a file, not a folder" in err, err
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

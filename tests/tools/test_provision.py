@@ -79,6 +79,28 @@ def test_upsert_adds_replaces_and_keeps_others(tmp_path):
         upsert_password(pw, "x:y", "1")
 
 
+@pytest.mark.parametrize("content", [b"listener 1883\nallow_anonymous false\n",  # the broker's .conf
+                                     b"alice:$7$101$c2FsdA==$a2V5\nnotes: hello\n",  # one stray line
+                                     b"\xff\xfe\x00binary"])
+def test_a_file_that_is_no_password_file_is_refused_and_left_as_it_was(tmp_path, content):
+    """`--passwd-file broker/mosquitto-dev.conf` (a slip) once rewrote the conf as `listener 1883:`
+    lines plus the new user's hash; a binary file was a UnicodeDecodeError traceback."""
+    wrong = tmp_path / "mosquitto.conf"
+    wrong.write_bytes(content)
+    with pytest.raises(ConfigError, match="mosquitto.conf"):
+        _cli("device", "--id", "dev-y", "--passwd-file", str(wrong), "--out", str(tmp_path / "creds"))
+    assert wrong.read_bytes() == content
+    assert not (tmp_path / "creds" / "dev-y.toml").exists()
+    with pytest.raises(ConfigError, match="cannot be read"):  # a folder: IsADirectoryError before
+        _cli("device", "--id", "dev-y", "--passwd-file", str(tmp_path), "--out", str(tmp_path / "creds"))
+
+
+def test_comments_blank_lines_and_1x_hashes_still_read(tmp_path):
+    pw = tmp_path / "passwd"
+    pw.write_text("# fleet\n\nold:$6$c2FsdA==$a2V5\nnew:" + hash_password("pw") + "\n")
+    assert list(read_password_file(pw)) == ["old", "new"]
+
+
 @pytest.mark.mosquitto
 def test_broker_accepts_python_hashes(mosquitto_factory, tmp_path):
     pw = tmp_path / "passwd"

@@ -58,15 +58,26 @@ def generate_password(nbytes: int = 24) -> str:
 
 
 def read_password_file(path: str | Path) -> dict[str, str]:
-    """username -> hash, in file order; a missing file is empty."""
+    """username -> hash, in file order; a missing file is empty.
+
+    Anything else than Mosquitto's `user:$7$...` (or 1.x `$6$`) lines is a ConfigError naming
+    the line: `--passwd-file` once took the broker's .conf (or any text file) as one, and the
+    rewrite appended ':' to each of its lines; a binary file or a folder was a traceback."""
     users: dict[str, str] = {}
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return users
-    for line in text.splitlines():
+    except UnicodeDecodeError:
+        raise ConfigError(f"password file {path}: not text (not UTF-8); not a Mosquitto password file") from None
+    except OSError as exc:  # a folder, no permission
+        raise ConfigError(f"password file {path}: cannot be read: {exc.strerror or exc}") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip() and not line.startswith("#"):
-            name, _, encoded = line.partition(":")
+            name, colon, encoded = line.partition(":")
+            if not (name and colon and encoded.startswith(("$7$", "$6$"))):
+                raise ConfigError(f"password file {path}, line {number}: {line[:60]!r} is no Mosquitto password "
+                                  "entry (user:$7$...); is it the password file? fedge rewrites only those")
             users[name] = encoded
     return users
 

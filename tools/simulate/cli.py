@@ -12,7 +12,7 @@ from fedge.coordinator.strategies import STRATEGIES
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
-from fedge.tools.beside_json import check_beside
+from fedge.tools.beside_json import check_beside, check_parent_folder
 from fedge.tools.cli_args import path_arg
 
 from .config import (
@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         # (a traceback), and a path without one was written as PATH.png while fedge said "wrote PATH"
         raise ConfigError(f"--plot {args.plot_path}: the plot is a PNG; name a .png file (not a folder)")
     named_json = bool(args.json_path)
+    if named_json and args.plot_path and Path(args.plot_path).resolve() == Path(args.json_path).resolve():
+        raise ConfigError(f"--json and --plot both name {args.json_path}: the plot would replace the run's JSON")
     if args.out_dir and not args.json_path:
         args.json_path = str(Path(args.out_dir) / "run.json")
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
@@ -156,8 +158,10 @@ def run(args: argparse.Namespace) -> int:
     check_options_apply(cfg, {name for name in COORDINATOR_FLAGS if getattr(args, name) is not None})
     # a --json or --plot the user named is theirs to replace; what --out names is checked
     ours = (() if named_json else (".json",)) + (() if args.plot_path else (".png",))
-    if args.json_path and ours:
+    if args.json_path:
         check_beside(args.json_path, ours, "fedge simulate", lambda doc: {"config", "rounds", "summary"} <= set(doc))
+    if args.plot_path:
+        check_parent_folder(args.plot_path, "--plot")
     bar = _progress(cfg.rounds, args.quiet)
     if not args.quiet:
         alpha = f" alpha={cfg.split_alpha}" if cfg.partition == "dirichlet" else ""
@@ -166,10 +170,12 @@ def run(args: argparse.Namespace) -> int:
             source = f"synthetic(alpha={cfg.split_alpha}, beta={cfg.split_beta})"
         devices = cfg.devices if not cfg.data_dir else "per-file"
         _say(bar, f"fedge simulate: {devices} devices, {cfg.rounds} rounds, {source}")
-        _say(bar, HEADER)
+    header = [HEADER]  # with the first row: a run that stops before it (no data, a bad model) ends on its error
 
     def on_round(row: dict) -> None:
         if not args.quiet:
+            while header:
+                _say(bar, header.pop())
             _say(bar, format_row(row))
         if bar is not None:
             bar.update(1)
