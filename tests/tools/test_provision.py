@@ -101,6 +101,25 @@ def test_comments_blank_lines_and_1x_hashes_still_read(tmp_path):
     assert list(read_password_file(pw)) == ["old", "new"]
 
 
+def test_an_operators_comments_blank_lines_and_order_survive_upsert_and_remove(tmp_path):
+    """The rewrite once kept only `user:hash` lines: an operator's comments and blank lines in a
+    password file fedge did not create were lost at the first `fedge provision device`."""
+    pw = tmp_path / "passwd"
+    old = "old:$6$c2FsdA==$a2V5"
+    pw.write_text(f"# fleet of site A\n\n{old}\n# coordinator below\nc:{hash_password('x')}\n")
+    upsert_password(pw, "c", "y")
+    upsert_password(pw, "dev-1", "z")
+    lines = pw.read_text().splitlines()
+    assert lines[:4] == ["# fleet of site A", "", old, "# coordinator below"]
+    assert [line.partition(":")[0] for line in lines[4:]] == ["c", "dev-1"]
+    assert verify_password("y", read_password_file(pw)["c"])
+    assert remove_user(pw, "old")
+    assert pw.read_text().splitlines()[:3] == ["# fleet of site A", "", "# coordinator below"]
+    pw.write_text(f"{old}\n# twice\n{old}\n")  # a user listed twice: one entry is left
+    upsert_password(pw, "old", "n")
+    assert pw.read_text().splitlines()[1:] == ["# twice"] and verify_password("n", read_password_file(pw)["old"])
+
+
 @pytest.mark.mosquitto
 def test_broker_accepts_python_hashes(mosquitto_factory, tmp_path):
     pw = tmp_path / "passwd"

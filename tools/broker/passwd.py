@@ -86,18 +86,38 @@ def upsert_password(path: str | Path, username: str, password: str, *,
                     iterations: int = PBKDF2_ITERATIONS) -> None:
     """Add `username` to the password file, or replace its hash; atomic, mode 0600."""
     _check_username(username)
-    users = read_password_file(path)
-    users[username] = hash_password(password, iterations=iterations)
-    write_private_file(path, "".join(f"{u}:{h}\n" for u, h in users.items()), new_owner=BROKER_USER)
+    entry = f"{username}:{hash_password(password, iterations=iterations)}"
+    lines, found = _lines_with(path, username, entry)
+    write_private_file(path, "".join(f"{line}\n" for line in lines + ([] if found else [entry])),
+                       new_owner=BROKER_USER)
 
 
 def remove_user(path: str | Path, username: str) -> bool:
     """Drop `username` from the password file; False if it was not there."""
-    users = read_password_file(path)
-    if users.pop(username, None) is None:
-        return False
-    write_private_file(path, "".join(f"{u}:{h}\n" for u, h in users.items()))
-    return True
+    lines, found = _lines_with(path, username, None)
+    if found:
+        write_private_file(path, "".join(f"{line}\n" for line in lines))
+    return found
+
+
+def _lines_with(path: str | Path, username: str, entry: str | None) -> tuple[list[str], bool]:
+    """The file's lines with `username`'s entry replaced by `entry` (dropped when None), and
+    whether it had one. Comments, blank lines and the order stay as the person who wrote the
+    file left them: fedge rewrites only its users' lines."""
+    read_password_file(path)  # refuses a file that is not a password file, before it is rewritten
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], False
+    out, found = [], False
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#") and line.partition(":")[0] == username:
+            if entry is not None and not found:  # a second line for the same user goes
+                out.append(entry)
+            found = True
+            continue
+        out.append(line)
+    return out, found
 
 
 def _check_username(username: str) -> None:
