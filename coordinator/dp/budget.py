@@ -25,7 +25,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .accountant import BudgetVerdict, RoundCharge, check_round, epsilon
 from .calibrate import noise_multiplier_for
-from .config import PrivacyConfig
+from .config import PrivacyConfig, check_count_noise
 from .round import CLIP_GROUP, RoundPlan, split_noise
 
 log = logging.getLogger("fedge.coordinator.privacy")
@@ -149,6 +149,7 @@ class PrivacyBudget:
         if not cfg.target_quantile:
             return plan
         clip = float((extra or {}).get(CLIP_GROUP, {}).get("clip_norm", cfg.clip_norm))
+        check_count_noise(cfg.clip_count_stddev, z)  # a calibrated z is known only now
         count_stddev = cfg.clip_count_stddev or max(expected_cohort / 20, z)
         return replace(plan, clip_norm=clip, delta_noise_multiplier=split_noise(z, count_stddev),
                        count_stddev=count_stddev, target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)
