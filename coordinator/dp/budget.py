@@ -51,6 +51,7 @@ class PrivacyBudget:
         self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
         self.refused_round: int | None = None
         self.noisy_warned: int | None = None  # the round whose noise was said to outweigh the signal (once)
+        self.delta_warned: int | None = None  # the round whose population made delta >= 1 / population (once)
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
         if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
             ledger = {c.get("sampling", "fixed") for c in store.privacy_ledger()}
@@ -137,6 +138,12 @@ class PrivacyBudget:
         self.metrics.exhausted.set(0)
         log.info("round %d: privacy plan %d of %d devices, z=%.4g; ε after it %.4f of %g (charged if its noised "
                  "sum is released)", round_id, cohort, population, z, verdict.epsilon_after, cfg.target_epsilon)
+        if cfg.delta * population >= 1 and self.delta_warned is None:
+            # (ε, δ) with δ >= 1/n allows a release that names one device's data in full (δ mass on each)
+            self.delta_warned = round_id
+            log.warning("round %d: privacy.delta = %g is at least 1 / %d eligible devices: (ε, δ)-DP then allows "
+                        "revealing one device's data outright; set delta well below 1 / population", round_id,
+                        cfg.delta, population)
         if z > expected_cohort and self.noisy_warned is None:
             # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
             # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)

@@ -1,9 +1,11 @@
 """Privacy settings that are each legal but do not fit together, or do not fit the z the
 budget calibrates: refused by name (ConfigError) at load, or when the first round is planned,
 never with a raw ValueError from the accountant or the clip split (coordinator/dp/config.py,
-budget.py)."""
+budget.py); and a delta too large for the fleet, which the budget runs but warns about."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
@@ -51,3 +53,20 @@ def test_a_count_noise_too_small_for_the_calibrated_z_is_refused_by_name_when_th
     with pytest.raises(ConfigError, match="privacy.clip_count_stddev 0.01 must exceed z / 2"):
         c.begin_round()
     assert c.round is None and c.store.privacy_ledger() == []
+
+
+@pytest.mark.parametrize("delta,warned", [(0.5, True), (1 / 3, True), (0.3, False), (1e-5, False)])
+def test_a_delta_of_at_least_one_over_the_population_is_warned_once(model, tmp_path, caplog, delta, warned):
+    """(ε, δ)-DP with δ >= 1/n admits a mechanism that publishes one random device's data in full;
+    the budget ran such a fleet (3 eligible devices, δ = 1/3) without a word. It still runs it
+    (the ε reported is right at that δ), once warned, by name."""
+    privacy = PrivacyConfig(enabled=True, noise_multiplier=1.0, target_epsilon=100.0, delta=delta, clip_norm=0.05)
+    fleet = make_fleet(model, tmp_path, sizes=(10, 12, 14), **DP, privacy=privacy)
+    c = fleet.coordinator
+    with caplog.at_level(logging.WARNING, logger="fedge.coordinator.privacy"):
+        assert c.begin_round()
+        c.round = None  # plan the next round too: the warning is said once
+        assert c.privacy.plan(2, 3, 3, 3) is not None
+    said = [r.getMessage() for r in caplog.records if "privacy.delta" in r.getMessage()]
+    assert len(said) == (1 if warned else 0)
+    assert not warned or "at least 1 / 3 eligible devices" in said[0]
