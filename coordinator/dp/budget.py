@@ -54,7 +54,7 @@ class PrivacyBudget:
         self.delta_warned: int | None = None  # the round whose population made delta >= 1 / population (once)
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
         if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
-            ledger = {c.get("sampling", "fixed") for c in store.privacy_ledger()}
+            ledger = {plan.sampling for plan in self._read_ledger()}
             if ledger - {config.sampling}:
                 raise ConfigError(f"privacy.sampling = {config.sampling!r}, but the state file's privacy ledger "
                                   f"holds {sorted(ledger)} rounds: their neighbouring relations differ and one "
@@ -90,7 +90,24 @@ class PrivacyBudget:
         return self.config.enabled
 
     def ledger(self) -> list[RoundCharge]:
-        return [RoundPlan.from_json(c).charge() for c in self.store.privacy_ledger()]
+        return [plan.charge() for plan in self._read_ledger()]
+
+    def _read_ledger(self) -> list[RoundPlan]:
+        """The store's charges as plans; one that is no plan (a hostile state file) is a named ConfigError."""
+        where = f"{self.store.path}: privacy_ledger"
+        try:
+            charges = self.store.privacy_ledger()  # the store parses each row's JSON
+        except ValueError as exc:
+            raise ConfigError(f"{where} holds a charge that is no JSON ({exc}); restore the state file from a "
+                              "backup") from None
+        plans = []
+        for i, charge in enumerate(charges, 1):
+            try:
+                plans.append(RoundPlan.from_json(charge))
+            except ValueError as exc:
+                raise ConfigError(f"{where} entry {i} is no charge fedge wrote ({exc}); restore the state file "
+                                  "from a backup") from None
+        return plans
 
     def spent(self) -> float | None:
         """ε of the ledger at privacy.delta (the check's accountant); None when privacy is off."""

@@ -38,7 +38,18 @@ def read_ledger(path: str | Path) -> list[tuple[int, RoundPlan]]:
                 return []
     except sqlite3.DatabaseError as exc:  # a file that is no SQLite database
         raise ConfigError(f"{path}: not a fedge state database ({exc})") from None
-    return [(r, RoundPlan.from_json(json.loads(c))) for r, c in rows]
+    return _plans(rows, str(path))
+
+
+def _plans(rows, where: str) -> list[tuple[int, RoundPlan]]:
+    """The ledger's rows as plans; a row that is no plan (the file is hostile) is a named ConfigError."""
+    plans = []
+    for round_id, charge in rows:
+        try:
+            plans.append((round_id, RoundPlan.from_json(json.loads(charge))))
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError; TypeError: charge not text
+            raise ConfigError(f"{where}: privacy_ledger round {round_id!r} is no charge fedge wrote ({exc})") from None
+    return plans
 
 
 def privacy_report(ledger: list[tuple[int, RoundPlan]]) -> dict:
@@ -103,4 +114,4 @@ def read_pg_ledger(dsn: str) -> list[tuple[int, RoundPlan]]:
         return []
     except psycopg.Error as exc:  # cannot connect, no permission, ...: a named error, not a traceback
         raise ConfigError(f"{redact(dsn)}: cannot read the privacy ledger: {exc}") from None
-    return [(r, RoundPlan.from_json(json.loads(c))) for r, c in rows]
+    return _plans(rows, redact(dsn))
