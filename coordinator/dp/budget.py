@@ -71,10 +71,14 @@ class PrivacyBudget:
         a mixed ledger stops the next round's check), and ε after its charge, at the configured
         delta and accountant, within target_epsilon. Privacy off: nothing is checked (the round
         still runs and is charged by its plan)."""
-        plan, cfg = RoundPlan.from_json(stored.privacy), self.config
+        where, cfg = f"{self.store.path}: open round {stored.round_id}", self.config
+        try:  # read whether privacy is on or off: the round is resumed by this plan either way
+            plan = RoundPlan.from_json(stored.privacy)
+        except ValueError as exc:
+            raise ConfigError(f"{where} holds a privacy plan fedge did not write ({exc}); restore the state file "
+                              "from a backup") from None
         if not cfg.enabled or plan is None:
             return
-        where = f"{self.store.path}: open round {stored.round_id}"
         if plan.sampling != cfg.sampling:
             raise ConfigError(f"{where} was planned with privacy.sampling = {plan.sampling!r}, not "
                               f"{cfg.sampling!r}: one budget cannot compose both; finish it with sampling = "

@@ -73,3 +73,24 @@ def test_the_coordinator_does_not_start_on_a_ledger_row_that_is_no_charge(model,
     with pytest.raises(ConfigError, match="privacy_ledger") as caught:
         make_fleet(model, tmp_path, sizes=(10, 12), store=store, **DP, privacy=privacy)
     assert said in str(caught.value) and "state.db" in str(caught.value)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("edit,said", [("json_set(privacy, '$.cohort', 99)", "cohort (99) <= population"),
+                                       ("json_set(privacy, '$.clip_norm', 'big')", "clip_norm = 'big'"),
+                                       ("'[]'", "not list")])
+def test_the_coordinator_does_not_resume_an_open_round_whose_plan_is_no_plan(model, tmp_path, edit, said, enabled):
+    """The open round's plan (rounds.privacy) is read back to replay it with the same noise: a
+    hostile one raised RoundPlan's TypeError or RoundCharge's ValueError out of the start."""
+    from dataclasses import replace
+
+    from tests.coordinator.test_dp_restart_config import _open_round
+
+    fleet, _, db = _open_round(model, tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"UPDATE rounds SET privacy = {edit} WHERE status = 'open'")
+    cfg = fleet.coordinator.config
+    cfg = replace(cfg, privacy=replace(cfg.privacy, enabled=enabled))
+    with pytest.raises(ConfigError, match="open round 1 holds a privacy plan fedge did not write") as caught:
+        fleet.restart(store=RoundStore(db), config=cfg)
+    assert said in str(caught.value)
