@@ -50,8 +50,7 @@ class PrivacyBudget:
         self.metrics = PrivacyMetrics(registry) if config.enabled else None
         self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
         self.refused_round: int | None = None
-        self.noisy_warned: int | None = None  # the round whose noise was said to outweigh the signal (once)
-        self.delta_warned: int | None = None  # the round whose population made delta >= 1 / population (once)
+        self.warned: set[str] = set()  # the once-only warnings already said ("noise", "delta", "empty_draw")
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
         if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
             ledger = {plan.sampling for plan in self._read_ledger()}
@@ -159,19 +158,7 @@ class PrivacyBudget:
         self.metrics.exhausted.set(0)
         log.info("round %d: privacy plan %d of %d devices, z=%.4g; ε after it %.4f of %g (charged if its noised "
                  "sum is released)", round_id, cohort, population, z, verdict.epsilon_after, cfg.target_epsilon)
-        if cfg.delta * population >= 1 and self.delta_warned is None:
-            # (ε, δ) with δ >= 1/n allows a release that names one device's data in full (δ mass on each)
-            self.delta_warned = round_id
-            log.warning("round %d: privacy.delta = %g is at least 1 / %d eligible devices: (ε, δ)-DP then allows "
-                        "revealing one device's data outright; set delta well below 1 / population", round_id,
-                        cfg.delta, population)
-        if z > expected_cohort and self.noisy_warned is None:
-            # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
-            # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)
-            self.noisy_warned = round_id
-            log.warning("round %d: noise multiplier z = %.3g over %g expected devices a round: the noise of the "
-                        "mean is larger than any one update; expect little learning. More devices a round, "
-                        "fewer rounds or a larger target_epsilon lower it", round_id, z, expected_cohort)
+        self._warn_once(round_id, population, cohort, expected_cohort, z)
         plan = RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
                          verdict.epsilon_after, cfg.sampling, cfg.accountant, mechanism=cfg.mechanism)
         if not cfg.target_quantile:
@@ -181,3 +168,30 @@ class PrivacyBudget:
         count_stddev = cfg.clip_count_stddev or max(expected_cohort / 20, z)
         return replace(plan, clip_norm=clip, delta_noise_multiplier=split_noise(z, count_stddev),
                        count_stddev=count_stddev, target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)
+
+    def _warn_once(self, round_id: int, population: int, cohort: int, expected_cohort: int, z: float) -> None:
+        """Settings the budget runs but whose guarantee or learning an operator should hear about, once each."""
+        cfg, said = self.config, self.warned
+        if cfg.delta * population >= 1 and "delta" not in said:
+            # (ε, δ) with δ >= 1/n allows a release that names one device's data in full (δ mass on each)
+            said.add("delta")
+            log.warning("round %d: privacy.delta = %g is at least 1 / %d eligible devices: (ε, δ)-DP then allows "
+                        "revealing one device's data outright; set delta well below 1 / population", round_id,
+                        cfg.delta, population)
+        empty = (1 - cohort / population) ** population
+        if cfg.sampling == "poisson" and empty > cfg.delta and "empty_draw" not in said:
+            # an empty draw is drawn again (sampling.poisson_draw): each device's real inclusion
+            # probability is then q / (1 - empty), which the PoissonSampledDpEvent(q) charge does not model
+            said.add("empty_draw")
+            log.warning("round %d: a Poisson draw at q = %.4g of %d devices is empty with probability %.3g, above "
+                        "privacy.delta; fedge then draws again, which the accountant does not model: each device is "
+                        "really drawn with probability q / %.3g, so the ε reported understates what the rounds "
+                        "spend. Ask more devices a round, or use sampling = 'fixed'", round_id, cohort / population,
+                        population, empty, 1 - empty)
+        if z > expected_cohort and "noise" not in said:
+            # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
+            # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)
+            said.add("noise")
+            log.warning("round %d: noise multiplier z = %.3g over %g expected devices a round: the noise of the "
+                        "mean is larger than any one update; expect little learning. More devices a round, "
+                        "fewer rounds or a larger target_epsilon lower it", round_id, z, expected_cohort)
