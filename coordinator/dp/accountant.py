@@ -166,9 +166,13 @@ def check_round(ledger: Sequence[RoundCharge], proposed: RoundCharge, target_eps
     return BudgetVerdict(True, after, spent)
 
 
+ROUNDS_LEFT_LIMIT = 100_000  # rounds_left searches no further: a result equal to it means "at least"
+
+
 def rounds_left(ledger: Sequence[RoundCharge], next_charge: RoundCharge, target_epsilon: float, delta: float,
-                method: str = "rdp", limit: int = 100_000) -> int:
-    """How many more rounds like `next_charge` fit in the budget (binary search; at most `limit`)."""
+                method: str = "rdp", limit: int = ROUNDS_LEFT_LIMIT) -> int:
+    """How many more rounds like `next_charge` fit in the budget (binary search; at most `limit`,
+    which then means `limit` or more)."""
     def fits(k: int) -> bool:
         return k == 0 or epsilon([*ledger, *([next_charge] * k)], delta, method) <= target_epsilon
     if not fits(0):

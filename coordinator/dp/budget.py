@@ -25,7 +25,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .accountant import BudgetVerdict, RoundCharge, check_round, epsilon
 from .calibrate import noise_multiplier_for
-from .config import PrivacyConfig
+from .config import PrivacyConfig, check_count_noise
 from .round import CLIP_GROUP, RoundPlan, split_noise
 
 log = logging.getLogger("fedge.coordinator.privacy")
@@ -50,10 +50,10 @@ class PrivacyBudget:
         self.metrics = PrivacyMetrics(registry) if config.enabled else None
         self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
         self.refused_round: int | None = None
-        self.noisy_warned: int | None = None  # the round whose noise was said to outweigh the signal (once)
+        self.warned: set[str] = set()  # the once-only warnings already said ("noise", "delta", "empty_draw")
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
         if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
-            ledger = {c.get("sampling", "fixed") for c in store.privacy_ledger()}
+            ledger = {plan.sampling for plan in self._read_ledger()}
             if ledger - {config.sampling}:
                 raise ConfigError(f"privacy.sampling = {config.sampling!r}, but the state file's privacy ledger "
                                   f"holds {sorted(ledger)} rounds: their neighbouring relations differ and one "
@@ -70,10 +70,14 @@ class PrivacyBudget:
         a mixed ledger stops the next round's check), and ε after its charge, at the configured
         delta and accountant, within target_epsilon. Privacy off: nothing is checked (the round
         still runs and is charged by its plan)."""
-        plan, cfg = RoundPlan.from_json(stored.privacy), self.config
+        where, cfg = f"{self.store.path}: open round {stored.round_id}", self.config
+        try:  # read whether privacy is on or off: the round is resumed by this plan either way
+            plan = RoundPlan.from_json(stored.privacy)
+        except ValueError as exc:
+            raise ConfigError(f"{where} holds a privacy plan fedge did not write ({exc}); restore the state file "
+                              "from a backup") from None
         if not cfg.enabled or plan is None:
             return
-        where = f"{self.store.path}: open round {stored.round_id}"
         if plan.sampling != cfg.sampling:
             raise ConfigError(f"{where} was planned with privacy.sampling = {plan.sampling!r}, not "
                               f"{cfg.sampling!r}: one budget cannot compose both; finish it with sampling = "
@@ -89,7 +93,24 @@ class PrivacyBudget:
         return self.config.enabled
 
     def ledger(self) -> list[RoundCharge]:
-        return [RoundPlan.from_json(c).charge() for c in self.store.privacy_ledger()]
+        return [plan.charge() for plan in self._read_ledger()]
+
+    def _read_ledger(self) -> list[RoundPlan]:
+        """The store's charges as plans; one that is no plan (a hostile state file) is a named ConfigError."""
+        where = f"{self.store.path}: privacy_ledger"
+        try:
+            charges = self.store.privacy_ledger()  # the store parses each row's JSON
+        except ValueError as exc:
+            raise ConfigError(f"{where} holds a charge that is no JSON ({exc}); restore the state file from a "
+                              "backup") from None
+        plans = []
+        for i, charge in enumerate(charges, 1):
+            try:
+                plans.append(RoundPlan.from_json(charge))
+            except ValueError as exc:
+                raise ConfigError(f"{where} entry {i} is no charge fedge wrote ({exc}); restore the state file "
+                                  "from a backup") from None
+        return plans
 
     def spent(self) -> float | None:
         """ε of the ledger at privacy.delta (the check's accountant); None when privacy is off."""
@@ -137,18 +158,40 @@ class PrivacyBudget:
         self.metrics.exhausted.set(0)
         log.info("round %d: privacy plan %d of %d devices, z=%.4g; ε after it %.4f of %g (charged if its noised "
                  "sum is released)", round_id, cohort, population, z, verdict.epsilon_after, cfg.target_epsilon)
-        if z > expected_cohort and self.noisy_warned is None:
-            # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
-            # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)
-            self.noisy_warned = round_id
-            log.warning("round %d: noise multiplier z = %.3g over %g expected devices a round: the noise of the "
-                        "mean is larger than any one update; expect little learning. More devices a round, "
-                        "fewer rounds or a larger target_epsilon lower it", round_id, z, expected_cohort)
+        self._warn_once(round_id, population, cohort, expected_cohort, z)
         plan = RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
                          verdict.epsilon_after, cfg.sampling, cfg.accountant, mechanism=cfg.mechanism)
         if not cfg.target_quantile:
             return plan
         clip = float((extra or {}).get(CLIP_GROUP, {}).get("clip_norm", cfg.clip_norm))
+        check_count_noise(cfg.clip_count_stddev, z)  # a calibrated z is known only now
         count_stddev = cfg.clip_count_stddev or max(expected_cohort / 20, z)
         return replace(plan, clip_norm=clip, delta_noise_multiplier=split_noise(z, count_stddev),
                        count_stddev=count_stddev, target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)
+
+    def _warn_once(self, round_id: int, population: int, cohort: int, expected_cohort: int, z: float) -> None:
+        """Settings the budget runs but whose guarantee or learning an operator should hear about, once each."""
+        cfg, said = self.config, self.warned
+        if cfg.delta * population >= 1 and "delta" not in said:
+            # (ε, δ) with δ >= 1/n allows a release that names one device's data in full (δ mass on each)
+            said.add("delta")
+            log.warning("round %d: privacy.delta = %g is at least 1 / %d eligible devices: (ε, δ)-DP then allows "
+                        "revealing one device's data outright; set delta well below 1 / population", round_id,
+                        cfg.delta, population)
+        empty = (1 - cohort / population) ** population
+        if cfg.sampling == "poisson" and empty > cfg.delta and "empty_draw" not in said:
+            # an empty draw is drawn again (sampling.poisson_draw): each device's real inclusion
+            # probability is then q / (1 - empty), which the PoissonSampledDpEvent(q) charge does not model
+            said.add("empty_draw")
+            log.warning("round %d: a Poisson draw at q = %.4g of %d devices is empty with probability %.3g, above "
+                        "privacy.delta; fedge then draws again, which the accountant does not model: each device is "
+                        "really drawn with probability q / %.3g, so the ε reported understates what the rounds "
+                        "spend. Ask more devices a round, or use sampling = 'fixed'", round_id, cohort / population,
+                        population, empty, 1 - empty)
+        if z > expected_cohort and "noise" not in said:
+            # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
+            # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)
+            said.add("noise")
+            log.warning("round %d: noise multiplier z = %.3g over %g expected devices a round: the noise of the "
+                        "mean is larger than any one update; expect little learning. More devices a round, "
+                        "fewer rounds or a larger target_epsilon lower it", round_id, z, expected_cohort)

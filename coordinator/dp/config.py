@@ -86,6 +86,21 @@ class PrivacyConfig:
                               ("mechanism", MECHANISMS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"privacy.{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        if self.accountant == "pld" and self.sampling == "fixed":
+            raise ConfigError("privacy.accountant = 'pld' needs sampling = 'poisson': dp-accounting 0.6's PLD "
+                              "accountant has no fixed-size (without replacement) sampling event; use accountant = "
+                              "'rdp' with sampling = 'fixed'")
+        if self.target_quantile and self.noise_multiplier:
+            check_count_noise(self.clip_count_stddev, self.noise_multiplier, "noise_multiplier")
+
+
+def check_count_noise(count_stddev: float, z: float, what: str = "z") -> None:
+    """Adaptive clipping splits z into z_delta^-2 + (2 count_stddev)^-2 = z^-2 (round.split_noise),
+    which needs 2 count_stddev > z; 0 (the default, max(W / 20, z)) always does."""
+    if count_stddev and not 2 * count_stddev > z:
+        raise ConfigError(f"privacy.clip_count_stddev {count_stddev:g} must exceed {what} / 2 = {z / 2:g}: adaptive "
+                          f"clipping takes the count's noise out of z (z_delta^-2 + (2 clip_count_stddev)^-2 = z^-2); "
+                          "raise it, or leave it 0 for max(expected cohort / 20, z)")
 
 
 def check_coordinator(cfg) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
-from .accountant import epsilon, rounds_left
+from .accountant import ROUNDS_LEFT_LIMIT, epsilon, rounds_left
 from .round import RoundPlan
 
 
@@ -38,7 +38,18 @@ def read_ledger(path: str | Path) -> list[tuple[int, RoundPlan]]:
                 return []
     except sqlite3.DatabaseError as exc:  # a file that is no SQLite database
         raise ConfigError(f"{path}: not a fedge state database ({exc})") from None
-    return [(r, RoundPlan.from_json(json.loads(c))) for r, c in rows]
+    return _plans(rows, str(path))
+
+
+def _plans(rows, where: str) -> list[tuple[int, RoundPlan]]:
+    """The ledger's rows as plans; a row that is no plan (the file is hostile) is a named ConfigError."""
+    plans = []
+    for round_id, charge in rows:
+        try:
+            plans.append((round_id, RoundPlan.from_json(json.loads(charge))))
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError; TypeError: charge not text
+            raise ConfigError(f"{where}: privacy_ledger round {round_id!r} is no charge fedge wrote ({exc})") from None
+    return plans
 
 
 def privacy_report(ledger: list[tuple[int, RoundPlan]]) -> dict:
@@ -48,9 +59,10 @@ def privacy_report(ledger: list[tuple[int, RoundPlan]]) -> dict:
     last = ledger[-1][1]
     charges = [p.charge() for _, p in ledger]
     spent = epsilon(charges, last.delta, last.accountant)
-    left = rounds_left(charges, last.charge(), last.target_epsilon, last.delta, last.accountant)
+    left = rounds_left(charges, last.charge(), last.target_epsilon, last.delta, last.accountant, ROUNDS_LEFT_LIMIT)
     return {"rounds_charged": len(ledger), "epsilon_spent": spent, "target_epsilon": last.target_epsilon,
             "delta": last.delta, "accountant": last.accountant, "rounds_left": left,
+            "rounds_left_at_least": left >= ROUNDS_LEFT_LIMIT,  # the search stopped there: more may fit
             "next_round": {"population": last.population, "cohort": last.cohort,
                            "noise_multiplier": last.noise_multiplier, "clip_norm": last.clip_norm,
                            "mechanism": last.mechanism},
@@ -75,12 +87,13 @@ def render(report: dict) -> str:
         return "privacy: no round charged yet (ε spent 0)"
     nxt = report["next_round"]
     last = report["rounds"][-1]
+    left = ("at least " if report["rounds_left_at_least"] else "") + str(report["rounds_left"])
     grouped = "" if "shard_groups" not in last else (
         f"\nlast round: {len(last['shard_groups'])} shard groups, each sum noised for z by itself (charged as one); "
         f"the committed sum's noise std {last['total_noise_std']:.4g}, {last['noise_vs_one_group']:.3g}x one group's")
     return (f"privacy: ε spent {report['epsilon_spent']:.4f} of {report['target_epsilon']:g} "
             f"(δ={report['delta']:g}, {report['accountant']}) over {report['rounds_charged']} rounds\n"
-            f"rounds left: {report['rounds_left']} at the last round's settings ({nxt['cohort']} of "
+            f"rounds left: {left} at the last round's settings ({nxt['cohort']} of "
             f"{nxt['population']} devices asked, z={nxt['noise_multiplier']:.4g}, S={nxt['clip_norm']:g})" + grouped)
 
 
@@ -101,4 +114,4 @@ def read_pg_ledger(dsn: str) -> list[tuple[int, RoundPlan]]:
         return []
     except psycopg.Error as exc:  # cannot connect, no permission, ...: a named error, not a traceback
         raise ConfigError(f"{redact(dsn)}: cannot read the privacy ledger: {exc}") from None
-    return [(r, RoundPlan.from_json(json.loads(c))) for r, c in rows]
+    return _plans(rows, redact(dsn))

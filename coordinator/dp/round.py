@@ -19,12 +19,14 @@ Which aggregators and settings privacy refuses, and why: dp/config.py (check_coo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from .accountant import RoundCharge
+from .config import ACCOUNTANTS
 from .mechanism import clip_to_norm, global_norm, noised_mean
 
 Params = dict[str, np.ndarray]
@@ -61,7 +63,31 @@ class RoundPlan:
 
     @classmethod
     def from_json(cls, data: dict | None) -> RoundPlan | None:
-        return None if data is None else cls(**data)
+        """The plan a state file holds (hostile: ValueError saying which field is wrong), or None."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise ValueError(f"a round's plan must be a JSON object, not {type(data).__name__}")
+        kinds = {f.name: f.type for f in fields(cls)}
+        if unknown := sorted(set(data) - set(kinds)):
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+        for name, value in data.items():
+            kind = kinds[name]
+            good = (isinstance(value, int) and not isinstance(value, bool) if kind == "int" else
+                    isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    if kind == "float" else isinstance(value, str) if kind == "str" else True)
+            if not good:
+                raise ValueError(f"{name} = {value!r} is not a finite {kind}")
+        try:
+            plan = cls(**data)
+        except TypeError as exc:  # a required field missing
+            raise ValueError(str(exc)) from None
+        plan.charge()  # RoundCharge checks population, cohort, z and sampling
+        if not (0 < plan.delta < 1 and plan.target_epsilon > 0 and plan.clip_norm > 0 and plan.expected_cohort >= 1):
+            raise ValueError("needs 0 < delta < 1, target_epsilon > 0, clip_norm > 0 and expected_cohort >= 1")
+        if plan.accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant {plan.accountant!r}: choose one of {ACCOUNTANTS}")
+        return plan
 
     @property
     def adaptive(self) -> bool:

@@ -148,8 +148,11 @@ def test_a_ledger_of_the_other_sampling_stops_the_start_by_name():
     from prometheus_client import CollectorRegistry
 
     from fedge.coordinator.dp.budget import PrivacyBudget
-    store = SimpleNamespace(privacy_ledger=lambda: [{"sampling": "fixed"}, {"population": 10}])  # old rows: fixed
+    from fedge.coordinator.dp.round import RoundPlan
+    fixed = RoundPlan(10, 2, 1.0, 0.05, 2, 1e-5, 50.0, 1.0, "fixed").to_json()
+    old = {k: v for k, v in fixed.items() if k != "sampling"}  # rows from before the field: fixed
+    store = SimpleNamespace(path="state.db", privacy_ledger=lambda: [fixed, old])
     with pytest.raises(ConfigError, match="neighbouring relations differ"):
         PrivacyBudget(_privacy(sampling="poisson"), store, CollectorRegistry())
-    assert PrivacyBudget(_privacy(sampling="poisson"), SimpleNamespace(privacy_ledger=lambda: []),
+    assert PrivacyBudget(_privacy(sampling="poisson"), SimpleNamespace(path="state.db", privacy_ledger=lambda: []),
                          CollectorRegistry()).enabled  # a fresh state file takes either
