@@ -175,6 +175,15 @@ def scaffold_control_delta(server_control: Params, shared_delta: Params, steps: 
     check_scaffold_hyper(hyper)
     if steps < 1:
         raise TrainingError("SCAFFOLD's control update needs at least one local step")
-    scale = 1.0 / (hyper.lr * momentum_steps(steps, hyper.momentum))
-    return {k: (-np.asarray(c, np.float64) - scale * np.asarray(shared_delta[k], np.float64)).astype(np.float32)
-            for k, c in server_control.items()}
+    # The task's lr is the coordinator's word: a subnormal one (5e-324 is in range) made the scale
+    # inf, and inf * 0 a NaN that the encoder refused with a ValueError out of the device's poll,
+    # the task left unanswered. A Δc_i that fp32 cannot hold is declined as diverged instead.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scale = np.divide(1.0, np.float64(hyper.lr) * momentum_steps(steps, hyper.momentum))
+        out = {k: (-np.asarray(c, np.float64) - scale * np.asarray(shared_delta[k], np.float64)).astype(np.float32)
+               for k, c in server_control.items()}
+    for name, value in out.items():
+        if not np.all(np.isfinite(value)):
+            raise Diverged(f"SCAFFOLD's control update for {name} is not finite in fp32: (x - y_i) / (K lr) with "
+                           f"K = {steps} steps and lr = {hyper.lr:g}; raise the learning rate")
+    return out
