@@ -178,3 +178,25 @@ def test_a_model_over_its_byte_budget_is_refused_as_it_arrives(model, tmp_path):
     whole.accept(ArtifactFile(model_id, "manifest.json", "", manifest, 0, 1 + len(files)))
     assert [whole.accept(item) for item in items][-1]  # exactly at the budget: installed
     assert (tmp_path / "ok" / "manifest.json").exists()
+
+
+def test_a_model_placed_by_hand_is_never_replaced_by_a_fetched_one(model, tmp_path):
+    """`fedge device run` finds installed models in the same artifacts folder that fetched ones
+    go to. A task naming such a model with another manifest hash (a hostile coordinator, or one
+    that rebuilt it) had the device fetch that model and rmtree the operator's folder, though
+    only folders carrying fedge's marker are ever removed (fetched_models.py)."""
+    art = model[0]
+    real = json.loads((art / "manifest.json").read_bytes())
+    by_hand = tmp_path / "state" / DEVICE / "artifacts" / "m2"
+    by_hand.mkdir(parents=True)
+    for rel in real["files"]:
+        (by_hand / rel).parent.mkdir(parents=True, exist_ok=True)
+        (by_hand / rel).write_bytes((art / rel).read_bytes())
+    (by_hand / "manifest.json").write_bytes(_manifest(model, files=real["files"]))
+    before = tree_digest(by_hand)
+    other = json.dumps(json.loads(_manifest(model, files=real["files"])), indent=1).encode()  # another hash
+    sent = _transfer(model, tmp_path, other, {rel: (art / rel).read_bytes() for rel in real["files"]})
+    assert tree_digest(by_hand) == before
+    decline = _declined(sent)
+    assert (decline.reason, decline.stage) == ("artifact", "before"), decline
+    assert "not fetched by fedge" in decline.detail
