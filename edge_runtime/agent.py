@@ -61,7 +61,7 @@ from .task import (
     on_event,
 )
 from .uplink import Uplink
-from .work_limits import UPLINK_BACKLOG, forget_answered, stop_check
+from .work_limits import UPLINK_BACKLOG, forget_answered, remember_announced, stop_check
 
 log = logging.getLogger("fedge.agent")
 
@@ -183,7 +183,7 @@ class DeviceAgent:
         if isinstance(message, Announcement) and msg.topic == ANNOUNCE_TOPIC:
             before = self.announcement.session if self.announcement else None
             self.announcement = message
-            self.runtime.announced[message.model_id] = message.model_version  # DeviceStore.keep_global
+            remember_announced(self.runtime.announced, message.model_id, message.model_version)  # for keep_global
             if not msg.retain and message.session != before:
                 self.check_in()  # a coordinator (re)started: it may have missed our last check-in
         elif isinstance(message, ModelPart) and topic_matches(MODEL_PARTS_FILTER, msg.topic):

@@ -126,3 +126,19 @@ def test_a_device_survives_a_storm_from_a_hostile_coordinator(model, tmp_path):
     _assert_valid_update(reply, model)
     personal = DeviceStore(state / DEVICE, manifest.model_id).load_personal()
     assert personal and all(np.all(np.isfinite(v)) for v in personal.values())
+
+
+def test_announcements_of_ever_new_model_ids_do_not_grow_the_device(model, tmp_path):
+    """The device remembered the announced version of every model id any Announcement named,
+    for as long as it ran; it keeps the latest ANNOUNCED_KEPT, the latest one among them."""
+    from fedge.edge_runtime.kernel.clock import ManualClock
+    from fedge.edge_runtime.kernel.protocol import Announcement
+    from fedge.edge_runtime.work_limits import ANNOUNCED_KEPT
+
+    agent, coord = _device(model, tmp_path / "state", ManualClock())
+    own = model[1].model_id
+    for model_id, version in [(own, 7), *((f"m{i}", i) for i in range(40 * ANNOUNCED_KEPT)), (own, 9)]:
+        coord.publish(ANNOUNCE_TOPIC, encode_message(Announcement(model_id, version, "")))
+        pump(agent, coord)
+    expected = {f"m{i}": i for i in range(39 * ANNOUNCED_KEPT + 1, 40 * ANNOUNCED_KEPT)} | {own: 9}
+    assert agent.runtime.announced == expected
