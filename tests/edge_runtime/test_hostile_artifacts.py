@@ -36,6 +36,12 @@ def _transfer(model, tmp_path, manifest: bytes, files: dict[str, bytes]) -> list
                      manifest_sha256=sha)
     coord.publish(device_topic(DEVICE, "task"), encode_message(task))
     sent = pump(agent, coord)
+    return sent + _send_files(agent, coord, manifest, files)
+
+
+def _send_files(agent, coord, manifest: bytes, files: dict[str, bytes]) -> list:
+    """Model "m2"'s manifest, then `files`, one message each; what the device sent."""
+    sha, sent = hashlib.sha256(manifest).hexdigest(), []
     items = [ArtifactFile("m2", "manifest.json", sha, manifest, 0, 1 + len(files))]
     items += [ArtifactFile("m2", path, hashlib.sha256(data).hexdigest(), data, i + 1, 1 + len(files))
               for i, (path, data) in enumerate(files.items())]
@@ -200,3 +206,33 @@ def test_a_model_placed_by_hand_is_never_replaced_by_a_fetched_one(model, tmp_pa
     decline = _declined(sent)
     assert (decline.reason, decline.stage) == ("artifact", "before"), decline
     assert "not fetched by fedge" in decline.detail
+
+
+def test_tasks_waiting_for_model_downloads_are_bounded(model, tmp_path):
+    """Each task waiting for a download held its params (up to max_message_bytes) until the
+    model came, and each new model id started a download: a coordinator naming one model over
+    and over, or a new one each time, grew the device without bound. Past the limits a task is
+    declined as fetch_backlog; the tasks that waited still train once their model arrives."""
+    from fedge.edge_runtime.delivery import FETCH_BACKLOG, MAX_DOWNLOADS, TASKS_PER_DOWNLOAD
+
+    art, _, runtime = model
+    real = json.loads((art / "manifest.json").read_bytes())
+    manifest = _manifest(model, files=real["files"])
+    agent, coord = one_device(model, tmp_path / "state", channels=("update", "fetch"), clock=ManualClock())
+    params = encode_dense(runtime.initial("shared"))
+
+    def task(task_id: str, model_id: str, sha: str) -> bytes:
+        return encode_message(TrainTask(1, task_id, DEVICE, model_id, 1, params, TaskHyper(epochs=1, batch_size=8),
+                                        manifest_sha256=sha))
+
+    waiting = [f"t{i}" for i in range(TASKS_PER_DOWNLOAD)]
+    for task_id in [*waiting, "over1", "over2"]:
+        coord.publish(device_topic(DEVICE, "task"), task(task_id, "m2", hashlib.sha256(manifest).hexdigest()))
+    others = [f"m{3 + i}" for i in range(MAX_DOWNLOADS)]  # m2's download and these: one too many
+    for model_id in others:
+        coord.publish(device_topic(DEVICE, "task"), task(f"for-{model_id}", model_id, "0" * 64))
+    declined = {m.task_id: m for m in pump(agent, coord) if isinstance(m, Decline)}
+    assert set(declined) == {"over1", "over2", f"for-{others[-1]}"}
+    assert {m.reason for m in declined.values()} == {FETCH_BACKLOG}
+    sent = _send_files(agent, coord, manifest, {rel: (art / rel).read_bytes() for rel in real["files"]})
+    assert sorted(m.task_id for m in sent if isinstance(m, Update)) == waiting
