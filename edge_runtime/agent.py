@@ -37,6 +37,7 @@ from .kernel.protocol import (
     Status,
     TrainTask,
     Update,
+    device_of,
     device_topic,
     shard_update_topic,
 )
@@ -180,7 +181,9 @@ class DeviceAgent:
         except CodecError as exc:
             log.warning("device %s dropped a bad message on %s: %s (%s)", self.device_id, msg.topic, exc.reason, exc)
             return True
-        if isinstance(message, Announcement) and msg.topic == ANNOUNCE_TOPIC:
+        if msg.retain and device_of(msg.topic):  # a coordinator never retains these: a stale Pace or task
+            log.warning("device %s ignored a retained %s on %s", self.device_id, type(message).__name__, msg.topic)
+        elif isinstance(message, Announcement) and msg.topic == ANNOUNCE_TOPIC:
             before = self.announcement.session if self.announcement else None
             self.announcement = message
             remember_announced(self.runtime.announced, message.model_id, message.model_version)  # for keep_global

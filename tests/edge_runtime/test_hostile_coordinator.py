@@ -142,3 +142,27 @@ def test_announcements_of_ever_new_model_ids_do_not_grow_the_device(model, tmp_p
         pump(agent, coord)
     expected = {f"m{i}": i for i in range(39 * ANNOUNCED_KEPT + 1, 40 * ANNOUNCED_KEPT)} | {own: 9}
     assert agent.runtime.announced == expected
+
+
+@pytest.mark.parametrize("stale", ["pace", "task"])
+def test_a_retained_message_on_the_device_topics_is_stale_and_ignored(model, tmp_path, stale):
+    """A coordinator never retains what it sends on a device's own topics; a retained one (a
+    misbehaving coordinator, another version, anyone who can publish there) came back at every
+    restart: a Pace of a day kept the device from checking in for that day each time, and a
+    task was trained again once the journal had forgotten it (here: a fresh state folder)."""
+    from fedge.edge_runtime.agent import DeviceAgent
+    from fedge.edge_runtime.device import DeviceRuntime
+    from fedge.edge_runtime.kernel.clock import ManualClock
+    from fedge.edge_runtime.kernel.protocol import Pace
+
+    clock = ManualClock()
+    agent, coord = _device(model, tmp_path / "state", clock)
+    message = Pace(DEVICE, 86400.0, "no_round") if stale == "pace" else _legit(model, "old")
+    coord.publish(device_topic(DEVICE, "task"), encode_message(message), retain=True)
+    pump(agent, coord)  # the running device takes it live, as sent
+    runtime = DeviceRuntime(DEVICE, agent.runtime.data, agent.runtime.model_dirs, tmp_path / "fresh", seed=3)
+    restarted = DeviceAgent(runtime, coord._broker.connect(DEVICE), clock=clock, checkin_s=60.0)
+    restarted.start()
+    sent = pump(restarted, coord)
+    assert _answer(sent, "old") == []
+    assert restarted.next_checkin - clock.now() <= 60.0
