@@ -236,3 +236,34 @@ def test_tasks_waiting_for_model_downloads_are_bounded(model, tmp_path):
     assert {m.reason for m in declined.values()} == {FETCH_BACKLOG}
     sent = _send_files(agent, coord, manifest, {rel: (art / rel).read_bytes() for rel in real["files"]})
     assert sorted(m.task_id for m in sent if isinstance(m, Update)) == waiting
+
+
+def test_a_model_whose_graphs_fail_when_run_is_declined(model, tmp_path):
+    """Every file hashes right and the graphs load, but the manifest (and params_init.npz, and
+    the task's params) name shapes the graphs do not take: ORT's InvalidArgument at the first
+    step left the device's poll and the task was never answered."""
+    import io
+
+    import numpy as np
+
+    art = model[0]
+    files = {rel: (art / rel).read_bytes() for rel in json.loads((art / "manifest.json").read_bytes())["files"]}
+    doc = json.loads(_manifest(model))
+    wider = {"fc1.lora_a": [12, 3], "fc1.lora_b": [3, 8]}  # rank 3; the graphs were built for rank 2
+    for param in doc["params"]:
+        param["shape"] = wider.get(param["name"], param["shape"])
+    arrays = {k: np.zeros(wider[k], np.float32) if k in wider else v
+              for k, v in np.load(io.BytesIO(files["params_init.npz"])).items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    files["params_init.npz"] = buf.getvalue()
+    doc["files"] = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    manifest = json.dumps(doc).encode()
+    shared = {p["name"]: arrays[p["name"]] for p in doc["params"] if p["role"] == "shared"}
+    agent, coord = one_device(model, tmp_path / "state", channels=("update", "fetch"), clock=ManualClock())
+    coord.publish(device_topic(DEVICE, "task"), encode_message(TrainTask(
+        1, "t1", DEVICE, "m2", 1, encode_dense(shared), TaskHyper(epochs=1), manifest_sha256=hashlib.sha256(
+            manifest).hexdigest())))
+    decline = _declined(pump(agent, coord) + _send_files(agent, coord, manifest, files))
+    assert (decline.reason, decline.stage) == ("training_failed", "during"), decline
+    assert "graphs fail when run" in decline.detail and "InvalidArgument" in decline.detail
