@@ -37,6 +37,7 @@ from .kernel.protocol import (
     Status,
     TrainTask,
     Update,
+    device_of,
     device_topic,
     shard_update_topic,
 )
@@ -61,7 +62,7 @@ from .task import (
     on_event,
 )
 from .uplink import Uplink
-from .work_limits import UPLINK_BACKLOG, forget_answered, stop_check
+from .work_limits import UPLINK_BACKLOG, forget_answered, remember_announced, stop_check
 
 log = logging.getLogger("fedge.agent")
 
@@ -180,10 +181,12 @@ class DeviceAgent:
         except CodecError as exc:
             log.warning("device %s dropped a bad message on %s: %s (%s)", self.device_id, msg.topic, exc.reason, exc)
             return True
-        if isinstance(message, Announcement) and msg.topic == ANNOUNCE_TOPIC:
+        if msg.retain and device_of(msg.topic):  # a coordinator never retains these: a stale Pace or task
+            log.warning("device %s ignored a retained %s on %s", self.device_id, type(message).__name__, msg.topic)
+        elif isinstance(message, Announcement) and msg.topic == ANNOUNCE_TOPIC:
             before = self.announcement.session if self.announcement else None
             self.announcement = message
-            self.runtime.announced[message.model_id] = message.model_version  # DeviceStore.keep_global
+            remember_announced(self.runtime.announced, message.model_id, message.model_version)  # for keep_global
             if not msg.retain and message.session != before:
                 self.check_in()  # a coordinator (re)started: it may have missed our last check-in
         elif isinstance(message, ModelPart) and topic_matches(MODEL_PARTS_FILTER, msg.topic):

@@ -30,6 +30,15 @@ from .task import Refused
 log = logging.getLogger("fedge.agent")
 
 Publish = Callable[[str, bytes], None]  # (channel, payload)
+# What tasks waiting for a model download may hold. Each keeps its params (up to
+# max_message_bytes, unchecked until it trains) until the model comes or fetch_timeout_s passes,
+# and each model id starts a download that may stage MAX_MODEL_BYTES: a coordinator naming one
+# model again and again, or a new model each time, grew the device's memory and disk without
+# bound. Past either limit a task is declined as FETCH_BACKLOG (not permanent: it clears as
+# downloads finish or time out).
+TASKS_PER_DOWNLOAD = 4
+MAX_DOWNLOADS = 2
+FETCH_BACKLOG = "fetch_backlog"
 WAITING = None  # resolve_params: the task waits for its round's model parts
 
 
@@ -80,8 +89,15 @@ class ModelDelivery:
             mark_used(Path(directory))
             return True
         if task.model_id in self.waiting:
-            self.waiting[task.model_id].tasks.append(task)
+            entry = self.waiting[task.model_id]
+            if len(entry.tasks) >= TASKS_PER_DOWNLOAD:
+                return Refused(FETCH_BACKLOG, f"{len(entry.tasks)} tasks wait for model {task.model_id} already; "
+                               f"this device holds at most {TASKS_PER_DOWNLOAD}")
+            entry.tasks.append(task)
             return False
+        if len(self.waiting) >= MAX_DOWNLOADS:
+            return Refused(FETCH_BACKLOG, f"{len(self.waiting)} model downloads under way; this device runs at most "
+                           f"{MAX_DOWNLOADS} at once")
         try:
             download = ArtifactDownload(task.model_id, task.manifest_sha256, fetched)
         except ArtifactError as exc:

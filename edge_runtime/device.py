@@ -42,6 +42,7 @@ from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode
 from .state_health import BAD_STATE, StateHealth
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
+from .trainer.base import fresh_optimizer_state
 
 log = logging.getLogger("fedge.device")
 
@@ -214,8 +215,9 @@ class DeviceRuntime:
             personal = personal_start(initial, shared) if task.hyper.personal_head_from_global else initial
         check_params(manifest, personal, "personal")
         opt_state = store.load_opt_state() if task.hyper.keep_optimizer_state else None
-        if opt_state is not None and not _state_fits(opt_state, task.hyper.optimizer):
-            opt_state = None  # the optimizer changed between rounds: start its state fresh
+        # Fresh unless it has this optimizer's names and this model's shapes: the optimizer changed, or the model
+        # (re-fetched under its id), and a state of other shapes raised ORT's InvalidArgument out of the poll.
+        opt_state = _fitting(opt_state, fresh_optimizer_state(manifest, task.hyper.optimizer))
         if server_control is not None:
             opt_state = None  # SCAFFOLD's c_i estimate assumes an empty momentum buffer (scaffold_control_delta)
         z = model.embed(self.data.x_train, cache_key=0)
@@ -389,11 +391,6 @@ def _fitting(arrays: dict | None, like: dict) -> dict | None:
     if arrays is None or set(arrays) != set(like):
         return None
     return arrays if all(np.shape(arrays[k]) == np.shape(v) for k, v in like.items()) else None
-
-
-def _state_fits(state: dict, optimizer: str) -> bool:
-    suffix = ".momentum_buffer" if optimizer == "sgd" else ".exp_avg"
-    return any(k.endswith(suffix) for k in state)
 
 
 def _stable_int(text: str) -> int:

@@ -32,6 +32,7 @@ class ArtifactDownload:
         self.model_id = check_model_id(model_id)  # dest and staging are named after it: a plain name
         self.manifest_sha256 = manifest_sha256
         self.dest = Path(dest)
+        _check_replaceable(self.dest, model_id)
         self.staging = self.dest.with_name(f".{self.dest.name}.partial")
         shutil.rmtree(self.staging, ignore_errors=True)
         self.manifest: Manifest | None = None
@@ -79,6 +80,7 @@ class ArtifactDownload:
             return False
         load_manifest(self.staging, verify=True)  # re-read from disk: what we will run is what was checked
         (self.staging / FETCHED_MARK).touch()  # fedge fetched it, so fedge may remove it (fetched_models.py)
+        _check_replaceable(self.dest, self.model_id)  # it may have come while the files did
         if self.dest.exists():
             shutil.rmtree(self.dest)
         self.staging.rename(self.dest)
@@ -93,6 +95,17 @@ class ArtifactDownload:
         if self.manifest is None:
             return ()
         return tuple(sorted(set(self.manifest.files) - self.received))
+
+
+def _check_replaceable(dest: Path, model_id: str) -> None:
+    """ArtifactError unless `dest` is absent or a folder fedge fetched (its marker): the model
+    installed by hand in the artifacts folder (where `fedge device run` finds installed models)
+    was removed and replaced by whatever a task's manifest hash named, against fetched_models.py's
+    promise that fedge deletes only what it fetched."""
+    if dest.is_symlink() or (dest.exists() and not (dest / FETCHED_MARK).is_file()):
+        raise ArtifactError(f"model {model_id}: {dest} was not fetched by fedge (no {FETCHED_MARK} marker) and does "
+                            "not match the task's manifest hash; fedge does not replace it (remove it to let the "
+                            "device fetch the coordinator's)")
 
 
 def _check_names(manifest: Manifest) -> None:

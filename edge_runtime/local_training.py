@@ -92,10 +92,13 @@ def train_locally(
     check_guard_hyper(hyper)
     backend.start({**shared, **personal}, opt_state, anchor=shared, correction=correction)
     sh = step_hyper(hyper)
-    steps, losses, epoch_starts = 0, [], []
+    # Sums, not a list of every batch loss: a task of a million epochs of batch size 1 (each in
+    # range) trains until the device's time cap, and the list grew by 32 bytes a step, hundreds
+    # of MB in an hour of a small head's steps.
+    steps, first, total, epoch_means = 0, None, 0.0, []
     batches_per_epoch = math.ceil(n / hyper.batch_size)
     for _ in range(hyper.epochs):
-        epoch_starts.append(len(losses))
+        epoch_total, epoch_steps = 0.0, 0
         order = rng.permutation(n)
         for b in range(batches_per_epoch):
             cause = should_abort()
@@ -103,11 +106,13 @@ def train_locally(
                 raise TaskAborted(cause, f"after {steps} steps")
             idx = order[b * hyper.batch_size : (b + 1) * hyper.batch_size]
             loss = backend.step(z[idx], y[idx], sh)
-            check_loss(loss, losses[0] if losses else None, steps, hyper, z)
-            losses.append(loss)
+            check_loss(loss, first, steps, hyper, z)
+            first = loss if first is None else first
+            total, epoch_total, epoch_steps = total + loss, epoch_total + loss, epoch_steps + 1
             steps += 1
             if hyper.max_steps and steps >= hyper.max_steps:
                 break
+        _keep_mean(epoch_means, epoch_total, epoch_steps)
         if hyper.max_steps and steps >= hyper.max_steps:
             break
     params, state = backend.current()
@@ -118,9 +123,12 @@ def train_locally(
     shared_names = [p.name for p in manifest.by_role("shared")]
     delta = {k: params[k] - shared[k] for k in shared_names}
     new_personal = {k: params[k] for k in personal}
-    epochs = [losses[a:b] for a, b in zip(epoch_starts, [*epoch_starts[1:], len(losses)]) if b > a]
-    return LocalResult(delta, new_personal, state, n, steps, float(np.mean(losses)),
-                       tuple(float(np.mean(e)) for e in epochs))
+    return LocalResult(delta, new_personal, state, n, steps, float(total / steps), tuple(epoch_means))
+
+
+def _keep_mean(means: list[float], total: float, count: int) -> None:
+    if count:
+        means.append(total / count)
 
 
 SCAFFOLD_OPTIMIZERS = ("sgd",)
@@ -175,6 +183,15 @@ def scaffold_control_delta(server_control: Params, shared_delta: Params, steps: 
     check_scaffold_hyper(hyper)
     if steps < 1:
         raise TrainingError("SCAFFOLD's control update needs at least one local step")
-    scale = 1.0 / (hyper.lr * momentum_steps(steps, hyper.momentum))
-    return {k: (-np.asarray(c, np.float64) - scale * np.asarray(shared_delta[k], np.float64)).astype(np.float32)
-            for k, c in server_control.items()}
+    # The task's lr is the coordinator's word: a subnormal one (5e-324 is in range) made the scale
+    # inf, and inf * 0 a NaN that the encoder refused with a ValueError out of the device's poll,
+    # the task left unanswered. A Δc_i that fp32 cannot hold is declined as diverged instead.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scale = np.divide(1.0, np.float64(hyper.lr) * momentum_steps(steps, hyper.momentum))
+        out = {k: (-np.asarray(c, np.float64) - scale * np.asarray(shared_delta[k], np.float64)).astype(np.float32)
+               for k, c in server_control.items()}
+    for name, value in out.items():
+        if not np.all(np.isfinite(value)):
+            raise Diverged(f"SCAFFOLD's control update for {name} is not finite in fp32: (x - y_i) / (K lr) with "
+                           f"K = {steps} steps and lr = {hyper.lr:g}; raise the learning rate")
+    return out

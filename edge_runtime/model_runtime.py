@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernel.errors import ArtifactError, ArtifactIntegrityError, DatasetError, FedgeError, ManifestMismatch
+from .kernel.errors import (
+    ArtifactError,
+    ArtifactIntegrityError,
+    DatasetError,
+    FedgeError,
+    ManifestMismatch,
+    TrainingError,
+)
 from .kernel.files import load_npz
 from .kernel.manifest import Manifest, load_manifest
 
@@ -100,10 +107,37 @@ class ModelRuntime:
 
 def loaded(build, model: ModelRuntime):
     """build(), with what ONNX Runtime or numpy raise on a model's files (a fetched model is
-    the coordinator's word) as ArtifactError: the task is declined, the loop goes on."""
+    the coordinator's word) as ArtifactError: the task is declined, the loop goes on. What it
+    built comes back guarded (RunGuard): its calls raise TrainingError for what they raise."""
     try:
-        return build()
+        return RunGuard(build(), model.model_id)
     except FedgeError:
         raise
     except Exception as exc:  # onnxruntime's errors derive from Exception alone
         raise ArtifactError(f"model {model.model_id}'s graphs do not load: {type(exc).__name__}: {exc}") from None
+
+
+class RunGuard:
+    """A backend or session whose method calls turn any error but a FedgeError into TrainingError.
+    Graphs that load may still fail when run: a fetched manifest that names other shapes than
+    its graphs take passed every check, and ORT's InvalidArgument at the first step left the
+    device's poll, the task never answered."""
+
+    def __init__(self, inner, model_id: str):
+        self._inner, self._model_id = inner, model_id
+
+    def __getattr__(self, name: str):
+        value = getattr(self._inner, name)
+        if not callable(value):
+            return value
+
+        def call(*args, **kwargs):
+            try:
+                return value(*args, **kwargs)
+            except FedgeError:
+                raise
+            except Exception as exc:
+                raise TrainingError(f"model {self._model_id}'s graphs fail when run: {type(exc).__name__}: "
+                                    f"{str(exc)[:300]}") from None
+
+        return call

@@ -27,6 +27,10 @@ UPLINK_BACKLOG = "uplink_backlog"
 # Tasks DeviceAgent.tasks remembers, at most (answered ones go first); a copy of a forgotten one
 # is still known to the journal (seen_tasks.py) and answered again, never retrained.
 TASKS_KEPT = 4 * SEEN_TASKS_KEPT
+# Model ids whose latest announced version the device remembers (DeviceStore.keep_global reads
+# it), the latest announced last. A coordinator announces one model at a time; the table kept
+# every model id any Announcement named, for as long as the device ran.
+ANNOUNCED_KEPT = 16
 
 
 def stop_check(clock, deadline_at: float, max_task_s: float) -> Callable[[], str | None]:
@@ -50,3 +54,11 @@ def forget_answered(tasks: dict[str, TaskState], kept: int = TASKS_KEPT) -> None
         answered = [task_id for task_id, state in tasks.items() if state in TERMINAL]
         for task_id in answered[:len(tasks) - kept]:
             del tasks[task_id]
+
+
+def remember_announced(announced: dict[str, int], model_id: str, version: int, kept: int = ANNOUNCED_KEPT) -> None:
+    """Record `model_id`'s announced version, forgetting the models announced longest ago past `kept`."""
+    announced.pop(model_id, None)
+    announced[model_id] = version
+    while len(announced) > kept:
+        del announced[next(iter(announced))]

@@ -36,6 +36,12 @@ def _transfer(model, tmp_path, manifest: bytes, files: dict[str, bytes]) -> list
                      manifest_sha256=sha)
     coord.publish(device_topic(DEVICE, "task"), encode_message(task))
     sent = pump(agent, coord)
+    return sent + _send_files(agent, coord, manifest, files)
+
+
+def _send_files(agent, coord, manifest: bytes, files: dict[str, bytes]) -> list:
+    """Model "m2"'s manifest, then `files`, one message each; what the device sent."""
+    sha, sent = hashlib.sha256(manifest).hexdigest(), []
     items = [ArtifactFile("m2", "manifest.json", sha, manifest, 0, 1 + len(files))]
     items += [ArtifactFile("m2", path, hashlib.sha256(data).hexdigest(), data, i + 1, 1 + len(files))
               for i, (path, data) in enumerate(files.items())]
@@ -178,3 +184,86 @@ def test_a_model_over_its_byte_budget_is_refused_as_it_arrives(model, tmp_path):
     whole.accept(ArtifactFile(model_id, "manifest.json", "", manifest, 0, 1 + len(files)))
     assert [whole.accept(item) for item in items][-1]  # exactly at the budget: installed
     assert (tmp_path / "ok" / "manifest.json").exists()
+
+
+def test_a_model_placed_by_hand_is_never_replaced_by_a_fetched_one(model, tmp_path):
+    """`fedge device run` finds installed models in the same artifacts folder that fetched ones
+    go to. A task naming such a model with another manifest hash (a hostile coordinator, or one
+    that rebuilt it) had the device fetch that model and rmtree the operator's folder, though
+    only folders carrying fedge's marker are ever removed (fetched_models.py)."""
+    art = model[0]
+    real = json.loads((art / "manifest.json").read_bytes())
+    by_hand = tmp_path / "state" / DEVICE / "artifacts" / "m2"
+    by_hand.mkdir(parents=True)
+    for rel in real["files"]:
+        (by_hand / rel).parent.mkdir(parents=True, exist_ok=True)
+        (by_hand / rel).write_bytes((art / rel).read_bytes())
+    (by_hand / "manifest.json").write_bytes(_manifest(model, files=real["files"]))
+    before = tree_digest(by_hand)
+    other = json.dumps(json.loads(_manifest(model, files=real["files"])), indent=1).encode()  # another hash
+    sent = _transfer(model, tmp_path, other, {rel: (art / rel).read_bytes() for rel in real["files"]})
+    assert tree_digest(by_hand) == before
+    decline = _declined(sent)
+    assert (decline.reason, decline.stage) == ("artifact", "before"), decline
+    assert "not fetched by fedge" in decline.detail
+
+
+def test_tasks_waiting_for_model_downloads_are_bounded(model, tmp_path):
+    """Each task waiting for a download held its params (up to max_message_bytes) until the
+    model came, and each new model id started a download: a coordinator naming one model over
+    and over, or a new one each time, grew the device without bound. Past the limits a task is
+    declined as fetch_backlog; the tasks that waited still train once their model arrives."""
+    from fedge.edge_runtime.delivery import FETCH_BACKLOG, MAX_DOWNLOADS, TASKS_PER_DOWNLOAD
+
+    art, _, runtime = model
+    real = json.loads((art / "manifest.json").read_bytes())
+    manifest = _manifest(model, files=real["files"])
+    agent, coord = one_device(model, tmp_path / "state", channels=("update", "fetch"), clock=ManualClock())
+    params = encode_dense(runtime.initial("shared"))
+
+    def task(task_id: str, model_id: str, sha: str) -> bytes:
+        return encode_message(TrainTask(1, task_id, DEVICE, model_id, 1, params, TaskHyper(epochs=1, batch_size=8),
+                                        manifest_sha256=sha))
+
+    waiting = [f"t{i}" for i in range(TASKS_PER_DOWNLOAD)]
+    for task_id in [*waiting, "over1", "over2"]:
+        coord.publish(device_topic(DEVICE, "task"), task(task_id, "m2", hashlib.sha256(manifest).hexdigest()))
+    others = [f"m{3 + i}" for i in range(MAX_DOWNLOADS)]  # m2's download and these: one too many
+    for model_id in others:
+        coord.publish(device_topic(DEVICE, "task"), task(f"for-{model_id}", model_id, "0" * 64))
+    declined = {m.task_id: m for m in pump(agent, coord) if isinstance(m, Decline)}
+    assert set(declined) == {"over1", "over2", f"for-{others[-1]}"}
+    assert {m.reason for m in declined.values()} == {FETCH_BACKLOG}
+    sent = _send_files(agent, coord, manifest, {rel: (art / rel).read_bytes() for rel in real["files"]})
+    assert sorted(m.task_id for m in sent if isinstance(m, Update)) == waiting
+
+
+def test_a_model_whose_graphs_fail_when_run_is_declined(model, tmp_path):
+    """Every file hashes right and the graphs load, but the manifest (and params_init.npz, and
+    the task's params) name shapes the graphs do not take: ORT's InvalidArgument at the first
+    step left the device's poll and the task was never answered."""
+    import io
+
+    import numpy as np
+
+    art = model[0]
+    files = {rel: (art / rel).read_bytes() for rel in json.loads((art / "manifest.json").read_bytes())["files"]}
+    doc = json.loads(_manifest(model))
+    wider = {"fc1.lora_a": [12, 3], "fc1.lora_b": [3, 8]}  # rank 3; the graphs were built for rank 2
+    for param in doc["params"]:
+        param["shape"] = wider.get(param["name"], param["shape"])
+    arrays = {k: np.zeros(wider[k], np.float32) if k in wider else v
+              for k, v in np.load(io.BytesIO(files["params_init.npz"])).items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    files["params_init.npz"] = buf.getvalue()
+    doc["files"] = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    manifest = json.dumps(doc).encode()
+    shared = {p["name"]: arrays[p["name"]] for p in doc["params"] if p["role"] == "shared"}
+    agent, coord = one_device(model, tmp_path / "state", channels=("update", "fetch"), clock=ManualClock())
+    coord.publish(device_topic(DEVICE, "task"), encode_message(TrainTask(
+        1, "t1", DEVICE, "m2", 1, encode_dense(shared), TaskHyper(epochs=1), manifest_sha256=hashlib.sha256(
+            manifest).hexdigest())))
+    decline = _declined(pump(agent, coord) + _send_files(agent, coord, manifest, files))
+    assert (decline.reason, decline.stage) == ("training_failed", "during"), decline
+    assert "graphs fail when run" in decline.detail and "InvalidArgument" in decline.detail

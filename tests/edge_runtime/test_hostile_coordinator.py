@@ -126,3 +126,43 @@ def test_a_device_survives_a_storm_from_a_hostile_coordinator(model, tmp_path):
     _assert_valid_update(reply, model)
     personal = DeviceStore(state / DEVICE, manifest.model_id).load_personal()
     assert personal and all(np.all(np.isfinite(v)) for v in personal.values())
+
+
+def test_announcements_of_ever_new_model_ids_do_not_grow_the_device(model, tmp_path):
+    """The device remembered the announced version of every model id any Announcement named,
+    for as long as it ran; it keeps the latest ANNOUNCED_KEPT, the latest one among them."""
+    from fedge.edge_runtime.kernel.clock import ManualClock
+    from fedge.edge_runtime.kernel.protocol import Announcement
+    from fedge.edge_runtime.work_limits import ANNOUNCED_KEPT
+
+    agent, coord = _device(model, tmp_path / "state", ManualClock())
+    own = model[1].model_id
+    for model_id, version in [(own, 7), *((f"m{i}", i) for i in range(40 * ANNOUNCED_KEPT)), (own, 9)]:
+        coord.publish(ANNOUNCE_TOPIC, encode_message(Announcement(model_id, version, "")))
+        pump(agent, coord)
+    expected = {f"m{i}": i for i in range(39 * ANNOUNCED_KEPT + 1, 40 * ANNOUNCED_KEPT)} | {own: 9}
+    assert agent.runtime.announced == expected
+
+
+@pytest.mark.parametrize("stale", ["pace", "task"])
+def test_a_retained_message_on_the_device_topics_is_stale_and_ignored(model, tmp_path, stale):
+    """A coordinator never retains what it sends on a device's own topics; a retained one (a
+    misbehaving coordinator, another version, anyone who can publish there) came back at every
+    restart: a Pace of a day kept the device from checking in for that day each time, and a
+    task was trained again once the journal had forgotten it (here: a fresh state folder)."""
+    from fedge.edge_runtime.agent import DeviceAgent
+    from fedge.edge_runtime.device import DeviceRuntime
+    from fedge.edge_runtime.kernel.clock import ManualClock
+    from fedge.edge_runtime.kernel.protocol import Pace
+
+    clock = ManualClock()
+    agent, coord = _device(model, tmp_path / "state", clock)
+    message = Pace(DEVICE, 86400.0, "no_round") if stale == "pace" else _legit(model, "old")
+    coord.publish(device_topic(DEVICE, "task"), encode_message(message), retain=True)
+    pump(agent, coord)  # the running device takes it live, as sent
+    runtime = DeviceRuntime(DEVICE, agent.runtime.data, agent.runtime.model_dirs, tmp_path / "fresh", seed=3)
+    restarted = DeviceAgent(runtime, coord._broker.connect(DEVICE), clock=clock, checkin_s=60.0)
+    restarted.start()
+    sent = pump(restarted, coord)
+    assert _answer(sent, "old") == []
+    assert restarted.next_checkin - clock.now() <= 60.0

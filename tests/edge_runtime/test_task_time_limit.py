@@ -58,3 +58,57 @@ def test_a_secure_round_trains_under_the_same_cap(model, tmp_path):
     reply = reply_to(agent, coord, SecAggTask(_task(model), spec, sharing=2))
     assert isinstance(reply, Decline), reply
     assert reply.reason == f"aborted:{TIME_LIMIT}"
+
+
+class _CountingBackend:
+    """A stand-in trainer: loss 1 + step / 1000 (fast: the test is about memory, not maths)."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.count = 0
+
+    def start(self, params, opt_state, anchor, correction=None):
+        self.params = dict(params)
+
+    def step(self, z, y, hyper):
+        self.count += 1
+        return 1.0 + self.count / 1000
+
+    def current(self):
+        return self.params, {}
+
+
+def _traced_peak(examples: int, epochs: int = 10):
+    """(peak bytes traced while train_locally runs epochs x examples steps of batch size 1, its result)."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from fedge.edge_runtime.local_training import train_locally
+
+    z, y = np.zeros((examples, 2), np.float32), np.zeros(examples, np.int64)
+    hyper = TaskHyper(epochs=epochs, batch_size=1, lr=0.1, divergence_factor=0.0)
+    tracemalloc.start()
+    try:
+        result = train_locally(_CountingBackend(), SimpleNamespace(by_role=lambda role: []), {}, {}, None, z, y, hyper,
+                               np.random.default_rng(0))
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def test_training_memory_does_not_grow_with_its_steps():
+    """Every batch loss was kept in a list until training ended: 32 bytes a step, and the time
+    cap lets a small head train millions of steps (hundreds of MB on a Pi). 10 epochs of 4,000
+    steps may cost no more than 10 of 40 (the list cost 1.2 MB more); what stays is one mean
+    per epoch, which the wire bounds (epochs <= 1e6). Oracle for the means: the losses are
+    1 + k / 1000, k = 1..K."""
+    small, _ = _traced_peak(40)
+    large, result = _traced_peak(4_000)
+    assert large - small < 256 << 10, f"{(large - small) >> 10} KiB more for 100x the steps"
+    losses = [1 + k / 1000 for k in range(1, 40_001)]
+    assert result.steps == 40_000 and abs(result.mean_loss - sum(losses) / len(losses)) < 1e-9
+    expected = [sum(losses[i:i + 4_000]) / 4_000 for i in range(0, 40_000, 4_000)]
+    assert max(abs(a - b) for a, b in zip(result.epoch_losses, expected, strict=True)) < 1e-9

@@ -35,6 +35,7 @@ from . import quantize
 
 DEFAULT_BETA = math.exp(-0.5)  # the paper's choice: a draw of the rounding is kept with prob >= 1 - e^-0.5
 MAX_ROUNDING_DRAWS = 1000  # P(all fail) <= beta^1000: a device that gets there has a bug, and declines
+MAX_SAMPLING_PASSES = 64  # the sampler's passes, at most: one or two fill it (acceptance >= ~0.6)
 
 
 def rounded_bound(scaled_norm: float, dimension: int, beta: float = DEFAULT_BETA) -> float:
@@ -55,12 +56,16 @@ def discrete_laplace(scale: float, size: int, rng: np.random.Generator) -> np.nd
 
 def discrete_gaussian(sigma: float, size: int, rng: np.random.Generator) -> np.ndarray:
     """N_Z(0, sigma^2): P(Y = y) proportional to exp(-y^2 / (2 sigma^2)), y in Z (int64)."""
-    if not (sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    # sigma^2 must not underflow: with sigma = 1e-300 (the spec's dp_sigma is the coordinator's
+    # word) the acceptance test divided by 0, accepted nothing, and the device looped for good.
+    if not (sigma > 0 and math.isfinite(sigma) and sigma * sigma > 0):
+        raise ValueError(f"sigma must be a positive finite number whose square is > 0, got {sigma!r}")
     t = math.floor(sigma) + 1
     out = np.empty(size, dtype=np.int64)
     filled = 0
-    while filled < size:
+    for _ in range(MAX_SAMPLING_PASSES):
+        if filled >= size:
+            return out
         want = size - filled
         batch = int(want * 1.6) + 16  # acceptance is >= ~0.6 for every sigma: one or two passes
         y = discrete_laplace(t, batch, rng)
@@ -68,6 +73,9 @@ def discrete_gaussian(sigma: float, size: int, rng: np.random.Generator) -> np.n
         got = y[keep][:want]
         out[filled:filled + got.size] = got
         filled += got.size
+    if filled < size:
+        raise ValueError(f"discrete Gaussian sampler (sigma {sigma:g}) accepted too few draws in "
+                         f"{MAX_SAMPLING_PASSES} passes")
     return out
 
 
