@@ -39,6 +39,7 @@ from .local_training import check_scaffold_hyper, scaffold_control_delta, train_
 from .model_runtime import ModelRuntime, loaded
 from .personalize import PINNABLE, personal_start, tune_head
 from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
+from .scores import accuracy, cross_entropy
 from .state_health import BAD_STATE, StateHealth
 from .store import DeviceStore
 from .trainer import available_backends, make_backend
@@ -335,8 +336,8 @@ class DeviceRuntime:
         model.check_labels(self.data.y_test, "y_test")
         logits = self._backend(model, "sgd").predict({**shared, **personal}, z)
         y = self.data.y_test
-        return DeviceEval(len(y), _accuracy(logits.get("personal"), y), _accuracy(logits.get("global"), y),
-                          _cross_entropy(logits.get("personal"), y), _cross_entropy(logits.get("global"), y))
+        return DeviceEval(len(y), accuracy(logits.get("personal"), y), accuracy(logits.get("global"), y),
+                          cross_entropy(logits.get("personal"), y), cross_entropy(logits.get("global"), y))
 
     def personalize(self, model_id: str, shared: dict[str, np.ndarray], steps: int, hyper: TaskHyper,
                     from_global: bool = False, seed: int = 0) -> DeviceEval:
@@ -368,22 +369,8 @@ class DeviceRuntime:
             z_test, y = model.embed(self.data.x_test, cache_key=1), self.data.y_test
             evaluator = self._backend(model, "sgd")
             as_received = evaluator.predict({**shared, **personal}, z_test).get("global")
-            return DeviceEval(len(y), _accuracy(evaluator.predict({**start, **tuned}, z_test)[head], y),
-                              _accuracy(as_received, y))
-
-
-def _accuracy(logits: np.ndarray | None, y: np.ndarray) -> float | None:
-    return float(np.mean(np.argmax(logits, axis=1) == y)) if logits is not None and len(y) else None
-
-
-def _cross_entropy(logits: np.ndarray | None, y: np.ndarray) -> float | None:
-    """Mean -log softmax(logits)[y] in float64 (log-sum-exp shifted by the row max)."""
-    if logits is None or not len(y):
-        return None
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(y)), np.asarray(y, dtype=np.int64)]))
+            return DeviceEval(len(y), accuracy(evaluator.predict({**start, **tuned}, z_test)[head], y, strict=False),
+                              accuracy(as_received, y, strict=False))
 
 
 def _fitting(arrays: dict | None, like: dict) -> dict | None:

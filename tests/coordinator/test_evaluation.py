@@ -218,6 +218,24 @@ def test_the_newest_model_a_device_evaluated_is_the_one_it_exports(model, tmp_pa
     assert answer_eval(runtime, newer).reason == "" and store.global_version() == 2
 
 
+def test_a_model_whose_outputs_overflow_is_declined_and_not_kept(model, tmp_path):
+    """Finite weights whose logits overflow: argmax of NaN is 0, so the device once reported a
+    made-up accuracy for the model and kept it as the global model `fedge device export` writes."""
+    from fedge.edge_runtime.evaluation import answer_eval
+    from fedge.edge_runtime.kernel.update_codec import encode_dense
+
+    fleet = make_fleet(model, tmp_path, sizes=(30,), evaluation=ALL)
+    _commit(fleet)
+    runtime, model_id = fleet.agents[0].runtime, fleet.model[1].model_id
+    store = DeviceStore(runtime.state_root / runtime.device_id, model_id)
+    huge = {k: np.where(np.arange(v.size).reshape(v.shape) % 2, 3e38, -3e38).astype(np.float32)
+            for k, v in fleet.coordinator.state.params.items()}
+    assert all(np.isfinite(v).all() for v in huge.values())
+    report = answer_eval(runtime, EvalTask("big", runtime.device_id, model_id, 5, 5, encode_dense(huge)))
+    assert report.reason == "non_finite" and not report.has_global
+    assert store.global_version() == 1  # the committed model stays the one it exports
+
+
 def test_a_delayed_older_task_does_not_put_the_export_back_a_version(model, tmp_path):
     """In async mode a task can arrive after the device evaluated a newer model; it once wrote
     its older model over global.npz. A coordinator that started over (a new state database: its
