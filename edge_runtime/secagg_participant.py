@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -187,6 +188,7 @@ class SecAggParticipant:
         store.save_residual(unflatten(left, tensors))  # what the sum will not get from this device, kept
         self.sessions.clear()  # one secure round at a time: an older round's keys and input go
         self.sent_shares.clear()
+        prune_answered(self.answered_dir, KEEP_ANSWERED)
         self.inputs = {task.task_id: (values, reply.num_examples, spec)}
         s = sess.start(self.device_id, task.round_id, hashlib.sha256(task.params).hexdigest())
         self.sessions[task.task_id] = s
@@ -245,3 +247,26 @@ class SecAggParticipant:
         size = value_bytes(s.packing)
         values = b"".join(shares[owner][1].to_bytes(size, "big") for owner in sorted(shares))
         self.publish(UnmaskResponse(self.device_id, message.round_id, message.task_id, values))
+
+
+KEEP_ANSWERED = 16  # records of answered unmask requests kept (one file each; see prune_answered)
+_ANSWERED_NAME = re.compile(r"round-\d+-[0-9a-f]{32}")
+
+
+def prune_answered(folder: Path, keep: int) -> None:
+    """Remove all but the `keep` newest answered-unmask records in `folder`. A device once kept
+    one file per secure round for ever. A record guards only a task whose session this process
+    still holds (a request for any other task is declined as NO_SESSION before the record is
+    read), and a new secure task clears the sessions, so older records protect nothing; the
+    newest are kept anyway. Only names this module writes are touched."""
+    try:
+        records = [p for p in folder.iterdir() if _ANSWERED_NAME.fullmatch(p.name) and p.is_file()
+                   and not p.is_symlink()]
+    except OSError:
+        return  # no folder yet (no secure round answered), or unreadable: nothing to prune
+    records.sort(key=lambda p: p.stat().st_mtime_ns)
+    for stale in records[:max(0, len(records) - keep)]:
+        try:
+            stale.unlink()
+        except OSError as exc:  # best effort: a record left behind costs a few bytes
+            log.warning("device: cannot remove the old secure-aggregation record %s: %s", stale, exc)

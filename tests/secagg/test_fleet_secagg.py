@@ -6,6 +6,7 @@ without a device that drops after sharing its keys."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fedge.coordinator.config import CoordinatorConfig, load_coordinator_config
 from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.secagg.config import SecAggConfig, SecureAggregationConflict
 from fedge.coordinator.store import RoundStore
+from fedge.edge_runtime import secagg_participant
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, Update
 from fedge.edge_runtime.kernel.secagg import quantize
 from fedge.edge_runtime.kernel.secagg.messages import (
@@ -196,6 +198,33 @@ def test_a_coordinator_on_a_new_state_database_gets_its_round_1_answered(model, 
     fleet.drain()  # the devices check in with the new coordinator (its announcement names a new session)
     record = _run_round(fleet)
     assert record.round_id == 1 and record.committed and record.reports == 3, record.why
+
+
+def test_a_device_keeps_only_its_newest_answered_unmask_records(model, tmp_path, monkeypatch):
+    """One file per secure round was kept for ever; a new secure task now prunes the old ones
+    (a record guards only the task whose session the device holds)."""
+    monkeypatch.setattr(secagg_participant, "KEEP_ANSWERED", 1)
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16), **SETTINGS)
+    foreign = fleet.agents[0].secagg.answered_dir / "notes.txt"
+    for _ in range(3):
+        assert _run_round(fleet).committed
+        foreign.parent.mkdir(parents=True, exist_ok=True)
+        foreign.write_text("an operator's file")
+    for agent in fleet.agents:
+        names = sorted(p.name for p in agent.secagg.answered_dir.iterdir() if p.name != "notes.txt")
+        assert [n.split("-")[1] for n in names] == ["2", "3"], names  # the one kept and round 3's own
+    assert foreign.read_text() == "an operator's file"
+
+
+def test_prune_answered_keeps_the_newest_by_time_and_only_its_own_names(tmp_path):
+    names = [f"round-{r}-{r:032x}" for r in (5, 1, 9, 3)]  # a new coordinator counts rounds from 1 again
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(b"t")
+        os.utime(tmp_path / name, ns=(10**9 * i, 10**9 * i))
+    (tmp_path / "round-2-short").write_bytes(b"x")
+    secagg_participant.prune_answered(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[2], names[3], "round-2-short"])
+    secagg_participant.prune_answered(tmp_path / "missing", 2)  # no folder yet: nothing to do
 
 
 def test_a_forged_overlapping_unmask_request_is_declined_by_name(model, tmp_path):
