@@ -28,9 +28,12 @@ The interface admits, without touching the coordinator:
   `result` subtracts the unmasked seeds' contribution (given to it by the unmask stage) and
   maps the field back to floats. It never sees one device's plaintext;
 * FedBuff's buffer (coordinator/async_mode, `mode = "async"`): any of these aggregators, fed
-  each delta scaled by (1 + s)^-a with `meta.staleness` = s (model versions the update's base
-  is behind); the coordinator calls `result` when the buffer holds K updates instead of at a
-  round deadline.
+  each delta scaled by f(s) = (1 + s)^-a, with `meta.staleness` = s (model versions the update's
+  base is behind) and `meta.staleness_weight` = f(s); the coordinator calls `result` when the
+  buffer holds K updates instead of at a round deadline. An aggregator with a true
+  `weights_staleness` attribute is given the raw delta instead and applies f(s) itself: the
+  robust rules (coordinator/robust), so that the norm bound clips the raw delta by the raw-norm
+  history and weights the clipped delta after, clip(Δ) f(s), as FedBuff does.
 
 Pick one with `[coordinator] aggregator = "mean"`; `make_aggregator(name, context)` builds a
 fresh one per round. The factory gets an AggregatorContext: the round id and seed (for an RNG
@@ -64,6 +67,7 @@ class UpdateMeta:
     weight: float  # the FedAvg weight: the device's num_examples
     staleness: int = 0  # model versions between the update's base and the model it moves (0 = sync)
     reported_norm: float | None = None  # the device's delta norm before its clip, as it says (DP's adaptive clip)
+    staleness_weight: float = 1.0  # async: f(s) in (0, 1], applied by the coordinator or the aggregator (above)
 
 
 @dataclass(frozen=True)

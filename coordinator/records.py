@@ -169,8 +169,7 @@ def _device_clip(config: CoordinatorConfig, aggregator):
         (int8 top-10% runs lost about a point everywhere with it: README, Robust aggregation);
       * multiplier >= 1. The history records what was sent: clipped below the median, every
         round would lower the next round's median, and the bound would shrink towards 0;
-      * mode is sync. Async scales each update by its staleness weight before the bound, and an
-        update may land in a later buffer with another bound;
+      * mode is sync. In async mode an update may land in a later buffer, with another bound;
       * the bound fits the wire (a history of absurd but finite norms must not make every task
         unsendable)."""
     bound = getattr(aggregator, "task_clip", math.inf)

@@ -226,12 +226,15 @@ class AsyncCoordinator(Coordinator):
             self._flush(self.clock.now())
 
     def _add(self, accepted: Accepted, staleness: int) -> None:
-        """One update into the buffer: its delta times f(s), with its FedAvg weight (staleness.py)."""
+        """One update into the buffer: its delta times f(s), with its FedAvg weight (staleness.py);
+        an aggregator that weights by staleness itself (the robust rules: clip, then weight) gets
+        the raw delta and f(s) in its meta (aggregate.py)."""
         rnd, ctx = self.round, self.round.ctx
         weight = update_weight(accepted.num_examples, ctx.max_examples, ctx.equal_weights)
         factor = staleness_weight(staleness, self.config.async_.exponent)
-        rnd.aggregator.add(scale(accepted.delta, factor),
-                           UpdateMeta(accepted.device_id, weight, staleness, accepted.reported_norm))
+        raw = getattr(rnd.aggregator, "weights_staleness", False)
+        rnd.aggregator.add(accepted.delta if raw else scale(accepted.delta, factor),
+                           UpdateMeta(accepted.device_id, weight, staleness, accepted.reported_norm, factor))
         loss = accepted.loss  # admission.reported_loss: None when it could not be a cross-entropy
         if loss is not None:
             rnd.loss_sum += weight * loss

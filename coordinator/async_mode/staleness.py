@@ -9,9 +9,12 @@ Algorithm 1) scales each update by a staleness function and steps once per K upd
 
 w_i is the update's FedAvg weight (its capped num_examples, or 1 with weighting = "equal",
 when Δ_buf is the paper's (1/K) Σ f(s_i) Δ_i). f is not renormalised: a buffer of stale
-updates moves the model less than a buffer of fresh ones, which is the point. Since
-0 < f <= 1, scaling a delta by f never raises its norm, so a per-update clip (DP, the robust
-norm bound) applied after the scaling still bounds each update's contribution.
+updates moves the model less than a buffer of fresh ones, which is the point. The robust
+rules get the raw delta and f(s) (aggregate.py, weights_staleness): the norm bound clips Δ_i
+by the history of raw norms and weights the clipped delta, clip(Δ_i) f(s_i), as FedBuff does;
+clipping f(s) Δ_i against a history of scaled norms once held a fresh update to the shrunken
+norms of stale ones. Other aggregators get f(s) Δ_i: since 0 < f <= 1 that never raises a
+norm, so DP's clip after the scaling still bounds each update's contribution.
 
 The server optimizer (coordinator/strategies) then applies Δ_buf as it applies a round's
 mean. Updates with s > max_staleness are not weighted at all: they are rejected.

@@ -101,7 +101,13 @@ class RobustState:
 
 
 class _Base:
-    """Both kinds share add/mean/count; subclasses say what `_reduce` keeps."""
+    """Both kinds share add/mean/count; subclasses say what `_reduce` keeps.
+
+    Async mode gives it each raw delta and the staleness weight f(s) in its meta
+    (aggregate.py, weights_staleness): the norm bound clips the raw delta and weights it after
+    (its history holds raw norms); the keep-all rules take the delta times f(s), as before."""
+
+    weights_staleness = True
 
     def __init__(self) -> None:
         self.cfg: RobustConfig | None = None  # set by make_aggregator: what carry() needs
@@ -120,9 +126,12 @@ class _Base:
         weight = float(getattr(meta, "weight", meta))  # UpdateMeta (aggregate.Aggregator) or a number
         if not (weight > 0 and math.isfinite(weight)):
             raise RobustError(f"weight must be finite and > 0, got {weight}")
+        factor = float(getattr(meta, "staleness_weight", 1.0))
+        if not 0 < factor <= 1:
+            raise RobustError(f"staleness weight must be in (0, 1], got {factor}")
         if self.like is None:
             self.like = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
-        self._add(flatten(tensors), float(weight))
+        self._add(flatten(tensors), float(weight), factor)
         self.claims.append(float(weight))
         self.ids.append(getattr(meta, "device_id", None))
         self.count += 1
@@ -150,7 +159,7 @@ class _Base:
         """The updates whose claim the relative weight cap cut by more than NOTED_CUT (left_out.py)."""
         self.weight_cut = [(i, c, cap) for i, c in zip(self.ids, self.claims) if c > NOTED_CUT * cap]
 
-    def _add(self, vec: np.ndarray, weight: float) -> None: ...
+    def _add(self, vec: np.ndarray, weight: float, factor: float) -> None: ...
     def _reduce(self) -> np.ndarray: ...
 
 
@@ -169,9 +178,9 @@ class StreamingAggregator(_Base):
     def task_clip(self) -> float:
         return self.acc.bound
 
-    def _add(self, vec: np.ndarray, weight: float) -> None:
+    def _add(self, vec: np.ndarray, weight: float, factor: float) -> None:
         allowance = claim_allowance(self.norm_cfg, weight, self.median_claim)
-        self.norms.append(self.acc.add(vec, min(weight, self.weight_cap), allowance))
+        self.norms.append(self.acc.add(vec, min(weight, self.weight_cap), allowance, factor))
 
     def _reduce(self) -> np.ndarray:
         self.excluded_ids = _left_out(self.ids, self.acc)
@@ -188,17 +197,19 @@ class ColdStartAggregator(_Base):
         super().__init__()
         self.norm_cfg = cfg
         self.rows: list[np.ndarray] = []
+        self.factors: list[float] = []  # staleness weights (async), applied after the clip
 
-    def _add(self, vec: np.ndarray, weight: float) -> None:
+    def _add(self, vec: np.ndarray, weight: float, factor: float) -> None:
         self.rows.append(vec)
+        self.factors.append(factor)
         self.norms.append(float(np.linalg.norm(vec)))
 
     def _reduce(self) -> np.ndarray:
         bound, exclusion, cap = round_limits(self.norm_cfg, self.norms, self.claims)
         acc = ClippedMean(bound, exclusion)
         median_claim = float(np.median(self.claims))
-        for row, weight in zip(self.rows, self.claims):
-            acc.add(row, min(weight, cap), claim_allowance(self.norm_cfg, weight, median_claim))
+        for row, weight, factor in zip(self.rows, self.claims, self.factors):
+            acc.add(row, min(weight, cap), claim_allowance(self.norm_cfg, weight, median_claim), factor)
         self.excluded_ids = _left_out(self.ids, acc)
         self._note_cuts(cap)
         return acc.result()
@@ -228,6 +239,7 @@ class ScreenedAggregator(_Base):
         self.history_cap = state.claims.weight_cap(cfg)
         self.history_median_claim = state.claims.median(cfg)
         self.rows: list[np.ndarray] = []
+        self.factors: list[float] = []  # staleness weights (async), applied after the clip
         self.screened_ids: list[str | None] = []  # set by mean(): the updates the guard set left out
 
     @property
@@ -239,8 +251,9 @@ class ScreenedAggregator(_Base):
     def screened_out(self) -> int:
         return len(self.screened_ids)
 
-    def _add(self, vec: np.ndarray, weight: float) -> None:
+    def _add(self, vec: np.ndarray, weight: float, factor: float) -> None:
         self.rows.append(vec)
+        self.factors.append(factor)
         self.norms.append(float(np.linalg.norm(vec)))
 
     def _limits(self) -> tuple[float, float, float]:
@@ -257,7 +270,7 @@ class ScreenedAggregator(_Base):
         inside = norms <= exclusion * np.array([claim_allowance(self.norm_cfg, c, median_claim) for c in self.claims])
         if not inside.any():  # every update over the exclusion bound: the bound is stale (ClippedMean)
             inside[:] = True
-        scale = clip_scale(norms, bound)
+        scale = clip_scale(norms, bound) * np.array(self.factors)  # clip, then weight (factors 1 in sync)
         rows = np.stack([r * s for r, s, keep in zip(self.rows, scale, inside) if keep])
         weights = np.minimum(np.array(self.claims)[inside], cap)
         keep = screen(rows, weights, lambda v: self.guard_loss(unflatten(v, self.like)), self.screen_cfg)
@@ -275,7 +288,8 @@ class KeepAllAggregator(_Base):
         self.rule, self.bucket_size, self.rng = rule, bucket_size, rng
         self.rows: list[np.ndarray] = []
 
-    def _add(self, vec: np.ndarray, weight: float) -> None:
+    def _add(self, vec: np.ndarray, weight: float, factor: float) -> None:
+        vec = vec * factor if factor != 1.0 else vec  # the delta times f(s), as async fed it before
         self.rows.append(vec)
         self.norms.append(float(np.linalg.norm(vec)))
 

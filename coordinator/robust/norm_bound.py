@@ -3,9 +3,11 @@
     bound_t = multiplier * median(last `window` update norms of rounds < t)
     x_i    <- x_i * min(1, bound_t / ||x_i||)          (clip, not reject)
 
-then the usual weighted mean. (How much a claimed weight may count is coordinator/weights.py's
-concern, not this one's.) The bound comes only from earlier rounds, so an update is clipped
-the moment it arrives and the round keeps a running sum: memory O(model) plus O(window)
+then the usual weighted mean; in async mode each clipped x_i is then weighted by its staleness
+weight f(s_i) (clip, then weight, as FedBuff does: the bound and the history are raw norms, so
+stale updates do not shrink the bound a fresh one is held to). (How much a claimed weight may
+count is coordinator/weights.py's concern, not this one's.) The bound comes only from earlier
+rounds, so an update is clipped the moment it arrives and the round keeps a running sum: memory O(model) plus O(window)
 scalars, whatever k is. An attacker who is a minority of the recent reports cannot move the
 median much (it is their order statistic, not their magnitude, that counts), so one huge update
 is cut to bound_t. Until `min_history` norms have been seen, `initial_bound` applies; 0 (the
@@ -169,9 +171,11 @@ class ClippedMean:
         self.clipped = 0  # updates whose norm was over the bound
         self.left_out: list[bool] = []  # per update, in order: over its exclusion bound
 
-    def add(self, update, weight: float = 1.0, allowance: float = 1.0) -> float:
+    def add(self, update, weight: float = 1.0, allowance: float = 1.0, factor: float = 1.0) -> float:
         """Clip and add one flattened update; returns its pre-clip norm. It is left out when its
-        norm is over `allowance` x the exclusion bound (claim_allowance)."""
+        norm is over `allowance` x the exclusion bound (claim_allowance). `factor`: async's
+        staleness weight f(s), applied to the clipped update (clip, then weight: FedBuff's order),
+        so the bound and the history see the raw norm."""
         x = np.asarray(update, np.float64)
         if x.ndim != 1 or not np.all(np.isfinite(x)):
             raise RobustError("ClippedMean.add takes one finite flattened update")
@@ -182,7 +186,7 @@ class ClippedMean:
         norm = float(np.linalg.norm(x))
         scale = float(clip_scale(norm, self.bound))
         self.clipped += scale < 1.0
-        contrib = x * (scale * float(weight))
+        contrib = x * (scale * float(weight) * float(factor))  # factor 1 (sync): the same bits as without it
         left_out = norm > self.exclude_above * allowance
         self.left_out.append(bool(left_out))
         if left_out:
