@@ -17,10 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
+
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .admission import replayed
 from .dp.round import RoundPlan
+from .errors import StoreCorrupt
 from .records import OpenRound
 from .rounds import Declined, RoundMachine, on_event, sync_round
 from .store import Store, StoredRound, StoredUpdate
@@ -40,6 +43,11 @@ def restore_state(store: Store, model_id: str, strategy: str, initial: ServerSta
     got = {k: tuple(v.shape) for k, v in loaded.params.items()}
     if got != shapes:
         raise ConfigError(f"{store.path}: stored params {got} do not fit the model's shared params {shapes}")
+    for name, value in loaded.params.items():  # fedge commits finite models only (admission refuses NaN)
+        if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+            raise StoreCorrupt(f"{store.path}: tensors.data of version {loaded.version}, params {name!r}, holds "
+                               f"{'NaN or Inf' if value.dtype.kind == 'f' else value.dtype}, not finite floats: the "
+                               "state db was changed outside fedge; restore it from a backup")
     return loaded
 
 
