@@ -9,16 +9,19 @@ written them. The damaged file is left as it is."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import numpy as np
 import pytest
 
 from fedge.coordinator.errors import StoreCorrupt
+from fedge.coordinator.restart import restore_state
 from fedge.coordinator.store import RoundStore
+from fedge.coordinator.strategies import make_strategy
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import Decline
-from tests.coordinator.fleet import ManualDevice, make_fleet, random_delta
+from tests.coordinator.fleet import HYPER, ManualDevice, make_fleet, random_delta
 from tests.tiny_model import build_tiny_model
 
 
@@ -48,7 +51,7 @@ CASES = [
                                                 r"\[12, 2\] float64 its shape and dtype say"),
     ("tensors", "shape", "'not json'", FIRST_TENSOR, None),
     ("tensors", "data", "substr(data, 1, 4)", FIRST_TENSOR, None),
-    ("tensors", "data", _nan, FIRST_TENSOR, r"tensors\.data of version 0, params .* holds NaN or Inf"),
+    ("tensors", "data", _nan, FIRST_TENSOR, r"tensors of version 0: params .* holds NaN or Inf"),
     ("tensors", "kind", "'other'", FIRST_TENSOR, None),
     ("rounds", "selected", "'not json'", OPEN, None),
     ("rounds", "selected", "'\"d0\"'", OPEN, None),
@@ -128,3 +131,46 @@ def test_a_store_value_fedge_never_writes_stops_the_restart_by_name(model, tmp_p
     with pytest.raises(StoreCorrupt, match=said or f"{db}: {table}\\.{column} holds"):
         fleet.restart(store=RoundStore(db))
     assert _read(db, table, column) == damaged  # left as it was, for the operator
+
+
+def _reversed(shape: str) -> str:
+    """Another shape of as many values: the dims reversed (a 2-D tensor)."""
+    return json.dumps(json.loads(shape)[::-1])
+
+
+# (strategy, column, new value or None to delete the row, what the error says): the strategy's
+# state (extra) must still be the arrays its init made, or the first commit after the restart
+# stops the loop (KeyError, a broadcast ValueError), or a NaN is taken as the state.
+EXTRA = [
+    ("fedavgm", "data", None, "extra momentum '.*' is missing"),
+    ("fedadam", "shape", _reversed, r"extra [mv] '.*' is float32 \(2, 12\), not float32 \(12, 2\)"),
+    ("scaffold", "data", _nan, "extra control '.*' holds NaN or Inf"),
+]
+
+
+@pytest.mark.parametrize("strategy, column, value, said", EXTRA, ids=[f"{s}-{c}" for s, c, _, _ in EXTRA])
+def test_a_strategy_state_fedge_never_wrote_stops_the_start_by_name(model, tmp_path, strategy, column, value, said):
+    _, manifest, runtime = model
+    initial = make_strategy(strategy, HYPER).init(runtime.initial("shared"))
+    shapes = {p.name: p.shape for p in manifest.by_role("shared")}
+    db = tmp_path / "state.db"
+    for _ in range(2):  # seeds the file, then reads it back: the oracle, the untouched state loads bit for bit
+        store = RoundStore(db)
+        loaded = restore_state(store, manifest.model_id, strategy, initial, shapes)
+        store.close()
+    assert {g: {n: a.tobytes() for n, a in arrays.items()} for g, arrays in loaded.extra.items()} == \
+        {g: {n: a.tobytes() for n, a in arrays.items()} for g, arrays in initial.extra.items()}
+    where = "kind = 'extra' AND shape LIKE '[%,%]'"
+    if value is None:
+        _delete_first(db, where)
+    else:
+        _damage(db, "tensors", column, value, f"rowid = (SELECT MIN(rowid) FROM tensors WHERE {where})")
+    with pytest.raises(StoreCorrupt, match=f"{db}: tensors of version 0: {said}"):
+        restore_state(RoundStore(db), manifest.model_id, strategy, initial, shapes)
+
+
+def _delete_first(db, where: str) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(f"DELETE FROM tensors WHERE rowid = (SELECT MIN(rowid) FROM tensors WHERE {where})")
+    conn.close()
