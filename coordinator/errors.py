@@ -22,8 +22,9 @@ none stops the service.
 One error does stop it, on purpose: GroupCommitFailed (FedgeError), accepted updates that could
 not be stored; the restart resumes from the store (group_commit.py says why). StoreCorrupt
 (FedgeError) stops a start: the state db points at payload bytes its payload log does not hold
-(payload_log.py), or a stored update's bytes no longer have the digest they were accepted with
-(admission.replayed), which only a tampered, rotted or lost file explains.
+(payload_log.py), a stored update's bytes no longer have the digest they were accepted with
+(admission.replayed), or a row read back holds a value fedge never writes (store_rows.py), which
+only a tampered, rotted or lost file explains.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ class GroupCommitFailed(FedgeError):
 
 class StoreCorrupt(FedgeError):
     """The state db and its payload log disagree (payload_log.py), stored bytes lost their
-    digest (admission.replayed), or the async journal holds a value fedge never writes
-    (async_mode/journal.py): refuse to resume from them."""
+    digest (admission.replayed), or a row the store or the async journal reads back holds a
+    value fedge never writes (row_check.py, store_rows.py, async_mode/journal.py): refuse to
+    resume from them."""
 
     reason = "store_corrupt"

@@ -94,7 +94,9 @@ class PayloadLog:
         if length == 0:
             return b""
         fd, _ = self._open(round_id, create=False)
-        data = os.pread(fd, length, offset) if fd >= 0 else b""
+        size = os.fstat(fd).st_size if fd >= 0 else 0
+        # the size first: a length or offset no append gave (a damaged row) reads nothing, allocates nothing
+        data = os.pread(fd, length, offset) if offset + length <= size else b""
         if len(data) != length:
             raise StoreCorrupt(f"{self._path(round_id)}: {length} bytes at offset {offset} are not there "
                                f"(got {len(data)}); the payload log does not match the state db")

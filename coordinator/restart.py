@@ -17,10 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
+
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .admission import replayed
 from .dp.round import RoundPlan
+from .errors import StoreCorrupt
 from .records import OpenRound
 from .rounds import Declined, RoundMachine, on_event, sync_round
 from .store import Store, StoredRound, StoredUpdate
@@ -40,7 +43,29 @@ def restore_state(store: Store, model_id: str, strategy: str, initial: ServerSta
     got = {k: tuple(v.shape) for k, v in loaded.params.items()}
     if got != shapes:
         raise ConfigError(f"{store.path}: stored params {got} do not fit the model's shared params {shapes}")
+    check_arrays(store.path, loaded, initial)
     return loaded
+
+
+def check_arrays(path: object, loaded: ServerState, initial: ServerState) -> None:
+    """StoreCorrupt unless the stored params are finite floats and each array of the strategy's
+    state (initial.extra: momentum, Adam moments, SCAFFOLD's c, one per param) is still there
+    with its dtype and shape, and finite: fedge commits nothing else (admission refuses NaN),
+    and a damaged one would stop the loop at the next commit, or its NaN be taken as the state."""
+    arrays = [("params", name, value, None) for name, value in loaded.params.items()]
+    arrays += [(f"extra {group}", name, loaded.extra.get(group, {}).get(name), like)
+               for group, names in initial.extra.items() for name, like in names.items()]
+    for what, name, value, like in arrays:
+        if value is None:
+            why = "is missing"
+        elif like is not None and (value.dtype, value.shape) != (like.dtype, like.shape):
+            why = f"is {value.dtype} {value.shape}, not {like.dtype} {like.shape}"
+        elif not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+            why = "holds NaN or Inf" if value.dtype.kind == "f" else f"is {value.dtype}, not floats"
+        else:
+            continue
+        raise StoreCorrupt(f"{path}: tensors of version {loaded.version}: {what} {name!r} {why}: the state db was "
+                           "changed outside fedge; restore it from a backup")
 
 
 def resume(stored: StoredRound, version: int, now: float, wall: float,

@@ -22,6 +22,8 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from . import store_rows
+from .row_check import checked_row
 from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState
 
@@ -50,18 +52,17 @@ class SqlStore:
                                       f"point {self.setting} elsewhere to start afresh")
 
     def load_state(self) -> ServerState | None:
-        """The latest committed ServerState, bit-exact; None for a fresh database."""
+        """The latest committed ServerState, bit-exact; None for a fresh database. StoreCorrupt
+        for a row fedge never wrote (store_rows.py)."""
         row = self._db.execute("SELECT version, extra_groups FROM models ORDER BY version DESC LIMIT 1").fetchone()
         if row is None:
             return None
-        version, groups = row
+        version, groups = checked_row(self.path, "models", store_rows.MODEL_COLUMNS, tuple(row), key="latest")
         params: dict[str, np.ndarray] = {}
-        extra: dict[str, dict[str, np.ndarray]] = {g: {} for g in json.loads(groups)}
-        for kind, grp, name, dtype, shape, data in self._db.execute(
-                "SELECT kind, grp, name, dtype, shape, data FROM tensors WHERE version = ? "
-                f"ORDER BY {self._insert_order}", (version,)):
-            # tuple: reshape([]) would give shape (1,), not the 0-d shape ()
-            array = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(tuple(json.loads(shape))).copy()
+        extra: dict[str, dict[str, np.ndarray]] = {g: {} for g in store_rows.extra_groups(self.path, version, groups)}
+        for row in self._db.execute("SELECT kind, grp, name, dtype, shape, data FROM tensors WHERE version = ? "
+                                    f"ORDER BY {self._insert_order}", (version,)):
+            kind, grp, name, array = store_rows.tensor(self.path, version, list(extra), row)
             (params if kind == "params" else extra[grp])[name] = array
         return ServerState(version=version, params=params, extra=extra)
 
@@ -91,24 +92,25 @@ class SqlStore:
                     None if rnd.privacy is None else json.dumps(rnd.privacy)))
 
     def load_open_round(self) -> StoredRound | None:
+        """The open round as begin_round wrote it, with its events; StoreCorrupt for a row fedge
+        never wrote (store_rows.py)."""
         row = self._db.execute("SELECT round_id, model_version, selected, tasks, target, quorum, started_wall, "
                                "deadline_wall, privacy FROM rounds WHERE status = 'open'").fetchone()
         if row is None:
             return None
         round_id = row[0]
         updates = self._open_round_updates(round_id)
-        declines = [StoredDecline(seq, d, reason) for seq, d, reason in self._db.execute(
-            "SELECT seq, device_id, reason FROM declines WHERE round_id = ?", (round_id,))]
-        events = tuple(sorted(updates + declines, key=lambda e: e.seq))
-        return StoredRound(round_id, row[1], tuple(json.loads(row[2])), json.loads(row[3]), row[4], row[5],
-                           row[6], row[7], events, None if row[8] is None else json.loads(row[8]))
+        declines = [StoredDecline(*checked_row(self.path, "declines", store_rows.DECLINE_COLUMNS, tuple(d),
+                                               key=f"round {round_id}"))
+                    for d in self._db.execute("SELECT seq, device_id, reason FROM declines WHERE round_id = ?",
+                                              (round_id,))]
+        return store_rows.open_round(self.path, row[:8], row[8], updates, declines)
 
     def _open_round_updates(self, round_id: int) -> list[StoredUpdate]:
         """The open round's accepted updates with their payloads (RoundStore: from its payload log)."""
-        return [StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b""), r)
-                for seq, d, u, digest, n, p, c, r in self._db.execute(
-                    "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm "
-                    "FROM updates WHERE round_id = ?", (round_id,))]
+        return [store_rows.update(self.path, round_id, row) for row in self._db.execute(
+            "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm "
+            "FROM updates WHERE round_id = ?", (round_id,))]
 
     def add_update(self, round_id: int, *updates: StoredUpdate) -> None:
         """Durably record accepted updates, in one transaction (group_commit.py); before their Acks."""
@@ -177,7 +179,8 @@ class SqlStore:
                         device.num_examples))
 
     def load_devices(self) -> list[StoredDevice]:
-        return [StoredDevice(d, t, bool(e), r, n) for d, t, e, r, n in self._db.execute(
+        """StoreCorrupt for a row fedge never wrote (store_rows.py)."""
+        return [store_rows.device(self.path, row) for row in self._db.execute(
             "SELECT device_id, last_seen_wall, eligible, reason, num_examples FROM devices ORDER BY device_id")]
 
     # ------------------------------------------------------------------ helpers

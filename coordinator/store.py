@@ -65,11 +65,13 @@ an Ack promises; NORMAL survives a killed process but may lose the last commits 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from . import store_rows
 from .payload_log import PayloadLog
 from .sql_store import SqlStore
 from .sqlite_tx import immediate_transaction
@@ -250,16 +252,20 @@ class RoundStore(SqlStore):
                             len(update.control)))
 
     def _open_round_updates(self, round_id: int) -> list[StoredUpdate]:
+        """StoreCorrupt for a row fedge never wrote (store_rows.py), or bytes the log does not hold."""
         updates = []
-        for seq, d, u, digest, n, p, c, r, offset, p_len, c_len in self._db.execute(
+        for row in self._db.execute(
                 "SELECT seq, device_id, update_id, digest, num_examples, payload, control, reported_norm, "
                 "log_offset, payload_len, control_len FROM updates WHERE round_id = ?", (round_id,)):
-            if offset is not None:  # a version-4 row: the bytes are in the log (StoreCorrupt if not)
+            place = store_rows.log_place(self.path, round_id, row[2], row[8:])
+            update = store_rows.update(self.path, round_id, row[:8], in_row=place is None)
+            if place is not None:  # a version-4 row: the bytes are in the log (StoreCorrupt if not)
                 # The store keeps whatever digest it is given (the Store contract tests give
                 # made-up ones); the restart checks it against these bytes (admission.replayed).
-                p = self._payloads.read(round_id, offset, p_len)
-                c = self._payloads.read(round_id, offset + p_len, c_len)
-            updates.append(StoredUpdate(seq, d, u, digest, n, bytes(p), bytes(c or b""), r))
+                offset, p_len, c_len = place
+                update = replace(update, payload=self._payloads.read(round_id, offset, p_len),
+                                 control=self._payloads.read(round_id, offset + p_len, c_len))
+            updates.append(update)
         return updates
 
     def commit_round(self, round_id: int, *args, **kwargs) -> None:

@@ -33,13 +33,13 @@ naming the file, table and column.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StoreCorrupt
+from .. import row_check
 from ..group_commit import GroupCommit
+from ..row_check import BYTES, BYTES_OR_NULL, COUNT, FINITE, ID, NORM_OR_NULL, POSITIVE, TEXT
 from ..sqlite_tx import immediate_transaction
 
 _SCHEMA = """
@@ -140,37 +140,16 @@ class SqliteJournal:
 
 
 # (column, what this code writes there): a row read back must still hold it, else StoreCorrupt.
-_TEXT, _COUNT, _POSITIVE, _ID = "text", "an integer >= 0", "an integer > 0", "an integer"
-_TASK_COLUMNS = (("task_id", _TEXT), ("device_id", _TEXT), ("round_id", _ID), ("base_version", _COUNT),
-                 ("deadline_wall", "a finite number"))
-_UPDATE_COLUMNS = (("device_id", _TEXT), ("round_id", _ID), ("update_id", _TEXT), ("digest", _TEXT),
-                   ("buffer_id", _ID), ("seq", _COUNT), ("staleness", _COUNT), ("num_examples", _POSITIVE),
-                   ("payload", "bytes"), ("control", "bytes or NULL"), ("reported_norm", "a number >= 0 or NULL"))
-
-
-def _holds(value, kind: str) -> bool:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return {
-        _TEXT: isinstance(value, str),
-        _ID: isinstance(value, int),
-        _COUNT: isinstance(value, int) and value >= 0,
-        _POSITIVE: isinstance(value, int) and value > 0,
-        "a finite number": number and math.isfinite(value),
-        "bytes": isinstance(value, bytes),
-        "bytes or NULL": value is None or isinstance(value, bytes),
-        "a number >= 0 or NULL": value is None or (number and value >= 0 and math.isfinite(value)),
-    }[kind]
+_TASK_COLUMNS = (("task_id", TEXT), ("device_id", TEXT), ("round_id", ID), ("base_version", COUNT),
+                 ("deadline_wall", FINITE))
+_UPDATE_COLUMNS = (("device_id", TEXT), ("round_id", ID), ("update_id", TEXT), ("digest", TEXT),
+                   ("buffer_id", ID), ("seq", COUNT), ("staleness", COUNT), ("num_examples", POSITIVE),
+                   ("payload", BYTES), ("control", BYTES_OR_NULL), ("reported_norm", NORM_OR_NULL))
 
 
 def checked_row(path: Path, table: str, columns: tuple[tuple[str, str], ...], row: tuple) -> tuple:
-    """The row as read, or StoreCorrupt naming the file, table and column: a value this code
-    never writes (a NULL payload, a negative staleness, text for a number) means the file was
-    changed by someone else, and resuming from it would crash or count it wrongly."""
-    for (name, kind), value in zip(columns, row, strict=True):
-        if not _holds(value, kind):
-            raise StoreCorrupt(f"{path}: {table}.{name} holds {value!r:.40}, not {kind}: the async journal was "
-                               "changed outside fedge")
-    return row
+    """row_check.checked_row, naming the async journal."""
+    return row_check.checked_row(path, table, columns, row, what="the async journal")
 
 
 class MemoryJournal:
