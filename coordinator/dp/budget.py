@@ -50,7 +50,7 @@ class PrivacyBudget:
         self.metrics = PrivacyMetrics(registry) if config.enabled else None
         self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
         self.refused_round: int | None = None
-        self.warned: set[str] = set()  # the once-only warnings already said ("noise", "delta", "empty_draw")
+        self.warned: set[str] = set()  # the once-only warnings already said ("noise", "delta")
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
         if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
             ledger = {plan.sampling for plan in self._read_ledger()}
@@ -178,16 +178,6 @@ class PrivacyBudget:
             log.warning("round %d: privacy.delta = %g is at least 1 / %d eligible devices: (ε, δ)-DP then allows "
                         "revealing one device's data outright; set delta well below 1 / population", round_id,
                         cfg.delta, population)
-        empty = (1 - cohort / population) ** population
-        if cfg.sampling == "poisson" and empty > cfg.delta and "empty_draw" not in said:
-            # an empty draw is drawn again (sampling.poisson_draw): each device's real inclusion
-            # probability is then q / (1 - empty), which the PoissonSampledDpEvent(q) charge does not model
-            said.add("empty_draw")
-            log.warning("round %d: a Poisson draw at q = %.4g of %d devices is empty with probability %.3g, above "
-                        "privacy.delta; fedge then draws again, which the accountant does not model: each device is "
-                        "really drawn with probability q / %.3g, so the ε reported understates what the rounds "
-                        "spend. Ask more devices a round, or use sampling = 'fixed'", round_id, cohort / population,
-                        population, empty, 1 - empty)
         if z > expected_cohort and "noise" not in said:
             # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
             # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)
