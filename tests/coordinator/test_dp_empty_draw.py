@@ -89,3 +89,16 @@ def test_a_restart_between_the_two_writes_runs_it_again_with_the_same_noise(mode
     for k in old:
         np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert len(c.store.privacy_ledger()) == 1 and c.store.load_open_round() is None
+
+
+def test_the_service_loop_takes_a_noise_only_round_as_begun_and_closed(model, tmp_path):
+    """CoordinatorLoop told on_begin of the open round's machine, which a noise-only round has not."""
+    from fedge.coordinator.loop import CoordinatorLoop
+    first = RoundStore(tmp_path / "probe.db").next_round_id()
+    fleet = _fleet(model, tmp_path, _empty_seed(first))
+    begun = []
+    loop = CoordinatorLoop(fleet.coordinator, min_devices=3, on_begin=begun.append)
+    loop._maybe_begin()
+    assert begun == [] and fleet.coordinator.round is None
+    record = fleet.coordinator.tick()
+    assert record.committed and record.round_id == first
