@@ -180,7 +180,7 @@ class CoordinatorLoop:
             return
         c.metrics.devices_needed.set(0)
         self._waiting_said = ("", 0.0)
-        if self.on_begin:
+        if self.on_begin and c.round is not None:  # None: a noise-only round, closed as it began
             self.on_begin(c.round.machine)
 
     def _say_waiting(self, eligible: int, now: float) -> None:

@@ -91,11 +91,15 @@ class OpenRound:
 
     def charge(self) -> dict | None:
         """The privacy charge to commit with the round: its plan once the noised aggregate was
-        computed (even if the model guard then refuses it), else None. A Poisson-sampled round is
+        computed (even if the model guard then refuses it), or once any update of it was accepted
+        (committed or not: whether a round reaches its quorum can hang on one device's update, a
+        NaN one refused, and an abandoned round shows), else None. A Poisson-sampled round is
         charged however it ends: whether it reaches its quorum depends on how many devices the
-        draw included, which one device's presence changes."""
+        draw included, which one device's presence changes. A restart replays the accepted
+        updates, so the rule holds for a resumed round, which the ledger's key charges once."""
         released = self.privacy is not None and (self.released or getattr(self.aggregator, "released", False)
-                                                 or self.privacy.sampling == "poisson")
+                                                 or self.privacy.sampling == "poisson"
+                                                 or getattr(self.aggregator, "count", 0) > 0)
         return self.privacy.to_json() if released else None
 
     def add(self, update: Accepted) -> None:

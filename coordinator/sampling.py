@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
-
-log = logging.getLogger("fedge.coordinator.sampling")
 
 
 def selection_size(wanted: int, over_selection: float, available: int) -> int:
@@ -26,22 +23,12 @@ def sample_devices(candidates: list[str], count: int, seed: int, round_id: int) 
 
 def poisson_sample(candidates: list[str], rate: float, seed: int, round_id: int, attempt: int = 0) -> list[str]:
     """Each candidate independently with probability `rate` (Poisson sampling, as DP-FedAvg's
-    accountant models it: the cohort's size varies round to round). Reproducible from (seed,
-    round, attempt, candidates); `attempt` numbers redraws of a round whose draw was empty."""
+    accountant models it: the cohort's size varies round to round, and may be 0: such a draw is
+    not drawn again, the round releases its noise alone, noise_round.py). Reproducible from
+    (seed, round, attempt, candidates)."""
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"the sampling rate must be in (0, 1], got {rate}")
     pool = sorted(candidates)
     rng = np.random.default_rng([seed, round_id, 0x9015, attempt])
     return [device for device, keep in zip(pool, rng.random(len(pool)) < rate) if keep]
 
-
-def poisson_draw(candidates: list[str], rate: float, seed: int, round_id: int, tries: int = 64) -> list[str]:
-    """A non-empty Poisson draw for the round. An empty draw (probability (1 - q)^n, about
-    e^-(devices asked)) is drawn again: a condition on a non-empty cohort that the accountant
-    does not model (README, Differential privacy). [] only if `tries` draws in a row were empty."""
-    for attempt in range(tries):
-        if selected := poisson_sample(candidates, rate, seed, round_id, attempt):
-            return selected
-        log.warning("round %d: the Poisson draw (q=%.4g of %d) was empty; drawing again", round_id, rate,
-                    len(candidates))
-    return []

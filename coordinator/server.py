@@ -48,6 +48,7 @@ from .left_out import LeftOut
 from .link import BrokerLink
 from .memory_store import MemoryStore
 from .metrics import CoordinatorMetrics, EvalMetrics, tally_key
+from .noise_round import NoiseRounds
 from .outbound import Outbound
 from .records import OpenRound, RoundRecord, count_uplink, open_round
 from .registry import Registry
@@ -69,7 +70,7 @@ from .rounds import (
     on_event,
     start,
 )
-from .sampling import poisson_draw, sample_devices, selection_size
+from .sampling import poisson_sample, sample_devices, selection_size
 from .sidelined import Sidelined
 from .store import Store, StoredDecline, StoredRound, StoredUpdate
 from .strategies import ServerState, Strategy
@@ -81,7 +82,7 @@ log = logging.getLogger("fedge.coordinator")
 _QUIET = ("stale_round", "duplicate")  # expected after early closes and re-publishes: INFO, not WARNING
 
 
-class Coordinator(BrokerLink):
+class Coordinator(BrokerLink, NoiseRounds):
     """One coordinator: `start()` once, then loop `pump()` (one inbound message each) and
     `tick()` (closes the round at its deadline or when it is done), and call `begin_round()`
     whenever no round is open. Every method returns quickly; the caller owns sleeping.
@@ -144,6 +145,8 @@ class Coordinator(BrokerLink):
         if (stored := self.store.load_open_round()) is None:
             return
         self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
+        if self._noise_resumed(stored):  # a noise-only round stopped between its two writes: run again
+            return
         self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path,
                             self.config.shards)  # logs what it resumed
         # keys and masked inputs died with the process; a distributed-DP round resumed plain would expose updates
@@ -224,8 +227,7 @@ class Coordinator(BrokerLink):
         self._reject(rejected.error, sender, report)
 
     def _accept(self, update: Update, accepted: Accepted) -> None:
-        rnd = self.round
-        # durable before the Ack: see store.py
+        rnd = self.round  # the update is durable before the Ack: see store.py
         self.store.add_update(rnd.ctx.round_id, StoredUpdate(rnd.events, update.device_id, update.update_id,
                                                              accepted.digest, update.num_examples, update.payload,
                                                              update.control, accepted.reported_norm))
@@ -293,9 +295,9 @@ class Coordinator(BrokerLink):
         if plan is None and self.privacy.enabled:
             return False
         if plan is not None and plan.sampling == "poisson":  # central DP, no secure aggregation (dp/config.py)
-            selected = poisson_draw(candidates, asked / len(candidates), cfg.seed, round_id)
-            if not selected:
-                return False
+            selected = poisson_sample(candidates, asked / len(candidates), cfg.seed, round_id)
+            if not selected:  # not drawn again: the round releases the noise alone (noise_round.py)
+                return self._noise_round(round_id, plan)
             # Every device drawn counts (the target is the draw, the quorum capped by it): a round
             # that closed at a fixed count would let one added device push out another's report,
             # moving the sum by 2S, not the S the Poisson charge assumes. The mean still divides
@@ -306,8 +308,7 @@ class Coordinator(BrokerLink):
         now, wall = self.clock.now(), self.clock.wall()
         stages, limits = self.shell.plan(wanted, quorum)
         machine, actions = start(round_id, stages, limits, tuple(selected), now, deadline=now + cfg.round_deadline_s)
-        tasks = {d: uuid.uuid4().hex for d in selected}
-        # before any task leaves: see store.py
+        tasks = {d: uuid.uuid4().hex for d in selected}  # the round is stored before any task leaves: store.py
         self.store.open_round(StoredRound(round_id, self.state.version, tuple(selected), tasks, wanted, quorum,
                                           wall, wall + cfg.round_deadline_s, privacy=plan and plan.to_json(),
                                           shards=self._round_shards(tuple(selected))))
@@ -325,7 +326,7 @@ class Coordinator(BrokerLink):
         if self.outbound.announce_due:
             self.outbound.announce_or_defer(self.state.version, self.round)
         self.evaluations.tick(now := self.clock.now())
-        return None if self.round is None else self._execute(Tick(now), now)
+        return self._noise_record() if self.round is None else self._execute(Tick(now), now)
 
     def _execute(self, event: Event, now: float) -> RoundRecord | None:
         """Feed one event to the round machine and run the actions it returns."""

@@ -50,7 +50,7 @@ class PrivacyBudget:
         self.metrics = PrivacyMetrics(registry) if config.enabled else None
         self.exhausted: BudgetVerdict | None = None  # the latest refusal, until a round is allowed again
         self.refused_round: int | None = None
-        self.warned: set[str] = set()  # the once-only warnings already said ("noise", "delta", "empty_draw")
+        self.warned: set[str] = set()  # the once-only warnings already said ("noise", "delta")
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
         if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
             ledger = {plan.sampling for plan in self._read_ledger()}
@@ -58,9 +58,27 @@ class PrivacyBudget:
                 raise ConfigError(f"privacy.sampling = {config.sampling!r}, but the state file's privacy ledger "
                                   f"holds {sorted(ledger)} rounds: their neighbouring relations differ and one "
                                   "budget cannot compose both; keep the ledger's sampling or start a new state file")
+        else:
+            self._warn_off()
         if self.metrics is not None:
             self.metrics.target.set(config.target_epsilon)
             self.refresh()
+
+    def _warn_off(self) -> None:
+        """Privacy off on a state file whose ledger holds charges: the rounds now run without noise and
+        uncharged, on top of what the earlier ones spent. Said once, at start, with that ε (at the
+        latest charge's delta and accountant); a ledger that does not read is said as such."""
+        if not self.store.privacy_ledger():
+            return
+        try:
+            plans = self._read_ledger()
+            spent = f"ε = {epsilon([p.charge() for p in plans], plans[-1].delta, plans[-1].accountant):.4g} at " \
+                    f"δ = {plans[-1].delta:g} ({plans[-1].accountant})"
+        except (ConfigError, ValueError) as exc:
+            plans, spent = self.store.privacy_ledger(), f"an ε that cannot be read ({exc})"
+        log.warning("privacy is off, but %s holds %d charged DP round(s) that spent %s: the rounds from now on "
+                    "add no noise and are not charged, and nothing they release is covered by that guarantee",
+                    self.store.path, len(plans), spent)
 
     def check_open(self, stored) -> None:
         """ConfigError unless the open round's stored plan (a StoredRound's privacy) fits the budget
@@ -178,16 +196,6 @@ class PrivacyBudget:
             log.warning("round %d: privacy.delta = %g is at least 1 / %d eligible devices: (ε, δ)-DP then allows "
                         "revealing one device's data outright; set delta well below 1 / population", round_id,
                         cfg.delta, population)
-        empty = (1 - cohort / population) ** population
-        if cfg.sampling == "poisson" and empty > cfg.delta and "empty_draw" not in said:
-            # an empty draw is drawn again (sampling.poisson_draw): each device's real inclusion
-            # probability is then q / (1 - empty), which the PoissonSampledDpEvent(q) charge does not model
-            said.add("empty_draw")
-            log.warning("round %d: a Poisson draw at q = %.4g of %d devices is empty with probability %.3g, above "
-                        "privacy.delta; fedge then draws again, which the accountant does not model: each device is "
-                        "really drawn with probability q / %.3g, so the ε reported understates what the rounds "
-                        "spend. Ask more devices a round, or use sampling = 'fixed'", round_id, cohort / population,
-                        population, empty, 1 - empty)
         if z > expected_cohort and "noise" not in said:
             # the mean's noise (std z S / n) outweighs any one clipped update (norm <= S): a fleet
             # this small learns next to nothing at this budget (a helper's 5 devices: z = 19.5)

@@ -153,7 +153,7 @@ class DpMean:
         self.count += count
 
     def result(self) -> Params:
-        if self.count == 0:
+        if self.count == 0 and self.plan.sampling != "poisson":  # Poisson: an empty draw releases noise alone
             raise ValueError("no contributions to average")
         self.released = True
         p, rng = self.plan, self._rng()

@@ -70,24 +70,3 @@ def test_a_delta_of_at_least_one_over_the_population_is_warned_once(model, tmp_p
     said = [r.getMessage() for r in caplog.records if "privacy.delta" in r.getMessage()]
     assert len(said) == (1 if warned else 0)
     assert not warned or "at least 1 / 3 eligible devices" in said[0]
-
-
-@pytest.mark.parametrize("sampling,wanted,warned", [("poisson", 1, True), ("poisson", 3, False), ("fixed", 1, False)])
-def test_a_poisson_draw_likely_to_be_empty_is_warned_once(model, tmp_path, caplog, sampling, wanted, warned):
-    """An empty Poisson draw is drawn again (sampling.poisson_draw), so each device is really drawn
-    with q / (1 - (1 - q)^n), not the q that PoissonSampledDpEvent is charged: 1 of 3 devices,
-    q = 1/3, is empty with probability (2/3)^3 = 0.296, far above delta, and ran without a word.
-    q = 1 (a fleet no larger than the cohort) is never empty; fixed-size cohorts never redraw."""
-    privacy = PrivacyConfig(enabled=True, noise_multiplier=1.0, target_epsilon=1000.0, delta=1e-5, clip_norm=0.05,
-                            sampling=sampling)
-    fleet = make_fleet(model, tmp_path, sizes=(10, 12, 14), clients_per_round=wanted, **DP, privacy=privacy)
-    c = fleet.coordinator
-    with caplog.at_level(logging.WARNING, logger="fedge.coordinator.privacy"):
-        assert c.begin_round()
-        c.round = None
-        assert c.privacy.plan(2, 3, wanted, wanted) is not None
-    said = [r.getMessage() for r in caplog.records if r.name == "fedge.coordinator.privacy"
-            and "Poisson draw" in r.getMessage()]
-    assert len(said) == (1 if warned else 0)
-    empty = (1 - 1 / 3) ** 3
-    assert not warned or f"empty with probability {empty:.3g}" in said[0] and f"q / {1 - empty:.3g}" in said[0]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.config import CoordinatorConfig
-from fedge.coordinator.sampling import poisson_draw, poisson_sample
+from fedge.coordinator.sampling import poisson_sample
 from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -39,13 +39,6 @@ def test_each_device_is_drawn_independently_at_the_rate():
     assert poisson_sample(devices, 1.0, 7, 3) == sorted(devices)
     with pytest.raises(ValueError, match="rate"):
         poisson_sample(devices, 0.0, 7, 3)
-
-
-def test_an_empty_draw_is_drawn_again():
-    devices = ["a", "b", "c"]
-    round_id = next(r for r in range(1000) if not poisson_sample(devices, 0.2, 1, r))
-    assert poisson_draw(devices, 0.2, 1, round_id) == next(
-        d for a in range(64) if (d := poisson_sample(devices, 0.2, 1, round_id, a)))
 
 
 @pytest.mark.parametrize("restart", [False, True])

@@ -78,3 +78,32 @@ def test_the_mqtt_fleet_runs_dp_and_stops_at_the_same_round(mosquitto_binary, tm
     assert result.rounds[-1]["epsilon"] == pytest.approx(_direct("fixed", DEVICES, PER_ROUND, Z, refused - 1, DELTA),
                                                          abs=1e-6)
     assert result.summary["privacy"]["refused"]
+
+
+def test_simulate_runs_an_empty_poisson_draw_as_a_noise_only_round(tmp_path):
+    """The in-memory fleet read the open round's machine after begin_round; a noise-only round
+    (coordinator/noise_round.py) has none. Its row: committed, nobody selected, ε of one
+    PoissonSampledDpEvent(1/3) by dp-accounting directly."""
+    from fedge.coordinator.sampling import poisson_sample
+    ids = [f"dev-{k:03d}" for k in range(3)]
+    seed = next(s for s in range(1000) if not poisson_sample(ids, 1 / 3, s, 1))
+    config = tmp_path / "poisson.toml"
+    config.write_text(f"""
+clients_per_round = 1
+over_selection = 1.0
+aggregator = "mean"
+weighting = "equal"
+[privacy]
+enabled = true
+sampling = "poisson"
+noise_multiplier = {Z}
+clip_norm = 0.5
+target_epsilon = 50.0
+delta = {DELTA}
+""")
+    out = tmp_path / "run.json"
+    assert main(["simulate", "--dataset", "digits", "--devices", "3", "--rounds", "1", "--seed", str(seed),
+                 "--config", str(config), "--quiet", "--json", str(out)]) == 0
+    [row] = json.loads(out.read_text())["rounds"]
+    assert row["committed"] and row["selected"] == 0
+    assert row["epsilon"] == pytest.approx(_direct("poisson", 3, 1, Z, 1, DELTA), abs=1e-6)

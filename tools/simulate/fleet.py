@@ -235,6 +235,8 @@ class InMemoryFleet:
             if self.coordinator.privacy.exhausted is not None:
                 return None
             raise RuntimeError("no eligible devices checked in")
+        if self.coordinator.round is None:  # an empty Poisson draw: closed as it began (coordinator/noise_round.py)
+            return self.coordinator.tick()
         m = self.coordinator.round.machine
         late = self.plan.begin(m.round_id, m.selected, m.target)
         on_time = [a for a in self.agents if a.device_id not in late]
