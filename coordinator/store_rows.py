@@ -33,7 +33,7 @@ from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 MODEL_COLUMNS = (("version", COUNT), ("extra_groups", TEXT))
 TENSOR_COLUMNS = (("kind", TEXT), ("grp", TEXT), ("name", TEXT), ("dtype", TEXT), ("shape", TEXT), ("data", BYTES))
 ROUND_COLUMNS = (("round_id", COUNT), ("model_version", COUNT), ("selected", TEXT), ("tasks", TEXT),
-                 ("target", POSITIVE), ("quorum", POSITIVE), ("started_wall", FINITE), ("deadline_wall", FINITE))
+                 ("target", COUNT), ("quorum", COUNT), ("started_wall", FINITE), ("deadline_wall", FINITE))
 UPDATE_COLUMNS = (("seq", COUNT), ("device_id", TEXT), ("update_id", TEXT), ("digest", TEXT),
                   ("num_examples", POSITIVE), ("payload", BYTES_OR_NULL), ("control", BYTES_OR_NULL),
                   ("reported_norm", NORM_OR_NULL))
@@ -88,6 +88,10 @@ def open_round(path, row: tuple, privacy, updates: list[StoredUpdate], declines:
     asked = checked_json(path, "rounds", "tasks", tasks, dict, key)
     if set(asked) != set(picked) or not all(isinstance(t, str) for t in asked.values()):
         raise bad("tasks", tasks, "a task id for each selected device")
+    if picked and quorum < 1:
+        raise bad("quorum", quorum, "an integer > 0")
+    if not picked and ((target, quorum) != (0, 0) or privacy is None):  # only a noise-only round selects
+        raise bad("selected", selected, "a device, or target 0 and a privacy plan (an empty Poisson draw)")
     if quorum > target:
         raise bad("quorum", quorum, f"at most the round's target ({target})")
     if picked and target > len(picked):

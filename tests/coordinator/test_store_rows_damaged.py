@@ -174,3 +174,18 @@ def _delete_first(db, where: str) -> None:
     with conn:
         conn.execute(f"DELETE FROM tensors WHERE rowid = (SELECT MIN(rowid) FROM tensors WHERE {where})")
     conn.close()
+
+
+@pytest.mark.parametrize("target, quorum", [(0, 0), (2, 2)])
+def test_an_open_round_of_no_device_is_only_a_noise_only_round(model, tmp_path, target, quorum):
+    """A round that selected no device is what an empty Poisson draw writes (noise_round.py:
+    target and quorum 0, a privacy plan); without its plan, or with a quorum, it is none fedge wrote."""
+    db = tmp_path / "state.db"
+    _open_round(model, tmp_path, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"UPDATE rounds SET selected = '[]', tasks = '{{}}', target = {target}, quorum = {quorum}, "
+                     f"privacy = NULL WHERE {OPEN}")
+    conn.close()
+    with pytest.raises(StoreCorrupt, match=r"rounds\.selected holds '\[\]' \(open round 1\), not a device, or "
+                                           r"target 0 and a privacy plan"):
+        RoundStore(db).load_open_round()
