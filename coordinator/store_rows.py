@@ -88,10 +88,12 @@ def open_round(path, row: tuple, privacy, updates: list[StoredUpdate], declines:
     asked = checked_json(path, "rounds", "tasks", tasks, dict, key)
     if set(asked) != set(picked) or not all(isinstance(t, str) for t in asked.values()):
         raise bad("tasks", tasks, "a task id for each selected device")
-    if picked and quorum < 1:
-        raise bad("quorum", quorum, "an integer > 0")
-    if not picked and ((target, quorum) != (0, 0) or privacy is None):  # only a noise-only round selects
-        raise bad("selected", selected, "a device, or target 0 and a privacy plan (an empty Poisson draw)")
+    # 0 and 0 only where an empty Poisson draw's noise-only round wrote them (noise_round.py): no
+    # device selected and a privacy plan. (An async buffer's row selects no device either, K > 0.)
+    if 0 in (target, quorum) and (picked or privacy is None or (target, quorum) != (0, 0)):
+        column = "target" if target == 0 else "quorum"
+        raise bad(column, target if target == 0 else quorum,
+                  "an integer > 0 (0 and 0 only in a noise-only round: no device selected, a privacy plan)")
     if quorum > target:
         raise bad("quorum", quorum, f"at most the round's target ({target})")
     if picked and target > len(picked):

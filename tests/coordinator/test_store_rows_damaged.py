@@ -176,16 +176,16 @@ def _delete_first(db, where: str) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("target, quorum", [(0, 0), (2, 2)])
-def test_an_open_round_of_no_device_is_only_a_noise_only_round(model, tmp_path, target, quorum):
-    """A round that selected no device is what an empty Poisson draw writes (noise_round.py:
-    target and quorum 0, a privacy plan); without its plan, or with a quorum, it is none fedge wrote."""
+@pytest.mark.parametrize("target, quorum", [(0, 0), (2, 0)])
+def test_a_target_or_quorum_of_0_is_only_a_noise_only_round(model, tmp_path, target, quorum):
+    """Target and quorum 0 are what an empty Poisson draw writes (noise_round.py: no device
+    selected, a privacy plan); without its plan, or with only one of them 0, fedge wrote no such row."""
     db = tmp_path / "state.db"
     _open_round(model, tmp_path, db)
     with sqlite3.connect(db) as conn:
         conn.execute(f"UPDATE rounds SET selected = '[]', tasks = '{{}}', target = {target}, quorum = {quorum}, "
                      f"privacy = NULL WHERE {OPEN}")
     conn.close()
-    with pytest.raises(StoreCorrupt, match=r"rounds\.selected holds '\[\]' \(open round 1\), not a device, or "
-                                           r"target 0 and a privacy plan"):
+    with pytest.raises(StoreCorrupt, match=r"rounds\.(target|quorum) holds 0 \(open round 1\), not an integer > 0 "
+                                           r"\(0 and 0 only in a noise-only round"):
         RoundStore(db).load_open_round()
