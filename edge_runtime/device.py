@@ -323,12 +323,14 @@ class DeviceRuntime:
         store = DeviceStore(self.state_root / self.device_id, model_id)
         store.keep_global(shared, version, self.announced.get(model_id))
 
-    def evaluate(self, model_id: str, shared: dict[str, np.ndarray]) -> DeviceEval:
-        """Accuracy on the device's own held-out split: global head and personal head."""
+    def evaluate(self, model_id: str, shared: dict[str, np.ndarray], strict: bool = True) -> DeviceEval:
+        """Accuracy on the device's own held-out split: global head and personal head. `strict`:
+        global logits that are not finite are a NonFiniteValues (a federated evaluation then keeps
+        no such model); else, and always for the device's own personal head, such rows count wrong."""
         with self._busy:
-            return self._evaluate(model_id, shared)
+            return self._evaluate(model_id, shared, strict)
 
-    def _evaluate(self, model_id: str, shared: dict[str, np.ndarray]) -> DeviceEval:
+    def _evaluate(self, model_id: str, shared: dict[str, np.ndarray], strict: bool) -> DeviceEval:
         model = self.model(model_id)
         store = DeviceStore(self.state_root / self.device_id, model_id)
         personal = store.load_personal() or model.initial("personal")
@@ -336,7 +338,8 @@ class DeviceRuntime:
         model.check_labels(self.data.y_test, "y_test")
         logits = self._backend(model, "sgd").predict({**shared, **personal}, z)
         y = self.data.y_test
-        return DeviceEval(len(y), accuracy(logits.get("personal"), y), accuracy(logits.get("global"), y),
+        return DeviceEval(len(y), accuracy(logits.get("personal"), y, strict=False),
+                          accuracy(logits.get("global"), y, strict),
                           cross_entropy(logits.get("personal"), y), cross_entropy(logits.get("global"), y))
 
     def personalize(self, model_id: str, shared: dict[str, np.ndarray], steps: int, hyper: TaskHyper,

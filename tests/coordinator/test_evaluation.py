@@ -236,6 +236,29 @@ def test_a_model_whose_outputs_overflow_is_declined_and_not_kept(model, tmp_path
     assert store.global_version() == 1  # the committed model stays the one it exports
 
 
+def test_overflowing_logits_count_wrong_where_nothing_is_kept(model, tmp_path):
+    """The simulator's own scoring (strict=False) and the device's personal head: rows whose
+    logits are not finite count as wrong instead of stopping a finished run after its last round,
+    or blocking every evaluation of a sound global model because the device's own head diverged."""
+    from fedge.edge_runtime.evaluation import answer_eval
+    from fedge.edge_runtime.kernel.update_codec import encode_dense
+
+    fleet = make_fleet(model, tmp_path, sizes=(30,), evaluation=ALL)
+    _commit(fleet)
+    runtime, model_id = fleet.agents[0].runtime, fleet.model[1].model_id
+    shared = fleet.coordinator.state.params
+    huge = {k: np.where(np.arange(v.size).reshape(v.shape) % 2, 3e38, -3e38).astype(np.float32)
+            for k, v in shared.items()}
+    scores = runtime.evaluate(model_id, huge, strict=False)
+    assert scores.accuracy_global == 0.0 and scores.num_test == 6
+    store = DeviceStore(runtime.state_root / runtime.device_id, model_id)
+    personal = store.load_personal()
+    store.save_personal({k: np.full_like(v, 3e38) for k, v in personal.items()})
+    report = answer_eval(runtime, EvalTask("sound", runtime.device_id, model_id, 3, 3, encode_dense(shared)))
+    assert report.reason == "" and report.has_personal and report.accuracy_personal == 0.0
+    assert store.global_version() == 3  # the sound global model is kept
+
+
 def test_a_delayed_older_task_does_not_put_the_export_back_a_version(model, tmp_path):
     """In async mode a task can arrive after the device evaluated a newer model; it once wrote
     its older model over global.npz. A coordinator that started over (a new state database: its

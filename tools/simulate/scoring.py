@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedge.edge_runtime.scores import accuracy
 from fedge.edge_runtime.trainer import make_backend
 
 from .attacks import backdoor_success
@@ -70,12 +71,11 @@ class Scorer:
     def _score_directly(self, shared, runtimes) -> dict:
         logits = self.evaluator.predict({**shared, **self.placeholder_personal}, self.zt)
         model_id = self.setup.manifest.model_id
-        evals = [rt.evaluate(model_id, shared) for rt in runtimes]
+        evals = [rt.evaluate(model_id, shared, strict=False) for rt in runtimes]
         per_device = [{"examples": e.num_test, "accuracy_personal": e.accuracy_personal,
                        "accuracy_global": e.accuracy_global, "loss_personal": e.loss_personal,
                        "loss_global": e.loss_global} for e in evals]
-        return {"global_accuracy": float(np.mean(np.argmax(logits["global"], axis=1) == self.yt))
-                if "global" in logits else None,
+        return {"global_accuracy": accuracy(logits["global"], self.yt, strict=False) if "global" in logits else None,
                 "global_loss": None,
                 **_spread(_personal(per_device, "accuracy")),
                 "personalized_loss_mean": _mean(_personal(per_device, "loss")),
@@ -93,7 +93,7 @@ class Scorer:
         on the device (DeviceRuntime.personalize, from the global head)."""
         cfg, model_id = self.setup.cfg, self.setup.manifest.model_id
         runtimes = [self.setup.runtime(c) for c in self.setup.new_clients if len(c.y_test)]
-        before = [rt.evaluate(model_id, shared).accuracy_global for rt in runtimes]
+        before = [rt.evaluate(model_id, shared, strict=False).accuracy_global for rt in runtimes]
         tuned = [rt.personalize(model_id, shared, cfg.new_device_steps, self.setup.hyper,
                                 from_global=True).accuracy_personal
                  for rt in runtimes] if cfg.new_device_steps else []
