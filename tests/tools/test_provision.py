@@ -120,6 +120,17 @@ def test_an_operators_comments_blank_lines_and_order_survive_upsert_and_remove(t
     assert pw.read_text().splitlines()[1:] == ["# twice"] and verify_password("n", read_password_file(pw)["old"])
 
 
+def test_another_brokers_hash_scheme_is_kept_not_refused(tmp_path):
+    """Mosquitto 2.1's mosquitto_passwd hashes with argon2id by default (-H): such a file was
+    refused as no password file once fedge checked the lines for $7$ or $6$ only."""
+    pw = tmp_path / "passwd"
+    theirs = "alice:$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$a2V5a2V5a2V5"
+    pw.write_text(theirs + "\n")
+    upsert_password(pw, "dev-1", "pw")
+    lines = pw.read_text().splitlines()
+    assert lines[0] == theirs and verify_password("pw", read_password_file(pw)["dev-1"])
+
+
 @pytest.mark.mosquitto
 def test_broker_accepts_python_hashes(mosquitto_factory, tmp_path):
     pw = tmp_path / "passwd"

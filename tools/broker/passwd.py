@@ -75,9 +75,12 @@ def read_password_file(path: str | Path) -> dict[str, str]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip() and not line.startswith("#"):
             name, colon, encoded = line.partition(":")
-            if not (name and colon and encoded.startswith(("$7$", "$6$"))):
+            # Any scheme: fedge writes $7$ (Mosquitto 2.0's PBKDF2), and keeps the other users'
+            # lines as they are, so a newer broker's hashes ($argon2id$..., mosquitto_passwd -H)
+            # or a 1.x file's ($6$) are fine; a line with no "user:$..." shape means another file.
+            if not (name and colon and encoded.startswith("$") and len(encoded) > 1 and " " not in name):
                 raise ConfigError(f"password file {path}, line {number}: {line[:60]!r} is no Mosquitto password "
-                                  "entry (user:$7$...); is it the password file? fedge rewrites only those")
+                                  "entry (user:$<hash>); is it the password file? fedge rewrites only those")
             users[name] = encoded
     return users
 
