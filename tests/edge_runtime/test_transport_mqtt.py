@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import time
 
 import pytest
@@ -74,6 +75,24 @@ def test_close_and_abort_give_back_the_wake_up_socket_pair_at_once(mosquitto):
         finally:
             gc.enable()
         assert still_open == [], stop.__name__
+
+
+def test_a_publish_racing_close_is_not_connected_not_a_raw_socket_error(mosquitto):
+    """close() on another thread releases the wake-up pair between paho's check that it is there
+    and its write to it: the publish met a closed socket (OSError) or None (AttributeError),
+    outside the transport's errors. Modelled here: the loop stopped (the pair released), the link
+    still up as paho sees it, and the write finding a closed socket."""
+    t = MqttTransport("a", _settings(mosquitto)).connect()
+    try:
+        t._client.loop_stop()
+        closed = socket.socket()
+        closed.close()
+        t._client._sockpairW = closed  # what the racing publish held when close() ran
+        with pytest.raises(NotConnected, match="dropped while publishing"):
+            t.publish("fedge/x", b"1", qos=1)
+    finally:
+        t._client._sockpairW = None
+        t.abort()
 
 
 def _inode(fd: int) -> int | None:

@@ -56,8 +56,25 @@ class _Client(paho.Client):
         a test run, which with select() put later clients past descriptor 1023: poll_select.py)."""
         rc = super().loop_stop()
         if self._thread is None:  # stopped (not called from the network thread itself)
+            self._pair_released = True
             self._reset_sockets(sockpair_only=True)  # what paho's __del__ does
         return rc
+
+    _pair_released = False
+
+    def publish(self, *args, **kwargs):
+        """paho's publish, except that a publish racing loop_stop on another thread (close() or
+        abort()) meets the socket pair just released: paho checks it is there, then writes to it,
+        and gets None.send (AttributeError) or a closed socket (OSError). That publish is answered
+        as one without a link (MQTT_ERR_NO_CONN, which MqttTransport raises as NotConnected)."""
+        try:
+            return super().publish(*args, **kwargs)
+        except (AttributeError, OSError):
+            if not self._pair_released:
+                raise
+            info = paho.MQTTMessageInfo(0)
+            info.rc = paho.MQTTErrorCode.MQTT_ERR_NO_CONN
+            return info
 
 
 CALLBACKS = ("on_connect", "on_connect_fail", "on_disconnect", "on_message", "on_publish", "on_subscribe")
