@@ -68,17 +68,18 @@ class PrivacyBudget:
         """Privacy off on a state file whose ledger holds charges: the rounds now run without noise and
         uncharged, on top of what the earlier ones spent. Said once, at start, with that ε (at the
         latest charge's delta and accountant); a ledger that does not read is said as such."""
-        if not self.store.privacy_ledger():
-            return
-        try:
+        try:  # the store's own read of the rows parses JSON too: a row that is none must not stop the start
+            if not self.store.privacy_ledger():
+                return
             plans = self._read_ledger()
+            count = str(len(plans))
             spent = f"ε = {epsilon([p.charge() for p in plans], plans[-1].delta, plans[-1].accountant):.4g} at " \
                     f"δ = {plans[-1].delta:g} ({plans[-1].accountant})"
-        except (ConfigError, ValueError) as exc:
-            plans, spent = self.store.privacy_ledger(), f"an ε that cannot be read ({exc})"
-        log.warning("privacy is off, but %s holds %d charged DP round(s) that spent %s: the rounds from now on "
+        except (ConfigError, ValueError, TypeError) as exc:
+            count, spent = "its", f"an ε that cannot be read ({exc})"
+        log.warning("privacy is off, but %s holds %s charged DP round(s) that spent %s: the rounds from now on "
                     "add no noise and are not charged, and nothing they release is covered by that guarantee",
-                    self.store.path, len(plans), spent)
+                    self.store.path, count, spent)
 
     def check_open(self, stored) -> None:
         """ConfigError unless the open round's stored plan (a StoredRound's privacy) fits the budget

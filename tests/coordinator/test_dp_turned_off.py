@@ -46,3 +46,24 @@ def test_privacy_off_on_a_charged_ledger_warns_once_with_the_epsilon_spent(model
         return
     spent = _direct("fixed", 4, 2, 1.0, charged, 1e-5)
     assert len(said) == 1 and f"holds {charged} charged DP round(s) that spent ε = {spent:.4g} at δ = 1e-05" in said[0]
+
+
+def test_privacy_off_on_a_ledger_row_that_is_no_json_warns_instead_of_stopping_the_start(tmp_path, caplog):
+    """The warning's first read of the ledger was outside its try: a row that is not JSON stopped a
+    start that privacy off never blocked, with a raw JSONDecodeError."""
+    import sqlite3
+
+    from fedge.coordinator.dp.budget import PrivacyBudget
+    from fedge.coordinator.dp.config import PrivacyConfig
+
+    db = tmp_path / "state.db"
+    store = RoundStore(db)
+    with sqlite3.connect(db) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(privacy_ledger)")]
+        conn.execute(f"INSERT INTO privacy_ledger ({', '.join(columns)}) VALUES "
+                     f"({', '.join('1' if c != columns[-1] else repr('{not json') for c in columns)})")
+    conn.close()
+    with caplog.at_level(logging.WARNING, logger="fedge.coordinator.privacy"):
+        PrivacyBudget(PrivacyConfig(), store, None)
+    said = [r.getMessage() for r in caplog.records if "privacy is off" in r.getMessage()]
+    assert len(said) == 1 and "an ε that cannot be read" in said[0]
