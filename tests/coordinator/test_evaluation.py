@@ -10,6 +10,7 @@ and exported."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -19,7 +20,7 @@ from scipy.special import log_softmax
 from fedge.coordinator.evaluation import EvalConfig, combine
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError, NotConnected
 from fedge.edge_runtime.kernel.protocol import EvalReport, EvalTask
 from fedge.edge_runtime.store import DeviceStore
 from fedge.edge_runtime.trainer import make_backend
@@ -257,6 +258,31 @@ def test_overflowing_logits_count_wrong_where_nothing_is_kept(model, tmp_path):
     report = answer_eval(runtime, EvalTask("sound", runtime.device_id, model_id, 3, 3, encode_dense(shared)))
     assert report.reason == "" and report.has_personal and report.accuracy_personal == 0.0
     assert store.global_version() == 3  # the sound global model is kept
+
+
+def test_a_link_that_fails_while_the_evaluation_is_sent_still_returns_the_commit(model, tmp_path, caplog):
+    """after_commit runs as a round closes: a send that failed there (a noise-only round rerun at
+    start closes before the link is up) raised out of the close, and the committed round's record
+    never reached the caller. The evaluation now stops asking and closes at its deadline."""
+    fleet = make_fleet(model, tmp_path, sizes=(30, 30, 30), evaluation=ALL)
+    c = fleet.coordinator
+    assert c.begin_round()
+    fleet.drain()
+    send, sent = c.outbound.send, []
+
+    def failing(topic, payload, *args, **kwargs):
+        if topic.endswith("/task"):  # the evaluation's tasks: the first goes, then the link fails
+            if sent:
+                raise NotConnected("the link is down")
+            sent.append(topic)
+        return send(topic, payload, *args, **kwargs)
+
+    c.outbound.send = failing
+    with caplog.at_level(logging.WARNING, logger="fedge.coordinator"):
+        record = c.tick()
+    assert record is not None and record.committed and c.state.version == 1
+    assert len(sent) == 1 and c.evaluations.run is not None and len(c.evaluations.run.asked) == 3
+    assert any("1 of 3 devices asked before the link failed" in r.getMessage() for r in caplog.records)
 
 
 def test_a_delayed_older_task_does_not_put_the_export_back_a_version(model, tmp_path):
