@@ -97,9 +97,12 @@ class OpenRound:
         charged however it ends: whether it reaches its quorum depends on how many devices the
         draw included, which one device's presence changes. A restart replays the accepted
         updates, so the rule holds for a resumed round, which the ledger's key charges once."""
+        # A sharded round's aggregator counts nothing until its seal; its machine's replies are the
+        # updates the workers counted (as the leader polled them), which is what decided the round.
+        counted = getattr(self.aggregator, "count", 0) > 0 or (
+            self.privacy is not None and self.privacy.mechanism == "central" and bool(self.machine.reported))
         released = self.privacy is not None and (self.released or getattr(self.aggregator, "released", False)
-                                                 or self.privacy.sampling == "poisson"
-                                                 or getattr(self.aggregator, "count", 0) > 0)
+                                                 or self.privacy.sampling == "poisson" or counted)
         return self.privacy.to_json() if released else None
 
     def add(self, update: Accepted) -> None:

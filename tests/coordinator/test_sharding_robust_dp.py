@@ -246,3 +246,19 @@ def _encoded(device: ManualDevice, delta, update_id: str) -> bytes:
     from fedge.edge_runtime.kernel.codec import encode_message
 
     return encode_message(device.update(delta, update_id=update_id))
+
+
+def test_a_sharded_dp_round_abandoned_after_a_worker_counted_an_update_is_charged(model, postgres_dsn):
+    """The rule of test_dp_abandoned_charge.py on shards: the leader's aggregator counts nothing
+    before its seal, so a sharded round abandoned after a worker counted an update went uncharged."""
+    c = Cluster(model, postgres_dsn, devices=2, min_reports=2, **DP, privacy=_privacy())
+    assert c.leader.begin_round()
+    c.pump()
+    c.upload(c.devices[0], random_delta(c.shapes, np.random.default_rng(5), scale=S * 0.1))
+    c.pump()
+    assert c.leader.tick() is None  # the poll: one of the two reported
+    assert len(c.leader.round.machine.reported) == 1
+    c.clock.advance(c.cfg.round_deadline_s + 1)
+    record = c.leader.tick()
+    assert record is not None and not record.committed
+    assert [e["cohort"] for e in c.store.privacy_ledger()] == [2]
