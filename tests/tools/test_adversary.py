@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -111,6 +112,9 @@ def test_a_backdoor_on_flat_features_stamps_the_last_features_at_the_data_s_larg
     bd = poison_client(c, AttackSpec("backdoor", target=3), flat, np.random.default_rng(0))
     stamped = np.all(bd.x_train[:, 60:] == c.x_train.max(), axis=1)
     assert stamped.sum() == 15 and np.all(bd.y_train[stamped] == 3)
+    empty = dataclasses.replace(c, x_train=c.x_train[:0], y_train=c.y_train[:0])  # a device holding nothing
+    assert trigger_for(FederatedDataset("npz", (empty, c), 10, (64,), None),
+                       AttackSpec("backdoor")).value == float(c.x_train.max())  # np.max of it raised ValueError
     for too_big, where in ((9, flat), (9, data)):  # 81 features of 64; a side of 9 on an 8 x 8 image
         with pytest.raises(AttackError, match=r"a trigger of side 9 does not fit inputs of shape \((64,|8, 8)\)"):
             trigger_for(where, AttackSpec("backdoor", trigger_size=too_big))

@@ -84,7 +84,7 @@ def trigger_for(data: FederatedDataset, spec: AttackSpec) -> attacks.Trigger:
     else:
         shape = tuple(data.input_shape)
         side = spec.trigger_size or max(2, math.isqrt(int(np.prod(shape))) // 7)
-        value = max(float(np.max(c.x_train)) for c in data.clients)
+        value = max(float(np.max(c.x_train)) for c in data.clients if np.size(c.x_train))  # a device may hold none
     return attacks.corner_trigger(shape, spec.target, side, value)
 
 
