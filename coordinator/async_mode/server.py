@@ -97,7 +97,9 @@ class AsyncCoordinator(Coordinator):
                 self.journal.drop_task(t.task_id)
         if (stored := self.store.load_open_round()) is None:
             return
-        if stored.selected:  # a sync round's row (a buffer selects no one): its updates would be dropped
+        # A sync round's row (a buffer selects no one): its updates would be dropped; or a sync
+        # noise-only round's (no one selected either, target 0: noise_round.py), which would open a buffer of K.
+        if stored.selected or stored.target == 0:
             raise ConfigError(f"{self.store.path}: round {stored.round_id} is an open sync round; finish it with "
                               "mode = 'sync' before switching to async")
         if stored.model_version != self.state.version:

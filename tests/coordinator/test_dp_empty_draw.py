@@ -7,6 +7,8 @@ charge per round."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -68,6 +70,16 @@ def test_an_empty_draw_commits_the_noise_alone_and_is_charged_once(model, tmp_pa
     assert (c.round is None) == (not poisson_sample(IDS, 1 / 3, seed, first + 1))
 
 
+def _kill_between_the_two_writes(c, monkeypatch) -> None:
+    """begin_round of a noise-only round, the process killed after its open row was written."""
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt("killed between the round's two writes")
+    monkeypatch.setattr(RoundStore, "commit_round", killed)
+    with pytest.raises(KeyboardInterrupt):
+        c.begin_round()
+    monkeypatch.undo()
+
+
 def test_a_restart_between_the_two_writes_runs_it_again_with_the_same_noise(model, tmp_path, monkeypatch):
     first = RoundStore(tmp_path / "probe.db").next_round_id()
     seed = _empty_seed(first)
@@ -75,12 +87,7 @@ def test_a_restart_between_the_two_writes_runs_it_again_with_the_same_noise(mode
     c = fleet.coordinator
     old = copy_params(c.state.params)
 
-    def killed(*_a, **_k):
-        raise KeyboardInterrupt("killed between the round's two writes")
-    monkeypatch.setattr(RoundStore, "commit_round", killed)
-    with pytest.raises(KeyboardInterrupt):
-        c.begin_round()
-    monkeypatch.undo()
+    _kill_between_the_two_writes(c, monkeypatch)
     assert c.store.load_open_round().selected == ()
     c = fleet.restart(store=RoundStore(tmp_path / "s.db"))
     record = c.tick()
@@ -89,6 +96,23 @@ def test_a_restart_between_the_two_writes_runs_it_again_with_the_same_noise(mode
     for k in old:
         np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert len(c.store.privacy_ledger()) == 1 and c.store.load_open_round() is None
+
+
+def test_a_noise_only_round_left_open_is_not_resumed_as_an_async_buffer(model, tmp_path, monkeypatch):
+    """Its row selects no device, as an async buffer's does: restarted with mode = "async" it was
+    taken for an open buffer (of K, with a Poisson plan no async buffer has) instead of refused."""
+    from fedge.coordinator.async_mode.config import AsyncConfig
+    from fedge.edge_runtime.kernel.errors import ConfigError
+
+    first = RoundStore(tmp_path / "probe.db").next_round_id()
+    fleet = _fleet(model, tmp_path, _empty_seed(first))
+    c = fleet.coordinator
+
+    _kill_between_the_two_writes(c, monkeypatch)
+    as_async = replace(c.config, mode="async", async_=AsyncConfig(concurrency=3, buffer_size=2),
+                       privacy=replace(c.config.privacy, sampling="fixed"))
+    with pytest.raises(ConfigError, match="is an open sync round; finish it with mode = 'sync'"):
+        fleet.restart(store=RoundStore(tmp_path / "s.db"), config=as_async)
 
 
 def test_the_service_loop_takes_a_noise_only_round_as_begun_and_closed(model, tmp_path):
