@@ -35,15 +35,19 @@ log = logging.getLogger("fedge.coordinator")
 class NoiseRounds:
     """Mixed into server.Coordinator: begin_round, tick and the restart call these."""
 
-    _noise_closed: RoundRecord | None = None  # a noise-only round's record, until tick() returns it
+    # Noise-only rounds' records until tick() returns them, oldest first: a second round can begin
+    # before the next tick (the loop goes on after a transport error), and neither record is lost.
+    _noise_closed: tuple[RoundRecord, ...] = ()
 
     def _noise_round(self, round_id: int, plan: RoundPlan) -> bool:
         """begin_round after an empty draw: the round runs and closes now; True (a round began)."""
-        self._noise_closed = noise_round(self, round_id, plan)
+        self._noise_closed += (noise_round(self, round_id, plan),)
         return True
 
     def _noise_record(self) -> RoundRecord | None:
-        record, self._noise_closed = self._noise_closed, None
+        if not self._noise_closed:
+            return None
+        record, self._noise_closed = self._noise_closed[0], self._noise_closed[1:]
         return record
 
     def _noise_resumed(self, stored: StoredRound) -> bool:
@@ -52,7 +56,7 @@ class NoiseRounds:
         plan = RoundPlan.from_json(stored.privacy) if not stored.selected else None  # check_open read it
         if plan is None or plan.sampling != "poisson":
             return False
-        self._noise_closed = noise_round(self, stored.round_id, plan, reopened=True)
+        self._noise_closed += (noise_round(self, stored.round_id, plan, reopened=True),)
         return True
 
 

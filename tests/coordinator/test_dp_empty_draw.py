@@ -115,6 +115,19 @@ def test_a_noise_only_round_left_open_is_not_resumed_as_an_async_buffer(model, t
         fleet.restart(store=RoundStore(tmp_path / "s.db"), config=as_async)
 
 
+def test_two_noise_only_rounds_before_a_tick_both_reach_the_caller(model, tmp_path):
+    """The record waiting for tick() was one slot: a second noise-only round begun before it
+    (the loop goes on after a transport error) replaced the first's record."""
+    first = RoundStore(tmp_path / "probe.db").next_round_id()
+    seed = next(s for s in range(5000) if not poisson_sample(IDS, 1 / 3, s, first)
+                and not poisson_sample(IDS, 1 / 3, s, first + 1))
+    c = _fleet(model, tmp_path, seed).coordinator
+    assert c.begin_round() and c.begin_round()
+    records = [c.tick(), c.tick()]
+    assert [r.round_id for r in records] == [first, first + 1] and all(r.committed for r in records)
+    assert c.tick() is None and len(c.store.privacy_ledger()) == 2
+
+
 def test_the_service_loop_takes_a_noise_only_round_as_begun_and_closed(model, tmp_path):
     """CoordinatorLoop told on_begin of the open round's machine, which a noise-only round has not."""
     from fedge.coordinator.loop import CoordinatorLoop
