@@ -58,31 +58,40 @@ def generate_password(nbytes: int = 24) -> str:
 
 
 def read_password_file(path: str | Path) -> dict[str, str]:
-    """username -> hash, in file order; a missing file is empty.
+    """username -> hash, in file order; a missing file is empty (ConfigError as _read_lines)."""
+    return dict(line.partition(":")[::2] for line in _read_lines(path) if _is_entry(line))
 
-    Anything else than Mosquitto's `user:$7$...` (or 1.x `$6$`) lines is a ConfigError naming
-    the line: `--passwd-file` once took the broker's .conf (or any text file) as one, and the
-    rewrite appended ':' to each of its lines; a binary file or a folder was a traceback."""
-    users: dict[str, str] = {}
+
+def _read_lines(path: str | Path) -> list[str]:
+    """The file's lines, once each is a comment, blank, or a `user:$<hash>` entry; [] for a
+    missing file. Anything else is a ConfigError naming the line: `--passwd-file` once took the
+    broker's .conf (or any text file) as one, and the rewrite appended ':' to each of its lines;
+    a binary file or a folder was a traceback."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        return users
+        return []
     except UnicodeDecodeError:
         raise ConfigError(f"password file {path}: not text (not UTF-8); not a Mosquitto password file") from None
     except OSError as exc:  # a folder, no permission
         raise ConfigError(f"password file {path}: cannot be read: {exc.strerror or exc}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip() and not line.startswith("#"):
-            name, colon, encoded = line.partition(":")
-            # Any scheme: fedge writes $7$ (Mosquitto 2.0's PBKDF2), and keeps the other users'
-            # lines as they are, so a newer broker's hashes ($argon2id$..., mosquitto_passwd -H)
-            # or a 1.x file's ($6$) are fine; a line with no "user:$..." shape means another file.
-            if not (name and colon and encoded.startswith("$") and len(encoded) > 1 and " " not in name):
-                raise ConfigError(f"password file {path}, line {number}: {line[:60]!r} is no Mosquitto password "
-                                  "entry (user:$<hash>); is it the password file? fedge rewrites only those")
-            users[name] = encoded
-    return users
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if not _is_entry(line):
+            continue
+        name, _, encoded = line.partition(":")
+        # Any scheme: fedge writes $7$ (Mosquitto 2.0's PBKDF2), and keeps the other users'
+        # lines as they are, so a newer broker's hashes ($argon2id$..., mosquitto_passwd -H)
+        # or a 1.x file's ($6$) are fine; a line with no "user:$..." shape means another file.
+        if not (name and encoded.startswith("$") and len(encoded) > 1 and " " not in name):
+            raise ConfigError(f"password file {path}, line {number}: {line[:60]!r} is no Mosquitto password "
+                              "entry (user:$<hash>); is it the password file? fedge rewrites only those")
+    return lines
+
+
+def _is_entry(line: str) -> bool:
+    """Not blank and not a comment: a line that must be (and, once read, is) a user's entry."""
+    return bool(line.strip()) and not line.startswith("#")
 
 
 def upsert_password(path: str | Path, username: str, password: str, *,
@@ -107,14 +116,9 @@ def _lines_with(path: str | Path, username: str, entry: str | None) -> tuple[lis
     """The file's lines with `username`'s entry replaced by `entry` (dropped when None), and
     whether it had one. Comments, blank lines and the order stay as the person who wrote the
     file left them: fedge rewrites only its users' lines."""
-    read_password_file(path)  # refuses a file that is not a password file, before it is rewritten
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return [], False
     out, found = [], False
-    for line in text.splitlines():
-        if line.strip() and not line.startswith("#") and line.partition(":")[0] == username:
+    for line in _read_lines(path):  # refuses a file that is not a password file, before it is rewritten
+        if _is_entry(line) and line.partition(":")[0] == username:
             if entry is not None and not found:  # a second line for the same user goes
                 out.append(entry)
             found = True
