@@ -1,6 +1,7 @@
 """Reed-Solomon decoding over the Shamir field (decode.py) and the dealer rule built on it
 (recovery.wrong_dealers): a dealer whose shares fit no polynomial, or give a mask key it did not
-advertise, is named; an honest one is not, whatever up to (h - t) // 2 of its holders answer."""
+advertise, is named; an honest one is not, whatever up to (h - t) // 2 of its holders answer,
+nor whatever two of them do (recovery.LIARS) at the small cohorts where that is more."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 
 from fedge.edge_runtime.kernel.secagg import shamir
 from fedge.edge_runtime.kernel.secagg.decode import decode
+from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph, packing_for, threshold_for
 from fedge.edge_runtime.kernel.secagg.keys import generate_keypair, keypair_from_seed
-from fedge.edge_runtime.kernel.secagg.recovery import wrong_dealers
+from fedge.edge_runtime.kernel.secagg.recovery import LIARS, wrong_dealers
+from fedge.edge_runtime.kernel.secagg.session import point_of
 
 P = shamir.PRIME
 
@@ -138,3 +141,75 @@ def test_holders_that_lie_about_every_owner_have_no_owner_named(packing):
             if liar in values:
                 values[liar] = _wrong_value(rng, packing)
     assert wrong_dealers(_answers(shares), COHORT, T, owners, (), packing, None) == set()
+
+
+# Cohorts as rounds draw them: (n, k), the graph and t as the coordinator derives them (the
+# default complete graphs up to k = 12, and a configured sparse one, packed).
+ROUNDS = [(n, n - 1) for n in range(5, 14)] + [(12, 8)]
+
+
+def _round(n, k, dropped=0):
+    """(cohort, t, packing, owner -> its holders among the alive, alive, dropped) of a round."""
+    cohort = tuple(f"d{i:02d}" for i in range(n))
+    t, packing = threshold_for(k, n), packing_for(k, n)
+    graph = neighbour_graph(cohort, k, seed=n)
+    alive, gone = cohort[dropped:], cohort[:dropped]
+    return cohort, t, packing, {o: [h for h in graph[o] if h in alive] for o in cohort}, alive, gone
+
+
+def _unmask_answers(rng, cohort, t, packing, holders_of, alive, dropped, victim=None, wrong=()):
+    """The unmask answers of a round, each secret dealt as a device deals it (shamir.share_seed
+    at session.point_of), and the advertised mask keys of the dropped. The holders in `wrong`
+    answer a random value for `victim`'s secret."""
+    owner_shares, publics = {}, {}
+    for o in alive + dropped:
+        seed = shamir.random_secret(rng.randbytes)
+        points = [point_of(h, cohort) for h in holders_of[o]]
+        values = dict(zip(holders_of[o], shamir.share_seed(seed, t, points, packing, randbelow=rng.randrange)))
+        if o == victim:
+            values.update({h: _wrong_value(rng, packing) for h in wrong})
+        owner_shares[o] = ("self" if o in alive else "mask", values)
+        publics[o] = keypair_from_seed(seed).public
+    return _answers(owner_shares), {o: publics[o] for o in dropped}
+
+
+@pytest.mark.parametrize(("n", "k"), ROUNDS)
+@pytest.mark.parametrize("dropped", [0, 1])
+def test_two_colluding_holders_cannot_have_an_honest_dealer_named(n, k, dropped):
+    """Two holders answer wrong shares of one honest device's secret (its self seed, or its mask
+    key when it dropped) and right ones of every other: no single holder explains the failure,
+    and with e = (h - t) // 2 < 2 their two errors were past what decoding corrects, so the
+    honest dealer was named and sidelined (at n = 7, 9, 10 with a dropout, ...): two devices
+    could evict any honest one. It is named only past what LIARS colluding holders can fake."""
+    rng = random.Random(n * 100 + k + dropped)
+    cohort, t, packing, holders_of, alive, gone = _round(n, k, dropped)
+    for victim in (alive[0], *gone):
+        answers, publics = _unmask_answers(rng, cohort, t, packing, holders_of, alive, gone, victim,
+                                           wrong=holders_of[victim][:LIARS])
+        assert wrong_dealers(answers, cohort, t, alive, gone, packing, publics) == set(), (n, k, victim)
+
+
+def _e(t, holders):
+    return (len(holders) - t) // 2
+
+
+@pytest.mark.parametrize(("n", "k"), ROUNDS)
+@pytest.mark.parametrize("dropped", [0, 1])
+def test_a_dealer_of_wrong_shares_is_named_where_two_liars_cannot_explain_them(n, k, dropped):
+    """The reverse: a dealer whose shares fit no polynomial is named where that takes more than
+    LIARS liars (e >= LIARS), and a dropped dealer whose shares all fit a polynomial of a mask
+    key it did not advertise wherever moving them onto the advertised key's takes more than
+    LIARS (h - t + 1 - d > LIARS, d of them off it); elsewhere no one is named (liars could have
+    done it)."""
+    rng = random.Random(n * 100 + k + dropped)
+    cohort, t, packing, holders_of, alive, gone = _round(n, k, dropped)
+    answers, publics = _unmask_answers(rng, cohort, t, packing, holders_of, alive, gone, alive[0],
+                                       wrong=holders_of[alive[0]])
+    named = wrong_dealers(answers, cohort, t, alive, gone, packing, publics)
+    assert named == ({alive[0]} if _e(t, holders_of[alive[0]]) >= LIARS else set()), (n, k)
+    for victim, liars in itertools.product(gone, (0, 1)):  # and one holder lying about it too
+        answers, publics = _unmask_answers(rng, cohort, t, packing, holders_of, alive, gone, victim,
+                                           wrong=holders_of[victim][:liars])
+        publics[victim] = generate_keypair().public  # the key it advertised is not the one it shared
+        named = wrong_dealers(answers, cohort, t, alive, gone, packing, publics)
+        assert named == ({victim} if len(holders_of[victim]) - t + 1 - liars > LIARS else set()), (n, k, liars)

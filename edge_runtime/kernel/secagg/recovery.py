@@ -11,12 +11,32 @@ alone cannot tell which, so it is named, not punished (coordinator/sidelined.py)
 
 When no single holder explains the failures, wrong_dealers looks at the owner instead: a device
 that deals shares of no one polynomial (or of a mask key other than the one it advertised)
-makes its secret fail whoever answers, and used to abandon every secure round it was drawn
-into, unnamed. Its shares are decoded (decode.py, Reed-Solomon decoding): with at most e = (h - t) // 2
-of its h holders lying the decoded polynomial is the one it dealt, so no polynomial, or one
-giving a mask key it did not advertise, is its doing. Framing an honest owner so takes more
-than e lying holders (and h >= t + 2: below that nothing is decoded and no one is named), and
-no owner is named when the failures are spread the way lying holders spread them."""
+makes its secret fail whoever answers, and would abandon every secure round it is drawn into,
+unnamed. Its h shares are decoded (decode.py, Reed-Solomon decoding): with at most e = (h - t) // 2
+of its holders lying the decoded polynomial is the one it dealt. But colluding holders can
+make an honest owner's shares look just as wrong, and the owner named is sidelined
+(coordinator/sidelined.py): the rule must not let a few liars evict honest devices. So an owner
+is named only when its shares cannot be explained by up to LIARS = 2 lying holders, nor by e:
+
+- no polynomial within e of them: only if e >= LIARS (more than e liars could have done it);
+- one polynomial P, d of them off it, and P gives a mask key the owner did not advertise: the
+  advertised key's polynomial differs from P at h - t + 1 points or more, so at least
+  h - t + 1 - d of the answers would be lies; named only if that is more than LIARS (and it is
+  more than e, since d <= e).
+
+Before, e >= 1 was enough, and at the default cohort sizes (complete graphs, t = k // 2 + 1:
+e = 1 at k = 5 to 8, and at k = 9 or 10 with a holder dropped) two devices answering wrong
+shares of one honest device's secret, and right ones of every other, had it sidelined. LIARS
+is an assumption, not a bound any config sets: LIARS + 1 colluding holders of one owner can
+still frame it where e = LIARS (k = 9 to 12), and framing takes e + 1 past that; a larger LIARS
+would leave wrong dealers unnamed in every cohort below k ~ 4 * LIARS. Other ways weighed:
+verifiable shares (each holder's answer checked against a commitment the dealer made) would
+settle it, but no message carries one (messages.py: sealed boxes the coordinator cannot open,
+and one public key per device, which checks only a whole mask secret), and adding them is a
+protocol change; naming no owner ever would let one wrong dealer abandon every round it is
+drawn into. Where the shares are ambiguous no one is named: the round is abandoned with the
+reason (unmask_answers), counted as an abandoned round, and no one is sidelined. No owner is
+named either when the failures are spread the way lying holders spread them (wrong_dealers)."""
 
 from __future__ import annotations
 
@@ -105,16 +125,21 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
     one core at n = 1,000: 1.0 ms each, measured). mask_publics: as secret_from. When some
     holder's shares are wrong and one holder explains it (module docstring), its answer is left
     out, its id added to `left_out`, and the sum unmasked from the others'. When none does, the
-    owners wrong_dealers finds are added to `dealers` before UnmaskFailed is raised."""
+    owners wrong_dealers finds are added to `dealers` before UnmaskFailed is raised; where it
+    finds none (the shares are ambiguous), the reason says no one is named."""
     args = (cohort, threshold, alive, dropped, dropped_peers, round_id, field_bits, packing, workers, mask_publics)
     try:
         return _unmask_once(masked_sum, answers, *args)
     except WrongShares as exc:
         culprits = wrong_holders(answers, cohort, threshold, alive, dropped, packing, mask_publics)
         if len(culprits) != 1:
+            why = ""
             if dealers is not None:
-                dealers.update(wrong_dealers(answers, cohort, threshold, alive, dropped, packing, mask_publics))
-            raise UnmaskFailed(f"{exc}; no single holder's shares explain it") from None
+                named = wrong_dealers(answers, cohort, threshold, alive, dropped, packing, mask_publics)
+                dealers.update(named)
+                why = (f", the shares {', '.join(sorted(named))} dealt do" if named else
+                       f", nor, past what {LIARS} lying holders could fake, a dealer's: no one is named")
+            raise UnmaskFailed(f"{exc}; no single holder's shares explain it{why}") from None
     if left_out is not None:
         left_out.update(culprits)
     kept = {holder: revealed for holder, revealed in answers.items() if holder not in culprits}
@@ -152,43 +177,61 @@ def _failing(answers, cohort, threshold: int, alive, dropped, packing: int, mask
             if not _rebuilds(threshold, kind, o, shares, packing, mask_publics)}
 
 
+LIARS = 2  # lying holders an owner's naming must withstand (module docstring)
 MAX_DEALER_CHECKS = 16  # failing secrets decoded at most (0.1 s each at h = 224)
 
 
 def wrong_dealers(answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics) -> set[str]:
-    """The owners of failing secrets whose own shares are at fault (module docstring): their h
-    shares decode to no polynomial of degree < t with at most (h - t) // 2 errors, or to a mask key
-    they did not advertise. A holder that answers wrong fails every secret it holds a share of
-    (about k), so when more fail than half the most owners one holder answered for (or than
-    MAX_DEALER_CHECKS), lying holders are the likelier cause and no owner is named: else two
-    liars with e = 1 would have every owner they hold named. A failing secret with fewer than
-    t + 2 shares is not decoded (nothing to correct with)."""
+    """The owners of failing secrets whose own shares are at fault beyond what LIARS lying
+    holders, or e = (h - t) // 2, could fake (module docstring: _at_fault). A holder that answers
+    wrong fails every secret it holds a share of (about k), so when more fail than half the most
+    owners one holder answered for (or than MAX_DEALER_CHECKS), lying holders are the likelier
+    cause and no owner is named."""
     failing = _failing(answers, cohort, threshold, alive, dropped, packing, mask_publics)
     most = max((len(revealed) for revealed in answers.values()), default=0)
     if len(failing) > min(MAX_DEALER_CHECKS, most // 2):
         return set()
     return {owner for owner, (kind, shares) in failing.items()
-            if len(shares) >= threshold + 2 and not _decodes(threshold, kind, owner, shares, packing, mask_publics)}
+            if _at_fault(threshold, kind, owner, shares, packing, mask_publics)}
 
 
-def _decodes(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> bool:
-    """Whether the shares, with at most (h - t) // 2 wrong, give one polynomial whose secret
-    passes the owner's commitment (a mask key: the advertised one; a self seed has none)."""
+def _at_fault(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> bool:
+    """Whether more than LIARS and more than e of the h answers must be lies were the owner
+    honest: none of its shares' polynomials within e, or the one there gives a mask key it did
+    not advertise and is h - t + 1 - d > LIARS answers from the advertised key's (module docstring)."""
+    slack = len(shares) - threshold  # h - t
+    committed = kind == "mask" and mask_publics is not None
+    if slack < (LIARS if committed else 2 * LIARS):  # nothing this rule may tell apart: skip the decoding
+        return False
+    found = _decode_seed(threshold, shares, packing)
+    if found is None:
+        return slack // 2 >= LIARS
+    seed, off = found
+    if not committed or keypair_from_seed(seed).public == mask_publics.get(owner):
+        return False
+    return slack + 1 - off > LIARS
+
+
+def _decode_seed(threshold: int, shares, packing: int) -> tuple[bytes, int] | None:
+    """(the seed, d: how many shares are off its polynomial) of the one polynomial of degree < t
+    that all but (h - t) // 2 of the shares lie on, or None when there is none."""
     if packing == 1:
         halves = [decode([(x, y >> 64) for x, y in shares], threshold, shamir.PRIME),
                   decode([(x, y & (2**64 - 1)) for x, y in shares], threshold, shamir.PRIME)]
         if None in halves:
-            return False
+            return None
         s0, s1 = halves[0][0], halves[1][0]
+        # the most off in one half: a polynomial pair other than P's differs from it in one half
+        # at least, at h - t + 1 points or more, so that many less these are wrong answers
+        off = max(sum(shamir._evaluate(half, x, shamir.PRIME) != (y >> shift) & (2**64 - 1) for x, y in shares)
+                  for half, shift in zip(halves, (64, 0)))
     else:
         poly = decode(shares, threshold, shamir.PRIME)
         if poly is None:
-            return False
+            return None
         s0, s1 = poly[0], shamir._evaluate(poly, shamir.PRIME - 1, shamir.PRIME)
-    if kind == "self" or mask_publics is None:
-        return True
-    seed = s0.to_bytes(shamir.HALF_BYTES, "big") + s1.to_bytes(shamir.HALF_BYTES, "big")
-    return keypair_from_seed(seed).public == mask_publics.get(owner)
+        off = sum(shamir._evaluate(poly, x, shamir.PRIME) != y for x, y in shares)
+    return s0.to_bytes(shamir.HALF_BYTES, "big") + s1.to_bytes(shamir.HALF_BYTES, "big"), off
 
 
 def _verdict(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> str:
