@@ -25,6 +25,7 @@ from .admission import replayed
 from .dp.round import RoundPlan
 from .errors import StoreCorrupt
 from .records import OpenRound
+from .robust.aggregators import EXTRA_KEY
 from .rounds import Declined, RoundMachine, on_event, sync_round
 from .store import Store, StoredRound, StoredUpdate
 from .strategies import ServerState
@@ -44,6 +45,7 @@ def restore_state(store: Store, model_id: str, strategy: str, initial: ServerSta
     if got != shapes:
         raise ConfigError(f"{store.path}: stored params {got} do not fit the model's shared params {shapes}")
     check_arrays(store.path, loaded, initial)
+    check_robust(store.path, loaded, sum(int(np.prod(shape)) for shape in shapes.values()))
     return loaded
 
 
@@ -64,8 +66,40 @@ def check_arrays(path: object, loaded: ServerState, initial: ServerState) -> Non
             why = "holds NaN or Inf" if value.dtype.kind == "f" else f"is {value.dtype}, not floats"
         else:
             continue
-        raise StoreCorrupt(f"{path}: tensors of version {loaded.version}: {what} {name!r} {why}: the state db was "
-                           "changed outside fedge; restore it from a backup")
+        raise _corrupt(path, loaded.version, what, name, why)
+
+
+def check_robust(path: object, loaded: ServerState, size: int) -> None:
+    """StoreCorrupt unless the robust rules' state (extra group EXTRA_KEY, RobustState.to_extra)
+    is what a commit writes: norms (and claims) flat float64, finite, norms >= 0 and claims > 0;
+    center, if any, the (size,) finite float64 aggregate of the shared params. Read back as it
+    is, a NaN or negative norm would move the norm bound, and a wrong center be dropped
+    (_fit) or spread NaN, with no word said. size: the shared params' element count."""
+    group = loaded.extra.get(EXTRA_KEY)
+    if group is None:  # no robust rule has committed a round
+        return
+    for name in sorted(set(group) - {"norms", "claims", "center"}):
+        raise _corrupt(path, loaded.version, f"extra {EXTRA_KEY}", name, "is no part of a robust rule's state")
+    for name, value in sorted(group.items()):
+        shape = (size,) if name == "center" else None
+        if value.dtype != np.float64 or value.ndim != 1 or shape not in (None, value.shape):
+            why = f"is {value.dtype} {value.shape}, not float64 {shape or '(n,)'}"
+        elif not np.isfinite(value).all():
+            why = "holds NaN or Inf"
+        elif name == "norms" and (value < 0).any():
+            why = "holds a negative norm"
+        elif name == "claims" and (value <= 0).any():
+            why = "holds a claim <= 0 (a weight is > 0)"
+        else:
+            continue
+        raise _corrupt(path, loaded.version, f"extra {EXTRA_KEY}", name, why)
+    if "norms" not in group:
+        raise _corrupt(path, loaded.version, f"extra {EXTRA_KEY}", "norms", "is missing")
+
+
+def _corrupt(path: object, version: int, what: str, name: str, why: str) -> StoreCorrupt:
+    return StoreCorrupt(f"{path}: tensors of version {version}: {what} {name!r} {why}: the state db was changed "
+                        "outside fedge; restore it from a backup")
 
 
 def resume(stored: StoredRound, version: int, now: float, wall: float,

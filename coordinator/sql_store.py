@@ -23,6 +23,7 @@ import numpy as np
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from . import store_rows
+from .record_rows import checked_record
 from .row_check import checked_row
 from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState
@@ -155,9 +156,11 @@ class SqlStore:
         return [json.loads(c) for (c,) in self._db.execute("SELECT charge FROM privacy_ledger ORDER BY round_id")]
 
     def round_records(self) -> list[dict]:
-        """Records of closed rounds, oldest first."""
-        return [json.loads(r) for (r,) in self._db.execute(
-            "SELECT record FROM rounds WHERE status != 'open' ORDER BY round_id")]
+        """Records of closed rounds, oldest first; StoreCorrupt for one fedge never wrote (record_rows.py)."""
+        from .records import RoundRecord  # here: records.py imports the store (through admission.py)
+
+        return [checked_record(self.path, "rounds", r, RoundRecord, f"round {i!r:.20}") for i, r in self._db.execute(
+            "SELECT round_id, record FROM rounds WHERE status != 'open' ORDER BY round_id")]
 
     def add_evaluation(self, round_id: int, record: dict) -> None:
         """A finished federated evaluation (coordinator/evaluation.py)."""
@@ -165,7 +168,11 @@ class SqlStore:
             db.execute("INSERT INTO evaluations (round_id, record) VALUES (?, ?)", (round_id, json.dumps(record)))
 
     def evaluation_records(self) -> list[dict]:
-        return [json.loads(r) for (r,) in self._db.execute("SELECT record FROM evaluations ORDER BY seq")]
+        """StoreCorrupt for a record fedge never wrote (record_rows.py)."""
+        from .evaluation import EvalRecord  # here, as RoundRecord in round_records
+
+        return [checked_record(self.path, "evaluations", r, EvalRecord, f"evaluation {s!r:.20}", ("per_device",))
+                for s, r in self._db.execute("SELECT seq, record FROM evaluations ORDER BY seq")]
 
     # ------------------------------------------------------------------ devices
 

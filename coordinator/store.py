@@ -126,6 +126,8 @@ class Store(Protocol):
     the commit point; the open round's accepted updates (payloads included) and declines are
     kept until it closes, so `load_open_round` can replay them in acceptance order (`seq`);
     a round closes once; `counted_digest` recognises updates counted in recent closed rounds.
+    A record is a RoundRecord (commit_round, abandon_round) or an EvalRecord less its per_device
+    (add_evaluation) as a dict: what a SQL store reads back is checked to be one (record_rows.py).
     """
 
     path: object  # where it lives, for messages

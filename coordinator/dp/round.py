@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .accountant import RoundCharge
-from .config import ACCOUNTANTS
+from .config import ACCOUNTANTS, MECHANISMS
 from .mechanism import clip_to_norm, global_norm, noised_mean
 
 Params = dict[str, np.ndarray]
@@ -74,8 +74,7 @@ class RoundPlan:
         for name, value in data.items():
             kind = kinds[name]
             good = (isinstance(value, int) and not isinstance(value, bool) if kind == "int" else
-                    isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                    if kind == "float" else isinstance(value, str) if kind == "str" else True)
+                    _number(value) if kind == "float" else isinstance(value, str) if kind == "str" else True)
             if not good:
                 raise ValueError(f"{name} = {value!r} is not a finite {kind}")
         try:
@@ -87,11 +86,26 @@ class RoundPlan:
             raise ValueError("needs 0 < delta < 1, target_epsilon > 0, clip_norm > 0 and expected_cohort >= 1")
         if plan.accountant not in ACCOUNTANTS:
             raise ValueError(f"accountant {plan.accountant!r}: choose one of {ACCOUNTANTS}")
+        if plan.mechanism not in MECHANISMS:  # any other name would be charged as no mechanism (records.py)
+            raise ValueError(f"mechanism {plan.mechanism!r}: choose one of {MECHANISMS}")
+        if not (plan.epsilon_after >= 0 and plan.delta_noise_multiplier >= 0 and plan.count_stddev >= 0
+                and 0 <= plan.target_quantile < 1 and plan.clip_lr >= 0):
+            raise ValueError("needs epsilon_after, delta_noise_multiplier, count_stddev and clip_lr >= 0 and "
+                             "0 <= target_quantile < 1")
+        if not isinstance(plan.groups, (list, tuple)) or not all(
+                isinstance(g, dict) and _number(g.get("noise_std")) and g["noise_std"] > 0 for g in plan.groups):
+            raise ValueError(f"groups = {plan.groups!r:.60} is not a list of shard groups, each with a finite "
+                             "noise_std > 0")
         return plan
 
     @property
     def adaptive(self) -> bool:
         return self.target_quantile > 0
+
+
+def _number(value) -> bool:
+    """A finite JSON number (no bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 CLIP_GROUP = "dp"  # ServerState.extra group of adaptive clipping's state: {"clip_norm": 0-d float64}

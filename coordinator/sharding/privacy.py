@@ -25,10 +25,8 @@ would need its own column), and distributed DP (the devices noise under secure a
 
 from __future__ import annotations
 
-import json
-
 from ..dp.mechanism import clip_to_norm
-from ..dp.round import RoundPlan
+from . import rows
 from .sealed import SealedAggregator
 from .sums import merge
 from .tables import ShardTables
@@ -39,9 +37,10 @@ class UnboundedSum(RuntimeError):
 
 
 def round_clip(tables: ShardTables, round_id: int) -> float | None:
-    """S of a DP round (its stored plan); None for a round without privacy."""
+    """S of a DP round (its stored plan); None for a round without privacy. StoreCorrupt for a
+    plan fedge never wrote (rows.py)."""
     row = tables.conn.execute("SELECT privacy FROM rounds WHERE round_id = %s", (round_id,)).fetchone()
-    plan = RoundPlan.from_json(json.loads(row[0])) if row is not None and row[0] else None
+    plan = None if row is None else rows.plan(tables.where, round_id, row[0])
     return None if plan is None else plan.clip_norm
 
 

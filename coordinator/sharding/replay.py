@@ -30,6 +30,7 @@ from __future__ import annotations
 from ..admission import check_stored_digest
 from ..aggregate import UpdateMeta
 from ..validation import decode_delta
+from .rows import counted
 from .sealed import SealedAggregator
 from .tables import ShardTables
 
@@ -46,8 +47,8 @@ def counted_updates(tables: ShardTables, round_id: int) -> list[tuple[int, int, 
     StoreCorrupt if a payload no longer has the digest admission accepted (admission.check_stored_digest;
     sharded rounds carry no SCAFFOLD control, so the digest is the payload's)."""
     rows = []
-    for s, q, d, w, p, update_id, digest in tables.conn.execute(COUNTED_SQL, (round_id,)).fetchall():
-        payload = bytes(p)
+    for row in tables.conn.execute(COUNTED_SQL, (round_id,)).fetchall():
+        s, q, d, w, payload, update_id, digest = counted(tables.where, round_id, row)  # StoreCorrupt: rows.py
         check_stored_digest(payload, b"", digest, f"{update_id} from {d} (round {round_id}, shard {s})")
         rows.append((s, q, d, w, payload))
     return rows

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from . import rows
 from .assign import place
 from .config import shard_for
 from .lease import check_shard_epoch, live_shards
@@ -72,10 +73,11 @@ class ShardTables:
 
     # ---------------------------------------------------------------- worker
 
-    def open_round(self):
-        """(round_id, model_version, tasks json) of the open round, or None."""
-        return self.conn.execute(
-            "SELECT round_id, model_version, tasks FROM rounds WHERE status = 'open'").fetchone()
+    def open_round(self) -> tuple[int, int, dict[str, str]] | None:
+        """(round_id, model_version, device -> task id) of the open round, or None; StoreCorrupt
+        for a row fedge never wrote (rows.py)."""
+        row = self.conn.execute("SELECT round_id, model_version, tasks FROM rounds WHERE status = 'open'").fetchone()
+        return None if row is None else rows.open_round(self.where, row)
 
     def counted(self, round_id: int, devices: list[str]) -> dict[str, dict[tuple[str, int, str], str]]:
         """device -> {(device, round, update id): digest} of what these devices have counted in a round."""
@@ -122,7 +124,7 @@ class ShardTables:
                 raise RoundClosed(f"round {round_id} is being aggregated")
             row = db.execute("SELECT data, weight, count FROM shard_sums WHERE round_id = %s AND shard = %s",
                              (round_id, shard)).fetchone()
-            partial = PartialSum() if row is None else PartialSum.from_bytes(bytes(row[0]), shapes, row[1], row[2])
+            partial = PartialSum() if row is None else rows.partial_sum(self.where, round_id, shard, row, shapes)
             devices = sorted({item.key[0] for item in items})
             held = dict(db.execute("SELECT device_id, shard FROM shard_assignment WHERE round_id = %s AND "
                                    "device_id = ANY(%s) ORDER BY device_id FOR UPDATE", (round_id, devices)).fetchall())
@@ -193,9 +195,9 @@ class ShardTables:
                 check(db)
             db.execute("INSERT INTO shard_rounds (round_id, sealed) VALUES (%s, true) "
                        "ON CONFLICT (round_id) DO UPDATE SET sealed = true", (round_id,))
-            rows = db.execute("SELECT shard, data, weight, count FROM shard_sums WHERE round_id = %s",
+            sums = db.execute("SELECT shard, data, weight, count FROM shard_sums WHERE round_id = %s",
                               (round_id,)).fetchall()
-        found = {shard: PartialSum.from_bytes(bytes(data), shapes, w, n) for shard, data, w, n in rows}
+        found = {shard: rows.partial_sum(self.where, round_id, shard, row, shapes) for shard, *row in sums}
         # Every shard's sum, not only those below this leader's K: K is not stored, and a leader
         # restarted mid-round with fewer shards would leave acked updates of the others out.
         beyond = sorted(k for k in found if k >= shards)

@@ -21,7 +21,6 @@ logged, counted (fedge_updates_rejected{reason}) and acked as refused, as the co
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -74,7 +73,7 @@ class ShardWorker:
         elif self.ctx is None or self.ctx.round_id != row[0]:
             round_id, version, tasks = row
             cfg = self.config
-            self.ctx = RoundContext(round_id, self.model_id, version, json.loads(tasks), self.shapes, cfg.norm_bound,
+            self.ctx = RoundContext(round_id, self.model_id, version, tasks, self.shapes, cfg.norm_bound,
                                     False, cfg.control_norm_bound, cfg.max_examples, cfg.weighting == "equal")
             self.clip = round_clip(self.tables, round_id)
 

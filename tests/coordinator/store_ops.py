@@ -16,6 +16,7 @@ import pytest
 from fedge.coordinator.memory_store import MemoryStore
 from fedge.coordinator.store import RoundStore, Store, StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from fedge.coordinator.strategies import ServerState
+from tests.coordinator.test_store import _eval_record, _record
 
 KEEP_VERSIONS = 2
 KEEP_KEY_ROUNDS = 2
@@ -52,20 +53,20 @@ OPS: tuple[tuple[str, Callable[[Store], None]], ...] = (
     ("decline 1c", lambda s: s.add_decline(1, StoredDecline(1, "c", "battery_low"))),
     ("update 1b", lambda s: s.add_update(1, _update(2, "b", 1))),
     ("refused skip", lambda s: _refused(lambda: s.commit_round(1, _state(2), {}, 0.0))),
-    ("commit 1", lambda s: s.commit_round(1, _state(1), {"round_id": 1}, 170.0, charge={"round": 1})),
+    ("commit 1", lambda s: s.commit_round(1, _state(1), _record(1), 170.0, charge={"round": 1})),
     ("refused double commit", lambda s: _refused(lambda: s.commit_round(1, _state(2), {}, 0.0))),
     ("open 2", lambda s: s.open_round(_round(2, 1))),
     ("update 2a", lambda s: s.add_update(2, _update(0, "a", 2))),
-    ("abandon 2", lambda s: s.abandon_round(2, {"round_id": 2}, 270.0, charge={"round": 2})),
+    ("abandon 2", lambda s: s.abandon_round(2, _record(2), 270.0, charge={"round": 2})),
     ("device b", lambda s: s.save_device(StoredDevice("b", 2.0, False, "offline", 7))),
     ("open 3", lambda s: s.open_round(_round(3, 1))),
     ("update 3b", lambda s: s.add_update(3, _update(0, "b", 3))),
-    ("commit 3", lambda s: s.commit_round(3, _state(2), {"round_id": 3}, 370.0)),
-    ("evaluation", lambda s: s.add_evaluation(3, {"round_id": 3, "loss": 0.5})),
+    ("commit 3", lambda s: s.commit_round(3, _state(2), _record(3), 370.0)),
+    ("evaluation", lambda s: s.add_evaluation(3, _eval_record(3))),
     ("device a again", lambda s: s.save_device(StoredDevice("a", 3.0, False, "battery_low", 11))),
     ("open 4", lambda s: s.open_round(_round(4, 2))),
     ("update 4c", lambda s: s.add_update(4, _update(0, "c", 4))),
-    ("commit 4", lambda s: s.commit_round(4, _state(3), {"round_id": 4}, 470.0)),
+    ("commit 4", lambda s: s.commit_round(4, _state(3), _record(4), 470.0)),
 )
 _KEYS = [(d, r, f"u{r}") for r in range(1, 5) for d in "abc"]
 

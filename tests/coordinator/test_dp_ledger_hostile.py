@@ -33,6 +33,11 @@ BAD = {  # what the row's charge column holds -> what the error names
     "delta 5": (json.dumps({**GOOD, "delta": 5}), "0 < delta < 1"),
     "no delta": (json.dumps({k: v for k, v in GOOD.items() if k != "delta"}), "delta"),
     "an unknown accountant": (json.dumps({**GOOD, "accountant": "moments"}), "accountant 'moments'"),
+    # below: taken as a charge before (an unknown mechanism is charged as none: records.py)
+    "a negative epsilon": (json.dumps({**GOOD, "epsilon_after": -2.0}), "epsilon_after"),
+    "an unknown mechanism": (json.dumps({**GOOD, "mechanism": "magic"}), "mechanism 'magic'"),
+    "a negative count noise": (json.dumps({**GOOD, "count_stddev": -1.0}), "count_stddev"),
+    "a group without noise": (json.dumps({**GOOD, "groups": [{"noise_std": "x"}]}), "groups = "),
 }
 
 
@@ -65,7 +70,8 @@ def model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
 
 
-@pytest.mark.parametrize("case", ["not json", "a list", "a text z", "cohort > population", "no delta"])
+@pytest.mark.parametrize("case", ["not json", "a list", "a text z", "cohort > population", "no delta",
+                                  "a negative epsilon", "an unknown mechanism"])
 def test_the_coordinator_does_not_start_on_a_ledger_row_that_is_no_charge(model, tmp_path, case):
     charge, said = BAD[case]
     store = RoundStore(_state(tmp_path, charge))
@@ -78,7 +84,8 @@ def test_the_coordinator_does_not_start_on_a_ledger_row_that_is_no_charge(model,
 @pytest.mark.parametrize("enabled", [True, False])
 @pytest.mark.parametrize("edit,said", [("json_set(privacy, '$.cohort', 99)", "cohort (99) <= population"),
                                        ("json_set(privacy, '$.clip_norm', 'big')", "clip_norm = 'big'"),
-                                       ("'[]'", "not list")])
+                                       ("'[]'", "not list"),
+                                       ("json_set(privacy, '$.mechanism', 'magic')", "mechanism 'magic'")])
 def test_the_coordinator_does_not_resume_an_open_round_whose_plan_is_no_plan(model, tmp_path, edit, said, enabled):
     """The open round's plan (rounds.privacy) is read back to replay it with the same noise: a
     hostile one raised RoundPlan's TypeError or RoundCharge's ValueError out of the start."""

@@ -12,7 +12,7 @@ import pytest
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.store import StoredRound, StoredUpdate, open_store
 from fedge.edge_runtime.kernel.errors import ConfigError
-from tests.coordinator.test_store import _assert_same_state, _round, _state
+from tests.coordinator.test_store import _assert_same_state, _record, _round, _state
 from tests.pg_server import import_psycopg
 
 psycopg = import_psycopg()
@@ -33,7 +33,7 @@ def test_state_round_trip_is_bit_exact_and_survives_a_reconnect(postgres_dsn):
     store.open_round(_round(1, 0))
     store.add_update(1, StoredUpdate(0, "a", "u-a", "d" * 64, 7, b"\x00payload-a\xff", b"ctl", 0.25))
     committed = _state(1, seed=2)  # NaN payloads, -0.0, subnormals, 0-d and empty arrays, int64 extras
-    store.commit_round(1, committed, {"round_id": 1}, 1700.0, charge={"z": 1.5})
+    store.commit_round(1, committed, _record(1), 1700.0, charge={"z": 1.5})
     store.close()
     again = PostgresStore(postgres_dsn)
     again.bind("model-x", "fedavg")
@@ -59,10 +59,10 @@ def test_refusals_leave_nothing_behind(postgres_dsn):
     with pytest.raises(ValueError, match="version"):
         store.commit_round(1, _state(5), {}, 0.0)
     assert store.load_open_round().round_id == 1 and store.load_state().version == 0
-    store.commit_round(1, _state(1), {"round_id": 1}, 0.0)
+    store.commit_round(1, _state(1), _record(1), 0.0)
     with pytest.raises(ValueError, match="closed twice"):  # the refused double commit
         store.commit_round(1, _state(2), {}, 0.0)
-    assert store.load_state().version == 1 and store.round_records() == [{"round_id": 1}]
+    assert store.load_state().version == 1 and store.round_records() == [_record(1)]
     store.close()
 
 
@@ -72,7 +72,7 @@ def test_old_versions_and_old_keys_are_pruned(postgres_dsn):
     for r in range(1, 7):
         store.open_round(_round(r, r - 1))
         store.add_update(r, StoredUpdate(0, "a", f"u{r}", "a" * 64, 1, b"p"))
-        store.commit_round(r, _state(r, seed=r), {"round_id": r}, float(r))
+        store.commit_round(r, _state(r, seed=r), _record(r), float(r))
     assert _rows(postgres_dsn, "SELECT version FROM models ORDER BY version") == [(5,), (6,)]
     assert _rows(postgres_dsn, "SELECT DISTINCT version FROM tensors ORDER BY version") == [(5,), (6,)]
     assert _rows(postgres_dsn, "SELECT round_id FROM updates ORDER BY round_id") == [(4,), (5,), (6,)]
@@ -118,7 +118,7 @@ def test_a_deposed_leader_cannot_write(postgres_dsn):
     with pytest.raises(LeaseLost):
         first.check()
     # The old leader's store connection is still up, but every write of it is refused now.
-    for write in (lambda: old.commit_round(1, _state(1), {"round_id": 1}, 0.0),
+    for write in (lambda: old.commit_round(1, _state(1), _record(1), 0.0),
                   lambda: old.abandon_round(1, {}, 0.0),
                   lambda: old.add_update(1, StoredUpdate(1, "b", "u", "e" * 64, 1, b"y")),
                   lambda: old.open_round(StoredRound(2, 0, ("a",), {"a": "t"}, 1, 1, 0.0, 1.0))):
@@ -126,8 +126,8 @@ def test_a_deposed_leader_cannot_write(postgres_dsn):
             write()
     new = PostgresStore(postgres_dsn, epoch=second.epoch)
     assert new.load_open_round().events == old.load_open_round().events  # nothing half-written
-    new.commit_round(1, _state(1), {"round_id": 1}, 0.0)  # the new leader finishes the round
-    assert new.load_state().version == 1 and new.round_records() == [{"round_id": 1}]
+    new.commit_round(1, _state(1), _record(1), 0.0)  # the new leader finishes the round
+    assert new.load_state().version == 1 and new.round_records() == [_record(1)]
     second.check()
     for closeable in (old, new, second):
         closeable.close()

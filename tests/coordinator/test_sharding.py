@@ -157,6 +157,16 @@ class Cluster:
         update = device.update(delta, update_id, shard=task.shard)
         device.t.publish(shard_update_topic(task.shard if shard is None else shard, device.id), encode_message(update))
 
+    def all_counted(self, seed: int) -> int:
+        """Open a round, have every device upload a random delta and the workers count them; its id."""
+        assert self.leader.begin_round()
+        self.pump()
+        rng = np.random.default_rng(seed)
+        for d in self.devices:
+            self.upload(d, random_delta(self.shapes, rng))
+        self.pump()
+        return self.leader.round.ctx.round_id
+
     def rows(self, sql: str, *args) -> list[tuple]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             return conn.execute(sql, args).fetchall()
@@ -342,13 +352,7 @@ def test_a_leader_with_fewer_shards_than_the_round_was_counted_on_still_reads_ev
     it, and the acked updates counted on shard K - 1 were left out of a plain-mean round without
     a word (found by the async/shards review). Oracle: the updates the workers counted."""
     c = Cluster(model, postgres_dsn)
-    assert c.leader.begin_round()
-    c.pump()
-    rng = np.random.default_rng(13)
-    for d in c.devices:
-        c.upload(d, random_delta(c.shapes, rng))
-    c.pump()
-    round_id = c.leader.round.ctx.round_id
+    round_id = c.all_counted(seed=13)
     counted = c.rows("SELECT count(*) FROM shard_updates WHERE round_id = %s", round_id)[0][0]
     assert counted == 20 and {w.shard for w in c.workers if w.accepted} == set(range(K))
     tables = ShardTables(postgres_dsn)

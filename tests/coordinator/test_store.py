@@ -13,11 +13,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedge.coordinator.evaluation import EvalRecord
+from fedge.coordinator.records import RoundRecord
 from fedge.coordinator.store import RoundStore, StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from fedge.coordinator.strategies import ServerState
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -60,6 +63,18 @@ def _assert_same_state(got: ServerState, want: ServerState):
         _assert_same_bits(got.extra[grp], want.extra[grp])
 
 
+def _record(round_id: int) -> dict:
+    """A closed round's record as the coordinator stores it (round_records reads back only these)."""
+    return asdict(RoundRecord(round_id, True, "quorum", 3, 2, {"c": "battery_low"}, 900, 1800, 3000, 12.5, 0.75))
+
+
+def _eval_record(round_id: int) -> dict:
+    """A finished evaluation's record as the coordinator stores it (less its per-device numbers)."""
+    record = asdict(EvalRecord(round_id, 1, 3, 2, {"busy": 1}, 40, 0.5, 0.8, 0, None, None, 100, 300, True))
+    del record["per_device"]
+    return record
+
+
 def _round(round_id: int, version: int, devices=("a", "b", "c")) -> StoredRound:
     return StoredRound(round_id, version, tuple(devices), {d: f"task-{round_id}-{d}" for d in devices},
                        target=2, quorum=1, started_wall=1000.0 + round_id, deadline_wall=1600.0 + round_id)
@@ -79,7 +94,7 @@ def test_state_round_trip_is_bit_exact_params_extra_and_keys(tmp_path):
     store.add_decline(1, StoredDecline(1, "c", "battery_low"))
     store.add_update(1, StoredUpdate(2, "b", "u-b", "e" * 64, 9, b"\x00payload-b\xff"))
     committed = _state(1, seed=2)
-    store.commit_round(1, committed, {"round_id": 1, "committed": True}, 1700.0)
+    store.commit_round(1, committed, _record(1), 1700.0)
     store.close()
 
     again = RoundStore(path)
@@ -94,7 +109,7 @@ def test_state_round_trip_is_bit_exact_params_extra_and_keys(tmp_path):
     assert db.execute("SELECT COUNT(*) FROM updates WHERE payload IS NOT NULL").fetchone() == (0,)
     assert db.execute("SELECT COUNT(*) FROM declines").fetchone() == (0,)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert again.round_records() == [{"round_id": 1, "committed": True}]
+    assert again.round_records() == [_record(1)]
 
 
 def test_open_round_comes_back_with_its_events_in_acceptance_order(tmp_path):
@@ -143,7 +158,7 @@ def test_old_versions_and_old_keys_are_pruned(tmp_path):
     for r in range(1, 7):
         store.open_round(_round(r, r - 1))
         store.add_update(r, StoredUpdate(0, "a", f"u{r}", "a" * 64, 1, b"p"))
-        store.commit_round(r, _state(r, seed=r), {"round_id": r}, float(r))
+        store.commit_round(r, _state(r, seed=r), _record(r), float(r))
     db = sqlite3.connect(tmp_path / "state.db")
     assert [v for (v,) in db.execute("SELECT version FROM models ORDER BY version")] == [5, 6]
     assert {v for (v,) in db.execute("SELECT DISTINCT version FROM tensors")} == {5, 6}
@@ -162,6 +177,7 @@ def test_devices_round_trip(tmp_path):
 _WRITER = textwrap.dedent("""
     import sys
     import numpy as np
+    from coordinator.records import RoundRecord
     from coordinator.store import RoundStore, StoredRound, StoredUpdate
     from coordinator.strategies import ServerState
 
@@ -182,7 +198,7 @@ _WRITER = textwrap.dedent("""
             if d not in done:  # resume a round the last writer left open
                 store.add_update(r, StoredUpdate(i, d, f"u{r}", "0" * 64, 1, bytes(4096)))
         v += 1
-        store.commit_round(r, state(v), {"round_id": r}, 0.0)
+        store.commit_round(r, state(v), RoundRecord(r, True, "quorum", 2, 2, {}, 0, 0, 0, 1.0).__dict__, 0.0)
         print(v, flush=True)
         r += 1
 """)

@@ -12,6 +12,7 @@ from fedge.coordinator.memory_store import MemoryStore
 from fedge.coordinator.store import RoundStore, Store, StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from fedge.coordinator.strategies import ServerState
 from fedge.edge_runtime.kernel.errors import ConfigError
+from tests.coordinator.test_store import _record
 
 
 @pytest.fixture(params=["sqlite", "postgres", "memory"])
@@ -51,12 +52,12 @@ def test_a_round_open_then_committed(store):
         StoredDecline(0, "c", "battery_low"), StoredUpdate(1, "b", "u1", "digest-b", 8, b"payload-b", b"ctl"),
         StoredUpdate(2, "a", "u1", "digest-a", 5, b"payload-a"))})
     with pytest.raises(ValueError):
-        store.commit_round(1, _state(2), {"round_id": 1}, 170.0)  # a version that does not follow
-    store.commit_round(1, _state(1), {"round_id": 1}, 170.0)
+        store.commit_round(1, _state(2), _record(1), 170.0)  # a version that does not follow
+    store.commit_round(1, _state(1), _record(1), 170.0)
     loaded = store.load_state()
     assert loaded.version == 1 and loaded.params["w"].tobytes() == _state(1).params["w"].tobytes()
     assert store.load_open_round() is None and store.next_round_id() == 2
-    assert store.round_records() == [{"round_id": 1}]
+    assert store.round_records() == [_record(1)]
     # A late re-publish of a counted update is recognised after its round closed.
     assert store.counted_digest("b", 1, "u1") == "digest-b" and store.counted_digest("b", 1, "u2") is None
     with pytest.raises(ValueError):
@@ -71,7 +72,7 @@ def test_abandoned_rounds_apply_nothing_and_keys_age_out(store):
     for round_id in range(1, 11):
         store.open_round(_round(round_id))
         store.add_update(round_id, StoredUpdate(0, "a", "u", f"d{round_id}", 1, b"p"))
-        store.abandon_round(round_id, {"round_id": round_id}, 0.0)
+        store.abandon_round(round_id, _record(round_id), 0.0)
     assert store.load_state().version == 0 and store.next_round_id() == 11
     assert [r["round_id"] for r in store.round_records()] == list(range(1, 11))
     assert store.counted_digest("a", 10, "u") == "d10" and store.counted_digest("a", 3, "u") == "d3"
@@ -104,5 +105,5 @@ def test_a_group_of_updates_is_stored_in_one_call_in_order(store):
              enumerate("cab")]
     store.add_update(1, *burst)
     assert store.load_open_round().events == tuple(burst)
-    store.commit_round(1, _state(1), {"round_id": 1}, 200.0)
+    store.commit_round(1, _state(1), _record(1), 200.0)
     assert [store.counted_digest(d, 1, f"u-{d}") for d in "abc"] == [f"digest-{d}" for d in "abc"]
