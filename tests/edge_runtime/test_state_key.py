@@ -9,6 +9,8 @@ case: a device that never saw the old contents, given the same task, sends the s
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 
@@ -28,7 +30,7 @@ from fedge.edge_runtime.superseded import KEEP_SUPERSEDED, PREFIX
 from fedge.models.build import build_artifacts
 from fedge.models.spec import mlp_spec
 from fedge.tools.cli import main
-from tests.edge_runtime.one_device import DEVICE, TickingClock, one_device, pump
+from tests.edge_runtime.one_device import DEVICE, TickingClock, one_device, pump, reply_to
 from tests.tiny_model import build_tiny_model
 
 FEATURES, CLASSES = 12, 3
@@ -218,3 +220,29 @@ def test_a_secure_round_does_not_add_a_residual_written_for_other_contents(tmp_p
     assert not [m for m in pump(agent, coord) if isinstance(m, Decline)]
     residual = DeviceStore(tmp_path / "state" / DEVICE, manifest.model_id).load_residual()
     assert residual is not None and max(float(np.abs(v).max()) for v in residual.values()) < 10
+
+
+def test_a_coordinator_announcing_the_same_id_with_other_contents_gets_a_fresh_state(models, tmp_path, caplog):
+    """Through the agent: the task names the same model id with another manifest's hash; the
+    device fetches it, verifies it, and trains it from a fresh state, as a device that never
+    had the old contents does."""
+    from fedge.edge_runtime.kernel.protocol import ArtifactFile, FetchRequest
+
+    model_id, a, swapped = models
+    agent, coord = one_device((a, load_manifest(a), None), tmp_path / "state", channels=("update", "fetch"),
+                              clock=TickingClock())
+    assert isinstance(reply_to(agent, coord, _task(model_id, a, "t1")), Update)
+    manifest = (swapped / "manifest.json").read_bytes()
+    task = dataclasses.replace(_task(model_id, swapped, "t2"), manifest_sha256=hashlib.sha256(manifest).hexdigest())
+    coord.publish(device_topic(DEVICE, "task"), encode_message(task))
+    assert any(isinstance(m, FetchRequest) for m in pump(agent, coord))
+    files = {"manifest.json": manifest, **{rel: (swapped / rel).read_bytes() for rel in load_manifest(swapped).files}}
+    sent = []
+    for i, (rel, data) in enumerate(files.items()):
+        item = ArtifactFile(model_id, rel, hashlib.sha256(data).hexdigest(), data, i, len(files))
+        coord.publish(device_topic(DEVICE, "artifact"), encode_message(item))
+        sent += pump(agent, coord)
+    (update,) = [m for m in sent if isinstance(m, (Update, Decline))]
+    fresh, fresh_coord = one_device((swapped, load_manifest(swapped), None), tmp_path / "fresh", clock=TickingClock())
+    assert update.payload == reply_to(fresh, fresh_coord, task).payload
+    assert "starts afresh" in caplog.text
