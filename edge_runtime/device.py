@@ -124,25 +124,36 @@ class DeviceRuntime:
     def add_model(self, model_id: str, directory: str | Path) -> None:
         """Make a verified artifact directory (e.g. one just fetched) available for tasks."""
         runtime = ModelRuntime(directory, expected_model_id=model_id)  # verifies every file against the manifest
+        self._drop(model_id)
         self._models[model_id] = runtime  # replaces any older copy of this model, e.g. after a re-fetch
-        for key in [k for k in self._backends if k[0] == model_id]:
-            del self._backends[key]
         self.model_dirs[model_id] = directory
 
     def forget_model(self, model_id: str, directory: Path) -> None:
         """Its fetched folder was removed (fetched_models.py): a later task fetches it again."""
         if self.model_dirs.get(model_id) is not None and Path(self.model_dirs[model_id]) == directory:
             del self.model_dirs[model_id]
-            self._models.pop(model_id, None)
-            for key in [k for k in self._backends if k[0] == model_id]:
-                del self._backends[key]
+            self._drop(model_id)
+
+    def _drop(self, model_id: str) -> None:
+        """Forget the loaded copy of a model: its embeddings and graphs are of files that changed."""
+        self._models.pop(model_id, None)
+        for key in [k for k in self._backends if k[0] == model_id]:
+            del self._backends[key]
 
     def model(self, model_id: str) -> ModelRuntime:
+        if model_id in self._models and self._models[model_id].stale():  # another build put in its folder
+            log.warning("device %s: the files of model %s changed on disk: loading them again", self.device_id,
+                        model_id)
+            self._drop(model_id)
         if model_id not in self._models:
             if model_id not in self.model_dirs:
                 raise ArtifactError(f"device {self.device_id} has no artifacts for model {model_id}")
             self._models[model_id] = ModelRuntime(self.model_dirs[model_id], expected_model_id=model_id)
         return self._models[model_id]
+
+    def store(self, model: ModelRuntime) -> DeviceStore:
+        """The device's own state for the model's contents (DeviceStore sets aside any other's)."""
+        return DeviceStore(self.state_root / self.device_id, model.model_id, key=model.state_key)
 
     def _backend(self, model: ModelRuntime, optimizer: str):
         key = (model.model_id, optimizer)
@@ -201,7 +212,7 @@ class DeviceRuntime:
         manifest = model.manifest
         shared = decode_dense(task.params)
         check_params(manifest, shared, "shared")
-        store = DeviceStore(self.state_root / self.device_id, model.model_id)
+        store = self.store(model)
         store.keep_global(shared, task.model_version, self.announced.get(model.model_id))  # for `fedge device export`
         server_control = client_control = correction = None
         if task.correction:  # a SCAFFOLD round: the task carries c
@@ -320,8 +331,7 @@ class DeviceRuntime:
         """A committed model this device evaluated becomes the one `fedge device export` uses,
         when it is newer than the one its last task brought (the final round's model reaches a
         device only in an evaluation); DeviceStore.keep_global says when an older one replaces it."""
-        store = DeviceStore(self.state_root / self.device_id, model_id)
-        store.keep_global(shared, version, self.announced.get(model_id))
+        self.store(self.model(model_id)).keep_global(shared, version, self.announced.get(model_id))
 
     def evaluate(self, model_id: str, shared: dict[str, np.ndarray], strict: bool = True) -> DeviceEval:
         """Accuracy on the device's own held-out split: global head and personal head. `strict`:
@@ -332,8 +342,7 @@ class DeviceRuntime:
 
     def _evaluate(self, model_id: str, shared: dict[str, np.ndarray], strict: bool) -> DeviceEval:
         model = self.model(model_id)
-        store = DeviceStore(self.state_root / self.device_id, model_id)
-        personal = store.load_personal() or model.initial("personal")
+        personal = self.store(model).load_personal() or model.initial("personal")
         z = model.embed(self.data.x_test, cache_key=1)
         model.check_labels(self.data.y_test, "y_test")
         logits = self._backend(model, "sgd").predict({**shared, **personal}, z)
@@ -354,7 +363,7 @@ class DeviceRuntime:
         with self._busy:
             model = self.model(model_id)
             check_params(model.manifest, shared, "shared")
-            store = DeviceStore(self.state_root / self.device_id, model_id)
+            store = self.store(model)
             head = "personal" if "personal" in model.manifest.heads else "global"
             own = store.load_personal()
             personal = own if own is not None else model.initial("personal")

@@ -1,5 +1,10 @@
 """One model's artifacts loaded on a device: manifest (hash-verified), backbone session,
-initial params, and a per-dataset embedding cache."""
+initial params, the state key of its contents, and a per-dataset embedding cache.
+
+Loaded once and kept, so what it holds must stay what is on disk: `stale` says when the folder's
+manifest changed since (the operator put another build there), and the backbone is verified
+against the manifest when its session is made (a backbone.onnx swapped under an unchanged
+manifest ran unverified)."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from .kernel.errors import (
     TrainingError,
 )
 from .kernel.files import load_npz
-from .kernel.manifest import Manifest, load_manifest
+from .kernel.manifest import BACKBONE_FILE, MANIFEST_FILE, Manifest, load_manifest, sha256_file, state_key, verify_files
 
 EMBED_CHUNK = 512  # examples per backbone call: bounds peak memory on small boards
 
@@ -44,6 +49,7 @@ def _initial_values(directory: Path, manifest: Manifest) -> dict[str, np.ndarray
 class ModelRuntime:
     def __init__(self, artifact_dir: str | Path, expected_model_id: str | None = None):
         self.dir = Path(artifact_dir)
+        self.manifest_sha256 = _manifest_hash(self.dir)  # before the load: a change meanwhile shows as stale
         self.manifest: Manifest = load_manifest(self.dir, verify=True)
         if expected_model_id is not None and self.manifest.model_id != expected_model_id:
             raise ManifestMismatch(
@@ -51,6 +57,7 @@ class ModelRuntime:
                 "point the device at the right artifact directory or rebuild"
             )
         self.init_values = _initial_values(self.dir, self.manifest)
+        self.state_key = state_key(self.manifest, self.init_values)  # what the device's own state is kept under
         self._backbone = None
         self._cache: dict[int, np.ndarray] = {}
 
@@ -82,6 +89,10 @@ class ModelRuntime:
             raise DatasetError(f"{where}: label {int(np.max(y))} is outside model {self.manifest.name}'s "
                                f"{classes} classes (labels 0..{classes - 1}); relabel the data or fix the model")
 
+    def stale(self) -> bool:
+        """Whether the folder's manifest is no longer the one loaded (replaced, edited, gone)."""
+        return _manifest_hash(self.dir) != self.manifest_sha256
+
     def forget_embeddings(self) -> None:
         """Drop cached backbone outputs: the data they were computed from was replaced."""
         self._cache.clear()
@@ -91,18 +102,31 @@ class ModelRuntime:
         if cache_key is not None and cache_key in self._cache:
             return self._cache[cache_key]
         x = self.check_input(x)
-        if not (self.dir / "backbone.onnx").exists():
+        if BACKBONE_FILE not in self.manifest.files and not (self.dir / BACKBONE_FILE).exists():
             z = x.reshape(len(x), -1)
         else:
             if self._backbone is None:
                 from .trainer.portable import make_session
 
-                self._backbone = loaded(lambda: make_session(self.dir / "backbone.onnx"), self)
+                # What the state key covers, and nothing else: one the manifest does not list (or
+                # one replaced since the load) is refused, naming it.
+                if BACKBONE_FILE not in self.manifest.files:
+                    raise ArtifactIntegrityError(f"{self.dir / BACKBONE_FILE}: not listed in the manifest, so it "
+                                                 "is unverified; remove it or rebuild the artifacts")
+                verify_files(self.dir, self.manifest, only=(BACKBONE_FILE,))
+                self._backbone = loaded(lambda: make_session(self.dir / BACKBONE_FILE), self)
             parts = [self._backbone.run(["z"], {"x": x[i : i + EMBED_CHUNK]})[0] for i in range(0, len(x), EMBED_CHUNK)]
             z = np.concatenate(parts) if parts else np.zeros((0, *self.manifest.embedding_shape), np.float32)
         if cache_key is not None:
             self._cache[cache_key] = z
         return z
+
+
+def _manifest_hash(directory: Path) -> str | None:
+    try:
+        return sha256_file(directory / MANIFEST_FILE)
+    except OSError:
+        return None
 
 
 def loaded(build, model: ModelRuntime):

@@ -30,7 +30,7 @@ import numpy as np
 
 from .device import DeviceRuntime
 from .kernel.compress import decompress_update
-from .kernel.errors import CodecError
+from .kernel.errors import ArtifactError, CodecError
 from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
 from .kernel.secagg import ddg, identity
@@ -167,7 +167,10 @@ class SecAggParticipant:
             self.publish(self._advertisement(self.sessions[task.task_id], task.task_id))
             return
         check_noise_floor(message.spec, self.own_noise_floor)  # the upper bound, before any training
-        store = DeviceStore(Path(self.runtime.state_root) / self.device_id, task.model_id)
+        try:  # keyed: a residual written for other contents of this model id is set aside, not added
+            store = self.runtime.store(self.runtime.model(task.model_id))
+        except ArtifactError:  # no such model (or unusable): handle_task declines the task, saying why
+            store = DeviceStore(Path(self.runtime.state_root) / self.device_id, task.model_id)
         residual = store.load_residual()  # before handle_task: it keeps its own (fp32, empty) residual there
         reply = self.runtime.handle_task(task, self.stop_check(task))
         if isinstance(reply, Decline):

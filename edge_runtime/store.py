@@ -14,6 +14,11 @@
                     its personal params
     tuned_head.npz  a global-only model's head_global, tuned on local data (personalize)
     meta.json       last round trained, counters
+    superseded-<n>-<key>/  the files above as written for other contents of this model id (superseded.py)
+
+state.npz, global.npz and tuned_head.npz record the state key of the model contents they were
+written for (kernel/manifest.state_key); a store opened with a key sets aside those written
+for another (superseded.py).
 
 Why one state file: a task changes several parts of the state, and they must move together.
 With a file per part, each applied part was an fsync of its own (four durable writes per task,
@@ -46,6 +51,7 @@ import numpy as np
 from .kernel.errors import DeviceStateError
 from .kernel.files import Arrays, atomic_write_bytes, load_npz
 from .kernel.manifest import check_model_id
+from .superseded import KEY_FIELD, held_key, supersede
 
 log = logging.getLogger("fedge.store")
 
@@ -123,7 +129,10 @@ def _parts(path: Path, arrays: Arrays) -> dict[str, Arrays | None]:
 
 
 class DeviceStore:
-    def __init__(self, root: str | Path, model_id: str):
+    def __init__(self, root: str | Path, model_id: str, key: str | None = None):
+        """key: the state key of the model contents in use (ModelRuntime.state_key); what was
+        written for other contents is set aside. None (reading, or writing a part back): files
+        keep the key they hold."""
         self.dir = Path(root) / check_model_id(model_id)  # a folder of its own under root, never a path
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +144,9 @@ class DeviceStore:
         # lives for one task, and the device writes its state from one loop, so another
         # writer changing the file under the same key is not a case that arises.
         self._parsed: tuple[tuple[int, int, int], State] | None = None
+        self.key = key
+        if key is not None:
+            supersede(self.dir, key)
 
     def _load(self, name: str) -> Arrays | None:
         if name in _STAGEABLE:
@@ -142,7 +154,7 @@ class DeviceStore:
         path = self.dir / f"{name}.npz"
         if not path.exists():
             return None
-        return _read(path)
+        return {k: v for k, v in _read(path).items() if k != KEY_FIELD}
 
     def _save(self, name: str, arrays: Arrays | None, durable: bool = True) -> None:
         if name in _STAGEABLE:
@@ -152,7 +164,12 @@ class DeviceStore:
         if arrays is None:
             path.unlink(missing_ok=True)
             return
-        atomic_write_bytes(path, _npz(arrays), durable=durable)
+        atomic_write_bytes(path, _npz(self._keyed(path, arrays)), durable=durable)
+
+    def _keyed(self, path: Path, arrays: Arrays) -> Arrays:
+        """`arrays` with the key of the contents they belong to: the store's, else the one `path` holds."""
+        key = self.key or held_key(path)
+        return arrays if key is None else {**arrays, KEY_FIELD: np.array(key)}
 
     # ---------------------------------------------------------------- the state file
 
@@ -174,9 +191,10 @@ class DeviceStore:
 
     def save_state(self, saves: dict[str, Arrays | None]) -> None:
         """Change parts of the state (None deletes one) in one durable write, outside a task."""
-        arrays = _encode(self._moved(saves))
+        path = self.dir / f"{_STATE}.npz"
+        arrays = self._keyed(path, _encode(self._moved(saves)))
         self._parsed = None
-        atomic_write_bytes(self.dir / f"{_STATE}.npz", _npz(arrays))
+        atomic_write_bytes(path, _npz(arrays))
         self._drop_legacy()
 
     def _moved(self, saves: dict[str, Arrays | None]) -> State:
@@ -298,7 +316,7 @@ class DeviceStore:
     def stage(self, update_id: str, saves: dict[str, Arrays | None], meta: dict) -> None:
         """Write the whole state the task moves to (None deletes that part) as one durable
         file; nothing is applied."""
-        arrays = _encode(self._moved(saves))
+        arrays = self._keyed(self.dir / f"{_STATE}.npz", _encode(self._moved(saves)))
         arrays[_META_KEY] = np.array(json.dumps(meta, sort_keys=True))
         arrays[_WHOLE_KEY] = np.array(True)
         atomic_write_bytes(self.staged_path(update_id), _npz(arrays))

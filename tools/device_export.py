@@ -1,7 +1,9 @@
 """`fedge device export`: a device's personalized model as one ONNX file (models/export.py).
 
 The device holds the global model of the last task it trained (global.npz in its store) and
-its personal params; the export joins them with the model's backbone."""
+its personal params; the export joins them with the model's backbone, only when they were
+written for the contents of the artifacts it finds (their state key, superseded.py): a personal
+head trained on another backbone under the same model id was exported with this one."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import argparse
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.files import atomic_write_bytes, load_npz
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE
+from fedge.edge_runtime.model_runtime import ModelRuntime
 from fedge.edge_runtime.store import DeviceStore
+from fedge.edge_runtime.superseded import foreign
 from fedge.tools.cli_args import path_arg
 
 
@@ -38,16 +42,19 @@ def run(args) -> int:
     if not args.model_id and len(ids) > 1:
         raise ConfigError(f"device {cfg.device_id} has models {ids}: choose one with --model-id")
     model_id = args.model_id or ids[0]
-    store = DeviceStore(root, model_id)
+    runtime = ModelRuntime(artifacts / model_id, expected_model_id=model_id)  # verified, and its state key
+    store = DeviceStore(root, model_id)  # read only: a device that is running may write it
+    other = foreign(store.dir, runtime.state_key)
+    if other:
+        raise ConfigError(f"device {cfg.device_id}: {', '.join(other)} of model {model_id} were written for other "
+                          f"contents of that model id than {artifacts / model_id} holds (its files changed since); "
+                          "let the device train or evaluate once with these artifacts, then export")
     shared = store.load_global()
     if shared is None:
         raise ConfigError(f"device {cfg.device_id} has not trained model {model_id} yet: no global model to export")
     personal = store.load_personal()
     if personal is None:  # a model without personal params, or a device that never trained one
-        init = load_npz(artifacts / model_id / "params_init.npz")
-        from fedge.edge_runtime.kernel.manifest import load_manifest
-
-        personal = {p.name: init[p.name] for p in load_manifest(artifacts / model_id).by_role("personal")}
+        personal = runtime.initial("personal")
     model = export_model(artifacts / model_id, shared, personal, head=args.head)
     atomic_write_bytes(Path(args.out), model.SerializeToString())
     print(f"wrote {args.out}: device {cfg.device_id}, model {model_id}, input {model.graph.input[0].name}, "

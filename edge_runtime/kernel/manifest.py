@@ -108,12 +108,35 @@ def check_model_id(model_id: str) -> str:
 
 def compute_model_id(spec: dict, params: tuple[ParamInfo, ...], values: dict[str, np.ndarray]) -> str:
     """Content hash of a model: spec, parameter layout and initial values."""
+    return _content_hash(spec, params, values).hexdigest()[:24]
+
+
+def _content_hash(spec: dict, params: tuple[ParamInfo, ...], values: dict[str, np.ndarray]):
     h = hashlib.sha256()
     h.update(json.dumps(spec, sort_keys=True).encode())
     for p in params:
         h.update(f"{p.name}|{p.shape}|{p.role}|{p.dtype}".encode())
         h.update(np.ascontiguousarray(values[p.name], dtype="<f4").tobytes())
-    return h.hexdigest()[:24]
+    return h
+
+
+BACKBONE_FILE = "backbone.onnx"
+
+
+def state_key(manifest: Manifest, values: dict[str, np.ndarray]) -> str:
+    """Which model a device's private state (personal head, optimizer state, residuals, c_i,
+    embeddings) was trained for, from what the device verified itself: the model id the
+    manifest claims, the spec (its source path aside, as for the id), every param's layout and
+    initial value (frozen ones too: a LoRA layer's base weight) and the sha256 of the backbone
+    file (none: no backbone). The model id alone is the coordinator's word: the same id
+    announced with another backbone of the same shapes kept the old head. The manifest's own
+    hash is not used: builds of one model differ in it where nothing the state depends on does
+    (with and without the ORT training files, from a source at another path, graphs written by
+    another onnx version), and each such rebuild would start every device's state over."""
+    spec = {k: v for k, v in manifest.spec.items() if k != "onnx"}
+    h = _content_hash(spec, manifest.params, values)
+    h.update(f"|{manifest.model_id}|{manifest.files.get(BACKBONE_FILE, '-')}".encode())
+    return h.hexdigest()[:32]
 
 
 def sha256_file(path: Path) -> str:
