@@ -166,7 +166,7 @@ class CoordinatorConfig:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds")
         if self.checkin_burst < 1 or not 0 <= self.checkin_refill_s < math.inf:
-            raise ConfigError("need checkin_burst >= 1 and 0 <= checkin_refill_s < inf (0: no limit)")
+            raise ConfigError("checkin_burst must be >= 1 and checkin_refill_s in [0, inf) (0: no limit)")
         if self.model_part_bytes < 0 or 0 < self.model_part_bytes < 256:
             raise ConfigError("model_part_bytes must be 0 (params inline in every task) or >= 256")
         if not self.pace_max_s > 0:
@@ -179,7 +179,7 @@ class CoordinatorConfig:
             raise ConfigError(f"max_examples must be in [1, {MAX_EXAMPLES}]")
         if not (0 <= self.abandon_backoff_s <= self.abandon_backoff_max_s
                 and math.isfinite(self.abandon_backoff_max_s)):
-            raise ConfigError("need 0 <= abandon_backoff_s <= abandon_backoff_max_s (seconds, finite)")
+            raise ConfigError("abandon_backoff_s must be in [0, abandon_backoff_max_s] (seconds, finite)")
         if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
             raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")
         check_mode(self)  # first: async rules out whole features, whose own finer rules would come first
@@ -243,5 +243,5 @@ def load_coordinator_config(path) -> CoordinatorConfig:
             raise ConfigError(f"{Path(path).name}: {', '.join(stray)} beside [coordinator] is not read; a service "
                               f"file has [coordinator], [broker] and [service] (coordinator settings go in "
                               f"[coordinator] or its subtables, e.g. [coordinator.{stray[0]}])")
-        return from_dict(CoordinatorConfig, data["coordinator"], f"{Path(path).name}[coordinator]")
+        return from_dict(CoordinatorConfig, data["coordinator"], Path(path).name, "coordinator")
     return from_dict(CoordinatorConfig, data, Path(path).name)

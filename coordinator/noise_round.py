@@ -66,6 +66,7 @@ def noise_round(c, round_id: int, plan: RoundPlan, reopened: bool = False) -> Ro
     now, wall = c.clock.now(), c.clock.wall()
     log.warning("round %d: the Poisson draw (q=%.4g of %d devices) is empty: the round releases the noise "
                 "alone, and is charged", round_id, plan.cohort / plan.population, plan.population)
+    c.metrics.round_begun(round_id)  # as every round: fedge_round_id names it (and _close sets round_open 0)
     machine = RoundMachine(round_id, SYNC, (Limits(0, 0, 0.0),), (), now, phase=Phase.AGGREGATING,
                            why="empty Poisson draw: noise only")
     rnd = c._new_round(machine, {}, now, plan)

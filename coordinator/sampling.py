@@ -21,14 +21,16 @@ def sample_devices(candidates: list[str], count: int, seed: int, round_id: int) 
     return sorted(pool[i] for i in rng.choice(len(pool), size=count, replace=False))
 
 
-def poisson_sample(candidates: list[str], rate: float, seed: int, round_id: int, attempt: int = 0) -> list[str]:
+def poisson_sample(candidates: list[str], rate: float, seed: int, round_id: int) -> list[str]:
     """Each candidate independently with probability `rate` (Poisson sampling, as DP-FedAvg's
     accountant models it: the cohort's size varies round to round, and may be 0: such a draw is
     not drawn again, the round releases its noise alone, noise_round.py). Reproducible from
-    (seed, round, attempt, candidates)."""
+    (seed, round, candidates)."""
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"the sampling rate must be in (0, 1], got {rate}")
     pool = sorted(candidates)
-    rng = np.random.default_rng([seed, round_id, 0x9015, attempt])
+    # The trailing 0 once was a redraw's `attempt` (an empty draw is no longer drawn again); it
+    # stays in the seed so that every draw is the one earlier versions made for (seed, round).
+    rng = np.random.default_rng([seed, round_id, 0x9015, 0])
     return [device for device, keep in zip(pool, rng.random(len(pool)) < rate) if keep]
 

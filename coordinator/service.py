@@ -97,7 +97,7 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         if not self.coordinator.artifacts_dir:
-            raise ConfigError("[coordinator] artifacts_dir is required: build one with `fedge build-artifacts SPEC "
+            raise ConfigError("coordinator.artifacts_dir is required: build one with `fedge build-artifacts SPEC "
                               "DIR`")
 
 

@@ -90,7 +90,7 @@ class SecAggDeviceConfig:
 
     def __post_init__(self) -> None:
         if bool(self.identity_file) != bool(self.directory_file):
-            raise ConfigError("[secagg] needs both identity_file and directory_file, or neither")
+            raise ConfigError("secagg.identity_file and directory_file go together: give both, or neither")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class DeviceConfig:
         if self.backend != "auto" and self.backend not in BACKENDS:  # once refused only when a task came
             raise ConfigError(f"backend {self.backend!r}: choose auto or one of {', '.join(BACKENDS)}")
         if not self.data.npz:
-            raise ConfigError("[data] npz = PATH is required: the device's own examples (x_train, y_train, x_test, "
+            raise ConfigError("data.npz = PATH is required: the device's own examples (x_train, y_train, x_test, "
                               "y_test)")
 
 

@@ -234,8 +234,8 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
         data = dict(model)
         source = Path(data["onnx"])  # relative to the spec file
         data["onnx"] = str(source if source.is_absolute() else path.parent / source)
-        return import_spec(from_dict(ImportOptions, data, where=f"{path.name}[model]"))
-    return spec_from_dict(model, where=f"{path.name}[model]")
+        return import_spec(from_dict(ImportOptions, data, path.name, "model"))
+    return from_dict(ModelSpec, model, path.name, "model")
 
 def mlp_spec(
     input_features: int,

@@ -3,6 +3,8 @@
     ejabberd_cluster      module-scoped: two nodes joined in one cluster (tools/broker/ejabberd.py),
                           each with its own config (the shipped hardware/ejabberd/ejabberd.yml with
                           its own MQTT port), spool and log folders; user "coordinator" registered.
+                          A module's EJABBERD_SHARDS = K adds the devices' upload grants of K
+                          shards, as `fedge provision ejabberd --shards K` writes them.
                           Tests that kill a node get their own module, so nothing else shares it.
 
 Without ejabberd the tests skip, naming the package, unless FEDGE_REQUIRE_EJABBERD=1 (CI),
@@ -27,9 +29,10 @@ def _ejabberd_or_skip() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ejabberd_cluster(tmp_path_factory):
+def ejabberd_cluster(request, tmp_path_factory):
     erl, libs = _ejabberd_or_skip()
-    cluster = EjabberdCluster(erl, libs, tmp_path_factory.mktemp("ejabberd"))
+    shards = getattr(request.module, "EJABBERD_SHARDS", 0)  # a module's K: the devices' shard upload grants
+    cluster = EjabberdCluster(erl, libs, tmp_path_factory.mktemp("ejabberd"), shards)
     try:
         cluster.start()
         yield cluster

@@ -316,7 +316,7 @@ def _device(args) -> int:
         from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 
         raw = load_toml(args.config)  # read once: only its [eligibility] and [probe] tables matter here
-        policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), "eligibility")
+        policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), Path(args.config).name, "eligibility")
         root = raw.get("probe", {}).get("root", "/")
     root = args.root or root
     if not Path(root).is_dir():  # every reading would be "unknown": say why instead

@@ -2,6 +2,7 @@
 
     fedge provision ca --out ca/
     fedge provision broker --out etc/ [--shards K] [--ca-dir ca/ --host broker.lan --host 10.0.0.5]
+    fedge provision ejabberd --out etc/ [--shards K]
     fedge provision device --id pi-007 --passwd-file etc/passwd --out creds [--url mqtts://broker.lan:8884 --ca-dir ca/]
     fedge provision device --id pi-007 --cert --ca-dir ca/ --out creds/ [--url mqtts://broker.lan:8883]
     fedge provision coordinator --passwd-file etc/passwd --out creds/ [--shards K]
@@ -10,7 +11,8 @@
 A device's broker username is its id: the ACL (tools/broker/files/fedge.acl) lets user `d`
 use only the topics fedge/v1/devices/d/..., and with a certificate the CN is that username.
 A sharded fleet's worker k logs in as fedge-shard-k (tools/broker/shard_users.py): `--shards K`
-gives `broker` the workers' ACL blocks and `coordinator` their credentials, next to its own.
+gives `broker` the workers' ACL blocks and `coordinator` their credentials, next to its own,
+and `ejabberd` (a cluster's ejabberd.yml, hardware/ejabberd) the devices' grants on the K shard topics.
 Each identity gets `<id>.toml`, a [broker] table for the device or coordinator config:
     url, username, password            (password identities)
     url, ca_file, cert_file, key_file  (certificate identities; the CN is the username)
@@ -30,6 +32,7 @@ from pathlib import Path
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.broker.config import ACL_NAME, COORDINATOR_USER, SHIPPED, shipped_text
+from fedge.tools.broker.ejabberd_shards import ejabberd_config
 from fedge.tools.broker.errors import ReservedUsername
 from fedge.tools.broker.passwd import BROKER_USER, generate_password, upsert_password, write_private_file
 from fedge.tools.broker.shard_users import SHARD_USER_PREFIX, is_shard_user, shard_acl, shard_users
@@ -252,6 +255,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", type=int, default=0, metavar="K",
                    help="a sharded fleet's K: the ACL also grants the workers' users fedge-shard-0 .. K-1")
 
+    p = sub.add_parser("ejabberd", help="write the ejabberd cluster's ejabberd.yml (hardware/ejabberd)")
+    p.add_argument("--out", type=path_arg, required=True)
+    p.add_argument("--shards", type=int, default=0, metavar="K",
+                   help="a sharded fleet's K: devices may also upload to the shard topics 0 .. K-1")
+    p.add_argument("--force", action="store_true", help="replace an ejabberd.yml with other content")
+
     p = sub.add_parser("identity", help="a device's Ed25519 identity for secure aggregation, added to the directory")
     p.add_argument("--id", required=True, dest="device_id", help="device id")
     p.add_argument("--out", type=path_arg, required=True, help="directory for <id>.identity (secret)")
@@ -307,6 +316,13 @@ def run(args: argparse.Namespace) -> int:
             files = issue_server_cert(ca, args.host, args.out, overwrite=args.force)
             copy_ca_cert(ca.cert, Path(args.out), args.force)
             print(f"wrote {files.cert}, {files.key} and {Path(args.out) / 'ca.crt'}")
+        return 0
+    if args.provision == "ejabberd":
+        path, text = Path(args.out) / "ejabberd.yml", ejabberd_config(args.shards)
+        _refuse_replacing({path: text.encode()}, args.force)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
         return 0
     if args.provision == "identity":
         from fedge.edge_runtime.kernel.secagg.identity_files import add_to_directory, write_identity

@@ -131,7 +131,7 @@ def check_coordinator(cfg) -> None:
         raise ConfigError("privacy.sampling = 'poisson' needs mode = 'sync': an async buffer always holds K updates, "
                           "so one device's absence is another's presence (fixed-size, replace-one accounting)")
     if p.mechanism == "distributed" and not cfg.secure_aggregation.enabled:
-        raise ConfigError("privacy.mechanism = 'distributed' needs [coordinator.secure_aggregation] enabled: the "
+        raise ConfigError("privacy.mechanism = 'distributed' needs secure_aggregation.enabled = true: the "
                           "devices' noise shares add up to the round's noise only inside the secure sum")
     if p.mechanism == "distributed" and cfg.secure_aggregation.corrupt:
         _check_colluders(cfg)

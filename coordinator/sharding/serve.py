@@ -33,8 +33,8 @@ def run_worker(cfg, stopping: threading.Event, link) -> int:
     """cfg: a ServiceConfig; link(broker, coordinator) -> MqttSettings (service.coordinator_link)."""
     c = cfg.coordinator
     if not c.state_dsn or c.shards < 1:
-        raise ConfigError("--role worker needs [coordinator] state_dsn (PostgreSQL: the shard tables) and "
-                          "shards >= 1; a single coordinator (shards = 0) ingests updates itself")
+        raise ConfigError("--role worker needs coordinator.state_dsn (PostgreSQL: the shard tables) and "
+                          "coordinator.shards >= 1; a single coordinator (shards = 0) ingests updates itself")
     manifest = load_manifest(Path(c.artifacts_dir), verify=True)
     shapes = {p.name: p.shape for p in manifest.by_role("shared")}
     identities = shard_identities(cfg.broker, cfg.service.shard_credentials, c.shards)

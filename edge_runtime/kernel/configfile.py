@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -36,44 +37,68 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: cannot be read: {exc.strerror or exc}") from None
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass `cls` from a plain dict, recursing into nested dataclasses.
+def key_at(where: str, key: str) -> str:
+    """How every ConfigError spells a key: the file (or what was read), then the key's TOML
+    dotted path from that file's root: "coordinator.toml: coordinator.privacy.delta"."""
+    return f"{where}: {key}" if where and key else where or key
 
-    Raises ConfigError naming the offending key and listing the valid ones.
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "", table: str = "") -> T:
+    """Build dataclass `cls` from a plain dict, recursing into nested dataclasses. `where`
+    names the file (or whatever was read), `table` the dotted path of `data` in it ("" = root).
+
+    Raises ConfigError naming the offending key (key_at) and listing the valid ones.
     """
+    here = key_at(where, table) or cls.__name__
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a table, got {type(data).__name__}")
+        raise ConfigError(f"{here}: expected a table, got {type(data).__name__}")
     # A field may name its TOML key (metadata={"toml": "async"}): `async` is a Python keyword.
     fields = {f.metadata.get("toml", f.name): f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where or cls.__name__}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"{here}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"valid keys are: {', '.join(sorted(fields))}"
         )
     required = [key for key, f in fields.items() if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING and key not in data]
     if required:  # named as keys to write, not as Python's "missing positional argument"
-        raise ConfigError(f"{where or cls.__name__}: missing required key(s) {', '.join(map(repr, required))}")
+        raise ConfigError(f"{here}: missing required key(s) {', '.join(map(repr, required))}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
-        path = f"{where}.{key}" if where else key
         name = fields[key].name
-        kwargs[name] = _coerce(hints[name], value, path)
+        kwargs[name] = _coerce(hints[name], value, where, f"{table}.{key}" if table else key)
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as exc:  # the class's own check: the same error (its type kept), located
+        exc.args = (_located(fields, where, table, str(exc)), *exc.args[1:])
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+        raise ConfigError(_located(fields, where, table, str(exc))) from None
 
 
-def _coerce(hint: Any, value: Any, path: str) -> Any:
+def _located(keys, where: str, table: str, message: str) -> str:
+    """A config class's own error, which names its key from the class's table ("delta must be"),
+    or, as nested configs do, from that table's own key ("privacy.delta must be"), spelled with
+    key_at: the file, then the full dotted path. A message that starts with no key gets the table."""
+    first = re.match(r"[A-Za-z_][\w-]*", message)
+    first = first.group(0) if first else ""
+    parent, _, own = table.rpartition(".")
+    if first in keys:
+        return key_at(where, f"{table}.{message}" if table else message)
+    if first and first == own:
+        return key_at(where, f"{parent}.{message}" if parent else message)
+    return f"{key_at(where, table)}: {message}" if where or table else message
+
+
+def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
+    """`value` as type `hint`; `key` is its dotted path in file `where`."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, path)
+        return from_dict(hint, value, where, key)
+    path = key_at(where, key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -82,7 +107,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, path)
+                return _coerce(arg, value, where, key)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
@@ -90,14 +115,14 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+            return tuple(_coerce(args[0], v, where, f"{key}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_coerce(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a table, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(args[1], v, where, f"{key}.{k}") for k, v in value.items()}
     if hint is Any:
         return value
     if hint is float:
@@ -129,4 +154,4 @@ def load_config(cls: type[T], path: str | Path, section: str | None = None) -> T
     data = load_toml(path)
     if section is not None:
         data = data.get(section, {})
-    return from_dict(cls, data, where=f"{Path(path).name}" + (f"[{section}]" if section else ""))
+    return from_dict(cls, data, Path(path).name, section or "")

@@ -128,7 +128,7 @@ def test_config_accepts_distributed_with_secagg_and_refuses_the_rest_by_name():
         CoordinatorConfig(aggregator="mean", **{**SETTINGS, "privacy": PrivacyConfig(enabled=True,
                                                                                      noise_multiplier=1.0)})
     assert exc.value.reason == "secagg_privacy"
-    with pytest.raises(ConfigError, match="needs \\[coordinator.secure_aggregation\\]"):
+    with pytest.raises(ConfigError, match="needs secure_aggregation.enabled = true"):
         CoordinatorConfig(aggregator="mean", weighting="equal", privacy=PRIVATE)
     adaptive = {**SETTINGS, "privacy": PrivacyConfig(enabled=True, mechanism="distributed", noise_multiplier=1.0,
                                                       target_quantile=0.5)}

@@ -70,6 +70,25 @@ def test_an_empty_draw_commits_the_noise_alone_and_is_charged_once(model, tmp_pa
     assert (c.round is None) == (not poisson_sample(IDS, 1 / 3, seed, first + 1))
 
 
+def _round_gauges(c) -> tuple[float, float, float]:
+    """(fedge_round_id, fedge_round_open, committed rounds) as a scraper reads them."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(c.metrics.registry).decode()
+    s = {(x.name, tuple(x.labels.values())): x.value for f in text_string_to_metric_families(text) for x in f.samples}
+    return s[("fedge_round_id", ())], s[("fedge_round_open", ())], s[("fedge_rounds_total", ("committed",))]
+
+
+def test_a_noise_only_round_is_exported_as_begun_like_any_round(model, tmp_path):
+    """fedge_round_id, the latest round begun, stayed at the round before: dashboards keyed on it
+    missed the noise-only round, which the ledger charged and the model moved by."""
+    first = RoundStore(tmp_path / "probe.db").next_round_id()
+    c = _fleet(model, tmp_path, _empty_seed(first)).coordinator
+    assert c.begin_round() and c.tick().committed
+    assert _round_gauges(c) == (first, 0, 1)
+
+
 def _kill_between_the_two_writes(c, monkeypatch) -> None:
     """begin_round of a noise-only round, the process killed after its open row was written."""
     def killed(*_a, **_k):
@@ -96,6 +115,7 @@ def test_a_restart_between_the_two_writes_runs_it_again_with_the_same_noise(mode
     for k in old:
         np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert len(c.store.privacy_ledger()) == 1 and c.store.load_open_round() is None
+    assert _round_gauges(c) == (first, 0, 1)  # the restarted process exports it as begun, then closed
 
 
 def test_a_noise_only_round_left_open_is_not_resumed_as_an_async_buffer(model, tmp_path, monkeypatch):

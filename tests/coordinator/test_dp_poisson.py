@@ -35,7 +35,10 @@ def test_each_device_is_drawn_independently_at_the_rate():
     counts = np.array([sum(device in set(d) for d in draws) for device in devices[:50]])
     assert abs(counts.mean() - 40) < 5 * 6 / np.sqrt(50) and counts.min() > 40 - 5 * 6 and counts.max() < 40 + 5 * 6
     assert poisson_sample(devices, 0.1, 7, 3) == draws[3]  # reproducible from (seed, round)
-    assert poisson_sample(devices, 0.1, 7, 3, attempt=1) != draws[3]
+    rng = np.random.default_rng([7, 3, 0x9015, 0])  # the stream every version drew (seed, round) from
+    assert draws[3] == [d for d, u in zip(sorted(devices), rng.random(len(devices))) if u < 0.1]
+    with pytest.raises(TypeError, match="attempt"):  # no redraw, so no attempt to pass
+        poisson_sample(devices, 0.1, 7, 3, attempt=1)
     assert poisson_sample(devices, 1.0, 7, 3) == sorted(devices)
     with pytest.raises(ValueError, match="rate"):
         poisson_sample(devices, 0.0, 7, 3)

@@ -1,6 +1,6 @@
 """Sharded ingest on the two-node ejabberd cluster: the leader and two `--role worker` processes
 on node 1 (logged in as "coordinator"), six real devices split across both nodes uploading to
-their shard topics (the shipped access rules grant fedge/v1/shard/+/devices/%u/update). Node 2
+their shard topics (the cluster's access rules grant fedge/v1/shard/k/devices/%u/update, k < K). Node 2
 is killed with -9 after two commits: its devices fail over to node 1, check in again, and the
 fleet keeps committing; every committed model equals, bit for bit, the shard oracle
 (shard_reference.py), and no device is counted twice in a round. Its own module: it kills a
@@ -24,6 +24,7 @@ from tests.tiny_model import build_tiny_model
 pytestmark = [pytest.mark.slow]
 import_psycopg()
 K = 2
+EJABBERD_SHARDS = K  # the devices' upload grants (tests/ejabberd_cluster.py)
 
 
 def _commits(dsn) -> int:

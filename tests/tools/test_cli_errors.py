@@ -93,7 +93,7 @@ def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
     (["build-artifacts", "mnist-mlp-lora", "{tmp}/a", "--classes", "3"], ("--classes", "only for --from-onnx")),
     (["device", "init", "--out", "{tmp}/d.toml", "--id", "a/b"], ("ConfigError", "device_id 'a/b'")),
     (["device", "init", "--out", "{tmp}/d.toml", "--id", "a\nb"], ("ConfigError", "no valid TOML")),
-    (["device", "init", "--out", "{tmp}/d.toml", "--broker", "ftp://h"], ("ConfigError", "broker url")),
+    (["device", "init", "--out", "{tmp}/d.toml", "--broker", "ftp://h"], ("ConfigError", "broker.url")),
     # A folder: "exists; pass --force to replace it", and --force then an IsADirectoryError
     (["device", "init", "--out", "{tmp}"], ("ConfigError", "is a folder")),
     (["device", "init", "--out", "{tmp}", "--force"], ("ConfigError", "is a folder")),

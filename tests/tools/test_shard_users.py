@@ -4,6 +4,8 @@ real Mosquitto (the drill that runs a fleet on them: tests/coordinator/test_serv
 
 from __future__ import annotations
 
+import difflib
+
 import pytest
 
 from fedge.edge_runtime.kernel.configfile import load_toml
@@ -77,6 +79,30 @@ def test_provision_coordinator_with_shards_issues_each_worker_a_certificate(tmp_
     assert _cli("coordinator", "--cert", "--ca-dir", str(tmp_path / "ca"), "--out", str(out), "--shards", "1") == 0
     creds = load_toml(out / "fedge-shard-0.toml")["broker"]
     assert common_name(out / "fedge-shard-0.crt") == "fedge-shard-0" and creds["cert_file"].endswith("0.crt")
+
+
+def test_provision_ejabberd_grants_the_devices_the_k_shard_topics_only(tmp_path):
+    """The shipped ejabberd rules granted fedge/v1/shard/+/devices/%u/update, the wildcard the
+    Mosquitto ACL leaves out (a device could park retained messages on made-up shards); the
+    written file grants the K shards' topics, as `provision broker --shards K` does for Mosquitto,
+    and is otherwise the shipped one. Live on a cluster: tests/edge_runtime/test_transport_ejabberd_shards.py."""
+    from fedge.tools.broker.ejabberd_shards import shipped_config
+    from tests.tools.test_broker import _ejabberd_grants
+
+    out = tmp_path / "etc"
+    assert _cli("ejabberd", "--out", str(out), "--shards", "3") == 0
+    text, shipped = (out / "ejabberd.yml").read_text(), shipped_config().read_text()
+    grants, plain = _ejabberd_grants("access_publish", text), _ejabberd_grants("access_publish", shipped)
+    assert grants == plain[:-1] + [shard_update_topic(k, "%u") for k in range(3)] + ["#"]
+    assert _ejabberd_grants("access_subscribe", text) == _ejabberd_grants("access_subscribe", shipped)
+    changed = [d for d in difflib.ndiff(shipped.splitlines(), text.splitlines()) if d[:2] in ("+ ", "- ")]
+    assert changed == [f"+ {line}" for k in range(3)
+                       for line in (f'      "{shard_update_topic(k, "%u")}":', "        - allow")]
+    with pytest.raises(ConfigError, match="--force"):  # another K over it: the operator's file is kept
+        _cli("ejabberd", "--out", str(out), "--shards", "2")
+    assert (out / "ejabberd.yml").read_text() == text
+    with pytest.raises(ConfigError, match="shards"):
+        _cli("ejabberd", "--out", str(tmp_path / "bad"), "--shards", "-1")
 
 
 @pytest.fixture

@@ -20,20 +20,15 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
+from .ejabberd_shards import ejabberd_config, shipped_config
 from .process import free_port
 
 INSTALL_HINT = "install it with `apt-get install ejabberd` (Debian bookworm: 23.01)"
 START_TIMEOUT_S = 60.0
-
-
-def shipped_config() -> Path:
-    """hardware/ejabberd/ejabberd.yml, as installed."""
-    return Path(str(resources.files("fedge.hardware").joinpath("ejabberd", "ejabberd.yml")))
 
 
 def find_ejabberd() -> tuple[str, str] | None:
@@ -46,9 +41,10 @@ def find_ejabberd() -> tuple[str, str] | None:
     return erl, str(Path(apps[-1]).parents[2])
 
 
-def node_config(mqtt_port: int) -> str:
-    """The shipped config with this node's MQTT port: the only change a local cluster makes."""
-    text = shipped_config().read_text()
+def node_config(mqtt_port: int, shards: int = 0) -> str:
+    """The shipped config with this node's MQTT port, and the upload grants of `shards` shards
+    as `fedge provision ejabberd --shards K` writes them: the only changes a local cluster makes."""
+    text = ejabberd_config(shards)
     if "  MQTT_PORT: 1883\n" not in text:
         raise RuntimeError(f"{shipped_config()} must define the MQTT_PORT macro (1883)")
     return text.replace("  MQTT_PORT: 1883\n", f"  MQTT_PORT: {mqtt_port}\n")
@@ -79,6 +75,7 @@ class EjabberdCluster:
     erl: str
     erl_libs: str
     root: Path
+    shards: int = 0  # the devices may upload to shards 0 .. shards - 1 (ejabberd_shards.py)
     cookie: str = field(default_factory=lambda: secrets.token_hex(16))
     epmd_port: int = field(default_factory=free_port)
     nodes: list[EjabberdNode] = field(default_factory=list)
@@ -95,7 +92,7 @@ class EjabberdCluster:
         for i in range(1, count + 1):
             node = EjabberdNode(f"fedge{i}-{tag}@localhost", free_port(), self.root / f"node{i}")
             (node.home / "spool").mkdir(parents=True)
-            (node.home / "ejabberd.yml").write_text(node_config(node.port))
+            (node.home / "ejabberd.yml").write_text(node_config(node.port, self.shards))
             self.nodes.append(node)
         for node in self.nodes:  # in parallel: each takes seconds
             self._launch(node)

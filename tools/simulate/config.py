@@ -224,8 +224,8 @@ def load_device_tables(path: str | Path) -> tuple[EligibilityPolicy, AgentConfig
     """A device TOML's [eligibility] and [agent] tables, for every simulated device (the rest of
     a device's file names one board); no [agent] table: None, the transport's preset."""
     data, name = load_toml(path), Path(path).name
-    policy = from_dict(EligibilityPolicy, data.get("eligibility", {}), f"{name}[eligibility]")
-    agent = from_dict(AgentConfig, data["agent"], f"{name}[agent]") if "agent" in data else None
+    policy = from_dict(EligibilityPolicy, data.get("eligibility", {}), name, "eligibility")
+    agent = from_dict(AgentConfig, data["agent"], name, "agent") if "agent" in data else None
     return policy, agent
 
 

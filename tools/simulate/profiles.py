@@ -38,10 +38,10 @@ class DeviceProfile:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.compute_speed) and self.compute_speed > 0):
-            raise ConfigError(f"profile {self.name}: compute_speed = {self.compute_speed}: must be > 0")
+            raise ConfigError(f"compute_speed = {self.compute_speed}: must be > 0 (profile {self.name})")
         if not 0 <= self.dropout_probability < 1:
-            raise ConfigError(f"profile {self.name}: dropout_probability = {self.dropout_probability}: must be in [0, "
-                              "1)")
+            raise ConfigError(f"dropout_probability = {self.dropout_probability}: must be in [0, 1) (profile "
+                              f"{self.name})")
 
     def trace_probe(self, clock, start: float | None = None) -> TraceProbe:
         """A FactSource replaying this profile's trace on `clock`, from `start` (default: now)."""

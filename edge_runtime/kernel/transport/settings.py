@@ -50,11 +50,11 @@ class MqttSettings:
     def __post_init__(self) -> None:
         host, port, tls = self.endpoint()
         if not host or not 0 < port < 65536:
-            raise ConfigError(f"broker url {self.url!r}: need mqtt://host:port or mqtts://host:port")
+            raise ConfigError(f"broker.url {self.url!r}: need mqtt://host:port or mqtts://host:port")
         for url in self.fallback_urls:  # one TLS setup (ca, cert) serves every node
-            other = _endpoint(url)
+            other = _endpoint(url, "broker.fallback_urls")
             if not other[0] or not 0 < other[1] < 65536 or other[2] != tls:
-                raise ConfigError(f"broker fallback url {url!r}: need {'mqtts' if tls else 'mqtt'}://host:port, "
+                raise ConfigError(f"broker.fallback_urls {url!r}: need {'mqtts' if tls else 'mqtt'}://host:port, "
                                   f"like url {self.url!r}")
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError("broker: cert_file and key_file go together (mutual TLS)")
@@ -93,14 +93,14 @@ class MqttSettings:
         return tuple(_endpoint(url) for url in (self.url, *self.fallback_urls))
 
 
-def _endpoint(url: str) -> tuple[str, int, bool]:
+def _endpoint(url: str, key: str = "broker.url") -> tuple[str, int, bool]:
     raw = url if "://" in url else f"mqtt://{url}"
     parts = urlsplit(raw)
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ConfigError(f"broker url {url!r}: scheme must be mqtt:// or mqtts://")
+        raise ConfigError(f"{key} {url!r}: scheme must be mqtt:// or mqtts://")
     tls = parts.scheme in ("mqtts", "ssl")
     try:
         port = parts.port if parts.port is not None else (8883 if tls else 1883)  # :0 is refused, not 1883
     except ValueError:
-        raise ConfigError(f"broker url {url!r}: bad port") from None
+        raise ConfigError(f"{key} {url!r}: bad port") from None
     return parts.hostname or "", port, tls
