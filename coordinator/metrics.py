@@ -18,6 +18,8 @@ Series (all prefixed fedge_):
                                      cap (weight_multiplier x the median claim) cut by more than 4x
     declines_total{reason}           declines, by the device's reason (label sanitised)
     rejections_total{reason}         refused messages, by the coordinator's named reason
+    secagg_unmask_unnamed_total      secure rounds abandoned for wrong unmask shares that no one could
+                                     be named for (recovery.Unexplained: colluding holders stall rounds so)
     received_bytes_total / published_bytes_total  payload bytes received from / published to devices
     round_duration_seconds           histogram of round open -> close
     round_train_loss                 example-weighted mean training loss the devices reported in
@@ -88,6 +90,9 @@ class CoordinatorMetrics:
                                 "over the norm bound's exclusion bound (robust/norm_bound.py)", registry=r)
         self.declines = Counter("fedge_declines", "Declines received, by device reason", ["reason"], registry=r)
         self.rejections = Counter("fedge_rejections", "Messages refused, by reason", ["reason"], registry=r)
+        self.unmask_unnamed = Counter("fedge_secagg_unmask_unnamed", "Secure rounds abandoned for wrong unmask "
+                                      "shares that no single holder, no decoding and no dealer explains: no one "
+                                      "named (recovery.Unexplained)", registry=r)
         self.bytes_up = Counter("fedge_received_bytes", "Payload bytes received from devices", registry=r)
         self.bytes_down = Counter("fedge_published_bytes", "Payload bytes published to devices", registry=r)
         self.duration = Histogram("fedge_round_duration_seconds", "Seconds from round open to close",

@@ -171,13 +171,14 @@ class SecAggRound:
         it, and the rounds after would fail the same way. Framing an honest sender so takes more
         than (its holders - t) liars, the corruption secure aggregation's t is chosen against;
         fewer reports cost the sender nothing. So is an owner whose own shares decode to no secret it
-        committed to when no single holder explains the failure (recovery.wrong_dealers): it dealt
+        committed to when neither one holder nor decoding explains the failure (recovery.wrong_dealers): it dealt
         them wrong, and would spoil every round it is drawn into. Only where more than
         recovery.LIARS (2) of its holders, and more than (its holders - t) // 2, would have to lie
         to make an honest owner's shares look so: else two colluding devices could sideline any
         honest one, and the round is abandoned with no one named. A holder whose unmask answer
-        recovery.py leaves out (`left_out`) is named but not sidelined: a dealer that dealt it a
-        wrong share looks the same, and the sum is right without its answer."""
+        recovery.py leaves out (`left_out`: the one wrong holder's, or the shares off the decoded
+        polynomials of several: recovery.decoded_liars) is named but not sidelined: a dealer that
+        dealt it a wrong share looks the same, and the sum is right without its shares."""
         reporters: dict[str, int] = {}
         for s in self.alive:
             for sender in self.unheld.get(s, ()):

@@ -12,7 +12,7 @@ import math
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggSpec
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
-from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed
+from fedge.edge_runtime.kernel.secagg.recovery import Unexplained, UnmaskFailed
 
 from ..config import CoordinatorConfig
 from ..errors import UpdateRejected
@@ -151,6 +151,8 @@ class SecAggShell:
         try:  # the state stays until the next round opens: a failed commit repeats Aggregate
             mean, n, count = state.mean_delta()
         except UnmaskFailed as exc:
+            if isinstance(exc, Unexplained):  # no one named: colluders stalling rounds show here
+                self.outbound.metrics.unmask_unnamed.inc()
             return f"secure aggregation could not unmask: {exc}"
         finally:
             self.blamed, state.blamed = sorted(state.blamed), set()

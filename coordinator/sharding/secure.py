@@ -166,8 +166,8 @@ class GroupedSecAgg:
                                    f"{g.min_inputs}")
             try:
                 total, n = r.unmasked_sum()
-            except UnmaskFailed as exc:
-                raise UnmaskFailed(f"shard group {g.label}: {exc}") from None
+            except UnmaskFailed as exc:  # of its kind: an Unexplained one is counted (metrics.py)
+                raise type(exc)(f"shard group {g.label}: {exc}") from None
             out.append((decode_total(total, n, r.dimension, r.spec), n))
         return out
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from types import SimpleNamespace
 
 import dp_accounting as dpa
 import numpy as np
@@ -29,7 +30,8 @@ from fedge.coordinator.dp.distributed import params_for
 from fedge.coordinator.dp.round import RoundPlan
 from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.sharding.config import ShardConflict
-from fedge.coordinator.sharding.groups import group_floor, shard_groups
+from fedge.coordinator.sharding.groups import ShardGroup, group_floor, shard_groups
+from fedge.coordinator.sharding.secure import GroupedSecAgg
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.secagg import ddg, quantize
 from fedge.edge_runtime.kernel.secagg.messages import (
@@ -39,6 +41,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from fedge.edge_runtime.kernel.secagg.recovery import Unexplained
 from fedge.edge_runtime.kernel.secagg.shared_encoding import encode_update
 from tests.coordinator.fleet import copy_params, make_fleet
 from tests.coordinator.test_dp_distributed import _paper_z_eff
@@ -95,6 +98,18 @@ def test_groups_follow_the_shards_and_small_ones_merge_forward():
             assert g.min_inputs == max(2, math.ceil(30 * len(g.members) / 40))
             assert len(g.members) >= floor or len(groups) == 1
     assert group_floor(0) == 3 and group_floor(6) == 7
+
+
+def test_a_group_unmask_no_one_is_named_for_stays_so_for_the_metric():
+    """A group's Unexplained failure (recovery.py: wrong shares no one is named for) reaches the
+    shell as Unexplained, which fedge_secagg_unmask_unnamed counts; it was re-raised as a plain
+    UnmaskFailed with the group's label, and sharded rounds stalled so went uncounted."""
+    def unexplained():
+        raise Unexplained("no one is named")
+    group = ShardGroup((0,), ("a", "b", "c"), 2)
+    state = GroupedSecAgg((group,), (SimpleNamespace(alive=group.members, unmasked_sum=unexplained),))
+    with pytest.raises(Unexplained, match="shard group 0: no one is named"):
+        state.group_sums()
 
 
 # ---------------------------------------------------------------- the leader, real devices

@@ -24,8 +24,11 @@ class View:
 
 
 def run(values: dict[str, np.ndarray], field_bits: int, k: int, t: int, round_id: int = 7, seed: int = 1,
-        drop_before_share=(), drop_after_share=(), silent_in_unmask=()) -> tuple[np.ndarray, tuple[str, ...], View]:
-    """(unmasked sum of the survivors' values, survivors, the coordinator's view)."""
+        drop_before_share=(), drop_after_share=(), silent_in_unmask=(), lie=None,
+        **named) -> tuple[np.ndarray, tuple[str, ...], View]:
+    """(unmasked sum of the survivors' values, survivors, the coordinator's view). `lie` turns the
+    unmask answers into the ones the coordinator gets; `named` (left_out, dealers) goes to
+    unmask_answers, which checks the dropped devices' mask keys against the advertised ones."""
     cohort = tuple(sorted(values))
     graph = neighbour_graph(cohort, k, seed)
     view = View()
@@ -53,7 +56,10 @@ def run(values: dict[str, np.ndarray], field_bits: int, k: int, t: int, round_id
         sessions[d], view.answers[d] = sess.reveal(sessions[d], survivors, dropped, MODEL)
     dropped_peers = {g: {s: advertised[s].mask_public for s in survivors if g in sessions[s].received}
                      for g in dropped}
+    if lie is not None:
+        view.answers = lie(view.answers)
     total = unmask_answers(sum_mod(view.masked.values(), field_bits, length), view.answers, cohort, t, survivors,
                            dropped, dropped_peers, round_id, field_bits,
-                           packing=packing_for(min(k, len(cohort) - 1), len(cohort)))
+                           packing=packing_for(min(k, len(cohort) - 1), len(cohort)),
+                           mask_publics={g: advertised[g].mask_public for g in dropped}, **named)
     return total, survivors, view

@@ -248,16 +248,17 @@ def test_a_dealer_two_liars_could_be_mistaken_for_is_not_named(model, tmp_path, 
     assert masked.coordinator.rejections["secagg_bad_shares"] == 1, dict(masked.coordinator.rejections)
 
 
-def _lie_about(victim):
-    """Unmask answers with a wrong share of `victim`'s secret (its low half plus one) and right
-    shares of every other owner: the failure points at the victim alone."""
+def _lie_about(*victims):
+    """Unmask answers with a wrong share of each victim's secret it holds one of (its low half
+    plus one) and right shares of every other owner: the failure points at the victims alone."""
     def tamper(client, reply):
-        size = value_bytes(client.session.packing)
-        at = sorted(client.session.received).index(victim) * size
-        v = int.from_bytes(reply.values[at:at + size], "big")
-        low = v & (2**64 - 1)
-        wrong = (v - low + (low + 1) % PRIME).to_bytes(size, "big")
-        return [dataclasses.replace(reply, values=reply.values[:at] + wrong + reply.values[at + size:])]
+        size, values = value_bytes(client.session.packing), reply.values
+        for victim in set(victims) & set(client.session.received):
+            at = sorted(client.session.received).index(victim) * size
+            v = int.from_bytes(values[at:at + size], "big")
+            low = v & (2**64 - 1)
+            values = values[:at] + (v - low + (low + 1) % PRIME).to_bytes(size, "big") + values[at + size:]
+        return [dataclasses.replace(reply, values=values)]
     return {"unmask": tamper}
 
 
@@ -284,3 +285,25 @@ def test_two_lying_holders_abandon_the_round_by_name_and_frame_no_one(model, tmp
     record = _run_round(fleet)
     assert not record.committed and "no single holder's shares explain it" in record.why, record.why
     assert not c.rejections and set(c.eligible_devices()) == HONEST | {"raw0", "raw1"}
+    assert _unnamed(c) == 1  # operators see colluders stalling rounds
+
+
+def _unnamed(coordinator):
+    return coordinator.metrics.registry.get_sample_value("fedge_secagg_unmask_unnamed_total")
+
+
+def test_two_lying_holders_are_decoded_named_and_the_round_commits_exactly(model, tmp_path, sums):
+    """Two raw clients answer a wrong share of every owner's secret (cohort of 10: k = 9, t = 5,
+    e = 2). No single holder explains the failures, and the round was abandoned with no one
+    named: two devices could stall every secure round they were drawn into. Now each secret is
+    decoded (recovery.decoded_liars): the wrong shares are left out, both liars are named
+    (secagg_bad_shares, not sidelined) and the round commits the exact sum of all ten."""
+    sizes = MORE[:8]
+    fleet, raws = _fleet(model, tmp_path, _lie_about(*(f"dev{i}" for i in range(8)), "raw0", "raw1"), n_raw=2,
+                         all_raw=True, sizes=sizes)
+    c = fleet.coordinator
+    record = _run_round(fleet)
+    _check_exact(fleet, raws, record, sums, {f"dev{i}" for i in range(8)} | {"raw0", "raw1"})
+    assert c.shell.left_out == ["raw0", "raw1"] and c.rejections["secagg_bad_shares"] == 2
+    assert set(c.eligible_devices()) >= {"raw0", "raw1"}  # named, not sidelined: as one wrong holder
+    assert _unnamed(c) == 0

@@ -5,11 +5,28 @@ Each secret is rebuilt from t shares and checked with one more where there is on
 InconsistentShares), and a dropped device's mask key against the key it advertised. When a
 check fails, wrong_holders looks for the one holder whose shares explain every failure: its
 answer is left out and the sum unmasked again from the others' shares; if no single holder
-explains them, the round cannot be unmasked (UnmaskFailed), rather than commit a wrong sum.
-The holder so named either answered wrong or was dealt wrong shares by the owner: the shares
-alone cannot tell which, so it is named, not punished (coordinator/sidelined.py).
+explains them, decoded_liars looks for several (below); if they do not either, the round cannot
+be unmasked (UnmaskFailed), rather than commit a wrong sum. A holder so named either answered
+wrong or was dealt wrong shares by the owner: the shares alone cannot tell which, so it is
+named, not punished (coordinator/sidelined.py).
 
-When no single holder explains the failures, wrong_dealers looks at the owner instead: a device
+Several lying holders: decoded_liars decodes each failing secret's h shares (decode.py,
+Reed-Solomon decoding: the one polynomial of degree < t that all but e = (h - t) // 2 of them
+lie on). With at most e of its holders lying it is the one the owner dealt, and the shares off
+it are the wrong ones: they alone are left out, the sum is unmasked from the rest, and each
+holder that sent one is named as one wrong holder is (left_out). Before, two holders lying
+about any owners abandoned every round they were drawn into, unnamed. A decoded polynomial is
+used only where it can be trusted: a mask key's must give the key the owner advertised. A self
+seed has no commitment, and colluders can shift its polynomial knowing only their own shares
+(by one that vanishes at t - 1 honest holders' points); another polynomial agrees with the
+dealt one at t - 1 points at most, so h - t + 1 - d of the answers would be lies (d: those off
+the decoded one): it is used only where that is more than LIARS (below), so LIARS colluders
+cannot have a wrong seed used, nor an honest holder named, this way. More can, where
+h - t + 1 - e of them suffice (3 at h - t = 4), as they can frame a dealer (below); e + 1 at random
+leave no polynomial within e, and the round is abandoned. Past MAX_DECODES failing secrets (a
+lying holder fails every secret it holds a share of) none is decoded, as before.
+
+When neither one holder nor decoding explains the failures, wrong_dealers looks at the owner: a device
 that deals shares of no one polynomial (or of a mask key other than the one it advertised)
 makes its secret fail whoever answers, and would abandon every secure round it is drawn into,
 unnamed. Its h shares are decoded (decode.py, Reed-Solomon decoding): with at most e = (h - t) // 2
@@ -35,8 +52,9 @@ settle it, but no message carries one (messages.py: sealed boxes the coordinator
 and one public key per device, which checks only a whole mask secret), and adding them is a
 protocol change; naming no owner ever would let one wrong dealer abandon every round it is
 drawn into. Where the shares are ambiguous no one is named: the round is abandoned with the
-reason (unmask_answers), counted as an abandoned round, and no one is sidelined. No owner is
-named either when the failures are spread the way lying holders spread them (wrong_dealers)."""
+reason (unmask_answers: Unexplained, which coordinator/metrics.py counts), and no one is
+sidelined. No owner is named either when the failures are spread the way lying holders spread
+them (wrong_dealers)."""
 
 from __future__ import annotations
 
@@ -58,6 +76,11 @@ class UnmaskFailed(ValueError):
 class WrongShares(UnmaskFailed):
     """Some holder's shares of a secret are wrong (off their polynomial, or giving a mask key the
     owner did not advertise)."""
+
+
+class Unexplained(UnmaskFailed):
+    """Wrong shares that no single holder, no decoding and no dealer explains: the round cannot
+    be unmasked and no one is named (colluding holders can stall rounds so; metrics count it)."""
 
 
 def gather_shares(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: tuple[str, ...], threshold: int,
@@ -124,29 +147,43 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
     expands its masks (a thousand reconstructions from t = 113 packed shares are about 1 s of
     one core at n = 1,000: 1.0 ms each, measured). mask_publics: as secret_from. When some
     holder's shares are wrong and one holder explains it (module docstring), its answer is left
-    out, its id added to `left_out`, and the sum unmasked from the others'. When none does, the
-    owners wrong_dealers finds are added to `dealers` before UnmaskFailed is raised; where it
-    finds none (the shares are ambiguous), the reason says no one is named."""
+    out, its id added to `left_out`, and the sum unmasked from the others'. When none does and
+    decoded_liars finds the wrong shares, they are left out, their holders added to `left_out`.
+    Else the owners wrong_dealers finds are added to `dealers` before UnmaskFailed is raised;
+    where it finds none (the shares are ambiguous), Unexplained, whose reason says no one is named."""
     args = (cohort, threshold, alive, dropped, dropped_peers, round_id, field_bits, packing, workers, mask_publics)
     try:
         return _unmask_once(masked_sum, answers, *args)
     except WrongShares as exc:
-        culprits = wrong_holders(answers, cohort, threshold, alive, dropped, packing, mask_publics)
-        if len(culprits) != 1:
-            why = ""
-            if dealers is not None:
-                named = wrong_dealers(answers, cohort, threshold, alive, dropped, packing, mask_publics)
-                dealers.update(named)
-                why = (f", the shares {', '.join(sorted(named))} dealt do" if named else
-                       f", nor, past what {LIARS} lying holders could fake, a dealer's: no one is named")
-            raise UnmaskFailed(f"{exc}; no single holder's shares explain it{why}") from None
+        kept, culprits = _without_wrong(str(exc), answers, cohort, threshold, alive, dropped, packing, mask_publics,
+                                        dealers)
     if left_out is not None:
         left_out.update(culprits)
-    kept = {holder: revealed for holder, revealed in answers.items() if holder not in culprits}
     try:
         return _unmask_once(masked_sum, kept, *args)
     except WrongShares as exc:
-        raise UnmaskFailed(f"{exc}, after leaving out {sorted(culprits)[0]}'s shares") from None
+        raise UnmaskFailed(f"{exc}, after leaving out {', '.join(sorted(culprits))}'s shares") from None
+
+
+def _without_wrong(why: str, answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics,
+                   dealers: set[str] | None) -> tuple[dict, set[str]]:
+    """(the answers less the wrong shares, the holders that sent them): one holder's whole answer
+    (wrong_holders), or the shares off their decoded polynomials (decoded_liars); else raises."""
+    culprits = wrong_holders(answers, cohort, threshold, alive, dropped, packing, mask_publics)
+    if len(culprits) == 1:
+        return {holder: revealed for holder, revealed in answers.items() if holder not in culprits}, culprits
+    off = decoded_liars(answers, cohort, threshold, alive, dropped, packing, mask_publics)
+    if off:
+        return {holder: {o: v for o, v in revealed.items() if o not in off.get(holder, ())}
+                for holder, revealed in answers.items()}, set(off)
+    named, more = set(), ""
+    if dealers is not None:
+        named = wrong_dealers(answers, cohort, threshold, alive, dropped, packing, mask_publics)
+        dealers.update(named)
+        more = (f", the shares {', '.join(sorted(named))} dealt do" if named else
+                f", nor, past what {LIARS} lying holders could fake, a dealer's: no one is named")
+    raise (UnmaskFailed if named else Unexplained)(
+        f"{why}; no single holder's shares explain it, nor decoding the failing secrets{more}") from None
 
 
 def wrong_holders(answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics) -> set[str]:
@@ -195,6 +232,35 @@ def wrong_dealers(answers, cohort, threshold: int, alive, dropped, packing: int,
             if _at_fault(threshold, kind, owner, shares, packing, mask_publics)}
 
 
+MAX_DECODES = 32  # failing secrets decoded at most to find several wrong holders (0.1 s each at h = 224)
+
+
+def decoded_liars(answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics) -> dict[str, set[str]]:
+    """holder -> the owners whose share it answered off the owner's decoded polynomial, where
+    every failing secret decodes (within e = (h - t) // 2) to one that can be trusted (module
+    docstring): a mask key's gives the advertised key; else (a self seed, or no key to check)
+    h - t + 1 - d > LIARS, d of the h shares off it. Empty where some failing secret does not,
+    or more than MAX_DECODES fail."""
+    failing = _failing(answers, cohort, threshold, alive, dropped, packing, mask_publics)
+    if len(failing) > MAX_DECODES:
+        return {}
+    holder_at = {i + 1: d for i, d in enumerate(sorted(cohort))}
+    off: dict[str, set[str]] = {}
+    for owner, (kind, shares) in failing.items():
+        found = _decode_seed(threshold, shares, packing)
+        if found is None:
+            return {}
+        seed, d, wrong = found
+        if kind == "mask" and mask_publics is not None:
+            if keypair_from_seed(seed).public != mask_publics.get(owner):
+                return {}
+        elif len(shares) - threshold + 1 - d <= LIARS:
+            return {}
+        for x in wrong:
+            off.setdefault(holder_at[x], set()).add(owner)
+    return off
+
+
 def _at_fault(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> bool:
     """Whether more than LIARS and more than e of the h answers must be lies were the owner
     honest: none of its shares' polynomials within e, or the one there gives a mask key it did
@@ -206,32 +272,34 @@ def _at_fault(threshold: int, kind: str, owner: str, shares, packing: int, mask_
     found = _decode_seed(threshold, shares, packing)
     if found is None:
         return slack // 2 >= LIARS
-    seed, off = found
+    seed, off, _ = found
     if not committed or keypair_from_seed(seed).public == mask_publics.get(owner):
         return False
     return slack + 1 - off > LIARS
 
 
-def _decode_seed(threshold: int, shares, packing: int) -> tuple[bytes, int] | None:
-    """(the seed, d: how many shares are off its polynomial) of the one polynomial of degree < t
-    that all but (h - t) // 2 of the shares lie on, or None when there is none."""
+def _decode_seed(threshold: int, shares, packing: int) -> tuple[bytes, int, set[int]] | None:
+    """(the seed, d: how many shares are off its polynomial, the points of those off it) of the
+    one polynomial of degree < t that all but (h - t) // 2 of the shares lie on, or None when
+    there is none."""
     if packing == 1:
         halves = [decode([(x, y >> 64) for x, y in shares], threshold, shamir.PRIME),
                   decode([(x, y & (2**64 - 1)) for x, y in shares], threshold, shamir.PRIME)]
         if None in halves:
             return None
         s0, s1 = halves[0][0], halves[1][0]
-        # the most off in one half: a polynomial pair other than P's differs from it in one half
-        # at least, at h - t + 1 points or more, so that many less these are wrong answers
-        off = max(sum(shamir._evaluate(half, x, shamir.PRIME) != (y >> shift) & (2**64 - 1) for x, y in shares)
-                  for half, shift in zip(halves, (64, 0)))
+        # d is the most off in one half: a polynomial pair other than P's differs from it in one
+        # half at least, at h - t + 1 points or more, so that many less these are wrong answers
+        misses = [{x for x, y in shares if shamir._evaluate(half, x, shamir.PRIME) != (y >> shift) & (2**64 - 1)}
+                  for half, shift in zip(halves, (64, 0))]
     else:
         poly = decode(shares, threshold, shamir.PRIME)
         if poly is None:
             return None
         s0, s1 = poly[0], shamir._evaluate(poly, shamir.PRIME - 1, shamir.PRIME)
-        off = sum(shamir._evaluate(poly, x, shamir.PRIME) != y for x, y in shares)
-    return s0.to_bytes(shamir.HALF_BYTES, "big") + s1.to_bytes(shamir.HALF_BYTES, "big"), off
+        misses = [{x for x, y in shares if shamir._evaluate(poly, x, shamir.PRIME) != y}]
+    seed = s0.to_bytes(shamir.HALF_BYTES, "big") + s1.to_bytes(shamir.HALF_BYTES, "big")
+    return seed, max(len(m) for m in misses), set().union(*misses)
 
 
 def _verdict(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> str:
