@@ -11,23 +11,25 @@ a source that gives non-finite values, and every device would have trained on Na
                   bound, which exporters write on purpose
 
 The values looked at are the stored inputs (onnx_source.stored_tensors: initializers, Constant
-values, a stored matrix's Transpose) of the nodes the cut depends on, and every stored tensor
-in the subgraphs of those nodes (If, Loop, Scan).
+values, a stored matrix's Transpose) of the nodes the cut depends on, and the same within the
+subgraphs of those nodes (If, Loop, Scan), by the same rules: a subgraph's own initializers and
+Constants, and the outer tensors it reads by name (onnx_scope.py), which once went unchecked.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .onnx_scope import node_reads
 from .onnx_source import OnnxImportError, stored_tensors, subgraphs
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "ConvInteger", "Gemm", "MatMul", "Einsum", "BatchNormalization",
               "LayerNormalization", "InstanceNormalization", "GroupNormalization", "PRelu", "Mul",
               "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+
+Scope = dict[str, "onnx.TensorProto | None"]  # name -> its stored value, None where computed
 
 
 def _label(node: onnx.NodeProto) -> str:
@@ -46,43 +48,46 @@ def _counts(tensor: onnx.TensorProto) -> tuple[int, int]:
 
 
 def _ancestors(graph: onnx.GraphProto, cut: str) -> list[onnx.NodeProto]:
-    """The nodes `cut` is computed from, in graph order."""
+    """The nodes `cut` is computed from, in graph order (through what subgraphs read, too)."""
     producer = {o: n for n in graph.node for o in n.output}
     seen, todo = set(), [cut]
     while todo:
         node = producer.get(todo.pop())
         if node is not None and id(node) not in seen:
             seen.add(id(node))
-            todo.extend(node.input)
+            todo.extend(node_reads(node))
     return [n for n in graph.node if id(n) in seen]
 
 
-def _subgraph_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
-    yield from stored_tensors(graph).items()
-    for node in graph.node:
+def _inner_scope(graph: onnx.GraphProto, outer: Scope) -> Scope:
+    """What a subgraph sees: the outer scope, less the names it defines itself, plus its own stored values."""
+    scope = dict(outer)
+    scope.update({v.name: None for v in graph.input})
+    scope.update({o: None for n in graph.node for o in n.output})
+    scope.update(stored_tensors(graph))
+    return scope
+
+
+def _check(nodes, producer: dict, scope: Scope, where: str, cut: str, place: str = "") -> None:
+    for node in nodes:
+        for name in node.input:
+            if scope.get(name) is None:
+                continue
+            nan, inf = _counts(scope[name])
+            if nan or inf and node.op_type in WEIGHT_OPS:
+                what = f"{nan} NaN" if nan else f"{inf} Inf"
+                raise OnnxImportError(f"{where}: stored tensor {name!r}, read by {_label(node)}{place} in the frozen "
+                                      f"backbone (before the cut {cut!r}), holds {what} value(s): it would give "
+                                      "non-finite features for every input; fix the model's weights")
         for sub in subgraphs(node):
-            yield from _subgraph_tensors(sub)
+            _check(sub.node, {**producer, **{o: n for n in sub.node for o in n.output}}, _inner_scope(sub, scope),
+                   where, cut, f" in a subgraph of {_label(node)}{place}")
 
 
 def check_backbone_finite(model: onnx.ModelProto, cut: str, where: str) -> None:
     """OnnxImportError naming the first stored value of the frozen backbone (the graph up to
-    `cut`) that holds NaN, or Inf where a weight-like op reads it, and the node that reads it."""
+    `cut`) that holds NaN, or Inf where a weight-like op reads it, and the node that reads it,
+    in a subgraph too."""
     graph = model.graph
-    stored = stored_tensors(graph)
-    nodes = _ancestors(graph, cut)
-    for node in nodes:
-        for name in node.input:
-            if name not in stored:
-                continue
-            nan, inf = _counts(stored[name])
-            if nan or inf and node.op_type in WEIGHT_OPS:
-                what = f"{nan} NaN" if nan else f"{inf} Inf"
-                raise OnnxImportError(f"{where}: stored tensor {name!r}, read by {_label(node)} in the frozen "
-                                      f"backbone (before the cut {cut!r}), holds {what} value(s): it would give "
-                                      "non-finite features for every input; fix the model's weights")
-        for sub in subgraphs(node):
-            for name, tensor in _subgraph_tensors(sub):
-                if _counts(tensor)[0]:
-                    raise OnnxImportError(f"{where}: stored tensor {name!r} in a subgraph of {_label(node)} in the "
-                                          f"frozen backbone (before the cut {cut!r}) holds NaN value(s); fix the "
-                                          "model's weights")
+    _check(_ancestors(graph, cut), {o: n for n in graph.node for o in n.output}, dict(stored_tensors(graph)),
+           where, cut)

@@ -1,0 +1,37 @@
+"""Names across an ONNX graph's scopes: what the subgraphs of If, Loop and Scan read from the
+graph around them.
+
+A subgraph may read any tensor of the scopes around it by its outer name, without it being an
+input of the node that holds the subgraph: If(cond) with then_branch = MatMul(x, w) reads the
+main graph's initializer w, and nothing in If's inputs says so. A walk over node.input alone
+missed those reads (a NaN weight read only inside an If branch imported as finite).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .onnx_source import subgraphs
+
+
+def outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """The names `graph` reads that it does not define itself: its references to outer scopes."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer} | \
+        {t.values.name for t in graph.sparse_initializer}
+    reads: set[str] = set()
+    for node in graph.node:  # in topological order: a name a node reads is defined before it, or outside
+        reads.update(n for n in node.input if n and n not in defined)
+        for sub in subgraphs(node):
+            reads.update(n for n in outer_reads(sub) if n not in defined)
+        defined.update(node.output)
+    return reads
+
+
+def implicit_inputs(node: onnx.NodeProto) -> set[str]:
+    """The tensors of the graph around `node` that its subgraphs read by name (module docstring)."""
+    return set().union(*(outer_reads(sub) for sub in subgraphs(node)))
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Everything `node` depends on: its inputs, then what its subgraphs read from outside."""
+    return [*(n for n in node.input if n), *sorted(implicit_inputs(node) - set(node.input))]
