@@ -6,9 +6,12 @@ Conv with one NaN in its kernel gave NaN features for every input, the whole-mod
 a source that gives non-finite values, and every device would have trained on NaN.
 
     NaN           refused in any stored value the cut is computed from
-    +Inf, -Inf    refused where a weight-like op reads it (WEIGHT_OPS); elsewhere it may be a
-                  mask (attention's Where(mask, -inf, scores), Add(scores, mask)) or a Clip
-                  bound, which exporters write on purpose
+    +Inf, -Inf    refused where a weight-like op reads it (WEIGHT_OPS), or an Add or Sub adds it
+                  to what a dense op computes with a stored weight (a bias: a MatMul + Add layer
+                  whose bias held Inf was refused as a tail layer, so the automatic cut moved
+                  past it, and it imported as part of the backbone); elsewhere it may be a mask
+                  (attention's Where(mask, -inf, scores), Add(scores, mask)) or a Clip bound,
+                  which exporters write on purpose
 
 The values looked at are the stored inputs (onnx_source.stored_tensors: initializers, Constant
 values, a stored matrix's Transpose) of the nodes the cut depends on, and the same within the
@@ -28,6 +31,8 @@ from .onnx_source import OnnxImportError, stored_tensors, subgraphs
 WEIGHT_OPS = ("Conv", "ConvTranspose", "ConvInteger", "Gemm", "MatMul", "Einsum", "BatchNormalization",
               "LayerNormalization", "InstanceNormalization", "GroupNormalization", "PRelu", "Mul",
               "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+BIAS_OPS = ("Add", "Sub")  # a bias, where the other operand is a DENSE_OPS output with a stored weight
+DENSE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")
 
 Scope = dict[str, "onnx.TensorProto | None"]  # name -> its stored value, None where computed
 
@@ -68,13 +73,21 @@ def _inner_scope(graph: onnx.GraphProto, outer: Scope) -> Scope:
     return scope
 
 
+def _reads_a_weight(node: onnx.NodeProto, name: str, producer: dict, scope: Scope) -> bool:
+    if node.op_type in WEIGHT_OPS:
+        return True
+    dense = [producer.get(o) for o in node.input if o != name] if node.op_type in BIAS_OPS else []
+    return any(p is not None and p.op_type in DENSE_OPS and any(scope.get(i) is not None for i in p.input)
+               for p in dense)
+
+
 def _check(nodes, producer: dict, scope: Scope, where: str, cut: str, place: str = "") -> None:
     for node in nodes:
         for name in node.input:
             if scope.get(name) is None:
                 continue
             nan, inf = _counts(scope[name])
-            if nan or inf and node.op_type in WEIGHT_OPS:
+            if nan or inf and _reads_a_weight(node, name, producer, scope):
                 what = f"{nan} NaN" if nan else f"{inf} Inf"
                 raise OnnxImportError(f"{where}: stored tensor {name!r}, read by {_label(node)}{place} in the frozen "
                                       f"backbone (before the cut {cut!r}), holds {what} value(s): it would give "
@@ -86,8 +99,8 @@ def _check(nodes, producer: dict, scope: Scope, where: str, cut: str, place: str
 
 def check_backbone_finite(model: onnx.ModelProto, cut: str, where: str) -> None:
     """OnnxImportError naming the first stored value of the frozen backbone (the graph up to
-    `cut`) that holds NaN, or Inf where a weight-like op reads it, and the node that reads it,
-    in a subgraph too."""
+    `cut`) that holds NaN, or Inf where it is a weight (module docstring), and the node that
+    reads it, in a subgraph too."""
     graph = model.graph
     _check(_ancestors(graph, cut), {o: n for n in graph.node for o in n.output}, dict(stored_tensors(graph)),
            where, cut)

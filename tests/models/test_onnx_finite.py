@@ -155,3 +155,48 @@ def test_a_clean_if_branch_passes_the_check():
     from fedge.models.onnx_finite import check_backbone_finite
 
     check_backbone_finite(_if_model(_branch("then", "wout"), {"wout": WB}), "s", "m.onnx")
+
+
+def _mlp(b1: np.ndarray) -> onnx.ModelProto:
+    """x (N, 4) -> MatMul + Add (5) -> Relu -> MatMul + Add (3) -> Softmax."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "b1"], ["h1"], name="fc1_bias"),
+             helper.make_node("Relu", ["h1"], ["a1"], name="act1"),
+             helper.make_node("MatMul", ["a1", "w2"], ["m2"], name="fc2"),
+             helper.make_node("Add", ["m2", "b2"], ["logits"], name="fc2_bias"),
+             helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1)]
+    inits = {"w1": RNG.normal(size=(4, 5)).astype(np.float32), "b1": b1,
+             "w2": RNG.normal(size=(5, 3)).astype(np.float32), "b2": np.zeros(3, np.float32)}
+    return _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])])
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+@pytest.mark.parametrize("options", [{}, {"num_classes": 4}, {"cut": "a1"}])
+def test_an_inf_in_a_dense_layers_bias_add_is_refused(tmp_path, value, options):
+    """The layer is refused as a tail layer, so the automatic cut moved past it and the Add of an
+    Inf bias imported in the backbone (an Add is no weight op): features of Inf for every input."""
+    b1 = np.zeros(5, np.float32)
+    b1[2] = value
+    onnx.save(_mlp(b1), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match=r"stored tensor 'b1', read by Add node 'fc1_bias' in the frozen "
+                                              r"backbone \(before the cut 'a1'\), holds 1 Inf value"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx"), **options))
+
+
+def test_an_attention_mask_of_minus_inf_still_imports(tmp_path):
+    """Add(scores, mask) with scores = q @ k of computed operands is a mask, not a bias. Oracle:
+    the import's cut and features, as with no mask."""
+    causal = np.triu(np.full((4, 4), -np.inf, np.float32), 1)
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax2"], ["q"], name="q"),
+             helper.make_node("Unsqueeze", ["x", "ax1"], ["k"], name="k"),
+             helper.make_node("MatMul", ["q", "k"], ["scores"], name="qk"),  # (N, 4, 4)
+             helper.make_node("Add", ["scores", "mask"], ["masked"], name="mask_add"),
+             helper.make_node("Softmax", ["masked"], ["att"], name="att", axis=-1),
+             helper.make_node("ReduceSum", ["att", "ax1"], ["pooled"], name="pool", keepdims=0),  # (N, 4)
+             helper.make_node("MatMul", ["pooled", "w"], ["prob"], name="out")]
+    inits = {"ax1": np.array([1], np.int64), "ax2": np.array([2], np.int64), "mask": causal,
+             "w": RNG.normal(size=(4, 3)).astype(np.float32)}
+    onnx.save(_model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])]),
+              tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert (spec.onnx_cut, spec.onnx_features) == ("pooled", 4)
