@@ -28,6 +28,8 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the ONNX model ({exc.strerror})") from None
+    except ValueError:  # a NUL byte in a spec file's `onnx` path
+        raise ConfigError(f"{str(path)!r}: cannot read the ONNX model (a NUL byte in its path)") from None
     digest = hashlib.sha256(data)
     try:
         model = onnx.load_from_string(data)
@@ -121,9 +123,16 @@ def _external_data(model: onnx.ModelProto, path: Path) -> tuple[dict[str, bytes]
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         where = f"{path}: tensor {tensor.name!r} keeps its data in {location!r}"
-        file = (path.parent / location).resolve()
+        try:
+            file = (path.parent / location).resolve()
+            special = file.exists() and not file.is_file()  # a FIFO blocked the read forever
+        except (ValueError, OSError, RuntimeError):  # a NUL byte, a name too long, a symlink loop (RuntimeError)
+            raise OnnxImportError(f"{where}, which is no path fedge can follow (a NUL byte in it, a name too long "
+                                  "or a symlink loop)") from None
         if not location or path.parent.resolve() not in file.parents:
             raise OnnxImportError(f"{where}, which is not a file in the model's folder")
+        if special:
+            raise OnnxImportError(f"{where}, which is not a regular file")
         if location not in files:
             try:
                 files[location] = file.read_bytes()
