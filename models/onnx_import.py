@@ -12,7 +12,7 @@ convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are fold
 a BatchNormalization after a layer (onnx_fold.py) and a Mul or Div by one stored number after it
 (a classifier's temperature, logits / T).
 
-The backbone is cut out with onnx.utils.Extractor (which runs shape inference), its input is
+The backbone is cut out as onnx.utils.Extractor would (onnx_extract.py), its input is
 renamed x and given a free batch dimension, and its output is the cut flattened to z (N, d).
 It keeps the source's opset and ops: Conv, BatchNormalization, attention, whatever ONNX Runtime
 runs, since devices only ever run it forward.

@@ -35,3 +35,16 @@ def implicit_inputs(node: onnx.NodeProto) -> set[str]:
 def node_reads(node: onnx.NodeProto) -> list[str]:
     """Everything `node` depends on: its inputs, then what its subgraphs read from outside."""
     return [*(n for n in node.input if n), *sorted(implicit_inputs(node) - set(node.input))]
+
+
+def rename_everywhere(graph: onnx.GraphProto, names: dict[str, str]) -> None:
+    """Rename tensors (old -> new) in `graph` and every subgraph in it: inputs, outputs, initializers,
+    value info, and what nodes read and write. A subgraph's local tensor of such a name is renamed with
+    its readers, so it still shadows what it did."""
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        value.name = names.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+        for sub in subgraphs(node):
+            rename_everywhere(sub, names)
