@@ -101,13 +101,25 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    """Every stored tensor of a graph: initializers and tensor attributes, in subgraphs too."""
+    """Every stored tensor of a graph: initializers (sparse ones' values and indices too) and
+    tensor attributes, in subgraphs too."""
     yield from graph.initializer
-    for node in graph.node:
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes) -> Iterator[TensorProto]:
+    """The tensors nodes hold in attributes, whatever type the attribute claims: a Constant's
+    `value` typed FLOAT but holding a tensor whose data was external went unresolved, and onnx's
+    to_array read it from the working directory, not the model's folder."""
+    for node in nodes:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
+            if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            for sparse in (*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
         for sub in subgraphs(node):
             yield from _tensors(sub)
 
@@ -117,7 +129,7 @@ def _external_data(model: onnx.ModelProto, path: Path) -> tuple[dict[str, bytes]
     the model's folder (or below it) that holds every byte its tensors need; and for each such
     tensor, (tensor, location, offset, length)."""
     files, pending = {}, []
-    for tensor in _tensors(model.graph):
+    for tensor in (*_tensors(model.graph), *_node_tensors(n for f in model.functions for n in f.node)):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}

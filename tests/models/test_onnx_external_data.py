@@ -86,11 +86,57 @@ def test_a_fifo_as_the_data_file_is_refused_not_read(tmp_path):
     writer.start()
     with pytest.raises(OnnxImportError, match="keeps its data in 'w.data', which is not a regular file"):
         import_spec(ImportOptions(str(_save(tmp_path, "w.data"))))
-    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer's open return
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the writer's open returns
     writer.join()
+    os.close(reader)
 
 
 def test_a_model_path_with_a_nul_byte_is_refused_by_name():
     """A spec file's `onnx = "a\\u0000b"` reached Path.read_bytes: a ValueError."""
     with pytest.raises(ConfigError, match="a NUL byte in its path"):
         import_spec(ImportOptions("a\0b.onnx"))
+
+
+def _external(tensor: onnx.TensorProto, location: str) -> onnx.TensorProto:
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=location)
+    return tensor
+
+
+def _save_with_constant(folder: Path, where: str) -> Path:
+    """x (N, 4) -> MatMul (a Constant's 4 x 5, its data in w.data) -> Relu -> MatMul (3). where:
+    "typed FLOAT": the Constant's `value` attribute says FLOAT but holds the tensor;
+    "function": the Constant sits in a local function the graph calls."""
+    value = _external(numpy_helper.from_array(np.zeros((4, 5), np.float32), "c"), "w.data")
+    const = helper.make_node("Constant", [], ["w1"], name="const")
+    attr = const.attribute.add()
+    attr.name = "value"
+    attr.t.CopyFrom(value)
+    attr.type, attr.f = (onnx.AttributeProto.FLOAT, 1.0) if where == "typed FLOAT" else (onnx.AttributeProto.TENSOR, 0)
+    functions = []
+    if where == "function":
+        body = [const, helper.make_node("Identity", ["w1"], ["w"])]
+        functions = [helper.make_function("local", "Weight", [], ["w"], body, [helper.make_opsetid("", 13)])]
+        const = helper.make_node("Weight", [], ["w1"], domain="local", name="weight")
+    nodes = [const, helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"), helper.make_node("MatMul", ["a", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones((5, 3), np.float32), "w2")])
+    model = helper.make_model(graph, functions=functions,
+                              opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("local", 1)])
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+    return folder / "m.onnx"
+
+
+@pytest.mark.parametrize("where", ["typed FLOAT", "function"])
+def test_every_tensor_with_external_data_is_read_from_the_models_folder_only(tmp_path, monkeypatch, where):
+    """Such a tensor went past the folder check, and onnx read it from the working directory:
+    here a file of 7s, which the import once took as the layer's pretrained weights."""
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "w.data").write_bytes(np.full((4, 5), 7.0, np.float32).tobytes())
+    monkeypatch.chdir(tmp_path / "cwd")
+    (tmp_path / "model").mkdir()
+    with pytest.raises(OnnxImportError, match=r"tensor 'c' keeps its data in 'w.data', which cannot be read"):
+        import_spec(ImportOptions(str(_save_with_constant(tmp_path / "model", where))))
