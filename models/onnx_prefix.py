@@ -62,5 +62,6 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
         unchanged = onnx.ModelProto()
         unchanged.CopyFrom(prefix)
     changed = free_fixed_batch(prefix, source_batch)
-    check_any_batch(prefix, unchanged if changed else None, tuple(spec.input_shape), source_batch, spec.onnx)
+    check_any_batch(prefix, unchanged if changed else None, tuple(spec.input_shape), source_batch, spec.onnx,
+                    spec.onnx_features)
     return prefix
