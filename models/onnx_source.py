@@ -51,6 +51,9 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
         tensor.raw_data = files[location][offset:offset + length]
         tensor.data_location = TensorProto.DEFAULT
         del tensor.external_data[:]
+    from .onnx_sparse import densify  # it imports this module's error
+
+    densify(model.graph, path)
     _refuse_training_mode(model.graph, path)
     return model, digest.hexdigest()
 
