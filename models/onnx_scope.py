@@ -5,13 +5,15 @@ A subgraph may read any tensor of the scopes around it by its outer name, withou
 input of the node that holds the subgraph: If(cond) with then_branch = MatMul(x, w) reads the
 main graph's initializer w, and nothing in If's inputs says so. A walk over node.input alone
 missed those reads (a NaN weight read only inside an If branch imported as finite).
+
+refuse_rewritten: each tensor name is written once in a graph (ONNX's static single assignment).
 """
 
 from __future__ import annotations
 
 import onnx
 
-from .onnx_source import subgraphs
+from .onnx_source import OnnxImportError, subgraphs
 
 
 def outer_reads(graph: onnx.GraphProto) -> set[str]:
@@ -48,3 +50,21 @@ def rename_everywhere(graph: onnx.GraphProto, names: dict[str, str]) -> None:
         node.output[:] = [names.get(n, n) for n in node.output]
         for sub in subgraphs(node):
             rename_everywhere(sub, names)
+
+
+def refuse_rewritten(graph: onnx.GraphProto, where: object) -> None:
+    """OnnxImportError naming a tensor that two nodes write, or a node writes over an input or an
+    initializer: ONNX names each value once (static single assignment). Such a graph was read
+    as if the last writer were the only one (Relu(h) -> h made the tail "h feeds Relu, MatMul");
+    ONNX Runtime refuses to load it. Each subgraph is checked on its own."""
+    writer = {v.name: f"graph {'input' if v in graph.input else 'initializer'}"
+              for v in (*graph.input, *graph.initializer)}
+    for node in graph.node:
+        label = f"{node.op_type} node {node.name or node.output[0]!r}"
+        for name in (n for n in node.output if n):
+            if name in writer:
+                raise OnnxImportError(f"{where}: tensor {name!r} is written by {writer[name]} and by {label}; an "
+                                      "ONNX graph names each value once: re-export the model")
+            writer[name] = label
+        for sub in subgraphs(node):
+            refuse_rewritten(sub, where)

@@ -51,9 +51,11 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
         tensor.raw_data = files[location][offset:offset + length]
         tensor.data_location = TensorProto.DEFAULT
         del tensor.external_data[:]
-    from .onnx_sparse import densify  # it imports this module's error
+    from .onnx_scope import refuse_rewritten  # these import this module's error
+    from .onnx_sparse import densify
 
     densify(model.graph, path)
+    refuse_rewritten(model.graph, path)
     _refuse_training_mode(model.graph, path)
     return model, digest.hexdigest()
 
