@@ -6,7 +6,8 @@ input of the node that holds the subgraph: If(cond) with then_branch = MatMul(x,
 main graph's initializer w, and nothing in If's inputs says so. A walk over node.input alone
 missed those reads (a NaN weight read only inside an If branch imported as finite).
 
-refuse_rewritten: each tensor name is written once in a graph (ONNX's static single assignment).
+refuse_rewritten: each tensor name is written once in a graph (ONNX's static single assignment),
+and each node writes one at least.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def refuse_rewritten(graph: onnx.GraphProto, where: object) -> None:
     ONNX Runtime refuses to load it. Each subgraph is checked on its own."""
     writer = {v.name: f"graph {'input' if v in graph.input else 'initializer'}"
               for v in (*graph.input, *graph.initializer)}
-    for node in graph.node:
+    for i, node in enumerate(graph.node):
+        if not node.output:  # every reader of a graph names a node by its first output: an IndexError once
+            raise OnnxImportError(f"{where}: {node.op_type} node {node.name or f'number {i}'!r} of graph "
+                                  f"{graph.name!r} writes no tensor; an ONNX node has at least one output")
         label = f"{node.op_type} node {node.name or node.output[0]!r}"
         for name in (n for n in node.output if n):
             if name in writer:

@@ -64,3 +64,15 @@ def test_an_initializer_stored_twice_is_read_as_onnx_runtime_reads_it(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global"))
     _assert_export_gives_the_sources_y(spec, model, tmp_path)
+
+
+@pytest.mark.parametrize("op", ["Constant", "Sin"])
+def test_a_node_that_writes_no_tensor_is_refused_by_name(tmp_path, op):
+    """A Constant with no output was an IndexError in the reading of stored values (a traceback)."""
+    idle = helper.make_node(op, [] if op == "Constant" else ["x"], [], name="idle",
+                            **({"value": numpy_helper.from_array(np.ones(3, np.float32))} if op == "Constant" else {}))
+    nodes = [idle, helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"), helper.make_node("Gemm", ["a", "w2"], ["y"])]
+    onnx.save(_model(nodes, [("w1", W1), ("w2", W2)]), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match=rf"{op} node 'idle' of graph 'g' writes no tensor"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
