@@ -13,6 +13,10 @@ a source that gives non-finite values, and every device would have trained on Na
                   (attention's Where(mask, -inf, scores), Add(scores, mask)) or a Clip bound,
                   which exporters write on purpose
 
+Float attributes are weights too (Gemm's alpha and beta, LeakyRelu's slope): NaN refused in any,
+Inf in those of WEIGHT_OPS and SLOPE_OPS (a Gemm refused as a tail layer for its alpha = Inf once
+imported as part of the backbone).
+
 The values looked at are the stored inputs (onnx_source.stored_tensors: initializers, Constant
 values, a stored matrix's Transpose) of the nodes the cut depends on, and the same within the
 subgraphs of those nodes (If, Loop, Scan), by the same rules: a subgraph's own initializers and
@@ -33,6 +37,7 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "ConvInteger", "Gemm", "MatMul", "Einsum"
               "DequantizeLinear", "QLinearConv", "QLinearMatMul")
 BIAS_OPS = ("Add", "Sub")  # a bias, where the other operand is a DENSE_OPS output with a stored weight
 DENSE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")
+SLOPE_OPS = ("LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid")  # an Inf float attribute scales their values
 
 Scope = dict[str, "onnx.TensorProto | None"]  # name -> its stored value, None where computed
 
@@ -81,8 +86,20 @@ def _reads_a_weight(node: onnx.NodeProto, name: str, producer: dict, scope: Scop
                for p in dense)
 
 
+def _check_attributes(node: onnx.NodeProto, where: str, cut: str, place: str) -> None:
+    """A float attribute is a weight too: Gemm's alpha and beta, LeakyRelu's slope, an epsilon."""
+    for attr in node.attribute:
+        values = np.asarray([attr.f] if attr.type == onnx.AttributeProto.FLOAT else
+                            attr.floats if attr.type == onnx.AttributeProto.FLOATS else [], np.float64)
+        if np.isnan(values).any() or np.isinf(values).any() and node.op_type in (*WEIGHT_OPS, *SLOPE_OPS):
+            raise OnnxImportError(f"{where}: attribute {attr.name} of {_label(node)}{place} in the frozen backbone "
+                                  f"(before the cut {cut!r}) is {'NaN' if np.isnan(values).any() else 'Inf'}: it "
+                                  "would give non-finite features for every input; fix the model")
+
+
 def _check(nodes, producer: dict, scope: Scope, where: str, cut: str, place: str = "") -> None:
     for node in nodes:
+        _check_attributes(node, where, cut, place)
         for name in node.input:
             if scope.get(name) is None:
                 continue

@@ -90,14 +90,23 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
         yield from attr.graphs
 
 
+CONSTANT_NUMBERS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                    "value_ints": np.int64}  # a Constant's other forms of a number or a list of them
+
+
 def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
-    """The graph's stored values by tensor name: initializers, Constant nodes' `value`, and a
+    """The graph's stored values by tensor name: initializers, Constant nodes' `value` (or
+    value_float(s), value_int(s)), and a
     stored matrix's Transpose (torch without constant folding writes `x @ w.t()` as
     MatMul(x, Transpose(w)); that weight was once refused as computed)."""
     out = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             out[node.output[0]] = node.attribute[0].t
+        elif node.op_type == "Constant" and node.attribute and node.attribute[0].name in CONSTANT_NUMBERS:
+            # value_floats=[nan, ...] or value_float=inf: a weight the NaN/Inf check once never saw
+            value = np.asarray(helper.get_attribute_value(node.attribute[0]), CONSTANT_NUMBERS[node.attribute[0].name])
+            out[node.output[0]] = numpy_helper.from_array(value, node.output[0])
         elif node.op_type == "Transpose" and node.input[0] in out and len(out[node.input[0]].dims) == 2:
             perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
             value = numpy_helper.to_array(out[node.input[0]])
