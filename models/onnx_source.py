@@ -56,10 +56,26 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
     from .onnx_sparse import densify
 
     densify(model.graph, path)
+    _refuse_unreadable(model, path)
     refuse_rewritten(model.graph, path)
     refuse_mistyped(model, path)
     _refuse_training_mode(model.graph, path)
     return model, digest.hexdigest()
+
+
+def _refuse_unreadable(model: onnx.ModelProto, where: Path) -> None:
+    """OnnxImportError naming a stored tensor whose data does not fill its shape (raw_data cut
+    short, negative dims) or whose type onnx does not know: numpy's ValueError or a KeyError, a
+    traceback, once the importer read it."""
+    for tensor in (*_tensors(model.graph), *_node_tensors(n for f in model.functions for n in f.node)):
+        try:
+            if any(d < 0 for d in tensor.dims):  # numpy reads a -1 as "whatever fits"
+                raise ValueError("a negative dimension")
+            numpy_helper.to_array(tensor)
+        except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, TypeError: whatever a broken tensor gives
+            raise OnnxImportError(f"{where}: stored tensor {tensor.name!r} of shape {tuple(tensor.dims)} (data type "
+                                  f"{tensor.data_type}) cannot be read: {type(exc).__name__}: {exc}; the file is "
+                                  "broken") from None
 
 
 def _refuse_training_mode(graph: onnx.GraphProto, where: Path) -> None:
