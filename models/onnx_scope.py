@@ -72,3 +72,35 @@ def refuse_rewritten(graph: onnx.GraphProto, where: object) -> None:
             writer[name] = label
         for sub in subgraphs(node):
             refuse_rewritten(sub, where)
+
+
+def refuse_cycles(graph: onnx.GraphProto, where: object) -> None:
+    """OnnxImportError naming the nodes of a cycle (a node computed, through others, from its own
+    output): the importer's walks along the graph (the tail from the cut, pass-through ops) went
+    round one forever, growing the tail without end. ONNX graphs are acyclic; each subgraph is
+    checked on its own. Kahn's algorithm: what is left when no node waits on another is a cycle."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    waits = [{producer[r] for r in node_reads(n) if r in producer} for n in graph.node]
+    readers: dict[int, list[int]] = {}
+    for i, inputs in enumerate(waits):
+        for j in inputs:
+            readers.setdefault(j, []).append(i)
+    count = [len(w) for w in waits]
+    ready = [i for i, c in enumerate(count) if c == 0]
+    while ready:
+        for j in readers.get(ready.pop(), []):
+            count[j] -= 1
+            if count[j] == 0:
+                ready.append(j)
+    left = {i for i, c in enumerate(count) if c > 0}  # the cycles, and what waits on them
+    while sinks := {i for i in left if not any(r in left for r in readers.get(i, []))}:
+        left -= sinks  # only waits: no node of a cycle reads it
+    stuck = [graph.node[i] for i in sorted(left)]
+    if stuck:
+        names = ", ".join(f"{n.op_type} node {n.name or n.output[0]!r}" for n in stuck[:4])
+        raise OnnxImportError(f"{where}: the graph {graph.name!r} has a cycle through {names}"
+                              f"{', ...' if len(stuck) > 4 else ''}: an ONNX graph computes each node once, from "
+                              "values computed before it; the file is broken")
+    for node in graph.node:
+        for sub in subgraphs(node):
+            refuse_cycles(sub, where)

@@ -52,12 +52,13 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
         tensor.data_location = TensorProto.DEFAULT
         del tensor.external_data[:]
     from .onnx_attrs import refuse_mistyped  # these import this module's error
-    from .onnx_scope import refuse_rewritten
+    from .onnx_scope import refuse_cycles, refuse_rewritten
     from .onnx_sparse import densify
 
     densify(model.graph, path)
     _refuse_unreadable(model, path)
     refuse_rewritten(model.graph, path)
+    refuse_cycles(model.graph, path)
     refuse_mistyped(model, path)
     _refuse_training_mode(model.graph, path)
     return model, digest.hexdigest()

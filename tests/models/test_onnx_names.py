@@ -76,3 +76,23 @@ def test_a_node_that_writes_no_tensor_is_refused_by_name(tmp_path, op):
     onnx.save(_model(nodes, [("w1", W1), ("w2", W2)]), tmp_path / "m.onnx")
     with pytest.raises(OnnxImportError, match=rf"{op} node 'idle' of graph 'g' writes no tensor"):
         import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+
+
+@pytest.mark.parametrize("cycle, named", [
+    ([helper.make_node("MatMul", ["c", "wc"], ["d"], name="loop_mm"), helper.make_node("Relu", ["d"], ["c"],
+                                                                                     name="loop_relu")],
+     "MatMul node 'loop_mm', Relu node 'loop_relu'"),
+    ([helper.make_node("Identity", ["p"], ["q"], name="i1"), helper.make_node("Identity", ["q"], ["p"], name="i2"),
+      helper.make_node("Add", ["x", "p"], ["x2"], name="waits")], "Identity node 'i1', Identity node 'i2'"),
+])
+def test_a_cycle_is_refused_by_name(tmp_path, cycle, named):
+    """The tail's walk went round a cycle of dense layers forever, growing the tail (the import
+    never ended), and a cycle of Identities before the cut imported. Only the nodes on the cycle
+    are named, not those that wait on it."""
+    reads = "x2" if any(n.name == "waits" for n in cycle) else "x"
+    nodes = [*cycle, helper.make_node("Gemm", [reads, "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"), helper.make_node("Gemm", ["a", "w2"], ["y"])]
+    onnx.save(_model(nodes, [("w1", W1), ("w2", W2), ("wc", np.eye(12, dtype=np.float32))]), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match=rf"the graph 'g' has a cycle through {named}: an ONNX graph computes "
+                                              "each node once"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
