@@ -134,8 +134,8 @@ def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, 
     if together.shape[1:] != (features,):  # a cut whose size follows the input's free dims, at another size
         raise OnnxImportError(f"{where}: the backbone gives {int(np.prod(together.shape[1:]))} features per example "
                               f"for input shape {tuple(input_shape)}, but the layer after the cut takes {features}: "
-                              "the cut's size follows the input's free dimensions; give the input shape the model's "
-                              "dense layers were made for")
+                              "the file's weights do not fit its graph, or the cut's size follows the input's free "
+                              "dimensions (then give the input shape the model's dense layers were made for)")
     if source_batch <= 0:  # a free batch as exported: nothing was folded, and nothing rewritten
         return
     if unchanged is not None:

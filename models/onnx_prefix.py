@@ -5,6 +5,7 @@ dimension, its output the cut flattened to z (N, features), and checked to run o
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import onnx
@@ -25,7 +26,11 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
 
     model, g = _checked_source(spec)
     source_input = g.input.name
-    if spec.onnx_cut == source_input:
+    if spec.onnx_cut == source_input:  # no backbone: the tail reads the input as it is
+        if math.prod(spec.input_shape) != spec.onnx_features:  # a weight of 5 rows on 4 input features once built
+            raise OnnxImportError(f"{spec.onnx}: the input {source_input!r} gives {math.prod(spec.input_shape)} "
+                                  f"features per example {tuple(spec.input_shape)}, but the first layer takes "
+                                  f"{spec.onnx_features}: the file's weights do not fit its graph")
         return None
     check_backbone_finite(model, spec.onnx_cut, spec.onnx)  # a spec file's cut, not only import_spec's
     source_batch = 0

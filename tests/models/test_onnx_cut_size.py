@@ -54,3 +54,38 @@ def test_at_another_length_the_build_refuses_it_by_name(tmp_path, options):
                                               "but the layer after the cut takes 16"):
         build_artifacts(spec, tmp_path / "art", ort_training=False)
     assert not (tmp_path / "art" / "manifest.json").exists()
+
+
+def _mlp(path, w1_rows: int, w2_rows: int) -> None:
+    """x (N, 4) -> MatMul (w1_rows -> 3) -> Relu -> MatMul (w2_rows -> 3) -> Softmax."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "w2"], ["logits"], name="fc2"),
+             helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1)]
+    inits = {"w1": RNG.normal(size=(w1_rows, 3)).astype(np.float32),
+             "w2": RNG.normal(size=(w2_rows, 3)).astype(np.float32)}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+@pytest.mark.parametrize("options", [{}, {"num_classes": 4}])
+def test_a_first_layer_of_other_width_than_the_input_is_refused_at_the_build(tmp_path, options):
+    """A 5-row weight on a 4-feature input (no backbone): the whole-model check was skipped (ONNX
+    Runtime cannot run the source), and the build wrote artifacts no device could train."""
+    _mlp(tmp_path / "m.onnx", 5, 3)
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), **options))
+    with pytest.raises(OnnxImportError, match=r"the input 'x' gives 4 features per example \(4,\), but the first "
+                                              "layer takes 5: the file's weights do not fit its graph"):
+        build_artifacts(spec, tmp_path / "art", ort_training=False)
+    assert not (tmp_path / "art" / "manifest.json").exists()
+
+
+def test_a_hidden_layer_of_other_width_is_refused_at_the_build(tmp_path):
+    """The tail refuses fc2 after fc1 (3 outputs, 5 inputs), so the cut moves after fc1: the
+    backbone's width check names it."""
+    _mlp(tmp_path / "m.onnx", 4, 5)
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    with pytest.raises(OnnxImportError, match=r"the backbone gives 3 features per example for input shape \(4,\), "
+                                              "but the layer after the cut takes 5: the file's weights do not fit"):
+        build_artifacts(spec, tmp_path / "art", ort_training=False)
