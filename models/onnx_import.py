@@ -226,8 +226,11 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation
     if found is not None and not (found.name == "sigmoid" and w.shape[1] == 1):
         activation, slope, (out, _) = found.name, found.negative_slope, g.follow(found.output)
-    return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
-                      activation, slope)
+    try:
+        return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
+                          activation, slope)
+    except OnnxImportError as exc:  # its NaN/Inf refusal knows the node, not the file
+        raise OnnxImportError(f"{g.where}: {exc}") from None
 
 
 def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:

@@ -71,3 +71,11 @@ def test_a_nan_or_inf_number_before_the_cut_is_refused_by_name(tmp_path, case, r
     onnx.save(_model(first, act), tmp_path / "m.onnx")
     with pytest.raises(OnnxImportError, match=refused):
         import_spec(ImportOptions(str(tmp_path / "m.onnx"), cut="a"))
+
+
+def test_a_tail_layers_inf_bias_is_named_with_its_file(tmp_path):
+    """With the cut given, the tail layer's own refusal is the error: it named the node, not the file."""
+    onnx.save(_model(_constant_bias([*B1[:5].tolist(), np.inf])), tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError) as raised:
+        import_spec(ImportOptions(str(tmp_path / "m.onnx"), cut="x"))
+    assert str(raised.value).startswith(f"{tmp_path / 'm.onnx'}: fc1: its bias holds 1 NaN or Inf value(s)")
