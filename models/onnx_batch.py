@@ -103,8 +103,9 @@ def _reason(exc: Exception, limit: int = 400) -> str:
 
 
 def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, input_shape: tuple[int, ...],
-                    source_batch: int, where: str) -> None:
-    """Run the prefix (x -> z) as the module docstring says; OnnxImportError when it fails.
+                    source_batch: int, where: str, features: int) -> None:
+    """Run the prefix (x -> z) as the module docstring says; OnnxImportError when it fails, or
+    when z is not `features` wide (the spec's onnx_features, what the tail or new head takes).
     `unchanged`: the prefix before free_fixed_batch rewrote it, or None when it did not."""
     import onnxruntime as ort  # the build's environment has it; devices only ever run the prefix
 
@@ -130,6 +131,11 @@ def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, 
     if together.shape[0] != len(x):
         raise OnnxImportError(f"{where}: the backbone gave {together.shape[0]} row(s) of output for 3 examples in"
                               f"{_advice(prefix, source_batch)}")
+    if together.shape[1:] != (features,):  # a cut whose size follows the input's free dims, at another size
+        raise OnnxImportError(f"{where}: the backbone gives {int(np.prod(together.shape[1:]))} features per example "
+                              f"for input shape {tuple(input_shape)}, but the layer after the cut takes {features}: "
+                              "the file's weights do not fit its graph, or the cut's size follows the input's free "
+                              "dimensions (then give the input shape the model's dense layers were made for)")
     if source_batch <= 0:  # a free batch as exported: nothing was folded, and nothing rewritten
         return
     if unchanged is not None:

@@ -12,7 +12,7 @@ convention y = x @ W + b with W (in, out): Gemm's transB and alpha/beta are fold
 a BatchNormalization after a layer (onnx_fold.py) and a Mul or Div by one stored number after it
 (a classifier's temperature, logits / T).
 
-The backbone is cut out with onnx.utils.Extractor (which runs shape inference), its input is
+The backbone is cut out as onnx.utils.Extractor would (onnx_extract.py), its input is
 renamed x and given a free batch dimension, and its output is the cut flattened to z (N, d).
 It keeps the source's opset and ops: Conv, BatchNormalization, attention, whatever ONNX Runtime
 runs, since devices only ever run it forward.
@@ -177,6 +177,16 @@ class _Graph:
         return np.asarray(self.consts[name], np.float32)
 
 
+def _bias(g: _Graph, node: onnx.NodeProto, value: np.ndarray, units: int) -> np.ndarray:
+    """A stored bias as (units,). ONNX broadcasts as numpy does: (units,), (1, units) or one number
+    (a scalar bias once moved the cut); Gemm's C of (units, 1) or (batch, units) was a ValueError."""
+    try:
+        return np.broadcast_to(value, (1, units)).reshape(-1)
+    except ValueError:
+        raise OnnxImportError(f"{g.where}: {_node_label(node)}: bias of shape {value.shape} for {units} outputs; a "
+                              "dense layer has one bias per output") from None
+
+
 def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     """The dense layer that starts at `node` (which consumes x), with its bias and activation."""
     label = _node_label(node)
@@ -192,7 +202,7 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
             raise OnnxImportError(f"{g.where}: {label}: transA=1 (a transposed input) is not supported")
         w = (w.T if attrs.get("transB", 0) else w) * np.float32(attrs.get("alpha", 1.0))
         c = g.const(node.input[2], node, "bias") if len(node.input) > 2 and node.input[2] else np.zeros(1, np.float32)
-        b = np.broadcast_to(c * np.float32(attrs.get("beta", 1.0)), (1, w.shape[1])).reshape(-1)
+        b = _bias(g, node, c * np.float32(attrs.get("beta", 1.0)), w.shape[1])
     else:
         b = np.zeros(w.shape[1], np.float32)
         out, users = g.follow(out)
@@ -200,12 +210,7 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
             add = users[0]
             other = [n for n in add.input if n != out]
             if len(other) == 1 and other[0] in g.consts:
-                bias = g.consts[other[0]].astype(np.float32)
-                try:  # ONNX broadcasts as numpy does: (out,), (1, out) or one number (a scalar bias once moved the cut)
-                    b, out = np.broadcast_to(bias, (1, w.shape[1])).reshape(-1), add.output[0]
-                except ValueError:
-                    raise OnnxImportError(f"{g.where}: {_node_label(add)}: bias of shape {bias.shape} "
-                                          f"for {w.shape[1]} outputs") from None
+                b, out = _bias(g, add, g.consts[other[0]].astype(np.float32), w.shape[1]), add.output[0]
     out, users = g.follow(out)
     if len(users) == 1 and (folded := fold_batchnorm(g.consts, users[0], w.shape[1], w, b)) is not None:
         (w, b), (out, users) = folded, g.follow(users[0].output[0])  # Linear + BatchNorm1d: one dense layer
@@ -221,8 +226,11 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation
     if found is not None and not (found.name == "sigmoid" and w.shape[1] == 1):
         activation, slope, (out, _) = found.name, found.negative_slope, g.follow(found.output)
-    return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
-                      activation, slope)
+    try:
+        return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
+                          activation, slope)
+    except OnnxImportError as exc:  # its NaN/Inf refusal knows the node, not the file
+        raise OnnxImportError(f"{g.where}: {exc}") from None
 
 
 def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:

@@ -1,16 +1,20 @@
 """The frozen backbone of an imported model: the source graph up to the cut (onnx_import.py),
-cut out with onnx.utils.Extractor, its input renamed x with a free batch dimension, its output
-the cut flattened to z (N, features), and checked to run on any batch (onnx_batch.py)."""
+cut out as onnx.utils.Extractor does (onnx_extract.py), its input renamed x with a free batch
+dimension, its output the cut flattened to z (N, features), and checked to run on any batch
+(onnx_batch.py)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper
 
 from .onnx_batch import check_any_batch, free_fixed_batch
+from .onnx_extract import extract
 from .onnx_finite import check_backbone_finite
+from .onnx_scope import rename_everywhere
 from .onnx_source import OnnxImportError
 from .spec import ModelSpec
 
@@ -22,7 +26,11 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
 
     model, g = _checked_source(spec)
     source_input = g.input.name
-    if spec.onnx_cut == source_input:
+    if spec.onnx_cut == source_input:  # no backbone: the tail reads the input as it is
+        if math.prod(spec.input_shape) != spec.onnx_features:  # a weight of 5 rows on 4 input features once built
+            raise OnnxImportError(f"{spec.onnx}: the input {source_input!r} gives {math.prod(spec.input_shape)} "
+                                  f"features per example {tuple(spec.input_shape)}, but the first layer takes "
+                                  f"{spec.onnx_features}: the file's weights do not fit its graph")
         return None
     check_backbone_finite(model, spec.onnx_cut, spec.onnx)  # a spec file's cut, not only import_spec's
     source_batch = 0
@@ -35,19 +43,14 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
             for d, size in zip(dims[1:], spec.input_shape):
                 d.Clear()
                 d.dim_value = size
-    del model.graph.value_info[:]  # inferred for the source's fixed batch; Extractor infers again
-    # Extractor needs the cut's type; shape inference cannot always follow a computed Reshape.
+    del model.graph.value_info[:]  # inferred for the source's fixed batch; extract infers again
+    # extract needs the cut's type; shape inference cannot always follow a computed Reshape.
     model.graph.value_info.append(helper.make_tensor_value_info(spec.onnx_cut, TensorProto.FLOAT, None))
-    prefix = onnx.utils.Extractor(model).extract_model([source_input], [spec.onnx_cut])
+    prefix = extract(model, source_input, spec.onnx_cut)
     graph = prefix.graph
     # x and z are the backbone's interface: a source tensor of either name moves aside.
     rename = {"x": "x__source", "z": "z__source", source_input: "x"}
-    for node in graph.node:
-        node.input[:] = [rename.get(n, n) for n in node.input]
-        node.output[:] = [rename.get(n, n) for n in node.output]
-    for init in graph.initializer:
-        init.name = rename.get(init.name, init.name)
-    graph.input[0].name = "x"
+    rename_everywhere(graph, rename)  # in If/Loop/Scan bodies too, which may read these by their outer names
     cut = rename.get(spec.onnx_cut, spec.onnx_cut)
     graph.node.append(helper.make_node("Flatten", [cut], ["z"], name="fedge_cut", axis=1))
     del graph.output[:]
@@ -64,5 +67,6 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
         unchanged = onnx.ModelProto()
         unchanged.CopyFrom(prefix)
     changed = free_fixed_batch(prefix, source_batch)
-    check_any_batch(prefix, unchanged if changed else None, tuple(spec.input_shape), source_batch, spec.onnx)
+    check_any_batch(prefix, unchanged if changed else None, tuple(spec.input_shape), source_batch, spec.onnx,
+                    spec.onnx_features)
     return prefix

@@ -28,6 +28,8 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the ONNX model ({exc.strerror})") from None
+    except ValueError:  # a NUL byte in a spec file's `onnx` path
+        raise ConfigError(f"{str(path)!r}: cannot read the ONNX model (a NUL byte in its path)") from None
     digest = hashlib.sha256(data)
     try:
         model = onnx.load_from_string(data)
@@ -49,8 +51,32 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
         tensor.raw_data = files[location][offset:offset + length]
         tensor.data_location = TensorProto.DEFAULT
         del tensor.external_data[:]
+    from .onnx_attrs import refuse_mistyped  # these import this module's error
+    from .onnx_scope import refuse_cycles, refuse_rewritten
+    from .onnx_sparse import densify
+
+    densify(model.graph, path)
+    _refuse_unreadable(model, path)
+    refuse_rewritten(model.graph, path)
+    refuse_cycles(model.graph, path)
+    refuse_mistyped(model, path)
     _refuse_training_mode(model.graph, path)
     return model, digest.hexdigest()
+
+
+def _refuse_unreadable(model: onnx.ModelProto, where: Path) -> None:
+    """OnnxImportError naming a stored tensor whose data does not fill its shape (raw_data cut
+    short, negative dims) or whose type onnx does not know: numpy's ValueError or a KeyError, a
+    traceback, once the importer read it."""
+    for tensor in (*_tensors(model.graph), *_node_tensors(n for f in model.functions for n in f.node)):
+        try:
+            if any(d < 0 for d in tensor.dims):  # numpy reads a -1 as "whatever fits"
+                raise ValueError("a negative dimension")
+            numpy_helper.to_array(tensor)
+        except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, TypeError: whatever a broken tensor gives
+            raise OnnxImportError(f"{where}: stored tensor {tensor.name!r} of shape {tuple(tensor.dims)} (data type "
+                                  f"{tensor.data_type}) cannot be read: {type(exc).__name__}: {exc}; the file is "
+                                  "broken") from None
 
 
 def _refuse_training_mode(graph: onnx.GraphProto, where: Path) -> None:
@@ -83,14 +109,23 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
         yield from attr.graphs
 
 
+CONSTANT_NUMBERS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                    "value_ints": np.int64}  # a Constant's other forms of a number or a list of them
+
+
 def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
-    """The graph's stored values by tensor name: initializers, Constant nodes' `value`, and a
+    """The graph's stored values by tensor name: initializers, Constant nodes' `value` (or
+    value_float(s), value_int(s)), and a
     stored matrix's Transpose (torch without constant folding writes `x @ w.t()` as
     MatMul(x, Transpose(w)); that weight was once refused as computed)."""
     out = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             out[node.output[0]] = node.attribute[0].t
+        elif node.op_type == "Constant" and node.attribute and node.attribute[0].name in CONSTANT_NUMBERS:
+            # value_floats=[nan, ...] or value_float=inf: a weight the NaN/Inf check once never saw
+            value = np.asarray(helper.get_attribute_value(node.attribute[0]), CONSTANT_NUMBERS[node.attribute[0].name])
+            out[node.output[0]] = numpy_helper.from_array(value, node.output[0])
         elif node.op_type == "Transpose" and node.input[0] in out and len(out[node.input[0]].dims) == 2:
             perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
             value = numpy_helper.to_array(out[node.input[0]])
@@ -99,13 +134,25 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    """Every stored tensor of a graph: initializers and tensor attributes, in subgraphs too."""
+    """Every stored tensor of a graph: initializers (sparse ones' values and indices too) and
+    tensor attributes, in subgraphs too."""
     yield from graph.initializer
-    for node in graph.node:
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes) -> Iterator[TensorProto]:
+    """The tensors nodes hold in attributes, whatever type the attribute claims: a Constant's
+    `value` typed FLOAT but holding a tensor whose data was external went unresolved, and onnx's
+    to_array read it from the working directory, not the model's folder."""
+    for node in nodes:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
+            if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            for sparse in (*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
         for sub in subgraphs(node):
             yield from _tensors(sub)
 
@@ -115,15 +162,22 @@ def _external_data(model: onnx.ModelProto, path: Path) -> tuple[dict[str, bytes]
     the model's folder (or below it) that holds every byte its tensors need; and for each such
     tensor, (tensor, location, offset, length)."""
     files, pending = {}, []
-    for tensor in _tensors(model.graph):
+    for tensor in (*_tensors(model.graph), *_node_tensors(n for f in model.functions for n in f.node)):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         where = f"{path}: tensor {tensor.name!r} keeps its data in {location!r}"
-        file = (path.parent / location).resolve()
+        try:
+            file = (path.parent / location).resolve()
+            special = file.exists() and not file.is_file()  # a FIFO blocked the read forever
+        except (ValueError, OSError, RuntimeError):  # a NUL byte, a name too long, a symlink loop (RuntimeError)
+            raise OnnxImportError(f"{where}, which is no path fedge can follow (a NUL byte in it, a name too long "
+                                  "or a symlink loop)") from None
         if not location or path.parent.resolve() not in file.parents:
             raise OnnxImportError(f"{where}, which is not a file in the model's folder")
+        if special:
+            raise OnnxImportError(f"{where}, which is not a regular file")
         if location not in files:
             try:
                 files[location] = file.read_bytes()
