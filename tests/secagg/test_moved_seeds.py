@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import pytest
 
+from fedge.coordinator.secagg.round_state import SecAggRound
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph, threshold_for
+from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
-from fedge.edge_runtime.kernel.secagg.recovery import LIARS, Unexplained
+from fedge.edge_runtime.kernel.secagg.recovery import LIARS, ImplausibleSum, Unexplained
 
-from .driver import run
+from .driver import MODEL, run
 from .test_decoded_liars import BITS, LENGTH, _shifted
 from .test_protocol import _inputs, _plain
 
@@ -59,3 +61,33 @@ def test_where_h_minus_t_is_two_a_moved_seed_abandons_the_round_and_names_no_one
             left_out=left_out, dealers=dealers)
     assert not left_out and not dealers
 
+
+def _coordinator(values, k, t, view, answers) -> SecAggRound:
+    """The coordinator's round state holding what driver.run's coordinator saw (nothing dropped)."""
+    n = len(values)
+    state = SecAggRound(7, SecAggSpec(bits=BITS, field_bits=field_bits(BITS, n)), MODEL, 1, {"w": (LENGTH,)},
+                        graph_for=None)
+    state.cohort, state.k, state.t = tuple(sorted(values)), k, t
+    state.alive, state.masked, state.answers = tuple(view.masked), dict(view.masked), answers
+    return state
+
+
+def test_where_every_share_may_be_moved_the_garbage_sum_is_refused_by_name():
+    """Five devices (k = 4, t = 3): an owner has h = t + 1 = 4 holders, two colluding, so the moved
+    polynomial passes every share there is and no share check can tell. The sum came out off by
+    a uniform field vector and the coordinator decoded and committed it (finite, so the model
+    guard let it through). Now a coordinate above 5 * (2^b - 2), the most five inputs add up to,
+    abandons the round by name (ImplausibleSum, an Unexplained: counted, no one named). The honest
+    round with every input at the top code on one coordinate is that bound exactly and passes."""
+    values, t, colluders, owner, through = _attack(5, 4, skip=0)
+    top = 2**BITS - 2
+    for v in values.values():
+        v[0] = top
+    total, survivors, view = run(values, field_bits(BITS, 5), 4, t)
+    honest = _coordinator(values, 4, t, view, view.answers).unmasked_sum()[0]
+    assert (honest == total).all() and total[0] == 5 * top
+    lie = _shifted(sorted(values), colluders, owner, through)
+    state = _coordinator(values, 4, t, view, lie(view.answers))
+    with pytest.raises(ImplausibleSum, match="coordinates of the unmasked sum exceed 1270.*no one is named"):
+        state.unmasked_sum()
+    assert not state.left_out and not state.blamed

@@ -9,7 +9,8 @@ of them among the first t + 1 passed the check, the moved seed was used, and the
 off by PRG(b) - PRG(b'): uniform, not chosen (they know b' - b, not b), yet decoded and
 committed. Another polynomial passes at most t - 1 honest shares, so t + LIARS on one take
 LIARS + 1 liars. Where an owner has fewer holders (h - t < LIARS: k = 4, or dropouts) LIARS
-colluders can move its seed through every share there is, and no share check can tell.
+colluders can move its seed through every share there is, and only the sum can show it: the
+coordinator refuses one the survivors' inputs cannot add up to (shared_encoding.implausible).
 When a check fails, wrong_holders looks for the one holder whose shares explain every failure: its
 answer is left out and the sum unmasked again from the others' shares; if no single holder
 explains them, decoded_liars looks for several (below); if they do not either, the round cannot
@@ -93,6 +94,12 @@ class WrongShares(UnmaskFailed):
 class Unexplained(UnmaskFailed):
     """Wrong shares that no single holder, no decoding and no dealer explains: the round cannot
     be unmasked and no one is named (colluding holders can stall rounds so; metrics count it)."""
+
+
+class ImplausibleSum(Unexplained):
+    """An unmasked sum that the survivors' inputs cannot add up to (shared_encoding.implausible):
+    a self seed moved where too few shares could show it (module docstring), or a device that
+    masked values off the shared encoding. The round is abandoned and no one is named."""
 
 
 def gather_shares(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: tuple[str, ...], threshold: int,
