@@ -34,10 +34,10 @@ from fedge.edge_runtime.kernel.secagg.messages import (
     sealed_share_bytes,
 )
 from fedge.edge_runtime.kernel.secagg.packing import unpack
-from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
+from fedge.edge_runtime.kernel.secagg.recovery import ImplausibleSum, unmask_answers
 from fedge.edge_runtime.kernel.secagg.session import BAD_KEY
 from fedge.edge_runtime.kernel.secagg.shamir import value_bytes, value_in_field
-from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_count, decode_mean, sent_size
+from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_count, decode_mean, implausible, sent_size
 
 from .stages import ADVERTISE, MASK, SHARE, UNMASK
 
@@ -178,7 +178,9 @@ class SecAggRound:
         honest one, and the round is abandoned with no one named. A holder whose unmask answer
         recovery.py leaves out (`left_out`: the one wrong holder's, or the shares off the decoded
         polynomials of several: recovery.decoded_liars) is named but not sidelined: a dealer that
-        dealt it a wrong share looks the same, and the sum is right without its shares."""
+        dealt it a wrong share looks the same, and the sum is right without its shares. A sum the
+        survivors' inputs cannot add up to (a self seed colluders moved where no share check can
+        tell: recovery.py) raises ImplausibleSum, an Unexplained: abandoned, no one named."""
         reporters: dict[str, int] = {}
         for s in self.alive:
             for sender in self.unheld.get(s, ()):
@@ -195,6 +197,9 @@ class SecAggRound:
                                workers=os.cpu_count() or 1,
                                mask_publics={g: self.adverts[g].mask_public for g in self.dropped},
                                left_out=self.left_out, dealers=self.blamed)
+        why = implausible(total, len(self.alive), self.spec)
+        if why is not None:
+            raise ImplausibleSum(f"{why}; no one is named")
         return total, len(self.alive)
 
     def mean_delta(self) -> tuple[dict[str, np.ndarray], int, float | None]:

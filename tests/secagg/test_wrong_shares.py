@@ -70,5 +70,11 @@ def test_colluders_cannot_have_an_honest_holder_named():
     holders_of = {"o1": ("A", "H", "x", "y", "z"), "o2": ("B", "H", "z", "w", "x")}
     answers = _answers(cohort, holders_of, wrong={("A", "o1"), ("B", "o2")})
     assert wrong_holders(answers, cohort, T, ("o1", "o2"), (), 1, None) == set()
+    # A alone wrong: leaving it out leaves t + 1 of o1 on one polynomial, which two colluders (x
+    # and y, moving it through H and z) could have put there with A honest: still no evidence
+    answers = _answers(cohort, holders_of, wrong={("A", "o1")})
+    assert wrong_holders(answers, cohort, T, ("o1", "o2"), (), 1, None) == set()
+    # t + LIARS on one polynomial are evidence: another passes t - 1 honest shares at most, so LIARS + 1 would be lies
+    holders_of["o1"] += ("w",)
     answers = _answers(cohort, holders_of, wrong={("A", "o1")})
     assert wrong_holders(answers, cohort, T, ("o1", "o2"), (), 1, None) == {"A"}

@@ -1,14 +1,27 @@
 """The coordinator's side of the unmask stage: secrets back from the survivors' shares.
 
 A holder may answer with wrong share values (any field element passes the message's checks).
-Each secret is rebuilt from t shares and checked with one more where there is one (shamir's
-InconsistentShares), and a dropped device's mask key against the key it advertised. When a
-check fails, wrong_holders looks for the one holder whose shares explain every failure: its
+Each secret is rebuilt from t shares and checked with LIARS (2, below) more where there are
+that many (shamir's InconsistentShares), and a dropped device's mask key against the key it
+advertised. A self seed has no commitment: colluders can move its polynomial knowing only their
+own shares (adding one that vanishes at t - 1 honest holders' points). With one spare share two
+of them among the first t + 1 passed the check, the moved seed was used, and the sum came out
+off by PRG(b) - PRG(b'): uniform, not chosen (they know b' - b, not b), yet decoded and
+committed. Another polynomial passes at most t - 1 honest shares, so t + LIARS on one take
+LIARS + 1 liars. Where an owner has fewer holders (h - t < LIARS: k = 4, or dropouts) LIARS
+colluders can move its seed through every share there is, and only the sum can show it: the
+coordinator refuses one the survivors' inputs cannot add up to (shared_encoding.implausible).
+When a check fails, wrong_holders looks for the one holder whose shares explain every failure: its
 answer is left out and the sum unmasked again from the others' shares; if no single holder
 explains them, decoded_liars looks for several (below); if they do not either, the round cannot
-be unmasked (UnmaskFailed), rather than commit a wrong sum. A holder so named either answered
-wrong or was dealt wrong shares by the owner: the shares alone cannot tell which, so it is
-named, not punished (coordinator/sidelined.py).
+be unmasked (UnmaskFailed), rather than commit a wrong sum. A failing self seed counts as
+verified without the holder only from t + LIARS shares on one polynomial: from t + 1 (h - t =
+2: k = 5 or 6, or larger cohorts with dropouts) two colluders moving it through t - 1 honest
+shares had the honest holder left off it named and the moved seed used. So one holder is not
+named for a self seed where h - t <= LIARS (a dropped device's mask key still shows one), and such a
+round is abandoned with no one named.
+A holder so named either answered wrong or was dealt wrong shares by the owner: the shares
+alone cannot tell which, so it is named, not punished (coordinator/sidelined.py).
 
 Several lying holders: decoded_liars decodes each failing secret's h shares (decode.py,
 Reed-Solomon decoding: the one polynomial of degree < t that all but e = (h - t) // 2 of them
@@ -83,6 +96,12 @@ class Unexplained(UnmaskFailed):
     be unmasked and no one is named (colluding holders can stall rounds so; metrics count it)."""
 
 
+class ImplausibleSum(Unexplained):
+    """An unmasked sum that the survivors' inputs cannot add up to (shared_encoding.implausible):
+    a self seed moved where too few shares could show it (module docstring), or a device that
+    masked values off the shared encoding. The round is abandoned and no one is named."""
+
+
 def gather_shares(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: tuple[str, ...], threshold: int,
                   alive: tuple[str, ...], dropped: tuple[str, ...], spare: int = 1) -> dict[str, tuple[str, tuple]]:
     """owner -> (kind, `threshold` + `spare` of its shares as (x, y) pairs, fewer where fewer
@@ -133,7 +152,7 @@ def recover_secrets(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort
                     packing: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """(self seeds of the alive, mask private keys of the dropped) from the unmask answers."""
     seeds, keys = {}, {}
-    for owner, (kind, shares) in gather_shares(answers, cohort, threshold, alive, dropped).items():
+    for owner, (kind, shares) in gather_shares(answers, cohort, threshold, alive, dropped, spare=LIARS).items():
         (seeds if kind == "self" else keys)[owner] = secret_from(threshold, kind, owner, shares, packing=packing)
     return seeds, keys
 
@@ -145,7 +164,8 @@ def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tu
                    left_out: set[str] | None = None, dealers: set[str] | None = None) -> np.ndarray:
     """recover_secrets then masking.unmask, with each secret reconstructed in the worker that
     expands its masks (a thousand reconstructions from t = 113 packed shares are about 1 s of
-    one core at n = 1,000: 1.0 ms each, measured). mask_publics: as secret_from. When some
+    one core at n = 1,000: 1.0 ms each, measured), and checked with LIARS spare shares where
+    there are that many (module docstring). mask_publics: as secret_from. When some
     holder's shares are wrong and one holder explains it (module docstring), its answer is left
     out, its id added to `left_out`, and the sum unmasked from the others'. When none does and
     decoded_liars finds the wrong shares, they are left out, their holders added to `left_out`.
@@ -188,7 +208,7 @@ def _without_wrong(why: str, answers, cohort, threshold: int, alive, dropped, pa
 
 def wrong_holders(answers, cohort, threshold: int, alive, dropped, packing: int, mask_publics) -> set[str]:
     """The holders each of whose leaving out makes every failing secret pass: none of them fails
-    its checks any more, and at least one is verified (below): the one holder whose shares are
+    its checks any more, and at least one is verified (_verdict): the one holder whose shares are
     wrong (its answer, or what the owner dealt it), when one is and the surplus shares tell which
     (a set of more than one means they do not; empty: no failure, or none explains them all).
     Costs one reconstruction per secret, and one per suspect and failing secret: suspects are
@@ -303,13 +323,15 @@ def _decode_seed(threshold: int, shares, packing: int) -> tuple[bytes, int, set[
 
 
 def _verdict(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> str:
-    """"verified" when the shares give the owner's secret and something checks it (more than t
-    shares, or the advertised key of a mask secret); "unchecked" for exactly t shares of a
-    self-mask seed, which give some seed whatever they hold (no evidence: were it counted as
-    such, colluding holders could have an honest holder named); else "fails"."""
-    if kind == "self" and len(shares) == threshold:
-        return "unchecked"
-    return "verified" if _rebuilds(threshold, kind, owner, shares, packing, mask_publics) else "fails"
+    """"verified" when the shares give the owner's secret and something checks it (t + LIARS
+    shares or more on one polynomial, or the advertised key of a mask secret); "unchecked" for
+    fewer shares of a self-mask seed that lie on one polynomial: LIARS colluders can move it
+    through every honest one there (no evidence: were it counted as such, they could have an
+    honest holder named and a wrong seed used); else "fails"."""
+    rebuilds = _rebuilds(threshold, kind, owner, shares, packing, mask_publics)
+    if kind == "self" and len(shares) < threshold + LIARS:
+        return "unchecked" if rebuilds else "fails"
+    return "verified" if rebuilds else "fails"
 
 
 def _rebuilds(threshold: int, kind: str, owner: str, shares, packing: int, mask_publics) -> bool:
@@ -322,7 +344,7 @@ def _rebuilds(threshold: int, kind: str, owner: str, shares, packing: int, mask_
 
 def _unmask_once(masked_sum, answers, cohort, threshold, alive, dropped, dropped_peers, round_id, field_bits, packing,
                  workers, mask_publics) -> np.ndarray:
-    gathered = gather_shares(answers, cohort, threshold, alive, dropped)
+    gathered = gather_shares(answers, cohort, threshold, alive, dropped, spare=LIARS)
     seeds = {o: shares for o, (kind, shares) in gathered.items() if kind == "self"}
     keys = {o: shares for o, (kind, shares) in gathered.items() if kind == "mask"}
     return unmask(masked_sum, seeds, keys, dropped_peers, round_id, field_bits, workers,

@@ -78,3 +78,22 @@ def decode_mean(total: np.ndarray, count: int, dimension: int, spec: SecAggSpec)
     else:
         out[idx] = quantize.decode(total, count, spec.rotation_seed, spec.clip_range, spec.bits) / count
     return out
+
+
+def implausible(total: np.ndarray, count: int, spec: SecAggSpec) -> str | None:
+    """Why `total` cannot be the field sum of `count` devices' offset codes, or None: a
+    coordinate above count * (2^b - 2), the most they sum to (quantize: v in [0, 2^b - 2]; the
+    field is sized for every device asked, so an honest sum never wraps). A sum unmasked with a
+    wrong self seed (recovery.py) is off by a uniform field vector, so each coordinate is over
+    with probability 1 - count * (2^b - 2) / 2^m (2% to 38% at n = 5 to 1,000, b = 16), but only
+    2^(1 - b) when count = n is a power of two (3e-5 at b = 16), so none of d coordinates is
+    over with probability (1 - that)^d (0.05 at d = 10^5 there). Under distributed DP any field
+    element is a possible sum (the noise wraps mod 2^m): None."""
+    if spec.distributed_dp:
+        return None
+    most = count * 2 * quantize.levels(spec.bits)
+    over = int(np.count_nonzero(np.asarray(total, dtype=np.int64) > most))
+    if not over:
+        return None
+    return (f"{over} of {np.asarray(total).size} coordinates of the unmasked sum exceed {most}, the most {count} "
+            f"devices' {spec.bits}-bit codes add up to: a wrong self seed, or inputs off the shared encoding")
