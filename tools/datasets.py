@@ -34,6 +34,12 @@ log = logging.getLogger("fedge.datasets")
 # until a probe found digits halved (values 0..8, per-feature means up to 7) diverging unflagged;
 # at 4 the warning still leaves standardized data and [0, 1] pixels alone.
 FAR_FROM_UNIT = 4.0
+# ... and features that barely vary (the largest per-feature std below this) are as far from it the
+# other way: the default model's hidden layers have no trainable bias before the head, so its
+# logits move with the input's scale. Blobs scaled to a std of 1e-4 learnt nothing in 5 rounds
+# (the constant guess, with no load warning), 0.03 reached 0.57 and 0.1 0.91 where unit scale
+# reached 0.94 (a probe, 2026-12-06); [0, 1] pixels (std up to ~0.45) stay unflagged.
+BARELY_VARIES = 0.05
 
 # name -> (import name, file inside the package, pip name, pixel max, rows, image shape)
 _SHIPPED = {
@@ -317,9 +323,11 @@ def data_findings(data: FederatedDataset) -> list[str]:
     out = []
     x = np.concatenate([c.x_train for c in data.clients]).astype(np.float64)
     mean, std = np.abs(x.mean(axis=0)).max(), x.std(axis=0).max()
-    if max(mean, std) > FAR_FROM_UNIT:
+    if max(mean, std) > FAR_FROM_UNIT or std < BARELY_VARIES:
+        outcome = ("training will likely diverge" if max(mean, std) > FAR_FROM_UNIT else
+                   "they barely vary, so the model sees almost no signal and will likely learn little")
         out.append(f"features are far from standardized (per-feature |mean| up to {mean:.3g}, std up to {std:.3g}, "
-                   f"largest |value| {np.abs(x).max():.3g}); training will likely diverge. Standardize each "
+                   f"largest |value| {np.abs(x).max():.3g}); {outcome}. Standardize each "
                    f"feature: x = (x - mean) / std, with the training split's mean and std (`fedge simulate "
                    f"--standardize` does it on each device)")
     seen = set(np.concatenate([c.y_train for c in data.clients]).tolist())
