@@ -26,6 +26,7 @@ from fedge.edge_runtime.examples import check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
+from fedge.tools.npz_layout import LayoutCheck
 from fedge.tools.partition import partition as _partition
 
 log = logging.getLogger("fedge.datasets")
@@ -254,9 +255,10 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
-    in every file and split. Labels must be non-negative integers (integer-valued floats
-    are cast); num_classes is the largest label + 1 (at least 2). Test splits may be empty
-    (a simulation needs some to score on: model_choice.check_scorable), train splits may not.
+    in every file and split, and examples of several axes one layout (npz_layout). Labels
+    must be non-negative integers (integer-valued floats are cast); num_classes is the largest
+    label + 1 (at least 2). Test splits may be empty (a simulation needs some to score on:
+    model_choice.check_scorable), train splits may not.
     `standardize`: standardize_per_device before the findings are logged, so that they describe
     what the devices train on (they told a `--standardize` run to add the flag it had).
     """
@@ -266,7 +268,7 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
     files = sorted(root.glob("*.npz"))
     if not files:
         raise DatasetError(f"{root}: no .npz files; save one per client with x_train, y_train, x_test, y_test")
-    clients, width, max_label = [], None, 1
+    clients, width, max_label, layouts = [], None, 1, LayoutCheck()
     for file in files:
         try:  # the file's name is its device's id, and that names MQTT topics
             device_topic(file.stem, "checkin")
@@ -290,6 +292,8 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
                 f"{file}: {x_train.shape[1]} features per example but {first.name} has {width}; "
                 f"every client must have the same feature shape"
             )
+        for split in ("train", "test"):  # the same width, but also the same order of values
+            layouts.check(file, split, arrays[f"x_{split}"])
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
     data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
