@@ -26,6 +26,7 @@ from fedge.edge_runtime.examples import check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
+from fedge.tools.npz_layout import LayoutCheck
 from fedge.tools.partition import partition as _partition
 
 log = logging.getLogger("fedge.datasets")
@@ -34,6 +35,12 @@ log = logging.getLogger("fedge.datasets")
 # until a probe found digits halved (values 0..8, per-feature means up to 7) diverging unflagged;
 # at 4 the warning still leaves standardized data and [0, 1] pixels alone.
 FAR_FROM_UNIT = 4.0
+# ... and features that barely vary (the largest per-feature std below this) are as far from it the
+# other way: the default model's hidden layers have no trainable bias before the head, so its
+# logits move with the input's scale. Blobs scaled to a std of 1e-4 learnt nothing in 5 rounds
+# (the constant guess, with no load warning), 0.03 reached 0.57 and 0.1 0.91 where unit scale
+# reached 0.94 (a probe, 2026-12-06); [0, 1] pixels (std up to ~0.45) stay unflagged.
+BARELY_VARIES = 0.05
 
 # name -> (import name, file inside the package, pip name, pixel max, rows, image shape)
 _SHIPPED = {
@@ -248,9 +255,10 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
-    in every file and split. Labels must be non-negative integers (integer-valued floats
-    are cast); num_classes is the largest label + 1 (at least 2). Test splits may be empty
-    (a simulation needs some to score on: model_choice.check_scorable), train splits may not.
+    in every file and split, and examples of several axes one layout (npz_layout). Labels
+    must be non-negative integers (integer-valued floats are cast); num_classes is the largest
+    label + 1 (at least 2). Test splits may be empty (a simulation needs some to score on:
+    model_choice.check_scorable), train splits may not.
     `standardize`: standardize_per_device before the findings are logged, so that they describe
     what the devices train on (they told a `--standardize` run to add the flag it had).
     """
@@ -260,7 +268,7 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
     files = sorted(root.glob("*.npz"))
     if not files:
         raise DatasetError(f"{root}: no .npz files; save one per client with x_train, y_train, x_test, y_test")
-    clients, width, max_label = [], None, 1
+    clients, width, max_label, layouts = [], None, 1, LayoutCheck()
     for file in files:
         try:  # the file's name is its device's id, and that names MQTT topics
             device_topic(file.stem, "checkin")
@@ -284,6 +292,8 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
                 f"{file}: {x_train.shape[1]} features per example but {first.name} has {width}; "
                 f"every client must have the same feature shape"
             )
+        for split in ("train", "test"):  # the same width, but also the same order of values
+            layouts.check(file, split, arrays[f"x_{split}"])
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
     data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
@@ -317,9 +327,11 @@ def data_findings(data: FederatedDataset) -> list[str]:
     out = []
     x = np.concatenate([c.x_train for c in data.clients]).astype(np.float64)
     mean, std = np.abs(x.mean(axis=0)).max(), x.std(axis=0).max()
-    if max(mean, std) > FAR_FROM_UNIT:
+    if max(mean, std) > FAR_FROM_UNIT or std < BARELY_VARIES:
+        outcome = ("training will likely diverge" if max(mean, std) > FAR_FROM_UNIT else
+                   "they barely vary, so the model sees almost no signal and will likely learn little")
         out.append(f"features are far from standardized (per-feature |mean| up to {mean:.3g}, std up to {std:.3g}, "
-                   f"largest |value| {np.abs(x).max():.3g}); training will likely diverge. Standardize each "
+                   f"largest |value| {np.abs(x).max():.3g}); {outcome}. Standardize each "
                    f"feature: x = (x - mean) / std, with the training split's mean and std (`fedge simulate "
                    f"--standardize` does it on each device)")
     seen = set(np.concatenate([c.y_train for c in data.clients]).tolist())

@@ -1,0 +1,33 @@
+"""`fedge simulate --data` on features that barely vary: blobs scaled to a std of 1e-4 (a probe
+on data fedge was not tuned on, 2026-12-06) trained to the constant guess in every round with no
+load warning, where the same blobs at unit scale trained to 0.94; the only word came after the
+last round, and it suggested lowering --lr, which makes it worse."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedge.tools.datasets import BARELY_VARIES, build_federated, data_findings, load_npz_dir
+from tests.tools.test_run_outcome import _blobs
+
+
+def _scale_findings(data):
+    return [f for f in data_findings(data) if "far from standardized" in f]
+
+
+def test_features_that_barely_vary_are_named_on_load(tmp_path, caplog):
+    tiny = load_npz_dir(_blobs(tmp_path / "tiny", scale=1e-4))
+    (finding,) = _scale_findings(tiny)
+    assert "barely vary" in finding and "(x - mean) / std" in finding and "diverge" not in finding
+    assert "barely vary" in caplog.text  # logged as the folder loads, before any device trains
+    x = np.concatenate([c.x_train for c in tiny.clients]).astype(np.float64)
+    assert x.std(axis=0).max() < BARELY_VARIES  # oracle: numpy's own std of what the devices hold
+    # per-device standardization is the remedy the finding names, and it clears the finding
+    assert not _scale_findings(load_npz_dir(_blobs(tmp_path / "fixed", scale=1e-4), standardize=True))
+
+
+def test_unit_scale_and_pixels_in_0_1_are_not_flagged(tmp_path):
+    assert not _scale_findings(load_npz_dir(_blobs(tmp_path / "unit")))
+    # digits scaled to [0, 1], as shipped: many pixels are constant, the others vary
+    assert not _scale_findings(build_federated("digits", 4, "iid", seed=0))
+    assert "diverge" in _scale_findings(load_npz_dir(_blobs(tmp_path / "big", scale=4000.0)))[0]
