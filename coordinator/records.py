@@ -51,9 +51,10 @@ class RoundRecord:
     bytes_up_dense: int
     bytes_down: int
     seconds: float
-    # Example-weighted mean of the devices' reported training loss (Update.metrics["loss"]) over
-    # the round's accepted updates; None when none reported one. A round resumed after a
-    # restart counts only the updates accepted since (the store keeps no metrics).
+    # Mean of the devices' reported training loss (Update.metrics["loss"]) over the round's
+    # accepted updates, each with its update weight (weights.py: examples, or 1 each); None when
+    # none reported one. A round resumed after a restart counts only the updates accepted since
+    # (the store keeps no metrics).
     train_loss: float | None = None
 
 
@@ -142,9 +143,10 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
     params and SCAFFOLD correction encoded once, the model split into parts, a fresh aggregator
     (with a DP plan, the DP-FedAvg mean: coordinator/dp/round.py). `guard_loss`: the guard
     set's loss of the current model moved by a delta, for aggregators that screen (robust/screening.py)."""
+    # SCAFFOLD weighs every update 1 whatever `weighting` says (weights.py says why).
     ctx = RoundContext(machine.round_id, model_id, state.version, tasks, shapes, config.norm_bound,
                        strategy.uses_control, config.control_norm_bound, config.max_examples,
-                       config.weighting == "equal")
+                       config.weighting == "equal" or strategy.uses_control)
     plan = strategy.configure(state)
     correction = encode_dense(plan.correction) if plan.correction is not None else b""
     params = encode_dense(state.params)

@@ -13,6 +13,14 @@ check in (cheap, and unchecked) cannot move the cap by moving the median. The de
 changes no honest round), and bounds a liar to 100,000 / (100,000 + the honest examples)
 of a round instead of all of it; an operator who knows the fleet sets it near the largest
 honest device's count, or chooses equal weights where claims cannot be trusted at all.
+
+SCAFFOLD always weighs every update 1 (records.open_round), as the paper's server step does:
+its c is the plain mean of the devices' c_i, and the corrections c - c_i that every device
+trained with cancel in the mean of the deltas only under those same weights. Weighted by
+examples, the large devices' corrections outweighed the rest and left a drift of their own in
+every server step; from a pretrained start on Dirichlet 0.1 (heterogeneity benchmark, seed 1)
+it took the global model from 86% to chance by round 27, and the devices' divergence guard
+declined every task after that (benchmarks/results/2026-12-06-scaffold-pretrained/).
 """
 
 from __future__ import annotations

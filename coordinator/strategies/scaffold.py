@@ -14,14 +14,16 @@ Who computes what:
   in Update.control next to Δy_i = y_i - x (see edge_runtime/local_training.py for SGD with
   momentum, and for why AdamW is refused).
 * coordinator (`apply`, here):
-      x <- x + server_lr * mean_ex(Δy_i)        example-weighted, as FedAvg here (the paper
-                                                averages unweighted)
+      x <- x + server_lr * mean(Δy_i)          unweighted, as in the paper, whatever the
+                                                config's `weighting` (coordinator/weights.py)
       c <- c + (|S| / N) * mean(Δc_i)          unweighted, = c + (1/N) sum_{i in S} Δc_i
   with S the accepted updates and N the number of devices the coordinator knows (its
   registry, restored from the store after a restart). Devices that never trained hold
   c_i = 0, so this keeps c = (1/N) sum_i c_i, the invariant that makes the corrections
-  c - c_i average out over the population. N counts ineligible and offline devices too:
-  they hold a c_i all the same.
+  c - c_i average out over the population, and so in the plain mean of the deltas: weighted
+  by examples, they did not, and the large devices' corrections drove the global model off
+  (weights.py has the numbers). N counts ineligible and offline devices too: they hold a c_i
+  all the same.
 """
 
 from __future__ import annotations

@@ -26,11 +26,11 @@ from fedge.coordinator.validation import RoundContext, check_control, payload_di
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.clock import ManualClock
-from fedge.edge_runtime.kernel.compress import compress_update
+from fedge.edge_runtime.kernel.compress import compress_update, decompress_update
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper, Update, all_devices_topic
 from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
-from fedge.edge_runtime.kernel.update_codec import encode_dense, encode_tensors
+from fedge.edge_runtime.kernel.update_codec import decode_tensors, encode_dense, encode_tensors
 from fedge.edge_runtime.store import DeviceStore
 from tests.coordinator.fleet import Fleet, nan_payload
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
@@ -366,3 +366,37 @@ def test_fedavg_weighs_each_update_by_its_examples_on_an_unequal_fleet(model, tm
     assert len(accepted) == len(reported)
     assert len({u.num_examples for u in accepted}) > 1  # unequal, or the weights would not matter
     assert_params(c.state.params, fedavg_oracle(old, accepted))
+
+
+def test_scaffold_takes_the_plain_mean_of_the_deltas_on_an_unequal_fleet(model, tmp_path):
+    """SCAFFOLD's server step as the paper writes it, from the wire bytes of two rounds of real
+    devices holding 16 to 72 examples (weighting left at its default, "examples"):
+    x <- x + mean_i Δy_i and c <- c + (|S| / N) mean_i Δc_i, both plain means. The deltas were
+    weighted by examples once, while c stays the plain mean of the c_i: the corrections c - c_i
+    then no longer cancel in the server step, and a pretrained fleet on Dirichlet 0.1 collapsed."""
+    from tests.coordinator.fleet import assert_params, copy_params
+
+    cfg = CoordinatorConfig(strategy="scaffold", aggregator="mean", **{**E2E, "over_selection": 1.0})
+    assert cfg.weighting == "examples"
+    fleet = toy_fleet(model, tmp_path, cfg)
+    c = fleet.coordinator
+    for _ in range(2):  # the second round trains with c != 0
+        x, control = copy_params(c.state.params), copy_params(c.state.extra["control"])
+        assert c.begin_round()
+        fleet.drain()
+        record = c.tick()
+        assert record is not None and record.committed
+        accepted = [u for u in fleet.updates() if u.round_id == record.round_id]
+        assert len(accepted) == record.reports >= 2 and len({u.num_examples for u in accepted}) > 1
+        deltas = [decompress_update(decode_tensors(u.payload)) for u in accepted]
+        dcs = [decompress_update(decode_tensors(u.control)) for u in accepted]
+        assert_params(c.state.params, {k: x[k] + np.mean([d[k] for d in deltas], axis=0, dtype=np.float64)
+                                       for k in x})
+        share = len(accepted) / len(fleet.agents)
+        assert_params(c.state.extra["control"],
+                      {k: control[k] + share * np.mean([d[k] for d in dcs], axis=0, dtype=np.float64)
+                       for k in control})
+        fleet.clock.advance(c.config.pace_declined_s + c.config.pace_jitter_s)  # everyone checks in again
+        for agent in fleet.agents:
+            agent.tick()
+        fleet.drain()

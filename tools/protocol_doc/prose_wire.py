@@ -175,7 +175,7 @@ shapes, finite values, the L2 norm of the whole decoded delta against `norm_boun
 
 **num_examples** must be ≥ 1 (0 is refused as `malformed`; the wire range allows up to {MAX_EXAMPLES}). With
 the default `weighting = "examples"` an update weighs min(num_examples, `max_examples` =
-{CoordinatorConfig().max_examples}).
+{CoordinatorConfig().max_examples}); in a SCAFFOLD round every update weighs 1.
 
 Example: `encode_dense({{"w": [0.5, -0.25]}})`, one dense fp32 tensor named `w` of shape (2,):
 
