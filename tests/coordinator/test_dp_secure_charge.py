@@ -7,7 +7,7 @@ Oracle: the ledger's entries, and ε from dp-accounting called directly."""
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import replace
 
 import pytest
 
@@ -33,12 +33,13 @@ def model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
 
 
-def _fleet(model, tmp_path):
+def _fleet(model, tmp_path, **secure):
     """The target fits one round, not two: a restart that counted the open round's charge on top of
     the ledger holding it already would refuse to start (dp/budget.py, check_open)."""
-    private = dataclasses.replace(PRIVATE, target_epsilon=(_oracle(1) + _oracle(2)) / 2)
+    private = replace(PRIVATE, target_epsilon=(_oracle(1) + _oracle(2)) / 2)
     return make_fleet(model, tmp_path, sizes=SIZES, aggregator="mean", min_reports=3,
-                      store=RoundStore(tmp_path / "s.db"), **{**SETTINGS, "privacy": private})
+                      store=RoundStore(tmp_path / "s.db"), **{**SETTINGS, "privacy": private,
+                                                               "secure_aggregation": replace(SECURE, **secure)})
 
 
 def _oracle(rounds: int) -> float:
@@ -118,3 +119,15 @@ def test_a_secure_round_abandoned_before_any_unmask_answer_is_not_charged(model,
     assert not record.committed and (record.why.endswith("at the unmask stage") or "cannot resume" in record.why)
     assert c.store.privacy_ledger() == [] and c.privacy.spent() == 0.0
     assert RoundStore(tmp_path / "s.db").privacy_ledger() == []
+
+
+def test_a_secure_round_that_held_unmask_answers_and_missed_its_minimum_is_charged(model, tmp_path):
+    """unmask_min = 5 above t: three answers (enough for the sum) and two silent devices, abandoned at
+    the unmask deadline without the server computing the sum. It held what reveals it: charged."""
+    fleet = _fleet(model, tmp_path, unmask_min=5)
+    c = fleet.coordinator
+    silent = tuple(a.device_id for a in fleet.agents[:2])
+    record = _silent_from(fleet, drop=silent, drop_at_stage=UNMASK_STAGE)
+    assert not record.committed and record.why.endswith("at the unmask stage") and record.why.startswith("deadline")
+    assert c.shell.states[record.round_id].t <= 3  # the three answers could have unmasked it
+    _charged_once(c, tmp_path / "s.db")
