@@ -89,6 +89,12 @@ class MemoryStore:
         self._require_open(round_id)
         self._close(round_id, record, charge)
 
+    def charge_round(self, round_id: int, charge: dict) -> None:
+        self._require_open(round_id)
+        if round_id in self.ledger:
+            raise ValueError(f"round {round_id} is charged already")
+        self.ledger[round_id] = charge
+
     def privacy_ledger(self) -> list[dict]:
         return [self.ledger[r] for r in sorted(self.ledger)]
 
@@ -116,6 +122,8 @@ class MemoryStore:
 
     def _close(self, round_id: int, record: dict, charge: dict | None) -> None:
         if charge is not None:
+            if round_id in self.ledger:
+                raise ValueError(f"round {round_id} is charged already")
             self.ledger[round_id] = charge
         self.closed_keys.append({(e.device_id, round_id, e.update_id): e.digest for e in self.events
                                  if isinstance(e, StoredUpdate)})

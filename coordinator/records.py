@@ -88,7 +88,8 @@ class OpenRound:
     privacy: RoundPlan | None = None  # a DP round's plan (the aggregator is then a DpMean)
     # the tasks' CompressionSpec when not the config's (DP: clip_norm = the round's S; norm_bound: its clip bound)
     compression: object = None
-    released: bool = False  # a secure round under distributed DP unmasked its noised sum (secagg/shell.py)
+    # the charge is in the ledger already: a secure round's unmasking began (secagg/shell.py, _release)
+    charged: bool = False
 
     def charge(self) -> dict | None:
         """The privacy charge to commit with the round: its plan once the noised aggregate was
@@ -97,13 +98,14 @@ class OpenRound:
         NaN one refused, and an abandoned round shows), else None. A Poisson-sampled round is
         charged however it ends: whether it reaches its quorum depends on how many devices the
         draw included, which one device's presence changes. A restart replays the accepted
-        updates, so the rule holds for a resumed round, which the ledger's key charges once."""
+        updates, so the rule holds for a resumed round, which the ledger's key charges once. A
+        secure round is charged when its unmasking begins, before its close (`charged`: None here)."""
         # A sharded round's aggregator counts nothing until its seal; its machine's replies are the
         # updates the workers counted (as the leader polled them), which is what decided the round.
         counted = getattr(self.aggregator, "count", 0) > 0 or (
             self.privacy is not None and self.privacy.mechanism == "central" and bool(self.machine.reported))
-        released = self.privacy is not None and (self.released or getattr(self.aggregator, "released", False)
-                                                 or self.privacy.sampling == "poisson" or counted)
+        released = self.privacy is not None and not self.charged and (
+            getattr(self.aggregator, "released", False) or self.privacy.sampling == "poisson" or counted)
         return self.privacy.to_json() if released else None
 
     def add(self, update: Accepted) -> None:

@@ -45,7 +45,7 @@ class SyncShell:
         return rnd.aggregate_input(population)
 
 
-def make_shell(config: CoordinatorConfig, outbound: Outbound, shapes: dict[str, tuple[int, ...]]):
+def make_shell(config: CoordinatorConfig, outbound: Outbound, shapes: dict[str, tuple[int, ...]], store):
     if config.secure_aggregation.enabled:
-        return SecAggShell(config, outbound, shapes)
+        return SecAggShell(config, outbound, shapes, store)
     return SyncShell(config, outbound)

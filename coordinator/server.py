@@ -120,7 +120,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         self.checkins = CheckInLimit(config.checkin_burst, config.checkin_refill_s)
         self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
-        self.shell = make_shell(config, self.outbound, self.shapes)  # plain or secure rounds (round_shell.py)
+        self.shell = make_shell(config, self.outbound, self.shapes, self.store)  # plain or secure (round_shell.py)
         self.evaluations = Evaluations(config.evaluation, self.outbound, self.store, EvalMetrics(self.metrics.registry),
                                        manifest.model_id, config.seed, config.max_examples)
         self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open

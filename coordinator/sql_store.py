@@ -151,6 +151,15 @@ class SqlStore:
         with self._tx() as db:
             self._close(db, round_id, "abandoned", record, closed_wall, charge)
 
+    def charge_round(self, round_id: int, charge: dict) -> None:
+        """The open round's privacy charge, before its close (a secure round whose unmasking began:
+        secagg/shell.py); its close then passes none, and the primary key refuses a second."""
+        with self._tx() as db:
+            self._require_open(db, round_id)
+            if db.execute("SELECT 1 FROM privacy_ledger WHERE round_id = ?", (round_id,)).fetchone() is not None:
+                raise ValueError(f"round {round_id} is charged already in {self.path}")
+            db.execute("INSERT INTO privacy_ledger (round_id, charge) VALUES (?, ?)", (round_id, json.dumps(charge)))
+
     def privacy_ledger(self) -> list[dict]:
         """The charged rounds' plans (dp RoundPlan JSON), oldest first."""
         return [json.loads(c) for (c,) in self._db.execute("SELECT charge FROM privacy_ledger ORDER BY round_id")]

@@ -13,7 +13,7 @@ Schema (version 4)::
               most one row is open (partial index)
     privacy_ledger  round_id INT PK, charge (JSON RoundPlan): rounds whose noised aggregate
               was computed (and every Poisson-sampled round), written by the transaction that
-              closes the round
+              closes the round; a secure round's at its first unmask answer (charge_round)
     updates   (device_id, round_id, update_id) PK, digest, seq, num_examples, reported_norm (DP),
               log_offset, payload_len, control_len: where the Update's compressed payload and
               control-variate delta (SCAFFOLD; length 0 for none) are in the round's payload
@@ -56,7 +56,11 @@ with a `kill -9` between any two of them:
 * privacy: a DP round's plan (z, S, sampling event) is in its open row, so a restart replays
   the same noise; its charge enters privacy_ledger in the transaction that closes it (also
   when abandoned after its noised aggregate was computed, or Poisson-sampled). Killed before:
-  still open, replayed.
+  still open, replayed. A secure round cannot be replayed (its keys die with the process) and is
+  abandoned at the restart, so its charge is written earlier, in its own transaction
+  (charge_round) as its first unmask answer is accepted, before the sum can be computed: killed
+  after that write, the ledger holds it once; killed before, the one answer held died with the
+  process, and nothing of the sum was revealed.
 
 `durable=True` (synchronous=FULL) also makes each commit survive a power cut, which is what
 an Ack promises; NORMAL survives a killed process but may lose the last commits on power loss.
@@ -144,6 +148,7 @@ class Store(Protocol):
     def commit_round(self, round_id: int, state: ServerState, record: dict, closed_wall: float,
                      charge: dict | None = None) -> None: ...
     def abandon_round(self, round_id: int, record: dict, closed_wall: float, charge: dict | None = None) -> None: ...
+    def charge_round(self, round_id: int, charge: dict) -> None: ...
     def privacy_ledger(self) -> list[dict]: ...
     def round_records(self) -> list[dict]: ...
     def save_device(self, device: StoredDevice) -> None: ...

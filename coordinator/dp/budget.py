@@ -101,6 +101,8 @@ class PrivacyBudget:
             raise ConfigError(f"{where} was planned with privacy.sampling = {plan.sampling!r}, not "
                               f"{cfg.sampling!r}: one budget cannot compose both; finish it with sampling = "
                               f"{plan.sampling!r}, then change it with a new state file")
+        if plan.mechanism == "distributed":  # a secure round: abandoned at the restart, no new charge; its
+            return  # unmasking's (secagg/shell.py, _release) is in the ledger already if it began
         after = epsilon([*self.ledger(), plan.charge()], cfg.delta, cfg.accountant)
         if after > cfg.target_epsilon:
             raise ConfigError(f"{where} takes ε to {after:.4g} (δ={cfg.delta:g}) when charged, over privacy."

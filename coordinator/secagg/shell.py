@@ -10,7 +10,7 @@ import logging
 import math
 
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
-from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggSpec
+from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggSpec, UnmaskResponse
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 from fedge.edge_runtime.kernel.secagg.recovery import Unexplained, UnmaskFailed
 
@@ -38,8 +38,9 @@ class SecAggRejected(UpdateRejected):
 class SecAggShell:
     secure = True
 
-    def __init__(self, config: CoordinatorConfig, outbound: Outbound, shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, config: CoordinatorConfig, outbound: Outbound, shapes: dict[str, tuple[int, ...]], store):
         self.config = config
+        self.store = store  # the coordinator's: a round whose unmasking began is charged at once (_release)
         self.sa = config.secure_aggregation
         self.outbound = outbound
         self.shapes = shapes
@@ -127,7 +128,20 @@ class SecAggShell:
         except SecAggRejected as exc:
             return exc
         rnd.machine, _ = on_event(rnd.machine, Replied(reply.device_id))  # a reply never closes a stage by itself
+        if isinstance(reply, UnmaskResponse):
+            self._release(rnd)
         return None
+
+    def _release(self, rnd: OpenRound) -> None:
+        """Charge a private round at its first accepted unmask answer, in the store at once. From
+        there the coordinator may compute the noised sum (from t answers; the round can still end
+        without the server computing it, at a deadline with unmask_min above t, or another shard
+        group short of t), and a secure round cannot be replayed after a restart: charged only at
+        its close, a round killed between the unmask and the close was never charged. A round
+        stopped before any unmask answer revealed nothing and stays free (records.OpenRound.charge)."""
+        if rnd.privacy is not None and not rnd.charged:
+            self.store.charge_round(rnd.ctx.round_id, rnd.privacy.to_json())
+            rnd.charged = True
 
     def _admit(self, rnd: OpenRound | None, reply, sender: str | None, size: int) -> None:
         if rnd is None or reply.round_id != rnd.ctx.round_id:
@@ -157,7 +171,7 @@ class SecAggShell:
         finally:
             self.blamed, state.blamed = sorted(state.blamed), set()
             self.left_out, state.left_out = sorted(state.left_out), set()
-        rnd.released = rnd.privacy is not None  # the noised sum exists: the round is charged (records.py)
+        self._release(rnd)  # charged at its first unmask answer already
         if count is not None:  # adaptive clipping: the devices noised the count inside the sum
             rnd.aggregator.release_count(count, n)  # the DpMean's carry() commits the next S with the model
         return AggregateInput(mean, n, population)

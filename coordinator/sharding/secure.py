@@ -13,7 +13,8 @@ and the device rebuilds its graph and Shamir points from it.
     mask       each group's members receive their group's shares only
     unmask     sent to no group unless EVERY group is in and kept its min_inputs masked inputs
                (unmask_refusal; else the round is abandoned before any request leaves); the first
-               accepted answer marks the round released, so an abandoned round is still charged;
+               accepted answer charges the round (SecAggShell._release: one group's answers can
+               make its sum computable while the round is still abandoned, another short of t);
                each group's request names the group's alive and dropped only, so a device reveals
                shares of its group's members alone, and the dropped of one group cost nothing
                to another
@@ -41,7 +42,7 @@ import logging
 import numpy as np
 
 from fedge.edge_runtime.kernel.secagg import ddg, quantize
-from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec, UnmaskResponse
+from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec
 from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed
 from fedge.edge_runtime.kernel.secagg.subset import shared_coordinates
 
@@ -222,11 +223,3 @@ class ShardedSecAggShell(SecAggShell):
                 return f"secure aggregation could not unmask: {why}"
         super().send(rnd, stage, tuple(d for d in devices if state.live(d)), now)
         return None
-
-    def admit(self, rnd: OpenRound | None, reply, sender: str | None, size: int):
-        refused = super().admit(rnd, reply, sender, size)
-        if refused is None and isinstance(reply, UnmaskResponse):
-            # One group's answers can make its sum computable while the round is still abandoned
-            # (another group short of t): charge the round from the first accepted answer.
-            rnd.released = rnd.privacy is not None
-        return refused

@@ -2,7 +2,7 @@
 kill -9 conformance test (test_store_kill9.py).
 
 The script covers every write method: seeding, devices, rounds opened, filled, committed
-(with a privacy charge), abandoned, a refused double commit and a refused version skip,
+(with a privacy charge), charged while open, abandoned, a refused double commit and a refused version skip,
 an evaluation, and enough rounds that keep_versions and keep_key_rounds prune.
 """
 
@@ -61,6 +61,9 @@ OPS: tuple[tuple[str, Callable[[Store], None]], ...] = (
     ("device b", lambda s: s.save_device(StoredDevice("b", 2.0, False, "offline", 7))),
     ("open 3", lambda s: s.open_round(_round(3, 1))),
     ("update 3b", lambda s: s.add_update(3, _update(0, "b", 3))),
+    ("charge 3 open", lambda s: s.charge_round(3, {"round": 3})),  # a secure round's unmasking began
+    ("refused double charge", lambda s: _refused(lambda: s.charge_round(3, {"round": 3}))),
+    ("refused closed charge", lambda s: _refused(lambda: s.charge_round(2, {"round": 2}))),
     ("commit 3", lambda s: s.commit_round(3, _state(2), _record(3), 370.0)),
     ("evaluation", lambda s: s.add_evaluation(3, _eval_record(3))),
     ("device a again", lambda s: s.save_device(StoredDevice("a", 3.0, False, "battery_low", 11))),

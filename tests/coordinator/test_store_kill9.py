@@ -14,7 +14,7 @@ After each operation the child blocks on a pipe until told to go on, so it never
 the operation it is to be killed at.
 
 The child is forked (multiprocessing "fork"), not spawned: it starts in milliseconds, so the
-2 x 22 kill points per database cost seconds. Nothing is open in the parent when it forks.
+2 x 25 kill points per database cost seconds. Nothing is open in the parent when it forks.
 """
 
 from __future__ import annotations
