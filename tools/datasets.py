@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.edge_runtime.examples import check_split
+from fedge.edge_runtime.examples import LayoutCheck, check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
-from fedge.tools.npz_layout import LayoutCheck
 from fedge.tools.partition import partition as _partition
 
 log = logging.getLogger("fedge.datasets")
@@ -255,7 +254,7 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
-    in every file and split, and examples of several axes one layout (npz_layout). Labels
+    in every file and split, and examples of several axes one layout (examples.LayoutCheck). Labels
     must be non-negative integers (integer-valued floats are cast); num_classes is the largest
     label + 1 (at least 2). Test splits may be empty (a simulation needs some to score on:
     model_choice.check_scorable), train splits may not.

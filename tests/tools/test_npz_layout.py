@@ -1,6 +1,7 @@
 """`fedge simulate --data` refuses a folder whose examples flatten to one width in different
-layouts (tools/npz_layout.py): one client of five saved its 2-channel signals channels-last and
-the run trained on, silently, to 0.83 where the same digits laid out alike reached 0.93."""
+layouts (edge_runtime/examples.LayoutCheck, which the device's own reader uses too): one client
+of five saved its 2-channel signals channels-last and the run trained on, silently, to 0.83
+where the same digits laid out alike reached 0.93."""
 
 from __future__ import annotations
 
