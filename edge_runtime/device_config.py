@@ -158,7 +158,7 @@ def load_local_data(path: str | Path) -> LocalData:
     # What the device would otherwise find out mid-task, refused at start and at a SIGHUP reload.
     # The label range against the model's classes is the task's to check: the model comes later.
     x_train, y_train = check_split(path, "train", arrays["x_train"], arrays["y_train"])
-    x_test, y_test = check_split(path, "test", arrays["x_test"], arrays["y_test"])
+    x_test, y_test = check_split(path, "test", arrays["x_test"], arrays["y_test"], x_train.shape[1:])
     layouts = LayoutCheck()  # each split is reshaped to the model's input: (n, 2, 32) beside (n, 32, 2) fit alike
     for split, x in (("train", x_train), ("test", x_test)):
         layouts.check(path, split, x)

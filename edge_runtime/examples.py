@@ -23,9 +23,14 @@ import numpy as np
 from .kernel.errors import DatasetError
 
 
-def check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x as float32 (its shape kept) and y as int64, or DatasetError naming the file and what is wrong."""
+def check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray,
+                example_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """x as float32 (its shape kept) and y as int64, or DatasetError naming the file and what is wrong.
+    example_shape (a test split's: its x_train's per-example shape): an empty x saved as
+    np.array([]), shape (0,), is taken as no examples of that shape; without it, as any 1-D x, refused."""
     xs, ys = f"x_{split}", f"y_{split}"
+    if x.shape == (0,) and example_shape is not None:  # np.array([]): "no test examples", saved without a shape
+        x = x.reshape(0, *example_shape)
     if x.dtype.kind not in "iufb":  # bool features (flags, binarized pixels) are 0/1
         raise DatasetError(f"{file}: {xs} has dtype {x.dtype}; it must be numeric (int, float or bool)")
     if x.ndim < 2:

@@ -1,7 +1,8 @@
 """The device's own data file (device_config.load_local_data, at start and at each SIGHUP
 reload) is held to the layout rule `fedge simulate --data` applies (edge_runtime/examples.py):
 each split is reshaped to the model's input, so an x_test laid out channels-last beside a
-channels-first x_train fit alike and was evaluated as garbage, silently."""
+channels-first x_train fit alike and was evaluated as garbage, silently. And a test split
+saved as np.array([]) is an empty split, as np.empty((0, d)) is."""
 
 from __future__ import annotations
 
@@ -37,3 +38,14 @@ def test_layouts_that_hold_values_in_one_order_still_load(tmp_path):
         np.testing.assert_array_equal(data.x_test, x_test)  # kept as saved: check_input reshapes each split
         assert data.x_test.shape == x_test.shape
         np.testing.assert_array_equal(data.x_train, x)
+
+
+@pytest.mark.parametrize("saved", [np.array([]), np.array([], np.int64)], ids=["float64", "int64"])
+def test_a_test_split_saved_as_an_empty_1d_array_is_an_empty_split(tmp_path, saved):
+    data = load_local_data(_npz(tmp_path / "data.npz", _signals(6, 0), saved, y_test=np.array([])))
+    assert data.x_test.shape == (0, 2, 8) and data.y_test.shape == (0,)  # the shape of x_train's examples
+    assert data.x_test.dtype == np.float32 and data.y_test.dtype == np.int64
+    with pytest.raises(DatasetError, match=r"x_test has shape \(3,\); it must be \(examples, features"):
+        load_local_data(_npz(tmp_path / "data.npz", _signals(6, 0), np.zeros(3), y_test=np.zeros(3)))
+    with pytest.raises(DatasetError, match=r"x_train has shape \(0,\)"):  # a train split needs examples anyway
+        load_local_data(_npz(tmp_path / "data.npz", np.array([]), np.zeros((0, 4)), y_test=np.array([])))
