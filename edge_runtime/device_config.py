@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .device import LocalData
 from .eligibility import EligibilityPolicy
-from .examples import check_split
+from .examples import LayoutCheck, check_split
 from .kernel.backends import BACKENDS
 from .kernel.configfile import load_config
 from .kernel.errors import ConfigError, DatasetError
@@ -158,7 +158,10 @@ def load_local_data(path: str | Path) -> LocalData:
     # What the device would otherwise find out mid-task, refused at start and at a SIGHUP reload.
     # The label range against the model's classes is the task's to check: the model comes later.
     x_train, y_train = check_split(path, "train", arrays["x_train"], arrays["y_train"])
-    x_test, y_test = check_split(path, "test", arrays["x_test"], arrays["y_test"])
+    x_test, y_test = check_split(path, "test", arrays["x_test"], arrays["y_test"], x_train.shape[1:])
+    layouts = LayoutCheck()  # each split is reshaped to the model's input: (n, 2, 32) beside (n, 32, 2) fit alike
+    for split, x in (("train", x_train), ("test", x_test)):
+        layouts.check(path, split, x)
     if len(y_train) == 0:
         raise DatasetError(f"{path}: x_train/y_train hold no examples; the device has nothing to train on")
     return LocalData(x_train, y_train, x_test, y_test)

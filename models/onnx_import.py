@@ -321,7 +321,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
                     options.onnx, str(exc).removeprefix(f"{options.onnx}: "), cut)
         return _spec(options, digest, input_shape, (), options.num_classes, cut,
                      cut_features(model, g.input.name, input_shape, cut, options.onnx))
-    if options.cut == "auto" and (notice := frozen_notice(model, cut, {layer.node for layer in tail})):
+    if options.cut == "auto" and (notice := frozen_notice(model, cut, {layer.node for layer in tail},
+                                                          lambda node: _dense(g, node, node.input[0]), g.where)):
         log.warning("%s: %s", options.onnx, notice)
     hidden, classifier = tail[:-1], tail[-1]
     names = [f"fc{i + 1}" for i in range(len(hidden))]

@@ -4,15 +4,19 @@ The automatic cut starts the trainable tail after the last op the tail cannot tr
 (ELU, SiLU, BatchNormalization, a Reshape, ...), so the dense layers before it stay frozen
 in the backbone. A probe's torch MLP with a GELU printed only "cut at '/1/Mul_1_output_0'; tail
 fc1=lora": nothing said that its first Linear would not train, or that the GELU (written as Div,
-Erf, Add, Mul) was the reason. This names both.
+Erf, Add, Mul) was the reason. This names both. Where the nearest frozen layer is refused as a
+layer (a Gemm C that is no bias per output, transA), that refusal is the reason given: the
+notice once blamed the Relu after it, which the tail trains through.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx
 
 from .onnx_activation import TRAINABLE
-from .onnx_source import stored_tensors
+from .onnx_source import OnnxImportError, stored_tensors
 
 DENSE_OPS = ("Gemm", "MatMul")
 
@@ -21,9 +25,12 @@ def _label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} {node.name or node.output[0]!r}"
 
 
-def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str]) -> str | None:
+def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str],
+                  read_layer: Callable[[onnx.NodeProto], object], where: str) -> str | None:
     """None when no dense layer stays before `cut`; else one sentence naming the frozen dense
-    layers and the ops between the last of them and the cut. tail_nodes: the tail's layer names."""
+    layers and why: the refusal of the nearest of them as a layer (read_layer raises
+    OnnxImportError prefixed with `where`: a bias that is none per output, transA), else the ops
+    between it and the cut. tail_nodes: the tail's layer names."""
     consts = stored_tensors(model.graph)
     producer = {o: n for n in model.graph.node for o in n.output}
 
@@ -33,9 +40,11 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str]) -> str
     frozen = [n for n in model.graph.node if is_dense(n) and (n.name or f"{n.op_type}:{n.output[0]}") not in tail_nodes]
     if not frozen:
         return None
-    between, seen, todo = [], set(), [cut]  # walk back from the cut to the nearest dense layers
+    between, nearest, seen, todo = [], [], set(), [cut]  # walk back from the cut to the nearest dense layers
     while todo:
         node = producer.get(todo.pop())
+        if node is not None and is_dense(node):
+            nearest.append(node)
         if node is None or id(node) in seen or is_dense(node) or node.op_type == "Constant":
             continue
         seen.add(id(node))
@@ -43,5 +52,11 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str]) -> str
         todo.extend(i for i in node.input if i not in consts)
     ops = ", ".join(dict.fromkeys(n.op_type for n in reversed(between)))
     shown = ", ".join(_label(n) for n in frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
-    return (f"{len(frozen)} dense layer(s) stay frozen in the backbone ({shown}): the trainable tail starts "
-            f"after {ops or 'the cut'}, which is not one {TRAINABLE} it can train through")
+    head = f"{len(frozen)} dense layer(s) stay frozen in the backbone ({shown}): the trainable tail starts after " \
+           f"{ops or 'the cut'}"
+    for node in nearest:  # the activation is no reason where the layer itself cannot train (Relu blamed once)
+        try:
+            read_layer(node)
+        except OnnxImportError as exc:
+            return f"{head}: it cannot start at {str(exc).removeprefix(where + ': ')}"
+    return f"{head}, which is not one {TRAINABLE} it can train through"

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.edge_runtime.examples import check_split
+from fedge.edge_runtime.examples import LayoutCheck, check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
-from fedge.tools.npz_layout import LayoutCheck
 from fedge.tools.partition import partition as _partition
 
 log = logging.getLogger("fedge.datasets")
@@ -255,10 +254,11 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
-    in every file and split, and examples of several axes one layout (npz_layout). Labels
+    in every file and split, and examples of several axes one layout (examples.LayoutCheck). Labels
     must be non-negative integers (integer-valued floats are cast); num_classes is the largest
-    label + 1 (at least 2). Test splits may be empty (a simulation needs some to score on:
-    model_choice.check_scorable), train splits may not.
+    label + 1 (at least 2). Test splits may be empty (np.empty((0, d)), or np.array([]) as
+    check_split takes it; a simulation needs some to score on: model_choice.check_scorable),
+    train splits may not.
     `standardize`: standardize_per_device before the findings are logged, so that they describe
     what the devices train on (they told a `--standardize` run to add the flag it had).
     """
@@ -277,7 +277,7 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
                                "rename the file") from None
         arrays = _read_npz(file)
         x_train, y_train = _check_split(file, "train", arrays["x_train"], arrays["y_train"])
-        x_test, y_test = _check_split(file, "test", arrays["x_test"], arrays["y_test"])
+        x_test, y_test = _check_split(file, "test", arrays["x_test"], arrays["y_test"], arrays["x_train"].shape[1:])
         if len(y_train) == 0:
             raise DatasetError(f"{file}: x_train/y_train hold no examples; every client needs training data")
         if x_test.shape[1] != x_train.shape[1]:
@@ -371,14 +371,15 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
 MAX_CLASSES = 10_000
 
 
-def _check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray,
+                 example_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate one split (the device's own checks, edge_runtime/examples.py, plus a class cap)
-    and return x (n, d) float32, y (n,) int64."""
+    and return x (n, d) float32, y (n,) int64. example_shape: as check_split's."""
     top = y.max() if y.ndim == 1 and len(y) and y.dtype.kind in "iuf" else None
     if top is not None and np.isfinite(top) and int(top) >= MAX_CLASSES:  # int(): a uint64 2**63 must not wrap
         raise DatasetError(f"{file}: y_{split} has label {int(top)}; labels must be class indices 0 .. "
                            f"{MAX_CLASSES - 1} (the model has one output per class up to the largest label)")
-    x32, labels = check_split(file, split, x, y)
+    x32, labels = check_split(file, split, x, y, example_shape)
     flat = x32.reshape(x32.shape[0], int(np.prod(x32.shape[1:])))
     if flat.shape[1] == 0:
         raise DatasetError(f"{file}: x_{split} has shape {x.shape}, i.e. no features per example")

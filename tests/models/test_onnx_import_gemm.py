@@ -5,6 +5,8 @@ by name."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,19 @@ def test_a_transposed_input_is_refused_by_name(tmp_path):
     onnx.save(_gemms(None, transA=1), tmp_path / "m.onnx")
     with pytest.raises(OnnxImportError, match=r"Gemm node 'fc1': transA=1 \(a transposed input\) is not supported"):
         import_spec(ImportOptions(str(tmp_path / "m.onnx"), cut="x"))
+
+
+@pytest.mark.parametrize("c1, attrs, why", [
+    (RNG.normal(size=(6, 1)).astype(np.float32), {}, r"bias of shape \(6, 1\) for 6 outputs"),
+    (None, {"transA": 1}, r"transA=1 \(a transposed input\) is not supported"),
+], ids=["C-per-example", "transA"])
+def test_the_frozen_notice_gives_the_layers_own_refusal_not_the_relu(tmp_path, caplog, c1, attrs, why):
+    """The automatic cut moves past a Gemm refused as a tail layer, and the notice blamed the
+    Relu after it ("Relu, which is not one Relu, ... it can train through"): it names the refusal."""
+    onnx.save(_gemms(c1, **attrs), tmp_path / "m.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    assert spec.onnx_cut == "a"
+    assert re.search(r"1 dense layer\(s\) stay frozen in the backbone \(Gemm 'fc1'\): the trainable tail starts "
+                     rf"after Relu: it cannot start at Gemm node 'fc1': {why}", caplog.text)
+    assert "it can train through" not in caplog.text

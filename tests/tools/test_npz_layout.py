@@ -1,6 +1,7 @@
 """`fedge simulate --data` refuses a folder whose examples flatten to one width in different
-layouts (tools/npz_layout.py): one client of five saved its 2-channel signals channels-last and
-the run trained on, silently, to 0.83 where the same digits laid out alike reached 0.93."""
+layouts (edge_runtime/examples.LayoutCheck, which the device's own reader uses too): one client
+of five saved its 2-channel signals channels-last and the run trained on, silently, to 0.83
+where the same digits laid out alike reached 0.93."""
 
 from __future__ import annotations
 
@@ -49,3 +50,18 @@ def test_layouts_that_hold_values_in_one_order_still_load(tmp_path):
     assert data.input_shape == (64,)
     for client in data.clients:  # oracle: numpy's row-major flatten of the channels-first signals
         np.testing.assert_array_equal(client.x_train, x.reshape(10, 64))
+
+
+@pytest.mark.parametrize("saved", [np.array([]), np.array([], np.float32), np.array([], np.int64)],
+                         ids=["float64", "float32", "int64"])
+def test_a_test_split_saved_as_an_empty_1d_array_is_an_empty_split(tmp_path, saved):
+    """np.savez(x_test=np.array([]), y_test=np.array([])) is how "no test examples" is often
+    written; it was refused as "x_test has shape (0,)" though a test split may be empty."""
+    x = _signals(10, 0)
+    _save(tmp_path / "a.npz", x, x[:3])
+    np.savez(tmp_path / "b.npz", x_train=x, y_train=np.zeros(10, np.int64), x_test=saved, y_test=np.array([]))
+    b = {c.client_id: c for c in load_npz_dir(tmp_path).clients}["b"]
+    assert b.x_test.shape == (0, 64) and b.y_test.shape == (0,) and b.y_test.dtype == np.int64
+    np.savez(tmp_path / "b.npz", x_train=x, y_train=np.zeros(10, np.int64), x_test=np.zeros(3), y_test=np.zeros(3))
+    with pytest.raises(DatasetError, match=r"b.npz: x_test has shape \(3,\); it must be \(examples, features"):
+        load_npz_dir(tmp_path)  # 1-D features with examples in them are still refused

@@ -147,30 +147,20 @@ def secret_from(threshold: int, kind: str, owner: str, shares, *, packing: int,
     return pair.private
 
 
-def recover_secrets(answers: Mapping[str, Mapping[str, tuple[str, int]]], cohort: tuple[str, ...], threshold: int,
-                    alive: tuple[str, ...], dropped: tuple[str, ...], *,
-                    packing: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """(self seeds of the alive, mask private keys of the dropped) from the unmask answers."""
-    seeds, keys = {}, {}
-    for owner, (kind, shares) in gather_shares(answers, cohort, threshold, alive, dropped, spare=LIARS).items():
-        (seeds if kind == "self" else keys)[owner] = secret_from(threshold, kind, owner, shares, packing=packing)
-    return seeds, keys
-
-
 def unmask_answers(masked_sum: np.ndarray, answers: Mapping[str, Mapping[str, tuple[str, int]]],
                    cohort: tuple[str, ...], threshold: int, alive: tuple[str, ...], dropped: tuple[str, ...],
                    dropped_peers: Mapping[str, Mapping[str, bytes]], round_id: int, field_bits: int, *,
                    packing: int, workers: int = 1, mask_publics: Mapping[str, bytes] | None = None,
                    left_out: set[str] | None = None, dealers: set[str] | None = None) -> np.ndarray:
-    """recover_secrets then masking.unmask, with each secret reconstructed in the worker that
-    expands its masks (a thousand reconstructions from t = 113 packed shares are about 1 s of
-    one core at n = 1,000: 1.0 ms each, measured), and checked with LIARS spare shares where
-    there are that many (module docstring). mask_publics: as secret_from. When some
-    holder's shares are wrong and one holder explains it (module docstring), its answer is left
-    out, its id added to `left_out`, and the sum unmasked from the others'. When none does and
-    decoded_liars finds the wrong shares, they are left out, their holders added to `left_out`.
-    Else the owners wrong_dealers finds are added to `dealers` before UnmaskFailed is raised;
-    where it finds none (the shares are ambiguous), Unexplained, whose reason says no one is named."""
+    """The survivors' self seeds and the dropped devices' mask keys (secret_from), then masking.unmask,
+    with each secret reconstructed in the worker that expands its masks (a thousand reconstructions from
+    t = 113 packed shares are about 1 s of one core at n = 1,000: 1.0 ms each, measured), and checked
+    with LIARS spare shares where there are that many (module docstring). mask_publics: as secret_from.
+    When some holder's shares are wrong and one holder explains it (module docstring), its answer is
+    left out, its id added to `left_out`, and the sum unmasked from the others'. When none does and
+    decoded_liars finds the wrong shares, they are left out, their holders added to `left_out`. Else the
+    owners wrong_dealers finds are added to `dealers` before UnmaskFailed is raised; where it finds none
+    (the shares are ambiguous), Unexplained, whose reason says no one is named."""
     args = (cohort, threshold, alive, dropped, dropped_peers, round_id, field_bits, packing, workers, mask_publics)
     try:
         return _unmask_once(masked_sum, answers, *args)
