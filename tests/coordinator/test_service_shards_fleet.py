@@ -23,6 +23,7 @@ from tests.tiny_model import build_tiny_model
 pytestmark = [pytest.mark.slow]
 import_psycopg()
 K, DEVICES = 2, 200
+EJABBERD_SHARDS = K  # the devices' upload grants (tests/ejabberd_cluster.py)
 
 
 def _commits(dsn) -> int:

@@ -164,7 +164,7 @@ def _npz_folder(tmp, label):
 
     folder = tmp / "clients"
     folder.mkdir()
-    x = np.zeros((4, 3), np.float32)
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)  # unit-scale: no load-time finding beside the error
     np.savez(folder / "c0.npz", x_train=x, y_train=np.array([0, 1, 0, label], np.uint64), x_test=x[:0],
              y_test=np.zeros(0, np.int64))
     return folder
@@ -225,7 +225,7 @@ def _untested_last_device(tmp):
     import numpy as np
 
     folder = _npz_folder(tmp, 1)  # c0: four training examples, no test
-    x = np.zeros((2, 3), np.float32)
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     np.savez(folder / "b0.npz", x_train=x, y_train=np.array([0, 1]), x_test=x, y_test=np.array([0, 1]))
     return folder
 
