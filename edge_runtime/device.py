@@ -323,8 +323,8 @@ class DeviceRuntime:
 
     def _decline(self, task: TrainTask, reason: str, detail: str, stage: str) -> Decline:
         log.info("device %s declines task %s: %s (%s)", self.device_id, task.task_id, reason, detail)
-        if reason == BAD_STATE:
-            self.state_health.failed(task.model_id)
+        if reason == BAD_STATE:  # with the key of its contents, if loaded: their check sets aside what a task would
+            self.state_health.failed(task.model_id, getattr(self._models.get(task.model_id), "state_key", None))
         return Decline(self.device_id, task.round_id, task.task_id, reason, detail, stage)
 
     def keep_global(self, model_id: str, shared: dict[str, np.ndarray], version: int) -> None:

@@ -7,6 +7,12 @@ eligible, reason `bad_state`), and once it can they no longer do: a person who m
 damaged file aside, then restarts the device (or waits for its next check-in), changes what
 it says, and that un-parks it. Without this a fixed device checked in exactly as before the
 damage, and stayed parked.
+
+A task that found state written for other model contents it could not set aside (superseded.py:
+a read-only folder) is asked again with the key of the contents it had: a store opened without
+one sets nothing aside, found that state readable, and un-parked the device at once, which then
+declined the next task the same way, and so on. Asked with the key, the check-in sets the state
+aside as a task would, and says `bad_state` until it can.
 """
 
 from __future__ import annotations
@@ -24,23 +30,24 @@ BAD_STATE = DeviceStateError.reason
 class StateHealth:
     def __init__(self, home: Path, model_ids: Iterable[str]):
         self.home = home  # the device's own folder: <state_root>/<device_id>
-        self.bad = {m for m in model_ids if not self._readable(m)}  # asked once at start
+        # model id -> the state key its failed task used (None: not known), asked once at start
+        self.bad: dict[str, str | None] = {m: None for m in model_ids if not self._readable(m, None)}
 
-    def failed(self, model_id: str) -> None:
-        """A task of this model found its state unreadable."""
-        self.bad.add(model_id)
+    def failed(self, model_id: str, key: str | None = None) -> None:
+        """A task of this model, for the contents of state key `key`, found its state unreadable."""
+        self.bad[model_id] = key
 
     def reason(self) -> str | None:
         """`bad_state` while a model's state found unreadable still is (asked again each time), else None."""
-        self.bad = {m for m in self.bad if not self._readable(m)}
+        self.bad = {m: key for m, key in self.bad.items() if not self._readable(m, key)}
         return BAD_STATE if self.bad else None
 
-    def _readable(self, model_id: str) -> bool:
+    def _readable(self, model_id: str, key: str | None) -> bool:
         folder = self.home / model_id
         if not folder.is_dir():  # no state yet (DeviceStore would make the folder), or a file in its place
             return not os.path.lexists(folder)
         try:
-            store = DeviceStore(self.home, model_id)
+            store = DeviceStore(self.home, model_id, key=key)  # with a key: sets aside what a task would
             store.load_personal()  # reads the whole state file
             store.load_tuned_head()
         except DeviceStateError:

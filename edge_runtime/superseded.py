@@ -69,6 +69,7 @@ def supersede(folder: Path, key: str) -> None:
             if name == KEYED[0] and (folder / _WITH_STATE).is_file():
                 os.replace(folder / _WITH_STATE, aside / _WITH_STATE)
         except OSError as exc:  # a folder in the file's place there, a read-only state folder
+            _remove_if_empty(aside)  # made for it: one more empty folder at each try, each check-in
             raise DeviceStateError(f"{folder / name} was written for other model contents and cannot be set "
                                    f"aside ({exc}); move it aside") from None
         log.warning("%s was written for model contents %s, not the %s this model has now (the same id, other "
@@ -98,14 +99,21 @@ def _folders(folder: Path) -> list[tuple[int, str, Path]]:
 
 
 def _aside(folder: Path, held: str) -> Path:
+    """A new folder for the state of `held`, numbered after the newest. A file (or link) by that
+    name is not fedge's and is left as it is: the next free number is taken. Refusing there
+    declined every task of the new contents, while the check-ins said the state was fine: the
+    device went between parked and eligible, and declined each task it got."""
     number = max((n for n, _, _ in _folders(folder)), default=0) + 1
-    aside = folder / f"{PREFIX}{number}-{_short(held)}"
-    try:
-        aside.mkdir()
-    except FileExistsError:  # a file by that name: not fedge's
-        raise DeviceStateError(f"{aside} is in the way; move it aside so the state of other model contents can be "
-                               "set aside there") from None
-    return aside
+    while True:
+        aside = folder / f"{PREFIX}{number}-{_short(held)}"
+        try:
+            aside.mkdir()
+            return aside
+        except FileExistsError:
+            number += 1
+        except OSError as exc:  # a read-only state folder, a full disk: a bare OSError escaped handle_task
+            raise DeviceStateError(f"{folder} holds state written for other model contents, and {aside} to set "
+                                   f"it aside in cannot be made ({exc}); its tasks are declined until it can") from None
 
 
 def _restore(folder: Path, back: Path, key: str) -> None:

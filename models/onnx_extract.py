@@ -18,15 +18,20 @@ import onnx
 from onnx import helper
 
 from .onnx_scope import node_reads
+from .onnx_source import subgraphs
 
 
 def _functions(model: onnx.ModelProto, nodes) -> list[onnx.FunctionProto]:
-    """The model's local functions that `nodes` call, and those they call in turn."""
+    """The model's local functions that `nodes` call, and those they call in turn, in the
+    subgraphs (If, Loop, Scan) of those nodes and of the functions' bodies too: a call only inside
+    an If branch was left out, and the backbone refused as calling an unregistered op."""
     local = {(f.domain, f.name): f for f in model.functions}
     found: dict[tuple[str, str], onnx.FunctionProto] = {}
     todo = list(nodes)
     while todo:
         node = todo.pop()
+        for sub in subgraphs(node):
+            todo.extend(sub.node)
         key = (node.domain, node.op_type)
         if key in local and key not in found:
             found[key] = local[key]

@@ -10,13 +10,17 @@ case: a device that never saw the old contents, given the same task, sends the s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedge.edge_runtime import superseded
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ArtifactIntegrityError
@@ -246,3 +250,67 @@ def test_a_coordinator_announcing_the_same_id_with_other_contents_gets_a_fresh_s
     fresh, fresh_coord = one_device((swapped, load_manifest(swapped), None), tmp_path / "fresh", clock=TickingClock())
     assert update.payload == reply_to(fresh, fresh_coord, task).payload
     assert "starts afresh" in caplog.text
+
+
+def test_a_file_by_the_name_of_the_next_aside_folder_is_left_and_the_next_number_taken(models, tmp_path):
+    """A file at superseded-1-<key>: the device declined every task of the new contents with
+    "... is in the way", and its check-ins said its state was fine: parked, un-parked, declined."""
+    model_id, a, swapped = models
+    state = tmp_path / "state"
+    device = _device(state, model_id, a)
+    _train(device, _task(model_id, a, "t1"))
+    trained = DeviceStore(state / "devA", model_id).load_personal()
+    stray = state / "devA" / model_id / f"{PREFIX}1-{ModelRuntime(a).state_key[:16]}"
+    stray.write_bytes(b"a person's file")
+
+    device.add_model(model_id, swapped)
+    task = _task(model_id, swapped, "t2")
+    assert _train(device, task).payload == _fresh_update(tmp_path, model_id, swapped, task)
+    assert stray.read_bytes() == b"a person's file"
+    aside = DeviceStore(stray.parent, stray.name.replace(f"{PREFIX}1-", f"{PREFIX}2-"))
+    for name, value in trained.items():
+        np.testing.assert_array_equal(aside.load_personal()[name], value)
+    assert device.check_in().eligible
+
+
+@pytest.mark.parametrize("fails", ["move", "mkdir"])
+def test_a_state_that_cannot_be_set_aside_keeps_the_device_parked_until_it_can(models, tmp_path, monkeypatch, fails):
+    """Setting the old contents' state aside fails (a read-only folder; root can write to any, so
+    the move, or making its folder, fails here by hand): the task is declined bad_state, and every
+    check-in says so until it can be set aside. The check-ins opened a store without the key, found
+    that state readable and un-parked the device at once; a failed mkdir escaped as a bare OSError;
+    each failed move left one more empty folder."""
+    model_id, a, swapped = models
+    state = tmp_path / "state"
+    device = _device(state, model_id, a)
+    _train(device, _task(model_id, a, "t1"))
+    device.add_model(model_id, swapped)
+    real_replace, real_mkdir = os.replace, Path.mkdir
+
+    def replace(src, dst):
+        if PREFIX in str(dst):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(src))
+        return real_replace(src, dst)
+
+    def mkdir(path, *args, **kwargs):
+        if path.name.startswith(PREFIX):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    if fails == "move":
+        monkeypatch.setattr(superseded.os, "replace", replace)
+    else:
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    reply = device.handle_task(_task(model_id, swapped, "t2"))
+    assert isinstance(reply, Decline) and reply.reason == "bad_state" and "Read-only file system" in reply.detail
+    for _ in range(2):
+        check_in = device.check_in()
+        assert (check_in.eligible, check_in.reason) == (False, "bad_state")
+    assert list((state / "devA" / model_id).glob(f"{PREFIX}*")) == []
+
+    monkeypatch.undo()  # the folder made writable: the next check-in sets the state aside and says so
+    assert device.check_in().eligible
+    aside = state / "devA" / model_id / f"{PREFIX}1-{ModelRuntime(a).state_key[:16]}"
+    assert DeviceStore(aside.parent, aside.name).load_personal() is not None
+    task = _task(model_id, swapped, "t3")
+    assert _train(device, task).payload == _fresh_update(tmp_path, model_id, swapped, task)

@@ -65,3 +65,34 @@ def test_a_backbone_thousands_of_nodes_deep_is_cut_out(tmp_path):
              for i in range(1500)]
     chain.append(helper.make_node("Sin", ["t1499"], ["s"], name="last"))
     _assert_backbone_is_the_sources(_model(chain, {}, "x"), "x", tmp_path)
+
+
+@pytest.mark.parametrize("where", ["graph", "function"])
+def test_a_local_function_called_only_inside_an_if_branch_goes_with_the_backbone(tmp_path, where):
+    """local:Twice is called only in an If branch (of the graph, or of another local function's
+    body): the backbone was cut out without it and refused at build as "local:Twice(-1) is not a
+    registered function/op", though ONNX Runtime runs the source."""
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("local", 1)]
+    twice = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])], opsets)
+
+    def branch(label: str, read: str) -> onnx.GraphProto:
+        nodes = [helper.make_node("Twice", [read], [f"{label}_out"], domain="local")] if label == "then" else \
+            [helper.make_node("Identity", [read], [f"{label}_out"])]
+        return helper.make_graph(nodes, label, [], [helper.make_tensor_value_info(f"{label}_out", TensorProto.FLOAT,
+                                                                                  None)])
+
+    functions = [twice]
+    if where == "graph":
+        backbone = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc0"),
+                    helper.make_node("If", ["cond"], ["feat"], name="branchy", then_branch=branch("then", "h"),
+                                     else_branch=branch("else", "h"))]
+    else:  # the If is in the body of local:Outer
+        body = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.array(True), "c")),
+                helper.make_node("If", ["c"], ["o"], then_branch=branch("then", "i"), else_branch=branch("else", "i"))]
+        functions.append(helper.make_function("local", "Outer", ["i"], ["o"], body, opsets))
+        backbone = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc0"),
+                    helper.make_node("Outer", ["h"], ["feat"], domain="local", name="outer")]
+    backbone.append(helper.make_node("Sin", ["feat"], ["s"], name="sin"))
+    model = _model(backbone, {"cond": np.array(True), "w": RNG.normal(size=(4, 4)).astype(np.float32)}, "x")
+    model = helper.make_model(model.graph, opset_imports=opsets, functions=functions)
+    _assert_backbone_is_the_sources(model, "x", tmp_path)
