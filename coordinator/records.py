@@ -68,8 +68,8 @@ class OpenRound:
     hyper: TaskHyper
     correction_bytes: bytes = b""  # the round's TrainTask.correction (SCAFFOLD's c), encoded once
     round_model_sha256: str = ""  # tasks name the published RoundModel by this; "" = params inline
-    loss_sum: float = 0.0  # sum of num_examples * reported loss
-    loss_weight: float = 0.0  # sum of num_examples over updates that reported a finite loss
+    loss_sum: float = 0.0  # sum of weight * reported loss (the update's aggregation weight: update_weight)
+    loss_weight: float = 0.0  # sum of those weights over updates that reported a finite loss
 
     @property
     def train_loss(self) -> float | None:
@@ -90,6 +90,8 @@ class OpenRound:
     compression: object = None
     # the charge is in the ledger already: a secure round's unmasking began (secagg/shell.py, _release)
     charged: bool = False
+    # an unmask answer was accepted: charged at the close if the early write (charged) failed
+    unmasking: bool = False
 
     def charge(self) -> dict | None:
         """The privacy charge to commit with the round: its plan once the noised aggregate was
@@ -99,13 +101,16 @@ class OpenRound:
         charged however it ends: whether it reaches its quorum depends on how many devices the
         draw included, which one device's presence changes. A restart replays the accepted
         updates, so the rule holds for a resumed round, which the ledger's key charges once. A
-        secure round is charged when its unmasking begins, before its close (`charged`: None here)."""
+        secure round is charged when its unmasking begins, before its close (`charged`: None here),
+    or at its close when that early write failed (`unmasking`: a store error on it drops the
+    message, not the answer the machine already holds)."""
         # A sharded round's aggregator counts nothing until its seal; its machine's replies are the
         # updates the workers counted (as the leader polled them), which is what decided the round.
         counted = getattr(self.aggregator, "count", 0) > 0 or (
             self.privacy is not None and self.privacy.mechanism == "central" and bool(self.machine.reported))
         released = self.privacy is not None and not self.charged and (
-            getattr(self.aggregator, "released", False) or self.privacy.sampling == "poisson" or counted)
+            self.unmasking or getattr(self.aggregator, "released", False) or self.privacy.sampling == "poisson"
+            or counted)
         return self.privacy.to_json() if released else None
 
     def add(self, update: Accepted) -> None:

@@ -13,7 +13,8 @@ delta 1e-5): it grows with the rounds composed, with q and as z falls (z = 0.5: 
 ledger charges by RDP, as more than the target). So with pld: `rounds` is at most
 PLD_MAX_ROUNDS (config.py) and delta at least PLD_MIN_DELTA; RDP's z comes first (an upper end:
 RDP's bound is the looser); below PLD_MIN_NOISE it is the answer (RDP is charged there); else
-PLD is searched only between max(PLD_MIN_NOISE, z_rdp / 2) and z_rdp.
+PLD is searched between PLD_MIN_NOISE and z_rdp, in [max(PLD_MIN_NOISE, z_rdp / 2), z_rdp] first
+(below z_rdp / 2 only when PLD meets the target there).
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ def check_pld(rounds: int, delta: float) -> None:
         raise ConfigError(f"privacy: rounds = {rounds} to calibrate with accountant = 'pld' is over {PLD_MAX_ROUNDS}: "
                           "PLD composes the rounds in one discretised distribution whose time and memory grow with "
                           "them (1e4 rounds: 23 s and 2.7 GB an evaluation, and the search runs a dozen); plan fewer "
-                          "rounds, set noise_multiplier, or use accountant = 'rdp'")
+                          "rounds, set noise_multiplier (a fleet whose ledger holds charges already: the z they "
+                          "were charged at, which it reuses anyway), or use accountant = 'rdp'")
     if delta < PLD_MIN_DELTA:
         raise ConfigError(f"privacy.delta {delta:g} is below {PLD_MIN_DELTA:g}, which dp-accounting's PLD accountant "
                           "cannot show (it leaves 1e-15 of each round's tail unbounded: its ε is infinite there); "

@@ -129,6 +129,7 @@ class SecAggShell:
             return exc
         rnd.machine, _ = on_event(rnd.machine, Replied(reply.device_id))  # a reply never closes a stage by itself
         if isinstance(reply, UnmaskResponse):
+            rnd.unmasking = True  # before the write: if it fails, the close charges (records.OpenRound.charge)
             self._release(rnd)
         return None
 

@@ -7,6 +7,7 @@ Oracle: the ledger's entries, and ε from dp-accounting called directly."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 
 import pytest
@@ -130,4 +131,30 @@ def test_a_secure_round_that_held_unmask_answers_and_missed_its_minimum_is_charg
     record = _silent_from(fleet, drop=silent, drop_at_stage=UNMASK_STAGE)
     assert not record.committed and record.why.endswith("at the unmask stage") and record.why.startswith("deadline")
     assert c.shell.states[record.round_id].t <= 3  # the three answers could have unmasked it
+    _charged_once(c, tmp_path / "s.db")
+
+
+def test_a_secure_round_whose_early_charge_write_failed_is_charged_at_its_close(model, tmp_path, monkeypatch):
+    """The store refuses every early charge (a locked database, a dropped connection): the loop drops
+    each unmask answer's message as an internal error (loop._pump), but the machine holds the answers,
+    three of them enough for the sum. Abandoned at the unmask deadline (unmask_min = 5), the round is
+    charged at its close, once."""
+    fleet = _fleet(model, tmp_path, unmask_min=5)
+    c = fleet.coordinator
+    failed = []
+
+    def refuse(*_):
+        failed.append(1)
+        raise sqlite3.OperationalError("database is locked")
+
+    def pump_as_the_loop_does(timeout=0.0, _pump=c.pump):
+        try:
+            return _pump(timeout)
+        except sqlite3.OperationalError:
+            return True  # loop._pump: the message is lost, the service goes on
+    monkeypatch.setattr(c.store, "charge_round", refuse)
+    monkeypatch.setattr(c, "pump", pump_as_the_loop_does)
+    record = _silent_from(fleet, drop=tuple(a.device_id for a in fleet.agents[:2]), drop_at_stage=UNMASK_STAGE)
+    assert failed and not record.committed and record.why.endswith("at the unmask stage")
+    monkeypatch.undo()
     _charged_once(c, tmp_path / "s.db")
