@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernel.errors import DeviceStateError
+from .kernel.errors import DeviceStateError, StateWriteError
 from .kernel.files import Arrays, atomic_write_bytes, load_npz
 from .kernel.manifest import check_model_id
 from .superseded import KEY_FIELD, held_key, supersede
@@ -139,6 +139,11 @@ class DeviceStore:
         except FileExistsError:  # a file by the folder's name: a bare OSError escaped handle_task
             raise DeviceStateError(f"{self.dir} is not a folder; move it aside to start this model's state "
                                    "over") from None
+        except OSError as exc:  # a read-only or full state root: a bare OSError escaped handle_task too.
+            # Not DeviceStateError: bad_state parks the device, and its check-ins (state_health.py,
+            # no folder: nothing to read) would never say anything new; space may come back.
+            raise StateWriteError(f"{self.dir} cannot be made ({exc}); the model's tasks are declined until "
+                                  "its state folder can be made") from None
         # state.npz parsed once per store (a task reads it about six times): kept with the
         # file's (inode, size, mtime) and dropped at every write through this store. A store
         # lives for one task, and the device writes its state from one loop, so another

@@ -154,6 +154,29 @@ def test_a_file_where_the_model_state_folder_goes_is_declined_as_bad_state_and_k
     assert not agent.runtime.check_in().eligible  # and its check-ins say so until it is moved aside
 
 
+def test_a_model_state_folder_that_cannot_be_made_is_declined_as_state_unwritable(model, tmp_path, monkeypatch):
+    # A read-only or full state root (root writes to any folder, so mkdir fails here by hand): the
+    # PermissionError escaped handle_task as a bare OSError, and the task was never answered. Not
+    # bad_state: that parks the device, and with no folder its check-ins never say anything new.
+    fleet, root, snapshot, agent = _setup(model, tmp_path)
+    folder = root / "dev0" / fleet.model[1].model_id
+    shutil.rmtree(folder)
+    real_mkdir = Path.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if path == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    fleet.drain()
+    declines = [m for m in _spy(fleet) if isinstance(m, Decline) and m.round_id == 2]
+    assert [d.reason for d in declines] == ["state_unwritable"]
+    assert f"{folder} cannot be made" in declines[0].detail and "Permission denied" in declines[0].detail
+    assert not folder.exists()
+    assert fleet.coordinator.eligible_devices() == ["dev0"]  # not parked: the next round asks it again
+
+
 def test_a_residual_of_other_shapes_is_started_over_not_a_bare_error(model, tmp_path):
     fleet, root, snapshot, agent = _setup(model, tmp_path)
     path = root / "dev0" / fleet.model[1].model_id / "state.npz"
