@@ -103,7 +103,7 @@ class DeviceRuntime:
         self.announced: dict[str, int] = {}  # model id -> the coordinator's latest announced version (the agent's)
 
     def check_in(self) -> CheckIn:
-        reason = self.eligibility() or self.state_health.reason()
+        reason = self.eligibility() or self.state_health.reason(self._busy)  # never under a task
         return CheckIn(
             device_id=self.device_id,
             backends=available_backends(),

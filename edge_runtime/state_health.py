@@ -18,6 +18,7 @@ aside as a task would, and says `bad_state` until it can.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,10 +38,23 @@ class StateHealth:
         """A task of this model, for the contents of state key `key`, found its state unreadable."""
         self.bad[model_id] = key
 
-    def reason(self) -> str | None:
-        """`bad_state` while a model's state found unreadable still is (asked again each time), else None."""
-        self.bad = {m: key for m, key in self.bad.items() if not self._readable(m, key)}
+    def reason(self, busy: threading.Lock | None = None) -> str | None:
+        """`bad_state` while a model's state found unreadable still is (asked again each time), else None.
+
+        busy: the runtime's task lock. Asked with a key, the check moves state files (supersede), so
+        it runs only when the lock is free, and never waits for it: while a task (or an evaluation)
+        runs, the last answer stands. It once moved files under a task in progress."""
+        if busy is None:
+            self._recheck()
+        elif busy.acquire(blocking=False):
+            try:
+                self._recheck()
+            finally:
+                busy.release()
         return BAD_STATE if self.bad else None
+
+    def _recheck(self) -> None:
+        self.bad = {m: key for m, key in self.bad.items() if not self._readable(m, key)}
 
     def _readable(self, model_id: str, key: str | None) -> bool:
         folder = self.home / model_id

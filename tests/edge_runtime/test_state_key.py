@@ -314,3 +314,33 @@ def test_a_state_that_cannot_be_set_aside_keeps_the_device_parked_until_it_can(m
     assert DeviceStore(aside.parent, aside.name).load_personal() is not None
     task = _task(model_id, swapped, "t3")
     assert _train(device, task).payload == _fresh_update(tmp_path, model_id, swapped, task)
+
+
+def test_a_check_in_while_a_task_runs_leaves_the_state_files_where_they_are(models, tmp_path, monkeypatch):
+    """A check-in asked with a key sets state aside (supersede) as a task would: while a task
+    holds the runtime's lock it moved state files under that task. Now the check-in skips the
+    move (and keeps saying bad_state) until the lock is free, and never waits for it."""
+    model_id, a, swapped = models
+    state = tmp_path / "state"
+    device = _device(state, model_id, a)
+    _train(device, _task(model_id, a, "t1"))
+    device.add_model(model_id, swapped)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if PREFIX in str(dst):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(superseded.os, "replace", replace)
+    assert device.handle_task(_task(model_id, swapped, "t2")).reason == "bad_state"
+    monkeypatch.undo()  # the folder writable again, but a task runs
+    folder = state / "devA" / model_id
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with device._busy:
+        check_in = device.check_in()
+        assert (check_in.eligible, check_in.reason) == (False, "bad_state")
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+        assert list(folder.glob(f"{PREFIX}*")) == []
+    assert device.check_in().eligible  # the task done: the check-in sets the state aside
+    assert not (folder / "state.npz").exists() and len(list(folder.glob(f"{PREFIX}*"))) == 1
