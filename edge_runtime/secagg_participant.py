@@ -30,7 +30,7 @@ import numpy as np
 
 from .device import DeviceRuntime
 from .kernel.compress import decompress_update
-from .kernel.errors import ArtifactError, CodecError
+from .kernel.errors import ArtifactError, CodecError, DeviceStateError, StateWriteError
 from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
 from .kernel.secagg import ddg, identity
@@ -167,16 +167,18 @@ class SecAggParticipant:
             self.publish(self._advertisement(self.sessions[task.task_id], task.task_id))
             return
         check_noise_floor(message.spec, self.own_noise_floor)  # the upper bound, before any training
-        try:  # keyed: a residual written for other contents of this model id is set aside, not added
-            store = self.runtime.store(self.runtime.model(task.model_id))
-        except ArtifactError:  # no such model (or unusable): handle_task declines the task, saying why
-            store = DeviceStore(Path(self.runtime.state_root) / self.device_id, task.model_id)
-        residual = store.load_residual()  # before handle_task: it keeps its own (fp32, empty) residual there
+        try:
+            store = self._store(task.model_id)
+            residual = store.load_residual()  # before handle_task: it keeps its own (fp32, empty) residual there
+        except (DeviceStateError, StateWriteError):  # escaped the poll, the task unanswered: handle_task
+            store = residual = None  # meets it too, and declines the task saying why (bad_state parks it)
         reply = self.runtime.handle_task(task, self.stop_check(task))
         if isinstance(reply, Decline):
             self.publish(reply)
             return
         assert isinstance(reply, Update)
+        if store is None:  # its state came right during the task: its residual was not read
+            raise sess.SecAggDecline(FAILED, "the device's state could not be read before the task")
         tensors = decompress_update(decode_tensors(reply.payload))
         spec = message.spec
         check_noise_floor(spec, self.own_noise_floor, sum(v.size for v in tensors.values()))  # before anything leaves
@@ -196,6 +198,12 @@ class SecAggParticipant:
         s = sess.start(self.device_id, task.round_id, hashlib.sha256(task.params).hexdigest())
         self.sessions[task.task_id] = s
         self.publish(self._advertisement(s, task.task_id))
+
+    def _store(self, model_id: str) -> DeviceStore:
+        try:  # keyed: a residual written for other contents of this model id is set aside, not added
+            return self.runtime.store(self.runtime.model(model_id))
+        except ArtifactError:  # no such model (or unusable): handle_task declines the task, saying why
+            return DeviceStore(Path(self.runtime.state_root) / self.device_id, model_id)
 
     def _advertisement(self, s: sess.DeviceSession, task_id: str) -> KeyAdvertisement:
         signature = b""
