@@ -36,7 +36,7 @@ extra independent noise, a post-processing of the calibrated release.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -45,6 +45,7 @@ from dp_accounting import pld, rdp
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .compose import composed
 from .config import ACCOUNTANTS, SAMPLINGS
 
 
@@ -112,11 +113,12 @@ def epsilon(charges: Sequence[RoundCharge], delta: float, method: str = "rdp") -
         _say_pld_fallback(low)
         method = "rdp"  # an upper bound on the same ε (looser), in milliseconds
     relation = _relation(sampling)
-    accountant = rdp.RdpAccountant(neighboring_relation=relation) if method == "rdp" else \
-        pld.PLDAccountant(neighboring_relation=relation)
+    fresh = (lambda: rdp.RdpAccountant(neighboring_relation=relation)) if method == "rdp" else \
+        (lambda: pld.PLDAccountant(neighboring_relation=relation))
     with _quiet_absl():
         try:
-            sampled = float(_composed(accountant, charges, RoundCharge.event).get_epsilon(delta))
+            sampled = float(composed((method, sampling, "sampled"), fresh, charges, RoundCharge.event)
+                            .get_epsilon(delta))
             return min(sampled, _unsampled_epsilon(charges, delta)) if sampling == "fixed" else sampled
         except ValueError as exc:
             # dp-accounting 0.6's fixed-size bound takes log1p(-exp(-4 / z^2)), which fails in
@@ -151,23 +153,9 @@ def _unsampled_epsilon(charges: Sequence[RoundCharge], delta: float) -> float:
     0.6's fixed-size bound loses to it where the cohort is most of the population and z is
     large (7 of 10 devices, one round, delta 1e-6: 0.236 at z = 100 and 0.224 at z = 1e3, where
     the plain Gaussian gives 0.080 and 0.0078), so the smaller of the two is charged."""
-    accountant = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    fresh = lambda: rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)  # noqa: E731
     plain = lambda c: dpa.GaussianDpEvent(c.noise_multiplier / sensitivity_factor(c.sampling))  # noqa: E731
-    return float(_composed(accountant, charges, plain).get_epsilon(delta))
-
-
-def _composed(accountant, charges: Sequence[RoundCharge], event: Callable[[RoundCharge], dpa.DpEvent]):
-    """`accountant` with each charge's event composed; identical rounds in a row compose as one
-    SelfComposed event (the same number, much faster: the check runs the ledger before every round)."""
-    run, count = charges[0], 0
-    for charge in charges:
-        if charge == run:
-            count += 1
-            continue
-        accountant.compose(event(run), count)
-        run, count = charge, 1
-    accountant.compose(event(run), count)
-    return accountant
+    return float(composed(("rdp", "unsampled"), fresh, charges, plain).get_epsilon(delta))
 
 
 @dataclass(frozen=True)
