@@ -102,8 +102,8 @@ class OpenRound:
         draw included, which one device's presence changes. A restart replays the accepted
         updates, so the rule holds for a resumed round, which the ledger's key charges once. A
         secure round is charged when its unmasking begins, before its close (`charged`: None here),
-    or at its close when that early write failed (`unmasking`: a store error on it drops the
-    message, not the answer the machine already holds)."""
+        or at its close when that early write failed (`unmasking`: a store error on it drops the
+        message, not the answer the machine already holds)."""
         # A sharded round's aggregator counts nothing until its seal; its machine's replies are the
         # updates the workers counted (as the leader polled them), which is what decided the round.
         counted = getattr(self.aggregator, "count", 0) > 0 or (
