@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .import_options import ImportOptions
 from .onnx_activation import TRAINABLE, match_activation
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
@@ -50,7 +51,7 @@ from .onnx_linear import (
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
-from .spec import HEAD_MODES, LAYER_MODES, LayerSpec, ModelSpec
+from .spec import LayerSpec, ModelSpec
 
 DENSE_OPS = ("Gemm", "MatMul")
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
@@ -78,33 +79,6 @@ class DenseLayer:
             if not np.all(np.isfinite(value)):
                 raise OnnxImportError(f"{self.node}: its {what} holds {int(np.size(value) - np.isfinite(value).sum())} "
                                       f"NaN or Inf value(s); a model with them cannot be fine-tuned: fix its weights")
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    """What to make of the source model. roles: layer name (fc1, fc2, ...) -> mode."""
-
-    onnx: str
-    cut: str = "auto"  # tensor name, or "auto"
-    roles: dict = field(default_factory=dict)
-    default_role: str = "lora"  # hidden tail layers not named in roles
-    num_classes: int = 0  # 0: keep the source's classifier; > 0: a new head with this many classes
-    head: str = "dual"
-    input_shape: tuple[int, ...] = ()  # per example; needed where the file leaves dims symbolic
-    name: str = ""
-    lora_rank: int = 4
-    lora_alpha: float = 8.0
-    lora_train_a: bool = True
-    init_seed: int = 0
-
-    def __post_init__(self) -> None:
-        for layer, mode in {**self.roles, "(default_role)": self.default_role}.items():
-            if mode not in LAYER_MODES:
-                raise ConfigError(f"import {self.onnx}: role {mode!r} of {layer} not in {LAYER_MODES}")
-        if self.head not in HEAD_MODES:
-            raise ConfigError(f"import {self.onnx}: head {self.head!r} not in {HEAD_MODES}")
-        if self.num_classes == 1 or self.num_classes < 0:
-            raise ConfigError(f"import {self.onnx}: num_classes must be 0 (keep the classifier) or >= 2")
 
 
 def _node_label(node: onnx.NodeProto) -> str:

@@ -231,10 +231,15 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
     if "onnx" in model and "onnx_sha256" not in model:  # `onnx = PATH`: import the file (onnx_import.py)
         from .onnx_import import ImportOptions, import_spec
 
-        data = dict(model)
-        source = Path(data["onnx"])  # relative to the spec file
-        data["onnx"] = str(source if source.is_absolute() else path.parent / source)
-        return import_spec(from_dict(ImportOptions, data, path.name, "model"))
+        if "layers" in model:  # an import's dense tail is read from the file
+            raise ConfigError(f"{path.name}: model.onnx imports a model file, whose layers fedge reads; leave out "
+                              "[[model.layers]] (or leave out onnx for a model written by hand)")
+        # read as the key's type first: `onnx = 1` once reached Path() and a TypeError
+        options = from_dict(ImportOptions, model, path.name, "model")
+        if not options.onnx:
+            raise ConfigError(f"{path.name}: model.onnx is empty: name the ONNX file to import")
+        source = Path(options.onnx)  # relative to the spec file
+        return import_spec(replace(options, onnx=str(source if source.is_absolute() else path.parent / source)))
     return from_dict(ModelSpec, model, path.name, "model")
 
 def mlp_spec(
