@@ -10,6 +10,7 @@ from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
+from fedge.edge_runtime.kernel.wire_fields import I64, bounded
 
 from .aggregate import AGGREGATORS
 from .async_mode.config import AsyncConfig, check_mode
@@ -29,6 +30,8 @@ MAX_OVER_SELECTION = 100.0
 # grids stop at 10): --server-lr 1e30 ran every round into a model of NaN or Inf and exited 0.
 MAX_SERVER_LR = 100.0
 MAX_SERVER_TAU = 1.8e19  # tau² stays a finite float32 (its largest is 3.4e38)
+# A round's task seed is seed * SEED_STRIDE (+ the round), a non-negative 64-bit field on the wire.
+SEED_STRIDE = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class CoordinatorConfig:
     # stays O(model), and on our runs without attackers it cost nothing (README, Robust aggregation).
     aggregator: str = "norm_bound"
     robust: RobustConfig = field(default_factory=RobustConfig)
-    seed: int = 0
+    seed: int = bounded(0, I64[1] // SEED_STRIDE, 0)  # numpy takes no negative seed
     # Any inbound message over this is refused unread, with no Ack (validation.decode_report); a
     # value below the model's largest honest update is refused at start (update_fits.py).
     max_update_bytes: int = 16 << 20
@@ -165,8 +168,10 @@ class CoordinatorConfig:
         for name in ("fetch_interval_s", "pace_idle_s", "pace_declined_s", "pace_jitter_s", "task_resend_s"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds")
-        if self.checkin_burst < 1 or not 0 <= self.checkin_refill_s < math.inf:
-            raise ConfigError("checkin_burst must be >= 1 and checkin_refill_s in [0, inf) (0: no limit)")
+        if self.checkin_burst < 1:
+            raise ConfigError("checkin_burst must be >= 1")
+        if not 0 <= self.checkin_refill_s < math.inf:
+            raise ConfigError("checkin_refill_s must be >= 0 seconds (0: no limit)")
         if self.model_part_bytes < 0 or 0 < self.model_part_bytes < 256:
             raise ConfigError("model_part_bytes must be 0 (params inline in every task) or >= 256")
         if not self.pace_max_s > 0:
@@ -177,9 +182,11 @@ class CoordinatorConfig:
             raise ConfigError(f"weighting {self.weighting!r}: choose one of {WEIGHTINGS}")
         if not 1 <= self.max_examples <= MAX_EXAMPLES:
             raise ConfigError(f"max_examples must be in [1, {MAX_EXAMPLES}]")
-        if not (0 <= self.abandon_backoff_s <= self.abandon_backoff_max_s
-                and math.isfinite(self.abandon_backoff_max_s)):
-            raise ConfigError("abandon_backoff_s must be in [0, abandon_backoff_max_s] (seconds, finite)")
+        if not 0 <= self.abandon_backoff_s < math.inf:
+            raise ConfigError("abandon_backoff_s must be >= 0 seconds")
+        if not self.abandon_backoff_s <= self.abandon_backoff_max_s < math.inf:
+            raise ConfigError(f"abandon_backoff_max_s must be at least abandon_backoff_s = {self.abandon_backoff_s} "
+                              "seconds")
         if not (self.guard_max_loss_ratio >= 1.0 and math.isfinite(self.guard_max_loss_ratio)):
             raise ConfigError("guard_max_loss_ratio must be >= 1 (1.5 = refuse a model 50% worse on the guard set)")
         check_mode(self)  # first: async rules out whole features, whose own finer rules would come first
@@ -197,7 +204,7 @@ class CoordinatorConfig:
         # range once passed here and failed each task's encoding, the run ending with no round
         hyper = replace(self.hyper, mu=self.prox_mu) if self.strategy == "fedprox" else self.hyper
         task = TrainTask(0, "", "", "probe", 0, b"", hyper=hyper, compression=self.compression,
-                         deadline_s=self.round_deadline_s, seed=self.seed * 1_000_003)
+                         deadline_s=self.round_deadline_s, seed=self.seed * SEED_STRIDE)
         for msg in (task, Pace("", self.pace_max_s)):
             try:
                 encode_message(msg)

@@ -85,8 +85,11 @@ class ServiceSettings:
     shard_credentials: str = ""
 
     def __post_init__(self) -> None:
-        if self.min_devices < 1 or self.rounds < 0 or self.round_pause_s < 0 or self.metrics_linger_s < 0:
-            raise ConfigError("service: min_devices >= 1, rounds >= 0, round_pause_s >= 0 and metrics_linger_s >= 0")
+        for name, low in (("min_devices", 1), ("rounds", 0), ("round_pause_s", 0), ("metrics_linger_s", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"service.{name} must be >= {low}, got {getattr(self, name)}")
+        if not self.client_id:  # MQTT gives a persistent session (clean_start = false) only to a named client
+            raise ConfigError("service.client_id must not be empty")
 
 
 @dataclass(frozen=True)

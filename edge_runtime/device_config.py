@@ -45,6 +45,7 @@ from .kernel.errors import ConfigError, DatasetError
 from .kernel.files import load_npz
 from .kernel.protocol import DEVICE_MAX_TASK_S
 from .kernel.transport.settings import MqttSettings
+from .kernel.wire_fields import I64, bounded
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class DeviceConfig:
     device_id: str
     state_dir: str = "fedge-state"
     backend: str = "auto"
-    seed: int = 0
+    seed: int = bounded(0, I64[1], 0)  # numpy refuses a negative one (device.py seeds each task with it)
     broker: MqttSettings = field(default_factory=MqttSettings)
     data: DataConfig = field(default_factory=DataConfig)
     eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)
@@ -127,6 +128,8 @@ class DeviceConfig:
     def __post_init__(self) -> None:
         if not self.device_id or any(c in self.device_id for c in "/+#\0\\") or self.device_id == "coordinator":
             raise ConfigError(f"device_id {self.device_id!r}: non-empty, no / \\ + # NUL, and not 'coordinator'")
+        if not self.state_dir:  # "" would be the folder the device was started in
+            raise ConfigError("state_dir must name a folder (the device's own state is kept under it)")
         if self.device_id in (".", ".."):  # it names the device's state folder: never state_dir or its parent
             raise ConfigError(f"device_id {self.device_id!r} cannot name a folder")
         if self.broker.username and self.broker.username != self.device_id:

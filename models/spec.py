@@ -39,6 +39,7 @@ from pathlib import Path
 from fedge.edge_runtime.kernel.activations import ACTIVATIONS, DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.wire_fields import I64, bounded
 
 LAYER_KINDS = ("dense", "conv", "pool", "gap", "flatten")
 LAYER_MODES = ("frozen", "lora", "shared", "personal")
@@ -61,7 +62,7 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
-            raise ConfigError(f"layer name {self.name!r} must be alphanumeric/underscore")
+            raise ConfigError(f"name {self.name!r} of a layer must be alphanumeric/underscore")
         if self.name.startswith("head"):
             raise ConfigError(f"layer name {self.name!r}: names starting with 'head' are reserved")
         if self.kind not in LAYER_KINDS:
@@ -103,7 +104,7 @@ class ModelSpec:
     # et al. 2024): half the adapter upload for a dense layer, and FedAvg of B alone is the
     # exact average of the adapters' products B·A, which averaging A and B separately is not.
     lora_train_a: bool = True
-    init_seed: int = 0
+    init_seed: int = bounded(0, I64[1], 0)  # numpy refuses a negative one (params.py seeds the init with it)
     onnx: str = ""  # source model of an imported spec ("" for a spec written by hand)
     onnx_sha256: str = ""
     onnx_cut: str = ""  # tensor name: the backbone ends here and the dense tail begins

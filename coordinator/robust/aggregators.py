@@ -65,9 +65,10 @@ class RobustConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.byzantine_fraction < 0.5:
             raise BadRobustParameter("byzantine_fraction must be in [0, 0.5)")
-        if not (self.cc_tau >= 0 and math.isfinite(self.cc_tau)) or not 1 <= self.cc_iterations <= MAX_CC_ITERATIONS:
-            raise BadRobustParameter("cc_tau must be >= 0 (0 = running median norm) and cc_iterations in "
-                                     f"[1, {MAX_CC_ITERATIONS}]")
+        if not (self.cc_tau >= 0 and math.isfinite(self.cc_tau)):
+            raise BadRobustParameter("cc_tau must be >= 0 (0 = running median norm)")
+        if not 1 <= self.cc_iterations <= MAX_CC_ITERATIONS:
+            raise BadRobustParameter(f"cc_iterations must be in [1, {MAX_CC_ITERATIONS}]")
         if self.bucket_size < 0:
             raise BadRobustParameter("bucket_size must be >= 0 (0 = no bucketing)")
 

@@ -83,8 +83,11 @@ class NormBoundConfig:
     def __post_init__(self) -> None:
         if not (self.multiplier > 0 and math.isfinite(self.multiplier)):
             raise BadRobustParameter(f"norm bound: multiplier must be > 0, got {self.multiplier}")
-        if self.window < 1 or not 1 <= self.min_history <= self.window:
-            raise BadRobustParameter("norm bound: need window >= 1 and 1 <= min_history <= window")
+        if self.window < 1:
+            raise BadRobustParameter(f"norm bound: window must be >= 1, got {self.window}")
+        if not 1 <= self.min_history <= self.window:
+            raise BadRobustParameter(f"norm bound: min_history must be in [1, window = {self.window}], "
+                                     f"got {self.min_history}")
         if not (self.initial_bound >= 0 and math.isfinite(self.initial_bound)):
             raise BadRobustParameter("norm bound: initial_bound must be >= 0 (0 = the round's own median)")
         if not (self.exclude_multiplier == 0 or self.multiplier <= self.exclude_multiplier < math.inf):

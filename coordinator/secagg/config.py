@@ -67,11 +67,13 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 24:
             raise ConfigError("secure_aggregation.bits must be in [2, 24] (8 and 16 are the usual)")
-        if not (0 <= self.neighbours <= MAX_FLEET and 0 <= self.threshold <= MAX_FLEET):
-            raise ConfigError(f"secure_aggregation.neighbours and threshold must be in [0, {MAX_FLEET:,}] (0 = chosen)")
-        if not (1 <= self.sigma <= MAX_SECURITY_BITS and 1 <= self.eta <= MAX_SECURITY_BITS):
-            raise ConfigError(f"secure_aggregation.sigma and eta must be in [1, {MAX_SECURITY_BITS}] bits "
-                              f"(failure probabilities 2^-sigma and 2^-eta; 40 and 20 by default)")
+        for name in ("neighbours", "threshold"):
+            if not 0 <= getattr(self, name) <= MAX_FLEET:
+                raise ConfigError(f"secure_aggregation.{name} must be in [0, {MAX_FLEET:,}] (0 = chosen)")
+        for name in ("sigma", "eta"):
+            if not 1 <= getattr(self, name) <= MAX_SECURITY_BITS:
+                raise ConfigError(f"secure_aggregation.{name} must be in [1, {MAX_SECURITY_BITS}] bits "
+                                  f"(failure probabilities 2^-sigma and 2^-eta; 40 and 20 by default)")
         if self.neighbours in (1, 2, 3):
             raise ConfigError("secure_aggregation.neighbours must be 0 (chosen) or >= 4: a sparse graph's packed "
                               "shares need t = k/2 + 2 of the k neighbours")
@@ -79,8 +81,11 @@ class SecAggConfig:
             raise ConfigError("secure_aggregation.threshold must exceed neighbours / 2: with 2t <= k the "
                               "coordinator could collect both a device's self-mask and mask-key shares (a "
                               "sparse graph's packed shares need one more, and get it: graph_for)")
-        if not (0 <= self.dropout < 1 and 0 <= self.corrupt < 1 and self.dropout + self.corrupt < 1):
-            raise ConfigError("secure_aggregation: need 0 <= dropout, corrupt and dropout + corrupt < 1")
+        for name in ("dropout", "corrupt"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"secure_aggregation.{name} must be in [0, 1)")
+        if self.dropout + self.corrupt >= 1:
+            raise ConfigError("secure_aggregation.dropout + secure_aggregation.corrupt must be < 1")
         if not (self.clip_range >= 0 and math.isfinite(self.clip_range)):
             raise ConfigError("secure_aggregation.clip_range must be >= 0 (0 = from compression.clip_norm)")
         if not 0 < self.keep_fraction <= 1:

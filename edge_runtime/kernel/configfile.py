@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import re
 import sys
 import types
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .wire_fields import I64
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -18,6 +21,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+# What every config value must be, whatever its field's own check says (the class's
+# __post_init__ runs after these; tests/test_config_fuzz.py found each of them passing). An
+# integer fits 64 bits, TOML's own limit: 2**70 passed checks that look at one end only
+# (max_update_bytes, keep_versions, privacy.rounds, broker.max_message_bytes, ...). A number is
+# finite: no setting means "none" by inf (0 does), and inf passed as pace_idle_s,
+# secure_aggregation.stage_deadline_s, broker.reconnect_max_s, NaN as a profile's trace values.
+# A string holds at most MAX_TEXT characters (PATH_MAX on Linux: more than any id, URL or path
+# needs); a megabyte passed as state_db, data.npz, broker.username, a layer's name.
+MAX_TEXT = 4096
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -57,7 +69,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "", table: str = 
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{here}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"{here}: unknown key(s) {', '.join(_unknown(key, fields) for key in unknown)}; "
             f"valid keys are: {', '.join(sorted(fields))}"
         )
     required = [key for key, f in fields.items() if f.default is dataclasses.MISSING
@@ -67,8 +79,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "", table: str = 
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
-        name = fields[key].name
-        kwargs[name] = _coerce(hints[name], value, where, f"{table}.{key}" if table else key)
+        name, at = fields[key].name, f"{table}.{key}" if table else key
+        kwargs[name] = _in_range(fields[key], _coerce(hints[name], value, where, at), where, at)
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # the class's own check: the same error (its type kept), located
@@ -78,15 +90,37 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "", table: str = 
         raise ConfigError(_located(fields, where, table, str(exc))) from None
 
 
+def _unknown(key: str, known) -> str:
+    """`key`, quoted, with the known key it most likely misspells."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+
+
+def _in_range(f: dataclasses.Field, value: Any, where: str, key: str) -> Any:
+    """`value`, when it lies in the [lo, hi] its field declares (wire_fields.bounded: the codec
+    checks the same range on the wire, and so should a config that sends it)."""
+    bounds = f.metadata.get("range")
+    if bounds is not None and isinstance(value, (int, float)) and not bounds[0] <= value <= bounds[1]:
+        low, high = (f"{b:,}" if isinstance(b, int) else f"{b:g}" for b in bounds)
+        raise ConfigError(f"{key_at(where, key)} must be in [{low}, {high}], got {value!r}")
+    return value
+
+
 def _located(keys, where: str, table: str, message: str) -> str:
     """A config class's own error, which names its key from the class's table ("delta must be"),
     or, as nested configs do, from that table's own key ("privacy.delta must be"), spelled with
-    key_at: the file, then the full dotted path. A message that starts with no key gets the table."""
+    key_at: the file, then the full dotted path. One that names its key after a label ("layer
+    fc1: units must be", "norm bound: multiplier must be") is located on that key, the label kept
+    in brackets. A message that starts with no key gets the table."""
     first = re.match(r"[A-Za-z_][\w-]*", message)
     first = first.group(0) if first else ""
     parent, _, own = table.rpartition(".")
     if first in keys:
         return key_at(where, f"{table}.{message}" if table else message)
+    label, colon, rest = message.partition(": ")
+    after = re.match(r"[A-Za-z_][\w-]*", rest)
+    if colon and after and after.group(0) in keys:
+        return key_at(where, f"{table}.{rest}" if table else rest) + ("" if label == own else f" ({label})")
     if first and first == own:
         return key_at(where, f"{parent}.{message}" if parent else message)
     return f"{key_at(where, table)}: {message}" if where or table else message
@@ -129,12 +163,17 @@ def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except OverflowError:  # an integer past float's range (1 followed by 400 zeros)
             raise ConfigError(f"{path}: an integer of {len(str(value))} digits is too large for a number") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if not I64[0] <= value <= I64[1]:
+            raise ConfigError(f"{path}: {value} does not fit in 64 bits (TOML's integers are 64-bit)")
         return value
     if hint is bool:
         if not isinstance(value, bool):
@@ -143,6 +182,8 @@ def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
+        if len(value) > MAX_TEXT:
+            raise ConfigError(f"{path}: a string of {len(value):,} characters; at most {MAX_TEXT:,}")
         return value
     if isinstance(hint, type) and isinstance(value, hint):
         return value

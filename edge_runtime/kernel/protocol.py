@@ -154,8 +154,11 @@ class TaskHyper:
         # ValueError: the codec turns it into MalformedPayload, a config loader into ConfigError.
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"hyper.optimizer {self.optimizer!r}: use one of {OPTIMIZERS}")
-        if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError("hyper: epochs and batch_size must be >= 1 and lr > 0")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"hyper.{name} must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError("hyper.lr must be > 0")
 
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -51,7 +51,8 @@ def list_field(items: int, **kw):
 
 
 def bounded(lo: float, hi: float, default=None, *, omit_default: bool = False, **kw):
-    """A dataclass field whose value must lie in [lo, hi] (the codec checks it).
+    """A dataclass field whose value must lie in [lo, hi] (the codec checks it, and so does a
+    config loader, configfile.from_dict, before the class's own checks).
 
     omit_default: the codec leaves the field out of a frame while it holds its default, so a
     field added to schema version 1 reaches peers built before it (their decoders refuse

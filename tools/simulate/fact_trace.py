@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from fedge.edge_runtime.eligibility import LINKS, MINUTES_PER_DAY, DeviceFacts, parse_hhmm
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.wire_fields import bounded
 
 Windows = tuple[tuple[float, float], ...]  # [start, end) seconds
 
@@ -34,8 +35,8 @@ class FactTrace:
     metered: bool | None = None
     temperature_c: float | None = 45.0
     hot_temperature_c: float = 80.0
-    cpu_idle_percent: float | None = 90.0
-    free_memory_mb: float | None = 1024.0
+    cpu_idle_percent: float | None = bounded(0.0, 100.0, 90.0)
+    free_memory_mb: float | None = bounded(0.0, 1e12, 1024.0)  # a terabyte of RAM, in MB
     start_local_time: str | None = None  # "HH:MM" at trace time 0; None = local time unknown
 
     def __post_init__(self) -> None:
@@ -50,8 +51,9 @@ class FactTrace:
                                       f"period_s={self.period_s:g}")
         if self.battery_start_percent is not None and not 0 <= self.battery_start_percent <= 100:
             raise ConfigError(f"trace.battery_start_percent = {self.battery_start_percent}: must be in [0, 100]")
-        if self.drain_percent_per_min < 0 or self.charge_percent_per_min < 0:
-            raise ConfigError("trace: drain_percent_per_min and charge_percent_per_min must be >= 0")
+        for name in ("drain_percent_per_min", "charge_percent_per_min"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"trace.{name} must be >= 0")
         if self.period_s < 0 or not math.isfinite(self.period_s):
             raise ConfigError(f"trace.period_s = {self.period_s}: must be >= 0 (0 = no repeat)")
         if self.link not in LINKS:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from .backoff import Backoff
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,10 @@ class MqttSettings:
             raise ConfigError(f"broker: TLS files given but url {self.url!r} is not mqtts://")
         if self.max_packet_size and self.max_packet_size < 1024:
             raise ConfigError("broker.max_packet_size must be 0 (broker's value) or >= 1024 bytes")
-        Backoff(self.reconnect_min_s, self.reconnect_max_s)
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:  # what Backoff needs; NaN fails this too
+            bad = "reconnect_min_s" if not 0 < self.reconnect_min_s < math.inf else "reconnect_max_s"
+            raise ConfigError(f"broker.{bad} must be > 0 and reconnect_min_s <= reconnect_max_s, got "
+                              f"{self.reconnect_min_s} and {self.reconnect_max_s}")
         if not 0 <= self.keepalive_s <= 65535:  # MQTT's keep-alive is a 16-bit count of seconds; 0 = off
             raise ConfigError(f"broker.keepalive_s must be in [0, 65535], got {self.keepalive_s}")
         if not 0 <= self.session_expiry_s <= 0xFFFFFFFF:  # a 32-bit property in MQTT 5
@@ -71,8 +73,11 @@ class MqttSettings:
             value = getattr(self, name)
             if not 0 < value < math.inf:  # NaN fails this too
                 raise ConfigError(f"broker.{name} must be > 0 and finite, got {value}")
-        if min(self.max_message_bytes, self.max_inbound_bytes + 1, self.max_pending_bytes + 1) < 1:
-            raise ConfigError("broker: max_message_bytes must be >= 1; max_inbound_bytes and max_pending_bytes >= 0")
+        if self.max_message_bytes < 1:
+            raise ConfigError("broker.max_message_bytes must be >= 1")
+        for name in ("max_inbound_bytes", "max_pending_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"broker.{name} must be >= 0 (0 = from max_message_bytes)")
 
     @property
     def inbound_limit(self) -> int:
