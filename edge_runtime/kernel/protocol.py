@@ -159,6 +159,8 @@ class TaskHyper:
                 raise ValueError(f"hyper.{name} must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError("hyper.lr must be > 0")
+        if self.optimizer == "adamw" and not self.eps > 0:  # m / (sqrt(v) + eps) is 0 / 0 where a gradient is 0
+            raise ValueError("hyper.eps must be > 0 with optimizer 'adamw' (1e-8 is torch's default)")
 
 
 OPTIMIZERS = ("sgd", "adamw")
