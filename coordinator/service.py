@@ -55,6 +55,7 @@ from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from .async_mode.server import coordinator_class
 from .config import CoordinatorConfig
 from .leadership import LeadershipError, PostgresLease, watch_lease
+from .limits import MAX_FLEET
 from .loop import CoordinatorLoop
 from .metrics import CoordinatorMetrics, serve_metrics
 from .retain_fanout import cluster_transport
@@ -88,6 +89,8 @@ class ServiceSettings:
         for name, low in (("min_devices", 1), ("rounds", 0), ("round_pause_s", 0), ("metrics_linger_s", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"service.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.min_devices > MAX_FLEET:  # past any fleet fedge runs (limits.py): a typo that holds every round back
+            raise ConfigError(f"service.min_devices must be at most {MAX_FLEET:,}, got {self.min_devices}")
         if not self.client_id:  # MQTT gives a persistent session (clean_start = false) only to a named client
             raise ConfigError("service.client_id must not be empty")
 

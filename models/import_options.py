@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.wire_fields import I64, bounded
 
-from .spec import HEAD_MODES, LAYER_MODES, MAX_UNITS, MAX_VALUES
+from .spec import HEAD_MODES, LAYER_MODES, MAX_CLASSES, MAX_UNITS, MAX_VALUES
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class ImportOptions:
             raise ConfigError(f"default_role {self.default_role!r} not in {LAYER_MODES} (import {self.onnx})")
         if self.head not in HEAD_MODES:
             raise ConfigError(f"head {self.head!r} not in {HEAD_MODES} (import {self.onnx})")
-        if self.num_classes == 1 or self.num_classes < 0:
-            raise ConfigError(f"num_classes must be 0 (keep the classifier) or >= 2 (import {self.onnx})")
+        if self.num_classes == 1 or not 0 <= self.num_classes <= MAX_CLASSES:
+            raise ConfigError(f"num_classes must be 0 (keep the classifier) or in [2, {MAX_CLASSES}] "
+                              f"(import {self.onnx})")
         if not self.cut:
             raise ConfigError(f"cut must name a tensor of the model, or be 'auto' (import {self.onnx})")
         # what the imported spec would refuse anyway (spec.ModelSpec), refused before the file is read

@@ -27,6 +27,8 @@ CASES = [  # (loader, file, text, how the message starts)
      "c.toml: coordinator.clients_per_round must"),
     (load_coordinator_config, "s.toml", "clients_per_round = 0\n", "s.toml: clients_per_round must"),  # no table
     (load_service_config, "c.toml", SERVICE + "checkin_burst = 0\n", "c.toml: coordinator.checkin_burst must"),
+    (load_service_config, "c.toml", "[service]\nmin_devices = 1_000_001\n" + SERVICE,
+     "c.toml: service.min_devices must"),
     (load_service_config, "c.toml", SERVICE + "[coordinator.privacy]\nenabled = true\ndelta = 2.0\n",
      "c.toml: coordinator.privacy.delta must"),
     (load_service_config, "c.toml", SERVICE + '[coordinator.privacy]\nnoise_multiplier = "x"\n',

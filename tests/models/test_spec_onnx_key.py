@@ -25,6 +25,7 @@ CASES = [
     ('onnx = "m.onnx"\ninput_shape = [3, 0]\n', "s.toml: model.input_shape (3, 0) must be positive"),
     ('onnx = "m.onnx"\ncut = ""\n', "s.toml: model.cut must name a tensor"),
     ('onnx = "m.onnx"\ndefault_role = "trained"\n', "s.toml: model.default_role 'trained' not in"),
+    ('onnx = "m.onnx"\nnum_classes = 4611686018427387904\n', "s.toml: model.num_classes must be 0"),
 ]
 
 
