@@ -183,6 +183,7 @@ class AsyncCoordinator(Coordinator):
 
     def _report(self, report: Update | Decline, sender: str | None, size: int) -> None:
         now = self.clock.now()
+        self._flush_if_full(now)  # before anything enters it: it was full when it was last seen
         self.registry.seen(sender, now)
         self._silent.discard(sender)
         if isinstance(report, Decline):
@@ -292,8 +293,7 @@ class AsyncCoordinator(Coordinator):
             self.outbound.announce_or_defer(self.state.version, self.round)
         now = self.clock.now()
         self.evaluations.tick(now)
-        if self.round is not None and self.machine.buffered >= self.machine.buffer_size:
-            self._flush(now)  # resumed with a full buffer: killed between its last update and the flush
+        self._flush_if_full(now)
         self.machine, actions = on_event(self.machine, Tick(now))
         for action in actions:
             if isinstance(action, Expire):
@@ -356,6 +356,12 @@ class AsyncCoordinator(Coordinator):
             # quick, must not hold back the new one (it did, until the device checked in again).
             rnd.task_sent.pop(device_id, None)
             self._send_task(device_id, flight, now)
+
+    def _flush_if_full(self, now: float) -> None:
+        """Flush a buffer resumed full (killed between its K-th update and the flush), before an
+        update enters it: one that came before the first tick once made it K + 1, weighted as fresh."""
+        if self.round is not None and self.machine.buffered >= self.machine.buffer_size:
+            self._flush(now)
 
     def _flush(self, now: float) -> None:
         """Step the server optimizer on the buffer and commit the new version (or refuse it)."""
