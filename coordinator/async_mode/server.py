@@ -76,6 +76,7 @@ class AsyncCoordinator(Coordinator):
         self._silent: set[str] = set()  # let a task expire, not heard from since: no new task until it is
         self._draws = 0
         self._contributions: Counter[str] = Counter()  # device -> its updates in the open buffer
+        self.stop_after = None  # the loop's should_stop(record): True, and no buffer opens after that flush
         super().__init__(*args, **kwargs)
         r = self.metrics.registry
         self.staleness_seen = Histogram("fedge_async_staleness", "Staleness (versions) of accepted updates",
@@ -383,7 +384,8 @@ class AsyncCoordinator(Coordinator):
             self.machine = replace(self.machine, buffered=0)
         self.journal.forget(record.round_id)
         self._flushed.append(self._close(record))
-        self.begin_round()  # at once: updates keep arriving
+        if self.stop_after is None or not self.stop_after(record):
+            self.begin_round()  # at once: updates keep arriving
 
     def _gauges(self) -> None:
         self.in_flight.set(self.machine.in_flight)
