@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedge.coordinator.async_mode.config import AsyncConfig
 from fedge.coordinator.loop import CoordinatorLoop
 from fedge.edge_runtime.kernel.codec import encode_message
-from tests.coordinator.fleet import ManualDevice, make_fleet, random_delta
+from tests.coordinator.fleet import random_delta
+from tests.coordinator.test_async_server import _fleet
 from tests.tiny_model import build_tiny_model
 
 
@@ -24,14 +24,8 @@ def model(tmp_path_factory):
 
 
 def test_a_burst_of_updates_commits_no_version_past_should_stop(model, tmp_path):
-    fleet = make_fleet(model, tmp_path, mode="async",
-                       async_=AsyncConfig(concurrency=3, buffer_size=1, max_staleness=5))
-    devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
-    fleet.drain()
+    fleet, devs = _fleet(model, tmp_path, 3, buffer_size=1, max_staleness=5)  # all three dispatched
     c = fleet.coordinator
-    assert c.begin_round()
-    c.tick()
-    fleet.drain()
     rng = np.random.default_rng(2)
     for d in devs:  # three updates queued: one burst of the loop, K = 1
         d.send(encode_message(d.update(random_delta(c.shapes, rng))))
