@@ -32,8 +32,8 @@ The interface admits, without touching the coordinator:
   base is behind) and `meta.staleness_weight` = f(s); the coordinator calls `result` when the
   buffer holds K updates instead of at a round deadline. An aggregator with a true
   `weights_staleness` attribute is given the raw delta instead and applies f(s) itself: the
-  robust rules (coordinator/robust), so that the norm bound clips the raw delta by the raw-norm
-  history and weights the clipped delta after, clip(Δ) f(s), as FedBuff does.
+  robust rules (coordinator/robust) and DP's DpMean, so that the norm bound (or the clip S) clips
+  the raw delta and weights the clipped delta after, clip(Δ) f(s), as FedBuff does.
 
 Pick one with `[coordinator] aggregator = "mean"`; `make_aggregator(name, context)` builds a
 fresh one per round. The factory gets an AggregatorContext: the round id and seed (for an RNG

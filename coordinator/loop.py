@@ -61,6 +61,8 @@ class CoordinatorLoop:
         self.poll_s = poll_s
         self.on_round = on_round
         self.should_stop = should_stop
+        if hasattr(coordinator, "stop_after"):  # async: a flush opens the next buffer before we see its record
+            coordinator.stop_after = should_stop
         self.on_begin = on_begin
         self.finish_evaluation_s = finish_evaluation_s
         self.finishing = False  # should_stop said so: no new round, only the evaluation in flight

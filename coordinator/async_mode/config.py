@@ -62,6 +62,9 @@ class AsyncConfig:
             raise ConfigError(f"async.staleness {self.staleness!r}: choose one of {STALENESS}")
         if not (self.staleness_exponent >= 0 and math.isfinite(self.staleness_exponent)):
             raise ConfigError("async.staleness_exponent must be >= 0 and finite")
+        if not (1.0 + self.max_staleness) ** -self.exponent > 0:  # the aggregators refuse f = 0 (staleness.py)
+            raise ConfigError(f"async.staleness_exponent {self.staleness_exponent:g} weights an update at "
+                              f"max_staleness {self.max_staleness} by (1 + s)^-a = 0.0 in float64: lower one of them")
 
     @property
     def exponent(self) -> float:

@@ -76,6 +76,7 @@ class AsyncCoordinator(Coordinator):
         self._silent: set[str] = set()  # let a task expire, not heard from since: no new task until it is
         self._draws = 0
         self._contributions: Counter[str] = Counter()  # device -> its updates in the open buffer
+        self.stop_after = None  # the loop's should_stop(record): True, and no buffer opens after that flush
         super().__init__(*args, **kwargs)
         r = self.metrics.registry
         self.staleness_seen = Histogram("fedge_async_staleness", "Staleness (versions) of accepted updates",
@@ -183,6 +184,7 @@ class AsyncCoordinator(Coordinator):
 
     def _report(self, report: Update | Decline, sender: str | None, size: int) -> None:
         now = self.clock.now()
+        self._flush_if_full(now)  # before anything enters it: it was full when it was last seen
         self.registry.seen(sender, now)
         self._silent.discard(sender)
         if isinstance(report, Decline):
@@ -292,8 +294,7 @@ class AsyncCoordinator(Coordinator):
             self.outbound.announce_or_defer(self.state.version, self.round)
         now = self.clock.now()
         self.evaluations.tick(now)
-        if self.round is not None and self.machine.buffered >= self.machine.buffer_size:
-            self._flush(now)  # resumed with a full buffer: killed between its last update and the flush
+        self._flush_if_full(now)
         self.machine, actions = on_event(self.machine, Tick(now))
         for action in actions:
             if isinstance(action, Expire):
@@ -357,6 +358,12 @@ class AsyncCoordinator(Coordinator):
             rnd.task_sent.pop(device_id, None)
             self._send_task(device_id, flight, now)
 
+    def _flush_if_full(self, now: float) -> None:
+        """Flush a buffer resumed full (killed between its K-th update and the flush), before an
+        update enters it: one that came before the first tick once made it K + 1, weighted as fresh."""
+        if self.round is not None and self.machine.buffered >= self.machine.buffer_size:
+            self._flush(now)
+
     def _flush(self, now: float) -> None:
         """Step the server optimizer on the buffer and commit the new version (or refuse it)."""
         rnd, n = self.round, self.round.aggregator.count
@@ -377,7 +384,8 @@ class AsyncCoordinator(Coordinator):
             self.machine = replace(self.machine, buffered=0)
         self.journal.forget(record.round_id)
         self._flushed.append(self._close(record))
-        self.begin_round()  # at once: updates keep arriving
+        if self.stop_after is None or not self.stop_after(record):
+            self.begin_round()  # at once: updates keep arriving
 
     def _gauges(self) -> None:
         self.in_flight.set(self.machine.in_flight)

@@ -13,8 +13,9 @@ updates moves the model less than a buffer of fresh ones, which is the point. Th
 rules get the raw delta and f(s) (aggregate.py, weights_staleness): the norm bound clips Δ_i
 by the history of raw norms and weights the clipped delta, clip(Δ_i) f(s_i), as FedBuff does;
 clipping f(s) Δ_i against a history of scaled norms once held a fresh update to the shrunken
-norms of stale ones. Other aggregators get f(s) Δ_i: since 0 < f <= 1 that never raises a
-norm, so DP's clip after the scaling still bounds each update's contribution.
+norms of stale ones. Central DP's DpMean does the same with its clip S, f(s_i) clip_S(Δ_i):
+with 0 < f <= 1 each update still adds at most S; scaled first, an update over S / f(s) was
+clipped back to S and counted as a fresh one. The other aggregators get f(s) Δ_i.
 
 The server optimizer (coordinator/strategies) then applies Δ_buf as it applies a round's
 mean. Updates with s > max_staleness are not weighted at all: they are rejected.

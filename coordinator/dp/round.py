@@ -127,7 +127,13 @@ class DpMean:
     """The DP-FedAvg aggregator of one round (module docstring). Its state is a function of the
     `add` calls alone and its noise comes from `rng()` (seeded by (seed, round)), so a replay
     after a restart rebuilds the same sum and draws the same noise: the released aggregate is
-    bit-identical, and is charged once."""
+    bit-identical, and is charged once.
+
+    Async mode hands it each raw delta and f(s) (aggregate.py, weights_staleness): it clips to S,
+    then weights, f(s) clip_S(Δ), FedBuff's order; with 0 < f <= 1 each update still adds at most
+    S. Scaled first, an update over S / f(s) was clipped back to S: stale, it counted as a fresh one."""
+
+    weights_staleness = True
 
     def __init__(self, plan: RoundPlan, rng: Callable[[], np.random.Generator]):
         self.plan = plan
@@ -142,6 +148,11 @@ class DpMean:
 
     def add(self, delta: Params, meta) -> None:
         bounded, norm = clip_to_norm(delta, self.plan.clip_norm)
+        factor = float(getattr(meta, "staleness_weight", 1.0))
+        if not 0 < factor <= 1:  # more than 1 would break the sensitivity S
+            raise ValueError(f"staleness weight must be in (0, 1], got {factor}")
+        if factor != 1.0:  # a sync round's f is 1: its sums keep their bits
+            bounded = {k: v * factor for k, v in bounded.items()}
         self.clipped += int(norm > self.plan.clip_norm)
         reported = getattr(meta, "reported_norm", None)
         self.within += int((norm if reported is None else reported) <= self.plan.clip_norm)

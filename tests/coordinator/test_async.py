@@ -184,3 +184,19 @@ def test_async_table_loads_from_toml_and_validates(tmp_path):
     with pytest.raises(ConfigError, match="bogus"):
         load_coordinator_config(path)
     assert CoordinatorConfig().mode == "sync"  # the default is unchanged
+
+
+def test_an_exponent_whose_weight_underflows_to_zero_within_max_staleness_is_refused_by_name():
+    """f(s) = (1 + s)^-a is 0.0 in float64 for 2^-a below 5e-324: such an update, accepted, was
+    refused by the robust rules (and DpMean) after its journal row was written, so it was in no
+    buffer yet acked as a duplicate when re-sent, and every restart stopped on it. Oracle: the
+    weight at max_staleness, computed here directly; the largest exponents it keeps are allowed."""
+    for max_staleness, exponent in ((1, 1075.0), (20, 300.0), (5, 1e6)):
+        assert (1.0 + max_staleness) ** -exponent == 0.0
+        with pytest.raises(ConfigError, match="staleness_exponent") as err:
+            AsyncConfig(max_staleness=max_staleness, staleness_exponent=exponent)
+        assert f"max_staleness {max_staleness}" in str(err.value)
+    for max_staleness, exponent in ((1, 1074.0), (20, 200.0), (0, 1e6)):
+        assert AsyncConfig(max_staleness=max_staleness, staleness_exponent=exponent).exponent == exponent
+        assert 0 < staleness_weight(max_staleness, exponent) <= 1
+    assert AsyncConfig(max_staleness=20, staleness="constant", staleness_exponent=1e6).exponent == 0.0

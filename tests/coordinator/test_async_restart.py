@@ -120,3 +120,49 @@ def test_kill_at_any_write_resumes_and_commits_the_same_bits(model, tmp_path, mo
         assert any(ok for ok, _ in devices[d].acks()), d
     records = RoundStore(tmp_path / "crash" / "state.db").round_records()
     assert [r["reports"] for r in records if r["committed"]] == [3]  # one flush, three updates, once each
+
+
+def test_an_update_that_comes_before_the_first_tick_after_a_kill_at_a_full_buffer_opens_the_next(
+        model, tmp_path, monkeypatch):
+    """Killed after the K-th update was durable, before the flush: the restart resumes a full
+    buffer. An update from another task in flight that arrives before the first tick must go
+    to the next buffer, one version staler, as it would have without the kill; it once made
+    the resumed buffer K + 1 updates and was weighted as fresh. Oracle: the same run, no kill."""
+
+    def run(root, crash):
+        root.mkdir()
+        db = root / "state.db"
+        if crash:  # the third add_update (the K-th update) is written, then the process dies
+            monkeypatch.setattr(async_server, "open_journal", lambda s: CrashingJournal(s.path, "add_update",
+                                                                                        "after", 3))
+        fleet = make_fleet(model, root, store=RoundStore(db), mode="async",
+                           async_=AsyncConfig(concurrency=4, buffer_size=3, max_staleness=2))
+        devices = [ManualDevice(fleet, f"d{i}", n) for i, n in enumerate(SIZES)]
+        fleet.drain()
+        assert fleet.coordinator.begin_round()
+        fleet.coordinator.tick()
+        fleet.drain()
+        rng = np.random.default_rng(7)
+        updates = [d.update(random_delta(fleet.coordinator.shapes, rng), update_id=f"u-{d.id}") for d in devices]
+        try:
+            for u, d in zip(updates[:3], devices):
+                d.send(encode_message(u))
+                fleet.drain()
+        except Killed:
+            monkeypatch.undo()
+            fleet.restart(store=RoundStore(db))
+        devices[3].send(encode_message(updates[3]))  # before any tick of the restarted coordinator
+        fleet.drain()
+        fleet.coordinator.tick()
+        return fleet.coordinator, SqliteJournal(db)
+
+    ref, ref_journal = run(tmp_path / "ref", False)
+    c, journal = run(tmp_path / "crash", True)
+    assert ref.state.version == c.state.version == 1
+    for name, value in ref.state.params.items():
+        assert c.state.params[name].tobytes() == value.tobytes(), name
+    assert [r["reports"] for r in c.store.round_records() if r["committed"]] == [3]
+    # d3's update waits in buffer 2, accepted one version stale, as in the run without the kill
+    assert [(r.device_id, r.staleness) for r in journal.buffered(2)] == [("d3", 1)]
+    assert [(r.device_id, r.staleness) for r in ref_journal.buffered(2)] == [("d3", 1)]
+    assert c.machine.buffered == 1

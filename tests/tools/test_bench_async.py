@@ -128,3 +128,57 @@ def test_a_task_is_lost_when_its_device_drops_out_at_any_time_during_it():
         assert fleet.lost(d, start, seconds, np.random.default_rng(1)) == want
         lost_mid += want and fleet.available(d, start) and fleet.available(d, start + seconds)
     assert lost_mid > 0  # some tasks were lost to a window that opened and closed inside them
+
+
+class _OneDevice:
+    """A fleet of one always-available device whose tasks take the given (down, compute, up)
+    seconds, in turn."""
+
+    def __init__(self, times):
+        self._times = list(times)
+
+    def __len__(self):
+        return 1
+
+    def available(self, device, t):
+        return True
+
+    def times(self, device, epochs, bytes_down, bytes_up):
+        return self._times.pop(0)
+
+    def lost(self, device, start, seconds, rng):
+        return False
+
+
+class _CountingTask:
+    """A task whose deltas are numbered: the model's one value counts what was applied."""
+
+    init = {"w": np.zeros(1, np.float32)}
+    bytes_down, bytes_up = 100, 10
+    clients = [type("Client", (), {"y_train": np.zeros(4)})()]
+
+    def __init__(self):
+        self.trained = 0
+
+    def accuracy(self, params):
+        return float(params["w"][0])
+
+    def train(self, params, device, cfg, draw):
+        self.trained += 1
+        return {"w": np.full(1, float(self.trained), np.float32)}
+
+
+def test_an_upload_that_lands_after_its_device_got_a_new_task_is_refused_not_taken_for_the_new_one():
+    """Deadline 100 s. Task 1 (dispatched at 0) ends its upload at 150 s; the wake-up at 120 s
+    expires it and gives the device task 2, which lands at 200 s. Oracle, by hand: task 1 is
+    refused (stale_round) at 150 s, task 2's delta is the one step, at 200 s, and both uploads
+    crossed the uplink. Keyed by device, task 1's arrival took task 2's delta and stepped at 150 s."""
+    from fedge.tools.bench.async_runs import run_async
+
+    cfg = RunConfig(concurrency=1, buffer_size=1, max_staleness=5, staleness_exponent=0.0,
+                    async_deadline_factor=1.0)
+    out = run_async(_CountingTask(), _OneDevice([(0.0, 90.0, 60.0), (0.0, 40.0, 40.0), (0.0, 1e9, 0.0)]),
+                    cfg, until=230.0, sync_deadline=100.0)
+    assert out["stale_rejected"] == 1 and out["versions"] == 1
+    assert out["bytes_up_total"] == 2 * _CountingTask.bytes_up
+    assert out["curve"][1] == (200.0, 2.0, 20)  # task 2's delta (the second trained), at its own time

@@ -118,8 +118,11 @@ def run_async(task: Task, fleet: VirtualFleet, cfg: RunConfig, until: float, syn
     machine = AsyncMachine(0, cfg.buffer_size, cfg.concurrency, cfg.max_staleness)
     rng = np.random.default_rng([cfg.seed, 2])
     task_deadline = cfg.async_deadline_factor * sync_deadline
-    events: list = []  # (time, seq, device or -1 for a wake-up)
-    pending: dict[int, tuple[str, dict]] = {}  # device -> (task id, delta it will report)
+    events: list = []  # (time, seq, device or -1 for a wake-up, task id)
+    # task id -> the delta it will report. By task, not device: a device whose upload ended past its
+    # deadline may hold a new task before the old one lands; keyed by device, the old arrival took
+    # the new task's delta and was admitted as it, at the old task's time.
+    pending: dict[str, dict] = {}
     buffer: list = []  # (delta, weight, staleness)
     now, seq, draws, bytes_up, bytes_down, wake = 0.0, 0, 0, 0, 0, 0.0
     curve, staleness, stale = [(0.0, task.accuracy(state.params), 0)], [], 0
@@ -142,16 +145,16 @@ def run_async(task: Task, fleet: VirtualFleet, cfg: RunConfig, until: float, syn
                     delta = task.train(state.params, d, cfg, draws)  # trained on today's model
                     if delta is None:
                         continue  # declined (diverged): counted like a lost task, its slot frees at the deadline
-                    pending[d] = (tid, delta)
+                    pending[tid] = delta
                     seq += 1
-                    heapq.heappush(events, (now + down + compute + up, seq, d))
+                    heapq.heappush(events, (now + down + compute + up, seq, d, tid))
         if wake <= now:  # look again for free slots and expired tasks within a minute
             wake, seq = now + 60.0, seq + 1
-            heapq.heappush(events, (wake, seq, -1))
-        now, _, d = heapq.heappop(events)
-        if d < 0 or d not in pending:
+            heapq.heappush(events, (wake, seq, -1, ""))
+        now, _, d, tid = heapq.heappop(events)
+        if d < 0:
             continue
-        tid, delta = pending.pop(d)
+        delta = pending.pop(tid)
         bytes_up += task.bytes_up
         machine, actions = on_event(machine, Arrived(_ids([d])[0], tid))
         if not isinstance(actions[0], Admit):
