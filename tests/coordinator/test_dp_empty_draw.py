@@ -2,7 +2,7 @@
 mechanism releases an empty sample, the round's noise alone, scaled by W and committed with one
 charge, also when the coordinator stopped between the round's two store writes. Oracles: the
 draw is sampling.poisson_sample's first (no redraw), the model moves by N(0, (zS)^2) / W drawn
-from (seed, round) as a plain loop computes it, and the ledger holds one PoissonSampledDpEvent
+from (the round's noise key, seed, round) as a plain loop computes it, and the ledger holds one PoissonSampledDpEvent
 charge per round."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from fedge.coordinator.sampling import poisson_sample
 from fedge.coordinator.store import RoundStore
-from tests.coordinator.fleet import ManualDevice, copy_params, make_fleet
+from tests.coordinator.fleet import ManualDevice, copy_params, make_fleet, noise_entropy
 from tests.coordinator.test_dp_rounds import DP, S, _privacy
 from tests.tiny_model import build_tiny_model
 
@@ -40,9 +40,10 @@ def _empty_seed(round_id: int) -> int:
     return next(s for s in range(1000) if not poisson_sample(IDS, 1 / 3, s, round_id))
 
 
-def _noise_only(old, seed, round_id, z, cohort):
-    """The plain-loop oracle: params + N(0, (z S)^2) from (seed, round) / W, in the params' order."""
-    rng = np.random.default_rng([seed, round_id])
+def _noise_only(old, charge, seed, round_id, z, cohort):
+    """The plain-loop oracle: params + N(0, (z S)^2) from (the charge's noise key, seed, round) / W,
+    in the params' order."""
+    rng = np.random.default_rng(noise_entropy(charge, seed, round_id))
     return {k: v + (rng.normal(0.0, z * S, size=v.shape) / cohort).astype(np.float32) for k, v in old.items()}
 
 
@@ -58,7 +59,7 @@ def test_an_empty_draw_commits_the_noise_alone_and_is_charged_once(model, tmp_pa
     record = c.tick()
     assert record is not None and record.committed and (record.selected, record.reports) == (0, 0)
     assert c.round is None and c.tick() is None and c.state.version == 1
-    want = _noise_only(old, seed, first, z, cohort=1)
+    want = _noise_only(old, c.store.privacy_ledger()[0], seed, first, z, cohort=1)
     for k in old:
         np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
     ledger = c.store.privacy_ledger()
@@ -111,7 +112,7 @@ def test_a_restart_between_the_two_writes_runs_it_again_with_the_same_noise(mode
     c = fleet.restart(store=RoundStore(tmp_path / "s.db"))
     record = c.tick()
     assert record is not None and record.committed and c.round is None
-    want = _noise_only(old, seed, first, 1.0, cohort=1)
+    want = _noise_only(old, c.store.privacy_ledger()[0], seed, first, 1.0, cohort=1)
     for k in old:
         np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert len(c.store.privacy_ledger()) == 1 and c.store.load_open_round() is None

@@ -73,7 +73,7 @@ def _round(fleet) -> object:
     raise AssertionError("the round did not close")
 
 
-def test_real_devices_clip_and_the_coordinator_adds_the_seeded_noise_to_the_fixed_denominator_mean(model, tmp_path):
+def test_real_devices_clip_and_the_coordinator_adds_the_keyed_noise_to_the_fixed_denominator_mean(model, tmp_path):
     fleet = make_fleet(model, tmp_path, sizes=(30, 40, 25, 35), **DP, privacy=_privacy())
     c = fleet.coordinator
     old = copy_params(c.state.params)
@@ -87,15 +87,36 @@ def test_real_devices_clip_and_the_coordinator_adds_the_seeded_noise_to_the_fixe
     # each device reports the norm it clipped from (adaptive clipping's input)
     assert all(u.metrics["norm"] >= n * (1 - 1e-6) for u, n in zip(fleet.updates(), norms))
     assert any(u.metrics["norm"] > S for u in fleet.updates())  # the clip was at work
-    # Oracle from the wire: sum of clip(Δ_i), plus N(0, (zS)^2) drawn from (seed, round), over W = 4.
-    total = {k: sum(clip_to_norm(d, S)[0][k] for d in deltas) for k in deltas[0]}
-    rng = np.random.default_rng([c.config.seed, record.round_id])
-    noise = {k: rng.normal(0.0, 1.0 * S, size=np.shape(v)) for k, v in total.items()}
-    for k in old:
-        want = old[k] + ((total[k] + noise[k]) / 4).astype(np.float32)
-        np.testing.assert_allclose(c.state.params[k], want, rtol=1e-6, atol=1e-7, err_msg=k)
+    # Oracle from the wire: sum of clip(Δ_i), plus N(0, (zS)^2) drawn from (the round's noise key,
+    # seed, round), over W = 4.
     [charge] = c.store.privacy_ledger()
     assert (charge["population"], charge["cohort"], charge["expected_cohort"]) == (4, 4, 4)
+    total = {k: sum(clip_to_norm(d, S)[0][k] for d in deltas) for k in deltas[0]}
+
+    def released(entropy):
+        rng = np.random.default_rng(entropy)
+        noise = {k: rng.normal(0.0, 1.0 * S, size=np.shape(v)) for k, v in total.items()}
+        return {k: old[k] + ((total[k] + noise[k]) / 4).astype(np.float32) for k in old}
+    want = released([int(charge["noise_key"], 16), c.config.seed, record.round_id])
+    for k in old:
+        np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    # Not from (seed, round) alone: the seed is in the config (0 by default), and whoever knows it
+    # could draw that noise, subtract it from the released model and read the noiseless sum.
+    guessed = released([c.config.seed, record.round_id])
+    assert all(np.max(np.abs(c.state.params[k] - guessed[k])) > 10 * S / 4 * 1e-3 for k in old)
+
+
+def test_each_round_has_a_fresh_noise_key_from_the_os(model, tmp_path):
+    """Two coordinators with the same config (seed included) key their rounds differently, and a
+    coordinator's next round gets another key: the noise cannot be drawn again from the config."""
+    keys = []
+    for run in range(2):
+        (tmp_path / str(run)).mkdir()
+        fleet = make_fleet(model, tmp_path / str(run), sizes=(30, 40), **DP, privacy=_privacy())
+        for _ in range(2):
+            assert fleet.coordinator.begin_round() and _round(fleet).committed
+        keys += [charge["noise_key"] for charge in fleet.coordinator.store.privacy_ledger()]
+    assert len(set(keys)) == 4 and all(len(k) == 32 and int(k, 16) >= 0 for k in keys)
 
 
 def test_the_coordinator_clips_every_accepted_update_and_never_rejects_one(model, tmp_path):
@@ -203,6 +224,9 @@ def test_a_restart_mid_round_releases_the_same_noised_model(model, tmp_path, qua
         devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
         fleet.drain()
         rng = np.random.default_rng(5)
+        # One key for both runs (each would draw its own from the OS); the restarted coordinator's
+        # own would be another: the round must keep the one its stored plan holds.
+        fleet.coordinator.privacy.noise_key = lambda round_id: "5eed" * 8
         assert fleet.coordinator.begin_round()
         fleet.drain()
         updates = [m.update(random_delta(fleet.coordinator.shapes, rng, scale=0.1), metrics={"norm": 0.01 * i})
