@@ -1,7 +1,7 @@
 """An empty Poisson draw (coordinator/noise_round.py): not drawn again, but released as the
 mechanism releases an empty sample, the round's noise alone, scaled by W and committed with one
 charge, also when the coordinator stopped between the round's two store writes. Oracles: the
-draw is sampling.poisson_sample's first (no redraw), the model moves by N(0, (zS)^2) / W drawn
+draw is sampling.poisson_sample's first with the round's key (no redraw), the model moves by N(0, (zS)^2) / W drawn
 from (the round's noise key, seed, round) as a plain loop computes it, and the ledger holds one PoissonSampledDpEvent
 charge per round."""
 
@@ -19,6 +19,7 @@ from tests.coordinator.test_dp_rounds import DP, S, _privacy
 from tests.tiny_model import build_tiny_model
 
 IDS = ["m0", "m1", "m2"]  # 1 of 3 asked: q = 1/3, an empty draw with probability 8/27
+KEY = "d1ce" * 8  # every round's noise key, which the draw also comes from (sampling.py): pinned to predict it
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def _fleet(model, tmp_path, seed, z=1.0):
     fleet = make_fleet(model, tmp_path, clients_per_round=1, min_reports=1, round_deadline_s=5.0, seed=seed,
                        store=RoundStore(tmp_path / "s.db"), **DP,
                        privacy=_privacy(sampling="poisson", noise_multiplier=z))
+    fleet.coordinator.privacy.noise_key = lambda round_id: KEY
     for device_id in IDS:
         ManualDevice(fleet, device_id, 10)
     fleet.drain()
@@ -37,7 +39,7 @@ def _fleet(model, tmp_path, seed, z=1.0):
 
 
 def _empty_seed(round_id: int) -> int:
-    return next(s for s in range(1000) if not poisson_sample(IDS, 1 / 3, s, round_id))
+    return next(s for s in range(1000) if not poisson_sample(IDS, 1 / 3, s, round_id, KEY))
 
 
 def _noise_only(old, charge, seed, round_id, z, cohort):
@@ -68,7 +70,7 @@ def test_an_empty_draw_commits_the_noise_alone_and_is_charged_once(model, tmp_pa
     assert len(fleet.tasks()) == tasks  # no task left
     # the next round draws (seed, round + 1) as it falls, not a redraw of this one
     assert c.begin_round()
-    assert (c.round is None) == (not poisson_sample(IDS, 1 / 3, seed, first + 1))
+    assert (c.round is None) == (not poisson_sample(IDS, 1 / 3, seed, first + 1, KEY))
 
 
 def _round_gauges(c) -> tuple[float, float, float]:
@@ -140,8 +142,8 @@ def test_two_noise_only_rounds_before_a_tick_both_reach_the_caller(model, tmp_pa
     """The record waiting for tick() was one slot: a second noise-only round begun before it
     (the loop goes on after a transport error) replaced the first's record."""
     first = RoundStore(tmp_path / "probe.db").next_round_id()
-    seed = next(s for s in range(5000) if not poisson_sample(IDS, 1 / 3, s, first)
-                and not poisson_sample(IDS, 1 / 3, s, first + 1))
+    seed = next(s for s in range(5000) if not poisson_sample(IDS, 1 / 3, s, first, KEY)
+                and not poisson_sample(IDS, 1 / 3, s, first + 1, KEY))
     c = _fleet(model, tmp_path, seed).coordinator
     assert c.begin_round() and c.begin_round()
     records = [c.tick(), c.tick()]

@@ -63,7 +63,8 @@ def test_the_budget_refuses_the_first_round_the_poisson_event_says_exceeds_it(mo
     while fleet.coordinator.begin_round():
         selected = fleet.coordinator.round.machine.selected
         assert selected == tuple(poisson_sample([d.id for d in devices], asked / population, 0,
-                                                fleet.coordinator.round.ctx.round_id))
+                                                fleet.coordinator.round.ctx.round_id,
+                                                fleet.coordinator.round.privacy.noise_key))
         sizes.append(len(selected))
         assert fleet.coordinator.round.privacy.expected_cohort == wanted  # the fixed denominator stays W
         assert _manual_round(fleet, devices, rng).committed

@@ -17,6 +17,7 @@ from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.dp.mechanism import clip_to_norm, global_norm
 from fedge.coordinator.dp.report import privacy_report, read_ledger
+from fedge.coordinator.sampling import poisson_sample, sample_devices
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -104,6 +105,32 @@ def test_real_devices_clip_and_the_coordinator_adds_the_keyed_noise_to_the_fixed
     # could draw that noise, subtract it from the released model and read the noiseless sum.
     guessed = released([c.config.seed, record.round_id])
     assert all(np.max(np.abs(c.state.params[k] - guessed[k])) > 10 * S / 4 * 1e-3 for k in old)
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_a_dp_round_draws_its_cohort_with_its_noise_key_not_from_the_seed_alone(model, tmp_path, sampling):
+    """Amplification by sampling (what the charge's SampledWithoutReplacement or PoissonSampled
+    event claims) needs a sample the adversary does not know: from (seed, round, eligible
+    devices) alone anyone who knows the config could name the cohort."""
+    key = "ab" * 16
+    fleet = make_fleet(model, tmp_path, clients_per_round=4, **DP, privacy=_privacy(sampling=sampling))
+    ids = [ManualDevice(fleet, f"d{i:02d}", 10).id for i in range(40)]
+    fleet.drain()
+    c = fleet.coordinator
+    c.privacy.noise_key = lambda round_id: key
+    assert c.begin_round()
+    selected, round_id = c.round.machine.selected, c.round.ctx.round_id
+    assert c.round.privacy.noise_key == key
+    if sampling == "fixed":  # oracle: numpy's choice without replacement, from (seed, round, key)
+        pool = sorted(ids)
+        rng = np.random.default_rng([c.config.seed, round_id, int(key, 16)])
+        want = sorted(pool[i] for i in rng.choice(len(pool), size=4, replace=False))
+        unkeyed = sample_devices(ids, 4, c.config.seed, round_id)
+    else:  # oracle: each device by its own uniform against q = 4 / 40
+        rng = np.random.default_rng([c.config.seed, round_id, 0x9015, 0, int(key, 16)])
+        want = [d for d, u in zip(sorted(ids), rng.random(len(ids))) if u < 0.1]
+        unkeyed = poisson_sample(ids, 0.1, c.config.seed, round_id)
+    assert list(selected) == want and list(selected) != unkeyed
 
 
 def test_each_round_has_a_fresh_noise_key_from_the_os(model, tmp_path):
