@@ -18,7 +18,7 @@ from fedge.edge_runtime.kernel.update_codec import encode_dense
 from .admission import Accepted
 from .aggregate import Aggregator, AggregatorContext, UpdateMeta, WeightedMean, make_aggregator
 from .config import CoordinatorConfig
-from .dp.round import DpMean, RoundPlan
+from .dp.round import DpMean, RoundPlan, noise_rng
 from .rounds import Replied, RoundMachine, on_event
 from .strategies import AggregateInput, ServerState, Strategy
 from .validation import RoundContext
@@ -163,7 +163,8 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
         sha, split = split_round_model(model, config.model_part_bytes)
         parts = tuple(encode_message(p) for p in split)
     context = AggregatorContext(machine.round_id, config.seed, config.robust, state.extra, guard_loss)
-    aggregator = DpMean(privacy, context.rng) if privacy else make_aggregator(config.aggregator, context)
+    aggregator = DpMean(privacy, noise_rng(privacy, context.seed, context.round_id)) if privacy else \
+        make_aggregator(config.aggregator, context)
     if privacy:
         compression = replace(config.compression, clip_norm=privacy.clip_norm)
     else:

@@ -295,7 +295,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         if plan is None and self.privacy.enabled:
             return False
         if plan is not None and plan.sampling == "poisson":  # central DP, no secure aggregation (dp/config.py)
-            selected = poisson_sample(candidates, asked / len(candidates), cfg.seed, round_id)
+            selected = poisson_sample(candidates, asked / len(candidates), cfg.seed, round_id, plan.noise_key)
             if not selected:  # not drawn again: the round releases the noise alone (noise_round.py)
                 return self._noise_round(round_id, plan)
             # Every device drawn counts (the target is the draw, the quorum capped by it): a round
@@ -304,7 +304,7 @@ class Coordinator(BrokerLink, NoiseRounds):
             # by the fixed W; the round is charged however it ends (records.py).
             wanted, quorum = len(selected), min(quorum, len(selected))
         else:
-            selected = sample_devices(candidates, asked, cfg.seed, round_id)
+            selected = sample_devices(candidates, asked, cfg.seed, round_id, plan.noise_key if plan else "")
         now, wall = self.clock.now(), self.clock.wall()
         stages, limits = self.shell.plan(wanted, quorum)
         machine, actions = start(round_id, stages, limits, tuple(selected), now, deadline=now + cfg.round_deadline_s)

@@ -17,6 +17,8 @@ plan), so a restart keeps the z the rounds were run with.
 from __future__ import annotations
 
 import logging
+import secrets
+from collections.abc import Callable
 from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -26,7 +28,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from .accountant import BudgetVerdict, RoundCharge, check_round, epsilon
 from .calibrate import noise_multiplier_for
 from .config import PrivacyConfig, check_count_noise
-from .round import CLIP_GROUP, RoundPlan, split_noise
+from .round import CLIP_GROUP, NOISE_KEY_HEX, RoundPlan, split_noise
 
 log = logging.getLogger("fedge.coordinator.privacy")
 
@@ -52,6 +54,9 @@ class PrivacyBudget:
         self.refused_round: int | None = None
         self.warned: set[str] = set()  # the once-only warnings already said ("noise", "delta")
         self._calibrated: dict[tuple[int, int], float] = {}  # (population, cohort) -> z, before the first charge
+        # A round's noise key (round.noise_rng) by round id: secret, from the OS. The simulator
+        # gives none ("": the noise from (seed, round) alone), so that a simulated run is reproducible.
+        self.noise_key: Callable[[int], str] = lambda round_id: secrets.token_hex(NOISE_KEY_HEX // 2)
         if config.enabled:  # one ledger composes one neighbouring relation (accountant.epsilon)
             ledger = {plan.sampling for plan in self._read_ledger()}
             if ledger - {config.sampling}:
@@ -181,7 +186,8 @@ class PrivacyBudget:
                  "sum is released)", round_id, cohort, population, z, verdict.epsilon_after, cfg.target_epsilon)
         self._warn_once(round_id, population, cohort, expected_cohort, z)
         plan = RoundPlan(population, cohort, z, cfg.clip_norm, expected_cohort, cfg.delta, cfg.target_epsilon,
-                         verdict.epsilon_after, cfg.sampling, cfg.accountant, mechanism=cfg.mechanism)
+                         verdict.epsilon_after, cfg.sampling, cfg.accountant, mechanism=cfg.mechanism,
+                         noise_key=self.noise_key(round_id))
         if not cfg.target_quantile:
             return plan
         clip = float((extra or {}).get(CLIP_GROUP, {}).get("clip_norm", cfg.clip_norm))

@@ -20,6 +20,7 @@ Which aggregators and settings privacy refuses, and why: dp/config.py (check_coo
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
@@ -54,6 +55,9 @@ class RoundPlan:
     # Sharded secure rounds: each shard group's noise (sharding/secure_dp.GroupNoise as dicts);
     # each group's sum carries z by itself, the charge stays one group's. () = one sum.
     groups: tuple = ()
+    # 32 hex digits drawn from the OS when the round is planned (budget.py): the central noise's
+    # seed with (seed, round) (noise_rng). "" (a plan from before it): (seed, round) alone.
+    noise_key: str = ""
 
     def charge(self) -> RoundCharge:
         return RoundCharge(self.population, self.cohort, self.noise_multiplier, self.sampling)
@@ -96,6 +100,8 @@ class RoundPlan:
                 isinstance(g, dict) and _number(g.get("noise_std")) and g["noise_std"] > 0 for g in plan.groups):
             raise ValueError(f"groups = {plan.groups!r:.60} is not a list of shard groups, each with a finite "
                              "noise_std > 0")
+        if plan.noise_key and not re.fullmatch(NOISE_KEY_PATTERN, plan.noise_key):
+            raise ValueError(f"noise_key = {plan.noise_key!r:.60} is not {NOISE_KEY_HEX} hex digits")
         return plan
 
     @property
@@ -106,6 +112,20 @@ class RoundPlan:
 def _number(value) -> bool:
     """A finite JSON number (no bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+NOISE_KEY_HEX = 32  # 128 bits
+NOISE_KEY_PATTERN = f"[0-9a-f]{{{NOISE_KEY_HEX}}}"
+
+
+def noise_rng(plan: RoundPlan, seed: int, round_id: int) -> Callable[[], np.random.Generator]:
+    """The RNG of a round's central noise: from (noise_key, seed, round), so a replay of the round
+    after a restart (the plan is stored with it) draws the same noise, and knowing the config's
+    seed, which draws the cohort, does not give the noise: from (seed, round) alone anyone who
+    knows the seed (0 by default) could subtract it from the released model and read the
+    noiseless sum. A plan without a key (written before there was one) keeps (seed, round)."""
+    entropy = [int(plan.noise_key, 16), seed, round_id] if plan.noise_key else [seed, round_id]
+    return lambda: np.random.default_rng(entropy)
 
 
 CLIP_GROUP = "dp"  # ServerState.extra group of adaptive clipping's state: {"clip_norm": 0-d float64}

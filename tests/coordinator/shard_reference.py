@@ -16,6 +16,7 @@ import numpy as np
 from fedge.coordinator.strategies import AggregateInput, ServerState
 from fedge.edge_runtime.kernel.compress import decompress_update
 from fedge.edge_runtime.kernel.update_codec import decode_tensors
+from tests.coordinator.fleet import noise_entropy
 
 SQL = "SELECT weight, payload FROM shard_updates WHERE round_id = %s AND shard = %s ORDER BY seq"
 
@@ -60,7 +61,7 @@ def dp_reference(rows, shards: int, round_id: int, old: ServerState, strategy, p
                  seed: int):
     """A central-DP round, plain loops: per shard in seq order, each stored delta scaled by
     min(1, S / ||delta||) and summed in float64; the shards added in index order; N(0, (zS)^2)
-    per coordinate drawn from default_rng([seed, round]) in sorted tensor-name order (what the
+    per coordinate drawn from (the plan's noise key, seed, round) in sorted tensor-name order (what the
     mechanism draws: the sum holds the tensors in that order); divided by W; float32. Returns
     (the new params, the merged clipped sum, count)."""
     clip, z, cohort = plan["clip_norm"], plan["noise_multiplier"], plan["expected_cohort"]
@@ -77,7 +78,7 @@ def dp_reference(rows, shards: int, round_id: int, old: ServerState, strategy, p
             count += 1
         for k in acc:
             sums[k] = sums[k] + acc[k] if k in sums else acc[k]
-    rng = np.random.default_rng([seed, round_id])
+    rng = np.random.default_rng(noise_entropy(plan, seed, round_id))
     noise = {k: rng.normal(0.0, z * clip, size=np.shape(sums[k])) for k in sorted(sums)}
     mean = {k: ((sums[k] + noise[k]) / cohort).astype(np.float32) for k in sums}
     return strategy.apply(old, AggregateInput(mean, count, population, None)).params, sums, count

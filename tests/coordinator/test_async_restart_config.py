@@ -2,8 +2,9 @@
 or [coordinator.privacy] enabled: the open buffer finishes under the settings it opened with.
 
 Oracle for the buffer size: the same updates sent to a coordinator that was never restarted; the
-committed params must be bit-identical (central DP's noise is drawn from (seed, buffer id), so
-the reference draws the same). The privacy ledger charges a DP buffer as one event of
+committed params must be bit-identical (central DP's noise is drawn from (noise key, seed,
+buffer id), the key pinned in _dp_fleet and stored with the buffer's plan, so the reference draws
+the same). The privacy ledger charges a DP buffer as one event of
 sensitivity S, which holds only while each device gives it one update.
 """
 

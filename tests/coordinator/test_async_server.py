@@ -186,6 +186,9 @@ def _dp_fleet(model, tmp_path, devices: int, buffer_size: int, store=None):
                                              clip_norm=0.5))
     devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(devices)]
     fleet.drain()
+    # One noise key for every such fleet (each would draw its own from the OS), so that a restarted
+    # fleet's buffer can be checked bit for bit against a reference that never stopped.
+    fleet.coordinator.privacy.noise_key = lambda buffer_id: "a5" * 16
     assert fleet.coordinator.begin_round()
     return fleet, devs
 

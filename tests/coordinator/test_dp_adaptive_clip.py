@@ -1,6 +1,7 @@
 """Adaptive clipping (Andrew et al. 2021) in DP-FedAvg: the noise split that keeps the round's
 accounted multiplier z, the geometric update against an oracle drawn from the same seeded
-stream, convergence to the target quantile, and S carried from round to round in the tasks."""
+stream, convergence to the target quantile, S carried from round to round in the tasks, and the released
+noise's variance against a chi-square band."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from fedge.coordinator.aggregate import AggregatorContext, UpdateMeta
 from fedge.coordinator.dp.config import PrivacyConfig
-from fedge.coordinator.dp.round import DpMean, RoundPlan, next_clip, split_noise
+from fedge.coordinator.dp.round import DpMean, RoundPlan, next_clip, noise_rng, split_noise
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -104,3 +105,36 @@ def test_the_next_round_asks_devices_to_clip_at_the_new_s(model, tmp_path):
         assert float(c.state.extra["dp"]["clip_norm"]) != clips[-1]
     assert clips[0] == 0.05 and clips[2] > clips[0]
     assert [e["clip_norm"] for e in c.store.privacy_ledger()] == clips
+
+
+def _chi_square_band(n: int, z: float = 4.42) -> tuple[float, float]:
+    """The central (1 - 1e-5) interval of chi^2_n / n, by Wilson and Hilferty's cube-root normal
+    approximation (relative error far below the band's width at these n)."""
+    spread = z * np.sqrt(2 / (9 * n))
+    return (1 - 2 / (9 * n) - spread) ** 3, (1 - 2 / (9 * n) + spread) ** 3
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_the_released_noise_has_the_std_of_the_multiplier_the_plan_charges(adaptive):
+    """Over 100 rounds, each with its own noise key, the residual W * result - Σ clip(Δ_i) of DpMean
+    has per-coordinate variance (z_Δ S)^2, z_Δ = z without adaptive clipping (what the accountant
+    is told) and z_Δ = split_noise(z, σ_b) with it (here 1.81 z: the band tells the two apart)."""
+    z, s, w, sigma_b, dim = 1.0, 0.3, 3, 0.6, 1000
+    keys = np.random.default_rng(2)
+    residual = []
+    for round_id in range(100):
+        plan = RoundPlan(1000, w, z, s, w, 1e-5, 8.0, 0.0, noise_key=keys.bytes(16).hex(), **(
+            {"delta_noise_multiplier": split_noise(z, sigma_b), "count_stddev": sigma_b, "target_quantile": 0.5,
+             "clip_lr": 0.2} if adaptive else {}))
+        agg = DpMean(plan, noise_rng(plan, 0, round_id))
+        deltas = [keys.normal(size=dim) * scale for scale in (0.1, 1.0, 10.0)]
+        for delta in deltas:
+            agg.add({"w": delta}, UpdateMeta("d", 1.0, reported_norm=float(np.linalg.norm(delta))))
+        clipped = sum(d * min(1.0, s / np.linalg.norm(d)) for d in deltas)  # plain loop of the clip
+        residual.append(agg.result()["w"].astype(np.float64) * w - clipped)
+    residual = np.concatenate(residual)
+    z_delta = split_noise(z, sigma_b) if adaptive else z
+    low, high = _chi_square_band(residual.size)
+    variance = float(np.mean(residual ** 2))  # the mean is 0: the sum of squares over n is chi^2_n / n
+    assert low < variance / (z_delta * s) ** 2 < high
+    assert not low < variance / (1.03 * z_delta * s) ** 2 < high  # the band refuses a std 3% off

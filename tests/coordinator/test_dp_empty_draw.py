@@ -1,8 +1,8 @@
 """An empty Poisson draw (coordinator/noise_round.py): not drawn again, but released as the
 mechanism releases an empty sample, the round's noise alone, scaled by W and committed with one
 charge, also when the coordinator stopped between the round's two store writes. Oracles: the
-draw is sampling.poisson_sample's first (no redraw), the model moves by N(0, (zS)^2) / W drawn
-from (seed, round) as a plain loop computes it, and the ledger holds one PoissonSampledDpEvent
+draw is sampling.poisson_sample's first with the round's key (no redraw), the model moves by N(0, (zS)^2) / W drawn
+from (the round's noise key, seed, round) as a plain loop computes it, and the ledger holds one PoissonSampledDpEvent
 charge per round."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import pytest
 
 from fedge.coordinator.sampling import poisson_sample
 from fedge.coordinator.store import RoundStore
-from tests.coordinator.fleet import ManualDevice, copy_params, make_fleet
+from tests.coordinator.fleet import ManualDevice, copy_params, make_fleet, noise_entropy
 from tests.coordinator.test_dp_rounds import DP, S, _privacy
 from tests.tiny_model import build_tiny_model
 
 IDS = ["m0", "m1", "m2"]  # 1 of 3 asked: q = 1/3, an empty draw with probability 8/27
+KEY = "d1ce" * 8  # every round's noise key, which the draw also comes from (sampling.py): pinned to predict it
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def _fleet(model, tmp_path, seed, z=1.0):
     fleet = make_fleet(model, tmp_path, clients_per_round=1, min_reports=1, round_deadline_s=5.0, seed=seed,
                        store=RoundStore(tmp_path / "s.db"), **DP,
                        privacy=_privacy(sampling="poisson", noise_multiplier=z))
+    fleet.coordinator.privacy.noise_key = lambda round_id: KEY
     for device_id in IDS:
         ManualDevice(fleet, device_id, 10)
     fleet.drain()
@@ -37,12 +39,13 @@ def _fleet(model, tmp_path, seed, z=1.0):
 
 
 def _empty_seed(round_id: int) -> int:
-    return next(s for s in range(1000) if not poisson_sample(IDS, 1 / 3, s, round_id))
+    return next(s for s in range(1000) if not poisson_sample(IDS, 1 / 3, s, round_id, KEY))
 
 
-def _noise_only(old, seed, round_id, z, cohort):
-    """The plain-loop oracle: params + N(0, (z S)^2) from (seed, round) / W, in the params' order."""
-    rng = np.random.default_rng([seed, round_id])
+def _noise_only(old, charge, seed, round_id, z, cohort):
+    """The plain-loop oracle: params + N(0, (z S)^2) from (the charge's noise key, seed, round) / W,
+    in the params' order."""
+    rng = np.random.default_rng(noise_entropy(charge, seed, round_id))
     return {k: v + (rng.normal(0.0, z * S, size=v.shape) / cohort).astype(np.float32) for k, v in old.items()}
 
 
@@ -58,7 +61,7 @@ def test_an_empty_draw_commits_the_noise_alone_and_is_charged_once(model, tmp_pa
     record = c.tick()
     assert record is not None and record.committed and (record.selected, record.reports) == (0, 0)
     assert c.round is None and c.tick() is None and c.state.version == 1
-    want = _noise_only(old, seed, first, z, cohort=1)
+    want = _noise_only(old, c.store.privacy_ledger()[0], seed, first, z, cohort=1)
     for k in old:
         np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
     ledger = c.store.privacy_ledger()
@@ -67,7 +70,7 @@ def test_an_empty_draw_commits_the_noise_alone_and_is_charged_once(model, tmp_pa
     assert len(fleet.tasks()) == tasks  # no task left
     # the next round draws (seed, round + 1) as it falls, not a redraw of this one
     assert c.begin_round()
-    assert (c.round is None) == (not poisson_sample(IDS, 1 / 3, seed, first + 1))
+    assert (c.round is None) == (not poisson_sample(IDS, 1 / 3, seed, first + 1, KEY))
 
 
 def _round_gauges(c) -> tuple[float, float, float]:
@@ -111,7 +114,7 @@ def test_a_restart_between_the_two_writes_runs_it_again_with_the_same_noise(mode
     c = fleet.restart(store=RoundStore(tmp_path / "s.db"))
     record = c.tick()
     assert record is not None and record.committed and c.round is None
-    want = _noise_only(old, seed, first, 1.0, cohort=1)
+    want = _noise_only(old, c.store.privacy_ledger()[0], seed, first, 1.0, cohort=1)
     for k in old:
         np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert len(c.store.privacy_ledger()) == 1 and c.store.load_open_round() is None
@@ -139,8 +142,8 @@ def test_two_noise_only_rounds_before_a_tick_both_reach_the_caller(model, tmp_pa
     """The record waiting for tick() was one slot: a second noise-only round begun before it
     (the loop goes on after a transport error) replaced the first's record."""
     first = RoundStore(tmp_path / "probe.db").next_round_id()
-    seed = next(s for s in range(5000) if not poisson_sample(IDS, 1 / 3, s, first)
-                and not poisson_sample(IDS, 1 / 3, s, first + 1))
+    seed = next(s for s in range(5000) if not poisson_sample(IDS, 1 / 3, s, first, KEY)
+                and not poisson_sample(IDS, 1 / 3, s, first + 1, KEY))
     c = _fleet(model, tmp_path, seed).coordinator
     assert c.begin_round() and c.begin_round()
     records = [c.tick(), c.tick()]

@@ -38,6 +38,9 @@ BAD = {  # what the row's charge column holds -> what the error names
     "an unknown mechanism": (json.dumps({**GOOD, "mechanism": "magic"}), "mechanism 'magic'"),
     "a negative count noise": (json.dumps({**GOOD, "count_stddev": -1.0}), "count_stddev"),
     "a group without noise": (json.dumps({**GOOD, "groups": [{"noise_std": "x"}]}), "groups = "),
+    "a short noise key": (json.dumps({**GOOD, "noise_key": "abc"}), "noise_key = 'abc' is not 32 hex digits"),
+    "a noise key of capitals": (json.dumps({**GOOD, "noise_key": "AB" * 16}), "is not 32 hex digits"),
+    "a number for a noise key": (json.dumps({**GOOD, "noise_key": 7}), "noise_key = 7 is not a finite str"),
 }
 
 

@@ -14,7 +14,7 @@ from fedge.coordinator.sampling import poisson_sample
 from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.errors import ConfigError
-from tests.coordinator.fleet import ManualDevice, make_fleet
+from tests.coordinator.fleet import ManualDevice, make_fleet, noise_entropy
 from tests.coordinator.test_dp import _direct
 from tests.coordinator.test_dp_rounds import DP, _manual_round, _privacy, _round
 from tests.tiny_model import build_tiny_model
@@ -63,7 +63,8 @@ def test_the_budget_refuses_the_first_round_the_poisson_event_says_exceeds_it(mo
     while fleet.coordinator.begin_round():
         selected = fleet.coordinator.round.machine.selected
         assert selected == tuple(poisson_sample([d.id for d in devices], asked / population, 0,
-                                                fleet.coordinator.round.ctx.round_id))
+                                                fleet.coordinator.round.ctx.round_id,
+                                                fleet.coordinator.round.privacy.noise_key))
         sizes.append(len(selected))
         assert fleet.coordinator.round.privacy.expected_cohort == wanted  # the fixed denominator stays W
         assert _manual_round(fleet, devices, rng).committed
@@ -129,7 +130,7 @@ def test_every_drawn_device_counts_and_the_mean_keeps_its_fixed_denominator(mode
     assert record.committed and record.reports == 4
     wire = [decoded(u) for u in fleet.updates()]  # the coordinator sums (and noises) in the wire's key order
     total = {k: sum(clip_to_norm(d, S)[0][k].astype(np.float64) for d in wire) for k in wire[0]}
-    noise_rng = np.random.default_rng([c.config.seed, record.round_id])
+    noise_rng = np.random.default_rng(noise_entropy(c.store.privacy_ledger()[-1], c.config.seed, record.round_id))
     noise = {k: noise_rng.normal(0.0, 1.0 * S, size=np.shape(v)) for k, v in total.items()}
     for k in old:
         want = old[k] + ((total[k] + noise[k]) / 2).astype(np.float32)

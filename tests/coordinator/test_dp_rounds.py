@@ -17,6 +17,7 @@ from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.dp.mechanism import clip_to_norm, global_norm
 from fedge.coordinator.dp.report import privacy_report, read_ledger
+from fedge.coordinator.sampling import poisson_sample, sample_devices
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -73,7 +74,7 @@ def _round(fleet) -> object:
     raise AssertionError("the round did not close")
 
 
-def test_real_devices_clip_and_the_coordinator_adds_the_seeded_noise_to_the_fixed_denominator_mean(model, tmp_path):
+def test_real_devices_clip_and_the_coordinator_adds_the_keyed_noise_to_the_fixed_denominator_mean(model, tmp_path):
     fleet = make_fleet(model, tmp_path, sizes=(30, 40, 25, 35), **DP, privacy=_privacy())
     c = fleet.coordinator
     old = copy_params(c.state.params)
@@ -87,15 +88,62 @@ def test_real_devices_clip_and_the_coordinator_adds_the_seeded_noise_to_the_fixe
     # each device reports the norm it clipped from (adaptive clipping's input)
     assert all(u.metrics["norm"] >= n * (1 - 1e-6) for u, n in zip(fleet.updates(), norms))
     assert any(u.metrics["norm"] > S for u in fleet.updates())  # the clip was at work
-    # Oracle from the wire: sum of clip(Δ_i), plus N(0, (zS)^2) drawn from (seed, round), over W = 4.
-    total = {k: sum(clip_to_norm(d, S)[0][k] for d in deltas) for k in deltas[0]}
-    rng = np.random.default_rng([c.config.seed, record.round_id])
-    noise = {k: rng.normal(0.0, 1.0 * S, size=np.shape(v)) for k, v in total.items()}
-    for k in old:
-        want = old[k] + ((total[k] + noise[k]) / 4).astype(np.float32)
-        np.testing.assert_allclose(c.state.params[k], want, rtol=1e-6, atol=1e-7, err_msg=k)
+    # Oracle from the wire: sum of clip(Δ_i), plus N(0, (zS)^2) drawn from (the round's noise key,
+    # seed, round), over W = 4.
     [charge] = c.store.privacy_ledger()
     assert (charge["population"], charge["cohort"], charge["expected_cohort"]) == (4, 4, 4)
+    total = {k: sum(clip_to_norm(d, S)[0][k] for d in deltas) for k in deltas[0]}
+
+    def released(entropy):
+        rng = np.random.default_rng(entropy)
+        noise = {k: rng.normal(0.0, 1.0 * S, size=np.shape(v)) for k, v in total.items()}
+        return {k: old[k] + ((total[k] + noise[k]) / 4).astype(np.float32) for k in old}
+    want = released([int(charge["noise_key"], 16), c.config.seed, record.round_id])
+    for k in old:
+        np.testing.assert_allclose(c.state.params[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    # Not from (seed, round) alone: the seed is in the config (0 by default), and whoever knows it
+    # could draw that noise, subtract it from the released model and read the noiseless sum.
+    guessed = released([c.config.seed, record.round_id])
+    assert all(np.max(np.abs(c.state.params[k] - guessed[k])) > 10 * S / 4 * 1e-3 for k in old)
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_a_dp_round_draws_its_cohort_with_its_noise_key_not_from_the_seed_alone(model, tmp_path, sampling):
+    """Amplification by sampling (what the charge's SampledWithoutReplacement or PoissonSampled
+    event claims) needs a sample the adversary does not know: from (seed, round, eligible
+    devices) alone anyone who knows the config could name the cohort."""
+    key = "ab" * 16
+    fleet = make_fleet(model, tmp_path, clients_per_round=4, **DP, privacy=_privacy(sampling=sampling))
+    ids = [ManualDevice(fleet, f"d{i:02d}", 10).id for i in range(40)]
+    fleet.drain()
+    c = fleet.coordinator
+    c.privacy.noise_key = lambda round_id: key
+    assert c.begin_round()
+    selected, round_id = c.round.machine.selected, c.round.ctx.round_id
+    assert c.round.privacy.noise_key == key
+    if sampling == "fixed":  # oracle: numpy's choice without replacement, from (seed, round, key)
+        pool = sorted(ids)
+        rng = np.random.default_rng([c.config.seed, round_id, int(key, 16)])
+        want = sorted(pool[i] for i in rng.choice(len(pool), size=4, replace=False))
+        unkeyed = sample_devices(ids, 4, c.config.seed, round_id)
+    else:  # oracle: each device by its own uniform against q = 4 / 40
+        rng = np.random.default_rng([c.config.seed, round_id, 0x9015, 0, int(key, 16)])
+        want = [d for d, u in zip(sorted(ids), rng.random(len(ids))) if u < 0.1]
+        unkeyed = poisson_sample(ids, 0.1, c.config.seed, round_id)
+    assert list(selected) == want and list(selected) != unkeyed
+
+
+def test_each_round_has_a_fresh_noise_key_from_the_os(model, tmp_path):
+    """Two coordinators with the same config (seed included) key their rounds differently, and a
+    coordinator's next round gets another key: the noise cannot be drawn again from the config."""
+    keys = []
+    for run in range(2):
+        (tmp_path / str(run)).mkdir()
+        fleet = make_fleet(model, tmp_path / str(run), sizes=(30, 40), **DP, privacy=_privacy())
+        for _ in range(2):
+            assert fleet.coordinator.begin_round() and _round(fleet).committed
+        keys += [charge["noise_key"] for charge in fleet.coordinator.store.privacy_ledger()]
+    assert len(set(keys)) == 4 and all(len(k) == 32 and int(k, 16) >= 0 for k in keys)
 
 
 def test_the_coordinator_clips_every_accepted_update_and_never_rejects_one(model, tmp_path):
@@ -203,6 +251,9 @@ def test_a_restart_mid_round_releases_the_same_noised_model(model, tmp_path, qua
         devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
         fleet.drain()
         rng = np.random.default_rng(5)
+        # One key for both runs (each would draw its own from the OS); the restarted coordinator's
+        # own would be another: the round must keep the one its stored plan holds.
+        fleet.coordinator.privacy.noise_key = lambda round_id: "5eed" * 8
         assert fleet.coordinator.begin_round()
         fleet.drain()
         updates = [m.update(random_delta(fleet.coordinator.shapes, rng, scale=0.1), metrics={"norm": 0.01 * i})

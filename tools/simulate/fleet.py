@@ -151,8 +151,10 @@ class FleetSetup:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def coordinator(self, transport, clock) -> Coordinator:
-        return Coordinator(transport, strategy_from_config(self.ccfg), self.manifest, self.model.initial("shared"),
-                           self.ccfg, clock=clock)
+        c = Coordinator(transport, strategy_from_config(self.ccfg), self.manifest, self.model.initial("shared"),
+                        self.ccfg, clock=clock)
+        c.privacy.noise_key = lambda round_id: ""  # DP noise from (seed, round): a run is reproducible (dp/budget.py)
+        return c
 
 
 def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
