@@ -368,7 +368,9 @@ class DeviceAgent:
         self._step(task, Trained(reply.update_id))
 
     def _on_ack(self, ack: Ack) -> None:
-        self.journal.acknowledged(ack.task_id, ack.update_id, ack.round_id if ack.update_id in self.pending else None)
+        if not self.journal.acknowledged(ack.task_id, ack.update_id,
+                                         ack.round_id if ack.update_id in self.pending else None):
+            return  # it names another task than its update's: nothing of either changes
         self.uplink.acked()
         on_ack = getattr(self.runtime, "on_ack", None)
         if on_ack is not None:
@@ -379,8 +381,7 @@ class DeviceAgent:
             log.info("device %s: update %s rejected: %s", self.device_id, ack.update_id, ack.reason)
 
     def _decline_unreadable(self, msg: Message, exc: CodecError) -> None:
-        """A task frame the codec refused, naming this device and a task it has not seen: declined
-        by the codec's reason (unanswered.py). A copy of a known task never replaces its answer."""
+        """A refused task frame naming this device and a task it has not seen (unanswered.py)."""
         decline = None if msg.retain else unreadable_task(msg.payload, exc, self.device_id, self.max_message_bytes)
         if decline is not None and msg.topic == device_topic(self.device_id, "task") and not (
                 decline.task_id in self.tasks or decline.task_id in self.journal):
