@@ -4,8 +4,9 @@ received and never answered, and tasks whose frame the codec refused.
 A task frame the codec refuses (a NaN or 1e30 learning rate, a batch size of 0, 10**12 steps:
 values outside the wire's ranges, kernel/wire_fields.py) used to be dropped with a log line,
 and its round waited for the deadline to learn nothing. When the frame itself is intact and its
-round id, task id and device id are valid and name this device, the device declines it with the
-codec's reason (`malformed`, `non_finite`): the coordinator counts it, paces the device, and
+round id, task id and device id are valid and name this device, and the device has not seen
+that task id (a bad copy of a task it trained must not replace its Update), the device declines
+it with the codec's reason (`malformed`): the coordinator counts it, paces the device, and
 stops waiting. A frame that is damaged (checksum, length, msgpack) names nobody reliably and is
 only logged, as before; so is one over the device's size limit, which is never parsed.
 """

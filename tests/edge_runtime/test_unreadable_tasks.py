@@ -5,18 +5,13 @@ device, or a bad copy of a task already answered is still only logged."""
 
 from __future__ import annotations
 
-import struct
-import zlib
-
-import msgpack
 import pytest
 
-from fedge.edge_runtime.kernel import codec
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
 from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec, SecAggTask
 from fedge.edge_runtime.kernel.update_codec import encode_dense
-from tests.edge_runtime.one_device import DEVICE, TickingClock, one_device, pump
+from tests.edge_runtime.one_device import DEVICE, TickingClock, one_device, pump, reframed
 from tests.tiny_model import build_tiny_model
 
 
@@ -29,16 +24,6 @@ def _task(model, task_id: str) -> TrainTask:
     _, manifest, runtime = model
     return TrainTask(5, task_id, DEVICE, manifest.model_id, 1, encode_dense(runtime.initial("shared")),
                      TaskHyper(epochs=1, batch_size=8), CompressionSpec(quant_bits=32))
-
-
-def _reframed(message, edit) -> bytes:
-    """`message` encoded, its body map changed by `edit`, framed again with a good checksum."""
-    frame = encode_message(message)
-    body = msgpack.unpackb(frame[codec.HEADER_SIZE:-codec.TRAILER_SIZE], raw=False)
-    edit(body)
-    packed = msgpack.packb(body, use_bin_type=True)
-    head = frame[:7] + struct.pack("<I", len(packed))
-    return head + packed + struct.pack("<I", zlib.crc32(packed, zlib.crc32(head)))
 
 
 def _hyper(**values):
@@ -60,9 +45,9 @@ def test_a_task_the_wire_refuses_is_declined_by_name(model, tmp_path, edit, secu
     agent, coord = one_device(model, tmp_path / "state", clock=TickingClock())
     task = _task(model, "bad")
     if secure:
-        frame = _reframed(SecAggTask(task, SecAggSpec(), sharing=2), lambda body: edit(body["task"]))
+        frame = reframed(SecAggTask(task, SecAggSpec(), sharing=2), lambda body: edit(body["task"]))
     else:
-        frame = _reframed(task, edit)
+        frame = reframed(task, edit)
     (decline,) = _answers(agent, coord, frame)
     assert (decline.task_id, decline.round_id, decline.reason, decline.stage) == ("bad", 5, "malformed", "before")
     assert decline.detail.startswith("SecAggTask.task." if secure else "TrainTask")
@@ -75,11 +60,11 @@ def test_frames_that_name_nobody_reliably_are_only_logged(model, tmp_path):
     nan = _hyper(lr=float("nan"))
     trained = _answers(agent, coord, encode_message(_task(model, "t1")))
     assert [type(m) for m in trained] == [Update]
-    damaged = bytearray(_reframed(_task(model, "t2"), nan))
+    damaged = bytearray(reframed(_task(model, "t2"), nan))
     damaged[-1] ^= 0xFF  # the checksum
     for frame in (bytes(damaged),
-                  _reframed(_task(model, "t3"), lambda body: (nan(body), body.update(device_id="devB"))),
-                  _reframed(_task(model, "t4"), lambda body: (nan(body), body.update(round_id=-1))),
-                  _reframed(_task(model, "t5"), lambda body: (nan(body), body.update(task_id=7))),
-                  _reframed(_task(model, "t1"), nan)):  # a bad copy of a task it trained: its Update stands
+                  reframed(_task(model, "t3"), lambda body: (nan(body), body.update(device_id="devB"))),
+                  reframed(_task(model, "t4"), lambda body: (nan(body), body.update(round_id=-1))),
+                  reframed(_task(model, "t5"), lambda body: (nan(body), body.update(task_id=7))),
+                  reframed(_task(model, "t1"), nan)):  # a bad copy of a task it trained: its Update stands
         assert _answers(agent, coord, frame) == []
