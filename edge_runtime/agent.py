@@ -61,7 +61,7 @@ from .task import (
     Trained,
     on_event,
 )
-from .unanswered import interrupted, unreadable_task
+from .unanswered import answer_unreadable, interrupted, unreadable_task
 from .uplink import Uplink
 from .work_limits import UPLINK_BACKLOG, forget_answered, remember_announced, stop_check
 
@@ -381,12 +381,11 @@ class DeviceAgent:
             log.info("device %s: update %s rejected: %s", self.device_id, ack.update_id, ack.reason)
 
     def _decline_unreadable(self, msg: Message, exc: CodecError) -> None:
-        """A refused task frame naming this device and a task it has not seen (unanswered.py)."""
+        """A refused task frame naming this device: declined by the codec's reason (unanswered.py)."""
         decline = None if msg.retain else unreadable_task(msg.payload, exc, self.device_id, self.max_message_bytes)
-        if decline is not None and msg.topic == device_topic(self.device_id, "task") and not (
-                decline.task_id in self.tasks or decline.task_id in self.journal):
-            self.tasks[decline.task_id] = TaskState.DECLINED
-            self.uplink.send_decline(decline)
+        if decline is not None and msg.topic == device_topic(self.device_id, "task"):
+            known = decline.task_id in self.tasks or decline.task_id in self.journal
+            answer_unreadable(decline, known, self.journal, self.uplink)
 
     # ------------------------------------------------------------------ link
 

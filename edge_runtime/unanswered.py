@@ -59,3 +59,14 @@ def unreadable_task(payload: bytes, exc: CodecError, device_id: str, max_bytes: 
     if named != device_id or not task_id:
         return None
     return Decline(device_id, round_id, task_id, exc.reason, str(exc)[:1000], "before")
+
+
+def answer_unreadable(decline: Decline, known: bool, journal, uplink) -> None:
+    """Send `decline` for a task the device has not seen, recorded as received and answered, so
+    a copy of it, bad or mended, gets the same Decline and never trains. For a `known` task,
+    only a Decline it got is repeated: a bad copy of a task it trained gets nothing (its Update stands)."""
+    if known:
+        uplink.repeat_decline(decline.task_id)
+        return
+    journal.received(decline.task_id, decline.round_id)
+    uplink.send_decline(decline)

@@ -51,6 +51,8 @@ def test_a_task_the_wire_refuses_is_declined_by_name(model, tmp_path, edit, secu
     (decline,) = _answers(agent, coord, frame)
     assert (decline.task_id, decline.round_id, decline.reason, decline.stage) == ("bad", 5, "malformed", "before")
     assert decline.detail.startswith("SecAggTask.task." if secure else "TrainTask")
+    if not secure:  # a copy, bad or mended, gets the same answer: the task id was declined
+        assert _answers(agent, coord, frame) == [decline] == _answers(agent, coord, encode_message(task))
     (update,) = _answers(agent, coord, encode_message(_task(model, "good")))  # the device goes on
     assert isinstance(update, Update)
 
