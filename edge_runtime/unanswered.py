@@ -18,12 +18,13 @@ import logging
 from .kernel.codec import check_field, frame_body
 from .kernel.errors import CodecError, MalformedPayload
 from .kernel.protocol import Decline, TrainTask
-from .kernel.secagg.messages import SecAggTask
+from .kernel.secagg.messages import KeyDirectory, SecAggTask, ShareDelivery, UnmaskRequest
 
 log = logging.getLogger("fedge.agent")
 
 INTERRUPTED = "interrupted"  # a previous run stopped before it answered the task
 _IDS = ("round_id", "task_id", "device_id")
+_STAGES = (KeyDirectory, ShareDelivery, UnmaskRequest)  # a secure round's requests after its SecAggTask
 
 
 def interrupted(journal, answered_now, device_id: str) -> list[Decline]:
@@ -42,29 +43,34 @@ def interrupted(journal, answered_now, device_id: str) -> list[Decline]:
 
 
 def unreadable_task(payload: bytes, exc: CodecError, device_id: str, max_bytes: int) -> Decline | None:
-    """The Decline for a TrainTask or SecAggTask frame that decode_message refused with `exc`,
-    or None when the frame is not one, is damaged, or does not name this device by valid ids."""
+    """The Decline for a task frame (TrainTask, SecAggTask, or a later stage of a secure round:
+    a KeyDirectory with a 31-byte key, say) that decode_message refused with `exc`, or None when
+    the frame is not one, is damaged, or does not name this device by valid ids. A later stage's
+    Decline says "during", as the participant's own declines do."""
     found = frame_body(payload, max_bytes)
     if found is None:
         return None
     cls, body = found
     if cls is SecAggTask:
         cls, body = TrainTask, body.get("task")
-    if cls is not TrainTask or not isinstance(body, dict):
+    if cls not in (TrainTask, *_STAGES) or not isinstance(body, dict):
         return None
     try:
-        round_id, task_id, named = (check_field(TrainTask, name, body[name]) for name in _IDS)
+        round_id, task_id, named = (check_field(cls, name, body[name]) for name in _IDS)
     except (KeyError, MalformedPayload):
         return None
     if named != device_id or not task_id:
         return None
-    return Decline(device_id, round_id, task_id, exc.reason, str(exc)[:1000], "before")
+    return Decline(device_id, round_id, task_id, exc.reason, str(exc)[:1000], "during" if cls in _STAGES else "before")
 
 
 def answer_unreadable(decline: Decline, known: bool, journal, uplink) -> None:
     """Send `decline` for a task the device has not seen, recorded as received and answered, so
     a copy of it, bad or mended, gets the same Decline and never trains. For a `known` task,
     only a Decline it got is repeated: a bad copy of a task it trained gets nothing (its Update stands)."""
+    if decline.stage == "during":  # a later stage of a secure round: no task of the journal's, declined each time
+        uplink.send_decline(decline)
+        return
     if known:
         uplink.repeat_decline(decline.task_id)
         return

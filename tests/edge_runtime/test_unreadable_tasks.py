@@ -9,7 +9,14 @@ import pytest
 
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
-from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec, SecAggTask
+from fedge.edge_runtime.kernel.secagg.messages import (
+    KeyDirectory,
+    PeerKeys,
+    SecAggSpec,
+    SecAggTask,
+    ShareDelivery,
+    UnmaskRequest,
+)
 from fedge.edge_runtime.kernel.update_codec import encode_dense
 from tests.edge_runtime.one_device import DEVICE, TickingClock, one_device, pump, reframed
 from tests.tiny_model import build_tiny_model
@@ -70,3 +77,17 @@ def test_frames_that_name_nobody_reliably_are_only_logged(model, tmp_path):
                   reframed(_task(model, "t5"), lambda body: (nan(body), body.update(task_id=7))),
                   reframed(_task(model, "t1"), nan)):  # a bad copy of a task it trained: its Update stands
         assert _answers(agent, coord, frame) == []
+
+
+@pytest.mark.parametrize("request_, edit", [
+    (KeyDirectory(DEVICE, 5, "s1", (DEVICE, "p1"), 1, 1, 0, (PeerKeys("p1", bytes(32), bytes(32), "ab" * 32),)),
+     lambda body: body["keys"][0].update(cipher_public=bytes(31))),
+    (ShareDelivery(DEVICE, 5, "s1", ()), lambda body: body.update(shares=[{"peer": "p1", "ciphertext": b"x"}])),
+    (UnmaskRequest(DEVICE, 5, "s1", (DEVICE,), (), "ab" * 32), lambda body: body.update(model_sha256="AB")),
+])
+def test_a_secure_stage_the_wire_refuses_is_declined_by_name_each_time(model, tmp_path, request_, edit):
+    agent, coord = one_device(model, tmp_path / "state", clock=TickingClock())
+    frame = reframed(request_, edit)
+    for _ in range(2):
+        (decline,) = _answers(agent, coord, frame)
+        assert (decline.task_id, decline.round_id, decline.reason, decline.stage) == ("s1", 5, "malformed", "during")

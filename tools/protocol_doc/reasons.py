@@ -127,9 +127,10 @@ def decline_notes() -> str:
             f"the coordinator's `pace_declined_s`. A reason `aborted:<cause>` is judged by its cause.\n"
             f"- Everything else is free text to the coordinator: counted per reason and logged.\n\n"
             f"A task the device cannot decode (a value outside its field's range, an unknown field) is declined "
-            f"with the codec's reason (`{kernel_errors.MalformedPayload.reason}`, stage `before`, the field in "
-            f"`detail`) when its frame is intact and its `round_id`, `task_id` and `device_id` are valid and name "
-            f"the device; a damaged frame names nobody reliably and is not answered. A secure round's stage is "
+            f"with the codec's reason (`{kernel_errors.MalformedPayload.reason}`, the field in `detail`) when its "
+            f"frame is intact and its `round_id`, `task_id` and `device_id` are valid and name the device: stage "
+            f"`before` for a TrainTask or SecAggTask, `during` for a KeyDirectory, ShareDelivery or UnmaskRequest; "
+            f"a damaged frame names nobody reliably and is not answered. A secure round's stage is "
             f"declined with one of these (the device's own, `edge_runtime/kernel/secagg/session.py` and "
             f"`edge_runtime/secagg_participant.py`); the coordinator counts them like any other:\n\n"
             f"{secagg_declines_table()}")
