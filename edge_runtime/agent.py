@@ -61,6 +61,7 @@ from .task import (
     Trained,
     on_event,
 )
+from .unanswered import answer_unreadable, interrupted, unreadable_task
 from .uplink import Uplink
 from .work_limits import UPLINK_BACKLOG, forget_answered, remember_announced, stop_check
 
@@ -140,7 +141,8 @@ class DeviceAgent:
         self.transport.subscribe(ANNOUNCE_TOPIC)
         self._announce_online()
         self.republish_pending()  # left over from before a restart, ahead of new work
-        self._decline_interrupted()
+        for decline in interrupted(self.journal, self.tasks, self.device_id):  # unanswered.py
+            self.uplink.send_decline(decline)
         self.check_in()
         self.started = True
 
@@ -180,6 +182,7 @@ class DeviceAgent:
             message = decode_message(msg.payload, max_bytes=self.max_message_bytes)
         except CodecError as exc:
             log.warning("device %s dropped a bad message on %s: %s (%s)", self.device_id, msg.topic, exc.reason, exc)
+            self._decline_unreadable(msg, exc)
             return True
         if msg.retain and device_of(msg.topic):  # a coordinator never retains these: a stale Pace or task
             log.warning("device %s ignored a retained %s on %s", self.device_id, type(message).__name__, msg.topic)
@@ -365,7 +368,9 @@ class DeviceAgent:
         self._step(task, Trained(reply.update_id))
 
     def _on_ack(self, ack: Ack) -> None:
-        self.journal.acknowledged(ack.task_id, ack.update_id, ack.round_id if ack.update_id in self.pending else None)
+        if not self.journal.acknowledged(ack.task_id, ack.update_id,
+                                         ack.round_id if ack.update_id in self.pending else None):
+            return  # it names another task than its update's: nothing of either changes
         self.uplink.acked()
         on_ack = getattr(self.runtime, "on_ack", None)
         if on_ack is not None:
@@ -375,17 +380,12 @@ class DeviceAgent:
         if not ack.accepted:
             log.info("device %s: update %s rejected: %s", self.device_id, ack.update_id, ack.reason)
 
-    def _decline_interrupted(self) -> None:
-        """Tasks a previous run of this device received but never answered (it stopped while
-        training, or while waiting for the model): decline them, so their rounds need not wait
-        for the deadline."""
-        for task_id, round_id in self.journal.interrupted():
-            if task_id in self.tasks:  # this run's
-                continue
-            log.warning("device %s: task %s of round %d was interrupted before it was answered; declining it",
-                        self.device_id, task_id, round_id)
-            self.uplink.send_decline(Decline(self.device_id, round_id, task_id, "interrupted",
-                                             "the device stopped before it answered this task", "during"))
+    def _decline_unreadable(self, msg: Message, exc: CodecError) -> None:
+        """A refused task frame naming this device: declined by the codec's reason (unanswered.py)."""
+        decline = None if msg.retain else unreadable_task(msg.payload, exc, self.device_id, self.max_message_bytes)
+        if decline is not None and msg.topic == device_topic(self.device_id, "task"):
+            known = decline.task_id in self.tasks or decline.task_id in self.journal
+            answer_unreadable(decline, known, self.journal, self.uplink)
 
     # ------------------------------------------------------------------ link
 

@@ -136,25 +136,36 @@ class DeviceJournal:
         return task_id in self.seen or task_id in self._kept_tasks()
 
     def _kept_tasks(self) -> set[str]:
-        kept = set()
-        for item in self.pending.items():
-            try:
-                kept.add(decode_message(item.payload).task_id)
-            except CodecError:
-                pass
-        return kept
+        return {task_id for item in self.pending.items() if (task_id := _task_of(item.payload)) is not None}
 
     def answered(self, task_id: str) -> None:
         self.seen.answered(task_id)
 
-    def acknowledged(self, task_id: str, update_id: str, round_id: int | None = None) -> None:
+    def acknowledged(self, task_id: str, update_id: str, round_id: int | None = None) -> bool:
         """The coordinator has the update: forget it. With round_id, a task the seen-task file
-        lost in a power cut is recorded again, so a copy of it is answered, not trained again."""
+        lost in a power cut is recorded again, so a copy of it is answered, not trained again.
+
+        False, and nothing changed, for an Ack naming another task than the kept update's: it
+        recorded that task as answered, and when the task came it was neither trained nor answered."""
+        kept = self.pending.get(update_id)
+        if kept is not None and _task_of(kept.payload) != task_id:
+            log.warning("an Ack names task %s for update %s of task %s; ignored", task_id, update_id,
+                        _task_of(kept.payload))
+            return False
         self.seen.answered(task_id, round_id)  # before the update goes: a pending update says "answered" until then
         self.pending.remove(update_id)
+        return True
 
     def interrupted(self) -> list[tuple[str, int]]:
         """(task_id, round_id) of tasks received and never answered, without a kept update:
         a previous run stopped while training them, or while waiting for their model."""
         kept = self._kept_tasks()
         return [(task_id, round_id) for task_id, round_id in self.seen.unanswered() if task_id not in kept]
+
+
+def _task_of(payload: bytes) -> str | None:
+    """The task id of a kept update's frame, or None if it does not decode."""
+    try:
+        return decode_message(payload).task_id
+    except CodecError:
+        return None

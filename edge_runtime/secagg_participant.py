@@ -30,12 +30,12 @@ import numpy as np
 
 from .device import DeviceRuntime
 from .kernel.compress import decompress_update
-from .kernel.errors import ArtifactError, CodecError, DeviceStateError, StateWriteError
+from .kernel.errors import ArtifactError, CodecError, DeviceStateError, FedgeError, StateWriteError
 from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
 from .kernel.secagg import ddg, identity
 from .kernel.secagg import session as sess
-from .kernel.secagg.graph import neighbour_graph, threshold_floor
+from .kernel.secagg.graph import neighbours_of, threshold_floor
 from .kernel.secagg.masking import mask_input
 from .kernel.secagg.messages import (
     EncryptedShares,
@@ -53,6 +53,7 @@ from .kernel.secagg.shamir import value_bytes
 from .kernel.secagg.shared_encoding import encode_update, subset_size
 from .kernel.update_codec import decode_tensors
 from .store import DeviceStore
+from .work_limits import SECAGG_NEIGHBOURS
 
 log = logging.getLogger("fedge.secagg")
 
@@ -60,9 +61,12 @@ REQUESTS = (SecAggTask, KeyDirectory, ShareDelivery, UnmaskRequest)
 WEAK_THRESHOLD = "secagg_weak_threshold"  # t < graph.threshold_floor: the coordinator could collect both kinds
 NO_SESSION = "secagg_no_session"  # a later stage for a round this device did not advertise in
 FAILED = "secagg_failed"  # anything else the device could not do (the detail says what)
+# The coordinator's name for a reply out of order (coordinator/secagg/round_state.py).
+WRONG_STAGE = "secagg_wrong_stage"  # shares before this device sent its own, unmask before its masked input
+TOO_MANY_NEIGHBOURS = "secagg_too_many_neighbours"  # more than work_limits.SECAGG_NEIGHBOURS: unbounded work
 # Less of the device's own noise than its floor (own_noise_multiplier): a plain task, central DP
 # or secure aggregation without DP (none), or distributed DP announcing a smaller σγ/S.
-NOISE_BELOW_FLOOR = "dp_noise_below_floor"
+NOISE_BELOW_FLOOR = "dp_noise_below_floor"  # less of its own noise than the device's floor
 
 
 def own_noise_multiplier(spec: SecAggSpec | None, dimension: int | None = None) -> float:
@@ -130,6 +134,7 @@ class SecAggParticipant:
         self.answered_dir = Path(runtime.state_root) / runtime.device_id / "secagg-answered"
         self.sessions: dict[str, sess.DeviceSession] = {}  # task_id -> session (one round, one task)
         self.sent_shares: dict[str, EncryptedShares] = {}  # task_id -> its one set of boxes, resent on a repeat
+        self.sent_masked: dict[str, MaskedInput] = {}  # task_id -> its one masked input, resent on a repeat
         self.inputs: dict[str, tuple[np.ndarray, int, SecAggSpec]] = {}  # task_id -> (encoded values, examples, spec)
 
     @property
@@ -155,11 +160,15 @@ class SecAggParticipant:
                         type(message).__name__, exc)
             self.publish(Decline(self.device_id, round_id, task_id, exc.reason, exc.detail, "during"))
         # A delta that cannot be encoded (NaN), a malformed key, a spec whose numbers overflow
-        # (dp_gamma 1e-300 made (S / gamma)**2 raise OverflowError out of the device's poll): decline.
-        except (ValueError, ArithmeticError, CodecError) as exc:
-            log.warning("device %s: round %d: secagg %s failed: %s", self.device_id, round_id,
-                        type(message).__name__, exc)
-            self.publish(Decline(self.device_id, round_id, task_id, FAILED, str(exc)[:300], "during"))
+        # (dp_gamma 1e-300 made (S / gamma)**2 raise OverflowError out of the device's poll), a
+        # state it cannot write: declined, by name. Any other error is a bug, logged in full; the
+        # stage is answered all the same rather than left to its deadline.
+        except Exception as exc:  # noqa: BLE001
+            expected = isinstance(exc, (ValueError, ArithmeticError, FedgeError, OSError))
+            (log.warning if expected else log.exception)("device %s: round %d: secagg %s failed: %s: %s",
+                                                         self.device_id, round_id, type(message).__name__,
+                                                         type(exc).__name__, exc)
+            self.publish(Decline(self.device_id, round_id, task_id, _failure_reason(exc), str(exc)[:300], "during"))
 
     def _train(self, message: SecAggTask) -> None:
         task: TrainTask = message.task
@@ -193,6 +202,7 @@ class SecAggParticipant:
         store.save_residual(unflatten(left, tensors))  # what the sum will not get from this device, kept
         self.sessions.clear()  # one secure round at a time: an older round's keys and input go
         self.sent_shares.clear()
+        self.sent_masked.clear()
         prune_answered(self.answered_dir, KEEP_ANSWERED)
         self.inputs = {task.task_id: (values, reply.num_examples, spec)}
         s = sess.start(self.device_id, task.round_id, hashlib.sha256(task.params).hexdigest())
@@ -224,11 +234,14 @@ class SecAggParticipant:
         k = min(message.neighbours, len(cohort) - 1)
         if message.threshold < threshold_floor(k, len(cohort)):  # packed shares need one more than k/2 + 1
             raise sess.SecAggDecline(WEAK_THRESHOLD, f"t = {message.threshold} for k = {k} of {len(cohort)}")
-        graph = neighbour_graph(cohort, k, message.graph_seed)
+        if k > SECAGG_NEIGHBOURS:
+            raise sess.SecAggDecline(TOO_MANY_NEIGHBOURS, f"k = {k} of {len(cohort)}; this device shares with at "
+                                                          f"most {SECAGG_NEIGHBOURS}")
+        mine = neighbours_of(cohort, k, message.graph_seed, self.device_id)
+        wanted = set(mine)
         advertised = {p.device_id: sess.Advertised(p.cipher_public, p.mask_public, p.model_sha256, p.signature)
-                      for p in message.keys if p.device_id in graph[self.device_id]}
-        s, sealed = sess.shares_for_neighbours(s, cohort, graph[self.device_id], message.threshold, advertised,
-                                               self.directory)
+                      for p in message.keys if p.device_id in wanted}
+        s, sealed = sess.shares_for_neighbours(s, cohort, mine, message.threshold, advertised, self.directory)
         self.sessions[message.task_id] = s
         reply = EncryptedShares(self.device_id, message.round_id, message.task_id,
                                 b"".join(sealed[peer] for peer in sorted(sealed)))
@@ -236,13 +249,21 @@ class SecAggParticipant:
         self.publish(reply)
 
     def _mask(self, message: ShareDelivery) -> None:
+        if message.task_id in self.sent_masked:  # a repeated delivery: the same input (never mask twice)
+            self.publish(self.sent_masked[message.task_id])
+            return
+        if message.task_id not in self.sent_shares:
+            raise sess.SecAggDecline(WRONG_STAGE, "shares delivered before this device shared its own")
         s = sess.receive_shares(self.sessions[message.task_id], {sh.peer: sh.ciphertext for sh in message.shares})
+        sess.check_masking_peers(s)  # fewer than t: the input would be hidden by its self mask alone
         self.sessions[message.task_id] = s
         values, examples, spec = self.inputs[message.task_id]
         y = mask_input(values, self.device_id, s.self_seed, s.mask.private, sess.masking_peers(s), s.round_id,
                        spec.field_bits)
-        self.publish(MaskedInput(self.device_id, message.round_id, message.task_id, int(y.size), spec.field_bits,
-                                 pack(y, spec.field_bits), examples, unopened=s.unopened))
+        reply = MaskedInput(self.device_id, message.round_id, message.task_id, int(y.size), spec.field_bits,
+                            pack(y, spec.field_bits), examples, unopened=s.unopened)
+        self.sent_masked[message.task_id] = reply
+        self.publish(reply)
 
     def _reveal(self, message: UnmaskRequest) -> None:
         # Keyed by the task (its session's keys), not the round number alone: a coordinator that
@@ -252,12 +273,27 @@ class SecAggParticipant:
         record = self.answered_dir / f"round-{message.round_id}-{task_key}"
         if record.exists():  # answered before, perhaps by this device before a restart
             raise sess.SecAggDecline(sess.ALREADY_ANSWERED)
+        if message.task_id not in self.sent_masked:  # nothing of this device is in the sum to unmask
+            raise sess.SecAggDecline(WRONG_STAGE, "an unmask request before this device sent its masked input")
         s, shares = sess.reveal(self.sessions[message.task_id], message.alive, message.dropped, message.model_sha256)
         self.sessions[message.task_id] = s  # a second request is declined, from memory and from the record
         atomic_write_bytes(record, message.task_id.encode())
         size = value_bytes(s.packing)
         values = b"".join(shares[owner][1].to_bytes(size, "big") for owner in sorted(shares))
         self.publish(UnmaskResponse(self.device_id, message.round_id, message.task_id, values))
+
+
+def _failure_reason(exc: Exception) -> str:
+    """The Decline reason of a stage that raised: a fedge error's own (a state that cannot be
+    written is state_unwritable, as for a plain task), an OSError as state_unwritable (the
+    unmask record, the residual), anything else FAILED. Only some types were turned into
+    declines: a StateWriteError or an OSError escaped the device's poll, and the stage went
+    unanswered until its deadline."""
+    if isinstance(exc, CodecError):
+        return FAILED  # a field of the request the device cannot use (the detail says which)
+    if isinstance(exc, FedgeError):
+        return exc.reason
+    return StateWriteError.reason if isinstance(exc, OSError) else FAILED
 
 
 KEEP_ANSWERED = 16  # records of answered unmask requests kept (one file each; see prune_answered)

@@ -31,6 +31,12 @@ TASKS_KEPT = 4 * SEEN_TASKS_KEPT
 # it), the latest announced last. A coordinator announces one model at a time; the table kept
 # every model id any Announcement named, for as long as the device ran.
 ANNOUNCED_KEPT = 16
+# Neighbours one secure round may give this device, at most (secagg_participant.py declines a
+# KeyDirectory past it as secagg_too_many_neighbours). Sharing two seeds among k neighbours with
+# a threshold of about k/2 costs O(k^2): 0.9 s at k = 1,024 and 2.3 s at 2,048 on the 2 shared
+# cores fedge is tested on (more on a Pi), and the wire allows a complete graph of 100,000 (days).
+# The graphs fedge chooses stay far below: k = 222 at n = 1,000, 508 with 5% colluders (graph.py).
+SECAGG_NEIGHBOURS = 1024
 
 
 def stop_check(clock, deadline_at: float, max_task_s: float) -> Callable[[], str | None]:

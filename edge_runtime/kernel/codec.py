@@ -50,7 +50,14 @@ from typing import Any
 import msgpack
 
 from . import protocol as _p
-from .errors import ChecksumMismatch, MalformedPayload, PayloadTooLarge, TruncatedPayload, UnsupportedVersion
+from .errors import (
+    ChecksumMismatch,
+    CodecError,
+    MalformedPayload,
+    PayloadTooLarge,
+    TruncatedPayload,
+    UnsupportedVersion,
+)
 from .protocol import I64, MAX_TEXT, SCHEMA_VERSION
 from .protocol import MESSAGE_TYPES as _CORE_TYPES
 from .secagg.messages import SECAGG_MESSAGE_TYPES, KeyAdvertisement
@@ -96,6 +103,31 @@ def decode_message(data: bytes, max_bytes: int | None = None) -> Any:
 
     max_bytes: refuse (PayloadTooLarge) a frame longer than this before parsing it.
     """
+    cls, body = _unframe(data, max_bytes)
+    return _build(cls, body, cls.__name__)
+
+
+def frame_body(data: bytes, max_bytes: int | None = None) -> tuple[type, dict] | None:
+    """(message type, body map) of a frame whose bytes are intact (magic, version, length,
+    checksum, msgpack map, within max_bytes) whatever its fields hold; None for one that is not.
+    For a frame decode_message refused for its content: what it was (agent.py answers a task
+    it cannot read by the ids it can), never to act on its other fields."""
+    try:
+        return _unframe(data, max_bytes)
+    except CodecError:
+        return None
+
+
+def check_field(cls: type, name: str, value: Any) -> Any:
+    """`value` as decode_message would take it for field `name` of `cls`, or MalformedPayload."""
+    f = _fields(cls).get(name)
+    if f is None:
+        raise MalformedPayload(f"{cls.__name__} has no field {name!r}")
+    return _value(f.hint, value, f"{cls.__name__}.{name}", True, f.bounds, f.pattern, f.items)
+
+
+def _unframe(data: bytes, max_bytes: int | None) -> tuple[type, dict]:
+    """The frame's message type and its body map, the bytes checked but not the fields."""
     if not isinstance(data, (bytes, bytearray)):
         data = memoryview(data).tobytes()  # TypeError for objects that are not bytes-like
     n = len(data)
@@ -134,7 +166,7 @@ def decode_message(data: bytes, max_bytes: int | None = None) -> Any:
         raise MalformedPayload(f"{cls.__name__}: body is not valid msgpack: {exc}") from None
     if not isinstance(body, dict):
         raise MalformedPayload(f"{cls.__name__}: body must be a map, got {type(body).__name__}")
-    return _build(cls, body, cls.__name__)
+    return cls, body
 
 
 @dataclasses.dataclass(frozen=True)

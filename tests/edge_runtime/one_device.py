@@ -4,12 +4,16 @@ sends: the harness of device tests that speak to it message by message."""
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 from pathlib import Path
 
+import msgpack
 import numpy as np
 
 from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.kernel import codec
 from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.protocol import Decline, Update, device_topic
@@ -67,3 +71,14 @@ def tree_digest(root: Path) -> dict[str, str]:
     """Every file under `root` with its sha256 (a snapshot to compare)."""
     return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
             for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def reframed(message, edit) -> bytes:
+    """`message` encoded, its body map changed by `edit` (values the codec would refuse to
+    encode: a NaN learning rate, an unknown field), framed again with a good checksum."""
+    frame = encode_message(message)
+    body = msgpack.unpackb(frame[codec.HEADER_SIZE:-codec.TRAILER_SIZE], raw=False)
+    edit(body)
+    packed = msgpack.packb(body, use_bin_type=True)
+    head = frame[:7] + struct.pack("<I", len(packed))  # magic, version and type code kept
+    return head + packed + struct.pack("<I", zlib.crc32(packed, zlib.crc32(head)))

@@ -14,7 +14,9 @@ from fedge.coordinator import backoff, pace, rounds
 from fedge.coordinator import errors as coordinator_errors
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.errors import UpdateRejected
+from fedge.edge_runtime import secagg_participant
 from fedge.edge_runtime.kernel import errors as kernel_errors
+from fedge.edge_runtime.kernel.secagg import session as secagg_session
 
 from .schema import comment_lines
 
@@ -123,4 +125,23 @@ def decline_notes() -> str:
             f"fingerprint): {permanent}.\n"
             f"- A decline's Pace waits less for reasons that pass by themselves: {recheck}; any other reason waits "
             f"the coordinator's `pace_declined_s`. A reason `aborted:<cause>` is judged by its cause.\n"
-            f"- Everything else is free text to the coordinator: counted per reason and logged.")
+            f"- Everything else is free text to the coordinator: counted per reason and logged.\n\n"
+            f"A task the device cannot decode (a value outside its field's range, an unknown field) is declined "
+            f"with the codec's reason (`{kernel_errors.MalformedPayload.reason}`, the field in `detail`) when its "
+            f"frame is intact and its `round_id`, `task_id` and `device_id` are valid and name the device: stage "
+            f"`before` for a TrainTask or SecAggTask, `during` for a KeyDirectory, ShareDelivery or UnmaskRequest; "
+            f"a damaged frame names nobody reliably and is not answered. A secure round's stage is "
+            f"declined with one of these (the device's own, `edge_runtime/kernel/secagg/session.py` and "
+            f"`edge_runtime/secagg_participant.py`); the coordinator counts them like any other:\n\n"
+            f"{secagg_declines_table()}")
+
+
+def secagg_declines_table() -> str:
+    """The secure-aggregation decline reasons, from the constants that name them and their comments."""
+    rows = ["| reason | when |", "|---|---|"]
+    for module in (secagg_session, secagg_participant):
+        notes = _constant_comments(module)
+        rows += [f"| `{getattr(module, name)}` | {text} |" for name, text in notes.items()
+                 if isinstance(getattr(module, name, None), str) and getattr(module, name).startswith(("secagg_",
+                                                                                                        "dp_noise"))]
+    return "\n".join(rows)

@@ -41,14 +41,14 @@ def share_plaintext_bytes(packing: int) -> int:
 
 # Named declines of an unmask request (the device reveals nothing).
 SETS_OVERLAP = "secagg_sets_overlap"  # a device both alive and dropped: would reveal both its secrets
-TOO_FEW_NEIGHBOURS = "secagg_too_few_neighbours"  # fewer than t neighbours alive
+TOO_FEW_NEIGHBOURS = "secagg_too_few_neighbours"  # fewer than t neighbours alive, or whose shares came
 MODEL_MISMATCH = "secagg_model_mismatch"  # the round's model is not the one the cohort committed to
 ALREADY_ANSWERED = "secagg_already_answered"  # one unmask answer per round
 ALREADY_SHARED = "secagg_already_shared"  # one set of shares per round
 NOT_IN_COHORT = "secagg_not_alive"  # the request does not count this device among the alive
 # Named declines of the key-sharing step.
 PEER_MODEL_MISMATCH = "secagg_peer_model_mismatch"  # a neighbour advertised another model hash
-BAD_KEY = "secagg_bad_key"
+BAD_KEY = "secagg_bad_key"  # a neighbour's keys are malformed, or a share comes from no neighbour
 BAD_SIGNATURE = "secagg_bad_signature"  # a neighbour's keys are not signed by its provisioned identity
 
 
@@ -134,7 +134,8 @@ def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours:
     packing = packing_for(len(set(neighbours) - {s.device_id}), len(cohort))
     s = replace(s, threshold=threshold, packing=packing, neighbours=tuple(sorted(neighbours)), cohort=cohort,
                 peers=peers)
-    points = [point_of(p, cohort) for p in peers]
+    at = {d: i for i, d in enumerate(cohort)}  # point_of for every peer, without a scan of the cohort each
+    points = [1 + at[p] for p in peers]
     mask_shares = shamir.share_seed(s.mask_seed, threshold, points, packing)
     self_shares = shamir.share_seed(s.self_seed, threshold, points, packing)
     size = shamir.value_bytes(packing)
@@ -176,6 +177,17 @@ def _open_share(s: DeviceSession, sender: str, blob: bytes) -> tuple[int, int] |
     half = shamir.value_bytes(s.packing)
     pair = (int.from_bytes(plain[:half], "big"), int.from_bytes(plain[half:], "big"))
     return pair if all(shamir.value_in_field(v, s.packing) for v in pair) else None
+
+
+def check_masking_peers(s: DeviceSession) -> None:
+    """SecAggDecline(TOO_FEW_NEIGHBOURS) unless at least t neighbours completed key sharing (their
+    shares were delivered, opened or not). With fewer, the masked input would carry pair masks with
+    fewer than t neighbours, with none at all for an empty delivery: the coordinator, which decides
+    who is delivered, would unmask this device's input alone from its self-mask shares (SecAgg's
+    "abort if |U2| < t", Bonawitz et al. 2017, round 2)."""
+    peers = len(s.received) + len(s.unopened)
+    if peers < s.threshold:
+        raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"shares of {peers} neighbours delivered, need {s.threshold}")
 
 
 def masking_peers(s: DeviceSession) -> dict[str, bytes]:
