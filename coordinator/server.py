@@ -212,7 +212,9 @@ class Coordinator(BrokerLink, NoiseRounds):
         if isinstance(report, Update):
             self._late_up = count_uplink(rnd, self._late_up, report, size, self.dense_limit)
         view = AdmissionView(rnd.ctx if rnd else None, rnd.seen if rnd else {},
-                             rnd.machine.expects if rnd else (lambda _d: False), self.store.counted_digest)
+                             rnd.machine.expects if rnd else (lambda _d: False), self.store.counted_digest,
+                             (lambda d: d in rnd.machine.reported) if rnd else (lambda _d: False),
+                             rnd.decline_from if rnd else frozenset())
         if isinstance(report, Decline):
             rejected = check_decline(report, sender, view)
             if rejected is None:
@@ -238,9 +240,7 @@ class Coordinator(BrokerLink, NoiseRounds):
 
     def _decline(self, decline: Decline) -> None:
         rnd = self.round
-        if decline.device_id in rnd.decline_from:
-            return  # counted once per device and round, so a device cannot inflate the label set
-        rnd.decline_from.add(decline.device_id)
+        rnd.decline_from.add(decline.device_id)  # counted once per device and round (check_decline)
         self.declines[tally_key(self.declines, decline.reason)] += 1
         if backoff.is_permanent(decline.reason):
             self.registry.park(decline.device_id, decline.reason)

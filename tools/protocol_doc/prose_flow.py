@@ -92,7 +92,9 @@ def session() -> str:
 9. **Or Decline.** A device that will not or cannot do a task sends a Decline on its `update` topic instead:
    `stage` "before" (did not start) or "during" (stopped), a short machine-readable `reason`, a free-text
    `detail`. The coordinator answers with a Pace (reason `declined`) and stops expecting you this round. Some
-   reasons matter to it ([decline reasons](#decline-reasons)).
+   reasons matter to it ([decline reasons](#decline-reasons)). A task's decline counts once (the same decline
+   again is `duplicate`, with no Pace), and only before you answered: a decline of a task whose update (or, in a
+   secure round, whose current stage's reply) was counted is `stale_round`, and the answer stands.
 10. **Evaluation.** An EvalTask (on the `task` topic) asks you to score `params` on your held-out data; answer
    with an EvalReport on your `update` topic (a non-empty `reason` when you did not evaluate). No Ack follows.
 """
