@@ -254,7 +254,7 @@ class Coordinator(BrokerLink, NoiseRounds):
 
     def _fetch(self, request: FetchRequest) -> None:
         if (refused := serve_fetch(request, self.round, self.artifacts, self.outbound, self.metrics,
-                                   self.clock.now())) is not None:
+                                   self.clock.now(), self.shell.secure)) is not None:
             self._reject(refused, request.device_id, None)
 
     def _reject(self, exc: UpdateRejected | FetchRefused, sender: str | None, report) -> None:

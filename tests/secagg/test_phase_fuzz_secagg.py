@@ -15,8 +15,14 @@ import pytest
 
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.flood import worth_logging
-from fedge.edge_runtime.kernel.protocol import Decline, device_topic
-from fedge.edge_runtime.kernel.secagg.messages import EncryptedShares, KeyAdvertisement, MaskedInput, UnmaskResponse
+from fedge.edge_runtime.kernel.protocol import Decline, FetchRequest, TrainTask, device_topic
+from fedge.edge_runtime.kernel.secagg.messages import (
+    EncryptedShares,
+    KeyAdvertisement,
+    MaskedInput,
+    SecAggTask,
+    UnmaskResponse,
+)
 from tests.coordinator.phase_attack import exported
 from tests.secagg.test_fleet_secagg import SECURE, _run_round
 from tests.secagg.test_raw_clients import HONEST, _check_exact, _fleet, sums  # noqa: F401 - sums: a fixture
@@ -136,3 +142,22 @@ def test_replies_for_a_committed_round_an_earlier_round_replayed_and_a_device_ne
         fleet.clock.advance(1.0 if c.round.machine.stage_full else SECURE.stage_deadline_s + 1)
     _check_exact(fleet, raws, record, sums, HONEST | {"raw0"})
     assert HONEST | {"raw0"} <= set(c.eligible_devices())
+
+
+def test_a_fetch_for_a_secure_task_is_refused_at_every_stage(model, tmp_path, sums):  # noqa: F811
+    """A secure round's requests go out once per stage, params inline (shell.resend sends none):
+    a FetchRequest naming the device's own task, at any stage, is refused as unknown_task and no
+    plain TrainTask goes back (it once did: the round's params under the config's compression,
+    for a stage long past). The round commits raw0's honest answers exactly."""
+    def fetch_then_reply(client, reply):
+        model_id = next(m for m in client.seen if isinstance(m, SecAggTask)).task.model_id
+        client.t.publish(device_topic(client.device_id, "fetch"),
+                         encode_message(FetchRequest(client.device_id, model_id, task_id=client.task_id)))
+        return [reply]
+
+    fleet, raws = _fleet(model, tmp_path, dict.fromkeys(STAGES, fetch_then_reply))
+    record = _run_round(fleet)
+    c = fleet.coordinator
+    assert dict(c.rejections) == {"unknown_task": 4} and exported(c, "unknown_task") == 4
+    assert not any(isinstance(m, TrainTask) for m in raws[0].seen), [type(m).__name__ for m in raws[0].seen]
+    _check_exact(fleet, raws, record, sums, HONEST | {"raw0"})

@@ -73,7 +73,8 @@ def session() -> str:
    order (`count` parts), check that sha256 of the join equals the hash, and decode the join as a message frame:
    a RoundModel with `params` and `correction`. If the parts do not come (a fedge device waits
    {_agent("model_wait_s"):g} s), send `FetchRequest(model_id, task_id=<the task's>)`: the task comes again with
-   `params` inline. A client that runs fedge's ONNX training artifacts can ask for them with
+   `params` inline (not a secure round's, whose requests carry their params and go out once per stage: refused
+   as `unknown_task`). A client that runs fedge's ONNX training artifacts can ask for them with
    `FetchRequest(model_id, files=[])` (all files): they come as ArtifactFiles on your `artifact` topic,
    `manifest.json` first, whose sha256 must equal the task's `manifest_sha256`, then each file with its own
    sha256 (at most one transfer per device every {cfg.fetch_interval_s:g} s). A client with its own trainer needs
