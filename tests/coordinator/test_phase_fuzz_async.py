@@ -105,3 +105,39 @@ def test_answers_twice_replays_and_version_claims_are_refused_and_each_flush_is_
     assert set(HONEST) <= set(c.eligible_devices())
     assert set(c.rejections) == {"duplicate", "conflicting_duplicate", "stale_round", "malformed", "wrong_model"}
 
+
+
+def test_a_device_that_declines_every_task_does_not_hold_the_others_to_their_share(model, tmp_path):
+    """x, eligible, declines every task it gets and checks in again after each: it never gives,
+    and it rests pace_declined_s after each decline, but it counted as present toward the fair
+    share (ceil(K / present)): with h0 and h1 left to give, each was held to 1 of K = 3 and the
+    buffer waited at 2 for good (100 simulated minutes, one flush). Now a resting device is not
+    counted; the buffers fill from h0 and h1, each flush FedBuff's step over their deltas."""
+    fleet = make_fleet(model, tmp_path, mode="async", weighting="equal",
+                       async_=AsyncConfig(concurrency=3, buffer_size=3, max_staleness=5))
+    devices = {name: ManualDevice(fleet, name, 10) for name in ("h0", "h1", "x")}
+    fleet.drain()
+    c, rng = fleet.coordinator, np.random.default_rng(22)
+    assert c.begin_round()
+    flushes, buffer, old = [], [], copy_params(c.state.params)
+    for step in range(12):
+        c.tick()
+        fleet.drain()
+        for name in ("h0", "h1"):
+            if c.machine.flight(name) is not None:
+                version, base = c.state.version, devices[name].task().model_version
+                buffer.append((_send(fleet, devices[name], random_delta(c.shapes, rng), f"s{step}"), version - base))
+                if c.state.version != version:  # this update flushed the buffer
+                    flushes.append((old, buffer, copy_params(c.state.params)))
+                    buffer, old = [], copy_params(c.state.params)
+        if c.machine.flight("x") is not None:
+            task = devices["x"].task()
+            devices["x"].send(encode_message(Decline("x", task.round_id, task.task_id, "battery_low")))
+        devices["x"].check_in()
+        fleet.drain()
+        fleet.clock.advance(30.0)
+    assert c.declines["battery_low"] >= 1 and not c.rejections
+    assert len(flushes) >= 3, (c.state.version, c.machine.buffered)
+    for old, updates, new in flushes:
+        assert_params(new, fedbuff(old, [d for d, _ in updates], [s for _, s in updates]))
+    assert set(c.eligible_devices()) == {"h0", "h1", "x"}
