@@ -86,13 +86,20 @@ def _honest_untouched(fleet, devices):
     assert set(HONEST) <= set(c.eligible_devices())
 
 
-def test_an_attacker_in_the_round_replays_misaddresses_and_declines_twice(model, tmp_path, caplog):
+def _with_x(model, tmp_path, caplog, seed):
+    """The honest devices and x, a round begun and answered by the honest ones: (fleet, devices,
+    x, rng, the params before the round, the honest deltas)."""
     capture(caplog)
     fleet, devices = _fleet(model, tmp_path, HONEST + ("x",))
-    c, x, rng = fleet.coordinator, devices["x"], np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
+    old = copy_params(fleet.coordinator.state.params)
+    return fleet, devices, devices["x"], rng, old, _honest_round(fleet, devices, rng)
+
+
+def test_an_attacker_in_the_round_replays_misaddresses_and_declines_twice(model, tmp_path, caplog):
     # Round 1: x takes part honestly, so it holds a counted update, a task and a version to replay.
-    old = copy_params(c.state.params)
-    deltas = _honest_round(fleet, devices, rng)
+    fleet, devices, x, rng, old, deltas = _with_x(model, tmp_path, caplog, 7)
+    c = fleet.coordinator
     x_delta = random_delta(_shapes(fleet), rng)
     first = x.update(x_delta, update_id="x1")
     x.send(encode_message(first))
@@ -152,11 +159,8 @@ def test_an_attacker_in_the_round_replays_misaddresses_and_declines_twice(model,
 
 
 def test_an_attacker_that_answers_then_answers_again_or_declines_is_counted_once(model, tmp_path, caplog):
-    capture(caplog)
-    fleet, devices = _fleet(model, tmp_path, HONEST + ("x",))
-    c, x, rng = fleet.coordinator, devices["x"], np.random.default_rng(8)
-    old = copy_params(c.state.params)
-    deltas = _honest_round(fleet, devices, rng)
+    fleet, devices, x, rng, old, deltas = _with_x(model, tmp_path, caplog, 8)
+    c = fleet.coordinator
     x_delta = random_delta(_shapes(fleet), rng)
     update = x.update(x_delta, update_id="x1")
     assert judged(fleet, caplog, x, update) == Counter()
