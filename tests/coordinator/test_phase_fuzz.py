@@ -5,7 +5,8 @@ sent, answers twice, declines after answering, names models never published, and
 thousand times a second. Each such message is refused by name (exported by reason and logged),
 nothing is counted twice, no honest device is parked or passed over, and the round commits to
 the plain mean of the honest devices' deltas (the oracle, computed here from the arrays sent).
-The secure and the async rounds have their own files (test_phase_fuzz_secagg.py, _async.py)."""
+The secure and the async rounds have their own files (test_phase_fuzz_secagg.py, _async.py), and
+what the broker decides its own (test_phase_fuzz_mqtt.py)."""
 
 from __future__ import annotations
 
@@ -231,7 +232,7 @@ def test_a_thousand_check_ins_in_a_second_with_changing_claims(model, tmp_path, 
     passed = storm - c.rejections["checkin_too_often"]
     # the oracle: a token bucket of checkin_burst, less the one check-in x made when it joined,
     # refilled by one per checkin_refill_s over the storm's one second
-    assert 0 < passed <= cfg.checkin_burst - 1 + int(1.0 / cfg.checkin_refill_s)
+    assert cfg.checkin_burst - 1 <= passed <= cfg.checkin_burst - 1 + int(1.0 / cfg.checkin_refill_s)
     assert len(store_writes) <= passed
     assert set(c.rejections) == {"checkin_too_often"}
     assert exported(c, "checkin_too_often") == storm - passed
