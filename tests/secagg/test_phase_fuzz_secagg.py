@@ -161,3 +161,20 @@ def test_a_fetch_for_a_secure_task_is_refused_at_every_stage(model, tmp_path, su
     assert dict(c.rejections) == {"unknown_task": 4} and exported(c, "unknown_task") == 4
     assert not any(isinstance(m, TrainTask) for m in raws[0].seen), [type(m).__name__ for m in raws[0].seen]
     _check_exact(fleet, raws, record, sums, HONEST | {"raw0"})
+
+
+def test_one_device_claiming_it_could_not_open_an_honest_share_sidelines_no_one(model, tmp_path, sums):  # noqa: F811
+    """A cohort of three (k = 2, t = 2): raw0 says in its MaskedInput that it could not open
+    dev0's share (`unopened`), which it did open. dev0's seed then has one share of the two it
+    needs, so the round cannot be unmasked, and dev0 was blamed and sidelined on raw0's word
+    alone (holders - reports < t held for one report, as h = t). A blame now needs more than
+    recovery.LIARS reports, as a dealer's naming does: the round is abandoned by name, no one sits
+    out, and the next round, raw0 honest, commits the exact sum."""
+    lie = {"mask": lambda c, r: [dataclasses.replace(r, unopened=("dev0",))]}
+    fleet, raws = _fleet(model, tmp_path, lie, sizes=(12, 20), min_reports=2, abandon_backoff_s=0.0)
+    c = fleet.coordinator
+    record = _run_round(fleet)
+    assert not record.committed and "self shares of dev0" in record.why, record.why
+    assert {"dev0", "dev1", "raw0"} <= set(c.eligible_devices()), dict(c.rejections)
+    raws[0].tamper = {}
+    _check_exact(fleet, raws, _run_round(fleet), sums, {"dev0", "dev1", "raw0"})
