@@ -48,6 +48,14 @@ class AdmissionView:
     declined: Collection[str] = frozenset()
 
 
+def view_of(rnd, counted_before: Callable[[str, int, str], str | None]) -> AdmissionView:
+    """The view of the open round (records.OpenRound), or of none between rounds."""
+    if rnd is None:
+        return AdmissionView(None, {}, lambda _device: False, counted_before)
+    m = rnd.machine  # the machine now: the view answers for one message
+    return AdmissionView(rnd.ctx, rnd.seen, m.expects, counted_before, lambda d: d in m.reported, rnd.decline_from)
+
+
 @dataclass(frozen=True)
 class Accepted:
     device_id: str

@@ -33,7 +33,7 @@ from fedge.edge_runtime.kernel.protocol import (
 from fedge.edge_runtime.kernel.transport.base import Transport
 
 from . import backoff, pace
-from .admission import Accepted, AdmissionView, admit, check_decline
+from .admission import Accepted, admit, check_decline, view_of
 from .artifacts import FetchRefused, open_artifacts
 from .checkin_limit import CheckInLimit
 from .config import CoordinatorConfig
@@ -211,10 +211,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         self.registry.seen(sender, self.clock.now())
         if isinstance(report, Update):
             self._late_up = count_uplink(rnd, self._late_up, report, size, self.dense_limit)
-        view = AdmissionView(rnd.ctx if rnd else None, rnd.seen if rnd else {},
-                             rnd.machine.expects if rnd else (lambda _d: False), self.store.counted_digest,
-                             (lambda d: d in rnd.machine.reported) if rnd else (lambda _d: False),
-                             rnd.decline_from if rnd else frozenset())
+        view = view_of(rnd, self.store.counted_digest)
         if isinstance(report, Decline):
             rejected = check_decline(report, sender, view)
             if rejected is None:
