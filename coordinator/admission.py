@@ -9,14 +9,14 @@ executes the answer. The restart replay builds its Accepted values with the same
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedge.edge_runtime.kernel.protocol import Decline, Update
 
-from .errors import StaleRound, StoreCorrupt, UpdateRejected
+from .errors import DuplicateUpdate, StaleRound, StoreCorrupt, UpdateRejected
 from .store import StoredUpdate
 from .validation import (
     RoundContext,
@@ -36,13 +36,24 @@ Key = tuple[str, int, str]  # (device, round, update_id)
 @dataclass(frozen=True)
 class AdmissionView:
     """What admission may know of the coordinator: the open round (None between rounds),
-    the keys it has counted, whom its machine still expects, and keys counted in closed
-    rounds (the store's `counted_digest`)."""
+    the keys it has counted, whom its machine still expects, keys counted in closed rounds
+    (the store's `counted_digest`), and for declines: whose reply to the round's current stage
+    it has counted (`answered`) and whose decline (`declined`)."""
 
     ctx: RoundContext | None
     seen: Mapping[Key, str]
     expects: Callable[[str], bool]
     counted_before: Callable[[str, int, str], str | None]
+    answered: Callable[[str], bool] = lambda _device: False
+    declined: Collection[str] = frozenset()
+
+
+def view_of(rnd, counted_before: Callable[[str, int, str], str | None]) -> AdmissionView:
+    """The view of the open round (records.OpenRound), or of none between rounds."""
+    if rnd is None:
+        return AdmissionView(None, {}, lambda _device: False, counted_before)
+    m = rnd.machine  # the machine now: the view answers for one message
+    return AdmissionView(rnd.ctx, rnd.seen, m.expects, counted_before, lambda d: d in m.reported, rnd.decline_from)
 
 
 @dataclass(frozen=True)
@@ -110,11 +121,20 @@ def reported_norm(metrics: dict) -> float | None:
 
 
 def check_decline(decline: Decline, sender: str | None, view: AdmissionView) -> Rejected | None:
-    """A decline counts only for the open round's task of its own device."""
+    """A decline counts only for the open round's task of its own device, once, and only while
+    the device has not answered the round's current stage. A decline after the device's update
+    (or its reply to a secure round's stage) would count it both as a report and as a decline;
+    a second decline of the task is a duplicate (a fedge device repeats its decline when its
+    task comes again, and a QoS 1 task can)."""
     try:
         if view.ctx is None:
             raise stale(decline)
         check_current(decline, view.ctx, sender)
+        if decline.device_id in view.declined:
+            raise DuplicateUpdate(f"a decline of task {decline.task_id} from {decline.device_id} was counted already")
+        if view.answered(decline.device_id):
+            raise StaleRound(f"task {decline.task_id} of {decline.device_id} was answered already; a decline does not "
+                             "take its answer back")
     except UpdateRejected as exc:
         return Rejected(exc)
     return None

@@ -16,9 +16,14 @@ log = logging.getLogger("fedge.coordinator")
 
 
 def serve_fetch(request: FetchRequest, rnd: OpenRound | None, artifacts, outbound: Outbound,
-                metrics: CoordinatorMetrics, now: float) -> FetchRefused | None:
-    """Send what the request asks for; the refusal to count and log instead, or None."""
+                metrics: CoordinatorMetrics, now: float, secure: bool = False) -> FetchRefused | None:
+    """Send what the request asks for; the refusal to count and log instead, or None. secure: the
+    round is a secure one, whose requests go out once per stage with their params inline, so no
+    task of it is ever fetched (a plain TrainTask sent back would be no request of the stage open)."""
     if request.task_id:
+        if secure:
+            return UnknownTask(f"task {request.task_id} of {request.device_id} is a secure round's: its requests "
+                               "are sent once per stage, with their params inline, never again on request")
         return _send_inline(request, rnd, outbound, now)
     try:
         if artifacts is None:

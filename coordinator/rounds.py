@@ -13,6 +13,7 @@ A later stage's target is capped at the devices it asks, so it ends as soon as a
 
     phase      event                            next                        actions
     training   Replied (target reached)         stage full / aggregating    -
+    training   Replied (all answered, quorum)   stage full / aggregating    -
     training   Declined (quorum out of reach)   abandoned                   Pace
     training   Declined (all answered)          stage full / aggregating    Pace
     training   Declined (otherwise)             training                    Pace
@@ -226,6 +227,8 @@ def on_event(m: RoundMachine, event: Event) -> tuple[RoundMachine, list[Action]]
         m = replace(m, replies=replies)
         if len(replies[m.stage]) >= m.target:
             m = _stage_done(m, f"{len(replies[m.stage])} reports")
+        else:  # a decline before the last reply: every asked device may have answered now
+            m = _check_reachable(m)
         return m, []
     if isinstance(event, Declined):
         if m.expects(event.device_id):

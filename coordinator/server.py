@@ -33,7 +33,7 @@ from fedge.edge_runtime.kernel.protocol import (
 from fedge.edge_runtime.kernel.transport.base import Transport
 
 from . import backoff, pace
-from .admission import Accepted, AdmissionView, admit, check_decline
+from .admission import Accepted, admit, check_decline, view_of
 from .artifacts import FetchRefused, open_artifacts
 from .checkin_limit import CheckInLimit
 from .config import CoordinatorConfig
@@ -211,8 +211,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         self.registry.seen(sender, self.clock.now())
         if isinstance(report, Update):
             self._late_up = count_uplink(rnd, self._late_up, report, size, self.dense_limit)
-        view = AdmissionView(rnd.ctx if rnd else None, rnd.seen if rnd else {},
-                             rnd.machine.expects if rnd else (lambda _d: False), self.store.counted_digest)
+        view = view_of(rnd, self.store.counted_digest)
         if isinstance(report, Decline):
             rejected = check_decline(report, sender, view)
             if rejected is None:
@@ -238,9 +237,7 @@ class Coordinator(BrokerLink, NoiseRounds):
 
     def _decline(self, decline: Decline) -> None:
         rnd = self.round
-        if decline.device_id in rnd.decline_from:
-            return  # counted once per device and round, so a device cannot inflate the label set
-        rnd.decline_from.add(decline.device_id)
+        rnd.decline_from.add(decline.device_id)  # counted once per device and round (check_decline)
         self.declines[tally_key(self.declines, decline.reason)] += 1
         if backoff.is_permanent(decline.reason):
             self.registry.park(decline.device_id, decline.reason)
@@ -254,7 +251,7 @@ class Coordinator(BrokerLink, NoiseRounds):
 
     def _fetch(self, request: FetchRequest) -> None:
         if (refused := serve_fetch(request, self.round, self.artifacts, self.outbound, self.metrics,
-                                   self.clock.now())) is not None:
+                                   self.clock.now(), self.shell.secure)) is not None:
             self._reject(refused, request.device_id, None)
 
     def _reject(self, exc: UpdateRejected | FetchRefused, sender: str | None, report) -> None:

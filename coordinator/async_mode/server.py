@@ -317,12 +317,14 @@ class AsyncCoordinator(Coordinator):
         eligible device with a task in flight or seen within pace_max_s (+ jitter), the longest a
         device is told to wait before it checks in again; a registered device that went away
         (shut down, or known only from the store after a restart) stops counting then, so it
-        holds the buffer back for that long at most, not for good."""
+        holds the buffer back for that long at most, not for good. Nor does one resting after a
+        decline or an expired task: it is asked nothing until its rest ends (a device that declined
+        every task, checking in after each, held the others to 1 of K and the buffer for good)."""
         if self.privacy.enabled or (self.round is not None and self.round.privacy is not None):
             return 1  # also a DP buffer resumed with privacy off since: it is still charged as one
         now, window = self.clock.now(), self.config.pace_max_s + self.config.pace_jitter_s
-        present = sum(1 for d in self.eligible_devices()
-                      if self.machine.flight(d) is not None or now - self.registry[d].last_seen <= window)
+        present = sum(1 for d in self.eligible_devices() if self.machine.flight(d) is not None
+                      or (now - self.registry[d].last_seen <= window and self._rest.get(d, 0.0) <= now))
         return max(1, math.ceil(self.machine.buffer_size / max(1, present)))
 
     def _say_why_waiting(self, limit: int) -> None:

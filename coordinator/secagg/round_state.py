@@ -34,7 +34,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
     sealed_share_bytes,
 )
 from fedge.edge_runtime.kernel.secagg.packing import unpack
-from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
+from fedge.edge_runtime.kernel.secagg.recovery import LIARS, unmask_answers
 from fedge.edge_runtime.kernel.secagg.session import BAD_KEY
 from fedge.edge_runtime.kernel.secagg.shamir import value_bytes, value_in_field
 from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_count, decode_mean, implausible, sent_size
@@ -169,10 +169,13 @@ class SecAggRound:
         A sender is blamed (and sidelined: coordinator/sidelined.py) when so many survivors could
         not open its shares that fewer than t hold them: the round cannot be unmasked because of
         it, and the rounds after would fail the same way. Framing an honest sender so takes more
-        than (its holders - t) liars, the corruption secure aggregation's t is chosen against;
-        fewer reports cost the sender nothing. So is an owner whose own shares decode to no secret it
-        committed to when neither one holder nor decoding explains the failure (recovery.wrong_dealers): it dealt
-        them wrong, and would spoil every round it is drawn into. Only where more than
+        than (its holders - t) liars, the corruption secure aggregation's t is chosen against, and
+        more than recovery.LIARS (2) reports in any case: where h - t < LIARS (a cohort of three,
+        where h = t, or dropouts) one device's word sidelined an honest sender, so there the round
+        is abandoned with no one named; fewer reports cost the sender nothing. So is an owner
+        whose own shares decode to no secret it committed to when neither one holder nor decoding
+        explains the failure (recovery.wrong_dealers): it dealt them wrong, and would spoil every
+        round it is drawn into. Only where more than
         recovery.LIARS (2) of its holders, and more than (its holders - t) // 2, would have to lie
         to make an honest owner's shares look so: else two colluding devices could sideline any
         honest one, and the round is abandoned with no one named. A holder whose unmask answer
@@ -188,7 +191,7 @@ class SecAggRound:
                 reporters[sender] = reporters.get(sender, 0) + 1
         for sender, n in reporters.items():
             holders = sum(1 for s in self.alive if sender in self.delivered.get(s, ()))
-            if holders - n < self.t:
+            if holders - n < self.t and n > LIARS:  # LIARS reports could all be lies (docstring)
                 self.blamed.add(sender)
         masked_with = {g: {s: self.adverts[s].mask_public for s in self.alive if g in self.delivered.get(s, ())}
                        for g in self.dropped}

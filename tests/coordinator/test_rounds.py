@@ -117,6 +117,18 @@ def test_everyone_answered_with_quorum_goes_to_aggregating_without_waiting():
     assert _decline(m, "c", "thermal").phase == Phase.AGGREGATING
 
 
+@pytest.mark.parametrize("order", ["dRR", "RdR", "RRd"])
+def test_everyone_answered_goes_to_aggregating_whatever_the_order(order):
+    """A decline before the last reply once left the round to its deadline (only a Declined
+    asked whether every selected device had answered): the round's end hung on arrival order."""
+    m, replies = _machine(target=3, quorum=2, selected=("a", "b", "c")), iter(("b", "c"))
+    for step in order:
+        assert m.phase == Phase.TRAINING
+        m = _decline(m, "a", "battery_low") if step == "d" else _report(m, next(replies))
+    assert m.phase == Phase.AGGREGATING and m.reported == ["b", "c"]
+    assert on_event(m, Tick(0.0))[1] == [Aggregate(), Commit()]  # long before its deadline (100)
+
+
 def test_decline_after_report_or_twice_is_ignored():
     m = _report(_machine(target=3, quorum=2), "d0")
     m = _decline(m, "d0", "battery_low")

@@ -73,7 +73,8 @@ def session() -> str:
    order (`count` parts), check that sha256 of the join equals the hash, and decode the join as a message frame:
    a RoundModel with `params` and `correction`. If the parts do not come (a fedge device waits
    {_agent("model_wait_s"):g} s), send `FetchRequest(model_id, task_id=<the task's>)`: the task comes again with
-   `params` inline. A client that runs fedge's ONNX training artifacts can ask for them with
+   `params` inline (not a secure round's, whose requests carry their params and go out once per stage: refused
+   as `unknown_task`). A client that runs fedge's ONNX training artifacts can ask for them with
    `FetchRequest(model_id, files=[])` (all files): they come as ArtifactFiles on your `artifact` topic,
    `manifest.json` first, whose sha256 must equal the task's `manifest_sha256`, then each file with its own
    sha256 (at most one transfer per device every {cfg.fetch_interval_s:g} s). A client with its own trainer needs
@@ -92,7 +93,9 @@ def session() -> str:
 9. **Or Decline.** A device that will not or cannot do a task sends a Decline on its `update` topic instead:
    `stage` "before" (did not start) or "during" (stopped), a short machine-readable `reason`, a free-text
    `detail`. The coordinator answers with a Pace (reason `declined`) and stops expecting you this round. Some
-   reasons matter to it ([decline reasons](#decline-reasons)).
+   reasons matter to it ([decline reasons](#decline-reasons)). A task's decline counts once (the same decline
+   again is `duplicate`, with no Pace), and only before you answered: a decline of a task whose update (or, in a
+   secure round, whose current stage's reply) was counted is `stale_round`, and the answer stands.
 10. **Evaluation.** An EvalTask (on the `task` topic) asks you to score `params` on your held-out data; answer
    with an EvalReport on your `update` topic (a non-empty `reason` when you did not evaluate). No Ack follows.
 """

@@ -35,11 +35,13 @@ ACK_NOTES: dict[str, tuple[str, str]] = {
                            "another device than its topic. A shard worker answers a plain Update in a "
                            "secure-aggregation fleet."),
     "stale_round": ("yes", "Not the open round, or not this device's task of it (also: the Update's "
-                    "`device_id` differs from its topic's). Stop resending it."),
+                    "`device_id` differs from its topic's; a Decline of a task already answered, with no Ack). "
+                    "Stop resending it."),
     "stale_update": ("yes", "Asynchronous mode: trained on a model more than `max_staleness` versions old. "
                      "Wait for the next task."),
     "duplicate": ("yes, **accepted: true**", "This (device, round, update_id) was already counted with the same "
-                  "bytes: your earlier copy is in. Stop resending."),
+                  "bytes: your earlier copy is in. Stop resending. Also a Decline of a task whose decline was "
+                  "counted (no Ack)."),
     "conflicting_duplicate": ("yes", "A counted update_id with different bytes. An update_id names one payload "
                               "forever; a new payload needs a new id (and a new task)."),
     "wrong_model": ("yes", "`model_id` or `base_version` differs from the task's `model_id` / `model_version`."),
