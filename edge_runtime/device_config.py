@@ -36,13 +36,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data_file import read_data_npz
 from .device import LocalData
 from .eligibility import EligibilityPolicy
 from .examples import LayoutCheck, check_split
 from .kernel.backends import BACKENDS
 from .kernel.configfile import load_config
 from .kernel.errors import ConfigError, DatasetError
-from .kernel.files import load_npz
 from .kernel.protocol import DEVICE_MAX_TASK_S
 from .kernel.transport.settings import MqttSettings
 from .kernel.wire_fields import I64, bounded
@@ -148,16 +148,7 @@ def load_device_config(path: str | Path) -> DeviceConfig:
 
 def load_local_data(path: str | Path) -> LocalData:
     path = Path(path)
-    try:
-        data = load_npz(path)
-        arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such data file") from None
-    except KeyError as exc:
-        raise DatasetError(f"{path}: missing array {exc}; need x_train, y_train, x_test, y_test") from None
-    except Exception as exc:  # np.load reports damage as OSError, ValueError, EOFError (an empty file),
-        # BadZipFile (a truncated one, a bad CRC), ...: they stopped the device's start with a traceback
-        raise DatasetError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    arrays = read_data_npz(path)
     # What the device would otherwise find out mid-task, refused at start and at a SIGHUP reload.
     # The label range against the model's classes is the task's to check: the model comes later.
     x_train, y_train = check_split(path, "train", arrays["x_train"], arrays["y_train"])

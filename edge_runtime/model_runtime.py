@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .examples import example_layout
 from .kernel.errors import (
     ArtifactError,
     ArtifactIntegrityError,
@@ -76,6 +77,14 @@ class ModelRuntime:
             raise DatasetError(
                 f"{where}: examples of shape {tuple(x.shape[1:])} do not fit model {self.manifest.name} "
                 f"input {want} ({size} values); rebuild the model for this data or fix the data"
+            )
+        have, takes = example_layout(x), tuple(n for n in want if n != 1)
+        if len(have) >= 2 and len(takes) >= 2 and have != takes:  # flat examples fit any layout: not known
+            raise DatasetError(
+                f"{where}: examples of shape {tuple(x.shape[1:])} are laid out otherwise than model "
+                f"{self.manifest.name}'s input {tuple(want)}: both hold {size} values, in a different order "
+                f"(channels-last for a channels-first model?), so each would be read as garbage; save them as "
+                f"{tuple(want)} (np.moveaxis(x, -1, 1) turns channels-last into channels-first)"
             )
         if not np.all(np.isfinite(x)):
             raise DatasetError(f"{where}: contains NaN or Inf; clean the data")

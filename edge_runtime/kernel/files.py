@@ -17,13 +17,13 @@ Arrays = dict[str, np.ndarray]
 # np.load parses .npy headers with ast.literal_eval, which on CPython 3.11 can fail with
 # "SystemError: AST constructor recursion depth mismatch" when threads call it at once (a
 # simulated fleet runs one device per thread). Loads are small; one lock per process is cheap.
-_NPY_LOCK = threading.Lock()
+NPY_LOCK = threading.Lock()
 
 
 def load_npz(path, only: tuple[str, ...] | None = None) -> Arrays:
     """Every array of an .npz file (or those named in `only` that it holds: the others are
     not read), loaded under the process-wide lock (see above)."""
-    with _NPY_LOCK, np.load(path, allow_pickle=False) as data:
+    with NPY_LOCK, np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files if only is None or k in only}
 
 

@@ -49,3 +49,20 @@ def test_a_test_split_saved_as_an_empty_1d_array_is_an_empty_split(tmp_path, sav
         load_local_data(_npz(tmp_path / "data.npz", _signals(6, 0), np.zeros(3), y_test=np.zeros(3)))
     with pytest.raises(DatasetError, match=r"x_train has shape \(0,\)"):  # a train split needs examples anyway
         load_local_data(_npz(tmp_path / "data.npz", np.array([]), np.zeros((0, 4)), y_test=np.array([])))
+
+
+def test_a_device_refuses_examples_laid_out_otherwise_than_its_models_input(tmp_path):
+    # A device alone cannot know its fleet's layout, but a model whose input has axes can: a
+    # device's channels-last (n, 2, 2, 3) was reshaped to a (3, 2, 2) input as garbage, silently.
+    import dataclasses
+
+    from tests.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m")[2]  # 12 features
+    model.manifest = dataclasses.replace(model.manifest, input_shape=(3, 2, 2))
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
+    with pytest.raises(DatasetError, match=r"data: examples of shape \(2, 2, 3\) are laid out otherwise than model "
+                                           r".*'s input \(3, 2, 2\)"):
+        model.check_input(x.transpose(0, 2, 3, 1))
+    for fits in (x, x.reshape(2, 12), x[:, None]):  # its own layout, flat, a size-1 axis more
+        np.testing.assert_array_equal(model.check_input(fits), x)

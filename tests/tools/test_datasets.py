@@ -157,7 +157,7 @@ def test_load_npz_dir_flattens_images_and_casts_float_labels(tmp_path: Path) -> 
 BAD = {
     "missing_keys": dict(y_test=None, x_test=None),
     "x_not_numeric": dict(x_train=np.array([["a"] * 37] * 8)),
-    "y_not_1d": dict(y_train=np.zeros((8, 1), np.int64)),
+    "y_not_1d": dict(y_train=np.zeros((8, 2), np.int64)),  # (8, 1) is taken as (8,)
     "y_not_integer": dict(y_train=np.full(8, 0.5)),
     "negative_label": dict(y_test=np.array([0, -1, 2])),
     "length_mismatch": dict(y_train=np.zeros(7, np.int64)),
