@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
 from fedge.models.build import build_artifacts  # noqa: E402
-from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from fedge.models.onnx_import import ImportOptions, OnnxImportError, import_spec  # noqa: E402
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 
@@ -37,6 +37,39 @@ def test_a_source_of_ai_onnx_ml_ops_alone_gets_a_valid_backbone(tmp_path):
     x = np.random.default_rng(0).normal(size=(3, *spec.input_shape)).astype(np.float32)  # the source's batch: 3
     (want,) = ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(["Y"], {"X": x})
     np.testing.assert_array_equal(ModelRuntime(tmp_path / "art").embed(x), want.reshape(3, -1))
+
+
+def test_a_cut_of_integers_is_refused_naming_it_and_its_node():
+    """An ArgMax's int64 output as the cut: ONNX Runtime refused the backbone's float output
+    ('Type Error: Type (tensor(float)) of output arg (z) of node (fedge_cut)'), naming neither."""
+    source = _corpus("node/test_argmax_default_axis_example/model.onnx")
+    node = onnx.load(source).graph.node[0]
+    with pytest.raises(OnnxImportError, match=rf"the cut 'result' holds INT64 values \(written by ArgMax node "
+                                              rf"'{node.name or node.output[0]}'\).*cut at a float tensor"):
+        import_spec(ImportOptions(source, cut="result", num_classes=3))
+
+
+def test_computed_dense_weights_are_named_with_the_node_that_computes_them():
+    """The corpus's 'light' AlexNet, VGG, ResNet ... compute every weight with ConstantOfShape;
+    the refusal listed the op types the graph holds, not which dense node or why."""
+    source = _corpus("light/light_bvlc_alexnet.onnx")
+    nodes = onnx.load(source).graph.node
+    last = [n for n in nodes if n.op_type == "Gemm"][-1]
+    writer = next(n for n in nodes if last.input[1] in n.output)
+    assert writer.op_type == "ConstantOfShape"
+    with pytest.raises(OnnxImportError, match=rf"the last, Gemm node '{last.name}', multiplies by "
+                                              rf"'{last.input[1]}', computed by ConstantOfShape node "
+                                              rf"'{writer.name or writer.output[0]}', not stored"):
+        import_spec(ImportOptions(source))
+
+
+def test_the_nearest_refusal_names_the_file_once():
+    """onnxruntime's logreg_iris (one-vs-rest LOGISTIC, refused as no softmax head): the refusal
+    quoted the nearest layer's own refusal with the file's path in it a second time."""
+    source = _corpus("onnxruntime/datasets/logreg_iris.onnx")
+    with pytest.raises(OnnxImportError, match="LinearClassifier node") as exc:
+        import_spec(ImportOptions(source))
+    assert str(exc.value).count(source) == 1
 
 
 def test_an_ir3_source_whose_initializers_are_inputs_gets_a_valid_backbone(tmp_path):
