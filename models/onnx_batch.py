@@ -129,8 +129,8 @@ def check_any_batch(prefix: onnx.ModelProto, unchanged: onnx.ModelProto | None, 
     x = rng.standard_normal((3, *input_shape)).astype(np.float32)
     together = run(sess, x)
     if together.shape[0] != len(x):
-        raise OnnxImportError(f"{where}: the backbone gave {together.shape[0]} row(s) of output for 3 examples in"
-                              f"{_advice(prefix, source_batch)}")
+        raise OnnxImportError(f"{where}: the backbone gave {together.shape[0]} row(s) of output for 3 examples in "
+                              f"one batch{_advice(prefix, source_batch)}")
     if together.shape[1:] != (features,):  # a cut whose size follows the input's free dims, at another size
         raise OnnxImportError(f"{where}: the backbone gives {int(np.prod(together.shape[1:]))} features per example "
                               f"for input shape {tuple(input_shape)}, but the layer after the cut takes {features}: "

@@ -37,23 +37,16 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .import_options import ImportOptions
 from .onnx_activation import TRAINABLE, match_activation
+from .onnx_cut import DENSE_OPS, check_cut_type, no_tail_error
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
-from .onnx_linear import (
-    AFTER_PROBABILITIES,
-    check_sklearn_scores,
-    is_linear_classifier,
-    ml_models,
-    read_linear_classifier,
-    sklearn_hint,
-)
+from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_classifier, read_linear_classifier
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
 from .spec import LayerSpec, ModelSpec
 
-DENSE_OPS = ("Gemm", "MatMul")
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
 log = logging.getLogger("fedge.models")
 
@@ -111,9 +104,9 @@ class _Graph:
                                   "FLOAT (float32); re-export with a float32 input (torch: a float32 example; "
                                   "skl2onnx: to_onnx(model, X.astype(np.float32)))")
         shapes = onnx.shape_inference.infer_shapes(model).graph
-        self.ranks = {v.name: len(v.type.tensor_type.shape.dim)
-                      for v in (*shapes.value_info, *shapes.input, *shapes.output)
-                      if v.type.tensor_type.HasField("shape")}
+        known = (*shapes.value_info, *shapes.input, *shapes.output)
+        self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in known if v.type.tensor_type.HasField("shape")}
+        self.types = {v.name: v.type.tensor_type.elem_type for v in known if v.type.HasField("tensor_type")}
 
     def follow(self, tensor: str) -> tuple[str, list[onnx.NodeProto]]:
         """Skip inference no-ops; return the tensor reached and its consumers."""
@@ -268,13 +261,7 @@ def find_cut(g: _Graph) -> str:
                 return node.input[0]
             except OnnxImportError as exc:
                 last_error = exc
-    ops = sorted({n.op_type for n in g.model.graph.node})
-    holds = f"; the graph holds {', '.join(ops[:12])}{ml_models(g.model.graph)}"
-    raise OnnxImportError(f"{g.where}: found no dense tail to train (no Gemm/MatMul with stored weights "
-                          f"leads to the output){': ' + str(last_error) if last_error else ''}"
-                          f"{'' if last_error else holds}{sklearn_hint(g.model)}; for a new head alone "
-                          "on the features at a tensor NAME (e.g. the global pooling's output), give --cut NAME "
-                          "with --classes K")
+    raise no_tail_error(g, last_error)
 
 
 def import_spec(options: ImportOptions) -> ModelSpec:
@@ -284,6 +271,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     cut = find_cut(g) if options.cut == "auto" else options.cut
     if cut != g.input.name and not any(cut in n.output for n in model.graph.node):
         raise OnnxImportError(f"{options.onnx}: no tensor named {cut!r} in the graph")
+    check_cut_type(g, cut)
     check_backbone_finite(model, cut, options.onnx)  # the tail's own weights: DenseLayer
     input_shape = source_input_shape(g.input, tuple(options.input_shape), options.onnx)
     try:

@@ -53,10 +53,18 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     rename_everywhere(graph, rename)  # in If/Loop/Scan bodies too, which may read these by their outer names
     cut = rename.get(spec.onnx_cut, spec.onnx_cut)
     graph.node.append(helper.make_node("Flatten", [cut], ["z"], name="fedge_cut", axis=1))
+    if not any(o.domain in ("", "ai.onnx") for o in prefix.opset_import):
+        # a source of ai.onnx.ml ops alone (a Binarizer, a Scaler): that Flatten made the backbone
+        # "not a valid ONNX model: No opset import for domain ''"; Flatten(axis=1) is opset 1's
+        prefix.opset_import.append(helper.make_opsetid("", 13))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.onnx_features]))
     del graph.value_info[:]
     prefix.doc_string = f"fedge backbone: {Path(spec.onnx).name} up to {spec.onnx_cut!r}"
+    # IR 3 lists each initializer as a graph input too (old torch exports, the onnx wheel's 'light'
+    # ResNet, VGG, ...); the backbone has the one input x, which IR 3 calls invalid ("W in initializer
+    # but not in graph input"). From IR 4 an initializer is a constant, as the backbone means it.
+    prefix.ir_version = max(prefix.ir_version, 4)
     try:
         onnx.checker.check_model(prefix)
     except onnx.checker.ValidationError as exc:
