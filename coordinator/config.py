@@ -10,7 +10,7 @@ from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
-from fedge.edge_runtime.kernel.wire_fields import I64, bounded
+from fedge.edge_runtime.kernel.wire_fields import bounded
 
 from .aggregate import AGGREGATORS
 from .async_mode.config import AsyncConfig, check_mode
@@ -30,8 +30,18 @@ MAX_OVER_SELECTION = 100.0
 # grids stop at 10): --server-lr 1e30 ran every round into a model of NaN or Inf and exited 0.
 MAX_SERVER_LR = 100.0
 MAX_SERVER_TAU = 1.8e19  # tau² stays a finite float32 (its largest is 3.4e38)
-# A round's task seed is seed * SEED_STRIDE (+ the round), a non-negative 64-bit field on the wire.
+# A round's task seed is seed * SEED_STRIDE + round (task_seed), a non-negative 64-bit field on
+# the wire, and a secure round's neighbour graph takes twice that, its rotation one more
+# (secagg/shell.py). seed < 2**42 keeps all three under 2**63 for every round id under 10**17
+# (seed * SEED_STRIDE < 4.4e18); the bound 2**63 // SEED_STRIDE let seeds past 4.6e12 load, and
+# every secure round then failed at its first stage, its SecAggTask out of the wire's range.
 SEED_STRIDE = 1_000_003
+MAX_SEED = 2**42 - 1
+
+
+def task_seed(seed: int, round_id: int) -> int:
+    """The seed every task of round `round_id` carries (the device mixes it into its own RNG)."""
+    return seed * SEED_STRIDE + round_id
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ class CoordinatorConfig:
     # stays O(model), and on our runs without attackers it cost nothing (README, Robust aggregation).
     aggregator: str = "norm_bound"
     robust: RobustConfig = field(default_factory=RobustConfig)
-    seed: int = bounded(0, I64[1] // SEED_STRIDE, 0)  # numpy takes no negative seed
+    seed: int = bounded(0, MAX_SEED, 0)  # numpy takes no negative seed; the bound: MAX_SEED
     # Any inbound message over this is refused unread, with no Ack (validation.decode_report); a
     # value below the model's largest honest update is refused at start (update_fits.py).
     max_update_bytes: int = 16 << 20
@@ -204,7 +214,7 @@ class CoordinatorConfig:
         # range once passed here and failed each task's encoding, the run ending with no round
         hyper = replace(self.hyper, mu=self.prox_mu) if self.strategy == "fedprox" else self.hyper
         task = TrainTask(0, "", "", "probe", 0, b"", hyper=hyper, compression=self.compression,
-                         deadline_s=self.round_deadline_s, seed=self.seed * SEED_STRIDE)
+                         deadline_s=self.round_deadline_s, seed=task_seed(self.seed, 0))
         for msg in (task, Pace("", self.pace_max_s)):
             try:
                 encode_message(msg)

@@ -35,7 +35,7 @@ from fedge.edge_runtime.kernel.protocol import (
 from fedge.edge_runtime.kernel.transport.base import Transport
 
 from . import pace
-from .config import CoordinatorConfig
+from .config import CoordinatorConfig, task_seed
 from .metrics import CoordinatorMetrics
 from .records import OpenRound
 
@@ -108,7 +108,7 @@ class Outbound:
                          model_id=ctx.model_id, model_version=ctx.model_version,
                          params=b"" if by_ref else rnd.params_bytes, hyper=rnd.hyper,
                          compression=rnd.compression or self.config.compression, deadline_s=remaining,
-                         seed=self.config.seed * 1_000_003 + ctx.round_id,
+                         seed=task_seed(self.config.seed, ctx.round_id),
                          correction=b"" if by_ref else rnd.correction_bytes, manifest_sha256=self.manifest_sha256,
                          round_model_sha256=rnd.round_model_sha256 if by_ref else "",
                          shard=self.shard_for(device_id))

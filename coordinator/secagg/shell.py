@@ -14,7 +14,7 @@ from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggSpec, U
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 from fedge.edge_runtime.kernel.secagg.recovery import Unexplained, UnmaskFailed
 
-from ..config import CoordinatorConfig
+from ..config import CoordinatorConfig, task_seed
 from ..errors import UpdateRejected
 from ..outbound import Outbound
 from ..records import OpenRound
@@ -77,7 +77,7 @@ class SecAggShell:
 
     def graph_seed(self, rnd: OpenRound) -> int:
         """The neighbour graph's seed (public); the rotation's is the next integer."""
-        return (self.config.seed * 1_000_003 + rnd.ctx.round_id) * 2
+        return task_seed(self.config.seed, rnd.ctx.round_id) * 2  # < 2**63: config.MAX_SEED
 
     def _new_state(self, rnd: OpenRound) -> SecAggRound:
         """The round's protocol state (sharding/secure.py builds one per shard group instead)."""

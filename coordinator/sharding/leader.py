@@ -159,6 +159,12 @@ class ShardedCoordinator(Coordinator):
         if isinstance(report, Update):  # a device that ignored its task's shard, or an old build
             return self._reject(WrongShard(f"{sender}: sharded fleet, upload to shard "
                                            f"{self.shard_of(report.device_id)}"), sender, report)
+        # A decline after an update a worker counted is refused, as on one machine (the machine
+        # hears of the count at the next poll): read the counts first, once per device and round.
+        rnd = self.round
+        if rnd is not None and sender == report.device_id and rnd.ctx.tasks.get(sender) == report.task_id \
+                and rnd.machine.expects(sender):
+            self._poll()
         return super()._report(report, sender, size)
 
     def tick(self):

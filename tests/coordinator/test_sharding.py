@@ -347,6 +347,26 @@ def test_a_device_that_declined_is_not_counted_by_its_worker_as_on_one_machine(m
     assert c.rows("SELECT count(*) FROM shard_updates WHERE device_id = %s", dev.id) == [(0,)]
 
 
+def test_a_decline_after_the_device_s_update_was_counted_by_its_worker_is_refused(model, postgres_dsn):
+    """The leader learns a worker's counts at its next poll (poll_s): a decline that came before
+    it found the device still expected, and was counted as well as its update (the merged sum
+    holds it): one answer twice, the decline single-machine admission refuses (stale_round)."""
+    from fedge.edge_runtime.kernel.protocol import Decline
+
+    c = Cluster(model, postgres_dsn, devices=4)
+    assert c.leader.begin_round()
+    c.pump()
+    dev = c.devices[0]
+    c.upload(dev, random_delta(c.shapes, np.random.default_rng(2)))
+    c.pump()  # its worker counts it; the leader has not polled since
+    assert c.rows("SELECT count(*) FROM shard_updates WHERE device_id = %s", dev.id) == [(1,)]
+    task = dev.task()
+    dev.send(encode_message(Decline(dev.id, task.round_id, task.task_id, "interrupted")))
+    c.pump()
+    assert dict(c.leader.rejections) == {"stale_round": 1} and not c.leader.declines
+    assert dev.id in c.leader.round.machine.reported
+
+
 def test_a_leader_with_fewer_shards_than_the_round_was_counted_on_still_reads_every_sum(model, postgres_dsn, caplog):
     """K is not stored: a leader restarted mid-round with shards = K - 1 read only the sums below
     it, and the acked updates counted on shard K - 1 were left out of a plain-mean round without
