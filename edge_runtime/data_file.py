@@ -136,3 +136,21 @@ def _body(path: Path, info: zipfile.ZipInfo, fh, shape: tuple[int, ...], fortran
                                f"the file is damaged")
         got += n
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+def feature_dtype(path: str | Path) -> np.dtype | None:
+    """The dtype x_train was saved in, from its .npy header alone (`fedge device export` says
+    which scaling its model's input expects: check_split reads uint8 as x / 255), or None when
+    the file cannot tell (absent, damaged, not a data file)."""
+    path = Path(path)
+    try:
+        if not path.is_file():  # a FIFO would block the open
+            return None
+        with zipfile.ZipFile(path) as zf:
+            info = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}.get("x_train")  # as read_data_npz
+            if info is None:
+                return None
+            with zf.open(info) as fh, NPY_LOCK:
+                return _header(path, info, fh)[2]
+    except (DatasetError, *_DAMAGE):
+        return None
