@@ -83,20 +83,11 @@ for i, h in enumerate(
 p = write("enc", base)
 raw = bytearray(open(p, "rb").read())
 # set bit0 in all local headers and central dir
-i = 0
-while True:
-    j = raw.find(b"PK\x03\x04", i)
-    if j < 0:
-        break
-    raw[j + 6] |= 1
-    i = j + 4
-i = 0
-while True:
-    j = raw.find(b"PK\x01\x02", i)
-    if j < 0:
-        break
-    raw[j + 8] |= 1
-    i = j + 4
+for magic, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+    j = raw.find(magic)
+    while j >= 0:
+        raw[j + at] |= 1
+        j = raw.find(magic, j + 4)
 open(p, "wb").write(raw)
 run("encrypted flag", p)
 # corrupt deflate

@@ -46,27 +46,17 @@ for comp in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             np.save(b, v)
             zf.writestr(k + ".npy", b.getvalue())
     raw = bytearray(open(p, "rb").read())
-    # 1. local header says 2**31 bytes uncompressed, CD true
-    r = bytearray(raw)
-    i = r.find(b"PK\x03\x04")
-    r[i + 22 : i + 26] = struct.pack("<I", 2**31 - 1)
-    q = p + ".local"
-    open(q, "wb").write(r)
-    run(f"comp={comp} local size lies", q)
-    # 2. CD says file_size bigger than the member holds (header tells the truth)
-    r = bytearray(raw)
-    i = r.find(b"PK\x01\x02")
-    r[i + 24 : i + 28] = struct.pack("<I", 2**31 - 1)
-    q = p + ".cd"
-    open(q, "wb").write(r)
-    run(f"comp={comp} CD size lies", q)
-    # 3. CD says smaller than it is
-    r = bytearray(raw)
-    i = r.find(b"PK\x01\x02")
-    r[i + 24 : i + 28] = struct.pack("<I", 100)
-    q = p + ".cdsmall"
-    open(q, "wb").write(r)
-    run(f"comp={comp} CD size too small", q)
+    for name, magic, at, size in (
+        ("local size lies", b"PK\x03\x04", 22, 2**31 - 1),  # CD true
+        ("CD size lies", b"PK\x01\x02", 24, 2**31 - 1),  # the .npy header true
+        ("CD size too small", b"PK\x01\x02", 24, 100),
+    ):
+        r = bytearray(raw)
+        i = r.find(magic)  # the first member's header: x_train.npy
+        r[i + at : i + at + 4] = struct.pack("<I", size)
+        q = f"{p}.{name.replace(' ', '_')}"
+        open(q, "wb").write(r)
+        run(f"comp={comp} {name}", q)
 # duplicate member name
 p = os.path.join(d, "dup.npz")
 
