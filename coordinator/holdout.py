@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.features import as_features
 from fedge.edge_runtime.kernel.files import load_npz
 from fedge.edge_runtime.kernel.manifest import Manifest
 
@@ -35,7 +36,7 @@ class HoldoutCheck:
         init = load_npz(art / "params_init.npz")
         self.personal = {p.name: np.asarray(init[p.name], np.float32) for p in manifest.by_role("personal")}
         self.eval = ort.InferenceSession(str(art / "eval.onnx"), providers=["CPUExecutionProvider"])
-        x = np.asarray(data["x"], np.float32)
+        x = as_features(np.asarray(data["x"]))  # uint8 as x / 255, as the devices read theirs
         if (art / "backbone.onnx").exists():  # a frozen backbone: embed once, the set never changes
             backbone = ort.InferenceSession(str(art / "backbone.onnx"), providers=["CPUExecutionProvider"])
             x = backbone.run(["z"], {"x": x})[0]

@@ -384,7 +384,8 @@ class DeviceAgent:
         """A refused task frame naming this device: declined by the codec's reason (unanswered.py)."""
         decline = None if msg.retain else unreadable_task(msg.payload, exc, self.device_id, self.max_message_bytes)
         if decline is not None and msg.topic == device_topic(self.device_id, "task"):
-            known = decline.task_id in self.tasks or decline.task_id in self.journal
+            known = any(decline.task_id in k for k in (self.tasks, self.journal, self.secagg.sessions,
+                                                       self._secagg_fetching))
             answer_unreadable(decline, known, self.journal, self.uplink)
 
     # ------------------------------------------------------------------ link

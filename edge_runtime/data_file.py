@@ -17,9 +17,12 @@ the arrays are read as raw bytes (np.load and pickle are never called).
 
 from __future__ import annotations
 
+import lzma
 import math
 import stat
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,12 @@ DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_DATA_BYTES = 1 << 30
 _HEADER_MAX = 10_000  # bytes of .npy header numpy itself accepts without allow_pickle
 _NPY_MAGIC = b"\x93NUMPY"
+# What zipfile, its decompressors and numpy's header parser raise for a file they cannot read:
+# not a zip, a bad CRC, a compression zipfile lacks (NotImplementedError), a damaged deflate or
+# LZMA stream (zlib.error, LZMAError; bz2 says OSError), an encrypted member (RuntimeError),
+# header text the parser trips on (SyntaxError, TokenError, TypeError for a shape of (True, 4)).
+_DAMAGE = (zipfile.BadZipFile, OSError, ValueError, EOFError, SyntaxError, zipfile.LargeZipFile,
+           NotImplementedError, zlib.error, lzma.LZMAError, RuntimeError, tokenize.TokenError, TypeError)
 
 
 def read_data_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -74,8 +83,7 @@ def read_data_npz(path: str | Path) -> dict[str, np.ndarray]:
             return arrays
     except DatasetError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, SyntaxError, zipfile.LargeZipFile,
-            NotImplementedError) as exc:  # not a zip; damage past the checks (a bad CRC, a compression zipfile lacks)
+    except _DAMAGE as exc:
         raise DatasetError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc}); "
                            f"re-save it with numpy.savez") from None
 
@@ -97,12 +105,13 @@ def _header(path: Path, info: zipfile.ZipInfo, fh) -> tuple[tuple[int, ...], boo
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_HEADER_MAX)
-        elif version == (2, 0):
+        elif version in ((2, 0), (3, 0)):  # 3.0: 2.0's layout with a UTF-8 header (np.load reads both)
+            # 2.0's reader decodes as Latin-1: the same text for a numeric dtype's ASCII header
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_HEADER_MAX)
-        else:  # 3.0 only carries structured dtypes with non-Latin-1 field names: never a data array
-            raise DatasetError(f"{path}: {name} is .npy version {version}; save plain numeric arrays")
-    except ValueError as exc:
-        raise DatasetError(f"{path}: {name} is not a .npy array ({exc})") from None
+        else:
+            raise DatasetError(f"{path}: {name} is .npy version {version}; re-save it with numpy.savez")
+    except (ValueError, SyntaxError, tokenize.TokenError, TypeError) as exc:  # numpy parses the header with ast
+        raise DatasetError(f"{path}: {name} is not a .npy array ({type(exc).__name__}: {exc})") from None
     if dtype.hasobject:
         raise DatasetError(f"{path}: {name} holds Python objects (dtype {dtype}), which only pickle can read, and "
                            f"fedge never unpickles a data file; save numeric arrays (labels as integers)")
@@ -119,7 +128,7 @@ def _body(path: Path, info: zipfile.ZipInfo, fh, shape: tuple[int, ...], fortran
           dtype: np.dtype) -> np.ndarray:
     """The array whose header was just read from fh, read into a buffer of its claimed size."""
     flat = np.empty(math.prod(shape), dtype)
-    view, got = memoryview(flat).cast("B"), 0
+    view, got = memoryview(flat.view(np.uint8)), 0  # a memoryview of datetime64 itself is refused
     while got < len(view):
         n = fh.readinto(view[got:])
         if not n:
@@ -127,3 +136,21 @@ def _body(path: Path, info: zipfile.ZipInfo, fh, shape: tuple[int, ...], fortran
                                f"the file is damaged")
         got += n
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+def feature_dtype(path: str | Path) -> np.dtype | None:
+    """The dtype x_train was saved in, from its .npy header alone (`fedge device export` says
+    which scaling its model's input expects: check_split reads uint8 as x / 255), or None when
+    the file cannot tell (absent, damaged, not a data file)."""
+    path = Path(path)
+    try:
+        if not path.is_file():  # a FIFO would block the open
+            return None
+        with zipfile.ZipFile(path) as zf:
+            info = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}.get("x_train")  # as read_data_npz
+            if info is None:
+                return None
+            with zf.open(info) as fh, NPY_LOCK:
+                return _header(path, info, fh)[2]
+    except (DatasetError, *_DAMAGE):
+        return None

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .kernel.errors import DatasetError
+from .kernel.features import as_features
 
 # The most classes any model has (models/spec.py MAX_CLASSES, which the device cannot import): a
 # label at or past it cannot be a class index of any model. Checked before the cast to int64,
@@ -60,7 +61,7 @@ def check_split(file: Path, split: str, x: np.ndarray, y: np.ndarray,
     if len(y) and y.max() >= max_classes:  # compared in y's own dtype: the cast below would wrap
         raise DatasetError(f"{file}: {ys} has label {y.max()}; labels must be class indices 0 .. "
                            f"{max_classes - 1} (the model has one output per class up to the largest label)")
-    x32 = x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x.astype(np.float32)
+    x32 = as_features(x)  # uint8 / 255: the one rule (kernel/features.py)
     if not np.isfinite(x32).all():
         raise DatasetError(f"{file}: {xs} contains NaN or Inf (or values too large for float32); clean them")
     return x32, y.astype(np.int64)

@@ -67,7 +67,10 @@ def unreadable_task(payload: bytes, exc: CodecError, device_id: str, max_bytes: 
 def answer_unreadable(decline: Decline, known: bool, journal, uplink) -> None:
     """Send `decline` for a task the device has not seen, recorded as received and answered, so
     a copy of it, bad or mended, gets the same Decline and never trains. For a `known` task,
-    only a Decline it got is repeated: a bad copy of a task it trained gets nothing (its Update stands)."""
+    only a Decline it got is repeated: a bad copy of a task it trained gets nothing (its Update stands).
+    Known: in the task table or the journal, or a secure round's task, which neither holds (the
+    participant's session, or one waiting for its model): a bad copy of that was declined "before"
+    while the device had advertised keys in its round."""
     if decline.stage == "during":  # a later stage of a secure round: no task of the journal's, declined each time
         uplink.send_decline(decline)
         return

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from fedge.edge_runtime.data_file import feature_dtype
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE
@@ -56,7 +59,21 @@ def run(args) -> int:
     if personal is None:  # a model without personal params, or a device that never trained one
         personal = runtime.initial("personal")
     model = export_model(artifacts / model_id, shared, personal, head=args.head)
+    note = input_note(feature_dtype(cfg.data.npz))
+    model.metadata_props.add(key="fedge.input", value=note)
+    model.doc_string += f"; input {note}"
     atomic_write_bytes(Path(args.out), model.SerializeToString())
     print(f"wrote {args.out}: device {cfg.device_id}, model {model_id}, input {model.graph.input[0].name}, "
-          "output logits")
+          f"output logits; input {note}")
     return 0
+
+
+def input_note(dtype: np.dtype | None) -> str:
+    """What the exported model's input must hold: the device trained on its data as check_split
+    made it (edge_runtime/examples.py), uint8 pixels divided by 255, so raw 0..255 values fed to
+    the export would be read as 255 times brighter. dtype: the device's x_train's (None: unknown)."""
+    if dtype is None:
+        return "x as float32 the way the device's loader makes it: uint8 data divided by 255, other types as saved"
+    if dtype == np.uint8:
+        return "x as float32: this device's uint8 data divided by 255, as it trained on it"
+    return f"x as float32: this device's {dtype} data as saved, unscaled"

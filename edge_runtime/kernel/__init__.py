@@ -8,6 +8,7 @@
     configfile               TOML -> frozen dataclass loader
     clock                    the Clock protocol and its two implementations
     files                    atomic writes and thread-safe .npz loads
+    features                 examples as float32 for every reader (uint8 pixels as x / 255)
     transport/               the pubsub interface, the in-memory broker, the MQTT adapter
     secagg/                  secure aggregation's pure pieces: keys, shares, masks, shared quantization
 

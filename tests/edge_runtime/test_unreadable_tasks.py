@@ -5,11 +5,14 @@ device, or a bad copy of a task already answered is still only logged."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
 from fedge.edge_runtime.kernel.secagg.messages import (
+    KeyAdvertisement,
     KeyDirectory,
     PeerKeys,
     SecAggSpec,
@@ -91,3 +94,29 @@ def test_a_secure_stage_the_wire_refuses_is_declined_by_name_each_time(model, tm
     for _ in range(2):
         (decline,) = _answers(agent, coord, frame)
         assert (decline.task_id, decline.round_id, decline.reason, decline.stage) == ("s1", 5, "malformed", "during")
+
+
+@pytest.mark.parametrize("stage", ["advertised", "fetching"])
+def test_a_bad_copy_of_a_secure_task_the_device_is_in_gets_no_decline(model, tmp_path, stage):
+    """A secure round's task is kept by the participant (or, while its model is fetched, by the
+    agent), not the task table or the journal, so a refused copy of it was taken for a task never
+    seen and declined `malformed` "before": the coordinator was told the device left a round it
+    had advertised keys in (or would advertise in once its model came). A bad copy of a plain task
+    it trained gets nothing (its Update stands); so does this one, and its session goes on."""
+    _, manifest, runtime = model
+    agent, coord = one_device(model, tmp_path / "state", clock=TickingClock())
+    task = TrainTask(5, "s9", DEVICE, manifest.model_id, 1, encode_dense(runtime.initial("shared")),
+                     TaskHyper(epochs=1, batch_size=8),
+                     CompressionSpec(quant_bits=32, error_feedback=False, clip_norm=0.5))
+    if stage == "fetching":  # a model it lacks, with a manifest hash to fetch it by: the task waits for it
+        task = dataclasses.replace(task, model_id="elsewhere", manifest_sha256="ab" * 32)
+    secure = SecAggTask(task, SecAggSpec(), sharing=2)
+    coord.publish(device_topic(DEVICE, "task"), encode_message(secure))
+    first = [m for m in pump(agent, coord) if isinstance(m, (KeyAdvertisement, Decline))]
+    assert [type(m) for m in first] == ([KeyAdvertisement] if stage == "advertised" else [])
+    bad = reframed(secure, lambda body: body["task"]["hyper"].update(lr=float("nan")))
+    coord.publish(device_topic(DEVICE, "task"), bad)
+    assert [m for m in pump(agent, coord) if isinstance(m, Decline)] == []
+    if stage == "advertised":  # the session stands: a good copy is answered with the same keys
+        coord.publish(device_topic(DEVICE, "task"), encode_message(secure))
+        assert [m for m in pump(agent, coord) if isinstance(m, KeyAdvertisement)] == first

@@ -110,3 +110,47 @@ def test_export_without_a_trained_model_says_why(tmp_path, capsys):
                                        '[data]\nnpz = "x.npz"\n')
     assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "has not trained model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "missing"])
+def test_export_says_which_scaling_its_input_takes(dtype, tmp_path, capsys):
+    """A device reads uint8 features as x / 255 (examples.check_split) and trains on that; the
+    export said only `x -> logits`, so raw 0..255 pixels fed to it were read 255 times too bright.
+    The export now states the scaling (metadata `fedge.input`, doc_string, its printed line); the
+    oracle for the uint8 note: the device's own logits on what it holds, against the export's on x / 255."""
+    ort = pytest.importorskip("onnxruntime")
+    from fedge.edge_runtime.device_config import load_local_data
+
+    spec, shape = _spec("personal-layer", tmp_path)
+    state = tmp_path / "state"
+    probe = build_artifacts(spec, tmp_path / "probe", ort_training=False)
+    art = state / "devA" / "artifacts" / probe.model_id
+    manifest = build_artifacts(spec, art, ort_training=False)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(40, *shape)).astype(dtype if dtype != "missing" else "uint8")
+    y = rng.integers(0, 3, 40)
+    np.savez(tmp_path / "d.npz", x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    data = load_local_data(tmp_path / "d.npz")
+    device = DeviceRuntime("devA", data, {manifest.model_id: art}, state, seed=1)
+    shared = device.model(manifest.model_id).initial("shared")
+    task = TrainTask(round_id=1, task_id="t1", device_id="devA", model_id=manifest.model_id, model_version=0,
+                     params=encode_dense(shared), hyper=TaskHyper(epochs=2, batch_size=8, lr=0.05, optimizer="sgd"),
+                     compression=CompressionSpec(), seed=9)
+    device.handle_task(task)
+    if dtype == "missing":
+        (tmp_path / "d.npz").unlink()  # exported where the data file is not
+    (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{state}"\n[data]\nnpz = "{tmp_path}/d.npz"\n')
+    out = tmp_path / "m.onnx"
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    note = {p.key: p.value for p in onnx.load(out).metadata_props}["fedge.input"]
+    assert note in capsys.readouterr().out and note in onnx.load(out).doc_string
+    if dtype == "float32":
+        assert note == "x as float32: this device's float32 data as saved, unscaled"
+        return
+    assert "uint8 data divided by 255" in note
+    logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"x": x[30:].astype(np.float32) / np.float32(255)})[0]
+    store, model = DeviceStore(state / "devA", manifest.model_id), device.model(manifest.model_id)
+    want = device._backend(model, "sgd").predict({**store.load_global(), **store.load_personal()},
+                                                  model.embed(data.x_test))["personal"]  # what the device computes
+    np.testing.assert_allclose(logits, want, atol=1e-5)

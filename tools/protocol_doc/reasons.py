@@ -132,8 +132,10 @@ def decline_notes() -> str:
             f"with the codec's reason (`{kernel_errors.MalformedPayload.reason}`, the field in `detail`) when its "
             f"frame is intact and its `round_id`, `task_id` and `device_id` are valid and name the device: stage "
             f"`before` for a TrainTask or SecAggTask, `during` for a KeyDirectory, ShareDelivery or UnmaskRequest; "
-            f"a damaged frame names nobody reliably and is not answered. A secure round's stage is "
-            f"declined with one of these (the device's own, `edge_runtime/kernel/secagg/session.py` and "
+            f"a damaged frame names nobody reliably and is not answered. A refused copy of a task the device "
+            f"already holds (one it trained or declined, or a secure round's task it advertised in or is fetching "
+            f"the model for) gets no new Decline: only a Decline it already sent is repeated. A secure round's "
+            f"stage is declined with one of these (the device's own, `edge_runtime/kernel/secagg/session.py` and "
             f"`edge_runtime/secagg_participant.py`); the coordinator counts them like any other:\n\n"
             f"{secagg_declines_table()}")
 
