@@ -4,16 +4,64 @@ usage line that names the option, before the command imports or writes anything.
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
 
 # Devices, rounds, steps, epochs or repeats past this are a typo, not a plan: 10**30 once
 # started a run that could never end, or a traceback from numpy ("Maximum allowed dimension
 # exceeded"). The wire's own cap on a task's epochs (edge_runtime/kernel/protocol.py).
 MAX_COUNT = 1_000_000
+# Processes or threads one command starts (--workers, --threads): past the cores of any machine
+# fedge runs on. `bench robustness --workers 10**30` was an OverflowError traceback.
+MAX_PARALLEL = 1024
+# Linux's NAME_MAX and PATH_MAX: a longer name is an OSError (ENAMETOOLONG) at its first use.
+_MAX_NAME_BYTES, _MAX_PATH_BYTES = 255, 4095
 
 
 def path_arg(text: str) -> str:
     """A file or folder path. An empty one is refused: Path("") is ".", so `--out ''` wrote into
-    the current folder, and `--json ''`, `--config ''` or `--model ''` were read as "not given"."""
+    the current folder, and `--json ''`, `--config ''` or `--model ''` were read as "not given".
+    A name no file system takes (a part over 255 bytes, a path over 4,095) is refused too: it was
+    an `OSError: File name too long` traceback wherever it was first used."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is an empty path; name a file or folder (e.g. ./runs)")
+    raw = os.fsencode(text)
+    if len(raw) > _MAX_PATH_BYTES or max(len(part) for part in raw.split(b"/")) > _MAX_NAME_BYTES:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}... is too long for a path (each name at most "
+                                         f"{_MAX_NAME_BYTES} bytes, the whole at most {_MAX_PATH_BYTES})")
+    return text
+
+
+def out_file_arg(text: str) -> str:
+    """A file a command writes when it ends (`--json`, `--png`): a path_arg where a file can be
+    written. `bench heterogeneity --json DIR` or `--json /proc/x` failed only after the grid."""
+    from fedge.tools.beside_json import output_file_problem
+
+    problem = output_file_problem(path_arg(text))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def int_in(low: int, high: int = MAX_COUNT) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]. `--batch-size 10**30` once ran and wrote an
+    error row with exit 0, and `provision broker --shards 10**30` ended in a traceback."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {low} and at most {high:,}")
+        return value
+    parse.__name__ = "int"  # the name --help and the probe see
+    return parse
+
+
+def names_arg(text: str) -> str:
+    """A comma list of names (`--models a,b`, `--profiles pi4,jetson`): one that names nothing
+    (``''``, ``','``) is refused; it was taken as "none" and the command ran without the option,
+    exit 0 (`bench train-step --models ''` timed nothing and wrote [])."""
+    if not any(name.strip() for name in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing; give one name or a comma list")
     return text

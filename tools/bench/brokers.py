@@ -33,7 +33,7 @@ from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.tools.broker import BrokerConfig, MosquittoProcess
 from fedge.tools.broker.ejabberd import INSTALL_HINT, EjabberdCluster, find_ejabberd
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import out_file_arg
 
 UPDATES = "fedge/v1/devices/+/update"
 MAX_TOTAL = 1000  # messages in one run: see the module docstring
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=10)
     p.add_argument("--messages", type=int, default=50, help="messages each device publishes")
     p.add_argument("--kb", type=int, default=10, help="size of each message (KiB)")
-    p.add_argument("--json", dest="json_path", type=path_arg, help="write the result here")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, help="write the result here")
     p.add_argument("--timeout", type=float, default=60.0, help="give up a broker's phase after this many seconds")
     args = p.parse_args(argv)
     if not 0 < args.devices * args.messages <= MAX_TOTAL:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import out_file_arg
 
 from . import device_writes
 from .ingest_drain import coordinator_drain, prepare, raw_drain
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=600.0, help="give up a phase after this many seconds")
     p.add_argument("--no-writes", action="store_true", help="skip counting the devices' durable writes")
-    p.add_argument("--json", dest="json_path", type=path_arg, help="write the result here")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, help="write the result here")
     p.add_argument("--workers", default="", help="also drain through K aggregator workers, e.g. 1,2 "
                                                   "(coordinator/sharding; needs --dsn)")
     p.add_argument("--dsn", default="", help="PostgreSQL server for --workers; each run creates and drops "

@@ -58,7 +58,7 @@ from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.protocol import QUANT_BITS, CompressionSpec
 from fedge.tools.beside_json import check_beside, png_metadata
-from fedge.tools.cli_args import MAX_COUNT, path_arg
+from fedge.tools.cli_args import MAX_COUNT, out_file_arg
 from fedge.tools.plots import pyplot
 
 
@@ -265,7 +265,7 @@ def plot(doc: dict, path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench privacy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, required=True,
+    p.add_argument("--json", dest="json_path", type=out_file_arg, required=True,
                    help="write the results here (and a PNG beside)")
     p.add_argument("--quick", action="store_true", help="100 devices, 10 a round, 5 rounds, ε in {2, 8, inf}")
     p.add_argument("--devices", type=int, default=None, help="population (default 1000)")
