@@ -4,6 +4,7 @@ usage line that names the option, before the command imports or writes anything.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable
 
@@ -14,6 +15,12 @@ MAX_COUNT = 1_000_000
 # Processes or threads one command starts (--workers, --threads): past the cores of any machine
 # fedge runs on. `bench robustness --workers 10**30` was an OverflowError traceback.
 MAX_PARALLEL = 1024
+# A message or update size in KiB (--kb, --update-kb): the transport's default largest message,
+# 64 MiB (edge_runtime/kernel/transport/settings.py). 10**30 was numpy's allocation traceback.
+MAX_KIB = 64 << 10
+# A benchmark's --seed: numpy's classic seed range. 10**30 reached the wire's int64 bound inside
+# `bench scale`'s worker process (a traceback); -1 was numpy's ValueError traceback.
+MAX_SEED = 2**32 - 1
 # Linux's NAME_MAX and PATH_MAX: a longer name is an OSError (ENAMETOOLONG) at its first use.
 _MAX_NAME_BYTES, _MAX_PATH_BYTES = 255, 4095
 
@@ -56,6 +63,31 @@ def int_in(low: int, high: int = MAX_COUNT) -> Callable[[str], int]:
         return value
     parse.__name__ = "int"  # the name --help and the probe see
     return parse
+
+
+def int_list_arg(low: int, high: int = MAX_COUNT) -> Callable[[str], str]:
+    """An argparse type: a comma list of integers each in [low, high], returned as given.
+    `bench screening --inputs ''` or `--inputs a` was int()'s ValueError traceback."""
+    one = int_in(low, high)
+
+    def parse(text: str) -> str:
+        for item in text.split(","):
+            one(item)
+        return text
+    parse.__name__ = "int list"
+    return parse
+
+
+def seconds_arg(text: str) -> float:
+    """A time limit in seconds: finite and > 0. `bench brokers --timeout 0` (or -1, nan) ran and
+    ended in "only 0 of 20 messages arrived in nan s", a traceback; inf waited for ever."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{value}: seconds must be > 0 and finite")
+    return value
 
 
 def names_arg(text: str) -> str:

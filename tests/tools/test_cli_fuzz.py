@@ -37,6 +37,29 @@ def _refused(argv: list[str], capsys) -> str:
     (["bench", "robustness", "--json", "{tmp}/b.json", "--quick", "--workers", "0"], ("argument --workers",
                                                                                        "at least 1")),
     (["bench", "heterogeneity", "--json", "{tmp}/b.json", "--quick", "--workers", HUGE], ("argument --workers",)),
+    (["bench", "brokers", "--kb", "-1"], ("argument --kb", "at least 0")),  # ValueError: negative count
+    (["bench", "brokers", "--kb", HUGE], ("argument --kb", "at most 65,536")),  # OverflowError
+    (["bench", "mqtt", "--update-kb", "0"], ("argument --update-kb", "at least 1")),  # _queue.Empty after the wait
+    (["bench", "ingest", "--update-kb", HUGE], ("argument --update-kb", "at most 65,536")),
+    (["bench", "privacy", "--quick", "--devices", "0"], ("argument --devices", "at least 1")),
+    (["bench", "privacy", "--quick", "--rounds", "0"], ("argument --rounds", "at least 1")),
+    (["bench", "privacy", "--quick", "--seed", "-1"], ("argument --seed", "at least 0")),
+    (["bench", "async", "--quick", "--seed", "-1"], ("argument --seed", "at least 0")),
+    (["bench", "scale", "--seed", HUGE], ("argument --seed", "at most 4,294,967,295")),
+    (["bench", "scale", "--rounds", HUGE], ("argument --rounds", "at most 1,000,000")),
+    (["bench", "scale", "--clients-per-round", HUGE], ("argument --clients-per-round", "at most 1,000,000")),
+    (["bench", "screening", "--inputs", ","], ("argument --inputs", "invalid int value: ''")),
+    (["bench", "screening", "--inputs", "10,abc"], ("argument --inputs", "invalid int value: 'abc'")),
+    # a time limit of 0, -1, nan: "only 0 of 20 messages arrived in nan s", a RuntimeError traceback
+    (["bench", "brokers", "--timeout", "nan"], ("argument --timeout", "> 0 and finite")),
+    (["bench", "brokers", "--timeout", "0"], ("argument --timeout", "> 0 and finite")),
+    (["bench", "mqtt", "--timeout", "-1"], ("argument --timeout", "> 0 and finite")),
+    (["bench", "ingest", "--timeout", "inf"], ("argument --timeout", "> 0 and finite")),
+    # what a run of the privacy grid refused only inside its first run (ValueError tracebacks)
+    (["bench", "privacy", "--quick", "--clients-per-round", "101"], ("--clients-per-round 101", "--devices (100)")),
+    (["bench", "privacy", "--quick", "--alpha", "-1"], ("--alpha -1.0", ">= 0 and finite")),
+    (["bench", "privacy", "--quick", "--data", "label-skew", "--alpha", "0"], ("--alpha 0.0", "label-skew")),
+    (["bench", "ingest", "--dsn", "postgresql://db/x"], ("--dsn applies to --workers",)),  # ran, --dsn unread
     # a list that names nothing: taken as "none", the command ran without it and exited 0
     (["bench", "train-step", "--json", "{tmp}/b.json", "--models", ""], ("argument --models", "names nothing")),
     (["bench", "train-step", "--json", "{tmp}/b.json", "--backends", ","], ("argument --backends", "names nothing")),
@@ -56,10 +79,25 @@ def _refused(argv: list[str], capsys) -> str:
     (["simulate", "--rounds", "1", "--out", "/proc/fedge-none"], ("ConfigError", "nothing can be written under")),
 ])
 def test_a_hostile_value_is_one_line_before_any_work(argv, words, tmp_path, capsys):
+    if argv[0] == "bench" and "--json" not in argv:
+        argv = [*argv, "--json", "{tmp}/b.json"]
     err = _refused([a.format(tmp=tmp_path) for a in argv], capsys)
     for word in words:
         assert word in err, err
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing left by the write check
+
+
+def test_a_negative_zero_alpha_is_zero():
+    """synthetic(α = -0.0) drew with numpy's normal(0, sqrt(-0.0)): "scale < 0", a traceback from
+    `bench privacy --alpha -0.0` and `bench scale --alpha -0.0`; -0.0 == 0, so the data are α = 0's."""
+    import numpy as np
+
+    from fedge.tools.synthetic import synthetic
+
+    zero, negative_zero = synthetic(3, 0.0, 0.0, seed=1), synthetic(3, -0.0, -0.0, seed=1)
+    for a, b in zip(zero.clients, negative_zero.clients):
+        np.testing.assert_array_equal(a.x_train, b.x_train)
+        np.testing.assert_array_equal(a.y_train, b.y_train)
 
 
 def test_shard_acl_checks_its_range_before_any_topic():

@@ -40,7 +40,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.beside_json import check_beside, png_metadata
-from fedge.tools.cli_args import out_file_arg
+from fedge.tools.cli_args import MAX_SEED, int_in, out_file_arg
 from fedge.tools.datasets import build_federated
 from fedge.tools.plots import pyplot
 from fedge.tools.synthetic import synthetic
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=None, help="population (default 1000)")
     p.add_argument("--rounds", type=int, default=None, help="sync rounds; async runs as long (default 60)")
     p.add_argument("--data", choices=("mnist", "label-skew", "synthetic"), default="mnist")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
     args = p.parse_args(argv)
     for name in ("devices", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
