@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", type=path_arg)
     from fedge.models.import_cli import add_import_arguments
 
-    add_import_arguments(p)
+    add_import_arguments(p, path_arg)
     p.add_argument("--ort-training", choices=("auto", "yes", "no"), default="auto",
                    help="also generate onnxruntime-training artifacts (needs the training build)")
 

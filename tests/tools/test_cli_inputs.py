@@ -16,6 +16,7 @@ EMPTY_PATHS = [
     ["simulate", "--device-config", ""], ["simulate", "--data", " "], ["data", "split", "--out", ""],
     ["pretrain", "--out", ""], ["pretrain", "--out", "{tmp}/p", "--spec", ""],
     ["build-artifacts", "mnist-mlp-lora", ""],
+    ["build-artifacts", "mnist-mlp-lora", "{tmp}/a", "--from-onnx", ""],  # read as "not given": built the SPEC
     ["device", "init", "--out", ""], ["device", "init", "--out", "{tmp}/d.toml", "--state-dir", ""],
     ["device", "probe", "--root", ""], ["device", "probe", "--config", ""], ["device", "run", "--config", ""],
     ["device", "export", "--config", "", "--out", "{tmp}/x.onnx"], ["device", "export", "--config", "{tmp}/d.toml",
