@@ -76,6 +76,9 @@ def _refused(argv: list[str], capsys) -> str:
      ("argument --json", "nothing can be written under /proc")),
     (["audit", "leakage", "--json", "{tmp}/a.json", "--png", "{tmp}"], ("argument --png", "is a folder")),
     (["simulate", "--rounds", "1", "--json", "{tmp}"], ("ConfigError", "is a folder")),
+    # a --data folder no job can read: each job failed on it, after the grid's pretraining (minutes)
+    (["bench", "heterogeneity", "--quick", "--json", "{tmp}/h.json", "--data", "{tmp}/none"],
+     ("DatasetError", "no such directory")),
     (["simulate", "--rounds", "1", "--out", "/proc/fedge-none"], ("ConfigError", "nothing can be written under")),
 ])
 def test_a_hostile_value_is_one_line_before_any_work(argv, words, tmp_path, capsys):

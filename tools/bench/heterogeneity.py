@@ -113,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(grid: HeteroGrid, json_path, report_dir, data_dir: str | None = None, quick: bool = False,
         log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
     """Run every job of the grid, write the JSON and the report, return the document."""
+    from fedge.tools.datasets import load_npz_dir
+
     from .hetero_report import claim_report_dir, write_report
 
+    if data_dir:  # a --data DIR with no usable .npz was found by its jobs, after the grid's pretraining
+        load_npz_dir(data_dir)
     claim_report_dir(report_dir)  # someone else's report.md or PNG there: refused before the grid runs
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedge-hetero-pretrained-") as tmp:
