@@ -46,6 +46,8 @@ def _refused(argv: list[str], capsys) -> str:
     (["bench", "privacy", "--quick", "--seed", "-1"], ("argument --seed", "at least 0")),
     (["bench", "async", "--quick", "--seed", "-1"], ("argument --seed", "at least 0")),
     (["bench", "scale", "--seed", HUGE], ("argument --seed", "at most 4,294,967,295")),
+    (["bench", "robustness", "--quick", "--seed", HUGE], ("argument --seed", "at most 4,294,967,295")),
+    (["bench", "heterogeneity", "--quick", "--seed", HUGE], ("argument --seed", "at most 4,294,967,295")),
     (["bench", "scale", "--rounds", HUGE], ("argument --rounds", "at most 1,000,000")),
     (["bench", "scale", "--clients-per-round", HUGE], ("argument --clients-per-round", "at most 1,000,000")),
     (["bench", "screening", "--inputs", ","], ("argument --inputs", "invalid int value: ''")),

@@ -63,7 +63,7 @@ from pathlib import Path
 
 from fedge.coordinator.config import load_coordinator_config
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.cli_args import MAX_PARALLEL, int_in, out_file_arg, path_arg
+from fedge.tools.cli_args import MAX_PARALLEL, MAX_SEED, int_in, out_file_arg, path_arg
 
 from . import hetero_metrics as m
 from .hetero_grid import COMPRESSION, PRETRAINED, QUICK, HeteroGrid, Job, build_jobs, run_job
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run on one .npz per client in DIR")
     p.add_argument("--workers", type=int_in(1, MAX_PARALLEL), default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="override the grid's rounds")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None)
     p.add_argument("--config", metavar="FILE.toml", type=path_arg,
                    help="every job's coordinator settings from this TOML (its "
                    "[coordinator] table, as `fedge coordinator serve` reads it); default: the grid's preset")
