@@ -4,7 +4,6 @@ usage line that names the option, before the command imports or writes anything.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Callable
 
@@ -18,6 +17,8 @@ MAX_PARALLEL = 1024
 # A message or update size in KiB (--kb, --update-kb): the transport's default largest message,
 # 64 MiB (edge_runtime/kernel/transport/settings.py). 10**30 was numpy's allocation traceback.
 MAX_KIB = 64 << 10
+# A benchmark's time limit (--timeout): a million seconds, 11.6 days, is past any phase's wait.
+MAX_SECONDS = 1e6
 # A benchmark's --seed: numpy's classic seed range. 10**30 reached the wire's int64 bound inside
 # `bench scale`'s worker process (a traceback); -1 was numpy's ValueError traceback.
 MAX_SEED = 2**32 - 1
@@ -79,14 +80,15 @@ def int_list_arg(low: int, high: int = MAX_COUNT) -> Callable[[str], str]:
 
 
 def seconds_arg(text: str) -> float:
-    """A time limit in seconds: finite and > 0. `bench brokers --timeout 0` (or -1, nan) ran and
-    ended in "only 0 of 20 messages arrived in nan s", a traceback; inf waited for ever."""
+    """A time limit in seconds: > 0 and at most MAX_SECONDS. `bench brokers --timeout 0` (or -1,
+    nan) ran and ended in "only 0 of 20 messages arrived in nan s", a traceback; `bench ingest
+    --timeout inf` or 1e30 in an OverflowError ("timestamp out of range for platform time_t")."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{value}: seconds must be > 0 and finite")
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{value}: seconds must be > 0 and finite, at most {MAX_SECONDS:,.0f}")
     return value
 
 

@@ -57,6 +57,7 @@ def _refused(argv: list[str], capsys) -> str:
     (["bench", "brokers", "--timeout", "0"], ("argument --timeout", "> 0 and finite")),
     (["bench", "mqtt", "--timeout", "-1"], ("argument --timeout", "> 0 and finite")),
     (["bench", "ingest", "--timeout", "inf"], ("argument --timeout", "> 0 and finite")),
+    (["bench", "ingest", "--timeout", "1e30"], ("argument --timeout", "at most 1,000,000")),  # OverflowError
     # what a run of the privacy grid refused only inside its first run (ValueError tracebacks)
     (["bench", "privacy", "--quick", "--clients-per-round", "101"], ("--clients-per-round 101", "--devices (100)")),
     (["bench", "privacy", "--quick", "--alpha", "-1"], ("--alpha -1.0", ">= 0 and finite")),
