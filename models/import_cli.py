@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
@@ -11,10 +12,12 @@ IMPORT_DEFAULTS = {"cut": "auto", "role": [], "default_role": "lora", "classes":
                    "input_shape": "", "lora_rank": 4, "lora_alpha": 8.0, "name": ""}
 
 
-def add_import_arguments(p: argparse.ArgumentParser) -> None:
+def add_import_arguments(p: argparse.ArgumentParser, path_type: Callable[[str], str] = str) -> None:
+    """The import's options; `path_type` checks --from-onnx (the CLI's path_arg: `--from-onnx ''`
+    was read as not given, and the SPEC built)."""
     d = IMPORT_DEFAULTS
     g = p.add_argument_group("import a pretrained ONNX model (instead of SPEC)")
-    g.add_argument("--from-onnx", metavar="MODEL",
+    g.add_argument("--from-onnx", metavar="MODEL", type=path_type,
                    help="ONNX model: its prefix is the frozen backbone, its dense tail trains")
     g.add_argument("--cut", default=d["cut"],
                    help="tensor where the backbone ends (default: where the dense tail begins)")

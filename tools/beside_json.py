@@ -10,7 +10,9 @@ the same command: a rerun into the same path replaces its own plot, as it always
 from __future__ import annotations
 
 import json
+import os
 import struct
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -68,14 +70,32 @@ def _own_json(json_path: Path, is_own: Callable[[dict], bool]) -> bool:
     return isinstance(doc, dict) and doc.get("schema") == 1 and is_own(doc)
 
 
-def check_parent_folder(path: str | Path, flag: str) -> None:
-    """ConfigError when `path` cannot be written because a file stands where one of its folders
-    goes (`--json notes.txt/run.json`): found before a run, not by the write after it."""
-    for folder in Path(path).parents:
+def output_file_problem(path: str | Path) -> str | None:
+    """Why no file can be written at `path`, or None: a folder stands there, a file stands where
+    one of its folders goes (`--json notes.txt/run.json`), or the nearest folder that exists takes
+    no new entry (/proc, a read-only mount): each was found by the write after the run. The last
+    is asked by making and removing an empty folder there (as root, a mode says nothing)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder; name a file"
+    for folder in path.parents:
         if folder.exists():
             if not folder.is_dir():
-                raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder")
-            return
+                return f"{folder} is a file, not a folder"
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".fedge-write-check-", dir=folder))
+            except OSError as exc:
+                return f"nothing can be written under {folder} ({exc.strerror})"
+            return None
+    return None
+
+
+def check_parent_folder(path: str | Path, flag: str) -> None:
+    """ConfigError when no file can be written at `path` (output_file_problem): found before a
+    run, not by the write after it."""
+    problem = output_file_problem(path)
+    if problem:
+        raise ConfigError(f"{flag} {path}: {problem}")
 
 
 def check_beside(json_path: str | Path, suffixes: Iterable[str], command: str,

@@ -4,6 +4,7 @@ loads the simulator, and `fedge --help` stays fast."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -63,7 +64,9 @@ def _guarded(args, call) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
             return 1
         raise  # another pipe or socket broke: not ours to hide
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as exc:
+    except OSError as exc:
+        if not _path_error(exc):
+            raise
         # A path the user named that cannot be read or made (a folder for a file, /proc/x, an
         # output path under a file): their input, said in one line. Not for the two services:
         # exit 2 tells systemd never to restart them, and a path missing for a moment (a disk
@@ -83,6 +86,17 @@ def _guarded(args, call) -> int:
               f"pip install \"<fedge checkout or fedge-*.whl>[{extra}]\" (e.g. pip install -e '.[{extra}]')",
               file=sys.stderr)
         return EXIT_ERROR
+
+
+# OSErrors that say a path the user named is unusable. Beside the named subclasses: a name too
+# long for the file system (`build-artifacts <300 characters>` and `bench train-step --models`
+# were a traceback), a symlink loop, a read-only file system.
+_PATH_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS)
+
+
+def _path_error(exc: OSError) -> bool:
+    return (isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                             FileExistsError)) or (type(exc) is OSError and exc.errno in _PATH_ERRNOS))
 
 
 def _split_globals(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -123,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", type=path_arg)
     from fedge.models.import_cli import add_import_arguments
 
-    add_import_arguments(p)
+    add_import_arguments(p, path_arg)
     p.add_argument("--ort-training", choices=("auto", "yes", "no"), default="auto",
                    help="also generate onnxruntime-training artifacts (needs the training build)")
 

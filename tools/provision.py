@@ -30,13 +30,13 @@ import shutil
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.protocol import device_topic
+from fedge.edge_runtime.kernel.protocol import MAX_SHARDS, device_topic
 from fedge.tools.broker.config import ACL_NAME, COORDINATOR_USER, SHIPPED, shipped_text
 from fedge.tools.broker.ejabberd_shards import ejabberd_config
 from fedge.tools.broker.errors import ReservedUsername
 from fedge.tools.broker.passwd import BROKER_USER, generate_password, upsert_password, write_private_file
 from fedge.tools.broker.shard_users import SHARD_USER_PREFIX, is_shard_user, shard_acl, shard_users
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import int_in, path_arg
 
 MAX_ID_LEN = 64  # an X.509 Common Name holds at most 64 characters
 DEV_URL = "mqtt://127.0.0.1:1883"  # mosquitto-dev.conf
@@ -252,12 +252,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-dir", type=path_arg, help="issue server.crt/server.key from this CA and copy ca.crt")
     p.add_argument("--host", action="append", default=[], help="broker DNS name or IP for the server cert (repeat)")
     p.add_argument("--force", action="store_true", help="replace an existing server key")
-    p.add_argument("--shards", type=int, default=0, metavar="K",
+    p.add_argument("--shards", type=int_in(0, MAX_SHARDS), default=0, metavar="K",
                    help="a sharded fleet's K: the ACL also grants the workers' users fedge-shard-0 .. K-1")
 
     p = sub.add_parser("ejabberd", help="write the ejabberd cluster's ejabberd.yml (hardware/ejabberd)")
     p.add_argument("--out", type=path_arg, required=True)
-    p.add_argument("--shards", type=int, default=0, metavar="K",
+    p.add_argument("--shards", type=int_in(0, MAX_SHARDS), default=0, metavar="K",
                    help="a sharded fleet's K: devices may also upload to the shard topics 0 .. K-1")
     p.add_argument("--force", action="store_true", help="replace an ejabberd.yml with other content")
 
@@ -285,7 +285,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="where the cert bundle will live on the target (paths in the .toml)")
         p.add_argument("--force", action="store_true", help="replace existing credentials")
         if name == "coordinator":
-            p.add_argument("--shards", type=int, default=0, metavar="K",
+            p.add_argument("--shards", type=int_in(0, MAX_SHARDS), default=0, metavar="K",
                            help="also credentials for the shard workers' users fedge-shard-0 .. K-1")
 
 

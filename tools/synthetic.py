@@ -25,6 +25,7 @@ def synthetic(devices: int, alpha: float = 1.0, beta: float = 1.0, *, dim: int =
               min_examples: int = 20, max_examples: int = 200, seed: int = 0) -> FederatedDataset:
     if devices < 1 or min_examples < 1 or max_examples < min_examples or alpha < 0 or beta < 0:
         raise ValueError("need devices >= 1, 1 <= min_examples <= max_examples, alpha >= 0, beta >= 0")
+    alpha, beta = alpha + 0.0, beta + 0.0  # -0.0 is 0: numpy's normal refuses the scale sqrt(-0.0) = -0.0
     rng = np.random.default_rng(seed)
     held = max(1, min_examples // 4)  # held out per device, besides its training examples
     sizes = np.clip(rng.lognormal(3.5, 1.0, size=devices).astype(int), min_examples, max_examples)

@@ -79,7 +79,7 @@ def test_the_label_skew_setting_is_the_async_benchs_data_and_the_choice_is_check
     from fedge.tools.bench.label_skew import label_skew
     from fedge.tools.bench.privacy import PrivacyGrid, population
 
-    grid = replace(PrivacyGrid(), data="label-skew", devices=40, alpha=0.3, seed=3)
+    grid = replace(PrivacyGrid(), data="label-skew", devices=40, clients_per_round=10, alpha=0.3, seed=3)
     got, want = population(grid), label_skew(40, 0.3, seed=3)
     assert got.name == want.name == "label-skew(Dirichlet 0.3)"
     assert all(np.array_equal(a.y_train, b.y_train) and np.array_equal(a.x_train, b.x_train)

@@ -273,7 +273,7 @@ UNUSABLE["a table beside [coordinator]"] = (
     # each grid value below once reached a child process's traceback or a misleading late error
     (["scale", "--sizes", "10", "--alpha", "nan"], ("--alpha nan", "finite")),
     (["scale", "--sizes", "10", "--beta", "inf"], ("--beta inf", "finite")),
-    (["scale", "--sizes", "10", "--seed", "-1"], ("--seed -1",)),
+    (["scale", "--sizes", "10", "--seed", "-1"], ("argument --seed: -1", "at least 0")),
     (["privacy", "--quick", "--delta", "2"], ("--delta 2.0", "(0, 1)")),
     (["privacy", "--quick", "--delta", "nan"], ("--delta nan", "(0, 1)")),
 ])

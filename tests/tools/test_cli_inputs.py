@@ -16,6 +16,7 @@ EMPTY_PATHS = [
     ["simulate", "--device-config", ""], ["simulate", "--data", " "], ["data", "split", "--out", ""],
     ["pretrain", "--out", ""], ["pretrain", "--out", "{tmp}/p", "--spec", ""],
     ["build-artifacts", "mnist-mlp-lora", ""],
+    ["build-artifacts", "mnist-mlp-lora", "{tmp}/a", "--from-onnx", ""],  # read as "not given": built the SPEC
     ["device", "init", "--out", ""], ["device", "init", "--out", "{tmp}/d.toml", "--state-dir", ""],
     ["device", "probe", "--root", ""], ["device", "probe", "--config", ""], ["device", "run", "--config", ""],
     ["device", "export", "--config", "", "--out", "{tmp}/x.onnx"], ["device", "export", "--config", "{tmp}/d.toml",
@@ -172,11 +173,12 @@ def test_simulate_synthetic_devices_past_the_cap(capsys):
     assert err == [f"fedge: error: ConfigError: --devices {HUGE}: at most 1,000,000"], err
 
 
-@pytest.mark.parametrize("argv", [["--rounds", HUGE], ["--seed", "-1"]], ids=["rounds", "seed"])
-def test_a_heterogeneity_grid_no_job_could_run_writes_nothing(argv, tmp_path, capsys):
+@pytest.mark.parametrize("argv, words", [(["--rounds", HUGE], "error: need rounds"),
+                                         (["--seed", "-1"], "error: argument --seed: -1")], ids=["rounds", "seed"])
+def test_a_heterogeneity_grid_no_job_could_run_writes_nothing(argv, words, tmp_path, capsys):
     """Refused only inside the first job, after the report folder's .fedge-report.json was written."""
     with pytest.raises(SystemExit) as done:
         main(["bench", "heterogeneity", "--quick", "--json", str(tmp_path / "h.json"), *argv])
     assert done.value.code == 2
-    assert "fedge bench heterogeneity: error: need rounds" in capsys.readouterr().err
+    assert f"fedge bench heterogeneity: {words}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -101,8 +101,9 @@ def test_provision_ejabberd_grants_the_devices_the_k_shard_topics_only(tmp_path)
     with pytest.raises(ConfigError, match="--force"):  # another K over it: the operator's file is kept
         _cli("ejabberd", "--out", str(out), "--shards", "2")
     assert (out / "ejabberd.yml").read_text() == text
-    with pytest.raises(ConfigError, match="shards"):
+    with pytest.raises(SystemExit) as refused:  # argparse's range (cli_args.int_in), before any file
         _cli("ejabberd", "--out", str(tmp_path / "bad"), "--shards", "-1")
+    assert refused.value.code == 2 and not (tmp_path / "bad").exists()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.tools.cli_args import MAX_COUNT, path_arg
+from fedge.tools.cli_args import MAX_COUNT, out_file_arg
 
 from .inversion import init_mlp, invert_rows, local_update, match, psnr
 
@@ -155,8 +155,8 @@ def _draw(path: str, shown: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge audit leakage", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, required=True)
-    p.add_argument("--png", default=None, type=path_arg, help="originals and reconstructions side by side")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, required=True)
+    p.add_argument("--png", default=None, type=out_file_arg, help="originals and reconstructions side by side")
     p.add_argument("--devices", default="1,2,5,10,20,50")
     p.add_argument("--steps", default="1,5")
     p.add_argument("--batches", default="1,8")

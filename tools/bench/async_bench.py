@@ -40,7 +40,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.beside_json import check_beside, png_metadata
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_SEED, int_in, out_file_arg
 from fedge.tools.datasets import build_federated
 from fedge.tools.plots import pyplot
 from fedge.tools.synthetic import synthetic
@@ -141,13 +141,13 @@ def plot(doc: dict, path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench async", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, required=True,
+    p.add_argument("--json", dest="json_path", type=out_file_arg, required=True,
                    help="write results here (Markdown and PNG beside)")
     p.add_argument("--quick", action="store_true", help="200 devices, 20 a round / concurrency 20, 15 rounds")
     p.add_argument("--devices", type=int, default=None, help="population (default 1000)")
     p.add_argument("--rounds", type=int, default=None, help="sync rounds; async runs as long (default 60)")
     p.add_argument("--data", choices=("mnist", "label-skew", "synthetic"), default="mnist")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
     args = p.parse_args(argv)
     for name in ("devices", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

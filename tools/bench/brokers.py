@@ -33,7 +33,7 @@ from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.tools.broker import BrokerConfig, MosquittoProcess
 from fedge.tools.broker.ejabberd import INSTALL_HINT, EjabberdCluster, find_ejabberd
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_KIB, int_in, out_file_arg, seconds_arg
 
 UPDATES = "fedge/v1/devices/+/update"
 MAX_TOTAL = 1000  # messages in one run: see the module docstring
@@ -107,11 +107,11 @@ def run(devices: int, messages: int, kb: int, json_path: str | None, timeout_s: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench brokers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--devices", type=int, default=10)
-    p.add_argument("--messages", type=int, default=50, help="messages each device publishes")
-    p.add_argument("--kb", type=int, default=10, help="size of each message (KiB)")
-    p.add_argument("--json", dest="json_path", type=path_arg, help="write the result here")
-    p.add_argument("--timeout", type=float, default=60.0, help="give up a broker's phase after this many seconds")
+    p.add_argument("--devices", type=int_in(1), default=10)
+    p.add_argument("--messages", type=int_in(1), default=50, help="messages each device publishes")
+    p.add_argument("--kb", type=int_in(0, MAX_KIB), default=10, help="size of each message (KiB)")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, help="write the result here")
+    p.add_argument("--timeout", type=seconds_arg, default=60.0, help="give up a broker's phase after this many seconds")
     args = p.parse_args(argv)
     if not 0 < args.devices * args.messages <= MAX_TOTAL:
         p.error(f"devices x messages must be 1..{MAX_TOTAL} (the brokers' per-subscriber queue)")

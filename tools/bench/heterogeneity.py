@@ -63,7 +63,7 @@ from pathlib import Path
 
 from fedge.coordinator.config import load_coordinator_config
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_PARALLEL, MAX_SEED, int_in, out_file_arg, path_arg
 
 from . import hetero_metrics as m
 from .hetero_grid import COMPRESSION, PRETRAINED, QUICK, HeteroGrid, Job, build_jobs, run_job
@@ -71,15 +71,15 @@ from .hetero_grid import COMPRESSION, PRETRAINED, QUICK, HeteroGrid, Job, build_
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench heterogeneity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, required=True, help="write the results here")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, required=True, help="write the results here")
     p.add_argument("--report", dest="report_dir", type=path_arg,
                    help="folder for report.md and the PNGs (default: beside --json)")
     p.add_argument("--quick", action="store_true", help="a reduced grid (about a minute on 2 cores)")
     p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="also run on one .npz per client in DIR")
-    p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
+    p.add_argument("--workers", type=int_in(1, MAX_PARALLEL), default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="override the grid's rounds")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None)
     p.add_argument("--config", metavar="FILE.toml", type=path_arg,
                    help="every job's coordinator settings from this TOML (its "
                    "[coordinator] table, as `fedge coordinator serve` reads it); default: the grid's preset")
@@ -113,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(grid: HeteroGrid, json_path, report_dir, data_dir: str | None = None, quick: bool = False,
         log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
     """Run every job of the grid, write the JSON and the report, return the document."""
+    from fedge.tools.datasets import load_npz_dir
+
     from .hetero_report import claim_report_dir, write_report
 
+    if data_dir:  # a --data DIR with no usable .npz was found by its jobs, after the grid's pretraining
+        load_npz_dir(data_dir)
     claim_report_dir(report_dir)  # someone else's report.md or PNG there: refused before the grid runs
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedge-hetero-pretrained-") as tmp:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_KIB, int_in, out_file_arg, seconds_arg
 
 from . import device_writes
 from .ingest_drain import coordinator_drain, prepare, raw_drain
@@ -126,26 +126,26 @@ def run(devices: int = 2000, update_kb: int = 100, quant_bits: int = 8, repeats:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench ingest", description=__doc__.split("\n\n")[0])
-    p.add_argument("--devices", type=int, default=2000, help="updates in the backlog (one per device)")
-    p.add_argument("--update-kb", type=int, default=100, help="payload of each update (KiB)")
+    p.add_argument("--devices", type=int_in(1), default=2000, help="updates in the backlog (one per device)")
+    p.add_argument("--update-kb", type=int_in(1, MAX_KIB), default=100, help="payload of each update (KiB)")
     p.add_argument("--quant-bits", type=int, default=8, choices=(32, 8, 4), help="the updates' encoding")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=600.0, help="give up a phase after this many seconds")
+    p.add_argument("--repeats", type=int_in(1), default=3)
+    p.add_argument("--timeout", type=seconds_arg, default=600.0, help="give up a phase after this many seconds")
     p.add_argument("--no-writes", action="store_true", help="skip counting the devices' durable writes")
-    p.add_argument("--json", dest="json_path", type=path_arg, help="write the result here")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, help="write the result here")
     p.add_argument("--workers", default="", help="also drain through K aggregator workers, e.g. 1,2 "
                                                   "(coordinator/sharding; needs --dsn)")
     p.add_argument("--dsn", default="", help="PostgreSQL server for --workers; each run creates and drops "
                                              "its own database there")
     args = p.parse_args(argv)
-    if args.devices < 1 or args.update_kb < 1 or args.repeats < 1:
-        p.error("--devices, --update-kb and --repeats must be >= 1")
     try:
         workers = tuple(int(k) for k in args.workers.split(",") if k)
     except ValueError:
         p.error("--workers: a comma-separated list of shard counts, e.g. 1,2")
     if any(k < 1 for k in workers) or (workers and not args.dsn):
         p.error("--workers counts must be >= 1, and --workers needs --dsn")
+    if args.dsn and not workers:  # read by the worker runs only: it ran without them, exit 0
+        p.error("--dsn applies to --workers (the aggregator workers' shard tables); give --workers too")
     result = run(args.devices, args.update_kb, args.quant_bits, args.repeats, args.json_path, args.timeout,
                  not args.no_writes, workers, args.dsn)
     print(json.dumps(result, indent=2))

@@ -65,7 +65,7 @@ from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.kernel.update_codec import dense_fp32_bytes, encode_tensors
 from fedge.edge_runtime.loop import AgentLoop
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_KIB, int_in, out_file_arg, seconds_arg
 
 log = logging.getLogger("fedge.bench.mqtt")
 
@@ -344,11 +344,11 @@ def _paho_version() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench mqtt", description=__doc__.split("\n\n")[0])
-    p.add_argument("--devices", type=int, default=1000)
-    p.add_argument("--update-kb", type=int, default=100, help="size of each update (KiB)")
+    p.add_argument("--devices", type=int_in(1), default=1000)
+    p.add_argument("--update-kb", type=int_in(1, MAX_KIB), default=100, help="size of each update (KiB)")
     p.add_argument("--broker", help="mqtt://host:port (default: start a local Mosquitto)")
-    p.add_argument("--json", dest="json_path", type=path_arg, help="write the result here")
-    p.add_argument("--timeout", type=float, default=600.0, help="give up a phase after this many seconds")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, help="write the result here")
+    p.add_argument("--timeout", type=seconds_arg, default=600.0, help="give up a phase after this many seconds")
     p.add_argument("--model-part-bytes", type=int, default=CoordinatorConfig.model_part_bytes,
                    help="the coordinator's model_part_bytes; 0 = params inline in every task (for comparison)")
     args = p.parse_args(argv)

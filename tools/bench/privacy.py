@@ -58,7 +58,7 @@ from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.protocol import QUANT_BITS, CompressionSpec
 from fedge.tools.beside_json import check_beside, png_metadata
-from fedge.tools.cli_args import MAX_COUNT, path_arg
+from fedge.tools.cli_args import MAX_COUNT, MAX_SEED, int_in, out_file_arg
 from fedge.tools.plots import pyplot
 
 
@@ -111,6 +111,13 @@ class PrivacyGrid:
                         error_feedback=self.error_feedback)
         if self.devices > MAX_COUNT:  # 10**30: a traceback from numpy
             raise ValueError(f"--devices {self.devices}: at most {MAX_COUNT:,}")
+        # each was a ValueError traceback from the sampler or the data set, inside the first run
+        if not 1 <= self.clients_per_round <= self.devices:
+            raise ValueError(f"--clients-per-round {self.clients_per_round}: need 1 to --devices ({self.devices})")
+        if not (0 <= self.alpha < math.inf and 0 <= self.beta < math.inf):
+            raise ValueError(f"--alpha {self.alpha} --beta {self.beta}: need both >= 0 and finite")
+        if self.data == "label-skew" and not self.alpha > 0:  # a Dirichlet concentration
+            raise ValueError(f"--alpha {self.alpha}: --data label-skew needs a Dirichlet concentration > 0")
         if not 0 < self.delta < 1:  # 2 (or nan) once reached the accountant's search, a misleading error
             raise ValueError(f"--delta {self.delta}: must be in (0, 1), e.g. 1e-6")
         unknown = sorted(set(self.mechanisms) - {"central", "distributed"})
@@ -265,15 +272,15 @@ def plot(doc: dict, path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench privacy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, required=True,
+    p.add_argument("--json", dest="json_path", type=out_file_arg, required=True,
                    help="write the results here (and a PNG beside)")
     p.add_argument("--quick", action="store_true", help="100 devices, 10 a round, 5 rounds, ε in {2, 8, inf}")
-    p.add_argument("--devices", type=int, default=None, help="population (default 1000)")
-    p.add_argument("--clients-per-round", type=int, default=None, help="devices asked per round (default 100)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds per run (default 30)")
+    p.add_argument("--devices", type=int_in(1), default=None, help="population (default 1000)")
+    p.add_argument("--clients-per-round", type=int_in(1), default=None, help="devices asked per round (default 100)")
+    p.add_argument("--rounds", type=int_in(1), default=None, help="rounds per run (default 30)")
     p.add_argument("--epsilons", default=None, help="comma list; inf = no DP (default 1,2,4,8,inf)")
     p.add_argument("--delta", type=float, default=None, help="default 1e-6")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None)
     p.add_argument("--mechanisms", default=None, help="comma list of central, distributed (default both)")
     p.add_argument("--bits", type=int, default=None, help="distributed: field bits per coordinate (default 16)")
     p.add_argument("--distributed-clip", type=float, default=None,

@@ -48,7 +48,7 @@ from fedge.coordinator.robust.errors import BadRobustParameter
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.beside_json import check_beside
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import MAX_PARALLEL, MAX_SEED, int_in, out_file_arg
 from fedge.tools.simulate.adversary import AttackSpec
 from fedge.tools.simulate.errors import AttackError
 
@@ -258,17 +258,17 @@ def _progress(i: int, n: int, row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench robustness", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, default=None,
+    p.add_argument("--json", dest="json_path", type=out_file_arg, default=None,
                    help="write the results here (and out.md, out.png beside)")
     p.add_argument("--render", metavar="JSON", default=None,
                    help="write the Markdown and PNG of an existing results JSON, and run nothing")
     p.add_argument("--quick", action="store_true", help="a reduced grid on digits (30 cells of 8 rounds)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
+    p.add_argument("--workers", type=int_in(1, MAX_PARALLEL), default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--devices", type=int, default=None, help="population (default 50)")
     p.add_argument("--clients-per-round", type=int, default=None, help="reports wanted per round (default 10)")
     p.add_argument("--compressed", action="store_true", help="int8, top-10%% updates instead of fp32 dense")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None)
     p.add_argument("--omniscient", action="store_true", help="colluders also see honest deltas")
     p.add_argument("--exclude-multiplier", type=float, default=None,
                    help="the norm bound leaves out updates over this many times the median norm "

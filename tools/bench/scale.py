@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.cli_args import MAX_COUNT, path_arg
+from fedge.tools.cli_args import MAX_COUNT, MAX_SEED, int_in, out_file_arg
 
 TARGET_PEAK_RSS_BYTES = 2_000_000_000  # issue 14: 10,000 devices in at most 2 GB
 
@@ -120,13 +120,13 @@ def run(grid: ScaleGrid, json_path, progress=print) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench scale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, help="write the results here")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, help="write the results here")
     p.add_argument("--sizes", default=None, help="comma list of fleet sizes (default 1000,3000,10000)")
-    p.add_argument("--clients-per-round", type=int, default=None, help="devices per round (default 100)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds per run (default 5)")
+    p.add_argument("--clients-per-round", type=int_in(1), default=None, help="devices per round (default 100)")
+    p.add_argument("--rounds", type=int_in(1), default=None, help="rounds per run (default 5)")
     p.add_argument("--alpha", type=float, default=None, help="synthetic's α (default 0.5)")
     p.add_argument("--beta", type=float, default=None, help="synthetic's β (default 0.5)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None)
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # one size, in this process
     p.add_argument("--grid", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.cli_args import MAX_COUNT, path_arg
+from fedge.tools.cli_args import MAX_COUNT, int_list_arg, out_file_arg
 
 
 def _round(k: int, flipped: float, shapes: dict, rng: np.random.Generator) -> list[dict]:
@@ -102,8 +102,9 @@ def run(inputs: tuple[int, ...], guard_fraction: float, flipped: float, repeats:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench screening", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, required=True, help="write the results here")
-    p.add_argument("--inputs", default="10,30,100", help="comma list of updates per round (default 10,30,100)")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, required=True, help="write the results here")
+    p.add_argument("--inputs", default="10,30,100", type=int_list_arg(1),
+                   help="comma list of updates per round (default 10,30,100)")
     p.add_argument("--guard-fraction", type=float, default=0.1, help="share of MNIST-5k in the guard set (0.1 = 500)")
     p.add_argument("--flipped", type=float, default=0.2, help="share of each round's updates sign-flipped")
     p.add_argument("--repeats", type=int, default=3)

@@ -64,7 +64,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
 from fedge.edge_runtime.kernel.secagg.packing import pack
 from fedge.edge_runtime.kernel.secagg.prg import words
 from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
-from fedge.tools.cli_args import MAX_COUNT, path_arg
+from fedge.tools.cli_args import MAX_COUNT, out_file_arg
 
 MODEL = "ab" * 32
 ROUND = 1
@@ -176,7 +176,7 @@ def measure(n: int, dropout: float, bits: int, d: int, seed: int = 0, repeats: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedge bench secagg", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", dest="json_path", type=path_arg, required=True, help="write the results here")
+    p.add_argument("--json", dest="json_path", type=out_file_arg, required=True, help="write the results here")
     p.add_argument("--devices", default="100,500,1000", help="comma list of cohort sizes")
     p.add_argument("--dropouts", default="0,0.1,0.3", help="comma list of dropout fractions")
     p.add_argument("--bits", default="8,16", help="comma list of input widths")

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.cli_args import MAX_COUNT, path_arg
+from fedge.tools.cli_args import MAX_PARALLEL, int_in, names_arg, out_file_arg
 
 MODELS = ("mlp-784-lora", "cnn-28-lora")
 BACKENDS = ("portable", "ort-training", "numpy", "torch")
@@ -153,22 +153,19 @@ def _names(values: list[str]) -> tuple[str, ...]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fedge bench train-step",
                                  description="Time one train step per model and backend, vs torch.")
-    ap.add_argument("--json", required=True, type=path_arg, help="where to write the results (a JSON list)")
-    ap.add_argument("--models", nargs="+", default=list(MODELS),
+    ap.add_argument("--json", required=True, type=out_file_arg, help="where to write the results (a JSON list)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), type=names_arg,
                     help=f"spec names or TOML paths (default: {' '.join(MODELS)})")
-    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), help=f"subset of {' '.join(BACKENDS)}")
-    ap.add_argument("--steps", type=int, default=200, help="timed steps per backend")
-    ap.add_argument("--warmup", type=int, default=20, help="untimed steps first")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1, help="compute threads for every backend")
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), type=names_arg,
+                    help=f"subset of {' '.join(BACKENDS)}")
+    ap.add_argument("--steps", type=int_in(1), default=200, help="timed steps per backend")
+    ap.add_argument("--warmup", type=int_in(0), default=20, help="untimed steps first")
+    ap.add_argument("--batch-size", type=int_in(1), default=32)
+    ap.add_argument("--threads", type=int_in(1, MAX_PARALLEL), default=1, help="compute threads for every backend")
     args = ap.parse_args(argv)
     backends = _names(args.backends)
     if set(backends) - set(BACKENDS):
         ap.error(f"unknown backends {sorted(set(backends) - set(BACKENDS))}; choose from {BACKENDS}")
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
-        ap.error("need --steps >= 1, --warmup >= 0, --batch-size >= 1, --threads >= 1")
-    if max(args.steps, args.warmup) > MAX_COUNT:  # --steps 10**30 ran for ever
-        ap.error(f"--steps and --warmup: at most {MAX_COUNT:,}")
     run(args.json, _names(args.models), backends, args.batch_size, args.steps, args.warmup, args.threads)
     return 0
 

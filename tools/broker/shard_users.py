@@ -46,12 +46,13 @@ def is_shard_user(name: str) -> bool:
 def shard_acl(shards: int) -> str:
     """The devices' upload grants and the workers' blocks of `shards` shards ("" for none),
     appended to fedge.acl (a pattern line applies to every user wherever it stands)."""
+    users = shard_users(shards)  # its range check first: past it, shard_update_topic's ValueError
     if shards == 0:
         return ""
     lines = ["", f"# A sharded fleet of {shards} shard(s), written by `fedge provision broker --shards {shards}`:",
              "# each device may upload to any of the shards' topics, no other (the note on shard uploads above);"]
     lines += [f"pattern write {shard_update_topic(k, '%u')}" for k in range(shards)]
     lines += ["# each aggregator worker reads its own shard's uploads and acknowledges the devices it counted."]
-    for k, user in enumerate(shard_users(shards)):
+    for k, user in enumerate(users):
         lines += [f"user {user}", f"topic read {shard_updates_filter(k)}", f"topic write {all_devices_topic('ack')}"]
     return "\n".join(lines) + "\n"

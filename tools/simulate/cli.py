@@ -13,7 +13,7 @@ from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
 from fedge.tools.beside_json import check_beside, check_parent_folder
-from fedge.tools.cli_args import path_arg
+from fedge.tools.cli_args import names_arg, path_arg
 
 from .config import (
     DATASETS,
@@ -85,14 +85,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", choices=("memory", "mqtt"), default=d.transport,
                    help="memory: one process, simulated time; "
                         "mqtt: device threads and the coordinator through a broker")
-    p.add_argument("--broker", dest="broker_url", metavar="URL",
+    p.add_argument("--broker", dest="broker_url", metavar="URL", type=names_arg,
                    help="with --transport mqtt: use this broker (mqtt://host:port); default: start a local Mosquitto")
     p.add_argument("--round-deadline", dest="round_deadline_s", type=float, default=None,
                    help=f"seconds a round waits for reports ({c.round_deadline_s:g} simulated; "
                         f"{MQTT_ROUND_DEADLINE_S:g} real with mqtt)")
-    p.add_argument("--profiles", default="", help="with mqtt: device profiles, comma list, assigned round-robin "
+    p.add_argument("--profiles", type=names_arg, help="with mqtt: device profiles, comma list, assigned round-robin "
                    "(shipped: pi4-ups, jetson-nano, phone-like, flaky-cellular, or TOML paths)")
-    p.add_argument("--baselines", default="", help="comma list: local (each device alone), central (pooled data)")
+    p.add_argument("--baselines", type=names_arg, help="comma list: local (each device alone), central (pooled data)")
     p.add_argument("--local-epochs", type=int, default=None,
                    help="local-only baseline epochs (default rounds x epochs)")
     p.add_argument("--central-epochs", type=int, default=None,
@@ -226,8 +226,9 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
         standardize=args.standardize, partition=args.partition, alpha=args.alpha, beta=args.beta,
         classes_per_client=args.classes_per_client, model=args.model,
         backend=args.backend, coordinator=coordinator, eligibility=eligibility, agent=agent,
-        baselines=tuple(b for b in args.baselines.split(",") if b), out_dir=out_dir,
-        transport=args.transport, broker_url=args.broker_url, profiles=tuple(x for x in args.profiles.split(",") if x),
+        baselines=tuple(b for b in (args.baselines or "").split(",") if b), out_dir=out_dir,
+        transport=args.transport, broker_url=args.broker_url,
+        profiles=tuple(x for x in (args.profiles or "").split(",") if x),
         personalization=args.personalization, finetune_steps=args.finetune_steps, new_devices=args.new_devices,
         new_device_steps=args.new_device_steps, local_epochs=args.local_epochs, central_epochs=args.central_epochs,
         attack=args.attack, attackers=args.attackers, omniscient=args.omniscient, attack_scale=args.attack_scale,
