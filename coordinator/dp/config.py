@@ -72,6 +72,16 @@ class PrivacyConfig:
     target_quantile: float = 0.0
     clip_lr: float = 0.2
     clip_count_stddev: float = 0.0
+    # The devices' mean training loss (round records, log lines, fedge_round_train_loss) and
+    # federated evaluation (EvalReports from the devices' own data) are neither noised nor
+    # charged: with privacy on they are withheld unless this is true, which releases them
+    # outside the (ε, δ) guarantee (the README's Differential privacy section says so).
+    release_unnoised_metrics: bool = False
+
+    @property
+    def withholds_metrics(self) -> bool:
+        """True when the loss and evaluation are withheld (above)."""
+        return self.enabled and not self.release_unnoised_metrics
 
     def __post_init__(self) -> None:
         if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
