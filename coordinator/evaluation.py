@@ -24,7 +24,7 @@ import math
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from fedge.edge_runtime.kernel.errors import ConfigError, TransportError
 from fedge.edge_runtime.kernel.protocol import EvalReport, EvalTask, device_topic
@@ -108,6 +108,13 @@ class _Run:
     reports: dict[str, EvalReport] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
+
+
+def evaluation_run(config) -> EvalConfig:
+    """[coordinator.evaluation] as the coordinator runs it (`config` a CoordinatorConfig): off while
+    privacy withholds unnoised metrics (dp/config.py, release_unnoised_metrics): the devices' reports
+    on their own data would leave unnoised and uncharged. dp/budget.py says so at start."""
+    return replace(config.evaluation, every_rounds=0) if config.privacy.withholds_metrics else config.evaluation
 
 
 class Evaluations:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .store import StoredDecline, StoredDevice, StoredRound, StoredUpdate
+from .stored import closed_plan
 from .strategies import ServerState
 
 _KEEP_KEY_ROUNDS = 8  # closed rounds whose update keys are kept to spot late duplicates
@@ -93,7 +94,7 @@ class MemoryStore:
         self._require_open(round_id)
         if round_id in self.ledger:
             raise ValueError(f"round {round_id} is charged already")
-        self.ledger[round_id] = charge
+        self.ledger[round_id] = closed_plan(charge)
 
     def privacy_ledger(self) -> list[dict]:
         return [self.ledger[r] for r in sorted(self.ledger)]
@@ -124,7 +125,7 @@ class MemoryStore:
         if charge is not None:
             if round_id in self.ledger:
                 raise ValueError(f"round {round_id} is charged already")
-            self.ledger[round_id] = charge
+            self.ledger[round_id] = closed_plan(charge)  # the open round (and its noise key) goes below
         self.closed_keys.append({(e.device_id, round_id, e.update_id): e.digest for e in self.events
                                  if isinstance(e, StoredUpdate)})
         self.records[round_id] = record

@@ -53,8 +53,8 @@ class RoundRecord:
     seconds: float
     # Mean of the devices' reported training loss (Update.metrics["loss"]) over the round's
     # accepted updates, each with its update weight (weights.py: examples, or 1 each); None when
-    # none reported one. A round resumed after a restart counts only the updates accepted since
-    # (the store keeps no metrics).
+    # none reported one, or under privacy (withheld: dp/config.py, release_unnoised_metrics). A
+    # round resumed after a restart counts only the updates accepted since (the store keeps no metrics).
     train_loss: float | None = None
 
 
@@ -73,7 +73,8 @@ class OpenRound:
 
     @property
     def train_loss(self) -> float | None:
-        return self.loss_sum / self.loss_weight if self.loss_weight > 0 else None
+        """None when none was reported, or under privacy (withhold_loss: PrivacyConfig.withholds_metrics)."""
+        return self.loss_sum / self.loss_weight if self.loss_weight > 0 and not self.withhold_loss else None
     model_parts: tuple = ()  # encoded ModelParts of the round's RoundModel, published retained
     # Δc_i, each with weight 1: SCAFFOLD's c moves by their plain mean whatever combines the deltas.
     control: WeightedMean = field(default_factory=WeightedMean)
@@ -92,6 +93,7 @@ class OpenRound:
     charged: bool = False
     # an unmask answer was accepted: charged at the close if the early write (charged) failed
     unmasking: bool = False
+    withhold_loss: bool = False  # the devices' loss is unnoised: kept out of the record (train_loss)
 
     def charge(self) -> dict | None:
         """The privacy charge to commit with the round: its plan once the noised aggregate was
@@ -170,7 +172,8 @@ def open_round(machine: RoundMachine, tasks: dict[str, str], started: float, *, 
     else:
         compression = _device_clip(config, aggregator)
     return OpenRound(machine, ctx, aggregator, started, params, plan.hyper, correction,
-                     round_model_sha256=sha, model_parts=parts, privacy=privacy, compression=compression)
+                     round_model_sha256=sha, model_parts=parts, privacy=privacy, compression=compression,
+                     withhold_loss=config.privacy.withholds_metrics)
 
 
 _CLIP_NORM_MAX = next(f for f in fields(CompressionSpec) if f.name == "clip_norm").metadata["range"][1]

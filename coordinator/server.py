@@ -39,7 +39,7 @@ from .checkin_limit import CheckInLimit
 from .config import CoordinatorConfig
 from .dp.budget import PrivacyBudget
 from .errors import UnexpectedMessage, UpdateRejected
-from .evaluation import Evaluations
+from .evaluation import Evaluations, evaluation_run
 from .fetches import serve_fetch
 from .group_commit import GroupCommit
 from .guard import commit_fault
@@ -121,8 +121,9 @@ class Coordinator(BrokerLink, NoiseRounds):
         self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
         self.shell = make_shell(config, self.outbound, self.shapes, self.store)  # plain or secure (round_shell.py)
-        self.evaluations = Evaluations(config.evaluation, self.outbound, self.store, EvalMetrics(self.metrics.registry),
-                                       manifest.model_id, config.seed, config.max_examples)
+        self.evaluations = Evaluations(evaluation_run(config), self.outbound, self.store,  # none under privacy
+                                       EvalMetrics(self.metrics.registry), manifest.model_id, config.seed,
+                                       config.max_examples)
         self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open
         self.history: list[RoundRecord] = []
         self.rejections: Counter[str] = Counter()
@@ -380,7 +381,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         # this record, so a dropped link only defers the announcement.
         self.outbound.announce_or_defer(self.state.version, self.round)
         log.info("round %d %s: %s; mean train loss %s", record.round_id, "committed" if record.committed else
-                 "abandoned", record.why, "none reported" if record.train_loss is None else f"{record.train_loss:.4g}")
+                 "abandoned", record.why, "none released" if record.train_loss is None else f"{record.train_loss:.4g}")
         if record.committed:  # the new model, scored by a sample of devices on their own held-out data
             self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,
                                           self.eligible_devices(), self.clock.now())

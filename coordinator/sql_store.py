@@ -25,7 +25,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from . import store_rows
 from .record_rows import checked_record
 from .row_check import checked_row
-from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
+from .stored import OPEN_ROUND_SECRETS, StoredDecline, StoredDevice, StoredRound, StoredUpdate, closed_plan
 from .strategies import ServerState
 
 
@@ -139,17 +139,19 @@ class SqlStore:
                      charge: dict | None = None) -> None:
         """The new model version, strategy state, round record and privacy charge, in one transaction."""
         with self._tx() as db:
-            self._close(db, round_id, "committed", record, closed_wall, charge)
+            forgot = self._close(db, round_id, "committed", record, closed_wall, charge)
             (latest,) = db.execute("SELECT MAX(version) FROM models").fetchone()
             if latest is not None and state.version != latest + 1:
                 raise ValueError(f"round {round_id} commits version {state.version}, but the store holds {latest}")
             self._insert_state(db, state, round_id, closed_wall)
             db.execute("DELETE FROM tensors WHERE version <= ?", (state.version - self.keep_versions,))
             db.execute("DELETE FROM models WHERE version <= ?", (state.version - self.keep_versions,))
+        self._closed(round_id, forgot)
 
     def abandon_round(self, round_id: int, record: dict, closed_wall: float, charge: dict | None = None) -> None:
         with self._tx() as db:
-            self._close(db, round_id, "abandoned", record, closed_wall, charge)
+            forgot = self._close(db, round_id, "abandoned", record, closed_wall, charge)
+        self._closed(round_id, forgot)
 
     def charge_round(self, round_id: int, charge: dict) -> None:
         """The open round's privacy charge, before its close (a secure round whose unmasking began:
@@ -158,7 +160,8 @@ class SqlStore:
             self._require_open(db, round_id)
             if db.execute("SELECT 1 FROM privacy_ledger WHERE round_id = ?", (round_id,)).fetchone() is not None:
                 raise ValueError(f"round {round_id} is charged already in {self.path}")
-            db.execute("INSERT INTO privacy_ledger (round_id, charge) VALUES (?, ?)", (round_id, json.dumps(charge)))
+            db.execute("INSERT INTO privacy_ledger (round_id, charge) VALUES (?, ?)",
+                       (round_id, json.dumps(closed_plan(charge))))
 
     def privacy_ledger(self) -> list[dict]:
         """The charged rounds' plans (dp RoundPlan JSON), oldest first."""
@@ -205,18 +208,28 @@ class SqlStore:
         if db.execute("SELECT 1 FROM rounds WHERE round_id = ? AND status = 'open'", (round_id,)).fetchone() is None:
             raise ValueError(f"round {round_id} is not open in {self.path}")
 
-    def _close(self, db, round_id: int, status: str, record: dict, closed_wall: float, charge: dict | None) -> None:
-        cur = db.execute("UPDATE rounds SET status = ?, closed_wall = ?, record = ? "
-                         "WHERE round_id = ? AND status = 'open'",
-                         (status, closed_wall, json.dumps(record), round_id))
-        if cur.rowcount != 1:
+    def _close(self, db, round_id: int, status: str, record: dict, closed_wall: float, charge: dict | None) -> bool:
+        """Close the open round in transaction `db`; True when its plan held a secret it now forgot
+        (stored.closed_plan: the noise key served the open round's replay only)."""
+        row = db.execute("SELECT privacy FROM rounds WHERE round_id = ? AND status = 'open'", (round_id,)).fetchone()
+        if row is None:
             raise ValueError(f"round {round_id} is not open in {self.path}; it cannot be closed twice")
+        plan = _plan_or_none(row[0])
+        closed = row[0] if plan is None else json.dumps(closed_plan(plan))
+        db.execute("UPDATE rounds SET status = ?, closed_wall = ?, record = ?, privacy = ? "
+                   "WHERE round_id = ? AND status = 'open'",
+                   (status, closed_wall, json.dumps(record), closed, round_id))
         if charge is not None:  # the primary key refuses a second charge of one round
-            db.execute("INSERT INTO privacy_ledger (round_id, charge) VALUES (?, ?)", (round_id, json.dumps(charge)))
+            db.execute("INSERT INTO privacy_ledger (round_id, charge) VALUES (?, ?)",
+                       (round_id, json.dumps(closed_plan(charge))))
         # Payloads and declines served the replay only; the keys stay for late duplicates.
         db.execute("UPDATE updates SET payload = NULL, control = NULL WHERE round_id = ?", (round_id,))
         db.execute("DELETE FROM declines WHERE round_id = ?", (round_id,))
         db.execute("DELETE FROM updates WHERE round_id <= ?", (round_id - self.keep_key_rounds,))
+        return plan is not None and any(plan.get(k) for k in OPEN_ROUND_SECRETS)
+
+    def _closed(self, round_id: int, forgot: bool) -> None:
+        """After a close's transaction (RoundStore: drop its payload log, scrub the forgotten key's bytes)."""
 
     @staticmethod
     def _insert_state(db, state: ServerState, round_id: int | None, wall: float) -> None:
@@ -233,3 +246,12 @@ class SqlStore:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (version, kind, grp, name, array.dtype.str, json.dumps(list(array.shape)),
                         array.tobytes(order="C")))
+
+
+def _plan_or_none(text) -> dict | None:
+    """The open round's stored plan as a dict, or None (no plan, or text that is none: kept as it is)."""
+    try:
+        plan = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return plan if isinstance(plan, dict) else None

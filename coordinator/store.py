@@ -68,6 +68,7 @@ an Ack promises; NORMAL survives a killed process but may lose the last commits 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +86,8 @@ from .strategies import ServerState
 __all__ = ["RoundStore", "Store", "StoredDecline", "StoredDevice", "StoredRound", "StoredUpdate", "open_store"]
 
 SCHEMA_VERSION = 4
+
+log = logging.getLogger("fedge.coordinator.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -213,6 +216,8 @@ class RoundStore(SqlStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # A closed round's noise key is overwritten, not just unlinked from its page (_scrub)
+        self._db.execute("PRAGMA secure_delete=ON")
         with self._tx() as db:
             for statement in _SCHEMA.split(";"):  # not executescript: it would commit mid-transaction
                 if statement.strip():
@@ -275,10 +280,17 @@ class RoundStore(SqlStore):
             updates.append(update)
         return updates
 
-    def commit_round(self, round_id: int, *args, **kwargs) -> None:
-        super().commit_round(round_id, *args, **kwargs)
+    def _closed(self, round_id: int, forgot: bool) -> None:
         self._payloads.drop(round_id)  # after the commit: killed before this, the next open sweeps it
+        if forgot:
+            self._scrub(round_id)
 
-    def abandon_round(self, round_id: int, *args, **kwargs) -> None:
-        super().abandon_round(round_id, *args, **kwargs)
-        self._payloads.drop(round_id)
+    def _scrub(self, round_id: int) -> None:
+        """The forgotten noise key's bytes out of the files too: the close rewrote the round's row
+        (secure_delete zeroes what it freed), but the WAL still holds the pages written while the
+        round was open until it is checkpointed and truncated. A reader in the way (busy) leaves
+        them until the next DP round closes; said in the log."""
+        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("%s: round %d closed, but a reader kept the WAL from being truncated: the round's noise "
+                        "key stays in %s-wal until the next DP round closes", self.path, round_id, self.path)

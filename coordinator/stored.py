@@ -50,3 +50,15 @@ class StoredDevice:
     eligible: bool
     reason: str
     num_examples: int
+
+
+# A round plan's fields that only the open round may keep (dp/round.py): the noise key lets a
+# restart replay the round's noise bit for bit, and lets anyone holding the state file later
+# draw that noise again and subtract it from the released model. A store drops them when the
+# round closes, in the closing transaction, and never writes them to the privacy ledger.
+OPEN_ROUND_SECRETS = ("noise_key",)
+
+
+def closed_plan(plan: dict) -> dict:
+    """A round's plan (dp RoundPlan JSON) as a closed round and the ledger keep it: less its secrets."""
+    return {k: v for k, v in plan.items() if k not in OPEN_ROUND_SECRETS}

@@ -63,11 +63,22 @@ class PrivacyBudget:
                 raise ConfigError(f"privacy.sampling = {config.sampling!r}, but the state file's privacy ledger "
                                   f"holds {sorted(ledger)} rounds: their neighbouring relations differ and one "
                                   "budget cannot compose both; keep the ledger's sampling or start a new state file")
+            self._say_withheld()
         else:
             self._warn_off()
         if self.metrics is not None:
             self.metrics.target.set(config.target_epsilon)
             self.refresh()
+
+    def _say_withheld(self) -> None:
+        """What privacy does not cover, said once at start (PrivacyConfig.release_unnoised_metrics)."""
+        if self.config.release_unnoised_metrics:
+            log.warning("privacy.release_unnoised_metrics = true: the devices' mean training loss (round records, "
+                        "logs, fedge_round_train_loss) and federated evaluation are released unnoised and uncharged, "
+                        "outside the (ε, δ) guarantee")
+        else:
+            log.info("privacy on: the devices' training loss and federated evaluation are withheld (unnoised, they "
+                     "are outside the ε guarantee); privacy.release_unnoised_metrics = true releases them")
 
     def _warn_off(self) -> None:
         """Privacy off on a state file whose ledger holds charges: the rounds now run without noise and

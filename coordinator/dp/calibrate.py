@@ -2,9 +2,10 @@
 `rounds` identical rounds is at most the target, by dp-accounting's own calibration search,
 under the bound the ledger will charge (accountant.epsilon).
 
-Bounded for any config that loads. RDP is milliseconds an evaluation whatever the rounds, and its
-search is what dp-accounting's is, from z = MIN_CALIBRATED; a target that z already meets is
-refused by name (the search once doubled 30 times, then said the target could not be reached).
+Bounded for any config that loads. RDP's search is dp-accounting's, from z = MIN_CALIBRATED, for
+at most MAX_CALIBRATED_ROUNDS rounds (config.py: its time grows with them, 43 s at 2**62); a
+target that z already meets is refused by name (the search once doubled 30 times, then said
+the target could not be reached).
 PLD is where the time goes (measured with dp-accounting 0.6 on 2 shared cores, one evaluation,
 delta 1e-5): it grows with the rounds composed, with q and as z falls (z = 0.5: q 0.01: 1e3 rounds
 1.1 s, 1e5 4.4 s; q = 1: 100 rounds 3 s, 1e3 9.6 s / 860 MB, 1e4 23 s / 2.7 GB; z = 5, q 0.01,
@@ -32,7 +33,7 @@ from dp_accounting.mechanism_calibration import (
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .accountant import PLD_MIN_NOISE, RoundCharge, _quiet_absl, _relation, sensitivity_factor
-from .config import check_pld
+from .config import check_pld, check_rounds
 
 MIN_CALIBRATED = 0.05  # the search's lower end: a target met there is refused (_rdp_z)
 TOL = 1e-4  # z within this of the smallest that meets the target
@@ -47,6 +48,7 @@ def noise_multiplier_for(target_epsilon: float, delta: float, rounds: int, popul
     what = f"{rounds} rounds of {cohort} of {population} devices ({sampling})"
     if method == "pld":
         check_pld(rounds, delta)
+    check_rounds(rounds)
     z = _rdp_z(target_epsilon, delta, rounds, population, cohort, sampling, what)
     if method != "pld" or z < PLD_MIN_NOISE:
         return z

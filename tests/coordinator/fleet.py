@@ -274,8 +274,8 @@ def decoded(update: Update):
     return decompress_update(decode_tensors(update.payload))
 
 
-def noise_entropy(charge: dict, seed: int, round_id: int) -> list[int]:
+def noise_entropy(key: str, seed: int, round_id: int) -> list[int]:
     """What a DP round's central noise is drawn from: its plan's noise key (32 hex digits, from the
-    OS), the config's seed and the round; a plan without a key (the simulator's): (seed, round)."""
-    key = charge.get("noise_key", "")
+    OS; the open round's plan holds it, a closed round's and the ledger do not), the config's seed
+    and the round; a plan without a key (the simulator's): (seed, round)."""
     return [int(key, 16), seed, round_id] if key else [seed, round_id]

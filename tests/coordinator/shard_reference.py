@@ -78,7 +78,7 @@ def dp_reference(rows, shards: int, round_id: int, old: ServerState, strategy, p
             count += 1
         for k in acc:
             sums[k] = sums[k] + acc[k] if k in sums else acc[k]
-    rng = np.random.default_rng(noise_entropy(plan, seed, round_id))
+    rng = np.random.default_rng(noise_entropy(plan.get("noise_key", ""), seed, round_id))
     noise = {k: rng.normal(0.0, z * clip, size=np.shape(sums[k])) for k in sorted(sums)}
     mean = {k: ((sums[k] + noise[k]) / cohort).astype(np.float32) for k in sums}
     return strategy.apply(old, AggregateInput(mean, count, population, None)).params, sums, count

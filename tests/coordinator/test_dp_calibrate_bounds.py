@@ -12,7 +12,7 @@ from dp_accounting import pld, rdp
 
 from fedge.coordinator.dp.accountant import PLD_MIN_NOISE, RoundCharge, epsilon
 from fedge.coordinator.dp.calibrate import MIN_CALIBRATED, TOL, noise_multiplier_for
-from fedge.coordinator.dp.config import PLD_MAX_ROUNDS, PLD_MIN_DELTA, PrivacyConfig
+from fedge.coordinator.dp.config import MAX_CALIBRATED_ROUNDS, PLD_MAX_ROUNDS, PLD_MIN_DELTA, PrivacyConfig
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 POISSON = dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
@@ -47,7 +47,7 @@ def test_pld_refuses_more_rounds_or_a_smaller_delta_than_it_can_calibrate_by_nam
         PrivacyConfig(enabled=True, accountant="pld", sampling="poisson", rounds=10 ** 7)
     assert PrivacyConfig(enabled=True, accountant="pld", sampling="poisson", rounds=10 ** 7,
                          noise_multiplier=1.0).rounds == 10 ** 7  # z set: nothing calibrated
-    assert PrivacyConfig(enabled=True, sampling="poisson", rounds=10 ** 7).rounds == 10 ** 7  # rdp: no bound
+    assert PrivacyConfig(enabled=True, sampling="poisson", rounds=MAX_CALIBRATED_ROUNDS).rounds  # rdp: a higher bound
     with pytest.raises(ConfigError, match=f"below {PLD_MIN_DELTA:g}"):
         PrivacyConfig(enabled=True, accountant="pld", sampling="poisson", noise_multiplier=1.0, delta=1e-15)
     with pytest.raises(ConfigError, match=f"below {PLD_MIN_DELTA:g}"):
@@ -64,3 +64,17 @@ def test_a_target_the_least_calibrated_z_meets_already_is_named(sampling):
     assert _direct("rdp", 0.1, MIN_CALIBRATED, 100, 1e-5) <= 1e6
     with pytest.raises(ConfigError, match=f"1e\\+06 is met .* already with noise multiplier {MIN_CALIBRATED:g}"):
         noise_multiplier_for(1e6, 1e-5, 100, 1000, 100, sampling)
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_more_rounds_than_fedge_calibrates_for_are_refused_by_name_with_the_bound(sampling):
+    """privacy.rounds = 2**62 was taken, and the service calibrated z for that many rounds before
+    it started (53 s on a loaded machine; 43 s here for fixed-size sampling, 11 s at 10**6)."""
+    for rounds in (MAX_CALIBRATED_ROUNDS + 1, 2 ** 62):
+        with pytest.raises(ConfigError, match=f"rounds = {rounds} .* over {MAX_CALIBRATED_ROUNDS:,}"):
+            PrivacyConfig(enabled=True, sampling=sampling, rounds=rounds)
+        with pytest.raises(ConfigError, match=f"over {MAX_CALIBRATED_ROUNDS:,}"):
+            noise_multiplier_for(8.0, 1e-6, rounds, 10_000, 100, sampling)
+    assert PrivacyConfig(enabled=True, sampling=sampling, rounds=MAX_CALIBRATED_ROUNDS).rounds == MAX_CALIBRATED_ROUNDS
+    # nothing to calibrate: z is set, and the budget refuses the round that would pass the target
+    assert PrivacyConfig(enabled=True, sampling=sampling, rounds=2 ** 62, noise_multiplier=1.0).rounds == 2 ** 62

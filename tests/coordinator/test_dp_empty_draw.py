@@ -43,9 +43,9 @@ def _empty_seed(round_id: int) -> int:
 
 
 def _noise_only(old, charge, seed, round_id, z, cohort):
-    """The plain-loop oracle: params + N(0, (z S)^2) from (the charge's noise key, seed, round) / W,
+    """The plain-loop oracle: params + N(0, (z S)^2) from (the pinned noise key, seed, round) / W,
     in the params' order."""
-    rng = np.random.default_rng(noise_entropy(charge, seed, round_id))
+    rng = np.random.default_rng(noise_entropy(KEY, seed, round_id))
     return {k: v + (rng.normal(0.0, z * S, size=v.shape) / cohort).astype(np.float32) for k, v in old.items()}
 
 

@@ -120,6 +120,7 @@ def test_every_drawn_device_counts_and_the_mean_keeps_its_fixed_denominator(mode
     c = fleet.coordinator
     old = copy_params(c.state.params)
     assert c.begin_round() and len(c.round.machine.selected) == 4
+    key = c.round.privacy.noise_key  # the open round's: its close forgets it (stored.closed_plan)
     fleet.drain()
     rng = np.random.default_rng(4)
     deltas = [random_delta(c.shapes, rng, scale=S) for _ in devices]
@@ -130,7 +131,7 @@ def test_every_drawn_device_counts_and_the_mean_keeps_its_fixed_denominator(mode
     assert record.committed and record.reports == 4
     wire = [decoded(u) for u in fleet.updates()]  # the coordinator sums (and noises) in the wire's key order
     total = {k: sum(clip_to_norm(d, S)[0][k].astype(np.float64) for d in wire) for k in wire[0]}
-    noise_rng = np.random.default_rng(noise_entropy(c.store.privacy_ledger()[-1], c.config.seed, record.round_id))
+    noise_rng = np.random.default_rng(noise_entropy(key, c.config.seed, record.round_id))
     noise = {k: noise_rng.normal(0.0, 1.0 * S, size=np.shape(v)) for k, v in total.items()}
     for k in old:
         want = old[k] + ((total[k] + noise[k]) / 2).astype(np.float32)

@@ -80,9 +80,9 @@ def test_a_dp_round_counted_on_k_shards_is_noised_once_over_every_update_under_f
     old, round_id = c.leader.state, c.leader.round.ctx.round_id
     leader = _restart(c, model, ShardedCoordinator, shards=K - 1)
     leader.start()
+    plan = json.loads(c.rows("SELECT privacy FROM rounds WHERE round_id = %s", round_id)[0][0])  # with its key
     record = leader.tick()
     assert record is not None and record.committed and record.reports == 10, record
-    plan = json.loads(c.rows("SELECT privacy FROM rounds WHERE round_id = %s", round_id)[0][0])
     want, _, counted = dp_reference(c.rows, K, round_id, old, c.strategy, len(c.devices), plan, c.cfg.seed)
     assert counted == 10
     for k in want:

@@ -147,14 +147,17 @@ def test_dp_on_shards_noises_the_merged_clipped_sum_once_and_charges_the_ledger(
     for round_no in range(1, rounds + 1):
         old = c.leader.state
         assert c.leader.begin_round()
+        # the open round's plan, noise key included: the close forgets the key (stored.closed_plan)
+        plan = json.loads(json.dumps(c.leader.round.privacy.to_json()))
         c.pump()
         for i, d in enumerate(c.devices):  # norms from ~S/4 to ~4 S: about half are clipped by the workers
             c.upload(d, random_delta(c.shapes, rng, scale=S * 0.04 * 4.0 ** (i % 3 - 1)), f"u{round_no}")
         c.pump()
         record = c.leader.tick()
         assert record is not None and record.committed, record
-        (plan,) = c.rows("SELECT privacy FROM rounds WHERE round_id = %s", record.round_id)[0]
-        plan = json.loads(plan)
+        (closed,) = c.rows("SELECT privacy FROM rounds WHERE round_id = %s", record.round_id)[0]
+        assert len(plan["noise_key"]) == 32  # and the closed row holds the plan less it
+        assert json.loads(closed) == {k: v for k, v in plan.items() if k != "noise_key"}
         want, clipped_sum, counted = dp_reference(c.rows, K, record.round_id, old, c.strategy, len(c.devices), plan,
                                                   c.cfg.seed)
         assert counted == 8

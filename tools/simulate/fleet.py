@@ -188,7 +188,9 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     ccfg = replace(base, clients_per_round=wanted, min_reports=min(base.min_reports, wanted), seed=cfg.seed,
                    hyper=hyper, artifacts_dir=str(art_dir), state_db="",
                    evaluation=replace(base.evaluation, every_rounds=1, devices=0),  # every device, every round
-                   privacy=replace(base.privacy, on_exhausted="stop"),  # a spent budget ends the run
+                   # a spent budget ends the run; the experimenter's own fleet: its loss and evaluation are
+                   # the run's results, as before (a deployment withholds them: dp/config.py)
+                   privacy=replace(base.privacy, on_exhausted="stop", release_unnoised_metrics=True),
                    guard_set=write_guard_set(cfg, scratch) if cfg.guard_fraction else base.guard_set)
     attack = cfg.attack_spec
     attackers = (adversary.choose_attackers([c.client_id for c in data.clients], attack.fraction, cfg.seed)
