@@ -93,6 +93,10 @@ class _Graph:
                 self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in g.output}
         inputs = [i for i in g.input if i.name not in self.consts]
+        if not inputs and g.input:  # the input's default value (an initializer of its name) would read as a weight
+            raise OnnxImportError(f"{where}: every graph input {[i.name for i in g.input][:5]} has a stored value "
+                                  "(an initializer of the same name), so none is the input fedge feeds; re-export "
+                                  "with the model's input free of an initializer")
         if len(inputs) != 1:
             raise OnnxImportError(f"{where}: the model has {len(inputs)} inputs {[i.name for i in inputs]}; "
                                   "fedge imports models with one input tensor "

@@ -55,8 +55,11 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     graph.node.append(helper.make_node("Flatten", [cut], ["z"], name="fedge_cut", axis=1))
     if not any(o.domain in ("", "ai.onnx") for o in prefix.opset_import):
         # a source of ai.onnx.ml ops alone (a Binarizer, a Scaler): that Flatten made the backbone
-        # "not a valid ONNX model: No opset import for domain ''"; Flatten(axis=1) is opset 1's
-        prefix.opset_import.append(helper.make_opsetid("", 13))
+        # "not a valid ONNX model: No opset import for domain ''"; Flatten(axis=1) is opset 1's.
+        # A local function's own default-domain import must equal the model's (the checker), so
+        # the version is the functions' where they import one.
+        versions = [o.version for f in prefix.functions for o in f.opset_import if o.domain in ("", "ai.onnx")]
+        prefix.opset_import.append(helper.make_opsetid("", max(versions, default=13)))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.onnx_features]))
     del graph.value_info[:]

@@ -86,3 +86,48 @@ def test_an_ir3_source_whose_initializers_are_inputs_gets_a_valid_backbone(tmp_p
     x = np.random.default_rng(0).normal(size=(batch, *spec.input_shape)).astype(np.float32)
     (want,) = ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run([out], {x_name: x})
     np.testing.assert_allclose(ModelRuntime(tmp_path / "art").embed(x), want.reshape(batch, -1), rtol=1e-5, atol=1e-6)
+
+
+def test_the_added_default_opset_is_the_one_the_source_functions_import(tmp_path):
+    """The default-domain opset added for the backbone's Flatten (a source importing ai.onnx.ml
+    alone) was always 13; a local function of default-domain ops at opset 18 then made the
+    backbone invalid ('FunctionOp imports version 18 whereas model imports version 13')."""
+    from onnx import TensorProto, helper
+
+    twice = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+                                 [helper.make_opsetid("", 18)])
+    nodes = [helper.make_node("Binarizer", ["X"], ["bz"], domain="ai.onnx.ml", threshold=0.0),
+             helper.make_node("Twice", ["bz"], ["Y"], domain="local")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 3),
+                                                    helper.make_opsetid("local", 1)], functions=[twice])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)  # the source itself is valid
+    source = tmp_path / "fn.onnx"
+    onnx.save(model, source)
+    spec = import_spec(ImportOptions(str(source), cut="Y", num_classes=3))
+    build_artifacts(spec, tmp_path / "art", ort_training=False)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(ModelRuntime(tmp_path / "art").embed(x), 2.0 * (x > 0))  # Binarizer, then Add
+
+
+@pytest.mark.parametrize("ir", [3, 8])
+def test_an_input_with_a_default_value_is_refused_as_such(tmp_path, ir):
+    """The model's one input x also has an initializer of its name (its default value; IR 3 lists
+    initializers as inputs, IR 4+ allows it): the refusal said 'the model has 0 inputs []'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+                               (("x", ["N", 4]), ("W", [4, 3]))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [w, numpy_helper.from_array(np.zeros((1, 4), np.float32), "x")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = ir
+    onnx.checker.check_model(model)
+    source = tmp_path / "default.onnx"
+    onnx.save(model, source)
+    with pytest.raises(OnnxImportError, match=r"every graph input \['x', 'W'\] has a stored value"):
+        import_spec(ImportOptions(str(source)))
