@@ -23,6 +23,7 @@ MARKDOWN_HEADER = b"# fedge "
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHUNK = struct.Struct(">I4s")  # length, type; then data and a CRC of 4 bytes
 _MAX_TEXT_CHUNK = 1 << 16  # a Software chunk is a few bytes: anything longer is not ours
+_MAX_OWN_JSON_BYTES = 1 << 30  # the largest JSON a fedge command writes is a few MB
 
 
 def png_metadata(command: str) -> dict[str, str]:
@@ -70,6 +71,22 @@ def _own_json(json_path: Path, is_own: Callable[[dict], bool]) -> bool:
     return isinstance(doc, dict) and doc.get("schema") == 1 and is_own(doc)
 
 
+def _could_be_ours(path: Path) -> bool:
+    """Whether a file at an output path the user named may be one fedge wrote there: a marked PNG
+    (`--png`, `--plot`), else a JSON document (`--json`). A JSON file of the user's own still
+    passes (nothing in a document tells whose it is), but a text, binary or source file named by
+    mistake (`--json README.md`) was replaced by the run's JSON."""
+    if path.suffix == ".png":
+        return _marked(path)
+    try:
+        if path.stat().st_size > _MAX_OWN_JSON_BYTES:
+            return False
+        json.loads(path.read_bytes())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return False
+    return True
+
+
 def output_file_problem(path: str | Path) -> str | None:
     """Why no file can be written at `path`, or None: a folder stands there, a file stands where
     one of its folders goes (`--json notes.txt/run.json`), or the nearest folder that exists takes
@@ -78,6 +95,10 @@ def output_file_problem(path: str | Path) -> str | None:
     path = Path(path)
     if path.is_dir():
         return f"{path} is a folder; name a file"
+    if path.is_file() and not _could_be_ours(path):
+        kind = "a PNG fedge marked as its own" if path.suffix == ".png" else "a JSON document"
+        return (f"{path} exists and is not {kind}, so fedge did not write it (fedge never replaces a file "
+                "it did not write): move it, or name another file")
     for folder in path.parents:
         if folder.exists():
             if not folder.is_dir():

@@ -137,3 +137,26 @@ def test_a_link_in_the_way_is_refused_even_beside_fedges_json(tmp_path):
     (tmp_path / "r.md").symlink_to(target)
     with pytest.raises(ForeignOutput, match=r"r\.md"):
         check_beside(tmp_path / "r.json", (".md",), "fedge bench async", lambda doc: True)
+
+
+def test_a_named_output_file_that_fedge_cannot_have_written_is_kept(tmp_path, capsys):
+    """`--json README.md` or `--plot photo.png` replaced the user's file with the run's output:
+    a named output file that exists must be a JSON document (for a PNG: one marked as fedge's)."""
+    from fedge.tools.cli import main
+
+    notes, photo, theirs = tmp_path / "notes.md", tmp_path / "photo.png", tmp_path / "old.json"
+    notes.write_text("# my notes\n")
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n not fedge's")
+    for flags in (["--json", str(notes)], ["--plot", str(photo)],
+                  ["--json", str(theirs), "--plot", str(photo)]):
+        assert main([*SIMULATE, *flags]) == 2
+        assert "so fedge did not write it" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # an argparse type: a usage error
+        main(["bench", "async", "--quick", "--json", str(notes)])
+    assert exit_.value.code == 2 and "so fedge did not write it" in capsys.readouterr().err
+    assert notes.read_text() == "# my notes\n" and photo.read_bytes().endswith(b"not fedge's")
+    assert not theirs.exists()
+    # A JSON document there may be an earlier run's: a rerun into the same --json replaces it.
+    theirs.write_text(json.dumps({"earlier": "run"}))
+    assert main([*SIMULATE, "--json", str(theirs), "--plot", str(tmp_path / "run.png")]) == 0
+    assert "rounds" in json.loads(theirs.read_text())
