@@ -31,6 +31,16 @@ def test_the_measured_round_commits_every_update(mosquitto, tmp_path, model_part
         assert result["bytes_down"] > 6 * params_once
 
 
+def test_the_replay_devices_are_asked_for_no_evaluation():
+    """The replay devices answer training tasks only: the commit's evaluation went to them and
+    ended in an AttributeError traceback in every device process, on every run (exit 0)."""
+    from fedge.edge_runtime.evaluation import answer_eval
+
+    assert bench.bench_config(6, 8192, 60, 0).evaluation.every_rounds == 0
+    assert not hasattr(bench.ReplayRuntime, "eligibility")  # what answer_eval asks first
+    assert "eligibility" in answer_eval.__code__.co_names
+
+
 def test_a_round_that_does_not_commit_is_not_reported(mosquitto, tmp_path, monkeypatch):
     # The parent writes the devices' manifest under another name: the devices (spawned
     # processes) lack the model, try to fetch it from a coordinator that serves none, and decline.

@@ -53,6 +53,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.evaluation import EvalConfig
 from fedge.coordinator.server import Coordinator
 from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.agent import DeviceAgent
@@ -239,6 +240,16 @@ def raw_paho(url: str, devices: int, payload: bytes, workdir: str, timeout_s: fl
     return elapsed
 
 
+def bench_config(devices: int, payload_bytes: int, timeout_s: float, model_part_bytes: int) -> CoordinatorConfig:
+    """One round of every device's update, nothing after it: the commit's federated evaluation
+    once went to the replay devices, which cannot evaluate (an AttributeError traceback in every
+    device thread, on every run, exit 0)."""
+    return CoordinatorConfig(clients_per_round=devices, over_selection=1.0, min_reports=devices,
+                             round_deadline_s=timeout_s, compression=CompressionSpec(quant_bits=32),
+                             max_update_bytes=4 * payload_bytes + (1 << 20), model_part_bytes=model_part_bytes,
+                             evaluation=EvalConfig(every_rounds=0))
+
+
 def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workdir: Path, timeout_s: float,
                 model_part_bytes: int) -> tuple[float, dict]:
     settings = MqttSettings(url=url, session_expiry_s=300, connect_timeout_s=60)
@@ -247,9 +258,7 @@ def fedge_round(url: str, devices: int, manifest: Manifest, initial: dict, workd
     tensors, _, _ = compress_update(delta, None, CompressionSpec(quant_bits=32), rng)
     payload = encode_tensors(tensors)
     dense = dense_fp32_bytes({"w": initial["w"].shape})
-    ccfg = CoordinatorConfig(clients_per_round=devices, over_selection=1.0, min_reports=devices,
-                             round_deadline_s=timeout_s, compression=CompressionSpec(quant_bits=32),
-                             max_update_bytes=4 * len(payload) + (1 << 20), model_part_bytes=model_part_bytes)
+    ccfg = bench_config(devices, len(payload), timeout_s, model_part_bytes)
     # The devices' model directory: without a manifest there, a device would try to fetch the
     # model and decline (this coordinator serves no artifacts).
     atomic_write_bytes(workdir / MANIFEST_FILE, manifest.to_json().encode())
