@@ -24,3 +24,11 @@ def test_a_sparse_cohort_is_measured_with_packed_shares():
     assert row["packing"] == 2 and row["neighbours"] < 299 and row["exact"]
     overhead = row["bytes_per_device"] - row["floor_bytes_per_device"]
     assert row["neighbours"] * 40 <= overhead < row["neighbours"] * 48
+
+
+def test_the_json_goes_into_a_folder_that_does_not_exist_yet(tmp_path):
+    """`--json new/b.json` once ran every case and then stopped on FileNotFoundError, writing nothing."""
+    out = tmp_path / "new" / "deeper" / "b.json"
+    assert main(["--json", str(out), "--devices", "4", "--dropouts", "0", "--bits", "8", "--dimension", "10",
+                 "--repeats", "1", "--seed", "7"]) == 0
+    assert [r["devices"] for r in json.loads(out.read_text())["runs"]] == [4]

@@ -21,7 +21,8 @@ def test_one_example_one_step_is_inverted_exactly():
 
 
 def test_the_cli_writes_json_and_png_and_the_sum_hides_more_as_n_grows(tmp_path):
-    out, png = tmp_path / "leak.json", tmp_path / "leak.png"
+    # folders that do not exist yet: the run once ended on FileNotFoundError after every case
+    out, png = tmp_path / "new" / "leak.json", tmp_path / "plots" / "leak.png"
     assert main(["audit", "leakage", "--json", str(out), "--png", str(png), "--devices", "1,40",
                  "--steps", "1", "--batches", "1,8"]) == 0
     doc = json.loads(out.read_text())

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.tools.beside_json import check_parent_folder
 from fedge.tools.cli_args import MAX_COUNT, out_file_arg
 
 from .inversion import init_mlp, invert_rows, local_update, match, psnr
@@ -149,6 +151,7 @@ def _draw(path: str, shown: dict) -> None:
                 ax.imshow(pair[c % 2].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
         axes[r][0].set_title(f"n={key[0]} s={key[1]} B={key[2]}", fontsize=6, loc="left")
     fig.suptitle("original | best row from the sum, per device", fontsize=8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -171,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seed {a.seed}: must be >= 0")
     if a.png is not None and Path(a.png).suffix.lower() != ".png":
         p.error(f"--png {a.png}: name a .png file")
+    check_parent_folder(a.json_path, "--json")  # a file in the way: told now, not after the cases
+    if a.png is not None:
+        check_parent_folder(a.png, "--png")
     doc = run(lists["devices"], lists["steps"], lists["batches"], a.seed, a.png, runtime=not a.numpy_updates)
-    with open(a.json_path, "w") as fh:
-        json.dump(doc, fh, indent=2)
+    # folders made when missing (savefig and `open` raised FileNotFoundError there, after every case)
+    atomic_write_bytes(Path(a.json_path), json.dumps(doc, indent=2).encode())
     print(f"plain ({doc['plain']['backend']}): relative error {doc['plain']['relative_error']:.3g}, "
           f"PSNR {doc['plain']['psnr']:.1f} dB")
     for r in doc["secagg"]:

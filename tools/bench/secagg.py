@@ -46,10 +46,12 @@ import resource
 import statistics
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 
 from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.secagg import quantize, shamir
 from fedge.edge_runtime.kernel.secagg import session as sess
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, neighbour_graph
@@ -64,6 +66,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
 from fedge.edge_runtime.kernel.secagg.packing import pack
 from fedge.edge_runtime.kernel.secagg.prg import words
 from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
+from fedge.tools.beside_json import check_parent_folder
 from fedge.tools.cli_args import MAX_COUNT, out_file_arg
 
 MODEL = "ab" * 32
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need --devices >= 2, --dropouts in [0, 1), --dimension >= 1 and --repeats >= 1")
     if max(cohorts) > MAX_COUNT or args.repeats > MAX_COUNT:  # 10**30 devices ran for ever
         p.error(f"--devices and --repeats: at most {MAX_COUNT:,}")
+    check_parent_folder(args.json_path, "--json")  # a file in the way: told now, not after the runs
     runs = []
     for n in cohorts:
         for dropout in dropouts:
@@ -206,6 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"runs": runs, "parameters": asdict(choose_parameters(max(r["devices"] for r in runs))),
            "security": {"sigma": 40, "eta": 20, "dropout_designed_for": 0.3, "corrupt": 0.0},
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
-    with open(args.json_path, "w") as fh:
-        json.dump(doc, fh, indent=2)
+    # its folder made when missing (`open` raised FileNotFoundError there, after every run)
+    atomic_write_bytes(Path(args.json_path), json.dumps(doc, indent=2).encode())
     return 0 if all(r["exact"] for r in runs) else 1
