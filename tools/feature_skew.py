@@ -32,7 +32,9 @@ class FeatureTransform:
         """x (n, features) float32 -> transformed copy, same shape and dtype."""
         out = np.asarray(x, dtype=np.float32)
         if image_shape is not None and self.angle:
-            out = rotate(out.reshape(len(out), *image_shape), self.angle).reshape(len(out), -1)
+            # out.shape, not (n, -1): a device of 2 examples can hold none out, and numpy cannot
+            # infer -1 from a size-0 array (a traceback from `simulate --partition feature`)
+            out = rotate(out.reshape(len(out), *image_shape), self.angle).reshape(out.shape)
         mean = out.mean(axis=1, keepdims=True)
         out = mean + np.float32(self.contrast) * (out - mean)
         if self.noise:

@@ -203,6 +203,21 @@ def test_rotate_matches_rot90_and_inverts() -> None:
     assert not np.allclose(turned, blob) and abs(turned.sum() - blob.sum()) < 0.5
 
 
+def test_transform_of_no_examples_is_an_empty_batch_of_the_same_width() -> None:
+    """A device of 2 examples can hold none out: its (0, 64) test split once raised ValueError
+    (cannot reshape size 0 into (0, -1)) from `fedge simulate --dataset digits --devices 800
+    --partition feature`. Oracle: the empty slice of the transformed batch."""
+    from fedge.tools.feature_skew import FeatureTransform
+
+    x = np.random.default_rng(1).random((3, 64)).astype(np.float32)
+    t = FeatureTransform(angle=20.0, contrast=1.2, noise=0.0)
+    empty = t.apply(x[:0], (1, 8, 8), np.random.default_rng(0))
+    full = t.apply(x, (1, 8, 8), np.random.default_rng(0))
+    assert empty.shape == (0, 64) and empty.dtype == np.float32
+    np.testing.assert_array_equal(empty, full[:0])
+    assert not np.allclose(full, x)  # the rotation did apply to the examples there are
+
+
 def test_transforms_are_deterministic_and_differ_per_device() -> None:
     from fedge.tools.feature_skew import FeatureSkew, draw_transforms
 

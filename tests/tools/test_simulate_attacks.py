@@ -117,3 +117,22 @@ def test_colluding_attacks_need_the_in_memory_transport(tmp_path):
     with pytest.raises(ConfigError, match="in-memory"):
         prepare(sim_config(dataset="digits", devices=4, rounds=1, clients_per_round=2, out_dir=str(tmp_path),
                            attack="ipm", transport="mqtt"))
+
+
+@pytest.mark.parametrize("options, words", [
+    # a round of 1 report: ALIE's z needs a minority of colluders among n >= 2. The run once trained
+    # until the first attacker's task, then stopped on AttackError "0 < m < n ... n=1, m=1", naming no flag
+    ({"attack": "alie", "clients_per_round": 1}, "--clients-per-round"),
+    ({"attack": "alie", "clients_per_round": 5, "devices": 1}, "a round of 1"),
+    ({"attack": "ipm", "clients_per_round": 2, "transport": "mqtt"}, "in-memory"),  # once left its scratch folder
+])
+def test_an_attack_the_rounds_cannot_take_is_refused_before_anything_is_built(tmp_path, monkeypatch, options, words):
+    import tempfile
+
+    from fedge.tools.simulate.fleet import prepare
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # fedge-sim-* scratch folders land here
+    cfg = sim_config(**{"dataset": "digits", "devices": 4, "rounds": 1, "out_dir": str(tmp_path / "out"), **options})
+    with pytest.raises(ConfigError, match=words):
+        prepare(cfg)
+    assert not list(tmp_path.glob("fedge-sim-*"))

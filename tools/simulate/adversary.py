@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedge.coordinator.robust.flat import flatten, unflatten
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES
 from fedge.tools.datasets import ClientData, FederatedDataset
 
@@ -60,6 +61,19 @@ class AttackSpec:
             raise AttackError(f"the attack's scale must be finite and >= 0 (0 = the attack's own), got {self.scale}")
         if self.perturbation not in ("unit", "std", "sign"):
             raise AttackError(f"perturbation {self.perturbation!r}: use unit, std or sign")
+
+
+def check_attack_fits(spec: AttackSpec | None, transport: str, per_round: int) -> None:
+    """Before any folder or model is made: a run this attack cannot take is one named ConfigError.
+    per_round: reports a round asks for, min(clients_per_round, devices)."""
+    if spec is None or spec.name not in COLLUDING:
+        return
+    if transport != "memory":
+        raise ConfigError(f"--attack {spec.name}: colluding attacks run on the in-memory transport only")
+    if spec.name == "alie" and per_round < 2:  # once an AttackError from the first attacker's task, mid-run
+        raise ConfigError(f"--attack alie needs rounds of 2 or more reports (--clients-per-round and --devices): "
+                          f"its z comes from a minority of colluders in a round of n, and a round of {per_round} "
+                          f"has none")
 
 
 def choose_attackers(device_ids, fraction: float, seed: int) -> frozenset[str]:

@@ -169,6 +169,8 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     check_scorable(data.clients, new_clients)
     if (held or cfg.personalization == "finetune") and spec.head == "personal":
         raise ConfigError(f"model {spec.name} has no global head: --new-devices and finetune need one")
+    adversary.check_attack_fits(cfg.attack_spec, cfg.transport, min(cfg.coordinator.clients_per_round,
+                                                                     len(data.clients)))
     # Devices keep state (private heads, residuals, control variates) and the artifacts in a fresh
     # temporary folder: a new simulation never resumes from an old one, and nothing lands in (or
     # is deleted from) the user's output folder. Only paths fedge created itself are removed.
@@ -200,8 +202,6 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
                 if c.client_id in attackers and attack.name in adversary.DATA_ATTACKS}
     conspiracy = None
     if attack is not None and attack.name in adversary.COLLUDING:
-        if cfg.transport != "memory":
-            raise ConfigError(f"--attack {attack.name}: colluding attacks run on the in-memory transport only")
         conspiracy = Conspiracy(attack, attackers, ccfg.compression, ccfg.clients_per_round,
                                 strategy_from_config(ccfg).server_lr)
     # Devices take turns in one thread only in memory; over MQTT each has its own model (sharing.py).
