@@ -165,6 +165,9 @@ class Evaluations:
             return DuplicateUpdate(f"eval {report.eval_id!r} from {sender} was counted already")
         run.reports[sender] = report
         run.bytes_up += size
+        if report.reason:  # counted by its reason at close; the detail is the device's word, only logged
+            log.info("evaluation of model v%d: %s did not evaluate: %s (%r)", run.model_version, sender,
+                     report.reason, report.detail[:200])
         if len(run.reports) == len(run.asked):
             self.close(now)
         return None

@@ -13,12 +13,11 @@ is `edge_runtime.loop` on a board, and the simulator's driver in a simulated fle
 from __future__ import annotations
 
 import logging
-from collections import deque
 from pathlib import Path
 
 from .delivery import ModelDelivery
 from .device import DeviceRuntime
-from .evaluation import answer_eval
+from .evaluation import EvalAnswers
 from .journal import DeviceJournal
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
@@ -31,6 +30,7 @@ from .kernel.protocol import (
     Announcement,
     ArtifactFile,
     Decline,
+    EvalReport,
     EvalTask,
     ModelPart,
     Pace,
@@ -113,7 +113,7 @@ class DeviceAgent:
         self.own_noise_floor = own_noise_floor
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
-        self._evaluated: deque[str] = deque(maxlen=16)  # eval ids answered lately: a redelivery is not rescored
+        self.evals = EvalAnswers(runtime)  # evaluation.py: each eval id answered once
         self._secagg_fetching: dict[str, SecAggTask] = {}  # task_id -> a secure round's task whose model is on its way
         self.announcement: Announcement | None = None
         self.next_checkin = float("inf")
@@ -310,14 +310,11 @@ class DeviceAgent:
         self._publish("update", encode_message(Decline(self.device_id, task.round_id, task.task_id, why.reason,
                                                        why.detail, "before")))
 
-    def _on_eval(self, task: EvalTask) -> None:
-        """Score the model and answer at once (no journal: an evaluation lost with a crash or a
-        broker is simply missing from that version's statistics). A redelivered copy is not
-        scored again."""
-        if task.eval_id in self._evaluated:
-            return
-        self._evaluated.append(task.eval_id)
-        self._publish("update", encode_message(answer_eval(self.runtime, task)))
+    def _on_eval(self, task: EvalTask | EvalReport) -> None:
+        """Answer at once; a task the wire refused comes as its refusal (unanswered.py)."""
+        report = self.evals.answer(task)
+        if report is not None:
+            self._publish("update", encode_message(report))
 
     def _answer_again(self, task: TrainTask) -> None:
         """A task seen before came again (QoS 1 redelivery, or the coordinator resending after a
@@ -382,8 +379,11 @@ class DeviceAgent:
 
     def _decline_unreadable(self, msg: Message, exc: CodecError) -> None:
         """A refused task frame naming this device: declined by the codec's reason (unanswered.py)."""
-        decline = None if msg.retain else unreadable_task(msg.payload, exc, self.device_id, self.max_message_bytes)
-        if decline is not None and msg.topic == device_topic(self.device_id, "task"):
+        on_task = not msg.retain and msg.topic == device_topic(self.device_id, "task")
+        decline = unreadable_task(msg.payload, exc, self.device_id, self.max_message_bytes) if on_task else None
+        if isinstance(decline, EvalReport):
+            self._on_eval(decline)
+        elif decline is not None:
             known = any(decline.task_id in k for k in (self.tasks, self.journal, self.secagg.sessions,
                                                        self._secagg_fetching))
             answer_unreadable(decline, known, self.journal, self.uplink)

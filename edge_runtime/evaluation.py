@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 
 from .kernel.errors import FedgeError
 from .kernel.manifest import check_params
@@ -20,6 +21,23 @@ from .kernel.protocol import MAX_EVAL_LOSS, EvalReport, EvalTask
 from .kernel.update_codec import decode_dense
 
 log = logging.getLogger("fedge.device")
+
+
+class EvalAnswers:
+    """Each EvalTask answered once, at once (no journal: an evaluation lost with a crash or a
+    broker is simply missing from that version's statistics). A redelivered copy, bad or
+    mended, gets no second answer: the coordinator counted the first. A task the wire refused
+    comes as its refusing EvalReport (unanswered.py) and is sent as it is."""
+
+    def __init__(self, runtime, remembered: int = 16):
+        self.runtime = runtime
+        self.answered: deque[str] = deque(maxlen=remembered)  # eval ids answered lately
+
+    def answer(self, task: EvalTask | EvalReport) -> EvalReport | None:
+        if task.eval_id in self.answered:
+            return None
+        self.answered.append(task.eval_id)
+        return task if isinstance(task, EvalReport) else answer_eval(self.runtime, task)
 
 
 def answer_eval(runtime, task: EvalTask) -> EvalReport:

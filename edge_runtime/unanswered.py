@@ -7,8 +7,13 @@ and its round waited for the deadline to learn nothing. When the frame itself is
 round id, task id and device id are valid and name this device, and the device has not seen
 that task id (a bad copy of a task it trained must not replace its Update), the device declines
 it with the codec's reason (`malformed`): the coordinator counts it, paces the device, and
-stops waiting. A frame that is damaged (checksum, length, msgpack) names nobody reliably and is
-only logged, as before; so is one over the device's size limit, which is never parsed.
+stops waiting. An EvalTask the codec refuses (an unsafe model id, a negative round id, an unknown
+field) is answered the same way, with an EvalReport whose reason is the codec's and whose detail
+names the field, when its eval id, device id and model version are valid and name this device:
+the coordinator counts it as declined and closes the evaluation once every asked device has
+answered, instead of at its deadline (evaluation.deadline_s, 120 s by default). A frame that is
+damaged (checksum, length, msgpack) names nobody reliably and is only logged, as before; so is
+one over the device's size limit, which is never parsed.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ import logging
 
 from .kernel.codec import check_field, frame_body
 from .kernel.errors import CodecError, MalformedPayload
-from .kernel.protocol import Decline, TrainTask
+from .kernel.protocol import Decline, EvalReport, EvalTask, TrainTask
 from .kernel.secagg.messages import KeyDirectory, SecAggTask, ShareDelivery, UnmaskRequest
+from .kernel.wire_fields import MAX_TEXT
 
 log = logging.getLogger("fedge.agent")
 
 INTERRUPTED = "interrupted"  # a previous run stopped before it answered the task
-_IDS = ("round_id", "task_id", "device_id")
+_TASK_IDS = ("task_id", "round_id", "device_id")
+_EVAL_IDS = ("eval_id", "model_version", "device_id")  # what an EvalReport must repeat to be counted
 _STAGES = (KeyDirectory, ShareDelivery, UnmaskRequest)  # a secure round's requests after its SecAggTask
 
 
@@ -42,26 +49,40 @@ def interrupted(journal, answered_now, device_id: str) -> list[Decline]:
     return out
 
 
-def unreadable_task(payload: bytes, exc: CodecError, device_id: str, max_bytes: int) -> Decline | None:
+def unreadable_task(payload: bytes, exc: CodecError, device_id: str,
+                    max_bytes: int) -> Decline | EvalReport | None:
     """The Decline for a task frame (TrainTask, SecAggTask, or a later stage of a secure round:
-    a KeyDirectory with a 31-byte key, say) that decode_message refused with `exc`, or None when
-    the frame is not one, is damaged, or does not name this device by valid ids. A later stage's
-    Decline says "during", as the participant's own declines do."""
+    a KeyDirectory with a 31-byte key, say) that decode_message refused with `exc`, the refusing
+    EvalReport for such an EvalTask, or None when the frame is not one, is damaged, or does not
+    name this device by valid ids. A later stage's Decline says "during", as the participant's
+    own declines do."""
     found = frame_body(payload, max_bytes)
     if found is None:
         return None
     cls, body = found
+    if cls is EvalTask:
+        ids = _ids(EvalTask, body, _EVAL_IDS, device_id)
+        return None if ids is None else EvalReport(device_id, ids[0], ids[1], reason=exc.reason,
+                                                   detail=str(exc)[:MAX_TEXT])
     if cls is SecAggTask:
         cls, body = TrainTask, body.get("task")
-    if cls not in (TrainTask, *_STAGES) or not isinstance(body, dict):
+    ids = _ids(cls, body, _TASK_IDS, device_id) if cls in (TrainTask, *_STAGES) else None
+    if ids is None:
+        return None
+    task_id, round_id, _ = ids
+    return Decline(device_id, round_id, task_id, exc.reason, str(exc)[:1000], "during" if cls in _STAGES else "before")
+
+
+def _ids(cls: type, body, names: tuple[str, ...], device_id: str) -> list | None:
+    """The fields `names` of a refused frame's body as decode takes them, when each is valid, the
+    first (the task's id) is not empty and the last names this device; else None."""
+    if not isinstance(body, dict):
         return None
     try:
-        round_id, task_id, named = (check_field(cls, name, body[name]) for name in _IDS)
+        ids = [check_field(cls, name, body[name]) for name in names]
     except (KeyError, MalformedPayload):
         return None
-    if named != device_id or not task_id:
-        return None
-    return Decline(device_id, round_id, task_id, exc.reason, str(exc)[:1000], "during" if cls in _STAGES else "before")
+    return ids if ids[0] and ids[-1] == device_id else None
 
 
 def answer_unreadable(decline: Decline, known: bool, journal, uplink) -> None:

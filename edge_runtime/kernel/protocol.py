@@ -360,7 +360,8 @@ class EvalReport:
     """Device -> coordinator (update channel): the answer to one EvalTask. Loss is the mean
     cross-entropy (nats) and accuracy the top-1 fraction over num_examples held-out examples.
     A head the model lacks is reported with has_* False and zeros. A non-empty reason means
-    the device did not evaluate (not eligible, model missing) and the numbers are zeros."""
+    the device did not evaluate (not eligible, model missing, a task the wire refused) and the
+    numbers are zeros."""
 
     device_id: str
     eval_id: str
@@ -373,6 +374,7 @@ class EvalReport:
     loss_personal: float = bounded(0.0, MAX_EVAL_LOSS, 0.0)
     accuracy_personal: float = bounded(0.0, 1.0, 0.0)
     reason: str = ""
+    detail: str = field(default="", metadata={"omit_default": True})  # why, for the log (added after v1 peers)
 
 
 # Stable one-byte type codes; never reuse a retired code. 15-22 are secure aggregation's

@@ -333,3 +333,54 @@ def test_the_config_validates_itself():
     for bad in (dict(every_rounds=-1), dict(devices=-2), dict(deadline_s=0.0), dict(deadline_s=float("inf"))):
         with pytest.raises(ConfigError):
             EvalConfig(**bad)
+
+
+class _RefusedOnTheWire:
+    """The coordinator's Outbound, with each EvalTask framed as the devices' codec refuses it
+    (an unknown field for dev0, an unsafe model id for dev1)."""
+
+    edits = {"dev0": lambda body: body.update(surprise=1), "dev1": lambda body: body.update(model_id="../x")}
+
+    def __init__(self, outbound):
+        self.outbound, self.send = outbound, outbound.send
+
+    def encode(self, message):
+        from tests.edge_runtime.one_device import reframed
+
+        edit = self.edits.get(message.device_id) if isinstance(message, EvalTask) else None
+        return self.outbound.encode(message) if edit is None else reframed(message, edit)
+
+
+def test_an_evaluation_every_device_refuses_closes_before_its_deadline_counted_by_reason(model, tmp_path):
+    """Before, each device only logged the EvalTask its wire refused, and the evaluation stayed
+    open until evaluation.deadline_s. A refusal's numbers are not counted, and one sent in
+    another device's name is refused."""
+    fleet = make_fleet(model, tmp_path, sizes=(30, 40), clients_per_round=2,
+                       evaluation=EvalConfig(every_rounds=1, devices=0, deadline_s=50.0))
+    c = fleet.coordinator
+    c.evaluations.outbound = _RefusedOnTheWire(c.evaluations.outbound)
+    mallory = ManualDevice(fleet, "mallory", 5)  # refuses too, claiming numbers and speaking for dev0
+    fleet.drain()
+    assert c.begin_round()
+    fleet.drain()
+    while c.tick() is None:
+        fleet.clock.advance(60.0)
+    fleet.drain()  # the evaluation tasks and the two agents' refusals; the clock stands still from here
+    asked_at = fleet.clock.now()
+    mallory.receive()
+    task = [m for m in mallory.inbox if isinstance(m, EvalTask)][-1]
+    for device in ("dev0", "mallory"):
+        mallory.send(encode_message(EvalReport(device, task.eval_id, task.model_version, 5, True, 0.1, 1.0,
+                                               reason="battery_low", detail="x" * 200)))
+    fleet.drain()
+    assert c.rejections["stale_eval"] == 1  # the refusal in dev0's name
+    assert c.evaluations.run is None and fleet.clock.now() == asked_at
+    ev = c.evaluations.history[-1]
+    assert ev.complete and (ev.asked, ev.reported) == (3, 0)
+    assert ev.declined == {"malformed": 2, "battery_low": 1}
+    assert ev.examples == 0 and ev.accuracy_global is None and ev.per_device == {}
+    details = {r.device_id: r.detail for r in fleet.wire if isinstance(r, EvalReport) and r.reason == "malformed"}
+    assert "surprise" in details["dev0"] and "model_id" in details["dev1"]
+    metrics = c.metrics.registry
+    assert metrics.get_sample_value("fedge_eval_devices", {"outcome": "declined"}) == 3
+    assert metrics.get_sample_value("fedge_evaluations_total", {"outcome": "complete"}) == 1

@@ -134,7 +134,12 @@ def decline_notes() -> str:
             f"`before` for a TrainTask or SecAggTask, `during` for a KeyDirectory, ShareDelivery or UnmaskRequest; "
             f"a damaged frame names nobody reliably and is not answered. A refused copy of a task the device "
             f"already holds (one it trained or declined, or a secure round's task it advertised in or is fetching "
-            f"the model for) gets no new Decline: only a Decline it already sent is repeated. A secure round's "
+            f"the model for) gets no new Decline: only a Decline it already sent is repeated. An EvalTask the "
+            f"device cannot decode is answered with an EvalReport whose `reason` is the codec's and whose `detail` "
+            f"names the field, when its `eval_id`, `device_id` and `model_version` are valid and name the device; "
+            f"the coordinator counts it among the evaluation's declined devices by reason, closes the evaluation "
+            f"once every asked device has answered, and takes nothing from it but that reason. Any copy of an "
+            f"EvalTask the device answered, bad or mended, gets no second answer. A secure round's "
             f"stage is declined with one of these (the device's own, `edge_runtime/kernel/secagg/session.py` and "
             f"`edge_runtime/secagg_participant.py`); the coordinator counts them like any other:\n\n"
             f"{secagg_declines_table()}")
