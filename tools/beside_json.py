@@ -58,7 +58,7 @@ def png_software(path: Path) -> str | None:
 def _marked(path: Path) -> bool:
     if path.suffix == ".md":
         return starts_with(path, MARKDOWN_HEADER)
-    if path.suffix == ".png":
+    if path.suffix.lower() == ".png":  # simulate's --plot and the audit's --png take .PNG too
         return (png_software(path) or "").startswith("fedge ")
     return False
 
@@ -76,7 +76,7 @@ def _could_be_ours(path: Path) -> bool:
     (`--png`, `--plot`), else a JSON document (`--json`). A JSON file of the user's own still
     passes (nothing in a document tells whose it is), but a text, binary or source file named by
     mistake (`--json README.md`) was replaced by the run's JSON."""
-    if path.suffix == ".png":
+    if path.suffix.lower() == ".png":
         return _marked(path)
     try:
         if path.stat().st_size > _MAX_OWN_JSON_BYTES:
@@ -96,7 +96,7 @@ def output_file_problem(path: str | Path) -> str | None:
     if path.is_dir():
         return f"{path} is a folder; name a file"
     if path.is_file() and not _could_be_ours(path):
-        kind = "a PNG fedge marked as its own" if path.suffix == ".png" else "a JSON document"
+        kind = "a PNG fedge marked as its own" if path.suffix.lower() == ".png" else "a JSON document"
         return (f"{path} exists and is not {kind}, so fedge did not write it (fedge never replaces a file "
                 "it did not write): move it, or name another file")
     for folder in path.parents:
