@@ -110,3 +110,32 @@ def test_a_committed_dp_round_through_the_coordinator_leaves_no_key_and_the_same
     fleet.restart(store=RoundStore(path))
     assert fleet.coordinator.privacy.spent() == spent > 0
     assert fleet.coordinator.begin_round()  # the next round runs on the closed one's ledger
+
+
+def test_a_reader_in_the_way_does_not_hold_the_close_back(tmp_path, caplog):
+    """The checkpoint after a keyed round's close waited on the store's busy_timeout (5 s) for any
+    reader in a read transaction (a backup, a sqlite3 shell, `fedge coordinator privacy`): the
+    coordinator's loop stood still that long on every DP round's close. It now asks once and
+    moves on, saying so in the log. The oracle is the order of events: the close must return
+    while the reader still holds its transaction (released after 3 s at most, below the 5 s)."""
+    import threading
+
+    path = tmp_path / "s.db"
+    store = RoundStore(path)
+    store.save_initial_state(_state(0))
+    _open(store, 1, 3)
+    reader = sqlite3.connect(path, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM rounds").fetchone()  # holds a read snapshot in the WAL
+    closed = threading.Event()
+    thread = threading.Thread(target=lambda: (store.commit_round(1, _state(1), {}, 1.0, charge=_plan()),
+                                              closed.set()))
+    thread.start()
+    closed_first = closed.wait(3.0)
+    reader.rollback()
+    thread.join()
+    reader.close()
+    assert closed_first, "the close waited for the reader"
+    assert "a reader kept the WAL from being truncated" in caplog.text
+    store.close()
+    assert RoundStore(path).privacy_ledger() == [{k: v for k, v in _plan().items() if k != "noise_key"}]
