@@ -240,8 +240,11 @@ class RoundStore(SqlStore):
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
             elif row[0] != str(SCHEMA_VERSION):
                 raise ConfigError(f"{self.path}: state db schema {row[0]}, this build reads {SCHEMA_VERSION}")
+            forgot = self._forget_closed_keys(db)  # an earlier build's, of rounds closed then
         self._payloads.sweep(lambda: {r for (r,) in self._db.execute(
             "SELECT round_id FROM rounds WHERE status = 'open'")})
+        if forgot:
+            self._scrub(f"{forgot} rows of closed rounds had their noise keys (an earlier build's) forgotten")
 
     def close(self) -> None:
         self._payloads.close()
@@ -288,9 +291,9 @@ class RoundStore(SqlStore):
     def _closed(self, round_id: int, forgot: bool) -> None:
         self._payloads.drop(round_id)  # after the commit: killed before this, the next open sweeps it
         if forgot:
-            self._scrub(round_id)
+            self._scrub(f"round {round_id} closed")
 
-    def _scrub(self, round_id: int) -> None:
+    def _scrub(self, what: str) -> None:
         """The forgotten noise key's bytes out of the files too: the close rewrote the round's row
         (secure_delete zeroes what it freed), but the WAL still holds the pages written while the
         round was open until it is checkpointed and truncated. A reader in the way (busy) leaves
@@ -302,5 +305,5 @@ class RoundStore(SqlStore):
         finally:
             self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         if busy:
-            log.warning("%s: round %d closed, but a reader kept the WAL from being truncated: the round's noise "
-                        "key stays in %s-wal until the next DP round closes", self.path, round_id, self.path)
+            log.warning("%s: %s, but a reader kept the WAL from being truncated: the noise key stays in %s-wal "
+                        "until the next DP round closes", self.path, what, self.path)

@@ -139,3 +139,52 @@ def test_a_reader_in_the_way_does_not_hold_the_close_back(tmp_path, caplog):
     assert "a reader kept the WAL from being truncated" in caplog.text
     store.close()
     assert RoundStore(path).privacy_ledger() == [{k: v for k, v in _plan().items() if k != "noise_key"}]
+
+
+def test_keys_an_earlier_build_kept_for_closed_rounds_are_forgotten_when_the_store_opens(tmp_path):
+    """A state file written between b014ddb (rounds keyed) and aa6df3b (the close forgets the key)
+    holds every closed round's key in rounds.privacy and the ledger; reopening it with this build
+    left them there for good. The open round's key stays: its replay needs it."""
+    path = tmp_path / "state" / "s.db"
+    path.parent.mkdir()
+    store = RoundStore(path)
+    store.save_initial_state(_state(0))
+    _open(store, 1, 3)
+    store.commit_round(1, _state(1), {}, 1.0, charge=_plan())
+    open_key = "0" * 31 + "1"
+    store.open_round(StoredRound(2, 1, ("a",), {"a": "t"}, 1, 1, 0.0, 60.0, privacy=_plan(open_key)))
+    store.close()
+    old = sqlite3.connect(path)  # as the earlier build left it
+    old.execute("UPDATE rounds SET privacy = ? WHERE round_id = 1", (json.dumps(_plan()),))
+    old.execute("UPDATE privacy_ledger SET charge = ? WHERE round_id = 1", (json.dumps(_plan()),))
+    old.commit()
+    old.close()
+    assert _leaks(path.parent, KEY)
+    again = RoundStore(path)
+    assert _leaks(path.parent, KEY) == []
+    assert again.load_open_round().privacy["noise_key"] == open_key
+    assert again.privacy_ledger() == [{k: v for k, v in _plan().items() if k != "noise_key"}]
+
+
+def test_postgres_forgets_an_earlier_builds_keys_of_closed_rounds_when_it_opens(postgres_dsn):
+    from fedge.coordinator.pg_store import PostgresStore
+    from tests.pg_server import import_psycopg
+
+    psycopg = import_psycopg()
+    store = PostgresStore(postgres_dsn)
+    store.save_initial_state(_state(0))
+    _open(store, 1, 3)
+    store.commit_round(1, _state(1), {}, 1.0, charge=_plan())
+    open_key = "0" * 31 + "1"
+    store.open_round(StoredRound(2, 1, ("a",), {"a": "t"}, 1, 1, 0.0, 60.0, privacy=_plan(open_key)))
+    store.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as old:  # as the earlier build left it
+        old.execute("UPDATE rounds SET privacy = %s WHERE round_id = 1", (json.dumps(_plan()),))
+        old.execute("UPDATE privacy_ledger SET charge = %s WHERE round_id = 1", (json.dumps(_plan()),))
+    again = PostgresStore(postgres_dsn)
+    with psycopg.connect(postgres_dsn) as db:
+        texts = [t for (t,) in db.execute("SELECT privacy FROM rounds WHERE round_id = 1 "
+                                          "UNION ALL SELECT charge FROM privacy_ledger")]
+    assert texts and not any(KEY in t for t in texts)
+    assert again.load_open_round().privacy["noise_key"] == open_key
+    again.close()
