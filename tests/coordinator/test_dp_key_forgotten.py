@@ -141,19 +141,24 @@ def test_a_reader_in_the_way_does_not_hold_the_close_back(tmp_path, caplog):
     assert RoundStore(path).privacy_ledger() == [{k: v for k, v in _plan().items() if k != "noise_key"}]
 
 
-def test_keys_an_earlier_build_kept_for_closed_rounds_are_forgotten_when_the_store_opens(tmp_path):
-    """A state file written between b014ddb (rounds keyed) and aa6df3b (the close forgets the key)
-    holds every closed round's key in rounds.privacy and the ledger; reopening it with this build
-    left them there for good. The open round's key stays: its replay needs it."""
-    path = tmp_path / "state" / "s.db"
-    path.parent.mkdir()
-    store = RoundStore(path)
+def _closed_then_open(store) -> str:
+    """Round 1 committed and charged (its key forgotten), round 2 open with its own key; closed."""
     store.save_initial_state(_state(0))
     _open(store, 1, 3)
     store.commit_round(1, _state(1), {}, 1.0, charge=_plan())
     open_key = "0" * 31 + "1"
     store.open_round(StoredRound(2, 1, ("a",), {"a": "t"}, 1, 1, 0.0, 60.0, privacy=_plan(open_key)))
     store.close()
+    return open_key
+
+
+def test_keys_an_earlier_build_kept_for_closed_rounds_are_forgotten_when_the_store_opens(tmp_path):
+    """A state file written between b014ddb (rounds keyed) and aa6df3b (the close forgets the key)
+    holds every closed round's key in rounds.privacy and the ledger; reopening it with this build
+    left them there for good. The open round's key stays: its replay needs it."""
+    path = tmp_path / "state" / "s.db"
+    path.parent.mkdir()
+    open_key = _closed_then_open(RoundStore(path))
     old = sqlite3.connect(path)  # as the earlier build left it
     old.execute("UPDATE rounds SET privacy = ? WHERE round_id = 1", (json.dumps(_plan()),))
     old.execute("UPDATE privacy_ledger SET charge = ? WHERE round_id = 1", (json.dumps(_plan()),))
@@ -171,13 +176,7 @@ def test_postgres_forgets_an_earlier_builds_keys_of_closed_rounds_when_it_opens(
     from tests.pg_server import import_psycopg
 
     psycopg = import_psycopg()
-    store = PostgresStore(postgres_dsn)
-    store.save_initial_state(_state(0))
-    _open(store, 1, 3)
-    store.commit_round(1, _state(1), {}, 1.0, charge=_plan())
-    open_key = "0" * 31 + "1"
-    store.open_round(StoredRound(2, 1, ("a",), {"a": "t"}, 1, 1, 0.0, 60.0, privacy=_plan(open_key)))
-    store.close()
+    open_key = _closed_then_open(PostgresStore(postgres_dsn))
     with psycopg.connect(postgres_dsn, autocommit=True) as old:  # as the earlier build left it
         old.execute("UPDATE rounds SET privacy = %s WHERE round_id = 1", (json.dumps(_plan()),))
         old.execute("UPDATE privacy_ledger SET charge = %s WHERE round_id = 1", (json.dumps(_plan()),))
