@@ -88,13 +88,16 @@ def _could_be_ours(path: Path) -> bool:
 
 
 def output_file_problem(path: str | Path) -> str | None:
-    """Why no file can be written at `path`, or None: a folder stands there, a file stands where
+    """Why no file can be written at `path`, or None: a folder or no regular file stands there
+    (`--json /dev/null`: the write renames a file over it), a file stands where
     one of its folders goes (`--json notes.txt/run.json`), or the nearest folder that exists takes
     no new entry (/proc, a read-only mount): each was found by the write after the run. The last
     is asked by making and removing an empty folder there (as root, a mode says nothing)."""
     path = Path(path)
     if path.is_dir():
         return f"{path} is a folder; name a file"
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: the write's rename replaced the node
+        return f"{path} is not a regular file (a device, a pipe or a socket); name a file"
     if path.is_file() and not _could_be_ours(path):
         kind = "a PNG fedge marked as its own" if path.suffix.lower() == ".png" else "a JSON document"
         return (f"{path} exists and is not {kind}, so fedge did not write it (fedge never replaces a file "

@@ -179,3 +179,21 @@ def test_a_plot_fedge_wrote_can_be_named_again(tmp_path):
         assert output_file_problem(tmp_path / name) is None
     _plot(tmp_path / "run.PNG", **png_metadata("simulate"))
     assert output_file_problem(tmp_path / "run.PNG") is None
+
+
+def test_a_named_output_that_is_no_regular_file_is_refused(tmp_path, capsys):
+    """`--json /dev/null` (or a FIFO, a socket) passed the output check, and the run's write
+    (atomic_write_bytes: a temp file renamed over the path) replaced the node with a regular file:
+    as root, /dev/null itself. A FIFO stands in for the device here."""
+    import os
+
+    from fedge.tools.beside_json import output_file_problem
+    from fedge.tools.cli import main
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    assert "not a regular file" in output_file_problem(fifo)
+    with pytest.raises(SystemExit) as exit_:  # an argparse type: a usage error, nothing run
+        main(["bench", "screening", "--json", str(fifo)])
+    assert exit_.value.code == 2 and "not a regular file" in capsys.readouterr().err
+    assert fifo.is_fifo()
