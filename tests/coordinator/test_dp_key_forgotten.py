@@ -187,3 +187,27 @@ def test_postgres_forgets_an_earlier_builds_keys_of_closed_rounds_when_it_opens(
     assert texts and not any(KEY in t for t in texts)
     assert again.load_open_round().privacy["noise_key"] == open_key
     again.close()
+
+
+def test_a_kill_between_the_close_and_its_checkpoint_leaves_no_key_once_the_store_reopens(tmp_path, monkeypatch):
+    """The close's transaction commits first and _scrub's checkpoint runs after it: a process killed
+    in between leaves the key in the WAL's frames. The next start takes it out: the first
+    connection it makes (_refuse_foreign_db's) is the only one, and its close checkpoints the WAL
+    and removes it. A guard of that, not a fix: it passed before this test was written."""
+    import shutil
+
+    path = tmp_path / "live" / "s.db"
+    path.parent.mkdir()
+    store = RoundStore(path)
+    store.save_initial_state(_state(0))
+    _open(store, 1, 3)
+    monkeypatch.setattr(RoundStore, "_scrub", lambda self, what: None)  # killed before it ran
+    store.commit_round(1, _state(1), {}, 1.0, charge=_plan())
+    monkeypatch.undo()
+    crashed = tmp_path / "crashed"
+    shutil.copytree(path.parent, crashed)  # the files as the kill left them (a close would checkpoint)
+    assert _leaks(crashed, KEY)
+    again = RoundStore(crashed / "s.db")
+    assert _leaks(crashed, KEY) == []
+    assert again.load_open_round() is None and again.next_round_id() == 2
+    store.close()
