@@ -59,6 +59,8 @@ class PostgresStore(SqlStore):
             conn.close()
             raise
         self._db = _QmarkConnection(conn)
+        with conn.transaction():  # an earlier build's keys of closed rounds (SqlStore._forget_closed_keys)
+            self._forget_closed_keys(self._db)
 
     def close(self) -> None:
         self._db.conn.close()

@@ -228,6 +228,22 @@ class SqlStore:
         db.execute("DELETE FROM updates WHERE round_id <= ?", (round_id - self.keep_key_rounds,))
         return plan is not None and any(plan.get(k) for k in OPEN_ROUND_SECRETS)
 
+    def _forget_closed_keys(self, db) -> int:
+        """Closed rounds' noise keys that a build before the close forgot them left in the store
+        (rounds.privacy, privacy_ledger), rewritten without them in transaction `db`, when the
+        store opens; the rows changed. The open round keeps its key (its replay needs it)."""
+        changed = 0
+        for table, column, where in (("rounds", "privacy", "status <> 'open' AND "), ("privacy_ledger", "charge", "")):
+            rows = db.execute(f"SELECT round_id, {column} FROM {table} WHERE {where}{column} LIKE ?",
+                              ("%noise_key%",)).fetchall()
+            for round_id, text in rows:
+                plan = _plan_or_none(text)
+                if plan is not None and any(k in plan for k in OPEN_ROUND_SECRETS):
+                    db.execute(f"UPDATE {table} SET {column} = ? WHERE round_id = ?",
+                               (json.dumps(closed_plan(plan)), round_id))
+                    changed += 1
+        return changed
+
     def _closed(self, round_id: int, forgot: bool) -> None:
         """After a close's transaction (RoundStore: drop its payload log, scrub the forgotten key's bytes)."""
 

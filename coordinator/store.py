@@ -89,6 +89,11 @@ SCHEMA_VERSION = 4
 
 log = logging.getLogger("fedge.coordinator.store")
 
+_BUSY_MS = 5000  # how long a write waits for another connection's lock
+# How long the checkpoint after a keyed round's close waits for readers (_scrub): it runs on the
+# coordinator's loop, and with _BUSY_MS a reader in a read transaction held every DP close 5 s.
+_SCRUB_WAIT_MS = 100
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
@@ -215,7 +220,7 @@ class RoundStore(SqlStore):
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         # A closed round's noise key is overwritten, not just unlinked from its page (_scrub)
         self._db.execute("PRAGMA secure_delete=ON")
         with self._tx() as db:
@@ -235,8 +240,11 @@ class RoundStore(SqlStore):
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
             elif row[0] != str(SCHEMA_VERSION):
                 raise ConfigError(f"{self.path}: state db schema {row[0]}, this build reads {SCHEMA_VERSION}")
+            forgot = self._forget_closed_keys(db)  # an earlier build's, of rounds closed then
         self._payloads.sweep(lambda: {r for (r,) in self._db.execute(
             "SELECT round_id FROM rounds WHERE status = 'open'")})
+        if forgot:
+            self._scrub(f"{forgot} rows of closed rounds had their noise keys (an earlier build's) forgotten")
 
     def close(self) -> None:
         self._payloads.close()
@@ -283,14 +291,19 @@ class RoundStore(SqlStore):
     def _closed(self, round_id: int, forgot: bool) -> None:
         self._payloads.drop(round_id)  # after the commit: killed before this, the next open sweeps it
         if forgot:
-            self._scrub(round_id)
+            self._scrub(f"round {round_id} closed")
 
-    def _scrub(self, round_id: int) -> None:
+    def _scrub(self, what: str) -> None:
         """The forgotten noise key's bytes out of the files too: the close rewrote the round's row
         (secure_delete zeroes what it freed), but the WAL still holds the pages written while the
         round was open until it is checkpointed and truncated. A reader in the way (busy) leaves
-        them until the next DP round closes; said in the log."""
-        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        them until the next DP round closes; said in the log. It waits _SCRUB_WAIT_MS for them, not
+        _BUSY_MS: the coordinator's loop stands still while it waits."""
+        self._db.execute(f"PRAGMA busy_timeout={_SCRUB_WAIT_MS}")
+        try:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         if busy:
-            log.warning("%s: round %d closed, but a reader kept the WAL from being truncated: the round's noise "
-                        "key stays in %s-wal until the next DP round closes", self.path, round_id, self.path)
+            log.warning("%s: %s, but a reader kept the WAL from being truncated: the noise key stays in %s-wal "
+                        "until the next DP round closes", self.path, what, self.path)

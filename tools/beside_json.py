@@ -58,7 +58,7 @@ def png_software(path: Path) -> str | None:
 def _marked(path: Path) -> bool:
     if path.suffix == ".md":
         return starts_with(path, MARKDOWN_HEADER)
-    if path.suffix == ".png":
+    if path.suffix.lower() == ".png":  # simulate's --plot and the audit's --png take .PNG too
         return (png_software(path) or "").startswith("fedge ")
     return False
 
@@ -76,7 +76,7 @@ def _could_be_ours(path: Path) -> bool:
     (`--png`, `--plot`), else a JSON document (`--json`). A JSON file of the user's own still
     passes (nothing in a document tells whose it is), but a text, binary or source file named by
     mistake (`--json README.md`) was replaced by the run's JSON."""
-    if path.suffix == ".png":
+    if path.suffix.lower() == ".png":
         return _marked(path)
     try:
         if path.stat().st_size > _MAX_OWN_JSON_BYTES:
@@ -88,15 +88,18 @@ def _could_be_ours(path: Path) -> bool:
 
 
 def output_file_problem(path: str | Path) -> str | None:
-    """Why no file can be written at `path`, or None: a folder stands there, a file stands where
+    """Why no file can be written at `path`, or None: a folder or no regular file stands there
+    (`--json /dev/null`: the write renames a file over it), a file stands where
     one of its folders goes (`--json notes.txt/run.json`), or the nearest folder that exists takes
     no new entry (/proc, a read-only mount): each was found by the write after the run. The last
     is asked by making and removing an empty folder there (as root, a mode says nothing)."""
     path = Path(path)
     if path.is_dir():
         return f"{path} is a folder; name a file"
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: the write's rename replaced the node
+        return f"{path} is not a regular file (a device, a pipe or a socket); name a file"
     if path.is_file() and not _could_be_ours(path):
-        kind = "a PNG fedge marked as its own" if path.suffix == ".png" else "a JSON document"
+        kind = "a PNG fedge marked as its own" if path.suffix.lower() == ".png" else "a JSON document"
         return (f"{path} exists and is not {kind}, so fedge did not write it (fedge never replaces a file "
                 "it did not write): move it, or name another file")
     for folder in path.parents:

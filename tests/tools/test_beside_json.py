@@ -160,3 +160,40 @@ def test_a_named_output_file_that_fedge_cannot_have_written_is_kept(tmp_path, ca
     theirs.write_text(json.dumps({"earlier": "run"}))
     assert main([*SIMULATE, "--json", str(theirs), "--plot", str(tmp_path / "run.png")]) == 0
     assert "rounds" in json.loads(theirs.read_text())
+
+
+def test_a_plot_fedge_wrote_can_be_named_again(tmp_path):
+    """`fedge audit leakage --png p.png` twice: its plot carried no mark, so the rerun was refused as
+    a file fedge did not write; and a marked plot named `.PNG` (allowed by simulate's --plot and
+    the audit's --png) was read as a JSON document and refused the same way."""
+    import numpy as np
+
+    from fedge.tools.audit.leakage import _draw
+    from fedge.tools.beside_json import output_file_problem
+
+    pytest.importorskip("matplotlib")
+    pair = (np.zeros(784), np.ones(784))
+    for name in ("leak.png", "LEAK.PNG"):
+        _draw(str(tmp_path / name), {(1, 1, 1): [pair]})
+        assert png_software(tmp_path / name) == "fedge audit leakage"
+        assert output_file_problem(tmp_path / name) is None
+    _plot(tmp_path / "run.PNG", **png_metadata("simulate"))
+    assert output_file_problem(tmp_path / "run.PNG") is None
+
+
+def test_a_named_output_that_is_no_regular_file_is_refused(tmp_path, capsys):
+    """`--json /dev/null` (or a FIFO, a socket) passed the output check, and the run's write
+    (atomic_write_bytes: a temp file renamed over the path) replaced the node with a regular file:
+    as root, /dev/null itself. A FIFO stands in for the device here."""
+    import os
+
+    from fedge.tools.beside_json import output_file_problem
+    from fedge.tools.cli import main
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    assert "not a regular file" in output_file_problem(fifo)
+    with pytest.raises(SystemExit) as exit_:  # an argparse type: a usage error, nothing run
+        main(["bench", "screening", "--json", str(fifo)])
+    assert exit_.value.code == 2 and "not a regular file" in capsys.readouterr().err
+    assert fifo.is_fifo()

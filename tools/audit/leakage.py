@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.beside_json import check_parent_folder
+from fedge.tools.beside_json import check_parent_folder, png_metadata
 from fedge.tools.cli_args import MAX_COUNT, out_file_arg
 
 from .inversion import init_mlp, invert_rows, local_update, match, psnr
@@ -152,7 +152,7 @@ def _draw(path: str, shown: dict) -> None:
         axes[r][0].set_title(f"n={key[0]} s={key[1]} B={key[2]}", fontsize=6, loc="left")
     fig.suptitle("original | best row from the sum, per device", fontsize=8)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, metadata=png_metadata("audit leakage"))  # a rerun into --png may replace it
     plt.close(fig)
 
 
