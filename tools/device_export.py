@@ -34,6 +34,7 @@ def run(args) -> int:
     from fedge.edge_runtime.device_config import load_device_config
     from fedge.models.export import export_model
 
+    check_export_path(Path(args.out))
     cfg = load_device_config(args.config)
     root = Path(cfg.state_dir) / cfg.device_id
     artifacts = root / "artifacts"
@@ -60,12 +61,35 @@ def run(args) -> int:
         personal = runtime.initial("personal")
     model = export_model(artifacts / model_id, shared, personal, head=args.head)
     note = input_note(feature_dtype(cfg.data.npz))
+    model.producer_name = "fedge"  # an imported backbone keeps its source's; check_export_path reads it
     model.metadata_props.add(key="fedge.input", value=note)
     model.doc_string += f"; input {note}"
     atomic_write_bytes(Path(args.out), model.SerializeToString())
     print(f"wrote {args.out}: device {cfg.device_id}, model {model_id}, input {model.graph.input[0].name}, "
           f"output logits; input {note}")
     return 0
+
+
+def check_export_path(out: Path) -> None:
+    """ConfigError unless `out` may take the export: no file there, or an ONNX model fedge wrote
+    (producer `fedge`: a re-export replaces its own). The write renames a file over the path, so
+    `--out` naming someone's file (or /dev/null, as root) replaced it."""
+    from fedge.tools.beside_json import output_file_problem
+
+    if out.exists() and out.is_file():
+        import onnx
+
+        try:
+            ours = onnx.load(str(out), load_external_data=False).producer_name == "fedge"
+        except Exception:  # noqa: BLE001 - any file onnx cannot parse is not fedge's export
+            ours = False
+        if not ours:
+            raise ConfigError(f"--out {out}: the file there is not an ONNX model fedge exported, so fedge did not "
+                              "write it (fedge never replaces a file it did not write): move it, or name another file")
+        return
+    problem = output_file_problem(out)
+    if problem:
+        raise ConfigError(f"--out {out}: {problem}")
 
 
 def input_note(dtype: np.dtype | None) -> str:

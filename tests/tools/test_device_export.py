@@ -100,6 +100,17 @@ def test_exported_model_matches_the_runtime(kind, tmp_path):
     evaluation = device.evaluate(manifest.model_id, shared)
     assert evaluation.accuracy_personal == pytest.approx(float((got.argmax(1) == y[48:]).mean()))
     assert [o.name for o in onnx.load(out).graph.output] == ["logits"]
+    # A re-export replaces its own file; someone else's file at --out is kept, refused before any work.
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    theirs, notes = tmp_path / "theirs.onnx", tmp_path / "notes.txt"
+    x_in, y_out = (onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in "xy")
+    their_graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x_in], [y_out])
+    their_model = onnx.helper.make_model(their_graph, producer_name="someone").SerializeToString()
+    theirs.write_bytes(their_model)
+    notes.write_text("mine")
+    for path in (theirs, notes):
+        assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(path)]) == 2
+    assert theirs.read_bytes() == their_model and notes.read_text() == "mine"
 
 
 def test_export_without_a_trained_model_says_why(tmp_path, capsys):
