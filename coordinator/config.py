@@ -161,10 +161,12 @@ class CoordinatorConfig:
     implied: tuple[str, ...] = field(default=(), init=False, compare=False, repr=False)
 
     @classmethod
-    def from_toml(cls, **kwargs) -> CoordinatorConfig:
-        """The config of a file's keys (configfile.from_dict calls it): with privacy or secure
-        aggregation on, an aggregator or weighting the file leaves out is the value IMPLIED
-        names, not the default those modes refuse; `implied` says which, and why."""
+    def from_toml(cls, written: dict, **kwargs) -> CoordinatorConfig:
+        """The config of a file's keys (configfile.from_dict calls it; `written`: the table as
+        read): with privacy or secure aggregation on, an aggregator or weighting the file leaves
+        out is the value IMPLIED names, not the default those modes refuse, and with both on a
+        privacy.mechanism it leaves out is "distributed", the only one secure aggregation takes;
+        `implied` says which, and why."""
         modes = [mode for mode, table in (("privacy", kwargs.get("privacy")),
                                           ("secure aggregation", kwargs.get("secure_aggregation")))
                  if table is not None and table.enabled]
@@ -173,6 +175,9 @@ class CoordinatorConfig:
             if modes and key not in kwargs:
                 kwargs[key] = value
                 notes.append(f"{key} = {value!r} ({'; '.join(f'{mode}: {why[mode]}' for mode in modes)})")
+        if len(modes) == 2 and "mechanism" not in written.get("privacy", {}):
+            kwargs["privacy"] = replace(kwargs["privacy"], mechanism="distributed")
+            notes.append(f"privacy.mechanism = 'distributed' (secure aggregation: {secagg_config.WHY_DISTRIBUTED})")
         cfg = cls(**kwargs)
         object.__setattr__(cfg, "implied", tuple(notes))
         return cfg

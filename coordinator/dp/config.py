@@ -59,7 +59,8 @@ class PrivacyConfig:
     enabled: bool = False
     # "central": the coordinator noises the sum of the updates it sees (mechanism.py); "distributed":
     # each device adds its share of discrete Gaussian noise before secure aggregation masks it
-    # (distributed.py), so the coordinator never sees a noiseless sum; needs secure_aggregation.
+    # (distributed.py), so the coordinator never sees a noiseless sum; needs secure_aggregation (a
+    # file with both on that leaves this out gets "distributed": CoordinatorConfig.from_toml).
     mechanism: str = "central"
     target_epsilon: float = 8.0
     delta: float = 1e-6

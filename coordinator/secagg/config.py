@@ -27,6 +27,8 @@ from ..limits import MAX_FLEET, MAX_SECURITY_BITS
 # and so does the line the service logs when it chose them for a file (config.IMPLIED).
 WHY_MEAN = "norm_bound and the robust rules need individual updates; the coordinator sees only the masked sum"
 WHY_EQUAL = "secure aggregation sums with equal weights"
+WHY_DISTRIBUTED = ("central DP would noise a sum the coordinator has already seen without noise; under "
+                   "mechanism = 'distributed' the devices add the noise before masking")
 
 
 class SecureAggregationConflict(ConfigError):
@@ -145,8 +147,7 @@ def check_compatible(cfg) -> None:
         (cfg.strategy == "scaffold", "secagg_scaffold", "scaffold needs each device's control variate"),
         (cfg.weighting != "equal", "secagg_weighting", f"{WHY_EQUAL}: set weighting = 'equal'"),
         (cfg.privacy.enabled and cfg.privacy.mechanism != "distributed", "secagg_privacy",
-         "central DP would noise a sum the coordinator has already seen without noise: set "
-         "privacy.mechanism = 'distributed' (the devices add the noise before masking)"),
+         f"{WHY_DISTRIBUTED}: set privacy.mechanism = 'distributed'"),
         (cfg.model_part_bytes > 0, "secagg_model_parts", "secure rounds carry their params inline: "
                                                          "set model_part_bytes = 0"),
         (cfg.quorum < 2, "secagg_quorum", "a sum of one device's update is that update: min_reports (or "

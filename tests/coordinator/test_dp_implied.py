@@ -85,3 +85,27 @@ def test_the_service_says_once_what_it_chose_and_why(tmp_path, caplog):
     assert len(lines) == 1, lines
     assert "sets no aggregator or weighting" in lines[0] and "aggregator = 'mean' (privacy: " in lines[0]
     assert "sensitivity is not S" in lines[0] and "weighting = 'equal'" in lines[0]
+
+
+BOTH = ("[coordinator.secure_aggregation]\nenabled = true\nclip_range = 0.05\n[coordinator.privacy]\nenabled = true\n"
+        "noise_multiplier = 2.0\nclip_norm = 0.05\ntarget_epsilon = 50.0\ndelta = 1e-5\n")
+
+
+def test_privacy_under_secure_aggregation_without_a_mechanism_is_distributed_and_a_round_commits(model, tmp_path):
+    from tests.coordinator.test_dp_distributed import _run_round
+
+    cfg = _load(tmp_path, BOTH)
+    assert (cfg.aggregator, cfg.weighting, cfg.privacy.mechanism) == ("mean", "equal", "distributed")
+    assert cfg.implied[2].startswith("privacy.mechanism = 'distributed' (secure aggregation: central DP would")
+    fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 24, 18), min_reports=3, aggregator=cfg.aggregator,
+                       weighting=cfg.weighting, secure_aggregation=cfg.secure_aggregation, privacy=cfg.privacy)
+    record = _run_round(fleet, cfg.secure_aggregation.stage_deadline_s)
+    assert record.committed, record.why
+    (charge,) = fleet.coordinator.store.privacy_ledger()
+    assert charge["mechanism"] == "distributed"
+
+
+def test_a_written_central_mechanism_under_secure_aggregation_is_still_refused(tmp_path):
+    with pytest.raises(SecureAggregationConflict) as caught:
+        _load(tmp_path, BOTH.replace("enabled = true\nnoise", 'enabled = true\nmechanism = "central"\nnoise'))
+    assert caught.value.reason == "secagg_privacy"
