@@ -14,10 +14,12 @@ from fedge.edge_runtime.kernel.wire_fields import bounded
 
 from .aggregate import AGGREGATORS
 from .async_mode.config import AsyncConfig, check_mode
+from .dp import config as dp_config
 from .dp.config import PrivacyConfig, check_coordinator
 from .evaluation import EvalConfig
 from .limits import MAX_FLEET
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
+from .secagg import config as secagg_config
 from .secagg.config import SecAggConfig, check_compatible
 from .sharding.config import check_sharding
 from .strategies import STRATEGIES
@@ -37,6 +39,16 @@ MAX_SERVER_TAU = 1.8e19  # tau² stays a finite float32 (its largest is 3.4e38)
 # every secure round then failed at its first stage, its SecAggTask out of the wire's range.
 SEED_STRIDE = 1_000_003
 MAX_SEED = 2**42 - 1
+
+
+# Privacy and secure aggregation refuse the default aggregator (norm_bound) and weighting
+# (examples): a file that turns either on and leaves the key out gets the value below
+# (CoordinatorConfig.from_toml), and the service says so at start; a file that writes another
+# value is refused by name. The reasons are those of the refusals (dp/config.py, secagg/config.py).
+IMPLIED = {
+    "aggregator": ("mean", {"privacy": dp_config.WHY_MEAN, "secure aggregation": secagg_config.WHY_MEAN}),
+    "weighting": ("equal", {"privacy": dp_config.WHY_EQUAL, "secure aggregation": secagg_config.WHY_EQUAL}),
+}
 
 
 def task_seed(seed: int, round_id: int) -> int:
@@ -124,10 +136,12 @@ class CoordinatorConfig:
     # Federated evaluation after commits ([coordinator.evaluation]; coordinator/evaluation.py).
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     # User-level differential privacy ([coordinator.privacy]; coordinator/dp): DP-FedAvg with a
-    # budget. Needs aggregator = "mean" and weighting = "equal" (coordinator/dp/config.py says why).
+    # budget. Needs aggregator = "mean" and weighting = "equal" (coordinator/dp/config.py says why),
+    # which a file that leaves them out gets (IMPLIED).
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # Secure aggregation ([coordinator.secure_aggregation]; coordinator/secagg/config.py): the
-    # coordinator learns only the cohort's sum. Refuses settings that need individual updates.
+    # coordinator learns only the cohort's sum. Refuses settings that need individual updates
+    # (a file that leaves out aggregator and weighting gets "mean" and "equal": IMPLIED).
     secure_aggregation: SecAggConfig = field(default_factory=SecAggConfig)
     # "sync": rounds (clients_per_round, deadlines); "async": FedBuff, a new model version every
     # buffer_size updates, [coordinator.async] (coordinator/async_mode/config.py).
@@ -143,6 +157,30 @@ class CoordinatorConfig:
     # Seconds a shard may go without a live worker mid-round (no spare took its lease) before the
     # leader moves its uncounted devices to live shards and sends them their task again.
     shard_takeover_s: float = 5.0
+    # What from_toml chose for keys the file left out (IMPLIED), one note a key; not a TOML key.
+    implied: tuple[str, ...] = field(default=(), init=False, compare=False, repr=False)
+
+    @classmethod
+    def from_toml(cls, written: dict, **kwargs) -> CoordinatorConfig:
+        """The config of a file's keys (configfile.from_dict calls it; `written`: the table as
+        read): with privacy or secure aggregation on, an aggregator or weighting the file leaves
+        out is the value IMPLIED names, not the default those modes refuse, and with both on a
+        privacy.mechanism it leaves out is "distributed", the only one secure aggregation takes;
+        `implied` says which, and why."""
+        modes = [mode for mode, table in (("privacy", kwargs.get("privacy")),
+                                          ("secure aggregation", kwargs.get("secure_aggregation")))
+                 if table is not None and table.enabled]
+        notes = []
+        for key, (value, why) in IMPLIED.items():
+            if modes and key not in kwargs:
+                kwargs[key] = value
+                notes.append(f"{key} = {value!r} ({'; '.join(f'{mode}: {why[mode]}' for mode in modes)})")
+        if len(modes) == 2 and "mechanism" not in written.get("privacy", {}):
+            kwargs["privacy"] = replace(kwargs["privacy"], mechanism="distributed")
+            notes.append(f"privacy.mechanism = 'distributed' (secure aggregation: {secagg_config.WHY_DISTRIBUTED})")
+        cfg = cls(**kwargs)
+        object.__setattr__(cfg, "implied", tuple(notes))
+        return cfg
 
     def __post_init__(self) -> None:
         if not 1 <= self.clients_per_round <= MAX_FLEET:

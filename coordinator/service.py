@@ -141,11 +141,20 @@ def warn_past_device_cap(deadline_s: float) -> None:
                     "the devices too, or keep the deadline <= %g s", deadline_s, cap, cap)
 
 
+def say_implied(cfg: CoordinatorConfig) -> None:
+    """One line for the keys the file left out that privacy or secure aggregation chose (config.IMPLIED)."""
+    if cfg.implied:
+        log.info("coordinator: the config file sets no %s, and the default is refused with privacy or secure "
+                 "aggregation on: using %s", " or ".join(note.split(" ", 1)[0] for note in cfg.implied),
+                 ", ".join(cfg.implied))
+
+
 def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[CoordinatorLoop, Coordinator]:
     """epoch: the leader epoch a PostgreSQL store fences its writes with (leadership.py)."""
     art = Path(cfg.coordinator.artifacts_dir)
     manifest = load_manifest(art, verify=True)
     warn_past_device_cap(cfg.coordinator.round_deadline_s)
+    say_implied(cfg.coordinator)
     values = load_npz(art / "params_init.npz")
     initial = {p.name: values[p.name] for p in manifest.by_role("shared")}
     store = open_store(cfg.coordinator, epoch)

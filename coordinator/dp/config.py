@@ -32,6 +32,12 @@ PLD_MIN_DELTA = 1e-14
 # 2**62 43 s (53 s seen on a busier machine); Poisson 1.9, 0.9, 1.1 and 4.4 s. Past 1e6 the
 # search grows while a budget meant to last that long is a typo or a wish.
 MAX_CALIBRATED_ROUNDS = 1_000_000
+# Why privacy needs aggregator = "mean" and weighting = "equal" (module docstring): its refusals
+# say it, and so does the line the service logs when it chose them for a file (config.IMPLIED).
+WHY_MEAN = ("DP-FedAvg replaces it with the clipped, noised mean; a robust rule's sensitivity is not S "
+            "(norm_bound's clip at 2x the median norm depends on the whole cohort)")
+WHY_EQUAL = ("a device weighted by its claimed examples could move the mean by more than S / W, beyond what the "
+             "noise covers")
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,8 @@ class PrivacyConfig:
     enabled: bool = False
     # "central": the coordinator noises the sum of the updates it sees (mechanism.py); "distributed":
     # each device adds its share of discrete Gaussian noise before secure aggregation masks it
-    # (distributed.py), so the coordinator never sees a noiseless sum; needs secure_aggregation.
+    # (distributed.py), so the coordinator never sees a noiseless sum; needs secure_aggregation (a
+    # file with both on that leaves this out gets "distributed": CoordinatorConfig.from_toml).
     mechanism: str = "central"
     target_epsilon: float = 8.0
     delta: float = 1e-6
@@ -155,12 +162,13 @@ def check_coordinator(cfg) -> None:
     p = cfg.privacy
     if not p.enabled:
         return
+    # the key first, so the error is located on it: a file that leaves it out gets the value (config.IMPLIED)
     if cfg.aggregator != "mean":
-        raise ConfigError(f"privacy needs aggregator = 'mean', not {cfg.aggregator!r}: DP-FedAvg replaces it with "
-                          "the clipped, noised mean; a robust rule's sensitivity is not S (coordinator/dp/config.py)")
+        raise ConfigError(f"aggregator {cfg.aggregator!r} with privacy on: privacy needs aggregator = 'mean' (a file "
+                          f"that leaves the key out gets it): {WHY_MEAN} (coordinator/dp/config.py)")
     if cfg.weighting != "equal":
-        raise ConfigError("privacy needs weighting = 'equal': a device weighted by its claimed examples could "
-                          "move the mean by more than S / W, beyond what the noise covers")
+        raise ConfigError(f"weighting {cfg.weighting!r} with privacy on: privacy needs weighting = 'equal' (a file "
+                          f"that leaves the key out gets it): {WHY_EQUAL}")
     if cfg.strategy == "scaffold":
         raise ConfigError("privacy cannot run strategy 'scaffold': its control variates leave the device "
                           "unclipped and unnoised")

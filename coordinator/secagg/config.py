@@ -2,12 +2,14 @@
 
 With secure aggregation on, the coordinator sees only the cohort's sum, so everything that
 needs one device's update is refused at load time, each with a named error
-(SecureAggregationConflict.reason): robust aggregators and the default norm_bound (they rank
-or clip individual updates), the per-update norm_bound check, SCAFFOLD (per-device control
-variates), example weighting (a device's weight would have to be applied before masking, and
-its claimed count is unchecked: SecAgg sums with equal weights), model parts (secure rounds
+(SecureAggregationConflict.reason): robust aggregators and norm_bound (they rank or clip
+individual updates), the per-update norm_bound check, SCAFFOLD (per-device control variates),
+example weighting (a device's weight would have to be applied before masking, and its claimed
+count is unchecked: SecAgg sums with equal weights), model parts (secure rounds
 carry their params inline), and a quorum under 2 (the sum of one update is that update).
-The device's clip to the announced range is then the only norm defence.
+The device's clip to the announced range is then the only norm defence. A file that leaves
+out aggregator and weighting gets "mean" and "equal" instead of the defaults these refuse
+(config.IMPLIED); only a value it writes is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 
 from ..limits import MAX_FLEET, MAX_SECURITY_BITS
+
+# Why secure aggregation needs aggregator = "mean" and weighting = "equal": its refusals say it,
+# and so does the line the service logs when it chose them for a file (config.IMPLIED).
+WHY_MEAN = "norm_bound and the robust rules need individual updates; the coordinator sees only the masked sum"
+WHY_EQUAL = "secure aggregation sums with equal weights"
+WHY_DISTRIBUTED = ("central DP would noise a sum the coordinator has already seen without noise; under "
+                   "mechanism = 'distributed' the devices add the noise before masking")
 
 
 class SecureAggregationConflict(ConfigError):
@@ -132,15 +141,13 @@ def check_compatible(cfg) -> None:
         return
     conflicts = [
         (cfg.aggregator != "mean", "secagg_robust_aggregator",
-         f"aggregator {cfg.aggregator!r} needs individual updates; secure aggregation needs aggregator = 'mean'"),
+         f"aggregator {cfg.aggregator!r}: {WHY_MEAN}; secure aggregation needs aggregator = 'mean'"),
         (cfg.norm_bound > 0, "secagg_norm_bound", "norm_bound checks each update's norm; set it to 0 (the device's "
                                                   "clip to the announced range is the norm defence)"),
         (cfg.strategy == "scaffold", "secagg_scaffold", "scaffold needs each device's control variate"),
-        (cfg.weighting != "equal", "secagg_weighting", "secure aggregation sums with equal weights: "
-                                                       "set weighting = 'equal'"),
+        (cfg.weighting != "equal", "secagg_weighting", f"{WHY_EQUAL}: set weighting = 'equal'"),
         (cfg.privacy.enabled and cfg.privacy.mechanism != "distributed", "secagg_privacy",
-         "central DP would noise a sum the coordinator has already seen without noise: set "
-         "privacy.mechanism = 'distributed' (the devices add the noise before masking)"),
+         f"{WHY_DISTRIBUTED}: set privacy.mechanism = 'distributed'"),
         (cfg.model_part_bytes > 0, "secagg_model_parts", "secure rounds carry their params inline: "
                                                          "set model_part_bytes = 0"),
         (cfg.quorum < 2, "secagg_quorum", "a sum of one device's update is that update: min_reports (or "

@@ -82,7 +82,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "", table: str = 
         name, at = fields[key].name, f"{table}.{key}" if table else key
         kwargs[name] = _in_range(fields[key], _coerce(hints[name], value, where, at), where, at)
     try:
-        return cls(**kwargs)
+        # a class may choose a default from the other keys the file set (CoordinatorConfig.from_toml)
+        build = getattr(cls, "from_toml", None)
+        return build(data, **kwargs) if build else cls(**kwargs)
     except ConfigError as exc:  # the class's own check: the same error (its type kept), located
         exc.args = (_located(fields, where, table, str(exc)), *exc.args[1:])
         raise
