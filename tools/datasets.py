@@ -27,19 +27,9 @@ from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
 from fedge.tools.partition import partition as _partition
+from fedge.tools.standardizing import Standardizing, resolve, scale_finding
 
 log = logging.getLogger("fedge.datasets")
-# Features beyond this scale (a per-feature mean or std, in the data's units) are "far from
-# standardized": with the default learning rate such data diverged in every round. It was 10
-# until a probe found digits halved (values 0..8, per-feature means up to 7) diverging unflagged;
-# at 4 the warning still leaves standardized data and [0, 1] pixels alone.
-FAR_FROM_UNIT = 4.0
-# ... and features that barely vary (the largest per-feature std below this) are as far from it the
-# other way: the default model's hidden layers have no trainable bias before the head, so its
-# logits move with the input's scale. Blobs scaled to a std of 1e-4 learnt nothing in 5 rounds
-# (the constant guess, with no load warning), 0.03 reached 0.57 and 0.1 0.91 where unit scale
-# reached 0.94 (a probe, 2026-12-06); [0, 1] pixels (std up to ~0.45) stay unflagged.
-BARELY_VARIES = 0.05
 
 # name -> (import name, file inside the package, pip name, pixel max, rows, image shape)
 _SHIPPED = {
@@ -69,6 +59,7 @@ class FederatedDataset:
     input_shape: tuple[int, ...]  # flat per-example features, e.g. (784,)
     image_shape: tuple[int, int, int] | None  # (channels, height, width) when x is an image
     transforms: tuple[FeatureTransform, ...] = ()  # per client, for the "feature" partition
+    standardizing: Standardizing | None = None  # a --data folder's: what was done to its features, and why
 
     def subset(self, start: int, stop: int | None = None) -> FederatedDataset:
         """The same dataset restricted to clients[start:stop] (e.g. to hold some devices out)."""
@@ -249,7 +240,7 @@ def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Gener
     return rng.permutation(test), rng.permutation(train)
 
 
-def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDataset:
+def load_npz_dir(path: str | Path, standardize: bool | None = False) -> FederatedDataset:
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
@@ -258,8 +249,10 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
     label + 1 (at least 2). Test splits may be empty (np.empty((0, d)), or np.array([]) as
     check_split takes it; a simulation needs some to score on: model_choice.check_scorable),
     train splits may not.
-    `standardize`: standardize_per_device before the findings are logged, so that they describe
-    what the devices train on (they told a `--standardize` run to add the flag it had).
+    `standardize`: True, False or None (auto: when the features are far from standardized),
+    standardizing.resolve, before the findings are logged, so that they describe what the devices
+    train on (they told a `--standardize` run to add the flag it had); auto says what it did in
+    one line.
     """
     root = Path(path)
     if not root.is_dir():
@@ -301,43 +294,25 @@ def load_npz_dir(path: str | Path, standardize: bool = False) -> FederatedDatase
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
     data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
-    data = standardize_per_device(data) if standardize else data
+    data = resolve(data, standardize)
+    if data.standardizing.warning:
+        log.warning("%s: %s", root, data.standardizing.warning)
     for finding in data_findings(data):
         log.warning("%s: %s", root, finding)
     return data
-
-
-def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
-    """Each device standardizes its own features with its own training split's per-feature mean
-    and std (its test split with the same numbers). Per device, not federated: no statistic of
-    a device's data leaves it (a fleet-wide mean would need secure aggregation to be as
-    private), a device can do the same to what it sees at inference, and a device-specific
-    offset or scale (a sensor's calibration) is removed rather than learnt around. A feature
-    constant on a device (std below 1e-6 of its scale) is centred, not scaled."""
-    clients = []
-    for c in data.clients:
-        x = c.x_train.astype(np.float64)
-        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1:])
-        std = x.std(axis=0) if len(x) else np.ones(x.shape[1:])
-        std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-        clients.append(replace(c, x_train=((c.x_train - mean) / std).astype(np.float32),
-                               x_test=((c.x_test - mean) / std).astype(np.float32)))
-    return replace(data, clients=tuple(clients))
 
 
 def data_findings(data: FederatedDataset) -> list[str]:
     """What about user-supplied data will likely go wrong, in words (empty when nothing):
     features far from standardized, and labels that no device trains on."""
     out = []
-    x = np.concatenate([c.x_train for c in data.clients]).astype(np.float64)
-    mean, std = np.abs(x.mean(axis=0)).max(), x.std(axis=0).max()
-    if max(mean, std) > FAR_FROM_UNIT or std < BARELY_VARIES:
-        outcome = ("training will likely diverge" if max(mean, std) > FAR_FROM_UNIT else
-                   "they barely vary, so the model sees almost no signal and will likely learn little")
-        out.append(f"features are far from standardized (per-feature |mean| up to {mean:.3g}, std up to {std:.3g}, "
-                   f"largest |value| {np.abs(x).max():.3g}); {outcome}. Standardize each "
-                   f"feature: x = (x - mean) / std, with the training split's mean and std (`fedge simulate "
-                   f"--standardize` does it on each device)")
+    scale = scale_finding(data)
+    if scale and data.standardizing is not None and data.standardizing.on:
+        out.append(f"{scale}, even after each device standardized them (a feature constant on a device is only "
+                   f"centred)")
+    elif scale:
+        out.append(f"{scale}. Standardize each feature: x = (x - mean) / std, with the training split's mean and "
+                   f"std (`fedge simulate --data` does it on each device unless --no-standardize is given)")
     seen = set(np.concatenate([c.y_train for c in data.clients]).tolist())
     unseen = sorted(set(range(data.num_classes)) - seen)
     if unseen:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedge.tools.datasets import BARELY_VARIES, build_federated, data_findings, load_npz_dir
+from fedge.tools.datasets import build_federated, data_findings, load_npz_dir
+from fedge.tools.standardizing import BARELY_VARIES
 from tests.tools.test_run_outcome import _blobs
 
 

@@ -80,6 +80,7 @@ class HeteroGrid:
     """Everything the benchmark varies, and the fixed training settings."""
 
     datasets: tuple[str, ...] = ("mnist5k",)  # shipped names; a --data DIR adds its path
+    data_standardize: bool | None = None  # the --data DIR's features (SimConfig.standardize); None = auto
     partitions: tuple[str, ...] = tuple(PARTITIONS)
     algorithms: tuple[str, ...] = tuple(ALGORITHMS)
     personalization: tuple[bool, ...] = (False, True)
@@ -147,7 +148,7 @@ class Job:
 
 
 def _base_cfg(grid: HeteroGrid, dataset: str, partition: str) -> SimConfig:
-    source = {"dataset": dataset} if partition != GIVEN else {"data_dir": dataset}
+    source = {"dataset": dataset} if partition != GIVEN else {"data_dir": dataset, "standardize": grid.data_standardize}
     return SimConfig(devices=grid.devices, rounds=grid.rounds, seed=grid.seed, coordinator=grid.coordinator,
                      local_epochs=grid.local_epochs, central_epochs=grid.central_epochs,
                      finetune_steps=grid.finetune_steps,
@@ -238,8 +239,8 @@ def _data(source: tuple) -> FederatedDataset:
 
 
 def _data_for(cfg: SimConfig) -> FederatedDataset:
-    keys = ("dataset", "data_dir", "partition", "alpha", "classes_per_client", "devices", "seed", "test_fraction",
-            "proxy_fraction")
+    keys = ("dataset", "data_dir", "standardize", "partition", "alpha", "classes_per_client", "devices", "seed",
+            "test_fraction", "proxy_fraction")
     return _data(tuple((k, getattr(cfg, k)) for k in keys))
 
 

@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a reduced grid (about a minute on 2 cores)")
     p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="also run on one .npz per client in DIR")
+    scaling = p.add_mutually_exclusive_group()
+    scaling.add_argument("--standardize", action="store_true", default=None,
+                         help="--data: each device standardizes its features (default: only when they are far "
+                         "from standardized, as `fedge simulate --data` does)")
+    scaling.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
+                         help="--data: train on the features as saved")
     p.add_argument("--workers", type=int_in(1, MAX_PARALLEL), default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="override the grid's rounds")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None)
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained-partitions", help="comma list; empty: no pretrained rows (default: the grid's)")
     args = p.parse_args(argv)
     grid = QUICK if args.quick else HeteroGrid()
+    if args.standardize is not None and not args.data_dir:
+        p.error("--standardize and --no-standardize apply to --data DIR (the grid's shipped datasets are scaled)")
     lists = {"partitions": args.partitions, "compression": args.compression,
              "compression_models": args.compression_models, "pretrained_partitions": args.pretrained_partitions}
     try:
@@ -97,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     if args.config:
         grid = replace(grid, coordinator=load_coordinator_config(args.config))
-    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed",
-                                                                                        args.seed)) if v is not None}
+    overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed),
+                                   ("data_standardize", args.standardize)) if v is not None}
     try:
         grid = replace(grid, **overrides)
     except ValueError as exc:
@@ -118,7 +126,7 @@ def run(grid: HeteroGrid, json_path, report_dir, data_dir: str | None = None, qu
     from .hetero_report import claim_report_dir, write_report
 
     if data_dir:  # a --data DIR with no usable .npz was found by its jobs, after the grid's pretraining
-        load_npz_dir(data_dir)
+        load_npz_dir(data_dir, standardize=grid.data_standardize)  # its load-time lines are the jobs'
     claim_report_dir(report_dir)  # someone else's report.md or PNG there: refused before the grid runs
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedge-hetero-pretrained-") as tmp:

@@ -52,9 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "generated: one device per generated client, any number of devices)")
     p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
-    p.add_argument("--standardize", action="store_true",
-                   help="each device standardizes its features with its own training mean and std (for raw "
-                   "features: under label skew it costs global accuracy; README, Bring your own data)")
+    scaling = p.add_mutually_exclusive_group()
+    scaling.add_argument("--standardize", action="store_true", default=None,
+                         help="each device standardizes its features with its own training mean and std (default "
+                         "with --data: only when the loaded features are far from standardized; under label skew "
+                         "it costs global accuracy; README, Bring your own data)")
+    scaling.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
+                         help="train on --data features as saved, even when they are far from standardized")
     p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
     p.add_argument("--alpha", type=float, default=None,
                    help=f"dirichlet: the concentration, smaller = more label skew (default {DIRICHLET_ALPHA}); "

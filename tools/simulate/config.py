@@ -56,7 +56,9 @@ class SimConfig:
     seed: int = 0  # data split, sampling (also the coordinator's seed) and training
     dataset: str = "mnist5k"
     data_dir: str | None = None  # a folder of per-client .npz files replaces `dataset`
-    standardize: bool = False  # each device standardizes its own features (datasets.standardize_per_device)
+    # Each device standardizes its own features (tools/standardizing.py): True, False, or None =
+    # auto: a --data folder's when they are far from standardized, a shipped dataset's never.
+    standardize: bool | None = None
     partition: str = "dirichlet"  # synthetic: none, each device draws its own data
     alpha: float | None = None  # Dirichlet concentration, or synthetic's α; None: split_alpha's default
     beta: float | None = None  # synthetic's β only; None: SYNTHETIC_BETA

@@ -31,6 +31,9 @@ def check_options_apply(cfg: SimConfig, coordinator_flags: set[str]) -> None:
         raise ConfigError(f"--finetune-steps applies to --personalization finetune, not {cfg.personalization}")
     if cfg.new_device_steps != SimConfig.new_device_steps and not cfg.new_devices:
         raise ConfigError("--new-device-steps needs --new-devices")
+    if cfg.standardize is False and cfg.data_dir is None:
+        raise ConfigError("--no-standardize applies to --data: a shipped or synthetic dataset is standardized only "
+                          "when --standardize asks")
     if cfg.broker_url and cfg.transport != "mqtt":
         raise ConfigError("--broker needs --transport mqtt")
     for baseline in ("local", "central"):  # the epochs of a baseline the run does not train

@@ -32,15 +32,9 @@ from fedge.edge_runtime.model_runtime import ModelRuntime
 from fedge.edge_runtime.trainer import available_backends
 from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec
-from fedge.tools.datasets import (
-    ClientData,
-    FederatedDataset,
-    build_federated,
-    data_findings,
-    load_npz_dir,
-    standardize_per_device,
-)
+from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
 from fedge.tools.simulate.model_choice import check_fits, check_scorable, choose_spec
+from fedge.tools.standardizing import standardize_per_device
 from fedge.tools.synthetic import synthetic
 
 from . import adversary
@@ -55,6 +49,7 @@ from .scoring import Scorer
 from .sharing import SharedMaliciousRuntime, SharedModels, SharedRuntime
 from .stragglers import StragglerPlan
 from .summaries import left_out_summary, privacy_summary
+from .what_ran import what_ran
 
 log = logging.getLogger("fedge.simulate")
 
@@ -99,7 +94,7 @@ def check_split_flags(cfg: SimConfig) -> None:
 
 def load_data(cfg: SimConfig) -> FederatedDataset:
     if cfg.data_dir:
-        return load_npz_dir(cfg.data_dir, standardize=cfg.standardize)
+        return load_npz_dir(cfg.data_dir, standardize=cfg.standardize)  # None: auto (tools/standardizing.py)
     if cfg.synthetic:
         data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
@@ -288,7 +283,7 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[dict], None] | None = Non
 def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResult:
     cfg = setup.cfg
     data, manifest, model, backend = setup.data, setup.manifest, setup.model, setup.backend
-    result = SimResult(config={**asdict(cfg), **_what_ran(setup)},
+    result = SimResult(config={**asdict(cfg), **what_ran(setup)},
                        model={"name": setup.spec.name, "model_id": manifest.model_id,
                        "shared_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("shared")),
                        "personal_params": sum(int(np.prod(p.shape)) for p in manifest.by_role("personal"))})
@@ -349,33 +344,6 @@ def current_evaluation(coordinator: Coordinator):
     abandoned round that is the evaluation of the model the round left in place."""
     history = coordinator.evaluations.history
     return history[-1] if history and history[-1].model_version == coordinator.state.version else None
-
-
-def _most_common_share(data) -> float | None:
-    """The global accuracy of always predicting the most common label of the devices' test data."""
-    labels = np.concatenate([c.y_test for c in data.clients]) if data.clients else np.zeros(0)
-    return float(np.bincount(labels.astype(np.int64)).max() / len(labels)) if len(labels) else None
-
-
-def _what_ran(setup: FleetSetup) -> dict:
-    """run.json's config where it differs from the flags: a --data folder decides the devices
-    and the split, and a round cannot ask for more devices than exist."""
-    data = setup.data
-    everyone = data.clients + setup.new_clients
-    # The coordinator config as it ran (fleet-set fields and effective momentum included).
-    out = {"backend": setup.backend, "coordinator": asdict(setup.ccfg),
-           "data": {"devices": len(everyone), "num_classes": data.num_classes, "input_shape": list(data.input_shape),
-                    "train_examples": sum(len(c.y_train) for c in everyone),
-                    "test_examples": sum(len(c.y_test) for c in everyone),
-                    "most_common_test_share": _most_common_share(data),
-                    "findings": data_findings(replace(data, clients=everyone))}}
-    if setup.cfg.data_dir:
-        out.update(devices=len(everyone), dataset=data.name, partition="files", alpha=None, classes_per_client=None)
-    else:  # the α (and β) that ran, when the flags left them to the data's default
-        out.update(alpha=setup.cfg.split_alpha, beta=setup.cfg.split_beta if setup.cfg.synthetic else None)
-    if setup.cfg.synthetic:  # synthetic(α, β): every device draws its own data, no split
-        out.update(partition="natural", classes_per_client=None)
-    return out
 
 
 def _drain(coordinator: Coordinator, agents: list[DeviceAgent], rng: np.random.Generator) -> bool:

@@ -1,0 +1,129 @@
+"""`fedge simulate --data` standardizes far-from-standardized features by default (auto): a probe
+(benchmarks/results/2026-12-06-unseen-data) found raw wine, breast cancer and 1e4-scale blobs
+ending with no round committed, and sklearn's raw digits (0..16) at the constant guess, where the
+same runs with --standardize reached 0.91-0.99; the loader only warned."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedge.tools.cli import main
+from fedge.tools.datasets import load_npz_dir
+from fedge.tools.simulate.config import SimConfig
+from fedge.tools.simulate.fleet import load_data
+from fedge.tools.standardizing import standardize_per_device
+from tests.tools.test_run_outcome import _blobs
+
+
+def _simulate(tmp_path, folder, name, *flags):
+    out = tmp_path / name / "run.json"
+    code = main(["simulate", "--data", str(folder), "--rounds", "1", "--json", str(out), "--quiet", *flags])
+    return code, json.loads(out.read_text())
+
+
+def _raw(folder):
+    """Oracle: the files as saved, read with numpy alone."""
+    return {f.stem: np.load(f) for f in sorted(folder.glob("*.npz"))}
+
+
+def test_auto_standardizes_flagged_features_on_each_device(tmp_path, capsys):
+    raw = _blobs(tmp_path / "raw", scale=4000.0)
+    code, doc = _simulate(tmp_path, raw, "auto")
+    assert code == 0 and all(r["committed"] for r in doc["rounds"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "far from standardized" in ln]
+    assert len(lines) == 1 and "--no-standardize" in lines[0] and "training will likely diverge" in lines[0]
+    assert doc["config"]["standardize"] is True
+    assert doc["config"]["standardize_why"].startswith("auto: features are far from standardized")
+    assert not any("far from standardized" in f for f in doc["config"]["data"]["findings"])
+    oracle = standardize_per_device(load_npz_dir(raw, standardize=False))
+    for got, want in zip(load_data(SimConfig(data_dir=str(raw))).clients, oracle.clients, strict=True):
+        assert np.array_equal(got.x_train, want.x_train) and np.array_equal(got.x_test, want.x_test)
+
+
+def test_auto_standardizes_features_that_barely_vary(tmp_path):
+    tiny = _blobs(tmp_path / "tiny", scale=1e-4)
+    data = load_data(SimConfig(data_dir=str(tiny)))
+    assert data.standardizing.on and "barely vary" in data.standardizing.why
+    for got, want in zip(data.clients, standardize_per_device(load_npz_dir(tiny)).clients, strict=True):
+        assert np.array_equal(got.x_train, want.x_train)
+
+
+def test_auto_leaves_unflagged_features_as_saved(tmp_path, capsys):
+    """Per-device standardization costs accuracy on data already on a unit scale (a device that
+    holds one class: 0.98 -> 0.62-0.78 in the probe), so auto leaves it alone, bit for bit."""
+    ok = _blobs(tmp_path / "ok")
+    data = load_data(SimConfig(data_dir=str(ok)))
+    for c in data.clients:
+        saved = _raw(ok)[c.client_id]
+        assert np.array_equal(c.x_train, saved["x_train"]) and np.array_equal(c.x_test, saved["x_test"])
+    code, doc = _simulate(tmp_path, ok, "auto")
+    assert code == 0 and "standardiz" not in capsys.readouterr().err
+    assert doc["config"]["standardize"] is False
+    assert doc["config"]["standardize_why"] == "auto: the features are not far from standardized"
+
+
+def test_no_standardize_trains_flagged_features_as_saved(tmp_path, capsys):
+    raw = _blobs(tmp_path / "raw", scale=4000.0)
+    data = load_data(SimConfig(data_dir=str(raw), standardize=False))
+    for c in data.clients:
+        assert np.array_equal(c.x_train, _raw(raw)[c.client_id]["x_train"])
+    code, doc = _simulate(tmp_path, raw, "off", "--no-standardize")
+    assert code in (0, 1)  # raw: some tasks may diverge
+    assert doc["config"]["standardize"] is False and doc["config"]["standardize_why"] == "--no-standardize"
+    (finding,) = [f for f in doc["config"]["data"]["findings"] if "far from standardized" in f]
+    assert "unless --no-standardize is given" in finding  # the hint names the flag this run gave
+    forced = _simulate(tmp_path, raw, "on", "--standardize")[1]["config"]
+    assert forced["standardize"] is True and forced["standardize_why"] == "--standardize"
+
+
+def test_standardize_and_no_standardize_together_are_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--data", str(_blobs(tmp_path / "d")), "--rounds", "1", "--quiet", "--standardize",
+              "--no-standardize"])
+    assert exc.value.code == 2
+    assert "argument --no-standardize: not allowed with argument --standardize" in capsys.readouterr().err
+
+
+def test_shipped_data_and_the_guard_set_are_untouched_by_auto():
+    """Shipped datasets are scaled to [0, 1] already; and auto never trips guard_fraction's refusal
+    of per-device standardization (a guard set of raw inputs would not stand for the devices')."""
+    from fedge.tools.simulate.config import sim_config
+
+    cfg = sim_config(dataset="digits", devices=4, partition="iid", guard_fraction=0.1)
+    assert cfg.standardize is None  # auto
+    data = load_data(cfg)
+    assert data.standardizing is None and max(c.x_train.max() for c in data.clients) <= 1.0
+
+
+def test_no_standardize_without_data_is_refused(capsys):
+    assert main(["simulate", "--dataset", "digits", "--devices", "4", "--rounds", "1", "--quiet",
+                 "--no-standardize"]) == 2
+    assert "--no-standardize applies to --data" in capsys.readouterr().err
+
+
+def test_the_heterogeneity_bench_decides_its_data_folder_as_simulate_does(tmp_path, capsys):
+    """`fedge bench heterogeneity --data DIR` builds its jobs' SimConfigs itself: the folder's
+    features get the same auto decision, and --no-standardize reaches them."""
+    from dataclasses import replace
+
+    from fedge.tools.bench.hetero_grid import _data_for, build_jobs
+    from fedge.tools.bench.heterogeneity import main as bench
+    from tests.tools.test_heterogeneity import TINY
+
+    raw = _blobs(tmp_path / "raw", scale=4000.0)
+    oracle = standardize_per_device(load_npz_dir(raw)).clients
+
+    def given(grid):
+        (job,) = [j for j in build_jobs(grid, data_dir=str(raw)) if j.kind == "baselines" and j.cfg.data_dir]
+        return _data_for(job.cfg)
+
+    auto = given(TINY)
+    assert auto.standardizing.on and all(np.array_equal(a.x_train, b.x_train) for a, b in zip(auto.clients, oracle))
+    off = given(replace(TINY, data_standardize=False))
+    assert not off.standardizing.on and np.array_equal(off.clients[0].x_train, _raw(raw)["site-0"]["x_train"])
+    with pytest.raises(SystemExit):
+        bench(["--json", str(tmp_path / "h.json"), "--no-standardize"])
+    assert "apply to --data DIR" in capsys.readouterr().err

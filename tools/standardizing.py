@@ -1,0 +1,107 @@
+"""Per-device standardization of a --data folder's features, and when a run applies it.
+
+A device standardizes its features with its own training split's per-feature mean and std
+(standardize_per_device): no statistic of its data leaves it. A `fedge simulate --data` run
+decides once, as the folder loads (resolve):
+
+    --standardize      on
+    --no-standardize   off
+    neither (auto)     on when the pooled training features are far from standardized
+                       (scale_finding: a per-feature |mean| or std above FAR_FROM_UNIT, or no
+                       feature's std reaching BARELY_VARIES), off otherwise
+
+Auto leaves unflagged data alone: per-device statistics follow each device's label mix, so
+standardizing features that are already on a unit scale costs global accuracy where labels are
+skewed (a device holding one class: 0.98 -> 0.62-0.78, benchmarks/results/2026-12-06-unseen-data/
+runs.json). Shipped datasets (--dataset, scaled to [0, 1]) are never standardized unless asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fedge.tools.datasets import FederatedDataset
+
+# Features beyond this scale (a per-feature mean or std, in the data's units) are "far from
+# standardized": with the default learning rate such data diverged in every round. It was 10
+# until a probe found digits halved (values 0..8, per-feature means up to 7) diverging unflagged;
+# at 4 the check still leaves standardized data and [0, 1] pixels alone.
+FAR_FROM_UNIT = 4.0
+# ... and features that barely vary (the largest per-feature std below this) are as far from it the
+# other way: the default model's hidden layers have no trainable bias before the head, so its
+# logits move with the input's scale. Blobs scaled to a std of 1e-4 learnt nothing in 5 rounds
+# (the constant guess, with no load warning), 0.03 reached 0.57 and 0.1 0.91 where unit scale
+# reached 0.94 (a probe, 2026-12-06); [0, 1] pixels (std up to ~0.45) stay unflagged.
+BARELY_VARIES = 0.05
+
+
+@dataclass(frozen=True)
+class Standardizing:
+    """What a --data run did to its features: `on` (each device standardized them), `mode`
+    ("auto", "on" or "off": what was asked) and `finding` (scale_finding of the features as
+    saved, when auto looked; None when they were not flagged or auto did not look)."""
+
+    on: bool
+    mode: str
+    finding: str | None = None
+
+    @property
+    def why(self) -> str:
+        """The decision in words (run.json's config.standardize_why)."""
+        if self.mode != "auto":
+            return "--standardize" if self.on else "--no-standardize"
+        return f"auto: {self.finding}" if self.on else "auto: the features are not far from standardized"
+
+    @property
+    def warning(self) -> str | None:
+        """The one load-time line when auto standardized, naming the finding and the opt-out."""
+        if self.mode != "auto" or not self.on:
+            return None
+        return (f"{self.finding}. Each device standardizes them with its own training split's mean and "
+                f"std (auto; --no-standardize keeps them as saved)")
+
+
+def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
+    """Each device standardizes its own features with its own training split's per-feature mean
+    and std (its test split with the same numbers). Per device, not federated: no statistic of
+    a device's data leaves it (a fleet-wide mean would need secure aggregation to be as
+    private), a device can do the same to what it sees at inference, and a device-specific
+    offset or scale (a sensor's calibration) is removed rather than learnt around. A feature
+    constant on a device (std below 1e-6 of its scale) is centred, not scaled."""
+    clients = []
+    for c in data.clients:
+        x = c.x_train.astype(np.float64)
+        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1:])
+        std = x.std(axis=0) if len(x) else np.ones(x.shape[1:])
+        std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+        clients.append(replace(c, x_train=((c.x_train - mean) / std).astype(np.float32),
+                               x_test=((c.x_test - mean) / std).astype(np.float32)))
+    return replace(data, clients=tuple(clients))
+
+
+def scale_finding(data: FederatedDataset) -> str | None:
+    """The pooled training features' scale in words when it is far from standardized (either
+    way), else None."""
+    x = np.concatenate([c.x_train for c in data.clients]).astype(np.float64)
+    mean, std = np.abs(x.mean(axis=0)).max(), x.std(axis=0).max()
+    if max(mean, std) <= FAR_FROM_UNIT and std >= BARELY_VARIES:
+        return None
+    outcome = ("training will likely diverge" if max(mean, std) > FAR_FROM_UNIT else
+               "they barely vary, so the model sees almost no signal and will likely learn little")
+    return (f"features are far from standardized (per-feature |mean| up to {mean:.3g}, std up to {std:.3g}, "
+            f"largest |value| {np.abs(x).max():.3g}); {outcome}")
+
+
+def resolve(data: FederatedDataset, standardize: bool | None) -> FederatedDataset:
+    """`data` as its devices train on it, with `standardizing` saying what was done and why:
+    standardize True (on), False (off) or None (auto: on when scale_finding flags the data)."""
+    if standardize is None:
+        finding = scale_finding(data)
+        decision = Standardizing(finding is not None, "auto", finding)
+    else:
+        decision = Standardizing(bool(standardize), "on" if standardize else "off")
+    return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)
