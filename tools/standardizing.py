@@ -90,8 +90,9 @@ def scale_finding(data: FederatedDataset) -> str | None:
     mean, std = np.abs(x.mean(axis=0)).max(), x.std(axis=0).max()
     if max(mean, std) <= FAR_FROM_UNIT and std >= BARELY_VARIES:
         return None
-    outcome = ("training will likely diverge" if max(mean, std) > FAR_FROM_UNIT else
-               "they barely vary, so the model sees almost no signal and will likely learn little")
+    outcome = ("training on them as they are will likely diverge" if max(mean, std) > FAR_FROM_UNIT else
+               "they barely vary, so a model trained on them as they are sees almost no signal and will likely "
+               "learn little")
     return (f"features are far from standardized (per-feature |mean| up to {mean:.3g}, std up to {std:.3g}, "
             f"largest |value| {np.abs(x).max():.3g}); {outcome}")
 

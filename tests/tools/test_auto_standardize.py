@@ -34,7 +34,7 @@ def test_auto_standardizes_flagged_features_on_each_device(tmp_path, capsys):
     code, doc = _simulate(tmp_path, raw, "auto")
     assert code == 0 and all(r["committed"] for r in doc["rounds"])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "far from standardized" in ln]
-    assert len(lines) == 1 and "--no-standardize" in lines[0] and "training will likely diverge" in lines[0]
+    assert len(lines) == 1 and "--no-standardize" in lines[0] and "as they are will likely diverge" in lines[0]
     assert doc["config"]["standardize"] is True
     assert doc["config"]["standardize_why"].startswith("auto: features are far from standardized")
     assert not any("far from standardized" in f for f in doc["config"]["data"]["findings"])
@@ -127,3 +127,18 @@ def test_the_heterogeneity_bench_decides_its_data_folder_as_simulate_does(tmp_pa
     with pytest.raises(SystemExit):
         bench(["--json", str(tmp_path / "h.json"), "--no-standardize"])
     assert "apply to --data DIR" in capsys.readouterr().err
+
+
+def test_a_finding_left_after_standardizing_does_not_ask_for_it(tmp_path, caplog):
+    """Features constant within each device (a per-site offset, 1000 or 2000) are flagged, auto
+    centres them to 0 on every device, and they still carry nothing: the finding says the devices
+    standardized them, not that the user should."""
+    folder = tmp_path / "sites"
+    folder.mkdir()
+    for i, level in enumerate((1000.0, 2000.0)):
+        x = np.full((6, 3), level, np.float32)
+        np.savez(folder / f"s{i}.npz", x_train=x, y_train=np.arange(6) % 2, x_test=x[:2], y_test=np.arange(2))
+    data = load_npz_dir(folder, standardize=None)
+    assert data.standardizing.on and all(np.all(c.x_train == 0) for c in data.clients)
+    (after,) = [ln for ln in caplog.messages if "barely vary" in ln]
+    assert "even after each device standardized them" in after and "Standardize each feature" not in after
