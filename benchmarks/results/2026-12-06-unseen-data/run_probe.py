@@ -3,6 +3,7 @@
 
     python run_probe.py DATA OUT FEDGE [case ...]     # appends to OUT/runs.jsonl
     python run_probe.py DATA OUT FEDGE --only=--standardize case ...   # only that variant
+    python run_probe.py DATA OUT FEDGE --only= --seeds=0,1 case ...    # default flags only, seeds 0 and 1
 """
 
 import json
@@ -17,11 +18,12 @@ EXTRA = {"wine-raw": [[], ["--standardize"]], "bc-raw": [[], ["--standardize"]],
 ROUNDS = 5
 OUT.mkdir(parents=True, exist_ok=True)
 ONLY = [a.split("=", 1)[1].split() for a in sys.argv[4:] if a.startswith("--only=")]
-cases = [a for a in sys.argv[4:] if not a.startswith("--only=")] or sorted(p.name for p in DATA.iterdir() if p.is_dir())
+SEEDS = [int(s) for a in sys.argv[4:] if a.startswith("--seeds=") for s in a.split("=", 1)[1].split(",")] or range(4)
+cases = [a for a in sys.argv[4:] if not a.startswith("--")] or sorted(p.name for p in DATA.iterdir() if p.is_dir())
 for case in cases:
     oracle = json.loads((DATA / f"{case}.oracle.json").read_text())
     for extra in ONLY or EXTRA.get(case, [[]]):
-        for seed in range(4):
+        for seed in SEEDS:
             tag = f"{case}{''.join(extra)}-{seed}"
             cmd = [FEDGE, "simulate", "--data", str(DATA / case), "--rounds", str(ROUNDS), "--seed", str(seed),
                    *extra, "--quiet", "--json", str(OUT / f"{tag}.json")]
@@ -44,7 +46,9 @@ for case in cases:
                            nan_loss=any(r.get("train_loss") is not None and r["train_loss"] != r["train_loss"]
                                         for r in d["rounds"]),
                            declines=s["declines"], abandoned=s["abandoned"], constant_guess=s["constant_guess"],
-                           num_classes=d["model"].get("num_classes"))
+                           num_classes=d["model"].get("num_classes"),
+                           standardize=d["config"].get("standardize"),
+                           standardize_why=d["config"].get("standardize_why"))
             print(json.dumps(row), flush=True)
             with open(OUT / "runs.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
