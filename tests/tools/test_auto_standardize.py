@@ -142,3 +142,17 @@ def test_a_finding_left_after_standardizing_does_not_ask_for_it(tmp_path, caplog
     assert data.standardizing.on and all(np.all(c.x_train == 0) for c in data.clients)
     (after,) = [ln for ln in caplog.messages if "barely vary" in ln]
     assert "even after each device standardized them" in after and "Standardize each feature" not in after
+
+
+def test_a_constant_guess_after_standardizing_does_not_ask_for_it():
+    from types import SimpleNamespace
+
+    from fedge.tools.simulate.report import constant_guess
+
+    def result(standardize):
+        return SimpleNamespace(summary={"final": {"final_global_accuracy": 0.1}}, rounds=[{"committed": True}],
+                               config={"standardize": standardize, "data": {"most_common_test_share": 0.1}})
+
+    assert "--standardize" in constant_guess(result(False))
+    assert "--standardize" not in constant_guess(result(True)) and "standardized its features already" in \
+        constant_guess(result(True))

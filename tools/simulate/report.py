@@ -116,9 +116,11 @@ def constant_guess(result) -> str | None:
     accuracy, share = final.get("final_global_accuracy"), result.config.get("data", {}).get("most_common_test_share")
     if not any(r["committed"] for r in result.rounds) or not _no_better_than_guess(accuracy, share):
         return None
+    # a run whose devices standardized their features (--standardize, or auto) is not told to
+    remedy = ("lower --lr (each device standardized its features already)" if result.config.get("standardize") else
+              "standardize the features (--standardize, or (x - mean) / std) or lower --lr")
     return (f"the global model's accuracy {accuracy:.3f} is no better than always predicting the most common "
-            f"label ({share:.3f}): it learned nothing the fleet shares. If that is unexpected, standardize the "
-            f"features (--standardize, or (x - mean) / std) or lower --lr")
+            f"label ({share:.3f}): it learned nothing the fleet shares. If that is unexpected, {remedy}")
 
 
 def _no_better_than_guess(accuracy: float | None, share: float | None) -> bool:
