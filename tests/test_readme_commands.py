@@ -1,11 +1,12 @@
 """The README's commands and paths against the code: what a user copies must exist.
 
-Mechanical and cheap: nothing runs. Every repository path the README and docs/ name in code
-exists; every `fedge ...` command they show (```sh blocks, plain ``` blocks and inline code,
-a span broken over lines included) names a subcommand the CLI has and only options its parser
-has, spelled in full, with a value its choices allow; and the simulator's option table gives
-each option the default a run without it gets. The walkthrough's commands also run
-(tests/tools/test_readme_walkthrough.py), and the TOML examples load (tests/test_readme_config.py).
+Mechanical and cheap: nothing runs. Every repository path that the README, docs/ and the
+READMEs of hardware/ejabberd and tools/broker/files name in code exists. Every `fedge ...`
+command they show (```sh blocks, plain ``` blocks and inline code, a span broken over lines
+included) names a subcommand the CLI has and only options its parser has, spelled in full,
+with a value its choices allow. The simulator's option table gives each option the default a
+run without it gets. The walkthrough's commands also run (tests/tools/test_readme_walkthrough.py),
+and the TOML examples load (tests/test_readme_config.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from fedge.tools import cli
 from fedge.tools.simulate.cli import COORDINATOR_FLAGS, build_config
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# The user's documents (benchmarks/results/ keeps records of past runs, as they were run).
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "hardware/ejabberd/README.md",
+        REPO / "tools/broker/files/README.md"]
 TOP = ("benchmarks", "coordinator", "docs", "edge_runtime", "examples", "hardware", "models", "tests", "tools")
 FENCE = re.compile(r"^```(\w*)$")
 
@@ -77,6 +80,17 @@ def named_paths(text: str) -> list[str]:
     return out
 
 
+def test_every_make_target_the_docs_name_is_in_the_makefile():
+    targets = set(re.findall(r"^([\w.-]+):", (REPO / "Makefile").read_text(encoding="utf-8"), re.M))
+    named = set()
+    for doc in DOCS:
+        prose, shell = prose_and_shell(doc.read_text(encoding="utf-8"))
+        for code in re.findall(r"`([^`]+)`", prose) + shell:
+            named |= set(re.findall(r"^make ([a-z][\w-]*)", code.strip()))
+    assert {"demo", "test", "wheel"} <= named
+    assert named <= targets, named - targets
+
+
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
 
@@ -101,9 +115,7 @@ def own_parser(module: str, monkeypatch) -> argparse.ArgumentParser:
 def resolve(words: list[str], monkeypatch) -> tuple[argparse.ArgumentParser, list[str], str]:
     """The parser that reads `words` (after `fedge`), the words left for it, and its command."""
     parser, path = cli._parser(), []
-    head, rest = cli._split_globals(words)
-    for flag in head:
-        assert flag in parser._option_string_actions or flag in ("json", "text", "journald"), flag
+    _, rest = cli._split_globals(words)
     while rest and rest[0] in subcommands(parser):
         path.append(rest.pop(0))
         if path[0] == "bench" and len(path) == 2 and path[1] in cli.BENCHES:
@@ -119,11 +131,12 @@ def command_problems(command: str, monkeypatch) -> list[str]:
     words = shlex.split(command.replace("[", " ").replace("]", " "))[1:]
     if not words or words[0] in ("...", "<command>"):
         return []
+    head, main = cli._split_globals(words)[0], cli._parser()
+    problems = [f"no global option {w}" for w in head if w.startswith("-") and w not in main._option_string_actions]
     parser, rest, path = resolve(words, monkeypatch)
     if subcommands(parser):  # a group (`fedge bench -h`): what follows must be one of its commands
         known = rest and (rest[0].startswith("-") or rest[0] in ("...", "<command>"))  # -h, or a placeholder
-        return [f"{path}: no subcommand {rest[0]!r}"] if rest and not known else []
-    problems = []
+        return problems + ([f"{path}: no subcommand {rest[0]!r}"] if rest and not known else [])
     for i, word in enumerate(rest):
         if not word.startswith("--"):
             continue
@@ -139,12 +152,12 @@ def command_problems(command: str, monkeypatch) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_repository_path_the_docs_name_exists(doc):
     paths = named_paths(doc.read_text(encoding="utf-8"))
     missing = [p for p in paths if not (list(REPO.glob(re.sub(r"<[^>]*>", "*", p))) if set(p) & set("*<>")
                                         else (REPO / p).exists())]
-    assert paths if doc.name == "README.md" else True
+    assert paths if doc == DOCS[0] else True
     assert not missing, f"{doc.name} names paths the repository does not have: {missing}"
 
 
@@ -162,6 +175,7 @@ def test_the_command_check_sees_a_wrong_option_a_wrong_choice_and_a_wrong_subcom
     assert command_problems("fedge bench privacy --json p.json [--data mnist]", monkeypatch) == [
         "bench privacy: --data 'mnist' is not one of ['synthetic', 'label-skew']"]
     assert command_problems("fedge device probes", monkeypatch) == ["device: no subcommand 'probes'"]
+    assert command_problems("fedge --log-format json --quiet simulate", monkeypatch) == ["no global option --quiet"]
     text = "`fedge bench\nscale --size 3` and\n```sh\nfedge data split --out d \\\n  --device 2   # two\n```\n"
     assert fedge_commands(text) == ["fedge bench scale --size 3", "fedge data split --out d --device 2"]
     assert [p for c in fedge_commands(text) for p in command_problems(c, monkeypatch)] == [
@@ -184,6 +198,11 @@ def simulate_table() -> list[tuple[list[str], list[str]]]:
         defaults = [d.strip() for d in default.split(",")] if len(flags) > 1 and ";" not in default else [default]
         out.append((flags, defaults))
     return out
+
+
+def simulate_table_rows() -> list[tuple[str, str]]:
+    """(option, default) of each table row that names one option."""
+    return [(flags[0], defaults[0]) for flags, defaults in simulate_table() if len(flags) == 1]
 
 
 def effective_default(flag: str, parser: argparse.ArgumentParser, args, cfg):
@@ -219,6 +238,10 @@ def test_the_simulate_option_table_gives_each_default_a_run_gets():
                 wrong.append(f"{flag}: README {documented!r}, a run gets {value!r}")
     assert not wrong, wrong
     assert len(listed) > 40
+    # `600 (30 with mqtt)`: the deadline the preset gets over a real broker
+    mqtt = parser.parse_args(["--transport", "mqtt"])
+    documented = dict(simulate_table_rows())["--round-deadline"]
+    assert documented == f"600 ({build_config(mqtt, 'runs/sim').coordinator.round_deadline_s:g} with mqtt)"
 
 
 def test_every_pytest_marker_is_named_in_the_tests_section():
