@@ -19,9 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from fedge.coordinator.config import load_coordinator_config
 from fedge.edge_runtime.kernel.configfile import load_toml
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.tools import cli
 from fedge.tools.simulate.cli import COORDINATOR_FLAGS, build_config
+from fedge.tools.simulate.config import SimConfig
 
 REPO = Path(__file__).resolve().parents[1]
 # The user's documents (benchmarks/results/ keeps records of past runs, as they were run).
@@ -251,3 +254,21 @@ def test_every_pytest_marker_is_named_in_the_tests_section():
     tests = readme[readme.index("\n## Tests\n"):]
     assert len(markers) >= 5
     assert not [m for m in markers if f"`{m}`" not in tests], markers
+
+
+def test_every_readme_coordinator_example_is_a_config_fedge_simulate_runs(tmp_path):
+    """`fedge simulate --config FILE` reads a file's [coordinator] table (README, The simulator);
+    each README example with one loads there too, and the simulator takes it, but for the
+    asynchronous one, which it refuses by name as the README says ("runs sync rounds only")."""
+    blocks = [b for b in re.findall(r"^```toml\n(.*?)^```", DOCS[0].read_text(encoding="utf-8"), re.S | re.M)
+              if re.search(r"^\[coordinator[].]", b, re.M)]
+    assert len(blocks) >= 6
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example-{i}.toml"
+        path.write_text(block, encoding="utf-8")
+        coordinator = load_coordinator_config(path)
+        if coordinator.mode == "async":
+            with pytest.raises(ConfigError, match="sync rounds only"):
+                SimConfig(coordinator=coordinator)
+        else:
+            SimConfig(coordinator=coordinator)
