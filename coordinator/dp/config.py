@@ -82,7 +82,7 @@ class PrivacyConfig:
     # The devices' mean training loss (round records, log lines, fedge_round_train_loss) and
     # federated evaluation (EvalReports from the devices' own data) are neither noised nor
     # charged: with privacy on they are withheld unless this is true, which releases them
-    # outside the (ε, δ) guarantee (the README's Differential privacy section says so).
+    # outside the (ε, δ) guarantee (the README's section User-level differential privacy says so).
     release_unnoised_metrics: bool = False
 
     @property

