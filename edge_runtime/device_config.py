@@ -12,6 +12,7 @@
 
     [data]
     npz = "/var/lib/fedge/data.npz"     # arrays x_train, y_train, x_test, y_test
+    standardize = false                 # true: (x - mean) / std with this device's own training statistics
 
     [eligibility]                       # edge_runtime.eligibility.EligibilityPolicy
     min_battery_percent = 40
@@ -32,6 +33,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,14 +45,28 @@ from .examples import LayoutCheck, check_split
 from .kernel.backends import BACKENDS
 from .kernel.configfile import load_config
 from .kernel.errors import ConfigError, DatasetError
+from .kernel.features import feature_statistics
+from .kernel.features import standardize as standardize_features
 from .kernel.protocol import DEVICE_MAX_TASK_S
 from .kernel.transport.settings import MqttSettings
 from .kernel.wire_fields import I64, bounded
+
+log = logging.getLogger("fedge.device")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     npz: str = ""  # one file with x_train, y_train, x_test, y_test
+    # True: the device standardizes x_train and x_test with its own training split's per-feature
+    # mean and std at start and at each SIGHUP reload (kernel/features.py; a statistic of its data
+    # never leaves it), and `fedge device export` puts the same affine in front of its model. A
+    # fleet trains one model: set it alike on every device. `fedge simulate --data` records which
+    # setting its run used in run.json's config.standardize (auto standardized: true on every device).
+    standardize: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.standardize, bool):  # the TOML loader checks it too; Python callers may not
+            raise ConfigError(f"standardize must be true or false, got {self.standardize!r}")
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,9 @@ def load_device_config(path: str | Path) -> DeviceConfig:
     return load_config(DeviceConfig, path)
 
 
-def load_local_data(path: str | Path) -> LocalData:
+def load_local_data(path: str | Path, standardize: bool = False) -> LocalData:
+    """The device's own examples from `path`, checked; standardize ([data] standardize): both
+    splits standardized with x_train's per-feature statistics (taken after uint8 / 255)."""
     path = Path(path)
     arrays = read_data_npz(path)
     # What the device would otherwise find out mid-task, refused at start and at a SIGHUP reload.
@@ -158,5 +176,10 @@ def load_local_data(path: str | Path) -> LocalData:
         layouts.check(path, split, x)
     if len(y_train) == 0:
         raise DatasetError(f"{path}: x_train/y_train hold no examples; the device has nothing to train on")
+    if standardize:
+        mean, std = feature_statistics(x_train)
+        x_train, x_test = standardize_features(x_train, mean, std), standardize_features(x_test, mean, std)
+        log.info("%s: standardized its %d features with this device's own training mean and std "
+                 "([data] standardize = true)", path, mean.size)
     return LocalData(x_train, y_train, x_test, y_test)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .device_config import AgentConfig, DeviceConfig, ProbeConfig
+from .device_config import AgentConfig, DataConfig, DeviceConfig, ProbeConfig
 from .eligibility import EligibilityPolicy
 from .kernel.configfile import from_dict, tomllib  # tomli on 3.10
 from .kernel.errors import ConfigError
@@ -21,7 +21,7 @@ def _q(text: str) -> str:
 
 
 def device_toml(device_id: str, broker_url: str, data_npz: str, state_dir: str) -> str:
-    p, a, pr = EligibilityPolicy(), AgentConfig(), ProbeConfig()
+    p, a, pr, d = EligibilityPolicy(), AgentConfig(), ProbeConfig(), DataConfig()
     links = ", ".join(f'"{link}"' for link in p.allowed_links)
     return f'''# fedge device configuration: `fedge device run --config THIS_FILE`.
 # Unknown keys are errors, so a typo is caught at start-up. Written by `fedge device init`.
@@ -42,6 +42,8 @@ url = {_q(broker_url)}             # mqtt://host:1883 (a password) or mqtts://ho
 [data]
 npz = {_q(data_npz)}               # x_train, y_train, x_test, y_test (`fedge data split` makes some);
                                  # after replacing it: systemctl reload fedge-device (SIGHUP)
+standardize = {str(d.standardize).lower()}              # true: (x - mean) / std with this device's own training
+                                 # statistics; alike on every device (simulate's run.json: config.standardize)
 
 [eligibility]                    # when this device may train; defaults shown
 min_battery_percent = {p.min_battery_percent:g}       # a battery below this blocks, even while charging

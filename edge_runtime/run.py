@@ -31,8 +31,9 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
         own.mkdir(mode=0o700, parents=True)
     artifacts = own / "artifacts"
     models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
-    runtime = DeviceRuntime(cfg.device_id, load_local_data(cfg.data.npz), models, state, backend=cfg.backend,
-                            eligibility=monitor.before, abort_check=monitor.during, seed=cfg.seed)
+    data = load_local_data(cfg.data.npz, cfg.data.standardize)
+    runtime = DeviceRuntime(cfg.device_id, data, models, state, backend=cfg.backend, eligibility=monitor.before,
+                            abort_check=monitor.during, seed=cfg.seed)
     transport = MqttTransport(cfg.device_id, cfg.broker, will=DeviceAgent.last_will(cfg.device_id))
     identity, directory = secagg_credentials(cfg)
     agent = DeviceAgent(runtime, transport, clock, artifacts_dir=artifacts, republish_s=cfg.agent.republish_s,
@@ -54,7 +55,7 @@ def run_device(cfg: DeviceConfig) -> int:
     loop, transport = build_device(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
-    install_reload(loop.agent, cfg.data.npz)
+    install_reload(loop.agent, cfg.data.npz, cfg.data.standardize)
     log.info("device %s: connecting to %s", cfg.device_id, cfg.broker.url)
     transport.connect(timeout=0)  # the loop waits for the link; paho keeps retrying with backoff
     try:
@@ -66,8 +67,9 @@ def run_device(cfg: DeviceConfig) -> int:
     return 0
 
 
-def install_reload(agent, npz: str) -> None:
-    """SIGHUP (`systemctl reload fedge-device`) re-reads the data file. The reload runs on its
+def install_reload(agent, npz: str, standardize: bool = False) -> None:
+    """SIGHUP (`systemctl reload fedge-device`) re-reads the data file (standardized again with
+    its new training statistics when `standardize`, [data] standardize). The reload runs on its
     own thread: the handler may interrupt a training step, and replace_data waits for it. Then
     the agent checks in at once: a device parked for bad_dataset (and paced for pace_declined_s)
     would otherwise wait up to 10 minutes to tell the coordinator its data changed."""
@@ -75,7 +77,7 @@ def install_reload(agent, npz: str) -> None:
 
     def reload() -> None:
         try:
-            data = load_local_data(npz)
+            data = load_local_data(npz, standardize)
         except Exception as exc:  # a half-copied file must not stop the device: keep the old data
             log.error("device %s: SIGHUP: kept the old data: %s", runtime.device_id, exc)
             return

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedge.edge_runtime.kernel.features import feature_statistics, standardize
+
 if TYPE_CHECKING:
     from fedge.tools.datasets import FederatedDataset
 
@@ -71,15 +73,12 @@ def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
     a device's data leaves it (a fleet-wide mean would need secure aggregation to be as
     private), a device can do the same to what it sees at inference, and a device-specific
     offset or scale (a sensor's calibration) is removed rather than learnt around. A feature
-    constant on a device (std below 1e-6 of its scale) is centred, not scaled."""
+    constant on a device (std below 1e-6 of its scale) is centred, not scaled. The formula is a
+    real device's with `[data] standardize = true` (edge_runtime/kernel/features.py), bit for bit."""
     clients = []
     for c in data.clients:
-        x = c.x_train.astype(np.float64)
-        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1:])
-        std = x.std(axis=0) if len(x) else np.ones(x.shape[1:])
-        std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-        clients.append(replace(c, x_train=((c.x_train - mean) / std).astype(np.float32),
-                               x_test=((c.x_test - mean) / std).astype(np.float32)))
+        mean, std = feature_statistics(c.x_train)  # the device's own formula (edge_runtime/kernel/features.py)
+        clients.append(replace(c, x_train=standardize(c.x_train, mean, std), x_test=standardize(c.x_test, mean, std)))
     return replace(data, clients=tuple(clients))
 
 

@@ -2,13 +2,41 @@
 intensities, x / 255. One rule for a device's own data (edge_runtime/examples.py, its training
 and its evaluation), the simulator's (tools/datasets.py) and the coordinator's guard set
 (coordinator/holdout.py): a model trained on x / 255 and scored on raw 0..255 pixels is scored
-on another task. Other integer types keep their values (a scale far from 1 is warned about)."""
+on another task. Other integer types keep their values (a scale far from 1 is warned about).
+
+Per-device standardization, one formula for a real device (`[data] standardize = true`,
+device_config.load_local_data) and the simulator (tools/standardizing.standardize_per_device),
+taken after as_features:
+
+    mean, std = x_train's per-feature mean and std, in float64     (feature_statistics)
+    std       = 1 where std <= 1e-6 * max(|mean|, 1)                (a constant feature: centred only)
+    x'        = float32((x - mean) / std), for x_train and x_test   (standardize)
+
+`fedge device export` puts the same affine, as float32, in front of the exported model."""
 
 from __future__ import annotations
 
 import numpy as np
 
+# A feature whose std is at most this fraction of its scale, max(|mean|, 1), is constant on the
+# device: dividing by it would blow float rounding up into signal, so it is only centred.
+CONSTANT_FEATURE = 1e-6
+
 
 def as_features(x: np.ndarray) -> np.ndarray:
     """x (examples, ...) as float32, its shape kept; uint8 divided by 255."""
     return x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def feature_statistics(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), each float64 of x_train's per-example shape: the per-feature mean and the
+    std used to divide (1 for a feature constant on these examples; 0 and 1 when there are none)."""
+    x = x_train.astype(np.float64)
+    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1:])
+    std = x.std(axis=0) if len(x) else np.ones(x.shape[1:])
+    return mean, np.where(std > CONSTANT_FEATURE * np.maximum(np.abs(mean), 1.0), std, 1.0)
+
+
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std in float64, returned as float32; x (examples, ...) as feature_statistics' input."""
+    return ((x - mean) / std).astype(np.float32)
