@@ -10,6 +10,7 @@ Stock onnxruntime runs it; the inference side needs nothing of fedge.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +87,12 @@ def dense_tail(spec: ModelSpec, values: dict[str, np.ndarray], head: str | None,
 
 
 def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], personal: dict[str, np.ndarray],
-                 head: str | None = None) -> onnx.ModelProto:
+                 head: str | None = None,
+                 standardization: tuple[np.ndarray, np.ndarray] | None = None) -> onnx.ModelProto:
     """backbone + shared and personal params -> x (N, *input_shape) -> logits (N, C).
 
-    head: "personal" (default where the model has one) or "global"."""
+    head: "personal" (default where the model has one) or "global". standardization: the
+    device's (mean, std) (kernel/features.py), put in front as (x - mean) / std (prepend_affine)."""
     artifact_dir = Path(artifact_dir)
     manifest = load_manifest(artifact_dir, verify=True)
     check_params(manifest, shared, "shared")
@@ -120,9 +123,53 @@ def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], person
         model.ir_version = IR_VERSION
         start = "features"
     append_dense(model, start, dense_tail(spec, values, head), "logits", prefix="fedge_export_")
+    if standardization is not None:
+        prepend_affine(model, *standardization, manifest.input_shape)
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", spec.num_classes]))
     model.graph.name = f"{manifest.name}-personalized"
     model.doc_string = f"fedge export of model {manifest.model_id} ({head} head)"
     onnx.checker.check_model(model)
     return model
+
+
+def prepend_affine(model: onnx.ModelProto, mean: np.ndarray, std: np.ndarray, input_shape) -> None:
+    """In place: the graph's input x is first standardized, (x - mean) / std in float32, and every
+    node that read x reads the result, so the model takes the features as the device holds them
+    before [data] standardize. mean, std: float64, per-example shapes that hold as many values as
+    input_shape (a device reshapes its examples to the model's input alike).
+
+    The mean goes in as two float32 terms, x - hi - lo with hi = float32(mean) and lo the rest:
+    one Sub of float32(mean) left an offset of up to half its float32 spacing, 4.7e-4 standardized
+    units for features of mean 1e4 and std 1, where the device subtracts in float64; x - hi is
+    exact for x within a factor of 2 of hi, and the two Subs stayed within 4.8e-7 of the device
+    (means 0 to 1e5, stds 1e-4 to 1e4)."""
+    graph = model.graph
+    if mean.size != math.prod(input_shape) or std.size != mean.size:
+        raise ConfigError(f"the device's data has {mean.size} features per example but the model's input "
+                          f"{tuple(input_shape)} takes {math.prod(input_shape)}: its standardization cannot go first")
+    inits = {t.name for t in graph.initializer}
+    x = next(i.name for i in graph.input if i.name not in inits)
+    out = f"{x}__fedge_standardized"
+    for node in _nodes(graph):  # subgraphs (If, Loop) may read x from the outer scope
+        node.input[:] = [out if n == x else n for n in node.input]
+    hi = np.asarray(mean, np.float32)
+    terms = {"mean_hi": hi, "mean_lo": np.asarray(mean, np.float64) - hi, "std": std}
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(v, np.float32).reshape(input_shape), f"{x}__fedge_{k}")
+                              for k, v in terms.items()])
+    steps = [helper.make_node("Sub", [x, f"{x}__fedge_mean_hi"], [f"{x}__fedge_0"], name="fedge_standardize.sub_hi"),
+             helper.make_node("Sub", [f"{x}__fedge_0", f"{x}__fedge_mean_lo"], [f"{x}__fedge_1"],
+                              name="fedge_standardize.sub_lo"),
+             helper.make_node("Div", [f"{x}__fedge_1", f"{x}__fedge_std"], [out], name="fedge_standardize.div")]
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*steps, *rest])
+
+
+def _nodes(graph: onnx.GraphProto):
+    """Every node of graph and of the subgraphs its nodes' attributes hold."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                yield from _nodes(sub)

@@ -59,8 +59,9 @@ def run(args) -> int:
     personal = store.load_personal()
     if personal is None:  # a model without personal params, or a device that never trained one
         personal = runtime.initial("personal")
-    model = export_model(artifacts / model_id, shared, personal, head=args.head)
-    note = input_note(feature_dtype(cfg.data.npz))
+    stats = device_statistics(cfg) if cfg.data.standardize else None
+    model = export_model(artifacts / model_id, shared, personal, head=args.head, standardization=stats)
+    note = input_note(feature_dtype(cfg.data.npz), standardized=stats is not None)
     model.producer_name = "fedge"  # an imported backbone keeps its source's; check_export_path reads it
     model.metadata_props.add(key="fedge.input", value=note)
     model.doc_string += f"; input {note}"
@@ -92,12 +93,32 @@ def check_export_path(out: Path) -> None:
         raise ConfigError(f"--out {out}: {problem}")
 
 
-def input_note(dtype: np.dtype | None) -> str:
+def device_statistics(cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, std) a device with [data] standardize = true applies, from its data file as it
+    is now (the device reads it at start and at each SIGHUP reload), or DatasetError naming it."""
+    from fedge.edge_runtime.device_config import load_local_data
+    from fedge.edge_runtime.kernel.errors import DatasetError
+    from fedge.edge_runtime.kernel.features import feature_statistics
+
+    try:
+        return feature_statistics(load_local_data(cfg.data.npz).x_train)
+    except DatasetError as exc:
+        raise DatasetError(f"device {cfg.device_id}: [data] standardize = true, so the export puts the device's "
+                           f"standardization in front of its model, from its data file: {exc}") from None
+
+
+def input_note(dtype: np.dtype | None, standardized: bool = False) -> str:
     """What the exported model's input must hold: the device trained on its data as check_split
     made it (edge_runtime/examples.py), uint8 pixels divided by 255, so raw 0..255 values fed to
-    the export would be read as 255 times brighter. dtype: the device's x_train's (None: unknown)."""
+    the export would be read as 255 times brighter. dtype: the device's x_train's (None: unknown).
+    standardized: the export standardizes its input itself ([data] standardize = true)."""
     if dtype is None:
-        return "x as float32 the way the device's loader makes it: uint8 data divided by 255, other types as saved"
-    if dtype == np.uint8:
-        return "x as float32: this device's uint8 data divided by 255, as it trained on it"
-    return f"x as float32: this device's {dtype} data as saved, unscaled"
+        note = "x as float32 the way the device's loader makes it: uint8 data divided by 255, other types as saved"
+    elif dtype == np.uint8:
+        note = "x as float32: this device's uint8 data divided by 255, as it trained on it"
+    else:
+        note = f"x as float32: this device's {dtype} data as saved, unscaled"
+    if standardized:
+        note += (", not standardized: the model itself standardizes it with this device's training mean and std "
+                 "([data] standardize = true), (x - mean) / std in its first three nodes")
+    return note

@@ -165,3 +165,51 @@ def test_export_says_which_scaling_its_input_takes(dtype, tmp_path, capsys):
     want = device._backend(model, "sgd").predict({**store.load_global(), **store.load_personal()},
                                                   model.embed(data.x_test))["personal"]  # what the device computes
     np.testing.assert_allclose(logits, want, atol=1e-5)
+
+
+def test_a_standardizing_device_exports_a_model_that_takes_raw_features(tmp_path, capsys):
+    """With [data] standardize = true the device trains on (x - mean) / std of its own training
+    statistics; its export put nothing in front, so raw features fed to it (what the device holds
+    before standardizing, and what the note promised) were read unstandardized. The export now
+    starts with that Sub and Div: the oracle is the device's own logits on its standardized
+    x_test, against stock onnxruntime's on the raw x_test (test_exported_model_matches_the_runtime
+    runs exports in a Python that refuses fedge)."""
+    ort = pytest.importorskip("onnxruntime")
+    from fedge.edge_runtime.device_config import load_device_config
+    from fedge.edge_runtime.run import build_device
+
+    spec, shape = _spec("frozen-then-lora", tmp_path)  # a backbone: the affine goes in front of it
+    state = tmp_path / "state"
+    probe = build_artifacts(spec, tmp_path / "probe", ort_training=False)
+    art = state / "devA" / "artifacts" / probe.model_id
+    manifest = build_artifacts(spec, art, ort_training=False)
+    rng = np.random.default_rng(4)
+    x = rng.normal(2e4, 1e4, size=(60, *shape)).astype(np.float32)  # blobs x 1e4 + 2e4: diverge unstandardized
+    y = rng.integers(0, 3, 60)
+    np.savez(tmp_path / "d.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{state}"\n'
+                                       f'[data]\nnpz = "{tmp_path / "d.npz"}"\nstandardize = true\n')
+    device = build_device(load_device_config(tmp_path / "dev.toml"))[0].agent.runtime
+    assert np.abs(device.data.x_test).max() < 10  # it trains on standardized features
+    shared = device.model(manifest.model_id).initial("shared")
+    task = TrainTask(round_id=1, task_id="t1", device_id="devA", model_id=manifest.model_id, model_version=0,
+                     params=encode_dense(shared), hyper=TaskHyper(epochs=3, batch_size=8, lr=0.1, optimizer="sgd"),
+                     compression=CompressionSpec(), seed=9)
+    assert device.handle_task(task) is not None
+    out = tmp_path / "m.onnx"
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x[48:]})[0]  # raw
+    store, model = DeviceStore(state / "devA", manifest.model_id), device.model(manifest.model_id)
+    want = device._backend(model, "sgd").predict({**store.load_global(), **store.load_personal()},
+                                                  model.embed(device.data.x_test))["personal"]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(want).max() > 0.1  # logits that depend on the input, not a model that outputs ~0
+    assert (got.argmax(1) == want.argmax(1)).all()
+    note = {p.key: p.value for p in onnx.load(out).metadata_props}["fedge.input"]
+    assert "not standardized: the model itself standardizes it" in note
+    assert note in capsys.readouterr().out and note in onnx.load(out).doc_string
+    assert [n.op_type for n in onnx.load(out).graph.node[:3]] == ["Sub", "Sub", "Div"]
+
+    (tmp_path / "d.npz").unlink()  # the statistics come from the data file: without it, a named refusal
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 2
+    assert "[data] standardize = true" in capsys.readouterr().err
