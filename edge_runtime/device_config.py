@@ -12,7 +12,9 @@
 
     [data]
     npz = "/var/lib/fedge/data.npz"     # arrays x_train, y_train, x_test, y_test
-    standardize = false                 # true: (x - mean) / std with this device's own training statistics
+    standardize = false                 # true: (x - mean) / std with this device's own training statistics;
+                                        # the same on every device of a fleet (`fedge simulate --data`'s
+                                        # run.json: config.standardize; its auto standardizing = true)
 
     [eligibility]                       # edge_runtime.eligibility.EligibilityPolicy
     min_battery_percent = 40

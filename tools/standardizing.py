@@ -64,7 +64,8 @@ class Standardizing:
         if self.mode != "auto" or not self.on:
             return None
         return (f"{self.finding}. Each device standardizes them with its own training split's mean and "
-                f"std (auto; --no-standardize keeps them as saved)")
+                f"std (auto; --no-standardize keeps them as saved); on real devices set [data] standardize = true "
+                f"in every device's config to train as this run does")
 
 
 def standardize_per_device(data: FederatedDataset) -> FederatedDataset:

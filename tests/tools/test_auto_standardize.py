@@ -35,6 +35,7 @@ def test_auto_standardizes_flagged_features_on_each_device(tmp_path, capsys):
     assert code == 0 and all(r["committed"] for r in doc["rounds"])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "far from standardized" in ln]
     assert len(lines) == 1 and "--no-standardize" in lines[0] and "as they are will likely diverge" in lines[0]
+    assert "on real devices set [data] standardize = true" in lines[0]  # what to deploy to train as this run did
     assert doc["config"]["standardize"] is True
     assert doc["config"]["standardize_why"].startswith("auto: features are far from standardized")
     assert not any("far from standardized" in f for f in doc["config"]["data"]["findings"])
