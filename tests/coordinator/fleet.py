@@ -274,6 +274,14 @@ def decoded(update: Update):
     return decompress_update(decode_tensors(update.payload))
 
 
+def pin_noise_keys(coordinator) -> None:
+    """Each DP round's noise key, which its cohort and central noise are drawn from (dp/budget.py:
+    128 bits from the OS per round), as a function of the round instead, for a test whose
+    assertions depend on the draw (an empty Poisson draw, two cohort sizes, a noised count).
+    Call it again after a restart: the new Coordinator builds a new budget with the OS's keys."""
+    coordinator.privacy.noise_key = lambda round_id: f"{round_id + 0x5eed:032x}"
+
+
 def noise_entropy(key: str, seed: int, round_id: int) -> list[int]:
     """What a DP round's central noise is drawn from: its plan's noise key (32 hex digits, from the
     OS; the open round's plan holds it, a closed round's and the ledger do not), the config's seed

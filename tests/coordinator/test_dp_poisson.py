@@ -14,7 +14,7 @@ from fedge.coordinator.sampling import poisson_sample
 from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.errors import ConfigError
-from tests.coordinator.fleet import ManualDevice, make_fleet, noise_entropy
+from tests.coordinator.fleet import ManualDevice, make_fleet, noise_entropy, pin_noise_keys
 from tests.coordinator.test_dp import _direct
 from tests.coordinator.test_dp_rounds import DP, _manual_round, _privacy, _round
 from tests.tiny_model import build_tiny_model
@@ -60,11 +60,7 @@ def test_the_budget_refuses_the_first_round_the_poisson_event_says_exceeds_it(mo
     rng = np.random.default_rng(0)
     fleet.drain()
     sizes = []
-
-    def pin_keys():  # each round's own key, not the OS's: two draws of the size may coincide (about 3%)
-        fleet.coordinator.privacy.noise_key = lambda round_id: f"{round_id + 0x5eed:032x}"
-
-    pin_keys()
+    pin_noise_keys(fleet.coordinator)  # not the OS's keys: two draws of the size may coincide (about 3%)
     while fleet.coordinator.begin_round():
         selected = fleet.coordinator.round.machine.selected
         assert selected == tuple(poisson_sample([d.id for d in devices], asked / population, 0,
@@ -74,8 +70,7 @@ def test_the_budget_refuses_the_first_round_the_poisson_event_says_exceeds_it(mo
         assert fleet.coordinator.round.privacy.expected_cohort == wanted  # the fixed denominator stays W
         assert _manual_round(fleet, devices, rng).committed
         if restart:
-            fleet.restart(store=RoundStore(tmp_path / "state.db"))
-            pin_keys()
+            pin_noise_keys(fleet.restart(store=RoundStore(tmp_path / "state.db")))
             fleet.drain()
     c = fleet.coordinator
     ledger = c.store.privacy_ledger()
@@ -95,7 +90,10 @@ def test_a_poisson_round_is_charged_even_when_abandoned(model, tmp_path):
         ManualDevice(fleet, f"m{i}", 10)
     fleet.drain()
     c = fleet.coordinator
-    assert c.begin_round()
+    # q = 2 / 4: with the OS's key the draw is empty 1 time in 16, and an empty draw is a noise-only
+    # round that commits (noise_round.py, test_dp_empty_draw.py). Round 1's pinned key draws all 4.
+    pin_noise_keys(c)
+    assert c.begin_round() and c.round is not None and len(c.round.machine.selected) == 4
     record = _round(fleet)  # nobody answers
     assert not record.committed
     assert [(e["cohort"], e["sampling"]) for e in c.store.privacy_ledger()] == [(2, "poisson")]

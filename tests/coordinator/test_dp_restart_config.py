@@ -15,7 +15,7 @@ import pytest
 
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.errors import ConfigError
-from tests.coordinator.fleet import ManualDevice, make_fleet
+from tests.coordinator.fleet import ManualDevice, make_fleet, pin_noise_keys
 from tests.coordinator.test_dp_rounds import DP, _manual_round, _privacy
 from tests.tiny_model import build_tiny_model
 
@@ -31,7 +31,10 @@ def _open_round(model, tmp_path, **privacy):
                        privacy=_privacy(**privacy))
     devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(4)]
     fleet.drain()
-    assert fleet.coordinator.begin_round()
+    # Not the OS's key: a Poisson draw at q = 2 / 4 is empty 1 time in 16, and that round commits at
+    # once (noise_round.py), leaving no open round to restart. Round 1's pinned key draws all 4.
+    pin_noise_keys(fleet.coordinator)
+    assert fleet.coordinator.begin_round() and len(fleet.coordinator.round.machine.selected) >= 2
     fleet.drain()
     return fleet, devices, db
 
