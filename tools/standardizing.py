@@ -8,12 +8,18 @@ decides once, as the folder loads (resolve):
     --no-standardize   off
     neither (auto)     on when the pooled training features are far from standardized
                        (scale_finding: a per-feature |mean| or std above FAR_FROM_UNIT, or no
-                       feature's std reaching BARELY_VARIES), off otherwise
+                       feature's std reaching BARELY_VARIES), off otherwise, and off when
+                       --model is an import with pretrained weights (`pretrained`)
 
 Auto leaves unflagged data alone: per-device statistics follow each device's label mix, so
 standardizing features that are already on a unit scale costs global accuracy where labels are
 skewed (a device holding one class: 0.98 -> 0.62-0.78, benchmarks/results/2026-12-06-unseen-data/
 runs.json). Shipped datasets (--dataset, scaled to [0, 1]) are never standardized unless asked.
+Nor are the inputs of an imported model (an `onnx = ...` spec, e.g. `fedge pretrain`'s): its
+frozen backbone was trained on its source's inputs, and a model that scales raw inputs itself
+(digits saved as 0..16 into a Mul(1/16) in front of `fedge pretrain`'s graph) ended 5 rounds at
+a global accuracy of 0.642 / 0.642 (seeds 0 / 1) with auto standardizing them, 0.944 / 0.951 as
+saved.
 """
 
 from __future__ import annotations
@@ -42,19 +48,28 @@ BARELY_VARIES = 0.05
 @dataclass(frozen=True)
 class Standardizing:
     """What a --data run did to its features: `on` (each device standardized them), `mode`
-    ("auto", "on" or "off": what was asked) and `finding` (scale_finding of the features as
-    saved, when auto looked; None when they were not flagged or auto did not look)."""
+    ("auto", "on" or "off": what was asked), `finding` (scale_finding of the features as
+    saved, when auto looked; None when they were not flagged or auto did not look) and
+    `pretrained` (the --model whose pretrained inputs made auto keep flagged features as saved)."""
 
     on: bool
     mode: str
     finding: str | None = None
+    pretrained: str = ""
 
     @property
     def why(self) -> str:
         """The decision in words (run.json's config.standardize_why)."""
         if self.mode != "auto":
             return "--standardize" if self.on else "--no-standardize"
+        if self.kept_for_model:
+            return f"auto: kept as saved for the pretrained --model {self.pretrained}, though {self.finding}"
         return f"auto: {self.finding}" if self.on else "auto: the features are not far from standardized"
+
+    @property
+    def kept_for_model(self) -> bool:
+        """Auto found the features far from standardized and kept them for a pretrained model."""
+        return self.mode == "auto" and not self.on and bool(self.pretrained) and self.finding is not None
 
     @property
     def warning(self) -> str | None:
@@ -97,12 +112,13 @@ def scale_finding(data: FederatedDataset) -> str | None:
             f"largest |value| {np.abs(x).max():.3g}); {outcome}")
 
 
-def resolve(data: FederatedDataset, standardize: bool | None) -> FederatedDataset:
+def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = "") -> FederatedDataset:
     """`data` as its devices train on it, with `standardizing` saying what was done and why:
-    standardize True (on), False (off) or None (auto: on when scale_finding flags the data)."""
+    standardize True (on), False (off) or None (auto: on when scale_finding flags the data,
+    unless `pretrained` names an imported --model, whose inputs stay as its source saw them)."""
     if standardize is None:
         finding = scale_finding(data)
-        decision = Standardizing(finding is not None, "auto", finding)
+        decision = Standardizing(finding is not None and not pretrained, "auto", finding, pretrained)
     else:
         decision = Standardizing(bool(standardize), "on" if standardize else "off")
     return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)
