@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedge.edge_runtime.kernel.errors import DatasetError
+
 if TYPE_CHECKING:
     from fedge.tools.datasets import FederatedDataset
 
@@ -86,16 +88,37 @@ def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
     a device's data leaves it (a fleet-wide mean would need secure aggregation to be as
     private), a device can do the same to what it sees at inference, and a device-specific
     offset or scale (a sensor's calibration) is removed rather than learnt around. A feature
-    constant on a device (std below 1e-6 of its scale) is centred, not scaled."""
+    constant on a device (std below 1e-6 of its scale) is centred, not scaled. DatasetError
+    when a value, standardized, leaves float32's range (_check_finite)."""
     clients = []
     for c in data.clients:
         x = c.x_train.astype(np.float64)
         mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1:])
         std = x.std(axis=0) if len(x) else np.ones(x.shape[1:])
         std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-        clients.append(replace(c, x_train=((c.x_train - mean) / std).astype(np.float32),
-                               x_test=((c.x_test - mean) / std).astype(np.float32)))
+        scaled = {}
+        for split in ("train", "test"):
+            saved = getattr(c, f"x_{split}")
+            with np.errstate(over="ignore"):  # _check_finite names the value instead of numpy's warning
+                scaled[split] = ((saved - mean) / std).astype(np.float32)
+            _check_finite(c.client_id, split, saved, scaled[split], mean, std)
+        clients.append(replace(c, x_train=scaled["train"], x_test=scaled["test"]))
     return replace(data, clients=tuple(clients))
+
+
+def _check_finite(device: str, split: str, saved: np.ndarray, scaled: np.ndarray, mean: np.ndarray,
+                  std: np.ndarray) -> None:
+    """DatasetError naming the value that standardizing put past float32: a test value far from a
+    training split in which its feature barely varies (train 0 or 1e-5, test 1e34) became inf,
+    which the device then refused as "data: contains NaN or Inf; clean the data", though the
+    files held none."""
+    bad = np.argwhere(~np.isfinite(scaled))
+    if len(bad):
+        row, j = (int(i) for i in bad[0])
+        raise DatasetError(f"device {device}: x_{split}[{row}, {j}] = {saved[row, j]:.3g} leaves float32's range when "
+                           f"standardized with the training split's mean {mean[j]:.3g} and std {std[j]:.3g} "
+                           f"({len(bad)} value(s) in all); check that feature's values, or train on the features "
+                           f"as saved (--no-standardize)")
 
 
 def scale_finding(data: FederatedDataset) -> str | None:

@@ -156,3 +156,24 @@ def test_a_constant_guess_after_standardizing_does_not_ask_for_it():
     assert "--standardize" in constant_guess(result(False))
     assert "--standardize" not in constant_guess(result(True)) and "standardized its features already" in \
         constant_guess(result(True))
+
+
+def test_a_value_that_standardizing_puts_past_float32_is_refused_by_name(tmp_path):
+    """A feature that barely varies in a device's training split (0 or 1e-5) and holds 1e34 in its
+    test split (finite in float32): standardized, 1e34 / 5e-6 became inf, and the run stopped on
+    "data: contains NaN or Inf; clean the data" (edge_runtime/model_runtime.py) though the files
+    hold none, after a RuntimeWarning from numpy. Oracle: the value and position written here."""
+    import warnings
+
+    from fedge.edge_runtime.kernel.errors import DatasetError
+
+    folder = _blobs(tmp_path / "raw", scale=4000.0)  # flagged: auto standardizes it
+    site = folder / "site-1.npz"
+    arrays = dict(np.load(site))
+    arrays["x_train"][:, 1] = np.where(np.arange(len(arrays["x_train"])) % 2, 1e-5, 0.0)
+    arrays["x_test"][0, 1] = 1e34
+    np.savez(site, **arrays)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(DatasetError, match=r"device site-1: x_test\[0, 1\] = 1e\+34 leaves float32's range"):
+            load_npz_dir(folder, standardize=None)
