@@ -177,3 +177,14 @@ def test_a_value_that_standardizing_puts_past_float32_is_refused_by_name(tmp_pat
         warnings.simplefilter("error", RuntimeWarning)
         with pytest.raises(DatasetError, match=r"device site-1: x_test\[0, 1\] = 1e\+34 leaves float32's range"):
             load_npz_dir(folder, standardize=None)
+
+
+@pytest.mark.parametrize("value", ["auto", "no", "false", 0, 1])
+def test_a_standardize_that_is_not_true_false_or_none_is_refused(value):
+    """SimConfig(standardize="no") (or "auto", the word for None) was truthy and standardized every
+    device, and 0 read as --no-standardize; the three values it takes are written here."""
+    from fedge.edge_runtime.kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"standardize .*: True \(--standardize\), False"):
+        SimConfig(data_dir="d", standardize=value)
+    assert [SimConfig(data_dir="d", standardize=v).standardize for v in (True, False, None)] == [True, False, None]
