@@ -6,6 +6,7 @@ same runs with --standardize reached 0.91-0.99; the loader only warned."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,7 +108,6 @@ def test_no_standardize_without_data_is_refused(capsys):
 def test_the_heterogeneity_bench_decides_its_data_folder_as_simulate_does(tmp_path, capsys):
     """`fedge bench heterogeneity --data DIR` builds its jobs' SimConfigs itself: the folder's
     features get the same auto decision, and --no-standardize reaches them."""
-    from dataclasses import replace
 
     from fedge.tools.bench.hetero_grid import _data_for, build_jobs
     from fedge.tools.bench.heterogeneity import main as bench
@@ -188,3 +188,27 @@ def test_a_standardize_that_is_not_true_false_or_none_is_refused(value):
     with pytest.raises(ConfigError, match=r"standardize .*: True \(--standardize\), False"):
         SimConfig(data_dir="d", standardize=value)
     assert [SimConfig(data_dir="d", standardize=v).standardize for v in (True, False, None)] == [True, False, None]
+
+
+def test_the_heterogeneity_json_records_what_auto_decided_for_its_data_folder(tmp_path, monkeypatch):
+    """`fedge bench heterogeneity --data DIR` wrote grid.data_standardize, null for auto, and not
+    what ran: its JSON could not tell a standardized folder from one trained as saved, where
+    run.json says both. The jobs and the report are stubbed (the decision is made before them).
+    Oracle: the decision load_npz_dir makes for the folder alone."""
+    from fedge.tools.bench import hetero_report, heterogeneity
+    from tests.tools.test_heterogeneity import TINY
+
+    monkeypatch.setattr(heterogeneity, "_run_all", lambda jobs, workers, log: [])
+    monkeypatch.setattr(hetero_report, "write_report", lambda doc, folder: None)
+    raw = _blobs(tmp_path / "raw", scale=4000.0)
+    grid = replace(TINY, pretrained_partitions=())
+    doc = heterogeneity.run(grid, tmp_path / "h.json", tmp_path / "report", data_dir=str(raw), log=lambda line: None)
+    want = load_npz_dir(raw, standardize=None).standardizing
+    assert doc["grid"]["data_standardize"] is None  # what was asked: auto
+    written = json.loads((tmp_path / "h.json").read_text())["data_standardize"]
+    assert written == {"standardize": True, "standardize_why": want.why} and want.why.startswith("auto: features")
+    off = heterogeneity.run(replace(grid, data_standardize=False), tmp_path / "o.json", tmp_path / "report",
+                            data_dir=str(raw), log=lambda line: None)
+    assert off["data_standardize"] == {"standardize": False, "standardize_why": "--no-standardize"}
+    assert heterogeneity.run(grid, tmp_path / "n.json", tmp_path / "report", log=lambda line: None)[
+        "data_standardize"] is None  # no --data DIR: nothing to record
