@@ -124,15 +124,37 @@ def _check_finite(device: str, split: str, saved: np.ndarray, scaled: np.ndarray
 def scale_finding(data: FederatedDataset) -> str | None:
     """The pooled training features' scale in words when it is far from standardized (either
     way), else None."""
-    x = np.concatenate([c.x_train for c in data.clients]).astype(np.float64)
-    mean, std = np.abs(x.mean(axis=0)).max(), x.std(axis=0).max()
+    mean, std, top = pooled_scale(data)
     if max(mean, std) <= FAR_FROM_UNIT and std >= BARELY_VARIES:
         return None
     outcome = ("training on them as they are will likely diverge" if max(mean, std) > FAR_FROM_UNIT else
                "they barely vary, so a model trained on them as they are sees almost no signal and will likely "
                "learn little")
     return (f"features are far from standardized (per-feature |mean| up to {mean:.3g}, std up to {std:.3g}, "
-            f"largest |value| {np.abs(x).max():.3g}); {outcome}")
+            f"largest |value| {top:.3g}); {outcome}")
+
+
+def pooled_scale(data: FederatedDataset) -> tuple[float, float, float]:
+    """The pooled training features' largest per-feature |mean|, largest per-feature std and
+    largest |value|, one device at a time (Chan, Golub and LeVeque's pairwise update of mean and
+    sum of squared deviations). The pool concatenated in float64 was twice its size at the peak,
+    and a run measures it three times: load_npz_dir of 40 files holding 251 MB of float32
+    training features peaked at 1.33 GB of RSS, 0.37 GB this way (1.66 / 0.72 GB when auto
+    standardizes them)."""
+    n, mean, m2, top = 0, 0.0, 0.0, 0.0  # mean and m2 become per-feature arrays at the first device
+    for c in data.clients:
+        x = c.x_train.astype(np.float64)
+        if not len(x):
+            continue
+        own, top = x.mean(axis=0), max(top, -float(x.min()), float(x.max()))
+        delta, total = own - mean, n + len(x)
+        mean = mean + delta * (len(x) / total)
+        x -= own  # in place: one device's float64 copy is the peak
+        m2 = m2 + np.square(x, out=x).sum(axis=0) + delta ** 2 * (n * len(x) / total)
+        n = total
+    if not n:
+        raise ValueError("no training examples to measure")  # load_npz_dir refuses such a file first
+    return float(np.abs(mean).max()), float(np.sqrt(m2 / n).max()), top
 
 
 def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = "") -> FederatedDataset:
