@@ -240,7 +240,7 @@ def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Gener
     return rng.permutation(test), rng.permutation(train)
 
 
-def load_npz_dir(path: str | Path, standardize: bool | None = False) -> FederatedDataset:
+def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained: str = "") -> FederatedDataset:
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
@@ -252,7 +252,8 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False) -> Federate
     `standardize`: True, False or None (auto: when the features are far from standardized),
     standardizing.resolve, before the findings are logged, so that they describe what the devices
     train on (they told a `--standardize` run to add the flag it had); auto says what it did in
-    one line.
+    one line. `pretrained`: the --model, when it is an import with pretrained weights (auto then
+    keeps the features as saved and says why).
     """
     root = Path(path)
     if not root.is_dir():
@@ -294,7 +295,7 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False) -> Federate
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
     data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
-    data = resolve(data, standardize)
+    data = resolve(data, standardize, pretrained)
     if data.standardizing.warning:
         log.warning("%s: %s", root, data.standardizing.warning)
     for finding in data_findings(data):
@@ -306,8 +307,12 @@ def data_findings(data: FederatedDataset) -> list[str]:
     """What about user-supplied data will likely go wrong, in words (empty when nothing):
     features far from standardized, and labels that no device trains on."""
     out = []
-    scale = scale_finding(data)
-    if scale and data.standardizing is not None and data.standardizing.on:
+    scale, decided = scale_finding(data), data.standardizing
+    if scale and decided is not None and decided.kept_for_model:
+        out.append(f"{scale}. Auto keeps them as saved: the pretrained --model {decided.pretrained} was trained on "
+                   f"its source's inputs, and standardizing them would change what its backbone sees. If it was "
+                   f"trained on standardized features, --standardize has each device standardize its own")
+    elif scale and decided is not None and decided.on:
         out.append(f"{scale}, even after each device standardized them (a feature constant on a device is only "
                    f"centred)")
     elif scale:

@@ -8,12 +8,18 @@ decides once, as the folder loads (resolve):
     --no-standardize   off
     neither (auto)     on when the pooled training features are far from standardized
                        (scale_finding: a per-feature |mean| or std above FAR_FROM_UNIT, or no
-                       feature's std reaching BARELY_VARIES), off otherwise
+                       feature's std reaching BARELY_VARIES), off otherwise, and off when
+                       --model is an import with pretrained weights (`pretrained`)
 
 Auto leaves unflagged data alone: per-device statistics follow each device's label mix, so
 standardizing features that are already on a unit scale costs global accuracy where labels are
 skewed (a device holding one class: 0.98 -> 0.62-0.78, benchmarks/results/2026-12-06-unseen-data/
 runs.json). Shipped datasets (--dataset, scaled to [0, 1]) are never standardized unless asked.
+Nor are the inputs of an imported model (an `onnx = ...` spec, e.g. `fedge pretrain`'s): its
+frozen backbone was trained on its source's inputs, and a model that scales raw inputs itself
+(digits saved as 0..16 into a Mul(1/16) in front of `fedge pretrain`'s graph) ended 5 rounds at
+a global accuracy of 0.642 / 0.642 (seeds 0 / 1) with auto standardizing them, 0.944 / 0.951 as
+saved.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.features import feature_statistics, standardize
 
 if TYPE_CHECKING:
@@ -44,19 +51,28 @@ BARELY_VARIES = 0.05
 @dataclass(frozen=True)
 class Standardizing:
     """What a --data run did to its features: `on` (each device standardized them), `mode`
-    ("auto", "on" or "off": what was asked) and `finding` (scale_finding of the features as
-    saved, when auto looked; None when they were not flagged or auto did not look)."""
+    ("auto", "on" or "off": what was asked), `finding` (scale_finding of the features as
+    saved, when auto looked; None when they were not flagged or auto did not look) and
+    `pretrained` (the --model whose pretrained inputs made auto keep flagged features as saved)."""
 
     on: bool
     mode: str
     finding: str | None = None
+    pretrained: str = ""
 
     @property
     def why(self) -> str:
         """The decision in words (run.json's config.standardize_why)."""
         if self.mode != "auto":
             return "--standardize" if self.on else "--no-standardize"
+        if self.kept_for_model:
+            return f"auto: kept as saved for the pretrained --model {self.pretrained}, though {self.finding}"
         return f"auto: {self.finding}" if self.on else "auto: the features are not far from standardized"
+
+    @property
+    def kept_for_model(self) -> bool:
+        """Auto found the features far from standardized and kept them for a pretrained model."""
+        return self.mode == "auto" and not self.on and bool(self.pretrained) and self.finding is not None
 
     @property
     def warning(self) -> str | None:
@@ -75,34 +91,79 @@ def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
     private), a device can do the same to what it sees at inference, and a device-specific
     offset or scale (a sensor's calibration) is removed rather than learnt around. A feature
     constant on a device (std below 1e-6 of its scale) is centred, not scaled. The formula is a
-    real device's with `[data] standardize = true` (edge_runtime/kernel/features.py), bit for bit."""
+    real device's with `[data] standardize = true` (edge_runtime/kernel/features.py), bit for bit.
+    DatasetError when a value, standardized, leaves float32's range (_check_finite)."""
     clients = []
     for c in data.clients:
         mean, std = feature_statistics(c.x_train)  # the device's own formula (edge_runtime/kernel/features.py)
-        clients.append(replace(c, x_train=standardize(c.x_train, mean, std), x_test=standardize(c.x_test, mean, std)))
+        scaled = {}
+        for split in ("train", "test"):
+            saved = getattr(c, f"x_{split}")
+            with np.errstate(over="ignore"):  # _check_finite names the value instead of numpy's warning
+                scaled[split] = standardize(saved, mean, std)
+            _check_finite(c.client_id, split, saved, scaled[split], mean, std)
+        clients.append(replace(c, x_train=scaled["train"], x_test=scaled["test"]))
     return replace(data, clients=tuple(clients))
+
+
+def _check_finite(device: str, split: str, saved: np.ndarray, scaled: np.ndarray, mean: np.ndarray,
+                  std: np.ndarray) -> None:
+    """DatasetError naming the value that standardizing put past float32: a test value far from a
+    training split in which its feature barely varies (train 0 or 1e-5, test 1e34) became inf,
+    which the device then refused as "data: contains NaN or Inf; clean the data", though the
+    files held none."""
+    bad = np.argwhere(~np.isfinite(scaled))
+    if len(bad):
+        row, j = (int(i) for i in bad[0])
+        raise DatasetError(f"device {device}: x_{split}[{row}, {j}] = {saved[row, j]:.3g} leaves float32's range when "
+                           f"standardized with the training split's mean {mean[j]:.3g} and std {std[j]:.3g} "
+                           f"({len(bad)} value(s) in all); check that feature's values, or train on the features "
+                           f"as saved (--no-standardize)")
 
 
 def scale_finding(data: FederatedDataset) -> str | None:
     """The pooled training features' scale in words when it is far from standardized (either
     way), else None."""
-    x = np.concatenate([c.x_train for c in data.clients]).astype(np.float64)
-    mean, std = np.abs(x.mean(axis=0)).max(), x.std(axis=0).max()
+    mean, std, top = pooled_scale(data)
     if max(mean, std) <= FAR_FROM_UNIT and std >= BARELY_VARIES:
         return None
     outcome = ("training on them as they are will likely diverge" if max(mean, std) > FAR_FROM_UNIT else
                "they barely vary, so a model trained on them as they are sees almost no signal and will likely "
                "learn little")
     return (f"features are far from standardized (per-feature |mean| up to {mean:.3g}, std up to {std:.3g}, "
-            f"largest |value| {np.abs(x).max():.3g}); {outcome}")
+            f"largest |value| {top:.3g}); {outcome}")
 
 
-def resolve(data: FederatedDataset, standardize: bool | None) -> FederatedDataset:
+def pooled_scale(data: FederatedDataset) -> tuple[float, float, float]:
+    """The pooled training features' largest per-feature |mean|, largest per-feature std and
+    largest |value|, one device at a time (Chan, Golub and LeVeque's pairwise update of mean and
+    sum of squared deviations). The pool concatenated in float64 was twice its size at the peak,
+    and a run measures it three times: load_npz_dir of 40 files holding 251 MB of float32
+    training features peaked at 1.33 GB of RSS, 0.37 GB this way (1.66 / 0.72 GB when auto
+    standardizes them)."""
+    n, mean, m2, top = 0, 0.0, 0.0, 0.0  # mean and m2 become per-feature arrays at the first device
+    for c in data.clients:
+        x = c.x_train.astype(np.float64)
+        if not len(x):
+            continue
+        own, top = x.mean(axis=0), max(top, -float(x.min()), float(x.max()))
+        delta, total = own - mean, n + len(x)
+        mean = mean + delta * (len(x) / total)
+        x -= own  # in place: one device's float64 copy is the peak
+        m2 = m2 + np.square(x, out=x).sum(axis=0) + delta ** 2 * (n * len(x) / total)
+        n = total
+    if not n:
+        raise ValueError("no training examples to measure")  # load_npz_dir refuses such a file first
+    return float(np.abs(mean).max()), float(np.sqrt(m2 / n).max()), top
+
+
+def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = "") -> FederatedDataset:
     """`data` as its devices train on it, with `standardizing` saying what was done and why:
-    standardize True (on), False (off) or None (auto: on when scale_finding flags the data)."""
+    standardize True (on), False (off) or None (auto: on when scale_finding flags the data,
+    unless `pretrained` names an imported --model, whose inputs stay as its source saw them)."""
     if standardize is None:
         finding = scale_finding(data)
-        decision = Standardizing(finding is not None, "auto", finding)
+        decision = Standardizing(finding is not None and not pretrained, "auto", finding, pretrained)
     else:
         decision = Standardizing(bool(standardize), "on" if standardize else "off")
     return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)

@@ -6,6 +6,7 @@ same runs with --standardize reached 0.91-0.99; the loader only warned."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -108,7 +109,6 @@ def test_no_standardize_without_data_is_refused(capsys):
 def test_the_heterogeneity_bench_decides_its_data_folder_as_simulate_does(tmp_path, capsys):
     """`fedge bench heterogeneity --data DIR` builds its jobs' SimConfigs itself: the folder's
     features get the same auto decision, and --no-standardize reaches them."""
-    from dataclasses import replace
 
     from fedge.tools.bench.hetero_grid import _data_for, build_jobs
     from fedge.tools.bench.heterogeneity import main as bench
@@ -157,3 +157,59 @@ def test_a_constant_guess_after_standardizing_does_not_ask_for_it():
     assert "--standardize" in constant_guess(result(False))
     assert "--standardize" not in constant_guess(result(True)) and "standardized its features already" in \
         constant_guess(result(True))
+
+
+def test_a_value_that_standardizing_puts_past_float32_is_refused_by_name(tmp_path):
+    """A feature that barely varies in a device's training split (0 or 1e-5) and holds 1e34 in its
+    test split (finite in float32): standardized, 1e34 / 5e-6 became inf, and the run stopped on
+    "data: contains NaN or Inf; clean the data" (edge_runtime/model_runtime.py) though the files
+    hold none, after a RuntimeWarning from numpy. Oracle: the value and position written here."""
+    import warnings
+
+    from fedge.edge_runtime.kernel.errors import DatasetError
+
+    folder = _blobs(tmp_path / "raw", scale=4000.0)  # flagged: auto standardizes it
+    site = folder / "site-1.npz"
+    arrays = dict(np.load(site))
+    arrays["x_train"][:, 1] = np.where(np.arange(len(arrays["x_train"])) % 2, 1e-5, 0.0)
+    arrays["x_test"][0, 1] = 1e34
+    np.savez(site, **arrays)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(DatasetError, match=r"device site-1: x_test\[0, 1\] = 1e\+34 leaves float32's range"):
+            load_npz_dir(folder, standardize=None)
+
+
+@pytest.mark.parametrize("value", ["auto", "no", "false", 0, 1])
+def test_a_standardize_that_is_not_true_false_or_none_is_refused(value):
+    """SimConfig(standardize="no") (or "auto", the word for None) was truthy and standardized every
+    device, and 0 read as --no-standardize; the three values it takes are written here."""
+    from fedge.edge_runtime.kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"standardize .*: True \(--standardize\), False"):
+        SimConfig(data_dir="d", standardize=value)
+    assert [SimConfig(data_dir="d", standardize=v).standardize for v in (True, False, None)] == [True, False, None]
+
+
+def test_the_heterogeneity_json_records_what_auto_decided_for_its_data_folder(tmp_path, monkeypatch):
+    """`fedge bench heterogeneity --data DIR` wrote grid.data_standardize, null for auto, and not
+    what ran: its JSON could not tell a standardized folder from one trained as saved, where
+    run.json says both. The jobs and the report are stubbed (the decision is made before them).
+    Oracle: the decision load_npz_dir makes for the folder alone."""
+    from fedge.tools.bench import hetero_report, heterogeneity
+    from tests.tools.test_heterogeneity import TINY
+
+    monkeypatch.setattr(heterogeneity, "_run_all", lambda jobs, workers, log: [])
+    monkeypatch.setattr(hetero_report, "write_report", lambda doc, folder: None)
+    raw = _blobs(tmp_path / "raw", scale=4000.0)
+    grid = replace(TINY, pretrained_partitions=())
+    doc = heterogeneity.run(grid, tmp_path / "h.json", tmp_path / "report", data_dir=str(raw), log=lambda line: None)
+    want = load_npz_dir(raw, standardize=None).standardizing
+    assert doc["grid"]["data_standardize"] is None  # what was asked: auto
+    written = json.loads((tmp_path / "h.json").read_text())["data_standardize"]
+    assert written == {"standardize": True, "standardize_why": want.why} and want.why.startswith("auto: features")
+    off = heterogeneity.run(replace(grid, data_standardize=False), tmp_path / "o.json", tmp_path / "report",
+                            data_dir=str(raw), log=lambda line: None)
+    assert off["data_standardize"] == {"standardize": False, "standardize_why": "--no-standardize"}
+    assert heterogeneity.run(grid, tmp_path / "n.json", tmp_path / "report", log=lambda line: None)[
+        "data_standardize"] is None  # no --data DIR: nothing to record

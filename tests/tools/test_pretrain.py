@@ -144,3 +144,33 @@ def test_a_proxy_split_is_refused_where_it_means_nothing(options):
 
     with pytest.raises(ConfigError, match="proxy_fraction"):
         SimConfig(**options)
+
+
+def test_auto_standardization_leaves_a_pretrained_models_inputs_as_saved(pretrained, tmp_path):
+    """Auto standardized a flagged --data folder whatever the --model, so an imported model's
+    frozen backbone saw per-device standardized inputs it was never trained on: digits saved as
+    0..16 into `fedge pretrain`'s graph behind a Mul(1/16) ended 5 rounds at 0.64 global accuracy,
+    0.94-0.95 as saved (seeds 0 and 1). The same folder without --model is still standardized (the control), and
+    --standardize still standardizes it (oracle: the saved files, and standardize_per_device)."""
+    from fedge.tools.simulate.config import SimConfig
+    from fedge.tools.simulate.fleet import load_data, prepare
+    from fedge.tools.standardizing import standardize_per_device
+
+    _, result = pretrained
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in sorted(result.clients_dir.glob("*.npz")):  # digits as sklearn saves them, 0..16
+        saved = dict(np.load(f))
+        np.savez(raw / f.name, **{k: v * np.float32(16) if k.startswith("x_") else v for k, v in saved.items()})
+    assert load_data(SimConfig(data_dir=str(raw))).standardizing.on  # flagged: auto standardizes it
+    setup = prepare(SimConfig(data_dir=str(raw), model=str(result.spec_file)))
+    try:
+        assert not setup.data.standardizing.on and "pretrained --model" in setup.data.standardizing.why
+        for c in setup.data.clients:
+            saved = np.load(raw / f"{c.client_id}.npz")
+            assert np.array_equal(c.x_train, saved["x_train"]) and np.array_equal(c.x_test, saved["x_test"])
+    finally:
+        setup.close()
+    forced = load_data(SimConfig(data_dir=str(raw), model=str(result.spec_file), standardize=True))
+    for got, want in zip(forced.clients, standardize_per_device(load_npz_dir(raw)).clients, strict=True):
+        assert np.array_equal(got.x_train, want.x_train)

@@ -44,6 +44,8 @@ Output JSON (schema 1):
              proxy_fraction, proxy_examples, accuracy (the pretrained model as is, before round 1), and
              cells (backbone "pretrained"), baselines, multipliers, compression in the shapes above,
              targets 1 and 5 on these rows
+    data_standardize: with --data DIR, {standardize, standardize_why} as its jobs ran it (run.json's
+             config fields; grid.data_standardize is what was asked, null = auto); else null
     errors: jobs that failed, with the error
 """
 
@@ -64,6 +66,7 @@ from pathlib import Path
 from fedge.coordinator.config import load_coordinator_config
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.cli_args import MAX_PARALLEL, MAX_SEED, int_in, out_file_arg, path_arg
+from fedge.tools.standardizing import Standardizing
 
 from . import hetero_metrics as m
 from .hetero_grid import COMPRESSION, PRETRAINED, QUICK, HeteroGrid, Job, build_jobs, run_job
@@ -126,15 +129,16 @@ def run(grid: HeteroGrid, json_path, report_dir, data_dir: str | None = None, qu
 
     from .hetero_report import claim_report_dir, write_report
 
+    decided = None  # the --data DIR's standardization as the jobs run it (the grid holds what was asked)
     if data_dir:  # a --data DIR with no usable .npz was found by its jobs, after the grid's pretraining
-        load_npz_dir(data_dir, standardize=grid.data_standardize)  # its load-time lines are the jobs'
+        decided = load_npz_dir(data_dir, standardize=grid.data_standardize).standardizing  # the jobs' load lines
     claim_report_dir(report_dir)  # someone else's report.md or PNG there: refused before the grid runs
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedge-hetero-pretrained-") as tmp:
         pretrained = _pretrain(grid, Path(tmp), log)
         jobs = build_jobs(grid, data_dir, pretrained.get("model"))
         results = _run_all(jobs, grid.workers, log)
-    doc = assemble(grid, results, time.perf_counter() - started, quick, pretrained)
+    doc = assemble(grid, results, time.perf_counter() - started, quick, pretrained, decided)
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
@@ -197,9 +201,11 @@ def _progress(i: int, n: int, row: dict) -> str:
 
 
 def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: bool = False,
-             pretrained: dict | None = None) -> dict:
+             pretrained: dict | None = None, standardizing: Standardizing | None = None) -> dict:
     """The JSON document from the jobs' rows (pure). The pretrained rows (backbone "pretrained")
-    go to `pretrained`, beside the random-backbone document, in the same shapes."""
+    go to `pretrained`, beside the random-backbone document, in the same shapes. `standardizing`:
+    a --data DIR's decision, recorded as `data_standardize` {standardize, standardize_why} (what
+    ran, as run.json's config has it; the grid's data_standardize is what was asked, null = auto)."""
     ok = [r for r in results if "error" not in r]
     random = [r for r in ok if r.get("backbone", "random") != PRETRAINED]
     doc = _assemble_backbone(grid, random, quick)
@@ -221,6 +227,8 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
                                         "dirichlet-0.1"))
     return {"schema": 1, "benchmark": "heterogeneity", "quick": quick, "grid": asdict(grid),
             "environment": _environment(), "wall_seconds": round(wall_seconds, 1), **doc, "pretrained": pre,
+            "data_standardize": standardizing and {"standardize": standardizing.on,
+                                                   "standardize_why": standardizing.why},
             "errors": [r for r in results if "error" in r]}
 
 

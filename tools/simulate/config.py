@@ -114,6 +114,9 @@ class SimConfig:
         if not 0.0 <= self.guard_fraction <= 0.5 or (self.guard_fraction and (self.data_dir or self.synthetic)):
             raise ConfigError(f"guard_fraction {self.guard_fraction}: in [0, 0.5], and only for a shipped "
                               f"dataset (a --data DIR or synthetic data has no guard split)")
+        if self.standardize is not None and not isinstance(self.standardize, bool):  # "no" or "auto" turned it on
+            raise ConfigError(f"standardize {self.standardize!r}: True (--standardize), False (--no-standardize) or "
+                              f"None (auto)")
         if self.guard_fraction and (self.standardize or self.partition == "feature"):
             # the guard set is the shipped inputs as they are; these devices see them transformed
             raise ConfigError("guard_fraction with --standardize or --partition feature: the devices' inputs are "

@@ -31,7 +31,7 @@ from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.edge_runtime.model_runtime import ModelRuntime
 from fedge.edge_runtime.trainer import available_backends
 from fedge.models.build import build_artifacts
-from fedge.models.spec import ModelSpec
+from fedge.models.spec import ModelSpec, load_spec
 from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
 from fedge.tools.simulate.model_choice import check_fits, check_scorable, choose_spec
 from fedge.tools.standardizing import standardize_per_device
@@ -92,9 +92,13 @@ def check_split_flags(cfg: SimConfig) -> None:
                           f"one device, split as you saved it; drop {'them' if len(given) > 1 else 'it'}")
 
 
-def load_data(cfg: SimConfig) -> FederatedDataset:
-    if cfg.data_dir:
-        return load_npz_dir(cfg.data_dir, standardize=cfg.standardize)  # None: auto (tools/standardizing.py)
+def load_data(cfg: SimConfig, named: ModelSpec | None = None) -> FederatedDataset:
+    """The devices' data; `named`: cfg.model's spec when the caller loaded it already."""
+    if cfg.data_dir:  # standardize None: auto (tools/standardizing.py), which an imported --model turns off
+        if named is None and cfg.model and cfg.standardize is None:
+            named = load_spec(cfg.model)
+        pretrained = str(cfg.model) if named is not None and named.onnx else ""
+        return load_npz_dir(cfg.data_dir, standardize=cfg.standardize, pretrained=pretrained)
     if cfg.synthetic:
         data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
@@ -154,8 +158,9 @@ class FleetSetup:
 
 def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     """Data (built from cfg unless given), the personalized spec, artifacts and configs."""
-    data = data if data is not None else load_data(cfg)
-    spec = personalized_spec(choose_spec(cfg, data), cfg.personalization)
+    named = load_spec(cfg.model) if cfg.model else None  # before the data: auto asks whether it is pretrained
+    data = data if data is not None else load_data(cfg, named)
+    spec = personalized_spec(named or choose_spec(cfg, data), cfg.personalization)
     check_fits(data, spec)
     held = cfg.new_devices
     if held and held >= len(data.clients):
