@@ -180,7 +180,8 @@ def load_local_data(path: str | Path, standardize: bool = False) -> LocalData:
         raise DatasetError(f"{path}: x_train/y_train hold no examples; the device has nothing to train on")
     if standardize:
         mean, std = feature_statistics(x_train)
-        x_train, x_test = standardize_features(x_train, mean, std), standardize_features(x_test, mean, std)
+        x_train, x_test = (standardize_features(x, mean, std, f"{path}: {xs} ([data] standardize = true)")
+                           for x, xs in ((x_train, "x_train"), (x_test, "x_test")))
         log.info("%s: standardized its %d features with this device's own training mean and std "
                  "([data] standardize = true)", path, mean.size)
     return LocalData(x_train, y_train, x_test, y_test)

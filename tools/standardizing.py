@@ -79,7 +79,9 @@ def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
     clients = []
     for c in data.clients:
         mean, std = feature_statistics(c.x_train)  # the device's own formula (edge_runtime/kernel/features.py)
-        clients.append(replace(c, x_train=standardize(c.x_train, mean, std), x_test=standardize(c.x_test, mean, std)))
+        x_train, x_test = (standardize(x, mean, std, f"device {c.client_id}: {xs} (standardized)")
+                           for x, xs in ((c.x_train, "x_train"), (c.x_test, "x_test")))
+        clients.append(replace(c, x_train=x_train, x_test=x_test))
     return replace(data, clients=tuple(clients))
 
 
