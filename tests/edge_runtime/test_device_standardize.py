@@ -19,6 +19,7 @@ from fedge.edge_runtime.device_config import DataConfig, load_device_config, loa
 from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError
 from fedge.edge_runtime.kernel.features import as_features, feature_statistics, standardize
 from fedge.edge_runtime.run import build_device, install_reload
+from fedge.edge_runtime.standardization_record import recorded_standardization
 from fedge.tools.datasets import ClientData, FederatedDataset
 from fedge.tools.standardizing import standardize_per_device
 
@@ -106,7 +107,8 @@ def test_a_sighup_reload_standardizes_the_new_data_with_its_own_statistics(tmp_p
     previous = signal.getsignal(signal.SIGHUP)
     old = runtime.data
     try:
-        install_reload(SimpleNamespace(runtime=runtime, check_in_soon=lambda: None), str(tmp_path / "d.npz"), True)
+        install_reload(SimpleNamespace(runtime=runtime, check_in_soon=lambda: None), str(tmp_path / "d.npz"), True,
+                       tmp_path / "own")
         os.kill(os.getpid(), signal.SIGHUP)
         deadline = time.monotonic() + 10
         while runtime.data is old and time.monotonic() < deadline:
@@ -115,6 +117,26 @@ def test_a_sighup_reload_standardizes_the_new_data_with_its_own_statistics(tmp_p
         signal.signal(signal.SIGHUP, previous)
     np.testing.assert_allclose(runtime.data.x_train, _loop_oracle(x_train, x_train), atol=1e-5)
     np.testing.assert_allclose(runtime.data.x_test, _loop_oracle(x_train, x_test), atol=1e-5)
+    deadline = time.monotonic() + 10  # recorded (for `fedge device export`) once the new data is in use
+    while not (tmp_path / "own" / "standardization.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mean, std = recorded_standardization(tmp_path / "own")
+    np.testing.assert_allclose(mean, x_train.astype(np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, x_train.astype(np.float64).std(axis=0), rtol=1e-12)
+
+
+def test_the_device_records_what_it_applies_and_removes_it_when_it_stops_standardizing(tmp_path):
+    x_train, _ = _save(tmp_path / "d.npz", np.random.default_rng(4), 300.0, 20.0)
+    own = tmp_path / "state" / "pi-a"
+    for flag in ("true", "false"):
+        (tmp_path / "d.toml").write_text(f'device_id = "pi-a"\nstate_dir = "{tmp_path / "state"}"\n'
+                                         f'[data]\nnpz = "{tmp_path / "d.npz"}"\nstandardize = {flag}\n')
+        build_device(load_device_config(tmp_path / "d.toml"))
+        if flag == "true":
+            mean, std = recorded_standardization(own)
+            np.testing.assert_allclose(mean, x_train.astype(np.float64).mean(axis=0), rtol=1e-12)
+            np.testing.assert_allclose(std, x_train.astype(np.float64).std(axis=0), rtol=1e-12)
+    assert recorded_standardization(own) is None and not (own / "standardization.npz").exists()
 
 
 def test_a_value_standardized_beyond_float32_is_refused_by_name(tmp_path):
