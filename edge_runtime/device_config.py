@@ -52,6 +52,7 @@ from .kernel.features import standardize as standardize_features
 from .kernel.protocol import DEVICE_MAX_TASK_S
 from .kernel.transport.settings import MqttSettings
 from .kernel.wire_fields import I64, bounded
+from .standardization_record import Statistics
 
 log = logging.getLogger("fedge.device")
 
@@ -167,6 +168,11 @@ def load_device_config(path: str | Path) -> DeviceConfig:
 def load_local_data(path: str | Path, standardize: bool = False) -> LocalData:
     """The device's own examples from `path`, checked; standardize ([data] standardize): both
     splits standardized with x_train's per-feature statistics (taken after uint8 / 255)."""
+    return read_local_data(path, standardize)[0]
+
+
+def read_local_data(path: str | Path, standardize: bool = False) -> tuple[LocalData, Statistics | None]:
+    """load_local_data, and the (mean, std) it standardized with (None without standardize)."""
     path = Path(path)
     arrays = read_data_npz(path)
     # What the device would otherwise find out mid-task, refused at start and at a SIGHUP reload.
@@ -178,10 +184,12 @@ def load_local_data(path: str | Path, standardize: bool = False) -> LocalData:
         layouts.check(path, split, x)
     if len(y_train) == 0:
         raise DatasetError(f"{path}: x_train/y_train hold no examples; the device has nothing to train on")
+    stats = None
     if standardize:
-        mean, std = feature_statistics(x_train)
-        x_train, x_test = standardize_features(x_train, mean, std), standardize_features(x_test, mean, std)
+        mean, std = stats = feature_statistics(x_train)
+        x_train, x_test = (standardize_features(x, mean, std, f"{path}: {xs} ([data] standardize = true)")
+                           for x, xs in ((x_train, "x_train"), (x_test, "x_test")))
         log.info("%s: standardized its %d features with this device's own training mean and std "
                  "([data] standardize = true)", path, mean.size)
-    return LocalData(x_train, y_train, x_test, y_test)
+    return LocalData(x_train, y_train, x_test, y_test), stats
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .agent import DeviceAgent
 from .device import DeviceRuntime
-from .device_config import DeviceConfig, load_local_data
+from .device_config import DeviceConfig, read_local_data
 from .eligibility_monitor import EligibilityMonitor
 from .kernel.clock import SystemClock
 from .kernel.manifest import MANIFEST_FILE
@@ -17,6 +17,7 @@ from .kernel.secagg.identity_files import load_directory, load_identity
 from .kernel.transport.mqtt import MqttTransport
 from .loop import AgentLoop
 from .probes import SystemProbe
+from .standardization_record import RECORD_FILE, record_standardization
 
 log = logging.getLogger("fedge.device")
 
@@ -31,7 +32,8 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
         own.mkdir(mode=0o700, parents=True)
     artifacts = own / "artifacts"
     models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
-    data = load_local_data(cfg.data.npz, cfg.data.standardize)
+    data, stats = read_local_data(cfg.data.npz, cfg.data.standardize)
+    record_standardization(own, stats)  # what `fedge device export` puts in front of the model
     runtime = DeviceRuntime(cfg.device_id, data, models, state, backend=cfg.backend, eligibility=monitor.before,
                             abort_check=monitor.during, seed=cfg.seed)
     transport = MqttTransport(cfg.device_id, cfg.broker, will=DeviceAgent.last_will(cfg.device_id))
@@ -55,7 +57,7 @@ def run_device(cfg: DeviceConfig) -> int:
     loop, transport = build_device(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
-    install_reload(loop.agent, cfg.data.npz, cfg.data.standardize)
+    install_reload(loop.agent, cfg.data.npz, cfg.data.standardize, Path(cfg.state_dir) / cfg.device_id)
     log.info("device %s: connecting to %s", cfg.device_id, cfg.broker.url)
     transport.connect(timeout=0)  # the loop waits for the link; paho keeps retrying with backoff
     try:
@@ -67,9 +69,10 @@ def run_device(cfg: DeviceConfig) -> int:
     return 0
 
 
-def install_reload(agent, npz: str, standardize: bool = False) -> None:
+def install_reload(agent, npz: str, standardize: bool = False, own: Path | None = None) -> None:
     """SIGHUP (`systemctl reload fedge-device`) re-reads the data file (standardized again with
-    its new training statistics when `standardize`, [data] standardize). The reload runs on its
+    its new training statistics when `standardize`, [data] standardize, and those recorded under
+    `own`, the device's state folder, once in use: standardization_record.py). The reload runs on its
     own thread: the handler may interrupt a training step, and replace_data waits for it. Then
     the agent checks in at once: a device parked for bad_dataset (and paced for pace_declined_s)
     would otherwise wait up to 10 minutes to tell the coordinator its data changed."""
@@ -77,11 +80,18 @@ def install_reload(agent, npz: str, standardize: bool = False) -> None:
 
     def reload() -> None:
         try:
-            data = load_local_data(npz, standardize)
+            data, stats = read_local_data(npz, standardize)
         except Exception as exc:  # a half-copied file must not stop the device: keep the old data
             log.error("device %s: SIGHUP: kept the old data: %s", runtime.device_id, exc)
             return
         runtime.replace_data(data)
+        if own is not None:
+            try:
+                record_standardization(own, stats)
+            except OSError as exc:  # a full disk: the device runs on, and the old record must not stay
+                (Path(own) / RECORD_FILE).unlink(missing_ok=True)
+                log.error("device %s: SIGHUP: could not record its standardization (an export reads the data "
+                          "file instead): %s", runtime.device_id, exc)
         log.info("device %s: SIGHUP: reloaded %s (%d training, %d test examples)", runtime.device_id, npz,
                  len(data.y_train), len(data.y_test))
         agent.check_in_soon()

@@ -59,9 +59,9 @@ def run(args) -> int:
     personal = store.load_personal()
     if personal is None:  # a model without personal params, or a device that never trained one
         personal = runtime.initial("personal")
-    stats = device_statistics(cfg) if cfg.data.standardize else None
+    stats, source = device_statistics(cfg, root) if cfg.data.standardize else (None, "")
     model = export_model(artifacts / model_id, shared, personal, head=args.head, standardization=stats)
-    note = input_note(feature_dtype(cfg.data.npz), standardized=stats is not None)
+    note = input_note(feature_dtype(cfg.data.npz), standardized=source)
     model.producer_name = "fedge"  # an imported backbone keeps its source's; check_export_path reads it
     model.metadata_props.add(key="fedge.input", value=note)
     model.doc_string += f"; input {note}"
@@ -93,25 +93,34 @@ def check_export_path(out: Path) -> None:
         raise ConfigError(f"--out {out}: {problem}")
 
 
-def device_statistics(cfg) -> tuple[np.ndarray, np.ndarray]:
-    """The (mean, std) a device with [data] standardize = true applies, from its data file as it
-    is now (the device reads it at start and at each SIGHUP reload), or DatasetError naming it."""
-    from fedge.edge_runtime.device_config import load_local_data
+def device_statistics(cfg, root: Path) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+    """The (mean, std) a device with [data] standardize = true applies, and where they came from
+    in words: those it recorded at its last start or SIGHUP reload (standardization_record.py),
+    else those of its data file as it is now, or DatasetError naming it."""
+    from fedge.edge_runtime.device_config import read_local_data
     from fedge.edge_runtime.kernel.errors import DatasetError
-    from fedge.edge_runtime.kernel.features import feature_statistics
+    from fedge.edge_runtime.standardization_record import recorded_standardization
 
+    recorded = recorded_standardization(root)
+    if recorded is not None:
+        return recorded, ("this device's training mean and std as it applies them "
+                          "(recorded at its last start or SIGHUP reload)")
     try:
-        return feature_statistics(load_local_data(cfg.data.npz).x_train)
+        stats = read_local_data(cfg.data.npz, standardize=True)[1]
     except DatasetError as exc:
         raise DatasetError(f"device {cfg.device_id}: [data] standardize = true, so the export puts the device's "
-                           f"standardization in front of its model, from its data file: {exc}") from None
+                           f"standardization in front of its model; it has recorded none (it has not run since "
+                           f"fedge records it) and its data file cannot give it: {exc}") from None
+    return stats, (f"the training mean and std of {cfg.data.npz} as it is at export (the device has recorded none; "
+                   "if the file changed since the device loaded it, they are not the ones it trained with)")
 
 
-def input_note(dtype: np.dtype | None, standardized: bool = False) -> str:
+def input_note(dtype: np.dtype | None, standardized: str = "") -> str:
     """What the exported model's input must hold: the device trained on its data as check_split
     made it (edge_runtime/examples.py), uint8 pixels divided by 255, so raw 0..255 values fed to
     the export would be read as 255 times brighter. dtype: the device's x_train's (None: unknown).
-    standardized: the export standardizes its input itself ([data] standardize = true)."""
+    standardized: the statistics the export standardizes its input with, in words ([data]
+    standardize = true; "": none)."""
     if dtype is None:
         note = "x as float32 the way the device's loader makes it: uint8 data divided by 255, other types as saved"
     elif dtype == np.uint8:
@@ -119,6 +128,6 @@ def input_note(dtype: np.dtype | None, standardized: bool = False) -> str:
     else:
         note = f"x as float32: this device's {dtype} data as saved, unscaled"
     if standardized:
-        note += (", not standardized: the model itself standardizes it with this device's training mean and std "
-                 "([data] standardize = true), (x - mean) / std in its first three nodes")
+        note += (f", not standardized: the model itself standardizes it ([data] standardize = true), (x - mean) / std "
+                 f"in its first three nodes, with {standardized}")
     return note

@@ -92,33 +92,18 @@ def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
     offset or scale (a sensor's calibration) is removed rather than learnt around. A feature
     constant on a device (std below 1e-6 of its scale) is centred, not scaled. The formula is a
     real device's with `[data] standardize = true` (edge_runtime/kernel/features.py), bit for bit.
-    DatasetError when a value, standardized, leaves float32's range (_check_finite)."""
+    DatasetError when a value, standardized, leaves float32's range (edge_runtime/kernel/features.standardize)."""
     clients = []
     for c in data.clients:
         mean, std = feature_statistics(c.x_train)  # the device's own formula (edge_runtime/kernel/features.py)
-        scaled = {}
-        for split in ("train", "test"):
-            saved = getattr(c, f"x_{split}")
-            with np.errstate(over="ignore"):  # _check_finite names the value instead of numpy's warning
-                scaled[split] = standardize(saved, mean, std)
-            _check_finite(c.client_id, split, saved, scaled[split], mean, std)
-        clients.append(replace(c, x_train=scaled["train"], x_test=scaled["test"]))
+        try:
+            x_train, x_test = (standardize(x, mean, std, f"device {c.client_id}: {xs} (standardized)")
+                               for x, xs in ((c.x_train, "x_train"), (c.x_test, "x_test")))
+        except DatasetError as exc:  # a test value far from a training split in which its feature barely varies
+            raise DatasetError(f"{exc}; check that feature's values, or train on the features as saved "
+                               f"(--no-standardize)") from None
+        clients.append(replace(c, x_train=x_train, x_test=x_test))
     return replace(data, clients=tuple(clients))
-
-
-def _check_finite(device: str, split: str, saved: np.ndarray, scaled: np.ndarray, mean: np.ndarray,
-                  std: np.ndarray) -> None:
-    """DatasetError naming the value that standardizing put past float32: a test value far from a
-    training split in which its feature barely varies (train 0 or 1e-5, test 1e34) became inf,
-    which the device then refused as "data: contains NaN or Inf; clean the data", though the
-    files held none."""
-    bad = np.argwhere(~np.isfinite(scaled))
-    if len(bad):
-        row, j = (int(i) for i in bad[0])
-        raise DatasetError(f"device {device}: x_{split}[{row}, {j}] = {saved[row, j]:.3g} leaves float32's range when "
-                           f"standardized with the training split's mean {mean[j]:.3g} and std {std[j]:.3g} "
-                           f"({len(bad)} value(s) in all); check that feature's values, or train on the features "
-                           f"as saved (--no-standardize)")
 
 
 def scale_finding(data: FederatedDataset) -> str | None:

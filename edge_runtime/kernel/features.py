@@ -12,11 +12,16 @@ taken after as_features:
     std       = 1 where std <= 1e-6 * max(|mean|, 1)                (a constant feature: centred only)
     x'        = float32((x - mean) / std), for x_train and x_test   (standardize)
 
+A value that lands beyond float32 (a test value 1e35 on a feature of std 1e-5) is a DatasetError
+naming it: as inf it would have turned the device's evaluation into NaN logits, unnamed.
+
 `fedge device export` puts the same affine, as float32, in front of the exported model."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from .errors import DatasetError
 
 # A feature whose std is at most this fraction of its scale, max(|mean|, 1), is constant on the
 # device: dividing by it would blow float rounding up into signal, so it is only centred.
@@ -37,6 +42,14 @@ def feature_statistics(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > CONSTANT_FEATURE * np.maximum(np.abs(mean), 1.0), std, 1.0)
 
 
-def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(x - mean) / std in float64, returned as float32; x (examples, ...) as feature_statistics' input."""
-    return ((x - mean) / std).astype(np.float32)
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, what: str = "x") -> np.ndarray:
+    """(x - mean) / std in float64, returned as float32; x (examples, ...) as feature_statistics' input.
+    DatasetError, naming `what` (the file and split), where a value does not fit float32."""
+    z = (x - mean) / std
+    too_large = np.abs(z) > np.finfo(np.float32).max
+    if too_large.any():
+        i, j = np.argwhere(too_large.reshape(len(z), -1))[0]
+        raise DatasetError(f"{what}: example {i}, feature {j}: {x.reshape(len(x), -1)[i, j]:g} standardized with "
+                           f"the training mean {mean.reshape(-1)[j]:g} and std {std.reshape(-1)[j]:g} is "
+                           f"{z.reshape(len(z), -1)[i, j]:.3g}, beyond float32, where the device trains and evaluates")
+    return z.astype(np.float32)

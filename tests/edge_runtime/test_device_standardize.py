@@ -16,9 +16,10 @@ import pytest
 
 from fedge.edge_runtime.device import DeviceRuntime
 from fedge.edge_runtime.device_config import DataConfig, load_device_config, load_local_data
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError
 from fedge.edge_runtime.kernel.features import as_features, feature_statistics, standardize
 from fedge.edge_runtime.run import build_device, install_reload
+from fedge.edge_runtime.standardization_record import recorded_standardization
 from fedge.tools.datasets import ClientData, FederatedDataset
 from fedge.tools.standardizing import standardize_per_device
 
@@ -106,7 +107,8 @@ def test_a_sighup_reload_standardizes_the_new_data_with_its_own_statistics(tmp_p
     previous = signal.getsignal(signal.SIGHUP)
     old = runtime.data
     try:
-        install_reload(SimpleNamespace(runtime=runtime, check_in_soon=lambda: None), str(tmp_path / "d.npz"), True)
+        install_reload(SimpleNamespace(runtime=runtime, check_in_soon=lambda: None), str(tmp_path / "d.npz"), True,
+                       tmp_path / "own")
         os.kill(os.getpid(), signal.SIGHUP)
         deadline = time.monotonic() + 10
         while runtime.data is old and time.monotonic() < deadline:
@@ -115,3 +117,41 @@ def test_a_sighup_reload_standardizes_the_new_data_with_its_own_statistics(tmp_p
         signal.signal(signal.SIGHUP, previous)
     np.testing.assert_allclose(runtime.data.x_train, _loop_oracle(x_train, x_train), atol=1e-5)
     np.testing.assert_allclose(runtime.data.x_test, _loop_oracle(x_train, x_test), atol=1e-5)
+    deadline = time.monotonic() + 10  # recorded (for `fedge device export`) once the new data is in use
+    while not (tmp_path / "own" / "standardization.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mean, std = recorded_standardization(tmp_path / "own")
+    np.testing.assert_allclose(mean, x_train.astype(np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, x_train.astype(np.float64).std(axis=0), rtol=1e-12)
+
+
+def test_the_device_records_what_it_applies_and_removes_it_when_it_stops_standardizing(tmp_path):
+    x_train, _ = _save(tmp_path / "d.npz", np.random.default_rng(4), 300.0, 20.0)
+    own = tmp_path / "state" / "pi-a"
+    for flag in ("true", "false"):
+        (tmp_path / "d.toml").write_text(f'device_id = "pi-a"\nstate_dir = "{tmp_path / "state"}"\n'
+                                         f'[data]\nnpz = "{tmp_path / "d.npz"}"\nstandardize = {flag}\n')
+        build_device(load_device_config(tmp_path / "d.toml"))
+        if flag == "true":
+            mean, std = recorded_standardization(own)
+            np.testing.assert_allclose(mean, x_train.astype(np.float64).mean(axis=0), rtol=1e-12)
+            np.testing.assert_allclose(std, x_train.astype(np.float64).std(axis=0), rtol=1e-12)
+    assert recorded_standardization(own) is None and not (own / "standardization.npz").exists()
+
+
+def test_a_value_standardized_beyond_float32_is_refused_by_name(tmp_path):
+    """x_test 1e35 on a feature of training std 1e-5 standardizes to 1e40: as float32 it was inf,
+    and the device evaluated NaN logits without a word. Refused at load, naming file, split and
+    feature, on a real device and in the simulator alike (one formula)."""
+    rng = np.random.default_rng(3)
+    x_train = rng.normal(0, 1e-5, size=(20, 3)).astype(np.float32)
+    x_test = np.array([[0.0, 0.0, 0.0], [0.0, 1e35, 0.0]], np.float32)
+    assert np.isfinite(x_test).all() and np.abs(_loop_oracle(x_train, x_test)).max() > np.finfo(np.float32).max
+    np.savez(tmp_path / "d.npz", x_train=x_train, y_train=np.zeros(20, int), x_test=x_test, y_test=np.zeros(2, int))
+    with pytest.raises(DatasetError, match=r"d\.npz: x_test .*example 1, feature 1: 1e\+35 .*beyond float32"):
+        load_local_data(tmp_path / "d.npz", True)
+    assert np.array_equal(load_local_data(tmp_path / "d.npz").x_test, x_test)  # as saved it fits
+    data = FederatedDataset("d", (ClientData("c7", x_train, np.zeros(20, np.int64), x_test, np.zeros(2, np.int64)),),
+                            num_classes=2, input_shape=(3,), image_shape=None)
+    with pytest.raises(DatasetError, match="device c7: x_test .*beyond float32"):
+        standardize_per_device(data)

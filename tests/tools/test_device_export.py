@@ -167,14 +167,9 @@ def test_export_says_which_scaling_its_input_takes(dtype, tmp_path, capsys):
     np.testing.assert_allclose(logits, want, atol=1e-5)
 
 
-def test_a_standardizing_device_exports_a_model_that_takes_raw_features(tmp_path, capsys):
-    """With [data] standardize = true the device trains on (x - mean) / std of its own training
-    statistics; its export put nothing in front, so raw features fed to it (what the device holds
-    before standardizing, and what the note promised) were read unstandardized. The export now
-    starts with that Sub and Div: the oracle is the device's own logits on its standardized
-    x_test, against stock onnxruntime's on the raw x_test (test_exported_model_matches_the_runtime
-    runs exports in a Python that refuses fedge)."""
-    ort = pytest.importorskip("onnxruntime")
+def _standardizing_device_trained(tmp_path):
+    """A device built from its config ([data] standardize = true, features of mean 2e4 and std
+    1e4) that trained one task: (its raw x, the device, its own logits on its x_test as it holds it)."""
     from fedge.edge_runtime.device_config import load_device_config
     from fedge.edge_runtime.run import build_device
 
@@ -196,12 +191,28 @@ def test_a_standardizing_device_exports_a_model_that_takes_raw_features(tmp_path
                      params=encode_dense(shared), hyper=TaskHyper(epochs=3, batch_size=8, lr=0.1, optimizer="sgd"),
                      compression=CompressionSpec(), seed=9)
     assert device.handle_task(task) is not None
+    store, model = DeviceStore(state / "devA", manifest.model_id), device.model(manifest.model_id)
+
+    def logits():
+        return device._backend(model, "sgd").predict({**store.load_global(), **store.load_personal()},
+                                                     model.embed(device.data.x_test))["personal"]
+
+    return x, device, logits
+
+
+def test_a_standardizing_device_exports_a_model_that_takes_raw_features(tmp_path, capsys):
+    """With [data] standardize = true the device trains on (x - mean) / std of its own training
+    statistics; its export put nothing in front, so raw features fed to it (what the device holds
+    before standardizing, and what the note promised) were read unstandardized. The export now
+    starts with that Sub and Div: the oracle is the device's own logits on its standardized
+    x_test, against stock onnxruntime's on the raw x_test (test_exported_model_matches_the_runtime
+    runs exports in a Python that refuses fedge)."""
+    ort = pytest.importorskip("onnxruntime")
+    x, device, want = _standardizing_device_trained(tmp_path)
     out = tmp_path / "m.onnx"
     assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x[48:]})[0]  # raw
-    store, model = DeviceStore(state / "devA", manifest.model_id), device.model(manifest.model_id)
-    want = device._backend(model, "sgd").predict({**store.load_global(), **store.load_personal()},
-                                                  model.embed(device.data.x_test))["personal"]
+    want = want()
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.abs(want).max() > 0.1  # logits that depend on the input, not a model that outputs ~0
     assert (got.argmax(1) == want.argmax(1)).all()
@@ -210,6 +221,33 @@ def test_a_standardizing_device_exports_a_model_that_takes_raw_features(tmp_path
     assert note in capsys.readouterr().out and note in onnx.load(out).doc_string
     assert [n.op_type for n in onnx.load(out).graph.node[:3]] == ["Sub", "Sub", "Div"]
 
-    (tmp_path / "d.npz").unlink()  # the statistics come from the data file: without it, a named refusal
+    (tmp_path / "d.npz").unlink()  # the statistics the device recorded: no data file needed
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    (tmp_path / "state" / "devA" / "standardization.npz").unlink()  # neither: a named refusal
+    capsys.readouterr()
     assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 2
     assert "[data] standardize = true" in capsys.readouterr().err
+
+
+def test_the_export_standardizes_as_the_device_does_after_its_data_file_changed(tmp_path, capsys):
+    """The export read the statistics from the data file as it was at export: a file replaced
+    since the device loaded it (no SIGHUP yet, or a device that is stopped) gave the model the new
+    file's mean and std while the device trained and evaluates with the old, and the note still
+    said "this device's training mean and std". The device now records what it applies at start
+    and at each SIGHUP reload (standardization.npz beside its state); the export takes that."""
+    ort = pytest.importorskip("onnxruntime")
+    x, device, want = _standardizing_device_trained(tmp_path)
+    rng = np.random.default_rng(8)
+    x_new = rng.normal(-3e3, 50.0, size=(20, 10)).astype(np.float32)  # another scale, not yet loaded
+    np.savez(tmp_path / "d.npz", x_train=x_new[:15], y_train=rng.integers(0, 3, 15), x_test=x_new[15:],
+             y_test=rng.integers(0, 3, 5))
+    out = tmp_path / "m.onnx"
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x[48:]})[0]
+    np.testing.assert_allclose(got, want(), atol=1e-5)
+    note = {p.key: p.value for p in onnx.load(out).metadata_props}["fedge.input"]
+    assert "recorded at its last start or SIGHUP reload" in note and note in capsys.readouterr().out
+    (tmp_path / "state" / "devA" / "standardization.npz").unlink()  # a device that has recorded none: the file's
+    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    note = {p.key: p.value for p in onnx.load(out).metadata_props}["fedge.input"]
+    assert f"the training mean and std of {tmp_path / 'd.npz'} as it is at export (the device has recorded none" in note
