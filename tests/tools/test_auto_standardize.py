@@ -176,7 +176,8 @@ def test_a_value_that_standardizing_puts_past_float32_is_refused_by_name(tmp_pat
     np.savez(site, **arrays)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        named = r"device site-1: x_test \(standardized\): example 0, feature 1: 1e\+34 .*beyond float32.*--no-standardize"
+        named = (r"device site-1: x_test \(standardized\): example 0, feature 1: 1e\+34 "
+                 r".*beyond float32.*--no-standardize")
         with pytest.raises(DatasetError, match=named):
             load_npz_dir(folder, standardize=None)
 
