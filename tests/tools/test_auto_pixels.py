@@ -132,3 +132,29 @@ def test_pixels_that_barely_vary_after_x_over_255_are_reported_as_such(tmp_path,
     assert load_npz_dir(folder, standardize=None).standardizing.divided_by_255
     (finding,) = [m for m in caplog.messages if "barely vary" in m]
     assert "even after each device read them as x / 255" in finding and "unless --no-standardize" not in finding
+
+
+def test_the_8_bit_check_goes_one_split_at_a_time():
+    """The scale check does not build the pool (bccc7a6), nor does this one. Oracles: tracemalloc's
+    peak, under a quarter of the pool in float32 (8 devices); and the rule on the concatenation."""
+    import tracemalloc
+
+    from fedge.tools.datasets import ClientData, FederatedDataset
+    from fedge.tools.intensities import eight_bit
+
+    rng = np.random.default_rng(1)
+    clients = tuple(ClientData(f"d{i}", rng.integers(0, 256, (300, 64)).astype(np.float32), np.zeros(300, np.int64),
+                               rng.integers(0, 256, (50, 64)).astype(np.float32), np.zeros(50, np.int64))
+                    for i in range(8))
+    data = FederatedDataset("px", clients, 2, (64,), None)
+    dtypes = {c.client_id: {"train": np.dtype(np.float64), "test": np.dtype(np.float32)} for c in clients}
+    pool = np.concatenate([x for c in clients for x in (c.x_train, c.x_test)])
+    tracemalloc.start()
+    try:
+        found = eight_bit(data, dtypes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < pool.nbytes / 4, (peak, pool.nbytes)
+    assert (pool == np.round(pool)).all() and 127 < pool.max() <= 255 and pool.min() >= 0  # the rule, pooled
+    assert found == "float32 and float64"
