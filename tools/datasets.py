@@ -253,7 +253,8 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     standardizing.resolve, before the findings are logged, so that they describe what the devices
     train on (they told a `--standardize` run to add the flag it had); auto says what it did in
     one line. `pretrained`: the --model, when it is an import with pretrained weights (auto then
-    keeps the features as saved and says why).
+    keeps the features as saved and says why). Auto reads flagged 8-bit intensities saved as
+    another dtype than uint8 (float32 0..255) as x / 255, as devices read uint8 (intensities.py).
     """
     root = Path(path)
     if not root.is_dir():
@@ -266,7 +267,7 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
         files = [f for f in files if not f.name.startswith(".")]
     if not files:
         raise DatasetError(f"{root}: no .npz files; save one per client with x_train, y_train, x_test, y_test")
-    clients, width, max_label, layouts = [], None, 1, LayoutCheck()
+    clients, width, max_label, layouts, saved = [], None, 1, LayoutCheck(), {}
     for file in files:
         try:  # the file's name is its device's id, and that names MQTT topics
             device_topic(file.stem, "checkin")
@@ -294,8 +295,9 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
             layouts.check(file, split, arrays[f"x_{split}"])
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
+        saved[file.stem] = {split: arrays[f"x_{split}"].dtype for split in ("train", "test")}
     data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
-    data = resolve(data, standardize, pretrained)
+    data = resolve(data, standardize, pretrained, saved)
     if data.standardizing.warning:
         log.warning("%s: %s", root, data.standardizing.warning)
     for finding in data_findings(data):
@@ -315,6 +317,9 @@ def data_findings(data: FederatedDataset) -> list[str]:
     elif scale and decided is not None and decided.on:
         out.append(f"{scale}, even after each device standardized them (a feature constant on a device is only "
                    f"centred)")
+    elif scale and decided is not None and decided.divided_by_255:
+        out.append(f"{scale}, even after each device read them as x / 255 (8-bit intensities saved as "
+                   f"{decided.eight_bit}); --standardize has each device standardize them")
     elif scale:
         out.append(f"{scale}. Standardize each feature: x = (x - mean) / std, with the training split's mean and "
                    f"std (`fedge simulate --data` does it on each device unless --no-standardize is given)")

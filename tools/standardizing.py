@@ -9,7 +9,9 @@ decides once, as the folder loads (resolve):
     neither (auto)     on when the pooled training features are far from standardized
                        (scale_finding: a per-feature |mean| or std above FAR_FROM_UNIT, or no
                        feature's std reaching BARELY_VARIES), off otherwise, and off when
-                       --model is an import with pretrained weights (`pretrained`)
+                       --model is an import with pretrained weights (`pretrained`); flagged
+                       8-bit intensities saved as another dtype than uint8 are read as x / 255
+                       instead, as a device reads uint8 (tools/intensities.py)
 
 Auto leaves unflagged data alone: per-device statistics follow each device's label mix, so
 standardizing features that are already on a unit scale costs global accuracy where labels are
@@ -24,6 +26,7 @@ saved.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.features import feature_statistics, standardize
+from fedge.tools.intensities import eight_bit, read_as_uint8
 
 if TYPE_CHECKING:
     from fedge.tools.datasets import FederatedDataset
@@ -52,13 +56,16 @@ BARELY_VARIES = 0.05
 class Standardizing:
     """What a --data run did to its features: `on` (each device standardized them), `mode`
     ("auto", "on" or "off": what was asked), `finding` (scale_finding of the features as
-    saved, when auto looked; None when they were not flagged or auto did not look) and
-    `pretrained` (the --model whose pretrained inputs made auto keep flagged features as saved)."""
+    saved, when auto looked; None when they were not flagged or auto did not look),
+    `pretrained` (the --model whose pretrained inputs made auto keep flagged features as saved)
+    and `eight_bit` (the dtypes, e.g. "float32", of flagged 8-bit intensities that auto read as
+    x / 255 instead of standardizing them: `on` is then False, no device standardized)."""
 
     on: bool
     mode: str
     finding: str | None = None
     pretrained: str = ""
+    eight_bit: str = ""
 
     @property
     def why(self) -> str:
@@ -67,6 +74,8 @@ class Standardizing:
             return "--standardize" if self.on else "--no-standardize"
         if self.kept_for_model:
             return f"auto: kept as saved for the pretrained --model {self.pretrained}, though {self.finding}"
+        if self.eight_bit:
+            return f"auto: 8-bit intensities saved as {self.eight_bit}, read as x / 255"
         return f"auto: {self.finding}" if self.on else "auto: the features are not far from standardized"
 
     @property
@@ -75,8 +84,21 @@ class Standardizing:
         return self.mode == "auto" and not self.on and bool(self.pretrained) and self.finding is not None
 
     @property
+    def divided_by_255(self) -> bool:
+        """Auto read 8-bit intensities saved as another dtype as x / 255 (run.json's
+        config.divided_by_255): real devices read such files as saved."""
+        return self.mode == "auto" and bool(self.eight_bit)
+
+    @property
     def warning(self) -> str | None:
-        """The one load-time line when auto standardized, naming the finding and the opt-out."""
+        """The one load-time line when auto standardized, naming the finding and the opt-out, or
+        read 8-bit intensities as x / 255, naming what real devices need to read them alike."""
+        if self.divided_by_255:
+            return (f"{self.finding}, but they are 8-bit intensities (integers 0..255) saved as {self.eight_bit}: "
+                    f"each device reads them as x / 255, as it reads uint8 (auto; --standardize standardizes them "
+                    f"on each device, --no-standardize keeps them as saved); real devices read {self.eight_bit} as "
+                    f"saved, so save them as uint8 (which devices read as x / 255) or divide them by 255 before "
+                    f"saving")
         if self.mode != "auto" or not self.on:
             return None
         return (f"{self.finding}. Each device standardizes them with its own training split's mean and "
@@ -142,13 +164,20 @@ def pooled_scale(data: FederatedDataset) -> tuple[float, float, float]:
     return float(np.abs(mean).max()), float(np.sqrt(m2 / n).max()), top
 
 
-def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = "") -> FederatedDataset:
+def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = "",
+            saved: Mapping[str, Mapping[str, np.dtype]] | None = None) -> FederatedDataset:
     """`data` as its devices train on it, with `standardizing` saying what was done and why:
     standardize True (on), False (off) or None (auto: on when scale_finding flags the data,
-    unless `pretrained` names an imported --model, whose inputs stay as its source saw them)."""
-    if standardize is None:
-        finding = scale_finding(data)
-        decision = Standardizing(finding is not None and not pretrained, "auto", finding, pretrained)
-    else:
+    unless `pretrained` names an imported --model, whose inputs stay as its source saw them, or
+    the flagged features are 8-bit intensities saved as another dtype than uint8, which are read
+    as x / 255). `saved`: each device's saved dtypes of x_train and x_test (intensities.eight_bit);
+    None: not known, and no data is taken for 8-bit intensities."""
+    if standardize is not None:
         decision = Standardizing(bool(standardize), "on" if standardize else "off")
+        return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)
+    finding = scale_finding(data)
+    pixels = eight_bit(data, saved) if finding is not None and not pretrained and saved is not None else None
+    if pixels:
+        return replace(read_as_uint8(data, saved), standardizing=Standardizing(False, "auto", finding, "", pixels))
+    decision = Standardizing(finding is not None and not pretrained, "auto", finding, pretrained)
     return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)

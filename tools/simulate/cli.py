@@ -55,8 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     scaling = p.add_mutually_exclusive_group()
     scaling.add_argument("--standardize", action="store_true", default=None,
                          help="each device standardizes its features with its own training mean and std (default "
-                         "with --data: only when the loaded features are far from standardized, and never for an "
-                         "imported --model's pretrained inputs; under label skew "
+                         "with --data: only when the loaded features are far from standardized, never for an "
+                         "imported --model's pretrained inputs, and 8-bit intensities saved as float (integers "
+                         "0..255) are read as x / 255 instead, as uint8 is; under label skew "
                          "it costs global accuracy; README, Bring your own data)")
     scaling.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
                          help="train on --data features as saved, even when they are far from standardized")

@@ -5,8 +5,10 @@ run.json schema (version 1):
     config: the SimConfig fields, with `coordinator` the CoordinatorConfig as it ran (what the
             simulator sets included: seed, artifacts_dir, state_db, clamped clients_per_round,
             effective momentum), plus the backend actually used, `standardize` as it ran (true or
-            false, never null) and `standardize_why` (--data: "--standardize", "--no-standardize"
-            or "auto: " and the finding that decided; null for a shipped dataset)
+            false, never null), `standardize_why` (--data: "--standardize", "--no-standardize"
+            or "auto: " and the finding that decided; null for a shipped dataset) and
+            `divided_by_255` (--data: true when auto read 8-bit intensities saved as float or a
+            wider integer as x / 255, as devices read uint8, else false; null for a shipped dataset)
     model: {name, model_id, shared_params, personal_params}: the spec after --personalization
     rounds: list of
         round                        int, the coordinator's round id

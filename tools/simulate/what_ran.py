@@ -23,7 +23,9 @@ def most_common_share(data) -> float | None:
 def what_ran(setup: FleetSetup) -> dict:
     """run.json's config where it differs from the flags: a --data folder decides the devices
     and the split, a round cannot ask for more devices than exist, and `standardize` is what
-    ran (true or false; auto decided on the folder's features, standardize_why says how)."""
+    ran (true or false; auto decided on the folder's features, standardize_why says how), with
+    `divided_by_255` saying whether auto read 8-bit intensities saved as float (or a wider
+    integer) as x / 255, as devices read uint8 (null for a shipped dataset)."""
     data = setup.data
     everyone = data.clients + setup.new_clients
     # The coordinator config as it ran (fleet-set fields and effective momentum included).
@@ -35,7 +37,8 @@ def what_ran(setup: FleetSetup) -> dict:
                     "findings": data_findings(replace(data, clients=everyone))}}
     decided = data.standardizing  # a --data folder's (tools/standardizing.py); shipped data: the flag alone
     out.update(standardize=decided.on if decided else bool(setup.cfg.standardize),
-               standardize_why=decided.why if decided else None)
+               standardize_why=decided.why if decided else None,
+               divided_by_255=decided.divided_by_255 if decided else None)
     if setup.cfg.data_dir:
         out.update(devices=len(everyone), dataset=data.name, partition="files", alpha=None, classes_per_client=None)
     else:  # the α (and β) that ran, when the flags left them to the data's default

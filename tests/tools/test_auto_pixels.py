@@ -1,0 +1,160 @@
+"""Auto reads 8-bit intensities saved as another dtype (float32 0..255, as `x.astype('float32')`
+writes them) as a device reads uint8, x / 255, where it standardized them on each device with its
+own mean and std: under label skew that moved each class differently on each device (MNIST-5k
+saved as float 0..255, Dirichlet 0.1, 5 rounds: 0.359 global against 0.539 for the same pixels in
+[0, 1]). Oracles: as_features on the same values cast to uint8, and standardize_per_device."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedge.edge_runtime.kernel.features import as_features
+from fedge.tools.datasets import load_npz_dir
+from fedge.tools.standardizing import resolve, standardize_per_device
+
+
+def _pixels(folder, dtypes=("float32",) * 3, top=255, half=False, seed=0):
+    """One file per dtype: 8 x 6 'pixels' in 0..top, two classes whose brightness differs, one
+    device mostly one class; `half`: the last file's x_train[0, 0] is 12.5. Returns {file stem:
+    arrays as saved}."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    saved = {}
+    def draw(n, ones, dtype):
+        y = (rng.random(n) < ones).astype(np.int64)
+        x = np.clip(rng.integers(0, top // 2 + 1, (n, 6)) + y[:, None] * (top // 2), 0, top)
+        return x.astype(dtype), y
+
+    for i, dtype in enumerate(dtypes):
+        ones = 0.2 if i == 0 else 0.5
+        (xt, yt), (xs, ys) = draw(8, ones, dtype), draw(3, ones, dtype)
+        if half and i == len(dtypes) - 1:
+            xt[0, 0] = 12.5
+        saved[f"dev-{i}"] = dict(x_train=xt, y_train=yt, x_test=xs, y_test=ys)
+        np.savez(folder / f"dev-{i}.npz", **saved[f"dev-{i}"])
+    return saved
+
+
+def _same(data, want):
+    """Every device's splits equal `want`'s {stem: (x_train, x_test)}, bit for bit."""
+    for c in data.clients:
+        assert c.x_train.dtype == np.float32 and c.x_train.tobytes() == want[c.client_id][0].tobytes()
+        assert c.x_test.tobytes() == want[c.client_id][1].tobytes()
+
+
+def test_float_0_255_pixels_are_read_as_devices_read_uint8(tmp_path, caplog):
+    saved = _pixels(tmp_path / "f32", ("float32", "float64", "int64"))
+    data = load_npz_dir(tmp_path / "f32", standardize=None)
+    _same(data, {k: (as_features(v["x_train"].astype(np.uint8)), as_features(v["x_test"].astype(np.uint8)))
+                 for k, v in saved.items()})
+    decided = data.standardizing
+    assert not decided.on and decided.divided_by_255
+    assert decided.why == "auto: 8-bit intensities saved as float32 and float64 and int64, read as x / 255"
+    (line,) = [m for m in caplog.messages if "far from standardized" in m]
+    assert "each device reads them as x / 255" in line and "save them as uint8" in line
+    assert "divide them by 255 before saving" in line and "--no-standardize" in line
+    assert not [m for m in caplog.messages if "Standardize each feature" in m]  # [0, 1] now: no finding left
+
+
+def test_a_folder_mixing_uint8_and_float_pixels_reads_all_of_it_as_x_over_255(tmp_path):
+    """The uint8 file is read as always (x / 255, left alone), the float32 ones alike."""
+    saved = _pixels(tmp_path / "mix", ("uint8", "float32", "float32"))
+    want = {k: (as_features(v["x_train"].astype(np.uint8)), as_features(v["x_test"].astype(np.uint8)))
+            for k, v in saved.items()}
+    data = load_npz_dir(tmp_path / "mix", standardize=None)
+    _same(data, want)
+    assert data.standardizing.why == "auto: 8-bit intensities saved as float32, read as x / 255"
+    _pixels(tmp_path / "u8", ("uint8",) * 3)  # the same draws as uint8: never flagged, read as x / 255
+    alike = load_npz_dir(tmp_path / "u8", standardize=None)
+    _same(alike, want)
+    assert not alike.standardizing.on and not alike.standardizing.divided_by_255
+
+
+@pytest.mark.parametrize("top, half", [(16, False), (255, True)], ids=["digits-0..16", "a-12.5-in-0..255"])
+def test_values_that_are_not_8_bit_intensities_are_still_standardized_per_device(tmp_path, top, half):
+    """sklearn's digits (0..16: the largest value is not above 127) and one non-integer in [0, 255]."""
+    _pixels(tmp_path / "d", top=top, half=half)
+    data = load_npz_dir(tmp_path / "d", standardize=None)
+    oracle = standardize_per_device(load_npz_dir(tmp_path / "d", standardize=False))
+    _same(data, {c.client_id: (c.x_train, c.x_test) for c in oracle.clients})
+    assert data.standardizing.on and not data.standardizing.divided_by_255
+
+
+def test_the_flags_and_a_pretrained_model_keep_their_meaning_on_float_pixels(tmp_path):
+    saved = _pixels(tmp_path / "f32")
+    as_saved = {k: (v["x_train"], v["x_test"]) for k, v in saved.items()}
+    _same(load_npz_dir(tmp_path / "f32", standardize=False), as_saved)
+    assert load_npz_dir(tmp_path / "f32", standardize=True).standardizing.why == "--standardize"
+    raw = load_npz_dir(tmp_path / "f32", standardize=False)
+    dtypes = {k: {"train": np.dtype(np.float32), "test": np.dtype(np.float32)} for k in saved}
+    kept = resolve(raw, None, "model.toml", dtypes)
+    _same(kept, as_saved)
+    assert kept.standardizing.kept_for_model and not kept.standardizing.divided_by_255
+
+
+def test_run_json_says_the_pixels_were_divided_and_not_standardized(tmp_path):
+    """config.standardize stays what a fleet deploys as [data] standardize (false: no device
+    standardized); config.divided_by_255 says the simulator read the saved floats as x / 255.
+    what_ran on a stub setup (a simulation costs seconds); a shipped dataset's is null."""
+    from types import SimpleNamespace
+
+    from fedge.coordinator.config import CoordinatorConfig
+    from fedge.tools.simulate.config import SimConfig
+    from fedge.tools.simulate.what_ran import what_ran
+
+    def ran(data, cfg):
+        return what_ran(SimpleNamespace(data=data, cfg=cfg, new_clients=(), backend="numpy",
+                                        ccfg=CoordinatorConfig()))
+
+    _pixels(tmp_path / "f32")
+    cfg = SimConfig(data_dir=str(tmp_path / "f32"))
+    config = ran(load_npz_dir(cfg.data_dir, standardize=None), cfg)
+    assert config["standardize"] is False and config["divided_by_255"] is True
+    assert config["standardize_why"] == "auto: 8-bit intensities saved as float32, read as x / 255"
+    assert not any("far from standardized" in f for f in config["data"]["findings"])
+    config = ran(load_npz_dir(cfg.data_dir, standardize=True), cfg)
+    assert config["standardize"] is True and config["divided_by_255"] is False
+    shipped = load_npz_dir(cfg.data_dir, standardize=False)
+    assert ran(replace(shipped, standardizing=None), SimConfig())["divided_by_255"] is None
+
+
+def test_pixels_that_barely_vary_after_x_over_255_are_reported_as_such(tmp_path, caplog):
+    """Values of 200 or 201 are 8-bit and flagged; as x / 255 they barely vary, and the finding
+    says auto divided them, not that the simulator standardizes them."""
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(2):
+        x = (200 + np.arange(12).reshape(4, 3) % 2).astype(np.float32)
+        np.savez(folder / f"s{i}.npz", x_train=x, y_train=np.arange(4) % 2, x_test=x[:2], y_test=np.arange(2))
+    assert load_npz_dir(folder, standardize=None).standardizing.divided_by_255
+    (finding,) = [m for m in caplog.messages if "barely vary" in m]
+    assert "even after each device read them as x / 255" in finding and "unless --no-standardize" not in finding
+
+
+def test_the_8_bit_check_goes_one_split_at_a_time():
+    """The scale check does not build the pool (bccc7a6), nor does this one. Oracles: tracemalloc's
+    peak, under a quarter of the pool in float32 (8 devices); and the rule on the concatenation."""
+    import tracemalloc
+
+    from fedge.tools.datasets import ClientData, FederatedDataset
+    from fedge.tools.intensities import eight_bit
+
+    rng = np.random.default_rng(1)
+    clients = tuple(ClientData(f"d{i}", rng.integers(0, 256, (300, 64)).astype(np.float32), np.zeros(300, np.int64),
+                               rng.integers(0, 256, (50, 64)).astype(np.float32), np.zeros(50, np.int64))
+                    for i in range(8))
+    data = FederatedDataset("px", clients, 2, (64,), None)
+    dtypes = {c.client_id: {"train": np.dtype(np.float64), "test": np.dtype(np.float32)} for c in clients}
+    pool = np.concatenate([x for c in clients for x in (c.x_train, c.x_test)])
+    tracemalloc.start()
+    try:
+        found = eight_bit(data, dtypes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < pool.nbytes / 4, (peak, pool.nbytes)
+    assert (pool == np.round(pool)).all() and 127 < pool.max() <= 255 and pool.min() >= 0  # the rule, pooled
+    assert found == "float32 and float64"

@@ -1,0 +1,75 @@
+"""8-bit intensities saved as another dtype: pixels 0..255 written as float32 (`x.astype('float32')`
+before saving, very common), float64 or a wider integer.
+
+A device reads uint8 features as x / 255 (edge_runtime/kernel/features.py: as_features), so uint8
+pixels are never far from standardized; the same pixels saved as float32 are read as saved and
+flagged (per-feature means near 130). Standardizing them on each device with its own mean and
+std moves each class differently on each device under label skew: MNIST-5k over 20 files,
+Dirichlet 0.1, saved as float32 0..255 and standardized so, ended 5 rounds at 0.351 / 0.285 global
+(seeds 0 / 1) where the same pixels in [0, 1] reached 0.561 / 0.442
+(benchmarks/results/2026-12-06-unseen-data/pixels.json).
+Auto (standardizing.resolve) reads them instead as a device reads uint8, x / 255, on every device
+alike: no statistic, and the result is bit for bit the same data's as uint8.
+
+A folder holds 8-bit intensities (eight_bit) when every split not saved as uint8 holds only
+finite integer values in [0, 255], the largest of them above 127. The last keeps out sklearn's
+digits (0..16) and small counts, which are not 8-bit images and train better standardized. The
+values are checked as the devices read them, in float32 (a float64 100.00000001 is 100.0 there).
+Splits saved as uint8 are x / 255 already and are left alone; bool splits are flags, not
+intensities, and make a folder not 8-bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedge.edge_runtime.kernel.features import as_features
+
+if TYPE_CHECKING:
+    from fedge.tools.datasets import FederatedDataset
+
+# The largest value must pass half of 255: a folder whose values stop at 16 (sklearn's digits) or
+# at small counts is not 8-bit images, and those are standardized on each device.
+HALF_OF_8_BIT = 127
+
+SPLITS = ("train", "test")
+
+
+def eight_bit(data: FederatedDataset, saved: Mapping[str, Mapping[str, np.dtype]]) -> str | None:
+    """The dtypes ("float32", or "float64 and int64") in which the folder saved 8-bit intensities,
+    or None when it did not (see the module docstring). `saved`: each device's saved dtype of
+    x_train and x_test, {client_id: {"train": dtype, "test": dtype}}. One split at a time."""
+    dtypes, top = set(), -np.inf
+    for c in data.clients:
+        for split in SPLITS:
+            x, dtype = getattr(c, f"x_{split}"), np.dtype(saved[c.client_id][split])
+            if dtype == np.uint8 or not x.size:
+                continue
+            if dtype.kind == "b" or not _integers_0_255(x):
+                return None
+            dtypes.add(dtype.name)
+            top = max(top, float(x.max()))
+    return " and ".join(sorted(dtypes)) if dtypes and top > HALF_OF_8_BIT else None
+
+
+def _integers_0_255(x: np.ndarray) -> bool:
+    """Every value finite, integer-valued and in [0, 255]."""
+    return bool(np.isfinite(x).all() and x.min() >= 0 and x.max() <= 255 and np.array_equal(x, np.round(x)))
+
+
+def read_as_uint8(data: FederatedDataset, saved: Mapping[str, Mapping[str, np.dtype]]) -> FederatedDataset:
+    """Each split not saved as uint8 read as a device reads uint8: as_features of its values as
+    uint8, x / 255 in float32, bit for bit the same data saved as uint8. Only for data eight_bit
+    found 8-bit (the cast to uint8 is exact there)."""
+    clients = []
+    for c in data.clients:
+        read = {}
+        for split in SPLITS:
+            x = getattr(c, f"x_{split}")
+            read[split] = x if np.dtype(saved[c.client_id][split]) == np.uint8 else as_features(x.astype(np.uint8))
+        clients.append(replace(c, x_train=read["train"], x_test=read["test"]))
+    return replace(data, clients=tuple(clients))
