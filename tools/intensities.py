@@ -16,7 +16,10 @@ finite integer values in [0, 255], the largest of them above 127. The last keeps
 digits (0..16) and small counts, which are not 8-bit images and train better standardized. The
 values are checked as the devices read them, in float32 (a float64 100.00000001 is 100.0 there).
 Splits saved as uint8 are x / 255 already and are left alone; bool splits are flags, not
-intensities, and make a folder not 8-bit.
+intensities, and make a folder not 8-bit. Auto asks only when the pooled training features are
+flagged, or when some split is saved as uint8 (saves_uint8): a file with x_train as uint8 and
+x_test as float32 0..255 leaves the pool on a unit scale, and its test split was scored as saved,
+255 times the scale its device trained on, without a word.
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ def eight_bit(data: FederatedDataset, saved: Mapping[str, Mapping[str, np.dtype]
             dtypes.add(dtype.name)
             top = max(top, float(x.max()))
     return " and ".join(sorted(dtypes)) if dtypes and top > HALF_OF_8_BIT else None
+
+
+def saves_uint8(saved: Mapping[str, Mapping[str, np.dtype]]) -> bool:
+    """Some device saved a split as uint8, the type devices read as pixels (x / 255)."""
+    return any(np.dtype(dtype) == np.uint8 for splits in saved.values() for dtype in splits.values())
 
 
 def _integers_0_255(x: np.ndarray) -> bool:

@@ -9,9 +9,10 @@ decides once, as the folder loads (resolve):
     neither (auto)     on when the pooled training features are far from standardized
                        (scale_finding: a per-feature |mean| or std above FAR_FROM_UNIT, or no
                        feature's std reaching BARELY_VARIES), off otherwise, and off when
-                       --model is an import with pretrained weights (`pretrained`); flagged
-                       8-bit intensities saved as another dtype than uint8 are read as x / 255
-                       instead, as a device reads uint8 (tools/intensities.py)
+                       --model is an import with pretrained weights (`pretrained`); 8-bit
+                       intensities saved as another dtype than uint8, flagged or beside splits
+                       saved as uint8, are read as x / 255 instead, as a device reads uint8
+                       (tools/intensities.py)
 
 Auto leaves unflagged data alone: per-device statistics follow each device's label mix, so
 standardizing features that are already on a unit scale costs global accuracy where labels are
@@ -34,7 +35,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.features import feature_statistics, standardize
-from fedge.tools.intensities import eight_bit, read_as_uint8
+from fedge.tools.intensities import eight_bit, read_as_uint8, saves_uint8
 
 if TYPE_CHECKING:
     from fedge.tools.datasets import FederatedDataset
@@ -58,8 +59,8 @@ class Standardizing:
     ("auto", "on" or "off": what was asked), `finding` (scale_finding of the features as
     saved, when auto looked; None when they were not flagged or auto did not look),
     `pretrained` (the --model whose pretrained inputs made auto keep flagged features as saved)
-    and `eight_bit` (the dtypes, e.g. "float32", of flagged 8-bit intensities that auto read as
-    x / 255 instead of standardizing them: `on` is then False, no device standardized)."""
+    and `eight_bit` (the dtypes, e.g. "float32", of 8-bit intensities that auto read as x / 255,
+    flagged or beside splits saved as uint8: `on` is then False, no device standardized)."""
 
     on: bool
     mode: str
@@ -94,7 +95,10 @@ class Standardizing:
         """The one load-time line when auto standardized, naming the finding and the opt-out, or
         read 8-bit intensities as x / 255, naming what real devices need to read them alike."""
         if self.divided_by_255:
-            return (f"{self.finding}, but they are 8-bit intensities (integers 0..255) saved as {self.eight_bit}: "
+            what = (f"{self.finding}, but they are 8-bit intensities (integers 0..255) saved as {self.eight_bit}"
+                    if self.finding else f"some splits hold 8-bit intensities (integers 0..255) saved as "
+                    f"{self.eight_bit} beside splits saved as uint8")
+            return (f"{what}: "
                     f"each device reads them as x / 255, as it reads uint8 (auto; --standardize standardizes them "
                     f"on each device, --no-standardize keeps them as saved); real devices read {self.eight_bit} as "
                     f"saved, so save them as uint8 (which devices read as x / 255) or divide them by 255 before "
@@ -169,14 +173,16 @@ def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = 
     """`data` as its devices train on it, with `standardizing` saying what was done and why:
     standardize True (on), False (off) or None (auto: on when scale_finding flags the data,
     unless `pretrained` names an imported --model, whose inputs stay as its source saw them, or
-    the flagged features are 8-bit intensities saved as another dtype than uint8, which are read
-    as x / 255). `saved`: each device's saved dtypes of x_train and x_test (intensities.eight_bit);
-    None: not known, and no data is taken for 8-bit intensities."""
+    the features are 8-bit intensities saved as another dtype than uint8, flagged or beside splits
+    saved as uint8, which are read as x / 255). `saved`: each device's saved dtypes of x_train and
+    x_test (intensities.eight_bit); None: not known, and no data is taken for 8-bit intensities."""
     if standardize is not None:
         decision = Standardizing(bool(standardize), "on" if standardize else "off")
         return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)
     finding = scale_finding(data)
-    pixels = eight_bit(data, saved) if finding is not None and not pretrained and saved is not None else None
+    # a uint8 split beside the others: a float x_test beside a uint8 x_train leaves the training pool unflagged
+    asks = saved is not None and not pretrained and (finding is not None or saves_uint8(saved))
+    pixels = eight_bit(data, saved) if asks else None
     if pixels:
         return replace(read_as_uint8(data, saved), standardizing=Standardizing(False, "auto", finding, "", pixels))
     decision = Standardizing(finding is not None and not pretrained, "auto", finding, pretrained)

@@ -158,3 +158,19 @@ def test_the_8_bit_check_goes_one_split_at_a_time():
     assert peak < pool.nbytes / 4, (peak, pool.nbytes)
     assert (pool == np.round(pool)).all() and 127 < pool.max() <= 255 and pool.min() >= 0  # the rule, pooled
     assert found == "float32 and float64"
+
+
+def test_a_float_test_split_beside_a_uint8_train_split_is_read_as_its_train_split(tmp_path, caplog):
+    """x_train saved as uint8 (read as x / 255) and x_test as the same kind of pixels in float32
+    0..255: the training pool is on a unit scale, so the scale check did not flag the folder and
+    the test split was scored as saved, 255 times its training split's scale, without a word.
+    Splits saved as uint8 beside them say they are pixels: read as x / 255 too, and warned."""
+    saved = _pixels(tmp_path / "mix", ("float32",) * 2)
+    for stem, arrays in saved.items():
+        arrays["x_train"] = arrays["x_train"].astype(np.uint8)
+        np.savez(tmp_path / "mix" / f"{stem}.npz", **arrays)
+    data = load_npz_dir(tmp_path / "mix", standardize=None)
+    _same(data, {k: (as_features(v["x_train"]), as_features(v["x_test"].astype(np.uint8))) for k, v in saved.items()})
+    assert data.standardizing.divided_by_255 and not data.standardizing.on
+    (line,) = [m for m in caplog.messages if "x / 255" in m]
+    assert "None" not in line and "beside splits saved as uint8" in line and "save them as uint8" in line
