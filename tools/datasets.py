@@ -320,6 +320,10 @@ def data_findings(data: FederatedDataset) -> list[str]:
     elif scale and decided is not None and decided.divided_by_255:
         out.append(f"{scale}, even after each device read them as x / 255 (8-bit intensities saved as "
                    f"{decided.eight_bit}); --standardize has each device standardize them")
+    elif scale and decided is not None and decided.eight_bit:  # --no-standardize
+        out.append(f"{scale}. They are 8-bit intensities (integers 0..255) saved as {decided.eight_bit}: divide "
+                   f"them by 255 before saving, or save them as uint8, which devices read as x / 255 (`fedge "
+                   f"simulate --data` reads them so unless --standardize or --no-standardize is given)")
     elif scale:
         out.append(f"{scale}. Standardize each feature: x = (x - mean) / std, with the training split's mean and "
                    f"std (`fedge simulate --data` does it on each device unless --no-standardize is given)")

@@ -60,7 +60,8 @@ class Standardizing:
     saved, when auto looked; None when they were not flagged or auto did not look),
     `pretrained` (the --model whose pretrained inputs made auto keep flagged features as saved)
     and `eight_bit` (the dtypes, e.g. "float32", of 8-bit intensities that auto read as x / 255,
-    flagged or beside splits saved as uint8: `on` is then False, no device standardized)."""
+    flagged or beside splits saved as uint8: `on` is then False, no device standardized; under
+    --no-standardize, those it kept as saved)."""
 
     on: bool
     mode: str
@@ -176,8 +177,9 @@ def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = 
     the features are 8-bit intensities saved as another dtype than uint8, flagged or beside splits
     saved as uint8, which are read as x / 255). `saved`: each device's saved dtypes of x_train and
     x_test (intensities.eight_bit); None: not known, and no data is taken for 8-bit intensities."""
-    if standardize is not None:
-        decision = Standardizing(bool(standardize), "on" if standardize else "off")
+    if standardize is not None:  # --no-standardize keeps 8-bit intensities as saved; data_findings says so
+        pixels = eight_bit(data, saved) if not standardize and saved is not None else None
+        decision = Standardizing(bool(standardize), "on" if standardize else "off", eight_bit=pixels or "")
         return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)
     finding = scale_finding(data)
     # a uint8 split beside the others: a float x_test beside a uint8 x_train leaves the training pool unflagged

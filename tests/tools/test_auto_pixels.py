@@ -210,3 +210,16 @@ def test_an_edge_pixel_that_is_1_once_does_not_make_pixels_flags(tmp_path):
     data = load_npz_dir(folder, standardize=None)
     _same(data, want)
     assert data.standardizing.divided_by_255
+
+
+def test_no_standardize_on_float_pixels_is_told_to_divide_them_by_255(tmp_path, caplog):
+    """--no-standardize keeps float 0..255 pixels as saved, and the finding told the user to
+    standardize each feature, which `fedge simulate --data` does 'on each device unless
+    --no-standardize is given': false for 8-bit intensities, which auto reads as x / 255."""
+    saved = _pixels(tmp_path / "f32")
+    data = load_npz_dir(tmp_path / "f32", standardize=False)
+    _same(data, {k: (v["x_train"], v["x_test"]) for k, v in saved.items()})
+    assert data.standardizing.why == "--no-standardize" and not data.standardizing.divided_by_255
+    (finding,) = [m for m in caplog.messages if "far from standardized" in m]
+    assert "8-bit intensities" in finding and "divide them by 255" in finding
+    assert "Standardize each feature" not in finding
