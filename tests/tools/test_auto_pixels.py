@@ -194,6 +194,23 @@ def test_integer_features_with_0_1_flag_columns_are_not_taken_for_pixels(tmp_pat
     assert data.standardizing.on and not data.standardizing.divided_by_255
 
 
+def test_integer_tabular_data_with_one_column_above_127_is_not_taken_for_pixels(tmp_path):
+    """An age 0..200 beside five counts 0..5 (no 0/1 flag), saved as int64, passed the 8-bit rule
+    and was read as x / 255: the counts became 0..0.02. Pixels share one scale (most varying
+    features reach above 127, SHARED_SCALE); here one feature in six does, so the folder is
+    standardized on each device. Oracle: standardize_per_device of the folder as saved."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "counts"
+    folder.mkdir()
+    for i in range(3):
+        x = np.column_stack([rng.integers(0, 201, 10), rng.integers(0, 6, (10, 5))]).astype(np.int64)
+        np.savez(folder / f"d{i}.npz", x_train=x[:7], y_train=np.arange(7) % 2, x_test=x[7:], y_test=np.arange(3) % 2)
+    data = load_npz_dir(folder, standardize=None)
+    oracle = standardize_per_device(load_npz_dir(folder, standardize=False))
+    _same(data, {c.client_id: (c.x_train, c.x_test) for c in oracle.clients})
+    assert data.standardizing.on and not data.standardizing.divided_by_255
+
+
 def test_an_edge_pixel_that_is_1_once_does_not_make_pixels_flags(tmp_path):
     """Pixels at an image's edge can take only 0 and 1 over a folder (MNIST-5k: 1 in one of
     1,228 images), and FLAG_SHARE keeps them pixels. Oracle: as_features of the uint8 cast."""
