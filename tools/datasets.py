@@ -327,6 +327,12 @@ def data_findings(data: FederatedDataset) -> list[str]:
     elif scale:
         out.append(f"{scale}. Standardize each feature: x = (x - mean) / std, with the training split's mean and "
                    f"std (`fedge simulate --data` does it on each device unless --no-standardize is given)")
+    if decided is not None and decided.beside_uint8 and not decided.divided_by_255:  # the flags kept them
+        out.append(f"some splits hold 8-bit intensities (integers 0..255) saved as {decided.eight_bit} beside splits "
+                   f"saved as uint8, which devices read as x / 255: {decided.why} reads them as saved (then "
+                   f"standardizes, under --standardize), 255 times the scale of the uint8 splits, as real devices "
+                   f"do; save them as uint8 or divide them by 255 before saving (`fedge simulate --data` without "
+                   f"either flag reads them as x / 255)")
     seen = set(np.concatenate([c.y_train for c in data.clients]).tolist())
     unseen = sorted(set(range(data.num_classes)) - seen)
     if unseen:

@@ -61,13 +61,16 @@ class Standardizing:
     `pretrained` (the --model whose pretrained inputs made auto keep flagged features as saved)
     and `eight_bit` (the dtypes, e.g. "float32", of 8-bit intensities that auto read as x / 255,
     flagged or beside splits saved as uint8: `on` is then False, no device standardized; under
-    --no-standardize, those it kept as saved)."""
+    --no-standardize, those it kept as saved, and under --standardize those beside uint8 splits)
+    and `beside_uint8` (some split of the folder is saved as uint8 beside them: devices read it as
+    x / 255 and the 8-bit splits as saved, 255 times its scale, unless auto divides them)."""
 
     on: bool
     mode: str
     finding: str | None = None
     pretrained: str = ""
     eight_bit: str = ""
+    beside_uint8: bool = False
 
     @property
     def why(self) -> str:
@@ -177,15 +180,19 @@ def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = 
     the features are 8-bit intensities saved as another dtype than uint8, flagged or beside splits
     saved as uint8, which are read as x / 255). `saved`: each device's saved dtypes of x_train and
     x_test (intensities.eight_bit); None: not known, and no data is taken for 8-bit intensities."""
-    if standardize is not None:  # --no-standardize keeps 8-bit intensities as saved; data_findings says so
-        pixels = eight_bit(data, saved) if not standardize and saved is not None else None
-        decision = Standardizing(bool(standardize), "on" if standardize else "off", eight_bit=pixels or "")
+    mixed = saved is not None and saves_uint8(saved)
+    if standardize is not None:  # the flags keep 8-bit intensities as saved; data_findings says so
+        # --standardize: only those beside uint8 splits, which it standardizes with x / 255's statistics
+        pixels = eight_bit(data, saved) if saved is not None and (mixed or not standardize) else None
+        decision = Standardizing(bool(standardize), "on" if standardize else "off", eight_bit=pixels or "",
+                                 beside_uint8=mixed and bool(pixels))
         return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)
     finding = scale_finding(data)
     # a uint8 split beside the others: a float x_test beside a uint8 x_train leaves the training pool unflagged
-    asks = saved is not None and not pretrained and (finding is not None or saves_uint8(saved))
+    asks = saved is not None and not pretrained and (finding is not None or mixed)
     pixels = eight_bit(data, saved) if asks else None
     if pixels:
-        return replace(read_as_uint8(data, saved), standardizing=Standardizing(False, "auto", finding, "", pixels))
+        return replace(read_as_uint8(data, saved),
+                       standardizing=Standardizing(False, "auto", finding, "", pixels, beside_uint8=mixed))
     decision = Standardizing(finding is not None and not pretrained, "auto", finding, pretrained)
     return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)

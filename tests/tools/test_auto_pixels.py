@@ -240,3 +240,23 @@ def test_no_standardize_on_float_pixels_is_told_to_divide_them_by_255(tmp_path, 
     (finding,) = [m for m in caplog.messages if "far from standardized" in m]
     assert "8-bit intensities" in finding and "divide them by 255" in finding
     assert "Standardize each feature" not in finding
+
+
+@pytest.mark.parametrize("flag", [False, True], ids=["no-standardize", "standardize"])
+def test_either_flag_on_float_pixels_beside_uint8_splits_says_their_scales_differ(tmp_path, caplog, flag):
+    """x_train saved as uint8 (read as x / 255) beside x_test as float32 0..255: auto reads both
+    as x / 255 and warns; either flag read the test split as saved, 255 times its training
+    split's scale (standardized with x / 255's statistics under --standardize), as a real device
+    does, without a word. Oracle: the devices' reading, as_features of each split as saved."""
+    saved = _pixels(tmp_path / "mix", ("float32",) * 2)
+    for stem, arrays in saved.items():
+        arrays["x_train"] = arrays["x_train"].astype(np.uint8)
+        np.savez(tmp_path / "mix" / f"{stem}.npz", **arrays)
+    data = load_npz_dir(tmp_path / "mix", standardize=flag)
+    read = {k: (as_features(v["x_train"]), as_features(v["x_test"])) for k, v in saved.items()}
+    _same(data, {c.client_id: (c.x_train, c.x_test) for c in standardize_per_device(replace(
+        data, clients=tuple(replace(c, x_train=read[c.client_id][0], x_test=read[c.client_id][1])
+                            for c in data.clients))).clients} if flag else read)
+    (line,) = [m for m in caplog.messages if "beside splits saved as uint8" in m]
+    assert ("--standardize" if flag else "--no-standardize") in line and "255 times" in line
+    assert "save them as uint8" in line and not data.standardizing.divided_by_255
