@@ -14,7 +14,8 @@
     npz = "/var/lib/fedge/data.npz"     # arrays x_train, y_train, x_test, y_test
     standardize = false                 # true: (x - mean) / std with this device's own training statistics;
                                         # the same on every device of a fleet (`fedge simulate --data`'s
-                                        # run.json: config.standardize; its auto standardizing = true)
+                                        # run.json: config.standardize; its auto standardizing = true;
+                                        # config.divided_by_255 = true: save float pixels 0..255 as uint8)
 
     [eligibility]                       # edge_runtime.eligibility.EligibilityPolicy
     min_battery_percent = 40
@@ -64,7 +65,9 @@ class DataConfig:
     # mean and std at start and at each SIGHUP reload (kernel/features.py; a statistic of its data
     # never leaves it), and `fedge device export` puts the same affine in front of its model. A
     # fleet trains one model: set it alike on every device. `fedge simulate --data` records which
-    # setting its run used in run.json's config.standardize (auto standardized: true on every device).
+    # setting its run used in run.json's config.standardize (auto standardized: true on every device;
+    # where auto read float pixels 0..255 as x / 255, config.divided_by_255, it is false and the
+    # devices' files must hold those pixels as uint8, which as_features reads as x / 255, or divided).
     standardize: bool = False
 
     def __post_init__(self) -> None:

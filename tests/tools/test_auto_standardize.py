@@ -209,9 +209,19 @@ def test_the_heterogeneity_json_records_what_auto_decided_for_its_data_folder(tm
     want = load_npz_dir(raw, standardize=None).standardizing
     assert doc["grid"]["data_standardize"] is None  # what was asked: auto
     written = json.loads((tmp_path / "h.json").read_text())["data_standardize"]
-    assert written == {"standardize": True, "standardize_why": want.why} and want.why.startswith("auto: features")
+    assert written == {"standardize": True, "standardize_why": want.why, "divided_by_255": False}
+    assert want.why.startswith("auto: features")
     off = heterogeneity.run(replace(grid, data_standardize=False), tmp_path / "o.json", tmp_path / "report",
                             data_dir=str(raw), log=lambda line: None)
-    assert off["data_standardize"] == {"standardize": False, "standardize_why": "--no-standardize"}
+    assert off["data_standardize"] == {"standardize": False, "standardize_why": "--no-standardize",
+                                       "divided_by_255": False}
+    pixels = tmp_path / "pixels"  # float32 0..255: read as x / 255, which run.json records as divided_by_255
+    pixels.mkdir()
+    for i, x in enumerate(np.random.default_rng(0).integers(0, 256, (2, 10, 6)).astype(np.float32)):
+        np.savez(pixels / f"d{i}.npz", x_train=x[:7], y_train=np.arange(7) % 2, x_test=x[7:], y_test=np.arange(3) % 2)
+    read = load_npz_dir(pixels, standardize=None).standardizing
+    assert heterogeneity.run(grid, tmp_path / "p.json", tmp_path / "report", data_dir=str(pixels),
+                             log=lambda line: None)["data_standardize"] == {
+        "standardize": False, "standardize_why": read.why, "divided_by_255": True}
     assert heterogeneity.run(grid, tmp_path / "n.json", tmp_path / "report", log=lambda line: None)[
         "data_standardize"] is None  # no --data DIR: nothing to record

@@ -44,8 +44,8 @@ Output JSON (schema 1):
              proxy_fraction, proxy_examples, accuracy (the pretrained model as is, before round 1), and
              cells (backbone "pretrained"), baselines, multipliers, compression in the shapes above,
              targets 1 and 5 on these rows
-    data_standardize: with --data DIR, {standardize, standardize_why} as its jobs ran it (run.json's
-             config fields; grid.data_standardize is what was asked, null = auto); else null
+    data_standardize: with --data DIR, {standardize, standardize_why, divided_by_255} as its jobs ran
+             it (run.json's config fields; grid.data_standardize is what was asked, null = auto); else null
     errors: jobs that failed, with the error
 """
 
@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run on one .npz per client in DIR")
     scaling = p.add_mutually_exclusive_group()
     scaling.add_argument("--standardize", action="store_true", default=None,
-                         help="--data: each device standardizes its features (default: only when they are far "
-                         "from standardized, as `fedge simulate --data` does)")
+                         help="--data: each device standardizes its features (default: auto, as `fedge simulate "
+                         "--data` decides: only when they are far from standardized, and 8-bit intensities saved as "
+                         "float are read as x / 255 instead)")
     scaling.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
                          help="--data: train on the features as saved")
     p.add_argument("--workers", type=int_in(1, MAX_PARALLEL), default=None, help="processes (default 2)")
@@ -204,7 +205,7 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
              pretrained: dict | None = None, standardizing: Standardizing | None = None) -> dict:
     """The JSON document from the jobs' rows (pure). The pretrained rows (backbone "pretrained")
     go to `pretrained`, beside the random-backbone document, in the same shapes. `standardizing`:
-    a --data DIR's decision, recorded as `data_standardize` {standardize, standardize_why} (what
+    a --data DIR's decision, recorded as `data_standardize` {standardize, standardize_why, divided_by_255} (what
     ran, as run.json's config has it; the grid's data_standardize is what was asked, null = auto)."""
     ok = [r for r in results if "error" not in r]
     random = [r for r in ok if r.get("backbone", "random") != PRETRAINED]
@@ -228,7 +229,8 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
     return {"schema": 1, "benchmark": "heterogeneity", "quick": quick, "grid": asdict(grid),
             "environment": _environment(), "wall_seconds": round(wall_seconds, 1), **doc, "pretrained": pre,
             "data_standardize": standardizing and {"standardize": standardizing.on,
-                                                   "standardize_why": standardizing.why},
+                                                   "standardize_why": standardizing.why,
+                                                   "divided_by_255": standardizing.divided_by_255},
             "errors": [r for r in results if "error" in r]}
 
 
