@@ -2,7 +2,8 @@
 intensities, x / 255. One rule for a device's own data (edge_runtime/examples.py, its training
 and its evaluation), the simulator's (tools/datasets.py) and the coordinator's guard set
 (coordinator/holdout.py): a model trained on x / 255 and scored on raw 0..255 pixels is scored
-on another task. Other integer types keep their values (a scale far from 1 is warned about).
+on another task. Other integer types keep their values (`fedge simulate --data` flags a scale far
+from 1 and by default standardizes it, or reads 8-bit intensities as x / 255: tools/standardizing.py).
 
 Per-device standardization, one formula for a real device (`[data] standardize = true`,
 device_config.load_local_data) and the simulator (tools/standardizing.standardize_per_device),

@@ -261,3 +261,24 @@ def test_either_flag_on_float_pixels_beside_uint8_splits_says_their_scales_diffe
     (line,) = [m for m in caplog.messages if "beside splits saved as uint8" in m]
     assert ("--standardize" if flag else "--no-standardize") in line and "255 times" in line
     assert "save them as uint8" in line and not data.standardizing.divided_by_255
+
+
+def test_a_device_following_the_warning_trains_on_what_auto_read(tmp_path):
+    """Auto read float32 0..255 pixels as x / 255 and recorded config.standardize false; the
+    warning tells real devices to save them as uint8 or divided by 255. A device with [data]
+    standardize = false reading either file holds the simulator's features, bit for bit (and
+    the file as saved would not). Oracle: the device's own loader."""
+    from fedge.edge_runtime.device_config import load_local_data
+
+    saved = _pixels(tmp_path / "f32", ("float32",) * 2)
+    data = load_npz_dir(tmp_path / "f32", standardize=None)
+    assert data.standardizing.divided_by_255 and not data.standardizing.on  # run.json: standardize false
+    for c in data.clients:
+        arrays = saved[c.client_id]
+        for name, convert in (("u8", lambda x: x.astype(np.uint8)), ("div", lambda x: x / np.float32(255))):
+            np.savez(tmp_path / f"{name}.npz", **{**arrays, "x_train": convert(arrays["x_train"]),
+                                                 "x_test": convert(arrays["x_test"])})
+            device = load_local_data(tmp_path / f"{name}.npz", standardize=False)
+            assert device.x_train.tobytes() == c.x_train.tobytes() and device.x_test.tobytes() == c.x_test.tobytes()
+        as_saved = load_local_data(tmp_path / "f32" / f"{c.client_id}.npz", standardize=False)
+        assert not np.array_equal(as_saved.x_train, c.x_train)
