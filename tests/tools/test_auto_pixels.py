@@ -46,6 +46,15 @@ def _same(data, want):
         assert c.x_test.tobytes() == want[c.client_id][1].tobytes()
 
 
+def _uint8_train_float_test(folder):
+    """_pixels' two float32 files with x_train re-saved as uint8 (x_test stays float32 0..255)."""
+    saved = _pixels(folder, ("float32",) * 2)
+    for stem, arrays in saved.items():
+        arrays["x_train"] = arrays["x_train"].astype(np.uint8)
+        np.savez(folder / f"{stem}.npz", **arrays)
+    return saved
+
+
 def test_float_0_255_pixels_are_read_as_devices_read_uint8(tmp_path, caplog):
     saved = _pixels(tmp_path / "f32", ("float32", "float64", "int64"))
     data = load_npz_dir(tmp_path / "f32", standardize=None)
@@ -166,15 +175,25 @@ def test_a_float_test_split_beside_a_uint8_train_split_is_read_as_its_train_spli
     0..255: the training pool is on a unit scale, so the scale check did not flag the folder and
     the test split was scored as saved, 255 times its training split's scale, without a word.
     Splits saved as uint8 beside them say they are pixels: read as x / 255 too, and warned."""
-    saved = _pixels(tmp_path / "mix", ("float32",) * 2)
-    for stem, arrays in saved.items():
-        arrays["x_train"] = arrays["x_train"].astype(np.uint8)
-        np.savez(tmp_path / "mix" / f"{stem}.npz", **arrays)
+    saved = _uint8_train_float_test(tmp_path / "mix")
     data = load_npz_dir(tmp_path / "mix", standardize=None)
     _same(data, {k: (as_features(v["x_train"]), as_features(v["x_test"].astype(np.uint8))) for k, v in saved.items()})
     assert data.standardizing.divided_by_255 and not data.standardizing.on
     (line,) = [m for m in caplog.messages if "x / 255" in m]
     assert "None" not in line and "beside splits saved as uint8" in line and "save them as uint8" in line
+
+
+def _an_age_beside(folder, rng, top, columns):
+    """3 int64 files of an age 0..200 beside `columns` integer columns 0..top: auto standardizes
+    them on each device. Oracle: standardize_per_device of the folder as saved."""
+    folder.mkdir()
+    for i in range(3):
+        x = np.column_stack([rng.integers(0, 201, 10), rng.integers(0, top + 1, (10, columns))]).astype(np.int64)
+        np.savez(folder / f"d{i}.npz", x_train=x[:7], y_train=np.arange(7) % 2, x_test=x[7:], y_test=np.arange(3) % 2)
+    data = load_npz_dir(folder, standardize=None)
+    oracle = standardize_per_device(load_npz_dir(folder, standardize=False))
+    _same(data, {c.client_id: (c.x_train, c.x_test) for c in oracle.clients})
+    assert data.standardizing.on and not data.standardizing.divided_by_255
 
 
 def test_integer_features_with_0_1_flag_columns_are_not_taken_for_pixels(tmp_path):
@@ -183,16 +202,7 @@ def test_integer_features_with_0_1_flag_columns_are_not_taken_for_pixels(tmp_pat
     5 rounds, seeds 0 / 1: 0.728 / 0.736 global, 0.976 / 0.984 standardized on each device). A
     feature that takes only 0 and 1 is a flag, as a bool split is: such a folder is standardized
     as before. Oracle: standardize_per_device of the folder as saved."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "ages"
-    folder.mkdir()
-    for i in range(3):
-        x = np.column_stack([rng.integers(0, 201, 10), rng.integers(0, 2, (10, 6))]).astype(np.int64)
-        np.savez(folder / f"d{i}.npz", x_train=x[:7], y_train=np.arange(7) % 2, x_test=x[7:], y_test=np.arange(3) % 2)
-    data = load_npz_dir(folder, standardize=None)
-    oracle = standardize_per_device(load_npz_dir(folder, standardize=False))
-    _same(data, {c.client_id: (c.x_train, c.x_test) for c in oracle.clients})
-    assert data.standardizing.on and not data.standardizing.divided_by_255
+    _an_age_beside(tmp_path / "ages", np.random.default_rng(0), top=1, columns=6)
 
 
 def test_integer_tabular_data_with_one_column_above_127_is_not_taken_for_pixels(tmp_path):
@@ -200,16 +210,7 @@ def test_integer_tabular_data_with_one_column_above_127_is_not_taken_for_pixels(
     and was read as x / 255: the counts became 0..0.02. Pixels share one scale (most varying
     features reach above 127, SHARED_SCALE); here one feature in six does, so the folder is
     standardized on each device. Oracle: standardize_per_device of the folder as saved."""
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "counts"
-    folder.mkdir()
-    for i in range(3):
-        x = np.column_stack([rng.integers(0, 201, 10), rng.integers(0, 6, (10, 5))]).astype(np.int64)
-        np.savez(folder / f"d{i}.npz", x_train=x[:7], y_train=np.arange(7) % 2, x_test=x[7:], y_test=np.arange(3) % 2)
-    data = load_npz_dir(folder, standardize=None)
-    oracle = standardize_per_device(load_npz_dir(folder, standardize=False))
-    _same(data, {c.client_id: (c.x_train, c.x_test) for c in oracle.clients})
-    assert data.standardizing.on and not data.standardizing.divided_by_255
+    _an_age_beside(tmp_path / "counts", np.random.default_rng(1), top=5, columns=5)
 
 
 def test_an_edge_pixel_that_is_1_once_does_not_make_pixels_flags(tmp_path):
@@ -249,10 +250,7 @@ def test_either_flag_on_float_pixels_beside_uint8_splits_says_their_scales_diffe
     as x / 255 and warns; either flag read the test split as saved, 255 times its training
     split's scale (standardized with x / 255's statistics under --standardize), as a real device
     does, without a word. Oracle: the devices' reading, as_features of each split as saved."""
-    saved = _pixels(tmp_path / "mix", ("float32",) * 2)
-    for stem, arrays in saved.items():
-        arrays["x_train"] = arrays["x_train"].astype(np.uint8)
-        np.savez(tmp_path / "mix" / f"{stem}.npz", **arrays)
+    saved = _uint8_train_float_test(tmp_path / "mix")
     data = load_npz_dir(tmp_path / "mix", standardize=flag)
     read = {k: (as_features(v["x_train"]), as_features(v["x_test"])) for k, v in saved.items()}
     _same(data, {c.client_id: (c.x_train, c.x_test) for c in standardize_per_device(replace(
