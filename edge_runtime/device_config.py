@@ -53,6 +53,7 @@ from .kernel.features import standardize as standardize_features
 from .kernel.protocol import DEVICE_MAX_TASK_S
 from .kernel.transport.settings import MqttSettings
 from .kernel.wire_fields import I64, bounded
+from .split_scale import describe, scale_gap
 from .standardization_record import Statistics
 
 log = logging.getLogger("fedge.device")
@@ -175,7 +176,8 @@ def load_local_data(path: str | Path, standardize: bool = False) -> LocalData:
 
 
 def read_local_data(path: str | Path, standardize: bool = False) -> tuple[LocalData, Statistics | None]:
-    """load_local_data, and the (mean, std) it standardized with (None without standardize)."""
+    """load_local_data, and the (mean, std) it standardized with (None without standardize). Warns
+    in one line when x_test is on another scale than x_train (split_scale.py)."""
     path = Path(path)
     arrays = read_data_npz(path)
     # What the device would otherwise find out mid-task, refused at start and at a SIGHUP reload.
@@ -187,6 +189,9 @@ def read_local_data(path: str | Path, standardize: bool = False) -> tuple[LocalD
         layouts.check(path, split, x)
     if len(y_train) == 0:
         raise DatasetError(f"{path}: x_train/y_train hold no examples; the device has nothing to train on")
+    gap = scale_gap(x_train, x_test)  # as saved (uint8 / 255): standardizing both alike keeps a gap
+    if gap is not None:  # a warning, not a refusal: the owner may have reasons, and training is unaffected
+        log.warning("%s: %s", path, describe(gap))
     stats = None
     if standardize:
         mean, std = stats = feature_statistics(x_train)

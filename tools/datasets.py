@@ -25,6 +25,7 @@ from fedge.edge_runtime.data_file import read_data_npz
 from fedge.edge_runtime.examples import LayoutCheck, check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.protocol import device_topic
+from fedge.edge_runtime.split_scale import describe, scale_gap
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
 from fedge.tools.partition import partition as _partition
 from fedge.tools.standardizing import Standardizing, resolve, scale_finding
@@ -255,6 +256,8 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     one line. `pretrained`: the --model, when it is an import with pretrained weights (auto then
     keeps the features as saved and says why). Auto reads flagged 8-bit intensities saved as
     another dtype than uint8 (float32 0..255) as x / 255, as devices read uint8 (intensities.py).
+    A file whose x_test is on another scale than its x_train is warned about in one line
+    (edge_runtime/split_scale.py), as a device's loader does.
     """
     root = Path(path)
     if not root.is_dir():
@@ -296,8 +299,14 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
         saved[file.stem] = {split: arrays[f"x_{split}"].dtype for split in ("train", "test")}
-    data = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
-    data = resolve(data, standardize, pretrained, saved)
+    as_saved = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
+    data = resolve(as_saved, standardize, pretrained, saved)
+    # after auto's x / 255 (a float x_test beside a uint8 x_train is fixed and said so), before
+    # standardizing: a device's own training statistics blow up a tiny split's test values honestly
+    for client in (as_saved if data.standardizing.on else data).clients:
+        gap = scale_gap(client.x_train, client.x_test)
+        if gap is not None:  # a warning: the user may have reasons
+            log.warning("%s: %s", root / f"{client.client_id}.npz", describe(gap))
     if data.standardizing.warning:
         log.warning("%s: %s", root, data.standardizing.warning)
     for finding in data_findings(data):
