@@ -303,15 +303,24 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     data = resolve(as_saved, standardize, pretrained, saved)
     # after auto's x / 255 (a float x_test beside a uint8 x_train is fixed and said so), before
     # standardizing: a device's own training statistics blow up a tiny split's test values honestly
-    for client in (as_saved if data.standardizing.on else data).clients:
-        gap = scale_gap(client.x_train, client.x_test)
-        if gap is not None:  # a warning: the user may have reasons
-            log.warning("%s: %s", root / f"{client.client_id}.npz", describe(gap))
+    _warn_scale_gaps(root, (as_saved if data.standardizing.on else data).clients)
     if data.standardizing.warning:
         log.warning("%s: %s", root, data.standardizing.warning)
     for finding in data_findings(data):
         log.warning("%s: %s", root, finding)
     return data
+
+
+def _warn_scale_gaps(root: Path, clients: tuple[ClientData, ...], shown: int = 5) -> None:
+    """A warning (the user may have reasons) for each file whose x_test is on another scale than
+    its x_train, the first `shown` by name and the rest counted in one line: a folder saved
+    wrong throughout is one mistake, not 20,000 lines."""
+    gaps = [(c.client_id, gap) for c in clients if (gap := scale_gap(c.x_train, c.x_test)) is not None]
+    for stem, gap in gaps[:shown]:
+        log.warning("%s: %s", root / f"{stem}.npz", describe(gap))
+    if len(gaps) > shown:
+        log.warning("%s: %d more files' x_test are on another scale than their x_train (%s, ...)", root,
+                    len(gaps) - shown, ", ".join(f"{stem}.npz" for stem, _ in gaps[shown:shown + 5]))
 
 
 def data_findings(data: FederatedDataset) -> list[str]:

@@ -64,3 +64,16 @@ def test_honest_folders_and_the_pixels_auto_reads_as_x_over_255_say_nothing_of_s
                      x_test=pixels[i, 7:].astype(np.float32), y_test=np.arange(3) % 2)
         assert load_npz_dir(tmp_path / "pix", standardize=None).standardizing.divided_by_255
     assert not _scale_lines(caplog)
+
+
+def test_a_folder_saved_wrong_throughout_names_five_files_and_counts_the_rest(tmp_path, caplog):
+    x = np.random.default_rng(0).random((8, 10, 4)).astype(np.float32)  # in [0, 1]
+    (tmp_path / "all").mkdir()
+    for i in range(8):
+        np.savez(tmp_path / "all" / f"d{i}.npz", x_train=x[i, :7], y_train=np.arange(7) % 2, x_test=x[i, 7:] * 255,
+                 y_test=np.arange(3) % 2)
+    with caplog.at_level(logging.WARNING, logger="fedge"):
+        load_npz_dir(tmp_path / "all", standardize=False)
+    named = _scale_lines(caplog)
+    assert [m.split(":")[0] for m in named[:5]] == [str(tmp_path / "all" / f"d{i}.npz") for i in range(5)]
+    assert len(named) == 6 and "3 more files" in named[5] and "d5.npz, d6.npz, d7.npz" in named[5]
