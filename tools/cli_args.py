@@ -99,3 +99,12 @@ def names_arg(text: str) -> str:
     if not any(name.strip() for name in text.split(",")):
         raise argparse.ArgumentTypeError(f"{text!r} names nothing; give one name or a comma list")
     return text
+
+
+def standardize_flags(p: argparse.ArgumentParser, on_help: str, off_help: str) -> None:
+    """--standardize / --no-standardize, exclusive, into `standardize`: True, False, or None when
+    neither is given (auto, tools/standardizing.py). `fedge simulate` and `fedge bench
+    heterogeneity` share them, so the two spell and resolve them alike."""
+    scaling = p.add_mutually_exclusive_group()
+    scaling.add_argument("--standardize", action="store_true", default=None, help=on_help)
+    scaling.add_argument("--no-standardize", dest="standardize", action="store_false", default=None, help=off_help)

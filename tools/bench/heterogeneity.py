@@ -65,7 +65,7 @@ from pathlib import Path
 
 from fedge.coordinator.config import load_coordinator_config
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.tools.cli_args import MAX_PARALLEL, MAX_SEED, int_in, out_file_arg, path_arg
+from fedge.tools.cli_args import MAX_PARALLEL, MAX_SEED, int_in, out_file_arg, path_arg, standardize_flags
 from fedge.tools.standardizing import Standardizing
 
 from . import hetero_metrics as m
@@ -81,13 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                    "(84-127 s measured on 2 shared cores)")
     p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="also run on one .npz per client in DIR")
-    scaling = p.add_mutually_exclusive_group()
-    scaling.add_argument("--standardize", action="store_true", default=None,
-                         help="--data: each device standardizes its features (default: auto, as `fedge simulate "
-                         "--data` decides: only when they are far from standardized, and 8-bit intensities saved as "
-                         "float are read as x / 255 instead)")
-    scaling.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
-                         help="--data: train on the features as saved")
+    standardize_flags(p, "--data: each device standardizes its features (default: auto, as `fedge simulate "
+                      "--data` decides: only when they are far from standardized, and 8-bit intensities saved as "
+                      "float are read as x / 255 instead)",
+                      "--data: train on the features as saved")
     p.add_argument("--workers", type=int_in(1, MAX_PARALLEL), default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="override the grid's rounds")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None)

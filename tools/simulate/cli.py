@@ -13,7 +13,7 @@ from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
 from fedge.tools.beside_json import check_beside, check_parent_folder
-from fedge.tools.cli_args import names_arg, path_arg
+from fedge.tools.cli_args import names_arg, path_arg, standardize_flags
 
 from .config import (
     DATASETS,
@@ -52,15 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "generated: one device per generated client, any number of devices)")
     p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
-    scaling = p.add_mutually_exclusive_group()
-    scaling.add_argument("--standardize", action="store_true", default=None,
-                         help="each device standardizes its features with its own training mean and std (default "
-                         "with --data: only when the loaded features are far from standardized, never for an "
-                         "imported --model's pretrained inputs, and 8-bit intensities saved as float (integers "
-                         "0..255) are read as x / 255 instead, as uint8 is; under label skew "
-                         "it costs global accuracy; README, Bring your own data)")
-    scaling.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
-                         help="train on --data features as saved, even when they are far from standardized")
+    standardize_flags(p, "each device standardizes its features with its own training mean and std (default "
+                      "with --data: only when the loaded features are far from standardized, never for an "
+                      "imported --model's pretrained inputs, and 8-bit intensities saved as float (integers "
+                      "0..255) are read as x / 255 instead, as uint8 is; under label skew "
+                      "it costs global accuracy; README, Bring your own data)",
+                      "train on --data features as saved, even when they are far from standardized")
     p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
     p.add_argument("--alpha", type=float, default=None,
                    help=f"dirichlet: the concentration, smaller = more label skew (default {DIRICHLET_ALPHA}); "
