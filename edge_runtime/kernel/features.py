@@ -10,7 +10,7 @@ device_config.load_local_data) and the simulator (tools/standardizing.standardiz
 taken after as_features:
 
     mean, std = x_train's per-feature mean and std, in float64     (feature_statistics)
-    std       = 1 where std <= 1e-6 * max(|mean|, 1)                (a constant feature: centred only)
+    std       = 1 where std <= 4.8e-7 * max(|mean|, 1)              (a constant feature: centred only)
     x'        = float32((x - mean) / std), for x_train and x_test   (standardize)
 
 A value that lands beyond float32 (a test value 1e35 on a feature of std 1e-5) is a DatasetError
@@ -25,8 +25,12 @@ import numpy as np
 from .errors import DatasetError
 
 # A feature whose std is at most this fraction of its scale, max(|mean|, 1), is constant on the
-# device: dividing by it would blow float rounding up into signal, so it is only centred.
-CONSTANT_FEATURE = 1e-6
+# device: dividing by it would blow float rounding up into signal, so it is only centred. Four
+# float32 ulps (4 * 2**-23, 4.8e-7), since the statistics are taken on float32 features: values
+# that differ only by rounding (0.1 + 0.2 beside 0.3) spread over a few ulps. It was 1e-6, about
+# 8 ulps, which took real signal for rounding: a feature of mean 1e9 and std 900 (timestamps
+# within a quarter hour) was centred only and reached the model as +-900.
+CONSTANT_FEATURE = 4 * float(np.finfo(np.float32).eps)
 
 
 def as_features(x: np.ndarray) -> np.ndarray:

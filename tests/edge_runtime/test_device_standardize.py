@@ -29,7 +29,7 @@ def _old_formula(x_train, x_test):
     x = x_train.astype(np.float64)
     mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1:])
     std = x.std(axis=0) if len(x) else np.ones(x.shape[1:])
-    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    std = np.where(std > 4 * 2.0**-23 * np.maximum(np.abs(mean), 1.0), std, 1.0)
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
@@ -38,7 +38,7 @@ def _loop_oracle(x_train, x):
     flat, out = x_train.reshape(len(x_train), -1).astype(np.float64), np.empty(x.shape, np.float64)
     for j in range(flat.shape[1]):
         mean, std = flat[:, j].mean(), flat[:, j].std()
-        std = std if std > 1e-6 * max(abs(mean), 1.0) else 1.0
+        std = std if std > 4 * 2.0**-23 * max(abs(mean), 1.0) else 1.0
         out.reshape(len(x), -1)[:, j] = (x.reshape(len(x), -1)[:, j] - mean) / std
     return out
 

@@ -24,7 +24,7 @@ def test_each_device_uses_its_own_training_statistics(tmp_path):
         x = before.x_train.astype(np.float64)  # oracle: a plain loop over features
         for j in range(x.shape[1]):
             mean, std = x[:, j].mean(), x[:, j].std()
-            std = std if std > 1e-6 * max(abs(mean), 1.0) else 1.0
+            std = std if std > 4 * 2.0**-23 * max(abs(mean), 1.0) else 1.0
             np.testing.assert_allclose(after.x_train[:, j], (x[:, j] - mean) / std, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(after.x_test[:, j], (before.x_test[:, j] - mean) / std, rtol=1e-5, atol=1e-4)
     assert np.all(out.clients[0].x_train[:, 3] == 0.0)
