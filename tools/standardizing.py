@@ -178,8 +178,9 @@ def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = 
     standardize True (on), False (off) or None (auto: on when scale_finding flags the data,
     unless `pretrained` names an imported --model, whose inputs stay as its source saw them, or
     the features are 8-bit intensities saved as another dtype than uint8, flagged or beside splits
-    saved as uint8, which are read as x / 255). `saved`: each device's saved dtypes of x_train and
-    x_test (intensities.eight_bit); None: not known, and no data is taken for 8-bit intensities."""
+    saved as uint8, which are read as x / 255; beside uint8 splits, for a pretrained model too).
+    `saved`: each device's saved dtypes of x_train and x_test (intensities.eight_bit); None: not
+    known, and no data is taken for 8-bit intensities."""
     mixed = saved is not None and saves_uint8(saved)
     if standardize is not None:  # the flags keep 8-bit intensities as saved; data_findings says so
         # --standardize: only those beside uint8 splits, which it standardizes with x / 255's statistics
@@ -188,8 +189,10 @@ def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = 
                                  beside_uint8=mixed and bool(pixels))
         return replace(standardize_per_device(data) if decision.on else data, standardizing=decision)
     finding = scale_finding(data)
-    # a uint8 split beside the others: a float x_test beside a uint8 x_train leaves the training pool unflagged
-    asks = saved is not None and not pretrained and (finding is not None or mixed)
+    # a uint8 split beside the others: a float x_test beside a uint8 x_train leaves the training pool unflagged.
+    # A pretrained --model keeps its inputs as saved, unless some are uint8: those every reader takes as
+    # x / 255, so 8-bit splits beside them saved as float would reach it at 255 times their scale.
+    asks = saved is not None and (mixed or (finding is not None and not pretrained))
     pixels = eight_bit(data, saved) if asks else None
     if pixels:
         return replace(read_as_uint8(data, saved),

@@ -105,6 +105,19 @@ def test_the_flags_and_a_pretrained_model_keep_their_meaning_on_float_pixels(tmp
     assert kept.standardizing.kept_for_model and not kept.standardizing.divided_by_255
 
 
+def test_a_pretrained_model_gets_float_pixels_beside_uint8_files_as_x_over_255(tmp_path):
+    """Every reader takes the uint8 file as x / 255; kept as saved, the float32 files' pixels
+    reached the pretrained model at 255 times that scale, with no word (stop 41's note)."""
+    saved = _pixels(tmp_path / "mix", ("uint8", "float32", "float32"))
+    raw = load_npz_dir(tmp_path / "mix", standardize=False)
+    dtypes = {k: {s: v[f"x_{s}"].dtype for s in ("train", "test")} for k, v in saved.items()}
+    read = resolve(raw, None, "model.toml", dtypes)
+    _same(read, {k: (as_features(v["x_train"].astype(np.uint8)), as_features(v["x_test"].astype(np.uint8)))
+                 for k, v in saved.items()})
+    assert read.standardizing.divided_by_255 and not read.standardizing.on
+    assert read.standardizing.why == "auto: 8-bit intensities saved as float32, read as x / 255"
+
+
 def test_run_json_says_the_pixels_were_divided_and_not_standardized(tmp_path):
     """config.standardize stays what a fleet deploys as [data] standardize (false: no device
     standardized); config.divided_by_255 says the simulator read the saved floats as x / 255.
