@@ -190,7 +190,7 @@ def test_a_secure_round_commits_the_decoded_noised_sum_and_is_charged_as_distrib
     mean = ddg.decode(total, task.rotation_seed, task.dp_gamma, 16) / len(values)
     np.testing.assert_allclose(_flat(c.state.params) - _flat(old), mean, atol=1e-6)
     # A 16-bit mask coordinate is 0 (masked == own) with probability 2^-16: counted over every device's
-    # coordinates, as test_fleet_secagg's check, not per device, where one among 67 fails the 1% bound
+    # coordinates, as test_fleet_secagg_rounds' check, not per device, where one among 67 fails the 1% bound
     same = [unpack(m.data, m.length, m.field_bits) == values[m.device_id] for m in masked]
     assert len(same) == 5 and np.mean(np.concatenate(same)) < 0.01
     (charge,) = c.store.privacy_ledger()

@@ -20,7 +20,7 @@ from fedge.coordinator.store import RoundStore, StoredRound, StoredUpdate
 from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 from tests.coordinator.fleet import NO_EVAL
-from tests.coordinator.test_strategies import NAMES, toy_fleet
+from tests.coordinator.strategy_fleet import NAMES, toy_fleet
 from tests.tiny_model import build_tiny_model
 
 CONFIG = dict(clients_per_round=4, over_selection=1.0, min_reports=4, round_deadline_s=600.0, evaluation=NO_EVAL,

@@ -64,7 +64,7 @@ def test_the_update_chain_sends_what_compress_update_sends(seed, spec):
 
 
 def test_the_control_chain_has_no_clip_step():
-    """SCAFFOLD's Δc_i: DeviceRuntime gives it a context with clip_norm 0 (test_fedprox_scaffold
+    """SCAFFOLD's Δc_i: DeviceRuntime gives it a context with clip_norm 0 (test_scaffold_device
     checks that end to end); the chain itself only adds the residual and compresses."""
     assert clip not in CONTROL_STEPS and compress in CONTROL_STEPS
     rng = np.random.default_rng(3)

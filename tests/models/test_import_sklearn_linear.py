@@ -24,7 +24,7 @@ from sklearn.tree import DecisionTreeClassifier  # noqa: E402
 
 from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
 from fedge.models.onnx_source import OnnxImportError  # noqa: E402
-from tests.models.test_import_sources import _digits_images  # noqa: E402
+from tests.models.import_check import _digits_images  # noqa: E402
 from tests.models.test_import_torch_variants import _build_check_and_export  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",

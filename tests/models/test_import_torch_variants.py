@@ -23,7 +23,7 @@ from fedge.models.build import build_artifacts  # noqa: E402
 from fedge.models.export import export_model  # noqa: E402
 from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
 from fedge.models.onnx_source import OnnxImportError  # noqa: E402
-from tests.models.test_import_sources import HAVE_ORT_TRAINING, _digits_images, check_backends_agree  # noqa: E402
+from tests.models.import_check import HAVE_ORT_TRAINING, _digits_images, check_backends_agree  # noqa: E402
 from tests.torch_export import export  # noqa: E402
 
 nn = torch.nn

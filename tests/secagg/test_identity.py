@@ -10,7 +10,7 @@ from fedge.edge_runtime.kernel.secagg import identity
 from fedge.edge_runtime.kernel.secagg import session as sess
 from fedge.edge_runtime.kernel.secagg.keys import generate_keypair
 from tests.coordinator.fleet import copy_params, make_fleet
-from tests.secagg.test_fleet_secagg import SETTINGS, _expected_mean, _flat, _run_round, model  # noqa: F401
+from tests.secagg.fleet_round import SETTINGS, _expected_mean, _flat, _run_round
 
 MODEL = "ab" * 32
 

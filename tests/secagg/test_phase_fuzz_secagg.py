@@ -24,7 +24,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
     UnmaskResponse,
 )
 from tests.coordinator.phase_attack import exported
-from tests.secagg.test_fleet_secagg import SECURE, _run_round
+from tests.secagg.fleet_round import SECURE, _run_round
 from tests.secagg.test_raw_clients import HONEST, _check_exact, _fleet, sums  # noqa: F401 - sums: a fixture
 from tests.tiny_model import build_tiny_model
 

@@ -20,8 +20,8 @@ from fedge.edge_runtime.kernel.secagg.messages import KeyAdvertisement, sealed_s
 from fedge.edge_runtime.kernel.secagg.packing import pack
 from fedge.edge_runtime.kernel.secagg.shamir import PRIME, value_bytes
 from tests.coordinator.fleet import make_fleet
+from tests.secagg.fleet_round import _run_round
 from tests.secagg.raw_client import RawClient, field_sum
-from tests.secagg.test_fleet_secagg import _run_round
 from tests.tiny_model import build_tiny_model
 
 SECURE = SecAggConfig(enabled=True, bits=16, clip_range=0.5)

@@ -22,7 +22,7 @@ from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from tests.coordinator.fleet import HYPER, NO_EVAL, local_data
-from tests.secagg.test_fleet_secagg import SECURE, SETTINGS, _expected_mean, _flat
+from tests.secagg.fleet_round import SECURE, SETTINGS, _expected_mean, _flat
 from tests.tiny_model import build_tiny_model
 
 DEVICES = 20
