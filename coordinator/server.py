@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -80,6 +80,7 @@ from .validation import decode_inbound
 log = logging.getLogger("fedge.coordinator")
 
 _QUIET = ("stale_round", "duplicate")  # expected after early closes and re-publishes: INFO, not WARNING
+HISTORY_KEPT = 1024  # the latest RoundRecords in memory: a service runs for months (its store keeps all)
 
 
 class Coordinator(BrokerLink, NoiseRounds):
@@ -87,8 +88,8 @@ class Coordinator(BrokerLink, NoiseRounds):
     `tick()` (closes the round at its deadline or when it is done), and call `begin_round()`
     whenever no round is open. Every method returns quickly; the caller owns sleeping.
     Public state for simulators and reports: `state` (ServerState), `round` (OpenRound or None),
-    `history` (RoundRecords of this process), `rejections` and `declines` (Counters by reason, as
-    exported), `registry` (device_id -> DeviceRecord), `privacy`. async_mode/server.py subclasses it."""
+    `history` (this process's latest HISTORY_KEPT RoundRecords), `rejections` and `declines` (Counters
+    by reason, as exported), `registry` (device_id -> DeviceRecord), `privacy`. async_mode/server.py subclasses it."""
 
     # True where updates are counted outside the round machine (sharding/leader.py: by workers), so
     # the record's `reports` is what the aggregate holds, not the replies the machine saw.
@@ -125,7 +126,7 @@ class Coordinator(BrokerLink, NoiseRounds):
                                        EvalMetrics(self.metrics.registry), manifest.model_id, config.seed,
                                        config.max_examples)
         self._late_up = (0, 0)  # (bytes, dense bytes) of Updates that came while no round was open
-        self.history: list[RoundRecord] = []
+        self.history: deque[RoundRecord] = deque(maxlen=HISTORY_KEPT)
         self.rejections: Counter[str] = Counter()
         self.declines: Counter[str] = Counter()
         self.left_out = LeftOut()  # device id -> updates the aggregates left out, by kind (this process)

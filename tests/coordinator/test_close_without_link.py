@@ -90,7 +90,7 @@ def test_tick_returns_the_committed_record_when_the_announcement_fails(model, tm
     c.transport.down = True
     record = c.tick()  # raised NotConnected before the fix
     assert record is not None and record.committed and record.round_id == 1
-    assert c.state.version == 1 and c.round is None and c.history == [record]
+    assert c.state.version == 1 and c.round is None and list(c.history) == [record]
     assert c.transport.refused == 1 and _announcements(watcher) == []
 
     c.tick()  # link still down: the retry is deferred again, tick does not raise

@@ -303,12 +303,14 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
         fleet = MqttFleet(setup)
     else:
         fleet = InMemoryFleet(setup)
+    records = []  # every closed round's record (the coordinator keeps only the latest)
     try:
         for _ in range(cfg.rounds):
             started = time.perf_counter()
             record = fleet.run_round()
             if record is None:  # the privacy budget refused the round: the run ends here
                 break
+            records.append(record)
             row = scorer.round_row(record, fleet.coordinator.state.params, fleet.runtimes,
                                    current_evaluation(fleet.coordinator))
             row["seconds"] = time.perf_counter() - started
@@ -317,13 +319,14 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
             if on_round:
                 on_round(row)
         co = fleet.coordinator
-        abandoned = [r.why for r in co.history if not r.committed]
+        abandoned = [r.why for r in records if not r.committed]
+        reports = sum(r.reports for r in records)
         result.summary = {"rejections": dict(co.rejections), "declines": dict(co.declines),
                           "decline_details": dict(co.decline_details),
                           "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)},
                           "attackers": sorted(setup.attackers), "privacy": privacy_summary(co),
-                          "screened": left_out_summary(co.left_out.screened, co, setup.attackers),
-                          "excluded": left_out_summary(co.left_out.excluded, co, setup.attackers)}
+                          "screened": left_out_summary(co.left_out.screened, reports, setup.attackers),
+                          "excluded": left_out_summary(co.left_out.excluded, reports, setup.attackers)}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()

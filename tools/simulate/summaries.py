@@ -7,12 +7,12 @@ from collections import Counter
 from fedge.coordinator.server import Coordinator
 
 
-def left_out_summary(left_out: Counter[str], co: Coordinator, attackers) -> dict[str, int]:
+def left_out_summary(left_out: Counter[str], reports: int, attackers) -> dict[str, int]:
     """Updates the aggregates left out (`co.left_out.screened`: the guard set, robust/screening.py;
     `co.left_out.excluded`: the norm bound's exclusion), honest and attacking, and the updates the rounds
-    accepted in all."""
+    accepted in all (`reports`: summed over the run's round records)."""
     bad = sum(n for d, n in left_out.items() if d in attackers)
-    return {"honest": sum(left_out.values()) - bad, "attackers": bad, "reports": sum(r.reports for r in co.history)}
+    return {"honest": sum(left_out.values()) - bad, "attackers": bad, "reports": reports}
 
 
 def privacy_summary(coordinator: Coordinator) -> dict | None:
