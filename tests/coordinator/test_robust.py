@@ -384,3 +384,10 @@ def test_centered_clipping_with_tau_inf_lands_on_the_mean_even_where_a_norm_over
     with np.errstate(over="ignore", invalid="ignore"):  # the overflow is the point; clip_scale's unused inf / inf
         assert np.isinf(np.linalg.norm(x, axis=1)).all()
         assert centered_clipping(x, math.inf).tolist() == [0.0, 2e200]  # oracle: the mean, by hand
+
+
+def test_the_norm_history_has_a_median_from_exactly_min_history_norms():
+    """'None before min_history values': with exactly min_history norms the median is theirs."""
+    cfg = NormBoundConfig(min_history=3, window=10, multiplier=2.0)
+    assert NormHistory((1.0, 9.0)).median(cfg) is None and NormHistory((1.0, 9.0)).bound(cfg) == math.inf
+    assert NormHistory((1.0, 2.0, 9.0)).median(cfg) == 2.0 and NormHistory((1.0, 2.0, 9.0)).bound(cfg) == 4.0
