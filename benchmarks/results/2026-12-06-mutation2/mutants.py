@@ -23,6 +23,8 @@ GROUPS = {
     "EXP": "tests/models/test_export_affine.py",
     "LO": "tests/coordinator/test_weight_cut_log.py tests/coordinator/test_exclusion_log.py",
     "ROB": "tests/coordinator/test_robust.py tests/coordinator/test_robust_aggregators.py",
+    "NB": "tests/coordinator/test_robust.py tests/coordinator/test_robust_aggregators.py",
+    "PL": "tests/coordinator/test_payload_log.py",
     "DP": "tests/coordinator/test_dp.py tests/coordinator/test_dp_rounds.py tests/coordinator/test_dp_report_left.py",
 }
 SS, FT, RC, ST, IN, EX = (
@@ -41,6 +43,7 @@ LO, CO, KR, CL, BU, AC = (
     "coordinator/robust/bucketing.py",
     "coordinator/dp/accountant.py",
 )
+NB, PL = "coordinator/robust/norm_bound.py", "coordinator/payload_log.py"
 MUTANTS = [
     ("ss-sqrt", SS, "float(np.sqrt(np.mean(", "float((np.mean(", "SS"),
     ("ss-train-ge0", SS, "if not (train > 0 and", "if not (train >= 0 and", "SS"),
@@ -113,6 +116,34 @@ MUTANTS = [
         "return sampled",
         "DP",
     ),
+    # added after the first 53: the norm bound's decisions and the payload log's file handling
+    ("nb-window", NB, "(self.norms + norms)[-cfg.window :]", "(self.norms + norms)[-cfg.window + 1 :]", "NB"),
+    ("nb-min-history", NB, "len(self.norms) >= cfg.min_history", "len(self.norms) > cfg.min_history", "NB"),
+    ("nb-allow-max", NB, "min(max(claim / median_claim, 1.0),", "min((claim / median_claim),", "NB"),
+    (
+        "nb-allow-min",
+        NB,
+        "min(max(claim / median_claim, 1.0), cfg.exclude_claim_allowance)",
+        "max(claim / median_claim, 1.0)",
+        "NB",
+    ),
+    ("nb-claim-finite", NB, "if not (claim > 0 and math.isfinite(claim)):", "if not claim > 0:", "NB"),
+    ("nb-limits-max", NB, "return bound, max(bound, exclusion), cap", "return bound, exclusion, cap", "NB"),
+    ("nb-record-finite", NB, "for n in norms if math.isfinite(n))", "for n in norms)", "NB"),
+    (
+        "nb-cap-mean",
+        NB,
+        "cfg.weight_multiplier * float(np.median(claims))",
+        "cfg.weight_multiplier * float(np.mean(claims))",
+        "NB",
+    ),
+    ("pl-size-lt", PL, "if offset + length <= size else", "if offset + length < size else", "PL"),
+    ("pl-truncate", PL, "os.ftruncate(fd, start)  #", "pass  #", "PL"),
+    ("pl-marker", PL, "if self.directory.exists() and not (self.directory / MARKER).is_file():", "if False:", "PL"),
+    ("pl-only-marker", PL, "or not set(os.listdir(building)) <= {MARKER}:", ":", "PL"),
+    ("pl-pid-alive", PL, " or pid_running(int(match.group(1))):", ":", "PL"),
+    ("pl-zero", PL, '        if length == 0:\n            return b""\n', "", "PL"),
+    ("pl-fullmatch", PL, "map(_ROUND_FILE.fullmatch,", "map(_ROUND_FILE.match,", "PL"),
 ]
 
 E, S, T, P8 = (
@@ -158,4 +189,9 @@ AFTER = {
     "cl-scale-ge": R,
     "ac-check-ge": A,
     "ac-left-lt": A,
+    "nb-min-history": R,
+    "nb-limits-max": R,
+    "pl-only-marker": "tests/coordinator/test_payload_log_edges.py",
+    "pl-fullmatch": "tests/coordinator/test_payload_log_edges.py",
+    "pl-zero": "tests/coordinator/test_payload_log_edges.py",
 }

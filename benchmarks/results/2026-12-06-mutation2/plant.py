@@ -4,6 +4,7 @@ copy (never git). Run from the repository root:
 
     python benchmarks/results/2026-12-06-mutation2/plant.py before.json            # every mutant, its module's tests
     python benchmarks/results/2026-12-06-mutation2/plant.py after.json --after     # the missed ones, the new tests only
+    python benchmarks/results/2026-12-06-mutation2/plant.py x.json pl-zero nb-window  # only these
 
 Each file's pristine copy is taken before its first mutant, under a temporary folder."""
 
@@ -21,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mutants import AFTER, GROUPS, MUTANTS  # noqa: E402
 
 
-def main(out: Path, after: bool) -> None:
+def main(out: Path, after: bool, only: set[str]) -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     pristine = Path(tempfile.mkdtemp(prefix="mutation2-"))
     for mid, path, old, new, group in MUTANTS:
-        if after and mid not in AFTER:
+        if (after and mid not in AFTER) or (only and mid not in only):
             continue
         tests = (AFTER[mid] if after else GROUPS[group]).split()
         f, saved = Path(path), pristine / path
@@ -60,4 +61,4 @@ def main(out: Path, after: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), "--after" in sys.argv[2:])
+    main(Path(sys.argv[1]), "--after" in sys.argv[2:], {a for a in sys.argv[2:] if a != "--after"})
