@@ -76,8 +76,8 @@ def eight_bit(data: FederatedDataset, saved: Mapping[str, Mapping[str, np.dtype]
     if not dtypes or high.max() <= HALF_OF_8_BIT:
         return None
     flags = (low == 0) & (high == 1) & (ones >= FLAG_SHARE * n)
-    varying = high > low
-    if flags.any() or (high[varying] > HALF_OF_8_BIT).mean() < SHARED_SCALE:
+    varying = high > low  # none varies (every feature constant): the share clause holds vacuously
+    if flags.any() or (varying.any() and (high[varying] > HALF_OF_8_BIT).mean() < SHARED_SCALE):
         return None
     return " and ".join(sorted(dtypes))
 

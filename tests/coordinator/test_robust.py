@@ -365,3 +365,29 @@ def test_the_claim_allowance_is_the_claim_over_the_median_between_1_and_its_cap(
     acc.add(np.array([0.0, 6.0]), 1.0)
     assert acc.left_out == [False, True] and acc.excluded_count == 1
     np.testing.assert_allclose(acc.result(), [1.0, 0.0])
+
+
+def test_krum_scores_of_identical_updates_are_zero_not_rounded_below_it():
+    """||a - b||^2 as |a|^2 + |b|^2 - 2ab rounds to +-1e-11 for identical rows of norm ~170 (it
+    went below zero for some of these seeds); a squared distance is never negative, and the
+    exact one here is 0, so every score is 0 up to that rounding and none below 0."""
+    for seed in range(20):
+        v = np.random.default_rng(seed).normal(size=300) * 10
+        scores = krum_scores(np.stack([v] * 5), f=1)
+        assert (scores >= 0).all() and scores.max() < 1e-6, (seed, scores)
+
+
+def test_centered_clipping_with_tau_inf_lands_on_the_mean_even_where_a_norm_overflows():
+    """tau = inf clips nothing (the docstring: one step lands on the mean). Entries of 1e200 are
+    finite but their squared norm is not: the scale must stay 1 there, not inf / inf = NaN."""
+    x = np.array([[1e200, 1e200], [-1e200, 3e200]])
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is the point; clip_scale's unused inf / inf
+        assert np.isinf(np.linalg.norm(x, axis=1)).all()
+        assert centered_clipping(x, math.inf).tolist() == [0.0, 2e200]  # oracle: the mean, by hand
+
+
+def test_the_norm_history_has_a_median_from_exactly_min_history_norms():
+    """'None before min_history values': with exactly min_history norms the median is theirs."""
+    cfg = NormBoundConfig(min_history=3, window=10, multiplier=2.0)
+    assert NormHistory((1.0, 9.0)).median(cfg) is None and NormHistory((1.0, 9.0)).bound(cfg) == math.inf
+    assert NormHistory((1.0, 2.0, 9.0)).median(cfg) == 2.0 and NormHistory((1.0, 2.0, 9.0)).bound(cfg) == 4.0

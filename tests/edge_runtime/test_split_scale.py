@@ -82,3 +82,26 @@ def test_a_device_warns_in_one_line_naming_its_file_and_both_scales(tmp_path, ca
     assert len(lines) == 2 and all(m.startswith(f"{off}: ") for m in lines)
     train, test = _rms_loop(pixels[:8] / 255), _rms_loop(pixels[8:])
     assert f"{test:.4g} against {train:.4g}" in lines[0]
+
+
+def test_a_ratio_of_exactly_the_limit_either_way_is_not_reported_and_just_beyond_is():
+    """'Beyond RATIO_LIMIT either way': 16 and 1 / 16 are within (powers of two: the RMS of a
+    constant split is exact), 16 (1 + 2^-20) and its inverse beyond; 12 and 1 / 12, near the
+    honest extreme 4.43's threefold, are within a limit of 16."""
+    ones = np.ones((4, 3))
+    assert RATIO_LIMIT == 16
+    for ratio in (16.0, 1 / 16, 12.0, 1 / 12):
+        assert scale_gap(ones, ones * ratio) is None, ratio
+    for ratio in (16.0 * (1 + 2 ** -20), 1 / (16.0 * (1 + 2 ** -20)), 20.0, 1 / 20):
+        gap = scale_gap(ones, ones * ratio)
+        assert gap is not None and gap.ratio == pytest.approx(ratio, rel=1e-12), ratio
+
+
+def test_a_split_with_an_infinite_value_has_no_scale_to_compare():
+    """An inf makes a split's RMS inf and the ratio 0 or inf: no scale, as for all-zero splits
+    (the loaders refuse non-finite values before they compare: examples.check_split)."""
+    x_train, x_test = _wine()
+    broken = x_train.copy()
+    broken[3, 2] = np.inf
+    assert math.isinf(rms(broken))
+    assert scale_gap(broken, x_test) is None and scale_gap(x_train, broken) is None

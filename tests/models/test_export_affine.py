@@ -48,3 +48,12 @@ def test_features_that_do_not_fit_the_models_input_are_refused_by_name():
     mean, std = feature_statistics(np.ones((5, 6), np.float32))
     with pytest.raises(ConfigError, match="6 features per example but the model's input"):
         prepend_affine(_identity((8,)), mean, std, (8,))
+
+
+def test_a_std_of_another_size_than_the_mean_is_refused_by_name():
+    """A mean that fits the input beside a std that does not (a damaged record) is refused before
+    any initializer is reshaped: ConfigError, not onnx's or numpy's reshape error."""
+    mean = np.zeros(8)
+    for std in (np.ones(6), np.ones(9)):
+        with pytest.raises(ConfigError, match="its standardization cannot go first"):
+            prepend_affine(_identity((8,)), mean, std, (8,))

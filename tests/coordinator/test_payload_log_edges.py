@@ -1,0 +1,42 @@
+"""What the payload log's sweeps may delete (coordinator/payload_log.py): only its own
+`round-<id>.log` files, by their full name, and only half-made folders that hold nothing but
+its marker. A file named like a round file with more after it, and fedge's marker inside a
+folder that also holds someone else's file, are left alone. And a read of 0 bytes reads
+nothing, even of a round with no file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fedge.coordinator.payload_log import MARKER, PayloadLog
+
+
+def test_a_sweep_deletes_closed_round_files_and_nothing_named_like_them(tmp_path):
+    log = PayloadLog(tmp_path / "p")
+    log.append(3, [b"closed round 3"])
+    for name in ("round-3.log.bak", "round-4.logs", "round-5.log~"):
+        (tmp_path / "p" / name).write_bytes(b"not fedge's")
+    assert log.sweep(lambda: set()) == [3]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(
+        [MARKER, "round-3.log.bak", "round-4.logs", "round-5.log~"])
+
+
+def test_a_half_made_folder_with_another_file_beside_the_marker_keeps_both(tmp_path):
+    """A dead pid's name, fedge's marker, and a file that is not fedge's: not a folder fedge half
+    made (it holds only the marker), so neither file is touched."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    mixed = tmp_path / f".p.tmp-{dead}"
+    mixed.mkdir()
+    (mixed / MARKER).write_text("update payloads of open rounds")
+    (mixed / "notes.txt").write_text("not fedge's")
+    PayloadLog(tmp_path / "p").sweep(lambda: set())
+    assert sorted(p.name for p in mixed.iterdir()) == sorted([MARKER, "notes.txt"])
+
+
+def test_a_read_of_nothing_needs_no_file(tmp_path):
+    """0 bytes at offset 0 of a round with no file (an update whose payload and control are both
+    empty, its round's file gone): b"", not os.pread on the descriptor -1 (EBADF)."""
+    log = PayloadLog(tmp_path / "p")
+    assert log.read(7, 0, 0) == b"" and log.read(7, 5, 0) == b""
