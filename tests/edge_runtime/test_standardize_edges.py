@@ -25,7 +25,7 @@ def test_uint8_is_read_as_x_over_255():
 
 def test_a_constant_feature_with_a_negative_mean_is_only_centred_as_its_mirror_is():
     """A feature at -1e4 that moves by 1e-3 is constant on its scale, max(|mean|, 1) = 1e4
-    (1e-3 <= 1e-6 * 1e4 = 1e-2), as the same feature at +1e4 is: std 1, not 1e-3."""
+    (1e-3 <= 4.8e-7 * 1e4 = 4.8e-3), as the same feature at +1e4 is: std 1, not 1e-3."""
     x = np.array([[-1e4 - 1e-3, 5.0], [-1e4 + 1e-3, 7.0]])
     mean, std = feature_statistics(x)
     assert mean.tolist() == [-1e4, 6.0] and std.tolist() == [1.0, 1.0]
@@ -34,8 +34,8 @@ def test_a_constant_feature_with_a_negative_mean_is_only_centred_as_its_mirror_i
 
 
 def test_a_std_exactly_at_the_constant_bound_is_constant():
-    """The bound is inclusive (std = 1 where std <= 1e-6 * max(|mean|, 1)): values -1e-6 and 1e-6
-    have mean 0 and std exactly 1e-6, as float64 computes it."""
+    """The bound is inclusive (std = 1 where std <= CONSTANT_FEATURE * max(|mean|, 1), four float32
+    ulps, 2**-21): values -2**-21 and 2**-21 have mean 0 and std exactly 2**-21, as float64 computes it."""
     x = np.array([[-CONSTANT_FEATURE], [CONSTANT_FEATURE]])
     assert x.std(axis=0)[0] == CONSTANT_FEATURE * max(abs(x.mean()), 1.0)  # exactly on the bound
     assert feature_statistics(x)[1].tolist() == [1.0]
