@@ -26,6 +26,8 @@ the history's bound as task_clip, so the device clip applies as for norm_bound.
                 6 x the points' RMS distance to their own centre apart (6: on synthetic rounds of 10,
                 honest-only splits had ratios 2.4-5.7 (5th-95th percentile of 200), rounds with 2
                 flipped 10.8-25; not tuned on the bench)
+    nb_signguard_gap4  the same at 4 x
+    nb_medclip  no filter: every kept update clipped to the round's median norm, SignGuard's last step
 
 Run (spawned workers import this file as __mp_main__, so the rules register there too):
 
@@ -179,6 +181,8 @@ RULES = {
     "nb_flame": lambda x, w, rng: _kept_mean(x, w, majority_cluster(x), clip=True),
     "nb_signguard": lambda x, w, rng: _kept_mean(x, w, signguard_keep(x, rng), clip=True),
     "nb_signguard_gap6": lambda x, w, rng: _kept_mean(x, w, signguard_keep(x, rng, gap=6.0), clip=True),
+    "nb_signguard_gap4": lambda x, w, rng: _kept_mean(x, w, signguard_keep(x, rng, gap=4.0), clip=True),
+    "nb_medclip": lambda x, w, rng: _kept_mean(x, w, np.ones(len(x), bool), clip=True),
 }
 
 
