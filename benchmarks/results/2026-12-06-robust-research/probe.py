@@ -28,6 +28,9 @@ the history's bound as task_clip, so the device clip applies as for norm_bound.
                 flipped 10.8-25; not tuned on the bench)
     nb_signguard_gap4  the same at 4 x
     nb_medclip  no filter: every kept update clipped to the round's median norm, SignGuard's last step
+    nb_signguard_gap8  the gated split at 8 x (followup/)
+    nb_signguard_gapG_nc  G = 4, 6, 8: the gated split without the clip to the round's median norm;
+                the rows keep the default's own clip, 2 x the running median (followup/)
 
 Run (spawned workers import this file as __mp_main__, so the rules register there too):
 
@@ -183,7 +186,13 @@ RULES = {
     "nb_signguard_gap6": lambda x, w, rng: _kept_mean(x, w, signguard_keep(x, rng, gap=6.0), clip=True),
     "nb_signguard_gap4": lambda x, w, rng: _kept_mean(x, w, signguard_keep(x, rng, gap=4.0), clip=True),
     "nb_medclip": lambda x, w, rng: _kept_mean(x, w, np.ones(len(x), bool), clip=True),
+    "nb_signguard_gap8": lambda x, w, rng: _kept_mean(x, w, signguard_keep(x, rng, gap=8.0), clip=True),
 }
+# The gated split without SignGuard's median clip: the rows keep only the default's own clip
+# (2 x the running median norm, applied by NormBoundThen before every rule).
+for _g in (4, 6, 8):
+    RULES[f"nb_signguard_gap{_g}_nc"] = (lambda g: lambda x, w, rng: _kept_mean(
+        x, w, signguard_keep(x, rng, gap=float(g))))(_g)
 
 
 # ---- the aggregator: the default's clip, cap and exclusion, then a rule ----
