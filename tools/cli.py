@@ -7,6 +7,7 @@ import argparse
 import errno
 import importlib
 import os
+import select
 import sys
 
 from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
@@ -47,23 +48,36 @@ def main(argv: list[str] | None = None) -> int:
 EXIT_ERROR = 2
 
 
+def _stdout_reader_gone() -> bool:
+    """stdout is a pipe whose reader closed it (poll's POLLERR on its write end). Asking the
+    stream instead (a second flush) told nothing when the failed write had left nothing buffered:
+    `fedge protocol-doc` into a closed pipe ended with a traceback."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fd (a replaced sys.stdout), no poll
+        return False
+
+
 def _guarded(args, call) -> int:
     """Logging from the global flags, then the command; known failures become one line."""
     from fedge.edge_runtime.logs import setup_logging
 
     setup_logging(args.verbose, args.log_format)
     try:
-        return call()
+        status = call()
+        sys.stdout.flush()  # output a closed pipe did not take fails here, not in exit's flush
+        return status
     except FedgeError as exc:
         print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", EXIT_ERROR)
     except BrokenPipeError:
-        try:  # `fedge device probe | head -1`: the reader of stdout left, nothing more to say
-            sys.stdout.flush()
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-            return 1
-        raise  # another pipe or socket broke: not ours to hide
+        if not _stdout_reader_gone():
+            raise  # another pipe or socket broke: not ours to hide
+        # `fedge device probe | head -1`: the reader of stdout left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
     except OSError as exc:
         if not _path_error(exc):
             raise

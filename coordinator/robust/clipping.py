@@ -25,8 +25,10 @@ from .errors import BadRobustParameter, RobustError
 def clip_scale(norms: np.ndarray, tau: float) -> np.ndarray:
     """min(1, tau / norm) elementwise, with 1 where norm = 0."""
     norms = np.asarray(norms, np.float64)
-    safe = np.where(norms > 0, norms, 1.0)
-    return np.where(norms > tau, tau / safe, 1.0)
+    scale = np.ones_like(norms)
+    over = norms > tau  # only these divide: tau = inf over a norm of inf was inf / inf, with numpy's warning
+    scale[over] = tau / norms[over]
+    return scale
 
 
 def centered_clipping(updates, tau: float, iterations: int = 1, center=None) -> np.ndarray:

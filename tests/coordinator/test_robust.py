@@ -381,7 +381,7 @@ def test_centered_clipping_with_tau_inf_lands_on_the_mean_even_where_a_norm_over
     """tau = inf clips nothing (the docstring: one step lands on the mean). Entries of 1e200 are
     finite but their squared norm is not: the scale must stay 1 there, not inf / inf = NaN."""
     x = np.array([[1e200, 1e200], [-1e200, 3e200]])
-    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is the point; clip_scale's unused inf / inf
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is the point
         assert np.isinf(np.linalg.norm(x, axis=1)).all()
         assert centered_clipping(x, math.inf).tolist() == [0.0, 2e200]  # oracle: the mean, by hand
 
