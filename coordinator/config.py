@@ -94,6 +94,13 @@ class CoordinatorConfig:
     # (coordinator/leadership.py), the others wait as standbys. Exclusive with state_db.
     state_dsn: str = ""
     keep_versions: int = 3  # committed model versions kept in state_db / state_dsn (older ones are pruned)
+    # Closed rounds whose rows (record, selected devices, task ids) and evaluation records the store
+    # keeps; older ones are deleted as each round closes. 0 = keep all, the default: nothing fedge runs
+    # reads them back (a restart needs the open round and the latest round id, dedupe the update keys
+    # of keep_key_rounds rounds, the privacy report the ledger, never pruned), so they are the
+    # operator's only history of past rounds, and a finite default would delete existing history at
+    # the first round after an upgrade. About 1 KB a round (README, state database).
+    keep_rounds: int = 0
     # Model directory (with manifest.json) served to devices that ask for missing files; "" = none.
     artifacts_dir: str = ""
     fetch_interval_s: float = 60.0  # at most one artifact transfer per device per this many seconds
@@ -213,6 +220,9 @@ class CoordinatorConfig:
             raise ConfigError("state_dsn must be a postgresql:// URI (postgresql://user@host:port/database)")
         if self.keep_versions < 1:
             raise ConfigError("keep_versions must be >= 1 (the current model is always kept)")
+        if self.keep_rounds < 0:
+            raise ConfigError(f"keep_rounds must be 0 (keep every closed round) or >= 1 (a restart numbers the next "
+                              f"round after the latest closed one, so at least 1 is kept), not {self.keep_rounds}")
         for name in ("fetch_interval_s", "pace_idle_s", "pace_declined_s", "pace_jitter_s", "task_resend_s"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds")

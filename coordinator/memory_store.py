@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .sql_store import check_keeps
 from .store import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .stored import closed_plan
 from .strategies import ServerState
@@ -23,18 +24,19 @@ _KEEP_KEY_ROUNDS = 8  # closed rounds whose update keys are kept to spot late du
 class MemoryStore:
     path = ":memory:"
 
-    def __init__(self, keep_key_rounds: int = _KEEP_KEY_ROUNDS):
-        if keep_key_rounds < 1:
-            raise ValueError("keep_key_rounds must be >= 1")
+    def __init__(self, keep_key_rounds: int = _KEEP_KEY_ROUNDS, keep_rounds: int = 0):
+        """keep_rounds: closed rounds whose records (and evaluation records) are kept; 0 = all, as RoundStore's."""
+        check_keeps(keep_key_rounds=keep_key_rounds, keep_rounds=keep_rounds)
+        self.keep_rounds = keep_rounds
         self.bound: dict[str, str] = {}
         self.state: ServerState | None = None
         self.open: StoredRound | None = None
         self.events: list[StoredUpdate | StoredDecline] = []  # of the open round, in seq order
-        self.records: dict[int, dict] = {}  # closed round id -> record
+        self.records: dict[int, dict] = {}  # closed round id -> record, in closing (= round id) order
         # Keys of closed rounds only: a key of the open round is found in the round itself.
         self.closed_keys: deque[dict[tuple[str, int, str], str]] = deque(maxlen=keep_key_rounds)
         self.devices: dict[str, StoredDevice] = {}
-        self.evaluations: list[dict] = []
+        self.evaluations: deque[tuple[int, dict]] = deque()  # (round id, record), in the order they finished
         self.ledger: dict[int, dict] = {}  # round id -> privacy charge (dp RoundPlan JSON)
 
     def bind(self, model_id: str, strategy: str) -> None:
@@ -103,10 +105,10 @@ class MemoryStore:
         return [self.records[r] for r in sorted(self.records)]
 
     def add_evaluation(self, round_id: int, record: dict) -> None:
-        self.evaluations.append(record)
+        self.evaluations.append((round_id, record))
 
     def evaluation_records(self) -> list[dict]:
-        return list(self.evaluations)
+        return [record for _, record in self.evaluations]
 
     def save_device(self, device: StoredDevice) -> None:
         self.devices[device.device_id] = device
@@ -130,3 +132,15 @@ class MemoryStore:
                                  if isinstance(e, StoredUpdate)})
         self.records[round_id] = record
         self.open, self.events = None, []
+        self._prune_rounds(round_id)
+
+    def _prune_rounds(self, round_id: int) -> None:
+        """RoundStore's keep_rounds (SqlStore._prune_rounds): records of rounds up to round_id -
+        keep_rounds go, and the evaluations before the first one of a later round."""
+        if self.keep_rounds <= 0:
+            return
+        cutoff = round_id - self.keep_rounds
+        while self.records and next(iter(self.records)) <= cutoff:  # closing order is round id order
+            del self.records[next(iter(self.records))]
+        while self.evaluations and self.evaluations[0][0] <= cutoff:
+            self.evaluations.popleft()

@@ -27,7 +27,7 @@ import psycopg
 
 from .leadership import check_epoch
 from .pg_schema import connect, migrate, redact
-from .sql_store import SqlStore
+from .sql_store import SqlStore, check_keeps
 
 
 class _QmarkConnection:
@@ -44,13 +44,15 @@ class PostgresStore(SqlStore):
     setting = "state_dsn"
     _insert_order = "ord"
 
-    def __init__(self, dsn: str, *, keep_versions: int = 3, keep_key_rounds: int = 100, epoch: int | None = None):
-        """keep_versions, keep_key_rounds: as RoundStore's; epoch: the leader epoch to fence writes with."""
-        if keep_versions < 1 or keep_key_rounds < 1:
-            raise ValueError("keep_versions and keep_key_rounds must be >= 1")
+    def __init__(self, dsn: str, *, keep_versions: int = 3, keep_key_rounds: int = 100, keep_rounds: int = 0,
+                 epoch: int | None = None):
+        """keep_versions, keep_key_rounds, keep_rounds: as RoundStore's; epoch: the leader epoch to
+        fence writes with."""
+        check_keeps(keep_versions, keep_key_rounds, keep_rounds)
         self.path = redact(dsn)
         self.keep_versions = keep_versions
         self.keep_key_rounds = keep_key_rounds
+        self.keep_rounds = keep_rounds
         self.epoch = epoch
         conn = connect(dsn, autocommit=True, connect_timeout=10)
         try:

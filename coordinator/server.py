@@ -105,7 +105,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         self.manifest = manifest
         self.config = config
         self.clock = clock or SystemClock()
-        self.store = GroupCommit(store if store is not None else MemoryStore())  # bursts: group_commit.py
+        self.store = GroupCommit(store if store is not None else MemoryStore(keep_rounds=config.keep_rounds))  # bursts
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.watch_transport(transport)
         self.artifacts = open_artifacts(config, manifest.model_id)

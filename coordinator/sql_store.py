@@ -29,10 +29,19 @@ from .stored import OPEN_ROUND_SECRETS, StoredDecline, StoredDevice, StoredRound
 from .strategies import ServerState
 
 
+def check_keeps(keep_versions: int = 1, keep_key_rounds: int = 1, keep_rounds: int = 0) -> None:
+    """ValueError for a store's pruning setting it cannot work with (CoordinatorConfig says why in ConfigErrors)."""
+    if keep_versions < 1 or keep_key_rounds < 1:
+        raise ValueError("keep_versions and keep_key_rounds must be >= 1")
+    if keep_rounds < 0:
+        raise ValueError(f"keep_rounds must be 0 (keep every closed round) or >= 1, not {keep_rounds}")
+
+
 class SqlStore:
     path: object
     keep_versions: int
     keep_key_rounds: int
+    keep_rounds: int = 0  # closed rounds whose rows and evaluation records are kept; 0 = all (_prune_rounds)
     setting: str = "state_db"
     _insert_order: str = "rowid"
 
@@ -226,7 +235,23 @@ class SqlStore:
         db.execute("UPDATE updates SET payload = NULL, control = NULL WHERE round_id = ?", (round_id,))
         db.execute("DELETE FROM declines WHERE round_id = ?", (round_id,))
         db.execute("DELETE FROM updates WHERE round_id <= ?", (round_id - self.keep_key_rounds,))
+        self._prune_rounds(db, round_id)
         return plan is not None and any(plan.get(k) for k in OPEN_ROUND_SECRETS)
+
+    def _prune_rounds(self, db, round_id: int) -> None:
+        """keep_rounds > 0: the rows of closed rounds up to round_id - keep_rounds (round_id: the one
+        closing now; ids follow one another, so the latest keep_rounds closed rounds stay) and the
+        evaluations of those rounds, deleted in the closing transaction `db`: a crash leaves all or
+        none of it. Never the open round, the privacy ledger (the budget spent must survive), the
+        update keys (keep_key_rounds: dedupe) or the models (keep_versions). Both deletes walk only
+        what they delete: the rounds' key, and evaluations in seq order, which is their rounds'
+        order (one evaluation runs at a time, after its round's commit), up to the first one kept."""
+        if self.keep_rounds <= 0:
+            return
+        cutoff = round_id - self.keep_rounds
+        db.execute("DELETE FROM rounds WHERE status <> 'open' AND round_id <= ?", (cutoff,))
+        db.execute("DELETE FROM evaluations WHERE seq < COALESCE((SELECT seq FROM evaluations WHERE round_id > ? "
+                   "ORDER BY seq LIMIT 1), (SELECT MAX(seq) FROM evaluations) + 1)", (cutoff,))
 
     def _forget_closed_keys(self, db) -> int:
         """Closed rounds' noise keys that a build before the close forgot them left in the store

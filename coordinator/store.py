@@ -20,11 +20,18 @@ Schema (version 4)::
               log (payload_log.py) while the round is open; payload BLOB, control BLOB: the
               bytes themselves in rows written before version 4 (log_offset NULL)
     declines  (round_id, device_id) PK, seq, reason       rows of the open round only
+    evaluations  seq INT PK, round_id (the committed round whose model was evaluated), record
+              (JSON EvalRecord less its per_device)
     devices   device_id PK, last_seen_wall, eligible, reason, num_examples
 
 Version 2 added updates.control, version 3 rounds.privacy, updates.reported_norm and the
 privacy_ledger, version 4 the payload log's columns; an older file is upgraded in place (new
 columns NULL: no control, no DP, payloads in their rows).
+
+What is pruned, in the transaction that closes a round: models and tensors past keep_versions,
+update keys past keep_key_rounds, and with keep_rounds > 0 the rows and evaluations of closed
+rounds older than the latest keep_rounds (sql_store.SqlStore._prune_rounds). Never the open
+round, and never the privacy ledger.
 
 The open round's payloads live beside the file, in `<state_db>.payloads/round-<id>.log`
 (payload_log.py says why, and adds its step to the crash argument below): back up both.
@@ -78,7 +85,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from . import store_rows
 from .payload_log import PayloadLog
-from .sql_store import SqlStore
+from .sql_store import SqlStore, check_keeps
 from .sqlite_tx import immediate_transaction
 from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState
@@ -166,13 +173,14 @@ class Store(Protocol):
 
 
 def open_store(config, epoch: int | None = None) -> Store | None:
-    """The store a CoordinatorConfig asks for (state_db or state_dsn, keep_versions); None when neither
-    is set. epoch: the leader epoch a PostgresStore fences its writes with (leadership.py)."""
+    """The store a CoordinatorConfig asks for (state_db or state_dsn, keep_versions, keep_rounds); None
+    when neither is set. epoch: the leader epoch a PostgresStore fences its writes with (leadership.py)."""
+    keep = {"keep_versions": config.keep_versions, "keep_rounds": config.keep_rounds}
     if config.state_dsn:
         from .pg_store import PostgresStore  # psycopg is optional: imported only when asked for
 
-        return PostgresStore(config.state_dsn, keep_versions=config.keep_versions, epoch=epoch)
-    return RoundStore(config.state_db, keep_versions=config.keep_versions) if config.state_db else None
+        return PostgresStore(config.state_dsn, epoch=epoch, **keep)
+    return RoundStore(config.state_db, **keep) if config.state_db else None
 
 
 def _refuse_foreign_db(path: Path) -> None:
@@ -203,14 +211,16 @@ def _refuse_foreign_db(path: Path) -> None:
 
 
 class RoundStore(SqlStore):
-    def __init__(self, path: str | Path, *, durable: bool = True, keep_versions: int = 3, keep_key_rounds: int = 100):
+    def __init__(self, path: str | Path, *, durable: bool = True, keep_versions: int = 3, keep_key_rounds: int = 100,
+                 keep_rounds: int = 0):
         """keep_versions: committed model versions kept; keep_key_rounds: rounds whose update
-        keys are kept to recognise late re-publishes as duplicates."""
-        if keep_versions < 1 or keep_key_rounds < 1:
-            raise ValueError("keep_versions and keep_key_rounds must be >= 1")
+        keys are kept to recognise late re-publishes as duplicates; keep_rounds: closed rounds
+        whose rows and evaluation records are kept (0: all; SqlStore._prune_rounds)."""
+        check_keeps(keep_versions, keep_key_rounds, keep_rounds)
         self.path = Path(path)
         self.keep_versions = keep_versions
         self.keep_key_rounds = keep_key_rounds
+        self.keep_rounds = keep_rounds
         _refuse_foreign_db(self.path)  # before the payload log's folder, and before any write
         # The open round's payloads (payload_log.py); made first: it refuses a folder fedge did not make.
         self._payloads = PayloadLog(Path(f"{self.path}.payloads"), durable=durable)

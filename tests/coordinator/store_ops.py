@@ -3,7 +3,7 @@ kill -9 conformance test (test_store_kill9.py).
 
 The script covers every write method: seeding, devices, rounds opened, filled, committed
 (with a privacy charge), charged while open, abandoned, a refused double commit and a refused version skip,
-an evaluation, and enough rounds that keep_versions and keep_key_rounds prune.
+an evaluation, and enough rounds that keep_versions, keep_key_rounds and keep_rounds prune.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tests.coordinator.test_store import _eval_record, _record
 
 KEEP_VERSIONS = 2
 KEEP_KEY_ROUNDS = 2
+KEEP_ROUNDS = 2  # commits 3 and 4 delete rounds 1 and 2's rows
 
 
 def _state(version: int) -> ServerState:
@@ -76,12 +77,13 @@ _KEYS = [(d, r, f"u{r}") for r in range(1, 5) for d in "abc"]
 
 def open_store(kind: str, where: str) -> Store:
     if kind == "sqlite":
-        return RoundStore(where, keep_versions=KEEP_VERSIONS, keep_key_rounds=KEEP_KEY_ROUNDS)
+        return RoundStore(where, keep_versions=KEEP_VERSIONS, keep_key_rounds=KEEP_KEY_ROUNDS, keep_rounds=KEEP_ROUNDS)
     if kind == "postgres":
         from fedge.coordinator.pg_store import PostgresStore
 
-        return PostgresStore(where, keep_versions=KEEP_VERSIONS, keep_key_rounds=KEEP_KEY_ROUNDS)
-    return MemoryStore(KEEP_KEY_ROUNDS)
+        return PostgresStore(where, keep_versions=KEEP_VERSIONS, keep_key_rounds=KEEP_KEY_ROUNDS,
+                             keep_rounds=KEEP_ROUNDS)
+    return MemoryStore(KEEP_KEY_ROUNDS, keep_rounds=KEEP_ROUNDS)
 
 
 def _arrays(arrays: dict) -> dict:

@@ -134,8 +134,9 @@ def test_a_deposed_leader_cannot_write(postgres_dsn):
 
 
 def test_config_picks_postgres_and_refuses_what_it_cannot_do(postgres_dsn, tmp_path):
-    store = open_store(CoordinatorConfig(state_dsn=postgres_dsn, keep_versions=4))
+    store = open_store(CoordinatorConfig(state_dsn=postgres_dsn, keep_versions=4, keep_rounds=5))
     assert isinstance(store, PostgresStore) and store.keep_versions == 4 and store.epoch is None
+    assert store.keep_rounds == 5
     store.close()
     with pytest.raises(ConfigError, match="state_db and state_dsn"):
         CoordinatorConfig(state_db=str(tmp_path / "x.db"), state_dsn=postgres_dsn)

@@ -166,6 +166,61 @@ def test_old_versions_and_old_keys_are_pruned(tmp_path):
     _assert_same_state(store.load_state(), _state(6, seed=6))
 
 
+def _count(path, sql: str) -> list[int]:
+    db = sqlite3.connect(path)
+    try:
+        return [r for (r,) in db.execute(sql)]
+    finally:
+        db.close()
+
+
+def test_keep_rounds_prunes_closed_rounds_and_a_reopened_store_resumes(tmp_path):
+    """N + 5 rounds with keep_rounds = N, the last left open; reopened, it resumes; SQL counts are the oracle."""
+    path, n = tmp_path / "state.db", 4
+    store = RoundStore(path, keep_rounds=n)
+    store.save_initial_state(_state(0))
+    for r in range(1, n + 6):
+        store.open_round(_round(r, r - 1))
+        store.add_update(r, StoredUpdate(0, "a", f"u{r}", "a" * 64, 1, b"p"))
+        if r <= n + 4:
+            store.commit_round(r, _state(r), _record(r), float(r), charge={"round": r})
+            store.add_evaluation(r, _eval_record(r))
+    store.close()
+    closed = "SELECT round_id FROM rounds WHERE status <> 'open' ORDER BY round_id"
+    assert _count(path, closed) == [5, 6, 7, 8]
+    assert _count(path, "SELECT round_id FROM evaluations ORDER BY seq") == [5, 6, 7, 8]
+    assert _count(path, "SELECT round_id FROM privacy_ledger ORDER BY round_id") == list(range(1, n + 5))
+    assert _count(path, "SELECT DISTINCT round_id FROM updates ORDER BY round_id") == list(range(1, n + 6))
+    store = RoundStore(path, keep_rounds=n)
+    assert store.next_round_id() == n + 5 and store.load_state().version == n + 4
+    assert [e.update_id for e in store.load_open_round().events] == [f"u{n + 5}"]
+    store.commit_round(n + 5, _state(n + 5), _record(n + 5), 9.0)
+    assert store.next_round_id() == n + 6 and [r["round_id"] for r in store.round_records()] == [6, 7, 8, 9]
+    store.close()
+    assert _count(path, closed) == [6, 7, 8, 9] and _count(path, "SELECT count(*) FROM evaluations") == [3]
+
+
+def test_keep_rounds_prunes_in_the_closing_transaction(tmp_path):
+    """A commit refused after the prune ran (a version that does not follow) rolls the prune back
+    with it; a smaller keep_rounds at a reopen prunes down to it at the next close."""
+    path = tmp_path / "state.db"
+    store = RoundStore(path)  # keep_rounds = 0: every round kept
+    store.save_initial_state(_state(0))
+    for r in range(1, 6):
+        store.open_round(_round(r, r - 1))
+        store.commit_round(r, _state(r), _record(r), float(r))
+    store.close()
+    store = RoundStore(path, keep_rounds=2)
+    store.open_round(_round(6, 5))
+    with pytest.raises(ValueError, match="version"):
+        store.commit_round(6, _state(9), _record(6), 6.0)
+    assert _count(path, "SELECT round_id FROM rounds ORDER BY round_id") == [1, 2, 3, 4, 5, 6]
+    assert store.load_open_round().round_id == 6
+    store.abandon_round(6, _record(6), 6.0)
+    store.close()
+    assert _count(path, "SELECT round_id FROM rounds ORDER BY round_id") == [5, 6]
+
+
 def test_devices_round_trip(tmp_path):
     store = RoundStore(tmp_path / "state.db")
     store.save_device(StoredDevice("b", 5.0, False, "battery_low", 10))

@@ -79,7 +79,7 @@ def test_clean_runs_agree_across_sqlite_postgres_and_memory(postgres_server, tmp
     assert len(sqlite) == len(store_ops.OPS) + 1
     for i, (name, _) in enumerate(store_ops.OPS, start=1):
         assert sqlite[i] == postgres[i] == memory[i], f"after operation {i - 1} ({name})"
-    assert sqlite[-1][0][0] == 3 and [r["round_id"] for r in sqlite[-1][3]] == [1, 2, 3, 4]
+    assert sqlite[-1][0][0] == 3 and [r["round_id"] for r in sqlite[-1][3]] == [3, 4]  # keep_rounds = 2
 
 
 @pytest.mark.parametrize("between", [True, False], ids=["between-ops", "during-op"])

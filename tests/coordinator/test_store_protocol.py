@@ -12,17 +12,31 @@ from fedge.coordinator.memory_store import MemoryStore
 from fedge.coordinator.store import RoundStore, Store, StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from fedge.coordinator.strategies import ServerState
 from fedge.edge_runtime.kernel.errors import ConfigError
-from tests.coordinator.test_store import _record
+from tests.coordinator.test_store import _eval_record, _record
+
+
+def _make(request, tmp_path, **keep) -> Store:
+    """A new store of kind request.param, keeping update keys of 8 rounds (and what `keep` says)."""
+    if request.param == "postgres":
+        from fedge.coordinator.pg_store import PostgresStore
+
+        return PostgresStore(request.getfixturevalue("postgres_dsn"), keep_key_rounds=8, **keep)
+    if request.param == "sqlite":
+        return RoundStore(tmp_path / "state.db", keep_key_rounds=8, **keep)
+    return MemoryStore(8, **keep)
 
 
 @pytest.fixture(params=["sqlite", "postgres", "memory"])
 def store(request, tmp_path) -> Store:
-    if request.param == "postgres":
-        from fedge.coordinator.pg_store import PostgresStore
+    s = _make(request, tmp_path)
+    yield s
+    s.close()
 
-        s = PostgresStore(request.getfixturevalue("postgres_dsn"), keep_key_rounds=8)
-    else:
-        s = RoundStore(tmp_path / "state.db", keep_key_rounds=8) if request.param == "sqlite" else MemoryStore(8)
+
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
+def store_keeping_3(request, tmp_path) -> Store:
+    """A store with keep_rounds = 3."""
+    s = _make(request, tmp_path, keep_rounds=3)
     yield s
     s.close()
 
@@ -77,6 +91,35 @@ def test_abandoned_rounds_apply_nothing_and_keys_age_out(store):
     assert [r["round_id"] for r in store.round_records()] == list(range(1, 11))
     assert store.counted_digest("a", 10, "u") == "d10" and store.counted_digest("a", 3, "u") == "d3"
     assert store.counted_digest("a", 2, "u") is None  # older than the kept 8 rounds
+
+
+def test_keep_rounds_keeps_the_latest_closed_rounds_and_their_evaluations_and_the_whole_ledger(store_keeping_3):
+    store = store_keeping_3
+    store.bind("m", "fedavg")
+    store.save_initial_state(_state(0))
+    version, evaluated = 0, []
+    for round_id in range(1, 10):  # every third round abandoned; each closes with a privacy charge
+        store.open_round(_round(round_id))
+        store.add_update(round_id, StoredUpdate(0, "a", "u", f"d{round_id}", 1, b"p"))
+        if round_id % 3:
+            version += 1
+            store.commit_round(round_id, _state(version), _record(round_id), 0.0, charge={"round": round_id})
+            store.add_evaluation(round_id, _eval_record(round_id))  # evaluated after its commit
+            evaluated.append(round_id)
+        else:
+            store.abandon_round(round_id, _record(round_id), 0.0, charge={"round": round_id})
+    store.open_round(_round(10))
+    store.add_update(10, StoredUpdate(0, "b", "u", "d10", 1, b"p10"))
+    # Oracle: the latest 3 closed rounds (7, 8, 9), the evaluations of those, every charge.
+    assert [r["round_id"] for r in store.round_records()] == [7, 8, 9]
+    assert store.evaluation_records() == [_eval_record(r) for r in evaluated if r >= 7]
+    assert store.privacy_ledger() == [{"round": r} for r in range(1, 10)]
+    assert store.counted_digest("a", 2, "u") == "d2"  # round 2's row is gone; its key is keep_key_rounds'
+    assert store.load_state().version == version and store.next_round_id() == 10
+    assert store.load_open_round().events == (StoredUpdate(0, "b", "u", "d10", 1, b"p10"),)
+    store.commit_round(10, _state(version + 1), _record(10), 0.0)
+    assert [r["round_id"] for r in store.round_records()] == [8, 9, 10] and store.next_round_id() == 11
+    assert store.evaluation_records() == [_eval_record(8)]
 
 
 def test_devices(store):
