@@ -214,6 +214,12 @@ class CoordinatorConfig:
             # one bucket: the rule would see one input, the plain mean of the round
             raise ConfigError(f"robust.bucket_size {self.robust.bucket_size} makes fewer than 2 buckets of "
                               f"{of} {inputs} reports: use at most {inputs // 2}")
+        sign = self.robust.sign
+        if sign.enabled and self.aggregator != "norm_bound":  # else it would be on paper only
+            raise ConfigError(f"robust.sign.gap works with the norm_bound aggregator, not {self.aggregator!r}")
+        if sign.enabled and sign.min_inputs > inputs:
+            raise ConfigError(f"robust.sign.min_inputs {sign.min_inputs} is more than {of} {inputs}: the sign "
+                              f"split would never run")
         if self.state_db and self.state_dsn:
             raise ConfigError("state_db and state_dsn are exclusive: keep the state in SQLite or in PostgreSQL")
         if self.state_dsn and not self.state_dsn.startswith(("postgresql://", "postgres://")):

@@ -3,6 +3,7 @@ with its device ids, counted in a metric, and tallied per device for this proces
 
     excluded   a norm over the norm bound's exclusion bound (robust/norm_bound.py)
     screened   the guard set's screening (robust/screening.py)
+    sign_split the gated sign split's minority ([robust.sign], robust/sign_split.py)
 
 And the updates it kept at much less weight than they claimed: a claim the norm bound's relative
 cap cut by more than NOTED_CUT (robust/norm_bound.py) is counted (fedge_claims_cut_total) and
@@ -22,18 +23,20 @@ log = logging.getLogger("fedge.coordinator")
 
 CUT_LOG_ROUNDS = 100
 _CUT_MEMORY = 10_000  # devices remembered for the cut log's rate limit before old entries go
-WHY = {"excluded": "the norm bound (a norm over its exclusion bound)", "screened": "the guard set"}
+WHY = {"excluded": "the norm bound (a norm over its exclusion bound)", "screened": "the guard set",
+       "sign_split": "the sign split (a sign-statistics minority far from the rest)"}
 
 
 @dataclass
 class LeftOut:
     excluded: Counter[str] = field(default_factory=Counter)  # device id -> updates left out
     screened: Counter[str] = field(default_factory=Counter)
+    sign_split: Counter[str] = field(default_factory=Counter)
     cut_logged: dict[str, int] = field(default_factory=dict)  # device id -> round its cut was last logged
 
     def note(self, round_id: int, aggregator, metrics) -> None:
-        """After the aggregate is taken: read what `aggregator` left out (its excluded_ids and
-        screened_ids, where it has them) into the log, the metrics and the tallies."""
+        """After the aggregate is taken: read what `aggregator` left out (its excluded_ids,
+        screened_ids and sign_split_ids, where it has them) into the log, the metrics and the tallies."""
         for kind, why in WHY.items():
             if ids := getattr(aggregator, f"{kind}_ids", None):
                 shown = ", ".join(str(d) for d in ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")

@@ -16,6 +16,8 @@ Series (all prefixed fedge_):
     claims_capped_total              accepted updates weighted as max_examples, below their claim
     claims_cut_total                 accepted updates whose claimed weight the norm bound's relative
                                      cap (weight_multiplier x the median claim) cut by more than 4x
+    updates_excluded_total / updates_screened_total / updates_sign_split_total  accepted updates the
+                                     aggregate left out, by what left them out (coordinator/left_out.py)
     declines_total{reason}           declines, by the device's reason (label sanitised)
     rejections_total{reason}         refused messages, by the coordinator's named reason
     secagg_unmask_unnamed_total      secure rounds abandoned for wrong unmask shares that no one could
@@ -81,6 +83,8 @@ class CoordinatorMetrics:
         self.accepted = Counter("fedge_updates_accepted", "Updates accepted into an open round", registry=r)
         self.screened = Counter("fedge_updates_screened", "Accepted updates the guard set left out of the "
                                 "aggregate (robust/screening.py)", registry=r)
+        self.sign_split = Counter("fedge_updates_sign_split", "Accepted updates the gated sign split left out "
+                                  "of the aggregate ([robust.sign], robust/sign_split.py)", registry=r)
         self.claims_capped = Counter("fedge_claims_capped", "Accepted updates that claimed more examples than "
                                      "max_examples and were weighted as max_examples (weights.py)", registry=r)
         self.claims_cut = Counter("fedge_claims_cut", "Accepted updates whose claimed weight the norm bound's "

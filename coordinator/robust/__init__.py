@@ -10,6 +10,7 @@ aggregate as a (d,) float64 vector; randomness comes from an injected np.random.
     centered_clipping(tau, L) clipping       O(k x model)      Karimireddy, He, Jaggi 2021
     bucketing(s, rule)        bucketing      O(k x model)      Karimireddy, He, Jaggi 2022
     ClippedMean + NormHistory norm_bound     O(model)          the default defence
+    gated_keep(gap, share)    sign_split     O(k x model)      Xu et al. 2022, gated (opt-in, norm_bound)
 
 The keep-all rules need the whole round in memory; the norm bound streams. Errors: errors.py.
 """

@@ -19,7 +19,9 @@ travels in ServerState.extra[EXTRA_KEY], so the store commits it with the model 
     norm_bound         O(model)     clip to multiplier x running median norm, then weighted mean;
                        O(k model)   with a guard set ([coordinator] guard_set) and [robust.screen]
                                     enabled (the default), the updates that make the mean worse
-                                    on the guard set are left out first (screening.py)
+                                    on the guard set are left out first (screening.py); with
+                                    [robust.sign] gap > 0 (off by default), a sign-statistics
+                                    minority far from the rest (sign_split.py); both: screened.py
     median             O(k model)   coordinate-wise median
     trimmed_mean       O(k model)   coordinate-wise trimmed mean, beta = byzantine_fraction
     krum               O(k model)   multi-Krum, f = floor(byzantine_fraction * inputs) (at most
@@ -41,13 +43,14 @@ import numpy as np
 from ..aggregate import AggregatorContext, WeightedMean, register_aggregator
 from ..limits import MAX_CC_ITERATIONS
 from .bucketing import bucketing
-from .clipping import centered_clipping, clip_scale
+from .clipping import centered_clipping
 from .coordinate import coordinate_median, trimmed_mean
 from .errors import BadRobustParameter, RobustError
 from .flat import Params, flatten, unflatten
 from .krum import multi_krum
 from .norm_bound import NOTED_CUT, ClippedMean, NormBoundConfig, NormHistory, claim_allowance, round_limits
-from .screening import ScreenConfig, screen
+from .screening import ScreenConfig
+from .sign_split import SignSplitConfig
 
 KEEP_ALL = ("median", "trimmed_mean", "krum", "centered_clipping")
 AGGREGATORS = ("mean", "norm_bound", *KEEP_ALL)
@@ -61,6 +64,7 @@ class RobustConfig:
     bucket_size: int = 0  # > 1: bucket the updates before a keep-all rule; 0 or 1 = off
     norm: NormBoundConfig = field(default_factory=NormBoundConfig)
     screen: ScreenConfig = field(default_factory=ScreenConfig)  # norm_bound with a guard set (screening.py)
+    sign: SignSplitConfig = field(default_factory=SignSplitConfig)  # norm_bound's gated sign split (off)
 
     def __post_init__(self) -> None:
         if not 0 <= self.byzantine_fraction < 0.5:
@@ -224,63 +228,6 @@ def _left_out(ids: list, acc: ClippedMean) -> list:
     return [i for i, out in zip(ids, acc.left_out) if out]
 
 
-class ScreenedAggregator(_Base):
-    """norm_bound with a guard set: keeps the round's updates (O(k x model)), clips and caps them
-    as norm_bound would (bound and caps from the history, or the round's own medians before
-    there is one), leaves out those over the exclusion bound, then drops, one at a time, the
-    updates whose leave-one-out harm on the guard set is over the tolerance (screening.py) and
-    takes the weighted mean of the rest."""
-
-    def __init__(self, cfg: NormBoundConfig, screen_cfg: ScreenConfig, state: RobustState,
-                 guard_loss: Callable[[Params], float]) -> None:
-        super().__init__()
-        self.norm_cfg, self.screen_cfg, self.guard_loss = cfg, screen_cfg, guard_loss
-        self.history_bound = state.history.bound(cfg)
-        self.history_exclusion = state.history.exclusion(cfg)
-        self.history_cap = state.claims.weight_cap(cfg)
-        self.history_median_claim = state.claims.median(cfg)
-        self.rows: list[np.ndarray] = []
-        self.factors: list[float] = []  # staleness weights (async), applied after the clip
-        self.screened_ids: list[str | None] = []  # set by mean(): the updates the guard set left out
-
-    @property
-    def task_clip(self) -> float:
-        """The history's bound; inf before there is one (the round's own medians then apply)."""
-        return self.history_bound if 0 < self.history_bound < math.inf else math.inf
-
-    @property
-    def screened_out(self) -> int:
-        return len(self.screened_ids)
-
-    def _add(self, vec: np.ndarray, weight: float, factor: float) -> None:
-        self.rows.append(vec)
-        self.factors.append(factor)
-        self.norms.append(float(np.linalg.norm(vec)))
-
-    def _limits(self) -> tuple[float, float, float]:
-        """(clip bound, exclusion bound, weight cap) for this round, as norm_bound sets them."""
-        if self.task_clip < math.inf:
-            return self.task_clip, max(self.task_clip, self.history_exclusion), self.history_cap
-        return round_limits(self.norm_cfg, self.norms, self.claims)
-
-    def _reduce(self) -> np.ndarray:
-        bound, exclusion, cap = self._limits()
-        self._note_cuts(cap)
-        norms = np.array(self.norms)
-        median_claim = self.history_median_claim if self.task_clip < math.inf else float(np.median(self.claims))
-        inside = norms <= exclusion * np.array([claim_allowance(self.norm_cfg, c, median_claim) for c in self.claims])
-        if not inside.any():  # every update over the exclusion bound: the bound is stale (ClippedMean)
-            inside[:] = True
-        scale = clip_scale(norms, bound) * np.array(self.factors)  # clip, then weight (factors 1 in sync)
-        rows = np.stack([r * s for r, s, keep in zip(self.rows, scale, inside) if keep])
-        weights = np.minimum(np.array(self.claims)[inside], cap)
-        keep = screen(rows, weights, lambda v: self.guard_loss(unflatten(v, self.like)), self.screen_cfg)
-        self.excluded_ids = [i for i, keep_it in zip(self.ids, inside) if not keep_it]
-        candidates = [i for i, keep_it in zip(self.ids, inside) if keep_it]
-        self.screened_ids = [i for i, kept in zip(candidates, keep) if not kept]
-        return weights[keep] @ rows[keep] / float(weights[keep].sum())
-
-
 class KeepAllAggregator(_Base):
     """A keep-all rule over the round's rows: O(k x model)."""
 
@@ -322,8 +269,11 @@ def make_aggregator(name: str, cfg: RobustConfig, state: RobustState, rng: np.ra
     (norm_bound then screens: screening.py)."""
     if name == "mean":
         return WeightedMean()
-    if name == "norm_bound" and guard_loss is not None and cfg.screen.enabled:
-        agg = ScreenedAggregator(cfg.norm, cfg.screen, state, guard_loss)
+    screens = guard_loss is not None and cfg.screen.enabled
+    if name == "norm_bound" and (screens or cfg.sign.enabled):  # they need the round's rows
+        from .screened import ScreenedAggregator  # it builds on _Base, defined here
+
+        agg = ScreenedAggregator(cfg.norm, cfg.screen, state, guard_loss if screens else None, cfg.sign, rng)
     else:
         agg = _make(name, cfg, state, rng)
     agg.cfg, agg.prior = cfg, state

@@ -24,6 +24,11 @@ class SealedAggregator:
         return getattr(self.inner, "screened_ids", [])
 
     @property
+    def sign_split_ids(self) -> list:
+        """What the sign split left out (robust/sign_split.py), once result() has run; else none."""
+        return getattr(self.inner, "sign_split_ids", [])
+
+    @property
     def excluded_ids(self) -> list:
         """What the norm bound's exclusion left out (robust/norm_bound.py), once result() has run."""
         return getattr(self.inner, "excluded_ids", [])

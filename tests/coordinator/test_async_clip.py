@@ -16,6 +16,7 @@ from fedge.coordinator.aggregate import UpdateMeta
 from fedge.coordinator.async_mode.config import AsyncConfig
 from fedge.coordinator.async_mode.staleness import staleness_weight
 from fedge.coordinator.robust.norm_bound import NormBoundConfig, NormHistory
+from fedge.coordinator.robust.screened import ScreenedAggregator
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
 from tests.coordinator.fleet import ManualDevice, copy_params, make_fleet
@@ -123,7 +124,7 @@ def test_a_fresh_update_is_not_clipped_or_left_out_because_the_others_were_stale
 
 @pytest.mark.parametrize("history, guard, kind", [
     ((), None, robust.ColdStartAggregator), ((0.01,) * 8, None, robust.StreamingAggregator),
-    ((), lambda _p: 0.0, robust.ScreenedAggregator), ((0.01,) * 8, lambda _p: 0.0, robust.ScreenedAggregator)])
+    ((), lambda _p: 0.0, ScreenedAggregator), ((0.01,) * 8, lambda _p: 0.0, ScreenedAggregator)])
 def test_every_norm_bound_path_clips_the_raw_delta_then_weights_it(history, guard, kind):
     """The cold start (the buffer's own median), the streaming bound, and the guard-set screen
     (a guard that finds no harm keeps all) against the same loop: raw norms 0.01 at staleness

@@ -136,8 +136,9 @@ def test_device_clip_only_where_the_bound_is_the_coordinators_and_fits_the_wire(
 
 
 def test_the_screened_aggregator_and_an_initial_bound_report_the_bound_they_clip_with():
-    from fedge.coordinator.robust.aggregators import RobustState, ScreenedAggregator, StreamingAggregator, _make
+    from fedge.coordinator.robust.aggregators import RobustState, StreamingAggregator, _make
     from fedge.coordinator.robust.norm_bound import NormHistory
+    from fedge.coordinator.robust.screened import ScreenedAggregator
     from fedge.coordinator.robust.screening import ScreenConfig
 
     cfg = NormBoundConfig()

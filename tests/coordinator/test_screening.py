@@ -23,11 +23,11 @@ from fedge.coordinator.robust.aggregators import (
     ColdStartAggregator,
     RobustConfig,
     RobustState,
-    ScreenedAggregator,
     StreamingAggregator,
     make_aggregator,
 )
 from fedge.coordinator.robust.norm_bound import NormBoundConfig, NormHistory
+from fedge.coordinator.robust.screened import ScreenedAggregator
 from fedge.coordinator.robust.screening import ScreenConfig, leave_one_out_harm, screen
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message

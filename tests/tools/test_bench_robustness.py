@@ -45,6 +45,24 @@ def test_no_device_clip_reaches_the_cells_config():
     assert _norm(RobustGrid(device_clip=False))["norm"] == NormBoundConfig(device_clip=False)
 
 
+def test_the_sign_split_defence_is_norm_bound_with_the_gated_split_at_4(tmp_path):
+    from dataclasses import replace
+
+    from fedge.coordinator.robust.sign_split import SignSplitConfig
+    from fedge.tools.bench.robustness import _check, cell_config
+
+    grid = RobustGrid(attacks=("sign_flip",), defenses=("sign_split", "norm_bound"), partitions=("dirichlet",),
+                      fractions=(0.2,))
+    _check(grid)
+    sign = cell_config(grid, Cell("sign_flip", "sign_split", "dirichlet", 0.2), "unused").coordinator
+    plain = cell_config(grid, Cell("sign_flip", "norm_bound", "dirichlet", 0.2), "unused").coordinator
+    assert sign.aggregator == "norm_bound" and sign.robust.sign == SignSplitConfig(gap=4.0)
+    assert plain.robust.sign == SignSplitConfig() and replace(sign, robust=plain.robust) == plain
+    with pytest.raises(SystemExit) as refused:  # a preset is not an aggregator to bucket
+        main(["--json", str(tmp_path / "out.json"), "--quick", "--defenses", "sign_split+bucketing"])
+    assert refused.value.code == 2
+
+
 @pytest.mark.parametrize("flags", [["--exclude-claim-allowance", "0.5"], ["--attack-scale", "-1"],
                                    ["--exclude-multiplier", "1"]])
 def test_a_setting_every_cell_would_fail_on_is_refused_before_any_runs(tmp_path, flags):

@@ -10,7 +10,8 @@ Output JSON (schema 1):
     cells: list, one per (attack, defense, partition, attackers_fraction):
         attack             str: tools/simulate/attacks.py's name, "none" for the clean reference
         defense            str: the coordinator's aggregator (coordinator/robust/aggregators.py),
-                           "+bucketing" = behind buckets of grid.bucket_size
+                           "+bucketing" = behind buckets of grid.bucket_size, or a PRESETS name
+                           (sign_split: norm_bound with [robust.sign] gap = 4)
         default            bool: defense is the default defence (norm_bound)
         partition          str
         attackers_fraction float: share of the population that attacks (0 for "none")
@@ -26,6 +27,7 @@ Output JSON (schema 1):
                            aggregates (robust/screening.py), and the updates the rounds accepted
         excluded           the same for the updates the norm bound left out, each over its
                            exclusion bound (robust/norm_bound.py)
+        sign_split         the same for the updates the sign split left out (robust/sign_split.py)
     errors: cells that failed, with the error
 """
 
@@ -45,6 +47,7 @@ import numpy as np
 
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.robust.errors import BadRobustParameter
+from fedge.coordinator.robust.sign_split import SignSplitConfig
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.beside_json import check_beside
@@ -54,6 +57,10 @@ from fedge.tools.simulate.errors import AttackError
 
 # The cells marked `default`: the aggregator a coordinator runs when its config names none.
 DEFAULT_DEFENSE = CoordinatorConfig().aggregator
+# Defences that are an aggregator with [robust] settings: name -> (aggregator, RobustConfig fields).
+# sign_split: the gated sign split behind the default's clip, at the gap the research probe ran
+# (benchmarks/results/2026-12-06-robust-research/, nb_signguard_gap4_nc).
+PRESETS = {"sign_split": ("norm_bound", {"sign": SignSplitConfig(gap=4.0)})}
 
 
 @dataclass(frozen=True)
@@ -112,12 +119,12 @@ def cell_config(grid: RobustGrid, cell: Cell, out: str):
     """The cell's SimConfig (it validates itself: _check builds every cell's before any runs)."""
     from fedge.tools.simulate.config import sim_config
 
+    aggregator, robust = PRESETS.get(cell.defense, (cell.defense.split("+")[0], {}))
     return sim_config(dataset=grid.dataset, devices=grid.devices, clients_per_round=grid.clients_per_round,
                       rounds=grid.rounds, seed=grid.seed, partition=cell.partition, out_dir=out,
                       attack=None if cell.attack == "none" else cell.attack, attackers=cell.fraction or 0.2,
                       omniscient=grid.omniscient, attack_scale=grid.attack_scale,
-                      aggregator=cell.defense.split("+")[0],
-                      guard_fraction=grid.guard_fraction, **_norm(grid),
+                      aggregator=aggregator, guard_fraction=grid.guard_fraction, **_norm(grid), **robust,
                       quant_bits=grid.quant_bits, topk_fraction=grid.topk_fraction,
                       bucket_size=grid.bucket_size if cell.defense.endswith("+bucketing") else 0)
 
@@ -138,7 +145,7 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
         "backdoor_success": float(np.mean(backdoor)) if backdoor else None,
         "accuracy_curve": curve, "rejections": result.summary.get("rejections", {}),
         "declines": result.summary.get("declines", {}), "screened": result.summary.get("screened"),
-        "excluded": result.summary.get("excluded"),
+        "excluded": result.summary.get("excluded"), "sign_split": result.summary.get("sign_split"),
         "wall_seconds": time.perf_counter() - started,
     }
 
@@ -162,12 +169,13 @@ def _check(grid: RobustGrid) -> None:
     from fedge.tools.simulate.adversary import ATTACKS
 
     unknown = [a for a in grid.attacks if a != "none" and a not in ATTACKS]
-    unknown += [d for d in grid.defenses if d.split("+")[0] not in AGGREGATORS or d.count("+") > 1
-                or "+" in d and not d.endswith("+bucketing")]
+    unknown += [d for d in grid.defenses if d not in PRESETS and (d.split("+")[0] not in AGGREGATORS
+                or d.count("+") > 1 or "+" in d and not d.endswith("+bucketing"))]
     unknown += [p for p in grid.partitions if p not in ("iid", "dirichlet", "shards", "quantity", "feature")]
     if unknown:
         raise AttackError(f"unknown {', '.join(map(repr, unknown))}: attacks are none or {', '.join(ATTACKS)}; "
-                          f"defences an aggregator ({', '.join(sorted(AGGREGATORS))}), optionally +bucketing")
+                          f"defences an aggregator ({', '.join(sorted(AGGREGATORS))}), optionally +bucketing, "
+                          f"or {', '.join(PRESETS)}")
     for cell in build_cells(grid):  # --rounds 0, --guard-fraction 2, --fractions nan: every cell failed
         cell_config(grid, cell, "unused")
 
@@ -283,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guard-fraction", type=float, default=None,
                    help="share of the data no device holds, given to the coordinator as its guard set (default 0)")
     p.add_argument("--attacks", default=None, help="comma list (default: the grid's)")
-    p.add_argument("--defenses", default=None, help="comma list (default: the grid's)")
+    p.add_argument("--defenses", default=None, help="comma list (default: the grid's): aggregators, "
+                   "name+bucketing, or sign_split (norm_bound with [robust.sign] gap = 4)")
     p.add_argument("--partitions", default=None, help="comma list (default: the grid's)")
     p.add_argument("--fractions", default=None, help="comma list of attacker shares (default: the grid's)")
     args = p.parse_args(argv)

@@ -326,7 +326,8 @@ def _run(setup: FleetSetup, on_round: Callable[[dict], None] | None) -> SimResul
                           "abandoned": {why: abandoned.count(why) for why in dict.fromkeys(abandoned)},
                           "attackers": sorted(setup.attackers), "privacy": privacy_summary(co),
                           "screened": left_out_summary(co.left_out.screened, reports, setup.attackers),
-                          "excluded": left_out_summary(co.left_out.excluded, reports, setup.attackers)}
+                          "excluded": left_out_summary(co.left_out.excluded, reports, setup.attackers),
+                          "sign_split": left_out_summary(co.left_out.sign_split, reports, setup.attackers)}
         final = fleet.coordinator.state.params
     finally:
         fleet.close()

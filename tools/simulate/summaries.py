@@ -9,7 +9,8 @@ from fedge.coordinator.server import Coordinator
 
 def left_out_summary(left_out: Counter[str], reports: int, attackers) -> dict[str, int]:
     """Updates the aggregates left out (`co.left_out.screened`: the guard set, robust/screening.py;
-    `co.left_out.excluded`: the norm bound's exclusion), honest and attacking, and the updates the rounds
+    `co.left_out.excluded`: the norm bound's exclusion; `co.left_out.sign_split`: the sign split,
+    robust/sign_split.py), honest and attacking, and the updates the rounds
     accepted in all (`reports`: summed over the run's round records)."""
     bad = sum(n for d, n in left_out.items() if d in attackers)
     return {"honest": sum(left_out.values()) - bad, "attackers": bad, "reports": reports}
