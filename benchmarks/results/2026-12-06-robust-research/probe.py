@@ -31,6 +31,18 @@ the history's bound as task_clip, so the device clip applies as for norm_bound.
     nb_signguard_gap8  the gated split at 8 x (followup/)
     nb_signguard_gapG_nc  G = 4, 6, 8: the gated split without the clip to the round's median norm;
                 the rows keep the default's own clip, 2 x the running median (followup/)
+    nb_signguard_gap4_c15  the gated split at 4 x, then each kept row clipped to 1.5 x the median of
+                the kept rows' norms (gap4 clips to 1 x the median of all rows the exclusion kept;
+                gap4_nc to nothing below the default's 2 x running median) (round3/)
+    nb_signguard_gap4_c125  the same at 1.25 x (round3/)
+    nb_medclip_c15  no filter: every row the exclusion kept clipped to 1.5 x their median norm (round3/)
+    nb_signguard_gap4_c15_dup  nb_signguard_gap4_c15 that also leaves out every row whose cosine with
+                another row of the round is over 0.99 (the bench's colluders, ALIE, IPM, min-max and
+                min-sum, send one vector a round; an adversary that adds noise would not). Honest pairs
+                reach 0.991 on seed 0 (one round in each of two runs), so this drops a few honest rows
+    nb_signguard_gap4_c15_dup999  the same at 0.999 (round3/)
+    nb_signguard_gap3_c15_dup999  the same with the split gated at 3 x (round3/)
+    nb_signguard_gap35_c15_dup999  gated at 3.5 x (round3/; chosen after gap 3 and 4 on the screen's cells)
 
 Run (spawned workers import this file as __mp_main__, so the rules register there too):
 
@@ -144,6 +156,15 @@ def signguard_keep(x: np.ndarray, rng: np.random.Generator, low: float = 0.1, hi
     return keep
 
 
+def twin_free(x: np.ndarray, cos: float = 0.99) -> np.ndarray:
+    """Keep mask: False for every row with cosine over `cos` to another row (zero rows have none)."""
+    n = np.linalg.norm(x, axis=1)
+    u = x / np.where(n > 0, n, 1.0)[:, None]
+    sim = u @ u.T
+    np.fill_diagonal(sim, -1.0)
+    return ~(sim > cos).any(axis=1)
+
+
 def _separated(feats: np.ndarray, labels: np.ndarray, gap: float) -> bool:
     """The two clusters' centres are over `gap` x the points' RMS distance to their own centre apart."""
     centres = np.stack([feats[labels == c].mean(0) if (labels == c).any() else feats.mean(0) for c in (0, 1)])
@@ -158,6 +179,17 @@ def _mean(x, w, keep):
 def _clip_to_median(x):
     n = np.linalg.norm(x, axis=1)
     return x * clip_scale(n, float(np.median(n)))[:, None]
+
+
+def _or_all(keep):
+    """keep, or every row if it keeps none."""
+    return keep if keep.any() else np.ones_like(keep)
+
+
+def _kept_mean_clip(x, w, keep, c):
+    """(weighted mean of the kept rows, each clipped to c x the kept rows' median norm, keep)."""
+    n = np.linalg.norm(x[keep], axis=1)
+    return _mean(x[keep] * clip_scale(n, c * float(np.median(n)))[:, None], w[keep], np.ones(len(n), bool)), keep
 
 
 def _kept_mean(x, w, keep, clip=False):
@@ -193,6 +225,14 @@ RULES = {
 for _g in (4, 6, 8):
     RULES[f"nb_signguard_gap{_g}_nc"] = (lambda g: lambda x, w, rng: _kept_mean(
         x, w, signguard_keep(x, rng, gap=float(g))))(_g)
+# Between the two: the gated split, then a clip to c x the kept rows' median norm (round3/).
+RULES["nb_signguard_gap4_c15"] = lambda x, w, rng: _kept_mean_clip(x, w, signguard_keep(x, rng, gap=4.0), 1.5)
+RULES["nb_signguard_gap4_c125"] = lambda x, w, rng: _kept_mean_clip(x, w, signguard_keep(x, rng, gap=4.0), 1.25)
+for _gap, _cos, _tag in ((4, 0.99, ""), (4, 0.999, "999"), (3, 0.999, "999"), (3.5, 0.999, "999")):
+    _name = f"nb_signguard_gap{str(_gap).replace('.', '')}_c15_dup{_tag}"
+    RULES[_name] = (lambda gap, cos: lambda x, w, rng: _kept_mean_clip(
+        x, w, _or_all(twin_free(x, cos) & signguard_keep(x, rng, gap=float(gap))), 1.5))(_gap, _cos)
+RULES["nb_medclip_c15"] = lambda x, w, rng: _kept_mean_clip(x, w, np.ones(len(x), bool), 1.5)
 
 
 # ---- the aggregator: the default's clip, cap and exclusion, then a rule ----
