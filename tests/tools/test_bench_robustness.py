@@ -91,6 +91,9 @@ def test_bench_writes_cells(tmp_path):
     clean, attacked = doc["cells"]
     assert clean["backdoor_success"] is None and 0 <= attacked["backdoor_success"] <= 1
     assert all(0 <= c["final_accuracy"] <= 1 and len(c["accuracy_curve"]) == 2 for c in doc["cells"])
+    # 2 rounds: the tail window (3) holds the whole curve
+    assert all(c["tail_rounds"] == 2 and c["tail_accuracy"] == pytest.approx(sum(c["accuracy_curve"]) / 2)
+               for c in doc["cells"])
     report = out.with_suffix(".md").read_text()
     assert report.startswith("# fedge bench robustness: digits") and "| backdoor | " in report
     if importlib.util.find_spec("matplotlib"):
@@ -127,7 +130,9 @@ def test_render_writes_the_report_of_a_json_and_never_over_someone_elses(tmp_pat
     out.write_text(json.dumps(doc))
     assert main(["--render", str(out)]) == 0
     report = out.with_suffix(".md").read_text()
-    assert "| sign_flip | 0.200 | 0.700 |" in report and "| backdoor | 0.150 (0.90) | 0.770 (0.05) |" in report
+    # no accuracy_curve in these cells: the tail figure is a dash (test_bench_robustness_tail.py)
+    assert "| sign_flip | 0.200 / – | 0.700 / – |" in report
+    assert "| backdoor | 0.150 / – (0.90) | 0.770 / – (0.05) |" in report
     assert "worst attack sign_flip, 10.0 points under clean FedAvg (0.800)" in report
     assert main(["--render", str(out)]) == 0  # its own report, replaced
     out.with_suffix(".md").write_text("my notes on the grid\n")

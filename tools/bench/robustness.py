@@ -20,6 +20,11 @@ Output JSON (schema 1):
                            set (0 = none; with one, norm_bound screens each round: robust/screening.py)
         final_accuracy     fraction: global model on the union of held-out splits, mean of the
                            last grid.final_window rounds
+        tail_accuracy      fraction or null: the same model, mean of the last max(3, ceil(rounds / 5))
+                           rounds of accuracy_curve (20 of 100), rounds with no evaluation skipped
+                           (null when none is left): steadier than final_accuracy where the curve
+                           has not settled (robustness_report.py); absent in JSONs before 2026-12-06
+        tail_rounds        int: how many rounds tail_accuracy averages
         backdoor_success   fraction or null: share of non-target test inputs, trigger stamped,
                            the final global model calls the target class (backdoor attack only)
         accuracy_curve     per round; rejections, declines: {reason: count}; wall_seconds
@@ -54,6 +59,8 @@ from fedge.tools.beside_json import check_beside
 from fedge.tools.cli_args import MAX_PARALLEL, MAX_SEED, int_in, out_file_arg
 from fedge.tools.simulate.adversary import AttackSpec
 from fedge.tools.simulate.errors import AttackError
+
+from .robustness_report import check_cells, tail
 
 # The cells marked `default`: the aggregator a coordinator runs when its config names none.
 DEFAULT_DEFENSE = CoordinatorConfig().aggregator
@@ -136,12 +143,14 @@ def run_cell(grid: RobustGrid, cell: Cell) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedge-robust-") as out:
         result = run_simulation(cell_config(grid, cell, out))
     curve = [r["global_accuracy"] for r in result.rounds]
-    tail = result.rounds[-grid.final_window:]
-    backdoor = [r["backdoor_success"] for r in tail if r.get("backdoor_success") is not None]
+    last = result.rounds[-grid.final_window:]
+    backdoor = [r["backdoor_success"] for r in last if r.get("backdoor_success") is not None]
+    tail_accuracy, tail_rounds = tail(curve, grid.rounds)
     return {
         "attack": cell.attack, "defense": cell.defense, "default": cell.defense == DEFAULT_DEFENSE,
         "partition": cell.partition, "attackers_fraction": cell.fraction, "omniscient": grid.omniscient,
         "guard_fraction": grid.guard_fraction, "final_accuracy": float(np.mean(curve[-grid.final_window:])),
+        "tail_accuracy": tail_accuracy, "tail_rounds": tail_rounds,
         "backdoor_success": float(np.mean(backdoor)) if backdoor else None,
         "accuracy_curve": curve, "rejections": result.summary.get("rejections", {}),
         "declines": result.summary.get("declines", {}), "screened": result.summary.get("screened"),
@@ -248,6 +257,7 @@ def render(json_path: str) -> int:
         doc = json.loads(path.read_text())
         if not (isinstance(doc, dict) and doc.get("benchmark") == "robustness"):
             raise ValueError("not a fedge bench robustness JSON")
+        check_cells(doc)  # a curve that is not numbers: named here, not a traceback mid-report
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"fedge bench robustness --render {json_path}: {exc}") from None
     check_beside(path, REPORT_SUFFIXES, "fedge bench robustness", None)

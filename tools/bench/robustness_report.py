@@ -1,6 +1,7 @@
 """The Markdown and PNG of `fedge bench robustness`, from its JSON document alone: one table
-and one heat map per partition and attacker share (attacks down, defences across, final
-accuracy with backdoor success in brackets), and per table the figures the defence is judged
+and one heat map per partition and attacker share (attacks down, defences across; in the
+table the last-3-round and the tail accuracy, backdoor success in brackets; in the heat map
+the last-3-round accuracy), and per table the figures the defence is judged
 by, each against the grid's own clean FedAvg cell (`none` × `mean`):
 
 - the default defence's worst attack, in points under clean FedAvg;
@@ -8,11 +9,19 @@ by, each against the grid's own clean FedAvg cell (`none` × `mean`):
 - the default with no attack, in points over (+) or under (−) clean FedAvg;
 - the default's highest backdoor success.
 
+The first three again on `tail_accuracy`, the mean of the last max(3, ceil(rounds / 5)) rounds
+(20 of 100): on 50 devices, Dirichlet 0.1, 100 rounds the curves do not settle (the clean seed-2
+cells range over 11-15 points in rounds 81-100 and move by up to 8 from one round to the next:
+benchmarks/results/2026-12-06-robust-research/README.md), so a mean of 3 rounds moves with
+the last few rounds' swings. Cells of JSONs written before the field get it from their
+`accuracy_curve`, or "–" without one.
+
     fedge bench robustness --render out.json    # writes out.md and out.png from an existing JSON
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +31,54 @@ from fedge.tools.plots import pyplot
 
 TITLE = "# fedge bench robustness"
 CLEAN, MEAN = "none", "mean"
+
+
+def tail_window(rounds: int) -> int:
+    """Rounds `tail_accuracy` averages: max(3, ceil(rounds / 5)), 20 of 100."""
+    return max(3, -(-rounds // 5))
+
+
+def _score(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def tail(curve: list, rounds: int) -> tuple[float | None, int]:
+    """(mean, count) over the last tail_window(rounds) entries of an accuracy curve; entries with no
+    evaluation (null) are skipped and not counted; (None, 0) when none is left. ValueError on an
+    entry that is neither a finite number nor null (a hand-edited or foreign JSON)."""
+    if not isinstance(curve, list) or any(v is not None and not _score(v) for v in curve):
+        raise ValueError("accuracy_curve is not a list of finite numbers and nulls")
+    known = [v for v in curve[-tail_window(rounds):] if v is not None]
+    return (sum(known) / len(known), len(known)) if known else (None, 0)
+
+
+def cell_tail(cell: dict, rounds: int) -> float | None:
+    """The cell's `tail_accuracy`: as recorded, else from its `accuracy_curve`, else None (older
+    JSONs); ValueError on a recorded value or curve that is not numbers."""
+    if "tail_accuracy" in cell:
+        if cell["tail_accuracy"] is not None and not _score(cell["tail_accuracy"]):
+            raise ValueError(f"tail_accuracy {cell['tail_accuracy']!r} is not a number")
+        return cell["tail_accuracy"]
+    return tail(cell["accuracy_curve"], rounds)[0] if "accuracy_curve" in cell else None
+
+
+def _with_tails(doc: dict) -> list[dict]:
+    """doc's cells, each with `tail_accuracy` (None where neither it nor a curve is recorded)."""
+    rounds = doc["grid"]["rounds"]
+    return [{**c, "tail_accuracy": cell_tail(c, rounds)} for c in doc["cells"]]
+
+
+def check_cells(doc: dict) -> None:
+    """ValueError naming the first cell whose tail figure or curve is not numbers."""
+    grid, cells = doc.get("grid"), doc.get("cells")
+    if not (isinstance(grid, dict) and type(grid.get("rounds")) is int and isinstance(cells, list)
+            and all(isinstance(c, dict) for c in cells)):
+        raise ValueError("no grid with its rounds, or no list of cells")
+    for i, c in enumerate(cells):
+        try:
+            cell_tail(c, grid["rounds"])
+        except ValueError as exc:
+            raise ValueError(f"cell {i} ({c.get('attack')} vs {c.get('defense')}): {exc}") from None
 
 
 def _tables(doc: dict) -> dict[tuple[str, float], list[dict]]:
@@ -42,32 +99,33 @@ def _order(values, preferred) -> list:
     return seen + sorted(v for v in values if v not in seen)
 
 
-def summary(cells: list[dict]) -> dict:
-    """The figures above for one table; None where the grid lacks the cells to say."""
+def summary(cells: list[dict], figure: str = "final_accuracy") -> dict:
+    """The figures above for one table, on `figure` (final_accuracy or tail_accuracy); None where
+    the grid lacks the cells to say."""
     def cell(attack, defense):
         return next((c for c in cells if c["attack"] == attack and c["defense"] == defense), None)
 
     default = next((c["defense"] for c in cells if c.get("default")), None)
     clean = cell(CLEAN, MEAN)
-    out = {"default": default, "clean_fedavg": clean["final_accuracy"] if clean else None,
+    out = {"default": default, "clean_fedavg": clean[figure] if clean else None,
            "default_worst_attack": None, "default_worst_points": None, "fedavg_largest_loss_points": None,
            "fedavg_worst_attack": None, "default_clean_change_points": None, "default_backdoor_max": None}
     attacked = [c for c in cells if c["attack"] != CLEAN]
     ours = [c for c in attacked if c["defense"] == default]
     if ours:
-        worst = min(ours, key=lambda c: c["final_accuracy"])
+        worst = min(ours, key=lambda c: c[figure])
         out["default_worst_attack"] = worst["attack"]
         backdoors = [c["backdoor_success"] for c in ours if c["backdoor_success"] is not None]
         out["default_backdoor_max"] = max(backdoors) if backdoors else None
         if clean:
-            out["default_worst_points"] = 100 * (clean["final_accuracy"] - worst["final_accuracy"])
+            out["default_worst_points"] = 100 * (clean[figure] - worst[figure])
     fedavg = [c for c in attacked if c["defense"] == MEAN]
     if fedavg and clean:
-        worst = min(fedavg, key=lambda c: c["final_accuracy"])
+        worst = min(fedavg, key=lambda c: c[figure])
         out["fedavg_worst_attack"] = worst["attack"]
-        out["fedavg_largest_loss_points"] = 100 * (clean["final_accuracy"] - worst["final_accuracy"])
+        out["fedavg_largest_loss_points"] = 100 * (clean[figure] - worst[figure])
     if clean and default and cell(CLEAN, default):
-        out["default_clean_change_points"] = 100 * (cell(CLEAN, default)["final_accuracy"] - clean["final_accuracy"])
+        out["default_clean_change_points"] = 100 * (cell(CLEAN, default)[figure] - clean[figure])
     return out
 
 
@@ -93,15 +151,46 @@ _OLDER = {"guard_fraction": 0.0, "omniscient": False, "final_window": 3, "quant_
           "seed": 0}
 
 
+def _figures(c: dict | None) -> str:
+    """One table entry: last-window mean / tail mean (backdoor success)."""
+    if c is None:
+        return ""
+    bd = "" if c["backdoor_success"] is None else f" ({c['backdoor_success']:.2f})"
+    tail_text = "–" if c["tail_accuracy"] is None else f"{c['tail_accuracy']:.3f}"
+    return f"{c['final_accuracy']:.3f} / {tail_text}{bd}"
+
+
+def _verdicts(s: dict, prefix: str = "", backdoor: bool = True) -> list[str]:
+    """The summary's lines, as the report has always written them after `prefix`."""
+    bd = f"; highest backdoor success {_fraction(s['default_backdoor_max'], 2)}" if backdoor else ""
+    return [f"- {prefix}default ({s['default'] or 'not in this grid'}): worst attack "
+            f"{s['default_worst_attack'] or 'n/a'}, {_points(s['default_worst_points'])} points under "
+            f"clean FedAvg ({_fraction(s['clean_fedavg'])}); "
+            f"with no attack {_signed(s['default_clean_change_points'])} points{bd}",
+            f"- {prefix}plain FedAvg: largest loss {_points(s['fedavg_largest_loss_points'])} points "
+            f"({s['fedavg_worst_attack'] or 'n/a'})"]
+
+
+def _tail_verdicts(cells: list[dict], window: int) -> list[str]:
+    prefix = f"over the last {window} rounds (`tail_accuracy`): "
+    if any(c["tail_accuracy"] is None for c in cells):
+        return [f"- {prefix}n/a (cells without an `accuracy_curve` in this JSON)"]
+    return _verdicts(summary(cells, "tail_accuracy"), prefix, backdoor=False)
+
+
 def markdown(doc: dict) -> str:
     g = {**_OLDER, **doc["grid"]}
+    window = tail_window(g["rounds"])
     lines = [f"{TITLE}: {g['dataset']}, {g['devices']} devices, {g['clients_per_round']} a round, "
              f"{g['rounds']} rounds, seed {g['seed']}", "",
              f"Updates: {_updates(g)}; guard set "
              f"{g['guard_fraction']:.0%} of the data; colluders {'' if g['omniscient'] else 'not '}omniscient. "
-             f"Global accuracy, mean of the last {g['final_window']} rounds; backdoor success in brackets; "
-             "* marks the shipped default defence.", ""]
-    for (partition, share), cells in sorted(_tables(doc).items()):
+             f"Global accuracy, mean of the last {g['final_window']} rounds / mean of the last {window} "
+             "(`tail_accuracy`, steadier where the curve has not settled; – where the JSON holds no "
+             "per-round curve); backdoor success in brackets; * marks the shipped default defence. "
+             f"The verdict lines come twice: on the last {g['final_window']} rounds, then on the last {window}.",
+             ""]
+    for (partition, share), cells in sorted(_tables({**doc, "cells": _with_tails(doc)}).items()):
         attacks = _order({c["attack"] for c in cells}, g["attacks"])
         defenses = _order({c["defense"] for c in cells}, g["defenses"])
         default = next((c["defense"] for c in cells if c.get("default")), None)
@@ -110,20 +199,8 @@ def markdown(doc: dict) -> str:
                   "| attack | " + " | ".join(d + ("*" if d == default else "") for d in defenses) + " |",
                   "|---|" + "---|" * len(defenses)]
         for attack in attacks:
-            row = []
-            for d in defenses:
-                c = by.get((attack, d))
-                bd = "" if c is None or c["backdoor_success"] is None else f" ({c['backdoor_success']:.2f})"
-                row.append("" if c is None else f"{c['final_accuracy']:.3f}{bd}")
-            lines.append(f"| {attack} | " + " | ".join(row) + " |")
-        s = summary(cells)
-        lines += ["", f"- default ({s['default'] or 'not in this grid'}): worst attack "
-                      f"{s['default_worst_attack'] or 'n/a'}, {_points(s['default_worst_points'])} points under "
-                      f"clean FedAvg ({_fraction(s['clean_fedavg'])}); "
-                      f"with no attack {_signed(s['default_clean_change_points'])} points; highest backdoor "
-                      f"success {_fraction(s['default_backdoor_max'], 2)}",
-                  f"- plain FedAvg: largest loss {_points(s['fedavg_largest_loss_points'])} points "
-                  f"({s['fedavg_worst_attack'] or 'n/a'})", ""]
+            lines.append(f"| {attack} | " + " | ".join(_figures(by.get((attack, d))) for d in defenses) + " |")
+        lines += ["", *_verdicts(summary(cells)), *_tail_verdicts(cells, window), ""]
     if doc.get("errors"):
         lines += ["## Cells that failed", ""] + [f"- {e['attack']} vs {e['defense']} {e['partition']} "
                                                    f"{e['attackers_fraction']}: {e['error']}" for e in doc["errors"]]
