@@ -370,7 +370,6 @@ class AsyncCoordinator(Coordinator):
         """Step the server optimizer on the buffer and commit the new version (or refuse it)."""
         rnd, n = self.round, self.round.aggregator.count
         state = self.strategy.apply(self.state, rnd.aggregate_input(len(self.registry)))
-        self.left_out.note(rnd.ctx.round_id, rnd.aggregator, self.metrics)
         carry = getattr(rnd.aggregator, "carry", None)
         if carry is not None:
             state = replace(state, extra={**state.extra, **carry()})
@@ -384,6 +383,7 @@ class AsyncCoordinator(Coordinator):
             log.error("buffer %d: the new model is refused, the buffer dropped: %s", record.round_id, fault)
             self.store.abandon_round(record.round_id, asdict(record), self.clock.wall(), rnd.charge())
             self.machine = replace(self.machine, buffered=0)
+        self.left_out.note(rnd.ctx.round_id, rnd.aggregator, self.metrics)  # once written: a retry counts once
         self.journal.forget(record.round_id)
         self._flushed.append(self._close(record))
         if self.stop_after is None or not self.stop_after(record):

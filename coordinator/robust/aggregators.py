@@ -126,6 +126,7 @@ class _Base:
         self.excluded_ids: list[str | None] = []  # set by mean(): the updates the norm bound's exclusion left out
         self.weight_cut: list[tuple[str | None, float, float]] = []  # set by mean(): (id, claim, cap), NOTED_CUT
         self.result_vec: np.ndarray | None = None
+        self._reduced_at = -1  # the count result_vec was reduced at
 
     def add(self, tensors: Params, meta) -> None:
         weight = float(getattr(meta, "weight", meta))  # UpdateMeta (aggregate.Aggregator) or a number
@@ -145,7 +146,9 @@ class _Base:
     def mean(self) -> Params:
         if self.like is None:
             raise RobustError("no contributions to aggregate")
-        self.result_vec = self._reduce()
+        if self._reduced_at != self.count:  # once per set of updates: a retried close (a commit that failed)
+            # must not draw the RNG again (the sign split's columns, the buckets): a restart would not
+            self.result_vec, self._reduced_at = self._reduce(), self.count
         return unflatten(self.result_vec, self.like)
 
     result = mean

@@ -7,6 +7,8 @@ streams in O(model); make_aggregator (aggregators.py) builds it only then.
                those over the exclusion bound are left out          -> excluded_ids
     1. split   the sign split's minority, when it leaves one out    -> sign_split_ids
     2. clip    [robust.sign] round_clip = c: each kept update to c x the kept updates' median norm
+    weight     async: each kept update times its staleness weight f(s), after both clips (clip,
+               then weight, as norm_bound.py: stale updates do not shrink a fresh one's bound)
     3. screen  with a guard set: leave-one-out harm on it           -> screened_ids
     mean       the weighted mean of what is left
 
@@ -81,17 +83,20 @@ class ScreenedAggregator(_Base):
         inside = norms <= exclusion * np.array([claim_allowance(self.norm_cfg, c, median_claim) for c in self.claims])
         if not inside.any():  # every update over the exclusion bound: the bound is stale (ClippedMean)
             inside[:] = True
-        scale = clip_scale(norms, bound) * np.array(self.factors)  # clip, then weight (factors 1 in sync)
+        scale = clip_scale(norms, bound)
         rows = np.stack([r * s for r, s, keep in zip(self.rows, scale, inside) if keep])
         weights = np.minimum(np.array(self.claims)[inside], cap)
+        factors = np.array(self.factors)[inside]  # staleness weights (async), applied after every clip
         self.excluded_ids = [i for i, keep_it in zip(self.ids, inside) if not keep_it]
         ids = [i for i, keep_it in zip(self.ids, inside) if keep_it]
         if self.sign.enabled:
             keep = gated_keep(rows, self.rng, self.sign.gap, self.sign.share, self.sign.min_inputs)
             self.sign_split_ids = [i for i, kept in zip(ids, keep) if not kept]
             rows, weights, ids = rows[keep], weights[keep], [i for i, kept in zip(ids, keep) if kept]
+            factors = factors[keep]
             if self.sign.round_clip:
                 rows = clip_to_median(rows, self.sign.round_clip)
+        rows = rows * factors[:, None]  # clip, then weight (factors 1 in sync: the same bits)
         if self.guard_loss is not None:
             keep = screen(rows, weights, lambda v: self.guard_loss(unflatten(v, self.like)), self.screen_cfg)
             self.screened_ids = [i for i, kept in zip(ids, keep) if not kept]
