@@ -33,10 +33,16 @@ class LeftOut:
     screened: Counter[str] = field(default_factory=Counter)
     sign_split: Counter[str] = field(default_factory=Counter)
     cut_logged: dict[str, int] = field(default_factory=dict)  # device id -> round its cut was last logged
+    noted_round: int | None = None  # the round (async: buffer) last noted
 
     def note(self, round_id: int, aggregator, metrics) -> None:
         """After the aggregate is taken: read what `aggregator` left out (its excluded_ids,
-        screened_ids and sign_split_ids, where it has them) into the log, the metrics and the tallies."""
+        screened_ids and sign_split_ids, where it has them) into the log, the metrics and the tallies.
+        Once per round: a sync round whose commit failed (a full disk) aggregates again at the next
+        tick (rounds.py), and its left-out updates were counted twice."""
+        if round_id == self.noted_round:
+            return
+        self.noted_round = round_id
         for kind, why in WHY.items():
             if ids := getattr(aggregator, f"{kind}_ids", None):
                 shown = ", ".join(str(d) for d in ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")

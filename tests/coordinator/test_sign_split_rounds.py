@@ -219,3 +219,39 @@ def test_a_sharded_leader_notes_what_the_split_left_out():
     assert left_out.sign_split == {"d1": 1, "d7": 1}
     assert metrics.registry.get_sample_value("fedge_updates_sign_split_total") == 2
     assert SealedAggregator(SimpleNamespace(), None, 1, 2, {}, None).sign_split_ids == []
+
+
+def test_a_round_whose_commit_failed_counts_what_it_left_out_once(model, tmp_path):
+    """Sync rounds repeat Aggregate and Commit on every tick until the commit is written (rounds.py),
+    so a commit the store refused once (a full disk) aggregated twice, and the left-out updates were
+    logged, counted and tallied twice: fedge_updates_sign_split_total read 4 for 2 updates."""
+    metrics = CoordinatorMetrics()
+    fleet = make_fleet(model, tmp_path, clients_per_round=10, min_reports=10, aggregator="norm_bound",
+                       metrics=metrics, robust=RobustConfig(sign=SignSplitConfig(gap=4.0, share=1.0)))
+    devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(10)]
+    fleet.drain()
+    c = fleet.coordinator
+    shapes = {k: v.shape for k, v in c.state.params.items()}
+    sizes = [int(np.prod(s)) for s in shapes.values()]
+    rows = 0.01 * non_iid_round(np.random.default_rng(11), sum(sizes), 10, flipped=2)
+    commit, tries = c.store.commit_round, []
+
+    def full_disk_once(*args, **kwargs):
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError("no space left on device")
+        return commit(*args, **kwargs)
+
+    c.store.commit_round = full_disk_once
+    assert c.begin_round()
+    fleet.drain()
+    for device, row in zip(devices, rows):
+        parts = np.split(row.astype(np.float32), np.cumsum(sizes)[:-1])
+        device.send(encode_message(device.update({k: p.reshape(s) for (k, s), p in zip(shapes.items(), parts)})))
+    fleet.drain()
+    with pytest.raises(OSError, match="no space"):
+        c.tick()
+    record = c.tick()
+    assert record.committed and len(tries) == 2
+    assert c.left_out.sign_split == {"m0": 1, "m1": 1}
+    assert metrics.registry.get_sample_value("fedge_updates_sign_split_total") == 2
