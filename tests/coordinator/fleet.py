@@ -287,3 +287,18 @@ def noise_entropy(key: str, seed: int, round_id: int) -> list[int]:
     OS; the open round's plan holds it, a closed round's and the ledger do not), the config's seed
     and the round; a plan without a key (the simulator's): (seed, round)."""
     return [int(key, 16), seed, round_id] if key else [seed, round_id]
+
+
+def refuse_first_commit(store) -> list[int]:
+    """Make `store.commit_round` raise OSError (a full disk) on its first call and commit from
+    the second on; returns the list that grows by one per call."""
+    commit, tries = store.commit_round, []
+
+    def full_disk_once(*args, **kwargs):
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError("no space left on device")
+        return commit(*args, **kwargs)
+
+    store.commit_round = full_disk_once
+    return tries

@@ -22,7 +22,7 @@ from fedge.coordinator.robust.aggregators import RobustConfig, RobustState, make
 from fedge.coordinator.robust.sign_split import SignSplitConfig
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
-from tests.coordinator.fleet import ManualDevice, copy_params, make_fleet
+from tests.coordinator.fleet import ManualDevice, copy_params, make_fleet, refuse_first_commit
 from tests.coordinator.test_sign_split import non_iid_round
 from tests.tiny_model import build_tiny_model
 
@@ -165,15 +165,7 @@ def test_a_flush_whose_commit_failed_retries_into_the_same_split_and_counts_it_o
     metrics = CoordinatorMetrics()
     fleet, devs = _open_buffer(model, tmp_path / "retry", metrics)
     c = fleet.coordinator
-    commit, tries = c.store.commit_round, []
-
-    def full_disk_once(*args, **kwargs):
-        tries.append(1)
-        if len(tries) == 1:
-            raise OSError("no space left on device")
-        return commit(*args, **kwargs)
-
-    c.store.commit_round = full_disk_once
+    tries = refuse_first_commit(c.store)
     for i, (dev, delta) in enumerate(zip(devs, _deltas(c.shapes, 21))):
         dev.send(encode_message(dev.update(delta, update_id=f"u{i}")))
         if i < K - 1:

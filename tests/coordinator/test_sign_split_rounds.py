@@ -20,7 +20,7 @@ from fedge.coordinator.robust.screened import ScreenedAggregator
 from fedge.coordinator.robust.sign_split import SignSplitConfig
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
-from tests.coordinator.fleet import ManualDevice, make_fleet
+from tests.coordinator.fleet import ManualDevice, make_fleet, refuse_first_commit
 from tests.coordinator.test_sign_split import non_iid_round
 from tests.tiny_model import build_tiny_model
 
@@ -166,16 +166,23 @@ def model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
 
 
+def _sign_fleet(model, tmp_path, metrics):
+    """Ten manual devices under norm_bound with the sign split on (gap 4, every coordinate), all
+    ten reports wanted a round."""
+    fleet = make_fleet(model, tmp_path, clients_per_round=10, min_reports=10, aggregator="norm_bound",
+                       metrics=metrics, robust=RobustConfig(sign=SignSplitConfig(gap=4.0, share=1.0)))
+    devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(10)]
+    fleet.drain()
+    return fleet, devices
+
+
 def test_a_coordinator_leaves_out_two_flipped_of_ten_and_no_honest_update(model, tmp_path, caplog):
     """Round 1: ten honest non-IID-like updates, none left out, the plain mean committed (cold
     start: all under 2 x their median norm, equal claims). Round 2: the same with two flipped:
     those two are left out, logged, counted and tallied by device, and the mean of the eight
     others committed."""
     metrics = CoordinatorMetrics()
-    fleet = make_fleet(model, tmp_path, clients_per_round=10, min_reports=10, aggregator="norm_bound",
-                       metrics=metrics, robust=RobustConfig(sign=SignSplitConfig(gap=4.0, share=1.0)))
-    devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(10)]
-    fleet.drain()
+    fleet, devices = _sign_fleet(model, tmp_path, metrics)
     c = fleet.coordinator
     shapes = {k: v.shape for k, v in c.state.params.items()}
     d = sum(int(np.prod(s)) for s in shapes.values())
@@ -226,23 +233,12 @@ def test_a_round_whose_commit_failed_counts_what_it_left_out_once(model, tmp_pat
     so a commit the store refused once (a full disk) aggregated twice, and the left-out updates were
     logged, counted and tallied twice: fedge_updates_sign_split_total read 4 for 2 updates."""
     metrics = CoordinatorMetrics()
-    fleet = make_fleet(model, tmp_path, clients_per_round=10, min_reports=10, aggregator="norm_bound",
-                       metrics=metrics, robust=RobustConfig(sign=SignSplitConfig(gap=4.0, share=1.0)))
-    devices = [ManualDevice(fleet, f"m{i}", 10) for i in range(10)]
-    fleet.drain()
+    fleet, devices = _sign_fleet(model, tmp_path, metrics)
     c = fleet.coordinator
     shapes = {k: v.shape for k, v in c.state.params.items()}
     sizes = [int(np.prod(s)) for s in shapes.values()]
     rows = 0.01 * non_iid_round(np.random.default_rng(11), sum(sizes), 10, flipped=2)
-    commit, tries = c.store.commit_round, []
-
-    def full_disk_once(*args, **kwargs):
-        tries.append(1)
-        if len(tries) == 1:
-            raise OSError("no space left on device")
-        return commit(*args, **kwargs)
-
-    c.store.commit_round = full_disk_once
+    tries = refuse_first_commit(c.store)
     assert c.begin_round()
     fleet.drain()
     for device, row in zip(devices, rows):
