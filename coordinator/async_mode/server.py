@@ -383,7 +383,7 @@ class AsyncCoordinator(Coordinator):
             log.error("buffer %d: the new model is refused, the buffer dropped: %s", record.round_id, fault)
             self.store.abandon_round(record.round_id, asdict(record), self.clock.wall(), rnd.charge())
             self.machine = replace(self.machine, buffered=0)
-        self.left_out.note(rnd.ctx.round_id, rnd.aggregator, self.metrics)  # once written: a retry counts once
+        self.left_out.note(rnd.ctx.round_id, rnd.aggregator, self.metrics)  # LeftOut notes a buffer once
         self.journal.forget(record.round_id)
         self._flushed.append(self._close(record))
         if self.stop_after is None or not self.stop_after(record):

@@ -96,7 +96,8 @@ class ScreenedAggregator(_Base):
             factors = factors[keep]
             if self.sign.round_clip:
                 rows = clip_to_median(rows, self.sign.round_clip)
-        rows = rows * factors[:, None]  # clip, then weight (factors 1 in sync: the same bits)
+        if (factors != 1).any():  # clip, then weight; in sync every factor is 1: no pass over the rows
+            rows *= factors[:, None]  # rows is this method's own array (np.stack, a mask or a clip made it)
         if self.guard_loss is not None:
             keep = screen(rows, weights, lambda v: self.guard_loss(unflatten(v, self.like)), self.screen_cfg)
             self.screened_ids = [i for i, kept in zip(ids, keep) if not kept]
