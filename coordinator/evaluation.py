@@ -126,7 +126,8 @@ class Evaluations:
         self.config, self.outbound, self.store, self.metrics = config, outbound, store, metrics
         self.model_id, self.seed, self.max_examples = model_id, seed, max_examples
         self.run: _Run | None = None
-        # This process's latest evaluations (per-device numbers included); the store keeps them all.
+        # This process's latest evaluations (per-device numbers included); the store keeps those of
+        # the latest keep_rounds closed rounds (all with the default 0).
         self.history: deque[EvalRecord] = deque(maxlen=64)
 
     def after_commit(self, round_id: int, version: int, params, candidates: list[str], now: float) -> None:

@@ -80,7 +80,7 @@ from .validation import decode_inbound
 log = logging.getLogger("fedge.coordinator")
 
 _QUIET = ("stale_round", "duplicate")  # expected after early closes and re-publishes: INFO, not WARNING
-HISTORY_KEPT = 1024  # the latest RoundRecords in memory: a service runs for months (its store keeps all)
+HISTORY_KEPT = 1024  # the latest RoundRecords in memory: a service runs for months (the store: keep_rounds)
 
 
 class Coordinator(BrokerLink, NoiseRounds):
