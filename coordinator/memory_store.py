@@ -85,6 +85,7 @@ class MemoryStore:
         if self.state is not None and state.version != self.state.version + 1:
             raise ValueError(f"round {round_id} commits version {state.version}, but the store holds "
                              f"{self.state.version}")
+        self._refuse_second_charge(round_id, charge)  # before the model moves: a refusal changes nothing
         self.state = state
         self._close(round_id, record, charge)
 
@@ -123,10 +124,13 @@ class MemoryStore:
         if self.open is None or self.open.round_id != round_id:
             raise ValueError(f"round {round_id} is not open in memory")
 
+    def _refuse_second_charge(self, round_id: int, charge: dict | None) -> None:
+        if charge is not None and round_id in self.ledger:
+            raise ValueError(f"round {round_id} is charged already")
+
     def _close(self, round_id: int, record: dict, charge: dict | None) -> None:
+        self._refuse_second_charge(round_id, charge)
         if charge is not None:
-            if round_id in self.ledger:
-                raise ValueError(f"round {round_id} is charged already")
             self.ledger[round_id] = closed_plan(charge)  # the open round (and its noise key) goes below
         self.closed_keys.append({(e.device_id, round_id, e.update_id): e.digest for e in self.events
                                  if isinstance(e, StoredUpdate)})

@@ -228,7 +228,9 @@ class SqlStore:
         db.execute("UPDATE rounds SET status = ?, closed_wall = ?, record = ?, privacy = ? "
                    "WHERE round_id = ? AND status = 'open'",
                    (status, closed_wall, json.dumps(record), closed, round_id))
-        if charge is not None:  # the primary key refuses a second charge of one round
+        if charge is not None:  # a second charge of one round is refused by name (the primary key would too)
+            if db.execute("SELECT 1 FROM privacy_ledger WHERE round_id = ?", (round_id,)).fetchone() is not None:
+                raise ValueError(f"round {round_id} is charged already in {self.path}")
             db.execute("INSERT INTO privacy_ledger (round_id, charge) VALUES (?, ?)",
                        (round_id, json.dumps(closed_plan(charge))))
         # Payloads and declines served the replay only; the keys stay for late duplicates.

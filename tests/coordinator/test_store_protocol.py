@@ -150,3 +150,21 @@ def test_a_group_of_updates_is_stored_in_one_call_in_order(store):
     assert store.load_open_round().events == tuple(burst)
     store.commit_round(1, _state(1), _record(1), 200.0)
     assert [store.counted_digest(d, 1, f"u-{d}") for d in "abc"] == [f"digest-{d}" for d in "abc"]
+
+
+def test_a_commit_refused_for_a_second_charge_changes_nothing(store):
+    """A round charged before its close (charge_round) that is then committed with a charge again
+    is refused, and the refusal leaves the model, the open round and the ledger as they were: the
+    SQL stores roll the transaction back; the memory store once set the new model first."""
+    store.bind("m", "fedavg")
+    store.save_initial_state(_state(0))
+    store.open_round(_round(1))
+    store.add_update(1, StoredUpdate(1, "b", "u1", "digest-b", 8, b"payload-b"))
+    store.charge_round(1, {"round": 1})
+    with pytest.raises(ValueError, match="charged already"):
+        store.commit_round(1, _state(1), _record(1), 170.0, charge={"round": 1})
+    assert store.load_state().version == 0
+    assert store.load_open_round() is not None and store.next_round_id() == 1
+    assert len(store.privacy_ledger()) == 1 and store.round_records() == []
+    store.commit_round(1, _state(1), _record(1), 170.0)  # the round still closes, once
+    assert store.load_state().version == 1 and store.round_records() == [_record(1)]
