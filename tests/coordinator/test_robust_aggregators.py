@@ -244,3 +244,17 @@ def test_a_larger_claim_widens_the_exclusion_bound_up_to_the_allowance(guard):
         plain.add({"w": np.array([norm, 0.0], np.float32)}, _Meta(name, claim))
     plain.mean()
     assert plain.excluded_ids == ["typical", "twice"]  # the default: no allowance
+
+
+def test_an_update_added_after_a_mean_is_in_the_next_mean():
+    """mean() reduces once per set of updates (a retried close must not draw the RNG again), but
+    a set that grew is a new set: its mean is over every update, here the median of three."""
+    us, ws = updates(9, k=3)
+    agg = make_aggregator("median", RobustConfig(), RobustState(), np.random.default_rng(0))
+    for u, w in zip(us[:2], ws[:2]):
+        agg.add(u, w)
+    agg.mean()
+    agg.add(us[2], ws[2])
+    out = agg.mean()
+    want = [sorted(column)[1] for column in zip(*(flat(u).tolist() for u in us))]  # the middle of three
+    np.testing.assert_array_equal(np.concatenate([out["b"].ravel(), out["w"].ravel()]), np.float32(want))

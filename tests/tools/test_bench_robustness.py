@@ -149,3 +149,23 @@ def test_render_refuses_a_json_that_is_not_this_benchs(tmp_path):
     with pytest.raises(ConfigError, match="not a fedge bench robustness JSON"):
         main(["--render", str(other)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]
+
+
+@pytest.mark.parametrize("change", [
+    lambda doc: doc["grid"].pop("dataset"),
+    lambda doc: doc["cells"][0].pop("partition"),
+    lambda doc: doc["cells"][0].update(final_accuracy="0.8"),
+    lambda doc: doc["cells"][0].update(backdoor_success=[0.1]),
+    lambda doc: doc.update(errors=[{"attack": "ipm"}]),
+], ids=["grid_without_dataset", "cell_without_partition", "accuracy_a_string", "backdoor_a_list",
+        "error_without_fields"])
+def test_render_names_a_json_missing_a_field_the_report_reads(tmp_path, change):
+    """Each was a KeyError, TypeError or ValueError traceback from the middle of the report."""
+    doc = {"schema": 1, "benchmark": "robustness", "grid": asdict(RobustGrid()), "cells": json.loads(json.dumps(CELLS)),
+           "errors": [], "wall_seconds": 1.0}
+    change(doc)
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"--render .*r\.json: "):
+        main(["--render", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]

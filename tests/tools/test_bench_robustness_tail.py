@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict
 from types import SimpleNamespace
 
@@ -136,11 +137,36 @@ def test_render_names_a_curve_that_is_not_numbers(tmp_path, cell):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
 
 
-@pytest.mark.parametrize("doc", [{"grid": {"rounds": "100"}, "cells": []}, {"grid": {"rounds": 100}},
-                                 {"grid": {"rounds": 100}, "cells": [1]}])
+@pytest.mark.parametrize("doc", [{"grid": {"rounds": "100"}, "cells": []}, {"grid": {"rounds": True}, "cells": []},
+                                 {"grid": {"rounds": 100}}, {"grid": {"rounds": 100}, "cells": [1]}])
 def test_render_names_a_json_with_no_cells_or_rounds(tmp_path, doc):
     out = tmp_path / "bad.json"
     out.write_text(json.dumps({"benchmark": "robustness", **doc}))
     with pytest.raises(ConfigError, match="no grid with its rounds, or no list of cells"):
         main(["--render", str(out)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+@pytest.mark.parametrize("cells", [
+    [{**_cell("none", "mean", 0.80), "tail_accuracy": None, "tail_rounds": 0},
+     {**_cell("sign_flip", "mean", 0.30), "tail_accuracy": None, "tail_rounds": 0}],
+    [_cell("none", "mean", 0.80, _flat(0.75)), _cell("sign_flip", "mean", 0.30)],
+], ids=["recorded_null", "some_cells_without_a_curve"])
+def test_a_table_with_a_cell_without_a_tail_renders_a_dash_and_no_tail_verdicts(tmp_path, cells):
+    """tail_accuracy may be recorded as null (no round of the tail evaluated), and an older JSON
+    may hold a curve for some cells only: the cell shows "–" and the tail verdicts say n/a."""
+    out = tmp_path / "some.json"
+    out.write_text(json.dumps(_doc(cells)))
+    assert main(["--render", str(out)]) == 0
+    report = out.with_suffix(".md").read_text()
+    assert "| sign_flip | 0.300 / – |" in report
+    assert "- over the last 20 rounds (`tail_accuracy`): n/a (cells without an `accuracy_curve` in this JSON)" in report
+    assert "- plain FedAvg: largest loss 50.0 points (sign_flip)" in report
+
+
+@pytest.mark.parametrize("name", ["missing.json", "folder"])
+def test_render_names_a_json_it_cannot_read(tmp_path, name):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ConfigError, match=re.escape(f"--render {tmp_path / name}:")):
+        main(["--render", str(tmp_path / name)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]

@@ -60,7 +60,7 @@ from fedge.tools.cli_args import MAX_PARALLEL, MAX_SEED, int_in, out_file_arg
 from fedge.tools.simulate.adversary import AttackSpec
 from fedge.tools.simulate.errors import AttackError
 
-from .robustness_report import check_cells, tail
+from .robustness_report import check_cells, markdown, tail
 
 # The cells marked `default`: the aggregator a coordinator runs when its config names none.
 DEFAULT_DEFENSE = CoordinatorConfig().aggregator
@@ -244,7 +244,7 @@ REPORT_SUFFIXES = (".md", ".png")
 
 def write_report(doc: dict, json_path: Path) -> None:
     """out.md and out.png beside out.json (the PNG only with matplotlib installed)."""
-    from .robustness_report import markdown, plot
+    from .robustness_report import plot
 
     atomic_write_bytes(json_path.with_suffix(".md"), markdown(doc).encode())
     plot(doc, json_path.with_suffix(".png"))
@@ -258,8 +258,12 @@ def render(json_path: str) -> int:
         if not (isinstance(doc, dict) and doc.get("benchmark") == "robustness"):
             raise ValueError("not a fedge bench robustness JSON")
         check_cells(doc)  # a curve that is not numbers: named here, not a traceback mid-report
+        markdown(doc)  # a field the report reads, missing or of another type: named before anything is written
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"fedge bench robustness --render {json_path}: {exc}") from None
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ConfigError(f"fedge bench robustness --render {json_path}: a field the report reads is missing or "
+                          f"not what this bench writes ({type(exc).__name__}: {exc})") from None
     check_beside(path, REPORT_SUFFIXES, "fedge bench robustness", None)
     write_report(doc, path)
     print(f"wrote {path.with_suffix('.md')} and {path.with_suffix('.png')}")
