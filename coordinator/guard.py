@@ -9,6 +9,8 @@ reason this module names, and keeps the model it had.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 NON_FINITE_MODEL = "non_finite_model"  # RoundRecord.why of a round the guard refused
@@ -28,8 +30,12 @@ HOLDOUT_REGRESSED = "holdout_regressed"  # RoundRecord.why: the candidate did mu
 
 
 def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean of -log softmax(logits)[label] over rows, in float64; (rows, classes), (rows,)."""
+    """Mean of -log softmax(logits)[label] over rows, in float64; (rows, classes), (rows,).
+    inf when a logit is NaN or inf (a model whose outputs overflowed scores nothing), without
+    the RuntimeWarning that inf - inf printed into the coordinator's log."""
     z = np.asarray(logits, np.float64)
+    if not np.isfinite(z).all():
+        return math.inf
     z = z - z.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return float(-logp[np.arange(len(labels)), np.asarray(labels, np.int64)].mean())

@@ -195,3 +195,24 @@ def test_guard_config_is_checked():
 
     with pytest.raises(ConfigError):
         CoordinatorConfig(guard_max_loss_ratio=0.9)
+
+
+def test_guard_set_loss_of_outputs_that_overflowed_is_inf_without_a_warning():
+    """Logits that overflowed (inf, or NaN from inf - inf) score the worst loss there is, and the
+    holdout check refuses that candidate; numpy's RuntimeWarning once went to the coordinator's
+    log on the way (inf - inf). Finite logits: a plain loop of -log softmax[label]."""
+    import warnings
+
+    from fedge.coordinator.guard import HOLDOUT_REGRESSED, holdout_fault, mean_cross_entropy
+
+    logits = np.array([[1.0, 2.0, -1.0], [0.5, 0.5, 3.0]])
+    labels = np.array([1, 0])
+    plain = np.mean([np.logaddexp.reduce(row) - row[k] for row, k in zip(logits, labels)])
+    assert mean_cross_entropy(logits, labels) == pytest.approx(plain, rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for bad in (np.inf, -np.inf, np.nan):
+            worse = logits.copy()
+            worse[1, 2] = bad
+            assert mean_cross_entropy(worse, labels) == np.inf
+    assert holdout_fault(1.0, np.inf, 1.5).startswith(HOLDOUT_REGRESSED)
