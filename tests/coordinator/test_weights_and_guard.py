@@ -125,6 +125,7 @@ def test_model_fault_names_the_tensor():
     assert "momentum w" in model_fault(ok, {"momentum": {"w": np.array([np.nan])}})
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the guard names it; numpy once printed an overflow too
 def test_an_aggregate_that_overflows_is_not_committed(model, tmp_path):
     """Each update is finite (3e38 fits a float32), and so is the model; their sum is not."""
     store = RoundStore(tmp_path / "state.db")
