@@ -24,10 +24,13 @@ def accuracy(logits: np.ndarray | None, y: np.ndarray, strict: bool = True) -> f
 
 
 def cross_entropy(logits: np.ndarray | None, y: np.ndarray) -> float | None:
-    """Mean -log softmax(logits)[y] in float64 (log-sum-exp shifted by the row max)."""
+    """Mean -log softmax(logits)[y] in float64 (log-sum-exp shifted by the row max). NaN when a
+    logit is not finite (an eval report sends MAX_EVAL_LOSS for it: evaluation.py), without the
+    RuntimeWarning of inf - inf in the device's log."""
     if logits is None or not len(y):
         return None
     z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(y)), np.asarray(y, dtype=np.int64)]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = z - z.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(z).sum(axis=1))
+        return float(np.mean(log_norm - z[np.arange(len(y)), np.asarray(y, dtype=np.int64)]))

@@ -237,6 +237,7 @@ def test_a_model_whose_outputs_overflow_is_declined_and_not_kept(model, tmp_path
     assert store.global_version() == 1  # the committed model stays the one it exports
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # inf - inf once printed numpy's warning
 def test_overflowing_logits_count_wrong_where_nothing_is_kept(model, tmp_path):
     """The simulator's own scoring (strict=False) and the device's personal head: rows whose
     logits are not finite count as wrong instead of stopping a finished run after its last round,
