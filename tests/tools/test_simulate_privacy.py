@@ -80,6 +80,7 @@ def test_the_mqtt_fleet_runs_dp_and_stops_at_the_same_round(mosquitto_binary, tm
     assert result.summary["privacy"]["refused"]
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # matplotlib once warned of a legend with nothing in it
 def test_simulate_runs_an_empty_poisson_draw_as_a_noise_only_round(tmp_path):
     """The in-memory fleet read the open round's machine after begin_round; a noise-only round
     (coordinator/noise_round.py) has none. Its row: committed, nobody selected, ε of one

@@ -269,7 +269,8 @@ def write_plot(result, path: str | Path) -> Path | None:
         if totals[-1]:
             ax2.plot(rounds, totals, label=label, ls=style)
     ax2.set(xlabel="round", ylabel="KiB (cumulative)", title="communication")
-    ax2.legend(fontsize=8)
+    if ax2.get_legend_handles_labels()[0]:  # no traffic at all (an empty Poisson draw): no legend to draw
+        ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
     if private:
         eps = [r["epsilon"] for r in result.rounds]
