@@ -19,13 +19,14 @@ import argparse
 import io
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from fedge.edge_runtime.kernel.errors import ConfigError, Diverged
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.edge_runtime.kernel.protocol import TaskHyper
 from fedge.models.output_dir import claim, starts_with, write_record
 from fedge.tools.cli_args import path_arg
 
@@ -33,6 +34,9 @@ MAX_PROXY_FRACTION = 0.5
 # The devices' own caps on a task (edge_runtime/kernel/protocol.py, TaskHyper): past them, a typo.
 MAX_EPOCHS = 1_000_000
 MAX_WEIGHT_DECAY = 1e6
+# The largest learning rate a training task may carry (TaskHyper's range): past it float32 makes
+# inf of the rate itself, and --lr 1e300 trained into a Diverged with numpy's overflow warning.
+MAX_LR = next(f for f in fields(TaskHyper) if f.name == "lr").metadata["range"][1]
 RECORD = ".fedge-pretrain.json"  # what this command wrote into --out (models/output_dir.py)
 _HEADER = b"# Written by `fedge pretrain`"  # model.toml's first line
 
@@ -58,6 +62,8 @@ class PretrainConfig:
             raise ConfigError(f"proxy_fraction {self.proxy_fraction}: must be in (0, {MAX_PROXY_FRACTION}]")
         if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:  # NaN fails too
             raise ConfigError("pretrain: epochs, batch_size and lr must be positive (lr finite)")
+        if self.lr > MAX_LR:
+            raise ConfigError(f"pretrain: --lr {self.lr:g}: at most {MAX_LR:g} (a training task's largest)")
         if self.epochs > MAX_EPOCHS:  # 10**30 claimed --out, then trained for ever
             raise ConfigError(f"pretrain: --epochs {self.epochs}: at most {MAX_EPOCHS:,}")
         if not 0 <= self.weight_decay <= MAX_WEIGHT_DECAY:  # 1e300 diverged, and the error blamed --lr

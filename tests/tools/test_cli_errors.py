@@ -183,6 +183,8 @@ UNUSABLE = {
     "simulate seed -1": (lambda t: ["simulate", "--seed", "-1"], ("ConfigError", "--seed -1")),
     "pretrain seed -1": (lambda t: ["pretrain", "--out", str(t / "p"), "--seed", "-1"], ("ConfigError", "-1")),
     "pretrain lr nan": (lambda t: ["pretrain", "--out", str(t / "p"), "--lr", "nan"], ("ConfigError", "lr")),
+    "pretrain lr past a task's": (lambda t: ["pretrain", "--out", str(t / "p"), "--lr", "1e300"],
+                                  ("ConfigError", "at most 1e+06")),
     "data split seed -1": (lambda t: ["data", "split", "--out", str(t / "d"), "--seed", "-1"], ("ConfigError",)),
     "guard set missing": (lambda t: (t / "c.toml").write_text(f'[coordinator]\nguard_set = "{t}/none.npz"\n')
                           and ["simulate", "--config", str(t / "c.toml")], ("FileNotFoundError", "none.npz")),
@@ -323,9 +325,11 @@ def test_an_attack_past_float32_is_sent_as_its_largest(tmp_path):
                  "--attack-scale", "1e39", "--json", str(tmp_path / "run.json")]) == 0
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no overflow warning on the way to Diverged
 def test_pretrain_that_diverges_writes_no_model(tmp_path, capsys):
-    """--lr 1e300 once wrote a pretrained.onnx of NaN weights and exited 0."""
-    assert main(["pretrain", "--dataset", "digits", "--out", str(tmp_path / "p"), "--lr", "1e300"]) == 2
+    """--lr 1e300 once wrote a pretrained.onnx of NaN weights and exited 0 (it is now refused before
+    training: at most a task's 1e6); 1e5 is in range and diverges."""
+    assert main(["pretrain", "--dataset", "digits", "--out", str(tmp_path / "p"), "--lr", "1e5"]) == 2
     assert "Diverged" in capsys.readouterr().err
     assert not (tmp_path / "p" / "pretrained.onnx").exists()
 
