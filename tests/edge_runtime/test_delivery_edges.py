@@ -15,7 +15,7 @@ import pytest
 from fedge.edge_runtime import fetch
 from fedge.edge_runtime.delivery import FETCH_BACKLOG, MAX_DOWNLOADS, TASKS_PER_DOWNLOAD, ModelDelivery
 from fedge.edge_runtime.fetch import MAX_FILES, NAME_MAX, ArtifactDownload
-from fedge.edge_runtime.fetched_models import FETCHED_MARK, KEEP_FETCHED
+from fedge.edge_runtime.fetched_models import FETCHED_MARK, KEEP_FETCHED, prune_fetched
 from fedge.edge_runtime.kernel.codec import decode_message
 from fedge.edge_runtime.kernel.errors import ArtifactError, ArtifactIntegrityError
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FORMAT
@@ -196,3 +196,15 @@ def test_a_model_being_fetched_again_is_not_pruned_when_another_download_complet
     assert [t.task_id for t in ready] == ["t1"]
     assert sorted(p.name for p in art.iterdir() if not p.name.startswith(".")) == ["m1", "m2", "m3", "m4", "m5"]
     assert "m2" in delivery.waiting
+
+
+def test_a_fetched_model_a_task_uses_is_the_last_to_go(tmp_path):
+    delivery, _ = _delivery(tmp_path)
+    art = tmp_path / "art"
+    for age, model_id in enumerate(["new", "old"]):
+        (art / model_id).mkdir(parents=True)
+        (art / model_id / "manifest.json").write_text("{}")
+        (art / model_id / FETCHED_MARK).touch()
+        os.utime(art / model_id / FETCHED_MARK, (1000 - age, 1000 - age))
+    assert delivery.model_ready(_task(0, "old", b"{}"), 0.0) is True  # installed, its hash matches: used now
+    assert prune_fetched(art, set(), keep=1) == ["new"]
