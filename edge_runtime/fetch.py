@@ -20,6 +20,10 @@ from .kernel.manifest import MANIFEST_FILE, Manifest, check_model_id, load_manif
 from .kernel.protocol import ArtifactFile
 
 NAME_MAX = 255  # bytes in one file name (ext4, FAT, tmpfs)
+# A file is staged by atomic_write_bytes as `.<name>.tmp-<pid>`: 6 bytes and a pid of up to 7 digits
+# (Linux's pid_max is at most 2**22) more than its name. A name of 243 to 255 bytes passed the
+# manifest's check and failed at staging, after the files before it had come.
+_STAGED_EXTRA = len(".") + len(".tmp-") + 7
 MAX_FILES = 64  # files one model may list: fedge's artifacts are about ten
 MAX_MODEL_BYTES = 512 << 20  # one model's files together; with fetched_models.KEEP_FETCHED, the disk it can take
 
@@ -123,12 +127,12 @@ def _check_names(manifest: Manifest) -> None:
 
 
 def _safe(rel: str) -> bool:
-    """A relative path of plain names, each short enough for any file system, other than the manifest.
+    """A relative path of plain names, each short enough for any file system once staged, other than the manifest.
     No NUL: no file system takes one, and no ArtifactFile can carry it (the codec refuses it), so
     such a download would only wait out fetch_timeout_s."""
     parts = rel.split("/")
     return rel != MANIFEST_FILE and "\\" not in rel and "\x00" not in rel and all(
-        part not in ("", ".", "..") and len(part.encode()) <= NAME_MAX for part in parts)
+        part not in ("", ".", "..") and len(part.encode()) <= NAME_MAX - _STAGED_EXTRA for part in parts)
 
 
 def _write(path: Path, data: bytes) -> None:
