@@ -5,15 +5,21 @@ boundary."""
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import dp_accounting as dpa
 import numpy as np
 import pytest
 from dp_accounting import rdp
+from prometheus_client import CollectorRegistry
 
 from fedge.coordinator.aggregate import UpdateMeta
 from fedge.coordinator.dp import calibrate, compose
 from fedge.coordinator.dp.accountant import RoundCharge, epsilon
+from fedge.coordinator.dp.budget import PrivacyBudget
 from fedge.coordinator.dp.calibrate import MIN_CALIBRATED, noise_multiplier_for
+from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.dp.mechanism import gaussian_noise
 from fedge.coordinator.dp.round import DpMean, RoundPlan, next_clip
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -109,21 +115,16 @@ def test_a_ledger_asked_after_a_longer_one_that_kept_exactly_its_runs_is_compose
     assert epsilon([a, a], 1e-6) == pytest.approx(_direct([a, a], 1e-6, "rdp"), rel=1e-9)
 
 
-def _budget(**settings):
-    from types import SimpleNamespace
-
-    from prometheus_client import CollectorRegistry
-
-    from fedge.coordinator.dp.budget import PrivacyBudget
-    from fedge.coordinator.dp.config import PrivacyConfig
+def _budget(ledger: list[dict] | None = None, **settings) -> PrivacyBudget:
+    """A PrivacyBudget over a store that holds `ledger` (no charges by default)."""
     config = PrivacyConfig(**{"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 100.0, **settings})
-    return PrivacyBudget(config, SimpleNamespace(path="state.db", privacy_ledger=lambda: []), CollectorRegistry())
+    store = SimpleNamespace(path="state.db", privacy_ledger=lambda: ledger or [])
+    return PrivacyBudget(config, store, CollectorRegistry())
 
 
 def test_an_open_round_whose_charge_takes_epsilon_exactly_to_the_target_resumes():
     """budget.check_open refuses an open round whose charge would take ε over the target; exactly
     at it is within (the check before each round allows ε <= target alike)."""
-    from types import SimpleNamespace
     plan = RoundPlan(1000, 100, 1.0, 1.0, 100, 1e-5, 8.0, 0.0, "poisson")
     at = epsilon([plan.charge()], 1e-5)
     stored = SimpleNamespace(round_id=3, privacy=plan.to_json())
@@ -157,16 +158,8 @@ def test_a_calibrated_z_is_read_back_from_the_ledgers_first_charge():
     """budget.noise_multiplier with noise_multiplier = 0: z was calibrated once, at the first round,
     and is read back from the ledger's first charge, whatever later rows hold (a ledger written
     under another setting since)."""
-    from types import SimpleNamespace
-
-    from prometheus_client import CollectorRegistry
-
-    from fedge.coordinator.dp.budget import PrivacyBudget
-    from fedge.coordinator.dp.config import PrivacyConfig
     rows = [RoundPlan(1000, 100, z, 1.0, 100, 1e-6, 100.0, 1.0).to_json() for z in (1.3, 2.0)]
-    store = SimpleNamespace(path="state.db", privacy_ledger=lambda: rows)
-    budget = PrivacyBudget(PrivacyConfig(enabled=True, target_epsilon=100.0, rounds=10), store, CollectorRegistry())
-    assert budget.noise_multiplier(1000, 100) == 1.3
+    assert _budget(rows, noise_multiplier=0.0, rounds=10).noise_multiplier(1000, 100) == 1.3
 
 
 @pytest.mark.parametrize("z,d,n,m", [(0.5, 1, 20, 8), (0.3, 4, 20, 8), (1.0, 16, 5, 6)])
@@ -175,8 +168,6 @@ def test_the_count_coordinate_is_one_more_noised_coordinate_in_tau(z, d, n, m):
     noise, the count coordinate too (d + 1). At small fields tau is not negligible (sigma near 1),
     and z_eff over d coordinates was larger than over the d + 1 sent. Kairouz et al. 2021, Thm. 2
     by a plain loop: rho = (Delta^2 + (kappa/2)^2) / (2 n sigma^2) + tau (d + 1)."""
-    import math
-
     from fedge.coordinator.dp.distributed import params_for
     p = params_for(z, 1.0, 0.5, d, n, n, m, count_stddev=1.0)
     tau = sum(10 * math.exp(-2 * math.pi ** 2 * p.sigma ** 2 * j / (j + 1)) for j in range(1, n))

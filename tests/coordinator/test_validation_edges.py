@@ -26,7 +26,7 @@ def test_a_report_of_exactly_max_bytes_is_read_and_one_byte_less_is_oversize():
         decode_report(frame, len(frame) - 1)
 
 
-def test_the_digest_of_payload_and_control_does_not_depend_on_where_the_bytes_split():
+def test_the_digest_of_payload_and_control_depends_on_where_the_bytes_split():
     """Length-prefixed: (b"ab", b"c") and (b"a", b"bc") are different updates; without a
     control it is the payload's plain sha256 (what older stores hold)."""
     assert bytes_digest(b"ab", b"c") != bytes_digest(b"a", b"bc")

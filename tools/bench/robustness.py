@@ -242,11 +242,12 @@ def run(grid: RobustGrid, json_path, quick: bool = False,
 REPORT_SUFFIXES = (".md", ".png")
 
 
-def write_report(doc: dict, json_path: Path) -> None:
-    """out.md and out.png beside out.json (the PNG only with matplotlib installed)."""
+def write_report(doc: dict, json_path: Path, report: str | None = None) -> None:
+    """out.md (`report`, or the Markdown of `doc`) and out.png beside out.json (the PNG only with
+    matplotlib installed)."""
     from .robustness_report import plot
 
-    atomic_write_bytes(json_path.with_suffix(".md"), markdown(doc).encode())
+    atomic_write_bytes(json_path.with_suffix(".md"), (markdown(doc) if report is None else report).encode())
     plot(doc, json_path.with_suffix(".png"))
 
 
@@ -258,14 +259,14 @@ def render(json_path: str) -> int:
         if not (isinstance(doc, dict) and doc.get("benchmark") == "robustness"):
             raise ValueError("not a fedge bench robustness JSON")
         check_cells(doc)  # a curve that is not numbers: named here, not a traceback mid-report
-        markdown(doc)  # a field the report reads, missing or of another type: named before anything is written
+        report = markdown(doc)  # a field the report reads, missing or of another type: named before any write
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"fedge bench robustness --render {json_path}: {exc}") from None
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ConfigError(f"fedge bench robustness --render {json_path}: a field the report reads is missing or "
                           f"not what this bench writes ({type(exc).__name__}: {exc})") from None
     check_beside(path, REPORT_SUFFIXES, "fedge bench robustness", None)
-    write_report(doc, path)
+    write_report(doc, path, report)
     print(f"wrote {path.with_suffix('.md')} and {path.with_suffix('.png')}")
     return 0
 
