@@ -1,0 +1,59 @@
+"""tools/provision.py and shard_users.py at their documented edges (mutation6-transport): a device
+id of exactly 64 characters, K = MAX_SHARDS shards, and the files fedge never replaces."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import MAX_SHARDS, shard_client_id
+from fedge.tools import provision
+from fedge.tools.broker.shard_users import is_shard_user, shard_users
+
+
+def test_a_device_id_of_64_characters_is_the_longest():
+    assert provision.validate_device_id("d" * provision.MAX_ID_LEN) == "d" * 64
+    with pytest.raises(ConfigError, match="at most 64"):
+        provision.validate_device_id("d" * 65)
+
+
+def test_k_may_be_max_shards_and_no_more():
+    users = shard_users(MAX_SHARDS)
+    assert users == [shard_client_id(k) for k in range(MAX_SHARDS)] and users[-1] == f"fedge-shard-{MAX_SHARDS - 1}"
+    assert all(is_shard_user(u) for u in users) and not is_shard_user(f"fedge-shard-{MAX_SHARDS}")
+    for bad in (-1, MAX_SHARDS + 1):
+        with pytest.raises(ConfigError, match="--shards"):
+            shard_users(bad)
+
+
+def test_a_dangling_link_where_a_broker_file_goes_is_refused_and_its_target_not_made(tmp_path):
+    etc, target = tmp_path / "etc", tmp_path / "elsewhere" / "acl"
+    etc.mkdir()
+    (etc / "fedge.acl").symlink_to(target)
+    with pytest.raises(ConfigError, match="fedge.acl"):
+        provision.write_broker_files(etc)
+    assert not target.exists() and not target.parent.exists()
+    assert sorted(p.name for p in etc.iterdir()) == ["fedge.acl"]
+
+
+def test_writing_the_broker_files_again_keeps_the_password_files_users(tmp_path):
+    etc = tmp_path / "etc"
+    provision.write_broker_files(etc)
+    provision.provision_password("pi-1", etc / "passwd", tmp_path / "creds")
+    users = (etc / "passwd").read_text()
+    assert users.startswith("pi-1:$7$")
+    provision.write_broker_files(etc)  # the same configs again: no change, and passwd is not emptied
+    assert (etc / "passwd").read_text() == users
+
+
+def test_a_workers_credentials_in_the_way_refuse_the_leaders_too_before_anything_is_written(tmp_path):
+    from tests.tools.test_provision import _cli
+
+    pytest.importorskip("cryptography")
+    assert _cli("ca", "--out", str(tmp_path / "ca")) == 0
+    out = tmp_path / "creds"
+    out.mkdir()
+    (out / f"{shard_client_id(1)}.toml").write_text("# worker 1's credentials, in use\n")
+    with pytest.raises(ConfigError, match="fedge-shard-1.toml"):
+        _cli("coordinator", "--cert", "--ca-dir", str(tmp_path / "ca"), "--out", str(out), "--shards", "2")
+    assert sorted(p.name for p in out.iterdir()) == ["fedge-shard-1.toml"]
