@@ -1,0 +1,98 @@
+"""AsyncCoordinator's decisions at their edges (coordinator/async_mode/server.py), found blind by
+benchmarks/results/2026-12-06-mutation6-async: a task is resent until its deadline and not at it;
+the journal's tasks are the machine's flights after a stale update; a task row fedge never
+writes (a second one for a device) is dropped at restart, the first kept; a device resting after
+a decline does not count toward the fair share ceil(K / devices present)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.store import RoundStore
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.protocol import Decline, TrainTask
+from tests.coordinator.fleet import random_delta
+from tests.coordinator.test_async_server import _fleet, _send
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def _tasks_received(device) -> int:
+    device.receive()
+    return sum(isinstance(m, TrainTask) for m in device.inbox)
+
+
+def _journal_tasks(db) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT task_id, device_id FROM async_tasks ORDER BY rowid").fetchall()
+
+
+def test_a_task_is_resent_to_a_device_that_checks_in_before_its_deadline_and_not_at_it(model, tmp_path):
+    fleet, (early, exact) = _fleet(model, tmp_path, 2)
+    c = fleet.coordinator
+    deadline_s = c.config.round_deadline_s
+    assert c.config.task_resend_s < deadline_s - 1 and _tasks_received(early) == _tasks_received(exact) == 1
+    fleet.clock.advance(deadline_s - 1)
+    early.check_in()
+    fleet.drain()
+    assert _tasks_received(early) == 2 and early.task().deadline_s == pytest.approx(1.0)
+    fleet.clock.advance(1)  # exactly the flights' deadline: the task is over, nothing is resent
+    exact.check_in()
+    fleet.drain()
+    assert c.machine.flight(exact.id) is not None  # no tick yet: still in the table
+    assert _tasks_received(exact) == 1
+
+
+def test_a_stale_update_retires_its_task_in_the_journal_as_in_the_machine(model, tmp_path):
+    db = tmp_path / "state.db"
+    fleet, devs = _fleet(model, tmp_path, 3, store=RoundStore(db), buffer_size=1, max_staleness=0)
+    c = fleet.coordinator
+    rng = np.random.default_rng(2)
+    _send(fleet, devs[0], random_delta(c.shapes, rng))  # K = 1: v1; m1 and m2 now 1 behind
+    assert c.state.version == 1
+    devs[1].send(encode_message(devs[1].update(random_delta(c.shapes, rng))))
+    fleet.drain()
+    assert c.rejections["stale_update"] == 1 and c.machine.flight(devs[1].id) is None
+    flights = [(f.task_id, d) for d, f in c.machine.flights]
+    assert _journal_tasks(db) == flights == [(devs[2].task().task_id, devs[2].id)]
+    again = fleet.restart(store=RoundStore(db))  # and a restart does not bring it back
+    assert [(f.task_id, d) for d, f in again.machine.flights] == flights
+
+
+def test_a_second_task_row_for_a_device_is_dropped_at_restart_and_the_first_kept(model, tmp_path):
+    db = tmp_path / "state.db"
+    fleet, devs = _fleet(model, tmp_path, 2, store=RoundStore(db))
+    first = _journal_tasks(db)
+    with sqlite3.connect(db) as conn:  # not written by fedge: a second task for m0
+        conn.execute("INSERT INTO async_tasks SELECT 'extra', device_id, round_id, base_version, deadline_wall "
+                     "FROM async_tasks WHERE device_id = ?", (devs[0].id,))
+    assert len(_journal_tasks(db)) == 3
+    c = fleet.restart(store=RoundStore(db))
+    assert [(f.task_id, d) for d, f in c.machine.flights] == first
+    assert _journal_tasks(db) == first
+
+
+def test_a_device_resting_after_a_decline_is_not_present_for_the_fair_share(model, tmp_path):
+    """K = 2, two devices: b declines and checks in (seen, but resting pace_declined_s). Present is
+    a alone, so a's share is ceil(2 / 1) = 2 and it fills the buffer before b's rest ends."""
+    fleet, (a, b) = _fleet(model, tmp_path, 2, buffer_size=2, max_staleness=5)
+    c = fleet.coordinator
+    rng = np.random.default_rng(4)
+    task = b.task()
+    b.send(encode_message(Decline(b.id, task.round_id, task.task_id, "battery_low")))
+    b.check_in()
+    _send(fleet, a, random_delta(c.shapes, rng), "u0")
+    assert c.machine.buffered == 1 and c.machine.flight(a.id) is None
+    fleet.clock.advance(1.0)  # well inside b's rest
+    c.tick()
+    fleet.drain()
+    assert c.machine.flight(a.id) is not None and c.machine.flight(b.id) is None
+    _send(fleet, a, random_delta(c.shapes, rng), "u1")
+    assert c.state.version == 1
