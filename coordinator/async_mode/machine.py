@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .staleness import is_too_stale
+
 
 @dataclass(frozen=True)
 class Flight:
@@ -145,7 +147,7 @@ def on_event(m: AsyncMachine, event: Event) -> tuple[AsyncMachine, list[Action]]
         if flight is None or flight.task_id != event.task_id:
             return m, [Reject(event.device_id, "stale_round", f"task {event.task_id} is not in flight")]
         s = m.staleness(flight)
-        if s > m.max_staleness:
+        if is_too_stale(s, m.max_staleness):  # the one rule, oracle-tested in test_async.py
             return replace(m, flights=m._without(event.device_id)), [
                 Reject(event.device_id, "stale_update", f"trained on v{flight.base_version}, {s} versions behind "
                                                          f"v{m.version} > max_staleness {m.max_staleness}")]
