@@ -75,7 +75,8 @@ def checked_set(set_path, x: np.ndarray, y: np.ndarray, manifest: Manifest) -> t
     is wrong. Checked at start: a label past the model's classes raised IndexError out of the first
     commit, a negative one was read from the end (-1 as the last class), 1.7 as class 1, an (n, 1)
     y indexed the logits as an (n, n) grid, and x of another width failed in onnxruntime at the
-    first commit; NaN in x made every model's loss inf, which holdout_fault refuses every time."""
+    first commit; NaN in x made every model's loss inf, which holdout_fault refuses every time. x of
+    the right size in another layout (channels-last) is refused as the devices refuse theirs."""
     where = f"guard_set {set_path}"
     if y.ndim == 2 and y.shape[1:] == (1,):  # a column of labels, as the devices take it
         y = y.reshape(-1)
@@ -87,12 +88,19 @@ def checked_set(set_path, x: np.ndarray, y: np.ndarray, manifest: Manifest) -> t
     classes = int(manifest.spec.get("num_classes", 0))
     if y.min() < 0 or (classes and y.max() >= classes):
         raise ConfigError(f"{where}: labels run {y.min()} .. {y.max()}; the model's are 0 .. {classes - 1}")
-    if math.prod(x.shape[1:]) != math.prod(manifest.input_shape):
-        raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example; the model takes {manifest.input_shape}")
+    want = tuple(manifest.input_shape)
+    if math.prod(x.shape[1:]) != math.prod(want):
+        raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example; the model takes {want}")
+    # the devices' layout rule (edge_runtime/examples.py, example_layout): size-1 axes aside, an example
+    # of two or more axes must be laid out as the model's input; flat examples fit any layout
+    have, takes = tuple(n for n in x.shape[1:] if n != 1), tuple(n for n in want if n != 1)
+    if len(have) >= 2 and len(takes) >= 2 and have != takes:
+        raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example, laid out otherwise than the model's "
+                          f"input {want} (channels-last for a channels-first model? np.moveaxis(x, -1, 1))")
     x32 = as_features(x)  # uint8 as x / 255, as the devices read theirs
     if not np.isfinite(x32).all():
         raise ConfigError(f"{where}: x contains NaN or Inf (or values too large for float32)")
-    return x32.reshape(len(x32), *manifest.input_shape), y.astype(np.int64)
+    return x32.reshape(len(x32), *want), y.astype(np.int64)
 
 
 def open_holdout(config, manifest: Manifest) -> HoldoutCheck | None:

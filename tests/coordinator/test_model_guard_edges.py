@@ -19,7 +19,7 @@ from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.errors import StaleEval, StoreCorrupt
 from fedge.coordinator.evaluation import EvalConfig, Evaluations
 from fedge.coordinator.guard import HOLDOUT_REGRESSED, NON_FINITE_MODEL, commit_fault, holdout_fault, mean_cross_entropy
-from fedge.coordinator.holdout import HoldoutCheck
+from fedge.coordinator.holdout import HoldoutCheck, checked_set
 from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.store import StoredUpdate
 from fedge.coordinator.update_fits import largest_update_bytes
@@ -191,3 +191,18 @@ def test_the_replay_refuses_changed_bytes_and_keeps_the_reported_norm():
     rotten = encode_dense({"w": np.arange(1, 7, dtype=np.float32).reshape(2, 3)})  # same shape, other values
     with pytest.raises(StoreCorrupt, match="no longer has the digest"):
         replayed(dataclasses.replace(kept, payload=rotten), CTX)
+
+
+def test_a_guard_set_in_another_layout_is_refused_as_the_devices_refuse_theirs():
+    """The devices' rule (ModelRuntime.check_input): the right size per example in another layout is
+    read as garbage, so channels-last images for a channels-first model are refused; flat examples
+    and size-1 axes fit, and come back in the model's input shape."""
+    manifest = SimpleNamespace(spec={"num_classes": 3}, input_shape=(3, 4, 4))
+    y = np.arange(6) % 3
+    with pytest.raises(ConfigError, match="laid out otherwise"):
+        checked_set("g.npz", np.zeros((6, 4, 4, 3), np.float32), y, manifest)
+    pixels = (np.arange(6 * 48) % 256).astype(np.uint8)
+    for fits in ((6, 3, 4, 4), (6, 48), (6, 1, 3, 4, 4)):
+        x, labels = checked_set("g.npz", pixels.reshape(fits), y, manifest)
+        assert x.shape == (6, 3, 4, 4) and labels.dtype == np.int64
+        np.testing.assert_array_equal(x.ravel(), pixels.astype(np.float32) / np.float32(255))  # as devices read uint8
