@@ -11,6 +11,7 @@ times the current one's. Needs onnxruntime on the coordinator (`pip install 'fed
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +34,14 @@ class HoldoutCheck:
         data = load_npz(Path(set_path))
         if "x" not in data or "y" not in data or len(data["x"]) != len(data["y"]) or not len(data["y"]):
             raise ConfigError(f"guard_set {set_path}: needs arrays x and y of the same, non-zero length")
+        x, self.y = checked_set(set_path, np.asarray(data["x"]), np.asarray(data["y"]), manifest)
         init = load_npz(art / "params_init.npz")
         self.personal = {p.name: np.asarray(init[p.name], np.float32) for p in manifest.by_role("personal")}
         self.eval = ort.InferenceSession(str(art / "eval.onnx"), providers=["CPUExecutionProvider"])
-        x = as_features(np.asarray(data["x"]))  # uint8 as x / 255, as the devices read theirs
         if (art / "backbone.onnx").exists():  # a frozen backbone: embed once, the set never changes
             backbone = ort.InferenceSession(str(art / "backbone.onnx"), providers=["CPUExecutionProvider"])
             x = backbone.run(["z"], {"x": x})[0]
         self.z = x.reshape(len(x), -1)
-        self.y = np.asarray(data["y"], np.int64)
         self.max_ratio = max_ratio
         self._scored: tuple[int, float] | None = None  # (model version, loss): the current model's
 
@@ -68,6 +68,39 @@ class HoldoutCheck:
         if self._scored is None or self._scored[0] != version:
             self._scored = (version, self.loss(current))
         return holdout_fault(self._scored[1], self.loss(candidate), self.max_ratio)
+
+
+def checked_set(set_path, x: np.ndarray, y: np.ndarray, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """(x as the model's input, float32 with uint8 as x / 255; y as int64), or ConfigError naming what
+    is wrong. Checked at start: a label past the model's classes raised IndexError out of the first
+    commit, a negative one was read from the end (-1 as the last class), 1.7 as class 1, an (n, 1)
+    y indexed the logits as an (n, n) grid, and x of another width failed in onnxruntime at the
+    first commit; NaN in x made every model's loss inf, which holdout_fault refuses every time. x of
+    the right size in another layout (channels-last) is refused as the devices refuse theirs."""
+    where = f"guard_set {set_path}"
+    if y.ndim == 2 and y.shape[1:] == (1,):  # a column of labels, as the devices take it
+        y = y.reshape(-1)
+    if y.ndim != 1 or y.dtype.kind not in "iufb" or x.dtype.kind not in "iufb":
+        raise ConfigError(f"{where}: x must be numeric and y 1-D class indices, got x {x.dtype} and y {y.dtype} "
+                          f"{y.shape}")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise ConfigError(f"{where}: y holds non-integer values; labels must be class indices 0, 1, ...")
+    classes = int(manifest.spec.get("num_classes", 0))
+    if y.min() < 0 or (classes and y.max() >= classes):
+        raise ConfigError(f"{where}: labels run {y.min()} .. {y.max()}; the model's are 0 .. {classes - 1}")
+    want = tuple(manifest.input_shape)
+    if math.prod(x.shape[1:]) != math.prod(want):
+        raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example; the model takes {want}")
+    # the devices' layout rule (edge_runtime/examples.py, example_layout): size-1 axes aside, an example
+    # of two or more axes must be laid out as the model's input; flat examples fit any layout
+    have, takes = tuple(n for n in x.shape[1:] if n != 1), tuple(n for n in want if n != 1)
+    if len(have) >= 2 and len(takes) >= 2 and have != takes:
+        raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example, laid out otherwise than the model's "
+                          f"input {want} (channels-last for a channels-first model? np.moveaxis(x, -1, 1))")
+    x32 = as_features(x)  # uint8 as x / 255, as the devices read theirs
+    if not np.isfinite(x32).all():
+        raise ConfigError(f"{where}: x contains NaN or Inf (or values too large for float32)")
+    return x32.reshape(len(x32), *want), y.astype(np.int64)
 
 
 def open_holdout(config, manifest: Manifest) -> HoldoutCheck | None:
