@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.features import as_features
+from fedge.edge_runtime.kernel.features import as_features, laid_out_otherwise
 from fedge.edge_runtime.kernel.files import load_npz
 from fedge.edge_runtime.kernel.manifest import Manifest
 
@@ -91,10 +91,7 @@ def checked_set(set_path, x: np.ndarray, y: np.ndarray, manifest: Manifest) -> t
     want = tuple(manifest.input_shape)
     if math.prod(x.shape[1:]) != math.prod(want):
         raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example; the model takes {want}")
-    # the devices' layout rule (edge_runtime/examples.py, example_layout): size-1 axes aside, an example
-    # of two or more axes must be laid out as the model's input; flat examples fit any layout
-    have, takes = tuple(n for n in x.shape[1:] if n != 1), tuple(n for n in want if n != 1)
-    if len(have) >= 2 and len(takes) >= 2 and have != takes:
+    if laid_out_otherwise(x, want):  # the devices' rule: ModelRuntime.check_input
         raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example, laid out otherwise than the model's "
                           f"input {want} (channels-last for a channels-first model? np.moveaxis(x, -1, 1))")
     x32 = as_features(x)  # uint8 as x / 255, as the devices read theirs

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .kernel.errors import DatasetError
-from .kernel.features import as_features
+from .kernel.features import as_features, example_layout
 
 # The most classes any model has (models/spec.py MAX_CLASSES, which the device cannot import): a
 # label at or past it cannot be a class index of any model. Checked before the cast to int64,
@@ -76,12 +76,6 @@ def _labels_1d(file: Path, ys: str, y: np.ndarray) -> np.ndarray:
     onehot = y.ndim == 2 and y.dtype.kind in "iufb" and len(y) and ((y == 0) | (y == 1)).all() and (y.sum(1) == 1).all()
     hint = "one-hot rows: save y.argmax(axis=1)" if onehot else "save one class index per example"
     raise DatasetError(f"{file}: {ys} has shape {y.shape}; it must be 1-D (examples,) of class indices ({hint})")
-
-
-def example_layout(x: np.ndarray) -> tuple[int, ...]:
-    """The shape of one example without its size-1 axes: (1, 28, 28), (28, 28, 1) and (28, 28)
-    hold their values in the same order, so they are one layout."""
-    return tuple(n for n in x.shape[1:] if n != 1)
 
 
 class LayoutCheck:

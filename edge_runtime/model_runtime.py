@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .examples import example_layout
 from .kernel.errors import (
     ArtifactError,
     ArtifactIntegrityError,
@@ -22,6 +21,7 @@ from .kernel.errors import (
     ManifestMismatch,
     TrainingError,
 )
+from .kernel.features import laid_out_otherwise
 from .kernel.files import load_npz
 from .kernel.manifest import BACKBONE_FILE, MANIFEST_FILE, Manifest, load_manifest, sha256_file, state_key, verify_files
 
@@ -78,8 +78,7 @@ class ModelRuntime:
                 f"{where}: examples of shape {tuple(x.shape[1:])} do not fit model {self.manifest.name} "
                 f"input {want} ({size} values); rebuild the model for this data or fix the data"
             )
-        have, takes = example_layout(x), tuple(n for n in want if n != 1)
-        if len(have) >= 2 and len(takes) >= 2 and have != takes:  # flat examples fit any layout: not known
+        if laid_out_otherwise(x, tuple(want)):
             raise DatasetError(
                 f"{where}: examples of shape {tuple(x.shape[1:])} are laid out otherwise than model "
                 f"{self.manifest.name}'s input {tuple(want)}: both hold {size} values, in a different order "

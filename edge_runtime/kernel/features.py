@@ -38,6 +38,21 @@ def as_features(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x.astype(np.float32)
 
 
+def example_layout(x: np.ndarray) -> tuple[int, ...]:
+    """The shape of one example without its size-1 axes: (1, 28, 28), (28, 28, 1) and (28, 28)
+    hold their values in the same order, so they are one layout."""
+    return tuple(n for n in x.shape[1:] if n != 1)
+
+
+def laid_out_otherwise(x: np.ndarray, input_shape: tuple[int, ...]) -> bool:
+    """True when examples of two or more axes (size-1 axes aside) are not laid out as the model's
+    input of two or more: the same values in another order (channels-last for a channels-first
+    model). Flat examples fit any layout: which one they were flattened from is not known. One
+    rule for a device's data (ModelRuntime.check_input) and the coordinator's guard set."""
+    have, takes = example_layout(x), tuple(n for n in input_shape if n != 1)
+    return len(have) >= 2 and len(takes) >= 2 and have != takes
+
+
 def feature_statistics(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std), each float64 of x_train's per-example shape: the per-feature mean and the
     std used to divide (1 for a feature constant on these examples; 0 and 1 when there are none)."""
