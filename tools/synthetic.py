@@ -6,12 +6,15 @@ Device k draws its own model and its own inputs:
     B_k ~ N(0, β),  v_k ~ N(B_k, 1) (dim),  x ~ N(v_k, Σ), Σ_jj = j^-1.2     β: how much inputs differ
     y = argmax(W_k x + b_k)
 
-so α = β = 0 is close to IID and synthetic(1, 1) strongly non-IID. Each feature is then divided
-by its population standard deviation, sqrt(β + 1 + j^-1.2), a constant of the generator (no
-device's data enters it): raw, the features reach |12| and local SGD diverges. Labels are
-drawn before the scaling, so the task is the same. Sizes are log-normal (a few
-devices hold much more than most), at least `min_examples` for training plus a fifth of that
-held out, and at most `max_examples`. Pure: numpy, one seeded RNG.
+N(m, v) is mean m and variance v, as the paper writes it (the FedProx authors' own
+generate_synthetic.py passes α and β to numpy as the standard deviation: the same at 0 and 1,
+a spread of 0.5 where this draws 0.71 at 0.5). So α = β = 0 is close to IID and synthetic(1, 1)
+strongly non-IID. Each feature is then divided by its population standard deviation,
+sqrt(β + 1 + j^-1.2), a constant of the generator (no device's data enters it): raw, the
+features reach |12| and local SGD diverges. Labels are drawn before the scaling, so the task is
+the same. Sizes are log-normal (a few devices hold much more than most), at least
+`min_examples` and at most `max_examples` for training, plus min_examples // 4 held out on
+every device (5 at the default 20: a fifth of the smallest device). Pure: numpy, one seeded RNG.
 """
 
 from __future__ import annotations

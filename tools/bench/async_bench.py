@@ -85,6 +85,15 @@ def run(devices: int, cfg: RunConfig, data_name: str = "mnist", fleet_model: Fle
                      "update_frame_sizes": sorted(task.frame_sizes), "declines": task.declines,
                      "task_seconds_p50_p90_max": [float(x) for x in np.quantile(
                          fleet.task_seconds(cfg.epochs, task.bytes_down, task.bytes_up), [0.5, 0.9, 1.0])]}}
+    doc.update(compare(sync, asyn, target))
+    doc["wall_seconds"] = time.perf_counter() - started
+    return doc
+
+
+def compare(sync: dict, asyn: dict, target: float) -> dict:
+    """`sync` and `async`, each its run with the time and uplink bytes to `target`, and where both
+    reached it `speedup` (sync time / async time) and `bytes_ratio` (async / sync bytes)."""
+    doc = {}
     for name, result in (("sync", sync), ("async", asyn)):
         seconds, up = time_to(result["curve"], target)
         doc[name] = {"time_to_target_seconds": seconds, "bytes_up": up, **result}
@@ -92,7 +101,6 @@ def run(devices: int, cfg: RunConfig, data_name: str = "mnist", fleet_model: Fle
     if s["time_to_target_seconds"] and a["time_to_target_seconds"]:
         doc["speedup"] = s["time_to_target_seconds"] / a["time_to_target_seconds"]
         doc["bytes_ratio"] = a["bytes_up"] / s["bytes_up"]
-    doc["wall_seconds"] = time.perf_counter() - started
     return doc
 
 

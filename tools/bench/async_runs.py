@@ -11,12 +11,15 @@ task runs DeviceRuntime.handle_task on the portable ONNX Runtime backend and the
 decoder reads its Update frame (tools/bench/device_task.py). What is simulated: time (the
 virtual fleet); there is no transport, the frames are handed over in memory.
 
-Sync round: ask selection_size(clients_per_round, over_selection) of the available devices;
+Sync round: wait, a minute at a time, for a quorum (ceil(clients_per_round / 2)) of available
+devices (a simulated day without one is a ConfigError: the shipped profiles repeat within a day,
+so it would wait for ever); ask selection_size(clients_per_round, over_selection) of them;
 a device whose download + compute passes the deadline (the fleet's p-th percentile task
 time) stops and sends nothing; the round closes at the clients_per_round-th report or the
-deadline, and commits with at least the quorum. Reports that finish after an early close
-still cross the uplink (and are counted). Async: every task's deadline is
-async_deadline_factor x the sync deadline; an expired or lost task frees its slot.
+deadline, whichever comes first (an upload may end past the deadline), and commits with at
+least the quorum. Reports that finish after the close still cross the uplink (and are
+counted). Async: every task's deadline is async_deadline_factor x the sync deadline; an expired
+or lost task frees its slot.
 """
 
 from __future__ import annotations
@@ -43,10 +46,13 @@ from fedge.coordinator.async_mode.machine import (
 from fedge.coordinator.async_mode.staleness import buffered_mean
 from fedge.coordinator.sampling import sample_devices, selection_size
 from fedge.coordinator.strategies import AggregateInput, make_strategy
+from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import TaskHyper
 
 from .device_task import DeviceTask as Task
 from .virtual_fleet import VirtualFleet
+
+WAIT_STEPS = 1440  # one-minute steps in a day: the shipped profiles' periods (300 s to a day) divide it
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,18 @@ def _ids(devices) -> list[str]:
     return [f"d{d:05d}" for d in devices]
 
 
+def _wait_for_quorum(fleet: VirtualFleet, now: float, quorum: int, wanted: int) -> tuple[float, list[int]]:
+    """(the first minute from `now` with at least `quorum` devices available, those devices), as
+    the loop waits. Every profile's day repeats, so a day without a quorum is never: ConfigError."""
+    for _ in range(WAIT_STEPS + 1):
+        candidates = [d for d in range(len(fleet)) if fleet.available(d, now)]
+        if len(candidates) >= quorum:
+            return now, candidates
+        now += 60.0
+    raise ConfigError(f"no minute of a simulated day has the sync round's quorum of {quorum} ({wanted} a round) "
+                      f"available among {len(fleet)} devices; use more devices or fewer a round")
+
+
 def run_sync(task: Task, fleet: VirtualFleet, cfg: RunConfig) -> dict:
     strategy = make_strategy("fedavg", TaskHyper())
     state = strategy.init(task.init)
@@ -78,10 +96,7 @@ def run_sync(task: Task, fleet: VirtualFleet, cfg: RunConfig) -> dict:
     quorum = max(1, -(-cfg.clients_per_round // 2))
     now, bytes_up, bytes_down, curve, abandoned = 0.0, 0, 0, [(0.0, task.accuracy(state.params), 0)], 0
     for round_id in range(1, cfg.rounds + 1):
-        candidates = [d for d in range(len(fleet)) if fleet.available(d, now)]
-        while len(candidates) < quorum:  # wait for devices, as the loop does
-            now += 60.0
-            candidates = [d for d in range(len(fleet)) if fleet.available(d, now)]
+        now, candidates = _wait_for_quorum(fleet, now, quorum, cfg.clients_per_round)
         asked = selection_size(cfg.clients_per_round, cfg.over_selection, len(candidates))
         chosen = [int(d[1:]) for d in sample_devices(_ids(candidates), asked, cfg.seed, round_id)]
         bytes_down += task.bytes_down * len(chosen)
@@ -93,7 +108,7 @@ def run_sync(task: Task, fleet: VirtualFleet, cfg: RunConfig) -> dict:
             finishes.append((now + down + compute + up, d))
         finishes.sort()
         full = len(finishes) >= cfg.clients_per_round
-        close = finishes[cfg.clients_per_round - 1][0] if full else now + deadline
+        close = min(finishes[cfg.clients_per_round - 1][0], now + deadline) if full else now + deadline
         reports = [d for t, d in finishes if t <= close][:cfg.clients_per_round]
         bytes_up += task.bytes_up * len(finishes)  # late reports are sent, then refused
         trained = [(task.train(state.params, d, cfg, round_id), d) for d in reports] if len(reports) >= quorum else []
