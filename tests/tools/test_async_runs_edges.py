@@ -6,6 +6,8 @@ the module docstring's rules."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,8 @@ class _Fleet:
     """Always-available devices that never drop out; device d's k-th task takes times[d][k]
     (download, compute, upload) seconds, then STOPPED. task_seconds: what the deadline's
     percentile is taken over."""
+
+    profiles = ()  # no profile given by path: the quorum wait looks a day ahead
 
     def __init__(self, times, task_seconds=(100.0,)):
         self._times = {d: list(t) for d, t in times.items()}
@@ -116,6 +120,25 @@ def test_a_fleet_that_never_holds_a_quorum_is_refused_by_name_not_waited_on_fore
     (quorum 10) never returned. The profiles repeat daily, so a day without a quorum is never."""
     with pytest.raises(ConfigError, match="quorum of 2"):
         run_sync(_Task([1.0] * 3, [1] * 3), fleet, RunConfig(clients_per_round=4, rounds=1))
+
+
+class _TwoDayProfile(_Waiting):
+    """A profile given by path whose trace repeats every two days, its devices on from day 1.5."""
+
+    profiles = (SimpleNamespace(trace=SimpleNamespace(period_s=2 * 86400.0)),)
+
+    def available(self, device, t):
+        return t >= 1.5 * 86400
+
+
+def test_the_quorum_wait_looks_as_far_ahead_as_the_longest_profile_period():
+    """A day without a quorum is never only for traces that repeat within a day: a profile of a
+    two-day period is waited on for its whole period (the round starts at day 1.5, then finds its
+    devices sending nothing, STOPPED, and is abandoned), not refused after one day."""
+    out = run_sync(_Task([1.0] * 3, [1] * 3), _TwoDayProfile(3, on=True), RunConfig(clients_per_round=4, rounds=1))
+    assert out["abandoned_rounds"] == 1
+    with pytest.raises(ConfigError, match="quorum of 2"):  # the same fleet with one device: refused
+        run_sync(_Task([1.0], [1]), _TwoDayProfile(1, on=True), RunConfig(clients_per_round=4, rounds=1))
 
 
 def test_fedbuff_weighs_a_stale_update_by_one_over_the_root_of_one_plus_its_staleness():

@@ -25,6 +25,7 @@ or lost task frees its slot.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,7 @@ from fedge.edge_runtime.kernel.protocol import TaskHyper
 from .device_task import DeviceTask as Task
 from .virtual_fleet import VirtualFleet
 
-WAIT_STEPS = 1440  # one-minute steps in a day: the shipped profiles' periods (300 s to a day) divide it
+WAIT_DAY_STEPS = 1440  # one-minute steps in a day: the shipped profiles' periods (300 s to a day) divide it
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,10 @@ def _ids(devices) -> list[str]:
 
 def _wait_for_quorum(fleet: VirtualFleet, now: float, quorum: int, wanted: int) -> tuple[float, list[int]]:
     """(the first minute from `now` with at least `quorum` devices available, those devices), as
-    the loop waits. Every profile's day repeats, so a day without a quorum is never: ConfigError."""
-    for _ in range(WAIT_STEPS + 1):
+    the loop waits. Every profile's trace repeats, so a day (or the longest period of a profile
+    given by path, if longer) without a quorum is never: ConfigError."""
+    longest = max((p.trace.period_s or 0.0 for p in fleet.profiles), default=0.0)
+    for _ in range(max(WAIT_DAY_STEPS, math.ceil(longest / 60.0)) + 1):
         candidates = [d for d in range(len(fleet)) if fleet.available(d, now)]
         if len(candidates) >= quorum:
             return now, candidates
