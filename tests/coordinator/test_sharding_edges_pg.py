@@ -21,6 +21,7 @@ from tests.coordinator.test_sharding import Cluster, K, model  # noqa: F401 - mo
 from tests.pg_server import import_psycopg
 
 psycopg = import_psycopg()
+from fedge.coordinator.sharding.replay import ReplayMismatch  # noqa: E402
 from fedge.coordinator.sharding.tables import COUNTED, WRONG_SHARD, Counted, RoundClosed  # noqa: E402
 
 SUMS = "SELECT shard, data, weight, count FROM shard_sums ORDER BY shard"
@@ -165,3 +166,17 @@ def test_an_update_whose_task_names_another_shard_is_refused_on_the_right_topic(
     c.pump()
     assert d.acks() == [(False, "wrong_shard")]
     assert c.rows("SELECT count(*) FROM shard_updates") == [(0,)]
+
+
+def test_a_stored_update_on_a_shard_without_a_sum_stops_the_replay_by_name(model, postgres_dsn):  # noqa: F811
+    """replay.py: the rows read must match the sealed sums' per-shard counts. A row added on a shard
+    that has no sum at all (here a copy of a counted row, as shard 5 of K = 2) left every counted
+    shard's tally intact and was fed to the rule: a model of 5 updates where the workers acked 4."""
+    c = Cluster(model, postgres_dsn, devices=4, aggregator="median")
+    rid = c.all_counted(seed=6)
+    c.rows("INSERT INTO shard_updates (round_id, device_id, update_id, shard, seq, digest, weight, payload) "
+           "SELECT round_id, device_id, 'copy', 5, 0, digest, weight, payload FROM shard_updates "
+           "WHERE round_id = %s AND device_id = %s RETURNING 1", rid, c.devices[0].id)
+    with pytest.raises(ReplayMismatch, match=r"stored updates per shard \[\d, \d, 0, 0, 0, 1\]"):
+        c.leader.tick()
+    assert c.leader.state.version == 0
