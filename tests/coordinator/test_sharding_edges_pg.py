@@ -15,7 +15,7 @@ import pytest
 
 from fedge.coordinator.errors import StoreCorrupt
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.protocol import shard_update_topic
+from fedge.edge_runtime.kernel.protocol import Decline, TrainTask, shard_update_topic
 from tests.coordinator.fleet import random_delta
 from tests.coordinator.test_sharding import Cluster, K, model  # noqa: F401 - model: the module's fixture
 from tests.pg_server import import_psycopg
@@ -180,3 +180,28 @@ def test_a_stored_update_on_a_shard_without_a_sum_stops_the_replay_by_name(model
     with pytest.raises(ReplayMismatch, match=r"stored updates per shard \[\d, \d, 0, 0, 0, 1\]"):
         c.leader.tick()
     assert c.leader.state.version == 0
+
+
+def test_a_device_that_declined_gets_no_task_again_when_its_dead_shard_s_devices_move(model,  # noqa: F811
+                                                                                   postgres_dsn):
+    """A device that declined is no longer expected: its worker would refuse its update (declined),
+    so asking it again only made it train for nothing. The devices still expected get the task
+    again naming the live shard; the one that declined hears nothing more."""
+    c = Cluster(model, postgres_dsn, devices=8, shard_takeover_s=5.0)
+    _opened(c)
+    on0 = [d for d in c.devices if c.leader.assignment[d.id] == 0]
+    assert len(on0) >= 2
+    quitter, task = on0[0], on0[0].task()
+    quitter.send(encode_message(Decline(quitter.id, task.round_id, task.task_id, "battery_low")))
+    c.pump()
+    assert c.leader.declines["battery_low"] == 1
+    _stop(c, 0)
+    assert c.leader.tick() is None
+    c.clock.advance(5.0)
+    assert c.leader.tick() is None and _moves(c) >= len(on0) - 1
+    c.pump()
+    for d in on0:
+        d.receive()
+    for d in on0[1:]:
+        assert [t.shard for t in d.inbox if isinstance(t, TrainTask)] == [0, 1], d.id
+    assert [t.shard for t in quitter.inbox if isinstance(t, TrainTask)] == [0]
