@@ -128,3 +128,15 @@ def test_a_dp_round_whose_sum_holds_a_contribution_not_weighted_one_releases_not
         dp.result()
     assert inner.handed == [] and not dp.released
     assert math.isclose(sum(p.weight for p in dp.tables.parts), 5.0)
+
+
+def test_a_partial_sum_s_bytes_are_in_sorted_name_order_whatever_order_its_deltas_came_in():
+    """sums.py: every tensor's float64 buffer in sorted name order; a delta whose names arrive in
+    another order (a manifest listing "z" before "a") must read back under the same names."""
+    shapes = {"z": (2,), "a": (3,)}
+    part = PartialSum()
+    part.add({"z": np.array([1.0, 2.0], np.float32), "a": np.array([3.0, 4.0, 5.0], np.float32)}, 2.0)
+    want = np.array([6.0, 8.0, 10.0, 2.0, 4.0], "<f8").tobytes()  # a's sums, then z's: a plain concatenation
+    assert part.to_bytes() == want
+    back = PartialSum.from_bytes(part.to_bytes(), shapes, part.weight, part.count)
+    assert np.array_equal(back.sums["z"], [2.0, 4.0]) and np.array_equal(back.sums["a"], [6.0, 8.0, 10.0])

@@ -205,3 +205,25 @@ def test_a_device_that_declined_gets_no_task_again_when_its_dead_shard_s_devices
     for d in on0[1:]:
         assert [t.shard for t in d.inbox if isinstance(t, TrainTask)] == [0, 1], d.id
     assert [t.shard for t in quitter.inbox if isinstance(t, TrainTask)] == [0]
+
+
+def test_a_key_counted_between_the_worker_s_read_and_its_transaction_is_acked_as_a_duplicate(model,  # noqa: F811
+                                                                                            postgres_dsn):
+    """worker.py: tables.count's DUPLICATE (the key was counted after admission read the keys, by
+    a concurrent transaction) is an accepted Ack, "duplicate", so the device stops resending; a
+    refused one would have it resend an update that is in the sum. The race, by hand: the worker's
+    read of the counted keys comes back as it was before the other count committed."""
+    c = Cluster(model, postgres_dsn, devices=4)
+    _opened(c)
+    d = c.devices[0]
+    delta = random_delta(c.shapes, np.random.default_rng(7))
+    c.upload(d, delta)
+    c.pump()
+    assert d.acks() == [(True, "")]
+    w = next(w for w in c.workers if w.shard == c.leader.assignment[d.id])
+    w.tables.counted = lambda round_id, devices: {}  # read before the count above committed
+    before = c.rows(SUMS)
+    c.upload(d, delta)
+    c.pump()
+    assert d.acks() == [(True, ""), (True, "duplicate")]
+    assert c.rows(SUMS) == before
