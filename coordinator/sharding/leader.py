@@ -10,8 +10,9 @@ with epoch fencing), with these differences:
   (no_live_shard, logged and counted in fedge_rounds_not_begun_total{reason});
 * mid-round, a shard that holds devices of the round and has had no live worker for
   shard_takeover_s (no spare took its lease) loses its uncounted devices to live shards
-  (tables.reassign, fenced by the leader epoch), and each moved device gets its task again
-  naming the new shard: it sends the same update there (edge_runtime/uplink.py: retarget).
+  (tables.reassign, fenced by the leader epoch), and each moved device the round still expects
+  gets its task again naming the new shard (not one that declined: its worker would refuse the
+  update): it sends the same update there (edge_runtime/uplink.py: retarget).
   Counted in fedge_shard_moves_total; fedge_shards_live is the last liveness read;
 * it validates no update: an Update on the plain update topic is refused (wrong_shard), and
   the round machine learns who reported from shard_updates (`poll_s`), as Replied events;
@@ -196,7 +197,7 @@ class ShardedCoordinator(Coordinator):
 
     def _watch_shards(self, now: float) -> None:
         """Move the uncounted devices of shards without a live worker for shard_takeover_s
-        (module docstring), and send each its task again, naming its new shard."""
+        (module docstring), and send each still expected its task again, naming its new shard."""
         rnd = self.round
         if now >= self._next_live_read:
             self._next_live_read = now + self.live_read_s
@@ -219,5 +220,7 @@ class ShardedCoordinator(Coordinator):
                     rnd.ctx.round_id, sorted(due), self.config.shard_takeover_s, len(moves),
                     sorted(set(moves.values())))
         for device_id in sorted(moves):
+            if not rnd.machine.expects(device_id):  # it declined: its worker would refuse the update
+                continue
             rnd.task_sent.pop(device_id, None)  # at once, not after task_resend_s
             self.shell.resend(rnd, device_id, now)

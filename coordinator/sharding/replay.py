@@ -71,8 +71,11 @@ class ShardReplay(SealedAggregator):
         # next are exactly the ones the sums hold.
         sealed = [part.count for part in self.tables.seal(self.round_id, self.shards, self.shapes, self.check)]
         rows = counted_updates(self.tables, self.round_id)
-        # per shard the seal read: more than this leader's K where a process ran with another K (tables.seal)
-        stored = [sum(row[0] == shard for row in rows) for shard in range(len(sealed))]
+        # per shard the seal read: more than this leader's K where a process ran with another K (tables.seal);
+        # and every shard a row names, so that a row on a shard with no sum at all is a mismatch too
+        width = max([len(sealed), *(row[0] + 1 for row in rows)])
+        sealed += [0] * (width - len(sealed))
+        stored = [sum(row[0] == shard for row in rows) for shard in range(width)]
         if stored != sealed:
             raise ReplayMismatch(f"round {self.round_id}: stored updates per shard {stored}, the workers' sums "
                                  f"count {sealed}")
