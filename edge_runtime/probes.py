@@ -192,6 +192,9 @@ class _CpuIdle:
     def read(self) -> float | None:
         now = psutil.cpu_times()
         total = _busy_and_idle(now) - _busy_and_idle(self._last)
+        if total < 0:  # counters went back (iowait may fall, proc(5); a core went offline): start again
+            self._last = now
+            return self._value
         if total < self.MIN_SPAN_S:
             return self._value  # too short a span to mean anything: the previous reading
         idle = _idle(now) - _idle(self._last)

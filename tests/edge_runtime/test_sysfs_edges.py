@@ -151,3 +151,19 @@ def test_idle_cpu_counts_iowait_as_idle_and_guest_once(monkeypatch, tmp_path):
     busy, idle, iowait = 1.0, 0.5, 0.5  # the deltas by hand
     expected = 100.0 * (idle + iowait) / (busy + idle + iowait)
     assert probe.read().cpu_idle_percent == pytest.approx(expected)  # 50 %
+
+
+def test_idle_cpu_starts_again_from_counters_that_went_back(monkeypatch, tmp_path):
+    """proc(5): iowait may decrease, and a core taken offline takes its counters out of the sum.
+    A reading under the baseline once kept the baseline, so every later reading measured
+    against counters from before the drop and returned the old value until they caught up
+    (here for ever: the next span, 2 s, is under the 50 s drop)."""
+    base = _Times(1000.0, 0.0, 0.0, 1000.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    dropped = _Times(500.0, 0.0, 0.0, 450.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # a core's counters gone
+    later = _Times(501.0, 0.0, 0.0, 451.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # +1 s busy, +1 s idle
+    readings = iter([base, base, dropped, later])
+    monkeypatch.setattr(psutil, "cpu_times", lambda: next(readings))
+    probe = SystemProbe(tmp_path, run=lambda argv: None)
+    assert probe.read().cpu_idle_percent is None  # no span yet: no reading
+    assert probe.read().cpu_idle_percent is None  # the drop: nothing measured, the baseline moves
+    assert probe.read().cpu_idle_percent == pytest.approx(100.0 * 1.0 / 2.0)  # measured from the drop
