@@ -171,7 +171,11 @@ def verify_files(directory: Path, manifest: Manifest, only: tuple[str, ...] | No
         target = directory / rel
         if not target.exists():
             raise ArtifactIntegrityError(f"{target}: listed in the manifest but missing; rebuild the artifacts")
-        actual = sha256_file(target)
+        try:
+            actual = sha256_file(target)
+        except OSError as exc:  # a folder by that name, no permission: was a bare IsADirectoryError
+            raise ArtifactIntegrityError(f"{target}: listed in the manifest but cannot be read "
+                                         f"({exc.strerror or exc}); rebuild the artifacts") from None
         if actual != expected:
             raise ArtifactIntegrityError(
                 f"{target}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); "

@@ -1,0 +1,64 @@
+"""kernel/files.py at its edges (mutation7-kernel): a durable write fsyncs its data before the
+rename, and only then; a failed write leaves no temp file; the sweep spares this process's own
+temp file and a pid it cannot know to be dead."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from fedge.edge_runtime.kernel import files
+from fedge.edge_runtime.kernel.files import atomic_write_bytes, pid_running, sweep_temp_files
+
+
+def test_a_durable_write_fsyncs_the_data_before_the_rename_and_a_plain_one_does_not(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    atomic_write_bytes(tmp_path / "state.npz", b"durable")
+    assert calls == ["fsync", "replace"]  # the data reaches the disk before the name points at it
+    calls.clear()
+    atomic_write_bytes(tmp_path / "cache.json", b"harmless", durable=False)
+    assert calls == ["replace"]
+    assert (tmp_path / "state.npz").read_bytes() == b"durable"
+
+
+def test_a_write_that_fails_at_the_rename_leaves_no_temp_file(tmp_path):
+    (tmp_path / "taken").mkdir()  # a folder where the file goes: os.replace refuses it
+    (tmp_path / "taken" / "x").write_bytes(b"someone's")
+    try:
+        atomic_write_bytes(tmp_path / "taken", b"data")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a folder was replaced by a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert (tmp_path / "taken" / "x").read_bytes() == b"someone's"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=60)
+    return proc.pid
+
+
+def test_the_sweep_spares_this_process_and_pids_it_cannot_know_dead(tmp_path):
+    dead = _dead_pid()
+    mine = tmp_path / f".state.npz.tmp-{os.getpid()}"  # a live writer's: this process's own
+    huge = tmp_path / f".state.npz.tmp-{2**70}"  # no pid: os.kill raises OverflowError
+    gone = tmp_path / f".state.npz.tmp-{dead}"
+    for p in (mine, huge, gone):
+        p.write_bytes(b"half")
+    assert pid_running(2**70) and pid_running(os.getpid())
+    assert sweep_temp_files(tmp_path) == [gone]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, huge.name])
+
+
+def test_a_pid_owned_by_someone_else_is_running(monkeypatch):
+    def refused(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "kill", refused)
+    assert pid_running(12345) is True
