@@ -208,3 +208,18 @@ def test_a_fetched_model_a_task_uses_is_the_last_to_go(tmp_path):
         os.utime(art / model_id / FETCHED_MARK, (1000 - age, 1000 - age))
     assert delivery.model_ready(_task(0, "old", b"{}"), 0.0) is True  # installed, its hash matches: used now
     assert prune_fetched(art, set(), keep=1) == ["new"]
+
+
+def test_a_kept_manifest_that_cannot_be_read_is_fetched_again_or_refused_by_name(tmp_path):
+    """A folder where a model's manifest.json goes (a disk fault, a hand edit) made the manifest
+    hash raise IsADirectoryError out of model_ready, and so out of the task; now that copy is
+    passed over as one that does not match: fedge's own fetched copy is fetched again, and a
+    folder fedge did not fetch is refused by name and left alone."""
+    delivery, sent = _delivery(tmp_path)
+    (tmp_path / "art" / "m1" / "manifest.json").mkdir(parents=True)
+    refused = delivery.model_ready(_task(1, "m1"), 0.0)
+    assert isinstance(refused, Refused) and "does not replace it" in refused.detail and not sent
+    assert (tmp_path / "art" / "m1" / "manifest.json").is_dir()
+    (tmp_path / "art" / "m1" / FETCHED_MARK).touch()  # fedge's own
+    assert delivery.model_ready(_task(2, "m1"), 0.0) is False  # waits for the download it asked for
+    assert [type(decode_message(p)) for p in sent] == [FetchRequest]
