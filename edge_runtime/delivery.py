@@ -21,7 +21,7 @@ from .fetch import ArtifactDownload
 from .fetched_models import mark_used, prune_fetched
 from .kernel.codec import encode_message
 from .kernel.errors import ArtifactError, RoundModelError, TransportError
-from .kernel.manifest import MANIFEST_FILE, check_model_id, sha256_file
+from .kernel.manifest import MANIFEST_FILE, check_model_id, manifest_hash
 from .kernel.protocol import MODEL_PARTS_FILTER, ArtifactFile, FetchRequest, ModelPart, TrainTask
 from .kernel.round_model import ModelWaits
 from .kernel.transport.base import Transport
@@ -76,7 +76,7 @@ class ModelDelivery:
         for directory in (installed, fetched):
             if directory is None or not (Path(directory) / MANIFEST_FILE).exists():
                 continue
-            if task.manifest_sha256 and _manifest_hash(Path(directory)) != task.manifest_sha256:
+            if task.manifest_sha256 and manifest_hash(Path(directory)) != task.manifest_sha256:
                 log.warning("device %s: model %s in %s does not match the task's manifest hash (or cannot be read); "
                             "fetching it", self.device_id, task.model_id, directory)
                 continue
@@ -228,12 +228,3 @@ class ModelDelivery:
             self._request_files(entry.tasks[0], entry.download)
         for task in self.model_waits.asked_inline():
             self._request_inline(task)
-
-
-def _manifest_hash(directory: Path) -> str | None:
-    """The manifest's sha256, or None where it cannot be read (a folder by that name, no
-    permission): such a copy is no copy of the task's model, and is fetched again."""
-    try:
-        return sha256_file(directory / MANIFEST_FILE)
-    except OSError:
-        return None

@@ -23,7 +23,14 @@ from .kernel.errors import (
 )
 from .kernel.features import laid_out_otherwise
 from .kernel.files import load_npz
-from .kernel.manifest import BACKBONE_FILE, MANIFEST_FILE, Manifest, load_manifest, sha256_file, state_key, verify_files
+from .kernel.manifest import (
+    BACKBONE_FILE,
+    Manifest,
+    load_manifest,
+    manifest_hash,
+    state_key,
+    verify_files,
+)
 
 EMBED_CHUNK = 512  # examples per backbone call: bounds peak memory on small boards
 
@@ -50,7 +57,7 @@ def _initial_values(directory: Path, manifest: Manifest) -> dict[str, np.ndarray
 class ModelRuntime:
     def __init__(self, artifact_dir: str | Path, expected_model_id: str | None = None):
         self.dir = Path(artifact_dir)
-        self.manifest_sha256 = _manifest_hash(self.dir)  # before the load: a change meanwhile shows as stale
+        self.manifest_sha256 = manifest_hash(self.dir)  # before the load: a change meanwhile shows as stale
         self.manifest: Manifest = load_manifest(self.dir, verify=True)
         if expected_model_id is not None and self.manifest.model_id != expected_model_id:
             raise ManifestMismatch(
@@ -99,7 +106,7 @@ class ModelRuntime:
 
     def stale(self) -> bool:
         """Whether the folder's manifest is no longer the one loaded (replaced, edited, gone)."""
-        return _manifest_hash(self.dir) != self.manifest_sha256
+        return manifest_hash(self.dir) != self.manifest_sha256
 
     def forget_embeddings(self) -> None:
         """Drop cached backbone outputs: the data they were computed from was replaced."""
@@ -128,13 +135,6 @@ class ModelRuntime:
         if cache_key is not None:
             self._cache[cache_key] = z
         return z
-
-
-def _manifest_hash(directory: Path) -> str | None:
-    try:
-        return sha256_file(directory / MANIFEST_FILE)
-    except OSError:
-        return None
 
 
 def loaded(build, model: ModelRuntime):

@@ -147,6 +147,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def manifest_hash(directory: Path) -> str | None:
+    """The sha256 of a model folder's manifest, or None where it cannot be read (missing, a
+    folder by that name, no permission): such a folder holds no known model."""
+    try:
+        return sha256_file(Path(directory) / MANIFEST_FILE)
+    except OSError:
+        return None
+
+
 def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     """Read `manifest.json` from an artifact directory; with verify, check every file's hash."""
     directory = Path(directory)
