@@ -51,3 +51,29 @@ def test_the_smallest_devices_are_the_tenth_rounded_down_and_at_least_one(n, cho
     assert row["smallest_devices"] == chosen
     assert row["smallest_devices_max_examples"] == 10 + chosen - 1  # the largest of those chosen
     assert row["smallest_devices_global_accuracy"] == pytest.approx(sum(i / n for i in range(chosen)) / chosen)
+
+
+def test_a_round_that_no_device_scored_reports_no_spread_and_prints_a_dash():
+    """Every device declining the evaluation (none eligible: a profile's night, a flaky link)
+    leaves no personalized accuracy; _spread([]) raised ValueError from np.min, which would end
+    the whole run on one round's evaluation. Now the three fields are None, as the mean loss
+    already was, and the per-round line and the summary print '-' for them."""
+    from types import SimpleNamespace
+
+    from fedge.tools.simulate.report import format_row, format_summary
+
+    row = _spread([])
+    assert row == {"personalized_accuracy_mean": None, "personalized_accuracy_min": None,
+                   "personalized_accuracy_p10": None}
+    line = format_row({"round": 3, "train_loss": 0.5, "global_loss": None, "global_accuracy": 0.8, **row,
+                       "bytes_up": 2048, "bytes_up_dense": 4096, "bytes_down": 1024, "seconds": 1.0,
+                       "committed": True})
+    assert line.split()[4:6] == ["-", "-"] and "0.800" in line
+    final = {"final_global_accuracy": 0.8, "final_personalized_accuracy_mean": None,
+             "final_personalized_accuracy_min": None, "total_bytes_up": 1, "total_bytes_up_dense": 4,
+             "uplink_compression": 4.0}
+    text = format_summary(SimpleNamespace(summary={"final": final}, config={}, new_devices=None,
+                                          baselines={"local_only": {"epochs": 2, "accuracy_mean": 0.9,
+                                                                    "accuracy_min": 0.7}}))
+    assert "personalized mean - (each device's own model" in text and "worst device -)" in text
+    assert "training alone matched or beat" not in text  # nothing to compare with

@@ -71,8 +71,8 @@ HEADER = (f"{'round':>5} {'loss':>7} {'ev.loss':>7} {'global':>7} {'pers.mean':>
           f"{'dense KiB':>9} {'down KiB':>8} {'sec':>6}")
 
 
-def _pct(v) -> str:
-    return "   -   " if v is None else f"{v:7.3f}"
+def _pct(v, width: int = 7) -> str:
+    return f"{'-':^{width}}" if v is None else f"{v:{width}.3f}"
 
 
 def _loss(v) -> str:
@@ -83,8 +83,9 @@ def format_row(row: dict) -> str:
     return (
         f"{row['round']:>5} {_loss(row.get('train_loss'))} {_loss(row.get('global_loss'))} "
         f"{_pct(row['global_accuracy'])} "
-        f"{row['personalized_accuracy_mean']:9.3f} "
-        f"{row['personalized_accuracy_min']:8.3f} {row['bytes_up'] / 1024:8.1f} {row['bytes_up_dense'] / 1024:9.1f} "
+        f"{_pct(row['personalized_accuracy_mean'], 9)} "
+        f"{_pct(row['personalized_accuracy_min'], 8)} "
+        f"{row['bytes_up'] / 1024:8.1f} {row['bytes_up_dense'] / 1024:9.1f} "
         f"{row['bytes_down'] / 1024:8.1f} {row['seconds']:6.2f}" + ("" if row["committed"] else "  (abandoned)")
         + ("" if row.get("epsilon") is None else f"  ε={row['epsilon']:.3f}")
     )
@@ -159,8 +160,8 @@ def format_summary(result) -> str:
     lines = [
         f"final: global {_pct(s['final_global_accuracy']).strip()} (the shared model on every device's held-out "
         f"data, from the coordinator's federated evaluation), personalized mean "
-        f"{s['final_personalized_accuracy_mean']:.3f} (each device's own model on its own data; worst device "
-        f"{s['final_personalized_accuracy_min']:.3f})",
+        f"{_pct(s['final_personalized_accuracy_mean'], 0)} (each device's own model on its own data; worst device "
+        f"{_pct(s['final_personalized_accuracy_min'], 0)})",
         f"uplink: {s['total_bytes_up'] / 1024:.1f} KiB on the wire vs {s['total_bytes_up_dense'] / 1024:.1f} KiB dense "
         f"fp32 ({s['uplink_compression']:.2f}x)" if s["uplink_compression"] else "uplink: nothing sent",
     ]
@@ -173,7 +174,8 @@ def format_summary(result) -> str:
             lines.append(f"note: {len(b['local_only']['unstable'])} device(s) ended training alone well above their "
                          f"best epoch's loss (unstable at this lr): {', '.join(b['local_only']['unstable'][:5])}")
         alone, together = b["local_only"]["accuracy_mean"], s["final_personalized_accuracy_mean"]
-        if alone >= together:  # say what the comparison means rather than leave it to be misread
+        # say what the comparison means rather than leave it to be misread
+        if together is not None and alone >= together:
             lines.append(f"note: training alone matched or beat the federated personalized model here ({alone:.3f} vs "
                          f"{together:.3f}): a device is scored on held-out data from its own distribution, which it "
                          f"can often learn alone; what federation adds shows in the global model and for devices "

@@ -140,6 +140,8 @@ def _mean(values: list[float]) -> float | None:
 def _spread(accuracies: list[float]) -> dict:
     # p10: the worst device alone is one device's tiny test set (7 of 9 right is 78%); the 10th
     # percentile (numpy's linear interpolation) is the tail the heterogeneity goals name.
+    if not accuracies:  # no device scored (every one declined the evaluation): nothing to report
+        return dict.fromkeys(("personalized_accuracy_mean", "personalized_accuracy_min", "personalized_accuracy_p10"))
     return {"personalized_accuracy_mean": float(np.mean(accuracies)),
             "personalized_accuracy_min": float(np.min(accuracies)),
             "personalized_accuracy_p10": float(np.percentile(accuracies, 10))}
