@@ -6,6 +6,7 @@ prox_mu, which every task carries as its mu, refused at start past the wire's ra
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -43,3 +44,13 @@ def test_fedprox_mu_past_the_wire_range_is_refused_at_start():
     assert CoordinatorConfig(strategy="fedprox", prox_mu=1e6).prox_mu == 1e6  # TaskHyper.mu's bound
     with pytest.raises(ConfigError, match="a value the coordinator would send is out of range"):
         CoordinatorConfig(strategy="fedprox", prox_mu=2e6)
+
+
+def test_a_seed_past_max_seed_set_in_code_is_refused_like_one_in_a_file():
+    """`fedge simulate --seed` reaches the coordinator as replace(config, seed=...), past from_dict's
+    bound: a seed of 5e12 loaded, and every secure round was abandoned at its first stage (its
+    SecAggTask's rotation_seed 1.0e19 out of the wire's 64-bit range, not sent)."""
+    assert replace(CoordinatorConfig(), seed=MAX_SEED).seed == MAX_SEED
+    for seed in (MAX_SEED + 1, 5 * 10**12):
+        with pytest.raises(ConfigError, match=rf"seed must be in \[0, {MAX_SEED}\]"):
+            replace(CoordinatorConfig(), seed=seed)
