@@ -199,6 +199,9 @@ class CoordinatorConfig:
             raise ConfigError("min_reports must be between 0 and clients_per_round")
         if self.round_deadline_s <= 0:
             raise ConfigError("round_deadline_s must be > 0")
+        if not 0 <= self.seed <= MAX_SEED:  # from_dict checks a file's; a seed set in code (simulate --seed) too
+            raise ConfigError(f"seed must be in [0, {MAX_SEED}] (2**42 - 1: a secure round's seeds stay 64-bit "
+                              f"fields on the wire), got {self.seed}")
         self._check_strategy()  # hyper and compression validate themselves (kernel/protocol.py)
         if not self.norm_bound >= 0:
             raise ConfigError("norm_bound must be >= 0 (0 = off)")
