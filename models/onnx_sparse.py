@@ -4,7 +4,7 @@ a model (onnx_source.load_source), so the rest of the importer reads them as any
 A model with one was refused as its weight being "computed, not a constant", or, in the
 backbone, ended in onnx.utils.Extractor's ValueError; and its NaNs went unchecked. ONNX stores
 one as values (NNZ,), indices (NNZ,) into the flattened tensor or (NNZ, rank), and dims. A file
-whose indices fall outside dims, do not match the values, or whose dense size is past what a
+whose indices fall outside dims, repeat, do not match the values, or whose dense size is past what a
 model file could hold, is refused by name.
 """
 
@@ -52,7 +52,10 @@ def _dense(sparse: onnx.SparseTensorProto, where: str | Path) -> onnx.TensorProt
     if indices.ndim == 2 and indices.shape[1] == len(dims) and dims and \
             np.all((indices >= 0) & (indices < np.asarray(dims, np.int64))):
         indices = np.ravel_multi_index(tuple(indices.T), dims)  # (NNZ, rank) -> flat
-    if indices.shape != values.shape or indices.size and (indices.min() < 0 or indices.max() >= math.prod(dims)):
+    # one place each: ONNX requires every index once (onnx.checker refuses a repeat; ONNX Runtime
+    # keeps the last value written there, another reader may keep the first)
+    if indices.shape != values.shape or indices.size and (indices.min() < 0 or indices.max() >= math.prod(dims)
+                                                          or np.unique(indices).size != indices.size):
         raise OnnxImportError(f"{label}: {values.size} values for indices of shape {indices.shape} that are not one "
                               "place each inside the shape; the file is broken")
     dense = np.zeros(math.prod(dims), values.dtype)
