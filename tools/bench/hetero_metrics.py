@@ -27,12 +27,13 @@ def final_accuracy(curve: Sequence[float | None], window: int = 3) -> float | No
     return sum(values) / len(values) if values else None
 
 
-def bytes_to_reach(curve: Sequence[float], bytes_per_round: Sequence[int], level: float) -> int | None:
-    """Uplink bytes sent up to and including the first round at which `curve` >= level."""
+def bytes_to_reach(curve: Sequence[float | None], bytes_per_round: Sequence[int], level: float) -> int | None:
+    """Uplink bytes sent up to and including the first round at which `curve` >= level; a round
+    nobody scored (None) counts its bytes and is not a crossing."""
     sent = 0
     for acc, up in zip(curve, bytes_per_round):
         sent += up
-        if acc >= level:
+        if acc is not None and acc >= level:
             return sent
     return None
 

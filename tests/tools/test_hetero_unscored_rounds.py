@@ -1,0 +1,32 @@
+"""A round that no device scored (simulate/scoring.py reports its personalized mean as null, since
+3bb0621) in the curves the adapter-vs-full comparison reads: bytes_to_reach skips it as
+rounds_to_target and final_accuracy do, where `None >= level` raised TypeError and ended the
+benchmark's assembly after the whole grid had run."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedge.tools.bench import hetero_metrics as m
+
+
+def test_bytes_to_reach_skips_an_unscored_round_but_counts_its_bytes():
+    curve, sent = [0.2, None, 0.7, 0.9], [100, 100, 100, 100]
+    total = 0
+    for acc, up in zip(curve, sent):  # the docstring as a plain loop: bytes up to the first round >= level
+        total += up
+        if acc is not None and acc >= 0.7:
+            break
+    assert m.bytes_to_reach(curve, sent, 0.7) == total == 300
+    assert m.bytes_to_reach([None, None], [5, 5], 0.1) is None
+
+
+def test_upload_comparison_reads_curves_with_an_unscored_round():
+    adapters = {"personalized_accuracy_curve": [0.5, None, 0.9, 0.9, 0.9], "bytes_up_curve": [100] * 5,
+                "bytes_up_per_round": 100.0, "model": {"shared_params": 10}}
+    full = {"personalized_accuracy_curve": [None, 0.9, 0.95, 0.95, 0.95], "bytes_up_curve": [800] * 5,
+            "bytes_up_per_round": 800.0, "model": {"shared_params": 80}}
+    c = m.upload_comparison(adapters, full)
+    assert c["equal_accuracy_level"] == pytest.approx(0.9)
+    assert c["full"]["bytes_to_level"] == 1600 and c["adapters"]["bytes_to_level"] == 300
+    assert c["ratio_at_equal_accuracy"] == pytest.approx(1600 / 300)
