@@ -23,7 +23,7 @@ from fedge.coordinator.config import load_coordinator_config
 from fedge.edge_runtime.kernel.configfile import load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.tools import cli
-from fedge.tools.simulate.cli import COORDINATOR_FLAGS, build_config
+from fedge.tools.simulate.cli import COORDINATOR_FLAGS, TYPED_ONLY, build_config
 from fedge.tools.simulate.config import SimConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +217,8 @@ def effective_default(flag: str, parser: argparse.ArgumentParser, args, cfg):
         owner = next((getattr(coordinator, part) for part in ("hyper", "compression", "robust")
                       if hasattr(getattr(coordinator, part), dest)), coordinator)
         value = getattr(owner, dest)
+    elif value is None and dest in TYPED_ONLY:  # None on the command line so that typing it shows
+        value = getattr(cfg, dest)
     return value
 
 

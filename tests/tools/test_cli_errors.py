@@ -80,6 +80,13 @@ def test_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
     (["simulate", "--personalization", "none", "--personal-head-from-global", "--rounds", "1"],
      ("--personal-head-from-global",)),
     (["simulate", "--new-device-steps", "5", "--rounds", "1"], ("--new-device-steps needs --new-devices",)),
+    # ... and each typed at its default value, which passed silently when the check compared values
+    (["simulate", "--attackers", "0.2", "--rounds", "1"], ("need --attack",)),
+    (["simulate", "--classes-per-client", "2", "--rounds", "1"],
+     ("--classes-per-client applies to --partition shards",)),
+    (["simulate", "--finetune-steps", "20", "--rounds", "1"],
+     ("--finetune-steps applies to --personalization finetune",)),
+    (["simulate", "--new-device-steps", "20", "--rounds", "1"], ("--new-device-steps needs --new-devices",)),
     (["simulate", "--broker", "mqtt://localhost:1", "--rounds", "1"], ("--broker needs --transport mqtt",)),
     (["simulate", "--aggregator", "krum", "--bucket-size", "100", "--rounds", "1"],
      ("bucket_size 100 makes fewer than 2 buckets", "at most 5")),

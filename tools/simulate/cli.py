@@ -64,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"synthetic: α, how much the devices' models differ (default {SYNTHETIC_ALPHA})")
     p.add_argument("--beta", type=float, default=None,
                    help=f"synthetic: β, how much the devices' inputs differ (default {SYNTHETIC_BETA})")
-    p.add_argument("--classes-per-client", type=int, default=d.classes_per_client, help="labels per device for shards")
+    p.add_argument("--classes-per-client", type=int, default=None,
+                   help=f"labels per device for shards (default {d.classes_per_client})")
     p.add_argument("--model", type=path_arg,
                    help="model spec: a TOML file or a built-in name (default: chosen for the data)")
     p.add_argument("--backend", default=d.backend, choices=("auto", "portable", "ort-training", "numpy"))
@@ -104,11 +105,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="adapters: LoRA shared + private head; head: body frozen, private head (global head "
                         "shared); finetune: full-model FedAvg, head fine-tuned locally before evaluation; full: "
                         "whole layers shared + private head; none: the global model only")
-    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="finetune: head-only local steps")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help=f"finetune: head-only local steps (default {d.finetune_steps})")
     p.add_argument("--new-devices", type=int, default=d.new_devices,
                    help="hold the last K devices out of training; score them on the final global model")
-    p.add_argument("--new-device-steps", type=int, default=d.new_device_steps,
-                   help="head-only local steps a new device takes before it is scored again (0 = none)")
+    p.add_argument("--new-device-steps", type=int, default=None,
+                   help=f"head-only local steps a new device takes before it is scored again (0 = none; default "
+                        f"{d.new_device_steps})")
     p.add_argument("--strategy", help=f"aggregation: {', '.join(STRATEGIES)} ({c.strategy})")
     server_lr = "server learning rate; 0 = the strategy's own: 1, fedavgm 1 - momentum, fedadagrad 0.1, fedadam 0.03"
     for name, what in (("prox-mu", "fedprox proximal weight"), ("server-lr", server_lr),
@@ -118,8 +121,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", default=None,
                    help="simulate attackers: label_flip, backdoor, sign_flip, scale, gaussian, "
                    "alie, ipm, min_max, min_sum, huge_weight, nan, poison (tools/simulate/attacks.py)")
-    p.add_argument("--attackers", type=float, default=d.attackers,
-                   help="share of the devices that attack (default %(default)s)")
+    p.add_argument("--attackers", type=float, default=None,
+                   help=f"share of the devices that attack (default {d.attackers})")
     p.add_argument("--omniscient", action="store_true", help="colluding attackers also see honest devices' deltas")
     p.add_argument("--attack-scale", type=float, default=d.attack_scale,
                    help="sign_flip: the flipped delta's factor; scale, backdoor: the boost "
@@ -158,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
     cfg = build_config(args, out_dir)
     check_split_flags(cfg)
-    check_options_apply(cfg, {name for name in COORDINATOR_FLAGS if getattr(args, name) is not None})
+    check_options_apply(cfg, {name for name in (*COORDINATOR_FLAGS, *TYPED_ONLY) if getattr(args, name) is not None})
     # a --json or --plot the user named is theirs to replace; what --out names is checked
     ours = (() if named_json else (".json",)) + (() if args.plot_path else (".png",))
     if args.json_path:
@@ -215,6 +218,16 @@ COORDINATOR_FLAGS = ("clients_per_round", "over_selection", "epochs", "batch_siz
                      "server_beta1", "server_beta2", "server_tau", "aggregator", "bucket_size")
 
 
+# Flags whose default is None on the command line, so that one typed at its default value is still
+# seen as typed and refused where it applies to nothing (flag_checks.check_options_apply).
+TYPED_ONLY = ("classes_per_client", "finetune_steps", "new_device_steps", "attackers")
+
+
+def _typed(args: argparse.Namespace, name: str):
+    value = getattr(args, name)
+    return getattr(SimConfig, name) if value is None else value
+
+
 def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     """The SimConfig the flags describe: the --config file's coordinator (or the preset),
     then every coordinator flag given on the command line over it."""
@@ -227,14 +240,15 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     return SimConfig(
         devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
         standardize=args.standardize, partition=args.partition, alpha=args.alpha, beta=args.beta,
-        classes_per_client=args.classes_per_client, model=args.model,
+        classes_per_client=_typed(args, "classes_per_client"), model=args.model,
         backend=args.backend, coordinator=coordinator, eligibility=eligibility, agent=agent,
         baselines=tuple(b for b in (args.baselines or "").split(",") if b), out_dir=out_dir,
         transport=args.transport, broker_url=args.broker_url,
         profiles=tuple(x for x in (args.profiles or "").split(",") if x),
-        personalization=args.personalization, finetune_steps=args.finetune_steps, new_devices=args.new_devices,
-        new_device_steps=args.new_device_steps, local_epochs=args.local_epochs, central_epochs=args.central_epochs,
-        attack=args.attack, attackers=args.attackers, omniscient=args.omniscient, attack_scale=args.attack_scale,
+        personalization=args.personalization, finetune_steps=_typed(args, "finetune_steps"),
+        new_devices=args.new_devices, new_device_steps=_typed(args, "new_device_steps"),
+        local_epochs=args.local_epochs, central_epochs=args.central_epochs, attack=args.attack,
+        attackers=_typed(args, "attackers"), omniscient=args.omniscient, attack_scale=args.attack_scale,
         guard_fraction=args.guard_fraction,
     )
 

@@ -15,21 +15,26 @@ STRATEGY_FLAGS = {"prox_mu": ("fedprox",), "server_momentum": ("fedavgm",), "ser
 
 
 def check_options_apply(cfg: SimConfig, coordinator_flags: set[str]) -> None:
-    """cfg: what the flags built; coordinator_flags: the coordinator flags typed (by dest)."""
+    """cfg: what the flags built; coordinator_flags: the flags typed (by dest): the coordinator's,
+    and the ones a run may not use (cli.TYPED_ONLY), refused when typed even at their default value
+    (`--attackers 0.2` without `--attack` once passed; `--attackers 0.3` did not)."""
     for flag, strategies in STRATEGY_FLAGS.items():
         if flag in coordinator_flags and cfg.coordinator.strategy not in strategies:
             raise ConfigError(f"--{flag.replace('_', '-')} applies to --strategy {' or '.join(strategies)}, "
                               f"not {cfg.coordinator.strategy}")
-    if cfg.attack is None and (cfg.attackers != SimConfig.attackers or cfg.omniscient):
+    typed = coordinator_flags
+    if cfg.attack is None and ("attackers" in typed or cfg.attackers != SimConfig.attackers or cfg.omniscient):
         raise ConfigError("--attackers and --omniscient need --attack")
     split = cfg.data_dir is None and not cfg.synthetic
     if split:
         check_alpha_applies(cfg.partition, cfg.alpha, " and --dataset synthetic")
-    if split and cfg.classes_per_client != SimConfig.classes_per_client and cfg.partition != "shards":
+    if split and ("classes_per_client" in typed or cfg.classes_per_client != SimConfig.classes_per_client) \
+            and cfg.partition != "shards":
         raise ConfigError(f"--classes-per-client applies to --partition shards, not {cfg.partition}")
-    if cfg.finetune_steps != SimConfig.finetune_steps and cfg.personalization != "finetune":
+    if ("finetune_steps" in typed or cfg.finetune_steps != SimConfig.finetune_steps) \
+            and cfg.personalization != "finetune":
         raise ConfigError(f"--finetune-steps applies to --personalization finetune, not {cfg.personalization}")
-    if cfg.new_device_steps != SimConfig.new_device_steps and not cfg.new_devices:
+    if ("new_device_steps" in typed or cfg.new_device_steps != SimConfig.new_device_steps) and not cfg.new_devices:
         raise ConfigError("--new-device-steps needs --new-devices")
     if cfg.standardize is False and cfg.data_dir is None:
         raise ConfigError("--no-standardize applies to --data: a shipped or synthetic dataset is standardized only "
