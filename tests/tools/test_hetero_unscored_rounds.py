@@ -30,3 +30,19 @@ def test_upload_comparison_reads_curves_with_an_unscored_round():
     assert c["equal_accuracy_level"] == pytest.approx(0.9)
     assert c["full"]["bytes_to_level"] == 1600 and c["adapters"]["bytes_to_level"] == 300
     assert c["ratio_at_equal_accuracy"] == pytest.approx(1600 / 300)
+
+
+def _pers(algorithm, mean, worst, global_acc=0.5):
+    return {"dataset": "d", "partition": "dirichlet-0.1", "algorithm": algorithm, "personalization": True,
+            "personalized_accuracy_mean": mean, "personalized_accuracy_min": worst, "final_global_accuracy": global_acc}
+
+
+def test_the_personalization_target_passes_over_a_run_whose_final_rounds_nobody_scored():
+    """final_accuracy is None when every round of the final window went unscored; target (2)
+    compared that None with a float (TypeError) after the whole grid had run."""
+    base = {"dirichlet-0.1": {"local_only": {"accuracy_mean": 0.5}}}
+    unscored = _pers("fedprox", None, None)
+    t = m.target_personalized([unscored, _pers("fedavg", 0.6, 0.9, global_acc=None)], [], base, "d")
+    assert t["candidate"] == "fedavg, adapters" and t["met"] is True and "its own global model -" in t["detail"]
+    alone = m.target_personalized([unscored], [], base, "d")
+    assert alone["met"] is None and alone["detail"].startswith("not measured")

@@ -140,14 +140,18 @@ def target_personalized(cells: Sequence[dict], modes: Sequence[dict], baselines:
     judged = []
     for c in candidates:
         pm, pmin = c["personalized_accuracy_mean"], c["personalized_accuracy_min"]
+        if pm is None or pmin is None:  # no device scored the final window's rounds (simulate/scoring.py)
+            continue
         local = _local_mean(base["local_only"], c["devices"])
         checks = {"vs_local": pm >= local + 0.02, "vs_global": pm >= best_global + 0.10, "worst": pmin >= 0.85}
         judged.append((sum(checks.values()), pm, c, checks, local))
+    if not judged:
+        return _target(2, name, None, "not measured (no device scored a candidate's final rounds)")
     _, pm, best, checks, local = max(judged, key=lambda j: (j[0], j[1]))
-    pmin = best["personalized_accuracy_min"]
+    pmin, own = best["personalized_accuracy_min"], best["final_global_accuracy"]
     detail = (f"best: {best['label']}: mean {pm:.3f}, worst client {pmin:.3f}; local-only on the same devices "
               f"{local:.3f} ({pm - local:+.3f}); best global model of any run {best_global:.3f} "
-              f"({pm - best_global:+.3f}); its own global model {best['final_global_accuracy']:.3f}")
+              f"({pm - best_global:+.3f}); its own global model {'-' if own is None else f'{own:.3f}'}")
     return _target(2, name, all(checks.values()), detail, checks=checks, candidate=best["label"])
 
 
