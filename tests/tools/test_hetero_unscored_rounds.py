@@ -46,3 +46,14 @@ def test_the_personalization_target_passes_over_a_run_whose_final_rounds_nobody_
     assert t["candidate"] == "fedavg, adapters" and t["met"] is True and "its own global model -" in t["detail"]
     alone = m.target_personalized([unscored], [], base, "d")
     assert alone["met"] is None and alone["detail"].startswith("not measured")
+
+
+def test_the_tail_target_reads_p10_from_scored_rounds_and_prints_a_dash_for_an_unscored_mean():
+    """heterogeneity._finals reads p10 from the scored rounds alone, so a run whose final window
+    nobody scored has a p10 but no mean or worst device: the detail prints '-' for them."""
+    unscored = dict(_pers("fedprox", None, None), personalized_accuracy_p10=0.9)
+    scored = dict(_pers("fedavg", 0.95, 0.8), personalized_accuracy_p10=0.9)
+    t = m.target_tail([unscored, scored], "d")
+    assert t["best"] == "fedavg" and t["met"] is True  # a tie on p10 goes to the scored mean
+    alone = m.target_tail([unscored], "d")
+    assert alone["met"] is True and alone["detail"].endswith("worst device -, mean -")

@@ -107,6 +107,15 @@ def _fmt_mult(row: dict, rounds_run: int | None = None) -> str:
     return f"never in {rounds_run or '?'} rounds{bound} (IID: {row['iid_rounds_to_target']})"
 
 
+def _acc(v: float | None) -> str:
+    """An accuracy for a target's detail; '-' where no device scored the final rounds (None)."""
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _or_below(v: float | None) -> float:
+    return -1.0 if v is None else v  # an unscored mean ranks below any accuracy
+
+
 def _local_mean(local_only: dict, devices: Sequence[str] | None) -> float:
     """Local-only mean over `devices` (all when None), so runs with held-out devices compare like for like."""
     per = local_only.get("accuracy_per_device")
@@ -151,7 +160,7 @@ def target_personalized(cells: Sequence[dict], modes: Sequence[dict], baselines:
     pmin, own = best["personalized_accuracy_min"], best["final_global_accuracy"]
     detail = (f"best: {best['label']}: mean {pm:.3f}, worst client {pmin:.3f}; local-only on the same devices "
               f"{local:.3f} ({pm - local:+.3f}); best global model of any run {best_global:.3f} "
-              f"({pm - best_global:+.3f}); its own global model {'-' if own is None else f'{own:.3f}'}")
+              f"({pm - best_global:+.3f}); its own global model {_acc(own)}")
     return _target(2, name, all(checks.values()), detail, checks=checks, candidate=best["label"])
 
 
@@ -165,10 +174,11 @@ def target_tail(cells: Sequence[dict], dataset: str, partition: str = "dirichlet
             and c.get("personalized_accuracy_p10") is not None]
     if not mine:
         return _target(tid, name, None, "not measured (no personalization runs with the 10th percentile)")
-    best = max(mine, key=lambda c: (c["personalized_accuracy_p10"], c["personalized_accuracy_mean"]))
+    # p10 is read from the scored rounds alone (heterogeneity._finals): mean and min may still be None
+    best = max(mine, key=lambda c: (c["personalized_accuracy_p10"], _or_below(c["personalized_accuracy_mean"])))
     p10 = best["personalized_accuracy_p10"]
     detail = (f"best: {best['algorithm']}, adapters: 10th percentile {p10:.3f}, worst device "
-              f"{best['personalized_accuracy_min']:.3f}, mean {best['personalized_accuracy_mean']:.3f}")
+              f"{_acc(best['personalized_accuracy_min'])}, mean {_acc(best['personalized_accuracy_mean'])}")
     return _target(tid, name, p10 >= level, detail, best=best["algorithm"], p10=p10,
                    worst=best["personalized_accuracy_min"])
 
