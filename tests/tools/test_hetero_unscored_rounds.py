@@ -57,3 +57,17 @@ def test_the_tail_target_reads_p10_from_scored_rounds_and_prints_a_dash_for_an_u
     assert t["best"] == "fedavg" and t["met"] is True  # a tie on p10 goes to the scored mean
     alone = m.target_tail([unscored], "d")
     assert alone["met"] is True and alone["detail"].endswith("worst device -, mean -")
+
+
+def test_upload_comparison_of_a_run_whose_final_rounds_nobody_scored_has_no_level():
+    """min(None, 0.9) raised TypeError; with no final accuracy there is no level both runs reach."""
+    adapters = {"personalized_accuracy_curve": [0.5, 0.9, None, None, None], "bytes_up_curve": [100] * 5,
+                "bytes_up_per_round": 100.0, "model": {"shared_params": 10}}
+    full = {"personalized_accuracy_curve": [0.9] * 5, "bytes_up_curve": [800] * 5,
+            "bytes_up_per_round": 800.0, "model": {"shared_params": 80}}
+    c = m.upload_comparison(adapters, full)
+    assert c["equal_accuracy_level"] is None and c["ratio_at_equal_accuracy"] is None
+    assert c["adapters"]["bytes_to_level"] is None and c["full"]["bytes_to_level"] is None
+    assert c["ratio_per_round"] == 8.0
+    t = m.target_adapters(c)
+    assert t["met"] is False and "personalized mean -: n/a" in t["detail"]

@@ -223,7 +223,7 @@ def target_adapters(comparison: dict | None, min_ratio: float = 7.0) -> dict:
         return _target(4, name, None, "not measured (needs the adapters and full mode runs)")
     ratio = comparison["ratio_at_equal_accuracy"]
     detail = (f"per round {comparison['ratio_per_round']:.1f}x; to reach personalized mean "
-              f"{comparison['equal_accuracy_level']:.3f}: "
+              f"{_acc(comparison['equal_accuracy_level'])}: "
               + (f"{ratio:.1f}x fewer bytes" if ratio is not None else "n/a"))
     return _target(4, name, ratio is not None and ratio >= min_ratio, detail)
 
@@ -233,9 +233,11 @@ def upload_comparison(adapters: dict, full: dict, window: int = 3) -> dict:
     personalized accuracies (so both runs reach it)."""
     fa = final_accuracy(adapters["personalized_accuracy_curve"], window)
     ff = final_accuracy(full["personalized_accuracy_curve"], window)
-    level = min(fa, ff)
-    ba = bytes_to_reach(adapters["personalized_accuracy_curve"], adapters["bytes_up_curve"], level)
-    bf = bytes_to_reach(full["personalized_accuracy_curve"], full["bytes_up_curve"], level)
+    # None where no device scored a run's final window: no level both reach, no bytes to it
+    level = None if fa is None or ff is None else min(fa, ff)
+    ba, bf = (None, None) if level is None else (
+        bytes_to_reach(adapters["personalized_accuracy_curve"], adapters["bytes_up_curve"], level),
+        bytes_to_reach(full["personalized_accuracy_curve"], full["bytes_up_curve"], level))
     return {
         "adapters": {"bytes_up_per_round": adapters["bytes_up_per_round"], "personalized_accuracy_mean": fa,
                      "shared_params": adapters["model"]["shared_params"], "bytes_to_level": ba},
