@@ -31,8 +31,13 @@ class HoldoutCheck:
         except ImportError:
             raise ConfigError("guard_set needs onnxruntime on the coordinator: pip install 'fedge[device]'") from None
         art = Path(artifacts_dir)
-        data = load_npz(Path(set_path))
-        if "x" not in data or "y" not in data or len(data["x"]) != len(data["y"]) or not len(data["y"]):
+        try:
+            data = load_npz(Path(set_path))
+        except Exception as exc:  # missing, a folder, not an .npz, damaged: np.load raises a dozen kinds
+            raise ConfigError(f"guard_set {set_path}: cannot be read as an .npz of x and y "
+                              f"({type(exc).__name__}: {exc})") from None
+        if "x" not in data or "y" not in data or not data["x"].ndim or not data["y"].ndim \
+                or len(data["x"]) != len(data["y"]) or not len(data["y"]):  # a 0-d array has no len()
             raise ConfigError(f"guard_set {set_path}: needs arrays x and y of the same, non-zero length")
         x, self.y = checked_set(set_path, np.asarray(data["x"]), np.asarray(data["y"]), manifest)
         init = load_npz(art / "params_init.npz")

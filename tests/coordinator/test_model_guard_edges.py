@@ -8,6 +8,7 @@ version; a device's reported loss and norm at their limits."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -81,6 +82,23 @@ def test_a_guard_set_whose_x_and_y_differ_in_length_is_a_config_error(tiny, tmp_
     path = tmp_path / "guard.npz"
     np.savez(path, x=np.zeros((5, FEATURES), np.float32), y=np.zeros(4, np.int64))
     with pytest.raises(ConfigError, match="same, non-zero length"):
+        HoldoutCheck(art, manifest, path, 1.5)
+
+
+@pytest.mark.parametrize("bad", ["x of one number", "y of one number", "not an npz", "missing", "a folder"])
+def test_a_guard_set_that_cannot_be_read_or_holds_0_d_arrays_is_a_config_error(tiny, tmp_path, bad):
+    """Was TypeError (len() of a 0-d array) or whatever np.load raised, out of the coordinator's start."""
+    art, manifest, _ = tiny
+    path = tmp_path / "guard.npz"
+    if bad == "x of one number":
+        np.savez(path, x=np.float32(1), y=np.zeros(1, np.int64))
+    elif bad == "y of one number":
+        np.savez(path, x=np.zeros((1, FEATURES), np.float32), y=np.int64(1))
+    elif bad == "not an npz":
+        path.write_bytes(b"not a zip")
+    elif bad == "a folder":
+        path.mkdir()
+    with pytest.raises(ConfigError, match=re.escape(f"guard_set {path}:")):
         HoldoutCheck(art, manifest, path, 1.5)
 
 

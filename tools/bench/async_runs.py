@@ -12,14 +12,14 @@ decoder reads its Update frame (tools/bench/device_task.py). What is simulated: 
 virtual fleet); there is no transport, the frames are handed over in memory.
 
 Sync round: wait, a minute at a time, for a quorum (ceil(clients_per_round / 2)) of available
-devices (a simulated day without one is a ConfigError: the shipped profiles repeat within a day,
-so it would wait for ever); ask selection_size(clients_per_round, over_selection) of them;
-a device whose download + compute passes the deadline (the fleet's p-th percentile task
-time) stops and sends nothing; the round closes at the clients_per_round-th report or the
-deadline, whichever comes first (an upload may end past the deadline), and commits with at
-least the quorum. Reports that finish after the close still cross the uplink (and are
-counted). Async: every task's deadline is async_deadline_factor x the sync deadline; an expired
-or lost task frees its slot.
+devices; a simulated day without one (or the longest period of a profile given by path, where
+that is longer) is a ConfigError, since the traces repeat and it would wait for ever; ask
+selection_size(clients_per_round, over_selection) of them; a device whose download + compute
+passes the deadline (the fleet's p-th percentile task time) stops and sends nothing; the round
+closes at the clients_per_round-th report or the deadline, whichever comes first (an upload may
+end past the deadline), and commits with at least the quorum. Reports that finish after the
+close still cross the uplink (and are counted). Async: every task's deadline is
+async_deadline_factor x the sync deadline; an expired or lost task frees its slot.
 """
 
 from __future__ import annotations

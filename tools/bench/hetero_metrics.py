@@ -107,6 +107,15 @@ def _fmt_mult(row: dict, rounds_run: int | None = None) -> str:
     return f"never in {rounds_run or '?'} rounds{bound} (IID: {row['iid_rounds_to_target']})"
 
 
+def _acc(v: float | None) -> str:
+    """An accuracy for a target's detail; '-' where no device scored the final rounds (None)."""
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _or_below(v: float | None) -> float:
+    return -1.0 if v is None else v  # an unscored mean ranks below any accuracy
+
+
 def _local_mean(local_only: dict, devices: Sequence[str] | None) -> float:
     """Local-only mean over `devices` (all when None), so runs with held-out devices compare like for like."""
     per = local_only.get("accuracy_per_device")
@@ -140,14 +149,18 @@ def target_personalized(cells: Sequence[dict], modes: Sequence[dict], baselines:
     judged = []
     for c in candidates:
         pm, pmin = c["personalized_accuracy_mean"], c["personalized_accuracy_min"]
+        if pm is None or pmin is None:  # no device scored the final window's rounds (simulate/scoring.py)
+            continue
         local = _local_mean(base["local_only"], c["devices"])
         checks = {"vs_local": pm >= local + 0.02, "vs_global": pm >= best_global + 0.10, "worst": pmin >= 0.85}
         judged.append((sum(checks.values()), pm, c, checks, local))
+    if not judged:
+        return _target(2, name, None, "not measured (no device scored a candidate's final rounds)")
     _, pm, best, checks, local = max(judged, key=lambda j: (j[0], j[1]))
-    pmin = best["personalized_accuracy_min"]
+    pmin, own = best["personalized_accuracy_min"], best["final_global_accuracy"]
     detail = (f"best: {best['label']}: mean {pm:.3f}, worst client {pmin:.3f}; local-only on the same devices "
               f"{local:.3f} ({pm - local:+.3f}); best global model of any run {best_global:.3f} "
-              f"({pm - best_global:+.3f}); its own global model {best['final_global_accuracy']:.3f}")
+              f"({pm - best_global:+.3f}); its own global model {_acc(own)}")
     return _target(2, name, all(checks.values()), detail, checks=checks, candidate=best["label"])
 
 
@@ -161,10 +174,11 @@ def target_tail(cells: Sequence[dict], dataset: str, partition: str = "dirichlet
             and c.get("personalized_accuracy_p10") is not None]
     if not mine:
         return _target(tid, name, None, "not measured (no personalization runs with the 10th percentile)")
-    best = max(mine, key=lambda c: (c["personalized_accuracy_p10"], c["personalized_accuracy_mean"]))
+    # p10 is read from the scored rounds alone (heterogeneity._finals): mean and min may still be None
+    best = max(mine, key=lambda c: (c["personalized_accuracy_p10"], _or_below(c["personalized_accuracy_mean"])))
     p10 = best["personalized_accuracy_p10"]
     detail = (f"best: {best['algorithm']}, adapters: 10th percentile {p10:.3f}, worst device "
-              f"{best['personalized_accuracy_min']:.3f}, mean {best['personalized_accuracy_mean']:.3f}")
+              f"{_acc(best['personalized_accuracy_min'])}, mean {_acc(best['personalized_accuracy_mean'])}")
     return _target(tid, name, p10 >= level, detail, best=best["algorithm"], p10=p10,
                    worst=best["personalized_accuracy_min"])
 
@@ -209,7 +223,7 @@ def target_adapters(comparison: dict | None, min_ratio: float = 7.0) -> dict:
         return _target(4, name, None, "not measured (needs the adapters and full mode runs)")
     ratio = comparison["ratio_at_equal_accuracy"]
     detail = (f"per round {comparison['ratio_per_round']:.1f}x; to reach personalized mean "
-              f"{comparison['equal_accuracy_level']:.3f}: "
+              f"{_acc(comparison['equal_accuracy_level'])}: "
               + (f"{ratio:.1f}x fewer bytes" if ratio is not None else "n/a"))
     return _target(4, name, ratio is not None and ratio >= min_ratio, detail)
 
@@ -219,9 +233,11 @@ def upload_comparison(adapters: dict, full: dict, window: int = 3) -> dict:
     personalized accuracies (so both runs reach it)."""
     fa = final_accuracy(adapters["personalized_accuracy_curve"], window)
     ff = final_accuracy(full["personalized_accuracy_curve"], window)
-    level = min(fa, ff)
-    ba = bytes_to_reach(adapters["personalized_accuracy_curve"], adapters["bytes_up_curve"], level)
-    bf = bytes_to_reach(full["personalized_accuracy_curve"], full["bytes_up_curve"], level)
+    # None where no device scored a run's final window: no level both reach, no bytes to it
+    level = None if fa is None or ff is None else min(fa, ff)
+    ba, bf = (None, None) if level is None else (
+        bytes_to_reach(adapters["personalized_accuracy_curve"], adapters["bytes_up_curve"], level),
+        bytes_to_reach(full["personalized_accuracy_curve"], full["bytes_up_curve"], level))
     return {
         "adapters": {"bytes_up_per_round": adapters["bytes_up_per_round"], "personalized_accuracy_mean": fa,
                      "shared_params": adapters["model"]["shared_params"], "bytes_to_level": ba},
