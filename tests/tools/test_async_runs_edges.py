@@ -141,6 +141,29 @@ def test_the_quorum_wait_looks_as_far_ahead_as_the_longest_profile_period():
         run_sync(_Task([1.0], [1]), _TwoDayProfile(1, on=True), RunConfig(clients_per_round=4, rounds=1))
 
 
+class _HugePeriod(_TwoDayProfile):
+    """A profile given by path whose trace repeats every 10^9 s (31 years), its devices never on."""
+
+    profiles = (SimpleNamespace(trace=SimpleNamespace(period_s=1e9)),)
+
+    def __init__(self, devices):
+        super().__init__(devices, on=False)
+        self.asked = 0
+
+    def available(self, device, t):
+        self.asked += 1
+        return False
+
+
+def test_the_quorum_wait_looks_a_week_ahead_at_most():
+    """A period of 10^9 s once meant a scan of 16.7 million minutes; the wait stops after a week
+    (7 x 1,440 minutes and the first) and says so."""
+    fleet = _HugePeriod(1)
+    with pytest.raises(ConfigError, match="no minute of 7 simulated days has the sync round's quorum of 2"):
+        run_sync(_Task([1.0], [1]), fleet, RunConfig(clients_per_round=4, rounds=1))
+    assert fleet.asked == 7 * 1440 + 1
+
+
 def test_fedbuff_weighs_a_stale_update_by_one_over_the_root_of_one_plus_its_staleness():
     """Concurrency 2, K = 1: d0 (delta 1) lands at 10 s on version 0 and makes version 1;
     d1 (delta 4), sent on version 0, lands at 20 s with staleness 1: 1 + 4 / sqrt(2)."""

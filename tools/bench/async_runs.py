@@ -13,7 +13,7 @@ virtual fleet); there is no transport, the frames are handed over in memory.
 
 Sync round: wait, a minute at a time, for a quorum (ceil(clients_per_round / 2)) of available
 devices; a simulated day without one (or the longest period of a profile given by path, where
-that is longer) is a ConfigError, since the traces repeat and it would wait for ever; ask
+that is longer, up to a week) is a ConfigError, since the traces repeat and it would wait for ever; ask
 selection_size(clients_per_round, over_selection) of them; a device whose download + compute
 passes the deadline (the fleet's p-th percentile task time) stops and sends nothing; the round
 closes at the clients_per_round-th report or the deadline, whichever comes first (an upload may
@@ -54,6 +54,7 @@ from .device_task import DeviceTask as Task
 from .virtual_fleet import VirtualFleet
 
 WAIT_DAY_STEPS = 1440  # one-minute steps in a day: the shipped profiles' periods (300 s to a day) divide it
+WAIT_MAX_STEPS = 7 * WAIT_DAY_STEPS  # a week: a profile's period of 1e9 s once meant 16.7 million minutes' scan
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,16 @@ def _ids(devices) -> list[str]:
 def _wait_for_quorum(fleet: VirtualFleet, now: float, quorum: int, wanted: int) -> tuple[float, list[int]]:
     """(the first minute from `now` with at least `quorum` devices available, those devices), as
     the loop waits. Every profile's trace repeats, so a day (or the longest period of a profile
-    given by path, if longer) without a quorum is never: ConfigError."""
+    given by path, if longer, up to a week: WAIT_MAX_STEPS) without a quorum is never: ConfigError."""
     longest = max((p.trace.period_s or 0.0 for p in fleet.profiles), default=0.0)
-    for _ in range(max(WAIT_DAY_STEPS, math.ceil(longest / 60.0)) + 1):
+    steps = min(max(WAIT_DAY_STEPS, math.ceil(longest / 60.0)), WAIT_MAX_STEPS)
+    for _ in range(steps + 1):
         candidates = [d for d in range(len(fleet)) if fleet.available(d, now)]
         if len(candidates) >= quorum:
             return now, candidates
         now += 60.0
-    raise ConfigError(f"no minute of a simulated day has the sync round's quorum of {quorum} ({wanted} a round) "
+    span = "a simulated day" if steps == WAIT_DAY_STEPS else f"{steps / WAIT_DAY_STEPS:g} simulated days"
+    raise ConfigError(f"no minute of {span} has the sync round's quorum of {quorum} ({wanted} a round) "
                       f"available among {len(fleet)} devices; use more devices or fewer a round")
 
 
