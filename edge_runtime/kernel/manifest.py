@@ -7,8 +7,11 @@ of the same spec give the same id, and any change to the model gives a new one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,9 +142,23 @@ def state_key(manifest: Manifest, values: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:32]
 
 
+def open_regular(path: Path):
+    """`path` opened for reading in binary, or OSError where it is not a regular file: opened
+    without O_NONBLOCK, a FIFO by an artifact's name blocked the device until a writer came."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -149,7 +166,7 @@ def sha256_file(path: Path) -> str:
 
 def manifest_hash(directory: Path) -> str | None:
     """The sha256 of a model folder's manifest, or None where it cannot be read (missing, a
-    folder by that name, no permission): such a folder holds no known model."""
+    folder or a FIFO by that name, no permission): such a folder holds no known model."""
     try:
         return sha256_file(Path(directory) / MANIFEST_FILE)
     except OSError:
@@ -164,7 +181,8 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
         raise ArtifactError(f"{directory}: no {MANIFEST_FILE}; build artifacts with `fedge build-artifacts SPEC "
                             f"{directory}`")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular(path) as fh:
+            text = fh.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:  # a folder by its name, a bad sector, not UTF-8: were bare
         raise ArtifactError(f"{path}: cannot be read ({exc}); rebuild with `fedge build-artifacts`") from None
     manifest = Manifest.from_json(text, where=str(path))

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.kernel.errors import ArtifactError, ArtifactIntegrityError, ManifestMismatch
-from fedge.edge_runtime.kernel.manifest import MANIFEST_FORMAT, Manifest, ParamInfo, check_params, verify_files
+from fedge.edge_runtime.kernel.manifest import (
+    MANIFEST_FORMAT,
+    Manifest,
+    ParamInfo,
+    check_params,
+    load_manifest,
+    verify_files,
+)
 
 
 def _manifest(files: dict[str, str] | None = None) -> Manifest:
@@ -54,3 +61,43 @@ def test_a_listed_name_that_is_a_folder_is_an_integrity_error_not_an_oserror(tmp
     (tmp_path / "ort").mkdir()
     with pytest.raises(ArtifactIntegrityError, match="ort: listed in the manifest but cannot be read"):
         verify_files(tmp_path, _manifest({"ort": "0" * 64}))
+
+
+def _fifo_folder(tmp_path, which: str):
+    """A model folder whose manifest.json, or whose one listed file, is a FIFO nothing writes to."""
+    import os
+
+    folder = tmp_path / "m1"
+    folder.mkdir()
+    if which == "manifest":
+        os.mkfifo(folder / "manifest.json")
+    else:
+        (folder / "manifest.json").write_text(_manifest({"a.onnx": "0" * 64}).to_json(), encoding="utf-8")
+        os.mkfifo(folder / "a.onnx")
+    return folder
+
+
+@pytest.mark.parametrize("which", ["manifest", "listed file"])
+def test_a_fifo_by_an_artifact_s_name_is_refused_by_name_not_waited_on(tmp_path, which):
+    """Opened for reading, a FIFO blocks until something writes to it: a device reading a
+    manifest.json or a listed file that is one hung for ever. Now it is a file that cannot be read."""
+    import threading
+
+    from fedge.edge_runtime.kernel.manifest import manifest_hash
+
+    folder = _fifo_folder(tmp_path, which)
+    outcome = []
+
+    def load():
+        try:
+            load_manifest(folder, verify=True)
+            outcome.append("loaded")
+        except ArtifactError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(5.0)
+    assert outcome and isinstance(outcome[0], ArtifactError) and "cannot be read" in str(outcome[0]), outcome
+    if which == "manifest":
+        assert manifest_hash(folder) is None
