@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.features import as_features, laid_out_otherwise
+from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError
+from fedge.edge_runtime.kernel.features import laid_out_otherwise
 from fedge.edge_runtime.kernel.files import load_npz
 from fedge.edge_runtime.kernel.manifest import Manifest
+from fedge.edge_runtime.kernel.split_check import MODEL_MAX_CLASSES, check_split
 
 from .guard import holdout_fault, mean_cross_entropy
 
@@ -77,32 +78,26 @@ class HoldoutCheck:
 
 def checked_set(set_path, x: np.ndarray, y: np.ndarray, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     """(x as the model's input, float32 with uint8 as x / 255; y as int64), or ConfigError naming what
-    is wrong. Checked at start: a label past the model's classes raised IndexError out of the first
-    commit, a negative one was read from the end (-1 as the last class), 1.7 as class 1, an (n, 1)
-    y indexed the logits as an (n, n) grid, and x of another width failed in onnxruntime at the
-    first commit; NaN in x made every model's loss inf, which holdout_fault refuses every time. x of
-    the right size in another layout (channels-last) is refused as the devices refuse theirs."""
+    is wrong: the devices' own checks of a split (kernel/split_check.py) with the model's classes as
+    the label bound, then its input's size and layout. Checked at start: a label past the model's
+    classes raised IndexError out of the first commit, a negative one was read from the end (-1 as
+    the last class), 1.7 as class 1, an (n, 1) y indexed the logits as an (n, n) grid, and x of
+    another width failed in onnxruntime at the first commit; NaN in x made every model's loss inf,
+    which holdout_fault refuses every time. x of the right size in another layout (channels-last)
+    is refused as the devices refuse theirs."""
     where = f"guard_set {set_path}"
-    if y.ndim == 2 and y.shape[1:] == (1,):  # a column of labels, as the devices take it
-        y = y.reshape(-1)
-    if y.ndim != 1 or y.dtype.kind not in "iufb" or x.dtype.kind not in "iufb":
-        raise ConfigError(f"{where}: x must be numeric and y 1-D class indices, got x {x.dtype} and y {y.dtype} "
-                          f"{y.shape}")
-    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
-        raise ConfigError(f"{where}: y holds non-integer values; labels must be class indices 0, 1, ...")
     classes = int(manifest.spec.get("num_classes", 0))
-    if y.min() < 0 or (classes and y.max() >= classes):
-        raise ConfigError(f"{where}: labels run {y.min()} .. {y.max()}; the model's are 0 .. {classes - 1}")
+    try:
+        x32, y = check_split(Path(str(set_path)), "", x, y, max_classes=classes or MODEL_MAX_CLASSES)
+    except DatasetError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     want = tuple(manifest.input_shape)
     if math.prod(x.shape[1:]) != math.prod(want):
         raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example; the model takes {want}")
     if laid_out_otherwise(x, want):  # the devices' rule: ModelRuntime.check_input
         raise ConfigError(f"{where}: x has shape {x.shape[1:]} per example, laid out otherwise than the model's "
                           f"input {want} (channels-last for a channels-first model? np.moveaxis(x, -1, 1))")
-    x32 = as_features(x)  # uint8 as x / 255, as the devices read theirs
-    if not np.isfinite(x32).all():
-        raise ConfigError(f"{where}: x contains NaN or Inf (or values too large for float32)")
-    return x32.reshape(len(x32), *want), y.astype(np.int64)
+    return x32.reshape(len(x32), *want), y
 
 
 def open_holdout(config, manifest: Manifest) -> HoldoutCheck | None:
