@@ -120,6 +120,18 @@ def test_split_flags_are_refused_with_data(flags, tmp_path, capsys):
     assert "do not apply with --data" in err and all(f in err for f in flags if f.startswith("--"))
 
 
+@pytest.mark.parametrize("flag", ["--devices", "--dataset", "--partition", "--classes-per-client"])
+def test_a_split_flag_typed_at_its_default_is_refused_with_data(flag, tmp_path, capsys):
+    """`--devices 20 --data DIR` once ran (the check compared values with the defaults), while
+    `--devices 7 --data DIR` was refused; the value typed here is the default SimConfig holds."""
+    from fedge.tools.simulate.config import SimConfig
+
+    default = str(getattr(SimConfig, flag[2:].replace("-", "_")))
+    assert main(["simulate", "--data", str(_blobs(tmp_path / "d")), "--rounds", "1", "--quiet", flag, default]) == 2
+    err = capsys.readouterr().err
+    assert "do not apply with --data" in err and f"{flag} do not apply" in err
+
+
 def test_run_json_records_what_ran_and_labels_never_trained(tmp_path, capsys):
     data = _blobs(tmp_path / "clinic", clients=5, label_offset=1)  # 1-based labels: class 0 is never seen
     out = tmp_path / "run.json"

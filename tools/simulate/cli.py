@@ -28,7 +28,7 @@ from .config import (
     load_device_tables,
     with_options,
 )
-from .flag_checks import check_options_apply
+from .flag_checks import check_options_apply, check_split_flags
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,14 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-config", metavar="FILE.toml", type=path_arg,
                    help="every device's [eligibility] (used with mqtt "
                    "profiles) and [agent] timings from this device TOML (the file `fedge device run` reads)")
-    p.add_argument("--devices", type=int, default=d.devices, help="simulated devices (default %(default)s)")
+    p.add_argument("--devices", type=int, default=None, help=f"simulated devices (default {d.devices})")
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seed for data split, sampling and training (the initial weights come from the model "
                    "spec's init_seed)")
-    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                   help="mnist5k, digits (shipped in pip wheels) or synthetic (FedProx's synthetic(α, β), "
-                        "generated: one device per generated client, any number of devices)")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help=f"mnist5k, digits (shipped in pip wheels) or synthetic (FedProx's synthetic(α, β), "
+                        f"generated: one device per generated client, any number of devices; default {d.dataset})")
     p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
     standardize_flags(p, "each device standardizes its features with its own training mean and std (default "
@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       "0..255) are read as x / 255 instead, as uint8 is; under label skew "
                       "it costs global accuracy; README, Bring your own data)",
                       "train on --data features as saved, even when they are far from standardized")
-    p.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="how the dataset is split over devices")
+    p.add_argument("--partition", choices=PARTITIONS, default=None,
+                   help=f"how the dataset is split over devices (default {d.partition})")
     p.add_argument("--alpha", type=float, default=None,
                    help=f"dirichlet: the concentration, smaller = more label skew (default {DIRICHLET_ALPHA}); "
                         f"synthetic: α, how much the devices' models differ (default {SYNTHETIC_ALPHA})")
@@ -146,7 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .fleet import check_split_flags, run_simulation
+    from .fleet import run_simulation
     from .report import HEADER, constant_guess, format_row, format_summary, summarize, write_json, write_plot
 
     if args.plot_path is not None and (Path(args.plot_path).suffix.lower() != ".png" or Path(args.plot_path).is_dir()):
@@ -160,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
         args.json_path = str(Path(args.out_dir) / "run.json")
     out_dir = args.out_dir or (str(Path(args.json_path).parent) if args.json_path else "runs/sim")
     cfg = build_config(args, out_dir)
-    check_split_flags(cfg)
-    check_options_apply(cfg, {name for name in (*COORDINATOR_FLAGS, *TYPED_ONLY) if getattr(args, name) is not None})
+    typed = {name for name in (*COORDINATOR_FLAGS, *TYPED_ONLY) if getattr(args, name) is not None}
+    check_split_flags(cfg, typed)
+    check_options_apply(cfg, typed)
     # a --json or --plot the user named is theirs to replace; what --out names is checked
     ours = (() if named_json else (".json",)) + (() if args.plot_path else (".png",))
     if args.json_path:
@@ -219,8 +221,10 @@ COORDINATOR_FLAGS = ("clients_per_round", "over_selection", "epochs", "batch_siz
 
 
 # Flags whose default is None on the command line, so that one typed at its default value is still
-# seen as typed and refused where it applies to nothing (flag_checks.check_options_apply).
-TYPED_ONLY = ("classes_per_client", "finetune_steps", "new_device_steps", "attackers")
+# seen as typed and refused where it applies to nothing (flag_checks.check_options_apply, and
+# check_split_flags for the split flags with --data).
+TYPED_ONLY = ("classes_per_client", "finetune_steps", "new_device_steps", "attackers", "devices", "dataset",
+              "partition")
 
 
 def _typed(args: argparse.Namespace, name: str):
@@ -238,8 +242,9 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     coordinator = with_options(coordinator, **given)
     eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
     return SimConfig(
-        devices=args.devices, rounds=args.rounds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
-        standardize=args.standardize, partition=args.partition, alpha=args.alpha, beta=args.beta,
+        devices=_typed(args, "devices"), rounds=args.rounds, seed=args.seed, dataset=_typed(args, "dataset"),
+        data_dir=args.data_dir, standardize=args.standardize, partition=_typed(args, "partition"),
+        alpha=args.alpha, beta=args.beta,
         classes_per_client=_typed(args, "classes_per_client"), model=args.model,
         backend=args.backend, coordinator=coordinator, eligibility=eligibility, agent=agent,
         baselines=tuple(b for b in (args.baselines or "").split(",") if b), out_dir=out_dir,

@@ -4,6 +4,8 @@ benchmarks and the Python API set every field of a grid alike, whether a cell re
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .config import SimConfig
@@ -14,15 +16,14 @@ STRATEGY_FLAGS = {"prox_mu": ("fedprox",), "server_momentum": ("fedavgm",), "ser
                   "server_beta2": ADAPTIVE, "server_tau": ADAPTIVE}
 
 
-def check_options_apply(cfg: SimConfig, coordinator_flags: set[str]) -> None:
-    """cfg: what the flags built; coordinator_flags: the flags typed (by dest): the coordinator's,
+def check_options_apply(cfg: SimConfig, typed: Collection[str]) -> None:
+    """cfg: what the flags built; typed: the flags typed (by dest): the coordinator's (cli.COORDINATOR_FLAGS),
     and the ones a run may not use (cli.TYPED_ONLY), refused when typed even at their default value
     (`--attackers 0.2` without `--attack` once passed; `--attackers 0.3` did not)."""
     for flag, strategies in STRATEGY_FLAGS.items():
-        if flag in coordinator_flags and cfg.coordinator.strategy not in strategies:
+        if flag in typed and cfg.coordinator.strategy not in strategies:
             raise ConfigError(f"--{flag.replace('_', '-')} applies to --strategy {' or '.join(strategies)}, "
                               f"not {cfg.coordinator.strategy}")
-    typed = coordinator_flags
     if cfg.attack is None and ("attackers" in typed or cfg.attackers != SimConfig.attackers or cfg.omniscient):
         raise ConfigError("--attackers and --omniscient need --attack")
     split = cfg.data_dir is None and not cfg.synthetic
@@ -45,8 +46,23 @@ def check_options_apply(cfg: SimConfig, coordinator_flags: set[str]) -> None:
         if getattr(cfg, f"{baseline}_epochs") is not None and baseline not in cfg.baselines:
             raise ConfigError(f"--{baseline}-epochs applies to --baselines {baseline}, not --baselines "
                               f"{','.join(cfg.baselines) or '(none)'}")
-    if cfg.personalization == "none" and "personal_head_from_global" in coordinator_flags:
+    if cfg.personalization == "none" and "personal_head_from_global" in typed:
         raise ConfigError("--personal-head-from-global: --personalization none keeps no personal head")
+
+
+# Flags that describe how a shipped dataset is split; a --data folder is already split.
+SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "beta", "classes_per_client")
+
+
+def check_split_flags(cfg: SimConfig, typed: Collection[str]) -> None:
+    """A user's --data run must not carry split settings it would silently ignore; `typed`: the
+    flags given on the command line (by dest), so that one typed at its default is refused too
+    (`--devices 20 --data DIR` once passed; `--devices 7` did not)."""
+    given = [f"--{n.replace('_', '-')}" for n in SPLIT_FLAGS
+             if n in typed or getattr(cfg, n) != getattr(SimConfig, n)]
+    if cfg.data_dir and given:
+        raise ConfigError(f"{', '.join(given)} do not apply with --data: each .npz file in {cfg.data_dir} is "
+                          f"one device, split as you saved it; drop {'them' if len(given) > 1 else 'it'}")
 
 
 def check_alpha_applies(partition: str, alpha: float | None, also: str = "") -> None:

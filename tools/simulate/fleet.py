@@ -80,18 +80,6 @@ class SimResult:
     summary: dict = field(default_factory=dict)
 
 
-# Flags that describe how a shipped dataset is split; a --data folder is already split.
-SPLIT_FLAGS = ("devices", "dataset", "partition", "alpha", "beta", "classes_per_client")
-
-
-def check_split_flags(cfg: SimConfig) -> None:
-    """A user's --data run must not carry split settings it would silently ignore."""
-    given = [f"--{n.replace('_', '-')}" for n in SPLIT_FLAGS if getattr(cfg, n) != getattr(SimConfig, n)]
-    if cfg.data_dir and given:
-        raise ConfigError(f"{', '.join(given)} do not apply with --data: each .npz file in {cfg.data_dir} is "
-                          f"one device, split as you saved it; drop {'them' if len(given) > 1 else 'it'}")
-
-
 def load_data(cfg: SimConfig, named: ModelSpec | None = None) -> FederatedDataset:
     """The devices' data; `named`: cfg.model's spec when the caller loaded it already."""
     if cfg.data_dir:  # standardize None: auto (tools/standardizing.py), which an imported --model turns off
