@@ -34,6 +34,7 @@ from fedge.edge_runtime.kernel.protocol import MAX_SHARDS, device_topic
 from fedge.tools.broker.config import ACL_NAME, COORDINATOR_USER, SHIPPED, shipped_text
 from fedge.tools.broker.ejabberd_shards import ejabberd_config
 from fedge.tools.broker.errors import ReservedUsername
+from fedge.tools.broker.foreign import refuse_foreign
 from fedge.tools.broker.passwd import BROKER_USER, generate_password, upsert_password, write_private_file
 from fedge.tools.broker.shard_users import SHARD_USER_PREFIX, is_shard_user, shard_acl, shard_users
 from fedge.tools.cli_args import int_in, path_arg
@@ -203,13 +204,7 @@ def make_data_dir(path: str | Path) -> Path:
 def _refuse_replacing(files: dict[Path, bytes], overwrite: bool) -> None:
     """Unless overwrite: a path that holds something other than what fedge would write there
     is the operator's (a config they edited, their own CA's certificate); name them and stop."""
-    if overwrite:
-        return
-    kept = [str(path) for path, data in files.items()
-            if path.is_symlink() or path.exists() and (not path.is_file() or path.read_bytes() != data)]
-    if kept:
-        raise ConfigError(f"{', '.join(kept)} already exist{'s' if len(kept) == 1 else ''} with other content; "
-                          "fedge does not replace them: move them, or pass --force")
+    refuse_foreign(files, overwrite=overwrite, advice="move them, or pass --force")
 
 
 def _check_ca_copy(ca_cert: Path, out: Path, overwrite: bool) -> bool:

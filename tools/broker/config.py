@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .foreign import refuse_foreign
 from .shard_users import shard_acl
 
 MAX_PACKET_SIZE = 1 << 20  # bytes, the whole MQTT packet; larger fedge messages travel as chunks
@@ -32,6 +33,8 @@ DEVICE_READS = ("task", "ack", "artifact")
 COORDINATOR_USER = "coordinator"
 ACL_NAME = "fedge.acl"
 SHIPPED = ("mosquitto-dev.conf", "mosquitto-prod.conf", ACL_NAME)
+# The first line of every config render_config writes: how write_config knows its own earlier copy.
+RENDERED = "# Rendered by tools/broker/config.py; see tools/broker/files/ for the commented originals."
 # Paths the shipped configs name; `shipped_text` rewrites them for another install location.
 SHIPPED_CONF_DIR = "/etc/mosquitto/fedge/"
 SHIPPED_DATA_DIR = "/var/lib/mosquitto/"
@@ -117,7 +120,7 @@ def render_config(cfg: BrokerConfig, acl_path: str | None = None) -> str:
     if cfg.port == 0:
         raise ConfigError("render_config needs a concrete port (MosquittoProcess picks one for port 0)")
     lines = [
-        "# Rendered by tools/broker/config.py; see tools/broker/files/ for the commented originals.",
+        RENDERED,
         "per_listener_settings false",
         f"max_packet_size {cfg.max_packet_size}",
         "max_inflight_messages 20",
@@ -165,16 +168,29 @@ def render_config(cfg: BrokerConfig, acl_path: str | None = None) -> str:
 
 def write_config(cfg: BrokerConfig, directory: str | Path) -> Path:
     """Write mosquitto.conf (and, for a secured broker without its own ACL, fedge.acl) into
-    `directory`; return the config's path."""
+    `directory`; return the config's path. A file there by either name that fedge did not write
+    (other bytes; for mosquitto.conf, also not an earlier render: another port, another run) is
+    kept byte-identical: ForeignFile, and nothing written."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    acl_path = None
-    if cfg.secured and cfg.acl_file is None:
-        acl_path = directory / ACL_NAME
-        acl_path.write_text(acl_text(cfg.shards), encoding="utf-8")
+    acl_path = directory / ACL_NAME if cfg.secured and cfg.acl_file is None else None
     path = directory / "mosquitto.conf"
-    path.write_text(render_config(cfg, None if acl_path is None else str(acl_path)), encoding="utf-8")
+    text = render_config(cfg, None if acl_path is None else str(acl_path))
+    files = {path: text.encode()} | ({} if acl_path is None else {acl_path: acl_text(cfg.shards).encode()})
+    check_work_folder(files)
+    directory.mkdir(parents=True, exist_ok=True)
+    for target, data in files.items():
+        target.write_bytes(data)
     return path
+
+
+def check_work_folder(files: dict[Path, bytes]) -> None:
+    """ForeignFile unless each of `files` (path -> the bytes to write) is absent, holds those
+    bytes, or is a mosquitto.conf that render_config wrote (its first line is RENDERED)."""
+    refuse_foreign(files, ours=_rendered, advice="move them, or give the broker another work folder")
+
+
+def _rendered(path: Path, old: bytes) -> bool:
+    return path.name == "mosquitto.conf" and old.startswith(RENDERED.encode() + b"\n")
 
 
 def _dir(path: str | Path) -> str:

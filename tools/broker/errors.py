@@ -10,10 +10,13 @@ Bad provisioning input (an invalid device id, a key that would be overwritten) i
 ConfigError from fedge.edge_runtime.kernel.errors: it is the operator's input that is wrong.
 
     ConfigError                   (fedge.edge_runtime.kernel.errors)
-    └── ReservedUsername          a device id that names a coordinator process's broker user
-                                  (`coordinator`, or fedge-shard-N: the ACL's pattern lines
-                                  would give that device their topics, and the broker its
-                                  client id)
+    ├── ReservedUsername          a device id that names a coordinator process's broker user
+    │                             (`coordinator`, or fedge-shard-N: the ACL's pattern lines
+    │                             would give that device their topics, and the broker its
+    │                             client id)
+    └── ForeignFile               a file fedge would write is there already with other content
+                                  (the operator's config or ACL, a link): left as it is
+                                  (foreign.py)
 """
 
 from __future__ import annotations
@@ -35,3 +38,7 @@ class BrokerStartFailed(BrokerError):
 
 class ReservedUsername(ConfigError):
     reason = "reserved_username"
+
+
+class ForeignFile(ConfigError):
+    reason = "foreign_file"

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import BrokerConfig, write_config
+from .config import BrokerConfig, check_work_folder, write_config
 from .errors import BrokerStartFailed, BrokerUnavailable
 
 if TYPE_CHECKING:
@@ -206,8 +206,9 @@ class MosquittoProcess:
     # -- internals ---------------------------------------------------------------------------
 
     def _write_config(self) -> Path:
-        if self._text is not None:
+        if self._text is not None:  # the same guard as write_config's: an earlier render is fedge's too
             path = self.workdir / "mosquitto.conf"
+            check_work_folder({path: self._text.encode()})
             self.workdir.mkdir(parents=True, exist_ok=True)
             path.write_text(self._text, encoding="utf-8")
             return path
