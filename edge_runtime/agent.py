@@ -312,9 +312,7 @@ class DeviceAgent:
 
     def _on_eval(self, task: EvalTask | EvalReport) -> None:
         """Answer at once; a task the wire refused comes as its refusal (unanswered.py)."""
-        report = self.evals.answer(task)
-        if report is not None:
-            self._publish("update", encode_message(report))
+        self.evals.answer(task, lambda report: self._publish("update", encode_message(report)))
 
     def _answer_again(self, task: TrainTask) -> None:
         """A task seen before came again (QoS 1 redelivery, or the coordinator resending after a

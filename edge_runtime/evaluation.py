@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 
 from .kernel.errors import FedgeError
 from .kernel.manifest import check_params
@@ -27,17 +28,27 @@ class EvalAnswers:
     """Each EvalTask answered once, at once (no journal: an evaluation lost with a crash or a
     broker is simply missing from that version's statistics). A redelivered copy, bad or
     mended, gets no second answer: the coordinator counted the first. A task the wire refused
-    comes as its refusing EvalReport (unanswered.py) and is sent as it is."""
+    comes as its refusing EvalReport (unanswered.py) and is sent as it is. An id counts as
+    answered once its report is sent: one whose scoring or send raised (a bug, a dropped link)
+    is answered when it comes again."""
 
     def __init__(self, runtime, remembered: int = 16):
         self.runtime = runtime
         self.answered: deque[str] = deque(maxlen=remembered)  # eval ids answered lately
 
-    def answer(self, task: EvalTask | EvalReport) -> EvalReport | None:
+    def answer(self, task: EvalTask | EvalReport, send: Callable[[EvalReport], None]) -> EvalReport | None:
+        """Score `task` and send its report; the report sent, or None for an id answered before."""
         if task.eval_id in self.answered:
             return None
-        self.answered.append(task.eval_id)
-        return task if isinstance(task, EvalReport) else answer_eval(self.runtime, task)
+        self.answered.append(task.eval_id)  # taken back below if no report leaves
+        try:
+            report = task if isinstance(task, EvalReport) else answer_eval(self.runtime, task)
+            send(report)
+        except BaseException:
+            if task.eval_id in self.answered:
+                self.answered.remove(task.eval_id)  # not answered: the next copy of this id is
+            raise
+        return report
 
 
 def answer_eval(runtime, task: EvalTask) -> EvalReport:
