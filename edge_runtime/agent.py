@@ -149,7 +149,7 @@ class DeviceAgent:
     def on_reconnect(self) -> None:
         """The link came back: the broker may have lost anything in flight, so resend."""
         self._announce_online()  # the Last Will left "offline" retained
-        self.uplink.reconnected()
+        self.uplink.reconnected(self.clock.now())
         self.republish_pending()
         self.delivery.on_reconnect()
         self.check_in()
@@ -366,7 +366,7 @@ class DeviceAgent:
         if not self.journal.acknowledged(ack.task_id, ack.update_id,
                                          ack.round_id if ack.update_id in self.pending else None):
             return  # it names another task than its update's: nothing of either changes
-        self.uplink.acked()
+        self.uplink.acked(self.clock.now())
         on_ack = getattr(self.runtime, "on_ack", None)
         if on_ack is not None:
             on_ack(ack)  # e.g. SCAFFOLD puts its control variate back when an upload was refused

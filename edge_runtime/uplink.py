@@ -2,7 +2,8 @@
 
 QoS 1 is not enough: a broker may lose what it already acknowledged (killed with -9, or a
 session that expired), so the device keeps each update in its journal and resends all of
-them every `republish_s`, doubling the interval up to 2**5 times while no Ack comes, and
+them every `republish_s`, doubling the interval up to 2**5 times while no Ack comes (any Ack, or
+a reconnect, resets it: the next resend is at most `republish_s` away), and
 drops one nobody acknowledged for `pending_max_age_s`. A Decline is not kept on disk; the
 last few are remembered and repeated when their task comes again. A sharded fleet's leader
 may send a task again naming another shard (its worker died): the update of that task, the
@@ -107,7 +108,11 @@ class Uplink:
         self.unacked_resends = min(self.unacked_resends + 1, MAX_BACKOFF_STEPS)
         return True
 
-    def acked(self) -> None:
+    def acked(self, now: float) -> None:
+        """An Ack (of any update) came: the coordinator hears us, so what is still kept goes out
+        at the base interval again, the next resend at most republish_s from now (one planned
+        further out by the backoff, up to republish_s * 2**5, is brought forward)."""
         self.unacked_resends = 0
+        self.next_republish = min(self.next_republish, now + self.republish_s)
 
     reconnected = acked  # the link came back: resend at the base interval again

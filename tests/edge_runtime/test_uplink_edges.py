@@ -51,13 +51,25 @@ def test_resends_double_up_to_2_to_the_5_and_fire_exactly_when_due(tmp_path):
 
 
 def test_an_ack_brings_the_interval_back_to_the_base(tmp_path):
+    """docs/PROTOCOL.md: the device resends every republish_s, doubling the interval while no Ack
+    comes, and "resets it on any Ack or reconnect". The resend already planned once stood: after
+    three resends, an Ack at t=75 left the next at 150 (75 s, 7.5 x BASE, away; up to 32 x BASE
+    after a long backoff)."""
     clock = ManualClock()
     uplink, _ = _uplink(tmp_path, clock)
     times = _resend_times(uplink, clock, 75.0)  # 10, 30, 70: three resends without an Ack
     assert times == [10.0, 30.0, 70.0]
-    uplink.acked()  # an Ack for another update came; this one is still kept
-    # The resend already planned (70 + 80 s) stands; the count of resends without an Ack starts again.
-    assert _resend_times(uplink, clock, 400.0) == _expected(400.0, due=150.0) == [150.0, 170.0, 210.0, 290.0]
+    uplink.acked(clock.now())  # an Ack for another update came; this one is still kept
+    assert _resend_times(uplink, clock, 400.0) == _expected(400.0, due=75.0 + BASE) == [85.0, 105.0, 145.0, 225.0,
+                                                                                        385.0]
+
+
+def test_an_ack_never_puts_off_a_resend_that_is_nearer(tmp_path):
+    clock = ManualClock()
+    uplink, _ = _uplink(tmp_path, clock)
+    clock.advance(7.0)
+    uplink.acked(clock.now())  # the first resend, due at 10, stays at 10 (not 17)
+    assert _resend_times(uplink, clock, 45.0) == _expected(45.0) == [10.0, 30.0]
 
 
 def test_an_update_older_than_pending_max_age_is_dropped_from_disk_at_the_next_resend(tmp_path):
