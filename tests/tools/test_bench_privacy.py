@@ -130,3 +130,19 @@ def test_bench_privacy_runs_top_k_under_central_dp_and_refuses_it_with_secure_ag
     with pytest.raises(SystemExit) as usage:  # the CLI says so as a usage error
         main(["bench", "privacy", "--json", str(tmp_path / "x.json"), "--topk", "0.1"])
     assert usage.value.code == 2 and not (tmp_path / "x.json").exists()
+
+
+def test_a_run_whose_final_round_no_device_scored_prints_a_dash_and_plots(tmp_path):
+    """The final round's accuracies are None when every device declined its evaluation; the
+    progress line formatted None with :.3f (TypeError) after the run, before its row was saved."""
+    from fedge.tools.bench.privacy import plot, progress_line
+
+    row = {"mechanism": "central", "epsilon": 8.0, "global_accuracy": None, "personalized_accuracy": None,
+           "noise_multiplier": 1.25, "wall_seconds": 3.2, "delta": 1e-6, "bits": None}
+    assert progress_line(row, 8.0) == "central ε=8: global -, personalized - (z=1.25, 3 s)"
+    scored = dict(row, global_accuracy=0.5, personalized_accuracy=0.25)
+    assert progress_line(scored, 8.0) == "central ε=8: global 0.500, personalized 0.250 (z=1.25, 3 s)"
+    none = dict(row, mechanism="none", epsilon=None)  # its lines were axhline(None): a TypeError too
+    doc = {"runs": [row, scored, none], "data": {"name": "x"}, "population": 10, "clients_per_round": 2, "rounds": 1}
+    png = plot(doc, tmp_path / "p.png")
+    assert png is None or png.stat().st_size > 1000  # None: no matplotlib here

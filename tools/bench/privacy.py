@@ -223,13 +223,22 @@ def run(grid: PrivacyGrid, json_path, progress=print) -> dict:
         for mechanism in grid.mechanisms if math.isfinite(epsilon) else ("none",):
             row = run_one(grid, data, epsilon, mechanism)
             doc["runs"].append(row)
-            progress(f"{row['mechanism']} ε={epsilon:g}: global {row['global_accuracy']:.3f}, personalized "
-                     f"{row['personalized_accuracy']:.3f} (z={row['noise_multiplier'] or 0:.3g}, "
-                     f"{row['wall_seconds']:.0f} s)")
+            progress(progress_line(row, epsilon))
             doc["wall_seconds"] = time.perf_counter() - started  # written after every run: a cut grid keeps its rows
             atomic_write_bytes(Path(json_path), json.dumps(doc, indent=2, default=_jsonable).encode())
     plot(doc, Path(json_path).with_suffix(".png"))
     return doc
+
+
+def progress_line(row: dict, epsilon: float) -> str:
+    """One run's line; '-' for an accuracy that no device scored in the final round (None), as
+    `fedge simulate` prints an empty evaluation."""
+    return (f"{row['mechanism']} ε={epsilon:g}: global {_acc(row['global_accuracy'])}, personalized "
+            f"{_acc(row['personalized_accuracy'])} (z={row['noise_multiplier'] or 0:.3g}, {row['wall_seconds']:.0f} s)")
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _jsonable(value):
@@ -241,7 +250,8 @@ def _jsonable(value):
 
 
 def plot(doc: dict, path: Path) -> Path | None:
-    """Global and personalized accuracy against ε (log scale); the non-private run as lines."""
+    """Global and personalized accuracy against ε (log scale); the non-private run as lines. An
+    accuracy no device scored (None) is left out: a gap in a curve, no line."""
     plt = pyplot()
     if plt is None:
         return None
@@ -255,7 +265,7 @@ def plot(doc: dict, path: Path) -> Path | None:
                 ax.plot([r["epsilon"] for r in rows], [r[key] for r in rows], marker="o", ls=style, color=color,
                         label=f"{label}, {mechanism} DP{bits}")
         for r in doc["runs"]:
-            if r["mechanism"] == "none":
+            if r["mechanism"] == "none" and r[key] is not None:  # None: no device scored its final round
                 ax.axhline(r[key], color=color, ls="--", label=f"{label}, no DP")
     if private:  # only the non-private run: its lines alone, on a linear axis
         ax.set_xscale("log")
