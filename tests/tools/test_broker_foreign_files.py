@@ -5,6 +5,8 @@ port, another run) is replaced."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -45,6 +47,20 @@ def test_fedges_own_earlier_render_is_replaced(tmp_path):
     again = write_config(_secured(tmp_path, 2001), tmp_path)
     assert again == first and again.read_text() == render_config(_secured(tmp_path, 2001), str(tmp_path / ACL_NAME))
     assert (tmp_path / ACL_NAME).read_text() == acl_text()
+
+
+def test_fedges_acl_for_another_shard_count_is_replaced_and_an_edited_one_kept(tmp_path):
+    """A work folder reused with another --shards holds fedge's own ACL of K = 3; one rule added
+    by hand makes it the operator's."""
+    write_config(dataclasses.replace(_secured(tmp_path), shards=3), tmp_path)
+    assert (tmp_path / ACL_NAME).read_text() == acl_text(3)
+    write_config(_secured(tmp_path), tmp_path)
+    assert (tmp_path / ACL_NAME).read_text() == acl_text(0)
+    edited = (acl_text(2) + "user fedge-shard-2\ntopic read #\n").encode()
+    (tmp_path / ACL_NAME).write_bytes(edited)
+    with pytest.raises(ForeignFile):
+        write_config(_secured(tmp_path), tmp_path)
+    assert (tmp_path / ACL_NAME).read_bytes() == edited
 
 
 @pytest.mark.parametrize("from_text", [False, True])

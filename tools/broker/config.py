@@ -21,9 +21,10 @@ from importlib import resources
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import MAX_SHARDS
 
 from .foreign import refuse_foreign
-from .shard_users import shard_acl
+from .shard_users import SHARD_USER_PREFIX, shard_acl
 
 MAX_PACKET_SIZE = 1 << 20  # bytes, the whole MQTT packet; larger fedge messages travel as chunks
 # Which way each per-device channel flows; a test checks these against protocol.DEVICE_CHANNELS
@@ -190,6 +191,9 @@ def check_work_folder(files: dict[Path, bytes]) -> None:
 
 
 def _rendered(path: Path, old: bytes) -> bool:
+    if path.name == ACL_NAME:  # fedge's ACL for any shard count (a work folder reused with --shards changed)
+        shards = old.count(f"\nuser {SHARD_USER_PREFIX}".encode())  # one user block per shard
+        return shards <= MAX_SHARDS and old == acl_text(shards).encode()
     return path.name == "mosquitto.conf" and old.startswith(RENDERED.encode() + b"\n")
 
 
