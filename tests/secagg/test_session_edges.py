@@ -16,6 +16,7 @@ from fedge.edge_runtime.kernel.secagg import session as sess
 from fedge.edge_runtime.kernel.secagg import shamir
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph
 from fedge.edge_runtime.kernel.secagg.keys import pair_secret
+from fedge.edge_runtime.kernel.secagg.messages import SEALED_SIZES
 
 MODEL = "ab" * 32
 ROUND = 3
@@ -143,10 +144,12 @@ def test_a_share_from_a_stranger_is_named_and_a_wrong_length_one_is_unopened():
     with pytest.raises(sess.SecAggDecline) as exc:
         sess.receive_shares(me, {"x9": b"\x00" * 48})
     assert exc.value.reason == sess.BAD_KEY
-    # d1 seals, with the pair's real key, a plaintext one byte short: it opens, but is no share.
+    # d1 seals, with the pair's real key, a packed graph's 16-byte plaintext on this complete graph
+    # (a box size the wire lets through): it opens, but is no share here.
     key = pair_secret(dealt["d1"].cipher.private, me.cipher.public, ROUND, sess.CIPHER_PURPOSE, "d1", "d0")
-    short = ChaCha20Poly1305(key).encrypt(bytes(11) + b"\x01", b"\x07" * (sess.share_plaintext_bytes(1) - 1),
+    short = ChaCha20Poly1305(key).encrypt(bytes(11) + b"\x01", b"\x07" * sess.share_plaintext_bytes(2),
                                           f"fedge-secagg/v1/share/{ROUND}/d1/d0".encode())
+    assert len(short) in SEALED_SIZES
     got = sess.receive_shares(me, {"d1": short})
     assert got.unopened == ("d1",) and "d1" not in got.received
 
