@@ -113,6 +113,21 @@ def test_only_neighbours_count_towards_t_on_a_sparse_graph():
     assert exc.value.reason == sess.TOO_FEW_NEIGHBOURS
 
 
+def test_a_neighbour_whose_shares_never_came_does_not_count_towards_t():
+    """d0 masked with d1, d2, d3 only (d4 and d5's shares were not delivered to it): an unmask
+    request listing d4 and d5 alive names four alive neighbours of t = 4, but only three are in
+    d0's masked sum, so a coordinator padding the alive set must not get d0's shares."""
+    cohort, graph = _complete(6)
+    sessions, _ = _round(cohort, graph, 4, senders=("d1", "d2", "d3"))
+    me = sessions["d0"]
+    masked = set(sess.masking_peers(me))
+    alive = cohort
+    assert sum(p in alive for p in me.neighbours) >= 4 > sum(p in masked for p in alive)
+    with pytest.raises(sess.SecAggDecline) as exc:
+        sess.reveal(me, alive, (), MODEL)
+    assert exc.value.reason == sess.TOO_FEW_NEIGHBOURS
+
+
 def test_exactly_t_neighbours_with_keys_are_enough_to_share():
     cohort, graph = _complete(5)
     sessions = {d: sess.start(d, ROUND, MODEL) for d in cohort}

@@ -210,9 +210,13 @@ def reveal(s: DeviceSession, alive: tuple[str, ...], dropped: tuple[str, ...],
         raise SecAggDecline(MODEL_MISMATCH, "the unmask request names another model")
     if s.device_id not in alive_set:
         raise SecAggDecline(NOT_IN_COHORT)
-    alive_neighbours = [p for p in s.neighbours if p in alive_set]
+    # Only neighbours that masked with this device count (their shares were delivered, opened or
+    # not): one whose shares never came is not in the masked sum, so listing it alive would pad t.
+    masked_with = set(s.received) | set(s.unopened)
+    alive_neighbours = [p for p in s.neighbours if p in alive_set and p in masked_with]
     if len(alive_neighbours) < s.threshold:
-        raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"{len(alive_neighbours)} neighbours alive, need {s.threshold}")
+        raise SecAggDecline(TOO_FEW_NEIGHBOURS, f"{len(alive_neighbours)} neighbours alive that masked with "
+                                                f"this device, need {s.threshold}")
     out: dict[str, tuple[str, int]] = {}
     for owner, (mask_share, self_share) in s.received.items():
         if owner in alive_set:
