@@ -63,6 +63,7 @@ from fedge.edge_runtime.kernel.transport.connect_failure import CAUSES as CONNEC
 from .artifacts import FetchRefused
 from .errors import UpdateRejected
 from .pace import REASONS as PACE_REASONS
+from .secagg.round_state import REPLY_REASONS as SECAGG_REPLY_REASONS
 from .weights import claim_capped
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))  # seconds
@@ -122,7 +123,7 @@ class CoordinatorMetrics:
         r.register(self._transport)
         for outcome in ("committed", "abandoned"):
             self.rounds.labels(outcome)
-        for reason in _named_reasons():
+        for reason in (*_named_reasons(), *SECAGG_REPLY_REASONS):
             self.rejections.labels(reason)
         for reason in PACE_REASONS:
             self.pace.labels(reason)

@@ -46,6 +46,13 @@ def _chunks(data: bytes, size: int) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
 
+# Why a device's reply is refused (accept); the metrics start each at zero.
+WRONG_STAGE = "secagg_wrong_stage"
+MODEL_MISMATCH = "secagg_model_mismatch"
+BAD_SHARES = "secagg_bad_shares"
+BAD_SHAPE = "secagg_bad_shape"
+REPLY_REASONS = (WRONG_STAGE, MODEL_MISMATCH, BAD_KEY, BAD_SHARES, BAD_SHAPE)
+
 REPLY_OF = {ADVERTISE: KeyAdvertisement, SHARE: EncryptedShares, MASK: MaskedInput, UNMASK: UnmaskResponse}
 
 
@@ -124,11 +131,11 @@ class SecAggRound:
     def accept(self, stage: str, reply) -> str | None:
         """None when the reply counts, else the reason it is refused."""
         if not isinstance(reply, REPLY_OF[stage]):
-            return "secagg_wrong_stage"
+            return WRONG_STAGE
         sender = reply.device_id
         if isinstance(reply, KeyAdvertisement):
             if reply.model_sha256 != self.model_sha256:
-                return "secagg_model_mismatch"
+                return MODEL_MISMATCH
             if not (contributory(reply.cipher_public) and contributory(reply.mask_public)):
                 return BAD_KEY  # its neighbours' agreements would all fail: it joins no cohort
             self.adverts[sender] = reply
@@ -136,14 +143,14 @@ class SecAggRound:
             peers = sorted(p for p in self.graph.get(sender, ()) if p in self.adverts)  # whose keys it was sent
             box_bytes = sealed_share_bytes(self.packing)
             if len(reply.boxes) != len(peers) * box_bytes:
-                return "secagg_bad_shares"
+                return BAD_SHARES
             for peer, box in zip(peers, _chunks(reply.boxes, box_bytes)):
                 self.outbox.setdefault(peer, {})[sender] = box
         elif isinstance(reply, MaskedInput):
             if reply.length != self.sent_length or reply.field_bits != self.spec.field_bits:
-                return "secagg_bad_shape"
+                return BAD_SHAPE
             if not set(reply.unopened) <= set(self.delivered.get(sender, ())):
-                return "secagg_bad_shares"  # it can only fail to open what it was sent
+                return BAD_SHARES  # it can only fail to open what it was sent
             self.masked[sender] = unpack(reply.data, reply.length, reply.field_bits)
             self.unheld[sender] = frozenset(reply.unopened)  # it masked with them, and holds no share of them
         elif isinstance(reply, UnmaskResponse):
@@ -152,11 +159,11 @@ class SecAggRound:
             owners = [o for o in self.delivered.get(sender, ()) if (o in alive or o in dropped) and o not in unheld]
             size = value_bytes(self.packing)
             if len(reply.values) != len(owners) * size:
-                return "secagg_bad_shares"
+                return BAD_SHARES
             revealed = {o: ("self" if o in alive else "mask", int.from_bytes(value, "big"))
                         for o, value in zip(owners, _chunks(reply.values, size))}
             if not all(value_in_field(y, self.packing) for _, y in revealed.values()):  # no field element
-                return "secagg_bad_shares"
+                return BAD_SHARES
             self.answers[sender] = revealed
         return None
 

@@ -91,3 +91,25 @@ def test_one_evaluation_sets_each_series():
     assert s[("fedge_eval_accuracy", (("model", "global"),))] == 0.75
     assert math.isnan(s[("fedge_eval_accuracy", (("model", "personal"),))])
     assert s[("fedge_evaluations_total", (("outcome", "partial"),))] == 1
+
+
+def test_every_reason_the_secure_round_refuses_a_reply_by_starts_at_zero():
+    """The metrics docstring's promise for the secure round's refusals, whose reasons are strings
+    of round_state.accept rather than UpdateRejected classes. Oracle: the reasons read from
+    accept's own return statements (ast), so a new one cannot be added unnamed."""
+    import ast
+    import inspect
+    import textwrap
+
+    from fedge.coordinator.secagg import round_state
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(round_state.SecAggRound.accept)))
+    returned = {getattr(round_state, node.value.id) for node in ast.walk(tree)
+                if isinstance(node, ast.Return) and isinstance(node.value, ast.Name)
+                and isinstance(getattr(round_state, node.value.id, None), str)}
+    literal = {node.value.value for node in ast.walk(tree) if isinstance(node, ast.Return)
+               and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+    assert len(returned) >= 5 and not literal  # every reason through a named constant
+    zeros = {dict(labels)["reason"] for (name, labels), v in _samples(CoordinatorMetrics().registry).items()
+             if name == "fedge_rejections_total" and v == 0}
+    assert returned <= zeros
