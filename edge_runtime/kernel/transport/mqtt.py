@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import cast
 
@@ -179,16 +180,12 @@ class MqttTransport(Transport):
         self._connected.clear()
         sock = self._client.socket()
         if sock is not None:
-            try:  # first, so paho cannot flush queued messages on its way out
+            with suppress(OSError):  # first, so paho cannot flush queued messages on its way out
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._client.loop_stop()
         if sock is not None:
-            try:
+            with suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
         self._queue.put_control(_Closed("the link was cut (abort)"))
 
     # ------------------------------------------------------------------ operations
@@ -242,7 +239,9 @@ class MqttTransport(Transport):
         self._require_link()
         with self._lock:
             self._filters.pop(topic_filter, None)
-        self._client.unsubscribe(topic_filter)
+        rc, _ = self._client.unsubscribe(topic_filter)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # the link dropped since _require_link: the broker's session keeps it
+            raise NotConnected(f"unsubscribe {topic_filter!r} failed: {paho.error_string(rc)}")
 
     def receive(self, timeout: float | None = 0.0) -> Message | None:
         if timeout is not None and timeout < 0:
