@@ -132,3 +132,17 @@ def test_the_raw_baseline_sends_at_qos1_like_fedge(mosquitto, mode):
         worker.join(10)
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_a_bad_model_part_bytes_is_refused_before_a_broker_starts(monkeypatch):
+    """It was refused by name only after Mosquitto and the coordinator had started (noticed by
+    the mutation9-mqtt audit)."""
+    import fedge.tools.broker as broker_pkg
+    from fedge.edge_runtime.kernel.errors import ConfigError
+
+    def no_broker(*args, **kwargs):
+        raise AssertionError("a broker was started")
+
+    monkeypatch.setattr(broker_pkg, "MosquittoProcess", no_broker)
+    with pytest.raises(ConfigError, match="model_part_bytes"):
+        bench.run(4, 1, None, model_part_bytes=-5)

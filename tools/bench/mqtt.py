@@ -302,6 +302,7 @@ def run(devices: int, update_kb: int, json_path: str | None, broker_url: str | N
         model_part_bytes: int = CoordinatorConfig.model_part_bytes) -> dict:
     _raise_fd_limit(8 * devices + 256)
     manifest, initial = _model(update_kb)
+    bench_config(devices, 1, timeout_s, model_part_bytes)  # a ConfigError before a broker or a fleet starts
     broker = None
     with tempfile.TemporaryDirectory(prefix="fedge-bench-mqtt-") as tmp:
         if broker_url is None:
