@@ -36,6 +36,9 @@ DATASETS = ("mnist5k", "digits", "synthetic")
 # (tools/synthetic.py; 0.5, 0.5 is the FedProx paper's middle setting and `fedge bench privacy`'s).
 DIRICHLET_ALPHA = 0.1
 SYNTHETIC_ALPHA = SYNTHETIC_BETA = 0.5
+# Why a split flag is refused with synthetic data (SimConfig, and flag_checks when typed at its default).
+SYNTHETIC_SPLIT = ("--partition and --classes-per-client do not apply to --dataset synthetic: each device draws "
+                   "its own data (set how it differs with --alpha and --beta)")
 # What a device keeps to itself (tools/simulate/personalization.py has the details).
 PERSONALIZATION = ("adapters", "head", "finetune", "full", "none")
 
@@ -125,8 +128,7 @@ class SimConfig:
             raise ConfigError(f"--partition {self.partition!r}: choose one of {PARTITIONS}")
         if self.synthetic:
             if self.partition != SimConfig.partition or self.classes_per_client != SimConfig.classes_per_client:
-                raise ConfigError("--partition and --classes-per-client do not apply to --dataset synthetic: "
-                                  "each device draws its own data (set how it differs with --alpha and --beta)")
+                raise ConfigError(SYNTHETIC_SPLIT)
             # inf once ran on to a late "data: contains NaN or Inf"; NaN fails this too
             if not (0 <= self.split_alpha < math.inf and 0 <= self.split_beta < math.inf):
                 raise ConfigError(f"--alpha {self.split_alpha} --beta {self.split_beta}: synthetic(α, β) needs "

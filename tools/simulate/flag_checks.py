@@ -8,7 +8,7 @@ from collections.abc import Collection
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
-from .config import SimConfig
+from .config import SYNTHETIC_SPLIT, SimConfig
 
 # Strategy options, and the strategies that read them (coordinator/strategies: strategy_from_config).
 ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
@@ -26,6 +26,8 @@ def check_options_apply(cfg: SimConfig, typed: Collection[str]) -> None:
                               f"not {cfg.coordinator.strategy}")
     if cfg.attack is None and ("attackers" in typed or cfg.attackers != SimConfig.attackers or cfg.omniscient):
         raise ConfigError("--attackers and --omniscient need --attack")
+    if cfg.synthetic and {"partition", "classes_per_client"} & set(typed):  # SimConfig sees only other values
+        raise ConfigError(SYNTHETIC_SPLIT)
     split = cfg.data_dir is None and not cfg.synthetic
     if split:
         check_alpha_applies(cfg.partition, cfg.alpha, " and --dataset synthetic")
