@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 
 import pytest
 from paho.mqtt.enums import MQTTErrorCode
@@ -29,10 +28,9 @@ from tests.edge_runtime.fake_paho import FLAGS, code, faked
 def test_a_connack_refusal_that_retrying_cannot_mend_ends_connect_at_once(refusal):
     t, fake = faked(connected=False)
     t._on_connect(fake, None, FLAGS, code(PacketTypes.CONNACK, refusal), None)
-    started = time.monotonic()
-    with pytest.raises(BrokerRefused, match="refused client 'pi-a'"):
+    with pytest.raises(BrokerRefused, match="refused client 'pi-a'"):  # a refusal retried: TransportError at 1 s
         t.connect(timeout=1.0)
-    assert time.monotonic() - started < 0.5 and t.closed
+    assert t.closed
 
 
 def test_a_busy_broker_is_retried_until_the_timeout():
