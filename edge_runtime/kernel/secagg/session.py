@@ -41,7 +41,7 @@ def share_plaintext_bytes(packing: int) -> int:
 
 # Named declines of an unmask request (the device reveals nothing).
 SETS_OVERLAP = "secagg_sets_overlap"  # a device both alive and dropped: would reveal both its secrets
-TOO_FEW_NEIGHBOURS = "secagg_too_few_neighbours"  # fewer than t neighbours alive, or whose shares came
+TOO_FEW_NEIGHBOURS = "secagg_too_few_neighbours"  # < t neighbours with keys, or whose shares came, or alive among those
 MODEL_MISMATCH = "secagg_model_mismatch"  # the round's model is not the one the cohort committed to
 ALREADY_ANSWERED = "secagg_already_answered"  # one unmask answer per round
 ALREADY_SHARED = "secagg_already_shared"  # one set of shares per round
