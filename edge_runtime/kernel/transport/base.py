@@ -66,11 +66,13 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Start receiving messages whose topic matches `topic_filter` (+ and # allowed).
-        Retained messages matching it are queued at once."""
+        Retained messages matching it are queued at once. TransportError when not connected."""
 
     @abc.abstractmethod
     def unsubscribe(self, topic_filter: str) -> None:
-        """Stop the subscription with exactly this filter; unknown filters are ignored."""
+        """Stop the subscription with exactly this filter; unknown filters are ignored.
+        TransportError when not connected or the request could not be sent: the broker's
+        session may still hold the subscription, so the caller tries again."""
 
     @abc.abstractmethod
     def receive(self, timeout: float | None = 0.0) -> Message | None:
