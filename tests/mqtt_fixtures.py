@@ -42,6 +42,7 @@ class RawClient:
                  will_topic: str | None = None):
         self.host, self.port = host, port
         self.messages: queue.Queue = queue.Queue()  # (topic, payload, retain)
+        self.qos: list[int] = []  # the QoS each of those messages came at, in arrival order
         self.connack_code: int | None = None
         self.connack_properties = None
         self.error: BaseException | None = None
@@ -60,7 +61,7 @@ class RawClient:
             c.will_set(will_topic, b"offline", qos=1)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
-        c.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.payload, bool(m.retain)))
+        c.on_message = self._on_message
         c.on_publish = lambda _c, _u, mid, rc, _p: self._ack(mid, rc.value)
         c.on_subscribe = lambda _c, _u, mid, rcs, _p: self._ack(mid, [r.value for r in rcs])
         self.paho = c
@@ -115,6 +116,10 @@ class RawClient:
     def close(self) -> None:
         self.paho.disconnect()
         self.paho.loop_stop()
+
+    def _on_message(self, _c, _u, m) -> None:
+        self.qos.append(m.qos)  # first: a test that has the message finds its QoS
+        self.messages.put((m.topic, m.payload, bool(m.retain)))
 
     def _on_connect(self, _c, _u, _flags, rc, props) -> None:
         self.connack_code, self.connack_properties = rc.value, props

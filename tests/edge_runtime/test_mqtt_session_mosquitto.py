@@ -6,14 +6,10 @@ QoS 1, which a raw paho subscriber arriving later sees in the retained copy's ow
 
 from __future__ import annotations
 
-import queue
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 from fedge.edge_runtime.kernel.transport.base import Message
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from tests.mqtt_fixtures import RawClient
 
 TASK = "fedge/v1/devices/pi-a/task"
 STATUS = "fedge/v1/devices/pi-a/status"
@@ -49,14 +45,9 @@ def test_the_last_will_is_retained_at_qos1(mosquitto):
     device.abort()
     assert watcher.receive(5) == Message(STATUS, b"link lost", retain=False)  # live: published, so retained now
     watcher.close()
-    got: queue.Queue = queue.Queue()
-    late = paho.Client(CallbackAPIVersion.VERSION2, client_id="late", protocol=paho.MQTTv5)
-    late.on_message = lambda _c, _u, m: got.put((m.topic, m.payload, bool(m.retain), m.qos))
-    late.connect(mosquitto.host, mosquitto.port)
-    late.loop_start()
+    late = RawClient(mosquitto.host, mosquitto.port, client_id="late")
     try:
-        late.subscribe(STATUS, qos=1)  # granted 1: a copy arrives at the QoS it was published with
-        assert got.get(timeout=5) == (STATUS, b"link lost", True, 1)
+        assert late.connect() and late.subscribe(STATUS, qos=1) == [1]  # a copy comes at the QoS it was sent with
+        assert late.expect() == (STATUS, b"link lost", True) and late.qos == [1]
     finally:
-        late.disconnect()
-        late.loop_stop()
+        late.close()

@@ -11,11 +11,10 @@ import threading
 from types import SimpleNamespace
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fedge.tools.bench import mqtt as bench
+from tests.mqtt_fixtures import RawClient
 
 
 def test_the_ratios_divide_the_round_by_each_baseline(monkeypatch, tmp_path):
@@ -97,22 +96,10 @@ def test_the_fd_limit_is_raised_to_what_is_needed_within_the_hard_limit(monkeypa
     assert set_to == expect
 
 
-def _subscriber(broker):
-    got: queue.Queue = queue.Queue()
-    subscribed = threading.Event()
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="sub", protocol=paho.MQTTv5)
-    c.on_message = lambda _c, _u, m: got.put((m.topic, m.payload, m.qos))
-    c.on_subscribe = lambda *a: subscribed.set()
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    c.subscribe("raw/devices/+/update", qos=1)
-    assert subscribed.wait(5)
-    return c, got
-
-
 @pytest.mark.parametrize("mode", ["raw", "raw-answer"])
 def test_the_raw_baseline_sends_at_qos1_like_fedge(mosquitto, mode):
-    sub, got = _subscriber(mosquitto)
+    sub = RawClient(mosquitto.host, mosquitto.port, client_id="sub")
+    assert sub.connect() and sub.subscribe("raw/devices/+/update") == [1]
     ready, go, stop = queue.Queue(), threading.Event(), threading.Event()
     ids = ["dev-00000", "dev-00001"]
     worker = threading.Thread(target=bench._device_worker,
@@ -124,14 +111,13 @@ def test_the_raw_baseline_sends_at_qos1_like_fedge(mosquitto, mode):
             go.set()
         else:
             for device_id in ids:
-                sub.publish(f"raw/devices/{device_id}/task", b"task", qos=1)
-        arrived = sorted(got.get(timeout=5) for _ in ids)
-        assert arrived == [(f"raw/devices/{d}/update", b"update", 1) for d in ids]
+                sub.publish(f"raw/devices/{device_id}/task", b"task")
+        arrived = sorted(sub.expect() for _ in ids)
+        assert arrived == [(f"raw/devices/{d}/update", b"update", False) for d in ids] and sub.qos == [1, 1]
     finally:
         stop.set()
         worker.join(10)
-        sub.disconnect()
-        sub.loop_stop()
+        sub.close()
 
 
 def test_a_bad_model_part_bytes_is_refused_before_a_broker_starts(monkeypatch):
