@@ -51,7 +51,8 @@ WRONG_STAGE = "secagg_wrong_stage"
 MODEL_MISMATCH = "secagg_model_mismatch"
 BAD_SHARES = "secagg_bad_shares"
 BAD_SHAPE = "secagg_bad_shape"
-REPLY_REASONS = (WRONG_STAGE, MODEL_MISMATCH, BAD_KEY, BAD_SHARES, BAD_SHAPE)
+GROUP_OUT = "secagg_group_out"  # sharded: the sender's shard group left the round (sharding/secure.py)
+REPLY_REASONS = (WRONG_STAGE, MODEL_MISMATCH, BAD_KEY, BAD_SHARES, BAD_SHAPE, GROUP_OUT)
 
 REPLY_OF = {ADVERTISE: KeyAdvertisement, SHARE: EncryptedShares, MASK: MaskedInput, UNMASK: UnmaskResponse}
 

@@ -47,7 +47,7 @@ from fedge.edge_runtime.kernel.secagg.recovery import UnmaskFailed
 from fedge.edge_runtime.kernel.secagg.subset import shared_coordinates
 
 from ..records import OpenRound
-from ..secagg.round_state import SecAggRound, params_from_flat
+from ..secagg.round_state import GROUP_OUT, SecAggRound, params_from_flat
 from ..secagg.shell import SecAggShell
 from ..secagg.stages import SHARE, UNMASK, UNMASK_STAGE
 from .groups import GROUP_MIN_MEMBERS, ShardGroup, group_floor, shard_groups
@@ -152,7 +152,7 @@ class GroupedSecAgg:
 
     def accept(self, stage: str, reply) -> str | None:
         if not self.live(reply.device_id):
-            return "secagg_group_out"
+            return GROUP_OUT
         return self.rounds[self.group_of[reply.device_id]].accept(stage, reply)
 
     def group_sums(self) -> list[tuple[np.ndarray, int]]:
