@@ -72,3 +72,13 @@ def test_mosquitto_process_refuses_before_it_starts_anything(tmp_path, from_text
     with pytest.raises(ForeignFile), broker:
         pass
     assert (tmp_path / "mosquitto.conf").read_bytes() == OPERATORS and tmp_path.is_dir()
+
+
+
+def test_a_work_folder_fedge_cannot_make_is_a_config_error_naming_it(tmp_path):
+    """Below a regular file (root ignores permission bits, so this is the OSError CI can reach)."""
+    (tmp_path / "a-file").write_bytes(OPERATORS)
+    folder = tmp_path / "a-file" / "broker"
+    with pytest.raises(ConfigError, match="cannot write the broker's config into .*a-file/broker"):
+        write_config(_secured(tmp_path), folder)
+    assert (tmp_path / "a-file").read_bytes() == OPERATORS

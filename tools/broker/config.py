@@ -177,10 +177,13 @@ def write_config(cfg: BrokerConfig, directory: str | Path) -> Path:
     path = directory / "mosquitto.conf"
     text = render_config(cfg, None if acl_path is None else str(acl_path))
     files = {path: text.encode()} | ({} if acl_path is None else {acl_path: acl_text(cfg.shards).encode()})
-    check_work_folder(files)
-    directory.mkdir(parents=True, exist_ok=True)
-    for target, data in files.items():
-        target.write_bytes(data)
+    try:
+        check_work_folder(files)
+        directory.mkdir(parents=True, exist_ok=True)
+        for target, data in files.items():
+            target.write_bytes(data)
+    except OSError as exc:  # a folder fedge may not search or write: the operator's to fix, by name
+        raise ConfigError(f"cannot write the broker's config into {directory}: {exc.strerror or exc}") from exc
     return path
 
 
