@@ -51,7 +51,13 @@ def test_sharded_fleet_on_two_ejabberd_nodes_survives_losing_one(ejabberd_cluste
               logs["leader"])
         for name in ("w1", "w2"):
             procs[name] = _serve(config, logs[name], "--role", "worker")
-        _wait("2 commits on the whole cluster", lambda: _commits(postgres_dsn) >= 2, 120, procs["leader"],
+        # A round begun while one worker is still starting goes wholly to the live shard (its
+        # devices move), so count 2 commits from when both serve: the second of them began with both.
+        _wait("both workers serving their shard", lambda: all(
+            logs[n].exists() and "serving shard" in logs[n].read_text() for n in ("w1", "w2")), 60, procs["leader"],
+              logs["leader"])
+        served = _commits(postgres_dsn)
+        _wait("2 commits on the whole cluster", lambda: _commits(postgres_dsn) >= served + 2, 120, procs["leader"],
               logs["leader"])
         before = _commits(postgres_dsn)
         for shard in range(K):  # each worker's own endpoint counts what it accepted
