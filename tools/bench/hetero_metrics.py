@@ -107,8 +107,9 @@ def _fmt_mult(row: dict, rounds_run: int | None = None) -> str:
     return f"never in {rounds_run or '?'} rounds{bound} (IID: {row['iid_rounds_to_target']})"
 
 
-def _acc(v: float | None) -> str:
-    """An accuracy for a target's detail; '-' where no device scored the final rounds (None)."""
+def accuracy_text(v: float | None) -> str:
+    """An accuracy for a line of text; '-' where no device scored the final rounds (None), as
+    `fedge simulate` prints an empty evaluation (also `fedge bench privacy`'s progress line)."""
     return "-" if v is None else f"{v:.3f}"
 
 
@@ -160,7 +161,7 @@ def target_personalized(cells: Sequence[dict], modes: Sequence[dict], baselines:
     pmin, own = best["personalized_accuracy_min"], best["final_global_accuracy"]
     detail = (f"best: {best['label']}: mean {pm:.3f}, worst client {pmin:.3f}; local-only on the same devices "
               f"{local:.3f} ({pm - local:+.3f}); best global model of any run {best_global:.3f} "
-              f"({pm - best_global:+.3f}); its own global model {_acc(own)}")
+              f"({pm - best_global:+.3f}); its own global model {accuracy_text(own)}")
     return _target(2, name, all(checks.values()), detail, checks=checks, candidate=best["label"])
 
 
@@ -178,7 +179,8 @@ def target_tail(cells: Sequence[dict], dataset: str, partition: str = "dirichlet
     best = max(mine, key=lambda c: (c["personalized_accuracy_p10"], _or_below(c["personalized_accuracy_mean"])))
     p10 = best["personalized_accuracy_p10"]
     detail = (f"best: {best['algorithm']}, adapters: 10th percentile {p10:.3f}, worst device "
-              f"{_acc(best['personalized_accuracy_min'])}, mean {_acc(best['personalized_accuracy_mean'])}")
+              f"{accuracy_text(best['personalized_accuracy_min'])}, "
+              f"mean {accuracy_text(best['personalized_accuracy_mean'])}")
     return _target(tid, name, p10 >= level, detail, best=best["algorithm"], p10=p10,
                    worst=best["personalized_accuracy_min"])
 
@@ -223,7 +225,7 @@ def target_adapters(comparison: dict | None, min_ratio: float = 7.0) -> dict:
         return _target(4, name, None, "not measured (needs the adapters and full mode runs)")
     ratio = comparison["ratio_at_equal_accuracy"]
     detail = (f"per round {comparison['ratio_per_round']:.1f}x; to reach personalized mean "
-              f"{_acc(comparison['equal_accuracy_level'])}: "
+              f"{accuracy_text(comparison['equal_accuracy_level'])}: "
               + (f"{ratio:.1f}x fewer bytes" if ratio is not None else "n/a"))
     return _target(4, name, ratio is not None and ratio >= min_ratio, detail)
 

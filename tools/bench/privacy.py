@@ -57,6 +57,7 @@ import numpy as np
 from fedge.coordinator.dp.config import SAMPLINGS
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.edge_runtime.kernel.protocol import QUANT_BITS, CompressionSpec
+from fedge.tools.bench.hetero_metrics import accuracy_text
 from fedge.tools.beside_json import check_beside, png_metadata
 from fedge.tools.cli_args import MAX_COUNT, MAX_SEED, int_in, out_file_arg
 from fedge.tools.plots import pyplot
@@ -233,12 +234,9 @@ def run(grid: PrivacyGrid, json_path, progress=print) -> dict:
 def progress_line(row: dict, epsilon: float) -> str:
     """One run's line; '-' for an accuracy that no device scored in the final round (None), as
     `fedge simulate` prints an empty evaluation."""
-    return (f"{row['mechanism']} ε={epsilon:g}: global {_acc(row['global_accuracy'])}, personalized "
-            f"{_acc(row['personalized_accuracy'])} (z={row['noise_multiplier'] or 0:.3g}, {row['wall_seconds']:.0f} s)")
-
-
-def _acc(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    return (f"{row['mechanism']} ε={epsilon:g}: global {accuracy_text(row['global_accuracy'])}, personalized "
+            f"{accuracy_text(row['personalized_accuracy'])} (z={row['noise_multiplier'] or 0:.3g}, "
+            f"{row['wall_seconds']:.0f} s)")
 
 
 def _jsonable(value):
