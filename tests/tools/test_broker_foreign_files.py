@@ -49,6 +49,24 @@ def test_fedges_own_earlier_render_is_replaced(tmp_path):
     assert (tmp_path / ACL_NAME).read_text() == acl_text()
 
 
+@pytest.mark.parametrize("edit", [
+    lambda text: text + "log_type all\n",
+    lambda text: text.replace("max_queued_messages", "max_queued_messages 1\n#", 1),
+    lambda text: "\n".join(text.split("\n")[:1] + text.split("\n")[2:]),
+], ids=["line-added", "line-changed", "digest-line-dropped"])
+def test_fedges_render_edited_by_the_operator_is_theirs_and_kept(tmp_path, edit):
+    """Under fedge's header, an edited render is the operator's file: a later write_config (another
+    port) refuses by name and leaves it byte-identical, where an unedited one is replaced."""
+    write_config(_secured(tmp_path, 2000), tmp_path)
+    conf = tmp_path / "mosquitto.conf"
+    edited = edit(conf.read_text()).encode()
+    assert edited != conf.read_bytes()
+    conf.write_bytes(edited)
+    with pytest.raises(ForeignFile, match="mosquitto.conf already exists with other content"):
+        write_config(_secured(tmp_path, 2001), tmp_path)
+    assert conf.read_bytes() == edited
+
+
 def test_fedges_acl_for_another_shard_count_is_replaced_and_an_edited_one_kept(tmp_path):
     """A work folder reused with another --shards holds fedge's own ACL of K = 3; one rule added
     by hand makes it the operator's."""

@@ -15,6 +15,7 @@ Per listener: use_username_as_clientid, so no client can take over another's cli
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -34,8 +35,11 @@ DEVICE_READS = ("task", "ack", "artifact")
 COORDINATOR_USER = "coordinator"
 ACL_NAME = "fedge.acl"
 SHIPPED = ("mosquitto-dev.conf", "mosquitto-prod.conf", ACL_NAME)
-# The first line of every config render_config writes: how write_config knows its own earlier copy.
+# The first line of every config render_config writes, and the second: the sha256 of the lines
+# after it. Together they are how write_config knows its own earlier copy (another port, another
+# run) from one an operator edited below fedge's header, which is theirs and kept.
 RENDERED = "# Rendered by tools/broker/config.py; see tools/broker/files/ for the commented originals."
+BODY_DIGEST = "# sha256 of the lines below, so an edited copy is the operator's: "
 # Paths the shipped configs name; `shipped_text` rewrites them for another install location.
 SHIPPED_CONF_DIR = "/etc/mosquitto/fedge/"
 SHIPPED_DATA_DIR = "/var/lib/mosquitto/"
@@ -164,7 +168,12 @@ def render_config(cfg: BrokerConfig, acl_path: str | None = None) -> str:
             f"require_certificate {_bool(t.require_certificate)}",
             f"use_identity_as_username {_bool(t.use_identity_as_username)}",
         ]
-    return "\n".join(lines) + "\n"
+    body = "\n".join(lines[1:]) + "\n"
+    return f"{RENDERED}\n{BODY_DIGEST}{_sha256(body)}\n{body}"
+
+
+def _sha256(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
 def write_config(cfg: BrokerConfig, directory: str | Path) -> Path:
@@ -189,7 +198,8 @@ def write_config(cfg: BrokerConfig, directory: str | Path) -> Path:
 
 def check_work_folder(files: dict[Path, bytes]) -> None:
     """ForeignFile unless each of `files` (path -> the bytes to write) is absent, holds those
-    bytes, or is a mosquitto.conf that render_config wrote (its first line is RENDERED)."""
+    bytes, or is a mosquitto.conf that render_config wrote and no one edited since (its first line is
+    RENDERED, its second the sha256 of the rest)."""
     refuse_foreign(files, ours=_rendered, advice="move them, or give the broker another work folder")
 
 
@@ -197,7 +207,10 @@ def _rendered(path: Path, old: bytes) -> bool:
     if path.name == ACL_NAME:  # fedge's ACL for any shard count (a work folder reused with --shards changed)
         shards = old.count(f"\nuser {SHARD_USER_PREFIX}".encode())  # one user block per shard
         return shards <= MAX_SHARDS and old == acl_text(shards).encode()
-    return path.name == "mosquitto.conf" and old.startswith(RENDERED.encode() + b"\n")
+    if path.name != "mosquitto.conf":
+        return False
+    header, digest, body = old.split(b"\n", 2) if old.count(b"\n") >= 2 else (b"", b"", b"")
+    return header == RENDERED.encode() and digest == (BODY_DIGEST + _sha256(body)).encode()
 
 
 def _dir(path: str | Path) -> str:
