@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernel.errors import UnsupportedByBackend
 from ..kernel.manifest import Manifest
 
 Params = dict[str, np.ndarray]
@@ -34,12 +35,17 @@ class StepHyper:
     max_grad_norm: float = 0.0  # clip each step to this gradient norm (step_bound); 0 = off
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 class TrainerBackend(ABC):
     """One model, one optimizer ("sgd" or "adamw"), one backend."""
 
     name: str = "abstract"
 
     def __init__(self, artifact_dir, manifest: Manifest, optimizer: str):
+        if optimizer not in OPTIMIZERS:  # one named error for every backend, before any file is opened
+            raise UnsupportedByBackend(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adamw'")
         self.artifact_dir = artifact_dir
         self.manifest = manifest
         self.optimizer = optimizer

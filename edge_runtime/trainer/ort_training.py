@@ -46,8 +46,6 @@ class OrtTrainingBackend(TrainerBackend):
 
     def __init__(self, artifact_dir, manifest: Manifest, optimizer: str, threads: int = 1):
         super().__init__(artifact_dir, manifest, optimizer)
-        if optimizer not in OPTIMIZER_FILES:
-            raise UnsupportedByBackend(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adamw'")
         # The manifest, not the folder: a build without the training build of onnxruntime lists
         # no ORT files, and an ort/ folder an earlier build left beside it is another model's.
         missing = [f for f in (f"{ORT_DIR}/training_model.onnx", f"{ORT_DIR}/checkpoint") if f not in manifest.files]

@@ -48,8 +48,6 @@ class PortableBackend(TrainerBackend):
 
     def __init__(self, artifact_dir, manifest: Manifest, optimizer: str, threads: int = 1):
         super().__init__(artifact_dir, manifest, optimizer)
-        if optimizer not in _HYPER_FIELDS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adamw'")
         self.session = make_session(Path(artifact_dir) / f"train_step_{optimizer}.onnx", threads)
         self.eval_session = make_session(Path(artifact_dir) / "eval.onnx", threads)
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -11,7 +11,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")  # the build
 
+from fedge.edge_runtime.kernel.errors import UnsupportedByBackend  # noqa: E402
 from fedge.edge_runtime.trainer.base import StepHyper  # noqa: E402
+from fedge.edge_runtime.trainer.numpy_ref import NumpyBackend  # noqa: E402
 from fedge.edge_runtime.trainer.portable import PortableBackend  # noqa: E402
 from tests.edge_runtime.backend_cases import (  # noqa: E402
     check_wide_inputs_train_as_float32,
@@ -47,10 +49,13 @@ def test_float64_and_strided_params_and_batches_train_as_their_float32_values(ti
     check_wide_inputs_train_as_float32(lambda: PortableBackend(*tiny[:2], "sgd"), tiny, SCHEDULE)
 
 
-def test_an_unknown_optimizer_is_refused_by_name_before_any_file_is_opened(tiny):
+@pytest.mark.parametrize("backend", [PortableBackend, NumpyBackend])
+def test_an_unknown_optimizer_is_refused_by_name_before_any_file_is_opened(tiny, backend):
+    """The same named error as the ORT-training backend's; the numpy reference once took any
+    name but 'sgd' for AdamW when handed an optimizer state."""
     outdir, manifest = tiny[:2]
-    with pytest.raises(ValueError, match="unknown optimizer 'adam'; expected 'sgd' or 'adamw'"):
-        PortableBackend(outdir, manifest, "adam")
+    with pytest.raises(UnsupportedByBackend, match="unknown optimizer 'adam'; expected 'sgd' or 'adamw'"):
+        backend(outdir, manifest, "adam")
 
 
 def test_both_sessions_run_on_the_threads_asked_for(tiny):
