@@ -100,3 +100,15 @@ def test_a_work_folder_fedge_cannot_make_is_a_config_error_naming_it(tmp_path):
     with pytest.raises(ConfigError, match="cannot write the broker's config into .*a-file/broker"):
         write_config(_secured(tmp_path), folder)
     assert (tmp_path / "a-file").read_bytes() == OPERATORS
+
+
+def test_a_huge_file_by_a_written_name_is_refused_unread(tmp_path, monkeypatch):
+    """A stray 4 GiB file (sparse here) is foreign by its size alone; fedge never reads it in."""
+    conf = tmp_path / "mosquitto.conf"
+    with conf.open("wb") as f:
+        f.truncate(4 << 30)
+    reads = []
+    monkeypatch.setattr(type(conf), "read_bytes", lambda self: reads.append(self) or b"")
+    with pytest.raises(ForeignFile, match="mosquitto.conf already exists with other content"):
+        write_config(_secured(tmp_path), tmp_path)
+    assert reads == [] and conf.stat().st_size == 4 << 30

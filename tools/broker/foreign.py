@@ -9,6 +9,10 @@ from pathlib import Path
 
 from .errors import ForeignFile
 
+# Larger than what fedge would write by this much: foreign, judged from its size, unread (a work
+# folder's stray multi-gigabyte file must not be read into memory to be compared).
+SIZE_SLACK = 1 << 20  # bytes; any earlier render or ACL fedge wrote is within a few KiB of today's
+
 
 def refuse_foreign(files: Mapping[Path, bytes], *, overwrite: bool = False,
                    ours: Callable[[Path, bytes], bool] = lambda path, old: False,
@@ -32,6 +36,8 @@ def _foreign(path: Path, data: bytes, ours: Callable[[Path, bytes], bool]) -> bo
     if not path.is_file():
         return True
     try:
+        if path.stat().st_size > len(data) + SIZE_SLACK:
+            return True
         old = path.read_bytes()
     except OSError:  # unreadable: not a file fedge wrote for itself
         return True
