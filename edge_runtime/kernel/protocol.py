@@ -161,6 +161,11 @@ class TaskHyper:
             raise ValueError("hyper.lr must be > 0")
         if self.optimizer == "adamw" and not self.eps > 0:  # m / (sqrt(v) + eps) is 0 / 0 where a gradient is 0
             raise ValueError("hyper.eps must be > 0 with optimizer 'adamw' (1e-8 is torch's default)")
+        # As the server optimizers' (coordinator config): at 1 the SGD buffer never decays (and
+        # the step bound has no finite value), and AdamW's bias correction divides by 1 - 1 = 0.
+        for name in ("momentum", "beta1", "beta2"):
+            if not getattr(self, name) < 1:
+                raise ValueError(f"hyper.{name} must be in [0, 1), got {getattr(self, name)!r}")
 
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -188,7 +188,7 @@ def test_an_exception_from_handling_one_message_costs_that_message_not_the_loop(
 
 
 @pytest.mark.parametrize("bad", [dict(seed=-1), dict(pace_max_s=1e12), dict(round_deadline_s=1e10),
-                                 dict(hyper=TaskHyper(momentum=1.5)), dict(max_examples=0),
+                                 dict(hyper=TaskHyper(weight_decay=2e6)), dict(max_examples=0),
                                  dict(weighting="loudest"), dict(abandon_backoff_s=10.0, abandon_backoff_max_s=1.0)])
 def test_a_config_the_coordinator_could_not_send_or_weigh_is_refused_at_start(bad):
     """The codec's ranges hold for what the coordinator sends too: a value that would fail to

@@ -12,11 +12,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.kernel.errors import ConfigError, Diverged
-from fedge.edge_runtime.kernel.protocol import TaskHyper
-from fedge.edge_runtime.local_training import check_guard_hyper, check_loss, check_scaffold_hyper, train_locally
+from fedge.coordinator.config import load_coordinator_config
+from fedge.edge_runtime.kernel.codec import decode_message, encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError, Diverged, MalformedPayload
+from fedge.edge_runtime.kernel.protocol import TaskHyper, TrainTask
+from fedge.edge_runtime.local_training import check_guard_hyper, check_loss, train_locally
 from fedge.edge_runtime.trainer.base import StepHyper, clip_step, fresh_optimizer_state, step_bound
 from fedge.edge_runtime.trainer.numpy_ref import apply_optimizer
+from tests.coordinator.hostile import as_map, raw_frame
 
 
 class _Manifest:
@@ -110,13 +113,28 @@ def test_zero_turns_each_guard_off_and_factor_one_is_refused():
         check_guard_hyper(dataclasses.replace(TaskHyper(), divergence_factor=1.0))  # every run would diverge
 
 
-def test_momentum_one_has_no_step_bound_and_no_scaffold():
-    """TaskHyper takes momentum in [0, 1]; at 1 no step is bounded (lr * g / (1 - 1)), and
-    SCAFFOLD's estimate needs momentum < 1."""
+def test_momentum_one_has_no_step_bound_and_is_refused_with_betas_of_one(tmp_path):
+    """At momentum 1 no step is bounded (lr * g / (1 - 1)) and the SGD buffer never decays; at
+    beta1 or beta2 = 1 AdamW's bias correction divides by 0. TaskHyper refuses all three, as the
+    coordinator's config refuses its server optimizer's, in code, on the wire and in a config file;
+    just under 1 is taken."""
     assert step_bound("sgd", StepHyper(lr=0.1, max_grad_norm=1.0, momentum=1.0)) == 0.0
     assert step_bound("sgd", StepHyper(lr=0.1, max_grad_norm=1.0, momentum=0.99)) == pytest.approx(10.0)
-    with pytest.raises(ConfigError, match="momentum"):
-        check_scaffold_hyper(TaskHyper(momentum=1.0))
+    task = TrainTask(1, "t1", "d1", "m", 1, b"")
+    code = encode_message(task)[6]  # the frame's message-type byte (hostile.raw_frame's layout)
+    for name in ("momentum", "beta1", "beta2"):
+        with pytest.raises(ValueError, match=rf"hyper.{name} must be in \[0, 1\), got 1.0"):
+            TaskHyper(**{name: 1.0})
+        TaskHyper(**{name: float(np.nextafter(1.0, 0.0))})
+        conf = tmp_path / f"{name}.toml"
+        conf.write_text(f"[hyper]\n{name} = 1.0\n")
+        with pytest.raises(ConfigError, match=name):
+            load_coordinator_config(conf)
+    body = as_map(task)
+    assert decode_message(raw_frame(code, body)) == task
+    body["hyper"]["momentum"] = 1.0
+    with pytest.raises(MalformedPayload, match="momentum"):
+        decode_message(raw_frame(code, body))
 
 
 def test_a_non_finite_step_is_left_to_the_divergence_check():
