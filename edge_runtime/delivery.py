@@ -136,9 +136,12 @@ class ModelDelivery:
         return entry.tasks, []
 
     def request_again(self, task: TrainTask) -> bool:
-        """Ask again for the files of the task's model if a download is under way."""
+        """Ask again for the files of the task's model if the task waits for a download under
+        way. Not for a task that trained: a download of its model id for a later task (a new
+        manifest hash) answered its copy with that FetchRequest, and its kept Update waited for
+        the next resend (up to republish_s * 2**5) instead of going out again at once."""
         entry = self.waiting.get(task.model_id)
-        if entry is None:
+        if entry is None or all(waiting.task_id != task.task_id for waiting in entry.tasks):
             return False
         self._request_files(entry.tasks[0], entry.download)
         return True

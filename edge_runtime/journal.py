@@ -114,7 +114,7 @@ class DeviceJournal:
             for update_id in store.staged():
                 if update_id in self.pending:
                     try:
-                        store.commit_staged(update_id)
+                        store.commit_staged(update_id, verify=True)
                     except DeviceStateError as exc:
                         aside = set_aside(store.staged_path(update_id))
                         log.error("device %s: set aside %s: %s; update %s is still sent, the state stays as "

@@ -5,6 +5,9 @@ acknowledged), so the device keeps every encoded Update until the coordinator's 
 update id arrives, across restarts of the device too. One file per update:
 `r<round>-<update_id>.msg`, written atomically; its mtime is the injected clock's wall time
 when it was kept, so the age of an update is measured on the same clock that asks for it.
+An update kept by this run is aged on the clock's monotonic time instead: a wall clock that
+jumps (a board without a real-time clock booting at its last saved time, then set by NTP) made
+an update kept a minute ago look weeks old, and it was dropped unsent at the next resend.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class PendingUploads:
             raise DeviceStateError(f"{self.dir} is not a folder; the device keeps its unacknowledged updates "
                                    "there: move it aside") from None
         self._items: dict[str, PendingUpload] = {}
+        self._kept_at: dict[str, float] = {}  # update id -> clock.now() when this run kept it
         for path in sorted(self.dir.iterdir()):
             match = _NAME.match(path.name)
             if match:
@@ -63,9 +67,11 @@ class PendingUploads:
         written = self.clock.wall()
         os.utime(path, (written, written))
         self._items[update_id] = PendingUpload(round_id, update_id, payload)
+        self._kept_at[update_id] = self.clock.now()
 
     def remove(self, update_id: str) -> bool:
         item = self._items.pop(update_id, None)
+        self._kept_at.pop(update_id, None)
         if item is None:
             return False
         self._path(item.round_id, update_id).unlink(missing_ok=True)
@@ -75,6 +81,7 @@ class PendingUploads:
         """Forget a kept update that cannot be sent (its frame no longer decodes) and rename its
         file to `.damaged` (kernel.files.set_aside): the new path, or None if none was kept."""
         item = self._items.pop(update_id, None)
+        self._kept_at.pop(update_id, None)
         path = None if item is None else self._path(item.round_id, update_id)
         return set_aside(path) if path is not None and os.path.lexists(path) else None
 
@@ -94,14 +101,18 @@ class PendingUploads:
         return list(self._items.values())
 
     def older_than(self, seconds: float) -> list[PendingUpload]:
-        """Uploads kept more than `seconds` ago by the clock's wall time (file mtime), oldest first."""
-        now = self.clock.wall()
+        """Uploads kept more than `seconds` ago, oldest first: by the clock's monotonic time if
+        this run kept them, else by its wall time (the file's mtime, all a restart has)."""
+        now, wall = self.clock.now(), self.clock.wall()
         old = []
         for item in self._items.values():
-            try:
-                written = self._path(item.round_id, item.update_id).stat().st_mtime
-            except OSError:
-                continue
-            if now - written > seconds:
-                old.append((written, item))
-        return [item for _, item in sorted(old, key=lambda pair: pair[0])]
+            if item.update_id in self._kept_at:
+                age = now - self._kept_at[item.update_id]
+            else:
+                try:
+                    age = wall - self._path(item.round_id, item.update_id).stat().st_mtime
+                except OSError:
+                    continue
+            if age > seconds:
+                old.append((age, item))
+        return [item for _, item in sorted(old, key=lambda pair: -pair[0])]

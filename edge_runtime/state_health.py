@@ -6,7 +6,9 @@ something new. So while a model's state cannot be read, the device's check-ins s
 eligible, reason `bad_state`), and once it can they no longer do: a person who moves the
 damaged file aside, then restarts the device (or waits for its next check-in), changes what
 it says, and that un-parks it. Without this a fixed device checked in exactly as before the
-damage, and stayed parked.
+damage, and stayed parked. What no task reads is not asked: a damaged tuned_head.npz (written by
+personalize, read by nothing else) said `bad_state` while every task trained, and nothing ever set
+it aside, so the device stayed parked for good.
 
 A task that found state written for other model contents it could not set aside (superseded.py:
 a read-only folder) is asked again with the key of the contents it had: a store opened without
@@ -62,8 +64,7 @@ class StateHealth:
             return not os.path.lexists(folder)
         try:
             store = DeviceStore(self.home, model_id, key=key)  # with a key: sets aside what a task would
-            store.load_personal()  # reads the whole state file
-            store.load_tuned_head()
+            store.load_personal()  # reads the whole state file (not tuned_head.npz: no task reads it)
         except DeviceStateError:
             return False
         return True

@@ -43,7 +43,6 @@ import io
 import json
 import logging
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -233,13 +232,16 @@ class DeviceStore:
     def global_version(self) -> int | None:
         """The model version of global.npz, read without its arrays (keep_global asks on every
         task); None when there is none, an older fedge wrote it, or a power cut left it
-        unreadable (save_global does not fsync it): then the next model received replaces it."""
+        unreadable (save_global does not fsync it): then the next model received replaces it.
+        Unreadable is whatever np.load raises (_read): an empty file, what that power cut leaves on
+        a filesystem that does not order data before the rename, raised EOFError out of every
+        task, none answered; so did a version that is no integer (a bit flip)."""
         path = self.dir / "global.npz"
         try:
-            held = load_npz(path, only=(_VERSION_KEY,)) if path.exists() else {}
-        except (OSError, ValueError, zipfile.BadZipFile):
+            held = _read(path, only=(_VERSION_KEY,)) if path.exists() else {}
+            return int(held[_VERSION_KEY]) if _VERSION_KEY in held else None
+        except (DeviceStateError, TypeError, ValueError, OverflowError):
             return None
-        return int(held[_VERSION_KEY]) if _VERSION_KEY in held else None
 
     def save_global(self, arrays: Arrays, version: int | None = None) -> None:
         # Not fsync'd: only `fedge device export` reads it, and the next task writes it again;
@@ -333,9 +335,15 @@ class DeviceStore:
                        key=lambda p: (p.stat().st_mtime_ns, p.name))
         return [p.name[len("staged-"):-len(".npz")] for p in paths]
 
-    def commit_staged(self, update_id: str) -> None:
+    def commit_staged(self, update_id: str, verify: bool = False) -> None:
         """Apply a staged state (a rename), then note the task in meta.json. Safe to repeat
-        after a crash part-way: a staged file that is gone was applied."""
+        after a crash part-way: a staged file that is gone was applied.
+
+        verify: read the whole staged state first (DeviceStateError if it cannot be), as a
+        restart does (journal.recover): only its head is read otherwise, and a staged file
+        damaged past its head (a bad sector, a bit flip in one array) replaced a good
+        state.npz, which then declined every task as bad_state. Right after stage() the file
+        was just written, and is not read again."""
         path = self.staged_path(update_id)
         if not path.exists():
             return
@@ -345,6 +353,8 @@ class DeviceStore:
         except (KeyError, ValueError) as exc:  # a readable file without the meta stage() writes
             raise DeviceStateError(f"{path} holds no task meta ({type(exc).__name__}: {exc})") from exc
         whole = _WHOLE_KEY in head
+        if verify:
+            _parts(path, _read(path))
         self._parsed = None
         if whole:
             os.replace(path, self.dir / f"{_STATE}.npz")  # its bytes were fsynced by stage()
