@@ -175,7 +175,7 @@ class _Field:
     required: bool
     bounds: tuple | None = None  # protocol.bounded's (lo, hi), else the hint's default range
     omitted: Any = None  # bounded(omit_default=True): this default is left out of the frame (old peers)
-    pattern: Any = None  # model_id_field: a compiled regex the whole str must match
+    pattern: Any = None  # model_id_field, sha256_field: a wire_fields.TextPattern the whole str must match
     items: int | None = None  # list_field: at most this many entries in the tuple or dict
 
 
@@ -268,8 +268,7 @@ def _value(hint: Any, value: Any, where: str, decode: bool, bounds: tuple | None
         return out
     value = _check_range(_scalar(hint, value, where), bounds, where)
     if pattern is not None and not pattern.fullmatch(value):
-        raise MalformedPayload(f"{where}: {value!r} is not a model id (letters, digits, '_', '.', '-', "
-                               "at most 128, beginning with a letter or digit)")
+        raise MalformedPayload(f"{where}: {value[:80]!r} is not {pattern.description}")
     return value
 
 

@@ -34,8 +34,9 @@ on the same topic and are reassembled before decoding.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+
+from .task_hyper import OPTIMIZERS, TaskHyper  # noqa: F401  (re-exported: TrainTask.hyper, and where callers found them)
 
 # Value ranges and `bounded` live in wire_fields.py (the secure-aggregation messages use them
 # too); re-exported here, where the codec and the tests have always found them.
@@ -49,6 +50,7 @@ from .wire_fields import (  # noqa: F401
     bounded,
     list_field,
     model_id_field,
+    sha256_field,
 )
 
 SCHEMA_VERSION = 1
@@ -117,58 +119,6 @@ def device_of(topic: str) -> tuple[str, str] | None:
     return None
 
 
-@dataclass(frozen=True)
-class TaskHyper:
-    """Local-training hyperparameters for one task."""
-
-    epochs: int = bounded(1, 1_000_000, 1)
-    batch_size: int = bounded(1, 2**31 - 1, 32)
-    lr: float = bounded(0.0, 1e6, 0.05)
-    optimizer: str = "sgd"  # "sgd" (torch semantics, with momentum) or "adamw" (torch semantics)
-    momentum: float = bounded(0.0, 1.0, 0.0)
-    weight_decay: float = bounded(0.0, 1e6, 0.0)
-    beta1: float = bounded(0.0, 1.0, 0.9)
-    beta2: float = bounded(0.0, 1.0, 0.999)
-    eps: float = bounded(0.0, 1.0, 1e-8)
-    mu: float = bounded(0.0, 1e6, 0.0)  # FedProx proximal weight; 0 = plain FedAvg local training
-    max_steps: int = bounded(0, 2**31 - 1, 0)  # 0 = no cap beyond epochs
-    # Carry the local optimizer's state (momentum, Adam moments) over from the device's last
-    # task. Off: every task starts fresh, as in FedAvg. Momentum built on an older global model
-    # then pushes the new one off course; under quantity skew it made small devices diverge and
-    # collapsed FedAvgM's global model for good (heterogeneity benchmark, round 42).
-    keep_optimizer_state: bool = False
-    # Local-training guards (0 turns each off). max_grad_norm: each step's gradient is scaled to
-    # this global L2 norm at most, so one bad batch or a too-high lr moves the params a bounded
-    # step (trainer backends say how they apply it). divergence_factor: a task whose batch loss
-    # turns non-finite or exceeds this multiple of its first loss (at least 1 nat) is declined as
-    # `diverged` instead of sending a huge delta.
-    max_grad_norm: float = bounded(0.0, 1e30, 10.0)
-    divergence_factor: float = bounded(0.0, 1e30, 10.0)
-    # A device's first task starts its personal head from the fleet's global head (same shapes)
-    # instead of the model's initial values. Off by default. On for fleets where a device takes
-    # part rarely: a random head trained a few steps a task stays near chance for many rounds
-    # (README, Installing the device runtime). Left out of the frame while off, for devices built before it.
-    personal_head_from_global: bool = field(default=False, metadata={"omit_default": True})
-
-    def __post_init__(self) -> None:
-        # ValueError: the codec turns it into MalformedPayload, a config loader into ConfigError.
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"hyper.optimizer {self.optimizer!r}: use one of {OPTIMIZERS}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"hyper.{name} must be >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError("hyper.lr must be > 0")
-        if self.optimizer == "adamw" and not self.eps > 0:  # m / (sqrt(v) + eps) is 0 / 0 where a gradient is 0
-            raise ValueError("hyper.eps must be > 0 with optimizer 'adamw' (1e-8 is torch's default)")
-        # As the server optimizers' (coordinator config): at 1 the SGD buffer never decays (and
-        # the step bound has no finite value), and AdamW's bias correction divides by 1 - 1 = 0.
-        for name in ("momentum", "beta1", "beta2"):
-            if not getattr(self, name) < 1:
-                raise ValueError(f"hyper.{name} must be in [0, 1), got {getattr(self, name)!r}")
-
-
-OPTIMIZERS = ("sgd", "adamw")
 QUANT_BITS = (32, 8, 4)
 
 
@@ -215,10 +165,10 @@ class TrainTask:
     # SCAFFOLD: the server control variate c, update_codec dense fp32 (the device subtracts its own
     # c_i and uploads Update.control); empty = not a SCAFFOLD round.
     correction: bytes = b""
-    manifest_sha256: str = ""  # sha256 of the model's manifest.json, to verify fetched artifacts
+    manifest_sha256: str = sha256_field(default="")  # sha256 of the model's manifest.json, to verify fetched artifacts
     # sha256 of the encoded RoundModel published as ModelParts; params and correction are then
     # empty here and come from that RoundModel. "" = everything is inline in this task.
-    round_model_sha256: str = ""
+    round_model_sha256: str = sha256_field(default="")
     # Sharded ingest ([coordinator] shards = K): the aggregator shard that counts this device's
     # update; the device uploads to shard_update_topic(shard, device). -1 = no shards: the
     # plain update topic, and the field stays off the wire, so devices built before it work.
@@ -298,7 +248,7 @@ class ArtifactFile:
 
     model_id: str = model_id_field()
     path: str
-    sha256: str
+    sha256: str = sha256_field()
     data: bytes
     index: int = bounded(*_NON_NEGATIVE, 0)  # position in this transfer
     count: int = bounded(1, I64[1], 1)  # files in this transfer
@@ -310,7 +260,7 @@ class Announcement:
 
     model_id: str = model_id_field()
     model_version: int = bounded(*_NON_NEGATIVE)
-    manifest_sha256: str
+    manifest_sha256: str = sha256_field()
     round_id: int = bounded(*_NON_NEGATIVE, 0)  # 0 = no round open
     state: str = "idle"  # "training" while a round is open, else "idle"
     # Random per coordinator process. Check-ins are not retained, so one sent while no
@@ -335,7 +285,7 @@ class ModelPart:
     """Retained on model_part_topic(index): one slice of an encoded RoundModel whose sha256 is
     `sha256`. A device joins `count` slices in index order and checks the hash."""
 
-    sha256: str
+    sha256: str = sha256_field()
     index: int = bounded(*_NON_NEGATIVE)
     count: int = bounded(1, I64[1])
     data: bytes

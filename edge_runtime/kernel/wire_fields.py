@@ -4,7 +4,7 @@ Shared by protocol.py and the secure-aggregation messages (secagg/messages.py)."
 from __future__ import annotations
 
 import re
-from dataclasses import field
+from dataclasses import dataclass, field
 
 # Value ranges, checked by the codec on decode and encode (codec._check_range). An int field
 # without its own range must fit a signed 64-bit integer, the widest a SQLite INTEGER column
@@ -39,10 +39,43 @@ _SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+@dataclass(frozen=True)
+class TextPattern:
+    """A regex a str field's whole value must match (the codec checks it on decode and encode),
+    its short name (the protocol doc's), and what it is, for the refusal: "'x' is not <description>"."""
+
+    name: str
+    regex: re.Pattern
+    description: str
+
+    def fullmatch(self, text: str):
+        return self.regex.fullmatch(text)
+
+
+MODEL_ID = TextPattern("model id", MODEL_ID_PATTERN, "a model id (letters, digits, '_', '.', '-', at most 128, "
+                                         "beginning with a letter or digit)")
+# A sha256 as hexdigest() writes it, or empty (none given). A digest no file can have (junk, upper
+# case, short) is refused on decode, where a device once waited out its artifact fetch timeout
+# (120 s) for files that could never match it.
+SHA256_HEX = TextPattern("sha256 or empty", re.compile(r"(?:[0-9a-f]{64})?"),
+                         "a sha256 (64 lowercase hex digits) or empty")
+
+
+def check_sha256_hex(name: str, value: str) -> None:
+    """ValueError unless `value` is a sha256 as hexdigest() writes it."""
+    if not value or not SHA256_HEX.fullmatch(value):
+        raise ValueError(f"{name} must be 64 lowercase hex digits")
+
+
+def sha256_field(**kw):
+    """A str field holding a sha256 hex digest or "" (the codec checks SHA256_HEX)."""
+    return field(metadata={"pattern": SHA256_HEX}, **kw)
+
+
 def model_id_field(items: int | None = None, **kw):
     """A str field (or tuple of at most `items` of them) holding model ids: the codec checks
     MODEL_ID_PATTERN."""
-    return field(metadata={"pattern": MODEL_ID_PATTERN, "items": items}, **kw)
+    return field(metadata={"pattern": MODEL_ID, "items": items}, **kw)
 
 
 def list_field(items: int, **kw):

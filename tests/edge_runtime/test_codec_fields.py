@@ -16,6 +16,7 @@ import pytest
 from fedge.edge_runtime.kernel import protocol as p
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.errors import MalformedPayload
+from fedge.edge_runtime.kernel.wire_fields import MODEL_ID, SHA256_HEX
 from tests.edge_runtime.codec_samples import SAMPLES, TASK, UPD, VALID_ACK, _fields, _map_frame
 
 
@@ -142,7 +143,11 @@ def test_hand_built_bad_fields_are_malformed(cls, fields, match):
 
 
 def _model_id_fields(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if "pattern" in f.metadata]
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("pattern") is MODEL_ID]
+
+
+def _sha256_fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("pattern") is SHA256_HEX]
 
 
 NOT_MODEL_IDS = ["../victim", "..", ".", "", "a/b", "/abs", ".hidden", "a\\b", "x" * 129, "café", "abc\n", "-rf"]
@@ -167,6 +172,29 @@ def test_a_model_id_that_cannot_name_a_folder_is_refused_on_decode_and_encode(cl
         decode_message(_map_frame(cls, fields))
     with pytest.raises(MalformedPayload, match="is not a model id"):
         encode_message(dataclasses.replace(SAMPLES[cls], **{name: value}))
+
+
+def test_every_sha256_field_of_the_main_protocol_is_declared_as_one():
+    """A digest no file can have is refused on decode (a device once waited out its fetch timeout
+    for it); the secure-aggregation messages check theirs in __post_init__ (non-empty there)."""
+    for cls in SAMPLES:
+        if cls.__module__ == p.__name__:
+            named = [f.name for f in dataclasses.fields(cls) if f.name.endswith("sha256")]
+            assert named == _sha256_fields(cls), cls.__name__
+    assert sum(bool(_sha256_fields(cls)) for cls in SAMPLES) == 4
+
+
+@pytest.mark.parametrize("bad", ["zz", "AB" * 32, "ab" * 31, "ab" * 33, "g" * 64, " " + "ab" * 32])
+@pytest.mark.parametrize("cls", [c for c in SAMPLES if _sha256_fields(c)], ids=lambda c: c.__name__)
+def test_a_sha256_no_file_can_have_is_refused_on_decode_and_encode(cls, bad):
+    for name in _sha256_fields(cls):
+        fields = _fields(SAMPLES[cls]) | {name: bad}
+        with pytest.raises(MalformedPayload, match=rf"{cls.__name__}\.{name}.*is not a sha256"):
+            decode_message(_map_frame(cls, fields))
+        with pytest.raises(MalformedPayload, match="is not a sha256"):
+            encode_message(dataclasses.replace(SAMPLES[cls], **{name: bad}))
+        for good in ("", "0123456789abcdef" * 4):
+            assert getattr(decode_message(_map_frame(cls, _fields(SAMPLES[cls]) | {name: good})), name) == good
 
 
 def test_computed_and_plain_model_ids_pass_the_codec():

@@ -47,7 +47,10 @@ def _answers(agent, coord, payload: bytes) -> list:
 
 REFUSED = [_hyper(lr=float("nan")), _hyper(lr=float("inf")), _hyper(lr=-1.0), _hyper(lr=1e30), _hyper(batch_size=0),
            _hyper(batch_size=2**40), _hyper(max_steps=10**12), _hyper(epochs=10**7), _hyper(optimizer="lbfgs"),
-           lambda body: body.update(deadline_s=float("nan")), lambda body: body.update(surprise=1)]
+           lambda body: body.update(deadline_s=float("nan")), lambda body: body.update(surprise=1),
+           # a digest no file can have: once awaited until the artifact fetch timed out (120 s)
+           lambda body: body.update(manifest_sha256="zz"), lambda body: body.update(round_model_sha256="AB" * 32),
+           lambda body: body.update(manifest_sha256="ab" * 31)]
 
 
 @pytest.mark.parametrize("edit,secure", [(edit, False) for edit in REFUSED] + [(REFUSED[0], True), (REFUSED[4], True)])

@@ -137,7 +137,7 @@ def limit_of(hint, meta) -> str:
     if dataclasses.is_dataclass(hint):
         return "; ".join(parts + ["fields as in its own table"])
     if pattern is not None:
-        parts.append(f"model id: `{pattern.pattern}`")
+        parts.append(f"{pattern.name}: `{pattern.regex.pattern}`")
     elif hint is str:
         parts.append(f"≤ {_num(bounds[1]) if bounds else MAX_TEXT} chars, no NUL")
     elif hint is int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..protocol import TrainTask
-from ..wire_fields import _NON_NEGATIVE, bounded
+from ..wire_fields import _NON_NEGATIVE, bounded, check_sha256_hex
 from .shamir import PACKINGS, value_bytes
 
 MAX_COHORT = 100_000  # devices in one round's cohort, at most
@@ -64,8 +64,7 @@ def _check_advertised(msg) -> None:
 
 
 def _check_sha(value: str) -> None:
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise ValueError("model_sha256 must be 64 lowercase hex digits")
+    check_sha256_hex("model_sha256", value)
 
 
 @dataclass(frozen=True)
