@@ -8,6 +8,7 @@ the client id and a second login as pi-a would only knock the honest pi-a off it
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from types import SimpleNamespace
 
 import paho.mqtt.client as mqtt
@@ -41,6 +42,12 @@ def secured_broker(mosquitto_factory, tmp_path, users=USERS) -> SecuredBroker:
     for user, password in passwords.items():
         upsert_password(passwd, user, password)
     return SecuredBroker(mosquitto_factory(BrokerConfig(password_file=str(passwd))), passwd, passwords)
+
+
+def open_broker(process) -> SimpleNamespace:
+    """What start_fleet needs of a broker without passwords or ACL (the dev config, the
+    `mosquitto` fixture): any client may use any client id and any topic."""
+    return SimpleNamespace(process=process, passwords=defaultdict(str))
 
 
 class SecuredConnector:
