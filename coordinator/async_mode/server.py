@@ -206,7 +206,7 @@ class AsyncCoordinator(Coordinator):
             try:
                 accepted = check_update(report, sender, flight, self.round.ctx)
             except UpdateRejected:
-                self._drop(report.device_id, flight.task_id)  # answered; refused, and the device is told why
+                self._drop(report.device_id, flight.task_id, now)  # answered, refused (the Ack says why): rests
                 raise
         except UpdateRejected as exc:
             self._reject(exc, sender, report)
@@ -249,16 +249,16 @@ class AsyncCoordinator(Coordinator):
         if sender != decline.device_id or flight is None or flight.task_id != decline.task_id:
             self._reject(StaleRound(f"decline of task {decline.task_id}, not in flight"), sender, None)
             return
-        self._drop(decline.device_id, flight.task_id)
-        self._rest[decline.device_id] = now + self.config.pace_declined_s  # not asked again at once
+        self._drop(decline.device_id, flight.task_id, now)
         self.declines[tally_key(self.declines, decline.reason)] += 1
         if backoff.is_permanent(decline.reason):  # a rest would only space out the same decline: park it
             self.registry.park(decline.device_id, decline.reason)
         self.metrics.declined(decline.reason)
         log.info("async: %s declined task %s: %s", decline.device_id, decline.task_id, decline.reason)
 
-    def _drop(self, device_id: str, task_id: str) -> None:
+    def _drop(self, device_id: str, task_id: str, now: float) -> None:
         self.journal.drop_task(task_id)
+        self._rest[device_id] = now + self.config.pace_declined_s  # else each refused update won a new task
         self.machine, _ = on_event(self.machine, Dropped(device_id))
         self._gauges()
 

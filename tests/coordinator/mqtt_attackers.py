@@ -8,6 +8,7 @@ the client id and a second login as pi-a would only knock the honest pi-a off it
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from types import SimpleNamespace
 
 import paho.mqtt.client as mqtt
@@ -15,8 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fedge.coordinator.async_mode.server import coordinator_class
 from fedge.coordinator.config import CoordinatorConfig
-from fedge.coordinator.server import Coordinator
 from fedge.coordinator.store import RoundStore
 from fedge.coordinator.strategies import strategy_from_config
 from fedge.edge_runtime.kernel.transport.chunks import sender_of
@@ -41,6 +42,12 @@ def secured_broker(mosquitto_factory, tmp_path, users=USERS) -> SecuredBroker:
     for user, password in passwords.items():
         upsert_password(passwd, user, password)
     return SecuredBroker(mosquitto_factory(BrokerConfig(password_file=str(passwd))), passwd, passwords)
+
+
+def open_broker(process) -> SimpleNamespace:
+    """What start_fleet needs of a broker without passwords or ACL (the dev config, the
+    `mosquitto` fixture): any client may use any client id and any topic."""
+    return SimpleNamespace(process=process, passwords=defaultdict(str))
 
 
 class SecuredConnector:
@@ -90,14 +97,14 @@ class SecuredConnector:
 
 
 def start_fleet(secured, tmp_path, devices=(("pi-a", 7), ("pi-b", 19)), **config) -> SimpleNamespace:
-    """A Coordinator (SQLite store, `mean` aggregator: the oracle is the honest deltas' weighted
+    """A Coordinator of the config's mode (SQLite store, `mean` aggregator: the oracle is the honest deltas' weighted
     mean) and one ManualDevice per (user, examples), all registered."""
     _, manifest, runtime = build_tiny_model(tmp_path / "artifacts")
     cfg = CoordinatorConfig(**{"clients_per_round": len(devices), "min_reports": len(devices), "over_selection": 1.0,
                                "hyper": HYPER, "compression": EXACT, "aggregator": "mean", "evaluation": NO_EVAL,
                                **config})
     broker = SecuredConnector(secured)
-    coordinator = Coordinator(broker.connect("coordinator"), strategy_from_config(cfg), manifest,
+    coordinator = coordinator_class(cfg)(broker.connect("coordinator"), strategy_from_config(cfg), manifest,
                               runtime.initial("shared"), cfg, store=RoundStore(tmp_path / "state.db"))
     coordinator.start()
     fleet = SimpleNamespace(broker=broker, coordinator=coordinator, runtime=runtime, manifest=manifest, config=cfg)

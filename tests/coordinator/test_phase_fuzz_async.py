@@ -47,7 +47,7 @@ def _send(fleet, device, delta, update_id):
 
 def test_answers_twice_replays_and_version_claims_are_refused_and_each_flush_is_fedbuffs(model, tmp_path, caplog):
     capture(caplog)
-    fleet = make_fleet(model, tmp_path, mode="async", weighting="equal",
+    fleet = make_fleet(model, tmp_path, mode="async", weighting="equal", pace_declined_s=1.0,  # well inside deadlines
                        async_=AsyncConfig(concurrency=4, buffer_size=3, max_staleness=1))
     devices = {name: ManualDevice(fleet, name, 10 + i) for i, name in enumerate(HONEST + ("x",))}
     fleet.drain()
@@ -91,7 +91,10 @@ def test_answers_twice_replays_and_version_claims_are_refused_and_each_flush_is_
         refused(fleet, caplog, x, x.update(random_delta(shapes, rng), update_id=f"v{claim}", base_version=claim),
                 "wrong_model")
         assert c.machine.flight("x") is None  # it answered its own task, wrongly: its slot is free
-        c.tick()  # and the next tick gives it another task
+        c.tick()  # but it rests like a decliner first (test_async_boundaries.py says why)
+        assert c.machine.flight("x") is None
+        fleet.clock.advance(c.config.pace_declined_s)
+        c.tick()
         fleet.drain()
         assert c.machine.flight("x").task_id == x.task().task_id
         task = x.task()
