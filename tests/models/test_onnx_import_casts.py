@@ -3,7 +3,8 @@ and hand-written graphs: benchmarks/results/2026-12-07-byom-redteam): a weight r
 Identity of an initializer (deduplicated weights) or a Cast of a float16 or double initializer
 to float32 is a stored weight, and a Cast of float32 values to float32 between two layers is no
 op. Each froze the layer before it in the backbone (the weight ones with no notice at all);
-each now trains. Oracles: ONNX Runtime running the source (as imported, and the exported model),
+each now trains. A batch-1 Reshape whose shape comes through an Identity is rewritten as a
+stored one is (the build refused it). Oracles: ONNX Runtime running the source (as imported, and the exported model),
 and the float64 numpy reference for training (import_check)."""
 
 from __future__ import annotations
@@ -78,3 +79,30 @@ def test_a_cast_that_rounds_still_moves_the_cut(tmp_path, caplog):
         spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
     assert spec.onnx_cut == "a2" and spec.layers == ()
     assert "1 dense layer(s) stay frozen in the backbone (Gemm 'fc1')" in caplog.text and "Cast" in caplog.text
+
+
+def test_a_batch_one_reshape_whose_shape_comes_through_an_identity_takes_any_batch(tmp_path):
+    """The fixed-batch Reshape fix (onnx_batch.py) rewrites stored shapes only; a shape read
+    through an Identity of one was not stored, so the backbone kept [1, 12] and the build refused
+    the model ('cannot be reshaped ... the source's batch dimension is fixed at 1'). Oracle: the
+    source run by ONNX Runtime one example at a time."""
+    import onnxruntime as ort
+
+    from fedge.edge_runtime.model_runtime import ModelRuntime
+
+    nodes = [node("Identity", ["shape"], ["shape_id"]), node("Elu", ["x"], ["e"]),
+             node("Reshape", ["e", "shape_id"], ["f"]), node("Gemm", ["f", "w1", "b1"], ["h"]),
+             node("Relu", ["h"], ["a"]), node("Gemm", ["a", "w2", "b2"], ["y"])]
+    inits = {"w1": W1, "b1": B1, "w2": W2, "b2": B2, "shape": np.array([1, 12], np.int64)}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    spec = import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=False)
+    x = RNG.normal(size=(3, 3, 4)).astype(np.float32)
+    source = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    want = np.concatenate([source.run(None, {"x": x[i:i + 1]})[0] for i in range(3)])
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    z = runtime.embed(x)
+    np.testing.assert_allclose(np.maximum(z @ W1 + B1, 0) @ W2 + B2, want, rtol=1e-5, atol=1e-5)
