@@ -116,10 +116,17 @@ class _Graph:
         """Skip inference no-ops; return the tensor reached and its consumers."""
         while True:
             users = self.consumers.get(tensor, [])
-            if len(users) == 1 and users[0].op_type in PASS_THROUGH:
+            if len(users) == 1 and (users[0].op_type in PASS_THROUGH or self._float_to_float(tensor, users[0])):
                 tensor = users[0].output[0]
                 continue
             return tensor, users
+
+    def _float_to_float(self, tensor: str, node: onnx.NodeProto) -> bool:
+        """A Cast of float32 values to float32 (Keras and hand-written graphs, skl2onnx on
+        the input) changes nothing: it froze the layer before it, as an op the tail cannot train
+        through."""
+        return node.op_type == "Cast" and self.types.get(tensor) == TensorProto.FLOAT and any(
+            a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
 
     def downstream(self, tensor: str) -> Iterator[onnx.NodeProto]:
         """Every node computed from `tensor`, nearest first."""

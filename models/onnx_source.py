@@ -115,9 +115,12 @@ CONSTANT_NUMBERS = {"value_float": np.float32, "value_floats": np.float32, "valu
 
 def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
     """The graph's stored values by tensor name: initializers, Constant nodes' `value` (or
-    value_float(s), value_int(s)), and a
+    value_float(s), value_int(s)), a
     stored matrix's Transpose (torch without constant folding writes `x @ w.t()` as
-    MatMul(x, Transpose(w)); that weight was once refused as computed)."""
+    MatMul(x, Transpose(w)); that weight was once refused as computed), and an Identity of a
+    stored tensor, or its Cast to float32 from float16 or double: each the same numbers as ONNX
+    Runtime computes (a Gemm whose weight came through either stayed frozen in the backbone, and no
+    notice said so, since the notice names only dense layers with stored weights)."""
     out = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -130,7 +133,20 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
             perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
             value = numpy_helper.to_array(out[node.input[0]])
             out[node.output[0]] = numpy_helper.from_array(value if perm == [[0, 1]] else value.T, node.output[0])
+        elif node.op_type == "Identity" and node.input and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
+        elif node.op_type == "Cast" and node.input and node.input[0] in out and _casts_to_float32(node, out):
+            value = numpy_helper.to_array(out[node.input[0]]).astype(np.float32)
+            out[node.output[0]] = numpy_helper.from_array(value, node.output[0])
     return out
+
+
+def _casts_to_float32(node: onnx.NodeProto, stored: dict[str, TensorProto]) -> bool:
+    """A Cast to float32 of a stored float16, float32 or double tensor: numpy's astype gives
+    ONNX Runtime's values (exact from float16, round to nearest from double)."""
+    to = next((a.i for a in node.attribute if a.name == "to"), None)
+    return to == TensorProto.FLOAT and stored[node.input[0]].data_type in (
+        TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE)
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
