@@ -73,11 +73,12 @@ def test_poisson_is_charged_add_remove_and_fixed_replace_one_at_half_the_noise()
     assert fixed > poisson
 
 
+# Fixed-size q = 1e-6 is left to the ε grid above: each fixed-size RDP evaluation costs about 1 s
+# whatever q, and its calibration took 22 s.
 @pytest.mark.parametrize("sampling,population,cohort,rounds,target,delta", [
     ("fixed", 50, 50, 1, 2.0, 1e-5),  # q = 1
     ("poisson", 50, 50, 1, 2.0, 1e-5),
     ("poisson", 1_000_000, 1, 1, 0.5, 1e-5),  # q tiny
-    ("fixed", 1_000_000, 1, 1, 0.5, 1e-5),
     ("poisson", 1000, 100, 1, 30.0, 1e-3),  # small z
 ])
 def test_calibrated_z_is_the_least_that_meets_the_target_by_the_direct_bound(sampling, population, cohort, rounds,
