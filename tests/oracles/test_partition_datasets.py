@@ -114,3 +114,33 @@ def test_impossible_splits_are_refused_by_name(labels):
         dirichlet_per_client(y, 4, 0.5, rng, min_size=n // 4 + 1)
     with pytest.raises(ValueError, match="unknown partition scheme"):
         partition("zipf", y, 3, rng)
+
+
+@pytest.mark.parametrize("scheme,options", SPLITS)
+def test_float_labels_with_nan_are_each_used_once(scheme, options):
+    """partition.py promises every index exactly once; the Dirichlet split found a class's
+    members by y == label, which NaN never equals, and dropped them (20 of 60 here)."""
+    y = np.array([0.0, 1.0, np.nan] * 20)
+    _each_used_once(partition(scheme, y, 3, np.random.default_rng(0), **options), len(y))
+
+
+def test_the_dirichlet_split_of_ordinary_labels_is_the_one_earlier_versions_drew():
+    """Finding a class's members by np.unique's inverse picks the same members as y == label, in
+    the same order, so every seed's split is unchanged (reference: y == label, by hand)."""
+    y = skd.load_wine().target
+    parts = dirichlet_label_skew(y, 5, 0.3, np.random.default_rng(8))
+    rng = np.random.default_rng(8)
+    n = len(y)
+    need = min(10, max(2, n // (10 * 5)))  # min_size 10, lowered to a tenth of the average share
+    while True:  # the documented draw, written out
+        sizes, cut = np.zeros(5, np.int64), []
+        for label in np.unique(y):
+            idx = rng.permutation(np.flatnonzero(y == label))
+            p = rng.dirichlet(np.full(5, 0.3)) * (sizes < n / 5)
+            cuts = (np.cumsum(p / p.sum()) * len(idx)).astype(np.int64)[:-1]
+            cut.append(np.split(idx, cuts))
+            sizes += np.array([len(c) for c in cut[-1]])
+        if sizes.min() >= need:
+            break
+    want = [np.sort(np.concatenate([c[k] for c in cut])) for k in range(5)]
+    assert all(np.array_equal(a, b) for a, b in zip(parts, want))
