@@ -79,7 +79,10 @@ def dirichlet_label_skew(
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     need = _auto_min_size(min_size, n, num_clients)
-    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    # By np.unique's inverse, not y == label: NaN == NaN is False, so float labels holding NaN lost
+    # those examples (every NaN is one label here, as in dirichlet_per_client and shards).
+    _, inverse = np.unique(y, return_inverse=True)
+    by_class = [np.flatnonzero(inverse == c) for c in range(int(inverse.max()) + 1)]
     for _ in range(_MAX_TRIES):
         cut: list[tuple[np.ndarray, np.ndarray]] = []  # per class: (shuffled members, cut positions)
         sizes = np.zeros(num_clients, dtype=np.int64)

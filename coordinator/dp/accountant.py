@@ -73,6 +73,16 @@ class RoundCharge:
         return dpa.SampledWithoutReplacementDpEvent(self.population, self.cohort, gaussian)
 
 
+def check_method(method: str, sampling: str | None = None) -> None:
+    """ValueError naming an accountant that is not one, or PLD with fixed-size sampling:
+    dp-accounting 0.6's PLD accountant has no fixed-size (without replacement) sampling event,
+    so fedge refuses rather than account a different mechanism than the sampler runs."""
+    if method not in ACCOUNTANTS:
+        raise ValueError(f"accountant {method!r}: choose one of {ACCOUNTANTS}")
+    if method == "pld" and sampling == "fixed":
+        raise ValueError("the PLD accountant supports Poisson sampling only; use rdp for fixed-size cohorts")
+
+
 def sensitivity_factor(sampling: str) -> float:
     """The clipped sum's L2 sensitivity over S under the sampling's neighbouring relation (docstring)."""
     return 2.0 if sampling == "fixed" else 1.0
@@ -97,18 +107,14 @@ def _quiet_absl():
 
 def epsilon(charges: Sequence[RoundCharge], delta: float, method: str = "rdp") -> float:
     """ε(δ) of the composition of `charges` (0.0 for an empty ledger)."""
-    if method not in ACCOUNTANTS:
-        raise ValueError(f"accountant {method!r}: choose one of {ACCOUNTANTS}")
+    check_method(method)
     if not charges:
         return 0.0
     samplings = {c.sampling for c in charges}
     if len(samplings) != 1:
         raise ValueError(f"one ledger cannot mix samplings {sorted(samplings)}: their neighbouring relations differ")
     sampling = samplings.pop()
-    if method == "pld" and sampling == "fixed":
-        # dp-accounting 0.6's PLD accountant has no fixed-size (without replacement) sampling event;
-        # refuse rather than account a different mechanism than the sampler runs.
-        raise ValueError("the PLD accountant supports Poisson sampling only; use rdp for fixed-size cohorts")
+    check_method(method, sampling)
     if method == "pld" and (low := min(c.noise_multiplier for c in charges)) < PLD_MIN_NOISE:
         _say_pld_fallback(low)
         method = "rdp"  # an upper bound on the same ε (looser), in milliseconds

@@ -32,7 +32,7 @@ from dp_accounting.mechanism_calibration import (
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
-from .accountant import PLD_MIN_NOISE, RoundCharge, _quiet_absl, _relation, sensitivity_factor
+from .accountant import PLD_MIN_NOISE, RoundCharge, _quiet_absl, _relation, check_method, sensitivity_factor
 from .config import check_pld, check_rounds
 
 MIN_CALIBRATED = 0.05  # the search's lower end: a target met there is refused (_rdp_z)
@@ -45,6 +45,9 @@ def noise_multiplier_for(target_epsilon: float, delta: float, rounds: int, popul
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
     RoundCharge(population, cohort, 1.0, sampling)  # validates the arguments
+    # Before the search: an unknown accountant was calibrated as rdp, and pld with fixed-size
+    # sampling ran RDP's search and then died in dp-accounting (UnsupportedEventError).
+    check_method(method, sampling)
     what = f"{rounds} rounds of {cohort} of {population} devices ({sampling})"
     if method == "pld":
         check_pld(rounds, delta)

@@ -78,3 +78,15 @@ def test_more_rounds_than_fedge_calibrates_for_are_refused_by_name_with_the_boun
     assert PrivacyConfig(enabled=True, sampling=sampling, rounds=MAX_CALIBRATED_ROUNDS).rounds == MAX_CALIBRATED_ROUNDS
     # nothing to calibrate: z is set, and the budget refuses the round that would pass the target
     assert PrivacyConfig(enabled=True, sampling=sampling, rounds=2 ** 62, noise_multiplier=1.0).rounds == 2 ** 62
+
+
+@pytest.mark.parametrize("method,sampling,named", [("pld", "fixed", "Poisson sampling only"),
+                                                   ("bogus", "poisson", "accountant 'bogus'")])
+def test_calibration_refuses_what_the_ledger_refuses_by_name_before_searching(method, sampling, named):
+    """epsilon() refuses an unknown accountant and PLD with fixed-size cohorts by name; the
+    calibration did not: pld with fixed ran RDP's search, then raised dp-accounting's own
+    UnsupportedEventError, and an unknown accountant was silently calibrated as rdp."""
+    for call in (lambda: noise_multiplier_for(2.0, 1e-5, 1, 1000, 100, sampling, method),
+                 lambda: epsilon([RoundCharge(1000, 100, 1.0, sampling)], 1e-5, method)):
+        with pytest.raises(ValueError, match=named):
+            call()
