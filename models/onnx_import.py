@@ -43,7 +43,7 @@ from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_classifier, read_linear_classifier
 from .onnx_new_head import cut_features
-from .onnx_notice import frozen_notice
+from .onnx_notice import frozen_notice, tied_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
 from .spec import LayerSpec, ModelSpec
 
@@ -296,6 +296,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
                      cut_features(model, g.input.name, input_shape, cut, options.onnx))
     if options.cut == "auto" and (notice := frozen_notice(model, cut, {layer.node for layer in tail},
                                                           lambda node: _dense(g, node, node.input[0]), g.where)):
+        log.warning("%s: %s", options.onnx, notice)
+    if notice := tied_notice(tail):
         log.warning("%s: %s", options.onnx, notice)
     hidden, classifier = tail[:-1], tail[-1]
     names = [f"fc{i + 1}" for i in range(len(hidden))]

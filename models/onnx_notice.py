@@ -60,3 +60,22 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str],
         except OnnxImportError as exc:
             return f"{head}: it cannot start at {str(exc).removeprefix(where + ': ')}"
     return f"{head}, which is not one {TRAINABLE} it can train through"
+
+
+def tied_notice(layers: list) -> str | None:
+    """None unless two layers of the trainable tail hold the same weight matrix (or one the
+    other's transpose): a source that ties them (torch `fc2.weight = fc1.weight`, one initializer
+    read twice) imports them as independent fedge layers, which start equal and drift apart as
+    they train. Said, not refused: the imported model computes what the source does until then."""
+    pairs = [f"{a.node!r} and {b.node!r}" for i, a in enumerate(layers) for b in layers[i + 1:]
+             if _same_matrix(a.weight, b.weight)]
+    if not pairs:
+        return None
+    return (f"the layers {', '.join(pairs)} share their weights in the source (tied); fedge trains each "
+            "as its own layer, so after training they differ: the tie is not kept")
+
+
+def _same_matrix(a, b) -> bool:
+    if a.size < 2 or (a == a.flat[0]).all():  # a constant matrix is not a tie
+        return False
+    return (a.shape == b.shape and (a == b).all()) or (a.shape == b.T.shape and (a == b.T).all())
