@@ -27,7 +27,8 @@ def check_cut_type(g, cut: str) -> None:
     if elem not in (TensorProto.FLOAT, TensorProto.UNDEFINED):
         raise OnnxImportError(f"{g.where}: the cut {cut!r} holds {TensorProto.DataType.Name(elem)} values (written "
                               f"by {_writer(g.model, cut)}); the trainable part takes float32 features: cut at a "
-                              "float tensor before it")
+                              "float tensor before it (the layers after that cut train only in float32: where they "
+                              "compute in another type, add --classes K for a new head on that tensor)")
 
 
 def no_tail_error(g, last_error: OnnxImportError | None) -> OnnxImportError:
