@@ -54,3 +54,26 @@ def test_limits_come_from_the_field_metadata():
     assert "| `num_examples` | int | **required** | [0, 2^32 − 1] |" in table
     assert "| `shard` | int | `-1`, left out of the frame while it holds it | [-1, 1023] |" in table
     assert "| `model_ids` | array of str | `()` | ≤ 64 entries; model id:" in schema.fields_table(CheckIn)
+
+
+def test_an_upper_bound_the_decoder_refuses_is_said_in_its_row():
+    """The limit column gives `bounded`'s closed range; where TaskHyper's own check refuses the
+    range's top (momentum, beta1, beta2 at 1: a frame at 1 is MalformedPayload), the row says so,
+    or a peer written from this document sends it (the table once read [0, 1] with nothing more)."""
+    import dataclasses
+
+    from fedge.edge_runtime.kernel.protocol import TaskHyper
+
+    rows = {line.split("|")[1].strip(" `"): line for line in schema.fields_table(TaskHyper).splitlines()[2:]}
+    refused = []
+    for f in dataclasses.fields(TaskHyper):
+        lo_hi = f.metadata.get("range")
+        if f.type not in (float, "float") or lo_hi is None:
+            continue
+        try:
+            TaskHyper(**{f.name: lo_hi[1]})
+        except ValueError:
+            refused.append(f.name)
+            assert f"{lo_hi[1]:g} is refused" in rows[f.name], rows[f.name]
+    assert refused == ["momentum", "beta1", "beta2"]
+    assert DOC.read_text().count("(1 is refused:") == 3

@@ -19,10 +19,10 @@ class TaskHyper:
     batch_size: int = bounded(1, 2**31 - 1, 32)
     lr: float = bounded(0.0, 1e6, 0.05)
     optimizer: str = "sgd"  # "sgd" (torch semantics, with momentum) or "adamw" (torch semantics)
-    momentum: float = bounded(0.0, 1.0, 0.0)
+    momentum: float = bounded(0.0, 1.0, 0.0)  # below 1 (1 is refused: the SGD buffer would never decay)
     weight_decay: float = bounded(0.0, 1e6, 0.0)
-    beta1: float = bounded(0.0, 1.0, 0.9)
-    beta2: float = bounded(0.0, 1.0, 0.999)
+    beta1: float = bounded(0.0, 1.0, 0.9)  # below 1 (1 is refused: AdamW's bias correction divides by 1 - beta1)
+    beta2: float = bounded(0.0, 1.0, 0.999)  # below 1 (1 is refused: AdamW's bias correction divides by 1 - beta2)
     eps: float = bounded(0.0, 1.0, 1e-8)
     mu: float = bounded(0.0, 1e6, 0.0)  # FedProx proximal weight; 0 = plain FedAvg local training
     max_steps: int = bounded(0, 2**31 - 1, 0)  # 0 = no cap beyond epochs
