@@ -17,6 +17,7 @@ import numpy as np
 
 from ..kernel.errors import UnsupportedByBackend
 from ..kernel.manifest import Manifest
+from ..kernel.task_hyper import OPTIMIZERS
 
 Params = dict[str, np.ndarray]
 
@@ -33,9 +34,6 @@ class StepHyper:
     beta2: float = 0.999
     eps: float = 1e-8
     max_grad_norm: float = 0.0  # clip each step to this gradient norm (step_bound); 0 = off
-
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 class TrainerBackend(ABC):

@@ -200,7 +200,9 @@ def check_work_folder(files: dict[Path, bytes]) -> None:
     """ForeignFile unless each of `files` (path -> the bytes to write) is absent, holds those
     bytes, or is a mosquitto.conf that render_config wrote and no one edited since (its first line is
     RENDERED, its second the sha256 of the rest)."""
-    refuse_foreign(files, ours=_rendered, advice="move them, or give the broker another work folder")
+    refuse_foreign(files, ours=_rendered, advice="move them, or give the broker another work folder (a "
+                   "mosquitto.conf under fedge's header is fedge's only while its digest line matches: "
+                   "not once edited, nor when written before fedge kept that line)")
 
 
 def _rendered(path: Path, old: bytes) -> bool:
