@@ -5,13 +5,16 @@ playing the same stage wrong.
 
 Tried, at every stage: a dropout; a second key advertisement with fresh keys; an advertisement
 with a signature no identity made; replies for another round, or as another device; too few or
-too many sealed shares; a key advertisement where shares are due; a masked input one coordinate
-short or one field bit wider; an `unopened` list naming itself or a device it never had; a short
-unmask answer; and each stage's honest message of round 1 replayed into round 2.
+too many sealed shares; a key advertisement where shares are due; an advertisement for another
+model, or with an all-zero key; a masked input one coordinate short or one field bit wider or
+narrower; an `unopened` list naming itself or a device it never had; an unmask answer shorter or
+longer than the shares it holds; and each stage's honest message of round 1 replayed into round 2.
 Expected: the bad reply refused by name (the coordinator's rejection counter), and the round
 commits what the per-group oracle says: per shard group (crc32 written out), the plain integer
 sum mod 2^m of its survivors' field values, decoded, the groups added, over the survivors'
-number; the attackers are survivors only where the case says so.
+number; the attackers are survivors only where the case says so. Five of the cases run through
+a real Mosquitto as well, the raw clients' replies published by plain paho clients. And two bad
+dealers, one per group: both are named in the one round they spoil.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.edge_runtime.kernel.secagg import quantize
+from fedge.edge_runtime.kernel.secagg.packing import pack
 from tests.coordinator.fleet import copy_params, make_fleet
 from tests.coordinator.test_sharding_secagg import SECURE, SETTINGS, SIZES, K, _flat, _run_round
 from tests.coordinator.test_sharding_third_party import mosquitto_connector
@@ -108,8 +112,20 @@ def _bad_signature(client, reply):
     return [dataclasses.replace(reply, signature=os.urandom(64))]
 
 
+def _narrow_input(client, reply):
+    y = np.zeros(reply.length, dtype=np.uint32)
+    return [dataclasses.replace(reply, field_bits=reply.field_bits - 1, data=pack(y, reply.field_bits - 1))]
+
+
 SHARDED_CASES = {  # name: (stage, tamper, rejection or None, are the attackers in the sum)
     **CASES,
+    "advertise_another_model": ("advertise", lambda c, r: [dataclasses.replace(r, model_sha256="0" * 64)],
+                                "secagg_model_mismatch", False),
+    "advertise_zero_keys": ("advertise", lambda c, r: [dataclasses.replace(r, cipher_public=bytes(32))],
+                            "secagg_bad_key", False),
+    "narrower_field": ("mask", _narrow_input, "secagg_bad_shape", False),
+    "long_answer": ("unmask", lambda c, r: [dataclasses.replace(r, values=r.values + bytes(8))],
+                    "secagg_bad_shares", True),
     "unsigned_keys_signed_at_random": ("advertise", _bad_signature, None, True),  # no identity directory: relayed
     **{f"drop_at_{s}": (s, lambda client, reply: [], None, s == "unmask")
        for s in ("advertise", "share", "mask", "unmask")},
