@@ -157,20 +157,30 @@ class GroupedSecAgg:
 
     def group_sums(self) -> list[tuple[np.ndarray, int]]:
         """Each group's decoded real-valued sum and its survivors, in shard order; UnmaskFailed
-        names the first group that cannot be unmasked (module docstring)."""
-        out = []
+        names the first group that cannot be unmasked (module docstring). Every group is tried
+        even after one failed: each names its own bad dealers (round_state.unmasked_sum, `blamed`),
+        so they all sit out from the next round, as one coordinator's cohort would. Stopping at
+        the first failure left a later group's dealers unnamed, to spoil the next round too."""
+        out, failed = [], None
         for i, (g, r) in enumerate(zip(self.groups, self.rounds)):
-            if i in self.out:
-                raise UnmaskFailed(f"shard group {g.label}: {self.out[i]}")
-            if len(r.alive) < g.min_inputs:
-                raise UnmaskFailed(f"shard group {g.label}: {len(r.alive)} masked inputs, its sum needs "
-                                   f"{g.min_inputs}")
             try:
-                total, n = r.unmasked_sum()
-            except UnmaskFailed as exc:  # of its kind: an Unexplained one is counted (metrics.py)
-                raise type(exc)(f"shard group {g.label}: {exc}") from None
-            out.append((decode_total(total, n, r.dimension, r.spec), n))
+                out.append(self._group_sum(i, g, r))
+            except UnmaskFailed as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         return out
+
+    def _group_sum(self, i: int, g: ShardGroup, r: SecAggRound) -> tuple[np.ndarray, int]:
+        if i in self.out:
+            raise UnmaskFailed(f"shard group {g.label}: {self.out[i]}")
+        if len(r.alive) < g.min_inputs:
+            raise UnmaskFailed(f"shard group {g.label}: {len(r.alive)} masked inputs, its sum needs {g.min_inputs}")
+        try:
+            total, n = r.unmasked_sum()
+        except UnmaskFailed as exc:  # of its kind: an Unexplained one is counted (metrics.py)
+            raise type(exc)(f"shard group {g.label}: {exc}") from None
+        return decode_total(total, n, r.dimension, r.spec), n
 
     def mean_delta(self) -> tuple[dict[str, np.ndarray], int, None]:
         """The survivors' mean: the groups' sums added in shard order, over their number (and no

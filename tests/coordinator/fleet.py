@@ -113,8 +113,9 @@ NO_EVAL = EvalConfig(every_rounds=0)
 
 
 def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | None = None,
-               metrics: CoordinatorMetrics | None = None, coordinator_cls=None, **config) -> Fleet:
-    """coordinator_cls: the class to run (default: the one the config's mode asks for)."""
+               metrics: CoordinatorMetrics | None = None, coordinator_cls=None, broker=None, **config) -> Fleet:
+    """coordinator_cls: the class to run (default: the one the config's mode asks for); broker:
+    anything with connect(client_id) -> Transport (default: a new InMemoryBroker)."""
     art, manifest, runtime = model
     # aggregator "mean": these fleets check the strategies' arithmetic against the plain weighted
     # mean of the wire deltas; the default defence (norm_bound) has its own tests. Evaluation
@@ -122,7 +123,7 @@ def make_fleet(model, tmp_path, sizes=(), eligibility=None, store: RoundStore | 
     # interleave; federated evaluation has its own tests (tests/coordinator/test_evaluation.py).
     cfg = CoordinatorConfig(**{"clients_per_round": max(1, len(sizes)), "over_selection": 1.0, "hyper": HYPER,
                                "compression": EXACT, "aggregator": "mean", "evaluation": NO_EVAL, **config})
-    broker = InMemoryBroker()
+    broker = broker or InMemoryBroker()
     clock = ManualClock()
     cls = coordinator_cls or coordinator_class(cfg)
     coordinator = cls(broker.connect("coordinator"), make_strategy("fedavg", cfg.hyper), manifest,

@@ -103,13 +103,14 @@ def test_partial_sums_are_the_streaming_means_arithmetic_and_survive_bytes():
 class Cluster:
     """Leader, K workers and devices on one in-memory broker, stepped by hand."""
 
-    def __init__(self, model, dsn, devices=20, keep_key_rounds=100, **config):
+    def __init__(self, model, dsn, devices=20, keep_key_rounds=100, broker=None, **config):
         art, self.manifest, runtime = model
         self.dsn = dsn
         self.cfg = CoordinatorConfig(**{"clients_per_round": devices, "over_selection": 1.0, "hyper": HYPER,
                                         "compression": EXACT, "aggregator": "mean", "evaluation": NO_EVAL,
                                         "state_dsn": dsn, "shards": K, "round_deadline_s": 60.0, **config})
-        self.broker, self.clock = InMemoryBroker(), ManualClock()
+        # broker: anything with connect(client_id) -> Transport (a real Mosquitto in the red-team tests)
+        self.broker, self.clock = broker or InMemoryBroker(), ManualClock()
         self.lease = PostgresLease(dsn)
         assert self.lease.try_acquire()
         self.store = PostgresStore(dsn, epoch=self.lease.epoch, keep_key_rounds=keep_key_rounds)
