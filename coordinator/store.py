@@ -183,6 +183,14 @@ def open_store(config, epoch: int | None = None) -> Store | None:
     return RoundStore(config.state_db, **keep) if config.state_db else None
 
 
+def holds_fedge_schema(db: sqlite3.Connection) -> bool:
+    """Whether an open SQLite database is fedge's state: a meta table with its schema row, or no
+    tables at all (a state file whose coordinator has not set it up yet)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+        return db.execute("SELECT 1 FROM meta WHERE key = 'schema'").fetchone() is not None
+    return db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
 def _refuse_foreign_db(path: Path) -> None:
     """state_db names a file fedge made, or a new (or empty) one: fedge's schema and WAL mode
     must never land in someone else's database. Fedge's has a meta table with its schema row;
@@ -197,10 +205,7 @@ def _refuse_foreign_db(path: Path) -> None:
         try:
             db = sqlite3.connect(str(path))
             try:
-                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
-                    ours = db.execute("SELECT 1 FROM meta WHERE key = 'schema'").fetchone() is not None
-                else:
-                    ours = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+                ours = holds_fedge_schema(db)
             finally:
                 db.close()
         except sqlite3.DatabaseError:

@@ -75,7 +75,7 @@ def write_device_toml(path: str | Path, *, device_id: str, broker_url: str, data
     if path.is_dir():  # "exists; pass --force", and --force then failed with IsADirectoryError
         raise ConfigError(f"--out {path} is a folder; name the device config file to write, "
                           f"e.g. {path / 'device.toml'}")
-    if path.exists() and not force:
+    if (path.exists() or path.is_symlink()) and not force:  # a link to nothing: the write replaced the link
         raise ConfigError(f"{path} exists; edit it, or pass --force to replace it")
     text = device_toml(device_id, broker_url, data_npz, state_dir)
     # what `fedge device run` would refuse (an id with '/', a broker url without mqtt://, a quote

@@ -12,6 +12,7 @@ from .device import DeviceRuntime
 from .device_config import DeviceConfig, read_local_data
 from .eligibility_monitor import EligibilityMonitor
 from .kernel.clock import SystemClock
+from .kernel.errors import ConfigError
 from .kernel.manifest import MANIFEST_FILE
 from .kernel.secagg.identity_files import load_directory, load_identity
 from .kernel.transport.mqtt import MqttTransport
@@ -28,6 +29,7 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
                                  check_interval_s=cfg.probe.check_interval_s, name=cfg.device_id)
     state = Path(cfg.state_dir)
     own = state / cfg.device_id
+    _refuse_file_in_the_way(own)
     if not own.exists():  # personal params and residuals live here: this device's user only
         own.mkdir(mode=0o700, parents=True)
     artifacts = own / "artifacts"
@@ -44,6 +46,18 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
                         own_noise_floor=cfg.privacy.own_noise_multiplier, max_task_s=cfg.agent.max_task_s,
                         max_pace_s=cfg.agent.max_pace_s)
     return AgentLoop(agent, poll_s=cfg.agent.poll_s), transport
+
+
+def _refuse_file_in_the_way(own: Path) -> None:
+    """ConfigError when a file stands where the state folder or one above it goes: the mkdir's
+    NotADirectoryError was a traceback, and (exit 1) systemd restarted the device into it forever.
+    A missing path stays the mkdir's: a disk mounted late is a folder, never a file."""
+    for folder in (own, *own.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"state_dir: {folder} is a file, not a folder, so the device's state folder {own} "
+                                  "cannot be made; point state_dir at a folder")
+            return
 
 
 def secagg_credentials(cfg: DeviceConfig) -> tuple[bytes | None, dict[str, bytes] | None]:

@@ -11,6 +11,7 @@ before it writes anything (ForeignOutput, a ConfigError that names the files).""
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,9 +38,25 @@ def refuse_foreign(outdir: Path, taken: Iterable[str], command: str, why: str = 
                             f"or empty folder")
 
 
+def dangling_link(path: Path) -> str | None:
+    """Why `path`, or a folder above it, cannot be written through: the first one that is a symlink
+    to nothing, or None. exists() is False for it, so a check passed it and the run ended in a
+    bare FileExistsError from the mkdir, or wrote its file over the user's link (or where it
+    points) after the whole run."""
+    for part in (path, *path.parents):
+        if part.is_symlink() and not part.exists():
+            return f"{part} is a symlink to {os.readlink(part)}, which does not exist: name a real folder or file"
+        if part.exists():
+            return None
+    return None
+
+
 def refuse_file_as_folder(outdir: Path, command: str) -> None:
     """ForeignOutput when a file stands at `outdir` or where one of its folders goes: it was a
-    bare `FileExistsError: File exists: 'OUT'` from the mkdir."""
+    bare `FileExistsError: File exists: 'OUT'` from the mkdir. A symlink to nothing there too."""
+    link = dangling_link(outdir)
+    if link:
+        raise ForeignOutput(f"{command}: {link}")
     for folder in (outdir, *outdir.parents):
         if folder.exists():
             if not folder.is_dir():

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.models.output_dir import ForeignOutput, starts_with
+from fedge.models.output_dir import ForeignOutput, dangling_link, starts_with
 
 MARKDOWN_HEADER = b"# fedge "
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,6 +94,9 @@ def output_file_problem(path: str | Path) -> str | None:
     no new entry (/proc, a read-only mount): each was found by the write after the run. The last
     is asked by making and removing an empty folder there (as root, a mode says nothing)."""
     path = Path(path)
+    link = dangling_link(path)
+    if link:
+        return link
     if path.is_dir():
         return f"{path} is a folder; name a file"
     if path.exists() and not path.is_file():  # /dev/null, a FIFO: the write's rename replaced the node

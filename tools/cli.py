@@ -341,11 +341,12 @@ def _device(args) -> int:
 
     policy, root = EligibilityPolicy(), "/"
     if args.config:
+        from fedge.edge_runtime.device_config import ProbeConfig
         from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 
-        raw = load_toml(args.config)  # read once: only its [eligibility] and [probe] tables matter here
-        policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), Path(args.config).name, "eligibility")
-        root = raw.get("probe", {}).get("root", "/")
+        raw, name = load_toml(args.config), Path(args.config).name  # only [eligibility] and [probe] matter here
+        policy = from_dict(EligibilityPolicy, raw.get("eligibility", {}), name, "eligibility")
+        root = from_dict(ProbeConfig, raw.get("probe", {}), name, "probe").root  # `probe = 1` was a traceback
     root = args.root or root
     if not Path(root).is_dir():  # every reading would be "unknown": say why instead
         raise ConfigError(f"probe root {root!r}: no such folder (it holds the sys/ and proc/ the probe reads)")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import MAX_SHARDS, device_topic
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.tools.broker.config import ACL_NAME, COORDINATOR_USER, SHIPPED, shipped_text
 from fedge.tools.broker.ejabberd_shards import ejabberd_config
 from fedge.tools.broker.errors import ReservedUsername
@@ -284,6 +285,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="also credentials for the shard workers' users fedge-shard-0 .. K-1")
 
 
+def _check_url(url: str, tls: bool) -> None:
+    """The credentials' url as `fedge device run` reads it, before anything is written: `--url
+    ftp://x`, or a CA's files beside an mqtt:// url (--ca-dir without --url), made a file it refused."""
+    try:
+        MqttSettings(url=url, ca_file="ca.crt" if tls else "")
+    except ConfigError as exc:
+        raise ConfigError(f"--url: {exc}" + ("; with --cert or --ca-dir give --url mqtts://HOST:PORT" if tls else "")) \
+            from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.provision == "ca":
         ca = create_ca(args.out, name=args.name, overwrite=args.force)
@@ -294,8 +305,9 @@ def run(args: argparse.Namespace) -> int:
         if args.ca_dir:  # every check before the first write: a refusal leaves the folder as it was
             if not args.host:
                 raise ConfigError("--ca-dir needs at least one --host for the server certificate")
-            from fedge.tools.broker.certs import cert_paths
+            from fedge.tools.broker.certs import cert_paths, server_sans
 
+            server_sans(args.host)
             ca = load_ca(args.ca_dir)
             cert_paths(Path(args.out), "server", args.force)  # the check issue_server_cert makes, made first
             _check_ca_copy(ca.cert, Path(args.out), args.force)
@@ -320,11 +332,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     if args.provision == "identity":
-        from fedge.edge_runtime.kernel.secagg.identity_files import add_to_directory, write_identity
+        from fedge.edge_runtime.kernel.secagg.identity_files import add_to_directory, load_directory, write_identity
 
         device_id = validate_device_id(args.device_id)
-        if Path(args.directory).is_dir():  # before the secret key is written, not after
+        directory = Path(args.directory)
+        if directory.is_dir():  # before the secret key is written, not after
             raise ConfigError(f"--directory {args.directory}: a folder; name the fleet's identities.json file")
+        if directory.is_symlink() and not directory.exists():  # the write replaced the user's link
+            raise ConfigError(f"--directory {args.directory}: a symlink to nothing; name the identities.json file")
+        if directory.exists():  # a file that is no directory: refused before the key is written, which it outlived
+            load_directory(directory)
         key = Path(args.out) / f"{device_id}.identity"
         add_to_directory(args.directory, device_id, write_identity(key, overwrite=args.force))
         print(f"{device_id}: identity key in {key} (secret); public key added to {args.directory} "
@@ -334,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
         usernames = [validate_device_id(args.device_id)]
     else:  # the leader's user, then its workers' (all before the first write: a refusal writes nothing)
         usernames = [COORDINATOR_USER, *shard_users(args.shards)]
+    _check_url(args.url or (PROD_CERT_URL if args.cert else DEV_URL), tls=bool(args.cert or args.ca_dir))
     if args.cert:
         if not args.ca_dir:
             raise ConfigError("--cert needs --ca-dir (make a CA with `fedge provision ca`)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from ..store import holds_fedge_schema
 from .accountant import ROUNDS_LEFT_LIMIT, epsilon, rounds_left
 from .round import RoundPlan
 
@@ -34,7 +35,9 @@ def read_ledger(path: str | Path) -> list[tuple[int, RoundPlan]]:
         with sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=5) as db:
             try:
                 rows = db.execute("SELECT round_id, charge FROM privacy_ledger ORDER BY round_id").fetchall()
-            except sqlite3.OperationalError:  # a state file from before privacy (schema < 3)
+            except sqlite3.OperationalError:  # no ledger table: a state file from before privacy (schema < 3)
+                if not holds_fedge_schema(db):  # someone else's database: its "ε spent 0" was a false report
+                    raise ConfigError(f"{path}: not a fedge state database (no fedge schema in it)") from None
                 return []
     except sqlite3.DatabaseError as exc:  # a file that is no SQLite database
         raise ConfigError(f"{path}: not a fedge state database ({exc})") from None

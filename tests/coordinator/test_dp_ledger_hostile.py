@@ -104,3 +104,24 @@ def test_the_coordinator_does_not_resume_an_open_round_whose_plan_is_no_plan(mod
     with pytest.raises(ConfigError, match="open round 1 holds a privacy plan fedge did not write") as caught:
         fleet.restart(store=RoundStore(db), config=cfg)
     assert said in str(caught.value)
+
+
+def test_someone_elses_database_is_no_ledger_of_nothing_spent(tmp_path, capsys):
+    """`--state` naming another program's SQLite file (no fedge meta, no ledger) printed "no round
+    charged yet (ε spent 0)", exit 0: a false privacy report. It is refused now, the file unread
+    beyond its table list; a fedge state from before the ledger (schema < 3) still reads as none."""
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+    before = other.read_bytes()
+    assert main(["coordinator", "privacy", "--state", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"ConfigError: {other}: not a fedge state database" in err and "Traceback" not in err, err
+    assert other.read_bytes() == before
+
+    old = tmp_path / "old.db"
+    RoundStore(old).close()
+    with sqlite3.connect(old) as db:
+        db.execute("DROP TABLE privacy_ledger")
+    assert main(["coordinator", "privacy", "--state", str(old)]) == 0
+    assert "no round charged" in capsys.readouterr().out

@@ -54,3 +54,24 @@ def test_distributed_runs_draw_fixed_size_cohorts_even_when_central_ones_are_poi
     assert run_one(grid, None, 4.0, "distributed")["sampling"] == "fixed"
     assert run_one(grid, None, 4.0, "central")["sampling"] == "poisson"
     assert asked == ["fixed", "fixed", "poisson", "poisson"]  # calibrated and run as drawn
+
+
+@pytest.mark.parametrize("change, said", [({"bits": 0}, "secure_aggregation.bits"),
+                                          ({"distributed_clip": math.nan}, "privacy.clip_norm"),
+                                          ({"distributed_quorum": 11}, "min_reports")])
+def test_a_distributed_setting_no_run_takes_is_refused_before_the_first_run(tmp_path, monkeypatch, change, said):
+    """`bench privacy --quick --bits 0` ran every central run first and was refused by the first
+    distributed one (81 s); the grid's configs are checked before any data is built."""
+    from dataclasses import replace
+
+    from fedge.edge_runtime.kernel.errors import ConfigError
+    from fedge.tools.bench import privacy
+
+    def no_run(*_):
+        raise AssertionError("a run began")
+
+    monkeypatch.setattr(privacy, "population", no_run)
+    monkeypatch.setattr(privacy, "run_one", no_run)
+    with pytest.raises(ConfigError, match=said):
+        privacy.run(replace(privacy.QUICK, **change), tmp_path / "p.json")
+    assert list(tmp_path.iterdir()) == []

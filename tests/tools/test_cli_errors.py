@@ -261,6 +261,16 @@ UNUSABLE["a device backend that does not exist"] = (
 UNUSABLE["a device config without its id"] = (
     lambda t: (t / "d.toml").write_text('[data]\nnpz = "x.npz"\n')
     and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "missing required key(s) 'device_id'"))
+# A file where the device's state folder goes: the mkdir's NotADirectoryError was a traceback, exit 1,
+# which systemd restarts forever (a disk mounted late is a folder, never a file).
+UNUSABLE["a state_dir that is a file"] = (
+    lambda t: (t / "s").write_text("x") and (t / "d.toml").write_text(
+        f'device_id = "d1"\nstate_dir = "{t}/s"\n[data]\nnpz = "x.npz"\n')
+    and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "/s is a file, not a folder"))
+UNUSABLE["a file where the device's state folder goes"] = (
+    lambda t: (t / "d1").write_text("x") and (t / "d.toml").write_text(
+        f'device_id = "d1"\nstate_dir = "{t}"\n[data]\nnpz = "x.npz"\n')
+    and ["device", "run", "--config", str(t / "d.toml")], ("ConfigError", "/d1 is a file, not a folder"))
 UNUSABLE["an update cap below the model's update"] = (
     lambda t: (t / "c.toml").write_text('[coordinator]\nmax_update_bytes = 1000\n')
     and ["simulate", "--config", str(t / "c.toml")], ("ConfigError", "max_update_bytes 1000 is below", "at least"))

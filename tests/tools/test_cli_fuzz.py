@@ -49,6 +49,8 @@ def _refused(argv: list[str], capsys) -> str:
     (["bench", "robustness", "--quick", "--seed", HUGE], ("argument --seed", "at most 4,294,967,295")),
     (["bench", "heterogeneity", "--quick", "--seed", HUGE], ("argument --seed", "at most 4,294,967,295")),
     (["bench", "scale", "--rounds", HUGE], ("argument --rounds", "at most 1,000,000")),
+    (["bench", "async", "--quick", "--rounds", HUGE], ("--rounds must be >= 1 and at most 1,000,000",)),  # ran on
+    (["bench", "async", "--quick", "--devices", HUGE], ("--devices must be >= 1 and at most 1,000,000",)),
     (["bench", "scale", "--clients-per-round", HUGE], ("argument --clients-per-round", "at most 1,000,000")),
     (["bench", "screening", "--inputs", ","], ("argument --inputs", "invalid int value: ''")),
     (["bench", "screening", "--inputs", "10,abc"], ("argument --inputs", "invalid int value: 'abc'")),

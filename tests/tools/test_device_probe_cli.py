@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fedge.edge_runtime.eligibility import DeviceFacts, EligibilityPolicy, explain
 from fedge.tools.cli import main
 from tests.edge_runtime.test_probes import _supply, _write
@@ -40,3 +42,19 @@ def test_probe_json_and_a_failing_verdict(tmp_path, capsys):
     assert doc["verdict"]["eligible"] is False and doc["verdict"]["before"] == "battery_low"
     assert doc["verdict"]["why"] == ["battery_low (battery 30% < 50%)"]
     assert isinstance(doc["facts"]["cpu_idle_percent"]["value"], float)
+
+
+@pytest.mark.parametrize("probe, words", [
+    ("probe = 1", "probe: expected a table, got int"),  # AttributeError: 'int' object has no attribute 'get'
+    ("[probe]\nroot = 5", "probe.root: expected a string, got 5"),  # TypeError from Path(5)
+    ('[probe]\nroot = ""', "probe.root must name a folder"),  # probed the current folder as the root
+    ('[probe]\nrooot = "/x"', "probe: unknown key(s) 'rooot' (did you mean 'root'?)"),  # the typo ignored, / probed
+])
+def test_the_probe_table_is_read_as_device_run_reads_it(tmp_path, capsys, probe, words):
+    """`device probe --config` read [probe] by hand: a value `fedge device run` refuses was a
+    traceback here, or was ignored; it is read with the same ProbeConfig now."""
+    config = tmp_path / "device.toml"
+    config.write_text(probe + "\n")
+    assert main(["device", "probe", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"ConfigError: device.toml: {words}" in err, err

@@ -320,7 +320,7 @@ def test_provision_never_replaces_an_operators_file_and_refuses_before_writing_a
     assert _tree(creds) == {"ca.crt": b"my own CA"}
     with pytest.raises(ConfigError, match="ca.crt"):
         _cli("device", "--id", "pi-1", "--passwd-file", str(tmp_path / "passwd"), "--ca-dir", str(tmp_path / "ca"),
-             "--out", str(creds))
+             "--url", "mqtts://broker.lan:8884", "--out", str(creds))
     assert _tree(creds) == {"ca.crt": b"my own CA"} and not (tmp_path / "passwd").exists()
     (creds / "ca.crt").unlink()
     (creds / "pi-1.crt").write_text("a certificate without its key")

@@ -57,3 +57,53 @@ def test_a_workers_credentials_in_the_way_refuse_the_leaders_too_before_anything
     with pytest.raises(ConfigError, match="fedge-shard-1.toml"):
         _cli("coordinator", "--cert", "--ca-dir", str(tmp_path / "ca"), "--out", str(out), "--shards", "2")
     assert sorted(p.name for p in out.iterdir()) == ["fedge-shard-1.toml"]
+
+
+# The red-team pass of 2026-12-07: each below wrote files before it failed, or wrote a file the
+# device then refused; each is refused now before the first write.
+
+@pytest.mark.parametrize("hosts, said", [(["ok.lan", ""], "a host name is empty"), (["h" * 65], "<= 64"),
+                                         (["ok.lan", "ü.lan"], "A-label")])
+def test_a_server_host_no_certificate_takes_is_refused_before_the_broker_files(tmp_path, hosts, said):
+    """It was cryptography's ValueError traceback, after the configs and the ACL were written."""
+    from tests.tools.test_provision import _cli
+
+    pytest.importorskip("cryptography")
+    assert _cli("ca", "--out", str(tmp_path / "ca")) == 0
+    with pytest.raises(ConfigError, match=said):
+        _cli("broker", "--out", str(tmp_path / "etc"), "--ca-dir", str(tmp_path / "ca"),
+             *[arg for host in hosts for arg in ("--host", host)])
+    assert not (tmp_path / "etc").exists()
+
+
+@pytest.mark.parametrize("extra, said", [(["--url", "ftp://broker.lan"], "scheme must be mqtt:// or mqtts://"),
+                                         (["--url", "mqtt://broker.lan:0"], "need mqtt://host:port"),
+                                         (["--ca-dir", "{ca}"], "is not mqtts://")])  # the default mqtt:// url
+def test_credentials_the_device_would_refuse_are_not_written(tmp_path, extra, said):
+    """`--url ftp://x` (or a CA for an mqtt:// url) wrote a password entry and a credentials file
+    whose [broker] table `fedge device run` refused."""
+    from tests.tools.test_provision import _cli
+
+    pytest.importorskip("cryptography")
+    assert _cli("ca", "--out", str(tmp_path / "ca")) == 0
+    for command in (["device", "--id", "pi-1"], ["coordinator"]):
+        with pytest.raises(ConfigError, match=said):
+            _cli(*command, "--passwd-file", str(tmp_path / "passwd"), "--out", str(tmp_path / "creds"),
+                 *[a.replace("{ca}", str(tmp_path / "ca")) for a in extra])
+    assert not (tmp_path / "passwd").exists() and not (tmp_path / "creds").exists()
+
+
+def test_an_identity_directory_that_cannot_take_the_key_is_refused_before_the_key_is_written(tmp_path):
+    """A directory file that is no JSON failed after <id>.identity was written: the retry then said
+    "exists; pass --force". A symlink to nothing was replaced by the directory."""
+    from tests.tools.test_provision import _cli
+
+    pytest.importorskip("cryptography")
+    notes, link = tmp_path / "notes.txt", tmp_path / "ids.json"
+    notes.write_text("my notes\n")
+    link.symlink_to(tmp_path / "nowhere.json")
+    for directory, said in ((notes, "secagg directory"), (link, "a symlink to nothing")):
+        with pytest.raises(ConfigError, match=said):
+            _cli("identity", "--id", "pi-1", "--out", str(tmp_path / "keys"), "--directory", str(directory))
+    assert not (tmp_path / "keys").exists() and notes.read_text() == "my notes\n"
+    assert link.is_symlink() and not (tmp_path / "nowhere.json").exists()

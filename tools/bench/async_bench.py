@@ -40,7 +40,7 @@ import numpy as np
 
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
 from fedge.tools.beside_json import check_beside, png_metadata
-from fedge.tools.cli_args import MAX_SEED, int_in, out_file_arg
+from fedge.tools.cli_args import MAX_COUNT, MAX_SEED, int_in, out_file_arg
 from fedge.tools.datasets import build_federated
 from fedge.tools.plots import pyplot
 from fedge.tools.synthetic import synthetic
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", choices=("mnist", "label-skew", "synthetic"), default="mnist")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
     args = p.parse_args(argv)
-    for name in ("devices", "rounds"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
+    for name in ("devices", "rounds"):  # --rounds 10**30 started a run that could never end
+        if getattr(args, name) is not None and not 1 <= getattr(args, name) <= MAX_COUNT:
+            p.error(f"--{name} must be >= 1 and at most {MAX_COUNT:,}")
     cfg = RunConfig(seed=args.seed)
     devices = 1000
     if args.quick:

@@ -65,10 +65,25 @@ def create_ca(directory: str | Path, *, name: str = "fedge CA", days: int = CA_D
 def issue_server_cert(ca: CertFiles, hosts: Sequence[str], directory: str | Path, *, name: str = "server",
                       days: int = LEAF_DAYS, overwrite: bool = False) -> CertFiles:
     """A broker certificate for `hosts` (DNS names and/or IP addresses, all put in the SAN)."""
+    sans = server_sans(hosts)
+    return _issue(ca, Path(directory), name, hosts[0], sans, ExtendedKeyUsageOID.SERVER_AUTH, days, overwrite)
+
+
+def server_sans(hosts: Sequence[str]) -> list:
+    """The SAN entries of a server certificate for `hosts` (the first is also its CN); ConfigError
+    for a name no certificate takes. `provision broker --host ''` (or a first host over 64
+    characters, or a name that is not ASCII) was cryptography's ValueError traceback, after the
+    broker's files were written."""
     if not hosts:
         raise ConfigError("a server certificate needs at least one hostname or IP address")
-    sans = [_san(h) for h in hosts]
-    return _issue(ca, Path(directory), name, hosts[0], sans, ExtendedKeyUsageOID.SERVER_AUTH, days, overwrite)
+    try:
+        if not all(host.strip() for host in hosts):
+            raise ValueError("a host name is empty")
+        x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])
+        return [_san(h) for h in hosts]
+    except ValueError as exc:
+        raise ConfigError(f"--host {', '.join(map(repr, hosts))}: no certificate takes it ({exc}); give a DNS name "
+                          "(ASCII, the first at most 64 characters) or an IP address") from None
 
 
 def issue_client_cert(ca: CertFiles, common_name: str, directory: str | Path, *, name: str | None = None,
