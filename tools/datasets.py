@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -262,6 +263,10 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     root = Path(path)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory; point at a folder with one <client_id>.npz per client")
+    try:  # glob finds nothing in a folder it may not read, and "no .npz files" misled
+        os.listdir(root)
+    except OSError as exc:
+        raise DatasetError(f"{root}: cannot read the folder: {exc.strerror or exc}") from None
     files = sorted(root.glob("*.npz"))
     hidden = [f.name for f in files if f.name.startswith(".")]
     if hidden:  # macOS's ._name.npz copies (AppleDouble, not zip) stopped a run with a word about pickle

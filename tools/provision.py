@@ -32,6 +32,7 @@ from pathlib import Path
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import MAX_SHARDS, device_topic
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+from fedge.models.output_dir import refuse_file_as_folder
 from fedge.tools.broker.config import ACL_NAME, COORDINATOR_USER, SHIPPED, shipped_text
 from fedge.tools.broker.ejabberd_shards import ejabberd_config
 from fedge.tools.broker.errors import ReservedUsername
@@ -296,6 +297,9 @@ def _check_url(url: str, tls: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # every subcommand writes into the folder --out: a file there, or a symlink to nothing, was a
+    # bare NotADirectoryError or FileExistsError from its mkdir
+    refuse_file_as_folder(Path(args.out), f"provision {args.provision}")
     if args.provision == "ca":
         ca = create_ca(args.out, name=args.name, overwrite=args.force)
         print(f"CA written: {ca.cert} (share) and {ca.key} (keep offline)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from fedge.tools.bench import secagg
 
 
@@ -25,3 +27,15 @@ def test_the_dropped_devices_are_the_nearest_count(monkeypatch):
     monkeypatch.setattr(secagg, "unmask_answers", unmask)
     row = secagg.measure(12, 0.3, 8, 16)  # 3.6 devices: 4 drop
     assert seen == [math.floor(0.3 * 12 + 0.5)] == [4] and row["exact"]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "x"])
+def test_a_seed_numpy_cannot_take_is_refused_by_its_flag(tmp_path, capsys, seed):
+    """--seed -1 was refused as '--devices 10 --dropouts 0.0 --bits 8: expected non-negative
+    integer' (numpy's error, blamed on the case it first ran); now argparse names --seed."""
+    from fedge.tools.bench.secagg import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--json", str(tmp_path / "s.json"), "--devices", "4", "--dimension", "10", "--seed", seed])
+    assert stop.value.code == 2 and "argument --seed" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()

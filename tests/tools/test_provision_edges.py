@@ -107,3 +107,22 @@ def test_an_identity_directory_that_cannot_take_the_key_is_refused_before_the_ke
             _cli("identity", "--id", "pi-1", "--out", str(tmp_path / "keys"), "--directory", str(directory))
     assert not (tmp_path / "keys").exists() and notes.read_text() == "my notes\n"
     assert link.is_symlink() and not (tmp_path / "nowhere.json").exists()
+
+
+@pytest.mark.parametrize("command", [["broker"], ["ejabberd"], ["device", "--id", "pi-1", "--passwd-file", "PASSWD"],
+                                     ["ca"]], ids=["broker", "ejabberd", "device", "ca"])
+@pytest.mark.parametrize("where", ["under-a-file", "dangling-link"])
+def test_an_out_folder_that_cannot_be_made_is_a_named_refusal_before_anything_is_written(tmp_path, command, where):
+    """--out under a file, or a symlink to nothing, was a bare NotADirectoryError or FileExistsError
+    from the mkdir; now the output-folder check every other writing command makes (ForeignOutput)."""
+    from fedge.models.output_dir import ForeignOutput
+    from tests.tools.test_provision import _cli
+
+    (tmp_path / "afile").write_text("the user's\n")
+    (tmp_path / "link").symlink_to(tmp_path / "nothing")
+    out = tmp_path / "afile" / "sub" if where == "under-a-file" else tmp_path / "link"
+    args = [str(tmp_path / "passwd") if a == "PASSWD" else a for a in command]
+    with pytest.raises(ForeignOutput, match="is a file, not a folder" if where == "under-a-file" else "symlink to"):
+        _cli(*args, "--out", str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "link"] and not (tmp_path / "nothing").exists()
+    assert (tmp_path / "afile").read_text() == "the user's\n"

@@ -67,7 +67,7 @@ from fedge.edge_runtime.kernel.secagg.packing import pack
 from fedge.edge_runtime.kernel.secagg.prg import words
 from fedge.edge_runtime.kernel.secagg.recovery import unmask_answers
 from fedge.tools.beside_json import check_parent_folder
-from fedge.tools.cli_args import MAX_COUNT, out_file_arg
+from fedge.tools.cli_args import MAX_COUNT, MAX_SEED, int_in, out_file_arg
 
 MODEL = "ab" * 32
 ROUND = 1
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropouts", default="0,0.1,0.3", help="comma list of dropout fractions")
     p.add_argument("--bits", default="8,16", help="comma list of input widths")
     p.add_argument("--dimension", type=int, default=100_000, help="coordinates masked per device")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
     p.add_argument("--repeats", type=int, default=3, help="time each unmask this many times (min and median)")
     args = p.parse_args(argv)
     try:
