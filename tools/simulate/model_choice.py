@@ -52,4 +52,6 @@ def check_scorable(training: tuple[ClientData, ...], new: tuple[ClientData, ...]
         if clients and not any(len(c.y_test) for c in clients):
             ids = ", ".join(c.client_id for c in clients[:3]) + (", ..." if len(clients) > 3 else "")
             raise DatasetError(f"no {group} device holds test examples ({ids}): the run scores each model on the "
-                               "devices' x_test/y_test; give at least one of them held-out examples")
+                               "devices' x_test/y_test; give at least one of them held-out examples (a built-in "
+                               "--dataset split this finely leaves none to hold out: fewer --devices, or --dataset "
+                               "synthetic, which holds some out on every device)")
