@@ -13,6 +13,7 @@ from .device_config import DeviceConfig, read_local_data
 from .eligibility_monitor import EligibilityMonitor
 from .kernel.clock import SystemClock
 from .kernel.errors import ConfigError
+from .kernel.files import file_in_the_way
 from .kernel.manifest import MANIFEST_FILE
 from .kernel.secagg.identity_files import load_directory, load_identity
 from .kernel.transport.mqtt import MqttTransport
@@ -52,12 +53,10 @@ def _refuse_file_in_the_way(own: Path) -> None:
     """ConfigError when a file stands where the state folder or one above it goes: the mkdir's
     NotADirectoryError was a traceback, and (exit 1) systemd restarted the device into it forever.
     A missing path stays the mkdir's: a disk mounted late is a folder, never a file."""
-    for folder in (own, *own.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ConfigError(f"state_dir: {folder} is a file, not a folder, so the device's state folder {own} "
-                                  "cannot be made; point state_dir at a folder")
-            return
+    blocker = file_in_the_way(own)
+    if blocker is not None:
+        raise ConfigError(f"state_dir: {blocker} is a file, not a folder, so the device's state folder {own} "
+                          "cannot be made; point state_dir at a folder")
 
 
 def secagg_credentials(cfg: DeviceConfig) -> tuple[bytes | None, dict[str, bytes] | None]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.files import atomic_write_bytes
+from fedge.edge_runtime.kernel.files import atomic_write_bytes, file_in_the_way
 
 # What a record may name: a file in the folder or one level under it, fedge's own spelling.
 _RELATIVE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
@@ -57,12 +57,10 @@ def refuse_file_as_folder(outdir: Path, command: str) -> None:
     link = dangling_link(outdir)
     if link:
         raise ForeignOutput(f"{command}: {link}")
-    for folder in (outdir, *outdir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "" if folder == outdir else f", so {outdir} cannot be made"
-                raise ForeignOutput(f"{command}: {folder} is a file, not a folder{where}: name a new or empty folder")
-            return
+    blocker = file_in_the_way(outdir)
+    if blocker is not None:
+        where = "" if blocker == outdir else f", so {outdir} cannot be made"
+        raise ForeignOutput(f"{command}: {blocker} is a file, not a folder{where}: name a new or empty folder")
 
 
 def read_record(path: Path) -> set[str] | None:

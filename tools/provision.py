@@ -32,7 +32,7 @@ from pathlib import Path
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import MAX_SHARDS, device_topic
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
-from fedge.models.output_dir import refuse_file_as_folder
+from fedge.models.output_dir import dangling_link, refuse_file_as_folder
 from fedge.tools.broker.config import ACL_NAME, COORDINATOR_USER, SHIPPED, shipped_text
 from fedge.tools.broker.ejabberd_shards import ejabberd_config
 from fedge.tools.broker.errors import ReservedUsername
@@ -342,8 +342,9 @@ def run(args: argparse.Namespace) -> int:
         directory = Path(args.directory)
         if directory.is_dir():  # before the secret key is written, not after
             raise ConfigError(f"--directory {args.directory}: a folder; name the fleet's identities.json file")
-        if directory.is_symlink() and not directory.exists():  # the write replaced the user's link
-            raise ConfigError(f"--directory {args.directory}: a symlink to nothing; name the identities.json file")
+        link = dangling_link(directory)  # the write replaced the user's link
+        if link:
+            raise ConfigError(f"--directory {args.directory}: {link}")
         if directory.exists():  # a file that is no directory: refused before the key is written, which it outlived
             load_directory(directory)
         key = Path(args.out) / f"{device_id}.identity"

@@ -101,6 +101,16 @@ def sweep_temp_files(root: Path) -> list[Path]:
     return swept
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file that stands at `path` or where one of its folders goes (the nearest existing
+    one, when it is no folder), or None: a mkdir there ends in NotADirectoryError or
+    FileExistsError. A missing path is not in the way: the mkdir makes it."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return None if folder.is_dir() else folder
+    return None
+
+
 def pid_running(pid: int) -> bool:
     """Whether a process with this id exists (signal 0 checks without sending anything)."""
     try:
