@@ -66,6 +66,7 @@ def mask_input(values: np.ndarray, me: str, self_seed: bytes, mask_private: byte
     (neighbour -> its mask public key: the neighbours that completed key sharing)."""
     values = np.asarray(values, dtype=np.uint32).reshape(-1)
     out = values + words(self_seed, values.size)
+    mask_private = X25519PrivateKey.from_private_bytes(mask_private)  # once: loading costs an agreement
     for peer, public in peers.items():
         if peer == me:
             raise ValueError("a device is not its own neighbour")

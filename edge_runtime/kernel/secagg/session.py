@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from . import identity, shamir
 from .graph import packing_for
 from .keys import (
@@ -104,8 +106,11 @@ def start(device_id: str, round_id: int, model_sha256: str) -> DeviceSession:
                          shamir.random_secret(), mask_seed)
 
 
-def _cipher_key(s: DeviceSession, peer: str) -> bytes:
-    return pair_secret(s.cipher.private, s.peers[peer].cipher_public, s.round_id, CIPHER_PURPOSE, s.device_id, peer)
+def _cipher_key(s: DeviceSession, peer: str, private: X25519PrivateKey | None = None) -> bytes:
+    """The pair's share key. `private`: s.cipher.private loaded once per stage by the caller
+    (loading costs as much as the agreement, and a device pairs with up to k neighbours)."""
+    key = s.cipher.private if private is None else private
+    return pair_secret(key, s.peers[peer].cipher_public, s.round_id, CIPHER_PURPOSE, s.device_id, peer)
 
 
 def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours: tuple[str, ...], threshold: int,
@@ -140,9 +145,10 @@ def shares_for_neighbours(s: DeviceSession, cohort: tuple[str, ...], neighbours:
     self_shares = shamir.share_seed(s.self_seed, threshold, points, packing)
     size = shamir.value_bytes(packing)
     out = {}
+    private = X25519PrivateKey.from_private_bytes(s.cipher.private)
     for peer, ms, ss in zip(peers, mask_shares, self_shares):
         plain = ms.to_bytes(size, "big") + ss.to_bytes(size, "big")
-        out[peer] = encrypt_share(_cipher_key(s, peer), s.round_id, s.device_id, peer, plain)
+        out[peer] = encrypt_share(_cipher_key(s, peer, private), s.round_id, s.device_id, peer, plain)
     return s, out
 
 
@@ -155,10 +161,11 @@ def receive_shares(s: DeviceSession, ciphertexts: Mapping[str, bytes]) -> Device
     secure round it was in. The device still masks with that sender (masking_peers), as the
     sender masks with it, so their pair masks cancel; the others' shares of the sender remain."""
     received, unopened = dict(s.received), set(s.unopened)
+    private = X25519PrivateKey.from_private_bytes(s.cipher.private)
     for sender, blob in ciphertexts.items():
         if sender not in s.peers:
             raise SecAggDecline(BAD_KEY, f"a share from {sender}, who is not a neighbour with keys")
-        pair = _open_share(s, sender, blob)
+        pair = _open_share(s, sender, blob, private)
         if pair is None:
             unopened.add(sender)
         else:
@@ -166,10 +173,10 @@ def receive_shares(s: DeviceSession, ciphertexts: Mapping[str, bytes]) -> Device
     return replace(s, received=received, unopened=tuple(sorted(unopened - set(received))))
 
 
-def _open_share(s: DeviceSession, sender: str, blob: bytes) -> tuple[int, int] | None:
+def _open_share(s: DeviceSession, sender: str, blob: bytes, private: X25519PrivateKey) -> tuple[int, int] | None:
     """(mask share, self share) from a sender's sealed share, or None when it is none."""
     try:
-        plain = decrypt_share(_cipher_key(s, sender), s.round_id, sender, s.device_id, blob)
+        plain = decrypt_share(_cipher_key(s, sender, private), s.round_id, sender, s.device_id, blob)
     except ShareDecryptionFailed:
         return None
     if len(plain) != share_plaintext_bytes(s.packing):
