@@ -105,9 +105,12 @@ def test_every_device_profile_key_is_documented_in_the_profiles_section():
     assert shipped <= set(keys(DeviceProfile))  # what the shipped files use is what the check covers
 
 
-def flat_keys(data: dict, prefix: str = "") -> list[str]:
-    return [k for key, v in data.items()
-            for k in (flat_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
+def flat_keys(data: dict, prefix: str = "") -> dict[str, object]:
+    """A TOML document's values by dotted key."""
+    out = {}
+    for key, value in data.items():
+        out.update(flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 def test_readme_toml_examples_load():
@@ -275,3 +278,19 @@ def test_the_config_fuzz_counts_the_readme_gives_are_the_fuzz_tests():
     text = " ".join(README.split())
     assert f"loads each of the {fields} fields that fedge's {len(LOADERS)} config loaders read" in text
     assert f"({documents:,} documents)" in text
+
+
+def test_the_service_example_differs_from_the_defaults_only_where_the_readme_says():
+    """The configuration example reads as a list of defaults; the README names the keys where it
+    is not (min_reports = 5 is the default 0's ceil(10 / 2), min_devices = 2 is not the default 1)."""
+    example = next(b for b in TOML_BLOCKS if b.startswith("[broker]"))
+    written = flat_keys(tomllib.loads(example))
+    table = defaults(ServiceConfig)
+    differ = {key for key, value in written.items() if not same(value, table[key])}
+    said = section("The coordinator")
+    start = said.index("the example's values are the defaults but for")
+    listed = set(re.findall(r"`(\w+) = [^`]*`", said[start:said.index("table (above)", start)]))
+    assert differ - {"broker.username", "broker.password"} == (
+        {"service.min_devices"} | {f"coordinator.{k}" for k in listed}
+        | {f"coordinator.hyper.{k}" for k in ("epochs", "batch_size", "lr", "momentum")})
+    assert "`min_devices = 1` (the example's 2 is a choice)" in said
