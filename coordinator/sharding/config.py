@@ -54,7 +54,7 @@ def check_sharding(cfg) -> None:
     ]
     for bad, reason, message in conflicts:
         if bad:
-            raise ShardConflict(reason, f"shards = {cfg.shards}: {message}")
+            raise ShardConflict(reason, f"shards = {cfg.shards} ({reason}): {message}")  # the name, as AsyncConflict
 
 
 def shard_for(device_id: str, shards: int) -> int:

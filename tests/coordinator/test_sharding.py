@@ -64,6 +64,7 @@ def test_sharding_is_off_by_default_and_refuses_what_it_cannot_run():
         with pytest.raises(ShardConflict) as info:
             CoordinatorConfig(**{**ok, **change})
         assert info.value.reason == reason
+        assert f"shards = 2 ({reason}): " in str(info.value)  # the README's name, in the line the user reads
 
 
 def test_a_worker_needs_postgres_and_shards(model):
