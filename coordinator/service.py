@@ -20,6 +20,8 @@
     clients_per_round = 10
     round_deadline_s = 120
 
+SIGHUP is logged and ignored (nothing is reloaded: restart to apply a changed file).
+
 Exit status: 0 after `rounds` (or SIGTERM); 3 (EXIT_PRIVACY_BUDGET) when the privacy budget
 refused the next round and [coordinator.privacy] on_exhausted = "stop": the job is done, its
 budget spent. A restart refuses again at once, so a supervisor should not restart on 3
@@ -57,7 +59,8 @@ from .config import CoordinatorConfig
 from .leadership import LeadershipError, PostgresLease, watch_lease
 from .limits import MAX_FLEET
 from .loop import CoordinatorLoop
-from .metrics import CoordinatorMetrics, serve_metrics
+from .metrics import CoordinatorMetrics
+from .metrics_http import serve_metrics
 from .retain_fanout import cluster_transport
 from .sampling import selection_size
 from .server import Coordinator
@@ -173,6 +176,14 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
     return loop, coordinator
 
 
+def on_hangup(*_) -> None:
+    """SIGHUP (an operator's `kill -HUP` or `systemctl reload`, a closed terminal) killed the service
+    by its default action: no log line, no flush of the last Acks. Nothing is reloaded; the
+    service says so and goes on."""
+    log.warning("coordinator: SIGHUP received and ignored: the service does not reload its config; restart it "
+                "to apply a change (systemctl restart, or SIGTERM and start)")
+
+
 def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
     """role "leader": the coordinator (with state_dsn, a standby until it leads); "worker": an
     aggregator worker of a sharded fleet (coordinator/sharding/serve.py)."""
@@ -188,6 +199,7 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     if role == "worker":
         return run_worker(cfg, stopping, coordinator_link)
     if not cfg.coordinator.state_dsn:
