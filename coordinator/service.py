@@ -66,6 +66,7 @@ from .sampling import selection_size
 from .server import Coordinator
 from .sharding.leader import ShardedCoordinator
 from .sharding.serve import run_worker
+from .state_file import sqlite_errors_named
 from .state_lock import state_db_lock
 from .store import open_store
 from .strategies import strategy_from_config
@@ -160,12 +161,13 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
     say_implied(cfg.coordinator)
     values = load_npz(art / "params_init.npz")
     initial = {p.name: values[p.name] for p in manifest.by_role("shared")}
-    store = open_store(cfg.coordinator, epoch)
     metrics = CoordinatorMetrics()
     transport = cluster_transport(cfg.service.client_id, coordinator_link(cfg.broker, cfg.coordinator))
     cls = ShardedCoordinator if cfg.coordinator.shards else coordinator_class(cfg.coordinator)
-    coordinator = cls(transport, strategy_from_config(cfg.coordinator), manifest,
-                                                     initial, cfg.coordinator, store=store, metrics=metrics)
+    with sqlite_errors_named(cfg.coordinator.state_db):  # a damaged file: StoreCorrupt, not a traceback
+        store = open_store(cfg.coordinator, epoch)
+        coordinator = cls(transport, strategy_from_config(cfg.coordinator), manifest,
+                          initial, cfg.coordinator, store=store, metrics=metrics)
     target = cfg.service.rounds
 
     def should_stop(record) -> bool:
@@ -240,7 +242,8 @@ def _serve(cfg: ServiceConfig, lease: PostgresLease | None, stopping: threading.
     coordinator.transport.connect(timeout=0)
     status = 0
     try:
-        loop.run()
+        with sqlite_errors_named(cfg.coordinator.state_db):  # a round's open or close the store refused
+            loop.run()
     finally:
         # The last round's Acks must reach the broker, or every device of that round resends
         # its update to a coordinator that is gone.

@@ -10,6 +10,10 @@ version 0 on a new file and deleted the open round's payload log as a leftover (
   (device and inode: one stat); if not, it copies what it holds (SQLite's backup, from the open
   connection, WAL included) to `<state_db>.rescued` and stops with StoreGone, whose message
   says where the copy is. Exit 2: a restart would start afresh, which is the operator's call.
+* SQLite's own errors out of the service's start or loop (sqlite_errors_named) are named: a
+  damaged file ('database disk image is malformed', a traceback at start, and 'not a fedge state
+  database' when the damage hit the schema page) is StoreCorrupt (exit 2); any other
+  OperationalError (disk full, I/O error) is ServiceUnavailable (exit 1: the restart resumes).
 * a start whose state_db is missing while `<state_db>.payloads/` holds a round's payloads, or
   its `<state_db>-wal` is there with frames in it, is refused the same way: either proves a state
   existed. Starting afresh deleted the payloads (sweep), and a new file beside the old WAL was
@@ -21,9 +25,13 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import StoreGone
+from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+
+from .errors import StoreCorrupt, StoreGone
 from .payload_log import MARKER
 
 _ROUND_LOG = re.compile(r"round-[0-9]+\.log")
@@ -85,3 +93,25 @@ def refuse_lost_state(path: Path, payloads: Path) -> None:
         raise StoreGone(f"state_db {path} is missing, but what its state left is there ({', '.join(left)}). Put "
                         f"that state back at {path} (a copy the service saved is at {path}.rescued if it saw it "
                         f"go), or move those away to start afresh from the initial model")
+
+
+def damaged(path, exc: sqlite3.DatabaseError) -> StoreCorrupt | None:
+    """StoreCorrupt naming `path` when SQLite's `exc` says the file is damaged; None otherwise."""
+    if "malformed" not in str(exc):
+        return None
+    return StoreCorrupt(f"state_db {path}: SQLite says the file is damaged ({exc}); restore it from a backup (or "
+                        f"try `sqlite3 {path} .recover`), or point state_db elsewhere to start afresh")
+
+
+@contextmanager
+def sqlite_errors_named(path) -> Iterator[None]:
+    """SQLite errors of the service's start or loop as StoreCorrupt or ServiceUnavailable (module docstring)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if (corrupt := damaged(path, exc)) is not None:
+            raise corrupt from exc
+        if isinstance(exc, sqlite3.OperationalError):
+            raise ServiceUnavailable(f"state_db {path} could not be read or written: {exc}; the service stopped, "
+                                     "and its restart resumes from what the store holds") from exc
+        raise

@@ -87,7 +87,7 @@ from . import store_rows
 from .payload_log import PayloadLog
 from .sql_store import SqlStore, check_keeps
 from .sqlite_tx import immediate_transaction
-from .state_file import file_identity, refuse_lost_state, require_same_file
+from .state_file import damaged, file_identity, refuse_lost_state, require_same_file
 from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState
 
@@ -209,11 +209,14 @@ def _refuse_foreign_db(path: Path) -> None:
                 ours = holds_fedge_schema(db)
             finally:
                 db.close()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
+            if (corrupt := damaged(path, exc)) is not None:  # SQLite's file, fedge's or not: damaged, not foreign
+                raise corrupt from exc
             ours = False
     if not ours:
-        raise ConfigError(f"state_db {path}: exists and is not a fedge state database; fedge never writes into a "
-                          f"file it did not create: point state_db at a new path")
+        raise ConfigError(f"state_db {path}: exists and is not a fedge state database (no fedge schema row can be "
+                          f"read from it: another program's file, or fedge's damaged past reading); fedge never "
+                          f"writes into a file it did not create: point state_db at a new path, or restore it")
 
 
 class RoundStore(SqlStore):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedge.coordinator.errors import GroupCommitFailed, StoreGone
+from fedge.coordinator.errors import GroupCommitFailed, StoreCorrupt, StoreGone
 from fedge.coordinator.group_commit import GroupCommit
 from fedge.coordinator.store import RoundStore, StoredUpdate
 from tests.coordinator.test_store import _assert_same_state, _record, _round, _state
@@ -108,3 +108,81 @@ def test_a_group_commit_lets_store_gone_through_so_the_exit_is_not_a_restartable
             with group.burst():
                 group.add_update(1, StoredUpdate(0, "a", "u", "d" * 64, 1, b"p"))
     assert StoreGone("x").__class__.__dict__.get("exit_status", 2) == 2  # the CLI's default: no restart
+
+
+def _service_config(tmp_path: Path, state_db: Path):
+    from fedge.coordinator.config import CoordinatorConfig
+    from fedge.coordinator.service import ServiceConfig
+    from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+    from tests.tiny_model import build_tiny_model
+
+    art_dir, manifest, _ = build_tiny_model(tmp_path / "artifacts")
+    return ServiceConfig(broker=MqttSettings(url="mqtt://127.0.0.1:9"),
+                         coordinator=CoordinatorConfig(artifacts_dir=str(art_dir), state_db=str(state_db))), manifest
+
+
+@pytest.mark.parametrize("offset", [100, 4096])  # page 1's b-tree header; page 2
+def test_a_damaged_state_db_is_store_corrupt_at_the_start_not_a_traceback(tmp_path, offset, capsys):
+    """The red team overwrote 512 bytes of a coordinator's state_db: at page 2 the start was a
+    traceback (sqlite3.DatabaseError: database disk image is malformed), at page 1 it was called
+    'not a fedge state database'."""
+    from fedge.coordinator import service
+    from fedge.tools.cli import _guarded
+
+    state_db = tmp_path / "state.db"
+    cfg, manifest = _service_config(tmp_path, state_db)
+    first = service.build_service(cfg)[1]  # a real start, then its file damaged
+    first.store.close()
+    with open(state_db, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 512)
+    with pytest.raises(StoreCorrupt, match=r"state\.db: SQLite says the file is damaged \(database disk image is "
+                                           r"malformed\)"):
+        service.build_service(cfg)
+
+    class Args:
+        verbose, log_format, command, coordinator_command = 0, "text", "coordinator", "serve"
+
+    assert _guarded(Args(), lambda: service.build_service(cfg)) == 2  # not restartable: the file must be restored
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fedge: error: StoreCorrupt: state_db ") and "Traceback" not in err
+
+
+def test_the_stores_refusals_in_the_loop_are_named_and_restartable():
+    """A round's open or commit the SQLite store refused (a full disk, an I/O error) ended the
+    service with a traceback from loop.run; now ServiceUnavailable (exit 1: the restart resumes)."""
+    from fedge.coordinator.state_file import sqlite_errors_named
+    from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+
+    with pytest.raises(ServiceUnavailable, match="state_db s.db could not be read or written: database or disk is "
+                                                 "full; the service stopped") as caught:
+        with sqlite_errors_named("s.db"):
+            raise sqlite3.OperationalError("database or disk is full")
+    assert caught.value.exit_status == 1
+    with pytest.raises(sqlite3.IntegrityError):  # a constraint is a bug to see whole, not a store outage
+        with sqlite_errors_named("s.db"):
+            raise sqlite3.IntegrityError("UNIQUE constraint failed")
+
+
+def test_the_service_loop_turns_a_refused_store_write_into_service_unavailable(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from fedge.coordinator import service
+    from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+    from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+
+    def run():
+        raise sqlite3.OperationalError("disk I/O error")
+
+    closed = []
+    transport = SimpleNamespace(connect=lambda timeout=None: None, connected=False, close=lambda: closed.append(1))
+    coordinator = SimpleNamespace(transport=transport, state=SimpleNamespace(version=1),
+                                  manifest=SimpleNamespace(model_id="m"))
+    loop = SimpleNamespace(run=run, stop=lambda: None, exhausted=None)
+    monkeypatch.setattr(service, "build_service", lambda cfg, epoch: (loop, coordinator))
+    cfg = SimpleNamespace(coordinator=SimpleNamespace(metrics_port=0, state_db="s.db"), broker=MqttSettings(),
+                          service=service.ServiceSettings())
+    with pytest.raises(ServiceUnavailable, match="state_db s.db could not be read or written: disk I/O error"):
+        service._serve(cfg, None, threading.Event(), [])
+    assert closed == [1]  # the link is still closed on the way out
