@@ -24,7 +24,8 @@ not be stored; the restart resumes from the store (group_commit.py says why). St
 (FedgeError) stops a start: the state db points at payload bytes its payload log does not hold
 (payload_log.py), a stored update's bytes no longer have the digest they were accepted with
 (admission.replayed), or a row read back holds a value fedge never writes (store_rows.py), which
-only a tampered, rotted or lost file explains.
+only a tampered, rotted or lost file explains. StoreGone (FedgeError, exit 2) stops the service,
+or refuses its start, when the state_db file was deleted or replaced under it (state_file.py).
 """
 
 from __future__ import annotations
@@ -116,3 +117,11 @@ class StoreCorrupt(FedgeError):
     resume from them."""
 
     reason = "store_corrupt"
+
+
+class StoreGone(FedgeError):
+    """The SQLite state_db was deleted or replaced under the running service, or is missing at a
+    start while its payload log says a state existed (state_file.py). Exit 2: a restart would
+    start afresh from the initial model, which only the operator may choose."""
+
+    reason = "store_gone"

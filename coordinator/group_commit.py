@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from .errors import GroupCommitFailed
+from .errors import GroupCommitFailed, StoreGone
 from .store import Store, StoredUpdate
 
 
@@ -87,6 +87,8 @@ class GroupCommit:
         self._updates, self._acks, self._round_id = [], [], None
         try:
             self.store.add_update(round_id, *updates)
+        except StoreGone:  # not restartable: a restart would begin afresh (state_file.py)
+            raise
         except Exception as exc:
             raise GroupCommitFailed(f"{len(updates)} accepted updates of round {round_id} could not be stored: "
                                     f"{type(exc).__name__}: {exc}; restart to resume from the store") from exc

@@ -31,7 +31,7 @@ from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, Publi
 from fedge.edge_runtime.kernel.flood import doubling, worth_logging
 
 from .backoff import abandoned_delay
-from .errors import GroupCommitFailed
+from .errors import GroupCommitFailed, StoreGone
 from .leadership import LeadershipError
 from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord
@@ -130,9 +130,9 @@ class CoordinatorLoop:
         c = self.coordinator
         try:
             return c.pump(timeout)
-        except (TransportError, GroupCommitFailed, LeadershipError):
-            # the link's troubles: run() handles them; a failed group commit or a deposed leader
-            # (leadership.py) stops the coordinator
+        except (TransportError, GroupCommitFailed, LeadershipError, StoreGone):
+            # the link's troubles: run() handles them; a failed group commit, a deposed leader
+            # (leadership.py) or a state file deleted under us (state_file.py) stops the coordinator
             raise
         except Exception as exc:  # noqa: BLE001 - the point: whatever one message does, serve the next
             reason = f"internal:{type(exc).__name__}"

@@ -44,20 +44,18 @@ Series (all prefixed fedge_):
                                      of the latest federated evaluation, model = global | personal
     eval_examples / eval_devices{outcome} / eval_model_version  what it rests on
     evaluations_total{outcome} / eval_bytes_total{direction}  (coordinator/evaluation.py)
+    metrics_http_dropped_total{reason}  connections to this endpoint closed unserved (metrics_http.py)
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
-import time
 from collections.abc import Collection
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
-from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
 from fedge.edge_runtime.kernel.transport.connect_failure import CAUSES as CONNECT_CAUSES
 
 from .artifacts import FetchRefused
@@ -219,23 +217,6 @@ class _TransportCounters:
         for cause in CONNECT_CAUSES:
             failures.add_metric([cause], counts.get(cause, 0))
         yield failures
-
-
-def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9108, wait_s: float = 5.0):
-    """Serve `registry` at http://host:port/metrics from a daemon thread; returns (server, thread).
-    A port in use is tried again for `wait_s`: a standby that takes over on the same machine
-    starts while the old leader's endpoint is still closing (a helper's failover: 5 ms apart)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            where = f"metrics_port {port} on {host}: {exc.strerror or exc}"
-            if exc.errno != errno.EADDRINUSE:  # a host it cannot bind, a port it may not use: the config's
-                raise ConfigError(f"{where}; fix metrics_host or metrics_port (0: no endpoint)") from None
-            if time.monotonic() >= deadline:  # held by another process: restartable, it may let go
-                raise ServiceUnavailable(f"{where}; choose another port, or 0 for no endpoint") from None
-            time.sleep(0.1)
 
 
 class EvalMetrics:

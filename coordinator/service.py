@@ -20,6 +20,8 @@
     clients_per_round = 10
     round_deadline_s = 120
 
+SIGHUP is logged and ignored (nothing is reloaded: restart to apply a changed file).
+
 Exit status: 0 after `rounds` (or SIGTERM); 3 (EXIT_PRIVACY_BUDGET) when the privacy budget
 refused the next round and [coordinator.privacy] on_exhausted = "stop": the job is done, its
 budget spent. A restart refuses again at once, so a supervisor should not restart on 3
@@ -57,12 +59,14 @@ from .config import CoordinatorConfig
 from .leadership import LeadershipError, PostgresLease, watch_lease
 from .limits import MAX_FLEET
 from .loop import CoordinatorLoop
-from .metrics import CoordinatorMetrics, serve_metrics
+from .metrics import CoordinatorMetrics
+from .metrics_http import serve_metrics
 from .retain_fanout import cluster_transport
 from .sampling import selection_size
 from .server import Coordinator
 from .sharding.leader import ShardedCoordinator
 from .sharding.serve import run_worker
+from .state_file import sqlite_errors_named
 from .state_lock import state_db_lock
 from .store import open_store
 from .strategies import strategy_from_config
@@ -157,12 +161,13 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
     say_implied(cfg.coordinator)
     values = load_npz(art / "params_init.npz")
     initial = {p.name: values[p.name] for p in manifest.by_role("shared")}
-    store = open_store(cfg.coordinator, epoch)
     metrics = CoordinatorMetrics()
     transport = cluster_transport(cfg.service.client_id, coordinator_link(cfg.broker, cfg.coordinator))
     cls = ShardedCoordinator if cfg.coordinator.shards else coordinator_class(cfg.coordinator)
-    coordinator = cls(transport, strategy_from_config(cfg.coordinator), manifest,
-                                                     initial, cfg.coordinator, store=store, metrics=metrics)
+    with sqlite_errors_named(cfg.coordinator.state_db):  # a damaged file: StoreCorrupt, not a traceback
+        store = open_store(cfg.coordinator, epoch)
+        coordinator = cls(transport, strategy_from_config(cfg.coordinator), manifest,
+                          initial, cfg.coordinator, store=store, metrics=metrics)
     target = cfg.service.rounds
 
     def should_stop(record) -> bool:
@@ -171,6 +176,14 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
     loop = CoordinatorLoop(coordinator, min_devices=cfg.service.min_devices, round_pause_s=cfg.service.round_pause_s,
                            should_stop=should_stop)
     return loop, coordinator
+
+
+def on_hangup(*_) -> None:
+    """SIGHUP (an operator's `kill -HUP` or `systemctl reload`, a closed terminal) killed the service
+    by its default action: no log line, no flush of the last Acks. Nothing is reloaded; the
+    service says so and goes on."""
+    log.warning("coordinator: SIGHUP received and ignored: the service does not reload its config; restart it "
+                "to apply a change (systemctl restart, or SIGTERM and start)")
 
 
 def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
@@ -188,6 +201,7 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     if role == "worker":
         return run_worker(cfg, stopping, coordinator_link)
     if not cfg.coordinator.state_dsn:
@@ -228,7 +242,8 @@ def _serve(cfg: ServiceConfig, lease: PostgresLease | None, stopping: threading.
     coordinator.transport.connect(timeout=0)
     status = 0
     try:
-        loop.run()
+        with sqlite_errors_named(cfg.coordinator.state_db):  # a round's open or close the store refused
+            loop.run()
     finally:
         # The last round's Acks must reach the broker, or every device of that round resends
         # its update to a coordinator that is gone.

@@ -87,6 +87,7 @@ from . import store_rows
 from .payload_log import PayloadLog
 from .sql_store import SqlStore, check_keeps
 from .sqlite_tx import immediate_transaction
+from .state_file import damaged, file_identity, refuse_lost_state, require_same_file
 from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState
 
@@ -208,11 +209,14 @@ def _refuse_foreign_db(path: Path) -> None:
                 ours = holds_fedge_schema(db)
             finally:
                 db.close()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
+            if (corrupt := damaged(path, exc)) is not None:  # SQLite's file, fedge's or not: damaged, not foreign
+                raise corrupt from exc
             ours = False
     if not ours:
-        raise ConfigError(f"state_db {path}: exists and is not a fedge state database; fedge never writes into a "
-                          f"file it did not create: point state_db at a new path")
+        raise ConfigError(f"state_db {path}: exists and is not a fedge state database (no fedge schema row can be "
+                          f"read from it: another program's file, or fedge's damaged past reading); fedge never "
+                          f"writes into a file it did not create: point state_db at a new path, or restore it")
 
 
 class RoundStore(SqlStore):
@@ -227,12 +231,14 @@ class RoundStore(SqlStore):
         self.keep_key_rounds = keep_key_rounds
         self.keep_rounds = keep_rounds
         _refuse_foreign_db(self.path)  # before the payload log's folder, and before any write
+        refuse_lost_state(self.path, Path(f"{self.path}.payloads"))  # before a fresh file and the sweep
         # The open round's payloads (payload_log.py); made first: it refuses a folder fedge did not make.
         self._payloads = PayloadLog(Path(f"{self.path}.payloads"), durable=durable)
         # isolation_level=None: no implicit transactions; each write method opens its own.
         # check_same_thread=False: the loop may run on another thread than the one that built
         # the store; it is still used by one thread at a time.
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._opened = None  # the file's identity, once it exists (the first transaction makes it)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
@@ -256,6 +262,7 @@ class RoundStore(SqlStore):
             elif row[0] != str(SCHEMA_VERSION):
                 raise ConfigError(f"{self.path}: state db schema {row[0]}, this build reads {SCHEMA_VERSION}")
             forgot = self._forget_closed_keys(db)  # an earlier build's, of rounds closed then
+        self._opened = file_identity(self.path)  # every later write first checks it is still this file
         self._payloads.sweep(lambda: {r for (r,) in self._db.execute(
             "SELECT round_id FROM rounds WHERE status = 'open'")})
         if forgot:
@@ -266,6 +273,8 @@ class RoundStore(SqlStore):
         self._db.close()
 
     def _tx(self):
+        if self._opened is not None:
+            require_same_file(self._db, self.path, self._opened)  # StoreGone: deleted or replaced under us
         return immediate_transaction(self._db)
 
     # The open round's payloads go to its payload log (payload_log.py), the rows say where.

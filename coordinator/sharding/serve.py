@@ -21,7 +21,7 @@ from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 
 from ..leadership import LeadershipError
-from ..metrics import serve_metrics
+from ..metrics_http import serve_metrics
 from .identity import shard_identities
 from .tables import ShardTables
 from .worker import ShardWorker, serve_shard, shard_client_id, take_a_shard

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedge.coordinator.metrics import MAX_DECLINE_REASONS, CoordinatorMetrics, serve_metrics
+from fedge.coordinator.metrics import MAX_DECLINE_REASONS, CoordinatorMetrics
+from fedge.coordinator.metrics_http import serve_metrics
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CheckIn, Decline, FetchRequest
 from tests.coordinator.fleet import ManualDevice, make_fleet

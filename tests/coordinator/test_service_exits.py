@@ -41,7 +41,7 @@ def _serve(monkeypatch, version: int, rounds: int, exhausted=None):
                                   manifest=SimpleNamespace(model_id="m"))
     loop = SimpleNamespace(run=lambda: None, stop=lambda: None, exhausted=exhausted)
     monkeypatch.setattr(service, "build_service", lambda cfg, epoch: (loop, coordinator))
-    cfg = SimpleNamespace(coordinator=SimpleNamespace(metrics_port=0), broker=MqttSettings(),
+    cfg = SimpleNamespace(coordinator=SimpleNamespace(metrics_port=0, state_db=""), broker=MqttSettings(),
                           service=service.ServiceSettings(rounds=rounds))
     return service._serve(cfg, None, threading.Event(), []), coordinator.transport.connects
 

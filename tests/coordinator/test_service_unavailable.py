@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fedge.coordinator.config import CoordinatorConfig
-from fedge.coordinator.metrics import serve_metrics
+from fedge.coordinator.metrics_http import serve_metrics
 from fedge.edge_runtime.kernel.errors import ArtifactError, ConfigError, ServiceUnavailable
 from fedge.tools.cli import _guarded
 

@@ -104,3 +104,30 @@ def test_a_change_of_cause_is_logged_at_once():
                                       "dns": 1}
     failures.connected()
     assert failures.why() == "" and failures.record(0, url, TimeoutError()).endswith("(attempt 1)")
+
+
+def test_a_broker_that_refuses_the_password_is_counted_and_logged_at_doubling_counts(mosquitto_factory, tmp_path,
+                                                                                    caplog):
+    """The ops red team: a coordinator with a wrong [broker] password logged a warning at every
+    retry (two a second) and counted none of them: fedge_broker_connect_failures_total was 0 for
+    every cause. A refusing CONNACK is now the cause broker_refused, counted and logged as the
+    other causes are. Retrying goes on: the broker's password file may be fixed meanwhile."""
+    from fedge.tools.broker.passwd import upsert_password
+
+    passwords = tmp_path / "passwd"
+    upsert_password(passwords, "coordinator", "right")
+    broker = mosquitto_factory(BrokerConfig(password_file=str(passwords)))
+    caplog.set_level(logging.INFO, logger="fedge.mqtt")
+    t = MqttTransport("coordinator", MqttSettings(url=f"mqtt://127.0.0.1:{broker.port}", username="coordinator",
+                                                  password="wrong", **FAST)).connect(timeout=0)
+    deadline = time.monotonic() + 20
+    while t.connect_failures.by_cause["broker_refused"] < 9 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t.close()
+    refused = t.connect_failures.by_cause["broker_refused"]
+    assert refused >= 9
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedge.mqtt" and "refused" in r.getMessage()]
+    assert lines[0] == (f"coordinator: cannot reach mqtt://127.0.0.1:{broker.port}: the broker refused the connection: "
+                        "Not authorized (check [broker] username and password, and the broker's password file and "
+                        "ACL) (attempt 1)")
+    assert len(lines) <= refused.bit_length() < refused  # 1, 2, 4, 8, ...: not one a retry

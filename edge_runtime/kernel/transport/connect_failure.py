@@ -18,8 +18,10 @@ from ..flood import doubling
 from .settings import MqttSettings
 
 # What a failed attempt is counted as. tls_handshake: a TLS failure other than the broker's
-# certificate (a plain port, no shared protocol version); unknown: paho gave no exception.
-CAUSES = ("tls_untrusted", "tls_hostname", "tls_handshake", "refused", "dns", "timeout", "other", "unknown")
+# certificate (a plain port, no shared protocol version); unknown: paho gave no exception;
+# broker_refused: the broker answered with a refusing CONNACK (credentials, client id, ACL).
+CAUSES = ("tls_untrusted", "tls_hostname", "tls_handshake", "refused", "dns", "timeout", "other", "unknown",
+          "broker_refused")
 
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the chain is
 # trusted, but the certificate does not name the host we dialled.
@@ -74,7 +76,18 @@ class ConnectFailures:
         differs from the last at that endpoint, or the 2nd, 4th, 8th, ... in a row; else None."""
         nodes = self.settings.endpoints()
         host, port, _ = nodes[node % len(nodes)]
-        cause = self.last = describe(exc, host, port, self.settings.ca_file)
+        return self._count(endpoint, describe(exc, host, port, self.settings.ca_file))
+
+    def refused(self, endpoint: str, reason: str) -> str | None:
+        """Count one attempt the broker at `endpoint` refused by its CONNACK (`reason`, paho's words);
+        the line to log as `record` decides. A wrong password once logged a warning at every retry
+        and counted nowhere (the ops red team: 2 lines a second, every cause 0 on /metrics)."""
+        return self._count(endpoint, ConnectCause("broker_refused", f"the broker refused the connection: {reason} "
+                                                  "(check [broker] username and password, and the broker's password "
+                                                  "file and ACL)"))
+
+    def _count(self, endpoint: str, cause: ConnectCause) -> str | None:
+        self.last = cause
         self.by_cause[cause.kind] += 1
         self.attempts += 1
         text, n = self._streaks.get(endpoint, ("", 0))

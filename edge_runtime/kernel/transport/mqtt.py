@@ -273,9 +273,9 @@ class MqttTransport(Transport):
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self._refusal = str(reason_code)
-            self._refusal_fatal = getattr(reason_code, "value", 0) in _FATAL_CONNACK
-            log.warning("%s: broker %s refused the connection: %s", self._client_id, self._endpoint, reason_code)
+            self._refusal, self._refusal_fatal = str(reason_code), getattr(reason_code, "value", 0) in _FATAL_CONNACK
+            if line := self.connect_failures.refused(self._endpoint, self._refusal):  # counted; doubling lines
+                log.warning("%s: %s", self._client_id, line)
             self._set_next_delay()
             return
         self._refusal = None

@@ -1,0 +1,117 @@
+"""The SQLite state_db file itself, deleted or replaced under a running coordinator.
+
+SQLite writes through the descriptors it opened: a state_db unlinked while the service ran (an
+`rm` of the wrong folder, a cleanup job) took every later commit with it into a file no path
+names. The ops red team deleted one after round 1: the service went on committing rounds 2 to
+10 and acking their updates, all of it gone at the next start, which then began afresh at
+version 0 on a new file and deleted the open round's payload log as a leftover (sweep). So:
+
+* before each write transaction the store checks that its path still names the file it opened
+  (device and inode: one stat); if not, it copies what it holds (SQLite's backup, from the open
+  connection, WAL included) to `<state_db>.rescued` and stops with StoreGone, whose message
+  says where the copy is. Exit 2: a restart would start afresh, which is the operator's call.
+* SQLite's own errors out of the service's start or loop (sqlite_errors_named) are named: a
+  damaged file ('database disk image is malformed', a traceback at start, and 'not a fedge state
+  database' when the damage hit the schema page) is StoreCorrupt (exit 2); any other
+  OperationalError (disk full, I/O error) is ServiceUnavailable (exit 1: the restart resumes).
+* a start whose state_db is missing while `<state_db>.payloads/` holds a round's payloads, or
+  its `<state_db>-wal` is there with frames in it, is refused the same way: either proves a state
+  existed. Starting afresh deleted the payloads (sweep), and a new file beside the old WAL was
+  a traceback at the first write (sqlite3.OperationalError: disk I/O error).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+
+from .errors import StoreCorrupt, StoreGone
+from .payload_log import MARKER
+
+_ROUND_LOG = re.compile(r"round-[0-9]+\.log")
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` names now; None when it names none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def require_same_file(db: sqlite3.Connection, path: Path, opened: tuple[int, int] | None) -> None:
+    """StoreGone, after rescuing what `db` holds, if `path` no longer names the file opened as `opened`."""
+    now = file_identity(path)
+    if now == opened:
+        return
+    what = "was deleted" if now is None else "was replaced by another file"
+    raise StoreGone(f"state_db {path} {what} while the coordinator was running; it stopped before writing more "
+                    f"into a file no restart would read. {_rescue(db, path)}")
+
+
+def _rescue(db: sqlite3.Connection, path: Path) -> str:
+    target = Path(f"{path}.rescued")
+    n = 1
+    while target.exists():
+        n += 1
+        target = Path(f"{path}.rescued-{n}")
+    try:
+        copy = sqlite3.connect(str(target))
+        try:
+            db.backup(copy)
+        finally:
+            copy.close()
+    except (OSError, sqlite3.Error) as exc:
+        return f"Saving a copy of its state to {target} failed ({exc}): the state held now is lost with this process."
+    return (f"Its state up to now is saved in {target}: stop anything that moved it, move away {path}-wal and "
+            f"{path}-shm (the deleted file's), put {target.name} back at {path}, and start the service again (it "
+            "resumes from it)")
+
+
+def refuse_lost_state(path: Path, payloads: Path) -> None:
+    """StoreGone at start: no state_db at `path`, but what one left: a round's payloads in
+    `payloads`, or a write-ahead log with frames in it."""
+    if path.exists() and path.stat().st_size > 0:
+        return
+    left = []
+    if (payloads / MARKER).is_file():  # fedge's folder (one it did not make, PayloadLog refuses by name)
+        try:
+            left = sorted(str(payloads / name) for name in os.listdir(payloads) if _ROUND_LOG.fullmatch(name))[:3]
+        except OSError:  # not one to list: PayloadLog says so if it matters
+            pass
+    wal = Path(f"{path}-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        left.append(str(wal))
+    if left:
+        raise StoreGone(f"state_db {path} is missing, but what its state left is there ({', '.join(left)}). Put "
+                        f"that state back at {path} (a copy the service saved is at {path}.rescued if it saw it "
+                        f"go), or move those away to start afresh from the initial model")
+
+
+def damaged(path, exc: sqlite3.DatabaseError) -> StoreCorrupt | None:
+    """StoreCorrupt naming `path` when SQLite's `exc` says the file is damaged; None otherwise."""
+    if "malformed" not in str(exc):
+        return None
+    return StoreCorrupt(f"state_db {path}: SQLite says the file is damaged ({exc}); restore it from a backup (or "
+                        f"try `sqlite3 {path} .recover`), or point state_db elsewhere to start afresh")
+
+
+@contextmanager
+def sqlite_errors_named(path) -> Iterator[None]:
+    """SQLite errors of the service's start or loop as StoreCorrupt or ServiceUnavailable (module docstring)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if (corrupt := damaged(path, exc)) is not None:
+            raise corrupt from exc
+        if isinstance(exc, sqlite3.OperationalError):
+            raise ServiceUnavailable(f"state_db {path} could not be read or written: {exc}; the service stopped, "
+                                     "and its restart resumes from what the store holds") from exc
+        raise

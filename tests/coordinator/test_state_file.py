@@ -1,0 +1,188 @@
+"""The SQLite state_db deleted or replaced under a running coordinator (the ops red team: after an
+`rm` of the file the service went on committing rounds 2 to 10 into the unlinked inode, and the
+next start began afresh at version 0). coordinator/state_file.py."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fedge.coordinator.errors import GroupCommitFailed, StoreCorrupt, StoreGone
+from fedge.coordinator.group_commit import GroupCommit
+from fedge.coordinator.store import RoundStore, StoredUpdate
+from tests.coordinator.test_store import _assert_same_state, _record, _round, _state
+
+
+def _store_at_version_1(path: Path) -> RoundStore:
+    store = RoundStore(path)
+    store.bind("model-x", "fedavg")
+    store.save_initial_state(_state(0, seed=1))
+    store.open_round(_round(1, 0))
+    store.add_update(1, StoredUpdate(0, "a", "u-a", "d" * 64, 7, b"payload-a"))
+    store.commit_round(1, _state(1, seed=2), _record(1), 1700.0)
+    store.open_round(_round(2, 1))
+    return store
+
+
+def _versions(path: Path) -> list[int]:
+    """The model versions a file holds, read by sqlite3 itself (not the store under test)."""
+    with sqlite3.connect(path) as db:
+        return [v for (v,) in db.execute("SELECT version FROM models ORDER BY version")]
+
+
+def test_a_deleted_state_db_stops_the_next_write_and_its_state_is_rescued(tmp_path):
+    path = tmp_path / "state.db"
+    store = _store_at_version_1(path)
+    path.unlink()
+    with pytest.raises(StoreGone, match=r"was deleted .* saved in .*state\.db\.rescued"):
+        store.add_update(2, StoredUpdate(1, "b", "u-b", "e" * 64, 9, b"payload-b"))
+    with pytest.raises(StoreGone):  # and every later write: nothing more goes into the unlinked file
+        store.commit_round(2, _state(2, seed=3), _record(2), 1800.0)
+    assert not path.exists()  # no write recreated it
+    rescued = tmp_path / "state.db.rescued"
+    assert _versions(rescued) == [0, 1]
+    store.close()
+    for stale in ("state.db-wal", "state.db-shm"):  # what the message says to move away
+        (tmp_path / stale).unlink(missing_ok=True)
+    os.replace(rescued, path)
+    back = RoundStore(path)  # the restart resumes from it: version 1, round 2 open
+    _assert_same_state(back.load_state(), _state(1, seed=2))
+    assert back.load_open_round().round_id == 2 and back.next_round_id() == 2
+
+
+def test_a_state_db_replaced_by_another_file_is_named_and_a_second_rescue_does_not_overwrite_the_first(tmp_path):
+    path = tmp_path / "state.db"
+    store = _store_at_version_1(path)
+    (tmp_path / "state.db.rescued").write_bytes(b"an earlier rescue")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).close()
+    os.replace(other, path)
+    with pytest.raises(StoreGone, match=r"was replaced by another file .* saved in .*state\.db\.rescued-2"):
+        store.abandon_round(2, _record(2), 1800.0)
+    assert (tmp_path / "state.db.rescued").read_bytes() == b"an earlier rescue"
+    assert _versions(tmp_path / "state.db.rescued-2") == [0, 1]
+
+
+@pytest.mark.parametrize("left", ["payloads", "wal"])
+def test_a_start_without_the_state_db_but_with_what_it_left_is_refused(tmp_path, left):
+    path = tmp_path / "state.db"
+    store = _store_at_version_1(path)
+    store.add_update(2, StoredUpdate(1, "b", "u-b", "e" * 64, 9, b"payload-b"))  # round-2.log holds it
+    store.close()
+    path.unlink()
+    if left == "wal":
+        for name in os.listdir(tmp_path / "state.db.payloads"):
+            if name.startswith("round-"):
+                os.unlink(tmp_path / "state.db.payloads" / name)
+        (tmp_path / "state.db-wal").write_bytes(b"\x37\x7f\x06\x82" + bytes(28))  # a WAL header's worth
+    with pytest.raises(StoreGone, match="state.db is missing"):
+        RoundStore(path)
+    assert not path.exists()  # refused before creating a fresh file
+    assert left == "wal" or (tmp_path / "state.db.payloads" / "round-2.log").stat().st_size == len(b"payload-b")
+
+
+def test_a_fresh_start_beside_an_empty_payload_folder_is_not_refused(tmp_path):
+    path = tmp_path / "state.db"
+    _store_at_version_1(path).close()  # round 2 open, no update: no round log
+    path.unlink()
+    for stale in ("state.db-wal", "state.db-shm"):
+        (tmp_path / stale).unlink(missing_ok=True)
+    assert RoundStore(path).load_state() is None
+
+
+def test_a_group_commit_lets_store_gone_through_so_the_exit_is_not_a_restartable_one():
+    class Gone:
+        def add_update(self, round_id, *updates):
+            raise StoreGone("state_db x was deleted")
+
+    class Broken:
+        def add_update(self, round_id, *updates):
+            raise OSError(28, "No space left on device")
+
+    for store, raised in ((Gone(), StoreGone), (Broken(), GroupCommitFailed)):
+        group = GroupCommit(store)
+        with pytest.raises(raised):
+            with group.burst():
+                group.add_update(1, StoredUpdate(0, "a", "u", "d" * 64, 1, b"p"))
+    assert StoreGone("x").__class__.__dict__.get("exit_status", 2) == 2  # the CLI's default: no restart
+
+
+def _service_config(tmp_path: Path, state_db: Path):
+    from fedge.coordinator.config import CoordinatorConfig
+    from fedge.coordinator.service import ServiceConfig
+    from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+    from tests.tiny_model import build_tiny_model
+
+    art_dir, manifest, _ = build_tiny_model(tmp_path / "artifacts")
+    return ServiceConfig(broker=MqttSettings(url="mqtt://127.0.0.1:9"),
+                         coordinator=CoordinatorConfig(artifacts_dir=str(art_dir), state_db=str(state_db))), manifest
+
+
+@pytest.mark.parametrize("offset", [100, 4096])  # page 1's b-tree header; page 2
+def test_a_damaged_state_db_is_store_corrupt_at_the_start_not_a_traceback(tmp_path, offset, capsys):
+    """The red team overwrote 512 bytes of a coordinator's state_db: at page 2 the start was a
+    traceback (sqlite3.DatabaseError: database disk image is malformed), at page 1 it was called
+    'not a fedge state database'."""
+    from fedge.coordinator import service
+    from fedge.tools.cli import _guarded
+
+    state_db = tmp_path / "state.db"
+    cfg, manifest = _service_config(tmp_path, state_db)
+    first = service.build_service(cfg)[1]  # a real start, then its file damaged
+    first.store.close()
+    with open(state_db, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 512)
+    with pytest.raises(StoreCorrupt, match=r"state\.db: SQLite says the file is damaged \(database disk image is "
+                                           r"malformed\)"):
+        service.build_service(cfg)
+
+    class Args:
+        verbose, log_format, command, coordinator_command = 0, "text", "coordinator", "serve"
+
+    assert _guarded(Args(), lambda: service.build_service(cfg)) == 2  # not restartable: the file must be restored
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fedge: error: StoreCorrupt: state_db ") and "Traceback" not in err
+
+
+def test_the_stores_refusals_in_the_loop_are_named_and_restartable():
+    """A round's open or commit the SQLite store refused (a full disk, an I/O error) ended the
+    service with a traceback from loop.run; now ServiceUnavailable (exit 1: the restart resumes)."""
+    from fedge.coordinator.state_file import sqlite_errors_named
+    from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+
+    with pytest.raises(ServiceUnavailable, match="state_db s.db could not be read or written: database or disk is "
+                                                 "full; the service stopped") as caught:
+        with sqlite_errors_named("s.db"):
+            raise sqlite3.OperationalError("database or disk is full")
+    assert caught.value.exit_status == 1
+    with pytest.raises(sqlite3.IntegrityError):  # a constraint is a bug to see whole, not a store outage
+        with sqlite_errors_named("s.db"):
+            raise sqlite3.IntegrityError("UNIQUE constraint failed")
+
+
+def test_the_service_loop_turns_a_refused_store_write_into_service_unavailable(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from fedge.coordinator import service
+    from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+    from fedge.edge_runtime.kernel.transport.settings import MqttSettings
+
+    def run():
+        raise sqlite3.OperationalError("disk I/O error")
+
+    closed = []
+    transport = SimpleNamespace(connect=lambda timeout=None: None, connected=False, close=lambda: closed.append(1))
+    coordinator = SimpleNamespace(transport=transport, state=SimpleNamespace(version=1),
+                                  manifest=SimpleNamespace(model_id="m"))
+    loop = SimpleNamespace(run=run, stop=lambda: None, exhausted=None)
+    monkeypatch.setattr(service, "build_service", lambda cfg, epoch: (loop, coordinator))
+    cfg = SimpleNamespace(coordinator=SimpleNamespace(metrics_port=0, state_db="s.db"), broker=MqttSettings(),
+                          service=service.ServiceSettings())
+    with pytest.raises(ServiceUnavailable, match="state_db s.db could not be read or written: disk I/O error"):
+        service._serve(cfg, None, threading.Event(), [])
+    assert closed == [1]  # the link is still closed on the way out
