@@ -114,9 +114,11 @@ class PrivacyBudget:
             raise ConfigError(f"{where} holds a privacy plan fedge did not write ({exc}); restore the state file "
                               "from a backup") from None
         if cfg.enabled and plan is None:
+            # [service] rounds: the service stops at that version with no round open (else the next opens at once)
             raise ConfigError(f"{where} was opened with privacy off: resumed now, its mean would be released "
                               "without clipping, noise or a ledger entry; finish it with [coordinator.privacy] "
-                              "enabled = false, then turn privacy on")
+                              f"enabled = false and [service] rounds = {stored.model_version + 1}, then turn "
+                              "privacy on")
         if not cfg.enabled or plan is None:
             return
         if plan.sampling != cfg.sampling:

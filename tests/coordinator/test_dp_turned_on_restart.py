@@ -3,7 +3,8 @@ opened with privacy off is still open. That round has no privacy plan, so it res
 the updates it took after the restart, from devices told privacy is on, were neither clipped to S
 nor noised, its model was released with no ledger event, and `fedge coordinator privacy` said
 nothing was spent. Now the start is refused by name (dp/budget.py check_open), as a DP round that
-no longer fits the budget is: finish the open round with privacy off, then turn it on."""
+no longer fits the budget is: finish the open round with privacy off and [service] rounds at its
+version + 1 (the service then stops with no round open), then turn it on."""
 
 from __future__ import annotations
 
@@ -50,17 +51,29 @@ def _open_round_then_privacy_on(model, tmp_path, **config):
 ], ids=["async", "sync"])
 def test_a_round_opened_with_privacy_off_is_refused_by_a_restart_with_privacy_on(model, tmp_path, config):
     with pytest.raises(ConfigError, match=r"open round 1 was opened with privacy off.*finish it with "
-                                          r"\[coordinator.privacy\] enabled = false"):
+                                          r"\[coordinator.privacy\] enabled = false and \[service\] rounds = 1, "):
         _open_round_then_privacy_on(model, tmp_path, **config)
 
 
-def test_privacy_turned_off_on_a_round_opened_without_it_still_resumes(model, tmp_path):
-    """The control: the same restart with privacy still off resumes the open buffer."""
+def test_the_way_out_the_refusal_names_finishes_the_buffer_and_then_privacy_turns_on(model, tmp_path):
+    """The control, and the refusal's advice: privacy still off resumes the open buffer; with the
+    service's stop at version 1 ([service] rounds = 1) it flushes and opens no next one, and the
+    restart with privacy on then starts, its first buffer planned and charged."""
     db = tmp_path / "state.db"
     fleet = make_fleet(model, tmp_path, store=RoundStore(db), weighting="equal", mode="async",
                        async_=AsyncConfig(concurrency=3, buffer_size=3, max_staleness=5))
-    [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
+    devs = [ManualDevice(fleet, f"m{i}", 10) for i in range(3)]
     fleet.drain()
-    assert fleet.coordinator.begin_round()
+    c = fleet.coordinator
+    assert c.begin_round()
     again = fleet.restart(store=RoundStore(db))
     assert again.round is not None and again.round.privacy is None
+    again.stop_after = lambda record: again.state.version >= 1  # the service's should_stop, rounds = 1
+    again.tick()
+    fleet.drain()
+    rng = np.random.default_rng(1)
+    for d in devs:
+        _send(fleet, d, random_delta(again.shapes, rng))
+    assert again.state.version == 1 and again.round is None
+    on = fleet.restart(store=RoundStore(db), config=replace(c.config, privacy=PRIVACY))
+    assert on.round is None and on.begin_round() and on.round.privacy is not None
