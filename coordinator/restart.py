@@ -114,10 +114,15 @@ def resume(stored: StoredRound, version: int, now: float, wall: float,
     if stored.model_version != version:
         raise ConfigError(f"{path}: open round {stored.round_id} was based on version "
                           f"{stored.model_version}, the stored model is {version}")
+    # Never more time left than the round had when it began, nor a start in the future: a wall clock
+    # stepped back while we were down (a board with no real-time clock, restarted before NTP) once
+    # added the whole step to the round, which then waited that long for a quorum that did not come.
+    window = stored.deadline_wall - stored.started_wall
     machine = sync_round(stored.round_id, stored.selected, stored.target, stored.quorum,
-                         now + (stored.deadline_wall - wall))
+                         now + min(stored.deadline_wall - wall, window))
     # a DP round comes back with its stored plan: the same z, S and W, so the same noise
-    rnd = make_round(machine, stored.tasks, now - (wall - stored.started_wall), RoundPlan.from_json(stored.privacy))
+    rnd = make_round(machine, stored.tasks, now - max(0.0, wall - stored.started_wall),
+                     RoundPlan.from_json(stored.privacy))
     for event in stored.events:
         if isinstance(event, StoredUpdate):
             rnd.add(replayed(event, rnd.ctx))

@@ -62,6 +62,13 @@ class TaskRow:
     base_version: int
     deadline_wall: float  # seconds since the epoch
 
+    def left(self, wall: float, longest: float) -> float:
+        """Seconds the task has left at wall time `wall`, at most `longest` (round_deadline_s: what
+        it had when it left). A wall clock stepped back while the coordinator was down (a board with
+        no real-time clock, restarted before NTP) once added the whole step to every task, and a
+        task on an older version, never resent, held its concurrency slot that long."""
+        return min(self.deadline_wall - wall, longest)
+
 
 @dataclass(frozen=True)
 class BufferedRow:

@@ -92,7 +92,7 @@ class AsyncCoordinator(Coordinator):
         self.machine = AsyncMachine(self.state.version, a.buffer_size, a.concurrency, a.max_staleness)
         for t in self.journal.tasks():
             if self.machine.flight(t.device_id) is None:
-                flight = Flight(t.task_id, t.round_id, t.base_version, now + (t.deadline_wall - wall))
+                flight = Flight(t.task_id, t.round_id, t.base_version, now + t.left(wall, self.config.round_deadline_s))
                 self.machine, _ = on_event(self.machine, Dispatched(t.device_id, flight))
             else:  # not written by this code; keep the first
                 self.journal.drop_task(t.task_id)
@@ -107,7 +107,7 @@ class AsyncCoordinator(Coordinator):
             raise ConfigError(f"{self.store.path}: open buffer {stored.round_id} was based on version "
                               f"{stored.model_version}, the stored model is {self.state.version}")
         self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
-        self.round = self._new_buffer(stored.round_id, now - (wall - stored.started_wall),
+        self.round = self._new_buffer(stored.round_id, now - max(0.0, wall - stored.started_wall),
                                       RoundPlan.from_json(stored.privacy))
         rows = self.journal.buffered(stored.round_id)
         self._contributions = Counter(row.device_id for row in rows)
