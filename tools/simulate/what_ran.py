@@ -20,6 +20,15 @@ def most_common_share(data) -> float | None:
     return float(np.bincount(labels.astype(np.int64)).max() / len(labels)) if len(labels) else None
 
 
+def devices_missing_labels(clients) -> int:
+    """How many devices train on fewer labels than the devices' pooled training splits hold: a
+    sign of label skew, under which each device standardizing with its own mean and std moves
+    every label's features to the same place (report.constant_guess names it)."""
+    held = [np.unique(c.y_train) for c in clients]
+    fleet = np.unique(np.concatenate(held)) if held else np.zeros(0)
+    return sum(len(labels) < len(fleet) for labels in held)
+
+
 def what_ran(setup: FleetSetup) -> dict:
     """run.json's config where it differs from the flags: a --data folder decides the devices
     and the split, a round cannot ask for more devices than exist, and `standardize` is what
@@ -34,6 +43,7 @@ def what_ran(setup: FleetSetup) -> dict:
                     "train_examples": sum(len(c.y_train) for c in everyone),
                     "test_examples": sum(len(c.y_test) for c in everyone),
                     "most_common_test_share": most_common_share(data),
+                    "devices_missing_labels": devices_missing_labels(everyone),
                     "findings": data_findings(replace(data, clients=everyone))}}
     decided = data.standardizing  # a --data folder's (tools/standardizing.py); shipped data: the flag alone
     out.update(standardize=decided.on if decided else bool(setup.cfg.standardize),
