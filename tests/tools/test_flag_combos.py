@@ -68,3 +68,26 @@ def test_the_same_options_where_they_apply_pass_the_checks(argv):
     args = p.parse_args(["--dataset", "digits", "--devices", "4", *argv])
     typed = {n for n in (*COORDINATOR_FLAGS, *TYPED_ONLY) if getattr(args, n) is not None}
     check_options_apply(build_config(args, "out"), typed)
+
+
+@pytest.mark.parametrize("attack", ["alie", "ipm", "min_max", "min_sum"])
+def test_a_colluding_attack_under_secure_aggregation_is_refused_before_the_run(attack, tmp_path, capsys):
+    """The colluders rewrite the Update frames they hold (conspiracy.py); a secure round publishes masked
+    inputs instead, which passed through untouched: --attack min_max over 6 devices ran with the same
+    accuracies and bytes as no attack at all (losses equal to 2e-7)."""
+    (tmp_path / "secagg.toml").write_text(SECAGG)
+    out = tmp_path / "out"
+    code = main(["simulate", "--dataset", "digits", "--devices", "6", "--rounds", "1", "--quiet", "--partition", "iid",
+                 "--config", str(tmp_path / "secagg.toml"), "--attack", attack, "--attackers", "0.34",
+                 "--json", str(out / "run.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("fedge: error: ConfigError"), err
+    assert f"--attack {attack} with secure aggregation" in err[-1], err[-1]
+    assert not out.exists()
+
+
+def test_non_colluding_attacks_and_colluders_without_secure_aggregation_still_fit():
+    from fedge.tools.simulate.adversary import AttackSpec, check_attack_fits
+
+    check_attack_fits(AttackSpec("sign_flip"), "memory", 4, secure=True)  # rewritten before masking (malicious.py)
+    check_attack_fits(AttackSpec("min_max"), "memory", 4, secure=False)
