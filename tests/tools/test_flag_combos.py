@@ -52,6 +52,8 @@ def test_an_option_that_changes_nothing_beside_another_is_refused(argv, words, t
     ["--attack", "alie", "--omniscient"],
     ["--personalization", "head", "--personal-head-from-global"],
     ["--optimizer", "sgd", "--momentum", "0.5", "--backend", "numpy"],
+    ["--optimizer", "adamw", "--momentum", "0"],  # what AdamW runs with
+    ["--backend", "ort-training", "--momentum", "0"],
     ["--quant-bits", "8", "--no-error-feedback"],
     ["--strategy", "fedyogi", "--server-beta2", "0.5"],
     ["--quant-bits", "32", "--topk", "0.5", "--no-error-feedback"],

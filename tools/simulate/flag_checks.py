@@ -78,8 +78,8 @@ COMPRESSION_FLAGS = {"quant_bits": "--quant-bits", "topk_fraction": "--topk", "e
 def check_device_options(cfg: SimConfig, typed: Collection[str]) -> None:
     """Training and compression flags the devices would not use in this run (each once ran silently)."""
     hyper, compression = cfg.coordinator.hyper, cfg.coordinator.compression
-    if "momentum" in typed and (hyper.optimizer != "sgd" or cfg.backend == "ort-training"):
-        # config.effective_hyper sends momentum 0 to both
+    if "momentum" in typed and hyper.momentum and (hyper.optimizer != "sgd" or cfg.backend == "ort-training"):
+        # config.effective_hyper sends momentum 0 to both (a typed 0 is what they run)
         what = f"--optimizer {hyper.optimizer}" if hyper.optimizer != "sgd" else "--backend ort-training"
         raise ConfigError(f"--momentum applies to SGD on the portable and numpy backends, not {what} (its devices "
                           f"train with momentum 0)")
