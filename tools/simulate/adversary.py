@@ -63,13 +63,18 @@ class AttackSpec:
             raise AttackError(f"perturbation {self.perturbation!r}: use unit, std or sign")
 
 
-def check_attack_fits(spec: AttackSpec | None, transport: str, per_round: int) -> None:
+def check_attack_fits(spec: AttackSpec | None, transport: str, per_round: int, secure: bool = False) -> None:
     """Before any folder or model is made: a run this attack cannot take is one named ConfigError.
-    per_round: reports a round asks for, min(clients_per_round, devices)."""
+    per_round: reports a round asks for, min(clients_per_round, devices); secure: secure aggregation on."""
     if spec is None or spec.name not in COLLUDING:
         return
     if transport != "memory":
         raise ConfigError(f"--attack {spec.name}: colluding attacks run on the in-memory transport only")
+    if secure:  # conspiracy.py holds and rewrites Update frames; a secure round sends masked inputs instead
+        raise ConfigError(f"--attack {spec.name} with secure aggregation: the colluders rewrite the plain updates "
+                          f"they pool, and a secure round sends masked inputs, so they would send honest ones (it "
+                          f"once ran as if no one attacked); use a non-colluding attack, or turn secure "
+                          f"aggregation off")
     if spec.name == "alie" and per_round < 2:  # once an AttackError from the first attacker's task, mid-run
         raise ConfigError(f"--attack alie needs rounds of 2 or more reports (--clients-per-round and --devices): "
                           f"its z comes from a minority of colluders in a round of n, and a round of {per_round} "

@@ -12,8 +12,9 @@ from .config import SYNTHETIC_SPLIT, SimConfig
 
 # Strategy options, and the strategies that read them (coordinator/strategies: strategy_from_config).
 ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
+# FedAdagrad's v sums the squared deltas (server_opt.adaptive_step): it has no second-moment decay.
 STRATEGY_FLAGS = {"prox_mu": ("fedprox",), "server_momentum": ("fedavgm",), "server_beta1": ADAPTIVE,
-                  "server_beta2": ADAPTIVE, "server_tau": ADAPTIVE}
+                  "server_beta2": ("fedadam", "fedyogi"), "server_tau": ADAPTIVE}
 
 
 def check_options_apply(cfg: SimConfig, typed: Collection[str]) -> None:
@@ -48,8 +49,48 @@ def check_options_apply(cfg: SimConfig, typed: Collection[str]) -> None:
         if getattr(cfg, f"{baseline}_epochs") is not None and baseline not in cfg.baselines:
             raise ConfigError(f"--{baseline}-epochs applies to --baselines {baseline}, not --baselines "
                               f"{','.join(cfg.baselines) or '(none)'}")
-    if cfg.personalization == "none" and "personal_head_from_global" in typed:
-        raise ConfigError("--personal-head-from-global: --personalization none keeps no personal head")
+    if cfg.personalization in ("none", "finetune") and "personal_head_from_global" in typed:
+        # finetune's model has the global head only: personal_start finds no personal head to seed
+        raise ConfigError(f"--personal-head-from-global: --personalization {cfg.personalization} keeps no personal "
+                          f"head (its model has the global head only)")
+    check_attack_options(cfg)
+    check_device_options(cfg, typed)
+
+
+# Attacks that read --attack-scale (adversary.malicious_delta), and those --omniscient changes (the colluders).
+SCALED_ATTACKS = ("sign_flip", "scale", "backdoor")
+
+
+def check_attack_options(cfg: SimConfig) -> None:
+    """--attack-scale and --omniscient with an attack that never reads them (each once ran silently)."""
+    from .adversary import COLLUDING
+
+    if cfg.attack is not None and cfg.attack_scale and cfg.attack not in SCALED_ATTACKS:
+        raise ConfigError(f"--attack-scale applies to --attack {', '.join(SCALED_ATTACKS)}, not {cfg.attack}")
+    if cfg.attack is not None and cfg.omniscient and cfg.attack not in COLLUDING:
+        raise ConfigError(f"--omniscient applies to the colluding attacks ({', '.join(COLLUDING)}), not {cfg.attack}: "
+                          f"it lets colluders see the honest devices' deltas")
+
+
+COMPRESSION_FLAGS = {"quant_bits": "--quant-bits", "topk_fraction": "--topk", "error_feedback": "--no-error-feedback"}
+
+
+def check_device_options(cfg: SimConfig, typed: Collection[str]) -> None:
+    """Training and compression flags the devices would not use in this run (each once ran silently)."""
+    hyper, compression = cfg.coordinator.hyper, cfg.coordinator.compression
+    if "momentum" in typed and hyper.momentum and (hyper.optimizer != "sgd" or cfg.backend == "ort-training"):
+        # config.effective_hyper sends momentum 0 to both (a typed 0 is what they run)
+        what = f"--optimizer {hyper.optimizer}" if hyper.optimizer != "sgd" else "--backend ort-training"
+        raise ConfigError(f"--momentum applies to SGD on the portable and numpy backends, not {what} (its devices "
+                          f"train with momentum 0)")
+    sketch = [flag for name, flag in COMPRESSION_FLAGS.items() if name in typed]
+    if sketch and cfg.coordinator.secure_aggregation.enabled:
+        raise ConfigError(f"{', '.join(sketch)} with secure aggregation: devices send every coordinate quantized "
+                          f"into the shared field (secure_aggregation.bits), without error feedback; drop "
+                          f"{'them' if len(sketch) > 1 else 'it'}")
+    if "error_feedback" in typed and compression.quant_bits == 32 and compression.topk_fraction >= 1:
+        raise ConfigError("--no-error-feedback with --quant-bits 32 and no --topk: the update is sent whole, so "
+                          "nothing is left over to feed back")
 
 
 # Flags that describe how a shipped dataset is split; a --data folder is already split.

@@ -158,7 +158,8 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     if (held or cfg.personalization == "finetune") and spec.head == "personal":
         raise ConfigError(f"model {spec.name} has no global head: --new-devices and finetune need one")
     adversary.check_attack_fits(cfg.attack_spec, cfg.transport, min(cfg.coordinator.clients_per_round,
-                                                                     len(data.clients)))
+                                                                     len(data.clients)),
+                                cfg.coordinator.secure_aggregation.enabled)
     # Devices keep state (private heads, residuals, control variates) and the artifacts in a fresh
     # temporary folder: a new simulation never resumes from an old one, and nothing lands in (or
     # is deleted from) the user's output folder. Only paths fedge created itself are removed.
