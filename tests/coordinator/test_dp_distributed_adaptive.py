@@ -157,7 +157,11 @@ def test_one_device_cannot_move_s_past_what_the_cohorts_bits_can(model, tmp_path
     def mask(message):
         values, examples, spec = evil.inputs[message.task_id]
         values = values.copy()
-        values[-1] = (direction * ((1 << (spec.field_bits - 1)) - 3 * spec.dp_count_scale)) % (1 << spec.field_bits)
+        # 3.5 kappa below the wrap: here 2^15 / kappa = 5.63 counts, so the evil count is 2.13 and the four
+        # honest ones add 2.0 +- 0.35 (noise sigma / kappa = 0.17 each). At 3 kappa the total wrapped past
+        # 2^(m-1) when the honest noise passed +1.0 (about 3 sigma: it did once in a two-process run).
+        top = (1 << (spec.field_bits - 1)) - 7 * spec.dp_count_scale // 2
+        values[-1] = (direction * top) % (1 << spec.field_bits)
         evil.inputs[message.task_id] = (values, examples, spec)
         return real_mask(message)
 
