@@ -7,10 +7,12 @@ scanner, a slowloris, a scraper that hung) each held a thread and a file descrip
 as they stayed open: 194 of them against a service run with RLIMIT_NOFILE 200 (systemd's
 default soft limit is 1024) left its next payload-log open failing with EMFILE, and the
 coordinator exited with GroupCommitFailed; scrapes timed out before that. Here each connection
-has TIMEOUT_S for every read and write, and at most MAX_CONNECTIONS are served at once: one
-more is closed as it is accepted. Every dropped connection is counted by why (DROP_REASONS, in
-fedge_metrics_http_dropped_total) and logged (the first ten of a reason, then at powers of two),
-where the library printed a traceback to stderr for each connection that timed out or reset.
+has TIMEOUT_S for every read and write and for the whole connection (a client that trickles a
+byte per read never trips a per-read timeout, and held its slot for as long as it trickled), and
+at most MAX_CONNECTIONS are served at once: one more is closed as it is accepted. Every dropped
+connection is counted once by why (DROP_REASONS, in fedge_metrics_http_dropped_total) and logged
+(the first ten of a reason, then at powers of two), where the library printed a traceback to
+stderr for each connection that timed out or reset.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class MetricsHttpServer(ThreadingMixIn, WSGIServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self.dropped = dropped
         self._drop_counts = dict.fromkeys(DROP_REASONS, 0)
+        self._counting = threading.Lock()  # connection threads and their deadline timers count drops
+        self._dropped_requests: set = set()  # connections already counted: each counts once
         super().__init__(address, _Handler)
         self.set_app(make_wsgi_app(registry))
 
@@ -77,21 +81,41 @@ class MetricsHttpServer(ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request, client_address) -> None:
+        deadline = threading.Timer(self.timeout_s, self._past_deadline, (request, client_address))
+        deadline.daemon = True
+        deadline.start()
         try:
-            super().process_request_thread(request, client_address)
+            super().process_request_thread(request, client_address)  # closes the request at the end
         finally:
+            deadline.cancel()
+            with self._counting:
+                self._dropped_requests.discard(request)
             self._slots.release()
+
+    def _past_deadline(self, request, client_address) -> None:
+        """The whole connection's deadline: shut the socket down, so its thread's read or write
+        ends at once, and count it (unless the thread ended it first: then the socket is closed)."""
+        try:
+            request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return
+        self._drop(TIMEOUT, client_address, f"not served within {self.timeout_s:g} s", request)
 
     def handle_error(self, request, client_address) -> None:
         """A connection whose handling raised (it went quiet past timeout_s, reset, sent what the
         server could not answer): one counted line, not the library's traceback on stderr."""
         exc = sys.exc_info()[1]
         reason = TIMEOUT if isinstance(exc, TimeoutError) else CLIENT_ERROR
-        self._drop(reason, client_address, f"{type(exc).__name__}: {exc}")
+        self._drop(reason, client_address, f"{type(exc).__name__}: {exc}", request)
 
-    def _drop(self, reason: str, client_address, why: str) -> None:
+    def _drop(self, reason: str, client_address, why: str, request=None) -> None:
+        with self._counting:
+            if request is not None:
+                if request in self._dropped_requests:  # its deadline and its read timeout both fired
+                    return
+                self._dropped_requests.add(request)
+            n = self._drop_counts[reason] = self._drop_counts[reason] + 1
         self.dropped.labels(reason).inc()
-        n = self._drop_counts[reason] = self._drop_counts[reason] + 1  # one server thread or handler at a time
         if worth_logging(n):
             log.warning("metrics endpoint: closed a connection from %s (%s): %s%s", _peer(client_address), reason,
                         why, so_far(n))

@@ -24,6 +24,7 @@ deletes the files of rounds that are no longer open.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import pid_running
 
 from .errors import StoreCorrupt
+
+log = logging.getLogger("fedge.coordinator.payloads")
 
 MARKER = "FEDGE-PAYLOADS"
 _ROUND_FILE = re.compile(r"round-([0-9]+)\.log")
@@ -54,12 +57,15 @@ class PayloadLog:
 
     def append(self, round_id: int, blobs: list[bytes]) -> list[int]:
         """Append the blobs to the round's file, durably (one fsync); their offsets, in order."""
-        if not self.directory.exists():  # made at the first append: readers of the db make nothing
-            self._make_directory()
+        if not self.directory.exists():  # made at the first append (readers of the db make nothing),
+            self._make_directory()  # or again if someone deleted it while the coordinator ran
+            self._folder_synced = False
         if not self._folder_synced:
             self._sync_directory(self.directory.parent)
             self._folder_synced = True
-        fd, _ = self._open(round_id, create=True)
+        fd, created = self._open(round_id, create=True)
+        if not created:
+            fd = self._put_back_if_unlinked(round_id, fd)
         # One writer at a time (the offsets come from the size): a second coordinator pointed at
         # the same state_db by mistake waits here instead of interleaving bytes.
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -88,6 +94,50 @@ class PayloadLog:
             os.ftruncate(fd, start)  # leave no partial tail; a failed append committed nothing
             raise
         return offsets
+
+    def _put_back_if_unlinked(self, round_id: int, fd: int) -> int:
+        """The round's descriptor, after putting its file back where the path no longer names it.
+
+        The file (or the whole folder) deleted while the coordinator ran, by an operator tidying
+        up: appends went on into the unlinked file and rounds still committed from memory, but a
+        restart found rows pointing at bytes no file held (StoreCorrupt: the acked updates of
+        the open round lost). The bytes are all still in the open descriptor: they are copied to
+        a new file at the path, durably, before anything else is appended. A different file at
+        the path is not fedge's to write over: StoreCorrupt, naming it."""
+        path = self._path(round_id)
+        held = os.fstat(fd)
+        try:
+            named = os.stat(path)
+        except FileNotFoundError:
+            named = None
+        if named is not None:
+            if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+            raise StoreCorrupt(f"{path} was replaced by another file while the coordinator was running; "
+                               f"move it away (the round's payloads are not in it) and restart")
+        fresh = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            at = 0
+            while at < held.st_size:
+                chunk = os.pread(fd, min(1 << 20, held.st_size - at), at)
+                if not chunk:
+                    raise StoreCorrupt(f"{path}: the deleted file's {held.st_size} bytes could not be read back")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fresh, view):]
+                at += len(chunk)
+            if self.durable:
+                os.fsync(fresh)
+            self._sync_directory(self.directory)
+        except BaseException:
+            os.close(fresh)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        self._files[round_id] = fresh
+        log.warning("payload log: %s was deleted while the coordinator ran; its %d bytes (the open round's "
+                    "accepted updates) are written back from the open file", path, held.st_size)
+        return fresh
 
     def read(self, round_id: int, offset: int, length: int) -> bytes:
         """`length` bytes at `offset` of the round's file; StoreCorrupt if they are not there."""

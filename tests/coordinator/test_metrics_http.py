@@ -121,6 +121,35 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_timeout_and_counted
     assert len(lines) == 2 and all("(timeout)" in line for line in lines), lines
 
 
+def test_a_client_that_trickles_its_request_is_closed_at_the_connections_deadline():
+    """One byte every 0.1 s never trips a 0.4 s read timeout: the connection held its slot for as
+    long as the client trickled. The whole connection now has timeout_s."""
+    registry = CollectorRegistry()
+    server, thread = start_metrics_server(registry, "127.0.0.1", 0, dropped_counter(registry), timeout_s=0.4)
+    try:
+        trickler = socket.create_connection(("127.0.0.1", server.server_port), timeout=5)
+        trickler.sendall(b"GET /metrics HTTP/1.0\r\n")
+        closed_after = None
+        for sent in range(60):  # 6 s of headers, a byte at a time
+            readable, _, _ = select.select([trickler], [], [], 0.1)
+            if readable and trickler.recv(1) == b"":
+                closed_after = sent * 0.1
+                break
+            try:
+                trickler.sendall(b"X")
+            except OSError:  # closed by the server while we slept
+                closed_after = sent * 0.1
+                break
+        trickler.close()
+        assert closed_after is not None and closed_after < 3.0, closed_after
+        deadline = time.monotonic() + 5
+        while _dropped(registry)["timeout"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _dropped(registry) == {"timeout": 1, "over_limit": 0, "client_error": 0}
+    finally:
+        _stop(server, thread)
+
+
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"GET /metrics HTTP/1.0\r\n\r\n", b"200"),
     (b"GET /../../etc/passwd HTTP/1.0\r\n\r\n", b"200"),  # any path is the metrics page: no file is read

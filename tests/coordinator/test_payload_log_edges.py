@@ -40,3 +40,43 @@ def test_a_read_of_nothing_needs_no_file(tmp_path):
     empty, its round's file gone): b"", not os.pread on the descriptor -1 (EBADF)."""
     log = PayloadLog(tmp_path / "p")
     assert log.read(7, 0, 0) == b"" and log.read(7, 5, 0) == b""
+
+
+def test_a_round_file_deleted_while_serving_is_put_back_with_every_byte_before_the_next_append(tmp_path, caplog):
+    """The ops red team: `rm -rf <state_db>.payloads` during a round. Appends went into the
+    unlinked file and a restart found rows pointing at bytes no file held (StoreCorrupt: the
+    round's acked updates lost). The oracle: a fresh PayloadLog (a restart) reads every blob at
+    the offset its append returned."""
+    import shutil
+
+    folder = tmp_path / "state.db.payloads"
+    log = PayloadLog(folder)
+    blobs = [b"a" * 70, b"bb" * 500, b"c"]
+    offsets = log.append(3, blobs[:2])
+    shutil.rmtree(folder)  # the whole folder, marker and all
+    offsets += log.append(3, blobs[2:])
+    assert offsets == [0, 70, 1070]
+    assert "written back" in caplog.text
+    (folder / "round-3.log").unlink()  # and once more, the file alone
+    blobs.append(b"d" * 9)
+    offsets += log.append(3, blobs[3:])
+    log.close()
+    restarted = PayloadLog(folder)
+    assert [restarted.read(3, at, len(b)) for at, b in zip(offsets, blobs)] == blobs
+    assert (folder / MARKER).is_file()
+
+
+def test_another_file_put_where_a_round_file_was_is_refused_not_written_over(tmp_path):
+    import pytest
+
+    from fedge.coordinator.errors import StoreCorrupt
+
+    folder = tmp_path / "state.db.payloads"
+    log = PayloadLog(folder)
+    log.append(1, [b"x" * 10])
+    (folder / "round-1.log").unlink()
+    (folder / "round-1.log").write_bytes(b"someone's notes")
+    with pytest.raises(StoreCorrupt, match="replaced by another file"):
+        log.append(1, [b"y"])
+    assert (folder / "round-1.log").read_bytes() == b"someone's notes"
+    log.close()
