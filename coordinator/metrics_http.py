@@ -65,7 +65,10 @@ class MetricsHttpServer(ThreadingMixIn, WSGIServer):
         self.dropped = dropped
         self._drop_counts = dict.fromkeys(DROP_REASONS, 0)
         self._counting = threading.Lock()  # connection threads and their deadline timers count drops
-        self._dropped_requests: set = set()  # connections already counted: each counts once
+        # Connections being served and not yet counted as dropped: a drop counts only a connection
+        # still in it and takes it out, so one whose read timeout and deadline both fire counts once,
+        # and nothing is left in it when its thread ends.
+        self._live: set = set()
         super().__init__(address, _Handler)
         self.set_app(make_wsgi_app(registry))
 
@@ -78,28 +81,33 @@ class MetricsHttpServer(ThreadingMixIn, WSGIServer):
             super().process_request(request, client_address)  # the connection's thread releases the slot
         except BaseException:
             self._slots.release()  # no thread started (none left to start): this slot was never used
+            self._drop(CLIENT_ERROR, client_address, "no thread could be started to serve it")
             raise
 
     def process_request_thread(self, request, client_address) -> None:
+        with self._counting:
+            self._live.add(request)
         deadline = threading.Timer(self.timeout_s, self._past_deadline, (request, client_address))
         deadline.daemon = True
-        deadline.start()
         try:
+            deadline.start()
             super().process_request_thread(request, client_address)  # closes the request at the end
         finally:
             deadline.cancel()
             with self._counting:
-                self._dropped_requests.discard(request)
+                self._live.discard(request)
             self._slots.release()
 
     def _past_deadline(self, request, client_address) -> None:
-        """The whole connection's deadline: shut the socket down, so its thread's read or write
-        ends at once, and count it (unless the thread ended it first: then the socket is closed)."""
+        """The whole connection's deadline: take it (unless its thread ended it or counted it
+        first), shut the socket down so its thread's read or write ends at once, and count it."""
+        if not self._claim(request):
+            return
         try:
             request.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            return
-        self._drop(TIMEOUT, client_address, f"not served within {self.timeout_s:g} s", request)
+        except OSError:  # closed meanwhile
+            pass
+        self._count(TIMEOUT, client_address, f"not served within {self.timeout_s:g} s")
 
     def handle_error(self, request, client_address) -> None:
         """A connection whose handling raised (it went quiet past timeout_s, reset, sent what the
@@ -108,12 +116,21 @@ class MetricsHttpServer(ThreadingMixIn, WSGIServer):
         reason = TIMEOUT if isinstance(exc, TimeoutError) else CLIENT_ERROR
         self._drop(reason, client_address, f"{type(exc).__name__}: {exc}", request)
 
-    def _drop(self, reason: str, client_address, why: str, request=None) -> None:
+    def _claim(self, request) -> bool:
+        """Take a live connection out of _live: True once per connection, False when it was
+        counted already (its deadline and its read timeout both fired) or its thread ended."""
         with self._counting:
-            if request is not None:
-                if request in self._dropped_requests:  # its deadline and its read timeout both fired
-                    return
-                self._dropped_requests.add(request)
+            if request not in self._live:
+                return False
+            self._live.discard(request)
+            return True
+
+    def _drop(self, reason: str, client_address, why: str, request=None) -> None:
+        if request is None or self._claim(request):
+            self._count(reason, client_address, why)
+
+    def _count(self, reason: str, client_address, why: str) -> None:
+        with self._counting:
             n = self._drop_counts[reason] = self._drop_counts[reason] + 1
         self.dropped.labels(reason).inc()
         if worth_logging(n):

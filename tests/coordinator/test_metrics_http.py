@@ -121,6 +121,28 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_timeout_and_counted
     assert len(lines) == 2 and all("(timeout)" in line for line in lines), lines
 
 
+def test_each_idle_connection_is_counted_once_and_none_is_kept_after_it_closes():
+    """The read timeout and the connection's deadline are both timeout_s, so they fire together:
+    the review found 304 timeouts counted for 300 idle connections, and 90 closed sockets left in
+    the set that deduplicated them (growing under a port scanner). Oracle: N connections, N counts."""
+    registry = CollectorRegistry()
+    server, thread = start_metrics_server(registry, "127.0.0.1", 0, dropped_counter(registry), timeout_s=0.2,
+                                          max_connections=100)
+    try:
+        socks = [socket.create_connection(("127.0.0.1", server.server_port), timeout=5) for _ in range(60)]
+        assert _closed_by_server(socks, 60) == 60
+        deadline = time.monotonic() + 5
+        while server._live and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # a late deadline timer would count here
+        assert _dropped(registry) == {"timeout": 60, "over_limit": 0, "client_error": 0}
+        assert not server._live
+        for s in socks:
+            s.close()
+    finally:
+        _stop(server, thread)
+
+
 def test_a_client_that_trickles_its_request_is_closed_at_the_connections_deadline():
     """One byte every 0.1 s never trips a 0.4 s read timeout: the connection held its slot for as
     long as the client trickled. The whole connection now has timeout_s."""
