@@ -9,13 +9,16 @@ A config changed between the two processes: what the round stored keeps it (its 
 target, quorum, deadline, privacy plan; an async buffer its K), the rest is the new config's
 (aggregator, weights, validation bounds). Refused at start by name where the round's updates
 would be out of reach (another ingest path: check_ingest; another mode) or its privacy plan no
-longer fits the budget (dp/budget.py, check_open); a secure round is abandoned (server.py).
+longer fits the budget (dp/budget.py, check_open). Abandoned at start, nothing of it released: a
+secure round (server.py), and a round or async buffer opened with privacy off when privacy is on
+now (abandon_unplanned).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 
@@ -24,10 +27,10 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from .admission import replayed
 from .dp.round import RoundPlan
 from .errors import StoreCorrupt
-from .records import OpenRound
+from .records import OpenRound, RoundRecord
 from .robust.aggregators import EXTRA_KEY
 from .rounds import Declined, RoundMachine, on_event, sync_round
-from .store import Store, StoredRound, StoredUpdate
+from .store import Store, StoredDecline, StoredRound, StoredUpdate
 from .strategies import ServerState
 
 log = logging.getLogger("fedge.coordinator")
@@ -134,6 +137,45 @@ def resume(stored: StoredRound, version: int, now: float, wall: float,
     log.info("round %d resumed: %d reports, %d declines, %.0f s left", stored.round_id, len(m.reported),
              len(m.declined), m.deadline - now)
     return rnd
+
+
+# The abandoned record's why (and the log's): a round opened with privacy off, privacy on at the restart.
+PRIVACY_TURNED_ON = "opened with privacy off, and privacy is on now: abandoned at the restart"
+
+
+def abandon_unplanned(c, stored: StoredRound, journal=None) -> bool:
+    """The start's check of the open round's privacy plan (check_open: ConfigError where it no
+    longer fits the budget), then True where the round was opened with privacy off and privacy is
+    on now: it is abandoned here, unread. Resumed, it would take updates from devices the
+    coordinator now treats as under privacy and release their mean unclipped, unnoised and
+    uncharged; finished with privacy off first (the old advice), it released one more non-private
+    model. Abandoned, nothing of it is applied or charged (it has no plan), its stored updates'
+    payloads are deleted in the closing transaction (an async buffer's, `journal`'s, right after),
+    the rounds table and fedge_rounds_total{outcome="abandoned"} record it, and the loop's next
+    begin_round opens a round under the privacy plan. `c`: the Coordinator starting."""
+    c.privacy.check_open(stored)
+    if not c.privacy.enabled or RoundPlan.from_json(stored.privacy) is not None:
+        return False
+    if journal is None:  # a sync coordinator: an async buffer (no one selected) is resume's to refuse
+        if not stored.selected:
+            return False
+        check_ingest(stored, c.config.shards, c.store.path)  # updates out of this process's reach: refused
+        held = sum(isinstance(e, StoredUpdate) for e in stored.events)
+    else:
+        held = len(journal.buffered(stored.round_id))
+    wall = c.clock.wall()
+    declines = {e.device_id: e.reason for e in stored.events if isinstance(e, StoredDecline)}
+    record = RoundRecord(round_id=stored.round_id, committed=False, why=PRIVACY_TURNED_ON,
+                         selected=len(stored.selected), reports=held, declines=declines, bytes_up=0,
+                         bytes_up_dense=0, bytes_down=0, seconds=max(0.0, wall - stored.started_wall))
+    c.store.abandon_round(stored.round_id, asdict(record), wall, None)  # no plan, so no charge
+    if journal is not None:
+        journal.forget(stored.round_id)
+    log.warning("%s: %s %d was %s; its %d stored update(s) dropped unread, none released; the next opens under "
+                "the privacy plan", c.store.path, "round" if journal is None else "buffer", stored.round_id,
+                PRIVACY_TURNED_ON, held)
+    c._close(record)
+    return True
 
 
 def check_ingest(stored: StoredRound, shards: int, path: object) -> None:

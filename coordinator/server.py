@@ -52,7 +52,7 @@ from .noise_round import NoiseRounds
 from .outbound import Outbound
 from .records import OpenRound, RoundRecord, count_uplink, open_round
 from .registry import Registry
-from .restart import restore_state, resume
+from .restart import abandon_unplanned, restore_state, resume
 from .round_shell import make_shell
 from .rounds import (
     Abandon,
@@ -146,8 +146,8 @@ class Coordinator(BrokerLink, NoiseRounds):
         """The store's open round, rebuilt by replay (restart.py)."""
         if (stored := self.store.load_open_round()) is None:
             return
-        self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
-        if self._noise_resumed(stored):  # a noise-only round stopped between its two writes: run again
+        # ConfigError: its plan no longer fits the budget as configured; abandoned: opened with privacy off
+        if abandon_unplanned(self, stored) or self._noise_resumed(stored):  # noise-only, stopped mid-way: run again
             return
         self.round = resume(stored, self.state.version, now, wall, self._new_round, self.store.path,
                             self.config.shards)  # logs what it resumed

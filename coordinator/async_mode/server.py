@@ -35,6 +35,7 @@ from ..errors import StaleRound, StaleUpdate, UpdateRejected
 from ..guard import commit_fault
 from ..metrics import tally_key
 from ..records import OpenRound, count_uplink
+from ..restart import abandon_unplanned
 from ..rounds import SYNC, Limits, RoundMachine
 from ..sampling import sample_devices
 from ..server import Coordinator, log
@@ -58,10 +59,8 @@ from .machine import (
     Tick,
     on_event,
 )
-from .staleness import scale, staleness_weight
+from .staleness import STALENESS_BUCKETS, scale, staleness_weight
 from .waiting import why_waiting
-
-STALENESS_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55)
 
 
 class AsyncCoordinator(Coordinator):
@@ -106,7 +105,8 @@ class AsyncCoordinator(Coordinator):
         if stored.model_version != self.state.version:
             raise ConfigError(f"{self.store.path}: open buffer {stored.round_id} was based on version "
                               f"{stored.model_version}, the stored model is {self.state.version}")
-        self.privacy.check_open(stored)  # ConfigError: its plan no longer fits the budget as configured
+        if abandon_unplanned(self, stored, self.journal):  # check_open's ConfigError, or opened with privacy off
+            return
         self.round = self._new_buffer(stored.round_id, now - max(0.0, wall - stored.started_wall),
                                       RoundPlan.from_json(stored.privacy))
         rows = self.journal.buffered(stored.round_id)

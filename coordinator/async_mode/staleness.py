@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 Params = dict[str, np.ndarray]
+STALENESS_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55)  # fedge_async_staleness's histogram buckets (versions)
 
 
 def staleness_weight(staleness: int, exponent: float = 0.5) -> float:

@@ -105,20 +105,13 @@ class PrivacyBudget:
         a mixed ledger stops the next round's check), and ε after its charge, at the configured
         delta and accountant, within target_epsilon. Privacy off: nothing is checked (the round
         still runs and is charged by its plan). Privacy on and no plan (the round opened with privacy
-        off): refused, since it would take updates from devices told privacy is on and release their
-        mean unclipped, unnoised and uncharged (tests/coordinator/test_dp_turned_on_restart.py)."""
+        off): nothing to check here; the restart abandons it unread (restart.py, abandon_unplanned)."""
         where, cfg = f"{self.store.path}: open round {stored.round_id}", self.config
         try:  # read whether privacy is on or off: the round is resumed by this plan either way
             plan = RoundPlan.from_json(stored.privacy)
         except ValueError as exc:
             raise ConfigError(f"{where} holds a privacy plan fedge did not write ({exc}); restore the state file "
                               "from a backup") from None
-        if cfg.enabled and plan is None:
-            # [service] rounds: the service stops at that version with no round open (else the next opens at once)
-            raise ConfigError(f"{where} was opened with privacy off: resumed now, its mean would be released "
-                              "without clipping, noise or a ledger entry; finish it with [coordinator.privacy] "
-                              f"enabled = false and [service] rounds = {stored.model_version + 1}, then turn "
-                              "privacy on")
         if not cfg.enabled or plan is None:
             return
         if plan.sampling != cfg.sampling:
