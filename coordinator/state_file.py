@@ -33,20 +33,12 @@ from fedge.edge_runtime.kernel.errors import ServiceUnavailable
 
 from .errors import StoreCorrupt, StoreGone
 from .payload_log import MARKER
+from .same_file import Identity, file_identity
 
 _ROUND_LOG = re.compile(r"round-[0-9]+\.log")
 
 
-def file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file `path` names now; None when it names none."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def require_same_file(db: sqlite3.Connection, path: Path, opened: tuple[int, int] | None) -> None:
+def require_same_file(db: sqlite3.Connection, path: Path, opened: Identity | None) -> None:
     """StoreGone, after rescuing what `db` holds, if `path` no longer names the file opened as `opened`."""
     now = file_identity(path)
     if now == opened:

@@ -186,3 +186,17 @@ def test_the_service_loop_turns_a_refused_store_write_into_service_unavailable(m
     with pytest.raises(ServiceUnavailable, match="state_db s.db could not be read or written: disk I/O error"):
         service._serve(cfg, None, threading.Event(), [])
     assert closed == [1]  # the link is still closed on the way out
+
+
+def test_a_state_folder_replaced_by_a_file_is_store_gone_not_a_bare_os_error(tmp_path):
+    """The state folder moved away and a file made at its name: the identity check raised
+    NotADirectoryError (an unnamed OSError: a group commit made it GroupCommitFailed, exit 1, and
+    the restart began afresh); the path names no file, so StoreGone."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    store = _store_at_version_1(folder / "state.db")
+    folder.rename(tmp_path / "moved")
+    folder.write_bytes(b"not a folder")
+    with pytest.raises(StoreGone, match=r"state\.db was deleted while the coordinator was running"):
+        store.abandon_round(2, _record(2), 1800.0)
+
