@@ -6,10 +6,12 @@ names. The ops red team deleted one after round 1: the service went on committin
 10 and acking their updates, all of it gone at the next start, which then began afresh at
 version 0 on a new file and deleted the open round's payload log as a leftover (sweep). So:
 
-* before each write transaction the store checks that its path still names the file it opened
-  (device and inode: one stat); if not, it copies what it holds (SQLite's backup, from the open
-  connection, WAL included) to `<state_db>.rescued` and stops with StoreGone, whose message
-  says where the copy is. Exit 2: a restart would start afresh, which is the operator's call.
+* before each write transaction on the file (the round store's and the async journal's, each
+  on its own connection: StateFileGuard, which sqlite_tx.immediate_transaction calls) its path
+  is checked to still name the file opened (device and inode: one stat); if not, what the
+  connection holds is copied (SQLite's backup, WAL included) to `<state_db>.rescued` and the
+  write stops with StoreGone, whose message says where the copy is. Exit 2: a restart would
+  start afresh, which is the operator's call.
 * SQLite's own errors out of the service's start or loop (sqlite_errors_named) are named: a
   damaged file ('database disk image is malformed', a traceback at start, and 'not a fedge state
   database' when the damage hit the schema page) is StoreCorrupt (exit 2); any other
@@ -46,6 +48,27 @@ def require_same_file(db: sqlite3.Connection, path: Path, opened: Identity | Non
     what = "was deleted" if now is None else "was replaced by another file"
     raise StoreGone(f"state_db {path} {what} while the coordinator was running; it stopped before writing more "
                     f"into a file no restart would read. {_rescue(db, path)}")
+
+
+class StateFileGuard:
+    """The check before every write transaction on a connection to the state_db
+    (sqlite_tx.immediate_transaction's guard): the round store's and the async journal's, each
+    with its own connection to the same file. Nothing is checked until `pin` (the file exists
+    once the connection's first transaction made it)."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        self._db = db
+        self.path = path
+        self._opened: Identity | None = None
+
+    def pin(self) -> None:
+        """Remember which file `path` names now: the one the connection has open."""
+        self._opened = file_identity(self.path)
+
+    def __call__(self) -> None:
+        """StoreGone, after rescuing what the connection holds, if `path` no longer names that file."""
+        if self._opened is not None:
+            require_same_file(self._db, self.path, self._opened)
 
 
 def _rescue(db: sqlite3.Connection, path: Path) -> str:

@@ -200,3 +200,22 @@ def test_a_state_folder_replaced_by_a_file_is_store_gone_not_a_bare_os_error(tmp
     with pytest.raises(StoreGone, match=r"state\.db was deleted while the coordinator was running"):
         store.abandon_round(2, _record(2), 1800.0)
 
+
+def test_an_async_journal_write_after_the_state_db_was_deleted_is_store_gone_with_a_rescue(tmp_path):
+    """The async journal (its own connection to the state_db) wrote without the store's check:
+    a task row went into the unlinked file, an Ack's update too, all lost at the next start. Now
+    every write transaction on the file (sqlite_tx's guard) stops with StoreGone and a copy."""
+    from fedge.coordinator.async_mode.journal import SqliteJournal, TaskRow, open_journal
+
+    path = tmp_path / "state.db"
+    store = _store_at_version_1(path)
+    journal = open_journal(store)
+    assert isinstance(journal, SqliteJournal)
+    journal.add_task(TaskRow("t-1", "dev-a", 2, 1, 1800.0))
+    path.unlink()
+    with pytest.raises(StoreGone, match=r"state\.db was deleted .* saved in .*state\.db\.rescued"):
+        journal.add_task(TaskRow("t-2", "dev-b", 2, 1, 1800.0))
+    with sqlite3.connect(tmp_path / "state.db.rescued") as db:  # the journal's rows and the store's, t-2 not
+        assert db.execute("SELECT task_id FROM async_tasks").fetchall() == [("t-1",)]
+    assert _versions(tmp_path / "state.db.rescued") == [0, 1]
+    assert not path.exists()
