@@ -226,7 +226,10 @@ class RoundStore(SqlStore):
         keys are kept to recognise late re-publishes as duplicates; keep_rounds: closed rounds
         whose rows and evaluation records are kept (0: all; SqlStore._prune_rounds)."""
         check_keeps(keep_versions, keep_key_rounds, keep_rounds)
-        self.path = Path(path)
+        # Absolute once, here: a relative path read after the process changed folder named no file
+        # (StoreGone for a healthy store) and put the payload log and a rescue in the wrong folder.
+        # absolute(), not resolve(): a symlinked state_db keeps its payload log beside the link.
+        self.path = Path(path).absolute()
         self.keep_versions = keep_versions
         self.keep_key_rounds = keep_key_rounds
         self.keep_rounds = keep_rounds

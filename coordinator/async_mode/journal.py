@@ -92,7 +92,7 @@ class BufferedRow:
 
 class SqliteJournal:
     def __init__(self, path: str | Path, *, durable: bool = True, keep_buffers: int = 100):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # as the store's (store.py): a later chdir must not move it
         self.keep_buffers = keep_buffers
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

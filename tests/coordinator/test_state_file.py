@@ -219,3 +219,28 @@ def test_an_async_journal_write_after_the_state_db_was_deleted_is_store_gone_wit
         assert db.execute("SELECT task_id FROM async_tasks").fetchall() == [("t-1",)]
     assert _versions(tmp_path / "state.db.rescued") == [0, 1]
     assert not path.exists()
+
+
+def test_a_relative_state_db_still_names_its_file_after_the_process_changed_folder(tmp_path):
+    """state_db = 'state.db' and a chdir after the open (a library user's, a plugin's): the
+    identity check looked for state.db in the new folder, found none, and stopped a healthy
+    service with StoreGone. The path is made absolute once, at the open; the payload log too
+    stays beside the file it belongs to."""
+    from fedge.coordinator.async_mode.journal import TaskRow, open_journal
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    before = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        store = _store_at_version_1(Path("state.db"))
+        journal = open_journal(store)
+        os.chdir(elsewhere)
+        store.add_update(2, StoredUpdate(1, "b", "u-b", "e" * 64, 9, b"payload-b"))
+        journal.add_task(TaskRow("t-1", "dev-a", 2, 1, 1800.0))
+        store.commit_round(2, _state(2, seed=3), _record(2), 1800.0)
+        assert store.path == tmp_path / "state.db"
+    finally:
+        os.chdir(before)
+    assert _versions(tmp_path / "state.db") == [0, 1, 2]
+    assert os.listdir(elsewhere) == []  # nothing made in the folder it moved to
