@@ -10,7 +10,10 @@ version 0 on a new file and deleted the open round's payload log as a leftover (
   on its own connection: StateFileGuard, which sqlite_tx.immediate_transaction calls) its path
   is checked to still name the file opened (device and inode: one stat); if not, what the
   connection holds is copied (SQLite's backup, WAL included) to `<state_db>.rescued` and the
-  write stops with StoreGone, whose message says where the copy is. Exit 2: a restart would
+  write stops with StoreGone, whose message says where the copy is. With state_db's folder
+  gone too (`rm -rf` of it: the payload log's append fails first, and RoundStore.add_update
+  asks this check before calling it a failed write), the copy goes to the working directory,
+  else the temp folder: never into the folder made again. Exit 2: a restart would
   start afresh, which is the operator's call.
 * SQLite's own errors out of the service's start or loop (sqlite_errors_named) are named: a
   damaged file ('database disk image is malformed', a traceback at start, and 'not a fedge state
@@ -27,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,22 +76,52 @@ class StateFileGuard:
 
 
 def _rescue(db: sqlite3.Connection, path: Path) -> str:
-    target = Path(f"{path}.rescued")
+    """Copy what `db` holds to `<state_db>.rescued` (or -2, -3, ...: an existing file is never
+    written over); where state_db's folder is gone too (an `rm -rf` of it), to the working
+    directory or else the temp folder: a path no one else holds, and never the folder itself made
+    again. What the message says: where the copy is, and how to put it back."""
+    failed = []
+    for folder in _rescue_folders(path):
+        target = _unused(folder / f"{path.name}.rescued")
+        try:
+            copy = sqlite3.connect(str(target))
+            try:
+                db.backup(copy)
+            finally:
+                copy.close()
+        except (OSError, sqlite3.Error) as exc:
+            target.unlink(missing_ok=True)  # a half copy this call made (the name was free): not one to trust
+            failed.append(f"{target}: {exc}")
+            continue
+        why = ""
+        if folder != path.parent:  # the folder gone, or a copy there failed (first in `failed`)
+            gone = not path.parent.is_dir()
+            why = f" (its folder {path.parent} is gone)" if gone else f" (not beside it: {failed[0]})"
+        return (f"Its state up to now is saved in {target}{why}: stop anything that moved it, move away {path}-wal "
+                f"and {path}-shm (the deleted file's), put {target} back at {path}, and start the service again "
+                "(it resumes from it)")
+    return f"Saving a copy of its state failed ({'; '.join(failed)}): the state held now is lost with this process."
+
+
+def _rescue_folders(path: Path) -> list[Path]:
+    """Where a rescue may go, in order: beside state_db (if its folder is still there), the working
+    directory (unless it was the deleted folder), the temp folder."""
+    folders = [path.parent] if path.parent.is_dir() else []
+    try:
+        folders.append(Path(os.getcwd()))
+    except OSError:  # the working directory was the deleted folder
+        pass
+    folders.append(Path(tempfile.gettempdir()))
+    return [f for i, f in enumerate(folders) if f not in folders[:i]]
+
+
+def _unused(target: Path) -> Path:
     n = 1
+    base = target
     while target.exists():
         n += 1
-        target = Path(f"{path}.rescued-{n}")
-    try:
-        copy = sqlite3.connect(str(target))
-        try:
-            db.backup(copy)
-        finally:
-            copy.close()
-    except (OSError, sqlite3.Error) as exc:
-        return f"Saving a copy of its state to {target} failed ({exc}): the state held now is lost with this process."
-    return (f"Its state up to now is saved in {target}: stop anything that moved it, move away {path}-wal and "
-            f"{path}-shm (the deleted file's), put {target.name} back at {path}, and start the service again (it "
-            "resumes from it)")
+        target = Path(f"{base}-{n}")
+    return target
 
 
 def refuse_lost_state(path: Path, payloads: Path) -> None:

@@ -285,7 +285,14 @@ class RoundStore(SqlStore):
         (one fsync), then their rows in one transaction; both before their Acks."""
         self._require_open(self._db, round_id)  # before the append: no file for a round that is not open
         blobs = [blob for update in updates for blob in (update.payload, update.control)]
-        offsets = self._payloads.append(round_id, blobs)
+        try:
+            offsets = self._payloads.append(round_id, blobs)
+        except Exception:
+            # `rm -rf` of state_db's folder fails the append first (ENOENT: no folder to make the
+            # log's in): that is the state_db gone (StoreGone, exit 2), not a failed write (exit 1,
+            # whose restart began afresh at version 0), so the file's check comes first.
+            self._guard()
+            raise
         with self._tx() as db:
             self._require_open(db, round_id)
             for update, offset in zip(updates, offsets[::2]):

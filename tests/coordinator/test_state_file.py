@@ -188,7 +188,7 @@ def test_the_service_loop_turns_a_refused_store_write_into_service_unavailable(m
     assert closed == [1]  # the link is still closed on the way out
 
 
-def test_a_state_folder_replaced_by_a_file_is_store_gone_not_a_bare_os_error(tmp_path):
+def test_a_state_folder_replaced_by_a_file_is_store_gone_not_a_bare_os_error(tmp_path, monkeypatch):
     """The state folder moved away and a file made at its name: the identity check raised
     NotADirectoryError (an unnamed OSError: a group commit made it GroupCommitFailed, exit 1, and
     the restart began afresh); the path names no file, so StoreGone."""
@@ -197,6 +197,7 @@ def test_a_state_folder_replaced_by_a_file_is_store_gone_not_a_bare_os_error(tmp
     store = _store_at_version_1(folder / "state.db")
     folder.rename(tmp_path / "moved")
     folder.write_bytes(b"not a folder")
+    monkeypatch.chdir(tmp_path)  # where the rescue goes, with no folder beside state_db
     with pytest.raises(StoreGone, match=r"state\.db was deleted while the coordinator was running"):
         store.abandon_round(2, _record(2), 1800.0)
 
@@ -244,3 +245,49 @@ def test_a_relative_state_db_still_names_its_file_after_the_process_changed_fold
         os.chdir(before)
     assert _versions(tmp_path / "state.db") == [0, 1, 2]
     assert os.listdir(elsewhere) == []  # nothing made in the folder it moved to
+
+
+@pytest.mark.parametrize("copy_in", ["workdir", "tempdir"])
+def test_the_whole_state_folder_deleted_while_serving_is_store_gone_exit_2_with_a_copy_elsewhere(
+        tmp_path, monkeypatch, capsys, copy_in):
+    """`rm -rf` of state_db's folder mid-round: the payload log's append failed first (ENOENT: no
+    folder to make its own in), a group commit made it GroupCommitFailed (exit 1, restarted), and
+    the restart found nothing and began afresh at version 0. Now StoreGone (exit 2), and the copy
+    goes where fedge may write, since beside state_db there is no folder: the working directory,
+    or, when that was the deleted folder, the temp folder. The message names it."""
+    import shutil
+    import tempfile
+
+    from fedge.tools.cli import _guarded
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    store = _store_at_version_1(folder / "state.db")
+    store.add_update(2, StoredUpdate(1, "b", "u-b", "e" * 64, 9, b"payload-b"))  # round-2.log open
+    workdir, temp = tmp_path / "workdir", tmp_path / "temp"
+    workdir.mkdir()
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.chdir(workdir if copy_in == "workdir" else folder)  # restored at teardown
+    shutil.rmtree(folder)
+    group = GroupCommit(store)
+
+    def write():
+        with group.burst():
+            group.add_update(2, StoredUpdate(2, "c", "u-c", "f" * 64, 10, b"payload-c"))
+
+    with pytest.raises(StoreGone) as caught:
+        write()
+    rescued = (workdir if copy_in == "workdir" else temp) / "state.db.rescued"
+    assert f"saved in {rescued} (its folder {folder} is gone)" in str(caught.value)
+    assert f"put {rescued} back at {folder / 'state.db'}" in str(caught.value)
+    assert _versions(rescued) == [0, 1]
+    with sqlite3.connect(rescued) as db:  # the open round's first update's row came along
+        assert db.execute("SELECT update_id FROM updates WHERE round_id = 2").fetchall() == [("u-b",)]
+    assert not folder.exists()  # never made again
+
+    class Args:
+        verbose, log_format, command, coordinator_command = 0, "text", "coordinator", "serve"
+
+    assert _guarded(Args(), write) == 2  # not restartable: a restart would start afresh
+    assert "fedge: error: StoreGone: state_db " in capsys.readouterr().err
