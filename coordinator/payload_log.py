@@ -34,6 +34,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import pid_running
 
 from .errors import StoreCorrupt
+from .same_file import same_file
 
 log = logging.getLogger("fedge.coordinator.payloads")
 
@@ -105,17 +106,19 @@ class PayloadLog:
         a new file at the path, durably, before anything else is appended. A different file at
         the path is not fedge's to write over: StoreCorrupt, naming it."""
         path = self._path(round_id)
-        held = os.fstat(fd)
-        try:
-            named = os.stat(path)
-        except FileNotFoundError:
-            named = None
-        if named is not None:
-            if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
-                return fd
+        named = same_file(path, fd)
+        if named:
+            return fd
+        if named is False:
             raise StoreCorrupt(f"{path} was replaced by another file while the coordinator was running; "
                                f"move it away (the round's payloads are not in it) and restart")
-        fresh = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        held = os.fstat(fd)
+        try:
+            fresh = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:  # its folder replaced by a file, made read-only, ...: the bytes have no place
+            raise StoreCorrupt(f"{path} was deleted while the coordinator was running and its {held.st_size} bytes "
+                               f"(the open round's accepted updates) cannot be written back there: {exc.strerror}; "
+                               f"put {self.directory} back as a folder and restart") from None
         try:
             at = 0
             while at < held.st_size:

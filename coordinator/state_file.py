@@ -6,10 +6,15 @@ names. The ops red team deleted one after round 1: the service went on committin
 10 and acking their updates, all of it gone at the next start, which then began afresh at
 version 0 on a new file and deleted the open round's payload log as a leftover (sweep). So:
 
-* before each write transaction the store checks that its path still names the file it opened
-  (device and inode: one stat); if not, it copies what it holds (SQLite's backup, from the open
-  connection, WAL included) to `<state_db>.rescued` and stops with StoreGone, whose message
-  says where the copy is. Exit 2: a restart would start afresh, which is the operator's call.
+* before each write transaction on the file (the round store's and the async journal's, each
+  on its own connection: StateFileGuard, which sqlite_tx.immediate_transaction calls) its path
+  is checked to still name the file opened (device and inode: one stat); if not, what the
+  connection holds is copied (SQLite's backup, WAL included) to `<state_db>.rescued` and the
+  write stops with StoreGone, whose message says where the copy is. With state_db's folder
+  gone too (`rm -rf` of it: the payload log's append fails first, and RoundStore.add_update
+  asks this check before calling it a failed write), the copy goes to the working directory,
+  else the temp folder: never into the folder made again. Exit 2: a restart would
+  start afresh, which is the operator's call.
 * SQLite's own errors out of the service's start or loop (sqlite_errors_named) are named: a
   damaged file ('database disk image is malformed', a traceback at start, and 'not a fedge state
   database' when the damage hit the schema page) is StoreCorrupt (exit 2); any other
@@ -25,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,20 +39,12 @@ from fedge.edge_runtime.kernel.errors import ServiceUnavailable
 
 from .errors import StoreCorrupt, StoreGone
 from .payload_log import MARKER
+from .same_file import Identity, file_identity
 
 _ROUND_LOG = re.compile(r"round-[0-9]+\.log")
 
 
-def file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file `path` names now; None when it names none."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def require_same_file(db: sqlite3.Connection, path: Path, opened: tuple[int, int] | None) -> None:
+def require_same_file(db: sqlite3.Connection, path: Path, opened: Identity | None) -> None:
     """StoreGone, after rescuing what `db` holds, if `path` no longer names the file opened as `opened`."""
     now = file_identity(path)
     if now == opened:
@@ -56,23 +54,74 @@ def require_same_file(db: sqlite3.Connection, path: Path, opened: tuple[int, int
                     f"into a file no restart would read. {_rescue(db, path)}")
 
 
+class StateFileGuard:
+    """The check before every write transaction on a connection to the state_db
+    (sqlite_tx.immediate_transaction's guard): the round store's and the async journal's, each
+    with its own connection to the same file. Nothing is checked until `pin` (the file exists
+    once the connection's first transaction made it)."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        self._db = db
+        self.path = path
+        self._opened: Identity | None = None
+
+    def pin(self) -> None:
+        """Remember which file `path` names now: the one the connection has open."""
+        self._opened = file_identity(self.path)
+
+    def __call__(self) -> None:
+        """StoreGone, after rescuing what the connection holds, if `path` no longer names that file."""
+        if self._opened is not None:
+            require_same_file(self._db, self.path, self._opened)
+
+
 def _rescue(db: sqlite3.Connection, path: Path) -> str:
-    target = Path(f"{path}.rescued")
+    """Copy what `db` holds to `<state_db>.rescued` (or -2, -3, ...: an existing file is never
+    written over); where state_db's folder is gone too (an `rm -rf` of it), to the working
+    directory or else the temp folder: a path no one else holds, and never the folder itself made
+    again. What the message says: where the copy is, and how to put it back."""
+    failed = []
+    for folder in _rescue_folders(path):
+        target = _unused(folder / f"{path.name}.rescued")
+        try:
+            copy = sqlite3.connect(str(target))
+            try:
+                db.backup(copy)
+            finally:
+                copy.close()
+        except (OSError, sqlite3.Error) as exc:
+            target.unlink(missing_ok=True)  # a half copy this call made (the name was free): not one to trust
+            failed.append(f"{target}: {exc}")
+            continue
+        why = ""
+        if folder != path.parent:  # the folder gone, or a copy there failed (first in `failed`)
+            gone = not path.parent.is_dir()
+            why = f" (its folder {path.parent} is gone)" if gone else f" (not beside it: {failed[0]})"
+        return (f"Its state up to now is saved in {target}{why}: stop anything that moved it, move away {path}-wal "
+                f"and {path}-shm (the deleted file's), put {target} back at {path}, and start the service again "
+                "(it resumes from it)")
+    return f"Saving a copy of its state failed ({'; '.join(failed)}): the state held now is lost with this process."
+
+
+def _rescue_folders(path: Path) -> list[Path]:
+    """Where a rescue may go, in order: beside state_db (if its folder is still there), the working
+    directory (unless it was the deleted folder), the temp folder."""
+    folders = [path.parent] if path.parent.is_dir() else []
+    try:
+        folders.append(Path(os.getcwd()))
+    except OSError:  # the working directory was the deleted folder
+        pass
+    folders.append(Path(tempfile.gettempdir()))
+    return [f for i, f in enumerate(folders) if f not in folders[:i]]
+
+
+def _unused(target: Path) -> Path:
     n = 1
+    base = target
     while target.exists():
         n += 1
-        target = Path(f"{path}.rescued-{n}")
-    try:
-        copy = sqlite3.connect(str(target))
-        try:
-            db.backup(copy)
-        finally:
-            copy.close()
-    except (OSError, sqlite3.Error) as exc:
-        return f"Saving a copy of its state to {target} failed ({exc}): the state held now is lost with this process."
-    return (f"Its state up to now is saved in {target}: stop anything that moved it, move away {path}-wal and "
-            f"{path}-shm (the deleted file's), put {target.name} back at {path}, and start the service again (it "
-            "resumes from it)")
+        target = Path(f"{base}-{n}")
+    return target
 
 
 def refuse_lost_state(path: Path, payloads: Path) -> None:

@@ -87,7 +87,7 @@ from . import store_rows
 from .payload_log import PayloadLog
 from .sql_store import SqlStore, check_keeps
 from .sqlite_tx import immediate_transaction
-from .state_file import damaged, file_identity, refuse_lost_state, require_same_file
+from .state_file import StateFileGuard, damaged, refuse_lost_state
 from .stored import StoredDecline, StoredDevice, StoredRound, StoredUpdate
 from .strategies import ServerState
 
@@ -226,7 +226,10 @@ class RoundStore(SqlStore):
         keys are kept to recognise late re-publishes as duplicates; keep_rounds: closed rounds
         whose rows and evaluation records are kept (0: all; SqlStore._prune_rounds)."""
         check_keeps(keep_versions, keep_key_rounds, keep_rounds)
-        self.path = Path(path)
+        # Absolute once, here: a relative path read after the process changed folder named no file
+        # (StoreGone for a healthy store) and put the payload log and a rescue in the wrong folder.
+        # absolute(), not resolve(): a symlinked state_db keeps its payload log beside the link.
+        self.path = Path(path).absolute()
         self.keep_versions = keep_versions
         self.keep_key_rounds = keep_key_rounds
         self.keep_rounds = keep_rounds
@@ -238,7 +241,7 @@ class RoundStore(SqlStore):
         # check_same_thread=False: the loop may run on another thread than the one that built
         # the store; it is still used by one thread at a time.
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._opened = None  # the file's identity, once it exists (the first transaction makes it)
+        self._guard = StateFileGuard(self._db, self.path)  # pinned once the first transaction made the file
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
@@ -262,7 +265,7 @@ class RoundStore(SqlStore):
             elif row[0] != str(SCHEMA_VERSION):
                 raise ConfigError(f"{self.path}: state db schema {row[0]}, this build reads {SCHEMA_VERSION}")
             forgot = self._forget_closed_keys(db)  # an earlier build's, of rounds closed then
-        self._opened = file_identity(self.path)  # every later write first checks it is still this file
+        self._guard.pin()  # every later write first checks it is still this file (StoreGone if not)
         self._payloads.sweep(lambda: {r for (r,) in self._db.execute(
             "SELECT round_id FROM rounds WHERE status = 'open'")})
         if forgot:
@@ -273,9 +276,7 @@ class RoundStore(SqlStore):
         self._db.close()
 
     def _tx(self):
-        if self._opened is not None:
-            require_same_file(self._db, self.path, self._opened)  # StoreGone: deleted or replaced under us
-        return immediate_transaction(self._db)
+        return immediate_transaction(self._db, guard=self._guard)
 
     # The open round's payloads go to its payload log (payload_log.py), the rows say where.
 
@@ -284,7 +285,14 @@ class RoundStore(SqlStore):
         (one fsync), then their rows in one transaction; both before their Acks."""
         self._require_open(self._db, round_id)  # before the append: no file for a round that is not open
         blobs = [blob for update in updates for blob in (update.payload, update.control)]
-        offsets = self._payloads.append(round_id, blobs)
+        try:
+            offsets = self._payloads.append(round_id, blobs)
+        except Exception:
+            # `rm -rf` of state_db's folder fails the append first (ENOENT: no folder to make the
+            # log's in): that is the state_db gone (StoreGone, exit 2), not a failed write (exit 1,
+            # whose restart began afresh at version 0), so the file's check comes first.
+            self._guard()
+            raise
         with self._tx() as db:
             self._require_open(db, round_id)
             for update, offset in zip(updates, offsets[::2]):

@@ -26,6 +26,10 @@ are counted, rows of the open one are replayed on restart. A `kill -9`:
 Payloads of closed buffers are dropped lazily (`forget`); keys are kept for
 `keep_buffers` buffers.
 
+Every write transaction first checks that the state_db path still names the file this
+connection opened (state_file.StateFileGuard): deleted or replaced, the write stops with
+StoreGone and a rescued copy, as the store's own writes do; it went on into the unlinked file.
+
 Every row read back is checked (`checked_row`): a value this code never writes (a NULL
 payload, a negative staleness, text where a number goes) stops the start with StoreCorrupt,
 naming the file, table and column.
@@ -41,6 +45,7 @@ from .. import row_check
 from ..group_commit import GroupCommit
 from ..row_check import BYTES, BYTES_OR_NULL, COUNT, FINITE, ID, NORM_OR_NULL, POSITIVE, TEXT
 from ..sqlite_tx import immediate_transaction
+from ..state_file import StateFileGuard
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS async_tasks (
@@ -87,18 +92,20 @@ class BufferedRow:
 
 class SqliteJournal:
     def __init__(self, path: str | Path, *, durable: bool = True, keep_buffers: int = 100):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # as the store's (store.py): a later chdir must not move it
         self.keep_buffers = keep_buffers
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._guard = StateFileGuard(self._db, self.path)  # the store's check, on this connection too
         with self._tx() as db:
             for statement in _SCHEMA.split(";"):
                 db.execute(statement)
+        self._guard.pin()
 
     def _tx(self):
-        return immediate_transaction(self._db)
+        return immediate_transaction(self._db, guard=self._guard)
 
     def close(self) -> None:
         self._db.close()

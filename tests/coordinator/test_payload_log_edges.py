@@ -80,3 +80,34 @@ def test_another_file_put_where_a_round_file_was_is_refused_not_written_over(tmp
         log.append(1, [b"y"])
     assert (folder / "round-1.log").read_bytes() == b"someone's notes"
     log.close()
+
+
+def test_a_round_files_folder_replaced_by_a_file_is_named_not_a_bare_os_error(tmp_path):
+    """`<state_db>.payloads` moved away and a file made at its name: the check whether the round's
+    path still names its open file raised NotADirectoryError (a bare OSError, no path, no advice);
+    now the shared same_file says the path names no file, and writing the bytes back there fails
+    by name (StoreCorrupt)."""
+    import pytest
+
+    from fedge.coordinator.errors import StoreCorrupt
+
+    folder = tmp_path / "state.db.payloads"
+    log = PayloadLog(folder)
+    log.append(3, [b"a" * 70])
+    folder.rename(tmp_path / "moved")
+    folder.write_bytes(b"not a folder")
+    with pytest.raises(StoreCorrupt, match=r"round-3\.log was deleted .* its 70 bytes .* cannot be written back"):
+        log.append(3, [b"b"])
+    assert (tmp_path / "moved" / "round-3.log").read_bytes() == b"a" * 70  # nothing written anywhere
+
+
+def test_the_payload_log_and_the_state_db_share_one_same_file_check():
+    """One definition of "the same file" (coordinator/same_file.py): the payload log's put-back
+    and the state_db's StoreGone check ask the same function, not each its own (st_dev, st_ino)."""
+    import inspect
+
+    from fedge.coordinator import payload_log, same_file, state_file
+
+    for module in (payload_log, state_file):
+        assert "st_ino" not in inspect.getsource(module), module.__name__
+    assert payload_log.same_file is same_file.same_file and state_file.file_identity is same_file.file_identity

@@ -186,3 +186,108 @@ def test_the_service_loop_turns_a_refused_store_write_into_service_unavailable(m
     with pytest.raises(ServiceUnavailable, match="state_db s.db could not be read or written: disk I/O error"):
         service._serve(cfg, None, threading.Event(), [])
     assert closed == [1]  # the link is still closed on the way out
+
+
+def test_a_state_folder_replaced_by_a_file_is_store_gone_not_a_bare_os_error(tmp_path, monkeypatch):
+    """The state folder moved away and a file made at its name: the identity check raised
+    NotADirectoryError (an unnamed OSError: a group commit made it GroupCommitFailed, exit 1, and
+    the restart began afresh); the path names no file, so StoreGone."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    store = _store_at_version_1(folder / "state.db")
+    folder.rename(tmp_path / "moved")
+    folder.write_bytes(b"not a folder")
+    monkeypatch.chdir(tmp_path)  # where the rescue goes, with no folder beside state_db
+    with pytest.raises(StoreGone, match=r"state\.db was deleted while the coordinator was running"):
+        store.abandon_round(2, _record(2), 1800.0)
+
+
+def test_an_async_journal_write_after_the_state_db_was_deleted_is_store_gone_with_a_rescue(tmp_path):
+    """The async journal (its own connection to the state_db) wrote without the store's check:
+    a task row went into the unlinked file, an Ack's update too, all lost at the next start. Now
+    every write transaction on the file (sqlite_tx's guard) stops with StoreGone and a copy."""
+    from fedge.coordinator.async_mode.journal import SqliteJournal, TaskRow, open_journal
+
+    path = tmp_path / "state.db"
+    store = _store_at_version_1(path)
+    journal = open_journal(store)
+    assert isinstance(journal, SqliteJournal)
+    journal.add_task(TaskRow("t-1", "dev-a", 2, 1, 1800.0))
+    path.unlink()
+    with pytest.raises(StoreGone, match=r"state\.db was deleted .* saved in .*state\.db\.rescued"):
+        journal.add_task(TaskRow("t-2", "dev-b", 2, 1, 1800.0))
+    with sqlite3.connect(tmp_path / "state.db.rescued") as db:  # the journal's rows and the store's, t-2 not
+        assert db.execute("SELECT task_id FROM async_tasks").fetchall() == [("t-1",)]
+    assert _versions(tmp_path / "state.db.rescued") == [0, 1]
+    assert not path.exists()
+
+
+def test_a_relative_state_db_still_names_its_file_after_the_process_changed_folder(tmp_path):
+    """state_db = 'state.db' and a chdir after the open (a library user's, a plugin's): the
+    identity check looked for state.db in the new folder, found none, and stopped a healthy
+    service with StoreGone. The path is made absolute once, at the open; the payload log too
+    stays beside the file it belongs to."""
+    from fedge.coordinator.async_mode.journal import TaskRow, open_journal
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    before = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        store = _store_at_version_1(Path("state.db"))
+        journal = open_journal(store)
+        os.chdir(elsewhere)
+        store.add_update(2, StoredUpdate(1, "b", "u-b", "e" * 64, 9, b"payload-b"))
+        journal.add_task(TaskRow("t-1", "dev-a", 2, 1, 1800.0))
+        store.commit_round(2, _state(2, seed=3), _record(2), 1800.0)
+        assert store.path == tmp_path / "state.db"
+    finally:
+        os.chdir(before)
+    assert _versions(tmp_path / "state.db") == [0, 1, 2]
+    assert os.listdir(elsewhere) == []  # nothing made in the folder it moved to
+
+
+@pytest.mark.parametrize("copy_in", ["workdir", "tempdir"])
+def test_the_whole_state_folder_deleted_while_serving_is_store_gone_exit_2_with_a_copy_elsewhere(
+        tmp_path, monkeypatch, capsys, copy_in):
+    """`rm -rf` of state_db's folder mid-round: the payload log's append failed first (ENOENT: no
+    folder to make its own in), a group commit made it GroupCommitFailed (exit 1, restarted), and
+    the restart found nothing and began afresh at version 0. Now StoreGone (exit 2), and the copy
+    goes where fedge may write, since beside state_db there is no folder: the working directory,
+    or, when that was the deleted folder, the temp folder. The message names it."""
+    import shutil
+    import tempfile
+
+    from fedge.tools.cli import _guarded
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    store = _store_at_version_1(folder / "state.db")
+    store.add_update(2, StoredUpdate(1, "b", "u-b", "e" * 64, 9, b"payload-b"))  # round-2.log open
+    workdir, temp = tmp_path / "workdir", tmp_path / "temp"
+    workdir.mkdir()
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.chdir(workdir if copy_in == "workdir" else folder)  # restored at teardown
+    shutil.rmtree(folder)
+    group = GroupCommit(store)
+
+    def write():
+        with group.burst():
+            group.add_update(2, StoredUpdate(2, "c", "u-c", "f" * 64, 10, b"payload-c"))
+
+    with pytest.raises(StoreGone) as caught:
+        write()
+    rescued = (workdir if copy_in == "workdir" else temp) / "state.db.rescued"
+    assert f"saved in {rescued} (its folder {folder} is gone)" in str(caught.value)
+    assert f"put {rescued} back at {folder / 'state.db'}" in str(caught.value)
+    assert _versions(rescued) == [0, 1]
+    with sqlite3.connect(rescued) as db:  # the open round's first update's row came along
+        assert db.execute("SELECT update_id FROM updates WHERE round_id = 2").fetchall() == [("u-b",)]
+    assert not folder.exists()  # never made again
+
+    class Args:
+        verbose, log_format, command, coordinator_command = 0, "text", "coordinator", "serve"
+
+    assert _guarded(Args(), write) == 2  # not restartable: a restart would start afresh
+    assert "fedge: error: StoreGone: state_db " in capsys.readouterr().err
