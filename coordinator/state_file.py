@@ -104,9 +104,13 @@ def _rescue(db: sqlite3.Connection, path: Path) -> str:
 
 
 def _rescue_folders(path: Path) -> list[Path]:
-    """Where a rescue may go, in order: beside state_db (if its folder is still there), the working
-    directory (unless it was the deleted folder), the temp folder."""
+    """Where a rescue may go, in order: beside state_db (if its folder is still there), the state
+    directories systemd made for the service ($STATE_DIRECTORY: the shipped unit adds one for
+    rescues, since its working directory is the state folder and its private /tmp goes when the
+    unit stops, right after this exit), the working directory (unless it was the deleted folder),
+    the temp folder."""
     folders = [path.parent] if path.parent.is_dir() else []
+    folders += [Path(d) for d in os.environ.get("STATE_DIRECTORY", "").split(":") if d and Path(d).is_dir()]
     try:
         folders.append(Path(os.getcwd()))
     except OSError:  # the working directory was the deleted folder

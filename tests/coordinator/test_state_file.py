@@ -247,14 +247,17 @@ def test_a_relative_state_db_still_names_its_file_after_the_process_changed_fold
     assert os.listdir(elsewhere) == []  # nothing made in the folder it moved to
 
 
-@pytest.mark.parametrize("copy_in", ["workdir", "tempdir"])
+@pytest.mark.parametrize("copy_in", ["workdir", "tempdir", "state_directory"])
 def test_the_whole_state_folder_deleted_while_serving_is_store_gone_exit_2_with_a_copy_elsewhere(
         tmp_path, monkeypatch, capsys, copy_in):
     """`rm -rf` of state_db's folder mid-round: the payload log's append failed first (ENOENT: no
     folder to make its own in), a group commit made it GroupCommitFailed (exit 1, restarted), and
     the restart found nothing and began afresh at version 0. Now StoreGone (exit 2), and the copy
     goes where fedge may write, since beside state_db there is no folder: the working directory,
-    or, when that was the deleted folder, the temp folder. The message names it."""
+    or, when that was the deleted folder, the temp folder. The message names it. Under the shipped
+    systemd unit the working directory is the state folder and /tmp is private (gone when the unit
+    stops, right after this exit): there the copy goes to the unit's second state directory, which
+    systemd names in $STATE_DIRECTORY."""
     import shutil
     import tempfile
 
@@ -264,11 +267,15 @@ def test_the_whole_state_folder_deleted_while_serving_is_store_gone_exit_2_with_
     folder.mkdir()
     store = _store_at_version_1(folder / "state.db")
     store.add_update(2, StoredUpdate(1, "b", "u-b", "e" * 64, 9, b"payload-b"))  # round-2.log open
-    workdir, temp = tmp_path / "workdir", tmp_path / "temp"
-    workdir.mkdir()
-    temp.mkdir()
+    workdir, temp, unit_rescued = tmp_path / "workdir", tmp_path / "temp", tmp_path / "fedge-coordinator-rescued"
+    for made in (workdir, temp, unit_rescued):
+        made.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     monkeypatch.chdir(workdir if copy_in == "workdir" else folder)  # restored at teardown
+    if copy_in == "state_directory":  # as systemd sets it for StateDirectory=<state> <rescued>
+        monkeypatch.setenv("STATE_DIRECTORY", f"{folder}:{unit_rescued}")
+    else:
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     shutil.rmtree(folder)
     group = GroupCommit(store)
 
@@ -278,7 +285,7 @@ def test_the_whole_state_folder_deleted_while_serving_is_store_gone_exit_2_with_
 
     with pytest.raises(StoreGone) as caught:
         write()
-    rescued = (workdir if copy_in == "workdir" else temp) / "state.db.rescued"
+    rescued = {"workdir": workdir, "tempdir": temp, "state_directory": unit_rescued}[copy_in] / "state.db.rescued"
     assert f"saved in {rescued} (its folder {folder} is gone)" in str(caught.value)
     assert f"put {rescued} back at {folder / 'state.db'}" in str(caught.value)
     assert _versions(rescued) == [0, 1]

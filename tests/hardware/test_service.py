@@ -66,7 +66,8 @@ def test_coordinator_unit_verifies_and_does_not_restart_on_a_spent_budget(tmp_pa
     # The exits a restart cannot fix are the service's own constants, not numbers copied by hand.
     assert set(keys["RestartPreventExitStatus"].split()) == {str(EXIT_ERROR), str(EXIT_PRIVACY_BUDGET)}
     assert keys["Restart"] == "on-failure" and "mosquitto.service" in keys["After"]
-    assert keys["ProtectSystem"] == "strict" and keys["StateDirectory"] == keys["WorkingDirectory"].rsplit("/", 1)[1]
+    assert keys["ProtectSystem"] == "strict" and keys["StateDirectory"].split() == [
+        keys["WorkingDirectory"].rsplit("/", 1)[1], "fedge-coordinator-rescued"]  # state_file._rescue_folders
     assert "coordinator serve --config /etc/fedge/coordinator.toml" in keys["ExecStart"]
 
 
