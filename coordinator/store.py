@@ -84,6 +84,7 @@ from typing import Protocol
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from . import store_rows
+from .errors import StoreCorrupt
 from .payload_log import PayloadLog
 from .sql_store import SqlStore, check_keeps
 from .sqlite_tx import immediate_transaction
@@ -241,7 +242,8 @@ class RoundStore(SqlStore):
         # check_same_thread=False: the loop may run on another thread than the one that built
         # the store; it is still used by one thread at a time.
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._guard = StateFileGuard(self._db, self.path)  # pinned once the first transaction made the file
+        # pinned once the first transaction made the file; a rescue takes the open round's payloads along
+        self._guard = StateFileGuard(self._db, self.path, inline=self._inline_open_payloads)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
@@ -302,6 +304,25 @@ class RoundStore(SqlStore):
                            (update.device_id, round_id, update.update_id, update.digest, update.seq,
                             update.num_examples, update.reported_norm, offset, len(update.payload),
                             len(update.control)))
+
+    def _inline_open_payloads(self, copy: sqlite3.Connection) -> str:
+        """A rescue's copy (state_file._rescue) made whole: the open round's payloads, read from the
+        log descriptors this process still holds (their files may be gone with the folder), put into
+        the copy's rows as an older row keeps them (log columns NULL: store_rows.log_place)."""
+        rows = copy.execute("SELECT round_id, update_id, log_offset, payload_len, control_len FROM updates "
+                            "WHERE log_offset IS NOT NULL").fetchall()
+        lost = 0
+        for round_id, update_id, offset, p_len, c_len in rows:
+            try:
+                payload = self._payloads.read(round_id, offset, p_len)
+                control = self._payloads.read(round_id, offset + p_len, c_len)
+            except (OSError, StoreCorrupt):
+                lost += 1
+                continue
+            copy.execute("UPDATE updates SET payload = ?, control = ?, log_offset = NULL, payload_len = NULL, "
+                         "control_len = NULL WHERE round_id = ? AND update_id = ?",
+                         (payload, control, round_id, update_id))
+        return f" ({lost} of the open round's {len(rows)} update payloads could not be read)" if lost else ""
 
     def _open_round_updates(self, round_id: int) -> list[StoredUpdate]:
         """StoreCorrupt for a row fedge never wrote (store_rows.py), or bytes the log does not hold."""

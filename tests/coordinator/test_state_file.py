@@ -292,9 +292,72 @@ def test_the_whole_state_folder_deleted_while_serving_is_store_gone_exit_2_with_
     with sqlite3.connect(rescued) as db:  # the open round's first update's row came along
         assert db.execute("SELECT update_id FROM updates WHERE round_id = 2").fetchall() == [("u-b",)]
     assert not folder.exists()  # never made again
+    _restart_from(rescued, folder, expect={"u-b": b"payload-b"})
 
     class Args:
         verbose, log_format, command, coordinator_command = 0, "text", "coordinator", "serve"
 
     assert _guarded(Args(), write) == 2  # not restartable: a restart would start afresh
     assert "fedge: error: StoreGone: state_db " in capsys.readouterr().err
+
+
+def _restart_from(rescued: Path, folder: Path, expect: dict[str, bytes]) -> None:
+    """Do what StoreGone's message says (put the copy back at state_db, start again) in a fresh
+    folder, and check the open round resumes with its updates' bytes: the round's payload log went
+    with the folder, so the copy must carry them (it once held rows pointing into that log, and the
+    start refused it as StoreCorrupt)."""
+    import shutil
+
+    folder.mkdir()
+    try:
+        shutil.copy(rescued, folder / "state.db")
+        back = RoundStore(folder / "state.db")
+        _assert_same_state(back.load_state(), _state(1, seed=2))
+        stored = back.load_open_round()
+        assert stored.round_id == 2
+        assert {e.update_id: e.payload for e in stored.events} == expect
+        back.close()
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_rescue_is_a_new_0600_file_and_follows_no_link(tmp_path):
+    """The copy holds the open round's updates: made 0600 whatever the umask (the state folder is
+    0700, the temp folder is not), and never through a link someone left at its name (the link's
+    target once got the state written into it, and a failed copy unlinked it)."""
+    path = tmp_path / "state.db"
+    store = _store_at_version_1(path)
+    target = tmp_path / "elsewhere"
+    (tmp_path / "state.db.rescued").symlink_to(target)  # dangling: exists() said the name was free
+    path.unlink()
+    before = os.umask(0o022)
+    try:
+        with pytest.raises(StoreGone, match=r"saved in .*state\.db\.rescued-2"):
+            store.abandon_round(2, _record(2), 1800.0)
+    finally:
+        os.umask(before)
+    assert not target.exists()
+    assert (os.stat(tmp_path / "state.db.rescued-2").st_mode & 0o777) == 0o600
+    assert _versions(tmp_path / "state.db.rescued-2") == [0, 1]
+
+
+@pytest.mark.parametrize("where", ["beside", "state_directory"])
+def test_a_start_without_the_state_db_but_with_a_rescued_copy_is_refused(tmp_path, monkeypatch, where):
+    """After an `rm -rf` of the state folder the service stopped with StoreGone (exit 2) and saved
+    a copy; a reboot then starts the enabled unit, which found no state_db, no payload log and no
+    WAL, and began afresh at version 0 without a word. The copy itself now says a state existed:
+    beside state_db, or in a state directory systemd made for the unit (not the working directory
+    or the temp folder, where any run may have left one)."""
+    folder, unit_rescued = tmp_path / "state", tmp_path / "rescued"
+    folder.mkdir()
+    unit_rescued.mkdir()
+    monkeypatch.setenv("STATE_DIRECTORY", f"{folder}:{unit_rescued}")
+    copy = (folder if where == "beside" else unit_rescued) / "state.db.rescued-2"
+    copy.write_bytes(b"a copy")
+    with pytest.raises(StoreGone, match=f"state.db is missing, but .*{copy.name}"):
+        RoundStore(folder / "state.db")
+    assert not (folder / "state.db").exists()
+    copy.unlink()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "state.db.rescued").write_bytes(b"another run's copy, in the working directory")
+    assert RoundStore(folder / "state.db").load_state() is None  # a fresh start
