@@ -160,7 +160,9 @@ def abandon_unplanned(c, stored: StoredRound, journal=None) -> bool:
         if not stored.selected:
             return False
         check_ingest(stored, c.config.shards, c.store.path)  # updates out of this process's reach: refused
-        held = sum(isinstance(e, StoredUpdate) for e in stored.events)
+        tables = getattr(c, "tables", None)  # a sharded leader's updates are its workers' rows (shard_updates)
+        held = len(tables.reporters(stored.round_id)) if tables is not None else \
+            sum(isinstance(e, StoredUpdate) for e in stored.events)
     else:
         held = len(journal.buffered(stored.round_id))
     wall = c.clock.wall()
