@@ -11,7 +11,7 @@ target, quorum, deadline, privacy plan; an async buffer its K), the rest is the 
 would be out of reach (another ingest path: check_ingest; another mode) or its privacy plan no
 longer fits the budget (dp/budget.py, check_open). Abandoned at start, nothing of it released: a
 secure round (server.py), and a round or async buffer opened with privacy off when privacy is on
-now (abandon_unplanned).
+now (abandon_unplanned; on either ingest path, as none of its updates is read).
 """
 
 from __future__ import annotations
@@ -150,19 +150,24 @@ def abandon_unplanned(c, stored: StoredRound, journal=None) -> bool:
     coordinator now treats as under privacy and release their mean unclipped, unnoised and
     uncharged; finished with privacy off first (the old advice), it released one more non-private
     model. Abandoned, nothing of it is applied or charged (it has no plan), its stored updates'
-    payloads are deleted in the closing transaction (an async buffer's, `journal`'s, right after),
+    payloads are deleted in the closing transaction (an async buffer's, `journal`'s, right after;
+    a sharded round's shard_updates and shard_sums rows too, counted under the seal before),
     the rounds table and fedge_rounds_total{outcome="abandoned"} record it, and the loop's next
     begin_round opens a round under the privacy plan. `c`: the Coordinator starting."""
     c.privacy.check_open(stored)
     if not c.privacy.enabled or RoundPlan.from_json(stored.privacy) is not None:
         return False
+    shard_rows = None
     if journal is None:  # a sync coordinator: an async buffer (no one selected) is resume's to refuse
         if not stored.selected:
             return False
-        check_ingest(stored, c.config.shards, c.store.path)  # updates out of this process's reach: refused
-        tables = getattr(c, "tables", None)  # a sharded leader's updates are its workers' rows (shard_updates)
-        held = len(tables.reporters(stored.round_id)) if tables is not None else \
-            sum(isinstance(e, StoredUpdate) for e in stored.events)
+        # No check_ingest: a round abandoned unread needs none of its updates in reach, and its
+        # refusal's way out (finish the round with the old shards) released it without privacy.
+        # Its updates are where it was opened: the store's rows, or the workers' (shard_updates).
+        held = sum(isinstance(e, StoredUpdate) for e in stored.events)
+        if stored.shards:
+            shard_rows = _ShardRows(c, stored.round_id)
+            held += shard_rows.seal_counted()
     else:
         held = len(journal.buffered(stored.round_id))
     wall = c.clock.wall()
@@ -173,11 +178,38 @@ def abandon_unplanned(c, stored: StoredRound, journal=None) -> bool:
     c.store.abandon_round(stored.round_id, asdict(record), wall, None)  # no plan, so no charge
     if journal is not None:
         journal.forget(stored.round_id)
+    if shard_rows is not None:  # after the close: a crash before it leaves them to prune, the count right
+        shard_rows.drop()
     log.warning("%s: %s %d was %s; its %d stored update(s) dropped unread, none released; the next opens under "
                 "the privacy plan", c.store.path, "round" if journal is None else "buffer", stored.round_id,
                 PRIVACY_TURNED_ON, held)
     c._close(record)
     return True
+
+
+class _ShardRows:
+    """The shard tables' rows of a sharded round abandoned unread: the leader's own tables, or,
+    where this coordinator runs without shards now, a connection of its own to the same
+    database (state_dsn: only a PostgresStore holds a sharded round), closed after the drop."""
+
+    def __init__(self, c, round_id: int):
+        from .leadership import check_epoch
+        from .sharding.tables import ShardTables  # psycopg: a sharded round's store is PostgreSQL
+
+        tables = getattr(c, "tables", None)
+        self.own = tables is None
+        self.tables = ShardTables(c.config.state_dsn) if self.own else tables
+        epoch = getattr(c.store, "epoch", None)
+        self.check = None if epoch is None else (lambda db: check_epoch(db, epoch, self.tables.where))
+        self.round_id = round_id
+
+    def seal_counted(self) -> int:
+        return self.tables.seal_counted(self.round_id, self.check)
+
+    def drop(self) -> None:
+        self.tables.drop_counted(self.round_id, self.check)
+        if self.own:
+            self.tables.close()
 
 
 def check_ingest(stored: StoredRound, shards: int, path: object) -> None:

@@ -25,13 +25,15 @@ not sealed, holding the shard_rounds row FOR SHARE. The leader's `seal` updates 
 (waiting for the adds in flight), then reads the sums: every add either committed before the
 seal, and is in what the leader reads, or sees `sealed` and is refused (its device gets a
 stale_round Ack). Rows of a closed round stay (payloads too: what was counted can be
-recomputed) until the leader prunes rounds older than its store's keep_key_rounds. The
+recomputed) until the leader prunes rounds older than its store's keep_key_rounds; those of
+a round abandoned unread (privacy turned on at a restart) go at once (drop_counted). The
 connection is autocommit with explicit transactions (pg_store.py says why).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import rows
@@ -186,15 +188,22 @@ class ShardTables:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT device_id FROM shard_updates WHERE round_id = %s",
                                                 (round_id,)).fetchall()]
 
-    def seal(self, round_id: int, shards: int, shapes, check=None) -> list[PartialSum]:
-        """Stop every worker counting into the round, then its K partial sums in shard order.
-        check(db): the leader's epoch check (leadership.check_epoch), inside the transaction."""
+    @contextmanager
+    def _sealing(self, round_id: int, check=None):
+        """A transaction that first marks the round sealed: it waits for the counts in flight (their
+        FOR SHARE of the row), and a count after it sees `sealed` (module docstring)."""
         db = self.conn
         with db.transaction():
             if check is not None:
                 check(db)
             db.execute("INSERT INTO shard_rounds (round_id, sealed) VALUES (%s, true) "
                        "ON CONFLICT (round_id) DO UPDATE SET sealed = true", (round_id,))
+            yield db
+
+    def seal(self, round_id: int, shards: int, shapes, check=None) -> list[PartialSum]:
+        """Stop every worker counting into the round, then its K partial sums in shard order.
+        check(db): the leader's epoch check (leadership.check_epoch), inside the transaction."""
+        with self._sealing(round_id, check) as db:
             sums = db.execute("SELECT shard, data, weight, count FROM shard_sums WHERE round_id = %s",
                               (round_id,)).fetchall()
         found = {shard: rows.partial_sum(self.where, round_id, shard, row, shapes) for shard, *row in sums}
@@ -205,6 +214,26 @@ class ShardTables:
             log.warning("round %d was counted on shard(s) %s, beyond this leader's shards = %d: a process ran "
                         "with another K; their sums are included", round_id, beyond, shards)
         return [found.get(k, PartialSum()) for k in range(max([shards, *(k + 1 for k in beyond)]))]
+
+    def seal_counted(self, round_id: int, check=None) -> int:
+        """Seal a round that will not be aggregated (restart.abandon_unplanned), then how many devices
+        have an update counted in it: as in seal, a count in flight commits first and is in the
+        number, and none starts after (the worker sees `sealed`: RoundClosed). Sealing twice is harmless."""
+        with self._sealing(round_id, check) as db:
+            (held,) = db.execute("SELECT count(DISTINCT device_id) FROM shard_updates WHERE round_id = %s",
+                                 (round_id,)).fetchone()
+        return held
+
+    def drop_counted(self, round_id: int, check=None) -> None:
+        """Delete a closed, unread round's counted updates (payloads with them) and partial sums now,
+        not keep_key_rounds later at prune: they are updates no model was made from. A late
+        resend of one is refused by the round's status (RoundClosed), so its key is not needed."""
+        db = self.conn
+        with db.transaction():
+            if check is not None:
+                check(db)
+            for table in ("shard_updates", "shard_sums"):
+                db.execute(f"DELETE FROM {table} WHERE round_id = %s", (round_id,))
 
     def prune(self, through_round: int, check=None) -> None:
         """Forget rounds <= through_round: their keys, payloads, sums and seals (the leader calls it

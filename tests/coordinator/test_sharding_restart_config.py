@@ -102,11 +102,10 @@ def test_a_sharded_round_is_refused_by_a_coordinator_restarted_without_shards(mo
     assert record is not None and record.committed and record.reports == 10, record
 
 
-def test_a_round_with_accepted_updates_is_refused_by_a_sharded_leader(model, postgres_dsn, tmp_path):
-    """A round opened with shards = 0 holds its updates in the store: a sharded leader resumed it
-    into the workers' sums, whose add raises (a TypeError traceback at every start)."""
-    fleet = make_fleet(model, tmp_path, store=PostgresStore(postgres_dsn), clients_per_round=2,
-                       state_dsn=postgres_dsn)
+def unsharded_round_with_one_update(model, tmp_path, dsn, **config):
+    """A fleet whose coordinator (shards = 0, store on `dsn`) has an open round that accepted one
+    update, of two selected devices."""
+    fleet = make_fleet(model, tmp_path, store=PostgresStore(dsn), clients_per_round=2, state_dsn=dsn, **config)
     devices = [ManualDevice(fleet, f"d{i}", 10) for i in range(2)]
     fleet.drain()
     assert fleet.coordinator.begin_round()
@@ -115,6 +114,13 @@ def test_a_round_with_accepted_updates_is_refused_by_a_sharded_leader(model, pos
                                                                   np.random.default_rng(0)))))
     fleet.drain()
     assert devices[0].acks() == [(True, "")]
+    return fleet
+
+
+def test_a_round_with_accepted_updates_is_refused_by_a_sharded_leader(model, postgres_dsn, tmp_path):
+    """A round opened with shards = 0 holds its updates in the store: a sharded leader resumed it
+    into the workers' sums, whose add raises (a TypeError traceback at every start)."""
+    fleet = unsharded_round_with_one_update(model, tmp_path, postgres_dsn)
     _, manifest, runtime = model
     cfg = replace(fleet.coordinator.config, shards=K)
     assert isinstance(cfg, CoordinatorConfig) and cfg.hyper == HYPER
