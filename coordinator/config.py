@@ -23,6 +23,7 @@ from .secagg import config as secagg_config
 from .secagg.config import SecAggConfig, check_compatible
 from .sharding.config import check_sharding
 from .strategies import STRATEGIES
+from .unread_keys import check_written
 from .weights import WEIGHTINGS
 
 # Asking more than 100 times the devices a round wants is a typo, not a plan (and inf would
@@ -173,7 +174,8 @@ class CoordinatorConfig:
         read): with privacy or secure aggregation on, an aggregator or weighting the file leaves
         out is the value IMPLIED names, not the default those modes refuse, and with both on a
         privacy.mechanism it leaves out is "distributed", the only one secure aggregation takes;
-        `implied` says which, and why."""
+        `implied` says which, and why. A key the file sets that this configuration never reads
+        (a strategy's option under another strategy, ...) is refused: unread_keys.UnreadKey."""
         modes = [mode for mode, table in (("privacy", kwargs.get("privacy")),
                                           ("secure aggregation", kwargs.get("secure_aggregation")))
                  if table is not None and table.enabled]
@@ -186,6 +188,7 @@ class CoordinatorConfig:
             kwargs["privacy"] = replace(kwargs["privacy"], mechanism="distributed")
             notes.append(f"privacy.mechanism = 'distributed' (secure aggregation: {secagg_config.WHY_DISTRIBUTED})")
         cfg = cls(**kwargs)
+        check_written(written, cfg)
         object.__setattr__(cfg, "implied", tuple(notes))
         return cfg
 
@@ -308,6 +311,13 @@ def load_coordinator_config(path) -> CoordinatorConfig:
     """The CoordinatorConfig of a TOML file: its [coordinator] table when it has one (the file
     `fedge coordinator serve` reads, whose [broker] and [service] tables are not read here),
     else the whole file. `fedge simulate --config` reads the same files."""
+    table, name = coordinator_table(path)
+    return from_dict(CoordinatorConfig, table, Path(path).name, name)
+
+
+def coordinator_table(path) -> tuple[dict, str]:
+    """A coordinator TOML file's settings as read, and where they are: ("coordinator", its
+    [coordinator] table) in a service file, ("", the whole file) in a plain config."""
     data = load_toml(path)
     if "coordinator" in data:  # never a key of a plain config: CoordinatorConfig has no such field
         # a service file's other tables are [broker] and [service]; any other was meant for the
@@ -317,5 +327,5 @@ def load_coordinator_config(path) -> CoordinatorConfig:
             raise ConfigError(f"{Path(path).name}: {', '.join(stray)} beside [coordinator] is not read; a service "
                               f"file has [coordinator], [broker] and [service] (coordinator settings go in "
                               f"[coordinator] or its subtables, e.g. [coordinator.{stray[0]}])")
-        return from_dict(CoordinatorConfig, data["coordinator"], Path(path).name, "coordinator")
-    return from_dict(CoordinatorConfig, data, Path(path).name)
+        return data["coordinator"], "coordinator"
+    return data, ""

@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     FedAvg, FedProx, Scaffold, FedAvgM, FedAdagrad, FedAdam, FedYogi)}
 
+ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
+# The CoordinatorConfig options only some strategies read, and which: strategy_from_config passes
+# the first five, and records.open_round checks control_norm_bound in a SCAFFOLD round only (any
+# other round refuses a Δc_i outright). One set for another strategy would change nothing, so it
+# is refused: written in a config file (coordinator/unread_keys.py) or typed as a `fedge simulate`
+# flag (tools/simulate/flag_checks.py). server_lr is not here: every strategy steps by it (base.py).
+# FedAdagrad's v sums the squared deltas (server_opt.adaptive_step): it has no second-moment decay.
+STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "prox_mu": ("fedprox",), "server_momentum": ("fedavgm",), "server_beta1": ADAPTIVE,
+    "server_beta2": ("fedadam", "fedyogi"), "server_tau": ADAPTIVE, "control_norm_bound": ("scaffold",)}
+
 
 def make_strategy(name: str, hyper: TaskHyper, **options) -> Strategy:
     """Strategy `name` with its constructor options (server_lr, mu, momentum, beta1, beta2, tau)."""
@@ -47,10 +58,10 @@ def strategy_from_config(config: CoordinatorConfig) -> Strategy:
         options["mu"] = config.prox_mu
     elif config.strategy == "fedavgm":
         options["momentum"] = config.server_momentum
-    elif config.strategy in ("fedadagrad", "fedadam", "fedyogi"):
+    elif config.strategy in ADAPTIVE:
         options.update(beta1=config.server_beta1, beta2=config.server_beta2, tau=config.server_tau)
     return make_strategy(config.strategy, config.hyper, **options)
 
 
-__all__ = ["AggregateInput", "RoundPlan", "STRATEGIES", "ServerState", "Strategy", "make_strategy",
-           "strategy_from_config"]
+__all__ = ["ADAPTIVE", "AggregateInput", "RoundPlan", "STRATEGIES", "STRATEGY_OPTIONS", "ServerState", "Strategy",
+           "make_strategy", "strategy_from_config"]

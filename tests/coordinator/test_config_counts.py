@@ -18,11 +18,13 @@ from fedge.edge_runtime.kernel.protocol import TrainTask
 from fedge.edge_runtime.kernel.secagg.messages import KeyDirectory, SecAggSpec
 
 HUGE = 10**30
+# What a table's keys need to be read at all (coordinator/unread_keys.py refuses them otherwise)
+READ_UNDER = {"coordinator.async": 'mode = "async"\n', "coordinator.robust": 'aggregator = "centered_clipping"\n'}
 
 
 def _load(tmp_path, table: str, key: str, value):
     path = tmp_path / "c.toml"
-    head = "[coordinator]\n" + ("" if table == "coordinator" else f"[{table}]\n")
+    head = "[coordinator]\n" + READ_UNDER.get(table, "") + ("" if table == "coordinator" else f"[{table}]\n")
     path.write_text(f"{head}{key} = {value}\n")
     return load_coordinator_config(path)
 

@@ -7,8 +7,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from fedge.coordinator.config import load_coordinator_config
+from fedge.coordinator.config import coordinator_table, load_coordinator_config
 from fedge.coordinator.strategies import STRATEGIES
+from fedge.coordinator.unread_keys import UnreadKey, check_written
 from fedge.edge_runtime.eligibility import EligibilityPolicy
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
@@ -240,6 +241,8 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
         coordinator = replace(coordinator, round_deadline_s=MQTT_ROUND_DEADLINE_S)
     given = {name: getattr(args, name) for name in COORDINATOR_FLAGS if getattr(args, name) is not None}
     coordinator = with_options(coordinator, **given)
+    if args.config and given:  # the file's keys loaded under its own strategy; a flag may have changed it
+        check_file_keys(args.config, coordinator)
     eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
     return SimConfig(
         devices=_typed(args, "devices"), rounds=args.rounds, seed=args.seed, dataset=_typed(args, "dataset"),
@@ -256,6 +259,15 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
         attackers=_typed(args, "attackers"), omniscient=args.omniscient, attack_scale=args.attack_scale,
         guard_fraction=args.guard_fraction,
     )
+
+
+def check_file_keys(path, coordinator) -> None:
+    """Refuse a key of the --config file that the flags left unread (`--strategy fedavg` over a
+    file's fedprox and prox_mu): the file was checked against its own strategy when it loaded."""
+    try:
+        check_written(coordinator_table(path)[0], coordinator)
+    except UnreadKey as exc:
+        raise UnreadKey(exc.key, f"{Path(path).name}: {exc} (with the flags given)") from None
 
 
 def _progress(total: int, quiet: bool):

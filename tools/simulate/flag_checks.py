@@ -6,22 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from fedge.coordinator.strategies import STRATEGY_OPTIONS
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .config import SYNTHETIC_SPLIT, SimConfig
-
-# Strategy options, and the strategies that read them (coordinator/strategies: strategy_from_config).
-ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
-# FedAdagrad's v sums the squared deltas (server_opt.adaptive_step): it has no second-moment decay.
-STRATEGY_FLAGS = {"prox_mu": ("fedprox",), "server_momentum": ("fedavgm",), "server_beta1": ADAPTIVE,
-                  "server_beta2": ("fedadam", "fedyogi"), "server_tau": ADAPTIVE}
 
 
 def check_options_apply(cfg: SimConfig, typed: Collection[str]) -> None:
     """cfg: what the flags built; typed: the flags typed (by dest): the coordinator's (cli.COORDINATOR_FLAGS),
     and the ones a run may not use (cli.TYPED_ONLY), refused when typed even at their default value
     (`--attackers 0.2` without `--attack` once passed; `--attackers 0.3` did not)."""
-    for flag, strategies in STRATEGY_FLAGS.items():
+    for flag, strategies in STRATEGY_OPTIONS.items():  # the table a config file's keys are held to
         if flag in typed and cfg.coordinator.strategy not in strategies:
             raise ConfigError(f"--{flag.replace('_', '-')} applies to --strategy {' or '.join(strategies)}, "
                               f"not {cfg.coordinator.strategy}")

@@ -1,0 +1,131 @@
+"""A config file's key that its own configuration never reads is refused by name
+(coordinator/unread_keys.py): `strategy = "fedavg"` with `prox_mu = 0.1` once loaded, and
+nothing said FedProx's proximal term was off. Oracles: the README's strategy table written out
+by hand, and the strategies themselves (a key a strategy does not read leaves the strategy
+built from the config unchanged)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.config import CoordinatorConfig, load_coordinator_config
+from fedge.coordinator.service import load_service_config
+from fedge.coordinator.strategies import STRATEGIES, AggregateInput, strategy_from_config
+from fedge.coordinator.unread_keys import UnreadKey
+from fedge.edge_runtime.kernel.errors import ConfigError
+
+ADAPTIVE = {"fedadagrad", "fedadam", "fedyogi"}
+# README, "Aggregation strategies", the options column; control_norm_bound: "SCAFFOLD: refuse a Δc_i"
+READERS = {"prox_mu": {"fedprox"}, "server_momentum": {"fedavgm"}, "server_beta1": ADAPTIVE,
+           "server_beta2": {"fedadam", "fedyogi"}, "server_tau": ADAPTIVE, "control_norm_bound": {"scaffold"}}
+VALUES = {"prox_mu": 0.1, "server_momentum": 0.5, "server_beta1": 0.8, "server_beta2": 0.95, "server_tau": 0.01,
+          "control_norm_bound": 5.0}  # each a valid value other than the default
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "coordinator.toml"
+    path.write_text(text)
+    return path
+
+
+def test_fedavg_with_prox_mu_is_refused_naming_the_key_its_strategy_and_the_chosen_one(tmp_path):
+    path = _write(tmp_path, '[coordinator]\nartifacts_dir = "a"\nstrategy = "fedavg"\nprox_mu = 0.1\n')
+    with pytest.raises(UnreadKey, match=r"coordinator.toml: coordinator.prox_mu applies to strategy 'fedprox', "
+                                        r"not 'fedavg'") as caught:
+        load_coordinator_config(path)
+    assert caught.value.key == "prox_mu" and caught.value.reason == "unread_key"
+    with pytest.raises(ConfigError, match="prox_mu applies to strategy 'fedprox'"):  # `coordinator serve`'s loader
+        load_service_config(path)
+
+
+@pytest.mark.parametrize("key", sorted(READERS))
+def test_a_strategy_option_loads_under_the_strategies_that_read_it_and_is_refused_under_the_rest(tmp_path, key):
+    assert set(STRATEGIES) == {"fedavg", "fedprox", "scaffold", "fedavgm"} | ADAPTIVE
+    for strategy in sorted(STRATEGIES):
+        path = _write(tmp_path, f'strategy = "{strategy}"\n{key} = {VALUES[key]}\n')
+        if strategy in READERS[key]:
+            assert getattr(load_coordinator_config(path), key) == VALUES[key]
+        else:
+            with pytest.raises(UnreadKey, match=rf"coordinator.toml: {key} applies to strategy .*not '{strategy}'"):
+                load_coordinator_config(path)
+
+
+def _two_rounds(strategy) -> tuple:
+    """What a strategy does with two rounds of fixed deltas: the tasks' hyper, then every array it holds."""
+    state = strategy.init({"w": np.array([0.5, -1.0, 2.0], np.float32)})
+    plan, arrays = strategy.configure(state), []
+    for delta in ([0.1, -0.2, 0.3], [-0.05, 0.4, 0.02]):
+        d = {"w": np.array(delta, np.float32)}
+        state = strategy.apply(state, AggregateInput(d, 2, 4, mean_control=d))
+        arrays += [state.params["w"].tobytes()] + [g[k].tobytes() for _, g in sorted(state.extra.items())
+                                                   for k in sorted(g)]
+    return plan.hyper, plan.correction is not None, arrays
+
+
+@pytest.mark.parametrize("key", sorted(set(READERS) - {"control_norm_bound"}))  # read by the round, not the strategy
+def test_the_table_is_what_the_strategies_do(key):
+    """A key a strategy reads changes what it does in two rounds; one refused leaves it bit for bit."""
+    for strategy in STRATEGIES:
+        default, changed = (_two_rounds(strategy_from_config(CoordinatorConfig(strategy=strategy, **options)))
+                            for options in ({}, {key: VALUES[key]}))
+        assert (default != changed) == (strategy in READERS[key]), (key, strategy)
+
+
+def test_hyper_mu_under_fedprox_is_refused_and_read_under_fedavg(tmp_path):
+    """FedProx's tasks carry prox_mu as their mu (strategies/fedavg.py), whatever [hyper] mu says."""
+    text = 'strategy = "{}"\n[hyper]\nmu = 0.2\n'
+    with pytest.raises(UnreadKey, match=r"coordinator.toml: hyper.mu applies to strategies other than 'fedprox'"):
+        load_coordinator_config(_write(tmp_path, text.format("fedprox")))
+    fedavg = load_coordinator_config(_write(tmp_path, text.format("fedavg")))
+    assert strategy_from_config(fedavg).configure(None).hyper.mu == 0.2  # FedAvg's tasks carry it
+    fedprox = CoordinatorConfig(strategy="fedprox", hyper=fedavg.hyper, prox_mu=0.05)
+    assert strategy_from_config(fedprox).configure(None).hyper.mu == 0.05  # the 0.2 never reaches a device
+
+
+def test_an_async_table_under_sync_mode_is_refused_and_loads_under_async(tmp_path):
+    text = '[coordinator]\nartifacts_dir = "a"\nmode = "{}"\n[coordinator.async]\nbuffer_size = 4\nconcurrency = 8\n'
+    with pytest.raises(UnreadKey, match=r"coordinator.async.buffer_size, async.concurrency \(the "
+                                        r"\[coordinator.async\] table\) applies to mode = 'async', not 'sync'"):
+        load_coordinator_config(_write(tmp_path, text.format("sync")))
+    assert load_coordinator_config(_write(tmp_path, text.format("async"))).async_.buffer_size == 4
+
+
+@pytest.mark.parametrize("key, value, readers", [
+    ("byzantine_fraction", 0.3, {"trimmed_mean", "krum"}),
+    ("cc_tau", 0.5, {"centered_clipping"}),
+    ("cc_iterations", 5, {"centered_clipping"}),
+])
+def test_a_robust_option_loads_under_the_aggregators_that_read_it_and_is_refused_under_the_rest(tmp_path, key, value,
+                                                                                               readers):
+    for aggregator in ("mean", "norm_bound", "median", "trimmed_mean", "krum", "centered_clipping"):
+        path = _write(tmp_path, f'aggregator = "{aggregator}"\n[robust]\n{key} = {value}\n')
+        if aggregator in readers:
+            assert getattr(load_coordinator_config(path).robust, key) == value
+        else:
+            with pytest.raises(UnreadKey, match=rf"robust.{key} applies to aggregator .*not '{aggregator}'"):
+                load_coordinator_config(path)
+
+
+def test_a_file_that_leaves_the_options_out_loads_under_every_strategy(tmp_path):
+    for strategy in STRATEGIES:
+        assert load_coordinator_config(_write(tmp_path, f'strategy = "{strategy}"\n')).strategy == strategy
+
+
+@pytest.mark.parametrize("text, flags, words", [
+    ('strategy = "fedavg"\nprox_mu = 0.1\n', [], ("coordinator.toml: prox_mu applies to strategy 'fedprox'",)),
+    # the file reads on its own; the flag changes the strategy under it
+    ('strategy = "fedprox"\nprox_mu = 0.1\n', ["--strategy", "fedavg"],
+     ("coordinator.toml: prox_mu applies to strategy 'fedprox', not 'fedavg'", "with the flags given")),
+    ('aggregator = "krum"\n[robust]\nbyzantine_fraction = 0.3\n', ["--aggregator", "median"],
+     ("robust.byzantine_fraction applies to aggregator 'trimmed_mean' or 'krum', not 'median'",)),
+])
+def test_simulate_refuses_a_file_key_its_run_would_not_read(tmp_path, capsys, text, flags, words):
+    from fedge.tools.cli import main
+
+    path = _write(tmp_path, text)
+    assert main(["simulate", "--config", str(path), *flags, "--rounds", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedge: error:"), err
+    for word in words:
+        assert word in err[0], err[0]
