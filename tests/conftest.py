@@ -1,6 +1,8 @@
 """Fixtures shared across the test tree. The Mosquitto ones live in tests/mqtt_fixtures.py,
 the PostgreSQL ones in tests/pg_server.py, the ejabberd cluster in tests/ejabberd_cluster.py."""
 
+import logging
+
 import pytest
 
 from tests import mqtt_fixtures
@@ -14,6 +16,22 @@ from tests.mqtt_fixtures import (  # noqa: F401  (pytest finds fixtures and hook
     mtls_material,
 )
 from tests.pg_server import POSTGRES_FIXTURES, postgres_dsn, postgres_server  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """The root and "fedge" loggers' handlers and levels put back after each test. fedge's main()
+    run in-process (many CLI tests) sets up logging as a command should (edge_runtime/logs.py:
+    the root's handlers replaced by a StreamHandler on the sys.stderr of the moment): under capsys
+    that stream is closed when the test ends, and every later record, from a server thread of
+    another test, printed "--- Logging error --- ValueError: I/O operation on closed file". The
+    saved lists hold pytest's own capture handlers too: its plugin attaches the same objects in
+    every phase, so the list put back is what the teardown phase expects to remove."""
+    saved = [(logger, logger.handlers[:], logger.level) for logger in (logging.getLogger(), logging.getLogger("fedge"))]
+    yield
+    for logger, handlers, level in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
 
 
 def pytest_collection_modifyitems(config, items):

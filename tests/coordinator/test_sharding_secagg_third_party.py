@@ -37,7 +37,7 @@ from tests.coordinator.test_sharding_third_party import mosquitto_connector
 from tests.pg_server import import_psycopg
 from tests.secagg.raw_client import RawClient, field_sum
 from tests.secagg.test_raw_clients import CASES, model  # noqa: F401 - model: the module's fixture
-from tests.secagg.test_secagg_mqtt import _settle
+from tests.secagg.test_secagg_mqtt import _settle, all_answered
 
 ATTACKERS = ("evil0", "evil4")  # crc32 % 2: shard 0 and shard 1
 HONEST = {f"dev{i}" for i in range(len(SIZES))}
@@ -77,8 +77,7 @@ def _fleet(model, tmp_path, dsn, tamper, broker=None):  # noqa: F811
     if broker is None:
         fleet.drain()
     else:
-        _settle(fleet.coordinator, fleet.agents)
-        assert len(fleet.coordinator.registry) == len(SIZES) + len(ATTACKERS)
+        _settle(fleet.coordinator, fleet.agents, lambda: len(fleet.coordinator.registry) == len(SIZES) + len(ATTACKERS))
     return fleet, raws
 
 
@@ -178,7 +177,8 @@ def _run_round_mqtt(fleet):
     c = fleet.coordinator
     assert c.begin_round()
     for _ in range(40):
-        _settle(c, fleet.agents)
+        # the honest devices have answered the stage before the clock may pass it (only a raw client may be silent)
+        _settle(c, fleet.agents, lambda: all_answered(c, sorted(HONEST)))
         record = c.tick()
         if record is not None:
             return record
