@@ -171,7 +171,7 @@ def refuse_lost_state(path: Path, payloads: Path) -> None:
     # A copy the service saved when it saw the state go (_rescue): beside it, or in a state directory
     # systemd made for it, where the restart after a reboot would otherwise begin afresh without a
     # word. Not the working directory or the temp folder: any run may have left one there.
-    for folder in [path.parent, *_systemd_state_directories()]:
+    for folder in dict.fromkeys([path.parent, *_systemd_state_directories()]):  # the unit's first is path.parent
         left += sorted(str(p) for p in folder.glob(f"{glob.escape(path.name)}.rescued*") if p.is_file())[:3]
     if left:
         raise StoreGone(f"state_db {path} is missing, but what its state left is there ({', '.join(left)}). Put "

@@ -309,20 +309,28 @@ class RoundStore(SqlStore):
         """A rescue's copy (state_file._rescue) made whole: the open round's payloads, read from the
         log descriptors this process still holds (their files may be gone with the folder), put into
         the copy's rows as an older row keeps them (log columns NULL: store_rows.log_place)."""
+        # the open round's rows only: a closed round's keep their log columns (its payloads are gone
+        # by design; the rows stay for dedupe) and are never read for bytes again
         rows = copy.execute("SELECT round_id, update_id, log_offset, payload_len, control_len FROM updates "
-                            "WHERE log_offset IS NOT NULL").fetchall()
+                            "WHERE log_offset IS NOT NULL AND round_id IN "
+                            "(SELECT round_id FROM rounds WHERE status = 'open')").fetchall()
         lost = 0
         for round_id, update_id, offset, p_len, c_len in rows:
             try:
                 payload = self._payloads.read(round_id, offset, p_len)
                 control = self._payloads.read(round_id, offset + p_len, c_len)
             except (OSError, StoreCorrupt):
+                # out of the copy: kept, its row pointing at bytes no log holds stopped the restart
+                # (StoreCorrupt); without it the round resumes without that update (its device had its
+                # Ack and does not resend it), and the message counts it
+                copy.execute("DELETE FROM updates WHERE round_id = ? AND update_id = ?", (round_id, update_id))
                 lost += 1
                 continue
             copy.execute("UPDATE updates SET payload = ?, control = ?, log_offset = NULL, payload_len = NULL, "
                          "control_len = NULL WHERE round_id = ? AND update_id = ?",
                          (payload, control, round_id, update_id))
-        return f" ({lost} of the open round's {len(rows)} update payloads could not be read)" if lost else ""
+        return (f" ({lost} of the open round's {len(rows)} accepted updates could not be read back and are left out "
+                "of it)") if lost else ""
 
     def _open_round_updates(self, round_id: int) -> list[StoredUpdate]:
         """StoreCorrupt for a row fedge never wrote (store_rows.py), or bytes the log does not hold."""

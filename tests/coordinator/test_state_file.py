@@ -288,6 +288,7 @@ def test_the_whole_state_folder_deleted_while_serving_is_store_gone_exit_2_with_
     rescued = {"workdir": workdir, "tempdir": temp, "state_directory": unit_rescued}[copy_in] / "state.db.rescued"
     assert f"saved in {rescued} (its folder {folder} is gone)" in str(caught.value)
     assert f"put {rescued} back at {folder / 'state.db'}" in str(caught.value)
+    assert "could not be read" not in str(caught.value)  # round 1's closed row keeps its log columns: not counted
     assert _versions(rescued) == [0, 1]
     with sqlite3.connect(rescued) as db:  # the open round's first update's row came along
         assert db.execute("SELECT update_id FROM updates WHERE round_id = 2").fetchall() == [("u-b",)]
@@ -361,3 +362,22 @@ def test_a_start_without_the_state_db_but_with_a_rescued_copy_is_refused(tmp_pat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "state.db.rescued").write_bytes(b"another run's copy, in the working directory")
     assert RoundStore(folder / "state.db").load_state() is None  # a fresh start
+
+
+def test_an_open_round_update_whose_bytes_cannot_be_read_is_left_out_of_the_rescue_and_counted(tmp_path,
+                                                                                            monkeypatch):
+    """The copy must restart: a row whose bytes the held log no longer has (truncated here) would
+    stop the start as StoreCorrupt, so it is left out of the copy, and the message says how many."""
+    import shutil
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    folder = tmp_path / "state"
+    folder.mkdir()
+    store = _store_at_version_1(folder / "state.db")
+    store.add_update(2, StoredUpdate(1, "b", "u-b", "e" * 64, 9, b"payload-b"))
+    os.ftruncate(store._payloads._files[2], 0)  # the held descriptor's bytes gone
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(folder)
+    with pytest.raises(StoreGone, match=r"1 of the open round's 1 accepted updates could not be read back"):
+        store.add_update(2, StoredUpdate(2, "c", "u-c", "f" * 64, 10, b"payload-c"))
+    _restart_from(tmp_path / "state.db.rescued", folder, expect={})
