@@ -12,6 +12,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError, MalformedPayload
 from fedge.edge_runtime.kernel.protocol import MAX_EXAMPLES, CompressionSpec, Pace, TaskHyper, TrainTask
 from fedge.edge_runtime.kernel.wire_fields import bounded
 
+from . import unread_keys
 from .aggregate import AGGREGATORS
 from .async_mode.config import AsyncConfig, check_mode
 from .dp import config as dp_config
@@ -188,7 +189,8 @@ class CoordinatorConfig:
             kwargs["privacy"] = replace(kwargs["privacy"], mechanism="distributed")
             notes.append(f"privacy.mechanism = 'distributed' (secure aggregation: {secagg_config.WHY_DISTRIBUTED})")
         cfg = cls(**kwargs)
-        check_written(written, cfg)
+        if unread_keys.CHECKING.get():
+            check_written(written, cfg)
         object.__setattr__(cfg, "implied", tuple(notes))
         return cfg
 
@@ -307,12 +309,17 @@ class CoordinatorConfig:
         return self.min_reports or max(1, -(-self.clients_per_round // 2))
 
 
-def load_coordinator_config(path) -> CoordinatorConfig:
+def load_coordinator_config(path, check_unread: bool = True) -> CoordinatorConfig:
     """The CoordinatorConfig of a TOML file: its [coordinator] table when it has one (the file
     `fedge coordinator serve` reads, whose [broker] and [service] tables are not read here),
-    else the whole file. `fedge simulate --config` reads the same files."""
+    else the whole file. `fedge simulate --config` reads the same files. check_unread=False: keys
+    the file's own configuration does not read load (unread_keys.CHECKING: the caller checks)."""
     table, name = coordinator_table(path)
-    return from_dict(CoordinatorConfig, table, Path(path).name, name)
+    token = unread_keys.CHECKING.set(check_unread)
+    try:
+        return from_dict(CoordinatorConfig, table, Path(path).name, name)
+    finally:
+        unread_keys.CHECKING.reset(token)
 
 
 def coordinator_table(path) -> tuple[dict, str]:

@@ -15,6 +15,8 @@ default is refused too (it still says the file expects it to act). Each entry's 
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .strategies import STRATEGY_OPTIONS
@@ -23,6 +25,14 @@ from .strategies import STRATEGY_OPTIONS
 ROBUST_OPTIONS: dict[str, tuple[str, ...]] = {
     "byzantine_fraction": ("trimmed_mean", "krum"), "cc_tau": ("centered_clipping",),
     "cc_iterations": ("centered_clipping",)}
+
+
+# Whether CoordinatorConfig.from_toml checks the file's keys against the config it built (the
+# service's loader: yes). `fedge simulate --config` and `fedge bench heterogeneity --config` load
+# with it off (load_coordinator_config(check_unread=False)): their flags or grid cells set the
+# strategy and aggregator over the file's, so a key is checked against the run's final config
+# (simulate) or set alike for every cell (the benchmark), not against the file's own choice.
+CHECKING: ContextVar[bool] = ContextVar("fedge_unread_keys_checking", default=True)
 
 
 class UnreadKey(ConfigError):

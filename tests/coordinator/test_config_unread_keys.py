@@ -129,3 +129,42 @@ def test_simulate_refuses_a_file_key_its_run_would_not_read(tmp_path, capsys, te
     assert len(err) == 1 and err[0].startswith("fedge: error:"), err
     for word in words:
         assert word in err[0], err[0]
+
+
+@pytest.mark.parametrize("text, flags, read", [
+    # the review's repros: a key the file's own strategy (or aggregator) does not read, made read by a flag
+    ('clients_per_round = 4\nprox_mu = 0.1\n', ["--strategy", "fedprox"], ("prox_mu", 0.1)),
+    ('[robust]\nbyzantine_fraction = 0.1\n', ["--aggregator", "trimmed_mean"], ("robust", 0.1)),
+])
+def test_simulate_runs_a_file_key_a_flag_makes_read(tmp_path, text, flags, read):
+    """`--config` loads the file without its own check, then checks its keys against the run's
+    config, flags applied: refused at load, a file's prox_mu stopped `--strategy fedprox` (exit 2)."""
+    import argparse
+
+    from fedge.tools.simulate.cli import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", str(_write(tmp_path, text)), *flags, "--rounds", "1"])
+    cfg = build_config(args, str(tmp_path / "out")).coordinator
+    key, value = read
+    assert (cfg.robust.byzantine_fraction if key == "robust" else getattr(cfg, key)) == value
+
+
+def test_the_heterogeneity_bench_loads_a_file_key_only_some_of_its_cells_read(tmp_path, monkeypatch):
+    """Every cell sets its own strategy over the file's: server_beta1 is its fedadam and fedyogi
+    cells' (refused at load, the file's fedavg stopped the bench)."""
+    from fedge.tools.bench import heterogeneity
+
+    path = _write(tmp_path, "server_beta1 = 0.5\n")
+    ran = {}
+
+    def fake_run(grid, json_path, report_dir, **kwargs):  # the grid main() built, not a run of it
+        ran["grid"] = grid
+        return {"targets": [], "wall_seconds": 0.0}
+
+    monkeypatch.setattr(heterogeneity, "run", fake_run)
+    assert heterogeneity.main(["--json", str(tmp_path / "h.json"), "--config", str(path)]) == 0
+    assert ran["grid"].coordinator.server_beta1 == 0.5
+    with pytest.raises(UnreadKey):  # the file's own check, on again after the bench's load without it
+        load_coordinator_config(path)

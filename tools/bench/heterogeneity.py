@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     if args.config:
-        grid = replace(grid, coordinator=load_coordinator_config(args.config))
+        # every cell sets its own strategy over the file's: a key the file's strategy does not read
+        # may be one a cell's does (server_beta1 for the fedadam cells), so none is refused here
+        grid = replace(grid, coordinator=load_coordinator_config(args.config, check_unread=False))
     overrides = {k: v for k, v in (("workers", args.workers), ("rounds", args.rounds), ("seed", args.seed),
                                    ("data_standardize", args.standardize)) if v is not None}
     try:

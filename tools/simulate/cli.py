@@ -236,13 +236,14 @@ def _typed(args: argparse.Namespace, name: str):
 def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     """The SimConfig the flags describe: the --config file's coordinator (or the preset),
     then every coordinator flag given on the command line over it."""
-    coordinator = load_coordinator_config(args.config) if args.config else SIM_COORDINATOR
+    # the file's keys are checked against the run's config, flags applied (check_file_keys below)
+    coordinator = load_coordinator_config(args.config, check_unread=False) if args.config else SIM_COORDINATOR
     if not args.config and args.transport == "mqtt":
         coordinator = replace(coordinator, round_deadline_s=MQTT_ROUND_DEADLINE_S)
     given = {name: getattr(args, name) for name in COORDINATOR_FLAGS if getattr(args, name) is not None}
     coordinator = with_options(coordinator, **given)
-    if args.config and given:  # the file's keys loaded under its own strategy; a flag may have changed it
-        check_file_keys(args.config, coordinator)
+    if args.config:  # against the run's strategy and aggregator: a flag may have made a key read, or unread
+        check_file_keys(args.config, coordinator, flags_given=bool(given))
     eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
     return SimConfig(
         devices=_typed(args, "devices"), rounds=args.rounds, seed=args.seed, dataset=_typed(args, "dataset"),
@@ -261,13 +262,15 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     )
 
 
-def check_file_keys(path, coordinator) -> None:
-    """Refuse a key of the --config file that the flags left unread (`--strategy fedavg` over a
-    file's fedprox and prox_mu): the file was checked against its own strategy when it loaded."""
+def check_file_keys(path, coordinator, flags_given: bool = False) -> None:
+    """Refuse a key of the --config file that the run leaves unread, flags applied (`--strategy
+    fedavg` over a file's fedprox and prox_mu), and keep one the flags make read (`--strategy
+    fedprox` over a file's prox_mu and fedavg): the file loaded without its own check."""
     try:
         check_written(coordinator_table(path)[0], coordinator)
     except UnreadKey as exc:
-        raise UnreadKey(exc.key, f"{Path(path).name}: {exc} (with the flags given)") from None
+        raise UnreadKey(exc.key, f"{Path(path).name}: {exc}{' (with the flags given)' if flags_given else ''}") \
+            from None
 
 
 def _progress(total: int, quiet: bool):
