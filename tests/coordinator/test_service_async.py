@@ -7,13 +7,13 @@ model, and no update is in one twice (the harness is the sync drill's, test_serv
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
 
 from fedge.tools.broker import BrokerConfig, MosquittoProcess
-from tests.coordinator.test_service_faults import Fleet, _query, _serve, _wait
+from tests.coordinator.frozen_kill import kill9_once
+from tests.coordinator.test_service_faults import Fleet, _query, _serve
 from tests.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -78,11 +78,13 @@ def test_coordinator_kill9_with_the_buffer_half_full_loses_nothing_and_counts_no
                   slow={f"dev-{i}": 0.4 * (i + 1) for i in range(DEVICES)})
     proc = _serve(_config(tmp_path, broker.url, art_dir), log)
     try:
-        _wait("a committed buffer and the next one half full",
-              lambda: any(s == "committed" for _, s, _ in _buffers(db)) and
-              K // 2 <= len(_open_buffer_keys(db)) < K, 120, proc, log)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        # Read with the service frozen: updates arrive ~0.4 s apart, and one stored between a look
+        # and the kill (a stalled test machine) could fill the buffer, flush it, and leave the
+        # kill in a fresh empty one.
+        kill9_once("a committed buffer and the next one half full", proc,
+                   lambda: (_buffers(db), _open_buffer_keys(db)),
+                   lambda seen: any(s == "committed" for _, s, _ in seen[0]) and K // 2 <= len(seen[1]) < K,
+                   120, log)
         held = _open_buffer_keys(db)  # durable, so acked or about to be: they must all count
         hit = [r for r, s, _ in _buffers(db) if s == "open"]
         assert len(hit) == 1 and K // 2 <= len(held) < K, (hit, held)
