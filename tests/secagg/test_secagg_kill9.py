@@ -6,7 +6,7 @@ keys and masked inputs died with the process), and the next round commits under 
 from __future__ import annotations
 
 import signal
-import time
+import threading
 
 import pytest
 
@@ -36,12 +36,16 @@ def test_kill9_in_the_unmask_stage_reveals_nothing_and_the_next_round_commits(dr
     tmp, broker, art_dir, manifest = drill
     db, log = tmp / "coordinator.db", tmp / "coordinator.log"
     reveal = SecAggParticipant._reveal
+    # Devices hold their answers to the unmask request until the coordinator is dead, so the kill
+    # lands in the stage however long the test takes to see the request (a fixed 2 s hold once
+    # raced a stalled test machine: answers in, round committed, no open round left to kill).
+    may_reveal = threading.Event()
 
-    def slow_reveal(self, message):  # devices take a moment to answer, so the kill lands in the stage
-        time.sleep(2.0)
+    def held_reveal(self, message):
+        may_reveal.wait(60)
         reveal(self, message)
 
-    monkeypatch.setattr(SecAggParticipant, "_reveal", slow_reveal)
+    monkeypatch.setattr(SecAggParticipant, "_reveal", held_reveal)
     spy = MqttTransport("spy", MqttSettings(url=broker.url)).connect()
     spy.subscribe(all_devices_topic("task"))
     fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={})
@@ -57,12 +61,14 @@ def test_kill9_in_the_unmask_stage_reveals_nothing_and_the_next_round_commits(dr
         _wait("the first unmask request", unmask_requested, 120, proc, log)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+        may_reveal.set()  # late answers to a dead coordinator's round; the next rounds' come at once
         assert [r[1] for r in _rounds(db)] == ["open"]
         assert _query(db, "SELECT COUNT(*) FROM updates")[0][0] == 0  # nothing individual was ever stored
         proc = _serve(_config(tmp, broker.url, art_dir), log)
         _wait("a committed round after the restart",
               lambda: any(r[1] == "committed" for r in _rounds(db)), 180, proc, log)
     finally:
+        may_reveal.set()
         if proc.poll() is None:
             proc.kill()
         fleet.close()
