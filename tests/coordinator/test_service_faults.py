@@ -343,6 +343,10 @@ def test_an_update_the_broker_acked_and_lost_is_resent_by_the_device_and_counted
     loop = AgentLoop(agent, poll_s=0.05)
     thread = threading.Thread(target=loop.run, daemon=True)
     first = coordinator()
+    # No timed resend before the kill: a test thread stalled over 1 s between the publish and the
+    # PUBACK check below would see a resend (resent == 1) that the test did not ask for. After
+    # the kill the base interval is back; the reconnect brings the next resend within it.
+    agent.uplink.republish_s = 3600.0
     try:
         thread.start()
         serve(first, lambda: first.eligible_devices() == ["dev-0"], "the check-in")
@@ -363,6 +367,7 @@ def test_an_update_the_broker_acked_and_lost_is_resent_by_the_device_and_counted
         broker.kill9()  # the queued update dies with the broker (no persistence)
         killed = time.monotonic()
         agent.since.set()
+        agent.uplink.republish_s = 1.0
         broker.restart()
         second = coordinator()  # the same store: round 1 resumes, its task is sent again
         back = time.monotonic()
