@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from fedge.edge_runtime.loop import AgentLoop
 from fedge.tools.broker import BrokerConfig, MosquittoProcess
+from tests.coordinator.frozen_kill import kill9_once
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -205,12 +205,11 @@ def test_coordinator_kill9_mid_round_loses_nothing_and_training_continues(drill)
     fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-5": 3.0})
     proc = _serve(config, log)
     try:
-        # Round 1 commits; round 2 is open with some updates stored (and acked): kill -9 now.
-        _wait("round 1 to commit and round 2 to hold updates",
-              lambda: len(_committed(_rounds(db))) >= 1 and _open_round_updates(db) >= 2, 90, proc, log)
-        before = _committed(_rounds(db))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        # Round 1 commits; round 2 is open with some updates stored (and acked): kill -9 now, as read
+        # with the service frozen (frozen_kill.py: dev-5's 3 s is no bound on a stalled test).
+        rows = kill9_once("round 1 to commit and round 2 to hold updates", proc, lambda: _rounds(db),
+                          lambda rows: len(_committed(rows)) >= 1 and _open_round_updates(db) >= 2, 90, log)
+        before = _committed(rows)
         open_rounds = [r for r in _rounds(db) if r[1] == "open"]
         assert len(open_rounds) == 1
 
