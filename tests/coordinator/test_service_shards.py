@@ -33,6 +33,7 @@ import pytest
 from fedge.coordinator.sharding.config import shard_for
 from fedge.coordinator.strategies import ServerState, make_strategy
 from fedge.edge_runtime.kernel.protocol import TaskHyper
+from tests.coordinator.frozen_kill import kill9_once
 from tests.coordinator.shard_reference import reference
 from tests.coordinator.test_service_faults import DEVICES as FAULTS_DEVICES
 from tests.coordinator.test_service_faults import REPO, Fleet, _wait, drill  # noqa: F401 (a fixture)
@@ -142,11 +143,12 @@ def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_i
         _wait("the standby to take shard 0", lambda: _rows(
             postgres_dsn, "SELECT epoch FROM shard_leases WHERE shard = 0")[0][0] == 2, 30, procs["w3"], logs["w3"])
         takeover_s = time.monotonic() - killed
-        _wait("round 3 to count updates", lambda: _rows(
-            postgres_dsn, "SELECT count(*) FROM shard_updates WHERE round_id = 3")[0][0] >= 2,
-            120, procs["leader"], logs["leader"])
-        procs["leader"].send_signal(signal.SIGKILL)
-        procs["leader"].wait(timeout=10)
+        # Read with the leader frozen (frozen_kill.py): dev-0's 3 s, which keeps round 3 open, is no
+        # bound on a stalled test between the read and the kill ("round 3 resumed" below).
+        kill9_once("round 3 open and counting updates", procs["leader"], lambda: _rows(
+            postgres_dsn, "SELECT count(*) FROM shard_updates u JOIN rounds r USING (round_id) "
+                          "WHERE round_id = 3 AND r.status = 'open'")[0][0], lambda counted: counted >= 2,
+            120, logs["leader"])
         _wait("the standby to lead", lambda: _rows(postgres_dsn, "SELECT epoch FROM leader")[0][0] == 2, 30,
               procs["standby"], logs["standby"])
         assert procs["standby"].wait(timeout=240) == 0, logs["standby"].read_text()[-3000:]
