@@ -11,6 +11,7 @@ default is refused too (it still says the file expects it to act). Each entry's 
 * [coordinator.async] with mode = "sync": only service.py's in-flight count and config.py's
   bucket check read it, both under mode = "async"; the sync Coordinator never does.
 * ROBUST_OPTIONS: robust/aggregators.make_aggregator, the only reader of these three keys.
+* SWITCHED_TABLES' settings without the table's `enabled`: read only when it is true.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ ROBUST_OPTIONS: dict[str, tuple[str, ...]] = {
 CHECKING: ContextVar[bool] = ContextVar("fedge_unread_keys_checking", default=True)
 
 
+# Tables whose settings act only when the table's `enabled` is true (dp/config.check_coordinator and
+# the secure round return at once otherwise). A file that writes their settings and no `enabled`
+# believed the mode on: `[coordinator.privacy] target_epsilon = 3` alone trained with no noise, no
+# clipping and no ledger, and said nothing. An explicit `enabled = false` is a table turned off on
+# purpose (the documented way to run a round without it) and loads.
+SWITCHED_TABLES = {"privacy": "differential privacy", "secure_aggregation": "secure aggregation"}
+
+
 class UnreadKey(ConfigError):
     """A key the file sets that the configuration it describes never reads."""
 
@@ -49,6 +58,13 @@ def check_written(written: dict, cfg) -> None:
     """Raise UnreadKey for the first key of `written` (a [coordinator] table as read) that `cfg`
     (the CoordinatorConfig built from it) does not read. The message starts with the key's path
     so that configfile locates it in the file."""
+    for table, what in SWITCHED_TABLES.items():
+        keys = sorted(written.get(table, {}))
+        if keys and "enabled" not in keys:  # enabled = false written: a table kept and turned off on purpose
+            raise UnreadKey(f"{table}.{keys[0]}", f"{table}.{keys[0]}: the [coordinator.{table}] table sets "
+                                                  f"{', '.join(keys)} but not enabled, so {what} is off (enabled "
+                                                  f"defaults to false) and none of them is used; write enabled = "
+                                                  f"true to turn it on, or enabled = false to keep the table off")
     for key, strategies in STRATEGY_OPTIONS.items():
         if key in written and cfg.strategy not in strategies:
             raise UnreadKey(key, f"{key} applies to strategy {' or '.join(map(repr, strategies))}, not "

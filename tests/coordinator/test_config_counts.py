@@ -20,11 +20,14 @@ from fedge.edge_runtime.kernel.secagg.messages import KeyDirectory, SecAggSpec
 HUGE = 10**30
 # What a table's keys need to be read at all (coordinator/unread_keys.py refuses them otherwise)
 READ_UNDER = {"coordinator.async": 'mode = "async"\n', "coordinator.robust": 'aggregator = "centered_clipping"\n'}
+# A switched table's settings load only beside its `enabled` (off here: the bounds are checked either way)
+IN_TABLE = {"coordinator.secure_aggregation": "enabled = false\n"}
 
 
 def _load(tmp_path, table: str, key: str, value):
     path = tmp_path / "c.toml"
-    head = "[coordinator]\n" + READ_UNDER.get(table, "") + ("" if table == "coordinator" else f"[{table}]\n")
+    head = "[coordinator]\n" + READ_UNDER.get(table, "") + ("" if table == "coordinator" else f"[{table}]\n") \
+        + IN_TABLE.get(table, "")
     path.write_text(f"{head}{key} = {value}\n")
     return load_coordinator_config(path)
 

@@ -168,3 +168,20 @@ def test_the_heterogeneity_bench_loads_a_file_key_only_some_of_its_cells_read(tm
     assert ran["grid"].coordinator.server_beta1 == 0.5
     with pytest.raises(UnreadKey):  # the file's own check, on again after the bench's load without it
         load_coordinator_config(path)
+
+
+@pytest.mark.parametrize("table, text", [
+    ("privacy", "target_epsilon = 3.0\nrounds = 10\n"),
+    ("secure_aggregation", "dropout = 0.2\nclip_range = 1.0\n"),
+])
+def test_a_switched_table_without_enabled_is_refused_and_loads_with_it_either_way(tmp_path, table, text):
+    """`[coordinator.privacy] target_epsilon = 3` alone once trained with no noise, no clipping and no
+    ledger entry, and said nothing: the table's settings act only with enabled = true."""
+    head = '[coordinator]\nartifacts_dir = "a"\n'
+    with pytest.raises(UnreadKey, match=rf"coordinator\.{table}\..*sets .* but not enabled, so .* is off") as caught:
+        load_coordinator_config(_write(tmp_path, f"{head}[coordinator.{table}]\n{text}"))
+    assert caught.value.key.startswith(f"{table}.")
+    off = load_coordinator_config(_write(tmp_path, f"{head}[coordinator.{table}]\nenabled = false\n{text}"))
+    assert getattr(off, table).enabled is False  # kept and turned off on purpose: loads
+    on = load_coordinator_config(_write(tmp_path, f"{head}[coordinator.{table}]\nenabled = true\n{text}"))
+    assert getattr(on, table).enabled is True
