@@ -24,7 +24,6 @@ from .secagg import config as secagg_config
 from .secagg.config import SecAggConfig, check_compatible
 from .sharding.config import check_sharding
 from .strategies import STRATEGIES
-from .unread_keys import check_written
 from .weights import WEIGHTINGS
 
 # Asking more than 100 times the devices a round wants is a typo, not a plan (and inf would
@@ -190,7 +189,7 @@ class CoordinatorConfig:
             notes.append(f"privacy.mechanism = 'distributed' (secure aggregation: {secagg_config.WHY_DISTRIBUTED})")
         cfg = cls(**kwargs)
         if unread_keys.CHECKING.get():
-            check_written(written, cfg)
+            unread_keys.check_written(written, cfg)
         object.__setattr__(cfg, "implied", tuple(notes))
         return cfg
 

@@ -133,7 +133,7 @@ def _rescue_folders(path: Path) -> list[Path]:
     except OSError:  # the working directory was the deleted folder
         pass
     folders.append(Path(tempfile.gettempdir()))
-    return [f for i, f in enumerate(folders) if f not in folders[:i]]
+    return list(dict.fromkeys(folders))
 
 
 def _systemd_state_directories() -> list[Path]:
@@ -143,15 +143,16 @@ def _systemd_state_directories() -> list[Path]:
 
 def _new_file(target: Path) -> Path:
     """`target`, or `target`-2, -3, ...: the first name made here as a new empty 0600 file (O_EXCL:
-    never one that exists, nor a link's target)."""
-    base, n = target, 1
-    while True:
+    never one that exists, nor a link's target). OSError past 1000 names (as kernel/files.set_aside
+    bounds its .damaged copies): _rescue then tries the next folder."""
+    for n in range(1, 1001):
+        name = target if n == 1 else Path(f"{target}-{n}")
         try:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-            return target
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            return name
         except FileExistsError:
-            n += 1
-            target = Path(f"{base}-{n}")
+            continue
+    raise FileExistsError(f"{target} and 999 numbered copies of it already exist")
 
 
 def refuse_lost_state(path: Path, payloads: Path) -> None:

@@ -315,10 +315,9 @@ class RoundStore(SqlStore):
                             "WHERE log_offset IS NOT NULL AND round_id IN "
                             "(SELECT round_id FROM rounds WHERE status = 'open')").fetchall()
         lost = 0
-        for round_id, update_id, offset, p_len, c_len in rows:
+        for round_id, update_id, *place in rows:
             try:
-                payload = self._payloads.read(round_id, offset, p_len)
-                control = self._payloads.read(round_id, offset + p_len, c_len)
+                payload, control = self._logged(round_id, place)
             except (OSError, StoreCorrupt):
                 # out of the copy: kept, its row pointing at bytes no log holds stopped the restart
                 # (StoreCorrupt); without it the round resumes without that update (its device had its
@@ -343,11 +342,16 @@ class RoundStore(SqlStore):
             if place is not None:  # a version-4 row: the bytes are in the log (StoreCorrupt if not)
                 # The store keeps whatever digest it is given (the Store contract tests give
                 # made-up ones); the restart checks it against these bytes (admission.replayed).
-                offset, p_len, c_len = place
-                update = replace(update, payload=self._payloads.read(round_id, offset, p_len),
-                                 control=self._payloads.read(round_id, offset + p_len, c_len))
+                payload, control = self._logged(round_id, place)
+                update = replace(update, payload=payload, control=control)
             updates.append(update)
         return updates
+
+    def _logged(self, round_id: int, place) -> tuple[bytes, bytes]:
+        """An update's payload and control out of the round's log; place: (offset, payload length,
+        control length), the two written back to back. StoreCorrupt if the log does not hold them."""
+        offset, p_len, c_len = place
+        return (self._payloads.read(round_id, offset, p_len), self._payloads.read(round_id, offset + p_len, c_len))
 
     def _closed(self, round_id: int, forgot: bool) -> None:
         self._payloads.drop(round_id)  # after the commit: killed before this, the next open sweeps it
