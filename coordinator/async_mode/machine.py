@@ -15,9 +15,16 @@ sync round machine (coordinator/rounds.py) is run.
     Dropped(d)                   -                                d's flight leaves (declined,
                                                                   or its update was refused)
     Flushed()                    -                                version + 1; buffered = 0
+    CheckedIn(d, eligible)       Resend(d, flight) when d has a   -
+                                 flight and is eligible; else -
 
 Staleness is measured from the base version of the task the coordinator sent (the flight),
 never from what the update claims; admission separately checks that the claim matches.
+
+A check-in from a device with a flight means it probably lost its task: it gets it again, but
+only when it says it can train. Ineligible, it would only decline the copy at once (a whole
+model sent for nothing); its task stays in flight until its deadline (Tick) or its decline
+(Dropped), and the shell paces the device as ineligible.
 """
 
 from __future__ import annotations
@@ -95,6 +102,12 @@ class Flushed:
 
 
 @dataclass(frozen=True)
+class CheckedIn:
+    device_id: str
+    eligible: bool  # what its check-in said, and not parked (a parked device is paced as ineligible)
+
+
+@dataclass(frozen=True)
 class Dispatch:
     count: int  # free slots: the shell picks up to this many idle eligible devices
 
@@ -123,8 +136,14 @@ class Flush:
     pass
 
 
-Event = Tick | Dispatched | Arrived | Buffered | Dropped | Flushed
-Action = Dispatch | Expire | Admit | Reject | Flush
+@dataclass(frozen=True)
+class Resend:
+    device_id: str
+    flight: Flight  # the task to send again (the shell's task_resend_s throttle still applies)
+
+
+Event = Tick | Dispatched | Arrived | Buffered | Dropped | Flushed | CheckedIn
+Action = Dispatch | Expire | Admit | Reject | Flush | Resend
 
 
 def on_event(m: AsyncMachine, event: Event) -> tuple[AsyncMachine, list[Action]]:
@@ -162,4 +181,7 @@ def on_event(m: AsyncMachine, event: Event) -> tuple[AsyncMachine, list[Action]]
         return replace(m, flights=m._without(event.device_id)), []
     if isinstance(event, Flushed):
         return replace(m, version=m.version + 1, buffered=0), []
+    if isinstance(event, CheckedIn):
+        flight = m.flight(event.device_id)
+        return m, [Resend(event.device_id, flight)] if flight is not None and event.eligible else []
     raise TypeError(f"unknown event {event!r}")

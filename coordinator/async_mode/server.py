@@ -48,6 +48,7 @@ from .machine import (
     Arrived,
     AsyncMachine,
     Buffered,
+    CheckedIn,
     Dispatch,
     Dispatched,
     Dropped,
@@ -135,8 +136,7 @@ class AsyncCoordinator(Coordinator):
     def start(self) -> None:
         for channel in ("checkin", "update", "status", "fetch"):
             self.transport.subscribe(all_devices_topic(channel))
-        self._resend_tasks()
-        self.outbound.announce(self.state.version, self.round)
+        self.on_reconnect()  # the tasks in flight and the announcement (a resumed buffer has no task_sent yet)
 
     def on_reconnect(self) -> None:
         if self.round is not None:
@@ -169,10 +169,10 @@ class AsyncCoordinator(Coordinator):
         self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples, backoff.fingerprint(msg))
         device_id, now = msg.device_id, self.clock.now()
         self._silent.discard(device_id)
-        flight = self.machine.flight(device_id)
-        if flight is not None:  # silent while it owes an answer: its task was probably lost
-            self._send_task(device_id, flight, now)
-        elif not msg.eligible or self.registry[device_id].parked:  # parked: paced like an ineligible one
+        eligible = msg.eligible and not self.registry[device_id].parked  # parked: paced like an ineligible one
+        if resend := on_event(self.machine, CheckedIn(device_id, eligible))[1]:  # it owes an answer: task lost?
+            self._send_task(device_id, resend[0].flight, now)
+        elif not eligible:  # a task in flight stays until its deadline or decline, not sent to be declined
             self._pace(device_id, pace.INELIGIBLE)
         elif self._rest.get(device_id, 0.0) > now:  # declined or let its task expire lately
             self._pace(device_id, pace.DECLINED)

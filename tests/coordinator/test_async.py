@@ -13,6 +13,7 @@ from fedge.coordinator.async_mode.machine import (
     Arrived,
     AsyncMachine,
     Buffered,
+    CheckedIn,
     Dispatch,
     Dispatched,
     Dropped,
@@ -21,6 +22,7 @@ from fedge.coordinator.async_mode.machine import (
     Flush,
     Flushed,
     Reject,
+    Resend,
     Tick,
     on_event,
 )
@@ -137,6 +139,19 @@ def test_the_kth_buffered_update_flushes_and_the_version_moves():
     assert m.in_flight == 0
     with pytest.raises(ValueError):
         on_event(m, Buffered("a"))
+
+
+def test_a_check_in_resends_a_task_in_flight_only_to_an_eligible_device():
+    """An ineligible device with a task out was sent its task again and declined it at once (the
+    whole model for nothing): its task now stays in flight until its deadline or its decline."""
+    m = _fly(_machine(), "a", "ta", 0, deadline=10.0)
+    flight = m.flight("a")
+    assert on_event(m, CheckedIn("a", True)) == (m, [Resend("a", flight)])  # silent while it owes one: lost?
+    assert on_event(m, CheckedIn("a", False)) == (m, [])  # nothing resent, the flight kept
+    assert on_event(m, CheckedIn("zz", True)) == (m, []) == on_event(m, CheckedIn("zz", False))  # none out
+    late, actions = on_event(m, Tick(10.0))  # the ineligible device's task ends at its deadline ...
+    assert actions == [Expire("a", "ta"), Dispatch(2)] and late.flight("a") is None
+    assert on_event(m, Dropped("a"))[0].flight("a") is None  # ... or at its decline
 
 
 

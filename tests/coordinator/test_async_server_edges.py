@@ -2,7 +2,8 @@
 benchmarks/results/2026-12-06-mutation6-async: a task is resent until its deadline and not at it;
 the journal's tasks are the machine's flights after a stale update; a task row fedge never
 writes (a second one for a device) is dropped at restart, the first kept; a device resting after
-a decline does not count toward the fair share ceil(K / devices present)."""
+a decline does not count toward the fair share ceil(K / devices present); a device with a task out
+that checks in ineligible is paced, not sent the task again to decline."""
 
 from __future__ import annotations
 
@@ -96,3 +97,21 @@ def test_a_device_resting_after_a_decline_is_not_present_for_the_fair_share(mode
     assert c.machine.flight(a.id) is not None and c.machine.flight(b.id) is None
     _send(fleet, a, random_delta(c.shapes, rng), "u1")
     assert c.state.version == 1
+
+
+def test_a_device_with_a_task_out_that_checks_in_ineligible_is_paced_and_its_task_kept(model, tmp_path):
+    """It was sent its task again, declined it at once (the whole model for nothing) and rested
+    pace_declined_s: the resend is for a device that lost its task and can train it."""
+    fleet, (busy, other) = _fleet(model, tmp_path, 2)
+    c = fleet.coordinator
+    flight, sent = c.machine.flight(busy.id), c.round.bytes_down
+    assert flight is not None and _tasks_received(busy) == 1
+    fleet.clock.advance(c.config.task_resend_s + 1)  # past the resend throttle
+    busy.check_in(eligible=False, reason="cpu_busy")
+    fleet.drain()
+    assert _tasks_received(busy) == 1 and c.round.bytes_down == sent  # no copy of the task
+    assert busy.paces()[-1].reason == "ineligible"
+    assert c.machine.flight(busy.id) == flight  # kept: its deadline or its decline ends it
+    busy.check_in()  # eligible again, task still out: it gets it again
+    fleet.drain()
+    assert _tasks_received(busy) == 2 and busy.task().task_id == flight.task_id
