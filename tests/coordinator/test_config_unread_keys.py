@@ -95,6 +95,7 @@ def test_an_async_table_under_sync_mode_is_refused_and_loads_under_async(tmp_pat
     ("byzantine_fraction", 0.3, {"trimmed_mean", "krum"}),
     ("cc_tau", 0.5, {"centered_clipping"}),
     ("cc_iterations", 5, {"centered_clipping"}),
+    ("bucket_size", 1, {"median", "trimmed_mean", "krum", "centered_clipping"}),  # 1: off, but only these read it
 ])
 def test_a_robust_option_loads_under_the_aggregators_that_read_it_and_is_refused_under_the_rest(tmp_path, key, value,
                                                                                                readers):
@@ -185,3 +186,172 @@ def test_a_switched_table_without_enabled_is_refused_and_loads_with_it_either_wa
     assert getattr(off, table).enabled is False  # kept and turned off on purpose: loads
     on = load_coordinator_config(_write(tmp_path, f"{head}[coordinator.{table}]\nenabled = true\n{text}"))
     assert getattr(on, table).enabled is True
+
+
+# --- the robust sub-tables, sharding, async ---------------------------------------------------------------
+
+ALL_AGGREGATORS = ("mean", "norm_bound", "median", "trimmed_mean", "krum", "centered_clipping")
+KEEP_ALL = ("median", "trimmed_mean", "krum", "centered_clipping")
+# README, Robust aggregation: [robust.norm] is norm_bound's; every other rule but mean keeps the
+# norm history (cut to window) that centered_clipping's default radius is the median of (min_history).
+NORM_READERS = {"window": set(ALL_AGGREGATORS) - {"mean"}, "min_history": {"norm_bound", "centered_clipping"}}
+NORM_VALUES = {"multiplier": 1.0, "window": 8, "min_history": 10, "initial_bound": 0.5, "weight_multiplier": 0.0,
+               "exclude_multiplier": 0.0, "exclude_claim_allowance": 3.0}  # each valid, none the default
+
+
+def _rounds(name, robust, guard_loss=None) -> list[bytes]:
+    """Two rounds of one aggregator over fixed updates (one 10x the others' norm, claiming 10x the
+    median weight; the second round's 3x the first's, so that a bound from the history binds):
+    every result and the cross-round state it carries, as bytes."""
+    from fedge.coordinator.robust.aggregators import RobustState, advance, make_aggregator
+
+    rng, state, out = np.random.default_rng(5), RobustState(), []
+    for growth in (1.0, 3.0):
+        scales, weights = [1.0, 1.2, 0.8, 1.1, 0.9, 10.0], [10.0, 20.0, 30.0, 10.0, 20.0, 200.0]
+        agg = make_aggregator(name, robust, state, np.random.default_rng(0), guard_loss)
+        for scale, weight in zip(scales, weights):
+            agg.add({"w": (growth * scale * rng.normal(size=5) / np.sqrt(5)).astype(np.float32)}, weight)
+        out.append(agg.mean()["w"].tobytes())
+        state = advance(state, agg, robust)
+        out += [np.asarray(state.history.norms).tobytes(), np.asarray(state.claims.norms).tobytes()]
+    return out
+
+
+def _robust(**tables):
+    from fedge.coordinator.robust.aggregators import RobustConfig
+    from fedge.coordinator.robust.norm_bound import NormBoundConfig
+    from fedge.coordinator.robust.screening import ScreenConfig
+    from fedge.coordinator.robust.sign_split import SignSplitConfig
+
+    kinds = {"norm": NormBoundConfig, "screen": ScreenConfig, "sign": SignSplitConfig}
+    return RobustConfig(**{table: kinds[table](**keys) for table, keys in tables.items()})
+
+
+@pytest.mark.parametrize("key", sorted(NORM_VALUES))
+def test_a_robust_norm_key_loads_under_the_aggregators_that_read_it_and_is_refused_under_the_rest(tmp_path, key):
+    readers = NORM_READERS.get(key, {"norm_bound"})
+    for aggregator in ALL_AGGREGATORS:
+        path = _write(tmp_path, f'aggregator = "{aggregator}"\n[robust.norm]\n{key} = {NORM_VALUES[key]}\n')
+        if aggregator in readers:
+            assert getattr(load_coordinator_config(path).robust.norm, key) == NORM_VALUES[key]
+        else:
+            with pytest.raises(UnreadKey, match=rf"coordinator.toml: robust.norm.{key} applies to aggregator "
+                                                rf".*not '{aggregator}'") as caught:
+                load_coordinator_config(path)
+            assert caught.value.key == f"robust.norm.{key}"
+
+
+@pytest.mark.parametrize("key", sorted(NORM_VALUES))
+def test_the_norm_readers_are_what_the_aggregators_do(key):
+    """A [robust.norm] key an aggregator reads changes its two rounds (result or carried history);
+    one refused leaves them bit for bit."""
+    for aggregator in ALL_AGGREGATORS:
+        default, changed = (_rounds(aggregator, _robust(**tables))
+                            for tables in ({}, {"norm": {key: NORM_VALUES[key]}}))
+        assert (default != changed) == (aggregator in NORM_READERS.get(key, {"norm_bound"})), (key, aggregator)
+
+
+def test_device_clip_is_read_by_norm_bound_in_sync_mode_only(tmp_path):
+    """records._device_clip, its only reader, gives an async round's tasks no clip whatever it says."""
+    from dataclasses import replace
+
+    from fedge.coordinator.records import _device_clip
+    from fedge.coordinator.robust.aggregators import StreamingAggregator
+
+    text = 'aggregator = "{}"\nmode = "{}"\n[robust.norm]\ndevice_clip = false\n'
+    assert load_coordinator_config(_write(tmp_path, text.format("norm_bound", "sync"))).robust.norm.device_clip is False
+    with pytest.raises(UnreadKey, match="robust.norm.device_clip applies to mode = 'sync', not 'async'"):
+        load_coordinator_config(_write(tmp_path, text.format("norm_bound", "async")))
+    with pytest.raises(UnreadKey, match="robust.norm.device_clip applies to aggregator 'norm_bound', not 'median'"):
+        load_coordinator_config(_write(tmp_path, text.format("median", "sync")))
+    bounded = StreamingAggregator(bound=2.0)
+    for mode in ("sync", "async"):
+        on, off = (_device_clip(replace(CoordinatorConfig(mode=mode), robust=_robust(norm={"device_clip": clip})),
+                                bounded) for clip in (True, False))
+        assert (on is not None and on.clip_norm == 2.0, off) == ((True, None) if mode == "sync" else (False, None))
+
+
+def test_robust_screen_is_read_by_norm_bound_with_a_guard_set_only(tmp_path):
+    table = "[robust.screen]\nmin_keep = 1.0\n"
+    guarded = load_coordinator_config(_write(tmp_path, f'guard_set = "guard.npz"\n{table}'))
+    assert guarded.robust.screen.min_keep == 1.0
+    with pytest.raises(UnreadKey, match=r"coordinator.toml: robust.screen.min_keep: .* applies with a guard set, "
+                                        r"and guard_set is not set"):
+        load_coordinator_config(_write(tmp_path, table))
+    for aggregator in set(ALL_AGGREGATORS) - {"norm_bound"}:
+        with pytest.raises(UnreadKey, match=rf"robust.screen.min_keep applies to aggregator 'norm_bound', not "
+                                            rf"'{aggregator}'"):
+            load_coordinator_config(_write(tmp_path, f'aggregator = "{aggregator}"\nguard_set = "g.npz"\n{table}'))
+    # the aggregators: min_keep = 1 keeps the update the guard set would drop, under norm_bound with a guard only
+    target = np.random.default_rng(9).normal(size=5)
+
+    def guard(delta):
+        return float(np.sum((delta["w"] - target) ** 2))
+
+    for aggregator in ALL_AGGREGATORS:
+        for loss in (guard, None):
+            default, changed = (_rounds(aggregator, _robust(**tables), loss)
+                                for tables in ({}, {"screen": {"min_keep": 1.0}}))
+            assert (default != changed) == (aggregator == "norm_bound" and loss is not None), (aggregator, loss)
+
+
+def test_robust_sign_is_norm_bounds_and_its_settings_need_gap(tmp_path):
+    with pytest.raises(UnreadKey, match=r"robust.sign.round_clip: the \[robust.sign\] table sets round_clip, share "
+                                        r"but not gap, so the sign split is off"):
+        load_coordinator_config(_write(tmp_path, "[robust.sign]\nshare = 0.2\nround_clip = 1.0\n"))
+    for gap in (0, 4):  # gap = 0 written: kept and turned off on purpose
+        cfg = load_coordinator_config(_write(tmp_path, f"[robust.sign]\ngap = {gap}\nround_clip = 1.0\n"))
+        assert (cfg.robust.sign.gap, cfg.robust.sign.round_clip) == (gap, 1.0)
+    for aggregator in set(ALL_AGGREGATORS) - {"norm_bound"}:
+        with pytest.raises(UnreadKey, match=rf"robust.sign.gap applies to aggregator 'norm_bound', not '{aggregator}'"):
+            load_coordinator_config(_write(tmp_path, f'aggregator = "{aggregator}"\n[robust.sign]\ngap = 0\n'))
+    # the aggregator: round_clip acts with gap > 0 only, under norm_bound only
+    for aggregator in ALL_AGGREGATORS:
+        for gap in (0.0, 1e-9):
+            base = {"gap": gap} if aggregator == "norm_bound" else {}
+            default, changed = (_rounds(aggregator, _robust(sign={**base, **extra}))
+                                for extra in ({}, {"round_clip": 1.0}))
+            assert (default != changed) == (aggregator == "norm_bound" and gap > 0), (aggregator, gap)
+
+
+def test_shard_takeover_s_is_refused_without_shards_and_loads_with_them(tmp_path):
+    with pytest.raises(UnreadKey, match=r"coordinator.toml: coordinator.shard_takeover_s applies to sharded ingest "
+                                        r"\(shards > 0\), not shards = 0") as caught:
+        load_coordinator_config(_write(tmp_path, '[coordinator]\nartifacts_dir = "a"\nshard_takeover_s = 10.0\n'))
+    assert caught.value.key == "shard_takeover_s"
+    cfg = load_coordinator_config(_write(tmp_path, 'shards = 2\nstate_dsn = "postgresql://fedge@127.0.0.1/fedge"\n'
+                                                   'shard_takeover_s = 10.0\n'))
+    assert (cfg.shards, cfg.shard_takeover_s) == (2, 10.0)
+
+
+@pytest.mark.parametrize("key, value", [("clients_per_round", 4), ("min_reports", 2)])
+def test_a_sync_round_key_is_refused_in_async_mode_and_loads_in_sync(tmp_path, key, value):
+    text = f'mode = "{{}}"\n{key} = {value}\n[async]\nbuffer_size = 2\n'
+    with pytest.raises(UnreadKey, match=rf"coordinator.toml: {key} applies to mode = 'sync', not 'async': a buffer "
+                                        rf"takes async.buffer_size"):
+        load_coordinator_config(_write(tmp_path, text.format("async")))
+    assert getattr(load_coordinator_config(_write(tmp_path, f"{key} = {value}\n")), key) == value
+
+
+def test_the_keys_async_mode_still_reads_load(tmp_path):
+    """over_selection sizes the service's inbound chunk budget in async mode too (service.coordinator_link),
+    round_deadline_s is each task's deadline, task_resend_s and the paces steer its devices, and the
+    loop's abandon backoff spaces begin_round after a buffer fails to open."""
+    text = ('mode = "async"\nover_selection = 1.5\nround_deadline_s = 60\ntask_resend_s = 5\npace_idle_s = 30\n'
+            'abandon_backoff_s = 2\n[async]\nbuffer_size = 2\n')
+    cfg = load_coordinator_config(_write(tmp_path, text))
+    assert (cfg.over_selection, cfg.round_deadline_s, cfg.abandon_backoff_s) == (1.5, 60, 2)
+
+
+def test_simulate_guard_fraction_makes_a_files_robust_screen_read(tmp_path):
+    import argparse
+
+    from fedge.tools.simulate.cli import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    path = _write(tmp_path, "[robust.screen]\nmin_keep = 0.6\n")
+    args = parser.parse_args(["--config", str(path), "--guard-fraction", "0.1", "--rounds", "1"])
+    assert build_config(args, str(tmp_path / "out")).coordinator.robust.screen.min_keep == 0.6
+    with pytest.raises(UnreadKey, match="robust.screen.min_keep: .*guard_set is not set"):
+        build_config(parser.parse_args(["--config", str(path), "--rounds", "1"]), str(tmp_path / "out"))

@@ -135,10 +135,10 @@ def test_coordinator_config_chooses_an_aggregator_by_name(tmp_path):
         CoordinatorConfig(aggregator="norm_bound", robust=RobustConfig(bucket_size=2))
     path = tmp_path / "coordinator.toml"
     path.write_text('aggregator = "krum"\n[robust]\nbyzantine_fraction = 0.3\nbucket_size = 2\n'
-                    '[robust.norm]\nmultiplier = 4.0\n')
+                    '[robust.norm]\nwindow = 50\n')  # krum records its norms into the history, cut to window
     cfg = load_coordinator_config(path)
     assert cfg.aggregator == "krum" and cfg.robust.byzantine_fraction == 0.3 and cfg.robust.bucket_size == 2
-    assert cfg.robust.norm.multiplier == 4.0 and cfg.robust.cc_iterations == 3
+    assert cfg.robust.norm.window == 50 and cfg.robust.cc_iterations == 3
     path.write_text("[robust]\nbyzantine_fraction = 0.7\n")
     with pytest.raises(ConfigError, match="byzantine_fraction"):
         load_coordinator_config(path)

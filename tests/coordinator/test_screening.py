@@ -147,10 +147,11 @@ def test_screen_config_refuses_bad_values(bad):
 
 def test_screen_settings_load_from_toml(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text("[coordinator.robust.screen]\ntolerance = 0.01\nmin_keep = 0.6\n")
+    guarded = '[coordinator]\nguard_set = "guard.npz"\n'  # the screen runs with a guard set only (unread_keys.py)
+    path.write_text(f"{guarded}[coordinator.robust.screen]\ntolerance = 0.01\nmin_keep = 0.6\n")
     cfg = load_config(CoordinatorConfig, path, "coordinator")
     assert cfg.robust.screen == ScreenConfig(tolerance=0.01, min_keep=0.6)
-    path.write_text("[coordinator.robust.screen]\nmin_keep = 2.0\n")
+    path.write_text(f"{guarded}[coordinator.robust.screen]\nmin_keep = 2.0\n")
     with pytest.raises(Exception, match="min_keep"):
         load_config(CoordinatorConfig, path, "coordinator")
 

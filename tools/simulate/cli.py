@@ -243,7 +243,9 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     given = {name: getattr(args, name) for name in COORDINATOR_FLAGS if getattr(args, name) is not None}
     coordinator = with_options(coordinator, **given)
     if args.config:  # against the run's strategy and aggregator: a flag may have made a key read, or unread
-        check_file_keys(args.config, coordinator, flags_given=bool(given))
+        # --guard-fraction gives the run a guard set (fleet.prepare), which [robust.screen] needs
+        guarded = replace(coordinator, guard_set="(--guard-fraction)") if args.guard_fraction else coordinator
+        check_file_keys(args.config, guarded, flags_given=bool(given) or bool(args.guard_fraction))
     eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
     return SimConfig(
         devices=_typed(args, "devices"), rounds=args.rounds, seed=args.seed, dataset=_typed(args, "dataset"),
