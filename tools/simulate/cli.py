@@ -94,8 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", dest="broker_url", metavar="URL", type=names_arg,
                    help="with --transport mqtt: use this broker (mqtt://host:port); default: start a local Mosquitto")
     p.add_argument("--round-deadline", dest="round_deadline_s", type=float, default=None,
-                   help=f"seconds a round waits for reports ({c.round_deadline_s:g} simulated; "
-                        f"{MQTT_ROUND_DEADLINE_S:g} real with mqtt)")
+                   help=f"with --transport mqtt: seconds a round waits for reports ({MQTT_ROUND_DEADLINE_S:g}); "
+                        f"refused in memory, where devices train in no simulated time (the preset's "
+                        f"{c.round_deadline_s:g} s never binds)")
     p.add_argument("--profiles", type=names_arg, help="with mqtt: device profiles, comma list, assigned round-robin "
                    "(shipped: pi4-ups, jetson-nano, phone-like, flaky-cellular, or TOML paths)")
     p.add_argument("--baselines", type=names_arg, help="comma list: local (each device alone), central (pooled data)")

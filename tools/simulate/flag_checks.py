@@ -12,6 +12,16 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from .config import SYNTHETIC_SPLIT, SimConfig
 
 
+class DeadlineInMemory(ConfigError):
+    """--round-deadline with --transport memory. In memory a device trains in no simulated time
+    (the clock moves only when a round stalls: InMemoryFleet.run_round), so every device answers
+    before any deadline, and which answer late is drawn from the seed (stragglers.py): the runs
+    with --round-deadline 1 and 600 were the same, bit for bit. Over MQTT devices take real time
+    (profiles add to it) and the deadline cuts off the slow ones."""
+
+    reason = "round_deadline_in_memory"
+
+
 def check_options_apply(cfg: SimConfig, typed: Collection[str]) -> None:
     """cfg: what the flags built; typed: the flags typed (by dest): the coordinator's (cli.COORDINATOR_FLAGS),
     and the ones a run may not use (cli.TYPED_ONLY), refused when typed even at their default value
@@ -40,6 +50,10 @@ def check_options_apply(cfg: SimConfig, typed: Collection[str]) -> None:
                           "when --standardize asks")
     if cfg.broker_url and cfg.transport != "mqtt":
         raise ConfigError("--broker needs --transport mqtt")
+    if "round_deadline_s" in typed and cfg.transport == "memory":
+        raise DeadlineInMemory("--round-deadline needs --transport mqtt: in memory a device trains in no simulated "
+                               "time, so every device answers before any deadline (who answers late is drawn from "
+                               "the seed) and the run would be the same with any deadline")
     for baseline in ("local", "central"):  # the epochs of a baseline the run does not train
         if getattr(cfg, f"{baseline}_epochs") is not None and baseline not in cfg.baselines:
             raise ConfigError(f"--{baseline}-epochs applies to --baselines {baseline}, not --baselines "
