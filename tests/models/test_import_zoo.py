@@ -1,0 +1,205 @@
+"""Models from elsewhere that the import misread (a zoo of torch.onnx.export, skl2onnx and
+onnxruntime.quantization models: benchmarks/results/2026-12-07-import-zoo): torch's
+`h.double().float()` between layers and `(W @ x.T).T` froze a layer that trains; a statically
+quantized (QDQ) tail was refused as having computed weights, and quantized models were refused
+without saying they were quantized. Oracle: ONNX Runtime running the source file (the imported
+model as is, to 1e-5), the float64 numpy reference for training (import_check), torch itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+quantization = pytest.importorskip("onnxruntime.quantization")
+
+from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from fedge.models.onnx_probe import run_to  # noqa: E402
+from fedge.models.onnx_source import OnnxImportError, stored_tensors  # noqa: E402
+from tests.models.import_check import _digits_images  # noqa: E402
+from tests.models.test_import_torch_variants import _build_check_and_export  # noqa: E402
+from tests.torch_export import export  # noqa: E402
+
+nn = torch.nn
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+class _DoubleThenFloat(nn.Module):
+    """fc1's output through float64 and back, as code that mixes precisions writes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 32), nn.Linear(32, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x).double().float()))))
+
+
+class _LeftMatmul(nn.Module):
+    """Weights kept (out, in) and multiplied from the left: (W @ x.T).T + b, or (W @ x.T + b).T
+    with b (out, 1)."""
+
+    def __init__(self, bias_inside: bool, then=None):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(32, 64) * 0.1)
+        self.b1 = nn.Parameter(torch.randn(32, 1) * 0.1 if bias_inside else torch.randn(32) * 0.1)
+        self.fc2, self.bias_inside, self.then = nn.Linear(32, 10), bias_inside, then or nn.ReLU()
+
+    def forward(self, x):
+        h = (self.w1 @ x.T + self.b1).T if self.bias_inside else (self.w1 @ x.T).T + self.b1
+        return self.fc2(self.then(h))
+
+
+def _flat_digits(n: int = 64):
+    x, y = _digits_images(n)
+    return x.reshape(len(x), -1), y
+
+
+def _import(path, **kw):
+    return import_spec(ImportOptions(str(path), head="global", **kw))
+
+
+def test_a_double_float_round_trip_between_layers_leaves_them_trainable(tmp_path):
+    """Cast to double then back to float32 is the identity on float32 values; it moved the cut
+    after it and froze fc1 (a notice said 'starts after Cast, Relu')."""
+    torch.manual_seed(0)
+    model = _DoubleThenFloat()
+    x, y = _flat_digits()
+    path = tmp_path / "double.onnx"
+    export(torch, model, torch.from_numpy(x[:2]), path)
+    assert [n.op_type for n in onnx.load(path).graph.node][1:3] == ["Cast", "Cast"]
+    spec = _import(path)
+    assert (spec.onnx_cut, [layer.units for layer in spec.layers]) == ("input", [32, 16])
+    _build_check_and_export(path, x, y, False, "logits")
+
+
+def test_a_float16_round_trip_still_ends_the_tail(tmp_path):
+    """float32 -> float16 -> float32 rounds: not passed over (fc1 stays in the backbone)."""
+
+    class Half(_DoubleThenFloat):
+        def forward(self, x):
+            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x).half().float()))))
+
+    x, _ = _flat_digits()
+    export(torch, Half(), torch.from_numpy(x[:2]), tmp_path / "half.onnx")
+    assert [layer.units for layer in _import(tmp_path / "half.onnx").layers] == [16]
+
+
+@pytest.mark.parametrize("bias_inside", [False, True], ids=["bias-after", "bias-inside"])
+def test_a_layer_written_as_w_times_x_transposed_trains(tmp_path, bias_inside):
+    """(W @ x.T).T + b was refused ('no dense tail': the Transpose named as a computed weight);
+    (W @ x.T + b).T froze the layer with no notice at all. Both are x @ W.T + b: one dense layer."""
+    torch.manual_seed(1)
+    model = _LeftMatmul(bias_inside)
+    x, y = _flat_digits()
+    path = tmp_path / "left.onnx"
+    export(torch, model, torch.from_numpy(x[:2]), path)
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops[:3] == ["Transpose", "MatMul", "Add" if bias_inside else "Transpose"]
+    spec = _import(path)
+    assert (spec.onnx_cut, [(s.units, s.activation) for s in spec.layers]) == ("input", [(32, "relu")])
+    assert spec.layers[0].mode != "frozen"
+    trained = _build_check_and_export(path, x, y, False, "logits")
+    assert any(k.startswith("fc1.") for k in trained)  # fc1's own parameters (its LoRA adapter) trained
+
+
+def test_a_frozen_left_matmul_layer_is_named(tmp_path, caplog):
+    """Where an activation the tail cannot train (ELU) follows such a layer, it stays frozen, and
+    the notice names it (it named nothing: its stored operand is the MatMul's first)."""
+    x, _ = _flat_digits()
+    export(torch, _LeftMatmul(True, nn.ELU()), torch.from_numpy(x[:2]), tmp_path / "elu.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        assert _import(tmp_path / "elu.onnx").layers == ()
+    assert "1 dense layer(s) stay frozen in the backbone (MatMul '/MatMul')" in caplog.text
+
+
+def _calibration(x: np.ndarray):
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": x[i:i + 8]} for i in range(0, 32, 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    return Reader()
+
+
+def _torch_mlp(tmp_path, x):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 10))
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "float.onnx")
+    return tmp_path / "float.onnx"
+
+
+def _without_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The QDQ model with its activations' QuantizeLinear -> DequantizeLinear pairs bypassed: the
+    weights stay stored quantized behind DequantizeLinear (weight-only quantization)."""
+    quantize = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    passes = {n.output[0]: quantize[n.input[0]] for n in model.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in quantize}
+    kept = [n for n in model.graph.node if n.output[0] not in quantize and n.output[0] not in passes]
+    for node in kept:
+        node.input[:] = [passes.get(i, i) for i in node.input]
+    out = model.graph.output[0].name
+    if out in passes:  # the last pair wrote the graph's output: its input is renamed to it
+        for node in kept:
+            node.output[:] = [out if o == passes[out] else o for o in node.output]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
+def test_a_static_qdq_model_folds_its_weights_and_names_its_quantized_activations(tmp_path):
+    """quantize_static (QDQ): each weight is DequantizeLinear(int8, scale, zero point), a constant
+    whose values are read as ONNX Runtime computes them (exactly); the 8-bit rounding between the
+    layers is what no float tail computes, and the refusal now names it and says the model is
+    quantized (it named the DequantizeLinear as a computed weight). With those pairs bypassed
+    (weight-only quantization) the model imports and every layer trains."""
+    x, y = _flat_digits()
+    src = _torch_mlp(tmp_path, x)
+    qdq = tmp_path / "qdq.onnx"
+    quantization.quantize_static(str(src), str(qdq), _calibration(x), quant_format=quantization.QuantFormat.QDQ,
+                                 per_channel=True, extra_options={"QDQKeepRemovableActivations": True})
+    model = onnx.load(qdq)
+    weights = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and "weight" in n.input[0]]
+    assert len(weights) == 3
+    stored = stored_tensors(model.graph)
+    for name, want in zip(weights, run_to(model, {"input": x[:1]}, weights)):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(stored[name]), want)
+    with pytest.raises(OnnxImportError, match=r"QuantizeLinear node '.*' after .*; the model is quantized "
+                                              r"\(QuantizeLinear node 'input_QuantizeLinear'.*nodes_to_exclude"):
+        _import(qdq)
+    weight_only = tmp_path / "weight_only.onnx"
+    onnx.save(_without_activation_qdq(model), weight_only)
+    spec = _import(weight_only)
+    assert (spec.onnx_cut, [(s.units, s.activation) for s in spec.layers]) == ("input", [(32, "relu"), (16, "tanh")])
+    _build_check_and_export(weight_only, x, y, False, "logits")
+
+
+def test_a_dynamically_quantized_model_is_refused_as_quantized(tmp_path):
+    """quantize_dynamic: DynamicQuantizeLinear and MatMulInteger in place of the dense layers; the
+    refusal listed the graph's ops and now says it is quantized and what imports."""
+    x, _ = _flat_digits()
+    dyn = tmp_path / "dyn.onnx"
+    quantization.quantize_dynamic(str(_torch_mlp(tmp_path, x)), str(dyn))
+    with pytest.raises(OnnxImportError, match=r"found no dense tail.*the model is quantized \(DynamicQuantizeLinear "
+                                              r"node .*MatMulInteger node .*import the float model"):
+        _import(dyn)
+
+
+def test_a_quantized_backbone_before_a_float_tail_runs_as_the_backbone(tmp_path):
+    """quantize_static QDQ of the convolutions only: the quantized ops are the frozen backbone's and
+    the float Linear layers after them train (kept working: a regression check)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    x, y = _digits_images(64)
+    export(torch, model, torch.from_numpy(x[:2]), tmp_path / "cnn.onnx")
+    qdq = tmp_path / "cnn_qdq.onnx"
+    quantization.quantize_static(str(tmp_path / "cnn.onnx"), str(qdq), _calibration(x),
+                                 quant_format=quantization.QuantFormat.QDQ, op_types_to_quantize=["Conv"])
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(qdq).graph.node}
+    assert [s.units for s in _import(qdq).layers] == [16]
+    _build_check_and_export(qdq, x, y, False, "logits")
