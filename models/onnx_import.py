@@ -39,6 +39,7 @@ from .import_options import ImportOptions
 from .onnx_activation import TRAINABLE, match_activation
 from .onnx_casts import after_exact_casts
 from .onnx_cut import DENSE_OPS, check_cut_type, no_tail_error
+from .onnx_einsum import einsum_layer, einsum_weight
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
@@ -46,7 +47,7 @@ from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_cl
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice, tied_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
-from .onnx_transposed import swaps_two_axes, transposed_layer, transposed_start
+from .onnx_transposed import transposed_layer, transposed_start
 from .spec import LayerSpec, ModelSpec
 
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
@@ -137,7 +138,8 @@ class _Graph:
     def dense_after(self, tensor: str) -> onnx.NodeProto | None:
         """A dense layer (Gemm or MatMul with a stored weight) computed from `tensor`, if any."""
         return next((n for n in self.downstream(tensor) if n.op_type in DENSE_OPS and len(n.input) > 1
-                     and n.input[1] in self.consts or transposed_start(self, n) is not None), None)
+                     and n.input[1] in self.consts or transposed_start(self, n) or einsum_weight(self, n) is not None),
+                    None)
 
     def class_labels(self, logits: str) -> np.ndarray | None:
         """The labels the source maps its classifier's outputs to (scikit-learn's classes_, kept
@@ -162,10 +164,15 @@ def _bias(g: _Graph, node: onnx.NodeProto, value: np.ndarray, units: int) -> np.
                               "dense layer has one bias per output") from None
 
 
+def _written_otherwise(g: _Graph, x: str, node: onnx.NodeProto):
+    """A dense layer that reads x other than as Gemm or MatMul(x, W): onnx_transposed, onnx_einsum."""
+    return transposed_layer(g, x, node) or einsum_layer(g, x, node)
+
+
 def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     """The dense layer that starts at `node` (which consumes x), with its bias and activation;
-    or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py)."""
-    start = transposed_layer(g, x, node)
+    or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py)."""
+    start = _written_otherwise(g, x, node)
     if start is not None:
         node, w, b, out = start  # named by its MatMul, as the notice names dense layers
     label = _node_label(node)
@@ -254,7 +261,7 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
                 raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {w.shape[0]} features, the layer "
                                       f"before gives {layers[-2].weight.shape[1]}")
             break
-        if node.op_type not in DENSE_OPS and transposed_layer(g, tensor, node) is None:
+        if node.op_type not in DENSE_OPS and _written_otherwise(g, tensor, node) is None:
             raise OnnxImportError(f"{g.where}: {_node_label(node)} after {tensor!r}: the trainable tail takes dense "
                                   f"layers (Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after "
                                   "this node")
@@ -274,7 +281,7 @@ def find_cut(g: _Graph) -> str:
     last_error = None
     for node in g.model.graph.node:
         if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in g.consts \
-                or is_linear_classifier(node) or swaps_two_axes(node) and transposed_layer(g, node.input[0], node):
+                or is_linear_classifier(node) or node.input and _written_otherwise(g, node.input[0], node):
             try:
                 parse_tail(g, node.input[0])
                 return node.input[0]

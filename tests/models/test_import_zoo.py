@@ -1,6 +1,7 @@
 """Models from elsewhere that the import misread (a zoo of torch.onnx.export, skl2onnx and
 onnxruntime.quantization models: benchmarks/results/2026-12-07-import-zoo): torch's
-`h.double().float()` between layers and `(W @ x.T).T` froze a layer that trains; a statically
+`h.double().float()` between layers, `(W @ x.T).T` and `torch.einsum("bi,oi->bo", x, W)` froze
+a layer that trains; a statically
 quantized (QDQ) tail was refused as having computed weights, and quantized models were refused
 without saying they were quantized. Oracle: ONNX Runtime running the source file (the imported
 model as is, to 1e-5), the float64 numpy reference for training (import_check), torch itself."""
@@ -50,6 +51,19 @@ class _LeftMatmul(nn.Module):
     def forward(self, x):
         h = (self.w1 @ x.T + self.b1).T if self.bias_inside else (self.w1 @ x.T).T + self.b1
         return self.fc2(self.then(h))
+
+
+class _Einsum(nn.Module):
+    """A Linear written as torch.einsum over W kept (out, in) or (in, out), with a bias after it."""
+
+    def __init__(self, equation: str, then=None):
+        super().__init__()
+        shape = (32, 64) if equation.endswith("oi->bo") else (64, 32)
+        self.w1, self.b1 = nn.Parameter(torch.randn(*shape) * 0.1), nn.Parameter(torch.randn(32) * 0.1)
+        self.fc2, self.equation, self.then = nn.Linear(32, 10), equation, then or nn.ReLU()
+
+    def forward(self, x):
+        return self.fc2(self.then(torch.einsum(self.equation, x, self.w1) + self.b1))
 
 
 def _flat_digits(n: int = 64):
@@ -105,14 +119,30 @@ def test_a_layer_written_as_w_times_x_transposed_trains(tmp_path, bias_inside):
     assert any(k.startswith("fc1.") for k in trained)  # fc1's own parameters (its LoRA adapter) trained
 
 
-def test_a_frozen_left_matmul_layer_is_named(tmp_path, caplog):
+@pytest.mark.parametrize("equation", ["bi,oi->bo", "bi,io->bo"])
+def test_a_layer_written_as_an_einsum_trains(tmp_path, equation):
+    """torch.einsum("bi,oi->bo", x, W) + b stayed frozen in the backbone, and no notice said so."""
+    torch.manual_seed(4)
+    x, y = _flat_digits()
+    path = tmp_path / "einsum.onnx"
+    export(torch, _Einsum(equation), torch.from_numpy(x[:2]), path)
+    assert [n.op_type for n in onnx.load(path).graph.node][0] == "Einsum"
+    spec = _import(path)
+    assert (spec.onnx_cut, [(s.units, s.activation) for s in spec.layers]) == ("input", [(32, "relu")])
+    _build_check_and_export(path, x, y, False, "logits")
+
+
+@pytest.mark.parametrize("model, label", [(lambda: _LeftMatmul(True, nn.ELU()), "MatMul '/MatMul'"),
+                                          (lambda: _Einsum("bi,oi->bo", nn.ELU()), "Einsum '/Einsum'")],
+                         ids=["left-matmul", "einsum"])
+def test_a_frozen_layer_written_otherwise_is_named(tmp_path, caplog, model, label):
     """Where an activation the tail cannot train (ELU) follows such a layer, it stays frozen, and
-    the notice names it (it named nothing: its stored operand is the MatMul's first)."""
+    the notice names it (it named nothing: the notice looked for MatMul(x, W) and Gemm only)."""
     x, _ = _flat_digits()
-    export(torch, _LeftMatmul(True, nn.ELU()), torch.from_numpy(x[:2]), tmp_path / "elu.onnx")
+    export(torch, model(), torch.from_numpy(x[:2]), tmp_path / "elu.onnx")
     with caplog.at_level("WARNING", logger="fedge.models"):
         assert _import(tmp_path / "elu.onnx").layers == ()
-    assert "1 dense layer(s) stay frozen in the backbone (MatMul '/MatMul')" in caplog.text
+    assert f"1 dense layer(s) stay frozen in the backbone ({label})" in caplog.text
 
 
 def _calibration(x: np.ndarray):

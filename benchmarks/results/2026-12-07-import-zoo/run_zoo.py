@@ -10,13 +10,14 @@ of the convolutions only). Each is imported, run as imported against ONNX Runtim
 
     .venv-test/bin/python benchmarks/results/2026-12-07-import-zoo/run_zoo.py /tmp/zoo
 
-On 2026-12-07 (onnx 1.16.2, onnxruntime-training 1.19.2, torch 2.13.0, skl2onnx 1.20.0): 58
+On 2026-12-07 (onnx 1.16.2, onnxruntime-training 1.19.2, torch 2.13.0, skl2onnx 1.20.0): 63
 variants (3 the quantizer itself failed on: LogisticRegression's ai.onnx.ml graph). Before the
-fixes of this commit 22 imported and trained, 3 froze a layer that trains (fc1 before
-`.double().float()`; `(W @ x.T + b).T` with no notice; a layer computed in double), 30 were
-refused by name (the QDQ ones naming a DequantizeLinear weight as computed, the dynamic and
-QOperator ones listing ops). After: 25 import and train, 1 freezes a layer (computed in double,
-with a notice), 29 are refused by name (quantized ones saying so, QDQ ones naming the
+fixes (8e443e1) 25 imported and trained, 5 froze a layer that trains (fc1 before
+`.double().float()`; `(W @ x.T + b).T` and `torch.einsum("bi,oi->bo", x, W)`, both with no
+notice; a layer computed in double; a Linear on (N, 1, 64) then squeezed), 30 were refused by
+name (the QDQ ones naming a DequantizeLinear weight as computed, the dynamic and QOperator ones
+listing ops). After: 29 import and train, 2 freeze a layer with a notice (computed in double; the
+unsqueezed Linear), 29 are refused by name (quantized ones saying so, QDQ ones naming the
 QuantizeLinear between layers). No traceback. runs.json: every outcome, before and after.
 """
 
@@ -126,6 +127,34 @@ class MatmulW(nn.Module):  # weights stored (in, out)
         return torch.relu(torch.matmul(x, s.w1)) @ s.w2
 
 
+class Einsum(nn.Module):  # torch.einsum("bi,oi->bo", x, W)
+    def __init__(s):
+        super().__init__()
+        s.w1, s.fc2 = nn.Parameter(torch.randn(32, 64) * 0.1), nn.Linear(32, 10)
+
+    def forward(s, x):
+        return s.fc2(torch.relu(torch.einsum("bi,oi->bo", x, s.w1)))
+
+
+class Unsqueezed(nn.Module):  # fc1 on (N, 1, 64), then squeezed
+    def __init__(s):
+        super().__init__()
+        s.fc1, s.fc2 = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(s, x):
+        return s.fc2(torch.relu(s.fc1(x.unsqueeze(1)).squeeze(1)))
+
+
+class Residual(nn.Module):  # h + relu(fc1(h)): no chain, fc0 and fc1 stay frozen
+    def __init__(s):
+        super().__init__()
+        s.fc0, s.fc1, s.fc2 = nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+
+    def forward(s, x):
+        h = torch.relu(s.fc0(x))
+        return s.fc2(h + torch.relu(s.fc1(h)))
+
+
 class Reshape(nn.Module):
     def forward(s, x):
         return x.reshape(x.shape[0], -1)
@@ -177,6 +206,11 @@ TORCH = {  # name: (factory, images, kind, expected hidden trainable layers, ops
     "WxT": (WxT, False, "logits", 1, 17),
     "WxT_bias": (WxTBias, False, "logits", 1, 17),
     "F_linear": (FLinear, False, "logits", 1, 18),
+    "einsum": (Einsum, False, "logits", 1, 17),
+    "unsqueeze_squeeze": (Unsqueezed, False, "logits", 1, 17),
+    "residual": (Residual, False, "logits", 0, 17),
+    "silu": (seq(nn.Linear(64, 32), nn.SiLU(), nn.Linear(32, 10)), False, "logits", 0, 17),
+    "relu6": (seq(nn.Linear(64, 32), nn.ReLU6(), nn.Linear(32, 10)), False, "logits", 0, 17),
     "matmul_w": (MatmulW, False, "logits", 1, 17),
 }
 
