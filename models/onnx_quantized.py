@@ -33,7 +33,9 @@ def dequantized(node: onnx.NodeProto, stored: dict[str, TensorProto]) -> np.ndar
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     q_proto, scale_proto = stored[node.input[0]], stored[node.input[1]]
-    if q_proto.data_type not in INTEGER_TYPES or scale_proto.data_type != TensorProto.FLOAT or attrs.get("block_size"):
+    zero_type = stored[node.input[2]].data_type if len(node.input) > 2 and node.input[2] else q_proto.data_type
+    if q_proto.data_type not in INTEGER_TYPES or scale_proto.data_type != TensorProto.FLOAT or attrs.get("block_size") \
+            or zero_type != q_proto.data_type:  # ONNX Runtime refuses a zero point of another type than the values
         return None
     q, scale = numpy_helper.to_array(q_proto).astype(np.int64), numpy_helper.to_array(scale_proto)
     zero = numpy_helper.to_array(stored[node.input[2]]).astype(np.int64) if len(node.input) > 2 and node.input[2] \

@@ -16,10 +16,12 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 quantization = pytest.importorskip("onnxruntime.quantization")
 
+from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
+from fedge.models.build import build_artifacts  # noqa: E402
 from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
 from fedge.models.onnx_probe import run_to  # noqa: E402
 from fedge.models.onnx_source import OnnxImportError, stored_tensors  # noqa: E402
-from tests.models.import_check import _digits_images  # noqa: E402
+from tests.models.import_check import HAVE_ORT_TRAINING, _digits_images, check_backends_agree  # noqa: E402
 from tests.models.test_import_torch_variants import _build_check_and_export  # noqa: E402
 from tests.torch_export import export  # noqa: E402
 
@@ -210,13 +212,22 @@ def test_a_static_qdq_model_folds_its_weights_and_names_its_quantized_activation
 
 def test_a_dynamically_quantized_model_is_refused_as_quantized(tmp_path):
     """quantize_dynamic: DynamicQuantizeLinear and MatMulInteger in place of the dense layers; the
-    refusal listed the graph's ops and now says it is quantized and what imports."""
-    x, _ = _flat_digits()
+    refusal listed the graph's ops and now says it is quantized and what imports. Its advice, a
+    new head on a float tensor (--cut NAME --classes K), keeps the quantized layers as the frozen
+    backbone, which gives what ONNX Runtime gives there on the source, and the head trains."""
+    x, y = _flat_digits()
     dyn = tmp_path / "dyn.onnx"
     quantization.quantize_dynamic(str(_torch_mlp(tmp_path, x)), str(dyn))
     with pytest.raises(OnnxImportError, match=r"found no dense tail.*the model is quantized \(DynamicQuantizeLinear "
                                               r"node .*MatMulInteger node .*import the float model"):
         _import(dyn)
+    spec = _import(dyn, cut="/1/Relu_output_0", num_classes=10)
+    manifest = build_artifacts(spec, tmp_path / "art", ort_training=HAVE_ORT_TRAINING)
+    runtime = ModelRuntime(tmp_path / "art", expected_model_id=manifest.model_id)
+    for row in x[:4]:  # one example at a time: dynamic quantization's scale is the batch's
+        (want,) = run_to(onnx.load(dyn), {"input": row[None]}, ["/1/Relu_output_0"])
+        np.testing.assert_allclose(runtime.embed(row[None]), want, rtol=1e-5, atol=1e-5)
+    check_backends_agree(tmp_path / "art", x, y)
 
 
 def test_a_quantized_backbone_before_a_float_tail_runs_as_the_backbone(tmp_path):
@@ -233,3 +244,37 @@ def test_a_quantized_backbone_before_a_float_tail_runs_as_the_backbone(tmp_path)
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(qdq).graph.node}
     assert [s.units for s in _import(qdq).layers] == [16]
     _build_check_and_export(qdq, x, y, False, "logits")
+
+
+_Q = np.random.default_rng(5).integers(-128, 127, (3, 4)).astype(np.int8)
+
+
+@pytest.mark.parametrize("q, scale, zero, attrs", [
+    (_Q, np.float32([0.1, 0.2, 0.3, 0.4]), np.int8([1, 2, 3, 4]), {}),  # per axis 1 (the default)
+    (_Q, np.float32([0.1, 0.2, 0.3]), np.int8([1, 2, 3]), {"axis": -2}),
+    (_Q.view(np.uint8), np.float32([0.05]), np.uint8([128]), {}),  # per tensor, ORT's shape [1]
+    (np.arange(-5, 5, dtype=np.int32), np.float32(1e-3), None, {}),  # a bias: int32, no zero point
+    (_Q, np.float32([0.1, 0.2, 0.3]), np.int8([1, 2, 3]), {}),  # 3 scales for axis 1 of 4: ORT fails
+    (_Q, np.float32(0.1), np.uint8(3), {}),  # a zero point of another type: ORT refuses the model
+], ids=["per-axis", "axis-2", "per-tensor", "int32-bias", "wrong-axis", "zero-type"])
+def test_a_stored_dequantize_gives_what_onnx_runtime_gives(q, scale, zero, attrs):
+    """Oracle: ONNX Runtime running the DequantizeLinear alone; where it fails, the tensor is left
+    computed (None), never a traceback or a value ORT would not give."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fedge.models.onnx_quantized import dequantized
+
+    values = {"q": q, "scale": np.asarray(scale)} | ({} if zero is None else {"zero": np.asarray(zero)})
+    stored = {k: numpy_helper.from_array(v, k) for k, v in values.items()}
+    node = helper.make_node("DequantizeLinear", list(values), ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              list(stored.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    try:
+        (want,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+    except Exception:  # noqa: BLE001 - ORT's own types
+        want = None
+    got = dequantized(node, stored)
+    assert (got is None) == (want is None)
+    if want is not None:
+        np.testing.assert_array_equal(got, want)
