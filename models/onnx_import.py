@@ -223,7 +223,15 @@ def _read_layer(g: _Graph, node: onnx.NodeProto) -> DenseLayer:
     """The dense layer of a dense node, read from its input (from the inner Transpose's, for
     MatMul(W, Transpose(x))): what the frozen notice tries, to say why it is not in the tail."""
     start = transposed_start(g, node) or node
-    return _dense(g, start, start.input[0])
+    return _dense(g, start, _layer_input(g, start))
+
+
+def _layer_input(g: _Graph, node: onnx.NodeProto) -> str:
+    """The tensor a dense node reads as its input: an Einsum's operand that is not stored (its
+    weight may come first), any other node's first input."""
+    if node.op_type == "Einsum":
+        return next((i for i in node.input if i not in g.consts), node.input[0])
+    return node.input[0]
 
 
 def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
@@ -281,10 +289,10 @@ def find_cut(g: _Graph) -> str:
     last_error = None
     for node in g.model.graph.node:
         if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in g.consts \
-                or is_linear_classifier(node) or node.input and _written_otherwise(g, node.input[0], node):
+                or is_linear_classifier(node) or node.input and _written_otherwise(g, _layer_input(g, node), node):
             try:
-                parse_tail(g, node.input[0])
-                return node.input[0]
+                parse_tail(g, _layer_input(g, node))
+                return _layer_input(g, node)
             except OnnxImportError as exc:
                 last_error = exc
     raise no_tail_error(g, last_error)

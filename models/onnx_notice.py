@@ -38,7 +38,8 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str],
     def is_dense(n: onnx.NodeProto) -> bool:  # MatMul(x, W), Gemm, MatMul(W, Transpose(x)) (onnx_transposed), Einsum
         return n.op_type in (*DENSE_OPS, "Einsum") and len(n.input) > 1 and (n.input[1] in consts or (
             n.op_type == "MatMul" and n.input[0] in consts and len(consts[n.input[0]].dims) == 2
-            and n.input[1] in producer and swaps_two_axes(producer[n.input[1]])))
+            and n.input[1] in producer and swaps_two_axes(producer[n.input[1]])) or n.op_type == "Einsum"
+            and n.input[0] in consts)
 
     frozen = [n for n in model.graph.node if is_dense(n) and (n.name or f"{n.op_type}:{n.output[0]}") not in tail_nodes]
     if not frozen:

@@ -60,12 +60,13 @@ class _Einsum(nn.Module):
 
     def __init__(self, equation: str, then=None):
         super().__init__()
-        shape = (32, 64) if equation.endswith("oi->bo") else (64, 32)
+        shape = (32, 64) if "oi" in equation else (64, 32)
         self.w1, self.b1 = nn.Parameter(torch.randn(*shape) * 0.1), nn.Parameter(torch.randn(32) * 0.1)
         self.fc2, self.equation, self.then = nn.Linear(32, 10), equation, then or nn.ReLU()
 
     def forward(self, x):
-        return self.fc2(self.then(torch.einsum(self.equation, x, self.w1) + self.b1))
+        operands = (self.w1, x) if self.equation.startswith("oi") else (x, self.w1)
+        return self.fc2(self.then(torch.einsum(self.equation, *operands) + self.b1))
 
 
 def _flat_digits(n: int = 64):
@@ -121,9 +122,10 @@ def test_a_layer_written_as_w_times_x_transposed_trains(tmp_path, bias_inside):
     assert any(k.startswith("fc1.") for k in trained)  # fc1's own parameters (its LoRA adapter) trained
 
 
-@pytest.mark.parametrize("equation", ["bi,oi->bo", "bi,io->bo"])
+@pytest.mark.parametrize("equation", ["bi,oi->bo", "bi,io->bo", "oi,bi->bo"])
 def test_a_layer_written_as_an_einsum_trains(tmp_path, equation):
-    """torch.einsum("bi,oi->bo", x, W) + b stayed frozen in the backbone, and no notice said so."""
+    """torch.einsum("bi,oi->bo", x, W) + b stayed frozen in the backbone, and no notice said so;
+    so did the weight-first form einsum("oi,bi->bo", W, x)."""
     torch.manual_seed(4)
     x, y = _flat_digits()
     path = tmp_path / "einsum.onnx"
@@ -135,8 +137,9 @@ def test_a_layer_written_as_an_einsum_trains(tmp_path, equation):
 
 
 @pytest.mark.parametrize("model, label", [(lambda: _LeftMatmul(True, nn.ELU()), "MatMul '/MatMul'"),
-                                          (lambda: _Einsum("bi,oi->bo", nn.ELU()), "Einsum '/Einsum'")],
-                         ids=["left-matmul", "einsum"])
+                                          (lambda: _Einsum("bi,oi->bo", nn.ELU()), "Einsum '/Einsum'"),
+                                          (lambda: _Einsum("oi,bi->bo", nn.ELU()), "Einsum '/Einsum'")],
+                         ids=["left-matmul", "einsum", "einsum-weight-first"])
 def test_a_frozen_layer_written_otherwise_is_named(tmp_path, caplog, model, label):
     """Where an activation the tail cannot train (ELU) follows such a layer, it stays frozen, and
     the notice names it (it named nothing: the notice looked for MatMul(x, W) and Gemm only)."""
