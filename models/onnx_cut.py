@@ -8,6 +8,7 @@ import onnx
 from onnx import TensorProto
 
 from .onnx_linear import ml_models, sklearn_hint
+from .onnx_quantized import quantized_hint
 from .onnx_source import OnnxImportError
 
 DENSE_OPS = ("Gemm", "MatMul")
@@ -49,5 +50,6 @@ def no_tail_error(g, last_error: OnnxImportError | None) -> OnnxImportError:
                    f"{node.input[1]!r}, computed by {_writer(model, node.input[1])}, not stored (an initializer "
                    "or Constant): only stored weights train" + why)
     return OnnxImportError(f"{where}: found no dense tail to train (no Gemm/MatMul with stored weights leads to "
-                           f"the output){why}{sklearn_hint(model)}; for a new head alone on the features at a "
-                           "tensor NAME (e.g. the global pooling's output), give --cut NAME with --classes K")
+                           f"the output){why}{sklearn_hint(model)}{quantized_hint(model)}; for a new head alone on "
+                           "the features at a tensor NAME (e.g. the global pooling's output), give --cut NAME with "
+                           "--classes K")

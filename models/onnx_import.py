@@ -37,7 +37,9 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .import_options import ImportOptions
 from .onnx_activation import TRAINABLE, match_activation
+from .onnx_casts import after_exact_casts
 from .onnx_cut import DENSE_OPS, check_cut_type, no_tail_error
+from .onnx_einsum import einsum_layer, einsum_weight
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
@@ -45,6 +47,7 @@ from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_cl
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice, tied_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
+from .onnx_transposed import transposed_layer, transposed_start
 from .spec import LayerSpec, ModelSpec
 
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
@@ -113,20 +116,15 @@ class _Graph:
         self.types = {v.name: v.type.tensor_type.elem_type for v in known if v.type.HasField("tensor_type")}
 
     def follow(self, tensor: str) -> tuple[str, list[onnx.NodeProto]]:
-        """Skip inference no-ops; return the tensor reached and its consumers."""
+        """Skip inference no-ops and exact Casts (onnx_casts.py); return the tensor reached and its consumers."""
         while True:
             users = self.consumers.get(tensor, [])
-            if len(users) == 1 and (users[0].op_type in PASS_THROUGH or self._float_to_float(tensor, users[0])):
+            if len(users) == 1 and users[0].op_type in PASS_THROUGH:
                 tensor = users[0].output[0]
-                continue
-            return tensor, users
-
-    def _float_to_float(self, tensor: str, node: onnx.NodeProto) -> bool:
-        """A Cast of float32 values to float32 (Keras and hand-written graphs, skl2onnx on
-        the input) changes nothing: it froze the layer before it, as an op the tail cannot train
-        through."""
-        return node.op_type == "Cast" and self.types.get(tensor) == TensorProto.FLOAT and any(
-            a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
+            elif len(users) == 1 and (after := after_exact_casts(self.types, self.consumers, tensor, users[0])):
+                tensor = after
+            else:
+                return tensor, users
 
     def downstream(self, tensor: str) -> Iterator[onnx.NodeProto]:
         """Every node computed from `tensor`, nearest first."""
@@ -139,8 +137,9 @@ class _Graph:
 
     def dense_after(self, tensor: str) -> onnx.NodeProto | None:
         """A dense layer (Gemm or MatMul with a stored weight) computed from `tensor`, if any."""
-        return next((n for n in self.downstream(tensor)
-                     if n.op_type in DENSE_OPS and len(n.input) > 1 and n.input[1] in self.consts), None)
+        return next((n for n in self.downstream(tensor) if n.op_type in DENSE_OPS and len(n.input) > 1
+                     and n.input[1] in self.consts or transposed_start(self, n) or einsum_weight(self, n) is not None),
+                    None)
 
     def class_labels(self, logits: str) -> np.ndarray | None:
         """The labels the source maps its classifier's outputs to (scikit-learn's classes_, kept
@@ -165,16 +164,25 @@ def _bias(g: _Graph, node: onnx.NodeProto, value: np.ndarray, units: int) -> np.
                               "dense layer has one bias per output") from None
 
 
+def _written_otherwise(g: _Graph, x: str, node: onnx.NodeProto):
+    """A dense layer that reads x other than as Gemm or MatMul(x, W): onnx_transposed, onnx_einsum."""
+    return transposed_layer(g, x, node) or einsum_layer(g, x, node)
+
+
 def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
-    """The dense layer that starts at `node` (which consumes x), with its bias and activation."""
+    """The dense layer that starts at `node` (which consumes x), with its bias and activation;
+    or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py)."""
+    start = _written_otherwise(g, x, node)
+    if start is not None:
+        node, w, b, out = start  # named by its MatMul, as the notice names dense layers
     label = _node_label(node)
-    if node.input[0] != x:
+    if start is None and node.input[0] != x:
         raise OnnxImportError(f"{g.where}: {label}: {x!r} is its weight operand, not its input")
-    w = g.const(node.input[1], node, "weight")
+    if start is None:
+        w, out = g.const(node.input[1], node, "weight"), node.output[0]
     if w.ndim != 2:
         raise OnnxImportError(f"{g.where}: {label}: weight has shape {w.shape}; dense layers need a matrix")
-    out = node.output[0]
-    if node.op_type == "Gemm":
+    if start is None and node.op_type == "Gemm":
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0):
             raise OnnxImportError(f"{g.where}: {label}: transA=1 (a transposed input) is not supported")
@@ -182,13 +190,13 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
         c = g.const(node.input[2], node, "bias") if len(node.input) > 2 and node.input[2] else np.zeros(1, np.float32)
         b = _bias(g, node, c * np.float32(attrs.get("beta", 1.0)), w.shape[1])
     else:
-        b = np.zeros(w.shape[1], np.float32)
+        b = np.zeros(w.shape[1], np.float32) if start is None else b
         out, users = g.follow(out)
         if len(users) == 1 and users[0].op_type == "Add":
             add = users[0]
             other = [n for n in add.input if n != out]
             if len(other) == 1 and other[0] in g.consts:
-                b, out = _bias(g, add, g.consts[other[0]].astype(np.float32), w.shape[1]), add.output[0]
+                b, out = b + _bias(g, add, g.consts[other[0]].astype(np.float32), w.shape[1]), add.output[0]
     out, users = g.follow(out)
     if len(users) == 1 and (folded := fold_batchnorm(g.consts, users[0], w.shape[1], w, b)) is not None:
         (w, b), (out, users) = folded, g.follow(users[0].output[0])  # Linear + BatchNorm1d: one dense layer
@@ -209,6 +217,21 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
                           activation, slope)
     except OnnxImportError as exc:  # its NaN/Inf refusal knows the node, not the file
         raise OnnxImportError(f"{g.where}: {exc}") from None
+
+
+def _read_layer(g: _Graph, node: onnx.NodeProto) -> DenseLayer:
+    """The dense layer of a dense node, read from its input (from the inner Transpose's, for
+    MatMul(W, Transpose(x))): what the frozen notice tries, to say why it is not in the tail."""
+    start = transposed_start(g, node) or node
+    return _dense(g, start, _layer_input(g, start))
+
+
+def _layer_input(g: _Graph, node: onnx.NodeProto) -> str:
+    """The tensor a dense node reads as its input: an Einsum's operand that is not stored (its
+    weight may come first), any other node's first input."""
+    if node.op_type == "Einsum":
+        return next((i for i in node.input if i not in g.consts), node.input[0])
+    return node.input[0]
 
 
 def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
@@ -246,7 +269,7 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
                 raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {w.shape[0]} features, the layer "
                                       f"before gives {layers[-2].weight.shape[1]}")
             break
-        if node.op_type not in DENSE_OPS:
+        if node.op_type not in DENSE_OPS and _written_otherwise(g, tensor, node) is None:
             raise OnnxImportError(f"{g.where}: {_node_label(node)} after {tensor!r}: the trainable tail takes dense "
                                   f"layers (Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after "
                                   "this node")
@@ -266,10 +289,10 @@ def find_cut(g: _Graph) -> str:
     last_error = None
     for node in g.model.graph.node:
         if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in g.consts \
-                or is_linear_classifier(node):
+                or is_linear_classifier(node) or node.input and _written_otherwise(g, _layer_input(g, node), node):
             try:
-                parse_tail(g, node.input[0])
-                return node.input[0]
+                parse_tail(g, _layer_input(g, node))
+                return _layer_input(g, node)
             except OnnxImportError as exc:
                 last_error = exc
     raise no_tail_error(g, last_error)
@@ -295,7 +318,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         return _spec(options, digest, input_shape, (), options.num_classes, cut,
                      cut_features(model, g.input.name, input_shape, cut, options.onnx))
     if options.cut == "auto" and (notice := frozen_notice(model, cut, {layer.node for layer in tail},
-                                                          lambda node: _dense(g, node, node.input[0]), g.where)):
+                                                          lambda node: _read_layer(g, node), g.where)):
         log.warning("%s: %s", options.onnx, notice)
     if notice := tied_notice(tail):
         log.warning("%s: %s", options.onnx, notice)

@@ -17,6 +17,7 @@ import onnx
 
 from .onnx_activation import TRAINABLE
 from .onnx_source import OnnxImportError, stored_tensors
+from .onnx_transposed import swaps_two_axes
 
 DENSE_OPS = ("Gemm", "MatMul")
 
@@ -34,8 +35,11 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str],
     consts = stored_tensors(model.graph)
     producer = {o: n for n in model.graph.node for o in n.output}
 
-    def is_dense(n: onnx.NodeProto) -> bool:
-        return n.op_type in DENSE_OPS and len(n.input) > 1 and n.input[1] in consts
+    def is_dense(n: onnx.NodeProto) -> bool:  # MatMul(x, W), Gemm, MatMul(W, Transpose(x)) (onnx_transposed), Einsum
+        return n.op_type in (*DENSE_OPS, "Einsum") and len(n.input) > 1 and (n.input[1] in consts or (
+            n.op_type == "MatMul" and n.input[0] in consts and len(consts[n.input[0]].dims) == 2
+            and n.input[1] in producer and swaps_two_axes(producer[n.input[1]])) or n.op_type == "Einsum"
+            and n.input[0] in consts)
 
     frozen = [n for n in model.graph.node if is_dense(n) and (n.name or f"{n.op_type}:{n.output[0]}") not in tail_nodes]
     if not frozen:

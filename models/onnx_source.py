@@ -14,6 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 
+from .onnx_quantized import dequantized
+
 
 class OnnxImportError(ConfigError):
     """The source graph has something the importer cannot turn into a backbone and dense tail."""
@@ -118,7 +120,8 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
     value_float(s), value_int(s)), a
     stored matrix's Transpose (torch without constant folding writes `x @ w.t()` as
     MatMul(x, Transpose(w)); that weight was once refused as computed), and an Identity of a
-    stored tensor, or its Cast to float32 from float16 or double: each the same numbers as ONNX
+    stored tensor, or its Cast to float32 from float16 or double, or its DequantizeLinear
+    (onnx_quantized.py): each the same numbers as ONNX
     Runtime computes (a Gemm whose weight came through either stayed frozen in the backbone, and no
     notice said so, since the notice names only dense layers with stored weights)."""
     out = {t.name: t for t in graph.initializer}
@@ -138,6 +141,8 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
         elif node.op_type == "Cast" and node.input and node.input[0] in out and _casts_to_float32(node, out):
             value = numpy_helper.to_array(out[node.input[0]]).astype(np.float32)
             out[node.output[0]] = numpy_helper.from_array(value, node.output[0])
+        elif node.op_type == "DequantizeLinear" and (value := dequantized(node, out)) is not None:
+            out[node.output[0]] = numpy_helper.from_array(value, node.output[0])  # a quantized weight's float values
     return out
 
 
