@@ -8,8 +8,9 @@ sync round machine (coordinator/rounds.py) is run.
                                  deadline; Dispatch(n) for the    n = concurrency - in flight
                                  free slots
     Dispatched(d, flight)        -                                d in flight (its task is durable)
-    Arrived(d, task_id)          Reject(stale_round) no such      s = version - flight.base_version;
-                                 flight; Reject(stale_update)     a stale update's flight leaves
+    Arrived(d, task_id, now)     Reject(stale_round) no such      s = version - flight.base_version;
+                                 flight, or past its deadline;    a late or stale update's flight
+                                 Reject(stale_update)             leaves
                                  s > max_staleness; else Admit(s)
     Buffered(d)                  Flush when buffered reaches K    d's flight leaves; buffered + 1
     Dropped(d)                   -                                d's flight leaves (declined,
@@ -84,6 +85,11 @@ class Dispatched:
 class Arrived:
     device_id: str
     task_id: str
+    # Clock seconds. An answer past its flight's deadline is refused whether or not a Tick has
+    # expired the flight yet: the shell ticks only between bursts of messages, and a restart
+    # rebuilds flights whose deadline passed while it was down (one was accepted 400 s late).
+    # None: no deadline check (sequences that do not model time).
+    now: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class Reject:
     device_id: str
     reason: str  # "stale_round" or "stale_update": the metric label
     detail: str
+    retired: str = ""  # the task whose flight this answer ended (too stale or too late): the shell drops it too
 
 
 @dataclass(frozen=True)
@@ -165,11 +172,16 @@ def on_event(m: AsyncMachine, event: Event) -> tuple[AsyncMachine, list[Action]]
         flight = m.flight(event.device_id)
         if flight is None or flight.task_id != event.task_id:
             return m, [Reject(event.device_id, "stale_round", f"task {event.task_id} is not in flight")]
+        if event.now is not None and flight.deadline <= event.now:  # as Tick would have expired it
+            return replace(m, flights=m._without(event.device_id)), [
+                Reject(event.device_id, "stale_round", f"task {event.task_id} answered "
+                       f"{event.now - flight.deadline:.3g} s past its deadline", flight.task_id)]
         s = m.staleness(flight)
         if is_too_stale(s, m.max_staleness):  # the one rule, oracle-tested in test_async.py
             return replace(m, flights=m._without(event.device_id)), [
                 Reject(event.device_id, "stale_update", f"trained on v{flight.base_version}, {s} versions behind "
-                                                         f"v{m.version} > max_staleness {m.max_staleness}")]
+                                                         f"v{m.version} > max_staleness {m.max_staleness}",
+                                                         flight.task_id)]
         return m, [Admit(event.device_id, s)]
     if isinstance(event, Buffered):
         if m.flight(event.device_id) is None:

@@ -196,12 +196,11 @@ class AsyncCoordinator(Coordinator):
             if self.round is None:  # not acked: the device resends it once a buffer is open
                 self._reject(StaleRound("no buffer open"), sender, None)
                 return
-            self.machine, actions = on_event(self.machine, Arrived(report.device_id, report.task_id))
+            self.machine, actions = on_event(self.machine, Arrived(report.device_id, report.task_id, now))
             if isinstance(actions[0], Reject):
-                if actions[0].reason == "stale_update":  # its flight is gone: so is its task
-                    self.journal.drop_task(report.task_id)
-                    raise StaleUpdate(actions[0].detail)
-                raise StaleRound(actions[0].detail)
+                if actions[0].retired:  # its flight is gone (too stale, or too late): so is its task
+                    self.journal.drop_task(actions[0].retired)
+                raise (StaleUpdate if actions[0].reason == "stale_update" else StaleRound)(actions[0].detail)
             staleness, flight = actions[0].staleness, self.machine.flight(report.device_id)
             try:
                 accepted = check_update(report, sender, flight, self.round.ctx)
