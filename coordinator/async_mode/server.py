@@ -198,8 +198,8 @@ class AsyncCoordinator(Coordinator):
                 return
             self.machine, actions = on_event(self.machine, Arrived(report.device_id, report.task_id, now))
             if isinstance(actions[0], Reject):
-                if actions[0].retired:  # its flight is gone (too stale, or too late): so is its task
-                    self.journal.drop_task(actions[0].retired)
+                if actions[0].retired:  # its flight is gone (too stale, or too late: it rests, as if expired)
+                    self._drop(report.device_id, actions[0].retired, now, rest=actions[0].reason == "stale_round")
                 raise (StaleUpdate if actions[0].reason == "stale_update" else StaleRound)(actions[0].detail)
             staleness, flight = actions[0].staleness, self.machine.flight(report.device_id)
             try:
@@ -255,9 +255,10 @@ class AsyncCoordinator(Coordinator):
         self.metrics.declined(decline.reason)
         log.info("async: %s declined task %s: %s", decline.device_id, decline.task_id, decline.reason)
 
-    def _drop(self, device_id: str, task_id: str, now: float) -> None:
+    def _drop(self, device_id: str, task_id: str, now: float, rest: bool = True) -> None:
         self.journal.drop_task(task_id)
-        self._rest[device_id] = now + self.config.pace_declined_s  # else each refused update won a new task
+        if rest:  # a stale update does not rest its device: the slow tail gets its next task at once
+            self._rest[device_id] = now + self.config.pace_declined_s  # else each refused update won a new task
         self.machine, _ = on_event(self.machine, Dropped(device_id))
         self._gauges()
 

@@ -2,7 +2,8 @@
 (stale_round, the rejection metric, the device's Ack), whether or not the coordinator has
 ticked since the deadline passed: the service ticks only between bursts of up to 500
 messages, and a restart rebuilds flights whose deadline passed while it was down (an update
-for one was buffered 400 s past its deadline, before the first tick). The attacker is a raw
+for one was buffered 400 s past its deadline, before the first tick); the device rests
+`pace_declined_s` as one whose task expired does. The attacker is a raw
 paho client over a real Mosquitto; the clock is the test's."""
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def test_an_update_past_its_deadline_is_refused_before_a_tick_and_after_a_restar
         assert c.machine.buffered == 0 and c.machine.flight("pi-x") is None
         assert c.journal.tasks() == []  # retired with its flight: a restart does not bring it back
 
+        late_at = clock.now()
+        assert c._rest == {"pi-x": late_at + c.config.pace_declined_s}  # rests, as if its task had expired
+        c.tick()
+        assert c.machine.flight("pi-x") is None
+        clock.advance(c.config.pace_declined_s)
         c.tick()  # a second task, on the same version
         wait_for(lambda: sum(isinstance(m, TrainTask) for m in heard) == 2, "pi-x's second task")
         second = [m for m in heard if isinstance(m, TrainTask)][-1]
