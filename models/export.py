@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import load_npz
@@ -26,6 +26,10 @@ from .onnx_builder import IR_VERSION, OPSET
 from .spec import ModelSpec, spec_from_dict
 
 Dense = tuple[np.ndarray, np.ndarray, str, float]  # weight (in, out), bias (out,), activation, its negative slope
+# The export's own nodes need opset 7, the first whose Add, Sub and Div broadcast numpy-style (before
+# it, a bias Add needed broadcast = 1, and onnxruntime has no kernel for Add, Sub or Div below 7),
+# and 9 for the Erf of a GELU.
+BROADCAST_OPSET, ERF_OPSET = 7, 9
 
 
 def append_dense(model: onnx.ModelProto, start: str, layers: list[Dense], out: str, prefix: str) -> None:
@@ -60,6 +64,24 @@ def _activation_nodes(graph: onnx.GraphProto, activation: str, slope: float, x: 
              ("Mul", [f"{name}.2", f"{name}.half"]), ("Mul", [x, f"{name}.3"])]
     return [helper.make_node(op, inputs, [out if i == len(steps) - 1 else f"{name}.{i}"], name=f"{name}/{i}")
             for i, (op, inputs) in enumerate(steps)]
+
+
+def at_least_opset(model: onnx.ModelProto, minimum: int, name: str) -> onnx.ModelProto:
+    """`model` itself where its default-domain opset is `minimum` or later, else converted to
+    `minimum` (onnx.version_converter). A backbone of an older opset (Conv, Relu and Flatten of
+    opset 6 import and train: onnxruntime runs them) once got the export's Add and Sub written
+    into opset 6, and onnxruntime refused the exported file. ConfigError where the backbone
+    cannot be converted."""
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), minimum)
+    if version >= minimum:
+        return model
+    try:
+        converted = version_converter.convert_version(model, minimum)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors and ValidationErrors
+        raise ConfigError(f"model {name}: its backbone is ONNX opset {version}, and the export's nodes need opset "
+                          f"{minimum} or later; converting the backbone failed: {exc}") from None
+    return converted
 
 
 def rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -102,8 +124,10 @@ def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], person
     if head not in manifest.heads:
         raise ConfigError(f"model {manifest.name} has no {head} head (heads: {list(manifest.heads)})")
     values = {**load_npz(artifact_dir / "params_init.npz"), **shared, **personal}
+    tail = dense_tail(spec, values, head)
     if (artifact_dir / "backbone.onnx").exists():
-        model = onnx.load(artifact_dir / "backbone.onnx")
+        needed = ERF_OPSET if any(activation == "gelu" for _, _, activation, _ in tail) else BROADCAST_OPSET
+        model = at_least_opset(onnx.load(artifact_dir / "backbone.onnx"), needed, manifest.name)
         # An imported backbone keeps its source's tensor names, and a source may name one of its
         # own 'logits' (a Keras layer's name): export once refused such a model after it had
         # trained. That tensor moves aside; the export's output is the one named 'logits'.
@@ -122,7 +146,7 @@ def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], person
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fedge")
         model.ir_version = IR_VERSION
         start = "features"
-    append_dense(model, start, dense_tail(spec, values, head), "logits", prefix="fedge_export_")
+    append_dense(model, start, tail, "logits", prefix="fedge_export_")
     if standardization is not None:
         prepend_affine(model, *standardization, manifest.input_shape)
     del model.graph.output[:]
