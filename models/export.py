@@ -146,7 +146,9 @@ def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], person
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fedge")
         model.ir_version = IR_VERSION
         start = "features"
-    append_dense(model, start, tail, "logits", prefix="fedge_export_")
+    # free_prefix: an imported fedge export (a personalized model taken to a new fleet) holds
+    # fedge_export_0.weight and the rest already; the second export once repeated those names.
+    append_dense(model, start, tail, "logits", prefix=free_prefix(model, "fedge_export_"))
     if standardization is not None:
         prepend_affine(model, *standardization, manifest.input_shape)
     del model.graph.output[:]
@@ -174,20 +176,33 @@ def prepend_affine(model: onnx.ModelProto, mean: np.ndarray, std: np.ndarray, in
                           f"{tuple(input_shape)} takes {math.prod(input_shape)}: its standardization cannot go first")
     inits = {t.name for t in graph.initializer}
     x = next(i.name for i in graph.input if i.name not in inits)
-    out = f"{x}__fedge_standardized"
-    for node in _nodes(graph):  # subgraphs (If, Loop) may read x from the outer scope
-        node.input[:] = [out if n == x else n for n in node.input]
+    # free: a model that standardizes already (an imported fedge export) holds x__fedge_mean_hi, ...
+    p, node = free_prefix(model, f"{x}__fedge_"), free_prefix(model, "fedge_standardize.")
+    out = f"{p}standardized"
+    for n in _nodes(graph):  # subgraphs (If, Loop) may read x from the outer scope
+        n.input[:] = [out if name == x else name for name in n.input]
     hi = np.asarray(mean, np.float32)
     terms = {"mean_hi": hi, "mean_lo": np.asarray(mean, np.float64) - hi, "std": std}
-    graph.initializer.extend([numpy_helper.from_array(np.asarray(v, np.float32).reshape(input_shape), f"{x}__fedge_{k}")
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(v, np.float32).reshape(input_shape), f"{p}{k}")
                               for k, v in terms.items()])
-    steps = [helper.make_node("Sub", [x, f"{x}__fedge_mean_hi"], [f"{x}__fedge_0"], name="fedge_standardize.sub_hi"),
-             helper.make_node("Sub", [f"{x}__fedge_0", f"{x}__fedge_mean_lo"], [f"{x}__fedge_1"],
-                              name="fedge_standardize.sub_lo"),
-             helper.make_node("Div", [f"{x}__fedge_1", f"{x}__fedge_std"], [out], name="fedge_standardize.div")]
+    steps = [helper.make_node("Sub", [x, f"{p}mean_hi"], [f"{p}0"], name=f"{node}sub_hi"),
+             helper.make_node("Sub", [f"{p}0", f"{p}mean_lo"], [f"{p}1"], name=f"{node}sub_lo"),
+             helper.make_node("Div", [f"{p}1", f"{p}std"], [out], name=f"{node}div")]
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend([*steps, *rest])
+
+
+def free_prefix(model: onnx.ModelProto, stem: str) -> str:
+    """`stem`, or `stem` numbered (fedge_export_ -> fedge_export2_, ...), that no name in the model
+    begins with: no tensor, initializer or node name of the export can then repeat one of its own."""
+    graph = model.graph
+    names = {name for n in _nodes(graph) for name in (n.name, *n.input, *n.output)}
+    names |= {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
+    base = stem.rstrip("_.")
+    sep = stem[len(base):]
+    return next(p for p in (f"{base}{i or ''}{sep}" for i in range(len(names) + 2))
+                if not any(name.startswith(p) for name in names))
 
 
 def _nodes(graph: onnx.GraphProto):
