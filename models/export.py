@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import load_npz
@@ -26,6 +26,10 @@ from .onnx_builder import IR_VERSION, OPSET
 from .spec import ModelSpec, spec_from_dict
 
 Dense = tuple[np.ndarray, np.ndarray, str, float]  # weight (in, out), bias (out,), activation, its negative slope
+# The export's own nodes need opset 7, the first whose Add, Sub and Div broadcast numpy-style (before
+# it, a bias Add needed broadcast = 1, and onnxruntime has no kernel for Add, Sub or Div below 7),
+# and 9 for the Erf of a GELU.
+BROADCAST_OPSET, ERF_OPSET = 7, 9
 
 
 def append_dense(model: onnx.ModelProto, start: str, layers: list[Dense], out: str, prefix: str) -> None:
@@ -60,6 +64,24 @@ def _activation_nodes(graph: onnx.GraphProto, activation: str, slope: float, x: 
              ("Mul", [f"{name}.2", f"{name}.half"]), ("Mul", [x, f"{name}.3"])]
     return [helper.make_node(op, inputs, [out if i == len(steps) - 1 else f"{name}.{i}"], name=f"{name}/{i}")
             for i, (op, inputs) in enumerate(steps)]
+
+
+def at_least_opset(model: onnx.ModelProto, minimum: int, name: str) -> onnx.ModelProto:
+    """`model` itself where its default-domain opset is `minimum` or later, else converted to
+    `minimum` (onnx.version_converter). A backbone of an older opset (Conv, Relu and Flatten of
+    opset 6 import and train: onnxruntime runs them) once got the export's Add and Sub written
+    into opset 6, and onnxruntime refused the exported file. ConfigError where the backbone
+    cannot be converted."""
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), minimum)
+    if version >= minimum:
+        return model
+    try:
+        converted = version_converter.convert_version(model, minimum)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors and ValidationErrors
+        raise ConfigError(f"model {name}: its backbone is ONNX opset {version}, and the export's nodes need opset "
+                          f"{minimum} or later; converting the backbone failed: {exc}") from None
+    return converted
 
 
 def rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -102,8 +124,10 @@ def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], person
     if head not in manifest.heads:
         raise ConfigError(f"model {manifest.name} has no {head} head (heads: {list(manifest.heads)})")
     values = {**load_npz(artifact_dir / "params_init.npz"), **shared, **personal}
+    tail = dense_tail(spec, values, head)
     if (artifact_dir / "backbone.onnx").exists():
-        model = onnx.load(artifact_dir / "backbone.onnx")
+        needed = ERF_OPSET if any(activation == "gelu" for _, _, activation, _ in tail) else BROADCAST_OPSET
+        model = at_least_opset(onnx.load(artifact_dir / "backbone.onnx"), needed, manifest.name)
         # An imported backbone keeps its source's tensor names, and a source may name one of its
         # own 'logits' (a Keras layer's name): export once refused such a model after it had
         # trained. That tensor moves aside; the export's output is the one named 'logits'.
@@ -122,7 +146,9 @@ def export_model(artifact_dir: str | Path, shared: dict[str, np.ndarray], person
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fedge")
         model.ir_version = IR_VERSION
         start = "features"
-    append_dense(model, start, dense_tail(spec, values, head), "logits", prefix="fedge_export_")
+    # free_prefix: an imported fedge export (a personalized model taken to a new fleet) holds
+    # fedge_export_0.weight and the rest already; the second export once repeated those names.
+    append_dense(model, start, tail, "logits", prefix=free_prefix(model, "fedge_export_"))
     if standardization is not None:
         prepend_affine(model, *standardization, manifest.input_shape)
     del model.graph.output[:]
@@ -150,20 +176,33 @@ def prepend_affine(model: onnx.ModelProto, mean: np.ndarray, std: np.ndarray, in
                           f"{tuple(input_shape)} takes {math.prod(input_shape)}: its standardization cannot go first")
     inits = {t.name for t in graph.initializer}
     x = next(i.name for i in graph.input if i.name not in inits)
-    out = f"{x}__fedge_standardized"
-    for node in _nodes(graph):  # subgraphs (If, Loop) may read x from the outer scope
-        node.input[:] = [out if n == x else n for n in node.input]
+    # free: a model that standardizes already (an imported fedge export) holds x__fedge_mean_hi, ...
+    p, node = free_prefix(model, f"{x}__fedge_"), free_prefix(model, "fedge_standardize.")
+    out = f"{p}standardized"
+    for n in _nodes(graph):  # subgraphs (If, Loop) may read x from the outer scope
+        n.input[:] = [out if name == x else name for name in n.input]
     hi = np.asarray(mean, np.float32)
     terms = {"mean_hi": hi, "mean_lo": np.asarray(mean, np.float64) - hi, "std": std}
-    graph.initializer.extend([numpy_helper.from_array(np.asarray(v, np.float32).reshape(input_shape), f"{x}__fedge_{k}")
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(v, np.float32).reshape(input_shape), f"{p}{k}")
                               for k, v in terms.items()])
-    steps = [helper.make_node("Sub", [x, f"{x}__fedge_mean_hi"], [f"{x}__fedge_0"], name="fedge_standardize.sub_hi"),
-             helper.make_node("Sub", [f"{x}__fedge_0", f"{x}__fedge_mean_lo"], [f"{x}__fedge_1"],
-                              name="fedge_standardize.sub_lo"),
-             helper.make_node("Div", [f"{x}__fedge_1", f"{x}__fedge_std"], [out], name="fedge_standardize.div")]
+    steps = [helper.make_node("Sub", [x, f"{p}mean_hi"], [f"{p}0"], name=f"{node}sub_hi"),
+             helper.make_node("Sub", [f"{p}0", f"{p}mean_lo"], [f"{p}1"], name=f"{node}sub_lo"),
+             helper.make_node("Div", [f"{p}1", f"{p}std"], [out], name=f"{node}div")]
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend([*steps, *rest])
+
+
+def free_prefix(model: onnx.ModelProto, stem: str) -> str:
+    """`stem`, or `stem` numbered (fedge_export_ -> fedge_export2_, ...), that no name in the model
+    begins with: no tensor, initializer or node name of the export can then repeat one of its own."""
+    graph = model.graph
+    names = {name for n in _nodes(graph) for name in (n.name, *n.input, *n.output)}
+    names |= {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
+    base = stem.rstrip("_.")
+    sep = stem[len(base):]
+    return next(p for p in (f"{base}{i or ''}{sep}" for i in range(len(names) + 2))
+                if not any(name.startswith(p) for name in names))
 
 
 def _nodes(graph: onnx.GraphProto):
