@@ -55,3 +55,34 @@ def test_an_imported_export_exports_again(cut, tmp_path):
     session = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch in (1, 7):
         np.testing.assert_allclose(session.run(["logits"], {"x": raw[:batch]})[0], want[:batch], atol=1e-5)
+
+
+def test_an_export_imported_twice_imports_and_exports_a_third_time(tmp_path):
+    """Each import adds a node fedge_cut and moves a source tensor z aside to z__source; the
+    second import of an export of an import held both names already, and ONNX Runtime refused its
+    backbone ('two nodes with same node name (fedge_cut)'). The oracle as above, each generation."""
+    rng = np.random.default_rng(3)
+    raw = rng.normal(size=(7, 10)).astype(np.float32)
+    build = build_artifacts(mlp_spec(10, 3, hidden=(8, 6), modes=("lora", "lora"), lora_rank=2), tmp_path / "g0",
+                            ort_training=False)
+    for generation in range(1, 4):
+        model = ModelRuntime(tmp_path / f"g{generation - 1}", expected_model_id=build.model_id)
+        source = tmp_path / f"export{generation}.onnx"
+        onnx.save(export_model(tmp_path / f"g{generation - 1}", *_perturbed(model, rng)), source)
+        spec = import_spec(ImportOptions(str(source), cut="auto", num_classes=4, lora_rank=2))
+        build = build_artifacts(spec, tmp_path / f"g{generation}", ort_training=False)
+        backbone = onnx.load(tmp_path / f"g{generation}" / "backbone.onnx")
+        names = [n.name for n in backbone.graph.node]
+        assert len(names) == len(set(names)) and "fedge_cut" in names
+        imported = ModelRuntime(tmp_path / f"g{generation}", expected_model_id=build.model_id)
+        shared, personal = imported.initial("shared"), imported.initial("personal")
+        head = "personal" if "personal" in build.heads else "global"
+        want = make_backend("portable", tmp_path / f"g{generation}", build, "sgd").predict(
+            {**shared, **personal}, imported.embed(raw))[head]
+        session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+        got_as_is = session.run(["logits"], {"x": raw})[0]
+        assert got_as_is.shape == (7, 4 if generation > 1 else 3)
+        exported = export_model(tmp_path / f"g{generation}", shared, personal)
+        onnx.checker.check_model(exported, full_check=True)
+        again = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(again.run(["logits"], {"x": raw})[0], want, atol=1e-5)
