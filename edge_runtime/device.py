@@ -37,6 +37,7 @@ from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .kernel.update_codec import decode_dense, dense_fp32_bytes
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .model_runtime import ModelRuntime, loaded
+from .personal_momentum import start_state, state_to_keep
 from .personalize import PINNABLE, personal_start, tune_head
 from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
 from .scores import accuracy, cross_entropy
@@ -226,10 +227,11 @@ class DeviceRuntime:
             initial = model.initial("personal")
             personal = personal_start(initial, shared) if task.hyper.personal_head_from_global else initial
         check_params(manifest, personal, "personal")
-        opt_state = store.load_opt_state() if task.hyper.keep_optimizer_state else None
         # Fresh unless it has this optimizer's names and this model's shapes: the optimizer changed, or the model
         # (re-fetched under its id), and a state of other shapes raised ORT's InvalidArgument out of the poll.
-        opt_state = _fitting(opt_state, fresh_optimizer_state(manifest, task.hyper.optimizer))
+        # Without keep_optimizer_state only the personal params' SGD momentum carries over (personal_momentum.py).
+        opt_state = start_state(store.load_opt_state(), fresh_optimizer_state(manifest, task.hyper.optimizer),
+                                manifest, task.hyper)
         if server_control is not None:
             opt_state = None  # SCAFFOLD's c_i estimate assumes an empty momentum buffer (scaffold_control_delta)
         z = model.embed(self.data.x_train, cache_key=0)
@@ -255,7 +257,7 @@ class DeviceRuntime:
         payload, residual, clip_seen = encode(out), out.residual, out.norm_before_clip
         control = b""
         dense_bytes = dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")})
-        kept_state = result.opt_state if task.hyper.keep_optimizer_state else None  # None: no stale file lingers
+        kept_state = state_to_keep(result.opt_state, manifest, task.hyper)  # None: no stale file lingers
         # control_undo: an earlier SCAFFOLD upload's, dropped here at no extra write (on_ack)
         saves = {"personal": result.personal, "opt_state": kept_state, "residual": residual, "control_undo": None}
         if server_control is not None:
