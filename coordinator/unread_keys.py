@@ -121,16 +121,16 @@ def _check_robust(robust: dict, cfg) -> None:
                                                        f"{cfg.mode!r}: an async update may land in a later buffer, "
                                                        f"with another bound; drop it")
     screen = sorted(robust.get("screen", {}))
-    if screen:
+    if screen and robust["screen"].get("enabled") is not False:  # enabled = false written: off on purpose
         _not_aggregator(f"robust.screen.{screen[0]}", ("norm_bound",), cfg.aggregator)
         if not cfg.guard_set:
             raise UnreadKey(f"robust.screen.{screen[0]}", f"robust.screen.{screen[0]}: the [robust.screen] table "
                                                           f"applies with a guard set, and guard_set is not set: "
                                                           f"nothing is screened; drop it or set guard_set")
     sign = sorted(robust.get("sign", {}))
-    if sign:
+    if sign and robust["sign"].get("gap", None) != 0:  # gap = 0 written: the split kept and turned off on purpose
         _not_aggregator(f"robust.sign.{sign[0]}", ("norm_bound",), cfg.aggregator)
-        if "gap" not in sign:  # gap = 0 written: the split kept and turned off on purpose
+        if "gap" not in sign:
             raise UnreadKey(f"robust.sign.{sign[0]}", f"robust.sign.{sign[0]}: the [robust.sign] table sets "
                                                       f"{', '.join(sign)} but not gap, so the sign split is off (gap "
                                                       f"defaults to 0) and none of them is used; write gap > 0 to "

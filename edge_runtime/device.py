@@ -230,10 +230,11 @@ class DeviceRuntime:
         # Fresh unless it has this optimizer's names and this model's shapes: the optimizer changed, or the model
         # (re-fetched under its id), and a state of other shapes raised ORT's InvalidArgument out of the poll.
         # Without keep_optimizer_state only the personal params' SGD momentum carries over (personal_momentum.py).
+        # SCAFFOLD's c_i estimate assumes the shared params' buffer starts empty (scaffold_control_delta):
+        # never their kept state there; the personal params' momentum carries over all the same.
+        keep = task.hyper.keep_optimizer_state and server_control is None
         opt_state = start_state(store.load_opt_state(), fresh_optimizer_state(manifest, task.hyper.optimizer),
-                                manifest, task.hyper)
-        if server_control is not None:
-            opt_state = None  # SCAFFOLD's c_i estimate assumes an empty momentum buffer (scaffold_control_delta)
+                                manifest, dataclasses.replace(task.hyper, keep_optimizer_state=keep))
         z = model.embed(self.data.x_train, cache_key=0)
         model.check_labels(self.data.y_train, "y_train")
         rng = np.random.default_rng([_stable_int(self.device_id), task.seed, task.round_id, self.seed])
@@ -376,8 +377,8 @@ class DeviceRuntime:
             rng = np.random.default_rng([_stable_int(self.device_id), seed, self.seed, 7])
             tuned = tune_head(self._tuning_backend(model, hyper.optimizer), start, head, z, self.data.y_train, hyper,
                               steps, rng)
-            if head == "personal":
-                store.save_personal({**personal, **tuned})
+            if head == "personal":  # the head is replaced: the momentum its buffer built on the old one goes too
+                store.save_state({"personal": {**personal, **tuned}, "opt_state": None})  # one durable write
             else:
                 store.save_tuned_head(tuned)
             z_test, y = model.embed(self.data.x_test, cache_key=1), self.data.y_test

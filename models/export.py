@@ -194,7 +194,7 @@ def prepend_affine(model: onnx.ModelProto, mean: np.ndarray, std: np.ndarray, in
 
 
 def free_prefix(model: onnx.ModelProto, stem: str) -> str:
-    """`stem`, or `stem` numbered (fedge_export_ -> fedge_export2_, ...), that no name in the model
+    """`stem`, or `stem` numbered (fedge_export_ -> fedge_export1_, fedge_export2_, ...), that no name in the model
     begins with: no tensor, initializer or node name of the export can then repeat one of its own."""
     graph = model.graph
     names = {name for n in _nodes(graph) for name in (n.name, *n.input, *n.output)}

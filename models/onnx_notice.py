@@ -12,10 +12,13 @@ notice once blamed the Relu after it, which the tail trains through.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import onnx
+from onnx import numpy_helper
 
 from .onnx_activation import TRAINABLE
+from .onnx_einsum import einsum_weight
 from .onnx_source import OnnxImportError, stored_tensors
 from .onnx_transposed import swaps_two_axes
 
@@ -36,10 +39,12 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str],
     producer = {o: n for n in model.graph.node for o in n.output}
 
     def is_dense(n: onnx.NodeProto) -> bool:  # MatMul(x, W), Gemm, MatMul(W, Transpose(x)) (onnx_transposed), Einsum
-        return n.op_type in (*DENSE_OPS, "Einsum") and len(n.input) > 1 and (n.input[1] in consts or (
+        if n.op_type == "Einsum":  # a dense equation only (onnx_einsum): "bi,i->bi" scales, it is no layer
+            stored = SimpleNamespace(consts={i: numpy_helper.to_array(consts[i]) for i in n.input if i in consts})
+            return einsum_weight(stored, n) is not None
+        return n.op_type in DENSE_OPS and len(n.input) > 1 and (n.input[1] in consts or (
             n.op_type == "MatMul" and n.input[0] in consts and len(consts[n.input[0]].dims) == 2
-            and n.input[1] in producer and swaps_two_axes(producer[n.input[1]])) or n.op_type == "Einsum"
-            and n.input[0] in consts)
+            and n.input[1] in producer and swaps_two_axes(producer[n.input[1]])))
 
     frozen = [n for n in model.graph.node if is_dense(n) and (n.name or f"{n.op_type}:{n.output[0]}") not in tail_nodes]
     if not frozen:

@@ -282,6 +282,9 @@ def test_robust_screen_is_read_by_norm_bound_with_a_guard_set_only(tmp_path):
         with pytest.raises(UnreadKey, match=rf"robust.screen.min_keep applies to aggregator 'norm_bound', not "
                                             rf"'{aggregator}'"):
             load_coordinator_config(_write(tmp_path, f'aggregator = "{aggregator}"\nguard_set = "g.npz"\n{table}'))
+        # enabled = false written turns the table off on purpose: it loads without a guard set, under any rule
+        off = load_coordinator_config(_write(tmp_path, f'aggregator = "{aggregator}"\n{table}enabled = false\n'))
+        assert (off.aggregator, off.robust.screen.enabled) == (aggregator, False)
     # the aggregators: min_keep = 1 keeps the update the guard set would drop, under norm_bound with a guard only
     target = np.random.default_rng(9).normal(size=5)
 
@@ -303,8 +306,13 @@ def test_robust_sign_is_norm_bounds_and_its_settings_need_gap(tmp_path):
         cfg = load_coordinator_config(_write(tmp_path, f"[robust.sign]\ngap = {gap}\nround_clip = 1.0\n"))
         assert (cfg.robust.sign.gap, cfg.robust.sign.round_clip) == (gap, 1.0)
     for aggregator in set(ALL_AGGREGATORS) - {"norm_bound"}:
-        with pytest.raises(UnreadKey, match=rf"robust.sign.gap applies to aggregator 'norm_bound', not '{aggregator}'"):
-            load_coordinator_config(_write(tmp_path, f'aggregator = "{aggregator}"\n[robust.sign]\ngap = 0\n'))
+        with pytest.raises(UnreadKey, match=rf"robust.sign.share applies to aggregator 'norm_bound', "
+                                            rf"not '{aggregator}'"):
+            load_coordinator_config(_write(tmp_path, f'aggregator = "{aggregator}"\n[robust.sign]\nshare = 0.2\n'))
+        # gap = 0 written turns the table off on purpose, as enabled = false does the privacy table
+        off = load_coordinator_config(_write(tmp_path, f'aggregator = "{aggregator}"\n[robust.sign]\ngap = 0\n'
+                                                       f'share = 0.2\n'))
+        assert (off.aggregator, off.robust.sign.gap) == (aggregator, 0)
     # the aggregator: round_clip acts with gap > 0 only, under norm_bound only
     for aggregator in ALL_AGGREGATORS:
         for gap in (0.0, 1e-9):

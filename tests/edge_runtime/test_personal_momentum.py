@@ -100,3 +100,19 @@ def test_what_is_kept_and_started_from_under_each_setting(model):
     # a buffer of another shape (the model changed under its id) is not started from
     odd = {k: np.ones((7,), np.float32) for k in kept}
     assert start_state(odd, fresh, manifest, sgd) is None
+
+
+def test_personalize_replaces_the_head_and_drops_its_momentum(model, tmp_path):
+    """personalize() tunes the personal head anew (from the global head with from_global): the
+    buffer the old head built must not push the new one at the next task (reviewed: it was kept)."""
+    d, manifest, runtime = model
+    hyper = TaskHyper(epochs=1, batch_size=8, lr=0.1, momentum=0.9, max_grad_norm=0.0)
+    device = DeviceRuntime("dev", _data(), {manifest.model_id: d}, tmp_path, backend="numpy", seed=2)
+    shared = runtime.initial("shared")
+    assert isinstance(device.handle_task(_task(model, shared, hyper, round_id=1)), Update)
+    store = DeviceStore(tmp_path / "dev", manifest.model_id)
+    before = store.load_personal()
+    assert store.load_opt_state()  # the first task kept the head's buffers
+    device.personalize(manifest.model_id, shared, steps=5, hyper=hyper, from_global=True)
+    assert not np.allclose(store.load_personal()["head_personal.weight"], before["head_personal.weight"])
+    assert store.load_opt_state() is None

@@ -15,6 +15,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 quantization = pytest.importorskip("onnxruntime.quantization")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
 from fedge.models.build import build_artifacts  # noqa: E402
@@ -148,6 +149,25 @@ def test_a_frozen_layer_written_otherwise_is_named(tmp_path, caplog, model, labe
     with caplog.at_level("WARNING", logger="fedge.models"):
         assert _import(tmp_path / "elu.onnx").layers == ()
     assert f"1 dense layer(s) stay frozen in the backbone ({label})" in caplog.text
+
+
+def test_an_einsum_that_is_no_dense_layer_is_not_named_frozen(tmp_path, caplog):
+    """Einsum("bi,i->bi", x, s) scales each feature: no layer, and the notice once named it a
+    frozen dense layer ('weight has shape (4,)'), since it took any Einsum of a stored tensor."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "s"),
+             numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "b")]
+    nodes = [helper.make_node("Einsum", ["inp", "s"], ["h"], equation="bi,i->bi", name="scale"),
+             helper.make_node("Gemm", ["h", "W", "b"], ["out"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "scale.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "scale.onnx"), head="global"))
+    assert spec.onnx_cut == "h" and "stay frozen" not in caplog.text
 
 
 def _calibration(x: np.ndarray):
