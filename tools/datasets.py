@@ -28,6 +28,7 @@ from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.edge_runtime.split_scale import describe, scale_gap
 from fedge.tools.data_folder import client_files
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
+from fedge.tools.learnable import check_learnable
 from fedge.tools.partition import partition as _partition
 from fedge.tools.standardizing import Standardizing, resolve, scale_finding
 
@@ -293,6 +294,7 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
         saved[file.stem] = {split: arrays[f"x_{split}"].dtype for split in ("train", "test")}
+    check_learnable(root, clients)  # one class, or no feature that varies: nothing to learn
     as_saved = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
     data = resolve(as_saved, standardize, pretrained, saved)
     # after auto's x / 255 (a float x_test beside a uint8 x_train is fixed and said so), before
