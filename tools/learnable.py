@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from fedge.tools.datasets import ClientData
 
 
-def check_learnable(root: Path, clients: Sequence[ClientData]) -> None:
+def check_learnable(root: Path, clients: Sequence[ClientData], cast_lost: bool = False) -> None:
     """DatasetError naming the folder when its training labels are one class in total, or when
-    every feature holds one value in every training example of every file."""
+    every feature holds one value in every training example of every file (as float32: `cast_lost`,
+    some file's features lost variation in that cast, float32_steps.py, and the error says so)."""
     labels = np.unique(np.concatenate([c.y_train for c in clients]))
     if len(labels) == 1:
         raise DatasetError(f"{root}: every file's y_train holds only label {labels[0]} ({len(clients)} file(s)); "
@@ -35,5 +36,7 @@ def check_learnable(root: Path, clients: Sequence[ClientData]) -> None:
     if all((c.x_train == first).all() for c in clients):  # exact: one value per feature, in every file
         shown = ", ".join(f"{v:g}" for v in first[:5]) + (", ..." if len(first) > 5 else "")
         raise DatasetError(f"{root}: every training example of every file has the same features ({shown}); "
-                           f"a model cannot tell the labels apart from features that never vary. Check that "
-                           f"x_train is the feature array you meant")
+                           f"a model cannot tell the labels apart from features that never vary. "
+                           + ("They varied as saved, and the cast to float32 that every reader makes erased it (the "
+                              "warnings above): subtract an offset before saving" if cast_lost else
+                              "Check that x_train is the feature array you meant"))
