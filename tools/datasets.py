@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +26,10 @@ from fedge.edge_runtime.examples import LayoutCheck, check_split
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.protocol import device_topic
 from fedge.edge_runtime.split_scale import describe, scale_gap
+from fedge.tools.data_folder import client_files
 from fedge.tools.feature_skew import FeatureSkew, FeatureTransform, draw_transforms
+from fedge.tools.float32_steps import cast_loss, warn_cast_losses
+from fedge.tools.learnable import check_learnable
 from fedge.tools.partition import partition as _partition
 from fedge.tools.standardizing import Standardizing, resolve, scale_finding
 
@@ -263,19 +265,8 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     root = Path(path)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory; point at a folder with one <client_id>.npz per client")
-    try:  # glob finds nothing in a folder it may not read, and "no .npz files" misled
-        os.listdir(root)
-    except OSError as exc:
-        raise DatasetError(f"{root}: cannot read the folder: {exc.strerror or exc}") from None
-    files = sorted(root.glob("*.npz"))
-    hidden = [f.name for f in files if f.name.startswith(".")]
-    if hidden:  # macOS's ._name.npz copies (AppleDouble, not zip) stopped a run with a word about pickle
-        log.warning("%s: skipped %d hidden file(s) (%s); rename them without the leading dot to use them", root,
-                    len(hidden), ", ".join(hidden[:5]) + (", ..." if len(hidden) > 5 else ""))
-        files = [f for f in files if not f.name.startswith(".")]
-    if not files:
-        raise DatasetError(f"{root}: no .npz files; save one per client with x_train, y_train, x_test, y_test")
-    clients, width, max_label, layouts, saved = [], None, 1, LayoutCheck(), {}
+    files = client_files(root)  # every <client_id>.npz, the suffix in any case; what else is there is named
+    clients, width, max_label, layouts, saved, lossy = [], None, 1, LayoutCheck(), {}, []
     for file in files:
         try:  # the file's name is its device's id, and that names MQTT topics
             device_topic(file.stem, "checkin")
@@ -301,9 +292,12 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
             )
         for split in ("train", "test"):  # the same width, but also the same order of values
             layouts.check(file, split, arrays[f"x_{split}"])
+            lossy += filter(None, [cast_loss(file, split, arrays[f"x_{split}"])])
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
         saved[file.stem] = {split: arrays[f"x_{split}"].dtype for split in ("train", "test")}
+    warn_cast_losses(root, lossy)
+    check_learnable(root, clients, cast_lost=bool(lossy))  # one class, or no feature that varies: nothing to learn
     as_saved = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
     data = resolve(as_saved, standardize, pretrained, saved)
     # after auto's x / 255 (a float x_test beside a uint8 x_train is fixed and said so), before

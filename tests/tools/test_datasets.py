@@ -195,16 +195,16 @@ def test_load_npz_dir_missing_or_empty_dir(tmp_path: Path) -> None:
 def test_load_npz_dir_a_folder_it_may_not_read_says_so(tmp_path: Path, monkeypatch) -> None:
     """glob finds nothing in a folder it may not list (mode 000 for a user without root), so the
     refusal said "no .npz files" of a folder full of them; now the listing's own error."""
-    import fedge.tools.datasets as datasets
+    import fedge.tools.data_folder as folder  # lists the folder for load_npz_dir
 
     _save(tmp_path / "dev-0.npz")
-    real = datasets.os.listdir
+    real = folder.os.listdir
 
     def denied(path):
         if Path(path) == tmp_path:
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(datasets.os, "listdir", denied)
+    monkeypatch.setattr(folder.os, "listdir", denied)
     with pytest.raises(DatasetError, match=f"{tmp_path}: cannot read the folder: Permission denied"):
         load_npz_dir(tmp_path)

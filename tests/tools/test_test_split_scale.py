@@ -24,7 +24,7 @@ def _folder(folder, scale_of_last_test=1.0, standardized=True):
     folder.mkdir()
     files = []
     for i in range(3):
-        rows = np.arange(i, len(y), 3)[:20]
+        rows = np.arange(i, len(y), 8)[:20]  # wine is sorted by class: a stride of 3 kept training on class 0 alone
         xt, xs = x[rows[:15]], x[rows[15:]] * (scale_of_last_test if i == 2 else 1.0)
         files.append(folder / f"d{i}.npz")
         np.savez(files[-1], x_train=xt, y_train=y[rows[:15]], x_test=xs, y_test=y[rows[15:]])
