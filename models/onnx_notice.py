@@ -12,13 +12,11 @@ notice once blamed the Relu after it, which the tail trains through.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import onnx
-from onnx import numpy_helper
 
 from .onnx_activation import TRAINABLE
-from .onnx_einsum import einsum_weight
+from .onnx_einsum import _equation
 from .onnx_source import OnnxImportError, stored_tensors
 from .onnx_transposed import swaps_two_axes
 
@@ -39,9 +37,8 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str],
     producer = {o: n for n in model.graph.node for o in n.output}
 
     def is_dense(n: onnx.NodeProto) -> bool:  # MatMul(x, W), Gemm, MatMul(W, Transpose(x)) (onnx_transposed), Einsum
-        if n.op_type == "Einsum":  # a dense equation only (onnx_einsum): "bi,i->bi" scales, it is no layer
-            stored = SimpleNamespace(consts={i: numpy_helper.to_array(consts[i]) for i in n.input if i in consts})
-            return einsum_weight(stored, n) is not None
+        if n.op_type == "Einsum":
+            return _projects(n, consts)
         return n.op_type in DENSE_OPS and len(n.input) > 1 and (n.input[1] in consts or (
             n.op_type == "MatMul" and n.input[0] in consts and len(consts[n.input[0]].dims) == 2
             and n.input[1] in producer and swaps_two_axes(producer[n.input[1]])))
@@ -88,3 +85,20 @@ def _same_matrix(a, b) -> bool:
     if a.size < 2 or (a == a.flat[0]).all():  # a constant matrix is not a tie
         return False
     return (a.shape == b.shape and (a == b).all()) or (a.shape == b.T.shape and (a == b.T).all())
+
+
+def _projects(node: onnx.NodeProto, consts) -> bool:
+    """Whether an Einsum multiplies x by one stored tensor of 2 dims or more, summing exactly one
+    of its labels away: a dense layer's form, as the tail reads ('bi,oi->bo', onnx_einsum) or not
+    ('bsi,io->bso', a transformer's projection, frozen and worth naming). 'bi,i->bi' scales features:
+    no layer (it was once named a frozen dense layer)."""
+    if len(node.input) != 2 or sum(i in consts for i in node.input) != 1:
+        return False
+    lhs, arrow, out = _equation(node).replace("...", "").partition("->")
+    operands = lhs.split(",")
+    if len(operands) != 2:
+        return False
+    if not arrow:  # implicit output: the labels that appear once, in alphabetical order
+        out = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    stored = operands[0 if node.input[0] in consts else 1]
+    return len(stored) >= 2 and sum(c not in out for c in set(stored)) == 1

@@ -266,7 +266,7 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory; point at a folder with one <client_id>.npz per client")
     files = client_files(root)  # every <client_id>.npz, the suffix in any case; what else is there is named
-    clients, width, max_label, layouts, saved, lossy = [], None, 1, LayoutCheck(), {}, []
+    clients, width, max_label, layouts, saved, lossy, train_lost = [], None, 1, LayoutCheck(), {}, [], False
     for file in files:
         try:  # the file's name is its device's id, and that names MQTT topics
             device_topic(file.stem, "checkin")
@@ -292,12 +292,14 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
             )
         for split in ("train", "test"):  # the same width, but also the same order of values
             layouts.check(file, split, arrays[f"x_{split}"])
-            lossy += filter(None, [cast_loss(file, split, arrays[f"x_{split}"])])
+            lost = cast_loss(file, split, arrays[f"x_{split}"])
+            lossy += [lost] if lost else []
+            train_lost = train_lost or bool(lost and split == "train")  # what training reads, not x_test
         max_label = max(max_label, int(y_train.max()), int(y_test.max(initial=0)))
         clients.append(ClientData(file.stem, x_train, y_train, x_test, y_test))
         saved[file.stem] = {split: arrays[f"x_{split}"].dtype for split in ("train", "test")}
     warn_cast_losses(root, lossy)
-    check_learnable(root, clients, cast_lost=bool(lossy))  # one class, or no feature that varies: nothing to learn
+    check_learnable(root, clients, cast_lost=train_lost)  # one class, or no feature that varies: nothing to learn
     as_saved = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
     data = resolve(as_saved, standardize, pretrained, saved)
     # after auto's x / 255 (a float x_test beside a uint8 x_train is fixed and said so), before

@@ -18,12 +18,15 @@ log = logging.getLogger("fedge.datasets")
 # rounding then adds noise of about 0.29 step (a uniform error), some 1.5% of the feature's spread
 # and more. Epoch seconds over a day (step 128 s, std ~25,000 s) stay unflagged.
 STEP_SHARE = 0.05
+# A split of fewer examples is not judged: its sample std is too rough a guess of the feature's
+# (5 readings of epoch milliseconds over an hour flagged, where the 50 of their x_train did not).
+MIN_EXAMPLES = 10
 
 
 def cast_loss(file: Path, split: str, x: np.ndarray) -> str | None:
     """In words, the features of x (examples, ...) as saved whose variation the float32 cast
     erases, or None (always None for dtypes float32 holds exactly: float16/32, 8- and 16-bit ints)."""
-    if len(x) < 2 or x.dtype.kind not in "fiu" or x.dtype.itemsize <= (4 if x.dtype.kind == "f" else 2):
+    if len(x) < MIN_EXAMPLES or x.dtype.kind not in "fiu" or x.dtype.itemsize <= (4 if x.dtype.kind == "f" else 2):
         return None
     flat = x.reshape(len(x), -1)
     top = np.maximum(np.abs(flat.max(axis=0).astype(np.float64)), np.abs(flat.min(axis=0).astype(np.float64)))

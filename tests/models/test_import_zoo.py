@@ -170,6 +170,27 @@ def test_an_einsum_that_is_no_dense_layer_is_not_named_frozen(tmp_path, caplog):
     assert spec.onnx_cut == "h" and "stay frozen" not in caplog.text
 
 
+def test_a_frozen_projection_einsum_of_three_labels_is_named(tmp_path, caplog):
+    """Einsum('bsi,io->bso', x, W) (a transformer's projection) is no layer the tail reads, and it
+    stays frozen before the cut: the notice names it (a mend that named only 2-D equations lost it)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.normal(size=(10, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "b")]
+    nodes = [helper.make_node("Einsum", ["inp", "W1"], ["e"], equation="bsi,io->bso", name="proj"),
+             helper.make_node("Relu", ["e"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["h"], name="flat"),
+             helper.make_node("Gemm", ["h", "W", "b"], ["out"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, [None, 2, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "proj.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        import_spec(ImportOptions(str(tmp_path / "proj.onnx"), head="global"))
+    assert "1 dense layer(s) stay frozen in the backbone (Einsum 'proj')" in caplog.text
+
+
 def _calibration(x: np.ndarray):
     class Reader(quantization.CalibrationDataReader):
         def __init__(self):

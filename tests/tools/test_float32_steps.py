@@ -17,8 +17,8 @@ from fedge.tools.datasets import load_npz_dir
 def _folder(root: Path, x_of, files: int = 2) -> None:
     rng = np.random.default_rng(0)
     for k in range(files):
-        y = np.arange(20) % 2
-        x = x_of(rng.normal(size=(20, 3)) + y[:, None])
+        y = np.arange(30) % 2
+        x = x_of(rng.normal(size=(30, 3)) + y[:, None])
         np.savez(root / f"d{k}.npz", x_train=x[:15], y_train=y[:15], x_test=x[15:], y_test=y[15:])
 
 
@@ -74,3 +74,27 @@ def test_many_files_are_named_five_then_counted(tmp_path: Path, caplog) -> None:
         load_npz_dir(tmp_path)
     assert len(_cast_lines(caplog)) == 5
     assert f"{tmp_path}: 3 more splits lose feature variation in the cast to float32" in caplog.messages
+
+
+def test_a_split_of_few_examples_is_not_judged(tmp_path: Path, caplog) -> None:
+    """5 examples give too rough a std: epoch milliseconds over an hour flagged in a 5-example
+    x_test where the 50 of its x_train were not (float32_steps.MIN_EXAMPLES)."""
+    rng = np.random.default_rng(1)
+    y = np.arange(55) % 2
+    x = np.round(1_700_000_000_000 + rng.normal(size=(55, 2)) * 3.6e6 + y[:, None] * 3.6e6).astype(np.int64)
+    last = np.array([-1.5e6, -0.7e6, 0, 0.7e6, 1.5e6])[:, None]  # the last readings, closer together
+    x[50:] = 1_700_000_000_000 + last.astype(np.int64)
+    np.savez(tmp_path / "d0.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
+    with caplog.at_level(logging.WARNING, logger="fedge.datasets"):
+        load_npz_dir(tmp_path)
+    assert _cast_lines(caplog) == []
+
+
+def test_a_constant_x_train_is_not_blamed_on_the_cast_of_x_test(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "a.npz", x_train=np.full((20, 2), 5.0), y_train=np.arange(20) % 2,
+             x_test=1e8 + rng.normal(0, 3, (20, 2)), y_test=np.arange(20) % 2)
+    with caplog.at_level(logging.WARNING, logger="fedge.datasets"), \
+            pytest.raises(DatasetError, match="Check that x_train is the feature array you meant"):
+        load_npz_dir(tmp_path)
+    assert [m.split(":")[1].split()[0] for m in _cast_lines(caplog)] == ["x_test"]  # the warning still names it
