@@ -37,7 +37,6 @@ from .kernel.protocol import Ack, CheckIn, Decline, TaskHyper, TrainTask, Update
 from .kernel.update_codec import decode_dense, dense_fp32_bytes
 from .local_training import check_scaffold_hyper, scaffold_control_delta, train_locally
 from .model_runtime import ModelRuntime, loaded
-from .personal_momentum import start_state, state_to_keep
 from .personalize import PINNABLE, personal_start, tune_head
 from .postprocess import CONTROL_STEPS, UPDATE_STEPS, Delta, TaskContext, encode, postprocess
 from .scores import accuracy, cross_entropy
@@ -227,14 +226,12 @@ class DeviceRuntime:
             initial = model.initial("personal")
             personal = personal_start(initial, shared) if task.hyper.personal_head_from_global else initial
         check_params(manifest, personal, "personal")
+        opt_state = store.load_opt_state() if task.hyper.keep_optimizer_state else None
         # Fresh unless it has this optimizer's names and this model's shapes: the optimizer changed, or the model
         # (re-fetched under its id), and a state of other shapes raised ORT's InvalidArgument out of the poll.
-        # Without keep_optimizer_state only the personal params' SGD momentum carries over (personal_momentum.py).
-        # SCAFFOLD's c_i estimate assumes the shared params' buffer starts empty (scaffold_control_delta):
-        # never their kept state there; the personal params' momentum carries over all the same.
-        keep = task.hyper.keep_optimizer_state and server_control is None
-        opt_state = start_state(store.load_opt_state(), fresh_optimizer_state(manifest, task.hyper.optimizer),
-                                manifest, dataclasses.replace(task.hyper, keep_optimizer_state=keep))
+        opt_state = _fitting(opt_state, fresh_optimizer_state(manifest, task.hyper.optimizer))
+        if server_control is not None:
+            opt_state = None  # SCAFFOLD's c_i estimate assumes an empty momentum buffer (scaffold_control_delta)
         z = model.embed(self.data.x_train, cache_key=0)
         model.check_labels(self.data.y_train, "y_train")
         rng = np.random.default_rng([_stable_int(self.device_id), task.seed, task.round_id, self.seed])
@@ -258,7 +255,7 @@ class DeviceRuntime:
         payload, residual, clip_seen = encode(out), out.residual, out.norm_before_clip
         control = b""
         dense_bytes = dense_fp32_bytes({p.name: p.shape for p in manifest.by_role("shared")})
-        kept_state = state_to_keep(result.opt_state, manifest, task.hyper)  # None: no stale file lingers
+        kept_state = result.opt_state if task.hyper.keep_optimizer_state else None  # None: no stale file lingers
         # control_undo: an earlier SCAFFOLD upload's, dropped here at no extra write (on_ack)
         saves = {"personal": result.personal, "opt_state": kept_state, "residual": residual, "control_undo": None}
         if server_control is not None:
@@ -377,8 +374,8 @@ class DeviceRuntime:
             rng = np.random.default_rng([_stable_int(self.device_id), seed, self.seed, 7])
             tuned = tune_head(self._tuning_backend(model, hyper.optimizer), start, head, z, self.data.y_train, hyper,
                               steps, rng)
-            if head == "personal":  # the head is replaced: the momentum its buffer built on the old one goes too
-                store.save_state({"personal": {**personal, **tuned}, "opt_state": None})  # one durable write
+            if head == "personal":
+                store.save_personal({**personal, **tuned})
             else:
                 store.save_tuned_head(tuned)
             z_test, y = model.embed(self.data.x_test, cache_key=1), self.data.y_test

@@ -1,9 +1,8 @@
 """The device's durable local state, one directory per (device, model).
 
     state.npz       what a task moves, in one file: personal params (never leave the device),
-                    opt_state (optimizer state between tasks: all of it with
-                    TaskHyper.keep_optimizer_state, else the personal params' SGD momentum
-                    buffers, personal_momentum.py), residual (error-feedback residual of the
+                    opt_state (optimizer state between tasks, only with
+                    TaskHyper.keep_optimizer_state), residual (error-feedback residual of the
                     compressor), control (SCAFFOLD's client control variate c_i; absent =
                     zeros), control_residual (error-feedback residual of the compressed Δc_i
                     uploads), control_undo (c_i and its residual from before the latest SCAFFOLD

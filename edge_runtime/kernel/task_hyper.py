@@ -27,11 +27,9 @@ class TaskHyper:
     mu: float = bounded(0.0, 1e6, 0.0)  # FedProx proximal weight; 0 = plain FedAvg local training
     max_steps: int = bounded(0, 2**31 - 1, 0)  # 0 = no cap beyond epochs
     # Carry the local optimizer's state (momentum, Adam moments) over from the device's last
-    # task. Off: the shared params start every task fresh, as in FedAvg. Momentum built on an older
-    # global model then pushes the new one off course; under quantity skew it made small devices
-    # diverge and collapsed FedAvgM's global model for good (heterogeneity benchmark, round 42).
-    # The personal params' SGD momentum carries over either way: they continue from the device's
-    # own values, not a new global model (edge_runtime/personal_momentum.py).
+    # task. Off: every task starts fresh, as in FedAvg. Momentum built on an older global model
+    # then pushes the new one off course; under quantity skew it made small devices diverge and
+    # collapsed FedAvgM's global model for good (heterogeneity benchmark, round 42).
     keep_optimizer_state: bool = False
     # Local-training guards (0 turns each off). max_grad_norm: each step's gradient is scaled to
     # this global L2 norm at most, so one bad batch or a too-high lr moves the params a bounded

@@ -47,21 +47,12 @@ def _task(model, shared, hyper, round_id=1, correction=None, compression=EXACT):
 def _hand_sgd(model, device, task, shared, personal, correction, mu):
     """The device's local run written out: same batches, plain SGD, grad = dCE + mu (w - x) + correction.
     Returns (final params, mean of the K raw gradients of the shared params, K)."""
-    w, mean_grad, steps, _ = _hand_run(model, device, task, shared, personal, correction, mu)
-    return w, mean_grad, steps
-
-
-def _hand_run(model, device, task, shared, personal, correction, mu, buffers=None):
-    """_hand_sgd with task.hyper.momentum (torch semantics: buf = momentum buf + g, w -= lr buf),
-    each param's buffer starting from `buffers` where given, else zero. Returns (final params,
-    mean raw shared gradient, K, final buffers)."""
     d, manifest, runtime = model
     net = NumpyModel(manifest.spec, load_frozen(d, manifest), dtype=np.float64)
     hyper = task.hyper
     rng = np.random.default_rng([_stable_int(device.device_id), task.seed, task.round_id, device.seed])
     z, y = runtime.embed(device.data.x_train), device.data.y_train
     w = {k: v.astype(np.float64) for k, v in {**shared, **personal}.items()}
-    buf = {k: np.asarray((buffers or {}).get(k, np.zeros_like(v)), np.float64) for k, v in w.items()}
     raw_sum = {k: np.zeros_like(w[k]) for k in shared}
     steps = 0
     for _ in range(hyper.epochs):
@@ -74,7 +65,6 @@ def _hand_run(model, device, task, shared, personal, correction, mu, buffers=Non
                 raw_sum[k] += g[k]
                 g[k] = g[k] + correction[k]
             for k in w:
-                buf[k] = hyper.momentum * buf[k] + g[k]
-                w[k] = w[k] - hyper.lr * buf[k]
+                w[k] = w[k] - hyper.lr * g[k]
             steps += 1
-    return w, {k: v / steps for k, v in raw_sum.items()}, steps, buf
+    return w, {k: v / steps for k, v in raw_sum.items()}, steps

@@ -207,26 +207,22 @@ def test_local_state_persists_and_a_restarted_runtime_picks_it_up(model, data, t
     assert no_residual.payload != u2.payload
 
 
-def test_by_default_every_task_starts_the_shared_params_from_a_fresh_optimizer_state(model, data, tmp_path):
-    """Stale momentum of the shared params on disk changes nothing unless the task asks to keep
-    it, and none of it is kept; the personal params' momentum is kept (personal_momentum.py,
-    its oracle in test_personal_momentum.py)."""
+def test_by_default_every_task_starts_from_a_fresh_optimizer_state(model, data, tmp_path):
+    """Stale momentum on disk changes nothing unless the task asks to keep it, and none is kept."""
     root = tmp_path / "state"
     assert not _task(model).hyper.keep_optimizer_state
     _runtime(model, data, root).handle_task(_task(model, round_id=1))
     store = _store(model, root)
-    personal = {f"{p.name}.momentum_buffer" for p in model[1].by_role("personal")}
-    kept = store.load_opt_state()
-    assert set(kept) == personal
+    assert store.load_opt_state() is None
     clean = tmp_path / "clean"
     shutil.copytree(root, clean)
     shapes = {p.name: p.shape for p in model[1].trainable}
     stale_state = {f"{k}.momentum_buffer": np.full(s, 0.5, np.float32) for k, s in shapes.items()}
-    store.save_opt_state({**stale_state, **kept})  # stale shared buffers beside the kept personal ones
+    store.save_opt_state(stale_state)
     fresh = _runtime(model, data, clean).handle_task(_task(model, round_id=2))
     stale = _runtime(model, data, root).handle_task(_task(model, round_id=2))
     assert fresh.payload == stale.payload
-    assert set(store.load_opt_state()) == personal  # and the stale shared buffers are gone
+    assert store.load_opt_state() is None  # and the stale file is gone
     store.save_opt_state(stale_state)
     keep = dataclasses.replace(_task(model).hyper, keep_optimizer_state=True)
     carried = _runtime(model, data, root).handle_task(_task(model, round_id=3, hyper=keep))

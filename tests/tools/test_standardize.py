@@ -40,11 +40,7 @@ def test_standardize_keeps_devices_from_diverging(tmp_path):
         return json.loads(out.read_text())
 
     plain, scaled = run("plain", "--no-standardize"), run("scaled", "--standardize")
-    # Features up to ~2e4: the raw run's first losses are thousands (9,808 against 1.55 standardized,
-    # seed 0), and some raw tasks blew up (declined as diverged) before the personal head's momentum
-    # carried over between tasks (personal_momentum.py); either way the raw run starts far off.
-    raw_loss, scaled_loss = plain["rounds"][0]["train_loss"], scaled["rounds"][0]["train_loss"]
-    assert plain["summary"]["declines"].get("diverged", 0) >= 1 or raw_loss is None or raw_loss > 1000 * scaled_loss
+    assert plain["summary"]["declines"].get("diverged", 0) >= 1  # features up to ~2e4: some tasks blow up
     assert scaled["summary"]["declines"].get("diverged", 0) == 0 and scaled["config"]["standardize"] is True
     assert all(r["committed"] for r in scaled["rounds"]) and scaled["rounds"][-1]["global_accuracy"] > 0.9
     assert not any("far from standardized" in f for f in scaled["config"]["data"]["findings"])
