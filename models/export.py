@@ -23,6 +23,7 @@ from fedge.edge_runtime.kernel.manifest import check_params, load_manifest
 
 from .graphs import ACTIVATION_OPS, INV_SQRT2
 from .onnx_builder import IR_VERSION, OPSET
+from .onnx_scope import all_nodes, free_prefix
 from .spec import ModelSpec, spec_from_dict
 
 Dense = tuple[np.ndarray, np.ndarray, str, float]  # weight (in, out), bias (out,), activation, its negative slope
@@ -179,7 +180,7 @@ def prepend_affine(model: onnx.ModelProto, mean: np.ndarray, std: np.ndarray, in
     # free: a model that standardizes already (an imported fedge export) holds x__fedge_mean_hi, ...
     p, node = free_prefix(model, f"{x}__fedge_"), free_prefix(model, "fedge_standardize.")
     out = f"{p}standardized"
-    for n in _nodes(graph):  # subgraphs (If, Loop) may read x from the outer scope
+    for n in all_nodes(graph):  # subgraphs (If, Loop) may read x from the outer scope
         n.input[:] = [out if name == x else name for name in n.input]
     hi = np.asarray(mean, np.float32)
     terms = {"mean_hi": hi, "mean_lo": np.asarray(mean, np.float64) - hi, "std": std}
@@ -191,24 +192,3 @@ def prepend_affine(model: onnx.ModelProto, mean: np.ndarray, std: np.ndarray, in
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend([*steps, *rest])
-
-
-def free_prefix(model: onnx.ModelProto, stem: str) -> str:
-    """`stem`, or `stem` numbered (fedge_export_ -> fedge_export1_, fedge_export2_, ...), that no name in the model
-    begins with: no tensor, initializer or node name of the export can then repeat one of its own."""
-    graph = model.graph
-    names = {name for n in _nodes(graph) for name in (n.name, *n.input, *n.output)}
-    names |= {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
-    base = stem.rstrip("_.")
-    sep = stem[len(base):]
-    return next(p for p in (f"{base}{i or ''}{sep}" for i in range(len(names) + 2))
-                if not any(name.startswith(p) for name in names))
-
-
-def _nodes(graph: onnx.GraphProto):
-    """Every node of graph and of the subgraphs its nodes' attributes hold."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                yield from _nodes(sub)

@@ -16,11 +16,10 @@ from collections.abc import Callable
 import onnx
 
 from .onnx_activation import TRAINABLE
+from .onnx_cut import DENSE_OPS
 from .onnx_einsum import _equation
 from .onnx_source import OnnxImportError, stored_tensors
 from .onnx_transposed import swaps_two_axes
-
-DENSE_OPS = ("Gemm", "MatMul")
 
 
 def _label(node: onnx.NodeProto) -> str:

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 from .onnx_batch import check_any_batch, free_fixed_batch
 from .onnx_extract import extract
 from .onnx_finite import check_backbone_finite
-from .onnx_scope import rename_everywhere
-from .onnx_source import OnnxImportError, subgraphs
+from .onnx_scope import free_prefix, rename_everywhere
+from .onnx_source import OnnxImportError
 from .spec import ModelSpec
 
 
@@ -51,11 +51,10 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     # x and z are the backbone's interface: a source tensor of either name moves aside, to a name
     # the source does not use (a fedge export imported again, and again, holds x__source, z__source
     # and a node fedge_cut already: the same names twice made ONNX Runtime refuse the backbone).
-    names = _names(graph)
-    rename = {"x": _free("x__source", names), "z": _free("z__source", names), source_input: "x"}
+    rename = {"x": free_prefix(prefix, "x__source"), "z": free_prefix(prefix, "z__source"), source_input: "x"}
     rename_everywhere(graph, rename)  # in If/Loop/Scan bodies too, which may read these by their outer names
     cut = rename.get(spec.onnx_cut, spec.onnx_cut)
-    graph.node.append(helper.make_node("Flatten", [cut], ["z"], name=_free("fedge_cut", names), axis=1))
+    graph.node.append(helper.make_node("Flatten", [cut], ["z"], name=free_prefix(prefix, "fedge_cut"), axis=1))
     if not any(o.domain in ("", "ai.onnx") for o in prefix.opset_import):
         # a source of ai.onnx.ml ops alone (a Binarizer, a Scaler): that Flatten made the backbone
         # "not a valid ONNX model: No opset import for domain ''"; Flatten(axis=1) is opset 1's.
@@ -85,17 +84,3 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
                     spec.onnx_features)
     return prefix
 
-
-def _names(graph: onnx.GraphProto) -> set[str]:
-    """Every node and tensor name of graph and of the subgraphs its nodes hold."""
-    names = {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
-    for node in graph.node:
-        names.update((node.name, *node.input, *node.output))
-        for sub in subgraphs(node):
-            names |= _names(sub)
-    return names
-
-
-def _free(base: str, taken: set[str]) -> str:
-    """base, or base numbered (base2, base3, ...), whichever `taken` does not hold."""
-    return next(n for n in (base, *(f"{base}{i}" for i in range(2, len(taken) + 3))) if n not in taken)

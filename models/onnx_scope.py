@@ -104,3 +104,24 @@ def refuse_cycles(graph: onnx.GraphProto, where: object) -> None:
     for node in graph.node:
         for sub in subgraphs(node):
             refuse_cycles(sub, where)
+
+
+def free_prefix(model: onnx.ModelProto, stem: str) -> str:
+    """`stem`, or `stem` numbered (fedge_export_ -> fedge_export1_, fedge_export2_, ...), that no name in the model
+    begins with: no tensor, initializer or node name of the export can then repeat one of its own."""
+    graph = model.graph
+    names = {name for n in all_nodes(graph) for name in (n.name, *n.input, *n.output)}
+    names |= {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
+    base = stem.rstrip("_.")
+    sep = stem[len(base):]
+    return next(p for p in (f"{base}{i or ''}{sep}" for i in range(len(names) + 2))
+                if not any(name.startswith(p) for name in names))
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """Every node of graph and of the subgraphs its nodes' attributes hold."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                yield from all_nodes(sub)
