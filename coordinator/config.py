@@ -18,7 +18,7 @@ from .async_mode.config import AsyncConfig, check_mode
 from .dp import config as dp_config
 from .dp.config import PrivacyConfig, check_coordinator
 from .evaluation import EvalConfig
-from .limits import MAX_FLEET
+from .limits import MAX_FLEET, MAX_REGISTRY
 from .robust.aggregators import KEEP_ALL, RobustConfig  # importing it registers the robust rules
 from .secagg import config as secagg_config
 from .secagg.config import SecAggConfig, check_compatible
@@ -115,6 +115,10 @@ class CoordinatorConfig:
     # seconds (coordinator/checkin_limit.py); more are refused as checkin_too_often. 0 = no limit.
     checkin_burst: int = 10
     checkin_refill_s: float = 6.0
+    # Devices the registry may hold: a check-in from a new device id past this many is refused as
+    # registry_full (known devices are unaffected; none is evicted). The default is the most one
+    # round may ask for; coordinator/registry_cap.py says why and what a full registry costs.
+    max_devices: int = bounded(1, MAX_REGISTRY, MAX_FLEET)
     # Publish each round's params (and SCAFFOLD's c) once, as retained parts of at most this many
     # bytes, instead of inside every task; 0 = inline in every task (the default). Parts cut the
     # coordinator's publishing from N copies of the params to one, which matters when it reaches
@@ -243,6 +247,7 @@ class CoordinatorConfig:
             raise ConfigError("checkin_burst must be >= 1")
         if not 0 <= self.checkin_refill_s < math.inf:
             raise ConfigError("checkin_refill_s must be >= 0 seconds (0: no limit)")
+        self._check_max_devices()
         if self.model_part_bytes < 0 or 0 < self.model_part_bytes < 256:
             raise ConfigError("model_part_bytes must be 0 (params inline in every task) or >= 256")
         if not self.pace_max_s > 0:
@@ -281,6 +286,14 @@ class CoordinatorConfig:
                 encode_message(msg)
             except MalformedPayload as exc:
                 raise ConfigError(f"a value the coordinator would send is out of range: {exc}") from None
+
+    def _check_max_devices(self) -> None:
+        if not 1 <= self.max_devices <= MAX_REGISTRY:  # from_dict checks a file's; one set in code too
+            raise ConfigError(f"max_devices must be in [1, {MAX_REGISTRY:,}] (devices the registry may hold), "
+                              f"got {self.max_devices}")
+        if self.mode == "sync" and self.max_devices < self.clients_per_round:  # rounds could never be full
+            raise ConfigError(f"max_devices {self.max_devices} is below clients_per_round {self.clients_per_round}: "
+                              "a round could never get the reports it asks for; raise max_devices")
 
     def _check_strategy(self) -> None:
         if self.strategy not in STRATEGIES:

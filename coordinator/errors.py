@@ -17,6 +17,7 @@ none stops the service.
         ├── WrongShard                 sharded: an update on a shard topic (or the plain one) not its device's
         ├── StaleEval                  an EvalReport that answers no evaluation asked of its sender
         ├── CheckInTooOften            a check-in over its device's budget (checkin_limit.py)
+        ├── RegistryFull               a check-in from a new device id with max_devices known (registry_cap.py)
         └── RetainedMessage            a retained message the broker replayed on a channel other than status
 
 One error does stop it, on purpose: GroupCommitFailed (FedgeError), accepted updates that could
@@ -95,6 +96,10 @@ class StaleEval(UpdateRejected):
 
 class CheckInTooOften(UpdateRejected):
     reason = "checkin_too_often"
+
+
+class RegistryFull(UpdateRejected):
+    reason = "registry_full"
 
 
 class RetainedMessage(UpdateRejected):

@@ -35,7 +35,6 @@ from fedge.edge_runtime.kernel.transport.base import Transport
 from . import backoff, pace
 from .admission import Accepted, admit, check_decline, view_of
 from .artifacts import FetchRefused, open_artifacts
-from .checkin_limit import CheckInLimit
 from .config import CoordinatorConfig
 from .dp.budget import PrivacyBudget
 from .errors import UnexpectedMessage, UpdateRejected
@@ -52,6 +51,7 @@ from .noise_round import NoiseRounds
 from .outbound import Outbound
 from .records import OpenRound, RoundRecord, count_uplink, open_round
 from .registry import Registry
+from .registry_cap import check_in_gate
 from .restart import abandon_unplanned, restore_state, resume
 from .round_shell import make_shell
 from .rounds import (
@@ -118,7 +118,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         self.dense_limit = 8 * sum(int(np.prod(s)) for s in self.shapes.values())  # params + control, fp32
         check_update_fits(config, self.shapes, strategy.uses_control, manifest.model_id)  # else refused unread
         self.registry = Registry(self.store)
-        self.checkins = CheckInLimit(config.checkin_burst, config.checkin_refill_s)
+        self.checkins = check_in_gate(config, self.registry)  # max_devices, then each device's rate
         self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
         self.shell = make_shell(config, self.outbound, self.shapes, self.store)  # plain or secure (round_shell.py)
@@ -171,10 +171,10 @@ class Coordinator(BrokerLink, NoiseRounds):
             return True
         mine = getattr(report, "device_id", None) == sender
         if isinstance(report, CheckIn) and channel == "checkin" and mine:
-            if (too_often := self.checkins.refusal(sender, self.clock.now())) is None:
+            if (refused := self.checkins.refusal(sender, self.clock.now())) is None:
                 self._check_in(report)
-            else:  # no store write, no reply (checkin_limit.py)
-                self._reject(too_often, sender, None)
+            else:  # no store write, no reply (registry_cap.py, checkin_limit.py)
+                self._reject(refused, sender, None)
         elif isinstance(report, Decline if self.shell.secure else (Update, Decline)) and channel == "update":
             self._report(report, sender, len(msg.payload))
         elif self.shell.owns(report, channel):

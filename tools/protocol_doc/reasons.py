@@ -57,6 +57,10 @@ ACK_NOTES: dict[str, tuple[str, str]] = {
                           f"({_DEFAULT['checkin_burst']} by default), then one per `checkin_refill_s` "
                           f"({_DEFAULT['checkin_refill_s']:g} s). Not registered, no Pace back. Check in when "
                           "Pace says, on (re)connect and when a new Announcement session appears, not in a loop."),
+    "registry_full": ("no", f"A CheckIn from a device id the coordinator does not know while its registry holds "
+                      f"`max_devices` devices ({_DEFAULT['max_devices']:,} by default). Not registered, no Pace back; "
+                      "devices it knows are unaffected. Ask the operator: the fleet is larger than the coordinator "
+                      "was configured for."),
     "retained": ("no", "A message on your `checkin`, `update` or `fetch` topic that the broker replayed from its "
                  "retained store, at a coordinator's (re)subscription. The copy that came live was handled then; the "
                  "replay would come back at every restart, so it is refused. Set retain on your `status` topic "
