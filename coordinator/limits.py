@@ -8,8 +8,8 @@ million devices in one round is past any fleet fedge runs (issue 14's largest is
 devices, 100 per round); the wire caps a task's epochs at the same number."""
 
 MAX_FLEET = 1_000_000  # devices one round or buffer asks for, holds or keeps in flight
-# max_devices' bound: about 0.6 KB of memory per registered device (registry_cap.py), so
-# 10 million is 6 GB, past any machine a coordinator is run on; more is a typo, not a fleet.
+# max_devices' bound, 10 x MAX_FLEET: a registry of 10 million is about 2 GB of memory, 0.6 GB of
+# state db and most of a second per selection (registry_cap.py measures it); more is a typo.
 MAX_REGISTRY = 10_000_000
 MAX_CC_ITERATIONS = 100  # centered clipping's inner loop (Karimireddy et al. 2021 use 1 to 3): each runs over the round
 MAX_SECURITY_BITS = 128  # SecAgg's sigma and eta: 2^-128 is past any float; more only grows the graph
