@@ -25,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -113,19 +114,24 @@ def stop(procs) -> None:
             proc.kill()
 
 
-def _kill_shard0_worker_in_round2(procs, logs, dsn) -> None:
+def _kill_shard0_worker_in_round2(procs, logs, dsn, gate: threading.Event) -> None:
     """kill -9 shard 0's worker once round 2 counts 2 updates there but not yet slow dev-0's: the
     assertions on what happened to dev-0's round-2 update need it still out at the kill. The worker
-    is frozen for the read (frozen_kill.py): dev-0's 3 s is no bound on a stalled test."""
-    _wait("round 2 to count updates", lambda: _rows(
-        dsn, "SELECT count(*) FROM shard_updates WHERE round_id = 2 AND shard = 0")[0][0] >= 2,
-        120, procs["leader"], logs["leader"])
-    (holder,) = _rows(dsn, "SELECT holder FROM shard_leases WHERE shard = 0")[0]
-    victim = next(n for n in ("w1", "w2") if holder.endswith(f":{procs[n].pid}"))
-    sql = "SELECT device_id FROM shard_updates WHERE round_id = 2 AND shard = 0"
-    kill9_once("round 2 to count 2 updates on shard 0, dev-0's not yet", procs[victim],
-               lambda: [d for (d,) in _rows(dsn, sql)], lambda counted: len(counted) >= 2 and "dev-0" not in counted,
-               30, logs[victim])
+    is frozen for the read (frozen_kill.py), and dev-0 starts its round-2 task only once `gate`
+    opens, after the kill: its 3 s alone was no bound on a stalled test (a fresh clone's run at a
+    load of 5 on 2 cores counted dev-0's update before the second one, and waited out the 30 s)."""
+    try:
+        _wait("round 2 to count updates", lambda: _rows(
+            dsn, "SELECT count(*) FROM shard_updates WHERE round_id = 2 AND shard = 0")[0][0] >= 2,
+            120, procs["leader"], logs["leader"])
+        (holder,) = _rows(dsn, "SELECT holder FROM shard_leases WHERE shard = 0")[0]
+        victim = next(n for n in ("w1", "w2") if holder.endswith(f":{procs[n].pid}"))
+        sql = "SELECT device_id FROM shard_updates WHERE round_id = 2 AND shard = 0"
+        kill9_once("round 2 to count 2 updates on shard 0, dev-0's not yet", procs[victim],
+                   lambda: [d for (d,) in _rows(dsn, sql)],
+                   lambda counted: len(counted) >= 2 and "dev-0" not in counted, 30, logs[victim])
+    finally:
+        gate.set()  # dev-0 goes on (also when a wait failed: the fleet closes)
 
 
 def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_is_bit_exact(drill,  # noqa: F811
@@ -133,7 +139,9 @@ def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_i
     tmp, broker, art_dir, manifest = drill
     config = _config(tmp, broker.url, art_dir, postgres_dsn)
     logs = {name: tmp / f"{name}.log" for name in ("leader", "standby", "w1", "w2", "w3")}
-    fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-0": 3.0}, devices=DEVICES)
+    gate = threading.Event()  # dev-0's round-2 task waits for the worker's kill (_kill_shard0_worker_in_round2)
+    fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-0": 3.0}, gate=gate,
+                  devices=DEVICES)
     procs = {"leader": _serve(config, logs["leader"])}
     started = time.monotonic()
     try:
@@ -147,7 +155,7 @@ def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_i
         _wait("both shards held", lambda: len(_rows(postgres_dsn, "SELECT shard FROM shard_leases")) == K, 60)
         procs["w3"] = _serve(config, logs["w3"], "--role", "worker")
         _wait("a standby worker", lambda: "standing by" in logs["w3"].read_text(), 60, procs["w3"], logs["w3"])
-        _kill_shard0_worker_in_round2(procs, logs, postgres_dsn)
+        _kill_shard0_worker_in_round2(procs, logs, postgres_dsn, gate)
         killed = time.monotonic()
         _wait("the standby to take shard 0", lambda: _rows(
             postgres_dsn, "SELECT epoch FROM shard_leases WHERE shard = 0")[0][0] == 2, 30, procs["w3"], logs["w3"])
@@ -182,7 +190,9 @@ def test_a_worker_killed_with_no_spare_its_devices_move_to_the_live_shard_and_ev
     tmp, broker, art_dir, manifest = drill
     config = _config(tmp, broker.url, art_dir, postgres_dsn)
     logs = {name: tmp / f"{name}.log" for name in ("leader", "w1", "w2")}
-    fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-0": 3.0}, devices=DEVICES)
+    gate = threading.Event()  # dev-0's round-2 task waits for the worker's kill (_kill_shard0_worker_in_round2)
+    fleet = Fleet(broker.url, art_dir, manifest.model_id, tmp / "devices", slow={"dev-0": 3.0}, gate=gate,
+                  devices=DEVICES)
     procs = {"leader": _serve(config, logs["leader"])}
     started = time.monotonic()
     try:
@@ -191,7 +201,7 @@ def test_a_worker_killed_with_no_spare_its_devices_move_to_the_live_shard_and_ev
         for name in ("w1", "w2"):
             procs[name] = _serve(config, logs[name], "--role", "worker")
         _wait("both shards held", lambda: len(_rows(postgres_dsn, "SELECT shard FROM shard_leases")) == K, 60)
-        _kill_shard0_worker_in_round2(procs, logs, postgres_dsn)
+        _kill_shard0_worker_in_round2(procs, logs, postgres_dsn, gate)
         assert procs["leader"].wait(timeout=240) == 0, logs["leader"].read_text()[-3000:]
         elapsed = time.monotonic() - started
     finally:
