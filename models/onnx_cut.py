@@ -7,11 +7,10 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto
 
+from .onnx_dense import DENSE_OPS, dense_operands
 from .onnx_linear import ml_models, sklearn_hint
 from .onnx_quantized import quantized_hint
 from .onnx_source import OnnxImportError
-
-DENSE_OPS = ("Gemm", "MatMul")
 
 
 def _writer(model: onnx.ModelProto, tensor: str) -> str:
@@ -41,7 +40,7 @@ def no_tail_error(g, last_error: OnnxImportError | None) -> OnnxImportError:
         why = ": " + str(last_error).removeprefix(f"{where}: ")
     else:
         computed = [n for n in model.graph.node if n.op_type in DENSE_OPS and len(n.input) > 1
-                    and n.input[1] not in g.consts]
+                    and dense_operands(n, g.consts, g.producer) is None]  # W @ x^T's x^T is no computed weight
         ops = sorted({n.op_type for n in model.graph.node})
         why = f"; the graph holds {', '.join(ops[:12])}{ml_models(model.graph)}"
         if computed:

@@ -38,8 +38,9 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from .import_options import ImportOptions
 from .onnx_activation import TRAINABLE, match_activation
 from .onnx_casts import after_exact_casts
-from .onnx_cut import DENSE_OPS, check_cut_type, no_tail_error
-from .onnx_einsum import einsum_layer, einsum_weight
+from .onnx_cut import check_cut_type, no_tail_error
+from .onnx_dense import DENSE_OPS, dense_operands
+from .onnx_einsum import einsum_layer
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
@@ -47,7 +48,7 @@ from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_cl
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice, tied_notice
 from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
-from .onnx_transposed import transposed_layer, transposed_start
+from .onnx_transposed import transposed_layer
 from .spec import LayerSpec, ModelSpec
 
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
@@ -82,13 +83,14 @@ def _node_label(node: onnx.NodeProto) -> str:
 
 
 class _Graph:
-    """Lookups over a source graph: constants, consumers, the one float input."""
+    """Lookups over a source graph: constants, consumers, producers, the one float input."""
 
     def __init__(self, model: onnx.ModelProto, where: str):
         self.model, self.where = model, where
         g = model.graph
         self.consts: dict[str, np.ndarray] = {k: numpy_helper.to_array(t) for k, t in stored_tensors(g).items()}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.producer = {o: n for n in g.node for o in n.output}
         # Shape and Size read a tensor's shape, never the values the tail trains: torch's x.view(x.size(0), -1)
         # once froze every dense layer that read x, and logits.flatten() refused the model
         for node in (n for n in g.node if n.op_type not in ("Shape", "Size")):
@@ -136,10 +138,8 @@ class _Graph:
                 seen.update(node.output)
 
     def dense_after(self, tensor: str) -> onnx.NodeProto | None:
-        """A dense layer (Gemm or MatMul with a stored weight) computed from `tensor`, if any."""
-        return next((n for n in self.downstream(tensor) if n.op_type in DENSE_OPS and len(n.input) > 1
-                     and n.input[1] in self.consts or transposed_start(self, n) or einsum_weight(self, n) is not None),
-                    None)
+        """A dense layer with a stored weight (onnx_dense.py) computed from `tensor`, if any."""
+        return next((n for n in self.downstream(tensor) if dense_operands(n, self.consts, self.producer)), None)
 
     def class_labels(self, logits: str) -> np.ndarray | None:
         """The labels the source maps its classifier's outputs to (scikit-learn's classes_, kept
@@ -173,6 +173,9 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     """The dense layer that starts at `node` (which consumes x), with its bias and activation;
     or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py)."""
     start = _written_otherwise(g, x, node)
+    if start is None and node.op_type not in DENSE_OPS:  # also the notice's Einsum projection, W @ x^T + b per example
+        raise OnnxImportError(f"{g.where}: {_node_label(node)} after {x!r}: the trainable tail takes dense layers "
+                              f"(Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after this node")
     if start is not None:
         node, w, b, out = start  # named by its MatMul, as the notice names dense layers
     label = _node_label(node)
@@ -220,18 +223,10 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
 
 
 def _read_layer(g: _Graph, node: onnx.NodeProto) -> DenseLayer:
-    """The dense layer of a dense node, read from its input (from the inner Transpose's, for
-    MatMul(W, Transpose(x))): what the frozen notice tries, to say why it is not in the tail."""
-    start = transposed_start(g, node) or node
-    return _dense(g, start, _layer_input(g, start))
-
-
-def _layer_input(g: _Graph, node: onnx.NodeProto) -> str:
-    """The tensor a dense node reads as its input: an Einsum's operand that is not stored (its
-    weight may come first), any other node's first input."""
-    if node.op_type == "Einsum":
-        return next((i for i in node.input if i not in g.consts), node.input[0])
-    return node.input[0]
+    """The dense layer of a dense node (onnx_dense.py), read from its first node (for MatMul(W,
+    Transpose(x)), the Transpose): what the frozen notice tries, to say why it is not in the tail."""
+    x, _, start = dense_operands(node, g.consts, g.producer)
+    return _dense(g, start, x)
 
 
 def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
@@ -269,10 +264,6 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
                 raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {w.shape[0]} features, the layer "
                                       f"before gives {layers[-2].weight.shape[1]}")
             break
-        if node.op_type not in DENSE_OPS and _written_otherwise(g, tensor, node) is None:
-            raise OnnxImportError(f"{g.where}: {_node_label(node)} after {tensor!r}: the trainable tail takes dense "
-                                  f"layers (Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after "
-                                  "this node")
         layer = _dense(g, node, tensor)
         if layers and layers[-1].weight.shape[1] != layer.weight.shape[0]:
             raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {layer.weight.shape[0]} features, "
@@ -287,12 +278,13 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
 def find_cut(g: _Graph) -> str:
     """The earliest tensor from which the rest of the graph is a dense tail."""
     last_error = None
-    for node in g.model.graph.node:
-        if node.op_type in DENSE_OPS and len(node.input) > 1 and node.input[1] in g.consts \
-                or is_linear_classifier(node) or node.input and _written_otherwise(g, _layer_input(g, node), node):
+    for node in g.model.graph.node:  # each dense layer (onnx_dense.py), and scikit-learn's linear models
+        dense = dense_operands(node, g.consts, g.producer)
+        x = dense.x if dense else node.input[0] if is_linear_classifier(node) else None
+        if x is not None:
             try:
-                parse_tail(g, _layer_input(g, node))
-                return _layer_input(g, node)
+                parse_tail(g, x)
+                return x
             except OnnxImportError as exc:
                 last_error = exc
     raise no_tail_error(g, last_error)
@@ -317,8 +309,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
                     options.onnx, str(exc).removeprefix(f"{options.onnx}: "), cut)
         return _spec(options, digest, input_shape, (), options.num_classes, cut,
                      cut_features(model, g.input.name, input_shape, cut, options.onnx))
-    if options.cut == "auto" and (notice := frozen_notice(model, cut, {layer.node for layer in tail},
-                                                          lambda node: _read_layer(g, node), g.where)):
+    if options.cut == "auto" and (notice := frozen_notice(g, cut, {layer.node for layer in tail},
+                                                          lambda node: _read_layer(g, node))):
         log.warning("%s: %s", options.onnx, notice)
     if notice := tied_notice(tail):
         log.warning("%s: %s", options.onnx, notice)

@@ -16,31 +16,23 @@ from collections.abc import Callable
 import onnx
 
 from .onnx_activation import TRAINABLE
-from .onnx_cut import DENSE_OPS
-from .onnx_einsum import _equation
-from .onnx_source import OnnxImportError, stored_tensors
-from .onnx_transposed import swaps_two_axes
+from .onnx_dense import dense_operands
+from .onnx_source import OnnxImportError
 
 
 def _label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} {node.name or node.output[0]!r}"
 
 
-def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str],
-                  read_layer: Callable[[onnx.NodeProto], object], where: str) -> str | None:
-    """None when no dense layer stays before `cut`; else one sentence naming the frozen dense
-    layers and why: the refusal of the nearest of them as a layer (read_layer raises
-    OnnxImportError prefixed with `where`: a bias that is none per output, transA), else the ops
-    between it and the cut. tail_nodes: the tail's layer names."""
-    consts = stored_tensors(model.graph)
-    producer = {o: n for n in model.graph.node for o in n.output}
+def frozen_notice(g, cut: str, tail_nodes: set[str], read_layer: Callable[[onnx.NodeProto], object]) -> str | None:
+    """None when no dense layer (onnx_dense.py) stays before `cut`; else one sentence naming the
+    frozen dense layers and why: the refusal of the nearest of them as a layer (read_layer raises
+    OnnxImportError prefixed with g.where: a bias that is none per output, transA), else the ops
+    between it and the cut. tail_nodes: the tail's layer names. g: onnx_import._Graph."""
+    model, consts, producer = g.model, g.consts, g.producer
 
-    def is_dense(n: onnx.NodeProto) -> bool:  # MatMul(x, W), Gemm, MatMul(W, Transpose(x)) (onnx_transposed), Einsum
-        if n.op_type == "Einsum":
-            return _projects(n, consts)
-        return n.op_type in DENSE_OPS and len(n.input) > 1 and (n.input[1] in consts or (
-            n.op_type == "MatMul" and n.input[0] in consts and len(consts[n.input[0]].dims) == 2
-            and n.input[1] in producer and swaps_two_axes(producer[n.input[1]])))
+    def is_dense(n: onnx.NodeProto) -> bool:
+        return dense_operands(n, consts, producer) is not None
 
     frozen = [n for n in model.graph.node if is_dense(n) and (n.name or f"{n.op_type}:{n.output[0]}") not in tail_nodes]
     if not frozen:
@@ -63,7 +55,7 @@ def frozen_notice(model: onnx.ModelProto, cut: str, tail_nodes: set[str],
         try:
             read_layer(node)
         except OnnxImportError as exc:
-            return f"{head}: it cannot start at {str(exc).removeprefix(where + ': ')}"
+            return f"{head}: it cannot start at {str(exc).removeprefix(g.where + ': ')}"
     return f"{head}, which is not one {TRAINABLE} it can train through"
 
 
@@ -84,20 +76,3 @@ def _same_matrix(a, b) -> bool:
     if a.size < 2 or (a == a.flat[0]).all():  # a constant matrix is not a tie
         return False
     return (a.shape == b.shape and (a == b).all()) or (a.shape == b.T.shape and (a == b.T).all())
-
-
-def _projects(node: onnx.NodeProto, consts) -> bool:
-    """Whether an Einsum multiplies x by one stored tensor of 2 dims or more, summing exactly one
-    of its labels away: a dense layer's form, as the tail reads ('bi,oi->bo', onnx_einsum) or not
-    ('bsi,io->bso', a transformer's projection, frozen and worth naming). 'bi,i->bi' scales features:
-    no layer (it was once named a frozen dense layer)."""
-    if len(node.input) != 2 or sum(i in consts for i in node.input) != 1:
-        return False
-    lhs, arrow, out = _equation(node).replace("...", "").partition("->")
-    operands = lhs.split(",")
-    if len(operands) != 2:
-        return False
-    if not arrow:  # implicit output: the labels that appear once, in alphabetical order
-        out = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
-    stored = operands[0 if node.input[0] in consts else 1]
-    return len(stored) >= 2 and sum(c not in out for c in set(stored)) == 1

@@ -57,12 +57,3 @@ def transposed_layer(g, x: str, node: onnx.NodeProto) -> tuple[onnx.NodeProto, n
         return None
     return matmul, w, b, users[0].output[0]
 
-
-def transposed_start(g, matmul: onnx.NodeProto) -> onnx.NodeProto | None:
-    """The inner Transpose of the pattern whose MatMul is `matmul`, if it is one."""
-    if not left_matmul(g, matmul):
-        return None
-    writer = next((n for n in g.model.graph.node if matmul.input[1] in n.output), None)
-    if writer is None or transposed_layer(g, writer.input[0], writer) is None:
-        return None
-    return writer

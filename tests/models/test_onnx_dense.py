@@ -1,0 +1,155 @@
+"""One answer to "is this node a dense layer with a stored weight" (models/onnx_dense.py) for the
+cut search, the no-tail refusal and the frozen-layer notice, which each had a copy of the test.
+Where the copies disagreed, a model got a false reason: a stored W of W @ x^T called a computed
+weight, x called the weight of an Einsum that writes W first, and an Einsum projection refused
+or passed where the same projection written as MatMul was refused with its reason. Oracles: the
+table of forms written out by hand, and the MatMul form of the same layer, which every copy read alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from fedge.models.onnx_import import ImportOptions, OnnxImportError, import_spec  # noqa: E402
+from fedge.models.onnx_source import stored_tensors  # noqa: E402
+
+RNG = np.random.default_rng(5)
+
+
+def _graph(nodes, inits: dict, in_shape, out_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _f32(*shape):
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+def _import(model: onnx.ModelProto, tmp_path, **options):
+    onnx.save(model, tmp_path / "m.onnx")
+    return import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global", **options))
+
+
+def _refusal(model: onnx.ModelProto, tmp_path, **options) -> str:
+    with pytest.raises(OnnxImportError) as caught:
+        _import(model, tmp_path, **options)
+    return str(caught.value).removeprefix(f"{tmp_path / 'm.onnx'}: ")
+
+
+_Q = numpy_helper.from_array(np.arange(12, dtype=np.int8).reshape(4, 3), "q")
+_FORMS = [  # (the nodes before the one read, the node, extra stored tensors, the expected (x, weight, start))
+    ([], helper.make_node("Gemm", ["inp", "W"], ["o"]), {"W": _f32(4, 3)}, ("inp", "W", "o")),
+    ([], helper.make_node("MatMul", ["inp", "W"], ["o"]), {"W": _f32(4, 3)}, ("inp", "W", "o")),
+    ([], helper.make_node("MatMul", ["inp", "W3"], ["o"]), {"W3": _f32(2, 4, 3)}, ("inp", "W3", "o")),
+    ([helper.make_node("Cast", ["W64"], ["Wc"], to=TensorProto.FLOAT)],
+     helper.make_node("MatMul", ["inp", "Wc"], ["o"]), {"W64": _f32(4, 3).astype(np.float64)}, ("inp", "Wc", "o")),
+    ([helper.make_node("DequantizeLinear", ["q", "s"], ["Wq"])], helper.make_node("Gemm", ["inp", "Wq"], ["o"]),
+     {"s": np.float32(0.1)}, ("inp", "Wq", "o")),
+    ([helper.make_node("Transpose", ["Wt"], ["Wtt"], perm=[1, 0])], helper.make_node("MatMul", ["inp", "Wtt"], ["o"]),
+     {"Wt": _f32(3, 4)}, ("inp", "Wtt", "o")),
+    ([helper.make_node("Transpose", ["inp"], ["xt"], perm=[1, 0])], helper.make_node("MatMul", ["W", "xt"], ["o"]),
+     {"W": _f32(3, 4)}, ("inp", "W", "xt")),
+    ([], helper.make_node("Einsum", ["inp", "W"], ["o"], equation="bi,oi->bo"), {"W": _f32(3, 4)}, ("inp", "W", "o")),
+    ([], helper.make_node("Einsum", ["W", "inp"], ["o"], equation="io,bsi->bso"), {"W": _f32(4, 3)},
+     ("inp", "W", "o")),
+    ([], helper.make_node("Einsum", ["inp", "s4"], ["o"], equation="bi,i->bi"), {"s4": _f32(4)}, None),
+    ([], helper.make_node("MatMul", ["inp", "inp"], ["o"]), {}, None),
+    ([helper.make_node("Relu", ["inp"], ["r"])], helper.make_node("MatMul", ["W", "r"], ["o"]), {"W": _f32(3, 4)},
+     None),
+    ([], helper.make_node("Conv", ["inp", "W"], ["o"]), {"W": _f32(3, 4)}, None),
+]
+
+
+@pytest.mark.parametrize("before, node, inits, expected", _FORMS, ids=[
+    "gemm", "matmul", "matmul-3d-weight", "cast-fed", "dequantized", "transposed-weight", "w-times-x-transposed",
+    "einsum", "einsum-projection-weight-first", "einsum-feature-scale", "matmul-of-two-computed",
+    "w-times-x-not-transposed", "conv"])
+def test_dense_operands_names_x_the_stored_weight_and_the_first_node(before, node, inits, expected):
+    from fedge.models.onnx_dense import dense_operands  # here: the bug tests below run on the files before it too
+
+    graph = helper.make_graph([*before, node], "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, None)],
+                              [], [_Q, *(numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items())])
+    consts = {k: numpy_helper.to_array(t) for k, t in stored_tensors(graph).items()}
+    producer = {o: n for n in graph.node for o in n.output}
+    found = dense_operands(node, consts, producer)
+    assert (found if found is None else (found.x, found.weight, found.start.output[0])) == expected
+
+
+def _left_matmul(then: list, inits: dict, out_shape) -> onnx.ModelProto:
+    """x (4, 4) -> Transpose -> MatMul(Wl, x^T) -> Add b (4,) -> Transpose: b is added per example,
+    not per output, so this is no layer the tail reads (onnx_transposed.py); but Wl is stored."""
+    nodes = [helper.make_node("Transpose", ["inp"], ["t"], perm=[1, 0], name="t"),
+             helper.make_node("MatMul", ["Wl", "t"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "bb"], ["a"], name="add"),
+             helper.make_node("Transpose", ["a"], ["a2" if then else "out"], perm=[1, 0], name="t2"), *then]
+    return _graph(nodes, {"Wl": _f32(4, 4), "bb": _f32(4), **inits}, [4, 4], out_shape)
+
+
+def test_a_stored_w_times_x_transposed_is_not_refused_as_a_computed_weight(tmp_path):
+    """The no-tail refusal named x^T as the MatMul's computed weight ("multiplies by 't', computed
+    by Transpose node 't', not stored"): its weight Wl is stored, as the notice's copy knew."""
+    why = _refusal(_left_matmul([], {}, [4, 4]), tmp_path)
+    assert "not stored" not in why and "computed" not in why
+    assert "found no dense tail to train" in why and "Transpose node 't' after 'inp'" in why
+
+
+def test_the_notice_does_not_call_a_stored_w_times_x_transposed_computed(tmp_path, caplog):
+    then = [helper.make_node("Elu", ["a2"], ["h"], name="elu"), helper.make_node("Gemm", ["h", "W", "b"], ["out"])]
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = _import(_left_matmul(then, {"W": _f32(4, 3), "b": np.zeros(3, np.float32)}, [4, 3]), tmp_path)
+    assert spec.onnx_cut == "h"
+    assert "1 dense layer(s) stay frozen in the backbone (MatMul 'mm')" in caplog.text
+    assert "computed" not in caplog.text and "it cannot start at Transpose node 't' after 'inp'" in caplog.text
+
+
+def _projection(op: str, then: list, inits: dict, out_shape) -> onnx.ModelProto:
+    """x (N, 2, 4) -> a projection by W1 (4, 5): Einsum with W first, or MatMul(x, W1)."""
+    node = helper.make_node("Einsum", ["W1", "inp"], ["e"], equation="io,bsi->bso", name="proj") if op == "Einsum" \
+        else helper.make_node("MatMul", ["inp", "W1"], ["e"], name="proj")
+    if not then:
+        node.output[0] = "out"
+    return _graph([node, *then], {"W1": _f32(4, 5), **inits}, [None, 2, 4], out_shape)
+
+
+def test_the_notice_does_not_call_x_the_weight_of_an_einsum_written_weight_first(tmp_path, caplog):
+    """Einsum('io,bsi->bso', W, x) frozen before the cut: the notice said "'inp' is its weight
+    operand, not its input"; inp is its input."""
+    then = [helper.make_node("Relu", ["e"], ["r"], name="relu"), helper.make_node("Flatten", ["r"], ["h"], name="flat"),
+            helper.make_node("Gemm", ["h", "W", "b"], ["out"], name="fc")]
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        _import(_projection("Einsum", then, {"W": _f32(10, 3), "b": np.zeros(3, np.float32)}, [None, 3]), tmp_path)
+    assert "1 dense layer(s) stay frozen in the backbone (Einsum 'proj')" in caplog.text
+    assert "weight operand" not in caplog.text and "it cannot start at Einsum node 'proj' after 'inp'" in caplog.text
+
+
+def test_a_projection_alone_is_refused_alike_as_einsum_or_matmul(tmp_path):
+    """The MatMul projection was refused with its reason (rank 3); the same layer as an Einsum only
+    listed the graph's ops ("the graph holds Einsum"): the cut search tried MatMul and not it."""
+    matmul = _refusal(_projection("MatMul", [], {}, [None, 2, 5]), tmp_path)
+    einsum = _refusal(_projection("Einsum", [], {}, [None, 2, 5]), tmp_path)
+    assert "cut tensor 'inp' has rank 3" in matmul and einsum == matmul
+
+
+@pytest.mark.parametrize("classes", [0, 3], ids=["kept-head", "new-head"])
+def test_a_projection_after_the_classifiers_reshape_is_refused_alike_as_einsum_or_matmul(tmp_path, classes):
+    """Gemm -> Reshape (N, 2, 3) -> projection. As MatMul, the tail that ends at the Reshape is
+    refused (a dense layer follows it); as Einsum it was taken, and with --classes the projection
+    was dropped without a word, as if prediction post-processing."""
+    def model(op):
+        then = [helper.make_node("Gemm", ["inp", "W", "b"], ["l"], name="fc"),
+                helper.make_node("Reshape", ["l", "shp"], ["r"], name="rs"),
+                helper.make_node("Einsum", ["r", "W1"], ["out"], equation="bsi,io->bso", name="proj") if op == "Einsum"
+                else helper.make_node("MatMul", ["r", "W1"], ["out"], name="proj")]
+        return _graph(then, {"W": _f32(4, 6), "b": np.zeros(6, np.float32), "shp": np.array([-1, 2, 3], np.int64),
+                             "W1": _f32(3, 2)}, [None, 4], [None, 2, 2])
+
+    matmul = _refusal(model("MatMul"), tmp_path, num_classes=classes)
+    assert "cut tensor 'r' has rank 3" in matmul
+    assert _refusal(model("Einsum"), tmp_path, num_classes=classes) == matmul
