@@ -291,9 +291,13 @@ class CoordinatorConfig:
         if not 1 <= self.max_devices <= MAX_REGISTRY:  # from_dict checks a file's; one set in code too
             raise ConfigError(f"max_devices must be in [1, {MAX_REGISTRY:,}] (devices the registry may hold), "
                               f"got {self.max_devices}")
-        if self.mode == "sync" and self.max_devices < self.clients_per_round:  # rounds could never be full
-            raise ConfigError(f"max_devices {self.max_devices} is below clients_per_round {self.clients_per_round}: "
-                              "a round could never get the reports it asks for; raise max_devices")
+        # Not below clients_per_round: a sync round asks min(clients_per_round, eligible) devices and
+        # commits on fewer. Under central DP an async device gives one update per buffer, so a buffer
+        # of more than max_devices could never fill (async_mode/server.py, _per_device_limit).
+        if self.mode == "async" and self.privacy.enabled and self.max_devices < self.async_.buffer_size:
+            raise ConfigError(f"max_devices {self.max_devices} is below async.buffer_size {self.async_.buffer_size} "
+                              "with [privacy] on: each device gives one update per buffer, so no buffer could fill; "
+                              "raise max_devices or lower buffer_size")
 
     def _check_strategy(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -109,6 +109,9 @@ class ServiceConfig:
         if not self.coordinator.artifacts_dir:
             raise ConfigError("coordinator.artifacts_dir is required: build one with `fedge build-artifacts SPEC "
                               "DIR`")
+        if self.service.min_devices > self.coordinator.max_devices:  # the registry could never hold that many
+            raise ConfigError(f"service.min_devices {self.service.min_devices} is above coordinator.max_devices "
+                              f"{self.coordinator.max_devices}: the service would wait for them for good")
 
 
 def load_service_config(path: str | Path) -> ServiceConfig:

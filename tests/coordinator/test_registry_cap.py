@@ -17,9 +17,11 @@ import pytest
 from fedge.coordinator.async_mode.config import AsyncConfig
 from fedge.coordinator.checkin_limit import CheckInLimit
 from fedge.coordinator.config import CoordinatorConfig, load_coordinator_config
+from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.errors import CheckInTooOften, RegistryFull
 from fedge.coordinator.limits import MAX_FLEET, MAX_REGISTRY
 from fedge.coordinator.registry_cap import CheckInGate
+from fedge.coordinator.service import load_service_config
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import CheckIn, Pace, all_devices_topic, device_topic
@@ -182,7 +184,21 @@ def test_max_devices_loads_at_its_bounds_and_defaults_to_the_largest_round():
         CoordinatorConfig(clients_per_round=1, max_devices=0)
 
 
-def test_a_cap_below_the_round_it_asks_for_is_refused_by_name_in_sync_mode_only(tmp_path):
-    with pytest.raises(ConfigError, match="max_devices 5 is below clients_per_round 10"):
-        _load(tmp_path, "clients_per_round = 10\nmax_devices = 5")
-    assert _load(tmp_path, 'mode = "async"\nmax_devices = 5').max_devices == 5  # a buffer asks no fixed count
+def test_a_cap_no_buffer_or_service_could_live_with_is_refused_by_name_and_a_small_sync_fleet_loads(tmp_path):
+    """A sync round asks min(clients_per_round, eligible) devices and commits on fewer, so a cap
+    below clients_per_round loads (it was refused). Under central DP an async device gives one
+    update per buffer: a cap below buffer_size could never fill one; a service waiting for more
+    devices than the registry may hold would wait for good. Both are refused by name."""
+    assert _load(tmp_path, "clients_per_round = 10\nmax_devices = 5").max_devices == 5
+    assert _load(tmp_path, 'mode = "async"\nmax_devices = 5').max_devices == 5  # without DP a device gives more
+    private = {"mode": "async", "aggregator": "mean", "weighting": "equal", "async_": AsyncConfig(buffer_size=4),
+               "privacy": PrivacyConfig(enabled=True, noise_multiplier=1.0)}
+    assert CoordinatorConfig(max_devices=4, **private).max_devices == 4
+    with pytest.raises(ConfigError, match="max_devices 3 is below async.buffer_size 4 with \\[privacy\\] on"):
+        CoordinatorConfig(max_devices=3, **private)
+    path = tmp_path / "s.toml"
+    path.write_text('[service]\nmin_devices = 50\n[coordinator]\nartifacts_dir = "a"\nmax_devices = 20\n')
+    with pytest.raises(ConfigError, match="min_devices 50 is above coordinator.max_devices 20"):
+        load_service_config(path)
+    path.write_text('[service]\nmin_devices = 20\n[coordinator]\nartifacts_dir = "a"\nmax_devices = 20\n')
+    assert load_service_config(path).service.min_devices == 20
