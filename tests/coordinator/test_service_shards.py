@@ -171,6 +171,7 @@ def test_worker_then_leader_kill9_mid_round_standbys_take_over_and_every_model_i
         assert procs["standby"].wait(timeout=240) == 0, logs["standby"].read_text()[-3000:]
         elapsed = time.monotonic() - started
     finally:
+        gate.set()  # a wait that failed before the kill leaves dev-0 held: let it go before the fleet closes
         stop(procs.values())
         fleet.close()
     assert assert_bit_exact(postgres_dsn, DEVICES) == ROUNDS
@@ -205,6 +206,7 @@ def test_a_worker_killed_with_no_spare_its_devices_move_to_the_live_shard_and_ev
         assert procs["leader"].wait(timeout=240) == 0, logs["leader"].read_text()[-3000:]
         elapsed = time.monotonic() - started
     finally:
+        gate.set()  # a wait that failed before the kill leaves dev-0 held: let it go before the fleet closes
         stop(procs.values())
         fleet.close()
     assert assert_bit_exact(postgres_dsn, DEVICES) == ROUNDS
