@@ -47,15 +47,15 @@ from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_classifier, read_linear_classifier
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice, tied_notice
-from .onnx_source import OnnxImportError, load_source, source_input_shape, stored_tensors
+from .onnx_source import OnnxImportError, Unreadable, load_source, source_input_shape, stored_tensors
 from .onnx_transposed import transposed_layer
 from .spec import LayerSpec, ModelSpec
 
 PASS_THROUGH = ("Identity", "Dropout")  # inference no-ops between layers
 log = logging.getLogger("fedge.models")
 
-POST_PROCESSING = ("Softmax", "LogSoftmax", "ArgMax", "ZipMap", "Cast", "Identity", "ArrayFeatureExtractor",
-                   "Reshape", "Flatten", "Squeeze")
+SHAPE_OPS = ("Cast", "Identity", "Reshape", "Flatten", "Squeeze")
+POST_PROCESSING = ("Softmax", "LogSoftmax", "ArgMax", "ZipMap", "ArrayFeatureExtractor", *SHAPE_OPS)
 
 
 @dataclass(frozen=True)
@@ -164,16 +164,13 @@ def _bias(g: _Graph, node: onnx.NodeProto, value: np.ndarray, units: int) -> np.
                               "dense layer has one bias per output") from None
 
 
-def _written_otherwise(g: _Graph, x: str, node: onnx.NodeProto):
-    """A dense layer that reads x other than as Gemm or MatMul(x, W): onnx_transposed, onnx_einsum."""
-    return transposed_layer(g, x, node) or einsum_layer(g, x, node)
-
-
 def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     """The dense layer that starts at `node` (which consumes x), with its bias and activation;
     or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py)."""
-    start = _written_otherwise(g, x, node)
-    if start is None and node.op_type not in DENSE_OPS:  # also the notice's Einsum projection, W @ x^T + b per example
+    start = transposed_layer(g, x, node) or einsum_layer(g, x, node)
+    if isinstance(start, Unreadable) and dense_operands(start.node, g.consts, g.producer):  # W @ x^T + b per example
+        raise OnnxImportError(f"{g.where}: {_node_label(start.node)}: {start.why}")  # named by its MatMul or Einsum
+    if (start is None or isinstance(start, Unreadable)) and node.op_type not in DENSE_OPS:  # Einsum('bi,i->bi')
         raise OnnxImportError(f"{g.where}: {_node_label(node)} after {x!r}: the trainable tail takes dense layers "
                               f"(Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after this node")
     if start is not None:
@@ -229,6 +226,14 @@ def _read_layer(g: _Graph, node: onnx.NodeProto) -> DenseLayer:
     return _dense(g, start, x)
 
 
+def _reads(g: _Graph, node: onnx.NodeProto) -> bool:
+    """Whether the tail could read a dense node (onnx_dense.py) as a layer."""
+    try:
+        return bool(_read_layer(g, node))
+    except OnnxImportError:
+        return False
+
+
 def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
     """The chain of dense layers from `cut` to the model's output; the last one is the classifier."""
     if g.ranks.get(cut, 2) != 2:
@@ -241,7 +246,9 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
         if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users) \
                 or binary:
             later = g.dense_after(tensor)
-            if later is not None:  # a Flatten between dense layers is not the end of the tail
+            # a Flatten between dense layers is not the end of the tail; after the classifier's scores (a
+            # Softmax ...), a layer the tail cannot read is post-processing's to refuse (check_post_processing)
+            if later is not None and (not binary and all(u.op_type in SHAPE_OPS for u in users) or _reads(g, later)):
                 raise OnnxImportError(f"{g.where}: {', '.join(_node_label(u) for u in users)} after {tensor!r} comes "
                                       f"before {_node_label(later)}; the trainable tail must be a chain of dense "
                                       "layers: cut after that node")

@@ -7,6 +7,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -19,6 +20,14 @@ from .onnx_quantized import dequantized
 
 class OnnxImportError(ConfigError):
     """The source graph has something the importer cannot turn into a backbone and dense tail."""
+
+
+class Unreadable(NamedTuple):
+    """A dense layer written otherwise (onnx_transposed.py, onnx_einsum.py) that the tail cannot
+    read, and why: the importer refuses it under its node's name (the MatMul of W @ x^T, the
+    Einsum), not the node the search reached it by, and with its own cause."""
+    node: onnx.NodeProto
+    why: str
 
 
 def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelProto, str]:

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .onnx_source import Unreadable
+
 
 def swaps_two_axes(node: onnx.NodeProto) -> bool:
     """A Transpose of a matrix: perm [1, 0] (or no perm, which reverses the axes)."""
@@ -33,9 +35,11 @@ def left_matmul(g, node: onnx.NodeProto) -> bool:
         and node.input[1] not in g.consts and np.ndim(g.consts[node.input[0]]) == 2
 
 
-def transposed_layer(g, x: str, node: onnx.NodeProto) -> tuple[onnx.NodeProto, np.ndarray, np.ndarray, str] | None:
+def transposed_layer(g, x: str, node: onnx.NodeProto) -> tuple[onnx.NodeProto, np.ndarray, np.ndarray, str] | \
+        Unreadable | None:
     """(the MatMul, W (in, out), b (out,), the tensor after the outer Transpose) when `node`, the
-    one reader of x (N, in), starts the pattern of the module docstring; None otherwise.
+    one reader of x (N, in), starts the pattern of the module docstring; Unreadable (the MatMul,
+    why) when it starts MatMul(W, x^T) but the rest is not the pattern; None otherwise.
     g: onnx_import._Graph (consts, consumers, ranks)."""
     if not (swaps_two_axes(node) and node.input[0] == x and g.ranks.get(x, 2) == 2):
         return None
@@ -49,11 +53,15 @@ def transposed_layer(g, x: str, node: onnx.NodeProto) -> tuple[onnx.NodeProto, n
     if len(users) == 1 and users[0].op_type == "Add" and tensor not in g.outputs:
         other = [n for n in users[0].input if n != tensor]
         value = g.consts.get(other[0]) if len(other) == 1 else None
-        if value is None or not (np.size(value) == 1 or np.shape(value) == (w.shape[1], 1)):
-            return None  # a computed addend, or one added per example (module docstring)
+        if value is None:
+            return Unreadable(matmul, f"the Add after W @ x^T adds {other[-1]!r}, which is computed, not a stored bias")
+        if not (np.size(value) == 1 or np.shape(value) == (w.shape[1], 1)):  # module docstring
+            return Unreadable(matmul, f"its bias {other[0]!r} of shape {np.shape(value)} is added to W @ x^T, which "
+                              f"is (outputs, batch), so it is added per example, not per output: store it as "
+                              f"({w.shape[1]}, 1), or add it after the outer Transpose")
         b, tensor = np.broadcast_to(np.asarray(value, np.float32).reshape(-1), w.shape[1:]).copy(), users[0].output[0]
         users = g.consumers.get(tensor, [])
     if len(users) != 1 or not swaps_two_axes(users[0]) or tensor in g.outputs:
-        return None
+        return Unreadable(matmul, "W @ x^T gives (outputs, batch), and no Transpose after it (and its bias) turns "
+                          "that into (batch, outputs): the tail reads (W @ x^T + b)^T, which is x @ W^T + b^T")
     return matmul, w, b, users[0].output[0]
-

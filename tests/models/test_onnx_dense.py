@@ -92,12 +92,29 @@ def _left_matmul(then: list, inits: dict, out_shape) -> onnx.ModelProto:
     return _graph(nodes, {"Wl": _f32(4, 4), "bb": _f32(4), **inits}, [4, 4], out_shape)
 
 
+_PER_EXAMPLE = "MatMul node 'mm': its bias 'bb' of shape (4,) is added to W @ x^T, which is (outputs, batch), so " \
+    "it is added per example, not per output: store it as (4, 1)"
+
+
 def test_a_stored_w_times_x_transposed_is_not_refused_as_a_computed_weight(tmp_path):
     """The no-tail refusal named x^T as the MatMul's computed weight ("multiplies by 't', computed
-    by Transpose node 't', not stored"): its weight Wl is stored, as the notice's copy knew."""
+    by Transpose node 't', not stored"): its weight Wl is stored, as the notice's copy knew. Then
+    it named the Transpose ("Transpose node 't' after 'inp': the trainable tail takes dense
+    layers"), not the MatMul, and not the cause: the bias of shape (out,) added per example."""
     why = _refusal(_left_matmul([], {}, [4, 4]), tmp_path)
-    assert "not stored" not in why and "computed" not in why
-    assert "found no dense tail to train" in why and "Transpose node 't' after 'inp'" in why
+    assert "not stored" not in why and "computed" not in why and "Transpose node" not in why
+    assert why.startswith(f"found no dense tail to train (no Gemm/MatMul with stored weights leads to the output): "
+                          f"{_PER_EXAMPLE}")
+
+
+def test_w_times_x_transposed_without_its_outer_transpose_is_refused_under_its_matmul(tmp_path):
+    """W @ x^T left (outputs, batch): refused as "Transpose node 't' after 'inp': the trainable
+    tail takes dense layers", naming neither the layer's MatMul nor the missing Transpose."""
+    nodes = [helper.make_node("Transpose", ["inp"], ["t"], perm=[1, 0], name="t"),
+             helper.make_node("MatMul", ["Wl", "t"], ["out"], name="mm")]
+    why = _refusal(_graph(nodes, {"Wl": _f32(3, 4)}, [5, 4], [3, 5]), tmp_path)
+    assert "MatMul node 'mm': W @ x^T gives (outputs, batch), and no Transpose after it" in why
+    assert "Transpose node" not in why
 
 
 def test_the_notice_does_not_call_a_stored_w_times_x_transposed_computed(tmp_path, caplog):
@@ -106,7 +123,7 @@ def test_the_notice_does_not_call_a_stored_w_times_x_transposed_computed(tmp_pat
         spec = _import(_left_matmul(then, {"W": _f32(4, 3), "b": np.zeros(3, np.float32)}, [4, 3]), tmp_path)
     assert spec.onnx_cut == "h"
     assert "1 dense layer(s) stay frozen in the backbone (MatMul 'mm')" in caplog.text
-    assert "computed" not in caplog.text and "it cannot start at Transpose node 't' after 'inp'" in caplog.text
+    assert "computed" not in caplog.text and f"it cannot start at {_PER_EXAMPLE}" in caplog.text
 
 
 def _projection(op: str, then: list, inits: dict, out_shape) -> onnx.ModelProto:
@@ -126,7 +143,9 @@ def test_the_notice_does_not_call_x_the_weight_of_an_einsum_written_weight_first
     with caplog.at_level("WARNING", logger="fedge.models"):
         _import(_projection("Einsum", then, {"W": _f32(10, 3), "b": np.zeros(3, np.float32)}, [None, 3]), tmp_path)
     assert "1 dense layer(s) stay frozen in the backbone (Einsum 'proj')" in caplog.text
-    assert "weight operand" not in caplog.text and "it cannot start at Einsum node 'proj' after 'inp'" in caplog.text
+    assert "weight operand" not in caplog.text
+    assert "it cannot start at Einsum node 'proj': its equation 'io,bsi->bso' reads x as 3-D; the tail's layers take " \
+           "x (batch, features): cut after the Flatten or global pooling" in caplog.text
 
 
 def test_a_projection_alone_is_refused_alike_as_einsum_or_matmul(tmp_path):
@@ -153,3 +172,64 @@ def test_a_projection_after_the_classifiers_reshape_is_refused_alike_as_einsum_o
     matmul = _refusal(model("MatMul"), tmp_path, num_classes=classes)
     assert "cut tensor 'r' has rank 3" in matmul
     assert _refusal(model("Einsum"), tmp_path, num_classes=classes) == matmul
+
+
+def _einsum(equation: str, w_shape, then: list, x_shape=(None, 4)) -> onnx.ModelProto:
+    node = helper.make_node("Einsum", ["inp", "W1"], ["e" if then else "out"], equation=equation, name="es")
+    inits = {"W1": _f32(*w_shape), "W": _f32(6 if len(w_shape) == 3 else 3, 3)}  # the features after the Flatten
+    return _graph([node, *then], inits, list(x_shape), [None, 3] if then else None)
+
+
+_FROZEN = [helper.make_node("Flatten", ["e"], ["f"]), helper.make_node("Relu", ["f"], ["h"], name="relu"),
+           helper.make_node("Gemm", ["h", "W"], ["out"], name="fc")]
+
+
+@pytest.mark.parametrize("equation, w_shape, x_shape", [
+    ("bi,oi", (3, 4), (None, 4)), ("bi,io", (4, 3), (None, 4)), ("...i,oi->...o", (3, 4), (None, 4)),
+    ("bi,oi->ob", (3, 4), (None, 4)), ("ib,oi->bo", (3, 4), (4, 5))])
+def test_an_einsum_layer_the_tail_cannot_read_is_told_the_forms_it_reads(tmp_path, caplog, equation, w_shape, x_shape):
+    """Each is a dense layer of a stored matrix (onnx_dense.py) in a form the tail does not read:
+    the refusal and the notice ended "cut later, or after this node", odd where the cut was chosen
+    for the user. Each now names its Einsum, its equation, the forms read and the fix."""
+    why = f"Einsum node 'es': its equation {equation!r} is not one the tail reads: 'bi,oi->bo' "
+    fix = "rewrite it as a MatMul (torch: nn.Linear, or x @ W.T) or with the explicit equation 'bi,oi->bo'"
+    refusal = _refusal(_einsum(equation, w_shape, [], x_shape), tmp_path)
+    assert why in refusal and fix in refusal and "cut later" not in refusal
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        assert _import(_einsum(equation, w_shape, _FROZEN, x_shape), tmp_path).onnx_cut == "h"
+    assert f"it cannot start at {why}" in caplog.text and fix in caplog.text and "cut later" not in caplog.text
+
+
+def test_an_einsum_of_a_three_dim_weight_is_told_its_weight_is_no_matrix(tmp_path, caplog):
+    """Einsum('bi,ioj->boj', x, W (4, 3, 2)): the notice said "weight has shape (4, 3, 2); dense
+    layers need a matrix" (as MatMul's refusal of a 3-D weight says), then the generic "cut later"."""
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        _import(_einsum("bi,ioj->boj", (4, 3, 2), _FROZEN), tmp_path)
+    assert "it cannot start at Einsum node 'es': weight has shape (4, 3, 2); dense layers need a matrix" in caplog.text
+
+
+def _scores_then(post: list, inits: dict) -> onnx.ModelProto:
+    """Gemm 'fc' -> Softmax -> a projection of the probabilities the tail cannot read."""
+    nodes = [helper.make_node("Gemm", ["inp", "W"], ["l"], name="fc"), helper.make_node("Softmax", ["l"], ["p"]), *post]
+    return _graph(nodes, {"W": _f32(4, 3), **inits}, [None, 4], None)
+
+
+_POSTS = {"einsum-3d": ([helper.make_node("Einsum", ["p", "Wp"], ["out"], equation="bc,cdk->bdk", name="post")],
+                        {"Wp": _f32(3, 2, 2)}, "Einsum node 'post'"),
+          "w-times-x-transposed": ([helper.make_node("Transpose", ["p"], ["pt"], perm=[1, 0], name="pt"),
+                                    helper.make_node("MatMul", ["Wp", "pt"], ["out"], name="post")],
+                                   {"Wp": _f32(2, 3)}, "Transpose node 'pt'")}
+
+
+@pytest.mark.parametrize("post", _POSTS, ids=list(_POSTS))
+def test_a_layer_the_tail_cannot_read_after_the_classifiers_softmax_is_post_processing(tmp_path, post):
+    """It was refused as "not prediction post-processing ... give --classes K" and imported with
+    --classes K (a new head on the input); then as "found no dense tail to train" with the advice
+    "give ... --classes K", which was refused too (the Softmax counted as a Flatten between two
+    dense layers). A Flatten between two layers still is (the test above)."""
+    nodes, inits, label = _POSTS[post]
+    why = _refusal(_scores_then(nodes, inits), tmp_path)
+    assert why.startswith(f"{label} is computed from the output of classifier 'fc' and is not prediction "
+                          "post-processing") and "give --classes K for a new head" in why
+    spec = _import(_scores_then(nodes, inits), tmp_path, num_classes=3)
+    assert (spec.onnx_cut, spec.layers, spec.num_classes, spec.onnx_features) == ("inp", (), 3, 4)
