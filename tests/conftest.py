@@ -34,6 +34,16 @@ def _logging_as_it_was():
         logger.setLevel(level)
 
 
+@pytest.fixture(autouse=True)
+def _no_systemd_state_directory(monkeypatch):
+    """A state store looks for rescued copies in, and saves them to, $STATE_DIRECTORY (what
+    systemd sets for a unit's StateDirectory=, coordinator/state_file.py). A test run started
+    with it set (from a unit's environment, or a shell that exported it) read that machine
+    folder: one `state.db.rescued` there made 14 of test_state_file.py's 20 tests fail with
+    StoreGone, and rescues were written into it. The tests that mean it set it themselves."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark tests by the servers they start, so `-m "not mosquitto"` or `-m "not postgres"` deselects them."""
     mqtt_fixtures.pytest_collection_modifyitems(config, items)

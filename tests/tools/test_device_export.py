@@ -76,7 +76,7 @@ def test_exported_model_matches_the_runtime(kind, tmp_path):
     task = TrainTask(round_id=1, task_id="t1", device_id="devA", model_id=manifest.model_id, model_version=0,
                      params=encode_dense(shared), hyper=TaskHyper(epochs=3, batch_size=8, lr=0.1, optimizer="sgd"),
                      compression=CompressionSpec(), seed=9)
-    device.handle_task(task)
+    assert isinstance(device.handle_task(task), Update)  # trained: the export below reads what it kept
     store = DeviceStore(state / "devA", manifest.model_id)
     personal = store.load_personal()
     assert set(store.load_global()) == set(shared)
@@ -147,7 +147,7 @@ def test_export_says_which_scaling_its_input_takes(dtype, tmp_path, capsys):
     task = TrainTask(round_id=1, task_id="t1", device_id="devA", model_id=manifest.model_id, model_version=0,
                      params=encode_dense(shared), hyper=TaskHyper(epochs=2, batch_size=8, lr=0.05, optimizer="sgd"),
                      compression=CompressionSpec(), seed=9)
-    device.handle_task(task)
+    assert isinstance(device.handle_task(task), Update)  # trained: the export below reads what it kept
     if dtype == "missing":
         (tmp_path / "d.npz").unlink()  # exported where the data file is not
     (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{state}"\n[data]\nnpz = "{tmp_path}/d.npz"\n')

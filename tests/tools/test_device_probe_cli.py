@@ -34,7 +34,9 @@ def test_probe_prints_a_plain_verdict_and_a_real_cpu_reading(capsys):
 def test_probe_json_and_a_failing_verdict(tmp_path, capsys):
     root = _write(tmp_path / "root", _supply("BAT0", type="Battery", capacity="30", status="Discharging"))
     config = tmp_path / "device.toml"
-    config.write_text(f'[eligibility]\nmin_cpu_idle_percent = 0\n[probe]\nroot = "{root}"\n')
+    # The battery is the fixture's; CPU idle and free memory are this machine's (psutil reads no
+    # root), so both rules are off: a loaded host (under 200 MiB free) added "; low_memory (...)".
+    config.write_text(f'[eligibility]\nmin_cpu_idle_percent = 0\nmin_free_memory_mb = 0\n[probe]\nroot = "{root}"\n')
     assert main(["device", "probe", "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "eligible: no: battery_low (battery 30% < 50%)"
     assert main(["device", "probe", "--config", str(config), "--json"]) == 0
