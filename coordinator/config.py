@@ -272,6 +272,7 @@ class CoordinatorConfig:
         self._check_wire()
         check_compatible(self)
         check_sharding(self)
+        self._check_fleet_fits_cap()
 
     def _check_wire(self) -> None:
         """What the coordinator will send must pass the codec's range checks: refuse it here,
@@ -291,9 +292,17 @@ class CoordinatorConfig:
         if not 1 <= self.max_devices <= MAX_REGISTRY:  # from_dict checks a file's; one set in code too
             raise ConfigError(f"max_devices must be in [1, {MAX_REGISTRY:,}] (devices the registry may hold), "
                               f"got {self.max_devices}")
-        # Not below clients_per_round: a sync round asks min(clients_per_round, eligible) devices and
-        # commits on fewer. Under central DP an async device gives one update per buffer, so a buffer
-        # of more than max_devices could never fill (async_mode/server.py, _per_device_limit).
+
+    def _check_fleet_fits_cap(self) -> None:
+        """After the features' own checks (a config unusable for another reason says that first).
+        Not below clients_per_round: a sync round asks min(clients_per_round, eligible) devices and
+        commits on fewer. But a secure round begins only with its quorum eligible (server.py,
+        begin_round), and under central DP an async device gives one update per buffer
+        (async_mode/server.py, _per_device_limit): a cap below either means no round ever."""
+        if self.mode == "sync" and self.secure_aggregation.enabled and self.max_devices < self.quorum:
+            raise ConfigError(f"max_devices {self.max_devices} is below the quorum {self.quorum} with secure "
+                              "aggregation on: a secure round begins only with its quorum eligible, so none could; "
+                              "raise max_devices or lower min_reports / clients_per_round")
         if self.mode == "async" and self.privacy.enabled and self.max_devices < self.async_.buffer_size:
             raise ConfigError(f"max_devices {self.max_devices} is below async.buffer_size {self.async_.buffer_size} "
                               "with [privacy] on: each device gives one update per buffer, so no buffer could fill; "

@@ -137,10 +137,6 @@ class _Graph:
                 todo.extend(o for o in node.output if o not in seen)
                 seen.update(node.output)
 
-    def dense_after(self, tensor: str) -> onnx.NodeProto | None:
-        """A dense layer with a stored weight (onnx_dense.py) computed from `tensor`, if any."""
-        return next((n for n in self.downstream(tensor) if dense_operands(n, self.consts, self.producer)), None)
-
     def class_labels(self, logits: str) -> np.ndarray | None:
         """The labels the source maps its classifier's outputs to (scikit-learn's classes_, kept
         in an ArrayFeatureExtractor after the ArgMax), if it does."""
@@ -245,9 +241,11 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
         binary = bool(layers) and layers[-1].weight.shape[1] == 1 and sigmoid_follows(g.consumers, tensor)
         if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users) \
                 or binary:
-            later = g.dense_after(tensor)
-            # a Flatten between dense layers is not the end of the tail; after the classifier's scores (a
-            # Softmax ...), a layer the tail cannot read is post-processing's to refuse (check_post_processing)
+            # A layer the tail can read further on means this was no classifier (a Softmax inside the
+            # network: attention, gating), so the first READABLE one counts: an unreadable projection
+            # between them refused the whole model. Only unreadable ones after: post-processing's to refuse.
+            dense = [n for n in g.downstream(tensor) if dense_operands(n, g.consts, g.producer)]
+            later = next((n for n in dense if _reads(g, n)), dense[0] if dense else None)
             if later is not None and (not binary and all(u.op_type in SHAPE_OPS for u in users) or _reads(g, later)):
                 raise OnnxImportError(f"{g.where}: {', '.join(_node_label(u) for u in users)} after {tensor!r} comes "
                                       f"before {_node_label(later)}; the trainable tail must be a chain of dense "

@@ -21,6 +21,7 @@ from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.errors import CheckInTooOften, RegistryFull
 from fedge.coordinator.limits import MAX_FLEET, MAX_REGISTRY
 from fedge.coordinator.registry_cap import CheckInGate
+from fedge.coordinator.secagg.config import SecAggConfig
 from fedge.coordinator.service import load_service_config
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -187,8 +188,9 @@ def test_max_devices_loads_at_its_bounds_and_defaults_to_the_largest_round():
 def test_a_cap_no_buffer_or_service_could_live_with_is_refused_by_name_and_a_small_sync_fleet_loads(tmp_path):
     """A sync round asks min(clients_per_round, eligible) devices and commits on fewer, so a cap
     below clients_per_round loads (it was refused). Under central DP an async device gives one
-    update per buffer: a cap below buffer_size could never fill one; a service waiting for more
-    devices than the registry may hold would wait for good. Both are refused by name."""
+    update per buffer: a cap below buffer_size could never fill one; a secure round begins only
+    with its quorum eligible; a service waiting for more devices than the registry may hold would
+    wait for good. Each is refused by name (the secure case loaded, and no round ever began)."""
     assert _load(tmp_path, "clients_per_round = 10\nmax_devices = 5").max_devices == 5
     assert _load(tmp_path, 'mode = "async"\nmax_devices = 5').max_devices == 5  # without DP a device gives more
     private = {"mode": "async", "aggregator": "mean", "weighting": "equal", "async_": AsyncConfig(buffer_size=4),
@@ -196,6 +198,11 @@ def test_a_cap_no_buffer_or_service_could_live_with_is_refused_by_name_and_a_sma
     assert CoordinatorConfig(max_devices=4, **private).max_devices == 4
     with pytest.raises(ConfigError, match="max_devices 3 is below async.buffer_size 4 with \\[privacy\\] on"):
         CoordinatorConfig(max_devices=3, **private)
+    secure = {"clients_per_round": 10, "aggregator": "mean", "weighting": "equal",  # quorum: ceil(10 / 2)
+              "secure_aggregation": SecAggConfig(enabled=True, clip_range=1.0)}
+    assert CoordinatorConfig(max_devices=5, **secure).quorum == 5
+    with pytest.raises(ConfigError, match="max_devices 4 is below the quorum 5 with secure aggregation on"):
+        CoordinatorConfig(max_devices=4, **secure)
     path = tmp_path / "s.toml"
     path.write_text('[service]\nmin_devices = 50\n[coordinator]\nartifacts_dir = "a"\nmax_devices = 20\n')
     with pytest.raises(ConfigError, match="min_devices 50 is above coordinator.max_devices 20"):

@@ -233,3 +233,22 @@ def test_a_layer_the_tail_cannot_read_after_the_classifiers_softmax_is_post_proc
                           "post-processing") and "give --classes K for a new head" in why
     spec = _import(_scores_then(nodes, inits), tmp_path, num_classes=3)
     assert (spec.onnx_cut, spec.layers, spec.num_classes, spec.onnx_features) == ("inp", (), 3, 4)
+
+
+def test_a_softmax_inside_the_network_before_an_unreadable_projection_is_no_classifier(tmp_path):
+    """Gemm -> Softmax -> Einsum 'bk,kdh->bdh' (stored 3-D prototypes) -> Flatten -> Relu -> Gemm: an
+    attention-like block before the real classifier. It imported with the cut after the Relu until
+    the refactor took the first dense layer after the Softmax, the unreadable Einsum, as proof that
+    the Softmax ended the tail: refused without --classes, and with --classes 3 a new head on the raw
+    input (the whole network thrown away). The first READABLE layer after it decides."""
+    nodes = [helper.make_node("Gemm", ["inp", "Wg", "bg"], ["s"], name="attn_scores"),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("Einsum", ["p", "P"], ["m"], equation="bk,kdh->bdh", name="prototypes"),
+             helper.make_node("Flatten", ["m"], ["fl"]), helper.make_node("Relu", ["fl"], ["hh"]),
+             helper.make_node("Gemm", ["hh", "Wc", "bc"], ["out"], name="classifier")]
+    inits = {"Wg": _f32(4, 3), "bg": _f32(3), "P": _f32(3, 2, 2), "Wc": _f32(4, 5), "bc": _f32(5)}
+    model = _graph(nodes, inits, [None, 4], [None, 5])
+    spec = _import(model, tmp_path)
+    assert (spec.onnx_cut, spec.onnx_features, spec.num_classes) == ("hh", 4, 5)
+    spec = _import(model, tmp_path, num_classes=3)  # a new head on the same cut, not on the input
+    assert (spec.onnx_cut, spec.num_classes) == ("hh", 3)
