@@ -25,7 +25,9 @@ def _label(node: onnx.NodeProto) -> str:
 
 
 def frozen_notice(g, cut: str, tail_nodes: set[str], read_layer: Callable[[onnx.NodeProto], object]) -> str | None:
-    """None when no dense layer (onnx_dense.py) stays before `cut`; else one sentence naming the
+    """None when no dense layer (onnx_dense.py) stays before `cut` (one after it is no part of the
+    imported model: the backbone ends at the cut, and a --classes head drops the source's tail with
+    the post-processing after it, which once was listed as frozen); else one sentence naming the
     frozen dense layers and why: the refusal of the nearest of them as a layer (read_layer raises
     OnnxImportError prefixed with g.where: a bias that is none per output, transA), else the ops
     between it and the cut. tail_nodes: the tail's layer names. g: onnx_import._Graph."""
@@ -34,7 +36,9 @@ def frozen_notice(g, cut: str, tail_nodes: set[str], read_layer: Callable[[onnx.
     def is_dense(n: onnx.NodeProto) -> bool:
         return dense_operands(n, consts, producer) is not None
 
-    frozen = [n for n in model.graph.node if is_dense(n) and (n.name or f"{n.op_type}:{n.output[0]}") not in tail_nodes]
+    dropped = {id(n) for n in g.downstream(cut)}  # after the cut and not the tail: post-processing, not imported
+    frozen = [n for n in model.graph.node if is_dense(n) and id(n) not in dropped
+              and (n.name or f"{n.op_type}:{n.output[0]}") not in tail_nodes]
     if not frozen:
         return None
     between, nearest, seen, todo = [], [], set(), [cut]  # walk back from the cut to the nearest dense layers

@@ -62,6 +62,21 @@ def transposed_layer(g, x: str, node: onnx.NodeProto) -> tuple[onnx.NodeProto, n
         b, tensor = np.broadcast_to(np.asarray(value, np.float32).reshape(-1), w.shape[1:]).copy(), users[0].output[0]
         users = g.consumers.get(tensor, [])
     if len(users) != 1 or not swaps_two_axes(users[0]) or tensor in g.outputs:
-        return Unreadable(matmul, "W @ x^T gives (outputs, batch), and no Transpose after it (and its bias) turns "
-                          "that into (batch, outputs): the tail reads (W @ x^T + b)^T, which is x @ W^T + b^T")
+        return Unreadable(matmul, f"{_not_transposed(g, tensor, users, tensor != matmul.output[0])}: the tail reads "
+                          "(W @ x^T + b)^T, which is x @ W^T + b^T")
     return matmul, w, b, users[0].output[0]
+
+
+def _not_transposed(g, tensor: str, users: list[onnx.NodeProto], biased: bool) -> str:
+    """Why `tensor`, W @ x^T (+ b), is not turned into (batch, outputs) by the one Transpose the
+    pattern ends in. "No Transpose after it" was said of every case, also where one follows."""
+    what = "W @ x^T + b" if biased else "W @ x^T"
+    labels = list(dict.fromkeys(f"{n.op_type} node {n.name or n.output[0]!r}" for n in users))
+    if len(users) > 1:  # Add(m, m) reads it twice: two readers, one node
+        return f"{what} (outputs, batch) has {len(users)} readers ({', '.join(labels)}), not one Transpose"
+    if users and tensor in g.outputs:
+        return f"{what} (outputs, batch) is also a graph output, not only read by the Transpose after it"
+    if users:
+        return f"{what} (outputs, batch) is read by {labels[0]}, not by the Transpose that turns it into " \
+               "(batch, outputs)"
+    return f"{what} gives (outputs, batch), and no Transpose after it turns that into (batch, outputs)"

@@ -252,3 +252,61 @@ def test_a_softmax_inside_the_network_before_an_unreadable_projection_is_no_clas
     assert (spec.onnx_cut, spec.onnx_features, spec.num_classes) == ("hh", 4, 5)
     spec = _import(model, tmp_path, num_classes=3)  # a new head on the same cut, not on the input
     assert (spec.onnx_cut, spec.num_classes) == ("hh", 3)
+
+
+@pytest.mark.parametrize("post", _POSTS, ids=list(_POSTS))
+def test_the_notice_does_not_call_a_layer_after_the_new_heads_cut_frozen(tmp_path, caplog, post):
+    """With --classes 3 the new head sits on the input and the layers after the Softmax are dropped
+    with the source's classifier, yet the notice said "1 dense layer(s) stay frozen in the backbone
+    (Einsum 'post')". Oracle: the backbone is the graph up to the cut, here the input: nothing."""
+    nodes, inits, _ = _POSTS[post]
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = _import(_scores_then(nodes, inits), tmp_path, num_classes=3)
+    assert (spec.onnx_cut, spec.layers) == ("inp", ())
+    assert "stay frozen" not in caplog.text and "'post'" not in caplog.text
+
+
+def test_the_notice_still_names_a_layer_before_the_cut_with_a_dropped_one_after_it(tmp_path, caplog):
+    """Gemm 'pre' -> Elu -> Gemm 'fc' -> Softmax -> Einsum 'post' (3-D weight) with --classes 3: 'pre'
+    is in the backbone (frozen), 'post' is dropped; only 'pre' is named."""
+    nodes = [helper.make_node("Gemm", ["inp", "Wpre"], ["h0"], name="pre"), helper.make_node("Elu", ["h0"], ["h"]),
+             helper.make_node("Gemm", ["h", "W"], ["l"], name="fc"), helper.make_node("Softmax", ["l"], ["p"]),
+             *_POSTS["einsum-3d"][0]]
+    model = _graph(nodes, {"Wpre": _f32(4, 4), "W": _f32(4, 3), "Wp": _f32(3, 2, 2)}, [None, 4], None)
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = _import(model, tmp_path, num_classes=3)
+    assert spec.onnx_cut == "h"
+    assert "1 dense layer(s) stay frozen in the backbone (Gemm 'pre')" in caplog.text and "'post'" not in caplog.text
+
+
+def _t(src: str, dst: str, name: str):
+    return helper.make_node("Transpose", [src], [dst], perm=[1, 0], name=name)
+
+
+_NOT_TRANSPOSED = {  # (the nodes, stored tensors, extra graph outputs, the reason the refusal must give)
+    "relu-before-the-transpose": (
+        [_t("inp", "t", "t"), helper.make_node("MatMul", ["Wl", "t"], ["m"], name="mm"),
+         helper.make_node("Add", ["m", "bb"], ["a"], name="add"), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+         _t("r", "out", "t2")], {"bb": np.zeros((3, 1), np.float32)}, [],
+        "W @ x^T + b (outputs, batch) is read by Relu node 'relu', not by the Transpose that turns it into "
+        "(batch, outputs)"),
+    "also-a-graph-output": (
+        [_t("inp", "t", "t"), helper.make_node("MatMul", ["Wl", "t"], ["m"], name="mm"), _t("m", "out", "t2")], {},
+        [helper.make_tensor_value_info("m", TensorProto.FLOAT, [3, 5])],
+        "W @ x^T (outputs, batch) is also a graph output, not only read by the Transpose after it"),
+    "added-to-itself": (
+        [_t("inp", "t", "t"), helper.make_node("MatMul", ["Wl", "t"], ["m"], name="mm"),
+         helper.make_node("Add", ["m", "m"], ["a"], name="add"), _t("a", "out", "t2")], {}, [],
+        "W @ x^T (outputs, batch) has 2 readers (Add node 'add'), not one Transpose"),
+}
+
+
+@pytest.mark.parametrize("case", _NOT_TRANSPOSED, ids=list(_NOT_TRANSPOSED))
+def test_w_times_x_transposed_that_is_no_layer_is_refused_with_its_actual_cause(tmp_path, case):
+    """Every such case was refused as "no Transpose after it", also where one follows. Each model
+    below has its outer Transpose; the refusal names what else reads W @ x^T (+ b)."""
+    nodes, inits, outputs, reason = _NOT_TRANSPOSED[case]
+    model = _graph(nodes, {"Wl": _f32(3, 4), **inits}, [5, 4], [5, 3])
+    model.graph.output.extend(outputs)
+    why = _refusal(model, tmp_path)
+    assert f"MatMul node 'mm': {reason}: the tail reads (W @ x^T + b)^T" in why and "no Transpose after" not in why
