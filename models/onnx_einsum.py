@@ -6,7 +6,9 @@ in the backbone, and no notice said so (the notice looked for Gemm and MatMul on
 
 Only the plain two-operand form is read: x's two labels (batch, in), a matrix over {in, out},
 the output (batch, out), each label once per operand. Anything else (ellipses, a sum over the
-batch, a trace) is no dense layer and stays in the backbone.
+batch, a trace) is not read by the tail and stays in the backbone; onnx_dense.py still counts a
+projection of x by one stored tensor as a dense layer, so the frozen-layer notice names it and a
+refusal gives its equation and the forms the tail reads.
 """
 
 from __future__ import annotations
@@ -27,15 +29,14 @@ def _equation(node: onnx.NodeProto) -> str:
     return (value.decode() if isinstance(value, bytes) else str(value)).replace(" ", "")
 
 
-def einsum_weight(g, node: onnx.NodeProto, x: str | None = None) -> np.ndarray | str | None:
+def einsum_weight(g, node: onnx.NodeProto, x: str) -> np.ndarray | str | None:
     """W (in, out) when `node` is Einsum of x and a stored matrix, in either order, of the module
     docstring's form; why not, when it is an Einsum of x and one stored tensor of another form (a
-    dense layer or not: onnx_dense.py tells); else None. x None: whichever operand is not stored.
-    g: onnx_import._Graph."""
+    dense layer or not: onnx_dense.py tells); else None. g: onnx_import._Graph."""
     if node.op_type != "Einsum" or len(node.input) != 2 or sum(i in g.consts for i in node.input) != 1:
         return None
     stored = 0 if node.input[0] in g.consts else 1
-    if x is not None and node.input[1 - stored] != x:
+    if node.input[1 - stored] != x:
         return None
     w = np.asarray(g.consts[node.input[stored]], np.float32)
     if w.ndim != 2:

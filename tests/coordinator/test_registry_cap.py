@@ -180,9 +180,9 @@ def test_a_max_devices_that_cannot_be_a_fleet_is_refused_by_name(tmp_path, value
 def test_max_devices_loads_at_its_bounds_and_defaults_to_the_largest_round():
     assert CoordinatorConfig().max_devices == MAX_FLEET
     assert CoordinatorConfig(max_devices=MAX_REGISTRY).max_devices == MAX_REGISTRY
-    assert CoordinatorConfig(clients_per_round=1, max_devices=1).max_devices == 1
+    assert CoordinatorConfig(max_devices=1).max_devices == 1
     with pytest.raises(ConfigError, match="max_devices"):  # set in code (simulate), not through a file
-        CoordinatorConfig(clients_per_round=1, max_devices=0)
+        CoordinatorConfig(max_devices=0)
 
 
 def test_a_cap_no_buffer_or_service_could_live_with_is_refused_by_name_and_a_small_sync_fleet_loads(tmp_path):

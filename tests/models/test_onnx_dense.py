@@ -226,7 +226,8 @@ def test_a_layer_the_tail_cannot_read_after_the_classifiers_softmax_is_post_proc
     """It was refused as "not prediction post-processing ... give --classes K" and imported with
     --classes K (a new head on the input); then as "found no dense tail to train" with the advice
     "give ... --classes K", which was refused too (the Softmax counted as a Flatten between two
-    dense layers). A Flatten between two layers still is (the test above)."""
+    dense layers). A Flatten between two layers still is one (test_onnx_import_exports.py,
+    test_a_flatten_between_dense_layers_moves_the_cut_after_it)."""
     nodes, inits, label = _POSTS[post]
     why = _refusal(_scores_then(nodes, inits), tmp_path)
     assert why.startswith(f"{label} is computed from the output of classifier 'fc' and is not prediction "

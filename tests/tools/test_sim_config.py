@@ -172,3 +172,17 @@ def test_agent_presets_are_the_timings_the_fleets_used():
     assert AGENT_PRESETS["memory"].poll_s == AGENT_PRESETS["mqtt"].poll_s == loop["poll_s"].default
     mqtt = AGENT_PRESETS["mqtt"]
     assert (mqtt.checkin_s, mqtt.republish_s, mqtt.fetch_timeout_s) == (30.0, 5.0, agent["fetch_timeout_s"].default)
+
+
+def test_a_fleet_larger_than_the_coordinators_registry_cap_is_refused_before_it_runs(tmp_path, capsys):
+    """[coordinator] max_devices below the devices simulated: the run went on, the devices past the
+    cap were refused as registry_full, never trained, and each scored 0 in the personalized mean."""
+    config = tmp_path / "c.toml"
+    config.write_text("[coordinator]\nmax_devices = 3\nclients_per_round = 3\n")
+    assert main(["simulate", "--config", str(config), "--dataset", "digits", "--devices", "4", "--rounds", "1",
+                 "--quiet", "--json", str(tmp_path / "run.json")]) == 2
+    assert "4 devices, but the coordinator's max_devices is 3" in capsys.readouterr().err
+    assert not (tmp_path / "run.json").exists()
+    config.write_text("[coordinator]\nmax_devices = 4\nclients_per_round = 3\n")
+    assert main(["simulate", "--config", str(config), "--dataset", "digits", "--devices", "4", "--rounds", "1",
+                 "--quiet", "--json", str(tmp_path / "run.json")]) == 0

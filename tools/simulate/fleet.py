@@ -81,7 +81,17 @@ class SimResult:
 
 
 def load_data(cfg: SimConfig, named: ModelSpec | None = None) -> FederatedDataset:
-    """The devices' data; `named`: cfg.model's spec when the caller loaded it already."""
+    """The devices' data; `named`: cfg.model's spec when the caller loaded it already. ConfigError
+    when the coordinator's max_devices could not register them all: the run went on, the devices
+    past the cap were refused as registry_full, and each scored 0 in the personalized mean."""
+    data = _devices_data(cfg, named)
+    if len(data.clients) > cfg.coordinator.max_devices:
+        raise ConfigError(f"{len(data.clients):,} devices, but the coordinator's max_devices is "
+                          f"{cfg.coordinator.max_devices:,}: the rest could never register; raise max_devices")
+    return data
+
+
+def _devices_data(cfg: SimConfig, named: ModelSpec | None) -> FederatedDataset:
     if cfg.data_dir:  # standardize None: auto (tools/standardizing.py), which an imported --model turns off
         if named is None and cfg.model and cfg.standardize is None:
             named = load_spec(cfg.model)
