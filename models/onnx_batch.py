@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from .onnx_probe import quiet_session
-from .onnx_source import OnnxImportError, stored_tensors, subgraphs
+from .onnx_source import OnnxImportError, node_label, stored_tensors, subgraphs
 
 
 def _reached_from(graph: onnx.GraphProto, source: str) -> set[str]:
@@ -37,9 +37,6 @@ def _reached_from(graph: onnx.GraphProto, source: str) -> set[str]:
             reached.update(node.output)
     return reached
 
-
-def _label(node: onnx.NodeProto) -> str:
-    return f"{node.op_type} node {node.name or node.output[0]!r}"
 
 
 def free_fixed_batch(prefix: onnx.ModelProto, source_batch: int) -> list[str]:
@@ -66,7 +63,7 @@ def free_fixed_batch(prefix: onnx.ModelProto, source_batch: int) -> list[str]:
         name, shape_name = f"fedge_batch_shape_{len(changed)}", node.input[1]
         graph.initializer.append(numpy_helper.from_array(target, name))
         node.input[1] = name
-        changed.append(_label(node))
+        changed.append(node_label(node))
         replaced.add(shape_name)
     read = _names_read(graph)
     for i in reversed(range(len(graph.initializer))):  # a replaced shape, if nothing else reads it
@@ -90,7 +87,7 @@ def _names_read(graph: onnx.GraphProto) -> set[str]:
 
 def _constant_reshapes(prefix: onnx.ModelProto) -> list[str]:
     stored = stored_tensors(prefix.graph)
-    return [_label(n) for n in prefix.graph.node
+    return [node_label(n) for n in prefix.graph.node
             if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in stored]
 
 

@@ -10,12 +10,12 @@ from onnx import TensorProto
 from .onnx_dense import DENSE_OPS, dense_operands
 from .onnx_linear import ml_models, sklearn_hint
 from .onnx_quantized import quantized_hint
-from .onnx_source import OnnxImportError
+from .onnx_source import OnnxImportError, node_label
 
 
 def _writer(model: onnx.ModelProto, tensor: str) -> str:
     node = next((n for n in model.graph.node if tensor in n.output), None)
-    return "the input" if node is None else f"{node.op_type} node {node.name or node.output[0]!r}"
+    return "the input" if node is None else node_label(node)
 
 
 def check_cut_type(g, cut: str) -> None:
@@ -45,7 +45,7 @@ def no_tail_error(g, last_error: OnnxImportError | None) -> OnnxImportError:
         why = f"; the graph holds {', '.join(ops[:12])}{ml_models(model.graph)}"
         if computed:
             node = computed[-1]
-            why = (f"; the last, {node.op_type} node {node.name or node.output[0]!r}, multiplies by "
+            why = (f"; the last, {node_label(node)}, multiplies by "
                    f"{node.input[1]!r}, computed by {_writer(model, node.input[1])}, not stored (an initializer "
                    "or Constant): only stored weights train" + why)
     return OnnxImportError(f"{where}: found no dense tail to train (no Gemm/MatMul with stored weights leads to "

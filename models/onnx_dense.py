@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
-from .onnx_einsum import _equation
+from .onnx_einsum import einsum_equation
 from .onnx_transposed import swaps_two_axes
 
 DENSE_OPS = ("Gemm", "MatMul")
@@ -63,7 +63,7 @@ def _projection(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]) -> Dense
     away; None for anything else (the stored tensor's dims are read from the equation)."""
     if len(node.input) != 2 or sum(i in consts for i in node.input) != 1:
         return None
-    lhs, arrow, out = _equation(node).replace("...", "").partition("->")
+    lhs, arrow, out = einsum_equation(node).replace("...", "").partition("->")
     operands = lhs.split(",")
     if len(operands) != 2:
         return None

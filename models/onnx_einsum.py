@@ -24,7 +24,8 @@ READ = ("'bi,oi->bo' (W (out, in), as nn.Linear keeps it), 'bi,io->bo' or 'oi,bi
         "explicit equation 'bi,oi->bo'")
 
 
-def _equation(node: onnx.NodeProto) -> str:
+def einsum_equation(node: onnx.NodeProto) -> str:
+    """An Einsum node's equation, without spaces ("" when it has none)."""
     value = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "equation"), b"")
     return (value.decode() if isinstance(value, bytes) else str(value)).replace(" ", "")
 
@@ -41,7 +42,7 @@ def einsum_weight(g, node: onnx.NodeProto, x: str) -> np.ndarray | str | None:
     w = np.asarray(g.consts[node.input[stored]], np.float32)
     if w.ndim != 2:
         return f"weight has shape {w.shape}; dense layers need a matrix"
-    equation = _equation(node)
+    equation = einsum_equation(node)
     lhs, _, out = equation.partition("->")
     operands = lhs.split(",")
     if len(operands) == 2 and all(len(t) == 2 and t.isalpha() and len(set(t)) == 2 for t in (*operands, out)):

@@ -30,7 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from .onnx_scope import node_reads
-from .onnx_source import OnnxImportError, stored_tensors, subgraphs
+from .onnx_source import OnnxImportError, node_label, stored_tensors, subgraphs
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "ConvInteger", "Gemm", "MatMul", "Einsum", "BatchNormalization",
               "LayerNormalization", "InstanceNormalization", "GroupNormalization", "PRelu", "Mul",
@@ -41,9 +41,6 @@ SLOPE_OPS = ("LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid")  # an Inf float 
 
 Scope = dict[str, "onnx.TensorProto | None"]  # name -> its stored value, None where computed
 
-
-def _label(node: onnx.NodeProto) -> str:
-    return f"{node.op_type} node {node.name or node.output[0]!r}"
 
 
 def _counts(tensor: onnx.TensorProto) -> tuple[int, int]:
@@ -92,7 +89,7 @@ def _check_attributes(node: onnx.NodeProto, where: str, cut: str, place: str) ->
         values = np.asarray([attr.f] if attr.type == onnx.AttributeProto.FLOAT else
                             attr.floats if attr.type == onnx.AttributeProto.FLOATS else [], np.float64)
         if np.isnan(values).any() or np.isinf(values).any() and node.op_type in (*WEIGHT_OPS, *SLOPE_OPS):
-            raise OnnxImportError(f"{where}: attribute {attr.name} of {_label(node)}{place} in the frozen backbone "
+            raise OnnxImportError(f"{where}: attribute {attr.name} of {node_label(node)}{place} in the frozen backbone "
                                   f"(before the cut {cut!r}) is {'NaN' if np.isnan(values).any() else 'Inf'}: it "
                                   "would give non-finite features for every input; fix the model")
 
@@ -106,12 +103,12 @@ def _check(nodes, producer: dict, scope: Scope, where: str, cut: str, place: str
             nan, inf = _counts(scope[name])
             if nan or inf and _reads_a_weight(node, name, producer, scope):
                 what = f"{nan} NaN" if nan else f"{inf} Inf"
-                raise OnnxImportError(f"{where}: stored tensor {name!r}, read by {_label(node)}{place} in the frozen "
-                                      f"backbone (before the cut {cut!r}), holds {what} value(s): it would give "
+                raise OnnxImportError(f"{where}: stored tensor {name!r}, read by {node_label(node)}{place} in the "
+                                      f"frozen backbone (before the cut {cut!r}), holds {what} value(s): it would give "
                                       "non-finite features for every input; fix the model's weights")
         for sub in subgraphs(node):
             _check(sub.node, {**producer, **{o: n for n in sub.node for o in n.output}}, _inner_scope(sub, scope),
-                   where, cut, f" in a subgraph of {_label(node)}{place}")
+                   where, cut, f" in a subgraph of {node_label(node)}{place}")
 
 
 def check_backbone_finite(model: onnx.ModelProto, cut: str, where: str) -> None:

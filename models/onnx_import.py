@@ -47,7 +47,7 @@ from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_classifier, read_linear_classifier
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice, tied_notice
-from .onnx_source import OnnxImportError, Unreadable, load_source, source_input_shape, stored_tensors
+from .onnx_source import OnnxImportError, Unreadable, load_source, node_label, source_input_shape, stored_tensors
 from .onnx_transposed import transposed_layer
 from .spec import LayerSpec, ModelSpec
 
@@ -77,9 +77,6 @@ class DenseLayer:
                 raise OnnxImportError(f"{self.node}: its {what} holds {int(np.size(value) - np.isfinite(value).sum())} "
                                       f"NaN or Inf value(s); a model with them cannot be fine-tuned: fix its weights")
 
-
-def _node_label(node: onnx.NodeProto) -> str:
-    return f"{node.op_type} node {node.name or node.output[0]!r}"
 
 
 class _Graph:
@@ -145,7 +142,7 @@ class _Graph:
 
     def const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
         if name not in self.consts:
-            raise OnnxImportError(f"{self.where}: {_node_label(node)}: its {what} {name!r} is computed, not a "
+            raise OnnxImportError(f"{self.where}: {node_label(node)}: its {what} {name!r} is computed, not a "
                                   "constant; only dense layers with stored weights can be trained")
         return np.asarray(self.consts[name], np.float32)
 
@@ -156,7 +153,7 @@ def _bias(g: _Graph, node: onnx.NodeProto, value: np.ndarray, units: int) -> np.
     try:
         return np.broadcast_to(value, (1, units)).reshape(-1)
     except ValueError:
-        raise OnnxImportError(f"{g.where}: {_node_label(node)}: bias of shape {value.shape} for {units} outputs; a "
+        raise OnnxImportError(f"{g.where}: {node_label(node)}: bias of shape {value.shape} for {units} outputs; a "
                               "dense layer has one bias per output") from None
 
 
@@ -165,13 +162,13 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py)."""
     start = transposed_layer(g, x, node) or einsum_layer(g, x, node)
     if isinstance(start, Unreadable) and dense_operands(start.node, g.consts, g.producer):  # W @ x^T + b per example
-        raise OnnxImportError(f"{g.where}: {_node_label(start.node)}: {start.why}")  # named by its MatMul or Einsum
+        raise OnnxImportError(f"{g.where}: {node_label(start.node)}: {start.why}")  # named by its MatMul or Einsum
     if (start is None or isinstance(start, Unreadable)) and node.op_type not in DENSE_OPS:  # Einsum('bi,i->bi')
-        raise OnnxImportError(f"{g.where}: {_node_label(node)} after {x!r}: the trainable tail takes dense layers "
+        raise OnnxImportError(f"{g.where}: {node_label(node)} after {x!r}: the trainable tail takes dense layers "
                               f"(Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after this node")
     if start is not None:
         node, w, b, out = start  # named by its MatMul, as the notice names dense layers
-    label = _node_label(node)
+    label = node_label(node)
     if start is None and node.input[0] != x:
         raise OnnxImportError(f"{g.where}: {label}: {x!r} is its weight operand, not its input")
     if start is None:
@@ -245,10 +242,11 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
             # network: attention, gating), so the first READABLE one counts: an unreadable projection
             # between them refused the whole model. Only unreadable ones after: post-processing's to refuse.
             dense = [n for n in g.downstream(tensor) if dense_operands(n, g.consts, g.producer)]
-            later = next((n for n in dense if _reads(g, n)), dense[0] if dense else None)
-            if later is not None and (not binary and all(u.op_type in SHAPE_OPS for u in users) or _reads(g, later)):
-                raise OnnxImportError(f"{g.where}: {', '.join(_node_label(u) for u in users)} after {tensor!r} comes "
-                                      f"before {_node_label(later)}; the trainable tail must be a chain of dense "
+            readable = next((n for n in dense if _reads(g, n)), None)  # each node read once, not twice
+            later = readable or (dense[0] if dense else None)
+            if later is not None and (not binary and all(u.op_type in SHAPE_OPS for u in users) or readable):
+                raise OnnxImportError(f"{g.where}: {', '.join(node_label(u) for u in users)} after {tensor!r} comes "
+                                      f"before {node_label(later)}; the trainable tail must be a chain of dense "
                                       "layers: cut after that node")
             if binary:  # p = sigmoid(z) is softmax([0, z])[1]: a two-class head, the same predictions
                 last = layers[-1]
@@ -256,7 +254,7 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
                                      bias=np.concatenate([np.zeros_like(last.bias), last.bias]))
             break  # the classifier's logits: what follows is prediction post-processing
         if len(users) != 1:
-            names = [_node_label(u) for u in users] or ["nothing"]
+            names = [node_label(u) for u in users] or ["nothing"]
             raise OnnxImportError(f"{g.where}: tensor {tensor!r} feeds {', '.join(names)}; the trainable tail must "
                                   f"be a chain of dense layers (Gemm, or MatMul + Add, with {TRAINABLE}) "
                                   "ending at the output")
@@ -266,12 +264,12 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
             layers.append(DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, w, b, "none",
                                      gives="probabilities", labels=labels))
             if len(layers) > 1 and layers[-2].weight.shape[1] != w.shape[0]:
-                raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {w.shape[0]} features, the layer "
+                raise OnnxImportError(f"{g.where}: {node_label(node)}: takes {w.shape[0]} features, the layer "
                                       f"before gives {layers[-2].weight.shape[1]}")
             break
         layer = _dense(g, node, tensor)
         if layers and layers[-1].weight.shape[1] != layer.weight.shape[0]:
-            raise OnnxImportError(f"{g.where}: {_node_label(node)}: takes {layer.weight.shape[0]} features, "
+            raise OnnxImportError(f"{g.where}: {node_label(node)}: takes {layer.weight.shape[0]} features, "
                                   f"the layer before gives {layers[-1].weight.shape[1]}")
         layers.append(layer)
         tensor, users = g.follow(layer.output)

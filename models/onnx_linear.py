@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .onnx_source import OnnxImportError
+from .onnx_source import OnnxImportError, node_label
 
 ML_DOMAIN = "ai.onnx.ml"
 # ai.onnx.ml ops that prepare features or name predictions, not models
@@ -54,15 +54,12 @@ def is_linear_classifier(node: onnx.NodeProto) -> bool:
     return node.op_type == "LinearClassifier" and node.domain == ML_DOMAIN
 
 
-def _label(node: onnx.NodeProto) -> str:
-    return f"{node.op_type} node {node.name or node.output[0]!r}"
-
 
 def read_linear_classifier(node: onnx.NodeProto, x: str,
                            where: str) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
     """(W (in, K), b (K,), the probabilities tensor, the class labels) of a LinearClassifier that
     reads x, as fedge's head; OnnxImportError naming the node for the forms it is not (module doc)."""
-    label = f"{where}: {_label(node)}"
+    label = f"{where}: {node_label(node)}"
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     transform = attrs.get("post_transform", b"NONE")
     transform = transform.decode() if isinstance(transform, bytes) else str(transform)
@@ -107,7 +104,7 @@ def ml_models(graph: onnx.GraphProto) -> str:
     found = [n for n in graph.node if n.domain == ML_DOMAIN and n.op_type not in ML_NOT_MODELS]
     if not found:
         return ""
-    return (f"; it holds {', '.join(_label(n) for n in found[:4])} ({ML_DOMAIN}): a scikit-learn model that "
+    return (f"; it holds {', '.join(node_label(n) for n in found[:4])} ({ML_DOMAIN}): a scikit-learn model that "
             "is no dense layer, which fedge cannot train")
 
 

@@ -22,6 +22,11 @@ class OnnxImportError(ConfigError):
     """The source graph has something the importer cannot turn into a backbone and dense tail."""
 
 
+def node_label(node: onnx.NodeProto) -> str:
+    """How the importer's messages name a node: "MatMul node 'fc'" (its output when unnamed)."""
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
 class Unreadable(NamedTuple):
     """A dense layer written otherwise (onnx_transposed.py, onnx_einsum.py) that the tail cannot
     read, and why: the importer refuses it under its node's name (the MatMul of W @ x^T, the

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .onnx_source import Unreadable
+from .onnx_source import Unreadable, node_label
 
 
 def swaps_two_axes(node: onnx.NodeProto) -> bool:
@@ -71,7 +71,7 @@ def _not_transposed(g, tensor: str, users: list[onnx.NodeProto], biased: bool) -
     """Why `tensor`, W @ x^T (+ b), is not turned into (batch, outputs) by the one Transpose the
     pattern ends in. "No Transpose after it" was said of every case, also where one follows."""
     what = "W @ x^T + b" if biased else "W @ x^T"
-    labels = list(dict.fromkeys(f"{n.op_type} node {n.name or n.output[0]!r}" for n in users))
+    labels = list(dict.fromkeys(node_label(n) for n in users))
     if len(users) > 1:  # Add(m, m) reads it twice: two readers, one node
         return f"{what} (outputs, batch) has {len(users)} readers ({', '.join(labels)}), not one Transpose"
     if users and tensor in g.outputs:
