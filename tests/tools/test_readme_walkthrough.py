@@ -92,6 +92,24 @@ def test_the_example_configs_load_with_credentials_appended(tmp_path):
     assert devices == ["dev-000", "dev-001"]
 
 
+def test_no_host_fact_declines_the_example_devices(tmp_path):
+    """The walkthrough's devices read the real probe; a CI host under 200 MiB available, on
+    battery, hot or on a metered link declined them (the run then timed out waiting for rounds).
+    Their [eligibility] passes the worst reading of every fact but a missing network, before and
+    during training (an oracle of the facts' ranges, DeviceFacts' own bounds)."""
+    from fedge.edge_runtime.eligibility import USABLE_LINKS, DeviceFacts, failing
+
+    creds = '[broker]\nurl = "mqtt://127.0.0.1:1883"\nusername = "{user}"\npassword = "secret"\n'
+    worst = [DeviceFacts(battery_percent=0.0, charging=False, link=link, metered=True, temperature_c=150.0,
+                         cpu_idle_percent=0.0, free_memory_mb=0.0, local_time_minutes=minutes)
+             for link in (*USABLE_LINKS, "unknown") for minutes in (0, 719, 1439)]
+    for example in sorted((EXAMPLES / "ops").glob("dev-*.toml")):
+        (tmp_path / example.name).write_text(example.read_text() + creds.format(user=example.stem))
+        policy = load_device_config(tmp_path / example.name).eligibility
+        for facts in worst:
+            assert failing(policy, facts, "before") == failing(policy, facts, "during") == (), (example.name, facts)
+
+
 @pytest.fixture
 def scratch():
     """A folder Mosquitto can reach after it drops root for its own user (pytest's tmp_path
