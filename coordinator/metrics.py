@@ -29,6 +29,8 @@ Series (all prefixed fedge_):
     round_id / round_open            the latest round begun, and 1 while it is open
     model_version                    committed global model version
     devices_registered / devices_eligible
+    devices_max                      [coordinator] max_devices: the most devices the registry may hold
+                                     (registry_cap.py); registered / max is how full it is
     pace_total{reason}               Pace replies sent
     unsendable_total{kind}           messages of the coordinator's own the codec refused to encode
                                      (a value out of the wire's range), dropped (outbound.py)
@@ -108,6 +110,8 @@ class CoordinatorMetrics:
         self.model_version = Gauge("fedge_model_version", "Committed global model version", registry=r)
         self.registered = Gauge("fedge_devices_registered", "Devices that have checked in", registry=r)
         self.eligible = Gauge("fedge_devices_eligible", "Devices whose last check-in said eligible", registry=r)
+        self.max_devices = Gauge("fedge_devices_max", "The most devices the registry may hold ([coordinator] "
+                                 "max_devices); a new device id past it is refused as registry_full", registry=r)
         self.devices_needed = Gauge("fedge_devices_needed", "Eligible devices still missing before a round can "
                                     "begin (0 = not waiting)", registry=r)
         self.pace = Counter("fedge_pace", "Pace replies sent, by reason", ["reason"], registry=r)

@@ -30,7 +30,9 @@ No device is evicted to make room. The ids a flood brings are all fresh, so maki
 would push out exactly the honest devices that are away for a while (a board that trains at
 night, a fleet switched off for a week) and keep the flood; the registry's size is also the N
 of SCAFFOLD's control step (server.py, Aggregate), which should not move with an attacker's
-traffic. A fleet that outgrows the cap needs the cap raised, which the refusals' log line says.
+traffic. A fleet that outgrows the cap needs the cap raised, which the refusals' log line says;
+ids that churn (boards re-flashed under new names) are the operator's to drop, with the service
+stopped: `fedge coordinator forget-devices` (forget_devices.py). fedge_devices_max exports the cap.
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ class CheckInGate:
                         "are kept, and every new device id is refused", known, self.max_devices)
 
 
-def check_in_gate(config, registry: Mapping[str, object]) -> CheckInGate:
-    """The gate of a CoordinatorConfig: max_devices, checkin_burst and checkin_refill_s."""
+def check_in_gate(config, registry: Mapping[str, object], metrics=None) -> CheckInGate:
+    """The gate of a CoordinatorConfig: max_devices, checkin_burst and checkin_refill_s. metrics: a
+    CoordinatorMetrics whose fedge_devices_max it sets, so a dashboard reads the cap beside
+    fedge_devices_registered instead of from the config file."""
+    if metrics is not None:
+        metrics.max_devices.set(config.max_devices)
     return CheckInGate(registry, config.max_devices, CheckInLimit(config.checkin_burst, config.checkin_refill_s))

@@ -118,7 +118,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         self.dense_limit = 8 * sum(int(np.prod(s)) for s in self.shapes.values())  # params + control, fp32
         check_update_fits(config, self.shapes, strategy.uses_control, manifest.model_id)  # else refused unread
         self.registry = Registry(self.store)
-        self.checkins = check_in_gate(config, self.registry)  # max_devices, then each device's rate
+        self.checkins = check_in_gate(config, self.registry, self.metrics)  # max_devices, then each device's rate
         self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
         self.shell = make_shell(config, self.outbound, self.shapes, self.store)  # plain or secure (round_shell.py)

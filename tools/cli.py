@@ -205,6 +205,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="the coordinator's state_db (SQLite), or a postgresql:// DSN; read only")
     state.add_argument("--state-dsn", type=path_arg, help="the coordinator's state_dsn (PostgreSQL); read only")
     c.add_argument("--json", action="store_true", help="the report as JSON, with ε after each charged round")
+    c = co.add_parser("forget-devices", help="forget the registered devices not seen for N days (the service stopped)")
+    c.add_argument("--config", required=True, type=path_arg, help="the coordinator TOML `serve` runs")
+    c.add_argument("--unseen-days", required=True, type=float, help="forget devices unseen this many days")
+    c.add_argument("--dry-run", action="store_true", help="list what would be forgotten; change nothing")
+    c.add_argument("--json", action="store_true", help="the result as JSON")
 
     p = sub.add_parser("provision", help="create device/coordinator credentials, certificates and broker files")
     try:
@@ -269,6 +274,14 @@ def _dispatch(args) -> int:
 
         report = privacy_report(read_pg_ledger(args.state_dsn) if args.state_dsn else read_ledger(args.state))
         print(json.dumps(report, indent=2) if args.json else render(report))
+        return 0
+    if args.command == "coordinator" and args.coordinator_command == "forget-devices":
+        import time
+
+        from fedge.coordinator.forget_devices import forget_from_config, render, summary_json
+
+        result, cap = forget_from_config(args.config, args.unseen_days, now_wall=time.time(), dry_run=args.dry_run)
+        print(summary_json(result, cap) if args.json else render(result, cap))
         return 0
     if args.command == "coordinator":
         from fedge.coordinator.service import load_service_config, run_service

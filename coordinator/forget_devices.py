@@ -1,0 +1,231 @@
+"""`fedge coordinator forget-devices --config C --unseen-days N [--dry-run]`: drop from the registry
+the devices not seen for N days, so ids that churn (a board re-flashed under a new name) stop
+holding places under [coordinator] max_devices (registry_cap.py evicts nothing by itself).
+
+What it deletes: rows of the state_db's `devices` table, fedge's own registry, and nothing
+else, in one transaction (a crash leaves every row or none of them gone). A forgotten device
+that checks in again is registered as new and counts against the cap again; it loses nothing
+it keeps itself (its personal head, its pending updates and its control variate live on the
+device).
+
+"Not seen for N days": its stored last_seen_wall is more than N days plus LAST_SEEN_WRITE_S
+(6 h) old. While a device checks in, the store's time lags the truth by less than 6 h
+(registry.py), so no device seen in the last N days is forgotten; a build before that one wrote
+the time only when a device's facts changed, so run the service on this build for a day (and
+longer than the devices' pace: up to [agent] max_pace_s, a day) before forgetting.
+
+What it keeps, however old its row:
+* every device the open round selected: it holds a task, or its update or decline is stored
+  and the restart replays it (store_rows.open_round);
+* async mode: every device with a task in flight (async_tasks) or an update in the open
+  buffer (async_updates of the open round).
+
+What it refuses, by name (ForgetRefused.reason), before anything is written:
+* `bad_unseen_days`: N not a number in (0, MAX_UNSEEN_DAYS];
+* `no_state_db`: a config without state_db or state_dsn keeps its registry in memory only;
+* `state_dsn`: PostgreSQL is not done (its leader lease would be the lock; not written yet);
+* `no_state_file`: state_db names no file (opening one would create it);
+* `not_fedge_state`: a file that holds no fedge schema row of this build's version;
+* `scaffold`: SCAFFOLD's control step uses N = the devices the registry holds, and its server
+  control c = (1/N) sum of every device's c_i, which the server never sees one by one: a
+  forgotten device's c_i stays in c while N drops, and every later step is scaled for a
+  population that no longer matches its sum (strategies/scaffold.py). A SCAFFOLD fleet raises
+  max_devices instead.
+And while the service runs: ServiceUnavailable (exit 1). The running coordinator holds the
+registry in memory and writes a row only when something changed, so rows deleted under it
+would come back or be missed, and its count for the cap would not move until a restart. The
+command takes the same exclusive flock on `<state_db>.lock` that keeps a second coordinator off
+the file (state_lock.py), for the whole transaction: a service starting meanwhile is refused
+and its supervisor retries. `--dry-run` writes nothing, takes no lock (a preview with the
+service up reads rows up to 6 h behind its memory) and opens the file read-only.
+
+What it never touches: the privacy ledger (charged per round, not per device: the budget
+spent stays spent), the update keys of closed rounds (a late re-publish is still acked as a
+duplicate; keep_key_rounds prunes them), and anything `fedge provision` wrote: broker
+passwords, ACL entries, certificates and secure-aggregation identities are files the operator
+placed and edits (revoke a device's login there; fedge does not delete files it did not create).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
+
+from .registry import LAST_SEEN_WRITE_S
+from .row_check import checked_json
+from .sqlite_tx import immediate_transaction
+from .state_file import damaged
+from .state_lock import state_db_lock
+from .store import SCHEMA_VERSION, holds_fedge_schema
+
+log = logging.getLogger("fedge.coordinator")
+
+DAY_S = 86_400.0
+# A hundred years: past the age of any wall clock's epoch, so a larger N matches no row and can only be a typo.
+MAX_UNSEEN_DAYS = 36_500.0
+_BUSY_MS = 5000  # as the store's: a reader of the file (a dry run, `fedge coordinator privacy`) holds it briefly
+
+
+class ForgetRefused(ConfigError):
+    """forget-devices will not run; .reason names why (module docstring)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    cutoff_wall: float  # rows last seen before this were old enough
+    registered: int  # rows before
+    forgotten: tuple[str, ...]  # sorted; with dry_run, the ones that would be
+    kept: dict[str, str] = field(default_factory=dict)  # old enough, but kept: device id -> why
+    dry_run: bool = False
+
+
+def check_unseen_days(unseen_days) -> float:
+    if (isinstance(unseen_days, bool) or not isinstance(unseen_days, (int, float)) or not math.isfinite(unseen_days)
+            or not 0 < unseen_days <= MAX_UNSEEN_DAYS):
+        raise ForgetRefused("bad_unseen_days", f"--unseen-days {unseen_days!r}: must be a number of days in "
+                            f"(0, {MAX_UNSEEN_DAYS:,.0f}]")
+    return float(unseen_days)
+
+
+def forget_devices(state_db: str | Path, unseen_days: float, *, now_wall: float,
+                   dry_run: bool = False) -> ForgetResult:
+    """Forget (or, dry_run, list) the devices of `state_db` not seen for unseen_days at wall time now_wall."""
+    days = check_unseen_days(unseen_days)
+    path = Path(state_db)
+    if not path.is_file():
+        raise ForgetRefused("no_state_file", f"state_db {path}: no such file; nothing is registered there")
+    cutoff = now_wall - days * DAY_S - LAST_SEEN_WRITE_S
+    try:
+        result = _read_only(path, cutoff) if dry_run else _forget(path, cutoff)
+    except sqlite3.DatabaseError as exc:
+        if (corrupt := damaged(path, exc)) is not None:
+            raise corrupt from exc
+        if isinstance(exc, sqlite3.OperationalError):  # busy past _BUSY_MS, no permission, a full disk
+            raise ServiceUnavailable(f"state_db {path}: {exc}; nothing was forgotten") from exc
+        raise ForgetRefused("not_fedge_state", f"state_db {path}: not a SQLite database ({exc})") from None
+    if dry_run:
+        return result
+    log.info("forget-devices: %s: forgot %d of %d devices last seen before %.0f (wall); kept %d as old", path,
+             len(result.forgotten), result.registered, cutoff, len(result.kept))
+    return result
+
+
+def _read_only(path: Path, cutoff: float) -> ForgetResult:
+    db = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True, isolation_level=None)
+    try:
+        db.execute("BEGIN")  # one snapshot for every read
+        try:
+            return _plan(db, path, cutoff, dry_run=True)
+        finally:
+            db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+def _forget(path: Path, cutoff: float) -> ForgetResult:
+    with state_db_lock(path):  # ServiceUnavailable while a coordinator runs on it (module docstring)
+        db = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            # guard=None: the flock keeps every coordinator off the file while this one transaction runs
+            with immediate_transaction(db, guard=None):
+                result = _plan(db, path, cutoff, dry_run=False)
+                db.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in result.forgotten])
+        finally:
+            db.close()
+    return result
+
+
+def _plan(db: sqlite3.Connection, path: Path, cutoff: float, *, dry_run: bool) -> ForgetResult:
+    _check_fedge_state(db, path)
+    busy = busy_devices(db, path)
+    old = [d for (d,) in db.execute("SELECT device_id FROM devices WHERE last_seen_wall < ? ORDER BY device_id",
+                                    (cutoff,))]
+    (registered,) = db.execute("SELECT count(*) FROM devices").fetchone()
+    return ForgetResult(cutoff, registered, tuple(d for d in old if d not in busy),
+                        {d: busy[d] for d in old if d in busy}, dry_run)
+
+
+def _check_fedge_state(db: sqlite3.Connection, path: Path) -> None:
+    ours = holds_fedge_schema(db)
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if ours else None
+    if row is None or row[0] != str(SCHEMA_VERSION):
+        found = "no fedge schema row" if row is None else f"schema {row[0]}"
+        raise ForgetRefused("not_fedge_state", f"state_db {path}: {found}, this build reads schema {SCHEMA_VERSION} "
+                            "(an older fedge file is upgraded by starting the coordinator on it once)")
+    strategy = db.execute("SELECT value FROM meta WHERE key = 'strategy'").fetchone()
+    if strategy is not None and strategy[0] == "scaffold":
+        raise ForgetRefused("scaffold", f"state_db {path} holds SCAFFOLD state: its control step counts every "
+                            "registered device in N, and a forgotten device's control variate stays in the server's "
+                            "(coordinator/forget_devices.py); raise max_devices instead")
+
+
+def busy_devices(db: sqlite3.Connection, path: Path) -> dict[str, str]:
+    """The devices the open round or the async journal still counts on: device id -> why."""
+    why: dict[str, str] = {}
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    row = db.execute("SELECT round_id, selected FROM rounds WHERE status = 'open'").fetchone()
+    if row is not None:
+        round_id, selected = row
+        key = f"open round {round_id}"
+        for device in checked_json(path, "rounds", "selected", selected, list, key):
+            why.setdefault(str(device), f"selected by the open round {round_id}")
+        _note(why, db.execute("SELECT device_id FROM updates WHERE round_id = ?", (round_id,)),
+              f"an update in the open round {round_id}")
+        if "async_updates" in tables:
+            _note(why, db.execute("SELECT device_id FROM async_updates WHERE buffer_id = ?", (round_id,)),
+                  f"an update in the open buffer {round_id}")
+    if "async_tasks" in tables:
+        _note(why, db.execute("SELECT device_id FROM async_tasks"), "an async task in flight")
+    return why
+
+
+def _note(why: dict[str, str], rows: Iterable[tuple], reason: str) -> None:
+    for (device,) in rows:
+        why.setdefault(device, reason)
+
+
+def forget_from_config(config_path: str | Path, unseen_days: float, *, now_wall: float,
+                       dry_run: bool = False) -> tuple[ForgetResult, int]:
+    """The command: the state of a `fedge coordinator serve` config; (result, its max_devices)."""
+    from .service import load_service_config  # here: the service pulls in the whole coordinator
+
+    check_unseen_days(unseen_days)  # before the config: a typo in N is named first
+    cfg = load_service_config(config_path).coordinator
+    if cfg.state_dsn:
+        raise ForgetRefused("state_dsn", f"{config_path}: state_dsn (PostgreSQL) is not supported by forget-devices "
+                            "yet; its rows are the devices table of that database")
+    if not cfg.state_db:
+        raise ForgetRefused("no_state_db", f"{config_path}: no [coordinator] state_db: the registry lives in the "
+                            "service's memory only, and a restart forgets every device")
+    return forget_devices(cfg.state_db, unseen_days, now_wall=now_wall, dry_run=dry_run), cfg.max_devices
+
+
+def render(result: ForgetResult, max_devices: int) -> str:
+    """What the command prints: a summary, the kept ones with why, then each forgotten id on a line."""
+    verb = "would forget" if result.dry_run else "forgot"
+    left = result.registered - len(result.forgotten)
+    when = datetime.fromtimestamp(max(0.0, result.cutoff_wall), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"{verb} {len(result.forgotten)} of {result.registered} devices (stored last seen before {when}); "
+             f"{left} {'would ' if result.dry_run else ''}remain, max_devices "
+             f"{max_devices:,}" + (" (dry run: nothing changed)" if result.dry_run else "")]
+    lines += [f"kept {device}: {why}" for device, why in sorted(result.kept.items())]
+    return "\n".join(lines + list(result.forgotten))
+
+
+def summary_json(result: ForgetResult, max_devices: int) -> str:
+    return json.dumps({"dry_run": result.dry_run, "cutoff_wall": result.cutoff_wall, "registered": result.registered,
+                       "forgotten": list(result.forgotten), "kept": result.kept, "max_devices": max_devices})

@@ -1,0 +1,223 @@
+"""`fedge coordinator forget-devices` (coordinator/forget_devices.py): the registry rows of devices
+unseen for N days go, in one transaction, with the service stopped; the open round's and the
+async journal's devices stay; bad arguments and states it must not change are refused by name.
+
+Oracle: a plain filter over the rows the test inserted (stored last seen before now - N days -
+LAST_SEEN_WRITE_S, and not one the open round or the journal counts on). Every clock is
+injected: the rows carry made-up wall times, the fleets run on a ManualClock."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.async_mode.journal import BufferedRow, SqliteJournal, TaskRow
+from fedge.coordinator.forget_devices import (
+    DAY_S,
+    MAX_UNSEEN_DAYS,
+    ForgetRefused,
+    forget_devices,
+    forget_from_config,
+    render,
+    summary_json,
+)
+from fedge.coordinator.registry import LAST_SEEN_WRITE_S
+from fedge.coordinator.state_lock import state_db_lock
+from fedge.coordinator.store import RoundStore, StoredDevice, StoredRound, StoredUpdate
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
+from fedge.edge_runtime.kernel.protocol import CheckIn, device_topic
+from fedge.tools.cli import main
+from tests.coordinator.fleet import make_fleet
+from tests.tiny_model import build_tiny_model
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def seed_store(path, seen: dict[str, float], strategy: str = "fedavg") -> None:
+    store = RoundStore(path)
+    store.bind("m", strategy)
+    for device, wall in seen.items():
+        store.save_device(StoredDevice(device, wall, True, "", 5))
+    store.close()
+
+
+def random_rows(seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    return {f"dev{i:03d}": NOW - float(rng.uniform(0, 1)) ** 2 * 40 * DAY_S for i in range(60)}  # many recent
+
+
+def old(seen: dict[str, float], days: float) -> set[str]:
+    """The oracle: stored last seen more than `days` days plus the write interval ago."""
+    return {d for d, wall in seen.items() if wall < NOW - days * DAY_S - LAST_SEEN_WRITE_S}
+
+
+def stored_ids(path) -> set[str]:
+    store = RoundStore(path)
+    try:
+        return {d.device_id for d in store.load_devices()}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("days", [0.5, 3, 7.25, 30])
+def test_it_forgets_exactly_the_devices_unseen_for_n_days(tmp_path, seed, days):
+    path = tmp_path / "state.db"
+    cutoff = NOW - days * DAY_S - LAST_SEEN_WRITE_S
+    seen = random_rows(seed) | {"at_cutoff": cutoff, "just_past": cutoff - 1e-3}
+    seed_store(path, seen)
+    expected = old(seen, days)
+    assert "just_past" in expected and "at_cutoff" not in expected
+    assert 0 < len(expected) < len(seen)  # the draw has both kinds
+    result = forget_devices(path, days, now_wall=NOW)
+    assert set(result.forgotten) == expected and list(result.forgotten) == sorted(expected)
+    assert result.registered == len(seen) and result.kept == {}
+    assert stored_ids(path) == set(seen) - expected
+
+
+def test_a_dry_run_lists_the_same_devices_and_changes_nothing(tmp_path):
+    path = tmp_path / "state.db"
+    seen = random_rows(7)
+    seed_store(path, seen)
+    before = path.read_bytes()
+    result = forget_devices(path, 5, now_wall=NOW, dry_run=True)
+    assert set(result.forgotten) == old(seen, 5) and result.dry_run
+    assert path.read_bytes() == before and stored_ids(path) == set(seen)
+    assert not (tmp_path / "state.db.lock").exists()  # no lock taken, no file made
+    assert "would forget" in render(result, 100) and "nothing changed" in render(result, 100)
+
+
+def test_the_open_rounds_devices_and_the_async_journals_are_kept_however_old(tmp_path):
+    path = tmp_path / "state.db"
+    seen = {f"dev{i}": NOW - 100 * DAY_S for i in range(8)} | {"fresh": NOW}
+    seed_store(path, seen)
+    store = RoundStore(path)
+    store.open_round(StoredRound(4, 0, ("dev0", "dev1"), {"dev0": "t0", "dev1": "t1"}, 2, 1, NOW, NOW + 60))
+    store.add_update(4, StoredUpdate(1, "dev1", "u1", "d" * 64, 3, b"x"))
+    store.close()
+    journal = SqliteJournal(path)
+    journal.add_task(TaskRow("t9", "dev2", 4, 0, NOW + 60))
+    journal.add_update(BufferedRow("dev3", 3, "u3", "d" * 64, 4, 2, 0, 3, b"y"), "t-none")
+    journal.add_update(BufferedRow("dev4", 2, "u4", "d" * 64, 2, 1, 0, 3, b"z"), "t-none")  # a closed buffer's
+    journal.close()
+    result = forget_devices(path, 30, now_wall=NOW)
+    assert set(result.kept) == {"dev0", "dev1", "dev2", "dev3"}
+    assert set(result.forgotten) == {"dev4", "dev5", "dev6", "dev7"}
+    assert "open round 4" in result.kept["dev0"] and "async task" in result.kept["dev2"]
+    assert "open buffer 4" in result.kept["dev3"]
+    assert stored_ids(path) == {"dev0", "dev1", "dev2", "dev3", "fresh"}
+    assert "kept dev2: an async task in flight" in render(result, 10)
+
+
+def test_it_refuses_while_a_coordinator_holds_the_state_and_changes_nothing(tmp_path):
+    path = tmp_path / "state.db"
+    seen = random_rows(1)
+    seed_store(path, seen)
+    with state_db_lock(path):  # what `fedge coordinator serve` holds for its life (state_lock.py)
+        with pytest.raises(ServiceUnavailable, match="in use by another coordinator"):
+            forget_devices(path, 1, now_wall=NOW)
+        assert forget_devices(path, 1, now_wall=NOW, dry_run=True).forgotten  # a preview may run beside it
+    assert stored_ids(path) == set(seen)
+
+
+@pytest.mark.parametrize("days", [0, -1, math.nan, math.inf, MAX_UNSEEN_DAYS * 2, 1e300, True, "7"])
+def test_bad_unseen_days_are_refused_by_name_before_anything_is_read(tmp_path, days):
+    path = tmp_path / "state.db"
+    seed_store(path, {"a": 0.0})
+    before = path.read_bytes()
+    with pytest.raises(ForgetRefused) as caught:
+        forget_devices(path, days, now_wall=NOW)
+    assert caught.value.reason == "bad_unseen_days" and path.read_bytes() == before
+
+
+def test_states_it_must_not_change_are_refused_by_name(tmp_path):
+    seed_store(tmp_path / "scaffold.db", {"a": 0.0}, strategy="scaffold")
+    (tmp_path / "foreign.db").write_bytes(b"not a database at all, just some bytes" * 40)
+    cases = {"scaffold.db": "scaffold", "missing.db": "no_state_file", "foreign.db": "not_fedge_state"}
+    for name, reason in cases.items():
+        with pytest.raises(ForgetRefused) as caught:
+            forget_devices(tmp_path / name, 1, now_wall=NOW)
+        assert caught.value.reason == reason, name
+    assert not (tmp_path / "missing.db").exists()  # refused, not created
+    assert stored_ids(tmp_path / "scaffold.db") == {"a"}
+
+
+def write_config(tmp_path, coordinator: str) -> str:
+    path = tmp_path / "coordinator.toml"
+    path.write_text(f'[coordinator]\nartifacts_dir = "art"\nmax_devices = 50\n{coordinator}\n')
+    return str(path)
+
+
+def test_the_command_reads_the_services_config_and_names_what_it_cannot_use(tmp_path, capsys):
+    seen = random_rows(2)
+    seed_store(tmp_path / "state.db", seen)
+    config = write_config(tmp_path, f'state_db = "{tmp_path / "state.db"}"')
+    result, cap = forget_from_config(config, 10, now_wall=NOW, dry_run=True)
+    assert set(result.forgotten) == old(seen, 10) and cap == 50
+    assert json.loads(summary_json(result, cap))["forgotten"] == sorted(old(seen, 10))
+    for coordinator, reason in (("", "no_state_db"), ('state_dsn = "postgresql://x/y"', "state_dsn")):
+        with pytest.raises(ForgetRefused) as caught:
+            forget_from_config(write_config(tmp_path, coordinator), 10, now_wall=NOW)
+        assert caught.value.reason == reason
+    with pytest.raises(ConfigError, match="config file not found"):
+        forget_from_config(tmp_path / "nope.toml", 10, now_wall=NOW)
+    # the command line: one line per error, exit 2; the real run prints what it forgot
+    assert main(["coordinator", "forget-devices", "--config", str(tmp_path / "nope.toml"), "--unseen-days", "3"]) == 2
+    assert main(["coordinator", "forget-devices", "--config", config, "--unseen-days", "0"]) == 2
+    assert "ForgetRefused" in capsys.readouterr().err
+    assert main(["coordinator", "forget-devices", "--config", config, "--unseen-days", "1e9"]) == 2
+    capsys.readouterr()
+    # main reads the real clock: rows from 1970 are old and one from the year 33658 is not, on any day it runs
+    seed_store(tmp_path / "cli.db", {"x": 1000.0, "y": 2000.0, "z": 1e12})
+    config = write_config(tmp_path, f'state_db = "{tmp_path / "cli.db"}"')
+    assert main(["coordinator", "forget-devices", "--config", config, "--unseen-days", "10", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dry_run"] is False and printed["forgotten"] == ["x", "y"] and printed["max_devices"] == 50
+    assert stored_ids(tmp_path / "cli.db") == {"z"}
+
+
+CLIENTS = itertools.count()
+
+
+def check_in(fleet, *devices: str) -> None:
+    t = fleet.broker.connect(f"checker{next(CLIENTS)}")
+    for device in devices:
+        t.publish(device_topic(device, "checkin"), encode_message(CheckIn(device, eligible=True, num_examples=9)))
+    fleet.drain()
+
+
+def test_devices_checking_in_are_not_forgotten_and_a_forgotten_one_returns_as_new_against_the_cap(model, tmp_path):
+    """Three devices; b and c check in every 12 h for 10 days with the same facts, a is silent.
+    Before registry.LAST_SEEN_WRITE_S the store kept b's and c's first check-in time (nothing
+    else changed) and all three were forgotten."""
+    path = tmp_path / "state.db"
+    fleet = make_fleet(model, tmp_path, store=RoundStore(path), max_devices=3, checkin_refill_s=0.0)
+    check_in(fleet, "a", "b", "c")
+    for _ in range(20):
+        fleet.clock.advance(DAY_S / 2)
+        check_in(fleet, "b", "c")
+    now = fleet.clock.wall()
+    fleet.coordinator.store.close()
+    result = forget_devices(path, 5, now_wall=now)
+    assert result.forgotten == ("a",) and stored_ids(path) == {"b", "c"}
+
+    again = make_fleet(model, tmp_path, store=RoundStore(path), max_devices=3, checkin_refill_s=0.0)
+    c = again.coordinator
+    assert set(c.registry) == {"b", "c"}
+    check_in(again, "a")  # registered as new: the cap had room again
+    assert set(c.registry) == {"a", "b", "c"} and "a" in {d.device_id for d in c.store.load_devices()}
+    check_in(again, "d")  # and `a` counts against it again
+    assert c.rejections["registry_full"] == 1 and "d" not in c.registry
+    assert c.metrics.registry.get_sample_value("fedge_devices_max") == 3
+    assert c.metrics.registry.get_sample_value("fedge_devices_registered") == 3
+    c.store.close()
