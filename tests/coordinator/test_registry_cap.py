@@ -82,6 +82,7 @@ def test_the_registry_holds_the_first_max_devices_ids_and_refuses_every_other_by
     assert c.rejections["registry_full"] == refused > 0 and exported(c, "registry_full") == refused
     assert set(c.rejections) == {"registry_full"}
     assert c.metrics.registry.get_sample_value("fedge_devices_registered") == cap
+    assert c.metrics.registry.get_sample_value("fedge_devices_max") == cap  # the cap beside it, for a dashboard
     assert replied_to(t) == admitted  # a refused check-in gets no Pace
     logged = [r for r in caplog.records if "registry_full" in r.getMessage()]
     assert 0 < len(logged) < refused  # logged, but not once per refusal (FloodLog)
