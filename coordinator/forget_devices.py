@@ -32,8 +32,8 @@ What it refuses, by name (ForgetRefused.reason), before anything is written:
   population that no longer matches its sum (strategies/scaffold.py). A SCAFFOLD fleet raises
   max_devices instead.
 And while the service runs: ServiceUnavailable (exit 1). The running coordinator holds the
-registry in memory and writes a row only when something changed, so rows deleted under it
-would come back or be missed, and its count for the cap would not move until a restart. The
+registry in memory and writes a device's row only when it changed or every 6 h, so rows
+deleted under it would come back or be missed, and its count for the cap would not move until a restart. The
 command takes the same exclusive flock on `<state_db>.lock` that keeps a second coordinator off
 the file (state_lock.py), for the whole transaction: a service starting meanwhile is refused
 and its supervisor retries. `--dry-run` writes nothing, takes no lock (a preview with the
