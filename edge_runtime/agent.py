@@ -88,6 +88,7 @@ class DeviceAgent:
         max_task_s: float = DEVICE_MAX_TASK_S,  # stop training any one task after this, whatever its deadline
         max_pace_s: float = 86400.0,  # check in at least this often, whatever a Pace says (seconds)
         max_pending: int = 16,  # updates kept unacknowledged, at most: past it, new tasks are declined
+        upload_link=None,  # an upload_margin.UploadLink ([agent] upload_latency_s, upload_bytes_per_s); None: defaults
     ):
         self.runtime = runtime
         self.transport = transport
@@ -101,7 +102,7 @@ class DeviceAgent:
         self.journal = DeviceJournal(self.home, max_message_bytes, self.clock)
         # Both publish through self._publish at call time: the simulator holds answers by swapping it.
         self.uplink = Uplink(self.device_id, self.journal, lambda *a: self._publish(*a), republish_s,
-                             pending_max_age_s)
+                             pending_max_age_s, upload_link)
         self.delivery = ModelDelivery(runtime, transport, self._publish,
                                       Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
@@ -307,8 +308,7 @@ class DeviceAgent:
     def _decline_before(self, task: TrainTask, why: Refused) -> None:
         """A secure round's task declined before training: straight out, as the participant's own
         declines go (its rounds are not in the task table or the journal)."""
-        self._publish("update", encode_message(Decline(self.device_id, task.round_id, task.task_id, why.reason,
-                                                       why.detail, "before")))
+        self.secagg.publish(Decline(self.device_id, task.round_id, task.task_id, why.reason, why.detail, "before"))
 
     def _on_eval(self, task: EvalTask | EvalReport) -> None:
         """Answer at once; a task the wire refused comes as its refusal (unanswered.py)."""
@@ -335,9 +335,9 @@ class DeviceAgent:
             self._train(filled)
 
     def _train(self, task: TrainTask) -> None:
-        """The task's inputs are at hand: the table trains it, or declines it past its deadline."""
-        now = self.clock.now()
-        self._step(task, InputsReady(now, self._received.pop(task.task_id, now), task.deadline_s))
+        """Inputs at hand: the table trains it until its deadline less the upload margin, or declines it."""
+        now, margin_s = self.clock.now(), self.uplink.margin_s(task)
+        self._step(task, InputsReady(now, self._received.pop(task.task_id, now), task.deadline_s, margin_s))
 
     def _train_now(self, task: TrainTask, deadline_at: float) -> None:
         # Between training steps: a straggler stops, not just arrives late; and no task trains

@@ -55,6 +55,7 @@ from .kernel.transport.settings import MqttSettings
 from .kernel.wire_fields import I64, bounded
 from .split_scale import describe, scale_gap
 from .standardization_record import Statistics
+from .upload_margin import UploadLink
 
 log = logging.getLogger("fedge.device")
 
@@ -87,6 +88,9 @@ class ProbeConfig:
         _check_positive("probe", self, ("check_interval_s",))
 
 
+_LINK = UploadLink()  # its defaults are [agent]'s
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     checkin_s: float = 60.0  # check in this often unless the coordinator paces us (seconds)
@@ -95,10 +99,18 @@ class AgentConfig:
     poll_s: float = 0.2
     max_task_s: float = DEVICE_MAX_TASK_S  # stop training one task after this, whatever deadline it names (seconds)
     max_pace_s: float = 86400.0  # check in at least this often, whatever the coordinator paces (seconds)
+    # Training stops this long before a task's deadline, plus the update's bytes over the rate, so
+    # that its upload lands in time (at most half the deadline; upload_margin.py says why).
+    upload_latency_s: float = _LINK.latency_s
+    upload_bytes_per_s: float = _LINK.bytes_per_s
 
     def __post_init__(self) -> None:
         _check_positive("agent", self, ("checkin_s", "republish_s", "fetch_timeout_s", "poll_s", "max_task_s",
                                          "max_pace_s"))
+        self.upload_link()  # refuses a bad one by name
+
+    def upload_link(self) -> UploadLink:
+        return UploadLink(self.upload_latency_s, self.upload_bytes_per_s)
 
 
 def _check_positive(table: str, cfg, names: tuple[str, ...]) -> None:

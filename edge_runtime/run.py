@@ -45,7 +45,7 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
                         checkin_s=cfg.agent.checkin_s, fetch_timeout_s=cfg.agent.fetch_timeout_s,
                         secagg_identity=identity, secagg_directory=directory,
                         own_noise_floor=cfg.privacy.own_noise_multiplier, max_task_s=cfg.agent.max_task_s,
-                        max_pace_s=cfg.agent.max_pace_s)
+                        max_pace_s=cfg.agent.max_pace_s, upload_link=cfg.agent.upload_link())
     return AgentLoop(agent, poll_s=cfg.agent.poll_s), transport
 
 

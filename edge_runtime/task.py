@@ -12,7 +12,8 @@ on disk and sent, until the coordinator's Ack.
 
 `on_event(state, event)` decides; the agent executes the actions it returns (publish, train,
 fetch) and is the only place with clocks and I/O. Times come in on the events, so the
-deadline rule is tested here without a clock. `advance(state, name)` is the bare table.
+deadline rule is tested here without a clock: training stops the upload margin before the
+deadline (upload_margin.py), so that its update lands in time. `advance(state, name)` is the bare table.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+
+from .upload_margin import NO_TIME_TO_UPLOAD
 
 
 class TaskState(str, Enum):
@@ -73,6 +76,7 @@ class InputsReady:
     now: float  # clock seconds
     received_at: float  # clock seconds; the task's deadline_s counts from here
     deadline_s: float
+    margin_s: float = 0.0  # training stops this long before the deadline, for the upload (upload_margin.py)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ class FetchInputs:
 
 @dataclass(frozen=True)
 class Train:
-    deadline_at: float  # clock seconds: training stops between steps after this
+    deadline_at: float  # clock seconds: training stops between steps after this (the deadline less the margin)
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,12 @@ def on_event(state: TaskState, event: Event) -> tuple[TaskState, tuple[Action, .
             return advance(state, "decline"), (SendDecline(
                 "deadline_passed", f"the model came {waited:.1f} s after the task; it allowed {event.deadline_s:g} s",
                 "before"),)
-        return advance(state, "start"), (Train(deadline_at),)
+        train_until = deadline_at - event.margin_s
+        if event.now >= train_until:  # an update trained now would land past the deadline: refused
+            return advance(state, "decline"), (SendDecline(
+                NO_TIME_TO_UPLOAD, f"{deadline_at - event.now:.1f} s of its {event.deadline_s:g} s left; the upload "
+                f"needs about {event.margin_s:.1f} s", "before"),)
+        return advance(state, "start"), (Train(train_until),)
     if isinstance(event, Refused):
         return advance(state, "decline"), (SendDecline(event.reason, event.detail, "before"),)
     if isinstance(event, Trained):

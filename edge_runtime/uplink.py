@@ -20,7 +20,8 @@ from dataclasses import replace
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import decode_message, encode_message
-from .kernel.protocol import Decline
+from .kernel.protocol import Decline, TrainTask
+from .upload_margin import UploadLink, upload_margin_s
 
 log = logging.getLogger("fedge.agent")
 
@@ -31,7 +32,7 @@ Publish = Callable[..., None]  # (channel, payload, shard=-1): shard >= 0 picks 
 
 class Uplink:
     def __init__(self, device_id: str, journal: DeviceJournal, publish: Publish, republish_s: float,
-                 pending_max_age_s: float):
+                 pending_max_age_s: float, link: UploadLink | None = None):
         self.device_id = device_id
         self.journal = journal
         self.publish = publish
@@ -41,6 +42,11 @@ class Uplink:
         self.unacked_resends = 0
         self.declines: dict[str, bytes] = {}  # task_id -> the Decline sent, re-sent if the task comes again
         self.shards: dict[str, int] = {}  # task_id -> the shard its latest copy named (sharded fleets)
+        self.link = link or UploadLink()  # what the upload margin assumes of the link (upload_margin.py)
+
+    def margin_s(self, task: TrainTask) -> float:
+        """Seconds before its deadline that the task's training stops, for its update's upload."""
+        return upload_margin_s(task, self.link)
 
     def send_update(self, payload: bytes, now: float) -> None:
         self.next_republish = now + self.republish_s  # first: a failed publish is retried by the next resend

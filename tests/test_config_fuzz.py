@@ -69,6 +69,7 @@ ACCEPTS = {
     "CoordinatorConfig.pace_declined_s": ({"zero"}, "0: the device checks in again at its next poll"),
     "CoordinatorConfig.metrics_host": ({"empty_string"}, '"" binds every interface, as in http.server'),
     "TaskHyper.eps": ({"zero"}, "SGD does not read eps (the base config's optimizer)"),
+    "AgentConfig.upload_latency_s": ({"zero"}, "0: the upload margin is the update's bytes over the rate alone"),
     "EligibilityPolicy.max_temperature_c": ({"zero", "negative"}, "in [-40, 150] °C: a policy for cold sites"),
     "FactTrace.temperature_c": ({"zero", "negative"}, "a trace of a cold device"),
     "FactTrace.hot_temperature_c": ({"zero", "negative"}, "a trace of a cold device"),

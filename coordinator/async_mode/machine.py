@@ -5,8 +5,8 @@ sync round machine (coordinator/rounds.py) is run.
 
     event                        actions                          state change
     Tick(now)                    Expire(d) per flight past its    flights past deadline leave;
-                                 deadline; Dispatch(n) for the    n = concurrency - in flight
-                                 free slots
+                                 deadline; Dispatch(n) for the    n = concurrency - flights
+                                 free slots                       holding a slot
     Dispatched(d, flight)        -                                d in flight (its task is durable)
     Arrived(d, task_id, now)     Reject(stale_round) no such      s = version - flight.base_version;
                                  flight, or past its deadline;    a late or stale update's flight
@@ -16,8 +16,8 @@ sync round machine (coordinator/rounds.py) is run.
     Dropped(d)                   -                                d's flight leaves (declined,
                                                                   or its update was refused)
     Flushed()                    -                                version + 1; buffered = 0
-    CheckedIn(d, eligible)       Resend(d, flight) when d has a   -
-                                 flight and is eligible; else -
+    CheckedIn(d, eligible)       Resend(d, flight) when d has a   d's flight holds a slot when
+                                 flight and is eligible; else -   eligible, none when not
 
 Staleness is measured from the base version of the task the coordinator sent (the flight),
 never from what the update claims; admission separately checks that the claim matches.
@@ -25,7 +25,16 @@ never from what the update claims; admission separately checks that the claim ma
 A check-in from a device with a flight means it probably lost its task: it gets it again, but
 only when it says it can train. Ineligible, it would only decline the copy at once (a whole
 model sent for nothing); its task stays in flight until its deadline (Tick) or its decline
-(Dropped), and the shell paces the device as ineligible.
+(Dropped), and the shell paces the device as ineligible. Its flight gives up its concurrency
+slot meanwhile (holds_slot False), so the next Tick dispatches to another device: it held the
+slot for the whole deadline (600 s by default) before. Dropping the flight instead would refuse
+its answer when one still comes: an agent checks in while its task's inputs are on the way, or
+while its update waits for an Ack (a broker that lost it: the device resends), so a released
+flight is still admitted by Arrived until its deadline, and the device's training is never
+thrown away by the release. Eligible again, its flight takes a slot back with the Resend, even
+past concurrency (for a moment, until flights end: Tick dispatches none meanwhile), since the
+device is about to train it. A restart rebuilds every flight holding a slot (the journal does not
+keep the release): as before the release, never fewer slots than tasks out.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ class Flight:
     round_id: int  # the buffer open when the task left: the device echoes it as Update.round_id
     base_version: int  # the model version the task carries
     deadline: float  # clock seconds
+    holds_slot: bool = True  # False: its device checked in ineligible since (module docstring)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,11 @@ class AsyncMachine:
     @property
     def in_flight(self) -> int:
         return len(self.flights)
+
+    @property
+    def holding(self) -> int:
+        """Flights that hold a concurrency slot: all but those of devices that checked in ineligible."""
+        return sum(1 for _, f in self.flights if f.holds_slot)
 
     def staleness(self, flight: Flight) -> int:
         return self.version - flight.base_version
@@ -160,7 +175,7 @@ def on_event(m: AsyncMachine, event: Event) -> tuple[AsyncMachine, list[Action]]
         expired = [(d, f) for d, f in m.flights if f.deadline <= event.now]
         kept = tuple((d, f) for d, f in m.flights if f.deadline > event.now)
         actions: list[Action] = [Expire(d, f.task_id) for d, f in expired]
-        free = m.concurrency - len(kept)
+        free = m.concurrency - sum(1 for _, f in kept if f.holds_slot)
         if free > 0:
             actions.append(Dispatch(free))
         return replace(m, flights=kept), actions
@@ -195,5 +210,10 @@ def on_event(m: AsyncMachine, event: Event) -> tuple[AsyncMachine, list[Action]]
         return replace(m, version=m.version + 1, buffered=0), []
     if isinstance(event, CheckedIn):
         flight = m.flight(event.device_id)
-        return m, [Resend(event.device_id, flight)] if flight is not None and event.eligible else []
+        if flight is None:
+            return m, []
+        held = replace(flight, holds_slot=event.eligible)
+        if held != flight:
+            m = replace(m, flights=tuple((d, held if d == event.device_id else f) for d, f in m.flights))
+        return m, [Resend(event.device_id, held)] if event.eligible else []
     raise TypeError(f"unknown event {event!r}")

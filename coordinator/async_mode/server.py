@@ -147,9 +147,8 @@ class AsyncCoordinator(Coordinator):
     def _resend_tasks(self) -> None:
         """Tasks in flight on the current version (older params are no longer at hand: a device
         that lost such a task just lets it expire)."""
-        now = self.clock.now()
         for device_id, flight in self.machine.flights:
-            self._send_task(device_id, flight, now)
+            self._send_task(device_id, flight, self.clock.now())
 
     def _send_task(self, device_id: str, flight: Flight, now: float) -> None:
         rnd = self.round
@@ -170,13 +169,14 @@ class AsyncCoordinator(Coordinator):
         device_id, now = msg.device_id, self.clock.now()
         self._silent.discard(device_id)
         eligible = msg.eligible and not self.registry[device_id].parked  # parked: paced like an ineligible one
-        if resend := on_event(self.machine, CheckedIn(device_id, eligible))[1]:  # it owes an answer: task lost?
+        self.machine, resend = on_event(self.machine, CheckedIn(device_id, eligible))  # takes or frees its slot
+        if resend:  # it owes an answer: task lost?
             self._send_task(device_id, resend[0].flight, now)
-        elif not eligible:  # a task in flight stays until its deadline or decline, not sent to be declined
+        elif not eligible:  # a task in flight stays until its deadline or decline (not sent to be declined), slotless
             self._pace(device_id, pace.INELIGIBLE)
         elif self._rest.get(device_id, 0.0) > now:  # declined or let its task expire lately
             self._pace(device_id, pace.DECLINED)
-        elif (self.round is None or self.machine.in_flight >= self.machine.concurrency
+        elif (self.round is None or self.machine.holding >= self.machine.concurrency
               # the limit is >= 1 and walks every eligible device: asked only of one that gave already
               or (self._contributions[device_id] and self._contributions[device_id] >= self._per_device_limit())):
             self._pace(device_id, pace.NO_ROUND)

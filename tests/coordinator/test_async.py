@@ -4,6 +4,8 @@ config refusals by name."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -147,12 +149,36 @@ def test_a_check_in_resends_a_task_in_flight_only_to_an_eligible_device():
     m = _fly(_machine(), "a", "ta", 0, deadline=10.0)
     flight = m.flight("a")
     assert on_event(m, CheckedIn("a", True)) == (m, [Resend("a", flight)])  # silent while it owes one: lost?
-    assert on_event(m, CheckedIn("a", False)) == (m, [])  # nothing resent, the flight kept
+    released, actions = on_event(m, CheckedIn("a", False))
+    assert actions == [] and released.flight("a") == replace(flight, holds_slot=False)  # nothing resent, kept
     assert on_event(m, CheckedIn("zz", True)) == (m, []) == on_event(m, CheckedIn("zz", False))  # none out
     late, actions = on_event(m, Tick(10.0))  # the ineligible device's task ends at its deadline ...
     assert actions == [Expire("a", "ta"), Dispatch(2)] and late.flight("a") is None
     assert on_event(m, Dropped("a"))[0].flight("a") is None  # ... or at its decline
 
+
+
+def test_an_ineligible_check_in_frees_the_slot_and_the_answer_that_still_comes_is_admitted():
+    """The slot went back only at the task's deadline (600 s by default) or its decline, though a
+    device that checked in ineligible trains nothing; dropping the flight instead would refuse an
+    update already on its way (or kept, and resent after a lost one). Concurrency 2, a and b out."""
+    m = _fly(_fly(_machine(), "a", "ta", 0, deadline=100.0), "b", "tb", 0, deadline=100.0)
+    assert on_event(m, Tick(1.0))[1] == []  # both slots held
+    m, _ = on_event(m, CheckedIn("a", False))
+    assert on_event(m, Tick(2.0))[1] == [Dispatch(1)]  # a's slot is free at once
+    assert (m.in_flight, m.holding) == (2, 1)
+    assert on_event(m, CheckedIn("a", False))[0] == m  # saying so again changes nothing
+    admitted, actions = on_event(m, Arrived("a", "ta", 3.0))  # its update was on the way: still counted
+    assert actions == [Admit("a", 0)]
+    assert on_event(admitted, Buffered("a"))[0].flights == (("b", m.flight("b")),)
+    late, actions = on_event(m, Tick(100.0))  # or it ends at its deadline, as before
+    assert actions == [Expire("a", "ta"), Expire("b", "tb"), Dispatch(2)]
+    back, actions = on_event(m, CheckedIn("a", True))  # eligible again: resent, and it takes a slot back
+    assert actions == [Resend("a", back.flight("a"))] and back.flight("a") == replace(m.flight("a"), holds_slot=True)
+    assert back.holding == 2 and on_event(back, Tick(2.0))[1] == []
+    m = _fly(m, "c", "tc", 0)  # c took a's slot; a back past concurrency 2 ...
+    over, _ = on_event(m, CheckedIn("a", True))
+    assert (over.holding, on_event(over, Tick(2.0))[1]) == (3, [])  # ... and no dispatch until flights end
 
 
 @pytest.mark.parametrize("changes, reason", [

@@ -3,11 +3,13 @@ benchmarks/results/2026-12-06-mutation6-async: a task is resent until its deadli
 the journal's tasks are the machine's flights after a stale update; a task row fedge never
 writes (a second one for a device) is dropped at restart, the first kept; a device resting after
 a decline does not count toward the fair share ceil(K / devices present); a device with a task out
-that checks in ineligible is paced, not sent the task again to decline."""
+that checks in ineligible is paced, not sent the task again to decline, and its concurrency slot
+goes to another device at the next tick while its update is still accepted until the deadline."""
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -111,7 +113,29 @@ def test_a_device_with_a_task_out_that_checks_in_ineligible_is_paced_and_its_tas
     fleet.drain()
     assert _tasks_received(busy) == 1 and c.round.bytes_down == sent  # no copy of the task
     assert busy.paces()[-1].reason == "ineligible"
-    assert c.machine.flight(busy.id) == flight  # kept: its deadline or its decline ends it
+    assert c.machine.flight(busy.id) == replace(flight, holds_slot=False)  # kept (its deadline or its decline
+    # ends it), but holding no concurrency slot: test_an_ineligible_device_s_slot_goes_to_another_device
     busy.check_in()  # eligible again, task still out: it gets it again
     fleet.drain()
     assert _tasks_received(busy) == 2 and busy.task().task_id == flight.task_id
+
+
+def test_an_ineligible_device_s_slot_goes_to_another_device_and_its_update_still_counts(model, tmp_path):
+    """Concurrency 1: the device with the task out checks in ineligible (its task lost, its model
+    on the way, or its update waiting to be resent). The other device waited for the task's
+    deadline (600 s) for the slot; it gets a task at the next tick, and the first device's
+    update, when it comes, is accepted as before (the slot's release lost no training)."""
+    fleet, (busy, other) = _fleet(model, tmp_path, 2, concurrency=1)
+    c = fleet.coordinator
+    out = [d for d in (busy, other) if c.machine.flight(d.id) is not None]
+    assert len(out) == 1
+    busy, other = out[0], other if out[0] is busy else busy
+    fleet.clock.advance(1.0)
+    busy.check_in(eligible=False, reason="battery_low")
+    fleet.drain()
+    c.tick()
+    fleet.drain()
+    assert _tasks_received(other) == 1 and c.machine.flight(other.id) is not None
+    assert (c.machine.in_flight, c.machine.holding) == (2, 1)
+    _send(fleet, busy, random_delta(c.shapes, np.random.default_rng(5)))
+    assert busy.acks() == [(True, "")] and c.machine.buffered == 1 and c.machine.flight(busy.id) is None

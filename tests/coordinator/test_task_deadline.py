@@ -67,3 +67,29 @@ def test_a_round_deadline_past_the_devices_own_task_cap_is_warned_of(caplog):
         assert caplog.records == []
         warn_past_device_cap(7200.0)
     assert len(caplog.records) == 1 and "max_task_s (3600 s" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("deadline_s, answered", [(11.5, "aborted:deadline"), (13.0, "update")])
+def test_a_sync_task_stops_the_upload_margin_before_its_deadline(model, tmp_path, deadline_s, answered):
+    """The upload margin in sync mode (edge_runtime/upload_margin.py): the eligibility check before
+    the task and each of its 10 steps take 1 s, so training ends at 11 s; the margin is about 1 s
+    (the default latency; the tiny model's update is 413 bytes). With 11.5 s the device stops at
+    10.5 s and declines (before the margin it sent its update at 11 s, 0.5 s from the round's
+    deadline: less than the link is assumed to need). With 13 s its update, sent at 11 s, counts."""
+    clock_box = {}
+
+    def a_second_per_step():
+        if "clock" in clock_box:
+            clock_box["clock"].advance(1.0)
+        return None
+
+    fleet = make_fleet(model, tmp_path, sizes=(40,), eligibility=a_second_per_step, round_deadline_s=deadline_s,
+                       min_reports=1)
+    clock_box["clock"] = fleet.clock
+    assert fleet.coordinator.begin_round()
+    fleet.drain()
+    if answered == "update":
+        assert [u.metrics["steps"] for u in fleet.updates()] == [10.0] and not fleet.coordinator.declines
+        assert fleet.clock.now() <= deadline_s - 1.0  # it left the margin for the upload
+    else:
+        assert fleet.coordinator.declines[answered] == 1 and not fleet.updates()

@@ -43,7 +43,9 @@ def test_a_task_stopped_mid_training_ends_aborted_and_one_refused_before_decline
     # The diagram in task.py: training --abort--> aborted; a refusal before training --decline--> declined.
     agent, coord = one_device(model, tmp_path, clock=TickingClock())
     endless = TaskHyper(epochs=1000, batch_size=1, lr=1e-6, divergence_factor=0.0)
-    reply = reply_to(agent, coord, _task(model, hyper=endless, deadline_s=0.05))
+    # 0.5 s: the upload margin takes up to half of it (upload_margin.py), and of 0.05 s the clock's own
+    # 10 ms readings spent that half before training began (declined no_time_to_upload, never trained)
+    reply = reply_to(agent, coord, _task(model, hyper=endless, deadline_s=0.5))
     assert (reply.reason, reply.stage) == ("aborted:deadline", "during")
     assert agent.tasks["t1"] is TaskState.ABORTED
     reply = reply_to(agent, coord, _task(model, task_id="t2", model_id="absent"))

@@ -2,7 +2,9 @@
 documented rules (machine.py, staleness.py): staleness s = current version - the flight's base
 version, an update rejected as stale_update exactly when s > max_staleness, weighted
 (1 + s)^-a otherwise, a flush after every K buffered updates moving the version by one, and a
-machine started at a restored version (a restart) counting from it. Each sequence is made
+machine started at a restored version (a restart) counting from it, and a flight whose device
+checked in ineligible holding no concurrency slot until it checks in eligible, its answer still
+admitted. Each sequence is made
 to reach s == max_staleness and s == max_staleness + 1 (asserted), and each flush's
 buffered mean is compared with Σ w_i (1 + s_i)^-a Δ_i / Σ w_i by hand."""
 
@@ -16,12 +18,14 @@ from fedge.coordinator.async_mode.machine import (
     Arrived,
     AsyncMachine,
     Buffered,
+    CheckedIn,
     Dispatched,
     Dropped,
     Flight,
     Flush,
     Flushed,
     Reject,
+    Resend,
     on_event,
 )
 from fedge.coordinator.async_mode.staleness import buffered_mean, staleness_weight
@@ -36,6 +40,7 @@ def test_random_sequences_follow_the_plain_rules(seed):
     devices = [f"d{i}" for i in range(8)]
     m = AsyncMachine(start, k, len(devices), max_s)
     version, buffered, base, task = start, 0, {}, 0  # the plain loop's state
+    slotless: set[str] = set()  # devices in flight whose last check-in said ineligible
     buffer: list[tuple[np.ndarray, float, int]] = []
     seen_s, flushes = set(), 0
     for _ in range(600):
@@ -51,9 +56,17 @@ def test_random_sequences_follow_the_plain_rules(seed):
             continue
         d = sorted(base)[int(rng.integers(len(base)))]
         task_id, b = base[d]
+        if rng.random() < 0.15:  # a check-in while its task is out: ineligible frees its slot, eligible takes it
+            eligible = bool(rng.random() < 0.5)
+            m, actions = on_event(m, CheckedIn(d, eligible))
+            (slotless.discard if eligible else slotless.add)(d)
+            assert [(type(a), a.flight.task_id) for a in actions] == ([(Resend, task_id)] if eligible else [])
+            assert m.holding == len(base) - len(slotless)
+            continue
         if rng.random() < 0.1:
             m, _ = on_event(m, Dropped(d))
             del base[d]
+            slotless.discard(d)
             continue
         if rng.random() < 0.05:  # an answer to a task that is not the one in flight
             m, actions = on_event(m, Arrived(d, task_id + "x"))
@@ -66,12 +79,14 @@ def test_random_sequences_follow_the_plain_rules(seed):
             assert [(type(a), a.reason) for a in actions] == [(Reject, "stale_update")]
             assert m.flight(d) is None
             del base[d]
+            slotless.discard(d)
             continue
         assert actions == [Admit(d, s)]
         assert staleness_weight(s, exponent) == pytest.approx(1.0 / (1.0 + s) ** exponent, rel=1e-15)
         buffer.append((rng.standard_normal(5), float(rng.integers(1, 50)), s))
         m, actions = on_event(m, Buffered(d))
         del base[d]
+        slotless.discard(d)
         buffered += 1
         assert actions == ([Flush()] if buffered == k else [])
         if actions:
@@ -82,5 +97,6 @@ def test_random_sequences_follow_the_plain_rules(seed):
             m, _ = on_event(m, Flushed())
             version, buffered, buffer, flushes = version + 1, 0, [], flushes + 1
         assert (m.version, m.buffered, m.in_flight) == (version, buffered, len(base))
+        assert m.holding == len(base) - len(slotless)  # an admitted answer counts whether or not it held a slot
     assert {max_s, max_s + 1} <= seen_s, f"sequence never reached the bound: {sorted(seen_s)}"
     assert m.version == start + flushes and flushes > 3

@@ -136,7 +136,7 @@ class SimDevice:
             agent = SimDeviceAgent(self.runtime, transport, self.clock, profile=self.profile, on_vanish=vanish,
                                    rng=self.rng,
                                    plan=self.plan, checkin_s=a.checkin_s, republish_s=a.republish_s,
-                                   fetch_timeout_s=a.fetch_timeout_s)
+                                   fetch_timeout_s=a.fetch_timeout_s, upload_link=a.upload_link())
             self.loop = AgentLoop(agent, poll_s=a.poll_s)
             self.plan.back(self.runtime.device_id)
             try:

@@ -1,0 +1,137 @@
+"""The upload margin (edge_runtime/upload_margin.py): training stops early enough that the update
+lands before the coordinator's deadline. The device counted its deadline from the task's arrival
+and trained up to it: an update finished just before it was sent after the coordinator's own
+deadline (counted from the send) and refused as stale_round, the coordinator's async table
+(machine.Arrived) being the judge here. The margin's size estimate is checked against the real
+encoder's output, and its rule against a plain formula."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.async_mode.machine import Admit, Arrived, AsyncMachine, Dispatched, Flight, on_event
+from fedge.edge_runtime.agent import DeviceAgent
+from fedge.edge_runtime.device import DeviceRuntime, LocalData
+from fedge.edge_runtime.device_config import AgentConfig
+from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.kernel.codec import encode_message
+from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
+from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
+from fedge.edge_runtime.kernel.update_codec import encode_dense
+from fedge.edge_runtime.postprocess import UPDATE_STEPS, Delta, TaskContext, encode, postprocess
+from fedge.edge_runtime.task import InputsReady, SendDecline, TaskState, Train
+from fedge.edge_runtime.task import on_event as task_event
+from fedge.edge_runtime.upload_margin import NO_TIME_TO_UPLOAD, UploadLink, update_bytes, upload_margin_s
+from tests.edge_runtime.one_device import DEVICE, pump
+from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
+
+DOWN_S, UP_S = 0.2, 0.7  # the task's trip to the device and the update's to the coordinator: within the 1 s latency
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
+
+
+def _stepping_device(model, root):
+    """An agent whose every training step takes 1 s on a ManualClock (40 examples, batch 8: 5 steps
+    an epoch), and a coordinator client reading its updates."""
+    art, manifest, _ = model
+    clock = ManualClock()
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, FEATURES)).astype(np.float32), rng.integers(0, CLASSES, size=40)
+
+    def a_second_per_step():
+        clock.advance(1.0)
+        return None
+
+    runtime = DeviceRuntime(DEVICE, LocalData(x, y, x[:8], y[:8]), {manifest.model_id: art}, root, seed=3,
+                            abort_check=a_second_per_step)
+    broker = InMemoryBroker()
+    coord = broker.connect("coordinator")
+    coord.subscribe(device_topic(DEVICE, "update"))
+    agent = DeviceAgent(runtime, broker.connect(DEVICE), clock)
+    agent.start()
+    return agent, coord, clock
+
+
+def _task(model, task_id: str, deadline_s: float, **kw) -> TrainTask:
+    _, manifest, runtime = model
+    return TrainTask(round_id=1, task_id=task_id, device_id=DEVICE, model_id=manifest.model_id, model_version=0,
+                     params=encode_dense(runtime.initial("shared")), deadline_s=deadline_s,
+                     hyper=TaskHyper(epochs=3, batch_size=8, lr=0.05), compression=CompressionSpec(quant_bits=32),
+                     **kw)
+
+
+@pytest.mark.parametrize("deadline_s", [14.0, 15.5, 15.8, 16.0, 16.5, 17.0, 20.0])
+def test_no_update_the_device_sends_comes_past_the_coordinators_deadline(model, tmp_path, deadline_s):
+    """15 one-second steps. The coordinator sends the task DOWN_S before it arrives, with its
+    deadline_s; the update takes UP_S up. Before the margin, a task of 15.5 or 15.8 s sent its
+    update at 15 s, and it came past the flight's deadline (15.3, 15.6 s): refused. Now the device stops 1 s
+    (and the update's bytes over 125 kB/s) before its deadline: it sends an update only when
+    it lands in time, and otherwise declines as aborted:deadline (no partial update is sent)."""
+    agent, coord, clock = _stepping_device(model, tmp_path)
+    sent_at = -DOWN_S  # the device's clock reads 0 when the task arrives
+    flight = Flight("t", 1, 0, sent_at + deadline_s)
+    machine, _ = on_event(AsyncMachine(0, 3, 2, 1), Dispatched(DEVICE, flight))
+    task = _task(model, "t", deadline_s)
+    coord.publish(device_topic(DEVICE, "task"), encode_message(task))
+    (reply,) = [r for r in pump(agent, coord) if isinstance(r, (Update, Decline))]
+    if isinstance(reply, Decline):
+        assert (reply.reason, reply.stage) == ("aborted:deadline", "during"), reply
+        assert deadline_s < 15.0 + upload_margin_s(task, UploadLink())  # it could not have made it
+    else:
+        assert reply.metrics["steps"] == 15
+        arrived = clock.now() + UP_S
+        assert on_event(machine, Arrived(DEVICE, "t", arrived))[1] == [Admit(DEVICE, 0)], (arrived, flight.deadline)
+    if deadline_s >= 16.5:  # room for the 15 s and the margin: the update
+        assert isinstance(reply, Update)
+
+
+def test_the_margin_is_the_link_s_latency_and_the_update_s_bytes_over_its_rate_at_most_half_the_budget():
+    link = UploadLink(latency_s=2.0, bytes_per_s=1000.0)
+    params = b"\0" * 40_000  # 10,000 fp32
+    # (bits, top-k, SCAFFOLD's c, bytes): values x bits / 8, and a 1-byte gap per kept value (2 bytes past 1 in 128)
+    for bits, topk, correction, want_bytes in [(32, 1.0, b"", 40_000), (8, 1.0, b"", 10_000), (4, 1.0, b"", 5_000),
+                                               (8, 0.25, b"", 2_500 * 2), (32, 0.001, b"", 10 * (4 + 2)),
+                                               (8, 1.0, params, 20_000)]:
+        task = TrainTask(round_id=1, task_id="t", device_id="d", model_id="m", model_version=0, params=params,
+                         compression=CompressionSpec(quant_bits=bits, topk_fraction=topk), correction=correction,
+                         deadline_s=1e6)
+        assert update_bytes(task) == pytest.approx(want_bytes)
+        assert upload_margin_s(task, link) == pytest.approx(2.0 + want_bytes / 1000.0)
+        assert upload_margin_s(replace(task, deadline_s=10.0), link) == min(2.0 + want_bytes / 1000.0, 5.0)
+
+
+@pytest.mark.parametrize("bits, topk", [(32, 1.0), (8, 1.0), (4, 1.0), (8, 0.25), (32, 0.1), (8, 0.002)])
+def test_the_size_estimate_is_within_a_few_percent_of_what_the_encoder_sends(bits, topk):
+    """The real post-processing chain (clip, top-k, quantize) on 3 tensors of 100,000 values."""
+    rng = np.random.default_rng(bits)
+    shared = {f"w{i}": rng.standard_normal((250, 400)).astype(np.float32) for i in range(3)}
+    delta = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in shared.items()}
+    spec = CompressionSpec(quant_bits=bits, topk_fraction=topk)
+    sent = encode(postprocess(UPDATE_STEPS)(Delta(delta), TaskContext(spec), rng))
+    task = TrainTask(round_id=1, task_id="t", device_id="d", model_id="m", model_version=0,
+                     params=encode_dense(shared), compression=spec)
+    assert update_bytes(task) == pytest.approx(len(sent), rel=0.03)
+
+
+def test_inputs_that_come_with_less_than_the_margin_left_are_declined_by_name():
+    state, (action,) = task_event(TaskState.ELIGIBLE, InputsReady(now=8.5, received_at=0.0, deadline_s=10.0,
+                                                                  margin_s=1.5))
+    assert state is TaskState.DECLINED and isinstance(action, SendDecline)
+    assert (action.reason, action.stage) == (NO_TIME_TO_UPLOAD, "before") and "1.5 s of its 10 s left" in action.detail
+    assert task_event(TaskState.ELIGIBLE, InputsReady(8.4, 0.0, 10.0, 1.5)) == (TaskState.TRAINING, (Train(8.5),))
+
+
+@pytest.mark.parametrize("latency, rate", [(-1.0, 1e5), (math.nan, 1e5), (math.inf, 1e5), (1.0, 0.0),
+                                           (1.0, -5.0), (1.0, math.nan), (1.0, math.inf)])
+def test_a_bad_link_setting_is_refused_by_name(latency, rate):
+    with pytest.raises(ConfigError, match="agent.upload_"):
+        AgentConfig(upload_latency_s=latency, upload_bytes_per_s=rate)
+    assert AgentConfig(upload_latency_s=0.0).upload_link() == UploadLink(0.0, UploadLink().bytes_per_s)
