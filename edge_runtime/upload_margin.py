@@ -6,7 +6,8 @@ counts the task's deadline_s from when the task arrived, so its deadline falls l
 coordinator's by the task's own trip down. A device that trained until its own deadline (as it
 did before this margin) finished with no time left for the upload: an update done just before
 it arrived late and was refused, its training thrown away, its device resting as if it had let
-the task expire. Training now stops `margin` seconds before the deadline (task.py): an update
+the task expire. Training now stops `margin` seconds before the deadline (task.py; not in a
+secure-aggregation round, below): an update
 finished by then is sent; a task still training then is declined as `aborted:deadline`, as a
 straggler always was (no partial update is ever sent), only sooner, freeing its slot sooner.
 
@@ -17,15 +18,30 @@ for a 100 kB update, and a tenth of a 30 s deadline too little for a large one o
 
     margin = latency_s + update bytes / bytes_per_s,  at most half the task's deadline_s
 
-latency_s ([agent] upload_latency_s, 1 s): the task's trip down, the update's trip up through
-the broker and its wait in the coordinator's queue, and the step, the compression and the
-journal's durable write that end training after the last check. bytes_per_s ([agent]
-upload_bytes_per_s, 125,000: 1 Mbit/s, a weak Wi-Fi or cellular uplink). The update's bytes are
-estimated from the task itself: its shared params (and SCAFFOLD's c) as dense fp32, times the
-task's compression: quant_bits of each value kept, top-k keeping topk_fraction of them, each with
-its index's gap as a varint (1 byte while top-k keeps more than 1 value in 128). Within 3% of the
-encoder's output on 300,000 values (tests/edge_runtime/test_upload_margin.py); per-tensor headers
-are left out, which only matters for updates of a few kB, where the latency dominates anyway.
+latency_s ([agent] upload_latency_s, 1 s): the update's trip up through the broker and its wait in
+the coordinator's queue, and the step, the compression and the journal's durable write that end
+training after the last check. bytes_per_s ([agent] upload_bytes_per_s, 125,000: 1 Mbit/s, a weak
+Wi-Fi or cellular uplink). The update's bytes are estimated from the task itself, tensor by tensor
+from its params frame's headers (and SCAFFOLD's c), as compress.py and update_codec make them: k =
+max(1, ceil(topk_fraction x size)) values kept (dense when that is all), quant_bits each, the
+tensor's header, and for a sparse tensor a LEB128 varint gap per value, whose expected length is
+1 + sum_j (1 - k/size)^(128^j), j = 1..4 (varint_bytes: 1.00 byte at top-10%, 1.28 at 1%, 1.37
+at 1/128, 1.77 at 0.2%, 5 at most; computed without overflow for any share > 0). Within 3% of the encoder's
+output on every case tests/edge_runtime/test_upload_margin.py tries (3 x 100,000 values at 32, 8
+and 4 bits, top-k from 1 down to 0.002, 1/128 included; 60 small tensors; the two-tensor test
+model). Params that are not a readable frame are taken as fp32 values, 4 bytes each.
+
+What the margin does not cover. The device counts deadline_s from when the whole task arrived
+(agent._received, set once the task message is complete), the coordinator from when it sent it:
+the task's own download (its params travel inline as dense fp32, in sync mode unless
+model_part_bytes is set and in async mode always) and any time the task waited queued in the
+broker (a device offline with a persistent session gets it when it reconnects) come off the
+coordinator's deadline and not the device's, and neither is estimated here: nothing but
+latency_s stands for them. A task that took longer than that to come down can still bring an
+update that lands late and is refused (stale_round); an operator who knows the downlink is slow
+raises upload_latency_s. Secure-aggregation rounds get no margin at all: their participant trains
+at once and counts deadline_s from the start of training (agent._secagg_stop_check), not from the
+task's arrival, and trains up to it.
 
 At most half the budget: a task whose deadline_s is shorter than twice the estimate still trains
 for half of it rather than being declined. The estimate is a configured guess, and a coordinator
@@ -41,8 +57,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .kernel.errors import ConfigError
+from .kernel.errors import CodecError, ConfigError
 from .kernel.protocol import TrainTask
+from .kernel.update_codec import FRAME_OVERHEAD, frame_shapes, tensor_header_bytes
 
 NO_TIME_TO_UPLOAD = "no_time_to_upload"  # decline reason: the inputs came with less than the margin left
 MAX_BUDGET_SHARE = 0.5  # the margin never takes more of a task's deadline_s than this
@@ -63,14 +80,41 @@ class UploadLink:
             raise ConfigError(f"agent.upload_bytes_per_s must be a positive number, got {self.bytes_per_s!r}")
 
 
+def varint_bytes(kept_share: float) -> float:
+    """Expected bytes of one gap's LEB128 varint when top-k keeps this share of a tensor's entries
+    at random places: a gap g (the entries skipped since the last kept one) is about geometric,
+    P(g >= m) = (1 - share)^m, and its varint takes a byte more past each 128^j, 5 at most:
+    1 + sum_j P(g >= 128^j), j = 1..4. Computed as exp(m * log1p(-share)): no power of
+    1/share, so a share as small as 1e-310 gives 5 bytes, not an OverflowError."""
+    if kept_share >= 1:  # every entry kept: gaps of 0
+        return 1.0
+    log_miss = math.log1p(-kept_share)
+    return 1.0 + sum(math.exp(128.0**j * log_miss) for j in range(1, 5))
+
+
+def _tensor_bytes(name: str, shape: tuple[int, ...], bits: int, topk_fraction: float) -> float:
+    """What compress.py and update_codec make of one tensor: k = max(1, ceil(f * size)) kept values
+    (dense when that is all of them), bits each, and for a sparse tensor a varint gap each."""
+    size = math.prod(shape)
+    kept = max(1, math.ceil(topk_fraction * size * (1 - 1e-12)))  # compress._compress_one's k
+    sparse = topk_fraction < 1 and kept < size
+    kept = kept if sparse else size
+    payload = {32: 4 * kept, 8: kept, 4: (kept + 1) // 2}.get(bits, kept * bits / 8)
+    gaps = kept * varint_bytes(kept / size) if sparse else 0.0
+    return tensor_header_bytes(name, len(shape), sparse) + payload + gaps
+
+
 def update_bytes(task: TrainTask) -> float:
     """About how many bytes the task's update takes on the wire (module docstring)."""
-    spec, values = task.compression, (len(task.params) + len(task.correction)) / 4  # dense fp32
-    if spec.topk_fraction >= 1:
-        return values * spec.quant_bits / 8
-    # update_codec's gap-coded indices: a LEB128 varint of the gap to the last kept value, 7 bits a byte
-    gap_bytes = max(1, math.ceil(math.log2(1 / spec.topk_fraction) / 7))
-    return values * spec.topk_fraction * (spec.quant_bits / 8 + gap_bytes)
+    spec, frames = task.compression, [f for f in (task.params, task.correction) if f]
+    try:
+        tensors = [tensor for frame in frames for tensor in frame_shapes(frame)]
+    except CodecError:  # not a frame we can read: every byte taken as one fp32 value's share
+        values = sum(map(len, frames)) / 4
+        gap = varint_bytes(spec.topk_fraction) if spec.topk_fraction < 1 else 0.0
+        return values * min(spec.topk_fraction, 1.0) * (spec.quant_bits / 8 + gap)
+    return FRAME_OVERHEAD * len(frames) + sum(
+        _tensor_bytes(name, shape, spec.quant_bits, spec.topk_fraction) for name, shape in tensors)
 
 
 def upload_margin_s(task: TrainTask, link: UploadLink) -> float:

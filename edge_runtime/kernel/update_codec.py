@@ -62,6 +62,7 @@ _TAIL = struct.Struct("<BfI")  # index coding, scale, count
 _GAP_LEN = struct.Struct("<I")  # byte length of the gap varints
 _CRC = struct.Struct("<I")
 _U32_MAX = 2**32 - 1
+FRAME_OVERHEAD = _HEADER.size + _CRC.size  # bytes of a frame besides its tensors
 
 
 def _payload_bytes(bits: int, count: int) -> int:
@@ -111,11 +112,28 @@ def encode_dense(params: dict[str, np.ndarray]) -> bytes:
 
 def dense_fp32_bytes(shapes: Mapping[str, Sequence[int]]) -> int:
     """Exact length of encode_dense for arrays of these names and shapes (headers included)."""
-    total = _HEADER.size + _CRC.size
-    for name, shape in shapes.items():
-        total += (_NAME_LEN.size + len(name.encode("utf-8")) + _KIND.size + 4 * len(shape)
-                  + _TAIL.size + 4 * math.prod(shape))
-    return total
+    return FRAME_OVERHEAD + sum(tensor_header_bytes(n, len(s), False) + 4 * math.prod(s) for n, s in shapes.items())
+
+
+def tensor_header_bytes(name: str, ndim: int, sparse: bool) -> int:
+    """Bytes of one tensor's header fields (everything but its indices and payload)."""
+    return (_NAME_LEN.size + len(name.encode("utf-8")) + _KIND.size + 4 * ndim + _TAIL.size
+            + (_GAP_LEN.size if sparse else 0))
+
+
+def frame_shapes(data: bytes) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of each tensor a frame declares, from its headers alone (no CRC or content
+    check, no arrays built): for size estimates. A CodecError subclass when the walk fails."""
+    view = memoryview(data).cast("B")
+    if len(view) < _HEADER.size + _CRC.size:
+        raise TruncatedPayload(f"frame of {len(view)} bytes is shorter than the {FRAME_OVERHEAD}-byte minimum")
+    magic, version, n_tensors = _HEADER.unpack_from(view, 0)
+    if magic != MAGIC or version not in READABLE_VERSIONS:
+        raise MalformedPayload(f"not a readable update frame: magic {bytes(magic)!r}, version {version}")
+    raws, problem, _ = _scan(view, len(view) - _CRC.size, n_tensors, version)
+    if problem:
+        raise MalformedPayload(problem)
+    return [(raw.name.decode("utf-8", "replace"), tuple(raw.shape)) for raw in raws]
 
 
 def encode_gaps(indices: np.ndarray) -> bytes:
