@@ -54,6 +54,7 @@ from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.kernel.protocol import DEVICE_MAX_TASK_S
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
+from .async_mode.machine import OUT_PER_SLOT
 from .async_mode.server import coordinator_class
 from .config import CoordinatorConfig
 from .leadership import LeadershipError, PostgresLease, watch_lease
@@ -130,7 +131,8 @@ def coordinator_link(broker: MqttSettings, cfg: CoordinatorConfig) -> MqttSettin
     per_sender = cfg.max_update_bytes
     if broker.max_inbound_bytes:
         per_sender = min(per_sender, broker.max_inbound_bytes)
-    in_flight = cfg.async_.concurrency if cfg.mode == "async" else cfg.clients_per_round
+    # async: tasks out, holding a slot or released, reach OUT_PER_SLOT x concurrency (machine.py)
+    in_flight = OUT_PER_SLOT * cfg.async_.concurrency if cfg.mode == "async" else cfg.clients_per_round
     selected = selection_size(in_flight, cfg.over_selection, in_flight * 100)
     total = max(4, selected) * per_sender
     if broker.max_pending_bytes:

@@ -3,7 +3,7 @@
     [coordinator]
     mode = "async"
     [coordinator.async]
-    concurrency = 100       # tasks in flight at once
+    concurrency = 100       # slots: tasks training at once; tasks out (released ones too) <= 2x this
     buffer_size = 10        # K: accepted updates per server step (one new model version)
     max_staleness = 20      # updates trained on a model more versions behind are rejected: stale_update
     staleness = "polynomial"   # weight (1 + s)^-staleness_exponent; "constant": weight 1
@@ -53,7 +53,7 @@ class AsyncConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= MAX_FLEET:
-            raise ConfigError(f"async.concurrency must be in [1, {MAX_FLEET:,}] (tasks in flight at once)")
+            raise ConfigError(f"async.concurrency must be in [1, {MAX_FLEET:,}] (task slots; tasks out <= 2x)")
         if not 1 <= self.buffer_size <= MAX_FLEET:
             raise ConfigError(f"async.buffer_size must be in [1, {MAX_FLEET:,}] (K updates per model version)")
         if self.max_staleness < 0:

@@ -5,8 +5,9 @@ sync round machine (coordinator/rounds.py) is run.
 
     event                        actions                          state change
     Tick(now)                    Expire(d) per flight past its    flights past deadline leave;
-                                 deadline; Dispatch(n) for the    n = concurrency - flights
-                                 free slots                       holding a slot
+                                 deadline; Dispatch(n) for the    n = min(concurrency - flights
+                                 free slots                       holding a slot, 2 x concurrency
+                                                                  - flights) (OUT_PER_SLOT)
     Dispatched(d, flight)        -                                d in flight (its task is durable)
     Arrived(d, task_id, now)     Reject(stale_round) no such      s = version - flight.base_version;
                                  flight, or past its deadline;    a late or stale update's flight
@@ -33,8 +34,12 @@ while its update waits for an Ack (a broker that lost it: the device resends), s
 flight is still admitted by Arrived until its deadline, and the device's training is never
 thrown away by the release. Eligible again, its flight takes a slot back with the Resend, even
 past concurrency (for a moment, until flights end: Tick dispatches none meanwhile), since the
-device is about to train it. A restart rebuilds every flight holding a slot (the journal does not
-keep the release): as before the release, never fewer slots than tasks out.
+device is about to train it. Tasks out, held or released, never pass 2 x concurrency: Tick
+dispatches none past that (OUT_PER_SLOT says why 2). The journal does not keep the release: a
+restart (server.py) gives a rebuilt flight its slot only when the registry says its device is
+eligible and not parked, so a restart neither stalls dispatch behind released flights nor lets
+tasks out past the bound. A Last Will (the device went offline) releases like an ineligible
+check-in.
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .staleness import is_too_stale
+
+# A released flight (holds_slot False) stays out until its deadline or answer, and each costs what
+# a task out costs: a task's bytes down, and room for its update in the chunk-reassembly budget
+# (service.coordinator_link). Without a bound, devices that check in ineligible right after each
+# task (flaky, or hostile) release slot after slot, and tasks out grow to the fleet's size. Twice
+# concurrency: concurrency tasks holding a slot, and up to as many released ones still allowed to
+# answer. 1x would be the behaviour before the release (an ineligible device's slot unusable until
+# its deadline); 2x keeps the release's gain, every slot handed on once per deadline, at a fixed,
+# configured cost (what the reassembly budget and the docs count), whatever the fleet's size.
+OUT_PER_SLOT = 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,15 @@ class AsyncMachine:
     def holding(self) -> int:
         """Flights that hold a concurrency slot: all but those of devices that checked in ineligible."""
         return sum(1 for _, f in self.flights if f.holds_slot)
+
+    @property
+    def max_out(self) -> int:
+        """Tasks out, slot or not, past which nothing is dispatched: OUT_PER_SLOT x concurrency."""
+        return OUT_PER_SLOT * self.concurrency
+
+    def free_slots(self) -> int:
+        """How many tasks a Tick may dispatch now: free slots, within max_out."""
+        return min(self.concurrency - self.holding, self.max_out - self.in_flight)
 
     def staleness(self, flight: Flight) -> int:
         return self.version - flight.base_version
@@ -175,10 +199,10 @@ def on_event(m: AsyncMachine, event: Event) -> tuple[AsyncMachine, list[Action]]
         expired = [(d, f) for d, f in m.flights if f.deadline <= event.now]
         kept = tuple((d, f) for d, f in m.flights if f.deadline > event.now)
         actions: list[Action] = [Expire(d, f.task_id) for d, f in expired]
-        free = m.concurrency - sum(1 for _, f in kept if f.holds_slot)
-        if free > 0:
+        m = replace(m, flights=kept)
+        if (free := m.free_slots()) > 0:
             actions.append(Dispatch(free))
-        return replace(m, flights=kept), actions
+        return m, actions
     if isinstance(event, Dispatched):
         if m.flight(event.device_id) is not None:
             raise ValueError(f"{event.device_id} already has a task in flight")

@@ -60,6 +60,7 @@ from .machine import (
     Tick,
     on_event,
 )
+from .rebuild import rebuild_flights
 from .staleness import STALENESS_BUCKETS, scale, staleness_weight
 from .waiting import why_waiting
 
@@ -89,13 +90,8 @@ class AsyncCoordinator(Coordinator):
     def _resume(self, now: float, wall: float) -> None:
         """The machine from the journal's tasks, and the open buffer replayed from its rows."""
         a, self.journal = self.config.async_, open_journal(self.store)
-        self.machine = AsyncMachine(self.state.version, a.buffer_size, a.concurrency, a.max_staleness)
-        for t in self.journal.tasks():
-            if self.machine.flight(t.device_id) is None:
-                flight = Flight(t.task_id, t.round_id, t.base_version, now + t.left(wall, self.config.round_deadline_s))
-                self.machine, _ = on_event(self.machine, Dispatched(t.device_id, flight))
-            else:  # not written by this code; keep the first
-                self.journal.drop_task(t.task_id)
+        machine = AsyncMachine(self.state.version, a.buffer_size, a.concurrency, a.max_staleness)
+        self.machine = rebuild_flights(machine, self.journal, self.registry, now, wall, self.config.round_deadline_s)
         if (stored := self.store.load_open_round()) is None:
             return
         # A sync round's row (a buffer selects no one): its updates would be dropped; or a sync
@@ -164,6 +160,11 @@ class AsyncCoordinator(Coordinator):
 
     # ------------------------------------------------------------------ inbound
 
+    def _register(self, device_id: str, eligible: bool, *args, **kwargs) -> None:
+        super()._register(device_id, eligible, *args, **kwargs)
+        if not eligible:  # also a Last Will's "offline" (Coordinator.handle): its flight, if any, frees its slot
+            self.machine, _ = on_event(self.machine, CheckedIn(device_id, False))
+
     def _check_in(self, msg) -> None:
         self._register(msg.device_id, msg.eligible, msg.reason, msg.num_examples, backoff.fingerprint(msg))
         device_id, now = msg.device_id, self.clock.now()
@@ -176,7 +177,7 @@ class AsyncCoordinator(Coordinator):
             self._pace(device_id, pace.INELIGIBLE)
         elif self._rest.get(device_id, 0.0) > now:  # declined or let its task expire lately
             self._pace(device_id, pace.DECLINED)
-        elif (self.round is None or self.machine.holding >= self.machine.concurrency
+        elif (self.round is None or self.machine.free_slots() <= 0
               # the limit is >= 1 and walks every eligible device: asked only of one that gave already
               or (self._contributions[device_id] and self._contributions[device_id] >= self._per_device_limit())):
             self._pace(device_id, pace.NO_ROUND)

@@ -30,7 +30,9 @@ from fedge.coordinator.async_mode.machine import (
 )
 from fedge.coordinator.async_mode.staleness import buffered_mean, is_too_stale, staleness_weight
 from fedge.coordinator.config import CoordinatorConfig, load_coordinator_config
+from fedge.coordinator.service import coordinator_link
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
 
 def plain_weight(s: int, a: float) -> float:
@@ -179,6 +181,34 @@ def test_an_ineligible_check_in_frees_the_slot_and_the_answer_that_still_comes_i
     m = _fly(m, "c", "tc", 0)  # c took a's slot; a back past concurrency 2 ...
     over, _ = on_event(m, CheckedIn("a", True))
     assert (over.holding, on_event(over, Tick(2.0))[1]) == (3, [])  # ... and no dispatch until flights end
+
+
+def test_tasks_out_never_pass_twice_concurrency_however_many_devices_give_their_slot_up():
+    """A released flight stayed out but stopped counting: devices that check in ineligible right
+    after each task (flaky, or hostile) drew a task per tick each, tasks out growing with the fleet
+    (concurrency 2, 10 ticks: 20 out). Now Tick dispatches none past 2 x concurrency, held or not."""
+    m, n = _machine(concurrency=2), 0
+    for step in range(10):
+        m, actions = on_event(m, Tick(float(step)))
+        free = sum(a.count for a in actions if isinstance(a, Dispatch))
+        assert free == max(0, min(2 - m.holding, 4 - m.in_flight))  # free slots, within 2 x concurrency out
+        for _ in range(free):
+            m = _fly(m, f"d{n}", f"t{n}", 0)
+            m, _ = on_event(m, CheckedIn(f"d{n}", False))
+            n += 1
+        assert m.in_flight <= 4
+    assert (m.in_flight, m.holding, n) == (4, 0, 4)
+    assert on_event(m, Dropped("d0"))[0].free_slots() == 1  # one answered or declined: one more may go
+    back, _ = on_event(m, CheckedIn("d1", True))  # one takes its slot back: still 4 out, one slot left
+    assert (back.holding, back.free_slots()) == (1, 0)
+
+
+def test_the_reassembly_budget_counts_every_task_an_async_coordinator_may_have_out():
+    """coordinator_link sized the chunk-reassembly budget for concurrency senders; up to twice as
+    many tasks are out (machine.OUT_PER_SLOT), and each may answer with an update."""
+    cfg = CoordinatorConfig(mode="async", over_selection=1.0, max_update_bytes=1000,
+                            async_=AsyncConfig(concurrency=10))
+    assert coordinator_link(MqttSettings(), cfg).max_pending_bytes == 2 * 10 * 1000
 
 
 @pytest.mark.parametrize("changes, reason", [

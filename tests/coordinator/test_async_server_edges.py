@@ -16,7 +16,7 @@ import pytest
 
 from fedge.coordinator.store import RoundStore
 from fedge.edge_runtime.kernel.codec import encode_message
-from fedge.edge_runtime.kernel.protocol import Decline, TrainTask
+from fedge.edge_runtime.kernel.protocol import Decline, Status, TrainTask
 from tests.coordinator.fleet import random_delta
 from tests.coordinator.test_async_server import _fleet, _send
 from tests.tiny_model import build_tiny_model
@@ -139,3 +139,76 @@ def test_an_ineligible_device_s_slot_goes_to_another_device_and_its_update_still
     assert (c.machine.in_flight, c.machine.holding) == (2, 1)
     _send(fleet, busy, random_delta(c.shapes, np.random.default_rng(5)))
     assert busy.acks() == [(True, "")] and c.machine.buffered == 1 and c.machine.flight(busy.id) is None
+
+
+def _flap(fleet, devices, ticks: int) -> list[int]:
+    """Each tick, every device with a slot-holding task out checks in ineligible; tasks out after each."""
+    c, out = fleet.coordinator, []
+    for _ in range(ticks):
+        for d in devices:
+            if (flight := c.machine.flight(d.id)) is not None and flight.holds_slot:
+                d.check_in(eligible=False, reason="battery_low")
+        fleet.drain()
+        fleet.clock.advance(1.0)
+        c.tick()
+        fleet.drain()
+        out.append(c.machine.in_flight)
+    return out
+
+
+def test_devices_that_give_their_slot_up_after_each_task_cannot_draw_more_than_twice_concurrency(model, tmp_path):
+    """The reviewer's repro: concurrency 1, six devices each checking in ineligible once its task is
+    out. A released flight stopped counting, so each tick sent one more task: 6 out (the fleet),
+    each a model's bytes down and an update's room in the reassembly budget. Now 2 at most."""
+    fleet, devs = _fleet(model, tmp_path, 6, concurrency=1)
+    assert _flap(fleet, devs, 8) == [2] * 8
+    assert fleet.coordinator.machine.holding == 0 and sum(map(_tasks_received, devs)) == 2  # one task each
+
+
+def test_after_a_restart_only_a_task_whose_device_may_train_holds_a_slot(model, tmp_path):
+    """The journal does not keep a release, and the restart gave every task out its slot back:
+    concurrency 2, two tasks released and two holding; one of those answered, so 3 out, 1 holding,
+    and the restarted coordinator counted 3 holding and sent nothing until tasks ended. The
+    registry (its devices' last check-ins) says which may train: 1 holds, a task goes to the
+    device left idle."""
+    db = tmp_path / "state.db"
+    fleet, devs = _fleet(model, tmp_path, 5, store=RoundStore(db), concurrency=2)
+    c = fleet.coordinator
+    first = [d for d in devs if c.machine.flight(d.id) is not None]
+    for d in first:
+        d.check_in(eligible=False, reason="battery_low")
+    fleet.drain()
+    fleet.clock.advance(1.0)
+    c.tick()
+    fleet.drain()
+    second = [d for d in devs if d not in first and c.machine.flight(d.id) is not None]
+    idle = [d for d in devs if c.machine.flight(d.id) is None]
+    assert (len(first), len(second), len(idle), c.machine.holding) == (2, 2, 1, 2)
+    _send(fleet, second[0], random_delta(c.shapes, np.random.default_rng(5)))
+    assert second[0].acks() == [(True, "")] and (c.machine.in_flight, c.machine.holding) == (3, 1)
+    again = fleet.restart(store=RoundStore(db))
+    assert (again.machine.in_flight, again.machine.holding) == (3, 1)
+    assert [d for d, f in again.machine.flights if f.holds_slot] == [second[1].id]
+    fleet.clock.advance(1.0)
+    again.tick()
+    fleet.drain()
+    assert _tasks_received(idle[0]) == 1 and (again.machine.in_flight, again.machine.holding) == (4, 2)
+
+
+def test_a_last_will_frees_the_slot_like_an_ineligible_check_in(model, tmp_path):
+    """Concurrency 1: the device with the task out goes offline (its Last Will). Its slot stayed
+    taken until the deadline (600 s), the other device idle; now it gets a task at the next tick,
+    and the gone device's task stays out: an update it sends on reconnecting still counts."""
+    fleet, devs = _fleet(model, tmp_path, 2, concurrency=1)
+    c = fleet.coordinator
+    (gone,) = [d for d in devs if c.machine.flight(d.id) is not None]
+    (other,) = [d for d in devs if d is not gone]
+    gone.send(encode_message(Status(gone.id, online=False)), channel="status")
+    fleet.drain()
+    assert c.machine.flight(gone.id).holds_slot is False
+    fleet.clock.advance(1.0)
+    c.tick()
+    fleet.drain()
+    assert _tasks_received(other) == 1 and (c.machine.in_flight, c.machine.holding) == (2, 1)
+    _send(fleet, gone, random_delta(c.shapes, np.random.default_rng(6)))
+    assert gone.acks() == [(True, "")] and c.machine.buffered == 1

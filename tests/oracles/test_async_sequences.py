@@ -19,6 +19,7 @@ from fedge.coordinator.async_mode.machine import (
     AsyncMachine,
     Buffered,
     CheckedIn,
+    Dispatch,
     Dispatched,
     Dropped,
     Flight,
@@ -26,6 +27,7 @@ from fedge.coordinator.async_mode.machine import (
     Flushed,
     Reject,
     Resend,
+    Tick,
     on_event,
 )
 from fedge.coordinator.async_mode.staleness import buffered_mean, staleness_weight
@@ -100,3 +102,39 @@ def test_random_sequences_follow_the_plain_rules(seed):
         assert m.holding == len(base) - len(slotless)  # an admitted answer counts whether or not it held a slot
     assert {max_s, max_s + 1} <= seen_s, f"sequence never reached the bound: {sorted(seen_s)}"
     assert m.version == start + flushes and flushes > 3
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ticks_dispatch_the_free_slots_but_never_past_twice_concurrency_out(seed):
+    """Tick-driven sequences (the shell dispatches what Tick offers to idle devices) with devices
+    that often check in ineligible while their task is out, against a plain model: Tick offers
+    min(concurrency - tasks holding a slot, 2 x concurrency - tasks out), and tasks out never pass
+    2 x concurrency. Before the bound, released tasks did not count and tasks out reached the fleet."""
+    rng = np.random.default_rng(100 + seed)
+    slots, devices = int(rng.integers(1, 4)), [f"d{i}" for i in range(12)]
+    m, out, slotless, task, binds = AsyncMachine(0, 100, slots, 5), set(), set(), 0, 0
+    for _ in range(400):
+        m, actions = on_event(m, Tick(0.0))
+        want = min(slots - (len(out) - len(slotless)), 2 * slots - len(out))
+        binds += 2 * slots - len(out) < slots - (len(out) - len(slotless))
+        assert actions == ([Dispatch(want)] if want > 0 else [])
+        idle = [d for d in devices if d not in out]
+        for d in idle[:max(want, 0)]:
+            task += 1
+            m, _ = on_event(m, Dispatched(d, Flight(f"t{task}", 1, 0, 1e9)))
+            out.add(d)
+        for d in sorted(out):
+            r = rng.random()
+            if r < 0.3:  # checks in ineligible: its slot goes, its task stays out
+                m, _ = on_event(m, CheckedIn(d, False))
+                slotless.add(d)
+            elif r < 0.4:  # eligible again: resent, takes a slot back (past concurrency, for a while)
+                m, _ = on_event(m, CheckedIn(d, True))
+                slotless.discard(d)
+            elif r < 0.5:  # answered or declined: its task ends
+                m, _ = on_event(m, Dropped(d))
+                out.discard(d)
+                slotless.discard(d)
+        assert (m.in_flight, m.holding) == (len(out), len(out) - len(slotless))
+        assert m.in_flight <= 2 * slots
+    assert binds > 20  # the 2 x concurrency bound, not the free slots, decided often
