@@ -80,7 +80,14 @@ def session() -> str:
    sha256 (at most one transfer per device every {cfg.fetch_interval_s:g} s). A client with its own trainer needs
    only the params.
 6. **Train** with the task's `hyper` (epochs, batch size, lr, optimizer, FedProx `mu`, ...) and `seed`, within
-   `deadline_s` seconds of receiving the task. In a SCAFFOLD round (`correction` non-empty) see
+   `deadline_s` seconds of receiving the task. The coordinator counts that deadline from when it sent the
+   task and refuses an update that reaches it at or past it (`stale_round`): counted from your receipt, your
+   deadline falls later than the coordinator's by the task's trip down and any time it waited queued in the
+   broker, and your update must still make its trip up before the coordinator's. A fedge device stops
+   training an upload margin before it: `[agent] upload_latency_s` (1 s) plus its update's estimated bytes over
+   `upload_bytes_per_s` (125,000), at most half of `deadline_s`; the margin does not estimate the task's own
+   download (params inline) or broker queueing beyond that 1 s, and a secure-aggregation round's task gets no
+   margin (it counts `deadline_s` from the start of training). In a SCAFFOLD round (`correction` non-empty) see
    README.md (Aggregation strategies) for the control variate you also upload as `Update.control`.
 7. **Update.** Publish one Update on your `update` topic (or, when the task's `shard` is ≥ 0, on
    `{TOPIC_ROOT}/shard/<shard>/devices/{{d}}/update`, and copy `shard` into the Update): `round_id`, `task_id`,
