@@ -100,6 +100,7 @@ class CoordinatorLoop:
                     seen = count
                     c.on_reconnect()  # resend what the broker may have lost
                 record = c.tick()
+                c.registry.flush_refreshes(self.clock.now())  # queued last-seen refreshes, once a minute (registry.py)
             except (ConnectionLost, NotConnected) as exc:
                 log.warning("coordinator: %s; waiting for the broker", exc)
                 self.stop_event.wait(self.poll_s)

@@ -247,6 +247,7 @@ def _serve(cfg: ServiceConfig, lease: PostgresLease | None, stopping: threading.
     try:
         with sqlite_errors_named(cfg.coordinator.state_db):  # a round's open or close the store refused
             loop.run()
+            coordinator.registry.drain_refreshes(coordinator.clock.now())  # the queued last-seen times (registry.py)
     finally:
         # The last round's Acks must reach the broker, or every device of that round resends
         # its update to a coordinator that is gone.

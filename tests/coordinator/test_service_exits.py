@@ -38,12 +38,22 @@ class _Transport:
 def _serve(monkeypatch, version: int, rounds: int, exhausted=None):
     """service._serve on a stub coordinator at `version` whose loop ends with `exhausted`."""
     coordinator = SimpleNamespace(transport=_Transport(), state=SimpleNamespace(version=version),
-                                  manifest=SimpleNamespace(model_id="m"))
+                                  manifest=SimpleNamespace(model_id="m"), clock=SimpleNamespace(now=lambda: 7.0),
+                                  registry=SimpleNamespace(drain_refreshes=DRAINED.append))
     loop = SimpleNamespace(run=lambda: None, stop=lambda: None, exhausted=exhausted)
     monkeypatch.setattr(service, "build_service", lambda cfg, epoch: (loop, coordinator))
     cfg = SimpleNamespace(coordinator=SimpleNamespace(metrics_port=0, state_db=""), broker=MqttSettings(),
                           service=service.ServiceSettings(rounds=rounds))
     return service._serve(cfg, None, threading.Event(), []), coordinator.transport.connects
+
+
+DRAINED: list[float] = []  # the clock times the stub registry was asked to write its queued refreshes
+
+
+def test_a_clean_stop_writes_the_registrys_queued_last_seen_refreshes(monkeypatch):
+    DRAINED.clear()
+    assert _serve(monkeypatch, version=4, rounds=5) == (0, 1)
+    assert DRAINED == [7.0]  # once, after the loop ended (registry.drain_refreshes)
 
 
 def test_a_model_already_at_the_rounds_asked_exits_0_without_connecting(monkeypatch):
