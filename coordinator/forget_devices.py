@@ -9,11 +9,12 @@ it keeps itself (its personal head, its pending updates and its control variate 
 device).
 
 "Not seen for N days": its stored last_seen_wall is more than N days plus
-registry.refresh_lag_s(max_devices) old (6 h plus the minutes a full registry's refreshes take
-to be written: 6 h 21 min for the default million). While a device checks in, the store's time
-lags the truth by less than that (registry.py), so no device seen in the last N days is
-forgotten. A build before that one wrote the time only when a device's facts changed, so the
-service records in the store's meta table when it first ran on this build
+registry.refresh_lag_s(max(max_devices, the devices registered)) old (6 h plus the minutes a
+full registry's refreshes take to be written: 6 h 21 min for the default million; a registry
+restored over a lowered max_devices keeps every device, hence the larger of the two). While a
+device checks in, the store's time lags the truth by less than that (registry.py), so no device
+seen in the last N days is forgotten. A build before that one wrote the time only when a
+device's facts changed, so the service records in the store's meta table when it first ran on this build
 (last_seen_refresh_since, sql_store.py) and the command refuses (`too_soon`) until N days plus
 that lag have passed since; the devices' pace (up to [agent] max_pace_s, a day) must also be
 shorter than N days, which is the operator's to know.
@@ -69,7 +70,7 @@ import logging
 import math
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -130,7 +131,7 @@ def forget_devices(state_db: str | Path, unseen_days: float, *, now_wall: float,
         raise ForgetRefused("no_state_file", f"state_db {path}: no such file; nothing is registered there")
     if path.stat().st_size == 0:  # before the lock: nothing of an empty file is read or made beside it
         raise ForgetRefused("not_fedge_state", f"state_db {path}: an empty file, no fedge state")
-    wait = Wait(now_wall, days * DAY_S + refresh_lag_s(max_devices))
+    wait = Wait(now_wall, days * DAY_S, max_devices)
     try:
         result = _read_only(path, wait) if dry_run else _forget(path, wait)
     except sqlite3.DatabaseError as exc:
@@ -152,7 +153,16 @@ def forget_devices(state_db: str | Path, unseen_days: float, *, now_wall: float,
 @dataclass(frozen=True)
 class Wait:
     now_wall: float
-    unseen_s: float  # N days plus the refresh lag
+    days_s: float  # N days
+    max_devices: int
+    # The rows the registry holds (_plan reads them): a registry restored over a lowered max_devices
+    # keeps every device, and its refreshes take the flushes of that many, not of the cap.
+    registered: int = 0
+
+    @property
+    def unseen_s(self) -> float:
+        """N days plus the refresh lag of the larger of the cap and the registry (registry.refresh_lag_s)."""
+        return self.days_s + refresh_lag_s(max(self.max_devices, self.registered))
 
     @property
     def cutoff(self) -> float:
@@ -194,11 +204,12 @@ def _forget(path: Path, wait: Wait) -> ForgetResult:
 
 def _plan(db: sqlite3.Connection, path: Path, wait: Wait, *, dry_run: bool) -> ForgetResult:
     _check_fedge_state(db, path)
+    (registered,) = db.execute("SELECT count(*) FROM devices").fetchone()
+    wait = replace(wait, registered=registered)
     _check_refreshed_long_enough(db, path, wait)
     busy = busy_devices(db, path)
     old = [d for (d,) in db.execute("SELECT device_id FROM devices WHERE last_seen_wall < ? ORDER BY device_id",
                                     (wait.cutoff,))]
-    (registered,) = db.execute("SELECT count(*) FROM devices").fetchone()
     return ForgetResult(str(path), wait.cutoff, registered, tuple(d for d in old if d not in busy),
                         {d: busy[d] for d in old if d in busy}, dry_run)
 

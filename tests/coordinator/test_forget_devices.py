@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 
+from fedge.coordinator import registry
 from fedge.coordinator.async_mode.journal import BufferedRow, SqliteJournal, TaskRow
 from fedge.coordinator.forget_devices import (
     DAY_S,
@@ -202,6 +203,7 @@ def check_in(fleet, *devices: str) -> None:
     for device in devices:
         t.publish(device_topic(device, "checkin"), encode_message(CheckIn(device, eligible=True, num_examples=9)))
     fleet.drain()
+    fleet.coordinator.registry.flush_refreshes(fleet.clock.now())  # the service loop's every turn (loop.py)
 
 
 def test_devices_checking_in_are_not_forgotten_and_a_forgotten_one_returns_as_new_against_the_cap(model, tmp_path):
@@ -343,3 +345,33 @@ def test_a_lock_file_the_command_creates_gets_the_state_dbs_owner_and_an_existin
     os.chown(f"{path}.lock", 0, 0)  # one that is there already keeps its owner
     forget_devices(path, 1, now_wall=NOW)
     assert os.stat(f"{path}.lock").st_uid == 0
+
+
+def test_a_registry_larger_than_its_cap_waits_the_lag_of_all_its_rows(tmp_path, monkeypatch):
+    """A registry restored over a lowered max_devices keeps every device, and its queued refreshes
+    take the flushes of all of them. Before: the lag of the cap alone, so a device whose row lagged
+    by more (seen within N days) was forgotten, and too_soon lifted too early."""
+    monkeypatch.setattr(registry, "REFRESH_BATCH_MAX", 2)
+    rows, cap, days = 10, 2, 3
+
+    def lag(n: int) -> float:  # refresh_lag_s written out: the longest interval, the flushes of n, one more
+        return LAST_SEEN_WRITE_S + REFRESH_FLUSH_S * (math.ceil(n / 2) + 1)
+
+    assert lag(rows) - lag(cap) == 4 * REFRESH_FLUSH_S
+    between = NOW - days * DAY_S - (lag(cap) + lag(rows)) / 2  # past the cap's lag, within the rows'
+    seen = {f"dev{i}": NOW - 100 * DAY_S for i in range(rows - 2)} | {"within": between,
+                                                                      "past": NOW - days * DAY_S - lag(rows) - 1}
+    path = tmp_path / "state.db"
+    seed_store(path, seen)
+    result = forget_devices(path, days, now_wall=NOW, max_devices=cap)
+    assert result.cutoff_wall == NOW - days * DAY_S - lag(rows)
+    assert set(result.forgotten) == old(seen, days, lag(rows)) and "past" in result.forgotten
+    assert stored_ids(path) == {"within"}
+    big_cap = forget_devices(path, days, now_wall=NOW, max_devices=100, dry_run=True)
+    assert big_cap.cutoff_wall == NOW - days * DAY_S - lag(100)  # a cap above the rows: the cap's lag
+
+    young = tmp_path / "young.db"  # this build's service first ran between the two waits
+    seed_store(young, seen, refresh_since=NOW - days * DAY_S - (lag(cap) + lag(rows)) / 2)
+    with pytest.raises(ForgetRefused) as refused:
+        forget_devices(young, days, now_wall=NOW, max_devices=cap, dry_run=True)
+    assert refused.value.reason == "too_soon"
