@@ -10,6 +10,9 @@ No one message can stop it: an exception from handling a message (a bug, a store
 refuses a value) is logged, counted as a rejection named `internal:<ExceptionType>`, and
 that message is dropped. Except a LeadershipError: a store fenced out by a newer leader
 (leadership.py) ends the loop, since nothing this process does can be written any more.
+The registry's queued last-seen refreshes are written every turn once due (registry.py); a
+failed write of them is logged, counted (fedge_store_refresh_failures_total) and tried again a
+flush interval later, except the errors that stop the service anyway (STOPS_THE_SERVICE).
 Messages are handled in bursts of up to 500, whose accepted updates are stored in one
 transaction before their Acks leave; if that write fails the loop stops with
 GroupCommitFailed (group_commit.py says why). Abandoned rounds in a row space out the next (backoff.py).
@@ -33,10 +36,14 @@ from fedge.edge_runtime.kernel.flood import doubling, worth_logging
 from .backoff import abandoned_delay
 from .errors import GroupCommitFailed, StoreGone
 from .leadership import LeadershipError
+from .registry import REFRESH_FLUSH_S
 from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord
 
 log = logging.getLogger("fedge.coordinator.loop")
+# A failed group commit, a deposed leader (leadership.py) or a state file deleted under us
+# (state_file.py): no message and no retry can mend these, so they end the loop.
+STOPS_THE_SERVICE = (GroupCommitFailed, LeadershipError, StoreGone)
 
 
 class CoordinatorLoop:
@@ -72,6 +79,7 @@ class CoordinatorLoop:
         self.next_begin = 0.0
         self.abandoned_in_a_row = 0
         self._started = False
+        self.refresh_failures = 0  # failed writes of the registry's queued refreshes (_flush_refreshes)
         self._waits_said = 0  # "not started yet" tries so far: logged at 1, 2, 4, 8, ..., not every poll
         self._waiting_said = ("", 0.0)  # the last "waiting for" line and when it may be repeated
 
@@ -100,6 +108,7 @@ class CoordinatorLoop:
                     seen = count
                     c.on_reconnect()  # resend what the broker may have lost
                 record = c.tick()
+                self._flush_refreshes()
             except (ConnectionLost, NotConnected) as exc:
                 log.warning("coordinator: %s; waiting for the broker", exc)
                 self.stop_event.wait(self.poll_s)
@@ -130,9 +139,7 @@ class CoordinatorLoop:
         c = self.coordinator
         try:
             return c.pump(timeout)
-        except (TransportError, GroupCommitFailed, LeadershipError, StoreGone):
-            # the link's troubles: run() handles them; a failed group commit, a deposed leader
-            # (leadership.py) or a state file deleted under us (state_file.py) stops the coordinator
+        except (TransportError, *STOPS_THE_SERVICE):  # the link's troubles: run() handles them
             raise
         except Exception as exc:  # noqa: BLE001 - the point: whatever one message does, serve the next
             reason = f"internal:{type(exc).__name__}"
@@ -143,6 +150,22 @@ class CoordinatorLoop:
                 log.error("coordinator: dropped a message whose handling failed (%s, %d so far)", reason, n,
                           exc_info=True)
             return True
+
+    def _flush_refreshes(self) -> None:
+        """The registry's queued last-seen refreshes, once a minute (registry.py). A failed write
+        (a full disk, a locked or unreachable database) stays queued for the next flush interval:
+        the check-ins go on, and the stored times only grow older meanwhile."""
+        c = self.coordinator
+        try:
+            c.registry.flush_refreshes(self.clock.now())
+        except STOPS_THE_SERVICE:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the point: a refresh is worth no stopped service
+            self.refresh_failures += 1
+            c.metrics.store_refresh_failures.inc()
+            if worth_logging(self.refresh_failures):
+                log.error("coordinator: writing the queued last-seen refreshes failed (%s: %s, %d so far); "
+                          "retrying in %.0f s", type(exc).__name__, exc, self.refresh_failures, REFRESH_FLUSH_S)
 
     def stop(self) -> None:
         self.stop_event.set()

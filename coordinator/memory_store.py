@@ -36,6 +36,7 @@ class MemoryStore:
         # Keys of closed rounds only: a key of the open round is found in the round itself.
         self.closed_keys: deque[dict[tuple[str, int, str], str]] = deque(maxlen=keep_key_rounds)
         self.devices: dict[str, StoredDevice] = {}
+        self.refresh_since: float | None = None  # refresh_began
         self.evaluations: deque[tuple[int, dict]] = deque()  # (round id, record), in the order they finished
         self.ledger: dict[int, dict] = {}  # round id -> privacy charge (dp RoundPlan JSON)
 
@@ -113,6 +114,14 @@ class MemoryStore:
 
     def save_device(self, device: StoredDevice) -> None:
         self.devices[device.device_id] = device
+
+    def save_devices(self, devices: list[StoredDevice]) -> None:
+        self.devices.update((d.device_id, d) for d in devices)
+
+    def refresh_began(self, wall: float) -> float:
+        if self.refresh_since is None:
+            self.refresh_since = wall
+        return self.refresh_since
 
     def load_devices(self) -> list[StoredDevice]:
         return [self.devices[d] for d in sorted(self.devices)]

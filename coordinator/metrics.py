@@ -31,6 +31,8 @@ Series (all prefixed fedge_):
     devices_registered / devices_eligible
     devices_max                      [coordinator] max_devices: the most devices the registry may hold
                                      (registry_cap.py); registered / max is how full it is
+    store_refresh_failures_total     failed writes of the registry's queued last-seen refreshes, each
+                                     retried a minute later (registry.py, loop.py)
     pace_total{reason}               Pace replies sent
     unsendable_total{kind}           messages of the coordinator's own the codec refused to encode
                                      (a value out of the wire's range), dropped (outbound.py)
@@ -114,6 +116,8 @@ class CoordinatorMetrics:
                                  "max_devices); a new device id past it is refused as registry_full", registry=r)
         self.devices_needed = Gauge("fedge_devices_needed", "Eligible devices still missing before a round can "
                                     "begin (0 = not waiting)", registry=r)
+        self.store_refresh_failures = Counter("fedge_store_refresh_failures", "Failed writes of the registry's "
+                                              "queued last-seen refreshes, each retried a minute later", registry=r)
         self.pace = Counter("fedge_pace", "Pace replies sent, by reason", ["reason"], registry=r)
         self.unsendable = Counter("fedge_unsendable", "Messages of the coordinator's own the codec refused to "
                                   "encode (a value out of the wire's range), dropped; by message kind",

@@ -28,6 +28,7 @@ import psycopg
 from .leadership import check_epoch
 from .pg_schema import connect, migrate, redact
 from .sql_store import SqlStore, check_keeps
+from .stored import StoredDevice
 
 
 class _QmarkConnection:
@@ -82,6 +83,23 @@ class PostgresStore(SqlStore):
         rows = self._db.execute("SELECT device_id, shard FROM shard_assignment WHERE round_id = ?",
                                 (rnd.round_id,)).fetchall()
         return replace(rnd, shards=dict(rows)) if rows else rnd
+
+    def save_devices(self, devices: list[StoredDevice]) -> None:
+        """SqlStore's rows in one statement (one round trip): its one INSERT a row took 8.5 s for
+        50,000 rows (a REFRESH_BATCH_MAX flush, registry.py) on a local server, this 1.2 s (one run
+        each, 2 busy cores; a review measured 11.6 s and 1.48 s). An id given twice keeps its last
+        row, as SqlStore's loop does (ON CONFLICT may touch a row once per statement)."""
+        latest = list({d.device_id: d for d in devices}.values())
+        if not latest:
+            return
+        with self._tx() as db:
+            db.execute("INSERT INTO devices (device_id, last_seen_wall, eligible, reason, num_examples) "
+                       "SELECT * FROM unnest(?::text[], ?::float8[], ?::int[], ?::text[], ?::bigint[]) "
+                       "ON CONFLICT (device_id) DO UPDATE SET last_seen_wall = excluded.last_seen_wall, "
+                       "eligible = excluded.eligible, reason = excluded.reason, num_examples = excluded.num_examples",
+                       ([d.device_id for d in latest], [float(d.last_seen_wall) for d in latest],
+                        [int(d.eligible) for d in latest], [d.reason for d in latest],
+                        [int(d.num_examples) for d in latest]))
 
     def _insert_round(self, db, rnd) -> None:
         super()._insert_round(db, rnd)

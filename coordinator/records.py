@@ -34,7 +34,7 @@ class DeviceRecord:
     num_examples: int = 0
     parked: str = ""  # a permanent decline reason (backoff.py): not selected until it checks in anew
     checkin: str | None = None  # backoff.fingerprint of its last CheckIn: does a new one say something new?
-    stored_wall: float = 0.0  # the last_seen_wall its store row holds (registry.LAST_SEEN_WRITE_S)
+    refresh_at: float = 0.0  # clock seconds when its store row's last_seen_wall is due a refresh (registry.py)
 
 
 @dataclass

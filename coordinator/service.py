@@ -59,9 +59,10 @@ from .async_mode.server import coordinator_class
 from .config import CoordinatorConfig
 from .leadership import LeadershipError, PostgresLease, watch_lease
 from .limits import MAX_FLEET
-from .loop import CoordinatorLoop
+from .loop import STOPS_THE_SERVICE, CoordinatorLoop
 from .metrics import CoordinatorMetrics
 from .metrics_http import serve_metrics
+from .registry import DRAIN_BUDGET_S
 from .retain_fanout import cluster_transport
 from .sampling import selection_size
 from .server import Coordinator
@@ -191,6 +192,24 @@ def on_hangup(*_) -> None:
                 "to apply a change (systemctl restart, or SIGTERM and start)")
 
 
+def drain_refreshes(coordinator: Coordinator) -> None:
+    """The registry's queued last-seen refreshes, at a clean stop and after the Acks' flush, for at
+    most registry.DRAIN_BUDGET_S (a stop must end within systemd's TimeoutStopSec); what is left, or
+    what a failed write kept, stays older in the store, which is safe (registry.py)."""
+    registry = coordinator.registry
+    try:
+        written = registry.drain_refreshes(coordinator.clock.now)
+    except STOPS_THE_SERVICE:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the service is stopping: say so, exit as it would have
+        log.error("coordinator: writing the queued last-seen refreshes at stop failed (%s: %s); %d stay older "
+                  "in the store", type(exc).__name__, exc, len(registry.queued_refreshes))
+        return
+    if registry.queued_refreshes:
+        log.warning("coordinator: wrote %d queued last-seen refreshes at stop in the %.0f s allowed; %d stay older "
+                    "in the store", written, DRAIN_BUDGET_S, len(registry.queued_refreshes))
+
+
 def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
     """role "leader": the coordinator (with state_dsn, a standby until it leads); "worker": an
     aggregator worker of a sharded fleet (coordinator/sharding/serve.py)."""
@@ -258,8 +277,10 @@ def _serve(cfg: ServiceConfig, lease: PostgresLease | None, stopping: threading.
         except PublishRefused as exc:
             log.error("coordinator: PublishRefused before exit: %s", exc)
         coordinator.transport.close()
-    if lost:
+    if lost:  # a deposed leader writes nothing more: its rows are the new leader's to refresh
         raise lost[0]
+    with sqlite_errors_named(cfg.coordinator.state_db):
+        drain_refreshes(coordinator)
     if loop.exhausted is not None:
         log.error("coordinator: privacy budget exhausted at version %d, job ended: %s", coordinator.state.version,
                   loop.exhausted.why)

@@ -24,9 +24,11 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from . import store_rows
 from .record_rows import checked_record
-from .row_check import checked_row
+from .row_check import checked_json, checked_row
 from .stored import OPEN_ROUND_SECRETS, StoredDecline, StoredDevice, StoredRound, StoredUpdate, closed_plan
 from .strategies import ServerState
+
+REFRESH_SINCE_KEY = "last_seen_refresh_since"  # meta: the wall time this build's service first ran (refresh_began)
 
 
 def check_keeps(keep_versions: int = 1, keep_key_rounds: int = 1, keep_rounds: int = 0) -> None:
@@ -199,12 +201,32 @@ class SqlStore:
 
     def save_device(self, device: StoredDevice) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO devices (device_id, last_seen_wall, eligible, reason, num_examples) "
-                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
-                       "last_seen_wall = excluded.last_seen_wall, eligible = excluded.eligible, "
-                       "reason = excluded.reason, num_examples = excluded.num_examples",
-                       (device.device_id, device.last_seen_wall, int(device.eligible), device.reason,
-                        device.num_examples))
+            self._upsert_device(db, device)
+
+    @staticmethod
+    def _upsert_device(db, device: StoredDevice) -> None:
+        db.execute("INSERT INTO devices (device_id, last_seen_wall, eligible, reason, num_examples) "
+                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+                   "last_seen_wall = excluded.last_seen_wall, eligible = excluded.eligible, "
+                   "reason = excluded.reason, num_examples = excluded.num_examples",
+                   (device.device_id, device.last_seen_wall, int(device.eligible), device.reason,
+                    device.num_examples))
+
+    def save_devices(self, devices: list[StoredDevice]) -> None:
+        """Many rows in one transaction (the registry's batched last-seen refreshes)."""
+        with self._tx() as db:
+            for device in devices:
+                self._upsert_device(db, device)
+
+    def refresh_began(self, wall: float) -> float:
+        """When this build's service first ran on the store (meta row `last_seen_refresh_since`,
+        written once); the stored time. forget-devices refuses until every row had time to be refreshed."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (REFRESH_SINCE_KEY,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (REFRESH_SINCE_KEY, repr(float(wall))))
+                return float(wall)
+        return float(checked_json(self.path, "meta", "value", row[0], (int, float), REFRESH_SINCE_KEY, "a number"))
 
     def load_devices(self) -> list[StoredDevice]:
         """StoreCorrupt for a row fedge never wrote (store_rows.py)."""

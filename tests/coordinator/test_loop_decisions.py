@@ -29,6 +29,9 @@ class _Registry(list):
     def ineligible_reasons(self) -> Counter[str]:
         return Counter()
 
+    def flush_refreshes(self, now: float) -> int:
+        return 0
+
 
 class Stub:
     """What CoordinatorLoop reads of a Coordinator; tick() hands out `records` one a tick."""

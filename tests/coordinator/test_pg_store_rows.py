@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.errors import StoreCorrupt
-from fedge.coordinator.store import StoredDecline, StoredDevice, StoredUpdate
+from fedge.coordinator.store import RoundStore, StoredDecline, StoredDevice, StoredUpdate
 from fedge.coordinator.strategies import ServerState
 from tests.coordinator.test_store import _round
 from tests.pg_server import import_psycopg
@@ -54,3 +54,51 @@ def test_a_postgres_value_fedge_never_writes_is_named(postgres_dsn, table, colum
     with pytest.raises(StoreCorrupt, match=f"{store.path}: {table}\\.{column} holds"):
         getattr(store, READ[table])()
     store.close()
+
+
+class _Statements:
+    """The store's connection, counting the statements sent (round trips to the server)."""
+
+    def __init__(self, db):
+        self.db, self.sent = db, []
+
+    def execute(self, sql: str, params: tuple = ()):
+        self.sent.append(sql.split(" ", 1)[0])
+        return self.db.execute(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+def test_save_devices_upserts_a_batch_in_one_statement_as_sqlite_writes_it_row_by_row(postgres_dsn, tmp_path):
+    """The registry's refresh flush (registry.REFRESH_BATCH_MAX rows): SqlStore's loop sent one
+    INSERT a row (50,000 rows 11.6 s on a local server); PostgresStore sends one unnest INSERT.
+    Oracle: SQLite's RoundStore (SqlStore's row-by-row statements) given the same batches."""
+    rng = np.random.default_rng(3)
+    first = [StoredDevice(f"d{i}", 1000.0 + i, bool(i % 2), "" if i % 2 else "battery_low", i) for i in range(40)]
+    second = [StoredDevice(f"d{i}", 2000.0 + float(rng.uniform()), bool(i % 3), f"r{i}", 2**40 + i)
+              for i in map(int, rng.permutation(60))]  # 20 new, 40 updated, in no order
+    second += [StoredDevice("d5", 3000.0, True, "last one wins", 5)]  # an id twice in a batch, as SqlStore allows
+    pg, lite = _store(postgres_dsn), RoundStore(tmp_path / "state.db")
+    lite.bind("model-x", "fedavg")
+    for batch in (first, second, []):
+        lite.save_devices(batch)
+        pg._db = spy = _Statements(pg._db)
+        pg.save_devices(batch)
+        pg._db = spy.db
+        assert [s for s in spy.sent if s == "INSERT"] == (["INSERT"] if batch else [])
+    rows = pg.load_devices()
+    assert rows == sorted([*lite.load_devices(), StoredDevice("a", 1000.0, True, "", 7)], key=lambda d: d.device_id)
+    assert {d.device_id: d for d in rows}["d5"] == StoredDevice("d5", 3000.0, True, "last one wins", 5)
+    pg.close()
+    lite.close()
+
+
+def test_refresh_began_is_written_once_and_read_back(postgres_dsn):
+    store = _store(postgres_dsn)
+    assert store.refresh_began(1_800_000_000.5) == 1_800_000_000.5
+    assert store.refresh_began(1_900_000_000.0) == 1_800_000_000.5  # a later start keeps the first time
+    store.close()
+    again = PostgresStore(postgres_dsn)
+    assert again.refresh_began(2_000_000_000.0) == 1_800_000_000.5
+    again.close()
