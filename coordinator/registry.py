@@ -104,8 +104,9 @@ class Registry(Mapping[str, DeviceRecord]):
         else:
             checkin = old.checkin if old else None
         if old is None or (old.eligible, old.reason, old.num_examples) != (eligible, reason, num_examples):
-            self._refresh.pop(device_id, None)  # this write carries the newer time
             self.store.save_device(StoredDevice(device_id, wall, eligible, reason, num_examples))
+            # after the write: it carries the newer time; a failed one leaves the queued refresh queued
+            self._refresh.pop(device_id, None)
             refresh_at = now + refresh_interval(device_id)
         elif now >= old.refresh_at:
             self._refresh[device_id] = wall  # written by flush_refreshes, with the facts it holds then

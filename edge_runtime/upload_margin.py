@@ -109,12 +109,14 @@ def update_bytes(task: TrainTask) -> float:
     spec, frames = task.compression, [f for f in (task.params, task.correction) if f]
     try:
         tensors = [tensor for frame in frames for tensor in frame_shapes(frame)]
-    except CodecError:  # not a frame we can read: every byte taken as one fp32 value's share
+        return FRAME_OVERHEAD * len(frames) + sum(
+            _tensor_bytes(name, shape, spec.quant_bits, spec.topk_fraction) for name, shape in tensors)
+    # not a frame we can read (or shapes past what a float holds, which decode refuses anyway):
+    # every byte taken as one fp32 value's share; an estimate must never stop the agent's loop
+    except (CodecError, OverflowError, ValueError):
         values = sum(map(len, frames)) / 4
         gap = varint_bytes(spec.topk_fraction) if spec.topk_fraction < 1 else 0.0
         return values * min(spec.topk_fraction, 1.0) * (spec.quant_bits / 8 + gap)
-    return FRAME_OVERHEAD * len(frames) + sum(
-        _tensor_bytes(name, shape, spec.quant_bits, spec.topk_fraction) for name, shape in tensors)
 
 
 def upload_margin_s(task: TrainTask, link: UploadLink) -> float:

@@ -141,9 +141,9 @@ class AsyncCoordinator(Coordinator):
         self.outbound.announce(self.state.version, self.round)
 
     def _resend_tasks(self) -> None:
-        """Tasks in flight on the current version (older params are no longer at hand: a device
-        that lost such a task just lets it expire)."""
-        for device_id, flight in self.machine.flights:
+        """Tasks in flight on the current version (older params are no longer at hand: a device that lost
+        such a task lets it expire) holding a slot (a released one's device gets it at its next eligible check-in)."""
+        for device_id, flight in ((d, f) for d, f in self.machine.flights if f.holds_slot):
             self._send_task(device_id, flight, self.clock.now())
 
     def _send_task(self, device_id: str, flight: Flight, now: float) -> None:

@@ -133,6 +133,9 @@ def frame_shapes(data: bytes) -> list[tuple[str, tuple[int, ...]]]:
     raws, problem, _ = _scan(view, len(view) - _CRC.size, n_tensors, version)
     if problem:
         raise MalformedPayload(problem)
+    for raw in raws:  # _scan does not bound the rank (decode does): 255 dims of 2**32-1 overflow a float
+        if len(raw.shape) > MAX_NDIM:
+            raise MalformedPayload(f"tensor {raw.name[:64]!r} declares {len(raw.shape)} dims; at most {MAX_NDIM}")
     return [(raw.name.decode("utf-8", "replace"), tuple(raw.shape)) for raw in raws]
 
 

@@ -189,6 +189,8 @@ def test_after_a_restart_only_a_task_whose_device_may_train_holds_a_slot(model, 
     again = fleet.restart(store=RoundStore(db))
     assert (again.machine.in_flight, again.machine.holding) == (3, 1)
     assert [d for d, f in again.machine.flights if f.holds_slot] == [second[1].id]
+    fleet.drain()  # the restart resends tasks out, a model each, only to devices that may train (a review's find)
+    assert [_tasks_received(d) for d in first] == [1, 1] and _tasks_received(second[1]) == 2
     fleet.clock.advance(1.0)
     again.tick()
     fleet.drain()

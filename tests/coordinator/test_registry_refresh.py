@@ -300,3 +300,25 @@ def test_a_check_in_while_the_store_refuses_refreshes_is_answered_and_does_no_st
     assert set(reg.queued_refreshes) == {"a", "b"} and set(store.devices) == {"a", "b", "c"}
     assert store.batches == []  # the check-ins did no store work for other devices
     assert reg["a"].last_seen == reg["c"].last_seen == fleet.clock.now() - LAST_SEEN_WRITE_S
+
+
+def test_a_failed_write_of_changed_facts_leaves_the_queued_refresh_queued():
+    """A reviewer's repro: the queued refresh was dropped before save_device, so a failing last
+    will's write (the device then gone) left its row at its old time for good."""
+
+    class RefusingOneByOne(Recording):
+        def save_device(self, device: StoredDevice) -> None:
+            if device.reason == "offline":
+                raise sqlite3.OperationalError("disk I/O error")
+            super().save_device(device)
+
+    store = RefusingOneByOne()
+    reg = Registry(store)
+    reg.register("d", True, "", 5, 0.0, T0)
+    t = LAST_SEEN_WRITE_S
+    reg.register("d", True, "", 5, t, T0 + t)  # due: queued
+    assert dict(reg.queued_refreshes) == {"d": T0 + t}
+    with pytest.raises(sqlite3.OperationalError):
+        reg.register("d", False, "offline", 5, t + 1, T0 + t + 1)  # a last will whose write fails
+    assert dict(reg.queued_refreshes) == {"d": T0 + t} and reg["d"].eligible
+    assert reg.flush_refreshes(t + 1) == 1 and store.devices["d"].last_seen_wall == T0 + t

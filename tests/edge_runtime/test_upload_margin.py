@@ -174,6 +174,34 @@ def test_a_task_with_a_vanishing_top_k_share_is_answered(model, tmp_path, share)
     assert isinstance(reply, Update), reply
 
 
+def _frame_of_rank(ndim: int, dim: int) -> bytes:
+    """A dense one-tensor frame declaring `ndim` dims of `dim` and no values: headers only, as a
+    coordinator that is not fedge might send (the encoder refuses more than MAX_NDIM dims)."""
+    import struct
+    import zlib
+
+    from fedge.edge_runtime.kernel import update_codec as uc
+    magic, version, _ = uc._HEADER.unpack_from(encode_dense({"w": np.zeros((2, 3), np.float32)}), 0)
+    body = uc._HEADER.pack(magic, version, 1) + uc._NAME_LEN.pack(1) + b"w" + uc._KIND.pack(32, ndim)
+    body += struct.pack(f"<{ndim}I", *([dim] * ndim)) + uc._TAIL.pack(uc.DENSE, 1.0, 0)
+    return body + uc._CRC.pack(zlib.crc32(body) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("ndim", [9, 33, 255])
+def test_a_params_frame_declaring_too_many_dims_is_estimated_from_its_bytes_not_raised(ndim):
+    """A reviewer's repro: 33 dims of 2**32-1 made math.prod past a float, and OverflowError (not a
+    CodecError) escaped update_bytes out of the agent's poll before any decode refused the frame;
+    the task was never answered. frame_shapes now refuses the rank as decode does."""
+    from fedge.edge_runtime.kernel.update_codec import MalformedPayload, frame_shapes
+    params = _frame_of_rank(ndim, 2**32 - 1)
+    with pytest.raises(MalformedPayload, match="dims"):
+        frame_shapes(params)
+    task = TrainTask(round_id=1, task_id="t", device_id="d", model_id="m", model_version=0, params=params,
+                     compression=CompressionSpec(quant_bits=8, topk_fraction=0.1))
+    assert update_bytes(task) == pytest.approx(len(params) / 4 * 0.1 * (1 + varint_bytes(0.1)))
+    assert math.isfinite(upload_margin_s(task, UploadLink()))
+
+
 def test_inputs_that_come_with_less_than_the_margin_left_are_declined_by_name():
     state, (action,) = task_event(TaskState.ELIGIBLE, InputsReady(now=8.5, received_at=0.0, deadline_s=10.0,
                                                                   margin_s=1.5))
