@@ -63,7 +63,7 @@ def answer_eval(runtime, task: EvalTask) -> EvalReport:
     try:
         shared = decode_dense(task.params)
         check_params(runtime.model(task.model_id).manifest, shared, "shared")
-        scores = runtime.evaluate(task.model_id, shared)
+        scores = runtime.evaluate(task.model_id, shared, version=task.model_version)
         runtime.keep_global(task.model_id, shared, task.model_version)
     except FedgeError as exc:
         log.warning("device %s: evaluation %s failed: %s", runtime.device_id, task.eval_id, exc)

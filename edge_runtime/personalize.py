@@ -10,7 +10,7 @@ hundreds), and needs no second set of artifacts on the device.
 Used for:
   * a personalized model from a global one: a copy of head_global tuned on local data
     (full-model FedAvg followed by head fine-tuning, or a device that joined after training);
-  * refreshing a private head (head_personal) against the newest shared body.
+  * refreshing a private head (head_personal) against the newest shared body (head_refit.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""Refitting a device's private head to the committed body it is scored with, by as many
+head-only steps as the body moved without it (FedRep's order: the head fit to the body, then
+the next task trains from it). Pure apart from the device's store it reads and writes.
+
+Why: a task trains the private head beside the device's own copy of the body, but the head is
+scored (and served) with the body the fleet commits, the mean of every device's, and that body
+moves on in every round the device sits out. Why scaled: a whole task's head steps at every
+evaluation (branch perso51-refit-attempt) helped where devices train in half the rounds (digits)
+and over-trained the heads of a fleet that trains every round (the pretrained demo fell from
+98.3% to 97.1%). So the refit follows the rounds committed without the device since its last
+task: none when its own task went into the model evaluated, a task's worth once the body has
+moved on for REFIT_HORIZON rounds, and no more after that until its next task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from .kernel.errors import FedgeError, TrainingError
+from .kernel.protocol import TaskHyper
+from .personalize import tune_head
+from .trainer.base import Params, TrainerBackend
+
+log = logging.getLogger("fedge.device")
+
+REFIT_SALT = 11  # the refit's batch order: its own stream of the device's seed, apart from tasks' and tuning's
+REFIT_HORIZON = 1  # committed rounds without the device after which a refit owes its last task's steps
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadFit:
+    """How the device's last task of a model trained its personal head, and what was refit since."""
+
+    hyper: TaskHyper
+    steps: int  # the task's steps
+    base_version: int  # the version it trained from: its own update commits into base_version + 1
+    refit: int = 0  # head-only steps refit since that task
+
+
+def refit_steps(fit: HeadFit, version: int, horizon: int = REFIT_HORIZON) -> int:
+    """Head-only steps to refit before scoring committed `version`: the share of the task's steps
+    that the rounds committed without this device since its task have earned (missed / horizon,
+    at most all of them, rounded up), less those already refit since that task."""
+    missed = version - fit.base_version - 1
+    if missed <= 0 or fit.steps <= 0:
+        return 0
+    owed = math.ceil(fit.steps * min(missed, horizon) / horizon)
+    return max(0, owed - fit.refit)
+
+
+def refit_personal_head(backend: TrainerBackend, shared: Params, personal: Params, z: np.ndarray, y: np.ndarray,
+                        hyper: TaskHyper, steps: int, rng: np.random.Generator) -> Params:
+    """`personal` with head_personal refit to the body in `shared`: `steps` head-only steps
+    (tune_head, the body frozen) with the last task's hyperparameters. TrainingError if the
+    refit's loss or head stops being finite: the device then keeps the head it had."""
+    tuned = tune_head(backend, {**shared, **personal}, "personal", z, y, hyper, steps, rng)
+    for name, value in tuned.items():
+        if not np.all(np.isfinite(value)):
+            raise TrainingError(f"refitting the personal head made {name} non-finite (lr={hyper.lr})")
+    return {**personal, **tuned}
+
+
+def refit_kept_head(device, model, shared: Params, version: int | None, seed: list[int],
+                    tuning_backend: Callable[[object, str], TrainerBackend]) -> Params | None:
+    """The device's kept personal params, private head refit to `shared`'s body (committed
+    `version`) by refit_steps and kept; as kept when the model has no private head, no task of
+    it ran in this process (how it trained is held in memory only), no version is given, no
+    step is owed, or the refit failed (with a warning). `device` a DeviceRuntime, whose
+    store, data and head_fits this reads and writes; `tuning_backend(model, optimizer)` its own."""
+    store = device.store(model)
+    personal, fit = store.load_personal(), device.head_fits.get(model.model_id)
+    if personal is None or fit is None or version is None or "personal" not in model.manifest.heads:
+        return personal
+    steps = refit_steps(fit, version)
+    if steps == 0:
+        return personal
+    try:
+        personal = refit_personal_head(tuning_backend(model, fit.hyper.optimizer), shared, personal,
+                                       model.embed(device.data.x_train, cache_key=0), device.data.y_train,
+                                       fit.hyper, steps, np.random.default_rng(seed + [version, REFIT_SALT]))
+    except FedgeError as exc:
+        log.warning("device %s: personal head not refit to the evaluated model v%d (%s); scoring the kept one",
+                    device.device_id, version, exc)
+        return personal
+    store.save_personal(personal)
+    device.head_fits[model.model_id] = dataclasses.replace(fit, refit=fit.refit + steps)
+    return personal
