@@ -54,39 +54,71 @@ def refit_steps(fit: HeadFit, version: int, horizon: int = REFIT_HORIZON) -> int
 
 
 def refit_personal_head(backend: TrainerBackend, shared: Params, personal: Params, z: np.ndarray, y: np.ndarray,
-                        hyper: TaskHyper, steps: int, rng: np.random.Generator) -> Params:
+                        hyper: TaskHyper, steps: int, rng: np.random.Generator,
+                        should_abort: Callable[[], str | None] = lambda: None) -> Params:
     """`personal` with head_personal refit to the body in `shared`: `steps` head-only steps
-    (tune_head, the body frozen) with the last task's hyperparameters. TrainingError if the
-    refit's loss or head stops being finite: the device then keeps the head it had."""
-    tuned = tune_head(backend, {**shared, **personal}, "personal", z, y, hyper, steps, rng)
+    (tune_head, the body frozen) with the last task's hyperparameters, under a task's limits:
+    TaskAborted when should_abort says stop, Diverged by the task's divergence rule
+    (divergence_factor, a non-finite loss), TrainingError if the head stops being finite. On
+    any of them the device keeps the head it had."""
+    tuned = tune_head(backend, {**shared, **personal}, "personal", z, y, hyper, steps, rng,
+                      should_abort=should_abort, guard=True)
     for name, value in tuned.items():
         if not np.all(np.isfinite(value)):
             raise TrainingError(f"refitting the personal head made {name} non-finite (lr={hyper.lr})")
     return {**personal, **tuned}
 
 
+def body_moves(shared: Params) -> bool:
+    """Whether a committed model can move the body the private head reads: it shares a param
+    outside head_global. A `head`-mode model shares only head_global (its body is frozen), so
+    its private head's inputs never change and a refit would only train it further."""
+    return any(not name.startswith("head_global.") for name in shared)
+
+
 def refit_kept_head(device, model, shared: Params, version: int | None, seed: list[int],
-                    tuning_backend: Callable[[object, str], TrainerBackend]) -> Params | None:
-    """The device's kept personal params, private head refit to `shared`'s body (committed
-    `version`) by refit_steps and kept; as kept when the model has no private head, no task of
-    it ran in this process (how it trained is held in memory only), no version is given, no
-    step is owed, or the refit failed (with a warning). `device` a DeviceRuntime, whose
-    store, data and head_fits this reads and writes; `tuning_backend(model, optimizer)` its own."""
+                    tuning_backend: Callable[[object, str], TrainerBackend],
+                    should_abort: Callable[[], str | None] = lambda: None) -> tuple[Params | None, HeadFit | None]:
+    """The device's kept personal params, private head refit in memory to `shared`'s body
+    (committed `version`) by refit_steps, and the HeadFit to record once that head is kept
+    (keep_refit, after the scoring), or None with the params as kept: the model has no private
+    head, its body does not move (body_moves), no task of it ran in this process (how it trained
+    is held in memory only), no version is given, no step is owed, or the refit stopped (aborted
+    by should_abort, diverged, no usable training data: with a warning). `device` a
+    DeviceRuntime, whose store, data and head_fits this reads; `tuning_backend(model,
+    optimizer)` its own."""
     store = device.store(model)
-    personal, fit = store.load_personal(), device.head_fits.get(model.model_id)
-    if personal is None or fit is None or version is None or "personal" not in model.manifest.heads:
-        return personal
+    personal, fit = store.load_personal(), device.head_fits.get((model.model_id, model.state_key))
+    if (personal is None or fit is None or version is None or "personal" not in model.manifest.heads
+            or not body_moves(shared)):
+        return personal, None
     steps = refit_steps(fit, version)
     if steps == 0:
-        return personal
+        return personal, None
+    x, y = device.data.x_train, device.data.y_train
     try:
-        personal = refit_personal_head(tuning_backend(model, fit.hyper.optimizer), shared, personal,
-                                       model.embed(device.data.x_train, cache_key=0), device.data.y_train,
-                                       fit.hyper, steps, np.random.default_rng(seed + [version, REFIT_SALT]))
+        if len(y) == 0 or len(x) != len(y):
+            raise TrainingError(f"no usable training examples ({len(x)} inputs, {len(y)} labels)")
+        model.check_labels(y, "y_train")
+        refit = refit_personal_head(tuning_backend(model, fit.hyper.optimizer), shared, personal,
+                                    model.embed(x, cache_key=0), y, fit.hyper, steps,
+                                    np.random.default_rng(seed + [version, REFIT_SALT]), should_abort)
     except FedgeError as exc:
-        log.warning("device %s: personal head not refit to the evaluated model v%d (%s); scoring the kept one",
-                    device.device_id, version, exc)
-        return personal
-    store.save_personal(personal)
-    device.head_fits[model.model_id] = dataclasses.replace(fit, refit=fit.refit + steps)
-    return personal
+        log.warning("device %s: personal head not refit to the evaluated model v%d (%s: %s); scoring the kept one",
+                    device.device_id, version, getattr(exc, "reason", "") or type(exc).__name__, exc)
+        return personal, None
+    return refit, dataclasses.replace(fit, refit=fit.refit + steps)
+
+
+def keep_refit(device, model, personal: Params, fit: HeadFit) -> None:
+    """Keep a refit head once it was scored: saved (fsynced, state.npz), then counted in
+    head_fits. A save that fails (a full disk) is logged and the head stays unsaved: the
+    evaluation still answers with the refit head's score, and as head_fits is not moved on,
+    the next evaluation owes the same steps and tries again."""
+    try:
+        device.store(model).save_personal(personal)
+    except (OSError, FedgeError) as exc:
+        log.warning("device %s: refit personal head of %s not saved (%s); it is scored, not kept",
+                    device.device_id, model.model_id, exc)
+        return
+    device.head_fits[(model.model_id, model.state_key)] = fit
