@@ -10,6 +10,19 @@ and over-trained the heads of a fleet that trains every round (the pretrained de
 98.3% to 97.1%). So the refit follows the rounds committed without the device since its last
 task: none when its own task went into the model evaluated, a task's worth once the body has
 moved on for REFIT_HORIZON rounds, and no more after that until its next task.
+
+"Its own task went in" is a proxy read off versions: a task from version b is taken to commit
+into b+1 (refit_steps). It is wrong when the update was rejected, late, dropped by
+over-selection or its secure round aborted (b+1 is then scored unrefit though the body moved
+without the device), and in async mode (FedBuff), where a task from b lands in a later version
+(the refit then fits the head to a body that holds the device's own update).
+
+The refit is a task's worth of training, so it runs under a task's limits: the caller's
+should_abort (the device's abort check; the agent adds a time limit, EVAL_REFIT_S) and the
+task's divergence rule. Stopped, diverged or without usable data, the device scores the head it
+kept. A refit head is kept (saved, counted in head_fits) only after it was scored (keep_refit).
+With keep_optimizer_state, the next task resumes the optimizer state its last task saved, from
+before the refit (which starts its own afresh).
 """
 
 from __future__ import annotations
