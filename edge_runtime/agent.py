@@ -63,7 +63,7 @@ from .task import (
 )
 from .unanswered import answer_unreadable, interrupted, unreadable_task
 from .uplink import Uplink
-from .work_limits import UPLINK_BACKLOG, forget_answered, remember_announced, stop_check
+from .work_limits import EVAL_REFIT_S, UPLINK_BACKLOG, forget_answered, remember_announced, stop_check
 
 log = logging.getLogger("fedge.agent")
 
@@ -114,7 +114,7 @@ class DeviceAgent:
         self.own_noise_floor = own_noise_floor
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
-        self.evals = EvalAnswers(runtime)  # evaluation.py: each eval id answered once
+        self.evals = EvalAnswers(runtime, clock=self.clock, refit_s=min(EVAL_REFIT_S, max_task_s))  # once each
         self._secagg_fetching: dict[str, SecAggTask] = {}  # task_id -> a secure round's task whose model is on its way
         self.announcement: Announcement | None = None
         self.next_checkin = float("inf")

@@ -24,11 +24,12 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .device_data import DeviceEval, LocalData
+from .head_refit import HeadFit, keep_refit, refit_kept_head
 from .journal import DeviceJournal, commit_task_state
 from .kernel.compress import decompress_update
 from .kernel.errors import ArtifactError, CodecError, ConfigError, FedgeError, PayloadTooLarge, TaskAborted
@@ -48,23 +49,6 @@ from .trainer.base import fresh_optimizer_state
 log = logging.getLogger("fedge.device")
 
 EligibilityCheck = Callable[[], "str | None"]  # returns a decline reason, or None when eligible
-
-
-@dataclass(frozen=True)
-class LocalData:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-@dataclass(frozen=True)
-class DeviceEval:
-    num_test: int
-    accuracy_personal: float | None
-    accuracy_global: float | None
-    loss_personal: float | None = None  # mean cross-entropy (nats) on the held-out split
-    loss_global: float | None = None
 
 
 class DeviceRuntime:
@@ -100,6 +84,8 @@ class DeviceRuntime:
         # SCAFFOLD move its acceptance made final (on_ack).
         self._accepted: deque[str] = deque(maxlen=64)
         self._backends: dict[tuple[str, str], object] = {}
+        # (model id, state key) -> its last task's, for refit_kept_head (in memory only)
+        self.head_fits: dict[tuple[str, str], HeadFit] = {}
         self.announced: dict[str, int] = {}  # model id -> the coordinator's latest announced version (the agent's)
 
     def check_in(self) -> CheckIn:
@@ -293,6 +279,7 @@ class DeviceRuntime:
             journal.record(store, update, saves, meta)
         else:
             commit_task_state(store, update_id, saves, meta, keep=lambda: None)
+        self.head_fits[(model.model_id, model.state_key)] = HeadFit(task.hyper, result.steps, task.model_version)
         return update
 
     def on_ack(self, ack: Ack) -> None:
@@ -333,23 +320,33 @@ class DeviceRuntime:
         device only in an evaluation); DeviceStore.keep_global says when an older one replaces it."""
         self.store(self.model(model_id)).keep_global(shared, version, self.announced.get(model_id))
 
-    def evaluate(self, model_id: str, shared: dict[str, np.ndarray], strict: bool = True) -> DeviceEval:
+    def evaluate(self, model_id: str, shared: dict[str, np.ndarray], strict: bool = True,
+                 version: int | None = None, should_abort: Callable[[], str | None] | None = None) -> DeviceEval:
         """Accuracy on the device's own held-out split: global head and personal head. `strict`:
         global logits that are not finite are a NonFiniteValues (a federated evaluation then keeps
-        no such model); else, and always for the device's own personal head, such rows count wrong."""
+        no such model); else, and always for the device's own personal head, such rows count wrong.
+        `version`: the committed version `shared` is; given, the private head is first refit to its
+        body as far as the rounds since this device's last task call for (head_refit.py), stopping
+        when `should_abort` (default: abort_check) says so; it is kept only once scored."""
         with self._busy:
-            return self._evaluate(model_id, shared, strict)
+            return self._evaluate(model_id, shared, strict, version, should_abort or self.abort_check)
 
-    def _evaluate(self, model_id: str, shared: dict[str, np.ndarray], strict: bool) -> DeviceEval:
+    def _evaluate(self, model_id: str, shared: dict[str, np.ndarray], strict: bool, version: int | None,
+                  should_abort: Callable[[], str | None]) -> DeviceEval:
         model = self.model(model_id)
-        personal = self.store(model).load_personal() or model.initial("personal")
+        seed = [_stable_int(self.device_id), self.seed]
+        personal, refit = refit_kept_head(self, model, shared, version, seed, self._tuning_backend, should_abort)
+        personal = personal or model.initial("personal")
         z = model.embed(self.data.x_test, cache_key=1)
         model.check_labels(self.data.y_test, "y_test")
         logits = self._backend(model, "sgd").predict({**shared, **personal}, z)
         y = self.data.y_test
-        return DeviceEval(len(y), accuracy(logits.get("personal"), y, strict=False),
-                          accuracy(logits.get("global"), y, strict),
-                          cross_entropy(logits.get("personal"), y), cross_entropy(logits.get("global"), y))
+        scores = DeviceEval(len(y), accuracy(logits.get("personal"), y, strict=False),
+                            accuracy(logits.get("global"), y, strict),  # NonFiniteValues first: nothing kept
+                            cross_entropy(logits.get("personal"), y), cross_entropy(logits.get("global"), y))
+        if refit is not None:
+            keep_refit(self, model, personal, refit)
+        return scores
 
     def personalize(self, model_id: str, shared: dict[str, np.ndarray], steps: int, hyper: TaskHyper,
                     from_global: bool = False, seed: int = 0) -> DeviceEval:

@@ -2,7 +2,9 @@
 
 The device scores the task's global model (the shared params it carries, with the global
 head) and its own personalized model (the same shared params with its personal head) on its
-held-out split, and reports loss, accuracy and the example count. Nothing is trained; the
+held-out split, and reports loss, accuracy and the example count. The shared params are not
+trained; a private head may first be refit to the model's body (head_refit.py), under the
+device's abort check and a time limit (EVAL_REFIT_S), keeping the old head if stopped. The
 model is kept as the device's global model when it is newer than the one it holds (for `fedge
 device export`: the final round's model reaches a device only here). A device that cannot
 evaluate says why in `reason` instead of staying silent, so the coordinator can tell "not
@@ -16,10 +18,12 @@ import math
 from collections import deque
 from collections.abc import Callable
 
+from .kernel.clock import SystemClock
 from .kernel.errors import FedgeError
 from .kernel.manifest import check_params
 from .kernel.protocol import MAX_EVAL_LOSS, EvalReport, EvalTask
 from .kernel.update_codec import decode_dense
+from .work_limits import EVAL_REFIT_S, stop_check
 
 log = logging.getLogger("fedge.device")
 
@@ -32,9 +36,17 @@ class EvalAnswers:
     answered once its report is sent: one whose scoring or send raised (a bug, a dropped link)
     is answered when it comes again."""
 
-    def __init__(self, runtime, remembered: int = 16):
+    def __init__(self, runtime, remembered: int = 16, clock=None, refit_s: float = EVAL_REFIT_S):
         self.runtime = runtime
         self.answered: deque[str] = deque(maxlen=remembered)  # eval ids answered lately
+        self.clock = clock or SystemClock()
+        self.refit_s = refit_s  # the longest a refit at one evaluation may train (seconds)
+
+    def refit_stop(self) -> Callable[[], str | None]:
+        """For one evaluation's refit, asked between its steps: the device's abort check, then
+        the refit's time limit counted from now."""
+        past_limit = stop_check(self.clock, float("inf"), self.refit_s)
+        return lambda: self.runtime.abort_check() or past_limit()
 
     def answer(self, task: EvalTask | EvalReport, send: Callable[[EvalReport], None]) -> EvalReport | None:
         """Score `task` and send its report; the report sent, or None for an id answered before."""
@@ -42,7 +54,7 @@ class EvalAnswers:
             return None
         self.answered.append(task.eval_id)  # taken back below if no report leaves
         try:
-            report = task if isinstance(task, EvalReport) else answer_eval(self.runtime, task)
+            report = task if isinstance(task, EvalReport) else answer_eval(self.runtime, task, self.refit_stop())
             send(report)
         except BaseException:
             if task.eval_id in self.answered:
@@ -51,10 +63,11 @@ class EvalAnswers:
         return report
 
 
-def answer_eval(runtime, task: EvalTask) -> EvalReport:
-    """The EvalReport for `task` from a DeviceRuntime. Eligibility is asked as for training:
-    scoring a model is cheap, but a device on a low battery or a busy CPU should not spend it
-    on the fleet's statistics."""
+def answer_eval(runtime, task: EvalTask, should_abort: Callable[[], str | None] | None = None) -> EvalReport:
+    """The EvalReport for `task` from a DeviceRuntime. Eligibility is asked as for training
+    (a device on a low battery or a busy CPU should not spend it on the fleet's statistics),
+    and should_abort (default: the device's abort_check) between the steps of a head refit,
+    which can cost up to a task's steps: stopped, the device scores the head it kept."""
     refused = runtime.eligibility()
     if refused is None and task.model_id not in runtime.model_dirs:
         refused = "model_missing"  # it never trained this model; evaluation does not fetch artifacts
@@ -63,7 +76,7 @@ def answer_eval(runtime, task: EvalTask) -> EvalReport:
     try:
         shared = decode_dense(task.params)
         check_params(runtime.model(task.model_id).manifest, shared, "shared")
-        scores = runtime.evaluate(task.model_id, shared)
+        scores = runtime.evaluate(task.model_id, shared, version=task.model_version, should_abort=should_abort)
         runtime.keep_global(task.model_id, shared, task.model_version)
     except FedgeError as exc:
         log.warning("device %s: evaluation %s failed: %s", runtime.device_id, task.eval_id, exc)

@@ -99,6 +99,8 @@ class ModelRuntime:
     def check_labels(self, y: np.ndarray, where: str = "data") -> None:
         """Labels within the model's classes: ONNX Runtime fails deep inside a step otherwise (a
         label of 99 for 10 classes ended a task in a GatherElements error and no decline)."""
+        if len(y) and int(np.min(y)) < 0:  # a negative label indexes from the end: -1 trained as the last class
+            raise DatasetError(f"{where}: label {int(np.min(y))} is negative; labels are 0..num_classes - 1")
         classes = int(self.manifest.spec.get("num_classes", 0))
         if classes and len(y) and int(np.max(y)) >= classes:
             raise DatasetError(f"{where}: label {int(np.max(y))} is outside model {self.manifest.name}'s "

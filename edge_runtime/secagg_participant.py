@@ -199,7 +199,8 @@ class SecAggParticipant:
                                              "did not clip")
         values, left = encode_update(flatten(tensors), None if residual is None else flatten(residual), spec,
                                      self.rng, norm)
-        store.save_residual(unflatten(left, tensors))  # what the sum will not get from this device, kept
+        with self.runtime._busy:  # one writer of state.npz at a time: an evaluation may rewrite it (a refit head)
+            store.save_residual(unflatten(left, tensors))  # what the sum will not get from this device, kept
         self.sessions.clear()  # one secure round at a time: an older round's keys and input go
         self.sent_shares.clear()
         self.sent_masked.clear()

@@ -30,7 +30,8 @@ kept update (at its Ack) are ordered by a journaling filesystem (ext4 in its def
 every rename here is (no directory fsync, README "What a device writes to disk").
 
 Every write is atomic (temp file, rename). state.npz written outside a task (save_personal
-after personalize, save_residual by a secure-aggregation round, the SCAFFOLD undo) is fsynced
+after personalize or a head refit at an evaluation (head_refit.py), save_residual by a
+secure-aggregation round, the SCAFFOLD undo) is fsynced
 too, so a power cut leaves the old or the new version, never a torn one; global.npz and
 meta.json are not (save_global says why). A device that ran an older fedge holds a file per
 part (personal.npz, residual.npz, ...): they are read while no state.npz exists, and deleted

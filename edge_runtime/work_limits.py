@@ -39,6 +39,14 @@ ANNOUNCED_KEPT = 16
 SECAGG_NEIGHBOURS = 1024
 
 
+# Seconds an evaluation may spend refitting the device's private head (head_refit.py) before it
+# scores the head it kept instead: half of the coordinator's default evaluation deadline_s (120 s,
+# coordinator/evaluation.py), which the EvalTask does not carry, so the answer still has time to
+# embed the test split, score and reach the coordinator. The agent takes the smaller of this
+# and its max_task_s (no refit trains longer than a task may).
+EVAL_REFIT_S = 60.0
+
+
 def stop_check(clock, deadline_at: float, max_task_s: float) -> Callable[[], str | None]:
     """Asked between training steps, from now on: the cause to stop, or None to go on.
     deadline_at is a time on `clock`; max_task_s counts from this call (seconds)."""

@@ -294,8 +294,11 @@ class ModelPart:
 @dataclass(frozen=True)
 class EvalTask:
     """Coordinator -> device (task channel): score this committed model on your own held-out
-    split, global head and personalized model, without training. Params travel inline: an
-    evaluation is asked between rounds, when no round's model parts may be retained."""
+    split, global head and personalized model, without training the shared params (a device with
+    a private head that sat out rounds since its last task first refits that head alone to this
+    model's body; "sat out" is a proxy read off versions: a task from model_version b is taken to
+    have gone into b+1, which a rejected or late update, or async mode, makes wrong). Params travel
+    inline: an evaluation is asked between rounds, when no round's model parts may be retained."""
 
     eval_id: str
     device_id: str

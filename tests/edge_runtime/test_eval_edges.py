@@ -32,7 +32,7 @@ class Runtime:
     def model(self, model_id):
         return SimpleNamespace(manifest=_MANIFEST)
 
-    def evaluate(self, model_id, shared):
+    def evaluate(self, model_id, shared, version=None, should_abort=None):
         self.evaluated += 1
         return DeviceEval(5, None, 0.8, None, self.loss)
 
@@ -57,11 +57,11 @@ def test_an_eval_id_is_answered_once_however_often_it_comes():
 class Flaky(Runtime):
     """Scoring raises once with an error that is not a FedgeError (a bug in a backend)."""
 
-    def evaluate(self, model_id, shared):
+    def evaluate(self, model_id, shared, version=None, should_abort=None):
         if not self.evaluated:
             self.evaluated += 1
             raise RuntimeError("backend bug")
-        return super().evaluate(model_id, shared)
+        return super().evaluate(model_id, shared, version)
 
 
 def _failing_once(sent: list):

@@ -9,7 +9,7 @@ import pytest
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update
 from fedge.edge_runtime.kernel.secagg.messages import SecAggSpec, SecAggTask
 from fedge.edge_runtime.kernel.update_codec import encode_dense
-from fedge.edge_runtime.work_limits import TIME_LIMIT
+from fedge.edge_runtime.work_limits import EVAL_REFIT_S, TIME_LIMIT
 from tests.edge_runtime.one_device import TickingClock, one_device, reply_to
 from tests.tiny_model import build_tiny_model
 
@@ -112,3 +112,12 @@ def test_training_memory_does_not_grow_with_its_steps():
     assert result.steps == 40_000 and abs(result.mean_loss - sum(losses) / len(losses)) < 1e-9
     expected = [sum(losses[i:i + 4_000]) / 4_000 for i in range(0, 40_000, 4_000)]
     assert max(abs(a - b) for a, b in zip(result.epoch_losses, expected, strict=True)) < 1e-9
+
+
+@pytest.mark.parametrize("max_task_s", [1.0, 1e6])
+def test_an_evaluations_head_refit_runs_on_the_agents_clock_under_the_smaller_cap(model, tmp_path, max_task_s):
+    """The refit at an evaluation (head_refit.py) is a task's worth of training: the agent
+    gives it its own clock and the smaller of EVAL_REFIT_S and max_task_s (the limit itself is
+    tested in test_head_refit_limits.py)."""
+    agent, _ = one_device(model, tmp_path, clock=TickingClock(), max_task_s=max_task_s)
+    assert agent.evals.clock is agent.clock and agent.evals.refit_s == min(EVAL_REFIT_S, max_task_s)

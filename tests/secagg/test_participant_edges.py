@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -190,12 +191,14 @@ class _Trainer:
 
     def __init__(self, root, d):
         self.device_id, self.state_root, self.d, self.trained = ME, root, d, 0
+        self._busy, self.saved_under_lock = threading.Lock(), []  # DeviceRuntime's lock on its state
 
     def model(self, model_id):
         return model_id
 
     def store(self, model):
-        return SimpleNamespace(load_residual=lambda: None, save_residual=lambda arrays: None)
+        return SimpleNamespace(load_residual=lambda: None,
+                               save_residual=lambda arrays: self.saved_under_lock.append(self._busy.locked()))
 
     def handle_task(self, task, stop):
         self.trained += 1
@@ -222,6 +225,18 @@ def test_the_floor_is_checked_before_training_and_again_with_the_models_size(tmp
     device.on_message(SecAggTask(task, DP, sharing=2))
     assert [getattr(m, "reason", type(m).__name__) for m in sent] == [sp.NOISE_BELOW_FLOOR]
     assert runtime.trained == trained and not device.sessions
+
+
+def test_the_residual_is_saved_under_the_runtimes_lock(tmp_path):
+    """state.npz is read, changed and written whole: an evaluation rewrites it under the
+    runtime's lock (a refit head), so the residual's save takes that lock too, or one write
+    could drop the other's part."""
+    runtime = _Trainer(tmp_path, 12)
+    device = sp.SecAggParticipant(runtime, [].append)
+    task = TrainTask(ROUND, TASK, ME, "m", 1, b"\x00" * 8, TaskHyper(epochs=1, batch_size=8),
+                     CompressionSpec(quant_bits=32, error_feedback=False, clip_norm=0.5))
+    device.on_message(SecAggTask(task, SecAggSpec(), sharing=2))
+    assert runtime.saved_under_lock == [True] and not runtime._busy.locked()
 
 
 def test_a_new_secure_task_ends_the_older_rounds_session(tmp_path):

@@ -76,7 +76,9 @@ def test_a_diverging_honest_device_is_declined_and_costs_under_a_point(tmp_path,
     up to 4 points either way from seed to seed (README, Robust aggregation), so a single seed
     cannot hold a 1-point bar. Measured at exclude_multiplier 4: costs +1.6, +3.9, -1.6, -1.8,
     -1.5, -0.8, +1.2, +0.2 points, mean +0.13; with the device clip (the default) +0.3, +4.4,
-    -1.6, -2.0, +0.8, -0.1, -0.3, +0.8, mean +0.29. Fewer rounds do not hold the bar: the same
+    -1.6, -2.0, +0.8, -0.1, -0.3, +0.8, mean +0.29; with the private head refit as far as the
+    rounds a device sat out call for (2026-12-07, edge_runtime/head_refit.py) 0.0, +4.4, -1.3,
+    -1.7, +0.4, +0.5, -0.9, -0.1, mean +0.16. Fewer rounds do not hold the bar: the same
     runs read at rounds 21-25, 26-30 and 31-35 (a shorter run is the longer one's first rounds:
     checked on seed 1 at 25) give means of -1.10, +1.45 and -0.99 points."""
     runs = workers(_simulate, [({**BASE, "seed": seed}, str(tmp_path / f"{kind}-{seed}"), kind == "wild")
