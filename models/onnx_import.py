@@ -44,7 +44,13 @@ from .onnx_einsum import einsum_layer
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
-from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_classifier, read_linear_classifier
+from .onnx_linear import (
+    AFTER_PROBABILITIES,
+    check_sklearn_scores,
+    is_linear_classifier,
+    is_ml_model,
+    read_linear_classifier,
+)
 from .onnx_new_head import cut_features
 from .onnx_notice import frozen_notice, tied_notice
 from .onnx_source import OnnxImportError, Unreadable, load_source, node_label, source_input_shape, stored_tensors
@@ -171,6 +177,9 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     label = node_label(node)
     if start is None and node.input[0] != x:
         raise OnnxImportError(f"{g.where}: {label}: {x!r} is its weight operand, not its input")
+    if start is None and g.ranks.get(x, 2) != 2:  # torch's Linear on (batch, seq, features): its Einsum twin's refusal
+        raise OnnxImportError(f"{g.where}: {label}: reads {x!r} as {g.ranks[x]}-D (a projection of each position); "
+                              "the tail's layers take x (batch, features): cut after the Flatten or global pooling")
     if start is None:
         w, out = g.const(node.input[1], node, "weight"), node.output[0]
     if w.ndim != 2:
@@ -241,8 +250,9 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
             # A layer the tail can read further on means this was no classifier (a Softmax inside the
             # network: attention, gating), so the first READABLE one counts: an unreadable projection
             # between them refused the whole model. Only unreadable ones after: post-processing's to refuse.
-            dense = [n for n in g.downstream(tensor) if dense_operands(n, g.consts, g.producer)]
-            readable = next((n for n in dense if _reads(g, n)), None)  # each node read once, not twice
+            # Nor is a scikit-learn model there (Gemm -> Reshape -> LinearClassifier): --classes dropped both, silently.
+            dense = [n for n in g.downstream(tensor) if dense_operands(n, g.consts, g.producer) or is_ml_model(n)]
+            readable = next((n for n in dense if is_ml_model(n) or _reads(g, n)), None)  # each node read once
             later = readable or (dense[0] if dense else None)
             if later is not None and (not binary and all(u.op_type in SHAPE_OPS for u in users) or readable):
                 raise OnnxImportError(f"{g.where}: {', '.join(node_label(u) for u in users)} after {tensor!r} comes "

@@ -54,6 +54,11 @@ def is_linear_classifier(node: onnx.NodeProto) -> bool:
     return node.op_type == "LinearClassifier" and node.domain == ML_DOMAIN
 
 
+def is_ml_model(node: onnx.NodeProto) -> bool:
+    """An ai.onnx.ml node that is a model (LinearClassifier, LinearRegressor, a tree ensemble, an
+    SVM), not feature preparation or the naming of a prediction: never post-processing."""
+    return node.domain == ML_DOMAIN and node.op_type not in ML_NOT_MODELS
+
 
 def read_linear_classifier(node: onnx.NodeProto, x: str,
                            where: str) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
@@ -101,7 +106,7 @@ def read_linear_classifier(node: onnx.NodeProto, x: str,
 def ml_models(graph: onnx.GraphProto) -> str:
     """'; it holds <op> node <name> (ai.onnx.ml), ...' for the ai.onnx.ml model nodes of a graph
     (a tree ensemble, a kernel SVM, a regressor), which no dense tail can stand for; '' if none."""
-    found = [n for n in graph.node if n.domain == ML_DOMAIN and n.op_type not in ML_NOT_MODELS]
+    found = [n for n in graph.node if is_ml_model(n)]
     if not found:
         return ""
     return (f"; it holds {', '.join(node_label(n) for n in found[:4])} ({ML_DOMAIN}): a scikit-learn model that "

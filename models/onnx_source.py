@@ -243,6 +243,10 @@ def source_input_shape(value: onnx.ValueInfoProto, override: tuple[int, ...], wh
     """The per-example shape of the source's input `value` (dims after the batch), or `override`
     where it fits the dims the file fixes."""
     dims = value.type.tensor_type.shape.dim
+    if not value.type.tensor_type.HasField("shape"):  # was told "rank 0, no batch dimension"
+        raise OnnxImportError(f"{where}: input {value.name!r} declares no shape, so its rank is unknown; fedge "
+                              "needs its batch dimension and per-example dims: re-export the model with its input's "
+                              "shape (N, features...)")
     if len(dims) < 2:  # a rank-1 input was told to give input_shape, which it could not fit
         raise OnnxImportError(f"{where}: input {value.name!r} has rank {len(dims)}, no batch dimension; fedge "
                               "feeds batches (N, features...): re-export the model with a batch dimension first")
