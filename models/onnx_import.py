@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -43,6 +43,7 @@ from .onnx_dense import DENSE_OPS, dense_operands
 from .onnx_einsum import einsum_layer
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
+from .onnx_gemm import fused_activation, gemm_weights, is_gemm, per_output_bias
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import (
     AFTER_PROBABILITIES,
@@ -153,23 +154,13 @@ class _Graph:
         return np.asarray(self.consts[name], np.float32)
 
 
-def _bias(g: _Graph, node: onnx.NodeProto, value: np.ndarray, units: int) -> np.ndarray:
-    """A stored bias as (units,). ONNX broadcasts as numpy does: (units,), (1, units) or one number
-    (a scalar bias once moved the cut); Gemm's C of (units, 1) or (batch, units) was a ValueError."""
-    try:
-        return np.broadcast_to(value, (1, units)).reshape(-1)
-    except ValueError:
-        raise OnnxImportError(f"{g.where}: {node_label(node)}: bias of shape {value.shape} for {units} outputs; a "
-                              "dense layer has one bias per output") from None
-
-
 def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     """The dense layer that starts at `node` (which consumes x), with its bias and activation;
     or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py)."""
     start = transposed_layer(g, x, node) or einsum_layer(g, x, node)
     if isinstance(start, Unreadable) and dense_operands(start.node, g.consts, g.producer):  # W @ x^T + b per example
         raise OnnxImportError(f"{g.where}: {node_label(start.node)}: {start.why}")  # named by its MatMul or Einsum
-    if (start is None or isinstance(start, Unreadable)) and node.op_type not in DENSE_OPS:  # Einsum('bi,i->bi')
+    if (start is None or isinstance(start, Unreadable)) and node.op_type not in DENSE_OPS and not is_gemm(node):
         raise OnnxImportError(f"{g.where}: {node_label(node)} after {x!r}: the trainable tail takes dense layers "
                               f"(Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after this node")
     if start is not None:
@@ -184,13 +175,9 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
         w, out = g.const(node.input[1], node, "weight"), node.output[0]
     if w.ndim != 2:
         raise OnnxImportError(f"{g.where}: {label}: weight has shape {w.shape}; dense layers need a matrix")
-    if start is None and node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("transA", 0):
-            raise OnnxImportError(f"{g.where}: {label}: transA=1 (a transposed input) is not supported")
-        w = (w.T if attrs.get("transB", 0) else w) * np.float32(attrs.get("alpha", 1.0))
-        c = g.const(node.input[2], node, "bias") if len(node.input) > 2 and node.input[2] else np.zeros(1, np.float32)
-        b = _bias(g, node, c * np.float32(attrs.get("beta", 1.0)), w.shape[1])
+    fused = fused_activation(g.where, node) if start is None else None  # ORT's FusedGemm: activation inside
+    if start is None and is_gemm(node):
+        w, b = gemm_weights(g, node, w)
     else:
         b = np.zeros(w.shape[1], np.float32) if start is None else b
         out, users = g.follow(out)
@@ -198,11 +185,12 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
             add = users[0]
             other = [n for n in add.input if n != out]
             if len(other) == 1 and other[0] in g.consts:
-                b, out = b + _bias(g, add, g.consts[other[0]].astype(np.float32), w.shape[1]), add.output[0]
+                b, out = b + per_output_bias(g.where, add, g.consts[other[0]].astype(np.float32), w.shape[1]), \
+                    add.output[0]
     out, users = g.follow(out)
-    if len(users) == 1 and (folded := fold_batchnorm(g.consts, users[0], w.shape[1], w, b)) is not None:
+    if not fused and len(users) == 1 and (folded := fold_batchnorm(g.consts, users[0], w.shape[1], w, b)) is not None:
         (w, b), (out, users) = folded, g.follow(users[0].output[0])  # Linear + BatchNorm1d: one dense layer
-    scale = users[0] if len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
+    scale = users[0] if not fused and len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
     s = next((g.consts[n] for n in scale.input if n != out and n in g.consts), None) if scale else None
     if s is not None and s.size == 1 and s.ndim <= 2 and float(s.flat[0]) != 0 and (
             scale.op_type == "Mul" or scale.input[0] == out):  # a temperature, logits / T: folded into W and b
@@ -210,9 +198,9 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
         w, b = w * k, b * k
         out, users = g.follow(scale.output[0])
     activation, slope = "none", DEFAULT_NEGATIVE_SLOPE
-    found = match_activation(g, out, users)
+    found = fused or match_activation(g, out, users)
     # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation
-    if found is not None and not (found.name == "sigmoid" and w.shape[1] == 1):
+    if found is not None and not (found.name == "sigmoid" and w.shape[1] == 1 and not fused):
         activation, slope, (out, _) = found.name, found.negative_slope, g.follow(found.output)
     try:
         return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),

@@ -1,0 +1,71 @@
+"""Models as ONNX Runtime's optimizer saves them (SessionOptions.optimized_model_filepath at
+ORT_ENABLE_EXTENDED): each Gemm -> activation becomes one com.microsoft FusedGemm, read as that
+Gemm and activation (models/onnx_gemm.py). Oracle: ONNX Runtime's run of the optimized file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from tests.models.import_check import _digits_images  # noqa: E402
+from tests.models.test_import_torch_variants import _build_check_and_export, _randomized  # noqa: E402
+from tests.torch_export import export  # noqa: E402
+
+nn = torch.nn
+
+
+def _optimized(tmp_path, layers, x) -> str:
+    torch.manual_seed(0)
+    export(torch, _randomized(nn.Sequential(*layers)), torch.from_numpy(x[:2]), tmp_path / "source.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "source.onnx"), options, providers=["CPUExecutionProvider"])
+    return tmp_path / "optimized.onnx"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("layers, hidden, cut", [
+    (lambda: (nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.LeakyReLU(0.2), nn.Linear(16, 10)),
+     ["relu", "leaky_relu"], "input"),
+    # a BatchNorm1d after the fused ReLU is not the Gemm's to fold: the layer stays frozen before it
+    (lambda: (nn.Linear(64, 32), nn.ReLU(), nn.BatchNorm1d(32), nn.Linear(32, 10)), [],
+     "/2/BatchNormalization_output_0"),
+], ids=["relu-leaky", "batchnorm-after"])
+def test_a_fused_gemm_is_read_as_its_gemm_and_activation(tmp_path, layers, hidden, cut):
+    """The fused layers stayed frozen in the backbone with no notice (the notice names dense
+    layers, and a FusedGemm was none): the MLP trained its classifier alone."""
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    path = _optimized(tmp_path, layers(), x)
+    assert "FusedGemm" in {n.op_type for n in onnx.load(path).graph.node}
+    spec = import_spec(ImportOptions(str(path), head="global"))
+    assert ([layer.activation for layer in spec.layers], spec.onnx_cut) == (hidden, cut)
+    _build_check_and_export(path, x, y, False, "logits")
+
+
+def test_a_fused_gemm_with_an_activation_the_tail_cannot_train_is_named_frozen(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    inits = {"W1": rng.normal(size=(4, 6)), "b1": rng.normal(size=6), "W2": rng.normal(size=(6, 3)), "b2": np.zeros(3)}
+    nodes = [helper.make_node("FusedGemm", ["inp", "W1", "b1"], ["h"], domain="com.microsoft", name="fc1",
+                              activation="HardSigmoid", activation_alpha=0.2, activation_beta=0.5),
+             helper.make_node("Gemm", ["h", "W2", "b2"], ["out"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "hs.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "hs.onnx"), head="global"))
+    assert (spec.onnx_cut, spec.layers) == ("h", ())
+    assert "1 dense layer(s) stay frozen in the backbone (FusedGemm 'fc1')" in caplog.text
+    assert "fused Gemm with activation 'HardSigmoid'" in caplog.text
