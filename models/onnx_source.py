@@ -77,6 +77,7 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
     refuse_cycles(model.graph, path)
     refuse_mistyped(model, path)
     _refuse_training_mode(model.graph, path)
+    _refuse_machine_specific(model.graph, path)
     return model, digest.hexdigest()
 
 
@@ -93,6 +94,23 @@ def _refuse_unreadable(model: onnx.ModelProto, where: Path) -> None:
             raise OnnxImportError(f"{where}: stored tensor {tensor.name!r} of shape {tuple(tensor.dims)} (data type "
                                   f"{tensor.data_type}) cannot be read: {type(exc).__name__}: {exc}; the file is "
                                   "broken") from None
+
+
+NCHWC = "com.microsoft.nchwc"
+
+
+def _refuse_machine_specific(graph: onnx.GraphProto, where: Path) -> None:
+    """ONNX Runtime's optimizer at ORT_ENABLE_ALL (optimized_model_filepath) rewrites convolutions
+    into com.microsoft.nchwc ops whose channel blocks are the saving CPU's vector width (8 floats
+    with AVX2, 16 with AVX-512), and warns that such a file "should only be used in the same
+    environment the model was optimized in". The backbone keeps them, and the devices (other CPUs,
+    aarch64 boards) run it: it imported and built on the machine that saved it, silently."""
+    found = [n for n in graph.node if n.domain == NCHWC]
+    if found:
+        raise OnnxImportError(f"{where}: {node_label(found[0])} and {len(found) - 1} more are {NCHWC} ops, which "
+                              "ONNX Runtime writes for the CPU of the machine that saved the model "
+                              "(ORT_ENABLE_ALL); the devices that run its backbone have other CPUs: import the "
+                              "source model, or one saved at ORT_ENABLE_EXTENDED or below")
 
 
 def _refuse_training_mode(graph: onnx.GraphProto, where: Path) -> None:

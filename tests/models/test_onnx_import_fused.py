@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from fedge.models.onnx_source import OnnxImportError  # noqa: E402
 from tests.models.import_check import _digits_images  # noqa: E402
 from tests.models.test_import_torch_variants import _build_check_and_export, _randomized  # noqa: E402
 from tests.torch_export import export  # noqa: E402
@@ -69,3 +70,24 @@ def test_a_fused_gemm_with_an_activation_the_tail_cannot_train_is_named_frozen(t
     assert (spec.onnx_cut, spec.layers) == ("h", ())
     assert "1 dense layer(s) stay frozen in the backbone (FusedGemm 'fc1')" in caplog.text
     assert "fused Gemm with activation 'HardSigmoid'" in caplog.text
+
+
+def test_a_model_with_ort_s_cpu_specific_nchwc_ops_is_refused_naming_them(tmp_path):
+    """ORT_ENABLE_ALL writes convolutions as com.microsoft.nchwc ops for the saving CPU's vector
+    width: the backbone imported and built on that machine, and the devices run it on others."""
+    rng = np.random.default_rng(0)
+    inits = {"W": rng.normal(size=(2, 1, 3, 3)), "Wfc": rng.normal(size=(32, 3)), "b": np.zeros(3)}
+    nodes = [helper.make_node("ReorderInput", ["inp"], ["blocked"], domain="com.microsoft.nchwc", name="reorder"),
+             helper.make_node("Conv", ["blocked", "W"], ["c"], domain="com.microsoft.nchwc", name="conv",
+                              activation="Relu", kernel_shape=[3, 3]),
+             helper.make_node("ReorderOutput", ["c"], ["plain"], domain="com.microsoft.nchwc", channels=2),
+             helper.make_node("Flatten", ["plain"], ["f"]), helper.make_node("Gemm", ["f", "Wfc", "b"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, [None, 1, 6, 6])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid("com.microsoft.nchwc", 1)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "nchwc.onnx")
+    with pytest.raises(OnnxImportError, match="ReorderInput node 'reorder' and 2 more are com.microsoft.nchwc ops"):
+        import_spec(ImportOptions(str(tmp_path / "nchwc.onnx"), head="global"))
