@@ -53,7 +53,7 @@ from .onnx_linear import (
     read_linear_classifier,
 )
 from .onnx_new_head import cut_features
-from .onnx_notice import frozen_notice, tied_notice
+from .onnx_notice import backbone_tie_notice, frozen_notice, tied_notice
 from .onnx_source import OnnxImportError, Unreadable, load_source, node_label, source_input_shape, stored_tensors
 from .onnx_transposed import transposed_layer
 from .spec import LayerSpec, ModelSpec
@@ -313,8 +313,9 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if options.cut == "auto" and (notice := frozen_notice(g, cut, {layer.node for layer in tail},
                                                           lambda node: _read_layer(g, node))):
         log.warning("%s: %s", options.onnx, notice)
-    if notice := tied_notice(tail):
-        log.warning("%s: %s", options.onnx, notice)
+    for notice in (tied_notice(tail), backbone_tie_notice(g, cut, tail if options.num_classes == 0 else tail[:-1])):
+        if notice:
+            log.warning("%s: %s", options.onnx, notice)
     hidden, classifier = tail[:-1], tail[-1]
     names = [f"fc{i + 1}" for i in range(len(hidden))]
     unknown = sorted(set(options.roles) - set(names))
