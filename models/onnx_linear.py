@@ -32,7 +32,9 @@ layer (onnx_import.py), then the post-processing of their loss:
   normalized), and modified_huber's Clip: no dense tail reaches the output, so find_cut's
   refusal names the node; sklearn_hint says which scikit-learn linear models import.
 Other scikit-learn models (trees, SVMs with kernels, regressors) are no dense layers: the
-import's refusal names their nodes (ml_models).
+import's refusal names their nodes (ml_models). An MLPRegressor of several targets is dense
+layers with no label after them: refused as regression values (it was called a decision
+function of the SGDClassifier kind); of one target, as a last layer of one value.
 """
 
 from __future__ import annotations
@@ -129,8 +131,15 @@ def check_sklearn_scores(model: onnx.ModelProto, downstream, logits: str, classi
     """OnnxImportError where a skl2onnx classifier's kept head gives raw scores (no Softmax or
     Sigmoid after them): a decision function, not logits of probabilities (module doc).
     downstream: _Graph's (the nodes computed from a tensor)."""
-    if model.producer_name != SKL2ONNX or any(n.op_type in PROBABILITY_OPS for n in downstream(logits)):
+    after = [n.op_type for n in downstream(logits)]
+    if model.producer_name != SKL2ONNX or any(op in PROBABILITY_OPS for op in after):
         return
+    if "ArgMax" not in after:  # skl2onnx's classifiers compute a label; a regressor's values are the output
+        raise OnnxImportError(
+            f"{where}: the last layer {classifier!r} gives scikit-learn's regression values (an MLPRegressor or "
+            "linear regressor of several targets: no label is computed from them); fedge trains classifiers: for "
+            f"a new classifier head give --classes K (on the hidden layers), or --cut {model.graph.input[0].name} "
+            "--classes K")
     raise OnnxImportError(
         f"{where}: classifier {classifier!r} gives scikit-learn's raw scores, with no softmax after them: a decision "
         "function (SGDClassifier with loss hinge, squared_hinge or perceptron, Perceptron, PassiveAggressive), not "

@@ -251,3 +251,16 @@ def test_a_scikit_learn_model_after_a_reshape_is_no_post_processing_to_drop(tmp_
         with pytest.raises(OnnxImportError, match="Reshape node 'reshape' after 'r' comes before LinearRegressor "
                                                   "node 'linreg'"):
             import_spec(ImportOptions(str(path), num_classes=classes))
+
+
+def test_a_multi_target_mlp_regressor_is_refused_as_regression_not_as_a_decision_function(tmp_path):
+    """Two targets give two raw outputs, with no label computed from them: the refusal called them
+    a decision function of SGDClassifier's kind; the MLPRegressor was never a classifier."""
+    from sklearn.neural_network import MLPRegressor
+
+    x, y = _digits()
+    reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=20, random_state=0).fit(x, np.stack([y, -y], 1))
+    path = _save(reg, x, tmp_path / "reg.onnx")
+    with pytest.raises(OnnxImportError, match="gives scikit-learn's regression values .*fedge trains classifiers"):
+        import_spec(ImportOptions(str(path)))
+    assert import_spec(ImportOptions(str(path), num_classes=3)).num_classes == 3  # a new head on its hidden layer
