@@ -37,7 +37,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .import_options import ImportOptions
 from .onnx_activation import TRAINABLE, match_activation
-from .onnx_casts import after_exact_casts
+from .onnx_casts import after_exact_casts, with_dense_float_types
 from .onnx_cut import check_cut_type, no_tail_error
 from .onnx_dense import DENSE_OPS, dense_operands
 from .onnx_einsum import einsum_layer
@@ -119,7 +119,8 @@ class _Graph:
         shapes = onnx.shape_inference.infer_shapes(model).graph
         known = (*shapes.value_info, *shapes.input, *shapes.output)
         self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in known if v.type.tensor_type.HasField("shape")}
-        self.types = {v.name: v.type.tensor_type.elem_type for v in known if v.type.HasField("tensor_type")}
+        self.types = with_dense_float_types({v.name: v.type.tensor_type.elem_type for v in known
+                                             if v.type.HasField("tensor_type")}, g.node, self.consts)
 
     def follow(self, tensor: str) -> tuple[str, list[onnx.NodeProto]]:
         """Skip inference no-ops and exact Casts (onnx_casts.py); return the tensor reached and its consumers."""

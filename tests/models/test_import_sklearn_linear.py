@@ -264,3 +264,23 @@ def test_a_multi_target_mlp_regressor_is_refused_as_regression_not_as_a_decision
     with pytest.raises(OnnxImportError, match="gives scikit-learn's regression values .*fedge trains classifiers"):
         import_spec(ImportOptions(str(path)))
     assert import_spec(ImportOptions(str(path), num_classes=3)).num_classes == 3  # a new head on its hidden layer
+
+
+def test_a_pca_before_an_mlp_trains_as_it_does_before_a_logistic_regression(tmp_path, caplog):
+    """StandardScaler -> PCA -> MLPClassifier: skl2onnx puts a Cast to float between the PCA's
+    MatMul and the MLP, and shape inference gives no type after the Scaler (ai.onnx.ml), so the
+    Cast was not known exact: it ended the tail and the PCA stayed frozen with a notice blaming
+    it, where before a LogisticRegression (no Cast) the PCA trains. Both train it now."""
+    from sklearn.decomposition import PCA
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = _digits()
+    clf = make_pipeline(StandardScaler(), PCA(16), MLPClassifier((12,), max_iter=60, random_state=0))
+    clf.fit(x[:160], y[:160])
+    path = _save(clf, x, tmp_path / "pca.onnx", zipmap=False)
+    assert [n.op_type for n in onnx.load(path).graph.node][:4] == ["Scaler", "Sub", "MatMul", "Cast"]
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(path)))
+    assert [(layer.units, layer.activation) for layer in spec.layers] == [(16, "none"), (12, "relu")]
+    assert spec.onnx_features == 64 and "stay frozen" not in caplog.text
+    _build_check_and_export(path, x[160:], y[160:], False, "probs", _proba(clf))
