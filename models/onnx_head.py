@@ -16,6 +16,7 @@ that leaves the predicted class as it was (check_post_processing).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -34,6 +35,7 @@ BINARY_PROBABILITIES = ("Sigmoid", "Sub", "Concat")
 # Ops that only lay out a tensor's values again: torch's sigmoid(fc(x).squeeze(1)) puts one
 # between the logit and its Sigmoid, which then applies to the same numbers.
 LAYOUT_ONLY = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Dropout")
+COMPARISONS = ("Greater", "GreaterOrEqual", "Less", "LessOrEqual")  # a binary classifier's threshold
 
 
 def sigmoid_follows(consumers: dict[str, list[onnx.NodeProto]], tensor: str) -> bool:
@@ -91,8 +93,6 @@ def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple
     """Whether ONNX Runtime's run of the source gives, at `node`'s output, row for row, the
     softmax (LogSoftmax: its log) over the classes of the logits, on random inputs. False when
     the source cannot be run so (no input given, or ONNX Runtime refuses it)."""
-    import numpy as np
-
     name, per_example, fixed_batch = source_input
     if not name:
         return False
@@ -112,16 +112,44 @@ def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple
     return got.size == want.size and np.allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6)
 
 
+def _at_the_boundary(downstream, logits: str, consts: dict) -> set[int]:
+    """The comparisons (ids) of a binary classifier's probability with 0.5, read through LAYOUT_ONLY
+    ops: torch's `(torch.sigmoid(z) > 0.5).long()`, the class the source predicts, which is the
+    argmax of fedge's two-class head [0, z]. It was refused as no post-processing. Another
+    threshold is another decision rule: refused still. (A comparison of the logit z itself gives
+    z a second reader beside its Sigmoid, which the tail does not read as binary: refused too.)"""
+    nodes = list(downstream(logits))
+    producer = {o: n for n in nodes for o in n.output}
+
+    def unlaid(tensor: str) -> str:  # the tensor before the layout-only ops that wrote `tensor`
+        while tensor in producer and producer[tensor].op_type in LAYOUT_ONLY:
+            tensor = producer[tensor].input[0]
+        return tensor
+
+    found = set()
+    for node in (n for n in nodes if n.op_type in COMPARISONS and len(n.input) == 2):
+        stored = [i for i in node.input if i in consts and np.size(consts[i]) == 1]
+        if len(stored) != 1:
+            continue
+        x, t = unlaid(next(i for i in node.input if i != stored[0])), float(np.asarray(consts[stored[0]]).flat[0])
+        sigmoid = producer.get(x)
+        if t == 0.5 and sigmoid is not None and sigmoid.op_type == "Sigmoid" and unlaid(sigmoid.input[0]) == logits:
+            found.add(id(node))
+    return found
+
+
 def check_post_processing(downstream, consumers, logits: str, classifier: str, where: str,
-                          also: tuple[str, ...] = ()) -> None:
+                          also: tuple[str, ...] = (), consts: dict | None = None) -> None:
     """OnnxImportError naming the first node computed from `logits` (a kept classifier's output)
     that is not prediction post-processing fedge can drop (module docstring).
     downstream, consumers: _Graph's (the nodes computed from a tensor; each tensor's readers).
-    also: further ops allowed there (after a LinearClassifier's probabilities, a Normalizer)."""
+    also: further ops allowed there (after a LinearClassifier's probabilities, a Normalizer).
+    consts: the stored values by name, to read a binary classifier's threshold (_at_the_boundary)."""
     binary = sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
     allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ()) + also
+    boundary = _at_the_boundary(downstream, logits, consts) if binary and consts else set()
     for node in downstream(logits):
-        if node.op_type not in allowed:
+        if node.op_type not in allowed and id(node) not in boundary:
             raise OnnxImportError(
                 f"{where}: {node.op_type} node {node.name or node.output[0]!r} is computed from the output of "
                 f"classifier {classifier!r} and is not prediction post-processing ({', '.join(KEEPS_PREDICTION[:5])}, "

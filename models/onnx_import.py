@@ -339,7 +339,7 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx, (g.input.name, input_shape, batch))
         check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx,
-                              AFTER_PROBABILITIES if classifier.gives == "probabilities" else ())
+                              AFTER_PROBABILITIES if classifier.gives == "probabilities" else (), g.consts)
         if classifier.gives == "logits":
             check_sklearn_scores(model, g.downstream, classifier.output, classifier.node, options.onnx)
     labels = (g.class_labels(classifier.output) if classifier.labels is None else classifier.labels) if keep else None

@@ -160,6 +160,45 @@ def test_a_binary_sigmoid_after_a_squeeze_becomes_a_two_class_head(tmp_path):
     _build_check_and_export(tmp_path / "binary.onnx", x, y % 2, False, "probs", source)
 
 
+class _ThresholdedBinary(nn.Module):
+    """A binary classifier that also gives its decision: (p, (p > t).long()), or (z > t) on the logit."""
+
+    def __init__(self, threshold: float, on_logit: bool):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(64, 16), nn.Linear(16, 1)
+        self.threshold, self.on_logit = threshold, on_logit
+
+    def forward(self, x):
+        z = self.out(torch.relu(self.fc1(x)))
+        p = torch.sigmoid(z)
+        return p, ((z if self.on_logit else p).squeeze(-1) > self.threshold).long()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("threshold, on_logit, imports", [(0.5, False, True), (0.3, False, False), (0.0, True, False)])
+def test_a_binary_decision_at_the_boundary_is_post_processing(tmp_path, threshold, on_logit, imports):
+    """torch's (sigmoid(z) > 0.5).long() beside the probability was refused (Greater is no
+    post-processing), though it is the class the two-class head's argmax gives. At 0.5 on p
+    it imports and predicts the source's decision; another threshold is another rule, refused, and
+    so is (z > 0) on the logit, whose second reader leaves the Sigmoid no binary head's."""
+    torch.manual_seed(2)
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    export(torch, _ThresholdedBinary(threshold, on_logit), torch.from_numpy(x[:2]), tmp_path / "b.onnx")
+    if not imports:
+        with pytest.raises(OnnxImportError, match="Greater node .* is not prediction post-processing|feeds Sigmoid"):
+            import_spec(ImportOptions(str(tmp_path / "b.onnx"), head="global"))
+        return
+
+    def source(path, xs, fixed):
+        p, decision = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": xs})
+        probs = np.concatenate([1 - p, p], axis=1)
+        np.testing.assert_array_equal(probs.argmax(axis=1), decision)  # the decision is the head's argmax
+        return probs
+
+    _build_check_and_export(tmp_path / "b.onnx", x, y % 2, False, "probs", source)
+
+
 class _ViewedSoftmax(nn.Module):
     """Logits reshaped by a shape computed from the batch size, then a softmax over the last axis:
     (N, 10) as is, or (2N, 5) for two 5-way softmaxes per example."""
