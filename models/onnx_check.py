@@ -57,6 +57,8 @@ def check_import(spec: ModelSpec, values: dict[str, np.ndarray], backbone: onnx.
         h /= h.sum(axis=1, keepdims=True)
     elif spec.onnx_keep_head and want.shape[-1] == 1 and h.shape[1] == 2:  # a binary Sigmoid head: logits [0, z]
         h = h[:, 1:] - h[:, :1]
+        if tail[-1].gives == "sigmoid":  # a FusedGemm's: the source's tensor is p = sigmoid(z) (onnx_gemm.py)
+            h = 1 / (1 + np.exp(-h))
     want = want.reshape(batch, -1).astype(np.float64)
     scale = max(1.0, float(np.abs(want).max()))
     if h.shape != want.shape or not np.allclose(h, want, rtol=TOLERANCE, atol=TOLERANCE * scale):

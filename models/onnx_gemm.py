@@ -10,7 +10,10 @@ Linear -> ReLU -> Linear none. A FusedGemm whose activation the tail trains (onn
 Relu, Tanh, Sigmoid, LeakyRelu with its activation_alpha) is read as that Gemm and that
 activation; another activation (HardSigmoid, ...) is refused as a layer, by name, so the layer
 stays frozen with a notice that says why. A BatchNormalization or temperature after a FusedGemm
-comes after its activation, so it is never folded into its weights (onnx_import._dense).
+comes after its activation, so it is never folded into its weights (onnx_import._dense). A
+one-output FusedGemm with a Sigmoid is a binary classifier's p = sigmoid(z), read as the
+two-class head [0, z] as an unfused Gemm -> Sigmoid is (it was refused as a classifier of one
+value with no Sigmoid after it).
 """
 
 from __future__ import annotations

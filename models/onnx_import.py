@@ -44,7 +44,7 @@ from .onnx_einsum import einsum_layer
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_gemm import fused_activation, gemm_weights, is_gemm, per_output_bias
-from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
+from .onnx_head import BINARY_PROBABILITIES, check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import (
     AFTER_PROBABILITIES,
     check_sklearn_scores,
@@ -73,7 +73,8 @@ class DenseLayer:
     bias: np.ndarray  # (out,)
     activation: str  # kernel/activations.ACTIVATIONS
     negative_slope: float = DEFAULT_NEGATIVE_SLOPE  # leaky_relu's
-    gives: str = "logits"  # or "probabilities": a LinearClassifier's softmax(x @ W + b) (onnx_linear.py)
+    gives: str = "logits"  # "probabilities": a LinearClassifier's softmax(x @ W + b) (onnx_linear.py); "sigmoid":
+    # a one-output FusedGemm's sigmoid(x @ W + b), a binary classifier's p (onnx_gemm.py)
     labels: np.ndarray | None = None  # the class labels the node names its outputs by, if it does
 
     def __post_init__(self) -> None:
@@ -201,11 +202,12 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     activation, slope = "none", DEFAULT_NEGATIVE_SLOPE
     found = fused or match_activation(g, out, users)
     # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation
-    if found is not None and not (found.name == "sigmoid" and w.shape[1] == 1 and not fused):
+    binary = found is not None and found.name == "sigmoid" and w.shape[1] == 1
+    if found is not None and not (binary and not fused):
         activation, slope, (out, _) = found.name, found.negative_slope, g.follow(found.output)
     try:
         return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
-                          activation, slope)
+                          "none" if binary else activation, slope, "sigmoid" if binary and fused else "logits")
     except OnnxImportError as exc:  # its NaN/Inf refusal knows the node, not the file
         raise OnnxImportError(f"{g.where}: {exc}") from None
 
@@ -233,7 +235,8 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
     layers: list[DenseLayer] = []
     tensor, users = g.follow(cut)
     while True:
-        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and sigmoid_follows(g.consumers, tensor)
+        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and (
+            layers[-1].gives == "sigmoid" or sigmoid_follows(g.consumers, tensor))
         if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users) \
                 or binary:
             # A layer the tail can read further on means this was no classifier (a Softmax inside the
@@ -339,7 +342,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx, (g.input.name, input_shape, batch))
         check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx,
-                              AFTER_PROBABILITIES if classifier.gives == "probabilities" else (), g.consts)
+                              {"probabilities": AFTER_PROBABILITIES, "sigmoid": BINARY_PROBABILITIES}.get(
+                                  classifier.gives, ()), g.consts)
         if classifier.gives == "logits":
             check_sklearn_scores(model, g.downstream, classifier.output, classifier.node, options.onnx)
     labels = (g.class_labels(classifier.output) if classifier.labels is None else classifier.labels) if keep else None

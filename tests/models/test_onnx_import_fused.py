@@ -52,6 +52,24 @@ def test_a_fused_gemm_is_read_as_its_gemm_and_activation(tmp_path, layers, hidde
     _build_check_and_export(path, x, y, False, "logits")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_binary_classifier_whose_sigmoid_is_fused_keeps_its_two_class_head(tmp_path):
+    """Linear(16, 1) -> Sigmoid optimized is one FusedGemm(activation Sigmoid): read as a hidden
+    sigmoid on the classifier, it was refused as 'gives one value and no Sigmoid follows it'. It is
+    the binary classifier [0, z] as the unfused one is: the head's class-1 probability is p."""
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    path = _optimized(tmp_path, (nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 1), nn.Sigmoid()), x)
+    assert [n.op_type for n in onnx.load(path).graph.node] == ["FusedGemm", "FusedGemm"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def source(p, xs, fixed):
+        probability = sess.run(None, {"input": xs})[0]
+        return np.concatenate([1 - probability, probability], axis=1)
+
+    _build_check_and_export(path, x, y % 2, False, "probs", source)
+
+
 def test_a_fused_gemm_with_an_activation_the_tail_cannot_train_is_named_frozen(tmp_path, caplog):
     rng = np.random.default_rng(0)
     inits = {"W1": rng.normal(size=(4, 6)), "b1": rng.normal(size=6), "W2": rng.normal(size=(6, 3)), "b2": np.zeros(3)}
