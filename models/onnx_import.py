@@ -156,9 +156,10 @@ class _Graph:
         return np.asarray(self.consts[name], np.float32)
 
 
-def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
+def _dense(g: _Graph, node: onnx.NodeProto, x: str, any_rank: bool = False) -> DenseLayer:
     """The dense layer that starts at `node` (which consumes x), with its bias and activation;
-    or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py)."""
+    or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py).
+    any_rank: read a MatMul of a 3-D x too (a projection of each position, which the tail refuses)."""
     start = transposed_layer(g, x, node) or einsum_layer(g, x, node)
     if isinstance(start, Unreadable) and dense_operands(start.node, g.consts, g.producer):  # W @ x^T + b per example
         raise OnnxImportError(f"{g.where}: {node_label(start.node)}: {start.why}")  # named by its MatMul or Einsum
@@ -170,7 +171,7 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     label = node_label(node)
     if start is None and node.input[0] != x:
         raise OnnxImportError(f"{g.where}: {label}: {x!r} is its weight operand, not its input")
-    if start is None and g.ranks.get(x, 2) != 2:  # torch's Linear on (batch, seq, features): its Einsum twin's refusal
+    if start is None and not any_rank and g.ranks.get(x, 2) != 2:  # torch Linear on (N, seq, d), as Einsum
         raise OnnxImportError(f"{g.where}: {label}: reads {x!r} as {g.ranks[x]}-D (a projection of each position); "
                               "the tail's layers take x (batch, features): cut after the Flatten or global pooling")
     if start is None:
@@ -212,17 +213,19 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
         raise OnnxImportError(f"{g.where}: {exc}") from None
 
 
-def _read_layer(g: _Graph, node: onnx.NodeProto) -> DenseLayer:
+def _read_layer(g: _Graph, node: onnx.NodeProto, any_rank: bool = False) -> DenseLayer:
     """The dense layer of a dense node (onnx_dense.py), read from its first node (for MatMul(W,
     Transpose(x)), the Transpose): what the frozen notice tries, to say why it is not in the tail."""
     x, _, start = dense_operands(node, g.consts, g.producer)
-    return _dense(g, start, x)
+    return _dense(g, start, x, any_rank)
 
 
 def _reads(g: _Graph, node: onnx.NodeProto) -> bool:
-    """Whether the tail could read a dense node (onnx_dense.py) as a layer."""
+    """Whether the tail could read a dense node (onnx_dense.py) as a layer, at any rank of its input:
+    a Softmax before a 3-D MatMul (a mixture of experts' gate) is inside the network, not the
+    classifier's post-processing, though the tail refuses that MatMul for its rank."""
     try:
-        return bool(_read_layer(g, node))
+        return bool(_read_layer(g, node, any_rank=True))
     except OnnxImportError:
         return False
 
