@@ -35,7 +35,8 @@ BINARY_PROBABILITIES = ("Sigmoid", "Sub", "Concat")
 # Ops that only lay out a tensor's values again: torch's sigmoid(fc(x).squeeze(1)) puts one
 # between the logit and its Sigmoid, which then applies to the same numbers.
 LAYOUT_ONLY = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Dropout")
-COMPARISONS = ("Greater", "GreaterOrEqual", "Less", "LessOrEqual")  # a binary classifier's threshold
+COMPARISONS = {"Greater": ">", "GreaterOrEqual": ">=", "Less": "<", "LessOrEqual": "<="}  # a binary decision
+_MIRRORED = {">": "<", ">=": "<=", "<": ">", "<=": ">="}  # the rule with the operands swapped
 
 
 def sigmoid_follows(consumers: dict[str, list[onnx.NodeProto]], tensor: str) -> bool:
@@ -112,12 +113,14 @@ def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple
     return got.size == want.size and np.allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6)
 
 
-def _at_the_boundary(downstream, logits: str, consts: dict) -> set[int]:
-    """The comparisons (ids) of a binary classifier's probability with 0.5, read through LAYOUT_ONLY
-    ops: torch's `(torch.sigmoid(z) > 0.5).long()`, the class the source predicts, which is the
-    argmax of fedge's two-class head [0, z]. It was refused as no post-processing. Another
-    threshold is another decision rule: refused still. (A comparison of the logit z itself gives
-    z a second reader beside its Sigmoid, which the tail does not read as binary: refused too.)"""
+def _decisions(downstream, logits: str, consts: dict) -> dict[int, str]:
+    """The comparisons (ids) of a binary classifier's probability p with 0.5, read through LAYOUT_ONLY
+    ops, each with the rule it decides ("p > 0.5", "p <= 0.5", ...). torch's `(torch.sigmoid(z) > 0.5).long()`
+    is the class the source predicts, the argmax of fedge's two-class head [0, z]; it was refused as
+    no post-processing. Only p > 0.5 is that argmax: Less(p, 0.5) decides 1 where the head predicts 0
+    (the labels flipped) and p >= 0.5 differs at the tie (check_post_processing refuses them by name).
+    Another threshold is another decision rule: refused still, as any other op. (A comparison of the
+    logit z itself gives z a second reader beside its Sigmoid, which the tail does not read as binary.)"""
     nodes = list(downstream(logits))
     producer = {o: n for n in nodes for o in n.output}
 
@@ -126,7 +129,7 @@ def _at_the_boundary(downstream, logits: str, consts: dict) -> set[int]:
             tensor = producer[tensor].input[0]
         return tensor
 
-    found = set()
+    found = {}
     for node in (n for n in nodes if n.op_type in COMPARISONS and len(n.input) == 2):
         stored = [i for i in node.input if i in consts and np.size(consts[i]) == 1]
         if len(stored) != 1:
@@ -134,7 +137,8 @@ def _at_the_boundary(downstream, logits: str, consts: dict) -> set[int]:
         x, t = unlaid(next(i for i in node.input if i != stored[0])), float(np.asarray(consts[stored[0]]).flat[0])
         sigmoid = producer.get(x)
         if t == 0.5 and sigmoid is not None and sigmoid.op_type == "Sigmoid" and unlaid(sigmoid.input[0]) == logits:
-            found.add(id(node))
+            rule = COMPARISONS[node.op_type]  # with p first; Less(0.5, p) is p > 0.5
+            found[id(node)] = f"p {rule if node.input[0] != stored[0] else _MIRRORED[rule]} 0.5"
     return found
 
 
@@ -144,12 +148,19 @@ def check_post_processing(downstream, consumers, logits: str, classifier: str, w
     that is not prediction post-processing fedge can drop (module docstring).
     downstream, consumers: _Graph's (the nodes computed from a tensor; each tensor's readers).
     also: further ops allowed there (after a LinearClassifier's probabilities, a Normalizer).
-    consts: the stored values by name, to read a binary classifier's threshold (_at_the_boundary)."""
+    consts: the stored values by name, to read a binary classifier's threshold (_decisions)."""
     binary = sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
     allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ()) + also
-    boundary = _at_the_boundary(downstream, logits, consts) if binary and consts else set()
+    decisions = _decisions(downstream, logits, consts) if binary and consts else {}
     for node in downstream(logits):
-        if node.op_type not in allowed and id(node) not in boundary:
+        rule = decisions.get(id(node), "")
+        if rule and rule != "p > 0.5":
+            raise OnnxImportError(
+                f"{where}: {node.op_type} node {node.name or node.output[0]!r} decides {rule} on the probability p "
+                f"of binary classifier {classifier!r}; fedge's two-class head predicts class 1 where p > 0.5, so its "
+                f"labels would {'differ at p = 0.5' if rule == 'p >= 0.5' else 'be flipped'}: re-export the decision "
+                "as p > 0.5 (Greater(p, 0.5) or Less(0.5, p)), or give --classes K for a new head")
+        if node.op_type not in allowed and not rule:
             raise OnnxImportError(
                 f"{where}: {node.op_type} node {node.name or node.output[0]!r} is computed from the output of "
                 f"classifier {classifier!r} and is not prediction post-processing ({', '.join(KEEPS_PREDICTION[:5])}, "
