@@ -113,14 +113,15 @@ def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple
     return got.size == want.size and np.allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6)
 
 
-def _decisions(downstream, logits: str, consts: dict) -> dict[int, str]:
+def _decisions(downstream, logits: str, consts: dict, sigmoid_inside: bool) -> dict[int, str]:
     """The comparisons (ids) of a binary classifier's probability p with 0.5, read through LAYOUT_ONLY
     ops, each with the rule it decides ("p > 0.5", "p <= 0.5", ...). torch's `(torch.sigmoid(z) > 0.5).long()`
     is the class the source predicts, the argmax of fedge's two-class head [0, z]; it was refused as
     no post-processing. Only p > 0.5 is that argmax: Less(p, 0.5) decides 1 where the head predicts 0
     (the labels flipped) and p >= 0.5 differs at the tie (check_post_processing refuses them by name).
     Another threshold is another decision rule: refused still, as any other op. (A comparison of the
-    logit z itself gives z a second reader beside its Sigmoid, which the tail does not read as binary.)"""
+    logit z itself gives z a second reader beside its Sigmoid, which the tail does not read as binary.)
+    sigmoid_inside: `logits` is p itself (ONNX Runtime's FusedGemm with its Sigmoid inside)."""
     nodes = list(downstream(logits))
     producer = {o: n for n in nodes for o in n.output}
 
@@ -136,22 +137,25 @@ def _decisions(downstream, logits: str, consts: dict) -> dict[int, str]:
             continue
         x, t = unlaid(next(i for i in node.input if i != stored[0])), float(np.asarray(consts[stored[0]]).flat[0])
         sigmoid = producer.get(x)
-        if t == 0.5 and sigmoid is not None and sigmoid.op_type == "Sigmoid" and unlaid(sigmoid.input[0]) == logits:
+        is_p = x == logits if sigmoid_inside else (
+            sigmoid is not None and sigmoid.op_type == "Sigmoid" and unlaid(sigmoid.input[0]) == logits)
+        if t == 0.5 and is_p:
             rule = COMPARISONS[node.op_type]  # with p first; Less(0.5, p) is p > 0.5
             found[id(node)] = f"p {rule if node.input[0] != stored[0] else _MIRRORED[rule]} 0.5"
     return found
 
 
 def check_post_processing(downstream, consumers, logits: str, classifier: str, where: str,
-                          also: tuple[str, ...] = (), consts: dict | None = None) -> None:
+                          also: tuple[str, ...] = (), consts: dict | None = None, sigmoid_inside: bool = False) -> None:
     """OnnxImportError naming the first node computed from `logits` (a kept classifier's output)
     that is not prediction post-processing fedge can drop (module docstring).
     downstream, consumers: _Graph's (the nodes computed from a tensor; each tensor's readers).
     also: further ops allowed there (after a LinearClassifier's probabilities, a Normalizer).
-    consts: the stored values by name, to read a binary classifier's threshold (_decisions)."""
-    binary = sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
+    consts: the stored values by name, to read a binary classifier's threshold (_decisions).
+    sigmoid_inside: the classifier gives p = sigmoid(z) itself (a FusedGemm's, onnx_gemm.py): a binary one."""
+    binary = sigmoid_inside or sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
     allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ()) + also
-    decisions = _decisions(downstream, logits, consts) if binary and consts else {}
+    decisions = _decisions(downstream, logits, consts, sigmoid_inside) if binary and consts else {}
     for node in downstream(logits):
         rule = decisions.get(id(node), "")
         if rule and rule != "p > 0.5":

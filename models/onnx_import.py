@@ -44,7 +44,7 @@ from .onnx_einsum import einsum_layer
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
 from .onnx_gemm import fused_activation, gemm_weights, is_gemm, per_output_bias
-from .onnx_head import BINARY_PROBABILITIES, check_normalizers, check_post_processing, sigmoid_follows
+from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import (
     AFTER_PROBABILITIES,
     check_sklearn_scores,
@@ -345,8 +345,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx, (g.input.name, input_shape, batch))
         check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx,
-                              {"probabilities": AFTER_PROBABILITIES, "sigmoid": BINARY_PROBABILITIES}.get(
-                                  classifier.gives, ()), g.consts)
+                              AFTER_PROBABILITIES if classifier.gives == "probabilities" else (), g.consts,
+                              sigmoid_inside=classifier.gives == "sigmoid")
         if classifier.gives == "logits":
             check_sklearn_scores(model, g.downstream, classifier.output, classifier.node, options.onnx)
     labels = (g.class_labels(classifier.output) if classifier.labels is None else classifier.labels) if keep else None

@@ -57,7 +57,7 @@ def _head_prediction(path: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("op, p_first", [("Greater", True), ("Less", False)])
-@pytest.mark.parametrize("fused", [False], ids=["sigmoid"])
+@pytest.mark.parametrize("fused", [False, True], ids=["sigmoid", "fused-sigmoid"])
 def test_a_decision_p_greater_than_a_half_is_the_heads_argmax(tmp_path, op, p_first, fused):
     """Greater(p, 0.5) and Less(0.5, p) import. The fused form, ONNX Runtime's FusedGemm(Sigmoid),
     was refused ("Greater node 'decide' ... not prediction post-processing") while the unfused imported."""
