@@ -54,6 +54,23 @@ def gemm_weights(g, node: onnx.NodeProto, w: np.ndarray) -> tuple[np.ndarray, np
     return w, per_output_bias(g.where, node, c * np.float32(attrs.get("beta", 1.0)), w.shape[1])
 
 
+FUSED_ATTRIBUTE_TYPES = {"activation": onnx.AttributeProto.STRING, "activation_alpha": onnx.AttributeProto.FLOAT,
+                         "activation_beta": onnx.AttributeProto.FLOAT, "activation_gamma": onnx.AttributeProto.FLOAT}
+
+
+def refuse_malformed_fused(graph: onnx.GraphProto, where: str) -> None:
+    """OnnxImportError naming a FusedGemm whose activation attributes are not of the types ONNX
+    Runtime writes (no schema checks com.microsoft's ops on load): activation_alpha "abc" or a list
+    was a raw ValueError from the cut search, and ONNX Runtime refuses such a model as invalid."""
+    for node in (n for n in graph.node if (n.domain, n.op_type) == FUSED_GEMM):
+        for attr in (a for a in node.attribute if a.name in FUSED_ATTRIBUTE_TYPES):
+            if attr.type != FUSED_ATTRIBUTE_TYPES[attr.name]:
+                want = onnx.AttributeProto.AttributeType.Name(FUSED_ATTRIBUTE_TYPES[attr.name])
+                raise OnnxImportError(f"{where}: {node_label(node)}: its {attr.name} is "
+                                      f"{onnx.AttributeProto.AttributeType.Name(attr.type)}, not one {want} as ONNX "
+                                      "Runtime writes it; ONNX Runtime refuses the model: fix or re-export it")
+
+
 def fused_activation(where: str, node: onnx.NodeProto) -> Activation | None:
     """A FusedGemm's activation, as onnx_activation reads the same op written as its own node;
     None for a Gemm; OnnxImportError naming the node for one the tail cannot train."""
@@ -66,6 +83,9 @@ def fused_activation(where: str, node: onnx.NodeProto) -> Activation | None:
         return None
     alpha = {"alpha": attrs["activation_alpha"]} if "activation_alpha" in attrs else {}
     found = one_node_activation(helper.make_node(kind, ["x"], [node.output[0]], **alpha))
+    if kind == "LeakyRelu" and found is None:  # its one refusal there: a slope the spec refuses (LayerSpec)
+        raise OnnxImportError(f"{where}: {node_label(node)}: ONNX Runtime's fused Gemm with LeakyRelu of slope "
+                              f"{alpha['alpha']:g}; the tail's leaky_relu takes a slope in [0, 1]")
     if found is None or found.name == "gelu":  # FusedGemm fuses no Gelu; an op by that name is no known one
         raise OnnxImportError(f"{where}: {node_label(node)}: ONNX Runtime's fused Gemm with activation {kind!r}; the "
                               f"tail trains {TRAINABLE} only: export the model without ONNX Runtime's "

@@ -43,7 +43,7 @@ from .onnx_dense import DENSE_OPS, dense_operands
 from .onnx_einsum import einsum_layer
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
-from .onnx_gemm import fused_activation, gemm_weights, is_gemm, per_output_bias
+from .onnx_gemm import fused_activation, gemm_weights, is_gemm, per_output_bias, refuse_malformed_fused
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
 from .onnx_linear import (
     AFTER_PROBABILITIES,
@@ -112,6 +112,7 @@ class _Graph:
                                   "fedge imports models with one input tensor "
                                   "(extra state or config inputs are not supported)")
         self.input = inputs[0]
+        refuse_malformed_fused(g, where)
         elem = self.input.type.tensor_type.elem_type
         if elem != TensorProto.FLOAT:  # devices feed float32 features: a Cast in the graph would not help
             raise OnnxImportError(f"{where}: input {self.input.name!r} is {TensorProto.DataType.Name(elem)}, not "

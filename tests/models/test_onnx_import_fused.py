@@ -70,11 +70,11 @@ def test_a_binary_classifier_whose_sigmoid_is_fused_keeps_its_two_class_head(tmp
     _build_check_and_export(path, x, y % 2, False, "probs", source)
 
 
-def test_a_fused_gemm_with_an_activation_the_tail_cannot_train_is_named_frozen(tmp_path, caplog):
+def _fused_then_gemm(tmp_path, **attrs) -> str:
+    """inp (N, 4) -> FusedGemm 'fc1' (attrs) -> Gemm 'fc2' (3 classes)."""
     rng = np.random.default_rng(0)
     inits = {"W1": rng.normal(size=(4, 6)), "b1": rng.normal(size=6), "W2": rng.normal(size=(6, 3)), "b2": np.zeros(3)}
-    nodes = [helper.make_node("FusedGemm", ["inp", "W1", "b1"], ["h"], domain="com.microsoft", name="fc1",
-                              activation="HardSigmoid", activation_alpha=0.2, activation_beta=0.5),
+    nodes = [helper.make_node("FusedGemm", ["inp", "W1", "b1"], ["h"], domain="com.microsoft", name="fc1", **attrs),
              helper.make_node("Gemm", ["h", "W2", "b2"], ["out"], name="fc2")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, [None, 4])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])],
@@ -82,12 +82,35 @@ def test_a_fused_gemm_with_an_activation_the_tail_cannot_train_is_named_frozen(t
     opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
-    onnx.save(model, tmp_path / "hs.onnx")
+    onnx.save(model, tmp_path / "fused.onnx")
+    return str(tmp_path / "fused.onnx")
+
+
+@pytest.mark.parametrize("attrs, why", [
+    ({"activation": "HardSigmoid", "activation_alpha": 0.2, "activation_beta": 0.5},
+     "fused Gemm with activation 'HardSigmoid'"),
+    # the slope was told "activation 'LeakyRelu'; the tail trains ... LeakyRelu ... only"
+    ({"activation": "LeakyRelu", "activation_alpha": 1.5}, "fused Gemm with LeakyRelu of slope 1.5; the tail's "
+     "leaky_relu takes a slope in [0, 1]"),
+    ({"activation": "LeakyRelu", "activation_alpha": -0.1}, "LeakyRelu of slope -0.1; the tail's leaky_relu"),
+], ids=["hardsigmoid", "slope-above-1", "slope-below-0"])
+def test_a_fused_gemm_with_an_activation_the_tail_cannot_train_is_named_frozen(tmp_path, caplog, attrs, why):
     with caplog.at_level("WARNING", logger="fedge.models"):
-        spec = import_spec(ImportOptions(str(tmp_path / "hs.onnx"), head="global"))
+        spec = import_spec(ImportOptions(_fused_then_gemm(tmp_path, **attrs), head="global"))
     assert (spec.onnx_cut, spec.layers) == ("h", ())
     assert "1 dense layer(s) stay frozen in the backbone (FusedGemm 'fc1')" in caplog.text
-    assert "fused Gemm with activation 'HardSigmoid'" in caplog.text
+    assert why in caplog.text and ("the tail trains" in caplog.text) == ("HardSigmoid" in why)
+
+
+@pytest.mark.parametrize("alpha, kind", [("abc", "STRING"), ([0.1, 0.2], "FLOATS")], ids=["string", "list"])
+def test_a_fused_gemm_attribute_of_the_wrong_type_is_refused_naming_the_node(tmp_path, alpha, kind):
+    """No schema checks com.microsoft's attributes on load: activation_alpha "abc" or a list was a
+    raw ValueError out of the cut search. Oracle: ONNX Runtime refuses the same file."""
+    path = _fused_then_gemm(tmp_path, activation="LeakyRelu", activation_alpha=alpha)
+    with pytest.raises(Exception, match="INVALID_GRAPH"):
+        ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    with pytest.raises(OnnxImportError, match=f"FusedGemm node 'fc1': its activation_alpha is {kind}, not one FLOAT"):
+        import_spec(ImportOptions(path, head="global"))
 
 
 def test_a_model_with_ort_s_cpu_specific_nchwc_ops_is_refused_naming_them(tmp_path):
