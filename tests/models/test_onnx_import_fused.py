@@ -13,7 +13,8 @@ torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from fedge.models.onnx_import import ImportOptions, import_spec  # noqa: E402
+from fedge.models.onnx_check import check_import  # noqa: E402
+from fedge.models.onnx_import import ImportOptions, import_spec, pretrained_values  # noqa: E402
 from fedge.models.onnx_source import OnnxImportError  # noqa: E402
 from tests.models.import_check import _digits_images  # noqa: E402
 from tests.models.test_import_torch_variants import _build_check_and_export, _randomized  # noqa: E402
@@ -78,14 +79,19 @@ def _fused_then_gemm(tmp_path, **attrs) -> str:
     inits = {"W1": rng.normal(size=(4, 6)), "b1": rng.normal(size=6), "W2": rng.normal(size=(6, 3)), "b2": np.zeros(3)}
     nodes = [helper.make_node("FusedGemm", ["inp", "W1", "b1"], ["h"], domain="com.microsoft", name="fc1", **attrs),
              helper.make_node("Gemm", ["h", "W2", "b2"], ["out"], name="fc2")]
+    return _saved(tmp_path / "fused.onnx", nodes, inits, ("out", 3))
+
+
+def _saved(path, nodes, inits: dict, output: tuple[str, int]) -> str:
+    """The graph inp (N, 4) -> nodes -> output (name, width), saved at opset 13 with com.microsoft."""
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, [None, output[1]])],
                               [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
-    onnx.save(model, tmp_path / "fused.onnx")
-    return str(tmp_path / "fused.onnx")
+    onnx.save(model, path)
+    return str(path)
 
 
 @pytest.mark.parametrize("attrs, why", [
@@ -134,3 +140,19 @@ def test_a_model_with_ort_s_cpu_specific_nchwc_ops_is_refused_naming_them(tmp_pa
     onnx.save(model, tmp_path / "nchwc.onnx")
     with pytest.raises(OnnxImportError, match="ReorderInput node 'reorder' and 2 more are com.microsoft.nchwc ops"):
         import_spec(ImportOptions(str(tmp_path / "nchwc.onnx"), head="global"))
+
+
+def test_the_whole_model_check_sees_an_error_in_a_fused_sigmoids_logit(tmp_path):
+    """The check compared a FusedGemm(Sigmoid)'s p with atol 1e-4: an error of 0.05 in z passed
+    once |z| > 5.5, where p(1 - p) < 2.5e-3. It compares logit(p) now where p resolves it.
+    Here z = 7.5 + x @ w with |x @ w| < 1.5: p in (0.998, 0.9998)."""
+    rng = np.random.default_rng(1)
+    inits = {"w": rng.uniform(-0.1, 0.1, size=(4, 1)), "b": np.array([7.5])}
+    node = helper.make_node("FusedGemm", ["inp", "w", "b"], ["p"], domain="com.microsoft", name="out",
+                            activation="Sigmoid")
+    spec = import_spec(ImportOptions(_saved(tmp_path / "saturated.onnx", [node], inits, ("p", 1)), head="global"))
+    values = pretrained_values(spec)
+    check_import(spec, values, None)  # read right: no false alarm
+    values["head_global.bias"] = values["head_global.bias"] + np.array([0.0, 0.05], np.float32)
+    with pytest.raises(OnnxImportError, match="does not compute what the source does at 'p'"):
+        check_import(spec, values, None)
