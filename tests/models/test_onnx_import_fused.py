@@ -13,8 +13,12 @@ torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
+from fedge.models.build import build_artifacts  # noqa: E402
+from fedge.models.export import export_model  # noqa: E402
 from fedge.models.onnx_check import check_import  # noqa: E402
 from fedge.models.onnx_import import ImportOptions, import_spec, pretrained_values  # noqa: E402
+from fedge.models.onnx_probe import run_to  # noqa: E402
 from fedge.models.onnx_source import OnnxImportError  # noqa: E402
 from tests.models.import_check import _digits_images  # noqa: E402
 from tests.models.test_import_torch_variants import _build_check_and_export, _randomized  # noqa: E402
@@ -156,3 +160,27 @@ def test_the_whole_model_check_sees_an_error_in_a_fused_sigmoids_logit(tmp_path)
     values["head_global.bias"] = values["head_global.bias"] + np.array([0.0, 0.05], np.float32)
     with pytest.raises(OnnxImportError, match="does not compute what the source does at 'p'"):
         check_import(spec, values, None)
+
+
+@pytest.mark.parametrize("attrs", [{"activation": "HardSigmoid", "activation_alpha": 0.3, "activation_beta": 0.4},
+                                   {"activation": "LeakyRelu", "activation_alpha": 1.5},
+                                   {"activation": "Relu", "alpha": 0.5, "beta": 2.0}],
+                         ids=["hardsigmoid", "leaky-slope-1.5", "relu-gemm-attributes"])
+def test_a_frozen_fused_gemm_is_exported_as_standard_onnx(tmp_path, attrs):
+    """A FusedGemm left in the backbone kept the export on com.microsoft ops (and all of ORT's opset
+    imports), which a runtime without ONNX Runtime's contrib ops cannot run, though export.py says
+    stock onnxruntime runs it. It is Gemm -> the activation op now. Oracle: ONNX Runtime's run of
+    the source (with its FusedGemm) up to the cut."""
+    path = _fused_then_gemm(tmp_path, **attrs)
+    spec = import_spec(ImportOptions(path, head="global", cut="h"))  # Relu: one the tail would read
+    art = tmp_path / "art"
+    manifest = build_artifacts(spec, art)
+    backbone = onnx.load(art / "backbone.onnx")
+    assert {n.domain for n in backbone.graph.node} == {""}, [(n.op_type, n.domain) for n in backbone.graph.node]
+    assert [o.domain for o in backbone.opset_import] == [""]
+    x = np.random.default_rng(2).standard_normal((5, 4)).astype(np.float32)
+    (want,) = run_to(onnx.load(path), {"inp": x}, ["h"])
+    got = ort.InferenceSession(str(art / "backbone.onnx"), providers=["CPUExecutionProvider"]).run(["z"], {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    exported = export_model(art, ModelRuntime(art, expected_model_id=manifest.model_id).initial("shared"), {})
+    assert {n.domain for n in exported.graph.node} == {""} and [o.domain for o in exported.opset_import] == [""]
