@@ -107,7 +107,8 @@ def _refuse_machine_specific(graph: onnx.GraphProto, where: Path) -> None:
     aarch64 boards) run it: it imported and built on the machine that saved it, silently."""
     found = [n for n in graph.node if n.domain == NCHWC]
     if found:
-        raise OnnxImportError(f"{where}: {node_label(found[0])} and {len(found) - 1} more are {NCHWC} ops, which "
+        which = f"and {len(found) - 1} more are {NCHWC} ops" if len(found) > 1 else f"is a {NCHWC} op"
+        raise OnnxImportError(f"{where}: {node_label(found[0])} {which}, which "
                               "ONNX Runtime writes for the CPU of the machine that saved the model "
                               "(ORT_ENABLE_ALL); the devices that run its backbone have other CPUs: import the "
                               "source model, or one saved at ORT_ENABLE_EXTENDED or below")

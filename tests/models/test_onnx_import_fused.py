@@ -184,3 +184,12 @@ def test_a_frozen_fused_gemm_is_exported_as_standard_onnx(tmp_path, attrs):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     exported = export_model(art, ModelRuntime(art, expected_model_id=manifest.model_id).initial("shared"), {})
     assert {n.domain for n in exported.graph.node} == {""} and [o.domain for o in exported.opset_import] == [""]
+
+
+def test_a_single_nchwc_op_is_named_in_the_singular(tmp_path):
+    """One nchwc op was "ReorderInput node 'reorder' and 0 more are com.microsoft.nchwc ops"."""
+    node = helper.make_node("ReorderInput", ["inp"], ["h"], domain="com.microsoft.nchwc", name="reorder")
+    path = _saved(tmp_path / "one.onnx", [node, helper.make_node("Gemm", ["h", "W", "b"], ["out"])],
+                  {"W": np.ones((4, 3)), "b": np.zeros(3)}, ("out", 3))
+    with pytest.raises(OnnxImportError, match="ReorderInput node 'reorder' is a com.microsoft.nchwc op, which ONNX"):
+        import_spec(ImportOptions(path, head="global"))
