@@ -5,7 +5,9 @@
 LoRA layers are merged: W' = W + (alpha / rank) * A @ B, so the graph is plain MatMul, Add and
 the layers' activations after the backbone, in whatever opset the backbone has (an imported one
 keeps its source's).
-Stock onnxruntime runs it; the inference side needs nothing of fedge.
+Stock onnxruntime runs it; the inference side needs nothing of fedge. A FusedGemm of ONNX Runtime's
+optimizer left in the backbone is written as standard ops (onnx_unfuse.py); other com.microsoft ops a
+source holds (FusedConv, ...) stay, and need onnxruntime's contrib ops, as the source did.
 """
 
 from __future__ import annotations

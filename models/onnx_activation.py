@@ -43,7 +43,7 @@ def match_activation(graph, tensor: str, users: list[onnx.NodeProto]) -> Activat
     """The trainable activation applied to `tensor` (whose consumers are `users`), or None.
     `graph`: onnx_import._Graph (consts, consumers, outputs, model)."""
     if len(users) == 1 and users[0].op_type in ONE_NODE:
-        return _one_node(users[0])
+        return one_node_activation(users[0])
     if len(users) == 1 and users[0].op_type == "PRelu" and users[0].input[0] == tensor:
         return _prelu(graph, users[0])
     region = _elementwise_region(graph, tensor)
@@ -68,7 +68,10 @@ def _one_more_step(graph, nodes: list[onnx.NodeProto], end: str) -> tuple[list[o
     return [*nodes, node], node.output[0]
 
 
-def _one_node(node: onnx.NodeProto) -> Activation | None:
+def one_node_activation(node: onnx.NodeProto) -> Activation | None:
+    """The activation of one node of ONE_NODE's ops (None for one the tail cannot train, or another op)."""
+    if node.op_type not in ONE_NODE:
+        return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "LeakyRelu":
         # the shortest decimal of the float32 attribute (0.2, not 0.20000000298): the spec's value
@@ -91,7 +94,7 @@ def _prelu(graph, node: onnx.NodeProto) -> Activation | None:
     first = np.float32(slope.flat[0])
     if not np.all(np.asarray(slope, np.float32) == first):
         return None
-    return _one_node(helper.make_node("LeakyRelu", [node.input[0]], [node.output[0]], alpha=float(first)))
+    return one_node_activation(helper.make_node("LeakyRelu", [node.input[0]], [node.output[0]], alpha=float(first)))
 
 
 def _elementwise_region(graph, start: str) -> tuple[list[onnx.NodeProto], str] | None:

@@ -8,10 +8,17 @@ passes over them as it does an Identity (onnx_import._Graph.follow).
   rounds it to itself, so the pair is the identity. It froze the Linear before it in the
   backbone (the cut moved after the Casts, with a notice). A round trip through float16 or
   bfloat16 rounds, and still ends the tail.
+
+A Cast is only known exact where its input's type is known, and ONNX's shape inference stops at
+ai.onnx.ml ops: in skl2onnx's Scaler -> PCA (MatMul) -> Cast to float -> MLPClassifier, the
+PCA's output had no type, its Cast ended the tail, and the PCA stayed frozen with a notice
+blaming the Cast (a Scaler -> PCA -> LogisticRegression, with no Cast, trained its PCA).
+with_dense_float_types gives such outputs the type ONNX fixes for them.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 
@@ -38,3 +45,18 @@ def after_exact_casts(types: dict[str, int], consumers: dict[str, list[onnx.Node
     if len(back) == 1 and _cast_to(back[0]) == TensorProto.FLOAT:
         return back[0].output[0]
     return None
+
+
+SAME_TYPE_OPS = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Div")  # inputs and output of one type T in ONNX
+
+
+def with_dense_float_types(types: dict[str, int], nodes, stored: dict) -> dict[str, int]:
+    """`types` (element type by tensor name, from shape inference) with float32 added for the
+    outputs of SAME_TYPE_OPS nodes that have a stored float32 operand and no inferred type
+    (module docstring). nodes: the graph's, in order; stored: the stored values by name."""
+    types = dict(types)
+    for node in nodes:
+        if node.op_type in SAME_TYPE_OPS and node.domain in ("", "ai.onnx") and node.output[0] not in types and any(
+                getattr(stored.get(i), "dtype", None) == np.float32 for i in node.input):
+            types[node.output[0]] = TensorProto.FLOAT
+    return types

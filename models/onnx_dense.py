@@ -8,8 +8,8 @@ without the reason a MatMul projection's got.
 A weight is stored when onnx_source.stored_tensors holds it: an initializer or Constant, or an
 Identity, Transpose, Cast to float32 or DequantizeLinear of one, unwrapped there. The layers:
 
-- Gemm(x, W, ...) and MatMul(x, W): W is the second input, of any rank (MatMul(x (b, s, i), W) is
-  a transformer's projection);
+- Gemm(x, W, ...) (or ONNX Runtime's FusedGemm: onnx_gemm.py) and MatMul(x, W): W is the second
+  input, of any rank (MatMul(x (b, s, i), W) is a transformer's projection);
 - MatMul(W, Transpose(x)) with W a matrix: the (W @ x^T [+ b]).T of onnx_transposed.py;
 - Einsum of x and one stored tensor of 2 dims or more that sums exactly one of its labels away:
   'bi,oi->bo' (onnx_einsum.py) or a projection 'bsi,io->bso'. 'bi,i->bi' scales features: no
@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from .onnx_einsum import einsum_equation
+from .onnx_gemm import is_gemm
 from .onnx_transposed import swaps_two_axes
 
 DENSE_OPS = ("Gemm", "MatMul")
@@ -46,7 +47,7 @@ def dense_operands(node: onnx.NodeProto, consts: Mapping[str, np.ndarray],
     producer: the node that writes each tensor."""
     if node.op_type == "Einsum":
         return _projection(node, consts)
-    if node.op_type not in DENSE_OPS or len(node.input) < 2:
+    if node.op_type not in DENSE_OPS and not is_gemm(node) or len(node.input) < 2:
         return None
     first, second = node.input[0], node.input[1]
     if second in consts:

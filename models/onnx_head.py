@@ -16,6 +16,7 @@ that leaves the predicted class as it was (check_post_processing).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -34,6 +35,8 @@ BINARY_PROBABILITIES = ("Sigmoid", "Sub", "Concat")
 # Ops that only lay out a tensor's values again: torch's sigmoid(fc(x).squeeze(1)) puts one
 # between the logit and its Sigmoid, which then applies to the same numbers.
 LAYOUT_ONLY = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Dropout")
+COMPARISONS = {"Greater": ">", "GreaterOrEqual": ">=", "Less": "<", "LessOrEqual": "<="}  # a binary decision
+_MIRRORED = {">": "<", ">=": "<=", "<": ">", "<=": ">="}  # the rule with the operands swapped
 
 
 def sigmoid_follows(consumers: dict[str, list[onnx.NodeProto]], tensor: str) -> bool:
@@ -91,8 +94,6 @@ def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple
     """Whether ONNX Runtime's run of the source gives, at `node`'s output, row for row, the
     softmax (LogSoftmax: its log) over the classes of the logits, on random inputs. False when
     the source cannot be run so (no input given, or ONNX Runtime refuses it)."""
-    import numpy as np
-
     name, per_example, fixed_batch = source_input
     if not name:
         return False
@@ -112,16 +113,58 @@ def _one_softmax_when_run(model: onnx.ModelProto, source_input: tuple[str, tuple
     return got.size == want.size and np.allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6)
 
 
+def _decisions(downstream, logits: str, consts: dict, sigmoid_inside: bool) -> dict[int, str]:
+    """The comparisons (ids) of a binary classifier's probability p with 0.5, read through LAYOUT_ONLY
+    ops, each with the rule it decides ("p > 0.5", "p <= 0.5", ...). torch's `(torch.sigmoid(z) > 0.5).long()`
+    is the class the source predicts, the argmax of fedge's two-class head [0, z]; it was refused as
+    no post-processing. Only p > 0.5 is that argmax: Less(p, 0.5) decides 1 where the head predicts 0
+    (the labels flipped) and p >= 0.5 differs at the tie (check_post_processing refuses them by name).
+    Another threshold is another decision rule: refused still, as any other op. (A comparison of the
+    logit z itself gives z a second reader beside its Sigmoid, which the tail does not read as binary.)
+    sigmoid_inside: `logits` is p itself (ONNX Runtime's FusedGemm with its Sigmoid inside)."""
+    nodes = list(downstream(logits))
+    producer = {o: n for n in nodes for o in n.output}
+
+    def unlaid(tensor: str) -> str:  # the tensor before the layout-only ops that wrote `tensor`
+        while tensor in producer and producer[tensor].op_type in LAYOUT_ONLY:
+            tensor = producer[tensor].input[0]
+        return tensor
+
+    found = {}
+    for node in (n for n in nodes if n.op_type in COMPARISONS and len(n.input) == 2):
+        stored = [i for i in node.input if i in consts and np.size(consts[i]) == 1]
+        if len(stored) != 1:
+            continue
+        x, t = unlaid(next(i for i in node.input if i != stored[0])), float(np.asarray(consts[stored[0]]).flat[0])
+        sigmoid = producer.get(x)
+        is_p = x == logits if sigmoid_inside else (
+            sigmoid is not None and sigmoid.op_type == "Sigmoid" and unlaid(sigmoid.input[0]) == logits)
+        if t == 0.5 and is_p:
+            rule = COMPARISONS[node.op_type]  # with p first; Less(0.5, p) is p > 0.5
+            found[id(node)] = f"p {rule if node.input[0] != stored[0] else _MIRRORED[rule]} 0.5"
+    return found
+
+
 def check_post_processing(downstream, consumers, logits: str, classifier: str, where: str,
-                          also: tuple[str, ...] = ()) -> None:
+                          also: tuple[str, ...] = (), consts: dict | None = None, sigmoid_inside: bool = False) -> None:
     """OnnxImportError naming the first node computed from `logits` (a kept classifier's output)
     that is not prediction post-processing fedge can drop (module docstring).
     downstream, consumers: _Graph's (the nodes computed from a tensor; each tensor's readers).
-    also: further ops allowed there (after a LinearClassifier's probabilities, a Normalizer)."""
-    binary = sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
+    also: further ops allowed there (after a LinearClassifier's probabilities, a Normalizer).
+    consts: the stored values by name, to read a binary classifier's threshold (_decisions).
+    sigmoid_inside: the classifier gives p = sigmoid(z) itself (a FusedGemm's, onnx_gemm.py): a binary one."""
+    binary = sigmoid_inside or sigmoid_follows(consumers, logits)  # one logit and a Sigmoid (parse_tail)
     allowed = KEEPS_PREDICTION + (BINARY_PROBABILITIES if binary else ()) + also
+    decisions = _decisions(downstream, logits, consts, sigmoid_inside) if binary and consts else {}
     for node in downstream(logits):
-        if node.op_type not in allowed:
+        rule = decisions.get(id(node), "")
+        if rule and rule != "p > 0.5":
+            raise OnnxImportError(
+                f"{where}: {node.op_type} node {node.name or node.output[0]!r} decides {rule} on the probability p "
+                f"of binary classifier {classifier!r}; fedge's two-class head predicts class 1 where p > 0.5, so its "
+                f"labels would {'differ at p = 0.5' if rule == 'p >= 0.5' else 'be flipped'}: re-export the decision "
+                "as p > 0.5 (Greater(p, 0.5) or Less(0.5, p)), or give --classes K for a new head")
+        if node.op_type not in allowed and not rule:
             raise OnnxImportError(
                 f"{where}: {node.op_type} node {node.name or node.output[0]!r} is computed from the output of "
                 f"classifier {classifier!r} and is not prediction post-processing ({', '.join(KEEPS_PREDICTION[:5])}, "

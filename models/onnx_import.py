@@ -30,23 +30,30 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .import_options import ImportOptions
 from .onnx_activation import TRAINABLE, match_activation
-from .onnx_casts import after_exact_casts
+from .onnx_casts import after_exact_casts, with_dense_float_types
 from .onnx_cut import check_cut_type, no_tail_error
 from .onnx_dense import DENSE_OPS, dense_operands
 from .onnx_einsum import einsum_layer
 from .onnx_finite import check_backbone_finite
 from .onnx_fold import fold_batchnorm
+from .onnx_gemm import fused_activation, gemm_weights, is_gemm, per_output_bias, refuse_malformed_fused
 from .onnx_head import check_normalizers, check_post_processing, sigmoid_follows
-from .onnx_linear import AFTER_PROBABILITIES, check_sklearn_scores, is_linear_classifier, read_linear_classifier
+from .onnx_linear import (
+    AFTER_PROBABILITIES,
+    check_sklearn_scores,
+    is_linear_classifier,
+    is_ml_model,
+    read_linear_classifier,
+)
 from .onnx_new_head import cut_features
-from .onnx_notice import frozen_notice, tied_notice
+from .onnx_notice import backbone_tie_notice, frozen_notice, tied_notice
 from .onnx_source import OnnxImportError, Unreadable, load_source, node_label, source_input_shape, stored_tensors
 from .onnx_transposed import transposed_layer
 from .spec import LayerSpec, ModelSpec
@@ -66,7 +73,8 @@ class DenseLayer:
     bias: np.ndarray  # (out,)
     activation: str  # kernel/activations.ACTIVATIONS
     negative_slope: float = DEFAULT_NEGATIVE_SLOPE  # leaky_relu's
-    gives: str = "logits"  # or "probabilities": a LinearClassifier's softmax(x @ W + b) (onnx_linear.py)
+    gives: str = "logits"  # "probabilities": a LinearClassifier's softmax(x @ W + b) (onnx_linear.py); "sigmoid":
+    # a one-output FusedGemm's sigmoid(x @ W + b), a binary classifier's p (onnx_gemm.py)
     labels: np.ndarray | None = None  # the class labels the node names its outputs by, if it does
 
     def __post_init__(self) -> None:
@@ -104,6 +112,7 @@ class _Graph:
                                   "fedge imports models with one input tensor "
                                   "(extra state or config inputs are not supported)")
         self.input = inputs[0]
+        refuse_malformed_fused(g, where)
         elem = self.input.type.tensor_type.elem_type
         if elem != TensorProto.FLOAT:  # devices feed float32 features: a Cast in the graph would not help
             raise OnnxImportError(f"{where}: input {self.input.name!r} is {TensorProto.DataType.Name(elem)}, not "
@@ -112,7 +121,8 @@ class _Graph:
         shapes = onnx.shape_inference.infer_shapes(model).graph
         known = (*shapes.value_info, *shapes.input, *shapes.output)
         self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in known if v.type.tensor_type.HasField("shape")}
-        self.types = {v.name: v.type.tensor_type.elem_type for v in known if v.type.HasField("tensor_type")}
+        self.types = with_dense_float_types({v.name: v.type.tensor_type.elem_type for v in known
+                                             if v.type.HasField("tensor_type")}, g.node, self.consts)
 
     def follow(self, tensor: str) -> tuple[str, list[onnx.NodeProto]]:
         """Skip inference no-ops and exact Casts (onnx_casts.py); return the tensor reached and its consumers."""
@@ -147,23 +157,14 @@ class _Graph:
         return np.asarray(self.consts[name], np.float32)
 
 
-def _bias(g: _Graph, node: onnx.NodeProto, value: np.ndarray, units: int) -> np.ndarray:
-    """A stored bias as (units,). ONNX broadcasts as numpy does: (units,), (1, units) or one number
-    (a scalar bias once moved the cut); Gemm's C of (units, 1) or (batch, units) was a ValueError."""
-    try:
-        return np.broadcast_to(value, (1, units)).reshape(-1)
-    except ValueError:
-        raise OnnxImportError(f"{g.where}: {node_label(node)}: bias of shape {value.shape} for {units} outputs; a "
-                              "dense layer has one bias per output") from None
-
-
-def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
+def _dense(g: _Graph, node: onnx.NodeProto, x: str, any_rank: bool = False) -> DenseLayer:
     """The dense layer that starts at `node` (which consumes x), with its bias and activation;
-    or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py)."""
+    or at a Transpose of x that starts (W @ x^T + b)^T (onnx_transposed.py), or at an Einsum (onnx_einsum.py).
+    any_rank: read a MatMul of a 3-D x too (a projection of each position, which the tail refuses)."""
     start = transposed_layer(g, x, node) or einsum_layer(g, x, node)
     if isinstance(start, Unreadable) and dense_operands(start.node, g.consts, g.producer):  # W @ x^T + b per example
         raise OnnxImportError(f"{g.where}: {node_label(start.node)}: {start.why}")  # named by its MatMul or Einsum
-    if (start is None or isinstance(start, Unreadable)) and node.op_type not in DENSE_OPS:  # Einsum('bi,i->bi')
+    if (start is None or isinstance(start, Unreadable)) and node.op_type not in DENSE_OPS and not is_gemm(node):
         raise OnnxImportError(f"{g.where}: {node_label(node)} after {x!r}: the trainable tail takes dense layers "
                               f"(Gemm, or MatMul + Add) with {TRAINABLE} only; cut later, or after this node")
     if start is not None:
@@ -171,17 +172,16 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
     label = node_label(node)
     if start is None and node.input[0] != x:
         raise OnnxImportError(f"{g.where}: {label}: {x!r} is its weight operand, not its input")
+    if start is None and not any_rank and g.ranks.get(x, 2) != 2:  # torch Linear on (N, seq, d), as Einsum
+        raise OnnxImportError(f"{g.where}: {label}: reads {x!r} as {g.ranks[x]}-D (a projection of each position); "
+                              "the tail's layers take x (batch, features): cut after the Flatten or global pooling")
     if start is None:
         w, out = g.const(node.input[1], node, "weight"), node.output[0]
     if w.ndim != 2:
         raise OnnxImportError(f"{g.where}: {label}: weight has shape {w.shape}; dense layers need a matrix")
-    if start is None and node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("transA", 0):
-            raise OnnxImportError(f"{g.where}: {label}: transA=1 (a transposed input) is not supported")
-        w = (w.T if attrs.get("transB", 0) else w) * np.float32(attrs.get("alpha", 1.0))
-        c = g.const(node.input[2], node, "bias") if len(node.input) > 2 and node.input[2] else np.zeros(1, np.float32)
-        b = _bias(g, node, c * np.float32(attrs.get("beta", 1.0)), w.shape[1])
+    fused = fused_activation(g.where, node) if start is None else None  # ORT's FusedGemm: activation inside
+    if start is None and is_gemm(node):
+        w, b = gemm_weights(g, node, w)
     else:
         b = np.zeros(w.shape[1], np.float32) if start is None else b
         out, users = g.follow(out)
@@ -189,11 +189,12 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
             add = users[0]
             other = [n for n in add.input if n != out]
             if len(other) == 1 and other[0] in g.consts:
-                b, out = b + _bias(g, add, g.consts[other[0]].astype(np.float32), w.shape[1]), add.output[0]
+                b, out = b + per_output_bias(g.where, add, g.consts[other[0]].astype(np.float32), w.shape[1]), \
+                    add.output[0]
     out, users = g.follow(out)
-    if len(users) == 1 and (folded := fold_batchnorm(g.consts, users[0], w.shape[1], w, b)) is not None:
+    if not fused and len(users) == 1 and (folded := fold_batchnorm(g.consts, users[0], w.shape[1], w, b)) is not None:
         (w, b), (out, users) = folded, g.follow(users[0].output[0])  # Linear + BatchNorm1d: one dense layer
-    scale = users[0] if len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
+    scale = users[0] if not fused and len(users) == 1 and users[0].op_type in ("Mul", "Div") else None
     s = next((g.consts[n] for n in scale.input if n != out and n in g.consts), None) if scale else None
     if s is not None and s.size == 1 and s.ndim <= 2 and float(s.flat[0]) != 0 and (
             scale.op_type == "Mul" or scale.input[0] == out):  # a temperature, logits / T: folded into W and b
@@ -201,28 +202,31 @@ def _dense(g: _Graph, node: onnx.NodeProto, x: str) -> DenseLayer:
         w, b = w * k, b * k
         out, users = g.follow(scale.output[0])
     activation, slope = "none", DEFAULT_NEGATIVE_SLOPE
-    found = match_activation(g, out, users)
+    found = fused or match_activation(g, out, users)
     # a one-output layer's Sigmoid is a binary classifier's (parse_tail), not a hidden activation
-    if found is not None and not (found.name == "sigmoid" and w.shape[1] == 1):
+    binary = found is not None and found.name == "sigmoid" and w.shape[1] == 1
+    if found is not None and not (binary and not fused):
         activation, slope, (out, _) = found.name, found.negative_slope, g.follow(found.output)
     try:
         return DenseLayer(node.name or f"{node.op_type}:{node.output[0]}", out, np.ascontiguousarray(w), b.copy(),
-                          activation, slope)
+                          "none" if binary else activation, slope, "sigmoid" if binary and fused else "logits")
     except OnnxImportError as exc:  # its NaN/Inf refusal knows the node, not the file
         raise OnnxImportError(f"{g.where}: {exc}") from None
 
 
-def _read_layer(g: _Graph, node: onnx.NodeProto) -> DenseLayer:
+def _read_layer(g: _Graph, node: onnx.NodeProto, any_rank: bool = False) -> DenseLayer:
     """The dense layer of a dense node (onnx_dense.py), read from its first node (for MatMul(W,
     Transpose(x)), the Transpose): what the frozen notice tries, to say why it is not in the tail."""
     x, _, start = dense_operands(node, g.consts, g.producer)
-    return _dense(g, start, x)
+    return _dense(g, start, x, any_rank)
 
 
 def _reads(g: _Graph, node: onnx.NodeProto) -> bool:
-    """Whether the tail could read a dense node (onnx_dense.py) as a layer."""
+    """Whether the tail could read a dense node (onnx_dense.py) as a layer, at any rank of its input:
+    a Softmax before a 3-D MatMul (a mixture of experts' gate) is inside the network, not the
+    classifier's post-processing, though the tail refuses that MatMul for its rank."""
     try:
-        return bool(_read_layer(g, node))
+        return bool(_read_layer(g, node, any_rank=True))
     except OnnxImportError:
         return False
 
@@ -235,14 +239,16 @@ def parse_tail(g: _Graph, cut: str) -> list[DenseLayer]:
     layers: list[DenseLayer] = []
     tensor, users = g.follow(cut)
     while True:
-        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and sigmoid_follows(g.consumers, tensor)
+        binary = bool(layers) and layers[-1].weight.shape[1] == 1 and (
+            layers[-1].gives == "sigmoid" or sigmoid_follows(g.consumers, tensor))
         if tensor in g.outputs and not users or users and layers and all(u.op_type in POST_PROCESSING for u in users) \
                 or binary:
             # A layer the tail can read further on means this was no classifier (a Softmax inside the
             # network: attention, gating), so the first READABLE one counts: an unreadable projection
             # between them refused the whole model. Only unreadable ones after: post-processing's to refuse.
-            dense = [n for n in g.downstream(tensor) if dense_operands(n, g.consts, g.producer)]
-            readable = next((n for n in dense if _reads(g, n)), None)  # each node read once, not twice
+            # Nor is a scikit-learn model there (Gemm -> Reshape -> LinearClassifier): --classes dropped both, silently.
+            dense = [n for n in g.downstream(tensor) if dense_operands(n, g.consts, g.producer) or is_ml_model(n)]
+            readable = next((n for n in dense if is_ml_model(n) or _reads(g, n)), None)  # each node read once
             later = readable or (dense[0] if dense else None)
             if later is not None and (not binary and all(u.op_type in SHAPE_OPS for u in users) or readable):
                 raise OnnxImportError(f"{g.where}: {', '.join(node_label(u) for u in users)} after {tensor!r} comes "
@@ -315,8 +321,9 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     if options.cut == "auto" and (notice := frozen_notice(g, cut, {layer.node for layer in tail},
                                                           lambda node: _read_layer(g, node))):
         log.warning("%s: %s", options.onnx, notice)
-    if notice := tied_notice(tail):
-        log.warning("%s: %s", options.onnx, notice)
+    for notice in (tied_notice(tail), backbone_tie_notice(g, cut, tail if options.num_classes == 0 else tail[:-1])):
+        if notice:
+            log.warning("%s: %s", options.onnx, notice)
     hidden, classifier = tail[:-1], tail[-1]
     names = [f"fc{i + 1}" for i in range(len(hidden))]
     unknown = sorted(set(options.roles) - set(names))
@@ -339,7 +346,8 @@ def import_spec(options: ImportOptions) -> ModelSpec:
         check_normalizers(model, g.downstream, classifier.output, classifier.node, classifier.weight.shape[1],
                           options.onnx, (g.input.name, input_shape, batch))
         check_post_processing(g.downstream, g.consumers, classifier.output, classifier.node, options.onnx,
-                              AFTER_PROBABILITIES if classifier.gives == "probabilities" else ())
+                              AFTER_PROBABILITIES if classifier.gives == "probabilities" else (), g.consts,
+                              sigmoid_inside=classifier.gives == "sigmoid")
         if classifier.gives == "logits":
             check_sklearn_scores(model, g.downstream, classifier.output, classifier.node, options.onnx)
     labels = (g.class_labels(classifier.output) if classifier.labels is None else classifier.labels) if keep else None

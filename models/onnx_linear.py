@@ -32,7 +32,9 @@ layer (onnx_import.py), then the post-processing of their loss:
   normalized), and modified_huber's Clip: no dense tail reaches the output, so find_cut's
   refusal names the node; sklearn_hint says which scikit-learn linear models import.
 Other scikit-learn models (trees, SVMs with kernels, regressors) are no dense layers: the
-import's refusal names their nodes (ml_models).
+import's refusal names their nodes (ml_models). An MLPRegressor of several targets is dense
+layers with no label after them: refused as regression values (it was called a decision
+function of the SGDClassifier kind); of one target, as a last layer of one value.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ AFTER_PROBABILITIES = ("Normalizer",)  # skl2onnx's L1 normalization of probabil
 def is_linear_classifier(node: onnx.NodeProto) -> bool:
     return node.op_type == "LinearClassifier" and node.domain == ML_DOMAIN
 
+
+def is_ml_model(node: onnx.NodeProto) -> bool:
+    """An ai.onnx.ml node that is a model (LinearClassifier, LinearRegressor, a tree ensemble, an
+    SVM), not feature preparation or the naming of a prediction: never post-processing."""
+    return node.domain == ML_DOMAIN and node.op_type not in ML_NOT_MODELS
 
 
 def read_linear_classifier(node: onnx.NodeProto, x: str,
@@ -101,7 +108,7 @@ def read_linear_classifier(node: onnx.NodeProto, x: str,
 def ml_models(graph: onnx.GraphProto) -> str:
     """'; it holds <op> node <name> (ai.onnx.ml), ...' for the ai.onnx.ml model nodes of a graph
     (a tree ensemble, a kernel SVM, a regressor), which no dense tail can stand for; '' if none."""
-    found = [n for n in graph.node if n.domain == ML_DOMAIN and n.op_type not in ML_NOT_MODELS]
+    found = [n for n in graph.node if is_ml_model(n)]
     if not found:
         return ""
     return (f"; it holds {', '.join(node_label(n) for n in found[:4])} ({ML_DOMAIN}): a scikit-learn model that "
@@ -124,8 +131,15 @@ def check_sklearn_scores(model: onnx.ModelProto, downstream, logits: str, classi
     """OnnxImportError where a skl2onnx classifier's kept head gives raw scores (no Softmax or
     Sigmoid after them): a decision function, not logits of probabilities (module doc).
     downstream: _Graph's (the nodes computed from a tensor)."""
-    if model.producer_name != SKL2ONNX or any(n.op_type in PROBABILITY_OPS for n in downstream(logits)):
+    after = [n.op_type for n in downstream(logits)]
+    if model.producer_name != SKL2ONNX or any(op in PROBABILITY_OPS for op in after):
         return
+    if "ArgMax" not in after:  # skl2onnx's classifiers compute a label; a regressor's values are the output
+        raise OnnxImportError(
+            f"{where}: the last layer {classifier!r} gives scikit-learn's regression values (an MLPRegressor or "
+            "linear regressor of several targets: no label is computed from them); fedge trains classifiers: for "
+            f"a new classifier head give --classes K (on the hidden layers), or --cut {model.graph.input[0].name} "
+            "--classes K")
     raise OnnxImportError(
         f"{where}: classifier {classifier!r} gives scikit-learn's raw scores, with no softmax after them: a decision "
         "function (SGDClassifier with loss hinge, squared_hinge or perceptron, Perceptron, PassiveAggressive), not "

@@ -76,6 +76,28 @@ def tied_notice(layers: list) -> str | None:
             "as its own layer, so after training they differ: the tie is not kept")
 
 
+def backbone_tie_notice(g, cut: str, layers: list) -> str | None:
+    """None unless a layer of the trainable tail holds the same weight matrix (or its transpose)
+    as a dense layer that stays in the frozen backbone: torch's one Linear applied before and
+    after the cut. Both copies start equal; fedge trains the tail's and the backbone keeps the
+    source's, so they drift apart, and the notice (frozen_notice) named the backbone's layer
+    alone. layers: the tail's that train (a --classes head drops the source's classifier).
+    g: onnx_import._Graph."""
+    names, dropped = {layer.node for layer in layers}, {id(n) for n in g.downstream(cut)}
+    pairs = []
+    for node in g.model.graph.node:
+        dense = dense_operands(node, g.consts, g.producer)
+        if dense is None or id(node) in dropped or (node.name or f"{node.op_type}:{node.output[0]}") in names:
+            continue
+        weight = g.consts[dense.weight]
+        pairs += [f"{layer.node!r} and {_label(node)}" for layer in layers if _same_matrix(weight, layer.weight)]
+    if not pairs:
+        return None
+    return (f"a tail layer and a layer of the frozen backbone share their weights in the source (tied): "
+            f"{'; '.join(pairs)}; fedge trains the tail's copy and the backbone keeps the source's, so after "
+            "training they differ: the tie is not kept")
+
+
 def _same_matrix(a, b) -> bool:
     if a.size < 2 or (a == a.flat[0]).all():  # a constant matrix is not a tie
         return False

@@ -16,6 +16,7 @@ from .onnx_extract import extract
 from .onnx_finite import check_backbone_finite
 from .onnx_scope import free_prefix, rename_everywhere
 from .onnx_source import OnnxImportError
+from .onnx_unfuse import unfuse_gemms
 from .spec import ModelSpec
 
 
@@ -55,6 +56,7 @@ def extract_prefix(spec: ModelSpec) -> onnx.ModelProto | None:
     rename_everywhere(graph, rename)  # in If/Loop/Scan bodies too, which may read these by their outer names
     cut = rename.get(spec.onnx_cut, spec.onnx_cut)
     graph.node.append(helper.make_node("Flatten", [cut], ["z"], name=free_prefix(prefix, "fedge_cut"), axis=1))
+    unfuse_gemms(prefix)  # ONNX Runtime's FusedGemm as standard ops: the export needs no contrib ops
     if not any(o.domain in ("", "ai.onnx") for o in prefix.opset_import):
         # a source of ai.onnx.ml ops alone (a Binarizer, a Scaler): that Flatten made the backbone
         # "not a valid ONNX model: No opset import for domain ''"; Flatten(axis=1) is opset 1's.

@@ -77,6 +77,7 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
     refuse_cycles(model.graph, path)
     refuse_mistyped(model, path)
     _refuse_training_mode(model.graph, path)
+    _refuse_machine_specific(model.graph, path)
     return model, digest.hexdigest()
 
 
@@ -93,6 +94,24 @@ def _refuse_unreadable(model: onnx.ModelProto, where: Path) -> None:
             raise OnnxImportError(f"{where}: stored tensor {tensor.name!r} of shape {tuple(tensor.dims)} (data type "
                                   f"{tensor.data_type}) cannot be read: {type(exc).__name__}: {exc}; the file is "
                                   "broken") from None
+
+
+NCHWC = "com.microsoft.nchwc"
+
+
+def _refuse_machine_specific(graph: onnx.GraphProto, where: Path) -> None:
+    """ONNX Runtime's optimizer at ORT_ENABLE_ALL (optimized_model_filepath) rewrites convolutions
+    into com.microsoft.nchwc ops whose channel blocks are the saving CPU's vector width (8 floats
+    with AVX2, 16 with AVX-512), and warns that such a file "should only be used in the same
+    environment the model was optimized in". The backbone keeps them, and the devices (other CPUs,
+    aarch64 boards) run it: it imported and built on the machine that saved it, silently."""
+    found = [n for n in graph.node if n.domain == NCHWC]
+    if found:
+        which = f"and {len(found) - 1} more are {NCHWC} ops" if len(found) > 1 else f"is a {NCHWC} op"
+        raise OnnxImportError(f"{where}: {node_label(found[0])} {which}, which "
+                              "ONNX Runtime writes for the CPU of the machine that saved the model "
+                              "(ORT_ENABLE_ALL); the devices that run its backbone have other CPUs: import the "
+                              "source model, or one saved at ORT_ENABLE_EXTENDED or below")
 
 
 def _refuse_training_mode(graph: onnx.GraphProto, where: Path) -> None:
@@ -243,6 +262,10 @@ def source_input_shape(value: onnx.ValueInfoProto, override: tuple[int, ...], wh
     """The per-example shape of the source's input `value` (dims after the batch), or `override`
     where it fits the dims the file fixes."""
     dims = value.type.tensor_type.shape.dim
+    if not value.type.tensor_type.HasField("shape"):  # was told "rank 0, no batch dimension"
+        raise OnnxImportError(f"{where}: input {value.name!r} declares no shape, so its rank is unknown; fedge "
+                              "needs its batch dimension and per-example dims: re-export the model with its input's "
+                              "shape (N, features...)")
     if len(dims) < 2:  # a rank-1 input was told to give input_shape, which it could not fit
         raise OnnxImportError(f"{where}: input {value.name!r} has rank {len(dims)}, no batch dimension; fedge "
                               "feeds batches (N, features...): re-export the model with a batch dimension first")

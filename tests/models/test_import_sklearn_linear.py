@@ -12,6 +12,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 skl2onnx = pytest.importorskip("skl2onnx")
+ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")  # test_import_torch_variants imports it
 
 from onnx import helper  # noqa: E402
@@ -201,3 +202,85 @@ def test_other_sgd_losses_refused_or_imported_and_predicting_as_scikit_learn(tmp
     np.testing.assert_array_equal(np.argmax(logits, axis=1), clf.predict(x[160:]))
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(probs / probs.sum(axis=1, keepdims=True), clf.predict_proba(x[160:]), atol=1e-4)
+
+
+def _gemm_reshape_then(model_node: onnx.NodeProto, out: onnx.ValueInfoProto, path):
+    """x (N, 64) -> Gemm 6 ('fc') -> Relu -> Reshape (-1, 6) -> `model_node` (ai.onnx.ml) reading 'h'."""
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Gemm", ["input", "W", "b"], ["g"], name="fc"), helper.make_node("Relu", ["g"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["h"], name="reshape"), model_node]
+    inits = {"W": rng.normal(size=(64, 6)).astype(np.float32) / 8, "b": rng.normal(size=6).astype(np.float32),
+             "shape": np.array([-1, 6], np.int64)}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+                              [out], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_scikit_learn_model_after_a_reshape_is_no_post_processing_to_drop(tmp_path, caplog):
+    """Gemm -> Reshape -> LinearClassifier: the Reshape was taken for the end of the tail and the
+    LinearClassifier for post-processing, so with --classes the Gemm, a hidden layer, was dropped
+    as the old classifier and the new head put on the raw input, silently; without, the Gemm was
+    refused as a classifier ending in relu. Now the tail is the LinearClassifier, on the Reshape's
+    output, and the notice names the Gemm it leaves frozen; a LinearRegressor there is refused by name."""
+    from onnx import TensorProto
+
+    coef = np.random.default_rng(4).normal(size=(3, 6))
+    classifier = helper.make_node("LinearClassifier", ["h"], ["label", "prob"], domain="ai.onnx.ml", name="linclf",
+                                  coefficients=coef.ravel().tolist(), intercepts=[0.1, -0.2, 0.3],
+                                  classlabels_ints=[0, 1, 2], post_transform="SOFTMAX")
+    path = _gemm_reshape_then(classifier, helper.make_tensor_value_info("prob", TensorProto.FLOAT, [None, 3]),
+                              tmp_path / "clf.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(path), num_classes=4))
+    assert (spec.onnx_cut, spec.layers, spec.num_classes, spec.onnx_features) == ("h", (), 4, 6)
+    assert "1 dense layer(s) stay frozen in the backbone (Gemm 'fc')" in caplog.text
+    x, y = _digits()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _build_check_and_export(path, x[:64], y[:64] % 3, False, "probs",
+                            lambda p, xs, fixed: sess.run(["prob"], {"input": xs})[0])
+    regressor = helper.make_node("LinearRegressor", ["h"], ["y"], domain="ai.onnx.ml", name="linreg",
+                                 coefficients=coef[0].tolist(), intercepts=[0.5], targets=1)
+    path = _gemm_reshape_then(regressor, helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1]),
+                              tmp_path / "reg.onnx")
+    for classes in (0, 4):
+        with pytest.raises(OnnxImportError, match="Reshape node 'reshape' after 'r' comes before LinearRegressor "
+                                                  "node 'linreg'"):
+            import_spec(ImportOptions(str(path), num_classes=classes))
+
+
+def test_a_multi_target_mlp_regressor_is_refused_as_regression_not_as_a_decision_function(tmp_path):
+    """Two targets give two raw outputs, with no label computed from them: the refusal called them
+    a decision function of SGDClassifier's kind; the MLPRegressor was never a classifier."""
+    from sklearn.neural_network import MLPRegressor
+
+    x, y = _digits()
+    reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=20, random_state=0).fit(x, np.stack([y, -y], 1))
+    path = _save(reg, x, tmp_path / "reg.onnx")
+    with pytest.raises(OnnxImportError, match="gives scikit-learn's regression values .*fedge trains classifiers"):
+        import_spec(ImportOptions(str(path)))
+    assert import_spec(ImportOptions(str(path), num_classes=3)).num_classes == 3  # a new head on its hidden layer
+
+
+def test_a_pca_before_an_mlp_trains_as_it_does_before_a_logistic_regression(tmp_path, caplog):
+    """StandardScaler -> PCA -> MLPClassifier: skl2onnx puts a Cast to float between the PCA's
+    MatMul and the MLP, and shape inference gives no type after the Scaler (ai.onnx.ml), so the
+    Cast was not known exact: it ended the tail and the PCA stayed frozen with a notice blaming
+    it, where before a LogisticRegression (no Cast) the PCA trains. Both train it now."""
+    from sklearn.decomposition import PCA
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = _digits()
+    clf = make_pipeline(StandardScaler(), PCA(16), MLPClassifier((12,), max_iter=60, random_state=0))
+    clf.fit(x[:160], y[:160])
+    path = _save(clf, x, tmp_path / "pca.onnx", zipmap=False)
+    assert [n.op_type for n in onnx.load(path).graph.node][:4] == ["Scaler", "Sub", "MatMul", "Cast"]
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(path)))
+    assert [(layer.units, layer.activation) for layer in spec.layers] == [(16, "none"), (12, "relu")]
+    assert spec.onnx_features == 64 and "stay frozen" not in caplog.text
+    _build_check_and_export(path, x[160:], y[160:], False, "probs", _proba(clf))

@@ -1,7 +1,8 @@
-"""torch models as people write them, exported by torch.onnx.export at opsets 13 to 20, with a
+"""torch models as people write them, exported by torch.onnx.export at opsets 11 to 20, with a
 dynamic or a fixed batch, weights inline or in an external data file: BatchNorm1d in and before
 the tail, Identity and Dropout between layers, Linear layers without bias, a softmax or
-log-softmax at the output, a binary classifier whose Sigmoid comes after a squeeze or flatten,
+log-softmax at the output (a softmax at opset 11, whose axis flattens), an LSTM backbone read at its
+last step, a binary classifier whose Sigmoid comes after a squeeze or flatten,
 logits viewed by a shape computed from the batch size, and models exported in training mode.
 Each that imports gives, as is, the source's output (ONNX Runtime on the source file, one
 example at a time where the batch is fixed); the portable (and ORT-training) backend trains it
@@ -47,6 +48,17 @@ class _View(nn.Module):
         return x.view(x.size(0), -1)
 
 
+class _LastStep(nn.Module):
+    """An LSTM over the 8 rows of an 8x8 image (batch first), its last step's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x[:, 0])[0][:, -1]
+
+
 MODELS = {  # name: (layers, images?, what the source's output is: logits, probs or logprobs)
     "bn1d_in_tail": (lambda: (nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
                               nn.Linear(16, 10)), False, "logits"),
@@ -55,6 +67,7 @@ MODELS = {  # name: (layers, images?, what the source's output is: logits, probs
                                     False, "probs"),
     "no_bias_tanh": (lambda: (nn.Linear(64, 32, bias=False), nn.ReLU(), nn.Linear(32, 16, bias=False), nn.Tanh(),
                               nn.Linear(16, 10, bias=False), nn.LogSoftmax(dim=1)), False, "logprobs"),
+    "lstm_last_step": (lambda: (_LastStep(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10)), True, "logits"),
     "cnn_bn2d_view": (lambda: (nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2), _View(),
                                nn.Linear(96, 24), nn.ReLU6(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 10)),
                       True, "logits"),
@@ -97,7 +110,8 @@ def _build_check_and_export(path, x, y, fixed: bool, kind: str, source_of=None) 
 @pytest.mark.parametrize("name, opset, fixed, external", [
     ("bn1d_in_tail", 13, False, False), ("bn1d_in_tail", 20, True, True),
     ("bn1d_first_dropout_identity", 18, True, False), ("no_bias_tanh", 17, False, True),
-    ("cnn_bn2d_view", 20, True, False), ("cnn_bn2d_view", 18, False, True)])
+    ("cnn_bn2d_view", 20, True, False), ("cnn_bn2d_view", 18, False, True), ("lstm_last_step", 17, False, False),
+    ("lstm_last_step", 14, True, False), ("bn1d_first_dropout_identity", 11, False, False)])
 def test_a_torch_model_imports_trains_and_exports(tmp_path, name, opset, fixed, external):
     layers, images, kind = MODELS[name]
     torch.manual_seed(0)
@@ -144,6 +158,45 @@ def test_a_binary_sigmoid_after_a_squeeze_becomes_a_two_class_head(tmp_path):
         return np.stack([1 - p, p], axis=1)
 
     _build_check_and_export(tmp_path / "binary.onnx", x, y % 2, False, "probs", source)
+
+
+class _ThresholdedBinary(nn.Module):
+    """A binary classifier that also gives its decision: (p, (p > t).long()), or (z > t) on the logit."""
+
+    def __init__(self, threshold: float, on_logit: bool):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(64, 16), nn.Linear(16, 1)
+        self.threshold, self.on_logit = threshold, on_logit
+
+    def forward(self, x):
+        z = self.out(torch.relu(self.fc1(x)))
+        p = torch.sigmoid(z)
+        return p, ((z if self.on_logit else p).squeeze(-1) > self.threshold).long()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("threshold, on_logit, imports", [(0.5, False, True), (0.3, False, False), (0.0, True, False)])
+def test_a_binary_decision_at_the_boundary_is_post_processing(tmp_path, threshold, on_logit, imports):
+    """torch's (sigmoid(z) > 0.5).long() beside the probability was refused (Greater is no
+    post-processing), though it is the class the two-class head's argmax gives. At 0.5 on p
+    it imports and predicts the source's decision; another threshold is another rule, refused, and
+    so is (z > 0) on the logit, whose second reader leaves the Sigmoid no binary head's."""
+    torch.manual_seed(2)
+    x, y = _digits_images(64)
+    x = x.reshape(len(x), -1)
+    export(torch, _ThresholdedBinary(threshold, on_logit), torch.from_numpy(x[:2]), tmp_path / "b.onnx")
+    if not imports:
+        with pytest.raises(OnnxImportError, match="Greater node .* is not prediction post-processing|feeds Sigmoid"):
+            import_spec(ImportOptions(str(tmp_path / "b.onnx"), head="global"))
+        return
+
+    def source(path, xs, fixed):
+        p, decision = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": xs})
+        probs = np.concatenate([1 - p, p], axis=1)
+        np.testing.assert_array_equal(probs.argmax(axis=1), decision)  # the decision is the head's argmax
+        return probs
+
+    _build_check_and_export(tmp_path / "b.onnx", x, y % 2, False, "probs", source)
 
 
 class _ViewedSoftmax(nn.Module):

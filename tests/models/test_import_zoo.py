@@ -151,6 +151,16 @@ def test_a_frozen_layer_written_otherwise_is_named(tmp_path, caplog, model, labe
     assert f"1 dense layer(s) stay frozen in the backbone ({label})" in caplog.text
 
 
+def _import_graph(path, nodes, inits, input_shape):
+    """Save the graph of `nodes` from input 'inp' (input_shape) to output 'out' (N, 3), and import it."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return import_spec(ImportOptions(str(path), head="global"))
+
+
 def test_an_einsum_that_is_no_dense_layer_is_not_named_frozen(tmp_path, caplog):
     """Einsum("bi,i->bi", x, s) scales each feature: no layer, and the notice once named it a
     frozen dense layer ('weight has shape (4,)'), since it took any Einsum of a stored tensor."""
@@ -160,13 +170,8 @@ def test_an_einsum_that_is_no_dense_layer_is_not_named_frozen(tmp_path, caplog):
              numpy_helper.from_array(np.zeros(3, np.float32), "b")]
     nodes = [helper.make_node("Einsum", ["inp", "s"], ["h"], equation="bi,i->bi", name="scale"),
              helper.make_node("Gemm", ["h", "W", "b"], ["out"], name="fc")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "scale.onnx")
     with caplog.at_level("WARNING", logger="fedge.models"):
-        spec = import_spec(ImportOptions(str(tmp_path / "scale.onnx"), head="global"))
+        spec = _import_graph(tmp_path / "scale.onnx", nodes, inits, [None, 4])
     assert spec.onnx_cut == "h" and "stay frozen" not in caplog.text
 
 
@@ -181,14 +186,33 @@ def test_a_frozen_projection_einsum_of_three_labels_is_named(tmp_path, caplog):
              helper.make_node("Relu", ["e"], ["r"], name="relu"),
              helper.make_node("Flatten", ["r"], ["h"], name="flat"),
              helper.make_node("Gemm", ["h", "W", "b"], ["out"], name="fc")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, [None, 2, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "proj.onnx")
     with caplog.at_level("WARNING", logger="fedge.models"):
-        import_spec(ImportOptions(str(tmp_path / "proj.onnx"), head="global"))
+        _import_graph(tmp_path / "proj.onnx", nodes, inits, [None, 2, 4])
     assert "1 dense layer(s) stay frozen in the backbone (Einsum 'proj')" in caplog.text
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Einsum"])
+def test_a_projection_of_a_3d_input_is_refused_as_a_layer_for_its_rank(tmp_path, caplog, op):
+    """torch's Linear on (batch, seq, features), then a mean over seq and a classifier: the
+    projection stays frozen, and the notice says why, its rank, for the MatMul as for its Einsum
+    twin (the MatMul was read as a layer with no rank check, and the notice blamed the Relu and
+    ReduceMean after it, which the tail does not need to train through)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.normal(size=(5,)).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(size=(5, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "b")]
+    attrs = {"equation": "bsi,io->bso"} if op == "Einsum" else {}
+    nodes = [helper.make_node(op, ["inp", "W1"], ["m"], name="proj", **attrs),
+             helper.make_node("Add", ["m", "b1"], ["e"], name="proj_bias"),
+             helper.make_node("Relu", ["e"], ["r"], name="relu"),
+             helper.make_node("ReduceMean", ["r"], ["h"], axes=[1], keepdims=0, name="mean"),
+             helper.make_node("Gemm", ["h", "W", "b"], ["out"], name="fc")]
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = _import_graph(tmp_path / "proj.onnx", nodes, inits, [None, 2, 4])
+    assert spec.onnx_cut == "h" and spec.layers == ()
+    assert f"1 dense layer(s) stay frozen in the backbone ({op} 'proj')" in caplog.text
+    assert f"it cannot start at {op} node 'proj': " in caplog.text and "3-D" in caplog.text
 
 
 def _calibration(x: np.ndarray):

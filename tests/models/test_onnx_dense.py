@@ -255,6 +255,25 @@ def test_a_softmax_inside_the_network_before_an_unreadable_projection_is_no_clas
     assert (spec.onnx_cut, spec.num_classes) == ("hh", 3)
 
 
+def test_a_softmax_before_a_projection_of_each_position_is_no_classifier(tmp_path):
+    """x -> Gemm 'gate' -> Softmax -> Unsqueeze -> Mul(E) -> MatMul 'proj' (3-D input) -> ReduceSum: a
+    mixture of experts' gate. Once the tail refused a MatMul of a 3-D input for its rank, the Softmax
+    counted as the classifier's post-processing, and with --classes 3 the model imported as a new head
+    on the raw input (cut 'x', no layers), the whole network dropped silently. Oracle: the graph has
+    no 2-D dense tail to the output, so it is refused, with and without --classes."""
+    nodes = [helper.make_node("Gemm", ["inp", "Wg", "bg"], ["g"], name="gate"),
+             helper.make_node("Softmax", ["g"], ["s"], axis=-1),
+             helper.make_node("Unsqueeze", ["s", "ax2"], ["s3"]), helper.make_node("Mul", ["s3", "E"], ["m"]),
+             helper.make_node("MatMul", ["m", "Wp"], ["p"], name="proj"),
+             helper.make_node("ReduceSum", ["p", "ax1"], ["out"], keepdims=0)]
+    inits = {"Wg": _f32(8, 4), "bg": _f32(4), "E": _f32(1, 4, 6), "Wp": _f32(6, 3), "ax2": np.array([2]),
+             "ax1": np.array([1])}
+    model = _graph(nodes, inits, [None, 8], [None, 3])
+    for classes in (0, 3):
+        why = _refusal(model, tmp_path, num_classes=classes)
+        assert why.startswith("found no dense tail to train") and "'m' has rank 3" in why, why
+
+
 @pytest.mark.parametrize("post", _POSTS, ids=list(_POSTS))
 def test_the_notice_does_not_call_a_layer_after_the_new_heads_cut_frozen(tmp_path, caplog, post):
     """With --classes 3 the new head sits on the input and the layers after the Softmax are dropped

@@ -155,6 +155,16 @@ def test_an_input_without_a_batch_dimension_is_named(tmp_path):
             import_spec(ImportOptions(str(tmp_path / "m.onnx"), input_shape=shape))
 
 
+def test_an_input_that_declares_no_shape_is_named_as_such(tmp_path):
+    """An input with no shape at all (its rank unknown, as a hand-written graph may leave it) was
+    told it had rank 0 and no batch dimension."""
+    model = _mlp_then([], "logits")
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(OnnxImportError, match="input 'x' declares no shape, so its rank is unknown.*re-export"):
+        import_spec(ImportOptions(str(tmp_path / "m.onnx")))
+
+
 def _assert_export_gives_the_sources_y(spec, model, tmp_path) -> None:
     """Build the import, export its initial model, and compare the logits with ONNX Runtime's run
     of the source's output `y` on the same inputs."""

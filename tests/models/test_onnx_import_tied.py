@@ -54,3 +54,28 @@ def test_tied_tail_layers_are_named_and_still_import(tmp_path, caplog, case):
     said = "'fc1' and 'fc2' share their weights in the source (tied)" in caplog.text
     assert said == tied
     _assert_export_gives_the_sources_y(spec, model, tmp_path)  # as imported, through export, to 1e-5
+
+
+@pytest.mark.parametrize("classes", [0, 3])
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_tail_layer_tied_to_a_frozen_backbone_layer_is_named(tmp_path, caplog, tied, classes):
+    """One matrix read before the cut (its layer frozen by the Elu after it) and after it: the
+    notice named the backbone's layer frozen, and nothing said the tail's copy was tied to it."""
+    node = helper.make_node
+    nodes = [node("Gemm", ["x", "w", "b1"], ["h"], name="frozen"), node("Elu", ["h"], ["e"]),
+             node("Gemm", ["e", "w1", "b1"], ["t"], name="fc1"), node("Relu", ["t"], ["a"]),
+             node("Gemm", ["a", "w2", "b2"], ["y"], name="out")]
+    inits = {"w": W, "w1": W if tied else W[::-1].copy(), "b1": B12, "w2": WIDE, "b2": B8}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    with caplog.at_level("WARNING", logger="fedge.models"):
+        spec = import_spec(ImportOptions(str(tmp_path / "m.onnx"), head="global", num_classes=classes))
+    assert (len(spec.layers), spec.onnx_cut) == (1, "e")
+    said = "share their weights in the source (tied): 'fc1' and Gemm 'frozen'; fedge trains the tail's copy" \
+        in caplog.text
+    assert said == tied
+    if not classes:
+        _assert_export_gives_the_sources_y(spec, model, tmp_path)
