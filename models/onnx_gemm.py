@@ -69,6 +69,17 @@ def refuse_malformed_fused(graph: onnx.GraphProto, where: str) -> None:
                 raise OnnxImportError(f"{where}: {node_label(node)}: its {attr.name} is "
                                       f"{onnx.AttributeProto.AttributeType.Name(attr.type)}, not one {want} as ONNX "
                                       "Runtime writes it; ONNX Runtime refuses the model: fix or re-export it")
+            if attr.name == "activation" and not _utf8(attr.s):  # read as text by the cut search and the unfuse
+                raise OnnxImportError(f"{where}: {node_label(node)}: its activation {attr.s[:40]!r} is not UTF-8 "
+                                      "text, so no op name: fix or re-export the model")
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def fused_activation(where: str, node: onnx.NodeProto) -> Activation | None:

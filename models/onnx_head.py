@@ -36,6 +36,7 @@ BINARY_PROBABILITIES = ("Sigmoid", "Sub", "Concat")
 # between the logit and its Sigmoid, which then applies to the same numbers.
 LAYOUT_ONLY = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Dropout")
 COMPARISONS = {"Greater": ">", "GreaterOrEqual": ">=", "Less": "<", "LessOrEqual": "<="}  # a binary decision
+KEPT_DECISIONS = ("p > 0.5", "p >= 0.5")  # the head's argmax (>= but at the exact tie): _decisions
 _MIRRORED = {">": "<", ">=": "<=", "<": ">", "<=": ">="}  # the rule with the operands swapped
 
 
@@ -117,8 +118,10 @@ def _decisions(downstream, logits: str, consts: dict, sigmoid_inside: bool) -> d
     """The comparisons (ids) of a binary classifier's probability p with 0.5, read through LAYOUT_ONLY
     ops, each with the rule it decides ("p > 0.5", "p <= 0.5", ...). torch's `(torch.sigmoid(z) > 0.5).long()`
     is the class the source predicts, the argmax of fedge's two-class head [0, z]; it was refused as
-    no post-processing. Only p > 0.5 is that argmax: Less(p, 0.5) decides 1 where the head predicts 0
-    (the labels flipped) and p >= 0.5 differs at the tie (check_post_processing refuses them by name).
+    no post-processing. p > 0.5 is that argmax, and so is p >= 0.5 but at the tie (p exactly 0.5 in
+    float32, |z| under ~3e-8, where the head's argmax of [0, 0] says 0): torch code writes both, and
+    fedge drops the decision anyway (its export gives the logits), so both import. Less(p, 0.5)
+    decides 1 where the head predicts 0 (the labels flipped): check_post_processing refuses it by name.
     Another threshold is another decision rule: refused still, as any other op. (A comparison of the
     logit z itself gives z a second reader beside its Sigmoid, which the tail does not read as binary.)
     sigmoid_inside: `logits` is p itself (ONNX Runtime's FusedGemm with its Sigmoid inside)."""
@@ -158,12 +161,12 @@ def check_post_processing(downstream, consumers, logits: str, classifier: str, w
     decisions = _decisions(downstream, logits, consts, sigmoid_inside) if binary and consts else {}
     for node in downstream(logits):
         rule = decisions.get(id(node), "")
-        if rule and rule != "p > 0.5":
+        if rule and rule not in KEPT_DECISIONS:
             raise OnnxImportError(
                 f"{where}: {node.op_type} node {node.name or node.output[0]!r} decides {rule} on the probability p "
                 f"of binary classifier {classifier!r}; fedge's two-class head predicts class 1 where p > 0.5, so its "
-                f"labels would {'differ at p = 0.5' if rule == 'p >= 0.5' else 'be flipped'}: re-export the decision "
-                "as p > 0.5 (Greater(p, 0.5) or Less(0.5, p)), or give --classes K for a new head")
+                "labels would be flipped: re-export the decision as p > 0.5 (Greater(p, 0.5) or Less(0.5, p)), "
+                "or give --classes K for a new head")
         if node.op_type not in allowed and not rule:
             raise OnnxImportError(
                 f"{where}: {node.op_type} node {node.name or node.output[0]!r} is computed from the output of "

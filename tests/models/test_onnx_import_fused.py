@@ -125,6 +125,16 @@ def test_a_fused_gemm_attribute_of_the_wrong_type_is_refused_naming_the_node(tmp
         import_spec(ImportOptions(path, head="global"))
 
 
+@pytest.mark.parametrize("cut", ["auto", "h"], ids=["auto-cut", "cut-after-it"])
+def test_a_fused_gemm_whose_activation_is_not_utf8_is_refused_naming_the_node(tmp_path, cut):
+    """A review's repro: activation b"\\xff" passed the type check and raised a raw
+    UnicodeDecodeError from the cut search (or, with the cut after it, from the backbone's unfuse)."""
+    path = _fused_then_gemm(tmp_path, activation=b"\xff")
+    with pytest.raises(OnnxImportError) as caught:
+        import_spec(ImportOptions(path, head="global", cut=cut))
+    assert "FusedGemm node 'fc1': its activation b'\\xff' is not UTF-8" in str(caught.value)
+
+
 def test_a_model_with_ort_s_cpu_specific_nchwc_ops_is_refused_naming_them(tmp_path):
     """ORT_ENABLE_ALL writes convolutions as com.microsoft.nchwc ops for the saving CPU's vector
     width: the backbone imported and built on that machine, and the devices run it on others."""
