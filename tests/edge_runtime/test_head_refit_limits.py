@@ -26,9 +26,9 @@ from fedge.edge_runtime.store import DeviceStore
 from fedge.edge_runtime.trainer.numpy_ref import NumpyModel, load_frozen
 from fedge.models.build import build_artifacts
 from fedge.models.spec import mlp_spec
+from fedge.tools.simulate.personalization import personalized_spec
 from tests.edge_runtime.test_head_refit import _task
 from tests.edge_runtime.test_personalize import CLASSES, FEATURES, HYPER, _build, _perturbed, _separable
-from tools.simulate.personalization import personalized_spec
 
 OWED = 5 + REFIT_HORIZON  # a task from version 4 owes its steps at this version
 
