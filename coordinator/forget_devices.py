@@ -75,7 +75,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
+from fedge.edge_runtime.kernel.errors import NamedConfigError, ServiceUnavailable
 
 from .limits import MAX_FLEET
 from .registry import refresh_lag_s
@@ -95,12 +95,8 @@ _BUSY_MS = 5000  # as the store's: a reader of the file (a dry run, `fedge coord
 _SQLITE_READONLY = 8  # SQLite's primary result code (the low byte of an extended one)
 
 
-class ForgetRefused(ConfigError):
+class ForgetRefused(NamedConfigError):
     """forget-devices will not run; .reason names why (module docstring)."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -175,7 +171,7 @@ def _read_only_file(exc: sqlite3.OperationalError) -> bool:
 
 
 def _read_only(path: Path, wait: Wait) -> ForgetResult:
-    db = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True, isolation_level=None)
+    db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
     try:
         db.execute("BEGIN")  # one snapshot for every read
         try:

@@ -140,18 +140,17 @@ class Registry(Mapping[str, DeviceRecord]):
             return 0
         self._flushed_at = now
         batch = [(d, self._refresh.pop(d)) for d in list(islice(self._refresh, REFRESH_BATCH_MAX))]
-        rows = [StoredDevice(d, wall, r.eligible, r.reason, r.num_examples) for d, wall in batch
-                if (r := self._devices.get(d)) is not None]
-        if rows:
-            try:
-                self.store.save_devices(rows)
-            except BaseException:
-                # Lost, these rows could lag past refresh_lag_s (their refresh_at moved on) and
-                # forget-devices take a device seen within its N days for one unseen: queue them
-                # again. Nothing ran since the pop, so no newer refresh or write of theirs exists.
-                for device_id, wall in batch:
-                    self._refresh.setdefault(device_id, wall)
-                raise
+        # the queue is not empty (above), and the registry never drops a device it queued
+        rows = [StoredDevice(d, wall, (r := self._devices[d]).eligible, r.reason, r.num_examples) for d, wall in batch]
+        try:
+            self.store.save_devices(rows)
+        except BaseException:
+            # Lost, these rows could lag past refresh_lag_s (their refresh_at moved on) and
+            # forget-devices take a device seen within its N days for one unseen: queue them
+            # again. Nothing ran since the pop, so no newer refresh or write of theirs exists.
+            for device_id, wall in batch:
+                self._refresh.setdefault(device_id, wall)
+            raise
         return len(rows)
 
     def seen(self, device_id: str | None, now: float) -> None:

@@ -88,9 +88,6 @@ class ProbeConfig:
         _check_positive("probe", self, ("check_interval_s",))
 
 
-_LINK = UploadLink()  # its defaults are [agent]'s
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     checkin_s: float = 60.0  # check in this often unless the coordinator paces us (seconds)
@@ -101,8 +98,8 @@ class AgentConfig:
     max_pace_s: float = 86400.0  # check in at least this often, whatever the coordinator paces (seconds)
     # Training stops this long before a task's deadline, plus the update's bytes over the rate, so
     # that its upload lands in time (at most half the deadline; upload_margin.py says why).
-    upload_latency_s: float = _LINK.latency_s
-    upload_bytes_per_s: float = _LINK.bytes_per_s
+    upload_latency_s: float = UploadLink.latency_s
+    upload_bytes_per_s: float = UploadLink.bytes_per_s
 
     def __post_init__(self) -> None:
         _check_positive("agent", self, ("checkin_s", "republish_s", "fetch_timeout_s", "poll_s", "max_task_s",

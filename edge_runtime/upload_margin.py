@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 from .kernel.errors import CodecError, ConfigError
 from .kernel.protocol import TrainTask
-from .kernel.update_codec import FRAME_OVERHEAD, frame_shapes, tensor_header_bytes
+from .kernel.update_codec import FRAME_OVERHEAD, frame_shapes, payload_bytes, tensor_header_bytes
 
 NO_TIME_TO_UPLOAD = "no_time_to_upload"  # decline reason: the inputs came with less than the margin left
 MAX_BUDGET_SHARE = 0.5  # the margin never takes more of a task's deadline_s than this
@@ -99,7 +99,7 @@ def _tensor_bytes(name: str, shape: tuple[int, ...], bits: int, topk_fraction: f
     kept = max(1, math.ceil(topk_fraction * size * (1 - 1e-12)))  # compress._compress_one's k
     sparse = topk_fraction < 1 and kept < size
     kept = kept if sparse else size
-    payload = {32: 4 * kept, 8: kept, 4: (kept + 1) // 2}.get(bits, kept * bits / 8)
+    payload = payload_bytes(bits, kept)  # CompressionSpec holds quant_bits to 32, 8 or 4
     gaps = kept * varint_bytes(kept / size) if sparse else 0.0
     return tensor_header_bytes(name, len(shape), sparse) + payload + gaps
 
@@ -116,7 +116,7 @@ def update_bytes(task: TrainTask) -> float:
     except (CodecError, OverflowError, ValueError):
         values = sum(map(len, frames)) / 4
         gap = varint_bytes(spec.topk_fraction) if spec.topk_fraction < 1 else 0.0
-        return values * min(spec.topk_fraction, 1.0) * (spec.quant_bits / 8 + gap)
+        return values * spec.topk_fraction * (spec.quant_bits / 8 + gap)
 
 
 def upload_margin_s(task: TrainTask, link: UploadLink) -> float:

@@ -88,8 +88,7 @@ def fused_activation(where: str, node: onnx.NodeProto) -> Activation | None:
     if (node.domain, node.op_type) != FUSED_GEMM:
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    kind = attrs.get("activation", b"")
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    kind = attrs.get("activation", b"").decode()  # UTF-8: refuse_malformed_fused ran at load
     if not kind:  # no activation fused: a Gemm
         return None
     alpha = {"alpha": attrs["activation_alpha"]} if "activation_alpha" in attrs else {}

@@ -21,7 +21,7 @@ import onnx
 from onnx import helper
 
 from .onnx_probe import run_to
-from .onnx_source import OnnxImportError
+from .onnx_source import OnnxImportError, node_label
 
 NORMALIZERS = ("Softmax", "LogSoftmax")
 # Ops that may follow a kept classifier: they read, reshape, normalize (checked below) or name
@@ -163,13 +163,13 @@ def check_post_processing(downstream, consumers, logits: str, classifier: str, w
         rule = decisions.get(id(node), "")
         if rule and rule not in KEPT_DECISIONS:
             raise OnnxImportError(
-                f"{where}: {node.op_type} node {node.name or node.output[0]!r} decides {rule} on the probability p "
+                f"{where}: {node_label(node)} decides {rule} on the probability p "
                 f"of binary classifier {classifier!r}; fedge's two-class head predicts class 1 where p > 0.5, so its "
                 "labels would be flipped: re-export the decision as p > 0.5 (Greater(p, 0.5) or Less(0.5, p)), "
                 "or give --classes K for a new head")
         if node.op_type not in allowed and not rule:
             raise OnnxImportError(
-                f"{where}: {node.op_type} node {node.name or node.output[0]!r} is computed from the output of "
+                f"{where}: {node_label(node)} is computed from the output of "
                 f"classifier {classifier!r} and is not prediction post-processing ({', '.join(KEEPS_PREDICTION[:5])}, "
                 "...); fedge's head would give the classifier's logits without it, so kept as is it would not "
                 "predict as the source does: give --classes K for a new head")

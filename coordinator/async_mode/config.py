@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError, NamedConfigError
 
 from ..limits import MAX_FLEET
 
@@ -35,12 +35,8 @@ MODES = ("sync", "async")
 STALENESS = ("polynomial", "constant")
 
 
-class AsyncConflict(ConfigError):
+class AsyncConflict(NamedConfigError):
     """A coordinator setting that async mode cannot honour."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,11 @@ class AsyncMachine:
         """How many tasks a Tick may dispatch now: free slots, within max_out."""
         return min(self.concurrency - self.holding, self.max_out - self.in_flight)
 
+    def has_free_slot(self) -> bool:
+        """free_slots() > 0, without counting the slots held while fewer than `concurrency` tasks are
+        out (then one is free): asked at every eligible check-in, and concurrency may be large."""
+        return self.in_flight < self.concurrency or self.free_slots() > 0
+
     def staleness(self, flight: Flight) -> int:
         return self.version - flight.base_version
 

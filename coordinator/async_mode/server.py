@@ -177,7 +177,7 @@ class AsyncCoordinator(Coordinator):
             self._pace(device_id, pace.INELIGIBLE)
         elif self._rest.get(device_id, 0.0) > now:  # declined or let its task expire lately
             self._pace(device_id, pace.DECLINED)
-        elif (self.round is None or self.machine.free_slots() <= 0
+        elif (self.round is None or not self.machine.has_free_slot()
               # the limit is >= 1 and walks every eligible device: asked only of one that gave already
               or (self._contributions[device_id] and self._contributions[device_id] >= self._per_device_limit())):
             self._pace(device_id, pace.NO_ROUND)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError, NamedConfigError
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_for
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 
@@ -31,12 +31,8 @@ WHY_DISTRIBUTED = ("central DP would noise a sum the coordinator has already see
                    "mechanism = 'distributed' the devices add the noise before masking")
 
 
-class SecureAggregationConflict(ConfigError):
+class SecureAggregationConflict(NamedConfigError):
     """A setting that needs individual updates, with secure aggregation on."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

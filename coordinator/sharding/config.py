@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import zlib
 
-from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.errors import ConfigError, NamedConfigError
 from fedge.edge_runtime.kernel.protocol import MAX_SHARDS
 
 
-class ShardConflict(ConfigError):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+class ShardConflict(NamedConfigError):
+    """A setting refused by name (.reason)."""
 
 
 def check_sharding(cfg) -> None:

@@ -42,6 +42,15 @@ class ConfigError(FedgeError):
     reason = "bad_config"
 
 
+class NamedConfigError(ConfigError):
+    """A ConfigError whose .reason names which rule refused the setting (async, secure aggregation,
+    sharding, forget-devices: each subclasses this rather than writing the same constructor again)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class ServiceUnavailable(FedgeError):
     """Something a service needs is not there now (its database refuses connections, its metrics
     port is held): one line, and exit status 1, so its supervisor restarts it (2 would not)."""

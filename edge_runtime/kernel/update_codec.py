@@ -65,7 +65,8 @@ _U32_MAX = 2**32 - 1
 FRAME_OVERHEAD = _HEADER.size + _CRC.size  # bytes of a frame besides its tensors
 
 
-def _payload_bytes(bits: int, count: int) -> int:
+def payload_bytes(bits: int, count: int) -> int:
+    """Bytes of `count` codes of `bits` each in a frame (4-bit codes two a byte)."""
     return {32: 4 * count, 8: count, 4: (count + 1) // 2}[bits]
 
 
@@ -125,7 +126,7 @@ def frame_shapes(data: bytes) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of each tensor a frame declares, from its headers alone (no CRC or content
     check, no arrays built): for size estimates. A CodecError subclass when the walk fails."""
     view = memoryview(data).cast("B")
-    if len(view) < _HEADER.size + _CRC.size:
+    if len(view) < FRAME_OVERHEAD:
         raise TruncatedPayload(f"frame of {len(view)} bytes is shorter than the {FRAME_OVERHEAD}-byte minimum")
     magic, version, n_tensors = _HEADER.unpack_from(view, 0)
     if magic != MAGIC or version not in READABLE_VERSIONS:
@@ -230,9 +231,9 @@ def decode_tensors(data: bytes, max_bytes: int | None = None,
     n = len(view)
     if max_bytes is not None and n > max_bytes:
         raise PayloadTooLarge(f"update frame of {n} bytes exceeds the limit of {max_bytes} bytes")
-    if n < _HEADER.size + _CRC.size:
+    if n < FRAME_OVERHEAD:
         raise TruncatedPayload(
-            f"frame of {n} bytes is shorter than the {_HEADER.size + _CRC.size}-byte minimum")
+            f"frame of {n} bytes is shorter than the {FRAME_OVERHEAD}-byte minimum")
     magic, version, n_tensors = _HEADER.unpack_from(view, 0)
     if magic != MAGIC:
         raise MalformedPayload(f"not an update frame: magic {bytes(magic)!r}, expected {MAGIC!r}")
@@ -286,7 +287,7 @@ def _scan(view: memoryview, end: int, n_tensors: int, version: int) -> tuple[lis
             (index_bytes,) = r.unpack(_GAP_LEN, f"tensor {i} index length")
         if coding != DENSE:
             index_at = r.skip(index_bytes, f"tensor {i} indices")
-        payload_at = r.skip(_payload_bytes(bits, count), f"tensor {i} payload")
+        payload_at = r.skip(payload_bytes(bits, count), f"tensor {i} payload")
         raws.append(_Raw(name, bits, shape, coding, scale, count, index_at, index_bytes, payload_at))
     return raws, "", r.pos
 

@@ -271,3 +271,14 @@ def test_an_exponent_whose_weight_underflows_to_zero_within_max_staleness_is_ref
         assert AsyncConfig(max_staleness=max_staleness, staleness_exponent=exponent).exponent == exponent
         assert 0 < staleness_weight(max_staleness, exponent) <= 1
     assert AsyncConfig(max_staleness=20, staleness="constant", staleness_exponent=1e6).exponent == 0.0
+
+
+def test_has_free_slot_is_free_slots_above_zero_in_every_state():
+    """The check-in's shortcut (counting held slots only once `concurrency` tasks are out) against
+    free_slots() itself, over every mix of held and released flights up to 2 x concurrency out."""
+    for concurrency in (1, 2, 3, 5):
+        for out in range(2 * concurrency + 2):
+            for held in range(out + 1):
+                flights = tuple((f"d{i}", Flight(f"t{i}", 1, 0, 100.0, holds_slot=i < held)) for i in range(out))
+                m = AsyncMachine(version=0, buffer_size=2, concurrency=concurrency, max_staleness=3, flights=flights)
+                assert m.has_free_slot() == (m.free_slots() > 0), (concurrency, out, held)

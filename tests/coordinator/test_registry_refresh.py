@@ -59,7 +59,7 @@ class Recording(MemoryStore):
 
 
 def test_a_fleet_whose_rows_all_went_old_is_written_in_batches_and_then_spreads_out():
-    """The reviewer's wave (/tmp/review52a/wave.py), smaller: 1,000 devices restored from rows a
+    """A review's wave (20,000 devices there), smaller: 1,000 devices restored from rows a
     week old (an upgrade, or a restart after a long stop), checking in every ~15 min for 13 h with
     the same facts. Before: 1,000 one-row transactions in the first minutes, and ~500 again
     around 6 h (in phase). Now: at most one refresh transaction per REFRESH_FLUSH_S, none one by one,
