@@ -244,7 +244,8 @@ def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Gener
     return rng.permutation(test), rng.permutation(train)
 
 
-def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained: str = "") -> FederatedDataset:
+def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained: str = "",
+                 using: str = "fleet") -> FederatedDataset:
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
@@ -257,8 +258,10 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     standardizing.resolve, before the findings are logged, so that they describe what the devices
     train on (they told a `--standardize` run to add the flag it had); auto says what it did in
     one line. `pretrained`: the --model, when it is an import with pretrained weights (auto then
-    keeps the features as saved and says why). Auto reads flagged 8-bit intensities saved as
-    another dtype than uint8 (float32 0..255) as x / 255, as devices read uint8 (intensities.py).
+    keeps the features as saved and says why). `using`: whose statistics standardizing uses,
+    the fleet's pooled ones or each device's own (standardizing.STATISTICS). Auto reads flagged
+    8-bit intensities saved as another dtype than uint8 (float32 0..255) as x / 255, as devices
+    read uint8 (intensities.py).
     A file whose x_test is on another scale than its x_train is warned about in one line
     (edge_runtime/split_scale.py), as a device's loader does.
     """
@@ -301,7 +304,7 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     warn_cast_losses(root, lossy)
     check_learnable(root, clients, cast_lost=train_lost)  # one class, or no feature that varies: nothing to learn
     as_saved = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
-    data = resolve(as_saved, standardize, pretrained, saved)
+    data = resolve(as_saved, standardize, pretrained, saved, using)
     # after auto's x / 255 (a float x_test beside a uint8 x_train is fixed and said so), before
     # standardizing: a device's own training statistics blow up a tiny split's test values honestly
     _warn_scale_gaps(root, (as_saved if data.standardizing.on else data).clients)
@@ -332,10 +335,11 @@ def data_findings(data: FederatedDataset) -> list[str]:
     if scale and decided is not None and decided.kept_for_model:
         out.append(f"{scale}. Auto keeps them as saved: the pretrained --model {decided.pretrained} was trained on "
                    f"its source's inputs, and standardizing them would change what its backbone sees. If it was "
-                   f"trained on standardized features, --standardize has each device standardize its own")
+                   f"trained on standardized features, --standardize has every device standardize them")
     elif scale and decided is not None and decided.on:
         out.append(f"{scale}, even after each device standardized them (a feature constant on a device is only "
-                   f"centred)")
+                   f"centred)" if decided.using == "device" else f"{scale}, even after every device standardized "
+                   f"them with the fleet's statistics (a feature constant over the fleet is only centred)")
     elif scale and decided is not None and decided.divided_by_255:
         out.append(f"{scale}, even after each device read them as x / 255 (8-bit intensities saved as "
                    f"{decided.eight_bit}); --standardize has each device standardize them")
@@ -345,7 +349,7 @@ def data_findings(data: FederatedDataset) -> list[str]:
                    f"simulate --data` reads them so unless --standardize or --no-standardize is given)")
     elif scale:
         out.append(f"{scale}. Standardize each feature: x = (x - mean) / std, with the training split's mean and "
-                   f"std (`fedge simulate --data` does it on each device unless --no-standardize is given)")
+                   f"std (`fedge simulate --data` does it on every device unless --no-standardize is given)")
     if decided is not None and decided.beside_uint8 and not decided.divided_by_255:  # the flags kept them
         out.append(f"some splits hold 8-bit intensities (integers 0..255) saved as {decided.eight_bit} beside splits "
                    f"saved as uint8, which devices read as x / 255: {decided.why} reads them as saved (then "

@@ -3,7 +3,7 @@ writes them) as a device reads uint8, x / 255, where it standardized them on eac
 own mean and std: under label skew that moved each class differently on each device (MNIST-5k
 over 20 files saved as float 0..255, Dirichlet 0.1, 5 rounds, seeds 0 / 1: 0.351 / 0.285 global
 against 0.561 / 0.442 for the same pixels in [0, 1], benchmarks/results/2026-12-06-unseen-data/
-pixels.json). Oracles: as_features on the same values cast to uint8, and standardize_per_device."""
+pixels.json). Oracles: as_features on the same values cast to uint8, and standardize_with_fleet."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from fedge.edge_runtime.kernel.features import as_features
 from fedge.tools.datasets import load_npz_dir
-from fedge.tools.standardizing import resolve, standardize_per_device
+from fedge.tools.standardizing import resolve, standardize_with_fleet
 
 
 def _pixels(folder, dtypes=("float32",) * 3, top=255, half=False, seed=0):
@@ -84,11 +84,11 @@ def test_a_folder_mixing_uint8_and_float_pixels_reads_all_of_it_as_x_over_255(tm
 
 
 @pytest.mark.parametrize("top, half", [(16, False), (255, True)], ids=["digits-0..16", "a-12.5-in-0..255"])
-def test_values_that_are_not_8_bit_intensities_are_still_standardized_per_device(tmp_path, top, half):
+def test_values_that_are_not_8_bit_intensities_are_still_standardized(tmp_path, top, half):
     """sklearn's digits (0..16: the largest value is not above 127) and one non-integer in [0, 255]."""
     _pixels(tmp_path / "d", top=top, half=half)
     data = load_npz_dir(tmp_path / "d", standardize=None)
-    oracle = standardize_per_device(load_npz_dir(tmp_path / "d", standardize=False))
+    oracle = standardize_with_fleet(load_npz_dir(tmp_path / "d", standardize=False))
     _same(data, {c.client_id: (c.x_train, c.x_test) for c in oracle.clients})
     assert data.standardizing.on and not data.standardizing.divided_by_255
 
@@ -198,13 +198,13 @@ def test_a_float_test_split_beside_a_uint8_train_split_is_read_as_its_train_spli
 
 def _an_age_beside(folder, rng, top, columns):
     """3 int64 files of an age 0..200 beside `columns` integer columns 0..top: auto standardizes
-    them on each device. Oracle: standardize_per_device of the folder as saved."""
+    them on each device. Oracle: standardize_with_fleet of the folder as saved."""
     folder.mkdir()
     for i in range(3):
         x = np.column_stack([rng.integers(0, 201, 10), rng.integers(0, top + 1, (10, columns))]).astype(np.int64)
         np.savez(folder / f"d{i}.npz", x_train=x[:7], y_train=np.arange(7) % 2, x_test=x[7:], y_test=np.arange(3) % 2)
     data = load_npz_dir(folder, standardize=None)
-    oracle = standardize_per_device(load_npz_dir(folder, standardize=False))
+    oracle = standardize_with_fleet(load_npz_dir(folder, standardize=False))
     _same(data, {c.client_id: (c.x_train, c.x_test) for c in oracle.clients})
     assert data.standardizing.on and not data.standardizing.divided_by_255
 
@@ -214,7 +214,7 @@ def test_integer_features_with_0_1_flag_columns_are_not_taken_for_pixels(tmp_pat
     x / 255, the flags as 0 or 1/255 (5 files of 200 rows, label from two flags and age > 100,
     5 rounds, seeds 0 / 1: 0.728 / 0.736 global, 0.976 / 0.984 standardized on each device). A
     feature that takes only 0 and 1 is a flag, as a bool split is: such a folder is standardized
-    as before. Oracle: standardize_per_device of the folder as saved."""
+    as before. Oracle: standardize_with_fleet of the folder as saved."""
     _an_age_beside(tmp_path / "ages", np.random.default_rng(0), top=1, columns=6)
 
 
@@ -222,7 +222,7 @@ def test_integer_tabular_data_with_one_column_above_127_is_not_taken_for_pixels(
     """An age 0..200 beside five counts 0..5 (no 0/1 flag), saved as int64, passed the 8-bit rule
     and was read as x / 255: the counts became 0..0.02. Pixels share one scale (most varying
     features reach above 127, SHARED_SCALE); here one feature in six does, so the folder is
-    standardized on each device. Oracle: standardize_per_device of the folder as saved."""
+    standardized on each device. Oracle: standardize_with_fleet of the folder as saved."""
     _an_age_beside(tmp_path / "counts", np.random.default_rng(1), top=5, columns=5)
 
 
@@ -266,7 +266,7 @@ def test_either_flag_on_float_pixels_beside_uint8_splits_says_their_scales_diffe
     saved = _uint8_train_float_test(tmp_path / "mix")
     data = load_npz_dir(tmp_path / "mix", standardize=flag)
     read = {k: (as_features(v["x_train"]), as_features(v["x_test"])) for k, v in saved.items()}
-    _same(data, {c.client_id: (c.x_train, c.x_test) for c in standardize_per_device(replace(
+    _same(data, {c.client_id: (c.x_train, c.x_test) for c in standardize_with_fleet(replace(
         data, clients=tuple(replace(c, x_train=read[c.client_id][0], x_test=read[c.client_id][1])
                             for c in data.clients))).clients} if flag else read)
     (line,) = [m for m in caplog.messages if "beside splits saved as uint8" in m]

@@ -15,7 +15,7 @@ from fedge.tools.cli import main
 from fedge.tools.datasets import load_npz_dir
 from fedge.tools.simulate.config import SimConfig
 from fedge.tools.simulate.fleet import load_data
-from fedge.tools.standardizing import standardize_per_device
+from fedge.tools.standardizing import standardize_with_fleet
 from tests.tools.test_run_outcome import _blobs
 
 
@@ -40,7 +40,7 @@ def test_auto_standardizes_flagged_features_on_each_device(tmp_path, capsys):
     assert doc["config"]["standardize"] is True
     assert doc["config"]["standardize_why"].startswith("auto: features are far from standardized")
     assert not any("far from standardized" in f for f in doc["config"]["data"]["findings"])
-    oracle = standardize_per_device(load_npz_dir(raw, standardize=False))
+    oracle = standardize_with_fleet(load_npz_dir(raw, standardize=False))
     for got, want in zip(load_data(SimConfig(data_dir=str(raw))).clients, oracle.clients, strict=True):
         assert np.array_equal(got.x_train, want.x_train) and np.array_equal(got.x_test, want.x_test)
 
@@ -49,7 +49,7 @@ def test_auto_standardizes_features_that_barely_vary(tmp_path):
     tiny = _blobs(tmp_path / "tiny", scale=1e-4)
     data = load_data(SimConfig(data_dir=str(tiny)))
     assert data.standardizing.on and "barely vary" in data.standardizing.why
-    for got, want in zip(data.clients, standardize_per_device(load_npz_dir(tiny)).clients, strict=True):
+    for got, want in zip(data.clients, standardize_with_fleet(load_npz_dir(tiny)).clients, strict=True):
         assert np.array_equal(got.x_train, want.x_train)
 
 
@@ -115,7 +115,7 @@ def test_the_heterogeneity_bench_decides_its_data_folder_as_simulate_does(tmp_pa
     from tests.tools.test_heterogeneity import TINY
 
     raw = _blobs(tmp_path / "raw", scale=4000.0)
-    oracle = standardize_per_device(load_npz_dir(raw)).clients
+    oracle = standardize_with_fleet(load_npz_dir(raw)).clients
 
     def given(grid):
         (job,) = [j for j in build_jobs(grid, data_dir=str(raw)) if j.kind == "baselines" and j.cfg.data_dir]
@@ -132,14 +132,14 @@ def test_the_heterogeneity_bench_decides_its_data_folder_as_simulate_does(tmp_pa
 
 def test_a_finding_left_after_standardizing_does_not_ask_for_it(tmp_path, caplog):
     """Features constant within each device (a per-site offset, 1000 or 2000) are flagged, auto
-    centres them to 0 on every device, and they still carry nothing: the finding says the devices
-    standardized them, not that the user should."""
+    with each device's own statistics centres them to 0 on every device, and they still carry
+    nothing: the finding says the devices standardized them, not that the user should."""
     folder = tmp_path / "sites"
     folder.mkdir()
     for i, level in enumerate((1000.0, 2000.0)):
         x = np.full((6, 3), level, np.float32)
         np.savez(folder / f"s{i}.npz", x_train=x, y_train=np.arange(6) % 2, x_test=x[:2], y_test=np.arange(2))
-    data = load_npz_dir(folder, standardize=None)
+    data = load_npz_dir(folder, standardize=None, using="device")
     assert data.standardizing.on and all(np.all(c.x_train == 0) for c in data.clients)
     (after,) = [ln for ln in caplog.messages if "barely vary" in ln]
     assert "even after each device standardized them" in after and "Standardize each feature" not in after
@@ -159,7 +159,8 @@ def test_a_constant_guess_after_standardizing_does_not_ask_for_it():
         constant_guess(result(True))
 
 
-def test_a_value_that_standardizing_puts_past_float32_is_refused_by_name(tmp_path):
+@pytest.mark.parametrize("using", ["fleet", "device"])
+def test_a_value_that_standardizing_puts_past_float32_is_refused_by_name(tmp_path, using):
     """A feature that barely varies in a device's training split (0 or 1e-5) and holds 1e34 in its
     test split (finite in float32): standardized, 1e34 / 5e-6 became inf, and the run stopped on
     "data: contains NaN or Inf; clean the data" (edge_runtime/model_runtime.py) though the files
@@ -169,17 +170,18 @@ def test_a_value_that_standardizing_puts_past_float32_is_refused_by_name(tmp_pat
     from fedge.edge_runtime.kernel.errors import DatasetError
 
     folder = _blobs(tmp_path / "raw", scale=4000.0)  # flagged: auto standardizes it
-    site = folder / "site-1.npz"
-    arrays = dict(np.load(site))
-    arrays["x_train"][:, 1] = np.where(np.arange(len(arrays["x_train"])) % 2, 1e-5, 0.0)
-    arrays["x_test"][0, 1] = 1e34
-    np.savez(site, **arrays)
+    for site in sorted(folder.glob("*.npz")):  # on every device, so the fleet's std is as small
+        arrays = dict(np.load(site))
+        arrays["x_train"][:, 1] = np.where(np.arange(len(arrays["x_train"])) % 2, 1e-5, 0.0)
+        if site.stem == "site-1":
+            arrays["x_test"][0, 1] = 1e34
+        np.savez(site, **arrays)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         named = (r"device site-1: x_test \(standardized\): example 0, feature 1: 1e\+34 "
                  r".*beyond float32.*--no-standardize")
         with pytest.raises(DatasetError, match=named):
-            load_npz_dir(folder, standardize=None)
+            load_npz_dir(folder, standardize=None, using=using)
 
 
 @pytest.mark.parametrize("value", ["auto", "no", "false", 0, 1])
@@ -209,12 +211,13 @@ def test_the_heterogeneity_json_records_what_auto_decided_for_its_data_folder(tm
     want = load_npz_dir(raw, standardize=None).standardizing
     assert doc["grid"]["data_standardize"] is None  # what was asked: auto
     written = json.loads((tmp_path / "h.json").read_text())["data_standardize"]
-    assert written == {"standardize": True, "standardize_why": want.why, "divided_by_255": False}
+    assert written == {"standardize": True, "standardize_why": want.why, "standardize_with": "fleet",
+                       "divided_by_255": False}
     assert want.why.startswith("auto: features")
     off = heterogeneity.run(replace(grid, data_standardize=False), tmp_path / "o.json", tmp_path / "report",
                             data_dir=str(raw), log=lambda line: None)
     assert off["data_standardize"] == {"standardize": False, "standardize_why": "--no-standardize",
-                                       "divided_by_255": False}
+                                       "standardize_with": None, "divided_by_255": False}
     pixels = tmp_path / "pixels"  # float32 0..255: read as x / 255, which run.json records as divided_by_255
     pixels.mkdir()
     for i, x in enumerate(np.random.default_rng(0).integers(0, 256, (2, 10, 6)).astype(np.float32)):
@@ -222,6 +225,6 @@ def test_the_heterogeneity_json_records_what_auto_decided_for_its_data_folder(tm
     read = load_npz_dir(pixels, standardize=None).standardizing
     assert heterogeneity.run(grid, tmp_path / "p.json", tmp_path / "report", data_dir=str(pixels),
                              log=lambda line: None)["data_standardize"] == {
-        "standardize": False, "standardize_why": read.why, "divided_by_255": True}
+        "standardize": False, "standardize_why": read.why, "standardize_with": None, "divided_by_255": True}
     assert heterogeneity.run(grid, tmp_path / "n.json", tmp_path / "report", log=lambda line: None)[
         "data_standardize"] is None  # no --data DIR: nothing to record

@@ -151,10 +151,10 @@ def test_auto_standardization_leaves_a_pretrained_models_inputs_as_saved(pretrai
     frozen backbone saw per-device standardized inputs it was never trained on: digits saved as
     0..16 into `fedge pretrain`'s graph behind a Mul(1/16) ended 5 rounds at 0.64 global accuracy,
     0.94-0.95 as saved (seeds 0 and 1). The same folder without --model is still standardized (the control), and
-    --standardize still standardizes it (oracle: the saved files, and standardize_per_device)."""
+    --standardize still standardizes it (oracle: the saved files, and standardize_with_fleet)."""
     from fedge.tools.simulate.config import SimConfig
     from fedge.tools.simulate.fleet import load_data, prepare
-    from fedge.tools.standardizing import standardize_per_device
+    from fedge.tools.standardizing import standardize_with_fleet
 
     _, result = pretrained
     raw = tmp_path / "raw"
@@ -172,7 +172,7 @@ def test_auto_standardization_leaves_a_pretrained_models_inputs_as_saved(pretrai
     finally:
         setup.close()
     forced = load_data(SimConfig(data_dir=str(raw), model=str(result.spec_file), standardize=True))
-    for got, want in zip(forced.clients, standardize_per_device(load_npz_dir(raw)).clients, strict=True):
+    for got, want in zip(forced.clients, standardize_with_fleet(load_npz_dir(raw)).clients, strict=True):
         assert np.array_equal(got.x_train, want.x_train)
 
 

@@ -1,5 +1,6 @@
-"""`fedge simulate --standardize`: each device standardizes its own features (issue 10's
-silent-failure case: features up to 4,000 made every round diverge)."""
+"""`fedge simulate --standardize`: every device standardizes its features, with the fleet's
+pooled statistics or its own (issue 10's silent-failure case: features up to 4,000 made every
+round diverge)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from fedge.tools.cli import main
 from fedge.tools.datasets import load_npz_dir
-from fedge.tools.standardizing import standardize_per_device
+from fedge.tools.standardizing import fleet_statistics, standardize_per_device, standardize_with_fleet
 from tests.tools.test_run_outcome import _blobs
 
 
@@ -29,6 +30,33 @@ def test_each_device_uses_its_own_training_statistics(tmp_path):
             np.testing.assert_allclose(after.x_test[:, j], (before.x_test[:, j] - mean) / std, rtol=1e-5, atol=1e-4)
     assert np.all(out.clients[0].x_train[:, 3] == 0.0)
     assert all(np.array_equal(a.y_train, b.y_train) for a, b in zip(data.clients, out.clients))
+
+
+def test_the_fleet_statistics_are_those_of_every_training_split_pooled(tmp_path):
+    """Oracle: np.mean / np.std of the concatenated training splits, in float64, with the constant
+    feature rule written out; a feature of 1e3 + N(0, 1e-3) (sums of squares would lose it) and one
+    constant over the whole fleet (centred, std 1) included; devices of unequal size."""
+    data = load_npz_dir(_blobs(tmp_path / "raw", scale=4000.0))
+    rng = np.random.default_rng(3)
+    clients = []
+    for i, c in enumerate(data.clients):
+        x = c.x_train[: 5 + 7 * i].copy()
+        x[:, 0] = 1e3 + rng.normal(0, 1e-3, len(x))
+        x[:, 1] = 7.0
+        clients.append(dataclasses.replace(c, x_train=x, y_train=c.y_train[: len(x)]))
+    data = dataclasses.replace(data, clients=tuple(clients))
+    pool = np.concatenate([c.x_train for c in data.clients]).astype(np.float64)
+    mean, std = fleet_statistics(data)
+    np.testing.assert_allclose(mean, pool.mean(axis=0), rtol=1e-12)
+    want = pool.std(axis=0)
+    want = np.where(want > 4 * 2.0**-23 * np.maximum(np.abs(pool.mean(axis=0)), 1.0), want, 1.0)
+    np.testing.assert_allclose(std, want, rtol=1e-9)
+    assert std[1] == 1.0 and std[0] != 1.0
+    out = standardize_with_fleet(data)
+    for before, after in zip(data.clients, out.clients):
+        for split in ("x_train", "x_test"):
+            raw = getattr(before, split).astype(np.float64)
+            np.testing.assert_allclose(getattr(after, split), (raw - pool.mean(axis=0)) / want, rtol=1e-5, atol=1e-4)
 
 
 def test_standardize_keeps_devices_from_diverging(tmp_path):
@@ -55,6 +83,6 @@ def test_the_load_warning_describes_the_standardized_data(tmp_path, capsys):
     assert "far from standardized" not in capsys.readouterr().err
     assert main([*run, str(tmp_path / "b.json"), "--no-standardize"]) in (0, 1)  # raw: some tasks may diverge
     assert "far from standardized" in capsys.readouterr().err
-    oracle = standardize_per_device(load_npz_dir(raw))
+    oracle = standardize_with_fleet(load_npz_dir(raw))
     for a, b in zip(load_npz_dir(raw, standardize=True).clients, oracle.clients):
         assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.x_test, b.x_test)

@@ -44,7 +44,7 @@ Output JSON (schema 1):
              proxy_fraction, proxy_examples, accuracy (the pretrained model as is, before round 1), and
              cells (backbone "pretrained"), baselines, multipliers, compression in the shapes above,
              targets 1 and 5 on these rows
-    data_standardize: with --data DIR, {standardize, standardize_why, divided_by_255} as its jobs ran
+    data_standardize: with --data DIR, {standardize, standardize_why, standardize_with, divided_by_255} as its jobs ran
              it (run.json's config fields; grid.data_standardize is what was asked, null = auto); else null
     errors: jobs that failed, with the error
 """
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(84-127 s measured on 2 shared cores)")
     p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="also run on one .npz per client in DIR")
-    standardize_flags(p, "--data: each device standardizes its features (default: auto, as `fedge simulate "
-                      "--data` decides: only when they are far from standardized, and 8-bit intensities saved as "
-                      "float are read as x / 255 instead)",
+    standardize_flags(p, "--data: every device standardizes its features with the fleet's statistics "
+                      "(default: auto, as `fedge simulate --data` decides: only when they are far from "
+                      "standardized, and 8-bit intensities saved as float are read as x / 255 instead)",
                       "--data: train on the features as saved")
     p.add_argument("--workers", type=int_in(1, MAX_PARALLEL), default=None, help="processes (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="override the grid's rounds")
@@ -204,8 +204,9 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
              pretrained: dict | None = None, standardizing: Standardizing | None = None) -> dict:
     """The JSON document from the jobs' rows (pure). The pretrained rows (backbone "pretrained")
     go to `pretrained`, beside the random-backbone document, in the same shapes. `standardizing`:
-    a --data DIR's decision, recorded as `data_standardize` {standardize, standardize_why, divided_by_255} (what
-    ran, as run.json's config has it; the grid's data_standardize is what was asked, null = auto)."""
+    a --data DIR's decision, recorded as `data_standardize` {standardize, standardize_why, standardize_with,
+    divided_by_255} (what ran, as run.json's config has it; the grid's data_standardize is what was asked,
+    null = auto)."""
     ok = [r for r in results if "error" not in r]
     random = [r for r in ok if r.get("backbone", "random") != PRETRAINED]
     doc = _assemble_backbone(grid, random, quick)
@@ -229,6 +230,7 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
             "environment": _environment(), "wall_seconds": round(wall_seconds, 1), **doc, "pretrained": pre,
             "data_standardize": standardizing and {"standardize": standardizing.on,
                                                    "standardize_why": standardizing.why,
+                                                   "standardize_with": standardizing.on and standardizing.using or None,
                                                    "divided_by_255": standardizing.divided_by_255},
             "errors": [r for r in results if "error" in r]}
 

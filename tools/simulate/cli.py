@@ -15,6 +15,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import OPTIMIZERS, QUANT_BITS
 from fedge.tools.beside_json import check_beside, check_parent_folder
 from fedge.tools.cli_args import names_arg, path_arg, standardize_flags
+from fedge.tools.standardizing import STATISTICS
 
 from .config import (
     DATASETS,
@@ -53,12 +54,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"generated: one device per generated client, any number of devices; default {d.dataset})")
     p.add_argument("--data", dest="data_dir", metavar="DIR", type=path_arg,
                    help="folder with one .npz per client (x_train, y_train, x_test, y_test)")
-    standardize_flags(p, "each device standardizes its features with its own training mean and std (default "
+    standardize_flags(p, "every device standardizes its features with the same per-feature mean and std: the "
+                      "fleet's, pooled over every device's training split (--standardize-with) (default "
                       "with --data: only when the loaded features are far from standardized, never for an "
                       "imported --model's pretrained inputs, and 8-bit intensities saved as float (integers "
-                      "0..255) are read as x / 255 instead, as uint8 is; under label skew "
-                      "it costs global accuracy; README, Bring your own data)",
+                      "0..255) are read as x / 255 instead, as uint8 is; README, Bring your own data)",
                       "train on --data features as saved, even when they are far from standardized")
+    p.add_argument("--standardize-with", choices=STATISTICS, default=None,
+                   help="whose mean and std standardizing uses: fleet (pooled over every device's training "
+                        "split, from per-device sums) or device (each its own: no statistic leaves a device, "
+                        "but under label skew it costs global accuracy). Default: fleet, or device with "
+                        "privacy or secure aggregation on")
     p.add_argument("--partition", choices=PARTITIONS, default=None,
                    help=f"how the dataset is split over devices (default {d.partition})")
     p.add_argument("--alpha", type=float, default=None,
@@ -250,7 +256,8 @@ def build_config(args: argparse.Namespace, out_dir: str) -> SimConfig:
     eligibility, agent = load_device_tables(args.device_config) if args.device_config else (EligibilityPolicy(), None)
     return SimConfig(
         devices=_typed(args, "devices"), rounds=args.rounds, seed=args.seed, dataset=_typed(args, "dataset"),
-        data_dir=args.data_dir, standardize=args.standardize, partition=_typed(args, "partition"),
+        data_dir=args.data_dir, standardize=args.standardize, standardize_with=args.standardize_with,
+        partition=_typed(args, "partition"),
         alpha=args.alpha, beta=args.beta,
         classes_per_client=_typed(args, "classes_per_client"), model=args.model,
         backend=args.backend, coordinator=coordinator, eligibility=eligibility, agent=agent,

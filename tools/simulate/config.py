@@ -29,6 +29,7 @@ from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, TaskHyper
 from fedge.tools.cli_args import MAX_COUNT
+from fedge.tools.standardizing import STATISTICS
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature")
 DATASETS = ("mnist5k", "digits", "synthetic")
@@ -62,6 +63,10 @@ class SimConfig:
     # Each device standardizes its own features (tools/standardizing.py): True, False, or None =
     # auto: a --data folder's when they are far from standardized, a shipped dataset's never.
     standardize: bool | None = None
+    # Whose statistics standardizing uses (tools/standardizing.STATISTICS): "fleet" (pooled over every
+    # device's training split) or "device" (each its own); None = fleet, or device with privacy or secure
+    # aggregation on, whose protections the pooled statistics would go around (standardize_using).
+    standardize_with: str | None = None
     partition: str = "dirichlet"  # synthetic: none, each device draws its own data
     alpha: float | None = None  # Dirichlet concentration, or synthetic's α; None: split_alpha's default
     beta: float | None = None  # synthetic's β only; None: SYNTHETIC_BETA
@@ -99,6 +104,16 @@ class SimConfig:
     local_epochs: int | None = None  # local-only baseline epochs; None = rounds * hyper.epochs
     central_epochs: int | None = None  # centralized baseline epochs; None = the fleet's total compute
 
+    @property
+    def standardize_using(self) -> str:
+        """Whose statistics a standardizing run uses: standardize_with, or by default the fleet's
+        unless privacy or secure aggregation is on (the pooled statistics would be released outside
+        the DP accountant and the masked sum; tools/standardizing.py)."""
+        if self.standardize_with is not None:
+            return self.standardize_with
+        guarded = self.coordinator.privacy.enabled or self.coordinator.secure_aggregation.enabled
+        return "device" if guarded else "fleet"
+
     def __post_init__(self) -> None:
         if self.devices < 1 or self.rounds < 1:
             raise ConfigError("--devices and --rounds must be >= 1")
@@ -120,6 +135,10 @@ class SimConfig:
         if self.standardize is not None and not isinstance(self.standardize, bool):  # "no" or "auto" turned it on
             raise ConfigError(f"standardize {self.standardize!r}: True (--standardize), False (--no-standardize) or "
                               f"None (auto)")
+        if self.standardize_with is not None and self.standardize_with not in STATISTICS:
+            raise ConfigError(f"--standardize-with {self.standardize_with!r}: choose one of {STATISTICS}")
+        if self.standardize_with is not None and self.standardize is False:
+            raise ConfigError("--standardize-with with --no-standardize: nothing is standardized; drop one")
         if self.guard_fraction and (self.standardize or self.partition == "feature"):
             # the guard set is the shipped inputs as they are; these devices see them transformed
             raise ConfigError("guard_fraction with --standardize or --partition feature: the devices' inputs are "

@@ -34,7 +34,7 @@ from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec, load_spec
 from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
 from fedge.tools.simulate.model_choice import check_fits, check_scorable, choose_spec
-from fedge.tools.standardizing import standardize_per_device
+from fedge.tools.standardizing import standardize_devices
 from fedge.tools.synthetic import synthetic
 
 from . import adversary
@@ -96,7 +96,8 @@ def _devices_data(cfg: SimConfig, named: ModelSpec | None) -> FederatedDataset:
         if named is None and cfg.model and cfg.standardize is None:
             named = load_spec(cfg.model)
         pretrained = str(cfg.model) if named is not None and named.onnx else ""
-        return load_npz_dir(cfg.data_dir, standardize=cfg.standardize, pretrained=pretrained)
+        return load_npz_dir(cfg.data_dir, standardize=cfg.standardize, pretrained=pretrained,
+                            using=cfg.standardize_using)
     if cfg.synthetic:
         data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
@@ -104,7 +105,7 @@ def _devices_data(cfg: SimConfig, named: ModelSpec | None) -> FederatedDataset:
         data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.split_alpha,
                                classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction,
                                exclude=exclude)
-    return standardize_per_device(data) if cfg.standardize else data
+    return standardize_devices(data, cfg.standardize_using) if cfg.standardize else data
 
 
 @dataclass

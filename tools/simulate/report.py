@@ -123,14 +123,15 @@ def constant_guess(result) -> str | None:
     remedy = ("lower --lr (each device standardized its features already)" if result.config.get("standardize") else
               "standardize the features (--standardize, or (x - mean) / std) or lower --lr")
     skewed = result.config.get("data", {}).get("devices_missing_labels") or 0
-    if result.config.get("standardize") and skewed:
+    if result.config.get("standardize") and skewed and result.config.get("standardize_with") == "device":
         # Breast cancer over 10 files, Dirichlet 0.1, seed 3: 0.619 / 0.602 / 0.593 global at --lr 0.02 /
         # 0.005 / 0.001, and 0.947 with the same files standardized once over the pool.
         remedy = (f"the cause is likely each device standardizing its features with its own mean and std while "
                   f"{skewed} of {result.config['data'].get('devices', skewed)} devices train on fewer labels than "
                   f"the fleet: that centres every device's features on 0, whatever its labels, and a lower --lr "
-                  f"does not bring back what told the labels apart. Standardize the features once with the whole "
-                  f"population's mean and std (or a proxy set's) before saving; auto then keeps them as saved")
+                  f"does not bring back what told the labels apart. Standardize with the fleet's pooled mean and "
+                  f"std (--standardize-with fleet, the default without privacy or secure aggregation), or once "
+                  f"with the whole population's (or a proxy set's) before saving; auto then keeps them as saved")
     return (f"the global model's accuracy {accuracy:.3f} is no better than always predicting the most common "
             f"label ({share:.3f}): it learned nothing the fleet shares. If that is unexpected, {remedy}")
 
