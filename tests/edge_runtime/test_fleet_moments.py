@@ -85,3 +85,15 @@ def test_bad_moments_are_refused_by_name(moments, match):
 def test_names_label_the_refused_entry():
     with pytest.raises(DatasetError, match="b.npz: count 0"):
         combine_moments([_ok(), _ok(0)], names=["a.npz", "b.npz"])
+
+
+def test_constant_features_of_any_value_combine_to_a_centring_only():
+    """m2 of a constant feature is 0 whatever rounding the mean took (never below: combine_moments
+    refuses a negative m2), and pooled it divides by 1, as feature_statistics does."""
+    values = (0.1, 1 / 3, 7.7, 123.456, 1e3 + 1e-4, 1e9 + 3)
+    parts = [np.tile(np.array(values, np.float32), (n, 1)) for n in (1, 3, 7, 49, 199)]
+    moments = [feature_moments(p) for p in parts]
+    assert all((m.m2 >= 0).all() for m in moments)
+    mean, std = combine_moments(moments)
+    assert std.tolist() == [1.0] * len(values)
+    np.testing.assert_allclose(mean, np.array(values, np.float32).astype(np.float64), rtol=1e-15)
