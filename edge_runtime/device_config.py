@@ -16,6 +16,8 @@
                                         # the same on every device of a fleet (`fedge simulate --data`'s
                                         # run.json: config.standardize; its auto standardizing = true;
                                         # config.divided_by_255 = true: save float pixels 0..255 as uint8)
+    statistics = ""                     # with standardize: the fleet's pooled mean/std file instead of
+                                        # this device's own (`fedge data combine-moments`; fleet_statistics.py)
 
     [eligibility]                       # edge_runtime.eligibility.EligibilityPolicy
     min_battery_percent = 40
@@ -45,6 +47,7 @@ from .data_file import read_data_npz
 from .device import LocalData
 from .eligibility import EligibilityPolicy
 from .examples import LayoutCheck, check_split
+from .fleet_statistics import load_fleet_statistics
 from .kernel.backends import BACKENDS
 from .kernel.configfile import load_config
 from .kernel.errors import ConfigError, DatasetError
@@ -71,10 +74,16 @@ class DataConfig:
     # where auto read float pixels 0..255 as x / 255, config.divided_by_255, it is false and the
     # devices' files must hold those pixels as uint8, which as_features reads as x / 255, or divided).
     standardize: bool = False
+    # With standardize: an .npz of the fleet's pooled training mean and std (fleet_statistics.py),
+    # applied instead of this device's own: under label skew its own follow its label mix. "" = off.
+    statistics: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.standardize, bool):  # the TOML loader checks it too; Python callers may not
             raise ConfigError(f"standardize must be true or false, got {self.standardize!r}")
+        if self.statistics and not self.standardize:  # a file that would silently do nothing
+            raise ConfigError(f"data.statistics = {self.statistics!r} needs data.standardize = true: the statistics "
+                              "are what the device standardizes with; set standardize = true, or remove statistics")
 
 
 @dataclass(frozen=True)
@@ -178,13 +187,15 @@ def load_device_config(path: str | Path) -> DeviceConfig:
     return load_config(DeviceConfig, path)
 
 
-def load_local_data(path: str | Path, standardize: bool = False) -> LocalData:
+def load_local_data(path: str | Path, standardize: bool = False, statistics: str | Path = "") -> LocalData:
     """The device's own examples from `path`, checked; standardize ([data] standardize): both
-    splits standardized with x_train's per-feature statistics (taken after uint8 / 255)."""
-    return read_local_data(path, standardize)[0]
+    splits standardized with x_train's per-feature statistics (taken after uint8 / 255), or with
+    the fleet's from the file `statistics` ([data] statistics) where one is named."""
+    return read_local_data(path, standardize, statistics)[0]
 
 
-def read_local_data(path: str | Path, standardize: bool = False) -> tuple[LocalData, Statistics | None]:
+def read_local_data(path: str | Path, standardize: bool = False,
+                    statistics: str | Path = "") -> tuple[LocalData, Statistics | None]:
     """load_local_data, and the (mean, std) it standardized with (None without standardize). Warns
     in one line when x_test is on another scale than x_train (split_scale.py)."""
     path = Path(path)
@@ -203,10 +214,14 @@ def read_local_data(path: str | Path, standardize: bool = False) -> tuple[LocalD
         log.warning("%s: %s", path, describe(gap))
     stats = None
     if standardize:
-        mean, std = stats = feature_statistics(x_train)
+        if statistics:
+            mean, std = stats = load_fleet_statistics(statistics, x_train.shape[1:])
+            source = f"the fleet's mean and std from {statistics} ([data] statistics)"
+        else:
+            mean, std = stats = feature_statistics(x_train)
+            source = "this device's own training mean and std"
         x_train, x_test = (standardize_features(x, mean, std, f"{path}: {xs} ([data] standardize = true)")
                            for x, xs in ((x_train, "x_train"), (x_test, "x_test")))
-        log.info("%s: standardized its %d features with this device's own training mean and std "
-                 "([data] standardize = true)", path, mean.size)
+        log.info("%s: standardized its %d features with %s ([data] standardize = true)", path, mean.size, source)
     return LocalData(x_train, y_train, x_test, y_test), stats
 

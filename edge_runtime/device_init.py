@@ -45,6 +45,8 @@ npz = {_q(data_npz)}               # x_train, y_train, x_test, y_test (`fedge da
 standardize = {str(d.standardize).lower()}              # true: (x - mean) / std with this device's own training
                                  # statistics; alike on every device (simulate's run.json: config.standardize;
                                  # where its config.divided_by_255 is true, save float pixels 0..255 as uint8)
+# statistics = "/var/lib/fedge/fleet_statistics.npz"  # with standardize: the fleet's pooled mean/std instead of
+                                 # this device's own, which under label skew follow its labels (README)
 
 [eligibility]                    # when this device may train; defaults shown
 min_battery_percent = {p.min_battery_percent:g}       # a battery below this blocks, even while charging

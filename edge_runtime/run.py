@@ -35,7 +35,7 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
         own.mkdir(mode=0o700, parents=True)
     artifacts = own / "artifacts"
     models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
-    data, stats = read_local_data(cfg.data.npz, cfg.data.standardize)
+    data, stats = read_local_data(cfg.data.npz, cfg.data.standardize, cfg.data.statistics)
     record_standardization(own, stats)  # what `fedge device export` puts in front of the model
     runtime = DeviceRuntime(cfg.device_id, data, models, state, backend=cfg.backend, eligibility=monitor.before,
                             abort_check=monitor.during, seed=cfg.seed)
@@ -70,7 +70,8 @@ def run_device(cfg: DeviceConfig) -> int:
     loop, transport = build_device(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
-    install_reload(loop.agent, cfg.data.npz, cfg.data.standardize, Path(cfg.state_dir) / cfg.device_id)
+    install_reload(loop.agent, cfg.data.npz, cfg.data.standardize, Path(cfg.state_dir) / cfg.device_id,
+                   statistics=cfg.data.statistics)
     log.info("device %s: connecting to %s", cfg.device_id, cfg.broker.url)
     transport.connect(timeout=0)  # the loop waits for the link; paho keeps retrying with backoff
     try:
@@ -82,9 +83,10 @@ def run_device(cfg: DeviceConfig) -> int:
     return 0
 
 
-def install_reload(agent, npz: str, standardize: bool = False, own: Path | None = None) -> None:
+def install_reload(agent, npz: str, standardize: bool = False, own: Path | None = None, statistics: str = "") -> None:
     """SIGHUP (`systemctl reload fedge-device`) re-reads the data file (standardized again with
-    its new training statistics when `standardize`, [data] standardize, and those recorded under
+    its new training statistics when `standardize`, [data] standardize, or with the fleet's from
+    the `statistics` file, [data] statistics, read again too; and those recorded under
     `own`, the device's state folder, once in use: standardization_record.py). The reload runs on its
     own thread: the handler may interrupt a training step, and replace_data waits for it. Then
     the agent checks in at once: a device parked for bad_dataset (and paced for pace_declined_s)
@@ -93,7 +95,7 @@ def install_reload(agent, npz: str, standardize: bool = False, own: Path | None 
 
     def reload() -> None:
         try:
-            data, stats = read_local_data(npz, standardize)
+            data, stats = read_local_data(npz, standardize, statistics)
         except Exception as exc:  # a half-copied file must not stop the device: keep the old data
             log.error("device %s: SIGHUP: kept the old data: %s", runtime.device_id, exc)
             return

@@ -170,6 +170,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--alpha", type=float, default=None, help="dirichlet: the concentration (default 0.1)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True, type=path_arg)
+    from fedge.tools.fleet_moments import add_combine_arguments, add_moments_arguments
+
+    add_combine_arguments(dsub.add_parser("combine-moments", help="pool devices' `fedge device moments` files "
+                                          "into the fleet statistics a device's [data] statistics reads"))
 
     p = sub.add_parser("device", help="run a device agent on a board, or show what its probes read")
     dev = p.add_subparsers(dest="device_command", required=True)
@@ -191,6 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     from fedge.tools.device_export import add_arguments as add_export
 
     add_export(d)
+    add_moments_arguments(dev.add_parser("moments", help="write this device's training count, mean and spread "
+                                         "per feature, for `fedge data combine-moments`"))
 
     p = sub.add_parser("coordinator", help="the coordinator service")
     co = p.add_subparsers(dest="coordinator_command", required=True)
@@ -265,6 +271,10 @@ def _dispatch(args) -> int:
         from fedge.tools.pretrain import run as run_pretrain
 
         return run_pretrain(args)
+    if args.command == "data" and args.data_command == "combine-moments":
+        from fedge.tools.fleet_moments import run_combine
+
+        return run_combine(args)
     if args.command == "data":
         return _data_split(args)
     if args.command == "coordinator" and args.coordinator_command == "privacy":
@@ -334,6 +344,10 @@ def _device(args) -> int:
         from fedge.tools.device_export import run as run_export
 
         return run_export(args)
+    if args.device_command == "moments":
+        from fedge.tools.fleet_moments import run_moments
+
+        return run_moments(args)
     if args.device_command == "run":
         from fedge.edge_runtime.device_config import load_device_config
         from fedge.edge_runtime.run import run_device

@@ -102,15 +102,19 @@ def device_statistics(cfg, root: Path) -> tuple[tuple[np.ndarray, np.ndarray], s
     from fedge.edge_runtime.standardization_record import recorded_standardization
 
     recorded = recorded_standardization(root)
+    whose = (f"the fleet's mean and std ([data] statistics {cfg.data.statistics})" if cfg.data.statistics
+             else "this device's training mean and std")
     if recorded is not None:
-        return recorded, ("this device's training mean and std as it applies them "
-                          "(recorded at its last start or SIGHUP reload)")
+        return recorded, f"{whose} as it applies them (recorded at its last start or SIGHUP reload)"
     try:
-        stats = read_local_data(cfg.data.npz, standardize=True)[1]
+        stats = read_local_data(cfg.data.npz, standardize=True, statistics=cfg.data.statistics)[1]
     except DatasetError as exc:
         raise DatasetError(f"device {cfg.device_id}: [data] standardize = true, so the export puts the device's "
                            f"standardization in front of its model; it has recorded none (it has not run since "
-                           f"fedge records it) and its data file cannot give it: {exc}") from None
+                           f"fedge records it) and its data files cannot give it: {exc}") from None
+    if cfg.data.statistics:
+        return stats, (f"{whose} as the file is at export (the device has recorded none; if it changed since the "
+                       "device loaded it, they are not the ones it trained with)")
     return stats, (f"the training mean and std of {cfg.data.npz} as it is at export (the device has recorded none; "
                    "if the file changed since the device loaded it, they are not the ones it trained with)")
 

@@ -167,9 +167,10 @@ def test_export_says_which_scaling_its_input_takes(dtype, tmp_path, capsys):
     np.testing.assert_allclose(logits, want, atol=1e-5)
 
 
-def _standardizing_device_trained(tmp_path):
+def _standardizing_device_trained(tmp_path, statistics=""):
     """A device built from its config ([data] standardize = true, features of mean 2e4 and std
-    1e4) that trained one task: (its raw x, the device, its own logits on its x_test as it holds it)."""
+    1e4; `statistics`: its [data] statistics file) that trained one task: (its raw x, the device,
+    its own logits on its x_test as it holds it)."""
     from fedge.edge_runtime.device_config import load_device_config
     from fedge.edge_runtime.probes import FakeProbe
     from fedge.edge_runtime.run import build_device
@@ -184,7 +185,8 @@ def _standardizing_device_trained(tmp_path):
     y = rng.integers(0, 3, 60)
     np.savez(tmp_path / "d.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
     (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{state}"\n'
-                                       f'[data]\nnpz = "{tmp_path / "d.npz"}"\nstandardize = true\n')
+                                       f'[data]\nnpz = "{tmp_path / "d.npz"}"\nstandardize = true\n'
+                                       + (f'statistics = "{statistics}"\n' if statistics else ''))
     # A healthy FakeProbe: the system's probe declined the task as cpu_busy when CI ran this beside
     # the other tests (not eligible: no global model kept, and the export refused).
     device = build_device(load_device_config(tmp_path / "dev.toml"), probe=FakeProbe())[0].agent.runtime
@@ -254,3 +256,35 @@ def test_the_export_standardizes_as_the_device_does_after_its_data_file_changed(
     assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
     note = {p.key: p.value for p in onnx.load(out).metadata_props}["fedge.input"]
     assert f"the training mean and std of {tmp_path / 'd.npz'} as it is at export (the device has recorded none" in note
+
+
+def test_a_device_on_fleet_statistics_exports_a_model_that_standardizes_with_them(tmp_path, capsys):
+    """[data] statistics: the device trains on (x - mean) / std with the fleet's mean and std from
+    the file, not its own; the export puts exactly those in front of its model. Oracle: the
+    device's own logits on its x_test as it holds it, against stock onnxruntime's on the raw x_test."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    from fedge.tools.fleet_moments import STATISTICS_BY, write_npz
+
+    shape = (10,)  # frozen-then-lora's input (the helper's _spec)
+    rng = np.random.default_rng(11)
+    mean, std = rng.normal(1.5e4, 3e3, shape), rng.uniform(5e3, 2e4, shape)  # the fleet's: not this device's
+    write_npz(tmp_path / "fleet.npz", STATISTICS_BY, mean=mean, std=std)
+    x, device, want = _standardizing_device_trained(tmp_path, tmp_path / "fleet.npz")
+    np.testing.assert_allclose(device.data.x_test, (x[48:].astype(np.float64) - mean) / std, rtol=1e-6, atol=1e-6)
+    out = tmp_path / "m.onnx"
+    for recorded in (True, False):  # what the device recorded at start; else the file as it is at export
+        if not recorded:
+            (tmp_path / "state" / "devA" / "standardization.npz").unlink()
+        assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x[48:]})[0]
+        np.testing.assert_allclose(got, want(), atol=1e-5)
+        model = onnx.load(out)
+        consts = [numpy_helper.to_array(t) for t in model.graph.initializer]
+        assert any(c.shape == mean.shape and np.array_equal(c, mean.astype(np.float32)) for c in consts)
+        assert any(c.shape == std.shape and np.array_equal(c, std.astype(np.float32)) for c in consts)
+        note = {p.key: p.value for p in model.metadata_props}["fedge.input"]
+        assert f"the fleet's mean and std ([data] statistics {tmp_path / 'fleet.npz'})" in note
+        assert ("recorded at its last start" in note) == recorded
+        assert note in capsys.readouterr().out
