@@ -1,12 +1,11 @@
 """Standardization of a --data folder's features, and when a run applies it.
 
 Every device standardizes its features with the same per-feature (mean, std): by default the
-fleet's, pooled over every device's training split from per-device sums (`fleet`: each device's
-count, mean and sum of squared deviations, merged exactly, Chan, Golub and LeVeque's pairwise
-update: what a statistics round adds up, and what `fedge data combine-moments` computes from
-the devices' `fedge device moments` files), or each device's own (`device`, --standardize-with
-device: no statistic of a device's data leaves it). A `fedge simulate --data` run decides once,
-as the folder loads (resolve):
+fleet's, pooled over every device's training split (`fleet`: each device's count, mean and sum
+of squared deviations, merged exactly: what a statistics round adds up, and what `fedge data
+combine-moments` computes from the devices' `fedge device moments` files), or each device's own
+(`device`, --standardize-with device: no statistic of a device's data leaves it). A `fedge
+simulate --data` run decides once, as the folder loads (resolve):
 
     --standardize      on
     --no-standardize   off
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedge.edge_runtime.kernel.errors import DatasetError
-from fedge.edge_runtime.kernel.features import CONSTANT_FEATURE, feature_statistics, standardize
+from fedge.edge_runtime.kernel.features import combine_moments, feature_moments, feature_statistics, standardize
 from fedge.tools.intensities import eight_bit, read_as_uint8, saves_uint8
 
 if TYPE_CHECKING:
@@ -163,13 +162,13 @@ def standardize_devices(data: FederatedDataset, using: str) -> FederatedDataset:
 
 
 def fleet_statistics(data: FederatedDataset) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std), float64 of the per-example shape, over every device's training split pooled,
-    from each device's (count, mean, sum of squared deviations) merged exactly (pooled_moments),
-    with feature_statistics's rule for a constant feature (std 1: centred only). Equal to
-    feature_statistics of the concatenated training splits up to rounding (a test checks it)."""
-    count, mean, m2, _ = pooled_moments(data)
-    std = np.sqrt(m2 / count)
-    return mean, np.where(std > CONSTANT_FEATURE * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    """(mean, std), float64 of the per-example shape, over every device's training split pooled:
+    each device's Moments (count, mean, sum of squared deviations) merged exactly, with
+    feature_statistics's rule for a constant feature (std 1: centred only). The same functions
+    as `fedge device moments` on each device and `fedge data combine-moments` on their files
+    (edge_runtime/kernel/features.py), so a fleet deployed from a run applies these numbers."""
+    clients = [c for c in data.clients if len(c.x_train)]
+    return combine_moments((feature_moments(c.x_train) for c in clients), [f"device {c.client_id}" for c in clients])
 
 
 def _standardized(data: FederatedDataset, statistics) -> FederatedDataset:
@@ -202,18 +201,11 @@ def scale_finding(data: FederatedDataset) -> str | None:
 
 def pooled_scale(data: FederatedDataset) -> tuple[float, float, float]:
     """The pooled training features' largest per-feature |mean|, largest per-feature std and
-    largest |value| (pooled_moments)."""
-    count, mean, m2, top = pooled_moments(data)
-    return float(np.abs(mean).max()), float(np.sqrt(m2 / count).max()), top
-
-
-def pooled_moments(data: FederatedDataset) -> tuple[int, np.ndarray, np.ndarray, float]:
-    """(count, per-feature mean, per-feature sum of squared deviations, largest |value|) of the
-    pooled training features, one device at a time (Chan, Golub and LeVeque's pairwise update of
-    mean and sum of squared deviations: exact, where sums of squares lose a feature of 1e3 +- 1e-3
-    to rounding). The pool concatenated in float64 was twice its size at the peak, and a run
-    measures it three times: load_npz_dir of 40 files holding 251 MB of float32 training features
-    peaked at 1.33 GB of RSS, 0.37 GB this way (1.66 / 0.72 GB when auto standardizes them)."""
+    largest |value|, one device at a time (Chan, Golub and LeVeque's pairwise update of mean and
+    sum of squared deviations). The pool concatenated in float64 was twice its size at the peak,
+    and a run measures it three times: load_npz_dir of 40 files holding 251 MB of float32
+    training features peaked at 1.33 GB of RSS, 0.37 GB this way (1.66 / 0.72 GB when auto
+    standardizes them)."""
     n, mean, m2, top = 0, 0.0, 0.0, 0.0  # mean and m2 become per-feature arrays at the first device
     for c in data.clients:
         x = c.x_train.astype(np.float64)
@@ -227,7 +219,7 @@ def pooled_moments(data: FederatedDataset) -> tuple[int, np.ndarray, np.ndarray,
         n = total
     if not n:
         raise ValueError("no training examples to measure")  # load_npz_dir refuses such a file first
-    return n, np.asarray(mean), np.asarray(m2), top
+    return float(np.abs(mean).max()), float(np.sqrt(m2 / n).max()), top
 
 
 def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = "",
