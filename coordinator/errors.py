@@ -27,6 +27,8 @@ not be stored; the restart resumes from the store (group_commit.py says why). St
 (admission.replayed), or a row read back holds a value fedge never writes (store_rows.py), which
 only a tampered, rotted or lost file explains. StoreGone (FedgeError, exit 2) stops the service,
 or refuses its start, when the state_db file was deleted or replaced under it (state_file.py).
+StoreLinkLost (FedgeError, exit 1) stops the service: its PostgreSQL connection broke (a cut
+link after pg_link.py's timeout, a killed backend) and never works again; the restart reconnects.
 """
 
 from __future__ import annotations
@@ -130,3 +132,12 @@ class StoreGone(FedgeError):
     start afresh from the initial model, which only the operator may choose."""
 
     reason = "store_gone"
+
+
+class StoreLinkLost(FedgeError):
+    """The state_dsn connection broke (pg_link.py: a cut link fails within tcp_user_timeout):
+    psycopg never reuses it, so the service stops; exit 1, its supervisor restarts it, and the
+    restart reconnects and resumes from the store."""
+
+    reason = "store_link_lost"
+    exit_status = 1

@@ -33,6 +33,7 @@ import time
 
 from fedge.edge_runtime.kernel.errors import FedgeError
 
+from .pg_link import link_params
 from .pg_schema import connect, migrate, redact
 
 log = logging.getLogger("fedge.coordinator.leadership")
@@ -40,9 +41,10 @@ LEADER_LOCK_KEY = 0x6665646765  # pg_try_advisory_lock key ("fedge"); advisory l
 # A silent lease session is declared dead after about idle + interval * count = 11 s, by the
 # client (libpq's keepalives_*) and by the server (its tcp_keepalives_* settings, which any
 # session may set for itself; they apply over TCP, not Unix sockets). A standby then takes
-# over within that plus its poll interval.
-LEASE_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-                    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"}
+# over within that plus its poll interval. Keepalives probe an idle link only: check() runs
+# every 0.5 s, and a query in flight on a cut link is retransmitted for ~15 minutes unless
+# tcp_user_timeout (the same 11 s) ends it (pg_link.py, stricter than the store's 30 s).
+LEASE_KEEPALIVES = link_params(keepalives=(5, 2, 3), tcp_user_timeout_ms=11_000)
 
 
 class LeadershipError(FedgeError):

@@ -34,16 +34,17 @@ from fedge.edge_runtime.kernel.errors import ConnectionLost, NotConnected, Publi
 from fedge.edge_runtime.kernel.flood import doubling, worth_logging
 
 from .backoff import abandoned_delay
-from .errors import GroupCommitFailed, StoreGone
+from .errors import GroupCommitFailed, StoreGone, StoreLinkLost
 from .leadership import LeadershipError
 from .registry import REFRESH_FLUSH_S
 from .rounds import RoundMachine
 from .server import Coordinator, RoundRecord
 
 log = logging.getLogger("fedge.coordinator.loop")
-# A failed group commit, a deposed leader (leadership.py) or a state file deleted under us
-# (state_file.py): no message and no retry can mend these, so they end the loop.
-STOPS_THE_SERVICE = (GroupCommitFailed, LeadershipError, StoreGone)
+# A failed group commit, a deposed leader (leadership.py), a state file deleted under us
+# (state_file.py) or a broken PostgreSQL connection (pg_link.py): no message and no retry can
+# mend these, so they end the loop.
+STOPS_THE_SERVICE = (GroupCommitFailed, LeadershipError, StoreGone, StoreLinkLost)
 
 
 class CoordinatorLoop:

@@ -9,6 +9,7 @@ Update's own bytes) and dropped when their round closes.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import replace
 
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -117,6 +118,9 @@ class MemoryStore:
 
     def save_devices(self, devices: list[StoredDevice]) -> None:
         self.devices.update((d.device_id, d) for d in devices)
+
+    def write_deadline(self, seconds: float):
+        return nullcontext()  # nothing to wait on
 
     def refresh_began(self, wall: float) -> float:
         if self.refresh_since is None:

@@ -16,6 +16,12 @@ unique and a round closes once, exactly as store.py argues for SQLite. What diff
   as with a SQLite file.
 
 A commit returns once the server has flushed it (synchronous_commit = on, the default).
+
+The connection has pg_link.py's TCP settings: on a cut link a write fails within
+tcp_user_timeout (30 s) rather than the kernel's ~15 minutes, and a connection psycopg found
+broken is named StoreLinkLost (it never works again: the service stops and its restart
+reconnects). write_deadline(s) bounds the writes within it tighter, server and link both: a
+stop's drain of the queued refreshes (registry.drain_refreshes) must end within its budget.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from dataclasses import replace
 
 import psycopg
 
+from .errors import StoreLinkLost
 from .leadership import check_epoch
+from .pg_link import STORE_TCP_USER_TIMEOUT_MS, link_params, user_timeout
 from .pg_schema import connect, migrate, redact
 from .sql_store import SqlStore, check_keeps
 from .stored import StoredDevice
@@ -34,11 +42,25 @@ from .stored import StoredDevice
 class _QmarkConnection:
     """psycopg's connection taking SqlStore's `?` placeholders (none of its SQL holds a literal ? or %)."""
 
-    def __init__(self, conn: psycopg.Connection):
+    def __init__(self, conn: psycopg.Connection, where: str):
         self.conn = conn
+        self.where = where
 
     def execute(self, sql: str, params: tuple = ()):
-        return self.conn.execute(sql.replace("?", "%s"), params or None)
+        with self.named_link_errors():
+            return self.conn.execute(sql.replace("?", "%s"), params or None)
+
+    @contextmanager
+    def named_link_errors(self):
+        """An error that left the connection broken (a cut link, a killed backend) as StoreLinkLost."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if not (self.conn.broken or self.conn.closed):
+                raise  # e.g. a statement timeout: the connection is fine, the caller decides
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreLinkLost(f"state_dsn {self.where}: the connection to PostgreSQL failed: {first}; "
+                                "restart to reconnect and resume from the store") from exc
 
 
 class PostgresStore(SqlStore):
@@ -46,22 +68,23 @@ class PostgresStore(SqlStore):
     _insert_order = "ord"
 
     def __init__(self, dsn: str, *, keep_versions: int = 3, keep_key_rounds: int = 100, keep_rounds: int = 0,
-                 epoch: int | None = None):
+                 epoch: int | None = None, tcp_user_timeout_ms: int = STORE_TCP_USER_TIMEOUT_MS):
         """keep_versions, keep_key_rounds, keep_rounds: as RoundStore's; epoch: the leader epoch to
-        fence writes with."""
+        fence writes with; tcp_user_timeout_ms: how long a write waits on a silent link (pg_link.py)."""
         check_keeps(keep_versions, keep_key_rounds, keep_rounds)
         self.path = redact(dsn)
         self.keep_versions = keep_versions
         self.keep_key_rounds = keep_key_rounds
         self.keep_rounds = keep_rounds
         self.epoch = epoch
-        conn = connect(dsn, autocommit=True, connect_timeout=10)
+        self._deadline_ms: int | None = None  # write_deadline's statement_timeout, while one is on
+        conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params(tcp_user_timeout_ms=tcp_user_timeout_ms))
         try:
             migrate(conn, self.path)
         except BaseException:
             conn.close()
             raise
-        self._db = _QmarkConnection(conn)
+        self._db = _QmarkConnection(conn, self.path)
         with conn.transaction():  # an earlier build's keys of closed rounds (SqlStore._forget_closed_keys)
             self._forget_closed_keys(self._db)
 
@@ -70,10 +93,23 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _tx(self):
-        with self._db.conn.transaction():
+        with self._db.named_link_errors(), self._db.conn.transaction():  # the commit's failure named too
+            if self._deadline_ms is not None:
+                self._db.execute(f"SET LOCAL statement_timeout = {self._deadline_ms}")
             if self.epoch is not None:
                 check_epoch(self._db, self.epoch, self.path)
             yield self._db
+
+    @contextmanager
+    def write_deadline(self, seconds: float):
+        """Within: each statement ends after `seconds` on the server (statement_timeout: a lock wait,
+        a slow server; QueryCanceled) and on the link (TCP_USER_TIMEOUT: StoreLinkLost)."""
+        self._deadline_ms = max(1, int(seconds * 1000))
+        try:
+            with user_timeout(self._db.conn, self._deadline_ms):
+                yield
+        finally:
+            self._deadline_ms = None
 
     def load_open_round(self):
         """SqlStore's, with a sharded round's stored assignment (StoredRound.shards)."""

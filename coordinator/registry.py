@@ -124,11 +124,14 @@ class Registry(Mapping[str, DeviceRecord]):
 
     def drain_refreshes(self, clock: Callable[[], float], budget_s: float = DRAIN_BUDGET_S) -> int:
         """Write the queued refreshes at a clean stop, REFRESH_BATCH_MAX a transaction, while
-        `clock` (seconds) says less than budget_s passed; the rows written. What is left stays
-        older in the store, which is safe (module docstring)."""
+        `clock` (seconds) says less than budget_s passed; the rows written. Each write is bounded
+        by what is left of the budget (Store.write_deadline: the budget was only checked between
+        writes, and one on a cut link to PostgreSQL hung for the kernel's ~15 minutes). What is
+        left stays older in the store, which is safe (module docstring)."""
         written, until = 0, clock() + budget_s
         while self._refresh and (now := clock()) < until:
-            written += self.flush_refreshes(now, force=True)
+            with self.store.write_deadline(until - now):
+                written += self.flush_refreshes(now, force=True)
         return written
 
     def flush_refreshes(self, now: float, force: bool = False) -> int:

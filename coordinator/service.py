@@ -57,6 +57,7 @@ from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 from .async_mode.machine import OUT_PER_SLOT
 from .async_mode.server import coordinator_class
 from .config import CoordinatorConfig
+from .errors import StoreLinkLost
 from .leadership import LeadershipError, PostgresLease, watch_lease
 from .limits import MAX_FLEET
 from .loop import STOPS_THE_SERVICE, CoordinatorLoop
@@ -199,9 +200,9 @@ def drain_refreshes(coordinator: Coordinator) -> None:
     registry = coordinator.registry
     try:
         written = registry.drain_refreshes(coordinator.clock.now)
-    except STOPS_THE_SERVICE:
-        raise
     except Exception as exc:  # noqa: BLE001 - the service is stopping: say so, exit as it would have
+        if isinstance(exc, STOPS_THE_SERVICE) and not isinstance(exc, StoreLinkLost):
+            raise  # a broken link is stopping anyway; the others say how to exit (StoreGone: 2)
         log.error("coordinator: writing the queued last-seen refreshes at stop failed (%s: %s); %d stay older "
                   "in the store", type(exc).__name__, exc, len(registry.queued_refreshes))
         return

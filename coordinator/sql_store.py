@@ -17,6 +17,7 @@ one piece of code, and the crash argument in store.py holds for both.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -49,6 +50,11 @@ class SqlStore:
 
     def _tx(self):
         raise NotImplementedError
+
+    def write_deadline(self, seconds: float):
+        """The Store's: the writes within end after `seconds` where the store can bound them
+        (PostgresStore); SQLite's are local and keep their busy timeout."""
+        return nullcontext()
 
     # ------------------------------------------------------------------ model
 

@@ -64,10 +64,11 @@ class RoundClosed(Exception):
 class ShardTables:
     def __init__(self, dsn: str):
 
+        from ..pg_link import link_params
         from ..pg_schema import connect, migrate, redact
 
         self.where = redact(dsn)
-        self.conn = connect(dsn, autocommit=True, connect_timeout=10)
+        self.conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params())  # a cut link fails, not hangs
         migrate(self.conn, self.where)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from fedge.coordinator import registry
 from fedge.coordinator.async_mode.config import AsyncConfig
-from fedge.coordinator.errors import GroupCommitFailed, StoreGone
+from fedge.coordinator.errors import GroupCommitFailed, StoreGone, StoreLinkLost
 from fedge.coordinator.leadership import FencedOut
 from fedge.coordinator.memory_store import MemoryStore
 from fedge.coordinator.metrics import CoordinatorMetrics
@@ -258,7 +258,8 @@ def test_the_loop_counts_a_failed_flush_goes_on_and_writes_the_batch_at_the_next
 
 
 @pytest.mark.parametrize("error", [StoreGone("state_db deleted"), FencedOut("epoch 7 is newer"),
-                                   GroupCommitFailed("burst not stored")], ids=lambda e: type(e).__name__)
+                                   GroupCommitFailed("burst not stored"), StoreLinkLost("link cut")],
+                         ids=lambda e: type(e).__name__)
 def test_a_flush_failing_with_an_error_that_stops_the_service_still_ends_the_loop(error):
     stub = Stub()
     stub.metrics = CoordinatorMetrics()

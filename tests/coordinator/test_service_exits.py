@@ -15,7 +15,7 @@ import pytest
 
 from fedge.coordinator import registry, service
 from fedge.coordinator.config import CoordinatorConfig
-from fedge.coordinator.errors import StoreGone
+from fedge.coordinator.errors import StoreGone, StoreLinkLost
 from fedge.coordinator.leadership import FencedOut
 from fedge.coordinator.memory_store import MemoryStore
 from fedge.coordinator.registry import Registry
@@ -103,6 +103,10 @@ def test_a_failed_drain_at_stop_is_logged_and_the_service_exits_as_it_would(monk
     assert "at stop failed (OperationalError: database or disk is full); 1 stay older" in caplog.text
     with pytest.raises(StoreGone):  # but an error that stops the service is raised as before
         _serve(monkeypatch, version=4, rounds=5, drain_error=StoreGone("state_db deleted"))
+    # a PostgreSQL link that broke at stop (pg_link.py) stops nothing more than the stop: logged, exit as it would
+    with caplog.at_level(logging.ERROR, "fedge.coordinator"):
+        assert _serve(monkeypatch, version=4, rounds=5, drain_error=StoreLinkLost("link cut")) == (0, 1)
+    assert "at stop failed (StoreLinkLost: link cut)" in caplog.text
 
 
 def test_a_drain_at_stop_ends_after_its_time_budget(monkeypatch):
