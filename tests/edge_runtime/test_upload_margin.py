@@ -215,4 +215,5 @@ def test_inputs_that_come_with_less_than_the_margin_left_are_declined_by_name():
 def test_a_bad_link_setting_is_refused_by_name(latency, rate):
     with pytest.raises(ConfigError, match="agent.upload_"):
         AgentConfig(upload_latency_s=latency, upload_bytes_per_s=rate)
-    assert AgentConfig(upload_latency_s=0.0).upload_link() == UploadLink(0.0, UploadLink().bytes_per_s)
+    assert AgentConfig(upload_latency_s=0.0).upload_link() == UploadLink(0.0, UploadLink().bytes_per_s,
+                                                                         learn_rate=True)
