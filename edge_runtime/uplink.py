@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import decode_message, encode_message
-from .kernel.protocol import Decline, TrainTask
+from .kernel.protocol import Decline, TrainTask, Update
 from .uplink_rate import UplinkRate
 from .upload_margin import UploadLink, upload_margin_s
 
@@ -51,13 +51,13 @@ class Uplink:
         """Seconds before its deadline that the task's training stops, for its update's upload."""
         if self.rate is None:
             return upload_margin_s(task, self.link)
-        return upload_margin_s(task, replace(self.link, bytes_per_s=self.rate.bytes_per_s))
+        return upload_margin_s(task, replace(self.link, bytes_per_s=self.rate.bytes_per_s), self.rate.envelope_bytes)
 
     def send_update(self, payload: bytes, now: float) -> None:
         self.next_republish = now + self.republish_s  # first: a failed publish is retried by the next resend
-        update_id, sent_bytes = self._send(payload)
+        update, sent_bytes = self._send(payload)
         if self.rate is not None:
-            self.rate.sent(update_id, sent_bytes, now)
+            self.rate.sent(update.update_id, sent_bytes, now, len(update.payload) + len(update.control))
 
     def send_decline(self, decline: Decline) -> None:
         log.info("device %s: round %d task %s declined: %s%s", self.device_id, decline.round_id, decline.task_id,
@@ -96,11 +96,11 @@ class Uplink:
         if len(self.shards) > SEEN_TASKS_KEPT:
             self.shards.pop(next(iter(self.shards)))
 
-    def _send(self, payload: bytes) -> tuple[str, int]:
+    def _send(self, payload: bytes) -> tuple[Update, int]:
         """An Update goes to the topic of the shard its task named; the kept frame says which
         (decoded here rather than journaled beside it, so the journal's format is unchanged),
         unless the task was retargeted since: then the frame is re-encoded naming the new shard.
-        Returns (its update id, the bytes published)."""
+        Returns (the update, the bytes published)."""
         update = decode_message(payload)
         shard = update.shard
         if shard >= 0 and self.shards.get(update.task_id, shard) != shard:
@@ -110,7 +110,7 @@ class Uplink:
             self.publish("update", payload, shard)
         else:
             self.publish("update", payload)
-        return update.update_id, len(payload)
+        return update, len(payload)
 
     def resend_due(self, now: float) -> bool:
         """True when unacknowledged updates wait and their resend time has come; drops the

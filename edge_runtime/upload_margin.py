@@ -22,15 +22,16 @@ latency_s ([agent] upload_latency_s, 1 s): the update's trip up through the brok
 the coordinator's queue, and the step, the compression and the journal's durable write that end
 training after the last check. bytes_per_s ([agent] upload_bytes_per_s, 125,000: 1 Mbit/s, a weak
 Wi-Fi or cellular uplink), learned by default ([agent] learn_upload_rate = true; uplink_rate.py):
-each update's first send is timed to the coordinator's Ack, one observation being bytes / (elapsed
-- latency_s), and after 3 of them the rate is the lower quartile of the last 8, within [configured
-/ 100, configured x 100]; false keeps the configured rate. The update's bytes are estimated from
-the task itself, tensor by tensor from its params frame's headers (and SCAFFOLD's c), as
-compress.py and update_codec make them: k = max(1, ceil(topk_fraction x size)) values kept (dense
-when that is all), quant_bits each, the tensor's header, and for a sparse tensor a LEB128 varint
-gap per value, whose expected length is 1 + sum_j (1 - k/size)^(128^j), j = 1..4 (varint_bytes:
-1.00 byte at top-10%, 1.28 at 1%, 1.37 at 1/128, 1.77 at 0.2%, 5 at most; computed without overflow
-for any share > 0). Within 3% of the encoder's output on every case
+each update's first send is timed to the coordinator's Ack, one observation being bytes /
+(elapsed - latency_s) (the message's envelope, ids and metrics, then added to the estimate), and
+after 3 of them the rate is the lower quartile of the last 8, within [configured / 100, configured
+x 100]; false keeps the configured rate. The update's bytes are estimated from the task itself,
+tensor by tensor from its params frame's headers (and SCAFFOLD's c), as compress.py and
+update_codec make them: k = max(1, ceil(topk_fraction x size)) values kept (dense when that is
+all), quant_bits each, the tensor's header, and for a sparse tensor a LEB128 varint gap per value,
+whose expected length is 1 + sum_j (1 - k/size)^(128^j), j = 1..4 (varint_bytes: 1.00 byte at
+top-10%, 1.28 at 1%, 1.37 at 1/128, 1.77 at 0.2%, 5 at most; computed without overflow for any
+share > 0). Within 3% of the encoder's output on every case
 tests/edge_runtime/test_upload_margin.py tries (3 x 100,000 values at 32, 8 and 4 bits, top-k from
 1 down to 0.002, 1/128 included; 60 small tensors; the two-tensor test model). Params that are not
 a readable frame are taken as fp32 values, 4 bytes each.
@@ -131,7 +132,8 @@ def update_bytes(task: TrainTask) -> float:
         return values * spec.topk_fraction * (spec.quant_bits / 8 + gap)
 
 
-def upload_margin_s(task: TrainTask, link: UploadLink) -> float:
-    """Seconds before the task's deadline that its training stops (module docstring)."""
-    estimate = link.latency_s + update_bytes(task) / link.bytes_per_s
+def upload_margin_s(task: TrainTask, link: UploadLink, envelope_bytes: float = 0.0) -> float:
+    """Seconds before the task's deadline that its training stops (module docstring);
+    envelope_bytes: the message's own bytes beyond its frames, when the rate is learned (uplink_rate.py)."""
+    estimate = link.latency_s + (update_bytes(task) + envelope_bytes) / link.bytes_per_s
     return min(estimate, MAX_BUDGET_SHARE * task.deadline_s)

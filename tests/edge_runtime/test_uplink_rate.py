@@ -13,17 +13,21 @@ import numpy as np
 import pytest
 import tomllib
 
+from fedge.coordinator.async_mode.machine import Admit, Arrived, AsyncMachine, Dispatched, Flight
+from fedge.coordinator.async_mode.machine import on_event as async_event
 from fedge.edge_runtime.device_config import AgentConfig, DeviceConfig
 from fedge.edge_runtime.device_init import device_toml
 from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
 from fedge.edge_runtime.kernel.configfile import from_dict
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, TaskHyper, TrainTask, Update, device_topic
+from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
 from fedge.edge_runtime.kernel.update_codec import encode_dense
 from fedge.edge_runtime.uplink_rate import UplinkRate, learned_rate, observed_rate
 from fedge.edge_runtime.upload_margin import UploadLink, update_bytes, upload_margin_s
-from tests.edge_runtime.one_device import DEVICE, one_device
+from tests.edge_runtime.one_device import DEVICE, one_device, pump
+from tests.edge_runtime.test_upload_margin import DOWN_S, _stepping_device
+from tests.edge_runtime.test_upload_margin import _task as _stepping_task
 from tests.tiny_model import build_tiny_model
 
 LATENCY, CONFIGURED = 1.0, 125_000.0
@@ -104,9 +108,10 @@ def _updates(agent, coord) -> list[tuple[Update, int]]:
     return sent
 
 
-def _train_and_ack(model, agent, coord, clock, task_id: str, took: float, resend: bool = False) -> int:
+def _train_and_ack(model, agent, coord, clock, task_id: str, took: float,
+                   resend: bool = False) -> tuple[Update, int]:
     """One task trained and its update acked `took` seconds after its first send (after a resend
-    of it if `resend`); the update's bytes on the wire."""
+    of it if `resend`); the update, and its message's bytes on the wire."""
     coord.publish(device_topic(DEVICE, "task"), encode_message(_task(model, task_id)))
     ((update, sent_bytes),) = _updates(agent, coord)
     if resend:
@@ -117,22 +122,26 @@ def _train_and_ack(model, agent, coord, clock, task_id: str, took: float, resend
         clock.advance(took)
     coord.publish(device_topic(DEVICE, "ack"), encode_message(Ack(DEVICE, 1, task_id, update.update_id, True)))
     assert _updates(agent, coord) == []
-    return sent_bytes
+    return update, sent_bytes
 
 
 def test_the_agent_times_each_update_from_its_publish_to_its_ack(model, tmp_path):
     clock = ManualClock()
-    guess = UploadLink(LATENCY, 10_000.0)  # the test model's update is 645 bytes: rates of 129-645 bytes/s
+    guess = UploadLink(LATENCY, 10_000.0)  # the test model's update message is about 650 bytes
     agent, coord = one_device(model, tmp_path, clock=clock, upload_link=replace(guess, learn_rate=True))
     task = _task(model, "probe")
     assert agent.uplink.margin_s(task) == upload_margin_s(task, guess)  # nothing learned yet
     took = [3.0, 6.0, 2.0, 4.0]  # a slow link: 1 to 5 s past the 1 s latency
-    sizes = [_train_and_ack(model, agent, coord, clock, f"t{i}", s) for i, s in enumerate(took)]
-    rates = [b / (s - LATENCY) for b, s in zip(sizes, took, strict=True)]
+    sent = [_train_and_ack(model, agent, coord, clock, f"t{i}", s) for i, s in enumerate(took)]
+    rates = [b / (s - LATENCY) for (_, b), s in zip(sent, took, strict=True)]
     assert list(agent.uplink.rate.observations) == pytest.approx(rates, rel=1e-12)
     assert guess.bytes_per_s / 100 < min(rates) and max(rates) < guess.bytes_per_s / 10  # slower, within the clamp
     learned = min(rates)  # the lower quartile of 4 is the slowest
-    assert agent.uplink.margin_s(task) == pytest.approx(LATENCY + update_bytes(task) / learned, rel=1e-12)
+    last, last_bytes = sent[-1]
+    envelope = last_bytes - len(last.payload) - len(last.control)  # ids and metrics: the margin adds them
+    assert 100 < envelope < last_bytes / 2
+    assert agent.uplink.margin_s(task) == pytest.approx(LATENCY + (update_bytes(task) + envelope) / learned,
+                                                         rel=1e-12)
     assert agent.uplink.margin_s(task) > 2 * upload_margin_s(task, guess)
 
 
@@ -167,3 +176,38 @@ def test_the_switch_is_on_by_default_in_the_config_and_the_template_and_refuses_
     template = tomllib.loads(device_toml("pi-001", "mqtt://localhost:1883", "/d.npz", "/var/lib/fedge"))
     assert template["agent"]["learn_upload_rate"] is True
     assert from_dict(DeviceConfig, template, "device init").agent.upload_link().learn_rate is True
+
+
+SLOW_UP_S = 6.0  # the real link: every update reaches the coordinator, and its Ack the device, 6 s after its send
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_on_a_link_slower_than_configured_a_learned_margin_sends_no_update_that_lands_late(model, tmp_path, learn):
+    """15 one-second steps (test_upload_margin's stepping device); the coordinator's deadline is
+    DOWN_S before the device's. Configured at 10,000 bytes/s the 648-byte update's margin is about
+    1.04 s: with an 18 s deadline the update went out at 15 s and landed at 21 s, past the
+    coordinator's 17.8 s (stale_round, its training thrown away). After three uploads acked 6 s
+    after their send the device stops 6 s early instead: aborted:deadline at once, the slot freed."""
+    guess = UploadLink(LATENCY, 10_000.0, learn_rate=learn)
+    agent, coord, clock = _stepping_device(model, tmp_path, upload_link=guess)
+    for i in range(3):  # three ordinary rounds over the slow link
+        coord.publish(device_topic(DEVICE, "task"), encode_message(_stepping_task(model, f"warm{i}", 600.0)))
+        (update,) = [r for r in pump(agent, coord) if isinstance(r, Update)]
+        clock.advance(SLOW_UP_S)
+        coord.publish(device_topic(DEVICE, "ack"), encode_message(Ack(DEVICE, 1, update.task_id, update.update_id,
+                                                                      True)))
+        pump(agent, coord)
+    arrives, task = clock.now(), _stepping_task(model, "t", 18.0)
+    if learn:  # the same-size update's margin is the 6 s its uploads took (the estimate within 3%)
+        assert agent.uplink.margin_s(task) == pytest.approx(SLOW_UP_S, rel=0.03)
+    flight = Flight("t", 1, 0, arrives - DOWN_S + 18.0)
+    machine, _ = async_event(AsyncMachine(0, 3, 2, 1), Dispatched(DEVICE, flight))
+    coord.publish(device_topic(DEVICE, "task"), encode_message(task))
+    (reply,) = [r for r in pump(agent, coord) if isinstance(r, (Update, Decline))]
+    if learn:
+        assert (reply.reason, reply.stage) == ("aborted:deadline", "during"), reply
+        assert clock.now() - arrives <= 18.0 - SLOW_UP_S + 1.0  # stopped 6 s before its deadline, not 1 s
+    else:  # today's margin: the update is sent, and the coordinator refuses it as late
+        assert isinstance(reply, Update) and reply.metrics["steps"] == 15
+        late = async_event(machine, Arrived(DEVICE, "t", clock.now() + SLOW_UP_S))[1]
+        assert late != [Admit(DEVICE, 0)], late

@@ -44,7 +44,7 @@ def model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
 
 
-def _stepping_device(model, root):
+def _stepping_device(model, root, **agent_kw):
     """An agent whose every training step takes 1 s on a ManualClock (40 examples, batch 8: 5 steps
     an epoch), and a coordinator client reading its updates."""
     art, manifest, _ = model
@@ -61,7 +61,7 @@ def _stepping_device(model, root):
     broker = InMemoryBroker()
     coord = broker.connect("coordinator")
     coord.subscribe(device_topic(DEVICE, "update"))
-    agent = DeviceAgent(runtime, broker.connect(DEVICE), clock)
+    agent = DeviceAgent(runtime, broker.connect(DEVICE), clock, **agent_kw)
     agent.start()
     return agent, coord, clock
 
