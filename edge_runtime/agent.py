@@ -366,7 +366,7 @@ class DeviceAgent:
         if not self.journal.acknowledged(ack.task_id, ack.update_id,
                                          ack.round_id if ack.update_id in self.pending else None):
             return  # it names another task than its update's: nothing of either changes
-        self.uplink.acked(self.clock.now())
+        self.uplink.acked(self.clock.now(), ack.update_id)  # times the link (uplink_rate.py)
         on_ack = getattr(self.runtime, "on_ack", None)
         if on_ack is not None:
             on_ack(ack)  # e.g. SCAFFOLD puts its control variate back when an upload was refused

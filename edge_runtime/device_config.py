@@ -109,6 +109,8 @@ class AgentConfig:
     # that its upload lands in time (at most half the deadline; upload_margin.py says why).
     upload_latency_s: float = UploadLink.latency_s
     upload_bytes_per_s: float = UploadLink.bytes_per_s
+    # true: the rate is learned from timed uploads, upload_bytes_per_s its start and clamp (uplink_rate.py)
+    learn_upload_rate: bool = True
 
     def __post_init__(self) -> None:
         _check_positive("agent", self, ("checkin_s", "republish_s", "fetch_timeout_s", "poll_s", "max_task_s",
@@ -116,7 +118,7 @@ class AgentConfig:
         self.upload_link()  # refuses a bad one by name
 
     def upload_link(self) -> UploadLink:
-        return UploadLink(self.upload_latency_s, self.upload_bytes_per_s)
+        return UploadLink(self.upload_latency_s, self.upload_bytes_per_s, self.learn_upload_rate)
 
 
 def _check_positive(table: str, cfg, names: tuple[str, ...]) -> None:

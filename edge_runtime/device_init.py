@@ -67,6 +67,8 @@ check_interval_s = {pr.check_interval_s:g}           # during training, facts ar
 checkin_s = {a.checkin_s:g}                   # check in this often unless the coordinator paces the device
 republish_s = {a.republish_s:g}                 # resend unacknowledged updates this often
 fetch_timeout_s = {a.fetch_timeout_s:g}
+learn_upload_rate = {str(a.learn_upload_rate).lower()}         # time each upload to its Ack and stop training that
+                                 # long before a deadline; false: upload_latency_s + bytes / upload_bytes_per_s
 '''
 
 

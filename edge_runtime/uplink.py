@@ -20,7 +20,8 @@ from dataclasses import replace
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import decode_message, encode_message
-from .kernel.protocol import Decline, TrainTask
+from .kernel.protocol import Decline, TrainTask, Update
+from .uplink_rate import UplinkRate
 from .upload_margin import UploadLink, upload_margin_s
 
 log = logging.getLogger("fedge.agent")
@@ -43,14 +44,20 @@ class Uplink:
         self.declines: dict[str, bytes] = {}  # task_id -> the Decline sent, re-sent if the task comes again
         self.shards: dict[str, int] = {}  # task_id -> the shard its latest copy named (sharded fleets)
         self.link = link or UploadLink()  # what the upload margin assumes of the link (upload_margin.py)
+        # learn_rate: each first send timed to its Ack (uplink_rate.py); None keeps the configured rate
+        self.rate = UplinkRate(device_id, self.link.latency_s, self.link.bytes_per_s) if self.link.learn_rate else None
 
     def margin_s(self, task: TrainTask) -> float:
         """Seconds before its deadline that the task's training stops, for its update's upload."""
-        return upload_margin_s(task, self.link)
+        if self.rate is None:
+            return upload_margin_s(task, self.link)
+        return upload_margin_s(task, replace(self.link, bytes_per_s=self.rate.bytes_per_s), self.rate.envelope_bytes)
 
     def send_update(self, payload: bytes, now: float) -> None:
         self.next_republish = now + self.republish_s  # first: a failed publish is retried by the next resend
-        self._send(payload)
+        update, sent_bytes = self._send(payload)
+        if self.rate is not None:
+            self.rate.sent(update.update_id, sent_bytes, now, len(update.payload) + len(update.control))
 
     def send_decline(self, decline: Decline) -> None:
         log.info("device %s: round %d task %s declined: %s%s", self.device_id, decline.round_id, decline.task_id,
@@ -75,6 +82,8 @@ class Uplink:
         items = self.journal.pending.items()
         # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
         self.next_republish = now + self.republish_s * 2 ** self.unacked_resends
+        if self.rate is not None:
+            self.rate.resent()  # an Ack from now on may answer the resend: it times no first send
         # Every frame here decodes: the journal sets aside at start a kept file that does not
         # (a bad sector; DeviceJournal._set_aside_foreign), and what it keeps later it encoded.
         for item in items:
@@ -87,10 +96,11 @@ class Uplink:
         if len(self.shards) > SEEN_TASKS_KEPT:
             self.shards.pop(next(iter(self.shards)))
 
-    def _send(self, payload: bytes) -> None:
+    def _send(self, payload: bytes) -> tuple[Update, int]:
         """An Update goes to the topic of the shard its task named; the kept frame says which
         (decoded here rather than journaled beside it, so the journal's format is unchanged),
-        unless the task was retargeted since: then the frame is re-encoded naming the new shard."""
+        unless the task was retargeted since: then the frame is re-encoded naming the new shard.
+        Returns (the update, the bytes published)."""
         update = decode_message(payload)
         shard = update.shard
         if shard >= 0 and self.shards.get(update.task_id, shard) != shard:
@@ -100,6 +110,7 @@ class Uplink:
             self.publish("update", payload, shard)
         else:
             self.publish("update", payload)
+        return update, len(payload)
 
     def resend_due(self, now: float) -> bool:
         """True when unacknowledged updates wait and their resend time has come; drops the
@@ -114,11 +125,16 @@ class Uplink:
         self.unacked_resends = min(self.unacked_resends + 1, MAX_BACKOFF_STEPS)
         return True
 
-    def acked(self, now: float) -> None:
+    def acked(self, now: float, update_id: str = "") -> None:
         """An Ack (of any update) came: the coordinator hears us, so what is still kept goes out
         at the base interval again, the next resend at most republish_s from now (one planned
-        further out by the backoff, up to republish_s * 2**5, is brought forward)."""
+        further out by the backoff, up to republish_s * 2**5, is brought forward). The Ack of
+        an update's first send times the link (uplink_rate.py)."""
         self.unacked_resends = 0
         self.next_republish = min(self.next_republish, now + self.republish_s)
+        if self.rate is not None and update_id:
+            self.rate.acked(update_id, now)
 
-    reconnected = acked  # the link came back: resend at the base interval again
+    def reconnected(self, now: float) -> None:
+        """The link came back: resend at the base interval again (the agent resends at once)."""
+        self.acked(now)

@@ -21,15 +21,20 @@ for a 100 kB update, and a tenth of a 30 s deadline too little for a large one o
 latency_s ([agent] upload_latency_s, 1 s): the update's trip up through the broker and its wait in
 the coordinator's queue, and the step, the compression and the journal's durable write that end
 training after the last check. bytes_per_s ([agent] upload_bytes_per_s, 125,000: 1 Mbit/s, a weak
-Wi-Fi or cellular uplink). The update's bytes are estimated from the task itself, tensor by tensor
-from its params frame's headers (and SCAFFOLD's c), as compress.py and update_codec make them: k =
-max(1, ceil(topk_fraction x size)) values kept (dense when that is all), quant_bits each, the
-tensor's header, and for a sparse tensor a LEB128 varint gap per value, whose expected length is
-1 + sum_j (1 - k/size)^(128^j), j = 1..4 (varint_bytes: 1.00 byte at top-10%, 1.28 at 1%, 1.37
-at 1/128, 1.77 at 0.2%, 5 at most; computed without overflow for any share > 0). Within 3% of the encoder's
-output on every case tests/edge_runtime/test_upload_margin.py tries (3 x 100,000 values at 32, 8
-and 4 bits, top-k from 1 down to 0.002, 1/128 included; 60 small tensors; the two-tensor test
-model). Params that are not a readable frame are taken as fp32 values, 4 bytes each.
+Wi-Fi or cellular uplink), learned by default ([agent] learn_upload_rate = true; uplink_rate.py):
+each update's first send is timed to the coordinator's Ack, one observation being bytes /
+(elapsed - latency_s) (the message's envelope, ids and metrics, then added to the estimate), and
+after 3 of them the rate is the lower quartile of the last 8, within [configured / 100, configured
+x 100]; false keeps the configured rate. The update's bytes are estimated from the task itself,
+tensor by tensor from its params frame's headers (and SCAFFOLD's c), as compress.py and
+update_codec make them: k = max(1, ceil(topk_fraction x size)) values kept (dense when that is
+all), quant_bits each, the tensor's header, and for a sparse tensor a LEB128 varint gap per value,
+whose expected length is 1 + sum_j (1 - k/size)^(128^j), j = 1..4 (varint_bytes: 1.00 byte at
+top-10%, 1.28 at 1%, 1.37 at 1/128, 1.77 at 0.2%, 5 at most; computed without overflow for any
+share > 0). Within 3% of the encoder's output on every case
+tests/edge_runtime/test_upload_margin.py tries (3 x 100,000 values at 32, 8 and 4 bits, top-k from
+1 down to 0.002, 1/128 included; 60 small tensors; the two-tensor test model). Params that are not
+a readable frame are taken as fp32 values, 4 bytes each.
 
 What the margin does not cover. The device counts deadline_s from when the whole task arrived
 (agent._received, set once the task message is complete), the coordinator from when it sent it:
@@ -44,7 +49,8 @@ at once and counts deadline_s from the start of training (agent._secagg_stop_che
 task's arrival, and trains up to it.
 
 At most half the budget: a task whose deadline_s is shorter than twice the estimate still trains
-for half of it rather than being declined. The estimate is a configured guess, and a coordinator
+for half of it rather than being declined. The estimate is a guess (configured, or learned from
+uploads of other sizes at other times), and a coordinator
 that sets a short deadline may well know its link is fast (a broker on the same board or LAN
 carries a small update in milliseconds): declining on the guess would refuse every task of such
 a fleet, where training half the budget keeps it working, and an update that still lands late is
@@ -67,10 +73,15 @@ MAX_BUDGET_SHARE = 0.5  # the margin never takes more of a task's deadline_s tha
 
 @dataclass(frozen=True)
 class UploadLink:
-    """What the device assumes of its uplink ([agent] upload_latency_s, upload_bytes_per_s)."""
+    """What the device assumes of its uplink ([agent] upload_latency_s, upload_bytes_per_s,
+    learn_upload_rate)."""
 
     latency_s: float = 1.0
-    bytes_per_s: float = 125_000.0
+    bytes_per_s: float = 125_000.0  # configured; with learn_rate, the start and the clamp's centre
+    # Learn the rate from timed uploads (uplink_rate.py). Off for a link built in code: the
+    # in-memory simulator's clock does not move while a message travels. The device config's
+    # [agent] learn_upload_rate turns it on by default.
+    learn_rate: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.latency_s < math.inf:  # also refuses NaN
@@ -78,6 +89,8 @@ class UploadLink:
                               f"{self.latency_s!r}")
         if not 0 < self.bytes_per_s < math.inf:
             raise ConfigError(f"agent.upload_bytes_per_s must be a positive number, got {self.bytes_per_s!r}")
+        if not isinstance(self.learn_rate, bool):
+            raise ConfigError(f"agent.learn_upload_rate must be true or false, got {self.learn_rate!r}")
 
 
 def varint_bytes(kept_share: float) -> float:
@@ -119,7 +132,8 @@ def update_bytes(task: TrainTask) -> float:
         return values * spec.topk_fraction * (spec.quant_bits / 8 + gap)
 
 
-def upload_margin_s(task: TrainTask, link: UploadLink) -> float:
-    """Seconds before the task's deadline that its training stops (module docstring)."""
-    estimate = link.latency_s + update_bytes(task) / link.bytes_per_s
+def upload_margin_s(task: TrainTask, link: UploadLink, envelope_bytes: float = 0.0) -> float:
+    """Seconds before the task's deadline that its training stops (module docstring);
+    envelope_bytes: the message's own bytes beyond its frames, when the rate is learned (uplink_rate.py)."""
+    estimate = link.latency_s + (update_bytes(task) + envelope_bytes) / link.bytes_per_s
     return min(estimate, MAX_BUDGET_SHARE * task.deadline_s)

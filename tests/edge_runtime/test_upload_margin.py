@@ -44,7 +44,7 @@ def model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
 
 
-def _stepping_device(model, root):
+def _stepping_device(model, root, **agent_kw):
     """An agent whose every training step takes 1 s on a ManualClock (40 examples, batch 8: 5 steps
     an epoch), and a coordinator client reading its updates."""
     art, manifest, _ = model
@@ -61,7 +61,7 @@ def _stepping_device(model, root):
     broker = InMemoryBroker()
     coord = broker.connect("coordinator")
     coord.subscribe(device_topic(DEVICE, "update"))
-    agent = DeviceAgent(runtime, broker.connect(DEVICE), clock)
+    agent = DeviceAgent(runtime, broker.connect(DEVICE), clock, **agent_kw)
     agent.start()
     return agent, coord, clock
 
@@ -215,4 +215,5 @@ def test_inputs_that_come_with_less_than_the_margin_left_are_declined_by_name():
 def test_a_bad_link_setting_is_refused_by_name(latency, rate):
     with pytest.raises(ConfigError, match="agent.upload_"):
         AgentConfig(upload_latency_s=latency, upload_bytes_per_s=rate)
-    assert AgentConfig(upload_latency_s=0.0).upload_link() == UploadLink(0.0, UploadLink().bytes_per_s)
+    assert AgentConfig(upload_latency_s=0.0).upload_link() == UploadLink(0.0, UploadLink().bytes_per_s,
+                                                                         learn_rate=True)

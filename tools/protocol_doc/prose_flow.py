@@ -85,7 +85,8 @@ def session() -> str:
    deadline falls later than the coordinator's by the task's trip down and any time it waited queued in the
    broker, and your update must still make its trip up before the coordinator's. A fedge device stops
    training an upload margin before it: `[agent] upload_latency_s` (1 s) plus its update's estimated bytes over
-   `upload_bytes_per_s` (125,000), at most half of `deadline_s`; the margin does not estimate the task's own
+   its upload rate (learned from its uploads' publish-to-Ack times, from `upload_bytes_per_s`, 125,000), at most
+   half of `deadline_s`; the margin does not estimate the task's own
    download (params inline) or broker queueing beyond that 1 s, and a secure-aggregation round's task gets no
    margin (it counts `deadline_s` from the start of training). In a SCAFFOLD round (`correction` non-empty) see
    README.md (Aggregation strategies) for the control variate you also upload as `Update.control`.
