@@ -245,7 +245,7 @@ def stratified_holdout(y: np.ndarray, test_fraction: float, rng: np.random.Gener
 
 
 def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained: str = "",
-                 using: str = "fleet") -> FederatedDataset:
+                 using: str = "fleet", held_out: int = 0) -> FederatedDataset:
     """One client per `<client_id>.npz` holding x_train, y_train, x_test, y_test.
 
     Examples are flattened to 1-D ((n, 28, 28) -> (n, 784)) and must have the same width
@@ -259,7 +259,8 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     train on (they told a `--standardize` run to add the flag it had); auto says what it did in
     one line. `pretrained`: the --model, when it is an import with pretrained weights (auto then
     keeps the features as saved and says why). `using`: whose statistics standardizing uses,
-    the fleet's pooled ones or each device's own (standardizing.STATISTICS). Auto reads flagged
+    the fleet's pooled ones or each device's own (standardizing.STATISTICS), without the last
+    `held_out` files' (--new-devices: they join after training). Auto reads flagged
     8-bit intensities saved as another dtype than uint8 (float32 0..255) as x / 255, as devices
     read uint8 (intensities.py).
     A file whose x_test is on another scale than its x_train is warned about in one line
@@ -304,7 +305,7 @@ def load_npz_dir(path: str | Path, standardize: bool | None = False, pretrained:
     warn_cast_losses(root, lossy)
     check_learnable(root, clients, cast_lost=train_lost)  # one class, or no feature that varies: nothing to learn
     as_saved = FederatedDataset(root.name, tuple(clients), max_label + 1, (int(width),), None)
-    data = resolve(as_saved, standardize, pretrained, saved, using)
+    data = resolve(as_saved, standardize, pretrained, saved, using, held_out)
     # after auto's x / 255 (a float x_test beside a uint8 x_train is fixed and said so), before
     # standardizing: a device's own training statistics blow up a tiny split's test values honestly
     _warn_scale_gaps(root, (as_saved if data.standardizing.on else data).clients)
@@ -337,12 +338,12 @@ def data_findings(data: FederatedDataset) -> list[str]:
                    f"its source's inputs, and standardizing them would change what its backbone sees. If it was "
                    f"trained on standardized features, --standardize has every device standardize them")
     elif scale and decided is not None and decided.on:
+        # with the fleet's statistics every feature that varies over the fleet comes out at std 1
         out.append(f"{scale}, even after each device standardized them (a feature constant on a device is only "
-                   f"centred)" if decided.using == "device" else f"{scale}, even after every device standardized "
-                   f"them with the fleet's statistics (a feature constant over the fleet is only centred)")
+                   f"centred)")
     elif scale and decided is not None and decided.divided_by_255:
         out.append(f"{scale}, even after each device read them as x / 255 (8-bit intensities saved as "
-                   f"{decided.eight_bit}); --standardize has each device standardize them")
+                   f"{decided.eight_bit}); --standardize has every device standardize them")
     elif scale and decided is not None and decided.eight_bit:  # --no-standardize
         out.append(f"{scale}. They are 8-bit intensities (integers 0..255) saved as {decided.eight_bit}: divide "
                    f"them by 255 before saving, or save them as uint8, which devices read as x / 255 (`fedge "

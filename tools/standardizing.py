@@ -39,6 +39,7 @@ saved.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -48,6 +49,8 @@ import numpy as np
 from fedge.edge_runtime.kernel.errors import DatasetError
 from fedge.edge_runtime.kernel.features import combine_moments, feature_moments, feature_statistics, standardize
 from fedge.tools.intensities import eight_bit, read_as_uint8, saves_uint8
+
+log = logging.getLogger("fedge.datasets")
 
 if TYPE_CHECKING:
     from fedge.tools.datasets import FederatedDataset
@@ -69,7 +72,9 @@ STATISTICS = ("fleet", "device")
 
 @dataclass(frozen=True)
 class Standardizing:
-    """What a --data run did to its features: `on` (each device standardized them), `mode`
+    """What a --data run did to its features: `on` (every device standardized them), `using` (with
+    the fleet's statistics or each its own: STATISTICS; each its own for a --standardize folder of
+    two scales, resolve), `mode`
     ("auto", "on" or "off": what was asked), `finding` (scale_finding of the features as
     saved, when auto looked; None when they were not flagged or auto did not look),
     `pretrained` (the --model whose pretrained inputs made auto keep flagged features as saved)
@@ -146,19 +151,21 @@ def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
     return _standardized(data, lambda c: feature_statistics(c.x_train))  # the device's own formula
 
 
-def standardize_with_fleet(data: FederatedDataset) -> FederatedDataset:
+def standardize_with_fleet(data: FederatedDataset, held_out: int = 0) -> FederatedDataset:
     """Every device standardizes its features, both splits, with the fleet's statistics
     (fleet_statistics): one affine for the whole fleet, so a class means the same inputs on every
-    device. DatasetError as standardize_per_device's."""
-    fleet = fleet_statistics(data)
+    device. The last `held_out` devices (--new-devices: they join after training) add nothing to
+    the statistics and are standardized with them, as a device that joins a real fleet is given
+    the fleet's file. DatasetError as standardize_per_device's."""
+    fleet = fleet_statistics(data.subset(0, len(data.clients) - held_out))
     return _standardized(data, lambda c: fleet)
 
 
-def standardize_devices(data: FederatedDataset, using: str) -> FederatedDataset:
+def standardize_devices(data: FederatedDataset, using: str, held_out: int = 0) -> FederatedDataset:
     """standardize_with_fleet or standardize_per_device, by `using` (STATISTICS)."""
     if using not in STATISTICS:
         raise ValueError(f"standardize with {using!r}: one of {', '.join(STATISTICS)}")
-    return standardize_with_fleet(data) if using == "fleet" else standardize_per_device(data)
+    return standardize_with_fleet(data, held_out) if using == "fleet" else standardize_per_device(data)
 
 
 def fleet_statistics(data: FederatedDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -223,21 +230,34 @@ def pooled_scale(data: FederatedDataset) -> tuple[float, float, float]:
 
 
 def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = "",
-            saved: Mapping[str, Mapping[str, np.dtype]] | None = None, using: str = "fleet") -> FederatedDataset:
+            saved: Mapping[str, Mapping[str, np.dtype]] | None = None, using: str = "fleet",
+            held_out: int = 0) -> FederatedDataset:
     """`data` as its devices train on it, with `standardizing` saying what was done and why:
     standardize True (on), False (off) or None (auto: on when scale_finding flags the data,
     unless `pretrained` names an imported --model, whose inputs stay as its source saw them, or
     the features are 8-bit intensities saved as another dtype than uint8, flagged or beside splits
     saved as uint8, which are read as x / 255; beside uint8 splits, for a pretrained model too).
     `saved`: each device's saved dtypes of x_train and x_test (intensities.eight_bit); None: not
-    known, and no data is taken for 8-bit intensities. `using`: whose statistics (STATISTICS)."""
+    known, and no data is taken for 8-bit intensities. `using`: whose statistics (STATISTICS);
+    `held_out`: the last devices, which the fleet's statistics leave out (standardize_with_fleet).
+    Under --standardize, 8-bit intensities saved as float beside uint8 splits are read as saved,
+    on another scale than the uint8 ones (x / 255): pooled, the two scales would make one split's
+    features nearly constant (digits x 255 / 16 over 4 files, 2 of each: 0.508 global with the
+    fleet's statistics, 0.944 with each device's own), so such a folder is standardized with each
+    device's own statistics, which do not depend on the scale, and the decision says so."""
     mixed = saved is not None and saves_uint8(saved)
     if standardize is not None:  # the flags keep 8-bit intensities as saved; data_findings says so
         # --standardize: only those beside uint8 splits, which it standardizes with x / 255's statistics
         pixels = eight_bit(data, saved) if saved is not None and (mixed or not standardize) else None
+        two_scales = bool(standardize) and mixed and bool(pixels)
         decision = Standardizing(bool(standardize), "on" if standardize else "off", eight_bit=pixels or "",
-                                 beside_uint8=mixed and bool(pixels), using=using)
-        return replace(standardize_devices(data, using) if decision.on else data, standardizing=decision)
+                                 beside_uint8=mixed and bool(pixels), using="device" if two_scales else using)
+        if two_scales and using == "fleet":
+            log.warning("--standardize: each device standardizes with its own statistics, not the fleet's: its "
+                        "splits are on two scales (uint8 read as x / 255, 8-bit intensities saved as %s as saved), "
+                        "which pooled statistics would mix", pixels)
+        return replace(standardize_devices(data, decision.using, held_out) if decision.on else data,
+                       standardizing=decision)
     finding = scale_finding(data)
     # a uint8 split beside the others: a float x_test beside a uint8 x_train leaves the training pool unflagged.
     # A pretrained --model keeps its inputs as saved, unless some are uint8: those every reader takes as
@@ -249,4 +269,4 @@ def resolve(data: FederatedDataset, standardize: bool | None, pretrained: str = 
                        standardizing=Standardizing(False, "auto", finding, "", pixels, beside_uint8=mixed,
                                                    using=using))
     decision = Standardizing(finding is not None and not pretrained, "auto", finding, pretrained, using=using)
-    return replace(standardize_devices(data, using) if decision.on else data, standardizing=decision)
+    return replace(standardize_devices(data, using, held_out) if decision.on else data, standardizing=decision)

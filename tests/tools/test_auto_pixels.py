@@ -14,7 +14,7 @@ import pytest
 
 from fedge.edge_runtime.kernel.features import as_features
 from fedge.tools.datasets import load_npz_dir
-from fedge.tools.standardizing import resolve, standardize_with_fleet
+from fedge.tools.standardizing import resolve, standardize_per_device, standardize_with_fleet
 
 
 def _pixels(folder, dtypes=("float32",) * 3, top=255, half=False, seed=0):
@@ -266,7 +266,8 @@ def test_either_flag_on_float_pixels_beside_uint8_splits_says_their_scales_diffe
     saved = _uint8_train_float_test(tmp_path / "mix")
     data = load_npz_dir(tmp_path / "mix", standardize=flag)
     read = {k: (as_features(v["x_train"]), as_features(v["x_test"])) for k, v in saved.items()}
-    _same(data, {c.client_id: (c.x_train, c.x_test) for c in standardize_with_fleet(replace(
+    # two scales under --standardize: each device's own statistics (standardizing.resolve)
+    _same(data, {c.client_id: (c.x_train, c.x_test) for c in standardize_per_device(replace(
         data, clients=tuple(replace(c, x_train=read[c.client_id][0], x_test=read[c.client_id][1])
                             for c in data.clients))).clients} if flag else read)
     (line,) = [m for m in caplog.messages if "beside splits saved as uint8" in m]

@@ -63,3 +63,53 @@ def test_run_json_says_whose_statistics_ran_and_the_devices_trained_on_them(tmp_
     assert main(["simulate", "--data", str(raw), "--rounds", "1", "--quiet", "--json", str(out),
                  "--no-standardize"]) in (0, 1)  # raw: some tasks may diverge
     assert json.loads(out.read_text())["config"]["standardize_with"] is None
+
+
+def test_held_out_new_devices_add_nothing_to_the_fleet_statistics_and_are_standardized_with_them(tmp_path):
+    """--new-devices: the last files join after training, as a device given the fleet's file
+    would. Oracle: fleet_statistics of the training files as saved, applied to every file."""
+    raw = _blobs(tmp_path / "raw", scale=4000.0)
+    saved = load_npz_dir(raw, standardize=False)
+    mean, std = fleet_statistics(saved.subset(0, len(saved.clients) - 1))
+    assert not np.allclose(mean, fleet_statistics(saved)[0])  # the held-out file would move them
+    data = load_npz_dir(raw, standardize=True, held_out=1)
+    for got, c in zip(data.clients, saved.clients, strict=True):
+        np.testing.assert_allclose(got.x_train, (c.x_train - mean) / std, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got.x_test, (c.x_test - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_a_standardized_folder_on_two_scales_uses_each_devices_own_statistics(tmp_path, caplog):
+    """Digits x 255 / 16 over 4 files, two saved as uint8 (read as x / 255) and two as float32
+    (read as saved, 255 times that scale): pooled, the uint8 devices' features came out nearly
+    constant (0.508 global against 0.944). Oracle: standardize_per_device of the folder as read."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = np.round(x * 255 / 16)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(4):
+        part = slice(i * 400, i * 400 + 400)
+        xs = x[part].astype(np.uint8 if i < 2 else np.float32)
+        np.savez(folder / f"d{i}.npz", x_train=xs[:300], y_train=y[part][:300], x_test=xs[300:], y_test=y[part][300:])
+    as_read = load_npz_dir(folder, standardize=False)
+    data = load_npz_dir(folder, standardize=True)
+    assert data.standardizing.on and data.standardizing.using == "device"
+    assert "each device standardizes with its own statistics, not the fleet's" in caplog.text
+    for got, want in zip(data.clients, standardize_per_device(as_read).clients, strict=True):
+        np.testing.assert_array_equal(got.x_train, want.x_train)
+
+
+def test_standardize_with_needs_standardize_on_a_shipped_dataset(capsys):
+    assert main(["simulate", "--dataset", "digits", "--standardize-with", "device", "--rounds", "1"]) == 2
+    assert "--standardize-with needs --standardize" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("using, says", [
+    ("fleet", "[data] statistics to the fleet's file (fedge data combine-moments)"),
+    ("device", "with its own training split's mean and std"),
+])
+def test_the_load_warning_says_whose_statistics_and_what_real_devices_need(tmp_path, caplog, using, says):
+    load_npz_dir(_blobs(tmp_path / "raw", scale=4000.0), standardize=None, using=using)
+    (line,) = [m for m in caplog.messages if "far from standardized" in m]
+    assert says in line and "[data] standardize = true" in line

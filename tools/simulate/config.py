@@ -142,7 +142,7 @@ class SimConfig:
         if self.guard_fraction and (self.standardize or self.partition == "feature"):
             # the guard set is the shipped inputs as they are; these devices see them transformed
             raise ConfigError("guard_fraction with --standardize or --partition feature: the devices' inputs are "
-                              "transformed per device, and a guard set of raw inputs would not stand for them")
+                              "transformed, and a guard set of raw inputs would not stand for them")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition {self.partition!r}: choose one of {PARTITIONS}")
         if self.synthetic:

@@ -48,6 +48,9 @@ def check_options_apply(cfg: SimConfig, typed: Collection[str]) -> None:
     if cfg.standardize is False and cfg.data_dir is None:
         raise ConfigError("--no-standardize applies to --data: a shipped or synthetic dataset is standardized only "
                           "when --standardize asks")
+    if cfg.standardize_with is not None and cfg.data_dir is None and not cfg.standardize:
+        raise ConfigError("--standardize-with needs --standardize with a shipped or synthetic dataset: it is "
+                          "standardized only when --standardize asks")
     if cfg.broker_url and cfg.transport != "mqtt":
         raise ConfigError("--broker needs --transport mqtt")
     if "round_deadline_s" in typed and cfg.transport == "memory":

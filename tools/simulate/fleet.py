@@ -97,7 +97,7 @@ def _devices_data(cfg: SimConfig, named: ModelSpec | None) -> FederatedDataset:
             named = load_spec(cfg.model)
         pretrained = str(cfg.model) if named is not None and named.onnx else ""
         return load_npz_dir(cfg.data_dir, standardize=cfg.standardize, pretrained=pretrained,
-                            using=cfg.standardize_using)
+                            using=cfg.standardize_using, held_out=cfg.new_devices)
     if cfg.synthetic:
         data = synthetic(cfg.devices, cfg.split_alpha, cfg.split_beta, seed=cfg.seed)
     else:
@@ -105,7 +105,7 @@ def _devices_data(cfg: SimConfig, named: ModelSpec | None) -> FederatedDataset:
         data = build_federated(cfg.dataset, cfg.devices, cfg.partition, cfg.seed, alpha=cfg.split_alpha,
                                classes_per_client=cfg.classes_per_client, test_fraction=cfg.test_fraction,
                                exclude=exclude)
-    return standardize_devices(data, cfg.standardize_using) if cfg.standardize else data
+    return standardize_devices(data, cfg.standardize_using, cfg.new_devices) if cfg.standardize else data
 
 
 @dataclass
