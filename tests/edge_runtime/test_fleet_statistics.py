@@ -22,7 +22,7 @@ from fedge.edge_runtime.kernel.configfile import tomllib
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.features import as_features
 from fedge.edge_runtime.run import build_device, install_reload
-from fedge.edge_runtime.standardization_record import recorded_standardization
+from fedge.edge_runtime.standardization_record import recorded_source, recorded_standardization
 from fedge.tools.cli import main
 
 
@@ -67,6 +67,7 @@ def test_the_device_standardizes_with_the_fleet_statistics_file(tmp_path, caplog
         assert data.x_train.dtype == np.float32
         got_mean, got_std = recorded_standardization(tmp_path / "state" / "pi-a")  # what the export applies
         assert np.array_equal(got_mean, mean) and np.array_equal(got_std, std)
+        assert recorded_source(tmp_path / "state" / "pi-a") == str(tmp_path / "fleet.npz")  # what the export names
         assert any("with the fleet's mean and std from" in r.message and "fleet.npz" in r.message
                    for r in caplog.records)
         caplog.clear()
