@@ -7,21 +7,27 @@ class maps that class to zero, and the global model learns nothing that carries 
 `fedge device moments` files: `mean` and `std`, float arrays of one example's feature shape.
 
 It is read and checked at start and at each SIGHUP reload, with the data file: a file that is
-missing, not an .npz, without those keys, of another shape than x_train's examples, or holding a
-value that is not finite or a std that is not positive is a StatisticsFileError naming it (the
-device refuses to start, or a reload keeps the old data), never a traceback."""
+missing, not an .npz, without those keys, of another layout than x_train's examples (size-1
+axes aside, as kernel/features.example_layout: (4, 4) statistics apply to (1, 4, 4) examples),
+or holding a value that is not finite or a std that is not positive is a StatisticsFileError
+naming it (the device refuses to start, or a reload keeps the old data), never a traceback. The
+arrays are read by npz_members.py with a limit of what two arrays of the device's example shape
+take: a 1 MB file whose mean inflates to 1 GiB is refused from its header, before a byte of it
+is allocated (np.load took 1,051 MiB and 25.7 s before the shape check)."""
 
 from __future__ import annotations
 
-import stat
+import math
 from pathlib import Path
 
 import numpy as np
 
 from .kernel.errors import DatasetError
-from .kernel.files import load_npz
+from .kernel.features import shape_layout
+from .npz_members import NpzLimits, read_npz_members
 
 KEYS = ("mean", "std")
+STATISTICS_BY = "`fedge data combine-moments`"
 
 
 class StatisticsFileError(DatasetError):
@@ -30,16 +36,19 @@ class StatisticsFileError(DatasetError):
 
 def load_fleet_statistics(path: str | Path, example_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std), float64 of `example_shape` (x_train's per-example shape), from `path`."""
-    path = Path(path)
+    path, example_shape = Path(path), tuple(example_shape)
     where = f"[data] statistics {path}"
-    arrays = read_npz_file(path, KEYS, StatisticsFileError, where, "`fedge data combine-moments`")
+    limits = NpzLimits(len(KEYS) * math.prod(example_shape) * 8, 8, "statistics file",
+                       f"name the .npz {STATISTICS_BY} wrote", f" for this device's examples of shape {example_shape}; "
+                       "the statistics are of another fleet's features", StatisticsFileError)
+    arrays = read_numbers(path, KEYS, limits, where)
     out = []
     for key in KEYS:
         a = arrays[key]
-        if a.shape != tuple(example_shape):
+        if shape_layout(a.shape) != shape_layout(example_shape):
             raise StatisticsFileError(f"{where}: {key} has shape {a.shape}, where this device's examples have "
-                                      f"{tuple(example_shape)}; the statistics are of another fleet's features")
-        out.append(a.astype(np.float64))
+                                      f"{example_shape}; the statistics are of another fleet's features")
+        out.append(a.astype(np.float64).reshape(example_shape))  # the same values in the same order
     mean, std = out
     if not (np.isfinite(mean).all() and np.isfinite(std).all()):
         raise StatisticsFileError(f"{where}: a mean or std that is not finite")
@@ -48,27 +57,10 @@ def load_fleet_statistics(path: str | Path, example_shape: tuple[int, ...]) -> t
     return mean, std
 
 
-def read_npz_file(path: Path, keys: tuple[str, ...], error: type[DatasetError], where: str,
-                  writer: str) -> dict[str, np.ndarray]:
-    """The arrays `keys` of the .npz at `path`, numbers each, or `error` naming `where` (the path,
-    and the setting that named it) and `writer` (the command that writes such a file): for a
-    missing file, a folder or FIFO, a file numpy cannot read, a missing key or a non-numeric array."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise error(f"{where}: no such file ({writer} writes it)") from None
-    except OSError as exc:
-        raise error(f"{where}: cannot be read ({exc})") from None
-    if not stat.S_ISREG(mode):  # a folder, or a FIFO the load would block on
-        raise error(f"{where}: not a regular file; name the .npz {writer} wrote")
-    try:
-        arrays = load_npz(path, only=keys)
-    except Exception as exc:  # noqa: BLE001 - any file numpy cannot read as an .npz: named, never a traceback
-        raise error(f"{where}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise error(f"{where}: no {', '.join(missing)}; the file {writer} writes holds {', '.join(keys)}")
+def read_numbers(path: Path, keys: tuple[str, ...], limits: NpzLimits, where: str) -> dict[str, np.ndarray]:
+    """read_npz_members' arrays `keys`, each numbers (integers or floats), or limits.error naming `where`."""
+    arrays = read_npz_members(path, keys, limits, where)
     for key in keys:
         if arrays[key].dtype.kind not in "fiu":
-            raise error(f"{where}: {key} is {arrays[key].dtype}, not numbers")
+            raise limits.error(f"{where}: {key} is {arrays[key].dtype}, not numbers")
     return arrays

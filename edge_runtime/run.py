@@ -36,7 +36,7 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
     artifacts = own / "artifacts"
     models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
     data, stats = read_local_data(cfg.data.npz, cfg.data.standardize, cfg.data.statistics)
-    record_standardization(own, stats)  # what `fedge device export` puts in front of the model
+    record_standardization(own, stats, cfg.data.statistics)  # what `fedge device export` puts in front of the model
     runtime = DeviceRuntime(cfg.device_id, data, models, state, backend=cfg.backend, eligibility=monitor.before,
                             abort_check=monitor.during, seed=cfg.seed)
     transport = MqttTransport(cfg.device_id, cfg.broker, will=DeviceAgent.last_will(cfg.device_id))
@@ -102,7 +102,7 @@ def install_reload(agent, npz: str, standardize: bool = False, own: Path | None 
         runtime.replace_data(data)
         if own is not None:
             try:
-                record_standardization(own, stats)
+                record_standardization(own, stats, statistics)
             except OSError as exc:  # a full disk: the device runs on, and the old record must not stay
                 (Path(own) / RECORD_FILE).unlink(missing_ok=True)
                 log.error("device %s: SIGHUP: could not record its standardization (an export reads the data "

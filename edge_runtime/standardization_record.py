@@ -6,7 +6,10 @@ the new data is in use, and removed at a start with standardize = false.
 The export once recomputed them from the data file as it was at export: a file replaced since
 the device loaded it (before its SIGHUP, or on a stopped device) put another mean and std in
 front of a model trained and evaluated with the old ones. Like the device's other state, the
-file never leaves the device."""
+file never leaves the device. It records where the numbers came from too (`statistics`: the
+[data] statistics file's path, or "" for the device's own), so the export describes the numbers
+it applies, not whatever the config says now; a record written before it has no `statistics`,
+and the export describes it from the config, as it did."""
 
 from __future__ import annotations
 
@@ -23,14 +26,15 @@ RECORD_FILE = "standardization.npz"
 Statistics = tuple[np.ndarray, np.ndarray]  # (mean, std), float64, the per-example shape
 
 
-def record_standardization(own: str | Path, stats: Statistics | None) -> None:
-    """Write `stats` to own/standardization.npz, or remove that file (fedge's own) when None."""
+def record_standardization(own: str | Path, stats: Statistics | None, statistics: str | Path = "") -> None:
+    """Write `stats` to own/standardization.npz, with `statistics` (the [data] statistics file they
+    came from; "" for the device's own), or remove that file (fedge's own) when stats is None."""
     path = Path(own) / RECORD_FILE
     if stats is None:
         path.unlink(missing_ok=True)
         return
     buf = io.BytesIO()
-    np.savez(buf, mean=stats[0], std=stats[1])
+    np.savez(buf, mean=stats[0], std=stats[1], statistics=np.array(str(statistics)))
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -51,3 +55,14 @@ def recorded_standardization(own: str | Path) -> Statistics | None:
                                "recorded (shapes differ, or a value is not finite or a std not positive); "
                                "restart the device (it writes it at start) or remove the file")
     return mean, std
+
+
+def recorded_source(own: str | Path) -> str | None:
+    """Where the recorded standardization came from: the [data] statistics file's path, "" for the
+    device's own statistics, or None where the record does not say (none, or one written before
+    fedge recorded it) or cannot be read (recorded_standardization names that)."""
+    try:
+        source = load_npz(Path(own) / RECORD_FILE, only=("statistics",)).get("statistics")
+    except Exception:  # noqa: BLE001 - absent or damaged: recorded_standardization says which
+        return None
+    return str(source) if source is not None and source.dtype.kind == "U" and source.shape == () else None

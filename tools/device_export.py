@@ -99,10 +99,12 @@ def device_statistics(cfg, root: Path) -> tuple[tuple[np.ndarray, np.ndarray], s
     else those of its data file as it is now, or DatasetError naming it."""
     from fedge.edge_runtime.device_config import read_local_data
     from fedge.edge_runtime.kernel.errors import DatasetError
-    from fedge.edge_runtime.standardization_record import recorded_standardization
+    from fedge.edge_runtime.standardization_record import recorded_source, recorded_standardization
 
     recorded = recorded_standardization(root)
-    whose = (f"the fleet's mean and std ([data] statistics {cfg.data.statistics})" if cfg.data.statistics
+    source = recorded_source(root) if recorded is not None else None
+    statistics = cfg.data.statistics if source is None else source  # a record from before it said: the config
+    whose = (f"the fleet's mean and std ([data] statistics {statistics})" if statistics
              else "this device's training mean and std")
     if recorded is not None:
         return recorded, f"{whose} as it applies them (recorded at its last start or SIGHUP reload)"

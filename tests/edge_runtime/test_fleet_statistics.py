@@ -22,7 +22,7 @@ from fedge.edge_runtime.kernel.configfile import tomllib
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.features import as_features
 from fedge.edge_runtime.run import build_device, install_reload
-from fedge.edge_runtime.standardization_record import recorded_standardization
+from fedge.edge_runtime.standardization_record import recorded_source, recorded_standardization
 from fedge.tools.cli import main
 
 
@@ -67,18 +67,20 @@ def test_the_device_standardizes_with_the_fleet_statistics_file(tmp_path, caplog
         assert data.x_train.dtype == np.float32
         got_mean, got_std = recorded_standardization(tmp_path / "state" / "pi-a")  # what the export applies
         assert np.array_equal(got_mean, mean) and np.array_equal(got_std, std)
+        assert recorded_source(tmp_path / "state" / "pi-a") == str(tmp_path / "fleet.npz")  # what the export names
         assert any("with the fleet's mean and std from" in r.message and "fleet.npz" in r.message
                    for r in caplog.records)
         caplog.clear()
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda p: p, "no such file"),
-    (lambda p: (p.mkdir(), p)[1], "not a regular file"),
+    (lambda p: p, "no such statistics file"),
+    (lambda p: (p.mkdir(), p)[1], "is a folder, not a statistics file"),
     (lambda p: (p.write_text("mean,std\n1,2\n"), p)[1], "not a readable .npz file"),
-    (lambda p: (np.savez(p, mean=np.zeros(6)), p)[1], "no std; the file `fedge data combine-moments` writes"),
+    (lambda p: (np.savez(p, mean=np.zeros(6)), p)[1],
+     r"no std \(it holds mean\); a statistics file holds mean, std; name the .npz `fedge data combine-moments`"),
     (lambda p: _stats(p, np.zeros(5), np.ones(5)), r"mean has shape \(5,\), where this device's examples have \(6,\)"),
-    (lambda p: _stats(p, np.zeros(6), np.ones((6, 1))), r"std has shape \(6, 1\)"),
+    (lambda p: _stats(p, np.zeros(6), np.ones((3, 2))), r"std has shape \(3, 2\)"),
     (lambda p: _stats(p, np.array(["a"] * 6), np.ones(6)), "mean is <U1, not numbers"),
     (lambda p: _stats(p, np.r_[np.zeros(5), np.nan], np.ones(6)), "a mean or std that is not finite"),
     (lambda p: _stats(p, np.zeros(6), np.r_[np.ones(5), np.inf]), "a mean or std that is not finite"),
@@ -195,10 +197,11 @@ def test_the_clis_never_replace_a_file_fedge_did_not_write(tmp_path, capsys, com
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda p: p, "no such file"),
+    (lambda p: p, "no such moments file"),
     (lambda p: (p.write_text("x"), p)[1], "not a readable .npz file"),
     (lambda p: (np.savez(p, mean=np.zeros(6), std=np.ones(6)), p)[1],
-     "no count, m2, mean_residual; the file `fedge device"),
+     r"no count, m2, mean_residual \(it holds mean, std\); a moments file holds count, mean, m2, mean_residual; "
+     "name the .npz `fedge device moments`"),
     (lambda p: (np.savez(p, count=np.zeros(2, int), mean=np.zeros(6), m2=np.ones(6), mean_residual=np.zeros(6)),
                 p)[1], "count is int64 of shape"),
     (lambda p: (np.savez(p, count=np.int64(0), mean=np.zeros(6), m2=np.ones(6), mean_residual=np.zeros(6)),
