@@ -75,7 +75,13 @@ def read_npz_members(path: str | Path, keys: tuple[str, ...], limits: NpzLimits,
         raise error(f"{where}: not a regular file; {remedy}")
     try:
         with path.open("rb") as raw, zipfile.ZipFile(_zip_or_refuse(where, raw, limits)) as zf:
-            members = {info.filename.removesuffix(".npy"): info for info in zf.infolist()}
+            members = {}
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name in members:  # numpy reads the last one: which array a reader sees is not the file's to hide
+                    raise error(f"{where}: holds two arrays named {name} ({members[name].filename} and "
+                                f"{info.filename}); a {kind} holds each of {', '.join(keys)} once; {remedy}")
+                members[name] = info
             missing = [k for k in keys if k not in members]
             if missing:
                 held = ", ".join(sorted(members)) or "nothing"

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedge.edge_runtime.kernel.errors import DatasetError
+from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError
 from fedge.edge_runtime.kernel.features import combine_moments, feature_moments, feature_statistics, standardize
 from fedge.tools.intensities import eight_bit, read_as_uint8, saves_uint8
 
@@ -157,6 +157,8 @@ def standardize_with_fleet(data: FederatedDataset, held_out: int = 0) -> Federat
     device. The last `held_out` devices (--new-devices: they join after training) add nothing to
     the statistics and are standardized with them, as a device that joins a real fleet is given
     the fleet's file. DatasetError as standardize_per_device's."""
+    if not 0 <= held_out < len(data.clients):  # fleet.prepare says the same, after loading
+        raise ConfigError(f"--new-devices {held_out}: the data has only {len(data.clients)} clients; some must train")
     fleet = fleet_statistics(data.subset(0, len(data.clients) - held_out))
     return _standardized(data, lambda c: fleet)
 

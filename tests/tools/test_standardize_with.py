@@ -113,3 +113,13 @@ def test_the_load_warning_says_whose_statistics_and_what_real_devices_need(tmp_p
     load_npz_dir(_blobs(tmp_path / "raw", scale=4000.0), standardize=None, using=using)
     (line,) = [m for m in caplog.messages if "far from standardized" in m]
     assert says in line and "[data] standardize = true" in line
+
+
+@pytest.mark.parametrize("held", [4, 5])
+def test_holding_every_file_out_is_refused_by_name_before_any_statistics(tmp_path, held):
+    """All 4 files held out said "no moments to combine ... fedge device moments"; more than 4
+    pooled the wrong files (a negative slice) before fleet.prepare refused the run."""
+    raw = _blobs(tmp_path / "raw", scale=4000.0)
+    assert len(load_npz_dir(raw).clients) == 4
+    with pytest.raises(ConfigError, match=f"--new-devices {held}: the data has only 4 clients; some must train"):
+        load_npz_dir(raw, standardize=True, held_out=held)
