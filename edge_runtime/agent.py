@@ -291,6 +291,7 @@ class DeviceAgent:
             if not ready:
                 self._secagg_fetching[task.task_id] = message
                 return
+        self.uplink.blocked()  # a secure round's stage may train: it blocks the loop too
         self.secagg.on_message(message)
 
     def _refuse(self, task: TrainTask, why: Refused) -> None:
@@ -312,6 +313,7 @@ class DeviceAgent:
 
     def _on_eval(self, task: EvalTask | EvalReport) -> None:
         """Answer at once; a task the wire refused comes as its refusal (unanswered.py)."""
+        self.uplink.blocked()  # an evaluation (a head refit) blocks the loop like training
         self.evals.answer(task, lambda report: self._publish("update", encode_message(report)))
 
     def _answer_again(self, task: TrainTask) -> None:
@@ -343,6 +345,7 @@ class DeviceAgent:
         # Between training steps: a straggler stops, not just arrives late; and no task trains
         # past the device's own cap, whatever deadline it came with.
         past_deadline = stop_check(self.clock, deadline_at, self.max_task_s)
+        self.uplink.blocked()  # an Ack queued behind the training is no upload time (uplink_rate.py)
         # The runtime keeps the update in the journal before its state moves (journal.record).
         reply = self.runtime.handle_task(task, past_deadline, self.journal)
         if isinstance(reply, Decline):

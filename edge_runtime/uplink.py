@@ -51,7 +51,8 @@ class Uplink:
         """Seconds before its deadline that the task's training stops, for its update's upload."""
         if self.rate is None:
             return upload_margin_s(task, self.link)
-        return upload_margin_s(task, replace(self.link, bytes_per_s=self.rate.bytes_per_s), self.rate.envelope_bytes)
+        learned = replace(self.link, bytes_per_s=self.rate.bytes_per_s)
+        return upload_margin_s(task, learned, self.rate.margin_envelope_bytes)
 
     def send_update(self, payload: bytes, now: float) -> None:
         self.next_republish = now + self.republish_s  # first: a failed publish is retried by the next resend
@@ -82,8 +83,6 @@ class Uplink:
         items = self.journal.pending.items()
         # Set first: if the broker refuses a publish, the next try waits its turn (backoff).
         self.next_republish = now + self.republish_s * 2 ** self.unacked_resends
-        if self.rate is not None:
-            self.rate.resent()  # an Ack from now on may answer the resend: it times no first send
         # Every frame here decodes: the journal sets aside at start a kept file that does not
         # (a bad sector; DeviceJournal._set_aside_foreign), and what it keeps later it encoded.
         for item in items:
@@ -136,5 +135,12 @@ class Uplink:
             self.rate.acked(update_id, now)
 
     def reconnected(self, now: float) -> None:
-        """The link came back: resend at the base interval again (the agent resends at once)."""
+        """The link came back: resend at the base interval again (the agent resends at once); the
+        time offline is not the link's rate, so no update in flight is timed (uplink_rate.py)."""
         self.acked(now)
+        self.blocked()
+
+    def blocked(self) -> None:
+        """The agent runs blocking work: an Ack handled after it was stamped late (uplink_rate.py)."""
+        if self.rate is not None:
+            self.rate.forget()

@@ -15,9 +15,18 @@ fit in latency_s and says only that the link is at least bytes / floor fast. Suc
 is censored: it counts as max(bytes / floor, configured), so a small update acked at once never
 claims the link is slower than the configured guess (1 kB / 50 ms would say 20 kB/s).
 
-Only first sends count. A resend (the backoff, a reconnect, a task that came again) forgets every
-update in flight: its Ack may answer the resend, and the time since the first send then measures
-the broker's loss, not the link. Secure-aggregation uploads and Declines are not timed.
+Each update is timed from its FIRST send, across resends. An upload slower than republish_s
+(10 s) is resent by the loop before its Ack comes; forgetting it then (as the first version did)
+never timed the slow links this is for. When the Ack comes after resends, bytes / (elapsed since
+the first send - latency_s) is a lower bound of the rate if the Ack answers the first copy, so
+the error is conservative (a larger margin, still capped at half the deadline). A message the
+broker lost yields one pessimistic reading (the time until a resend got through), which leaves
+the window after WINDOW more uploads. Forgotten (`forget`): every timing in flight when the agent
+runs blocking work (training a task, an evaluation or head refit) inside its loop, since an Ack
+that came meanwhile waits in the queue and would be stamped after the work (an Ack behind a 60 s
+training read as a 60 s upload and sank the estimate to the clamp), and on a reconnect (the time
+offline is not the link's rate). The transport does not stamp arrival times, so the agent's
+clock at handling is all there is. Secure-aggregation uploads and Declines are not timed.
 
 The estimate: the lower quartile (nearest rank, sorted[(n - 1) // 4]) of the last WINDOW (8)
 observations, once MIN_OBSERVATIONS (3) exist; until then the configured rate. A low quantile
@@ -25,12 +34,15 @@ rather than a mean: a slow upload is believed at once (with fewer than 5 observa
 quartile is the minimum; with 8, the second lowest), a fast outlier barely moves it, and a
 slow one leaves the window after 8 more uploads. It is clamped to [configured / 100,
 configured x 100] (CLAMP_FACTOR), so no run of absurd measurements can shrink the margin to
-latency_s alone or blow it up to half of every deadline.
+latency_s alone, and the transfer part of the margin stays at most 100 times the configured one.
+That does not keep it under the half-deadline cap: at the floor (1,250 bytes/s for the default
+125,000) an update of about 374 kB or more already takes 300 s, half the default 600 s deadline.
 
 The margin estimates an update's frames (payload and SCAFFOLD's control, upload_margin.py), while
 the link carries the whole message: its envelope (ids, metrics: about 235 bytes for the test
 model's 413-byte frame) is remembered from the last timed send (`envelope_bytes`) and added to the
-estimate when the rate is learned, so a same-size update's margin is the time seen (without it a
+estimate once the rate is learned (MIN_OBSERVATIONS; before that the margin is the configured
+one bit for bit, as with learning off), so a same-size update's margin is the time seen (without it a
 648-byte message acked after 6 s gave a 4.2 s margin; under 1% apart past 25 kB).
 
 The estimate lives in memory: a restarted device starts again from the configured rate.
@@ -86,15 +98,21 @@ class UplinkRate:
     def bytes_per_s(self) -> float:
         return learned_rate(list(self.observations), self.configured)
 
+    @property
+    def margin_envelope_bytes(self) -> int:
+        """The envelope the margin adds: none until the rate is learned (module docstring)."""
+        return self.envelope_bytes if len(self.observations) >= MIN_OBSERVATIONS else 0
+
     def sent(self, update_id: str, sent_bytes: int, now: float, frame_bytes: int = 0) -> None:
-        """An update's first send: the message's bytes, of which `frame_bytes` its payload and control."""
+        """An update's first send: the message's bytes, of which `frame_bytes` its payload and control.
+        A resend does not call this: the first send's time is kept until the Ack (module docstring)."""
         self.in_flight[update_id] = (sent_bytes, now)
         self.envelope_bytes = max(0, sent_bytes - frame_bytes)
         if len(self.in_flight) > MAX_IN_FLIGHT:
             self.in_flight.pop(next(iter(self.in_flight)))
 
-    def resent(self) -> None:
-        """Every kept update went out again: no Ack from now on tells the first send's time."""
+    def forget(self) -> None:
+        """Blocking work or a reconnect: an Ack handled after it does not tell the link's time."""
         self.in_flight.clear()
 
     def acked(self, update_id: str, now: float) -> None:

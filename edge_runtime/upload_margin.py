@@ -23,7 +23,7 @@ the coordinator's queue, and the step, the compression and the journal's durable
 training after the last check. bytes_per_s ([agent] upload_bytes_per_s, 125,000: 1 Mbit/s, a weak
 Wi-Fi or cellular uplink), learned by default ([agent] learn_upload_rate = true; uplink_rate.py):
 each update's first send is timed to the coordinator's Ack, one observation being bytes /
-(elapsed - latency_s) (the message's envelope, ids and metrics, then added to the estimate), and
+(elapsed - latency_s) (the message's envelope, ids and metrics, added once the rate is learned), and
 after 3 of them the rate is the lower quartile of the last 8, within [configured / 100, configured
 x 100]; false keeps the configured rate. The update's bytes are estimated from the task itself,
 tensor by tensor from its params frame's headers (and SCAFFOLD's c), as compress.py and
