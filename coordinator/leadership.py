@@ -44,7 +44,7 @@ LEADER_LOCK_KEY = 0x6665646765  # pg_try_advisory_lock key ("fedge"); advisory l
 # over within that plus its poll interval. Keepalives probe an idle link only: check() runs
 # every 0.5 s, and a query in flight on a cut link is retransmitted for ~15 minutes unless
 # tcp_user_timeout (the same 11 s) ends it (pg_link.py, stricter than the store's 30 s).
-LEASE_KEEPALIVES = link_params(keepalives=(5, 2, 3), tcp_user_timeout_ms=11_000)
+LEASE_KEEPALIVES = {"keepalives": (5, 2, 3), "tcp_user_timeout_ms": 11_000}  # link_params' arguments
 
 
 class LeadershipError(FedgeError):
@@ -82,7 +82,7 @@ class PostgresLease:
         # Keepalives both ways (LEASE_KEEPALIVES): the lock is released only when the server sees
         # the session end, which after a network cut (no FIN, no RST) takes its TCP keepalive,
         # 2 hours by Linux's default; and check() must fail, not hang, on a dead link.
-        self._conn = connect(dsn, autocommit=True, connect_timeout=10, **LEASE_KEEPALIVES)
+        self._conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params(dsn, **LEASE_KEEPALIVES))
         migrate(self._conn, self.where)  # the leader table must exist before anyone bumps it
 
     def try_acquire(self) -> bool:

@@ -13,15 +13,21 @@ that time (no messages, no deadlines, a stop that outlives systemd's TimeoutStop
                         row locks of an open transaction (the leader row that store writes lock
                         FOR UPDATE, leadership.check_epoch), instead of holding them 2 hours
 
-psycopg then raises OperationalError, and the connection is closed for good: PostgresStore names
-it StoreLinkLost (pg_store.py), which stops the service (exit 1, loop.STOPS_THE_SERVICE) for its
-supervisor to restart it: the restart connects anew and resumes from the store.
+psycopg then raises OperationalError, and the connection is closed for good: named_link_errors
+names it StoreLinkLost (PostgresStore, ShardTables), which stops the service (exit 1,
+loop.STOPS_THE_SERVICE) or the aggregator worker (sharding/worker.py) for its supervisor to
+restart it: the restart connects anew and resumes from the store.
+
+What the operator's DSN sets itself (its own keepalives_*, tcp_user_timeout, options) wins over
+these defaults (link_params).
 """
 
 from __future__ import annotations
 
 import socket
 from contextlib import contextmanager, suppress
+
+from .errors import StoreLinkLost
 
 # 30 s: a healthy server acknowledges TCP segments at once even while it is busy (its kernel
 # ACKs; an fsync stall of a loaded disk, e.g. save_devices' 1.2-8.5 s for 50,000 rows, delays
@@ -32,34 +38,110 @@ STORE_TCP_USER_TIMEOUT_MS = 30_000
 STORE_KEEPALIVES = (10, 5, 4)  # idle, interval, count (seconds, seconds, probes): dead after ~30 s
 
 
-def link_params(*, keepalives: tuple[int, int, int] = STORE_KEEPALIVES,
+def link_params(dsn: str, *, keepalives: tuple[int, int, int] = STORE_KEEPALIVES,
                 tcp_user_timeout_ms: int = STORE_TCP_USER_TIMEOUT_MS, options: str = "") -> dict:
-    """libpq connection parameters for psycopg.connect: keepalives and tcp_user_timeout on both
-    ends; `options` (more `-c name=value`) are kept after them."""
+    """libpq connection parameters for psycopg.connect(dsn, **these): keepalives and tcp_user_timeout
+    on both ends, each only where `dsn` does not set it. psycopg's keyword arguments replace the
+    DSN's value of the same key, so a key the operator wrote in the DSN is left out here, and
+    `options` holds ours, then the DSN's own (a later -c wins: its search_path, its timeouts), then
+    `options` (more `-c name=value`, e.g. a read-only session)."""
     idle, interval, count = keepalives
-    server = (f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
-              f"-c tcp_keepalives_count={count} -c tcp_user_timeout={tcp_user_timeout_ms}")
-    return {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": interval, "keepalives_count": count,
-            "tcp_user_timeout": tcp_user_timeout_ms, "options": f"{server} {options}".strip()}
+    ours = {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": interval,
+            "keepalives_count": count, "tcp_user_timeout": tcp_user_timeout_ms}
+    given = _dsn_params(dsn)
+    link = {key: given.get(key, value) for key, value in ours.items()}  # the server's side matches the client's
+    server = (f"-c tcp_keepalives_idle={link['keepalives_idle']} "
+              f"-c tcp_keepalives_interval={link['keepalives_interval']} "
+              f"-c tcp_keepalives_count={link['keepalives_count']} -c tcp_user_timeout={link['tcp_user_timeout']}")
+    params = {key: value for key, value in ours.items() if key not in given}
+    params["options"] = " ".join(part for part in (server, given.get("options", ""), options) if part.strip())
+    return params
+
+
+def _dsn_params(dsn: str) -> dict:
+    """The keys `dsn` sets (a URL or key=value), or none where it does not parse: connect then
+    names the DSN's fault (pg_schema.connect: ConfigError). Never logged: it holds the password."""
+    import psycopg  # optional dependency (fedge[postgres])
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return {key: value for key, value in conninfo_to_dict(dsn).items() if value is not None}
+    except psycopg.Error:
+        return {}
+
+
+@contextmanager
+def named_link_errors(conn, where: str):
+    """An error that left psycopg connection `conn` broken (a cut link, a killed backend) as
+    StoreLinkLost; any other (a statement timeout: the connection is fine) as it is."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        if not (conn.broken or conn.closed):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreLinkLost(f"state_dsn {where}: the connection to PostgreSQL failed: {first}; "
+                            "restart to reconnect and resume from the store") from exc
+
+
+class LinkedConnection:
+    """A psycopg connection whose execute and transaction name a broken link StoreLinkLost
+    (named_link_errors); the rest of it as it is."""
+
+    def __init__(self, conn, where: str):
+        self.conn = conn
+        self.where = where
+
+    def execute(self, *args, **kwargs):
+        with named_link_errors(self.conn, self.where):
+            return self.conn.execute(*args, **kwargs)
+
+    @contextmanager
+    def transaction(self):
+        with named_link_errors(self.conn, self.where), self.conn.transaction() as tx:  # the commit's failure too
+            yield tx
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def deadline_keepalives(ms: int) -> tuple[int, int, int]:
+    """(idle, interval, count) in seconds whose probing ends within about `ms`: TCP_USER_TIMEOUT
+    counts only data sent and not acknowledged, so a link cut while the client waits for a reply
+    (its request acknowledged) is found by keepalives alone, after the connection's own ~30 s."""
+    seconds = max(2, -(-int(ms) // 1000))
+    idle = seconds // 2
+    return idle, 1, max(1, seconds - idle)
+
+
+_DEADLINE_OPTIONS = ((socket.SOL_SOCKET, socket.SO_KEEPALIVE), (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                     (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                     (socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
 
 
 @contextmanager
 def user_timeout(conn, ms: int):
-    """Within: the TCP socket of psycopg connection `conn` aborts after `ms` of unacknowledged data
-    (a write deadline shorter than the connection's, e.g. a stop's drain); restored after. A Unix
+    """Within: the TCP socket of psycopg connection `conn` aborts after `ms` of unacknowledged data,
+    and its keepalives probe a silent wait for a reply within about the same (deadline_keepalives):
+    a write deadline shorter than the connection's, e.g. a stop's drain; all restored after. A Unix
     socket has no such timeout and is left as it is."""
     sock = socket.socket(fileno=conn.pgconn.socket)  # the same socket, not a copy: detached below
     try:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             yield
             return
-        before = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(ms)))
+        before = [sock.getsockopt(level, name) for level, name in _DEADLINE_OPTIONS]
+        ms = max(1, int(ms))
+        for (level, name), value in zip(_DEADLINE_OPTIONS, (1, ms, *deadline_keepalives(ms))):
+            sock.setsockopt(level, name, value)
         try:
             yield
         finally:
             if not conn.closed:  # a failed write closed it: its descriptor may be another's now
                 with suppress(OSError):  # a socket the kernel aborted meanwhile: nothing left to restore
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, before)
+                    for (level, name), value in zip(_DEADLINE_OPTIONS, before):
+                        sock.setsockopt(level, name, value)
     finally:
         sock.detach()  # libpq owns the descriptor: closing it here would close the connection

@@ -31,9 +31,8 @@ from dataclasses import replace
 
 import psycopg
 
-from .errors import StoreLinkLost
 from .leadership import check_epoch
-from .pg_link import STORE_TCP_USER_TIMEOUT_MS, link_params, user_timeout
+from .pg_link import STORE_TCP_USER_TIMEOUT_MS, link_params, named_link_errors, user_timeout
 from .pg_schema import connect, migrate, redact
 from .sql_store import SqlStore, check_keeps
 from .stored import StoredDevice
@@ -50,17 +49,9 @@ class _QmarkConnection:
         with self.named_link_errors():
             return self.conn.execute(sql.replace("?", "%s"), params or None)
 
-    @contextmanager
     def named_link_errors(self):
         """An error that left the connection broken (a cut link, a killed backend) as StoreLinkLost."""
-        try:
-            yield
-        except psycopg.OperationalError as exc:
-            if not (self.conn.broken or self.conn.closed):
-                raise  # e.g. a statement timeout: the connection is fine, the caller decides
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreLinkLost(f"state_dsn {self.where}: the connection to PostgreSQL failed: {first}; "
-                                "restart to reconnect and resume from the store") from exc
+        return named_link_errors(self.conn, self.where)
 
 
 class PostgresStore(SqlStore):
@@ -78,7 +69,8 @@ class PostgresStore(SqlStore):
         self.keep_rounds = keep_rounds
         self.epoch = epoch
         self._deadline_ms: int | None = None  # write_deadline's statement_timeout, while one is on
-        conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params(tcp_user_timeout_ms=tcp_user_timeout_ms))
+        link = link_params(dsn, tcp_user_timeout_ms=tcp_user_timeout_ms)  # what the DSN sets itself wins
+        conn = connect(dsn, autocommit=True, connect_timeout=10, **link)
         try:
             migrate(conn, self.path)
         except BaseException:
@@ -106,7 +98,8 @@ class PostgresStore(SqlStore):
         a slow server; QueryCanceled) and on the link (TCP_USER_TIMEOUT: StoreLinkLost)."""
         self._deadline_ms = max(1, int(seconds * 1000))
         try:
-            with user_timeout(self._db.conn, self._deadline_ms):
+            # named: a connection already broken fails here, at its socket (pgconn.socket)
+            with self._db.named_link_errors(), user_timeout(self._db.conn, self._deadline_ms):
                 yield
         finally:
             self._deadline_ms = None

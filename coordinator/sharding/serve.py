@@ -20,6 +20,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError, PublishRefused
 from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.kernel.transport.mqtt import MqttTransport
 
+from ..errors import StoreLinkLost
 from ..leadership import LeadershipError
 from ..metrics_http import serve_metrics
 from .identity import shard_identities
@@ -61,6 +62,9 @@ def run_worker(cfg, stopping: threading.Event, link) -> int:
     except LeadershipError as exc:
         log.error("worker: lost shard %d, exiting to restart as a standby: %s", lease.shard, exc)
         return 4
+    except StoreLinkLost as exc:  # as the leader's loop (STOPS_THE_SERVICE): exit 1, the restart reconnects
+        log.error("worker: shard %d stops: %s", lease.shard, exc)
+        raise
     finally:
         try:
             if transport.connected and not transport.flush(timeout=10):

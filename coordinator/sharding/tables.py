@@ -64,12 +64,13 @@ class RoundClosed(Exception):
 class ShardTables:
     def __init__(self, dsn: str):
 
-        from ..pg_link import link_params
+        from ..pg_link import LinkedConnection, link_params
         from ..pg_schema import connect, migrate, redact
 
         self.where = redact(dsn)
-        self.conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params())  # a cut link fails, not hangs
-        migrate(self.conn, self.where)
+        conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params(dsn))  # a cut link fails, not hangs
+        migrate(conn, self.where)
+        self.conn = LinkedConnection(conn, self.where)  # a broken link: StoreLinkLost, which stops the worker
 
     def close(self) -> None:
         self.conn.close()

@@ -39,7 +39,7 @@ from fedge.edge_runtime.kernel.protocol import (
 from fedge.edge_runtime.kernel.transport.base import Message, Transport
 
 from ..admission import Accepted, AdmissionView, admit
-from ..errors import StaleRound, UnexpectedMessage, UpdateRejected, WrongShard
+from ..errors import StaleRound, StoreLinkLost, UnexpectedMessage, UpdateRejected, WrongShard
 from ..leadership import LeadershipError
 from ..metrics import CoordinatorMetrics
 from ..validation import RoundContext, decode_inbound
@@ -196,7 +196,8 @@ def next_burst(transport: Transport, timeout: float) -> list[Message]:
 
 
 def serve_shard(worker: ShardWorker, lease: ShardLease, stop: threading.Event, check_s: float = 0.5) -> None:
-    """Subscribe and count until `stop` or the lease fails (LeadershipError propagates)."""
+    """Subscribe and count until `stop`, the lease fails (LeadershipError propagates) or the shard
+    tables' connection breaks (StoreLinkLost propagates: exit 1, the restart reconnects)."""
     worker.transport.subscribe(shard_updates_filter(worker.shard), qos=1)
     log.info("worker: serving shard %d (epoch %d)", worker.shard, worker.epoch)
     next_check = 0.0
@@ -214,8 +215,8 @@ def serve_shard(worker: ShardWorker, lease: ShardLease, stop: threading.Event, c
         if burst:
             try:
                 worker.handle_burst(burst)
-            except LeadershipError:
-                raise  # fenced out or lease lost: this process must stop
+            except (LeadershipError, StoreLinkLost):
+                raise  # fenced out, lease lost, or its tables' connection broken for good: this process must stop
             except Exception as exc:  # noqa: BLE001 - as the coordinator's loop: no message stops the worker
                 # Unacked, so the devices resend; a crash instead would hand the same message to the
                 # spare that takes the shard, and to the next.
