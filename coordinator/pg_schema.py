@@ -110,5 +110,9 @@ def connect(dsn: str, **options):
 
 
 def redact(dsn: str) -> str:
-    """The DSN without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", dsn)
+    """The DSN without its password, for messages and logs: a URL's user:password@ and its
+    ?password= parameter, and a key=value DSN's password (quoted or not)."""
+    if "://" in dsn:
+        dsn = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", dsn)
+        return re.sub(r"([?&]password=)[^&#]*", r"\1***", dsn)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']\S*)", r"\1***", dsn)

@@ -163,3 +163,15 @@ def test_the_lease_session_keeps_alive_both_ways(postgres_dsn):
     assert shown == {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"}
     assert lease._conn.info.get_parameters()["keepalives_idle"] == "5"
     lease.close()
+
+
+@pytest.mark.parametrize("dsn, shown", [
+    ("host=db dbname=fedge user=fedge password=s3cret", "host=db dbname=fedge user=fedge password=***"),
+    ("host=db password = 's3 cr\\'et' user=fedge", "host=db password = *** user=fedge"),
+    ("postgresql://db/fedge?user=fedge&password=s3cret&sslmode=require",
+     "postgresql://db/fedge?user=fedge&password=***&sslmode=require"),
+])
+def test_redact_hides_the_password_of_every_dsn_form(dsn, shown):
+    """A key=value DSN's password (and a URL's ?password=) reached ConfigError and
+    ServiceUnavailable messages whole: redact knew only user:password@."""
+    assert redact(dsn) == shown and "s3" not in redact(dsn)
