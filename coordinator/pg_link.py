@@ -24,16 +24,19 @@ these defaults (link_params).
 
 from __future__ import annotations
 
+import os
 import socket
 from contextlib import contextmanager, suppress
 
 from .errors import StoreLinkLost
 
 # 30 s: a healthy server acknowledges TCP segments at once even while it is busy (its kernel
-# ACKs; an fsync stall of a loaded disk, e.g. save_devices' 1.2-8.5 s for 50,000 rows, delays
-# the reply, not the ACK, and the reply is not timed here), and a lossy link's retransmissions
-# back off 0.2, 0.4, ... 12.8 s, 25.4 s in all for 7 lost in a row: 30 s of silence is a dead
-# link or host, not a slow one. And short enough for ops: systemd's default TimeoutStopSec.
+# ACKs; a slow statement or an fsync stall delays the reply, not the ACK, and the reply is not
+# timed here: save_devices writes 50,000 rows in about 1.2 s, pg_store.py), and a lossy link's
+# retransmissions back off 0.2, 0.4, ... 12.8 s, 25.4 s in all for 7 lost in a row: 30 s of
+# silence is a dead link or host, not a slow one. The coordinator's unit stops it within
+# TimeoutStopSec=30s (hardware/systemd): a stop that lands while a write hangs on a cut link can
+# run past that and end in SIGKILL, which the store survives as it survives kill -9.
 STORE_TCP_USER_TIMEOUT_MS = 30_000
 STORE_KEEPALIVES = (10, 5, 4)  # idle, interval, count (seconds, seconds, probes): dead after ~30 s
 
@@ -43,12 +46,17 @@ def link_params(dsn: str, *, keepalives: tuple[int, int, int] = STORE_KEEPALIVES
     """libpq connection parameters for psycopg.connect(dsn, **these): keepalives and tcp_user_timeout
     on both ends, each only where `dsn` does not set it. psycopg's keyword arguments replace the
     DSN's value of the same key, so a key the operator wrote in the DSN is left out here, and
-    `options` holds ours, then the DSN's own (a later -c wins: its search_path, its timeouts), then
-    `options` (more `-c name=value`, e.g. a read-only session)."""
+    `options` holds ours, then the DSN's own, or else the environment's PGOPTIONS (a later -c wins:
+    its search_path, its timeouts), then `options` (more `-c name=value`, e.g. a read-only session).
+    A `service=` DSN's keys in pg_service.conf are not seen here: ours then win over that file's
+    keepalives, tcp_user_timeout and options (README, PostgreSQL). The server side needs
+    PostgreSQL 12 or later (tcp_user_timeout)."""
     idle, interval, count = keepalives
     ours = {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": interval,
             "keepalives_count": count, "tcp_user_timeout": tcp_user_timeout_ms}
     given = _dsn_params(dsn)
+    # libpq reads PGOPTIONS only where no options are passed, and options are always passed here
+    given.setdefault("options", os.environ.get("PGOPTIONS", ""))
     link = {key: given.get(key, value) for key, value in ours.items()}  # the server's side matches the client's
     server = (f"-c tcp_keepalives_idle={link['keepalives_idle']} "
               f"-c tcp_keepalives_interval={link['keepalives_interval']} "
@@ -81,9 +89,16 @@ def named_link_errors(conn, where: str):
     except psycopg.OperationalError as exc:
         if not (conn.broken or conn.closed):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise StoreLinkLost(f"state_dsn {where}: the connection to PostgreSQL failed: {first}; "
                             "restart to reconnect and resume from the store") from exc
+
+
+def first_line(exc: BaseException, last: bool = False) -> str:
+    """The first (or `last`) line of a psycopg error's text, else its type's name: libpq's own
+    text comes first; a connect failure lists each address tried, the cause in the last line."""
+    lines = str(exc).strip().splitlines()
+    return (lines[-1] if last else lines[0]) if lines else type(exc).__name__
 
 
 class LinkedConnection:
@@ -110,7 +125,9 @@ class LinkedConnection:
 def deadline_keepalives(ms: int) -> tuple[int, int, int]:
     """(idle, interval, count) in seconds whose probing ends within about `ms`: TCP_USER_TIMEOUT
     counts only data sent and not acknowledged, so a link cut while the client waits for a reply
-    (its request acknowledged) is found by keepalives alone, after the connection's own ~30 s."""
+    (its request acknowledged) is found by keepalives alone, after the connection's own ~30 s.
+    Whole seconds, at least 2: under 2 s left (a drain's last moments) probing still takes ~2 s
+    where statement_timeout, on the server, keeps the ms."""
     seconds = max(2, -(-int(ms) // 1000))
     idle = seconds // 2
     return idle, 1, max(1, seconds - idle)

@@ -22,6 +22,8 @@ import re
 
 from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
 
+from .pg_link import first_line
+
 MIGRATION_LOCK = 0x66656467656D  # pg_advisory_xact_lock key ("fedgem"): one migrator at a time
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -103,7 +105,7 @@ def connect(dsn: str, **options):
     try:
         return psycopg.connect(dsn, **options)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, last=True)
         raise ServiceUnavailable(f"state_dsn {redact(dsn)}: cannot connect: {first}") from None
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"state_dsn {redact(dsn)}: {exc}") from None

@@ -29,28 +29,21 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import replace
 
-import psycopg
-
 from .leadership import check_epoch
-from .pg_link import STORE_TCP_USER_TIMEOUT_MS, link_params, named_link_errors, user_timeout
+from .pg_link import STORE_TCP_USER_TIMEOUT_MS, LinkedConnection, link_params, named_link_errors, user_timeout
 from .pg_schema import connect, migrate, redact
 from .sql_store import SqlStore, check_keeps
 from .stored import StoredDevice
 
 
-class _QmarkConnection:
-    """psycopg's connection taking SqlStore's `?` placeholders (none of its SQL holds a literal ? or %)."""
-
-    def __init__(self, conn: psycopg.Connection, where: str):
-        self.conn = conn
-        self.where = where
+class _QmarkConnection(LinkedConnection):
+    """psycopg's connection taking SqlStore's `?` placeholders (none of its SQL holds a literal ? or %),
+    a broken link named StoreLinkLost (pg_link.LinkedConnection)."""
 
     def execute(self, sql: str, params: tuple = ()):
-        with self.named_link_errors():
-            return self.conn.execute(sql.replace("?", "%s"), params or None)
+        return super().execute(sql.replace("?", "%s"), params or None)
 
     def named_link_errors(self):
-        """An error that left the connection broken (a cut link, a killed backend) as StoreLinkLost."""
         return named_link_errors(self.conn, self.where)
 
 
@@ -61,7 +54,8 @@ class PostgresStore(SqlStore):
     def __init__(self, dsn: str, *, keep_versions: int = 3, keep_key_rounds: int = 100, keep_rounds: int = 0,
                  epoch: int | None = None, tcp_user_timeout_ms: int = STORE_TCP_USER_TIMEOUT_MS):
         """keep_versions, keep_key_rounds, keep_rounds: as RoundStore's; epoch: the leader epoch to
-        fence writes with; tcp_user_timeout_ms: how long a write waits on a silent link (pg_link.py)."""
+        fence writes with; tcp_user_timeout_ms: how long data sent and not acknowledged waits on a
+        silent link (pg_link.py; a write whose request was acknowledged waits for keepalives)."""
         check_keeps(keep_versions, keep_key_rounds, keep_rounds)
         self.path = redact(dsn)
         self.keep_versions = keep_versions
@@ -85,7 +79,7 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _tx(self):
-        with self._db.named_link_errors(), self._db.conn.transaction():  # the commit's failure named too
+        with self._db.transaction():  # the commit's failure named too
             if self._deadline_ms is not None:
                 self._db.execute(f"SET LOCAL statement_timeout = {self._deadline_ms}")
             if self.epoch is not None:

@@ -43,7 +43,8 @@ url = {_q(broker_url)}             # mqtt://host:1883 (a password) or mqtts://ho
 npz = {_q(data_npz)}               # x_train, y_train, x_test, y_test (`fedge data split` makes some);
                                  # after replacing it: systemctl reload fedge-device (SIGHUP)
 standardize = {str(d.standardize).lower()}              # true: (x - mean) / std with this device's own training
-                                 # statistics; alike on every device (simulate's run.json: config.standardize;
+                                 # statistics (or statistics', below); alike on every device (simulate's
+                                 # run.json: config.standardize;
                                  # where its config.divided_by_255 is true, save float pixels 0..255 as uint8)
 # statistics = "/var/lib/fedge/fleet_statistics.npz"  # with standardize: the fleet's pooled mean/std instead of
                                  # this device's own, which under label skew follow its labels (README)

@@ -13,7 +13,7 @@ or holding a value that is not finite or a std that is not positive is a Statist
 naming it (the device refuses to start, or a reload keeps the old data), never a traceback. The
 arrays are read by npz_members.py with a limit of what two arrays of the device's example shape
 take: a 1 MB file whose mean inflates to 1 GiB is refused from its header, before a byte of it
-is allocated (np.load took 1,051 MiB and 25.7 s before the shape check)."""
+is allocated (np.load took over 1 GiB before the shape check)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .kernel.features import shape_layout
 from .npz_members import NpzLimits, read_npz_members
 
 KEYS = ("mean", "std")
-STATISTICS_BY = "`fedge data combine-moments`"
+STATISTICS_BY = "fedge data combine-moments"  # the tool that writes the file (its written_by, tools/fleet_moments.py)
 
 
 class StatisticsFileError(DatasetError):
@@ -39,8 +39,9 @@ def load_fleet_statistics(path: str | Path, example_shape: tuple[int, ...]) -> t
     path, example_shape = Path(path), tuple(example_shape)
     where = f"[data] statistics {path}"
     limits = NpzLimits(len(KEYS) * math.prod(example_shape) * 8, 8, "statistics file",
-                       f"name the .npz {STATISTICS_BY} wrote", f" for this device's examples of shape {example_shape}; "
-                       "the statistics are of another fleet's features", StatisticsFileError)
+                       f"name the .npz `{STATISTICS_BY}` wrote",
+                       f" for this device's examples of shape {example_shape}; the statistics are of another fleet's "
+                       "features", StatisticsFileError)
     arrays = read_numbers(path, KEYS, limits, where)
     out = []
     for key in KEYS:

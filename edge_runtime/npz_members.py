@@ -7,8 +7,8 @@ np.load trusts the file: it allocates what an array's .npy header claims before 
 of it, and inflates a member as far as the zip says. A probe (benchmarks/results/
 2026-12-06-npz-fuzz) gave both loaders a 3 MB .npz whose x_train inflates to 3 GiB of zeros:
 each took 3.1 GB and 34-57 s before a length check refused it (on a 1 GB Pi, the OOM killer
-first); a 1 MB statistics file whose mean inflates to 1 GiB took 1,051 MiB and 25.7 s before
-its shape check. So each member's header is read first (a few hundred bytes inflated), and its
+first); a 1 MB statistics file whose mean inflates to 1 GiB took over 1 GiB of memory (a
+review's probe) before its shape check. So each member's header is read first (a few hundred bytes inflated), and its
 array is allocated and read only when its claimed size fits both the member's stated size (a
 header that lies is refused, not allocated) and, with the arrays before it, the caller's limit.
 Other damage is named rather than passed on in numpy's words: a plain .npy renamed .npz, a
@@ -106,8 +106,12 @@ def read_npz_members(path: str | Path, keys: tuple[str, ...], limits: NpzLimits,
 
 
 def _amount(n: int, limits: NpzLimits, gib_format: str) -> str:
-    """n bytes in GiB for a limit of a MiB or more (a data file's), else in bytes (a statistics file's)."""
-    return f"{n / 2**30:{gib_format}} GiB" if limits.max_bytes >= 2**20 else f"{n:,} bytes"
+    """n bytes in the unit of the limit: GiB for a limit of a GiB or more (a data file's), MiB for
+    one of a MiB or more (a moments file's 48 MiB: in GiB it read "may hold 0 GiB"), else bytes (a
+    statistics file's)."""
+    if limits.max_bytes >= 2**30:
+        return f"{n / 2**30:{gib_format}} GiB"
+    return f"{n / 2**20:{gib_format}} MiB" if limits.max_bytes >= 2**20 else f"{n:,} bytes"
 
 
 def _zip_or_refuse(where: str, raw, limits: NpzLimits):

@@ -21,7 +21,7 @@ for a 100 kB update, and a tenth of a 30 s deadline too little for a large one o
 latency_s ([agent] upload_latency_s, 1 s): the update's trip up through the broker and its wait in
 the coordinator's queue, and the step, the compression and the journal's durable write that end
 training after the last check. bytes_per_s ([agent] upload_bytes_per_s, 125,000: 1 Mbit/s, a weak
-Wi-Fi or cellular uplink), learned by default ([agent] learn_upload_rate = true; uplink_rate.py):
+Wi-Fi or cellular uplink), learned by default in the device config ([agent] learn_upload_rate = true; uplink_rate.py):
 each update's first send is timed to the coordinator's Ack, one observation being bytes /
 (elapsed - latency_s) (the message's envelope, ids and metrics, added once the rate is learned), and
 after 3 of them the rate is the lower quartile of the last 8, within [configured / 100, configured

@@ -338,9 +338,9 @@ def data_findings(data: FederatedDataset) -> list[str]:
                    f"its source's inputs, and standardizing them would change what its backbone sees. If it was "
                    f"trained on standardized features, --standardize has every device standardize them")
     elif scale and decided is not None and decided.on:
-        # with the fleet's statistics every feature that varies over the fleet comes out at std 1
         out.append(f"{scale}, even after each device standardized them (a feature constant on a device is only "
-                   f"centred)")
+                   f"centred)" if decided.using == "device" else f"{scale}, even after every device standardized them "
+                   f"with the fleet's statistics (the training devices'; a feature constant over them is only centred)")
     elif scale and decided is not None and decided.divided_by_255:
         out.append(f"{scale}, even after each device read them as x / 255 (8-bit intensities saved as "
                    f"{decided.eight_bit}); --standardize has every device standardize them")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.edge_runtime.fleet_statistics import read_numbers
+from fedge.edge_runtime.fleet_statistics import STATISTICS_BY, read_numbers
 from fedge.edge_runtime.kernel.errors import ConfigError, DatasetError
 from fedge.edge_runtime.kernel.features import Moments, combine_moments, feature_moments
 from fedge.edge_runtime.kernel.files import atomic_write_bytes, load_npz
@@ -35,7 +35,6 @@ from fedge.edge_runtime.npz_members import NpzLimits
 from fedge.tools.cli_args import path_arg
 
 MOMENTS_BY = "fedge device moments"
-STATISTICS_BY = "fedge data combine-moments"
 MOMENT_KEYS = ("count", "mean", "m2", "mean_residual")
 # The most features a moments file may describe: 2**21 (an example of 1024 x 1024 x 2; CIFAR-10's
 # has 3,072, MNIST's 784), three float64 arrays of it and the count, 48 MiB: a file whose arrays
@@ -90,7 +89,8 @@ def run_combine(args) -> int:
         print(f"{name}: {part.count} training examples, {part.count / count:.1%} of the pooled statistics")
     write_npz(out, STATISTICS_BY, mean=mean, std=std, count=np.int64(count), devices=np.int64(len(parts)))
     print(f"wrote {out}: the pooled mean and std of {mean.size} features over {count} training examples of "
-          f"{len(parts)} moments files; set [data] statistics = \"{out}\" with standardize = true on every device")
+          f"{len(parts)} moments files; set [data] statistics = \"{out.resolve()}\" with standardize = true on "
+          f"every device")
     return 0
 
 

@@ -21,10 +21,11 @@ Why the fleet's by default: a device's own statistics follow its label mix, so u
 a device holding one class maps that class to zero and the global model cannot tell the classes
 apart. Measured (scikit-learn wine and breast cancer, 10 files, Dirichlet 0.1, 5 a round, 20
 rounds, seed 0; data seeds 0 and 1): global accuracy 0.486 / 0.457 (wine) and 0.619 / 0.628
-(breast cancer) with each device's own statistics, 0.971 / 0.943 and 0.973 with the pooled ones,
-personalized accuracy within 1.5 points either way. With privacy or secure aggregation on, the
-default is `device`: the pooled statistics would be released outside the DP accountant and the
-masked sum.
+(breast cancer) with each device's own statistics, 0.971 / 0.943 and 0.973 / 0.965 with the fleet's,
+personalized accuracy within 1.5 points either way (benchmarks/results/2026-12-07-fleet-standardize).
+With privacy or secure aggregation on, the default is `device`: the pooled statistics would be
+released outside the DP accountant and the masked sum (an explicit --standardize-with fleet there
+is warned about).
 
 Auto leaves unflagged data alone: standardizing features that are already on a unit scale costs
 global accuracy where labels are skewed when each device uses its own statistics (a device holding
@@ -104,6 +105,12 @@ class Standardizing:
         return f"auto: {self.finding}" if self.on else "auto: the features are not far from standardized"
 
     @property
+    def applied_with(self) -> str | None:
+        """Whose statistics the devices standardized with (run.json's standardize_with), None when
+        they did not standardize."""
+        return self.using if self.on else None
+
+    @property
     def kept_for_model(self) -> bool:
         """Auto found the features far from standardized and kept them for a pretrained model."""
         return self.mode == "auto" and not self.on and bool(self.pretrained) and self.finding is not None
@@ -141,8 +148,8 @@ class Standardizing:
 
 def standardize_per_device(data: FederatedDataset) -> FederatedDataset:
     """Each device standardizes its own features with its own training split's per-feature mean
-    and std (its test split with the same numbers). Per device, not federated: no statistic of
-    a device's data leaves it (a fleet-wide mean would need secure aggregation to be as
+    and std (its test split with the same numbers) (--standardize-with device): no statistic of
+    a device's data leaves it (the fleet's would need secure aggregation of the moments to be as
     private), a device can do the same to what it sees at inference, and a device-specific
     offset or scale (a sensor's calibration) is removed rather than learnt around. A feature
     constant on a device (std at most 4.8e-7 of its scale: four float32 ulps) is centred, not scaled. The formula is a

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from fedge.coordinator.errors import StoreLinkLost
-from fedge.coordinator.pg_link import deadline_keepalives, user_timeout
+from fedge.coordinator.pg_link import deadline_keepalives, link_params, user_timeout
 from fedge.coordinator.pg_store import PostgresStore
 from fedge.coordinator.sharding.tables import ShardTables
 from fedge.coordinator.sharding.worker import serve_shard
@@ -192,3 +192,11 @@ def test_deadline_keepalives_end_probing_within_the_deadline(ms):
     idle, interval, count = deadline_keepalives(ms)
     assert min(idle, interval, count) >= 1  # the kernel refuses 0
     assert idle + interval * count <= max(2, -(-ms // 1000))  # whole seconds: 2 s at the least
+
+
+def test_pgoptions_is_kept_when_the_dsn_sets_no_options(monkeypatch):
+    """libpq reads PGOPTIONS only where no options are passed, and link_params always passes
+    them: a service's PGOPTIONS (a lock_timeout) was dropped for every store connection."""
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=1234")
+    assert link_params("host=db dbname=fedge")["options"].endswith("-c lock_timeout=1234")
+    assert "lock_timeout" not in link_params("host=db options='-c search_path=s'")["options"]

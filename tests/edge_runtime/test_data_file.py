@@ -81,7 +81,7 @@ def test_a_zip_bomb_is_refused_from_its_header_without_inflating_it(tmp_path, mo
     tracemalloc.start()
     try:
         with pytest.raises(DatasetError, match=r"bomb.npz: x_train has shape \(4194304, 4\) of float32, which brings "
-                                               r"the file's arrays to 0.1 GiB loaded; a data file may"):
+                                               r"the file's arrays to 64.0 MiB loaded; a data file may hold 8 MiB"):
             load_local_data(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:

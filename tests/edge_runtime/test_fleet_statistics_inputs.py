@@ -55,7 +55,7 @@ def _peak_bytes(call):
 
 
 def test_a_statistics_file_that_inflates_is_refused_from_its_header(tmp_path):
-    """np.load took the whole array (1,051 MiB for the review's 1 GiB bomb) before the shape check."""
+    """np.load took the whole array (over 1 GiB for a 1 GiB bomb) before the shape check."""
     path = _bomb(tmp_path / "fleet.npz", "mean", {"std": np.ones(3)})
     errors = []
 
@@ -79,7 +79,7 @@ def test_a_moments_file_that_inflates_is_refused_from_its_header(tmp_path, capsy
     err = capsys.readouterr().err
     assert peak < 8 << 20 and "Traceback" not in err
     assert re.search(r"DatasetError: .*m1.npz: m2 has shape \(8388608,\) of float64, which brings the file's arrays to "
-                     r"0.1 GiB loaded; a moments file may hold", err), err
+                     r"64.0 MiB loaded; a moments file may hold 48 MiB", err), err
     assert not (tmp_path / "f.npz").exists()
 
 

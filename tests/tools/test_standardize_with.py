@@ -123,3 +123,17 @@ def test_holding_every_file_out_is_refused_by_name_before_any_statistics(tmp_pat
     assert len(load_npz_dir(raw).clients) == 4
     with pytest.raises(ConfigError, match=f"--new-devices {held}: the data has only 4 clients; some must train"):
         load_npz_dir(raw, standardize=True, held_out=held)
+
+
+def test_an_explicit_fleet_with_privacy_is_warned_about(caplog):
+    """The default with privacy is each device's own; asking for the fleet's there releases the
+    pooled statistics outside the DP accountant: allowed (the operator's call), said once."""
+    from fedge.tools.simulate.fleet import load_data
+
+    private = CoordinatorConfig(aggregator="mean", weighting="equal",
+                                privacy=PrivacyConfig(enabled=True, noise_multiplier=1.0))
+    load_data(SimConfig(dataset="digits", devices=3, standardize=True, standardize_with="fleet", coordinator=private))
+    assert "--standardize-with fleet with privacy or secure aggregation on" in caplog.text
+    caplog.clear()
+    load_data(SimConfig(dataset="digits", devices=3, standardize=True, coordinator=private))
+    assert "with privacy or secure aggregation on" not in caplog.text

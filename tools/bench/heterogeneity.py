@@ -230,7 +230,7 @@ def assemble(grid: HeteroGrid, results: list[dict], wall_seconds: float, quick: 
             "environment": _environment(), "wall_seconds": round(wall_seconds, 1), **doc, "pretrained": pre,
             "data_standardize": standardizing and {"standardize": standardizing.on,
                                                    "standardize_why": standardizing.why,
-                                                   "standardize_with": standardizing.on and standardizing.using or None,
+                                                   "standardize_with": standardizing.applied_with,
                                                    "divided_by_255": standardizing.divided_by_255},
             "errors": [r for r in results if "error" in r]}
 

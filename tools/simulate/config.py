@@ -60,7 +60,7 @@ class SimConfig:
     seed: int = 0  # data split, sampling (also the coordinator's seed) and training
     dataset: str = "mnist5k"
     data_dir: str | None = None  # a folder of per-client .npz files replaces `dataset`
-    # Each device standardizes its own features (tools/standardizing.py): True, False, or None =
+    # Every device standardizes its features (tools/standardizing.py): True, False, or None =
     # auto: a --data folder's when they are far from standardized, a shipped dataset's never.
     standardize: bool | None = None
     # Whose statistics standardizing uses (tools/standardizing.STATISTICS): "fleet" (pooled over every

@@ -92,6 +92,11 @@ def load_data(cfg: SimConfig, named: ModelSpec | None = None) -> FederatedDatase
 
 
 def _devices_data(cfg: SimConfig, named: ModelSpec | None) -> FederatedDataset:
+    guarded = cfg.coordinator.privacy.enabled or cfg.coordinator.secure_aggregation.enabled
+    if cfg.standardize_with == "fleet" and guarded and cfg.standardize is not False:
+        log.warning("--standardize-with fleet with privacy or secure aggregation on: the fleet's pooled mean and "
+                    "std are computed from every device's training data outside the DP accountant and the masked "
+                    "sum (--standardize-with device, the default here, keeps them on each device)")
     if cfg.data_dir:  # standardize None: auto (tools/standardizing.py), which an imported --model turns off
         if named is None and cfg.model and cfg.standardize is None:
             named = load_spec(cfg.model)

@@ -48,7 +48,7 @@ def what_ran(setup: FleetSetup) -> dict:
     decided = data.standardizing  # a --data folder's (tools/standardizing.py); shipped data: the flag alone
     out.update(standardize=decided.on if decided else bool(setup.cfg.standardize),
                standardize_why=decided.why if decided else None,
-               standardize_with=(decided.using if decided.on else None) if decided else
+               standardize_with=decided.applied_with if decided else
                (setup.cfg.standardize_using if setup.cfg.standardize else None),
                divided_by_255=decided.divided_by_255 if decided else None)
     if setup.cfg.data_dir:
