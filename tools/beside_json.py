@@ -148,3 +148,21 @@ def check_beside(json_path: str | Path, suffixes: Iterable[str], command: str,
         raise ForeignOutput(f"{command} writes {names} beside --json {json_path}, and fedge did not write "
                             f"{'it' if len(taken) == 1 else 'them'} (fedge never replaces a file it did not "
                             "write): move it, or name another --json")
+
+
+def check_own_output(out: Path, is_ours, not_ours: str) -> None:
+    """ConfigError unless `out` may take a command's file: nothing there, or a file is_ours(out)
+    says the command wrote (a rerun replaces its own; `not_ours` says what it is not, when it is
+    not). The write renames a file over the path, so naming someone's file replaced it."""
+    if out.is_file():
+        try:
+            ours = is_ours(out)
+        except Exception:  # noqa: BLE001 - any file the command cannot read is not its own
+            ours = False
+        if not ours:
+            raise ConfigError(f"--out {out}: the file there is {not_ours}, so fedge did not write it "
+                              "(fedge never replaces a file it did not write): move it, or name another file")
+        return
+    problem = output_file_problem(out)
+    if problem:
+        raise ConfigError(f"--out {out}: {problem}")

@@ -75,22 +75,14 @@ def check_export_path(out: Path) -> None:
     """ConfigError unless `out` may take the export: no file there, or an ONNX model fedge wrote
     (producer `fedge`: a re-export replaces its own). The write renames a file over the path, so
     `--out` naming someone's file (or /dev/null, as root) replaced it."""
-    from fedge.tools.beside_json import output_file_problem
+    from fedge.tools.beside_json import check_own_output
 
-    if out.exists() and out.is_file():
+    def exported_by_fedge(path: Path) -> bool:
         import onnx
 
-        try:
-            ours = onnx.load(str(out), load_external_data=False).producer_name == "fedge"
-        except Exception:  # noqa: BLE001 - any file onnx cannot parse is not fedge's export
-            ours = False
-        if not ours:
-            raise ConfigError(f"--out {out}: the file there is not an ONNX model fedge exported, so fedge did not "
-                              "write it (fedge never replaces a file it did not write): move it, or name another file")
-        return
-    problem = output_file_problem(out)
-    if problem:
-        raise ConfigError(f"--out {out}: {problem}")
+        return onnx.load(str(path), load_external_data=False).producer_name == "fedge"
+
+    check_own_output(out, exported_by_fedge, "not an ONNX model fedge exported")
 
 
 def device_statistics(cfg, root: Path) -> tuple[tuple[np.ndarray, np.ndarray], str]:

@@ -108,20 +108,10 @@ def read_moments(path: Path) -> Moments:
 def check_output(out: Path, command: str) -> None:
     """ConfigError unless `out` may take this command's file: nothing there, or an .npz whose
     written_by is `command` (a rerun replaces its own). The write renames a file over the path."""
-    from fedge.tools.beside_json import output_file_problem
+    from fedge.tools.beside_json import check_own_output
 
-    if out.is_file():
-        try:
-            ours = str(load_npz(out, only=("written_by",)).get("written_by")) == command
-        except Exception:  # noqa: BLE001 - any file numpy cannot read is not fedge's
-            ours = False
-        if not ours:
-            raise ConfigError(f"--out {out}: the file there is not one `{command}` wrote, so fedge did not write it "
-                              "(fedge never replaces a file it did not write): move it, or name another file")
-        return
-    problem = output_file_problem(out)
-    if problem:
-        raise ConfigError(f"--out {out}: {problem}")
+    check_own_output(out, lambda path: str(load_npz(path, only=("written_by",)).get("written_by")) == command,
+                     f"not one `{command}` wrote")
 
 
 def write_npz(out: Path, command: str, **arrays: np.ndarray) -> None:

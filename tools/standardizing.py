@@ -164,10 +164,15 @@ def standardize_with_fleet(data: FederatedDataset, held_out: int = 0) -> Federat
     device. The last `held_out` devices (--new-devices: they join after training) add nothing to
     the statistics and are standardized with them, as a device that joins a real fleet is given
     the fleet's file. DatasetError as standardize_per_device's."""
-    if not 0 <= held_out < len(data.clients):  # fleet.prepare says the same, after loading
-        raise ConfigError(f"--new-devices {held_out}: the data has only {len(data.clients)} clients; some must train")
+    check_held_out(held_out, len(data.clients))
     fleet = fleet_statistics(data.subset(0, len(data.clients) - held_out))
     return _standardized(data, lambda c: fleet)
+
+
+def check_held_out(held_out: int, clients: int) -> None:
+    """ConfigError unless some of `clients` are left to train after `held_out` (--new-devices)."""
+    if not 0 <= held_out < clients:
+        raise ConfigError(f"--new-devices {held_out}: the data has only {clients} clients; some must train")
 
 
 def standardize_devices(data: FederatedDataset, using: str, held_out: int = 0) -> FederatedDataset:

@@ -34,7 +34,7 @@ from fedge.models.build import build_artifacts
 from fedge.models.spec import ModelSpec, load_spec
 from fedge.tools.datasets import ClientData, FederatedDataset, build_federated, load_npz_dir
 from fedge.tools.simulate.model_choice import check_fits, check_scorable, choose_spec
-from fedge.tools.standardizing import standardize_devices
+from fedge.tools.standardizing import check_held_out, standardize_devices
 from fedge.tools.synthetic import synthetic
 
 from . import adversary
@@ -167,8 +167,7 @@ def prepare(cfg: SimConfig, data: FederatedDataset | None = None) -> FleetSetup:
     spec = personalized_spec(named or choose_spec(cfg, data), cfg.personalization)
     check_fits(data, spec)
     held = cfg.new_devices
-    if held and held >= len(data.clients):
-        raise ConfigError(f"--new-devices {held}: the data has only {len(data.clients)} clients; some must train")
+    check_held_out(held, len(data.clients))
     data, new_clients = data.subset(0, len(data.clients) - held), data.clients[len(data.clients) - held:]
     check_scorable(data.clients, new_clients)
     if (held or cfg.personalization == "finetune") and spec.head == "personal":
