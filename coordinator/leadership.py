@@ -82,7 +82,7 @@ class PostgresLease:
         # Keepalives both ways (LEASE_KEEPALIVES): the lock is released only when the server sees
         # the session end, which after a network cut (no FIN, no RST) takes its TCP keepalive,
         # 2 hours by Linux's default; and check() must fail, not hang, on a dead link.
-        self._conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params(dsn, **LEASE_KEEPALIVES))
+        self._conn = connect(dsn, autocommit=True, **link_params(dsn, **LEASE_KEEPALIVES))
         migrate(self._conn, self.where)  # the leader table must exist before anyone bumps it
 
     def try_acquire(self) -> bool:

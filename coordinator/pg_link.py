@@ -39,12 +39,17 @@ from .errors import StoreLinkLost
 # run past that and end in SIGKILL, which the store survives as it survives kill -9.
 STORE_TCP_USER_TIMEOUT_MS = 30_000
 STORE_KEEPALIVES = (10, 5, 4)  # idle, interval, count (seconds, seconds, probes): dead after ~30 s
+# A server that does not answer the connect is given up after this (libpq waits forever without
+# one); the DSN's own connect_timeout, or else the environment's PGCONNECT_TIMEOUT, wins.
+CONNECT_TIMEOUT_S = 10
 
 
 def link_params(dsn: str, *, keepalives: tuple[int, int, int] = STORE_KEEPALIVES,
                 tcp_user_timeout_ms: int = STORE_TCP_USER_TIMEOUT_MS, options: str = "") -> dict:
     """libpq connection parameters for psycopg.connect(dsn, **these): keepalives and tcp_user_timeout
-    on both ends, each only where `dsn` does not set it. psycopg's keyword arguments replace the
+    on both ends, and connect_timeout (CONNECT_TIMEOUT_S), each only where `dsn` does not set it
+    (nor, for connect_timeout, PGCONNECT_TIMEOUT: libpq reads it only where none is passed).
+    psycopg's keyword arguments replace the
     DSN's value of the same key, so a key the operator wrote in the DSN is left out here, and
     `options` holds ours, then the DSN's own, or else the environment's PGOPTIONS (a later -c wins:
     its search_path, its timeouts), then `options` (more `-c name=value`, e.g. a read-only session).
@@ -63,6 +68,8 @@ def link_params(dsn: str, *, keepalives: tuple[int, int, int] = STORE_KEEPALIVES
               f"-c tcp_keepalives_count={link['keepalives_count']} -c tcp_user_timeout={link['tcp_user_timeout']}")
     params = {key: value for key, value in ours.items() if key not in given}
     params["options"] = " ".join(part for part in (server, given.get("options", ""), options) if part.strip())
+    if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
+        params["connect_timeout"] = CONNECT_TIMEOUT_S
     return params
 
 

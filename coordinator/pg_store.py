@@ -64,7 +64,7 @@ class PostgresStore(SqlStore):
         self.epoch = epoch
         self._deadline_ms: int | None = None  # write_deadline's statement_timeout, while one is on
         link = link_params(dsn, tcp_user_timeout_ms=tcp_user_timeout_ms)  # what the DSN sets itself wins
-        conn = connect(dsn, autocommit=True, connect_timeout=10, **link)
+        conn = connect(dsn, autocommit=True, **link)
         try:
             migrate(conn, self.path)
         except BaseException:

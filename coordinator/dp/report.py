@@ -111,7 +111,7 @@ def read_pg_ledger(dsn: str) -> list[tuple[int, RoundPlan]]:
         raise ConfigError(f"{redact(dsn)}: reading PostgreSQL needs psycopg: pip install 'fedge[postgres]'") from None
 
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10,
+        with psycopg.connect(dsn, autocommit=True,
                              **link_params(dsn, options="-c default_transaction_read_only=on")) as db:
             rows = db.execute("SELECT round_id, charge FROM privacy_ledger ORDER BY round_id").fetchall()
     except psycopg.errors.UndefinedTable:  # a database no coordinator has opened yet

@@ -68,7 +68,7 @@ class ShardTables:
         from ..pg_schema import connect, migrate, redact
 
         self.where = redact(dsn)
-        conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params(dsn))  # a cut link fails, not hangs
+        conn = connect(dsn, autocommit=True, **link_params(dsn))  # a cut link fails, not hangs
         migrate(conn, self.where)
         self.conn = LinkedConnection(conn, self.where)  # a broken link: StoreLinkLost, which stops the worker
 

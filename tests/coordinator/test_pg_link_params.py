@@ -200,3 +200,28 @@ def test_pgoptions_is_kept_when_the_dsn_sets_no_options(monkeypatch):
     monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=1234")
     assert link_params("host=db dbname=fedge")["options"].endswith("-c lock_timeout=1234")
     assert "lock_timeout" not in link_params("host=db options='-c search_path=s'")["options"]
+
+
+@pytest.mark.parametrize("form", ["url", "key=value"])
+def test_the_dsn_connect_timeout_wins_over_the_default(postgres_dsn, form, monkeypatch):
+    """Before: every connection passed connect_timeout=10 as a keyword, which replaced the DSN's own
+    (and the environment's PGCONNECT_TIMEOUT). Oracle: libpq's own record of the connection's parameters."""
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    store = PostgresStore(_with(postgres_dsn, form, connect_timeout="3"))
+    try:
+        assert store._db.conn.info.get_parameters()["connect_timeout"] == "3"
+    finally:
+        store.close()
+    store = PostgresStore(postgres_dsn)  # none given: ours, so a silent server is given up
+    try:
+        assert store._db.conn.info.get_parameters()["connect_timeout"] == "10"
+    finally:
+        store.close()
+
+
+def test_pgconnect_timeout_is_kept_when_the_dsn_sets_none(monkeypatch):
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "4")
+    assert "connect_timeout" not in link_params("host=db dbname=fedge")  # libpq then reads the environment
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")
+    assert link_params("host=db dbname=fedge")["connect_timeout"] == 10
+    assert "connect_timeout" not in link_params("host=db dbname=fedge connect_timeout=2")
