@@ -3,10 +3,11 @@ the devices not seen for N days, so ids that churn (a board re-flashed under a n
 holding places under [coordinator] max_devices (registry_cap.py evicts nothing by itself).
 
 What it deletes: rows of the state_db's `devices` table, fedge's own registry, and nothing
-else, in one transaction (a crash leaves every row or none of them gone). A forgotten device
-that checks in again is registered as new and counts against the cap again; it loses nothing
-it keeps itself (its personal head, its pending updates and its control variate live on the
-device).
+else (with state_dsn, that database's `devices` table: forget_devices_pg.py, which says how the
+leader's lock and epoch stand in for the flock below), in one transaction (a crash leaves every
+row or none of them gone). A forgotten device that checks in again is registered as new and
+counts against the cap again; it loses nothing it keeps itself (its personal head, its pending
+updates and its control variate live on the device).
 
 "Not seen for N days": its stored last_seen_wall is more than N days plus
 registry.refresh_lag_s(max(max_devices, the devices registered)) old (6 h plus the minutes a
@@ -32,7 +33,6 @@ What it keeps, however old its row:
 What it refuses, by name (ForgetRefused.reason), before anything is written:
 * `bad_unseen_days`: N not a number in (0, MAX_UNSEEN_DAYS];
 * `no_state_db`: a config without state_db or state_dsn keeps its registry in memory only;
-* `state_dsn`: PostgreSQL is not done (its leader lease would be the lock; not written yet);
 * `no_state_file`: state_db names no file (opening one would create it);
 * `not_fedge_state`: a file that holds no fedge schema row of this build's version (an empty
   file or a database with no tables included);
@@ -100,13 +100,25 @@ class ForgetRefused(NamedConfigError):
 
 
 @dataclass(frozen=True)
+class Where:
+    """What the command acts on, for messages: `state_db <absolute path>` or `state_dsn <DSN, no password>`."""
+
+    setting: str  # "state_db" or "state_dsn"
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.setting} {self.name}"
+
+
+@dataclass(frozen=True)
 class ForgetResult:
-    state_db: str  # the absolute path acted on
+    state_db: str  # the absolute path acted on; with setting state_dsn, the DSN without its password
     cutoff_wall: float  # rows last seen before this were old enough
     registered: int  # rows before
     forgotten: tuple[str, ...]  # sorted; with dry_run, the ones that would be
     kept: dict[str, str] = field(default_factory=dict)  # old enough, but kept: device id -> why
     dry_run: bool = False
+    setting: str = "state_db"  # or "state_dsn" (forget_devices_pg.py)
 
 
 def check_unseen_days(unseen_days) -> float:
@@ -200,25 +212,35 @@ def _forget(path: Path, wait: Wait) -> ForgetResult:
 
 def _plan(db: sqlite3.Connection, path: Path, wait: Wait, *, dry_run: bool) -> ForgetResult:
     _check_fedge_state(db, path)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return plan(db, Where("state_db", str(path)), wait, tables, dry_run=dry_run)
+
+
+def plan(db, where: Where, wait: Wait, tables: set[str], *, dry_run: bool) -> ForgetResult:
+    """Both stores' rules, on a connection that runs SqlStore's `?` SQL inside one transaction
+    (SQLite's, or pg_store's placeholders on PostgreSQL) of a database holding this build's schema;
+    `tables`: the tables it holds (the async journal's are SQLite's only)."""
+    _check_strategy(db, where)
     (registered,) = db.execute("SELECT count(*) FROM devices").fetchone()
     wait = replace(wait, registered=registered)
-    _check_refreshed_long_enough(db, path, wait)
-    busy = busy_devices(db, path)
+    _check_refreshed_long_enough(db, where, wait)
+    busy = busy_devices(db, where.name, tables)
     old = [d for (d,) in db.execute("SELECT device_id FROM devices WHERE last_seen_wall < ? ORDER BY device_id",
                                     (wait.cutoff,))]
-    return ForgetResult(str(path), wait.cutoff, registered, tuple(d for d in old if d not in busy),
-                        {d: busy[d] for d in old if d in busy}, dry_run)
+    return ForgetResult(where.name, wait.cutoff, registered, tuple(d for d in old if d not in busy),
+                        {d: busy[d] for d in old if d in busy}, dry_run, where.setting)
 
 
-def _check_refreshed_long_enough(db: sqlite3.Connection, path: Path, wait: Wait) -> None:
+def _check_refreshed_long_enough(db, where: Where, wait: Wait) -> None:
     """too_soon until this build's service refreshed every checking-in device's row for the whole window."""
     row = db.execute("SELECT value FROM meta WHERE key = ?", (REFRESH_SINCE_KEY,)).fetchone()
-    since = checked_json(path, "meta", "value", row[0], (int, float), REFRESH_SINCE_KEY, "a number") if row else None
+    since = (checked_json(where.name, "meta", "value", row[0], (int, float), REFRESH_SINCE_KEY, "a number")
+             if row else None)
     if since is not None and wait.now_wall - since >= wait.unseen_s:
         return
     ran = ("no service of this build has run on it yet" if since is None else
            f"this build's service first ran on it {(wait.now_wall - since) / DAY_S:.2f} days ago")
-    raise ForgetRefused("too_soon", f"state_db {path}: {ran}, and rows written before it hold a device's last "
+    raise ForgetRefused("too_soon", f"{where}: {ran}, and rows written before it hold a device's last "
                         f"change, not its last check-in: run the service {wait.unseen_s / DAY_S:.2f} days (N days "
                         "plus the time its stored last-seen times may lag) before forgetting devices unseen for N")
 
@@ -229,24 +251,30 @@ def _check_fedge_state(db: sqlite3.Connection, path: Path) -> None:
     row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if ours else None
     if row is None or row[0] != str(SCHEMA_VERSION):
         found = "no fedge schema row" if row is None else f"schema {row[0]}"
-        raise ForgetRefused("not_fedge_state", f"state_db {path}: {found}, this build reads schema {SCHEMA_VERSION} "
-                            "(an older fedge file is upgraded by starting the coordinator on it once)")
+        raise not_this_schema(Where("state_db", str(path)), found, SCHEMA_VERSION)
+
+
+def not_this_schema(where: Where, found: str, version: int) -> ForgetRefused:
+    return ForgetRefused("not_fedge_state", f"{where}: {found}, this build reads schema {version} (an older "
+                         f"fedge {where.setting} is upgraded by starting the coordinator on it once)")
+
+
+def _check_strategy(db, where: Where) -> None:
     strategy = db.execute("SELECT value FROM meta WHERE key = 'strategy'").fetchone()
     if strategy is not None and strategy[0] == "scaffold":
-        raise ForgetRefused("scaffold", f"state_db {path} holds SCAFFOLD state: its control step counts every "
+        raise ForgetRefused("scaffold", f"{where} holds SCAFFOLD state: its control step counts every "
                             "registered device in N, and a forgotten device's control variate stays in the server's "
                             "(coordinator/forget_devices.py); raise max_devices instead")
 
 
-def busy_devices(db: sqlite3.Connection, path: Path) -> dict[str, str]:
+def busy_devices(db, name: str, tables: set[str]) -> dict[str, str]:
     """The devices the open round or the async journal still counts on: device id -> why."""
     why: dict[str, str] = {}
-    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     row = db.execute("SELECT round_id, selected FROM rounds WHERE status = 'open'").fetchone()
     if row is not None:
         round_id, selected = row
         key = f"open round {round_id}"
-        for device in checked_json(path, "rounds", "selected", selected, list, key):
+        for device in checked_json(name, "rounds", "selected", selected, list, key):
             why.setdefault(str(device), f"selected by the open round {round_id}")
         _note(why, db.execute("SELECT device_id FROM updates WHERE round_id = ?", (round_id,)),
               f"an update in the open round {round_id}")
@@ -271,8 +299,10 @@ def forget_from_config(config_path: str | Path, unseen_days: float, *, now_wall:
     check_unseen_days(unseen_days)  # before the config: a typo in N is named first
     cfg = load_service_config(config_path).coordinator
     if cfg.state_dsn:
-        raise ForgetRefused("state_dsn", f"{config_path}: state_dsn (PostgreSQL) is not supported by forget-devices "
-                            "yet; its rows are the devices table of that database")
+        from .forget_devices_pg import forget_devices_pg  # psycopg: only a state_dsn needs it
+
+        return (forget_devices_pg(cfg.state_dsn, unseen_days, now_wall=now_wall, dry_run=dry_run,
+                                  max_devices=cfg.max_devices), cfg.max_devices)
     if not cfg.state_db:
         raise ForgetRefused("no_state_db", f"{config_path}: no [coordinator] state_db: the registry lives in the "
                             "service's memory only, and a restart forgets every device")
@@ -285,7 +315,7 @@ def render(result: ForgetResult, max_devices: int) -> str:
     verb = "would forget" if result.dry_run else "forgot"
     left = result.registered - len(result.forgotten)
     when = datetime.fromtimestamp(max(0.0, result.cutoff_wall), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"state_db {shown(result.state_db)}",
+    lines = [f"{result.setting} {shown(result.state_db)}",
              f"{verb} {len(result.forgotten)} of {result.registered} devices (stored last seen before {when}); "
              f"{left} {'would ' if result.dry_run else ''}remain, max_devices "
              f"{max_devices:,}" + (" (dry run: nothing changed)" if result.dry_run else "")]
@@ -300,6 +330,6 @@ def shown(text: str) -> str:
 
 
 def summary_json(result: ForgetResult, max_devices: int) -> str:
-    return json.dumps({"state_db": result.state_db, "dry_run": result.dry_run, "cutoff_wall": result.cutoff_wall,
+    return json.dumps({result.setting: result.state_db, "dry_run": result.dry_run, "cutoff_wall": result.cutoff_wall,
                        "registered": result.registered,
                        "forgotten": list(result.forgotten), "kept": result.kept, "max_devices": max_devices})

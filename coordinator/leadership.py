@@ -67,6 +67,18 @@ def check_epoch(db, epoch: int, where: str) -> None:
         raise FencedOut(f"{where}: leader epoch is {current}, this coordinator's is {epoch}; a newer leader took over")
 
 
+def bump_epoch(db, holder: str, since_wall: float) -> int:
+    """Inside a transaction on psycopg connection `db`: store the next leader epoch (1 for a fresh
+    database) and return it. Every store holding an older epoch is fenced out from its next write
+    on (check_epoch); the row lock this takes waits for a write in flight, which then commits first.
+    A new leader calls it when it wins, and so does forget-devices (forget_devices_pg.py)."""
+    (epoch,) = db.execute(
+        "INSERT INTO leader (id, epoch, holder, since_wall) VALUES (1, 1, %s, %s) ON CONFLICT (id) DO UPDATE "
+        "SET epoch = leader.epoch + 1, holder = excluded.holder, since_wall = excluded.since_wall "
+        "RETURNING epoch", (holder, since_wall)).fetchone()
+    return epoch
+
+
 class PostgresLease:
     """The advisory lock and the epoch it was won with (None while standby)."""
 
@@ -101,11 +113,7 @@ class PostgresLease:
 
     def _bump(self) -> int:
         """Inside a transaction: the next epoch of this lease, stored (a subclass fences another row)."""
-        (epoch,) = self._conn.execute(
-            "INSERT INTO leader (id, epoch, holder, since_wall) VALUES (1, 1, %s, %s) ON CONFLICT (id) DO UPDATE "
-            "SET epoch = leader.epoch + 1, holder = excluded.holder, since_wall = excluded.since_wall "
-            "RETURNING epoch", (self.holder, time.time())).fetchone()
-        return epoch
+        return bump_epoch(self._conn, self.holder, time.time())
 
     def _current(self):
         """The stored epoch row of this lease, or None."""
