@@ -65,7 +65,7 @@ def forget_devices_pg(dsn: str, unseen_days: float, *, now_wall: float, dry_run:
     where = Where("state_dsn", redact(dsn))
     wait = Wait(now_wall, days * DAY_S, max_devices)
     options = READ_ONLY_SESSION if dry_run else ""
-    conn = connect(dsn, autocommit=True, connect_timeout=10, **link_params(dsn, options=options))
+    conn = connect(dsn, autocommit=True, **link_params(dsn, options=options))
     try:
         db = _QmarkConnection(conn, where.name)  # SqlStore's `?` SQL, a broken link named StoreLinkLost
         result = _preview(db, where, wait) if dry_run else _forget(db, where, wait, now_wall)
