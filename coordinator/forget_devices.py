@@ -250,13 +250,22 @@ def _check_fedge_state(db: sqlite3.Connection, path: Path) -> None:
     ours = has_meta is not None and holds_fedge_schema(db)  # a database with no tables is no state to forget in
     row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if ours else None
     if row is None or row[0] != str(SCHEMA_VERSION):
-        found = "no fedge schema row" if row is None else f"schema {row[0]}"
-        raise not_this_schema(Where("state_db", str(path)), found, SCHEMA_VERSION)
+        raise not_this_schema(Where("state_db", str(path)), None if row is None else row[0], SCHEMA_VERSION,
+                              missing="no fedge schema row")
 
 
-def not_this_schema(where: Where, found: str, version: int) -> ForgetRefused:
-    return ForgetRefused("not_fedge_state", f"{where}: {found}, this build reads schema {version} (an older "
-                         f"fedge {where.setting} is upgraded by starting the coordinator on it once)")
+def not_this_schema(where: Where, found, version: int, *, missing: str) -> ForgetRefused:
+    """not_fedge_state, with the one hint that fits: `found` is the stored schema version (None: `missing`)."""
+    if found is None:
+        return ForgetRefused("not_fedge_state", f"{where}: {missing}, this build reads schema {version} (check "
+                             f"that the {where.setting} names the service's state)")
+    try:
+        newer = int(found) > version
+    except ValueError:
+        newer = False
+    hint = ("a newer fedge migrated it: run that build's forget-devices" if newer else
+            f"an older fedge {where.setting} is upgraded by starting the coordinator on it once")
+    return ForgetRefused("not_fedge_state", f"{where}: schema {found}, this build reads schema {version} ({hint})")
 
 
 def _check_strategy(db, where: Where) -> None:

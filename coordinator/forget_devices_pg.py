@@ -17,9 +17,11 @@ until it is done:
   when it wins (leadership.bump_epoch): every later write of that store locks the leader row,
   sees an epoch not its own and is refused with FencedOut (leadership.py). The bump comes
   first: it waits on the row lock of a write in flight, which then commits before it, and
-  each later statement (READ COMMITTED) sees that write, so the rows read are the last ones.
+  each later statement (READ COMMITTED, set for the transaction whatever the
+  database's default) sees that write, so the rows read are the last ones.
   A lock held longer than LOCK_WAIT_MS (a write stalled mid-transaction) ends the command as
-  ServiceUnavailable, nothing forgotten.
+  ServiceUnavailable, nothing forgotten. A link lost during the commit itself is said to leave the
+  outcome unknown (run --dry-run to see); the unlock after the commit is best effort.
 Sharded ingest (sharding/): the registry is the leader's alone, in this same `devices` table;
 the aggregator workers keep none, hold their own shard locks (not this one) and count only
 devices of the open round, which the command keeps. They may run meanwhile; the leader not.
@@ -40,10 +42,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
-from fedge.edge_runtime.kernel.errors import ServiceUnavailable
+from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
 
+from .errors import StoreLinkLost
 from .forget_devices import DAY_S, ForgetRefused, ForgetResult, Wait, Where, check_unseen_days, not_this_schema, plan
 from .leadership import LEADER_LOCK_KEY, bump_epoch
 from .limits import MAX_FLEET
@@ -59,10 +62,12 @@ READ_ONLY_SESSION = "-c default_transaction_read_only=on"
 def forget_devices_pg(dsn: str, unseen_days: float, *, now_wall: float, dry_run: bool = False,
                       max_devices: int = MAX_FLEET) -> ForgetResult:
     """forget_devices' twin for the database at `dsn` (module docstring)."""
-    import psycopg  # optional dependency (fedge[postgres]): only a state_dsn needs it
-
     days = check_unseen_days(unseen_days)
     where = Where("state_dsn", redact(dsn))
+    try:
+        import psycopg  # optional dependency (fedge[postgres]): only a state_dsn needs it
+    except ImportError:
+        raise ConfigError(f"{where}: PostgreSQL needs psycopg: pip install 'fedge[postgres]'") from None
     wait = Wait(now_wall, days * DAY_S, max_devices)
     options = READ_ONLY_SESSION if dry_run else ""
     conn = connect(dsn, autocommit=True, **link_params(dsn, options=options))
@@ -72,7 +77,11 @@ def forget_devices_pg(dsn: str, unseen_days: float, *, now_wall: float, dry_run:
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ForgetRefused("read_only", f"{where}: this role may not do it ({first_line(exc)}); run the command "
                             "with the service's role (its state_dsn)") from exc
-    except psycopg.Error as exc:  # a lock wait past LOCK_WAIT_MS, a server shutting down, a missing table
+    except psycopg.errors.LockNotAvailable:  # lock_timeout: the leader row stayed locked for LOCK_WAIT_MS
+        raise ServiceUnavailable(f"{where}: a coordinator's transaction has held the leader row for over "
+                                 f"{LOCK_WAIT_MS // 1000} s (stalled or deposed: find it in pg_stat_activity and "
+                                 "stop it); nothing was forgotten") from None
+    except (psycopg.Error, StoreLinkLost) as exc:  # a server shutting down, a cut link, a missing table
         raise ServiceUnavailable(f"{where}: {first_line(exc)}; nothing was forgotten") from exc
     finally:
         conn.close()  # ends the session: the advisory lock goes with it, whatever happened
@@ -92,14 +101,30 @@ def _preview(db, where: Where, wait: Wait) -> ForgetResult:
 
 
 def _forget(db, where: Where, wait: Wait, now_wall: float) -> ForgetResult:
+    import psycopg
+    from psycopg import IsolationLevel
+
+    # Each statement after the bump must see the write the bump waited for (module docstring): a
+    # database, role or DSN whose default isolation is REPEATABLE READ would read the snapshot taken
+    # before it, and delete a device the round that write opened had just selected.
+    db.conn.isolation_level = IsolationLevel.READ_COMMITTED
     with _leader_lock(db, where):
-        with db.transaction():
-            tables = _fedge_tables(db, where)  # before the bump: a foreign database has no leader table
-            db.execute(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}")
-            epoch = bump_epoch(db, f"forget-devices {socket.gethostname()}:{os.getpid()}", now_wall)
-            result = plan(db, where, wait, tables, dry_run=False)
-            if result.forgotten:
-                db.execute("DELETE FROM devices WHERE device_id = ANY(?)", (list(result.forgotten),))
+        committing = False
+        try:
+            with db.transaction():
+                tables = _fedge_tables(db, where)  # before the bump: a foreign database has no leader table
+                db.execute(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}")
+                epoch = bump_epoch(db, f"forget-devices {socket.gethostname()}:{os.getpid()}", now_wall)
+                result = plan(db, where, wait, tables, dry_run=False)
+                if result.forgotten:
+                    db.execute("DELETE FROM devices WHERE device_id = ANY(?)", (list(result.forgotten),))
+                committing = True  # leaving the block commits
+        except (psycopg.Error, StoreLinkLost) as exc:
+            if not committing:
+                raise
+            # the link failed while the server committed, or not: this client cannot know which
+            raise ServiceUnavailable(f"{where}: the commit failed ({first_line(exc)}): whether the devices were "
+                                     "forgotten is unknown; run it again with --dry-run to see") from exc
     log.info("forget-devices: %s: leader epoch is now %d: a deposed leader's next write is fenced out", where, epoch)
     return result
 
@@ -113,9 +138,10 @@ def _leader_lock(db, where: Where):
                                  f"key {LEADER_LOCK_KEY}); stop every coordinator of it first")
     try:
         yield
-    finally:
-        if not (db.conn.broken or db.conn.closed):
-            db.execute("SELECT pg_advisory_unlock(?)", (LEADER_LOCK_KEY,))
+    finally:  # best effort: closing the session (forget_devices_pg) releases it anyway
+        with suppress(Exception):
+            if not (db.conn.broken or db.conn.closed):
+                db.execute("SELECT pg_advisory_unlock(?)", (LEADER_LOCK_KEY,))
 
 
 def _fedge_tables(db, where: Where) -> set[str]:
@@ -124,5 +150,7 @@ def _fedge_tables(db, where: Where) -> set[str]:
                                              "WHERE table_schema = current_schema()")}
     row = db.execute("SELECT version FROM schema_version").fetchone() if "schema_version" in tables else None
     if row is None or row[0] != len(MIGRATIONS):
-        raise not_this_schema(where, "no fedge schema_version" if row is None else f"schema {row[0]}", len(MIGRATIONS))
+        raise not_this_schema(where, None if row is None else row[0], len(MIGRATIONS),
+                              missing="no fedge schema_version visible to this role (the DSN's database, schema "
+                              "and role: information_schema lists only tables the role may use)")
     return tables

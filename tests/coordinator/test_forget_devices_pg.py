@@ -35,7 +35,8 @@ def seed(dsn: str, seen: dict[str, float], strategy: str = "fedavg", refresh_sin
 
 def rows(dsn: str, sql: str) -> list[tuple]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql).fetchall()
+        cursor = conn.execute(sql)
+        return cursor.fetchall() if cursor.description else []
 
 
 def stored_ids(dsn: str) -> set[str]:
@@ -147,3 +148,87 @@ def test_the_command_runs_on_a_state_dsn_config_and_never_prints_the_password(po
     printed = json.loads(out)
     assert "s3cret" not in out and printed["forgotten"] == ["x", "y"] and printed["state_dsn"].startswith("postgresql")
     assert stored_ids(postgres_dsn) == {"z"}
+
+
+def _deposed_store(dsn: str) -> PostgresStore:
+    """A store that won epoch 1 and whose lease session is gone: a deposed leader that may still wake."""
+    lease = PostgresLease(dsn, holder="deposed")
+    assert lease.try_acquire()
+    store = PostgresStore(dsn, epoch=lease.epoch)
+    lease.close()
+    return store
+
+
+@pytest.mark.parametrize("isolation", ["read committed", "repeatable read"])
+def test_a_write_in_flight_is_seen_whatever_the_database_default_isolation(postgres_dsn, isolation):
+    """The review's reproduction: a deposed leader's transaction opening round 9 (selecting an old device)
+    holds the leader row when the command starts; the bump waits for it. Under a database default of
+    REPEATABLE READ the command read its snapshot from before that commit and deleted the device the open
+    round had just selected; it pins READ COMMITTED for its transaction."""
+    import threading
+    import time
+
+    seed(postgres_dsn, {f"o{i}": 0.0 for i in range(3)})
+    database = postgres_dsn.rsplit("/", 1)[1]
+    rows(postgres_dsn, f"ALTER DATABASE {database} SET default_transaction_isolation = '{isolation}'")
+    store = _deposed_store(postgres_dsn)
+    try:
+        in_flight = store._tx()
+        tx = in_flight.__enter__()
+        store._insert_round(tx, StoredRound(9, 0, ("o1",), {"o1": "t"}, 1, 1, NOW, NOW + 60))
+        done = {}
+        worker = threading.Thread(target=lambda: done.setdefault("r", forget_devices_pg(postgres_dsn, 5,
+                                                                                        now_wall=NOW)))
+        worker.start()
+        time.sleep(1.0)  # the command waits on the leader row
+        in_flight.__exit__(None, None, None)
+        worker.join(30)
+    finally:
+        store.close()
+    assert done["r"].kept == {"o1": "selected by the open round 9"}
+    assert stored_ids(postgres_dsn) == {"o1"}
+
+
+def test_a_link_lost_at_the_unlock_after_the_commit_still_reports_what_was_forgotten(postgres_dsn, monkeypatch):
+    """The unlock runs after the commit; a link lost there (the review killed the backend) made the command
+    exit 1 with the service's 'restart to reconnect' wording, rows already gone. Closing the session
+    releases the lock anyway, so the unlock is best effort."""
+    from fedge.coordinator.pg_store import _QmarkConnection
+
+    seed(postgres_dsn, {"o": 0.0, "n": NOW})
+    real = _QmarkConnection.execute
+
+    def kill_before_unlock(self, sql, params=()):
+        if "pg_advisory_unlock" in sql:
+            rows(postgres_dsn, f"SELECT pg_terminate_backend({self.conn.info.backend_pid})")
+        return real(self, sql, params)
+
+    monkeypatch.setattr(_QmarkConnection, "execute", kill_before_unlock)
+    result = forget_devices_pg(postgres_dsn, 5, now_wall=NOW)
+    assert result.forgotten == ("o",) and stored_ids(postgres_dsn) == {"n"}
+
+
+def test_a_leader_row_held_past_the_lock_wait_is_named_and_nothing_is_forgotten(postgres_dsn, monkeypatch):
+    from fedge.coordinator import forget_devices_pg as module
+
+    seed(postgres_dsn, {"o": 0.0})
+    store = _deposed_store(postgres_dsn)
+    stalled = psycopg.connect(postgres_dsn)
+    try:
+        stalled.execute("SELECT epoch FROM leader WHERE id = 1 FOR UPDATE")  # a stalled write's row lock
+        monkeypatch.setattr(module, "LOCK_WAIT_MS", 500)
+        with pytest.raises(ServiceUnavailable, match="held the leader row for over 0 s .*pg_stat_activity"):
+            forget_devices_pg(postgres_dsn, 5, now_wall=NOW)
+    finally:
+        stalled.rollback()
+        stalled.close()
+        store.close()
+    assert stored_ids(postgres_dsn) == {"o"}
+
+
+def test_a_newer_schema_is_not_called_older(postgres_dsn):
+    seed(postgres_dsn, {"o": 0.0})
+    rows(postgres_dsn, "UPDATE schema_version SET version = version + 1")
+    with pytest.raises(ForgetRefused, match="a newer fedge migrated it") as refused:
+        forget_devices_pg(postgres_dsn, 5, now_wall=NOW)
+    assert refused.value.reason == "not_fedge_state" and "older" not in str(refused.value)
