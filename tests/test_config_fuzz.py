@@ -63,7 +63,8 @@ ACCEPTS = {
                      "CoordinatorConfig.guard_set", "ServiceSettings.shard_credentials", "MqttSettings.username",
                      "MqttSettings.password", "MqttSettings.ca_file", "MqttSettings.cert_file", "MqttSettings.key_file",
                      "SecAggDeviceConfig.identity_file", "SecAggDeviceConfig.directory_file", "DataConfig.statistics",
-                     "ModelSpec.onnx_sha256", "ModelSpec.onnx_cut", "ImportOptions.name"), ({"empty_string"}, _UNSET)),
+                     "SecAggConfig.directory_file", "ModelSpec.onnx_sha256", "ModelSpec.onnx_cut",
+                     "ImportOptions.name"), ({"empty_string"}, _UNSET)),
     # a check-in at the device's next poll: the coordinator's check-in limit (checkin_burst) bounds the cost
     "CoordinatorConfig.pace_idle_s": ({"zero"}, "0: the device checks in again at its next poll"),
     "CoordinatorConfig.pace_declined_s": ({"zero"}, "0: the device checks in again at its next poll"),

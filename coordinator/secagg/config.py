@@ -10,6 +10,9 @@ carry their params inline), and a quorum under 2 (the sum of one update is that 
 The device's clip to the announced range is then the only norm defence. A file that leaves
 out aggregator and weighting gets "mean" and "equal" instead of the defaults these refuse
 (config.IMPLIED); only a value it writes is refused.
+
+With directory_file (the fleet's identity directory, read once at start: load_identities) the
+coordinator refuses a key advertisement its directory does not vouch for (round_state.accept).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 from fedge.edge_runtime.kernel.errors import ConfigError, NamedConfigError
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_for
+from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 
 from ..limits import MAX_FLEET, MAX_SECURITY_BITS
@@ -33,6 +37,10 @@ WHY_DISTRIBUTED = ("central DP would noise a sum the coordinator has already see
 
 class SecureAggregationConflict(NamedConfigError):
     """A setting that needs individual updates, with secure aggregation on."""
+
+
+class IdentityDirectoryRefused(NamedConfigError):
+    """directory_file cannot be read as the fleet's identity directory (at service start)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,12 @@ class SecAggConfig:
     # round's seed (per-device top-k would leak: a coordinate one device alone sent is in the
     # clear in the sum); the rest stays on the device as error feedback. 1.0 = dense.
     keep_fraction: float = 1.0
+    # The fleet's directory of identity public keys (JSON, device id -> hex: the file `fedge
+    # provision identity` writes, the one every device's [secagg] directory_file names). Set, an
+    # advertisement whose signature it does not verify, or from a device it lacks, is refused
+    # (round_state.accept): that device sits the round out, where relayed it made every neighbour
+    # that checks signatures decline the round. "" = advertisements are relayed unchecked.
+    directory_file: str = ""
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 24:
@@ -128,6 +142,23 @@ class SecAggConfig:
 
     def clip_for(self, clip_norm: float, dimension: int) -> float:
         return self.clip_range or 4.0 * clip_norm / math.sqrt(dimension)
+
+
+def load_identities(sa: SecAggConfig) -> dict[str, bytes] | None:
+    """device id -> Ed25519 public key from directory_file, read once when the service starts
+    (SecAggShell); None without one. An unreadable, malformed or empty file is refused by name:
+    an empty one would refuse every advertisement, and no secure round could run."""
+    if not sa.directory_file:
+        return None
+    try:
+        directory = load_directory(sa.directory_file)
+    except ConfigError as exc:
+        raise IdentityDirectoryRefused("secagg_directory_file", f"secure_aggregation.directory_file: {exc}") from None
+    if not directory:
+        raise IdentityDirectoryRefused("secagg_directory_file", f"secure_aggregation.directory_file: "
+                                       f"{sa.directory_file} names no device, so every key advertisement would be "
+                                       "refused; add the fleet's identities (fedge provision identity --directory)")
+    return directory
 
 
 def check_compatible(cfg) -> None:

@@ -5,16 +5,24 @@ The coordinator relays but cannot read: shares arrive sealed for their receivers
 inputs are uniform on their own, and the unmask stage reveals self-mask seeds of the alive
 and mask keys of the dropped only, never both for one device (each honest device checks the
 sets). It keeps no individual update: only masked vectors, and their sum once unmasked.
+
+With the fleet's identity directory ([coordinator.secure_aggregation] directory_file) it also
+refuses a key advertisement whose signature that directory does not verify (BAD_SIGNATURE), or
+from a device it lacks (NO_IDENTITY). Such a device is absent from the cohort, as one that did
+not advertise; relayed, it made every neighbour that checks signatures decline the whole round
+(session.shares_for_neighbours), so one device stalled all of its neighbours.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedge.edge_runtime.kernel.protocol import TrainTask
+from fedge.edge_runtime.kernel.secagg import identity
 from fedge.edge_runtime.kernel.secagg.graph import neighbour_graph, packing_for
 from fedge.edge_runtime.kernel.secagg.keys import contributory
 from fedge.edge_runtime.kernel.secagg.masking import sum_mod
@@ -35,7 +43,7 @@ from fedge.edge_runtime.kernel.secagg.messages import (
 )
 from fedge.edge_runtime.kernel.secagg.packing import unpack
 from fedge.edge_runtime.kernel.secagg.recovery import LIARS, unmask_answers
-from fedge.edge_runtime.kernel.secagg.session import BAD_KEY
+from fedge.edge_runtime.kernel.secagg.session import BAD_KEY, BAD_SIGNATURE
 from fedge.edge_runtime.kernel.secagg.shamir import value_bytes, value_in_field
 from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_count, decode_mean, implausible, sent_size
 
@@ -51,8 +59,9 @@ WRONG_STAGE = "secagg_wrong_stage"
 MODEL_MISMATCH = "secagg_model_mismatch"
 BAD_SHARES = "secagg_bad_shares"
 BAD_SHAPE = "secagg_bad_shape"
+NO_IDENTITY = "secagg_no_identity"  # an advertisement from a device the identity directory lacks
 GROUP_OUT = "secagg_group_out"  # sharded: the sender's shard group left the round (sharding/secure.py)
-REPLY_REASONS = (WRONG_STAGE, MODEL_MISMATCH, BAD_KEY, BAD_SHARES, BAD_SHAPE, GROUP_OUT)
+REPLY_REASONS = (WRONG_STAGE, MODEL_MISMATCH, BAD_KEY, BAD_SIGNATURE, NO_IDENTITY, BAD_SHARES, BAD_SHAPE, GROUP_OUT)
 
 REPLY_OF = {ADVERTISE: KeyAdvertisement, SHARE: EncryptedShares, MASK: MaskedInput, UNMASK: UnmaskResponse}
 
@@ -65,6 +74,8 @@ class SecAggRound:
     graph_seed: int
     shapes: dict[str, tuple[int, ...]]  # shared params: the vector is their concatenation in name order
     graph_for: object  # cohort size -> (k, t): SecAggConfig.graph_for
+    # device id -> Ed25519 identity public key (secagg/config.load_identities); None: unchecked
+    identities: Mapping[str, bytes] | None = None
     adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
     cohort: tuple[str, ...] = ()
     k: int = 0
@@ -139,6 +150,8 @@ class SecAggRound:
                 return MODEL_MISMATCH
             if not (contributory(reply.cipher_public) and contributory(reply.mask_public)):
                 return BAD_KEY  # its neighbours' agreements would all fail: it joins no cohort
+            if (unvouched := self._unvouched(reply)) is not None:
+                return unvouched  # its neighbours would decline the round: it joins no cohort
             self.adverts[sender] = reply
         elif isinstance(reply, EncryptedShares):
             peers = sorted(p for p in self.graph.get(sender, ()) if p in self.adverts)  # whose keys it was sent
@@ -167,6 +180,18 @@ class SecAggRound:
                 return BAD_SHARES
             self.answers[sender] = revealed
         return None
+
+    def _unvouched(self, advert: KeyAdvertisement) -> str | None:
+        """Why the identity directory does not vouch for an advertisement's keys (None: it does,
+        or there is no directory). The transcript is the one its neighbours check."""
+        if self.identities is None:
+            return None
+        public = self.identities.get(advert.device_id)
+        if public is None:
+            return NO_IDENTITY
+        signed = identity.transcript(self.round_id, advert.device_id, advert.cipher_public, advert.mask_public,
+                                     advert.model_sha256)
+        return None if identity.verify(public, advert.signature, signed) else BAD_SIGNATURE
 
     # ------------------------------------------------------------------ the sum
 

@@ -20,6 +20,7 @@ from ..outbound import Outbound
 from ..records import OpenRound
 from ..rounds import Replied, on_event, with_quorum
 from ..strategies import AggregateInput
+from .config import load_identities
 from .private import private_spec
 from .round_state import REPLY_OF, SecAggRound
 from .stages import ADVERTISE, SECAGG, SHARE, UNMASK_STAGE, secagg_limits, unmask_threshold
@@ -44,6 +45,7 @@ class SecAggShell:
         self.sa = config.secure_aggregation
         self.outbound = outbound
         self.shapes = shapes
+        self.identities = load_identities(self.sa)  # once, at start: a bad file stops the service by name
         self.states: dict[int, SecAggRound] = {}  # round id -> protocol state (memory only: see resume)
         # After aggregate_input, for the server to count: senders too few could open the shares
         # of (sidelined), and holders whose unmask answer was left out (named only).
@@ -84,7 +86,7 @@ class SecAggShell:
         spec = private_spec(self._spec(rnd), rnd.privacy, rnd.machine, self.dimension, self.sa.bits,
                             self.sa.corrupt)  # private.py
         return SecAggRound(rnd.ctx.round_id, spec, hashlib.sha256(rnd.params_bytes).hexdigest(),
-                           self.graph_seed(rnd), self.shapes, self.sa.graph_for)
+                           self.graph_seed(rnd), self.shapes, self.sa.graph_for, self.identities)
 
     def send(self, rnd: OpenRound, stage: str, devices: tuple[str, ...], now: float) -> None:
         state = self._state(rnd)

@@ -204,7 +204,8 @@ class ShardedSecAggShell(SecAggShell):
         if noise:  # the ledger records each group's noise with the round's charge (secure_dp.py)
             rnd.privacy = with_groups(rnd.privacy, noise)
         sha = hashlib.sha256(rnd.params_bytes).hexdigest()
-        rounds = tuple(SecAggRound(m.round_id, spec, sha, self.graph_seed(rnd), self.shapes, self.sa.graph_for)
+        rounds = tuple(SecAggRound(m.round_id, spec, sha, self.graph_seed(rnd), self.shapes, self.sa.graph_for,
+                                   self.identities)  # each group checks signatures as one round does
                        for spec in specs)
         log.info("round %d: %d shard groups: %s", m.round_id, len(groups),
                  ", ".join(f"[{g.label}] {len(g.members)} devices, >= {g.min_inputs} inputs" for g in groups))

@@ -15,6 +15,7 @@ Oracles, none of which uses a mask:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from types import SimpleNamespace
@@ -34,6 +35,7 @@ from fedge.coordinator.sharding.groups import ShardGroup, group_floor, shard_gro
 from fedge.coordinator.sharding.secure import GroupedSecAgg
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.secagg import ddg, quantize
+from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
 from fedge.edge_runtime.kernel.secagg.messages import (
     KeyDirectory,
     SecAggSpec,
@@ -46,6 +48,7 @@ from fedge.edge_runtime.kernel.secagg.shared_encoding import encode_update
 from tests.coordinator.fleet import copy_params, make_fleet
 from tests.coordinator.test_dp_distributed import _paper_z_eff
 from tests.pg_server import import_psycopg
+from tests.secagg.fleet_round import hand_out, provision
 from tests.tiny_model import build_tiny_model
 
 K = 2
@@ -188,6 +191,29 @@ def test_each_shard_group_runs_its_own_secagg_and_the_leader_commits_the_groups_
     for m in requests:  # recovered for its group only
         mine = groups[_shard(m.device_id)]
         assert set(m.alive) == mine - set(drop) and set(m.dropped) == mine & set(drop)
+
+
+def test_each_group_leaves_out_a_device_the_identity_directory_does_not_verify(model, tmp_path, postgres_dsn):
+    """The shard groups' round states check signatures as one coordinator's does: dev5 (group 0)
+    signs with a key the directory lacks and dev1 (group 1) is not in it. Relayed, each made its
+    group's neighbours decline; refused, the groups run without them (group 0 keeps 3 of 4, its
+    minimum) and the round commits the others' merged sum."""
+    ids = [f"dev{i}" for i in range(len(SIZES))]
+    privates, path = provision(ids, tmp_path, unlisted=("dev1",))
+    fleet = _fleet(model, tmp_path, postgres_dsn,
+                   secure_aggregation=dataclasses.replace(SECURE, directory_file=str(path)))
+    hand_out(fleet, privates, load_directory(path), forged=("dev5",))
+    agents = list(fleet.agents)
+    old = copy_params(fleet.coordinator.state.params)
+    record = _run_round(fleet)
+    assert record.committed, record.why
+    c = fleet.coordinator
+    assert (c.rejections["secagg_bad_signature"], c.rejections["secagg_no_identity"]) == (1, 1), dict(c.rejections)
+    assert not c.declines, dict(c.declines)
+    survivors = set(ids) - {"dev1", "dev5"}
+    assert record.reports == len(survivors)
+    got = _flat(c.state.params) - _flat(old)
+    np.testing.assert_allclose(got, _expected_delta(agents, survivors), rtol=0, atol=1e-6)
 
 
 def test_a_group_left_with_fewer_inputs_than_its_minimum_abandons_the_round(model, tmp_path, postgres_dsn):

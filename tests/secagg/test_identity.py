@@ -1,16 +1,27 @@
 """Signed key advertisements: a neighbour's round keys count only when signed by its
-provisioned Ed25519 identity, so a coordinator that substitutes keys is caught by name."""
+provisioned Ed25519 identity, so a coordinator that substitutes keys is caught by name. With
+the fleet's directory ([coordinator.secure_aggregation] directory_file) the coordinator refuses
+an advertisement the directory does not verify, so one bad signer no longer stalls its
+neighbours: it is left out of the cohort and the round commits with the others."""
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedge.coordinator.secagg.config import IdentityDirectoryRefused
+from fedge.coordinator.secagg.round_state import NO_IDENTITY, SecAggRound
+from fedge.coordinator.secagg.stages import ADVERTISE
 from fedge.edge_runtime.kernel.secagg import identity
 from fedge.edge_runtime.kernel.secagg import session as sess
+from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
 from fedge.edge_runtime.kernel.secagg.keys import generate_keypair
+from fedge.edge_runtime.kernel.secagg.messages import KeyAdvertisement, KeyDirectory, SecAggSpec
 from tests.coordinator.fleet import copy_params, make_fleet
-from tests.secagg.fleet_round import SETTINGS, _expected_mean, _flat, _run_round
+from tests.secagg.fleet_round import SECURE, SETTINGS, _expected_mean, _flat, _run_round, hand_out, provision
 
 MODEL = "ab" * 32
 
@@ -63,17 +74,14 @@ def test_a_forged_or_unsigned_key_is_declined_by_name(forge):
     assert exc.value.reason == sess.BAD_SIGNATURE
 
 
-def _with_identities(fleet):
-    keys = {a.device_id: identity.generate_identity() for a in fleet.agents}
-    directory = {d: pub for d, (_, pub) in keys.items()}
-    for a in fleet.agents:
-        a.secagg.identity_private, a.secagg.directory = keys[a.device_id][0], directory
-    return directory
+def _with_identities(fleet, folder):
+    privates, path = provision([a.device_id for a in fleet.agents], folder)
+    hand_out(fleet, privates, load_directory(path))
 
 
 def test_a_fleet_with_identities_commits(model, tmp_path):  # noqa: F811
     fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 14), **SETTINGS)
-    _with_identities(fleet)
+    _with_identities(fleet, tmp_path)
     old = copy_params(fleet.coordinator.state.params)
     record = _run_round(fleet)
     assert record.committed, record.why
@@ -86,7 +94,7 @@ def test_a_coordinator_that_substitutes_a_key_gets_named_declines(model, tmp_pat
     from fedge.coordinator.secagg import round_state
 
     fleet = make_fleet(model, tmp_path, sizes=(12, 20, 16, 14), **SETTINGS)
-    _with_identities(fleet)
+    _with_identities(fleet, tmp_path)
     accept = round_state.SecAggRound.accept
 
     def substituting(self, stage, reply):  # the coordinator keeps its own mask key for dev1
@@ -99,3 +107,89 @@ def test_a_coordinator_that_substitutes_a_key_gets_named_declines(model, tmp_pat
     assert not record.committed
     assert set(record.declines.values()) == {sess.BAD_SIGNATURE}
     assert set(record.declines) == {"dev0", "dev2", "dev3"}  # every neighbour of dev1 (complete graph)
+
+
+# ---------------------------------------------------------------- the coordinator checks too
+
+
+def _raw_public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _advert(device_id: str, key: Ed25519PrivateKey | None, round_id: int = 4, signed_round: int = 4,
+            swap_mask: bool = False) -> KeyAdvertisement:
+    """A KeyAdvertisement signed with `key` (cryptography's Ed25519, not fedge's wrapper) over the
+    transcript of `signed_round`; swap_mask: its mask key replaced after signing."""
+    cipher, mask = generate_keypair().public, generate_keypair().public
+    signature = b"" if key is None else key.sign(identity.transcript(signed_round, device_id, cipher, mask, MODEL))
+    if swap_mask:
+        mask = generate_keypair().public
+    return KeyAdvertisement(device_id, round_id, f"task-{device_id}", cipher, mask, MODEL, signature)
+
+
+def _state(identities) -> SecAggRound:
+    return SecAggRound(4, SecAggSpec(bits=16, field_bits=20, clip_range=0.5), MODEL, 0, {"w": (2,)}, None,
+                       identities=identities)
+
+
+def test_accept_takes_only_advertisements_the_directory_verifies():
+    keys = {d: Ed25519PrivateKey.generate() for d in ("a", "b", "c", "d", "e", "f")}
+    state = _state({d: _raw_public(k) for d, k in keys.items() if d != "f"})
+    assert state.accept(ADVERTISE, _advert("a", keys["a"])) is None
+    assert state.accept(ADVERTISE, _advert("b", keys["a"])) == sess.BAD_SIGNATURE  # another device's key
+    assert state.accept(ADVERTISE, _advert("c", keys["c"], signed_round=3)) == sess.BAD_SIGNATURE  # a replay
+    assert state.accept(ADVERTISE, _advert("d", keys["d"], swap_mask=True)) == sess.BAD_SIGNATURE  # substituted
+    assert state.accept(ADVERTISE, _advert("e", None)) == sess.BAD_SIGNATURE  # unsigned
+    assert state.accept(ADVERTISE, _advert("f", keys["f"])) == NO_IDENTITY  # not in the directory
+    assert set(state.adverts) == {"a"}  # the refused never reach a neighbour's KeyDirectory
+
+
+def test_without_a_directory_accept_relays_advertisements_unchecked():
+    state = _state(None)
+    forged = Ed25519PrivateKey.generate()
+    for device_id, key in (("a", forged), ("b", None)):
+        assert state.accept(ADVERTISE, _advert(device_id, key)) is None
+    assert set(state.adverts) == {"a", "b"}
+
+
+SIX = (12, 20, 16, 24, 18, 14)
+
+
+@pytest.mark.parametrize("bad, reason", [("forged", sess.BAD_SIGNATURE), ("unlisted", NO_IDENTITY)])
+def test_the_coordinator_leaves_out_a_device_its_directory_does_not_verify_and_the_round_commits(
+        model, tmp_path, caplog, bad, reason):  # noqa: F811
+    """dev1 signs with a key the directory does not hold (forged), or is missing from the
+    directory every side holds (unlisted). Relayed, its advertisement made all five neighbours
+    decline (secagg_bad_signature) and the round was lost; refused at the coordinator, dev1 is
+    absent from every cohort and the round commits the plain mean of the other five."""
+    caplog.set_level(logging.INFO, "fedge.coordinator")
+    ids = [f"dev{i}" for i in range(len(SIX))]
+    privates, path = provision(ids, tmp_path, unlisted=("dev1",) if bad == "unlisted" else ())
+    checked = dataclasses.replace(SECURE, directory_file=str(path))
+    fleet = make_fleet(model, tmp_path, sizes=SIX, min_reports=3, **{**SETTINGS, "secure_aggregation": checked})
+    hand_out(fleet, privates, load_directory(path), forged=("dev1",) if bad == "forged" else ())
+    c = fleet.coordinator
+    old = copy_params(c.state.params)
+    record = _run_round(fleet)
+    assert record.committed and record.reports == 5, record.why
+    assert c.rejections[reason] == 1 and not c.declines, (dict(c.rejections), dict(c.declines))
+    assert c.metrics.registry.get_sample_value("fedge_rejections_total", {"reason": reason}) == 1
+    assert any(reason in r.getMessage() and "dev1" in r.getMessage() for r in caplog.records)
+    directories = [m for m in fleet.wire if isinstance(m, KeyDirectory)]
+    assert {m.device_id for m in directories} == set(ids) - {"dev1"}
+    assert all("dev1" not in m.cohort for m in directories)
+    expected = _expected_mean(fleet, set(ids) - {"dev1"})
+    np.testing.assert_allclose(_flat(c.state.params) - _flat(old), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"dev0": "abcd"}', "[1]", "{}"])
+def test_an_unreadable_malformed_or_empty_directory_stops_the_coordinator_at_start_by_name(
+        model, tmp_path, content):  # noqa: F811
+    path = tmp_path / "identities.json"
+    if content is not None:
+        path.write_text(content)
+    checked = dataclasses.replace(SECURE, directory_file=str(path))
+    with pytest.raises(IdentityDirectoryRefused) as info:
+        make_fleet(model, tmp_path, sizes=(12, 20, 16), **{**SETTINGS, "secure_aggregation": checked})
+    assert info.value.reason == "secagg_directory_file"
+    assert str(info.value).startswith("secure_aggregation.directory_file: ") and str(path) in str(info.value)
