@@ -41,8 +41,8 @@ from .kernel.protocol import (
     device_topic,
     shard_update_topic,
 )
-from .kernel.secagg.messages import SecAggTask
 from .kernel.transport.base import Message, Transport, topic_matches
+from .secagg_intake import SecAggIntake
 from .secagg_participant import NOISE_BELOW_FLOOR, SecAggParticipant
 from .secagg_participant import REQUESTS as SECAGG_REQUESTS
 from .state_health import BAD_STATE
@@ -107,15 +107,16 @@ class DeviceAgent:
                                       Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
         # Secure-aggregation rounds (their own four stages; secagg_participant.py), under the
-        # same deadline and time cap as a plain task.
+        # same deadline, upload margin and time cap as a plain task (secagg_intake.py).
         self.secagg = SecAggParticipant(runtime, lambda m: self._publish("update", encode_message(m)),
                                         identity_private=secagg_identity, directory=secagg_directory,
-                                        own_noise_floor=own_noise_floor, stop_check=self._secagg_stop_check)
+                                        own_noise_floor=own_noise_floor)
+        self.secagg_intake = SecAggIntake(self.secagg, self.delivery, self.uplink, self.clock, max_task_s)
+        self.secagg.stop_check = self.secagg_intake.stop_check  # its deadline counted from the task's arrival
         self.own_noise_floor = own_noise_floor
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
         self.evals = EvalAnswers(runtime, clock=self.clock, refit_s=min(EVAL_REFIT_S, max_task_s))  # once each
-        self._secagg_fetching: dict[str, SecAggTask] = {}  # task_id -> a secure round's task whose model is on its way
         self.announcement: Announcement | None = None
         self.next_checkin = float("inf")
         self.started = False
@@ -197,7 +198,7 @@ class DeviceAgent:
             for task in self.delivery.on_part(message):
                 self._train(task)
         elif isinstance(message, SECAGG_REQUESTS) and msg.topic == device_topic(self.device_id, "task"):
-            self._on_secagg(message)
+            self.secagg_intake.on_message(message)
         elif getattr(message, "device_id", None) != self.device_id and not isinstance(message, ArtifactFile):
             log.warning("device %s ignored %s addressed to someone else on %s", self.device_id, type(message).__name__,
                         msg.topic)
@@ -215,9 +216,7 @@ class DeviceAgent:
             for task, why in refused:
                 self._refuse(task, why)
             for task in ready:
-                if task.task_id in self._secagg_fetching:
-                    self.secagg.on_message(self._secagg_fetching.pop(task.task_id))
-                else:
+                if not self.secagg_intake.on_model(task):
                     self._run_task(task)
         else:
             log.warning("device %s ignored unexpected %s on %s", self.device_id, type(message).__name__, msg.topic)
@@ -276,40 +275,10 @@ class DeviceAgent:
             return
         self._step(task, Received(task.model_id))
 
-    def _on_secagg(self, message) -> None:
-        """A secure round's message. Its task's model is fetched first, as for a plain task (the
-        task waits here, not in the task table: the participant runs its stages)."""
-        if isinstance(message, SecAggTask) and message.task.task_id not in self.secagg.sessions:
-            task = message.task
-            if task.task_id in self._secagg_fetching:
-                self.delivery.request_again(task)  # a repeat while the model is on its way: our ask may be lost
-                return
-            ready = self.delivery.model_ready(task, self.clock.now())
-            if isinstance(ready, Refused):
-                self._decline_before(task, ready)
-                return
-            if not ready:
-                self._secagg_fetching[task.task_id] = message
-                return
-        self.uplink.blocked()  # a secure round's stage may train: it blocks the loop too
-        self.secagg.on_message(message)
-
     def _refuse(self, task: TrainTask, why: Refused) -> None:
         """A task whose model could not be had: declined, by the task table or for a secure round."""
-        if self._secagg_fetching.pop(task.task_id, None) is None:
+        if not self.secagg_intake.refuse(task, why):
             self._step(task, why)
-        else:
-            self._decline_before(task, why)
-
-    def _secagg_stop_check(self, task: TrainTask):
-        """A secure round's training stops at its deadline, counted from when it starts (the
-        participant trains at once), and at the device's cap."""
-        return stop_check(self.clock, self.clock.now() + task.deadline_s, self.max_task_s)
-
-    def _decline_before(self, task: TrainTask, why: Refused) -> None:
-        """A secure round's task declined before training: straight out, as the participant's own
-        declines go (its rounds are not in the task table or the journal)."""
-        self.secagg.publish(Decline(self.device_id, task.round_id, task.task_id, why.reason, why.detail, "before"))
 
     def _on_eval(self, task: EvalTask | EvalReport) -> None:
         """Answer at once; a task the wire refused comes as its refusal (unanswered.py)."""
@@ -386,7 +355,7 @@ class DeviceAgent:
             self._on_eval(decline)
         elif decline is not None:
             known = any(decline.task_id in k for k in (self.tasks, self.journal, self.secagg.sessions,
-                                                       self._secagg_fetching))
+                                                       self.secagg_intake.fetching))
             answer_unreadable(decline, known, self.journal, self.uplink)
 
     # ------------------------------------------------------------------ link

@@ -122,7 +122,8 @@ class SecAggParticipant:
         the fleet's identity public keys, from provisioning (with it, unsigned or wrongly
         signed neighbour keys are declined as secagg_bad_signature); own_noise_floor: the least
         σγ/S of distributed DP this device accepts (check_noise_floor; 0 = off); stop_check: for a
-        task, what training asks between steps (the agent's deadline and time cap, work_limits.py)."""
+        task, what training asks between steps (its deadline less the upload margin, and the device's
+        time cap: secagg_intake.py)."""
         self.runtime = runtime
         self.own_noise_floor = own_noise_floor
         self.stop_check = stop_check or (lambda task: None)

@@ -22,7 +22,7 @@ from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import decode_message, encode_message
 from .kernel.protocol import Decline, TrainTask, Update
 from .uplink_rate import UplinkRate
-from .upload_margin import UploadLink, upload_margin_s
+from .upload_margin import UploadLink, margin_for_bytes, upload_margin_s
 
 log = logging.getLogger("fedge.agent")
 
@@ -47,12 +47,16 @@ class Uplink:
         # learn_rate: each first send timed to its Ack (uplink_rate.py); None keeps the configured rate
         self.rate = UplinkRate(device_id, self.link.latency_s, self.link.bytes_per_s) if self.link.learn_rate else None
 
-    def margin_s(self, task: TrainTask) -> float:
-        """Seconds before its deadline that the task's training stops, for its update's upload."""
+    def margin_s(self, task: TrainTask, message_bytes: int | None = None) -> float:
+        """Seconds before its deadline that the task's training stops, for its update's upload, or
+        for a whole message of `message_bytes` (a secure round's key advertisement: secagg_intake.py)."""
         if self.rate is None:
-            return upload_margin_s(task, self.link)
-        learned = replace(self.link, bytes_per_s=self.rate.bytes_per_s)
-        return upload_margin_s(task, learned, self.rate.margin_envelope_bytes)
+            link, envelope = self.link, 0
+        else:
+            link, envelope = replace(self.link, bytes_per_s=self.rate.bytes_per_s), self.rate.margin_envelope_bytes
+        if message_bytes is not None:  # its exact size: no envelope to add
+            return margin_for_bytes(message_bytes, task.deadline_s, link)
+        return upload_margin_s(task, link, envelope)
 
     def send_update(self, payload: bytes, now: float) -> None:
         self.next_republish = now + self.republish_s  # first: a failed publish is retried by the next resend

@@ -6,8 +6,8 @@ counts the task's deadline_s from when the task arrived, so its deadline falls l
 coordinator's by the task's own trip down. A device that trained until its own deadline (as it
 did before this margin) finished with no time left for the upload: an update done just before
 it arrived late and was refused, its training thrown away, its device resting as if it had let
-the task expire. Training now stops `margin` seconds before the deadline (task.py; not in a
-secure-aggregation round, below): an update
+the task expire. Training now stops `margin` seconds before the deadline (task.py; a
+secure-aggregation round's too, below): an update
 finished by then is sent; a task still training then is declined as `aborted:deadline`, as a
 straggler always was (no partial update is ever sent), only sooner, freeing its slot sooner.
 
@@ -44,9 +44,18 @@ broker (a device offline with a persistent session gets it when it reconnects) c
 coordinator's deadline and not the device's, and neither is estimated here: nothing but
 latency_s stands for them. A task that took longer than that to come down can still bring an
 update that lands late and is refused (stale_round); an operator who knows the downlink is slow
-raises upload_latency_s. Secure-aggregation rounds get no margin at all: their participant trains
-at once and counts deadline_s from the start of training (agent._secagg_stop_check), not from the
-task's arrival, and trains up to it.
+raises upload_latency_s.
+
+A secure-aggregation round counts deadline_s from the task's arrival too (secagg_intake.py, by
+task.py's rule), but what must land by that deadline is not an update: it is the KeyAdvertisement
+the device answers with once trained (the coordinator's advertise stage closes at the round's
+deadline; an advertisement after it leaves the device out of the cohort, its training thrown
+away). Its margin is latency_s + advertisement_bytes / bytes_per_s (the learned rate when learned;
+the bytes exact, the whole message: about 250 to 300 with its ids, 64 more signed). The round's bulky
+upload, the masked input (field_bits per sent coordinate: ceil(d m / 8) bytes, and its envelope),
+goes two stages later, in answer to the ShareDelivery, under mask_deadline_s counted from that
+stage's start (stage_deadline_s, 60 s, unless set): no margin covers it, as training is long over
+by then, and on a slow link the operator sets mask_deadline_s above latency + its bytes / rate.
 
 At most half the budget: a task whose deadline_s is shorter than twice the estimate still trains
 for half of it rather than being declined. The estimate is a guess (configured, or learned from
@@ -63,8 +72,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .kernel.codec import encode_message
 from .kernel.errors import CodecError, ConfigError
 from .kernel.protocol import TrainTask
+from .kernel.secagg.identity import SIGNATURE_BYTES
+from .kernel.secagg.messages import KEY_BYTES, KeyAdvertisement
 from .kernel.update_codec import FRAME_OVERHEAD, frame_shapes, payload_bytes, tensor_header_bytes
 
 NO_TIME_TO_UPLOAD = "no_time_to_upload"  # decline reason: the inputs came with less than the margin left
@@ -132,8 +144,21 @@ def update_bytes(task: TrainTask) -> float:
         return values * spec.topk_fraction * (spec.quant_bits / 8 + gap)
 
 
+def advertisement_bytes(task: TrainTask, device_id: str, signed: bool) -> int:
+    """The bytes of the KeyAdvertisement device `device_id` answers a secure round's task with once
+    trained: exact, since only its keys (32 bytes each), model hash (64 hex digits) and signature
+    (64 bytes, or none from a device without an identity key) are unknown before training."""
+    placeholder = KeyAdvertisement(device_id, task.round_id, task.task_id, bytes(KEY_BYTES), bytes(KEY_BYTES),
+                                   "0" * 64, bytes(SIGNATURE_BYTES) if signed else b"")
+    return len(encode_message(placeholder))
+
+
+def margin_for_bytes(upload_bytes: float, deadline_s: float, link: UploadLink) -> float:
+    """latency_s + upload_bytes / bytes_per_s, at most MAX_BUDGET_SHARE of deadline_s (module docstring)."""
+    return min(link.latency_s + upload_bytes / link.bytes_per_s, MAX_BUDGET_SHARE * deadline_s)
+
+
 def upload_margin_s(task: TrainTask, link: UploadLink, envelope_bytes: float = 0.0) -> float:
     """Seconds before the task's deadline that its training stops (module docstring);
     envelope_bytes: the message's own bytes beyond its frames, when the rate is learned (uplink_rate.py)."""
-    estimate = link.latency_s + (update_bytes(task) + envelope_bytes) / link.bytes_per_s
-    return min(estimate, MAX_BUDGET_SHARE * task.deadline_s)
+    return margin_for_bytes(update_bytes(task) + envelope_bytes, task.deadline_s, link)

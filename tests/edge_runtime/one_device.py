@@ -32,14 +32,15 @@ class TickingClock(ManualClock):
         return self.t
 
 
-def one_device(model, root, channels=("update",), **agent_kw) -> tuple[DeviceAgent, object]:
+def one_device(model, root, channels=("update",), abort_check=None, **agent_kw) -> tuple[DeviceAgent, object]:
     """(started agent "devA" with 40 random examples, coordinator client subscribed to the
-    device's `channels`)."""
+    device's `channels`); abort_check: the runtime's, asked between training steps."""
     art, manifest, _ = model
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, FEATURES)).astype(np.float32)
     y = rng.integers(0, CLASSES, size=40)
-    runtime = DeviceRuntime(DEVICE, LocalData(x, y, x[:8], y[:8]), {manifest.model_id: art}, root, seed=3)
+    runtime = DeviceRuntime(DEVICE, LocalData(x, y, x[:8], y[:8]), {manifest.model_id: art}, root, seed=3,
+                            abort_check=abort_check)
     broker = InMemoryBroker()
     coord = broker.connect("coordinator")
     for channel in channels:
@@ -47,6 +48,18 @@ def one_device(model, root, channels=("update",), **agent_kw) -> tuple[DeviceAge
     agent = DeviceAgent(runtime, broker.connect(DEVICE), **agent_kw)
     agent.start()
     return agent, coord
+
+
+def stepping_device(model, root, step_s: float = 1.0, start: float = 0.0, **agent_kw):
+    """(one_device's agent and coordinator client, its ManualClock from `start`): every training
+    step takes step_s on the clock (40 examples, batch 8: 5 steps an epoch)."""
+    clock = ManualClock(start)
+
+    def a_step():
+        clock.advance(step_s)
+        return None
+
+    return (*one_device(model, root, abort_check=a_step, clock=clock, **agent_kw), clock)
 
 
 def pump(agent, coord) -> list:

@@ -26,8 +26,8 @@ from fedge.edge_runtime.kernel.protocol import Ack, CompressionSpec, Decline, Ta
 from fedge.edge_runtime.kernel.update_codec import encode_dense
 from fedge.edge_runtime.uplink_rate import UplinkRate, learned_rate, observed_rate
 from fedge.edge_runtime.upload_margin import UploadLink, update_bytes, upload_margin_s
-from tests.edge_runtime.one_device import DEVICE, one_device, pump
-from tests.edge_runtime.test_upload_margin import DOWN_S, _stepping_device
+from tests.edge_runtime.one_device import DEVICE, one_device, pump, stepping_device
+from tests.edge_runtime.test_upload_margin import DOWN_S
 from tests.edge_runtime.test_upload_margin import _task as _stepping_task
 from tests.tiny_model import build_tiny_model
 
@@ -184,7 +184,7 @@ def test_on_a_link_slower_than_configured_a_learned_margin_sends_no_update_that_
     coordinator's 17.8 s (stale_round, its training thrown away). After three uploads acked 6 s
     after their send the device stops 6 s early instead: aborted:deadline at once, the slot freed."""
     guess = UploadLink(LATENCY, 10_000.0, learn_rate=learn)
-    agent, coord, clock = _stepping_device(model, tmp_path, upload_link=guess)
+    agent, coord, clock = stepping_device(model, tmp_path, upload_link=guess)
     for i in range(3):  # three ordinary rounds over the slow link
         coord.publish(device_topic(DEVICE, "task"), encode_message(_stepping_task(model, f"warm{i}", 600.0)))
         (update,) = [r for r in pump(agent, coord) if isinstance(r, Update)]

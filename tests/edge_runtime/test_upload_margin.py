@@ -14,14 +14,10 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.async_mode.machine import Admit, Arrived, AsyncMachine, Dispatched, Flight, on_event
-from fedge.edge_runtime.agent import DeviceAgent
-from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.device_config import AgentConfig
-from fedge.edge_runtime.kernel.clock import ManualClock
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.protocol import CompressionSpec, Decline, TaskHyper, TrainTask, Update, device_topic
-from fedge.edge_runtime.kernel.transport.memory import InMemoryBroker
 from fedge.edge_runtime.kernel.update_codec import encode_dense, encode_gaps
 from fedge.edge_runtime.postprocess import UPDATE_STEPS, Delta, TaskContext, encode, postprocess
 from fedge.edge_runtime.task import InputsReady, SendDecline, TaskState, Train
@@ -33,8 +29,8 @@ from fedge.edge_runtime.upload_margin import (
     upload_margin_s,
     varint_bytes,
 )
-from tests.edge_runtime.one_device import DEVICE, pump
-from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
+from tests.edge_runtime.one_device import DEVICE, pump, stepping_device
+from tests.tiny_model import build_tiny_model
 
 DOWN_S, UP_S = 0.2, 0.7  # the task's trip to the device and the update's to the coordinator: within the 1 s latency
 
@@ -42,28 +38,6 @@ DOWN_S, UP_S = 0.2, 0.7  # the task's trip to the device and the update's to the
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("artifacts"))
-
-
-def _stepping_device(model, root, **agent_kw):
-    """An agent whose every training step takes 1 s on a ManualClock (40 examples, batch 8: 5 steps
-    an epoch), and a coordinator client reading its updates."""
-    art, manifest, _ = model
-    clock = ManualClock()
-    rng = np.random.default_rng(1)
-    x, y = rng.normal(size=(40, FEATURES)).astype(np.float32), rng.integers(0, CLASSES, size=40)
-
-    def a_second_per_step():
-        clock.advance(1.0)
-        return None
-
-    runtime = DeviceRuntime(DEVICE, LocalData(x, y, x[:8], y[:8]), {manifest.model_id: art}, root, seed=3,
-                            abort_check=a_second_per_step)
-    broker = InMemoryBroker()
-    coord = broker.connect("coordinator")
-    coord.subscribe(device_topic(DEVICE, "update"))
-    agent = DeviceAgent(runtime, broker.connect(DEVICE), clock, **agent_kw)
-    agent.start()
-    return agent, coord, clock
 
 
 def _task(model, task_id: str, deadline_s: float, **kw) -> TrainTask:
@@ -81,7 +55,7 @@ def test_no_update_the_device_sends_comes_past_the_coordinators_deadline(model, 
     update at 15 s, and it came past the flight's deadline (15.3, 15.6 s): refused. Now the device stops 1 s
     (and the update's bytes over 125 kB/s) before its deadline: it sends an update only when
     it lands in time, and otherwise declines as aborted:deadline (no partial update is sent)."""
-    agent, coord, clock = _stepping_device(model, tmp_path)
+    agent, coord, clock = stepping_device(model, tmp_path)
     sent_at = -DOWN_S  # the device's clock reads 0 when the task arrives
     flight = Flight("t", 1, 0, sent_at + deadline_s)
     machine, _ = on_event(AsyncMachine(0, 3, 2, 1), Dispatched(DEVICE, flight))
@@ -167,7 +141,7 @@ def test_a_vanishing_top_k_share_needs_5_bytes_a_gap_and_does_not_overflow(share
 @pytest.mark.parametrize("share", [1e-300, 1e-310])
 def test_a_task_with_a_vanishing_top_k_share_is_answered(model, tmp_path, share):
     """The reviewer's repro: the OverflowError escaped the agent's poll and the task was never answered."""
-    agent, coord, _ = _stepping_device(model, tmp_path)
+    agent, coord, _ = stepping_device(model, tmp_path)
     task = replace(_task(model, "t", 600.0), compression=CompressionSpec(topk_fraction=share))
     coord.publish(device_topic(DEVICE, "task"), encode_message(task))
     (reply,) = [r for r in pump(agent, coord) if isinstance(r, (Update, Decline))]
