@@ -12,13 +12,21 @@ sent the task, and a device whose advertisement comes later is not in the round'
 training thrown away). So the margin is latency_s + the advertisement's bytes (exact: a few
 hundred) / the rate. The masked input, the bulky upload (field_bits per sent coordinate), goes two
 stages later, in answer to the ShareDelivery, under that stage's own mask_deadline_s counted from
-the stage's start: when training stops does not change when it lands.
+the stage's start: when training stops does not change when it lands. The work between the last
+step and the advertisement's send (encoding the update, its residual saved, two key pairs, a
+signature) is taken to fit in latency_s, as a plain update's encoding is.
+
+A secure task the device declined (before training, or the participant's own declines) that comes
+again (a QoS 1 redelivery, the coordinator resending) gets the same Decline again, as a plain task
+does (agent._answer_again): it was treated as new, its deadline counted from the copy, and it
+trained past the coordinator's deadline to be thrown away.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from .journal import SEEN_TASKS_KEPT
 from .kernel.protocol import Decline, TrainTask
 from .kernel.secagg.messages import SecAggTask
 from .secagg_participant import SecAggParticipant
@@ -39,9 +47,15 @@ class SecAggIntake:
         self.fetching: dict[str, SecAggTask] = {}  # task_id -> a secure round's task whose model is on its way
         self.received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
         self.train_until: dict[str, float] = {}  # task_id -> clock time its training stops, while it trains
+        self.declined: dict[str, Decline] = {}  # task_id -> the Decline it got, repeated if the task comes again
+        self._send = participant.publish  # every secure-round message leaves through it: declines are noted first
+        participant.publish = self._publish
 
     def on_message(self, message) -> None:
         """A secure round's message from the device's task topic."""
+        if isinstance(message, SecAggTask) and message.task.task_id in self.declined:
+            self._send(self.declined[message.task.task_id])  # answered again, never trained again
+            return
         if isinstance(message, SecAggTask) and message.task.task_id not in self.participant.sessions:
             task = message.task
             if task.task_id in self.fetching:
@@ -101,4 +115,11 @@ class SecAggIntake:
         """Straight out, as the participant's own declines go (its rounds are not in the task table
         or the journal)."""
         device_id = self.participant.device_id
-        self.participant.publish(Decline(device_id, task.round_id, task.task_id, reason, detail, "before"))
+        self._publish(Decline(device_id, task.round_id, task.task_id, reason, detail, "before"))
+
+    def _publish(self, message) -> None:
+        if isinstance(message, Decline):
+            self.declined[message.task_id] = message
+            if len(self.declined) > SEEN_TASKS_KEPT:
+                self.declined.pop(next(iter(self.declined)))
+        self._send(message)

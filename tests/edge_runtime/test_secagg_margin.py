@@ -77,11 +77,14 @@ def _stopped_at(agent, coord, clock, message) -> float:
     return clock.now()
 
 
-@pytest.mark.parametrize("link", [UploadLink(), SLOW], ids=["default", "slow"])
-def test_a_secure_rounds_training_stops_its_advertisements_upload_before_the_deadline(model, tmp_path, link):
-    """Before: both stopped at ARRIVAL + DEADLINE_S, and the advertisement left after the deadline."""
-    margin = link.latency_s + _advertisement_size(model, tmp_path / "sized") / link.bytes_per_s
-    agent, coord, clock = _device(model, tmp_path / "run", upload_link=link)
+@pytest.mark.parametrize("link, signed", [(UploadLink(), False), (SLOW, False), (SLOW, True)],
+                         ids=["default", "slow", "slow-signed"])
+def test_a_secure_rounds_training_stops_its_advertisements_upload_before_the_deadline(model, tmp_path, link, signed):
+    """Before: both stopped at ARRIVAL + DEADLINE_S, and the advertisement left after the deadline.
+    Signed: the signature's 64 bytes are 3.2 s of the slow link's margin."""
+    kw = {"secagg_identity": generate_identity()[0]} if signed else {}
+    margin = link.latency_s + _advertisement_size(model, tmp_path / "sized", **kw) / link.bytes_per_s
+    agent, coord, clock = _device(model, tmp_path / "run", upload_link=link, **kw)
     stopped = _stopped_at(agent, coord, clock, _task(model, ENDLESS))
     want = ARRIVAL + DEADLINE_S - margin  # the first step at or past it stops training
     assert want <= stopped < want + STEP_S, (stopped, want)
@@ -109,6 +112,19 @@ def test_a_model_that_comes_too_late_to_train_and_upload_is_declined_before_trai
     (reply,) = _fetch_after(agent, coord, clock, message, items, wait_s)
     assert isinstance(reply, Decline) and (reply.reason, reply.stage) == (reason, "before"), reply
     assert clock.now() == ARRIVAL + wait_s  # not one step trained
+
+
+def test_a_declined_secure_task_that_comes_again_gets_its_decline_again_and_is_not_trained(model, tmp_path):
+    """The review's reproduction: declined no_time_to_upload at ARRIVAL + 50, the same task redelivered
+    was taken as new (its deadline counted from the copy) and trained until ARRIVAL + 97.5, 37 s past the
+    coordinator's deadline, to be thrown away."""
+    agent, coord, clock = _device(model, tmp_path, upload_link=SLOW)
+    message, items = _to_fetch(model, _task(model, ENDLESS))
+    (first,) = _fetch_after(agent, coord, clock, message, items, wait_s=50.0)
+    assert first.reason == NO_TIME_TO_UPLOAD
+    before = clock.now()
+    again = _answer(agent, coord, message)
+    assert again == first and clock.now() == before  # the same Decline, not one step trained
 
 
 @pytest.mark.parametrize("signed", [False, True])

@@ -87,8 +87,9 @@ def session() -> str:
    training an upload margin before it: `[agent] upload_latency_s` (1 s) plus its update's estimated bytes over
    its upload rate (learned from its uploads' publish-to-Ack times, from `upload_bytes_per_s`, 125,000), at most
    half of `deadline_s`; the margin does not estimate the task's own
-   download (params inline) or broker queueing beyond that 1 s, and a secure-aggregation round's task gets no
-   margin (it counts `deadline_s` from the start of training). In a SCAFFOLD round (`correction` non-empty) see
+   download (params inline) or broker queueing beyond that 1 s. A secure-aggregation round's task counts
+   `deadline_s` from its arrival too, and its margin covers the KeyAdvertisement (due by that deadline; the
+   masked input comes later, under its own stage's deadline). In a SCAFFOLD round (`correction` non-empty) see
    README.md (Aggregation strategies) for the control variate you also upload as `Update.control`.
 7. **Update.** Publish one Update on your `update` topic (or, when the task's `shard` is ≥ 0, on
    `{TOPIC_ROOT}/shard/<shard>/devices/{{d}}/update`, and copy `shard` into the Update): `round_id`, `task_id`,
