@@ -8,8 +8,10 @@ and the device rebuilds its graph and Shamir points from it.
 
     advertise  every selected device gets its group's spec (under distributed DP, its group's
                noise: secure_dp.py)
-    share      a group with fewer devices that advertised than max(3, its min_inputs) is out (its
-               members are not asked again; the round then cannot be unmasked: below)
+    share      a group with fewer devices that advertised than max(3, its min_inputs) is out, and
+               with it the round: it could not be unmasked (below), so it is abandoned at once, by
+               the unmask refusal's reason, before any KeyDirectory leaves (no group's devices
+               agree keys, mask and upload for nothing, nor wait out the share and mask deadlines)
     mask       each group's members receive their group's shares only
     unmask     sent to no group unless EVERY group is in and kept its min_inputs masked inputs
                (unmask_refusal; else the round is abandoned before any request leaves); the first
@@ -227,10 +229,11 @@ class ShardedSecAggShell(SecAggShell):
                 if r.cohort:
                     log.info("round %d: shard group %s: cohort %d, k=%d, t=%d", rnd.ctx.round_id, g.label,
                              len(r.cohort), r.k, r.t)
-        if stage == UNMASK:
-            why = state.unmask_refusal(devices)
-            if why:  # no request leaves: the round is abandoned (server._run) with nothing revealed
-                log.warning("round %d: no shard group is unmasked: %s", rnd.ctx.round_id, why)
-                return f"secure aggregation could not unmask: {why}"
+        # At the share stage a group out already dooms the unmask (unmask_refusal): stopped here, no
+        # other group's devices agree keys, mask and upload for the two stage deadlines it would take.
+        why = state.unmask_refusal(devices) if stage == UNMASK or (stage == SHARE and state.out) else ""
+        if why:  # no request leaves: the round is abandoned (server._run) with nothing revealed
+            log.warning("round %d: no shard group is unmasked (at the %s stage): %s", rnd.ctx.round_id, stage, why)
+            return f"secure aggregation could not unmask: {why}"
         super().send(rnd, stage, tuple(d for d in devices if state.live(d)), now)
         return None
