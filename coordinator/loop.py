@@ -215,6 +215,8 @@ class CoordinatorLoop:
         c, need = self.coordinator, max(self.min_devices, 1)
         c.metrics.devices_needed.set(max(0, need - eligible))
         why = c.registry.ineligible_reasons()
+        if c.shell.unlisted:  # eligible, but the identity directory lacks them (secagg/shell.selectable)
+            why["secagg_no_identity"] += len(c.shell.unlisted)
         line = (f"waiting for {need} eligible device{'s' if need > 1 else ''}: {len(c.registry)} registered, "
                 f"{eligible} eligible" + (f" ({', '.join(f'{r} x{n}' for r, n in why.most_common(5))})" if why else ""))
         if line != self._waiting_said[0] or now >= self._waiting_said[1]:

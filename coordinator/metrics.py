@@ -114,6 +114,9 @@ class CoordinatorMetrics:
         self.eligible = Gauge("fedge_devices_eligible", "Devices whose last check-in said eligible", registry=r)
         self.max_devices = Gauge("fedge_devices_max", "The most devices the registry may hold ([coordinator] "
                                  "max_devices); a new device id past it is refused as registry_full", registry=r)
+        self.unlisted = Gauge("fedge_secagg_unlisted_devices", "Eligible devices left out of selection because the "
+                              "identity directory ([coordinator.secure_aggregation] directory_file) lacks them",
+                              registry=r)
         self.devices_needed = Gauge("fedge_devices_needed", "Eligible devices still missing before a round can "
                                     "begin (0 = not waiting)", registry=r)
         self.store_refresh_failures = Counter("fedge_store_refresh_failures", "Failed writes of the registry's "

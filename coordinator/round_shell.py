@@ -6,6 +6,7 @@ what the strategy gets at the end.
     send(rnd, stage, devices, now)   the stage's requests
     resend(rnd, device, now)         a selected device that is silent checked in: its request again
     owns(report, channel)            a reply the shell admits (admit(rnd, reply, sender, size))
+    selectable(devices)              the eligible devices a round may select
     aggregate_input(rnd, population) -> AggregateInput, or a str: why the round cannot close
 """
 
@@ -21,6 +22,7 @@ from .strategies import AggregateInput
 
 class SyncShell:
     secure = False
+    unlisted: frozenset[str] = frozenset()  # no identity directory: selectable leaves no device out
 
     def __init__(self, config: CoordinatorConfig, outbound: Outbound):
         self.config = config
@@ -40,6 +42,9 @@ class SyncShell:
 
     def owns(self, report, channel: str) -> bool:
         return False  # Updates go through admission.py
+
+    def selectable(self, devices: list[str]) -> list[str]:
+        return devices  # only a secure round's identity directory leaves devices out (secagg/shell.py)
 
     def aggregate_input(self, rnd: OpenRound, population: int) -> AggregateInput | str:
         return rnd.aggregate_input(population)

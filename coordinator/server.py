@@ -274,7 +274,7 @@ class Coordinator(BrokerLink, NoiseRounds):
     # ------------------------------------------------------------------ rounds
 
     def eligible_devices(self) -> list[str]:
-        return self.sidelined.keep(self.registry.eligible_devices(), self.clock.now())
+        return self.shell.selectable(self.sidelined.keep(self.registry.eligible_devices(), self.clock.now()))
 
     def begin_round(self) -> bool:
         """Sample devices and send tasks; False: too few eligible devices (a secure round: fewer than

@@ -11,14 +11,18 @@ The device's clip to the announced range is then the only norm defence. A file t
 out aggregator and weighting gets "mean" and "equal" instead of the defaults these refuse
 (config.IMPLIED); only a value it writes is refused.
 
-With directory_file (the fleet's identity directory, read once at start: load_identities) the
-coordinator refuses a key advertisement its directory does not vouch for (round_state.accept).
+With directory_file (the fleet's identity directory) the coordinator refuses a key
+advertisement its directory does not vouch for (round_state.accept), and leaves a device the
+directory lacks out of selection (shell.selectable). The file is read once, with the config
+(load_identities): a bad one fails at start on every host, a standby's too (not at its
+takeover), named by file and key like any refusal, and a sharded leader reads it once. With
+enabled = false the key is not read, as the table's other keys are not.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedge.edge_runtime.kernel.errors import ConfigError, NamedConfigError
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_for
@@ -40,7 +44,10 @@ class SecureAggregationConflict(NamedConfigError):
 
 
 class IdentityDirectoryRefused(NamedConfigError):
-    """directory_file cannot be read as the fleet's identity directory (at service start)."""
+    """directory_file cannot be read as the fleet's identity directory (when the config loads)."""
+
+
+KEY = "secure_aggregation.directory_file"  # as configfile locates it: "<file>: coordinator.<KEY>: ..."
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,13 @@ class SecAggConfig:
     keep_fraction: float = 1.0
     # The fleet's directory of identity public keys (JSON, device id -> hex: the file `fedge
     # provision identity` writes, the one every device's [secagg] directory_file names). Set, an
-    # advertisement whose signature it does not verify, or from a device it lacks, is refused
-    # (round_state.accept): that device sits the round out, where relayed it made every neighbour
-    # that checks signatures decline the round. "" = advertisements are relayed unchecked.
+    # advertisement whose signature it does not verify is refused (round_state.accept): that
+    # device sits the round out, where relayed it made every neighbour that checks signatures
+    # decline the round; a device it lacks is not selected (shell.selectable). Read once, with the
+    # config; a relative path is the working folder's. "" = advertisements are relayed unchecked.
     directory_file: str = ""
+    # device id -> Ed25519 public key, read from directory_file at load (None: unchecked); not a TOML key
+    identities: dict[str, bytes] | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 24:
@@ -120,6 +130,8 @@ class SecAggConfig:
         if self.mask_min == 1:
             raise ConfigError("secure_aggregation.mask_min must be 0 (the round's quorum) or >= 2: "
                               "the sum of one masked input is that device's update")
+        if self.enabled:  # off, no advertisement is checked: the file is not read, as the other keys are not
+            object.__setattr__(self, "identities", load_identities(self.directory_file))
 
     def deadline_of(self, stage: str) -> float:
         """Seconds the share, mask or unmask stage waits for its replies."""
@@ -144,20 +156,21 @@ class SecAggConfig:
         return self.clip_range or 4.0 * clip_norm / math.sqrt(dimension)
 
 
-def load_identities(sa: SecAggConfig) -> dict[str, bytes] | None:
-    """device id -> Ed25519 public key from directory_file, read once when the service starts
-    (SecAggShell); None without one. An unreadable, malformed or empty file is refused by name:
-    an empty one would refuse every advertisement, and no secure round could run."""
-    if not sa.directory_file:
+def load_identities(directory_file: str) -> dict[str, bytes] | None:
+    """device id -> Ed25519 public key from directory_file (SecAggConfig reads it once, when the
+    config loads); None without one. An unreadable, malformed or empty file is refused by name:
+    an empty one would refuse every advertisement, and no secure round could run. The message
+    starts with the key, so configfile names the file and the key's path before it."""
+    if not directory_file:
         return None
     try:
-        directory = load_directory(sa.directory_file)
+        directory = load_directory(directory_file)
     except ConfigError as exc:
-        raise IdentityDirectoryRefused("secagg_directory_file", f"secure_aggregation.directory_file: {exc}") from None
+        raise IdentityDirectoryRefused("secagg_directory_file", f"{KEY}: {exc}") from None
     if not directory:
-        raise IdentityDirectoryRefused("secagg_directory_file", f"secure_aggregation.directory_file: "
-                                       f"{sa.directory_file} names no device, so every key advertisement would be "
-                                       "refused; add the fleet's identities (fedge provision identity --directory)")
+        raise IdentityDirectoryRefused("secagg_directory_file", f"{KEY}: {directory_file} names no device, so every "
+                                       "key advertisement would be refused; add the fleet's identities (fedge "
+                                       "provision identity --directory)")
     return directory
 
 

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import math
 
+from fedge.edge_runtime.kernel.flood import FloodLog
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggSpec, UnmaskResponse
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
@@ -20,7 +21,6 @@ from ..outbound import Outbound
 from ..records import OpenRound
 from ..rounds import Replied, on_event, with_quorum
 from ..strategies import AggregateInput
-from .config import load_identities
 from .private import private_spec
 from .round_state import REPLY_OF, SecAggRound
 from .stages import ADVERTISE, SECAGG, SHARE, UNMASK_STAGE, secagg_limits, unmask_threshold
@@ -45,7 +45,10 @@ class SecAggShell:
         self.sa = config.secure_aggregation
         self.outbound = outbound
         self.shapes = shapes
-        self.identities = load_identities(self.sa)  # once, at start: a bad file stops the service by name
+        self.identities = self.sa.identities  # read with the config (secagg/config.py): None = unchecked
+        self.unlisted: set[str] = set()  # eligible devices the directory lacks, at the last selection
+        self.said_unlisted: set[str] = set()  # the ones counted for the log already (selectable)
+        self._flood = FloodLog(log)  # check-ins are hostile: many new unlisted ids log the first ten, then 2^n
         self.states: dict[int, SecAggRound] = {}  # round id -> protocol state (memory only: see resume)
         # After aggregate_input, for the server to count: senders too few could open the shares
         # of (sidelined), and holders whose unmask answer was left out (named only).
@@ -118,6 +121,23 @@ class SecAggShell:
 
     def owns(self, report, channel: str) -> bool:
         return channel == "update" and isinstance(report, REPLIES)
+
+    def selectable(self, devices: list[str]) -> list[str]:
+        """`devices` without those the identity directory lacks: selected, each would train in full
+        and be refused (secagg_no_identity) every round, holding the advertise stage to its
+        deadline. Logged once per device (per process; rate-limited across devices), counted at
+        each selection by the gauge. A device whose signature failed stays selectable: its next
+        advertisement may verify."""
+        if self.identities is None:
+            return devices
+        self.unlisted = {d for d in devices if d not in self.identities}
+        for device_id in sorted(self.unlisted - self.said_unlisted):
+            self._flood(logging.WARNING, "secagg_unlisted", "coordinator: %s is eligible but missing from the "
+                        "identity directory (%s): left out of every round until it is provisioned there and the "
+                        "coordinator restarts", device_id, self.sa.directory_file)
+        self.said_unlisted |= self.unlisted
+        self.outbound.metrics.unlisted.set(len(self.unlisted))
+        return [d for d in devices if d in self.identities]
 
     def resend(self, rnd: OpenRound, device_id: str, now: float) -> None:
         """Nothing: a secure round's requests go out once per stage (a lost one is a dropout)."""

@@ -6,6 +6,7 @@ refusal that ends the loop only with on_exhausted = "stop"."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -40,6 +41,7 @@ class Stub:
         self.clock, self.config = ManualClock(), config or CoordinatorConfig(abandon_backoff_s=1.0)
         self.transport, self.store = SimpleNamespace(connection_count=1), SimpleNamespace(burst=nullcontext)
         self.evaluations, self.round = SimpleNamespace(run=None), None
+        self.shell = SimpleNamespace(unlisted=set())  # eligible devices selection leaves out (secagg/shell.py)
         self.privacy, self.registry = SimpleNamespace(exhausted=None), _Registry()
         self.metrics = SimpleNamespace(devices_needed=_Gauge(), rejected=lambda reason: None)
         self.rejections: Counter[str] = Counter()
@@ -110,6 +112,17 @@ def test_a_round_begins_at_exactly_min_devices_eligible():
     _run(one_short, 3, min_devices=3)
     _run(exactly, 3, min_devices=3)
     assert one_short.begun == [] and exactly.begun == [0.0]
+
+
+def test_the_waiting_line_counts_devices_the_identity_directory_lacks(caplog):
+    """Eligible devices missing from the coordinator's identity directory are never selected
+    (secagg/shell.selectable): the line that says why no round begins counts them by reason."""
+    caplog.set_level(logging.INFO, "fedge.coordinator")
+    stub = Stub(eligible=1)
+    stub.shell = SimpleNamespace(unlisted={"d7", "d8"})
+    _run(stub, 2, min_devices=3)
+    assert stub.begun == [] and stub.metrics.devices_needed.value == 2
+    assert any("1 eligible (secagg_no_identity x2)" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_a_leader_fenced_out_while_handling_a_message_ends_the_loop():

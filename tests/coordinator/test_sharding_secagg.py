@@ -19,6 +19,7 @@ import dataclasses
 import math
 import zlib
 from types import SimpleNamespace
+from unittest import mock
 
 import dp_accounting as dpa
 import numpy as np
@@ -195,21 +196,25 @@ def test_each_shard_group_runs_its_own_secagg_and_the_leader_commits_the_groups_
 
 def test_each_group_leaves_out_a_device_the_identity_directory_does_not_verify(model, tmp_path, postgres_dsn):
     """The shard groups' round states check signatures as one coordinator's does: dev5 (group 0)
-    signs with a key the directory lacks and dev1 (group 1) is not in it. Relayed, each made its
-    group's neighbours decline; refused, the groups run without them (group 0 keeps 3 of 4, its
-    minimum) and the round commits the others' merged sum."""
+    signs with a key the directory lacks, and relayed it made its group's neighbours decline;
+    refused, group 0 runs without it. dev1 (group 1) is not in the directory: the leader never
+    selects it (selected, it was refused every round). The round commits the others' merged sum,
+    and the leader read the directory once, with its config (the sharded shell read it again)."""
     ids = [f"dev{i}" for i in range(len(SIZES))]
     privates, path = provision(ids, tmp_path, unlisted=("dev1",))
-    fleet = _fleet(model, tmp_path, postgres_dsn,
-                   secure_aggregation=dataclasses.replace(SECURE, directory_file=str(path)))
+    with mock.patch("fedge.coordinator.secagg.config.load_directory", wraps=load_directory) as reads:
+        fleet = _fleet(model, tmp_path, postgres_dsn,
+                       secure_aggregation=dataclasses.replace(SECURE, directory_file=str(path)))
+    assert reads.call_count == 1
     hand_out(fleet, privates, load_directory(path), forged=("dev5",))
     agents = list(fleet.agents)
     old = copy_params(fleet.coordinator.state.params)
     record = _run_round(fleet)
     assert record.committed, record.why
     c = fleet.coordinator
-    assert (c.rejections["secagg_bad_signature"], c.rejections["secagg_no_identity"]) == (1, 1), dict(c.rejections)
+    assert (c.rejections["secagg_bad_signature"], c.rejections["secagg_no_identity"]) == (1, 0), dict(c.rejections)
     assert not c.declines, dict(c.declines)
+    assert record.selected == len(ids) - 1
     survivors = set(ids) - {"dev1", "dev5"}
     assert record.reports == len(survivors)
     got = _flat(c.state.params) - _flat(old)

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedge.coordinator.secagg.config import IdentityDirectoryRefused
 from fedge.coordinator.secagg.round_state import NO_IDENTITY, SecAggRound
 from fedge.coordinator.secagg.stages import ADVERTISE
+from fedge.coordinator.service import load_service_config
+from fedge.edge_runtime.kernel.protocol import Pace
 from fedge.edge_runtime.kernel.secagg import identity
 from fedge.edge_runtime.kernel.secagg import session as sess
 from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
@@ -155,23 +157,23 @@ def test_without_a_directory_accept_relays_advertisements_unchecked():
 SIX = (12, 20, 16, 24, 18, 14)
 
 
-@pytest.mark.parametrize("bad, reason", [("forged", sess.BAD_SIGNATURE), ("unlisted", NO_IDENTITY)])
-def test_the_coordinator_leaves_out_a_device_its_directory_does_not_verify_and_the_round_commits(
-        model, tmp_path, caplog, bad, reason):  # noqa: F811
-    """dev1 signs with a key the directory does not hold (forged), or is missing from the
-    directory every side holds (unlisted). Relayed, its advertisement made all five neighbours
-    decline (secagg_bad_signature) and the round was lost; refused at the coordinator, dev1 is
-    absent from every cohort and the round commits the plain mean of the other five."""
+def test_the_coordinator_leaves_out_a_device_whose_signature_it_does_not_verify_and_the_round_commits(
+        model, tmp_path, caplog):  # noqa: F811
+    """dev1 signs with a key the directory does not hold. Relayed, its advertisement made all five
+    neighbours decline (secagg_bad_signature) and the round was lost; refused at the coordinator,
+    dev1 is absent from every cohort and the round commits the plain mean of the other five. It
+    stays selectable (a transient fault may pass): the next round asks it again."""
     caplog.set_level(logging.INFO, "fedge.coordinator")
     ids = [f"dev{i}" for i in range(len(SIX))]
-    privates, path = provision(ids, tmp_path, unlisted=("dev1",) if bad == "unlisted" else ())
+    privates, path = provision(ids, tmp_path)
     checked = dataclasses.replace(SECURE, directory_file=str(path))
     fleet = make_fleet(model, tmp_path, sizes=SIX, min_reports=3, **{**SETTINGS, "secure_aggregation": checked})
-    hand_out(fleet, privates, load_directory(path), forged=("dev1",) if bad == "forged" else ())
+    hand_out(fleet, privates, load_directory(path), forged=("dev1",))
     c = fleet.coordinator
     old = copy_params(c.state.params)
     record = _run_round(fleet)
     assert record.committed and record.reports == 5, record.why
+    reason = sess.BAD_SIGNATURE
     assert c.rejections[reason] == 1 and not c.declines, (dict(c.rejections), dict(c.declines))
     assert c.metrics.registry.get_sample_value("fedge_rejections_total", {"reason": reason}) == 1
     assert any(reason in r.getMessage() and "dev1" in r.getMessage() for r in caplog.records)
@@ -180,16 +182,60 @@ def test_the_coordinator_leaves_out_a_device_its_directory_does_not_verify_and_t
     assert all("dev1" not in m.cohort for m in directories)
     expected = _expected_mean(fleet, set(ids) - {"dev1"})
     np.testing.assert_allclose(_flat(c.state.params) - _flat(old), expected, rtol=0, atol=1e-6)
+    assert "dev1" in c.eligible_devices()
 
 
-@pytest.mark.parametrize("content", [None, "not json", '{"dev0": "abcd"}', "[1]", "{}"])
-def test_an_unreadable_malformed_or_empty_directory_stops_the_coordinator_at_start_by_name(
-        model, tmp_path, content):  # noqa: F811
-    path = tmp_path / "identities.json"
-    if content is not None:
-        path.write_text(content)
+def test_a_device_the_directory_lacks_is_never_selected_and_said_once(model, tmp_path, caplog):  # noqa: F811
+    """dev1 is missing from the coordinator's directory. Selected, it trained in full every round
+    and was refused (secagg_no_identity) every time, and the advertise stage waited for it until
+    its deadline. Left out at selection: two rounds commit the others' mean, no task reaches
+    dev1, nothing is refused, one log line names it, and the gauge counts it."""
+    caplog.set_level(logging.INFO, "fedge.coordinator")
+    ids = [f"dev{i}" for i in range(len(SIX))]
+    privates, path = provision(ids, tmp_path, unlisted=("dev1",))
     checked = dataclasses.replace(SECURE, directory_file=str(path))
-    with pytest.raises(IdentityDirectoryRefused) as info:
-        make_fleet(model, tmp_path, sizes=(12, 20, 16), **{**SETTINGS, "secure_aggregation": checked})
-    assert info.value.reason == "secagg_directory_file"
-    assert str(info.value).startswith("secure_aggregation.directory_file: ") and str(path) in str(info.value)
+    fleet = make_fleet(model, tmp_path, sizes=SIX, min_reports=3, **{**SETTINGS, "secure_aggregation": checked})
+    hand_out(fleet, privates, load_directory(path))
+    c = fleet.coordinator
+    for _ in range(2):
+        old = copy_params(c.state.params)
+        record = _run_round(fleet)
+        assert record.committed and record.reports == 5, record.why
+        assert record.selected == 5
+        expected = _expected_mean(fleet, set(ids) - {"dev1"})
+        np.testing.assert_allclose(_flat(c.state.params) - _flat(old), expected, rtol=0, atol=1e-6)
+    assert not c.rejections and not c.declines, (dict(c.rejections), dict(c.declines))
+    to_dev1 = [m for m in fleet.wire if getattr(m, "device_id", "") == "dev1" and not isinstance(m, Pace)]
+    assert fleet.wire and not to_dev1  # no task, no reply: only paced, as any device not selected
+    said = [r for r in caplog.records if "dev1" in r.getMessage() and "identity directory" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert c.metrics.registry.get_sample_value("fedge_secagg_unlisted_devices") == 1
+
+
+def test_a_bad_directory_stops_the_service_when_its_config_loads_by_file_and_key(tmp_path):
+    """The directory is read with the config, so a missing, malformed or empty file stops every
+    host at start (a standby too, before it waits for the lease: `fedge coordinator serve` loads
+    the file first), named as every refusal is: the file, then the key's dotted path. With
+    enabled = false the key is not read, as the table's other keys are not."""
+    path = tmp_path / "identities.json"
+    service = tmp_path / "service.toml"
+
+    def write(enabled: str) -> None:
+        service.write_text(f'[coordinator]\nartifacts_dir = "a"\nclients_per_round = 6\nmin_reports = 3\n'
+                           f'[coordinator.secure_aggregation]\nenabled = {enabled}\nclip_range = 0.5\n'
+                           f'directory_file = "{path}"\n')
+
+    write("true")
+    for content in (None, "not json", '{"dev0": "abcd"}', "[1]", "{}"):
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(IdentityDirectoryRefused) as info:
+            load_service_config(service)
+        assert info.value.reason == "secagg_directory_file"
+        assert str(info.value).startswith("service.toml: coordinator.secure_aggregation.directory_file: ")
+        assert str(path) in str(info.value)
+    _, good = provision(["dev0", "dev1"], tmp_path)
+    assert load_service_config(service).coordinator.secure_aggregation.identities == load_directory(good)
+    path.unlink()
+    write("false")
+    assert load_service_config(service).coordinator.secure_aggregation.identities is None

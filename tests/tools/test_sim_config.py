@@ -186,3 +186,19 @@ def test_a_fleet_larger_than_the_coordinators_registry_cap_is_refused_before_it_
     config.write_text("[coordinator]\nmax_devices = 4\nclients_per_round = 3\n")
     assert main(["simulate", "--config", str(config), "--dataset", "digits", "--devices", "4", "--rounds", "1",
                  "--quiet", "--json", str(tmp_path / "run.json")]) == 0
+
+
+def test_simulate_refuses_the_coordinators_identity_directory_by_name(tmp_path, capsys):
+    """Simulated devices hold no identity keys: with [coordinator.secure_aggregation]
+    directory_file the coordinator refused every key advertisement (secagg_no_identity, or
+    secagg_bad_signature for a directory naming the simulated ids) and the run ended with no
+    round committed. It is refused before the run, by its key."""
+    (tmp_path / "ids.json").write_text(json.dumps({f"dev{i}": "ab" * 32 for i in range(4)}))
+    config = tmp_path / "c.toml"
+    config.write_text(f'[coordinator]\nclients_per_round = 4\nmin_reports = 2\n[coordinator.secure_aggregation]\n'
+                      f'enabled = true\nclip_range = 0.5\ndirectory_file = "{tmp_path / "ids.json"}"\n')
+    assert main(["simulate", "--config", str(config), "--dataset", "digits", "--devices", "4", "--rounds", "1",
+                 "--quiet", "--json", str(tmp_path / "run.json")]) == 2
+    err = capsys.readouterr().err
+    assert "coordinator.secure_aggregation.directory_file: fedge simulate's devices have no identity keys" in err
+    assert not (tmp_path / "run.json").exists()
