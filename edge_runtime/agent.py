@@ -63,6 +63,7 @@ from .task import (
 )
 from .unanswered import answer_unreadable, interrupted, unreadable_task
 from .uplink import Uplink
+from .uplink_rate_file import FILE_NAME as UPLINK_RATE_FILE
 from .work_limits import EVAL_REFIT_S, UPLINK_BACKLOG, forget_answered, remember_announced, stop_check
 
 log = logging.getLogger("fedge.agent")
@@ -102,7 +103,7 @@ class DeviceAgent:
         self.journal = DeviceJournal(self.home, max_message_bytes, self.clock)
         # Both publish through self._publish at call time: the simulator holds answers by swapping it.
         self.uplink = Uplink(self.device_id, self.journal, lambda *a: self._publish(*a), republish_s,
-                             pending_max_age_s, upload_link)
+                             pending_max_age_s, upload_link, self.home / UPLINK_RATE_FILE)
         self.delivery = ModelDelivery(runtime, transport, self._publish,
                                       Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
                                       max_message_bytes, fetch_timeout_s, model_wait_s)

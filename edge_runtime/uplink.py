@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from .journal import SEEN_TASKS_KEPT, DeviceJournal
 from .kernel.codec import decode_message, encode_message
 from .kernel.protocol import Decline, TrainTask, Update
 from .uplink_rate import UplinkRate
+from .uplink_rate_file import restore, save
 from .upload_margin import UploadLink, margin_for_bytes, upload_margin_s
 
 log = logging.getLogger("fedge.agent")
@@ -33,7 +35,7 @@ Publish = Callable[..., None]  # (channel, payload, shard=-1): shard >= 0 picks 
 
 class Uplink:
     def __init__(self, device_id: str, journal: DeviceJournal, publish: Publish, republish_s: float,
-                 pending_max_age_s: float, link: UploadLink | None = None):
+                 pending_max_age_s: float, link: UploadLink | None = None, rate_path: Path | None = None):
         self.device_id = device_id
         self.journal = journal
         self.publish = publish
@@ -46,6 +48,10 @@ class Uplink:
         self.link = link or UploadLink()  # what the upload margin assumes of the link (upload_margin.py)
         # learn_rate: each first send timed to its Ack (uplink_rate.py); None keeps the configured rate
         self.rate = UplinkRate(device_id, self.link.latency_s, self.link.bytes_per_s) if self.link.learn_rate else None
+        # rate_path: the learned window kept across restarts (uplink_rate_file.py); None keeps it in memory
+        self.rate_path = rate_path if self.rate is not None else None
+        if self.rate_path is not None:
+            restore(self.rate, self.rate_path)
 
     def margin_s(self, task: TrainTask, message_bytes: int | None = None) -> float:
         """Seconds before its deadline that the task's training stops, for its update's upload, or
@@ -135,8 +141,8 @@ class Uplink:
         an update's first send times the link (uplink_rate.py)."""
         self.unacked_resends = 0
         self.next_republish = min(self.next_republish, now + self.republish_s)
-        if self.rate is not None and update_id:
-            self.rate.acked(update_id, now)
+        if self.rate is not None and update_id and self.rate.acked(update_id, now) and self.rate_path is not None:
+            save(self.rate, self.rate_path)
 
     def reconnected(self, now: float) -> None:
         """The link came back: resend at the base interval again (the agent resends at once); the

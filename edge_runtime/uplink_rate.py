@@ -45,7 +45,10 @@ estimate once the rate is learned (MIN_OBSERVATIONS; before that the margin is t
 one bit for bit, as with learning off), so a same-size update's margin is the time seen (without it a
 648-byte message acked after 6 s gave a 4.2 s margin; under 1% apart past 25 kB).
 
-The estimate lives in memory: a restarted device starts again from the configured rate.
+The window (and the envelope) is kept in the device's state folder, written at each observation
+and read at start (uplink_rate_file.py): a restarted device uses the rate it learned at once,
+unless upload_bytes_per_s or upload_latency_s changed since (then it starts from the configured
+rate again, as it does when the file is missing or damaged).
 """
 
 from __future__ import annotations
@@ -115,15 +118,16 @@ class UplinkRate:
         """Blocking work or a reconnect: an Ack handled after it does not tell the link's time."""
         self.in_flight.clear()
 
-    def acked(self, update_id: str, now: float) -> None:
-        """The coordinator's Ack (accepted or not: either way the update arrived)."""
+    def acked(self, update_id: str, now: float) -> bool:
+        """The coordinator's Ack (accepted or not: either way the update arrived). True when it
+        added an observation (the caller keeps the window: uplink_rate_file.py)."""
         first = self.in_flight.pop(update_id, None)
         if first is None:
-            return  # resent since, sent before a restart, or acked twice
+            return False  # forgotten since, sent before a restart, or acked twice
         sent_bytes, sent_at = first
         elapsed_s = now - sent_at
         if not math.isfinite(elapsed_s):
-            return
+            return False
         rate = observed_rate(sent_bytes, elapsed_s, self.latency_s, self.configured)
         self.observations.append(rate)
         learned = self.bytes_per_s
@@ -131,3 +135,4 @@ class UplinkRate:
         log.info("device %s: update %s (%d bytes) acked %.3f s after its send: %.0f bytes/s; upload rate now %.0f "
                  "bytes/s (configured %.0f)%s", self.device_id, update_id, sent_bytes, elapsed_s, rate, learned,
                  self.configured, f" ({RATE_CLAMPED})" if clamped else "")
+        return True
