@@ -153,7 +153,7 @@ class GroupedSecAgg:
         return self.rounds[self.group_of[device_id]].request(stage, device_id, task_id, task)
 
     def accept(self, stage: str, reply) -> str | None:
-        if not self.live(reply.device_id):
+        if not self.live(reply.device_id):  # a safety net: a group out at the share stage ends the round there (send)
             return GROUP_OUT
         return self.rounds[self.group_of[reply.device_id]].accept(stage, reply)
 
@@ -234,6 +234,8 @@ class ShardedSecAggShell(SecAggShell):
         why = state.unmask_refusal(devices) if stage == UNMASK or (stage == SHARE and state.out) else ""
         if why:  # no request leaves: the round is abandoned (server._run) with nothing revealed
             log.warning("round %d: no shard group is unmasked (at the %s stage): %s", rnd.ctx.round_id, stage, why)
+            if stage == SHARE:  # the record's reason: no unmask was tried, nothing revealed or charged
+                return f"secure aggregation stopped at the share stage: {why} (the round could not be unmasked)"
             return f"secure aggregation could not unmask: {why}"
         super().send(rnd, stage, tuple(d for d in devices if state.live(d)), now)
         return None
