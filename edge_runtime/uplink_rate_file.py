@@ -12,7 +12,9 @@ written.
 Read at start, at most MAX_FILE_BYTES of it. A file that is missing, unreadable, over that size,
 not the shape written here (wrong types, NaN, inf, a rate <= 0, more than WINDOW entries), or
 learned under another configured rate or latency is ignored with one log line: the device starts
-from the configured rate, as with no file. It never stops the device.
+from the configured rate, as with no file. It never stops the device. Of a window it restores it
+keeps only the rates at or below the configured one (restore: the board may be on a slower link
+now); faster ones are relearned.
 """
 
 from __future__ import annotations
@@ -55,10 +57,16 @@ def restore(rate: UplinkRate, path: Path) -> bool:
         log.log(why.level, "device %s: %s not used (%s: %s); starting from the configured upload rate %.0f bytes/s",
                 rate.device_id, path, RATE_FILE_IGNORED, why, rate.configured)
         return False
-    rate.observations.extend(observations)
+    # A kept rate is believed only where it makes the margin larger than the configured guess:
+    # the board may have moved to a slower link since it was learned (carried from a LAN to a
+    # cellular modem), and a margin too small loses the task's whole work (stale_round) where one
+    # too large costs a little training time. Faster rates are relearned from this run's uploads.
+    slower = [x for x in observations if x <= rate.configured]
+    rate.observations.extend(slower)
     rate.envelope_bytes = envelope
-    log.info("device %s: %d upload rate observations restored from %s: upload rate %.0f bytes/s (configured %.0f)",
-             rate.device_id, len(observations), path, rate.bytes_per_s, rate.configured)
+    log.info("device %s: %d upload rate observations restored from %s (%d faster than the configured rate "
+             "left to relearn): upload rate %.0f bytes/s (configured %.0f)", rate.device_id, len(slower), path,
+             len(observations) - len(slower), rate.bytes_per_s, rate.configured)
     return True
 
 

@@ -63,7 +63,10 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{_TEMP}{os.getpid()}")
-    fh = open(tmp, "wb")  # noqa: SIM115 - closed by the with below; only a temp file it made is removed
+    # O_NOFOLLOW: a link planted at the temp name (its name is predictable) fails the write
+    # instead of having its target overwritten; the real path is replaced by the rename, never followed
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fh = os.fdopen(os.open(tmp, flags, 0o666), "wb")  # closed by the with below; only a temp file it made is removed
     try:
         with fh:
             fh.write(data)

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fedge.edge_runtime.kernel import files
 from fedge.edge_runtime.kernel.files import atomic_write_bytes, pid_running, sweep_temp_files
 
@@ -62,3 +64,18 @@ def test_a_pid_owned_by_someone_else_is_running(monkeypatch):
 
     monkeypatch.setattr(files.os, "kill", refused)
     assert pid_running(12345) is True
+
+
+def test_a_link_planted_at_the_temp_name_is_not_followed(tmp_path):
+    """The temp file's name is predictable (.<name>.tmp-<pid>): opening it followed a link planted
+    there, and the link's target was overwritten. Now the write fails and the target is untouched;
+    a link at the real path is replaced by the rename, never followed."""
+    target = tmp_path / "not-fedges"
+    target.write_bytes(b"precious")
+    (tmp_path / f".state.json.tmp-{os.getpid()}").symlink_to(target)
+    with pytest.raises(OSError):
+        atomic_write_bytes(tmp_path / "state.json", b"fedge's", durable=False)
+    assert target.read_bytes() == b"precious" and not (tmp_path / "state.json").exists()
+    (tmp_path / "real.json").symlink_to(target)
+    atomic_write_bytes(tmp_path / "real.json", b"fedge's")
+    assert target.read_bytes() == b"precious" and (tmp_path / "real.json").read_bytes() == b"fedge's"

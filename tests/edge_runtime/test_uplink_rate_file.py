@@ -191,3 +191,21 @@ def test_learning_off_neither_reads_nor_writes_the_file(model, tmp_path, caplog)
     for i in range(3):
         _train_and_ack(model, agent, coord, clock, f"t{i}", 30.0)
     assert not (tmp_path / "off" / DEVICE / FILE_NAME).exists()
+
+
+def test_only_kept_rates_slower_than_the_configured_one_are_restored(tmp_path):
+    """The review's case: a window learned on a LAN (10 MB/s) restored after a reboot onto a slow link
+    gave the first tasks a margin of a fraction of a second. A kept rate is believed only where it
+    makes the margin larger than the configured guess; faster ones are relearned."""
+    path = tmp_path / FILE_NAME
+    fast, slow = [CONFIGURED * 80] * 5, [CONFIGURED / 4, CONFIGURED / 2, CONFIGURED]
+    path.write_text(json.dumps({"upload_bytes_per_s": CONFIGURED, "upload_latency_s": LATENCY,
+                                "observations": fast + slow, "envelope_bytes": 200}))
+    restarted = _uplink(path)
+    assert list(restarted.rate.observations) == slow
+    assert restarted.rate.bytes_per_s == _lower_quartile(slow)  # learned from the slower three at once
+
+    path.write_text(json.dumps({"upload_bytes_per_s": CONFIGURED, "upload_latency_s": LATENCY,
+                                "observations": fast, "envelope_bytes": 200}))
+    assert _uplink(path).rate.bytes_per_s == CONFIGURED  # all faster: the configured guess until relearned
+
