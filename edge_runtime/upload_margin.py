@@ -75,8 +75,7 @@ from dataclasses import dataclass
 from .kernel.codec import encode_message
 from .kernel.errors import CodecError, ConfigError
 from .kernel.protocol import TrainTask
-from .kernel.secagg.identity import SIGNATURE_BYTES
-from .kernel.secagg.messages import KEY_BYTES, KeyAdvertisement
+from .kernel.secagg.messages import KEY_BYTES, SIGNATURE_BYTES, KeyAdvertisement
 from .kernel.update_codec import FRAME_OVERHEAD, frame_shapes, payload_bytes, tensor_header_bytes
 
 NO_TIME_TO_UPLOAD = "no_time_to_upload"  # decline reason: the inputs came with less than the margin left

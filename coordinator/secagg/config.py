@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 from fedge.edge_runtime.kernel.errors import ConfigError, NamedConfigError
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_for
-from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 
 from ..limits import MAX_FLEET, MAX_SECURITY_BITS
@@ -163,6 +162,10 @@ def load_identities(directory_file: str) -> dict[str, bytes] | None:
     starts with the key, so configfile names the file and the key's path before it."""
     if not directory_file:
         return None
+    # here, not at the top: cryptography is the [coordinator] extra's, and the CLI's parser imports
+    # this module on a device install too (tests/tools/test_cli_errors.py)
+    from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
+
     try:
         directory = load_directory(directory_file)
     except ConfigError as exc:

@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-SIGNATURE_BYTES = 64
+from .messages import SIGNATURE_BYTES  # noqa: F401 - re-exported: its callers import it from here
 
 
 def generate_identity() -> tuple[bytes, bytes]:

@@ -26,6 +26,7 @@ from .shamir import PACKINGS, value_bytes
 
 MAX_COHORT = 100_000  # devices in one round's cohort, at most
 KEY_BYTES = 32
+SIGNATURE_BYTES = 64  # Ed25519 (identity.py); here, so sizes are known without cryptography
 TAG_BYTES = 16  # Poly1305's; the nonce is implied (keys.py)
 
 
