@@ -384,8 +384,9 @@ class Coordinator(BrokerLink, NoiseRounds):
         log.info("round %d %s: %s; mean train loss %s", record.round_id, "committed" if record.committed else
                  "abandoned", record.why, "none released" if record.train_loss is None else f"{record.train_loss:.4g}")
         if record.committed:  # the new model, scored by a sample of devices on their own held-out data
-            self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,
-                                          self.eligible_devices(), self.clock.now())
+            self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,  # no key needed
+                                          self.sidelined.keep(self.registry.eligible_devices(), self.clock.now()),
+                                          self.clock.now())
         return record
 
     def _round_shards(self, selected: tuple[str, ...]) -> dict[str, int] | None:

@@ -13,16 +13,16 @@ out aggregator and weighting gets "mean" and "equal" instead of the defaults the
 
 With directory_file (the fleet's identity directory) the coordinator refuses a key
 advertisement its directory does not vouch for (round_state.accept), and leaves a device the
-directory lacks out of selection (shell.selectable). The file is read once, with the config
-(load_identities): a bad one fails at start on every host, a standby's too (not at its
-takeover), named by file and key like any refusal, and a sharded leader reads it once. With
-enabled = false the key is not read, as the table's other keys are not.
+directory lacks out of selection (shell.selectable). The leader's service reads it before
+anything else (service.run_service: a standby's too, not at its takeover) and its shell once
+more when it is built; a worker, `fedge coordinator forget-devices` and `fedge simulate` never
+read it. With enabled = false it is not read.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fedge.edge_runtime.kernel.errors import ConfigError, NamedConfigError
 from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_for
@@ -46,7 +46,7 @@ class IdentityDirectoryRefused(NamedConfigError):
     """directory_file cannot be read as the fleet's identity directory (when the config loads)."""
 
 
-KEY = "secure_aggregation.directory_file"  # as configfile locates it: "<file>: coordinator.<KEY>: ..."
+KEY = "coordinator.secure_aggregation.directory_file"  # read at the service's start, not with the file
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,9 @@ class SecAggConfig:
     # provision identity` writes, the one every device's [secagg] directory_file names). Set, an
     # advertisement whose signature it does not verify is refused (round_state.accept): that
     # device sits the round out, where relayed it made every neighbour that checks signatures
-    # decline the round; a device it lacks is not selected (shell.selectable). Read once, with the
-    # config; a relative path is the working folder's. "" = advertisements are relayed unchecked.
+    # decline the round; a device it lacks is not selected (shell.selectable). Read at the
+    # leader's start; a relative path is the working folder's. "" = advertisements are relayed unchecked.
     directory_file: str = ""
-    # device id -> Ed25519 public key, read from directory_file at load (None: unchecked); not a TOML key
-    identities: dict[str, bytes] | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 24:
@@ -129,8 +127,6 @@ class SecAggConfig:
         if self.mask_min == 1:
             raise ConfigError("secure_aggregation.mask_min must be 0 (the round's quorum) or >= 2: "
                               "the sum of one masked input is that device's update")
-        if self.enabled:  # off, no advertisement is checked: the file is not read, as the other keys are not
-            object.__setattr__(self, "identities", load_identities(self.directory_file))
 
     def deadline_of(self, stage: str) -> float:
         """Seconds the share, mask or unmask stage waits for its replies."""
@@ -153,6 +149,11 @@ class SecAggConfig:
 
     def clip_for(self, clip_norm: float, dimension: int) -> float:
         return self.clip_range or 4.0 * clip_norm / math.sqrt(dimension)
+
+
+def identities_of(sa: SecAggConfig) -> dict[str, bytes] | None:
+    """The directory a secure coordinator checks advertisements against; None when it checks none."""
+    return load_identities(sa.directory_file) if sa.enabled else None
 
 
 def load_identities(directory_file: str) -> dict[str, bytes] | None:

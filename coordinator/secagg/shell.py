@@ -9,7 +9,6 @@ import hashlib
 import logging
 import math
 
-from fedge.edge_runtime.kernel.flood import FloodLog
 from fedge.edge_runtime.kernel.protocol import CompressionSpec
 from fedge.edge_runtime.kernel.secagg.messages import MaskedInput, SecAggSpec, UnmaskResponse
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
@@ -21,6 +20,7 @@ from ..outbound import Outbound
 from ..records import OpenRound
 from ..rounds import Replied, on_event, with_quorum
 from ..strategies import AggregateInput
+from .config import identities_of
 from .private import private_spec
 from .round_state import REPLY_OF, SecAggRound
 from .stages import ADVERTISE, SECAGG, SHARE, UNMASK_STAGE, secagg_limits, unmask_threshold
@@ -36,19 +36,25 @@ class SecAggRejected(UpdateRejected):
         self.reason = reason
 
 
+SHOWN_UNLISTED = 10  # ids named in selectable's line; the rest are counted
+_READ = object()  # SecAggShell's identities: read the config's directory_file (the default)
+
+
 class SecAggShell:
     secure = True
 
-    def __init__(self, config: CoordinatorConfig, outbound: Outbound, shapes: dict[str, tuple[int, ...]], store):
+    def __init__(self, config: CoordinatorConfig, outbound: Outbound, shapes: dict[str, tuple[int, ...]], store,
+                 identities=_READ):
         self.config = config
         self.store = store  # the coordinator's: a round whose unmasking began is charged at once (_release)
         self.sa = config.secure_aggregation
         self.outbound = outbound
         self.shapes = shapes
-        self.identities = self.sa.identities  # read with the config (secagg/config.py): None = unchecked
+        # read at the leader's start (service.run_service read it first, so a bad file stopped it before
+        # the lease); None = unchecked
+        self.identities = identities_of(self.sa) if identities is _READ else identities
         self.unlisted: set[str] = set()  # eligible devices the directory lacks, at the last selection
         self.said_unlisted: set[str] = set()  # the ones counted for the log already (selectable)
-        self._flood = FloodLog(log)  # check-ins are hostile: many new unlisted ids log the first ten, then 2^n
         self.states: dict[int, SecAggRound] = {}  # round id -> protocol state (memory only: see resume)
         # After aggregate_input, for the server to count: senders too few could open the shares
         # of (sidelined), and holders whose unmask answer was left out (named only).
@@ -125,17 +131,20 @@ class SecAggShell:
     def selectable(self, devices: list[str]) -> list[str]:
         """`devices` without those the identity directory lacks: selected, each would train in full
         and be refused (secagg_no_identity) every round, holding the advertise stage to its
-        deadline. Logged once per device (per process; rate-limited across devices), counted at
-        each selection by the gauge. A device whose signature failed stays selectable: its next
-        advertisement may verify."""
+        deadline. A selection that meets devices not met before logs one line with their number
+        and up to SHOWN_UNLISTED of their ids (check-ins are hostile: a flood of new ids is one
+        line a round); the gauge counts all at each selection. A device whose signature failed
+        stays selectable: its next advertisement may verify."""
         if self.identities is None:
             return devices
         self.unlisted = {d for d in devices if d not in self.identities}
-        for device_id in sorted(self.unlisted - self.said_unlisted):
-            self._flood(logging.WARNING, "secagg_unlisted", "coordinator: %s is eligible but missing from the "
-                        "identity directory (%s): left out of every round until it is provisioned there and the "
-                        "coordinator restarts", device_id, self.sa.directory_file)
-        self.said_unlisted |= self.unlisted
+        new = sorted(self.unlisted - self.said_unlisted)
+        if new:
+            more = f" and {len(new) - SHOWN_UNLISTED} more" if len(new) > SHOWN_UNLISTED else ""
+            log.warning("coordinator: %d eligible device(s) missing from the identity directory (%s): %s%s; left "
+                        "out of every round until provisioned there and the coordinator restarts", len(new),
+                        self.sa.directory_file, ", ".join(new[:SHOWN_UNLISTED]), more)
+        self.said_unlisted = self.unlisted  # a device that leaves and comes back unlisted is named again
         self.outbound.metrics.unlisted.set(len(self.unlisted))
         return [d for d in devices if d in self.identities]
 

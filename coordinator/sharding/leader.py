@@ -110,7 +110,8 @@ class ShardedCoordinator(Coordinator):
         self.shard_metrics = ShardMetrics(self.metrics.registry)
         self.outbound.shard_for = self.shard_of
         if config.secure_aggregation.enabled:  # one SecAgg instance per shard group (secure.py)
-            self.shell = ShardedSecAggShell(config, self.outbound, self.shapes, self.store)
+            self.shell = ShardedSecAggShell(config, self.outbound, self.shapes, self.store,
+                                            identities=self.shell.identities)  # read once, by the first shell
 
     def shard_of(self, device_id: str) -> int:
         """The device's shard in the open round (its home shard where none is stored)."""

@@ -30,7 +30,7 @@ from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.dp.config import PrivacyConfig
 from fedge.coordinator.dp.distributed import params_for
 from fedge.coordinator.dp.round import RoundPlan
-from fedge.coordinator.secagg.config import SecAggConfig
+from fedge.coordinator.secagg.config import SecAggConfig, load_identities
 from fedge.coordinator.sharding.config import ShardConflict
 from fedge.coordinator.sharding.groups import ShardGroup, group_floor, shard_groups
 from fedge.coordinator.sharding.secure import GroupedSecAgg
@@ -199,10 +199,10 @@ def test_each_group_leaves_out_a_device_the_identity_directory_does_not_verify(m
     signs with a key the directory lacks, and relayed it made its group's neighbours decline;
     refused, group 0 runs without it. dev1 (group 1) is not in the directory: the leader never
     selects it (selected, it was refused every round). The round commits the others' merged sum,
-    and the leader read the directory once, with its config (the sharded shell read it again)."""
+    and the leader read the directory once (the sharded shell takes the first shell's)."""
     ids = [f"dev{i}" for i in range(len(SIZES))]
     privates, path = provision(ids, tmp_path, unlisted=("dev1",))
-    with mock.patch("fedge.coordinator.secagg.config.load_directory", wraps=load_directory) as reads:
+    with mock.patch("fedge.coordinator.secagg.config.load_identities", wraps=load_identities) as reads:
         fleet = _fleet(model, tmp_path, postgres_dsn,
                        secure_aggregation=dataclasses.replace(SECURE, directory_file=str(path)))
     assert reads.call_count == 1

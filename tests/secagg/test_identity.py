@@ -6,6 +6,7 @@ neighbours: it is left out of the cohort and the round commits with the others."
 
 import dataclasses
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -212,11 +213,13 @@ def test_a_device_the_directory_lacks_is_never_selected_and_said_once(model, tmp
     assert c.metrics.registry.get_sample_value("fedge_secagg_unlisted_devices") == 1
 
 
-def test_a_bad_directory_stops_the_service_when_its_config_loads_by_file_and_key(tmp_path):
-    """The directory is read with the config, so a missing, malformed or empty file stops every
-    host at start (a standby too, before it waits for the lease: `fedge coordinator serve` loads
-    the file first), named as every refusal is: the file, then the key's dotted path. With
-    enabled = false the key is not read, as the table's other keys are not."""
+def test_a_bad_directory_stops_the_leader_at_start_and_nothing_else_reads_it(tmp_path, monkeypatch):
+    """A missing, malformed, hostile or empty directory stops `fedge coordinator serve`'s leader
+    before anything else (a standby too, before it waits for the lease), named by key and path.
+    Only the leader reads it: loading the config (forget-devices, a worker, simulate) does not, nor
+    does a service whose secure aggregation is off."""
+    from fedge.coordinator import service as service_module
+
     path = tmp_path / "identities.json"
     service = tmp_path / "service.toml"
 
@@ -225,17 +228,34 @@ def test_a_bad_directory_stops_the_service_when_its_config_loads_by_file_and_key
                            f'[coordinator.secure_aggregation]\nenabled = {enabled}\nclip_range = 0.5\n'
                            f'directory_file = "{path}"\n')
 
+    def started(cfg) -> str:  # what run_service reaches after the check: nothing of the service is real here
+        raise _Started
+
+    monkeypatch.setattr(service_module.signal, "signal", lambda *a: None)  # the test process keeps its own
+    monkeypatch.setattr(service_module, "_serve", lambda *a: started(None))
     write("true")
-    for content in (None, "not json", '{"dev0": "abcd"}', "[1]", "{}"):
+    for content in (None, "not json", '{"dev0": "abcd"}', "[1]", "{}", "[" * 100_000):
         if content is not None:
             path.write_text(content)
+        cfg = load_service_config(service)  # the config alone reads nothing
         with pytest.raises(IdentityDirectoryRefused) as info:
-            load_service_config(service)
+            service_module.run_service(cfg)
         assert info.value.reason == "secagg_directory_file"
-        assert str(info.value).startswith("service.toml: coordinator.secure_aggregation.directory_file: ")
+        assert str(info.value).startswith("coordinator.secure_aggregation.directory_file: ")
         assert str(path) in str(info.value)
-    _, good = provision(["dev0", "dev1"], tmp_path)
-    assert load_service_config(service).coordinator.secure_aggregation.identities == load_directory(good)
+    path.unlink()
+    os.mkfifo(path)  # would hang a reader
+    with pytest.raises(IdentityDirectoryRefused, match="not a regular file"):
+        service_module.run_service(load_service_config(service))
+    path.unlink()
+    provision(["dev0", "dev1"], tmp_path)
+    with pytest.raises(_Started):  # a good directory: the service goes on
+        service_module.run_service(load_service_config(service))
     path.unlink()
     write("false")
-    assert load_service_config(service).coordinator.secure_aggregation.identities is None
+    with pytest.raises(_Started):  # off: not read
+        service_module.run_service(load_service_config(service))
+
+
+class _Started(Exception):
+    pass

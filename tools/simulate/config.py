@@ -177,7 +177,8 @@ class SimConfig:
         if self.coordinator.mode != "sync":  # its fleet drives rounds; it would run sync and say nothing
             raise ConfigError("fedge simulate runs sync rounds only: mode = 'async' runs under `fedge coordinator "
                               "serve`, and `fedge bench async` compares the two modes")
-        if self.coordinator.secure_aggregation.directory_file:  # simulated devices hold no identity key
+        sa = self.coordinator.secure_aggregation
+        if sa.enabled and sa.directory_file:  # simulated devices hold no identity key
             raise ConfigError("coordinator.secure_aggregation.directory_file: fedge simulate's devices have no "
                               "identity keys, so the coordinator would refuse every key advertisement "
                               "(secagg_no_identity) and no round could commit; drop the key (it is for `fedge "

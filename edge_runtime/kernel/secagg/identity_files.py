@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -35,10 +36,22 @@ def load_identity(path: str | Path) -> bytes:
     return key
 
 
+# A directory of a million devices is about 85 MB of JSON; past this it is no directory fedge wrote
+MAX_DIRECTORY_BYTES = 256 << 20
+
+
 def load_directory(path: str | Path) -> dict[str, bytes]:
     try:
-        raw = json.loads(Path(path).read_text())
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or /dev/zero would hang or fill memory
+            raise ValueError("not a regular file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_DIRECTORY_BYTES + 1)
+        if len(data) > MAX_DIRECTORY_BYTES:
+            raise ValueError(f"over {MAX_DIRECTORY_BYTES >> 20} MiB")
+        raw = json.loads(data)
         directory = {str(k): bytes.fromhex(v) for k, v in raw.items()}
+    except RecursionError:  # `[[[[...` nested a few thousand deep
+        raise ConfigError(f"secagg directory {path}: not a JSON object of device id -> hex key") from None
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise ConfigError(f"secagg directory {path}: {exc}") from None
     bad = [k for k, v in directory.items() if len(v) != 32]
