@@ -133,6 +133,25 @@ def test_spec_file_with_onnx_path_relative_to_it(cnn_file, tmp_path):
     assert not spec.onnx_keep_head
 
 
+def test_simulate_model_takes_the_folder_an_import_built(cnn_file, tmp_path, monkeypatch):
+    """`build-artifacts --from-onnx cnn.onnx out/mine` writes no spec file; `simulate --model out/mine`
+    was refused, so the user had to write one by hand. The folder's manifest is the spec, from any cwd."""
+    from fedge.edge_runtime.kernel.manifest import load_manifest
+    from fedge.tools.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["build-artifacts", "--from-onnx", "cnn.onnx", "out/mine", "--role", "fc1=personal",
+                 "--classes", "4", "--ort-training", "no"]) == 0
+    monkeypatch.chdir(tmp_path / "out")  # the source's path was relative to where the build ran
+    spec = load_spec("mine")
+    assert spec == import_spec(ImportOptions(str(cnn_file), roles={"fc1": "personal"}, num_classes=4))
+    again = build_artifacts(spec, tmp_path / "again", ort_training=False)
+    assert again.model_id == load_manifest(tmp_path / "out" / "mine").model_id
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="folder with no manifest.json"):
+        load_spec(tmp_path / "empty")
+
+
 @pytest.mark.parametrize("act, name", [("Tanh", "tanh"), ("Sigmoid", "sigmoid"), ("LeakyRelu", "leaky_relu")])
 def test_tanh_sigmoid_and_leaky_relu_layers_join_the_tail(tmp_path, act, name):
     path = tmp_path / "m.onnx"
