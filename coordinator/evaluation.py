@@ -135,7 +135,7 @@ class Evaluations:
         if not every or version % every or not candidates:
             return
         if self.run is not None:  # the next commit came first: close the older one with what it has
-            self.close(now)
+            self.close(now, f"replaced by model v{version}")
         count = self.config.devices or len(candidates)
         # Another stream than the training sample's (seed, round): the two draws are independent.
         asked = sample_devices(candidates, count, self.seed + 0x5EED, round_id)
@@ -178,8 +178,10 @@ class Evaluations:
             return self.close(now)
         return None
 
-    def close(self, now: float) -> EvalRecord:
-        """Finish the evaluation in flight with the reports it has (tick does this at its deadline)."""
+    def close(self, now: float, cause: str = "closed at its deadline") -> EvalRecord:
+        """Finish the evaluation in flight with the reports it has (tick does this at its deadline).
+        `cause` is logged when reports are missing: a newer commit's evaluation replaces one 0.2 s
+        after it asked, which was logged as a deadline close."""
         run, self.run = self.run, None
         reports = list(run.reports.values())
         declined = Counter(r.reason for r in reports if r.reason)
@@ -196,7 +198,7 @@ class Evaluations:
                  "personalized loss %s acc %s%s", record.model_version, record.round_id, record.reported,
                  record.asked, record.examples, _fmt(record.loss_global), _fmt(record.accuracy_global),
                  _fmt(record.loss_personal), _fmt(record.accuracy_personal),
-                 "" if record.complete else " (closed at its deadline)")
+                 "" if record.complete else f" ({cause})")
         return record
 
 

@@ -95,7 +95,7 @@ class CoordinatorLoop:
         while not self.stop_event.is_set():
             if self.finishing and (c.evaluations.run is None or self.clock.now() >= self.finish_until):
                 if c.evaluations.run is not None:
-                    c.evaluations.close(self.clock.now())
+                    c.evaluations.close(self.clock.now(), "closed as the service stops")
                 return
             try:
                 if not self.finishing:

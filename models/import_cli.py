@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -59,9 +60,11 @@ def spec_from_args(args):
         shape = tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else ()
     except ValueError:
         raise ConfigError(f"--input-shape {args.input_shape!r}: expected integers separated by commas") from None
-    spec = import_spec(ImportOptions(args.from_onnx, cut=args.cut, roles=roles, default_role=args.default_role,
-                                     num_classes=args.classes, head=args.head, input_shape=shape, name=args.name,
-                                     lora_rank=args.lora_rank, lora_alpha=args.lora_alpha))
+    # absolute: the manifest's spec names the source, and `simulate --model OUTDIR` reads it from any cwd
+    spec = import_spec(ImportOptions(os.path.abspath(args.from_onnx), cut=args.cut, roles=roles,
+                                     default_role=args.default_role, num_classes=args.classes, head=args.head,
+                                     input_shape=shape, name=args.name, lora_rank=args.lora_rank,
+                                     lora_alpha=args.lora_alpha))
     # a tail of no hidden layers (the cut moved past a GELU, a Reshape, ...) once printed "tail ;"
     tail = ", ".join(f"{layer.name}={layer.mode}" for layer in spec.layers) or "no hidden layers"
     print(f"imported {args.from_onnx}: cut at {spec.onnx_cut!r} ({spec.onnx_features} features); tail {tail}"

@@ -33,7 +33,6 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from fedge.edge_runtime.kernel.activations import DEFAULT_NEGATIVE_SLOPE
-from fedge.edge_runtime.kernel.errors import ConfigError
 
 from .import_options import ImportOptions
 from .onnx_activation import TRAINABLE, match_activation
@@ -53,7 +52,7 @@ from .onnx_linear import (
     read_linear_classifier,
 )
 from .onnx_new_head import cut_features
-from .onnx_notice import backbone_tie_notice, frozen_notice, tied_notice
+from .onnx_notice import backbone_tie_notice, check_roles, frozen_notice, tied_notice
 from .onnx_source import OnnxImportError, Unreadable, load_source, node_label, source_input_shape, stored_tensors
 from .onnx_transposed import transposed_layer
 from .spec import LayerSpec, ModelSpec
@@ -318,19 +317,15 @@ def import_spec(options: ImportOptions) -> ModelSpec:
                     options.onnx, str(exc).removeprefix(f"{options.onnx}: "), cut)
         return _spec(options, digest, input_shape, (), options.num_classes, cut,
                      cut_features(model, g.input.name, input_shape, cut, options.onnx))
-    if options.cut == "auto" and (notice := frozen_notice(g, cut, {layer.node for layer in tail},
-                                                          lambda node: _read_layer(g, node))):
-        log.warning("%s: %s", options.onnx, notice)
+    moved = options.cut == "auto" and frozen_notice(g, cut, {layer.node for layer in tail},
+                                                    lambda node: _read_layer(g, node))
+    if moved:
+        log.warning("%s: %s", options.onnx, moved)
     for notice in (tied_notice(tail), backbone_tie_notice(g, cut, tail if options.num_classes == 0 else tail[:-1])):
         if notice:
             log.warning("%s: %s", options.onnx, notice)
     hidden, classifier = tail[:-1], tail[-1]
-    names = [f"fc{i + 1}" for i in range(len(hidden))]
-    unknown = sorted(set(options.roles) - set(names))
-    if unknown:
-        raise ConfigError(f"import {options.onnx}: roles for {unknown}, but the tail's hidden layers are {names} "
-                          f"(ONNX nodes {[layer.node for layer in hidden]}): the trainable tail starts after the last "
-                          f"activation other than {TRAINABLE} (ELU, SiLU, ... stay in the frozen backbone)")
+    names = check_roles(options.onnx, options.roles, [layer.node for layer in hidden], classifier.node, bool(moved))
     layers = tuple(LayerSpec(name=n, units=layer.weight.shape[1], activation=layer.activation, mode=options.roles.get(
         n, options.default_role), negative_slope=layer.negative_slope) for n, layer in zip(names, hidden))
     keep = options.num_classes == 0

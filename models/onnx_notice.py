@@ -17,11 +17,27 @@ import onnx
 
 from .onnx_activation import TRAINABLE
 from .onnx_dense import dense_operands
-from .onnx_source import OnnxImportError
+from .onnx_source import OnnxImportError, UnknownLayerRole
 
 
 def _label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} {node.name or node.output[0]!r}"
+
+
+def check_roles(where: str, roles, hidden_nodes: list[str], classifier_node: str, cut_moved: bool) -> list[str]:
+    """The hidden layers' names (fc1..fcK), once every role names one of them. A role for a layer
+    the tail lacks once got only the reason a cut moves (activations it cannot train), with no
+    such activation in the model: the user had named a layer that is not there."""
+    names = [f"fc{i + 1}" for i in range(len(hidden_nodes))]
+    unknown = sorted(set(roles) - set(names))
+    if unknown:
+        moved = (f"; the layers before the cut stay frozen in the backbone, since the tail starts after the last "
+                 f"activation other than {TRAINABLE} (the warning above names it)") if cut_moved else ""
+        raise UnknownLayerRole(
+            f"import {where}: a role for {', '.join(unknown)}, but no layer {' or '.join(unknown)} exists: the tail's "
+            f"hidden layers are {', '.join(names) or 'none'} (ONNX nodes {hidden_nodes}), and the classifier "
+            f"{classifier_node!r} is the head, which takes no role{moved}")
+    return names
 
 
 def frozen_notice(g, cut: str, tail_nodes: set[str], read_layer: Callable[[onnx.NodeProto], object]) -> str | None:

@@ -22,6 +22,10 @@ class OnnxImportError(ConfigError):
     """The source graph has something the importer cannot turn into a backbone and dense tail."""
 
 
+class UnknownLayerRole(ConfigError):
+    """A role (`--role fc3=lora`, a spec's `roles`) names a layer the imported tail does not have."""
+
+
 def node_label(node: onnx.NodeProto) -> str:
     """How the importer's messages name a node: "MatMul node 'fc'" (its output when unnamed)."""
     return f"{node.op_type} node {node.name or node.output[0]!r}"

@@ -39,6 +39,7 @@ from pathlib import Path
 from fedge.edge_runtime.kernel.activations import ACTIVATIONS, DEFAULT_NEGATIVE_SLOPE
 from fedge.edge_runtime.kernel.configfile import from_dict, load_toml
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, load_manifest
 from fedge.edge_runtime.kernel.wire_fields import I64, bounded
 
 LAYER_KINDS = ("dense", "conv", "pool", "gap", "flatten")
@@ -214,7 +215,8 @@ def spec_from_dict(data: dict, where: str = "spec") -> ModelSpec:
     return from_dict(ModelSpec, data, where=where)
 
 def load_spec(path_or_name: str | Path) -> ModelSpec:
-    """Load a spec from a TOML file, or by name from the specs shipped with fedge."""
+    """Load a spec from a TOML file, a folder `fedge build-artifacts` wrote (its manifest's spec), or by
+    name from the specs shipped with fedge."""
     path = Path(path_or_name)
     if not path.exists():
         builtin = Path(__file__).parent / "specs" / f"{path_or_name}.toml"
@@ -222,9 +224,13 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
             known = sorted(p.stem for p in (Path(__file__).parent / "specs").glob("*.toml"))
             raise ConfigError(f"no spec file {path_or_name!r} and no built-in spec by that name; built-ins: {known}")
         path = builtin
-    if path.is_dir():  # an artifacts folder, most likely: its spec is the TOML it was built from
-        raise ConfigError(f"{path} is a folder; a model is a spec file (TOML) or a built-in name: the model.toml "
-                          "that `fedge pretrain` wrote, or the spec you gave `fedge build-artifacts`")
+    if path.is_dir():
+        if (path / MANIFEST_FILE).is_file():  # a build's folder: the spec it records (an import's source path,
+            # made absolute by `build-artifacts --from-onnx`, is read again and must still have its sha256)
+            return spec_from_dict(load_manifest(path, verify=False).spec, str(path / MANIFEST_FILE))
+        raise ConfigError(f"{path} is a folder with no {MANIFEST_FILE}; a model is a spec file (TOML), a built-in "
+                          "name, or a folder `fedge build-artifacts` wrote (the model.toml that `fedge pretrain` "
+                          "wrote, or the spec you gave `fedge build-artifacts`, also do)")
     data = load_toml(path)
     model = data.get("model")
     if not isinstance(model, dict) or set(data) - {"model"}:

@@ -10,7 +10,7 @@ import os
 import select
 import sys
 
-from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError
+from fedge.edge_runtime.kernel.errors import ConfigError, FedgeError, NamedConfigError
 from fedge.tools.cli_args import path_arg
 
 # Which extra a command needs, and which extra brings each module the commands import lazily:
@@ -70,7 +70,9 @@ def _guarded(args, call) -> int:
         sys.stdout.flush()  # output a closed pipe did not take fails here, not in exit's flush
         return status
     except FedgeError as exc:
-        print(f"fedge: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # a NamedConfigError's reason is the name the README gives each refusal (`too_soon`): say it
+        named = f" ({exc.reason})" if isinstance(exc, NamedConfigError) else ""
+        print(f"fedge: error: {type(exc).__name__}{named}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", EXIT_ERROR)
     except BrokenPipeError:
         if not _stdout_reader_gone():

@@ -182,7 +182,13 @@ def test_the_command_reads_the_services_config_and_names_what_it_cannot_use(tmp_
     # the command line: one line per error, exit 2; the real run prints what it forgot
     assert main(["coordinator", "forget-devices", "--config", str(tmp_path / "nope.toml"), "--unseen-days", "3"]) == 2
     assert main(["coordinator", "forget-devices", "--config", config, "--unseen-days", "0"]) == 2
-    assert "ForgetRefused" in capsys.readouterr().err
+    missing, named = capsys.readouterr().err.splitlines()  # a ConfigError has no reason to name
+    assert missing.startswith("fedge: error: ConfigError: config file not found: ")
+    assert named.startswith("fedge: error: ForgetRefused (bad_unseen_days): --unseen-days 0")
+    seed_store(tmp_path / "fresh.db", seen, refresh_since=None)  # the README names this refusal `too_soon`
+    fresh = write_config(tmp_path, f'state_db = "{tmp_path / "fresh.db"}"')
+    assert main(["coordinator", "forget-devices", "--config", fresh, "--unseen-days", "3", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("fedge: error: ForgetRefused (too_soon): state_db ")
     assert main(["coordinator", "forget-devices", "--config", config, "--unseen-days", "1e9"]) == 2
     capsys.readouterr()
     # main reads the real clock: rows from 1970 are old and one from the year 33658 is not, on any day it runs

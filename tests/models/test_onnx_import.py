@@ -20,6 +20,7 @@ from fedge.edge_runtime.model_runtime import ModelRuntime  # noqa: E402
 from fedge.edge_runtime.trainer import make_backend  # noqa: E402
 from fedge.models.build import build_artifacts  # noqa: E402
 from fedge.models.onnx_import import ImportOptions, OnnxImportError, import_spec  # noqa: E402
+from fedge.models.onnx_source import UnknownLayerRole  # noqa: E402
 from fedge.models.spec import load_spec  # noqa: E402
 
 RNG = np.random.default_rng(3)
@@ -133,6 +134,25 @@ def test_spec_file_with_onnx_path_relative_to_it(cnn_file, tmp_path):
     assert not spec.onnx_keep_head
 
 
+def test_simulate_model_takes_the_folder_an_import_built(cnn_file, tmp_path, monkeypatch):
+    """`build-artifacts --from-onnx cnn.onnx out/mine` writes no spec file; `simulate --model out/mine`
+    was refused, so the user had to write one by hand. The folder's manifest is the spec, from any cwd."""
+    from fedge.edge_runtime.kernel.manifest import load_manifest
+    from fedge.tools.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["build-artifacts", "--from-onnx", "cnn.onnx", "out/mine", "--role", "fc1=personal",
+                 "--classes", "4", "--ort-training", "no"]) == 0
+    monkeypatch.chdir(tmp_path / "out")  # the source's path was relative to where the build ran
+    spec = load_spec("mine")
+    assert spec == import_spec(ImportOptions(str(cnn_file), roles={"fc1": "personal"}, num_classes=4))
+    again = build_artifacts(spec, tmp_path / "again", ort_training=False)
+    assert again.model_id == load_manifest(tmp_path / "out" / "mine").model_id
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="folder with no manifest.json"):
+        load_spec(tmp_path / "empty")
+
+
 @pytest.mark.parametrize("act, name", [("Tanh", "tanh"), ("Sigmoid", "sigmoid"), ("LeakyRelu", "leaky_relu")])
 def test_tanh_sigmoid_and_leaky_relu_layers_join_the_tail(tmp_path, act, name):
     path = tmp_path / "m.onnx"
@@ -153,6 +173,10 @@ def test_unsupported_activation_names_the_node(tmp_path, act, match, caplog):
     assert spec.onnx_cut == "a1" and spec.layers == ()
     assert f"1 dense layer(s) stay frozen in the backbone (Gemm 'fc1'): the trainable tail starts after {act}," \
         in caplog.text
+    with pytest.raises(UnknownLayerRole, match=r"no layer fc1 exists: the tail's hidden layers are none .*the "
+                       "layers before the cut stay frozen in the backbone, since the tail starts after the last "
+                       "activation other than Relu"):  # here the moved cut is why fc1 is not in the tail
+        import_spec(ImportOptions(str(path), roles={"fc1": "lora"}))
     caplog.clear()
     import_spec(ImportOptions(str(path), cut="a1"))  # a cut the user chose needs no notice
     assert "stay frozen" not in caplog.text
@@ -190,7 +214,9 @@ def test_free_input_dims_need_input_shape(tmp_path):
 
 
 def test_bad_roles_and_files(cnn_file, tmp_path):
-    with pytest.raises(ConfigError, match=r"roles for \['fc7'\]"):
+    with pytest.raises(UnknownLayerRole, match="a role for fc7, but no layer fc7 exists: the tail's hidden layers "
+                       r"are fc1 \(ONNX nodes \['fc1'\]\), and the classifier 'fc2' is the head, which takes no "
+                       "role$"):  # no activation moved the cut here: the reason a cut moves once followed
         import_spec(ImportOptions(str(cnn_file), roles={"fc7": "lora"}))
     with pytest.raises(ConfigError, match="role 'trained'"):
         ImportOptions(str(cnn_file), roles={"fc1": "trained"})

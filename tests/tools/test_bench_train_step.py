@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,16 @@ def test_ratios_only_against_a_measured_torch():
     add_torch_ratios(rows)
     assert (rows[1]["vs_torch_time"], rows[1]["vs_torch_rss"]) == (0.5, 0.25)
     assert "vs_torch_time" not in rows[0] and "vs_torch_time" not in rows[3]
+
+
+def test_a_spec_path_with_folders_is_a_model(tmp_path):
+    """`--models ./specs/my.toml` once went into mkdtemp's prefix, whose "/" named folders that do not exist."""
+    from fedge.models import spec as spec_module
+
+    spec_dir = tmp_path / "my specs"
+    spec_dir.mkdir()
+    spec = spec_dir / "my.toml"
+    spec.write_text((Path(spec_module.__file__).parent / "specs" / "mlp-784-lora.toml").read_text())
+    [row] = run(tmp_path / "ts.json", models=(str(spec),), backends=("numpy",), batch_size=4, steps=2, warmup=0)
+    assert row["model"] == str(spec)
+    assert "error" not in row and row["ms_per_step"] > 0, row

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ def run(
         raise ValueError(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")
     results: list[dict] = []
     for model in models:
-        with tempfile.TemporaryDirectory(prefix=f"fedge-bench-{model}-") as artifacts:
+        with tempfile.TemporaryDirectory(prefix=f"fedge-bench-{_dir_label(model)}-") as artifacts:
             ort_missing = _build(model, artifacts, want_ort="ort-training" in backends)
             for backend in backends:
                 base = {"model": model, "backend": backend, "batch_size": batch_size, "steps": steps,
@@ -65,6 +66,12 @@ def run(
     atomic_write_bytes(Path(json_path), (json.dumps(results, indent=2) + "\n").encode())
     print(format_table(results))
     return results
+
+
+def _dir_label(model: str) -> str:
+    """A temporary folder's name part for a model: a TOML path ("./specs/my.toml") contributes
+    its stem, since mkdtemp would read the "/" in the prefix as folders that do not exist."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(model).stem) or "model"
 
 
 def _build(model: str, outdir: str, want_ort: bool) -> dict | None:
