@@ -37,15 +37,16 @@ def model(tmp_path_factory):
 
 
 def _fail_writes(monkeypatch, err: int, suffix: str = "") -> None:
-    """Every atomic write (of a file whose name ends with `suffix`) fails with `err`."""
-    real = open
+    """Every atomic write (of a file whose name ends with `suffix`) fails with `err` (atomic_write_bytes
+    opens its temp file with os.open, O_NOFOLLOW)."""
+    real = os.open
 
-    def failing(path, mode="r", *args, **kwargs):
-        if "w" in mode and str(path).endswith(f"{suffix}.tmp-{os.getpid()}"):
+    def failing(path, flags, *args, **kwargs):
+        if flags & os.O_WRONLY and str(path).endswith(f"{suffix}.tmp-{os.getpid()}"):
             raise OSError(err, os.strerror(err), str(path))
-        return real(path, mode, *args, **kwargs)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(files, "open", failing, raising=False)
+    monkeypatch.setattr(files.os, "open", failing)
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS])
