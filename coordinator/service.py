@@ -66,7 +66,7 @@ from .metrics_http import serve_metrics
 from .registry import DRAIN_BUDGET_S
 from .retain_fanout import cluster_transport
 from .sampling import selection_size
-from .secagg.config import identities_of
+from .secagg.config import preload_identities
 from .server import Coordinator
 from .sharding.leader import ShardedCoordinator
 from .sharding.serve import run_worker
@@ -218,7 +218,7 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
     if role not in ("leader", "worker"):
         raise ConfigError(f"role {role!r}: choose leader or worker")
     if role == "leader":  # a bad identity directory stops a standby now, not at its takeover; a worker never reads it
-        identities_of(cfg.coordinator.secure_aggregation)
+        preload_identities(cfg.coordinator.secure_aggregation)
     stopping = threading.Event()
     loops: list[CoordinatorLoop] = []
 

@@ -46,9 +46,10 @@ one bit for bit, as with learning off), so a same-size update's margin is the ti
 648-byte message acked after 6 s gave a 4.2 s margin; under 1% apart past 25 kB).
 
 The window (and the envelope) is kept in the device's state folder, written at each observation
-and read at start (uplink_rate_file.py): a restarted device uses the rate it learned at once,
-unless upload_bytes_per_s or upload_latency_s changed since (then it starts from the configured
-rate again, as it does when the file is missing or damaged).
+and read at start (uplink_rate_file.py): a restarted device uses the rate it learned at once (its
+kept rates at or below upload_bytes_per_s only: a board may be on a slower link after a reboot;
+faster ones are relearned), unless upload_bytes_per_s or upload_latency_s changed since (then
+it starts from the configured rate again, as it does when the file is missing or damaged).
 """
 
 from __future__ import annotations

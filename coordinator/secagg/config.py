@@ -43,7 +43,7 @@ class SecureAggregationConflict(NamedConfigError):
 
 
 class IdentityDirectoryRefused(NamedConfigError):
-    """directory_file cannot be read as the fleet's identity directory (when the config loads)."""
+    """directory_file cannot be read as the fleet's identity directory (at the leader's start)."""
 
 
 KEY = "coordinator.secure_aggregation.directory_file"  # read at the service's start, not with the file
@@ -151,16 +151,31 @@ class SecAggConfig:
         return self.clip_range or 4.0 * clip_norm / math.sqrt(dimension)
 
 
+# directory_file -> the map `fedge coordinator serve` read at its start (preload_identities): a
+# standby builds its coordinator only when it wins the lease, maybe days later, and must not read
+# the file again then (a file broken meanwhile would stop the new leader just after it won)
+_PRELOADED: dict[str, dict[str, bytes]] = {}
+
+
+def preload_identities(sa: SecAggConfig) -> None:
+    """Read the directory now (service.run_service, before the lease); identities_of returns it later."""
+    identities = identities_of(sa)
+    if identities is not None:
+        _PRELOADED[sa.directory_file] = identities
+
+
 def identities_of(sa: SecAggConfig) -> dict[str, bytes] | None:
     """The directory a secure coordinator checks advertisements against; None when it checks none."""
-    return load_identities(sa.directory_file) if sa.enabled else None
+    if not sa.enabled:
+        return None
+    preloaded = _PRELOADED.get(sa.directory_file)
+    return preloaded if preloaded is not None else load_identities(sa.directory_file)
 
 
 def load_identities(directory_file: str) -> dict[str, bytes] | None:
-    """device id -> Ed25519 public key from directory_file (SecAggConfig reads it once, when the
-    config loads); None without one. An unreadable, malformed or empty file is refused by name:
-    an empty one would refuse every advertisement, and no secure round could run. The message
-    starts with the key, so configfile names the file and the key's path before it."""
+    """device id -> Ed25519 public key from directory_file (read at the leader's start:
+    preload_identities); None without one. An unreadable, malformed or empty file is refused by
+    name: an empty one would refuse every advertisement, and no secure round could run."""
     if not directory_file:
         return None
     # here, not at the top: cryptography is the [coordinator] extra's, and the CLI's parser imports

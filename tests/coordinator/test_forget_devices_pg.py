@@ -180,7 +180,12 @@ def test_a_write_in_flight_is_seen_whatever_the_database_default_isolation(postg
         worker = threading.Thread(target=lambda: done.setdefault("r", forget_devices_pg(postgres_dsn, 5,
                                                                                         now_wall=NOW)))
         worker.start()
-        time.sleep(1.0)  # the command waits on the leader row
+        for _ in range(300):  # until the command's backend waits on the leader row's lock (else it proves nothing)
+            if rows(postgres_dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the command never waited on the leader row")
         in_flight.__exit__(None, None, None)
         worker.join(30)
     finally:

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedge.coordinator.secagg.config import IdentityDirectoryRefused
+from fedge.coordinator.secagg.config import IdentityDirectoryRefused, identities_of
 from fedge.coordinator.secagg.round_state import NO_IDENTITY, SecAggRound
 from fedge.coordinator.secagg.stages import ADVERTISE
 from fedge.coordinator.service import load_service_config
@@ -22,7 +22,7 @@ from fedge.edge_runtime.kernel.secagg import identity
 from fedge.edge_runtime.kernel.secagg import session as sess
 from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
 from fedge.edge_runtime.kernel.secagg.keys import generate_keypair
-from fedge.edge_runtime.kernel.secagg.messages import KeyAdvertisement, KeyDirectory, SecAggSpec
+from fedge.edge_runtime.kernel.secagg.messages import SIGNATURE_BYTES, KeyAdvertisement, KeyDirectory, SecAggSpec
 from tests.coordinator.fleet import copy_params, make_fleet
 from tests.secagg.fleet_round import SECURE, SETTINGS, _expected_mean, _flat, _run_round, hand_out, provision
 
@@ -49,7 +49,7 @@ def test_the_signature_binds_round_device_keys_and_model():
     k1, k2 = generate_keypair().public, generate_keypair().public
     msg = identity.transcript(4, "a", k1, k2, MODEL)
     sig = identity.sign(private, msg)
-    assert len(sig) == identity.SIGNATURE_BYTES and identity.verify(public, sig, msg)
+    assert len(sig) == SIGNATURE_BYTES and identity.verify(public, sig, msg)
     for other in (identity.transcript(5, "a", k1, k2, MODEL), identity.transcript(4, "b", k1, k2, MODEL),
                   identity.transcript(4, "a", k2, k1, MODEL), identity.transcript(4, "a", k1, k2, "cd" * 32)):
         assert not identity.verify(public, sig, other)
@@ -248,9 +248,13 @@ def test_a_bad_directory_stops_the_leader_at_start_and_nothing_else_reads_it(tmp
     with pytest.raises(IdentityDirectoryRefused, match="not a regular file"):
         service_module.run_service(load_service_config(service))
     path.unlink()
-    provision(["dev0", "dev1"], tmp_path)
+    _, good = provision(["dev0", "dev1"], tmp_path)
+    read = load_directory(good)
+    cfg = load_service_config(service)
     with pytest.raises(_Started):  # a good directory: the service goes on
-        service_module.run_service(load_service_config(service))
+        service_module.run_service(cfg)
+    path.write_text("{}")  # broken after the start: a standby's takeover, days on, uses what it read then
+    assert identities_of(cfg.coordinator.secure_aggregation) == read
     path.unlink()
     write("false")
     with pytest.raises(_Started):  # off: not read

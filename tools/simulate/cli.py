@@ -75,7 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes-per-client", type=int, default=None,
                    help=f"labels per device for shards (default {d.classes_per_client})")
     p.add_argument("--model", type=path_arg,
-                   help="model spec: a TOML file or a built-in name (default: chosen for the data)")
+                   help="model spec: a TOML file, a built-in name or a folder `fedge build-artifacts` wrote "
+                        "(default: chosen for the data)")
     p.add_argument("--backend", default=d.backend, choices=("auto", "portable", "ort-training", "numpy"))
     # Coordinator settings: None = the --config file's value, or the preset's (shown).
     p.add_argument("--clients-per-round", type=int, help=f"reports aggregated per round ({c.clients_per_round})")

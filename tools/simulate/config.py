@@ -72,7 +72,7 @@ class SimConfig:
     beta: float | None = None  # synthetic's β only; None: SYNTHETIC_BETA
     classes_per_client: int = 2
     test_fraction: float = 0.2
-    model: str | None = None  # spec file or built-in name; None = a default for the data
+    model: str | None = None  # spec file, built-in name or built folder; None = a default for the data
     # A shipped dataset's stratified share that no device gets: the proxy split `fedge pretrain`
     # trains on with the same seed (tools/pretrain.proxy_positions), so a pretrained --model
     # starts from data the fleet does not hold. 0 = every example goes to a device.

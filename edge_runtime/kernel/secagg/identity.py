@@ -15,8 +15,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .messages import SIGNATURE_BYTES  # noqa: F401 - re-exported: its callers import it from here
-
 
 def generate_identity() -> tuple[bytes, bytes]:
     """(raw private key, raw public key), 32 bytes each."""
