@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .kernel.clock import SystemClock
 from .kernel.errors import DeviceStateError
-from .kernel.files import atomic_write_bytes, set_aside
+from .kernel.files import atomic_write_bytes, read_capped, set_aside
 
 log = logging.getLogger("fedge.pending")
 _NAME = re.compile(r"^r(\d+)-([0-9A-Za-z_-]+)\.msg$")
@@ -50,9 +50,7 @@ class PendingUploads:
             match = _NAME.match(path.name)
             if match:
                 try:
-                    if path.stat().st_size > max_bytes:
-                        raise OSError(f"{path.stat().st_size} bytes > {max_bytes}")
-                    payload = path.read_bytes()  # a folder by that name, a bad sector (EIO): OSError
+                    payload = read_capped(path, max_bytes)  # a folder or FIFO by that name, a bad sector: OSError
                 except OSError as exc:  # it stopped every start of the device
                     log.error("set aside kept update %s: cannot be read (%s): %s", path.name, exc,
                               set_aside(path))

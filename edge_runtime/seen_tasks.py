@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from .kernel.files import atomic_write_bytes
+from .kernel.files import TooLarge, atomic_write_bytes, read_capped
 
 log = logging.getLogger("fedge.journal")
 _ROW_BYTES = 4096  # a row is at most about 1.6 KB: a 256-character task id, each character escaped as \uXXXX
@@ -53,12 +53,11 @@ class SeenTasks:
 
     def _load(self) -> dict[str, list]:
         """An older file lists task ids only: those count as answered."""
-        try:
-            size = self.path.stat().st_size
-            if size > self.kept * _ROW_BYTES:  # not a file fedge wrote: it was read whole into memory
-                log.warning("%s ignored: %d bytes is more than %d rows could take", self.path, size, self.kept)
-                return {}
-            rows = json.loads(self.path.read_text())
+        try:  # not a regular file (a FIFO blocked the start) or too big: not one fedge wrote
+            rows = json.loads(read_capped(self.path, self.kept * _ROW_BYTES))
+        except TooLarge:
+            log.warning("%s ignored: more bytes than %d rows could take", self.path, self.kept)
+            return {}
         except (OSError, ValueError, RecursionError):  # RecursionError: `[[[[...` nested a few thousand deep
             return {}
         # Rows of a shape fedge never writes ({"a": 1}, a string round id) are skipped: they once

@@ -22,10 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import stat
 from pathlib import Path
 
-from .kernel.files import atomic_write_bytes
+from .kernel.files import TooLarge, atomic_write_bytes, read_capped
 from .uplink_rate import WINDOW, UplinkRate
 
 log = logging.getLogger("fedge.agent")
@@ -78,16 +77,13 @@ class _Ignored(Exception):
 
 def _read(path: Path, rate: UplinkRate) -> tuple[list[float], int]:
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the start on open
-            raise _Ignored("not a regular file")
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+        data = read_capped(path, MAX_FILE_BYTES)  # a FIFO would block the start; /dev/zero fill memory
     except FileNotFoundError:
         raise _Ignored("no file yet", logging.INFO) from None
+    except TooLarge:
+        raise _Ignored(f"over {MAX_FILE_BYTES} bytes") from None
     except OSError as exc:
         raise _Ignored(f"unreadable: {exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise _Ignored(f"over {MAX_FILE_BYTES} bytes")
     try:
         body = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested a few thousand deep

@@ -52,6 +52,23 @@ _TEMP = ".tmp-"  # atomic_write_bytes's temp file for <name>: .<name>.tmp-<pid>
 _TEMP_NAME = re.compile(r"\.(.+)" + re.escape(_TEMP) + r"([0-9]+)")
 
 
+class TooLarge(OSError):
+    """read_capped: the file holds more than the caller's cap (not a file fedge wrote)."""
+
+
+def read_capped(path: Path, max_bytes: int) -> bytes:
+    """A small file fedge wrote itself, read whole: OSError where it is not a regular file (a FIFO
+    would block the read forever, /dev/zero fill memory: manifest.open_regular), TooLarge past
+    max_bytes (read no further than that)."""
+    from .manifest import open_regular  # manifest imports nothing of this module: no cycle
+
+    with open_regular(Path(path)) as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(f"{path}: over {max_bytes} bytes")
+    return data
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write via a temp file + rename so readers never see a half-written file.
 

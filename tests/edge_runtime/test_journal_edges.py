@@ -80,3 +80,35 @@ def test_a_task_answered_by_this_run_is_not_declined_as_interrupted(tmp_path):
     assert [(d.task_id, d.round_id, d.reason) for d in interrupted(journal, set(), "d1")] == [
         ("t1", 4, INTERRUPTED), ("t2", 5, INTERRUPTED)]
     assert [d.task_id for d in interrupted(journal, {"t1"}, "d1")] == ["t2"]
+
+
+def _run_with_timeout(fn, seconds: float = 10.0):
+    """fn() in a thread: a read that blocks (a FIFO opened without O_NONBLOCK) fails the test, not hangs it."""
+    import threading
+
+    done = {}
+    worker = threading.Thread(target=lambda: done.setdefault("value", fn()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert "value" in done, "the read blocked"
+    return done["value"]
+
+
+def test_a_fifo_at_the_seen_task_file_is_ignored_not_waited_on(tmp_path):
+    """A FIFO passed the size check and blocked the device's start until a writer came."""
+    import os
+
+    os.mkfifo(tmp_path / "seen_tasks.json")
+    seen = _run_with_timeout(lambda: SeenTasks(tmp_path / "seen_tasks.json"))
+    assert "t1" not in seen
+
+
+def test_a_fifo_named_like_a_kept_update_is_set_aside_not_waited_on(tmp_path):
+    import os
+
+    from fedge.edge_runtime.pending import PendingUploads
+
+    (tmp_path / "pending").mkdir()
+    os.mkfifo(tmp_path / "pending" / "r3-abc.msg")
+    pending = _run_with_timeout(lambda: PendingUploads(tmp_path / "pending", ManualClock()))
+    assert len(pending) == 0 and (tmp_path / "pending" / "r3-abc.msg.damaged").exists()

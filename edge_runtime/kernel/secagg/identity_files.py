@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, read_capped
 from .identity import generate_identity
 
 
@@ -28,7 +27,7 @@ def write_identity(path: str | Path, *, overwrite: bool = False) -> bytes:
 
 def load_identity(path: str | Path) -> bytes:
     try:
-        key = Path(path).read_bytes()
+        key = read_capped(path, 64)  # 32 bytes; a FIFO or /dev/zero is refused, not read
     except OSError as exc:
         raise ConfigError(f"secagg identity {path}: {exc}") from None
     if len(key) != 32:
@@ -42,13 +41,7 @@ MAX_DIRECTORY_BYTES = 256 << 20
 
 def load_directory(path: str | Path) -> dict[str, bytes]:
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or /dev/zero would hang or fill memory
-            raise ValueError("not a regular file")
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_DIRECTORY_BYTES + 1)
-        if len(data) > MAX_DIRECTORY_BYTES:
-            raise ValueError(f"over {MAX_DIRECTORY_BYTES >> 20} MiB")
-        raw = json.loads(data)
+        raw = json.loads(read_capped(path, MAX_DIRECTORY_BYTES))  # a FIFO or /dev/zero: refused, not read
         directory = {str(k): bytes.fromhex(v) for k, v in raw.items()}
     except RecursionError:  # `[[[[...` nested a few thousand deep
         raise ConfigError(f"secagg directory {path}: not a JSON object of device id -> hex key") from None
