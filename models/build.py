@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE, Manifest, compute_
 from .graphs import OPTIMIZERS, build_backbone, build_eval, build_train_step, heads_of
 from .output_dir import read_record, refuse_file_as_folder, refuse_foreign, write_record
 from .params import init_params, param_infos
-from .spec import ModelSpec
+from .spec import ModelSpec, located
 
 log = logging.getLogger("fedge.models.build")
 
@@ -72,7 +73,7 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
         # The source's path is provenance, not identity: the sha256 next to it is.
         model_id=compute_model_id({k: v for k, v in spec.to_dict().items() if k != "onnx"}, infos, values),
         name=spec.name,
-        spec=spec.to_dict(),
+        spec=_recorded_spec(spec, outdir),
         params=infos,
         input_shape=tuple(spec.input_shape),
         embedding_shape=spec.embedding_shape(),
@@ -81,6 +82,16 @@ def build_artifacts(spec: ModelSpec, outdir: str | Path, ort_training: bool | No
     )
     atomic_write_bytes(outdir / MANIFEST_FILE, manifest.to_json().encode())
     return manifest
+
+
+def _recorded_spec(spec: ModelSpec, outdir: Path) -> dict:
+    """The spec the manifest records, an import's source named relative to the output folder
+    (spec.load_spec reads it from there): an absolute path shipped the builder's home folder to
+    every device, and one relative to the build's cwd was lost when run from another folder."""
+    recorded = spec.to_dict()
+    if spec.onnx:
+        recorded["onnx"] = os.path.relpath(located(spec.onnx), outdir.resolve())
+    return recorded
 
 
 BUILD_RECORD = ".fedge-build.json"  # written before a build's first file (models/output_dir.py)

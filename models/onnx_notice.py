@@ -24,10 +24,11 @@ def _label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} {node.name or node.output[0]!r}"
 
 
-def check_roles(where: str, roles, hidden_nodes: list[str], classifier_node: str, cut_moved: bool) -> list[str]:
+def check_roles(where: str, roles, hidden_nodes: list[str], classifier_node: str | None, cut_moved: bool) -> list[str]:
     """The hidden layers' names (fc1..fcK), once every role names one of them. A role for a layer
     the tail lacks once got only the reason a cut moves (activations it cannot train), with no
-    such activation in the model: the user had named a layer that is not there."""
+    such activation in the model: the user had named a layer that is not there. classifier_node
+    None: no tail was read (only the new head of --classes trains)."""
     names = [f"fc{i + 1}" for i in range(len(hidden_nodes))]
     unknown = sorted(set(roles) - set(names))
     if unknown:
@@ -35,8 +36,9 @@ def check_roles(where: str, roles, hidden_nodes: list[str], classifier_node: str
                  f"activation other than {TRAINABLE} (the warning above names it)") if cut_moved else ""
         raise UnknownLayerRole(
             f"import {where}: a role for {', '.join(unknown)}, but no layer {' or '.join(unknown)} exists: the tail's "
-            f"hidden layers are {', '.join(names) or 'none'} (ONNX nodes {hidden_nodes}), and the classifier "
-            f"{classifier_node!r} is the head, which takes no role{moved}")
+            f"hidden layers are {', '.join(names) or 'none'} (ONNX nodes {hidden_nodes}), and "
+            + (f"the classifier {classifier_node!r} is the head, which takes no role{moved}" if classifier_node
+               else "no tail was read past the cut: only the new head trains, which takes no role"))
     return names
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -14,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fedge.edge_runtime.kernel.errors import ConfigError
+from fedge.edge_runtime.kernel.manifest import open_regular
 
 from .onnx_quantized import dequantized
 
@@ -39,17 +41,30 @@ class Unreadable(NamedTuple):
     why: str
 
 
+MAX_MODEL_BYTES = 2 ** 31  # protobuf's limit on one message: an .onnx file past it is no model
+
+
+def _too_big(path: Path) -> str:
+    return (f"{path}: over {MAX_MODEL_BYTES} bytes, past protobuf's limit for an ONNX model; a model that big "
+            "keeps its weights in external data (a .data file beside the .onnx)")
+
+
 def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelProto, str]:
     """The model with any external data read in (torch's dynamo exporter writes weights to a
     .data file beside the .onnx), and the sha256 of what was read: the .onnx file, then each data
     file it names, in name order (for a model without external data, the file's own sha256)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
+    try:  # a regular file only: a FIFO named by a manifest's spec blocked the build until a writer came
+        with open_regular(path) as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_MODEL_BYTES:
+                raise OnnxImportError(_too_big(path))
+            data = fh.read(MAX_MODEL_BYTES + 1)  # + 1: a file that grew since the fstat is refused too
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the ONNX model ({exc.strerror})") from None
     except ValueError:  # a NUL byte in a spec file's `onnx` path
         raise ConfigError(f"{str(path)!r}: cannot read the ONNX model (a NUL byte in its path)") from None
+    if len(data) > MAX_MODEL_BYTES:
+        raise OnnxImportError(_too_big(path))
     digest = hashlib.sha256(data)
     try:
         model = onnx.load_from_string(data)

@@ -214,6 +214,29 @@ class ModelSpec:
 def spec_from_dict(data: dict, where: str = "spec") -> ModelSpec:
     return from_dict(ModelSpec, data, where=where)
 
+def located(path: str | Path) -> Path:
+    """`path` absolute, its folder resolved (a symlinked folder's `..` is its target's parent: a
+    path relative to it is the kernel's), its file name kept (a link to this version of a model)."""
+    path = Path(path).absolute()
+    return path.parent.resolve() / path.name
+
+
+def _source_beside(spec: dict, folder: Path, where: str) -> dict:
+    """A built folder's recorded spec with its import source found: relative to the folder
+    (build.py records it so), else, for folders built before, where it was recorded (absolute,
+    or relative to the cwd)."""
+    source = spec.get("onnx") if isinstance(spec, dict) else None
+    if not isinstance(source, str) or not source:  # not an import, or a mistyped spec spec_from_dict refuses
+        return spec
+    tried = list(dict.fromkeys([folder / source, Path(source)]))  # one path where it is absolute
+    found = next((str(located(p)) for p in tried if p.exists()), None)  # False, not ValueError, for a NUL byte
+    if found is None:
+        looked = " nor ".join(repr(str(p)) for p in tried)
+        raise ConfigError(f"{where}: the model's ONNX source {source!r} is not at {looked}; put it back, or build "
+                          "again from it")
+    return {**spec, "onnx": found}
+
+
 def load_spec(path_or_name: str | Path) -> ModelSpec:
     """Load a spec from a TOML file, a folder `fedge build-artifacts` wrote (its manifest's spec), or by
     name from the specs shipped with fedge."""
@@ -225,9 +248,10 @@ def load_spec(path_or_name: str | Path) -> ModelSpec:
             raise ConfigError(f"no spec file {path_or_name!r} and no built-in spec by that name; built-ins: {known}")
         path = builtin
     if path.is_dir():
-        if (path / MANIFEST_FILE).is_file():  # a build's folder: the spec it records (an import's source path,
-            # made absolute by `build-artifacts --from-onnx`, is read again and must still have its sha256)
-            return spec_from_dict(load_manifest(path, verify=False).spec, str(path / MANIFEST_FILE))
+        if (path / MANIFEST_FILE).is_file():  # a build's folder: the spec it records (an import's source
+            # is read again, and must still have its sha256)
+            where = str(path / MANIFEST_FILE)
+            return spec_from_dict(_source_beside(load_manifest(path, verify=False).spec, path, where), where)
         raise ConfigError(f"{path} is a folder with no {MANIFEST_FILE}; a model is a spec file (TOML), a built-in "
                           "name, or a folder `fedge build-artifacts` wrote (the model.toml that `fedge pretrain` "
                           "wrote, or the spec you gave `fedge build-artifacts`, also do)")

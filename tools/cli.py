@@ -70,8 +70,9 @@ def _guarded(args, call) -> int:
         sys.stdout.flush()  # output a closed pipe did not take fails here, not in exit's flush
         return status
     except FedgeError as exc:
-        # a NamedConfigError's reason is the name the README gives each refusal (`too_soon`): say it
-        named = f" ({exc.reason})" if isinstance(exc, NamedConfigError) else ""
+        # a NamedConfigError's reason is the name the README gives each refusal (`too_soon`): say it,
+        # once (AsyncConflict's message already reads "mode = 'async' (reason): ...")
+        named = f" ({exc.reason})" if isinstance(exc, NamedConfigError) and f"({exc.reason})" not in str(exc) else ""
         print(f"fedge: error: {type(exc).__name__}{named}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", EXIT_ERROR)
     except BrokenPipeError:

@@ -109,7 +109,7 @@ def test_manifest_records_the_source_hash_and_the_cut(cnn_file, tmp_path):
     manifest = build_artifacts(import_spec(ImportOptions(str(cnn_file))), tmp_path / "art", ort_training=False)
     spec = json.loads((tmp_path / "art" / "manifest.json").read_text())["spec"]
     assert spec["onnx_sha256"] == hashlib.sha256(cnn_file.read_bytes()).hexdigest()
-    assert spec["onnx_cut"] == "feat" and spec["onnx"] == str(cnn_file)
+    assert spec["onnx_cut"] == "feat" and spec["onnx"] == "../cnn.onnx"  # relative to the folder: no builder's path
     # The path is provenance only: the same file elsewhere is the same model.
     moved = tmp_path / "elsewhere.onnx"
     moved.write_bytes(cnn_file.read_bytes())
@@ -143,6 +143,8 @@ def test_simulate_model_takes_the_folder_an_import_built(cnn_file, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert main(["build-artifacts", "--from-onnx", "cnn.onnx", "out/mine", "--role", "fc1=personal",
                  "--classes", "4", "--ort-training", "no"]) == 0
+    # relative to the folder: an absolute path shipped the builder's home folder to every device
+    assert json.loads((tmp_path / "out" / "mine" / "manifest.json").read_text())["spec"]["onnx"] == "../../cnn.onnx"
     monkeypatch.chdir(tmp_path / "out")  # the source's path was relative to where the build ran
     spec = load_spec("mine")
     assert spec == import_spec(ImportOptions(str(cnn_file), roles={"fc1": "personal"}, num_classes=4))

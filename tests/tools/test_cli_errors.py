@@ -382,3 +382,19 @@ def test_the_round_table_header_comes_with_the_first_row(tmp_path, capsys):
     assert main(["simulate", "--dataset", "digits", "--devices", "3", "--clients-per-round", "3", "--rounds", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines.count(HEADER) == 1 and lines[1] == HEADER and lines[2].split()[0] == "1", lines[:3]
+
+
+def test_a_named_refusal_says_its_reason_once(capsys):
+    """Once: "AsyncConflict (async_scaffold): mode = 'async' (async_scaffold): ..." (the message has it)."""
+    import argparse
+    from types import SimpleNamespace
+
+    from fedge.coordinator.async_mode.config import check_mode
+    from fedge.tools.cli import _guarded
+
+    cfg = SimpleNamespace(mode="async", secure_aggregation=SimpleNamespace(enabled=False), strategy="scaffold",
+                          state_dsn="", model_part_bytes=0)
+    assert _guarded(argparse.Namespace(verbose=0, log_format="text"), lambda: check_mode(cfg)) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("fedge: error: AsyncConflict: mode = 'async' (async_scaffold): ")
+    assert line.count("(async_scaffold)") == 1
