@@ -313,9 +313,9 @@ def import_spec(options: ImportOptions) -> ModelSpec:
     except OnnxImportError as exc:
         if options.num_classes == 0 or options.cut == "auto":
             raise
+        check_roles(options.onnx, options.roles, [], None, False)  # any role names a layer not there
         log.warning("%s: %s; so the model up to %r is the frozen backbone and only the new head trains",  # --classes
                     options.onnx, str(exc).removeprefix(f"{options.onnx}: "), cut)
-        check_roles(options.onnx, options.roles, [], None, False)  # any role names a layer not there
         return _spec(options, digest, input_shape, (), options.num_classes, cut,
                      cut_features(model, g.input.name, input_shape, cut, options.onnx))
     moved = options.cut == "auto" and frozen_notice(g, cut, {layer.node for layer in tail},

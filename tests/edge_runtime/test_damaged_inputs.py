@@ -234,6 +234,26 @@ def test_a_seen_tasks_file_larger_than_its_rows_could_be_is_not_read(tmp_path, m
     path.write_text(json.dumps(rows))
     assert len(SeenTasks(path, kept=4).unanswered()) == 1  # one id, four times: the largest file 4 rows make
     path.write_text(json.dumps(rows + [["t", 1, False]] * 20_000))
-    reads = []
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self) or "[]")
-    assert SeenTasks(path, kept=4).unanswered() == [] and reads == []  # not read whole into memory
+    from fedge.edge_runtime.kernel import manifest
+    from fedge.edge_runtime.seen_tasks import _ROW_BYTES
+
+    real, read = manifest.open_regular, []
+
+    class Counted:  # the file read_capped opens, counting the bytes it takes
+        def __init__(self, fh):
+            self.fh = fh
+
+        def read(self, n=-1):
+            data = self.fh.read(n)
+            read.append(len(data))
+            return data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(manifest, "open_regular", lambda p: Counted(real(p)))
+    assert SeenTasks(path, kept=4).unanswered() == []
+    assert 0 < sum(read) <= 4 * _ROW_BYTES + 1 < path.stat().st_size  # not read whole into memory
