@@ -151,11 +151,16 @@ def forget_devices(state_db: str | Path, unseen_days: float, *, now_wall: float,
         if isinstance(exc, sqlite3.OperationalError):  # busy past _BUSY_MS, no permission, a full disk
             raise ServiceUnavailable(f"state_db {path}: {exc}; nothing was forgotten") from exc
         raise ForgetRefused("not_fedge_state", f"state_db {path}: not a SQLite database ({exc})") from None
-    if dry_run:
-        return result
-    log.info("forget-devices: %s: forgot %d of %d devices last seen before %.0f (wall); kept %d as old", path,
-             len(result.forgotten), result.registered, result.cutoff_wall, len(result.kept))
+    if not dry_run:
+        log_forgotten(result)
     return result
+
+
+def log_forgotten(result: ForgetResult) -> None:
+    """The service log's line for a run that deleted (both backends)."""
+    log.info("forget-devices: %s %s: forgot %d of %d devices last seen before %.0f (wall); kept %d as old",
+             result.setting, result.state_db, len(result.forgotten), result.registered, result.cutoff_wall,
+             len(result.kept))
 
 
 @dataclass(frozen=True)

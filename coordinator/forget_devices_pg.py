@@ -47,7 +47,17 @@ from contextlib import contextmanager, suppress
 from fedge.edge_runtime.kernel.errors import ConfigError, ServiceUnavailable
 
 from .errors import StoreLinkLost
-from .forget_devices import DAY_S, ForgetRefused, ForgetResult, Wait, Where, check_unseen_days, not_this_schema, plan
+from .forget_devices import (
+    DAY_S,
+    ForgetRefused,
+    ForgetResult,
+    Wait,
+    Where,
+    check_unseen_days,
+    log_forgotten,
+    not_this_schema,
+    plan,
+)
 from .leadership import LEADER_LOCK_KEY, bump_epoch
 from .limits import MAX_FLEET
 from .pg_link import first_line, link_params
@@ -86,8 +96,7 @@ def forget_devices_pg(dsn: str, unseen_days: float, *, now_wall: float, dry_run:
     finally:
         conn.close()  # ends the session: the advisory lock goes with it, whatever happened
     if not dry_run:
-        log.info("forget-devices: %s: forgot %d of %d devices last seen before %.0f (wall); kept %d as old", where,
-                 len(result.forgotten), result.registered, result.cutoff_wall, len(result.kept))
+        log_forgotten(result)
     return result
 
 

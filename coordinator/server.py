@@ -273,8 +273,9 @@ class Coordinator(BrokerLink, NoiseRounds):
 
     # ------------------------------------------------------------------ rounds
 
-    def eligible_devices(self) -> list[str]:
-        return self.shell.selectable(self.sidelined.keep(self.registry.eligible_devices(), self.clock.now()))
+    def eligible_devices(self, selectable: bool = True) -> list[str]:
+        devices = self.sidelined.keep(self.registry.eligible_devices(), self.clock.now())
+        return self.shell.selectable(devices) if selectable else devices  # evaluation tasks need no identity
 
     def begin_round(self) -> bool:
         """Sample devices and send tasks; False: too few eligible devices (a secure round: fewer than
@@ -384,9 +385,8 @@ class Coordinator(BrokerLink, NoiseRounds):
         log.info("round %d %s: %s; mean train loss %s", record.round_id, "committed" if record.committed else
                  "abandoned", record.why, "none released" if record.train_loss is None else f"{record.train_loss:.4g}")
         if record.committed:  # the new model, scored by a sample of devices on their own held-out data
-            self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,  # no key needed
-                                          self.sidelined.keep(self.registry.eligible_devices(), self.clock.now()),
-                                          self.clock.now())
+            self.evaluations.after_commit(record.round_id, self.state.version, self.state.params,
+                                          self.eligible_devices(selectable=False), self.clock.now())
         return record
 
     def _round_shards(self, selected: tuple[str, ...]) -> dict[str, int] | None:

@@ -113,7 +113,6 @@ class DeviceAgent:
                                         identity_private=secagg_identity, directory=secagg_directory,
                                         own_noise_floor=own_noise_floor)
         self.secagg_intake = SecAggIntake(self.secagg, self.delivery, self.uplink, self.clock, max_task_s)
-        self.secagg.stop_check = self.secagg_intake.stop_check  # its deadline counted from the task's arrival
         self.own_noise_floor = own_noise_floor
         self.tasks: dict[str, TaskState] = {}  # task_id -> state
         self._received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .journal import SEEN_TASKS_KEPT
 from .kernel.protocol import Decline, TrainTask
 from .kernel.secagg.messages import SecAggTask
 from .secagg_participant import SecAggParticipant
@@ -44,48 +43,45 @@ class SecAggIntake:
         self.uplink = uplink
         self.clock = clock
         self.max_task_s = max_task_s  # seconds
-        self.fetching: dict[str, SecAggTask] = {}  # task_id -> a secure round's task whose model is on its way
-        self.received: dict[str, float] = {}  # task_id -> clock time it arrived, until it trains or is declined
+        # task_id -> a secure round's task whose model is on its way, and the clock time it arrived
+        self.fetching: dict[str, tuple[SecAggTask, float]] = {}
         self.train_until: dict[str, float] = {}  # task_id -> clock time its training stops, while it trains
-        self.declined: dict[str, Decline] = {}  # task_id -> the Decline it got, repeated if the task comes again
-        self._send = participant.publish  # every secure-round message leaves through it: declines are noted first
+        self._send = participant.publish  # every secure-round message leaves through it: declines are kept first
         participant.publish = self._publish
+        participant.stop_check = self.stop_check  # its deadline counted from the task's arrival
 
     def on_message(self, message) -> None:
         """A secure round's message from the device's task topic."""
-        if isinstance(message, SecAggTask) and message.task.task_id in self.declined:
-            self._send(self.declined[message.task.task_id])  # answered again, never trained again
-            return
+        if isinstance(message, SecAggTask) and self.uplink.repeat_decline(message.task.task_id):
+            return  # answered again, never trained again
         if isinstance(message, SecAggTask) and message.task.task_id not in self.participant.sessions:
             task = message.task
             if task.task_id in self.fetching:
                 self.delivery.request_again(task)  # a repeat while the model is on its way: our ask may be lost
                 return
-            self.received[task.task_id] = self.clock.now()  # task.deadline_s counts from here
-            ready = self.delivery.model_ready(task, self.clock.now())
+            now = self.clock.now()  # task.deadline_s counts from here
+            ready = self.delivery.model_ready(task, now)
             if isinstance(ready, Refused):
-                del self.received[task.task_id]
                 self._decline_before(task, ready.reason, ready.detail)
             elif ready:
-                self._train(message)
+                self._train(message, now)
             else:
-                self.fetching[task.task_id] = message
+                self.fetching[task.task_id] = (message, now)
             return
         self.uplink.blocked()  # a stage's work (keys, masking) blocks the agent's loop too
         self.participant.on_message(message)
 
     def on_model(self, task: TrainTask) -> bool:
         """The task's model is installed: True if it was a secure round's (now trained)."""
-        message = self.fetching.pop(task.task_id, None)
-        if message is not None:
-            self._train(message)
-        return message is not None
+        fetched = self.fetching.pop(task.task_id, None)
+        if fetched is not None:
+            self._train(*fetched)
+        return fetched is not None
 
     def refuse(self, task: TrainTask, why: Refused) -> bool:
         """A task whose model could not be had: True if it was a secure round's (now declined)."""
         if self.fetching.pop(task.task_id, None) is None:
             return False
-        self.received.pop(task.task_id, None)
         self._decline_before(task, why.reason, why.detail)
         return True
 
@@ -93,14 +89,14 @@ class SecAggIntake:
         """What the participant's training asks between steps: the stop time _train set, and the cap."""
         return stop_check(self.clock, self.train_until[task.task_id], self.max_task_s)
 
-    def _train(self, message: SecAggTask) -> None:
+    def _train(self, message: SecAggTask, received_at: float) -> None:
         """Inputs at hand: the participant trains until the deadline less the margin, or the task is
-        declined before training (module docstring)."""
+        declined before training (module docstring). received_at: the clock time the task arrived."""
         task, now = message.task, self.clock.now()
         signed = self.participant.identity_private is not None
         margin_s = self.uplink.margin_s(task, advertisement_bytes(task, self.participant.device_id, signed))
         _, (action,) = on_event(TaskState.ELIGIBLE,
-                                InputsReady(now, self.received.pop(task.task_id, now), task.deadline_s, margin_s))
+                                InputsReady(now, received_at, task.deadline_s, margin_s))
         if isinstance(action, SendDecline):
             self._decline_before(task, action.reason, action.detail)
             return
@@ -119,7 +115,5 @@ class SecAggIntake:
 
     def _publish(self, message) -> None:
         if isinstance(message, Decline):
-            self.declined[message.task_id] = message
-            if len(self.declined) > SEEN_TASKS_KEPT:
-                self.declined.pop(next(iter(self.declined)))
+            self.uplink.remember_decline(message)  # the one table of declines plain tasks use too
         self._send(message)

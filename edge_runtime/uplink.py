@@ -73,12 +73,16 @@ class Uplink:
     def send_decline(self, decline: Decline) -> None:
         log.info("device %s: round %d task %s declined: %s%s", self.device_id, decline.round_id, decline.task_id,
                  decline.reason, f" ({decline.detail})" if decline.detail else "")
+        self.publish("update", self.remember_decline(decline))
+        self.journal.answered(decline.task_id)  # after it left: a crash before says "interrupted" on restart
+
+    def remember_decline(self, decline: Decline) -> bytes:
+        """Keep the Decline a task got, for repeat_decline (a secure round's are sent by its participant)."""
         payload = encode_message(decline)
         self.declines[decline.task_id] = payload
         if len(self.declines) > SEEN_TASKS_KEPT:
             self.declines.pop(next(iter(self.declines)))
-        self.publish("update", payload)
-        self.journal.answered(decline.task_id)  # after it left: a crash before says "interrupted" on restart
+        return payload
 
     def repeat_decline(self, task_id: str) -> bool:
         """Send again the Decline this task got; False if it got none."""

@@ -47,15 +47,15 @@ def save(rate: UplinkRate, path: Path) -> None:
                     rate.device_id, path, exc)
 
 
-def restore(rate: UplinkRate, path: Path) -> bool:
+def restore(rate: UplinkRate, path: Path) -> None:
     """Fill `rate`'s window from `path` when it is a file this module wrote under the same
-    configuration; else leave it empty and log why. True when restored."""
+    configuration; else leave it empty and log why."""
     try:
         observations, envelope = _read(path, rate)
     except _Ignored as why:
         log.log(why.level, "device %s: %s not used (%s: %s); starting from the configured upload rate %.0f bytes/s",
                 rate.device_id, path, RATE_FILE_IGNORED, why, rate.configured)
-        return False
+        return
     # A kept rate is believed only where it makes the margin larger than the configured guess:
     # the board may have moved to a slower link since it was learned (carried from a LAN to a
     # cellular modem), and a margin too small loses the task's whole work (stale_round) where one
@@ -66,7 +66,6 @@ def restore(rate: UplinkRate, path: Path) -> bool:
     log.info("device %s: %d upload rate observations restored from %s (%d faster than the configured rate "
              "left to relearn): upload rate %.0f bytes/s (configured %.0f)", rate.device_id, len(slower), path,
              len(observations) - len(slower), rate.bytes_per_s, rate.configured)
-    return True
 
 
 class _Ignored(Exception):

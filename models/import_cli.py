@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 
 from fedge.edge_runtime.kernel.errors import ConfigError
@@ -60,8 +59,7 @@ def spec_from_args(args):
         shape = tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else ()
     except ValueError:
         raise ConfigError(f"--input-shape {args.input_shape!r}: expected integers separated by commas") from None
-    # the manifest records the source relative to OUTDIR (build._recorded_spec), from this absolute path
-    spec = import_spec(ImportOptions(os.path.abspath(args.from_onnx), cut=args.cut, roles=roles,
+    spec = import_spec(ImportOptions(args.from_onnx, cut=args.cut, roles=roles,
                                      default_role=args.default_role, num_classes=args.classes, head=args.head,
                                      input_shape=shape, name=args.name, lora_rank=args.lora_rank,
                                      lora_alpha=args.lora_alpha))

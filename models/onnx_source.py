@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fedge.edge_runtime.kernel.errors import ConfigError
-from fedge.edge_runtime.kernel.manifest import open_regular
+from fedge.edge_runtime.kernel.files import TooLarge, read_capped
 
 from .onnx_quantized import dequantized
 
@@ -54,17 +53,16 @@ def load_source(path: str | Path, expect_sha256: str = "") -> tuple[onnx.ModelPr
     .data file beside the .onnx), and the sha256 of what was read: the .onnx file, then each data
     file it names, in name order (for a model without external data, the file's own sha256)."""
     path = Path(path)
-    try:  # a regular file only: a FIFO named by a manifest's spec blocked the build until a writer came
-        with open_regular(path) as fh:
-            if os.fstat(fh.fileno()).st_size > MAX_MODEL_BYTES:
-                raise OnnxImportError(_too_big(path))
-            data = fh.read(MAX_MODEL_BYTES + 1)  # + 1: a file that grew since the fstat is refused too
+    try:  # a regular file only (read_capped): a FIFO named by a manifest's spec blocked the build
+        if path.stat().st_size > MAX_MODEL_BYTES:  # refused before anything is read
+            raise TooLarge(str(path))
+        data = read_capped(path, MAX_MODEL_BYTES)  # one that grew since is refused too
+    except TooLarge:
+        raise OnnxImportError(_too_big(path)) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the ONNX model ({exc.strerror})") from None
     except ValueError:  # a NUL byte in a spec file's `onnx` path
         raise ConfigError(f"{str(path)!r}: cannot read the ONNX model (a NUL byte in its path)") from None
-    if len(data) > MAX_MODEL_BYTES:
-        raise OnnxImportError(_too_big(path))
     digest = hashlib.sha256(data)
     try:
         model = onnx.load_from_string(data)

@@ -14,9 +14,10 @@ out aggregator and weighting gets "mean" and "equal" instead of the defaults the
 With directory_file (the fleet's identity directory) the coordinator refuses a key
 advertisement its directory does not vouch for (round_state.accept), and leaves a device the
 directory lacks out of selection (shell.selectable). The leader's service reads it before
-anything else (service.run_service: a standby's too, not at its takeover) and its shell once
-more when it is built; a worker, `fedge coordinator forget-devices` and `fedge simulate` never
-read it. With enabled = false it is not read.
+anything else (service.run_service: a standby's too, not at its takeover) and its shell takes
+that map (identities_of; only a shell built outside run_service, as in tests, reads the file);
+a worker, `fedge coordinator forget-devices` and `fedge simulate` never read it. With
+enabled = false it is not read.
 """
 
 from __future__ import annotations
