@@ -10,6 +10,7 @@ from pathlib import Path
 from .agent import DeviceAgent
 from .device import DeviceRuntime
 from .device_config import DeviceConfig, read_local_data
+from .device_lock import device_lock
 from .eligibility_monitor import EligibilityMonitor
 from .kernel.clock import SystemClock
 from .kernel.errors import ConfigError
@@ -29,10 +30,7 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
     monitor = EligibilityMonitor(probe or SystemProbe(root=cfg.probe.root), cfg.eligibility, clock,
                                  check_interval_s=cfg.probe.check_interval_s, name=cfg.device_id)
     state = Path(cfg.state_dir)
-    own = state / cfg.device_id
-    _refuse_file_in_the_way(own)
-    if not own.exists():  # personal params and residuals live here: this device's user only
-        own.mkdir(mode=0o700, parents=True)
+    own = make_state_folder(cfg)
     artifacts = own / "artifacts"
     models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
     data, stats = read_local_data(cfg.data.npz, cfg.data.standardize, cfg.data.statistics)
@@ -47,6 +45,15 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
                         own_noise_floor=cfg.privacy.own_noise_multiplier, max_task_s=cfg.agent.max_task_s,
                         max_pace_s=cfg.agent.max_pace_s, upload_link=cfg.agent.upload_link())
     return AgentLoop(agent, poll_s=cfg.agent.poll_s), transport
+
+
+def make_state_folder(cfg: DeviceConfig) -> Path:
+    """<state_dir>/<device_id>, made 0700 if missing: personal params and residuals live there."""
+    own = Path(cfg.state_dir) / cfg.device_id
+    _refuse_file_in_the_way(own)
+    if not own.exists():
+        own.mkdir(mode=0o700, parents=True)
+    return own
 
 
 def _refuse_file_in_the_way(own: Path) -> None:
@@ -67,6 +74,11 @@ def secagg_credentials(cfg: DeviceConfig) -> tuple[bytes | None, dict[str, bytes
 
 
 def run_device(cfg: DeviceConfig) -> int:
+    with device_lock(make_state_folder(cfg)):  # before any state file is read or written (device_lock.py)
+        return _run(cfg)
+
+
+def _run(cfg: DeviceConfig) -> int:
     loop, transport = build_device(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())

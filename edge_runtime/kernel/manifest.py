@@ -24,8 +24,9 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 ROLES = ("frozen", "shared", "personal")
 # The folders and files beside the per-model folders in state/<device>/ (agent.py, journal.py,
-# secagg_participant.py, uplink_rate_file.py): a model id must not name one of them.
-_RESERVED = frozenset({"artifacts", "pending", "seen_tasks.json", "secagg-answered", "uplink_rate.json"})
+# secagg_participant.py, uplink_rate_file.py, device_lock.py): a model id must not name one of them.
+_RESERVED = frozenset({"artifacts", "pending", "seen_tasks.json", "secagg-answered", "uplink_rate.json",
+                       "device.lock"})
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ tracebacks (a helper's PostgreSQL and failover walkthrough)."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -65,7 +66,8 @@ def test_a_second_service_on_the_same_state_db_is_refused_at_start(tmp_path, cap
     cfg = ServiceConfig(coordinator=CoordinatorConfig(artifacts_dir=str(tmp_path / "no-artifacts"),
                                                       state_db=str(db), metrics_port=0))
     with state_db_lock(db):  # the first service
-        with pytest.raises(ServiceUnavailable, match="in use by another coordinator"):
+        # which process to stop: the holder's pid (here ours)
+        with pytest.raises(ServiceUnavailable, match=f"in use by another coordinator \\(pid {os.getpid()} holds "):
             run_service(cfg)  # refused before it reads anything (the artifacts do not even exist)
         assert _guarded(_ServeArgs(), lambda: run_service(cfg)) == 1  # its supervisor tries again
     assert capsys.readouterr().err.count("\n") == 1

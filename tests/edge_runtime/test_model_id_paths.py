@@ -20,7 +20,7 @@ from fedge.edge_runtime.kernel.protocol import ArtifactFile
 from fedge.edge_runtime.store import DeviceStore
 
 BAD = ["../victim", "../../../victim", "..", ".", "", "a/b", "/abs", ".hidden", "a\\b", "x" * 129, "café", "abc\n",
-       "artifacts", "pending", "secagg-answered", "seen_tasks.json", "uplink_rate.json"]
+       "artifacts", "pending", "secagg-answered", "seen_tasks.json", "uplink_rate.json", "device.lock"]
 GOOD = ["0123456789abcdef01234567", "mnist-mlp", "tiny_model.v2", "M" * 128]
 
 
