@@ -9,9 +9,11 @@ into it, so a refusal can say which process to stop; the pid is only ever read f
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,9 @@ from .errors import FedgeError, ServiceUnavailable
 log = logging.getLogger("fedge.lock")
 
 _PID_BYTES = 32  # more than any pid and its newline
+# O_NOFOLLOW: the holder truncates the file to write its pid, so a link planted at the lock's name
+# would have its target emptied (with the service's rights); O_NONBLOCK: a FIFO there would block the open.
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 @contextmanager
@@ -39,6 +44,8 @@ def process_lock(path: Path, refusal: Callable[[str], str], cannot_open: Callabl
     except OSError as exc:
         raise cannot_open(exc) from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device by its name: nothing of ours to write in
+            raise cannot_open(OSError(errno.EINVAL, "not a regular file"))
         if created and owner_of is not None:
             _give_owner(fd, path, owner_of)
         try:
@@ -46,7 +53,8 @@ def process_lock(path: Path, refusal: Callable[[str], str], cannot_open: Callabl
         except BlockingIOError:
             pid = _holder_pid(fd)
             raise ServiceUnavailable(refusal(f"{'it' if pid is None else f'pid {pid}'} holds {path}")) from None
-        _write_pid(fd)
+        if created or _holder_pid(fd) is not None or not os.fstat(fd).st_size:
+            _write_pid(fd)  # only into a lock file of ours: a file by its name that we did not write is left as it is
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -55,9 +63,9 @@ def process_lock(path: Path, refusal: Callable[[str], str], cannot_open: Callabl
 def _open_lock(path: Path) -> tuple[int, bool]:
     """(descriptor, whether this call created the file)."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), True
+        return os.open(path, _FLAGS | os.O_EXCL, 0o600), True
     except FileExistsError:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600), False  # O_CREAT: removed since, made again
+        return os.open(path, _FLAGS, 0o600), False  # O_CREAT: removed since, made again
 
 
 def _give_owner(fd: int, path: Path, owner_of: Path) -> None:

@@ -108,3 +108,28 @@ def test_device_run_holds_the_folder_for_its_life_and_a_second_is_refused_before
     assert err.count("\n") == 1 and "ServiceUnavailable" in err and _refusal(own) in err
     assert seen == ["pi-a"]  # the second never ran
     assert sorted(p.name for p in own.iterdir()) == [DEVICE_LOCK_FILE]  # nothing of the state touched
+
+
+def test_a_link_or_fifo_at_the_lock_name_is_refused_and_a_foreign_file_is_not_overwritten(tmp_path):
+    """The holder truncates the lock file to write its pid: a link planted at its name would have
+    had its target emptied, a FIFO would have blocked the open, and a file by that name that fedge
+    did not write would have lost its content."""
+    own = tmp_path / "pi-a"
+    own.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (own / DEVICE_LOCK_FILE).symlink_to(target)
+    with pytest.raises(ConfigError, match="cannot open its lock file"):
+        with device_lock(own):
+            pass
+    assert target.read_text() == "keep me\n"
+    (own / DEVICE_LOCK_FILE).unlink()
+    os.mkfifo(own / DEVICE_LOCK_FILE)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        with device_lock(own):
+            pass
+    (own / DEVICE_LOCK_FILE).unlink()
+    (own / DEVICE_LOCK_FILE).write_text("someone's notes\n")
+    with device_lock(own):
+        pass
+    assert (own / DEVICE_LOCK_FILE).read_text() == "someone's notes\n"
