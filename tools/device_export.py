@@ -40,9 +40,11 @@ def run(args) -> int:
     artifacts = root / "artifacts"
     ids = sorted(d.name for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()) if artifacts.exists() else []
     if args.model_id and args.model_id not in ids or not ids:
+        relative = "" if Path(cfg.state_dir).is_absolute() else (
+            f" (state_dir {cfg.state_dir!r} is relative: it is taken from the current folder, so run this where "
+            "the device runs, or give the config an absolute state_dir)")
         raise ConfigError(f"device {cfg.device_id}: no artifacts for model {args.model_id or '(any)'} "
-                          f"under {artifacts}; "
-                          f"it has {ids or 'none'}")
+                          f"under {artifacts.absolute()}{relative}; it has {ids or 'none'}")
     if not args.model_id and len(ids) > 1:
         raise ConfigError(f"device {cfg.device_id} has models {ids}: choose one with --model-id")
     model_id = args.model_id or ids[0]
