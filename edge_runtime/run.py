@@ -11,10 +11,11 @@ from .agent import DeviceAgent
 from .device import DeviceRuntime
 from .device_config import DeviceConfig, read_local_data
 from .eligibility_monitor import EligibilityMonitor
+from .fetched_models import installed_models
 from .kernel.clock import SystemClock
+from .kernel.device_folder import ARTIFACTS_DIR
 from .kernel.errors import ConfigError
 from .kernel.files import file_in_the_way
-from .kernel.manifest import MANIFEST_FILE
 from .kernel.secagg.identity_files import load_directory, load_identity
 from .kernel.transport.mqtt import MqttTransport
 from .loop import AgentLoop
@@ -33,8 +34,8 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
     _refuse_file_in_the_way(own)
     if not own.exists():  # personal params and residuals live here: this device's user only
         own.mkdir(mode=0o700, parents=True)
-    artifacts = own / "artifacts"
-    models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
+    artifacts = own / ARTIFACTS_DIR
+    models = installed_models(artifacts)
     data, stats = read_local_data(cfg.data.npz, cfg.data.standardize, cfg.data.statistics)
     record_standardization(own, stats, cfg.data.statistics)  # what `fedge device export` puts in front of the model
     runtime = DeviceRuntime(cfg.device_id, data, models, state, backend=cfg.backend, eligibility=monitor.before,
