@@ -21,6 +21,7 @@ from .evaluation import EvalAnswers
 from .journal import DeviceJournal
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
+from .kernel.device_folder import ARTIFACTS_DIR, UPLINK_RATE_FILE
 from .kernel.errors import CodecError, PayloadTooLarge
 from .kernel.protocol import (
     ANNOUNCE_TOPIC,
@@ -63,7 +64,6 @@ from .task import (
 )
 from .unanswered import answer_unreadable, interrupted, unreadable_task
 from .uplink import Uplink
-from .uplink_rate_file import FILE_NAME as UPLINK_RATE_FILE
 from .work_limits import EVAL_REFIT_S, UPLINK_BACKLOG, forget_answered, remember_announced, stop_check
 
 log = logging.getLogger("fedge.agent")
@@ -105,7 +105,7 @@ class DeviceAgent:
         self.uplink = Uplink(self.device_id, self.journal, lambda *a: self._publish(*a), republish_s,
                              pending_max_age_s, upload_link, self.home / UPLINK_RATE_FILE)
         self.delivery = ModelDelivery(runtime, transport, self._publish,
-                                      Path(artifacts_dir) if artifacts_dir else self.home / "artifacts",
+                                      Path(artifacts_dir) if artifacts_dir else self.home / ARTIFACTS_DIR,
                                       max_message_bytes, fetch_timeout_s, model_wait_s)
         # Secure-aggregation rounds (their own four stages; secagg_participant.py), under the
         # same deadline, upload margin and time cap as a plain task (secagg_intake.py).

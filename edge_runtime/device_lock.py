@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .kernel.device_folder import DEVICE_LOCK_FILE
 from .kernel.errors import ConfigError
 from .kernel.process_lock import process_lock
-
-# A model id cannot name it either (kernel/manifest.py _RESERVED): it sits beside the model folders.
-DEVICE_LOCK_FILE = "device.lock"
 
 
 def device_lock(own: Path):

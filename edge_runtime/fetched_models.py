@@ -14,7 +14,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from .kernel.manifest import MANIFEST_FILE
+from .kernel.device_folder import NOT_A_MODEL_FOLDER
+from .kernel.errors import UnsafeModelId
+from .kernel.manifest import MANIFEST_FILE, check_model_id
 
 log = logging.getLogger("fedge.agent")
 
@@ -44,3 +46,18 @@ def prune_fetched(artifacts_dir: Path, keep_ids: set[str], keep: int = KEEP_FETC
         removed.append(folder.name)
         log.info("removed fetched model %s (least recently used of more than %d)", folder.name, keep)
     return removed
+
+
+def installed_models(artifacts: Path) -> dict[str, Path]:
+    """model id -> its folder, for each folder of `artifacts` with a manifest. A folder whose name
+    is no model id (a name the device's own folder holds, device_folder.RESERVED) is skipped with
+    a log line: its state folder would be that file or folder, and it stopped the start."""
+    models = {}
+    for d in sorted(artifacts.iterdir()) if artifacts.exists() else ():
+        if not (d / MANIFEST_FILE).exists():
+            continue
+        try:
+            models[check_model_id(d.name)] = d
+        except UnsafeModelId as exc:
+            log.error("%s: %s, skipped: %s", NOT_A_MODEL_FOLDER, d, exc)
+    return models

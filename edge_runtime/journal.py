@@ -26,7 +26,8 @@ from pathlib import Path
 
 from .kernel.clock import SystemClock
 from .kernel.codec import decode_message, encode_message
-from .kernel.errors import CodecError, DeviceStateError, PayloadTooLarge, StateWriteError
+from .kernel.device_folder import NOT_A_MODEL_FOLDER, PENDING_DIR, SEEN_TASKS_FILE
+from .kernel.errors import CodecError, DeviceStateError, PayloadTooLarge, StateWriteError, UnsafeModelId
 from .kernel.files import Arrays, set_aside, sweep_temp_files
 from .kernel.protocol import Update
 from .pending import PendingUploads
@@ -62,8 +63,8 @@ class DeviceJournal:
                  kept_tasks: int = SEEN_TASKS_KEPT):
         self.home = Path(home)
         self.max_message_bytes = max_message_bytes
-        self.pending = PendingUploads(self.home / "pending", clock or SystemClock(), max_message_bytes)
-        self.seen = SeenTasks(self.home / "seen_tasks.json", kept_tasks)
+        self.pending = PendingUploads(self.home / PENDING_DIR, clock or SystemClock(), max_message_bytes)
+        self.seen = SeenTasks(self.home / SEEN_TASKS_FILE, kept_tasks)
         self._set_aside_foreign()
 
     def _set_aside_foreign(self) -> None:
@@ -106,11 +107,17 @@ class DeviceJournal:
         state of every update that was kept, and drop the staged state of those that were not
         (their task was never answered). A kept update's staged state that cannot be read is
         set aside (`.damaged`): it stopped every start with DeviceStateError; the update is
-        still sent, and the state stays as it was before that task."""
+        still sent, and the state stays as it was before that task. A folder whose name is no
+        model id (kernel/device_folder.py) is left as it is, with a `not_a_model_folder` line."""
         for path in sweep_temp_files(self.home):
             log.warning("device %s: deleted %s, left by a write that a crash cut short", self.home.name, path)
-        for path in sorted(self.home.glob("*/staged-*.npz")):
-            store = DeviceStore(self.home, path.parent.name)
+        for folder in sorted({path.parent for path in self.home.glob("*/staged-*.npz")}):
+            try:
+                store = DeviceStore(self.home, folder.name)
+            except UnsafeModelId as exc:  # a folder no model owns: it stopped every start
+                log.error("device %s: %s: %s is no model's state folder, left as it is: %s", self.home.name,
+                          NOT_A_MODEL_FOLDER, folder, exc)
+                continue
             for update_id in store.staged():
                 if update_id in self.pending:
                     try:

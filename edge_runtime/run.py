@@ -12,10 +12,11 @@ from .device import DeviceRuntime
 from .device_config import DeviceConfig, read_local_data
 from .device_lock import device_lock
 from .eligibility_monitor import EligibilityMonitor
+from .fetched_models import installed_models
 from .kernel.clock import SystemClock
+from .kernel.device_folder import ARTIFACTS_DIR
 from .kernel.errors import ConfigError
 from .kernel.files import file_in_the_way
-from .kernel.manifest import MANIFEST_FILE
 from .kernel.secagg.identity_files import load_directory, load_identity
 from .kernel.transport.mqtt import MqttTransport
 from .loop import AgentLoop
@@ -31,8 +32,8 @@ def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, 
                                  check_interval_s=cfg.probe.check_interval_s, name=cfg.device_id)
     state = Path(cfg.state_dir)
     own = make_state_folder(cfg)
-    artifacts = own / "artifacts"
-    models = {d.name: d for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()} if artifacts.exists() else {}
+    artifacts = own / ARTIFACTS_DIR
+    models = installed_models(artifacts)
     data, stats = read_local_data(cfg.data.npz, cfg.data.standardize, cfg.data.statistics)
     record_standardization(own, stats, cfg.data.statistics)  # what `fedge device export` puts in front of the model
     runtime = DeviceRuntime(cfg.device_id, data, models, state, backend=cfg.backend, eligibility=monitor.before,

@@ -30,6 +30,7 @@ import numpy as np
 
 from .device import DeviceRuntime
 from .kernel.compress import decompress_update
+from .kernel.device_folder import SECAGG_ANSWERED_DIR
 from .kernel.errors import ArtifactError, CodecError, DeviceStateError, FedgeError, StateWriteError
 from .kernel.files import atomic_write_bytes
 from .kernel.protocol import Decline, TrainTask, Update
@@ -132,7 +133,7 @@ class SecAggParticipant:
         self.publish = publish  # sends one message on this device's update channel
         self.rng = rng or np.random.default_rng()
         # One file per answered unmask request, written (fsync, rename) before the answer leaves.
-        self.answered_dir = Path(runtime.state_root) / runtime.device_id / "secagg-answered"
+        self.answered_dir = Path(runtime.state_root) / runtime.device_id / SECAGG_ANSWERED_DIR
         self.sessions: dict[str, sess.DeviceSession] = {}  # task_id -> session (one round, one task)
         self.sent_shares: dict[str, EncryptedShares] = {}  # task_id -> its one set of boxes, resent on a repeat
         self.sent_masked: dict[str, MaskedInput] = {}  # task_id -> its one masked input, resent on a repeat

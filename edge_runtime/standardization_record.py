@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .kernel.device_folder import STANDARDIZATION_FILE
 from .kernel.errors import DeviceStateError
 from .kernel.files import atomic_write_bytes, load_npz
 
-RECORD_FILE = "standardization.npz"
+RECORD_FILE = STANDARDIZATION_FILE
 
 Statistics = tuple[np.ndarray, np.ndarray]  # (mean, std), float64, the per-example shape
 

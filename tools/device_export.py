@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_runtime.data_file import feature_dtype
+from fedge.edge_runtime.fetched_models import installed_models
+from fedge.edge_runtime.kernel.device_folder import ARTIFACTS_DIR
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.files import atomic_write_bytes
-from fedge.edge_runtime.kernel.manifest import MANIFEST_FILE
 from fedge.edge_runtime.model_runtime import ModelRuntime
 from fedge.edge_runtime.store import DeviceStore
 from fedge.edge_runtime.superseded import foreign
@@ -37,12 +38,14 @@ def run(args) -> int:
     check_export_path(Path(args.out))
     cfg = load_device_config(args.config)
     root = Path(cfg.state_dir) / cfg.device_id
-    artifacts = root / "artifacts"
-    ids = sorted(d.name for d in artifacts.iterdir() if (d / MANIFEST_FILE).exists()) if artifacts.exists() else []
+    artifacts = root / ARTIFACTS_DIR
+    ids = sorted(installed_models(artifacts))
     if args.model_id and args.model_id not in ids or not ids:
+        relative = "" if Path(cfg.state_dir).is_absolute() else (
+            f" (state_dir {cfg.state_dir!r} is relative: it is taken from the current folder, so run this where "
+            "the device runs, or give the config an absolute state_dir)")
         raise ConfigError(f"device {cfg.device_id}: no artifacts for model {args.model_id or '(any)'} "
-                          f"under {artifacts}; "
-                          f"it has {ids or 'none'}")
+                          f"under {artifacts.absolute()}{relative}; it has {ids or 'none'}")
     if not args.model_id and len(ids) > 1:
         raise ConfigError(f"device {cfg.device_id} has models {ids}: choose one with --model-id")
     model_id = args.model_id or ids[0]

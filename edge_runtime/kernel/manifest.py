@@ -18,15 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtifactError, ArtifactIntegrityError, ManifestMismatch, UnsafeModelId
-from .wire_fields import MODEL_ID_PATTERN
+from .wire_fields import MODEL_ID
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 ROLES = ("frozen", "shared", "personal")
-# The folders and files beside the per-model folders in state/<device>/ (agent.py, journal.py,
-# secagg_participant.py, uplink_rate_file.py, device_lock.py): a model id must not name one of them.
-_RESERVED = frozenset({"artifacts", "pending", "seen_tasks.json", "secagg-answered", "uplink_rate.json",
-                       "device.lock"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ class Manifest:
                     "build-artifacts`"
                 )
             return cls(
-                model_id=str(d["model_id"]),
+                model_id=_folder_name(str(d["model_id"]), where),
                 name=str(d["name"]),
                 spec=dict(d["spec"]),
                 params=tuple(ParamInfo(p["name"], tuple(int(s) for s in p["shape"]), p["role"], p["dtype"])
@@ -104,10 +100,18 @@ class Manifest:
 
 def check_model_id(model_id: str) -> str:
     """`model_id`, if it can name a folder of its own; else UnsafeModelId."""
-    if not isinstance(model_id, str) or not MODEL_ID_PATTERN.fullmatch(model_id) or model_id in _RESERVED:
-        raise UnsafeModelId(f"model id {model_id!r} cannot name a folder: it must be 1-128 letters, digits, '_', "
-                            f"'.' or '-', not begin with '.', '_' or '-', and not be one of {sorted(_RESERVED)}")
+    if not isinstance(model_id, str) or not MODEL_ID.fullmatch(model_id):
+        raise UnsafeModelId(f"model id {model_id!r} cannot name a folder: it must be {MODEL_ID.description}")
     return model_id
+
+
+def _folder_name(model_id: str, where: str) -> str:
+    """A manifest's model id names the model's folders on the device, so the manifest is refused
+    where it names none of its own (a hand-edited one: "uplink_rate.json" or "../x")."""
+    try:
+        return check_model_id(model_id)
+    except UnsafeModelId as exc:
+        raise UnsafeModelId(f"{where}: {exc}") from None
 
 
 def compute_model_id(spec: dict, params: tuple[ParamInfo, ...], values: dict[str, np.ndarray]) -> str:

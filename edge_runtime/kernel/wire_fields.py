@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .device_folder import RESERVED
+
 # Value ranges, checked by the codec on decode and encode (codec._check_range). An int field
 # without its own range must fit a signed 64-bit integer, the widest a SQLite INTEGER column
 # holds; a float field without one must be finite. A message that claimed 2**63 examples once
@@ -34,7 +36,8 @@ _SECONDS = (0.0, 1e9)  # deadlines and pacing: 0 to ~31 years
 # A model id names folders on the device (artifacts/<model_id>, state/<device>/<model_id>):
 # one plain name, never a path ("../x" once made a download replace a folder outside the
 # artifacts directory). The codec refuses any other on decode and encode, so neither side's
-# handlers see one; manifest.check_model_id checks it again where a folder is named.
+# handlers see one; manifest.check_model_id checks it again where a folder is named. Nor may it
+# be a name the device's own folder holds beside its model folders (device_folder.RESERVED).
 # compute_model_id gives 24 hex digits.
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -42,18 +45,21 @@ MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 @dataclass(frozen=True)
 class TextPattern:
     """A regex a str field's whole value must match (the codec checks it on decode and encode),
-    its short name (the protocol doc's), and what it is, for the refusal: "'x' is not <description>"."""
+    its short name (the protocol doc's), and what it is, for the refusal: "'x' is not <description>".
+    reserved: whole values the regex matches that are refused all the same."""
 
     name: str
     regex: re.Pattern
     description: str
+    reserved: frozenset[str] = frozenset()
 
     def fullmatch(self, text: str):
-        return self.regex.fullmatch(text)
+        return None if text in self.reserved else self.regex.fullmatch(text)
 
 
 MODEL_ID = TextPattern("model id", MODEL_ID_PATTERN, "a model id (letters, digits, '_', '.', '-', at most 128, "
-                                         "beginning with a letter or digit)")
+                       "beginning with a letter or digit, and none of the names a device's own folder holds: "
+                       f"{', '.join(sorted(RESERVED))})", RESERVED)
 # A sha256 as hexdigest() writes it, or empty (none given). A digest no file can have (junk, upper
 # case, short) is refused on decode, where a device once waited out its artifact fetch timeout
 # (120 s) for files that could never match it.

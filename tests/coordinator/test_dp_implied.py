@@ -109,3 +109,23 @@ def test_a_written_central_mechanism_under_secure_aggregation_is_still_refused(t
     with pytest.raises(SecureAggregationConflict) as caught:
         _load(tmp_path, BOTH.replace("enabled = true\nnoise", 'enabled = true\nmechanism = "central"\nnoise'))
     assert caught.value.reason == "secagg_privacy"
+
+
+def test_the_readme_privacy_block_appends_to_the_walkthrough_coordinator_file(tmp_path):
+    """The README's central DP block, appended as written to the walkthrough's coordinator file
+    (which has its own [coordinator]), loads: it once began with a [coordinator] table of its own,
+    a duplicate table in TOML."""
+    from pathlib import Path
+
+    from fedge.coordinator.service import load_service_config
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    section = readme[readme.index("### User-level differential privacy (central DP-FedAvg)"):]
+    start = section.index("```toml") + len("```toml")
+    creds = '[broker]\nurl = "mqtt://127.0.0.1:1883"\nusername = "coordinator"\npassword = "secret"\n'
+    (tmp_path / "coordinator.toml").write_text((repo / "examples/ops/coordinator.toml").read_text() + creds
+                                               + section[start:section.index("```", start)])
+    cfg = load_service_config(tmp_path / "coordinator.toml").coordinator
+    assert cfg.privacy.enabled and cfg.privacy.target_epsilon == 8.0
+    assert (cfg.aggregator, cfg.weighting, cfg.clients_per_round) == ("mean", "equal", 2)  # the walkthrough's 2

@@ -15,6 +15,7 @@ import pytest
 
 from fedge.edge_runtime.kernel import protocol as p
 from fedge.edge_runtime.kernel.codec import decode_message, encode_message
+from fedge.edge_runtime.kernel.device_folder import RESERVED
 from fedge.edge_runtime.kernel.errors import MalformedPayload
 from fedge.edge_runtime.kernel.wire_fields import MODEL_ID, SHA256_HEX
 from tests.edge_runtime.codec_samples import SAMPLES, TASK, UPD, VALID_ACK, _fields, _map_frame
@@ -150,7 +151,9 @@ def _sha256_fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("pattern") is SHA256_HEX]
 
 
-NOT_MODEL_IDS = ["../victim", "..", ".", "", "a/b", "/abs", ".hidden", "a\\b", "x" * 129, "café", "abc\n", "-rf"]
+# and the names the device's own folder holds beside its model folders
+NOT_MODEL_IDS = ["../victim", "..", ".", "", "a/b", "/abs", ".hidden", "a\\b", "x" * 129, "café", "abc\n", "-rf",
+                 *sorted(RESERVED)]
 
 
 def test_every_model_id_field_is_declared_as_one():

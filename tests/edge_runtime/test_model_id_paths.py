@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from fedge.edge_runtime.fetch import ArtifactDownload
+from fedge.edge_runtime.kernel.device_folder import RESERVED
 from fedge.edge_runtime.kernel.errors import UnsafeModelId
 from fedge.edge_runtime.kernel.manifest import MANIFEST_FORMAT, check_model_id
 from fedge.edge_runtime.kernel.protocol import ArtifactFile
 from fedge.edge_runtime.store import DeviceStore
 
 BAD = ["../victim", "../../../victim", "..", ".", "", "a/b", "/abs", ".hidden", "a\\b", "x" * 129, "café", "abc\n",
-       "artifacts", "pending", "secagg-answered", "seen_tasks.json", "uplink_rate.json", "device.lock"]
+       *sorted(RESERVED)]
 GOOD = ["0123456789abcdef01234567", "mnist-mlp", "tiny_model.v2", "M" * 128]
 
 

@@ -47,3 +47,15 @@ def test_a_global_model_written_for_other_contents_is_refused(tmp_path, capsys):
     assert _export(tmp_path) == 2
     assert "written for other contents" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_no_artifacts_names_the_absolute_folder_a_relative_state_dir_was_taken_from(tmp_path, capsys, monkeypatch):
+    # run from another folder than the device's: a relative state_dir then names an empty place
+    (tmp_path / "dev.toml").write_text('device_id = "devA"\nstate_dir = "fedge-state"\n[data]\nnpz = "x.npz"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert _export(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert str(elsewhere / "fedge-state" / "devA" / "artifacts") in err
+    assert "relative" in err and "current folder" in err

@@ -137,7 +137,8 @@ def limit_of(hint, meta) -> str:
     if dataclasses.is_dataclass(hint):
         return "; ".join(parts + ["fields as in its own table"])
     if pattern is not None:
-        parts.append(f"{pattern.name}: `{pattern.regex.pattern}`")
+        reserved = ", ".join(f"`{name}`" for name in sorted(pattern.reserved))
+        parts.append(f"{pattern.name}: `{pattern.regex.pattern}`" + (f" but none of {reserved}" if reserved else ""))
     elif hint is str:
         parts.append(f"≤ {_num(bounds[1]) if bounds else MAX_TEXT} chars, no NUL")
     elif hint is int:
