@@ -24,8 +24,27 @@ log = logging.getLogger("fedge.lock")
 
 _PID_BYTES = 32  # more than any pid and its newline
 # O_NOFOLLOW: the holder truncates the file to write its pid, so a link planted at the lock's name
-# would have its target emptied (with the service's rights); O_NONBLOCK: a FIFO there would block the open.
+# would have its target emptied (with the service's rights); O_NONBLOCK: where opening a FIFO for
+# reading and writing may block (Linux never does), the regular-file check below still gets to refuse it.
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+
+# The descriptors of the locks this process holds. A forked child (the coordinator's unmask
+# workers, kernel/secagg/masking.py) closes its copies at once: a flock belongs to the open file,
+# so children that outlived a holder killed with -9 kept its lock, and a restart was refused
+# naming a pid that no longer existed. The parent's lock is untouched by a child's close.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 @contextmanager
@@ -53,11 +72,20 @@ def process_lock(path: Path, refusal: Callable[[str], str], cannot_open: Callabl
         except BlockingIOError:
             pid = _holder_pid(fd)
             raise ServiceUnavailable(refusal(f"{'it' if pid is None else f'pid {pid}'} holds {path}")) from None
-        if created or _holder_pid(fd) is not None or not os.fstat(fd).st_size:
+        _HELD.add(fd)
+        if _ours(fd, created):
             _write_pid(fd)  # only into a lock file of ours: a file by its name that we did not write is left as it is
         yield
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock
+
+
+def _ours(fd: int, created: bool) -> bool:
+    """Created now, or empty or holding a pid (an older fedge's lock file was empty), and the one
+    name of its file: a hard link planted at the lock's name would have its other name emptied."""
+    info = os.fstat(fd)
+    return info.st_nlink == 1 and (created or not info.st_size or _holder_pid(fd) is not None)
 
 
 def _open_lock(path: Path) -> tuple[int, bool]:

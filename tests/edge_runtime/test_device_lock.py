@@ -133,3 +133,54 @@ def test_a_link_or_fifo_at_the_lock_name_is_refused_and_a_foreign_file_is_not_ov
     with device_lock(own):
         pass
     assert (own / DEVICE_LOCK_FILE).read_text() == "someone's notes\n"
+
+
+@pytest.mark.parametrize("before", ["", "99999999\n"])
+def test_an_empty_or_older_holders_lock_file_ends_up_holding_exactly_our_pid(tmp_path, before):
+    """An older fedge left the lock file empty; a longer pid than ours must not leave digits behind
+    (a refusal would then name no pid, or a wrong one)."""
+    own = tmp_path / "pi-a"
+    own.mkdir()
+    (own / DEVICE_LOCK_FILE).write_text(before)
+    with device_lock(own):
+        assert (own / DEVICE_LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+
+def test_a_hard_link_at_the_lock_name_keeps_its_other_name_intact(tmp_path):
+    own = tmp_path / "pi-a"
+    own.mkdir()
+    other = tmp_path / "other"
+    other.write_text("")
+    os.link(other, own / DEVICE_LOCK_FILE)
+    with device_lock(own):
+        pass
+    assert other.read_text() == ""
+
+
+def test_a_child_forked_by_the_holder_does_not_keep_the_lock_after_the_holder_dies(tmp_path):
+    """The coordinator's unmask workers are forked: they outlived a holder killed with -9 and kept
+    its lock, so the restart was refused."""
+    own = tmp_path / "pi-a"
+    own.mkdir()
+    script = _HOLDER.replace('print("held", flush=True)', 'import os\n    child = os.fork()\n    if child == 0:\n'
+                             '        time.sleep(60); os._exit(0)\n    print("held", child, flush=True)')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    holder = subprocess.Popen([sys.executable, "-c", script, str(own)], stdout=subprocess.PIPE, text=True, env=env)
+    child = None
+    try:
+        line = holder.stdout.readline().split()
+        assert line[0] == "held"
+        child = int(line[1])
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        with device_lock(own):  # the child lives on, without the lock
+            os.kill(child, 0)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+        if child is not None:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
