@@ -119,7 +119,7 @@ class Coordinator(BrokerLink, NoiseRounds):
         check_update_fits(config, self.shapes, strategy.uses_control, manifest.model_id)  # else refused unread
         self.registry = Registry(self.store)
         self.checkins = check_in_gate(config, self.registry, self.metrics)  # max_devices, then each device's rate
-        self.sidelined = Sidelined()  # devices whose secure-aggregation shares were wrong, for a while
+        self.sidelined = Sidelined()  # secure-round offenders (wrong shares, bad signature), left out a while
         self.privacy = PrivacyBudget(config.privacy, self.store, self.metrics.registry)  # off unless enabled
         self.shell = make_shell(config, self.outbound, self.shapes, self.store)  # plain or secure (round_shell.py)
         self.evaluations = Evaluations(evaluation_run(config), self.outbound, self.store,  # none under privacy
@@ -179,7 +179,7 @@ class Coordinator(BrokerLink, NoiseRounds):
             self._report(report, sender, len(msg.payload))
         elif self.shell.owns(report, channel):
             if (rejected := self.shell.admit(self.round, report, sender, len(msg.payload))) is not None:
-                self._reject(rejected, sender, None)
+                self._reject(self.sidelined.after_refusal(rejected, sender, self.clock.now()), sender, None)
         elif isinstance(report, EvalReport) and channel == "update":
             rejected = self.evaluations.on_report(report, sender, len(msg.payload), self.clock.now())
             if rejected is not None:

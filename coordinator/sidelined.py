@@ -1,17 +1,19 @@
 """Devices left out of the next rounds for a while after so few survivors could open their
 secure-aggregation shares that the round could not be unmasked, or their shares decoded to no
-secret they committed to (secagg_bad_shares; the rules are round_state.unmasked_sum's). Such a
-device can spoil every secure round it is drawn into, and a device that wants to cannot be
-told to stop by a check-in rule (it can always check in with something new), so the clock
-decides: 10 minutes after its first offence, doubling with each, at most a day. In memory only:
-a restart forgets, and the device's next offence starts the count again. Pure; the caller owns
-the clock."""
+secret they committed to (secagg_bad_shares; the rules are round_state.unmasked_sum's), or
+the identity directory did not verify their key advertisement's signature
+(secagg_bad_signature: misprovisioned, or someone holding a listed id without its key; drawn
+again, it trained in full to be refused every round, and at its shard group's floor ended the
+whole round each time). Such a device can spoil every secure round it is drawn into, and a
+device that wants to cannot be told to stop by a check-in rule (it can always check in with
+something new), so the clock decides: 10 minutes after its first offence, doubling with each,
+at most a day. In memory only: a restart forgets, and the device's next offence starts the
+count again. Pure; the caller owns the clock."""
 
 from __future__ import annotations
 
+from .secagg.round_state import BAD_SHARES, BAD_SIGNATURE
 from .secagg.shell import SecAggRejected
-
-BAD_SHARES = "secagg_bad_shares"
 
 FIRST_S = 600.0  # as long as a device that declined rests ([coordinator] pace_declined_s's default)
 MAX_S = 86_400.0
@@ -22,15 +24,27 @@ class Sidelined:
         self.until: dict[str, float] = {}  # device -> clock time it may be selected again
         self.offences: dict[str, int] = {}
 
-    def offence(self, device_id: str, now: float) -> SecAggRejected:
-        """Record one; returns the rejection the server counts and logs (secagg_bad_shares)."""
+    def offence(self, device_id: str, now: float, reason: str = BAD_SHARES, what: str = "") -> SecAggRejected:
+        """Record one; returns the rejection the server counts and logs (one line: the device,
+        what it did, and for how long it is left out). `what` defaults to wrong shares' words."""
         n = self.offences.get(device_id, 0) + 1
         self.offences[device_id] = n
         seconds = min(MAX_S, FIRST_S * 2.0 ** min(n - 1, 60))
         self.until[device_id] = now + seconds
-        return SecAggRejected(BAD_SHARES, f"the secure-aggregation shares of {device_id} were wrong (too few could "
-                                          "open them, or they decode to no secret it committed to): left out of "
-                                          f"rounds for {seconds:.0f} s")
+        what = what or (f"the secure-aggregation shares of {device_id} were wrong (too few could open them, or "
+                        "they decode to no secret it committed to)")
+        return SecAggRejected(reason, f"{what}: left out of rounds for {seconds:.0f} s")
+
+    def after_refusal(self, rejected: SecAggRejected, device_id: str | None, now: float) -> SecAggRejected:
+        """What the server counts for a secure-round reply the shell refused: a key advertisement
+        the identity directory did not verify is an offence (its sender is the reply's device:
+        shell._admit refuses another sender first); any other refusal is returned as it is. The
+        same advertisement delivered again is refused as a duplicate (round_state.accept), so
+        one message is one offence."""
+        if rejected.reason != BAD_SIGNATURE or device_id is None:
+            return rejected
+        return self.offence(device_id, now, BAD_SIGNATURE, f"the key advertisement of {device_id} is not signed by "
+                                                           "its key in the identity directory")
 
     def after_secure_sum(self, shell, now: float) -> list[tuple[str, SecAggRejected]]:
         """(device, rejection) for the server to count after a secure round's sum: each sender too

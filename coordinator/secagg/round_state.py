@@ -10,7 +10,10 @@ With the fleet's identity directory ([coordinator.secure_aggregation] directory_
 refuses a key advertisement whose signature that directory does not verify (BAD_SIGNATURE), or
 from a device it lacks (NO_IDENTITY). Such a device is absent from the cohort, as one that did
 not advertise; relayed, it made every neighbour that checks signatures decline the whole round
-(session.shares_for_neighbours), so one device stalled all of its neighbours.
+(session.shares_for_neighbours), so one device stalled all of its neighbours. A bad signer is
+also left out of the next rounds for a while (coordinator/sidelined.py). A refused
+advertisement delivered again (MQTT QoS 1 may) is refused as a duplicate (DUPLICATE), so it is
+counted, logged and sidelined once, as a repeated Update or Decline is.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from fedge.edge_runtime.kernel.secagg.session import BAD_KEY, BAD_SIGNATURE
 from fedge.edge_runtime.kernel.secagg.shamir import value_bytes, value_in_field
 from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_count, decode_mean, implausible, sent_size
 
+from ..errors import DuplicateUpdate
 from .stages import ADVERTISE, MASK, SHARE, UNMASK
 
 
@@ -61,6 +65,7 @@ BAD_SHARES = "secagg_bad_shares"
 BAD_SHAPE = "secagg_bad_shape"
 NO_IDENTITY = "secagg_no_identity"  # an advertisement from a device the identity directory lacks
 GROUP_OUT = "secagg_group_out"  # sharded: the sender's shard group left the round (sharding/secure.py)
+DUPLICATE = DuplicateUpdate.reason  # a refused advertisement again: counted as any repeated message
 REPLY_REASONS = (WRONG_STAGE, MODEL_MISMATCH, BAD_KEY, BAD_SIGNATURE, NO_IDENTITY, BAD_SHARES, BAD_SHAPE, GROUP_OUT)
 
 REPLY_OF = {ADVERTISE: KeyAdvertisement, SHARE: EncryptedShares, MASK: MaskedInput, UNMASK: UnmaskResponse}
@@ -77,6 +82,7 @@ class SecAggRound:
     # device id -> Ed25519 identity public key (secagg/config.load_identities); None: unchecked
     identities: Mapping[str, bytes] | None = None
     adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
+    refused: dict[str, KeyAdvertisement] = field(default_factory=dict)  # sender -> its last refused advertisement
     cohort: tuple[str, ...] = ()
     k: int = 0
     t: int = 0
@@ -146,12 +152,11 @@ class SecAggRound:
             return WRONG_STAGE
         sender = reply.device_id
         if isinstance(reply, KeyAdvertisement):
-            if reply.model_sha256 != self.model_sha256:
-                return MODEL_MISMATCH
-            if not (contributory(reply.cipher_public) and contributory(reply.mask_public)):
-                return BAD_KEY  # its neighbours' agreements would all fail: it joins no cohort
-            if (unvouched := self._unvouched(reply)) is not None:
-                return unvouched  # its neighbours would decline the round: it joins no cohort
+            if self.refused.get(sender) == reply:
+                return DUPLICATE  # the same message again: counted (and sidelined) once
+            if (why := self._refusal(reply)) is not None:
+                self.refused[sender] = reply
+                return why
             self.adverts[sender] = reply
         elif isinstance(reply, EncryptedShares):
             peers = sorted(p for p in self.graph.get(sender, ()) if p in self.adverts)  # whose keys it was sent
@@ -180,6 +185,14 @@ class SecAggRound:
                 return BAD_SHARES
             self.answers[sender] = revealed
         return None
+
+    def _refusal(self, advert: KeyAdvertisement) -> str | None:
+        """Why an advertisement joins no cohort (None: it does)."""
+        if advert.model_sha256 != self.model_sha256:
+            return MODEL_MISMATCH
+        if not (contributory(advert.cipher_public) and contributory(advert.mask_public)):
+            return BAD_KEY  # its neighbours' agreements would all fail
+        return self._unvouched(advert)  # its neighbours would decline the round
 
     def _unvouched(self, advert: KeyAdvertisement) -> str | None:
         """Why the identity directory does not vouch for an advertisement's keys (None: it does,

@@ -133,8 +133,9 @@ class SecAggShell:
         and be refused (secagg_no_identity) every round, holding the advertise stage to its
         deadline. A selection that meets devices not met before logs one line with their number
         and up to SHOWN_UNLISTED of their ids (check-ins are hostile: a flood of new ids is one
-        line a round); the gauge counts all at each selection. A device whose signature failed
-        stays selectable: its next advertisement may verify."""
+        line a round); the gauge counts all at each selection. A device whose signature failed is
+        not left out here but for a while, from 10 minutes doubling with each offence
+        (coordinator/sidelined.py): its advertisement may verify once it is provisioned again."""
         if self.identities is None:
             return devices
         self.unlisted = {d for d in devices if d not in self.identities}

@@ -14,6 +14,8 @@ from fedge.coordinator.backoff import is_permanent
 from fedge.coordinator.checkin_limit import CheckInLimit
 from fedge.coordinator.config import load_coordinator_config
 from fedge.coordinator.sampling import poisson_sample
+from fedge.coordinator.secagg.round_state import BAD_SIGNATURE
+from fedge.coordinator.secagg.shell import SecAggRejected
 from fedge.coordinator.sidelined import Sidelined
 from fedge.edge_runtime.kernel.errors import ConfigError
 from tests.coordinator.hostile import named_reasons
@@ -90,3 +92,16 @@ def test_an_offender_is_left_out_ten_minutes_then_twenty_and_at_most_a_day():
     for _ in range(20):
         s.offence("d", 0.0)
     assert s.until["d"] == 86_400.0
+
+
+@pytest.mark.parametrize("reason", ["secagg_bad_key", "secagg_model_mismatch", "secagg_no_identity", "duplicate",
+                                    "stale_round"])
+def test_only_a_bad_signature_among_refused_replies_sidelines(reason):
+    """A bad signature is the device's own doing, every round; a bad key or another model may be
+    one broken build or a round change, and the unlisted are never selected (shell.selectable)."""
+    s = Sidelined()
+    other = SecAggRejected(reason, "x")
+    assert s.after_refusal(other, "d", 0.0) is other and not s.active(0.0)
+    signed = s.after_refusal(SecAggRejected(BAD_SIGNATURE, "x"), "d", 0.0)
+    assert signed.reason == BAD_SIGNATURE and s.active(599.0) == {"d"} and not s.active(600.0)
+    assert "d" in str(signed) and "600 s" in str(signed)

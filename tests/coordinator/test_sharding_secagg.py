@@ -221,6 +221,29 @@ def test_each_group_leaves_out_a_device_the_identity_directory_does_not_verify(m
     np.testing.assert_allclose(got, _expected_delta(agents, survivors), rtol=0, atol=1e-6)
 
 
+def test_a_bad_signer_at_its_groups_floor_ends_one_round_not_every_round(model, tmp_path, postgres_dsn):
+    """min_reports 10: shard 0's four devices need ceil(10 * 4 / 12) = 4 advertisements, so dev5's
+    forged signature puts group 0 out at the share stage and ends the round. Drawn again, dev5
+    ended every round; sidelined, the next round (inside its 600 s) runs without it: group 0's
+    three need ceil(10 * 3 / 11) = 3, and the round commits the eleven's merged sum."""
+    ids = [f"dev{i}" for i in range(len(SIZES))]
+    privates, path = provision(ids, tmp_path)
+    fleet = _fleet(model, tmp_path, postgres_dsn, min_reports=10, round_deadline_s=120.0, abandon_backoff_s=0.0,
+                   secure_aggregation=dataclasses.replace(SECURE, directory_file=str(path)))
+    hand_out(fleet, privates, load_directory(path), forged=("dev5",))
+    c, agents = fleet.coordinator, list(fleet.agents)
+    first = _run_round(fleet)
+    assert not first.committed and "shard group 0: 3 device(s) advertised keys, the group needs 4" in first.why
+    assert c.rejections["secagg_bad_signature"] == 1
+    old = copy_params(c.state.params)
+    second = _run_round(fleet)
+    assert second.committed and second.selected == len(ids) - 1, second.why
+    survivors = set(ids) - {"dev5"}
+    assert second.reports == len(survivors) and c.rejections["secagg_bad_signature"] == 1
+    np.testing.assert_allclose(_flat(c.state.params) - _flat(old), _expected_delta(agents, survivors), rtol=0,
+                               atol=1e-6)
+
+
 def test_a_group_left_with_fewer_inputs_than_its_minimum_abandons_the_round(model, tmp_path, postgres_dsn):
     """Shard 0 has 4 of 12 devices and min_reports 8: its sum needs ceil(8 * 4 / 12) = 3 inputs.
     Two of them drop after sharing: the round keeps 10 >= 8 inputs, but group 0's sum would be

@@ -17,6 +17,7 @@ from fedge.coordinator.secagg.config import IdentityDirectoryRefused, identities
 from fedge.coordinator.secagg.round_state import NO_IDENTITY, SecAggRound
 from fedge.coordinator.secagg.stages import ADVERTISE
 from fedge.coordinator.service import load_service_config
+from fedge.edge_runtime.kernel.codec import decode_message
 from fedge.edge_runtime.kernel.protocol import Pace
 from fedge.edge_runtime.kernel.secagg import identity
 from fedge.edge_runtime.kernel.secagg import session as sess
@@ -24,6 +25,7 @@ from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
 from fedge.edge_runtime.kernel.secagg.keys import generate_keypair
 from fedge.edge_runtime.kernel.secagg.messages import SIGNATURE_BYTES, KeyAdvertisement, KeyDirectory, SecAggSpec
 from tests.coordinator.fleet import copy_params, make_fleet
+from tests.coordinator.phase_attack import exported
 from tests.secagg.fleet_round import SECURE, SETTINGS, _expected_mean, _flat, _run_round, hand_out, provision
 
 MODEL = "ab" * 32
@@ -163,13 +165,9 @@ def test_the_coordinator_leaves_out_a_device_whose_signature_it_does_not_verify_
     """dev1 signs with a key the directory does not hold. Relayed, its advertisement made all five
     neighbours decline (secagg_bad_signature) and the round was lost; refused at the coordinator,
     dev1 is absent from every cohort and the round commits the plain mean of the other five. It
-    stays selectable (a transient fault may pass): the next round asks it again."""
+    then sits out for a while (test_a_bad_signer_sits_out_ten_minutes_then_twenty)."""
     caplog.set_level(logging.INFO, "fedge.coordinator")
-    ids = [f"dev{i}" for i in range(len(SIX))]
-    privates, path = provision(ids, tmp_path)
-    checked = dataclasses.replace(SECURE, directory_file=str(path))
-    fleet = make_fleet(model, tmp_path, sizes=SIX, min_reports=3, **{**SETTINGS, "secure_aggregation": checked})
-    hand_out(fleet, privates, load_directory(path), forged=("dev1",))
+    fleet, ids = _bad_signer_fleet(model, tmp_path)
     c = fleet.coordinator
     old = copy_params(c.state.params)
     record = _run_round(fleet)
@@ -183,7 +181,83 @@ def test_the_coordinator_leaves_out_a_device_whose_signature_it_does_not_verify_
     assert all("dev1" not in m.cohort for m in directories)
     expected = _expected_mean(fleet, set(ids) - {"dev1"})
     np.testing.assert_allclose(_flat(c.state.params) - _flat(old), expected, rtol=0, atol=1e-6)
+    assert "dev1" not in c.eligible_devices()
+
+
+def _bad_signer_fleet(model, tmp_path):
+    """Six devices in the coordinator's directory; dev1 signs with a key the directory lacks. The
+    refused device is still awaited until the advertise stage's deadline (round_deadline_s), so
+    that is kept under the 600 s a first offence sits out: the next round begins inside it."""
+    ids = [f"dev{i}" for i in range(len(SIX))]
+    privates, path = provision(ids, tmp_path)
+    checked = dataclasses.replace(SECURE, directory_file=str(path))
+    fleet = make_fleet(model, tmp_path, sizes=SIX, min_reports=3, round_deadline_s=120.0,
+                       **{**SETTINGS, "secure_aggregation": checked})
+    hand_out(fleet, privates, load_directory(path), forged=("dev1",))
+    return fleet, ids
+
+
+def _said(caplog, reason: str = sess.BAD_SIGNATURE) -> list[str]:
+    return [r.getMessage() for r in caplog.records if f"rejected message from dev1: {reason} " in r.getMessage()]
+
+
+def _window(c, at: float, seconds: float, clock) -> None:
+    """dev1 is left out until `at + seconds` and selectable from then on (the clock ends there)."""
+    clock.advance(at + seconds - 1 - clock.now())
+    assert "dev1" not in c.eligible_devices()
+    clock.advance(1)
     assert "dev1" in c.eligible_devices()
+
+
+def test_a_bad_signer_sits_out_ten_minutes_then_twenty(model, tmp_path, caplog):  # noqa: F811
+    """Selected, a device whose signature fails trained in full and was refused every round (a
+    misprovisioned one, or someone holding a listed id without its key). Refused once, it is not
+    selected while the clock is inside 600 s of its offence, selected again after, and left out
+    1,200 s after a second offence; one line names it, why and for how long each time."""
+    caplog.set_level(logging.INFO, "fedge.coordinator")
+    fleet, ids = _bad_signer_fleet(model, tmp_path)
+    c, reason = fleet.coordinator, sess.BAD_SIGNATURE
+    first = fleet.clock.now()
+    assert _run_round(fleet).committed
+    assert c.rejections[reason] == 1
+    (line,) = _said(caplog)
+    assert "left out of rounds for 600 s" in line and "identity directory" in line
+    assert fleet.clock.now() < first + 600  # the next round begins inside the window
+    seen = len(fleet.wire)
+    record = _run_round(fleet)
+    assert record.committed and record.selected == 5 and record.reports == 5, record.why
+    assert not [m for m in fleet.wire[seen:] if getattr(m, "device_id", "") == "dev1" and not isinstance(m, Pace)]
+    assert c.rejections[reason] == 1
+    _window(c, first, 600, fleet.clock)
+    second = fleet.clock.now()
+    record = _run_round(fleet)
+    assert record.committed and record.selected == 6 and record.reports == 5, record.why
+    assert c.rejections[reason] == 2 and "left out of rounds for 1200 s" in _said(caplog)[-1]
+    _window(c, second, 1200, fleet.clock)
+
+
+def test_a_refused_advertisement_delivered_twice_is_counted_and_sidelined_once(model, tmp_path, caplog):  # noqa: F811
+    """QoS 1 may deliver dev1's advertisement twice: the copy is a duplicate (quiet, as a repeated
+    Update or Decline), not a second offence (metric, log line, and a doubled 1,200 s)."""
+    caplog.set_level(logging.INFO, "fedge.coordinator")
+    fleet, _ = _bad_signer_fleet(model, tmp_path)
+    c = fleet.coordinator
+    transport = next(a for a in fleet.agents if a.device_id == "dev1").transport
+    publish = transport.publish
+
+    def twice(topic, payload, **kw):
+        again = isinstance(decode_message(payload), KeyAdvertisement)
+        for _ in range(2 if again else 1):
+            publish(topic, payload, **kw)
+
+    transport.publish = twice
+    at = fleet.clock.now()
+    record = _run_round(fleet)
+    assert record.committed and record.reports == 5, record.why
+    assert dict(c.rejections) == {sess.BAD_SIGNATURE: 1, "duplicate": 1}, dict(c.rejections)
+    assert exported(c, sess.BAD_SIGNATURE) == 1 and exported(c, "duplicate") == 1
+    assert len(_said(caplog)) == 1 and len(_said(caplog, "duplicate")) == 1
+    _window(c, at, 600, fleet.clock)
 
 
 def test_a_device_the_directory_lacks_is_never_selected_and_said_once(model, tmp_path, caplog):  # noqa: F811
