@@ -51,7 +51,8 @@ def prune_fetched(artifacts_dir: Path, keep_ids: set[str], keep: int = KEEP_FETC
 def installed_models(artifacts: Path) -> dict[str, Path]:
     """model id -> its folder, for each folder of `artifacts` with a manifest. A folder whose name
     is no model id (a name the device's own folder holds, device_folder.RESERVED) is skipped with
-    a log line: its state folder would be that file or folder, and it stopped the start."""
+    a log line: its state folder would be that file or folder, and its id in the CheckIn
+    failed to encode, so the device could not check in at all."""
     models = {}
     for d in sorted(artifacts.iterdir()) if artifacts.exists() else ():
         if not (d / MANIFEST_FILE).exists():

@@ -80,7 +80,7 @@ def sha256_field(**kw):
 
 def model_id_field(items: int | None = None, **kw):
     """A str field (or tuple of at most `items` of them) holding model ids: the codec checks
-    MODEL_ID_PATTERN."""
+    MODEL_ID (MODEL_ID_PATTERN, and none of the device folder's reserved names)."""
     return field(metadata={"pattern": MODEL_ID, "items": items}, **kw)
 
 

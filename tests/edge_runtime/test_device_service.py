@@ -22,6 +22,26 @@ def test_the_device_state_folder_is_made_for_its_user_only(tmp_path):
     assert stat.S_IMODE((tmp_path / "state" / "pi-a").stat().st_mode) == 0o700
 
 
+def test_a_folder_under_artifacts_named_as_no_model_id_is_skipped_and_the_device_still_checks_in(tmp_path):
+    """`artifacts/pending` (a reserved name) or `artifacts/bad name`, each with a manifest, were
+    listed as models: the device's CheckIn then failed to encode, so it could never check in."""
+    from fedge.edge_runtime.device_config import load_device_config
+    from fedge.edge_runtime.kernel.codec import encode_message
+    from fedge.edge_runtime.run import build_device
+
+    np.savez(tmp_path / "data.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4, np.int64),
+             x_test=np.zeros((2, 3)), y_test=np.zeros(2, np.int64))
+    (tmp_path / "device.toml").write_text(f'device_id = "pi-a"\nstate_dir = "{tmp_path / "state"}"\n'
+                                          f'[data]\nnpz = "{tmp_path / "data.npz"}"\n')
+    for name in ("pending", "standardization.npz", "bad name"):
+        (tmp_path / "state" / "pi-a" / "artifacts" / name).mkdir(parents=True)
+        (tmp_path / "state" / "pi-a" / "artifacts" / name / "manifest.json").write_text("{}")
+    loop, _ = build_device(load_device_config(tmp_path / "device.toml"))
+    check_in = loop.agent.runtime.check_in()
+    assert check_in.model_ids == ()
+    assert encode_message(check_in)
+
+
 def test_a_device_waiting_for_its_broker_says_so_at_doubling_intervals(caplog):
     """Every poll (0.2 s) once logged "not started yet": 57 lines in 12 s on a Pi's journal."""
     import logging

@@ -42,12 +42,13 @@ def test_a_manifest_whose_model_id_is_a_reserved_name_is_refused(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_recover_skips_a_reserved_folder_holding_a_staged_state_and_recovers_the_rest(tmp_path, name, caplog):
     home = tmp_path / "d1"
-    DeviceStore(home, "m").stage("u1", {"personal": {"w": np.ones(2, np.float32)}}, {})  # never kept: dropped
+    for model in ("a", "m", "z"):  # before and after every reserved name in the listing's order
+        DeviceStore(home, model).stage("u1", {"personal": {"w": np.ones(2, np.float32)}}, {})  # never kept: dropped
     (home / name).mkdir(exist_ok=True)
     (home / name / "staged-u2.npz").write_bytes(b"not fedge's")
     with caplog.at_level(logging.ERROR, logger="fedge.journal"):
         DeviceJournal(home, clock=ManualClock()).recover()
-    assert DeviceStore(home, "m").staged() == []  # the model folder after it was still recovered
+    assert all(DeviceStore(home, m).staged() == [] for m in ("a", "m", "z"))  # the model folders around it too
     assert (home / name / "staged-u2.npz").read_bytes() == b"not fedge's"  # left as it is
     assert any(NOT_A_MODEL_FOLDER in r.getMessage() and name in r.getMessage() for r in caplog.records)
 
