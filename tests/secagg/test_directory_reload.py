@@ -7,13 +7,19 @@ the old map, logged and counted, without stopping anything."""
 import dataclasses
 import json
 import logging
+import signal
 import threading
 
 import numpy as np
 
+from fedge.coordinator import service as service_module
 from fedge.coordinator.loop import CoordinatorLoop
+from fedge.coordinator.secagg.config import identities_of
 from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
 from tests.coordinator.fleet import copy_params, make_fleet
+from tests.coordinator.test_sharding_secagg import SIZES as SHARDED_SIZES
+from tests.coordinator.test_sharding_secagg import _expected_delta
+from tests.coordinator.test_sharding_secagg import _fleet as _sharded_fleet
 from tests.secagg.fleet_round import SECURE, SETTINGS, _expected_mean, _flat, _run_round, hand_out, provision
 
 SIX = (30, 30, 30, 30, 30, 30)
@@ -121,3 +127,65 @@ def test_an_open_round_keeps_the_directory_it_was_selected_with(model, tmp_path)
     record = _finish_round(fleet)
     assert record.committed and record.reports == 5 and not c.rejections, (record.why, dict(c.rejections))
     assert set(_loop_begins_a_round(c, threading.Event())) == set(IDS) - {"dev1", "dev3"}
+
+
+def test_a_sharded_leader_selects_the_added_device_and_its_groups_check_it(model, tmp_path,  # noqa: F811
+                                                                          postgres_dsn):
+    """A sharded leader's live shell is the ShardedSecAggShell (it replaced the first shell and took
+    its map): the reload reaches it, dev1 is selected at the next round, its shard group verifies
+    its advertisement with the new map, and the round commits all twelve devices' merged sum."""
+    from fedge.coordinator.sharding.secure import ShardedSecAggShell
+
+    ids = [f"dev{i}" for i in range(len(SHARDED_SIZES))]
+    privates, path = provision(ids, tmp_path)
+    everyone = json.loads(path.read_text())
+    path.write_text(json.dumps({d: k for d, k in everyone.items() if d != "dev1"}))
+    fleet = _sharded_fleet(model, tmp_path, postgres_dsn,
+                           secure_aggregation=dataclasses.replace(SECURE, directory_file=str(path)))
+    hand_out(fleet, privates, {d: bytes.fromhex(k) for d, k in everyone.items()})
+    c = fleet.coordinator
+    assert isinstance(c.shell, ShardedSecAggShell) and "dev1" not in c.shell.identities
+    path.write_text(json.dumps(everyone))
+    asked = threading.Event()
+    asked.set()
+    old = copy_params(c.state.params)
+    assert set(_loop_begins_a_round(c, asked)) == set(ids)
+    agents = list(fleet.agents)
+    record = _finish_round(fleet)
+    assert record.committed and record.reports == len(ids), (record.why, dict(c.rejections))
+    assert not c.rejections, dict(c.rejections)
+    np.testing.assert_allclose(_flat(c.state.params) - _flat(old), _expected_delta(agents, set(ids)),
+                               rtol=0, atol=1e-6)
+
+
+def test_the_sighup_handler_only_sets_the_loops_flag_and_only_on_a_secure_leader(tmp_path, monkeypatch):
+    """On a leader with a directory, SIGHUP's handler sets the flag _serve hands the loop and reads
+    nothing (a file broken since the start does not raise in it, and the preloaded map stays for a
+    standby's takeover, whose loop then reads the file with the flag still set). Without a
+    directory, with secure aggregation off, or on a worker, it is on_hangup (logged, ignored)."""
+    _, path = provision(["dev0", "dev1"], tmp_path)
+    handlers, served = {}, []
+    monkeypatch.setattr(service_module.signal, "signal", lambda sig, handler: handlers.__setitem__(sig, handler))
+    monkeypatch.setattr(service_module, "_serve", lambda cfg, lease, stopping, loops, reload: served.append(reload))
+    monkeypatch.setattr(service_module, "run_worker", lambda *a: None)
+    config = tmp_path / "service.toml"
+
+    def run(secure: str, directory: str, role: str = "leader"):
+        config.write_text(f'[coordinator]\nartifacts_dir = "a"\nstate_db = ""\nclients_per_round = 6\n'
+                          f'min_reports = 3\n[coordinator.secure_aggregation]\nenabled = {secure}\n'
+                          f'clip_range = 0.5\ndirectory_file = "{directory}"\n')
+        cfg = service_module.load_service_config(config)
+        service_module.run_service(cfg, role)
+        return cfg, handlers[signal.SIGHUP]
+
+    cfg, on_hup = run("true", str(path))
+    read = identities_of(cfg.coordinator.secure_aggregation)
+    path.write_text("{")  # broken after the start
+    assert not served[-1].is_set()
+    on_hup(signal.SIGHUP, None)
+    assert served[-1].is_set()
+    assert identities_of(cfg.coordinator.secure_aggregation) == read  # nothing read in the handler
+    for secure, directory, role in (("true", "", "leader"), ("false", str(path), "leader"),
+                                    ("true", str(path), "worker")):
+        path.write_text(json.dumps({"dev0": "00" * 32}))
+        assert run(secure, directory, role)[1] is service_module.on_hangup
