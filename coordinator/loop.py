@@ -21,6 +21,9 @@ A round the privacy budget refuses (coordinator/dp/budget.py) ends the loop when
 privacy.on_exhausted = "stop" (after the last model's evaluation, like should_stop), with
 `exhausted` holding the refusal; with "wait" the loop stays up and asks again now and then
 (more eligible devices make the sampling rate, and so the round's cost, smaller).
+
+With `directory_reload` set (service.py sets it on SIGHUP) the loop reads the identity directory
+again at its next turn, between messages, also while it waits for the broker (secagg/reload.py).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .errors import GroupCommitFailed, StoreGone, StoreLinkLost
 from .leadership import LeadershipError
 from .registry import REFRESH_FLUSH_S
 from .rounds import RoundMachine
+from .secagg.reload import reload_directory
 from .server import Coordinator, RoundRecord
 
 log = logging.getLogger("fedge.coordinator.loop")
@@ -61,6 +65,7 @@ class CoordinatorLoop:
         # After should_stop, wait for the last model's evaluation at most this long (seconds; None: until
         # the evaluation's own deadline), then close it with the reports that came.
         finish_evaluation_s: float | None = None,
+        directory_reload: threading.Event | None = None,  # set: read the identity directory again (SIGHUP)
     ):
         self.coordinator = coordinator
         self.clock = coordinator.clock  # one clock per side: the coordinator's
@@ -77,6 +82,7 @@ class CoordinatorLoop:
         self.finish_until = math.inf
         self.exhausted = None  # the privacy budget's refusal (dp BudgetVerdict) that ended the loop
         self.stop_event = threading.Event()
+        self.directory_reload = directory_reload
         self.next_begin = 0.0
         self.abandoned_in_a_row = 0
         self._started = False
@@ -89,6 +95,7 @@ class CoordinatorLoop:
         c = self.coordinator
         self.finishing, self.finish_until = False, math.inf
         while not self._start():
+            self._reload_if_asked()
             if self.stop_event.wait(self.poll_s):
                 return
         seen = getattr(c.transport, "connection_count", 1)
@@ -97,6 +104,7 @@ class CoordinatorLoop:
                 if c.evaluations.run is not None:
                     c.evaluations.close(self.clock.now(), "closed as the service stops")
                 return
+            self._reload_if_asked()  # before a selection: the next round is the first with the new map
             try:
                 if not self.finishing:
                     self._maybe_begin()
@@ -167,6 +175,13 @@ class CoordinatorLoop:
             if worth_logging(self.refresh_failures):
                 log.error("coordinator: writing the queued last-seen refreshes failed (%s: %s, %d so far); "
                           "retrying in %.0f s", type(exc).__name__, exc, self.refresh_failures, REFRESH_FLUSH_S)
+
+    def _reload_if_asked(self) -> None:
+        """SIGHUP asked for the identity directory again: read it here, where the loop owns the
+        coordinator and no message is half handled. A refused file keeps the old map (reload.py)."""
+        if self.directory_reload is not None and self.directory_reload.is_set():
+            self.directory_reload.clear()  # first: a SIGHUP during the read asks for one more
+            reload_directory(self.coordinator.shell, self.coordinator.metrics)
 
     def stop(self) -> None:
         self.stop_event.set()

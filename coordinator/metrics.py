@@ -22,6 +22,8 @@ Series (all prefixed fedge_):
     rejections_total{reason}         refused messages, by the coordinator's named reason
     secagg_unmask_unnamed_total      secure rounds abandoned for wrong unmask shares that no one could
                                      be named for (recovery.Unexplained: colluding holders stall rounds so)
+    secagg_directory_reloads_total{result}  SIGHUP reloads of the identity directory: ok | failed (the
+                                     file refused, the old map kept; secagg/reload.py)
     received_bytes_total / published_bytes_total  payload bytes received from / published to devices
     round_duration_seconds           histogram of round open -> close
     round_train_loss                 example-weighted mean training loss the devices reported in
@@ -65,6 +67,7 @@ from fedge.edge_runtime.kernel.transport.connect_failure import CAUSES as CONNEC
 from .artifacts import FetchRefused
 from .errors import UpdateRejected
 from .pace import REASONS as PACE_REASONS
+from .secagg.reload import RESULTS as DIRECTORY_RELOAD_RESULTS
 from .secagg.round_state import REPLY_REASONS as SECAGG_REPLY_REASONS
 from .weights import claim_capped
 
@@ -117,6 +120,9 @@ class CoordinatorMetrics:
         self.unlisted = Gauge("fedge_secagg_unlisted_devices", "Eligible devices left out of selection because the "
                               "identity directory ([coordinator.secure_aggregation] directory_file) lacks them",
                               registry=r)
+        self.directory_reloads = Counter("fedge_secagg_directory_reloads", "SIGHUP reloads of the identity "
+                                         "directory, by result (failed: the file was refused, the old map kept; "
+                                         "secagg/reload.py)", ["result"], registry=r)
         self.devices_needed = Gauge("fedge_devices_needed", "Eligible devices still missing before a round can "
                                     "begin (0 = not waiting)", registry=r)
         self.store_refresh_failures = Counter("fedge_store_refresh_failures", "Failed writes of the registry's "
@@ -136,6 +142,8 @@ class CoordinatorMetrics:
             self.rejections.labels(reason)
         for reason in PACE_REASONS:
             self.pace.labels(reason)
+        for result in DIRECTORY_RELOAD_RESULTS:
+            self.directory_reloads.labels(result)
 
     def watch_transport(self, transport) -> None:
         """Export `transport`'s own counters (kept on its network thread), read at scrape time."""

@@ -20,7 +20,11 @@
     clients_per_round = 10
     round_deadline_s = 120
 
-SIGHUP is logged and ignored (nothing is reloaded: restart to apply a changed file).
+SIGHUP (`systemctl reload`) re-reads [coordinator.secure_aggregation] directory_file, the fleet's
+identity directory, and nothing else (secagg/reload.py): a device provisioned since the start is
+selectable from the next round, and a file refused at reload keeps the directory read before. The
+rest of the config applies only at a restart. Without a directory (or with secure aggregation
+off), and on an aggregator worker, SIGHUP is logged and ignored.
 
 Exit status: 0 after `rounds` (or SIGTERM); 3 (EXIT_PRIVACY_BUDGET) when the privacy budget
 refused the next round and [coordinator.privacy] on_exhausted = "stop": the job is done, its
@@ -67,6 +71,7 @@ from .registry import DRAIN_BUDGET_S
 from .retain_fanout import cluster_transport
 from .sampling import selection_size
 from .secagg.config import preload_identities
+from .secagg.reload import reloadable
 from .server import Coordinator
 from .sharding.leader import ShardedCoordinator
 from .sharding.serve import run_worker
@@ -188,10 +193,12 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
 
 def on_hangup(*_) -> None:
     """SIGHUP (an operator's `kill -HUP` or `systemctl reload`, a closed terminal) killed the service
-    by its default action: no log line, no flush of the last Acks. Nothing is reloaded; the
-    service says so and goes on."""
-    log.warning("coordinator: SIGHUP received and ignored: the service does not reload its config; restart it "
-                "to apply a change (systemctl restart, or SIGTERM and start)")
+    by its default action: no log line, no flush of the last Acks. A service without an identity
+    directory to reload (secagg/reload.reloadable), or a worker, reloads nothing; it says so and
+    goes on."""
+    log.warning("coordinator: SIGHUP received and ignored: the service does not reload its config (SIGHUP "
+                "reloads only a secure leader's [coordinator.secure_aggregation] directory_file, none here); "
+                "restart it to apply a change (systemctl restart, or SIGTERM and start)")
 
 
 def drain_refreshes(coordinator: Coordinator) -> None:
@@ -220,6 +227,7 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
     if role == "leader":  # a bad identity directory stops a standby now, not at its takeover; a worker never reads it
         preload_identities(cfg.coordinator.secure_aggregation)
     stopping = threading.Event()
+    directory_reload = threading.Event()  # SIGHUP; the loop reads the file (never the handler itself)
     loops: list[CoordinatorLoop] = []
 
     def on_signal(*_) -> None:
@@ -229,19 +237,22 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)
+    if role == "leader" and reloadable(cfg.coordinator.secure_aggregation):  # a standby's loop reads it at takeover
+        signal.signal(signal.SIGHUP, lambda *_: directory_reload.set())
+    else:
+        signal.signal(signal.SIGHUP, on_hangup)
     if role == "worker":
         return run_worker(cfg, stopping, coordinator_link)
     if not cfg.coordinator.state_dsn:
         if not cfg.coordinator.state_db:
-            return _serve(cfg, None, stopping, loops)
+            return _serve(cfg, None, stopping, loops, directory_reload)
         with state_db_lock(cfg.coordinator.state_db):  # one service per SQLite state (state_lock.py)
-            return _serve(cfg, None, stopping, loops)
+            return _serve(cfg, None, stopping, loops, directory_reload)
     lease = PostgresLease(cfg.coordinator.state_dsn)
     try:
         if not lease.wait(stopping):  # SIGTERM while standby
             return 0
-        return _serve(cfg, lease, stopping, loops)
+        return _serve(cfg, lease, stopping, loops, directory_reload)
     except LeadershipError as exc:
         log.error("coordinator: no longer the leader, exiting to restart as a standby: %s", exc)
         return EXIT_LOST_LEADERSHIP
@@ -250,8 +261,9 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
 
 
 def _serve(cfg: ServiceConfig, lease: PostgresLease | None, stopping: threading.Event,
-           loops: list[CoordinatorLoop]) -> int:
+           loops: list[CoordinatorLoop], directory_reload: threading.Event | None = None) -> int:
     loop, coordinator = build_service(cfg, None if lease is None else lease.epoch)
+    loop.directory_reload = directory_reload  # set by SIGHUP: the loop reads the file (secagg/reload.py)
     loops.append(loop)
     if stopping.is_set():
         loop.stop()

@@ -17,7 +17,8 @@ directory lacks out of selection (shell.selectable). The leader's service reads 
 anything else (service.run_service: a standby's too, not at its takeover) and its shell takes
 that map (identities_of; only a shell built outside run_service, as in tests, reads the file);
 a worker, `fedge coordinator forget-devices` and `fedge simulate` never read it. With
-enabled = false it is not read.
+enabled = false it is not read. SIGHUP reads it again with the same checks (reload.py: a file
+refused then keeps the map in use).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class SecureAggregationConflict(NamedConfigError):
 
 
 class IdentityDirectoryRefused(NamedConfigError):
-    """directory_file cannot be read as the fleet's identity directory (at the leader's start)."""
+    """directory_file cannot be read as the fleet's identity directory (at the leader's start; at a
+    SIGHUP reload it is logged and counted, and the old map stays: reload.py)."""
 
 
 KEY = "coordinator.secure_aggregation.directory_file"  # read at the service's start, not with the file
@@ -87,8 +89,9 @@ class SecAggConfig:
     # provision identity` writes, the one every device's [secagg] directory_file names). Set, an
     # advertisement whose signature it does not verify is refused (round_state.accept): that
     # device sits the round out, where relayed it made every neighbour that checks signatures
-    # decline the round; a device it lacks is not selected (shell.selectable). Read at the
-    # leader's start; a relative path is the working folder's. "" = advertisements are relayed unchecked.
+    # decline the round; a device it lacks is not selected (shell.selectable). Read at the leader's
+    # start and at each SIGHUP (reload.py); a relative path is the working folder's. "" = advertisements
+    # are relayed unchecked.
     directory_file: str = ""
 
     def __post_init__(self) -> None:
@@ -175,8 +178,9 @@ def identities_of(sa: SecAggConfig) -> dict[str, bytes] | None:
 
 def load_identities(directory_file: str) -> dict[str, bytes] | None:
     """device id -> Ed25519 public key from directory_file (read at the leader's start:
-    preload_identities); None without one. An unreadable, malformed or empty file is refused by
-    name: an empty one would refuse every advertisement, and no secure round could run."""
+    preload_identities, and at each SIGHUP: reload.py); None without one. An unreadable, malformed
+    or empty file is refused by name: an empty one would refuse every advertisement, and no secure
+    round could run."""
     if not directory_file:
         return None
     # here, not at the top: cryptography is the [coordinator] extra's, and the CLI's parser imports

@@ -51,7 +51,7 @@ class SecAggShell:
         self.outbound = outbound
         self.shapes = shapes
         # read at the leader's start (service.run_service read it first, so a bad file stopped it before
-        # the lease); None = unchecked
+        # the lease), replaced whole at a SIGHUP reload (reload.py); None = unchecked
         self.identities = identities_of(self.sa) if identities is _READ else identities
         self.unlisted: set[str] = set()  # eligible devices the directory lacks, at the last selection
         self.said_unlisted: set[str] = set()  # the ones counted for the log already (selectable)
@@ -143,8 +143,8 @@ class SecAggShell:
         if new:
             more = f" and {len(new) - SHOWN_UNLISTED} more" if len(new) > SHOWN_UNLISTED else ""
             log.warning("coordinator: %d eligible device(s) missing from the identity directory (%s): %s%s; left "
-                        "out of every round until provisioned there and the coordinator restarts", len(new),
-                        self.sa.directory_file, ", ".join(new[:SHOWN_UNLISTED]), more)
+                        "out of every round until provisioned there and the coordinator reloads (SIGHUP) or "
+                        "restarts", len(new), self.sa.directory_file, ", ".join(new[:SHOWN_UNLISTED]), more)
         self.said_unlisted = self.unlisted  # a device that leaves and comes back unlisted is named again
         self.outbound.metrics.unlisted.set(len(self.unlisted))
         return [d for d in devices if d in self.identities]

@@ -1,0 +1,54 @@
+"""SIGHUP re-reads the identity directory ([coordinator.secure_aggregation] directory_file), and
+nothing else of the config: a fleet that provisions devices every day need not restart its
+coordinator for each (a restart also stops an open secure round).
+
+The service's signal handler only sets a flag (service.run_service); the coordinator loop, which
+owns the coordinator, reads the file between messages (loop.CoordinatorLoop._reload_if_asked)
+with the start's loader and checks (config.load_identities: a regular file, 256 MiB at most, JSON
+of device id -> 32-byte hex key, not empty). The shell takes the new map whole, so it applies from
+the next selection (shell.selectable) and the next round's key checks; an open secure round keeps
+the map it was selected with, since its protocol state holds its own reference
+(round_state.SecAggRound.identities): a device removed mid-round is not refused at a later stage of
+a round that selected it, nor is one added mid-round checked against a map that selected without
+it. A file refused at reload keeps the old map and the service goes on: one log line naming the
+file and the error, and fedge_secagg_directory_reloads_total{result="failed"}.
+
+A PostgreSQL standby has no loop yet: a SIGHUP leaves the flag set, and its loop reads the file
+when it takes over (a broken file then keeps the map read at the standby's start, never stops it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .config import SecAggConfig, load_identities
+
+log = logging.getLogger("fedge.coordinator")
+
+RESULTS = ("ok", "failed")  # fedge_secagg_directory_reloads_total's labels
+
+
+def reloadable(sa: SecAggConfig) -> bool:
+    """Whether SIGHUP reloads anything: a secure coordinator with a directory (else it is ignored)."""
+    return sa.enabled and bool(sa.directory_file)
+
+
+def reload_directory(shell, metrics) -> bool:
+    """Read the shell's directory_file again and give the shell the new map; False (the old map
+    kept, logged and counted) when the file is refused."""
+    path, old = shell.sa.directory_file, shell.identities or {}
+    try:
+        new = load_identities(path)
+    except Exception as exc:  # noqa: BLE001 - the point: a bad file at reload is worth no stopped service
+        metrics.directory_reloads.labels("failed").inc()
+        log.error("coordinator: SIGHUP: identity directory %s not reloaded (%s); the %d identities read before "
+                  "stay in use", path, exc, len(old))
+        return False
+    added, removed = new.keys() - old.keys(), old.keys() - new.keys()
+    rekeyed = sum(new[d] != old[d] for d in new.keys() & old.keys())
+    shell.identities = new  # a new dict: the open round's state keeps the old one (see above)
+    metrics.directory_reloads.labels("ok").inc()
+    log.info("coordinator: SIGHUP: identity directory %s reloaded: %d identities, %d added, %d removed, %d "
+             "re-keyed; applies from the next selection (an open round keeps the directory it was selected with); "
+             "the rest of the config applies only at a restart", path, len(new), len(added), len(removed), rekeyed)
+    return True

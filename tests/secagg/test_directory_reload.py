@@ -1,0 +1,191 @@
+"""SIGHUP reloads the coordinator's identity directory (coordinator/secagg/reload.py): a device
+provisioned after the start was left out of every round until the coordinator restarted. Now the
+loop reads the file again when the flag is set, between messages: the new device is selected from
+the next round, an open round keeps the map it was selected with, and a file broken meanwhile keeps
+the old map, logged and counted, without stopping anything."""
+
+import dataclasses
+import json
+import logging
+import signal
+import threading
+
+import numpy as np
+
+from fedge.coordinator import service as service_module
+from fedge.coordinator.loop import CoordinatorLoop
+from fedge.coordinator.secagg.config import identities_of
+from fedge.edge_runtime.kernel.secagg.identity_files import load_directory
+from tests.coordinator.fleet import copy_params, make_fleet
+from tests.coordinator.test_sharding_secagg import SIZES as SHARDED_SIZES
+from tests.coordinator.test_sharding_secagg import _expected_delta
+from tests.coordinator.test_sharding_secagg import _fleet as _sharded_fleet
+from tests.secagg.fleet_round import SECURE, SETTINGS, _expected_mean, _flat, _run_round, hand_out, provision
+
+SIX = (30, 30, 30, 30, 30, 30)
+IDS = [f"dev{i}" for i in range(len(SIX))]
+
+
+def _fleet(model, tmp_path):
+    """Six devices with identities; the coordinator's directory file lacks dev1 at the start."""
+    privates, path = provision(IDS, tmp_path)
+    everyone = json.loads(path.read_text())
+    path.write_text(json.dumps({d: k for d, k in everyone.items() if d != "dev1"}))
+    checked = dataclasses.replace(SECURE, directory_file=str(path))
+    fleet = make_fleet(model, tmp_path, sizes=SIX, min_reports=3, **{**SETTINGS, "secure_aggregation": checked})
+    hand_out(fleet, privates, {d: bytes.fromhex(k) for d, k in everyone.items()})  # the devices know dev1
+    return fleet, path, everyone
+
+
+def _reloads(c, result: str) -> float:
+    return c.metrics.registry.get_sample_value("fedge_secagg_directory_reloads_total", {"result": result})
+
+
+def _loop_begins_a_round(c, asked: threading.Event) -> tuple[str, ...]:
+    """Run the coordinator loop until it begins a round; the devices the round selected."""
+    begun = []
+    loop = CoordinatorLoop(c, directory_reload=asked, poll_s=0.0,
+                           on_begin=lambda machine: (begun.append(machine.selected), loop.stop()))
+    loop.run()
+    assert begun, "the loop began no round"
+    return tuple(begun[0])
+
+
+def _finish_round(fleet):
+    """Drive the open round to its close, as fleet_round._run_round does after begin_round."""
+    c = fleet.coordinator
+    for _ in range(40):
+        fleet.drain()
+        if (record := c.tick()) is not None:
+            return record
+        fleet.clock.advance(1.0 if c.round.machine.stage_full else SECURE.stage_deadline_s + 1)
+    raise AssertionError("the round never closed")
+
+
+def test_a_device_added_to_the_file_is_selected_from_the_next_round_after_the_flag(model, tmp_path,
+                                                                                   caplog):  # noqa: F811
+    """Round 1 selects the five listed devices. The file gains dev1 and the flag is set (SIGHUP):
+    the loop reads the file before its next selection, which selects all six, and the round
+    commits their mean. The reload is logged (1 added, 0 removed) and counted ok."""
+    caplog.set_level(logging.INFO, "fedge.coordinator")
+    fleet, path, everyone = _fleet(model, tmp_path)
+    c = fleet.coordinator
+    first = _run_round(fleet)
+    assert first.committed and first.selected == 5, first.why
+    path.write_text(json.dumps(everyone))  # `fedge provision identity --directory` added dev1
+    asked = threading.Event()
+    assert set(_loop_begins_a_round(c, threading.Event())) == set(IDS) - {"dev1"}  # no flag: the old map
+    _finish_round(fleet)
+    asked.set()
+    old = copy_params(c.state.params)
+    assert set(_loop_begins_a_round(c, asked)) == set(IDS)
+    assert not asked.is_set()  # applied once
+    record = _finish_round(fleet)
+    assert record.committed and record.reports == 6, record.why
+    np.testing.assert_allclose(_flat(c.state.params) - _flat(old), _expected_mean(fleet, set(IDS)),
+                               rtol=0, atol=1e-6)
+    assert c.shell.identities == load_directory(path)
+    assert (_reloads(c, "ok"), _reloads(c, "failed")) == (1, 0)
+    said = [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
+    assert len(said) == 1 and "6 identities, 1 added, 0 removed, 0 re-keyed" in said[0], said
+    assert c.metrics.registry.get_sample_value("fedge_secagg_unlisted_devices") == 0
+
+
+def test_a_broken_file_at_reload_keeps_the_old_map_and_counts_failed(model, tmp_path, caplog):  # noqa: F811
+    """The file is broken (half written, then emptied) when the flag is set: the loop logs the file
+    and the error, counts failed, keeps the five identities, and the next round runs with them."""
+    caplog.set_level(logging.INFO, "fedge.coordinator")
+    fleet, path, _ = _fleet(model, tmp_path)
+    c = fleet.coordinator
+    before = dict(c.shell.identities)
+    asked = threading.Event()
+    for broken in ('{"dev0": "ab', "{}"):
+        path.write_text(broken)
+        asked.set()
+        assert set(_loop_begins_a_round(c, asked)) == set(IDS) - {"dev1"}
+        assert c.shell.identities == before
+        record = _finish_round(fleet)
+        assert record.committed and record.reports == 5, record.why
+    assert (_reloads(c, "ok"), _reloads(c, "failed")) == (0, 2)
+    said = [r.getMessage() for r in caplog.records if "not reloaded" in r.getMessage()]
+    assert len(said) == 2 and all(str(path) in s and "5 identities read before" in s for s in said), said
+    assert "names no device" in said[1]
+
+
+def test_an_open_round_keeps_the_directory_it_was_selected_with(model, tmp_path):  # noqa: F811
+    """A reload while a secure round is open (dev3 removed from the file) does not reach that
+    round: its key checks use the map it was selected with, so dev3's advertisement still counts
+    and the round commits all five; the next selection leaves dev3 out."""
+    fleet, path, everyone = _fleet(model, tmp_path)
+    c = fleet.coordinator
+    asked = threading.Event()
+    assert c.begin_round()
+    path.write_text(json.dumps({d: k for d, k in everyone.items() if d not in ("dev1", "dev3")}))
+    asked.set()
+    CoordinatorLoop(c, directory_reload=asked)._reload_if_asked()
+    assert "dev3" not in c.shell.identities
+    record = _finish_round(fleet)
+    assert record.committed and record.reports == 5 and not c.rejections, (record.why, dict(c.rejections))
+    assert set(_loop_begins_a_round(c, threading.Event())) == set(IDS) - {"dev1", "dev3"}
+
+
+def test_a_sharded_leader_selects_the_added_device_and_its_groups_check_it(model, tmp_path,  # noqa: F811
+                                                                          postgres_dsn):
+    """A sharded leader's live shell is the ShardedSecAggShell (it replaced the first shell and took
+    its map): the reload reaches it, dev1 is selected at the next round, its shard group verifies
+    its advertisement with the new map, and the round commits all twelve devices' merged sum."""
+    from fedge.coordinator.sharding.secure import ShardedSecAggShell
+
+    ids = [f"dev{i}" for i in range(len(SHARDED_SIZES))]
+    privates, path = provision(ids, tmp_path)
+    everyone = json.loads(path.read_text())
+    path.write_text(json.dumps({d: k for d, k in everyone.items() if d != "dev1"}))
+    fleet = _sharded_fleet(model, tmp_path, postgres_dsn,
+                           secure_aggregation=dataclasses.replace(SECURE, directory_file=str(path)))
+    hand_out(fleet, privates, {d: bytes.fromhex(k) for d, k in everyone.items()})
+    c = fleet.coordinator
+    assert isinstance(c.shell, ShardedSecAggShell) and "dev1" not in c.shell.identities
+    path.write_text(json.dumps(everyone))
+    asked = threading.Event()
+    asked.set()
+    old = copy_params(c.state.params)
+    assert set(_loop_begins_a_round(c, asked)) == set(ids)
+    agents = list(fleet.agents)
+    record = _finish_round(fleet)
+    assert record.committed and record.reports == len(ids), (record.why, dict(c.rejections))
+    assert not c.rejections, dict(c.rejections)
+    np.testing.assert_allclose(_flat(c.state.params) - _flat(old), _expected_delta(agents, set(ids)),
+                               rtol=0, atol=1e-6)
+
+
+def test_the_sighup_handler_only_sets_the_loops_flag_and_only_on_a_secure_leader(tmp_path, monkeypatch):
+    """On a leader with a directory, SIGHUP's handler sets the flag _serve hands the loop and reads
+    nothing (a file broken since the start does not raise in it, and the preloaded map stays for a
+    standby's takeover, whose loop then reads the file with the flag still set). Without a
+    directory, with secure aggregation off, or on a worker, it is on_hangup (logged, ignored)."""
+    _, path = provision(["dev0", "dev1"], tmp_path)
+    handlers, served = {}, []
+    monkeypatch.setattr(service_module.signal, "signal", lambda sig, handler: handlers.__setitem__(sig, handler))
+    monkeypatch.setattr(service_module, "_serve", lambda cfg, lease, stopping, loops, reload: served.append(reload))
+    monkeypatch.setattr(service_module, "run_worker", lambda *a: None)
+    config = tmp_path / "service.toml"
+
+    def run(secure: str, directory: str, role: str = "leader"):
+        config.write_text(f'[coordinator]\nartifacts_dir = "a"\nstate_db = ""\nclients_per_round = 6\n'
+                          f'min_reports = 3\n[coordinator.secure_aggregation]\nenabled = {secure}\n'
+                          f'clip_range = 0.5\ndirectory_file = "{directory}"\n')
+        cfg = service_module.load_service_config(config)
+        service_module.run_service(cfg, role)
+        return cfg, handlers[signal.SIGHUP]
+
+    cfg, on_hup = run("true", str(path))
+    read = identities_of(cfg.coordinator.secure_aggregation)
+    path.write_text("{")  # broken after the start
+    assert not served[-1].is_set()
+    on_hup(signal.SIGHUP, None)
+    assert served[-1].is_set()
+    assert identities_of(cfg.coordinator.secure_aggregation) == read  # nothing read in the handler
+    for secure, directory, role in (("true", "", "leader"), ("false", str(path), "leader"),
+                                    ("true", str(path), "worker")):
+        path.write_text(json.dumps({"dev0": "00" * 32}))
+        assert run(secure, directory, role)[1] is service_module.on_hangup
