@@ -42,6 +42,7 @@ from .leadership import LeadershipError
 from .registry import REFRESH_FLUSH_S
 from .rounds import RoundMachine
 from .secagg.reload import reload_directory
+from .secagg.round_state import BAD_SIGNATURE
 from .server import Coordinator, RoundRecord
 
 log = logging.getLogger("fedge.coordinator.loop")
@@ -181,7 +182,11 @@ class CoordinatorLoop:
         coordinator and no message is half handled. A refused file keeps the old map (reload.py)."""
         if self.directory_reload is not None and self.directory_reload.is_set():
             self.directory_reload.clear()  # first: a SIGHUP during the read asks for one more
-            reload_directory(self.coordinator.shell, self.coordinator.metrics)
+            changed = reload_directory(self.coordinator.shell, self.coordinator.metrics)
+            if changed and (let_in := self.coordinator.sidelined.pardon(changed, BAD_SIGNATURE)):
+                # listed or re-keyed now, a device left out for a bad signature may hold its key again
+                log.info("coordinator: SIGHUP: %d device(s) left out for a bad signature are selectable again (new "
+                         "keys in the directory): %s", len(let_in), ", ".join(let_in[:10]))
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -8,7 +8,10 @@ whole round each time). Such a device can spoil every secure round it is drawn i
 device that wants to cannot be told to stop by a check-in rule (it can always check in with
 something new), so the clock decides: 10 minutes after its first offence, doubling with each,
 at most a day. In memory only: a restart forgets, and the device's next offence starts the
-count again. Pure; the caller owns the clock."""
+count again. A SIGHUP reload of the identity directory that adds or re-keys a device left out for
+a bad signature lets it in again at once (pardon): the operator fixed its key, and waiting out a
+doubled wait (up to a day) for that would keep a repaired device idle. Pure; the caller owns the
+clock."""
 
 from __future__ import annotations
 
@@ -23,12 +26,14 @@ class Sidelined:
     def __init__(self) -> None:
         self.until: dict[str, float] = {}  # device -> clock time it may be selected again
         self.offences: dict[str, int] = {}
+        self.last_reason: dict[str, str] = {}  # device -> the reason of its latest offence
 
     def offence(self, device_id: str, now: float, reason: str = BAD_SHARES, what: str = "") -> SecAggRejected:
         """Record one; returns the rejection the server counts and logs (one line: the device,
         what it did, and for how long it is left out). `what` defaults to wrong shares' words."""
         n = self.offences.get(device_id, 0) + 1
         self.offences[device_id] = n
+        self.last_reason[device_id] = reason
         seconds = min(MAX_S, FIRST_S * 2.0 ** min(n - 1, 60))
         self.until[device_id] = now + seconds
         what = what or (f"the secure-aggregation shares of {device_id} were wrong (too few could open them, or "
@@ -54,6 +59,14 @@ class Sidelined:
                                                 "out (its shares, or the ones dealt to it, were wrong)"))
                  for d in getattr(shell, "left_out", ())]
         return [(d, self.offence(d, now)) for d in getattr(shell, "blamed", ())] + named
+
+    def pardon(self, devices: set[str], reason: str) -> list[str]:
+        """Let in at once those of `devices` whose latest offence was `reason`; their offence count
+        stays (offending again doubles on from it). Returns them, sorted."""
+        pardoned = sorted(d for d in devices if d in self.until and self.last_reason.get(d) == reason)
+        for d in pardoned:
+            del self.until[d]
+        return pardoned
 
     def keep(self, devices: list[str], now: float) -> list[str]:
         """`devices` without the ones left out at `now`."""

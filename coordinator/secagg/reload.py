@@ -33,9 +33,10 @@ def reloadable(sa: SecAggConfig) -> bool:
     return sa.enabled and bool(sa.directory_file)
 
 
-def reload_directory(shell, metrics) -> bool:
-    """Read the shell's directory_file again and give the shell the new map; False (the old map
-    kept, logged and counted) when the file is refused."""
+def reload_directory(shell, metrics) -> set[str] | None:
+    """Read the shell's directory_file again and give the shell the new map; returns the devices
+    added or re-keyed (their next advertisements are checked against a key they were not before),
+    or None (the old map kept, logged and counted) when the file is refused."""
     path, old = shell.sa.directory_file, shell.identities or {}
     try:
         new = load_identities(path)
@@ -43,12 +44,12 @@ def reload_directory(shell, metrics) -> bool:
         metrics.directory_reloads.labels("failed").inc()
         log.error("coordinator: SIGHUP: identity directory %s not reloaded (%s); the %d identities read before "
                   "stay in use", path, exc, len(old))
-        return False
+        return None
     added, removed = new.keys() - old.keys(), old.keys() - new.keys()
-    rekeyed = sum(new[d] != old[d] for d in new.keys() & old.keys())
+    rekeyed = {d for d in new.keys() & old.keys() if new[d] != old[d]}
     shell.identities = new  # a new dict: the open round's state keeps the old one (see above)
     metrics.directory_reloads.labels("ok").inc()
     log.info("coordinator: SIGHUP: identity directory %s reloaded: %d identities, %d added, %d removed, %d "
              "re-keyed; applies from the next selection (an open round keeps the directory it was selected with); "
-             "the rest of the config applies only at a restart", path, len(new), len(added), len(removed), rekeyed)
-    return True
+             "the rest of the config applies only at a restart", path, len(new), len(added), len(removed), len(rekeyed))
+    return added | rekeyed

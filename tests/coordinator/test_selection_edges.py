@@ -105,3 +105,15 @@ def test_only_a_bad_signature_among_refused_replies_sidelines(reason):
     signed = s.after_refusal(SecAggRejected(BAD_SIGNATURE, "x"), "d", 0.0)
     assert signed.reason == BAD_SIGNATURE and s.active(599.0) == {"d"} and not s.active(600.0)
     assert "d" in str(signed) and "600 s" in str(signed)
+
+
+def test_a_pardon_lets_in_only_devices_whose_latest_offence_had_its_reason():
+    """A directory reload re-keys devices (loop._reload_if_asked): one left out for a bad signature
+    is let in; one left out for wrong shares is not (a new key says nothing about its shares), and
+    a pardoned device's next offence doubles on from its count."""
+    s = Sidelined()
+    s.after_refusal(SecAggRejected(BAD_SIGNATURE, "x"), "signer", 0.0)
+    s.offence("dealer", 0.0)  # wrong shares
+    assert s.pardon({"signer", "dealer", "stranger"}, BAD_SIGNATURE) == ["signer"]
+    assert s.active(1.0) == {"dealer"}
+    assert "1200 s" in str(s.after_refusal(SecAggRejected(BAD_SIGNATURE, "x"), "signer", 2.0))

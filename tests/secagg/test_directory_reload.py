@@ -189,3 +189,38 @@ def test_the_sighup_handler_only_sets_the_loops_flag_and_only_on_a_secure_leader
                                     ("true", str(path), "worker")):
         path.write_text(json.dumps({"dev0": "00" * 32}))
         assert run(secure, directory, role)[1] is service_module.on_hangup
+
+
+def test_a_reload_that_re_keys_a_device_sidelined_for_a_bad_signature_lets_it_in_at_once(model, tmp_path,
+                                                                                       caplog):  # noqa: F811
+    """dev1 signs with a key the directory lacks: refused, it sits out 600 s. The operator gives it
+    a new identity and the directory its new key, then SIGHUP: the next selection, well inside
+    the 600 s, draws dev1 again, and the round commits all six (a re-keyed device waited out its
+    doubled wait, up to a day, before). A device whose key did not change stays out."""
+    from fedge.edge_runtime.kernel.secagg import identity
+    from tests.secagg.test_identity import _bad_signer_fleet
+
+    caplog.set_level(logging.INFO, "fedge.coordinator")
+    fleet, ids = _bad_signer_fleet(model, tmp_path)
+    c = fleet.coordinator
+    first = fleet.clock.now()
+    assert _run_round(fleet).committed
+    assert "dev1" in c.sidelined.active(fleet.clock.now())
+    path = tmp_path / "identities.json"
+    unchanged = threading.Event()
+    unchanged.set()  # a reload of the same file: nothing re-keyed, dev1 stays out
+    assert "dev1" not in _loop_begins_a_round(c, unchanged)
+    _finish_round(fleet)
+    private, public = identity.generate_identity()
+    agent = next(a for a in fleet.agents if a.device_id == "dev1")
+    agent.secagg.identity_private = private
+    agent.secagg.directory["dev1"] = public  # every device's copy of the directory (one dict, hand_out)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "dev1": public.hex()}))
+    asked = threading.Event()
+    asked.set()
+    assert fleet.clock.now() < first + 600
+    assert set(_loop_begins_a_round(c, asked)) == set(ids)
+    record = _finish_round(fleet)
+    assert record.committed and record.reports == 6, record.why
+    assert any("1 device(s) left out for a bad signature are selectable again" in r.getMessage() and "dev1" in
+               r.getMessage() for r in caplog.records)
