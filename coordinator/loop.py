@@ -237,6 +237,8 @@ class CoordinatorLoop:
         why = c.registry.ineligible_reasons()
         if c.shell.unlisted:  # eligible, but the identity directory lacks them (secagg/shell.selectable)
             why["secagg_no_identity"] += len(c.shell.unlisted)
+        if (sidelined := getattr(c, "sidelined", None)) and (out := len(sidelined.active(now))):  # async has none
+            why["sidelined"] += out  # eligible, but sitting out a secure-aggregation offence (sidelined.py)
         line = (f"waiting for {need} eligible device{'s' if need > 1 else ''}: {len(c.registry)} registered, "
                 f"{eligible} eligible" + (f" ({', '.join(f'{r} x{n}' for r, n in why.most_common(5))})" if why else ""))
         if line != self._waiting_said[0] or now >= self._waiting_said[1]:

@@ -44,8 +44,8 @@ class Sidelined:
         """What the server counts for a secure-round reply the shell refused: a key advertisement
         the identity directory did not verify is an offence (its sender is the reply's device:
         shell._admit refuses another sender first); any other refusal is returned as it is. The
-        same advertisement delivered again is refused as a duplicate (round_state.accept), so
-        one message is one offence."""
+        stage stops expecting the device at its refusal (shell.admit), so whatever it sends after
+        in that round is `stale_round`: one round is one offence."""
         if rejected.reason != BAD_SIGNATURE or device_id is None:
             return rejected
         return self.offence(device_id, now, BAD_SIGNATURE, f"the key advertisement of {device_id} is not signed by "

@@ -11,9 +11,9 @@ refuses a key advertisement whose signature that directory does not verify (BAD_
 from a device it lacks (NO_IDENTITY). Such a device is absent from the cohort, as one that did
 not advertise; relayed, it made every neighbour that checks signatures decline the whole round
 (session.shares_for_neighbours), so one device stalled all of its neighbours. A bad signer is
-also left out of the next rounds for a while (coordinator/sidelined.py). A refused
-advertisement delivered again (MQTT QoS 1 may) is refused as a duplicate (DUPLICATE), so it is
-counted, logged and sidelined once, as a repeated Update or Decline is.
+also left out of the next rounds for a while (coordinator/sidelined.py), and the stage stops
+waiting for it (shell.admit), so anything it sends after in that round, the same advertisement
+again (MQTT QoS 1 may) included, is refused as not expected: one offence per device and round.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from fedge.edge_runtime.kernel.secagg.session import BAD_KEY, BAD_SIGNATURE
 from fedge.edge_runtime.kernel.secagg.shamir import value_bytes, value_in_field
 from fedge.edge_runtime.kernel.secagg.shared_encoding import decode_count, decode_mean, implausible, sent_size
 
-from ..errors import DuplicateUpdate
 from .stages import ADVERTISE, MASK, SHARE, UNMASK
 
 
@@ -65,7 +64,6 @@ BAD_SHARES = "secagg_bad_shares"
 BAD_SHAPE = "secagg_bad_shape"
 NO_IDENTITY = "secagg_no_identity"  # an advertisement from a device the identity directory lacks
 GROUP_OUT = "secagg_group_out"  # sharded: the sender's shard group left the round (sharding/secure.py)
-DUPLICATE = DuplicateUpdate.reason  # a refused advertisement again: counted as any repeated message
 REPLY_REASONS = (WRONG_STAGE, MODEL_MISMATCH, BAD_KEY, BAD_SIGNATURE, NO_IDENTITY, BAD_SHARES, BAD_SHAPE, GROUP_OUT)
 
 REPLY_OF = {ADVERTISE: KeyAdvertisement, SHARE: EncryptedShares, MASK: MaskedInput, UNMASK: UnmaskResponse}
@@ -82,7 +80,6 @@ class SecAggRound:
     # device id -> Ed25519 identity public key (secagg/config.load_identities); None: unchecked
     identities: Mapping[str, bytes] | None = None
     adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
-    refused: dict[str, KeyAdvertisement] = field(default_factory=dict)  # sender -> its last refused advertisement
     cohort: tuple[str, ...] = ()
     k: int = 0
     t: int = 0
@@ -152,10 +149,7 @@ class SecAggRound:
             return WRONG_STAGE
         sender = reply.device_id
         if isinstance(reply, KeyAdvertisement):
-            if self.refused.get(sender) == reply:
-                return DUPLICATE  # the same message again: counted (and sidelined) once
             if (why := self._refusal(reply)) is not None:
-                self.refused[sender] = reply
                 return why
             self.adverts[sender] = reply
         elif isinstance(reply, EncryptedShares):

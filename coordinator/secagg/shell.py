@@ -18,11 +18,11 @@ from ..config import CoordinatorConfig, task_seed
 from ..errors import UpdateRejected
 from ..outbound import Outbound
 from ..records import OpenRound
-from ..rounds import Replied, on_event, with_quorum
+from ..rounds import Declined, Replied, on_event, with_quorum
 from ..strategies import AggregateInput
 from .config import identities_of
 from .private import private_spec
-from .round_state import REPLY_OF, SecAggRound
+from .round_state import BAD_SIGNATURE, REPLY_OF, SecAggRound
 from .stages import ADVERTISE, SECAGG, SHARE, UNMASK_STAGE, secagg_limits, unmask_threshold
 
 log = logging.getLogger("fedge.coordinator")
@@ -158,6 +158,11 @@ class SecAggShell:
         try:
             self._admit(rnd, reply, sender, size)
         except SecAggRejected as exc:
+            if exc.reason == BAD_SIGNATURE:  # raised only for an expected device (_admit): the stage stops waiting
+                # for it, as for one that declined; awaited to the stage's deadline, it held every other device
+                # of the round that long (and the sideline's 600 s were nearly spent by the next selection).
+                # Other refusals keep waiting: a replayed advertisement may be followed by the device's own.
+                rnd.machine, _ = on_event(rnd.machine, Declined(reply.device_id, exc.reason))
             return exc
         rnd.machine, _ = on_event(rnd.machine, Replied(reply.device_id))  # a reply never closes a stage by itself
         if isinstance(reply, UnmaskResponse):

@@ -228,7 +228,7 @@ def test_a_bad_signer_at_its_groups_floor_ends_one_round_not_every_round(model, 
     three need ceil(10 * 3 / 11) = 3, and the round commits the eleven's merged sum."""
     ids = [f"dev{i}" for i in range(len(SIZES))]
     privates, path = provision(ids, tmp_path)
-    fleet = _fleet(model, tmp_path, postgres_dsn, min_reports=10, round_deadline_s=120.0, abandon_backoff_s=0.0,
+    fleet = _fleet(model, tmp_path, postgres_dsn, min_reports=10, abandon_backoff_s=0.0,
                    secure_aggregation=dataclasses.replace(SECURE, directory_file=str(path)))
     hand_out(fleet, privates, load_directory(path), forged=("dev5",))
     c, agents = fleet.coordinator, list(fleet.agents)

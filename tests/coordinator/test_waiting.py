@@ -46,3 +46,19 @@ def test_the_loop_says_what_it_waits_for_and_exports_it(model, tmp_path, caplog)
         fleet.clock.advance(1.0)
         loop._maybe_begin()
     assert fleet.coordinator.round is not None and _needed(fleet) == 0  # the round began
+
+
+def test_the_waiting_line_counts_devices_sitting_out_an_offence(model, tmp_path, caplog):
+    """Eligible devices left out for a secure-aggregation offence (sidelined.py) were in no count:
+    a fleet whose signatures all failed read "2 eligible" and no reason why no round began."""
+    fleet = make_fleet(model, tmp_path, clients_per_round=2)
+    a, b = ManualDevice(fleet, "a", 10), ManualDevice(fleet, "b", 10)
+    a.check_in(True)
+    b.check_in(True)
+    fleet.drain()
+    fleet.coordinator.sidelined.offence("a", fleet.clock.now())
+    loop = CoordinatorLoop(fleet.coordinator, min_devices=2, poll_s=0.01)
+    with caplog.at_level(logging.INFO, logger="fedge.coordinator.loop"):
+        loop._maybe_begin()
+    lines = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
+    assert lines == ["coordinator: waiting for 2 eligible devices: 2 registered, 1 eligible (sidelined x1)"]
