@@ -84,7 +84,8 @@ def _run(cfg: DeviceConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
     install_reload(loop.agent, cfg.data.npz, cfg.data.standardize, Path(cfg.state_dir) / cfg.device_id,
-                   statistics=cfg.data.statistics)
+                   statistics=cfg.data.statistics, directory_file=cfg.secagg.directory_file if cfg.secagg.identity_file
+                   else "")
     log.info("device %s: connecting to %s", cfg.device_id, cfg.broker.url)
     transport.connect(timeout=0)  # the loop waits for the link; paho keeps retrying with backoff
     try:
@@ -96,17 +97,43 @@ def _run(cfg: DeviceConfig) -> int:
     return 0
 
 
-def install_reload(agent, npz: str, standardize: bool = False, own: Path | None = None, statistics: str = "") -> None:
+def reload_directory(participant, path: str, device_id: str) -> bool:
+    """Read the identity directory again into the secure-aggregation participant; False (the old
+    one kept, one log line) when the file is refused. A device checks each neighbour's signed
+    advertisement against it and declines the whole round for a neighbour it lacks: read only at
+    start, every device had to restart before a newly provisioned one could join any of their
+    rounds (the coordinator reloads its copy on SIGHUP too: coordinator/secagg/reload.py). A new
+    dict, assigned whole: a round under way reads either the old map or the new one."""
+    old = participant.directory or {}
+    try:
+        new = load_directory(path)
+    except Exception as exc:  # noqa: BLE001 - a half-copied file must not stop the device: keep the old directory
+        log.error("device %s: SIGHUP: kept the identity directory read before (%d identities): %s", device_id,
+                  len(old), exc)
+        return False
+    participant.directory = new
+    log.info("device %s: SIGHUP: identity directory %s reloaded: %d identities, %d added, %d removed, %d re-keyed",
+             device_id, path, len(new), len(new.keys() - old.keys()), len(old.keys() - new.keys()),
+             sum(new[d] != old[d] for d in new.keys() & old.keys()))
+    return True
+
+
+def install_reload(agent, npz: str, standardize: bool = False, own: Path | None = None, statistics: str = "",
+                   directory_file: str = "") -> None:
     """SIGHUP (`systemctl reload fedge-device`) re-reads the data file (standardized again with
     its new training statistics when `standardize`, [data] standardize, or with the fleet's from
     the `statistics` file, [data] statistics, read again too; and those recorded under
     `own`, the device's state folder, once in use: standardization_record.py). The reload runs on its
     own thread: the handler may interrupt a training step, and replace_data waits for it. Then
     the agent checks in at once: a device parked for bad_dataset (and paced for pace_declined_s)
-    would otherwise wait up to 10 minutes to tell the coordinator its data changed."""
+    would otherwise wait up to 10 minutes to tell the coordinator its data changed.
+    With `directory_file` ([secagg] directory_file, when the device has an identity) it re-reads
+    the fleet's identity directory first (reload_directory), whatever becomes of the data."""
     runtime = agent.runtime
 
     def reload() -> None:
+        if directory_file:
+            reload_directory(agent.secagg, directory_file, runtime.device_id)
         try:
             data, stats = read_local_data(npz, standardize, statistics)
         except Exception as exc:  # a half-copied file must not stop the device: keep the old data

@@ -7,6 +7,7 @@ the old map, logged and counted, without stopping anything."""
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 
@@ -224,3 +225,59 @@ def test_a_reload_that_re_keys_a_device_sidelined_for_a_bad_signature_lets_it_in
     assert record.committed and record.reports == 6, record.why
     assert any("1 device(s) left out for a bad signature are selectable again" in r.getMessage() and "dev1" in
                r.getMessage() for r in caplog.records)
+
+
+def test_devices_reload_their_directory_too_so_a_newly_provisioned_device_joins_their_rounds(model, tmp_path,
+                                                                                             caplog):  # noqa: F811
+    """dev1 is provisioned while the fleet runs: the directory file gains it, and every device
+    and the coordinator reload (SIGHUP). The devices' copies, read only at start before, lacked
+    dev1, so each declined the whole round that selected it; reloaded, the round commits all six.
+    A broken file at a device's reload keeps its old directory."""
+    from fedge.edge_runtime.run import reload_directory as device_reload
+
+    caplog.set_level(logging.INFO, "fedge.device")
+    fleet, path, everyone = _fleet(model, tmp_path)
+    without = {d: bytes.fromhex(k) for d, k in everyone.items() if d != "dev1"}
+    for agent in fleet.agents:
+        agent.secagg.directory = dict(without)  # what every device read at its start
+    c = fleet.coordinator
+    assert _run_round(fleet).committed
+    path.write_text("{")  # half copied
+    assert not device_reload(fleet.agents[0].secagg, str(path), "dev0")
+    assert fleet.agents[0].secagg.directory == without
+    path.write_text(json.dumps(everyone))
+    for agent in fleet.agents:
+        assert device_reload(agent.secagg, str(path), agent.device_id)
+    asked = threading.Event()
+    asked.set()
+    old = copy_params(c.state.params)
+    assert set(_loop_begins_a_round(c, asked)) == set(IDS)
+    record = _finish_round(fleet)
+    assert record.committed and record.reports == 6, record.why
+    np.testing.assert_allclose(_flat(c.state.params) - _flat(old), _expected_mean(fleet, set(IDS)),
+                               rtol=0, atol=1e-6)
+    said = [r.getMessage() for r in caplog.records if r.name == "fedge.device" and "SIGHUP" in r.getMessage()]
+    assert len(said) == 7 and "kept the identity directory read before (5 identities)" in said[0]
+    assert all("6 identities, 1 added, 0 removed, 0 re-keyed" in line for line in said[1:])
+
+
+def test_sighup_on_a_device_with_an_identity_reloads_its_directory(tmp_path):
+    from types import SimpleNamespace
+
+    from fedge.edge_runtime.run import install_reload
+
+    path = tmp_path / "identities.json"
+    path.write_text(json.dumps({"dev0": "11" * 32, "dev1": "22" * 32}))
+    reloaded = threading.Event()
+    agent = SimpleNamespace(runtime=SimpleNamespace(device_id="dev0", replace_data=lambda data: None),
+                            secagg=SimpleNamespace(directory={}), check_in_soon=reloaded.set)
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4, np.int64),
+             x_test=np.zeros((2, 3)), y_test=np.zeros(2, np.int64))
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        install_reload(agent, str(tmp_path / "d.npz"), directory_file=str(path))
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reloaded.wait(10)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert agent.secagg.directory == {"dev0": bytes.fromhex("11" * 32), "dev1": bytes.fromhex("22" * 32)}
