@@ -66,7 +66,7 @@ class CoordinatorLoop:
         # After should_stop, wait for the last model's evaluation at most this long (seconds; None: until
         # the evaluation's own deadline), then close it with the reports that came.
         finish_evaluation_s: float | None = None,
-        directory_reload: threading.Event | None = None,  # set: read the identity directory again (SIGHUP)
+        directory_reload=None,  # a secagg.reload.ReloadAsked (or an Event): set, read the identity directory again
     ):
         self.coordinator = coordinator
         self.clock = coordinator.clock  # one clock per side: the coordinator's
@@ -181,9 +181,10 @@ class CoordinatorLoop:
         """SIGHUP asked for the identity directory again: read it here, where the loop owns the
         coordinator and no message is half handled. A refused file keeps the old map (reload.py)."""
         if self.directory_reload is not None and self.directory_reload.is_set():
-            self.directory_reload.clear()  # first: a SIGHUP during the read asks for one more
-            changed = reload_directory(self.coordinator.shell, self.coordinator.metrics)
-            if changed and (let_in := self.coordinator.sidelined.pardon(changed, BAD_SIGNATURE)):
+            self.directory_reload.clear()  # first: the read below comes after any SIGHUP this clears
+            c = self.coordinator
+            changed = reload_directory(c.shell, c.metrics)
+            if changed and (let_in := c.sidelined.pardon(changed, BAD_SIGNATURE, self.clock.now())):
                 # listed or re-keyed now, a device left out for a bad signature may hold its key again
                 log.info("coordinator: SIGHUP: %d device(s) left out for a bad signature are selectable again (new "
                          "keys in the directory): %s", len(let_in), ", ".join(let_in[:10]))

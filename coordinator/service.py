@@ -71,7 +71,7 @@ from .registry import DRAIN_BUDGET_S
 from .retain_fanout import cluster_transport
 from .sampling import selection_size
 from .secagg.config import preload_identities
-from .secagg.reload import reloadable
+from .secagg.reload import ReloadAsked, reloadable
 from .server import Coordinator
 from .sharding.leader import ShardedCoordinator
 from .sharding.serve import run_worker
@@ -224,10 +224,8 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
     aggregator worker of a sharded fleet (coordinator/sharding/serve.py)."""
     if role not in ("leader", "worker"):
         raise ConfigError(f"role {role!r}: choose leader or worker")
-    if role == "leader":  # a bad identity directory stops a standby now, not at its takeover; a worker never reads it
-        preload_identities(cfg.coordinator.secure_aggregation)
     stopping = threading.Event()
-    directory_reload = threading.Event()  # SIGHUP; the loop reads the file (never the handler itself)
+    directory_reload = ReloadAsked()  # SIGHUP; the loop reads the file (never the handler itself)
     loops: list[CoordinatorLoop] = []
 
     def on_signal(*_) -> None:
@@ -241,6 +239,10 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
         signal.signal(signal.SIGHUP, lambda *_: directory_reload.set())
     else:
         signal.signal(signal.SIGHUP, on_hangup)
+    # After the handlers: a SIGHUP during a long read (up to 256 MiB) killed the service by its default
+    # action, and systemd counts a death by SIGHUP as clean (Restart=on-failure left it down).
+    if role == "leader":  # a bad identity directory stops a standby now, not at its takeover; a worker never reads it
+        preload_identities(cfg.coordinator.secure_aggregation)
     if role == "worker":
         return run_worker(cfg, stopping, coordinator_link)
     if not cfg.coordinator.state_dsn:
@@ -261,7 +263,7 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
 
 
 def _serve(cfg: ServiceConfig, lease: PostgresLease | None, stopping: threading.Event,
-           loops: list[CoordinatorLoop], directory_reload: threading.Event | None = None) -> int:
+           loops: list[CoordinatorLoop], directory_reload: ReloadAsked | None = None) -> int:
     loop, coordinator = build_service(cfg, None if lease is None else lease.epoch)
     loop.directory_reload = directory_reload  # set by SIGHUP: the loop reads the file (secagg/reload.py)
     loops.append(loop)

@@ -46,8 +46,8 @@ class Sidelined:
         shell._admit refuses another sender first); any other refusal is returned as it is. The
         stage stops expecting the device at its refusal (shell.admit), so whatever it sends after
         in that round is `stale_round`: one round is one offence."""
-        if rejected.reason != BAD_SIGNATURE or device_id is None:
-            return rejected
+        if rejected.reason != BAD_SIGNATURE or device_id is None or rejected.key_changed:
+            return rejected  # key_changed: the operator re-keyed it mid-round; its next round checks the new key
         return self.offence(device_id, now, BAD_SIGNATURE, f"the key advertisement of {device_id} is not signed by "
                                                            "its key in the identity directory")
 
@@ -60,10 +60,10 @@ class Sidelined:
                  for d in getattr(shell, "left_out", ())]
         return [(d, self.offence(d, now)) for d in getattr(shell, "blamed", ())] + named
 
-    def pardon(self, devices: set[str], reason: str) -> list[str]:
-        """Let in at once those of `devices` whose latest offence was `reason`; their offence count
-        stays (offending again doubles on from it). Returns them, sorted."""
-        pardoned = sorted(d for d in devices if d in self.until and self.last_reason.get(d) == reason)
+    def pardon(self, devices: set[str], reason: str, now: float) -> list[str]:
+        """Let in at once those of `devices` left out at `now` whose latest offence was `reason`;
+        their offence count stays (offending again doubles on from it). Returns them, sorted."""
+        pardoned = sorted(d for d in devices if self.until.get(d, now) > now and self.last_reason.get(d) == reason)
         for d in pardoned:
             del self.until[d]
         return pardoned

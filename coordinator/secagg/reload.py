@@ -28,6 +28,28 @@ log = logging.getLogger("fedge.coordinator")
 RESULTS = ("ok", "failed")  # fedge_secagg_directory_reloads_total's labels
 
 
+class ReloadAsked:
+    """What SIGHUP sets and the loop reads: set / is_set / clear, as a threading.Event's, with no
+    lock. A Python signal handler runs in the main thread between two bytecodes, and the loop runs
+    in the main thread too: an Event's set() in the handler waited on the lock the interrupted
+    clear() held, forever (reproduced with a flood of SIGHUPs; systemd would not restart a hung
+    service). Plain int reads and writes need no lock. A SIGHUP that lands inside clear() is lost
+    to no one: the loop reads the file after clear(), so that read is after the signal too."""
+
+    def __init__(self) -> None:
+        self.asked = 0  # SIGHUPs received
+        self.done = 0  # the count the last clear() saw
+
+    def set(self) -> None:
+        self.asked += 1
+
+    def is_set(self) -> bool:
+        return self.asked != self.done
+
+    def clear(self) -> None:
+        self.done = self.asked
+
+
 def reloadable(sa: SecAggConfig) -> bool:
     """Whether SIGHUP reloads anything: a secure coordinator with a directory (else it is ignored)."""
     return sa.enabled and bool(sa.directory_file)

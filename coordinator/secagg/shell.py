@@ -31,6 +31,8 @@ REPLIES = tuple(REPLY_OF.values())
 
 
 class SecAggRejected(UpdateRejected):
+    key_changed = False  # a bad signature from a device a reload re-keyed since its round began (admit)
+
     def __init__(self, reason: str, message: str = ""):
         super().__init__(message or reason)
         self.reason = reason
@@ -73,6 +75,7 @@ class SecAggShell:
         if rid not in self.states:
             self.states.clear()  # one open round at a time
             self.states[rid] = self._new_state(rnd)
+            self.selected_with = self.identities  # the map the round checks with (a reload replaces, never edits)
         return self.states[rid]
 
     @property
@@ -163,6 +166,9 @@ class SecAggShell:
                 # of the round that long (and the sideline's 600 s were nearly spent by the next selection).
                 # Other refusals keep waiting: a replayed advertisement may be followed by the device's own.
                 rnd.machine, _ = on_event(rnd.machine, Declined(reply.device_id, exc.reason))
+                # re-keyed by a reload since the round began: signed with the new key, checked with the old
+                exc.key_changed = (self.identities or {}).get(reply.device_id) != (
+                    getattr(self, "selected_with", None) or {}).get(reply.device_id)
             return exc
         rnd.machine, _ = on_event(rnd.machine, Replied(reply.device_id))  # a reply never closes a stage by itself
         if isinstance(reply, UnmaskResponse):

@@ -114,6 +114,7 @@ def test_a_pardon_lets_in_only_devices_whose_latest_offence_had_its_reason():
     s = Sidelined()
     s.after_refusal(SecAggRejected(BAD_SIGNATURE, "x"), "signer", 0.0)
     s.offence("dealer", 0.0)  # wrong shares
-    assert s.pardon({"signer", "dealer", "stranger"}, BAD_SIGNATURE) == ["signer"]
+    s.after_refusal(SecAggRejected(BAD_SIGNATURE, "x"), "served", -600.0)  # its time is up at 0
+    assert s.pardon({"signer", "dealer", "stranger", "served"}, BAD_SIGNATURE, 1.0) == ["signer"]
     assert s.active(1.0) == {"dealer"}
     assert "1200 s" in str(s.after_refusal(SecAggRejected(BAD_SIGNATURE, "x"), "signer", 2.0))

@@ -49,6 +49,7 @@ def test_shipped_unit_verifies_and_is_hardened(tmp_path):
     assert keys["User"] == "fedge" and keys["ProtectSystem"] == "strict" and keys["Restart"] == "on-failure"
     assert keys["NoNewPrivileges"] == "yes" and keys["CapabilityBoundingSet"] == ""
     assert "--log-format journald" in keys["ExecStart"] and "HUP" in keys["ExecReload"]
+    assert keys["RestartForceExitStatus"] == "SIGHUP"  # a reload before the handler is set is no clean stop
     # The check has teeth: a unit whose binary is missing fails it.
     unit.write_text(UNIT.read_text().replace("@FEDGE@", str(tmp_path / "no-such-fedge")))
     assert _verify(unit).returncode != 0
@@ -66,6 +67,7 @@ def test_coordinator_unit_verifies_and_does_not_restart_on_a_spent_budget(tmp_pa
     # The exits a restart cannot fix are the service's own constants, not numbers copied by hand.
     assert set(keys["RestartPreventExitStatus"].split()) == {str(EXIT_ERROR), str(EXIT_PRIVACY_BUDGET)}
     assert keys["Restart"] == "on-failure" and "mosquitto.service" in keys["After"]
+    assert "HUP" in keys["ExecReload"] and keys["RestartForceExitStatus"] == "SIGHUP"  # see the device unit's
     assert keys["ProtectSystem"] == "strict" and keys["StateDirectory"].split() == [
         keys["WorkingDirectory"].rsplit("/", 1)[1], "fedge-coordinator-rescued"]  # state_file._rescue_folders
     assert "coordinator serve --config /etc/fedge/coordinator.toml" in keys["ExecStart"]

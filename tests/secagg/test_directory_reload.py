@@ -281,3 +281,85 @@ def test_sighup_on_a_device_with_an_identity_reloads_its_directory(tmp_path):
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert agent.secagg.directory == {"dev0": bytes.fromhex("11" * 32), "dev1": bytes.fromhex("22" * 32)}
+
+
+def test_a_sighup_that_lands_inside_the_loops_clear_neither_hangs_nor_is_lost(tmp_path, monkeypatch):
+    """The handler runs in the main thread between two bytecodes, and so does the loop's clear():
+    with a threading.Event the handler's set() waited for the lock the interrupted clear() held,
+    forever. Here the handler fires before every line run inside clear() (as a signal may), on a
+    thread that must finish. No SIGHUP is lost: the loop reads the file after clear()."""
+    import sys
+
+    _, path = provision(["dev0", "dev1"], tmp_path)
+    handlers, served = {}, []
+    monkeypatch.setattr(service_module.signal, "signal", lambda sig, handler: handlers.__setitem__(sig, handler))
+    monkeypatch.setattr(service_module, "_serve", lambda cfg, lease, stopping, loops, reload: served.append(reload))
+    config = tmp_path / "service.toml"
+    config.write_text(f'[coordinator]\nartifacts_dir = "a"\nstate_db = ""\nclients_per_round = 6\nmin_reports = 3\n'
+                      f'[coordinator.secure_aggregation]\nenabled = true\nclip_range = 0.5\ndirectory_file = "{path}"\n')
+    service_module.run_service(service_module.load_service_config(config))
+    flag, on_hup = served[-1], handlers[signal.SIGHUP]
+    on_hup(signal.SIGHUP, None)
+
+    def inside_clear(frame, event, arg):
+        if frame.f_code.co_name == "clear" and event == "call":
+            def per_line(frame, event, arg):
+                if event == "line":
+                    on_hup(signal.SIGHUP, None)
+                return per_line
+            return per_line
+        return None
+
+    def loop_turn():
+        sys.settrace(inside_clear)
+        try:
+            flag.clear()
+        finally:
+            sys.settrace(None)
+
+    turn = threading.Thread(target=loop_turn, daemon=True)
+    turn.start()
+    turn.join(5)
+    assert not turn.is_alive(), "the handler waited forever inside clear()"
+    on_hup(signal.SIGHUP, None)  # and the flag still works after
+    assert flag.is_set()
+
+
+def test_a_device_re_keyed_while_its_round_is_open_is_refused_in_it_but_not_sidelined(model, tmp_path):  # noqa: F811
+    """The operator re-keys dev1 (new identity on the device, its new key in the file) and reloads
+    while a round that selected it is open: that round checks with the map it was selected with,
+    so dev1's advertisement under the new key is refused there, but it is no offence (it sat out
+    600 s, doubling, after the pardon had already run), and the next round draws it."""
+    from fedge.coordinator.secagg.reload import reload_directory
+    from fedge.edge_runtime.kernel.secagg import identity
+
+    privates, path = provision(IDS, tmp_path)
+    checked = dataclasses.replace(SECURE, directory_file=str(path))
+    fleet = make_fleet(model, tmp_path, sizes=SIX, min_reports=3, **{**SETTINGS, "secure_aggregation": checked})
+    hand_out(fleet, privates, load_directory(path))
+    c = fleet.coordinator
+    assert c.begin_round()
+    private, public = identity.generate_identity()
+    next(a for a in fleet.agents if a.device_id == "dev1").secagg.identity_private = private
+    path.write_text(json.dumps({**json.loads(path.read_text()), "dev1": public.hex()}))
+    assert reload_directory(c.shell, c.metrics) == {"dev1"}
+    record = _finish_round(fleet)
+    assert record.committed and record.reports == 5, record.why
+    assert c.rejections["secagg_bad_signature"] == 1
+    assert "dev1" not in c.sidelined.active(fleet.clock.now()) and "dev1" in c.eligible_devices()
+
+
+def test_a_reload_returns_the_devices_added_and_re_keyed(tmp_path):
+    """What the loop pardons (a device listed anew may hold the key it is listed with now); a
+    removed one and an unchanged one are not in it."""
+    from types import SimpleNamespace
+
+    from fedge.coordinator.metrics import CoordinatorMetrics
+    from fedge.coordinator.secagg.reload import reload_directory
+
+    path = tmp_path / "identities.json"
+    path.write_text(json.dumps({"same": "11" * 32, "rekeyed": "33" * 32, "added": "44" * 32}))
+    shell = SimpleNamespace(sa=SimpleNamespace(directory_file=str(path)),
+                            identities={"same": bytes.fromhex("11" * 32), "rekeyed": bytes.fromhex("22" * 32),
+                                        "removed": bytes.fromhex("55" * 32)})
+    assert reload_directory(shell, CoordinatorMetrics()) == {"rekeyed", "added"}
