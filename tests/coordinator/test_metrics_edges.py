@@ -95,9 +95,10 @@ def test_one_evaluation_sets_each_series():
 
 def test_every_reason_the_secure_round_refuses_a_reply_by_starts_at_zero():
     """The metrics docstring's promise for the secure round's refusals, whose reasons are strings
-    of round_state.accept (and of the sharded round's accept, which adds secagg_group_out) rather
-    than UpdateRejected classes. Oracle: the reasons read from each accept's own return
-    statements (ast), so a new one cannot be added unnamed."""
+    of round_state.accept and the advertisement checks it calls (_refusal, _unvouched), and of the
+    sharded round's accept (which adds secagg_group_out), rather than UpdateRejected classes.
+    Oracle: the reasons read from those functions' own return statements (ast), so a new one
+    cannot be added unnamed."""
     import ast
     import inspect
     import textwrap
@@ -106,14 +107,16 @@ def test_every_reason_the_secure_round_refuses_a_reply_by_starts_at_zero():
     from fedge.coordinator.sharding import secure
 
     returned, literal = set(), set()
-    for module, accept in ((round_state, round_state.SecAggRound.accept), (secure, secure.GroupedSecAgg.accept)):
+    state = round_state.SecAggRound
+    for module, accept in ((round_state, state.accept), (round_state, state._refusal), (round_state, state._unvouched),
+                           (secure, secure.GroupedSecAgg.accept)):
         tree = ast.parse(textwrap.dedent(inspect.getsource(accept)))
-        returned |= {getattr(module, node.value.id) for node in ast.walk(tree)
-                     if isinstance(node, ast.Return) and isinstance(node.value, ast.Name)
-                     and isinstance(getattr(module, node.value.id, None), str)}
+        returned |= {getattr(module, name.id) for node in ast.walk(tree) if isinstance(node, ast.Return) and node.value
+                     for name in ast.walk(node.value)  # `return None if ok else BAD_SIGNATURE` too
+                     if isinstance(name, ast.Name) and isinstance(getattr(module, name.id, None), str)}
         literal |= {node.value.value for node in ast.walk(tree) if isinstance(node, ast.Return)
                     and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
-    assert len(returned) >= 6 and not literal  # every reason through a named constant
+    assert len(returned) >= 8 and not literal  # every reason through a named constant
     zeros = {dict(labels)["reason"] for (name, labels), v in _samples(CoordinatorMetrics().registry).items()
              if name == "fedge_rejections_total" and v == 0}
     assert returned <= zeros
