@@ -162,15 +162,18 @@ def test_a_child_forked_by_the_holder_does_not_keep_the_lock_after_the_holder_di
     its lock, so the restart was refused."""
     own = tmp_path / "pi-a"
     own.mkdir()
+    # The child says so once os.fork() returned in it, that is after the at-fork hooks ran: killing
+    # the holder before that raced the child's close (3 failures in 60 runs).
     script = _HOLDER.replace('print("held", flush=True)', 'import os\n    child = os.fork()\n    if child == 0:\n'
-                             '        time.sleep(60); os._exit(0)\n    print("held", child, flush=True)')
+                             '        os.write(1, b"child\\n"); time.sleep(60); os._exit(0)\n'
+                             '    os.write(1, f"held {child}\\n".encode())')  # one write each: lines never interleave
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     holder = subprocess.Popen([sys.executable, "-c", script, str(own)], stdout=subprocess.PIPE, text=True, env=env)
     child = None
     try:
-        line = holder.stdout.readline().split()
-        assert line[0] == "held"
-        child = int(line[1])
+        lines = sorted(holder.stdout.readline().split() for _ in range(2))  # "child" and "held <pid>"
+        assert lines[0] == ["child"] and lines[1][0] == "held"
+        child = int(lines[1][1])
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)
         with device_lock(own):  # the child lives on, without the lock
