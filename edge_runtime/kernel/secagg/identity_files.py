@@ -41,7 +41,10 @@ MAX_DIRECTORY_BYTES = 256 << 20
 
 def load_directory(path: str | Path) -> dict[str, bytes]:
     try:
-        raw = json.loads(read_capped(path, MAX_DIRECTORY_BYTES))  # a FIFO or /dev/zero: refused, not read
+        text = read_capped(path, MAX_DIRECTORY_BYTES)  # a FIFO or /dev/zero: refused, not read
+        if not text.strip():  # said plainly: JSON's own error for it is "Expecting value: line 1 column 1"
+            raise ConfigError(f"secagg directory {path} is empty: `fedge provision identity --directory` fills it")
+        raw = json.loads(text)
         directory = {str(k): bytes.fromhex(v) for k, v in raw.items()}
     except RecursionError:  # `[[[[...` nested a few thousand deep
         raise ConfigError(f"secagg directory {path}: not a JSON object of device id -> hex key") from None
