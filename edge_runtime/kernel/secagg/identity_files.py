@@ -6,7 +6,6 @@ directory reaches every device the way its broker credentials do, never via the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -20,8 +19,7 @@ def write_identity(path: str | Path, *, overwrite: bool = False) -> bytes:
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; pass --force to replace this device's identity")
     private, public = generate_identity()
-    atomic_write_bytes(path, private)
-    os.chmod(path, 0o600)
+    atomic_write_bytes(path, private, mode=0o600)  # 0600 from its first byte (a chmod after left a moment)
     return public
 
 
