@@ -45,8 +45,9 @@ def run(args) -> int:
         relative = "" if Path(cfg.state_dir).is_absolute() else (
             f" (state_dir {cfg.state_dir!r} is relative: it is taken from the current folder, so run this where "
             "the device runs, or give the config an absolute state_dir)")
-        raise ConfigError(f"device {cfg.device_id}: no artifacts for model {args.model_id or '(any)'} "
-                          f"under {artifacts.absolute()}{relative}; it has {ids or 'none'}")
+        wanted = f"artifacts for model {args.model_id}" if args.model_id else "model artifacts"
+        others = f"; it has only {', '.join(ids)}" if ids else ""
+        raise ConfigError(f"device {cfg.device_id}: no {wanted} under {artifacts.absolute()}{relative}{others}")
     if not args.model_id and len(ids) > 1:
         raise ConfigError(f"device {cfg.device_id} has models {ids}: choose one with --model-id")
     model_id = args.model_id or ids[0]
