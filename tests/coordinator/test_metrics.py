@@ -13,7 +13,7 @@ from fedge.coordinator.metrics import MAX_DECLINE_REASONS, CoordinatorMetrics
 from fedge.coordinator.metrics_http import serve_metrics
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CheckIn, Decline, FetchRequest
-from tests.coordinator.fleet import ManualDevice, make_fleet
+from tests.coordinator.fleet import ManualDevice, make_fleet, one_device_round
 from tests.tiny_model import build_tiny_model
 
 
@@ -204,13 +204,8 @@ def test_a_decline_is_logged_with_its_detail_quoted_and_cut(model, tmp_path, cap
     """"round N: dev declined: secagg_failed" did not say why: operators blamed the decliner for a
     neighbour missing from its own directory. The detail is the device's text: quoted (%r), at most
     the 300 characters decline_details keeps, never raw."""
-    fleet = make_fleet(model, tmp_path, clients_per_round=1)
+    fleet, dev, task = one_device_round(model, tmp_path, "dev0")
     c = fleet.coordinator
-    dev = ManualDevice(fleet, "dev0", 4)
-    fleet.drain()
-    assert c.begin_round()
-    fleet.drain()
-    task = dev.task()
     detail = "neighbour dev7 is not in this device's directory\n" + "x" * 1000
     with caplog.at_level("INFO", logger="fedge.coordinator"):
         dev.send(encode_message(Decline("dev0", task.round_id, task.task_id, "secagg_failed", detail)))
