@@ -243,9 +243,9 @@ class Coordinator(BrokerLink, NoiseRounds):
         self.declines[tally_key(self.declines, decline.reason)] += 1
         if backoff.is_permanent(decline.reason):
             self.registry.park(decline.device_id, decline.reason)
-        self.decline_details[tally_key(self.decline_details, decline.reason)] = decline.detail[:300]
-        self.metrics.declined(decline.reason)
-        log.info("round %d: %s declined: %s", rnd.ctx.round_id, decline.device_id, decline.reason)
+        self.decline_details[tally_key(self.decline_details, decline.reason)] = detail = decline.detail[:300]
+        self.metrics.declined(decline.reason)  # the detail says why (a neighbour its directory lacks): hostile, so %r
+        log.info("round %d: %s declined: %s (%r)", rnd.ctx.round_id, decline.device_id, decline.reason, detail)
         if rnd.machine.expects(decline.device_id):
             self.store.add_decline(rnd.ctx.round_id, StoredDecline(rnd.events, decline.device_id, decline.reason))
             rnd.events += 1

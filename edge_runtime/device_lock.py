@@ -23,7 +23,9 @@ from .kernel.process_lock import process_lock
 
 def device_lock(own: Path):
     """Hold `own`/device.lock (made if missing, given the folder's owner) for the block;
-    ServiceUnavailable while another process holds it. `own` exists: the device made it."""
+    ServiceUnavailable while another process holds it. `own` exists: the device made it. Both
+    errors name the folder absolute: a relative state_dir ("state/dev-001") said nothing of where."""
+    own = Path(own).absolute()
     path = own / DEVICE_LOCK_FILE
 
     def cannot_open(exc: OSError) -> ConfigError:  # a root-owned lock left by a run as root, a folder by its name

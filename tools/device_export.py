@@ -3,7 +3,8 @@
 The device holds the global model of the last task it trained (global.npz in its store) and
 its personal params; the export joins them with the model's backbone, only when they were
 written for the contents of the artifacts it finds (their state key, superseded.py): a personal
-head trained on another backbone under the same model id was exported with this one."""
+head trained on another backbone under the same model id was exported with this one. The file
+is written 0600 (it holds the personal params the device's 0700 folder keeps to itself)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def run(args) -> int:
         relative = "" if Path(cfg.state_dir).is_absolute() else (
             f" (state_dir {cfg.state_dir!r} is relative: it is taken from the current folder, so run this where "
             "the device runs, or give the config an absolute state_dir)")
-        raise ConfigError(f"device {cfg.device_id}: no artifacts for model {args.model_id or '(any)'} "
-                          f"under {artifacts.absolute()}{relative}; it has {ids or 'none'}")
+        wanted = f"artifacts for model {args.model_id}" if args.model_id else "model artifacts"
+        others = f"; it has only {', '.join(ids)}" if ids else ""
+        raise ConfigError(f"device {cfg.device_id}: no {wanted} under {artifacts.absolute()}{relative}{others}")
     if not args.model_id and len(ids) > 1:
         raise ConfigError(f"device {cfg.device_id} has models {ids}: choose one with --model-id")
     model_id = args.model_id or ids[0]
@@ -68,7 +70,9 @@ def run(args) -> int:
     model.producer_name = "fedge"  # an imported backbone keeps its source's; check_export_path reads it
     model.metadata_props.add(key="fedge.input", value=note)
     model.doc_string += f"; input {note}"
-    atomic_write_bytes(Path(args.out), model.SerializeToString())
+    # 0600, as the device's own folder keeps them: it holds this device's personal params. A file at
+    # --out (only an export of fedge's: check_export_path) is replaced by the rename, never chmodded.
+    atomic_write_bytes(Path(args.out), model.SerializeToString(), mode=0o600)
     print(f"wrote {args.out}: device {cfg.device_id}, model {model_id}, input {model.graph.input[0].name}, "
           f"output logits; input {note}")
     return 0

@@ -23,6 +23,7 @@ refused then keeps the map in use).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ from fedge.edge_runtime.kernel.secagg.graph import choose_parameters, threshold_
 from fedge.edge_runtime.kernel.secagg.quantize import field_bits
 
 from ..limits import MAX_FLEET, MAX_SECURITY_BITS
+
+log = logging.getLogger("fedge.coordinator")
 
 # Why secure aggregation needs aggregator = "mean" and weighting = "equal": its refusals say it,
 # and so does the line the service logs when it chose them for a file (config.IMPLIED).
@@ -166,6 +169,8 @@ def preload_identities(sa: SecAggConfig) -> None:
     identities = identities_of(sa)
     if identities is not None:
         _PRELOADED[sa.directory_file] = identities
+        # the start once said nothing of the directory: an operator could not tell it was read, nor how big
+        log.info("coordinator: identity directory %s: %d identities", sa.directory_file, len(identities))
 
 
 def identities_of(sa: SecAggConfig) -> dict[str, bytes] | None:

@@ -69,8 +69,12 @@ def read_capped(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True, mode: int | None = None) -> None:
     """Write via a temp file + rename so readers never see a half-written file.
+
+    mode: the new file's permission bits exactly (0o600 for a secret), set on the temp file before
+    any data goes in, so the secret is never readable by others even for a moment; None: 0o666
+    less the umask. The file at `path` is replaced, never chmodded.
 
     durable: fsync the data before the rename, so a power cut leaves the old or the new file
     (counted in DURABLE_WRITES). Without it the write survives a killed process (the kernel
@@ -83,9 +87,12 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     # O_NOFOLLOW: a link planted at the temp name (its name is predictable) fails the write
     # instead of having its target overwritten; the real path is replaced by the rename, never followed
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fh = os.fdopen(os.open(tmp, flags, 0o666), "wb")  # closed by the with below; only a temp file it made is removed
+    created = 0o666 if mode is None else mode
+    fh = os.fdopen(os.open(tmp, flags, created), "wb")  # closed by the with below; only a temp file it made is removed
     try:
         with fh:
+            if mode is not None:  # exactly, whatever the umask (and a stale temp file at its name kept its own)
+                os.fchmod(fh.fileno(), mode)
             fh.write(data)
             if durable:
                 fh.flush()

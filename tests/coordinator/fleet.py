@@ -196,6 +196,16 @@ class ManualDevice:
         self.t.publish(device_topic(on or self.id, channel), payload)
 
 
+def one_device_round(model, tmp_path, device_id: str) -> tuple[Fleet, ManualDevice, TrainTask]:
+    """A fleet whose only device is a ManualDevice, its round begun and its task in hand."""
+    fleet = make_fleet(model, tmp_path, clients_per_round=1)
+    dev = ManualDevice(fleet, device_id, 4)
+    fleet.drain()
+    assert fleet.coordinator.begin_round()
+    fleet.drain()
+    return fleet, dev, dev.task()
+
+
 def copy_params(params):
     return {k: np.array(v, copy=True) for k, v in params.items()}
 

@@ -17,7 +17,7 @@ from fedge.edge_runtime.agent import DeviceAgent
 from fedge.edge_runtime.device import DeviceRuntime, LocalData
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CheckIn, CompressionSpec, Decline, Pace, TrainTask, device_topic
-from tests.coordinator.fleet import ManualDevice, local_data, make_fleet
+from tests.coordinator.fleet import ManualDevice, local_data, make_fleet, one_device_round
 from tests.tiny_model import CLASSES, FEATURES, build_tiny_model
 
 
@@ -180,13 +180,8 @@ def test_a_device_with_damaged_state_is_parked_until_the_file_is_moved_aside_and
 
 def test_a_bad_state_decline_parks_a_device_whose_check_ins_never_say_so(model, tmp_path):
     """An older device (no bad_state in its check-ins) is parked too, until it says something new."""
-    fleet = make_fleet(model, tmp_path, clients_per_round=1)
+    fleet, dev, task = one_device_round(model, tmp_path, "old")
     c = fleet.coordinator
-    dev = ManualDevice(fleet, "old", 4)
-    fleet.drain()
-    assert c.begin_round()
-    fleet.drain()
-    task = dev.task()
     dev.send(encode_message(Decline("old", task.round_id, task.task_id, "bad_state", "state.npz: garbage")))
     fleet.drain()
     assert c.tick().declines == {"old": "bad_state"}

@@ -111,21 +111,49 @@ def test_a_written_central_mechanism_under_secure_aggregation_is_still_refused(t
     assert caught.value.reason == "secagg_privacy"
 
 
-def test_the_readme_privacy_block_appends_to_the_walkthrough_coordinator_file(tmp_path):
-    """The README's central DP block, appended as written to the walkthrough's coordinator file
-    (which has its own [coordinator]), loads: it once began with a [coordinator] table of its own,
-    a duplicate table in TOML."""
+def _walkthrough_file_with_the_readme_block(tmp_path, heading: str, edit=lambda text: text):
+    """The walkthrough's coordinator file (with its [broker] credentials), changed by `edit`, and the
+    first TOML block of the README's section `heading` appended as written: what an operator does."""
     from pathlib import Path
 
     from fedge.coordinator.service import load_service_config
 
     repo = Path(__file__).resolve().parents[2]
     readme = (repo / "README.md").read_text()
-    section = readme[readme.index("### User-level differential privacy (central DP-FedAvg)"):]
+    section = readme[readme.index(heading):]
     start = section.index("```toml") + len("```toml")
     creds = '[broker]\nurl = "mqtt://127.0.0.1:1883"\nusername = "coordinator"\npassword = "secret"\n'
-    (tmp_path / "coordinator.toml").write_text((repo / "examples/ops/coordinator.toml").read_text() + creds
+    (tmp_path / "coordinator.toml").write_text(edit((repo / "examples/ops/coordinator.toml").read_text()) + creds
                                                + section[start:section.index("```", start)])
-    cfg = load_service_config(tmp_path / "coordinator.toml").coordinator
+    return load_service_config(tmp_path / "coordinator.toml").coordinator
+
+
+def test_the_readme_privacy_block_appends_to_the_walkthrough_coordinator_file(tmp_path):
+    """The README's central DP block, appended as written to the walkthrough's coordinator file
+    (which has its own [coordinator]), loads: it once began with a [coordinator] table of its own,
+    a duplicate table in TOML."""
+    cfg = _walkthrough_file_with_the_readme_block(tmp_path, "### User-level differential privacy (central DP-FedAvg)")
     assert cfg.privacy.enabled and cfg.privacy.target_epsilon == 8.0
     assert (cfg.aggregator, cfg.weighting, cfg.clients_per_round) == ("mean", "equal", 2)  # the walkthrough's 2
+
+
+def _secure_walkthrough(text: str) -> str:
+    """The two [coordinator] changes the README's Secure aggregation section asks of the walkthrough's file."""
+    assert "model_part_bytes = 262144" in text
+    return text.replace("model_part_bytes = 262144", "model_part_bytes = 0\nmin_reports = 2")
+
+
+def test_the_readme_secure_aggregation_block_appends_to_the_walkthrough_coordinator_file(tmp_path):
+    """Likewise the Secure aggregation block (it too began with its own [coordinator] table), with
+    the changes the sentence before it names; without them the file is refused, which is why it names them."""
+    heading = "### Secure aggregation"
+    cfg = _walkthrough_file_with_the_readme_block(tmp_path, heading, _secure_walkthrough)
+    assert cfg.secure_aggregation.enabled and cfg.secure_aggregation.bits == 16 and cfg.compression.clip_norm == 4.0
+    assert (cfg.aggregator, cfg.weighting, cfg.model_part_bytes, cfg.quorum) == ("mean", "equal", 0, 2)
+    with pytest.raises(SecureAggregationConflict) as caught:
+        _walkthrough_file_with_the_readme_block(tmp_path, heading)
+    assert caught.value.reason in {"secagg_model_parts", "secagg_quorum"}
+    with pytest.raises(SecureAggregationConflict, match="min_reports") as caught:
+        _walkthrough_file_with_the_readme_block(tmp_path, heading, lambda text: text.replace(
+            "model_part_bytes = 262144", "model_part_bytes = 0"))
+    assert caught.value.reason == "secagg_quorum"

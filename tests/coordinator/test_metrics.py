@@ -13,7 +13,7 @@ from fedge.coordinator.metrics import MAX_DECLINE_REASONS, CoordinatorMetrics
 from fedge.coordinator.metrics_http import serve_metrics
 from fedge.edge_runtime.kernel.codec import encode_message
 from fedge.edge_runtime.kernel.protocol import CheckIn, Decline, FetchRequest
-from tests.coordinator.fleet import ManualDevice, make_fleet
+from tests.coordinator.fleet import ManualDevice, make_fleet, one_device_round
 from tests.tiny_model import build_tiny_model
 
 
@@ -198,3 +198,18 @@ def test_device_chosen_decline_reasons_cannot_grow_the_coordinators_tallies(mode
     assert len(c.declines) == MAX_DECLINE_REASONS + 1  # 64 reasons of their own, then "other"
     assert c.declines["other"] == extra and c.declines["made-up-0"] == 2  # a known reason keeps its key
     assert set(c.decline_details) == set(c.declines) and c.decline_details["made-up-0"] == "again"
+
+
+def test_a_decline_is_logged_with_its_detail_quoted_and_cut(model, tmp_path, caplog):
+    """"round N: dev declined: secagg_failed" did not say why: operators blamed the decliner for a
+    neighbour missing from its own directory. The detail is the device's text: quoted (%r), at most
+    the 300 characters decline_details keeps, never raw."""
+    fleet, dev, task = one_device_round(model, tmp_path, "dev0")
+    c = fleet.coordinator
+    detail = "neighbour dev7 is not in this device's directory\n" + "x" * 1000
+    with caplog.at_level("INFO", logger="fedge.coordinator"):
+        dev.send(encode_message(Decline("dev0", task.round_id, task.task_id, "secagg_failed", detail)))
+        fleet.drain()
+    said = [r.getMessage() for r in caplog.records if "declined" in r.getMessage()]
+    assert said == [f"round {task.round_id}: dev0 declined: secagg_failed ({detail[:300]!r})"]
+    assert "\n" not in said[0] and c.decline_details["secagg_failed"] == detail[:300]

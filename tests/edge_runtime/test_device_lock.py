@@ -47,6 +47,26 @@ def test_a_second_hold_on_the_same_folder_is_refused_until_the_first_is_released
         pass
 
 
+def test_a_relative_folder_is_named_absolute_in_both_refusals(tmp_path, monkeypatch):
+    """A config's relative state_dir gave "device state folder state/pi-a is in use": which
+    state/, of which process's current folder, it did not say."""
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "state" / "pi-a"
+    own.mkdir(parents=True)
+    relative = own.relative_to(tmp_path)
+    with device_lock(relative):
+        with pytest.raises(ServiceUnavailable, match=f"^{re.escape(_refusal(own))} \\(pid {os.getpid()} holds "
+                                                     f"{re.escape(str(own / DEVICE_LOCK_FILE))}\\)"):
+            with device_lock(relative):
+                pass
+    (own / DEVICE_LOCK_FILE).unlink()
+    (own / DEVICE_LOCK_FILE).mkdir()
+    with pytest.raises(ConfigError, match=f"^device state folder {re.escape(str(own))}: cannot open its lock file "
+                                          f"{re.escape(str(own / DEVICE_LOCK_FILE))}: "):
+        with device_lock(relative):
+            pass
+
+
 def test_a_holder_killed_with_sigkill_leaves_the_folder_free(tmp_path):
     """The kernel drops the flock of a process that dies however it dies: the lock file stays,
     and blocks no restart."""

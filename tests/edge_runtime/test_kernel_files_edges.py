@@ -79,3 +79,25 @@ def test_a_link_planted_at_the_temp_name_is_not_followed(tmp_path):
     (tmp_path / "real.json").symlink_to(target)
     atomic_write_bytes(tmp_path / "real.json", b"fedge's")
     assert target.read_bytes() == b"precious" and (tmp_path / "real.json").read_bytes() == b"fedge's"
+
+
+def test_a_write_with_a_mode_gets_exactly_that_mode_and_replaces_the_file_it_finds(tmp_path):
+    """mode= is for secrets (a device's identity key, its exported personal model): they were
+    written with the umask's 0644, then at best chmodded after the data was in."""
+    import stat
+
+    secret, plain = tmp_path / "secret.onnx", tmp_path / "plain.json"
+    secret.write_bytes(b"old")
+    secret.chmod(0o644)
+    stale = secret.with_name(f".{secret.name}{files._TEMP}{os.getpid()}")  # a killed writer's, same pid
+    stale.write_bytes(b"stale")
+    stale.chmod(0o666)
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(secret, b"personal params", mode=0o600)
+        atomic_write_bytes(plain, b"{}")
+    finally:
+        os.umask(umask)
+    assert secret.read_bytes() == b"personal params" and not stale.exists()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600  # a new file: the old one's 0644 is gone with it
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o644  # without mode=: as before, the umask's

@@ -11,7 +11,7 @@ import pytest
 from fedge.edge_runtime.device_config import DataConfig, DeviceConfig, SecAggDeviceConfig, load_device_config
 from fedge.edge_runtime.kernel.errors import ConfigError
 from fedge.edge_runtime.kernel.secagg import identity
-from fedge.edge_runtime.kernel.secagg.identity_files import load_directory, load_identity
+from fedge.edge_runtime.kernel.secagg.identity_files import add_to_directory, load_directory, load_identity
 from fedge.edge_runtime.run import secagg_credentials
 from fedge.tools.cli import main
 from fedge.tools.provision import run
@@ -51,3 +51,32 @@ directory_file = "{tmp_path / 'ids.json'}"
     assert secagg_credentials(DeviceConfig("pi-a", data=DataConfig(npz="x"))) == (None, None)
     with pytest.raises(ConfigError, match="both"):
         SecAggDeviceConfig(identity_file="x")
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t\n"])
+def test_an_empty_directory_file_is_said_to_be_empty(tmp_path, content):
+    """Device and coordinator share this loader; an empty file was reported as JSON's own
+    "Expecting value: line 1 column 1 (char 0)", which does not say what is wrong."""
+    path = tmp_path / "identities.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=rf"^secagg directory {path} is empty: ") as caught:
+        load_directory(path)
+    assert "Expecting value" not in str(caught.value)
+
+
+def test_the_coordinator_says_at_start_how_many_identities_its_directory_holds(tmp_path, caplog, monkeypatch):
+    from fedge.coordinator.secagg import config as secagg_config
+
+    monkeypatch.setattr(secagg_config, "_PRELOADED", {})  # the start's map, this test's alone
+    directory = tmp_path / "ids.json"
+    for device in ("pi-a", "pi-b", "pi-c"):  # as `fedge provision identity` adds them (its CLI sets up logging)
+        add_to_directory(directory, device, identity.generate_identity()[1])
+    sa = secagg_config.SecAggConfig(enabled=True, clip_range=0.5, directory_file=str(directory))
+    with caplog.at_level("INFO", logger="fedge.coordinator"):
+        secagg_config.preload_identities(sa)
+    said = [r for r in caplog.records if r.name == "fedge.coordinator" and r.levelname == "INFO"]
+    assert [r.getMessage() for r in said] == [f"coordinator: identity directory {directory}: 3 identities"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fedge.coordinator"):  # no directory: nothing read, nothing said
+        secagg_config.preload_identities(secagg_config.SecAggConfig(enabled=True, clip_range=0.5))
+    assert not [r for r in caplog.records if "identity directory" in r.getMessage()]

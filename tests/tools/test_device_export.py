@@ -4,6 +4,8 @@ cannot import fedge, with the runtime's own evaluation as the oracle (to 1e-5)."
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -85,7 +87,12 @@ def test_exported_model_matches_the_runtime(kind, tmp_path):
 
     (tmp_path / "dev.toml").write_text(f'device_id = "devA"\nstate_dir = "{state}"\n[data]\nnpz = "unused.npz"\n')
     out = tmp_path / "personalized.onnx"
-    assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    umask = os.umask(0o022)  # the shell's usual one, which gave the export 0644
+    try:
+        assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # it holds the device's personal params
 
     np.save(tmp_path / "x.npy", x[48:])
     subprocess.run([sys.executable, "-I", "-c", STANDALONE, str(out), str(tmp_path / "x.npy"),
@@ -100,17 +107,22 @@ def test_exported_model_matches_the_runtime(kind, tmp_path):
     evaluation = device.evaluate(manifest.model_id, shared)
     assert evaluation.accuracy_personal == pytest.approx(float((got.argmax(1) == y[48:]).mean()))
     assert [o.name for o in onnx.load(out).graph.output] == ["logits"]
-    # A re-export replaces its own file; someone else's file at --out is kept, refused before any work.
+    # A re-export replaces its own file (a new 0600 file, whatever the old one's mode); someone else's
+    # file at --out is kept, refused before any work, and so is its mode.
+    out.chmod(0o644)
     assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
     theirs, notes = tmp_path / "theirs.onnx", tmp_path / "notes.txt"
     x_in, y_out = (onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in "xy")
     their_graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x_in], [y_out])
     their_model = onnx.helper.make_model(their_graph, producer_name="someone").SerializeToString()
     theirs.write_bytes(their_model)
     notes.write_text("mine")
+    theirs.chmod(0o644)
     for path in (theirs, notes):
         assert main(["device", "export", "--config", str(tmp_path / "dev.toml"), "--out", str(path)]) == 2
     assert theirs.read_bytes() == their_model and notes.read_text() == "mine"
+    assert stat.S_IMODE(theirs.stat().st_mode) == 0o644
 
 
 def test_export_without_a_trained_model_says_why(tmp_path, capsys):

@@ -35,7 +35,8 @@ def test_a_model_id_the_device_has_no_artifacts_for_is_refused_naming_the_ones_i
     model_id = _device(tmp_path)
     assert _export(tmp_path, "--model-id", "other-model") == 2
     err = capsys.readouterr().err
-    assert "no artifacts for model other-model" in err and model_id in err
+    assert f"no artifacts for model other-model under {tmp_path / 'state' / 'devA' / 'artifacts'}; it has only " \
+           f"{model_id}\n" in err
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -57,5 +58,7 @@ def test_no_artifacts_names_the_absolute_folder_a_relative_state_dir_was_taken_f
     monkeypatch.chdir(elsewhere)
     assert _export(tmp_path) == 2
     err = capsys.readouterr().err
-    assert str(elsewhere / "fedge-state" / "devA" / "artifacts") in err
-    assert "relative" in err and "current folder" in err
+    # said as a sentence: it once read "no artifacts for model (any) under ...; it has none"
+    assert f"device devA: no model artifacts under {elsewhere / 'fedge-state' / 'devA' / 'artifacts'} (state_dir " \
+           "'fedge-state' is relative: it is taken from the current folder" in err
+    assert "(any)" not in err and "none" not in err

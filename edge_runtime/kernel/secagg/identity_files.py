@@ -6,7 +6,6 @@ directory reaches every device the way its broker credentials do, never via the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -20,8 +19,7 @@ def write_identity(path: str | Path, *, overwrite: bool = False) -> bytes:
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; pass --force to replace this device's identity")
     private, public = generate_identity()
-    atomic_write_bytes(path, private)
-    os.chmod(path, 0o600)
+    atomic_write_bytes(path, private, mode=0o600)  # 0600 from its first byte (a chmod after left a moment)
     return public
 
 
@@ -41,7 +39,10 @@ MAX_DIRECTORY_BYTES = 256 << 20
 
 def load_directory(path: str | Path) -> dict[str, bytes]:
     try:
-        raw = json.loads(read_capped(path, MAX_DIRECTORY_BYTES))  # a FIFO or /dev/zero: refused, not read
+        text = read_capped(path, MAX_DIRECTORY_BYTES)  # a FIFO or /dev/zero: refused, not read
+        if not text.strip():  # said plainly: JSON's own error for it is "Expecting value: line 1 column 1"
+            raise ConfigError(f"secagg directory {path} is empty: `fedge provision identity --directory` fills it")
+        raw = json.loads(text)
         directory = {str(k): bytes.fromhex(v) for k, v in raw.items()}
     except RecursionError:  # `[[[[...` nested a few thousand deep
         raise ConfigError(f"secagg directory {path}: not a JSON object of device id -> hex key") from None
