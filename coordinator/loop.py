@@ -238,8 +238,10 @@ class CoordinatorLoop:
         why = c.registry.ineligible_reasons()
         if c.shell.unlisted:  # eligible, but the identity directory lacks them (secagg/shell.selectable)
             why["secagg_no_identity"] += len(c.shell.unlisted)
-        if (sidelined := getattr(c, "sidelined", None)) and (out := len(sidelined.active(now))):  # async has none
-            why["sidelined"] += out  # eligible, but sitting out a secure-aggregation offence (sidelined.py)
+        sidelined = getattr(c, "sidelined", None)  # async has none
+        # eligible, but sitting out a secure-aggregation offence (sidelined.py); an ineligible one has its reason
+        if sidelined and (out := sidelined.active(now).intersection(c.registry.eligible_devices())):
+            why["sidelined"] += len(out)
         line = (f"waiting for {need} eligible device{'s' if need > 1 else ''}: {len(c.registry)} registered, "
                 f"{eligible} eligible" + (f" ({', '.join(f'{r} x{n}' for r, n in why.most_common(5))})" if why else ""))
         if line != self._waiting_said[0] or now >= self._waiting_said[1]:

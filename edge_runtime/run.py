@@ -17,7 +17,7 @@ from .kernel.clock import SystemClock
 from .kernel.device_folder import ARTIFACTS_DIR
 from .kernel.errors import ConfigError
 from .kernel.files import file_in_the_way
-from .kernel.secagg.identity_files import load_directory, load_identity
+from .kernel.secagg.identity_files import directory_changes, load_directory, load_identity
 from .kernel.transport.mqtt import MqttTransport
 from .loop import AgentLoop
 from .probes import SystemProbe
@@ -113,8 +113,7 @@ def reload_directory(participant, path: str, device_id: str) -> bool:
         return False
     participant.directory = new
     log.info("device %s: SIGHUP: identity directory %s reloaded: %d identities, %d added, %d removed, %d re-keyed",
-             device_id, path, len(new), len(new.keys() - old.keys()), len(old.keys() - new.keys()),
-             sum(new[d] != old[d] for d in new.keys() & old.keys()))
+             device_id, path, len(new), *map(len, directory_changes(old, new)))
     return True
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 
+from fedge.edge_runtime.kernel.secagg.identity_files import directory_changes
+
 from .config import SecAggConfig, load_identities
 
 log = logging.getLogger("fedge.coordinator")
@@ -67,8 +69,7 @@ def reload_directory(shell, metrics) -> set[str] | None:
         log.error("coordinator: SIGHUP: identity directory %s not reloaded (%s); the %d identities read before "
                   "stay in use", path, exc, len(old))
         return None
-    added, removed = new.keys() - old.keys(), old.keys() - new.keys()
-    rekeyed = {d for d in new.keys() & old.keys() if new[d] != old[d]}
+    added, removed, rekeyed = directory_changes(old, new)
     shell.identities = new  # a new dict: the open round's state keeps the old one (see above)
     metrics.directory_reloads.labels("ok").inc()
     log.info("coordinator: SIGHUP: identity directory %s reloaded: %d identities, %d added, %d removed, %d "

@@ -55,6 +55,7 @@ class SecAggShell:
         # read at the leader's start (service.run_service read it first, so a bad file stopped it before
         # the lease), replaced whole at a SIGHUP reload (reload.py); None = unchecked
         self.identities = identities_of(self.sa) if identities is _READ else identities
+        self.selected_with = self.identities  # the map the open round checks with (set again as each round opens)
         self.unlisted: set[str] = set()  # eligible devices the directory lacks, at the last selection
         self.said_unlisted: set[str] = set()  # the ones counted for the log already (selectable)
         self.states: dict[int, SecAggRound] = {}  # round id -> protocol state (memory only: see resume)
@@ -167,8 +168,7 @@ class SecAggShell:
                 # Other refusals keep waiting: a replayed advertisement may be followed by the device's own.
                 rnd.machine, _ = on_event(rnd.machine, Declined(reply.device_id, exc.reason))
                 # re-keyed by a reload since the round began: signed with the new key, checked with the old
-                exc.key_changed = (self.identities or {}).get(reply.device_id) != (
-                    getattr(self, "selected_with", None) or {}).get(reply.device_id)
+                exc.key_changed = self.identities.get(reply.device_id) != self.selected_with.get(reply.device_id)
             return exc
         rnd.machine, _ = on_event(rnd.machine, Replied(reply.device_id))  # a reply never closes a stage by itself
         if isinstance(reply, UnmaskResponse):

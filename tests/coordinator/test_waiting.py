@@ -60,5 +60,10 @@ def test_the_waiting_line_counts_devices_sitting_out_an_offence(model, tmp_path,
     loop = CoordinatorLoop(fleet.coordinator, min_devices=2, poll_s=0.01)
     with caplog.at_level(logging.INFO, logger="fedge.coordinator.loop"):
         loop._maybe_begin()
+        a.check_in(False, "charging")  # now it has a reason of its own: counted once, by that
+        fleet.drain()
+        loop.next_begin = 0.0
+        loop._maybe_begin()
     lines = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
-    assert lines == ["coordinator: waiting for 2 eligible devices: 2 registered, 1 eligible (sidelined x1)"]
+    assert lines == ["coordinator: waiting for 2 eligible devices: 2 registered, 1 eligible (sidelined x1)",
+                     "coordinator: waiting for 2 eligible devices: 2 registered, 1 eligible (charging x1)"]

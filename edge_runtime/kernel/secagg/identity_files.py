@@ -54,6 +54,11 @@ def load_directory(path: str | Path) -> dict[str, bytes]:
     return directory
 
 
+def directory_changes(old: dict[str, bytes], new: dict[str, bytes]) -> tuple[set[str], set[str], set[str]]:
+    """(added, removed, re-keyed) from `old` to `new`: what a reload says (device and coordinator)."""
+    return new.keys() - old.keys(), old.keys() - new.keys(), {d for d in new.keys() & old.keys() if new[d] != old[d]}
+
+
 def add_to_directory(path: str | Path, device_id: str, public: bytes) -> None:
     path = Path(path)
     directory = load_directory(path) if path.exists() else {}
