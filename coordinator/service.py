@@ -56,6 +56,7 @@ from fedge.edge_runtime.kernel.errors import ConfigError, PublishRefused
 from fedge.edge_runtime.kernel.files import load_npz
 from fedge.edge_runtime.kernel.manifest import load_manifest
 from fedge.edge_runtime.kernel.protocol import DEVICE_MAX_TASK_S
+from fedge.edge_runtime.kernel.signal_safe import on_another_thread
 from fedge.edge_runtime.kernel.transport.settings import MqttSettings
 
 from .async_mode.machine import OUT_PER_SLOT
@@ -228,13 +229,13 @@ def run_service(cfg: ServiceConfig, role: str = "leader") -> int:
     directory_reload = ReloadAsked()  # SIGHUP; the loop reads the file (never the handler itself)
     loops: list[CoordinatorLoop] = []
 
-    def on_signal(*_) -> None:
+    def on_signal() -> None:
         stopping.set()
         for loop in loops:
             loop.stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Events' set(): not in the handler (kernel/signal_safe.py)
+        signal.signal(sig, on_another_thread(on_signal, "fedge-stop"))
     if role == "leader" and reloadable(cfg.coordinator.secure_aggregation):  # a standby's loop reads it at takeover
         signal.signal(signal.SIGHUP, lambda *_: directory_reload.set())
     else:

@@ -14,14 +14,15 @@ from .device_lock import device_lock
 from .eligibility_monitor import EligibilityMonitor
 from .fetched_models import installed_models
 from .kernel.clock import SystemClock
-from .kernel.device_folder import ARTIFACTS_DIR
+from .kernel.device_folder import ARTIFACTS_DIR, STANDARDIZATION_FILE
 from .kernel.errors import ConfigError
 from .kernel.files import file_in_the_way
 from .kernel.secagg.identity_files import directory_changes, load_directory, load_identity
+from .kernel.signal_safe import on_another_thread
 from .kernel.transport.mqtt import MqttTransport
 from .loop import AgentLoop
 from .probes import SystemProbe
-from .standardization_record import RECORD_FILE, record_standardization
+from .standardization_record import record_standardization
 
 log = logging.getLogger("fedge.device")
 
@@ -75,17 +76,17 @@ def secagg_credentials(cfg: DeviceConfig) -> tuple[bytes | None, dict[str, bytes
 
 
 def run_device(cfg: DeviceConfig) -> int:
-    with device_lock(make_state_folder(cfg)):  # before any state file is read or written (device_lock.py)
-        return _run(cfg)
+    own = make_state_folder(cfg)
+    with device_lock(own):  # before any state file is read or written (device_lock.py)
+        return _run(cfg, own)
 
 
-def _run(cfg: DeviceConfig) -> int:
+def _run(cfg: DeviceConfig, own: Path) -> int:
     loop, transport = build_device(cfg)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: loop.stop())
-    install_reload(loop.agent, cfg.data.npz, cfg.data.standardize, Path(cfg.state_dir) / cfg.device_id,
-                   statistics=cfg.data.statistics, directory_file=cfg.secagg.directory_file if cfg.secagg.identity_file
-                   else "")
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop() sets an Event the loop waits on: not in the handler
+        signal.signal(sig, on_another_thread(loop.stop, "fedge-stop"))
+    install_reload(loop.agent, cfg.data.npz, cfg.data.standardize, own, statistics=cfg.data.statistics,
+                   directory_file=cfg.secagg.directory_file)  # set only with identity_file (device_config)
     log.info("device %s: connecting to %s", cfg.device_id, cfg.broker.url)
     transport.connect(timeout=0)  # the loop waits for the link; paho keeps retrying with backoff
     try:
@@ -143,7 +144,7 @@ def install_reload(agent, npz: str, standardize: bool = False, own: Path | None 
             try:
                 record_standardization(own, stats, statistics)
             except OSError as exc:  # a full disk: the device runs on, and the old record must not stay
-                (Path(own) / RECORD_FILE).unlink(missing_ok=True)
+                (Path(own) / STANDARDIZATION_FILE).unlink(missing_ok=True)
                 log.error("device %s: SIGHUP: could not record its standardization (an export reads the data "
                           "file instead): %s", runtime.device_id, exc)
         log.info("device %s: SIGHUP: reloaded %s (%d training, %d test examples)", runtime.device_id, npz,

@@ -22,15 +22,13 @@ from .kernel.device_folder import STANDARDIZATION_FILE
 from .kernel.errors import DeviceStateError
 from .kernel.files import atomic_write_bytes, load_npz
 
-RECORD_FILE = STANDARDIZATION_FILE
-
 Statistics = tuple[np.ndarray, np.ndarray]  # (mean, std), float64, the per-example shape
 
 
 def record_standardization(own: str | Path, stats: Statistics | None, statistics: str | Path = "") -> None:
     """Write `stats` to own/standardization.npz, with `statistics` (the [data] statistics file they
     came from; "" for the device's own), or remove that file (fedge's own) when stats is None."""
-    path = Path(own) / RECORD_FILE
+    path = Path(own) / STANDARDIZATION_FILE
     if stats is None:
         path.unlink(missing_ok=True)
         return
@@ -42,7 +40,7 @@ def record_standardization(own: str | Path, stats: Statistics | None, statistics
 def recorded_standardization(own: str | Path) -> Statistics | None:
     """The (mean, std) the device recorded, None where it recorded none, or DeviceStateError
     naming a damaged file."""
-    path = Path(own) / RECORD_FILE
+    path = Path(own) / STANDARDIZATION_FILE
     if not path.exists():
         return None
     try:
@@ -63,7 +61,7 @@ def recorded_source(own: str | Path) -> str | None:
     device's own statistics, or None where the record does not say (none, or one written before
     fedge recorded it) or cannot be read (recorded_standardization names that)."""
     try:
-        source = load_npz(Path(own) / RECORD_FILE, only=("statistics",)).get("statistics")
+        source = load_npz(Path(own) / STANDARDIZATION_FILE, only=("statistics",)).get("statistics")
     except Exception:  # noqa: BLE001 - absent or damaged: recorded_standardization says which
         return None
     return str(source) if source is not None and source.dtype.kind == "U" and source.shape == () else None

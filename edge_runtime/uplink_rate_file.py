@@ -24,13 +24,11 @@ import logging
 import math
 from pathlib import Path
 
-from .kernel.device_folder import UPLINK_RATE_FILE
 from .kernel.files import TooLarge, atomic_write_bytes, read_capped
 from .uplink_rate import WINDOW, UplinkRate
 
 log = logging.getLogger("fedge.agent")
 
-FILE_NAME = UPLINK_RATE_FILE
 MAX_FILE_BYTES = 4096  # what this module writes is under 500 bytes (8 floats, 2 numbers, 1 int)
 MAX_ENVELOPE_BYTES = 1 << 20  # ids and metrics, about 235 bytes; past a MiB it is no envelope fedge sent
 RATE_FILE_IGNORED = "upload_rate_file_ignored"  # logged with the reason a kept rate was not used

@@ -111,7 +111,8 @@ def test_device_run_holds_the_folder_for_its_life_and_a_second_is_refused_before
     own = tmp_path / "state" / "pi-a"
     seen = []
 
-    def loop_while_running(cfg) -> int:
+    def loop_while_running(cfg, held) -> int:
+        assert held == own
         with pytest.raises(ServiceUnavailable, match=re.escape(_refusal(own))):  # what a second `device run` meets now
             with device_lock(own):
                 pass

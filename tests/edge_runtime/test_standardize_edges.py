@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedge.edge_runtime.kernel.device_folder import STANDARDIZATION_FILE as RECORD_FILE
 from fedge.edge_runtime.kernel.errors import DatasetError, DeviceStateError
 from fedge.edge_runtime.kernel.features import CONSTANT_FEATURE, as_features, feature_statistics, standardize
-from fedge.edge_runtime.standardization_record import RECORD_FILE, recorded_standardization
+from fedge.edge_runtime.standardization_record import recorded_standardization
 
 F32_MAX = float(np.finfo(np.float32).max)
 

@@ -15,9 +15,10 @@ from dataclasses import replace
 import pytest
 
 from fedge.edge_runtime.kernel.clock import ManualClock
+from fedge.edge_runtime.kernel.device_folder import UPLINK_RATE_FILE as FILE_NAME
 from fedge.edge_runtime.kernel.files import DURABLE_WRITES
 from fedge.edge_runtime.uplink import Uplink
-from fedge.edge_runtime.uplink_rate_file import FILE_NAME, MAX_FILE_BYTES, RATE_FILE_IGNORED
+from fedge.edge_runtime.uplink_rate_file import MAX_FILE_BYTES, RATE_FILE_IGNORED
 from fedge.edge_runtime.upload_margin import UploadLink, update_bytes, upload_margin_s
 from tests.edge_runtime.one_device import DEVICE, one_device
 from tests.edge_runtime.test_uplink_rate import CONFIGURED, LATENCY, LEARNING, _task, _train_and_ack
