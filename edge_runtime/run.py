@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from pathlib import Path
 
 from .agent import DeviceAgent
@@ -151,4 +150,4 @@ def install_reload(agent, npz: str, standardize: bool = False, own: Path | None 
                  len(data.y_train), len(data.y_test))
         agent.check_in_soon()
 
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, name="fedge-reload", daemon=True).start())
+    signal.signal(signal.SIGHUP, on_another_thread(reload, "fedge-reload"))
