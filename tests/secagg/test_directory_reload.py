@@ -296,7 +296,8 @@ def test_a_sighup_that_lands_inside_the_loops_clear_neither_hangs_nor_is_lost(tm
     monkeypatch.setattr(service_module, "_serve", lambda cfg, lease, stopping, loops, reload: served.append(reload))
     config = tmp_path / "service.toml"
     config.write_text(f'[coordinator]\nartifacts_dir = "a"\nstate_db = ""\nclients_per_round = 6\nmin_reports = 3\n'
-                      f'[coordinator.secure_aggregation]\nenabled = true\nclip_range = 0.5\ndirectory_file = "{path}"\n')
+                      f'[coordinator.secure_aggregation]\nenabled = true\nclip_range = 0.5\n'
+                      f'directory_file = "{path}"\n')
     service_module.run_service(service_module.load_service_config(config))
     flag, on_hup = served[-1], handlers[signal.SIGHUP]
     on_hup(signal.SIGHUP, None)
