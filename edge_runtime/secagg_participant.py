@@ -211,6 +211,10 @@ class SecAggParticipant:
         s = sess.start(self.device_id, task.round_id, hashlib.sha256(task.params).hexdigest())
         self.sessions[task.task_id] = s
         self.publish(self._advertisement(s, task.task_id))
+        # a plain task's line says the same (agent.py); without it a secure fleet's devices logged nothing per round
+        log.info("device %s: round %d task %s: %d steps, loss %.4g; secure aggregation: keys advertised",
+                 self.device_id, task.round_id, task.task_id, reply.metrics.get("steps", 0),
+                 reply.metrics.get("loss", float("nan")))
 
     def _store(self, model_id: str) -> DeviceStore:
         try:  # keyed: a residual written for other contents of this model id is set aside, not added
@@ -267,6 +271,8 @@ class SecAggParticipant:
                             pack(y, spec.field_bits), examples, unopened=s.unopened)
         self.sent_masked[message.task_id] = reply
         self.publish(reply)
+        log.info("device %s: round %d: masked input sent (%d bytes, %d neighbours' masks)", self.device_id,
+                 message.round_id, len(reply.data), len(sess.masking_peers(s)))
 
     def _reveal(self, message: UnmaskRequest) -> None:
         # Keyed by the task (its session's keys), not the round number alone: a coordinator that
