@@ -66,7 +66,8 @@ class CoordinatorLoop:
         # After should_stop, wait for the last model's evaluation at most this long (seconds; None: until
         # the evaluation's own deadline), then close it with the reports that came.
         finish_evaluation_s: float | None = None,
-        directory_reload=None,  # a secagg.reload.ReloadAsked (or an Event): set, read the identity directory again
+        # a secagg.reload.ReloadAsked (tests may pass any is_set/clear object): set, read the directory again
+        directory_reload=None,
     ):
         self.coordinator = coordinator
         self.clock = coordinator.clock  # one clock per side: the coordinator's
@@ -240,7 +241,8 @@ class CoordinatorLoop:
             why["secagg_no_identity"] += len(c.shell.unlisted)
         sidelined = getattr(c, "sidelined", None)  # async has none
         # eligible, but sitting out a secure-aggregation offence (sidelined.py); an ineligible one has its reason
-        if sidelined and (out := sidelined.active(now).intersection(c.registry.eligible_devices())):
+        active = sidelined.active(now) if sidelined else set()  # the fleet-wide list only when one sits out
+        if active and (out := active.intersection(c.registry.eligible_devices())):
             why["sidelined"] += len(out)
         line = (f"waiting for {need} eligible device{'s' if need > 1 else ''}: {len(c.registry)} registered, "
                 f"{eligible} eligible" + (f" ({', '.join(f'{r} x{n}' for r, n in why.most_common(5))})" if why else ""))

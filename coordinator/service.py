@@ -195,8 +195,13 @@ def build_service(cfg: ServiceConfig, epoch: int | None = None) -> tuple[Coordin
 def on_hangup(*_) -> None:
     """SIGHUP (an operator's `kill -HUP` or `systemctl reload`, a closed terminal) killed the service
     by its default action: no log line, no flush of the last Acks. A service without an identity
-    directory to reload (secagg/reload.reloadable), or a worker, reloads nothing; it says so and
-    goes on."""
+    directory to reload (secagg/reload.reloadable), or a worker, reloads nothing; it says so (from
+    another thread: a log write in the handler could land inside the main thread's own write to
+    stderr, a reentrant-call RuntimeError) and goes on."""
+    on_another_thread(_say_hangup_ignored, "fedge-hangup")()
+
+
+def _say_hangup_ignored() -> None:
     log.warning("coordinator: SIGHUP received and ignored: the service does not reload its config (SIGHUP "
                 "reloads only a secure leader's [coordinator.secure_aggregation] directory_file, none here); "
                 "restart it to apply a change (systemctl restart, or SIGTERM and start)")

@@ -26,12 +26,13 @@ from .standardization_record import record_standardization
 log = logging.getLogger("fedge.device")
 
 
-def build_device(cfg: DeviceConfig, probe=None, clock=None) -> tuple[AgentLoop, MqttTransport]:
+def build_device(cfg: DeviceConfig, probe=None, clock=None, own: Path | None = None) -> tuple[AgentLoop, MqttTransport]:
+    """own: the state folder run_device made and locked (None: made here, as tests and tools do)."""
     clock = clock or SystemClock()
     monitor = EligibilityMonitor(probe or SystemProbe(root=cfg.probe.root), cfg.eligibility, clock,
                                  check_interval_s=cfg.probe.check_interval_s, name=cfg.device_id)
     state = Path(cfg.state_dir)
-    own = make_state_folder(cfg)
+    own = own or make_state_folder(cfg)
     artifacts = own / ARTIFACTS_DIR
     models = installed_models(artifacts)
     data, stats = read_local_data(cfg.data.npz, cfg.data.standardize, cfg.data.statistics)
@@ -81,7 +82,7 @@ def run_device(cfg: DeviceConfig) -> int:
 
 
 def _run(cfg: DeviceConfig, own: Path) -> int:
-    loop, transport = build_device(cfg)
+    loop, transport = build_device(cfg, own=own)
     for sig in (signal.SIGTERM, signal.SIGINT):  # stop() sets an Event the loop waits on: not in the handler
         signal.signal(sig, on_another_thread(loop.stop, "fedge-stop"))
     install_reload(loop.agent, cfg.data.npz, cfg.data.standardize, own, statistics=cfg.data.statistics,

@@ -265,14 +265,14 @@ class SecAggParticipant:
         sess.check_masking_peers(s)  # fewer than t: the input would be hidden by its self mask alone
         self.sessions[message.task_id] = s
         values, examples, spec = self.inputs[message.task_id]
-        y = mask_input(values, self.device_id, s.self_seed, s.mask.private, sess.masking_peers(s), s.round_id,
-                       spec.field_bits)
+        peers = sess.masking_peers(s)
+        y = mask_input(values, self.device_id, s.self_seed, s.mask.private, peers, s.round_id, spec.field_bits)
         reply = MaskedInput(self.device_id, message.round_id, message.task_id, int(y.size), spec.field_bits,
                             pack(y, spec.field_bits), examples, unopened=s.unopened)
         self.sent_masked[message.task_id] = reply
         self.publish(reply)
         log.info("device %s: round %d: masked input sent (%d bytes, %d neighbours' masks)", self.device_id,
-                 message.round_id, len(reply.data), len(sess.masking_peers(s)))
+                 message.round_id, len(reply.data), len(peers))
 
     def _reveal(self, message: UnmaskRequest) -> None:
         # Keyed by the task (its session's keys), not the round number alone: a coordinator that

@@ -100,3 +100,29 @@ def test_a_failed_group_commit_exits_with_a_status_its_supervisor_restarts_on():
         raise GroupCommitFailed("2 accepted updates of round 3 could not be stored: disk I/O error")
 
     assert _guarded(_ServeArgs(), failed) == 1
+
+
+def test_the_services_sigterm_handler_needs_no_lock_the_interrupted_thread_holds(tmp_path, monkeypatch):
+    """SIGTERM/SIGINT stop the service through kernel/signal_safe.py: the handler's Event set() once
+    ran in the handler, where it waited on the lock the interrupted main thread's own wait() held."""
+    import signal
+    import threading
+
+    from fedge.coordinator import service
+
+    handlers, events = {}, []
+    monkeypatch.setattr(service.signal, "signal", lambda sig, handler: handlers.__setitem__(sig, handler))
+    monkeypatch.setattr(service, "run_worker", lambda cfg, stopping, link: events.append(stopping) or 0)
+    cfg = service.ServiceConfig(coordinator=CoordinatorConfig(artifacts_dir=str(tmp_path)))
+    assert service.run_service(cfg, "worker") == 0
+    stopping = events[0]
+
+    def interrupted():  # the Event's lock held, as by a wait() the signal interrupts
+        with stopping._cond:
+            handlers[signal.SIGTERM](signal.SIGTERM, None)
+
+    main = threading.Thread(target=interrupted, daemon=True)
+    main.start()
+    main.join(5)
+    assert not main.is_alive(), "the SIGTERM handler waited on the lock its own thread held"
+    assert stopping.wait(5)

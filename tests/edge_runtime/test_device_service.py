@@ -95,7 +95,7 @@ def test_device_run_wires_the_state_folder_the_directory_and_a_lock_free_stop(tm
         f'[secagg]\nidentity_file = "{tmp_path / "key"}"\ndirectory_file = "{tmp_path / "ids.json"}"\n')
     cfg = load_device_config(tmp_path / "device.toml")
     loop, handlers, reloads = Loop(), {}, []
-    monkeypatch.setattr(run, "build_device", lambda cfg: (loop, Transport()))
+    monkeypatch.setattr(run, "build_device", lambda cfg, own=None: (loop, Transport()))
     monkeypatch.setattr(run, "install_reload", lambda *a, **kw: reloads.append((a, kw)))
     monkeypatch.setattr(run.signal, "signal", lambda sig, handler: handlers.__setitem__(sig, handler))
     own = tmp_path / "state" / "pi-a"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.kernel.device_folder import STANDARDIZATION_FILE as RECORD_FILE
+from fedge.edge_runtime.kernel.device_folder import STANDARDIZATION_FILE
 from fedge.edge_runtime.kernel.errors import DatasetError, DeviceStateError
 from fedge.edge_runtime.kernel.features import CONSTANT_FEATURE, as_features, feature_statistics, standardize
 from fedge.edge_runtime.standardization_record import recorded_standardization
@@ -57,8 +57,8 @@ def test_float32s_largest_value_fits_and_a_value_beyond_it_either_way_is_refused
     (np.array([0.0, np.nan, 1.0]), np.ones(3)),  # a NaN mean would make every exported input NaN
 ])
 def test_a_record_fedge_would_not_write_is_refused_by_name(tmp_path, mean, std):
-    np.savez(tmp_path / RECORD_FILE, mean=mean, std=std)
+    np.savez(tmp_path / STANDARDIZATION_FILE, mean=mean, std=std)
     with pytest.raises(DeviceStateError, match="not a standardization fedge recorded"):
         recorded_standardization(tmp_path)
-    np.savez(tmp_path / RECORD_FILE, mean=np.zeros(std.shape), std=np.full(std.shape, 0.5))  # a good one reads
+    np.savez(tmp_path / STANDARDIZATION_FILE, mean=np.zeros(std.shape), std=np.full(std.shape, 0.5))  # a good one reads
     assert recorded_standardization(tmp_path)[1].tolist() == [0.5] * std.size

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from fedge.edge_runtime.kernel.clock import ManualClock
-from fedge.edge_runtime.kernel.device_folder import UPLINK_RATE_FILE as FILE_NAME
+from fedge.edge_runtime.kernel.device_folder import UPLINK_RATE_FILE
 from fedge.edge_runtime.kernel.files import DURABLE_WRITES
 from fedge.edge_runtime.uplink import Uplink
 from fedge.edge_runtime.uplink_rate_file import MAX_FILE_BYTES, RATE_FILE_IGNORED
@@ -52,7 +52,7 @@ def _lower_quartile(rates: list[float]) -> float:
 
 @pytest.mark.parametrize("uploads", [3, 4, 10])
 def test_a_restarted_uplink_uses_the_rate_it_learned_at_once(tmp_path, uploads):
-    path = tmp_path / FILE_NAME
+    path = tmp_path / UPLINK_RATE_FILE
     sizes = [40_000 + 1_000 * i for i in range(uploads)]
     rates = _learn(_uplink(path), sizes, envelope=300)
     restarted = _uplink(path)
@@ -71,7 +71,7 @@ def test_a_restarted_device_uses_the_learned_margin_at_once(model, tmp_path):
     after = DURABLE_WRITES.snapshot()
     # the file is written at each Ack, without fsync: a task still costs its two durable writes
     assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {"staged-.npz": 4, "r-.msg": 4}
-    assert (tmp_path / DEVICE / FILE_NAME).is_file()
+    assert (tmp_path / DEVICE / UPLINK_RATE_FILE).is_file()
 
     restarted, _ = one_device(model, tmp_path, clock=ManualClock(), upload_link=guess)
     rates = [b / (s - LATENCY) for (_, b), s in zip(sent, TOOK, strict=False)]
@@ -85,7 +85,7 @@ def test_a_restarted_device_uses_the_learned_margin_at_once(model, tmp_path):
 
 def _written(tmp_path) -> dict:
     """A file as the device writes it, after four timed uploads."""
-    path = tmp_path / "learned" / FILE_NAME
+    path = tmp_path / "learned" / UPLINK_RATE_FILE
     _learn(_uplink(path), [50_000, 60_000, 70_000, 80_000])
     return json.loads(path.read_text())
 
@@ -126,7 +126,7 @@ HOSTILE = ["nan", "inf", "negative", "zero", "string rate", "bool rate", "too ma
 
 @pytest.mark.parametrize("case", HOSTILE)
 def test_a_damaged_or_hostile_file_is_ignored_with_one_log_line(tmp_path, caplog, case):
-    path = tmp_path / FILE_NAME
+    path = tmp_path / UPLINK_RATE_FILE
     path.write_bytes(_hostile(_written(tmp_path), case))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="fedge.agent"):
@@ -139,14 +139,14 @@ def test_a_damaged_or_hostile_file_is_ignored_with_one_log_line(tmp_path, caplog
 
 def test_the_untouched_file_of_the_hostile_cases_is_restored(tmp_path):
     """The oracle the cases above differ from by one edit each."""
-    path = tmp_path / FILE_NAME
+    path = tmp_path / UPLINK_RATE_FILE
     path.write_bytes(json.dumps(_written(tmp_path)).encode())
     assert len(_uplink(path).rate.observations) == 4
 
 
 @pytest.mark.parametrize("case", ["missing", "a folder", "a fifo"])
 def test_a_missing_or_odd_path_is_ignored_and_the_device_still_starts(tmp_path, caplog, case):
-    path = tmp_path / FILE_NAME
+    path = tmp_path / UPLINK_RATE_FILE
     if case == "a folder":
         path.mkdir()
     elif case == "a fifo":
@@ -162,7 +162,7 @@ def test_a_missing_or_odd_path_is_ignored_and_the_device_still_starts(tmp_path, 
 @pytest.mark.parametrize("changed", [{"bytes_per_s": 2 * CONFIGURED}, {"latency_s": 2 * LATENCY},
                                      {"bytes_per_s": CONFIGURED + 1e-9}])
 def test_a_window_learned_under_another_configured_rate_or_latency_is_discarded(tmp_path, caplog, changed):
-    path = tmp_path / FILE_NAME
+    path = tmp_path / UPLINK_RATE_FILE
     _learn(_uplink(path), [50_000, 60_000, 70_000])
     assert len(_uplink(path).rate.observations) == 3  # the same configuration restores it
     link = replace(LEARNING, **changed)
@@ -178,27 +178,27 @@ def test_learning_off_neither_reads_nor_writes_the_file(model, tmp_path, caplog)
     home = tmp_path / DEVICE
     home.mkdir()
     kept = _written(tmp_path)
-    (home / FILE_NAME).write_text(json.dumps(kept))
+    (home / UPLINK_RATE_FILE).write_text(json.dumps(kept))
     with caplog.at_level(logging.INFO, logger="fedge.agent"):
         agent, coord = one_device(model, tmp_path, clock=clock, upload_link=UploadLink(LATENCY, CONFIGURED))
         for i in range(3):
             _train_and_ack(model, agent, coord, clock, f"t{i}", 30.0)
-    assert json.loads((home / FILE_NAME).read_text()) == kept
-    assert not [r for r in caplog.records if FILE_NAME in r.getMessage()]
+    assert json.loads((home / UPLINK_RATE_FILE).read_text()) == kept
+    assert not [r for r in caplog.records if UPLINK_RATE_FILE in r.getMessage()]
     assert agent.uplink.margin_s(_task(model, "p")) == upload_margin_s(_task(model, "p"), UploadLink(LATENCY,
                                                                                                      CONFIGURED))
-    (home / FILE_NAME).unlink()
+    (home / UPLINK_RATE_FILE).unlink()
     agent, coord = one_device(model, tmp_path / "off", clock=clock, upload_link=UploadLink(LATENCY, CONFIGURED))
     for i in range(3):
         _train_and_ack(model, agent, coord, clock, f"t{i}", 30.0)
-    assert not (tmp_path / "off" / DEVICE / FILE_NAME).exists()
+    assert not (tmp_path / "off" / DEVICE / UPLINK_RATE_FILE).exists()
 
 
 def test_only_kept_rates_slower_than_the_configured_one_are_restored(tmp_path):
     """The review's case: a window learned on a LAN (10 MB/s) restored after a reboot onto a slow link
     gave the first tasks a margin of a fraction of a second. A kept rate is believed only where it
     makes the margin larger than the configured guess; faster ones are relearned."""
-    path = tmp_path / FILE_NAME
+    path = tmp_path / UPLINK_RATE_FILE
     fast, slow = [CONFIGURED * 80] * 5, [CONFIGURED / 4, CONFIGURED / 2, CONFIGURED]
     path.write_text(json.dumps({"upload_bytes_per_s": CONFIGURED, "upload_latency_s": LATENCY,
                                 "observations": fast + slow, "envelope_bytes": 200}))
